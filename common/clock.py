@@ -1,0 +1,29 @@
+"""Time in KST. KRX runs on Korea Standard Time (UTC+9, no daylight saving)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+KST = dt.timezone(dt.timedelta(hours=9), "KST")
+
+
+def now_kst() -> dt.datetime:
+    return dt.datetime.now(KST)
+
+
+def today_kst() -> dt.date:
+    return now_kst().date()
+
+
+def now_ns() -> int:
+    """Wall-clock nanoseconds since the epoch (message timestamps)."""
+    return time.time_ns()
+
+
+def kst_from_ns(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, KST)
+
+
+def yyyymmdd(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")

@@ -1,0 +1,56 @@
+"""Error codes shared by gateway, agents and tools. Every error reply carries one of these."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # protocol
+    BAD_MESSAGE = "BAD_MESSAGE"  # undecodable, malformed or unknown message
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    SCHEMA_VERSION = "SCHEMA_VERSION"
+    TOO_LARGE = "TOO_LARGE"
+    UNSUPPORTED = "UNSUPPORTED"  # a valid message this endpoint does not serve
+    INTERNAL = "INTERNAL"  # a bug on the gateway side; the message was not acted on
+    TIMEOUT = "TIMEOUT"  # client side: no reply in time
+    # identity and leases
+    NOT_REGISTERED = "NOT_REGISTERED"
+    DUPLICATE_AGENT = "DUPLICATE_AGENT"
+    WRONG_AGENT = "WRONG_AGENT"  # a message names another agent than the one registered on this socket
+    BAD_CARD = "BAD_CARD"
+    # orders
+    UNKNOWN_ORDER = "UNKNOWN_ORDER"
+    DUPLICATE_ORDER = "DUPLICATE_ORDER"  # same client order id, different content
+    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"
+    BAD_ORDER = "BAD_ORDER"  # malformed order (qty <= 0, limit without price, ...)
+    SESSION_NOT_READY = "SESSION_NOT_READY"
+    BROKER_REJECTED = "BROKER_REJECTED"  # KIS said no (see the message for msg_cd/msg1)
+    BROKER_ERROR = "BROKER_ERROR"
+    # risk gate denials
+    DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"
+    DENIED_TICK = "DENIED_TICK"
+    DENIED_PRICE_BAND = "DENIED_PRICE_BAND"
+    DENIED_MARKET_CLOSED = "DENIED_MARKET_CLOSED"
+    DENIED_NOTIONAL = "DENIED_NOTIONAL"
+    DENIED_POSITION_LIMIT = "DENIED_POSITION_LIMIT"
+    DENIED_OPEN_ORDERS = "DENIED_OPEN_ORDERS"
+    DENIED_RATE = "DENIED_RATE"
+    DENIED_BUDGET = "DENIED_BUDGET"
+    DENIED_NO_SHARES = "DENIED_NO_SHARES"
+    DENIED_DAILY_LOSS = "DENIED_DAILY_LOSS"
+    DENIED_HALTED = "DENIED_HALTED"
+    DENIED_REDUCING = "DENIED_REDUCING"
+    DENIED_SHADOW = "DENIED_SHADOW"
+    # market data
+    SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
+    UNKNOWN_CODE = "UNKNOWN_CODE"
+
+
+class KtraderError(Exception):
+    """An error with a code, raised on either side and carried over the wire as an Error reply."""
+
+    def __init__(self, code: ErrorCode, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else str(code))
+        self.code = code
+        self.message = message

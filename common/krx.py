@@ -1,0 +1,195 @@
+"""KRX market rules: tick grid, daily price band, session phases.
+
+Facts from shared/kis/API.md §7 (tick table in force since 2023-01-25, ±30 % band since 2015-06-15,
+limits rounded to the grid toward the base price). All prices are integer KRW.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+from common.calendar import session_hours
+from common.clock import KST
+
+
+class SecurityKind(StrEnum):
+    STOCK = "stock"
+    ETF = "etf"  # ETF / ETN / ELW: their own, finer grid
+
+
+# (upper bound exclusive, tick) for ordinary stocks, KOSPI = KOSDAQ = KONEX since 2023-01-25.
+_STOCK_TICKS: tuple[tuple[int, int], ...] = (
+    (2_000, 1),
+    (5_000, 5),
+    (20_000, 10),
+    (50_000, 50),
+    (200_000, 100),
+    (500_000, 500),
+)
+_TOP_TICK = 1_000
+
+PRICE_LIMIT_PCT = 30
+AFTER_HOURS_BAND_PCT = 10  # 시간외 단일가: within ±10 % of the close (and the daily band)
+
+
+class PriceRuleError(ValueError):
+    """A price that the KRX rules do not allow (off grid, outside the band, not positive)."""
+
+
+def tick_size(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """The tick at `price`. ETF/ETN trade on a 5-won grid (1 won below 2,000: UNCONFIRMED, our choice)."""
+    if price <= 0:
+        raise PriceRuleError(f"price must be positive, got {price}")
+    if kind is SecurityKind.ETF:
+        return 1 if price < 2_000 else 5
+    for bound, tick in _STOCK_TICKS:
+        if price < bound:
+            return tick
+    return _TOP_TICK
+
+
+def on_grid(price: int, kind: SecurityKind = SecurityKind.STOCK) -> bool:
+    return price > 0 and price % tick_size(price, kind) == 0
+
+
+def round_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """Largest grid price <= price (for price >= 1)."""
+    tick = tick_size(price, kind)
+    return price - price % tick
+
+
+def round_up(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """Smallest grid price >= price. The tick can grow across a band edge; band edges are on both grids."""
+    tick = tick_size(price, kind)
+    rem = price % tick
+    return price if rem == 0 else price + (tick - rem)
+
+
+def next_tick_up(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """The grid price one tick above a grid price."""
+    return price + tick_size(price, kind)
+
+
+def next_tick_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """The grid price one tick below a grid price (the tick of the lower price, across band edges)."""
+    lower = price - 1
+    if lower <= 0:
+        raise PriceRuleError(f"no grid price below {price}")
+    return round_down(lower, kind)
+
+
+def ticks_between(low: int, high: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
+    """Number of tick steps from grid price `low` up to grid price `high`."""
+    if low > high:
+        return -ticks_between(high, low, kind)
+    n, p = 0, low
+    while p < high:
+        p = next_tick_up(p, kind)
+        n += 1
+    return n
+
+
+def price_limits(base: int, kind: SecurityKind = SecurityKind.STOCK, pct: int = PRICE_LIMIT_PCT) -> tuple[int, int]:
+    """(lower, upper) limit for the day from the base price (usually yesterday's close).
+
+    Raw limits are base ± base*pct/100, rounded to the grid toward the base: the upper limit down,
+    the lower limit up (official example: base 128,500 → 90,000 / 167,000).
+    """
+    if base <= 0:
+        raise PriceRuleError(f"base price must be positive, got {base}")
+    upper_raw = base * (100 + pct) // 100  # floor is toward the base already
+    lower_raw = -(-base * (100 - pct) // 100)  # ceil
+    upper = round_down(upper_raw, kind)
+    lower = max(round_up(max(lower_raw, 1), kind), 1)
+    return lower, upper
+
+
+def check_price(price: int, base: int, kind: SecurityKind = SecurityKind.STOCK) -> None:
+    """Raise PriceRuleError unless `price` is on the grid and inside the daily band of `base`."""
+    if price <= 0:
+        raise PriceRuleError(f"price must be positive, got {price}")
+    if not on_grid(price, kind):
+        raise PriceRuleError(
+            f"price {price} is off the tick grid (tick {tick_size(price, kind)}: "
+            f"nearest {round_down(price, kind)} or {round_up(price, kind)})"
+        )
+    lower, upper = price_limits(base, kind)
+    if not lower <= price <= upper:
+        raise PriceRuleError(f"price {price} is outside today's band {lower}..{upper} (base {base})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Session phases (KST). Normal day: 08:30 pre-market / opening call, 09:00 open, 15:20 closing call,
+# 15:30 close, 15:40–16:00 post-market close-price, 16:00–18:00 after-hours single price.
+# Late-open days (first trading day of the year, the college-entrance exam day) shift the opening
+# schedule by an hour; calendar.session_hours() says which.
+
+
+class Phase(StrEnum):
+    CLOSED = "closed"  # not a trading day, or outside every phase below
+    PRE_OPEN = "pre_open"  # before the opening call on a trading day
+    OPENING_AUCTION = "opening_auction"  # 장 시작 동시호가 (orders collected, single price at the open)
+    CONTINUOUS = "continuous"  # 정규장
+    CLOSING_AUCTION = "closing_auction"  # 장 마감 동시호가
+    POST_CLOSE = "post_close"  # 15:30–15:40 gap
+    POST_OFF_HOURS = "post_off_hours"  # 장후 시간외 종가
+    AFTER_HOURS_SINGLE = "after_hours_single"  # 시간외 단일가
+    AFTER_HOURS_END = "after_hours_end"  # trading day over
+
+
+# Phases in which a regular (day) order can be accepted by the exchange.
+REGULAR_ORDER_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CONTINUOUS, Phase.CLOSING_AUCTION})
+# Phases in which continuous matching happens.
+MATCHING_PHASES = frozenset({Phase.CONTINUOUS})
+
+
+def _t(day: dt.date, hhmm: dt.time, shift: dt.timedelta = dt.timedelta()) -> dt.datetime:
+    return dt.datetime.combine(day, hhmm, KST) + shift
+
+
+class SessionTimes:
+    """The phase boundaries of one trading day in KST."""
+
+    __slots__ = ("day", "auction_open", "open", "closing_call", "close", "post_off", "single_start", "end")
+
+    def __init__(self, day: dt.date) -> None:
+        hours = session_hours(day)
+        if hours is None:
+            raise ValueError(f"{day} is not a KRX trading day")
+        open_t, close_t = hours
+        self.day = day
+        self.open = _t(day, open_t)
+        self.auction_open = self.open - dt.timedelta(minutes=30)
+        self.close = _t(day, close_t)
+        self.closing_call = self.close - dt.timedelta(minutes=10)
+        self.post_off = self.close + dt.timedelta(minutes=10)
+        self.single_start = self.close + dt.timedelta(minutes=30)
+        self.end = self.single_start + dt.timedelta(hours=2)
+
+    def phase_at(self, when: dt.datetime) -> Phase:
+        if when < self.auction_open:
+            return Phase.PRE_OPEN
+        if when < self.open:
+            return Phase.OPENING_AUCTION
+        if when < self.closing_call:
+            return Phase.CONTINUOUS
+        if when < self.close:
+            return Phase.CLOSING_AUCTION
+        if when < self.post_off:
+            return Phase.POST_CLOSE
+        if when < self.single_start:
+            return Phase.POST_OFF_HOURS
+        if when < self.end:
+            return Phase.AFTER_HOURS_SINGLE
+        return Phase.AFTER_HOURS_END
+
+
+def phase_at(when: dt.datetime) -> Phase:
+    """The KRX phase at an aware datetime (naive datetimes are taken as KST)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=KST)
+    when = when.astimezone(KST)
+    if session_hours(when.date()) is None:
+        return Phase.CLOSED
+    return SessionTimes(when.date()).phase_at(when)
