@@ -1,0 +1,150 @@
+"""Config types: one Struct per thing, decoded from TOML with unknown fields refused.
+
+`GatewayConfig` (run/gateway.toml or --config) and `AgentCard` (cards/<id>.toml). JSON Schema
+for editors: `ktrader cards schema` / `json_schema()`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from common.enums import AgentMode
+from common.ids import AgentId, StockCode
+
+Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM KST")]
+
+
+class ConfigError(ValueError):
+    """A config or card that cannot be used; the message names the file and the field."""
+
+
+class BrokerEnv(StrEnum):
+    SIM = "sim"  # the built-in KIS twin, no credentials
+    PAPER = "paper"  # 모의투자
+    REAL = "real"  # 실전투자
+
+
+class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    env: BrokerEnv = BrokerEnv.SIM
+    # TOML file outside the repo with app_key, app_secret, account (CANO-ACNT_PRDT_CD), hts_id.
+    # Environment variables KTRADER_KIS_APP_KEY / _APP_SECRET / _ACCOUNT / _HTS_ID win over it.
+    credentials_file: str = ""
+    rest_url: str = ""  # override the environment's base URL (the embedded twin sets this)
+    ws_url: str = ""
+    rate_per_s: float = 0.0  # 0: environment default (18/s real, 1.8/s paper, 18/s sim)
+    request_timeout_s: float = 5.0
+    sim_seed: int = 7  # embedded twin only
+    sim_clock: str = "open"  # embedded twin only: kst | open | replay
+
+
+class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'."""
+
+    max_order_value: Krw = 0  # notional of one order
+    max_position_value: Krw = 0  # per code, at cost
+    max_open_orders: int = 0
+    max_orders_per_minute: int = 0
+    max_daily_loss: Krw = 0
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    run_dir: str = "run"
+    # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
+    router_endpoint: str = ""
+    pub_endpoint: str = ""
+    lease_s: float = 1.5  # a silent agent loses its lease after this long
+    heartbeat_s: float = 0.3  # agents heartbeat at this interval (told at registration)
+    max_frame_bytes: int = 1 << 20
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
+    account_budget: Krw = 0  # 0: whatever the account holds
+
+
+class EndOfDay(StrEnum):
+    CANCEL = "cancel"  # cancel open orders before the close
+    FLATTEN = "flatten"  # cancel, then sell positions
+    HOLD = "hold"  # leave orders to expire, keep positions
+
+
+class OnError(StrEnum):
+    CONTINUE = "continue"  # report and keep running
+    PAUSE = "pause"  # report and stop sending orders until resumed
+    STOP = "stop"  # report and exit the agent
+
+
+class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    start: HHMM = "09:00"
+    end: HHMM = "15:20"
+    end_of_day: EndOfDay = EndOfDay.CANCEL
+
+
+class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    trades: bool = True  # H0STCNT0 for every code of the card
+    book: bool = False  # H0STASP0 for every code of the card
+    poll_quotes_s: float = 0.0  # >0: REST-poll quotes at this interval when the websocket is full
+
+
+class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: AgentId
+    name: str
+    strategy: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:Class")]
+    codes: list[StockCode] = []
+    params: dict[str, Any] = {}
+    budget: Krw = 0
+    risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
+    subscriptions: Subscriptions = msgspec.field(default_factory=Subscriptions)
+    rate_quota_per_s: float = 1.0  # this agent's share of the REST budget (queries it causes)
+    schedule: Schedule = msgspec.field(default_factory=Schedule)
+    mode: AgentMode = AgentMode.LIVE
+    on_error: OnError = OnError.CONTINUE
+    description: str = ""
+
+
+T = TypeVar("T")
+
+
+def decode_toml(data: bytes | str, type_: type[T], source: str = "<string>") -> T:
+    """Decode TOML into a config Struct; every problem becomes a ConfigError naming source and field."""
+    text = data.decode() if isinstance(data, bytes) else data
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        return msgspec.convert(raw, type_)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_card(path: str | Path) -> AgentCard:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read card: {e.strerror}") from None
+    card = decode_toml(data, AgentCard, str(p))
+    if len(set(card.codes)) != len(card.codes):
+        raise ConfigError(f"{p}: `$.codes` lists a code twice")
+    return card
+
+
+def load_gateway_config(path: str | Path | None) -> GatewayConfig:
+    if path is None:
+        return GatewayConfig()
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    return decode_toml(data, GatewayConfig, str(p))
+
+
+def json_schema(type_: type = AgentCard) -> dict[str, Any]:
+    return msgspec.json.schema(type_)
