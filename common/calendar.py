@@ -41,7 +41,9 @@ CSAT_HOURS = (dt.time(10, 0), dt.time(16, 30))
 CSAT_DAYS = frozenset(
     dt.date.fromisoformat(d)
     for d in (
-        "2016-11-17", "2017-11-23", "2018-11-15", "2019-11-14", "2020-12-03", "2021-11-18",
+        "2016-11-17",
+        "2017-11-16", "2017-11-23",  # CSAT postponed a week (Pohang earthquake); KRX kept both late opens
+        "2018-11-15", "2019-11-14", "2020-12-03", "2021-11-18",
         "2022-11-17", "2023-11-16", "2024-11-14", "2025-11-13",
         "2026-11-19",  # announced CSAT date; not yet in the third-party calendar file
     )

@@ -1,0 +1,404 @@
+"""The agent process: lock → connect → register (snapshot + missed events) → run the strategy.
+
+One thread, one zmq.Poller over the DEALER, the SUB and a signal wake-up socket; the poll timeout is
+the time to the next heartbeat or timer, so nothing spins. A restarted agent resumes from the
+gateway's snapshot; client order numbers continue from it, so no id is reused and nothing re-sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+from agent.client import GatewayClient
+from agent.feed import SequenceTracker
+from agent.lock import AgentLock
+from agent.strategy import Strategy
+from common.clock import today_kst
+from common.config import AgentCard, OnError
+from common.connection import ConnectionFileError, GatewayInfo, read_info
+from common.enums import OrderType, Side, TimeInForce
+from common.errors import ErrorCode, KtraderError
+from common.ids import make_client_order_id
+from common.orders import OPEN
+from common.schema import (
+    Ack, AgentEvent, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
+    ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
+    Registered, Snapshot, SubmitOrders, SYSTEM_TOPIC, TradeTick, Unregister, trade_topic,
+)
+
+log = logging.getLogger("ktrader.agent")
+
+EXIT_OK = 0
+EXIT_LOCKED = 3  # another local copy holds the lock
+EXIT_DUPLICATE = 4  # the gateway says another live session holds this id
+EXIT_NO_GATEWAY = 5
+EXIT_BAD_CARD = 2
+EXIT_STRATEGY = 6
+
+
+class AgentExit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_strategy_class(spec: str) -> type[Strategy]:
+    module_name, _, cls_name = spec.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise TypeError(f"{spec} is not a Strategy subclass")
+    return cls
+
+
+class AgentRuntime:
+    """Also the strategy's Context (see agent.strategy.Context)."""
+
+    def __init__(self, card: AgentCard, run_dir: str | Path = "run", *, lock_dir: str | Path | None = None,
+                 gateway_wait_s: float = 10.0, takeover_wait_s: float | None = None) -> None:
+        self.card = card
+        self.agent_id = card.id
+        self.run_dir = Path(run_dir)
+        self.lock = AgentLock(lock_dir or self.run_dir / "locks", card.id)
+        self.gateway_wait_s = gateway_wait_s
+        self.takeover_wait_s = takeover_wait_s
+        self.log = logging.getLogger(f"ktrader.agent.{card.id}")
+        self.headers = HeaderFactory(card.id)
+        self.client: GatewayClient | None = None
+        self.info: GatewayInfo | None = None
+        self.strategy: Strategy | None = None
+        self.orders: dict[str, OrderView] = {}
+        self._positions: dict[str, PositionView] = {}
+        self.snapshot: Snapshot | None = None
+        self.last_seq = 0
+        self.next_n = 1
+        self.day = today_kst()
+        self.heartbeat_s = 0.25
+        self.lease_s = 1.0
+        self.errors = 0
+        self.paused = False
+        self.md = SequenceTracker()
+        self._outbox: list[NewOrder] = []
+        self._stopping = False
+        self._timer_s = 0.0
+        self._next_timer = float("inf")
+        self._last_ack = 0.0
+        self._max_ack_gap = 0.0
+        self._hb_sent_at = 0.0
+
+    # ---- Context API (called by the strategy) ------------------------------------------------
+
+    def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
+            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
+        return self._order(Side.BUY, code, qty, price, order_type, tif, reason, context)
+
+    def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
+             tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
+        return self._order(Side.SELL, code, qty, price, order_type, tif, reason, context)
+
+    def _order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
+               reason: str, context: dict[str, Any] | None) -> str:
+        if self.paused:
+            raise KtraderError(ErrorCode.DENIED_HALTED, "agent is paused after a strategy error")
+        today = today_kst()
+        if today != self.day:  # numbering restarts each day
+            self.day, self.next_n = today, 1
+        coid = make_client_order_id(self.agent_id, self.day, self.next_n)
+        self.next_n += 1
+        self._outbox.append(NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price,
+                                     order_type=order_type, tif=tif, reason=reason, context=context or {}))
+        return coid
+
+    def cancel(self, client_order_id: str) -> None:
+        self._send(CancelOrder(h=self.headers(), client_order_id=client_order_id))
+
+    def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
+        self._send(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
+
+    def cancel_all(self, code: str = "") -> None:
+        self._send(CancelAll(h=self.headers(), code=code))
+
+    @property
+    def open_orders(self) -> dict[str, OrderView]:
+        return {k: o for k, o in self.orders.items() if o.state in OPEN}
+
+    @property
+    def positions(self) -> dict[str, PositionView]:
+        return {k: p for k, p in self._positions.items() if p.qty}
+
+    def position(self, code: str) -> int:
+        p = self._positions.get(code)
+        return p.qty if p else 0
+
+    def set_timer(self, interval_s: float) -> None:
+        self._timer_s = interval_s
+        self._next_timer = time.monotonic() + interval_s if interval_s > 0 else float("inf")
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.lock.acquire()  # before any socket
+        except Exception as e:
+            self.log.error("%s", e)
+            return EXIT_LOCKED
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake_w.fileno())
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._connect_and_register()
+            self._start_strategy()
+            self._loop(wake_r)
+            return EXIT_OK
+        except AgentExit as e:
+            self.log.error("%s", e)
+            return e.code
+        finally:
+            self._shutdown()
+            signal.set_wakeup_fd(old_fd)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            wake_r.close()
+            wake_w.close()
+            self.lock.release()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _read_info(self) -> GatewayInfo:
+        deadline = time.monotonic() + self.gateway_wait_s
+        while True:
+            try:
+                return read_info(self.run_dir)
+            except ConnectionFileError as e:
+                if time.monotonic() >= deadline or self._stopping:
+                    raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
+            time.sleep(0.1)  # waiting for a file to appear at start-up, not a hot path
+
+    def _connect_and_register(self) -> None:
+        self.info = self._read_info()
+        if self.client is not None:
+            self.client.close()
+        self.client = GatewayClient(self.info, self.agent_id, self.headers)
+        takeover_wait = self.takeover_wait_s if self.takeover_wait_s is not None else 4.0
+        deadline = time.monotonic() + takeover_wait
+        while True:
+            msg = Register(h=self.headers(), card=self.card, pid=os.getpid(), host=socket.gethostname(), last_seq=self.last_seq)
+            try:
+                reply = self.client.request(msg, timeout_s=3.0)
+            except KtraderError as e:
+                raise AgentExit(EXIT_NO_GATEWAY, f"gateway at {self.info.router} did not answer: {e}") from None
+            if isinstance(reply, Registered):
+                break
+            if isinstance(reply, Error) and reply.code is ErrorCode.DUPLICATE_AGENT:
+                # The holder may be a crashed copy whose lease has not run out yet: wait for it.
+                if time.monotonic() >= deadline or self._stopping:
+                    raise AgentExit(EXIT_DUPLICATE, f"refused: {reply.message}")
+                time.sleep(0.1)
+                continue
+            raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
+        self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
+        # A fresh process rebuilds its state from the snapshot: the events before it are history,
+        # not news, and must not trigger the strategy again (that is how orders get re-sent).
+        # A running process that re-registers gets what it missed delivered as usual.
+        fresh = self.strategy is None
+        for ev in reply.events:
+            self._on_event(ev, replay=True, notify=not fresh)
+        self._apply_snapshot(reply.snapshot)
+        assert self.client.sub is not None
+        self.client.subscribe(SYSTEM_TOPIC)
+        if self.card.subscriptions.trades:
+            for code in self.card.codes:
+                self.client.subscribe(trade_topic(code))
+        now = time.monotonic()
+        self._last_ack = now
+        self._hb_sent_at = 0.0
+        self.log.info("SNAPSHOT %s", msgspec.json.encode(reply.snapshot).decode())
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.orders = {o.client_order_id: o for o in snap.open_orders}
+        self._positions = {p.code: p for p in snap.positions}
+        self.last_seq = snap.last_seq
+        self.day = dt.datetime.strptime(snap.day, "%Y%m%d").date()
+        self.next_n = max(self.next_n if self.day == today_kst() else 1, snap.next_order_n)
+
+    def _start_strategy(self) -> None:
+        try:
+            cls = load_strategy_class(self.card.strategy)
+            params = cls.parse_params(self.card.params)
+        except Exception as e:
+            raise AgentExit(EXIT_BAD_CARD, f"strategy {self.card.strategy}: {e}") from None
+        self.strategy = cls(self, params)
+        self._call("on_start")
+
+    def _shutdown(self) -> None:
+        if self.strategy is not None:
+            self._call("on_stop")
+            self.strategy = None
+        if self.client is not None:
+            try:
+                self.client.request(Unregister(h=self.headers(), reason="stopped"), timeout_s=1.0)
+            except KtraderError:
+                pass
+            self.client.close()
+            self.client = None
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _loop(self, wake: socket.socket) -> None:
+        assert self.client is not None
+        poller = zmq.Poller()
+        poller.register(self.client.dealer, zmq.POLLIN)
+        assert self.client.sub is not None
+        poller.register(self.client.sub, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        while not self._stopping:
+            now = time.monotonic()
+            next_hb = self._hb_sent_at + self.heartbeat_s
+            timeout = max(0.0, min(next_hb, self._next_timer) - now)
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            if wake.fileno() in ready or wake in ready:
+                try:
+                    wake.recv(64)
+                except BlockingIOError:
+                    pass
+            if self.client.dealer in ready:
+                while (msg := self.client.recv_nowait()) is not None:
+                    self._on_message(msg)
+            while self.client.inbox:
+                self._on_message(self.client.inbox.popleft())
+            if self.client.sub in ready:
+                while (pub := self.client.recv_pub_nowait()) is not None:
+                    self._on_pub(pub)
+            now = time.monotonic()
+            if now >= self._next_timer:
+                self._next_timer = now + self._timer_s if self._timer_s > 0 else float("inf")
+                self._call("on_timer")
+            if now >= self._hb_sent_at + self.heartbeat_s:
+                self._heartbeat(now)
+            self._flush()
+            if self.client is not None and self.client.dealer not in dict(poller.sockets):
+                # reconnected to a new gateway: re-arm the poller with the new sockets
+                poller = zmq.Poller()
+                poller.register(self.client.dealer, zmq.POLLIN)
+                poller.register(self.client.sub, zmq.POLLIN)
+                poller.register(wake, zmq.POLLIN)
+
+    def _heartbeat(self, now: float) -> None:
+        silent = now - self._last_ack
+        if silent > max(3 * self.lease_s, 2.0):
+            self._gateway_lost(silent)
+            return
+        self._hb_sent_at = now
+        self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors))
+
+    def _gateway_lost(self, silent: float) -> None:
+        """No heartbeat reply for a while: the gateway may have restarted with a new key/endpoints."""
+        self.log.warning("no reply from the gateway for %.1fs; reconnecting", silent)
+        try:
+            info = read_info(self.run_dir)
+        except ConnectionFileError:
+            info = None
+        if info is None:
+            self._last_ack = time.monotonic() - silent / 2  # back off before the next look
+            return
+        self._connect_and_register()
+
+    def _send(self, msg: Any) -> None:
+        if self.client is not None:
+            self.client.send(msg)
+
+    def _flush(self) -> None:
+        if self._outbox and self.client is not None:
+            batch, self._outbox = self._outbox, []
+            self._send(SubmitOrders(h=self.headers(), orders=batch))
+
+    # ---- incoming -------------------------------------------------------------------------------
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, AgentEvent):
+            self._on_event(msg)
+        elif isinstance(msg, Ack):
+            self._ack_seen()
+        elif isinstance(msg, OrdersReply):
+            for r in msg.results:
+                if not r.accepted:
+                    self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
+        elif isinstance(msg, EventBatch):
+            for ev in msg.events:
+                self._on_event(ev)
+        elif isinstance(msg, Error):
+            if msg.code is ErrorCode.NOT_REGISTERED:
+                self.log.warning("gateway says not registered: %s; registering again", msg.message)
+                self._connect_and_register()
+            else:
+                self._ack_seen()
+                self.log.warning("gateway error %s: %s", msg.code, msg.message)
+
+    def _ack_seen(self) -> None:
+        now = time.monotonic()
+        self._max_ack_gap = max(self._max_ack_gap, now - self._last_ack)
+        self._last_ack = now
+
+    def _on_event(self, ev: AgentEvent, replay: bool = False, notify: bool = True) -> None:
+        if ev.seq <= self.last_seq:
+            return  # already seen
+        if ev.seq > self.last_seq + 1 and not replay:
+            # missed some (e.g. dropped at the high-water mark): fetch them, then continue
+            self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
+            return
+        self.last_seq = ev.seq
+        body = ev.body
+        if isinstance(body, OrderUpdate):
+            self.orders[body.order.client_order_id] = body.order
+            self.log.info("EVENT order %s %s filled %d/%d", body.order.client_order_id, body.order.state,
+                          body.order.filled_qty, body.order.qty)
+            if notify:
+                self._call("on_order", body.order)
+        elif isinstance(body, FillUpdate):
+            self._positions[body.position.code] = body.position
+            self.log.info("EVENT fill %s %s %d@%d position %d", body.fill.client_order_id, body.fill.side,
+                          body.fill.qty, body.fill.price, body.position.qty)
+            if notify:
+                self._call("on_fill", body.fill, body.position)
+        elif isinstance(body, Notice):
+            self.log.info("NOTICE %s %s", body.level, body.text)
+
+    def _on_pub(self, pub: Published) -> None:
+        missed = self.md.see(pub.topic, pub.seq)
+        if missed < 0:
+            return
+        if missed:
+            self.log.warning("feed gap on %s: %d messages missed", pub.topic, missed)
+        if isinstance(pub.body, TradeTick):
+            self._call("on_trade", pub.body)
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self.strategy is None:
+            return
+        try:
+            getattr(self.strategy, name)(*args)
+        except Exception as e:
+            self.errors += 1
+            self.log.exception("strategy error in %s", name)
+            if self.card.on_error is OnError.PAUSE:
+                self.paused = True
+            elif self.card.on_error is OnError.STOP:
+                self._stopping = True
+            if isinstance(e, KtraderError):
+                return
+        self._flush()

@@ -1,0 +1,72 @@
+"""run/gateway.json: how agents and tools find the gateway (endpoints + the per-run signing key).
+
+Written by the gateway with mode 0600 (atomically), read by everyone else. The key never leaves
+this file and process memory: it is not logged and not sent over the wire."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+
+class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
+    router: str
+    pub: str
+    key: str  # hex
+    pid: int
+    session: str
+    started_ns: int
+
+    @property
+    def key_bytes(self) -> bytes:
+        return bytes.fromhex(self.key)
+
+    def __repr__(self) -> str:  # keep the key out of logs and tracebacks
+        return f"GatewayInfo(router={self.router!r}, pub={self.pub!r}, pid={self.pid}, session={self.session!r})"
+
+
+class ConnectionFileError(RuntimeError):
+    pass
+
+
+def connection_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "gateway.json"
+
+
+def write_info(run_dir: str | Path, info: GatewayInfo) -> Path:
+    path = connection_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gateway.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(info))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_info(run_dir: str | Path) -> GatewayInfo:
+    path = connection_path(run_dir)
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=GatewayInfo)
+    except FileNotFoundError:
+        raise ConnectionFileError(f"{path} not found: is the gateway running? (ktrader gateway)") from None
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ConnectionFileError(f"{path}: unreadable ({e})") from None
+
+
+def remove_info(run_dir: str | Path, session: str) -> None:
+    """Remove the file only if it is still ours (a newer gateway may have replaced it)."""
+    try:
+        if read_info(run_dir).session == session:
+            connection_path(run_dir).unlink(missing_ok=True)
+    except ConnectionFileError:
+        pass

@@ -1,0 +1,303 @@
+"""The order state machine: one transition table, one `apply`.
+
+Every change of an order goes through `apply(order, event)`, which refuses illegal transitions,
+duplicate fills and over-fills. Orders are immutable; `apply` returns the next version, so an event
+log replays to the same order every time.
+
+States (DESIGN.md §5), with the choices we made:
+- NEW            created by the gateway, not yet written as an intent
+- PENDING_SUBMIT intent written durably, the broker is being called
+- ACCEPTED       the broker took it (we know its ODNO); "SUBMITTED/ACCEPTED" are one state, since KIS
+                 answers the order REST call only once it has accepted the order
+- PARTIALLY_FILLED, FILLED
+- PENDING_CANCEL, CANCELLED (the unfilled remainder is cancelled; fills before stay)
+- PENDING_REPLACE: a KIS revise gives the remainder a new ODNO (linked by ORGN_ODNO); our order keeps
+                 its client id and continues under the new ODNO, so there is no separate REPLACED
+                 end state: a confirmed revise returns to ACCEPTED/PARTIALLY_FILLED with the new terms.
+- DENIED         our risk gate said no; never sent
+- REJECTED       the broker said no
+- EXPIRED        the day ended with the order open
+- UNKNOWN        sent, outcome not known (timeout, dropped connection); still counts against risk and
+                 is resolved by reconciliation (accept, reject, fills) before anything else is sent.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Union
+
+import msgspec
+
+from common.enums import OrderType, Side, TimeInForce
+
+
+class OrderState(StrEnum):
+    NEW = "new"
+    PENDING_SUBMIT = "pending_submit"
+    ACCEPTED = "accepted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    PENDING_CANCEL = "pending_cancel"
+    CANCELLED = "cancelled"
+    PENDING_REPLACE = "pending_replace"
+    DENIED = "denied"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+TERMINAL = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.DENIED, OrderState.REJECTED, OrderState.EXPIRED})
+OPEN = frozenset(OrderState) - TERMINAL - {OrderState.NEW}
+# States in which the broker may hold live quantity of ours (counts against risk and cash).
+LIVE_AT_BROKER = OPEN
+
+
+class StateError(ValueError):
+    """An event that the state machine refuses; the order is unchanged."""
+
+
+class IllegalTransition(StateError):
+    pass
+
+
+class DuplicateFill(StateError):
+    pass
+
+
+class Overfill(StateError):
+    pass
+
+
+# ---- events ---------------------------------------------------------------------------------------
+
+
+class _Ev(msgspec.Struct, frozen=True, kw_only=True, tag_field="e"):
+    ts_ns: int = 0
+
+
+class Submit(_Ev, tag="submit"):
+    """Intent written; the broker call starts."""
+
+
+class Deny(_Ev, tag="deny"):
+    code: str
+    reason: str = ""
+
+
+class Accept(_Ev, tag="accept"):
+    broker_order_id: str
+    org_no: str = ""
+
+
+class Reject(_Ev, tag="reject"):
+    code: str
+    reason: str = ""
+
+
+class MarkUnknown(_Ev, tag="unknown"):
+    reason: str = ""
+
+
+class Fill(_Ev, tag="fill"):
+    fill_id: str  # unique per fill; duplicates are refused
+    qty: int
+    price: int
+    broker_order_id: str = ""
+
+
+class RequestCancel(_Ev, tag="req_cancel"):
+    pass
+
+
+class CancelRefused(_Ev, tag="cancel_refused"):
+    code: str = ""
+    reason: str = ""
+
+
+class Cancelled(_Ev, tag="cancelled"):
+    broker_order_id: str = ""  # ODNO of the cancel order
+
+
+class RequestReplace(_Ev, tag="req_replace"):
+    price: int
+    qty: int  # new total quantity (filled + new remainder)
+
+
+class ReplaceRefused(_Ev, tag="replace_refused"):
+    code: str = ""
+    reason: str = ""
+
+
+class Replaced(_Ev, tag="replaced"):
+    broker_order_id: str  # the new ODNO
+    price: int
+    qty: int
+
+
+class Expire(_Ev, tag="expire"):
+    pass
+
+
+OrderEvent = Union[
+    Submit, Deny, Accept, Reject, MarkUnknown, Fill, RequestCancel, CancelRefused, Cancelled,
+    RequestReplace, ReplaceRefused, Replaced, Expire,
+]
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    client_order_id: str
+    agent: str
+    code: str
+    side: Side
+    qty: int
+    price: int
+    order_type: OrderType = OrderType.LIMIT
+    tif: TimeInForce = TimeInForce.DAY
+    state: OrderState = OrderState.NEW
+    filled_qty: int = 0
+    filled_value: int = 0
+    broker_order_id: str = ""
+    org_no: str = ""
+    broker_chain: tuple[str, ...] = ()  # every ODNO this order has had, oldest first
+    fill_ids: tuple[str, ...] = ()
+    pending_price: int = 0  # terms asked for by a revise in flight
+    pending_qty: int = 0
+    reason_code: str = ""
+    reason: str = ""
+    created_ns: int = 0
+    updated_ns: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.qty - self.filled_qty
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+# Sentinel targets: the resting state follows from the filled quantity.
+_RESTING = "resting"  # ACCEPTED, PARTIALLY_FILLED or FILLED by filled_qty
+_SAME = "same"  # no state change (e.g. a fill while a cancel is pending, unless it completes)
+
+S = OrderState
+# (state, event tag) -> target. Anything not in the table is illegal.
+TRANSITIONS: dict[tuple[OrderState, str], str] = {
+    (S.NEW, "submit"): S.PENDING_SUBMIT,
+    (S.NEW, "deny"): S.DENIED,
+    (S.PENDING_SUBMIT, "accept"): _RESTING,
+    (S.PENDING_SUBMIT, "reject"): S.REJECTED,
+    (S.PENDING_SUBMIT, "unknown"): S.UNKNOWN,
+    (S.PENDING_SUBMIT, "fill"): _RESTING,  # a notice may beat the REST reply
+    (S.UNKNOWN, "accept"): _RESTING,
+    (S.UNKNOWN, "reject"): S.REJECTED,
+    (S.UNKNOWN, "fill"): _RESTING,
+    (S.UNKNOWN, "cancelled"): S.CANCELLED,
+    (S.UNKNOWN, "expire"): S.EXPIRED,
+    (S.ACCEPTED, "accept"): _SAME,  # a late duplicate acknowledgement is harmless
+    (S.ACCEPTED, "fill"): _RESTING,
+    (S.ACCEPTED, "req_cancel"): S.PENDING_CANCEL,
+    (S.ACCEPTED, "req_replace"): S.PENDING_REPLACE,
+    (S.ACCEPTED, "cancelled"): S.CANCELLED,  # cancelled outside us (HTS), seen by reconciliation
+    (S.ACCEPTED, "expire"): S.EXPIRED,
+    (S.PARTIALLY_FILLED, "accept"): _SAME,
+    (S.PARTIALLY_FILLED, "fill"): _RESTING,
+    (S.PARTIALLY_FILLED, "req_cancel"): S.PENDING_CANCEL,
+    (S.PARTIALLY_FILLED, "req_replace"): S.PENDING_REPLACE,
+    (S.PARTIALLY_FILLED, "cancelled"): S.CANCELLED,
+    (S.PARTIALLY_FILLED, "expire"): S.EXPIRED,
+    (S.PENDING_CANCEL, "fill"): _SAME,  # a fill racing the cancel; FILLED if it completes
+    (S.PENDING_CANCEL, "cancelled"): S.CANCELLED,
+    (S.PENDING_CANCEL, "cancel_refused"): _RESTING,
+    (S.PENDING_CANCEL, "expire"): S.EXPIRED,
+    (S.PENDING_CANCEL, "accept"): _SAME,
+    (S.PENDING_REPLACE, "fill"): _SAME,
+    (S.PENDING_REPLACE, "replaced"): _RESTING,
+    (S.PENDING_REPLACE, "replace_refused"): _RESTING,
+    (S.PENDING_REPLACE, "cancelled"): S.CANCELLED,
+    (S.PENDING_REPLACE, "expire"): S.EXPIRED,
+    (S.PENDING_REPLACE, "accept"): _SAME,
+}
+
+
+def _tag(event: OrderEvent) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def _resting(filled: int, qty: int) -> OrderState:
+    if filled >= qty:
+        return S.FILLED
+    return S.PARTIALLY_FILLED if filled > 0 else S.ACCEPTED
+
+
+def allowed(state: OrderState, event: OrderEvent) -> bool:
+    return (state, _tag(event)) in TRANSITIONS
+
+
+def apply(order: Order, event: OrderEvent) -> Order:
+    """The next version of `order` after `event`, or StateError (the order stays as it was)."""
+    tag = _tag(event)
+    target = TRANSITIONS.get((order.state, tag))
+    if target is None:
+        raise IllegalTransition(f"{order.client_order_id}: {tag} is not allowed in state {order.state}")
+    changes: dict[str, object] = {"updated_ns": event.ts_ns or order.updated_ns}
+    qty, filled = order.qty, order.filled_qty
+
+    if isinstance(event, Fill):
+        if event.fill_id in order.fill_ids:
+            raise DuplicateFill(f"{order.client_order_id}: fill {event.fill_id} already applied")
+        if event.qty <= 0 or event.price <= 0:
+            raise IllegalTransition(f"{order.client_order_id}: fill with qty {event.qty} price {event.price}")
+        if filled + event.qty > qty:
+            raise Overfill(f"{order.client_order_id}: fill of {event.qty} exceeds remaining {qty - filled}")
+        filled += event.qty
+        changes.update(
+            filled_qty=filled,
+            filled_value=order.filled_value + event.qty * event.price,
+            fill_ids=order.fill_ids + (event.fill_id,),
+        )
+        if event.broker_order_id and not order.broker_order_id:
+            changes.update(broker_order_id=event.broker_order_id, broker_chain=(event.broker_order_id,))
+    elif isinstance(event, Accept):
+        if not order.broker_order_id:
+            changes.update(broker_order_id=event.broker_order_id, org_no=event.org_no, broker_chain=(event.broker_order_id,))
+    elif isinstance(event, (Deny, Reject, CancelRefused, ReplaceRefused)):
+        changes.update(reason_code=event.code, reason=event.reason, pending_price=0, pending_qty=0)
+    elif isinstance(event, MarkUnknown):
+        changes.update(reason=event.reason)
+    elif isinstance(event, RequestReplace):
+        if event.qty < filled or event.qty <= 0 or event.price < 0:
+            raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")
+        changes.update(pending_price=event.price, pending_qty=event.qty)
+    elif isinstance(event, Replaced):
+        if event.qty < filled:
+            raise Overfill(f"{order.client_order_id}: replaced qty {event.qty} below filled {filled}")
+        qty = event.qty
+        changes.update(
+            qty=qty, price=event.price, broker_order_id=event.broker_order_id,
+            broker_chain=order.broker_chain + (event.broker_order_id,), pending_price=0, pending_qty=0,
+        )
+
+    if target == _RESTING:
+        state = _resting(filled, qty)
+    elif target == _SAME:
+        state = S.FILLED if filled >= qty else order.state
+    else:
+        state = OrderState(target)
+    changes["state"] = state
+    return msgspec.structs.replace(order, **changes)
+
+
+def replay(order: Order, events: list[OrderEvent]) -> Order:
+    """Apply a log of events in order; events the machine refuses are skipped (they were refused
+    when they first arrived too), so replaying a log is idempotent."""
+    for ev in events:
+        try:
+            order = apply(order, ev)
+        except StateError:
+            continue
+    return order

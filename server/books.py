@@ -1,0 +1,25 @@
+"""Per-agent books on one account: positions at average cost, realised P&L, cash use.
+
+Pure arithmetic on integers (KRW); the OMS persists what it returns."""
+
+from __future__ import annotations
+
+from common.enums import Side
+from common.schema import PositionView
+
+
+def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price: int) -> PositionView:
+    """The position after one fill. Sells take cost out at the average cost (floor), the rest of
+    the proceeds is realised P&L. Short positions are not allowed (the risk gate denies them)."""
+    cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+    if side is Side.BUY:
+        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + qty * price, realized_pnl=cur.realized_pnl)
+    if qty > cur.qty:
+        raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
+    removed = cur.cost * qty // cur.qty if cur.qty else 0
+    return PositionView(
+        code=code,
+        qty=cur.qty - qty,
+        cost=cur.cost - removed,
+        realized_pnl=cur.realized_pnl + qty * price - removed,
+    )

@@ -1,0 +1,375 @@
+"""The order manager: the gateway's book of record.
+
+Path of an order: risk gate → intent written durably (NEW→PENDING_SUBMIT, fsync) → the broker,
+one order at a time → ACCEPTED / REJECTED / UNKNOWN → notices and fills. Every change goes through
+`common.orders.apply` and is written, with the agent event that reports it, in one transaction.
+
+Never resend: a submit whose outcome is unknown stays UNKNOWN (it still counts against risk) until
+reconciliation or the notice stream resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from common.clock import now_ns, today_kst
+from common.config import AgentCard
+from common.enums import SessionState, Side, TradingState
+from common.errors import ErrorCode
+from common.ids import IdError, parse_client_order_id
+from common.orders import (
+    Accept, Cancelled, CancelRefused, Deny, Fill, MarkUnknown, OPEN, Order, OrderEvent, Reject,
+    ReplaceRefused, Replaced, RequestCancel, RequestReplace, StateError, Submit, apply,
+)
+from common.schema import (
+    AgentEvent, EventBody, FillUpdate, FillView, HeaderFactory, NewOrder, OrderResult, OrderUpdate,
+    OrderView, PositionView, Snapshot,
+)
+from kis.port import (
+    BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerPort, BrokerRejected,
+    BrokerUnknownOutcome, NoticeKind,
+)
+from server.books import apply_fill
+from server.risk import Exposure, RiskGate
+from server.store import Store, day_key
+
+log = logging.getLogger("ktrader.oms")
+
+EventSink = Callable[[str, AgentEvent], None]
+
+
+@dataclass
+class _Job:
+    kind: str  # submit | cancel | modify
+    coid: str
+    price: int = 0
+    qty: int = 0
+
+
+def view(o: Order) -> OrderView:
+    return OrderView(
+        client_order_id=o.client_order_id, agent=o.agent, code=o.code, side=o.side, qty=o.qty, price=o.price,
+        order_type=o.order_type, tif=o.tif, state=o.state, filled_qty=o.filled_qty, filled_value=o.filled_value,
+        broker_order_id=o.broker_order_id, reason_code=o.reason_code, reason=o.reason,
+        created_ns=o.created_ns, updated_ns=o.updated_ns,
+    )
+
+
+class OrderManager:
+    def __init__(
+        self,
+        store: Store,
+        broker: BrokerPort,
+        risk: RiskGate,
+        headers: HeaderFactory,
+        sink: EventSink,
+        today: Callable[[], dt.date] = today_kst,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.risk = risk
+        self.headers = headers
+        self.sink = sink
+        self.today = today
+        self.orders: dict[str, Order] = {}  # today's orders and every open order
+        self.order_day: dict[str, str] = {}
+        self.by_broker_id: dict[str, str] = {}  # ODNO (incl. revise/cancel ODNOs) -> client order id
+        self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)  # notices before their ODNO
+        self.positions: dict[str, dict[str, PositionView]] = {}
+        self.seq: dict[str, int] = {}
+        self.next_n: dict[tuple[str, str], int] = {}
+        self.fills_today = 0
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._job_n = 0
+        self._sender: asyncio.Task[None] | None = None
+        self.base_prices: dict[str, int] = {}  # code -> base price (yesterday's close) when known
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        today = day_key(self.today())
+        for day, o in self.store.load_orders():
+            if day == today or o.is_open:
+                self._index(o, day)
+        self.positions = self.store.load_positions()
+        self.seq = self.store.last_seqs()
+        log.info("loaded %d orders (%d open), %d agents with positions", len(self.orders),
+                 sum(o.is_open for o in self.orders.values()), len(self.positions))
+
+    def start(self) -> None:
+        self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="oms-sender")
+
+    async def stop(self) -> None:
+        if self._sender:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
+
+    def _index(self, o: Order, day: str) -> None:
+        self.orders[o.client_order_id] = o
+        self.order_day[o.client_order_id] = day
+        for odno in o.broker_chain:
+            self.by_broker_id[odno] = o.client_order_id
+
+    # ---- the agent-facing operations ----------------------------------------------------------
+
+    def submit(self, card: AgentCard, agent_state: TradingState, new: NewOrder) -> OrderResult:
+        coid = new.client_order_id
+        try:
+            owner, day, _ = parse_client_order_id(coid)
+        except IdError as e:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER, message=str(e))
+        if owner != card.id:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.WRONG_AGENT,
+                               message=f"order id belongs to {owner!r}, not {card.id!r}")
+        known = self.orders.get(coid)
+        if known is not None:
+            if (known.code, known.side) != (new.code, new.side):
+                return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.DUPLICATE_ORDER,
+                                   message="this client order id was used for a different order")
+            denied = known.state.value in ("denied", "rejected")
+            return OrderResult(client_order_id=coid, accepted=not denied, duplicate=True,
+                               code=ErrorCode(known.reason_code) if denied and known.reason_code in ErrorCode.__members__ else None,
+                               message=f"already known, state {known.state}")
+        if day_key(day) != day_key(self.today()):
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER,
+                               message=f"order id is for {day_key(day)}, today is {day_key(self.today())}")
+
+        ts = now_ns()
+        order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
+                      order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
+        denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), self.broker.session_state,
+                                 self.base_prices.get(new.code))
+        if denial is not None:
+            code, reason = denial
+            self._commit(order, Deny(ts_ns=ts, code=code.value, reason=reason))
+            return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
+        self._commit(order, Submit(ts_ns=ts))  # durable intent before the broker sees it
+        self._enqueue(1, _Job("submit", coid))
+        return OrderResult(client_order_id=coid, accepted=True)
+
+    def cancel(self, agent: str, coid: str) -> tuple[ErrorCode | None, str]:
+        o = self.orders.get(coid)
+        if o is None or o.agent != agent:
+            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
+        if o.state.value == "pending_cancel":
+            return None, "cancel already in progress"
+        if o.state.value not in ("accepted", "partially_filled"):
+            return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: nothing to cancel now"
+        self._commit(o, RequestCancel(ts_ns=now_ns()))
+        self._enqueue(0, _Job("cancel", coid))
+        return None, "cancel sent"
+
+    def modify(self, agent: str, coid: str, price: int, qty: int) -> tuple[ErrorCode | None, str]:
+        o = self.orders.get(coid)
+        if o is None or o.agent != agent:
+            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
+        if o.state.value not in ("accepted", "partially_filled"):
+            return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
+        new_qty = qty or o.qty
+        if new_qty <= o.filled_qty:
+            return ErrorCode.BAD_ORDER, f"new quantity {new_qty} is not above the filled {o.filled_qty}"
+        self._commit(o, RequestReplace(ts_ns=now_ns(), price=price, qty=new_qty))
+        self._enqueue(0, _Job("modify", coid, price, new_qty))
+        return None, "revise sent"
+
+    def cancel_all(self, agent: str, code: str = "") -> int:
+        n = 0
+        for o in list(self.orders.values()):
+            if o.agent == agent and (not code or o.code == code) and o.state.value in ("accepted", "partially_filled"):
+                if self.cancel(agent, o.client_order_id)[0] is None:
+                    n += 1
+        return n
+
+    # ---- views ----------------------------------------------------------------------------------
+
+    def exposure(self, agent: str, code: str) -> Exposure:
+        pos = self.positions.get(agent, {}).get(code)
+        exp = Exposure(position_qty=pos.qty if pos else 0, position_cost=pos.cost if pos else 0)
+        held_by_sells = 0
+        for o in self.orders.values():
+            if o.agent != agent or o.state not in OPEN:
+                continue
+            exp.open_orders += 1
+            if o.side is Side.BUY:
+                exp.reserved_cash += o.remaining * o.price
+            elif o.code == code:
+                held_by_sells += o.remaining
+        exp.sellable_qty = exp.position_qty - held_by_sells
+        exp.spent_cash = self._spent(agent)
+        return exp
+
+    def _spent(self, agent: str) -> int:
+        # Net cash in the agent's positions: cost of shares held minus realised P&L taken out.
+        return sum(p.cost - p.realized_pnl for p in self.positions.get(agent, {}).values())
+
+    def snapshot(self, card: AgentCard, trading_state: TradingState) -> Snapshot:
+        agent = card.id
+        today = day_key(self.today())
+        open_orders = [view(o) for o in self.orders.values() if o.agent == agent and o.is_open]
+        exp = self.exposure(agent, "")
+        n = self.next_n.get((agent, today)) or self.store.max_order_n(agent, today) + 1
+        return Snapshot(
+            agent=agent, trading_state=trading_state, open_orders=open_orders,
+            positions=[p for p in self.positions.get(agent, {}).values() if p.qty or p.realized_pnl],
+            budget=card.budget, reserved_cash=exp.reserved_cash, spent_cash=exp.spent_cash,
+            last_seq=self.seq.get(agent, 0), next_order_n=n, day=today,
+            orders_today=sum(1 for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today),
+        )
+
+    def counts(self) -> tuple[int, int, int]:
+        today = day_key(self.today())
+        total = sum(1 for c in self.orders if self.order_day.get(c) == today)
+        return total, sum(o.is_open for o in self.orders.values()), self.fills_today
+
+    def agent_counts(self, agent: str) -> tuple[int, int]:
+        today = day_key(self.today())
+        mine = [c for c, o in self.orders.items() if o.agent == agent]
+        return sum(self.orders[c].is_open for c in mine), sum(1 for c in mine if self.order_day.get(c) == today)
+
+    # ---- persistence + agent events ------------------------------------------------------------
+
+    def _commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None) -> Order:
+        """Apply, persist the order, its event, position changes and the agent events in one
+        transaction, then update memory and send."""
+        new = apply(order, event)
+        positions = [b.position for b in extra or [] if isinstance(b, FillUpdate)]
+        day = self.order_day.get(order.client_order_id) or day_key(self.today())
+        bodies: list[EventBody] = [OrderUpdate(order=view(new))] + list(extra or [])
+        events = []
+        with self.store.transaction():
+            self.store.record_order(new, event, day)
+            for pos in positions:
+                self.store.save_position(new.agent, pos)
+            for body in bodies:
+                seq = self.seq.get(new.agent, 0) + 1
+                self.seq[new.agent] = seq
+                ev = AgentEvent(h=self.headers(), seq=seq, body=body)
+                self.store.append_agent_event(new.agent, ev)
+                events.append(ev)
+        self._index(new, day)
+        for pos in positions:
+            self.positions.setdefault(new.agent, {})[pos.code] = pos
+        for ev in events:
+            self.sink(new.agent, ev)
+        return new
+
+    def _try(self, coid: str, event: OrderEvent, extra_fn: Callable[[Order], list[EventBody]] | None = None) -> Order | None:
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+        try:
+            new = apply(o, event)
+        except StateError as e:
+            log.info("ignored for %s: %s", coid, e)
+            return None
+        if msgspec.structs.replace(new, updated_ns=o.updated_ns) == o:
+            return None  # nothing changed (e.g. a notice repeating the REST acknowledgement)
+        extra = extra_fn(new) if extra_fn else None
+        return self._commit(o, event, extra)
+
+    # ---- the broker side --------------------------------------------------------------------------
+
+    def _enqueue(self, prio: int, job: _Job) -> None:
+        self._job_n += 1
+        self._queue.put_nowait((prio, self._job_n, job))
+
+    async def _send_loop(self) -> None:
+        while True:
+            _, _, job = await self._queue.get()
+            try:
+                await self._run_job(job)
+            except Exception:  # a bug must not stop the sender; the order stays as it is, visibly
+                log.exception("job %s failed", job)
+
+    async def _run_job(self, job: _Job) -> None:
+        o = self.orders[job.coid]
+        if job.kind == "submit":
+            req = BrokerOrder(client_order_id=o.client_order_id, code=o.code, side=o.side, qty=o.qty, price=o.price,
+                              order_type=o.order_type, tif=o.tif)
+            try:
+                ack = await self.broker.submit(req)
+            except BrokerRejected as e:
+                self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_REJECTED.value, reason=f"{e.code} {e.message}".strip()))
+                return
+            except BrokerUnknownOutcome as e:
+                self._try(o.client_order_id, MarkUnknown(ts_ns=now_ns(), reason=str(e)))
+                return
+            except BrokerError as e:
+                # did not reach the broker: nothing placed
+                self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_ERROR.value, reason=str(e)))
+                return
+            self.by_broker_id[ack.broker_order_id] = o.client_order_id
+            self._try(o.client_order_id, Accept(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, org_no=ack.org_no))
+            self._drain_unmatched(ack.broker_order_id)
+        elif job.kind == "cancel":
+            try:
+                ack = await self.broker.cancel(BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
+                                                            org_no=o.org_no, code=o.code, qty=o.remaining))
+            except BrokerError as e:
+                self._try(o.client_order_id, CancelRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
+                return
+            self.by_broker_id[ack.broker_order_id] = o.client_order_id
+            self._drain_unmatched(ack.broker_order_id)
+        elif job.kind == "modify":
+            try:
+                ack = await self.broker.modify(BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
+                                                            org_no=o.org_no, code=o.code, qty=job.qty - o.filled_qty,
+                                                            price=job.price, all_qty=True))
+            except BrokerError as e:
+                self._try(o.client_order_id, ReplaceRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
+                return
+            self.by_broker_id[ack.broker_order_id] = o.client_order_id
+            self._try(o.client_order_id, Replaced(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty))
+            self._drain_unmatched(ack.broker_order_id)
+
+    def _drain_unmatched(self, odno: str) -> None:
+        for notice in self.unmatched.pop(odno, []):
+            self.on_notice(notice)
+
+    def on_notice(self, n: BrokerNotice) -> None:
+        coid = self.by_broker_id.get(n.broker_order_id)
+        if coid is None:
+            # The notice beat the REST reply that carries its ODNO: keep it until the ODNO is known.
+            self.unmatched[n.broker_order_id].append(n)
+            return
+        ts = now_ns()
+        if n.kind is NoticeKind.FILLED:
+            # KIS notices carry no fill id; a duplicated notice repeats these fields exactly.
+            # Two genuine fills with equal time, qty and price collapse into one here; reconciliation
+            # against the broker's cumulative filled quantity restores the missing one.
+            fill_id = f"{n.broker_order_id}:{n.time}:{n.fill_qty}:{n.fill_price}"
+
+            def fill_extra(new: Order) -> list[EventBody]:
+                pos = apply_fill(self.positions.get(new.agent, {}).get(new.code), new.code, new.side, n.fill_qty, n.fill_price)
+                fv = FillView(client_order_id=coid, fill_id=fill_id, code=new.code, side=new.side, qty=n.fill_qty,
+                              price=n.fill_price, ts_ns=ts)
+                return [FillUpdate(fill=fv, position=pos)]
+
+            if self._try(coid, Fill(ts_ns=ts, fill_id=fill_id, qty=n.fill_qty, price=n.fill_price,
+                                    broker_order_id=n.broker_order_id), fill_extra) is not None:
+                self.fills_today += 1
+        elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
+            self._try(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
+        elif n.kind is NoticeKind.REJECTED:
+            o = self.orders[coid]
+            if o.state.value == "pending_cancel":
+                self._try(coid, CancelRefused(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="cancel rejected"))
+            elif o.state.value == "pending_replace":
+                self._try(coid, ReplaceRefused(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="revise rejected"))
+            else:
+                self._try(coid, Reject(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="rejected by the exchange"))
+        elif n.kind is NoticeKind.CANCELLED or (n.kind is NoticeKind.ACCEPTED and n.is_cancel):
+            self._try(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
+
+    def is_session_ready(self) -> bool:
+        return self.broker.session_state is SessionState.READY

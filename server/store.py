@@ -1,0 +1,177 @@
+"""The gateway's store (apsw/SQLite, WAL). The gateway is the only writer.
+
+- `order_log`: append-only log of order events — the truth for orders.
+- `orders`: projection (latest version of each order), updated in the same transaction.
+- `agent_events`: each agent's sequenced event stream (replayed to a restarted agent).
+- `positions`: per-agent projection of fills.
+Orders and their events are written with synchronous=FULL: an intent is on disk before the broker
+is called. Schema version in PRAGMA user_version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import apsw
+import msgspec
+
+from common.orders import OPEN, Order, OrderEvent
+from common.schema import AgentEvent, PositionView
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS order_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_order_id TEXT NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_log_coid ON order_log(client_order_id);
+CREATE TABLE IF NOT EXISTS orders (
+    client_order_id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    day TEXT NOT NULL,
+    state TEXT NOT NULL,
+    is_open INTEGER NOT NULL,
+    broker_order_id TEXT NOT NULL DEFAULT '',
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_agent_day ON orders(agent, day);
+CREATE INDEX IF NOT EXISTS orders_open ON orders(is_open);
+CREATE TABLE IF NOT EXISTS agent_events (
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (agent, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    agent TEXT NOT NULL,
+    code TEXT NOT NULL,
+    qty INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    realized_pnl INTEGER NOT NULL,
+    PRIMARY KEY (agent, code)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_enc = msgspec.msgpack.Encoder()
+_order_dec = msgspec.msgpack.Decoder(Order)
+_oev_dec = msgspec.msgpack.Decoder(OrderEvent)
+_aev_dec = msgspec.msgpack.Decoder(AgentEvent)
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.path = p
+        self.db = apsw.Connection(str(p))
+        self.db.setbusytimeout(5000)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
+        with self.db:
+            self.db.execute(_DDL)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One durable commit (group several writes into it)."""
+        with self.db:
+            yield
+
+    # ---- orders -----------------------------------------------------------------------------
+
+    def record_order(self, order: Order, event: OrderEvent | None, day: str) -> None:
+        """Write the order's new version and (if any) the event that produced it."""
+        if event is not None:
+            self.db.execute(
+                "INSERT INTO order_log(client_order_id, ts_ns, body) VALUES (?, ?, ?)",
+                (order.client_order_id, event.ts_ns, _enc.encode(event)),
+            )
+        self.db.execute(
+            "INSERT INTO orders(client_order_id, agent, day, state, is_open, broker_order_id, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_order_id) DO UPDATE SET "
+            "state=excluded.state, is_open=excluded.is_open, broker_order_id=excluded.broker_order_id, body=excluded.body",
+            (order.client_order_id, order.agent, day, order.state.value, int(order.state in OPEN), order.broker_order_id, _enc.encode(order)),
+        )
+
+    def load_orders(self, *, open_only: bool = False, day: str | None = None) -> list[tuple[str, Order]]:
+        sql = "SELECT day, body FROM orders"
+        cond, args = [], []
+        if open_only:
+            cond.append("is_open=1")
+        if day is not None:
+            cond.append("day=?")
+            args.append(day)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        return [(d, _order_dec.decode(b)) for d, b in self.db.execute(sql, args)]
+
+    def order_events(self, client_order_id: str) -> list[OrderEvent]:
+        rows = self.db.execute("SELECT body FROM order_log WHERE client_order_id=? ORDER BY id", (client_order_id,))
+        return [_oev_dec.decode(b) for (b,) in rows]
+
+    def max_order_n(self, agent: str, day: str) -> int:
+        n = 0
+        for (coid,) in self.db.execute("SELECT client_order_id FROM orders WHERE agent=? AND day=?", (agent, day)):
+            tail = coid.rsplit("-", 1)[-1]
+            if tail.isdigit():
+                n = max(n, int(tail))
+        return n
+
+    # ---- agent events -------------------------------------------------------------------------
+
+    def append_agent_event(self, agent: str, event: AgentEvent) -> None:
+        self.db.execute(
+            "INSERT INTO agent_events(agent, seq, ts_ns, body) VALUES (?, ?, ?, ?)",
+            (agent, event.seq, event.h.ts, _enc.encode(event)),
+        )
+
+    def agent_events(self, agent: str, after_seq: int, limit: int) -> list[AgentEvent]:
+        rows = self.db.execute(
+            "SELECT body FROM agent_events WHERE agent=? AND seq>? ORDER BY seq LIMIT ?", (agent, after_seq, limit)
+        )
+        return [_aev_dec.decode(b) for (b,) in rows]
+
+    def last_seqs(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT agent, MAX(seq) FROM agent_events GROUP BY agent"))
+
+    # ---- positions ---------------------------------------------------------------------------
+
+    def save_position(self, agent: str, pos: PositionView) -> None:
+        self.db.execute(
+            "INSERT INTO positions(agent, code, qty, cost, realized_pnl) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(agent, code) DO UPDATE SET qty=excluded.qty, cost=excluded.cost, realized_pnl=excluded.realized_pnl",
+            (agent, pos.code, pos.qty, pos.cost, pos.realized_pnl),
+        )
+
+    def load_positions(self) -> dict[str, dict[str, PositionView]]:
+        out: dict[str, dict[str, PositionView]] = {}
+        for agent, code, qty, cost, realized in self.db.execute("SELECT agent, code, qty, cost, realized_pnl FROM positions"):
+            out.setdefault(agent, {})[code] = PositionView(code=code, qty=qty, cost=cost, realized_pnl=realized)
+        return out
+
+    # ---- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+
+def day_key(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")

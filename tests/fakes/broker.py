@@ -1,0 +1,112 @@
+"""A small in-process BrokerPort for the spine's end-to-end tests (tests only; the product's
+broker is the KIS twin through the KIS adapter).
+
+Rules: every order is accepted with a new ODNO; a limit buy at or above the reference price (or a
+sell at or below it) fills at once at its own price; market orders fill at the reference price;
+anything else rests until cancelled. Reference price: env KTRADER_FAKE_PRICE (default 70,000)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import os
+from collections.abc import AsyncIterator
+
+from common.config import GatewayConfig
+from common.enums import OrderType, SessionState, Side
+from kis.port import (
+    BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult,
+)
+
+
+class FakeBroker:
+    def __init__(self, ref_price: int | None = None) -> None:
+        self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
+        self._odno = itertools.count(1)
+        self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self.orders: dict[str, dict] = {}
+        self.submits = 0
+        self._state = SessionState.DISCONNECTED
+
+    @property
+    def session_state(self) -> SessionState:
+        return self._state
+
+    async def start(self) -> None:
+        self._state = SessionState.READY
+
+    async def close(self) -> None:
+        self._state = SessionState.DISCONNECTED
+
+    def _time(self) -> str:
+        return dt.datetime.now().strftime("%H%M%S")
+
+    def _notice(self, kind: NoticeKind, odno: str, o: dict, fill_qty: int = 0, fill_price: int = 0, orig: str = "",
+                is_cancel: bool = False) -> None:
+        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig, code=o["code"],
+                                            side=o["side"], order_qty=o["qty"], order_price=o["price"], fill_qty=fill_qty,
+                                            fill_price=fill_price, time=self._time(), is_cancel=is_cancel))
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        self.submits += 1
+        if order.qty <= 0:
+            raise BrokerRejected("quantity must be positive", code="APBK0000")
+        odno = f"{next(self._odno):010d}"
+        o = {"code": order.code, "side": order.side, "qty": order.qty, "price": order.price, "filled": 0, "open": True}
+        self.orders[odno] = o
+        self._notice(NoticeKind.ACCEPTED, odno, o)
+        marketable = order.order_type is OrderType.MARKET or (
+            order.price >= self.ref_price if order.side is Side.BUY else order.price <= self.ref_price)
+        if marketable:
+            px = order.price if order.order_type is OrderType.LIMIT else self.ref_price
+            o["filled"], o["open"] = order.qty, False
+            self._notice(NoticeKind.FILLED, odno, o, order.qty, px)
+        return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
+
+    async def modify(self, req: BrokerModify) -> BrokerAck:
+        o = self.orders.get(req.broker_order_id)
+        if o is None or not o["open"]:
+            raise BrokerRejected("no such open order", code="APBK0918")
+        odno = f"{next(self._odno):010d}"
+        o["open"] = False
+        self.orders[odno] = {**o, "price": req.price, "open": True}
+        return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        o = self.orders.get(req.broker_order_id)
+        if o is None or not o["open"]:
+            raise BrokerRejected("no such open order", code="APBK0918")
+        o["open"] = False
+        odno = f"{next(self._odno):010d}"
+        self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)
+        return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
+
+    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
+        return [BrokerOrderReport(broker_order_id=k, orig_broker_order_id="", org_no="06010", code=o["code"], side=o["side"],
+                                  qty=o["qty"], price=o["price"], filled_qty=o["filled"], avg_fill_price=o["price"] if o["filled"] else 0,
+                                  filled_value=o["filled"] * o["price"], remaining_qty=o["qty"] - o["filled"] if o["open"] else 0,
+                                  cancelled_qty=0 if o["open"] else o["qty"] - o["filled"], rejected_qty=0)
+                for k, o in self.orders.items()]
+
+    async def positions(self) -> list[BrokerPosition]:
+        return []
+
+    async def account(self) -> BrokerAccount:
+        return BrokerAccount(cash=100_000_000, orderable_cash=100_000_000, settlement_cash=100_000_000, total_eval=100_000_000,
+                             positions_eval=0)
+
+    async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return SubscriptionResult(ok=True)
+
+    async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return SubscriptionResult(ok=True)
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        while True:
+            yield await self._queue.get()
+
+
+def make(cfg: GatewayConfig) -> FakeBroker:
+    return FakeBroker()

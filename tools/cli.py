@@ -1,0 +1,168 @@
+"""`ktrader`: the one command line. Subcommands grow with the issues."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="ktrader: Korean stocks on the KIS Open API.")
+agent_app = typer.Typer(no_args_is_help=True, help="Run trading agents.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures as ratios to a same-run baseline).")
+cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
+app.add_typer(agent_app, name="agent")
+app.add_typer(bench_app, name="bench")
+app.add_typer(cards_app, name="cards")
+
+
+def _logging(level: str, log_file: str | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+@app.command()
+def gateway(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="runtime state folder (default: run/)"),
+    router: str = typer.Option("", help="ROUTER endpoint, e.g. tcp://127.0.0.1:5555 (default: ipc under run/)"),
+    pub: str = typer.Option("", help="PUB endpoint"),
+    broker: str = typer.Option("", help="module:factory returning a BrokerPort (default: KIS adapter, twin for env=sim)"),
+    profile: Optional[str] = typer.Option(None, help="write a profile of the run to this file"),
+    log_level: str = typer.Option("info", help="debug | info | warning"),
+) -> None:
+    """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints."""
+    import msgspec
+
+    from common.config import ConfigError, load_gateway_config
+    from server.app import main as gateway_main
+    from tools.profiling import profiled
+
+    _logging(log_level)
+    sys.path.insert(0, os.getcwd())  # --broker factories may live in the working tree
+    try:
+        cfg = load_gateway_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    changes = {k: v for k, v in (("run_dir", str(run_dir) if run_dir else ""), ("router_endpoint", router),
+                                 ("pub_endpoint", pub)) if v}
+    if changes:
+        cfg = msgspec.structs.replace(cfg, **changes)
+    with profiled(profile):
+        gateway_main(cfg, broker)
+
+
+@agent_app.command("run")
+def agent_run(
+    card: Path = typer.Argument(..., help="the agent's card, e.g. cards/ma_cross.toml"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    lock_dir: Optional[Path] = typer.Option(None, "--lock-dir", help="where the agent lock lives (default: RUN_DIR/locks)"),
+    takeover_wait: float = typer.Option(4.0, help="seconds to wait for a crashed copy's lease to run out"),
+    profile: Optional[str] = typer.Option(None, help="write a cProfile of the run to this file"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run one agent from its card (one OS process per agent)."""
+    from agent.runtime import EXIT_BAD_CARD, AgentRuntime
+    from common.config import ConfigError, load_card
+    from tools.profiling import profiled
+
+    _logging(log_level)
+    try:
+        c = load_card(card)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_BAD_CARD)
+    sys.path.insert(0, os.getcwd())  # strategies may live in the working tree
+    rt = AgentRuntime(c, run_dir, lock_dir=lock_dir, takeover_wait_s=takeover_wait)
+    with profiled(profile):
+        code = rt.run()
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """One-shot view of the gateway: session, agents, orders."""
+    from common.connection import ConnectionFileError
+    from common.errors import KtraderError
+    from tools.status import fetch_status, render_status, status_json
+
+    try:
+        st = fetch_status(run_dir)
+    except (ConnectionFileError, KtraderError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    if json_out:
+        sys.stdout.write(status_json(st).decode() + "\n")
+    else:
+        render_status(st)
+
+
+@app.command()
+def control(
+    action: str = typer.Argument(..., help="pause | resume | halt | reduce | cancel_all"),
+    agent: str = typer.Option("", help="agent id (default: the whole gateway)"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+) -> None:
+    """Operator actions: pause/resume/halt an agent or the gateway, cancel all orders."""
+    from common.connection import ConnectionFileError
+    from common.errors import KtraderError
+    from tools.status import send_control
+
+    try:
+        typer.echo(send_control(run_dir, action, agent))
+    except (ConnectionFileError, KtraderError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+
+
+@cards_app.command("schema")
+def cards_schema() -> None:
+    """Print the JSON Schema of AgentCard (for editors)."""
+    import json
+
+    from common.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+
+
+@bench_app.command("rtt")
+def bench_rtt(
+    n: int = typer.Option(5000, help="round trips per measurement"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """agent→gateway→agent round trips vs a bare pyzmq DEALER/ROUTER echo, same run."""
+    from tools.bench_rtt import main as rtt
+
+    rtt(n=n, json_out=json_out)
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
+    headless: bool = typer.Option(False, "--headless", help="print a summary instead of the console"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
+) -> None:
+    """The gateway on the built-in twin, every sample agent, and a summary."""
+    from tools.demo import run_demo
+
+    raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=headless or not sys.stdout.isatty()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
