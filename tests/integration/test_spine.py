@@ -11,12 +11,14 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, holds_for, wait_for
+from tests.conftest import ROOT, Procs, holds_for, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -67,7 +69,7 @@ def start_agent(procs: Procs, tmp_path: Path, run: Path, agent: str, log_name: s
 def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) -> None:
     run, gw = spine
     a1 = start_agent(procs, tmp_path, run, "alpha", "alpha1")
-    b = start_agent(procs, tmp_path, run, "bravo", "bravo")
+    b = start_agent(procs, tmp_path, run, "bravo", "bravo", "--profile", str(tmp_path / "bravo.prof"))
 
     wait_for(lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s.open_orders == 1, 15,
              what="alpha online with one resting order")
@@ -120,8 +122,16 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     bs = agent_status(run, "bravo")
     assert bs.registrations == 1 and bs.max_ack_gap_ms < 1000
 
-    # clean shutdown of an agent unregisters it
+    # the status command, for scripts
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    st = json.loads(out.stdout)
+    assert {a["id"]: a["state"] for a in st["agents"]} == {"alpha": "online", "bravo": "online"}
+    assert st["orders_today"] == 2 and st["open_orders"] == 1 and st["fills_today"] == 1
+
+    # clean shutdown of an agent unregisters it, and --profile wrote its profile
     os.kill(b.pid, signal.SIGTERM)
     assert b.wait(10) == 0
     wait_for(lambda: agent_status(run, "bravo").state == "offline", 5, what="bravo offline")
+    assert (tmp_path / "bravo.prof").stat().st_size > 0
     assert gw.poll() is None

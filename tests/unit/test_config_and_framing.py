@@ -1,0 +1,106 @@
+"""Cards and configs: unknown keys refused, every problem named with file and field. Framing:
+round trips, signatures, schema versions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from common.config import AgentCard, ConfigError, GatewayConfig, decode_toml, json_schema, load_card
+from common.connection import GatewayInfo, read_info, write_info
+from common.errors import ErrorCode
+from common.framing import MAGIC, Codec, FrameError
+from common.ids import IdError, check_stock_code, make_client_order_id, parse_client_order_id
+from common.schema import SCHEMA_VERSION, Header, HeaderFactory, NewOrder, Ping, SubmitOrders
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = 'id = "ma"\nname = "x"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\n'
+
+
+def test_sample_cards_load() -> None:
+    cards = sorted((ROOT / "cards").glob("*.toml"))
+    assert cards
+    for p in cards:
+        card = load_card(p)
+        assert card.id == p.stem
+
+
+@pytest.mark.parametrize("text,where", [
+    (GOOD + "colour = 'red'\n", "unknown field `colour`"),
+    (GOOD.replace('"ma"', '"Bad-Id"'), "$.id"),
+    (GOOD.replace('"005930"', '"5930"'), "$.codes[0]"),
+    (GOOD.replace("agent.strategies.ma_cross:MaCross", "no_colon"), "$.strategy"),
+    (GOOD + "budget = -5\n", "$.budget"),
+    (GOOD + "mode = 'yolo'\n", "$.mode"),
+    (GOOD + "[risk]\nmax_order_value = 1.5\n", "$.risk.max_order_value"),
+    (GOOD + "[schedule]\nstart = '25:00'\n", "$.schedule.start"),
+    ("id = ", "not valid TOML"),
+])
+def test_bad_cards_are_named(text: str, where: str, tmp_path: Path) -> None:
+    p = tmp_path / "card.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_card(p)
+    assert str(p) in str(e.value) and where in str(e.value)
+
+
+def test_duplicate_codes_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(GOOD.replace('["005930"]', '["005930", "005930"]'))
+    with pytest.raises(ConfigError, match="twice"):
+        load_card(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_card(tmp_path / "missing.toml")
+
+
+def test_gateway_config_and_schema() -> None:
+    cfg = decode_toml('[broker]\nenv = "paper"\n[risk]\nmax_open_orders = 10\n', GatewayConfig)
+    assert cfg.broker.env.value == "paper" and cfg.risk.max_open_orders == 10
+    with pytest.raises(ConfigError, match="unknown field"):
+        decode_toml("[broker]\nappkey = 'x'\n", GatewayConfig)
+    schema = json_schema(AgentCard)
+    assert "AgentCard" in str(schema)
+
+
+def test_ids() -> None:
+    import datetime as dt
+
+    c = make_client_order_id("ma_cross", dt.date(2026, 11, 20), 7)
+    assert c == "ma_cross-20261120-7" and parse_client_order_id(c) == ("ma_cross", dt.date(2026, 11, 20), 7)
+    with pytest.raises(IdError):
+        parse_client_order_id("ma_cross-2026-7")
+    assert check_stock_code("0009K0") == "0009K0"
+    with pytest.raises(IdError):
+        check_stock_code("00593")
+
+
+def test_codec_round_trip_and_errors() -> None:
+    codec = Codec(os.urandom(32))
+    hf = HeaderFactory("ma")
+    msg = SubmitOrders(h=hf(), orders=[NewOrder(client_order_id="ma-20261120-1", code="005930", side="buy", qty=1, price=70000)])
+    assert codec.decode(codec.encode(msg)) == msg
+    other = Codec(os.urandom(32))
+    with pytest.raises(FrameError) as e:
+        other.decode(codec.encode(msg))
+    assert e.value.code is ErrorCode.BAD_SIGNATURE
+    # a validation failure inside a well-formed message is BAD_MESSAGE and keeps the header
+    bad = msgspec.msgpack.encode({"t": "submit", "h": list(msgspec.to_builtins(hf())), "orders": [{"client_order_id": "x"}]})
+    with pytest.raises(FrameError) as e:
+        codec.decode([MAGIC, codec.sign(bad), bad])
+    assert e.value.code is ErrorCode.BAD_MESSAGE and e.value.header is not None
+    h = hf()
+    newer = codec.encode_body(Ping(h=Header(h.mid, h.sender, h.sid, h.ts, SCHEMA_VERSION + 1)))
+    with pytest.raises(FrameError) as e:
+        codec.decode([MAGIC, codec.sign(newer), newer])
+    assert e.value.code is ErrorCode.SCHEMA_VERSION
+
+
+def test_connection_file_is_private(tmp_path: Path) -> None:
+    info = GatewayInfo(router="ipc:///x", pub="ipc:///y", key="ab" * 32, pid=1, session="s" * 32, started_ns=1)
+    p = write_info(tmp_path, info)
+    assert p.stat().st_mode & 0o777 == 0o600
+    assert read_info(tmp_path) == info
+    assert "abab" not in repr(info)

@@ -1,0 +1,168 @@
+"""The order manager with a fake broker, in-process: durable intent, de-duplication by client order
+id, risk denials with reasons, notices that beat the REST reply, and a restart from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from common.config import AgentCard, RiskLimits
+from common.enums import Side
+from common.errors import ErrorCode
+from common.orders import OrderState
+from common.schema import AgentEvent, FillUpdate, HeaderFactory, NewOrder, OrderUpdate
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
+from server.oms import OrderManager
+from server.risk import RiskGate
+from server.store import Store
+from tests.fakes.broker import FakeBroker
+
+TODAY = dt.date(2026, 11, 20)
+CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"], budget=5_000_000,
+                 risk=RiskLimits(max_order_value=3_000_000, max_open_orders=5))
+
+
+def coid(n: int, agent: str = "alpha") -> str:
+    return f"{agent}-20261120-{n}"
+
+
+def order(n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY, code: str = "005930") -> NewOrder:
+    return NewOrder(client_order_id=coid(n), code=code, side=side, qty=qty, price=price)
+
+
+class Harness:
+    def __init__(self, path: Path, broker: FakeBroker | None = None) -> None:
+        self.store = Store(path)
+        self.broker = broker or FakeBroker(ref_price=70_000)
+        self.events: list[tuple[str, AgentEvent]] = []
+        self.oms = OrderManager(self.store, self.broker, RiskGate(RiskLimits()), HeaderFactory("gateway"),
+                                lambda a, e: self.events.append((a, e)), today=lambda: TODAY)
+        self.oms.load()
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self.oms.start()
+        self._pump = asyncio.get_running_loop().create_task(self._notices())
+
+    async def _notices(self) -> None:
+        async for ev in self.broker.events():
+            if isinstance(ev, BrokerNotice):
+                self.oms.on_notice(ev)
+
+    async def settle(self, cond, timeout: float = 5.0) -> None:
+        async def wait() -> None:
+            while not cond():
+                await asyncio.sleep(0.005)
+        await asyncio.wait_for(wait(), timeout)
+
+    async def close(self) -> None:
+        self._pump.cancel()
+        await self.oms.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "gw.sqlite"
+
+
+async def test_submit_fill_dedup_and_restart(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    r1 = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000))  # marketable: fills
+    r2 = h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000))  # rests
+    assert r1.accepted and r2.accepted
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED and h.oms.orders[coid(2)].state is OrderState.ACCEPTED)
+    # resending the same order (e.g. after a lost reply) is harmless
+    again = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000))
+    assert again.duplicate and again.accepted and h.broker.submits == 2
+    conflict = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000, side=Side.SELL))
+    assert conflict.code is ErrorCode.DUPLICATE_ORDER
+    seqs = [e.seq for a, e in h.events if a == "alpha"]
+    assert seqs == list(range(1, len(seqs) + 1))
+    fills = [e.body for _, e in h.events if isinstance(e.body, FillUpdate)]
+    assert len(fills) == 1 and fills[0].position.qty == 10 and fills[0].position.cost == 700_000
+    await h.close()
+
+    # a new gateway process on the same store: everything is back, numbering continues
+    h2 = Harness(db)
+    snap = h2.oms.snapshot(CARD, CARD_STATE)
+    assert [o.client_order_id for o in snap.open_orders] == [coid(2)]
+    assert snap.positions[0].qty == 10 and snap.next_order_n == 3 and snap.last_seq == seqs[-1]
+    assert snap.reserved_cash == 5 * 60_000 and snap.spent_cash == 700_000
+    assert h2.store.order_events(coid(1))  # the log holds the order's story
+    h2.store.close()
+
+
+async def test_denials_carry_reasons_and_are_recorded(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    cases = [
+        (order(1, price=70_050), ErrorCode.DENIED_TICK),
+        (order(2, side=Side.SELL), ErrorCode.DENIED_NO_SHARES),
+        (order(3, qty=100, price=60_000), ErrorCode.DENIED_NOTIONAL),  # 6,000,000 > 3,000,000 per order
+        (order(4, code="035420"), ErrorCode.DENIED_UNKNOWN_CODE),
+        (NewOrder(client_order_id=coid(5, "bravo"), code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.WRONG_AGENT),
+        (NewOrder(client_order_id="alpha-20261119-9", code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.BAD_ORDER),
+    ]
+    for new, code in cases:
+        r = h.oms.submit(CARD, CARD_STATE, new)
+        assert not r.accepted and r.code is code, (new, r)
+    denied = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate)]
+    assert {o.state for o in denied} == {OrderState.DENIED} and len(denied) == 4  # bad ids never become orders
+    assert h.broker.submits == 0
+    # budget: 5,000,000 KRW; four resting buys of 1,200,000 fit, the fifth does not
+    for n in range(10, 14):
+        assert h.oms.submit(CARD, CARD_STATE, order(n, qty=20, price=60_000)).accepted
+    r = h.oms.submit(CARD, CARD_STATE, order(14, qty=20, price=60_000))
+    assert r.code is ErrorCode.DENIED_BUDGET
+    await h.close()
+
+
+class SlowAckBroker(FakeBroker):
+    """Emits the notices of an order before its REST reply returns (the race in API.md §8.13)."""
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        ack = await super().submit(order)
+        for _ in range(20):
+            await asyncio.sleep(0)  # let the notice pump run first
+        return ack
+
+
+async def test_notice_before_rest_reply_is_buffered(db: Path) -> None:
+    h = Harness(db, SlowAckBroker(ref_price=70_000))
+    await h.start()
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=3, price=70_000)).accepted
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED)
+    assert h.oms.positions["alpha"]["005930"].qty == 3
+    assert not h.oms.unmatched
+    # a duplicated fill notice does not double the position
+    dup = BrokerNotice(kind=NoticeKind.FILLED, broker_order_id=h.oms.orders[coid(1)].broker_order_id, orig_broker_order_id="",
+                       code="005930", side=Side.BUY, order_qty=3, order_price=70_000, fill_qty=3, fill_price=70_000,
+                       time="000000")
+    h.oms.on_notice(dup)
+    h.oms.on_notice(dup)
+    assert h.oms.positions["alpha"]["005930"].qty in (3,)
+    await h.close()
+
+
+async def test_cancel_and_cancel_all(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    for n in (1, 2):
+        h.oms.submit(CARD, CARD_STATE, order(n))
+    await h.settle(lambda: all(h.oms.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
+    assert h.oms.cancel("alpha", coid(1)) == (None, "cancel sent")
+    assert h.oms.cancel("bravo", coid(2))[0] is ErrorCode.UNKNOWN_ORDER
+    assert h.oms.cancel_all("alpha") == 1
+    await h.settle(lambda: all(h.oms.orders[coid(n)].state is OrderState.CANCELLED for n in (1, 2)))
+    assert h.oms.cancel("alpha", coid(1))[0] is ErrorCode.ORDER_NOT_OPEN
+    await h.close()
+
+
+from common.enums import TradingState  # noqa: E402
+
+CARD_STATE = TradingState.ACTIVE
