@@ -26,7 +26,7 @@ from agent.lock import AgentLock
 from agent.strategy import Strategy
 from common.clock import today_kst
 from common.config import AgentCard, OnError
-from common.connection import ConnectionFileError, GatewayInfo, read_info
+from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
@@ -96,6 +96,7 @@ class AgentRuntime:
         self._last_ack = 0.0
         self._max_ack_gap = 0.0
         self._hb_sent_at = 0.0
+        self._stamp: tuple[int, int] | None = None
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -188,7 +189,15 @@ class AgentRuntime:
                     raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
             time.sleep(0.1)  # waiting for a file to appear at start-up, not a hot path
 
+    def _info_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = connection_path(self.run_dir).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def _connect_and_register(self) -> None:
+        self._stamp = self._info_stamp()
         self.info = self._read_info()
         if self.client is not None:
             self.client.close()
@@ -300,23 +309,31 @@ class AgentRuntime:
 
     def _heartbeat(self, now: float) -> None:
         silent = now - self._last_ack
+        stamp = self._info_stamp()
+        if stamp is not None and stamp != self._stamp:
+            # gateway.json was rewritten: a new gateway (new key, maybe new endpoints) is up
+            self._stamp = stamp
+            self._gateway_lost(silent, "a new gateway wrote its connection file")
+            return
         if silent > max(3 * self.lease_s, 2.0):
-            self._gateway_lost(silent)
+            self._gateway_lost(silent, f"no reply from the gateway for {silent:.1f}s")
             return
         self._hb_sent_at = now
         self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors))
 
-    def _gateway_lost(self, silent: float) -> None:
-        """No heartbeat reply for a while: the gateway may have restarted with a new key/endpoints."""
-        self.log.warning("no reply from the gateway for %.1fs; reconnecting", silent)
+    def _gateway_lost(self, silent: float, why: str) -> None:
+        """The gateway went away or was replaced: reconnect and register again (same session, so
+        the gateway hands back our lease, snapshot and the events we missed). Never fatal: a
+        running agent waits for its gateway, backing off between attempts."""
+        self.log.warning("%s; reconnecting", why)
         try:
-            info = read_info(self.run_dir)
-        except ConnectionFileError:
-            info = None
-        if info is None:
-            self._last_ack = time.monotonic() - silent / 2  # back off before the next look
-            return
-        self._connect_and_register()
+            read_info(self.run_dir)
+            self._connect_and_register()
+        except (ConnectionFileError, AgentExit) as e:
+            if isinstance(e, AgentExit) and e.code == EXIT_DUPLICATE:
+                raise  # another live copy took our id while we were away: we must not trade
+            self.log.warning("gateway not back yet (%s); retrying", e)
+            self._hb_sent_at = time.monotonic() + min(5.0, 0.5 + silent / 4) - self.heartbeat_s  # back-off
 
     def _send(self, msg: Any) -> None:
         if self.client is not None:

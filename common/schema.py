@@ -250,6 +250,10 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     open_orders: int
     orders_today: int
     errors: int
+    fills: int = 0
+    position_codes: int = 0  # codes with shares held
+    position_cost: int = 0  # KRW at cost
+    realized_pnl: int = 0
 
 
 class StatusReply(_Msg, tag="status_reply"):

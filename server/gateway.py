@@ -298,12 +298,15 @@ class Gateway:
         agents = []
         for rec in self.registry.agents.values():
             open_n, today_n = self.oms.agent_counts(rec.id)
+            held = [p for p in self.oms.positions.get(rec.id, {}).values()]
             agents.append(AgentStatus(
                 id=rec.id, name=rec.card.name, strategy=rec.card.strategy, state=rec.state, mode=rec.card.mode,
                 trading_state=rec.trading_state, pid=rec.pid, host=rec.host, session=rec.session,
                 heartbeat_age_s=round(self.registry.age(rec), 3), max_ack_gap_ms=rec.max_ack_gap_ms,
                 registrations=rec.registrations, codes=rec.codes, open_orders=open_n, orders_today=today_n,
-                errors=rec.errors,
+                errors=rec.errors, fills=self.oms.fills_by_agent.get(rec.id, 0),
+                position_codes=sum(1 for p in held if p.qty), position_cost=sum(p.cost for p in held),
+                realized_pnl=sum(p.realized_pnl for p in held),
             ))
         total, open_n, fills = self.oms.counts()
         counters = dict(self.counters)

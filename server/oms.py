@@ -86,6 +86,7 @@ class OrderManager:
         self.seq: dict[str, int] = {}
         self.next_n: dict[tuple[str, str], int] = {}
         self.fills_today = 0
+        self.fills_by_agent: dict[str, int] = defaultdict(int)
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
         self._job_n = 0
         self._sender: asyncio.Task[None] | None = None
@@ -100,6 +101,10 @@ class OrderManager:
                 self._index(o, day)
         self.positions = self.store.load_positions()
         self.seq = self.store.last_seqs()
+        for c, o in self.orders.items():
+            if self.order_day.get(c) == today and o.fill_ids:
+                self.fills_today += len(o.fill_ids)
+                self.fills_by_agent[o.agent] += len(o.fill_ids)
         log.info("loaded %d orders (%d open), %d agents with positions", len(self.orders),
                  sum(o.is_open for o in self.orders.values()), len(self.positions))
 
@@ -358,6 +363,7 @@ class OrderManager:
             if self._try(coid, Fill(ts_ns=ts, fill_id=fill_id, qty=n.fill_qty, price=n.fill_price,
                                     broker_order_id=n.broker_order_id), fill_extra) is not None:
                 self.fills_today += 1
+                self.fills_by_agent[self.orders[coid].agent] += 1
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             self._try(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.REJECTED:

@@ -135,3 +135,25 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     wait_for(lambda: agent_status(run, "bravo").state == "offline", 5, what="bravo offline")
     assert (tmp_path / "bravo.prof").stat().st_size > 0
     assert gw.poll() is None
+
+
+def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: Procs, spine) -> None:
+    """kill -9 of the gateway: a new gateway on the same run folder rebuilds its books from the store,
+    the running agent notices the new connection file, registers again and carries on."""
+    run, gw = spine
+    a = start_agent(procs, tmp_path, run, "alpha", "alpha")
+    wait_for(lambda: (s := agent_status(run, "alpha")) and s.open_orders == 1 and s.fills == 1, 15, what="alpha trading")
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait(5)
+    old_info = (run / "gateway.json").read_bytes()
+    gw2 = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway2")
+    wait_for(lambda: (run / "gateway.json").read_bytes() != old_info, 15, what="new gateway.json")
+    t0 = time.monotonic()
+    s = wait_for(lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s, 10, interval=0.05,
+                 what="alpha back on the new gateway")
+    assert time.monotonic() - t0 < 2.0
+    assert s.pid == a.pid and s.open_orders == 1 and s.orders_today == 2 and s.fills == 1
+    st = fetch_status(run)
+    assert st.gateway_pid == gw2.pid and st.fills_today == 1
+    assert a.poll() is None
+    holds_for(lambda: agent_status(run, "alpha").orders_today == 2, 0.5, what="no order re-sent")

@@ -1,0 +1,131 @@
+"""`ktrader demo`: the gateway on the built-in KIS twin, every sample card as its own agent
+process, and a view of it all. Headless (no terminal, or --headless): runs for a while, prints a
+summary table and exits 0 only if everything stayed healthy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from common.config import ConfigError, load_card
+from common.connection import ConnectionFileError, connection_path
+from common.errors import KtraderError
+from common.schema import StatusReply
+from tools.status import fetch_status, render_status
+
+console = Console()
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def summary_table(st: StatusReply) -> Table:
+    t = Table(title="ktrader demo summary")
+    for col in ("agent", "state", "orders", "open", "fills", "codes held", "cost KRW", "realised P&L", "errors"):
+        t.add_column(col, justify="right" if col not in ("agent", "state") else "left")
+    for a in st.agents:
+        t.add_row(a.id, a.state.value, str(a.orders_today), str(a.open_orders), str(a.fills), str(a.position_codes),
+                  f"{a.position_cost:,}", f"{a.realized_pnl:,}", str(a.errors))
+    return t
+
+
+def healthy(st: StatusReply, expected: set[str]) -> list[str]:
+    problems = []
+    if st.session_state.value != "ready":
+        problems.append(f"broker session is {st.session_state}")
+    online = {a.id for a in st.agents if a.state.value == "online"}
+    if missing := expected - online:
+        problems.append(f"agents not online: {sorted(missing)}")
+    if st.counters.get("handler_errors"):
+        problems.append(f"{st.counters['handler_errors']} gateway handler errors")
+    return problems
+
+
+def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) -> int:
+    cards = sorted(cards_dir.glob("*.toml"))
+    try:
+        ids = {load_card(c).id for c in cards}
+    except ConfigError as e:
+        console.print(f"[red]bad card[/]: {e}")
+        return 2
+    if not cards:
+        console.print(f"[red]no cards in {cards_dir}[/]")
+        return 2
+    logs = run_dir / "logs"
+    connection_path(run_dir).unlink(missing_ok=True)
+    gw = _spawn(["gateway", "--run-dir", str(run_dir)], logs / "gateway.log")
+    procs = [gw]
+    try:
+        deadline = time.monotonic() + 30
+        while not connection_path(run_dir).exists():
+            if gw.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]gateway did not start[/]; see {logs / 'gateway.log'}")
+                return 1
+            time.sleep(0.1)
+        for c in cards:
+            procs.append(_spawn(["agent", "run", str(c), "--run-dir", str(run_dir)], logs / f"agent-{c.stem}.log"))
+        console.print(f"demo: gateway pid {gw.pid}, {len(cards)} agents ({', '.join(sorted(ids))}); logs in {logs}")
+        end = time.monotonic() + duration if headless else float("inf")
+        worst: list[str] = []
+        settle_until = time.monotonic() + min(10.0, duration / 2)
+        with Live(console=console, refresh_per_second=2, transient=headless) if not headless else _Null() as live:
+            while time.monotonic() < end:
+                time.sleep(0.5)
+                try:
+                    st = fetch_status(run_dir)
+                except (ConnectionFileError, KtraderError) as e:
+                    worst = [f"gateway unreachable: {e}"]
+                    break
+                if time.monotonic() > settle_until:
+                    worst = healthy(st, ids) or worst
+                if not headless and live is not None:
+                    live.update(summary_table(st))
+                if gw.poll() is not None:
+                    worst = [f"gateway exited with {gw.returncode}"]
+                    break
+        st = fetch_status(run_dir)
+        render_status(st, console)
+        console.print(summary_table(st))
+        final = healthy(st, ids)
+        if worst or final:
+            console.print(f"[red]unhealthy[/]: {'; '.join(worst + final)}")
+            return 1
+        console.print("[green]healthy[/]: every agent online, broker session ready, no gateway errors")
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(procs[1:])
+        _stop(procs[:1])
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
