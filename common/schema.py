@@ -268,6 +268,7 @@ class StatusReply(_Msg, tag="status_reply"):
     open_orders: int
     fills_today: int
     counters: dict[str, int]  # protocol counters: bad frames, drops, ...
+    subscriptions: dict[str, list[str]] = {}  # "trades:005930" -> agents sharing that registration
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

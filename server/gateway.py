@@ -29,15 +29,16 @@ from common.framing import MAGIC, Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
     GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersReply, Ping, Pong, Register,
-    Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, SystemEvent, SYSTEM_TOPIC,
-    Unregister,
+    Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, SystemEvent, SYSTEM_TOPIC,
+    TradeTick, Unregister, trade_topic,
 )
-from kis.port import BrokerNotice, BrokerPort, SessionChange
+from kis.port import BrokerNotice, BrokerPort, MarketKind, SessionChange, Trade
 from server.oms import OrderManager
 from server.publisher import Publisher
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.store import Store
+from server.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -65,6 +66,7 @@ class Gateway:
         self.store = Store(self.run_dir / "db" / "gateway.sqlite")
         self.risk = RiskGate(cfg.risk)
         self.oms = OrderManager(self.store, broker, self.risk, self.headers, self._send_event)
+        self.subs = SubscriptionManager(broker)
         self.ctx = zmq.Context.instance()
         self.router: zmq.Socket | None = None
         self.pub: Publisher | None = None
@@ -265,6 +267,7 @@ class Gateway:
             self._reply(route, EventBatch(h=self.headers(h.mid), events=events, last_seq=self.oms.seq.get(rec.id, 0)))
         elif isinstance(msg, Unregister):
             self.registry.unregister(rec)
+            self.subs.leave(rec.id)
             self._reply(route, Ack(h=self.headers(h.mid), message="bye"))
             self._system("agent_offline", rec.id, msg.reason or "unregistered")
             log.info("agent %s unregistered (%s)", rec.id, msg.reason)
@@ -291,6 +294,16 @@ class Gateway:
                                       lease_s=self.cfg.lease_s, pub_endpoint=self.pub_endpoint))
         log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
         self._system("agent_online", rec.id, outcome)
+        self._subscribe_card(rec)
+
+    def _subscribe_card(self, rec: AgentRecord) -> None:
+        subs = rec.card.subscriptions
+        kinds = ([MarketKind.TRADES] if subs.trades else []) + ([MarketKind.BOOK] if subs.book else [])
+        for code in rec.card.codes:
+            for kind in kinds:
+                code_err, text = self.subs.want(rec.id, kind, code)
+                if code_err is not None:
+                    self.oms.notify(rec.id, Notice(level="error", text=f"{code_err.value}: {text}"))
 
     # ---- operations (the facade the console and CLI use) -----------------------------------------
 
@@ -317,6 +330,7 @@ class Gateway:
             h=self.headers(re), gateway_pid=os.getpid(), gateway_session=self.headers.sid, started_ns=self.started_ns,
             session_state=self.broker.session_state, broker=self.broker_name, trading_state=self.risk.global_state,
             agents=agents, orders_today=total, open_orders=open_n, fills_today=fills, counters=counters,
+            subscriptions=self.subs.table(),
         )
 
     def control(self, msg: Control) -> Message:
@@ -353,12 +367,17 @@ class Gateway:
             await asyncio.sleep(period)
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
+                self.subs.leave(rec.id)
                 self._system("agent_offline", rec.id, "lease expired")
 
     async def _broker_events(self) -> None:
         async for ev in self.broker.events():
             try:
-                if isinstance(ev, BrokerNotice):
+                if isinstance(ev, Trade):
+                    if self.pub is not None:
+                        self.pub.publish(trade_topic(ev.code), TradeTick(code=ev.code, time=ev.time, price=ev.price, qty=ev.qty,
+                                                                         side=ev.side, cum_volume=ev.cum_volume))
+                elif isinstance(ev, BrokerNotice):
                     self.oms.on_notice(ev)
                 elif isinstance(ev, SessionChange):
                     self._system("session_state", "", ev.state.value)

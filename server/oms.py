@@ -243,6 +243,15 @@ class OrderManager:
 
     # ---- persistence + agent events ------------------------------------------------------------
 
+    def notify(self, agent: str, body: EventBody) -> None:
+        """A sequenced, persisted event that is not an order change (e.g. a refused subscription)."""
+        seq = self.seq.get(agent, 0) + 1
+        ev = AgentEvent(h=self.headers(), seq=seq, body=body)
+        with self.store.transaction():
+            self.store.append_agent_event(agent, ev)
+        self.seq[agent] = seq
+        self.sink(agent, ev)
+
     def _commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None) -> Order:
         """Apply, persist the order, its event, position changes and the agent events in one
         transaction, then update memory and send."""

@@ -1,0 +1,99 @@
+"""Shared market-data registrations: agents ask for (kind, code); the broker is asked once.
+
+KIS allows 41 real-time registrations per app key; the fill-notice slot is the broker adapter's and
+comes first, so agents share at most 40. Two agents on 005930 cost one registration. The last
+agent leaving releases it after a debounce, so a restarting agent does not cause an
+unsubscribe/subscribe storm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from common.errors import ErrorCode
+from kis.port import BrokerPort, MarketKind
+
+log = logging.getLogger("ktrader.subscriptions")
+
+MARKET_DATA_SLOTS = 40  # 41 registrations per app key, one reserved for fill notices
+
+Key = tuple[MarketKind, str]
+
+
+class SubscriptionManager:
+    def __init__(self, broker: BrokerPort, slots: int = MARKET_DATA_SLOTS, debounce_s: float = 2.0) -> None:
+        self.broker = broker
+        self.slots = slots
+        self.debounce_s = debounce_s
+        self.holders: dict[Key, set[str]] = defaultdict(set)
+        self.active: set[Key] = set()  # registered at the broker (or being registered)
+        self.failed: dict[Key, str] = {}
+        self._release: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def want(self, agent: str, kind: MarketKind, code: str) -> tuple[ErrorCode | None, str]:
+        key = (kind, code)
+        if agent in self.holders[key] and key in self.active:
+            return None, "already subscribed"
+        if key not in self.active and len(self.active) >= self.slots:
+            who = sorted({a for k in self.active for a in self.holders[k]})
+            return ErrorCode.SUBSCRIPTION_LIMIT, (
+                f"all {self.slots} market-data registrations are in use (held by {', '.join(who)}); "
+                f"{kind.value} {code} refused")
+        self.holders[key].add(agent)
+        timer = self._release.pop(key, None)
+        if timer is not None:
+            timer.cancel()  # someone came back before the debounced release
+        if key not in self.active:
+            self.active.add(key)
+            self._spawn(self._subscribe(key))
+        return None, "subscribed"
+
+    def leave(self, agent: str) -> None:
+        """The agent left or died: release what only it held, after the debounce."""
+        for key, who in self.holders.items():
+            if agent in who:
+                who.discard(agent)
+                if not who and key in self.active and key not in self._release:
+                    loop = asyncio.get_running_loop()
+                    self._release[key] = loop.call_later(self.debounce_s, self._release_now, key)
+
+    def _release_now(self, key: Key) -> None:
+        self._release.pop(key, None)
+        if not self.holders[key] and key in self.active:
+            self.active.discard(key)
+            self._spawn(self._unsubscribe(key))
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _subscribe(self, key: Key) -> None:
+        kind, code = key
+        try:
+            res = await self.broker.subscribe(kind, code)
+        except Exception as e:  # the broker session may be reconnecting; it re-registers its ledger
+            res_ok, msg = False, str(e)
+        else:
+            res_ok, msg = res.ok, f"{res.code} {res.message}".strip()
+        if res_ok:
+            self.failed.pop(key, None)
+            log.info("registered %s %s", kind.value, code)
+        else:
+            self.failed[key] = msg
+            self.active.discard(key)
+            log.warning("registration of %s %s failed: %s", kind.value, code, msg)
+
+    async def _unsubscribe(self, key: Key) -> None:
+        kind, code = key
+        try:
+            await self.broker.unsubscribe(kind, code)
+            log.info("released %s %s", kind.value, code)
+        except Exception as e:
+            log.warning("release of %s %s failed: %s", kind.value, code, e)
+
+    def table(self) -> dict[str, list[str]]:
+        """`kind:code` → agents, for status and the console."""
+        return {f"{k.value}:{c}": sorted(self.holders[(k, c)]) for k, c in sorted(self.active)}
