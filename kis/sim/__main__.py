@@ -1,0 +1,3 @@
+from kis.sim.cli import main
+
+main()

@@ -1,0 +1,268 @@
+"""Admin HTTP API (JSON), on its own port: inspection, external orders, clock moves, prices, faults.
+
+Every endpoint is documented in kis/sim/README.md. Errors come back as `{"error": "..."}` with 400/404.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from kis.sim.engine import BookSide
+from kis.sim.exchange import OrderRecord
+from kis.sim.faults import RestDisconnect, RestError
+from kis.sim.ledger import Account
+from kis.sim.wire import KisError
+
+if TYPE_CHECKING:
+    from kis.sim.server import TwinServer
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(doc, ensure_ascii=False), status=status, content_type="application/json")
+
+
+def _err(msg: str, status: int = 400) -> web.Response:
+    return _json({"error": msg}, status)
+
+
+def order_view(rec: OrderRecord) -> dict[str, Any]:
+    return {
+        "odno": rec.odno, "account": rec.account_id, "day": rec.day.isoformat(), "code": rec.code,
+        "side": "buy" if rec.side is BookSide.BUY else "sell", "ord_dvsn": rec.ord_dvsn, "qty": rec.qty,
+        "price": rec.price, "tmd": rec.tmd, "kind": rec.kind.value, "orgn_odno": rec.orgn_odno,
+        "filled_qty": rec.filled_qty, "filled_amt": rec.filled_amt, "cancelled_qty": rec.cancelled_qty,
+        "moved_qty": rec.moved_qty, "expired_qty": rec.expired_qty, "rejected_qty": rec.rejected_qty,
+        "open_qty": rec.open_qty, "external": rec.external, "reject_reason": rec.reject_reason,
+    }
+
+
+def account_view(acct: Account, last: dict[str, int]) -> dict[str, Any]:
+    return {
+        "account": acct.account_id, "app_key": acct.app_key, "hts_id": acct.hts_id, "paper": acct.paper,
+        "cash": acct.cash, "dnca": acct.dnca, "reserved": acct.reserved, "orderable_cash": acct.orderable_cash,
+        "fees_total": acct.fees_total, "initial_cash": acct.initial_cash,
+        "holdings": {c: {"qty": h.qty, "cost": h.cost, "sellable": h.sellable, "last": last.get(c, 0)}
+                     for c, h in acct.holdings.items()},
+    }
+
+
+class AdminApi:
+    def __init__(self, server: TwinServer) -> None:
+        self.server = server
+
+    @property
+    def twin(self):  # noqa: ANN201 - Twin (avoid import cycle at runtime)
+        return self.server.twin
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        r = app.router
+        r.add_get("/admin/state", self.state)
+        r.add_get("/admin/accounts", self.accounts)
+        r.add_post("/admin/accounts", self.add_account)
+        r.add_get("/admin/accounts/{account}", self.account)
+        r.add_get("/admin/accounts/{account}/orders", self.orders)
+        r.add_post("/admin/orders", self.external_order)
+        r.add_post("/admin/clock/close", self.clock_close)
+        r.add_post("/admin/clock/next-day", self.clock_next_day)
+        r.add_post("/admin/price", self.set_price)
+        r.add_get("/admin/book/{code}", self.book)
+        r.add_post("/admin/market/step", self.step)
+        r.add_get("/admin/faults", self.faults)
+        r.add_post("/admin/faults/reset", self.faults_reset)
+        r.add_post("/admin/faults/ws-drop", self.ws_drop)
+        r.add_post("/admin/faults/ws-refuse", self.ws_refuse)
+        r.add_post("/admin/faults/ws-invalid-utf8", self.ws_invalid_utf8)
+        r.add_post("/admin/faults/rest-disconnect", self.rest_disconnect)
+        r.add_post("/admin/faults/rest-error", self.rest_error)
+        r.add_post("/admin/faults/latency", self.latency)
+        r.add_post("/admin/faults/expire-tokens", self.expire_tokens)
+        r.add_post("/admin/faults/notices", self.notices)
+        r.add_post("/admin/faults/batch", self.batch)
+        r.add_post("/admin/faults/legacy-notice", self.legacy_notice)
+        r.add_post("/admin/ws/pingpong", self.pingpong)
+        r.add_post("/admin/save", self.save)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except KisError as err:
+            return _json({"error": err.msg1, "msg_cd": err.msg_cd}, 400)
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            return _err(f"bad request: {exc!r}")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        doc = json.loads(raw.decode("utf-8") or "{}")
+        if not isinstance(doc, dict):
+            raise ValueError("body must be a JSON object")
+        return doc
+
+    def _last(self) -> dict[str, int]:
+        return {c: st.last for c, st in self.twin.exchange.stocks.items()}
+
+    # ------------------------------------------------------------------ reads
+    async def state(self, request: web.Request) -> web.Response:
+        tw = self.twin
+        return _json({
+            "endpoints": self.server.endpoints(), "clock": tw.clock.mode.value, "now": tw.clock.now().isoformat(),
+            "day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value,
+            "sessions": len(self.server.ws_hub.sessions) if self.server.ws_hub else 0,
+            "faults": tw.faults.describe(), "prices": self._last(),
+        })
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        last = self._last()
+        return _json([account_view(a, last) for a in self.twin.exchange.accounts.values()])
+
+    async def account(self, request: web.Request) -> web.Response:
+        acct = self.twin.exchange.accounts.get(request.match_info["account"])
+        if acct is None:
+            return _err("no such account", 404)
+        return _json(account_view(acct, self._last()))
+
+    async def orders(self, request: web.Request) -> web.Response:
+        acct_id = request.match_info["account"]
+        if acct_id not in self.twin.exchange.accounts:
+            return _err("no such account", 404)
+        return _json([order_view(r) for r in self.twin.exchange.account_orders(acct_id)])
+
+    async def book(self, request: web.Request) -> web.Response:
+        st = self.twin.exchange.stock(request.match_info["code"])
+        if st is None:
+            return _err("no such stock", 404)
+        asks, bids = st.book.depth(10)
+        return _json({"code": st.code, "last": st.last, "base": st.prev_close, "lower": st.book.lower,
+                      "upper": st.book.upper, "asks": asks, "bids": bids, "acml_vol": st.acml_vol})
+
+    # ------------------------------------------------------------------ actions
+    async def add_account(self, request: web.Request) -> web.Response:
+        self.twin.load_accounts({"accounts": [await self._body(request)]})
+        return _json({"ok": True})
+
+    async def external_order(self, request: web.Request) -> web.Response:
+        """{"account": "CANO-01", "code": "005930", "side": "buy"|"sell", "ord_dvsn": "00", "qty": 1, "price": 70000}"""
+        b = await self._body(request)
+        acct = self.twin.exchange.accounts.get(str(b["account"]))
+        if acct is None:
+            return _err("no such account", 404)
+        side = BookSide.BUY if str(b.get("side", "buy")).lower() == "buy" else BookSide.SELL
+        rec = self.twin.exchange.place(acct, str(b["code"]), side, str(b.get("ord_dvsn", "00")), int(b["qty"]),
+                                       int(b.get("price", 0)), external=True)
+        return _json(order_view(rec))
+
+    async def clock_close(self, request: web.Request) -> web.Response:
+        tw = self.twin
+        tw.clock.move_to_close()
+        tw.exchange.on_clock()
+        if tw.exchange._closed_day != tw.exchange.day:  # kst/replay on a holiday: close anyway
+            tw.exchange.close_day()
+        return _json({"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value})
+
+    async def clock_next_day(self, request: web.Request) -> web.Response:
+        tw = self.twin
+        tw.clock.move_to_next_day()
+        tw.exchange.on_clock()
+        return _json({"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value})
+
+    async def set_price(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        self.twin.exchange.set_price(str(b["code"]), int(b["price"]))
+        st = self.twin.exchange.stock(str(b["code"]))
+        return _json({"code": st.code if st else b["code"], "last": st.last if st else 0})
+
+    async def step(self, request: web.Request) -> web.Response:
+        """{"n": 100, "codes": ["005930"]} — run the price process n times now."""
+        b = await self._body(request)
+        n = int(b.get("n", 1))
+        codes = b.get("codes")
+        ex = self.twin.exchange
+        t0 = time.perf_counter()
+        for _ in range(max(n, 0)):
+            ex.step(list(codes) if codes else None)
+        return _json({"n": n, "seconds": time.perf_counter() - t0})
+
+    # ------------------------------------------------------------------ faults
+    async def faults(self, request: web.Request) -> web.Response:
+        return _json(self.twin.faults.describe())
+
+    async def faults_reset(self, request: web.Request) -> web.Response:
+        self.twin.faults.reset()
+        if self.server.ws_hub:
+            self.server.ws_hub.flush_held_notices()
+        return _json({"ok": True})
+
+    async def ws_drop(self, request: web.Request) -> web.Response:
+        return _json({"dropped": self.server.ws_hub.drop_all() if self.server.ws_hub else 0})
+
+    async def ws_refuse(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        self.twin.faults.ws_refuse_until = time.monotonic() + float(b.get("seconds", 10))
+        return _json({"ok": True})
+
+    async def ws_invalid_utf8(self, request: web.Request) -> web.Response:
+        n = await self.server.ws_hub.send_invalid_utf8() if self.server.ws_hub else 0
+        return _json({"sent": n})
+
+    async def rest_disconnect(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        when = str(b.get("when", "before"))
+        if when not in ("before", "after"):
+            return _err("when must be before|after")
+        self.twin.faults.disconnects.append(RestDisconnect(int(b.get("count", 1)), when, str(b.get("path_contains", ""))))
+        return _json({"ok": True})
+
+    async def rest_error(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        kind = str(b.get("kind", "500"))
+        if kind not in ("500", "EGW00201"):
+            return _err("kind must be 500|EGW00201")
+        self.twin.faults.errors.append(RestError(int(b.get("count", 1)), kind, str(b.get("path_contains", ""))))
+        return _json({"ok": True})
+
+    async def latency(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        self.twin.faults.latency_ms = float(b.get("ms", 0))
+        return _json({"ok": True})
+
+    async def expire_tokens(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        n = self.twin.auth.expire_all(reset_throttle=bool(b.get("reset_throttle", True)), app_key=b.get("app_key"))
+        return _json({"expired": n})
+
+    async def notices(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        nf = self.twin.faults.notices
+        nf.delay_ms = float(b.get("delay_ms", nf.delay_ms))
+        nf.duplicate = bool(b.get("duplicate", nf.duplicate))
+        nf.reorder = bool(b.get("reorder", nf.reorder))
+        if not nf.reorder and self.server.ws_hub:
+            self.server.ws_hub.flush_held_notices()
+        return _json({"ok": True})
+
+    async def batch(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        self.twin.faults.batch_records = max(1, int(b.get("records", 1)))
+        return _json({"ok": True})
+
+    async def legacy_notice(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        self.twin.faults.legacy_notice = bool(b.get("on", True))
+        return _json({"ok": True})
+
+    async def pingpong(self, request: web.Request) -> web.Response:
+        return _json({"sent": self.server.ws_hub.pingpong_all() if self.server.ws_hub else 0})
+
+    async def save(self, request: web.Request) -> web.Response:
+        path = self.server.save_state()
+        return _json({"saved": str(path) if path else None})

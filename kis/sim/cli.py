@@ -1,0 +1,80 @@
+"""`python -m kis.sim`: run the KIS twin as a process until SIGINT/SIGTERM.
+
+Prints the endpoints and demo credentials for people, then one JSON line for programs:
+{"rest_url": ..., "ws_url": ..., "admin_url": ..., "app_key": ..., "app_secret": ..., "account": ..., "hts_id": ...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kis.sim.server import TwinServer
+from kis.sim.twin import TwinConfig
+
+app = typer.Typer(add_completion=False, help="Run the KIS twin (a local KIS Open API server).")
+
+
+@app.command()
+def run(
+    rest_port: Annotated[int, typer.Option(help="real-flavour REST port (0 = ephemeral)")] = 0,
+    paper_rest_port: Annotated[int, typer.Option(help="paper-flavour REST port (0 = ephemeral)")] = 0,
+    ws_port: Annotated[int, typer.Option(help="websocket port (0 = ephemeral)")] = 0,
+    admin_port: Annotated[int, typer.Option(help="admin API port (0 = ephemeral)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for prices and demo credentials")] = 1,
+    clock: Annotated[str, typer.Option(help="open | kst | replay")] = "open",
+    date: Annotated[Optional[str], typer.Option(help="session date YYYY-MM-DD (open/replay)")] = None,
+    speed: Annotated[float, typer.Option(help="replay speed multiplier")] = 1.0,
+    accounts: Annotated[Optional[Path], typer.Option(help="accounts JSON file")] = None,
+    state_file: Annotated[Optional[Path], typer.Option(help="JSON state file (kept across restarts)")] = None,
+    replay_dir: Annotated[Optional[Path], typer.Option(help="directory of daily OHLCV CSVs (replay)")] = None,
+    tick_interval: Annotated[float, typer.Option(help="seconds between price steps (0 = admin only)")] = 0.5,
+    rate_real: Annotated[float, typer.Option(help="REST calls/s per real app key (EGW00201 above)")] = 20.0,
+    rate_paper: Annotated[float, typer.Option(help="REST calls/s per paper app key")] = 2.0,
+    pingpong: Annotated[float, typer.Option(help="idle seconds before PINGPONG")] = 100.0,
+    quiet: Annotated[bool, typer.Option(help="print only the JSON line")] = False,
+) -> None:
+    if clock not in ("open", "kst", "replay"):
+        raise typer.BadParameter("clock must be open, kst or replay")
+    config = TwinConfig(rest_port=rest_port, paper_rest_port=paper_rest_port, ws_port=ws_port,
+                        admin_port=admin_port, seed=seed, clock=clock,
+                        date=dt.date.fromisoformat(date) if date else None, speed=speed,
+                        accounts_file=accounts, state_file=state_file, replay_csv_dir=replay_dir,
+                        tick_interval=tick_interval, rate_real=rate_real, rate_paper=rate_paper,
+                        pingpong_s=pingpong)
+    asyncio.run(_serve(config, quiet))
+
+
+async def _serve(config: TwinConfig, quiet: bool) -> None:
+    server = TwinServer(config)
+    await server.start()
+    info = server.connection_info()
+    if not quiet:
+        print(f"KIS twin ({config.clock} clock, seed {config.seed})", file=sys.stderr)
+        for k in ("rest_url", "paper_rest_url", "ws_url", "admin_url", "app_key", "account", "hts_id",
+                  "paper_app_key", "paper_account"):
+            print(f"  {k:15s} {info[k]}", file=sys.stderr)
+    print(json.dumps(info, ensure_ascii=False), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Fault-injection state, driven by the admin API. Everything is off by default; counters make the
+faults deterministic (the next N matching calls), never random.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RestDisconnect:
+    count: int
+    when: str  # "before" (nothing done) or "after" (the call acted, the answer is lost)
+    path_contains: str = ""
+
+
+@dataclass(slots=True)
+class RestError:
+    count: int
+    kind: str  # "500" (HTTP 500, EGW00500 body) or "EGW00201" (rate-limit answer)
+    path_contains: str = ""
+
+
+@dataclass(slots=True)
+class NoticeFaults:
+    delay_ms: float = 0.0
+    duplicate: bool = False
+    reorder: bool = False  # hold each notice until the next one, then send them swapped
+
+
+@dataclass(slots=True)
+class Faults:
+    disconnects: list[RestDisconnect] = field(default_factory=list)
+    errors: list[RestError] = field(default_factory=list)
+    latency_ms: float = 0.0
+    notices: NoticeFaults = field(default_factory=NoticeFaults)
+    ws_refuse_until: float = 0.0  # monotonic deadline: new sessions get OPSP8996
+    batch_records: int = 1  # realtime price/book records per frame (>1 = batched frames)
+    legacy_notice: bool = False  # 23-field notice layout
+
+    def take_disconnect(self, path: str, when: str) -> bool:
+        for d in self.disconnects:
+            if d.when == when and d.path_contains in path and d.count > 0:
+                d.count -= 1
+                if d.count == 0:
+                    self.disconnects.remove(d)
+                return True
+        return False
+
+    def wants_disconnect(self, path: str) -> str | None:
+        """Peek which disconnect variant applies to `path` (without consuming it)."""
+        for d in self.disconnects:
+            if d.path_contains in path and d.count > 0:
+                return d.when
+        return None
+
+    def take_error(self, path: str) -> str | None:
+        for e in self.errors:
+            if e.path_contains in path and e.count > 0:
+                e.count -= 1
+                if e.count == 0:
+                    self.errors.remove(e)
+                return e.kind
+        return None
+
+    def ws_refusing(self) -> bool:
+        return time.monotonic() < self.ws_refuse_until
+
+    def reset(self) -> None:
+        self.disconnects.clear()
+        self.errors.clear()
+        self.latency_ms = 0.0
+        self.notices = NoticeFaults()
+        self.ws_refuse_until = 0.0
+        self.batch_records = 1
+        self.legacy_notice = False
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "disconnects": [{"count": d.count, "when": d.when, "path_contains": d.path_contains} for d in self.disconnects],
+            "errors": [{"count": e.count, "kind": e.kind, "path_contains": e.path_contains} for e in self.errors],
+            "latency_ms": self.latency_ms,
+            "notices": {"delay_ms": self.notices.delay_ms, "duplicate": self.notices.duplicate,
+                        "reorder": self.notices.reorder},
+            "ws_refusing": self.ws_refusing(),
+            "batch_records": self.batch_records,
+            "legacy_notice": self.legacy_notice,
+        }

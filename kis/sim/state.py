@@ -1,0 +1,97 @@
+"""Optional JSON state file: a restarted twin keeps its accounts, orders and prices.
+
+Written atomically (temp file + rename). Open orders of the saved day are parked back in the books
+(without matching) if the twin restarts on the same day; otherwise the day roll expires them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kis.sim.auth import AppKey
+from kis.sim.engine import BookSide, Tif
+from kis.sim.exchange import OrderKind, OrderRecord
+from kis.sim.ledger import Account, Holding
+
+if TYPE_CHECKING:
+    from kis.sim.twin import Twin
+
+VERSION = 1
+
+
+def save(twin: Twin, path: Path) -> None:
+    ex = twin.exchange
+    doc: dict[str, Any] = {
+        "version": VERSION,
+        "day": ex.day.isoformat(),
+        "odno_seq": ex._odno_seq,
+        "keys": [dataclasses.asdict(k) for k in twin.auth.keys.values()],
+        "accounts": [
+            {**{f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "holdings"},
+             "holdings": {c: dataclasses.asdict(h) for c, h in a.holdings.items()}}
+            for a in ex.accounts.values()
+        ],
+        "orders": [
+            {**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)},
+             "day": r.day.isoformat(), "side": int(r.side), "tif": int(r.tif), "kind": r.kind.value}
+            for r in ex.orders.values()
+        ],
+        "prices": {c: {"last": st.last, "prev_close": st.prev_close} for c, st in ex.stocks.items()},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def restore(twin: Twin, path: Path) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("version") != VERSION:
+        return
+    ex = twin.exchange
+    for k in doc.get("keys", []):
+        twin.auth.keys[k["key"]] = AppKey(**k)
+    ex.accounts.clear()
+    for a in doc.get("accounts", []):
+        holdings = {c: Holding(**h) for c, h in a.pop("holdings", {}).items()}
+        acct = Account(**a)
+        acct.holdings = holdings
+        ex.accounts[acct.account_id] = acct
+    ex._odno_seq = int(doc.get("odno_seq", 0))
+    saved_day = dt.date.fromisoformat(doc["day"])
+    same_day = saved_day == ex.day
+    for code, p in doc.get("prices", {}).items():
+        st = ex.stocks.get(code)
+        if st is None:
+            continue
+        base = p["prev_close"] if same_day else p["last"]
+        st.book.reset_day(base)
+        st.reset_day(base)
+        st.last = p["last"]
+        ex.process.reanchor(code, st.last)
+    ex.orders.clear()
+    for o in doc.get("orders", []):
+        o["day"] = dt.date.fromisoformat(o["day"])
+        o["side"] = BookSide(o["side"])
+        o["tif"] = Tif(o["tif"])
+        o["kind"] = OrderKind(o["kind"])
+        rec = OrderRecord(**o)
+        ex.orders[rec.odno] = rec
+        if rec.open_qty > 0:
+            st = ex.stocks[rec.code]
+            if same_day:
+                st.book.submit(rec.oid, rec.side, rec.unit if rec.price else None, rec.open_qty, rec.odno, match=False)
+                ex._by_oid[(rec.code, rec.oid)] = rec
+                st.book._next_oid = max(st.book._next_oid, rec.oid + 1)
+            else:
+                rec.expired_qty += rec.open_qty
+                ex._reserve(ex.accounts[rec.account_id], rec)
+    if not same_day:
+        for acct in ex.accounts.values():
+            acct.roll_day()
+    for st in ex.stocks.values():
+        ex._refresh_synthetic(st, st.last, match=False)

@@ -1,0 +1,146 @@
+"""Unit tests of the twin's pieces: credentials, AES, fees, auctions, clock moves, replay from CSV."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from common.clock import KST
+from common.krx import Phase, SecurityKind, price_limits
+from kis.sim import universe
+from kis.sim.auth import AuthRegistry
+from kis.sim.clock import ClockMode, TwinClock
+from kis.sim.engine import BookSide, OrderBook, Tif
+from kis.sim.exchange import Exchange, MarketConfig, Notice
+from kis.sim.ledger import Account, FeeSchedule, Holding
+from kis.sim.server import demo_credentials
+from kis.sim.wire import NOTICE_FIELDS, NOTICE_FIELDS_LEGACY, OAuthError, aes_decrypt, aes_encrypt, random_key_iv
+
+DATA = Path("/work/shared/data/krx_daily_fdr_2020_2026")
+
+
+def test_demo_credentials_are_deterministic_and_kis_shaped() -> None:
+    a, b, c = demo_credentials(1), demo_credentials(1), demo_credentials(2)
+    assert a == b and a != c
+    assert len(a.app_key) == 36 and len(a.app_secret) == 180 and len(a.paper_app_key) == 36
+    cano, prdt = a.account.split("-")
+    assert len(cano) == 8 and cano.isdigit() and prdt == "01"
+
+
+def test_aes_round_trip_and_notice_layouts() -> None:
+    key, iv = random_key_iv()
+    assert len(key) == 32 and len(iv) == 16
+    text = "^".join(["가나다"] * 26)
+    assert aes_decrypt(aes_encrypt(text, key, iv), key, iv) == text
+    assert len(NOTICE_FIELDS) == 26 and len(NOTICE_FIELDS_LEGACY) == 23
+
+
+def test_fees_are_integer_and_etf_has_no_sell_tax() -> None:
+    fees = FeeSchedule()
+    assert fees.commission(1_000_000) == 150
+    assert fees.sell_tax(1_000_000, taxable=True) == 1_800
+    assert fees.sell_tax(1_000_000, taxable=False) == 0
+
+
+def test_universe_has_the_required_names_on_grid() -> None:
+    for code in ("005930", "005935", "000660", "035420", "035720", "005380", "051910", "006400", "068270",
+                 "105560", "069500"):
+        info = universe.get(code)
+        assert info is not None
+        price_limits(info.base_price, info.kind)
+    assert universe.get("069500").kind is SecurityKind.ETF  # type: ignore[union-attr]
+    assert universe.get("A005930") is universe.get("005930")
+
+
+def test_call_auction_uncross_single_price() -> None:
+    book = OrderBook("005930", 71_000, SecurityKind.STOCK)
+    book.submit(1, BookSide.BUY, 71_200, 10, "b1", match=False)
+    book.submit(2, BookSide.BUY, 71_000, 5, "b2", match=False)
+    book.submit(3, BookSide.SELL, 70_900, 8, "s1", match=False)
+    book.submit(4, BookSide.SELL, 71_100, 10, None, match=False)
+    book.submit(5, BookSide.BUY, None, 3, "mkt", match=False)  # market order parked at the upper limit
+    price, vol = book.auction_price(71_000)
+    fills = book.uncross(71_000)
+    assert {f.price for f in fills} == {price} and sum(f.qty for f in fills) == vol == 13
+    assert book.best_bid() is None or book.best_ask() is None or book.best_bid() < book.best_ask()  # type: ignore[operator]
+
+
+def test_fok_all_or_nothing_and_ioc_remainder() -> None:
+    book = OrderBook("X", 10_000, SecurityKind.STOCK)
+    book.submit(1, BookSide.SELL, 10_010, 5, None)
+    res = book.submit(2, BookSide.BUY, 10_010, 6, "a", Tif.FOK)
+    assert not res.fills and res.cancelled == 6
+    res = book.submit(3, BookSide.BUY, 10_010, 6, "a", Tif.IOC)
+    assert sum(f.qty for f in res.fills) == 5 and res.cancelled == 1 and book.remaining(3) == 0
+
+
+def test_token_policy_unit() -> None:
+    auth = AuthRegistry(1)
+    t1, reused = auth.issue_token("k" * 36, "s" * 180, False)
+    assert not reused
+    t2, reused = auth.issue_token("k" * 36, "s" * 180, False)
+    assert reused and t2 is t1
+    auth.revoke("k" * 36, "s" * 180, t1.value)
+    with pytest.raises(OAuthError) as exc:
+        auth.issue_token("k" * 36, "s" * 180, False)
+    assert exc.value.code == "EGW00133"
+    with pytest.raises(OAuthError):
+        auth.issue_token("k" * 36, "wrong", False)
+
+
+def _exchange(clock: TwinClock, **kw: object) -> tuple[Exchange, Account, list[Notice]]:
+    ex = Exchange(clock, MarketConfig(seed=4, history_days=5, **kw))  # type: ignore[arg-type]
+    acct = ex.add_account(Account("80000001", "01", "k", "hts", "t", False, 10_000_000))
+    acct.holdings["005930"] = Holding(qty=10, cost=700_000, bfdy_qty=10)
+    notices: list[Notice] = []
+    ex.add_listener(lambda ev: notices.append(ev) if isinstance(ev, Notice) else None)
+    return ex, acct, notices
+
+
+def test_opening_auction_in_kst_clock_then_continuous() -> None:
+    day = dt.date(2026, 3, 3)  # a Tuesday trading day
+    clock = TwinClock(ClockMode.KST)
+    clock.move_to(dt.datetime(2026, 3, 3, 8, 45, tzinfo=KST))
+    ex, acct, notices = _exchange(clock)
+    ex.on_clock()
+    assert ex.day == day and clock.phase() is Phase.OPENING_AUCTION
+    st = ex.stocks["005930"]
+    ask = st.book.best_ask()
+    assert ask is not None
+    rec = ex.place(acct, "005930", BookSide.BUY, "00", 3, ask)  # parks during the call
+    assert rec.filled_qty == 0 and rec.open_qty == 3
+    with pytest.raises(Exception):
+        ex.place(acct, "005930", BookSide.BUY, "11", 1, ask)  # no IOC in an auction
+    clock.move_to(dt.datetime(2026, 3, 3, 9, 0, 1, tzinfo=KST))
+    ex.on_clock()
+    assert rec.filled_qty == 3
+    assert [n.record[13] for n in notices if n.record[2] == rec.odno] == ["1", "2"]
+    clock.move_to(dt.datetime(2026, 3, 3, 15, 31, tzinfo=KST))
+    low = ex.stocks["005935"].book.best_bid()
+    assert low is not None
+    ex.on_clock()
+    assert clock.phase() is Phase.POST_CLOSE and all(r.open_qty == 0 for r in ex.orders.values())
+    clock.move_to_next_day()
+    ex.on_clock()
+    assert ex.day == dt.date(2026, 3, 4)
+    assert ex.stocks["005930"].prev_close == ex.stocks["005930"].last
+
+
+@pytest.mark.skipif(not (DATA / "005930.csv").exists(), reason="shared daily CSVs not present")
+def test_replay_uses_recorded_previous_close() -> None:
+    day = dt.date(2024, 3, 5)
+    clock = TwinClock(ClockMode.REPLAY, day, speed=60)
+    ex = Exchange(clock, MarketConfig(seed=1, replay_csv_dir=DATA))
+    st = ex.stocks["005930"]
+    prev = [row for row in (DATA / "005930.csv").read_text().splitlines()[1:] if row.startswith("2024-03-04")][0]
+    assert st.prev_close == int(float(prev.split(",")[4]))
+    assert st.history[-1].day == dt.date(2024, 3, 4)
+    assert clock.phase() is Phase.OPENING_AUCTION and ex.day == day
+    clock.move_to(dt.datetime(2024, 3, 5, 10, 0, tzinfo=KST))
+    ex.on_clock()
+    for _ in range(50):
+        ex.step(["005930"])
+    lower, upper = price_limits(st.prev_close)
+    assert lower <= st.last <= upper and st.acml_vol > 0
