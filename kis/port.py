@@ -162,6 +162,7 @@ class BrokerNotice(msgspec.Struct, frozen=True, kw_only=True, tag="notice"):
     account: str = ""
     is_cancel: bool = False
     is_modify: bool = False
+    org_no: str = ""  # BRNC_NO (= KRX_FWDG_ORD_ORGNO), needed to revise/cancel the order
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):

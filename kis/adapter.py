@@ -1,0 +1,386 @@
+"""`KisBroker`: the BrokerPort adapter for KIS (real, paper, and the local twin).
+
+Maps broker-neutral requests to KIS TR ids and wire fields, wire strings to integer KRW, and
+merges the real-time session's notices, trades, books, session changes and gaps into one
+`events()` stream in arrival order.
+
+Usage (the gateway owns exactly one KisBroker per app key: one budget, one token, one websocket):
+
+    creds = load_credentials(cfg.credentials_file)          # or the twin's demo credentials
+    broker = make_broker(cfg, run_dir, creds)
+    await broker.start()
+    async for ev in broker.events():                         # one consumer task
+        ...  # BrokerNotice | Trade | Book | SessionChange | Gap
+    ack = await broker.submit(order, caller="agent_id")      # BrokerUnknownOutcome: never resend
+    await broker.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path as FsPath
+from typing import TypeVar
+
+import httpx
+import msgspec
+
+from common.clock import yyyymmdd
+from common.config import BrokerConfig
+from common.enums import OrderType, SessionState, Side, TimeInForce
+from kis.budget import Lane, RestBudget
+from kis.credentials import Credentials
+from kis.env import KisEnvironment, Path, Tr, environment_for
+from kis.port import (
+    BrokerAccount,
+    BrokerAck,
+    BrokerCancel,
+    BrokerEvent,
+    BrokerModify,
+    BrokerOrder,
+    BrokerOrderReport,
+    BrokerPosition,
+    BrokerRejected,
+    BrokerUnknownOutcome,
+    MarketKind,
+    SubscriptionResult,
+)
+from kis.realtime import TR_BOOK, TR_TRADES
+from kis.rest import KisRest, Kind, RetryPolicy
+from kis import wire
+from kis.token import TokenManager
+from kis.ws import KisWebSocket, WsConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALLER = "gateway"
+Q = TypeVar("Q", bound=wire.Envelope)
+
+# (order type, time in force) → ORD_DVSN (API.md §4.1, KRX)
+ORD_DVSN: dict[tuple[OrderType, TimeInForce], str] = {
+    (OrderType.LIMIT, TimeInForce.DAY): "00",
+    (OrderType.MARKET, TimeInForce.DAY): "01",
+    (OrderType.CONDITIONAL, TimeInForce.DAY): "02",
+    (OrderType.BEST, TimeInForce.DAY): "03",
+    (OrderType.PRIORITY, TimeInForce.DAY): "04",
+    (OrderType.LIMIT, TimeInForce.IOC): "11",
+    (OrderType.LIMIT, TimeInForce.FOK): "12",
+    (OrderType.MARKET, TimeInForce.IOC): "13",
+    (OrderType.MARKET, TimeInForce.FOK): "14",
+    (OrderType.BEST, TimeInForce.IOC): "15",
+    (OrderType.BEST, TimeInForce.FOK): "16",
+}
+PRICELESS = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
+
+MARKET_TR = {MarketKind.TRADES: TR_TRADES, MarketKind.BOOK: TR_BOOK}
+
+
+def _int(s: str) -> int:
+    s = (s or "").strip()
+    if not s:
+        return 0
+    try:
+        return int(s)
+    except ValueError:
+        try:
+            return int(Decimal(s).to_integral_value(ROUND_HALF_UP))
+        except InvalidOperation:
+            return 0
+
+
+def _odno(s: str) -> str:
+    s = (s or "").strip()
+    return "" if not s.strip("0") else s
+
+
+def ord_dvsn(order_type: OrderType, tif: TimeInForce) -> str:
+    try:
+        return ORD_DVSN[(order_type, tif)]
+    except KeyError:
+        raise BrokerRejected(f"{order_type}/{tif} has no KIS order division", code="LOCAL") from None
+
+
+class KisBroker:
+    """BrokerPort for KIS. Build it with `make_broker()`; `start()` before use, `close()` after."""
+
+    def __init__(
+        self,
+        env: KisEnvironment,
+        creds: Credentials,
+        run_dir: FsPath,
+        *,
+        timeout_s: float = 5.0,
+        ws_config: WsConfig | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        min_token_interval_s: float = 61.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        start_timeout_s: float = 15.0,
+    ) -> None:
+        self.env = env
+        self._creds = creds
+        self.budget = RestBudget(env.rate_per_s)
+        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, transport=transport)
+        self.tokens = TokenManager(
+            issue=self.rest.issue_token,
+            run_dir=FsPath(run_dir),
+            env_name=env.name,
+            key_fingerprint=creds.key_fingerprint,
+            min_issue_interval_s=min_token_interval_s,
+        )
+        self.rest.attach_tokens(self.tokens)
+        self._events: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        cfg = ws_config or WsConfig(max_registrations=env.max_registrations)
+        self.ws = KisWebSocket(
+            url=env.ws_url,
+            approval=self.rest.approval_key,
+            notice_tr=env.notice_tr,
+            hts_id=creds.hts_id,
+            emit=self._events.put_nowait,
+            config=cfg,
+        )
+        self._start_timeout_s = start_timeout_s
+        self._started = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def session_state(self) -> SessionState:
+        return self.ws.state
+
+    async def start(self) -> None:
+        """Get a token (from the cache if one is valid), open the websocket and wait (bounded) for
+        the notice slot to be registered. If the session is not READY in time, the watchdog keeps
+        trying in the background and `session_state` says so."""
+        await self.tokens.get()
+        self.ws.start()
+        self._started = True
+        if not await self.ws.wait_state(SessionState.READY, self._start_timeout_s):
+            log.warning("KIS real-time session not ready after %.0fs (state %s)", self._start_timeout_s, self.ws.state)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.rest.aclose()
+
+    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
+        """Per-caller share of the REST budget (e.g. an agent's `rate_quota_per_s`)."""
+        self.budget.set_quota(caller, rate_per_s)
+
+    # --- orders --------------------------------------------------------------------------------
+
+    def _ack(self, page_body: wire.OrderResponse) -> BrokerAck:
+        out = {k.upper(): v for k, v in (page_body.output or {}).items()}
+        odno = out.get("ODNO", "")
+        if not odno:
+            # accepted without an order number: we cannot track it; the caller must reconcile
+            raise BrokerUnknownOutcome("order accepted without ODNO in the reply", code=page_body.msg_cd)
+        return BrokerAck(broker_order_id=odno, org_no=out.get("KRX_FWDG_ORD_ORGNO", ""), time=out.get("ORD_TMD", ""), message=page_body.msg1.strip())
+
+    async def submit(self, order: BrokerOrder, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
+        if order.qty <= 0:
+            raise BrokerRejected("quantity must be positive", code="LOCAL")
+        dvsn = ord_dvsn(order.order_type, order.tif)
+        req = wire.OrderCashRequest(
+            CANO=self._creds.cano,
+            ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
+            PDNO=order.code,
+            SLL_TYPE="01" if order.side == Side.SELL else "",
+            ORD_DVSN=dvsn,
+            ORD_QTY=str(order.qty),
+            ORD_UNPR="0" if order.order_type in PRICELESS else str(order.price),
+        )
+        tr = Tr.ORDER_SELL if order.side == Side.SELL else Tr.ORDER_BUY
+        log.info("submit %s %s %s x%d @%d (%s)", order.client_order_id, order.side, order.code, order.qty, order.price, dvsn)
+        page = await self.rest.request(
+            "POST", Path.ORDER_CASH, self.env.tr_id(tr), wire.OrderResponse, body=wire.to_params(req), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller
+        )
+        return self._ack(page.body)  # type: ignore[arg-type]
+
+    async def modify(self, req: BrokerModify, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
+        body = wire.OrderRvsecnclRequest(
+            CANO=self._creds.cano,
+            ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
+            KRX_FWDG_ORD_ORGNO=req.org_no,
+            ORGN_ODNO=req.broker_order_id,
+            ORD_DVSN=ord_dvsn(req.order_type, TimeInForce.DAY),
+            RVSE_CNCL_DVSN_CD="01",
+            ORD_QTY="0" if req.all_qty else str(req.qty),
+            ORD_UNPR="0" if req.order_type in PRICELESS else str(req.price),
+            QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
+        )
+        page = await self.rest.request(
+            "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
+            body=wire.to_params(body), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller,
+        )
+        return self._ack(page.body)  # type: ignore[arg-type]
+
+    async def cancel(self, req: BrokerCancel, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
+        body = wire.OrderRvsecnclRequest(
+            CANO=self._creds.cano,
+            ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
+            KRX_FWDG_ORD_ORGNO=req.org_no,
+            ORGN_ODNO=req.broker_order_id,
+            ORD_DVSN="00",
+            RVSE_CNCL_DVSN_CD="02",
+            ORD_QTY="0" if req.all_qty else str(req.qty),
+            ORD_UNPR="0",
+            QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
+        )
+        page = await self.rest.request(
+            "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
+            body=wire.to_params(body), kind=Kind.CANCEL, lane=Lane.CANCEL, caller=caller,
+        )
+        return self._ack(page.body)  # type: ignore[arg-type]
+
+    # --- inquiries -----------------------------------------------------------------------------
+
+    async def order_reports(self, day: dt.date, *, caller: str = DEFAULT_CALLER) -> list[BrokerOrderReport]:
+        d = yyyymmdd(day)
+        req = wire.DailyCcldRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, INQR_STRT_DT=d, INQR_END_DT=d)
+        pages = await self.rest.paged(Path.DAILY_CCLD, self.env.tr_id(Tr.DAILY_CCLD), wire.DailyCcldResponse, wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+        out: list[BrokerOrderReport] = []
+        seen: set[str] = set()
+        for p in pages:
+            for r in p.output1:
+                if not r.odno or r.odno in seen:
+                    continue  # a row repeated across pages is one order
+                seen.add(r.odno)
+                out.append(report_from_row(r))
+        return out
+
+    async def _balance_pages(self, caller: str) -> list[wire.BalanceResponse]:
+        req = wire.BalanceRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
+        return await self.rest.paged(Path.BALANCE, self.env.tr_id(Tr.BALANCE), wire.BalanceResponse, wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+
+    async def positions(self, *, caller: str = DEFAULT_CALLER) -> list[BrokerPosition]:
+        out: dict[str, BrokerPosition] = {}
+        for p in await self._balance_pages(caller):
+            for r in p.output1:
+                qty = _int(r.hldg_qty)
+                if qty <= 0:
+                    continue  # sold today: KIS keeps the row with 0 until D+2
+                out[r.pdno] = BrokerPosition(
+                    code=r.pdno,
+                    qty=qty,
+                    sellable_qty=_int(r.ord_psbl_qty),
+                    avg_price=r.pchs_avg_pric.strip() or "0",
+                    purchase_value=_int(r.pchs_amt),
+                    last_price=_int(r.prpr),
+                )
+        return list(out.values())
+
+    async def account(self, *, caller: str = DEFAULT_CALLER) -> BrokerAccount:
+        pages = await self._balance_pages(caller)
+        summary = _balance_summary(pages[-1] if pages else None)
+        req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
+        page = await self.rest.request(
+            "GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse, params=wire.to_params(req), lane=Lane.ACCOUNT, caller=caller
+        )
+        psbl: wire.PsblOrderResponse = page.body  # type: ignore[assignment]
+        cash = _int(summary.dnca_tot_amt)
+        orderable = _int(psbl.output.ord_psbl_cash) if psbl.output and psbl.output.ord_psbl_cash.strip() else _int(summary.prvs_rcdl_excc_amt)
+        return BrokerAccount(
+            cash=cash,
+            orderable_cash=orderable,
+            settlement_cash=_int(summary.prvs_rcdl_excc_amt),
+            total_eval=_int(summary.tot_evlu_amt),
+            positions_eval=_int(summary.scts_evlu_amt),
+        )
+
+    async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
+        """inquire-psbl-sell (real only; on paper use positions())."""
+        req = wire.PsblSellRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=code)
+        page = await self.rest.request("GET", Path.PSBL_SELL, self.env.tr_id(Tr.PSBL_SELL), wire.PsblSellResponse, params=wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+        body: wire.PsblSellResponse = page.body  # type: ignore[assignment]
+        return body.output or body.output1
+
+    # --- quotations (wire Structs: strings as KIS sends them) ----------------------------------
+
+    async def _quote(self, path: str, tr: Tr, type_: type[Q], req: msgspec.Struct, caller: str) -> Q:
+        page = await self.rest.request("GET", path, self.env.tr_id(tr), type_, params=wire.to_params(req), lane=Lane.QUOTATION, caller=caller)
+        return page.body  # type: ignore[return-value]
+
+    async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:
+        return await self._quote(Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+
+    async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
+        return await self._quote(Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+
+    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *, caller: str = DEFAULT_CALLER) -> wire.DailyChartResponse:
+        req = wire.DailyChartRequest(FID_INPUT_ISCD=code, FID_INPUT_DATE_1=yyyymmdd(start), FID_INPUT_DATE_2=yyyymmdd(end), FID_PERIOD_DIV_CODE=period)
+        return await self._quote(Path.DAILY_CHART, Tr.DAILY_CHART, wire.DailyChartResponse, req, caller)
+
+    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = DEFAULT_CALLER) -> wire.TimeChartResponse:
+        req = wire.TimeChartRequest(FID_INPUT_ISCD=code, FID_INPUT_HOUR_1=until_hhmmss)
+        return await self._quote(Path.TIME_CHART, Tr.TIME_CHART, wire.TimeChartResponse, req, caller)
+
+    async def investor(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.InvestorResponse:
+        return await self._quote(Path.INVESTOR, Tr.INVESTOR, wire.InvestorResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+
+    async def volume_rank(self, req: wire.VolumeRankRequest | None = None, *, caller: str = DEFAULT_CALLER) -> wire.VolumeRankResponse:
+        return await self._quote(Path.VOLUME_RANK, Tr.VOLUME_RANK, wire.VolumeRankResponse, req or wire.VolumeRankRequest(), caller)
+
+    # --- real-time -----------------------------------------------------------------------------
+
+    async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return await self.ws.subscribe(MARKET_TR[kind], code)
+
+    async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return await self.ws.unsubscribe(MARKET_TR[kind], code)
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        """Notices, trades, books, session changes and gaps in arrival order. One consumer."""
+        while True:
+            yield await self._events.get()
+
+
+def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
+    orig = _odno(r.orgn_odno)
+    name = f"{r.sll_buy_dvsn_cd_name} {r.rvse_cncl_dvsn_name}".upper()
+    is_cancel = bool(orig) and (r.cncl_yn.strip().upper() == "Y" or "취소" in name or "CANCEL" in name or "CNCL" in name)
+    is_modify = bool(orig) and not is_cancel
+    filled_qty = _int(r.tot_ccld_qty)
+    cancelled = _int(r.cnc_cfrm_qty) or _int(r.cncl_cfrm_qty)
+    return BrokerOrderReport(
+        broker_order_id=r.odno.strip(),
+        orig_broker_order_id=orig,
+        org_no=(r.ord_gno_brno or r.ord_orgno).strip(),
+        code=r.pdno.strip(),
+        side=Side.SELL if r.sll_buy_dvsn_cd.strip() == "01" else Side.BUY,
+        qty=_int(r.ord_qty),
+        price=_int(r.ord_unpr),
+        filled_qty=filled_qty,
+        avg_fill_price=_int(r.avg_prvs) if filled_qty else 0,
+        filled_value=_int(r.tot_ccld_amt),
+        remaining_qty=_int(r.rmn_qty),
+        cancelled_qty=cancelled,
+        rejected_qty=_int(r.rjct_qty),
+        is_cancel=is_cancel,
+        is_modify=is_modify,
+        time=r.ord_tmd.strip(),
+    )
+
+
+def _balance_summary(page: wire.BalanceResponse | None) -> wire.BalanceSummary:
+    if page is None or page.output2 is None:
+        return wire.BalanceSummary()
+    if isinstance(page.output2, list):
+        return page.output2[0] if page.output2 else wire.BalanceSummary()
+    return page.output2
+
+
+def make_broker(
+    cfg: BrokerConfig,
+    run_dir: FsPath,
+    credentials: Credentials,
+    *,
+    sim_paper: bool = False,
+    ws_config: WsConfig | None = None,
+    min_token_interval_s: float = 61.0,
+) -> KisBroker:
+    """The live adapter for `cfg.env` (sim | paper | real). Credentials come from
+    `kis.credentials.load_credentials(cfg.credentials_file)` or, for sim, from the twin."""
+    env = environment_for(cfg, sim_paper=sim_paper)
+    return KisBroker(env, credentials, FsPath(run_dir), timeout_s=cfg.request_timeout_s, ws_config=ws_config, min_token_interval_s=min_token_interval_s)

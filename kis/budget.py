@@ -1,0 +1,160 @@
+"""One REST budget per app key: an async token bucket under the KIS limit, with priority lanes and
+per-caller quotas.
+
+Waiters park on futures; one dispatcher task hands out permits when the bucket has a token, then
+sleeps exactly until the next token (never polls). Cancels go first and are exempt from caller
+quotas (they reduce risk). `penalize()` is called on EGW00201 to stop all traffic for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+
+
+class Lane(IntEnum):
+    """Lower value = served first."""
+
+    CANCEL = 0
+    ORDER = 1
+    ACCOUNT = 2
+    QUOTATION = 3
+
+
+class _Bucket:
+    __slots__ = ("rate", "capacity", "tokens", "stamp")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait_time(self) -> float:
+        # epsilon: float refills can stop a hair short of 1.0, and a sleep that small does not
+        # move a large monotonic clock value at all
+        return 0.0 if self.tokens >= 1.0 - 1e-9 else (1.0 - self.tokens) / self.rate
+
+
+class RestBudget:
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        burst: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be > 0")
+        self._clock = clock
+        self._sleep = sleep
+        # burst 1 = strict spacing of 1/rate: any 1 s window sees at most floor(rate)+1 calls,
+        # still under KIS's 20/s (real) and 2/s (paper) with our 18 / 1.8 defaults.
+        self._bucket = _Bucket(rate_per_s, max(1.0, burst), clock())
+        self._quotas: dict[str, _Bucket] = {}
+        self._waiters: list[tuple[int, int, str, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._paused_until = 0.0
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.granted = 0
+        self.penalties = 0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self._bucket.rate
+
+    def set_quota(self, caller: str, rate_per_s: float, burst: float = 1.0) -> None:
+        """Cap one caller (e.g. an agent id) below the shared rate. 0 removes the cap."""
+        if rate_per_s <= 0:
+            self._quotas.pop(caller, None)
+        else:
+            self._quotas[caller] = _Bucket(rate_per_s, max(1.0, burst), self._clock())
+        self._wake.set()
+
+    def penalize(self, seconds: float) -> None:
+        """KIS said EGW00201: stop everything for `seconds` and drain the bucket."""
+        self.penalties += 1
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + seconds)
+        self._bucket.tokens = 0.0
+        self._bucket.stamp = max(self._bucket.stamp, now)
+        self._wake.set()
+
+    async def acquire(self, lane: Lane = Lane.QUOTATION, caller: str = "") -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._waiters, (int(lane), next(self._seq), caller, fut))
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = loop.create_task(self._dispatch(), name="kis-rest-budget")
+        self._wake.set()
+        await fut  # cancelling the caller leaves a done future; the dispatcher skips it
+
+    async def _dispatch(self) -> None:
+        while True:
+            while self._waiters and self._waiters[0][3].done():
+                heapq.heappop(self._waiters)
+            if not self._waiters:
+                return
+            now = self._clock()
+            if now < self._paused_until:
+                await self._nap(self._paused_until - now)
+                continue
+            self._bucket.refill(now)
+            wait = self._bucket.wait_time()
+            if wait > 0:
+                await self._nap(wait)
+                continue
+            pick, quota_wait = self._first_eligible(now)
+            if pick is None:
+                await self._nap(quota_wait)
+                continue
+            entry = self._waiters[pick]
+            self._waiters[pick] = self._waiters[-1]
+            self._waiters.pop()
+            heapq.heapify(self._waiters)
+            lane, _, caller, fut = entry
+            self._bucket.tokens -= 1.0
+            if lane != Lane.CANCEL and caller in self._quotas:
+                self._quotas[caller].tokens -= 1.0
+            self.granted += 1
+            fut.set_result(None)
+
+    def _first_eligible(self, now: float) -> tuple[int | None, float]:
+        """Index of the best waiter whose caller has quota left, else the shortest quota wait."""
+        best: int | None = None
+        shortest = float("inf")
+        for i, (lane, seq, caller, fut) in enumerate(self._waiters):
+            if fut.done():
+                continue
+            q = None if lane == Lane.CANCEL else self._quotas.get(caller)
+            if q is not None:
+                q.refill(now)
+                w = q.wait_time()
+                if w > 0:
+                    shortest = min(shortest, w)
+                    continue
+            if best is None or (lane, seq) < self._waiters[best][:2]:
+                best = i
+        return best, (shortest if shortest != float("inf") else 0.0)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep until the next token, or earlier if something changes (new waiter, quota, penalty)."""
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self._sleep(max(seconds, 0.0)))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()

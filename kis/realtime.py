@@ -1,0 +1,256 @@
+"""Parsers for KIS real-time frames: `<enc>|<TR_ID>|<count>|<payload>` (API.md §5.5–5.8).
+
+Data frames become typed events (kis.port Trade, Book, BrokerNotice). Batched frames (count > 1)
+are split by field count; known layout variants (notices with 23 or 26 fields) are recognised by
+width; unknown extra trailing fields are tolerated with one warning per TR. A malformed frame is
+reported by `FrameError` and never stops the session.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from common.enums import Side
+from kis.crypto import DecryptError, NoticeCipher
+from kis.port import Book, BrokerNotice, NoticeKind, Trade
+
+log = logging.getLogger(__name__)
+
+TR_TRADES = "H0STCNT0"
+TR_BOOK = "H0STASP0"
+TR_NOTICE_REAL = "H0STCNI0"
+TR_NOTICE_PAPER = "H0STCNI9"
+NOTICE_TRS = frozenset({TR_NOTICE_REAL, TR_NOTICE_PAPER, "K0STCNI0", "K0STCNI9"})
+
+TRADE_FIELDS = 46
+BOOK_FIELDS = 59
+NOTICE_FIELDS_LEGACY = 23
+NOTICE_FIELDS = 26
+
+_SIDE_BY_CCLD = {"1": 1, "5": -1}
+
+
+class FrameError(ValueError):
+    pass
+
+
+def _int(s: str) -> int:
+    """Lenient int for wire strings: '' → 0, '+123' / '-0100' fine, '123.00' → 123."""
+    if not s:
+        return 0
+    try:
+        return int(s)
+    except ValueError:
+        s = s.strip()
+        if not s:
+            return 0
+        return int(float(s)) if "." in s else int(s)
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def record_width(tr_id: str, n_fields: int, count: int, known: tuple[int, ...]) -> int:
+    """Width of one record in a frame of `count` records: a known width, or a wider one
+    (extra trailing fields)."""
+    if count <= 0:
+        raise FrameError(f"{tr_id}: bad record count {count}")
+    for w in known:
+        if n_fields == w * count:
+            return w
+    if n_fields % count == 0 and n_fields // count > min(known):
+        return n_fields // count
+    raise FrameError(f"{tr_id}: {n_fields} fields do not split into {count} records of {known}")
+
+
+def _trade(f: list[str], o: int) -> Trade:
+    try:
+        return Trade(
+            code=f[o],
+            time=f[o + 1],
+            price=int(f[o + 2]),
+            qty=int(f[o + 12]),
+            side=_SIDE_BY_CCLD.get(f[o + 21], 0),
+            cum_volume=int(f[o + 13]),
+            cum_value=int(f[o + 14]),
+            open=int(f[o + 7]),
+            high=int(f[o + 8]),
+            low=int(f[o + 9]),
+            change=int(f[o + 4]),
+            ask1=int(f[o + 10]),
+            bid1=int(f[o + 11]),
+        )
+    except ValueError:  # empty or odd field: the slow, lenient path
+        return Trade(
+            code=f[o],
+            time=f[o + 1],
+            price=_int(f[o + 2]),
+            qty=_int(f[o + 12]),
+            side=_SIDE_BY_CCLD.get(f[o + 21], 0),
+            cum_volume=_int(f[o + 13]),
+            cum_value=_int(f[o + 14]),
+            open=_int(f[o + 7]),
+            high=_int(f[o + 8]),
+            low=_int(f[o + 9]),
+            change=_int(f[o + 4]),
+            ask1=_int(f[o + 10]),
+            bid1=_int(f[o + 11]),
+        )
+
+
+def _book(f: list[str], o: int) -> Book:
+    asks = tuple((_int(f[o + 3 + i]), _int(f[o + 23 + i])) for i in range(10))
+    bids = tuple((_int(f[o + 13 + i]), _int(f[o + 33 + i])) for i in range(10))
+    return Book(code=f[o], time=f[o + 1], asks=asks, bids=bids, total_ask_qty=_int(f[o + 43]), total_bid_qty=_int(f[o + 44]))
+
+
+def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
+    legacy = width < NOTICE_FIELDS
+    rctf = f[o + 5]
+    cntg_yn = f[o + 13]
+    acpt_yn = f[o + 14]
+    is_cancel = rctf == "2"
+    is_modify = rctf == "1"
+    if f[o + 12] == "1":
+        kind = NoticeKind.REJECTED
+    elif cntg_yn == "2":
+        kind = NoticeKind.FILLED
+    elif acpt_yn == "3" or (acpt_yn == "2" and is_cancel):
+        kind = NoticeKind.CANCELLED
+    elif acpt_yn == "2" and is_modify:
+        kind = NoticeKind.MODIFIED
+    else:
+        kind = NoticeKind.ACCEPTED
+    slot_qty = _int(f[o + 9])  # fill qty on a fill, order qty on an acceptance
+    slot_price = _int(f[o + 10])
+    oder_qty = _int(f[o + 16])
+    oder_prc = _int(f[o + (22 if legacy else 25)])
+    filled = kind is NoticeKind.FILLED
+    orig = f[o + 3].strip()
+    return BrokerNotice(
+        kind=kind,
+        broker_order_id=f[o + 2].strip(),
+        orig_broker_order_id="" if not orig.strip("0") else orig,
+        code=f[o + 8],
+        side=Side.SELL if f[o + 4] == "01" else Side.BUY,
+        order_qty=oder_qty or (0 if filled else slot_qty),
+        order_price=oder_prc or (0 if filled else slot_price),
+        fill_qty=slot_qty if filled else 0,
+        fill_price=slot_price if filled else 0,
+        time=f[o + 11],
+        account=f[o + 1],
+        is_cancel=is_cancel,
+        is_modify=is_modify,
+        org_no=f[o + 15],
+    )
+
+
+# --- control messages (JSON) ---------------------------------------------------------------
+
+
+class ControlHeader(msgspec.Struct, kw_only=True):
+    tr_id: str = ""
+    tr_key: str = ""
+    encrypt: str = ""
+    datetime: str = ""
+
+
+class ControlOutput(msgspec.Struct, kw_only=True):
+    iv: str = ""
+    key: str = ""
+
+
+class ControlBody(msgspec.Struct, kw_only=True):
+    rt_cd: str = ""
+    msg_cd: str = ""
+    msg1: str = ""
+    output: ControlOutput | None = None
+
+
+class Control(msgspec.Struct, kw_only=True):
+    header: ControlHeader = msgspec.field(default_factory=ControlHeader)
+    body: ControlBody | None = None
+
+
+_control_decoder = msgspec.json.Decoder(Control)
+
+
+def parse_control(text: str) -> Control:
+    try:
+        return _control_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise FrameError(f"bad control message: {e}") from None
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+class FrameParser:
+    """Per-session parser: holds the notice ciphers (from subscribe acks) and warn-once state."""
+
+    def __init__(self) -> None:
+        self.ciphers: dict[str, NoticeCipher] = {}
+        self._warned: set[str] = set()
+        self.frames = 0
+        self.errors = 0
+
+    def reset(self) -> None:
+        """A new websocket session: keys of the old one are void."""
+        self.ciphers.clear()
+
+    def set_cipher(self, tr_id: str, key: str, iv: str) -> None:
+        self.ciphers[tr_id] = NoticeCipher(key, iv)
+
+    def _warn_once(self, tr_id: str, width: int, known: int) -> None:
+        tag = f"{tr_id}:{width}"
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning("%s records have %d fields, %d known; extra trailing fields ignored", tr_id, width, known)
+
+    def parse(self, text: str) -> list[Trade | Book | BrokerNotice]:
+        """Parse one data frame (starting with '0' or '1'). Raises FrameError on a bad frame."""
+        parts = text.split("|", 3)
+        if len(parts) != 4:
+            raise FrameError("data frame without 4 '|' parts")
+        enc, tr_id, count_s, payload = parts
+        try:
+            count = int(count_s)
+        except ValueError:
+            raise FrameError(f"{tr_id}: bad count {count_s!r}") from None
+        self.frames += 1
+        if enc == "1":
+            cipher = self.ciphers.get(tr_id)
+            if cipher is None:
+                raise FrameError(f"{tr_id}: encrypted frame but no key from a subscribe ack in this session")
+            try:
+                payload = cipher.decrypt(payload)
+            except DecryptError as e:
+                raise FrameError(f"{tr_id}: {e}") from None
+        f = payload.split("^")
+        n = len(f)
+        if tr_id == TR_TRADES:
+            if count == 1 and n == TRADE_FIELDS:
+                return [_trade(f, 0)]
+            w = record_width(tr_id, n, count, (TRADE_FIELDS,))
+            if w != TRADE_FIELDS:
+                self._warn_once(tr_id, w, TRADE_FIELDS)
+            return [_trade(f, i * w) for i in range(count)]
+        if tr_id == TR_BOOK:
+            w = record_width(tr_id, n, count, (BOOK_FIELDS,))
+            if w != BOOK_FIELDS:
+                self._warn_once(tr_id, w, BOOK_FIELDS)
+            return [_book(f, i * w) for i in range(count)]
+        if tr_id in NOTICE_TRS:
+            w = record_width(tr_id, n, count, (NOTICE_FIELDS, NOTICE_FIELDS_LEGACY))
+            if w not in (NOTICE_FIELDS, NOTICE_FIELDS_LEGACY):
+                self._warn_once(tr_id, w, NOTICE_FIELDS if w > NOTICE_FIELDS else NOTICE_FIELDS_LEGACY)
+                layout = NOTICE_FIELDS if w > NOTICE_FIELDS else NOTICE_FIELDS_LEGACY
+            else:
+                layout = w
+            return [_notice(f, i * w, layout) for i in range(count)]
+        if tr_id not in self._warned:
+            self._warned.add(tr_id)
+            log.warning("frames of unhandled TR %s ignored", tr_id)
+        return []

@@ -1,0 +1,173 @@
+"""Access-token manager: one token per (app key, environment), shared by every process on the host.
+
+KIS allows one issuance per minute (EGW00133) and sends the user a KakaoTalk message for each, so
+the token is cached on disk (mode 0600, atomic tmp+rename, under a file lock), reused until close
+to expiry, refreshed when < `refresh_margin_s` is left or when KIS says EGW00123/EGW00121.
+The cache file name carries a hash of the app key, never the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from filelock import AsyncFileLock
+
+from common.clock import KST
+from kis.port import BrokerAuthError, BrokerTemporary
+
+log = logging.getLogger(__name__)
+
+
+class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str
+    expires_at: float  # epoch seconds
+
+
+class TokenThrottled(Exception):
+    """KIS answered EGW00133: an issuance happened less than a minute ago."""
+
+
+class _CacheFile(msgspec.Struct, kw_only=True):
+    access_token: str = ""
+    expires_at: float = 0.0
+    issued_at: float = 0.0  # epoch seconds of the last issuance attempt by anyone
+    env: str = ""
+
+
+# issue() asks KIS for a token; raises TokenThrottled on EGW00133.
+IssueFn = Callable[[], Awaitable[IssuedToken]]
+
+
+def parse_expiry(expired_str: str, expires_in: str | int, now: float) -> float:
+    """`access_token_token_expired` is 'YYYY-MM-DD HH:MM:SS' KST; `expires_in` has no reference
+    time, so it is only the fallback."""
+    if expired_str:
+        try:
+            return dt.datetime.strptime(expired_str.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=KST).timestamp()
+        except ValueError:
+            pass
+    try:
+        return now + int(expires_in)
+    except (TypeError, ValueError):
+        return now + 23 * 3600.0
+
+
+class TokenManager:
+    def __init__(
+        self,
+        *,
+        issue: IssueFn,
+        run_dir: Path,
+        env_name: str,
+        key_fingerprint: str,
+        refresh_margin_s: float = 600.0,
+        min_issue_interval_s: float = 61.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._issue = issue
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / f"kis-token-{env_name}-{key_fingerprint}.json"
+        self._lock = AsyncFileLock(str(self.path) + ".lock", timeout=120)
+        self._env = env_name
+        self._margin = refresh_margin_s
+        self._min_interval = min_issue_interval_s
+        self._clock = clock
+        self._sleep = sleep
+        self._token: IssuedToken | None = None
+        self._local = asyncio.Lock()  # one refresh at a time inside this process
+        self.issued_count = 0  # issuances done by this process
+
+    @property
+    def expires_at(self) -> float:
+        return self._token.expires_at if self._token else 0.0
+
+    def _fresh(self, tok: IssuedToken | None, now: float) -> bool:
+        return tok is not None and tok.expires_at - now > self._margin
+
+    async def get(self) -> str:
+        tok = self._token
+        if self._fresh(tok, self._clock()):
+            return tok.access_token  # type: ignore[union-attr]
+        return await self._refresh(rejected=None)
+
+    async def invalidate_and_get(self, rejected: str) -> str:
+        """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121): get another one.
+        If another process already replaced it on disk, that one is used without issuing."""
+        return await self._refresh(rejected=rejected)
+
+    async def _refresh(self, rejected: str | None) -> str:
+        async with self._local:
+            now = self._clock()
+            if rejected is None and self._fresh(self._token, now):
+                return self._token.access_token  # type: ignore[union-attr]
+            if rejected is not None and self._token is not None and self._token.access_token != rejected:
+                return self._token.access_token  # someone in this process already replaced it
+            async with self._lock:
+                cache = self._read()
+                now = self._clock()
+                cached = IssuedToken(access_token=cache.access_token, expires_at=cache.expires_at) if cache.access_token else None
+                usable = cached is not None and cached.access_token != rejected and cached.expires_at > now
+                if usable and self._fresh(cached, now):
+                    self._token = cached
+                    return cached.access_token  # type: ignore[union-attr]
+                # Issue, at most once per min_interval across all processes sharing the cache.
+                wait = cache.issued_at + self._min_interval - now
+                if wait > 0:
+                    if usable:  # near expiry but still valid: keep using it, refresh later
+                        self._token = cached
+                        return cached.access_token  # type: ignore[union-attr]
+                    log.info("token issuance throttled; waiting %.1fs (KIS allows one per minute)", wait)
+                    await self._sleep(wait)
+                tok = await self._issue_once(cache)
+                self._token = tok
+                return tok.access_token
+
+    async def _issue_once(self, cache: _CacheFile) -> IssuedToken:
+        for attempt in range(2):
+            cache.issued_at = self._clock()
+            self._write(cache)  # record the attempt first: a crash must not allow a burst of issuances
+            try:
+                tok = await self._issue()
+            except TokenThrottled:
+                if attempt == 1:
+                    raise BrokerTemporary("token issuance throttled by KIS", code="EGW00133") from None
+                log.warning("KIS says a token was issued less than a minute ago (EGW00133); waiting")
+                await self._sleep(self._min_interval)
+                continue
+            self.issued_count += 1
+            cache.access_token = tok.access_token
+            cache.expires_at = tok.expires_at
+            cache.env = self._env
+            self._write(cache)
+            log.info("KIS access token issued (expires %s)", dt.datetime.fromtimestamp(tok.expires_at, KST).isoformat())
+            return tok
+        raise BrokerAuthError("token issuance failed")  # unreachable
+
+    def _read(self) -> _CacheFile:
+        try:
+            return msgspec.json.decode(self.path.read_bytes(), type=_CacheFile)
+        except FileNotFoundError:
+            return _CacheFile()
+        except (OSError, msgspec.DecodeError):
+            log.warning("token cache %s unreadable; ignoring it", self.path)
+            return _CacheFile()
+
+    def _write(self, cache: _CacheFile) -> None:
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, msgspec.json.encode(cache))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)

@@ -1,0 +1,434 @@
+"""The KIS real-time session: one websocket per app key, a registration ledger, and a watchdog.
+
+- Registrations are ref-counted (several agents may want the same code); at most
+  `max_registrations` (41) TR+key pairs, the notice slot (H0STCNI0/9, tr_key = HTS id) reserved and
+  registered first on every session.
+- Acks are tracked: OPSP0000 success (AES key/iv kept for notices), OPSP0002 ALREADY IN SUBSCRIBE =
+  success, OPSP0008 MAX SUBSCRIBE OVER reported to the caller, OPSP0011/OPSP8996 end the session
+  and the watchdog backs off before trying again.
+- Frames are received as bytes and decoded with errors='replace': invalid UTF-8 from the server
+  must not close the session (API.md §8.2).
+- Watchdog: on silence, error or close the state goes to DEGRADED, then the session is rebuilt with
+  jittered exponential back-off (never a tight loop: KIS locks app keys that reconnect too fast),
+  re-approved, re-registered in paced batches; a `Gap` tells the gateway to repair missed notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from common.clock import now_kst
+from common.enums import SessionState
+from kis.port import BrokerError, BrokerEvent, Gap, SessionChange, SubscriptionResult
+from kis.realtime import NOTICE_TRS, Control, FrameError, FrameParser, parse_control
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (tr_id, tr_key)
+
+OK_SUBSCRIBE = frozenset({"OPSP0000", "OPSP0002"})  # success, already in subscribe
+OK_UNSUBSCRIBE = frozenset({"OPSP0001", "OPSP0003"})  # success, was not subscribed
+SESSION_FATAL = frozenset({"OPSP0011", "OPSP8996"})  # bad approval key, app key in use
+
+# DESIGN.md §6: the state table; anything else is a bug and is logged.
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.DISCONNECTED: frozenset({SessionState.CONNECTING}),
+    SessionState.CONNECTING: frozenset({SessionState.SYNCING, SessionState.DISCONNECTED, SessionState.DEGRADED}),
+    SessionState.SYNCING: frozenset({SessionState.READY, SessionState.DISCONNECTED, SessionState.DEGRADED}),
+    SessionState.READY: frozenset({SessionState.DEGRADED, SessionState.DISCONNECTED}),
+    SessionState.DEGRADED: frozenset({SessionState.CONNECTING, SessionState.DISCONNECTED, SessionState.READY}),
+}
+
+
+class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    in_use_backoff_s: float = 15.0  # OPSP8996: the slot can stay locked; wait at least this long
+    stable_after_s: float = 30.0  # a session READY this long resets the back-off
+    silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
+    ack_timeout_s: float = 10.0
+    open_timeout_s: float = 10.0
+    ping_interval_s: float | None = 30.0  # websocket-level keepalive (detects dead TCP)
+    batch_size: int = 5
+    batch_pace_s: float = 0.2
+    max_registrations: int = 41
+
+
+class SessionEnded(Exception):
+    pass
+
+
+class SessionRefused(SessionEnded):
+    """KIS refused the session (OPSP8996 app key in use, OPSP0011 bad approval key)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code == "OPSP0011":
+            message = "invalid approval key"  # KIS echoes the key in msg1: keep it out of logs/events
+        super().__init__(f"{code} {message}")
+        self.code = code
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Equal jitter: half fixed (never a tight loop), half random (no thundering herd)."""
+    d = min(cap, base * (2**attempt))
+    return d / 2 + random.uniform(0.0, d / 2)
+
+
+class KisWebSocket:
+    def __init__(
+        self,
+        *,
+        url: str,
+        approval: Callable[[], Awaitable[str]],
+        notice_tr: str,
+        hts_id: str,
+        emit: Callable[[BrokerEvent], None],
+        config: WsConfig = WsConfig(),
+    ) -> None:
+        self._url = url
+        self._approval = approval
+        self._emit = emit
+        self.cfg = config
+        self.notice_key: Key = (notice_tr, hts_id)
+        self.parser = FrameParser()
+        self._wanted: dict[Key, int] = {self.notice_key: 1}  # ledger: key → reference count
+        self._active: set[Key] = set()  # registered on the current session
+        self._pending: dict[Key, asyncio.Future[Control]] = {}
+        self._ws: websockets.ClientConnection | None = None
+        self._approval_key = ""
+        self.state = SessionState.DISCONNECTED
+        self._state_changed = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._was_ready = False
+        self._ready_at: float | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._gap_since: dt.datetime | None = None
+        self._last_rx = now_kst()
+        self.sessions = 0  # websocket sessions opened
+        self.sent_registrations: list[tuple[int, Key]] = []  # (session, key), for audits and tests
+        self.pings_answered = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="kis-ws-watchdog")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        self._set_state(SessionState.DISCONNECTED, "closed")
+
+    async def wait_state(self, state: SessionState, timeout: float) -> bool:
+        async def _wait() -> None:
+            while self.state != state:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _set_state(self, state: SessionState, reason: str = "") -> None:
+        if state == self.state:
+            return
+        if state not in TRANSITIONS[self.state]:
+            log.error("session state %s → %s is not in the table (%s)", self.state, state, reason)
+        log.info("KIS session %s → %s %s", self.state, state, reason)
+        self.state = state
+        self._state_changed.set()
+        self._emit(SessionChange(state=state, reason=reason))
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
+            self._ready_at = None
+            refused = False
+            try:
+                await self._session()
+                reason = "closed by server"
+            except asyncio.CancelledError:
+                raise
+            except SessionRefused as e:
+                refused, reason = True, str(e)
+            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake, BrokerError) as e:
+                reason = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - the watchdog must survive anything
+                log.exception("KIS session failed")
+                reason = f"{type(e).__name__}: {e}"
+            finally:
+                self._ws = None
+                self._active.clear()
+                self._fail_pending()
+            if self._closing:
+                break
+            loop = asyncio.get_running_loop()
+            if self._ready_at is not None and loop.time() - self._ready_at >= self.cfg.stable_after_s:
+                attempt = 0
+            if self._was_ready and self._gap_since is None:
+                self._gap_since = self._last_rx
+            self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
+            delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
+            if refused:
+                delay = max(delay, self.cfg.in_use_backoff_s)
+            attempt += 1
+            log.warning("KIS websocket down (%s); reconnecting in %.2fs", reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        """One websocket session; returns when the server closes it cleanly, raises otherwise."""
+        self._approval_key = await self._approval()
+        async with websockets.connect(
+            self._url,
+            open_timeout=self.cfg.open_timeout_s,
+            ping_interval=self.cfg.ping_interval_s,
+            ping_timeout=self.cfg.ping_interval_s,
+            close_timeout=1.0,
+            max_size=1 << 22,
+            compression=None,
+        ) as ws:
+            self.sessions += 1
+            self._ws = ws
+            self.parser.reset()  # AES keys belong to a session
+            self._active.clear()
+            self._last_rx = now_kst()
+            self._set_state(SessionState.SYNCING)
+            reader = asyncio.get_running_loop().create_task(self._read(ws), name="kis-ws-reader")
+            self._reader = reader
+            try:
+                ok, why = await self._sync(ws)
+                self._ready_at = asyncio.get_running_loop().time()
+                if ok:
+                    self._set_state(SessionState.READY)
+                else:
+                    self._set_state(SessionState.DEGRADED, why)
+                self._was_ready = True
+                if self._gap_since is not None:
+                    gap = Gap(since=self._gap_since, until=now_kst(), reason="real-time session interrupted")
+                    self._gap_since = None
+                    self._emit(gap)
+                await reader
+            finally:
+                reader.cancel()
+                try:
+                    await reader
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def _sync(self, ws: websockets.ClientConnection) -> tuple[bool, str]:
+        """Register the notice slot, then everything in the ledger in paced batches."""
+        res = await self._register(ws, self.notice_key)
+        if res.code == "DISCONNECTED":
+            await self._raise_reader_error()
+            raise SessionEnded("session lost while registering the notice slot")
+        if not res.ok:
+            if res.code in SESSION_FATAL:
+                raise SessionRefused(res.code, res.message)
+            notice_problem = f"notice slot refused: {res.code} {res.message}"
+            log.error("KIS %s (check the HTS id)", notice_problem)
+        else:
+            notice_problem = ""
+        first = True
+        while True:
+            todo = [k for k in self._wanted if k not in self._active and k not in self._pending and k != self.notice_key]
+            if not todo:
+                return (not notice_problem, notice_problem)
+            for i in range(0, len(todo), max(1, self.cfg.batch_size)):
+                if not first:
+                    await asyncio.sleep(self.cfg.batch_pace_s)  # KIS blocks subscribe storms
+                first = False
+                batch = [k for k in todo[i : i + self.cfg.batch_size] if k in self._wanted and k not in self._active]
+                results = await asyncio.gather(*(self._register(ws, k) for k in batch))
+                for k, r in zip(batch, results, strict=True):
+                    if r.code in SESSION_FATAL:
+                        raise SessionRefused(r.code, r.message)
+                    if r.code == "DISCONNECTED":
+                        await self._raise_reader_error()
+                        raise SessionEnded("session lost while re-registering")
+                    if not r.ok:
+                        log.error("re-registration of %s refused: %s %s; dropped", k, r.code, r.message)
+                        self._wanted.pop(k, None)
+
+    # --- registrations -----------------------------------------------------------------------
+
+    @property
+    def registrations(self) -> dict[Key, int]:
+        return dict(self._wanted)
+
+    @property
+    def active(self) -> frozenset[Key]:
+        return frozenset(self._active)
+
+    async def subscribe(self, tr_id: str, tr_key: str) -> SubscriptionResult:
+        key = (tr_id, tr_key)
+        if key in self._wanted:
+            self._wanted[key] += 1
+            return SubscriptionResult(ok=True, code="", message="already registered (shared)")
+        if len(self._wanted) >= self.cfg.max_registrations:
+            return SubscriptionResult(ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use")
+        self._wanted[key] = 1
+        ws = self._ws
+        if self.state not in (SessionState.READY, SessionState.DEGRADED) or ws is None:
+            return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is ready")
+        res = await self._register(ws, key)
+        if not res.ok and res.code not in ("DISCONNECTED",):
+            self._wanted.pop(key, None)
+        if res.code == "DISCONNECTED":
+            return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is back")
+        return res
+
+    async def unsubscribe(self, tr_id: str, tr_key: str) -> SubscriptionResult:
+        key = (tr_id, tr_key)
+        if key == self.notice_key:
+            return SubscriptionResult(ok=False, code="RESERVED", message="the notice slot stays registered")
+        refs = self._wanted.get(key, 0)
+        if refs <= 0:
+            return SubscriptionResult(ok=False, code="NOT_SUBSCRIBED", message="not registered")
+        if refs > 1:
+            self._wanted[key] = refs - 1
+            return SubscriptionResult(ok=True, message="still used by others")
+        del self._wanted[key]
+        ws = self._ws
+        if key not in self._active or ws is None:
+            return SubscriptionResult(ok=True)
+        self._active.discard(key)
+        ctl = await self._send_and_wait(ws, key, "2")
+        if ctl is None:
+            return SubscriptionResult(ok=True, code="DISCONNECTED", message="session gone; nothing registered")
+        body = ctl.body
+        code = body.msg_cd if body else ""
+        return SubscriptionResult(ok=code in OK_UNSUBSCRIBE or (body is not None and body.rt_cd == "0"), code=code, message=(body.msg1 if body else ""))
+
+    async def _register(self, ws: websockets.ClientConnection, key: Key) -> SubscriptionResult:
+        self.sent_registrations.append((self.sessions, key))
+        ctl = await self._send_and_wait(ws, key, "1")
+        if ctl is None:
+            return SubscriptionResult(ok=False, code="DISCONNECTED", message="no ack (session lost or ack timeout)")
+        body = ctl.body
+        code, msg = (body.msg_cd, body.msg1.strip()) if body else ("", "")
+        if code in OK_SUBSCRIBE or (body is not None and body.rt_cd == "0"):
+            self._active.add(key)
+            out = body.output if body else None
+            if out is not None and out.key and out.iv and (ctl.header.encrypt == "Y" or key[0] in NOTICE_TRS):
+                try:
+                    self.parser.set_cipher(key[0], out.key, out.iv)
+                except ValueError as e:
+                    log.error("notice key from the ack unusable: %s", e)
+            elif key[0] in NOTICE_TRS and key[0] not in self.parser.ciphers:
+                log.warning("%s registered (%s) without AES key/iv: notices cannot be decrypted", key[0], code)
+            return SubscriptionResult(ok=True, code=code, message=msg)
+        return SubscriptionResult(ok=False, code=code, message=msg)
+
+    async def _send_and_wait(self, ws: websockets.ClientConnection, key: Key, tr_type: str) -> Control | None:
+        fut: asyncio.Future[Control] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        msg = {
+            "header": {"approval_key": self._approval_key, "custtype": "P", "tr_type": tr_type, "content-type": "utf-8"},
+            "body": {"input": {"tr_id": key[0], "tr_key": key[1]}},
+        }
+        try:
+            await ws.send(msgspec.json.encode(msg).decode())
+            # wait for the ack, but not past the end of the reader (the session is gone then)
+            waiters: set[asyncio.Future[object]] = {fut}  # type: ignore[arg-type]
+            if self._reader is not None:
+                waiters.add(self._reader)  # type: ignore[arg-type]
+            await asyncio.wait(waiters, timeout=self.cfg.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if fut.done() and not fut.exception():
+                return fut.result()
+            return None
+        except (ConnectionClosed, ConnectionError, OSError):
+            return None
+        finally:
+            if self._pending.get(key) is fut:
+                del self._pending[key]
+
+    async def _raise_reader_error(self) -> None:
+        """The session is gone: if the reader ended on a refusal (OPSP8996/OPSP0011), surface that
+        rather than a bare drop, so the watchdog applies the longer back-off. The reader may still
+        be draining the last frames (the refusal arrives just before the hang-up): give it a moment."""
+        r = self._reader
+        if r is None:
+            return
+        if not r.done():
+            await asyncio.wait({r}, timeout=2.0)
+        if r.done() and not r.cancelled() and isinstance(r.exception(), SessionRefused):
+            raise r.exception()  # type: ignore[misc]
+
+    def _fail_pending(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("websocket session ended"))
+        self._pending.clear()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def _read(self, ws: websockets.ClientConnection) -> None:
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(decode=False), self.cfg.silence_timeout_s)
+                except TimeoutError:
+                    raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
+                self._last_rx = now_kst()
+                text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+                head = text[:1]
+                if head in ("0", "1"):
+                    try:
+                        events = self.parser.parse(text)
+                    except FrameError as e:
+                        self.parser.errors += 1
+                        log.warning("real-time frame dropped: %s", e)
+                        continue
+                    for ev in events:
+                        self._emit(ev)
+                elif head == "{":
+                    await self._on_control(ws, text)
+                else:
+                    log.warning("unrecognised websocket message (%d chars) ignored", len(text))
+        finally:
+            self._fail_pending()
+
+    async def _on_control(self, ws: websockets.ClientConnection, text: str) -> None:
+        try:
+            ctl = parse_control(text)
+        except FrameError as e:
+            log.warning("%s", e)
+            return
+        if ctl.header.tr_id == "PINGPONG":
+            await ws.send(text)  # echo, as python-kis and mojito do; the library answers ws pings itself
+            self.pings_answered += 1
+            return
+        body = ctl.body
+        if body is None:
+            return
+        key = (ctl.header.tr_id, ctl.header.tr_key)
+        fut = self._pending.get(key)
+        if fut is None and self._pending:
+            # error acks may not name the TR (OPSP0017 has tr_id "(null)"): give it to the oldest waiter
+            fut = next(iter(self._pending.values()))
+        if fut is not None and not fut.done():
+            fut.set_result(ctl)
+        elif body.msg_cd in SESSION_FATAL:
+            raise SessionRefused(body.msg_cd, body.msg1.strip())
+        elif body.rt_cd not in ("0", ""):
+            log.warning("unsolicited KIS control reply %s %s", body.msg_cd, body.msg1.strip())

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from kis.port import BrokerTemporary
+from kis.token import IssuedToken, TokenManager, TokenThrottled, parse_expiry
+
+APP_KEY = "PSabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def aio(fn):
+    @functools.wraps(fn)
+    def run(*a, **k):
+        return asyncio.run(asyncio.wait_for(fn(*a, **k), 10))
+
+    return run
+
+
+class World:
+    """Fake epoch clock + a fake KIS token endpoint that enforces one issuance per minute."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self.issued: list[float] = []
+        self.sleeps: list[float] = []
+        self.lifetime = 86400.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+    async def issue(self) -> IssuedToken:
+        if self.issued and self.now - self.issued[-1] < 60:
+            raise TokenThrottled()
+        self.issued.append(self.now)
+        return IssuedToken(access_token=f"tok{len(self.issued)}", expires_at=self.now + self.lifetime)
+
+    def manager(self, run_dir: Path, **kw) -> TokenManager:
+        return TokenManager(issue=self.issue, run_dir=run_dir, env_name="paper", key_fingerprint="f1ngerpr1nt", clock=self.clock, sleep=self.sleep, **kw)
+
+
+@aio
+async def test_cache_shared_between_instances_and_0600(tmp_path: Path) -> None:
+    w = World()
+    a = w.manager(tmp_path)
+    b = w.manager(tmp_path)
+    assert await a.get() == "tok1"
+    assert await b.get() == "tok1"  # from the disk cache, no second issuance
+    assert len(w.issued) == 1 and a.issued_count == 1 and b.issued_count == 0
+    assert stat.S_IMODE(os.stat(a.path).st_mode) == 0o600
+    assert APP_KEY not in a.path.name and "f1ngerpr1nt" in a.path.name
+    assert a.expires_at == w.issued[0] + w.lifetime
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+@aio
+async def test_reuse_until_refresh_margin(tmp_path: Path) -> None:
+    w = World()
+    m = w.manager(tmp_path)
+    await m.get()
+    w.now += w.lifetime - 900  # 15 min left: still reused
+    assert await m.get() == "tok1"
+    w.now += 400  # < 10 min left: refreshed
+    assert await m.get() == "tok2"
+    assert len(w.issued) == 2
+
+
+@aio
+async def test_at_most_one_issuance_per_minute(tmp_path: Path) -> None:
+    w = World()
+    m = w.manager(tmp_path)
+    await m.get()
+    w.now += 5
+    # KIS says the token is expired (EGW00123) 5 s after issuance: the manager waits out the minute
+    assert await m.invalidate_and_get("tok1") == "tok2"
+    assert w.issued[1] - w.issued[0] >= 60
+    assert sum(w.sleeps) >= 55
+    # the same stale token reported again (a concurrent caller) does not cause another issuance
+    assert await m.invalidate_and_get("tok1") == "tok2"
+    assert len(w.issued) == 2
+
+
+@aio
+async def test_refresh_on_rejected_token_uses_newer_cache(tmp_path: Path) -> None:
+    w = World()
+    a = w.manager(tmp_path)
+    b = w.manager(tmp_path)
+    await a.get()
+    await b.get()
+    w.now += 120
+    assert await a.invalidate_and_get("tok1") == "tok2"
+    # b learns of the rejection later: the newer token on disk is used, nothing issued
+    assert await b.invalidate_and_get("tok1") == "tok2"
+    assert len(w.issued) == 2
+
+
+@aio
+async def test_throttled_by_kis_waits_then_gives_up(tmp_path: Path) -> None:
+    w = World()
+
+    async def always_throttled() -> IssuedToken:
+        raise TokenThrottled()
+
+    m = TokenManager(issue=always_throttled, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep)
+    with pytest.raises(BrokerTemporary):
+        await m.get()
+    assert w.sleeps and w.sleeps[0] >= 60
+
+
+@aio
+async def test_corrupt_cache_is_ignored(tmp_path: Path) -> None:
+    w = World()
+    m = w.manager(tmp_path)
+    m.path.write_text("{not json")
+    assert await m.get() == "tok1"
+
+
+def test_parse_expiry() -> None:
+    t = parse_expiry("2023-12-22 08:16:59", "86400", 0.0)
+    assert t == 1703200619.0  # KST = UTC+9
+    assert parse_expiry("", "100", 5.0) == 105.0
+
+
+_CHILD = r"""
+import asyncio, sys, time
+from pathlib import Path
+from kis.token import IssuedToken, TokenManager
+
+run_dir, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+async def issue():
+    with log.open("a") as f:
+        f.write("issued\n")
+    await asyncio.sleep(0.3)  # hold the lock long enough for the others to queue behind it
+    return IssuedToken(access_token="shared", expires_at=time.time() + 86400)
+
+async def main():
+    m = TokenManager(issue=issue, run_dir=run_dir, env_name="real", key_fingerprint="k")
+    print(await m.get())
+
+asyncio.run(main())
+"""
+
+
+def test_processes_share_one_issuance(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    log = tmp_path / "issued.log"
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(log)], cwd=root, stdout=subprocess.PIPE) for _ in range(3)]
+    outs = [p.communicate(timeout=30)[0].decode().strip() for p in procs]
+    assert outs == ["shared"] * 3
+    assert log.read_text().count("issued") == 1

@@ -1,0 +1,234 @@
+"""The websocket session against a small in-test KIS-like server on 127.0.0.1 (real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+
+import pytest
+import websockets
+
+from common.enums import SessionState
+from kis.crypto import NoticeCipher
+from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame, notice26
+from kis.port import BrokerNotice, Gap, SessionChange, Trade
+from kis.ws import KisWebSocket, WsConfig, backoff_delay
+
+KEY = "abcdefghijklmnopabcdefghijklmnop"
+IV = "0123456789abcdef"
+HTS = "myhts"
+
+
+def aio(fn):
+    @functools.wraps(fn)
+    def run(*a, **k):
+        return asyncio.run(asyncio.wait_for(fn(*a, **k), 20))
+
+    return run
+
+
+class FakeKis:
+    def __init__(self, cap: int = 41) -> None:
+        self.cap = cap
+        self.conns: list[websockets.ServerConnection] = []
+        self.registered: list[list[tuple[str, str]]] = []  # per connection
+        self.echoes: list[str] = []
+        self.refuse = 0  # next N sessions get OPSP8996
+        self.approvals = 0
+
+    async def handler(self, ws: websockets.ServerConnection) -> None:
+        self.conns.append(ws)
+        regs: list[tuple[str, str]] = []
+        self.registered.append(regs)
+        refuse = self.refuse > 0
+        if refuse:
+            self.refuse -= 1
+        async for msg in ws:
+            m = json.loads(msg)
+            if m["header"].get("tr_id") == "PINGPONG":
+                self.echoes.append(msg)
+                continue
+            tr_id, tr_key = m["body"]["input"]["tr_id"], m["body"]["input"]["tr_key"]
+            if refuse:
+                await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key}, "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"}}))
+                ws.transport.abort()
+                return
+            key = (tr_id, tr_key)
+            if m["header"]["tr_type"] == "2":
+                regs.remove(key)
+                body = {"rt_cd": "0", "msg_cd": "OPSP0001", "msg1": "UNSUBSCRIBE SUCCESS"}
+            elif key in regs:
+                body = {"rt_cd": "1", "msg_cd": "OPSP0002", "msg1": "ALREADY IN SUBSCRIBE"}
+            elif len(regs) >= self.cap:
+                body = {"rt_cd": "1", "msg_cd": "OPSP0008", "msg1": "MAX SUBSCRIBE OVER"}
+            else:
+                regs.append(key)
+                body = {"rt_cd": "0", "msg_cd": "OPSP0000", "msg1": "SUBSCRIBE SUCCESS", "output": {"iv": IV, "key": KEY}}
+            enc = "Y" if tr_id.startswith("H0STCNI") else "N"
+            await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key, "encrypt": enc}, "body": body}))
+
+
+class Rig:
+    def __init__(self, kis: FakeKis, url: str, **cfg) -> None:
+        self.events: list = []
+        self.kis = kis
+
+        async def approval() -> str:
+            kis.approvals += 1
+            return f"approval-{kis.approvals}"
+
+        base = dict(backoff_base_s=0.05, backoff_max_s=0.2, in_use_backoff_s=0.1, ack_timeout_s=2.0, batch_pace_s=0.01, batch_size=2, ping_interval_s=None)
+        base.update(cfg)
+        self.ws = KisWebSocket(url=url, approval=approval, notice_tr="H0STCNI0", hts_id=HTS, emit=self.events.append, config=WsConfig(**base))
+
+    async def until(self, pred, timeout: float = 5.0) -> None:
+        async def loop() -> None:
+            while not pred():
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+async def serve(kis: FakeKis):
+    server = await websockets.serve(kis.handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"ws://127.0.0.1:{port}/tryitout"
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    ds = [backoff_delay(a, 1.0, 60.0) for a in range(12)]
+    assert all(0.5 <= d for d in ds) and all(d <= 60.0 for d in ds)
+    assert ds[-1] >= 30.0
+
+
+@aio
+async def test_notice_slot_first_data_and_ping() -> None:
+    kis = FakeKis()
+    server, url = await serve(kis)
+    rig = Rig(kis, url)
+    try:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert kis.registered[0][0] == ("H0STCNI0", HTS)
+        r = await rig.ws.subscribe("H0STCNT0", "005930")
+        assert r.ok and r.code == "OPSP0000"
+        again = await rig.ws.subscribe("H0STCNT0", "005930")  # shared: no second registration
+        assert again.ok and kis.registered[0].count(("H0STCNT0", "005930")) == 1
+        srv = kis.conns[0]
+        await srv.send(frame("H0STCNT0", [TRADE_FIELDS_EXAMPLE, TRADE_FIELDS_EXAMPLE]))
+        enc = NoticeCipher(KEY, IV).encrypt("^".join(notice26()))
+        await srv.send(f"1|H0STCNI0|001|{enc}")
+        ping = '{"header":{"tr_id":"PINGPONG","datetime":"20240101093000"}}'
+        await srv.send(ping)
+        # invalid UTF-8 inside a text frame must not kill the session
+        await srv.send(b"0|H0STCNT0|001|\xff\xfe^" + "^".join(TRADE_FIELDS_EXAMPLE[1:]).encode(), text=True)
+        await rig.until(lambda: sum(isinstance(e, Trade) for e in rig.events) >= 3 and kis.echoes)
+        assert any(isinstance(e, BrokerNotice) for e in rig.events)
+        assert kis.echoes == [ping]
+        assert rig.ws.state == SessionState.READY and rig.ws.sessions == 1
+        # unsubscribe: ref-counted
+        assert (await rig.ws.unsubscribe("H0STCNT0", "005930")).ok
+        assert ("H0STCNT0", "005930") in kis.registered[0]
+        u = await rig.ws.unsubscribe("H0STCNT0", "005930")
+        assert u.ok and u.code == "OPSP0001" and ("H0STCNT0", "005930") not in kis.registered[0]
+        assert not (await rig.ws.unsubscribe("H0STCNI0", HTS)).ok  # the notice slot is reserved
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_cap_reported_locally_and_by_server() -> None:
+    kis = FakeKis(cap=3)
+    server, url = await serve(kis)
+    rig = Rig(kis, url, max_registrations=4)
+    try:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert (await rig.ws.subscribe("H0STCNT0", "000001")).ok
+        assert (await rig.ws.subscribe("H0STCNT0", "000002")).ok
+        over = await rig.ws.subscribe("H0STCNT0", "000003")  # server cap 3 incl. notice slot
+        assert not over.ok and over.code == "OPSP0008"
+        assert ("H0STCNT0", "000003") not in rig.ws.registrations
+        assert (await rig.ws.subscribe("H0STASP0", "000004")).code == "OPSP0008"
+        kis.cap = 10
+        assert (await rig.ws.subscribe("H0STASP0", "000004")).ok
+        local = await rig.ws.subscribe("H0STASP0", "000005")  # our own cap of 4
+        assert not local.ok and local.code == "LIMIT"
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_abrupt_drop_restores_registrations_and_emits_gap() -> None:
+    kis = FakeKis()
+    server, url = await serve(kis)
+    rig = Rig(kis, url)
+    try:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        codes = ["005930", "000660", "035420", "051910", "068270"]
+        for c in codes:
+            assert (await rig.ws.subscribe("H0STCNT0", c)).ok
+        kis.conns[0].transport.abort()  # no close frame
+        await rig.until(lambda: any(isinstance(e, Gap) for e in rig.events) and rig.ws.state == SessionState.READY)
+        second = kis.registered[1]
+        assert second[0] == ("H0STCNI0", HTS)  # notice slot first again
+        assert sorted(second[1:]) == sorted(("H0STCNT0", c) for c in codes)
+        assert len(second) == len(set(second))  # no duplicate registration
+        assert kis.approvals == 2  # re-approved
+        states = [e.state for e in rig.events if isinstance(e, SessionChange)]
+        assert states[:3] == [SessionState.CONNECTING, SessionState.SYNCING, SessionState.READY]
+        assert SessionState.DEGRADED in states[3:]
+        assert states[-1] == SessionState.READY
+        gap = next(e for e in rig.events if isinstance(e, Gap))
+        assert gap.since <= gap.until
+        # the new session has its own keys: a notice encrypted with them is decrypted
+        enc = NoticeCipher(KEY, IV).encrypt("^".join(notice26()))
+        await kis.conns[1].send(f"1|H0STCNI0|001|{enc}")
+        await rig.until(lambda: any(isinstance(e, BrokerNotice) for e in rig.events))
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_app_key_in_use_backs_off_then_connects() -> None:
+    kis = FakeKis()
+    kis.refuse = 2
+    server, url = await serve(kis)
+    rig = Rig(kis, url)
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert loop.time() - t0 >= 2 * 0.1 * 0.99  # in_use back-off honoured twice
+        assert len(kis.conns) == 3 and rig.ws.sessions == 3
+        reasons = [e.reason for e in rig.events if isinstance(e, SessionChange) and e.state == SessionState.DISCONNECTED]
+        assert any("OPSP8996" in r for r in reasons)
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_silence_triggers_reconnect() -> None:
+    kis = FakeKis()
+    server, url = await serve(kis)
+    rig = Rig(kis, url, silence_timeout_s=0.3)
+    try:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
