@@ -26,8 +26,8 @@ def load_factory(spec: str) -> BrokerFactory:
 
 
 def default_broker(cfg: GatewayConfig) -> BrokerPort:
-    """The KIS adapter; for env=sim with no URL configured, pointed at an embedded KIS twin."""
-    from kis.adapter import make_gateway_broker  # imported here: kis pulls httpx/websockets
+    """The KIS adapter; for env=sim with no URL configured, pointed at a KIS twin embedded in-process."""
+    from server.brokers import make_gateway_broker  # imported here: pulls httpx, websockets, aiohttp
 
     return make_gateway_broker(cfg)
 

@@ -26,6 +26,8 @@ def _logging(level: str, log_file: str | None = None) -> None:
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()

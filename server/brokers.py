@@ -1,0 +1,110 @@
+"""Which broker the gateway talks to, by configuration alone.
+
+- env = "paper" | "real": the KIS adapter with the user's credentials (env vars or a file outside
+  the repo).
+- env = "sim" with rest_url/ws_url set: the KIS adapter pointed at a separately started twin
+  (`ktrader sim`), with the twin's demo credentials from the environment / credentials file.
+- env = "sim" without URLs (the default): a KIS twin embedded in the gateway process on ephemeral
+  loopback ports, and the same KIS adapter talking to it over real HTTP and websocket sockets.
+Nothing else in the gateway knows which one it got.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+
+from common.config import BrokerEnv, GatewayConfig
+from common.enums import SessionState
+from kis.adapter import KisBroker, make_broker
+from kis.credentials import Credentials, load_credentials
+from kis.port import (
+    BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerOrder, BrokerOrderReport, BrokerPort,
+    BrokerPosition, MarketKind, SubscriptionResult,
+)
+from kis.sim.server import TwinServer
+from kis.sim.twin import TwinConfig
+
+log = logging.getLogger("ktrader.broker")
+
+
+class EmbeddedTwinBroker:
+    """A KIS twin in this process plus the real KIS adapter talking to it over loopback sockets."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        run = Path(cfg.run_dir)
+        self.token_dir = run / "twin-session"
+        self.twin = TwinServer(TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock,
+                                          state_file=run / "db" / "twin-state.json"))
+        self.inner: KisBroker | None = None
+
+    @property
+    def session_state(self) -> SessionState:
+        return self.inner.session_state if self.inner else SessionState.DISCONNECTED
+
+    async def start(self) -> None:
+        await self.twin.start()
+        demo = self.twin.demo
+        # Tokens of an earlier twin process are unknown to this one: start with a clean cache.
+        shutil.rmtree(self.token_dir, ignore_errors=True)
+        self.token_dir.mkdir(parents=True, exist_ok=True)
+        bcfg = msgspec.structs.replace(self.cfg.broker, rest_url=self.twin.rest_url, ws_url=self.twin.ws_url)
+        creds = Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id)
+        self.inner = make_broker(bcfg, self.token_dir, creds)
+        log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
+                 self.twin.admin_url, demo.account)
+        await self.inner.start()
+
+    async def close(self) -> None:
+        try:
+            if self.inner is not None:
+                await self.inner.close()
+        finally:
+            await self.twin.stop()
+
+    def _b(self) -> KisBroker:
+        if self.inner is None:
+            raise RuntimeError("broker not started")
+        return self.inner
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        return await self._b().submit(order)
+
+    async def modify(self, req: BrokerModify) -> BrokerAck:
+        return await self._b().modify(req)
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        return await self._b().cancel(req)
+
+    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
+        return await self._b().order_reports(day)
+
+    async def positions(self) -> list[BrokerPosition]:
+        return await self._b().positions()
+
+    async def account(self) -> BrokerAccount:
+        return await self._b().account()
+
+    async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return await self._b().subscribe(kind, code)
+
+    async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return await self._b().unsubscribe(kind, code)
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        async for ev in self._b().events():
+            yield ev
+
+
+def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
+    b = cfg.broker
+    if b.env is BrokerEnv.SIM and not b.rest_url:
+        return EmbeddedTwinBroker(cfg)
+    creds = load_credentials(b.credentials_file or None)
+    return make_broker(b, Path(cfg.run_dir) / "kis", creds)
