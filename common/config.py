@@ -59,8 +59,8 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
     router_endpoint: str = ""
     pub_endpoint: str = ""
-    lease_s: float = 1.5  # a silent agent loses its lease after this long
-    heartbeat_s: float = 0.3  # agents heartbeat at this interval (told at registration)
+    lease_s: float = 1.0  # a silent agent loses its lease after this long (4 missed heartbeats)
+    heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)

@@ -19,6 +19,16 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cards_app, name="cards")
 
 
+def _mount_sim() -> None:
+    # `ktrader sim [--rest-port ...]`: the twin's own command, registered as a plain subcommand
+    from kis.sim.cli import run as sim_run
+
+    app.command("sim", help="Run the KIS twin: a local KIS Open API server with a KRX matching engine.")(sim_run)
+
+
+_mount_sim()
+
+
 def _logging(level: str, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
@@ -147,6 +157,22 @@ def bench_rtt(
     from tools.bench_rtt import main as rtt
 
     rtt(n=n, json_out=json_out)
+
+
+@bench_app.command("twin")
+def bench_twin(json_out: bool = typer.Option(False, "--json")) -> None:
+    """The twin: ticks/s over 40 registrations to one websocket client, order REST round trip."""
+    from tools.bench_twin import main as twin
+
+    twin(json_out=json_out)
+
+
+@bench_app.command("parse")
+def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
+    """H0STCNT0 frames parsed to typed ticks per second vs a bare str.split in the same run."""
+    from tools.bench_parse import main as parse
+
+    parse(json_out=json_out)
 
 
 @app.command()

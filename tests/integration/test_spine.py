@@ -105,8 +105,9 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
 
     wait_for(alpha_back, 10, interval=0.05, what="alpha re-registered")
     back_after = time.monotonic() - t0
-    # "within 2 s" counts from the restart; the new process also pays Python's start-up here.
-    assert back_after < 2.0 + 1.5, f"alpha took {back_after:.2f}s to come back"
+    # From the restart command to registered, Python's start-up included.
+    assert back_after < 2.0, f"alpha took {back_after:.2f}s to come back"
+    print(f"alpha back {back_after:.2f}s after the restart")
 
     snap = wait_for(lambda: snapshots(procs.log(a2)), 5, what="alpha2 snapshot line")[-1]
     assert [o["client_order_id"].rsplit("-", 1)[-1] for o in snap["open_orders"]] == ["2"]
