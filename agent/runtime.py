@@ -24,7 +24,7 @@ from agent.client import GatewayClient
 from agent.feed import SequenceTracker
 from agent.lock import AgentLock
 from agent.strategy import Strategy
-from common.clock import today_kst
+from common.clock import now_kst, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.enums import OrderType, Side, TimeInForce
@@ -32,7 +32,7 @@ from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common.orders import OPEN
 from common.schema import (
-    Ack, AgentEvent, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
+    Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
     ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
     Registered, Snapshot, SubmitOrders, SYSTEM_TOPIC, TradeTick, Unregister, trade_topic,
 )
@@ -145,6 +145,14 @@ class AgentRuntime:
     def set_timer(self, interval_s: float) -> None:
         self._timer_s = interval_s
         self._next_timer = time.monotonic() + interval_s if interval_s > 0 else float("inf")
+
+    def now(self) -> dt.datetime:
+        return now_kst()
+
+    def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
+        # Live warm-up history is served by the gateway's bar store (market-data issue); until then
+        # a live agent starts cold.
+        return []
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -403,6 +411,8 @@ class AgentRuntime:
             self.log.warning("feed gap on %s: %d messages missed", pub.topic, missed)
         if isinstance(pub.body, TradeTick):
             self._call("on_trade", pub.body)
+        elif isinstance(pub.body, Bar):
+            self._call("on_bar", pub.body)
 
     def _call(self, name: str, *args: Any) -> None:
         if self.strategy is None:

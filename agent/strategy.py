@@ -12,7 +12,9 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from common.enums import OrderType, Side, TimeInForce
-from common.schema import FillView, OrderView, PositionView, TradeTick
+import datetime as dt
+
+from common.schema import Bar, FillView, OrderView, PositionView, TradeTick
 
 
 class Context(Protocol):
@@ -41,6 +43,14 @@ class Context(Protocol):
 
     def set_timer(self, interval_s: float) -> None: ...
 
+    def now(self) -> dt.datetime:
+        """The current time in KST: the wall clock live, the bar's time in a backtest."""
+        ...
+
+    def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
+        """Up to `n` completed bars before now, oldest first (warm-up). Never includes the future."""
+        ...
+
 
 class Strategy:
     """Base class. Override what you need; the defaults do nothing.
@@ -65,6 +75,8 @@ class Strategy:
     def on_start(self) -> None: ...
 
     def on_trade(self, tick: TradeTick) -> None: ...
+
+    def on_bar(self, bar: Bar) -> None: ...
 
     def on_order(self, order: OrderView) -> None: ...
 

@@ -308,13 +308,28 @@ class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True):
     cum_volume: int
 
 
+class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True):
+    """An OHLCV candle. `start` is the bar's opening time in KST as "YYYY-MM-DDTHH:MM" ("YYYY-MM-DD"
+    for daily bars); prices are integer KRW; `value` is the traded value in KRW (0 when unknown)."""
+
+    code: str
+    interval: str  # 1m | 5m | 15m | 60m | 1d
+    start: str
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int
+    value: int = 0
+
+
 class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True):
     kind: str  # agent_online | agent_offline | trading_state | session_state | alert
     agent: str = ""
     text: str = ""
 
 
-PubBody = Union[TradeTick, SystemEvent]
+PubBody = Union[TradeTick, Bar, SystemEvent]
 
 
 class Published(_Msg, tag="pub"):
@@ -336,6 +351,10 @@ SYSTEM_TOPIC = "sys."
 
 def trade_topic(code: str) -> str:
     return f"md.H0STCNT0.{code}."
+
+
+def bar_topic(code: str, interval: str) -> str:
+    return f"md.bar.{interval}.{code}."
 
 
 def pid() -> int:
