@@ -62,6 +62,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lease_s: float = 1.0  # a silent agent loses its lease after this long (4 missed heartbeats)
     heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
+    reconcile_s: float = 30.0  # periodic reconciliation with the broker (also at start, after gaps, on demand)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
     account_budget: Krw = 0  # 0: whatever the account holds

@@ -98,7 +98,13 @@ class MarkUnknown(_Ev, tag="unknown"):
     reason: str = ""
 
 
+RECON_FILL_PREFIX = "recon:"
+
+
 class Fill(_Ev, tag="fill"):
+    """A fill. Ids starting with RECON_FILL_PREFIX come from reconciliation (the broker's cumulative
+    quantity was ahead of ours); a later notice of the same quantity is then absorbed, not counted."""
+
     fill_id: str  # unique per fill; duplicates are refused
     qty: int
     price: int
@@ -160,6 +166,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     org_no: str = ""
     broker_chain: tuple[str, ...] = ()  # every ODNO this order has had, oldest first
     fill_ids: tuple[str, ...] = ()
+    recon_credit: int = 0  # quantity added by reconciliation whose own notices may still arrive
     pending_price: int = 0  # terms asked for by a revise in flight
     pending_qty: int = 0
     reason_code: str = ""
@@ -252,13 +259,20 @@ def apply(order: Order, event: OrderEvent) -> Order:
             raise DuplicateFill(f"{order.client_order_id}: fill {event.fill_id} already applied")
         if event.qty <= 0 or event.price <= 0:
             raise IllegalTransition(f"{order.client_order_id}: fill with qty {event.qty} price {event.price}")
-        if filled + event.qty > qty:
-            raise Overfill(f"{order.client_order_id}: fill of {event.qty} exceeds remaining {qty - filled}")
-        filled += event.qty
+        credit = order.recon_credit
+        if event.fill_id.startswith(RECON_FILL_PREFIX):
+            new_qty, credit = event.qty, credit + event.qty
+        else:
+            absorbed = min(credit, event.qty)  # the notice of a fill reconciliation already counted
+            new_qty, credit = event.qty - absorbed, credit - absorbed
+        if filled + new_qty > qty:
+            raise Overfill(f"{order.client_order_id}: fill of {new_qty} exceeds remaining {qty - filled}")
+        filled += new_qty
         changes.update(
             filled_qty=filled,
-            filled_value=order.filled_value + event.qty * event.price,
+            filled_value=order.filled_value + new_qty * event.price,
             fill_ids=order.fill_ids + (event.fill_id,),
+            recon_credit=credit,
         )
         if event.broker_order_id and not order.broker_order_id:
             changes.update(broker_order_id=event.broker_order_id, broker_chain=(event.broker_order_id,))

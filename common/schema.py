@@ -269,6 +269,9 @@ class StatusReply(_Msg, tag="status_reply"):
     fills_today: int
     counters: dict[str, int]  # protocol counters: bad frames, drops, ...
     subscriptions: dict[str, list[str]] = {}  # "trades:005930" -> agents sharing that registration
+    synced: bool = False  # reconciled with the broker since start (orders are denied before)
+    last_reconcile_age_s: float = -1.0
+    alerts: list[str] = []  # the most recent alerts, newest last
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

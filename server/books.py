@@ -9,11 +9,17 @@ from common.schema import PositionView
 
 
 def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price: int) -> PositionView:
-    """The position after one fill. Sells take cost out at the average cost (floor), the rest of
-    the proceeds is realised P&L. Short positions are not allowed (the risk gate denies them)."""
+    """The position after one fill of `qty` at `price`."""
+    return apply_fill_value(pos, code, side, qty, qty * price)
+
+
+def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int) -> PositionView:
+    """The position after fills of `qty` shares worth `value` KRW in total. Sells take cost out at
+    the average cost (floor), the rest of the proceeds is realised P&L. Short positions are not
+    allowed (the risk gate denies them)."""
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     if side is Side.BUY:
-        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + qty * price, realized_pnl=cur.realized_pnl)
+        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl)
     if qty > cur.qty:
         raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
     removed = cur.cost * qty // cur.qty if cur.qty else 0
@@ -21,5 +27,5 @@ def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price:
         code=code,
         qty=cur.qty - qty,
         cost=cur.cost - removed,
-        realized_pnl=cur.realized_pnl + qty * price - removed,
+        realized_pnl=cur.realized_pnl + value - removed,
     )

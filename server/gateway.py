@@ -32,7 +32,7 @@ from common.schema import (
     Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, SystemEvent, SYSTEM_TOPIC,
     TradeTick, Unregister, trade_topic,
 )
-from kis.port import BrokerNotice, BrokerPort, MarketKind, SessionChange, Trade
+from kis.port import BrokerNotice, BrokerPort, Gap, MarketKind, SessionChange, Trade
 from server.oms import OrderManager
 from server.publisher import Publisher
 from server.registry import AgentRecord, RegisterOutcome, Registry
@@ -67,6 +67,9 @@ class Gateway:
         self.risk = RiskGate(cfg.risk)
         self.oms = OrderManager(self.store, broker, self.risk, self.headers, self._send_event)
         self.subs = SubscriptionManager(broker)
+        self.oms.on_alert = lambda text: self._system("alert", "", text)
+        self._reconcile_wanted = asyncio.Event()
+        self._reconcile_reason = "start"
         self.ctx = zmq.Context.instance()
         self.router: zmq.Socket | None = None
         self.pub: Publisher | None = None
@@ -112,6 +115,7 @@ class Gateway:
         self._tasks = [
             loop.create_task(self._lease_loop(), name="leases"),
             loop.create_task(self._broker_events(), name="broker-events"),
+            loop.create_task(self._reconcile_loop(), name="reconcile"),
         ]
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -330,13 +334,18 @@ class Gateway:
             h=self.headers(re), gateway_pid=os.getpid(), gateway_session=self.headers.sid, started_ns=self.started_ns,
             session_state=self.broker.session_state, broker=self.broker_name, trading_state=self.risk.global_state,
             agents=agents, orders_today=total, open_orders=open_n, fills_today=fills, counters=counters,
-            subscriptions=self.subs.table(),
+            subscriptions=self.subs.table(), synced=self.oms.synced,
+            last_reconcile_age_s=round((now_ns() - self.oms.last_reconcile[0]) / 1e9, 1) if self.oms.last_reconcile else -1.0,
+            alerts=[text for _, text in self.oms.alerts[-20:]],
         )
 
     def control(self, msg: Control) -> Message:
         h = msg.h
         states = {"pause": TradingState.HALTED, "halt": TradingState.HALTED, "reduce": TradingState.REDUCING,
                   "resume": TradingState.ACTIVE}
+        if msg.action == "reconcile":
+            self.request_reconcile("on demand")
+            return Ack(h=self.headers(h.mid), message="reconciliation started")
         if msg.action == "cancel_all":
             targets = [msg.agent] if msg.agent else list(self.registry.agents)
             n = sum(self.oms.cancel_all(a) for a in targets)
@@ -381,9 +390,37 @@ class Gateway:
                     self.oms.on_notice(ev)
                 elif isinstance(ev, SessionChange):
                     self._system("session_state", "", ev.state.value)
+                elif isinstance(ev, Gap):
+                    self.oms.alert(f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing")
+                    self.request_reconcile("gap")
             except Exception:
                 self.counters["broker_event_errors"] += 1
                 log.exception("broker event %r failed", ev)
+
+    def request_reconcile(self, reason: str) -> None:
+        self._reconcile_reason = reason
+        self._reconcile_wanted.set()
+
+    async def _reconcile_loop(self) -> None:
+        """First pass at start (orders are denied until it succeeds), then periodically, after
+        websocket gaps and on demand. Failures back off and retry; they never stop the gateway."""
+        backoff = 1.0
+        reason = "start"
+        while True:
+            try:
+                await self.oms.reconcile_now(reason)
+                backoff = 1.0
+                timeout = self.cfg.reconcile_s
+            except Exception as e:
+                self.counters["reconcile_errors"] += 1
+                log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
+                timeout, backoff = backoff, min(backoff * 2, 30.0)
+            try:
+                await asyncio.wait_for(self._reconcile_wanted.wait(), timeout)
+                reason = self._reconcile_reason
+            except asyncio.TimeoutError:
+                reason = "periodic" if self.oms.synced else "start"
+            self._reconcile_wanted.clear()
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

@@ -23,9 +23,11 @@ from common.clock import now_ns, today_kst
 from common.config import AgentCard
 from common.enums import SessionState, Side, TradingState
 from common.errors import ErrorCode
-from common.ids import IdError, parse_client_order_id
+from decimal import Decimal
+
+from common.ids import EXTERNAL_AGENT, IdError, parse_client_order_id
 from common.orders import (
-    Accept, Cancelled, CancelRefused, Deny, Fill, MarkUnknown, OPEN, Order, OrderEvent, Reject,
+    Accept, Cancelled, CancelRefused, Deny, Expire, Fill, MarkUnknown, OPEN, Order, OrderEvent, OrderState, Reject,
     ReplaceRefused, Replaced, RequestCancel, RequestReplace, StateError, Submit, apply,
 )
 from common.schema import (
@@ -33,10 +35,11 @@ from common.schema import (
     OrderView, PositionView, Snapshot,
 )
 from kis.port import (
-    BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerPort, BrokerRejected,
-    BrokerUnknownOutcome, NoticeKind,
+    BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPort, BrokerPosition,
+    BrokerRejected, BrokerUnknownOutcome, NoticeKind,
 )
-from server.books import apply_fill
+from server.books import apply_fill_value
+from server.reconcile import ReconcileResult, reconcile
 from server.risk import Exposure, RiskGate
 from server.store import Store, day_key
 
@@ -91,6 +94,11 @@ class OrderManager:
         self._job_n = 0
         self._sender: asyncio.Task[None] | None = None
         self.base_prices: dict[str, int] = {}  # code -> base price (yesterday's close) when known
+        self.synced = False  # no orders before the first reconciliation with the broker
+        self.unknown_grace_ns = 30_000_000_000
+        self.last_reconcile: tuple[int, str, int] | None = None
+        self.alerts: list[tuple[int, str]] = []
+        self.on_alert: Callable[[str], None] | None = None
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -152,7 +160,8 @@ class OrderManager:
         ts = now_ns()
         order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
                       order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
-        denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), self.broker.session_state,
+        session = self.broker.session_state if self.synced else SessionState.SYNCING
+        denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), session,
                                  self.base_prices.get(new.code))
         if denial is not None:
             code, reason = denial
@@ -346,6 +355,29 @@ class OrderManager:
             self._try(o.client_order_id, Replaced(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty))
             self._drain_unmatched(ack.broker_order_id)
 
+    def apply_fill_event(self, coid: str, ev: Fill) -> Order | None:
+        """Apply a fill (from a notice or reconciliation); positions move by what the order's
+        filled quantity and value actually changed (a reconciled fill's late notice moves nothing)."""
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+
+        def fill_extra(new: Order) -> list[EventBody]:
+            dq, dv = new.filled_qty - o.filled_qty, new.filled_value - o.filled_value
+            if dq <= 0:
+                return []
+            pos = self.positions.get(new.agent, {}).get(new.code)
+            pos = apply_fill_value(pos, new.code, new.side, dq, dv)
+            fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
+                          price=dv // dq, ts_ns=ev.ts_ns)
+            return [FillUpdate(fill=fv, position=pos)]
+
+        new = self._try(coid, ev, fill_extra)
+        if new is not None and new.filled_qty > o.filled_qty:
+            self.fills_today += 1
+            self.fills_by_agent[new.agent] += 1
+        return new
+
     def _drain_unmatched(self, odno: str) -> None:
         for notice in self.unmatched.pop(odno, []):
             self.on_notice(notice)
@@ -358,21 +390,12 @@ class OrderManager:
             return
         ts = now_ns()
         if n.kind is NoticeKind.FILLED:
-            # KIS notices carry no fill id; a duplicated notice repeats these fields exactly.
-            # Two genuine fills with equal time, qty and price collapse into one here; reconciliation
+            # KIS notices carry no fill id; a duplicated notice repeats these fields exactly. Two
+            # genuine fills with equal time, qty and price collapse into one here; reconciliation
             # against the broker's cumulative filled quantity restores the missing one.
             fill_id = f"{n.broker_order_id}:{n.time}:{n.fill_qty}:{n.fill_price}"
-
-            def fill_extra(new: Order) -> list[EventBody]:
-                pos = apply_fill(self.positions.get(new.agent, {}).get(new.code), new.code, new.side, n.fill_qty, n.fill_price)
-                fv = FillView(client_order_id=coid, fill_id=fill_id, code=new.code, side=new.side, qty=n.fill_qty,
-                              price=n.fill_price, ts_ns=ts)
-                return [FillUpdate(fill=fv, position=pos)]
-
-            if self._try(coid, Fill(ts_ns=ts, fill_id=fill_id, qty=n.fill_qty, price=n.fill_price,
-                                    broker_order_id=n.broker_order_id), fill_extra) is not None:
-                self.fills_today += 1
-                self.fills_by_agent[self.orders[coid].agent] += 1
+            self.apply_fill_event(coid, Fill(ts_ns=ts, fill_id=fill_id, qty=n.fill_qty, price=n.fill_price,
+                                             broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             self._try(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.REJECTED:
@@ -388,3 +411,88 @@ class OrderManager:
 
     def is_session_ready(self) -> bool:
         return self.broker.session_state is SessionState.READY
+
+    # ---- reconciliation -------------------------------------------------------------------------
+
+    async def reconcile_now(self, reason: str) -> ReconcileResult:
+        """Bring the books in line with the broker's view of today (orders, fills, positions)."""
+        today = self.today()
+        reports = await self.broker.order_reports(today)
+        local = [o for c, o in self.orders.items() if o.is_open or self.order_day.get(c) == day_key(today)]
+        res = reconcile(local, reports, now_ns=now_ns(), grace_ns=self.unknown_grace_ns)
+        for coid, events in res.events.items():
+            for ev in events:
+                if isinstance(ev, Fill):
+                    self.apply_fill_event(coid, ev)
+                else:
+                    new = self._try(coid, ev)
+                    if new is not None and isinstance(ev, Accept):
+                        self.by_broker_id[ev.broker_order_id] = coid
+                        self._drain_unmatched(ev.broker_order_id)
+        for r in res.external:
+            self._adopt_external(r)
+        try:
+            res.alerts.extend(await self._check_positions())
+        except Exception as e:  # a failed balance query must not undo the order repair above
+            res.alerts.append(f"position check failed: {e}")
+        self.synced = True
+        self.last_reconcile = (now_ns(), reason, len(res.alerts))
+        for text in res.alerts:
+            self.alert(f"reconcile ({reason}): {text}")
+        log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
+                 len(res.events), len(res.external), len(res.alerts))
+        return res
+
+    def _adopt_external(self, r: BrokerOrderReport) -> None:
+        """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed."""
+        day = day_key(self.today())
+        coid = f"{EXTERNAL_AGENT}-{day}-{int(r.broker_order_id)}"
+        if coid in self.orders:
+            return
+        ts = now_ns()
+        o = Order(client_order_id=coid, agent=EXTERNAL_AGENT, code=r.code, side=r.side, qty=r.qty, price=r.price,
+                  state=OrderState.PENDING_SUBMIT, created_ns=ts, updated_ns=ts)
+        self.order_day[coid] = day
+        self._commit(o, Accept(ts_ns=ts, broker_order_id=r.broker_order_id, org_no=r.org_no))
+        self.by_broker_id[r.broker_order_id] = coid
+        if r.filled_qty:
+            self.apply_fill_event(coid, Fill(ts_ns=ts, fill_id=f"recon:{r.broker_order_id}:{r.filled_qty}", qty=r.filled_qty,
+                                             price=r.filled_value // r.filled_qty if r.filled_value else r.price,
+                                             broker_order_id=r.broker_order_id))
+        if r.remaining_qty == 0 and self.orders[coid].is_open:
+            self._try(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
+        self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
+
+    async def _check_positions(self) -> list[str]:
+        broker = {p.code: p for p in await self.broker.positions()}
+        ours: dict[str, int] = defaultdict(int)
+        for agent_pos in self.positions.values():
+            for code, p in agent_pos.items():
+                ours[code] += p.qty
+        alerts = []
+        for code in sorted(set(broker) | set(ours)):
+            theirs = broker[code].qty if code in broker else 0
+            diff = theirs - ours.get(code, 0)
+            if diff:
+                # The broker is authoritative for what the account holds; the difference is
+                # nobody's here (held before ktrader, or traded elsewhere): attribute it to external.
+                self._adjust_external(code, diff, broker.get(code))
+                alerts.append(f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external")
+        return alerts
+
+    def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
+        cur = self.positions.get(EXTERNAL_AGENT, {}).get(code) or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+        avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0
+        qty = cur.qty + diff
+        cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
+        pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl)
+        with self.store.transaction():
+            self.store.save_position(EXTERNAL_AGENT, pos)
+        self.positions.setdefault(EXTERNAL_AGENT, {})[code] = pos
+
+    def alert(self, text: str) -> None:
+        log.warning("ALERT %s", text)
+        self.alerts.append((now_ns(), text))
+        del self.alerts[:-200]
+        if self.on_alert is not None:
+            self.on_alert(text)

@@ -70,8 +70,8 @@ class FakeBroker:
         if o is None or not o["open"]:
             raise BrokerRejected("no such open order", code="APBK0918")
         odno = f"{next(self._odno):010d}"
-        o["open"] = False
-        self.orders[odno] = {**o, "price": req.price, "open": True}
+        o["open"], o["replaced"] = False, True
+        self.orders[odno] = {**o, "price": req.price, "open": True, "replaced": False, "filled": 0}
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
@@ -91,7 +91,14 @@ class FakeBroker:
                 for k, o in self.orders.items()]
 
     async def positions(self) -> list[BrokerPosition]:
-        return []
+        held: dict[str, list[int]] = {}
+        for o in self.orders.values():
+            if o["filled"] and not o.get("replaced"):
+                q, v = held.setdefault(o["code"], [0, 0])
+                sign = 1 if o["side"] is Side.BUY else -1
+                held[o["code"]] = [q + sign * o["filled"], v + sign * o["filled"] * o["price"]]
+        return [BrokerPosition(code=c, qty=q, sellable_qty=q, avg_price=str(v // q), purchase_value=v, last_price=self.ref_price)
+                for c, (q, v) in held.items() if q > 0]
 
     async def account(self) -> BrokerAccount:
         return BrokerAccount(cash=100_000_000, orderable_cash=100_000_000, settlement_cash=100_000_000, total_eval=100_000_000,

@@ -46,6 +46,7 @@ class Harness:
         await self.broker.start()
         self.oms.start()
         self._pump = asyncio.get_running_loop().create_task(self._notices())
+        await self.oms.reconcile_now("start")  # orders are denied until the first reconciliation
 
     async def _notices(self) -> None:
         async for ev in self.broker.events():

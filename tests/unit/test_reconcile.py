@@ -1,0 +1,115 @@
+"""Reconciliation repairs the books from the broker's reports: lost notices, unknown outcomes,
+orders placed outside ktrader, positions held before it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from common.enums import Side
+from common.orders import OrderState
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind
+from tests.fakes.broker import FakeBroker
+from tests.unit.test_oms import CARD, CARD_STATE, Harness, coid, order
+
+
+class LossyBroker(FakeBroker):
+    """Drops notices while `lose` is set; raises 'unknown outcome' after (or instead of) placing."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.lose = False
+        self.unknown_after_placing = False
+        self.unknown_without_placing = False
+        self.lost: list[BrokerNotice] = []
+
+    def _notice(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        if self.lose:
+            before = self._queue.qsize()
+            super()._notice(*a, **kw)
+            while self._queue.qsize() > before:
+                self.lost.append(self._queue.get_nowait())  # type: ignore[arg-type]
+        else:
+            super()._notice(*a, **kw)
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        if self.unknown_without_placing:
+            raise BrokerUnknownOutcome("read timeout")
+        ack = await super().submit(order)
+        if self.unknown_after_placing:
+            raise BrokerUnknownOutcome("Server disconnected without sending a response.")
+        return ack
+
+
+async def test_lost_fill_notice_is_repaired_and_its_late_copy_absorbed(tmp_path: Path) -> None:
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    b.lose = True
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.oms.positions.get("alpha", {}).get("005930") is None  # the fill notice was lost
+    res = await h.oms.reconcile_now("test")
+    assert h.oms.orders[coid(1)].state is OrderState.FILLED
+    assert h.oms.positions["alpha"]["005930"].qty == 10 and h.oms.positions["alpha"]["005930"].cost == 700_000
+    assert any("missing here" in a for a in res.alerts)
+    # the lost notice turns up late: absorbed, not counted twice
+    for n in b.lost:
+        h.oms.on_notice(n)
+    assert h.oms.positions["alpha"]["005930"].qty == 10 and h.oms.orders[coid(1)].filled_qty == 10
+    again = await h.oms.reconcile_now("test")
+    assert not again.events and not again.alerts  # books agree now
+    await h.close()
+
+
+async def test_unknown_outcome_resolved_from_the_broker_never_resent(tmp_path: Path) -> None:
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    b.unknown_after_placing = True
+    b.lose = True
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN)
+    assert b.submits == 1
+    await h.oms.reconcile_now("test")
+    o = h.oms.orders[coid(1)]
+    assert o.state is OrderState.ACCEPTED and o.broker_order_id == "0000000001" and b.submits == 1
+    # it is a real resting order now: it can be cancelled
+    b.lose = False
+    assert h.oms.cancel("alpha", coid(1))[0] is None
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.CANCELLED)
+    await h.close()
+
+
+async def test_unknown_that_never_reached_the_broker_is_rejected_after_grace(tmp_path: Path) -> None:
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    b.unknown_without_placing = True
+    h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000))
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN)
+    await h.oms.reconcile_now("test")
+    assert h.oms.orders[coid(1)].state is OrderState.UNKNOWN  # inside the grace period: daily-ccld may lag
+    assert h.oms.exposure("alpha", "005930").open_orders == 1  # still counts against risk
+    h.oms.unknown_grace_ns = 0
+    await h.oms.reconcile_now("test")
+    o = h.oms.orders[coid(1)]
+    assert o.state is OrderState.REJECTED and o.reason_code == "NOT_AT_BROKER"
+    await h.close()
+
+
+async def test_external_orders_and_holdings_are_attributed_to_external(tmp_path: Path) -> None:
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    # someone buys in the HTS app: the broker has an order and shares we never placed
+    await b.submit(BrokerOrder(client_order_id="-", code="000660", side=Side.BUY, qty=3, price=200_000))
+    res = await h.oms.reconcile_now("test")
+    assert [r.code for r in res.external] == ["000660"]
+    ext = [o for o in h.oms.orders.values() if o.agent == "external"]
+    assert len(ext) == 1 and ext[0].filled_qty == 3 and ext[0].state is OrderState.FILLED
+    assert h.oms.positions["external"]["000660"].qty == 3
+    assert "alpha" not in h.oms.positions  # nothing leaked into an agent's book
+    again = await h.oms.reconcile_now("test")
+    assert not again.external and not again.alerts
+    await h.close()
