@@ -157,8 +157,12 @@ class KisBroker:
         await self.tokens.get()
         self.ws.start()
         self._started = True
-        if not await self.ws.wait_state(SessionState.READY, self._start_timeout_s):
+        # DEGRADED here means: connected and synced, but something is wrong (e.g. the notice slot
+        # was refused for a bad HTS id); waiting longer will not fix it.
+        if not await self.ws.wait_state(frozenset({SessionState.READY, SessionState.DEGRADED}), self._start_timeout_s):
             log.warning("KIS real-time session not ready after %.0fs (state %s)", self._start_timeout_s, self.ws.state)
+        elif self.ws.state is SessionState.DEGRADED:
+            log.error("KIS real-time session is DEGRADED after start; see the SessionChange reason")
 
     async def close(self) -> None:
         await self.ws.close()

@@ -136,9 +136,12 @@ class KisWebSocket:
             self._task = None
         self._set_state(SessionState.DISCONNECTED, "closed")
 
-    async def wait_state(self, state: SessionState, timeout: float) -> bool:
+    async def wait_state(self, state: SessionState | frozenset[SessionState], timeout: float) -> bool:
+        """Wait (bounded) until the session is in `state` (or any of several states)."""
+        states = state if isinstance(state, frozenset) else frozenset({state})
+
         async def _wait() -> None:
-            while self.state != state:
+            while self.state not in states:
                 self._state_changed.clear()
                 await self._state_changed.wait()
 
@@ -386,7 +389,8 @@ class KisWebSocket:
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(decode=False), self.cfg.silence_timeout_s)
+                    async with asyncio.timeout(self.cfg.silence_timeout_s):  # no task per frame
+                        raw = await ws.recv(decode=False)
                 except TimeoutError:
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
                 self._last_rx = now_kst()

@@ -325,3 +325,23 @@ def test_paper_account_uses_paper_tr_ids_and_notice_tr(twin: TwinProc, tmp_path:
             await b.account()
 
     run(body())
+
+
+def test_wrong_hts_id_leaves_session_degraded_with_reason(twin: TwinProc, tmp_path: Path) -> None:
+    async def body() -> None:
+        from common.config import BrokerConfig, BrokerEnv
+        from kis.adapter import make_broker
+        from kis.credentials import Credentials
+
+        i = twin.info
+        cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=i["rest_url"], ws_url=i["ws_url"])
+        b = make_broker(cfg, tmp_path, Credentials(i["app_key"], i["app_secret"], i["account"], "not-the-hts-id"), ws_config=FAST_WS, min_token_interval_s=0.5)
+        try:
+            await b.start()
+            assert b.session_state == SessionState.DEGRADED
+            assert b.ws.notice_key not in b.ws.active
+            assert (await b.subscribe(MarketKind.TRADES, CODE)).ok  # market data still works
+        finally:
+            await b.close()
+
+    run(body())

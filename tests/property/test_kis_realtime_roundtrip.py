@@ -108,3 +108,29 @@ def test_garbage_never_crashes_parser(data: bytes) -> None:
         FrameParser().parse(text)
     except ValueError:
         pass  # FrameError is a ValueError: dropped frame, session lives on
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(code, hhmmss, st.lists(st.tuples(st.integers(0, 5_000_000), st.integers(0, 10**9)), min_size=20, max_size=20), qty, qty),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_books_roundtrip(recs: list) -> None:
+    from kis.framebuild import book_fields
+
+    rows = []
+    for c, t, levels, tot_a, tot_b in recs:
+        f = book_fields(c, t)
+        for i in range(10):
+            f[3 + i], f[23 + i] = str(levels[i][0]), str(levels[i][1])
+            f[13 + i], f[33 + i] = str(levels[10 + i][0]), str(levels[10 + i][1])
+        f[43], f[44] = str(tot_a), str(tot_b)
+        rows.append(f)
+    out = FrameParser().parse(frame("H0STASP0", rows))
+    assert len(out) == len(recs)
+    for b, (c, t, levels, tot_a, tot_b) in zip(out, recs, strict=True):
+        assert (b.code, b.time, b.total_ask_qty, b.total_bid_qty) == (c, t, tot_a, tot_b)
+        assert list(b.asks) == levels[:10] and list(b.bids) == levels[10:]
