@@ -409,6 +409,7 @@ class Gateway:
         while True:
             try:
                 await self.oms.reconcile_now(reason)
+                self.counters["reconciles"] += 1
                 backoff = 1.0
                 timeout = self.cfg.reconcile_s
             except Exception as e:
