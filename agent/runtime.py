@@ -89,6 +89,7 @@ class AgentRuntime:
         self.errors = 0
         self.paused = False
         self.md = SequenceTracker()
+        self.last_price: dict[str, int] = {}
         self._outbox: list[NewOrder] = []
         self._stopping = False
         self._timer_s = 0.0
@@ -117,8 +118,11 @@ class AgentRuntime:
             self.day, self.next_n = today, 1
         coid = make_client_order_id(self.agent_id, self.day, self.next_n)
         self.next_n += 1
+        # the quote at decision time: the last print this agent saw, else its own limit price
+        decision = self.last_price.get(code) or price
         self._outbox.append(NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price,
-                                     order_type=order_type, tif=tif, reason=reason, context=context or {}))
+                                     order_type=order_type, tif=tif, reason=reason, context=context or {},
+                                     decision_price=decision))
         return coid
 
     def cancel(self, client_order_id: str) -> None:
@@ -410,6 +414,7 @@ class AgentRuntime:
         if missed:
             self.log.warning("feed gap on %s: %d messages missed", pub.topic, missed)
         if isinstance(pub.body, TradeTick):
+            self.last_price[pub.body.code] = pub.body.price
             self._call("on_trade", pub.body)
         elif isinstance(pub.body, Bar):
             self._call("on_bar", pub.body)

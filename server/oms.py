@@ -163,11 +163,16 @@ class OrderManager:
         session = self.broker.session_state if self.synced else SessionState.SYNCING
         denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), session,
                                  self.base_prices.get(new.code))
+        intent = {"reason": new.reason, "context": new.context, "decision_price": new.decision_price,
+                  "code": new.code, "side": new.side.value, "qty": new.qty, "price": new.price,
+                  "order_type": new.order_type.value, "tif": new.tif.value}
         if denial is not None:
             code, reason = denial
-            self._commit(order, Deny(ts_ns=ts, code=code.value, reason=reason))
+            self._commit(order, Deny(ts_ns=ts, code=code.value, reason=reason),
+                         trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})])
             return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
-        self._commit(order, Submit(ts_ns=ts))  # durable intent before the broker sees it
+        # durable intent before the broker sees it
+        self._commit(order, Submit(ts_ns=ts), trace=[("intent", intent), ("risk", {"result": "passed"})])
         self._enqueue(1, _Job("submit", coid))
         return OrderResult(client_order_id=coid, accepted=True)
 
@@ -261,7 +266,8 @@ class OrderManager:
         self.seq[agent] = seq
         self.sink(agent, ev)
 
-    def _commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None) -> Order:
+    def _commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None,
+                trace: list[tuple[str, dict]] | None = None) -> Order:
         """Apply, persist the order, its event, position changes and the agent events in one
         transaction, then update memory and send."""
         new = apply(order, event)
@@ -271,6 +277,8 @@ class OrderManager:
         events = []
         with self.store.transaction():
             self.store.record_order(new, event, day)
+            for kind, body in trace or []:
+                self.store.add_trace(new.client_order_id, event.ts_ns or now_ns(), kind, body)
             for pos in positions:
                 self.store.save_position(new.agent, pos)
             for body in bodies:
@@ -302,6 +310,11 @@ class OrderManager:
 
     # ---- the broker side --------------------------------------------------------------------------
 
+    def trace(self, coid: str, step: str, **body: object) -> None:
+        """A step of an order's story that is not a state change (broker requests and answers, notices)."""
+        with self.store.transaction():
+            self.store.add_trace(coid, now_ns(), step, body)
+
     def _enqueue(self, prio: int, job: _Job) -> None:
         self._job_n += 1
         self._queue.put_nowait((prio, self._job_n, job))
@@ -319,38 +332,41 @@ class OrderManager:
         if job.kind == "submit":
             req = BrokerOrder(client_order_id=o.client_order_id, code=o.code, side=o.side, qty=o.qty, price=o.price,
                               order_type=o.order_type, tif=o.tif)
+            self.trace(o.client_order_id, "broker.request", call="submit", code=o.code, side=o.side.value, qty=o.qty,
+                       price=o.price, order_type=o.order_type.value, tif=o.tif.value)
             try:
                 ack = await self.broker.submit(req)
-            except BrokerRejected as e:
-                self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_REJECTED.value, reason=f"{e.code} {e.message}".strip()))
-                return
-            except BrokerUnknownOutcome as e:
-                self._try(o.client_order_id, MarkUnknown(ts_ns=now_ns(), reason=str(e)))
-                return
             except BrokerError as e:
-                # did not reach the broker: nothing placed
-                self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_ERROR.value, reason=str(e)))
+                self.trace(o.client_order_id, "broker.error", call="submit", kind=type(e).__name__, code=e.code, message=e.message)
+                self._submit_failed(o, e)
                 return
+            self.trace(o.client_order_id, "broker.ack", call="submit", odno=ack.broker_order_id, org_no=ack.org_no, time=ack.time)
             self.by_broker_id[ack.broker_order_id] = o.client_order_id
             self._try(o.client_order_id, Accept(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, org_no=ack.org_no))
             self._drain_unmatched(ack.broker_order_id)
         elif job.kind == "cancel":
+            self.trace(o.client_order_id, "broker.request", call="cancel", odno=o.broker_order_id, qty=o.remaining)
             try:
                 ack = await self.broker.cancel(BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
                                                             org_no=o.org_no, code=o.code, qty=o.remaining))
             except BrokerError as e:
+                self.trace(o.client_order_id, "broker.error", call="cancel", kind=type(e).__name__, code=e.code, message=e.message)
                 self._try(o.client_order_id, CancelRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
                 return
+            self.trace(o.client_order_id, "broker.ack", call="cancel", odno=ack.broker_order_id, time=ack.time)
             self.by_broker_id[ack.broker_order_id] = o.client_order_id
             self._drain_unmatched(ack.broker_order_id)
         elif job.kind == "modify":
+            self.trace(o.client_order_id, "broker.request", call="modify", odno=o.broker_order_id, price=job.price, qty=job.qty)
             try:
                 ack = await self.broker.modify(BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
                                                             org_no=o.org_no, code=o.code, qty=job.qty - o.filled_qty,
                                                             price=job.price, all_qty=True))
             except BrokerError as e:
+                self.trace(o.client_order_id, "broker.error", call="modify", kind=type(e).__name__, code=e.code, message=e.message)
                 self._try(o.client_order_id, ReplaceRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
                 return
+            self.trace(o.client_order_id, "broker.ack", call="modify", odno=ack.broker_order_id, time=ack.time)
             self.by_broker_id[ack.broker_order_id] = o.client_order_id
             self._try(o.client_order_id, Replaced(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty))
             self._drain_unmatched(ack.broker_order_id)
@@ -378,6 +394,16 @@ class OrderManager:
             self.fills_by_agent[new.agent] += 1
         return new
 
+    def _submit_failed(self, o: Order, e: BrokerError) -> None:
+        if isinstance(e, BrokerUnknownOutcome):
+            # maybe placed: never resend; reconciliation and the notice stream will tell
+            self._try(o.client_order_id, MarkUnknown(ts_ns=now_ns(), reason=str(e)))
+        elif isinstance(e, BrokerRejected):
+            self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_REJECTED.value, reason=f"{e.code} {e.message}".strip()))
+        else:
+            # the request surely did not reach the broker (temporary, auth): nothing was placed
+            self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_ERROR.value, reason=str(e)))
+
     def _drain_unmatched(self, odno: str) -> None:
         for notice in self.unmatched.pop(odno, []):
             self.on_notice(notice)
@@ -389,6 +415,8 @@ class OrderManager:
             self.unmatched[n.broker_order_id].append(n)
             return
         ts = now_ns()
+        self.trace(coid, "notice", kind=n.kind.value, odno=n.broker_order_id, orig=n.orig_broker_order_id,
+                   fill_qty=n.fill_qty, fill_price=n.fill_price, time=n.time, is_cancel=n.is_cancel, is_modify=n.is_modify)
         if n.kind is NoticeKind.FILLED:
             # KIS notices carry no fill id; a duplicated notice repeats these fields exactly. Two
             # genuine fills with equal time, qty and price collapse into one here; reconciliation

@@ -21,7 +21,7 @@ import msgspec
 from common.orders import OPEN, Order, OrderEvent
 from common.schema import AgentEvent, PositionView
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: trace table
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS order_log (
@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (agent, code)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trace (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_order_id TEXT NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trace_coid ON trace(client_order_id);
 """
 
 _enc = msgspec.msgpack.Encoder()
@@ -67,10 +75,15 @@ _aev_dec = msgspec.msgpack.Decoder(AgentEvent)
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         self.path = p
+        if readonly:
+            # tools read while the gateway writes (WAL allows it); they never write
+            self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
+            self.db.setbusytimeout(5000)
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
         self.db = apsw.Connection(str(p))
         self.db.setbusytimeout(5000)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -130,6 +143,27 @@ class Store:
             if tail.isdigit():
                 n = max(n, int(tail))
         return n
+
+    def add_trace(self, client_order_id: str, ts_ns: int, kind: str, body: dict) -> None:
+        self.db.execute("INSERT INTO trace(client_order_id, ts_ns, kind, body) VALUES (?, ?, ?, ?)",
+                        (client_order_id, ts_ns, kind, msgspec.json.encode(body).decode()))
+
+    def trace(self, client_order_id: str) -> list[tuple[int, str, dict]]:
+        rows = self.db.execute("SELECT ts_ns, kind, body FROM trace WHERE client_order_id=? ORDER BY id", (client_order_id,))
+        return [(ts, kind, msgspec.json.decode(body)) for ts, kind, body in rows]
+
+    def order(self, client_order_id: str) -> Order | None:
+        row = self.db.execute("SELECT body FROM orders WHERE client_order_id=?", (client_order_id,)).fetchone()
+        return _order_dec.decode(row[0]) if row else None
+
+    def decision_prices(self) -> list[tuple[str, int]]:
+        """(client order id, decision price) of every order that recorded one."""
+        out = []
+        for coid, body in self.db.execute("SELECT client_order_id, body FROM trace WHERE kind='intent'"):
+            price = msgspec.json.decode(body).get("decision_price", 0)
+            if price:
+                out.append((coid, price))
+        return out
 
     # ---- agent events -------------------------------------------------------------------------
 

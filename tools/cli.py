@@ -138,6 +138,23 @@ def control(
         raise typer.Exit(1)
 
 
+@app.command()
+def trace(
+    order_id: str = typer.Argument("", help="client order id, e.g. ma_cross-20261120-3"),
+    slippage: bool = typer.Option(False, "--slippage", help="slippage summary per agent instead"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+) -> None:
+    """An order's story: reason, decision price, risk, broker calls, notices, fills, slippage."""
+    from tools.trace import print_slippage, print_trace
+
+    try:
+        code = print_slippage(run_dir) if slippage or not order_id else print_trace(run_dir, order_id)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
 @cards_app.command("schema")
 def cards_schema() -> None:
     """Print the JSON Schema of AgentCard (for editors)."""

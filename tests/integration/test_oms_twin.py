@@ -90,7 +90,8 @@ class Agent:
         coid = make_client_order_id(self.id, today_kst(), self.n)
         self.n += 1
         r = self.client.request(SubmitOrders(h=self.client.headers(), orders=[
-            NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price)]), 10)
+            NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price, reason="test", decision_price=price,
+                     context={"signal": 1.5})]), 10)
         assert isinstance(r, OrdersReply) and r.results[0].accepted, r
         return coid
 
@@ -157,6 +158,16 @@ def test_fill_cancel_revise_and_books_agree(stack) -> None:
     assert any(r["orgn_odno"] == first_odno and r["odno"] == o3.broker_order_id for r in twin.orders())  # type: ignore[attr-defined]
     snap = agent.snapshot()
     assert snap.positions[0].qty == 4 and not snap.open_orders
+    # the revised order's story, from the store
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "trace", c3, "--run-dir", str(run)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    for step in ("intent", "risk", "broker.request", "broker.ack", "state: submit", "state: accept", "state: req_replace",
+                 "state: replaced", "notice", "state: fill", "'signal': 1.5", "slippage vs decision price"):
+        assert step in out.stdout, (step, out.stdout)
+    summary = subprocess.run([sys.executable, "-m", "tools.cli", "trace", "--slippage", "--run-dir", str(run)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    assert "tester" in summary.stdout
     st = fetch_status(run)
     assert st.fills_today == 2 and st.open_orders == 0
     # a reconciliation pass finds nothing to repair
