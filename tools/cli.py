@@ -155,6 +155,24 @@ def trace(
     raise typer.Exit(code)
 
 
+@app.command()
+def reset(
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Archive the runtime state (orders, events, logs) for a fresh start. Nothing is deleted."""
+    from tools.reset import ResetRefused, archive_run_dir
+
+    if not yes and not typer.confirm(f"Archive everything in {run_dir}/ and start fresh?"):
+        raise typer.Exit(1)
+    try:
+        dest = archive_run_dir(run_dir)
+    except ResetRefused as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"archived to {dest}" if dest else f"{run_dir}/ holds no state: nothing to archive")
+
+
 @cards_app.command("schema")
 def cards_schema() -> None:
     """Print the JSON Schema of AgentCard (for editors)."""

@@ -1,0 +1,47 @@
+"""`ktrader reset`: archive the runtime state (store, logs, locks, recorded data) for a clean start.
+
+Refuses while a gateway that wrote run/gateway.json is still alive; moves run/ aside to
+run.archive/<timestamp>/ (nothing is deleted)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+from common.connection import ConnectionFileError, read_info
+
+
+class ResetRefused(RuntimeError):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | None:
+    """Move the contents of run_dir (except its README) into an archive folder; returns it, or
+    None when there was nothing to archive."""
+    try:
+        info = read_info(run_dir)
+        if _alive(info.pid):
+            raise ResetRefused(f"the gateway (pid {info.pid}) is running: stop it first")
+    except ConnectionFileError:
+        pass
+    items = [p for p in run_dir.iterdir() if p.name != "README.md"] if run_dir.exists() else []
+    if not items:
+        return None
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    dest = run_dir.parent / f"{run_dir.name}.archive" / stamp
+    dest.mkdir(parents=True, exist_ok=False)
+    for p in items:
+        shutil.move(str(p), dest / p.name)
+    return dest
