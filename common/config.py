@@ -63,6 +63,8 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
     reconcile_s: float = 30.0  # periodic reconciliation with the broker (also at start, after gaps, on demand)
+    kill_errors: int = 10  # automatic kill switch: this many broker errors/rejections ...
+    kill_window_s: float = 60.0  # ... within this window halt all trading (0 errors = off)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
     account_budget: Krw = 0  # 0: whatever the account holds

@@ -309,6 +309,11 @@ class KisBroker:
     async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:
         return await self._quote(Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
 
+    async def base_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> int:
+        """Today's base price (stck_sdpr, usually yesterday's close): the centre of the ±30 % band."""
+        out = (await self.price(code, caller=caller)).output
+        return _int(out.stck_sdpr) if out is not None else 0
+
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
         return await self._quote(Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
 

@@ -247,6 +247,9 @@ class BrokerPort(Protocol):
 
     async def account(self) -> BrokerAccount: ...
 
+    async def base_price(self, code: str) -> int:
+        """Today's base price of `code` (yesterday's close, the centre of the daily band); 0 if unknown."""
+
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...

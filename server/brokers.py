@@ -91,6 +91,9 @@ class EmbeddedTwinBroker:
     async def account(self) -> BrokerAccount:
         return await self._b().account()
 
+    async def base_price(self, code: str) -> int:
+        return await self._b().base_price(code)
+
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return await self._b().subscribe(kind, code)
 

@@ -78,6 +78,7 @@ class Gateway:
         self.router_endpoint = ""
         self.pub_endpoint = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Task[None]] = set()
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -299,6 +300,7 @@ class Gateway:
         log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
         self._system("agent_online", rec.id, outcome)
         self._subscribe_card(rec)
+        self._spawn(self.oms.ensure_base_prices(list(rec.card.codes)))
 
     def _subscribe_card(self, rec: AgentRecord) -> None:
         subs = rec.card.subscriptions
@@ -377,12 +379,18 @@ class Gateway:
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
                 self.subs.leave(rec.id)
+            try:
+                self._check_limits()
+            except Exception:
+                self.counters["limit_check_errors"] += 1
+                log.exception("limit check failed")
                 self._system("agent_offline", rec.id, "lease expired")
 
     async def _broker_events(self) -> None:
         async for ev in self.broker.events():
             try:
                 if isinstance(ev, Trade):
+                    self.oms.marks[ev.code] = ev.price
                     if self.pub is not None:
                         self.pub.publish(trade_topic(ev.code), TradeTick(code=ev.code, time=ev.time, price=ev.price, qty=ev.qty,
                                                                          side=ev.side, cum_volume=ev.cum_volume))
@@ -396,6 +404,28 @@ class Gateway:
             except Exception:
                 self.counters["broker_event_errors"] += 1
                 log.exception("broker event %r failed", ev)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def _check_limits(self) -> None:
+        """Daily-loss breaches put an agent in REDUCING; a burst of broker errors halts everything."""
+        for rec in self.registry.agents.values():
+            limit = rec.card.risk.max_daily_loss
+            if limit and rec.trading_state is TradingState.ACTIVE and -self.oms.day_pnl(rec.id) >= limit:
+                rec.trading_state = TradingState.REDUCING
+                text = f"{rec.id}: day P&L {self.oms.day_pnl(rec.id):,} breached the loss limit {limit:,}: reducing only"
+                self.oms.alert(text)
+                self.oms.notify(rec.id, Notice(level="error", text=text))
+                self._system("trading_state", rec.id, TradingState.REDUCING.value)
+        if self.cfg.kill_errors and self.risk.global_state is not TradingState.HALTED:
+            n = self.oms.recent_broker_errors(int(self.cfg.kill_window_s * 1e9))
+            if n >= self.cfg.kill_errors:
+                self.risk.global_state = TradingState.HALTED
+                self.oms.alert(f"kill switch: {n} broker errors in {self.cfg.kill_window_s:.0f}s: trading halted (cancels only)")
+                self._system("trading_state", "", TradingState.HALTED.value)
 
     def request_reconcile(self, reason: str) -> None:
         self._reconcile_reason = reason

@@ -94,6 +94,11 @@ class OrderManager:
         self._job_n = 0
         self._sender: asyncio.Task[None] | None = None
         self.base_prices: dict[str, int] = {}  # code -> base price (yesterday's close) when known
+        self.marks: dict[str, int] = {}  # code -> last trade price (unrealised P&L)
+        self.day_start_realized: dict[str, int] = {}
+        self._pnl_day = ""
+        self.broker_errors: list[int] = []  # ns of recent broker errors/rejections (kill switch)
+        self._base_day = ""
         self.synced = False  # no orders before the first reconciliation with the broker
         self.unknown_grace_ns = 30_000_000_000
         self.last_reconcile: tuple[int, str, int] | None = None
@@ -225,7 +230,54 @@ class OrderManager:
                 held_by_sells += o.remaining
         exp.sellable_qty = exp.position_qty - held_by_sells
         exp.spent_cash = self._spent(agent)
+        exp.day_pnl = self.day_pnl(agent)
         return exp
+
+    # ---- P&L and reference prices ----------------------------------------------------------------
+
+    def _roll_pnl_day(self) -> None:
+        """Realised P&L counts per day: remember each agent's realised total at the day's start
+        (persisted, so a restart in the day keeps it)."""
+        day = day_key(self.today())
+        if day == self._pnl_day:
+            return
+        self._pnl_day = day
+        saved = self.store.get_meta(f"realized_start:{day}")
+        if saved:
+            self.day_start_realized = {k: int(v) for k, v in msgspec.json.decode(saved).items()}
+        else:
+            self.day_start_realized = {a: sum(p.realized_pnl for p in ps.values()) for a, ps in self.positions.items()}
+            with self.store.transaction():
+                self.store.set_meta(f"realized_start:{day}", msgspec.json.encode(self.day_start_realized).decode())
+
+    def day_pnl(self, agent: str) -> int:
+        """Realised today plus unrealised against the last marks (positions carried from earlier days
+        count at cost: conservative, a carried loss shows as today's)."""
+        self._roll_pnl_day()
+        ps = self.positions.get(agent, {})
+        realized = sum(p.realized_pnl for p in ps.values()) - self.day_start_realized.get(agent, 0)
+        unrealized = sum(self.marks[p.code] * p.qty - p.cost for p in ps.values() if p.qty and p.code in self.marks)
+        return realized + unrealized
+
+    async def ensure_base_prices(self, codes: list[str]) -> None:
+        """Fetch today's base price (band centre) of codes not known yet today."""
+        day = day_key(self.today())
+        if day != self._base_day:
+            self._base_day, self.base_prices = day, {}
+        for code in codes:
+            if code not in self.base_prices:
+                try:
+                    price = await self.broker.base_price(code)
+                except Exception as e:  # the order path still works without it: the broker checks the band too
+                    log.warning("base price of %s unavailable: %s", code, e)
+                    continue
+                if price > 0:
+                    self.base_prices[code] = price
+
+    def recent_broker_errors(self, window_ns: int) -> int:
+        cutoff = now_ns() - window_ns
+        self.broker_errors = [t for t in self.broker_errors if t >= cutoff]
+        return len(self.broker_errors)
 
     def _spent(self, agent: str) -> int:
         # Net cash in the agent's positions: cost of shares held minus realised P&L taken out.
@@ -395,6 +447,7 @@ class OrderManager:
         return new
 
     def _submit_failed(self, o: Order, e: BrokerError) -> None:
+        self.broker_errors.append(now_ns())
         if isinstance(e, BrokerUnknownOutcome):
             # maybe placed: never resend; reconciliation and the notice stream will tell
             self._try(o.client_order_id, MarkUnknown(ts_ns=now_ns(), reason=str(e)))
@@ -427,6 +480,7 @@ class OrderManager:
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             self._try(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.REJECTED:
+            self.broker_errors.append(ts)
             o = self.orders[coid]
             if o.state.value == "pending_cancel":
                 self._try(coid, CancelRefused(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="cancel rejected"))

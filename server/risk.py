@@ -28,6 +28,7 @@ class Exposure:
     open_orders: int = 0
     reserved_cash: int = 0  # open buys' remaining notional
     spent_cash: int = 0  # net cash used by fills
+    day_pnl: int = 0  # realised today + unrealised at the last marks (KRW)
 
 
 @dataclass
@@ -83,6 +84,10 @@ class RiskGate:
                     check_price(order.price, base_price)
                 except PriceRuleError as e:
                     return ErrorCode.DENIED_PRICE_BAND, str(e)
+        # daily loss: once breached only risk-reducing orders pass
+        if not reducing:
+            if card.risk.max_daily_loss and -exp.day_pnl >= card.risk.max_daily_loss:
+                return ErrorCode.DENIED_DAILY_LOSS, f"day P&L {exp.day_pnl:,} breaches the agent's loss limit {card.risk.max_daily_loss:,}"
         # shares and cash
         if order.side is Side.SELL and order.qty > exp.sellable_qty:
             return ErrorCode.DENIED_NO_SHARES, f"sell of {order.qty} {order.code} but this agent can sell {exp.sellable_qty}"

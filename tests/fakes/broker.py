@@ -104,6 +104,9 @@ class FakeBroker:
         return BrokerAccount(cash=100_000_000, orderable_cash=100_000_000, settlement_cash=100_000_000, total_eval=100_000_000,
                              positions_eval=0)
 
+    async def base_price(self, code: str) -> int:
+        return self.ref_price
+
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return SubscriptionResult(ok=True)
 

@@ -167,3 +167,40 @@ async def test_cancel_and_cancel_all(db: Path) -> None:
 from common.enums import TradingState  # noqa: E402
 
 CARD_STATE = TradingState.ACTIVE
+
+
+async def test_price_band_daily_loss_and_kill_switch(tmp_path: Path) -> None:
+    card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=5_000_000,
+                     risk=RiskLimits(max_daily_loss=100_000))
+    h = Harness(tmp_path / "db.sqlite")
+    await h.start()
+    await h.oms.ensure_base_prices(["005930"])
+    assert h.oms.base_prices == {"005930": 70_000}  # band 49,000..91,000
+    r = h.oms.submit(card, CARD_STATE, order(1, qty=1, price=91_100))
+    assert r.code is ErrorCode.DENIED_PRICE_BAND and "49000..91000" in r.message
+    assert h.oms.submit(card, CARD_STATE, order(2, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.oms.orders[coid(2)].state is OrderState.FILLED)
+    assert h.oms.day_pnl("alpha") == 0
+    h.oms.marks["005930"] = 55_000  # down 15,000 a share: -150,000 on 10 shares
+    assert h.oms.day_pnl("alpha") == -150_000
+    r = h.oms.submit(card, CARD_STATE, order(3, qty=1, price=55_000))
+    assert r.code is ErrorCode.DENIED_DAILY_LOSS
+    assert h.oms.submit(card, CARD_STATE, order(4, qty=10, price=55_000, side=Side.SELL)).accepted  # reducing passes
+    await h.close()
+
+
+async def test_kill_switch_halts_after_a_burst_of_broker_errors(tmp_path: Path) -> None:
+    from common.clock import now_ns
+    from common.config import GatewayConfig
+    from common.enums import TradingState as TS
+    from server.gateway import Gateway
+
+    gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "run"), kill_errors=3, kill_window_s=60), FakeBroker())
+    gw.oms.broker_errors = [now_ns()] * 2
+    gw._check_limits()
+    assert gw.risk.global_state is TS.ACTIVE
+    gw.oms.broker_errors.append(now_ns())
+    gw._check_limits()
+    assert gw.risk.global_state is TS.HALTED
+    assert any("kill switch" in text for _, text in gw.oms.alerts)
+    gw.store.close()
