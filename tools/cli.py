@@ -29,6 +29,15 @@ def _mount_sim() -> None:
 _mount_sim()
 
 
+def _mount_backtest() -> None:
+    from tools.backtest.cli import backtest_command
+
+    app.command("backtest", help="Run a card's strategy on history with KRX costs; metrics, reports, sweeps.")(backtest_command)
+
+
+_mount_backtest()
+
+
 def _logging(level: str, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
@@ -208,6 +217,14 @@ def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
     from tools.bench_parse import main as parse
 
     parse(json_out=json_out)
+
+
+@bench_app.command("backtest")
+def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Bars/s of the crossover strategy vs the same strategy in backtrader, same run."""
+    from tools.bench_backtest import main as bt
+
+    bt(json_out=json_out)
 
 
 @app.command()

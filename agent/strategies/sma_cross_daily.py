@@ -1,0 +1,95 @@
+"""Moving-average crossover on daily bars: buy `qty` at the next open when the short simple average
+of closes crosses above the long one, sell the whole position at the next open when it crosses below.
+
+A cross is a change of sign of (short average - long average); a day where the two are equal keeps
+the previous sign (no cross). Averages are compared as integer sums scaled to a common window.
+Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgspec
+
+from agent.strategy import Strategy
+from common.enums import OrderType
+from common.schema import Bar
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True):
+    short: int = 5
+    long: int = 20
+    qty: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.short < self.long:
+            raise ValueError("need 0 < short < long")
+        if self.qty <= 0:
+            raise ValueError("qty must be positive")
+
+
+class _Window:
+    """The last `long` closes with running sums of the last `short` and `long` of them."""
+
+    __slots__ = ("short", "long", "closes", "short_sum", "long_sum", "sign")
+
+    def __init__(self, short: int, long: int) -> None:
+        self.short, self.long = short, long
+        self.closes: deque[int] = deque()
+        self.short_sum = self.long_sum = 0
+        self.sign = 0  # +1 short above long, -1 below, 0 not known yet
+
+    def push(self, close: int) -> bool:
+        """Add a close; True once both averages are defined."""
+        c = self.closes
+        c.append(close)
+        self.short_sum += close
+        self.long_sum += close
+        n = len(c)
+        if n > self.short:
+            self.short_sum -= c[n - 1 - self.short]
+        if n > self.long:
+            self.long_sum -= c.popleft()
+        return len(c) >= self.long
+
+
+class SmaCrossDaily(Strategy):
+    Params = Params
+
+    def on_start(self) -> None:
+        self.windows: dict[str, _Window] = {}
+
+    def _warm_up(self, code: str) -> _Window:
+        # the first bar of a code: seed from the bars before it (a backtest's warm-up; [] live for now)
+        w = self.windows[code] = _Window(self.params.short, self.params.long)
+        for bar in self.ctx.history(code, "1d", self.params.long + 1):
+            self._cross(w, bar.close)
+        return w
+
+    @staticmethod
+    def _cross(w: _Window, close: int) -> int:
+        """Feed one close; +1/-1 on an up/down cross, else 0."""
+        if not w.push(close):
+            return 0
+        diff = w.short_sum * w.long - w.long_sum * w.short  # short/long averages without division
+        sign = (diff > 0) - (diff < 0)
+        prev = w.sign
+        if sign:
+            w.sign = sign
+        if prev == 0 or sign == 0 or sign == prev:
+            return 0
+        return sign
+
+    def on_bar(self, bar: Bar) -> None:
+        if bar.interval != "1d":
+            return
+        w = self.windows.get(bar.code) or self._warm_up(bar.code)
+        cross = self._cross(w, bar.close)
+        if not cross:
+            return
+        held = self.ctx.position(bar.code)
+        if cross > 0 and held == 0:
+            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET, reason="short SMA crossed above long")
+        elif cross < 0 and held > 0:
+            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, reason="short SMA crossed below long")

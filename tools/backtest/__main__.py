@@ -1,0 +1,5 @@
+import sys
+
+from tools.backtest.cli import main
+
+sys.exit(main())
