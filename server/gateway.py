@@ -379,12 +379,12 @@ class Gateway:
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
                 self.subs.leave(rec.id)
+                self._system("agent_offline", rec.id, "lease expired")
             try:
                 self._check_limits()
             except Exception:
                 self.counters["limit_check_errors"] += 1
                 log.exception("limit check failed")
-                self._system("agent_offline", rec.id, "lease expired")
 
     async def _broker_events(self) -> None:
         async for ev in self.broker.events():
