@@ -210,7 +210,10 @@ class AgentRuntime:
 
     def _connect_and_register(self) -> None:
         self._stamp = self._info_stamp()
+        previous = self.info.session if self.info is not None else None
         self.info = self._read_info()
+        if previous is not None and self.info.session != previous:
+            self.md = SequenceTracker()  # a new gateway numbers its topics from 1 again
         if self.client is not None:
             self.client.close()
         self.client = GatewayClient(self.info, self.agent_id, self.headers)
@@ -238,7 +241,12 @@ class AgentRuntime:
         fresh = self.strategy is None
         for ev in reply.events:
             self._on_event(ev, replay=True, notify=not fresh)
+        seen = self.last_seq
         self._apply_snapshot(reply.snapshot)
+        if not fresh and seen < reply.snapshot.last_seq:
+            # the replay was capped: fetch the rest (they are delivered in order by the gap logic)
+            self.last_seq = seen
+            self._send(GetEvents(h=self.headers(), after_seq=seen))
         assert self.client.sub is not None
         self.client.subscribe(SYSTEM_TOPIC)
         if self.card.subscriptions.trades:
@@ -369,11 +377,11 @@ class AgentRuntime:
                     self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
         elif isinstance(msg, EventBatch):
             for ev in msg.events:
-                self._on_event(ev)
+                self._on_event(ev, replay=True)  # contiguous from the gateway's log
         elif isinstance(msg, Error):
             if msg.code is ErrorCode.NOT_REGISTERED:
                 self.log.warning("gateway says not registered: %s; registering again", msg.message)
-                self._connect_and_register()
+                self._gateway_lost(0.0, "registration lost")
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)

@@ -53,4 +53,7 @@ def parse_client_order_id(value: str) -> tuple[str, dt.date, int]:
     if not _COID_RE.match(value):
         raise IdError(f"bad client order id {value!r}: expected <agent>-<yyyymmdd>-<n>")
     agent, day, n = value.rsplit("-", 2)
-    return agent, dt.datetime.strptime(day, "%Y%m%d").date(), int(n)
+    try:
+        return agent, dt.datetime.strptime(day, "%Y%m%d").date(), int(n)
+    except ValueError:
+        raise IdError(f"bad client order id {value!r}: {day} is not a date") from None

@@ -228,6 +228,10 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.PENDING_REPLACE, "cancelled"): S.CANCELLED,
     (S.PENDING_REPLACE, "expire"): S.EXPIRED,
     (S.PENDING_REPLACE, "accept"): _SAME,
+    # A fill that happened before the cancel/expiry but whose notice arrives after it (notices can
+    # be reordered, reconciliation can close an order before a delayed notice): it still happened.
+    (S.CANCELLED, "fill"): _SAME,
+    (S.EXPIRED, "fill"): _SAME,
 }
 
 
@@ -299,7 +303,7 @@ def apply(order: Order, event: OrderEvent) -> Order:
     if target == _RESTING:
         state = _resting(filled, qty)
     elif target == _SAME:
-        state = S.FILLED if filled >= qty else order.state
+        state = S.FILLED if filled >= qty and order.state not in (S.CANCELLED, S.EXPIRED) else order.state
     else:
         state = OrderState(target)
     changes["state"] = state

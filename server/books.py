@@ -13,15 +13,21 @@ def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price:
     return apply_fill_value(pos, code, side, qty, qty * price)
 
 
-def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int) -> PositionView:
+def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int,
+                     allow_short: bool = False) -> PositionView:
     """The position after fills of `qty` shares worth `value` KRW in total. Sells take cost out at
-    the average cost (floor), the rest of the proceeds is realised P&L. Short positions are not
-    allowed (the risk gate denies them)."""
+    the average cost (floor), the rest of the proceeds is realised P&L. Agents cannot go short
+    (the risk gate denies it); `allow_short` is for the 'external' owner, whose earlier holdings
+    the books may never have seen (its short side carries no cost basis)."""
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     if side is Side.BUY:
         return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl)
     if qty > cur.qty:
-        raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
+        if not allow_short:
+            raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
+        held = max(cur.qty, 0)
+        removed = cur.cost if held else 0
+        return PositionView(code=code, qty=cur.qty - qty, cost=0, realized_pnl=cur.realized_pnl + (value * held // qty) - removed)
     removed = cur.cost * qty // cur.qty if cur.qty else 0
     return PositionView(
         code=code,

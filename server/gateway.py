@@ -25,6 +25,7 @@ from common.config import GatewayConfig
 from common.connection import GatewayInfo, remove_info, write_info
 from common.enums import AgentState, TradingState
 from common.errors import ErrorCode
+from common.ids import EXTERNAL_AGENT
 from common.framing import MAGIC, Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
@@ -42,7 +43,7 @@ from server.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ktrader.gateway")
 
-MAX_REPLAY = 5000  # events sent back with a registration; more are fetched with GetEvents
+MAX_REPLAY = 500  # events sent back with a registration (well under a frame); more via GetEvents
 
 
 def default_endpoints(run_dir: Path) -> tuple[str, str]:
@@ -107,6 +108,9 @@ class Gateway:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.oms.load()
+        saved = self.store.get_meta("trading_state:*")
+        if saved:
+            self.risk.global_state = TradingState(saved)
         await self.broker.start()
         self._bind()
         assert self.router is not None
@@ -260,7 +264,7 @@ class Gateway:
             code, text = self.oms.cancel(rec.id, msg.client_order_id)
             self._reply(route, Error(h=self.headers(h.mid), code=code, message=text) if code else Ack(h=self.headers(h.mid), message=text))
         elif isinstance(msg, ModifyOrder):
-            code, text = self.oms.modify(rec.id, msg.client_order_id, msg.price, msg.qty)
+            code, text = self.oms.modify(rec.card, rec.trading_state, msg.client_order_id, msg.price, msg.qty)
             self._reply(route, Error(h=self.headers(h.mid), code=code, message=text) if code else Ack(h=self.headers(h.mid), message=text))
         elif isinstance(msg, CancelAll):
             n = self.oms.cancel_all(rec.id, msg.code)
@@ -282,11 +286,19 @@ class Gateway:
 
     def _on_register(self, route: bytes, msg: Register) -> None:
         h = msg.h
+        if msg.card.id == EXTERNAL_AGENT:
+            self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
+                                     message=f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader"))
+            return
         if msg.card.id != h.sender:
             self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
                                      message=f"card id {msg.card.id!r} differs from sender {h.sender!r}"))
             return
         outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
+        if outcome == RegisterOutcome.NEW:
+            saved = self.store.get_meta(f"trading_state:{rec.id}")
+            if saved:
+                rec.trading_state = TradingState(saved)
         if outcome == RegisterOutcome.DUPLICATE:
             self.counters["duplicate_agents"] += 1
             self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.DUPLICATE_AGENT, message=(
@@ -294,7 +306,9 @@ class Gateway:
                 f"last heartbeat {self.registry.age(rec):.1f}s ago")))
             return
         snap = self.oms.snapshot(rec.card, rec.trading_state)
-        events = self.store.agent_events(rec.id, msg.last_seq, MAX_REPLAY) if msg.last_seq < snap.last_seq else []
+        # A fresh process (last_seq 0) rebuilds from the snapshot; a running one that re-registers
+        # gets what it missed, capped (it fetches the rest with GetEvents).
+        events = self.store.agent_events(rec.id, msg.last_seq, MAX_REPLAY) if 0 < msg.last_seq < snap.last_seq else []
         self._reply(route, Registered(h=self.headers(h.mid), snapshot=snap, events=events, heartbeat_s=self.cfg.heartbeat_s,
                                       lease_s=self.cfg.lease_s, pub_endpoint=self.pub_endpoint))
         log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
@@ -349,7 +363,7 @@ class Gateway:
             self.request_reconcile("on demand")
             return Ack(h=self.headers(h.mid), message="reconciliation started")
         if msg.action == "cancel_all":
-            targets = [msg.agent] if msg.agent else list(self.registry.agents)
+            targets = [msg.agent] if msg.agent else sorted({o.agent for o in self.oms.orders.values() if o.is_open})
             n = sum(self.oms.cancel_all(a) for a in targets)
             return Ack(h=self.headers(h.mid), message=f"{n} cancels sent")
         if msg.action not in states:
@@ -362,6 +376,9 @@ class Gateway:
             rec.trading_state = state
         else:
             self.risk.global_state = state
+        # an operator's halt must survive a gateway restart
+        with self.store.transaction():
+            self.store.set_meta(f"trading_state:{msg.agent or '*'}", state.value)
         self._system("trading_state", msg.agent, state.value)
         log.warning("trading state of %s set to %s by %s", msg.agent or "gateway", state, h.sender)
         return Ack(h=self.headers(h.mid), message=f"{msg.agent or 'gateway'} is {state}")

@@ -23,6 +23,7 @@ from common.clock import now_ns, today_kst
 from common.config import AgentCard
 from common.enums import SessionState, Side, TradingState
 from common.errors import ErrorCode
+from common.krx import price_limits
 from decimal import Decimal
 
 from common.ids import EXTERNAL_AGENT, IdError, parse_client_order_id
@@ -46,6 +47,7 @@ from server.store import Store, day_key
 log = logging.getLogger("ktrader.oms")
 
 EventSink = Callable[[str, AgentEvent], None]
+MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are left to reconciliation
 
 
 @dataclass
@@ -100,7 +102,9 @@ class OrderManager:
         self.broker_errors: list[int] = []  # ns of recent broker errors/rejections (kill switch)
         self._base_day = ""
         self.synced = False  # no orders before the first reconciliation with the broker
-        self.unknown_grace_ns = 30_000_000_000
+        # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
+        # declared never-placed after this long; until then it counts against risk.
+        self.unknown_grace_ns = 600_000_000_000
         self.last_reconcile: tuple[int, str, int] | None = None
         self.alerts: list[tuple[int, str]] = []
         self.on_alert: Callable[[str], None] | None = None
@@ -114,12 +118,27 @@ class OrderManager:
                 self._index(o, day)
         self.positions = self.store.load_positions()
         self.seq = self.store.last_seqs()
+        self._recover_in_flight()
         for c, o in self.orders.items():
             if self.order_day.get(c) == today and o.fill_ids:
                 self.fills_today += len(o.fill_ids)
                 self.fills_by_agent[o.agent] += len(o.fill_ids)
         log.info("loaded %d orders (%d open), %d agents with positions", len(self.orders),
                  sum(o.is_open for o in self.orders.values()), len(self.positions))
+
+    def _recover_in_flight(self) -> None:
+        """Broker calls that were queued or in flight when the previous process died are gone.
+        A submit may or may not have reached the broker: UNKNOWN (never resent; reconciliation
+        decides). A cancel/revise may or may not have: back to resting, and reconciliation applies
+        whatever the broker did; the agent can ask again."""
+        ts = now_ns()
+        for coid, o in list(self.orders.items()):
+            if o.state is OrderState.PENDING_SUBMIT:
+                self._try(coid, MarkUnknown(ts_ns=ts, reason="gateway restarted while the order was being sent"))
+            elif o.state is OrderState.PENDING_CANCEL:
+                self._try(coid, CancelRefused(ts_ns=ts, code="RESTART", reason="gateway restarted during the cancel"))
+            elif o.state is OrderState.PENDING_REPLACE:
+                self._try(coid, ReplaceRefused(ts_ns=ts, code="RESTART", reason="gateway restarted during the revise"))
 
     def start(self) -> None:
         self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="oms-sender")
@@ -151,7 +170,12 @@ class OrderManager:
                                message=f"order id belongs to {owner!r}, not {card.id!r}")
         known = self.orders.get(coid)
         if known is not None:
-            if (known.code, known.side) != (new.code, new.side):
+            # the same order sent again (a lost reply) is harmless; anything else under its id is not.
+            # A revised order is compared on what a revise cannot change.
+            terms = (known.code, known.side, known.order_type, known.tif)
+            same = terms == (new.code, new.side, new.order_type, new.tif) and (
+                len(known.broker_chain) > 1 or (known.qty, known.price) == (new.qty, new.price))
+            if not same:
                 return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.DUPLICATE_ORDER,
                                    message="this client order id was used for a different order")
             denied = known.state.value in ("denied", "rejected")
@@ -167,7 +191,7 @@ class OrderManager:
                       order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
         session = self.broker.session_state if self.synced else SessionState.SYNCING
         denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), session,
-                                 self.base_prices.get(new.code))
+                                 self.base_prices.get(new.code), self.notional_price(new))
         intent = {"reason": new.reason, "context": new.context, "decision_price": new.decision_price,
                   "code": new.code, "side": new.side.value, "qty": new.qty, "price": new.price,
                   "order_type": new.order_type.value, "tif": new.tif.value}
@@ -193,18 +217,51 @@ class OrderManager:
         self._enqueue(0, _Job("cancel", coid))
         return None, "cancel sent"
 
-    def modify(self, agent: str, coid: str, price: int, qty: int) -> tuple[ErrorCode | None, str]:
+    def modify(self, card: AgentCard, agent_state: TradingState, coid: str, price: int, qty: int = 0) -> tuple[ErrorCode | None, str]:
+        """Revise the price of an open order (KIS gives the remainder a new ODNO). Quantity changes
+        are refused: a revise of part of the remainder splits the order at KIS; cancel and send anew."""
         o = self.orders.get(coid)
-        if o is None or o.agent != agent:
-            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
-        if o.state.value not in ("accepted", "partially_filled"):
+        if o is None or o.agent != card.id:
+            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {card.id}"
+        if o.state not in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED):
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
-        new_qty = qty or o.qty
-        if new_qty <= o.filled_qty:
-            return ErrorCode.BAD_ORDER, f"new quantity {new_qty} is not above the filled {o.filled_qty}"
-        self._commit(o, RequestReplace(ts_ns=now_ns(), price=price, qty=new_qty))
-        self._enqueue(0, _Job("modify", coid, price, new_qty))
+        if qty and qty != o.qty:
+            return ErrorCode.BAD_ORDER, "only the price can be revised; cancel and send a new order to change the quantity"
+        # the revised order must pass the gate as if new, with this order's own reservation released
+        probe = NewOrder(client_order_id=coid, code=o.code, side=o.side, qty=o.remaining, price=price,
+                         order_type=o.order_type, tif=o.tif)
+        exp = self.exposure(card.id, o.code)
+        exp.open_orders -= 1
+        if o.side is Side.BUY:
+            exp.reserved_cash -= o.remaining * self.reserve_price(o)
+        else:
+            exp.sellable_qty += o.remaining
+        session = self.broker.session_state if self.synced else SessionState.SYNCING
+        denial = self.risk.check(card, agent_state, probe, exp, session, self.base_prices.get(o.code),
+                                 self.notional_price(probe))
+        if denial is not None:
+            self.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
+            return denial
+        self._commit(o, RequestReplace(ts_ns=now_ns(), price=price, qty=o.qty))
+        self._enqueue(0, _Job("modify", coid, price, o.qty))
         return None, "revise sent"
+
+    def notional_price(self, new: NewOrder) -> int:
+        """The price an order's value is judged at: its limit; a market buy at today's upper limit
+        (KIS reserves cash at the upper limit too); 0 when unknown (then the gate denies a market buy)."""
+        if new.price:
+            return new.price
+        base = self.base_prices.get(new.code)
+        if not base:
+            return 0
+        lower, upper = price_limits(base)
+        return upper if new.side is Side.BUY else lower
+
+    def reserve_price(self, o: Order) -> int:
+        if o.price:
+            return o.price
+        base = self.base_prices.get(o.code)
+        return price_limits(base)[1] if base else 0
 
     def cancel_all(self, agent: str, code: str = "") -> int:
         n = 0
@@ -225,7 +282,7 @@ class OrderManager:
                 continue
             exp.open_orders += 1
             if o.side is Side.BUY:
-                exp.reserved_cash += o.remaining * o.price
+                exp.reserved_cash += o.remaining * self.reserve_price(o)
             elif o.code == code:
                 held_by_sells += o.remaining
         exp.sellable_qty = exp.position_qty - held_by_sells
@@ -315,7 +372,7 @@ class OrderManager:
         ev = AgentEvent(h=self.headers(), seq=seq, body=body)
         with self.store.transaction():
             self.store.append_agent_event(agent, ev)
-        self.seq[agent] = seq
+        self.seq[agent] = seq  # after the commit
         self.sink(agent, ev)
 
     def _commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None,
@@ -327,6 +384,7 @@ class OrderManager:
         day = self.order_day.get(order.client_order_id) or day_key(self.today())
         bodies: list[EventBody] = [OrderUpdate(order=view(new))] + list(extra or [])
         events = []
+        seq = self.seq.get(new.agent, 0)
         with self.store.transaction():
             self.store.record_order(new, event, day)
             for kind, body in trace or []:
@@ -334,11 +392,11 @@ class OrderManager:
             for pos in positions:
                 self.store.save_position(new.agent, pos)
             for body in bodies:
-                seq = self.seq.get(new.agent, 0) + 1
-                self.seq[new.agent] = seq
+                seq += 1
                 ev = AgentEvent(h=self.headers(), seq=seq, body=body)
                 self.store.append_agent_event(new.agent, ev)
                 events.append(ev)
+        self.seq[new.agent] = seq  # only once the transaction is durable: no gap if it failed
         self._index(new, day)
         for pos in positions:
             self.positions.setdefault(new.agent, {})[pos.code] = pos
@@ -435,7 +493,8 @@ class OrderManager:
             if dq <= 0:
                 return []
             pos = self.positions.get(new.agent, {}).get(new.code)
-            pos = apply_fill_value(pos, new.code, new.side, dq, dv)
+            # 'external' may sell what the books never saw it buy (held before ktrader)
+            pos = apply_fill_value(pos, new.code, new.side, dq, dv, allow_short=new.agent == EXTERNAL_AGENT)
             fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
                           price=dv // dq, ts_ns=ev.ts_ns)
             return [FillUpdate(fill=fv, position=pos)]
@@ -463,9 +522,19 @@ class OrderManager:
 
     def on_notice(self, n: BrokerNotice) -> None:
         coid = self.by_broker_id.get(n.broker_order_id)
+        if coid is None and n.orig_broker_order_id:
+            # a cancel/revise line whose REST reply we did not see (lost, or sent before a restart):
+            # the ODNO it names tells whose it is. While our own request is in flight, its reply
+            # claims the ODNO first (so a revise is applied before the fills of its new line).
+            owner = self.by_broker_id.get(n.orig_broker_order_id)
+            if owner is not None and self.orders[owner].state not in (OrderState.PENDING_REPLACE, OrderState.PENDING_CANCEL):
+                coid = owner
+                self.by_broker_id[n.broker_order_id] = coid
         if coid is None:
-            # The notice beat the REST reply that carries its ODNO: keep it until the ODNO is known.
-            self.unmatched[n.broker_order_id].append(n)
+            # The notice beat the REST reply that carries its ODNO: keep it until the ODNO is known
+            # (reconciliation adopts what never gets claimed).
+            if len(self.unmatched) < MAX_UNMATCHED:
+                self.unmatched[n.broker_order_id].append(n)
             return
         ts = now_ns()
         self.trace(coid, "notice", kind=n.kind.value, odno=n.broker_order_id, orig=n.orig_broker_order_id,
@@ -482,13 +551,15 @@ class OrderManager:
         elif n.kind is NoticeKind.REJECTED:
             self.broker_errors.append(ts)
             o = self.orders[coid]
-            if o.state.value == "pending_cancel":
+            if o.state is OrderState.PENDING_CANCEL:
                 self._try(coid, CancelRefused(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="cancel rejected"))
-            elif o.state.value == "pending_replace":
+            elif o.state is OrderState.PENDING_REPLACE:
                 self._try(coid, ReplaceRefused(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="revise rejected"))
             else:
                 self._try(coid, Reject(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason="rejected by the exchange"))
-        elif n.kind is NoticeKind.CANCELLED or (n.kind is NoticeKind.ACCEPTED and n.is_cancel):
+        elif n.kind is NoticeKind.CANCELLED:
+            # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
+            # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             self._try(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
 
     def is_session_ready(self) -> bool:
@@ -498,21 +569,36 @@ class OrderManager:
 
     async def reconcile_now(self, reason: str) -> ReconcileResult:
         """Bring the books in line with the broker's view of today (orders, fills, positions)."""
+        self.expire_previous_days()
         today = self.today()
         reports = await self.broker.order_reports(today)
         local = [o for c, o in self.orders.items() if o.is_open or self.order_day.get(c) == day_key(today)]
         res = reconcile(local, reports, now_ns=now_ns(), grace_ns=self.unknown_grace_ns)
+        to_drain: list[str] = []
         for coid, events in res.events.items():
-            for ev in events:
-                if isinstance(ev, Fill):
-                    self.apply_fill_event(coid, ev)
-                else:
-                    new = self._try(coid, ev)
-                    if new is not None and isinstance(ev, Accept):
+            try:
+                for ev in events:
+                    if isinstance(ev, Fill):
+                        self.apply_fill_event(coid, ev)
+                    else:
+                        self._try(coid, ev)
+                    if isinstance(ev, (Accept, Replaced)):
                         self.by_broker_id[ev.broker_order_id] = coid
-                        self._drain_unmatched(ev.broker_order_id)
+                        to_drain.append(ev.broker_order_id)
+            except Exception as e:  # one order's trouble must not stop the repair of the others
+                res.alerts.append(f"{coid}: repair failed: {e}")
+                log.exception("reconcile repair of %s failed", coid)
+        # Notices buffered for these ODNOs come after the repair: fills reconciliation already
+        # counted are then absorbed by the order's reconciled credit instead of counted twice.
+        for odno in to_drain:
+            self._drain_unmatched(odno)
         for r in res.external:
-            self._adopt_external(r)
+            try:
+                self._adopt_external(r)
+                self._drain_unmatched(r.broker_order_id)
+            except Exception as e:
+                res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
+                log.exception("adopting external order %s failed", r.broker_order_id)
         try:
             res.alerts.extend(await self._check_positions())
         except Exception as e:  # a failed balance query must not undo the order repair above
@@ -524,6 +610,16 @@ class OrderManager:
         log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
                  len(res.events), len(res.external), len(res.alerts))
         return res
+
+    def expire_previous_days(self) -> int:
+        """KRX orders are day orders: whatever is still open from an earlier day has expired."""
+        today = day_key(self.today())
+        n = 0
+        for coid, o in list(self.orders.items()):
+            if o.is_open and self.order_day.get(coid, today) < today:
+                if self._try(coid, Expire(ts_ns=now_ns())) is not None:
+                    n += 1
+        return n
 
     def _adopt_external(self, r: BrokerOrderReport) -> None:
         """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed."""
@@ -555,7 +651,10 @@ class OrderManager:
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
             diff = theirs - ours.get(code, 0)
-            if diff:
+            if diff < 0:
+                # the books hold more than the account: an error somewhere, never papered over
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account")
+            elif diff:
                 # The broker is authoritative for what the account holds; the difference is
                 # nobody's here (held before ktrader, or traded elsewhere): attribute it to external.
                 self._adjust_external(code, diff, broker.get(code))

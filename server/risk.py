@@ -58,7 +58,10 @@ class RiskGate:
         exp: Exposure,
         session: SessionState,
         base_price: int | None,
+        notional_price: int = 0,
     ) -> Denial | None:
+        """`notional_price`: what one share of the order is judged at (its limit, or for a market
+        buy today's upper limit); 0 when unknown."""
         # shape of the order
         if order.order_type is OrderType.LIMIT and order.price <= 0:
             return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
@@ -91,7 +94,9 @@ class RiskGate:
         # shares and cash
         if order.side is Side.SELL and order.qty > exp.sellable_qty:
             return ErrorCode.DENIED_NO_SHARES, f"sell of {order.qty} {order.code} but this agent can sell {exp.sellable_qty}"
-        notional = order.qty * (order.price or base_price or 0)
+        if order.side is Side.BUY and notional_price <= 0:
+            return ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order"
+        notional = order.qty * notional_price
         for scope, lim in (("agent", card.risk), ("gateway", self.limits)):
             if lim.max_order_value and notional > lim.max_order_value:
                 return ErrorCode.DENIED_NOTIONAL, f"order value {notional:,} > {scope} limit {lim.max_order_value:,}"

@@ -428,7 +428,10 @@ class Exchange:
                           external=orig.external)
         rec.cancelled_qty = n
         self._store(rec)
+        # 접수 (accepted), then 확인 (confirmed) once the exchange has taken the quantity off the
+        # book: clients must treat only the confirmation (or the day's order list) as final.
         self._notify(acct, rec, cntg_yn="1", acpt="1", rctf="2")
+        self._notify(acct, rec, cntg_yn="1", acpt="2", rctf="2")
         self._emit_book(st)
         return rec
 

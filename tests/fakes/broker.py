@@ -65,6 +65,14 @@ class FakeBroker:
             self._notice(NoticeKind.FILLED, odno, o, order.qty, px)
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
+    def fill(self, odno: str, qty: int) -> None:
+        """The exchange fills `qty` of a resting order at its price (tests drive partial fills)."""
+        o = self.orders[odno]
+        q = min(qty, o["qty"] - o["filled"])
+        o["filled"] += q
+        o["open"] = o["filled"] < o["qty"]
+        self._notice(NoticeKind.FILLED, odno, o, q, o["price"])
+
     async def modify(self, req: BrokerModify) -> BrokerAck:
         o = self.orders.get(req.broker_order_id)
         if o is None or not o["open"]:
@@ -80,7 +88,8 @@ class FakeBroker:
             raise BrokerRejected("no such open order", code="APBK0918")
         o["open"] = False
         odno = f"{next(self._odno):010d}"
-        self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)
+        self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 접수
+        self._notice(NoticeKind.CANCELLED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 확인
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:

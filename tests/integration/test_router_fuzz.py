@@ -153,6 +153,10 @@ def test_typed_errors_for_known_bad_inputs(gateway) -> None:
     # impersonation: the registered agent's socket speaking as someone else
     spoof = good.request(Heartbeat(h=HeaderFactory("someone_else", good.headers.sid)()), timeout_s=5)
     assert isinstance(spoof, Error) and spoof.code is ErrorCode.WRONG_AGENT
+    # the owner of orders placed outside ktrader cannot be impersonated by an agent
+    ext = AgentCard(id="external", name="x", strategy="x:Y", codes=["005930"])
+    [r] = fz.exchange(fz.codec.encode(Register(h=HeaderFactory("external")(), card=ext, pid=1, host="h")))
+    assert isinstance(r, Error) and r.code is ErrorCode.BAD_CARD and "reserved" in r.message
     still_serving(good)
     assert gw.poll() is None
     counters = fetch_status(run).counters

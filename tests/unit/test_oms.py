@@ -204,3 +204,20 @@ async def test_kill_switch_halts_after_a_burst_of_broker_errors(tmp_path: Path) 
     assert gw.risk.global_state is TS.HALTED
     assert any("kill switch" in text for _, text in gw.oms.alerts)
     gw.store.close()
+
+
+async def test_dedup_compares_full_terms_and_revise_is_price_only(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db.sqlite")
+    await h.start()
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
+    r = h.oms.submit(CARD, CARD_STATE, order(1, qty=6, price=60_000))
+    assert r.code is ErrorCode.DUPLICATE_ORDER  # same id, other quantity: refused, not "already known"
+    bad_day = NewOrder(client_order_id="alpha-20261399-1", code="005930", side=Side.BUY, qty=1, price=60_000)
+    assert h.oms.submit(CARD, CARD_STATE, bad_day).code is ErrorCode.BAD_ORDER
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.oms.modify(CARD, CARD_STATE, coid(1), 60_000, qty=3)[0] is ErrorCode.BAD_ORDER
+    assert h.oms.modify(CARD, CARD_STATE, coid(1), 60_050)[0] is ErrorCode.DENIED_TICK  # the gate checks revises
+    assert h.oms.modify(CARD, TradingState.HALTED, coid(1), 59_000)[0] is ErrorCode.DENIED_HALTED
+    assert h.oms.modify(CARD, CARD_STATE, coid(1), 59_000) == (None, "revise sent")
+    await h.settle(lambda: h.oms.orders[coid(1)].price == 59_000 and h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
+    await h.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from common.enums import Side
 from common.orders import OrderState
-from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind  # noqa: F401
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, CARD_STATE, Harness, coid, order
 
@@ -112,4 +112,36 @@ async def test_external_orders_and_holdings_are_attributed_to_external(tmp_path:
     assert "alpha" not in h.oms.positions  # nothing leaked into an agent's book
     again = await h.oms.reconcile_now("test")
     assert not again.external and not again.alerts
+    await h.close()
+
+
+async def test_unknown_resolution_does_not_double_count_buffered_fills(tmp_path: Path) -> None:
+    """Review finding: the REST reply is lost after the order filled; its notices wait in the
+    unmatched buffer (ODNO unknown). Reconciliation must not count the fill twice."""
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    b.unknown_after_placing = True
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN and h.oms.unmatched)
+    b.fill("0000000001", 4)  # 4 of 10 fill; that notice waits in the buffer too
+    await h.settle(lambda: any(n.kind is NoticeKind.FILLED for n in h.oms.unmatched.get("0000000001", [])))
+    await h.oms.reconcile_now("test")
+    o = h.oms.orders[coid(1)]
+    assert o.state is OrderState.PARTIALLY_FILLED and o.filled_qty == 4
+    assert h.oms.positions["alpha"]["005930"].qty == 4 and not h.oms.unmatched
+    await h.close()
+
+
+async def test_external_sell_of_shares_held_before_does_not_block_reconciliation(tmp_path: Path) -> None:
+    """Review finding: an HTS sell of shares the books never saw must not make every later
+    reconciliation fail (orders would stay denied as 'syncing')."""
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    await b.submit(BrokerOrder(client_order_id="-", code="005930", side=Side.SELL, qty=3, price=60_000))
+    res = await h.oms.reconcile_now("test")
+    assert h.oms.synced and [r.side for r in res.external] == [Side.SELL]
+    assert h.oms.positions["external"]["005930"].qty == 0  # sold what it held before; the account agrees
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=1, price=60_000)).accepted
     await h.close()
