@@ -36,7 +36,7 @@ from common.schema import (
     OrderView, PositionView, Snapshot,
 )
 from kis.port import (
-    BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPort, BrokerPosition,
+    BrokerAck, BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPort, BrokerPosition,
     BrokerRejected, BrokerUnknownOutcome, NoticeKind,
 )
 from server.books import apply_fill_value
@@ -455,31 +455,36 @@ class OrderManager:
             self._try(o.client_order_id, Accept(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, org_no=ack.org_no))
             self._drain_unmatched(ack.broker_order_id)
         elif job.kind == "cancel":
-            self.trace(o.client_order_id, "broker.request", call="cancel", odno=o.broker_order_id, qty=o.remaining)
-            try:
-                ack = await self.broker.cancel(BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
-                                                            org_no=o.org_no, code=o.code, qty=o.remaining))
-            except BrokerError as e:
-                self.trace(o.client_order_id, "broker.error", call="cancel", kind=type(e).__name__, code=e.code, message=e.message)
-                self._try(o.client_order_id, CancelRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
-                return
-            self.trace(o.client_order_id, "broker.ack", call="cancel", odno=ack.broker_order_id, time=ack.time)
-            self.by_broker_id[ack.broker_order_id] = o.client_order_id
-            self._drain_unmatched(ack.broker_order_id)
+            req = BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
+                               code=o.code, qty=o.remaining)
+            await self._amend(o, "cancel", self.broker.cancel(req), CancelRefused, odno=o.broker_order_id, qty=o.remaining)
         elif job.kind == "modify":
-            self.trace(o.client_order_id, "broker.request", call="modify", odno=o.broker_order_id, price=job.price, qty=job.qty)
-            try:
-                ack = await self.broker.modify(BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id,
-                                                            org_no=o.org_no, code=o.code, qty=job.qty - o.filled_qty,
-                                                            price=job.price, all_qty=True))
-            except BrokerError as e:
-                self.trace(o.client_order_id, "broker.error", call="modify", kind=type(e).__name__, code=e.code, message=e.message)
-                self._try(o.client_order_id, ReplaceRefused(ts_ns=now_ns(), code=e.code, reason=str(e)))
-                return
-            self.trace(o.client_order_id, "broker.ack", call="modify", odno=ack.broker_order_id, time=ack.time)
-            self.by_broker_id[ack.broker_order_id] = o.client_order_id
-            self._try(o.client_order_id, Replaced(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty))
+            req = BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
+                               code=o.code, qty=job.qty - o.filled_qty, price=job.price, all_qty=True)
+            ack = await self._amend(o, "modify", self.broker.modify(req), ReplaceRefused, odno=o.broker_order_id,
+                                    price=job.price, qty=job.qty)
+            if ack is not None:
+                self._try(o.client_order_id, Replaced(ts_ns=now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty))
+                self._drain_unmatched(ack.broker_order_id)
+
+    async def _amend(self, o: Order, call: str, request, refused: type[CancelRefused] | type[ReplaceRefused],  # type: ignore[no-untyped-def]
+                     **trace: object) -> BrokerAck | None:
+        """A cancel or revise at the broker: traced; refused → back to resting (if it did reach the
+        broker after all, its notices name the original ODNO and reconciliation adopts it); acked →
+        the new ODNO is ours."""
+        coid = o.client_order_id
+        self.trace(coid, "broker.request", call=call, **trace)
+        try:
+            ack = await request
+        except BrokerError as e:
+            self.trace(coid, "broker.error", call=call, kind=type(e).__name__, code=e.code, message=e.message)
+            self._try(coid, refused(ts_ns=now_ns(), code=e.code, reason=str(e)))
+            return None
+        self.trace(coid, "broker.ack", call=call, odno=ack.broker_order_id, time=ack.time)
+        self.by_broker_id[ack.broker_order_id] = coid
+        if call == "cancel":
             self._drain_unmatched(ack.broker_order_id)
+        return ack
 
     def apply_fill_event(self, coid: str, ev: Fill) -> Order | None:
         """Apply a fill (from a notice or reconciliation); positions move by what the order's
