@@ -223,8 +223,10 @@ class Gateway:
             self._schedule_recheck()
 
     def _send_event(self, agent: str, ev: AgentEvent) -> None:
+        # A STALE agent may just be slow: its connection is still the one we know, so it gets its
+        # events (a dead one's are dropped by ZMQ; everything stays replayable from the store).
         rec = self.registry.agents.get(agent)
-        if rec is not None and rec.state is AgentState.ONLINE:
+        if rec is not None and rec.state is not AgentState.OFFLINE:
             self._reply(rec.routing_id, ev)
 
     # ---- dispatch ---------------------------------------------------------------------------------

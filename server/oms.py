@@ -101,6 +101,7 @@ class OrderManager:
         self._pnl_day = ""
         self.broker_errors: list[int] = []  # ns of recent broker errors/rejections (kill switch)
         self._base_day = ""
+        self._pending_trace: list[tuple[str, int, str, dict]] = []
         self.synced = False  # no orders before the first reconciliation with the broker
         # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
         # declared never-placed after this long; until then it counts against risk.
@@ -387,6 +388,7 @@ class OrderManager:
         seq = self.seq.get(new.agent, 0)
         with self.store.transaction():
             self.store.record_order(new, event, day)
+            self._write_traces()
             for kind, body in trace or []:
                 self.store.add_trace(new.client_order_id, event.ts_ns or now_ns(), kind, body)
             for pos in positions:
@@ -421,9 +423,20 @@ class OrderManager:
     # ---- the broker side --------------------------------------------------------------------------
 
     def trace(self, coid: str, step: str, **body: object) -> None:
-        """A step of an order's story that is not a state change (broker requests and answers, notices)."""
-        with self.store.transaction():
-            self.store.add_trace(coid, now_ns(), step, body)
+        """A step of an order's story that is not a state change (broker requests and answers,
+        notices). Written with the next durable commit (no fsync of its own: the order log holds
+        the truth, the trace the story), or by flush_traces()."""
+        self._pending_trace.append((coid, now_ns(), step, body))
+
+    def flush_traces(self) -> None:
+        if self._pending_trace:
+            with self.store.transaction():
+                self._write_traces()
+
+    def _write_traces(self) -> None:
+        for coid, ts, step, body in self._pending_trace:
+            self.store.add_trace(coid, ts, step, body)
+        self._pending_trace.clear()
 
     def _enqueue(self, prio: int, job: _Job) -> None:
         self._job_n += 1
@@ -436,6 +449,8 @@ class OrderManager:
                 await self._run_job(job)
             except Exception:  # a bug must not stop the sender; the order stays as it is, visibly
                 log.exception("job %s failed", job)
+            finally:
+                self.flush_traces()
 
     async def _run_job(self, job: _Job) -> None:
         o = self.orders[job.coid]
@@ -566,6 +581,7 @@ class OrderManager:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             self._try(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
+        self.flush_traces()
 
     def is_session_ready(self) -> bool:
         return self.broker.session_state is SessionState.READY

@@ -219,6 +219,18 @@ def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
     parse(json_out=json_out)
 
 
+@bench_app.command("orders")
+def bench_orders(
+    n: int = typer.Option(300, help="orders per single-agent measurement"),
+    agents: int = typer.Option(20, help="agents sending at once"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Order round trips agent→gateway→broker→ack, twin vs in-process broker, 1 and N agents."""
+    from tools.bench_orders import main as orders
+
+    orders(n=n, agents=agents, json_out=json_out)
+
+
 @bench_app.command("backtest")
 def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
     """Bars/s of the crossover strategy vs the same strategy in backtrader, same run."""
