@@ -96,6 +96,7 @@ class Reject(_Ev, tag="reject"):
 
 class MarkUnknown(_Ev, tag="unknown"):
     reason: str = ""
+    code: str = ""  # RESTARTED: recovered after a crash, the send itself may never have happened
 
 
 RECON_FILL_PREFIX = "recon:"
@@ -286,7 +287,7 @@ def apply(order: Order, event: OrderEvent) -> Order:
     elif isinstance(event, (Deny, Reject, CancelRefused, ReplaceRefused)):
         changes.update(reason_code=event.code, reason=event.reason, pending_price=0, pending_qty=0)
     elif isinstance(event, MarkUnknown):
-        changes.update(reason=event.reason)
+        changes.update(reason=event.reason, reason_code=event.code)
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")

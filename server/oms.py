@@ -40,7 +40,7 @@ from kis.port import (
     BrokerRejected, BrokerUnknownOutcome, NoticeKind,
 )
 from server.books import apply_fill_value
-from server.reconcile import ReconcileResult, reconcile
+from server.reconcile import RESTARTED, ReconcileResult, reconcile
 from server.risk import Exposure, RiskGate
 from server.store import Store, day_key
 
@@ -135,7 +135,7 @@ class OrderManager:
         ts = now_ns()
         for coid, o in list(self.orders.items()):
             if o.state is OrderState.PENDING_SUBMIT:
-                self._try(coid, MarkUnknown(ts_ns=ts, reason="gateway restarted while the order was being sent"))
+                self._try(coid, MarkUnknown(ts_ns=ts, code=RESTARTED, reason="gateway restarted while the order was being sent"))
             elif o.state is OrderState.PENDING_CANCEL:
                 self._try(coid, CancelRefused(ts_ns=ts, code="RESTART", reason="gateway restarted during the cancel"))
             elif o.state is OrderState.PENDING_REPLACE:

@@ -27,6 +27,7 @@ from common.orders import (
 from kis.port import BrokerOrderReport
 
 NOT_AT_BROKER = "NOT_AT_BROKER"
+RESTARTED = "RESTARTED"  # an UNKNOWN recovered after a crash: its send may never have happened
 
 
 @dataclass
@@ -59,7 +60,14 @@ def reconcile(
     originals = [r for r in reports if not r.is_cancel and not r.is_modify]
     # only UNKNOWN: a PENDING_SUBMIT order's REST call is in flight and its reply will name its ODNO
     unresolved = [o for o in local if not o.broker_chain and o.state is OrderState.UNKNOWN]
-    for o in sorted(unresolved, key=lambda x: x.created_ns):
+    # Orders whose send surely happened claim first; crash-recovered ones (maybe never sent) after;
+    # oldest first within each. Identical terms from different agents are ambiguous: alerted.
+    for o in sorted(unresolved, key=lambda x: (x.reason_code == RESTARTED, x.created_ns)):
+        twins = [u for u in unresolved if u is not o and u.agent != o.agent
+                 and (u.code, u.side, u.qty, u.price) == (o.code, o.side, o.qty, o.price)]
+        if twins:
+            res.alerts.append(f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
+                              "of another agent: attribution by send order, check")
         match = next((r for r in originals if r.broker_order_id not in owner_of and r.broker_order_id not in claimed
                       and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)), None)
         if match is not None:
