@@ -182,6 +182,18 @@ def reset(
     typer.echo(f"archived to {dest}" if dest else f"{run_dir}/ holds no state: nothing to archive")
 
 
+@cards_app.command("check")
+def cards_check(
+    folder: Path = typer.Argument(Path("cards"), help="folder of *.toml cards"),
+    master: Optional[Path] = typer.Option(None, help="folder with the KIS master files kospi_code.mst / kosdaq_code.mst"),
+    account_budget: int = typer.Option(0, help="KRW the account can give all agents together (0: unchecked)"),
+) -> None:
+    """Check every card: fields, unique ids, real codes, strategy and params, budgets, 40 registrations."""
+    from tools.cards_check import main as check
+
+    raise typer.Exit(check(folder, master, account_budget))
+
+
 @cards_app.command("schema")
 def cards_schema() -> None:
     """Print the JSON Schema of AgentCard (for editors)."""

@@ -1,0 +1,56 @@
+"""KIS stock master files (`kospi_code.mst`, `kosdaq_code.mst`): every listed issue with its group.
+
+Format (cp949, fixed width, one issue per line): `line[0:9]` short code (padded), `line[9:21]` ISIN,
+the Korean name up to a fixed tail (227 characters for KOSPI, 221 for KOSDAQ, counted on the decoded
+string), whose first two characters are the security group: ST stock, EF ETF, EN ETN, BC fund,
+RT REIT, FS/DR foreign stock or DR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+TAIL = {"KOSPI": 227, "KOSDAQ": 221}
+FILES = {"KOSPI": "kospi_code.mst", "KOSDAQ": "kosdaq_code.mst"}
+
+
+class MasterEntry(msgspec.Struct, frozen=True):
+    code: str
+    isin: str
+    name: str
+    market: str
+    group: str  # ST, EF, EN, BC, RT, ...
+
+
+class MasterError(ValueError):
+    pass
+
+
+def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
+    tail = TAIL[market]
+    out: dict[str, MasterEntry] = {}
+    for n, line in enumerate(data.decode("cp949").splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(line) <= 21 + tail:
+            raise MasterError(f"{market} master line {n}: {len(line)} characters, too short for the layout")
+        code = line[0:9].strip()
+        out[code] = MasterEntry(code=code, isin=line[9:21].strip(), name=line[21:len(line) - tail].strip(), market=market,
+                                group=line[len(line) - tail:len(line) - tail + 2])
+    return out
+
+
+def load_master_dir(folder: str | Path) -> dict[str, MasterEntry]:
+    """Both markets' files from a folder (either may be missing; none at all is an error)."""
+    d = Path(folder)
+    out: dict[str, MasterEntry] = {}
+    found = False
+    for market, name in FILES.items():
+        p = d / name
+        if p.exists():
+            found = True
+            out.update(parse_master(p.read_bytes(), market))
+    if not found:
+        raise MasterError(f"no {' or '.join(FILES.values())} in {d}")
+    return out

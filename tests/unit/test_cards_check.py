@@ -1,0 +1,85 @@
+"""`ktrader cards check` against a folder of deliberately broken cards, one per rule, and the
+KIS master reader on the real master files in shared/data (read in place)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kis.master import MasterError, load_master_dir, parse_master
+from tests.conftest import ROOT
+from tools.cards_check import check_cards
+
+GOOD = '''id = "{id}"
+name = "x"
+strategy = "agent.strategies.ma_cross:MaCross"
+codes = {codes}
+budget = {budget}
+'''
+
+
+def card(id: str = "ok", codes: str = '["005930"]', budget: int = 1_000_000, extra: str = "") -> str:
+    return GOOD.format(id=id, codes=codes, budget=budget) + extra
+
+
+BROKEN = {
+    "unknown_key": (card("unknown_key", extra="colour = 'red'\n"), "card", "unknown field `colour`"),
+    "bad_id": (card("Bad-Id"), "card", "$.id"),
+    "dup_a": (card("dup"), None, None),
+    "dup_b": (card("dup"), "id", "also the id of"),  # the second file carries it, naming the first
+    "bad_code": (card("bad_code", codes='["999999"]'), "codes: 999999", "not in the KIS stock master"),
+    "fund_code": (card("fund_code", codes='["F70100030"]'), "card", "$.codes[0]"),  # not even a stock code
+    "no_import": (card("no_import").replace("agent.strategies.ma_cross:MaCross", "agent.strategies.nope:Nope"), "strategy", "cannot be loaded"),
+    "bad_params": (card("bad_params", extra="[params]\nshort = 30\nlong = 5\n"), "params", "short < long"),
+    "reserved": (card("external"), "id", "reserved"),
+    "no_codes": (card("no_codes", codes="[]"), "codes", "no codes"),
+}
+
+
+@pytest.fixture
+def master(shared_data: Path) -> dict:
+    return load_master_dir(shared_data / "krx_master")
+
+
+def test_each_rule_is_reported_with_file_field_and_reason(tmp_path: Path, master: dict) -> None:
+    for name, (text, _, _) in BROKEN.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    problems = check_cards(tmp_path, master, account_budget=0)
+    for name, (_, field, reason) in BROKEN.items():
+        if field is None:
+            continue
+        mine = [p for p in problems if p.file.endswith(f"{name}.toml") and not p.warning]
+        assert any(p.field == field and reason in p.reason for p in mine), (name, [str(p) for p in mine])
+
+
+def test_budgets_and_registrations_across_cards(tmp_path: Path, master: dict) -> None:
+    codes = [c for c, e in master.items() if e.group == "ST" and len(c) == 6 and c[0] == "0"][:41]
+    for i, code in enumerate(codes):
+        (tmp_path / f"a{i}.toml").write_text(card(f"a{i}", codes=f'["{code}"]', budget=3_000_000))
+    problems = check_cards(tmp_path, master, account_budget=100_000_000)
+    assert any(p.field == "subscriptions" and "41 distinct registrations" in p.reason for p in problems)
+    assert any(p.field == "budget" and "123,000,000" in p.reason for p in problems)
+
+
+def test_cli_exit_codes_and_the_sample_cards(tmp_path: Path, shared_data: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "tools.cli", "cards", "check", "cards", "--master", str(shared_data / "krx_master")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
+    (tmp_path / "bad.toml").write_text(card("bad", codes='["999999"]'))
+    bad = subprocess.run([sys.executable, "-m", "tools.cli", "cards", "check", str(tmp_path), "--master", str(shared_data / "krx_master")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "bad.toml: error: codes: 999999" in bad.stdout
+
+
+def test_master_reader(master: dict, tmp_path: Path) -> None:
+    assert master["005930"].name == "삼성전자" and master["005930"].group == "ST" and master["005930"].market == "KOSPI"
+    assert master["005935"].name == "삼성전자우"
+    assert any(e.market == "KOSDAQ" for e in master.values())
+    assert master["069500"].group == "EF"  # KODEX 200
+    with pytest.raises(MasterError):
+        load_master_dir(tmp_path)
+    with pytest.raises(MasterError, match="too short"):
+        parse_master("005930   KR7005930003삼성전자\n".encode("cp949"), "KOSPI")

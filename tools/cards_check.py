@@ -1,0 +1,105 @@
+"""`ktrader cards check [DIR]`: every card in a folder checked before anything runs.
+
+Rules: the card decodes (unknown keys refused, fields valid); ids unique; codes real (KIS stock
+master when given, else the twin's list, which only warns); the strategy imports and its params
+validate; all budgets fit the account budget; the market-data registrations fit the 40 slots
+(41 per app key, one for fill notices). Every problem names the card file, the field and why."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.runtime import load_strategy_class
+from common.config import AgentCard, ConfigError, load_card
+from common.ids import EXTERNAL_AGENT
+from kis.master import MasterEntry
+from server.subscriptions import MARKET_DATA_SLOTS
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    field: str
+    reason: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        kind = "warning" if self.warning else "error"
+        return f"{self.file}: {kind}: {self.field}: {self.reason}"
+
+
+def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, account_budget: int = 0) -> list[Problem]:
+    problems: list[Problem] = []
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        return [Problem(str(folder), "-", "no *.toml cards here")]
+    cards: list[tuple[Path, AgentCard]] = []
+    for f in files:
+        try:
+            cards.append((f, load_card(f)))
+        except ConfigError as e:
+            problems.append(Problem(str(f), "card", str(e).removeprefix(f"{f}: ")))
+    seen: dict[str, Path] = {}
+    slots: dict[tuple[str, str], list[str]] = {}
+    if master is None:
+        from kis.sim import universe  # the twin's own list: a fallback that can only warn
+
+        known, strict = set(universe.codes()), False
+    else:
+        known, strict = set(master), True
+    for f, card in cards:
+        if card.id in seen:
+            problems.append(Problem(str(f), "id", f"{card.id!r} is also the id of {seen[card.id]}"))
+        seen.setdefault(card.id, f)
+        if card.id == EXTERNAL_AGENT:
+            problems.append(Problem(str(f), "id", f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader"))
+        if not card.codes:
+            problems.append(Problem(str(f), "codes", "no codes: the agent could not trade anything"))
+        for code in card.codes:
+            if code not in known:
+                where = "the KIS stock master" if strict else "the twin's stock list (no --master given)"
+                problems.append(Problem(str(f), f"codes: {code}", f"not in {where}", warning=not strict))
+            elif strict and master[code].group not in ("ST", "EF", "EN"):
+                problems.append(Problem(str(f), f"codes: {code}", f"{master[code].name} is a {master[code].group}, not a tradable stock/ETF/ETN"))
+        kinds = (["trades"] if card.subscriptions.trades else []) + (["book"] if card.subscriptions.book else [])
+        for code in card.codes:
+            for kind in kinds:
+                slots.setdefault((kind, code), []).append(card.id)
+        try:
+            cls = load_strategy_class(card.strategy)
+        except Exception as e:
+            problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {e}"))
+            continue
+        try:
+            cls.parse_params(card.params)
+        except Exception as e:
+            problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
+    if len(slots) > MARKET_DATA_SLOTS:
+        problems.append(Problem(str(folder), "subscriptions",
+                                f"{len(slots)} distinct registrations requested, {MARKET_DATA_SLOTS} available"))
+    total = sum(card.budget for _, card in cards)
+    if account_budget and total > account_budget:
+        problems.append(Problem(str(folder), "budget", f"cards' budgets add up to {total:,} KRW, the account budget is {account_budget:,}"))
+    return problems
+
+
+def main(folder: Path, master_dir: Path | None, account_budget: int) -> int:
+    from kis.master import MasterError, load_master_dir
+
+    master = None
+    if master_dir is not None:
+        try:
+            master = load_master_dir(master_dir)
+        except (MasterError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    sys.path.insert(0, str(Path.cwd()))
+    problems = check_cards(folder, master, account_budget)
+    for p in problems:
+        print(p)
+    errors = [p for p in problems if not p.warning]
+    n = len(list(folder.glob("*.toml")))
+    print(f"{n} cards checked: {len(errors)} errors, {len(problems) - len(errors)} warnings")
+    return 1 if errors else 0
