@@ -11,7 +11,7 @@ import zmq
 
 from common.connection import GatewayInfo
 from common.errors import ErrorCode, KtraderError
-from common.framing import MAGIC, Codec, FrameError
+from common.framing import Codec, FrameError
 from common.schema import Error, HeaderFactory, Message, Published
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol
 
 import msgspec
 
-from common.enums import OrderType, Side, TimeInForce
+from common.enums import OrderType, TimeInForce
 import datetime as dt
 
 from common.schema import Bar, FillView, OrderView, PositionView, TradeTick
@@ -86,6 +86,3 @@ class Strategy:
 
     def on_stop(self) -> None: ...
 
-
-def side_of(value: str | Side) -> Side:
-    return Side(value)

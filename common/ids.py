@@ -24,19 +24,12 @@ SessionId = Annotated[str, msgspec.Meta(min_length=8, max_length=64)]
 
 EXTERNAL_AGENT = "external"  # owner of orders placed outside ktrader (HTS app, other programs)
 
-_AGENT_RE = re.compile(AGENT_ID_PATTERN)
 _CODE_RE = re.compile(STOCK_CODE_PATTERN)
 _COID_RE = re.compile(CLIENT_ORDER_ID_PATTERN)
 
 
 class IdError(ValueError):
     pass
-
-
-def check_agent_id(value: str) -> str:
-    if not _AGENT_RE.match(value):
-        raise IdError(f"bad agent id {value!r}: 2-32 chars of a-z, 0-9, '_', starting with a letter")
-    return value
 
 
 def check_stock_code(value: str) -> str:

@@ -79,17 +79,6 @@ def next_tick_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     return round_down(lower, kind)
 
 
-def ticks_between(low: int, high: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
-    """Number of tick steps from grid price `low` up to grid price `high`."""
-    if low > high:
-        return -ticks_between(high, low, kind)
-    n, p = 0, low
-    while p < high:
-        p = next_tick_up(p, kind)
-        n += 1
-    return n
-
-
 def price_limits(base: int, kind: SecurityKind = SecurityKind.STOCK, pct: int = PRICE_LIMIT_PCT) -> tuple[int, int]:
     """(lower, upper) limit for the day from the base price (usually yesterday's close).
 
@@ -140,8 +129,6 @@ class Phase(StrEnum):
 
 # Phases in which a regular (day) order can be accepted by the exchange.
 REGULAR_ORDER_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CONTINUOUS, Phase.CLOSING_AUCTION})
-# Phases in which continuous matching happens.
-MATCHING_PHASES = frozenset({Phase.CONTINUOUS})
 
 
 def _t(day: dt.date, hhmm: dt.time, shift: dt.timedelta = dt.timedelta()) -> dt.datetime:

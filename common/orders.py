@@ -47,9 +47,8 @@ class OrderState(StrEnum):
 
 
 TERMINAL = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.DENIED, OrderState.REJECTED, OrderState.EXPIRED})
+# Open: the broker may hold live quantity of ours (counts against risk and cash).
 OPEN = frozenset(OrderState) - TERMINAL - {OrderState.NEW}
-# States in which the broker may hold live quantity of ours (counts against risk and cash).
-LIVE_AT_BROKER = OPEN
 
 
 class StateError(ValueError):
@@ -244,10 +243,6 @@ def _resting(filled: int, qty: int) -> OrderState:
     if filled >= qty:
         return S.FILLED
     return S.PARTIALLY_FILLED if filled > 0 else S.ACCEPTED
-
-
-def allowed(state: OrderState, event: OrderEvent) -> bool:
-    return (state, _tag(event)) in TRANSITIONS
 
 
 def apply(order: Order, event: OrderEvent) -> Order:

@@ -12,7 +12,6 @@ Channels (DESIGN.md §3):
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from typing import Annotated, Union
 
@@ -22,7 +21,7 @@ from common.clock import now_ns
 from common.config import AgentCard
 from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import AgentId, ClientOrderId, StockCode
+from common.ids import ClientOrderId, StockCode
 from common.orders import OrderState
 
 SCHEMA_VERSION = 1
@@ -359,6 +358,3 @@ def trade_topic(code: str) -> str:
 def bar_topic(code: str, interval: str) -> str:
     return f"md.bar.{interval}.{code}."
 
-
-def pid() -> int:
-    return os.getpid()

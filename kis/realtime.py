@@ -8,6 +8,8 @@ reported by `FrameError` and never stops the session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 
 import msgspec
@@ -65,39 +67,29 @@ def record_width(tr_id: str, n_fields: int, count: int, known: tuple[int, ...]) 
     raise FrameError(f"{tr_id}: {n_fields} fields do not split into {count} records of {known}")
 
 
+def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:
+    return Trade(
+        code=f[o],
+        time=f[o + 1],
+        price=num(f[o + 2]),
+        qty=num(f[o + 12]),
+        side=_SIDE_BY_CCLD.get(f[o + 21], 0),
+        cum_volume=num(f[o + 13]),
+        cum_value=num(f[o + 14]),
+        open=num(f[o + 7]),
+        high=num(f[o + 8]),
+        low=num(f[o + 9]),
+        change=num(f[o + 4]),
+        ask1=num(f[o + 10]),
+        bid1=num(f[o + 11]),
+    )
+
+
 def _trade(f: list[str], o: int) -> Trade:
     try:
-        return Trade(
-            code=f[o],
-            time=f[o + 1],
-            price=int(f[o + 2]),
-            qty=int(f[o + 12]),
-            side=_SIDE_BY_CCLD.get(f[o + 21], 0),
-            cum_volume=int(f[o + 13]),
-            cum_value=int(f[o + 14]),
-            open=int(f[o + 7]),
-            high=int(f[o + 8]),
-            low=int(f[o + 9]),
-            change=int(f[o + 4]),
-            ask1=int(f[o + 10]),
-            bid1=int(f[o + 11]),
-        )
+        return _trade_with(f, o, int)
     except ValueError:  # empty or odd field: the slow, lenient path
-        return Trade(
-            code=f[o],
-            time=f[o + 1],
-            price=_int(f[o + 2]),
-            qty=_int(f[o + 12]),
-            side=_SIDE_BY_CCLD.get(f[o + 21], 0),
-            cum_volume=_int(f[o + 13]),
-            cum_value=_int(f[o + 14]),
-            open=_int(f[o + 7]),
-            high=_int(f[o + 8]),
-            low=_int(f[o + 9]),
-            change=_int(f[o + 4]),
-            ask1=_int(f[o + 10]),
-            bid1=_int(f[o + 11]),
-        )
+        return _trade_with(f, o, _int)
 
 
 def _book(f: list[str], o: int) -> Book:

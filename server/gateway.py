@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from common.connection import GatewayInfo, remove_info, write_info
 from common.enums import AgentState, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT
-from common.framing import MAGIC, Codec, FrameError
+from common.framing import Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
     GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersReply, Ping, Pong, Register,
@@ -481,6 +480,3 @@ class Gateway:
                 break
             self.counters["subscriptions" if frame[:1] == b"\x01" else "unsubscriptions"] += 1
 
-
-def hostname() -> str:
-    return socket.gethostname()

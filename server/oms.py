@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from common.clock import now_ns, today_kst
+from common.clock import now_ns, today_kst, yyyymmdd
 from common.config import AgentCard
 from common.enums import SessionState, Side, TradingState
 from common.errors import ErrorCode
@@ -42,7 +42,7 @@ from kis.port import (
 from server.books import apply_fill_value
 from server.reconcile import RESTARTED, ReconcileResult, reconcile
 from server.risk import Exposure, RiskGate
-from server.store import Store, day_key
+from server.store import Store
 
 log = logging.getLogger("ktrader.oms")
 
@@ -89,7 +89,6 @@ class OrderManager:
         self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)  # notices before their ODNO
         self.positions: dict[str, dict[str, PositionView]] = {}
         self.seq: dict[str, int] = {}
-        self.next_n: dict[tuple[str, str], int] = {}
         self.fills_today = 0
         self.fills_by_agent: dict[str, int] = defaultdict(int)
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
@@ -113,7 +112,7 @@ class OrderManager:
     # ---- start-up ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        today = day_key(self.today())
+        today = yyyymmdd(self.today())
         for day, o in self.store.load_orders():
             if day == today or o.is_open:
                 self._index(o, day)
@@ -183,9 +182,9 @@ class OrderManager:
             return OrderResult(client_order_id=coid, accepted=not denied, duplicate=True,
                                code=ErrorCode(known.reason_code) if denied and known.reason_code in ErrorCode.__members__ else None,
                                message=f"already known, state {known.state}")
-        if day_key(day) != day_key(self.today()):
+        if yyyymmdd(day) != yyyymmdd(self.today()):
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER,
-                               message=f"order id is for {day_key(day)}, today is {day_key(self.today())}")
+                               message=f"order id is for {yyyymmdd(day)}, today is {yyyymmdd(self.today())}")
 
         ts = now_ns()
         order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
@@ -296,7 +295,7 @@ class OrderManager:
     def _roll_pnl_day(self) -> None:
         """Realised P&L counts per day: remember each agent's realised total at the day's start
         (persisted, so a restart in the day keeps it)."""
-        day = day_key(self.today())
+        day = yyyymmdd(self.today())
         if day == self._pnl_day:
             return
         self._pnl_day = day
@@ -319,7 +318,7 @@ class OrderManager:
 
     async def ensure_base_prices(self, codes: list[str]) -> None:
         """Fetch today's base price (band centre) of codes not known yet today."""
-        day = day_key(self.today())
+        day = yyyymmdd(self.today())
         if day != self._base_day:
             self._base_day, self.base_prices = day, {}
         for code in codes:
@@ -343,10 +342,12 @@ class OrderManager:
 
     def snapshot(self, card: AgentCard, trading_state: TradingState) -> Snapshot:
         agent = card.id
-        today = day_key(self.today())
+        today = yyyymmdd(self.today())
         open_orders = [view(o) for o in self.orders.values() if o.agent == agent and o.is_open]
         exp = self.exposure(agent, "")
-        n = self.next_n.get((agent, today)) or self.store.max_order_n(agent, today) + 1
+        # today's orders are all in memory (loaded at start, indexed on every commit)
+        n = 1 + max((int(c.rsplit("-", 1)[1]) for c, o in self.orders.items()
+                     if o.agent == agent and self.order_day.get(c) == today), default=0)
         return Snapshot(
             agent=agent, trading_state=trading_state, open_orders=open_orders,
             positions=[p for p in self.positions.get(agent, {}).values() if p.qty or p.realized_pnl],
@@ -356,12 +357,12 @@ class OrderManager:
         )
 
     def counts(self) -> tuple[int, int, int]:
-        today = day_key(self.today())
+        today = yyyymmdd(self.today())
         total = sum(1 for c in self.orders if self.order_day.get(c) == today)
         return total, sum(o.is_open for o in self.orders.values()), self.fills_today
 
     def agent_counts(self, agent: str) -> tuple[int, int]:
-        today = day_key(self.today())
+        today = yyyymmdd(self.today())
         mine = [c for c, o in self.orders.items() if o.agent == agent]
         return sum(self.orders[c].is_open for c in mine), sum(1 for c in mine if self.order_day.get(c) == today)
 
@@ -382,7 +383,7 @@ class OrderManager:
         transaction, then update memory and send."""
         new = apply(order, event)
         positions = [b.position for b in extra or [] if isinstance(b, FillUpdate)]
-        day = self.order_day.get(order.client_order_id) or day_key(self.today())
+        day = self.order_day.get(order.client_order_id) or yyyymmdd(self.today())
         bodies: list[EventBody] = [OrderUpdate(order=view(new))] + list(extra or [])
         events = []
         seq = self.seq.get(new.agent, 0)
@@ -583,9 +584,6 @@ class OrderManager:
             self._try(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
         self.flush_traces()
 
-    def is_session_ready(self) -> bool:
-        return self.broker.session_state is SessionState.READY
-
     # ---- reconciliation -------------------------------------------------------------------------
 
     async def reconcile_now(self, reason: str) -> ReconcileResult:
@@ -593,7 +591,7 @@ class OrderManager:
         self.expire_previous_days()
         today = self.today()
         reports = await self.broker.order_reports(today)
-        local = [o for c, o in self.orders.items() if o.is_open or self.order_day.get(c) == day_key(today)]
+        local = [o for c, o in self.orders.items() if o.is_open or self.order_day.get(c) == yyyymmdd(today)]
         res = reconcile(local, reports, now_ns=now_ns(), grace_ns=self.unknown_grace_ns)
         to_drain: list[str] = []
         for coid, events in res.events.items():
@@ -634,7 +632,7 @@ class OrderManager:
 
     def expire_previous_days(self) -> int:
         """KRX orders are day orders: whatever is still open from an earlier day has expired."""
-        today = day_key(self.today())
+        today = yyyymmdd(self.today())
         n = 0
         for coid, o in list(self.orders.items()):
             if o.is_open and self.order_day.get(coid, today) < today:
@@ -644,7 +642,7 @@ class OrderManager:
 
     def _adopt_external(self, r: BrokerOrderReport) -> None:
         """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed."""
-        day = day_key(self.today())
+        day = yyyymmdd(self.today())
         coid = f"{EXTERNAL_AGENT}-{day}-{int(r.broker_order_id)}"
         if coid in self.orders:
             return

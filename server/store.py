@@ -10,7 +10,6 @@ is called. Schema version in PRAGMA user_version.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,14 +135,6 @@ class Store:
         rows = self.db.execute("SELECT body FROM order_log WHERE client_order_id=? ORDER BY id", (client_order_id,))
         return [_oev_dec.decode(b) for (b,) in rows]
 
-    def max_order_n(self, agent: str, day: str) -> int:
-        n = 0
-        for (coid,) in self.db.execute("SELECT client_order_id FROM orders WHERE agent=? AND day=?", (agent, day)):
-            tail = coid.rsplit("-", 1)[-1]
-            if tail.isdigit():
-                n = max(n, int(tail))
-        return n
-
     def add_trace(self, client_order_id: str, ts_ns: int, kind: str, body: dict) -> None:
         self.db.execute("INSERT INTO trace(client_order_id, ts_ns, kind, body) VALUES (?, ?, ?, ?)",
                         (client_order_id, ts_ns, kind, msgspec.json.encode(body).decode()))
@@ -206,6 +197,3 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
-
-def day_key(day: dt.date) -> str:
-    return day.strftime("%Y%m%d")

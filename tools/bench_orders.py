@@ -23,7 +23,7 @@ from common.connection import read_info
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrderUpdate, Register, Registered, SubmitOrders
-from tools.bench_rtt import percentile
+from tools.bench_rtt import _wait_file, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,11 +65,7 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
     cmd = [sys.executable, "-m", "tools.cli", "gateway", "--run-dir", str(run), "--log-level", "error", *broker_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        deadline = time.monotonic() + 30
-        while not (run / "gateway.json").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.05)
+        _wait_file(run / "gateway.json", 30, proc)
         from tools.status import fetch_status
         while not fetch_status(run).synced:  # orders are denied until the first reconciliation
             time.sleep(0.05)

@@ -18,7 +18,7 @@ import zmq
 from agent.client import GatewayClient
 from common.config import AgentCard
 from common.connection import read_info
-from common.schema import Ack, HeaderFactory, Heartbeat, Register, Registered
+from common.schema import Ack, Heartbeat, Register, Registered
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +37,11 @@ def percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[i] / 1000.0  # µs
 
 
-def _wait_file(path: Path, timeout: float) -> None:
+def _wait_file(path: Path, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait for a process to write `path` (start-up, not a hot path); fail if it dies first."""
     deadline = time.monotonic() + timeout
     while not path.exists():
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
             raise RuntimeError(f"{path} did not appear")
         time.sleep(0.05)
 

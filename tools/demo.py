@@ -4,7 +4,6 @@ summary table and exits 0 only if everything stayed healthy."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -11,27 +12,26 @@ from rich.table import Table
 
 from agent.client import GatewayClient
 from common.connection import read_info
-from common.schema import Ack, Control, HeaderFactory, StatusQuery, StatusReply
+from common.schema import Ack, Control, Header, HeaderFactory, Message, StatusQuery, StatusReply
+
+
+def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
+    """One request from a short-lived tool client; an Error reply raises KtraderError."""
+    client = GatewayClient(read_info(run_dir), sender, HeaderFactory(sender), subscribe=False)
+    try:
+        return client.call(make(client.headers()), timeout_s)
+    finally:
+        client.close()
 
 
 def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
-    info = read_info(run_dir)
-    client = GatewayClient(info, "ktrader-status", HeaderFactory("ktrader-status"), subscribe=False)
-    try:
-        reply = client.call(StatusQuery(h=client.headers()), timeout_s)
-    finally:
-        client.close()
+    reply = _tool_call(run_dir, "ktrader-status", lambda h: StatusQuery(h=h), timeout_s)
     assert isinstance(reply, StatusReply)
     return reply
 
 
 def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0) -> str:
-    info = read_info(run_dir)
-    client = GatewayClient(info, "ktrader-control", HeaderFactory("ktrader-control"), subscribe=False)
-    try:
-        reply = client.call(Control(h=client.headers(), action=action, agent=agent), timeout_s)
-    finally:
-        client.close()
+    reply = _tool_call(run_dir, "ktrader-control", lambda h: Control(h=h, action=action, agent=agent), timeout_s)
     assert isinstance(reply, Ack)
     return reply.message
 
