@@ -21,8 +21,9 @@ import msgspec
 import zmq
 
 from agent.client import GatewayClient
-from agent.feed import SequenceTracker
+from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
+from agent.services import AgentServicesMixin
 from agent.strategy import Strategy
 from common.clock import now_kst, today_kst
 from common.config import AgentCard, OnError
@@ -34,8 +35,12 @@ from common.orders import OPEN
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
     ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
-    Registered, Snapshot, SubmitOrders, SYSTEM_TOPIC, TradeTick, Unregister, trade_topic,
+    Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
+from common.schema import GetSnapshot, SnapshotReply, SystemEvent
+from common.schema import UniverseUpdate
+from agent.universe import UniverseFollower
+from common.schema import BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot
 
 log = logging.getLogger("ktrader.agent")
 
@@ -62,8 +67,9 @@ def load_strategy_class(spec: str) -> type[Strategy]:
     return cls
 
 
-class AgentRuntime:
-    """Also the strategy's Context (see agent.strategy.Context)."""
+class AgentRuntime(AgentServicesMixin):
+    """Also the strategy's Context (see agent.strategy.Context); kv state, queries and the book
+    summary come from AgentServicesMixin (agent/services.py)."""
 
     def __init__(self, card: AgentCard, run_dir: str | Path = "run", *, lock_dir: str | Path | None = None,
                  gateway_wait_s: float = 10.0, takeover_wait_s: float | None = None) -> None:
@@ -88,7 +94,8 @@ class AgentRuntime:
         self.lease_s = 1.0
         self.errors = 0
         self.paused = False
-        self.md = SequenceTracker()
+        self.universe = UniverseFollower(card)  # codes the gateway adds (card.universe_top)
+        self.feed = MarketFeed(card, self.log)  # market-data topics, gaps, heals, conflation
         self.last_price: dict[str, int] = {}
         self._outbox: list[NewOrder] = []
         self._stopping = False
@@ -113,9 +120,8 @@ class AgentRuntime:
                reason: str, context: dict[str, Any] | None) -> str:
         if self.paused:
             raise KtraderError(ErrorCode.DENIED_HALTED, "agent is paused after a strategy error")
-        today = today_kst()
-        if today != self.day:  # numbering restarts each day
-            self.day, self.next_n = today, 1
+        # numbering restarts each day; the day is the gateway's (snapshot, `trading_day` events),
+        # which follows the market's clock, not this machine's
         coid = make_client_order_id(self.agent_id, self.day, self.next_n)
         self.next_n += 1
         # the quote at decision time: the last print this agent saw, else its own limit price
@@ -154,9 +160,21 @@ class AgentRuntime:
         return now_kst()
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
-        # Live warm-up history is served by the gateway's bar store (market-data issue); until then
-        # a live agent starts cold.
-        return []
+        # Served by the gateway's bar store, back-filled from the broker's chart API (which may take
+        # a few REST calls under this agent's quota, hence the long timeout). Warm-up must not kill
+        # the agent: on any failure it starts cold.
+        if self.client is None:
+            return []
+        try:
+            reply = self.client.request(GetBars(h=self.headers(), code=code, interval=interval, n=n), timeout_s=15.0)
+        except (KtraderError, msgspec.ValidationError) as e:
+            self.log.warning("history %s %s x%d failed: %s", code, interval, n, e)
+            return []
+        if not isinstance(reply, BarsReply):
+            self.log.warning("history %s %s x%d refused: %s", code, interval, n, getattr(reply, "message", reply))
+            return []
+        self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(reply.bars), reply.backfilled)
+        return list(reply.bars)
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -213,7 +231,7 @@ class AgentRuntime:
         previous = self.info.session if self.info is not None else None
         self.info = self._read_info()
         if previous is not None and self.info.session != previous:
-            self.md = SequenceTracker()  # a new gateway numbers its topics from 1 again
+            self.feed.reset()  # a new gateway numbers its topics from 1 again
         if self.client is not None:
             self.client.close()
         self.client = GatewayClient(self.info, self.agent_id, self.headers)
@@ -247,11 +265,11 @@ class AgentRuntime:
             # the replay was capped: fetch the rest (they are delivered in order by the gap logic)
             self.last_seq = seen
             self._send(GetEvents(h=self.headers(), after_seq=seen))
+        self._state_after_register(fresh)  # kv state back before on_start
         assert self.client.sub is not None
-        self.client.subscribe(SYSTEM_TOPIC)
-        if self.card.subscriptions.trades:
-            for code in self.card.codes:
-                self.client.subscribe(trade_topic(code))
+        for topic in self.feed.topics():
+            self.client.subscribe(topic)
+        self._ask_market(list(self.card.codes), gap=False)  # snapshot after subscribing
         now = time.monotonic()
         self._last_ack = now
         self._hb_sent_at = 0.0
@@ -262,8 +280,12 @@ class AgentRuntime:
         self.orders = {o.client_order_id: o for o in snap.open_orders}
         self._positions = {p.code: p for p in snap.positions}
         self.last_seq = snap.last_seq
-        self.day = dt.datetime.strptime(snap.day, "%Y%m%d").date()
-        self.next_n = max(self.next_n if self.day == today_kst() else 1, snap.next_order_n)
+        self._set_day(snap.day, snap.next_order_n)
+
+    def _set_day(self, yyyymmdd: str, next_n: int = 1) -> None:
+        day = dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
+        self.next_n = max(self.next_n if day == self.day else 1, next_n)
+        self.day = day
 
     def _start_strategy(self) -> None:
         try:
@@ -311,7 +333,13 @@ class AgentRuntime:
             while self.client.inbox:
                 self._on_message(self.client.inbox.popleft())
             if self.client.sub in ready:
+                batch = []
                 while (pub := self.client.recv_pub_nowait()) is not None:
+                    batch.append(pub)
+                fresh, heal = self.feed.drain(batch)
+                if heal:
+                    self._ask_market(heal, gap=True)
+                for pub in fresh:
                     self._on_pub(pub)
             now = time.monotonic()
             if now >= self._next_timer:
@@ -339,7 +367,8 @@ class AgentRuntime:
             self._gateway_lost(silent, f"no reply from the gateway for {silent:.1f}s")
             return
         self._hb_sent_at = now
-        self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors))
+        self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors,
+                             feed_gaps=self.feed.stats.gaps, feed_heals=self.feed.stats.heals))
 
     def _gateway_lost(self, silent: float, why: str) -> None:
         """The gateway went away or was replaced: reconnect and register again (same session, so
@@ -360,6 +389,7 @@ class AgentRuntime:
             self.client.send(msg)
 
     def _flush(self) -> None:
+        self._flush_state()  # ahead of the orders it may explain
         if self._outbox and self.client is not None:
             batch, self._outbox = self._outbox, []
             self._send(SubmitOrders(h=self.headers(), orders=batch))
@@ -375,6 +405,16 @@ class AgentRuntime:
             for r in msg.results:
                 if not r.accepted:
                     self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
+                    if r.code is ErrorCode.BAD_ORDER and "today is" in r.message:
+                        self._send(GetSnapshot(h=self.headers()))  # we missed a day change: resync numbering
+        elif isinstance(msg, SnapshotReply):
+            self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
+        elif isinstance(msg, MarketSnapshot):
+            for st in msg.markets:
+                self.log.info("MARKET %s trade=%s book=%s bars=%s seqs=%s", st.code, st.trade.price if st.trade else None,
+                              st.book is not None, [f"{b.interval}@{b.start}" for b in st.bars], st.seqs)
+            for body in self.feed.on_snapshot(msg):
+                self._deliver(body)
         elif isinstance(msg, EventBatch):
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
@@ -414,18 +454,33 @@ class AgentRuntime:
                 self._call("on_fill", body.fill, body.position)
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
+        elif isinstance(body, UniverseUpdate) and self.client is not None:
+            joined = self.universe.update(self.client, body.codes)
+            self.log.info("UNIVERSE %s (%s)", " ".join(body.codes), body.source)
+            self._ask_market(joined, gap=False)
+            if hasattr(self.strategy, "on_universe"):
+                self._call("on_universe", list(body.codes))
+
+    def _ask_market(self, codes: list[str], gap: bool) -> None:
+        if codes and self.client is not None:
+            mid = self.client.send(GetMarket(h=self.headers(), codes=codes))
+            self.feed.asked(mid, gap, codes)
+
+    def _deliver(self, body: Any) -> None:
+        if isinstance(body, TradeTick):
+            self.last_price[body.code] = body.price
+            self._call("on_trade", body)
+        elif isinstance(body, BookTick):
+            self._call("on_book", body)
+        elif isinstance(body, Bar):
+            self._call("on_bar", body)
 
     def _on_pub(self, pub: Published) -> None:
-        missed = self.md.see(pub.topic, pub.seq)
-        if missed < 0:
-            return
-        if missed:
-            self.log.warning("feed gap on %s: %d messages missed", pub.topic, missed)
-        if isinstance(pub.body, TradeTick):
-            self.last_price[pub.body.code] = pub.body.price
-            self._call("on_trade", pub.body)
-        elif isinstance(pub.body, Bar):
-            self._call("on_bar", pub.body)
+        # sequence checks, de-duplication and conflation happened in MarketFeed.drain
+        if isinstance(pub.body, (TradeTick, BookTick, Bar)):
+            self._deliver(pub.body)
+        elif isinstance(pub.body, SystemEvent) and pub.body.kind == "trading_day" and pub.body.text:
+            self._set_day(pub.body.text)
 
     def _call(self, name: str, *args: Any) -> None:
         if self.strategy is None:

@@ -7,6 +7,7 @@ backtester provides. Callbacks run one at a time on the agent's thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any, ClassVar, Protocol
 
 import msgspec
@@ -14,7 +15,7 @@ import msgspec
 from common.enums import OrderType, TimeInForce
 import datetime as dt
 
-from common.schema import Bar, FillView, OrderView, PositionView, TradeTick
+from common.schema import AgentSummary, Bar, BookTick, FillView, InvestorDay, OrderView, PositionView, PriceQuote, TradeTick
 
 
 class Context(Protocol):
@@ -48,7 +49,32 @@ class Context(Protocol):
         ...
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
-        """Up to `n` completed bars before now, oldest first (warm-up). Never includes the future."""
+        """Up to `n` completed bars before now, oldest first (warm-up). Never includes the future.
+        Live: the gateway's bar store, back-filled from KIS charts (1d, 1m/5m/15m/60m of today);
+        blocks up to 15 s and returns [] on failure (logged)."""
+        ...
+
+    # ---- gateway services (agent/services.py; the backtester's choices are in tools/backtest/engine.py)
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        """Persistent key-value state, restored before on_start after a restart (msgpack-able values)."""
+        ...
+
+    def save_state(self, timeout_s: float = 5.0) -> None:
+        """Block until changed state keys are committed (they are sent after each callback anyway)."""
+        ...
+
+    def quote(self, code: str, timeout_s: float = 10.0) -> PriceQuote:
+        """inquire-price (PER/PBR/EPS/BPS...) on this agent's REST quota; KtraderError on failure."""
+        ...
+
+    def investor(self, code: str, timeout_s: float = 10.0) -> list[InvestorDay]:
+        """inquire-investor: completed days, newest first; KtraderError on failure."""
+        ...
+
+    def summary(self, limit: int = 200, timeout_s: float = 5.0) -> AgentSummary:
+        """This agent's orders across days with totals and P&L."""
         ...
 
 
@@ -76,7 +102,13 @@ class Strategy:
 
     def on_trade(self, tick: TradeTick) -> None: ...
 
-    def on_bar(self, bar: Bar) -> None: ...
+    def on_bar(self, bar: Bar) -> None:
+        """A closed bar of an interval the card lists in `subscriptions.bars` (live), or of the
+        backtest's data. Bars never arrive twice; after a feed gap the last missed bar is delivered."""
+
+    def on_book(self, book: BookTick) -> None:
+        """A 10-level order book when the card sets `subscriptions.book = true`. With
+        `subscriptions.conflate`, only the newest book (and trade) per code of each burst arrives."""
 
     def on_order(self, order: OrderView) -> None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -40,6 +40,9 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ws_url: str = ""
     rate_per_s: float = 0.0  # 0: environment default (18/s real, 1.8/s paper, 18/s sim)
     request_timeout_s: float = 5.0
+    # How long the gateway's start waits for the real-time session before serving anyway (orders
+    # wait for it; the first READY triggers a reconciliation). Short, so a restart is quick.
+    start_wait_s: float = 0.5
     sim_seed: int = 7  # embedded twin only
     sim_clock: str = "open"  # embedded twin only: kst | open | replay
 
@@ -54,6 +57,13 @@ class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_daily_loss: Krw = 0
 
 
+class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the account pays per fill, booked per agent (see common.costs for rounding)."""
+
+    commission_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 150  # 0.015 % each side
+    sell_tax_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 1_800  # 0.18 % on stock sells
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     run_dir: str = "run"
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
@@ -63,11 +73,21 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
     reconcile_s: float = 30.0  # periodic reconciliation with the broker (also at start, after gaps, on demand)
+    # An order whose submit outcome is unknown and that the broker's order list does not show is
+    # declared never placed only after this long (KIS's list can lag, API.md §8.15).
+    unknown_grace_s: float = 600.0
+    day_tick_s: float = 1.0  # how often the day cycle looks at the market clock (end of day, close, new day)
     kill_errors: int = 10  # automatic kill switch: this many broker errors/rejections ...
     kill_window_s: float = 60.0  # ... within this window halt all trading (0 errors = off)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
     account_budget: Krw = 0  # 0: whatever the account holds
+    record_market_data: bool = True  # every KIS websocket frame to run_dir/data/<YYYYMMDD>/ (server/recorder.py)
+    data_retention_days: int = 30  # recorded days older than this are deleted (0: keep all)
+    master_dir: str = ""  # folder with kospi_code.mst / kosdaq_code.mst; "" = the twin's stock list
+    universe_refresh_s: float = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
+    universe_fallback: list[StockCode] = []  # used while the volume-rank call fails
+    costs: Costs = msgspec.field(default_factory=Costs)
 
 
 class EndOfDay(StrEnum):
@@ -92,6 +112,9 @@ class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trades: bool = True  # H0STCNT0 for every code of the card
     book: bool = False  # H0STASP0 for every code of the card
     poll_quotes_s: float = 0.0  # >0: REST-poll quotes at this interval when the websocket is full
+    # closed bars to receive (on_bar) for every code; built by the gateway from the trade stream
+    bars: list[Literal["1m", "5m", "15m", "60m", "1d"]] = []
+    conflate: bool = False  # deliver only the newest trade/book per topic of each socket drain
 
 
 class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -108,6 +131,9 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mode: AgentMode = AgentMode.LIVE
     on_error: OnError = OnError.CONTINUE
     description: str = ""
+    # > 0: the agent trades the gateway's universe, the top N by trading value (refreshed during the
+    # session), besides its `codes`
+    universe_top: Annotated[int, msgspec.Meta(ge=0, le=40)] = 0
 
 
 T = TypeVar("T")

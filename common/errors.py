@@ -45,6 +45,9 @@ class ErrorCode(StrEnum):
     # market data
     SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
     UNKNOWN_CODE = "UNKNOWN_CODE"
+    QUERY_QUOTA = "QUERY_QUOTA"  # too many market queries waiting on this agent's REST quota
+    # agent key-value state
+    STATE_LIMIT = "STATE_LIMIT"  # a key/value/total over the limits (see server/agent_services.py)
 
 
 class KtraderError(Exception):

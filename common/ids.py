@@ -23,6 +23,9 @@ BrokerOrderId = Annotated[str, msgspec.Meta(pattern=BROKER_ORDER_ID_PATTERN, des
 SessionId = Annotated[str, msgspec.Meta(min_length=8, max_length=64)]
 
 EXTERNAL_AGENT = "external"  # owner of orders placed outside ktrader (HTS app, other programs)
+# Order numbers from here up are issued by the gateway on an agent's behalf (flatten, end of day),
+# so they never collide with the agent's own counter, which starts at 1 each day.
+GATEWAY_ORDER_BASE = 900_000_000
 
 _CODE_RE = re.compile(STOCK_CODE_PATTERN)
 _COID_RE = re.compile(CLIENT_ORDER_ID_PATTERN)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
@@ -106,8 +106,9 @@ class FillView(msgspec.Struct, frozen=True, kw_only=True):
 class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     qty: int
-    cost: int  # KRW paid for the shares held (average-cost basis)
-    realized_pnl: int
+    cost: int  # KRW paid for the shares held (average-cost basis, fees excluded)
+    realized_pnl: int  # gross of fees: proceeds minus cost of the shares sold
+    fees: int = 0  # commission and sell taxes paid on this code so far (net P&L = realized_pnl - fees)
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,6 +138,8 @@ class Register(_Msg, tag="register"):
 class Heartbeat(_Msg, tag="heartbeat"):
     max_ack_gap_ms: int = 0  # the worst gap between heartbeat replies this agent has seen
     errors: int = 0  # strategy errors so far
+    feed_gaps: int = 0  # market-data sequence gaps this agent detected
+    feed_heals: int = 0  # ... and healed with a fresh market snapshot
 
 
 class Unregister(_Msg, tag="unregister"):
@@ -183,8 +186,16 @@ class StatusQuery(_Msg, tag="status"):
 class Control(_Msg, tag="control"):
     """Operator actions (console, CLI): pause/resume/halt an agent or the whole gateway."""
 
-    action: str  # pause | resume | halt | reduce | cancel_all
+    action: str  # pause | resume | halt | reduce | cancel_all | flatten | reconcile
     agent: str = ""  # "" = global
+
+
+class GetOrders(_Msg, tag="get_orders"):
+    """The blotter (console, CLI): orders updated and fills made since `since_ns`, newest first."""
+
+    agent: str = ""  # "" = every agent
+    since_ns: NonNegInt = 0
+    limit: Annotated[int, msgspec.Meta(gt=0, le=5_000)] = 500
 
 
 # ---- gateway → agent / tool -----------------------------------------------------------------
@@ -232,6 +243,11 @@ class Pong(_Msg, tag="pong"):
     payload: bytes = b""
 
 
+class OrdersList(_Msg, tag="orders_list"):
+    orders: list[OrderView]
+    fills: list[FillView]
+
+
 class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -253,6 +269,43 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     position_codes: int = 0  # codes with shares held
     position_cost: int = 0  # KRW at cost
     realized_pnl: int = 0
+    fees: int = 0  # commission and taxes booked to this agent
+    unrealized_pnl: int = 0  # at the last trade prices
+    positions: list["PositionMark"] = []
+    rate_quota_per_s: float = 0.0  # the card's share of the REST budget
+    last_error: str = ""  # the latest denial/rejection or error notice
+    feed_gaps: int = 0  # market-data gaps the agent saw / healed (from its heartbeats)
+    feed_heals: int = 0
+
+
+class PositionMark(msgspec.Struct, frozen=True, kw_only=True):
+    """A position valued at the last trade price the gateway saw (`mark` 0: none seen yet)."""
+
+    code: str
+    qty: int
+    cost: int  # KRW at cost (average-cost basis)
+    avg_price: int  # cost / qty, rounded KRW (0 when flat)
+    mark: int = 0
+    unrealized_pnl: int = 0  # mark * qty - cost (0 without a mark)
+    realized_pnl: int = 0
+    fees: int = 0
+
+
+class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """What the broker session keeps about itself; defaults mean "this broker does not say"."""
+
+    session_state: SessionState = SessionState.DISCONNECTED
+    token_expires_ns: int = 0  # wall clock; 0: unknown / no token
+    rest_limit_per_s: float = 0.0  # the REST budget's rate
+    rest_calls: int = 0  # REST calls granted since start (the console derives calls/s)
+    rest_calls_by: dict[str, int] = {}  # the same per caller (agent id; "" for the gateway's own)
+    rest_waiting: int = 0  # calls queued for the budget now
+    rest_penalties: int = 0  # EGW00201 "too many requests" pauses
+    ws_last_message_age_s: float = -1.0  # -1: unknown
+    ws_sessions: int = 0  # websocket sessions opened (reconnects = sessions - 1)
+    registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
+    max_registrations: int = 41
+    db_bytes: int = 0  # the gateway's store on disk (db + WAL)
 
 
 class StatusReply(_Msg, tag="status_reply"):
@@ -271,6 +324,11 @@ class StatusReply(_Msg, tag="status_reply"):
     synced: bool = False  # reconciled with the broker since start (orders are denied before)
     last_reconcile_age_s: float = -1.0
     alerts: list[str] = []  # the most recent alerts, newest last
+    health: BrokerHealth = msgspec.field(default_factory=BrokerHealth)
+    account: list[PositionMark] = []  # every agent's positions summed per code
+    marks: dict[str, int] = {}  # code -> last trade price
+    names: dict[str, str] = {}  # code -> name (stock master) for the agents' codes
+    reconcile_alerts: int = 0  # differences the last reconciliation found
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------
@@ -290,7 +348,14 @@ class Notice(msgspec.Struct, frozen=True, tag="notice", kw_only=True):
     text: str
 
 
-EventBody = Union[OrderUpdate, FillUpdate, Notice]
+class UniverseUpdate(msgspec.Struct, frozen=True, tag="universe", kw_only=True):
+    """The gateway's current universe for an agent with `universe_top` (ranked, best first)."""
+
+    codes: list[str]
+    source: str = ""  # volume_rank | fallback
+
+
+EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate]
 
 
 class AgentEvent(_Msg, tag="event"):
@@ -308,6 +373,9 @@ class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True):
     qty: int
     side: int
     cum_volume: int
+    change: int = 0  # vs the previous close (0 when the broker does not say)
+    ask1: int = 0  # best ask / bid at the print (0: unknown)
+    bid1: int = 0
 
 
 class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True):
@@ -331,7 +399,18 @@ class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True):
     text: str = ""
 
 
-PubBody = Union[TradeTick, Bar, SystemEvent]
+class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True):
+    """A 10-level order book (H0STASP0): (price, qty) pairs, best first; prices integer KRW."""
+
+    code: str
+    time: str  # HHMMSS KST
+    asks: list[tuple[int, int]]
+    bids: list[tuple[int, int]]
+    total_ask_qty: int = 0
+    total_bid_qty: int = 0
+
+
+PubBody = Union[TradeTick, Bar, SystemEvent, BookTick]
 
 
 class Published(_Msg, tag="pub"):
@@ -340,11 +419,190 @@ class Published(_Msg, tag="pub"):
     body: PubBody
 
 
+# ---- market data on request (ROUTER ⇄ DEALER) ------------------------------------------------
+
+
+class GetMarket(_Msg, tag="get_market"):
+    """The current market state of `codes`, asked after subscribing and after a feed gap."""
+
+    codes: Annotated[list[str], msgspec.Meta(max_length=100)]
+
+
+class MarketState(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    trade: TradeTick | None = None  # the last print
+    book: BookTick | None = None  # the last book
+    bars: list[Bar] = []  # bars in progress (partial), one per interval
+    closed: list[Bar] = []  # the last closed bar of each interval
+    seqs: dict[str, int] = {}  # topic -> last sequence number published on it
+
+
+class MarketSnapshot(_Msg, tag="market"):
+    markets: list[MarketState]
+
+
+class GetBars(_Msg, tag="get_bars"):
+    """Completed bars for warm-up: the newest `n` before the bar in progress, oldest first."""
+
+    code: str
+    interval: str  # 1m | 5m | 15m | 60m | 1d
+    n: Annotated[int, msgspec.Meta(gt=0, le=5000)] = 100
+
+
+class BarsReply(_Msg, tag="bars"):
+    code: str
+    interval: str
+    bars: list[Bar]
+    backfilled: int = 0  # how many came from the broker's chart API for this request
+
+
+# ---- agent services: persistent key-value state, market queries, book summary ----------------
+# Served by server/agent_services.py; the agent side is agent/services.py.
+
+STATE_MAX_KEY_CHARS = 128
+STATE_MAX_VALUE_BYTES = 64 * 1024
+STATE_MAX_KEYS = 256
+STATE_MAX_TOTAL_BYTES = 512 * 1024  # a whole state fits in one reply frame (1 MiB by default)
+
+
+class PutState(_Msg, tag="put_state"):
+    """Write/delete keys of the sender's persistent state: all or nothing, one durable commit.
+    Values are opaque bytes to the gateway (the agent runtime stores msgpack of the value).
+    Over a limit → Error(STATE_LIMIT) and nothing is written."""
+
+    items: dict[str, bytes] = {}
+    delete: list[str] = []
+    replace: bool = False  # `items` is the whole state: every other key is deleted
+
+
+class GetState(_Msg, tag="get_state"):
+    pass
+
+
+class StateReply(_Msg, tag="state"):
+    items: dict[str, bytes]
+
+
+class Query(_Msg, tag="query"):
+    """A market query run by the gateway on the agent's REST quota (card.rate_quota_per_s).
+    price → PriceReply (inquire-price); investor → InvestorReply (inquire-investor)."""
+
+    kind: Literal["price", "investor"]
+    code: StockCode
+
+
+class PriceQuote(msgspec.Struct, frozen=True, kw_only=True):
+    """inquire-price, typed. Money in integer KRW; ratios (not money) as float, 0.0 when KIS gives none."""
+
+    code: str
+    last: int
+    change: int  # vs the base price
+    change_pct: float
+    open: int
+    high: int
+    low: int
+    base: int  # yesterday's close, the centre of today's price band
+    upper_limit: int
+    lower_limit: int
+    volume: int  # shares traded today
+    value: int  # KRW traded today
+    per: float
+    pbr: float
+    eps: int  # KRW per share
+    bps: int  # KRW per share
+    market_cap: int  # KRW (KIS reports 억원; converted)
+    listed_shares: int
+    high_250d: int = 0
+    low_250d: int = 0
+    tick: int = 0  # the tick size at `last`
+
+
+class InvestorDay(msgspec.Struct, frozen=True, kw_only=True):
+    """One completed day of inquire-investor: net buying (buy - sell) by investor type."""
+
+    day: str  # YYYYMMDD
+    close: int
+    foreign_qty: int
+    institution_qty: int
+    individual_qty: int
+    foreign_value: int  # KRW (KIS reports millions of KRW; converted)
+    institution_value: int
+    individual_value: int
+
+
+class PriceReply(_Msg, tag="price_reply"):
+    quote: PriceQuote
+
+
+class InvestorReply(_Msg, tag="investor_reply"):
+    code: str
+    days: list[InvestorDay]  # newest first; today's row is left out until the market has closed
+
+
+class GetSummary(_Msg, tag="get_summary"):
+    """An agent's order book across days with totals. Agents get their own (`agent` ignored);
+    tools (console, `ktrader status`) name the agent."""
+
+    agent: str = ""
+    limit: Annotated[int, msgspec.Meta(ge=0, le=5_000)] = 200  # most recent orders listed; totals cover all
+
+
+class CodeSummary(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    orders: int
+    fills: int
+    buy_qty: int
+    buy_value: int  # KRW
+    sell_qty: int
+    sell_value: int
+    avg_buy_price: int  # buy_value // buy_qty (0 without buys)
+    avg_sell_price: int
+    position_qty: int
+    position_cost: int
+    mark: int  # last trade price the gateway saw (0: none)
+    realized_pnl: int  # gross of fees (the books' view)
+    unrealized_pnl: int  # mark * qty - cost (0 without a mark)
+    fees: int
+
+
+class AgentSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Every order of an agent across days (from the gateway's store) with totals; P&L from its books."""
+
+    agent: str
+    first_day: str  # YYYYMMDD of the first order ("" without orders)
+    last_day: str
+    days: int  # days with orders
+    orders: int
+    open_orders: int
+    filled_orders: int  # orders with at least one fill
+    fills: int
+    buy_qty: int
+    buy_value: int
+    sell_qty: int
+    sell_value: int
+    avg_buy_price: int
+    avg_sell_price: int
+    realized_pnl: int
+    unrealized_pnl: int
+    fees: int
+    net_pnl: int  # realized + unrealized - fees
+    unmarked: list[str] = []  # codes held without a mark (their unrealised P&L counts as 0)
+    codes: list[CodeSummary] = []
+    recent: list[OrderView] = []  # newest first, up to the request's limit
+    truncated: bool = False  # more orders exist than `recent` lists
+
+
+class SummaryReply(_Msg, tag="summary"):
+    summary: AgentSummary
+
+
 Request = Union[
     Register, Heartbeat, Unregister, SubmitOrders, CancelOrder, ModifyOrder, CancelAll,
-    GetSnapshot, GetEvents, Ping, StatusQuery, Control,
+    GetSnapshot, GetEvents, Ping, StatusQuery, Control, GetOrders, GetMarket, GetBars,
+    PutState, GetState, Query, GetSummary,
 ]
-Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent]
+Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
+              MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply]
 Message = Union[Request, Reply, Published]
 
 # Topics end in a delimiter so "md.H0STCNT0.00593" never prefix-matches "md.H0STCNT0.005930.".
@@ -357,4 +615,8 @@ def trade_topic(code: str) -> str:
 
 def bar_topic(code: str, interval: str) -> str:
     return f"md.bar.{interval}.{code}."
+
+
+def book_topic(code: str) -> str:
+    return f"md.H0STASP0.{code}."
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path as FsPath
 from typing import TypeVar
@@ -31,6 +31,7 @@ import msgspec
 from common.clock import yyyymmdd
 from common.config import BrokerConfig
 from common.enums import OrderType, SessionState, Side, TimeInForce
+from common.schema import BrokerHealth
 from kis.budget import Lane, RestBudget
 from kis.credentials import Credentials
 from kis.env import KisEnvironment, Path, Tr, environment_for
@@ -168,9 +169,21 @@ class KisBroker:
         await self.ws.close()
         await self.rest.aclose()
 
+    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None) -> None:
+        """Recording: `on_frame` gets every websocket frame as received, `on_plain` each decrypted
+        notice frame. None turns recording off (one attribute test per frame)."""
+        self.ws.on_frame = on_frame
+        self.ws.parser.on_plain = on_plain
+
     def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
         """Per-caller share of the REST budget (e.g. an agent's `rate_quota_per_s`)."""
         self.budget.set_quota(caller, rate_per_s)
+
+    def health(self) -> BrokerHealth:
+        """Token expiry, REST budget, websocket age/reconnects and the registration map."""
+        from kis.health import kis_health
+
+        return kis_health(self.ws, self.tokens, self.budget)
 
     # --- orders --------------------------------------------------------------------------------
 
@@ -392,4 +405,5 @@ def make_broker(
     """The live adapter for `cfg.env` (sim | paper | real). Credentials come from
     `kis.credentials.load_credentials(cfg.credentials_file)` or, for sim, from the twin."""
     env = environment_for(cfg, sim_paper=sim_paper)
-    return KisBroker(env, credentials, FsPath(run_dir), timeout_s=cfg.request_timeout_s, ws_config=ws_config, min_token_interval_s=min_token_interval_s)
+    return KisBroker(env, credentials, FsPath(run_dir), timeout_s=cfg.request_timeout_s, ws_config=ws_config,
+                     min_token_interval_s=min_token_interval_s, start_timeout_s=cfg.start_wait_s)

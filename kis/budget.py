@@ -68,6 +68,7 @@ class RestBudget:
         self._dispatcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.granted = 0
+        self.granted_by: dict[str, int] = {}  # caller -> calls granted (the console shows per-agent use)
         self.penalties = 0
 
     @property
@@ -128,6 +129,7 @@ class RestBudget:
             if lane != Lane.CANCEL and caller in self._quotas:
                 self._quotas[caller].tokens -= 1.0
             self.granted += 1
+            self.granted_by[caller] = self.granted_by.get(caller, 0) + 1
             fut.set_result(None)
 
     def _first_eligible(self, now: float) -> tuple[int | None, float]:

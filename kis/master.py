@@ -54,3 +54,35 @@ def load_master_dir(folder: str | Path) -> dict[str, MasterEntry]:
     if not found:
         raise MasterError(f"no {' or '.join(FILES.values())} in {d}")
     return out
+
+
+class StockMaster(msgspec.Struct, frozen=True):
+    """The codes the system may trade, with names: the KIS master files, or the twin's list."""
+
+    entries: dict[str, MasterEntry]
+    source: str  # the folder read, or "twin stock list"
+    strict: bool  # True: a real KIS master (an unknown code is surely wrong)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self.entries
+
+    def name(self, code: str) -> str:
+        e = self.entries.get(code)
+        return e.name if e is not None else ""
+
+
+def twin_master() -> StockMaster:
+    from kis.sim import universe  # the twin's built-in list (also the fallback master)
+
+    groups = {"etf": "EF", "etn": "EN"}
+    entries = {s.code: MasterEntry(code=s.code, isin="", name=s.name, market=s.market,
+                                   group=groups.get(s.kind.value, "ST")) for s in universe.STOCKS}
+    return StockMaster(entries=entries, source="twin stock list", strict=False)
+
+
+def load_stock_master(master_dir: str | Path | None) -> StockMaster:
+    """The one loader (gateway and `ktrader cards check`): the master files in `master_dir`, or the
+    twin's stock list when no folder is given. Raises MasterError/OSError for a bad folder."""
+    if not master_dir:
+        return twin_master()
+    return StockMaster(entries=load_master_dir(master_dir), source=str(master_dir), strict=True)

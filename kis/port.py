@@ -19,11 +19,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import msgspec
 
 from common.enums import OrderType, SessionState, Side, TimeInForce
+
+if TYPE_CHECKING:  # the chart replies are KIS's own rows (strings as KIS sends them)
+    from kis import wire
 
 
 class BrokerError(Exception):
@@ -252,7 +255,20 @@ class BrokerPort(Protocol):
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...
 
+    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
+        """Cap one caller's (an agent's) share of the REST budget; 0 removes the cap. A broker
+        without a REST budget ignores it (the gateway calls it only when the broker has it)."""
+        return None
+
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...
+
+    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
+                          caller: str = "gateway") -> "wire.DailyChartResponse":
+        """Daily bars in [start, end], newest first (KIS period chart; up to 100 a call). Goes through
+        the REST budget under `caller`'s quota."""
+
+    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> "wire.TimeChartResponse":
+        """Today's one-minute bars up to `until_hhmmss`, newest first (up to 30 a call)."""
 
     def events(self) -> AsyncIterator[BrokerEvent]:
         """The one stream of notices, trades, books, session changes and gaps, in arrival order."""

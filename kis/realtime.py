@@ -187,6 +187,8 @@ class FrameParser:
         self._warned: set[str] = set()
         self.frames = 0
         self.errors = 0
+        # Recording hook: the decrypted notice frame `1|TR|count|<plaintext>`; None = off.
+        self.on_plain: Callable[[str], None] | None = None
 
     def reset(self) -> None:
         """A new websocket session: keys of the old one are void."""
@@ -220,6 +222,8 @@ class FrameParser:
                 payload = cipher.decrypt(payload)
             except DecryptError as e:
                 raise FrameError(f"{tr_id}: {e}") from None
+            if self.on_plain is not None:
+                self.on_plain(f"{enc}|{tr_id}|{count_s}|{payload}")
         f = payload.split("^")
         n = len(f)
         if tr_id == TR_TRADES:

@@ -49,10 +49,13 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 
 
 class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    backoff_base_s: float = 1.0
+    # A dropped socket is retried within 0.1-0.2 s, then 0.2-0.4, ... (equal jitter, capped): fast
+    # when it is a blip, never a storm when KIS is really gone.
+    backoff_base_s: float = 0.2
     backoff_max_s: float = 60.0
     in_use_backoff_s: float = 15.0  # OPSP8996: the slot can stay locked; wait at least this long
-    stable_after_s: float = 30.0  # a session READY this long resets the back-off
+    stable_after_s: float = 5.0  # a session READY this long resets the back-off (a later drop is a new incident)
+    rest_error_backoff_max_s: float = 1.0  # the approval-key call failed (rate limit, HTTP 500): KIS is up, retry soon
     silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
@@ -116,6 +119,8 @@ class KisWebSocket:
         self.sessions = 0  # websocket sessions opened
         self.sent_registrations: list[tuple[int, Key]] = []  # (session, key), for audits and tests
         self.pings_answered = 0
+        # Recording hook (server/recorder.py): called with every frame as received; None = off.
+        self.on_frame: Callable[[bytes], None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -166,7 +171,7 @@ class KisWebSocket:
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
-            refused = False
+            refused = rest_failed = False
             try:
                 await self._session()
                 reason = "closed by server"
@@ -174,7 +179,9 @@ class KisWebSocket:
                 raise
             except SessionRefused as e:
                 refused, reason = True, str(e)
-            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake, BrokerError) as e:
+            except BrokerError as e:  # the approval-key REST call
+                rest_failed, reason = True, f"{type(e).__name__}: {e}"
+            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake) as e:
                 reason = f"{type(e).__name__}: {e}"
             except Exception as e:  # noqa: BLE001 - the watchdog must survive anything
                 log.exception("KIS session failed")
@@ -194,6 +201,8 @@ class KisWebSocket:
             delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
             if refused:
                 delay = max(delay, self.cfg.in_use_backoff_s)
+            elif rest_failed:
+                delay = min(delay, self.cfg.rest_error_backoff_max_s)
             attempt += 1
             log.warning("KIS websocket down (%s); reconnecting in %.2fs", reason, delay)
             await asyncio.sleep(delay)
@@ -394,6 +403,8 @@ class KisWebSocket:
                 except TimeoutError:
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
                 self._last_rx = now_kst()
+                if self.on_frame is not None:
+                    self.on_frame(raw if isinstance(raw, bytes) else raw.encode())
                 text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
                 head = text[:1]
                 if head in ("0", "1"):

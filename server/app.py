@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
+from pathlib import Path
 from collections.abc import Callable
+
+from filelock import FileLock, Timeout
 
 from common.config import BrokerEnv, GatewayConfig
 from kis.port import BrokerPort
@@ -40,8 +44,36 @@ async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None =
     await gw.run()
 
 
-def main(cfg: GatewayConfig, broker_spec: str = "") -> None:
+class RunDirLocked(RuntimeError):
+    pass
+
+
+def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
+    """One gateway per run directory (two would both write the store and both trade). A standby
+    waits, fully imported, for the holder to exit or die (the OS releases the lock), then takes over
+    at once: that is how a crashed gateway is replaced in well under a second."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / "gateway.lock"))
+    pid_file = run_dir / "gateway.pid"
+    try:
+        lock.acquire(timeout=-1 if standby else 0, poll_interval=0.01)
+    except Timeout:
+        holder = pid_file.read_text().strip() if pid_file.exists() else "?"
+        raise RunDirLocked(f"another gateway (pid {holder}) runs on {run_dir}; use --standby to wait for it") from None
+    pid_file.write_text(str(os.getpid()))
+    return lock
+
+
+def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> None:
     factory = load_factory(broker_spec) if broker_spec else None
+    if factory is None:
+        import server.brokers  # noqa: F401  (heavy imports before the lock: a standby is ready to go)
     if factory is None and cfg.broker.env is not BrokerEnv.SIM:
         log.info("broker environment: %s", cfg.broker.env.value)
-    asyncio.run(run_gateway(cfg, factory))
+    if standby:
+        log.info("standby: waiting for the gateway on %s to exit", cfg.run_dir)
+    lock = lock_run_dir(Path(cfg.run_dir), standby)
+    try:
+        asyncio.run(run_gateway(cfg, factory))
+    finally:
+        lock.release()

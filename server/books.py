@@ -8,30 +8,34 @@ from common.enums import Side
 from common.schema import PositionView
 
 
-def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price: int) -> PositionView:
+def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price: int, fee: int = 0) -> PositionView:
     """The position after one fill of `qty` at `price`."""
-    return apply_fill_value(pos, code, side, qty, qty * price)
+    return apply_fill_value(pos, code, side, qty, qty * price, fee=fee)
 
 
 def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int,
-                     allow_short: bool = False) -> PositionView:
-    """The position after fills of `qty` shares worth `value` KRW in total. Sells take cost out at
-    the average cost (floor), the rest of the proceeds is realised P&L. Agents cannot go short
-    (the risk gate denies it); `allow_short` is for the 'external' owner, whose earlier holdings
-    the books may never have seen (its short side carries no cost basis)."""
+                     allow_short: bool = False, fee: int = 0) -> PositionView:
+    """The position after fills of `qty` shares worth `value` KRW in total, paying `fee` KRW
+    (commission and tax, kept apart so cost and gross P&L stay comparable with the broker's).
+    Sells take cost out at the average cost (floor), the rest of the proceeds is realised P&L.
+    Agents cannot go short (the risk gate denies it); `allow_short` is for the 'external' owner,
+    whose earlier holdings the books may never have seen (its short side carries no cost basis)."""
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+    fees = cur.fees + fee
     if side is Side.BUY:
-        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl)
+        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl, fees=fees)
     if qty > cur.qty:
         if not allow_short:
             raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
         held = max(cur.qty, 0)
         removed = cur.cost if held else 0
-        return PositionView(code=code, qty=cur.qty - qty, cost=0, realized_pnl=cur.realized_pnl + (value * held // qty) - removed)
+        return PositionView(code=code, qty=cur.qty - qty, cost=0,
+                            realized_pnl=cur.realized_pnl + (value * held // qty) - removed, fees=fees)
     removed = cur.cost * qty // cur.qty if cur.qty else 0
     return PositionView(
         code=code,
         qty=cur.qty - qty,
         cost=cur.cost - removed,
         realized_pnl=cur.realized_pnl + value - removed,
+        fees=fees,
     )

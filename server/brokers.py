@@ -12,25 +12,46 @@ Nothing else in the gateway knows which one it got.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
 
 from common.config import BrokerEnv, GatewayConfig
 from common.enums import SessionState
-from kis.adapter import KisBroker, make_broker
+from common.schema import BrokerHealth
+from kis import wire
+from kis.adapter import DEFAULT_CALLER, KisBroker, make_broker
 from kis.credentials import Credentials, load_credentials
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerOrder, BrokerOrderReport, BrokerPort,
     BrokerPosition, MarketKind, SubscriptionResult,
 )
+from common.krx import Phase
+from kis.sim.clock import ClockMode, TwinClock
+from kis.wire import VolumeRankRequest, VolumeRankResponse
 from kis.sim.server import TwinServer
 from kis.sim.twin import TwinConfig
 
 log = logging.getLogger("ktrader.broker")
+
+
+class TwinMarketClock:
+    """The embedded twin's clock as the gateway's market clock (see server.market_clock)."""
+
+    def __init__(self, clock: TwinClock) -> None:
+        self._clock = clock
+        self.timed = clock.mode is not ClockMode.OPEN
+
+    def now(self) -> dt.datetime:
+        return self._clock.now()
+
+    def phase(self) -> Phase:
+        return self._clock.phase()
 
 
 class EmbeddedTwinBroker:
@@ -43,10 +64,20 @@ class EmbeddedTwinBroker:
         self.twin = TwinServer(TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock,
                                           state_file=run / "db" / "twin-state.json"))
         self.inner: KisBroker | None = None
+        self._frame_hook: tuple[Callable[[bytes], None] | None, Callable[[str], None] | None] = (None, None)
+
+    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None) -> None:
+        self._frame_hook = (on_frame, on_plain)
+        if self.inner is not None:
+            self.inner.set_frame_hook(on_frame, on_plain)
 
     @property
     def session_state(self) -> SessionState:
         return self.inner.session_state if self.inner else SessionState.DISCONNECTED
+
+    @property
+    def market_clock(self) -> "TwinMarketClock":
+        return TwinMarketClock(self.twin.twin.clock)
 
     async def start(self) -> None:
         await self.twin.start()
@@ -57,8 +88,17 @@ class EmbeddedTwinBroker:
         bcfg = msgspec.structs.replace(self.cfg.broker, rest_url=self.twin.rest_url, ws_url=self.twin.ws_url)
         creds = Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id)
         self.inner = make_broker(bcfg, self.token_dir, creds)
+        self.inner.set_frame_hook(*self._frame_hook)
         log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
                  self.twin.admin_url, demo.account)
+        # where the embedded twin listens (tools and tests drive its admin API: clock, prices, faults)
+        info = Path(self.cfg.run_dir) / "twin.json"
+        tmp = info.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"rest_url": self.twin.rest_url, "ws_url": self.twin.ws_url, "admin_url": self.twin.admin_url,
+                       "account": demo.account, "pid": os.getpid()}, f)
+        os.replace(tmp, info)
         await self.inner.start()
 
     async def close(self) -> None:
@@ -67,6 +107,9 @@ class EmbeddedTwinBroker:
                 await self.inner.close()
         finally:
             await self.twin.stop()
+
+    def health(self) -> BrokerHealth:
+        return self.inner.health() if self.inner else BrokerHealth()
 
     def _b(self) -> KisBroker:
         if self.inner is None:
@@ -94,11 +137,31 @@ class EmbeddedTwinBroker:
     async def base_price(self, code: str) -> int:
         return await self._b().base_price(code)
 
+    async def volume_rank(self, req: VolumeRankRequest | None = None) -> VolumeRankResponse:
+        return await self._b().volume_rank(req)
+
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return await self._b().subscribe(kind, code)
 
+    # market queries for agents, charged to the agent's quota (server/agent_services.py)
+    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
+        self._b().set_caller_quota(caller, rate_per_s)
+
+    async def price(self, code: str, *, caller: str = "") -> wire.PriceResponse:
+        return await self._b().price(code, caller=caller or DEFAULT_CALLER)
+
+    async def investor(self, code: str, *, caller: str = "") -> wire.InvestorResponse:
+        return await self._b().investor(code, caller=caller or DEFAULT_CALLER)
+
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return await self._b().unsubscribe(kind, code)
+
+    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
+                          caller: str = "gateway") -> wire.DailyChartResponse:
+        return await self._b().daily_chart(code, start, end, period, caller=caller)
+
+    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> wire.TimeChartResponse:
+        return await self._b().minute_chart(code, until_hhmmss, caller=caller)
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         async for ev in self._b().events():

@@ -17,28 +17,42 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import zmq
 
 from common.clock import now_ns
-from common.config import GatewayConfig
+from common.config import AgentCard, EndOfDay, GatewayConfig
+from common.costs import CostModel
 from common.connection import GatewayInfo, remove_info, write_info
-from common.enums import AgentState, TradingState
+from common.enums import AgentMode, AgentState, SessionState, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT
 from common.framing import Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
-    GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersReply, Ping, Pong, Register,
+    GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
     Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, SystemEvent, SYSTEM_TOPIC,
-    TradeTick, Unregister, trade_topic,
+    Unregister,
 )
-from kis.port import BrokerNotice, BrokerPort, Gap, MarketKind, SessionChange, Trade
+from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketKind, SessionChange, Trade
+from kis.health import broker_health
+from server import console_views
+from server.agent_services import AgentServices, GetSummary
+from server import daily_report
+from server.daycycle import DayCycle
+from server.market_clock import market_clock_for
 from server.oms import OrderManager
 from server.publisher import Publisher
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.store import Store
 from server.subscriptions import SubscriptionManager
+from server.recorder import Recorder, attach_recorder
+from server.stockmaster import gateway_master
+from server.universe import Universe, UniverseBinder
+from server.barstore import BarStore
+from server.marketdata import MarketData, session_rule
+from server.marketdata_requests import serve_bars, serve_market
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -65,8 +79,26 @@ class Gateway:
         self.started_ns = now_ns()
         self.store = Store(self.run_dir / "db" / "gateway.sqlite")
         self.risk = RiskGate(cfg.risk)
-        self.oms = OrderManager(self.store, broker, self.risk, self.headers, self._send_event)
+        self.clock = market_clock_for(broker)
+        self.oms = OrderManager(self.store, broker, self.risk, self.headers, self._send_event,
+                                today=lambda: self.clock.now().date(),
+                                costs=CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm))
+        self.oms.unknown_grace_ns = int(cfg.unknown_grace_s * 1e9)
+        self.daycycle = DayCycle(self.store)
+        self._session_seen_ready = False
+        self._closing_day = False
         self.subs = SubscriptionManager(broker)
+        self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
+        if self.master is not None:
+            self.risk.known_codes, self.risk.master_source = self.master.entries, f"stock master: {self.master.source}"
+        self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
+        self.universe_binder = UniverseBinder(self.universe, self.registry, self.subs, self.risk, self.oms.notify,
+                                              lambda codes: self._spawn(self.oms.ensure_base_prices(codes)))
+        self.recorder: Recorder | None = None
+        self.pub_topics: set[str] = set()  # topics with a subscriber (XPUB passes first sub / last unsub)
+        # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
+        self.services = AgentServices(self.store, self.oms, broker, self.headers, self._reply, self._spawn)
+        self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
         self.oms.on_alert = lambda text: self._system("alert", "", text)
         self._reconcile_wanted = asyncio.Event()
         self._reconcile_reason = "start"
@@ -102,6 +134,7 @@ class Gateway:
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = Publisher(xpub, self.codec, self.headers)
+        self.md.publisher = self.pub
         self._xpub = xpub
 
     async def run(self) -> None:
@@ -110,6 +143,7 @@ class Gateway:
         saved = self.store.get_meta("trading_state:*")
         if saved:
             self.risk.global_state = TradingState(saved)
+        self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
         await self.broker.start()
         self._bind()
         assert self.router is not None
@@ -120,7 +154,12 @@ class Gateway:
             loop.create_task(self._lease_loop(), name="leases"),
             loop.create_task(self._broker_events(), name="broker-events"),
             loop.create_task(self._reconcile_loop(), name="reconcile"),
+            loop.create_task(self._day_loop(), name="day-cycle"),
+            loop.create_task(self._bar_clock(), name="bar-clock"),
+            loop.create_task(self.universe.run(), name="universe"),
         ]
+        if self.recorder is not None:
+            self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self._stop.set)
@@ -155,7 +194,10 @@ class Gateway:
         try:
             await self.broker.close()
         finally:
+            if self.recorder is not None:
+                self.recorder.close()
             self.store.close()
+            self.md.store.close()
 
     # ---- ROUTER: receive ------------------------------------------------------------------------
 
@@ -244,6 +286,13 @@ class Gateway:
         if isinstance(msg, Control):
             self._reply(route, self.control(msg))
             return
+        if isinstance(msg, GetOrders):
+            orders, fills = console_views.blotter(self.oms, self.store, msg.agent, msg.since_ns, msg.limit)
+            self._reply(route, OrdersList(h=self.headers(h.mid), orders=orders, fills=fills))
+            return
+        if isinstance(msg, GetSummary) and self.registry.by_route(route) is None:  # tools: any agent's book
+            self._reply(route, self.services.summary_reply(msg))
+            return
         rec = self.registry.by_route(route)
         if rec is None or rec.session != h.sid:
             self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.NOT_REGISTERED,
@@ -257,21 +306,27 @@ class Gateway:
         if isinstance(msg, Heartbeat):
             rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
             rec.errors = msg.errors
+            self.md.feed_health[rec.id] = (msg.feed_gaps, msg.feed_heals)
             self._reply(route, Ack(h=self.headers(h.mid)))
         elif isinstance(msg, SubmitOrders):
-            results = [self.oms.submit(rec.card, rec.trading_state, o) for o in msg.orders]
+            state = self.effective_state(rec)
+            results = [self.oms.submit(rec.card, state, o) for o in msg.orders]
             self._reply(route, OrdersReply(h=self.headers(h.mid), results=results))
         elif isinstance(msg, CancelOrder):
             code, text = self.oms.cancel(rec.id, msg.client_order_id)
             self._reply(route, Error(h=self.headers(h.mid), code=code, message=text) if code else Ack(h=self.headers(h.mid), message=text))
         elif isinstance(msg, ModifyOrder):
-            code, text = self.oms.modify(rec.card, rec.trading_state, msg.client_order_id, msg.price, msg.qty)
+            code, text = self.oms.modify(rec.card, self.effective_state(rec), msg.client_order_id, msg.price, msg.qty)
             self._reply(route, Error(h=self.headers(h.mid), code=code, message=text) if code else Ack(h=self.headers(h.mid), message=text))
         elif isinstance(msg, CancelAll):
             n = self.oms.cancel_all(rec.id, msg.code)
             self._reply(route, Ack(h=self.headers(h.mid), message=f"{n} cancels sent"))
         elif isinstance(msg, GetSnapshot):
             self._reply(route, SnapshotReply(h=self.headers(h.mid), snapshot=self.oms.snapshot(rec.card, rec.trading_state)))
+        elif isinstance(msg, GetMarket):
+            self._reply(route, serve_market(self, msg))
+        elif isinstance(msg, GetBars):
+            self._spawn(serve_bars(self, route, rec.id, msg))
         elif isinstance(msg, GetEvents):
             events = self.store.agent_events(rec.id, msg.after_seq, msg.limit)
             self._reply(route, EventBatch(h=self.headers(h.mid), events=events, last_seq=self.oms.seq.get(rec.id, 0)))
@@ -281,6 +336,8 @@ class Gateway:
             self._reply(route, Ack(h=self.headers(h.mid), message="bye"))
             self._system("agent_offline", rec.id, msg.reason or "unregistered")
             log.info("agent %s unregistered (%s)", rec.id, msg.reason)
+        elif self.services.handle(rec, route, msg):
+            pass
         else:
             self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.UNSUPPORTED,
                                      message=f"{type(msg).__name__} is not a request the gateway serves"))
@@ -295,6 +352,15 @@ class Gateway:
             self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
                                      message=f"card id {msg.card.id!r} differs from sender {h.sender!r}"))
             return
+        live = self.registry.agents.get(msg.card.id)
+        duplicate = (live is not None and live.session != h.sid and live.state is AgentState.ONLINE
+                     and self.registry.age(live) <= self.cfg.lease_s)
+        if not duplicate:
+            try:  # (a duplicate's card must not switch a live agent's mode; it is refused below)
+                self.oms.set_mode(msg.card.id, msg.card.mode is AgentMode.SHADOW)
+            except ValueError as e:
+                self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=str(e)))
+                return
         outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
         if outcome == RegisterOutcome.NEW:
             saved = self.store.get_meta(f"trading_state:{rec.id}")
@@ -315,12 +381,18 @@ class Gateway:
         log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
         self._system("agent_online", rec.id, outcome)
         self._subscribe_card(rec)
+        self.services.on_register(rec)
         self._spawn(self.oms.ensure_base_prices(list(rec.card.codes)))
+        self.universe_binder.on_register(rec)
 
     def _subscribe_card(self, rec: AgentRecord) -> None:
         subs = rec.card.subscriptions
-        kinds = ([MarketKind.TRADES] if subs.trades else []) + ([MarketKind.BOOK] if subs.book else [])
+        kinds = ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
         for code in rec.card.codes:
+            if self.master is not None and code not in self.master:  # no registration slot for a typo
+                self.oms.notify(rec.id, Notice(level="error", text=f"{ErrorCode.DENIED_UNKNOWN_CODE.value}: {code} is not "
+                                                                   f"a listed code ({self.master.source}): not subscribed"))
+                continue
             for kind in kinds:
                 code_err, text = self.subs.want(rec.id, kind, code)
                 if code_err is not None:
@@ -340,13 +412,18 @@ class Gateway:
                 registrations=rec.registrations, codes=rec.codes, open_orders=open_n, orders_today=today_n,
                 errors=rec.errors, fills=self.oms.fills_by_agent.get(rec.id, 0),
                 position_codes=sum(1 for p in held if p.qty), position_cost=sum(p.cost for p in held),
-                realized_pnl=sum(p.realized_pnl for p in held),
+                realized_pnl=sum(p.realized_pnl for p in held), fees=sum(p.fees for p in held),
+                positions=(marked := console_views.agent_positions(self.oms, rec.id)),
+                unrealized_pnl=sum(p.unrealized_pnl for p in marked), rate_quota_per_s=rec.card.rate_quota_per_s,
+                last_error=console_views.last_error(self.oms, rec.id),
+                feed_gaps=self.md.feed_health.get(rec.id, (0, 0))[0], feed_heals=self.md.feed_health.get(rec.id, (0, 0))[1],
             ))
         total, open_n, fills = self.oms.counts()
         counters = dict(self.counters)
         if self.pub is not None:
             counters["pub_sent"] = self.pub.sent
             counters["pub_dropped"] = self.pub.dropped
+            counters.update(self.md.counters())
         return StatusReply(
             h=self.headers(re), gateway_pid=os.getpid(), gateway_session=self.headers.sid, started_ns=self.started_ns,
             session_state=self.broker.session_state, broker=self.broker_name, trading_state=self.risk.global_state,
@@ -354,6 +431,10 @@ class Gateway:
             subscriptions=self.subs.table(), synced=self.oms.synced,
             last_reconcile_age_s=round((now_ns() - self.oms.last_reconcile[0]) / 1e9, 1) if self.oms.last_reconcile else -1.0,
             alerts=[text for _, text in self.oms.alerts[-20:]],
+            names={c: self.master.name(c) for a in agents for c in a.codes if self.master is not None and c in self.master},
+            health=msgspec.structs.replace(broker_health(self.broker), db_bytes=console_views.db_bytes(str(self.store.path))),
+            account=console_views.account_positions(self.oms), marks=dict(self.oms.marks),
+            reconcile_alerts=self.oms.last_reconcile[2] if self.oms.last_reconcile else 0,
         )
 
     def control(self, msg: Control) -> Message:
@@ -363,10 +444,20 @@ class Gateway:
         if msg.action == "reconcile":
             self.request_reconcile("on demand")
             return Ack(h=self.headers(h.mid), message="reconciliation started")
+        if msg.action == "feed_gap":  # fault injection: subscribers must detect and heal a gap
+            self.md.inject_gap()
+            return Ack(h=self.headers(h.mid), message="market-data messages of the next second are skipped")
         if msg.action == "cancel_all":
             targets = [msg.agent] if msg.agent else sorted({o.agent for o in self.oms.orders.values() if o.is_open})
             n = sum(self.oms.cancel_all(a) for a in targets)
             return Ack(h=self.headers(h.mid), message=f"{n} cancels sent")
+        if msg.action == "flatten":
+            rec = self.registry.agents.get(msg.agent) if msg.agent else None
+            if rec is None:
+                return Error(h=self.headers(h.mid), code=ErrorCode.NOT_REGISTERED, message=f"flatten needs a known agent, not {msg.agent!r}")
+            n = self.oms.flatten(rec.card, f"flatten by {h.sender}")  # cancels its orders, then sells its positions
+            log.warning("agent %s flattened by %s: %d orders sent", msg.agent, h.sender, n)
+            return Ack(h=self.headers(h.mid), message=f"{msg.agent}: {n} orders sent to flatten")
         if msg.action not in states:
             return Error(h=self.headers(h.mid), code=ErrorCode.BAD_MESSAGE, message=f"unknown action {msg.action!r}")
         state = states[msg.action]
@@ -409,19 +500,34 @@ class Gateway:
             try:
                 if isinstance(ev, Trade):
                     self.oms.marks[ev.code] = ev.price
-                    if self.pub is not None:
-                        self.pub.publish(trade_topic(ev.code), TradeTick(code=ev.code, time=ev.time, price=ev.price, qty=ev.qty,
-                                                                         side=ev.side, cum_volume=ev.cum_volume))
+                    self.oms.on_market_trade(ev.code, ev.price, ev.qty)
+                    self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
+                elif isinstance(ev, Book):
+                    self.md.on_book(ev)
                 elif isinstance(ev, BrokerNotice):
                     self.oms.on_notice(ev)
                 elif isinstance(ev, SessionChange):
                     self._system("session_state", "", ev.state.value)
+                    if ev.state is SessionState.READY and not self._session_seen_ready:
+                        # start did not wait for the stream: reconcile again now that notices flow
+                        self._session_seen_ready = True
+                        self.request_reconcile("session ready")
                 elif isinstance(ev, Gap):
                     self.oms.alert(f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing")
                     self.request_reconcile("gap")
             except Exception:
                 self.counters["broker_event_errors"] += 1
                 log.exception("broker event %r failed", ev)
+
+    async def _bar_clock(self) -> None:
+        # bars close by time even when no later print arrives
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.md.flush()
+            except Exception:
+                self.counters["bar_flush_errors"] += 1
+                log.exception("bar flush failed")
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -445,6 +551,75 @@ class Gateway:
                 self.oms.alert(f"kill switch: {n} broker errors in {self.cfg.kill_window_s:.0f}s: trading halted (cancels only)")
                 self._system("trading_state", "", TradingState.HALTED.value)
 
+    # ---- the trading day (server/daycycle.py decides, this acts) -----------------------------------
+
+    def effective_state(self, rec: AgentRecord) -> TradingState:
+        """After its end-of-day clean-up an agent may only reduce risk for the rest of the day."""
+        if rec.trading_state is TradingState.ACTIVE and rec.id in self.daycycle.cleaned:
+            return TradingState.REDUCING
+        return rec.trading_state
+
+    async def _day_loop(self) -> None:
+        while True:
+            try:
+                self._day_tick()
+            except Exception:
+                self.counters["day_cycle_errors"] += 1
+                log.exception("day cycle failed")
+            await asyncio.sleep(self.cfg.day_tick_s)
+
+    def _day_tick(self) -> None:
+        now, phase = self.clock.now(), self.clock.phase()
+        day = now.strftime("%Y%m%d")
+        first = not self.daycycle.day
+        if self.daycycle.roll(day):
+            self.oms.roll_pnl_day()
+            self._system("trading_day", "", day)  # agents number their orders by the gateway's day
+            if not first:
+                log.info("new trading day %s", day)
+                self.request_reconcile("new day")  # expires what is left of earlier days
+                codes = sorted({c for rec in self.registry.agents.values() for c in rec.card.codes})
+                self._spawn(self.oms.ensure_base_prices(codes))
+        if not self.oms.synced:
+            return  # nothing is decided before the books agree with the broker
+        due = self.daycycle.due(now, phase, self.clock.timed, [rec.card for rec in self.registry.agents.values()])
+        for card in due.cleanup:
+            self._end_of_day(card)
+        if due.close_day and not self._closing_day:
+            self._closing_day = True
+            self._spawn(self._close_day(day))
+
+    def _end_of_day(self, card: AgentCard) -> None:
+        policy = card.schedule.end_of_day
+        if policy is EndOfDay.CANCEL:
+            n = self.oms.cancel_all(card.id)
+        elif policy is EndOfDay.FLATTEN:
+            n = self.oms.flatten(card, "end of day: flatten")
+        else:
+            n = 0
+        with self.store.transaction():
+            self.daycycle.mark_cleaned(card.id)
+        self.oms.notify(card.id, Notice(level="info", text=f"end of day: {policy.value} ({n} orders); reducing only until tomorrow"))
+        self._system("end_of_day", card.id, policy.value)
+        log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)
+
+    async def _close_day(self, day: str) -> None:
+        """After the close: the broker's final word, then expiry of what is left, then the report."""
+        try:
+            await self.oms.reconcile_now("close")
+            expired = self.oms.expire_through(day)
+            report = daily_report.build(day, self.oms, expired)
+            path = daily_report.write(report, self.run_dir)
+            with self.store.transaction():
+                self.daycycle.mark_closed()
+            self._system("day_closed", "", day)
+            log.info("day %s closed: %d orders expired, report %s", day, expired, path)
+        except Exception as e:  # retried on the next tick
+            self.counters["day_close_errors"] += 1
+            log.warning("closing day %s failed: %s; will retry", day, e)
+        finally:
+            self._closing_day = False
+
     def request_reconcile(self, reason: str) -> None:
         self._reconcile_reason = reason
         self._reconcile_wanted.set()
@@ -452,18 +627,18 @@ class Gateway:
     async def _reconcile_loop(self) -> None:
         """First pass at start (orders are denied until it succeeds), then periodically, after
         websocket gaps and on demand. Failures back off and retry; they never stop the gateway."""
-        backoff = 1.0
+        backoff = 0.2
         reason = "start"
         while True:
             try:
                 await self.oms.reconcile_now(reason)
                 self.counters["reconciles"] += 1
-                backoff = 1.0
+                backoff = 0.2
                 timeout = self.cfg.reconcile_s
             except Exception as e:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
-                timeout, backoff = backoff, min(backoff * 2, 30.0)
+                timeout, backoff = backoff, min(backoff * 2, 30.0)  # 0.2, 0.4, ... a blip costs little
             try:
                 await asyncio.wait_for(self._reconcile_wanted.wait(), timeout)
                 reason = self._reconcile_reason
@@ -479,4 +654,9 @@ class Gateway:
             except zmq.Again:
                 break
             self.counters["subscriptions" if frame[:1] == b"\x01" else "unsubscriptions"] += 1
+            topic = frame[1:].decode(errors="replace")
+            if frame[:1] == b"\x01":
+                self.pub_topics.add(topic)
+            else:
+                self.pub_topics.discard(topic)
 

@@ -21,12 +21,13 @@ import msgspec
 
 from common.clock import now_ns, today_kst, yyyymmdd
 from common.config import AgentCard
-from common.enums import SessionState, Side, TradingState
+from common.costs import CostModel
+from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.krx import price_limits
 from decimal import Decimal
 
-from common.ids import EXTERNAL_AGENT, IdError, parse_client_order_id
+from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
 from common.orders import (
     Accept, Cancelled, CancelRefused, Deny, Expire, Fill, MarkUnknown, OPEN, Order, OrderEvent, OrderState, Reject,
     ReplaceRefused, Replaced, RequestCancel, RequestReplace, StateError, Submit, apply,
@@ -76,7 +77,9 @@ class OrderManager:
         headers: HeaderFactory,
         sink: EventSink,
         today: Callable[[], dt.date] = today_kst,
+        costs: CostModel | None = None,
     ) -> None:
+        self.costs = costs or CostModel()
         self.store = store
         self.broker = broker
         self.risk = risk
@@ -96,7 +99,7 @@ class OrderManager:
         self._sender: asyncio.Task[None] | None = None
         self.base_prices: dict[str, int] = {}  # code -> base price (yesterday's close) when known
         self.marks: dict[str, int] = {}  # code -> last trade price (unrealised P&L)
-        self.day_start_realized: dict[str, int] = {}
+        self.day_start: dict[str, tuple[int, int]] = {}  # agent -> (realised, fees) at the day's start
         self._pnl_day = ""
         self.broker_errors: list[int] = []  # ns of recent broker errors/rejections (kill switch)
         self._base_day = ""
@@ -108,6 +111,13 @@ class OrderManager:
         self.last_reconcile: tuple[int, str, int] | None = None
         self.alerts: list[tuple[int, str]] = []
         self.on_alert: Callable[[str], None] | None = None
+        self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
+        self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
+        self._reconciling = asyncio.Lock()  # the periodic pass and the day's close never interleave
+        # Agents in shadow mode: their orders pass the gate and are journaled, never sent; they fill
+        # against the market's prints. Their books are virtual: reconciliation leaves them out.
+        self.shadow_agents: set[str] = set()
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -118,6 +128,8 @@ class OrderManager:
                 self._index(o, day)
         self.positions = self.store.load_positions()
         self.seq = self.store.last_seqs()
+        saved = self.store.get_meta("shadow_agents")
+        self.shadow_agents = set(msgspec.json.decode(saved)) if saved else set()
         self._recover_in_flight()
         for c, o in self.orders.items():
             if self.order_day.get(c) == today and o.fill_ids:
@@ -202,6 +214,10 @@ class OrderManager:
             return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
         # durable intent before the broker sees it
         self._commit(order, Submit(ts_ns=ts), trace=[("intent", intent), ("risk", {"result": "passed"})])
+        if card.id in self.shadow_agents:
+            self.trace(coid, "shadow", note="journaled, not sent: fills come from the market's prints")
+            self._try(coid, Accept(ts_ns=now_ns(), broker_order_id=f"shadow-{coid}"))
+            return OrderResult(client_order_id=coid, accepted=True, message="shadow: journaled, not sent")
         self._enqueue(1, _Job("submit", coid))
         return OrderResult(client_order_id=coid, accepted=True)
 
@@ -211,9 +227,18 @@ class OrderManager:
             return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
         if o.state.value == "pending_cancel":
             return None, "cancel already in progress"
+        if o.state in (OrderState.PENDING_SUBMIT, OrderState.UNKNOWN):
+            # no ODNO yet: the cancel goes out the moment the broker's acknowledgement (or the
+            # reconciliation that finds the order) gives us one
+            self._cancel_on_accept.add(coid)
+            self.trace(coid, "cancel.queued", state=o.state.value)
+            return None, "cancel queued until the broker acknowledges the order"
         if o.state.value not in ("accepted", "partially_filled"):
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: nothing to cancel now"
         self._commit(o, RequestCancel(ts_ns=now_ns()))
+        if o.agent in self.shadow_agents:
+            self._try(coid, Cancelled(ts_ns=now_ns()))
+            return None, "shadow order cancelled"
         self._enqueue(0, _Job("cancel", coid))
         return None, "cancel sent"
 
@@ -243,6 +268,9 @@ class OrderManager:
             self.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
             return denial
         self._commit(o, RequestReplace(ts_ns=now_ns(), price=price, qty=o.qty))
+        if o.agent in self.shadow_agents:
+            self._try(coid, Replaced(ts_ns=now_ns(), broker_order_id=f"shadow-{coid}-r{len(o.broker_chain)}", price=price, qty=o.qty))
+            return None, "shadow order revised"
         self._enqueue(0, _Job("modify", coid, price, o.qty))
         return None, "revise sent"
 
@@ -266,10 +294,72 @@ class OrderManager:
     def cancel_all(self, agent: str, code: str = "") -> int:
         n = 0
         for o in list(self.orders.values()):
-            if o.agent == agent and (not code or o.code == code) and o.state.value in ("accepted", "partially_filled"):
+            if o.agent == agent and (not code or o.code == code) and o.state.value in (
+                    "accepted", "partially_filled", "pending_submit", "unknown"):
                 if self.cancel(agent, o.client_order_id)[0] is None:
                     n += 1
         return n
+
+    def flatten(self, card: AgentCard, why: str = "flatten") -> int:
+        """Cancel all of the agent's open orders, then sell what it holds at market once every one
+        of them is closed (a cancel can lose the race to a fill, so the sells are sized after).
+        The sells go through the risk gate as reducing orders: a global halt still stops them.
+        Returns the number of cancels and sells started now."""
+        n = self.cancel_all(card.id)
+        self._flattening[card.id] = (card, why)
+        return n + self._flatten_step(card.id)
+
+    def _flatten_step(self, agent: str) -> int:
+        if agent not in self._flattening or any(o.agent == agent and o.is_open for o in self.orders.values()):
+            return 0
+        card, why = self._flattening.pop(agent)
+        day = self.today()
+        today = yyyymmdd(day)
+        n = max((int(c.rsplit("-", 1)[1]) for c, o in self.orders.items()
+                 if o.agent == agent and self.order_day.get(c) == today), default=0)
+        n = max(n, GATEWAY_ORDER_BASE - 1)
+        sent = 0
+        for pos in sorted(self.positions.get(agent, {}).values(), key=lambda p: p.code):
+            if pos.qty <= 0:
+                continue
+            n += 1
+            new = NewOrder(client_order_id=make_client_order_id(agent, day, n), code=pos.code, side=Side.SELL,
+                           qty=pos.qty, order_type=OrderType.MARKET, tif=TimeInForce.DAY, reason=why,
+                           decision_price=self.marks.get(pos.code, 0))
+            res = self.submit(card, TradingState.REDUCING, new)
+            if res.accepted:
+                sent += 1
+            else:
+                self.alert(f"{agent}: {why}: sell of {pos.qty} {pos.code} denied: {res.code} {res.message}")
+        return sent
+
+    def set_mode(self, agent: str, shadow: bool) -> None:
+        """Remember which agents trade in shadow (persisted: a restarted gateway must keep their
+        virtual books out of reconciliation before they register again)."""
+        if shadow == (agent in self.shadow_agents):
+            return
+        if shadow and any(o.agent == agent and o.is_open for o in self.orders.values()):
+            raise ValueError(f"{agent} has live open orders: cancel them before switching to shadow")
+        (self.shadow_agents.add if shadow else self.shadow_agents.discard)(agent)
+        with self.store.transaction():
+            self.store.set_meta("shadow_agents", msgspec.json.encode(sorted(self.shadow_agents)).decode())
+
+    def on_market_trade(self, code: str, price: int, qty: int) -> None:
+        """Shadow orders fill against the market's prints: a buy whose limit is at or above a trade
+        (a sell at or below), or any market order, fills up to the print's size at the print's price."""
+        if not self.shadow_agents:
+            return
+        for coid, o in list(self.orders.items()):
+            if o.code != code or o.agent not in self.shadow_agents or o.state not in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED):
+                continue
+            crosses = not o.price or (price <= o.price if o.side is Side.BUY else price >= o.price)
+            take = min(o.remaining, qty)
+            if crosses and take > 0:
+                qty -= take
+                self.apply_fill_event(coid, Fill(ts_ns=now_ns(), fill_id=f"shadow:{coid}:{o.filled_qty + take}", qty=take,
+                                                 price=price, broker_order_id=o.broker_order_id))
+            if qty <= 0:
+                break
 
     # ---- views ----------------------------------------------------------------------------------
 
@@ -292,29 +382,38 @@ class OrderManager:
 
     # ---- P&L and reference prices ----------------------------------------------------------------
 
-    def _roll_pnl_day(self) -> None:
-        """Realised P&L counts per day: remember each agent's realised total at the day's start
-        (persisted, so a restart in the day keeps it)."""
+    def roll_pnl_day(self) -> None:
+        """Realised P&L and fees count per day: remember each agent's totals at the day's start
+        (persisted, so a restart in the day keeps them)."""
         day = yyyymmdd(self.today())
         if day == self._pnl_day:
             return
         self._pnl_day = day
-        saved = self.store.get_meta(f"realized_start:{day}")
+        saved = self.store.get_meta(f"day_start:{day}")
         if saved:
-            self.day_start_realized = {k: int(v) for k, v in msgspec.json.decode(saved).items()}
+            self.day_start = {k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()}
         else:
-            self.day_start_realized = {a: sum(p.realized_pnl for p in ps.values()) for a, ps in self.positions.items()}
+            self.day_start = {a: (sum(p.realized_pnl for p in ps.values()), sum(p.fees for p in ps.values()))
+                              for a, ps in self.positions.items()}
             with self.store.transaction():
-                self.store.set_meta(f"realized_start:{day}", msgspec.json.encode(self.day_start_realized).decode())
+                self.store.set_meta(f"day_start:{day}", msgspec.json.encode(self.day_start).decode())
+
+    def day_totals(self, agent: str) -> tuple[int, int]:
+        """(gross realised P&L, fees) of the agent today."""
+        self.roll_pnl_day()
+        ps = self.positions.get(agent, {}).values()
+        r0, f0 = self.day_start.get(agent, (0, 0))
+        return sum(p.realized_pnl for p in ps) - r0, sum(p.fees for p in ps) - f0
+
+    def unrealized(self, agent: str) -> int:
+        return sum(self.marks[p.code] * p.qty - p.cost for p in self.positions.get(agent, {}).values()
+                   if p.qty and p.code in self.marks)
 
     def day_pnl(self, agent: str) -> int:
-        """Realised today plus unrealised against the last marks (positions carried from earlier days
-        count at cost: conservative, a carried loss shows as today's)."""
-        self._roll_pnl_day()
-        ps = self.positions.get(agent, {})
-        realized = sum(p.realized_pnl for p in ps.values()) - self.day_start_realized.get(agent, 0)
-        unrealized = sum(self.marks[p.code] * p.qty - p.cost for p in ps.values() if p.qty and p.code in self.marks)
-        return realized + unrealized
+        """Realised today net of fees plus unrealised against the last marks (positions carried from
+        earlier days count at cost: conservative, a carried loss shows as today's)."""
+        realized, fees = self.day_totals(agent)
+        return realized - fees + self.unrealized(agent)
 
     async def ensure_base_prices(self, codes: list[str]) -> None:
         """Fetch today's base price (band centre) of codes not known yet today."""
@@ -337,8 +436,8 @@ class OrderManager:
         return len(self.broker_errors)
 
     def _spent(self, agent: str) -> int:
-        # Net cash in the agent's positions: cost of shares held minus realised P&L taken out.
-        return sum(p.cost - p.realized_pnl for p in self.positions.get(agent, {}).values())
+        # Net cash in the agent's positions: cost of shares held minus realised P&L taken out, plus fees paid.
+        return sum(p.cost - p.realized_pnl + p.fees for p in self.positions.get(agent, {}).values())
 
     def snapshot(self, card: AgentCard, trading_state: TradingState) -> Snapshot:
         agent = card.id
@@ -346,11 +445,11 @@ class OrderManager:
         open_orders = [view(o) for o in self.orders.values() if o.agent == agent and o.is_open]
         exp = self.exposure(agent, "")
         # today's orders are all in memory (loaded at start, indexed on every commit)
-        n = 1 + max((int(c.rsplit("-", 1)[1]) for c, o in self.orders.items()
-                     if o.agent == agent and self.order_day.get(c) == today), default=0)
+        n = 1 + max((k for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today
+                     and (k := int(c.rsplit("-", 1)[1])) < GATEWAY_ORDER_BASE), default=0)
         return Snapshot(
             agent=agent, trading_state=trading_state, open_orders=open_orders,
-            positions=[p for p in self.positions.get(agent, {}).values() if p.qty or p.realized_pnl],
+            positions=[p for p in self.positions.get(agent, {}).values() if p.qty or p.realized_pnl or p.fees],
             budget=card.budget, reserved_cash=exp.reserved_cash, spent_cash=exp.spent_cash,
             last_seq=self.seq.get(agent, 0), next_order_n=n, day=today,
             orders_today=sum(1 for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today),
@@ -405,6 +504,13 @@ class OrderManager:
             self.positions.setdefault(new.agent, {})[pos.code] = pos
         for ev in events:
             self.sink(new.agent, ev)
+        coid = new.client_order_id
+        if coid in self._cancel_on_accept and new.state not in (OrderState.PENDING_SUBMIT, OrderState.UNKNOWN):
+            self._cancel_on_accept.discard(coid)
+            if new.state in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED):
+                self.cancel(new.agent, coid)
+        if new.agent in self._flattening and not new.is_open:
+            self._flatten_step(new.agent)
         return new
 
     def _try(self, coid: str, event: OrderEvent, extra_fn: Callable[[Order], list[EventBody]] | None = None) -> Order | None:
@@ -515,7 +621,8 @@ class OrderManager:
                 return []
             pos = self.positions.get(new.agent, {}).get(new.code)
             # 'external' may sell what the books never saw it buy (held before ktrader)
-            pos = apply_fill_value(pos, new.code, new.side, dq, dv, allow_short=new.agent == EXTERNAL_AGENT)
+            fee = self.costs.fill_cost(dv, sell=new.side is Side.SELL)
+            pos = apply_fill_value(pos, new.code, new.side, dq, dv, allow_short=new.agent == EXTERNAL_AGENT, fee=fee)
             fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
                           price=dv // dq, ts_ns=ev.ts_ns)
             return [FillUpdate(fill=fv, position=pos)]
@@ -588,10 +695,22 @@ class OrderManager:
 
     async def reconcile_now(self, reason: str) -> ReconcileResult:
         """Bring the books in line with the broker's view of today (orders, fills, positions)."""
+        async with self._reconciling:
+            return await self._reconcile(reason)
+
+    async def _reconcile(self, reason: str) -> ReconcileResult:
         self.expire_previous_days()
         today = self.today()
+        # The balance first, then the orders: a fill landing between the two calls then shows in
+        # the orders (and the books) but not yet in the balance, which reads as "books ahead" (an
+        # alert) — never as shares of nobody's that would be wrongly given to 'external'.
+        try:
+            balance: list[BrokerPosition] | Exception = await self.broker.positions()
+        except Exception as e:
+            balance = e
         reports = await self.broker.order_reports(today)
-        local = [o for c, o in self.orders.items() if o.is_open or self.order_day.get(c) == yyyymmdd(today)]
+        local = [o for c, o in self.orders.items() if (o.is_open or self.order_day.get(c) == yyyymmdd(today))
+                 and o.agent not in self.shadow_agents]
         res = reconcile(local, reports, now_ns=now_ns(), grace_ns=self.unknown_grace_ns)
         to_drain: list[str] = []
         for coid, events in res.events.items():
@@ -618,10 +737,10 @@ class OrderManager:
             except Exception as e:
                 res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
                 log.exception("adopting external order %s failed", r.broker_order_id)
-        try:
-            res.alerts.extend(await self._check_positions())
-        except Exception as e:  # a failed balance query must not undo the order repair above
-            res.alerts.append(f"position check failed: {e}")
+        if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
+            res.alerts.append(f"position check failed: {balance}")
+        else:
+            res.alerts.extend(self._check_positions(balance))
         self.synced = True
         self.last_reconcile = (now_ns(), reason, len(res.alerts))
         for text in res.alerts:
@@ -632,10 +751,15 @@ class OrderManager:
 
     def expire_previous_days(self) -> int:
         """KRX orders are day orders: whatever is still open from an earlier day has expired."""
-        today = yyyymmdd(self.today())
+        return self.expire_through(yyyymmdd(self.today()), inclusive=False)
+
+    def expire_through(self, day: str, inclusive: bool = True) -> int:
+        """Expire the open orders of `day` (and earlier); after the close they are gone at KRX.
+        A fill that still arrives for one is applied (late fills are legal on EXPIRED)."""
         n = 0
         for coid, o in list(self.orders.items()):
-            if o.is_open and self.order_day.get(coid, today) < today:
+            d = self.order_day.get(coid, day)
+            if o.is_open and (d < day or (inclusive and d == day)):
                 if self._try(coid, Expire(ts_ns=now_ns())) is not None:
                     n += 1
         return n
@@ -660,10 +784,12 @@ class OrderManager:
             self._try(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
         self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
 
-    async def _check_positions(self) -> list[str]:
-        broker = {p.code: p for p in await self.broker.positions()}
+    def _check_positions(self, balance: list[BrokerPosition]) -> list[str]:
+        broker = {p.code: p for p in balance}
         ours: dict[str, int] = defaultdict(int)
-        for agent_pos in self.positions.values():
+        for agent, agent_pos in self.positions.items():
+            if agent in self.shadow_agents:
+                continue  # virtual shares
             for code, p in agent_pos.items():
                 ours[code] += p.qty
         alerts = []
@@ -673,11 +799,16 @@ class OrderManager:
             if diff < 0:
                 # the books hold more than the account: an error somewhere, never papered over
                 alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account")
-            elif diff:
-                # The broker is authoritative for what the account holds; the difference is
-                # nobody's here (held before ktrader, or traded elsewhere): attribute it to external.
+            elif diff and self._unexplained.get(code) == diff:
+                # The broker is authoritative for what the account holds; a difference seen twice in
+                # a row is nobody's here (held before ktrader, or traded elsewhere): external's.
                 self._adjust_external(code, diff, broker.get(code))
                 alerts.append(f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external")
+            elif diff:
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
+                              f"if it persists (a notice may be on its way)")
+        held = {c: broker[c].qty if c in broker else 0 for c in set(broker) | set(ours)}
+        self._unexplained = {c: q - ours.get(c, 0) for c, q in held.items() if q > ours.get(c, 0)}
         return alerts
 
     def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
@@ -685,7 +816,7 @@ class OrderManager:
         avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0
         qty = cur.qty + diff
         cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
-        pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl)
+        pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
         with self.store.transaction():
             self.store.save_position(EXTERNAL_AGENT, pos)
         self.positions.setdefault(EXTERNAL_AGENT, {})[code] = pos

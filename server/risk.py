@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from common.config import AgentCard, RiskLimits
@@ -49,6 +50,10 @@ class RiskGate:
         self.clock = clock
         self.global_state = TradingState.ACTIVE
         self._rates: dict[str, RateWindow] = {}
+        # the stock master (None: not checked) and codes an agent may trade beyond its card (universe)
+        self.known_codes: Container[str] | None = None
+        self.master_source = ""
+        self.extra_codes: dict[str, frozenset[str]] = {}
 
     def check(
         self,
@@ -67,7 +72,9 @@ class RiskGate:
             return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
         if order.order_type is OrderType.MARKET and order.price != 0:
             return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
-        if order.code not in card.codes:
+        if self.known_codes is not None and order.code not in self.known_codes:
+            return ErrorCode.DENIED_UNKNOWN_CODE, f"{order.code} is not a listed code ({self.master_source})"
+        if order.code not in card.codes and order.code not in self.extra_codes.get(card.id, ()):
             return ErrorCode.DENIED_UNKNOWN_CODE, f"{order.code} is not among this agent's codes {card.codes}"
         # trading state: global, then the agent's
         reducing = order.side is Side.SELL and order.qty <= exp.sellable_qty

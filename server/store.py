@@ -20,7 +20,15 @@ import msgspec
 from common.orders import OPEN, Order, OrderEvent
 from common.schema import AgentEvent, PositionView
 
-SCHEMA_VERSION = 2  # v2: trace table
+SCHEMA_VERSION = 4  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state)
+
+# Changes after the v2 baseline (_DDL), applied in order to a store at an older version.
+# Add the next one as {N: "SQL"} and bump SCHEMA_VERSION.
+_MIGRATIONS: dict[int, str] = {
+    3: "ALTER TABLE positions ADD COLUMN fees INTEGER NOT NULL DEFAULT 0",
+    4: "CREATE TABLE IF NOT EXISTS agent_state (agent TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+       "ts_ns INTEGER NOT NULL, PRIMARY KEY (agent, key)) WITHOUT ROWID",
+}
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS order_log (
@@ -92,6 +100,8 @@ class Store:
             raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
         with self.db:
             self.db.execute(_DDL)
+            for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
+                self.db.execute(_MIGRATIONS[v])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -177,15 +187,17 @@ class Store:
 
     def save_position(self, agent: str, pos: PositionView) -> None:
         self.db.execute(
-            "INSERT INTO positions(agent, code, qty, cost, realized_pnl) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(agent, code) DO UPDATE SET qty=excluded.qty, cost=excluded.cost, realized_pnl=excluded.realized_pnl",
-            (agent, pos.code, pos.qty, pos.cost, pos.realized_pnl),
+            "INSERT INTO positions(agent, code, qty, cost, realized_pnl, fees) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(agent, code) DO UPDATE SET qty=excluded.qty, cost=excluded.cost, "
+            "realized_pnl=excluded.realized_pnl, fees=excluded.fees",
+            (agent, pos.code, pos.qty, pos.cost, pos.realized_pnl, pos.fees),
         )
 
     def load_positions(self) -> dict[str, dict[str, PositionView]]:
         out: dict[str, dict[str, PositionView]] = {}
-        for agent, code, qty, cost, realized in self.db.execute("SELECT agent, code, qty, cost, realized_pnl FROM positions"):
-            out.setdefault(agent, {})[code] = PositionView(code=code, qty=qty, cost=cost, realized_pnl=realized)
+        for agent, code, qty, cost, realized, fees in self.db.execute(
+                "SELECT agent, code, qty, cost, realized_pnl, fees FROM positions"):
+            out.setdefault(agent, {})[code] = PositionView(code=code, qty=qty, cost=cost, realized_pnl=realized, fees=fees)
         return out
 
     # ---- meta ---------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ class SubscriptionManager:
                     loop = asyncio.get_running_loop()
                     self._release[key] = loop.call_later(self.debounce_s, self._release_now, key)
 
+    def release(self, agent: str, kind: MarketKind, code: str) -> None:
+        """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave."""
+        key = (kind, code)
+        who = self.holders.get(key)
+        if who and agent in who:
+            who.discard(agent)
+            if not who and key in self.active and key not in self._release:
+                self._release[key] = asyncio.get_running_loop().call_later(self.debounce_s, self._release_now, key)
+
     def _release_now(self, key: Key) -> None:
         self._release.pop(key, None)
         if not self.holders[key] and key in self.active:

@@ -14,7 +14,7 @@ from pathlib import Path
 from agent.runtime import load_strategy_class
 from common.config import AgentCard, ConfigError, load_card
 from common.ids import EXTERNAL_AGENT
-from kis.master import MasterEntry
+from kis.master import MasterEntry, StockMaster, load_stock_master
 from server.subscriptions import MARKET_DATA_SLOTS
 
 
@@ -43,12 +43,9 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
             problems.append(Problem(str(f), "card", str(e).removeprefix(f"{f}: ")))
     seen: dict[str, Path] = {}
     slots: dict[tuple[str, str], list[str]] = {}
-    if master is None:
-        from kis.sim import universe  # the twin's own list: a fallback that can only warn
-
-        known, strict = set(universe.codes()), False
-    else:
-        known, strict = set(master), True
+    # one loader for the fact "which codes exist" (kis.master.load_stock_master, as the gateway)
+    sm = load_stock_master(None) if master is None else StockMaster(entries=master, source="master", strict=True)
+    known, strict = sm.entries, sm.strict
     for f, card in cards:
         if card.id in seen:
             problems.append(Problem(str(f), "id", f"{card.id!r} is also the id of {seen[card.id]}"))
@@ -86,12 +83,12 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
 
 
 def main(folder: Path, master_dir: Path | None, account_budget: int) -> int:
-    from kis.master import MasterError, load_master_dir
+    from kis.master import MasterError
 
     master = None
     if master_dir is not None:
         try:
-            master = load_master_dir(master_dir)
+            master = load_stock_master(master_dir).entries
         except (MasterError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

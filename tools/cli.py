@@ -17,6 +17,8 @@ cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
 app.add_typer(agent_app, name="agent")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cards_app, name="cards")
+data_app = typer.Typer(no_args_is_help=True, help="Recorded market data: list days, replay one.")
+app.add_typer(data_app, name="data")
 
 
 def _mount_sim() -> None:
@@ -58,6 +60,7 @@ def gateway(
     broker: str = typer.Option("", help="module:factory returning a BrokerPort (default: KIS adapter, twin for env=sim)"),
     profile: Optional[str] = typer.Option(None, help="write a profile of the run to this file"),
     log_level: str = typer.Option("info", help="debug | info | warning"),
+    standby: bool = typer.Option(False, "--standby", help="wait (ready) for the running gateway to exit, then take over"),
 ) -> None:
     """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints."""
     import msgspec
@@ -77,8 +80,14 @@ def gateway(
                                  ("pub_endpoint", pub)) if v}
     if changes:
         cfg = msgspec.structs.replace(cfg, **changes)
+    from server.app import RunDirLocked
+
     with profiled(profile):
-        gateway_main(cfg, broker)
+        try:
+            gateway_main(cfg, broker, standby=standby)
+        except RunDirLocked as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(3)
 
 
 @agent_app.command("run")
@@ -131,7 +140,7 @@ def status(
 
 @app.command()
 def control(
-    action: str = typer.Argument(..., help="pause | resume | halt | reduce | cancel_all"),
+    action: str = typer.Argument(..., help="pause | resume | halt | reduce | cancel_all | flatten | reconcile"),
     agent: str = typer.Option("", help="agent id (default: the whole gateway)"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
@@ -145,6 +154,17 @@ def control(
     except (ConnectionFileError, KtraderError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def top(
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="where cards of agents to start/restart are"),
+) -> None:
+    """The operations console: agents, blotter, positions, market, health; pause/flatten/halt/start/stop agents."""
+    from tools.top.app import run_top
+
+    run_top(run_dir, cards)  # logs to RUN_DIR/logs/top.log (the terminal belongs to the console)
 
 
 @app.command()
@@ -182,6 +202,32 @@ def reset(
     typer.echo(f"archived to {dest}" if dest else f"{run_dir}/ holds no state: nothing to archive")
 
 
+@app.command()
+def chaos(
+    agents: int = typer.Option(4, help="agent processes trading during the campaign"),
+    faults: int = typer.Option(1000, help="faults to inject"),
+    rate: float = typer.Option(20.0, help="faults per second"),
+    gateway_every: int = typer.Option(100, help="every Nth fault is a kill -9 of the gateway (0: never)"),
+    seed: int = typer.Option(1),
+    settle: float = typer.Option(30.0, help="seconds allowed for every order to be resolved after the faults"),
+    workdir: Optional[Path] = typer.Option(None, help="keep logs and state here (default: a temporary folder)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fault campaign: agents trade on a twin while faults are injected; then the books are audited."""
+    import json
+
+    from tools.chaos import run as run_chaos
+
+    report = run_chaos(agents, faults, rate, seed, gateway_every, settle, workdir, keep=workdir is not None)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            if k != "details":
+                typer.echo(f"{k:>26}: {v}")
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
 @cards_app.command("check")
 def cards_check(
     folder: Path = typer.Argument(Path("cards"), help="folder of *.toml cards"),
@@ -213,6 +259,20 @@ def bench_rtt(
     from tools.bench_rtt import main as rtt
 
     rtt(n=n, json_out=json_out)
+
+
+@bench_app.command("fanout")
+def bench_fanout(
+    agents: int = typer.Option(20, help="SUB subscriber processes"),
+    rate: int = typer.Option(5000, help="ticks/s published"),
+    seconds: float = typer.Option(5.0, help="how long to publish"),
+    burst: bool = typer.Option(False, "--burst", help="10 s at 20,000 ticks/s instead"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Market-data fan-out through the gateway's Publisher to N subscriber processes vs bare PUB/SUB, same run."""
+    from tools.bench_fanout import main as fanout
+
+    fanout(agents=agents, rate=rate, seconds=seconds, burst=burst, json_out=json_out)
 
 
 @bench_app.command("twin")
@@ -262,6 +322,39 @@ def demo(
     from tools.demo import run_demo
 
     raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=headless or not sys.stdout.isatty()))
+
+
+@data_app.command("ls")
+def data_ls(run_dir: Path = typer.Option(Path("run"), "--run-dir")) -> None:
+    """Recorded days: files, frames, raw vs on-disk bytes and the compression ratio."""
+    from server.recorder import list_days
+    from tools.data_cmd import render_days
+
+    typer.echo(render_days(list_days(run_dir)))
+
+
+@data_app.command("replay")
+def data_replay(
+    day: str = typer.Argument(..., help="recorded day, YYYYMMDD or YYYY-MM-DD"),
+    speed: float = typer.Option(1.0, "--speed", help="times real speed; 0 or inf: as fast as possible"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir", help="where the recording lives (RUN_DIR/data/)"),
+    gateway_dir: Optional[Path] = typer.Option(None, "--gateway-dir", help="the replay gateway's runtime folder (default RUN_DIR/replay-DAY)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (endpoints, risk, ...)"),
+    record: bool = typer.Option(False, "--record", help="record the replayed frames in the replay gateway's folder"),
+    wait_s: float = typer.Option(300.0, help="wait this long for subscribers of every recorded code before starting (0: start now)"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run a gateway whose broker replays DAY's recorded frames (read-only: orders are refused)."""
+    from common.config import ConfigError, load_gateway_config
+    from tools.data_cmd import replay
+
+    _logging(log_level)
+    try:
+        cfg = load_gateway_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(replay(run_dir, day, speed, gateway_dir, cfg, record, wait_s))
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from common.config import ConfigError, load_card
@@ -19,8 +18,10 @@ from common.connection import ConnectionFileError, connection_path
 from common.errors import KtraderError
 from common.schema import StatusReply
 from tools.status import fetch_status, render_status
+from tools.supervisor import Supervisor
 
-console = Console()
+# piped output (CI, logs): wide enough that the agent tables are not cut to initials
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -44,11 +45,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def summary_table(st: StatusReply) -> Table:
     t = Table(title="ktrader demo summary")
-    for col in ("agent", "state", "orders", "open", "fills", "codes held", "cost KRW", "realised P&L", "errors"):
+    for col in ("agent", "state", "orders", "open", "fills", "codes held", "cost KRW", "realised P&L", "unrealised P&L",
+                "errors"):
         t.add_column(col, justify="right" if col not in ("agent", "state") else "left")
     for a in st.agents:
         t.add_row(a.id, a.state.value, str(a.orders_today), str(a.open_orders), str(a.fills), str(a.position_codes),
-                  f"{a.position_cost:,}", f"{a.realized_pnl:,}", str(a.errors))
+                  f"{a.position_cost:,}", f"{a.realized_pnl:,}", f"{a.unrealized_pnl:,}", str(a.errors))
     return t
 
 
@@ -78,6 +80,10 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     connection_path(run_dir).unlink(missing_ok=True)
     gw = _spawn(["gateway", "--run-dir", str(run_dir)], logs / "gateway.log")
     procs = [gw]
+    supervisor = Supervisor(run_dir, log_dir=logs)
+    # children run in their own sessions: a closed terminal or a kill must still stop them (finally)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     try:
         deadline = time.monotonic() + 30
         while not connection_path(run_dir).exists():
@@ -86,26 +92,28 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
                 return 1
             time.sleep(0.1)
         for c in cards:
-            procs.append(_spawn(["agent", "run", str(c), "--run-dir", str(run_dir)], logs / f"agent-{c.stem}.log"))
+            supervisor.start(c)
+        if not headless:
+            from tools.top.app import run_top
+
+            run_top(run_dir, cards_dir, supervisor)  # until the operator quits
+            return 0
         console.print(f"demo: gateway pid {gw.pid}, {len(cards)} agents ({', '.join(sorted(ids))}); logs in {logs}")
-        end = time.monotonic() + duration if headless else float("inf")
+        end = time.monotonic() + duration
         worst: list[str] = []
         settle_until = time.monotonic() + min(10.0, duration / 2)
-        with Live(console=console, refresh_per_second=2, transient=headless) if not headless else _Null() as live:
-            while time.monotonic() < end:
-                time.sleep(0.5)
-                try:
-                    st = fetch_status(run_dir)
-                except (ConnectionFileError, KtraderError) as e:
-                    worst = [f"gateway unreachable: {e}"]
-                    break
-                if time.monotonic() > settle_until:
-                    worst = healthy(st, ids) or worst
-                if not headless and live is not None:
-                    live.update(summary_table(st))
-                if gw.poll() is not None:
-                    worst = [f"gateway exited with {gw.returncode}"]
-                    break
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            try:
+                st = fetch_status(run_dir)
+            except (ConnectionFileError, KtraderError) as e:
+                worst = [f"gateway unreachable: {e}"]
+                break
+            if time.monotonic() > settle_until:
+                worst = healthy(st, ids) or worst
+            if gw.poll() is not None:
+                worst = [f"gateway exited with {gw.returncode}"]
+                break
         st = fetch_status(run_dir)
         render_status(st, console)
         console.print(summary_table(st))
@@ -118,13 +126,9 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop(procs[1:])
-        _stop(procs[:1])
+        supervisor.stop_all()
+        _stop(procs)
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,9 @@ from rich.table import Table
 
 from agent.client import GatewayClient
 from common.connection import read_info
-from common.schema import Ack, Control, Header, HeaderFactory, Message, StatusQuery, StatusReply
+from common.schema import (
+    Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
+)
 
 
 def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
@@ -36,26 +39,82 @@ def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: f
     return reply.message
 
 
+def fetch_orders(run_dir: str | Path, agent: str = "", since_ns: int = 0, limit: int = 500,
+                 timeout_s: float = 3.0) -> OrdersList:
+    reply = _tool_call(run_dir, "ktrader-blotter", lambda h: GetOrders(h=h, agent=agent, since_ns=since_ns, limit=limit), timeout_s)
+    assert isinstance(reply, OrdersList)
+    return reply
+
+
 def status_json(st: StatusReply) -> bytes:
     return msgspec.json.encode(st)
 
 
+def fmt_age(seconds: float) -> str:
+    if seconds < 0:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
+    """The health facts as plain lines (the console and `ktrader status` show the same ones)."""
+    h = st.health
+    now_ns = now_ns or time.time_ns()
+    tok = f"{fmt_age((h.token_expires_ns - now_ns) / 1e9)} left" if h.token_expires_ns else "unknown"
+    regs = len(h.registrations)
+    recon = ("synced" if st.synced else "NOT synced") + (
+        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences" if st.last_reconcile_age_s >= 0 else "")
+    return [
+        f"session {st.session_state}  trading {st.trading_state}  broker {st.broker}",
+        f"token expiry {tok}",
+        f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties {h.rest_penalties}",
+        f"registrations {regs}/{h.max_registrations}  websocket last message {fmt_age(h.ws_last_message_age_s)} ago  "
+        f"reconnects {max(0, h.ws_sessions - 1)}",
+        f"reconciliation {recon}  DB {fmt_bytes(h.db_bytes)}",
+    ]
+
+
 def render_status(st: StatusReply, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     up = time.time() - st.started_ns / 1e9
     console.print(
         f"[bold]gateway[/] pid {st.gateway_pid}  up {up:.0f}s  broker {st.broker}  session [bold]{st.session_state}[/]  "
         f"trading {st.trading_state}  orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}"
     )
+    for line in health_lines(st)[1:]:
+        console.print(f"  {line}")
     table = Table(show_lines=False)
-    for col in ("agent", "strategy", "state", "trading", "hb age", "pid", "codes", "open", "today", "errors"):
+    for col in ("agent", "strategy", "state", "trading", "hb age", "pid", "codes", "position", "avg", "P&L", "open",
+                "today", "REST calls (quota)", "errors", "last error"):
         table.add_column(col)
     for a in st.agents:
         style = {"online": "green", "stale": "yellow", "offline": "dim"}.get(a.state.value, "")
+        pos = ", ".join(f"{p.code}x{p.qty}" for p in a.positions if p.qty) or "-"
+        avg = ", ".join(f"{p.avg_price:,}" for p in a.positions if p.qty) or "-"
         table.add_row(a.id, a.strategy.rsplit(":", 1)[-1], f"[{style}]{a.state}[/]", a.trading_state.value,
-                      f"{a.heartbeat_age_s:.1f}s", str(a.pid), ",".join(a.codes), str(a.open_orders),
-                      str(a.orders_today), str(a.errors))
+                      fmt_age(a.heartbeat_age_s), str(a.pid), ",".join(a.codes), pos, avg,
+                      f"{a.realized_pnl + a.unrealized_pnl:,}", str(a.open_orders), str(a.orders_today),
+                      f"{st.health.rest_calls_by.get(a.id, 0)} ({a.rate_quota_per_s:g}/s)", str(a.errors), a.last_error or "-")
     console.print(table)
+    if st.account:
+        acc = Table(title="account (all agents)")
+        for col in ("code", "qty", "avg", "last", "unrealised", "realised"):
+            acc.add_column(col, justify="right")
+        for p in st.account:
+            acc.add_row(p.code, f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}", f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
+        console.print(acc)
     bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "pub_dropped", "handler_errors"))}
     if bad:
         console.print(f"[yellow]counters[/] {bad}")
+    for text in st.alerts[-5:]:
+        console.print(f"[red]alert[/] {text}")

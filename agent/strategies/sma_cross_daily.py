@@ -40,8 +40,8 @@ class _Window:
         self.short_sum = self.long_sum = 0
         self.sign = 0  # +1 short above long, -1 below, 0 not known yet
 
-    def push(self, close: int) -> bool:
-        """Add a close; True once both averages are defined."""
+    def cross(self, close: int) -> int:
+        """Add a close; +1/-1 on an up/down cross, else 0 (also while the long average is not defined)."""
         c = self.closes
         c.append(close)
         self.short_sum += close
@@ -51,7 +51,16 @@ class _Window:
             self.short_sum -= c[n - 1 - self.short]
         if n > self.long:
             self.long_sum -= c.popleft()
-        return len(c) >= self.long
+        elif n < self.long:
+            return 0
+        diff = self.short_sum * self.long - self.long_sum * self.short  # short/long averages without division
+        sign = (diff > 0) - (diff < 0)
+        prev = self.sign
+        if sign:
+            self.sign = sign
+        if prev == 0 or sign == 0 or sign == prev:
+            return 0
+        return sign
 
 
 class SmaCrossDaily(Strategy):
@@ -64,28 +73,14 @@ class SmaCrossDaily(Strategy):
         # the first bar of a code: seed from the bars before it (a backtest's warm-up; [] live for now)
         w = self.windows[code] = _Window(self.params.short, self.params.long)
         for bar in self.ctx.history(code, "1d", self.params.long + 1):
-            self._cross(w, bar.close)
+            w.cross(bar.close)
         return w
-
-    @staticmethod
-    def _cross(w: _Window, close: int) -> int:
-        """Feed one close; +1/-1 on an up/down cross, else 0."""
-        if not w.push(close):
-            return 0
-        diff = w.short_sum * w.long - w.long_sum * w.short  # short/long averages without division
-        sign = (diff > 0) - (diff < 0)
-        prev = w.sign
-        if sign:
-            w.sign = sign
-        if prev == 0 or sign == 0 or sign == prev:
-            return 0
-        return sign
 
     def on_bar(self, bar: Bar) -> None:
         if bar.interval != "1d":
             return
         w = self.windows.get(bar.code) or self._warm_up(bar.code)
-        cross = self._cross(w, bar.close)
+        cross = w.cross(bar.close)
         if not cross:
             return
         held = self.ctx.position(bar.code)

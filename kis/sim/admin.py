@@ -5,6 +5,7 @@ Every endpoint is documented in kis/sim/README.md. Errors come back as `{"error"
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,7 @@ class AdminApi:
         r.add_post("/admin/orders", self.external_order)
         r.add_post("/admin/clock/close", self.clock_close)
         r.add_post("/admin/clock/next-day", self.clock_next_day)
+        r.add_post("/admin/clock/move", self.clock_move)
         r.add_post("/admin/price", self.set_price)
         r.add_get("/admin/book/{code}", self.book)
         r.add_post("/admin/market/step", self.step)
@@ -174,6 +176,22 @@ class AdminApi:
         tw.clock.move_to_next_day()
         tw.exchange.on_clock()
         return _json({"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value})
+
+    async def clock_move(self, request: web.Request) -> web.Response:
+        """{"to": "HH:MM[:SS]"} (today) or an ISO date-time, KST: jump there (kst/replay clocks)."""
+        b = await self._body(request)
+        tw = self.twin
+        raw = str(b.get("to", ""))
+        try:
+            if "T" in raw or "-" in raw:
+                when = dt.datetime.fromisoformat(raw)
+            else:
+                when = dt.datetime.combine(tw.clock.today(), dt.time.fromisoformat(raw))
+        except ValueError:
+            return _json({"error": f"bad time {raw!r}: HH:MM[:SS] or YYYY-MM-DDTHH:MM:SS"}, status=400)
+        tw.clock.move_to(when)
+        tw.exchange.on_clock()
+        return _json({"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value, "now": tw.clock.now().isoformat()})
 
     async def set_price(self, request: web.Request) -> web.Response:
         b = await self._body(request)

@@ -8,17 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True, slots=True)
-class FeeSchedule:
-    commission_ppm: int = 150  # 0.015 % each side
-    sell_tax_ppm: int = 1_800  # 0.18 % securities transaction tax on stock sells (not ETFs)
-
-    def commission(self, amount: int) -> int:
-        return amount * self.commission_ppm // 1_000_000
-
-    def sell_tax(self, amount: int, taxable: bool) -> int:
-        return amount * self.sell_tax_ppm // 1_000_000 if taxable else 0
+from common.costs import CostModel as FeeSchedule  # noqa: F401  (one cost model for twin, books and backtests)
 
 
 @dataclass(slots=True)

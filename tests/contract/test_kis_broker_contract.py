@@ -234,7 +234,7 @@ def test_app_key_in_use_on_reconnect_backs_off_then_recovers(twin: TwinProc, tmp
             await twin.admin("POST", "/admin/faults/ws-drop")
             await ev.wait(lambda xs: [e for e in xs if isinstance(e, Gap)], timeout=15)
             reasons = [e.reason for e in ev.items if isinstance(e, SessionChange)]
-            assert any("OPSP8996" in r for r in reasons)
+            assert any("OPSP8996" in r for r in reasons), "|".join(reasons)
             assert b.session_state == SessionState.READY and b.ws.sessions >= 3
 
     run(body())

@@ -13,8 +13,10 @@ import itertools
 import os
 from collections.abc import AsyncIterator
 
+from common.clock import today_kst
 from common.config import GatewayConfig
 from common.enums import OrderType, SessionState, Side
+from kis import wire
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
     BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult,
@@ -29,6 +31,7 @@ class FakeBroker:
         self.orders: dict[str, dict] = {}
         self.submits = 0
         self._state = SessionState.DISCONNECTED
+        self.chart_calls: list[tuple[str, str, str]] = []
 
     @property
     def session_state(self) -> SessionState:
@@ -121,6 +124,37 @@ class FakeBroker:
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return SubscriptionResult(ok=True)
+
+    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
+                          caller: str = "gateway") -> wire.DailyChartResponse:
+        """Weekday bars in [start, end], newest first, at most 100: a gentle zig-zag around the
+        reference price (deterministic, so tests can check what was back-filled)."""
+        self.chart_calls.append(("daily", code, caller))
+        rows = []
+        d = end
+        while d >= start and len(rows) < 100:
+            if d.weekday() < 5:
+                px = self.ref_price + (d.toordinal() % 7) * 100
+                rows.append(wire.DailyBar(stck_bsop_date=d.strftime("%Y%m%d"), stck_clpr=str(px), stck_oprc=str(px - 100),
+                                          stck_hgpr=str(px + 200), stck_lwpr=str(px - 200), acml_vol="1000",
+                                          acml_tr_pbmn=str(1000 * px)))
+            d -= dt.timedelta(days=1)
+        return wire.DailyChartResponse(rt_cd="0", msg_cd="MCA00000", msg1="ok", output2=rows)
+
+    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> wire.TimeChartResponse:
+        """Up to 30 one-minute bars ending at `until_hhmmss` (never before 09:00), newest first."""
+        self.chart_calls.append(("minute", code, caller))
+        h, m = int(until_hhmmss[:2]), int(until_hhmmss[2:4])
+        rows = []
+        t = h * 60 + m
+        day = today_kst().strftime("%Y%m%d")
+        while t >= 9 * 60 and len(rows) < 30:
+            px = self.ref_price + (t % 5) * 100
+            rows.append(wire.MinuteBar(stck_bsop_date=day, stck_cntg_hour=f"{t // 60:02d}{t % 60:02d}00", stck_prpr=str(px),
+                                       stck_oprc=str(px), stck_hgpr=str(px + 100), stck_lwpr=str(px - 100), cntg_vol="10",
+                                       acml_tr_pbmn="0"))
+            t -= 1
+        return wire.TimeChartResponse(rt_cd="0", msg_cd="MCA00000", msg1="ok", output2=rows)
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:

@@ -111,7 +111,7 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
 
     snap = wait_for(lambda: snapshots(procs.log(a2)), 5, what="alpha2 snapshot line")[-1]
     assert [o["client_order_id"].rsplit("-", 1)[-1] for o in snap["open_orders"]] == ["2"]
-    assert snap["positions"] == [{"code": "005930", "qty": 10, "cost": 700_000, "realized_pnl": 0}]
+    assert snap["positions"] == [{"code": "005930", "qty": 10, "cost": 700_000, "realized_pnl": 0, "fees": 105}]
     assert snap["next_order_n"] == 3 and snap["orders_today"] == 2 and snap["last_seq"] > 0
     assert "START orders_today=2 open=1" in procs.log(a2)
     # nothing re-sent: still exactly the two orders of the first run

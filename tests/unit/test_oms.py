@@ -15,6 +15,7 @@ from common.errors import ErrorCode
 from common.orders import OrderState
 from common.schema import AgentEvent, FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
+from common.ids import EXTERNAL_AGENT as EXTERNAL
 from server.oms import OrderManager
 from server.risk import RiskGate
 from server.store import Store
@@ -86,6 +87,7 @@ async def test_submit_fill_dedup_and_restart(db: Path) -> None:
     assert seqs == list(range(1, len(seqs) + 1))
     fills = [e.body for _, e in h.events if isinstance(e.body, FillUpdate)]
     assert len(fills) == 1 and fills[0].position.qty == 10 and fills[0].position.cost == 700_000
+    assert fills[0].position.fees == 105  # 0.015 % commission on 700,000, floored
     await h.close()
 
     # a new gateway process on the same store: everything is back, numbering continues
@@ -93,7 +95,8 @@ async def test_submit_fill_dedup_and_restart(db: Path) -> None:
     snap = h2.oms.snapshot(CARD, CARD_STATE)
     assert [o.client_order_id for o in snap.open_orders] == [coid(2)]
     assert snap.positions[0].qty == 10 and snap.next_order_n == 3 and snap.last_seq == seqs[-1]
-    assert snap.reserved_cash == 5 * 60_000 and snap.spent_cash == 700_000
+    assert snap.reserved_cash == 5 * 60_000 and snap.spent_cash == 700_000 + 105
+    assert snap.positions[0].fees == 105  # fees survive the restart (store v3)
     assert h2.store.order_events(coid(1))  # the log holds the order's story
     h2.store.close()
 
@@ -180,9 +183,9 @@ async def test_price_band_daily_loss_and_kill_switch(tmp_path: Path) -> None:
     assert r.code is ErrorCode.DENIED_PRICE_BAND and "49000..91000" in r.message
     assert h.oms.submit(card, CARD_STATE, order(2, qty=10, price=70_000)).accepted
     await h.settle(lambda: h.oms.orders[coid(2)].state is OrderState.FILLED)
-    assert h.oms.day_pnl("alpha") == 0
+    assert h.oms.day_pnl("alpha") == -105  # the buy's commission is today's cost
     h.oms.marks["005930"] = 55_000  # down 15,000 a share: -150,000 on 10 shares
-    assert h.oms.day_pnl("alpha") == -150_000
+    assert h.oms.day_pnl("alpha") == -150_105
     r = h.oms.submit(card, CARD_STATE, order(3, qty=1, price=55_000))
     assert r.code is ErrorCode.DENIED_DAILY_LOSS
     assert h.oms.submit(card, CARD_STATE, order(4, qty=10, price=55_000, side=Side.SELL)).accepted  # reducing passes
@@ -220,4 +223,71 @@ async def test_dedup_compares_full_terms_and_revise_is_price_only(tmp_path: Path
     assert h.oms.modify(CARD, TradingState.HALTED, coid(1), 59_000)[0] is ErrorCode.DENIED_HALTED
     assert h.oms.modify(CARD, CARD_STATE, coid(1), 59_000) == (None, "revise sent")
     await h.settle(lambda: h.oms.orders[coid(1)].price == 59_000 and h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
+    await h.close()
+
+
+async def test_flatten_cancels_then_sells_what_is_held(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    await h.oms.ensure_base_prices(["005930", "000660"])
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000)).accepted  # fills
+    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED)
+    assert h.oms.submit(CARD, CARD_STATE, order(3, qty=3, price=75_000, side=Side.SELL)).accepted  # rests, holds 3
+    await h.settle(lambda: h.oms.orders[coid(3)].state is OrderState.ACCEPTED)
+    started = h.oms.flatten(CARD, "operator flatten")
+    assert started == 2  # two cancels now; the sell waits for them
+    flat = coid(900_000_000)
+    await h.settle(lambda: flat in h.oms.orders and h.oms.orders[flat].state is OrderState.FILLED)
+    sell = h.oms.orders[flat]
+    # sized after the cancels: all 10 shares, at market, under the agent's id (its books, its events)
+    assert (sell.side, sell.qty, sell.order_type.value) == (Side.SELL, 10, "market")
+    assert h.oms.positions["alpha"]["005930"].qty == 0
+    assert {h.oms.orders[coid(2)].state, h.oms.orders[coid(3)].state} == {OrderState.CANCELLED}
+    assert any(isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == flat for a, e in h.events if a == "alpha")
+    # the agent's own numbering is not disturbed by the gateway-issued id
+    assert h.oms.snapshot(CARD, CARD_STATE).next_order_n == 4
+    assert h.oms.flatten(CARD) == 0  # nothing open, nothing held: nothing to do
+    await h.close()
+
+
+async def test_shadow_orders_are_journaled_not_sent_and_fill_on_prints(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    h.oms.set_mode("alpha", True)
+    r = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=69_000))
+    assert r.accepted and "shadow" in r.message
+    assert h.broker.submits == 0  # never sent
+    o = h.oms.orders[coid(1)]
+    assert o.state is OrderState.ACCEPTED and o.broker_order_id.startswith("shadow-")
+    h.oms.on_market_trade("005930", 69_500, 100)  # above the limit: no fill
+    assert h.oms.orders[coid(1)].filled_qty == 0
+    h.oms.on_market_trade("005930", 68_900, 4)  # through the limit: 4 at the print
+    h.oms.on_market_trade("005930", 69_000, 50)
+    o = h.oms.orders[coid(1)]
+    assert o.state is OrderState.FILLED and o.filled_value == 4 * 68_900 + 6 * 69_000
+    pos = h.oms.positions["alpha"]["005930"]
+    assert pos.qty == 10 and pos.fees > 0
+    # a resting shadow order cancels at once, nothing reaches the broker
+    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=1, price=60_000)).accepted
+    assert h.oms.cancel("alpha", coid(2)) == (None, "shadow order cancelled")
+    assert h.oms.orders[coid(2)].state is OrderState.CANCELLED and h.broker.submits == 0
+    # reconciliation leaves the virtual books alone: no external adoption, no position alert
+    res = await h.oms.reconcile_now("test")
+    assert not res.alerts and not res.events and EXTERNAL not in h.oms.positions
+    await h.close()
+    # the mode survives a gateway restart (before the agent registers again)
+    h2 = Harness(db)
+    assert "alpha" in h2.oms.shadow_agents
+    h2.store.close()
+
+
+async def test_cancel_before_the_acknowledgement_is_sent_once_the_order_has_an_odno(db: Path) -> None:
+    h = Harness(db)
+    await h.start()
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
+    assert h.oms.orders[coid(1)].state is OrderState.PENDING_SUBMIT  # the sender has not run yet
+    assert h.oms.cancel("alpha", coid(1)) == (None, "cancel queued until the broker acknowledges the order")
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.CANCELLED)
+    assert h.oms.orders[coid(1)].filled_qty == 0
     await h.close()

@@ -1,4 +1,5 @@
-"""`ktrader backtest CARD --data PATH --from D --to D [...]` (also `python -m tools.backtest ...`).
+"""`ktrader backtest CARD --data PATH|--twin-replay --from D --to D [--bars 1d|1m|5m] [...]`
+(also `python -m tools.backtest ...`).
 
 Exit codes: 0 done, 1 the strategy or the run failed, 2 bad input (card, data, dates, options)."""
 
@@ -18,10 +19,11 @@ from rich.table import Table
 
 from common.config import ConfigError, load_card
 from tools.backtest.costs import CostModel
-from tools.backtest.data import DataError, load_benchmark, load_codes, parse_date
+from tools.backtest.data import DataError, load_benchmark, parse_date
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
 from tools.backtest.metrics import compute, round_trips
 from tools.backtest.report import write_outputs
+from tools.backtest.sources import check_interval, load_series, load_store
 from tools.backtest.sweep import KEYS, SEGMENTS, parse_sweep, parse_walk_forward, sweep as run_sweep
 
 DEFAULT_OUT = Path("run/backtests/{card}")
@@ -64,10 +66,12 @@ def _fmt(v: Any) -> str:
 
 def backtest_command(
     card: Annotated[Path, typer.Argument(help="AgentCard TOML whose strategy is backtested")],
-    data: Annotated[Path, typer.Option("--data", help="folder with <code>.csv / <code>_D.csv daily OHLCV (or one file)")],
     date_from: Annotated[str, typer.Option("--from", help="first trading day, YYYY-MM-DD")],
     date_to: Annotated[str, typer.Option("--to", help="last trading day, YYYY-MM-DD")],
-    bars: Annotated[str, typer.Option("--bars", help="bar interval (1d)")] = "1d",
+    data: Annotated[Optional[Path], typer.Option("--data", help="folder with <code>.csv / <code>_D.csv / <code>.parquet OHLCV, daily or intraday (or one file)")] = None,
+    twin_replay: Annotated[bool, typer.Option("--twin-replay", help="use the bars the gateway recorded in <run dir>/data/bars.sqlite")] = False,
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="the run directory for --twin-replay")] = Path("run"),
+    bars: Annotated[str, typer.Option("--bars", help="bar interval: 1d, 1m, 5m, 15m, 60m")] = "1d",
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="a code in --data, or a CSV with Date,Close")] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder ({card} = the card id)")] = DEFAULT_OUT,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="name=v1,v2,... (repeat for a grid)")] = None,
@@ -80,21 +84,31 @@ def backtest_command(
     max_participation: Annotated[float, typer.Option("--max-participation", help="max share of a bar's volume we fill")] = 0.1,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="skip report.png / report.html")] = False,
 ) -> int:
-    """Backtest a card's strategy on daily bars through the live Strategy API."""
+    """Backtest a card's strategy on daily or intraday bars through the live Strategy API."""
     rc = _backtest(card, data, date_from, date_to, bars, benchmark, out, sweep or [], workers, walk_forward, json_out,
-                   cash, commission_ppm, sell_tax_ppm, max_participation, no_plot)
+                   cash, commission_ppm, sell_tax_ppm, max_participation, no_plot, run_dir if twin_replay else None)
     if rc and _under_cli():
         raise typer.Exit(rc)  # under typer/click a returned int is ignored: make it the exit code
     return rc
 
 
-def _backtest(card: Path, data: Path, date_from: str, date_to: str, bars: str, benchmark: str | None, out: Path,
+def _benchmark(spec: str, data: Path | None, run_dir: Path | None, date_to: object) -> tuple[str, list[tuple[Any, float]]]:
+    """A code in --data, a CSV with Date,Close, or (twin replay without --data) a code in the bar store."""
+    if data is not None or Path(spec).is_file():
+        return load_benchmark(spec, data or Path(spec).parent)
+    assert run_dir is not None
+    s = load_store(run_dir, [spec], "1d", date_to)[spec]  # type: ignore[arg-type]
+    return spec, [(parse_date(b.start), float(b.close)) for b in s.bars]
+
+
+def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars: str, benchmark: str | None, out: Path,
               sweep: list[str], workers: int, walk_forward: str | None, json_out: bool, cash: int, commission_ppm: int,
-              sell_tax_ppm: int, max_participation: float, no_plot: bool) -> int:
+              sell_tax_ppm: int, max_participation: float, no_plot: bool, run_dir: Path | None = None) -> int:
     console = Console(stderr=True)
     try:
-        if bars != "1d":
-            raise ValueError(f"--bars {bars}: only daily bars (1d) are supported so far")
+        check_interval(bars)
+        if (data is None) == (run_dir is None):
+            raise ValueError("give exactly one of --data PATH and --twin-replay")
         if not 0 < max_participation <= 1:
             raise ValueError("--max-participation must be in (0, 1]")
         c = load_card(card)
@@ -104,8 +118,8 @@ def _backtest(card: Path, data: Path, date_from: str, date_to: str, bars: str, b
         config = BacktestConfig(date_from=d_from, date_to=d_to, cash=cash,
                                 costs=CostModel(commission_ppm=commission_ppm, sell_tax_ppm=sell_tax_ppm),
                                 max_participation_bp=max(1, round(max_participation * 10_000)))
-        series = load_codes(data, c.codes, d_to)
-        bench = load_benchmark(benchmark, data) if benchmark else None
+        series = load_series(c.codes, bars, d_to, data, run_dir)
+        bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
         grid = parse_sweep(sweep) if sweep else []
         wf = parse_walk_forward(walk_forward) if walk_forward else None
         if wf and not grid:
@@ -116,9 +130,9 @@ def _backtest(card: Path, data: Path, date_from: str, date_to: str, bars: str, b
     folder = Path(str(out).replace("{card}", c.id))
     try:
         if grid:
-            days = sorted({b.start for s in series.values() for b in s.bars if d_from.isoformat() <= b.start})
+            days = sorted({b.start[:10] for s in series.values() for b in s.bars if d_from.isoformat() <= b.start})
             with _progress(console, "sweep") as prog:
-                res = run_sweep(c, data, config, grid, workers, days, wf, prog)
+                res = run_sweep(c, data, config, grid, workers, days, wf, prog, bars=bars, run_dir=run_dir)
             return _report_sweep(res, folder, json_out, console, wf is not None)
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
@@ -129,7 +143,7 @@ def _backtest(card: Path, data: Path, date_from: str, date_to: str, bars: str, b
         console.print(f"[red]backtest: {e}[/]")
         return 2
     metrics = compute(result, bench[1] if bench else None, bench[0] if bench else "")
-    last = {code: v[-1][1] for code, v in result.closes.items() if v}
+    last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
     bench_pts = [(day.isoformat(), v) for day, v in bench[1]] if bench else None
     paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot)

@@ -1,12 +1,21 @@
 """The event loop: one strategy instance, driven bar by bar through the live Strategy API.
 
-Per bar time t (a trading day for daily bars), in this order:
+Daily bars (`1d`), per bar time t (a trading day), in this order:
 1. the simulated broker matches the orders decided before t against t's bars and expires the day's
-   leftovers; the strategy hears about it through `on_order` / `on_fill` (now() = t's open);
+   leftovers; the strategy hears about it through `on_order` / `on_fill` (now() = t's open, 09:00);
 2. the strategy gets `on_bar` for every code with a bar at t, in the card's code order (now() = t's
-   close); orders it places go to the broker at once and can fill from t+1 on;
+   close, 15:30); orders it places go to the broker at once and can fill from t+1 on;
 3. equity is marked at t's closes.
-`ctx.history()` returns only bars before t — never the bar being delivered or a later one.
+
+Intraday bars (`1m`, `5m`, ...), per bar time t: the same steps 1-2 (now() = t's start while matching,
+t's end in `on_bar`), but DAY orders live until the close of the day they were placed on: after the
+day's last bar they expire (an order placed on that last bar never fills: the data has no later bar
+that day). The price band's base is the previous day's last close (the data's stand-in for the
+official close); equity is marked once a day, at the day's last bar, so returns and their
+annualisation are daily whatever the bar size.
+
+`ctx.history(code, interval)` returns only bars before t — never the bar being delivered or a later one;
+on intraday data `history(code, "1d")` gives the completed days, aggregated from the bars.
 """
 
 from __future__ import annotations
@@ -24,16 +33,18 @@ from agent.strategy import Strategy
 from common.clock import KST
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
-from common.ids import make_client_order_id
 from common.orders import Order
-from common.schema import Bar, OrderView, PositionView
+from common.schema import Bar, FillView, OrderView, PositionView
 from tools.backtest.broker import FillRecord, Note, SimBroker
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
+from tools.backtest.services import BacktestServices
 
 DEFAULT_CASH = 100_000_000  # when the card has no budget
 OPEN_HM = (9, 0)
 CLOSE_HM = (15, 30)
+# minutes per bar of the intraday intervals; "1d" is the daily bar
+INTERVAL_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "60m": 60}
 
 
 class BacktestError(RuntimeError):
@@ -58,9 +69,9 @@ class BacktestResult:
     date_from: str
     date_to: str
     initial_cash: int
-    dates: list[str]
-    equity: list[int]  # at each close, KRW
-    holdings: list[int]  # market value of the positions at each close
+    dates: list[str]  # trading days (YYYY-MM-DD), one per equity point
+    equity: list[int]  # at each day's close, KRW
+    holdings: list[int]  # market value of the positions at each day's close
     fills: list[FillRecord]
     orders: list[Order]  # every order in its final state, in submission order
     order_states: dict[str, int]  # final state -> count
@@ -68,21 +79,62 @@ class BacktestResult:
     taxes: int
     traded_value: int
     positions: dict[str, PositionView]
-    closes: dict[str, list[tuple[str, int]]]  # code -> (date, close) over the run (for the report)
+    closes: dict[str, tuple[list[str], list[int]]]  # code -> (days, each day's last close) (for the report)
     bars: int  # bars delivered to on_bar
+    interval: str = "1d"
 
 
-def _ts(day: str, hm: tuple[int, int]) -> dt.datetime:
-    return dt.datetime(int(day[:4]), int(day[5:7]), int(day[8:10]), hm[0], hm[1], tzinfo=KST)
+@functools.lru_cache(maxsize=65536)
+def _time(start: str, minutes: int, end: bool) -> dt.datetime:
+    """The time of a bar's start (end=False) or end: daily bars open 09:00 and close 15:30."""
+    if minutes == 0:
+        hm = CLOSE_HM if end else OPEN_HM
+        return dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), hm[0], hm[1], tzinfo=KST)
+    t = dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), int(start[11:13]), int(start[14:16]), tzinfo=KST)
+    return t + dt.timedelta(minutes=minutes) if end else t
 
 
-@functools.lru_cache(maxsize=4096)
-def _ts_ns(day: str, hm: tuple[int, int]) -> int:
-    """Order/fill timestamps in ns; cached because a day's orders all share it."""
-    return int(_ts(day, hm).timestamp()) * 1_000_000_000
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+_KST_OFFSET_S = 9 * 3600
 
 
-class BacktestContext:
+@functools.lru_cache(maxsize=65536)
+def _day_ns(day: str) -> int:
+    """00:00 KST of `day` in ns since the epoch (cached: a day's orders and fills all need it)."""
+    return ((dt.date(int(day[:4]), int(day[5:7]), int(day[8:10])).toordinal() - _EPOCH_DAY) * 86_400
+            - _KST_OFFSET_S) * 1_000_000_000
+
+
+def _time_ns(start: str, minutes: int, end: bool) -> int:
+    """_time() in ns for order/fill timestamps, with integer arithmetic (KST has no DST)."""
+    if minutes == 0:
+        hm = CLOSE_HM if end else OPEN_HM
+        m = hm[0] * 60 + hm[1]
+    else:
+        m = int(start[11:13]) * 60 + int(start[14:16]) + (minutes if end else 0)
+    return _day_ns(start[:10]) + m * 60_000_000_000
+
+
+def _daily_bars(bars: list[Bar]) -> list[Bar]:
+    """Intraday bars aggregated into one bar per day (for history(code, "1d") on intraday data)."""
+    out: list[Bar] = []
+    cur: Bar | None = None
+    for b in bars:
+        day = b.start[:10]
+        if cur is not None and cur.start == day:
+            cur = Bar(code=b.code, interval="1d", start=day, open=cur.open, high=max(cur.high, b.high),
+                      low=min(cur.low, b.low), close=b.close, volume=cur.volume + b.volume, value=cur.value + b.value)
+        else:
+            if cur is not None:
+                out.append(cur)
+            cur = Bar(code=b.code, interval="1d", start=day, open=b.open, high=b.high, low=b.low, close=b.close,
+                      volume=b.volume, value=b.value)
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+class BacktestContext(BacktestServices):  # state in memory; quote/investor/summary raise (services.py)
     """The strategy's Context in a backtest (agent.strategy.Context): same calls, simulated broker."""
 
     def __init__(self, engine: Backtest) -> None:
@@ -130,16 +182,23 @@ class BacktestContext:
         self._e.next_timer = self.now() + dt.timedelta(seconds=interval_s) if interval_s > 0 else None
 
     def now(self) -> dt.datetime:
-        return _ts(self._e.timeline[self._e.step][0], self._e.hm)
+        e = self._e
+        return _time(e.times[e.step], e.minutes, e.in_bar)
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
-        if interval != "1d" or n <= 0:
+        e = self._e
+        if n <= 0 or code not in e.bars:
             return []
-        bars = self._e.bars.get(code)
-        if bars is None:
+        t = e.times[e.step]
+        if interval == e.interval:
+            bars, starts = e.bars[code], e.starts[code]
+        elif interval == "1d":  # completed days of intraday data
+            bars, starts = e.daily(code)
+            t = t[:10]
+        else:
             return []
         # bars strictly before the current bar time: never the bar being delivered, never a later one
-        p = bisect.bisect_left(self._e.starts[code], self._e.timeline[self._e.step][0])
+        p = bisect.bisect_left(starts, t)
         return bars[max(0, p - n):p]
 
 
@@ -150,31 +209,62 @@ class Backtest:
             raise BacktestError(f"no data for {missing}")
         if config.date_from > config.date_to:
             raise BacktestError(f"--from {config.date_from} is after --to {config.date_to}")
+        intervals = {series[c].bars[0].interval for c in card.codes if series[c].bars}
+        if len(intervals) > 1:
+            raise BacktestError(f"the codes' bars have different intervals {sorted(intervals)}")
+        self.interval = intervals.pop() if intervals else "1d"
+        if self.interval != "1d" and self.interval not in INTERVAL_MINUTES:
+            raise BacktestError(f"bar interval {self.interval!r} is not supported (1d, {', '.join(INTERVAL_MINUTES)})")
+        self.intraday = self.interval != "1d"
+        self.minutes = INTERVAL_MINUTES.get(self.interval, 0)
         self.card = card
         self.config = config
         cash = config.cash or card.budget or DEFAULT_CASH
         self.broker = SimBroker(card=card, cash=cash, costs=config.costs,
                                 max_participation_bp=config.max_participation_bp,
                                 kinds={c: s.kind for c, s in series.items()})
+        if self.intraday:  # marks follow every bar; the band's base moves once a day
+            self.broker.last = {}
         self.initial_cash = cash
-        lo, hi = config.date_from.isoformat(), config.date_to.isoformat()
+        lo, hi = config.date_from.isoformat(), config.date_to.isoformat() + "~"  # "~" sorts after "T..": whole day
         self.bars: dict[str, list[Bar]] = {}
         self.starts: dict[str, list[str]] = {}
-        by_day: dict[str, list[Bar]] = {}
-        for code in card.codes:  # card order = on_bar order within a day
-            bars = [b for b in series[code].bars if b.start <= hi]
-            self.bars[code] = bars
-            self.starts[code] = [b.start for b in bars]
-            first = bisect.bisect_left(self.starts[code], lo)
-            for b in bars[first:]:
-                by_day.setdefault(b.start, []).append(b)
-        self.timeline: list[tuple[str, list[Bar]]] = sorted(by_day.items())
-        if not self.timeline:
-            raise BacktestError(f"no bars for {card.codes} between {lo} and {hi}")
-        for code, starts in self.starts.items():  # warm-up closes: the band's base for the first decisions
-            p = bisect.bisect_left(starts, lo)
-            if p > 0:
-                self.broker.set_close(code, self.bars[code][p - 1].close)
+        firsts: dict[str, int] = {}
+        for code in card.codes:  # bars are oldest first (loaders guarantee it)
+            all_bars = series[code].bars
+            starts = [b.start for b in all_bars]
+            end = bisect.bisect_right(starts, hi)
+            self.bars[code] = all_bars[:end]
+            self.starts[code] = starts[:end]
+            firsts[code] = bisect.bisect_left(starts, lo, 0, end)
+        # the timeline: bar times, and per time its bars (one code: the Bar itself, no per-step container)
+        self.single = len(card.codes) == 1
+        self.at: list[Any]
+        if self.single:
+            code = card.codes[0]
+            self.times: list[str] = self.starts[code][firsts[code]:]
+            self.at = self.bars[code][firsts[code]:]
+        else:
+            by_time: dict[str, list[Bar]] = {}
+            for code in card.codes:  # card order = on_bar order within a bar time
+                for b in self.bars[code][firsts[code]:]:
+                    by_time.setdefault(b.start, []).append(b)
+            self.times = sorted(by_time)
+            self.at = [by_time[t] for t in self.times]
+        if not self.times:
+            raise BacktestError(f"no bars for {card.codes} between {lo} and {hi[:-1]}")
+        # intraday: True at each day's last bar time (where orders expire and equity is marked)
+        self.day_end: list[bool] = []
+        if self.intraday:
+            days = [t[:10] for t in self.times]
+            self.day_end = [a != b for a, b in zip(days, days[1:])] + [True]
+        for code, first in firsts.items():  # warm-up closes: the band's base for the first decisions
+            if first > 0:
+                self.broker.set_close(code, self.bars[code][first - 1].close)
+            elif self.intraday and first < len(self.bars[code]):
+                # no earlier day: the first bar's open stands in for the previous close (the band's base)
+                self.broker.set_close(code, self.bars[code][first].open)
+        self._daily: dict[str, tuple[list[Bar], list[str]]] = {}
         raw = dict(card.params)
         raw.update(config.params or {})
         self.params = raw
@@ -189,27 +279,38 @@ class Backtest:
         self._wants_orders = type(self.strategy).on_order is not Strategy.on_order
         self._wants_fills = type(self.strategy).on_fill is not Strategy.on_fill
         self.step = 0
-        self.hm = OPEN_HM
+        self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
         self.timer_s = 0.0
         self.next_timer: dt.datetime | None = None
         self._order_day = ""
-        self._order_date = dt.date.min
+        self._coid_prefix = ""
         self._order_n = 0
         self._running = False
+
+    def daily(self, code: str) -> tuple[list[Bar], list[str]]:
+        got = self._daily.get(code)
+        if got is None:
+            bars = _daily_bars(self.bars[code])
+            got = self._daily[code] = (bars, [b.start for b in bars])
+        return got
 
     # ---- called by the context --------------------------------------------------------------------
 
     def order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
               reason: str) -> str:
-        day = self.timeline[self.step][0]
+        t = self.times[self.step]
+        day = t[:10]
         if day != self._order_day:  # client order numbers restart each day, as live
-            self._order_day, self._order_date, self._order_n = day, dt.date.fromisoformat(day), 0
+            self._order_day, self._order_n = day, 0
+            # common.ids.make_client_order_id's "<agent>-<yyyymmdd>-<n>", without a date object per day
+            self._coid_prefix = f"{self.card.id}-{day[:4]}{day[5:7]}{day[8:10]}-"
         self._order_n += 1
-        coid = make_client_order_id(self.card.id, self._order_date, self._order_n)
+        coid = self._coid_prefix + str(self._order_n)
         # on_start orders are decided before the first bar: they are live in it and expire after it
-        self.broker.step = self.step if self._running else -1
-        self.broker.ts_ns = _ts_ns(day, self.hm)
-        self.broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending)
+        broker = self.broker
+        broker.step = self.step if self._running else -1
+        broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
+        broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending)
         return coid
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -218,88 +319,148 @@ class Backtest:
         try:
             getattr(self.strategy, hook)(*args)
         except Exception as e:
-            raise BacktestError(f"{self.card.strategy}.{hook} failed at {self.timeline[self.step][0]}: {type(e).__name__}: {e}") from e
+            raise BacktestError(f"{self.card.strategy}.{hook} failed at {self.times[self.step]}: {type(e).__name__}: {e}") from e
 
     def _deliver(self) -> None:
         # notes raised while delivering (an order placed in on_fill) are delivered in the same pass
+        pending = self.pending
+        if not (self._wants_orders or self._wants_fills):
+            pending.clear()
+            return
         i = 0
-        while i < len(self.pending):
-            note = self.pending[i]
+        while i < len(pending):
+            note = pending[i]
             i += 1
             if note[0] == "order":
                 if self._wants_orders:
                     self._call("on_order", self.broker.view(note[1]))
             elif self._wants_fills:
-                self._call("on_fill", note[1], note[2])
-        self.pending.clear()
+                f = note[1]  # the FillRecord; the view is built only for a strategy that listens
+                self._call("on_fill", FillView(client_order_id=f.client_order_id, fill_id=note[2], code=f.code,
+                                               side=f.side, qty=f.qty, price=f.price, ts_ns=note[3]), note[4])
+        pending.clear()
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> BacktestResult:
-        # The hot loop: per bar one on_bar call and two list appends; broker work only when orders
-        # are open, position marking only while shares are held.
-        broker, strategy, pending = self.broker, self.strategy, self.pending
-        base, held = broker.base, broker.held
+        # The hot loop: per bar one on_bar call; broker work only when orders are open, position
+        # marking only while shares are held.
+        broker, pending, times, at = self.broker, self.pending, self.times, self.at
+        on_bar = self.strategy.on_bar
+        base, last, held = broker.base, broker.last, broker.held
+        intraday, minutes, day_end = self.intraday, self.minutes, self.day_end
+        dates: list[str] = []
         equity: list[int] = []
         holdings: list[int] = []
-        eq_append, h_append = equity.append, holdings.append
-        total = len(self.timeline)
+        d_append, eq_append, h_append = dates.append, equity.append, holdings.append
+        total = len(times)
+        single = self.single
         self._call("on_start")
         self._deliver()
-        self.hm = CLOSE_HM
+        self.in_bar = True
         self._running = True
-        for step, (day, bars) in enumerate(self.timeline):
+        for step, t in enumerate(times):
             self.step = step
+            bars = at[step]
             if broker.open_ids:
-                self.hm = OPEN_HM
+                self.in_bar = False
                 broker.step = step
-                broker.ts_ns = _ts_ns(day, OPEN_HM)
-                for bar in bars:
-                    broker.match(bar, day, pending)
-                broker.expire_day(pending)  # daily bars: a day is one bar time
-                self._deliver()
-                self.hm = CLOSE_HM
-            for bar in bars:  # at the close every bar of the day is complete: the next day's band base
-                base[bar.code] = bar.close
-            for bar in bars:
+                broker.ts_ns = _time_ns(t, minutes, False)
+                day = t[:10]
+                if single:
+                    broker.match(bars, day, pending)
+                else:
+                    for bar in bars:
+                        broker.match(bar, day, pending)
+                if not intraday:
+                    broker.expire_day(pending)  # daily bars: a day is one bar time
+                if pending:
+                    self._deliver()
+                self.in_bar = True
+            if single:  # one code: the same steps without the loops over a bar time's bars
+                bar = bars
+                last[bar.code] = bar.close
                 try:
-                    strategy.on_bar(bar)
+                    on_bar(bar)
                 except Exception as e:
-                    raise BacktestError(f"{self.card.strategy}.on_bar failed at {day} {bar.code}: "
+                    raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                         f"{type(e).__name__}: {e}") from e
                 if pending:
                     self._deliver()
-            if held:
-                value = 0
-                for code, qty in held.items():
-                    value += qty * base[code]
-                h_append(value)
-                eq_append(broker.cash + value)
             else:
-                h_append(0)
-                eq_append(broker.cash)
+                for bar in bars:  # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                    last[bar.code] = bar.close
+                for bar in bars:
+                    try:
+                        on_bar(bar)
+                    except Exception as e:
+                        raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
+                                            f"{type(e).__name__}: {e}") from e
+                    if pending:
+                        self._deliver()
             if self.next_timer is not None and self.ctx.now() >= self.next_timer:
                 self.next_timer = self.ctx.now() + dt.timedelta(seconds=self.timer_s)
                 self._call("on_timer")
                 self._deliver()
             if progress is not None and (step & 255 == 0 or step == total - 1):
                 progress(step + 1, total)
+            if intraday:
+                if not day_end[step]:
+                    continue
+                if broker.open_ids:  # the close: DAY orders end with their day
+                    broker.step = step
+                    broker.ts_ns = _time_ns(t[:10], 0, True)
+                    broker.expire_all(pending)
+                    self._deliver()
+                base.update(last)  # the day's last closes: tomorrow's band base
+                d_append(t[:10])
+            if held:
+                value = 0
+                for code, qty in held.items():
+                    value += qty * last[code]
+                h_append(value)
+                eq_append(broker.cash + value)
+            else:
+                h_append(0)
+                eq_append(broker.cash)
         self._call("on_stop")
         broker.step = total
         broker.expire_all(pending)
         self._deliver()
+        if not intraday:  # daily: one equity point per bar time
+            dates = list(times)
+        return self._result(dates, equity, holdings)
+
+    def _result(self, dates: list[str], equity: list[int], holdings: list[int]) -> BacktestResult:
+        broker = self.broker
         states: dict[str, int] = {}
         for o in broker.orders.values():
             states[str(o.state)] = states.get(str(o.state), 0) + 1
-        closes: dict[str, list[tuple[str, int]]] = {c: [] for c in self.card.codes}
-        for day, bars in self.timeline:
-            for bar in bars:
-                closes[bar.code].append((day, bar.close))
+        # two flat lists per code, not a tuple per bar: nothing here for the garbage collector to scan
+        closes: dict[str, tuple[list[str], list[int]]] = {c: ([], []) for c in self.card.codes}
+        n_bars = 0
+        if self.single and not self.intraday:
+            closes[self.card.codes[0]] = (list(self.times), [b.close for b in self.at])
+            n_bars = len(self.at)
+        else:
+            for t, bars in zip(self.times, self.at):
+                if self.single:
+                    bars = (bars,)
+                n_bars += len(bars)
+                day = t[:10]
+                for bar in bars:
+                    c_days, c_closes = closes[bar.code]
+                    if c_days and c_days[-1] == day:
+                        c_closes[-1] = bar.close  # intraday: the day's last close
+                    else:
+                        c_days.append(day)
+                        c_closes.append(bar.close)
         return BacktestResult(
             card_id=self.card.id, strategy=self.card.strategy, params=self.params,
-            date_from=self.timeline[0][0], date_to=self.timeline[-1][0], initial_cash=self.initial_cash,
-            dates=[d for d, _ in self.timeline], equity=equity, holdings=holdings, fills=list(broker.fills),
-            orders=list(broker.orders.values()), order_states=dict(sorted(states.items())), fees=broker.fees, taxes=broker.taxes,
-            traded_value=broker.traded_value, positions={c: p for c, p in broker.positions.items() if p.qty},
-            closes=closes, bars=sum(len(b) for _, b in self.timeline),
+            date_from=self.times[0][:10], date_to=self.times[-1][:10], initial_cash=self.initial_cash,
+            dates=dates, equity=equity, holdings=holdings, fills=list(broker.fills),
+            orders=list(broker.orders.values()), order_states=dict(sorted(states.items())), fees=broker.fees,
+            taxes=broker.taxes, traded_value=broker.traded_value,
+            positions={c: p for c, p in broker.positions.items() if p.qty},
+            closes=closes, bars=n_bars, interval=self.interval,
         )
 
 

@@ -134,7 +134,7 @@ def compute(result: BacktestResult, benchmark: list[tuple[dt.date, float]] | Non
     sd = _std(rets)
     downside = math.sqrt(math.fsum(min(r, 0.0) ** 2 for r in rets) / len(rets)) if rets else 0.0
     mdd, mdd_bars, longest, _ = drawdown(eq, result.initial_cash)
-    last_close = {c: v[-1][1] for c, v in result.closes.items() if v}
+    last_close = {c: v[1][-1] for c, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last_close, result.dates)
     closed = [t for t in trades if not t.open]
     wins = [t.pnl for t in closed if t.pnl > 0]

@@ -7,9 +7,10 @@ import base64
 import csv
 import html
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from tools.backtest.engine import BacktestResult
 from tools.backtest.metrics import Trade, drawdown
@@ -27,7 +28,7 @@ def _dump(path: Path, obj: Any) -> None:
 
 
 def fill_rows(result: BacktestResult) -> list[dict[str, Any]]:
-    return [{**asdict(f), "side": str(f.side)} for f in result.fills]
+    return [{**msgspec.structs.asdict(f), "side": str(f.side)} for f in result.fills]
 
 
 def write_outputs(out: Path, result: BacktestResult, metrics: dict[str, Any], trades: list[Trade],
@@ -49,7 +50,7 @@ def write_outputs(out: Path, result: BacktestResult, metrics: dict[str, Any], tr
     _write_csv(out / "trades.csv", t_cols, [[r[c] for c in t_cols] for r in t_rows])
     _dump(out / "trades.json", t_rows)
     f_rows = fill_rows(result)
-    f_cols = ["day", "client_order_id", "code", "side", "qty", "price", "commission", "tax", "cash_after",
+    f_cols = ["day", "at", "client_order_id", "code", "side", "qty", "price", "commission", "tax", "cash_after",
               "decision_price", "reason"]
     _write_csv(out / "fills.csv", f_cols, [[r[c] for c in f_cols] for r in f_rows])
     _dump(out / "fills.json", f_rows)
@@ -80,7 +81,7 @@ def plot_png(path: Path, result: BacktestResult, dd: list[float],
     import matplotlib.pyplot as plt
 
     days = [dt.date.fromisoformat(d) for d in result.dates]
-    codes = [c for c, v in result.closes.items() if v][:3]
+    codes = [c for c, v in result.closes.items() if v[1]][:3]
     fig, axes = plt.subplots(2 + len(codes), 1, figsize=(11, 4 + 2.4 * (2 + len(codes))), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.2] + [2] * len(codes)})
     ax = axes[0]
@@ -99,8 +100,8 @@ def plot_png(path: Path, result: BacktestResult, dd: list[float],
     axes[1].set_ylabel("drawdown %")
     axes[1].grid(alpha=0.3)
     for ax, code in zip(axes[2:], codes):
-        pts = result.closes[code]
-        ax.plot([dt.date.fromisoformat(d) for d, _ in pts], [c for _, c in pts], color="#333333", lw=0.9, label=code)
+        c_days, c_closes = result.closes[code]
+        ax.plot([dt.date.fromisoformat(d) for d in c_days], c_closes, color="#333333", lw=0.9, label=code)
         for side, marker, color in (("buy", "^", "#1e8449"), ("sell", "v", "#c0392b")):
             fs = [f for f in result.fills if f.code == code and str(f.side) == side]
             ax.scatter([dt.date.fromisoformat(f.day) for f in fs], [f.price for f in fs], marker=marker, color=color,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import AgentCard
-from tools.backtest.data import Series, load_codes
+from tools.backtest.data import Series
+from tools.backtest.sources import load_series
 from tools.backtest.engine import BacktestConfig, run_backtest
 from tools.backtest.metrics import compute
 
@@ -78,15 +79,18 @@ class Job:
     config: BacktestConfig
     params: dict[str, Any]
     segment: str = "all"
+    bars: str = "1d"
+    run_dir: str = ""  # set: the gateway's bar store in that run directory (--twin-replay), not `data`
 
 
-_CACHE: dict[tuple[str, tuple[str, ...], str], dict[str, Series]] = {}
+_CACHE: dict[tuple[str, str, str, tuple[str, ...], str], dict[str, Series]] = {}
 
 
 def _series(job: Job) -> dict[str, Series]:
-    key = (job.data, tuple(job.card.codes), job.config.date_to.isoformat())
+    key = (job.data, job.run_dir, job.bars, tuple(job.card.codes), job.config.date_to.isoformat())
     if key not in _CACHE:  # one load per worker process, not per job
-        _CACHE[key] = load_codes(Path(job.data), job.card.codes, job.config.date_to)
+        _CACHE[key] = load_series(job.card.codes, job.bars, job.config.date_to,
+                                  Path(job.data) if job.data else None, Path(job.run_dir) if job.run_dir else None)
     return _CACHE[key]
 
 
@@ -120,17 +124,20 @@ def _score(row: dict[str, Any]) -> float:
     return -math.inf if s is None else float(s)
 
 
-def sweep(card: AgentCard, data: Path, config: BacktestConfig, grid: list[dict[str, Any]], workers: int,
+def sweep(card: AgentCard, data: Path | None, config: BacktestConfig, grid: list[dict[str, Any]], workers: int,
           days: list[str], walk_forward: tuple[float, float, float] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+          progress: Callable[[int, int], None] | None = None, bars: str = "1d",
+          run_dir: Path | None = None) -> dict[str, Any]:
     """Run the grid; with a walk-forward split, on each segment, choosing by train Sharpe."""
+    src = {"bars": bars, "run_dir": str(run_dir) if run_dir else ""}
+    data_s = str(data) if data else ""
     if walk_forward is None:
-        jobs = [Job(card, str(data), config, p) for p in grid]
+        jobs = [Job(card, data_s, config, p, **src) for p in grid]
         rows = run_jobs(jobs, workers, progress)
         best = max(range(len(rows)), key=lambda i: (_score(rows[i]), -i))
         return {"rows": rows, "best": best, "chosen_by": "sharpe"}
     ranges = split_dates(days, walk_forward)
-    jobs = [Job(card, str(data), replace(config, date_from=lo, date_to=hi), p, seg)
+    jobs = [Job(card, data_s, replace(config, date_from=lo, date_to=hi), p, seg, **src)
             for p in grid for seg, (lo, hi) in zip(SEGMENTS, ranges)]
     flat = run_jobs(jobs, workers, progress)
     rows = [flat[i:i + 3] for i in range(0, len(flat), 3)]  # per grid point: train, validate, test

@@ -1,0 +1,154 @@
+"""The agent's market-data feed: which topics to subscribe to, per-topic gap detection, healing a gap
+with a fresh `GetMarket` snapshot, optional conflation, and de-duplication so the strategy sees every
+sequence number at most once.
+
+How a heal works: the gateway's snapshot carries the last message and the last sequence number of
+each topic. Whatever the snapshot holds that is newer than what the strategy has seen is delivered
+(the last trade/book; after a gap also the last closed bar of each subscribed interval), and the
+topic's baseline moves up to the snapshot's sequence, so stream messages at or below it are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from agent.feed import SequenceTracker
+from common.config import AgentCard
+from common.schema import (
+    Bar, BookTick, MarketSnapshot, MarketState, PubBody, Published, SYSTEM_TOPIC, TradeTick, bar_topic, book_topic,
+    trade_topic,
+)
+
+CONFLATABLE = (TradeTick, BookTick)  # bars and system events are never conflated
+
+
+@dataclass
+class FeedStats:
+    gaps: int = 0  # gaps detected on market-data topics
+    missed: int = 0  # messages lost in those gaps
+    heals: int = 0  # snapshots applied after a gap
+    conflated: int = 0  # trade/book messages skipped because a newer one was in the same drain
+    stale: int = 0  # stream messages dropped as already covered (duplicate or older than a snapshot)
+    snapshots: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+class MarketFeed:
+    def __init__(self, card: AgentCard, log: logging.Logger) -> None:
+        self.card = card
+        self.log = log
+        self.tracker = SequenceTracker()
+        self.stats = FeedStats()
+        self.market: dict[str, MarketState] = {}  # the latest snapshot per code (partial bars included)
+        self._pending: dict[int, bool] = {}  # GetMarket mid -> asked because of a gap
+        self._healing: set[str] = set()  # codes with a gap snapshot on the way
+        self._conflation_logged = float("-inf")
+
+    def reset(self) -> None:
+        """A new gateway session numbers its topics from 1 again."""
+        self.tracker = SequenceTracker()
+        self._pending.clear()
+        self._healing.clear()
+
+    # ---- subscriptions ---------------------------------------------------------------------------
+
+    def topics(self) -> list[str]:
+        subs = self.card.subscriptions
+        out = [SYSTEM_TOPIC]
+        for code in self.card.codes:
+            if subs.trades:
+                out.append(trade_topic(code))
+            if subs.book:
+                out.append(book_topic(code))
+            out += [bar_topic(code, iv) for iv in subs.bars]
+        return out
+
+    def asked(self, mid: int, gap: bool, codes: list[str]) -> None:
+        self._pending[mid] = gap
+        if gap:
+            self._healing.update(codes)
+
+    # ---- stream --------------------------------------------------------------------------------
+
+    def drain(self, batch: list[Published]) -> tuple[list[Published], list[str]]:
+        """Filter one drain of the SUB socket: returns the messages to deliver, in order, and the
+        codes whose gaps need a snapshot (not already being healed)."""
+        fresh: list[Published] = []
+        heal: list[str] = []
+        for pub in batch:
+            missed = self.tracker.see(pub.topic, pub.seq)
+            if missed < 0:
+                self.stats.stale += 1
+                continue
+            if missed and pub.topic != SYSTEM_TOPIC:
+                self.stats.gaps += 1
+                self.stats.missed += missed
+                self.stats.by_topic[pub.topic] = self.stats.by_topic.get(pub.topic, 0) + missed
+                code = _code(pub.body)
+                self.log.warning("FEED gap on %s: %d messages missed; asking for a snapshot", pub.topic, missed)
+                if code and code not in self._healing and code not in heal:
+                    heal.append(code)
+            elif missed:
+                self.log.warning("FEED gap on %s: %d system events missed", pub.topic, missed)
+            fresh.append(pub)
+        if self.card.subscriptions.conflate and len(fresh) > 1:
+            fresh = self._conflate(fresh)
+        return fresh, heal
+
+    def _conflate(self, batch: list[Published]) -> list[Published]:
+        newest: dict[str, int] = {}
+        for i, pub in enumerate(batch):
+            if isinstance(pub.body, CONFLATABLE):
+                newest[pub.topic] = i
+        out = [p for i, p in enumerate(batch) if not isinstance(p.body, CONFLATABLE) or newest[p.topic] == i]
+        skipped = len(batch) - len(out)
+        if skipped:
+            self.stats.conflated += skipped
+            now = time.monotonic()
+            if now >= self._conflation_logged + 10.0:  # a summary, not a line per drain
+                self._conflation_logged = now
+                self.log.info("FEED conflated %d messages so far (%d in this drain)", self.stats.conflated, skipped)
+        return out
+
+    # ---- snapshot --------------------------------------------------------------------------------
+
+    def on_snapshot(self, snap: MarketSnapshot) -> list[PubBody]:
+        """Apply a snapshot; returns what the strategy has not seen yet, to deliver in order."""
+        gap = self._pending.pop(snap.h.re, False)
+        self.stats.snapshots += 1
+        wanted = set(self.topics())
+        out: list[PubBody] = []
+        for st in snap.markets:
+            self.market[st.code] = st
+            healed = st.code in self._healing
+            self._healing.discard(st.code)
+            for topic, seq in st.seqs.items():
+                if topic not in wanted:
+                    continue
+                last = self.tracker.last.get(topic)
+                if last is not None and seq <= last:
+                    continue  # we are ahead of (or level with) the snapshot
+                self.tracker.last[topic] = seq
+                item = _item(st, topic)
+                # on subscribe the last bar is history, not news; after a gap it is one we missed
+                if item is not None and (not isinstance(item, Bar) or gap or healed):
+                    out.append(item)
+            if gap or healed:
+                self.stats.heals += 1
+                self.log.info("FEED healed %s from a snapshot (gaps %d, heals %d)", st.code, self.stats.gaps,
+                              self.stats.heals)
+        return out
+
+
+def _code(body: PubBody) -> str:
+    return getattr(body, "code", "")
+
+
+def _item(st: MarketState, topic: str) -> PubBody | None:
+    if topic == trade_topic(st.code):
+        return st.trade
+    if topic == book_topic(st.code):
+        return st.book
+    return next((b for b in st.closed if bar_topic(st.code, b.interval) == topic), None)

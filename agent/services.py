@@ -1,0 +1,204 @@
+"""The strategy's gateway services (mixed into AgentRuntime): persistent key-value state
+(`ctx.state`, `ctx.save_state()`), market queries on the agent's REST quota (`ctx.quote`,
+`ctx.investor`) and its order-book summary (`ctx.summary()`).
+
+State is write-behind: assigning `ctx.state[key] = value` encodes the value (msgpack) and checks the
+limits at once (KtraderError STATE_LIMIT / BAD_MESSAGE at the line that broke them); the changed keys
+go to the gateway at the end of the callback, *before* the orders that callback placed, so an order
+never reaches the gateway ahead of the state that explains it. `ctx.save_state()` sends now and
+blocks until the gateway committed it (durable). A restarted agent gets its state back before
+`on_start`. Values come back as plain msgpack types (a tuple as a list, a Struct as a dict): reassign
+a key after changing a mutable value, mutation in place is not seen.
+
+Blocking calls keep the agent's lease alive (they heartbeat while waiting); replies and events that
+arrive meanwhile are queued and handled after the callback returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import zmq
+
+from common.errors import ErrorCode, KtraderError
+from common.schema import (
+    STATE_MAX_KEY_CHARS, STATE_MAX_KEYS, STATE_MAX_TOTAL_BYTES, STATE_MAX_VALUE_BYTES, AgentSummary, Error, GetState,
+    GetSummary, Heartbeat, InvestorDay, InvestorReply, PriceQuote, PriceReply, PutState, Query, StateReply, SummaryReply,
+)
+
+if TYPE_CHECKING:
+    from agent.client import GatewayClient
+    from common.schema import HeaderFactory
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+
+
+class StateMap(MutableMapping[str, Any]):
+    """`ctx.state`: a small persistent mapping (limits in common/schema.py STATE_*)."""
+
+    def __init__(self, raw: dict[str, bytes] | None = None) -> None:
+        self._raw: dict[str, bytes] = dict(raw or {})
+        self._data: dict[str, Any] = {k: _dec.decode(v) for k, v in self._raw.items()}
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not 0 < len(key) <= STATE_MAX_KEY_CHARS:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state keys are strings of 1..{STATE_MAX_KEY_CHARS} characters")
+        try:
+            raw = _enc.encode(value)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise KtraderError(ErrorCode.BAD_MESSAGE, f"state[{key!r}]: cannot store {type(value).__name__}: {e}") from None
+        if len(raw) > STATE_MAX_VALUE_BYTES:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state[{key!r}]: {len(raw):,} bytes is over {STATE_MAX_VALUE_BYTES:,}")
+        if key not in self._raw and len(self._raw) >= STATE_MAX_KEYS:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
+        total = self.size_bytes() - (len(key.encode()) + len(self._raw[key]) if key in self._raw else 0)
+        if total + len(key.encode()) + len(raw) > STATE_MAX_TOTAL_BYTES:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state would be over {STATE_MAX_TOTAL_BYTES:,} bytes")
+        self._raw[key] = raw
+        self._data[key] = _dec.decode(raw)  # what a restarted agent will see, not the caller's object
+        self._dirty.add(key)
+        self._deleted.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+        del self._raw[key]
+        self._dirty.discard(key)
+        self._deleted.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"StateMap({self._data!r})"
+
+    def size_bytes(self) -> int:
+        return sum(len(k.encode()) + len(v) for k, v in self._raw.items())
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty or self._deleted)
+
+    def take_changes(self) -> tuple[dict[str, bytes], list[str]]:
+        items = {k: self._raw[k] for k in self._dirty}
+        deleted = sorted(self._deleted)
+        self._dirty.clear()
+        self._deleted.clear()
+        return items, deleted
+
+    def raw(self) -> dict[str, bytes]:
+        return dict(self._raw)
+
+
+class AgentServicesMixin:
+    """Context methods of AgentRuntime backed by gateway requests (see the module docstring)."""
+
+    client: GatewayClient | None
+    headers: HeaderFactory
+    heartbeat_s: float
+    errors: int
+    _hb_sent_at: float
+    _max_ack_gap: float
+    _kv: StateMap | None = None
+
+    # ---- key-value state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> StateMap:
+        if self._kv is None:
+            self._kv = StateMap()
+        return self._kv
+
+    def save_state(self, timeout_s: float = 5.0) -> None:
+        """Send changed keys now and wait until the gateway committed them."""
+        msg = self._state_message()
+        if msg is not None:
+            self.call_gateway(msg, timeout_s)
+
+    def _state_message(self) -> PutState | None:
+        if self._kv is None or not self._kv.dirty:
+            return None
+        items, deleted = self._kv.take_changes()
+        return PutState(h=self.headers(), items=items, delete=deleted)
+
+    def _flush_state(self) -> None:
+        """End of a callback: changed keys go out ahead of the callback's orders (same socket, in order)."""
+        msg = self._state_message()
+        if msg is not None and self.client is not None:
+            self.client.send(msg)
+
+    def _state_after_register(self, fresh: bool) -> None:
+        """A fresh process loads its state before on_start; a running one that re-registered (a new
+        gateway, or one that lost our lease) pushes its whole state back, in case a write was lost."""
+        assert self.client is not None
+        if not fresh:
+            if self._kv is not None:
+                self._kv.take_changes()
+                self.client.send(PutState(h=self.headers(), items=self._kv.raw(), replace=True))
+            return
+        from agent.runtime import EXIT_NO_GATEWAY, AgentExit  # late: runtime imports this module
+
+        try:
+            reply = self.client.request(GetState(h=self.headers()), timeout_s=5.0)
+        except KtraderError as e:
+            reply = e
+        if not isinstance(reply, StateReply):
+            # starting without its state could make the strategy repeat what it already did
+            raise AgentExit(EXIT_NO_GATEWAY, f"could not load the agent's state from the gateway: {reply}")
+        self._kv = StateMap(reply.items)
+
+    # ---- market queries and the book summary ---------------------------------------------------------
+
+    def quote(self, code: str, timeout_s: float = 10.0) -> PriceQuote:
+        """inquire-price for `code` (last, change, volume, PER/PBR/EPS/BPS, market cap...), on this agent's quota."""
+        reply = self.call_gateway(Query(h=self.headers(), kind="price", code=code), timeout_s)
+        assert isinstance(reply, PriceReply)
+        return reply.quote
+
+    def investor(self, code: str, timeout_s: float = 10.0) -> list[InvestorDay]:
+        """inquire-investor for `code`: completed days, newest first, net buying by investor type."""
+        reply = self.call_gateway(Query(h=self.headers(), kind="investor", code=code), timeout_s)
+        assert isinstance(reply, InvestorReply)
+        return reply.days
+
+    def summary(self, limit: int = 200, timeout_s: float = 5.0) -> AgentSummary:
+        """This agent's orders across days with totals, positions and P&L from the gateway's books."""
+        reply = self.call_gateway(GetSummary(h=self.headers(), limit=limit), timeout_s)
+        assert isinstance(reply, SummaryReply)
+        return reply.summary
+
+    def call_gateway(self, msg: Any, timeout_s: float) -> Any:
+        """Send `msg` and wait for its reply, heartbeating meanwhile (a quota wait can outlast the
+        lease). An Error reply or no reply in time raises KtraderError with the gateway's code."""
+        client = self.client
+        if client is None:
+            raise KtraderError(ErrorCode.NOT_REGISTERED, "not connected to a gateway")
+        mid = client.send(msg)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s")
+            if now >= self._hb_sent_at + self.heartbeat_s:
+                self._hb_sent_at = now
+                client.send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors))
+            wait = min(deadline, self._hb_sent_at + self.heartbeat_s) - now
+            if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
+                continue
+            while (reply := client.recv_nowait()) is not None:
+                if reply.h.re == mid:
+                    if isinstance(reply, Error):
+                        raise KtraderError(reply.code, reply.message)
+                    return reply
+                client.inbox.append(reply)  # the runtime's loop handles it after this callback

@@ -1,0 +1,115 @@
+"""Follow foreign investors: buy after `buy_days` consecutive completed days of foreign net buying,
+sell after `sell_days` consecutive days of foreign net selling (inquire-investor via `ctx.investor`,
+on the agent's REST quota).
+
+Every `poll_s` seconds, per code with nothing open:
+- flat and the newest `buy_days` days all have foreign net buying of at least `min_foreign_value` KRW
+  → buy `notional // last` at a limit `limit_ticks` above the last price;
+- holding and the newest `sell_days` days all show foreign net selling → sell everything at a limit
+  `limit_ticks` below the last price.
+A signal is acted on once per investor day: `ctx.state["acted:<code>"]` holds the newest day already
+traded on, so a restarted copy (or one whose sell filled the same day) does not trade the same
+signal twice. Backtest: `ctx.investor` is not available there (no investor flows in history).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from agent.strategy import Context, Strategy
+from common.errors import KtraderError
+from common.krx import next_tick_down, next_tick_up
+from common.schema import InvestorDay, OrderView
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True):
+    codes: list[str]
+    buy_days: int = 3
+    sell_days: int = 2
+    min_foreign_value: int = 0  # KRW of foreign net buying a day must reach to count
+    notional: int = 3_000_000
+    limit_ticks: int = 2
+    poll_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.codes:
+            raise ValueError("codes: at least one")
+        if self.buy_days < 1 or self.sell_days < 1:
+            raise ValueError("buy_days and sell_days must be >= 1")
+        if self.notional <= 0 or self.limit_ticks < 0 or self.poll_s <= 0 or self.min_foreign_value < 0:
+            raise ValueError("notional > 0, limit_ticks >= 0, poll_s > 0, min_foreign_value >= 0")
+
+
+def ticks_away(price: int, ticks: int, limit: int = 0) -> int:
+    """`ticks` steps up (or down, when negative) the KRX tick grid, not past the day's price limit."""
+    for _ in range(abs(ticks)):
+        price = next_tick_up(price) if ticks > 0 else next_tick_down(price)
+    if limit:
+        price = min(price, limit) if ticks > 0 else max(price, limit)
+    return price
+
+
+def streak(days: list[InvestorDay], buying: bool, min_value: int = 0) -> int:
+    """Consecutive newest days of foreign net buying (or selling)."""
+    n = 0
+    for d in days:
+        if buying and d.foreign_qty > 0 and d.foreign_value >= min_value:
+            n += 1
+        elif not buying and d.foreign_qty < 0:
+            n += 1
+        else:
+            break
+    return n
+
+
+class ForeignFlow(Strategy):
+    Params = Params
+
+    def __init__(self, ctx: Context, params: Params) -> None:
+        super().__init__(ctx, params)
+        # code -> order placed whose first event has not come back yet: ctx.open_orders cannot show
+        # it, and a poll (or a fill) in between must not place the same order twice
+        self.inflight: dict[str, str] = {}
+
+    def on_start(self) -> None:
+        self.ctx.log.info("START foreign_flow positions=%s open=%d state=%s", {c: p.qty for c, p in self.ctx.positions.items()},
+                          len(self.ctx.open_orders), dict(self.ctx.state))
+        self.ctx.set_timer(self.params.poll_s)
+        self.on_timer()
+
+    def on_order(self, order: OrderView) -> None:
+        if self.inflight.get(order.code) == order.client_order_id:
+            del self.inflight[order.code]
+
+    def on_timer(self) -> None:
+        for code in self.params.codes:
+            try:
+                self._step(code)
+            except KtraderError as e:  # refused or late query: next poll
+                self.ctx.log.warning("%s: %s", code, e)
+
+    def _step(self, code: str) -> None:
+        p: Params = self.params
+        if code in self.inflight or any(o.code == code for o in self.ctx.open_orders.values()):
+            return
+        days = self.ctx.investor(code)
+        if not days:
+            return
+        newest = days[0].day
+        if self.ctx.state.get(f"acted:{code}") == newest:
+            return  # already traded on this day's signal
+        held = self.ctx.position(code)
+        buys, sells = streak(days, True, p.min_foreign_value), streak(days, False)
+        self.ctx.log.info("%s %s foreign buy streak %d sell streak %d held %d", code, newest, buys, sells, held)
+        if not held and buys >= p.buy_days:
+            q = self.ctx.quote(code)
+            qty = p.notional // q.last if q.last else 0
+            if qty:
+                self.ctx.state[f"acted:{code}"] = newest  # goes to the gateway ahead of the order
+                self.inflight[code] = self.ctx.buy(code, qty, ticks_away(q.last, p.limit_ticks, q.upper_limit), reason=f"foreign buying {buys}d",
+                             context={"streak": buys, "day": newest})
+        elif held and sells >= p.sell_days:
+            q = self.ctx.quote(code)
+            self.ctx.state[f"acted:{code}"] = newest
+            self.inflight[code] = self.ctx.sell(code, held, ticks_away(q.last, -p.limit_ticks, q.lower_limit), reason=f"foreign selling {sells}d",
+                          context={"streak": sells, "day": newest})

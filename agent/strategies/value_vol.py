@@ -1,0 +1,169 @@
+"""Value with calm prices: buy cheap stocks (PER/PBR from inquire-price) whose recent volatility is
+inside a band; exit at a target (a resting limit sell placed as soon as the entry has filled) or at a
+stop (the target is cancelled, then the position sold at market).
+
+Every `poll_s` seconds, per code (`ctx.quote` runs on the agent's REST quota):
+- flat, nothing open: buy `notional // last` shares with a limit `limit_ticks` above the last price
+  when 0 < PER ≤ max_per, 0 < PBR ≤ max_pbr, EPS > 0 and volatility_pct within [vol_min, vol_max];
+- holding without an exit order: place the target sell (entry average × (1 + target_pct %), on the tick grid);
+- holding: last ≤ entry × (1 - stop_pct %) → cancel the target, sell at market once it is cancelled.
+
+Volatility: standard deviation of daily close-to-close returns (%) over `vol_days` completed days when
+`ctx.history` has them, else today's range (high - low) / base price (%) from the quote (a live agent
+may start without history).
+
+Restart-safe: decisions come from the gateway's snapshot (positions, open orders) plus `ctx.state`
+("entry:<code>": entry average, target and stop prices), so a restarted copy neither re-buys nor
+places a second target. Backtest: `ctx.quote` is not available there (no fundamentals in history).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from agent.strategy import Context, Strategy
+from common.enums import OrderType, Side
+from common.errors import KtraderError
+from agent.strategies.foreign_flow import ticks_away
+from common.krx import round_down, round_up
+from common.orders import OrderState
+from common.schema import FillView, OrderView, PositionView, PriceQuote
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True):
+    codes: list[str]
+    max_per: float = 15.0
+    max_pbr: float = 1.5
+    vol_days: int = 20
+    vol_min_pct: float = 0.0
+    vol_max_pct: float = 3.0
+    target_pct: float = 5.0
+    stop_pct: float = 3.0
+    notional: int = 3_000_000  # KRW per entry
+    limit_ticks: int = 2  # buy limit this many ticks above the last price (marketable)
+    poll_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.codes:
+            raise ValueError("codes: at least one")
+        if self.max_per <= 0 or self.max_pbr <= 0:
+            raise ValueError("max_per and max_pbr must be positive")
+        if not 0 <= self.vol_min_pct <= self.vol_max_pct:
+            raise ValueError("need 0 <= vol_min_pct <= vol_max_pct")
+        if not (0 < self.target_pct < 100 and 0 < self.stop_pct < 100):
+            raise ValueError("target_pct and stop_pct must be in (0, 100)")
+        if self.notional <= 0 or self.vol_days < 2 or self.limit_ticks < 0 or self.poll_s <= 0:
+            raise ValueError("notional > 0, vol_days >= 2, limit_ticks >= 0, poll_s > 0")
+
+
+def volatility_pct(closes: list[int]) -> float:
+    """Population standard deviation of close-to-close returns, in %."""
+    rets = [(b - a) / a * 100 for a, b in zip(closes, closes[1:]) if a > 0]
+    if len(rets) < 2:
+        return 0.0
+    mean = sum(rets) / len(rets)
+    return math.sqrt(sum((r - mean) ** 2 for r in rets) / len(rets))
+
+
+class ValueVol(Strategy):
+    Params = Params
+
+    def __init__(self, ctx: Context, params: Params) -> None:
+        super().__init__(ctx, params)
+        # code -> order placed whose first event has not come back yet: ctx.open_orders cannot show
+        # it, and a poll (or a fill) in between must not place the same order twice
+        self.inflight: dict[str, str] = {}
+
+    def on_start(self) -> None:
+        self.ctx.log.info("START value_vol positions=%s open=%d state=%s", dict((c, p.qty) for c, p in self.ctx.positions.items()),
+                          len(self.ctx.open_orders), dict(self.ctx.state))
+        self.ctx.set_timer(self.params.poll_s)
+        self.on_timer()  # act on the current state at once, not one poll later
+
+    def _open(self, code: str, side: Side | None = None) -> list[OrderView]:
+        return [o for o in self.ctx.open_orders.values() if o.code == code and (side is None or o.side is side)]
+
+    def _busy(self, code: str) -> bool:
+        return code in self.inflight or bool(self._open(code))
+
+    def _buy(self, code: str, *args: Any, **kw: Any) -> None:
+        self.inflight[code] = self.ctx.buy(code, *args, **kw)
+
+    def _sell(self, code: str, *args: Any, **kw: Any) -> None:
+        self.inflight[code] = self.ctx.sell(code, *args, **kw)
+
+    def on_timer(self) -> None:
+        for code in self.params.codes:
+            try:
+                self._step(code)
+            except KtraderError as e:  # a refused/late query: try again next poll
+                self.ctx.log.warning("%s: %s", code, e)
+
+    def _step(self, code: str) -> None:
+        p: Params = self.params
+        held = self.ctx.position(code)
+        if code in self.inflight:
+            return  # wait for the gateway's word on the last order
+        if not held:
+            if self._open(code):
+                return  # an entry is working
+            self.ctx.state.pop(f"entry:{code}", None)
+            q = self.ctx.quote(code)
+            ok, why = self.signal(q)
+            self.ctx.log.info("%s per %.2f pbr %.2f eps %d last %d: %s", code, q.per, q.pbr, q.eps, q.last, why)
+            if ok:
+                qty = p.notional // q.last
+                limit = ticks_away(q.last, p.limit_ticks, q.upper_limit)
+                if qty > 0:
+                    self._buy(code, qty, limit, reason="value+calm", context={"per": q.per, "pbr": q.pbr, "why": why})
+            return
+        entry = self.ctx.state.get(f"entry:{code}")
+        pos = self.ctx.positions[code]
+        if entry is None:  # first time we see this position (or state from before it): set the exits
+            avg = pos.cost // pos.qty
+            entry = {"avg": avg, "target": round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
+                     "stop": round_down(int(avg * (100 - p.stop_pct) / 100)), "stopping": False}
+            self.ctx.state[f"entry:{code}"] = entry
+        sells = self._open(code, Side.SELL)
+        if entry["stopping"]:
+            if not sells:
+                self._sell(code, held, order_type=OrderType.MARKET, reason="stop")
+            return
+        if not sells and not self._open(code, Side.BUY):
+            self._sell(code, held, entry["target"], reason="target")
+            return
+        q = self.ctx.quote(code)
+        if q.last <= entry["stop"]:
+            self.ctx.log.info("%s stop: last %d <= %d", code, q.last, entry["stop"])
+            self.ctx.state[f"entry:{code}"] = {**entry, "stopping": True}
+            for o in sells:
+                self.ctx.cancel(o.client_order_id)
+            if not sells:
+                self._sell(code, held, order_type=OrderType.MARKET, reason="stop")
+
+    def signal(self, q: PriceQuote) -> tuple[bool, str]:
+        p: Params = self.params
+        if not (0 < q.per <= p.max_per and 0 < q.pbr <= p.max_pbr and q.eps > 0):
+            return False, "not cheap"
+        closes = [b.close for b in self.ctx.history(q.code, "1d", p.vol_days + 1)]
+        vol = volatility_pct(closes) if len(closes) > p.vol_days else (q.high - q.low) / q.base * 100 if q.base else 0.0
+        if not p.vol_min_pct <= vol <= p.vol_max_pct:
+            return False, f"volatility {vol:.2f}% outside [{p.vol_min_pct}, {p.vol_max_pct}]"
+        return True, f"cheap and calm (volatility {vol:.2f}%)"
+
+    def on_fill(self, fill: FillView, position: PositionView) -> None:
+        # (the position is current here; in on_order the fill's position update has not arrived yet)
+        if fill.side is Side.BUY and position.qty and not self._busy(fill.code):
+            self._step(fill.code)  # the entry is complete: place the target at once
+
+    def on_order(self, order: OrderView) -> None:
+        if self.inflight.get(order.code) == order.client_order_id:
+            del self.inflight[order.code]  # the gateway has it (or denied it): open_orders is current
+        # the stop's cancel went through: sell what is left at market now, not one poll later
+        entry = self.ctx.state.get(f"entry:{order.code}")
+        if (entry and entry["stopping"] and order.side is Side.SELL and order.state is OrderState.CANCELLED
+                and not self._busy(order.code) and self.ctx.position(order.code)):
+            self._sell(order.code, self.ctx.position(order.code), order_type=OrderType.MARKET, reason="stop")

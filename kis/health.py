@@ -1,0 +1,43 @@
+"""The broker session's own health facts (token, REST budget, websocket, registrations) as one
+typed `BrokerHealth`, for the gateway's status and the console.
+
+`broker_health(broker)` is the gateway's way in: a BrokerPort may offer `health()`; one that does
+not (e.g. an in-process test broker) gets defaults that only carry its session state."""
+
+from __future__ import annotations
+
+from common.clock import now_kst
+from common.schema import BrokerHealth
+from kis.budget import RestBudget
+from kis.token import TokenManager
+from kis.ws import KisWebSocket
+
+
+def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> BrokerHealth:
+    # expires_at is on the token manager's clock (wall clock by default), in seconds
+    exp = tokens.expires_at
+    return BrokerHealth(
+        session_state=ws.state,
+        token_expires_ns=int(exp * 1e9) if exp > 0 else 0,
+        rest_limit_per_s=budget.rate_per_s,
+        rest_calls=budget.granted,
+        rest_calls_by=dict(budget.granted_by),
+        rest_waiting=sum(1 for w in budget._waiters if not w[3].done()),  # noqa: SLF001 - read-only peek
+        rest_penalties=budget.penalties,
+        ws_last_message_age_s=round(max(0.0, (now_kst() - ws._last_rx).total_seconds()), 2),  # noqa: SLF001
+        ws_sessions=ws.sessions,
+        # the notice slot's key is the user's HTS id: not something to show on screens
+        registrations={f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()},
+        max_registrations=ws.cfg.max_registrations,
+    )
+
+
+def broker_health(broker: object) -> BrokerHealth:
+    """The broker's health() if it has one, else defaults with its session state."""
+    fn = getattr(broker, "health", None)
+    if callable(fn):
+        h = fn()
+        if isinstance(h, BrokerHealth):
+            return h
+    state = getattr(broker, "session_state", None)
+    return BrokerHealth(session_state=state) if state is not None else BrokerHealth()

@@ -1,0 +1,93 @@
+"""The daily report: per agent, what it did today (orders, fills, traded value, P&L, fees) and what
+it carries into tomorrow. Written after the close as JSON (for tools) and text (for people) under
+`run/reports/`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from common.enums import Side
+from common.schema import PositionView
+
+
+class AgentDay(msgspec.Struct, kw_only=True):
+    agent: str
+    orders: int = 0
+    by_state: dict[str, int] = {}
+    fills: int = 0
+    bought_qty: int = 0
+    bought_value: int = 0
+    sold_qty: int = 0
+    sold_value: int = 0
+    realized_pnl: int = 0  # gross, today
+    fees: int = 0  # commission and taxes, today
+    net_pnl: int = 0  # realised - fees (unrealised is listed per position)
+    unrealized_pnl: int = 0
+    positions: list[PositionView] = []
+
+
+class DailyReport(msgspec.Struct, kw_only=True):
+    day: str
+    agents: list[AgentDay]
+    expired_at_close: int = 0
+    alerts: list[str] = []
+
+
+def build(day: str, oms: "OrderManagerView", expired: int = 0) -> DailyReport:
+    rows: dict[str, AgentDay] = {}
+    for coid, o in oms.orders.items():
+        if oms.order_day.get(coid) != day:
+            continue
+        r = rows.setdefault(o.agent, AgentDay(agent=o.agent, by_state={}))
+        r.orders += 1
+        r.by_state[o.state.value] = r.by_state.get(o.state.value, 0) + 1
+        r.fills += len(o.fill_ids)
+        if o.side is Side.BUY:
+            r.bought_qty += o.filled_qty
+            r.bought_value += o.filled_value
+        else:
+            r.sold_qty += o.filled_qty
+            r.sold_value += o.filled_value
+    for agent in oms.positions:
+        rows.setdefault(agent, AgentDay(agent=agent, by_state={}))
+    for agent, r in rows.items():
+        r.realized_pnl, r.fees = oms.day_totals(agent)
+        r.net_pnl = r.realized_pnl - r.fees
+        r.unrealized_pnl = oms.unrealized(agent)
+        r.positions = sorted((p for p in oms.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
+    return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired)
+
+
+def render(rep: DailyReport) -> str:
+    head = f"{'agent':<16}{'orders':>7}{'fills':>6}{'bought':>15}{'sold':>15}{'realised':>12}{'fees':>9}{'net':>12}{'unreal.':>12}"
+    lines = [f"ktrader daily report {rep.day} ({rep.expired_at_close} orders expired at the close)", head, "-" * len(head)]
+    for r in rep.agents:
+        lines.append(f"{r.agent:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
+                     f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}")
+        for p in r.positions:
+            lines.append(f"{'':<4}carried {p.code}: {p.qty} shares at cost {p.cost:,}")
+    return "\n".join(lines) + "\n"
+
+
+def write(rep: DailyReport, run_dir: Path) -> Path:
+    out = run_dir / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"daily-{rep.day}.json"
+    for p, data in ((path, msgspec.json.format(msgspec.json.encode(rep))), (out / f"daily-{rep.day}.txt", render(rep).encode())):
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)  # a crash mid-write leaves the previous file, never half of one
+    return path
+
+
+class OrderManagerView:  # what build() reads from server.oms.OrderManager
+    orders: dict
+    order_day: dict[str, str]
+    positions: dict[str, dict[str, PositionView]]
+
+    def day_totals(self, agent: str) -> tuple[int, int]: ...
+
+    def unrealized(self, agent: str) -> int: ...

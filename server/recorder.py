@@ -1,0 +1,328 @@
+"""Market-data recorder: every websocket frame the gateway receives from KIS, appended to per-day
+compressed files under `run/data/<YYYYMMDD>/` (KST day of the receive time).
+
+File format (`frames-<start ns>-<pid>.kfr.gz`): one gzip stream (stdlib zlib, `gzip -dc` reads
+it) written in sync-flushed blocks. Uncompressed, it is a sequence of records
+`<u64 recv_ns><u8 kind><u32 length><data>` (little endian). A block is flushed to the OS when it
+reaches `block_bytes` or every `flush_s`, so a kill -9 loses at most the block being filled; the
+reader returns every complete record before a truncated tail. One file per gateway start (a crashed
+file is never appended to) and per day.
+
+Kinds: `WS` a frame exactly as received (bytes); `PLAIN` the decrypted plaintext of an encrypted
+notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from common.clock import KST, kst_from_ns
+
+log = logging.getLogger("ktrader.recorder")
+
+REC = struct.Struct("<QBI")
+SUFFIX = ".kfr.gz"
+DAY_NS = 86_400 * 10**9
+
+
+class FrameKind(IntEnum):
+    WS = 1  # a websocket message as received
+    PLAIN = 2  # decrypted plaintext of an encrypted notice (derived)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    recv_ns: int
+    kind: FrameKind
+    data: bytes
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be read (no such day, not a recording)."""
+
+
+def day_dir(data_dir: Path, day: dt.date) -> Path:
+    return data_dir / day.strftime("%Y%m%d")
+
+
+def parse_day(day: str | dt.date) -> dt.date:
+    if isinstance(day, dt.date):
+        return day
+    s = day.strip().replace("-", "")
+    try:
+        return dt.datetime.strptime(s, "%Y%m%d").date()
+    except ValueError:
+        raise RecordingError(f"{day!r} is not a day (YYYYMMDD or YYYY-MM-DD)") from None
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Append-only writer. `record_ws` / `record_plain` are the cheap callbacks the KIS client calls;
+    both only append to a bytearray until a block is full."""
+
+    def __init__(self, data_dir: str | Path, *, retention_days: int = 30, block_bytes: int = 256 << 10,
+                 flush_s: float = 1.0, level: int = 6, clock: Callable[[], int] = time.time_ns) -> None:
+        self.data_dir = Path(data_dir)
+        self.retention_days = retention_days
+        self.block_bytes = block_bytes
+        self.flush_s = flush_s
+        self.level = level
+        self.clock = clock
+        self._buf = bytearray()
+        self._file = None  # type: ignore[var-annotated]
+        self._z: zlib._Compress | None = None  # type: ignore[name-defined]
+        self._day_end_ns = 0  # receive times at/after this belong to a new day's file
+        self.path: Path | None = None
+        self.frames = 0
+        self.raw_bytes = 0
+        self.written_bytes = 0
+        self.errors = 0
+        self._closed = False
+
+    # the hooks: called on the gateway's loop for each frame
+
+    def record_ws(self, data: bytes) -> None:
+        self._append(FrameKind.WS, data, self.clock())
+
+    def record_plain(self, text: str) -> None:
+        self._append(FrameKind.PLAIN, text.encode(), self.clock())
+
+    def _append(self, kind: FrameKind, data: bytes, recv_ns: int) -> None:
+        if self._closed:
+            return
+        if recv_ns >= self._day_end_ns:
+            try:
+                self._roll(recv_ns)
+            except OSError as e:  # recording must never stop the market-data stream
+                self.errors += 1
+                self._closed = True
+                log.error("recording stopped: cannot open a file under %s: %s", self.data_dir, e)
+                return
+        buf = self._buf
+        buf += REC.pack(recv_ns, kind, len(data))
+        buf += data
+        self.frames += 1
+        if len(buf) >= self.block_bytes:
+            self.flush()
+
+    def _roll(self, recv_ns: int) -> None:
+        self._finish_file()
+        day = kst_from_ns(recv_ns).date()
+        folder = day_dir(self.data_dir, day)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"frames-{recv_ns:020d}-{os.getpid()}{SUFFIX}"
+        self._file = open(self.path, "ab")
+        self._z = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip wrapper
+        next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
+        self._day_end_ns = int(next_day.timestamp()) * 10**9
+        log.info("recording market data to %s", self.path)
+
+    def flush(self) -> None:
+        """Write the current block (sync-flushed: decodable on its own, up to here)."""
+        if not self._buf or self._file is None or self._z is None:
+            return
+        raw = bytes(self._buf)
+        self._buf.clear()
+        try:
+            out = self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
+            self._file.write(out)
+            self._file.flush()  # in the OS now: survives a kill -9 of this process
+        except OSError as e:  # a full disk must not stop trading: count, log, keep going
+            self.errors += 1
+            log.error("recording write failed: %s", e)
+            return
+        self.raw_bytes += len(raw)
+        self.written_bytes += len(out)
+
+    def _finish_file(self) -> None:
+        self.flush()
+        if self._file is not None and self._z is not None:
+            try:
+                self._file.write(self._z.flush(zlib.Z_FINISH))
+                self._file.close()
+            except OSError as e:
+                self.errors += 1
+                log.error("closing the recording failed: %s", e)
+        self._file, self._z = None, None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._finish_file()
+            self._closed = True
+
+    def prune(self, today: dt.date | None = None) -> list[str]:
+        return prune_days(self.data_dir, self.retention_days, today)
+
+    async def run(self) -> None:
+        """Flush every `flush_s`; apply retention at start and once a day."""
+        self.prune()
+        last_prune = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(self.flush_s)
+                self.flush()
+                if time.monotonic() - last_prune >= 86_400:
+                    last_prune = time.monotonic()
+                    self.prune()
+        finally:
+            self.flush()
+
+
+def prune_days(data_dir: Path, retention_days: int, today: dt.date | None = None) -> list[str]:
+    """Delete day folders `retention_days` or more days old (0: keep everything). Returns their names."""
+    if retention_days <= 0 or not data_dir.is_dir():
+        return []
+    today = today or dt.datetime.now(KST).date()
+    removed = []
+    for d in sorted(data_dir.iterdir()):
+        try:
+            day = dt.datetime.strptime(d.name, "%Y%m%d").date()
+        except ValueError:
+            continue  # not ours
+        if d.is_dir() and (today - day).days >= retention_days:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    if removed:
+        log.info("recordings older than %d days deleted: %s", retention_days, ", ".join(removed))
+    return removed
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FileStats:
+    path: Path
+    frames: int = 0
+    raw_bytes: int = 0
+    disk_bytes: int = 0
+    truncated: bool = False  # ended inside a block or record (a crash while writing)
+
+
+def iter_file(path: Path, stats: FileStats | None = None) -> Iterator[Frame]:
+    """The complete records of one file, in order; a truncated tail ends the iteration quietly
+    (recorded in `stats.truncated`)."""
+    st = stats or FileStats(path)
+    d = zlib.decompressobj(31)
+    pending = bytearray()
+    pos = 0
+    ended_clean = False
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            st.disk_bytes += len(chunk)
+            while chunk:
+                try:
+                    pending += d.decompress(chunk)
+                except zlib.error as e:
+                    log.warning("%s: unreadable after %d frames (%s)", path, st.frames, e)
+                    st.truncated = True
+                    chunk = b""
+                    break
+                chunk = b""
+                if d.eof:  # a finished stream; another may follow (concatenated members)
+                    chunk = d.unused_data
+                    d = zlib.decompressobj(31)
+                    ended_clean = not chunk
+                else:
+                    ended_clean = False
+            # hand out the complete records
+            n = len(pending)
+            while n - pos >= REC.size:
+                ns, kind, length = REC.unpack_from(pending, pos)
+                end = pos + REC.size + length
+                if end > n:
+                    break
+                st.frames += 1
+                st.raw_bytes += REC.size + length
+                yield Frame(ns, FrameKind(kind), bytes(pending[pos + REC.size:end]))
+                pos = end
+            if pos:
+                del pending[:pos]
+                pos = 0
+    if pending or not ended_clean:
+        st.truncated = True
+
+
+def day_files(data_dir: Path, day: dt.date) -> list[Path]:
+    return sorted(day_dir(data_dir, day).glob(f"*{SUFFIX}"))
+
+
+def iter_frames(run_dir: str | Path, day: str | dt.date) -> Iterator[Frame]:
+    """Every recorded frame of `day` under `run_dir/data/`, in recording order (files of several
+    gateway starts one after another). The reader API for replay and the backtester."""
+    d = parse_day(day)
+    files = day_files(Path(run_dir) / "data", d)
+    if not files:
+        raise RecordingError(f"no recording for {d:%Y%m%d} under {Path(run_dir) / 'data'}")
+    for p in files:
+        yield from iter_file(p)
+
+
+@dataclass
+class DayStats:
+    day: str
+    files: int
+    frames: int
+    raw_bytes: int
+    disk_bytes: int
+    first_ns: int
+    last_ns: int
+    truncated_files: int
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.disk_bytes if self.disk_bytes else 0.0
+
+
+def list_days(run_dir: str | Path) -> list[DayStats]:
+    """Per recorded day: files, frames, raw vs on-disk bytes (reads every file)."""
+    data = Path(run_dir) / "data"
+    out: list[DayStats] = []
+    if not data.is_dir():
+        return out
+    for d in sorted(data.iterdir()):
+        try:
+            day = dt.datetime.strptime(d.name, "%Y%m%d").date()
+        except ValueError:
+            continue
+        ds = DayStats(d.name, 0, 0, 0, 0, 0, 0, 0)
+        for p in day_files(data, day):
+            st = FileStats(p)
+            for fr in iter_file(p, st):
+                ds.first_ns = ds.first_ns or fr.recv_ns
+                ds.last_ns = fr.recv_ns
+            ds.files += 1
+            ds.frames += st.frames
+            ds.raw_bytes += st.raw_bytes
+            ds.disk_bytes += p.stat().st_size
+            ds.truncated_files += st.truncated
+        out.append(ds)
+    return out
+
+
+def attach_recorder(run_dir: Path, enabled: bool, retention_days: int, broker: object) -> Recorder | None:
+    """Hook a Recorder into a broker that can report its frames (`set_frame_hook`); None when
+    recording is off or the broker has no websocket to record."""
+    hook = getattr(broker, "set_frame_hook", None)
+    if not enabled:
+        prune_days(run_dir / "data", retention_days)  # retention applies even with recording off
+        return None
+    if hook is None:
+        log.info("%s has no websocket frames to record", type(broker).__name__)
+        return None
+    rec = Recorder(run_dir / "data", retention_days=retention_days)
+    hook(rec.record_ws, rec.record_plain)
+    return rec

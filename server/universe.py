@@ -1,0 +1,158 @@
+"""The trading universe: the top stocks by trading value, from the broker's volume-rank quotation.
+
+Cards opt in with `universe_top = N`; the gateway keeps one ranked list (as long as the largest N
+asked for), refreshed every `universe_refresh_s` while some agent wants it. The call goes through
+the broker's REST budget (quotation lane). When it fails, or returns nothing, the configured
+fallback list is used, so agents always get a list. Changes are pushed to `on_change`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from kis import wire
+from kis.sim.universe import normalise_code
+
+log = logging.getLogger("ktrader.universe")
+
+# FID_BLNG_CLS_CODE 3: ranked by trading value (거래금액순), API.md volume-rank
+BY_TRADING_VALUE = "3"
+
+
+class Universe:
+    def __init__(self, broker: object, *, refresh_s: float, fallback: list[str],
+                 on_change: Callable[[list[str]], None] | None = None) -> None:
+        self.broker = broker
+        self.refresh_s = refresh_s
+        self.fallback = list(dict.fromkeys(fallback))
+        self.on_change = on_change
+        self.size = 0  # the largest universe_top of the agents that want it
+        self.codes: list[str] = []
+        self.names: dict[str, str] = {}
+        self.source = ""  # "volume_rank" | "fallback"
+        self.refreshes = 0
+        self.failures = 0
+        self._wanted = asyncio.Event()
+
+    def want(self, n: int) -> None:
+        """An agent asks for the top `n`; a larger n than before triggers a refresh."""
+        if n > self.size:
+            self.size = n
+            self._wanted.set()
+
+    def top(self, n: int) -> list[str]:
+        return self.codes[:n]
+
+    async def fetch(self) -> list[str]:
+        """One volume-rank call ranked by trading value; raises when the broker cannot serve it."""
+        call = getattr(self.broker, "volume_rank", None)
+        if call is None:
+            raise RuntimeError(f"{type(self.broker).__name__} has no volume-rank quotation")
+        resp = await call(wire.VolumeRankRequest(FID_BLNG_CLS_CODE=BY_TRADING_VALUE))
+        if resp.rt_cd not in ("0", ""):
+            raise RuntimeError(f"volume-rank refused: {resp.msg_cd} {resp.msg1.strip()}")
+        out: list[str] = []
+        for row in resp.output:
+            code = normalise_code(row.mksc_shrn_iscd)
+            if code and code not in out:
+                out.append(code)
+                self.names[code] = row.hts_kor_isnm.strip()
+        return out
+
+    async def refresh(self) -> list[str]:
+        try:
+            ranked = await self.fetch()
+            if not ranked:
+                raise RuntimeError("volume-rank returned no rows")
+            codes, source = ranked[: self.size], "volume_rank"
+        except Exception as e:  # any failure: the list must still exist
+            self.failures += 1
+            log.warning("universe refresh failed (%s); using the fallback list", e)
+            codes, source = self.fallback[: self.size], "fallback"
+        self.refreshes += 1
+        changed = codes != self.codes or source != self.source
+        self.codes, self.source = codes, source
+        if changed:
+            log.info("universe (%s): %s", source, " ".join(codes))
+            if self.on_change is not None:
+                self.on_change(codes)
+        return codes
+
+    async def run(self) -> None:
+        while True:
+            if self.size <= 0:
+                await self._wanted.wait()
+            self._wanted.clear()
+            await self.refresh()
+            try:
+                await asyncio.wait_for(self._wanted.wait(), self.refresh_s)
+            except TimeoutError:
+                pass
+
+
+class UniverseBinder:
+    """Connects the universe to agents whose card has `universe_top > 0`: registers their market
+    data (through the subscription manager), lets the risk gate accept the codes and tells each
+    agent its list with a sequenced `UniverseUpdate` event.
+
+    Codes that leave the universe stay tradable for the agent for the rest of the gateway's run
+    (so it can still sell what it bought); only their market data is released."""
+
+    def __init__(self, universe: Universe, registry: object, subs: object, risk: object,
+                 notify: Callable[[str, object], None],
+                 new_codes: Callable[[list[str]], None] | None = None) -> None:
+        self.new_codes = new_codes  # e.g. fetch base prices for the price-band check
+        self.universe = universe
+        self.registry = registry
+        self.subs = subs
+        self.risk = risk
+        self.notify = notify
+        self.current: dict[str, list[str]] = {}
+        universe.on_change = self.on_change
+
+    def on_register(self, rec) -> None:  # type: ignore[no-untyped-def]
+        n = rec.card.universe_top
+        if n <= 0:
+            return
+        self.current.pop(rec.id, None)  # a new session: tell it again
+        self.universe.want(n)
+        if self.universe.codes:
+            self.apply(rec)
+
+    def on_change(self, codes: list[str]) -> None:
+        from common.enums import AgentState
+
+        for rec in list(self.registry.agents.values()):  # type: ignore[attr-defined]
+            if rec.card.universe_top > 0 and rec.state is not AgentState.OFFLINE:
+                self.apply(rec)
+
+    def apply(self, rec) -> None:  # type: ignore[no-untyped-def]
+        from common.schema import Notice, UniverseUpdate
+        from kis.port import MarketKind
+
+        card = rec.card
+        top = self.universe.top(card.universe_top)
+        prev = self.current.get(rec.id)
+        if prev == top:
+            return
+        subs = card.subscriptions
+        kinds = ([MarketKind.TRADES] if subs.trades else []) + ([MarketKind.BOOK] if subs.book else [])
+        own = set(card.codes)
+        for code in top:
+            if code not in own:
+                for kind in kinds:
+                    err, text = self.subs.want(rec.id, kind, code)  # type: ignore[attr-defined]
+                    if err is not None:
+                        self.notify(rec.id, Notice(level="error", text=f"{err.value}: {text}"))
+        for code in prev or []:
+            if code not in own and code not in top:
+                for kind in kinds:
+                    self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
+        extra = self.risk.extra_codes  # type: ignore[attr-defined]
+        extra[rec.id] = extra.get(rec.id, frozenset()) | frozenset(top)
+        rec.codes = list(card.codes) + [c for c in top if c not in own]
+        self.current[rec.id] = top
+        if self.new_codes is not None:
+            self.new_codes([c for c in top if c not in own])
+        self.notify(rec.id, UniverseUpdate(codes=top, source=self.universe.source))

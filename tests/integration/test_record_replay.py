@@ -1,0 +1,164 @@
+"""Record a session on the twin, replay it, compare.
+
+A KIS twin process (price process stopped: trades only when the test steps the market), a gateway
+recording every websocket frame, an agent process subscribed to two codes logging every tick. Then
+`ktrader data replay` of that day with an agent of the same card: the frames the replay feeds
+(recorded again by the replay gateway) are byte-identical to the recording, including the
+decrypted notice plaintext, and the agent receives the same ticks in the same order. Also: unknown
+codes are refused through the gateway, and orders during replay are refused as read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.client import GatewayClient
+from common.clock import today_kst
+from common.config import AgentCard
+from common.connection import read_info
+from common.enums import Side
+from common.errors import ErrorCode
+from common.ids import make_client_order_id
+from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, OrderView, Register, Registered, SubmitOrders
+from kis.port import Trade
+from kis.realtime import FrameParser
+from server.recorder import FrameKind, iter_frames
+from tests.conftest import ROOT, Procs, wait_for
+from tools.status import fetch_status
+
+pytestmark = pytest.mark.integration
+
+CODES = ["005930", "000660"]
+
+
+def start_twin(procs: Procs, tmp: Path) -> dict:
+    err = open(tmp / "twin.err", "wb")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+         "--admin-port", "0", "--seed", "5", "--tick-interval", "0", "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    procs.procs.append(p)
+    return json.loads(p.stdout.readline())  # type: ignore[union-attr]
+
+
+def ticks(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["trade"] for line in path.read_text().splitlines() if line.startswith('{"trade"')]
+
+
+def recorded_trades(run: Path) -> list[dict]:
+    """What the recording says the agent should have seen: its trade frames through the KIS parser."""
+    day = next((run / "data").glob("2*")).name
+    parser, out = FrameParser(), []
+    for fr in iter_frames(run, day):
+        if fr.kind is FrameKind.WS and fr.data[:2] == b"0|":
+            out += [{"code": e.code, "time": e.time, "price": e.price, "qty": e.qty, "side": e.side,
+                     "cum_volume": e.cum_volume} for e in parser.parse(fr.data.decode()) if isinstance(e, Trade)]
+    return out
+
+
+def frames(run: Path) -> list[tuple[FrameKind, bytes]]:
+    (day,) = [p.name for p in (run / "data").glob("2*")]
+    return [(f.kind, f.data) for f in iter_frames(run, day)]
+
+
+def submit(run: Path, agent: str, codes: list[str], code: str, until_final: bool = False):
+    """Register as `agent`, send one buy; the gateway's answer (and with until_final, the order's
+    last update once it is rejected/accepted by the broker)."""
+    client = GatewayClient(read_info(run), agent, subscribe=False)
+    try:
+        card = AgentCard(id=agent, name=agent, strategy="x:Y", codes=codes, budget=50_000_000)
+        assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered)
+        order = NewOrder(client_order_id=make_client_order_id(agent, today_kst(), 1), code=code, side=Side.BUY, qty=1,
+                         price=70_000)
+        r = client.request(SubmitOrders(h=client.headers(), orders=[order]), 10)
+        assert isinstance(r, OrdersReply)
+        if not until_final:
+            return r.results[0]
+        updates: list[OrderView] = []
+
+        def final() -> OrderView | None:
+            while (m := client.recv_nowait()) is not None:
+                if isinstance(m, AgentEvent) and isinstance(m.body, OrderUpdate):
+                    updates.append(m.body.order)
+            return next((o for o in updates if o.state.value in ("rejected", "accepted")), None)
+        return wait_for(final, 15, what="order outcome")
+    finally:
+        client.close()
+
+
+def write_card(path: Path, log: Path) -> Path:
+    path.write_text(f'id = "ticker"\nname = "ticks"\nstrategy = "tests.strategies.tick_log:TickLog"\n'
+                    f'codes = {json.dumps(CODES)}\n[params]\npath = "{log}"\n')
+    return path
+
+
+def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs) -> None:
+    twin = start_twin(procs, tmp_path)
+    admin = httpx.Client(base_url=twin["admin_url"], timeout=10)
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\nws_url = "{twin["ws_url"]}"\n')
+    env = {"KTRADER_KIS_APP_KEY": twin["app_key"], "KTRADER_KIS_APP_SECRET": twin["app_secret"],
+           "KTRADER_KIS_ACCOUNT": twin["account"], "KTRADER_KIS_HTS_ID": twin["hts_id"]}
+    run = tmp_path / "run"
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
+    wait_for(lambda: (run / "gateway.json").exists() and fetch_status(run).synced, 30, what="gateway synced")
+
+    # a code missing from the stock master is refused by the risk gate, naming the code
+    res = submit(run, "prober", ["005930", "999990"], "999990")
+    assert not res.accepted and res.code is ErrorCode.DENIED_UNKNOWN_CODE and "999990" in res.message
+
+    log1 = tmp_path / "ticks1.jsonl"
+    procs.start("agent", "run", str(write_card(tmp_path / "ticker.toml", log1)), "--run-dir", str(run), log_name="agent1")
+    wait_for(lambda: {f"trades:{c}" for c in CODES} <= set(fetch_status(run).subscriptions), 20, what="registrations")
+
+    def step() -> None:
+        admin.post("/admin/market/step", json={"n": 5, "codes": CODES}).raise_for_status()
+
+    # step until the agent sees prints of both codes (registrations acked, SUB subscribed) ...
+    wait_for(lambda: step() or {t["code"] for t in ticks(log1)} == set(CODES), 30, interval=0.2, what="ticks of both codes")
+    # ... then a known amount more, and an order from the HTS (an encrypted notice to decrypt)
+    for _ in range(5):
+        step()
+    book = admin.get("/admin/book/005930").json()
+    admin.post("/admin/orders", json={"account": twin["account"], "code": "005930", "side": "buy", "ord_dvsn": "00",
+                                      "qty": 1, "price": book["bids"][0][0] - 1000}).raise_for_status()
+    wait_for(lambda: any(k is FrameKind.PLAIN for k, _ in frames(run)), 15, what="decrypted notice recorded")
+    keys = ("code", "time", "price", "qty", "side", "cum_volume")
+    wait_for(lambda: (t := ticks(log1)) and [{k: x[k] for k in keys} for x in t] == recorded_trades(run), 15,
+             what="agent saw every recorded trade")
+    seen1 = ticks(log1)
+    os.killpg(gw.pid, signal.SIGTERM)
+    assert gw.wait(15) == 0
+    recorded = frames(run)
+    assert len(seen1) >= 10 and ticks(log1) == seen1
+
+    listing = subprocess.run([sys.executable, "-m", "tools.cli", "data", "ls", "--run-dir", str(run)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and "x  " in listing.stdout and f"{len(recorded):,}" in listing.stdout, listing.stdout
+
+    # --- replay, as fast as possible, recorded again by the replay gateway ---
+    day = next((run / "data").glob("2*")).name
+    rdir = tmp_path / "replay"
+    rp = procs.start("data", "replay", day, "--run-dir", str(run), "--gateway-dir", str(rdir), "--speed", "0",
+                     "--record", "--wait-s", "60", log_name="replay")
+    wait_for(lambda: (rdir / "gateway.json").exists(), 30, what="replay gateway up")
+    log2 = tmp_path / "ticks2.jsonl"
+    procs.start("agent", "run", str(write_card(tmp_path / "ticker2.toml", log2)), "--run-dir", str(rdir), log_name="agent2")
+    wait_for(lambda: len(ticks(log2)) >= len(seen1), 30, what="replayed ticks")
+    assert ticks(log2) == seen1  # same trades, same order
+
+    # orders during replay: refused, read-only
+    final = submit(rdir, "prober", ["005930"], "005930", until_final=True)
+    assert final.state.value == "rejected" and "REPLAY_READ_ONLY" in final.reason, final
+    os.killpg(rp.pid, signal.SIGTERM)
+    assert rp.wait(15) == 0
+    assert frames(rdir) == recorded  # byte-identical, WS frames and decrypted plaintext alike

@@ -1,0 +1,93 @@
+"""Where bars come from: parquet and CSV copies of the same history backtest identically; the twin
+replay reads the gateway's bar store (server.barstore) and gives what the same bars give from files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from common.schema import Bar
+from server.barstore import BarStore
+from tools.backtest.cli import main
+from tools.backtest.data import DataError, load_codes
+from tools.backtest.engine import BacktestConfig, run_backtest
+from tools.backtest.metrics import compute
+from tools.backtest.reference import sma_card
+from tools.backtest.sources import load_series
+
+CODE = "005930"
+CARD = Path(__file__).resolve().parents[2] / "cards" / "sma_cross_daily.toml"
+
+
+def test_parquet_and_csv_give_the_same_backtest(shared_data: Path) -> None:
+    lo, hi = dt.date(2020, 3, 2), dt.date(2026, 4, 30)  # both files hold > 20 warm-up days before `lo`
+    pq = load_codes(shared_data / "krx_daily_fdr_2018_2026_parquet", [CODE], hi)
+    csv = load_codes(shared_data / "krx_daily_fdr_2020_2026", [CODE], hi)
+    assert pq[CODE].source.endswith(".parquet") and pq[CODE].bars[0].start == "2018-01-02"
+    card = sma_card(CODE, 5, 20, 100, 100_000_000)
+    cfg = BacktestConfig(date_from=lo, date_to=hi, max_participation_bp=10_000)
+    a, b = run_backtest(card, pq, cfg), run_backtest(card, csv, cfg)
+    assert len(a.fills) > 20
+    assert a.fills == b.fills and a.equity == b.equity and a.dates == b.dates
+    assert compute(a) == compute(b)
+
+
+def test_parquet_without_ohlcv_columns_is_a_clear_error(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"Date": [dt.datetime(2024, 1, 2)], "Close": [1]}), tmp_path / f"{CODE}.parquet")
+    with pytest.raises(DataError, match="missing"):
+        load_codes(tmp_path, [CODE])
+    (tmp_path / "000660.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="not a readable parquet"):
+        load_codes(tmp_path, ["000660"])
+
+
+def _fill_store(run_dir: Path, bars: list[Bar]) -> None:
+    store = BarStore(run_dir / "data" / "bars.sqlite")
+    store.add(bars)
+    store.close()
+
+
+def test_twin_replay_matches_the_same_bars_from_files(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "krx_daily_fdr_2020_2026"
+    _fill_store(tmp_path / "run", load_codes(data, [CODE], dt.date(2024, 12, 31))[CODE].bars)
+    common = [str(CARD), "--from", "2023-01-02", "--to", "2024-12-30", "--no-plot", "--json"]
+    assert main([*common, "--twin-replay", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "twin")]) == 0
+    assert main([*common, "--data", str(data), "--out", str(tmp_path / "files")]) == 0
+    twin = json.loads((tmp_path / "twin" / "summary.json").read_text())
+    files = json.loads((tmp_path / "files" / "summary.json").read_text())
+    assert twin["metrics"]["fills"] > 0 and twin["metrics"] == files["metrics"]
+    assert (tmp_path / "twin" / "fills.csv").read_text() == (tmp_path / "files" / "fills.csv").read_text()
+
+
+def test_twin_replay_rolls_recorded_minutes_up(tmp_path: Path) -> None:
+    # the gateway records 1-minute bars; --bars 5m replays them the way the gateway aggregates
+    minutes = [Bar(code=CODE, interval="1m", start=f"2024-01-02T09:0{i}", open=100 + i, high=110 + i, low=90, close=105 + i,
+                   volume=10) for i in range(10)]
+    _fill_store(tmp_path, minutes)
+    s = load_series([CODE], "5m", dt.date(2024, 1, 2), run_dir=tmp_path)[CODE].bars
+    assert [(b.start, b.open, b.high, b.low, b.close, b.volume) for b in s] == [
+        ("2024-01-02T09:00", 100, 114, 90, 109, 50), ("2024-01-02T09:05", 105, 119, 90, 114, 50)]
+    with pytest.raises(DataError, match="no 1d bars recorded"):
+        load_series([CODE], "1d", dt.date(2024, 1, 2), run_dir=tmp_path)
+
+
+def test_bad_sources_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = [str(CARD), "--from", "2024-01-02", "--to", "2024-01-31", "--no-plot", "--out", str(tmp_path / "o")]
+    assert main([*common, "--twin-replay", "--run-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no bar store" in capsys.readouterr().err
+    assert main(common) == 2
+    assert "--data PATH" in capsys.readouterr().err
+    assert main([*common, "--data", str(tmp_path), "--bars", "7m"]) == 2
+    assert "--bars 7m" in capsys.readouterr().err
+
+
+def test_bars_option_must_match_the_data(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = [str(CARD), "--from", "2020-02-18", "--to", "2020-02-20", "--no-plot", "--out", str(tmp_path / "o")]
+    assert main([*common, "--data", str(shared_data / "krx_intraday_5min_2020"), "--bars", "1m"]) == 2
+    assert "has 5m bars, not 1m" in capsys.readouterr().err

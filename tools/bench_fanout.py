@@ -1,0 +1,206 @@
+"""`ktrader bench fanout`: market-data fan-out from the gateway's Publisher (XPUB with NODROP, per-topic
+sequence numbers, msgspec + signed frames, exactly as the gateway sends) to N SUB subscriber processes
+over ipc, each decoding and verifying every message as an agent does; and, in the same run, the same
+load over a bare pyzmq PUB/SUB (a timestamp and a sequence number packed in 16 bytes, no decoding).
+
+Every subscriber subscribes to every topic, so each one receives the full rate. Latency is the
+publisher's wall-clock timestamp (the message header's `ts`) to the subscriber's receive time, per
+message; a subscriber reports its p50/p99, per-topic sequence gaps and how many messages it got.
+Drops are the publisher's EAGAIN count (NODROP: a full subscriber pipe refuses the message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+CODES = [f"{i:06d}" for i in range(1, 21)]  # 20 topics
+END_TOPIC = b"ctl.end."
+_BARE = struct.Struct("<qq")  # ts_ns, seq
+
+
+def _pct(sorted_us: list[float], q: float) -> float:
+    if not sorted_us:
+        return float("nan")
+    return sorted_us[min(len(sorted_us) - 1, int(round(q * (len(sorted_us) - 1))))]
+
+
+# ---- subscriber process ---------------------------------------------------------------------------
+
+
+def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
+    """One subscriber: receive until the end marker, then write {p50_us, p99_us, n, gaps, missed}."""
+    from common.framing import Codec
+    from common.schema import Published
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100_000)  # as the agent's client
+    sock.connect(endpoint)
+    sock.setsockopt(zmq.SUBSCRIBE, b"md.")
+    sock.setsockopt(zmq.SUBSCRIBE, END_TOPIC)
+    codec = Codec(bytes.fromhex(key_hex)) if mode == "gateway" else None
+    lat: list[int] = []
+    last: dict[bytes, int] = {}
+    gaps = missed = 0
+    while True:
+        frames = sock.recv_multipart()
+        now = time.time_ns()
+        topic = frames[0]
+        if topic == END_TOPIC:
+            break
+        if codec is not None:
+            msg = codec.decode(frames[1:])
+            assert isinstance(msg, Published)
+            ts, seq = msg.h.ts, msg.seq
+        else:
+            ts, seq = _BARE.unpack(frames[1])
+        lat.append(now - ts)
+        prev = last.get(topic)
+        if prev is not None and seq != prev + 1:
+            gaps += 1
+            missed += max(0, seq - prev - 1)
+        last[topic] = seq
+    us = sorted(x / 1000 for x in lat)
+    Path(out).write_text(json.dumps({"n": len(us), "p50_us": _pct(us, 0.5), "p99_us": _pct(us, 0.99),
+                                     "max_us": us[-1] if us else 0.0, "gaps": gaps, "missed": missed}))
+
+
+# ---- publisher side -------------------------------------------------------------------------------
+
+
+def _wait_subscribers(xpub: zmq.Socket, n: int, timeout_s: float) -> None:
+    """XPUB hands us one subscription message per (subscriber, topic prefix): wait for all of them."""
+    want = 2 * n  # "md." and the end topic
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while seen < want:
+        left = deadline - time.monotonic()
+        if left <= 0 or not xpub.poll(int(left * 1000) + 1):
+            raise RuntimeError(f"only {seen}/{want} subscriptions arrived")
+        if xpub.recv()[:1] == b"\x01":
+            seen += 1
+
+
+def _paced(rate: int, seconds: float, send) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """Call send(i) `rate` times a second for `seconds`; sleeps when ahead (never spins)."""
+    total = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(total):
+        ahead = t0 + i / rate - time.perf_counter()
+        if ahead > 0.001:
+            time.sleep(ahead)
+        send(i)
+    return total, time.perf_counter() - t0
+
+
+def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
+    from common.framing import Codec
+    from common.schema import HeaderFactory, TradeTick, trade_topic
+    from server.publisher import Publisher
+
+    ep = f"ipc://{tmp / f'{mode}.ipc'}"
+    key = os.urandom(32)
+    ctx = zmq.Context.instance()
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.SNDHWM, 100_000)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, to know all have joined
+    if mode == "gateway":
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)  # as the gateway: a full pipe is counted, not silent
+    xpub.bind(ep)
+    procs = []
+    outs = [tmp / f"{mode}-{i}.json" for i in range(agents)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        for out in outs:
+            procs.append(subprocess.Popen([sys.executable, "-c", "from tools.bench_fanout import subscriber; "
+                                           f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r})"], cwd=ROOT, env=env))
+        _wait_subscribers(xpub, agents, 60)
+        topics = [trade_topic(c) for c in CODES]
+        if mode == "gateway":
+            pub = Publisher(xpub, Codec(key), HeaderFactory("gateway"))
+
+            def send(i: int) -> None:
+                code = CODES[i % len(CODES)]
+                pub.publish(topics[i % len(topics)], TradeTick(code=code, time="090000", price=70_000 + i % 50 * 100,
+                                                               qty=1 + i % 7, side=1, cum_volume=i))
+
+            total, took = _paced(rate, seconds, send)
+            sent, dropped = pub.sent, pub.dropped
+        else:
+            seqs = [0] * len(topics)
+            btopics = [t.encode() for t in topics]
+            counters = {"sent": 0, "dropped": 0}
+
+            def send(i: int) -> None:
+                k = i % len(topics)
+                seqs[k] += 1
+                try:
+                    xpub.send_multipart([btopics[k], _BARE.pack(time.time_ns(), seqs[k])], zmq.NOBLOCK)
+                    counters["sent"] += 1
+                except zmq.Again:
+                    counters["dropped"] += 1
+
+            total, took = _paced(rate, seconds, send)
+            sent, dropped = counters["sent"], counters["dropped"]
+        # the end marker goes after everything queued (same pipe, in order); block rather than lose it
+        for _ in range(3):
+            xpub.send_multipart([END_TOPIC, b"end"])
+        for p in procs:
+            p.wait(60)
+        per = [json.loads(o.read_text()) for o in outs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        xpub.close(0)
+    return {
+        "mode": mode, "agents": agents, "rate": rate, "seconds": seconds, "published": total,
+        "achieved_rate": round(total / took), "sent": sent, "drops": dropped,
+        "worst_p50_us": round(max(x["p50_us"] for x in per), 1), "worst_p99_us": round(max(x["p99_us"] for x in per), 1),
+        "best_p99_us": round(min(x["p99_us"] for x in per), 1), "worst_max_us": round(max(x["max_us"] for x in per), 1),
+        "gaps": sum(x["gaps"] for x in per), "missed": sum(x["missed"] for x in per),
+        "received_min": min(x["n"] for x in per),
+    }
+
+
+def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False) -> dict:
+    if burst:
+        rate, seconds = 20_000, 10.0
+    with tempfile.TemporaryDirectory(prefix="ktrader-fanout-") as d:
+        tmp = Path(d)
+        bare = _run("bare", agents, rate, seconds, tmp)
+        gw = _run("gateway", agents, rate, seconds, tmp)
+    result = {"burst": burst, "bare": bare, "gateway": gw,
+              "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
+              "p99_ratio": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2)}
+    result["target_met"] = (gw["gaps"] == 0 and gw["drops"] == 0 and gw["worst_p99_us"] <= 3000
+                            and result["p99_ratio"] <= 2.0)
+    if json_out:
+        print(json.dumps(result))
+    else:
+        print(f"{agents} subscriber processes, every one on all {len(CODES)} topics; {rate:,} ticks/s for {seconds:g} s"
+              f"{' (burst)' if burst else ''}")
+        for r in (bare, gw):
+            name = "bare pyzmq PUB/SUB" if r["mode"] == "bare" else "gateway Publisher"
+            print(f"{name:20s}: worst-agent p50 {r['worst_p50_us']:9.1f} µs  p99 {r['worst_p99_us']:9.1f} µs  "
+                  f"max {r['worst_max_us']:9.1f} µs  gaps {r['gaps']} (missed {r['missed']})  drops {r['drops']}  "
+                  f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}")
+        print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}×  "
+              f"(target 0 gaps, p99 ≤ 3 ms and ≤ 2× bare: {'met' if result['target_met'] else 'NOT met'})")
+    return result
+
+
+if __name__ == "__main__":
+    main(json_out="--json" in sys.argv, burst="--burst" in sys.argv)

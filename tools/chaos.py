@@ -1,0 +1,424 @@
+"""`ktrader chaos`: a fault campaign against the whole stack, and the audit that follows it.
+
+A KIS twin process, a gateway process (with a warm standby waiting on the run-dir lock) and N agent
+processes running a random legal trader. Faults are injected at a steady rate: kill -9 of the
+gateway (the standby takes over; a new standby is started), kill -9 of agents (restarted), twin
+websocket drops, REST calls cut before or after they acted, EGW00201 bursts, token expiry, delayed /
+duplicated / reordered notices. Then the agents stop, the gateway reconciles, and the gateway's
+records are compared with the twin's own order list and balances read over the KIS REST API.
+
+Counts that must be 0: lost (an acknowledged order the twin does not have), duplicated at the twin
+(two twin orders for one client order), unknown to the gateway (twin orders nobody here placed),
+unresolved 30 s after the faults stopped, position and cash mismatches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common.config import BrokerConfig, BrokerEnv
+from common.connection import ConnectionFileError, read_info
+from common.ids import EXTERNAL_AGENT
+from common.orders import OrderState
+from tools.status import fetch_status, send_control
+
+ROOT = Path(__file__).resolve().parent.parent
+CODES = ["005930", "000660", "035420", "005380"]
+# kind -> weight (gateway kills are scheduled separately, every `gateway_every` faults)
+WEIGHTS = {
+    "agent_kill": 6, "ws_drop": 4, "rest_cut_before": 10, "rest_cut_after": 10, "egw00201_burst": 14,
+    "token_expiry": 6, "notice_delay": 8, "notice_duplicate": 8, "notice_reorder": 8, "rest_500": 8,
+}
+STANDBY_WARMUP_S = 3.0
+REST_FAULTS = {"rest_cut_before", "rest_cut_after", "egw00201_burst", "rest_500"}
+UNKNOWN_GRACE_S = 3.0
+UNRESOLVED = {OrderState.UNKNOWN, OrderState.PENDING_SUBMIT, OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE}
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    run: Path
+    env: dict[str, str]
+    twin: subprocess.Popen[bytes] | None = None
+    twin_info: dict[str, Any] = field(default_factory=dict)
+    gateways: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: list[Any] = field(default_factory=list)
+
+    def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{log_name}.log", "ab")
+        self.logs.append(log)
+        return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=self.env, start_new_session=True)
+
+    def stop(self) -> None:
+        procs = [*self.agents.values(), *self.gateways, *([self.twin] if self.twin else [])]
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 8
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        for log in self.logs:
+            log.close()
+
+
+def _wait(cond: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = cond()
+        except Exception:
+            v = None
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)  # waiting on other processes, not a hot path
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(round(q / 100 * (len(sorted_values) - 1)))))]
+
+
+def _primary_pid(run: Path) -> int:
+    try:
+        return read_info(run).pid
+    except ConnectionFileError:
+        return 0
+
+
+class Campaign:
+    def __init__(self, agents: int, faults: int, rate: float, seed: int, workdir: Path, gateway_every: int) -> None:
+        self.n_agents, self.n_faults, self.rate, self.seed = agents, faults, rate, seed
+        self.gateway_every = gateway_every
+        self.rng = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self.recoveries_ms: list[float] = []
+        self.workdir = workdir
+        self.stack = Stack(workdir, workdir / "run", dict(os.environ))
+        self.admin: httpx.Client | None = None
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        st = self.stack
+        st.env["PYTHONPATH"] = str(ROOT) + os.pathsep + st.env.get("PYTHONPATH", "")
+        twin_log = open(self.workdir / "twin.log", "ab")
+        st.logs.append(twin_log)
+        st.twin = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+             "--admin-port", "0", "--seed", str(self.seed), "--quiet"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=twin_log, env=st.env, start_new_session=True)
+        assert st.twin.stdout is not None
+        st.twin_info = json.loads(st.twin.stdout.readline())
+        self.admin = httpx.Client(base_url=st.twin_info["admin_url"], timeout=10)
+        info = st.twin_info
+        st.env.update({"KTRADER_KIS_APP_KEY": info["app_key"], "KTRADER_KIS_APP_SECRET": info["app_secret"],
+                       "KTRADER_KIS_ACCOUNT": info["account"], "KTRADER_KIS_HTS_ID": info["hts_id"]})
+        cfg = self.workdir / "gateway.toml"
+        # The automatic kill switch would (rightly) halt trading under this storm of errors; the
+        # campaign is about the books, so it is off here.
+        # The twin's order list never lags, so an unknown submit it does not show was never placed:
+        # the grace KIS needs (10 min) is cut to a few seconds to let the audit finish.
+        cfg.write_text(f'kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
+                       f'ws_url = "{info["ws_url"]}"\n')
+        self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
+        self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "warning"]
+        st.gateways.append(st.spawn(self.gw_args, "gateway-0"))
+        _wait(lambda: _primary_pid(st.run) == st.gateways[0].pid and fetch_status(st.run, 1.0).synced, 30, "gateway synced")
+        st.gateways.append(st.spawn([*self.gw_args, "--standby"], "gateway-1"))
+        self._standby_started = time.monotonic()
+        cards = self.workdir / "cards"
+        cards.mkdir(exist_ok=True)
+        for i in range(self.n_agents):
+            aid = f"chaos{i}"
+            (cards / f"{aid}.toml").write_text(
+                f'id = "{aid}"\nname = "{aid}"\nstrategy = "tools.chaos_trader:ChaosTrader"\n'
+                f'codes = {json.dumps(CODES)}\nbudget = 200_000_000\non_error = "continue"\n'
+                f'[params]\nseed = {self.seed}\n')
+            st.agents[aid] = self._start_agent(aid)
+        _wait(lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents, 30, "agents online")
+        _wait(lambda: fetch_status(st.run, 1.0).orders_today > 0, 30, "first orders")
+
+    def _start_agent(self, aid: str) -> subprocess.Popen[bytes]:
+        return self.stack.spawn(["agent", "run", str(self.workdir / "cards" / f"{aid}.toml"), "--run-dir", str(self.stack.run),
+                                 "--log-level", "warning"], aid)
+
+    # ---- faults ---------------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> None:
+        assert self.admin is not None
+        r = self.admin.post(path, json=body or {})
+        r.raise_for_status()
+
+    def inject(self, kind: str) -> None:
+        st = self.stack
+        if kind == "gateway_kill":
+            self._kill_gateway()
+        elif kind == "agent_kill":
+            aid = self.rng.choice(sorted(st.agents))
+            p = st.agents[aid]
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(5)
+            st.agents[aid] = self._start_agent(aid)
+        elif kind == "ws_drop":
+            self._post("/admin/faults/ws-drop")
+        elif kind in ("rest_cut_before", "rest_cut_after"):
+            self._post("/admin/faults/rest-disconnect", {"count": 1, "when": kind.rsplit("_", 1)[1],
+                                                          "path_contains": self.rng.choice(["order-cash", "order-rvsecncl", ""])})
+        elif kind == "egw00201_burst":
+            self._post("/admin/faults/rest-error", {"count": self.rng.randint(2, 5), "kind": "EGW00201", "path_contains": ""})
+        elif kind == "rest_500":
+            self._post("/admin/faults/rest-error", {"count": 1, "kind": "500", "path_contains": ""})
+        elif kind == "token_expiry":
+            self._post("/admin/faults/expire-tokens", {"reset_throttle": True})
+        elif kind == "notice_delay":
+            self._post("/admin/faults/notices", {"delay_ms": self.rng.choice([50, 200, 800]), "duplicate": False, "reorder": False})
+        elif kind == "notice_duplicate":
+            self._post("/admin/faults/notices", {"delay_ms": 0, "duplicate": True, "reorder": False})
+        elif kind == "notice_reorder":
+            self._post("/admin/faults/notices", {"delay_ms": 0, "duplicate": False, "reorder": True})
+        self.injected[kind] += 1
+
+    def _kill_gateway(self) -> None:
+        st = self.stack
+        primary = _primary_pid(st.run)
+        victim = next((p for p in st.gateways if p.pid == primary and p.poll() is None), None)
+        if victim is None:
+            return
+        # a standby is a long-running process: give a freshly started one time to finish loading
+        ready_at = self._standby_started + STANDBY_WARMUP_S
+        if time.monotonic() < ready_at:
+            time.sleep(ready_at - time.monotonic())
+        t0 = time.perf_counter()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        standby = next((p for p in st.gateways if p is not victim and p.poll() is None), None)
+        if standby is None:  # the standby died too: start one (counted as a slow recovery)
+            standby = st.spawn(self.gw_args, f"gateway-r{len(self.recoveries_ms)}")
+        try:
+            # recovered: the standby has published its connection file and reconciled (accepts orders)
+            _wait(lambda: _primary_pid(st.run) == standby.pid and fetch_status(st.run, 0.5).synced, 30,
+                  "standby gateway synced", interval=0.002)
+        finally:
+            self.recoveries_ms.append((time.perf_counter() - t0) * 1000)
+            st.gateways = [standby, st.spawn([*self.gw_args, "--standby"], f"gateway-{len(self.recoveries_ms) + 1}")]
+            self._standby_started = time.monotonic()
+
+    def _choose(self, kinds: tuple[str, ...], weights: tuple[int, ...]) -> str:
+        """A weighted pick, within what is realistic: KIS lets a token be issued once a minute, so
+        tokens expire at most that often; the twin's REST faults hit 'the next N calls', so a new
+        one waits until the previous ones were spent (they would pile up while nothing calls)."""
+        assert self.admin is not None
+        pending = self.admin.get("/admin/faults").json()
+        busy = {"rest": bool(pending.get("errors")) or bool(pending.get("disconnects"))}
+        while True:
+            kind = self.rng.choices(kinds, weights)[0]
+            if kind == "token_expiry" and time.monotonic() - self._last_token_expiry < 65:
+                continue
+            if kind in REST_FAULTS and busy["rest"]:
+                continue
+            if kind == "token_expiry":
+                self._last_token_expiry = time.monotonic()
+            return kind
+
+    def run_faults(self) -> float:
+        kinds, weights = zip(*sorted(WEIGHTS.items()))
+        self._last_token_expiry = time.monotonic() - 30  # the first one not before the gateway's token is a minute old
+        t0 = time.monotonic()
+        period = 1.0 / self.rate
+        next_at = t0
+        for i in range(1, self.n_faults + 1):
+            kind = "gateway_kill" if self.gateway_every and i % self.gateway_every == 0 else self._choose(kinds, weights)
+            try:
+                self.inject(kind)
+            except (httpx.HTTPError, TimeoutError) as e:
+                self.injected[f"failed_{kind}"] += 1
+                print(f"chaos: {kind} failed: {e}", file=sys.stderr)
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the campaign
+            else:
+                next_at = time.monotonic()
+        return time.monotonic() - t0
+
+    # ---- audit ----------------------------------------------------------------------------------
+
+    def settle(self, timeout_s: float) -> int:
+        """Faults off, agents stopped; reconcile until nothing is in doubt (or the time is up)."""
+        st = self.stack
+        self._post("/admin/faults/reset")
+        for p in st.agents.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in st.agents.values():
+            p.wait(10)
+        deadline = time.monotonic() + timeout_s
+        unresolved = -1
+        while time.monotonic() < deadline:
+            try:
+                before = fetch_status(st.run, 2.0).counters.get("reconciles", 0)
+                send_control(st.run, "reconcile")
+                _wait(lambda: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15, "reconciliation")
+            except Exception:
+                continue
+            unresolved = sum(1 for _, o in self._gateway_orders() if o.state in UNRESOLVED)
+            if unresolved == 0:
+                break
+        return unresolved
+
+    def _gateway_orders(self) -> list[tuple[str, Any]]:
+        from server.store import Store
+
+        store = Store(self.stack.run / "db" / "gateway.sqlite", readonly=True)
+        try:
+            return store.load_orders()
+        finally:
+            store.close()
+
+    def audit(self, unresolved: int) -> dict[str, Any]:
+        from server.store import Store
+
+        st = self.stack
+        send_control(st.run, "halt")  # nothing moves while we read both sides
+        store = Store(st.run / "db" / "gateway.sqlite", readonly=True)
+        try:
+            orders = [o for _, o in store.load_orders()]
+            positions = store.load_positions()
+        finally:
+            store.close()
+
+        reports, twin_pos, account, day = self.read_twin()
+        # ODNOs the gateway knows, and which client order each belongs to
+        owner: dict[str, str] = {}
+        for o in orders:
+            for odno in o.broker_chain:
+                owner[odno.lstrip("0")] = o.client_order_id
+        twin_odnos = {r.broker_order_id.lstrip("0") for r in reports}
+        originals = [r for r in reports if not r.orig_broker_order_id]
+        ours = [o for o in orders if o.agent != EXTERNAL_AGENT]
+        acked = [o for o in ours if o.broker_order_id]
+        lost = [o.client_order_id for o in acked if o.broker_order_id.lstrip("0") not in twin_odnos]
+        per_client: Counter[str] = Counter(owner.get(r.broker_order_id.lstrip("0"), "") for r in originals)
+        duplicated = sorted(c for c, n in per_client.items() if c and n > 1)
+        adopted = [o for o in orders if o.agent == EXTERNAL_AGENT]  # twin orders nobody here placed
+        # a cancel line has its own ODNO; it is ours when the order it cancels is
+        unknown_now = [r.broker_order_id for r in reports if r.broker_order_id.lstrip("0") not in owner
+                       and not ((r.is_cancel or r.is_modify) and r.orig_broker_order_id.lstrip("0") in owner)]
+        # positions: the sum of every agent's book (external included) against the account
+        books: Counter[str] = Counter()
+        for agent_pos in positions.values():
+            for code, p in agent_pos.items():
+                books[code] += p.qty
+        held = {p.code: p.qty for p in twin_pos}
+        pos_mismatch = {c: {"twin": held.get(c, 0), "books": books.get(c, 0)}
+                        for c in sorted(set(held) | set(books)) if held.get(c, 0) != books.get(c, 0)}
+        # cash: what the fills cost per the books vs what the account's cash moved
+        spent = sum(p.cost - p.realized_pnl + p.fees for agent, agent_pos in positions.items() if agent != EXTERNAL_AGENT
+                    for p in agent_pos.values())
+        twin_moved = self.start_cash - account.settlement_cash
+        fills = sum(len(o.fill_ids) for o in orders)
+        cash_diff = twin_moved - spent
+        return {
+            "day": day.isoformat(),
+            "faults_injected": dict(sorted(self.injected.items())),
+            "faults_total": sum(v for k, v in self.injected.items() if not k.startswith("failed_")),
+            "orders": len(ours),
+            "orders_acknowledged": len(acked),
+            "orders_by_state": dict(Counter(o.state.value for o in ours)),
+            "fills": fills,
+            "twin_orders": len(reports),
+            "lost": len(lost),
+            "duplicated_at_twin": len(duplicated),
+            "unknown_to_gateway": len(adopted) + len(unknown_now),
+            "unresolved_after_settle": unresolved,
+            "position_mismatches": len(pos_mismatch),
+            "cash_mismatch": int(abs(cash_diff) > fills),  # commission/tax floor per fill: ±1 won each
+            "cash_diff_krw": cash_diff,
+            "unknown_grace_s": UNKNOWN_GRACE_S,
+            "gateway_recovery_ms": {
+                "n": len(self.recoveries_ms),
+                "p50": round(percentile(sorted(self.recoveries_ms), 50), 1) if self.recoveries_ms else None,
+                "p99": round(percentile(sorted(self.recoveries_ms), 99), 1) if self.recoveries_ms else None,
+                "max": round(max(self.recoveries_ms), 1) if self.recoveries_ms else None,
+                "all": [round(x, 1) for x in self.recoveries_ms],
+            },
+            "details": {"lost": lost[:20], "duplicated": duplicated[:20], "unknown": unknown_now[:20],
+                        "adopted_external": [o.broker_order_id for o in adopted][:20], "positions": pos_mismatch},
+        }
+
+    def read_twin(self) -> tuple[list[Any], list[Any], Any, dt.date]:
+        """The twin's orders, holdings and cash, over the KIS REST API (our client, its own token)."""
+        from kis.adapter import make_broker
+        from kis.credentials import Credentials
+
+        info = self.stack.twin_info
+
+        async def read() -> tuple[list[Any], list[Any], Any, dt.date]:
+            creds = Credentials(info["app_key"], info["app_secret"], info["account"], info["hts_id"])
+            broker = make_broker(BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info["ws_url"]),
+                                 self.workdir / "audit-kis", creds, min_token_interval_s=0)
+            day = dt.date.fromisoformat(self.admin.get("/admin/state").json()["day"])  # type: ignore[union-attr]
+            try:
+                return await broker.order_reports(day), await broker.positions(), await broker.account(), day
+            finally:
+                await broker.close()
+
+        return asyncio.run(read())
+
+
+def run(agents: int = 4, faults: int = 1000, rate: float = 20.0, seed: int = 1, gateway_every: int = 100,
+        settle_s: float = 30.0, workdir: Path | None = None, keep: bool = False) -> dict[str, Any]:
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ktrader-chaos-")
+        workdir = Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    c = Campaign(agents, faults, rate, seed, workdir, gateway_every)
+    try:
+        c.start()
+        seconds = c.run_faults()
+        unresolved = c.settle(settle_s)
+        report = c.audit(unresolved)
+        report["campaign_s"] = round(seconds, 1)
+        report["agents"] = agents
+        report["workdir"] = str(workdir) if keep else ""
+        rec = report["gateway_recovery_ms"]
+        report["ok"] = (all(report[k] == 0 for k in ("lost", "duplicated_at_twin", "unknown_to_gateway",
+                                                      "unresolved_after_settle", "position_mismatches", "cash_mismatch"))
+                        and (rec["p99"] is None or rec["p99"] <= 1000.0))
+        return report
+    finally:
+        c.stack.stop()
+        if tmp is not None and not keep:
+            tmp.cleanup()

@@ -1,0 +1,247 @@
+"""Agents as supervised OS processes (used by `ktrader demo` and `ktrader top`).
+
+Each agent (`ktrader agent run CARD`) runs in its own process and process group. A watcher thread
+per agent blocks in `wait()` (no polling); when the process ends on its own it is restarted after
+an exponential back-off with a cap, unless:
+- it exited with a "do not restart" code (bad card, duplicate id, another local copy holds the
+  lock, or a clean exit 0): restarting cannot help, or would fight another copy;
+- it already restarted `max_restarts` times within `window_s`: the supervisor gives up and says so.
+A run that lasted `stable_s` resets the back-off. `stop()` ends an agent (SIGTERM, then SIGKILL
+after a grace period) without restarting it; `restart()` restarts it at once, without back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
+from common.config import ConfigError, load_card
+
+log = logging.getLogger("ktrader.supervisor")
+
+# Restarting these cannot help: the card is wrong, or another live copy holds the id.
+NO_RESTART_CODES: dict[int, str] = {
+    EXIT_OK: "exited cleanly",
+    EXIT_BAD_CARD: "bad card or strategy",
+    EXIT_DUPLICATE: "the gateway says another live copy holds this id",
+    EXIT_LOCKED: "another local copy holds the agent lock",
+}
+
+
+class SupervisorError(Exception):
+    """An operator request the supervisor cannot do (unknown agent, bad card, already running)."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    base_s: float = 0.5
+    factor: float = 2.0
+    cap_s: float = 30.0
+    max_restarts: int = 5  # within window_s; then give up
+    window_s: float = 60.0
+    stable_s: float = 30.0  # a run this long resets the back-off
+    stop_grace_s: float = 8.0  # SIGTERM → SIGKILL
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap_s, self.base_s * self.factor ** max(0, attempt))
+
+
+class ProcState(StrEnum):
+    RUNNING = "running"
+    BACKOFF = "backoff"  # waiting to restart
+    STOPPED = "stopped"  # stopped by the operator
+    EXITED = "exited"  # ended with a do-not-restart code
+    GAVE_UP = "gave up"  # too many restarts in the window
+
+
+@dataclass
+class Supervised:
+    id: str
+    card: Path
+    state: ProcState = ProcState.RUNNING
+    pid: int = 0
+    restarts: int = 0  # automatic restarts so far
+    last_exit: int | None = None
+    reason: str = ""
+    next_start_s: float = 0.0  # monotonic time of the next restart (BACKOFF)
+    _proc: subprocess.Popen[bytes] | None = None
+    _recent: deque[float] = field(default_factory=deque)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _restart_now: bool = False
+    _thread: threading.Thread | None = None
+
+
+def default_command(card: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "tools.cli", "agent", "run", str(card), "--run-dir", str(run_dir)]
+
+
+class Supervisor:
+    def __init__(self, run_dir: Path, *, policy: RestartPolicy = RestartPolicy(), log_dir: Path | None = None,
+                 command: Callable[[Path, Path], Sequence[str]] = default_command,
+                 on_change: Callable[[Supervised], None] | None = None, env: dict[str, str] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.policy = policy
+        self.log_dir = log_dir or self.run_dir / "logs"
+        self.command = command
+        self.on_change = on_change
+        self.env = env
+        self._lock = threading.Lock()
+        self.agents: dict[str, Supervised] = {}
+
+    # ---- operator requests ------------------------------------------------------------------
+
+    def start(self, card: Path | str) -> Supervised:
+        card = Path(card)
+        try:
+            agent_id = load_card(card).id
+        except ConfigError as e:
+            raise SupervisorError(str(e)) from None
+        with self._lock:
+            cur = self.agents.get(agent_id)
+            if cur is not None and cur.state in (ProcState.RUNNING, ProcState.BACKOFF):
+                raise SupervisorError(f"{agent_id} is already supervised ({cur.state}, pid {cur.pid})")
+            sup = Supervised(id=agent_id, card=card)
+            self.agents[agent_id] = sup
+        sup._thread = threading.Thread(target=self._watch, args=(sup,), name=f"supervise-{agent_id}", daemon=True)
+        self._spawn(sup)
+        sup._thread.start()
+        return sup
+
+    def stop(self, agent_id: str) -> Supervised:
+        sup = self._get(agent_id)
+        sup._stop.set()
+        self._terminate(sup)
+        if sup._thread is not None:
+            sup._thread.join(self.policy.stop_grace_s + 5)
+        return sup
+
+    def restart(self, agent_id: str) -> Supervised:
+        """Restart now (no back-off); an agent that had stopped or given up starts again."""
+        sup = self._get(agent_id)
+        if sup.state in (ProcState.RUNNING, ProcState.BACKOFF) and sup._thread is not None and sup._thread.is_alive():
+            sup._restart_now = True
+            sup._stop.set()  # wakes a back-off wait; the watcher clears it for a restart
+            self._terminate(sup)
+            return sup
+        return self.start(sup.card)
+
+    def stop_all(self) -> None:
+        sups = list(self.agents.values())
+        for s in sups:
+            s._stop.set()
+            p = s._proc
+            if p is not None and p.poll() is None:
+                self._signal(p, signal.SIGTERM)
+        for s in sups:
+            self._terminate(s)
+            if s._thread is not None:
+                s._thread.join(self.policy.stop_grace_s + 5)
+
+    def is_supervised(self, agent_id: str) -> bool:
+        s = self.agents.get(agent_id)
+        return s is not None and s.state in (ProcState.RUNNING, ProcState.BACKOFF)
+
+    def _get(self, agent_id: str) -> Supervised:
+        sup = self.agents.get(agent_id)
+        if sup is None:
+            raise SupervisorError(f"{agent_id!r} is not supervised here")
+        return sup
+
+    # ---- processes ------------------------------------------------------------------------------
+
+    def _spawn(self, sup: Supervised) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"agent-{sup.id}.log", "ab") as logf:
+            # own session: a Ctrl-C in the console's terminal does not reach the agents
+            sup._proc = subprocess.Popen(list(self.command(sup.card, self.run_dir)), stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=self.env)
+        sup.pid = sup._proc.pid
+        sup.state = ProcState.RUNNING
+        log.info("agent %s started (pid %d)", sup.id, sup.pid)
+        self._changed(sup)
+
+    @staticmethod
+    def _signal(p: subprocess.Popen[bytes], sig: int) -> None:
+        try:
+            os.killpg(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _terminate(self, sup: Supervised) -> None:
+        p = sup._proc
+        if p is None or p.poll() is not None:
+            return
+        self._signal(p, signal.SIGTERM)
+        try:
+            p.wait(self.policy.stop_grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("agent %s did not stop in %.0fs: killing", sup.id, self.policy.stop_grace_s)
+            self._signal(p, signal.SIGKILL)
+            p.wait(5)
+
+    def _watch(self, sup: Supervised) -> None:
+        attempt = 0
+        while True:
+            p = sup._proc
+            assert p is not None
+            started = time.monotonic()
+            rc = p.wait()
+            sup.last_exit = rc
+            if sup._restart_now:  # operator restart: at once, not counted
+                sup._restart_now = False
+                sup._stop.clear()
+                attempt = 0
+                self._spawn(sup)
+                continue
+            if sup._stop.is_set():
+                sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
+                break
+            if rc in NO_RESTART_CODES:
+                sup.state, sup.reason = ProcState.EXITED, f"exit {rc}: {NO_RESTART_CODES[rc]}"
+                log.warning("agent %s %s: not restarting", sup.id, sup.reason)
+                break
+            now = time.monotonic()
+            if now - started >= self.policy.stable_s:
+                attempt = 0
+            while sup._recent and now - sup._recent[0] > self.policy.window_s:
+                sup._recent.popleft()
+            if len(sup._recent) >= self.policy.max_restarts:
+                sup.state = ProcState.GAVE_UP
+                sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
+                log.error("agent %s %s", sup.id, sup.reason)
+                break
+            delay = self.policy.delay(attempt)
+            attempt += 1
+            sup.state, sup.reason, sup.next_start_s = ProcState.BACKOFF, f"exit {rc}: restarting in {delay:.1f}s", now + delay
+            log.warning("agent %s %s", sup.id, sup.reason)
+            self._changed(sup)
+            if sup._stop.wait(delay):  # stop() or restart() during the back-off
+                if not sup._restart_now:
+                    sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
+                    break
+                sup._restart_now = False
+                sup._stop.clear()
+                attempt = 0
+            else:
+                sup._recent.append(time.monotonic())
+                sup.restarts += 1
+            self._spawn(sup)
+        self._changed(sup)
+
+    def _changed(self, sup: Supervised) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(sup)
+            except Exception:  # a view's bug must not kill the watcher
+                log.exception("supervisor on_change failed")

@@ -1,0 +1,1 @@
+"""`ktrader top`: the operations console (app, widgets, and a terminal-free model layer)."""

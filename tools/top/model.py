@@ -1,0 +1,275 @@
+"""The console's model: what the gateway says (status, blotter, system events, trades) and what
+the operator can do (controls, start/stop/restart agents), with no terminal involved.
+
+Live data comes from the gateway's PUB socket (`sys.` events and the trade topics of the agents'
+codes) read by an asyncio task that awaits the socket (no polling). Requests go through short-lived
+tool clients in a worker thread, so a slow gateway never freezes the screen."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from common.config import ConfigError, load_card
+from common.connection import ConnectionFileError, GatewayInfo, read_info
+from common.errors import KtraderError
+from common.framing import Codec, FrameError
+from common.schema import (
+    FillView, OrderView, Published, StatusReply, SystemEvent, SYSTEM_TOPIC, TradeTick, trade_topic,
+)
+from tools.status import fetch_orders, fetch_status, send_control
+from tools.supervisor import Supervisor, SupervisorError
+
+SPARK_POINTS = 40
+
+
+@dataclass
+class MarketRow:
+    code: str
+    last: int = 0
+    change: int = 0
+    volume: int = 0
+    spread: int = 0
+    ticks: int = 0
+    history: deque[int] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+
+    def on_tick(self, t: TradeTick) -> None:
+        self.last, self.volume, self.ticks = t.price, t.cum_volume, self.ticks + 1
+        if t.change:
+            self.change = t.change
+        elif self.history:
+            self.change = t.price - self.history[0]  # no previous close: change over the window
+        self.spread = t.ask1 - t.bid1 if t.ask1 and t.bid1 else 0
+        self.history.append(t.price)
+
+
+class ActionError(Exception):
+    """An operator action that could not be done; the message says why (shown in the console)."""
+
+
+class ConsoleModel:
+    def __init__(self, run_dir: Path, *, supervisor: Supervisor | None = None, cards_dir: Path = Path("cards"),
+                 on_update: Callable[[str], None] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.supervisor = supervisor
+        self.cards_dir = Path(cards_dir)
+        self.on_update = on_update  # called with "status" | "orders" | "market" | "events"
+        self.status: StatusReply | None = None
+        self.error = ""  # why the gateway cannot be reached ("" when it can)
+        self.orders: list[OrderView] = []
+        self.fills: list[FillView] = []
+        self.market: dict[str, MarketRow] = {}
+        self.events: deque[str] = deque(maxlen=200)
+        self.rest_rate = 0.0  # REST calls/s between the last two status replies
+        self.agent_rest_rate: dict[str, float] = {}  # the same per agent (its share of the budget)
+        self._rest_sample: tuple[float, int, dict[str, int]] | None = None
+        self._info: GatewayInfo | None = None
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sub: zmq.asyncio.Socket | None = None
+        self._codec: Codec | None = None
+        self._topics: set[str] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def _notify(self, what: str) -> None:
+        if self.on_update is not None:
+            self.on_update(what)
+
+    async def refresh_status(self) -> StatusReply | None:
+        try:
+            st = await asyncio.to_thread(fetch_status, self.run_dir, 2.0)
+        except (ConnectionFileError, KtraderError) as e:
+            self.error = str(e)
+            self._notify("status")
+            return None
+        self.error = ""
+        now = time.monotonic()
+        if self._rest_sample is not None and now > self._rest_sample[0]:
+            t0, calls0, by0 = self._rest_sample
+            self.rest_rate = max(0.0, (st.health.rest_calls - calls0) / (now - t0))
+            self.agent_rest_rate = {k: max(0.0, (v - by0.get(k, 0)) / (now - t0)) for k, v in st.health.rest_calls_by.items()}
+        self._rest_sample = (now, st.health.rest_calls, dict(st.health.rest_calls_by))
+        self.status = st
+        self._ensure_sub()
+        for a in st.agents:
+            for code in a.codes:
+                self._want_trades(code)
+        self._notify("status")
+        return st
+
+    async def refresh_orders(self, agent: str = "", limit: int = 300) -> None:
+        try:
+            ol = await asyncio.to_thread(fetch_orders, self.run_dir, agent, 0, limit, 2.0)
+        except (ConnectionFileError, KtraderError) as e:
+            self.error = str(e)
+            return
+        self.orders, self.fills = ol.orders, ol.fills
+        self._notify("orders")
+
+    # ---- live events (PUB) ------------------------------------------------------------------------
+
+    def _ensure_sub(self) -> None:
+        """(Re)connect the SUB socket when the gateway is new (a restarted gateway has a new key)."""
+        try:
+            info = read_info(self.run_dir)
+        except ConnectionFileError:
+            return
+        if self._info is not None and info.session == self._info.session and self._sub is not None:
+            return
+        self._close_sub()
+        self._info, self._codec = info, Codec(info.key_bytes)
+        self._sub = self._ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.connect(info.pub)
+        self._topics = set()
+        self._subscribe(SYSTEM_TOPIC)
+        for code in self.market:
+            self._subscribe(trade_topic(code))
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="console-sub")
+
+    def _subscribe(self, topic: str) -> None:
+        if self._sub is not None and topic not in self._topics:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            self._topics.add(topic)
+
+    def _want_trades(self, code: str) -> None:
+        self.market.setdefault(code, MarketRow(code))
+        self._subscribe(trade_topic(code))
+
+    async def _listen(self) -> None:
+        while True:
+            sub, codec = self._sub, self._codec
+            if sub is None or codec is None:
+                return
+            try:
+                frames = await sub.recv_multipart()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                if self._sub is sub:  # closed for good, not replaced by a reconnect
+                    return
+                continue
+            try:
+                msg = codec.decode(frames[1:])
+            except FrameError:
+                continue
+            if isinstance(msg, Published):
+                self.on_published(msg)
+
+    def on_published(self, msg: Published) -> None:
+        body = msg.body
+        if isinstance(body, TradeTick):
+            self.market.setdefault(body.code, MarketRow(body.code)).on_tick(body)
+            self._notify("market")
+        elif isinstance(body, SystemEvent):
+            stamp = time.strftime("%H:%M:%S")
+            self.events.append(f"{stamp} {body.kind} {body.agent} {body.text}".replace("  ", " "))
+            self._notify("events")  # the app refreshes status on these (state changed)
+
+    def _close_sub(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            sub.close(0)
+
+    async def close(self) -> None:
+        self._close_sub()
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # ---- actions ----------------------------------------------------------------------------------
+
+    async def control(self, action: str, agent: str = "") -> str:
+        try:
+            text = await asyncio.to_thread(send_control, self.run_dir, action, agent, 3.0)
+        except (ConnectionFileError, KtraderError) as e:
+            raise ActionError(str(e)) from None
+        self.events.append(f"{time.strftime('%H:%M:%S')} you: {action} {agent or 'gateway'}: {text}")
+        return text
+
+    def agent_status(self, agent: str):  # type: ignore[no-untyped-def]
+        if self.status is None:
+            return None
+        return next((a for a in self.status.agents if a.id == agent), None)
+
+    def card_for(self, agent: str) -> Path | None:
+        """The card of an agent: the supervisor's, else the first card in cards_dir with that id."""
+        if self.supervisor is not None and agent in self.supervisor.agents:
+            return self.supervisor.agents[agent].card
+        for path in sorted(self.cards_dir.glob("*.toml")):
+            try:
+                if load_card(path).id == agent:
+                    return path
+            except ConfigError:
+                continue
+        return None
+
+    def start_agent(self, card: Path | str) -> str:
+        if self.supervisor is None:
+            raise ActionError("this console has no supervisor")
+        try:
+            sup = self.supervisor.start(Path(card))
+        except SupervisorError as e:
+            raise ActionError(str(e)) from None
+        return f"{sup.id} started (pid {sup.pid})"
+
+    def stop_agent(self, agent: str) -> str:
+        """Supervised agents through the supervisor (no restart); agents started by hand on this host
+        with SIGTERM to the pid the gateway knows (they unregister and exit cleanly)."""
+        if self.supervisor is not None and self.supervisor.is_supervised(agent):
+            self.supervisor.stop(agent)
+            return f"{agent} stopped"
+        a = self.agent_status(agent)
+        if a is None or a.state.value == "offline":
+            raise ActionError(f"{agent} is not running")
+        if a.host != socket.gethostname():
+            raise ActionError(f"{agent} runs on {a.host}: stop it there (or pause it here)")
+        try:
+            os.kill(a.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            raise ActionError(f"{agent}: pid {a.pid} is gone") from None
+        except PermissionError:
+            raise ActionError(f"{agent}: not allowed to signal pid {a.pid}") from None
+        return f"{agent}: SIGTERM sent to pid {a.pid}"
+
+    def restart_agent(self, agent: str) -> str:
+        """Supervised: restarted at once. Started by hand: stopped, then started from its card under
+        the supervisor once its process is gone (its lock is free)."""
+        if self.supervisor is None:
+            raise ActionError("this console has no supervisor")
+        if agent in self.supervisor.agents:
+            self.supervisor.restart(agent)
+            return f"{agent} restarting"
+        card = self.card_for(agent)
+        if card is None:
+            raise ActionError(f"no card for {agent} in {self.cards_dir}")
+        a = self.agent_status(agent)
+        if a is not None and a.state.value != "offline":
+            self.stop_agent(agent)
+            if a.host == socket.gethostname():
+                _wait_gone(a.pid, 10.0)
+        sup = self.supervisor.start(card)
+        return f"{agent} restarted under the supervisor (pid {sup.pid})"
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)  # an operator action, not a hot path
