@@ -31,7 +31,7 @@ from common.connection import ConnectionFileError, GatewayInfo, connection_path,
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
-from common.orders import OPEN
+from common.orders import OPEN, OrderState
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
     ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
@@ -129,6 +129,11 @@ class AgentRuntime(AgentServicesMixin):
         self._outbox.append(NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price,
                                      order_type=order_type, tif=tif, reason=reason, context=context or {},
                                      decision_price=decision))
+        # on its way: visible in open_orders at once (a timer firing before the gateway's first
+        # event must not place it again); the gateway's events replace this view
+        self.orders[coid] = OrderView(client_order_id=coid, agent=self.agent_id, code=code, side=side, qty=qty,
+                                      price=price, order_type=order_type, tif=tif, state=OrderState.PENDING_SUBMIT,
+                                      filled_qty=0, filled_value=0)
         return coid
 
     def cancel(self, client_order_id: str) -> None:
