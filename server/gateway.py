@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from common.clock import now_ns
+from common.clock import now_ns, yyyymmdd
 from common.config import AgentCard, EndOfDay, GatewayConfig
 from common.costs import CostModel
 from common.connection import GatewayInfo, remove_info, write_info
@@ -570,7 +570,7 @@ class Gateway:
 
     def _day_tick(self) -> None:
         now, phase = self.clock.now(), self.clock.phase()
-        day = now.strftime("%Y%m%d")
+        day = yyyymmdd(now.date())
         first = not self.daycycle.day
         if self.daycycle.roll(day):
             self.oms.roll_pnl_day()

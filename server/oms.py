@@ -314,10 +314,7 @@ class OrderManager:
             return 0
         card, why = self._flattening.pop(agent)
         day = self.today()
-        today = yyyymmdd(day)
-        n = max((int(c.rsplit("-", 1)[1]) for c, o in self.orders.items()
-                 if o.agent == agent and self.order_day.get(c) == today), default=0)
-        n = max(n, GATEWAY_ORDER_BASE - 1)
+        n = max([GATEWAY_ORDER_BASE - 1, *self._numbers_today(agent)])
         sent = 0
         for pos in sorted(self.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
@@ -439,20 +436,25 @@ class OrderManager:
         # Net cash in the agent's positions: cost of shares held minus realised P&L taken out, plus fees paid.
         return sum(p.cost - p.realized_pnl + p.fees for p in self.positions.get(agent, {}).values())
 
+    def _numbers_today(self, agent: str) -> list[int]:
+        """The n of each of the agent's client order ids today (all of today's orders are in
+        memory: loaded at start, indexed on every commit)."""
+        today = yyyymmdd(self.today())
+        return [int(c.rsplit("-", 1)[1]) for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today]
+
     def snapshot(self, card: AgentCard, trading_state: TradingState) -> Snapshot:
         agent = card.id
         today = yyyymmdd(self.today())
         open_orders = [view(o) for o in self.orders.values() if o.agent == agent and o.is_open]
         exp = self.exposure(agent, "")
-        # today's orders are all in memory (loaded at start, indexed on every commit)
-        n = 1 + max((k for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today
-                     and (k := int(c.rsplit("-", 1)[1])) < GATEWAY_ORDER_BASE), default=0)
+        numbers = self._numbers_today(agent)
+        n = 1 + max((k for k in numbers if k < GATEWAY_ORDER_BASE), default=0)  # the agent's own counter
         return Snapshot(
             agent=agent, trading_state=trading_state, open_orders=open_orders,
             positions=[p for p in self.positions.get(agent, {}).values() if p.qty or p.realized_pnl or p.fees],
             budget=card.budget, reserved_cash=exp.reserved_cash, spent_cash=exp.spent_cash,
             last_seq=self.seq.get(agent, 0), next_order_n=n, day=today,
-            orders_today=sum(1 for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == today),
+            orders_today=len(numbers),
         )
 
     def counts(self) -> tuple[int, int, int]:
@@ -793,13 +795,16 @@ class OrderManager:
             for code, p in agent_pos.items():
                 ours[code] += p.qty
         alerts = []
+        previous, self._unexplained = self._unexplained, {}
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
             diff = theirs - ours.get(code, 0)
+            if diff > 0:
+                self._unexplained[code] = diff
             if diff < 0:
                 # the books hold more than the account: an error somewhere, never papered over
                 alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account")
-            elif diff and self._unexplained.get(code) == diff:
+            elif diff and previous.get(code) == diff:
                 # The broker is authoritative for what the account holds; a difference seen twice in
                 # a row is nobody's here (held before ktrader, or traded elsewhere): external's.
                 self._adjust_external(code, diff, broker.get(code))
@@ -807,8 +812,6 @@ class OrderManager:
             elif diff:
                 alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
                               f"if it persists (a notice may be on its way)")
-        held = {c: broker[c].qty if c in broker else 0 for c in set(broker) | set(ours)}
-        self._unexplained = {c: q - ours.get(c, 0) for c, q in held.items() if q > ours.get(c, 0)}
         return alerts
 
     def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
