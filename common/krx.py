@@ -79,6 +79,15 @@ def next_tick_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     return round_down(lower, kind)
 
 
+def ticks_away(price: int, ticks: int, limit: int = 0) -> int:
+    """`ticks` steps up (or down, when negative) the tick grid, not past the day's price `limit`."""
+    for _ in range(abs(ticks)):
+        price = next_tick_up(price) if ticks > 0 else next_tick_down(price)
+    if limit:
+        price = min(price, limit) if ticks > 0 else max(price, limit)
+    return price
+
+
 def price_limits(base: int, kind: SecurityKind = SecurityKind.STOCK, pct: int = PRICE_LIMIT_PCT) -> tuple[int, int]:
     """(lower, upper) limit for the day from the base price (usually yesterday's close).
 

@@ -6,6 +6,8 @@ KIS only (headers/body of auth and API calls).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import hashlib
 import logging
 import os
@@ -19,6 +21,13 @@ ENV_APP_KEY = "KTRADER_KIS_APP_KEY"
 ENV_APP_SECRET = "KTRADER_KIS_APP_SECRET"
 ENV_ACCOUNT = "KTRADER_KIS_ACCOUNT"
 ENV_HTS_ID = "KTRADER_KIS_HTS_ID"
+
+
+def credentials_env(info: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables that hand credentials (keys app_key, app_secret, account, hts_id,
+    as `ktrader sim` prints its demo account) to a gateway process."""
+    return {ENV_APP_KEY: info["app_key"], ENV_APP_SECRET: info["app_secret"], ENV_ACCOUNT: info["account"],
+            ENV_HTS_ID: info["hts_id"]}
 
 
 class CredentialsError(ValueError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from kis.credentials import credentials_env
+from tools.procs import stop_groups, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -20,17 +22,10 @@ if not SHARED.exists():  # CI clones main next to shared/
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> object:
     """Poll `cond` until it returns a truthy value; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception as e:  # the condition may not be checkable yet (file missing, ...)
-            last_exc = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    try:
+        return wait_until(cond, timeout, what, interval)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 def holds_for(cond: Callable[[], object], seconds: float, interval: float = 0.05, what: str = "invariant") -> None:
@@ -63,22 +58,19 @@ class Procs:
         return Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 5
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(5)
+        stop_groups(self.procs, grace_s=5.0)
+
+
+def start_gateway_on_twin(procs: Procs, tmp: Path, info: dict[str, str], *, broker_toml: str = "",
+                          wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A gateway process on a separately started twin (`ktrader sim`, its JSON line in `info`), with
+    the twin's demo credentials in its environment; returns once it has written gateway.json."""
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(f'[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n')
+    run = tmp / "run"
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info))
+    wait_for(lambda: (run / "gateway.json").exists(), wait_s, what="gateway.json")
+    return run, gw
 
 
 @pytest.fixture

@@ -32,9 +32,13 @@ def echo_server(endpoint: str) -> None:
         sock.send_multipart(sock.recv_multipart())
 
 
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, nearest rank."""
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))]
+
+
 def percentile(sorted_ns: list[int], q: float) -> float:
-    i = min(len(sorted_ns) - 1, max(0, int(round(q * (len(sorted_ns) - 1)))))
-    return sorted_ns[i] / 1000.0  # µs
+    return quantile(sorted_ns, q) / 1000.0  # µs
 
 
 def _wait_file(path: Path, timeout: float, proc: subprocess.Popen | None = None) -> None:

@@ -34,6 +34,9 @@ from common.config import BrokerConfig, BrokerEnv
 from common.connection import ConnectionFileError, read_info
 from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
+from kis.credentials import credentials_env
+from tools.bench_rtt import quantile
+from tools.procs import signal_group, stop_groups, wait_until
 from tools.status import fetch_status, send_control
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,43 +70,9 @@ class Stack:
                                 env=self.env, start_new_session=True)
 
     def stop(self) -> None:
-        procs = [*self.agents.values(), *self.gateways, *([self.twin] if self.twin else [])]
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 8
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(5)
+        stop_groups([*self.agents.values(), *self.gateways, *([self.twin] if self.twin else [])], grace_s=8.0)
         for log in self.logs:
             log.close()
-
-
-def _wait(cond: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = cond()
-        except Exception:
-            v = None
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)  # waiting on other processes, not a hot path
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, max(0, int(round(q / 100 * (len(sorted_values) - 1)))))]
 
 
 def _primary_pid(run: Path) -> int:
@@ -139,8 +108,7 @@ class Campaign:
         st.twin_info = json.loads(st.twin.stdout.readline())
         self.admin = httpx.Client(base_url=st.twin_info["admin_url"], timeout=10)
         info = st.twin_info
-        st.env.update({"KTRADER_KIS_APP_KEY": info["app_key"], "KTRADER_KIS_APP_SECRET": info["app_secret"],
-                       "KTRADER_KIS_ACCOUNT": info["account"], "KTRADER_KIS_HTS_ID": info["hts_id"]})
+        st.env.update(credentials_env(info))
         cfg = self.workdir / "gateway.toml"
         # The automatic kill switch would (rightly) halt trading under this storm of errors; the
         # campaign is about the books, so it is off here.
@@ -151,7 +119,7 @@ class Campaign:
         self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
         self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "warning"]
         st.gateways.append(st.spawn(self.gw_args, "gateway-0"))
-        _wait(lambda: _primary_pid(st.run) == st.gateways[0].pid and fetch_status(st.run, 1.0).synced, 30, "gateway synced")
+        wait_until(lambda: _primary_pid(st.run) == st.gateways[0].pid and fetch_status(st.run, 1.0).synced, 30, "gateway synced")
         st.gateways.append(st.spawn([*self.gw_args, "--standby"], "gateway-1"))
         self._standby_started = time.monotonic()
         cards = self.workdir / "cards"
@@ -163,8 +131,8 @@ class Campaign:
                 f'codes = {json.dumps(CODES)}\nbudget = 200_000_000\non_error = "continue"\n'
                 f'[params]\nseed = {self.seed}\n')
             st.agents[aid] = self._start_agent(aid)
-        _wait(lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents, 30, "agents online")
-        _wait(lambda: fetch_status(st.run, 1.0).orders_today > 0, 30, "first orders")
+        wait_until(lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents, 30, "agents online")
+        wait_until(lambda: fetch_status(st.run, 1.0).orders_today > 0, 30, "first orders")
 
     def _start_agent(self, aid: str) -> subprocess.Popen[bytes]:
         return self.stack.spawn(["agent", "run", str(self.workdir / "cards" / f"{aid}.toml"), "--run-dir", str(self.stack.run),
@@ -184,10 +152,7 @@ class Campaign:
         elif kind == "agent_kill":
             aid = self.rng.choice(sorted(st.agents))
             p = st.agents[aid]
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            signal_group(p, signal.SIGKILL)
             p.wait(5)
             st.agents[aid] = self._start_agent(aid)
         elif kind == "ws_drop":
@@ -227,7 +192,7 @@ class Campaign:
             standby = st.spawn(self.gw_args, f"gateway-r{len(self.recoveries_ms)}")
         try:
             # recovered: the standby has published its connection file and reconciled (accepts orders)
-            _wait(lambda: _primary_pid(st.run) == standby.pid and fetch_status(st.run, 0.5).synced, 30,
+            wait_until(lambda: _primary_pid(st.run) == standby.pid and fetch_status(st.run, 0.5).synced, 30,
                   "standby gateway synced", interval=0.002)
         finally:
             self.recoveries_ms.append((time.perf_counter() - t0) * 1000)
@@ -278,18 +243,14 @@ class Campaign:
         """Faults off, agents stopped; reconcile until nothing is in doubt (or the time is up)."""
         st = self.stack
         self._post("/admin/faults/reset")
-        for p in st.agents.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in st.agents.values():
-            p.wait(10)
+        stop_groups(st.agents.values(), grace_s=10.0)
         deadline = time.monotonic() + timeout_s
         unresolved = -1
         while time.monotonic() < deadline:
             try:
                 before = fetch_status(st.run, 2.0).counters.get("reconciles", 0)
                 send_control(st.run, "reconcile")
-                _wait(lambda: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15, "reconciliation")
+                wait_until(lambda: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15, "reconciliation")
             except Exception:
                 continue
             unresolved = sum(1 for _, o in self._gateway_orders() if o.state in UNRESOLVED)
@@ -368,8 +329,8 @@ class Campaign:
             "unknown_grace_s": UNKNOWN_GRACE_S,
             "gateway_recovery_ms": {
                 "n": len(self.recoveries_ms),
-                "p50": round(percentile(sorted(self.recoveries_ms), 50), 1) if self.recoveries_ms else None,
-                "p99": round(percentile(sorted(self.recoveries_ms), 99), 1) if self.recoveries_ms else None,
+                "p50": round(quantile(sorted(self.recoveries_ms), 0.50), 1) if self.recoveries_ms else None,
+                "p99": round(quantile(sorted(self.recoveries_ms), 0.99), 1) if self.recoveries_ms else None,
                 "max": round(max(self.recoveries_ms), 1) if self.recoveries_ms else None,
                 "all": [round(x, 1) for x in self.recoveries_ms],
             },

@@ -13,7 +13,6 @@ after a grace period) without restarting it; `restart()` restarts it at once, wi
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
 from common.config import ConfigError, load_card
+from tools.procs import signal_group
 
 log = logging.getLogger("ktrader.supervisor")
 
@@ -142,7 +142,7 @@ class Supervisor:
             s._stop.set()
             p = s._proc
             if p is not None and p.poll() is None:
-                self._signal(p, signal.SIGTERM)
+                signal_group(p, signal.SIGTERM)
         for s in sups:
             self._terminate(s)
             if s._thread is not None:
@@ -171,23 +171,16 @@ class Supervisor:
         log.info("agent %s started (pid %d)", sup.id, sup.pid)
         self._changed(sup)
 
-    @staticmethod
-    def _signal(p: subprocess.Popen[bytes], sig: int) -> None:
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
     def _terminate(self, sup: Supervised) -> None:
         p = sup._proc
         if p is None or p.poll() is not None:
             return
-        self._signal(p, signal.SIGTERM)
+        signal_group(p, signal.SIGTERM)
         try:
             p.wait(self.policy.stop_grace_s)
         except subprocess.TimeoutExpired:
             log.warning("agent %s did not stop in %.0fs: killing", sup.id, self.policy.stop_grace_s)
-            self._signal(p, signal.SIGKILL)
+            signal_group(p, signal.SIGKILL)
             p.wait(5)
 
     def _watch(self, sup: Supervised) -> None:

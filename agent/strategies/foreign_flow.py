@@ -18,7 +18,7 @@ import msgspec
 
 from agent.strategy import Context, Strategy
 from common.errors import KtraderError
-from common.krx import next_tick_down, next_tick_up
+from common.krx import ticks_away
 from common.schema import InvestorDay, OrderView
 
 
@@ -38,15 +38,6 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("buy_days and sell_days must be >= 1")
         if self.notional <= 0 or self.limit_ticks < 0 or self.poll_s <= 0 or self.min_foreign_value < 0:
             raise ValueError("notional > 0, limit_ticks >= 0, poll_s > 0, min_foreign_value >= 0")
-
-
-def ticks_away(price: int, ticks: int, limit: int = 0) -> int:
-    """`ticks` steps up (or down, when negative) the KRX tick grid, not past the day's price limit."""
-    for _ in range(abs(ticks)):
-        price = next_tick_up(price) if ticks > 0 else next_tick_down(price)
-    if limit:
-        price = min(price, limit) if ticks > 0 else max(price, limit)
-    return price
 
 
 def streak(days: list[InvestorDay], buying: bool, min_value: int = 0) -> int:

@@ -27,8 +27,7 @@ import msgspec
 from agent.strategy import Context, Strategy
 from common.enums import OrderType, Side
 from common.errors import KtraderError
-from agent.strategies.foreign_flow import ticks_away
-from common.krx import round_down, round_up
+from common.krx import round_down, round_up, ticks_away
 from common.orders import OrderState
 from common.schema import FillView, OrderView, PositionView, PriceQuote
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import selectors
-import signal
 import subprocess
+import selectors
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tools.procs import stop_groups
 
 from common.config import BrokerConfig, BrokerEnv
 from common.enums import SessionState
@@ -67,13 +67,7 @@ def twin() -> Iterator[TwinProc]:
             pytest.fail(f"the KIS twin did not start (exit {proc.poll()})")
         yield TwinProc(json.loads(line), proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_groups([proc], grace_s=10.0)
 
 
 FAST_WS = WsConfig(backoff_base_s=0.05, backoff_max_s=0.5, in_use_backoff_s=0.3, batch_pace_s=0.01, ack_timeout_s=5.0, ping_interval_s=5.0, silence_timeout_s=30.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
 from tools.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,7 @@ def market(tmp_path: Path, procs: Procs):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     procs.procs.append(twin)
     info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f'[broker]\nenv = "sim"\nsim_clock = "replay"\nrest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n')
-    env = {"KTRADER_KIS_APP_KEY": info["app_key"], "KTRADER_KIS_APP_SECRET": info["app_secret"],
-           "KTRADER_KIS_ACCOUNT": info["account"], "KTRADER_KIS_HTS_ID": info["hts_id"]}
-    run = tmp_path / "run"
-    procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
-    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    run, _ = start_gateway_on_twin(procs, tmp_path, info, broker_toml='sim_clock = "replay"\n')
     return run
 
 

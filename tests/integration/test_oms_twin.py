@@ -29,7 +29,7 @@ from common.schema import (
     Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, Register,
     Registered, SnapshotReply, SubmitOrders,
 )
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
 from tools.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
@@ -116,13 +116,7 @@ def reconcile_and_wait(run: Path) -> None:
 @pytest.fixture
 def stack(tmp_path: Path, procs: Procs):
     twin = Twin(procs, tmp_path)
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f'[broker]\nenv = "sim"\nrest_url = "{twin.info["rest_url"]}"\nws_url = "{twin.info["ws_url"]}"\n')
-    env = {"KTRADER_KIS_APP_KEY": twin.info["app_key"], "KTRADER_KIS_APP_SECRET": twin.info["app_secret"],
-           "KTRADER_KIS_ACCOUNT": twin.info["account"], "KTRADER_KIS_HTS_ID": twin.info["hts_id"]}
-    run = tmp_path / "run"
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
-    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info)
     wait_for(lambda: fetch_status(run).synced, 20, what="first reconciliation")
     agent = Agent(run, "tester", ["005930", "000660"])
     yield twin, run, gw, agent

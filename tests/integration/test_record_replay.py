@@ -30,7 +30,7 @@ from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, OrderV
 from kis.port import Trade
 from kis.realtime import FrameParser
 from server.recorder import FrameKind, iter_frames
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -104,13 +104,8 @@ def write_card(path: Path, log: Path) -> Path:
 def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs) -> None:
     twin = start_twin(procs, tmp_path)
     admin = httpx.Client(base_url=twin["admin_url"], timeout=10)
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f'[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\nws_url = "{twin["ws_url"]}"\n')
-    env = {"KTRADER_KIS_APP_KEY": twin["app_key"], "KTRADER_KIS_APP_SECRET": twin["app_secret"],
-           "KTRADER_KIS_ACCOUNT": twin["account"], "KTRADER_KIS_HTS_ID": twin["hts_id"]}
-    run = tmp_path / "run"
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
-    wait_for(lambda: (run / "gateway.json").exists() and fetch_status(run).synced, 30, what="gateway synced")
+    run, gw = start_gateway_on_twin(procs, tmp_path, twin, wait_s=30)
+    wait_for(lambda: fetch_status(run).synced, 30, what="gateway synced")
 
     # a code missing from the stock master is refused by the risk gate, naming the code
     res = submit(run, "prober", ["005930", "999990"], "999990")
