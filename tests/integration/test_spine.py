@@ -113,7 +113,8 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     assert [o["client_order_id"].rsplit("-", 1)[-1] for o in snap["open_orders"]] == ["2"]
     assert snap["positions"] == [{"code": "005930", "qty": 10, "cost": 700_000, "realized_pnl": 0, "fees": 105}]
     assert snap["next_order_n"] == 3 and snap["orders_today"] == 2 and snap["last_seq"] > 0
-    assert "START orders_today=2 open=1" in procs.log(a2)
+    # on_start runs after the snapshot is applied, so its line follows the snapshot line
+    wait_for(lambda: "START orders_today=2 open=1" in procs.log(a2), 5, what="alpha2 on_start after the snapshot")
     # nothing re-sent: still exactly the two orders of the first run
     holds_for(lambda: agent_status(run, "alpha").orders_today == 2, 0.5, what="no order re-sent")
 

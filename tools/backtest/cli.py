@@ -101,6 +101,11 @@ def _benchmark(spec: str, data: Path | None, run_dir: Path | None, date_to: obje
     return spec, [(parse_date(b.start), float(b.close)) for b in s.bars]
 
 
+def _error(console: Console, message: str) -> None:
+    # Plain text on one line: no markup (paths may hold "[...]") and no wrapping mid-message.
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
 def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars: str, benchmark: str | None, out: Path,
               sweep: list[str], workers: int, walk_forward: str | None, json_out: bool, cash: int, commission_ppm: int,
               sell_tax_ppm: int, max_participation: float, no_plot: bool, run_dir: Path | None = None) -> int:
@@ -125,7 +130,7 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
         if wf and not grid:
             grid = [{}]
     except (ConfigError, DataError, ValueError, OSError) as e:
-        console.print(f"[red]backtest: {e}[/]")
+        _error(console, f"backtest: {e}")
         return 2
     folder = Path(str(out).replace("{card}", c.id))
     try:
@@ -137,10 +142,10 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
     except BacktestError as e:
-        console.print(f"[red]backtest failed: {e}[/]")
+        _error(console, f"backtest failed: {e}")
         return 1
     except ValueError as e:
-        console.print(f"[red]backtest: {e}[/]")
+        _error(console, f"backtest: {e}")
         return 2
     metrics = compute(result, bench[1] if bench else None, bench[0] if bench else "")
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
