@@ -88,6 +88,7 @@ class AdminApi:
         r.add_post("/admin/faults/batch", self.batch)
         r.add_post("/admin/faults/legacy-notice", self.legacy_notice)
         r.add_post("/admin/ws/pingpong", self.pingpong)
+        r.add_get("/admin/ws/registrations", self.ws_registrations)
         r.add_post("/admin/save", self.save)
         return app
 
@@ -138,6 +139,14 @@ class AdminApi:
         if acct_id not in self.twin.exchange.accounts:
             return _err("no such account", 404)
         return _json([order_view(r) for r in self.twin.exchange.account_orders(acct_id)])
+
+    async def ws_registrations(self, request: web.Request) -> web.Response:
+        """Every open websocket session and its registered (tr_id, tr_key) pairs, notice slot included."""
+        hub = self.server.ws_hub
+        sessions = [s for s in (hub.sessions if hub else ()) if not s.closed]
+        return _json({"sessions": [
+            {"app_key": s.key.key if s.key else None, "registrations": sorted([tr_id, tr_key] for tr_id, tr_key in s.regs)}
+            for s in sessions]})
 
     async def book(self, request: web.Request) -> web.Response:
         st = self.twin.exchange.stock(request.match_info["code"])

@@ -1,0 +1,41 @@
+"""A light strategy for subscription integration tests: logs a code's first trade and book, then at
+most one line per code every `every_s` seconds with the running counts, so a test can see that an
+agent receives data (and receives it again after a reconnect) without a log line per tick. Never trades.
+
+Log lines: `SUBPROBE trade CODE N` (N trades of CODE so far), `SUBPROBE book CODE N`."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from agent.strategy import Strategy
+from common.schema import BookTick, TradeTick
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True):
+    every_s: float = 0.5  # per code and kind: at most one log line this often
+
+
+class SubProbe(Strategy):
+    Params = Params
+
+    def on_start(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.logged: dict[tuple[str, str], float] = {}
+        self.ctx.log.info("SUBPROBE start %s", " ".join(self.ctx.card.codes))  # type: ignore[attr-defined]
+
+    def _seen(self, kind: str, code: str) -> None:
+        key = (kind, code)
+        n = self.counts[key] = self.counts.get(key, 0) + 1
+        now = time.monotonic()
+        if n == 1 or now - self.logged.get(key, 0.0) >= self.params.every_s:
+            self.logged[key] = now
+            self.ctx.log.info("SUBPROBE %s %s %d", kind, code, n)
+
+    def on_trade(self, tick: TradeTick) -> None:
+        self._seen("trade", tick.code)
+
+    def on_book(self, book: BookTick) -> None:
+        self._seen("book", book.code)
