@@ -165,8 +165,7 @@ class WsHub:
         writer = asyncio.create_task(self._writer(s))
         try:
             if self.twin.faults.ws_refusing():
-                await ws.send_str(json.dumps(control("", "", "9", "OPSP8996", "ALREADY IN USE appkey")))
-                s.hangup()
+                await self._refuse_in_use(s)
                 return ws
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -186,6 +185,21 @@ class WsHub:
                 await writer
             self._forget(s)
         return ws
+
+    async def _refuse_in_use(self, s: Session) -> None:
+        """Fault mode "app key in use": like KIS, the refusal answers the first request (only its
+        approval key says who is calling). Reading that request first also matters on the wire:
+        closing a socket with unread bytes sends a TCP RST, which can destroy the reply in flight."""
+        tr_id = tr_key = ""
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            msg = await s.ws.receive(timeout=5.0)
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data = msg.data if isinstance(msg.data, str) else msg.data.decode("utf-8", "replace")
+                inp = (json.loads(data).get("body") or {}).get("input") or {}
+                tr_id, tr_key = str(inp.get("tr_id", "")), str(inp.get("tr_key", ""))
+        with contextlib.suppress(Exception):
+            await s.ws.send_str(json.dumps(control(tr_id, tr_key, "9", "OPSP8996", "ALREADY IN USE appkey")))
+        s.hangup()
 
     def _forget(self, s: Session) -> None:
         self.sessions.discard(s)

@@ -53,13 +53,15 @@ def _notices(ws: object, key: str, iv: str, n: int, timeout: float = 5) -> list[
 
 def test_ws_refuse_then_accept(twin: TwinThread) -> None:
     _post(twin, "/admin/faults/ws-refuse", {"seconds": 30})
+    k = _kis(twin)
     with connect(twin.ws_url) as ws:
+        ws.send(ws_msg(k.approval(), "H0STCNT0", "005930"))  # the refusal answers the first request
         reply = json.loads(ws.recv(timeout=3))
         assert reply["body"]["msg_cd"] == "OPSP8996" and reply["body"]["msg1"] == "ALREADY IN USE appkey"
+        assert reply["header"]["tr_id"] == "H0STCNT0"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=3)
     _post(twin, "/admin/faults/reset", {})
-    k = _kis(twin)
     with connect(twin.ws_url) as ws:
         ws.send(ws_msg(k.approval(), "H0STCNT0", "005930"))
         assert json.loads(ws.recv(timeout=3))["body"]["msg_cd"] == "OPSP0000"
