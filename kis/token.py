@@ -38,6 +38,7 @@ class _CacheFile(msgspec.Struct, kw_only=True):
     access_token: str = ""
     expires_at: float = 0.0
     issued_at: float = 0.0  # epoch seconds of the last issuance attempt by anyone
+    forced_at: float = 0.0  # last early attempt after KIS rejected the cached token (at most one a minute)
     env: str = ""
 
 
@@ -125,32 +126,51 @@ class TokenManager:
                     if usable:  # near expiry but still valid: keep using it, refresh later
                         self._token = cached
                         return cached.access_token  # type: ignore[union-attr]
-                    log.info("token issuance throttled; waiting %.1fs (KIS allows one per minute)", wait)
-                    await self._sleep(wait)
+                    if rejected is not None and cache.access_token == rejected and now - cache.forced_at >= self._min_interval:
+                        # KIS refused the very token on disk (revoked): nothing works without a new
+                        # one, and asking costs one call — KIS answers EGW00133 if it is too soon.
+                        cache.forced_at = now
+                        last = cache.issued_at
+                        tok = await self._attempt(cache)
+                        if tok is not None:
+                            self._token = tok
+                            return tok.access_token
+                        cache.issued_at = last  # refused: the minute runs from the real issuance
+                        self._write(cache)
+                        wait = last + self._min_interval - self._clock()
+                    if wait > 0:
+                        log.info("token issuance throttled; waiting %.1fs (KIS allows one per minute)", wait)
+                        await self._sleep(wait)
                 tok = await self._issue_once(cache)
                 self._token = tok
                 return tok.access_token
 
     async def _issue_once(self, cache: _CacheFile) -> IssuedToken:
         for attempt in range(2):
-            cache.issued_at = self._clock()
-            self._write(cache)  # record the attempt first: a crash must not allow a burst of issuances
-            try:
-                tok = await self._issue()
-            except TokenThrottled:
-                if attempt == 1:
-                    raise BrokerTemporary("token issuance throttled by KIS", code="EGW00133") from None
-                log.warning("KIS says a token was issued less than a minute ago (EGW00133); waiting")
-                await self._sleep(self._min_interval)
-                continue
-            self.issued_count += 1
-            cache.access_token = tok.access_token
-            cache.expires_at = tok.expires_at
-            cache.env = self._env
-            self._write(cache)
-            log.info("KIS access token issued (expires %s)", dt.datetime.fromtimestamp(tok.expires_at, KST).isoformat())
-            return tok
+            tok = await self._attempt(cache)
+            if tok is not None:
+                return tok
+            if attempt == 1:
+                raise BrokerTemporary("token issuance throttled by KIS", code="EGW00133")
+            log.warning("KIS says a token was issued less than a minute ago (EGW00133); waiting")
+            await self._sleep(self._min_interval)
         raise BrokerAuthError("token issuance failed")  # unreachable
+
+    async def _attempt(self, cache: _CacheFile) -> IssuedToken | None:
+        """One issuance call; None when KIS answers EGW00133 (issued less than a minute ago)."""
+        cache.issued_at = self._clock()
+        self._write(cache)  # record the attempt first: a crash must not allow a burst of issuances
+        try:
+            tok = await self._issue()
+        except TokenThrottled:
+            return None
+        self.issued_count += 1
+        cache.access_token = tok.access_token
+        cache.expires_at = tok.expires_at
+        cache.env = self._env
+        self._write(cache)
+        log.info("KIS access token issued (expires %s)", dt.datetime.fromtimestamp(tok.expires_at, KST).isoformat())
+        return tok
 
     def _read(self) -> _CacheFile:
         try:

@@ -90,6 +90,21 @@ async def test_at_most_one_issuance_per_minute(tmp_path: Path) -> None:
 
 
 @aio
+async def test_revoked_token_is_replaced_at_once_when_kis_allows_it(tmp_path: Path) -> None:
+    w = World()
+    m = w.manager(tmp_path)
+    await m.get()
+    w.now += 5
+    w.issued[-1] -= 3600  # KIS revoked tok1 and lifts its one-a-minute throttle
+    assert await m.invalidate_and_get("tok1") == "tok2"
+    assert w.sleeps == []  # no minute waited: the token was dead and KIS allowed a new one
+    # a second revocation within the minute: no second early call, the minute is waited out
+    w.now += 5
+    assert await m.invalidate_and_get("tok2") == "tok3"
+    assert w.issued[2] - w.issued[1] >= 60 and len(w.issued) == 3
+
+
+@aio
 async def test_refresh_on_rejected_token_uses_newer_cache(tmp_path: Path) -> None:
     w = World()
     a = w.manager(tmp_path)
