@@ -62,7 +62,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 4
     base_s: float = 0.2
     max_s: float = 2.0
-    rate_limit_backoff_s: float = 1.0  # pause of the whole budget on EGW00201
+    rate_limit_backoff_s: float = 1.0  # longest pause of the whole budget on EGW00201 (first: a quarter)
 
     def delay(self, attempt: int) -> float:
         # full jitter: spreads retries of concurrent callers
@@ -241,7 +241,10 @@ class KisRest:
             if env is not None and env.rt_cd == NO_DATA_RT_CD and kind is Kind.READ:
                 return Page(tr_cont="D", body=env)  # "no data" on an inquiry is an empty result
             if isinstance(err, BrokerRateLimited):
-                self.budget.penalize(self.retry.rate_limit_backoff_s * (1 + attempt) * random.uniform(0.8, 1.2))
+                # KIS counts calls per second: a pause of up to one window is enough, and a longer
+                # one stalls every caller (orders, reconciliation) behind the shared budget.
+                pause = self.retry.rate_limit_backoff_s * min(1.0, 0.25 * 2**attempt)
+                self.budget.penalize(pause * random.uniform(0.8, 1.2))
                 if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
                     raise err
                 attempt += 1

@@ -54,7 +54,8 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     backoff_base_s: float = 0.2
     backoff_max_s: float = 60.0
     in_use_backoff_s: float = 15.0  # OPSP8996: the slot can stay locked; wait at least this long
-    stable_after_s: float = 5.0  # a session READY this long resets the back-off (a later drop is a new incident)
+    stable_after_s: float = 2.0  # a session READY this long resets the back-off (a later drop is a new incident)
+    quick_retries: int = 3  # shorter READY sessions in a row that still reconnect at once (then: back off)
     rest_error_backoff_max_s: float = 1.0  # the approval-key call failed (rate limit, HTTP 500): KIS is up, retry soon
     silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
     ack_timeout_s: float = 10.0
@@ -63,6 +64,7 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 5
     batch_pace_s: float = 0.2
     max_registrations: int = 41
+    approval_max_age_s: float = 20 * 3600.0  # the approval key is valid 24 h (checked at session start)
 
 
 class SessionEnded(Exception):
@@ -77,6 +79,16 @@ class SessionRefused(SessionEnded):
             message = "invalid approval key"  # KIS echoes the key in msg1: keep it out of logs/events
         super().__init__(f"{code} {message}")
         self.code = code
+
+
+def after_session(attempt: int, short: int, ready_for: float | None, cfg: WsConfig) -> tuple[int, int]:
+    """(attempt, short) after a session ends. A session that reached READY proves KIS takes us, so
+    its drop is a new incident retried at the base delay — unless sessions keep dying young
+    (more than `quick_retries` in a row under `stable_after_s`): that is a loop to back off from."""
+    if ready_for is None:  # never got through: keep escalating
+        return attempt, short
+    short = 0 if ready_for >= cfg.stable_after_s else short + 1
+    return (0 if short <= cfg.quick_retries else attempt), short
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -107,6 +119,7 @@ class KisWebSocket:
         self._pending: dict[Key, asyncio.Future[Control]] = {}
         self._ws: websockets.ClientConnection | None = None
         self._approval_key = ""
+        self._approval_at = 0.0  # loop time the approval key was issued
         self.state = SessionState.DISCONNECTED
         self._state_changed = asyncio.Event()
         self._closing = False
@@ -167,7 +180,7 @@ class KisWebSocket:
         self._emit(SessionChange(state=state, reason=reason))
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt = short = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
@@ -178,7 +191,11 @@ class KisWebSocket:
             except asyncio.CancelledError:
                 raise
             except SessionRefused as e:
-                refused, reason = True, str(e)
+                reason = str(e)
+                if e.code == "OPSP0011":  # the approval key is no longer accepted: get a new one
+                    self._approval_key = ""
+                else:
+                    refused = True
             except BrokerError as e:  # the approval-key REST call
                 rest_failed, reason = True, f"{type(e).__name__}: {e}"
             except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake) as e:
@@ -193,8 +210,8 @@ class KisWebSocket:
             if self._closing:
                 break
             loop = asyncio.get_running_loop()
-            if self._ready_at is not None and loop.time() - self._ready_at >= self.cfg.stable_after_s:
-                attempt = 0
+            ready_for = None if self._ready_at is None else loop.time() - self._ready_at
+            attempt, short = after_session(attempt, short, ready_for, self.cfg)
             if self._was_ready and self._gap_since is None:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
@@ -209,7 +226,12 @@ class KisWebSocket:
 
     async def _session(self) -> None:
         """One websocket session; returns when the server closes it cleanly, raises otherwise."""
-        self._approval_key = await self._approval()
+        # One approval key serves every reconnect for a day: a REST call per reconnect would tie the
+        # stream's recovery to the REST budget and its faults. OPSP0011 clears it (see _run).
+        loop = asyncio.get_running_loop()
+        if not self._approval_key or loop.time() - self._approval_at > self.cfg.approval_max_age_s:
+            self._approval_key = await self._approval()
+            self._approval_at = loop.time()
         async with websockets.connect(
             self._url,
             open_timeout=self.cfg.open_timeout_s,

@@ -13,7 +13,7 @@ from common.enums import SessionState
 from kis.crypto import NoticeCipher
 from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame, notice26
 from kis.port import BrokerNotice, Gap, SessionChange, Trade
-from kis.ws import KisWebSocket, WsConfig, backoff_delay
+from kis.ws import KisWebSocket, WsConfig, after_session, backoff_delay
 
 KEY = "abcdefghijklmnopabcdefghijklmnop"
 IV = "0123456789abcdef"
@@ -36,6 +36,7 @@ class FakeKis:
         self.echoes: list[str] = []
         self.refuse = 0  # next N sessions get OPSP8996
         self.approvals = 0
+        self.bad_approvals: set[str] = set()  # answered OPSP0011
 
     async def handler(self, ws: websockets.ServerConnection) -> None:
         self.conns.append(ws)
@@ -50,6 +51,9 @@ class FakeKis:
                 self.echoes.append(msg)
                 continue
             tr_id, tr_key = m["body"]["input"]["tr_id"], m["body"]["input"]["tr_key"]
+            if m["header"]["approval_key"] in self.bad_approvals:
+                await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key}, "body": {"rt_cd": "1", "msg_cd": "OPSP0011", "msg1": "invalid approval : x"}}))
+                continue
             if refuse:
                 await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key}, "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"}}))
                 ws.transport.abort()
@@ -100,6 +104,19 @@ def test_backoff_is_bounded_and_jittered() -> None:
     ds = [backoff_delay(a, 1.0, 60.0) for a in range(12)]
     assert all(0.5 <= d for d in ds) and all(d <= 60.0 for d in ds)
     assert ds[-1] >= 30.0
+
+
+def test_drop_after_ready_retries_at_once_but_a_kick_loop_backs_off() -> None:
+    cfg = WsConfig(stable_after_s=2.0, quick_retries=3)
+    assert after_session(5, 0, None, cfg) == (5, 0)  # never READY: the back-off keeps growing
+    assert after_session(5, 2, 60.0, cfg) == (0, 0)  # a long session: a fresh incident
+    attempt, short = 4, 0
+    seen = []
+    for _ in range(6):  # sessions that die 0.5 s after READY, again and again
+        attempt, short = after_session(attempt, short, 0.5, cfg)
+        seen.append(attempt)
+        attempt += 1  # as the watchdog does after computing the delay
+    assert seen == [0, 0, 0, 1, 2, 3]  # the 4th short session in a row starts backing off
 
 
 @aio
@@ -180,7 +197,7 @@ async def test_abrupt_drop_restores_registrations_and_emits_gap() -> None:
         assert second[0] == ("H0STCNI0", HTS)  # notice slot first again
         assert sorted(second[1:]) == sorted(("H0STCNT0", c) for c in codes)
         assert len(second) == len(set(second))  # no duplicate registration
-        assert kis.approvals == 2  # re-approved
+        assert kis.approvals == 1  # the approval key is reused (valid 24 h)
         states = [e.state for e in rig.events if isinstance(e, SessionChange)]
         assert states[:3] == [SessionState.CONNECTING, SessionState.SYNCING, SessionState.READY]
         assert SessionState.DEGRADED in states[3:]
@@ -191,6 +208,26 @@ async def test_abrupt_drop_restores_registrations_and_emits_gap() -> None:
         enc = NoticeCipher(KEY, IV).encrypt("^".join(notice26()))
         await kis.conns[1].send(f"1|H0STCNI0|001|{enc}")
         await rig.until(lambda: any(isinstance(e, BrokerNotice) for e in rig.events))
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_rejected_approval_key_is_replaced() -> None:
+    kis = FakeKis()
+    server, url = await serve(kis)
+    rig = Rig(kis, url)
+    try:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        kis.bad_approvals.add("approval-1")  # e.g. expired after a day
+        kis.conns[0].transport.abort()
+        await rig.until(lambda: rig.ws.sessions >= 3 and rig.ws.state == SessionState.READY)
+        assert kis.approvals == 2 and kis.registered[-1][0] == ("H0STCNI0", HTS)
+        reasons = [e.reason for e in rig.events if isinstance(e, SessionChange)]
+        assert any("OPSP0011" in r for r in reasons) and not any("approval-1" in r for r in reasons)
     finally:
         await rig.ws.close()
         server.close()
