@@ -94,7 +94,7 @@ class GatewayClient:
             except zmq.Again:
                 return None
             try:
-                msg = self.codec.decode(frames[1:])
+                msg = self.codec.decode_pub(frames)
             except FrameError:
                 self.bad_frames += 1
                 continue

@@ -1,4 +1,5 @@
-"""Frames on the wire: [magic, signature, body] (a ROUTER sees the peer identity first).
+"""Frames on the wire: [magic, signature, body] (a ROUTER sees the peer identity first); on PUB,
+[topic, magic+signature+body] (see encode_pub).
 
 The body is msgpack of a schema Message; the signature is a keyed BLAKE2b of the body with the
 per-run key from run/gateway.json, so only processes that can read that file (mode 0600) can talk
@@ -59,11 +60,26 @@ class Codec:
     def encode_body(self, msg: object) -> bytes:
         return self._enc.encode(msg)
 
+    def encode_pub(self, body: bytes) -> bytes:
+        """PUB payload: magic, signature and body in ONE frame after the topic frame. Each frame
+        costs every subscriber a receive and an object; market data is the high-rate path."""
+        return MAGIC + self.sign(body) + body
+
+    def decode_pub(self, frames: list[bytes]) -> Message:
+        """frames = [topic, magic+signature+body] as sent by encode_pub."""
+        if len(frames) != 2:
+            raise FrameError(ErrorCode.BAD_MESSAGE, f"expected 2 frames, got {len(frames)}")
+        blob = frames[1]
+        cut = len(MAGIC) + SIG_BYTES
+        return self._decode(blob[: len(MAGIC)], blob[len(MAGIC) : cut], blob[cut:])
+
     def decode(self, frames: list[bytes]) -> Message:
         """frames = [magic, signature, body] (identity already stripped)."""
         if len(frames) != 3:
             raise FrameError(ErrorCode.BAD_MESSAGE, f"expected 3 frames, got {len(frames)}")
-        magic, sig, body = frames
+        return self._decode(*frames)
+
+    def _decode(self, magic: bytes, sig: bytes, body: bytes) -> Message:
         if magic != MAGIC:
             raise FrameError(ErrorCode.BAD_MESSAGE, "bad magic frame")
         if len(body) > self.max_body:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zmq
 
-from common.framing import MAGIC, Codec
+from common.framing import Codec
 from common.schema import HeaderFactory, PubBody, Published
 
 
@@ -26,7 +26,7 @@ class Publisher:
         msg = Published(h=self.headers(), topic=topic, seq=seq, body=body)
         raw = self.codec.encode_body(msg)
         try:
-            self.sock.send_multipart([topic.encode(), MAGIC, self.codec.sign(raw), raw], zmq.NOBLOCK)
+            self.sock.send_multipart([topic.encode(), self.codec.encode_pub(raw)], zmq.NOBLOCK)
             self.sent += 1
         except zmq.Again:
             self.dropped += 1

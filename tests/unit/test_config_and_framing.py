@@ -14,7 +14,7 @@ from common.connection import GatewayInfo, read_info, write_info
 from common.errors import ErrorCode
 from common.framing import MAGIC, Codec, FrameError
 from common.ids import IdError, check_stock_code, make_client_order_id, parse_client_order_id
-from common.schema import SCHEMA_VERSION, Header, HeaderFactory, NewOrder, Ping, SubmitOrders
+from common.schema import SCHEMA_VERSION, Header, HeaderFactory, NewOrder, Ping, Published, SubmitOrders, TradeTick, trade_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = 'id = "ma"\nname = "x"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\n'
@@ -96,6 +96,21 @@ def test_codec_round_trip_and_errors() -> None:
     with pytest.raises(FrameError) as e:
         codec.decode([MAGIC, codec.sign(newer), newer])
     assert e.value.code is ErrorCode.SCHEMA_VERSION
+
+
+def test_pub_frames_are_topic_and_one_signed_blob() -> None:
+    codec = Codec(os.urandom(32))
+    pub = Published(h=HeaderFactory("gateway")(), topic=trade_topic("005930"), seq=7,
+                    body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10))
+    frames = [pub.topic.encode(), codec.encode_pub(codec.encode_body(pub))]
+    assert codec.decode_pub(frames) == pub
+    for bad, code in (([frames[0], b"KT1" + b"\x00" * 16 + frames[1][19:]], ErrorCode.BAD_SIGNATURE),
+                      ([frames[0], b"XX" + frames[1][2:]], ErrorCode.BAD_MESSAGE),
+                      ([frames[0], b"KT1"], ErrorCode.BAD_SIGNATURE),
+                      ([frames[0], *codec.encode(pub)], ErrorCode.BAD_MESSAGE)):  # the ROUTER framing is refused
+        with pytest.raises(FrameError) as e:
+            codec.decode_pub(bad)
+        assert e.value.code is code
 
 
 def test_connection_file_is_private(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ class ConsoleModel:
                     return
                 continue
             try:
-                msg = codec.decode(frames[1:])
+                msg = codec.decode_pub(frames)
             except FrameError:
                 continue
             if isinstance(msg, Published):
