@@ -23,6 +23,7 @@ import zmq
 from agent.client import GatewayClient
 from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
+from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin
 from agent.strategy import Strategy
 from common.clock import now_kst, today_kst
@@ -96,6 +97,8 @@ class AgentRuntime(AgentServicesMixin):
         self.paused = False
         self.universe = UniverseFollower(card)  # codes the gateway adds (card.universe_top)
         self.feed = MarketFeed(card, self.log)  # market-data topics, gaps, heals, conflation
+        # refused registrations: ask again, poll quotes meanwhile (card.subscriptions.poll_quotes_s)
+        self.quotes = QuotePoller(card, self._send_id, self.headers, self.log)
         self.last_price: dict[str, int] = {}
         self._outbox: list[NewOrder] = []
         self._stopping = False
@@ -163,6 +166,14 @@ class AgentRuntime(AgentServicesMixin):
 
     def now(self) -> dt.datetime:
         return now_kst()
+
+    @property
+    def polled_codes(self) -> frozenset[str]:
+        return self.quotes.polled_codes
+
+    @property
+    def refused_subscriptions(self) -> frozenset[tuple[str, str]]:
+        return self.quotes.refused_keys
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         # Served by the gateway's bar store, back-filled from the broker's chart API (which may take
@@ -262,6 +273,7 @@ class AgentRuntime(AgentServicesMixin):
         # not news, and must not trigger the strategy again (that is how orders get re-sent).
         # A running process that re-registers gets what it missed delivered as usual.
         fresh = self.strategy is None
+        self.quotes.reset()  # this registration's notices say again what is refused
         for ev in reply.events:
             self._on_event(ev, replay=True, notify=not fresh)
         seen = self.last_seq
@@ -325,7 +337,7 @@ class AgentRuntime(AgentServicesMixin):
         while not self._stopping:
             now = time.monotonic()
             next_hb = self._hb_sent_at + self.heartbeat_s
-            timeout = max(0.0, min(next_hb, self._next_timer) - now)
+            timeout = max(0.0, min(next_hb, self._next_timer, self.quotes.next_due()) - now)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wake.fileno() in ready or wake in ready:
                 try:
@@ -352,6 +364,8 @@ class AgentRuntime(AgentServicesMixin):
                 self._call("on_timer")
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._heartbeat(now)
+            if now >= self.quotes.next_due():
+                self.quotes.run_due()
             self._flush()
             if self.client is not None and self.client.dealer not in dict(poller.sockets):
                 # reconnected to a new gateway: re-arm the poller with the new sockets
@@ -393,6 +407,12 @@ class AgentRuntime(AgentServicesMixin):
         if self.client is not None:
             self.client.send(msg)
 
+    def _send_id(self, msg: Any) -> int:
+        """Send and return the message id (a reply carries it in h.re); without a connection the
+        message is dropped and its id still returned (its reply never comes: the caller times out)."""
+        self._send(msg)
+        return msg.h.mid
+
     def _flush(self) -> None:
         self._flush_state()  # ahead of the orders it may explain
         if self._outbox and self.client is not None:
@@ -402,6 +422,11 @@ class AgentRuntime(AgentServicesMixin):
     # ---- incoming -------------------------------------------------------------------------------
 
     def _on_message(self, msg: Any) -> None:
+        if not isinstance(msg, AgentEvent) and (polled := self.quotes.on_reply(msg)) is not None:
+            self._ack_seen()  # a reply to a quote poll or a Subscribe (agent/quotepoll.py)
+            for tick in polled:
+                self._deliver(tick)
+            return
         if isinstance(msg, AgentEvent):
             self._on_event(msg)
         elif isinstance(msg, Ack):
@@ -459,8 +484,10 @@ class AgentRuntime(AgentServicesMixin):
                 self._call("on_fill", body.fill, body.position)
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
+            self.quotes.on_notice(body)  # a refused registration: ask again, maybe poll meanwhile
         elif isinstance(body, UniverseUpdate) and self.client is not None:
             joined = self.universe.update(self.client, body.codes)
+            self.quotes.keep(set(self.card.codes) | set(body.codes))
             self.log.info("UNIVERSE %s (%s)", " ".join(body.codes), body.source)
             self._ask_market(joined, gap=False)
             if hasattr(self.strategy, "on_universe"):
@@ -474,6 +501,8 @@ class AgentRuntime(AgentServicesMixin):
     def _deliver(self, body: Any) -> None:
         if isinstance(body, TradeTick):
             self.last_price[body.code] = body.price
+            if not body.polled:
+                self.quotes.streamed(body.code)
             self._call("on_trade", body)
         elif isinstance(body, BookTick):
             self._call("on_book", body)

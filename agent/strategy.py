@@ -77,6 +77,21 @@ class Context(Protocol):
         """This agent's orders across days with totals and P&L."""
         ...
 
+    # ---- refused market data (agent/quotepoll.py; always empty in a backtest)
+
+    @property
+    def refused_subscriptions(self) -> frozenset[tuple[str, str]]:
+        """(kind, code) registrations the gateway refused because every websocket slot is in use
+        (SUBSCRIPTION_LIMIT): no stream for them. The runtime asks again every
+        `subscriptions.resubscribe_s`; a granted one leaves this set."""
+        ...
+
+    @property
+    def polled_codes(self) -> frozenset[str]:
+        """Codes whose on_trade currently comes from REST-polled quotes instead of the stream
+        (card `subscriptions.poll_quotes_s > 0`, trades refused); those ticks have `tick.polled`."""
+        ...
+
 
 class Strategy:
     """Base class. Override what you need; the defaults do nothing.
@@ -100,7 +115,11 @@ class Strategy:
 
     def on_start(self) -> None: ...
 
-    def on_trade(self, tick: TradeTick) -> None: ...
+    def on_trade(self, tick: TradeTick) -> None:
+        """A print from the stream, or, for a code in `ctx.polled_codes`, a `PolledTrade`
+        synthesised from a REST quote (`tick.polled` True): price = last, cum_volume = the day's
+        volume, qty = volume since the previous poll (0 on the first), side 0, no ask1/bid1; it comes
+        only when price or volume moved, at most every `poll_quotes_s`, and builds no bars."""
 
     def on_bar(self, bar: Bar) -> None:
         """A closed bar of an interval the card lists in `subscriptions.bars` (live), or of the

@@ -111,7 +111,13 @@ class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trades: bool = True  # H0STCNT0 for every code of the card
     book: bool = False  # H0STASP0 for every code of the card
-    poll_quotes_s: float = 0.0  # >0: REST-poll quotes at this interval when the websocket is full
+    # > 0: while the gateway refuses a code's trade registration (all websocket slots in use,
+    # SUBSCRIPTION_LIMIT), REST-poll its quote at this interval on the card's rate_quota_per_s and
+    # deliver changes as on_trade (PolledTrade, tick.polled); an opt-in fallback, see agent/quotepoll.py
+    poll_quotes_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # while a registration is refused, ask the gateway for it again this often (0: never; the agent
+    # then waits for a restart). Granted: polling stops and the stream takes over.
+    resubscribe_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     # closed bars to receive (on_bar) for every code; built by the gateway from the trade stream
     bars: list[Literal["1m", "5m", "15m", "60m", "1d"]] = []
     conflate: bool = False  # deliver only the newest trade/book per topic of each socket drain

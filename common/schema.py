@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import msgspec
 
@@ -190,6 +190,16 @@ class Control(_Msg, tag="control"):
     agent: str = ""  # "" = global
 
 
+class Subscribe(_Msg, tag="subscribe"):
+    """Ask again for a market-data registration the gateway refused (a `Notice` with
+    error=SUBSCRIPTION_LIMIT). `code` must be one of the agent's codes (card or universe) and `kind`
+    one its card subscribes to. Ack ("subscribed" / "already subscribed") or Error(SUBSCRIPTION_LIMIT)
+    while every slot is still in use. Asking twice is harmless."""
+
+    kind: Literal["trades", "book"]
+    code: StockCode
+
+
 class GetOrders(_Msg, tag="get_orders"):
     """The blotter (console, CLI): orders updated and fills made since `since_ns`, newest first."""
 
@@ -346,6 +356,11 @@ class FillUpdate(msgspec.Struct, frozen=True, tag="fill", kw_only=True):
 class Notice(msgspec.Struct, frozen=True, tag="notice", kw_only=True):
     level: str  # info | warning | error
     text: str
+    # machine-readable subject, when the notice is about one market-data registration (e.g. a
+    # refused one: error=SUBSCRIPTION_LIMIT, kind="trades", code="005930"); defaults: none
+    error: ErrorCode | None = None
+    kind: str = ""  # trades | book
+    code: str = ""
 
 
 class UniverseUpdate(msgspec.Struct, frozen=True, tag="universe", kw_only=True):
@@ -376,6 +391,17 @@ class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True):
     change: int = 0  # vs the previous close (0 when the broker does not say)
     ask1: int = 0  # best ask / bid at the print (0: unknown)
     bid1: int = 0
+    polled: ClassVar[bool] = False  # True on PolledTrade (not a field: nothing more on the wire)
+
+
+class PolledTrade(TradeTick, tag="polled_trade"):
+    """A TradeTick the agent runtime synthesised from a REST quote (agent/quotepoll.py), for a code
+    whose trade registration the gateway refused, when the card sets `subscriptions.poll_quotes_s`.
+    Never sent on the wire. `price` is the quote's last price, `cum_volume` its volume today, `qty`
+    the volume since the previous poll (0 on the first), `time` the agent's clock (KST HHMMSS),
+    `side` 0 (unknown), ask1/bid1 0."""
+
+    polled: ClassVar[bool] = True
 
 
 class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True):
@@ -599,7 +625,7 @@ class SummaryReply(_Msg, tag="summary"):
 Request = Union[
     Register, Heartbeat, Unregister, SubmitOrders, CancelOrder, ModifyOrder, CancelAll,
     GetSnapshot, GetEvents, Ping, StatusQuery, Control, GetOrders, GetMarket, GetBars,
-    PutState, GetState, Query, GetSummary,
+    PutState, GetState, Query, GetSummary, Subscribe,
 ]
 Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
               MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply]

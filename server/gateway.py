@@ -31,7 +31,7 @@ from common.framing import Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
     GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
-    Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, SystemEvent, SYSTEM_TOPIC,
+    Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, Subscribe, SystemEvent, SYSTEM_TOPIC,
     Unregister,
 )
 from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketKind, SessionChange, Trade
@@ -46,7 +46,7 @@ from server.publisher import Publisher
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.store import Store
-from server.subscriptions import SubscriptionManager
+from server.subscriptions import SubscriptionManager, refusal_notice
 from server.recorder import Recorder, attach_recorder
 from server.stockmaster import gateway_master
 from server.universe import Universe, UniverseBinder
@@ -330,6 +330,8 @@ class Gateway:
         elif isinstance(msg, GetEvents):
             events = self.store.agent_events(rec.id, msg.after_seq, msg.limit)
             self._reply(route, EventBatch(h=self.headers(h.mid), events=events, last_seq=self.oms.seq.get(rec.id, 0)))
+        elif isinstance(msg, Subscribe):
+            self._reply(route, self._resubscribe(rec, msg))
         elif isinstance(msg, Unregister):
             self.registry.unregister(rec)
             self.subs.leave(rec.id)
@@ -395,8 +397,27 @@ class Gateway:
                 continue
             for kind in kinds:
                 code_err, text = self.subs.want(rec.id, kind, code)
-                if code_err is not None:
-                    self.oms.notify(rec.id, Notice(level="error", text=f"{code_err.value}: {text}"))
+                if code_err is not None:  # the agent may poll quotes and ask again (Subscribe)
+                    self.oms.notify(rec.id, refusal_notice(code_err, text, kind, code))
+
+    def _resubscribe(self, rec: AgentRecord, msg: Subscribe) -> Message:
+        """An agent asks again for a registration it was refused (agent/quotepoll.py)."""
+        h = msg.h
+        subs = rec.card.subscriptions
+        kind = MarketKind(msg.kind)
+        wanted = subs.book if kind is MarketKind.BOOK else (subs.trades or bool(subs.bars))
+        if msg.code not in rec.codes or not wanted:
+            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_MESSAGE,
+                         message=f"{msg.kind} {msg.code} is not among this agent's subscriptions")
+        if self.master is not None and msg.code not in self.master:
+            return Error(h=self.headers(h.mid), code=ErrorCode.DENIED_UNKNOWN_CODE,
+                         message=f"{msg.code} is not a listed code ({self.master.source})")
+        err, text = self.subs.want(rec.id, kind, msg.code)
+        self.counters["resubscribe_refused" if err is not None else "resubscribe_granted"] += 1
+        if err is not None:
+            return Error(h=self.headers(h.mid), code=err, message=text)
+        log.info("agent %s asked again for %s %s: %s", rec.id, msg.kind, msg.code, text)
+        return Ack(h=self.headers(h.mid), message=text)
 
     # ---- operations (the facade the console and CLI use) -----------------------------------------
 

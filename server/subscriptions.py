@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 
 from common.errors import ErrorCode
+from common.schema import Notice
 from kis.port import BrokerPort, MarketKind
 
 log = logging.getLogger("ktrader.subscriptions")
@@ -19,6 +20,12 @@ log = logging.getLogger("ktrader.subscriptions")
 MARKET_DATA_SLOTS = 40  # 41 registrations per app key, one reserved for fill notices
 
 Key = tuple[MarketKind, str]
+
+
+def refusal_notice(err: ErrorCode, text: str, kind: MarketKind, code: str) -> Notice:
+    """What an agent is told when `want()` refuses: the text for people, error/kind/code for the
+    agent runtime (which polls quotes and asks again with `Subscribe`, agent/quotepoll.py)."""
+    return Notice(level="error", text=f"{err.value}: {text}", error=err, kind=kind.value, code=code)
 
 
 class SubscriptionManager:

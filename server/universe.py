@@ -128,8 +128,9 @@ class UniverseBinder:
                 self.apply(rec)
 
     def apply(self, rec) -> None:  # type: ignore[no-untyped-def]
-        from common.schema import Notice, UniverseUpdate
+        from common.schema import UniverseUpdate
         from kis.port import MarketKind
+        from server.subscriptions import refusal_notice
 
         card = rec.card
         top = self.universe.top(card.universe_top)
@@ -144,7 +145,7 @@ class UniverseBinder:
                 for kind in kinds:
                     err, text = self.subs.want(rec.id, kind, code)  # type: ignore[attr-defined]
                     if err is not None:
-                        self.notify(rec.id, Notice(level="error", text=f"{err.value}: {text}"))
+                        self.notify(rec.id, refusal_notice(err, text, kind, code))
         for code in prev or []:
             if code not in own and code not in top:
                 for kind in kinds:

@@ -3,7 +3,10 @@
 Rules: the card decodes (unknown keys refused, fields valid); ids unique; codes real (KIS stock
 master when given, else the twin's list, which only warns); the strategy imports and its params
 validate; all budgets fit the account budget; the market-data registrations fit the 40 slots
-(41 per app key, one for fill notices). Every problem names the card file, the field and why."""
+(41 per app key, one for fill notices); a card polling quotes (`subscriptions.poll_quotes_s`) can
+afford it on its `rate_quota_per_s` (warning). Polling is an opt-in fallback for trades the gateway
+refuses at run time, not a way past the 40 slots, so the slot rule stays an error. Every problem
+names the card file, the field and why."""
 
 from __future__ import annotations
 
@@ -64,6 +67,16 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
         for code in card.codes:
             for kind in kinds:
                 slots.setdefault((kind, code), []).append(card.id)
+        poll = card.subscriptions.poll_quotes_s
+        if poll > 0:
+            need = len(card.codes) / poll  # if every trade registration of the card were refused
+            if not card.subscriptions.trades:
+                problems.append(Problem(str(f), "subscriptions.poll_quotes_s",
+                                        "polling stands in for refused trades, but trades = false", warning=True))
+            elif card.rate_quota_per_s > 0 and need > card.rate_quota_per_s:
+                problems.append(Problem(str(f), "subscriptions.poll_quotes_s", (
+                    f"polling {len(card.codes)} codes every {poll:g}s needs {need:.1f} queries/s, "
+                    f"rate_quota_per_s is {card.rate_quota_per_s:g}: polled quotes would come slower"), warning=True))
         try:
             cls = load_strategy_class(card.strategy)
         except Exception as e:
@@ -74,8 +87,11 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
         except Exception as e:
             problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
     if len(slots) > MARKET_DATA_SLOTS:
+        polling = sorted(card.id for _, card in cards if card.subscriptions.poll_quotes_s > 0)
+        fallback = (f"; {', '.join(polling)} would REST-poll quotes for refused trades (poll_quotes_s)" if polling else
+                    "; subscriptions.poll_quotes_s > 0 lets a card REST-poll quotes for refused trades (opt-in fallback)")
         problems.append(Problem(str(folder), "subscriptions",
-                                f"{len(slots)} distinct registrations requested, {MARKET_DATA_SLOTS} available"))
+                                f"{len(slots)} distinct registrations requested, {MARKET_DATA_SLOTS} available{fallback}"))
     total = sum(card.budget for _, card in cards)
     if account_budget and total > account_budget:
         problems.append(Problem(str(folder), "budget", f"cards' budgets add up to {total:,} KRW, the account budget is {account_budget:,}"))

@@ -2,7 +2,9 @@
 most one line per code every `every_s` seconds with the running counts, so a test can see that an
 agent receives data (and receives it again after a reconnect) without a log line per tick. Never trades.
 
-Log lines: `SUBPROBE trade CODE N` (N trades of CODE so far), `SUBPROBE book CODE N`."""
+Log lines: `SUBPROBE trade CODE N` (N stream trades of CODE so far), `SUBPROBE book CODE N`,
+`SUBPROBE polled CODE N` (N trades synthesised from REST-polled quotes, `tick.polled`), and with
+`watch_s > 0` `SUBPROBE polled_codes CODE...` whenever `ctx.polled_codes` changes ("-" when empty)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from common.schema import BookTick, TradeTick
 
 class Params(msgspec.Struct, forbid_unknown_fields=True):
     every_s: float = 0.5  # per code and kind: at most one log line this often
+    watch_s: float = 0.0  # > 0: look at ctx.polled_codes this often and log its changes
 
 
 class SubProbe(Strategy):
@@ -25,6 +28,15 @@ class SubProbe(Strategy):
         self.counts: dict[tuple[str, str], int] = {}
         self.logged: dict[tuple[str, str], float] = {}
         self.ctx.log.info("SUBPROBE start %s", " ".join(self.ctx.card.codes))  # type: ignore[attr-defined]
+        self.polled: frozenset[str] = frozenset()
+        if self.params.watch_s > 0:
+            self.ctx.set_timer(self.params.watch_s)
+
+    def on_timer(self) -> None:
+        now = self.ctx.polled_codes
+        if now != self.polled:
+            self.polled = now
+            self.ctx.log.info("SUBPROBE polled_codes %s", " ".join(sorted(now)) or "-")
 
     def _seen(self, kind: str, code: str) -> None:
         key = (kind, code)
@@ -35,7 +47,7 @@ class SubProbe(Strategy):
             self.ctx.log.info("SUBPROBE %s %s %d", kind, code, n)
 
     def on_trade(self, tick: TradeTick) -> None:
-        self._seen("trade", tick.code)
+        self._seen("polled" if tick.polled else "trade", tick.code)
 
     def on_book(self, book: BookTick) -> None:
         self._seen("book", book.code)

@@ -42,3 +42,11 @@ class BacktestServices:
 
     def summary(self, limit: int = 200, timeout_s: float = 5.0) -> NoReturn:
         self._unavailable("summary")
+
+    @property
+    def refused_subscriptions(self) -> frozenset[tuple[str, str]]:
+        return frozenset()  # a backtest has no websocket slots to run out of
+
+    @property
+    def polled_codes(self) -> frozenset[str]:
+        return frozenset()
