@@ -76,6 +76,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
     unknown_grace_s: float = 600.0
+    # An order still queued for the broker after this long is refused, never sent (BROKER_BUSY): a
+    # decision made on prices this old is not the one the agent made (0 = send however late).
+    max_send_wait_s: float = 5.0
     day_tick_s: float = 1.0  # how often the day cycle looks at the market clock (end of day, close, new day)
     kill_errors: int = 10  # automatic kill switch: this many broker errors/rejections ...
     kill_window_s: float = 60.0  # ... within this window halt all trading (0 errors = off)

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     SESSION_NOT_READY = "SESSION_NOT_READY"
     BROKER_REJECTED = "BROKER_REJECTED"  # KIS said no (see the message for msg_cd/msg1)
     BROKER_ERROR = "BROKER_ERROR"
+    BROKER_BUSY = "BROKER_BUSY"  # queued too long for the broker (faults, rate limit): refused, never sent
     # risk gate denials
     DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"
     DENIED_TICK = "DENIED_TICK"

@@ -84,6 +84,7 @@ class Gateway:
                                 today=lambda: self.clock.now().date(),
                                 costs=CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm))
         self.oms.unknown_grace_ns = int(cfg.unknown_grace_s * 1e9)
+        self.oms.max_send_wait_ns = int(cfg.max_send_wait_s * 1e9)
         self.daycycle = DayCycle(self.store)
         self._session_seen_ready = False
         self._closing_day = False

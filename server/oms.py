@@ -42,6 +42,9 @@ from kis.port import (
 )
 from server.books import apply_fill_value
 from server.reconcile import RESTARTED, ReconcileResult, reconcile
+
+NOT_SENT = "NOT_SENT"  # the gateway stopped before it called the broker: nothing was placed
+SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked durably before the call
 from server.risk import Exposure, RiskGate
 from server.store import Store
 
@@ -108,6 +111,7 @@ class OrderManager:
         # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
         # declared never-placed after this long; until then it counts against risk.
         self.unknown_grace_ns = 600_000_000_000
+        self.max_send_wait_ns = 5_000_000_000  # a submit queued longer is refused unsent (0: no limit)
         self.last_reconcile: tuple[int, str, int] | None = None
         self.alerts: list[tuple[int, str]] = []
         self.on_alert: Callable[[str], None] | None = None
@@ -144,9 +148,19 @@ class OrderManager:
         decides). A cancel/revise may or may not have: back to resting, and reconciliation applies
         whatever the broker did; the agent can ask again."""
         ts = now_ns()
+        # Since `send_marks_since`, a submit's broker.request trace is on disk before the call:
+        # an order without it never left (older orders could have lost theirs: UNKNOWN as before).
+        marks_since = int(self.store.get_meta(SEND_MARKS_KEY) or 0)
+        if not marks_since:
+            with self.store.transaction():
+                self.store.set_meta(SEND_MARKS_KEY, str(ts))
+            marks_since = ts
         for coid, o in list(self.orders.items()):
             if o.state is OrderState.PENDING_SUBMIT:
-                self._try(coid, MarkUnknown(ts_ns=ts, code=RESTARTED, reason="gateway restarted while the order was being sent"))
+                if o.created_ns >= marks_since and not self.store.has_trace(coid, "broker.request"):
+                    self._try(coid, Reject(ts_ns=ts, code=NOT_SENT, reason="gateway restarted before the order was sent"))
+                else:
+                    self._try(coid, MarkUnknown(ts_ns=ts, code=RESTARTED, reason="gateway restarted while the order was being sent"))
             elif o.state is OrderState.PENDING_CANCEL:
                 self._try(coid, CancelRefused(ts_ns=ts, code="RESTART", reason="gateway restarted during the cancel"))
             elif o.state is OrderState.PENDING_REPLACE:
@@ -564,10 +578,18 @@ class OrderManager:
     async def _run_job(self, job: _Job) -> None:
         o = self.orders[job.coid]
         if job.kind == "submit":
+            waited = now_ns() - o.created_ns
+            if self.max_send_wait_ns and waited > self.max_send_wait_ns and o.state is OrderState.PENDING_SUBMIT:
+                # never sent, so safe to refuse; a late order would trade on a stale decision
+                self.trace(o.client_order_id, "broker.skipped", call="submit", waited_ms=waited // 1_000_000)
+                self._try(o.client_order_id, Reject(ts_ns=now_ns(), code=ErrorCode.BROKER_BUSY.value,
+                                                    reason=f"not sent: queued {waited / 1e9:.1f}s for the broker"))
+                return
             req = BrokerOrder(client_order_id=o.client_order_id, code=o.code, side=o.side, qty=o.qty, price=o.price,
                               order_type=o.order_type, tif=o.tif)
             self.trace(o.client_order_id, "broker.request", call="submit", code=o.code, side=o.side.value, qty=o.qty,
                        price=o.price, order_type=o.order_type.value, tif=o.tif.value)
+            self.flush_traces()  # durable before the call: after a crash, "no request" means never sent
             try:
                 ack = await self.broker.submit(req)
             except BrokerError as e:

@@ -149,6 +149,10 @@ class Store:
         self.db.execute("INSERT INTO trace(client_order_id, ts_ns, kind, body) VALUES (?, ?, ?, ?)",
                         (client_order_id, ts_ns, kind, msgspec.json.encode(body).decode()))
 
+    def has_trace(self, client_order_id: str, kind: str) -> bool:
+        return self.db.execute("SELECT 1 FROM trace WHERE client_order_id=? AND kind=? LIMIT 1",
+                               (client_order_id, kind)).fetchone() is not None
+
     def trace(self, client_order_id: str) -> list[tuple[int, str, dict]]:
         rows = self.db.execute("SELECT ts_ns, kind, body FROM trace WHERE client_order_id=? ORDER BY id", (client_order_id,))
         return [(ts, kind, msgspec.json.decode(body)) for ts, kind, body in rows]

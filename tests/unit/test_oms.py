@@ -291,3 +291,47 @@ async def test_cancel_before_the_acknowledgement_is_sent_once_the_order_has_an_o
     await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.CANCELLED)
     assert h.oms.orders[coid(1)].filled_qty == 0
     await h.close()
+
+
+class SlowBroker(FakeBroker):
+    """A broker call that hangs until released (KIS faults, rate-limit pauses)."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.release = asyncio.Event()
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        await self.release.wait()
+        return await super().submit(order)
+
+
+async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
+    h = Harness(db, SlowBroker())
+    h.oms.max_send_wait_ns = 50_000_000
+    await h.start()
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted  # in flight, hanging
+    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # queued behind it
+    await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
+    h.broker.release.set()
+    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED
+                   and h.oms.orders[coid(2)].state is OrderState.REJECTED)
+    late = h.oms.orders[coid(2)]
+    assert late.reason_code == ErrorCode.BROKER_BUSY.value and "not sent" in late.reason
+    assert h.broker.submits == 1  # the stale order never reached the broker
+    told = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(2)]
+    assert told[-1].state is OrderState.REJECTED and told[-1].reason_code == ErrorCode.BROKER_BUSY.value  # the agent is told
+    await h.close()
+
+
+async def test_restart_rejects_what_was_never_sent_and_suspects_what_was(db: Path) -> None:
+    h = Harness(db, SlowBroker())
+    await h.start()
+    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted  # the broker call hangs
+    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # queued behind it
+    await h.settle(lambda: h.store.has_trace(coid(1), "broker.request"))
+    await h.close()  # the gateway dies with one call in flight and one order still queued
+    h2 = Harness(db)
+    sent, queued = h2.oms.orders[coid(1)], h2.oms.orders[coid(2)]
+    assert sent.state is OrderState.UNKNOWN  # it may have reached KIS: reconciliation decides
+    assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT"  # it never left
+    h2.store.close()
