@@ -379,9 +379,12 @@ class AgentEvent(_Msg, tag="event"):
 
 
 # ---- PUB → SUB ---------------------------------------------------------------------------------
+# Market-data bodies are array-like (positional, tag first): half the decode time and ~40 % fewer
+# bytes than field-name maps, paid by every agent for every tick. Fields are only ever appended.
+# gc=False where a body holds scalars only (no reference cycles possible).
 
 
-class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True):
+class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True, array_like=True, gc=False):
     code: str
     time: str
     price: int
@@ -404,7 +407,7 @@ class PolledTrade(TradeTick, tag="polled_trade"):
     polled: ClassVar[bool] = True
 
 
-class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True):
+class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True, array_like=True, gc=False):
     """An OHLCV candle. `start` is the bar's opening time in KST as "YYYY-MM-DDTHH:MM" ("YYYY-MM-DD"
     for daily bars); prices are integer KRW; `value` is the traded value in KRW (0 when unknown)."""
 
@@ -419,13 +422,13 @@ class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True):
     value: int = 0
 
 
-class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True):
+class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True, array_like=True, gc=False):
     kind: str  # agent_online | agent_offline | trading_state | session_state | alert
     agent: str = ""
     text: str = ""
 
 
-class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True):
+class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True, array_like=True):
     """A 10-level order book (H0STASP0): (price, qty) pairs, best first; prices integer KRW."""
 
     code: str

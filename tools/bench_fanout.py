@@ -178,30 +178,50 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     }
 
 
-def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False) -> dict:
+def _median_run(runs: list[dict]) -> dict:
+    """The round whose worst-agent p99 is the median; gaps and drops summed over every round."""
+    mid = sorted(runs, key=lambda r: r["worst_p99_us"])[len(runs) // 2]
+    return {**mid, "gaps": sum(r["gaps"] for r in runs), "drops": sum(r["drops"] for r in runs),
+            "missed": sum(r["missed"] for r in runs), "rounds_p99_us": [r["worst_p99_us"] for r in runs]}
+
+
+def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False,
+         rounds: int = 3) -> dict:
+    """Bare and gateway runs alternate for `rounds` rounds, so both see the same (noisy) machine;
+    each side reports its median round."""
     if burst:
         rate, seconds = 20_000, 10.0
+    bares: list[dict] = []
+    gws: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ktrader-fanout-") as d:
         tmp = Path(d)
-        bare = _run("bare", agents, rate, seconds, tmp)
-        gw = _run("gateway", agents, rate, seconds, tmp)
-    result = {"burst": burst, "bare": bare, "gateway": gw,
+        for _ in range(max(1, rounds)):
+            bares.append(_run("bare", agents, rate, seconds, tmp))
+            gws.append(_run("gateway", agents, rate, seconds, tmp))
+    bare, gw = _median_run(bares), _median_run(gws)
+    result = {"burst": burst, "rounds": len(bares), "bare": bare, "gateway": gw,
               "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
               "p99_ratio": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2)}
-    result["target_met"] = (gw["gaps"] == 0 and gw["drops"] == 0 and gw["worst_p99_us"] <= 3000
-                            and result["p99_ratio"] <= 2.0)
+    if burst:  # the burst's target is completeness at the full rate, not latency
+        result["target_met"] = gw["gaps"] == 0 and gw["drops"] == 0 and gw["achieved_rate"] >= 0.95 * rate
+    else:
+        result["target_met"] = (gw["gaps"] == 0 and gw["drops"] == 0 and gw["worst_p99_us"] <= 3000
+                                and result["p99_ratio"] <= 2.0)
+    target = ("0 gaps/drops at ≥ 95 % of the rate" if burst else "0 gaps, p99 ≤ 3 ms and ≤ 2× bare")
     if json_out:
         print(json.dumps(result))
     else:
         print(f"{agents} subscriber processes, every one on all {len(CODES)} topics; {rate:,} ticks/s for {seconds:g} s"
-              f"{' (burst)' if burst else ''}")
+              f"{' (burst)' if burst else ''}; bare and gateway alternate, median of {len(bares)} rounds each")
         for r in (bare, gw):
             name = "bare pyzmq PUB/SUB" if r["mode"] == "bare" else "gateway Publisher"
             print(f"{name:20s}: worst-agent p50 {r['worst_p50_us']:9.1f} µs  p99 {r['worst_p99_us']:9.1f} µs  "
                   f"max {r['worst_max_us']:9.1f} µs  gaps {r['gaps']} (missed {r['missed']})  drops {r['drops']}  "
-                  f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}")
+                  f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}  "
+                  f"subscriber CPU {r['subscriber_cpu_s']:.1f} s  (p99 by round: "
+                  f"{', '.join(f'{x / 1000:.1f}' for x in r['rounds_p99_us'])} ms)")
         print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}×  "
-              f"(target 0 gaps, p99 ≤ 3 ms and ≤ 2× bare: {'met' if result['target_met'] else 'NOT met'})")
+              f"(target {target}: {'met' if result['target_met'] else 'NOT met'})")
     return result
 
 

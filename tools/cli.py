@@ -267,12 +267,13 @@ def bench_fanout(
     rate: int = typer.Option(5000, help="ticks/s published"),
     seconds: float = typer.Option(5.0, help="how long to publish"),
     burst: bool = typer.Option(False, "--burst", help="10 s at 20,000 ticks/s instead"),
+    rounds: int = typer.Option(3, help="bare and gateway runs alternate this many times; medians reported"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Market-data fan-out through the gateway's Publisher to N subscriber processes vs bare PUB/SUB, same run."""
     from tools.bench_fanout import main as fanout
 
-    fanout(agents=agents, rate=rate, seconds=seconds, burst=burst, json_out=json_out)
+    fanout(agents=agents, rate=rate, seconds=seconds, burst=burst, json_out=json_out, rounds=rounds)
 
 
 @bench_app.command("twin")

@@ -20,7 +20,7 @@ class TickLog(Strategy):
         self._f = open(self.params.path, "a", encoding="utf-8")
 
     def on_trade(self, tick: TradeTick) -> None:
-        self._f.write(msgspec.json.encode({"trade": msgspec.to_builtins(tick)}).decode() + "\n")
+        self._f.write(msgspec.json.encode({"trade": msgspec.structs.asdict(tick)}).decode() + "\n")
         self._f.flush()
 
     def on_universe(self, codes: list[str]) -> None:
