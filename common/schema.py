@@ -33,7 +33,7 @@ Qty = Annotated[int, msgspec.Meta(gt=0, le=100_000_000)]
 ContextValue = Union[str, int, float, bool, None]  # trace context only, never money
 
 
-class Header(msgspec.Struct, frozen=True, array_like=True):
+class Header(msgspec.Struct, frozen=True, array_like=True, gc=False):  # scalars: no cycles to collect
     mid: int  # message id: counter within the sender's process session
     sender: str  # agent id, tool name, or "gateway"
     sid: str  # process session id (new uuid per process start)
@@ -442,7 +442,7 @@ class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True, array_like
 PubBody = Union[TradeTick, Bar, SystemEvent, BookTick]
 
 
-class Published(_Msg, tag="pub"):
+class Published(_Msg, tag="pub", gc=False):  # header + scalar-only body: never part of a cycle
     topic: str
     seq: int  # per-topic sequence number, from 1
     body: PubBody
