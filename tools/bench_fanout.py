@@ -1,7 +1,8 @@
 """`ktrader bench fanout`: market-data fan-out from the gateway's Publisher (XPUB with NODROP, per-topic
 sequence numbers, msgspec + signed frames, exactly as the gateway sends) to N SUB subscriber processes
 over ipc, each decoding and verifying every message as an agent does; and, in the same run, the same
-load over a bare pyzmq PUB/SUB (a timestamp and a sequence number packed in 16 bytes, no decoding).
+load over a bare pyzmq PUB/SUB: the same topics and the same message size (a timestamp and a sequence
+number packed in front of padding as long as the gateway's payload), no decoding, no signature.
 
 Every subscriber subscribes to every topic, so each one receives the full rate. Latency is the
 publisher's wall-clock timestamp (the message header's `ts`) to the subscriber's receive time, per
@@ -64,7 +65,7 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
             assert isinstance(msg, Published)
             ts, seq = msg.h.ts, msg.seq
         else:
-            ts, seq = _BARE.unpack(frames[1])
+            ts, seq = _BARE.unpack_from(frames[1])
         lat.append(now - ts)
         prev = last.get(topic)
         if prev is not None and seq != prev + 1:
@@ -107,7 +108,7 @@ def _paced(rate: int, seconds: float, send) -> tuple[int, float]:  # type: ignor
 
 def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     from common.framing import Codec
-    from common.schema import HeaderFactory, TradeTick, trade_topic
+    from common.schema import HeaderFactory, Published, TradeTick, trade_topic
     from server.publisher import Publisher
 
     ep = f"ipc://{tmp / f'{mode}.ipc'}"
@@ -142,13 +143,18 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
         else:
             seqs = [0] * len(topics)
             btopics = [t.encode() for t in topics]
+            # "the same load": as many bytes per message as the gateway's payload for a trade
+            sample = Published(h=HeaderFactory("gateway")(), topic=topics[0], seq=1,
+                               body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1))
+            codec = Codec(key)
+            pad = b"\0" * max(0, len(codec.encode_pub(codec.encode_body(sample))) - _BARE.size)
             counters = {"sent": 0, "dropped": 0}
 
             def send(i: int) -> None:
                 k = i % len(topics)
                 seqs[k] += 1
                 try:
-                    xpub.send_multipart([btopics[k], _BARE.pack(time.time_ns(), seqs[k])], zmq.NOBLOCK)
+                    xpub.send_multipart([btopics[k], _BARE.pack(time.time_ns(), seqs[k]) + pad], zmq.NOBLOCK)
                     counters["sent"] += 1
                 except zmq.Again:
                     counters["dropped"] += 1
