@@ -42,11 +42,11 @@ from kis.port import (
 )
 from server.books import apply_fill_value
 from server.reconcile import RESTARTED, ReconcileResult, reconcile
+from server.risk import Exposure, RiskGate
+from server.store import Store
 
 NOT_SENT = "NOT_SENT"  # the gateway stopped before it called the broker: nothing was placed
 SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked durably before the call
-from server.risk import Exposure, RiskGate
-from server.store import Store
 
 log = logging.getLogger("ktrader.oms")
 

@@ -210,12 +210,12 @@ class Campaign:
         """A weighted pick, within what is realistic: KIS lets a token be issued once a minute, so
         tokens expire at most that often; the twin's REST faults hit 'the next N calls', so a new
         one waits until the previous ones were spent (they would pile up while nothing calls)."""
-        busy = {"rest": self._rest_faults_pending()}
+        rest_busy = self._rest_faults_pending()
         while True:
             kind = self.rng.choices(kinds, weights)[0]
             if kind == "token_expiry" and time.monotonic() - self._last_token_expiry < 65:
                 continue
-            if kind in REST_FAULTS and busy["rest"]:
+            if kind in REST_FAULTS and rest_busy:
                 continue
             if kind == "token_expiry":
                 self._last_token_expiry = time.monotonic()
