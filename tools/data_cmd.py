@@ -11,17 +11,10 @@ from pathlib import Path
 import msgspec
 
 from common.config import GatewayConfig
-from server.recorder import DayStats, RecordingError, day_files, list_days, parse_day
+from server.recorder import DayStats, RecordingError, day_files, parse_day
+from tools.status import fmt_bytes
 
 log = logging.getLogger("ktrader.data")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def render_days(days: list[DayStats]) -> str:
@@ -36,10 +29,10 @@ def render_days(days: list[DayStats]) -> str:
             t1 = dt.datetime.fromtimestamp(d.last_ns / 1e9, dt.timezone(dt.timedelta(hours=9)))
             span = f"{t0:%H:%M:%S}-{t1:%H:%M:%S}"
         note = f"  ({d.truncated_files} unfinished)" if d.truncated_files else ""
-        lines.append(f"{d.day:8}  {d.files:>5}  {d.frames:>10,}  {_size(d.raw_bytes):>10}  {_size(d.disk_bytes):>10}  "
+        lines.append(f"{d.day:8}  {d.files:>5}  {d.frames:>10,}  {fmt_bytes(d.raw_bytes, ' '):>10}  {fmt_bytes(d.disk_bytes, ' '):>10}  "
                      f"{d.ratio:>5.1f}x  {span}{note}")
         raw, disk = raw + d.raw_bytes, disk + d.disk_bytes
-    lines.append(f"total: {_size(raw)} raw, {_size(disk)} on disk, ratio {raw / disk if disk else 0:.1f}x")
+    lines.append(f"total: {fmt_bytes(raw, ' ')} raw, {fmt_bytes(disk, ' ')} on disk, ratio {raw / disk if disk else 0:.1f}x")
     return "\n".join(lines)
 
 

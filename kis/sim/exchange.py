@@ -306,12 +306,7 @@ class Exchange:
         except KisError as err:
             self._record_reject(acct, rec, err)
             raise
-        rec.oid = st.book.new_oid()
-        self._store(rec)
-        self._reserve(acct, rec)
-        self._notify(acct, rec, cntg_yn="1", acpt="1", rctf="0")
-        self._submit(acct, st, rec, limit)
-        return rec
+        return self._enter(acct, st, rec, limit, rctf="0")
 
     def _validate(self, acct: Account, st: StockState, rec: OrderRecord, price: int) -> int | None:
         """Checks every KRX/account rule; returns the book limit (None = market)."""
@@ -403,10 +398,15 @@ class Exchange:
             self._reserve(acct, orig)
             self._reenter(st, orig)
             raise
+        return self._enter(acct, st, rec, limit, rctf="1")
+
+    def _enter(self, acct: Account, st: StockState, rec: OrderRecord, limit: int | None, rctf: str) -> OrderRecord:
+        """An accepted line (a new order, or a revise's new line: rctf "1") enters the exchange:
+        stored, cash or shares reserved, the acceptance notice, then matching."""
         rec.oid = st.book.new_oid()
         self._store(rec)
         self._reserve(acct, rec)
-        self._notify(acct, rec, cntg_yn="1", acpt="1", rctf="1")
+        self._notify(acct, rec, cntg_yn="1", acpt="1", rctf=rctf)
         self._submit(acct, st, rec, limit)
         return rec
 
