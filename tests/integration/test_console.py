@@ -20,6 +20,7 @@ import pytest
 from textual.widgets import DataTable, Input
 
 from tests.conftest import ROOT, Procs, wait_for
+from tests.integration.test_spine import CARD_A, CARD_B  # alpha: a fill and a resting order; bravo: idle
 from tools.status import fetch_status
 from tools.supervisor import RestartPolicy, Supervisor
 from tools.top.app import TopApp
@@ -27,22 +28,6 @@ from tools.top.widgets import AskScreen, ConfirmScreen
 
 pytestmark = pytest.mark.integration
 
-CARD_ALPHA = """
-id = "alpha"
-name = "Agent A"
-strategy = "tests.strategies.scripted:Scripted"
-codes = ["005930"]
-budget = 10_000_000
-[params]
-orders = [{code="005930", side="buy", qty=10, price=70000}, {code="005930", side="buy", qty=5, price=60000}]
-"""
-CARD_BRAVO = """
-id = "bravo"
-name = "Agent B"
-strategy = "tests.strategies.scripted:Scripted"
-codes = ["000660"]
-budget = 1_000_000
-"""
 CARD_CHARLIE = """
 id = "charlie"
 name = "Agent C"
@@ -88,7 +73,7 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     cards = tmp_path / "cards"
     cards.mkdir()
-    for name, text in (("alpha", CARD_ALPHA), ("bravo", CARD_BRAVO), ("charlie", CARD_CHARLIE)):
+    for name, text in (("alpha", CARD_A), ("bravo", CARD_B), ("charlie", CARD_CHARLIE)):
         (cards / f"{name}.toml").write_text(text)
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")

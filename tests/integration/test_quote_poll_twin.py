@@ -15,15 +15,14 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kis.sim.universe import codes as twin_codes
 from server.subscriptions import MARKET_DATA_SLOTS
-from tests.conftest import Procs, holds_for, wait_for
+from tests.conftest import holds_for, wait_for
 from tests.integration.test_subscriptions_twin import DEBOUNCE_S, TR, Stack, regs_for, trades_after
+from tests.integration.test_subscriptions_twin import stack  # noqa: F401  (the twin + gateway fixture)
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -45,15 +44,6 @@ resubscribe_s = {retry}
 [params]
 watch_s = 0.2
 """
-
-
-@pytest.fixture
-def stack(tmp_path: Path, procs: Procs) -> Iterator[Stack]:
-    st = Stack(tmp_path, procs)
-    try:
-        yield st
-    finally:
-        st.admin.close()
 
 
 def polled_lines(log: str, code: str) -> list[int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import pytest
 import websockets
 
 from common.enums import SessionState
@@ -100,6 +101,19 @@ async def serve(kis: FakeKis):
     return server, f"ws://127.0.0.1:{port}/tryitout"
 
 
+@asynccontextmanager
+async def rigged(kis: FakeKis, **cfg) -> AsyncIterator[Rig]:
+    """The client connected to a served FakeKis; both closed at the end, whatever the test did."""
+    server, url = await serve(kis)
+    rig = Rig(kis, url, **cfg)
+    try:
+        yield rig
+    finally:
+        await rig.ws.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_backoff_is_bounded_and_jittered() -> None:
     ds = [backoff_delay(a, 1.0, 60.0) for a in range(12)]
     assert all(0.5 <= d for d in ds) and all(d <= 60.0 for d in ds)
@@ -122,9 +136,7 @@ def test_drop_after_ready_retries_at_once_but_a_kick_loop_backs_off() -> None:
 @aio
 async def test_notice_slot_first_data_and_ping() -> None:
     kis = FakeKis()
-    server, url = await serve(kis)
-    rig = Rig(kis, url)
-    try:
+    async with rigged(kis) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         assert kis.registered[0][0] == ("H0STCNI0", HTS)
@@ -150,18 +162,12 @@ async def test_notice_slot_first_data_and_ping() -> None:
         u = await rig.ws.unsubscribe("H0STCNT0", "005930")
         assert u.ok and u.code == "OPSP0001" and ("H0STCNT0", "005930") not in kis.registered[0]
         assert not (await rig.ws.unsubscribe("H0STCNI0", HTS)).ok  # the notice slot is reserved
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
 
 
 @aio
 async def test_cap_reported_locally_and_by_server() -> None:
     kis = FakeKis(cap=3)
-    server, url = await serve(kis)
-    rig = Rig(kis, url, max_registrations=4)
-    try:
+    async with rigged(kis, max_registrations=4) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         assert (await rig.ws.subscribe("H0STCNT0", "000001")).ok
@@ -174,18 +180,12 @@ async def test_cap_reported_locally_and_by_server() -> None:
         assert (await rig.ws.subscribe("H0STASP0", "000004")).ok
         local = await rig.ws.subscribe("H0STASP0", "000005")  # our own cap of 4
         assert not local.ok and local.code == "LIMIT"
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
 
 
 @aio
 async def test_abrupt_drop_restores_registrations_and_emits_gap() -> None:
     kis = FakeKis()
-    server, url = await serve(kis)
-    rig = Rig(kis, url)
-    try:
+    async with rigged(kis) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         codes = ["005930", "000660", "035420", "051910", "068270"]
@@ -208,18 +208,12 @@ async def test_abrupt_drop_restores_registrations_and_emits_gap() -> None:
         enc = NoticeCipher(KEY, IV).encrypt("^".join(notice26()))
         await kis.conns[1].send(f"1|H0STCNI0|001|{enc}")
         await rig.until(lambda: any(isinstance(e, BrokerNotice) for e in rig.events))
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
 
 
 @aio
 async def test_rejected_approval_key_is_replaced() -> None:
     kis = FakeKis()
-    server, url = await serve(kis)
-    rig = Rig(kis, url)
-    try:
+    async with rigged(kis) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         kis.bad_approvals.add("approval-1")  # e.g. expired after a day
@@ -228,19 +222,13 @@ async def test_rejected_approval_key_is_replaced() -> None:
         assert kis.approvals == 2 and kis.registered[-1][0] == ("H0STCNI0", HTS)
         reasons = [e.reason for e in rig.events if isinstance(e, SessionChange)]
         assert any("OPSP0011" in r for r in reasons) and not any("approval-1" in r for r in reasons)
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
 
 
 @aio
 async def test_app_key_in_use_backs_off_then_connects() -> None:
     kis = FakeKis()
     kis.refuse = 2
-    server, url = await serve(kis)
-    rig = Rig(kis, url)
-    try:
+    async with rigged(kis) as rig:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         rig.ws.start()
@@ -249,23 +237,13 @@ async def test_app_key_in_use_backs_off_then_connects() -> None:
         assert len(kis.conns) == 3 and rig.ws.sessions == 3
         reasons = [e.reason for e in rig.events if isinstance(e, SessionChange) and e.state == SessionState.DISCONNECTED]
         assert any("OPSP8996" in r for r in reasons)
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
 
 
 @aio
 async def test_silence_triggers_reconnect() -> None:
     kis = FakeKis()
-    server, url = await serve(kis)
-    rig = Rig(kis, url, silence_timeout_s=0.3)
-    try:
+    async with rigged(kis, silence_timeout_s=0.3) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
         assert await rig.ws.wait_state(SessionState.READY, 5)
-    finally:
-        await rig.ws.close()
-        server.close()
-        await server.wait_closed()
