@@ -17,6 +17,7 @@ class Publisher:
         self.codec = codec
         self.headers = headers
         self.seq: dict[str, int] = {}
+        self._topics: dict[str, bytes] = {}  # encoded once per topic
         self.sent = 0
         self.dropped = 0
 
@@ -25,8 +26,11 @@ class Publisher:
         self.seq[topic] = seq
         msg = Published(h=self.headers(), topic=topic, seq=seq, body=body)
         raw = self.codec.encode_body(msg)
+        tb = self._topics.get(topic)
+        if tb is None:
+            tb = self._topics[topic] = topic.encode()
         try:
-            self.sock.send_multipart([topic.encode(), self.codec.encode_pub(raw)], zmq.NOBLOCK)
+            self.sock.send(self.codec.encode_pub(tb, raw), zmq.NOBLOCK)
             self.sent += 1
         except zmq.Again:
             self.dropped += 1

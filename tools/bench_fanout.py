@@ -1,8 +1,9 @@
 """`ktrader bench fanout`: market-data fan-out from the gateway's Publisher (XPUB with NODROP, per-topic
 sequence numbers, msgspec + signed frames, exactly as the gateway sends) to N SUB subscriber processes
 over ipc, each decoding and verifying every message as an agent does; and, in the same run, the same
-load over a bare pyzmq PUB/SUB: the same topics and the same message size (a timestamp and a sequence
-number packed in front of padding as long as the gateway's payload), no decoding, no signature.
+load over a bare pyzmq PUB/SUB: the same topics, the same one-frame messages of the same size (the
+topic, then a timestamp and a sequence number packed in front of padding to the gateway's length), no
+decoding, no signature.
 
 Every subscriber subscribes to every topic, so each one receives the full rate. Latency is the
 publisher's wall-clock timestamp (the message header's `ts`) to the subscriber's receive time, per
@@ -24,6 +25,7 @@ import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 CODES = [f"{i:06d}" for i in range(1, 21)]  # 20 topics
+TOPIC_LEN = len("md.H0STCNT0.000001.")  # every bench topic has this length
 END_TOPIC = b"ctl.end."
 _BARE = struct.Struct("<qq")  # ts_ns, seq
 
@@ -40,7 +42,6 @@ def _pct(sorted_us: list[float], q: float) -> float:
 def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
     """One subscriber: receive until the end marker, then write {p50_us, p99_us, n, gaps, missed}."""
     from common.framing import Codec
-    from common.schema import Published
 
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
@@ -51,21 +52,20 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
     sock.setsockopt(zmq.SUBSCRIBE, END_TOPIC)
     codec = Codec(bytes.fromhex(key_hex)) if mode == "gateway" else None
     lat: list[int] = []
-    last: dict[bytes, int] = {}
+    last: dict[str | bytes, int] = {}
     gaps = missed = 0
     cpu0 = time.process_time()  # the receive loop's CPU only, not the interpreter's start-up
     while True:
-        frames = sock.recv_multipart()
+        blob = sock.recv()  # one frame per message, as the agent's client receives
         now = time.time_ns()
-        topic = frames[0]
-        if topic == END_TOPIC:
+        if blob.startswith(END_TOPIC):
             break
         if codec is not None:
-            msg = codec.decode_pub(frames)
-            assert isinstance(msg, Published)
-            ts, seq = msg.h.ts, msg.seq
+            msg = codec.decode_pub(blob)
+            topic, ts, seq = msg.topic, msg.h.ts, msg.seq
         else:
-            ts, seq = _BARE.unpack_from(frames[1])
+            topic = blob[:TOPIC_LEN]
+            ts, seq = _BARE.unpack_from(blob, TOPIC_LEN)
         lat.append(now - ts)
         prev = last.get(topic)
         if prev is not None and seq != prev + 1:
@@ -147,14 +147,14 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
             sample = Published(h=HeaderFactory("gateway")(), topic=topics[0], seq=1,
                                body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1))
             codec = Codec(key)
-            pad = b"\0" * max(0, len(codec.encode_pub(codec.encode_body(sample))) - _BARE.size)
+            pad = b"\0" * max(0, len(codec.encode_pub(btopics[0], codec.encode_body(sample))) - TOPIC_LEN - _BARE.size)
             counters = {"sent": 0, "dropped": 0}
 
             def send(i: int) -> None:
                 k = i % len(topics)
                 seqs[k] += 1
                 try:
-                    xpub.send_multipart([btopics[k], _BARE.pack(time.time_ns(), seqs[k]) + pad], zmq.NOBLOCK)
+                    xpub.send(btopics[k] + _BARE.pack(time.time_ns(), seqs[k]) + pad, zmq.NOBLOCK)
                     counters["sent"] += 1
                 except zmq.Again:
                     counters["dropped"] += 1
@@ -163,7 +163,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
             sent, dropped = counters["sent"], counters["dropped"]
         # the end marker goes after everything queued (same pipe, in order); block rather than lose it
         for _ in range(3):
-            xpub.send_multipart([END_TOPIC, b"end"])
+            xpub.send(END_TOPIC)
         for p in procs:
             p.wait(60)
         per = [json.loads(o.read_text()) for o in outs]

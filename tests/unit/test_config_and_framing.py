@@ -98,16 +98,24 @@ def test_codec_round_trip_and_errors() -> None:
     assert e.value.code is ErrorCode.SCHEMA_VERSION
 
 
-def test_pub_frames_are_topic_and_one_signed_blob() -> None:
+def test_pub_message_is_one_frame_led_by_its_topic() -> None:
     codec = Codec(os.urandom(32))
     pub = Published(h=HeaderFactory("gateway")(), topic=trade_topic("005930"), seq=7,
                     body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10))
-    frames = [pub.topic.encode(), codec.encode_pub(codec.encode_body(pub))]
-    assert codec.decode_pub(frames) == pub
-    for bad, code in (([frames[0], b"KT1" + b"\x00" * 16 + frames[1][19:]], ErrorCode.BAD_SIGNATURE),
-                      ([frames[0], b"XX" + frames[1][2:]], ErrorCode.BAD_MESSAGE),
-                      ([frames[0], b"KT1"], ErrorCode.BAD_SIGNATURE),
-                      ([frames[0], *codec.encode(pub)], ErrorCode.BAD_MESSAGE)):  # the ROUTER framing is refused
+    blob = codec.encode_pub(pub.topic.encode(), codec.encode_body(pub))
+    assert blob.startswith(b"md.H0STCNT0.005930.\0KT1")  # a SUB's prefix filter sees the topic first
+    assert codec.decode_pub(blob) == pub
+    head = len(pub.topic) + 1
+    other = codec.encode_body(msgspec.structs.replace(pub, topic=trade_topic("000660")))
+    for bad, code in ((blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE),
+                      (blob[:head] + b"XX" + blob[head + 2 :], ErrorCode.BAD_MESSAGE),
+                      (blob[: head + 3], ErrorCode.BAD_SIGNATURE),
+                      (pub.topic.encode() + b"KT1" + blob[head + 3 :], ErrorCode.BAD_MESSAGE),  # no NUL
+                      (b"x" * 200 + blob, ErrorCode.BAD_MESSAGE),  # the NUL beyond any topic's length
+                      # a signed body under another topic's prefix: a subscriber would file it wrongly
+                      (codec.encode_pub(pub.topic.encode(), other), ErrorCode.BAD_MESSAGE),
+                      # a signed message that is not a publication
+                      (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=pub.h))), ErrorCode.BAD_MESSAGE)):
         with pytest.raises(FrameError) as e:
             codec.decode_pub(bad)
         assert e.value.code is code

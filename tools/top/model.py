@@ -154,17 +154,16 @@ class ConsoleModel:
             if sub is None or codec is None:
                 return
             try:
-                frames = await sub.recv_multipart()
+                blob = await sub.recv()
             except (zmq.ZMQError, asyncio.CancelledError):
                 if self._sub is sub:  # closed for good, not replaced by a reconnect
                     return
                 continue
             try:
-                msg = codec.decode_pub(frames)
+                msg = codec.decode_pub(blob)
             except FrameError:
                 continue
-            if isinstance(msg, Published):
-                self.on_published(msg)
+            self.on_published(msg)
 
     def on_published(self, msg: Published) -> None:
         body = msg.body
