@@ -89,7 +89,10 @@ class Context(Protocol):
     @property
     def polled_codes(self) -> frozenset[str]:
         """Codes whose on_trade currently comes from REST-polled quotes instead of the stream
-        (card `subscriptions.poll_quotes_s > 0`, trades refused); those ticks have `tick.polled`."""
+        (card `subscriptions.poll_quotes_s > 0`, trades refused); those ticks have `tick.polled`.
+        No on_bar comes for them: bars are built from the stream's prints, and quotes seen every few
+        seconds would make wrong highs, lows and volumes. `ctx.history()` reads their bars from the
+        broker's chart API instead."""
         ...
 
 

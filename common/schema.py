@@ -140,6 +140,9 @@ class Heartbeat(_Msg, tag="heartbeat"):
     errors: int = 0  # strategy errors so far
     feed_gaps: int = 0  # market-data sequence gaps this agent detected
     feed_heals: int = 0  # ... and healed with a fresh market snapshot
+    feed_conflated: int = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
+    refused: Annotated[list[str], msgspec.Meta(max_length=500)] = []  # "trades:005930": registrations refused, asked again
+    polled: Annotated[list[str], msgspec.Meta(max_length=500)] = []  # codes whose quotes it polls over REST meanwhile
 
 
 class Unregister(_Msg, tag="unregister"):
@@ -286,6 +289,9 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str = ""  # the latest denial/rejection or error notice
     feed_gaps: int = 0  # market-data gaps the agent saw / healed (from its heartbeats)
     feed_heals: int = 0
+    feed_conflated: int = 0
+    refused: list[str] = []  # "trades:005930": registrations refused (every slot in use), still asked for
+    polled: list[str] = []  # codes whose quotes the agent polls over REST meanwhile
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):

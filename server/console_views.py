@@ -10,7 +10,7 @@ import os
 import msgspec
 
 from common.orders import OrderState
-from common.schema import AgentEvent, FillUpdate, FillView, OrderView, PositionMark, PositionView
+from common.schema import AgentEvent, FillUpdate, FillView, Heartbeat, OrderView, PositionMark, PositionView
 from server.oms import OrderManager, view
 from server.store import Store
 
@@ -79,3 +79,11 @@ def db_bytes(store_path: str) -> int:
         except OSError:
             pass
     return total
+
+
+def feed_fields(hb: Heartbeat | None) -> dict[str, object]:
+    """An agent's market-data health, as its latest heartbeat reported it, for its AgentStatus."""
+    if hb is None:
+        return {}
+    return {"feed_gaps": hb.feed_gaps, "feed_heals": hb.feed_heals, "feed_conflated": hb.feed_conflated,
+            "refused": list(hb.refused), "polled": list(hb.polled)}

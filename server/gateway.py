@@ -307,7 +307,7 @@ class Gateway:
         if isinstance(msg, Heartbeat):
             rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
             rec.errors = msg.errors
-            self.md.feed_health[rec.id] = (msg.feed_gaps, msg.feed_heals)
+            self.md.feed_health[rec.id] = msg
             self._reply(route, Ack(h=self.headers(h.mid)))
         elif isinstance(msg, SubmitOrders):
             state = self.effective_state(rec)
@@ -438,7 +438,7 @@ class Gateway:
                 positions=(marked := console_views.agent_positions(self.oms, rec.id)),
                 unrealized_pnl=sum(p.unrealized_pnl for p in marked), rate_quota_per_s=rec.card.rate_quota_per_s,
                 last_error=console_views.last_error(self.oms, rec.id),
-                feed_gaps=self.md.feed_health.get(rec.id, (0, 0))[0], feed_heals=self.md.feed_health.get(rec.id, (0, 0))[1],
+                **console_views.feed_fields(self.md.feed_health.get(rec.id)),  # type: ignore[arg-type]
             ))
         total, open_n, fills = self.oms.counts()
         counters = dict(self.counters)

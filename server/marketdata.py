@@ -14,7 +14,7 @@ import logging
 
 from common.clock import KST, now_kst
 from common.config import BrokerEnv, GatewayConfig
-from common.schema import Bar, BookTick, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
+from common.schema import Bar, BookTick, Heartbeat, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis import wire
 from kis.port import Book, BrokerPort, Trade
 from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate
@@ -55,7 +55,7 @@ class MarketData:
         self.seqs: dict[str, int] = {}
         self.skew = dt.timedelta()  # exchange clock - wall clock, from the latest print
         self.bad_prints = 0
-        self.feed_health: dict[str, tuple[int, int]] = {}  # agent -> (gaps, heals) from its heartbeats
+        self.feed_health: dict[str, Heartbeat] = {}  # agent -> its latest heartbeat (gaps, heals, refused, polled)
         self.bars_closed = 0
 
     def counters(self) -> dict[str, int]:

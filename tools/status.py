@@ -72,16 +72,34 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
     now_ns = now_ns or time.time_ns()
     tok = f"{fmt_age((h.token_expires_ns - now_ns) / 1e9)} left" if h.token_expires_ns else "unknown"
     regs = len(h.registrations)
-    recon = ("synced" if st.synced else "NOT synced") + (
-        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences" if st.last_reconcile_age_s >= 0 else "")
     return [
         f"session {st.session_state}  trading {st.trading_state}  broker {st.broker}",
         f"token expiry {tok}",
         f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties {h.rest_penalties}",
         f"registrations {regs}/{h.max_registrations}  websocket last message {fmt_age(h.ws_last_message_age_s)} ago  "
         f"reconnects {max(0, h.ws_sessions - 1)}",
-        f"reconciliation {recon}  DB {fmt_bytes(h.db_bytes)}",
+        *market_data_lines(st),
+        recon_line(st),
     ]
+
+
+def market_data_lines(st: StatusReply) -> list[str]:
+    """The fan-out's losses, never silent: high-water-mark drops at the gateway, gaps the agents saw
+    (and healed), conflation; and who is refused a registration and polls quotes meanwhile."""
+    c = st.counters
+    gaps, heals = sum(a.feed_gaps for a in st.agents), sum(a.feed_heals for a in st.agents)
+    lines = [f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
+             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed_conflated for a in st.agents):,}"]
+    for a in st.agents:
+        if a.refused or a.polled:
+            lines.append(f"  {a.id}: refused {', '.join(a.refused) or '-'}; quotes polled over REST: {', '.join(a.polled) or '-'}")
+    return lines
+
+
+def recon_line(st: StatusReply) -> str:
+    recon = ("synced" if st.synced else "NOT synced") + (
+        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences" if st.last_reconcile_age_s >= 0 else "")
+    return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}"
 
 
 def render_status(st: StatusReply, console: Console | None = None) -> None:

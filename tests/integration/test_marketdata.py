@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
-from tools.status import fetch_status, send_control
+from tools.status import fetch_status, health_lines, send_control
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,7 @@ def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, mar
     # the agents report their gaps and heals in their heartbeats
     wait_for(lambda: all(a.feed_gaps >= 1 and a.feed_heals >= 1 for a in fetch_status(run, timeout_s=3.0).agents), 5,
              what="gaps and heals in the agents' status")
+    # and the operator sees them (`ktrader status`, the console's health tab); nothing was dropped
+    [line] = [x for x in health_lines(fetch_status(run, timeout_s=3.0)) if x.startswith("market data")]
+    gaps, heals = re.search(r"agents' gaps (\d+) \(healed (\d+)\)", line).groups()  # type: ignore[union-attr]
+    assert int(gaps) >= 2 and int(heals) >= 2 and "dropped at high-water mark 0" in line, line

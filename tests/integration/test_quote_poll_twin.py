@@ -23,7 +23,7 @@ from server.subscriptions import MARKET_DATA_SLOTS
 from tests.conftest import holds_for, wait_for
 from tests.integration.test_subscriptions_twin import DEBOUNCE_S, TR, Stack, regs_for, trades_after
 from tests.integration.test_subscriptions_twin import stack  # noqa: F401  (the twin + gateway fixture)
-from tools.status import fetch_status
+from tools.status import fetch_status, health_lines
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,9 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     assert f"trades:{extra}" not in st.subscriptions
     late_status = next(a for a in st.agents if a.id == "late")
     assert late_status.state.value == "online" and late_status.errors == 0
+    # the operator sees it too (`ktrader status`, the console's health tab), from the agent's heartbeats
+    shown = f"  late: refused trades:{extra}; quotes polled over REST: {extra}"
+    wait_for(lambda: shown in health_lines(fetch_status(stack.run, timeout_s=3.0)), 5, what="the refusal in the health lines")
 
     # ---- 3. f2 stops cleanly: its slots are released after the debounce, late's retry takes one ---
     stopped_at = time.monotonic()
@@ -114,6 +117,8 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     assert late.poll() is None and f1.poll() is None and stack.gateway.poll() is None
     st = fetch_status(stack.run, timeout_s=3.0)
     assert st.counters.get("resubscribe_granted", 0) >= 1
+    wait_for(lambda: not any(a.refused or a.polled for a in fetch_status(stack.run, timeout_s=3.0).agents), 5,
+             what="no agent shown as refused or polling")
     late.send_signal(signal.SIGTERM)
     assert late.wait(10) == 0
     assert "Traceback" not in stack.log(late), stack.log(late)[-3000:]

@@ -22,7 +22,9 @@ from common.config import AgentCard
 from common.connection import read_info
 from common.errors import ErrorCode
 from common.framing import MAGIC, Codec
-from common.schema import SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered
+from common.schema import (
+    SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered, Subscribe,
+)
 from tests.conftest import Procs, wait_for
 from tools.status import fetch_status
 
@@ -161,3 +163,33 @@ def test_typed_errors_for_known_bad_inputs(gateway) -> None:
     assert gw.poll() is None
     counters = fetch_status(run).counters
     assert counters.get("handler_errors", 0) == 0
+
+
+def test_subscribe_answers(gateway) -> None:
+    """`Subscribe` (asking again for a refused registration): only the agent's own codes and kinds,
+    listed codes only, and asking for a registration already held is a harmless Ack."""
+    run, gw, fz, good = gateway
+    held = good.request(Subscribe(h=good.headers(), kind="trades", code="005930"), timeout_s=5)
+    assert isinstance(held, Ack), held
+    again = good.request(Subscribe(h=good.headers(), kind="trades", code="005930"), timeout_s=5)
+    assert isinstance(again, Ack) and again.message == held.message
+    for kind, code in (("trades", "000660"),  # not one of the agent's codes
+                       ("book", "005930")):  # its card does not subscribe to the book
+        r = good.request(Subscribe(h=good.headers(), kind=kind, code=code), timeout_s=5)
+        assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE and code in r.message, r
+    # a code of the card that the stock master does not list: no slot is spent on a typo
+    odd = GatewayClient(read_info(run), "odd_agent", subscribe=False)
+    try:
+        card = AgentCard(id="odd_agent", name="odd", strategy="x:Y", codes=["999999"])
+        assert isinstance(odd.request(Register(h=odd.headers(), card=card, pid=os.getpid(), host="test")), Registered)
+        r = odd.request(Subscribe(h=odd.headers(), kind="trades", code="999999"), timeout_s=5)
+        assert isinstance(r, Error) and r.code is ErrorCode.DENIED_UNKNOWN_CODE and "999999" in r.message, r
+    finally:
+        odd.close()
+    # a kind that does not exist is refused by the schema, with the request's id
+    hdr = fz.hf()
+    [r] = fz.exchange(fz.signed(fz.enc.encode({"t": "subscribe", "h": list(msgspec.to_builtins(hdr)),
+                                                "kind": "options", "code": "005930"})))
+    assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE and r.h.re == hdr.mid
+    still_serving(good)
+    assert fetch_status(run).counters.get("handler_errors", 0) == 0

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Log, Static, TabbedContent, TabPane
 
 from common.schema import StatusReply
-from tools.status import fmt_age, health_lines
+from tools.status import fmt_age, health_lines, recon_line
 from tools.supervisor import Supervised, Supervisor
 from tools.top.model import ActionError, ConsoleModel
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
@@ -221,7 +221,7 @@ class TopApp(App[None]):
         sync_table(self.main.query_one("#account", DataTable), {
             p.code: [p.code, f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}", f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}"]
             for p in st.account})
-        recon = health_lines(st)[-1]
+        recon = recon_line(st)
         self.main.query_one("#recon", Static).update(Text(recon, style="green" if st.synced else "bold red"))
 
     def _render_health(self, st: StatusReply) -> None:
