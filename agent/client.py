@@ -90,7 +90,7 @@ class GatewayClient:
         assert self.sub is not None
         while True:
             try:
-                blob = self.sub.recv(zmq.NOBLOCK)  # one frame per message (recv_multipart costs 4x)
+                blob = self.sub.recv(zmq.NOBLOCK)  # one frame per message (see Codec.encode_pub)
             except zmq.Again:
                 return None
             try:

@@ -29,18 +29,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from common.clock import now_kst
 from common.config import AgentCard
 from common.errors import ErrorCode
-from common.schema import Ack, Error, HeaderFactory, Notice, PolledTrade, PriceReply, Query, Subscribe
+from common.schema import MAX_LISTED, Ack, Error, HeaderFactory, Notice, PolledTrade, PriceReply, Query, Subscribe
 
 HANDOVER_S = 5.0  # granted: keep polling until the first stream trade, at most this long
 MAX_BACKOFF_S = 30.0  # a failing poll waits at most this long before the next try
 REPLY_TIMEOUT_S = 20.0  # a query or subscribe without a reply this long is forgotten (and retried)
 
 Key = tuple[str, str]  # (kind, code): ("trades", "005930")
+
+
+class QuoteReport(TypedDict):
+    refused: list[str]
+    refused_n: int
+    polled: list[str]
+    polled_n: int
 
 
 @dataclass
@@ -81,6 +88,13 @@ class QuotePoller:
     @property
     def polled_codes(self) -> frozenset[str]:
         return frozenset(self.polls)
+
+    def report(self) -> QuoteReport:
+        """For the heartbeat (and so the operator): what is refused and polled, listed up to the
+        schema's MAX_LISTED, counted exactly."""
+        refused = sorted(f"{k}:{c}" for k, c in self.retry_at)
+        return {"refused": refused[:MAX_LISTED], "refused_n": len(refused),
+                "polled": sorted(self.polls)[:MAX_LISTED], "polled_n": len(self.polls)}
 
     # ---- inputs from the runtime ---------------------------------------------------------------
 

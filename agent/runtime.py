@@ -388,9 +388,8 @@ class AgentRuntime(AgentServicesMixin):
         self._hb_sent_at = now
         self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors,
                              feed_gaps=self.feed.stats.gaps, feed_heals=self.feed.stats.heals,
-                             feed_conflated=self.feed.stats.conflated,
-                             refused=[f"{k}:{c}" for k, c in sorted(self.quotes.refused_keys)],
-                             polled=sorted(self.quotes.polled_codes)))
+                             feed_conflated=self.feed.stats.conflated, feed_bad=self.client.bad_frames,
+                             **self.quotes.report()))
 
     def _gateway_lost(self, silent: float, why: str) -> None:
         """The gateway went away or was replaced: reconnect and register again (same session, so

@@ -26,8 +26,9 @@ SIG_BYTES = 16
 DEFAULT_MAX_BODY = 1 << 20
 
 
-# msgspec raises UnicodeDecodeError (a ValueError) for invalid UTF-8 in strings, not DecodeError.
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
+# msgspec raises UnicodeDecodeError (a ValueError) for invalid UTF-8 in strings, not DecodeError,
+# and RecursionError for absurdly deep nesting (in an unknown field, which is skipped recursively).
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError)
 
 
 class FrameError(Exception):
@@ -69,8 +70,8 @@ class Codec:
 
     def encode_pub(self, topic: bytes, body: bytes) -> bytes:
         """PUB message: ONE frame, `topic NUL magic signature body`. ZMQ filters subscriptions on the
-        frame's prefix, so the topic (with its trailing delimiter) leads; one frame instead of
-        [topic, payload] halves what every subscriber pays per message to receive it."""
+        frame's prefix, so the topic (with its trailing delimiter) leads. Every subscriber pays per
+        frame: recv() of one frame costs ~0.3 us, recv_multipart() of [topic, payload] ~2.5 us."""
         return b"".join((topic, b"\0", MAGIC, self.sign(body), body))
 
     def decode_pub(self, blob: bytes) -> Published:

@@ -21,11 +21,13 @@ from common.clock import now_ns
 from common.config import AgentCard
 from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import ClientOrderId, StockCode
+from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: a PUB message is one frame (common/framing.py encode_pub)
 
+MAX_LISTED = 100  # codes listed in a heartbeat / status row; more are counted, not listed
+RefusedKey = Annotated[str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))]  # "trades:005930"
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]  # KRW; 0 for market orders
@@ -141,8 +143,13 @@ class Heartbeat(_Msg, tag="heartbeat"):
     feed_gaps: int = 0  # market-data sequence gaps this agent detected
     feed_heals: int = 0  # ... and healed with a fresh market snapshot
     feed_conflated: int = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
-    refused: Annotated[list[str], msgspec.Meta(max_length=500)] = []  # "trades:005930": registrations refused, asked again
-    polled: Annotated[list[str], msgspec.Meta(max_length=500)] = []  # codes whose quotes it polls over REST meanwhile
+    feed_bad: int = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
+    # registrations refused (every slot in use) and still asked for, and codes polled over REST
+    # meanwhile; the first MAX_LISTED of each (the counts are exact)
+    refused: Annotated[list[RefusedKey], msgspec.Meta(max_length=MAX_LISTED)] = []
+    refused_n: int = 0
+    polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
+    polled_n: int = 0
 
 
 class Unregister(_Msg, tag="unregister"):
@@ -290,8 +297,11 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     feed_gaps: int = 0  # market-data gaps the agent saw / healed (from its heartbeats)
     feed_heals: int = 0
     feed_conflated: int = 0
+    feed_bad: int = 0
     refused: list[str] = []  # "trades:005930": registrations refused (every slot in use), still asked for
+    refused_n: int = 0
     polled: list[str] = []  # codes whose quotes the agent polls over REST meanwhile
+    polled_n: int = 0
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):

@@ -336,6 +336,7 @@ class Gateway:
         elif isinstance(msg, Unregister):
             self.registry.unregister(rec)
             self.subs.leave(rec.id)
+            self.md.feed_health.pop(rec.id, None)
             self._reply(route, Ack(h=self.headers(h.mid), message="bye"))
             self._system("agent_offline", rec.id, msg.reason or "unregistered")
             log.info("agent %s unregistered (%s)", rec.id, msg.reason)
@@ -365,6 +366,8 @@ class Gateway:
                 self._reply(route, Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=str(e)))
                 return
         outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
+        if outcome != RegisterOutcome.DUPLICATE:
+            self.md.feed_health.pop(rec.id, None)  # a new session reports its own in its heartbeats
         if outcome == RegisterOutcome.NEW:
             saved = self.store.get_meta(f"trading_state:{rec.id}")
             if saved:
@@ -438,7 +441,7 @@ class Gateway:
                 positions=(marked := console_views.agent_positions(self.oms, rec.id)),
                 unrealized_pnl=sum(p.unrealized_pnl for p in marked), rate_quota_per_s=rec.card.rate_quota_per_s,
                 last_error=console_views.last_error(self.oms, rec.id),
-                **console_views.feed_fields(self.md.feed_health.get(rec.id)),  # type: ignore[arg-type]
+                **console_views.feed_fields(self.md.feed_health.get(rec.id)),
             ))
         total, open_n, fills = self.oms.counts()
         counters = dict(self.counters)
@@ -510,6 +513,7 @@ class Gateway:
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
                 self.subs.leave(rec.id)
+                self.md.feed_health.pop(rec.id, None)
                 self._system("agent_offline", rec.id, "lease expired")
             try:
                 self._check_limits()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zmq
 
-from common.framing import Codec
+from common.framing import MAX_TOPIC, Codec
 from common.schema import HeaderFactory, PubBody, Published
 
 
@@ -28,7 +28,10 @@ class Publisher:
         raw = self.codec.encode_body(msg)
         tb = self._topics.get(topic)
         if tb is None:
-            tb = self._topics[topic] = topic.encode()
+            tb = topic.encode()
+            if len(tb) > MAX_TOPIC or b"\0" in tb:  # a subscriber could not split it off: every one would drop it
+                raise ValueError(f"topic {topic!r}: at most {MAX_TOPIC} bytes, no NUL")
+            self._topics[topic] = tb
         try:
             self.sock.send(self.codec.encode_pub(tb, raw), zmq.NOBLOCK)
             self.sent += 1

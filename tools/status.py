@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.client import GatewayClient
@@ -88,12 +89,19 @@ def market_data_lines(st: StatusReply) -> list[str]:
     (and healed), conflation; and who is refused a registration and polls quotes meanwhile."""
     c = st.counters
     gaps, heals = sum(a.feed_gaps for a in st.agents), sum(a.feed_heals for a in st.agents)
+    bad = sum(a.feed_bad for a in st.agents)
     lines = [f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
-             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed_conflated for a in st.agents):,}"]
+             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed_conflated for a in st.agents):,}"
+             + (f"  UNREADABLE {bad:,}" if bad else "")]
     for a in st.agents:
-        if a.refused or a.polled:
-            lines.append(f"  {a.id}: refused {', '.join(a.refused) or '-'}; quotes polled over REST: {', '.join(a.polled) or '-'}")
+        if a.refused_n or a.polled_n:
+            lines.append(f"  {a.id}: refused {_listed(a.refused, a.refused_n)}; quotes polled over REST: "
+                         f"{_listed(a.polled, a.polled_n)}")
     return lines
+
+
+def _listed(items: list[str], n: int) -> str:
+    return (", ".join(items) or "-") + (f" (+{n - len(items)} more)" if n > len(items) else "")
 
 
 def recon_line(st: StatusReply) -> str:
@@ -110,7 +118,7 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
         f"trading {st.trading_state}  orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}"
     )
     for line in health_lines(st)[1:]:
-        console.print(f"  {line}")
+        console.print(f"  {line}", markup=False, highlight=False)  # agent ids and texts are data, not markup
     table = Table(show_lines=False)
     for col in ("agent", "strategy", "state", "trading", "hb age", "pid", "codes", "position", "avg", "P&L", "open",
                 "today", "REST calls (quota)", "errors", "last error"):
@@ -122,7 +130,8 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
         table.add_row(a.id, a.strategy.rsplit(":", 1)[-1], f"[{style}]{a.state}[/]", a.trading_state.value,
                       fmt_age(a.heartbeat_age_s), str(a.pid), ",".join(a.codes), pos, avg,
                       f"{a.realized_pnl + a.unrealized_pnl:,}", str(a.open_orders), str(a.orders_today),
-                      f"{st.health.rest_calls_by.get(a.id, 0)} ({a.rate_quota_per_s:g}/s)", str(a.errors), a.last_error or "-")
+                      f"{st.health.rest_calls_by.get(a.id, 0)} ({a.rate_quota_per_s:g}/s)", str(a.errors),
+                      escape(a.last_error) or "-")  # broker texts may hold "[...]": data, not markup
     console.print(table)
     if st.account:
         acc = Table(title="account (all agents)")
@@ -135,4 +144,4 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
     if bad:
         console.print(f"[yellow]counters[/] {bad}")
     for text in st.alerts[-5:]:
-        console.print(f"[red]alert[/] {text}")
+        console.print(f"[red]alert[/] {escape(text)}")

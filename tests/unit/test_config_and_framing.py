@@ -107,18 +107,28 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
     assert codec.decode_pub(blob) == pub
     head = len(pub.topic) + 1
     other = codec.encode_body(msgspec.structs.replace(pub, topic=trade_topic("000660")))
-    for bad, code in ((blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE),
-                      (blob[:head] + b"XX" + blob[head + 2 :], ErrorCode.BAD_MESSAGE),
-                      (blob[: head + 3], ErrorCode.BAD_SIGNATURE),
-                      (pub.topic.encode() + b"KT1" + blob[head + 3 :], ErrorCode.BAD_MESSAGE),  # no NUL
-                      (b"x" * 200 + blob, ErrorCode.BAD_MESSAGE),  # the NUL beyond any topic's length
-                      # a signed body under another topic's prefix: a subscriber would file it wrongly
-                      (codec.encode_pub(pub.topic.encode(), other), ErrorCode.BAD_MESSAGE),
-                      # a signed message that is not a publication
-                      (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=pub.h))), ErrorCode.BAD_MESSAGE)):
+    long_topic = "md." + "a" * 200 + "."  # would decode but for the cap on a topic's length
+    long_body = codec.encode_body(msgspec.structs.replace(pub, topic=long_topic))
+    for bad, code, why in (
+        (blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE, "signature"),
+        (blob[:head] + b"XX" + blob[head + 2 :], ErrorCode.BAD_MESSAGE, "magic"),
+        (blob[: head + 3], ErrorCode.BAD_SIGNATURE, "signature"),
+        (b"md." + b"x" * 200, ErrorCode.BAD_MESSAGE, "no topic terminator"),
+        (b"", ErrorCode.BAD_MESSAGE, "no topic terminator"),
+        (codec.encode_pub(long_topic.encode(), long_body), ErrorCode.BAD_MESSAGE, "no topic terminator"),
+        # a signed body under another topic's prefix: a subscriber would file it wrongly
+        (codec.encode_pub(pub.topic.encode(), other), ErrorCode.BAD_MESSAGE, "does not match"),
+        # a signed message that is not a publication
+        (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=pub.h))), ErrorCode.BAD_MESSAGE, "'ping'"),
+        # absurd nesting in an unknown field, signed: a typed error, not a RecursionError
+        (codec.encode_pub(pub.topic.encode(), b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), ErrorCode.BAD_MESSAGE, ""),
+    ):
         with pytest.raises(FrameError) as e:
             codec.decode_pub(bad)
-        assert e.value.code is code
+        assert e.value.code is code and why in e.value.message, (e.value.code, e.value.message)
+    with pytest.raises(FrameError) as e:  # the ROUTER path has the same guard
+        codec.decode([MAGIC, codec.sign(deep := b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), deep])
+    assert e.value.code is ErrorCode.BAD_MESSAGE
 
 
 def test_connection_file_is_private(tmp_path: Path) -> None:

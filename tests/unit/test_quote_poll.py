@@ -18,8 +18,10 @@ from agent.runtime import AgentRuntime
 from agent.strategy import Strategy
 from common.config import AgentCard, Subscriptions
 from common.errors import ErrorCode
+from common.framing import Codec, FrameError
 from common.schema import (
-    Ack, AgentEvent, Error, HeaderFactory, Notice, PolledTrade, PriceQuote, PriceReply, Query, Subscribe, TradeTick,
+    MAX_LISTED, Ack, AgentEvent, Error, HeaderFactory, Heartbeat, Notice, PolledTrade, PriceQuote, PriceReply, Query,
+    Subscribe, TradeTick,
 )
 from kis.port import MarketKind
 from server.subscriptions import refusal_notice
@@ -339,3 +341,23 @@ def test_cards_check_slot_error_mentions_the_polling_fallback(tmp_path: Path) ->
     [slots] = [p for p in check_cards(tmp_path) if p.field == "subscriptions"]
     assert not slots.warning and "42 distinct registrations requested, 40 available" in slots.reason
     assert "c1 would REST-poll quotes for refused trades" in slots.reason
+
+
+def test_the_heartbeat_report_lists_a_bounded_number_and_counts_all() -> None:
+    """An agent refused more registrations than a heartbeat lists still sends a heartbeat the
+    gateway accepts (a refused heartbeat would cost the agent its lease)."""
+    clock, wire = Clock(), Wire()
+    codes = tuple(f"{i:06d}" for i in range(1, MAX_LISTED + 51))
+    p = poller(card(codes=codes), clock, wire)
+    for code in codes:
+        p.on_notice(refused("trades", code))
+        p.on_notice(refused("book", code))
+    report = p.report()
+    assert (report["refused_n"], report["polled_n"]) == (2 * len(codes), len(codes))
+    assert len(report["refused"]) == len(report["polled"]) == MAX_LISTED
+    assert report["refused"][0] == "book:000001" and report["polled"][0] == "000001"
+    codec = Codec(b"k" * 32)
+    hb = Heartbeat(h=HeaderFactory("late")(), **report)
+    assert codec.decode(codec.encode(hb)) == hb
+    with pytest.raises(FrameError):  # what the bound protects against
+        codec.decode(codec.encode(msgspec.structs.replace(hb, polled=list(codes))))
