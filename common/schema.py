@@ -458,9 +458,15 @@ class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True, array_like
 PubBody = Union[TradeTick, Bar, SystemEvent, BookTick]
 
 
-class Published(_Msg, tag="pub", gc=False):  # header + scalar-only body: never part of a cycle
+class Published(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False, tag="pub"):
+    """One PUB message. Compact, with no per-process Header: every subscriber decodes and verifies
+    every one, and under 128 bytes a trade's signature is one BLAKE2b block. Scalar-only bodies:
+    never part of a cycle (gc=False)."""
+
+    v: int = SCHEMA_VERSION  # first, so another version is recognised before the rest is read
     topic: str
     seq: int  # per-topic sequence number, from 1
+    ts: int = msgspec.field(default_factory=now_ns)  # gateway wall clock (ns) when published
     body: PubBody
 
 
@@ -648,7 +654,7 @@ Request = Union[
 ]
 Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
               MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply]
-Message = Union[Request, Reply, Published]
+Message = Union[Request, Reply]  # ROUTER ⇄ DEALER; PUB carries only Published
 
 # Topics end in a delimiter so "md.H0STCNT0.00593" never prefix-matches "md.H0STCNT0.005930.".
 SYSTEM_TOPIC = "sys."

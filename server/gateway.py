@@ -134,7 +134,7 @@ class Gateway:
         self.router = router
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.pub = Publisher(xpub, self.codec, self.headers)
+        self.pub = Publisher(xpub, self.codec)
         self.md.publisher = self.pub
         self._xpub = xpub
 

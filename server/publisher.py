@@ -8,14 +8,13 @@ from __future__ import annotations
 import zmq
 
 from common.framing import MAX_TOPIC, Codec
-from common.schema import HeaderFactory, PubBody, Published
+from common.schema import PubBody, Published
 
 
 class Publisher:
-    def __init__(self, sock: zmq.Socket, codec: Codec, headers: HeaderFactory) -> None:
+    def __init__(self, sock: zmq.Socket, codec: Codec) -> None:
         self.sock = sock
         self.codec = codec
-        self.headers = headers
         self.seq: dict[str, int] = {}
         self._topics: dict[str, bytes] = {}  # encoded once per topic
         self.sent = 0
@@ -24,7 +23,7 @@ class Publisher:
     def publish(self, topic: str, body: PubBody) -> int:
         seq = self.seq.get(topic, 0) + 1
         self.seq[topic] = seq
-        msg = Published(h=self.headers(), topic=topic, seq=seq, body=body)
+        msg = Published(topic=topic, seq=seq, body=body)
         raw = self.codec.encode_body(msg)
         tb = self._topics.get(topic)
         if tb is None:

@@ -62,7 +62,7 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
             break
         if codec is not None:
             msg = codec.decode_pub(blob)
-            topic, ts, seq = msg.topic, msg.h.ts, msg.seq
+            topic, ts, seq = msg.topic, msg.ts, msg.seq
         else:
             topic = blob[:TOPIC_LEN]
             ts, seq = _BARE.unpack_from(blob, TOPIC_LEN)
@@ -108,7 +108,7 @@ def _paced(rate: int, seconds: float, send) -> tuple[int, float]:  # type: ignor
 
 def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     from common.framing import Codec
-    from common.schema import HeaderFactory, Published, TradeTick, trade_topic
+    from common.schema import Published, TradeTick, trade_topic
     from server.publisher import Publisher
 
     ep = f"ipc://{tmp / f'{mode}.ipc'}"
@@ -131,7 +131,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
         _wait_subscribers(xpub, agents, 60)
         topics = [trade_topic(c) for c in CODES]
         if mode == "gateway":
-            pub = Publisher(xpub, Codec(key), HeaderFactory("gateway"))
+            pub = Publisher(xpub, Codec(key))
 
             def send(i: int) -> None:
                 code = CODES[i % len(CODES)]
@@ -144,7 +144,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
             seqs = [0] * len(topics)
             btopics = [t.encode() for t in topics]
             # "the same load": as many bytes per message as the gateway's payload for a trade
-            sample = Published(h=HeaderFactory("gateway")(), topic=topics[0], seq=1,
+            sample = Published(topic=topics[0], seq=1,
                                body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1))
             codec = Codec(key)
             pad = b"\0" * max(0, len(codec.encode_pub(btopics[0], codec.encode_body(sample))) - TOPIC_LEN - _BARE.size)
@@ -192,9 +192,12 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False,
-         rounds: int = 3) -> dict:
+         rounds: int = 5) -> dict:
     """Bare and gateway runs alternate for `rounds` rounds, so both see the same (noisy) machine;
-    each side reports its median round."""
+    each side reports its median round. The p99 ratio judged against the target is the median of
+    the rounds' own ratios (gateway round i / bare round i, run back to back): on a shared 2-core
+    box, 21 processes at 100k deliveries/s, a burst of load from elsewhere moves one round's p99
+    by 2x, and pairing keeps that out of the comparison."""
     if burst:
         rate, seconds = 20_000, 10.0
     bares: list[dict] = []
@@ -205,9 +208,12 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
             bares.append(_run("bare", agents, rate, seconds, tmp))
             gws.append(_run("gateway", agents, rate, seconds, tmp))
     bare, gw = _median_run(bares), _median_run(gws)
+    paired = sorted(g["worst_p99_us"] / b["worst_p99_us"] for b, g in zip(bares, gws))
     result = {"burst": burst, "rounds": len(bares), "bare": bare, "gateway": gw,
               "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
-              "p99_ratio": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2)}
+              "p99_ratio_of_medians": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2),
+              "p99_ratios_by_round": [round(x, 2) for x in paired],
+              "p99_ratio": round(paired[len(paired) // 2], 2)}
     if burst:  # the burst's target is completeness at the full rate, not latency
         result["target_met"] = gw["gaps"] == 0 and gw["drops"] == 0 and gw["achieved_rate"] >= 0.95 * rate
     else:
@@ -226,8 +232,9 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
                   f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}  "
                   f"subscriber CPU {r['subscriber_cpu_s']:.1f} s  (p99 by round: "
                   f"{', '.join(f'{x / 1000:.1f}' for x in r['rounds_p99_us'])} ms)")
-        print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}×  "
-              f"(target {target}: {'met' if result['target_met'] else 'NOT met'})")
+        print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}× (median of the rounds' "
+              f"ratios {', '.join(f'{x:.2f}' for x in result['p99_ratios_by_round'])}; of the medians "
+              f"{result['p99_ratio_of_medians']:.2f}×)  (target {target}: {'met' if result['target_met'] else 'NOT met'})")
     return result
 
 

@@ -267,7 +267,7 @@ def bench_fanout(
     rate: int = typer.Option(5000, help="ticks/s published"),
     seconds: float = typer.Option(5.0, help="how long to publish"),
     burst: bool = typer.Option(False, "--burst", help="10 s at 20,000 ticks/s instead"),
-    rounds: int = typer.Option(3, help="bare and gateway runs alternate this many times; medians reported"),
+    rounds: int = typer.Option(5, help="bare and gateway runs alternate this many times; medians (and the median paired p99 ratio) reported"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Market-data fan-out through the gateway's Publisher to N subscriber processes vs bare PUB/SUB, same run."""

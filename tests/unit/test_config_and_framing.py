@@ -100,7 +100,7 @@ def test_codec_round_trip_and_errors() -> None:
 
 def test_pub_message_is_one_frame_led_by_its_topic() -> None:
     codec = Codec(os.urandom(32))
-    pub = Published(h=HeaderFactory("gateway")(), topic=trade_topic("005930"), seq=7,
+    pub = Published(topic=trade_topic("005930"), seq=7,
                     body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10))
     blob = codec.encode_pub(pub.topic.encode(), codec.encode_body(pub))
     assert blob.startswith(b"md.H0STCNT0.005930.\0KT1")  # a SUB's prefix filter sees the topic first
@@ -119,7 +119,13 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
         # a signed body under another topic's prefix: a subscriber would file it wrongly
         (codec.encode_pub(pub.topic.encode(), other), ErrorCode.BAD_MESSAGE, "does not match"),
         # a signed message that is not a publication
-        (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=pub.h))), ErrorCode.BAD_MESSAGE, "'ping'"),
+        (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=HeaderFactory("gateway")()))), ErrorCode.BAD_MESSAGE,
+         "Expected `array`"),
+        # another schema version, this layout or a future one: named as such
+        (codec.encode_pub(pub.topic.encode(), codec.encode_body(msgspec.structs.replace(pub, v=SCHEMA_VERSION + 1))),
+         ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
+        (codec.encode_pub(pub.topic.encode(), codec.encode_body(["pub", SCHEMA_VERSION + 1, {"new": "layout"}])),
+         ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
         # absurd nesting in an unknown field, signed: a typed error, not a RecursionError
         (codec.encode_pub(pub.topic.encode(), b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), ErrorCode.BAD_MESSAGE, ""),
     ):

@@ -20,16 +20,16 @@ def card(**subs: object) -> AgentCard:
 
 
 def tick(seq: int, price: int = 100) -> Published:
-    return Published(h=H(), topic=trade_topic(C), seq=seq,
+    return Published(topic=trade_topic(C), seq=seq,
                      body=TradeTick(code=C, time="090000", price=price, qty=1, side=1, cum_volume=seq))
 
 
 def book(seq: int) -> Published:
-    return Published(h=H(), topic=book_topic(C), seq=seq, body=BookTick(code=C, time="090000", asks=[(101, seq)], bids=[(100, 1)]))
+    return Published(topic=book_topic(C), seq=seq, body=BookTick(code=C, time="090000", asks=[(101, seq)], bids=[(100, 1)]))
 
 
 def bar(seq: int, start: str) -> Published:
-    return Published(h=H(), topic=bar_topic(C, "1m"), seq=seq,
+    return Published(topic=bar_topic(C, "1m"), seq=seq,
                      body=Bar(code=C, interval="1m", start=start, open=1, high=1, low=1, close=1, volume=1))
 
 
