@@ -211,6 +211,14 @@ class Gap(msgspec.Struct, frozen=True, kw_only=True, tag="gap"):
     reason: str = ""
 
 
+class MarketClock(msgspec.Struct, frozen=True, kw_only=True, tag="clock"):
+    """The exchange clock reached `exchange` (KST). Only a replay emits it: it marks where, in the
+    recorded stream, the live gateway closed bars by time, so the replay closes the same bars at
+    the same point (server/replay.py)."""
+
+    exchange: dt.datetime
+
+
 class SubscriptionResult(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     code: str = ""  # OPSP code from the broker, when there is one
@@ -222,7 +230,7 @@ class MarketKind(StrEnum):
     BOOK = "book"  # H0STASP0
 
 
-BrokerEvent = BrokerNotice | Trade | Book | SessionChange | Gap
+BrokerEvent = BrokerNotice | Trade | Book | SessionChange | Gap | MarketClock
 
 
 @runtime_checkable

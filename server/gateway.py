@@ -34,7 +34,7 @@ from common.schema import (
     Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, Subscribe, SystemEvent, SYSTEM_TOPIC,
     Unregister,
 )
-from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketKind, SessionChange, Trade
+from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketClock, MarketKind, SessionChange, Trade
 from kis.health import broker_health
 from server import console_views
 from server.agent_services import AgentServices, GetSummary
@@ -145,6 +145,9 @@ class Gateway:
         if saved:
             self.risk.global_state = TradingState(saved)
         self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
+        clock_driven = getattr(self.broker, "drives_market_clock", False)
+        if self.recorder is not None and not clock_driven:
+            self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
         await self.broker.start()
         self._bind()
         assert self.router is not None
@@ -156,7 +159,7 @@ class Gateway:
             loop.create_task(self._broker_events(), name="broker-events"),
             loop.create_task(self._reconcile_loop(), name="reconcile"),
             loop.create_task(self._day_loop(), name="day-cycle"),
-            loop.create_task(self._bar_clock(), name="bar-clock"),
+            *([] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]),  # a replay brings its marks
             loop.create_task(self.universe.run(), name="universe"),
         ]
         if self.recorder is not None:
@@ -538,6 +541,8 @@ class Gateway:
                         # start did not wait for the stream: reconcile again now that notices flow
                         self._session_seen_ready = True
                         self.request_reconcile("session ready")
+                elif isinstance(ev, MarketClock):
+                    self.md.flush_at(ev.exchange)
                 elif isinstance(ev, Gap):
                     self.oms.alert(f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing")
                     self.request_reconcile("gap")

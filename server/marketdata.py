@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 
 from common.clock import KST, now_kst
 from common.config import BrokerEnv, GatewayConfig
@@ -57,6 +58,9 @@ class MarketData:
         self.bad_prints = 0
         self.feed_health: dict[str, Heartbeat] = {}  # agent -> its latest heartbeat (gaps, heals, refused, polled)
         self.bars_closed = 0
+        # where bars were closed by time, for the recording (replay closes them at the same point)
+        self.on_clock: Callable[[dt.datetime], None] | None = None
+        self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
 
     def counters(self) -> dict[str, int]:
         return {"bars_closed": self.bars_closed, "prints_outside_session": self.builder.excluded,
@@ -65,7 +69,7 @@ class MarketData:
     # ---- clock ---------------------------------------------------------------------------------
 
     def exchange_now(self, wall: dt.datetime | None = None) -> dt.datetime:
-        return (wall or now_kst()) + self.skew
+        return (wall or self.wall()) + self.skew
 
     def _date_print(self, hhmmss: str, wall: dt.datetime) -> dt.datetime:
         """The print's KST datetime: today's exchange date, corrected across midnight."""
@@ -96,7 +100,7 @@ class MarketData:
                          change=ev.change, ask1=ev.ask1, bid1=ev.bid1)
         self.trades[ev.code] = tick
         self._pub(trade_topic(ev.code), tick)
-        wall = wall or now_kst()
+        wall = wall or self.wall()
         try:
             when = self._date_print(ev.time, wall)
             closed = self.builder.on_trade(ev.code, when.date(), ev.time, ev.price, ev.qty)
@@ -116,7 +120,16 @@ class MarketData:
     def flush(self, wall: dt.datetime | None = None) -> list[Bar]:
         """Close bars by time (called every second)."""
         self._skip_next = False
-        closed = self.builder.flush(self.exchange_now(wall))
+        exchange = self.exchange_now(wall)
+        closed = self.builder.flush(exchange)
+        if closed and self.on_clock is not None:
+            self.on_clock(exchange)
+        self._emit(closed)
+        return closed
+
+    def flush_at(self, exchange: dt.datetime) -> list[Bar]:
+        """Close bars as of `exchange` time: a replay, at a recorded MarketClock mark."""
+        closed = self.builder.flush(exchange)
         self._emit(closed)
         return closed
 

@@ -9,7 +9,9 @@ reader returns every complete record before a truncated tail. One file per gatew
 file is never appended to) and per day.
 
 Kinds: `WS` a frame exactly as received (bytes); `PLAIN` the decrypted plaintext of an encrypted
-notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire).
+notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire); `CLOCK` the exchange time
+(ISO 8601) at which the gateway's 1 s timer closed bars: a replay closes them at the same point of
+the stream, so it makes the same bars even for prints that arrived after their bar had closed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ DAY_NS = 86_400 * 10**9
 class FrameKind(IntEnum):
     WS = 1  # a websocket message as received
     PLAIN = 2  # decrypted plaintext of an encrypted notice (derived)
+    CLOCK = 3  # the gateway closed bars by time at this exchange time (ISO 8601), for replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class Recorder:
 
     def record_plain(self, text: str) -> None:
         self._append(FrameKind.PLAIN, text.encode(), self.clock())
+
+    def record_clock(self, exchange: dt.datetime) -> None:
+        self._append(FrameKind.CLOCK, exchange.isoformat().encode(), self.clock())
 
     def _append(self, kind: FrameKind, data: bytes, recv_ns: int) -> None:
         if self._closed:
@@ -325,4 +331,7 @@ def attach_recorder(run_dir: Path, enabled: bool, retention_days: int, broker: o
         return None
     rec = Recorder(run_dir / "data", retention_days=retention_days)
     hook(rec.record_ws, rec.record_plain)
+    clock_hook = getattr(broker, "set_clock_hook", None)
+    if clock_hook is not None:  # a replay records its recorded bar-clock marks as it feeds them
+        clock_hook(rec.record_clock)
     return rec

@@ -7,6 +7,13 @@ REPLAY_READ_ONLY), inquiries answer an empty account. Fill notices are parsed (s
 of the replay holds the same decrypted plaintext) but not emitted: they belong to orders of the
 recorded account that this gateway never placed.
 
+Bars: the replay gateway has no bar timer. The recording's CLOCK marks (where the live gateway
+closed bars by time) come through as `MarketClock` events, in stream order, and prints are dated by
+the recording's receive clock (`wall`), so the replay makes the recorded day's bars, the same ones,
+in the same order. (Live, a mark is written when the timer fires and a frame when it is received;
+a print that arrives in the same instant as a closing mark but is handled after it could in
+principle land on the other side of the mark in the replay.)
+
 Pacing: frame i is fed at start + (t_i - t_0) / speed; speed 0 or inf = as fast as the gateway
 consumes (a bounded queue holds the feed back). The feed starts when `gate()` is true (the
 gateway sets it to "every recorded trade topic has a subscriber") or after `wait_s`.
@@ -24,9 +31,10 @@ from pathlib import Path
 from common.enums import SessionState
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, SessionChange, SubscriptionResult, Trade,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketClock, MarketKind, SessionChange, SubscriptionResult, Trade,
 )
 from kis.realtime import NOTICE_TRS, TR_TRADES, FrameError, FrameParser, parse_control
+from common.clock import KST, kst_from_ns
 from server.recorder import FrameKind, RecordingError, day_files, iter_frames, parse_day
 
 log = logging.getLogger("ktrader.replay")
@@ -50,6 +58,8 @@ def recorded_trade_codes(run_dir: Path, day: dt.date) -> list[str]:
 
 
 class ReplayBroker:
+    drives_market_clock = True  # the gateway closes bars by time at the recording's CLOCK marks only
+
     def __init__(self, run_dir: str | Path, day: str | dt.date, *, speed: float = 1.0, wait_s: float = 300.0,
                  gate: Callable[[], bool] | None = None, queue_size: int = 10_000) -> None:
         self.run_dir = Path(run_dir)
@@ -59,6 +69,8 @@ class ReplayBroker:
         self.gate = gate
         self.parser = FrameParser()
         self.on_frame: Callable[[bytes], None] | None = None
+        self.on_clock: Callable[[dt.datetime], None] | None = None
+        self.fed_ns = 0  # receive time of the latest frame fed: the replay's wall clock
         self._events: asyncio.Queue[BrokerEvent] = asyncio.Queue(maxsize=queue_size)
         self._state = SessionState.DISCONNECTED
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +90,15 @@ class ReplayBroker:
         """Recording a replay gives back the recorded frames (what the byte-identity test compares)."""
         self.on_frame = on_frame
         self.parser.on_plain = on_plain
+
+    def set_clock_hook(self, on_clock: Callable[[dt.datetime], None] | None) -> None:
+        """... and the CLOCK marks, as they are fed (in stream order, like the frames)."""
+        self.on_clock = on_clock
+
+    def wall(self) -> dt.datetime:
+        """The recording's receive clock at the frame being fed (KST): prints are dated by it, so a
+        replay of another day makes that day's bars."""
+        return kst_from_ns(self.fed_ns) if self.fed_ns else dt.datetime.now(KST)
 
     async def start(self) -> None:
         if not day_files(self.run_dir / "data", self.day):
@@ -115,6 +136,16 @@ class ReplayBroker:
         start = loop.time()
         first_ns: int | None = None
         for fr in iter_frames(self.run_dir, self.day):
+            if fr.kind is FrameKind.CLOCK:
+                try:
+                    exchange = dt.datetime.fromisoformat(fr.data.decode())
+                except ValueError:
+                    log.warning("recorded clock mark unusable: %r", fr.data[:40])
+                    continue
+                if self.on_clock is not None:
+                    self.on_clock(exchange)
+                await self._events.put(MarketClock(exchange=exchange))
+                continue
             if fr.kind is not FrameKind.WS:
                 continue  # PLAIN frames are derived again by the parser, as live
             if paced:
@@ -122,6 +153,7 @@ class ReplayBroker:
                 delay = start + (fr.recv_ns - first_ns) / 1e9 / self.speed - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            self.fed_ns = fr.recv_ns
             for ev in self._feed_one(fr.data):
                 await self._events.put(ev)
             self.fed += 1
@@ -221,4 +253,5 @@ async def run_replay_gateway(cfg: object, source_run_dir: Path, day: str | dt.da
         return all(trade_topic(c) in gw.pub_topics for c in broker.codes)
 
     broker.gate = subscribed
+    gw.md.wall = broker.wall
     await gw.run()
