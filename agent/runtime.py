@@ -34,7 +34,8 @@ from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common.orders import OPEN, OrderState
 from common.schema import (
-    Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FillUpdate, GetEvents, HeaderFactory, Heartbeat,
+    Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
+    Heartbeat,
     ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
@@ -387,9 +388,9 @@ class AgentRuntime(AgentServicesMixin):
             return
         self._hb_sent_at = now
         self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors,
-                             feed_gaps=self.feed.stats.gaps, feed_heals=self.feed.stats.heals,
-                             feed_conflated=self.feed.stats.conflated, feed_bad=self.client.bad_frames,
-                             **self.quotes.report()))
+                             feed=FeedHealth(gaps=self.feed.stats.gaps, heals=self.feed.stats.heals,
+                                             conflated=self.feed.stats.conflated, bad=self.client.bad_frames,
+                                             **self.quotes.report())))
 
     def _gateway_lost(self, silent: float, why: str) -> None:
         """The gateway went away or was replaced: reconnect and register again (same session, so

@@ -36,8 +36,8 @@ class FrameError(Exception):
         self.header = header
 
 
-def _version_error(h: Header) -> FrameError:
-    return FrameError(ErrorCode.SCHEMA_VERSION, f"schema v{h.v}, this side speaks v{SCHEMA_VERSION}", h)
+def _version_error(v: int, header: Header | None = None) -> FrameError:
+    return FrameError(ErrorCode.SCHEMA_VERSION, f"schema v{v}, this side speaks v{SCHEMA_VERSION}", header)
 
 
 class _PubProbe(msgspec.Struct, array_like=True, tag="pub"):
@@ -107,10 +107,10 @@ class Codec:
             except _DECODE_ERRORS:
                 v = SCHEMA_VERSION
             if v != SCHEMA_VERSION:
-                raise FrameError(ErrorCode.SCHEMA_VERSION, f"schema v{v}, this side speaks v{SCHEMA_VERSION}") from None
+                raise _version_error(v) from None
             raise FrameError(ErrorCode.BAD_MESSAGE, str(e)[:300]) from None
         if msg.v != SCHEMA_VERSION:
-            raise FrameError(ErrorCode.SCHEMA_VERSION, f"schema v{msg.v}, this side speaks v{SCHEMA_VERSION}")
+            raise _version_error(msg.v)
         if msg.topic.encode() != blob[:cut]:
             raise FrameError(ErrorCode.BAD_MESSAGE, f"topic {blob[:cut]!r} does not match the body's {msg.topic!r}")
         return msg
@@ -131,14 +131,14 @@ class Codec:
         except _DECODE_ERRORS as e:
             raise self._undecodable(body, e) from None
         if msg.h.v != SCHEMA_VERSION:
-            raise _version_error(msg.h)
+            raise _version_error(msg.h.v, msg.h)
         return msg
 
     def _undecodable(self, body: bytes, e: Exception) -> FrameError:
         """A signed body that is not a message of ours: another schema version, or garbage."""
         header = self.peek_header(body)
         if header is not None and header.v != SCHEMA_VERSION:
-            return _version_error(header)
+            return _version_error(header.v, header)
         return FrameError(ErrorCode.BAD_MESSAGE, str(e)[:300], header)
 
     def peek_header(self, body: bytes) -> Header | None:

@@ -137,19 +137,25 @@ class Register(_Msg, tag="register"):
     last_seq: NonNegInt = 0  # events after this are sent back with the reply
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
-    max_ack_gap_ms: int = 0  # the worst gap between heartbeat replies this agent has seen
-    errors: int = 0  # strategy errors so far
-    feed_gaps: int = 0  # market-data sequence gaps this agent detected
-    feed_heals: int = 0  # ... and healed with a fresh market snapshot
-    feed_conflated: int = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
-    feed_bad: int = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
+class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's market data as it sees it: sent in its heartbeats, shown in its AgentStatus."""
+
+    gaps: int = 0  # market-data sequence gaps this agent detected
+    heals: int = 0  # ... and healed with a fresh market snapshot
+    conflated: int = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
+    bad: int = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
     # registrations refused (every slot in use) and still asked for, and codes polled over REST
     # meanwhile; the first MAX_LISTED of each (the counts are exact)
     refused: Annotated[list[RefusedKey], msgspec.Meta(max_length=MAX_LISTED)] = []
     refused_n: int = 0
     polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
     polled_n: int = 0
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    max_ack_gap_ms: int = 0  # the worst gap between heartbeat replies this agent has seen
+    errors: int = 0  # strategy errors so far
+    feed: FeedHealth = msgspec.field(default_factory=FeedHealth)
 
 
 class Unregister(_Msg, tag="unregister"):
@@ -294,14 +300,7 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     positions: list["PositionMark"] = []
     rate_quota_per_s: float = 0.0  # the card's share of the REST budget
     last_error: str = ""  # the latest denial/rejection or error notice
-    feed_gaps: int = 0  # market-data gaps the agent saw / healed (from its heartbeats)
-    feed_heals: int = 0
-    feed_conflated: int = 0
-    feed_bad: int = 0
-    refused: list[str] = []  # "trades:005930": registrations refused (every slot in use), still asked for
-    refused_n: int = 0
-    polled: list[str] = []  # codes whose quotes the agent polls over REST meanwhile
-    polled_n: int = 0
+    feed: FeedHealth = msgspec.field(default_factory=FeedHealth)  # from the current session's heartbeats
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,12 +6,11 @@ Everything here reads the OMS's memory or the store; nothing changes state."""
 from __future__ import annotations
 
 import os
-from typing import TypedDict
 
 import msgspec
 
 from common.orders import OrderState
-from common.schema import AgentEvent, FillUpdate, FillView, Heartbeat, OrderView, PositionMark, PositionView
+from common.schema import AgentEvent, FillUpdate, FillView, OrderView, PositionMark, PositionView
 from server.oms import OrderManager, view
 from server.store import Store
 
@@ -80,24 +79,3 @@ def db_bytes(store_path: str) -> int:
         except OSError:
             pass
     return total
-
-
-class FeedFields(TypedDict, total=False):
-    feed_gaps: int
-    feed_heals: int
-    feed_conflated: int
-    feed_bad: int
-    refused: list[str]
-    refused_n: int
-    polled: list[str]
-    polled_n: int
-
-
-def feed_fields(hb: Heartbeat | None) -> FeedFields:
-    """An agent's market-data health, as the latest heartbeat of its current session reported it
-    (the gateway forgets it when the agent registers again or goes away), for its AgentStatus."""
-    if hb is None:
-        return {}
-    return {"feed_gaps": hb.feed_gaps, "feed_heals": hb.feed_heals, "feed_conflated": hb.feed_conflated,
-            "feed_bad": hb.feed_bad, "refused": list(hb.refused), "refused_n": hb.refused_n,
-            "polled": list(hb.polled), "polled_n": hb.polled_n}

@@ -30,7 +30,7 @@ from common.ids import EXTERNAL_AGENT
 from common.framing import Codec, FrameError
 from common.schema import (
     Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
-    GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
+    FeedHealth, GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
     Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, Subscribe, SystemEvent, SYSTEM_TOPIC,
     Unregister,
 )
@@ -146,7 +146,9 @@ class Gateway:
             self.risk.global_state = TradingState(saved)
         self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
         clock_driven = getattr(self.broker, "drives_market_clock", False)
-        if self.recorder is not None and not clock_driven:
+        if clock_driven:
+            self.md.wall = self.broker.wall  # type: ignore[attr-defined]  # prints dated by the recording's clock
+        elif self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
         await self.broker.start()
         self._bind()
@@ -310,7 +312,7 @@ class Gateway:
         if isinstance(msg, Heartbeat):
             rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
             rec.errors = msg.errors
-            self.md.feed_health[rec.id] = msg
+            self.md.feed_health[rec.id] = msg.feed
             self._reply(route, Ack(h=self.headers(h.mid)))
         elif isinstance(msg, SubmitOrders):
             state = self.effective_state(rec)
@@ -338,10 +340,8 @@ class Gateway:
             self._reply(route, self._resubscribe(rec, msg))
         elif isinstance(msg, Unregister):
             self.registry.unregister(rec)
-            self.subs.leave(rec.id)
-            self.md.feed_health.pop(rec.id, None)
             self._reply(route, Ack(h=self.headers(h.mid), message="bye"))
-            self._system("agent_offline", rec.id, msg.reason or "unregistered")
+            self._agent_offline(rec.id, msg.reason or "unregistered")
             log.info("agent %s unregistered (%s)", rec.id, msg.reason)
         elif self.services.handle(rec, route, msg):
             pass
@@ -444,7 +444,7 @@ class Gateway:
                 positions=(marked := console_views.agent_positions(self.oms, rec.id)),
                 unrealized_pnl=sum(p.unrealized_pnl for p in marked), rate_quota_per_s=rec.card.rate_quota_per_s,
                 last_error=console_views.last_error(self.oms, rec.id),
-                **console_views.feed_fields(self.md.feed_health.get(rec.id)),
+                feed=self.md.feed_health.get(rec.id) or FeedHealth(),
             ))
         total, open_n, fills = self.oms.counts()
         counters = dict(self.counters)
@@ -503,6 +503,13 @@ class Gateway:
         log.warning("trading state of %s set to %s by %s", msg.agent or "gateway", state, h.sender)
         return Ack(h=self.headers(h.mid), message=f"{msg.agent or 'gateway'} is {state}")
 
+    def _agent_offline(self, agent: str, why: str) -> None:
+        """The agent left or its lease expired: its registrations go (debounced), its feed health
+        is forgotten (a new session reports its own), and everyone is told."""
+        self.subs.leave(agent)
+        self.md.feed_health.pop(agent, None)
+        self._system("agent_offline", agent, why)
+
     def _system(self, kind: str, agent: str = "", text: str = "") -> None:
         if self.pub is not None:
             self.pub.publish(SYSTEM_TOPIC, SystemEvent(kind=kind, agent=agent, text=text))
@@ -515,9 +522,7 @@ class Gateway:
             await asyncio.sleep(period)
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
-                self.subs.leave(rec.id)
-                self.md.feed_health.pop(rec.id, None)
-                self._system("agent_offline", rec.id, "lease expired")
+                self._agent_offline(rec.id, "lease expired")
             try:
                 self._check_limits()
             except Exception:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from common.clock import KST, now_kst
 from common.config import BrokerEnv, GatewayConfig
-from common.schema import Bar, BookTick, Heartbeat, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
+from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis import wire
 from kis.port import Book, BrokerPort, Trade
 from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate
@@ -56,7 +56,7 @@ class MarketData:
         self.seqs: dict[str, int] = {}
         self.skew = dt.timedelta()  # exchange clock - wall clock, from the latest print
         self.bad_prints = 0
-        self.feed_health: dict[str, Heartbeat] = {}  # agent -> its latest heartbeat (gaps, heals, refused, polled)
+        self.feed_health: dict[str, FeedHealth] = {}  # agent -> from its current session's latest heartbeat
         self.bars_closed = 0
         # where bars were closed by time, for the recording (replay closes them at the same point)
         self.on_clock: Callable[[dt.datetime], None] | None = None
@@ -121,10 +121,9 @@ class MarketData:
         """Close bars by time (called every second)."""
         self._skip_next = False
         exchange = self.exchange_now(wall)
-        closed = self.builder.flush(exchange)
+        closed = self.flush_at(exchange)
         if closed and self.on_clock is not None:
             self.on_clock(exchange)
-        self._emit(closed)
         return closed
 
     def flush_at(self, exchange: dt.datetime) -> list[Bar]:

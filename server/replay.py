@@ -28,13 +28,13 @@ import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from common.clock import kst_from_ns, now_kst
 from common.enums import SessionState
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
     BrokerOrderReport, BrokerPosition, BrokerRejected, MarketClock, MarketKind, SessionChange, SubscriptionResult, Trade,
 )
 from kis.realtime import NOTICE_TRS, TR_TRADES, FrameError, FrameParser, parse_control
-from common.clock import KST, kst_from_ns
 from server.recorder import FrameKind, RecordingError, day_files, iter_frames, parse_day
 
 log = logging.getLogger("ktrader.replay")
@@ -58,7 +58,8 @@ def recorded_trade_codes(run_dir: Path, day: dt.date) -> list[str]:
 
 
 class ReplayBroker:
-    drives_market_clock = True  # the gateway closes bars by time at the recording's CLOCK marks only
+    # the gateway closes bars by time at the recording's CLOCK marks only, dating prints by `wall`
+    drives_market_clock = True
 
     def __init__(self, run_dir: str | Path, day: str | dt.date, *, speed: float = 1.0, wait_s: float = 300.0,
                  gate: Callable[[], bool] | None = None, queue_size: int = 10_000) -> None:
@@ -98,7 +99,7 @@ class ReplayBroker:
     def wall(self) -> dt.datetime:
         """The recording's receive clock at the frame being fed (KST): prints are dated by it, so a
         replay of another day makes that day's bars."""
-        return kst_from_ns(self.fed_ns) if self.fed_ns else dt.datetime.now(KST)
+        return kst_from_ns(self.fed_ns) if self.fed_ns else now_kst()
 
     async def start(self) -> None:
         if not day_files(self.run_dir / "data", self.day):
@@ -253,5 +254,4 @@ async def run_replay_gateway(cfg: object, source_run_dir: Path, day: str | dt.da
         return all(trade_topic(c) in gw.pub_topics for c in broker.codes)
 
     broker.gate = subscribed
-    gw.md.wall = broker.wall
     await gw.run()

@@ -88,15 +88,16 @@ def market_data_lines(st: StatusReply) -> list[str]:
     """The fan-out's losses, never silent: high-water-mark drops at the gateway, gaps the agents saw
     (and healed), conflation; and who is refused a registration and polls quotes meanwhile."""
     c = st.counters
-    gaps, heals = sum(a.feed_gaps for a in st.agents), sum(a.feed_heals for a in st.agents)
-    bad = sum(a.feed_bad for a in st.agents)
+    gaps, heals = sum(a.feed.gaps for a in st.agents), sum(a.feed.heals for a in st.agents)
+    bad = sum(a.feed.bad for a in st.agents)
     lines = [f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
-             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed_conflated for a in st.agents):,}"
+             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed.conflated for a in st.agents):,}"
              + (f"  UNREADABLE {bad:,}" if bad else "")]
     for a in st.agents:
-        if a.refused_n or a.polled_n:
-            lines.append(f"  {a.id}: refused {_listed(a.refused, a.refused_n)}; quotes polled over REST: "
-                         f"{_listed(a.polled, a.polled_n)}")
+        f = a.feed
+        if f.refused_n or f.polled_n:
+            lines.append(f"  {a.id}: refused {_listed(f.refused, f.refused_n)}; quotes polled over REST: "
+                         f"{_listed(f.polled, f.polled_n)}")
     return lines
 
 

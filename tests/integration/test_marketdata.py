@@ -94,7 +94,7 @@ def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, mar
     assert st.counters.get("bars_closed", 0) > 0 and st.counters.get("history_backfilled_bars", 0) >= 20
     assert st.counters.get("market_snapshots", 0) >= 4  # two on subscribe, two heals
     # the agents report their gaps and heals in their heartbeats
-    wait_for(lambda: all(a.feed_gaps >= 1 and a.feed_heals >= 1 for a in fetch_status(run, timeout_s=3.0).agents), 5,
+    wait_for(lambda: all(a.feed.gaps >= 1 and a.feed.heals >= 1 for a in fetch_status(run, timeout_s=3.0).agents), 5,
              what="gaps and heals in the agents' status")
     # and the operator sees them (`ktrader status`, the console's health tab); nothing was dropped
     [line] = [x for x in health_lines(fetch_status(run, timeout_s=3.0)) if x.startswith("market data")]

@@ -117,7 +117,7 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     assert late.poll() is None and f1.poll() is None and stack.gateway.poll() is None
     st = fetch_status(stack.run, timeout_s=3.0)
     assert st.counters.get("resubscribe_granted", 0) >= 1
-    wait_for(lambda: not any(a.refused or a.polled for a in fetch_status(stack.run, timeout_s=3.0).agents), 5,
+    wait_for(lambda: not any(a.feed.refused or a.feed.polled for a in fetch_status(stack.run, timeout_s=3.0).agents), 5,
              what="no agent shown as refused or polling")
     late.send_signal(signal.SIGTERM)
     assert late.wait(10) == 0

@@ -169,7 +169,7 @@ def test_shared_registrations_limit_release_and_reconnect(stack: Stack) -> None:
                  what=f"trades of {code} still flowing after the refusal")
     assert "SUBPROBE trade" not in stack.log(late)
     # the operator sees who is refused (from its heartbeats)
-    wait_for(lambda: next(a for a in fetch_status(stack.run, timeout_s=3.0).agents if a.id == "late").refused
+    wait_for(lambda: next(a for a in fetch_status(stack.run, timeout_s=3.0).agents if a.id == "late").feed.refused
              == [f"trades:{extra}"], 5, what="the late agent's refusal in the status")
 
     # ---- 3. kill -9 a1: its own registrations go after the lease + debounce, the shared stay ---
@@ -190,7 +190,7 @@ def test_shared_registrations_limit_release_and_reconnect(stack: Stack) -> None:
     assert late.wait(10) == 0
     # gone: its refusal is no longer shown (it was that session's, not the agent's for ever)
     gone = next(a for a in fetch_status(stack.run, timeout_s=3.0).agents if a.id == "late")
-    assert gone.state.value == "offline" and gone.refused == [] and gone.refused_n == 0
+    assert gone.state.value == "offline" and gone.feed.refused == [] and gone.feed.refused_n == 0
     late = stack.agent("late", [extra], book=False, log_name="late-again")
     wait_for(lambda: (TR["trades"], extra) in stack.regs(), 15, what="the late agent's registration at the twin")
     wait_for(lambda: trades_after(stack.log(late), 0, extra), 15, what="trades at the restarted late agent")

@@ -20,7 +20,7 @@ from common.config import AgentCard, Subscriptions
 from common.errors import ErrorCode
 from common.framing import Codec, FrameError
 from common.schema import (
-    MAX_LISTED, Ack, AgentEvent, Error, HeaderFactory, Heartbeat, Notice, PolledTrade, PriceQuote, PriceReply, Query,
+    MAX_LISTED, Ack, AgentEvent, Error, FeedHealth, HeaderFactory, Heartbeat, Notice, PolledTrade, PriceQuote, PriceReply, Query,
     Subscribe, TradeTick,
 )
 from kis.port import MarketKind
@@ -357,7 +357,7 @@ def test_the_heartbeat_report_lists_a_bounded_number_and_counts_all() -> None:
     assert len(report["refused"]) == len(report["polled"]) == MAX_LISTED
     assert report["refused"][0] == "book:000001" and report["polled"][0] == "000001"
     codec = Codec(b"k" * 32)
-    hb = Heartbeat(h=HeaderFactory("late")(), **report)
+    hb = Heartbeat(h=HeaderFactory("late")(), feed=FeedHealth(**report))
     assert codec.decode(codec.encode(hb)) == hb
     with pytest.raises(FrameError):  # what the bound protects against
-        codec.decode(codec.encode(msgspec.structs.replace(hb, polled=list(codes))))
+        codec.decode(codec.encode(msgspec.structs.replace(hb, feed=msgspec.structs.replace(hb.feed, polled=list(codes)))))
