@@ -43,6 +43,9 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # How long the gateway's start waits for the real-time session before serving anyway (orders
     # wait for it; the first READY triggers a reconciliation). Short, so a restart is quick.
     start_wait_s: float = 0.5
+    # env = "sim" with rest_url/ws_url (a twin in another process, `ktrader sim`): its admin API, so the
+    # gateway follows the twin's market clock (an `open` twin trades whatever the hour); "" = KST wall time
+    admin_url: str = ""
     sim_seed: int = 7  # embedded twin only
     sim_clock: str = "open"  # embedded twin only: kst | open | replay
 

@@ -24,10 +24,15 @@ class ErrorCode(StrEnum):
     DUPLICATE_ORDER = "DUPLICATE_ORDER"  # same client order id, different content
     ORDER_NOT_OPEN = "ORDER_NOT_OPEN"
     BAD_ORDER = "BAD_ORDER"  # malformed order (qty <= 0, limit without price, ...)
+    WRONG_DAY = "WRONG_DAY"  # the order id names another trading day than the gateway's (a day change)
     SESSION_NOT_READY = "SESSION_NOT_READY"
     BROKER_REJECTED = "BROKER_REJECTED"  # KIS said no (see the message for msg_cd/msg1)
     BROKER_ERROR = "BROKER_ERROR"
     BROKER_BUSY = "BROKER_BUSY"  # queued too long for the broker (faults, rate limit): refused, never sent
+    NOT_SENT = "NOT_SENT"  # the gateway stopped before it called the broker: nothing was placed
+    RESTARTED = "RESTARTED"  # in flight when the gateway stopped: the broker may or may not have it
+    NOT_AT_BROKER = "NOT_AT_BROKER"  # an unknown outcome the broker's order list never showed: not placed
+    EXPIRED_UNSENT = "EXPIRED_UNSENT"  # a next-session order the next session never took (not sent)
     # risk gate denials
     DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"
     DENIED_TICK = "DENIED_TICK"

@@ -19,6 +19,9 @@ States (DESIGN.md §5), with the choices we made:
 - EXPIRED        the day ended with the order open
 - UNKNOWN        sent, outcome not known (timeout, dropped connection); still counts against risk and
                  is resolved by reconciliation (accept, reject, fills) before anything else is sent.
+- HELD           an order for the next session (tif NEXT_SESSION): intent written, counted against
+                 risk, kept by the gateway until the session it is for takes orders; then checked again
+                 and sent (PENDING_SUBMIT), or cancelled, denied or expired without ever being sent.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class OrderState(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
+    HELD = "held"
 
 
 TERMINAL = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.DENIED, OrderState.REJECTED, OrderState.EXPIRED})
@@ -76,6 +80,12 @@ class _Ev(msgspec.Struct, frozen=True, kw_only=True, tag_field="e"):
 
 class Submit(_Ev, tag="submit"):
     """Intent written; the broker call starts."""
+
+
+class Hold(_Ev, tag="hold"):
+    """Intent written for a later session (`valid_day`, YYYYMMDD): nothing is sent before it."""
+
+    valid_day: str
 
 
 class Deny(_Ev, tag="deny"):
@@ -145,7 +155,7 @@ class Expire(_Ev, tag="expire"):
 
 
 OrderEvent = Union[
-    Submit, Deny, Accept, Reject, MarkUnknown, Fill, RequestCancel, CancelRefused, Cancelled,
+    Submit, Hold, Deny, Accept, Reject, MarkUnknown, Fill, RequestCancel, CancelRefused, Cancelled,
     RequestReplace, ReplaceRefused, Replaced, Expire,
 ]
 
@@ -173,6 +183,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     created_ns: int = 0
     updated_ns: int = 0
+    valid_day: str = ""  # HELD orders: the trading day (YYYYMMDD) whose session they are for
 
     @property
     def remaining(self) -> int:
@@ -196,6 +207,11 @@ S = OrderState
 TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.NEW, "submit"): S.PENDING_SUBMIT,
     (S.NEW, "deny"): S.DENIED,
+    (S.NEW, "hold"): S.HELD,
+    (S.HELD, "submit"): S.PENDING_SUBMIT,  # released: the session it is for takes orders
+    (S.HELD, "deny"): S.DENIED,  # checked again at release and refused (never sent)
+    (S.HELD, "cancelled"): S.CANCELLED,  # cancelled while held: nothing to tell the broker
+    (S.HELD, "expire"): S.EXPIRED,  # its session passed without it being sent
     (S.PENDING_SUBMIT, "accept"): _RESTING,
     (S.PENDING_SUBMIT, "reject"): S.REJECTED,
     (S.PENDING_SUBMIT, "unknown"): S.UNKNOWN,
@@ -233,6 +249,19 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.CANCELLED, "fill"): _SAME,
     (S.EXPIRED, "fill"): _SAME,
 }
+
+
+def allows(state: OrderState, event: type[_Ev]) -> bool:
+    """Whether the table takes `event` in `state` (the one source of "may I cancel/revise now")."""
+    return (state, event.__struct_config__.tag) in TRANSITIONS
+
+
+# Derived from the table, never written out by hand elsewhere.
+CANCELLABLE = frozenset(s for s in OrderState if allows(s, RequestCancel))
+REVISABLE = frozenset(s for s in OrderState if allows(s, RequestReplace))
+# Open at the broker as far as we know, but without an ODNO yet: a cancel waits for the acknowledgement
+# (or for the reconciliation that finds the order).
+AWAITING_ACK = frozenset({OrderState.PENDING_SUBMIT, OrderState.UNKNOWN})
 
 
 def _tag(event: OrderEvent) -> str:
@@ -279,6 +308,8 @@ def apply(order: Order, event: OrderEvent) -> Order:
     elif isinstance(event, Accept):
         if not order.broker_order_id:
             changes.update(broker_order_id=event.broker_order_id, org_no=event.org_no, broker_chain=(event.broker_order_id,))
+    elif isinstance(event, Hold):
+        changes.update(valid_day=event.valid_day)
     elif isinstance(event, (Deny, Reject, CancelRefused, ReplaceRefused)):
         changes.update(reason_code=event.code, reason=event.reason, pending_price=0, pending_qty=0)
     elif isinstance(event, MarkUnknown):

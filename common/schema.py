@@ -19,7 +19,9 @@ import msgspec
 
 from common.clock import now_ns
 from common.config import AgentCard
-from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
+from common.enums import (
+    AgentMode, AgentState, ControlAction, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState,
+)
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
@@ -125,6 +127,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     next_order_n: int  # next free n of <agent>-<today>-<n>
     day: str  # YYYYMMDD (KST) the snapshot's order numbering refers to
     orders_today: int
+    clock_ns: int = 0  # the gateway's market clock when the snapshot was taken
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------
@@ -202,7 +205,7 @@ class StatusQuery(_Msg, tag="status"):
 class Control(_Msg, tag="control"):
     """Operator actions (console, CLI): pause/resume/halt an agent or the whole gateway."""
 
-    action: str  # pause | resume | halt | reduce | cancel_all | flatten | reconcile
+    action: ControlAction
     agent: str = ""  # "" = global
 
 
@@ -229,6 +232,7 @@ class GetOrders(_Msg, tag="get_orders"):
 
 class Ack(_Msg, tag="ack"):
     message: str = ""
+    clock_ns: int = 0  # heartbeat replies: the gateway's market clock (an agent's ctx.now() follows it)
 
 
 class Error(_Msg, tag="error"):
@@ -438,7 +442,7 @@ class Bar(msgspec.Struct, frozen=True, tag="bar", kw_only=True, array_like=True,
 
 
 class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True, array_like=True, gc=False):
-    kind: str  # agent_online | agent_offline | trading_state | session_state | alert
+    kind: SystemEventKind
     agent: str = ""
     text: str = ""
 

@@ -166,6 +166,7 @@ class BrokerNotice(msgspec.Struct, frozen=True, kw_only=True, tag="notice"):
     is_cancel: bool = False
     is_modify: bool = False
     org_no: str = ""  # BRNC_NO (= KRX_FWDG_ORD_ORGNO), needed to revise/cancel the order
+    fill_ref: str = ""  # a broker that numbers its fills says which one this is (KIS does not)
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):

@@ -36,10 +36,10 @@ from common.schema import (
 )
 from common.enums import Side
 from kis.port import BrokerError, BrokerRejected
-from server.oms import view
+from common.portfolio import Portfolio
+from common.views import order_view
 
 if TYPE_CHECKING:
-    from server.oms import OrderManager
     from server.registry import AgentRecord
     from server.store import Store
 
@@ -147,9 +147,9 @@ class StateTable:
                            (agent, key, value, ts))
 
 
-def summarize(agent: str, store: Store, oms: OrderManager, limit: int = 200) -> AgentSummary:
+def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) -> AgentSummary:
     """Every order of `agent` in the store (all days) with totals; books (position, realised P&L,
-    fees) from the OMS; unrealised P&L at the OMS's last trade prices."""
+    fees) from the portfolio; unrealised P&L at its last trade prices."""
     rows = [(day, _order_dec.decode(body)) for day, body in
             store.db.execute("SELECT day, body FROM orders WHERE agent=?", (agent,))]
     rows.sort(key=lambda r: (r[0], r[1].created_ns, r[1].client_order_id))
@@ -161,14 +161,14 @@ def summarize(agent: str, store: Store, oms: OrderManager, limit: int = 200) -> 
         side = "buy" if o.side is Side.BUY else "sell"
         c[f"{side}_qty"] += o.filled_qty
         c[f"{side}_value"] += o.filled_value
-    books = oms.positions.get(agent, {})
+    books = portfolio.positions.get(agent, {})
     codes: list[CodeSummary] = []
     unmarked: list[str] = []
     for code in sorted(set(per) | set(books)):
         c = per.get(code, defaultdict(int))
         pos = books.get(code)
         qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
-        mark = oms.marks.get(code, 0)
+        mark = portfolio.marks.get(code, 0)
         if qty and not mark:
             unmarked.append(code)
         codes.append(CodeSummary(
@@ -193,17 +193,17 @@ def summarize(agent: str, store: Store, oms: OrderManager, limit: int = 200) -> 
         buy_qty=buy_qty, buy_value=buy_value, sell_qty=sell_qty, sell_value=sell_value,
         avg_buy_price=buy_value // buy_qty if buy_qty else 0, avg_sell_price=sell_value // sell_qty if sell_qty else 0,
         realized_pnl=realized, unrealized_pnl=unrealized, fees=fees, net_pnl=realized + unrealized - fees,
-        unmarked=unmarked, codes=codes, recent=[view(o) for o in recent], truncated=len(rows) > limit)
+        unmarked=unmarked, codes=codes, recent=[order_view(o) for o in recent], truncated=len(rows) > limit)
 
 
 class AgentServices:
     """Plugged into the gateway's dispatch (server/gateway.py) for the messages above."""
 
-    def __init__(self, store: Store, oms: OrderManager, broker: object, headers: HeaderFactory,
+    def __init__(self, store: Store, portfolio: Portfolio, broker: object, headers: HeaderFactory,
                  reply: Callable[[bytes, Message], bool], spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.state = StateTable(store)
         self.store = store
-        self.oms = oms
+        self.portfolio = portfolio
         self.broker = broker
         self.headers = headers
         self.reply = reply
@@ -222,7 +222,7 @@ class AgentServices:
         agent = agent or msg.agent
         if not agent:
             return Error(h=self.headers(msg.h.mid), code=ErrorCode.BAD_MESSAGE, message="GetSummary: name the agent")
-        return SummaryReply(h=self.headers(msg.h.mid), summary=summarize(agent, self.store, self.oms, msg.limit))
+        return SummaryReply(h=self.headers(msg.h.mid), summary=summarize(agent, self.store, self.portfolio, msg.limit))
 
     def handle(self, rec: AgentRecord, route: bytes, msg: Message) -> bool:
         """Serve `msg` from a registered agent; False when it is not one of ours."""

@@ -40,8 +40,21 @@ async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None =
     factory = broker_factory or default_broker
     broker = factory(cfg)
     name = f"{cfg.broker.env.value}:{type(broker).__name__}" if broker_factory is None else type(broker).__name__
-    gw = Gateway(cfg, broker, name)
-    await gw.run()
+    follow: asyncio.Task[None] | None = None
+    clock = None
+    if cfg.broker.env is BrokerEnv.SIM and cfg.broker.admin_url:
+        from server.brokers import RemoteTwinClock
+
+        remote = RemoteTwinClock(cfg.broker.admin_url)
+        await remote.refresh()  # the twin's day and phase before anything is decided
+        follow = asyncio.get_running_loop().create_task(remote.follow(), name="twin-clock")
+        clock = remote
+    gw = Gateway(cfg, broker, name, clock=clock)
+    try:
+        await gw.run()
+    finally:
+        if follow is not None:
+            follow.cancel()
 
 
 class RunDirLocked(RuntimeError):

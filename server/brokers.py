@@ -11,14 +11,17 @@ Nothing else in the gateway knows which one it got.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import msgspec
 
 from common.config import BrokerEnv, GatewayConfig
@@ -31,7 +34,8 @@ from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerOrder, BrokerOrderReport, BrokerPort,
     BrokerPosition, MarketKind, SubscriptionResult,
 )
-from common.krx import Phase
+from common.clock import now_kst
+from common.krx import Phase, phase_at
 from kis.sim.clock import ClockMode, TwinClock
 from kis.wire import VolumeRankRequest, VolumeRankResponse
 from kis.sim.server import TwinServer
@@ -41,7 +45,7 @@ log = logging.getLogger("ktrader.broker")
 
 
 class TwinMarketClock:
-    """The embedded twin's clock as the gateway's market clock (see server.market_clock)."""
+    """The embedded twin's clock as the gateway's market clock (see common.market_clock)."""
 
     def __init__(self, clock: TwinClock) -> None:
         self._clock = clock
@@ -52,6 +56,53 @@ class TwinMarketClock:
 
     def phase(self) -> Phase:
         return self._clock.phase()
+
+
+class RemoteTwinClock:
+    """The clock of a twin in another process (`ktrader sim`), followed through its admin API
+    (`GET /admin/state`): read once at start, then every `period_s`; between reads it runs on at the
+    twin's speed, so `now()` is a cheap local computation."""
+
+    def __init__(self, admin_url: str, period_s: float = 0.5) -> None:
+        self.admin_url = admin_url.rstrip("/")
+        self.period_s = period_s
+        self.timed = True
+        self._v0 = now_kst()
+        self._m0 = time.monotonic()
+        self._speed = 1.0
+        self._phase = Phase.CONTINUOUS
+
+    def _apply(self, state: dict[str, object]) -> None:
+        self._v0 = dt.datetime.fromisoformat(str(state["now"]))
+        self._m0 = time.monotonic()
+        self._speed = float(state.get("speed", 1.0) or 1.0)  # type: ignore[arg-type]
+        self._phase = Phase(str(state["phase"]))
+        self.timed = state.get("clock") != ClockMode.OPEN.value
+
+    async def refresh(self, client: httpx.AsyncClient | None = None) -> None:
+        if client is None:
+            async with httpx.AsyncClient(timeout=5.0) as c:
+                r = await c.get(f"{self.admin_url}/admin/state")
+        else:
+            r = await client.get(f"{self.admin_url}/admin/state")
+        r.raise_for_status()
+        self._apply(r.json())
+
+    async def follow(self) -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while True:
+                await asyncio.sleep(self.period_s)
+                try:
+                    await self.refresh(client)
+                except (httpx.HTTPError, KeyError, ValueError) as e:
+                    log.warning("twin clock at %s unreadable: %s", self.admin_url, e)
+
+    def now(self) -> dt.datetime:
+        return self._v0 + dt.timedelta(seconds=(time.monotonic() - self._m0) * self._speed)
+
+    def phase(self) -> Phase:
+        # an `open` twin's time of day means nothing: its phase is what it says
+        return phase_at(self.now()) if self.timed else self._phase
 
 
 class EmbeddedTwinBroker:

@@ -1,7 +1,7 @@
 """Read-only views for the operations console and `ktrader status`: positions valued at the last
 trade price, the account summed over agents, the order/fill blotter, each agent's last error.
 
-Everything here reads the OMS's memory or the store; nothing changes state."""
+Everything here reads the book of record, the portfolio or the store; nothing changes state."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import os
 
 import msgspec
 
-from common.orders import OrderState
+from common.orders import Order, OrderState
+from common.portfolio import Portfolio
 from common.schema import AgentEvent, FillUpdate, FillView, OrderView, PositionMark, PositionView
-from server.oms import OrderManager, view
+from common.views import order_view
 from server.store import Store
 
 _aev_dec = msgspec.msgpack.Decoder(AgentEvent)
@@ -26,28 +27,29 @@ def mark_position(p: PositionView, marks: dict[str, int]) -> PositionMark:
                         realized_pnl=p.realized_pnl, fees=p.fees)
 
 
-def agent_positions(oms: OrderManager, agent: str) -> list[PositionMark]:
-    return [mark_position(p, oms.marks) for _, p in sorted(oms.positions.get(agent, {}).items()) if p.qty or p.realized_pnl]
+def agent_positions(portfolio: Portfolio, agent: str) -> list[PositionMark]:
+    return [mark_position(p, portfolio.marks) for _, p in sorted(portfolio.positions.get(agent, {}).items())
+            if p.qty or p.realized_pnl]
 
 
-def account_positions(oms: OrderManager) -> list[PositionMark]:
+def account_positions(portfolio: Portfolio) -> list[PositionMark]:
     """Every agent's book summed per code (the "virtual sub-accounts" put back together)."""
     total: dict[str, list[int]] = {}
-    for book in oms.positions.values():
+    for book in portfolio.positions.values():
         for p in book.values():
             t = total.setdefault(p.code, [0, 0, 0, 0])
             t[0] += p.qty
             t[1] += p.cost
             t[2] += p.realized_pnl
             t[3] += p.fees
-    return [mark_position(PositionView(code=c, qty=q, cost=cost, realized_pnl=r, fees=f), oms.marks)
+    return [mark_position(PositionView(code=c, qty=q, cost=cost, realized_pnl=r, fees=f), portfolio.marks)
             for c, (q, cost, r, f) in sorted(total.items()) if q or r]
 
 
-def last_error(oms: OrderManager, agent: str) -> str:
+def last_error(orders: dict[str, Order], agent: str) -> str:
     """The newest denial or rejection among the agent's orders in memory ("" when none)."""
     worst = None
-    for o in oms.orders.values():
+    for o in orders.values():
         if o.agent == agent and o.state in _REFUSED and (worst is None or o.updated_ns > worst.updated_ns):
             worst = o
     if worst is None:
@@ -55,10 +57,10 @@ def last_error(oms: OrderManager, agent: str) -> str:
     return f"{worst.reason_code or worst.state.value}: {worst.reason}"[:120]
 
 
-def blotter(oms: OrderManager, store: Store, agent: str, since_ns: int, limit: int) -> tuple[list[OrderView], list[FillView]]:
+def blotter(orders: dict[str, Order], store: Store, agent: str, since_ns: int, limit: int) -> tuple[list[OrderView], list[FillView]]:
     """Orders changed since `since_ns` (from memory) and fills since then (from the event log), newest first."""
-    orders = [o for o in oms.orders.values() if (not agent or o.agent == agent) and o.updated_ns >= since_ns]
-    orders.sort(key=lambda o: o.updated_ns, reverse=True)
+    changed = [o for o in orders.values() if (not agent or o.agent == agent) and o.updated_ns >= since_ns]
+    changed.sort(key=lambda o: o.updated_ns, reverse=True)
     sql = "SELECT body FROM agent_events WHERE ts_ns>=?" + (" AND agent=?" if agent else "") + " ORDER BY ts_ns DESC"
     args: tuple[object, ...] = (since_ns, agent) if agent else (since_ns,)
     fills: list[FillView] = []
@@ -68,7 +70,7 @@ def blotter(oms: OrderManager, store: Store, agent: str, since_ns: int, limit: i
             fills.append(ev.body.fill)
             if len(fills) >= limit:
                 break
-    return [view(o) for o in orders[:limit]], fills
+    return [order_view(o) for o in changed[:limit]], fills
 
 
 def db_bytes(store_path: str) -> int:

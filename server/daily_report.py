@@ -9,7 +9,11 @@ from pathlib import Path
 
 import msgspec
 
+from typing import Protocol
+
 from common.enums import Side
+from common.orders import Order, OrderState
+from common.portfolio import Portfolio
 from common.schema import PositionView
 
 
@@ -32,15 +36,17 @@ class AgentDay(msgspec.Struct, kw_only=True):
 class DailyReport(msgspec.Struct, kw_only=True):
     day: str
     agents: list[AgentDay]
-    expired_at_close: int = 0
+    expired_at_close: int = 0  # the day's orders that ended EXPIRED (by the broker's word or ours)
     alerts: list[str] = []
 
 
-def build(day: str, oms: "OrderManagerView", expired: int = 0) -> DailyReport:
+def build(day: str, book: "BookView", portfolio: Portfolio) -> DailyReport:
     rows: dict[str, AgentDay] = {}
-    for coid, o in oms.orders.items():
-        if oms.order_day.get(coid) != day:
+    expired = 0
+    for coid, o in book.orders.items():
+        if book.order_day.get(coid) != day:
             continue
+        expired += o.state is OrderState.EXPIRED
         r = rows.setdefault(o.agent, AgentDay(agent=o.agent, by_state={}))
         r.orders += 1
         r.by_state[o.state.value] = r.by_state.get(o.state.value, 0) + 1
@@ -51,13 +57,13 @@ def build(day: str, oms: "OrderManagerView", expired: int = 0) -> DailyReport:
         else:
             r.sold_qty += o.filled_qty
             r.sold_value += o.filled_value
-    for agent in oms.positions:
+    for agent in portfolio.positions:
         rows.setdefault(agent, AgentDay(agent=agent, by_state={}))
     for agent, r in rows.items():
-        r.realized_pnl, r.fees = oms.day_totals(agent)
+        r.realized_pnl, r.fees = portfolio.day_totals(agent)
         r.net_pnl = r.realized_pnl - r.fees
-        r.unrealized_pnl = oms.unrealized(agent)
-        r.positions = sorted((p for p in oms.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
+        r.unrealized_pnl = portfolio.unrealized(agent)
+        r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
     return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired)
 
 
@@ -83,11 +89,6 @@ def write(rep: DailyReport, run_dir: Path) -> Path:
     return path
 
 
-class OrderManagerView:  # what build() reads from server.oms.OrderManager
-    orders: dict
+class BookView(Protocol):  # what build() reads of server.order_book.OrderBook
+    orders: dict[str, Order]
     order_day: dict[str, str]
-    positions: dict[str, dict[str, PositionView]]
-
-    def day_totals(self, agent: str) -> tuple[int, int]: ...
-
-    def unrealized(self, agent: str) -> int: ...

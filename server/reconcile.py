@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.errors import ErrorCode
 from common.orders import (
     Accept, Cancelled, Expire, Fill, OPEN, Order, OrderEvent, OrderState, Reject, Replaced, RequestReplace,
 )
 from kis.port import BrokerOrderReport
 
-NOT_AT_BROKER = "NOT_AT_BROKER"
-RESTARTED = "RESTARTED"  # an UNKNOWN recovered after a crash: its send may never have happened
+NOT_AT_BROKER = ErrorCode.NOT_AT_BROKER.value
+RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its send may never have happened
 
 
 @dataclass
@@ -81,6 +82,17 @@ def reconcile(
                                               reason="sent but never reached the exchange (not in the day's orders)"))
             res.alerts.append(f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected")
 
+    # 1b. An order KIS refused in its REST reply carries no ODNO here, but KIS lists it among the
+    # day's orders as a refused line: it is ours (already REJECTED), never an external order.
+    refused = [o for o in local if not o.broker_chain and o.state is OrderState.REJECTED
+               and o.reason_code == ErrorCode.BROKER_REJECTED.value]
+    for o in sorted(refused, key=lambda x: x.created_ns):
+        match = next((r for r in originals if r.broker_order_id not in owner_of and r.broker_order_id not in claimed
+                      and not r.filled_qty and not r.remaining_qty
+                      and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)), None)
+        if match is not None:
+            claimed.add(match.broker_order_id)
+
     # 2. revise and cancel lines belong to the chain whose ODNO they name (revisions of revisions too)
     for r in sorted((r for r in reports if r.is_modify or r.is_cancel), key=lambda r: r.broker_order_id):
         owner = owner_of.get(r.orig_broker_order_id)
@@ -124,7 +136,7 @@ def reconcile(
         open_here = o.state in OPEN or any(isinstance(e, Accept) for e in pending)
         if open_here and latest.remaining_qty == 0 and filled < total_qty:
             if latest.rejected_qty and not filled:
-                res.add(coid, Reject(ts_ns=now_ns, code="BROKER_REJECTED", reason="rejected at the exchange"))
+                res.add(coid, Reject(ts_ns=now_ns, code=ErrorCode.BROKER_REJECTED.value, reason="rejected at the exchange"))
             elif latest.cancelled_qty or any(by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]):
                 res.add(coid, Cancelled(ts_ns=now_ns))
             else:

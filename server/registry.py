@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 
 from common.config import AgentCard
-from common.enums import AgentState, TradingState
+from common.enums import AgentState
+from common.schema import FeedHealth
 
 
 @dataclass
@@ -22,11 +23,11 @@ class AgentRecord:
     host: str
     last_seen: float  # monotonic
     state: AgentState = AgentState.ONLINE
-    trading_state: TradingState = TradingState.ACTIVE
     registrations: int = 1
     max_ack_gap_ms: int = 0
     errors: int = 0
     codes: list[str] = field(default_factory=list)
+    feed: FeedHealth = field(default_factory=FeedHealth)  # from this session's latest heartbeat
 
     @property
     def id(self) -> str:
@@ -60,6 +61,7 @@ class Registry:
         if rec.session != session and alive:
             return RegisterOutcome.DUPLICATE, rec
         outcome = RegisterOutcome.SAME if rec.session == session else RegisterOutcome.TAKEOVER
+        rec.feed = FeedHealth()  # this registration's session reports its own in its heartbeats
         self._by_route.pop(rec.routing_id, None)
         rec.card, rec.routing_id, rec.session, rec.pid, rec.host = card, routing_id, session, pid, host
         rec.codes = list(card.codes)

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from common.clock import kst_from_ns, now_kst
+from common.krx import Phase
 from common.enums import SessionState
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
@@ -55,6 +56,23 @@ def recorded_trade_codes(run_dir: Path, day: dt.date) -> list[str]:
             payload = fr.data.split(b"|", 3)[-1]
             codes.setdefault(payload[: payload.find(b"^")].decode(errors="replace"), None)
     return list(codes)
+
+
+class ReplayClock:
+    """The recording's clock as the gateway's market clock: prints, bars and days are the recorded
+    day's. A replay is market data only (orders are refused read-only by the broker), so it runs no day
+    cycle: its time of day means nothing to the gateway (timed False) and the market counts as open."""
+
+    timed = False
+
+    def __init__(self, broker: "ReplayBroker") -> None:
+        self._broker = broker
+
+    def now(self) -> dt.datetime:
+        return self._broker.wall()
+
+    def phase(self) -> Phase:
+        return Phase.CONTINUOUS
 
 
 class ReplayBroker:
@@ -95,6 +113,10 @@ class ReplayBroker:
     def set_clock_hook(self, on_clock: Callable[[dt.datetime], None] | None) -> None:
         """... and the CLOCK marks, as they are fed (in stream order, like the frames)."""
         self.on_clock = on_clock
+
+    @property
+    def market_clock(self) -> "ReplayClock":
+        return ReplayClock(self)
 
     def wall(self) -> dt.datetime:
         """The recording's receive clock at the frame being fed (KST): prints are dated by it, so a

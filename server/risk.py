@@ -1,127 +1,167 @@
-"""The risk gate: the only path from an agent's order to the broker.
+"""The risk gate: the only path from an agent's order to the broker, and the one owner of trading
+state (ACTIVE / REDUCING / HALTED, for the gateway and per agent).
 
-Checks return a denial (ErrorCode, reason) or None. Per-agent limits come from the card, global
-limits from the gateway config; 0 means no limit of that kind."""
+The checks themselves are the shared pure rules (`common.risk_rules.check_order`, the backtester calls
+the same); this room supplies what they read — the agent's mandate, the market, the exposure kept by
+the portfolio, the order rate — and owns the states: every change, by an operator or automatic (an
+agent's or the account's daily loss → REDUCING, a burst of broker errors → HALTED), is persisted, so
+a restarted gateway keeps it, published as a system event, and alerted when it was automatic.
+"""
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Container
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable, Container
 
 from common.config import AgentCard, RiskLimits
-from common.enums import OrderType, SessionState, Side, TradingState
-from common.errors import ErrorCode
-from common.krx import PriceRuleError, check_price, on_grid, tick_size
+from common.enums import SessionState, Side, SystemEventKind, TradingState
+from common.market_clock import MarketClock, market_ns
+from common.orders import Order
+from common.portfolio import Portfolio
+from common.risk_rules import Denial, Mandate, Market, RateWindow, check_order
 from common.schema import NewOrder
+from server.store import Store
 
-Denial = tuple[ErrorCode, str]
+log = logging.getLogger("ktrader.risk")
 
+GLOBAL = "*"  # the key of the gateway-wide state
+_STATE_KEY = "trading_state:"
+_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 
-@dataclass
-class Exposure:
-    """What an agent has at stake right now (computed by the OMS)."""
-
-    position_qty: int = 0  # of the order's code
-    position_cost: int = 0  # of the order's code
-    sellable_qty: int = 0  # position minus shares held by open sells
-    open_orders: int = 0
-    reserved_cash: int = 0  # open buys' remaining notional
-    spent_cash: int = 0  # net cash used by fills
-    day_pnl: int = 0  # realised today + unrealised at the last marks (KRW)
+Publish = Callable[[SystemEventKind, str, str], None]
 
 
-@dataclass
-class RateWindow:
-    """Orders per rolling minute, per agent."""
-
-    stamps: deque[float] = field(default_factory=deque)
-
-    def count(self, now: float) -> int:
-        while self.stamps and now - self.stamps[0] > 60.0:
-            self.stamps.popleft()
-        return len(self.stamps)
+def worst(*states: TradingState) -> TradingState:
+    return max(states, key=_SEVERITY.__getitem__)
 
 
 class RiskGate:
-    def __init__(self, global_limits: RiskLimits, clock=time.monotonic) -> None:
-        self.limits = global_limits
+    def __init__(self, limits: RiskLimits, store: Store, portfolio: Portfolio, clock: MarketClock,
+                 publish: Publish | None = None, alert: Callable[[str], None] | None = None,
+                 kill_errors: int = 0, kill_window_s: float = 60.0) -> None:
+        self.limits = limits  # across the account
+        self.store = store
+        self.portfolio = portfolio
         self.clock = clock
-        self.global_state = TradingState.ACTIVE
+        self.publish = publish or (lambda kind, agent, text: None)
+        self.alert = alert or (lambda text: None)
+        self.kill_errors = kill_errors
+        self.kill_window_ns = int(kill_window_s * 1e9)
+        self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
+        self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._rates: dict[str, RateWindow] = {}
+        self.broker_errors: list[int] = []  # market ns of recent broker errors/rejections (kill switch)
         # the stock master (None: not checked) and codes an agent may trade beyond its card (universe)
         self.known_codes: Container[str] | None = None
         self.master_source = ""
         self.extra_codes: dict[str, frozenset[str]] = {}
 
-    def check(
-        self,
-        card: AgentCard,
-        agent_state: TradingState,
-        order: NewOrder,
-        exp: Exposure,
-        session: SessionState,
-        base_price: int | None,
-        notional_price: int = 0,
-    ) -> Denial | None:
-        """`notional_price`: what one share of the order is judged at (its limit, or for a market
-        buy today's upper limit); 0 when unknown."""
-        # shape of the order
-        if order.order_type is OrderType.LIMIT and order.price <= 0:
-            return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
-        if order.order_type is OrderType.MARKET and order.price != 0:
-            return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
-        if self.known_codes is not None and order.code not in self.known_codes:
-            return ErrorCode.DENIED_UNKNOWN_CODE, f"{order.code} is not a listed code ({self.master_source})"
-        if order.code not in card.codes and order.code not in self.extra_codes.get(card.id, ()):
-            return ErrorCode.DENIED_UNKNOWN_CODE, f"{order.code} is not among this agent's codes {card.codes}"
-        # trading state: global, then the agent's
-        reducing = order.side is Side.SELL and order.qty <= exp.sellable_qty
-        for who, state in (("gateway", self.global_state), ("agent", agent_state)):
-            if state is TradingState.HALTED:
-                return ErrorCode.DENIED_HALTED, f"{who} is halted: cancels only"
-            if state is TradingState.REDUCING and not reducing:
-                return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
-        if session is not SessionState.READY:
-            return ErrorCode.SESSION_NOT_READY, f"broker session is {session}"
-        # price rules
-        if order.price > 0:
-            if not on_grid(order.price):
-                return ErrorCode.DENIED_TICK, f"price {order.price} is off the tick grid (tick {tick_size(order.price)})"
-            if base_price:
-                try:
-                    check_price(order.price, base_price)
-                except PriceRuleError as e:
-                    return ErrorCode.DENIED_PRICE_BAND, str(e)
-        # daily loss: once breached only risk-reducing orders pass
-        if not reducing:
-            if card.risk.max_daily_loss and -exp.day_pnl >= card.risk.max_daily_loss:
-                return ErrorCode.DENIED_DAILY_LOSS, f"day P&L {exp.day_pnl:,} breaches the agent's loss limit {card.risk.max_daily_loss:,}"
-        # shares and cash
-        if order.side is Side.SELL and order.qty > exp.sellable_qty:
-            return ErrorCode.DENIED_NO_SHARES, f"sell of {order.qty} {order.code} but this agent can sell {exp.sellable_qty}"
-        if order.side is Side.BUY and notional_price <= 0:
-            return ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order"
-        notional = order.qty * notional_price
-        for scope, lim in (("agent", card.risk), ("gateway", self.limits)):
-            if lim.max_order_value and notional > lim.max_order_value:
-                return ErrorCode.DENIED_NOTIONAL, f"order value {notional:,} > {scope} limit {lim.max_order_value:,}"
-            if lim.max_open_orders and exp.open_orders + 1 > lim.max_open_orders:
-                return ErrorCode.DENIED_OPEN_ORDERS, f"{exp.open_orders} open orders, {scope} limit {lim.max_open_orders}"
-            if order.side is Side.BUY and lim.max_position_value and exp.position_cost + notional > lim.max_position_value:
-                return ErrorCode.DENIED_POSITION_LIMIT, (
-                    f"position in {order.code} would cost {exp.position_cost + notional:,} > {scope} limit {lim.max_position_value:,}")
-        if order.side is Side.BUY and card.budget and exp.spent_cash + exp.reserved_cash + notional > card.budget:
-            free = card.budget - exp.spent_cash - exp.reserved_cash
-            return ErrorCode.DENIED_BUDGET, f"order needs {notional:,} KRW, budget left {free:,}"
-        # rate last: a denied order does not use up the rate
-        now = self.clock()
-        windows = (("agent", card.risk, self._rates.setdefault(card.id, RateWindow())),
-                   ("gateway", self.limits, self._rates.setdefault("*", RateWindow())))
-        for scope, lim, win in windows:
-            if lim.max_orders_per_minute and win.count(now) >= lim.max_orders_per_minute:
-                return ErrorCode.DENIED_RATE, f"{scope} limit of {lim.max_orders_per_minute} orders per minute"
-        for _, _, win in windows:
-            win.stamps.append(now)
-        return None
+    # ---- trading state ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        for key, value in self.store.meta_with_prefix(_STATE_KEY).items():
+            self.states[key[len(_STATE_KEY):]] = TradingState(value)
+
+    @property
+    def global_state(self) -> TradingState:
+        return self.states.get(GLOBAL, TradingState.ACTIVE)
+
+    def agent_state(self, agent: str) -> TradingState:
+        return self.states.get(agent, TradingState.ACTIVE)
+
+    def effective(self, agent: str) -> TradingState:
+        """What the agent may do now: its own state, reduce-only after its end-of-day clean-up."""
+        own = self.agent_state(agent)
+        return worst(own, TradingState.REDUCING) if agent in self.end_of_day else own
+
+    def set_state(self, agent: str, state: TradingState, why: str, *, automatic: bool = False) -> None:
+        """`agent` = "" for the whole gateway. Persisted before it is announced."""
+        key = agent or GLOBAL
+        if self.states.get(key, TradingState.ACTIVE) is state:
+            return
+        with self.store.transaction():
+            self.store.set_meta(_STATE_KEY + key, state.value)
+        self.states[key] = state
+        self.publish(SystemEventKind.TRADING_STATE, agent, state.value)
+        log.warning("trading state of %s set to %s: %s", agent or "gateway", state, why)
+        if automatic:
+            self.alert(why)
+
+    # ---- checks ----------------------------------------------------------------------------------
+
+    def _mandate(self, card: AgentCard, agent_state: TradingState) -> Mandate:
+        codes = frozenset(card.codes) | self.extra_codes.get(card.id, frozenset())
+        return Mandate(agent_limits=card.risk, account_limits=self.limits, budget=card.budget, codes=codes,
+                       listed=self.known_codes, listed_source=self.master_source,
+                       gateway_state=self.global_state, agent_state=agent_state)
+
+    def _market(self, code: str, session: SessionState) -> Market:
+        p = self.portfolio
+        return Market(session=session, phase=self.clock.phase(), base_price=p.base_prices.get(code, 0), kind=p.kind(code))
+
+    def check(self, card: AgentCard, order: NewOrder, session: SessionState, *, shadow: bool = False) -> Denial | None:
+        """A new order; on success it counts in the order rate."""
+        exp = self.portfolio.exposure(card.id, order.code)
+        account = self.portfolio.account_exposure(order.code)
+        if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
+            account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
+        now = market_ns(self.clock) / 1e9
+        agent_win = self._rates.setdefault(card.id, RateWindow())
+        account_win = self._rates.setdefault(GLOBAL, RateWindow())
+        denial = check_order(code=order.code, side=order.side, qty=order.qty, price=order.price,
+                             order_type=order.order_type, tif=order.tif, mandate=self._mandate(card, self.effective(card.id)),
+                             market=self._market(order.code, session), exp=exp, account=account,
+                             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)))
+        if denial is None:
+            agent_win.stamps.append(now)
+            if not shadow:
+                account_win.stamps.append(now)
+        return denial
+
+    def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionState) -> Denial | None:
+        """A revise must pass as if new, with the order's own reservation released."""
+        exp = self.portfolio.exposure(card.id, o.code)
+        account = self.portfolio.account_exposure(o.code)
+        exp.open_orders -= 1
+        account.open_orders -= 1
+        if o.side is Side.BUY:
+            held = o.remaining * self.portfolio.notional_price(o.side, o.price, o.code)
+            exp.reserved_cash -= held
+            exp.open_buy_value -= held
+            account.open_buy_value -= held
+        else:
+            exp.sellable_qty += o.remaining
+        return check_order(code=o.code, side=o.side, qty=o.remaining, price=price, order_type=o.order_type,
+                           tif=o.tif, mandate=self._mandate(card, self.effective(card.id)),
+                           market=self._market(o.code, session), exp=exp, account=account)
+
+    # ---- automatic transitions ---------------------------------------------------------------------
+
+    def broker_error(self, ts_ns: int) -> None:
+        self.broker_errors.append(ts_ns)
+
+    def recent_broker_errors(self) -> int:
+        cutoff = market_ns(self.clock) - self.kill_window_ns
+        self.broker_errors = [t for t in self.broker_errors if t >= cutoff]
+        return len(self.broker_errors)
+
+    def sweep(self, cards: list[AgentCard]) -> None:
+        """Daily-loss breaches put an agent (or the account) in REDUCING; a burst of broker errors
+        halts everything. Called about every lease period."""
+        p = self.portfolio
+        for card in cards:
+            limit = card.risk.max_daily_loss
+            pnl = p.day_pnl(card.id)
+            if limit and self.agent_state(card.id) is TradingState.ACTIVE and -pnl >= limit:
+                self.set_state(card.id, TradingState.REDUCING, automatic=True,
+                               why=f"{card.id}: day P&L {pnl:,} breached the loss limit {limit:,}: reducing only")
+        limit = self.limits.max_daily_loss
+        if limit and self.global_state is TradingState.ACTIVE and -(pnl := p.account_day_pnl()) >= limit:
+            self.set_state("", TradingState.REDUCING, automatic=True,
+                           why=f"account day P&L {pnl:,} breached the gateway's loss limit {limit:,}: reducing only")
+        if self.kill_errors and self.global_state is not TradingState.HALTED:
+            n = self.recent_broker_errors()
+            if n >= self.kill_errors:
+                self.set_state("", TradingState.HALTED, automatic=True,
+                               why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: trading halted (cancels only)")
+

@@ -116,7 +116,7 @@ class Campaign:
         # The twin's order list never lags, so an unknown submit it does not show was never placed:
         # the grace KIS needs (10 min) is cut to a few seconds to let the audit finish.
         cfg.write_text(f'kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
-                       f'ws_url = "{info["ws_url"]}"\n')
+                       f'ws_url = "{info["ws_url"]}"\nadmin_url = "{info["admin_url"]}"\n')
         self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
         self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "info"]
         st.gateways.append(st.spawn(self.gw_args, "gateway-0"))

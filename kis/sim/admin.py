@@ -119,6 +119,7 @@ class AdminApi:
         tw = self.twin
         return _json({
             "endpoints": self.server.endpoints(), "clock": tw.clock.mode.value, "now": tw.clock.now().isoformat(),
+            "speed": tw.clock.speed,
             "day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value,
             "sessions": len(self.server.ws_hub.sessions) if self.server.ws_hub else 0,
             "faults": tw.faults.describe(), "prices": self._last(),

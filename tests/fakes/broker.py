@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from common.clock import today_kst
 from common.config import GatewayConfig
 from common.enums import OrderType, SessionState, Side
+from common.market_clock import OpenClock
 from kis import wire
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
@@ -36,6 +37,10 @@ class FakeBroker:
     @property
     def session_state(self) -> SessionState:
         return self._state
+
+    @property
+    def market_clock(self) -> OpenClock:
+        return OpenClock()  # always in session, like the twin's `open` clock
 
     async def start(self) -> None:
         self._state = SessionState.READY

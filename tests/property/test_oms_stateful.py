@@ -21,16 +21,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from common.config import AgentCard, RiskLimits
-from common.enums import SessionState, Side, TradingState
+from common.enums import SessionState, Side
 from common.orders import OrderState
-from common.schema import HeaderFactory, NewOrder
+from common.schema import NewOrder
 from kis.port import (
     BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPosition, BrokerRejected,
     BrokerUnknownOutcome, NoticeKind,
 )
-from server.oms import OrderManager
-from server.risk import RiskGate
-from server.store import Store
+from server.send_queue import Call
+from tests.fakes.core import make_core
 
 TODAY = dt.date(2026, 11, 20)
 CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=0, risk=RiskLimits())
@@ -161,13 +160,12 @@ class OmsMachine(RuleBasedStateMachine):
         self.broker = ModelBroker(self.ex)
         self.n = 0
         self._boot()
-        self.run(self.oms.reconcile_now("start"))
+        self.run(self.recon.run("start"))
 
     def _boot(self) -> None:
-        self.store = Store(self.tmp / "gw.sqlite")
-        self.oms = OrderManager(self.store, self.broker, RiskGate(RiskLimits()), HeaderFactory("gateway"),  # type: ignore[arg-type]
-                                lambda a, e: None, today=lambda: TODAY)
-        self.oms.load()
+        self.core, self.store, _, _ = make_core(self.tmp / "gw.sqlite", self.broker)  # type: ignore[arg-type]
+        self.book, self.desk, self.recon, self.router = self.core.book, self.core.desk, self.core.recon, self.core.notices
+        self.queue = self.core.live_queue
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -178,7 +176,7 @@ class OmsMachine(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def coids(self) -> list[str]:
-        return sorted(self.oms.orders)
+        return sorted(self.book.orders)
 
     # ---- rules ----------------------------------------------------------------------------------
 
@@ -187,15 +185,15 @@ class OmsMachine(RuleBasedStateMachine):
         self.n += 1
         side = Side.SELL if sell else Side.BUY
         new = NewOrder(client_order_id=f"alpha-20261120-{self.n}", code="005930", side=side, qty=qty, price=price)
-        self.oms.submit(CARD, TradingState.ACTIVE, new)
+        self.desk.submit(CARD, new)
 
-    @precondition(lambda self: not self.oms._queue.empty())
+    @precondition(lambda self: not self.queue._queue.empty())
     @rule(mode=st.sampled_from(["ack", "ack", "ack", "reject", "unknown_placed", "unknown_not_placed"]))
     def broker_call(self, mode: str) -> None:
-        _, _, job = self.oms._queue.get_nowait()
-        if job.kind == "submit":
+        _, _, job = self.queue._queue.get_nowait()
+        if job.call is Call.SUBMIT:
             self.ex.mode = mode
-        self.run(self.oms._run_job(job))
+        self.run(self.queue._run(job))
 
     @precondition(lambda self: bool(self.ex.lines))
     @rule(data=st.data(), qty=st.integers(1, 10))
@@ -217,29 +215,29 @@ class OmsMachine(RuleBasedStateMachine):
         if how == "reorder":
             batch = batch[::-1]
         for n in batch:
-            self.oms.on_notice(n)
+            self.router.on_notice(n)
 
     @precondition(lambda self: bool(self.ex.held))
     @rule()
     def late_notices(self) -> None:
         batch, self.ex.held = self.ex.held, []
         for n in batch:
-            self.oms.on_notice(n)
+            self.router.on_notice(n)
 
-    @precondition(lambda self: bool(self.oms.orders))
+    @precondition(lambda self: bool(self.book.orders))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        self.oms.cancel("alpha", data.draw(st.sampled_from(self.coids())))
+        self.desk.cancel("alpha", data.draw(st.sampled_from(self.coids())))
 
-    @precondition(lambda self: bool(self.oms.orders))
+    @precondition(lambda self: bool(self.book.orders))
     @rule(data=st.data(), price=st.sampled_from(PRICES))
     def modify(self, data: st.DataObject, price: int) -> None:
-        self.oms.modify(CARD, TradingState.ACTIVE, data.draw(st.sampled_from(self.coids())), price, 0)
+        self.desk.modify(CARD, data.draw(st.sampled_from(self.coids())), price, 0)
 
     @rule(grace_over=st.booleans())
     def reconcile(self, grace_over: bool) -> None:
-        self.oms.unknown_grace_ns = 0 if grace_over else 10**18
-        self.run(self.oms.reconcile_now("test"))
+        self.recon.unknown_grace_ns = 0 if grace_over else 10**18
+        self.run(self.recon.run("test"))
         self.check_agreement()
 
     @rule()
@@ -248,14 +246,14 @@ class OmsMachine(RuleBasedStateMachine):
         self.store.close()
         self.ex.notices, self.ex.held = [], []
         self._boot()
-        self.oms.unknown_grace_ns = 10**18
-        self.run(self.oms.reconcile_now("start"))
+        self.recon.unknown_grace_ns = 10**18
+        self.run(self.recon.run("start"))
 
     # ---- invariants ---------------------------------------------------------------------------------
 
     def check_agreement(self) -> None:
         """After a reconciliation, for every order with no broker call in flight."""
-        in_flight = {job.coid for _, _, job in self.oms._queue._queue}  # type: ignore[attr-defined]
+        in_flight = {job.coid for _, _, job in self.queue._queue._queue}  # type: ignore[attr-defined]
         # every order we placed is owned here, never orphaned to 'external': by its own order, or —
         # when two UNKNOWN sends of identical terms cannot be told apart — by an identical order of
         # the same agent (the same shares land with the same agent). UNKNOWN orders inside the
@@ -263,13 +261,13 @@ class OmsMachine(RuleBasedStateMachine):
         for line in self.ex.lines.values():
             coid = line.get("coid")
             if coid and coid not in in_flight:
-                o = self.oms.orders[coid]
+                o = self.book.orders[coid]
                 if line["odno"] in o.broker_chain or o.state is OrderState.UNKNOWN:
                     continue
-                owner = next((x for x in self.oms.orders.values() if line["odno"] in x.broker_chain), None)
+                owner = next((x for x in self.book.orders.values() if line["odno"] in x.broker_chain), None)
                 assert owner is not None and owner.agent == o.agent and (owner.code, owner.side, owner.qty) == (
                     o.code, o.side, o.qty) and owner.created_ns and o.reason_code == "NOT_AT_BROKER", (o, owner, line)
-        for o in self.oms.orders.values():
+        for o in self.book.orders.values():
             if o.agent != "alpha" or not o.broker_chain or o.client_order_id in in_flight:
                 continue
             assert o.filled_qty == self.ex.chain_filled(o.broker_chain[0]), (o, self.ex.lines)
@@ -277,20 +275,20 @@ class OmsMachine(RuleBasedStateMachine):
             if live is None and o.filled_qty < o.qty:
                 assert not o.is_open or o.state in (OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE), o
         if not in_flight:
-            pos = sum(p.qty for ps in self.oms.positions.values() for p in ps.values())
+            pos = sum(p.qty for ps in self.core.portfolio.positions.values() for p in ps.values())
             exch = sum((1 if l["side"] is Side.BUY else -1) * l["filled"] for l in self.ex.lines.values())
             assert pos == exch
 
     @invariant()
     def filled_within_ordered(self) -> None:
-        for o in self.oms.orders.values():
+        for o in self.book.orders.values():
             assert 0 <= o.filled_qty <= o.qty, o
 
     @invariant()
     def positions_equal_sum_of_fills(self) -> None:
-        for agent, ps in self.oms.positions.items():
+        for agent, ps in self.core.portfolio.positions.items():
             for code, p in ps.items():
-                net = sum((1 if o.side is Side.BUY else -1) * o.filled_qty for o in self.oms.orders.values()
+                net = sum((1 if o.side is Side.BUY else -1) * o.filled_qty for o in self.book.orders.values()
                           if o.agent == agent and o.code == code)
                 assert p.qty == net, (agent, code, p, net)
                 assert p.qty >= 0
@@ -316,6 +314,6 @@ def test_late_notice_of_a_reconciled_fill_is_absorbed() -> None:
         m.reconcile(grace_over=False)
         m.late_notices()
         m.reconcile(grace_over=False)  # asserts the books agree with the exchange
-        assert m.oms.orders["alpha-20261120-1"].filled_qty == 4
+        assert m.book.orders["alpha-20261120-1"].filled_qty == 4
     finally:
         m.teardown()

@@ -27,7 +27,7 @@ from kis.budget import RestBudget
 from kis.port import BrokerRejected
 from server import agent_services
 from server.agent_services import AgentServices, StateTable, investor_days, price_quote, summarize
-from server.oms import OrderManager
+from tests.fakes.core import make_core
 from server.risk import RiskGate
 from server.store import SCHEMA_VERSION, Store
 from tests.fakes.broker import FakeBroker
@@ -209,10 +209,8 @@ def test_state_requests_through_the_service(tmp_path: Path) -> None:
 
 
 def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
-    store = Store(tmp_path / "g.sqlite")
-    oms = OrderManager(store, FakeBroker(ref_price=70_000), RiskGate(RiskLimits()), HeaderFactory("gateway"),
-                       lambda a, e: None, today=lambda: TODAY)
-    oms.load()
+    broker = FakeBroker(ref_price=70_000)
+    core, store, _, _ = make_core(tmp_path / "g.sqlite", broker)
     card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=50_000_000)
 
     # yesterday: an order that filled, straight into the store (as a previous gateway run left it)
@@ -224,28 +222,28 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
         store.record_order(old, None, "20261119")
 
     async def today() -> None:
-        await oms.broker.start()
-        oms.start()
-        pump = asyncio.get_running_loop().create_task(_pump(oms))
-        await oms.reconcile_now("start")
+        await broker.start()
+        core.start()
+        pump = asyncio.get_running_loop().create_task(_pump(broker, core.notices))
+        await core.recon.run("start")
         for n, (side, qty, price) in enumerate([(Side.BUY, 5, 70_000), (Side.SELL, 4, 70_000), (Side.BUY, 2, 60_000)], 1):
-            r = oms.submit(card, oms.risk.global_state, NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930",
-                                                                 side=side, qty=qty, price=price))
+            r = core.desk.submit(card, NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930",
+                                                side=side, qty=qty, price=price))
             assert r.accepted, r
         for _ in range(200):
-            if sum(o.filled_qty for o in oms.orders.values()) == 9 and all(
-                    o.state is not OrderState.NEW and o.broker_order_id for o in oms.orders.values()):
+            if sum(o.filled_qty for o in core.book.orders.values()) == 9 and all(
+                    o.state is not OrderState.NEW and o.broker_order_id for o in core.book.orders.values()):
                 break
             await asyncio.sleep(0.01)
         pump.cancel()
-        await oms.stop()
+        await core.stop()
 
     # the books know yesterday's 10 shares (as the OMS would have booked them)
-    oms.positions["alpha"] = {"005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)}
+    core.portfolio.positions["alpha"] = {"005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)}
     asyncio.run(today())
-    oms.marks["005930"] = 71_000
-    s = summarize("alpha", store, oms, limit=2)
-    pos = oms.positions["alpha"]["005930"]
+    core.portfolio.marks["005930"] = 71_000
+    s = summarize("alpha", store, core.portfolio, limit=2)
+    pos = core.portfolio.positions["alpha"]["005930"]
     assert (s.orders, s.days, s.first_day, s.last_day) == (4, 2, "20261119", "20261120")
     assert (s.fills, s.filled_orders, s.open_orders) == (3, 3, 1)
     assert (s.buy_qty, s.buy_value, s.sell_qty, s.sell_value) == (15, 690_000 + 350_000, 4, 280_000)
@@ -257,9 +255,9 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
     assert [o.client_order_id for o in s.recent] == ["alpha-20261120-3", "alpha-20261120-2"] and s.truncated
 
 
-async def _pump(oms: OrderManager) -> None:
+async def _pump(broker: FakeBroker, notices: object) -> None:
     from kis.port import BrokerNotice
 
-    async for ev in oms.broker.events():
+    async for ev in broker.events():
         if isinstance(ev, BrokerNotice):
-            oms.on_notice(ev)
+            notices.on_notice(ev)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import apsw
 
 from common.costs import CostModel
 from common.enums import Side
-from server.books import apply_fill
+from common.books import apply_fill
 from server.store import SCHEMA_VERSION, Store
 
 

@@ -1,9 +1,11 @@
-"""The order manager with a fake broker, in-process: durable intent, de-duplication by client order
-id, risk denials with reasons, notices that beat the REST reply, and a restart from the store."""
+"""The order core (book of record, order desk, send queue, notices, reconciliation, risk gate) with a
+fake broker, in-process: durable intent, de-duplication by client order id, risk denials with reasons,
+notices that beat the REST reply, and a restart from the store."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import datetime as dt
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from common.orders import OrderState
 from common.schema import AgentEvent, FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
-from server.oms import OrderManager
-from server.risk import RiskGate
-from server.store import Store
+from server.registry import AgentRecord
+from server.sessions import AgentSessions
+from server.trading_day import BasePrices
 from tests.fakes.broker import FakeBroker
+from tests.fakes.core import make_core
 
 TODAY = dt.date(2026, 11, 20)
 CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"], budget=5_000_000,
@@ -35,24 +38,23 @@ def order(n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY, cod
 
 
 class Harness:
-    def __init__(self, path: Path, broker: FakeBroker | None = None) -> None:
-        self.store = Store(path)
+    def __init__(self, path: Path, broker: FakeBroker | None = None, cfg: object = None) -> None:
         self.broker = broker or FakeBroker(ref_price=70_000)
-        self.events: list[tuple[str, AgentEvent]] = []
-        self.oms = OrderManager(self.store, self.broker, RiskGate(RiskLimits()), HeaderFactory("gateway"),
-                                lambda a, e: self.events.append((a, e)), today=lambda: TODAY)
-        self.oms.load()
+        self.core, self.store, self.events, self.published = make_core(path, self.broker, cfg=cfg)  # type: ignore[arg-type]
+        c = self.core
+        self.book, self.desk, self.portfolio, self.recon, self.notices = c.book, c.desk, c.portfolio, c.recon, c.notices
+        self.base_prices = BasePrices(self.book, self.broker.base_price)
 
     async def start(self) -> None:
         await self.broker.start()
-        self.oms.start()
+        self.core.start()
         self._pump = asyncio.get_running_loop().create_task(self._notices())
-        await self.oms.reconcile_now("start")  # orders are denied until the first reconciliation
+        await self.recon.run("start")  # orders are denied until the first reconciliation
 
     async def _notices(self) -> None:
         async for ev in self.broker.events():
             if isinstance(ev, BrokerNotice):
-                self.oms.on_notice(ev)
+                self.notices.on_notice(ev)
 
     async def settle(self, cond, timeout: float = 5.0) -> None:
         async def wait() -> None:
@@ -60,9 +62,14 @@ class Harness:
                 await asyncio.sleep(0.005)
         await asyncio.wait_for(wait(), timeout)
 
+    def snapshot(self, card: AgentCard):  # type: ignore[no-untyped-def]
+        sessions = AgentSessions(None, self.book, self.desk, self.core.risk, None, HeaderFactory("gateway"),  # type: ignore[arg-type]
+                                 lambda *a: None, Counter(), lease_s=1.0, heartbeat_s=0.25)
+        return sessions.snapshot(AgentRecord(card=card, routing_id=b"", session="s", pid=0, host="", last_seen=0.0))
+
     async def close(self) -> None:
         self._pump.cancel()
-        await self.oms.stop()
+        await self.core.stop()
         self.store.close()
 
 
@@ -74,14 +81,14 @@ def db(tmp_path: Path) -> Path:
 async def test_submit_fill_dedup_and_restart(db: Path) -> None:
     h = Harness(db)
     await h.start()
-    r1 = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000))  # marketable: fills
-    r2 = h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000))  # rests
+    r1 = h.desk.submit(CARD, order(1, qty=10, price=70_000))  # marketable: fills
+    r2 = h.desk.submit(CARD, order(2, qty=5, price=60_000))  # rests
     assert r1.accepted and r2.accepted
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED and h.oms.orders[coid(2)].state is OrderState.ACCEPTED)
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED and h.book.orders[coid(2)].state is OrderState.ACCEPTED)
     # resending the same order (e.g. after a lost reply) is harmless
-    again = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000))
+    again = h.desk.submit(CARD, order(1, qty=10, price=70_000))
     assert again.duplicate and again.accepted and h.broker.submits == 2
-    conflict = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000, side=Side.SELL))
+    conflict = h.desk.submit(CARD, order(1, qty=10, price=70_000, side=Side.SELL))
     assert conflict.code is ErrorCode.DUPLICATE_ORDER
     seqs = [e.seq for a, e in h.events if a == "alpha"]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -92,7 +99,7 @@ async def test_submit_fill_dedup_and_restart(db: Path) -> None:
 
     # a new gateway process on the same store: everything is back, numbering continues
     h2 = Harness(db)
-    snap = h2.oms.snapshot(CARD, CARD_STATE)
+    snap = h2.snapshot(CARD)
     assert [o.client_order_id for o in snap.open_orders] == [coid(2)]
     assert snap.positions[0].qty == 10 and snap.next_order_n == 3 and snap.last_seq == seqs[-1]
     assert snap.reserved_cash == 5 * 60_000 and snap.spent_cash == 700_000 + 105
@@ -110,18 +117,18 @@ async def test_denials_carry_reasons_and_are_recorded(db: Path) -> None:
         (order(3, qty=100, price=60_000), ErrorCode.DENIED_NOTIONAL),  # 6,000,000 > 3,000,000 per order
         (order(4, code="035420"), ErrorCode.DENIED_UNKNOWN_CODE),
         (NewOrder(client_order_id=coid(5, "bravo"), code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.WRONG_AGENT),
-        (NewOrder(client_order_id="alpha-20261119-9", code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.BAD_ORDER),
+        (NewOrder(client_order_id="alpha-20261119-9", code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.WRONG_DAY),
     ]
     for new, code in cases:
-        r = h.oms.submit(CARD, CARD_STATE, new)
+        r = h.desk.submit(CARD, new)
         assert not r.accepted and r.code is code, (new, r)
     denied = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate)]
     assert {o.state for o in denied} == {OrderState.DENIED} and len(denied) == 4  # bad ids never become orders
     assert h.broker.submits == 0
     # budget: 5,000,000 KRW; four resting buys of 1,200,000 fit, the fifth does not
     for n in range(10, 14):
-        assert h.oms.submit(CARD, CARD_STATE, order(n, qty=20, price=60_000)).accepted
-    r = h.oms.submit(CARD, CARD_STATE, order(14, qty=20, price=60_000))
+        assert h.desk.submit(CARD, order(n, qty=20, price=60_000)).accepted
+    r = h.desk.submit(CARD, order(14, qty=20, price=60_000))
     assert r.code is ErrorCode.DENIED_BUDGET
     await h.close()
 
@@ -139,17 +146,17 @@ class SlowAckBroker(FakeBroker):
 async def test_notice_before_rest_reply_is_buffered(db: Path) -> None:
     h = Harness(db, SlowAckBroker(ref_price=70_000))
     await h.start()
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=3, price=70_000)).accepted
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED)
-    assert h.oms.positions["alpha"]["005930"].qty == 3
-    assert not h.oms.unmatched
+    assert h.desk.submit(CARD, order(1, qty=3, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    assert h.portfolio.positions["alpha"]["005930"].qty == 3
+    assert not h.notices.unmatched
     # a duplicated fill notice does not double the position
-    dup = BrokerNotice(kind=NoticeKind.FILLED, broker_order_id=h.oms.orders[coid(1)].broker_order_id, orig_broker_order_id="",
+    dup = BrokerNotice(kind=NoticeKind.FILLED, broker_order_id=h.book.orders[coid(1)].broker_order_id, orig_broker_order_id="",
                        code="005930", side=Side.BUY, order_qty=3, order_price=70_000, fill_qty=3, fill_price=70_000,
                        time="000000")
-    h.oms.on_notice(dup)
-    h.oms.on_notice(dup)
-    assert h.oms.positions["alpha"]["005930"].qty in (3,)
+    h.notices.on_notice(dup)
+    h.notices.on_notice(dup)
+    assert h.portfolio.positions["alpha"]["005930"].qty in (3,)
     await h.close()
 
 
@@ -157,13 +164,13 @@ async def test_cancel_and_cancel_all(db: Path) -> None:
     h = Harness(db)
     await h.start()
     for n in (1, 2):
-        h.oms.submit(CARD, CARD_STATE, order(n))
-    await h.settle(lambda: all(h.oms.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
-    assert h.oms.cancel("alpha", coid(1)) == (None, "cancel sent")
-    assert h.oms.cancel("bravo", coid(2))[0] is ErrorCode.UNKNOWN_ORDER
-    assert h.oms.cancel_all("alpha") == 1
-    await h.settle(lambda: all(h.oms.orders[coid(n)].state is OrderState.CANCELLED for n in (1, 2)))
-    assert h.oms.cancel("alpha", coid(1))[0] is ErrorCode.ORDER_NOT_OPEN
+        h.desk.submit(CARD, order(n))
+    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
+    assert h.desk.cancel("alpha", coid(1)) == (None, "cancel sent")
+    assert h.desk.cancel("bravo", coid(2))[0] is ErrorCode.UNKNOWN_ORDER
+    assert h.desk.cancel_all("alpha") == 1
+    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.CANCELLED for n in (1, 2)))
+    assert h.desk.cancel("alpha", coid(1))[0] is ErrorCode.ORDER_NOT_OPEN
     await h.close()
 
 
@@ -177,119 +184,131 @@ async def test_price_band_daily_loss_and_kill_switch(tmp_path: Path) -> None:
                      risk=RiskLimits(max_daily_loss=100_000))
     h = Harness(tmp_path / "db.sqlite")
     await h.start()
-    await h.oms.ensure_base_prices(["005930"])
-    assert h.oms.base_prices == {"005930": 70_000}  # band 49,000..91,000
-    r = h.oms.submit(card, CARD_STATE, order(1, qty=1, price=91_100))
+    await h.base_prices.ensure(["005930"])
+    assert h.portfolio.base_prices == {"005930": 70_000}  # band 49,000..91,000
+    r = h.desk.submit(card, order(1, qty=1, price=91_100))
     assert r.code is ErrorCode.DENIED_PRICE_BAND and "49000..91000" in r.message
-    assert h.oms.submit(card, CARD_STATE, order(2, qty=10, price=70_000)).accepted
-    await h.settle(lambda: h.oms.orders[coid(2)].state is OrderState.FILLED)
-    assert h.oms.day_pnl("alpha") == -105  # the buy's commission is today's cost
-    h.oms.marks["005930"] = 55_000  # down 15,000 a share: -150,000 on 10 shares
-    assert h.oms.day_pnl("alpha") == -150_105
-    r = h.oms.submit(card, CARD_STATE, order(3, qty=1, price=55_000))
+    assert h.desk.submit(card, order(2, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.FILLED)
+    assert h.portfolio.day_pnl("alpha") == -105  # the buy's commission is today's cost
+    h.portfolio.marks["005930"] = 55_000  # down 15,000 a share: -150,000 on 10 shares
+    assert h.portfolio.day_pnl("alpha") == -150_105
+    r = h.desk.submit(card, order(3, qty=1, price=55_000))
     assert r.code is ErrorCode.DENIED_DAILY_LOSS
-    assert h.oms.submit(card, CARD_STATE, order(4, qty=10, price=55_000, side=Side.SELL)).accepted  # reducing passes
+    assert h.desk.submit(card, order(4, qty=10, price=55_000, side=Side.SELL)).accepted  # reducing passes
     await h.close()
 
 
 async def test_kill_switch_halts_after_a_burst_of_broker_errors(tmp_path: Path) -> None:
-    from common.clock import now_ns
     from common.config import GatewayConfig
-    from common.enums import TradingState as TS
-    from server.gateway import Gateway
+    from common.enums import SystemEventKind, TradingState as TS
+    from common.market_clock import market_ns
 
-    gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "run"), kill_errors=3, kill_window_s=60), FakeBroker())
-    gw.oms.broker_errors = [now_ns()] * 2
-    gw._check_limits()
-    assert gw.risk.global_state is TS.ACTIVE
-    gw.oms.broker_errors.append(now_ns())
-    gw._check_limits()
-    assert gw.risk.global_state is TS.HALTED
-    assert any("kill switch" in text for _, text in gw.oms.alerts)
-    gw.store.close()
+    h = Harness(tmp_path / "db.sqlite", cfg=GatewayConfig(kill_errors=3, kill_window_s=60))
+    risk = h.core.risk
+    now = market_ns(h.book.clock)
+    risk.broker_errors = [now] * 2
+    risk.sweep([CARD])
+    assert risk.global_state is TS.ACTIVE
+    risk.broker_error(now)
+    risk.sweep([CARD])
+    assert risk.global_state is TS.HALTED
+    assert any("kill switch" in text for text in h.core.alerts.texts())
+    assert (SystemEventKind.TRADING_STATE, "", "halted") in h.published  # announced
+    h.store.close()
+    # an automatic halt survives a gateway restart, as an operator's does
+    h2 = Harness(tmp_path / "db.sqlite")
+    assert h2.core.risk.global_state is TS.HALTED
+    h2.store.close()
 
 
 async def test_dedup_compares_full_terms_and_revise_is_price_only(tmp_path: Path) -> None:
     h = Harness(tmp_path / "db.sqlite")
     await h.start()
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
-    r = h.oms.submit(CARD, CARD_STATE, order(1, qty=6, price=60_000))
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted
+    r = h.desk.submit(CARD, order(1, qty=6, price=60_000))
     assert r.code is ErrorCode.DUPLICATE_ORDER  # same id, other quantity: refused, not "already known"
     bad_day = NewOrder(client_order_id="alpha-20261399-1", code="005930", side=Side.BUY, qty=1, price=60_000)
-    assert h.oms.submit(CARD, CARD_STATE, bad_day).code is ErrorCode.BAD_ORDER
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
-    assert h.oms.modify(CARD, CARD_STATE, coid(1), 60_000, qty=3)[0] is ErrorCode.BAD_ORDER
-    assert h.oms.modify(CARD, CARD_STATE, coid(1), 60_050)[0] is ErrorCode.DENIED_TICK  # the gate checks revises
-    assert h.oms.modify(CARD, TradingState.HALTED, coid(1), 59_000)[0] is ErrorCode.DENIED_HALTED
-    assert h.oms.modify(CARD, CARD_STATE, coid(1), 59_000) == (None, "revise sent")
-    await h.settle(lambda: h.oms.orders[coid(1)].price == 59_000 and h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.desk.submit(CARD, bad_day).code is ErrorCode.BAD_ORDER
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.desk.modify(CARD, coid(1), 60_000, qty=3)[0] is ErrorCode.BAD_ORDER
+    assert h.desk.modify(CARD, coid(1), 60_050)[0] is ErrorCode.DENIED_TICK  # the gate checks revises
+    h.core.risk.set_state("alpha", TradingState.HALTED, "test")
+    assert h.desk.modify(CARD, coid(1), 59_000)[0] is ErrorCode.DENIED_HALTED
+    h.core.risk.set_state("alpha", TradingState.ACTIVE, "test")
+    assert h.desk.modify(CARD, coid(1), 59_000) == (None, "revise sent")
+    await h.settle(lambda: h.book.orders[coid(1)].price == 59_000 and h.book.orders[coid(1)].state is OrderState.ACCEPTED)
     await h.close()
 
 
 async def test_flatten_cancels_then_sells_what_is_held(db: Path) -> None:
     h = Harness(db)
     await h.start()
-    await h.oms.ensure_base_prices(["005930", "000660"])
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000)).accepted  # fills
-    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # rests
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.FILLED)
-    assert h.oms.submit(CARD, CARD_STATE, order(3, qty=3, price=75_000, side=Side.SELL)).accepted  # rests, holds 3
-    await h.settle(lambda: h.oms.orders[coid(3)].state is OrderState.ACCEPTED)
-    started = h.oms.flatten(CARD, "operator flatten")
+    await h.base_prices.ensure(["005930", "000660"])
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills
+    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    assert h.desk.submit(CARD, order(3, qty=3, price=75_000, side=Side.SELL)).accepted  # rests, holds 3
+    await h.settle(lambda: h.book.orders[coid(3)].state is OrderState.ACCEPTED)
+    started = h.desk.flatten(CARD, "operator flatten")
     assert started == 2  # two cancels now; the sell waits for them
     flat = coid(900_000_000)
-    await h.settle(lambda: flat in h.oms.orders and h.oms.orders[flat].state is OrderState.FILLED)
-    sell = h.oms.orders[flat]
+    await h.settle(lambda: flat in h.book.orders and h.book.orders[flat].state is OrderState.FILLED)
+    sell = h.book.orders[flat]
     # sized after the cancels: all 10 shares, at market, under the agent's id (its books, its events)
     assert (sell.side, sell.qty, sell.order_type.value) == (Side.SELL, 10, "market")
-    assert h.oms.positions["alpha"]["005930"].qty == 0
-    assert {h.oms.orders[coid(2)].state, h.oms.orders[coid(3)].state} == {OrderState.CANCELLED}
+    assert h.portfolio.positions["alpha"]["005930"].qty == 0
+    assert {h.book.orders[coid(2)].state, h.book.orders[coid(3)].state} == {OrderState.CANCELLED}
     assert any(isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == flat for a, e in h.events if a == "alpha")
     # the agent's own numbering is not disturbed by the gateway-issued id
-    assert h.oms.snapshot(CARD, CARD_STATE).next_order_n == 4
-    assert h.oms.flatten(CARD) == 0  # nothing open, nothing held: nothing to do
+    assert h.snapshot(CARD).next_order_n == 4
+    assert h.desk.flatten(CARD) == 0  # nothing open, nothing held: nothing to do
     await h.close()
 
 
 async def test_shadow_orders_are_journaled_not_sent_and_fill_on_prints(db: Path) -> None:
     h = Harness(db)
     await h.start()
-    h.oms.set_mode("alpha", True)
-    r = h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=69_000))
-    assert r.accepted and "shadow" in r.message
+    h.desk.set_mode("alpha", True)
+    r = h.desk.submit(CARD, order(1, qty=10, price=69_000))
+    assert r.accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
     assert h.broker.submits == 0  # never sent
-    o = h.oms.orders[coid(1)]
-    assert o.state is OrderState.ACCEPTED and o.broker_order_id.startswith("shadow-")
-    h.oms.on_market_trade("005930", 69_500, 100)  # above the limit: no fill
-    assert h.oms.orders[coid(1)].filled_qty == 0
-    h.oms.on_market_trade("005930", 68_900, 4)  # through the limit: 4 at the print
-    h.oms.on_market_trade("005930", 69_000, 50)
-    o = h.oms.orders[coid(1)]
+    o = h.book.orders[coid(1)]
+    assert o.broker_order_id.startswith("shadow-")
+    market = h.core.shadow_venue
+    market.on_trade("005930", 69_500, 100)  # above the limit: no fill
+    assert h.book.orders[coid(1)].filled_qty == 0
+    market.on_trade("005930", 68_900, 4)  # through the limit: 4 at the print
+    market.on_trade("005930", 69_000, 50)
+    o = h.book.orders[coid(1)]
     assert o.state is OrderState.FILLED and o.filled_value == 4 * 68_900 + 6 * 69_000
-    pos = h.oms.positions["alpha"]["005930"]
+    pos = h.portfolio.positions["alpha"]["005930"]
     assert pos.qty == 10 and pos.fees > 0
-    # a resting shadow order cancels at once, nothing reaches the broker
-    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=1, price=60_000)).accepted
-    assert h.oms.cancel("alpha", coid(2)) == (None, "shadow order cancelled")
-    assert h.oms.orders[coid(2)].state is OrderState.CANCELLED and h.broker.submits == 0
+    # a resting shadow order cancels through the shadow market; nothing reaches the broker
+    assert h.desk.submit(CARD, order(2, qty=1, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.ACCEPTED)
+    assert h.desk.cancel("alpha", coid(2)) == (None, "cancel sent")
+    await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.CANCELLED)
+    assert h.broker.submits == 0
     # reconciliation leaves the virtual books alone: no external adoption, no position alert
-    res = await h.oms.reconcile_now("test")
-    assert not res.alerts and not res.events and EXTERNAL not in h.oms.positions
+    res = await h.recon.run("test")
+    assert not res.alerts and not res.events and EXTERNAL not in h.portfolio.positions
     await h.close()
     # the mode survives a gateway restart (before the agent registers again)
     h2 = Harness(db)
-    assert "alpha" in h2.oms.shadow_agents
+    assert "alpha" in h2.portfolio.virtual
     h2.store.close()
 
 
 async def test_cancel_before_the_acknowledgement_is_sent_once_the_order_has_an_odno(db: Path) -> None:
     h = Harness(db)
     await h.start()
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
-    assert h.oms.orders[coid(1)].state is OrderState.PENDING_SUBMIT  # the sender has not run yet
-    assert h.oms.cancel("alpha", coid(1)) == (None, "cancel queued until the broker acknowledges the order")
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.CANCELLED)
-    assert h.oms.orders[coid(1)].filled_qty == 0
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted
+    assert h.book.orders[coid(1)].state is OrderState.PENDING_SUBMIT  # the sender has not run yet
+    assert h.desk.cancel("alpha", coid(1)) == (None, "cancel queued until the broker acknowledges the order")
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.CANCELLED)
+    assert h.book.orders[coid(1)].filled_qty == 0
     await h.close()
 
 
@@ -307,15 +326,15 @@ class SlowBroker(FakeBroker):
 
 async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     h = Harness(db, SlowBroker())
-    h.oms.max_send_wait_ns = 50_000_000
+    h.core.live_queue.max_send_wait_ns = 50_000_000
     await h.start()
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted  # in flight, hanging
-    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # queued behind it
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # in flight, hanging
+    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # queued behind it
     await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
     h.broker.release.set()
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED
-                   and h.oms.orders[coid(2)].state is OrderState.REJECTED)
-    late = h.oms.orders[coid(2)]
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED
+                   and h.book.orders[coid(2)].state is OrderState.REJECTED)
+    late = h.book.orders[coid(2)]
     assert late.reason_code == ErrorCode.BROKER_BUSY.value and "not sent" in late.reason
     assert h.broker.submits == 1  # the stale order never reached the broker
     told = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(2)]
@@ -326,12 +345,12 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
 async def test_restart_rejects_what_was_never_sent_and_suspects_what_was(db: Path) -> None:
     h = Harness(db, SlowBroker())
     await h.start()
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted  # the broker call hangs
-    assert h.oms.submit(CARD, CARD_STATE, order(2, qty=5, price=60_000)).accepted  # queued behind it
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # the broker call hangs
+    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # queued behind it
     await h.settle(lambda: h.store.has_trace(coid(1), "broker.request"))
     await h.close()  # the gateway dies with one call in flight and one order still queued
     h2 = Harness(db)
-    sent, queued = h2.oms.orders[coid(1)], h2.oms.orders[coid(2)]
+    sent, queued = h2.book.orders[coid(1)], h2.book.orders[coid(2)]
     assert sent.state is OrderState.UNKNOWN  # it may have reached KIS: reconciliation decides
     assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT"  # it never left
     h2.store.close()

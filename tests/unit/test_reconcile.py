@@ -10,7 +10,7 @@ from common.enums import Side
 from common.orders import OrderState
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind  # noqa: F401
 from tests.fakes.broker import FakeBroker
-from tests.unit.test_oms import CARD, CARD_STATE, Harness, coid, order
+from tests.unit.test_oms import CARD, Harness, coid, order
 
 
 class LossyBroker(FakeBroker):
@@ -46,18 +46,18 @@ async def test_lost_fill_notice_is_repaired_and_its_late_copy_absorbed(tmp_path:
     h = Harness(tmp_path / "db.sqlite", b)
     await h.start()
     b.lose = True
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=70_000)).accepted
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.ACCEPTED)
-    assert h.oms.positions.get("alpha", {}).get("005930") is None  # the fill notice was lost
-    res = await h.oms.reconcile_now("test")
-    assert h.oms.orders[coid(1)].state is OrderState.FILLED
-    assert h.oms.positions["alpha"]["005930"].qty == 10 and h.oms.positions["alpha"]["005930"].cost == 700_000
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.portfolio.positions.get("alpha", {}).get("005930") is None  # the fill notice was lost
+    res = await h.recon.run("test")
+    assert h.book.orders[coid(1)].state is OrderState.FILLED
+    assert h.portfolio.positions["alpha"]["005930"].qty == 10 and h.portfolio.positions["alpha"]["005930"].cost == 700_000
     assert any("missing here" in a for a in res.alerts)
     # the lost notice turns up late: absorbed, not counted twice
     for n in b.lost:
-        h.oms.on_notice(n)
-    assert h.oms.positions["alpha"]["005930"].qty == 10 and h.oms.orders[coid(1)].filled_qty == 10
-    again = await h.oms.reconcile_now("test")
+        h.notices.on_notice(n)
+    assert h.portfolio.positions["alpha"]["005930"].qty == 10 and h.book.orders[coid(1)].filled_qty == 10
+    again = await h.recon.run("test")
     assert not again.events and not again.alerts  # books agree now
     await h.close()
 
@@ -68,16 +68,16 @@ async def test_unknown_outcome_resolved_from_the_broker_never_resent(tmp_path: P
     await h.start()
     b.unknown_after_placing = True
     b.lose = True
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000)).accepted
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN)
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN)
     assert b.submits == 1
-    await h.oms.reconcile_now("test")
-    o = h.oms.orders[coid(1)]
+    await h.recon.run("test")
+    o = h.book.orders[coid(1)]
     assert o.state is OrderState.ACCEPTED and o.broker_order_id == "0000000001" and b.submits == 1
     # it is a real resting order now: it can be cancelled
     b.lose = False
-    assert h.oms.cancel("alpha", coid(1))[0] is None
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.CANCELLED)
+    assert h.desk.cancel("alpha", coid(1))[0] is None
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.CANCELLED)
     await h.close()
 
 
@@ -86,14 +86,14 @@ async def test_unknown_that_never_reached_the_broker_is_rejected_after_grace(tmp
     h = Harness(tmp_path / "db.sqlite", b)
     await h.start()
     b.unknown_without_placing = True
-    h.oms.submit(CARD, CARD_STATE, order(1, qty=5, price=60_000))
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN)
-    await h.oms.reconcile_now("test")
-    assert h.oms.orders[coid(1)].state is OrderState.UNKNOWN  # inside the grace period: daily-ccld may lag
-    assert h.oms.exposure("alpha", "005930").open_orders == 1  # still counts against risk
-    h.oms.unknown_grace_ns = 0
-    await h.oms.reconcile_now("test")
-    o = h.oms.orders[coid(1)]
+    h.desk.submit(CARD, order(1, qty=5, price=60_000))
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN)
+    await h.recon.run("test")
+    assert h.book.orders[coid(1)].state is OrderState.UNKNOWN  # inside the grace period: daily-ccld may lag
+    assert h.portfolio.exposure("alpha", "005930").open_orders == 1  # still counts against risk
+    h.recon.unknown_grace_ns = 0
+    await h.recon.run("test")
+    o = h.book.orders[coid(1)]
     assert o.state is OrderState.REJECTED and o.reason_code == "NOT_AT_BROKER"
     await h.close()
 
@@ -104,13 +104,13 @@ async def test_external_orders_and_holdings_are_attributed_to_external(tmp_path:
     await h.start()
     # someone buys in the HTS app: the broker has an order and shares we never placed
     await b.submit(BrokerOrder(client_order_id="-", code="000660", side=Side.BUY, qty=3, price=200_000))
-    res = await h.oms.reconcile_now("test")
+    res = await h.recon.run("test")
     assert [r.code for r in res.external] == ["000660"]
-    ext = [o for o in h.oms.orders.values() if o.agent == "external"]
+    ext = [o for o in h.book.orders.values() if o.agent == "external"]
     assert len(ext) == 1 and ext[0].filled_qty == 3 and ext[0].state is OrderState.FILLED
-    assert h.oms.positions["external"]["000660"].qty == 3
-    assert "alpha" not in h.oms.positions  # nothing leaked into an agent's book
-    again = await h.oms.reconcile_now("test")
+    assert h.portfolio.positions["external"]["000660"].qty == 3
+    assert "alpha" not in h.portfolio.positions  # nothing leaked into an agent's book
+    again = await h.recon.run("test")
     assert not again.external and not again.alerts
     await h.close()
 
@@ -122,14 +122,14 @@ async def test_unknown_resolution_does_not_double_count_buffered_fills(tmp_path:
     h = Harness(tmp_path / "db.sqlite", b)
     await h.start()
     b.unknown_after_placing = True
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=10, price=60_000)).accepted  # rests
-    await h.settle(lambda: h.oms.orders[coid(1)].state is OrderState.UNKNOWN and h.oms.unmatched)
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN and h.notices.unmatched)
     b.fill("0000000001", 4)  # 4 of 10 fill; that notice waits in the buffer too
-    await h.settle(lambda: any(n.kind is NoticeKind.FILLED for n in h.oms.unmatched.get("0000000001", [])))
-    await h.oms.reconcile_now("test")
-    o = h.oms.orders[coid(1)]
+    await h.settle(lambda: any(n.kind is NoticeKind.FILLED for n in h.notices.unmatched.get("0000000001", [])))
+    await h.recon.run("test")
+    o = h.book.orders[coid(1)]
     assert o.state is OrderState.PARTIALLY_FILLED and o.filled_qty == 4
-    assert h.oms.positions["alpha"]["005930"].qty == 4 and not h.oms.unmatched
+    assert h.portfolio.positions["alpha"]["005930"].qty == 4 and not h.notices.unmatched
     await h.close()
 
 
@@ -140,10 +140,10 @@ async def test_external_sell_of_shares_held_before_does_not_block_reconciliation
     h = Harness(tmp_path / "db.sqlite", b)
     await h.start()
     await b.submit(BrokerOrder(client_order_id="-", code="005930", side=Side.SELL, qty=3, price=60_000))
-    res = await h.oms.reconcile_now("test")
-    assert h.oms.synced and [r.side for r in res.external] == [Side.SELL]
-    assert h.oms.positions["external"]["005930"].qty == -3  # a difference is not attributed at first sight ...
-    await h.oms.reconcile_now("test")  # ... but once it persists (no notice was on its way)
-    assert h.oms.positions["external"]["005930"].qty == 0  # sold what it held before; the account agrees
-    assert h.oms.submit(CARD, CARD_STATE, order(1, qty=1, price=60_000)).accepted
+    res = await h.recon.run("test")
+    assert h.recon.synced and [r.side for r in res.external] == [Side.SELL]
+    assert h.portfolio.positions["external"]["005930"].qty == -3  # a difference is not attributed at first sight ...
+    await h.recon.run("test")  # ... but once it persists (no notice was on its way)
+    assert h.portfolio.positions["external"]["005930"].qty == 0  # sold what it held before; the account agrees
+    assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
     await h.close()

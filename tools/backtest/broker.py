@@ -37,7 +37,7 @@ from common.orders import (
     RequestReplace, StateError, Submit, apply,
 )
 from common.schema import Bar, OrderView, PositionView
-from server.books import apply_fill
+from common.books import apply_fill
 from tools.backtest.costs import CostModel
 
 BP = 10_000

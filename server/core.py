@@ -1,0 +1,78 @@
+"""The order core, built in one place: portfolio, risk gate, book of record, notices, send queues (the
+broker's and the shadow market's), order desk and reconciliation, with one market clock.
+
+The gateway builds its core here; tests build the same core around an in-process broker, so what they
+exercise is what runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.config import AgentCard, GatewayConfig
+from common.costs import CostModel
+from common.enums import SystemEventKind
+from common.market_clock import MarketClock, market_ns
+from common.portfolio import Portfolio
+from common.schema import HeaderFactory
+from kis.port import BrokerPort
+from server.alerts import Alerts
+from server.notices import NoticeRouter
+from server.order_book import EventSink, OrderBook
+from server.order_desk import OrderDesk
+from server.reconciler import Reconciler
+from server.risk import RiskGate
+from server.send_queue import SendQueue
+from server.shadow import ShadowExecution
+from server.store import Store
+
+Publish = Callable[[SystemEventKind, str, str], None]
+
+
+@dataclass
+class OrderCore:
+    portfolio: Portfolio
+    alerts: Alerts
+    risk: RiskGate
+    book: OrderBook
+    notices: NoticeRouter
+    shadow_venue: ShadowExecution
+    live_queue: SendQueue
+    shadow_queue: SendQueue
+    recon: Reconciler
+    desk: OrderDesk
+
+    def load(self) -> None:
+        """Everything the store remembers: orders, positions, shadow agents, trading states; calls
+        the previous process left in flight are settled."""
+        self.book.load()
+        self.desk.load()
+        self.risk.load()
+
+    def start(self) -> None:
+        self.live_queue.start()
+        self.shadow_queue.start()
+
+    async def stop(self) -> None:
+        await self.live_queue.stop()
+        await self.shadow_queue.stop()
+
+
+def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock: MarketClock,
+                     headers: HeaderFactory, sink: EventSink, publish: Publish,
+                     card_of: Callable[[str], AgentCard | None]) -> OrderCore:
+    portfolio = Portfolio()
+    alerts = Alerts(publish, lambda: market_ns(clock))
+    risk = RiskGate(cfg.risk, store, portfolio, clock, publish, alerts,
+                    kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s)
+    book = OrderBook(store, portfolio, headers, sink, clock, CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm))
+    notices = NoticeRouter(book, risk.broker_error)
+    shadow_venue = ShadowExecution(clock, notices.on_notice)
+    live_queue = SendQueue(book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9))
+    shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
+    recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9))
+    desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: broker.session_state,
+                     lambda: recon.synced, alerts, card_of)
+    return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
+                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk)

@@ -1,0 +1,214 @@
+"""The book of record: every order the gateway knows, changed only by events through
+`common.orders.apply`, each change written durably together with the agent events that report it.
+
+`commit` is the one write path: apply the event, then in ONE transaction write the order's new
+version, the event, position changes, trace steps and the agent's sequenced events; only after the
+commit is memory updated and the events sent (a failed commit leaves no gap in an agent's sequence).
+Listeners hear every committed version (the portfolio keeps exposure from them; the order desk
+continues a flatten or a cancel that waited for an acknowledgement).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+import msgspec
+
+from common.costs import CostModel
+from common.enums import Side
+from common.ids import EXTERNAL_AGENT
+from common.market_clock import MarketClock, market_day, market_ns
+from common.orders import Fill, Order, OrderEvent, StateError, apply
+from common.portfolio import Portfolio
+from common.schema import AgentEvent, EventBody, FillUpdate, FillView, HeaderFactory, OrderUpdate
+from common.views import order_view
+from server.store import Store
+
+log = logging.getLogger("ktrader.orders")
+
+EventSink = Callable[[str, AgentEvent], None]
+Listener = Callable[[Order | None, Order], None]
+
+
+class OrderBook:
+    def __init__(self, store: Store, portfolio: Portfolio, headers: HeaderFactory, sink: EventSink,
+                 clock: MarketClock, costs: CostModel | None = None) -> None:
+        self.store = store
+        self.portfolio = portfolio
+        self.headers = headers
+        self.sink = sink
+        self.clock = clock
+        self.costs = costs or CostModel()
+        self.orders: dict[str, Order] = {}  # today's orders and every open order
+        self.order_day: dict[str, str] = {}
+        self.by_broker_id: dict[str, str] = {}  # ODNO (incl. revise/cancel ODNOs) -> client order id
+        self.seq: dict[str, int] = {}
+        self.fills_today = 0
+        self.fills_by_agent: dict[str, int] = defaultdict(int)
+        self.listeners: list[Listener] = []
+        self._pending_trace: list[tuple[str, int, str, dict[str, object]]] = []
+
+    # ---- time ----------------------------------------------------------------------------------
+
+    def day(self) -> str:
+        return market_day(self.clock)
+
+    def now_ns(self) -> int:
+        return market_ns(self.clock)
+
+    # ---- start-up ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        today = self.day()
+        for day, o in self.store.load_orders():
+            if day == today or o.is_open:
+                self.index(o, day)
+        for agent, book in self.store.load_positions().items():
+            for pos in book.values():
+                self.portfolio.set_position(agent, pos)
+        self.portfolio.load_orders(self.orders.values())
+        self.seq = self.store.last_seqs()
+        for c, o in self.orders.items():
+            if self.order_day.get(c) == today and o.fill_ids:
+                self.fills_today += len(o.fill_ids)
+                self.fills_by_agent[o.agent] += len(o.fill_ids)
+        log.info("loaded %d orders (%d open), %d agents with positions", len(self.orders),
+                 sum(o.is_open for o in self.orders.values()), len(self.portfolio.positions))
+
+    def index(self, o: Order, day: str) -> None:
+        self.orders[o.client_order_id] = o
+        self.order_day[o.client_order_id] = day
+        for odno in o.broker_chain:
+            self.by_broker_id[odno] = o.client_order_id
+
+    # ---- the write path ------------------------------------------------------------------------
+
+    def commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None,
+               trace: list[tuple[str, dict[str, object]]] | None = None, day: str = "") -> Order:
+        """Apply, persist the order, its event, position changes and the agent events in one
+        transaction, then update memory, tell the listeners and send."""
+        new = apply(order, event)
+        old = self.orders.get(order.client_order_id)
+        positions = [b.position for b in extra or [] if isinstance(b, FillUpdate)]
+        day = day or self.order_day.get(order.client_order_id) or self.day()
+        bodies: list[EventBody] = [OrderUpdate(order=order_view(new)), *(extra or [])]
+        events = []
+        seq = self.seq.get(new.agent, 0)
+        with self.store.transaction():
+            self.store.record_order(new, event, day)
+            self._write_traces()
+            for kind, body in trace or []:
+                self.store.add_trace(new.client_order_id, event.ts_ns or self.now_ns(), kind, body)
+            for pos in positions:
+                self.store.save_position(new.agent, pos)
+            for body in bodies:
+                seq += 1
+                ev = AgentEvent(h=self.headers(), seq=seq, body=body)
+                self.store.append_agent_event(new.agent, ev)
+                events.append(ev)
+        self.seq[new.agent] = seq  # only once the transaction is durable: no gap if it failed
+        self.index(new, day)
+        self.portfolio.order_changed(old, new)
+        for pos in positions:
+            self.portfolio.set_position(new.agent, pos)
+        for ev in events:
+            self.sink(new.agent, ev)
+        for listener in self.listeners:
+            listener(old, new)
+        return new
+
+    def try_apply(self, coid: str, event: OrderEvent,
+                  extra_fn: Callable[[Order], list[EventBody]] | None = None) -> Order | None:
+        """Commit `event` if the state machine takes it and it changes something; None otherwise."""
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+        try:
+            new = apply(o, event)
+        except StateError as e:
+            log.info("ignored for %s: %s", coid, e)
+            return None
+        if msgspec.structs.replace(new, updated_ns=o.updated_ns) == o:
+            return None  # nothing changed (e.g. a notice repeating the REST acknowledgement)
+        extra = extra_fn(new) if extra_fn else None
+        return self.commit(o, event, extra)
+
+    def apply_fill(self, coid: str, ev: Fill) -> Order | None:
+        """Apply a fill (from a notice, reconciliation or the shadow market); positions move by what
+        the order's filled quantity and value actually changed (a reconciled fill's late notice moves
+        nothing)."""
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+
+        def fill_extra(new: Order) -> list[EventBody]:
+            dq, dv = new.filled_qty - o.filled_qty, new.filled_value - o.filled_value
+            if dq <= 0:
+                return []
+            fee = self.costs.fill_cost(dv, sell=new.side is Side.SELL)
+            # 'external' may sell what the books never saw it buy (held before ktrader)
+            pos = self.portfolio.after_fill(new.agent, new.code, new.side, dq, dv, fee,
+                                            allow_short=new.agent == EXTERNAL_AGENT)
+            fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
+                          price=dv // dq, ts_ns=ev.ts_ns)
+            return [FillUpdate(fill=fv, position=pos)]
+
+        new = self.try_apply(coid, ev, fill_extra)
+        if new is not None and new.filled_qty > o.filled_qty:
+            self.fills_today += 1
+            self.fills_by_agent[new.agent] += 1
+        return new
+
+    def notify(self, agent: str, body: EventBody) -> None:
+        """A sequenced, persisted event that is not an order change (e.g. a refused subscription)."""
+        seq = self.seq.get(agent, 0) + 1
+        ev = AgentEvent(h=self.headers(), seq=seq, body=body)
+        with self.store.transaction():
+            self.store.append_agent_event(agent, ev)
+        self.seq[agent] = seq  # after the commit
+        self.sink(agent, ev)
+
+    # ---- traces ----------------------------------------------------------------------------------
+
+    def trace(self, coid: str, step: str, **body: object) -> None:
+        """A step of an order's story that is not a state change (broker requests and answers,
+        notices). Written with the next durable commit (no fsync of its own: the order log holds
+        the truth, the trace the story), or by flush_traces()."""
+        self._pending_trace.append((coid, self.now_ns(), step, body))
+
+    def flush_traces(self) -> None:
+        if self._pending_trace:
+            with self.store.transaction():
+                self._write_traces()
+
+    def _write_traces(self) -> None:
+        for coid, ts, step, body in self._pending_trace:
+            self.store.add_trace(coid, ts, step, body)
+        self._pending_trace.clear()
+
+    # ---- views -----------------------------------------------------------------------------------
+
+    def of_day(self, agent: str, day: str = "") -> list[Order]:
+        day = day or self.day()
+        return [o for c, o in self.orders.items() if o.agent == agent and self.order_day.get(c) == day]
+
+    def numbers_today(self, agent: str) -> list[int]:
+        """The n of each of the agent's client order ids today (all of today's orders are in
+        memory: loaded at start, indexed on every commit)."""
+        return [int(o.client_order_id.rsplit("-", 1)[1]) for o in self.of_day(agent)]
+
+    def counts(self) -> tuple[int, int, int]:
+        today = self.day()
+        total = sum(1 for c in self.orders if self.order_day.get(c) == today)
+        return total, sum(o.is_open for o in self.orders.values()), self.fills_today
+
+    def agent_counts(self, agent: str) -> tuple[int, int]:
+        today = self.day()
+        mine = [c for c, o in self.orders.items() if o.agent == agent]
+        return sum(self.orders[c].is_open for c in mine), sum(1 for c in mine if self.order_day.get(c) == today)
+
+    def is_today(self, coid: str) -> bool:
+        return self.order_day.get(coid) == self.day()
+

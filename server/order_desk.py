@@ -1,0 +1,320 @@
+"""The order desk: what an agent (or the operator on its behalf) asks of its orders — submit, cancel,
+revise, cancel all, flatten — decided here and carried out through the book of record and a send
+queue (the broker's, or the shadow market's for agents in shadow mode).
+
+Orders for the next session (tif NEXT_SESSION) pass the gate at once, are written durably as HELD
+and wait here until the session they are for takes orders: then they are checked again and sent, or
+denied, or expired unsent if that session passed without them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from common.calendar import is_trading_day, next_trading_day
+from common.clock import yyyymmdd
+from common.config import AgentCard
+from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
+from common.errors import ErrorCode
+from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
+from common.krx import REGULAR_ORDER_PHASES, Phase
+from common.orders import (
+    AWAITING_ACK, CANCELLABLE, REVISABLE, Cancelled, CancelRefused, Deny, Expire, Hold, MarkUnknown, Order,
+    OrderState, Reject, ReplaceRefused, RequestCancel, RequestReplace, Submit,
+)
+from common.risk_rules import HELD_TIFS
+from common.schema import NewOrder, OrderResult
+from server.order_book import OrderBook
+from server.risk import RiskGate
+from server.send_queue import Call, Job, SendQueue
+from server.shadow import ShadowExecution
+
+log = logging.getLogger("ktrader.orders")
+
+SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked durably before the call
+SHADOW_KEY = "shadow_agents"
+
+Reply = tuple[ErrorCode | None, str]
+
+
+def session_day(now: dt.datetime, phase: Phase) -> str:
+    """The trading day whose session an order placed now for "the next session" is for: today's if
+    its opening auction has not ended yet, else the next trading day's."""
+    d = now.date()
+    if phase in (Phase.PRE_OPEN, Phase.OPENING_AUCTION) and is_trading_day(d):
+        return yyyymmdd(d)
+    return yyyymmdd(next_trading_day(d))
+
+
+class OrderDesk:
+    def __init__(self, book: OrderBook, risk: RiskGate, live: SendQueue, shadow: SendQueue,
+                 shadow_venue: ShadowExecution, session: Callable[[], SessionState],
+                 synced: Callable[[], bool], alert: Callable[[str], None],
+                 card_of: Callable[[str], AgentCard | None]) -> None:
+        self.book = book
+        # whose card governs an agent's orders now (None: the agent is not registered; its held
+        # orders are still sent, on the terms it was given when it placed them)
+        self.card_of = card_of
+        self.risk = risk
+        self.live = live
+        self.shadow = shadow
+        self.shadow_venue = shadow_venue
+        self.session = session
+        self.synced = synced
+        self.alert = alert
+        self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
+        self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        book.listeners.append(self._after_commit)
+
+    # ---- start-up -----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """After the book: shadow agents, shadow orders still resting, calls the last process left
+        in flight."""
+        saved = self.book.store.get_meta(SHADOW_KEY)
+        self.book.portfolio.virtual.update(msgspec.json.decode(saved) if saved else [])
+        for o in self.book.orders.values():
+            if o.agent in self.book.portfolio.virtual and o.broker_order_id and o.state in CANCELLABLE:
+                self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining, o.price, 0)
+        self._recover_in_flight()
+
+    def _recover_in_flight(self) -> None:
+        """Broker calls that were queued or in flight when the previous process died are gone.
+        A submit may or may not have reached the broker: UNKNOWN (never resent; reconciliation
+        decides). A cancel/revise may or may not have: back to resting, and reconciliation applies
+        whatever the broker did; the agent can ask again. HELD orders were never sent: they stay."""
+        book = self.book
+        ts = book.now_ns()
+        # Since `send_marks_since`, a submit's broker.request trace is on disk before the call:
+        # an order without it never left (older orders could have lost theirs: UNKNOWN as before).
+        marks_since = int(book.store.get_meta(SEND_MARKS_KEY) or 0)
+        if not marks_since:
+            with book.store.transaction():
+                book.store.set_meta(SEND_MARKS_KEY, str(ts))
+            marks_since = ts
+        for coid, o in list(book.orders.items()):
+            if o.state is OrderState.PENDING_SUBMIT:
+                if o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request"):
+                    book.try_apply(coid, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value,
+                                                reason="gateway restarted before the order was sent"))
+                else:
+                    book.try_apply(coid, MarkUnknown(ts_ns=ts, code=ErrorCode.RESTARTED.value,
+                                                     reason="gateway restarted while the order was being sent"))
+            elif o.state is OrderState.PENDING_CANCEL:
+                book.try_apply(coid, CancelRefused(ts_ns=ts, code=ErrorCode.RESTARTED.value,
+                                                   reason="gateway restarted during the cancel"))
+            elif o.state is OrderState.PENDING_REPLACE:
+                book.try_apply(coid, ReplaceRefused(ts_ns=ts, code=ErrorCode.RESTARTED.value,
+                                                    reason="gateway restarted during the revise"))
+
+    def is_shadow(self, agent: str) -> bool:
+        return agent in self.book.portfolio.virtual
+
+    def queue_for(self, agent: str) -> SendQueue:
+        return self.shadow if self.is_shadow(agent) else self.live
+
+    def set_mode(self, agent: str, shadow: bool) -> None:
+        """Remember which agents trade in shadow (persisted: a restarted gateway must keep their
+        virtual books out of reconciliation before they register again)."""
+        virtual = self.book.portfolio.virtual
+        if shadow == (agent in virtual):
+            return
+        if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
+            raise ValueError(f"{agent} has open orders: cancel them before switching between shadow and live")
+        (virtual.add if shadow else virtual.discard)(agent)
+        with self.book.store.transaction():
+            self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())
+
+    # ---- commands -----------------------------------------------------------------------------------
+
+    def submit(self, card: AgentCard, new: NewOrder) -> OrderResult:
+        book = self.book
+        coid = new.client_order_id
+        try:
+            owner, day, _ = parse_client_order_id(coid)
+        except IdError as e:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER, message=str(e))
+        if owner != card.id:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.WRONG_AGENT,
+                               message=f"order id belongs to {owner!r}, not {card.id!r}")
+        known = book.orders.get(coid)
+        if known is not None:
+            return self._again(known, new)
+        today = book.day()
+        if yyyymmdd(day) != today:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.WRONG_DAY,
+                               message=f"order id is for {yyyymmdd(day)}, the trading day is {today}")
+        ts = book.now_ns()
+        order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
+                      order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
+        held = new.tif in HELD_TIFS
+        session = SessionState.SYNCING if not self.synced() else (SessionState.READY if held else self.session())
+        denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
+        intent: dict[str, object] = {
+            "reason": new.reason, "context": new.context, "decision_price": new.decision_price, "code": new.code,
+            "side": new.side.value, "qty": new.qty, "price": new.price, "order_type": new.order_type.value,
+            "tif": new.tif.value}
+        if denial is not None:
+            code, reason = denial
+            book.commit(order, Deny(ts_ns=ts, code=code.value, reason=reason),
+                        trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})])
+            return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
+        if held:
+            valid = session_day(book.clock.now(), book.clock.phase())
+            book.commit(order, Hold(ts_ns=ts, valid_day=valid),
+                        trace=[("intent", intent), ("risk", {"result": "passed"}), ("held", {"for": valid})])
+            self.release_due()  # its session may be taking orders right now
+            return OrderResult(client_order_id=coid, accepted=True, message=f"held for the session of {valid}")
+        # durable intent before the broker sees it
+        book.commit(order, Submit(ts_ns=ts), trace=[("intent", intent), ("risk", {"result": "passed"})])
+        self.queue_for(card.id).put(Job(Call.SUBMIT, coid))
+        return OrderResult(client_order_id=coid, accepted=True)
+
+    @staticmethod
+    def _again(known: Order, new: NewOrder) -> OrderResult:
+        """The same order sent again (a lost reply) is harmless; anything else under its id is not.
+        A revised order is compared on what a revise cannot change."""
+        coid = new.client_order_id
+        terms = (known.code, known.side, known.order_type, known.tif)
+        same = terms == (new.code, new.side, new.order_type, new.tif) and (
+            len(known.broker_chain) > 1 or (known.qty, known.price) == (new.qty, new.price))
+        if not same:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.DUPLICATE_ORDER,
+                               message="this client order id was used for a different order")
+        refused = known.state in (OrderState.DENIED, OrderState.REJECTED)
+        code = ErrorCode(known.reason_code) if refused and known.reason_code in ErrorCode.__members__ else None
+        return OrderResult(client_order_id=coid, accepted=not refused, duplicate=True, code=code,
+                           message=f"already known, state {known.state}")
+
+    def cancel(self, agent: str, coid: str) -> Reply:
+        book = self.book
+        o = book.orders.get(coid)
+        if o is None or o.agent != agent:
+            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
+        if o.state is OrderState.PENDING_CANCEL:
+            return None, "cancel already in progress"
+        if o.state is OrderState.HELD:
+            book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))  # never sent: nothing to tell the broker
+            return None, "held order cancelled"
+        if o.state in AWAITING_ACK:
+            # no ODNO yet: the cancel goes out the moment the broker's acknowledgement (or the
+            # reconciliation that finds the order) gives us one
+            self._cancel_on_accept.add(coid)
+            book.trace(coid, "cancel.queued", state=o.state.value)
+            return None, "cancel queued until the broker acknowledges the order"
+        if o.state not in CANCELLABLE:
+            return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: nothing to cancel now"
+        book.commit(o, RequestCancel(ts_ns=book.now_ns()))
+        self.queue_for(agent).put(Job(Call.CANCEL, coid))
+        return None, "cancel sent"
+
+    def modify(self, card: AgentCard, coid: str, price: int, qty: int = 0) -> Reply:
+        """Revise the price of an open order (KIS gives the remainder a new ODNO). Quantity changes
+        are refused: a revise of part of the remainder splits the order at KIS; cancel and send anew."""
+        book = self.book
+        o = book.orders.get(coid)
+        if o is None or o.agent != card.id:
+            return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {card.id}"
+        if o.state not in REVISABLE:
+            return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
+        if qty and qty != o.qty:
+            return ErrorCode.BAD_ORDER, "only the price can be revised; cancel and send a new order to change the quantity"
+        session = self.session() if self.synced() else SessionState.SYNCING
+        denial = self.risk.check_revise(card, o, price, session)
+        if denial is not None:
+            book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
+            return denial
+        book.commit(o, RequestReplace(ts_ns=book.now_ns(), price=price, qty=o.qty))
+        self.queue_for(card.id).put(Job(Call.MODIFY, coid, price, o.qty))
+        return None, "revise sent"
+
+    def cancel_all(self, agent: str, code: str = "") -> int:
+        n = 0
+        for o in list(self.book.orders.values()):
+            if o.agent == agent and (not code or o.code == code) and (
+                    o.state in CANCELLABLE or o.state in AWAITING_ACK or o.state is OrderState.HELD):
+                if self.cancel(agent, o.client_order_id)[0] is None:
+                    n += 1
+        return n
+
+    def flatten(self, card: AgentCard, why: str = "flatten") -> int:
+        """Cancel all of the agent's open orders, then sell what it holds at market once every one
+        of them is closed (a cancel can lose the race to a fill, so the sells are sized after).
+        The sells go through the risk gate as reducing orders: a global halt still stops them.
+        Returns the number of cancels and sells started now."""
+        n = self.cancel_all(card.id)
+        self._flattening[card.id] = (card, why)
+        return n + self._flatten_step(card.id)
+
+    def _flatten_step(self, agent: str) -> int:
+        book = self.book
+        if agent not in self._flattening or any(o.agent == agent and o.is_open for o in book.orders.values()):
+            return 0
+        card, why = self._flattening.pop(agent)
+        day = book.clock.now().date()
+        n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
+        sent = 0
+        for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
+            if pos.qty <= 0:
+                continue
+            n += 1
+            new = NewOrder(client_order_id=make_client_order_id(agent, day, n), code=pos.code, side=Side.SELL,
+                           qty=pos.qty, order_type=OrderType.MARKET, tif=TimeInForce.DAY, reason=why,
+                           decision_price=book.portfolio.marks.get(pos.code, 0))
+            res = self.submit(card, new)
+            if res.accepted:
+                sent += 1
+            else:
+                self.alert(f"{agent}: {why}: sell of {pos.qty} {pos.code} denied: {res.code} {res.message}")
+        return sent
+
+    def _after_commit(self, old: Order | None, new: Order) -> None:
+        coid = new.client_order_id
+        if coid in self._cancel_on_accept and new.state not in AWAITING_ACK:
+            self._cancel_on_accept.discard(coid)
+            if new.state in CANCELLABLE:
+                self.cancel(new.agent, coid)
+        if new.agent in self._flattening and not new.is_open:
+            self._flatten_step(new.agent)
+
+    # ---- orders held for a session ---------------------------------------------------------------------
+
+    def release_due(self) -> tuple[int, int]:
+        """Send the held orders whose session takes orders now (checked again first: the state, the
+        band and the account may have changed overnight); expire those whose session has passed.
+        Returns (released, expired)."""
+        book = self.book
+        phase = book.clock.phase()
+        today = book.day()
+        released = expired = 0
+        for coid, o in list(book.orders.items()):
+            if o.state is not OrderState.HELD:
+                continue
+            if o.valid_day < today or (o.valid_day == today and phase not in REGULAR_ORDER_PHASES
+                                       and phase not in (Phase.PRE_OPEN, Phase.CLOSED)):
+                book.try_apply(coid, Expire(ts_ns=book.now_ns()))
+                book.trace(coid, "held.expired", valid_day=o.valid_day)
+                expired += 1
+            elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.synced():
+                released += self._release(o, self.card_of(o.agent))
+        return released, expired
+
+    def _release(self, o: Order, card: AgentCard | None) -> int:
+        book, coid = self.book, o.client_order_id
+        ts = book.now_ns()
+        if card is not None:
+            denial = self.risk.check_revise(card, o, o.price, self.session())
+            if denial is not None:
+                book.commit(o, Deny(ts_ns=ts, code=denial[0].value, reason=f"at release: {denial[1]}"),
+                            trace=[("risk", {"result": "denied at release", "code": denial[0].value, "reason": denial[1]})])
+                return 0
+        elif self.risk.global_state is not TradingState.ACTIVE:
+            book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))
+            return 0
+        book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
+        self.queue_for(o.agent).put(Job(Call.SUBMIT, coid))
+        return 1

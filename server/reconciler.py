@@ -1,0 +1,185 @@
+"""The reconciliation driver: brings the book of record in line with the broker's view of the day
+(orders, fills, positions) using the pure `server.reconcile.reconcile`, adopts orders placed outside
+ktrader (owned by the pseudo-agent 'external'), checks what the account holds against the books, and
+expires what the close left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Protocol
+
+from common.ids import EXTERNAL_AGENT
+from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced
+from common.schema import PositionView
+from kis.port import BrokerOrderReport, BrokerPosition
+from server.notices import NoticeRouter
+from server.order_book import OrderBook
+from server.reconcile import ReconcileResult, reconcile
+
+log = logging.getLogger("ktrader.reconcile")
+
+
+class AccountView(Protocol):
+    """The part of the broker reconciliation reads."""
+
+    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]: ...
+
+    async def positions(self) -> list[BrokerPosition]: ...
+
+
+class Reconciler:
+    def __init__(self, book: OrderBook, notices: NoticeRouter, broker: AccountView, alert: Callable[[str], None],
+                 unknown_grace_ns: int = 600_000_000_000) -> None:
+        self.book = book
+        self.notices = notices
+        self.broker = broker
+        self.alert = alert
+        # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
+        # declared never-placed after this long; until then it counts against risk.
+        self.unknown_grace_ns = unknown_grace_ns
+        self.synced = False  # no orders before the first reconciliation with the broker
+        self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
+        self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
+        self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
+
+    async def run(self, reason: str) -> ReconcileResult:
+        async with self._lock:
+            return await self._run(reason)
+
+    async def _run(self, reason: str) -> ReconcileResult:
+        book = self.book
+        self.expire_previous_days()
+        today = book.clock.now().date()
+        # The balance first, then the orders: a fill landing between the two calls then shows in
+        # the orders (and the books) but not yet in the balance, which reads as "books ahead" (an
+        # alert) — never as shares of nobody's that would be wrongly given to 'external'.
+        try:
+            balance: list[BrokerPosition] | Exception = await self.broker.positions()
+        except Exception as e:
+            balance = e
+        reports = await self.broker.order_reports(today)
+        virtual = book.portfolio.virtual
+        local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
+        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns)
+        to_drain: list[str] = []
+        for coid, events in res.events.items():
+            try:
+                for ev in events:
+                    if isinstance(ev, Fill):
+                        book.apply_fill(coid, ev)
+                    else:
+                        book.try_apply(coid, ev)
+                    if isinstance(ev, (Accept, Replaced)):
+                        book.by_broker_id[ev.broker_order_id] = coid
+                        to_drain.append(ev.broker_order_id)
+            except Exception as e:  # one order's trouble must not stop the repair of the others
+                res.alerts.append(f"{coid}: repair failed: {e}")
+                log.exception("reconcile repair of %s failed", coid)
+        # Notices buffered for these ODNOs come after the repair: fills reconciliation already
+        # counted are then absorbed by the order's reconciled credit instead of counted twice.
+        for odno in to_drain:
+            self.notices.drain(odno)
+        for r in res.external:
+            try:
+                self._adopt_external(r)
+                self.notices.drain(r.broker_order_id)
+            except Exception as e:
+                res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
+                log.exception("adopting external order %s failed", r.broker_order_id)
+        if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
+            res.alerts.append(f"position check failed: {balance}")
+        else:
+            res.alerts.extend(self._check_positions(balance))
+        self.synced = True
+        self.last = (book.now_ns(), reason, len(res.alerts))
+        for text in res.alerts:
+            self.alert(f"reconcile ({reason}): {text}")
+        log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
+                 len(res.events), len(res.external), len(res.alerts))
+        return res
+
+    # ---- expiry ------------------------------------------------------------------------------------
+
+    def expire_previous_days(self) -> int:
+        """KRX orders are day orders: whatever is still open from an earlier day has expired."""
+        return self.expire_through(self.book.day(), inclusive=False)
+
+    def expire_through(self, day: str, inclusive: bool = True) -> int:
+        """Expire the open orders of `day` (and earlier); after the close they are gone at KRX. A fill
+        that still arrives for one is applied (late fills are legal on EXPIRED). Orders held for a
+        later session are not day orders of their decision day (server.held decides about them)."""
+        book, n = self.book, 0
+        for coid, o in list(book.orders.items()):
+            d = book.order_day.get(coid, day)
+            if o.is_open and o.state is not OrderState.HELD and (d < day or (inclusive and d == day)):
+                if book.try_apply(coid, Expire(ts_ns=book.now_ns())) is not None:
+                    n += 1
+        return n
+
+    # ---- orders and shares of nobody's --------------------------------------------------------------
+
+    def _adopt_external(self, r: BrokerOrderReport) -> None:
+        """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed."""
+        book = self.book
+        day = book.day()
+        coid = f"{EXTERNAL_AGENT}-{day}-{int(r.broker_order_id)}"
+        if coid in book.orders:
+            return
+        ts = book.now_ns()
+        o = Order(client_order_id=coid, agent=EXTERNAL_AGENT, code=r.code, side=r.side, qty=r.qty, price=r.price,
+                  state=OrderState.PENDING_SUBMIT, created_ns=ts, updated_ns=ts)
+        book.commit(o, Accept(ts_ns=ts, broker_order_id=r.broker_order_id, org_no=r.org_no), day=day)
+        book.by_broker_id[r.broker_order_id] = coid
+        if r.filled_qty:
+            book.apply_fill(coid, Fill(ts_ns=ts, fill_id=f"recon:{r.broker_order_id}:{r.filled_qty}", qty=r.filled_qty,
+                                       price=r.filled_value // r.filled_qty if r.filled_value else r.price,
+                                       broker_order_id=r.broker_order_id))
+        if r.remaining_qty == 0 and book.orders[coid].is_open:
+            book.try_apply(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
+        self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
+
+    def _check_positions(self, balance: list[BrokerPosition]) -> list[str]:
+        portfolio = self.book.portfolio
+        broker = {p.code: p for p in balance}
+        ours: dict[str, int] = defaultdict(int)
+        for agent, agent_pos in portfolio.positions.items():
+            if agent in portfolio.virtual:
+                continue  # virtual shares
+            for code, p in agent_pos.items():
+                ours[code] += p.qty
+        alerts = []
+        previous, self._unexplained = self._unexplained, {}
+        for code in sorted(set(broker) | set(ours)):
+            theirs = broker[code].qty if code in broker else 0
+            diff = theirs - ours.get(code, 0)
+            if diff > 0:
+                self._unexplained[code] = diff
+            if diff < 0:
+                # the books hold more than the account: an error somewhere, never papered over
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account")
+            elif diff and previous.get(code) == diff:
+                # The broker is authoritative for what the account holds; a difference seen twice in
+                # a row is nobody's here (held before ktrader, or traded elsewhere): external's.
+                self._adjust_external(code, diff, broker.get(code))
+                alerts.append(f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external")
+            elif diff:
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
+                              f"if it persists (a notice may be on its way)")
+        return alerts
+
+    def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
+        portfolio = self.book.portfolio
+        cur = portfolio.position(EXTERNAL_AGENT, code) or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+        avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0
+        qty = cur.qty + diff
+        cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
+        pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
+        with self.book.store.transaction():
+            self.book.store.save_position(EXTERNAL_AGENT, pos)
+        portfolio.set_position(EXTERNAL_AGENT, pos)

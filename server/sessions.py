@@ -1,0 +1,177 @@
+"""Agent sessions: registration (lease, snapshot, missed events), heartbeats, leaving, and the market
+data a card asks for.
+
+An agent id is held by one process session at a time (server.registry); a restarted agent takes over
+its lease and gets its snapshot — open orders, positions, budget, next order number, trading state —
+plus the events it missed, so it sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from common.enums import AgentMode, AgentState, SystemEventKind
+from common.errors import ErrorCode
+from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
+from common.market_clock import market_ns
+from common.schema import (
+    Ack, Error, EventBatch, GetEvents, GetSnapshot, Heartbeat, Message, Notice, Register, Registered, Snapshot,
+    SnapshotReply, Subscribe, Unregister,
+)
+from common.views import order_view
+from kis.port import MarketKind
+from server.order_book import OrderBook
+from server.order_desk import OrderDesk
+from server.registry import AgentRecord, RegisterOutcome, Registry
+from server.risk import RiskGate
+from server.subscriptions import SubscriptionManager, refusal_notice
+
+log = logging.getLogger("ktrader.gateway")
+
+MAX_REPLAY = 500  # events sent back with a registration (well under a frame); more via GetEvents
+
+Publish = Callable[[SystemEventKind, str, str], None]
+
+
+class AgentSessions:
+    def __init__(self, registry: Registry, book: OrderBook, desk: OrderDesk, risk: RiskGate,
+                 subs: SubscriptionManager, headers: Any, publish: Publish, counters: Counter[str], *,
+                 lease_s: float, heartbeat_s: float,
+                 listed: Callable[[str], bool] | None = None, listed_source: str = "") -> None:
+        self.registry = registry
+        self.book = book
+        self.desk = desk
+        self.risk = risk
+        self.subs = subs
+        self.headers = headers
+        self.publish = publish
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.listed = listed  # the stock master (None: every code is taken)
+        self.listed_source = listed_source
+        self.pub_endpoint = ""
+        self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
+        self.on_offline: list[Callable[[str], None]] = []  # market data health, registrations
+        self.counters = counters
+
+    # ---- what an agent gets back -------------------------------------------------------------------
+
+    def snapshot(self, rec: AgentRecord) -> Snapshot:
+        book, p = self.book, self.book.portfolio
+        agent = rec.id
+        numbers = book.numbers_today(agent)
+        n = 1 + max((k for k in numbers if k < GATEWAY_ORDER_BASE), default=0)  # the agent's own counter
+        return Snapshot(
+            agent=agent, trading_state=self.risk.effective(agent),
+            open_orders=[order_view(o) for o in book.orders.values() if o.agent == agent and o.is_open],
+            positions=[x for x in p.positions.get(agent, {}).values() if x.qty or x.realized_pnl or x.fees],
+            budget=rec.card.budget, reserved_cash=p.reserved_cash(agent), spent_cash=p.spent(agent),
+            last_seq=book.seq.get(agent, 0), next_order_n=n, day=book.day(), orders_today=len(numbers),
+            clock_ns=market_ns(book.clock),
+        )
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    def register(self, route: bytes, msg: Register) -> Message:
+        h = msg.h
+        if msg.card.id == EXTERNAL_AGENT:
+            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
+                         message=f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader")
+        if msg.card.id != h.sender:
+            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
+                         message=f"card id {msg.card.id!r} differs from sender {h.sender!r}")
+        live = self.registry.agents.get(msg.card.id)
+        duplicate = (live is not None and live.session != h.sid and live.state is AgentState.ONLINE
+                     and self.registry.age(live) <= self.lease_s)
+        if not duplicate:
+            try:  # (a duplicate's card must not switch a live agent's mode; it is refused below)
+                self.desk.set_mode(msg.card.id, msg.card.mode is AgentMode.SHADOW)
+            except ValueError as e:
+                return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=str(e))
+        outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
+        if outcome == RegisterOutcome.DUPLICATE:
+            self.counters["duplicate_agents"] += 1
+            return Error(h=self.headers(h.mid), code=ErrorCode.DUPLICATE_AGENT, message=(
+                f"agent {rec.id!r} is already live: pid {rec.pid} on {rec.host}, "
+                f"last heartbeat {self.registry.age(rec):.1f}s ago"))
+        snap = self.snapshot(rec)
+        # A fresh process (last_seq 0) rebuilds from the snapshot; a running one that re-registers
+        # gets what it missed, capped (it fetches the rest with GetEvents).
+        events = self.book.store.agent_events(rec.id, msg.last_seq, MAX_REPLAY) if 0 < msg.last_seq < snap.last_seq else []
+        log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
+        self.publish(SystemEventKind.AGENT_ONLINE, rec.id, outcome)
+        self._subscribe_card(rec)
+        for fn in self.on_registered:
+            fn(rec)
+        return Registered(h=self.headers(h.mid), snapshot=snap, events=events, heartbeat_s=self.heartbeat_s,
+                          lease_s=self.lease_s, pub_endpoint=self.pub_endpoint)
+
+    def heartbeat(self, rec: AgentRecord, route: bytes, msg: Heartbeat) -> Message:
+        rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
+        rec.errors = msg.errors
+        rec.feed = msg.feed
+        return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(self.book.clock))
+
+    def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
+        self.registry.unregister(rec)
+        self.offline(rec.id, msg.reason or "unregistered")
+        log.info("agent %s unregistered (%s)", rec.id, msg.reason)
+        return Ack(h=self.headers(msg.h.mid), message="bye")
+
+    def get_snapshot(self, rec: AgentRecord, route: bytes, msg: GetSnapshot) -> Message:
+        return SnapshotReply(h=self.headers(msg.h.mid), snapshot=self.snapshot(rec))
+
+    def get_events(self, rec: AgentRecord, route: bytes, msg: GetEvents) -> Message:
+        events = self.book.store.agent_events(rec.id, msg.after_seq, msg.limit)
+        return EventBatch(h=self.headers(msg.h.mid), events=events, last_seq=self.book.seq.get(rec.id, 0))
+
+    def subscribe(self, rec: AgentRecord, route: bytes, msg: Subscribe) -> Message:
+        """An agent asks again for a registration it was refused (agent/quotepoll.py)."""
+        h = msg.h
+        subs = rec.card.subscriptions
+        kind = MarketKind(msg.kind)
+        wanted = subs.book if kind is MarketKind.BOOK else (subs.trades or bool(subs.bars))
+        if msg.code not in rec.codes or not wanted:
+            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_MESSAGE,
+                         message=f"{msg.kind} {msg.code} is not among this agent's subscriptions")
+        if self.listed is not None and not self.listed(msg.code):
+            return Error(h=self.headers(h.mid), code=ErrorCode.DENIED_UNKNOWN_CODE,
+                         message=f"{msg.code} is not a listed code ({self.listed_source})")
+        err, text = self.subs.want(rec.id, kind, msg.code)
+        self.counters["resubscribe_refused" if err is not None else "resubscribe_granted"] += 1
+        if err is not None:
+            return Error(h=self.headers(h.mid), code=err, message=text)
+        log.info("agent %s asked again for %s %s: %s", rec.id, msg.kind, msg.code, text)
+        return Ack(h=self.headers(h.mid), message=text)
+
+    # ---- market data of a card ------------------------------------------------------------------------
+
+    def _subscribe_card(self, rec: AgentRecord) -> None:
+        subs = rec.card.subscriptions
+        kinds = ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
+        for code in rec.card.codes:
+            if self.listed is not None and not self.listed(code):  # no registration slot for a typo
+                self.book.notify(rec.id, Notice(level="error", text=f"{ErrorCode.DENIED_UNKNOWN_CODE.value}: {code} is not "
+                                                                    f"a listed code ({self.listed_source}): not subscribed"))
+                continue
+            for kind in kinds:
+                code_err, text = self.subs.want(rec.id, kind, code)
+                if code_err is not None:  # the agent may poll quotes and ask again (Subscribe)
+                    self.book.notify(rec.id, refusal_notice(code_err, text, kind, code))
+
+    # ---- leaving ------------------------------------------------------------------------------------
+
+    def offline(self, agent: str, why: str) -> None:
+        """The agent left or its lease expired: its registrations go (debounced), everyone is told."""
+        self.subs.leave(agent)
+        for fn in self.on_offline:
+            fn(agent)
+        self.publish(SystemEventKind.AGENT_OFFLINE, agent, why)
+
+    def expire_leases(self) -> None:
+        for rec in self.registry.expire():
+            log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
+            self.offline(rec.id, "lease expired")

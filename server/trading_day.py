@@ -1,0 +1,160 @@
+"""The trading day, acted on: `server.daycycle` decides from the market clock what is due, this runs it.
+
+- a new date: day P&L, base prices and order numbering roll; the new day's reconciliation expires
+  what earlier days left open; agents are told the day (they number orders by it);
+- while the session takes orders: held next-session orders are released (or expired unsent);
+- at each card's `schedule.end`: the agent's end-of-day policy (cancel / flatten / hold), then
+  reduce-only for the rest of the day;
+- after the close: the broker's final word (reconcile), expiry of what is left, the daily report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from common.clock import yyyymmdd
+from common.config import AgentCard, EndOfDay
+from common.enums import SystemEventKind
+from common.market_clock import MarketClock
+from common.schema import Notice
+from server import daily_report
+from server.daycycle import DayCycle
+from server.order_book import OrderBook
+from server.order_desk import OrderDesk
+from server.reconciler import Reconciler
+from server.risk import RiskGate
+
+log = logging.getLogger("ktrader.day")
+
+Publish = Callable[[SystemEventKind, str, str], None]
+
+
+class BasePrices:
+    """Today's base price (band centre) per code, fetched once a day from the broker."""
+
+    def __init__(self, book: OrderBook, fetch: Callable[[str], Coroutine[Any, Any, int]]) -> None:
+        self.book = book
+        self.fetch = fetch
+        self._day = ""
+
+    async def ensure(self, codes: list[str]) -> None:
+        prices = self.book.portfolio.base_prices
+        day = self.book.day()
+        if day != self._day:
+            self._day = day
+            prices.clear()
+        for code in codes:
+            if code not in prices:
+                try:
+                    price = await self.fetch(code)
+                except Exception as e:  # the order path still works without it: the broker checks the band too
+                    log.warning("base price of %s unavailable: %s", code, e)
+                    continue
+                if price > 0:
+                    prices[code] = price
+
+
+class TradingDay:
+    def __init__(self, clock: MarketClock, book: OrderBook, desk: OrderDesk, risk: RiskGate, recon: Reconciler,
+                 base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
+                 request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 run_dir: Path) -> None:
+        self.clock = clock
+        self.book = book
+        self.desk = desk
+        self.risk = risk
+        self.recon = recon
+        self.base_prices = base_prices
+        self.cards = cards
+        self.publish = publish
+        self.request_reconcile = request_reconcile
+        self.spawn = spawn
+        self.run_dir = run_dir
+        self.cycle = DayCycle(book.store)
+        self._closing = False
+        self.reports_written = 0
+        self.close_errors = 0
+
+    def roll_pnl(self, day: str) -> None:
+        """Realised P&L and fees count per day from each agent's totals at the day's start
+        (persisted, so a restart in the day keeps them)."""
+        store = self.book.store
+        saved = store.get_meta(f"day_start:{day}")
+        if saved:
+            self.book.portfolio.roll_day({k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()})
+            return
+        start = self.book.portfolio.roll_day()
+        with store.transaction():
+            store.set_meta(f"day_start:{day}", msgspec.json.encode(start).decode())
+
+    def tick(self) -> None:
+        now, phase = self.clock.now(), self.clock.phase()
+        day = yyyymmdd(now.date())
+        first = not self.cycle.day
+        if self.cycle.roll(day):
+            self.roll_pnl(day)
+            self.risk.end_of_day = self.cycle.cleaned  # one set: the day cycle persists it, the gate reads it
+            self.publish(SystemEventKind.TRADING_DAY, "", day)  # agents number their orders by the gateway's day
+            if not first:
+                log.info("new trading day %s", day)
+                self.request_reconcile("new day")  # expires what is left of earlier days
+                self.spawn(self.base_prices.ensure(sorted({c for card in self.cards() for c in card.codes})))
+        if not self.recon.synced:
+            return  # nothing is decided before the books agree with the broker
+        released, expired = self.desk.release_due()
+        if released or expired:
+            log.info("next-session orders: %d released, %d expired unsent", released, expired)
+        due = self.cycle.due(now, phase, self.clock.timed, self.cards())
+        for card in due.cleanup:
+            self.end_of_day(card)
+        if due.close_day and not self._closing:
+            self._closing = True
+            self.spawn(self.close_day(day))
+
+    def end_of_day(self, card: AgentCard) -> None:
+        policy = card.schedule.end_of_day
+        if policy is EndOfDay.CANCEL:
+            n = self.desk.cancel_all(card.id)
+        elif policy is EndOfDay.FLATTEN:
+            n = self.desk.flatten(card, "end of day: flatten")
+        else:
+            n = 0
+        with self.book.store.transaction():
+            self.cycle.mark_cleaned(card.id)
+        self.book.notify(card.id, Notice(level="info", text=f"end of day: {policy.value} ({n} orders); reducing only until tomorrow"))
+        self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
+        log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)
+
+    async def close_day(self, day: str) -> None:
+        """After the close: the broker's final word, then expiry of what is left, then the report."""
+        try:
+            await self.recon.run("close")
+            self.recon.expire_through(day)
+            self.desk.release_due()  # held orders for today that never went out expire now
+            report = daily_report.build(day, self.book, self.book.portfolio)
+            path = daily_report.write(report, self.run_dir)
+            with self.book.store.transaction():
+                self.cycle.mark_closed()
+            self.reports_written += 1
+            self.publish(SystemEventKind.DAY_CLOSED, "", day)
+            log.info("day %s closed: %d orders expired, report %s", day, report.expired_at_close, path)
+        except Exception as e:  # retried on the next tick
+            self.close_errors += 1
+            log.warning("closing day %s failed: %s; will retry", day, e)
+        finally:
+            self._closing = False
+
+    async def run(self, tick_s: float, on_error: Callable[[], None]) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                on_error()
+                log.exception("day cycle failed")
+            await asyncio.sleep(tick_s)
