@@ -25,18 +25,18 @@ from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin
-from agent.strategy import Strategy
-from common.clock import now_kst, today_kst
+from agent.strategy import Strategy, unsubscribed_bars
+from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
-from common.enums import OrderType, Side, TimeInForce
+from common.enums import OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common.orders import OPEN, OrderState
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
     Heartbeat,
-    ModifyOrder, NewOrder, Notice, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
+    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
 from common.schema import GetSnapshot, SnapshotReply, SystemEvent
@@ -109,6 +109,7 @@ class AgentRuntime(AgentServicesMixin):
         self._max_ack_gap = 0.0
         self._hb_sent_at = 0.0
         self._stamp: tuple[int, int] | None = None
+        self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -166,7 +167,12 @@ class AgentRuntime(AgentServicesMixin):
         self._next_timer = time.monotonic() + interval_s if interval_s > 0 else float("inf")
 
     def now(self) -> dt.datetime:
-        return now_kst()
+        """The market's time as the gateway's clock says (the twin's, in a rehearsal or replay)."""
+        return kst_from_ns(time.time_ns() + self._clock_offset_ns)
+
+    def _follow_clock(self, clock_ns: int) -> None:
+        if clock_ns:
+            self._clock_offset_ns = clock_ns - time.time_ns()
 
     @property
     def polled_codes(self) -> frozenset[str]:
@@ -178,17 +184,18 @@ class AgentRuntime(AgentServicesMixin):
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         # Served by the gateway's bar store, back-filled from the broker's chart API (which may take
-        # a few REST calls under this agent's quota, hence the long timeout). Warm-up must not kill
-        # the agent: on any failure it starts cold.
+        # a few REST calls under this agent's quota, hence the long timeout; the wait heartbeats, so
+        # the lease and the agent's market-data registrations survive it). Warm-up must not kill the
+        # agent: on any failure it starts cold.
         if self.client is None:
             return []
         try:
-            reply = self.client.request(GetBars(h=self.headers(), code=code, interval=interval, n=n), timeout_s=15.0)
+            reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=n), timeout_s=15.0)
         except (KtraderError, msgspec.ValidationError) as e:
             self.log.warning("history %s %s x%d failed: %s", code, interval, n, e)
             return []
         if not isinstance(reply, BarsReply):
-            self.log.warning("history %s %s x%d refused: %s", code, interval, n, getattr(reply, "message", reply))
+            self.log.warning("history %s %s x%d: unexpected reply %s", code, interval, n, type(reply).__name__)
             return []
         self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(reply.bars), reply.backfilled)
         return list(reply.bars)
@@ -270,6 +277,7 @@ class AgentRuntime(AgentServicesMixin):
                 continue
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
+        self._follow_clock(reply.snapshot.clock_ns)
         # A fresh process rebuilds its state from the snapshot: the events before it are history,
         # not news, and must not trigger the strategy again (that is how orders get re-sent).
         # A running process that re-registers gets what it missed delivered as usual.
@@ -311,6 +319,10 @@ class AgentRuntime(AgentServicesMixin):
             params = cls.parse_params(self.card.params)
         except Exception as e:
             raise AgentExit(EXIT_BAD_CARD, f"strategy {self.card.strategy}: {e}") from None
+        missing = unsubscribed_bars(cls, self.card.subscriptions.bars)
+        if missing:
+            raise AgentExit(EXIT_BAD_CARD, f"{self.card.id}: {self.card.strategy} decides on {', '.join(missing)} bars: "
+                                           f"add them to `bars` under [subscriptions] in its card")
         self.strategy = cls(self, params)
         self._call("on_start")
 
@@ -434,14 +446,14 @@ class AgentRuntime(AgentServicesMixin):
             self._on_event(msg)
         elif isinstance(msg, Ack):
             self._ack_seen()
+            self._follow_clock(msg.clock_ns)
         elif isinstance(msg, OrdersReply):
             for r in msg.results:
                 if not r.accepted:
-                    self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
-                    if r.code is ErrorCode.BAD_ORDER and "today is" in r.message:
-                        self._send(GetSnapshot(h=self.headers()))  # we missed a day change: resync numbering
+                    self._refused(r)
         elif isinstance(msg, SnapshotReply):
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
+            self._follow_clock(msg.snapshot.clock_ns)
         elif isinstance(msg, MarketSnapshot):
             for st in msg.markets:
                 self.log.info("MARKET %s trade=%s book=%s bars=%s seqs=%s", st.code, st.trade.price if st.trade else None,
@@ -458,6 +470,20 @@ class AgentRuntime(AgentServicesMixin):
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)
+
+    def _refused(self, r: OrderResult) -> None:
+        """The gateway did not take an order. Its own copy here must not stay 'on its way' (a ghost
+        that blocks a strategy waiting for it): when the gateway made no order of it (e.g. an id of
+        another trading day), it ends DENIED here with the gateway's code and the strategy is told."""
+        self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
+        if r.code is ErrorCode.WRONG_DAY:
+            self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
+        mine = self.orders.get(r.client_order_id)
+        if mine is not None and mine.state is OrderState.PENDING_SUBMIT and not r.duplicate:
+            denied = msgspec.structs.replace(mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value,
+                                             reason=r.message)
+            self.orders[r.client_order_id] = denied
+            self._call("on_order", denied)
 
     def _ack_seen(self) -> None:
         now = time.monotonic()
@@ -516,7 +542,7 @@ class AgentRuntime(AgentServicesMixin):
         # sequence checks, de-duplication and conflation happened in MarketFeed.drain
         if isinstance(pub.body, (TradeTick, BookTick, Bar)):
             self._deliver(pub.body)
-        elif isinstance(pub.body, SystemEvent) and pub.body.kind == "trading_day" and pub.body.text:
+        elif isinstance(pub.body, SystemEvent) and pub.body.kind is SystemEventKind.TRADING_DAY and pub.body.text:
             self._set_day(pub.body.text)
 
     def _call(self, name: str, *args: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import msgspec
 
-from common.enums import OrderType, TimeInForce
+from common.enums import BarInterval, OrderType, TimeInForce
 import datetime as dt
 
 from common.schema import AgentSummary, Bar, BookTick, FillView, InvestorDay, OrderView, PositionView, PriceQuote, TradeTick
@@ -96,6 +96,11 @@ class Context(Protocol):
         ...
 
 
+def unsubscribed_bars(cls: type["Strategy"], subscribed: list[BarInterval]) -> list[BarInterval]:
+    """The bar intervals `cls` needs that a card subscribing to `subscribed` would never receive."""
+    return [b for b in cls.needs_bars if b not in subscribed]
+
+
 class Strategy:
     """Base class. Override what you need; the defaults do nothing.
 
@@ -103,6 +108,9 @@ class Strategy:
     """
 
     Params: ClassVar[type[msgspec.Struct] | None] = None
+    # Bar intervals the strategy decides on: its card must subscribe to them (`[subscriptions] bars`);
+    # the card checker and the runtime refuse a card that does not.
+    needs_bars: ClassVar[tuple[BarInterval, ...]] = ()
 
     def __init__(self, ctx: Context, params: Any) -> None:
         self.ctx = ctx

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from common.enums import AgentMode
+from common.enums import AgentMode, BarInterval
 from common.ids import AgentId, StockCode
 
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
@@ -125,7 +125,7 @@ class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # then waits for a restart). Granted: polling stops and the stream takes over.
     resubscribe_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     # closed bars to receive (on_bar) for every code; built by the gateway from the trade stream
-    bars: list[Literal["1m", "5m", "15m", "60m", "1d"]] = []
+    bars: list[BarInterval] = []
     conflate: bool = False  # deliver only the newest trade/book per topic of each socket drain
 
 

@@ -305,6 +305,8 @@ class OrderDesk:
 
     def _release(self, o: Order, card: AgentCard | None) -> int:
         book, coid = self.book, o.client_order_id
+        if o.side is Side.BUY and not o.price and o.code not in book.portfolio.base_prices:
+            return 0  # a market buy is judged at the day's upper limit: wait for the day's base price
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())

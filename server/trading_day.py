@@ -42,22 +42,32 @@ class BasePrices:
         self.book = book
         self.fetch = fetch
         self._day = ""
+        self._asking: set[str] = set()  # codes with a fetch in flight
 
-    async def ensure(self, codes: list[str]) -> None:
+    def missing(self, codes: list[str]) -> list[str]:
+        self._roll()
         prices = self.book.portfolio.base_prices
+        return [c for c in codes if c not in prices and c not in self._asking]
+
+    def _roll(self) -> None:
         day = self.book.day()
         if day != self._day:
             self._day = day
-            prices.clear()
-        for code in codes:
-            if code not in prices:
-                try:
-                    price = await self.fetch(code)
-                except Exception as e:  # the order path still works without it: the broker checks the band too
-                    log.warning("base price of %s unavailable: %s", code, e)
-                    continue
-                if price > 0:
-                    prices[code] = price
+            self.book.portfolio.base_prices.clear()
+
+    async def ensure(self, codes: list[str]) -> None:
+        prices = self.book.portfolio.base_prices
+        for code in self.missing(codes):
+            self._asking.add(code)
+            try:
+                price = await self.fetch(code)
+            except Exception as e:  # the order path still works without it: the broker checks the band too
+                log.warning("base price of %s unavailable: %s", code, e)
+                continue
+            finally:
+                self._asking.discard(code)
+            if price > 0 and self.book.day() == self._day:
+                prices[code] = price
 
 
 class TradingDay:
@@ -107,6 +117,9 @@ class TradingDay:
                 self.spawn(self.base_prices.ensure(sorted({c for card in self.cards() for c in card.codes})))
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
+        held = sorted({o.code for o in self.book.orders.values() if o.valid_day == day and o.is_open})
+        if held and (missing := self.base_prices.missing(held)):
+            self.spawn(self.base_prices.ensure(missing))  # market buys are valued at the day's upper limit
         released, expired = self.desk.release_due()
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.runtime import load_strategy_class
+from agent.strategy import unsubscribed_bars
 from common.config import AgentCard, ConfigError, load_card
 from common.ids import EXTERNAL_AGENT
 from kis.master import MasterEntry, StockMaster, load_stock_master
@@ -86,6 +87,11 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
             cls.parse_params(card.params)
         except Exception as e:
             problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
+        missing = unsubscribed_bars(cls, card.subscriptions.bars)
+        if missing:
+            problems.append(Problem(str(f), "subscriptions.bars", (
+                f"{cls.__name__} decides on {', '.join(missing)} bars but the card does not subscribe to them: "
+                f"it would never trade (add bars = {[b.value for b in cls.needs_bars]})")))
     if len(slots) > MARKET_DATA_SLOTS:
         polling = sorted(card.id for _, card in cards if card.subscriptions.poll_quotes_s > 0)
         fallback = (f"; {', '.join(polling)} would REST-poll quotes for refused trades (poll_quotes_s)" if polling else

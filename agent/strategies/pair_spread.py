@@ -18,7 +18,7 @@ from collections import deque
 import msgspec
 
 from agent.strategy import Strategy
-from common.enums import OrderType
+from common.enums import BarInterval, OrderType, TimeInForce
 from common.schema import Bar
 
 
@@ -40,6 +40,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PairSpread(Strategy):
+    needs_bars = (BarInterval.D1,)  # it decides on daily bars, after the close, for the next session
     Params = Params
 
     def on_start(self) -> None:
@@ -83,11 +84,11 @@ class PairSpread(Strategy):
             return
         for code, qty in held.items():
             if qty and code != target:
-                self.ctx.sell(code, qty, order_type=OrderType.MARKET, reason=f"spread z={z:.2f}: leave {code}",
+                self.ctx.sell(code, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=f"spread z={z:.2f}: leave {code}",
                               context={"z": round(z, 4)})
         if target and not held[target]:
             price = self.last[target].close
             qty = p.notional // price
             if qty > 0:
-                self.ctx.buy(target, qty, order_type=OrderType.MARKET, reason=f"spread z={z:.2f}: hold {target}",
+                self.ctx.buy(target, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=f"spread z={z:.2f}: hold {target}",
                              context={"z": round(z, 4)})

@@ -16,7 +16,7 @@ from collections import deque
 import msgspec
 
 from agent.strategy import Strategy
-from common.enums import OrderType
+from common.enums import BarInterval, OrderType, TimeInForce
 from common.krx import round_down
 from common.schema import Bar, FillView, PositionView
 
@@ -40,6 +40,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Pullback(Strategy):
+    needs_bars = (BarInterval.D1,)  # it decides on daily bars, after the close, for the next session
     Params = Params
 
     def on_start(self) -> None:
@@ -71,7 +72,7 @@ class Pullback(Strategy):
         if held:
             price, at = self.entry.get(bar.code, (0, n))
             if bar.close >= high or bar.close * 100 <= price * (100 - p.stop_pct) or n - at >= p.max_hold:
-                self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, reason="pullback exit")
+                self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="pullback exit")
             return
         trend_sum, fast_sum = sum(closes), sum(recent)
         uptrend = bar.close * p.trend > trend_sum and fast_sum * p.trend > trend_sum * p.fast
@@ -80,5 +81,5 @@ class Pullback(Strategy):
             limit = round_down(bar.close * (100 - p.limit_pct) // 100)
             qty = p.notional // limit
             if qty:
-                self.ctx.buy(bar.code, qty, limit, reason="pullback in an uptrend",
+                self.ctx.buy(bar.code, qty, limit, tif=TimeInForce.NEXT_SESSION, reason="pullback in an uptrend",
                              context={"high": high, "close": bar.close})

@@ -13,7 +13,7 @@ from collections import deque
 import msgspec
 
 from agent.strategy import Strategy
-from common.enums import OrderType
+from common.enums import BarInterval, OrderType, TimeInForce
 from common.schema import Bar
 
 
@@ -64,6 +64,7 @@ class _Window:
 
 
 class SmaCrossDaily(Strategy):
+    needs_bars = (BarInterval.D1,)  # it decides on daily bars, after the close, for the next session
     Params = Params
 
     def on_start(self) -> None:
@@ -85,6 +86,6 @@ class SmaCrossDaily(Strategy):
             return
         held = self.ctx.position(bar.code)
         if cross > 0 and held == 0:
-            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET, reason="short SMA crossed above long")
+            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="short SMA crossed above long")
         elif cross < 0 and held > 0:
-            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, reason="short SMA crossed below long")
+            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="short SMA crossed below long")

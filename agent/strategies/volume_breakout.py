@@ -15,7 +15,7 @@ from collections import deque
 import msgspec
 
 from agent.strategy import Strategy
-from common.enums import OrderType
+from common.enums import BarInterval, OrderType, TimeInForce
 from common.schema import Bar, FillView, PositionView
 
 
@@ -34,6 +34,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class VolumeBreakout(Strategy):
+    needs_bars = (BarInterval.D1,)  # it decides on daily bars, after the close, for the next session
     Params = Params
 
     def on_start(self) -> None:
@@ -65,12 +66,12 @@ class VolumeBreakout(Strategy):
             stopped = entry and bar.close * 100 <= entry * (100 - p.stop_pct)
             if bar.close < floor or stopped:
                 why = "stop loss" if stopped else f"close below the {p.exit_lookback}-day low"
-                self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, reason=why)
+                self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=why)
             return
         window = prev[-p.lookback:]
         vol_sum = sum(b.volume for b in window)
         if bar.close > max(b.close for b in window) and bar.volume * p.lookback * 100 >= vol_sum * p.vol_mult_pct:
             qty = p.notional // bar.close
             if qty:
-                self.ctx.buy(bar.code, qty, order_type=OrderType.MARKET, reason="breakout on volume",
+                self.ctx.buy(bar.code, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="breakout on volume",
                              context={"volume": bar.volume, "avg_volume": vol_sum // p.lookback})

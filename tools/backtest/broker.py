@@ -41,6 +41,9 @@ from common.books import apply_fill
 from tools.backtest.costs import CostModel
 
 BP = 10_000
+# IOC/FOK see only the opening price; DAY and NEXT_SESSION orders (a next-session order is a day order
+# of the session after its decision, which is the next bar here) rest through their day
+_AT_OPEN_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})
 
 
 class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,7 +263,7 @@ class SimBroker:
             if not ((o.side is Side.BUY and locked_up) or (o.side is Side.SELL and locked_down)):
                 self._fill_order(o, bar, day, notes)
                 o = orders[coid]
-            if o.tif is not TimeInForce.DAY and o.is_open:
+            if o.tif in _AT_OPEN_ONLY and o.is_open:
                 o = self._step(coid, Cancelled(ts_ns=self.ts_ns), notes)  # IOC/FOK rest: gone after the open
             if o.is_terminal:
                 self.open_ids.remove(coid)
@@ -270,7 +273,7 @@ class SimBroker:
         buy = o.side is Side.BUY
         if o.order_type is OrderType.MARKET:
             return bar.open
-        if o.tif is not TimeInForce.DAY:
+        if o.tif in _AT_OPEN_ONLY:
             return bar.open if (bar.open <= o.price if buy else bar.open >= o.price) else 0
         if buy and bar.low <= o.price:
             return min(bar.open, o.price)
