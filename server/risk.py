@@ -18,7 +18,7 @@ from common.enums import SessionState, Side, SystemEventKind, TradingState
 from common.market_clock import MarketClock, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
-from common.risk_rules import Denial, Mandate, Market, RateWindow, check_order
+from common.risk_rules import HELD_TIFS, Denial, Mandate, Market, RateWindow, check_order
 from common.schema import NewOrder
 from server.store import Store
 
@@ -108,8 +108,10 @@ class RiskGate:
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
+        # the end-of-day clean-up restricts today's session, not orders for the next one
+        state = self.agent_state(card.id) if order.tif in HELD_TIFS else self.effective(card.id)
         denial = check_order(code=order.code, side=order.side, qty=order.qty, price=order.price,
-                             order_type=order.order_type, tif=order.tif, mandate=self._mandate(card, self.effective(card.id)),
+                             order_type=order.order_type, tif=order.tif, mandate=self._mandate(card, state),
                              market=self._market(order.code, session), exp=exp, account=account,
                              rates=(agent_win.count(now), 0 if shadow else account_win.count(now)))
         if denial is None:
