@@ -29,7 +29,7 @@ from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
-from common.enums import OrderType, Side, SystemEventKind, TimeInForce
+from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common.orders import OPEN, OrderState
@@ -110,6 +110,7 @@ class AgentRuntime(AgentServicesMixin):
         self._hb_sent_at = 0.0
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
+        self._last_daily = ""  # the newest daily bar handed to the strategy (reported in heartbeats)
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -402,7 +403,7 @@ class AgentRuntime(AgentServicesMixin):
         self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors,
                              feed=FeedHealth(gaps=self.feed.stats.gaps, heals=self.feed.stats.heals,
                                              conflated=self.feed.stats.conflated, bad=self.client.bad_frames,
-                                             **self.quotes.report())))
+                                             last_daily=self._last_daily, **self.quotes.report())))
 
     def _gateway_lost(self, silent: float, why: str) -> None:
         """The gateway went away or was replaced: reconnect and register again (same session, so
@@ -536,6 +537,8 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(body, BookTick):
             self._call("on_book", body)
         elif isinstance(body, Bar):
+            if body.interval == BarInterval.D1 and body.start > self._last_daily:
+                self._last_daily = body.start
             self._call("on_bar", body)
 
     def _on_pub(self, pub: Published) -> None:

@@ -153,6 +153,7 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     refused_n: int = 0
     polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
     polled_n: int = 0
+    last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given
 
 
 class Heartbeat(_Msg, tag="heartbeat"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from common.clock import kst_from_ns
 from common.enums import SystemEventKind
 
 log = logging.getLogger("ktrader.alerts")
@@ -34,3 +35,7 @@ class Alerts:
 
     def texts(self, n: int = 20) -> list[str]:
         return [text for _, text in self.recent[-n:]]
+
+    def of_day(self, day: str) -> list[str]:
+        """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first."""
+        return [text for ts, text in self.recent if kst_from_ns(ts).strftime("%Y%m%d") == day]

@@ -37,10 +37,10 @@ class DailyReport(msgspec.Struct, kw_only=True):
     day: str
     agents: list[AgentDay]
     expired_at_close: int = 0  # the day's orders that ended EXPIRED (by the broker's word or ours)
-    alerts: list[str] = []
+    alerts: list[str] = []  # the day's alerts (reconciliation differences, external orders, halts ...)
 
 
-def build(day: str, book: "BookView", portfolio: Portfolio) -> DailyReport:
+def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | None = None) -> DailyReport:
     rows: dict[str, AgentDay] = {}
     expired = 0
     for coid, o in book.orders.items():
@@ -64,7 +64,8 @@ def build(day: str, book: "BookView", portfolio: Portfolio) -> DailyReport:
         r.net_pnl = r.realized_pnl - r.fees
         r.unrealized_pnl = portfolio.unrealized(agent)
         r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
-    return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired)
+    return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired,
+                       alerts=list(alerts or []))
 
 
 def render(rep: DailyReport) -> str:

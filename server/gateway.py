@@ -102,7 +102,7 @@ class Gateway:
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(self.clock, self.book, self.desk, self.risk, self.recon, self.base_prices, self._cards,
-                              self.publish, self.request_reconcile, self._spawn, self.run_dir)
+                              self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day)
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if self.master is not None:

@@ -14,6 +14,7 @@ import msgspec
 
 from common.enums import ControlAction, TradingState
 from common.errors import ErrorCode
+from common.orders import OrderState
 from common.schema import Ack, AgentStatus, Control, Error, Message, StatusReply
 from kis.health import broker_health
 from server import console_views
@@ -54,6 +55,9 @@ class Operator:
         total, open_n, fills = book.counts()
         counters = dict(gw.counters)
         counters["day_close_errors"] = gw.day.close_errors
+        counters["orders_held"] = sum(1 for o in book.orders.values() if o.state is OrderState.HELD)
+        counters["send_queue"] = gw.core.live_queue.depth + gw.core.shadow_queue.depth
+        counters["reports_written"] = gw.day.reports_written
         if gw.pub is not None:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped

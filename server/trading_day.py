@@ -74,7 +74,7 @@ class TradingDay:
     def __init__(self, clock: MarketClock, book: OrderBook, desk: OrderDesk, risk: RiskGate, recon: Reconciler,
                  base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
                  request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 run_dir: Path) -> None:
+                 run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: []) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -86,6 +86,7 @@ class TradingDay:
         self.request_reconcile = request_reconcile
         self.spawn = spawn
         self.run_dir = run_dir
+        self.alerts_of_day = alerts_of_day
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.reports_written = 0
@@ -150,7 +151,7 @@ class TradingDay:
             await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
-            report = daily_report.build(day, self.book, self.book.portfolio)
+            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day))
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()

@@ -48,7 +48,7 @@ class Procs:
         e = dict(os.environ)
         e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
         e.update(env or {})
-        p = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                              env=e, start_new_session=True)
         p.log_path = self.workdir / f"{log_name}.log"  # type: ignore[attr-defined]
         self.procs.append(p)

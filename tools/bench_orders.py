@@ -62,7 +62,7 @@ def _round_trips(run: Path, agent_id: str, n: int, out: list[int], pace_s: float
 
 def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: float = 0.0) -> dict:
     run = tmp / f"run-{'twin' if not broker_args else 'inproc'}-{agents}"
-    cmd = [sys.executable, "-m", "tools.cli", "gateway", "--run-dir", str(run), "--log-level", "error", *broker_args]
+    cmd = [sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--log-level", "error", *broker_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_file(run / "gateway.json", 30, proc)

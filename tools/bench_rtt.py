@@ -79,7 +79,7 @@ def measure_echo(n: int, tmp: Path) -> list[int]:
 
 def measure_gateway(n: int, tmp: Path) -> list[int]:
     run = tmp / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "gateway", "--run-dir", str(run), "--broker",
+    proc = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--broker",
                              "tests.fakes.broker:make", "--log-level", "warning"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

@@ -66,7 +66,7 @@ class Stack:
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")
         self.logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=self.env, start_new_session=True)
 
     def stop(self) -> None:
@@ -102,7 +102,7 @@ class Campaign:
         twin_log = open(self.workdir / "twin.log", "ab")
         st.logs.append(twin_log)
         st.twin = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
              "--admin-port", "0", "--seed", str(self.seed), "--quiet"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=twin_log, env=st.env, start_new_session=True)
         assert st.twin.stdout is not None

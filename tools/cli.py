@@ -40,15 +40,19 @@ def _mount_backtest() -> None:
 _mount_backtest()
 
 
+def _mount_rehearse() -> None:
+    from tools.rehearse.cli import rehearse_command
+
+    app.command("rehearse", help="The desk over days of real KRX history on the twin, audited against a backtest.")(rehearse_command)
+
+
+_mount_rehearse()
+
+
 def _logging(level: str, log_file: str | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from common.logs import setup_logging
+
+    setup_logging(level, log_file)
 
 
 @app.command()
@@ -90,31 +94,13 @@ def gateway(
             raise typer.Exit(3)
 
 
-@agent_app.command("run")
-def agent_run(
-    card: Path = typer.Argument(..., help="the agent's card, e.g. cards/ma_cross.toml"),
-    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
-    lock_dir: Optional[Path] = typer.Option(None, "--lock-dir", help="where the agent lock lives (default: RUN_DIR/locks)"),
-    takeover_wait: float = typer.Option(4.0, help="seconds to wait for a crashed copy's lease to run out"),
-    profile: Optional[str] = typer.Option(None, help="write a cProfile of the run to this file"),
-    log_level: str = typer.Option("info"),
-) -> None:
-    """Run one agent from its card (one OS process per agent)."""
-    from agent.runtime import EXIT_BAD_CARD, AgentRuntime
-    from common.config import ConfigError, load_card
-    from tools.profiling import profiled
+@agent_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def agent_run(ctx: typer.Context) -> None:
+    """Run one agent from its card (one OS process per agent); see `ktrader agent run --help`."""
+    # `ktrader agent run` normally never reaches typer (tools/launch.py); this is the same entry point
+    from agent.main import main as agent_main
 
-    _logging(log_level)
-    try:
-        c = load_card(card)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_BAD_CARD)
-    sys.path.insert(0, os.getcwd())  # strategies may live in the working tree
-    rt = AgentRuntime(c, run_dir, lock_dir=lock_dir, takeover_wait_s=takeover_wait)
-    with profiled(profile):
-        code = rt.run()
-    raise typer.Exit(code)
+    raise typer.Exit(agent_main(list(ctx.args)))
 
 
 @app.command()
@@ -302,6 +288,15 @@ def bench_orders(
     from tools.bench_orders import main as orders
 
     orders(n=n, agents=agents, json_out=json_out)
+
+
+@bench_app.command("agent")
+def bench_agent(rounds: int = typer.Option(5, help="agents started per entry point"),
+                json_out: bool = typer.Option(False, "--json")) -> None:
+    """One agent process: peak RSS and time to registered, vs the same agent through the full CLI."""
+    from tools.bench_agent import main as agent_bench
+
+    agent_bench(rounds, json_out)
 
 
 @bench_app.command("backtest")

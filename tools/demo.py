@@ -26,7 +26,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "tools", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -83,7 +83,7 @@ class Supervised:
 
 
 def default_command(card: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "tools.cli", "agent", "run", str(card), "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "tools", "agent", "run", str(card), "--run-dir", str(run_dir)]
 
 
 class Supervisor:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_small_fault_campaign_loses_nothing(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "chaos", "--agents", "2", "--faults", "60", "--rate", "10",
+        [sys.executable, "-m", "tools", "chaos", "--agents", "2", "--faults", "60", "--rate", "10",
          "--gateway-every", "30", "--seed", "5", "--workdir", str(tmp_path / "chaos"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=220, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip(), out.stderr[-3000:]

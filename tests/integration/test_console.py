@@ -90,13 +90,13 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
 async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[no-untyped-def]
     run, cards, sup, alpha, bravo = desk
     # `ktrader status` shows the same facts as the console
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     st = json.loads(out.stdout)
     a = next(x for x in st["agents"] if x["id"] == "alpha")
     assert a["positions"][0]["avg_price"] == 70_000 and a["positions"][0]["qty"] == 10 and a["open_orders"] == 1
     assert st["health"]["session_state"] == "ready" and st["account"][0]["code"] == "005930"
-    table = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run)], cwd=ROOT,
+    table = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run)], cwd=ROOT,
                            capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "250"}).stdout
     assert "reconciliation synced" in table and "account (all agents)" in table and "70,000" in table
 

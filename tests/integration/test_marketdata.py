@@ -36,7 +36,7 @@ history = {history}
 def market(tmp_path: Path, procs: Procs):
     err = open(tmp_path / "twin.err", "wb")
     twin = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+        [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
          "--admin-port", "0", "--seed", "3", "--clock", "replay", "--speed", "300", "--tick-interval", "0.05", "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     procs.procs.append(twin)

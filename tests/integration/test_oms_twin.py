@@ -39,7 +39,7 @@ class Twin:
     def __init__(self, procs: Procs, tmp: Path) -> None:
         log = open(tmp / "twin.err", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
              "--admin-port", "0", "--seed", "3", "--tick-interval", "0", "--quiet"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         procs.procs.append(self.proc)
@@ -153,13 +153,13 @@ def test_fill_cancel_revise_and_books_agree(stack) -> None:
     snap = agent.snapshot()
     assert snap.positions[0].qty == 4 and not snap.open_orders
     # the revised order's story, from the store
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "trace", c3, "--run-dir", str(run)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "tools", "trace", c3, "--run-dir", str(run)], cwd=ROOT,
                          capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     for step in ("intent", "risk", "broker.request", "broker.ack", "state: submit", "state: accept", "state: req_replace",
                  "state: replaced", "notice", "state: fill", "'signal': 1.5", "slippage vs decision price"):
         assert step in out.stdout, (step, out.stdout)
-    summary = subprocess.run([sys.executable, "-m", "tools.cli", "trace", "--slippage", "--run-dir", str(run)], cwd=ROOT,
+    summary = subprocess.run([sys.executable, "-m", "tools", "trace", "--slippage", "--run-dir", str(run)], cwd=ROOT,
                              capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert "tester" in summary.stdout
     st = fetch_status(run)

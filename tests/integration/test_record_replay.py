@@ -41,7 +41,7 @@ CODES = ["005930", "000660"]
 def start_twin(procs: Procs, tmp: Path) -> dict:
     err = open(tmp / "twin.err", "wb")
     p = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+        [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
          "--admin-port", "0", "--seed", "5", "--tick-interval", "0", "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     procs.procs.append(p)
@@ -136,7 +136,7 @@ def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs)
     recorded = frames(run)
     assert len(seen1) >= 10 and ticks(log1) == seen1
 
-    listing = subprocess.run([sys.executable, "-m", "tools.cli", "data", "ls", "--run-dir", str(run)], cwd=ROOT,
+    listing = subprocess.run([sys.executable, "-m", "tools", "data", "ls", "--run-dir", str(run)], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and "x  " in listing.stdout and f"{len(recorded):,}" in listing.stdout, listing.stdout
 

@@ -125,7 +125,7 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     assert bs.registrations == 1 and bs.max_ack_gap_ms < 1000
 
     # the status command, for scripts
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     st = json.loads(out.stdout)
     assert {a["id"]: a["state"] for a in st["agents"]} == {"alpha": "online", "bravo": "online"}

@@ -58,7 +58,7 @@ class Stack:
         # a step every 0.2 s: every subscribed code prints about 5 trades/s, enough to see data flow
         # and light enough for 6 processes on a small box
         self.twin = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
              "--admin-port", "0", "--seed", "3", "--tick-interval", "0.2", "--quiet"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)},
             start_new_session=True)

@@ -65,11 +65,11 @@ def test_budgets_and_registrations_across_cards(tmp_path: Path, master: dict) ->
 
 
 def test_cli_exit_codes_and_the_sample_cards(tmp_path: Path, shared_data: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "tools.cli", "cards", "check", "cards", "--master", str(shared_data / "krx_master")],
+    ok = subprocess.run([sys.executable, "-m", "tools", "cards", "check", "cards", "--master", str(shared_data / "krx_master")],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
     (tmp_path / "bad.toml").write_text(card("bad", codes='["999999"]'))
-    bad = subprocess.run([sys.executable, "-m", "tools.cli", "cards", "check", str(tmp_path), "--master", str(shared_data / "krx_master")],
+    bad = subprocess.run([sys.executable, "-m", "tools", "cards", "check", str(tmp_path), "--master", str(shared_data / "krx_master")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "bad.toml: error: codes: 999999" in bad.stdout
 

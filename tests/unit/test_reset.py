@@ -32,9 +32,9 @@ def test_archive_and_refusal(tmp_path: Path) -> None:
 def test_cli_asks_for_confirmation(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)
-    no = subprocess.run([sys.executable, "-m", "tools.cli", "reset", "--run-dir", str(run)], cwd=ROOT, input="n\n",
+    no = subprocess.run([sys.executable, "-m", "tools", "reset", "--run-dir", str(run)], cwd=ROOT, input="n\n",
                         capture_output=True, text=True, timeout=30)
     assert no.returncode == 1 and (run / "logs").exists()
-    yes = subprocess.run([sys.executable, "-m", "tools.cli", "reset", "--run-dir", str(run)], cwd=ROOT, input="y\n",
+    yes = subprocess.run([sys.executable, "-m", "tools", "reset", "--run-dir", str(run)], cwd=ROOT, input="y\n",
                          capture_output=True, text=True, timeout=30)
     assert yes.returncode == 0 and "archived to" in yes.stdout and not (run / "logs").exists()

@@ -1,0 +1,204 @@
+"""After a rehearsal: what the desk did, read from the gateway's store, its daily reports and the twin's
+own records — and whether the live decisions equal a backtest's.
+
+Failures (each makes `ktrader rehearse` exit non-zero):
+- a reconciliation difference outside a restart's recovery (the books and the broker disagreed);
+- an order owned by 'external' (nothing outside ktrader trades the rehearsal's account: each one is
+  one of ours misattributed);
+- a lost order (at the twin, claimed by no order of ours), a duplicate (one order of ours placed twice,
+  or one twin order claimed twice), an order still UNKNOWN or in flight at the end;
+- positions that differ between the agents' books and the twin's account;
+- a day without its daily report;
+- a parity difference without a reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from agent.runtime import load_strategy_class
+from common.config import AgentCard
+from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
+from common.orders import Order, OrderState
+from server.daily_report import DailyReport
+from server.store import Store
+
+
+class Decision(msgspec.Struct, frozen=True, order=True):
+    """What a strategy decided: the comparable part of an order."""
+
+    day: str  # YYYYMMDD of the decision (the order id's day)
+    code: str
+    side: str
+    qty: int
+    price: int  # 0: market
+    order_type: str
+
+
+class ParityRow(msgspec.Struct):
+    agent: str
+    live: int
+    backtest: int
+    equal: bool
+    only_live: list[Decision] = []
+    only_backtest: list[Decision] = []
+    reason: str = ""  # why they may differ; "" = they must not
+
+
+class DayRow(msgspec.Struct):
+    day: str
+    orders: dict[str, int] = {}  # agent -> orders decided that day
+    fills: dict[str, int] = {}
+    net_pnl: dict[str, int] = {}
+    reconcile_differences: list[str] = []
+    recovery_repairs: list[str] = []  # reconciliation after a restart found and repaired these
+    alerts: list[str] = []
+    report: bool = False
+
+
+class Audit(msgspec.Struct):
+    days: list[DayRow] = []
+    external_orders: list[str] = []
+    lost: list[str] = []
+    duplicated: list[str] = []
+    unresolved: list[str] = []
+    position_mismatches: list[str] = []
+    parity: list[ParityRow] = []
+    restarts: dict[str, int] = {}
+    failures: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _orders(run: Path) -> list[tuple[str, Order]]:
+    store = Store(run / "db" / "gateway.sqlite", readonly=True)
+    try:
+        return store.load_orders()
+    finally:
+        store.close()
+
+
+def _positions(run: Path) -> dict[str, dict[str, int]]:
+    store = Store(run / "db" / "gateway.sqlite", readonly=True)
+    try:
+        return {a: {c: p.qty for c, p in book.items()} for a, book in store.load_positions().items()}
+    finally:
+        store.close()
+
+
+def decision_of(o: Order) -> Decision:
+    _, day, _ = parse_client_order_id(o.client_order_id)
+    return Decision(day=day.strftime("%Y%m%d"), code=o.code, side=o.side.value, qty=o.qty, price=o.price,
+                    order_type=o.order_type.value)
+
+
+def live_decisions(orders: list[tuple[str, Order]], agent: str) -> list[Decision]:
+    """The agent's own decisions (not the gateway's on its behalf: end-of-day flattens)."""
+    out = []
+    for _, o in orders:
+        if o.agent != agent:
+            continue
+        _, _, n = parse_client_order_id(o.client_order_id)
+        if n < GATEWAY_ORDER_BASE:
+            out.append(decision_of(o))
+    return sorted(out)
+
+
+def parity_reason(card: AgentCard) -> str:
+    """Why a strategy's live decisions may legitimately differ from the backtest's ("" if they must not)."""
+    cls = load_strategy_class(card.strategy)
+    if not cls.needs_bars:
+        return "decides on intraday prints (on_trade/on_timer); the backtest sees daily bars only"
+    if any(name in vars(cls) for name in ("on_timer",)):
+        return "decides on a timer with quotes; the backtest has no intraday clock"
+    return ""
+
+
+def compare(agent: str, live: list[Decision], backtest: list[Decision], reason: str) -> ParityRow:
+    lc, bc = Counter(live), Counter(backtest)
+    only_live = sorted((lc - bc).elements())
+    only_bt = sorted((bc - lc).elements())
+    return ParityRow(agent=agent, live=len(live), backtest=len(backtest), equal=not only_live and not only_bt,
+                     only_live=only_live[:20], only_backtest=only_bt[:20], reason=reason)
+
+
+def audit_run(run: Path, days: list[dt.date], twin_orders: list[dict[str, object]], twin_holdings: dict[str, int],
+              restarts: dict[str, int]) -> Audit:
+    a = Audit(restarts=dict(restarts))
+    orders = _orders(run)
+    # ---- per day
+    by_day: dict[str, DayRow] = {}
+    for d in days:
+        key = d.strftime("%Y%m%d")
+        row = DayRow(day=key)
+        path = run / "reports" / f"daily-{key}.json"
+        if path.exists():
+            rep = msgspec.json.decode(path.read_bytes(), type=DailyReport)
+            row.report = True
+            row.fills = {r.agent: r.fills for r in rep.agents}
+            row.net_pnl = {r.agent: r.net_pnl for r in rep.agents}
+            row.alerts = list(rep.alerts)
+            for text in rep.alerts:
+                if text.startswith("reconcile ("):
+                    (row.recovery_repairs if text.startswith("reconcile (start)") else row.reconcile_differences).append(text)
+        else:
+            a.failures.append(f"{key}: no daily report")
+        by_day[key] = row
+    for _, o in orders:
+        if o.agent == EXTERNAL_AGENT:
+            continue
+        d = decision_of(o).day
+        if d in by_day:
+            by_day[d].orders[o.agent] = by_day[d].orders.get(o.agent, 0) + 1
+    a.days = [by_day[k] for k in sorted(by_day)]
+    for row in a.days:
+        for text in row.reconcile_differences:
+            a.failures.append(f"{row.day}: {text}")
+    # ---- orders: ours against the twin's
+    a.external_orders = [o.client_order_id for _, o in orders if o.agent == EXTERNAL_AGENT]
+    if a.external_orders:
+        a.failures.append(f"{len(a.external_orders)} orders attributed to 'external' (none was placed outside ktrader)")
+    claims: dict[str, list[str]] = defaultdict(list)
+    for _, o in orders:
+        if o.agent == EXTERNAL_AGENT:
+            continue
+        for odno in o.broker_chain:
+            claims[odno.lstrip("0")].append(o.client_order_id)
+        if o.state in (OrderState.UNKNOWN, OrderState.PENDING_SUBMIT, OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE):
+            a.unresolved.append(f"{o.client_order_id} {o.state.value}")
+    for t in twin_orders:
+        odno = str(t.get("odno", "")).lstrip("0")
+        if t.get("kind") != "new":
+            continue  # revise and cancel lines belong to a chain; refusals placed nothing
+        if odno not in claims:
+            a.lost.append(f"twin order {odno} ({t.get('code')} {t.get('side')} {t.get('qty')}) is nobody's here")
+    for odno, coids in claims.items():
+        if len(coids) > 1:
+            a.duplicated.append(f"twin order {odno} claimed by {coids}")
+    placed: Counter[str] = Counter()
+    for t in twin_orders:
+        if t.get("kind") == "new":
+            for coid in claims.get(str(t.get("odno", "")).lstrip("0"), []):
+                placed[coid] += 1
+    a.duplicated += [f"{coid} placed {n} times at the twin" for coid, n in placed.items() if n > 1]
+    for what, items in (("lost", a.lost), ("duplicated", a.duplicated), ("unresolved", a.unresolved)):
+        if items:
+            a.failures.append(f"{len(items)} {what} orders")
+    # ---- positions: the agents' books together against the account
+    books: dict[str, int] = defaultdict(int)
+    for agent, pos in _positions(run).items():
+        for code, qty in pos.items():
+            books[code] += qty
+    for code in sorted(set(books) | set(twin_holdings)):
+        if books.get(code, 0) != twin_holdings.get(code, 0):
+            a.position_mismatches.append(f"{code}: books {books.get(code, 0)}, account {twin_holdings.get(code, 0)}")
+    if a.position_mismatches:
+        a.failures.append(f"{len(a.position_mismatches)} position mismatches")
+    return a

@@ -1,0 +1,94 @@
+"""`ktrader rehearse [--days N] [--from DATE] [--data DIR] [--cards DIR|FILE ...] [--kill-every K] [--json]`
+
+Exit codes: 0 the audit is clean; 1 it is not (the summary says what); 2 bad input (cards, data, days);
+3 the desk failed to run (the message names the process and its log)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_data() -> Path:
+    shared = Path(os.environ.get("KTRADER_SHARED", ROOT.parent / "shared"))
+    return shared / "data" / "krx_daily_fdr_2020_2026"
+
+
+def rehearse_command(
+    days: Annotated[int, typer.Option("--days", help="trading days to rehearse")] = 5,
+    date_from: Annotated[Optional[str], typer.Option("--from", help="first day (YYYY-MM-DD); default: the data's last N days")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="daily OHLCV folder (<code>.csv)")] = None,
+    cards: Annotated[Optional[list[Path]], typer.Option("--cards", help="card files or folders (default: cards/)")] = None,
+    kill_every: Annotated[int, typer.Option("--kill-every", help="kill -9 an agent and the gateway every K days")] = 0,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="keep the run here (default: a temp dir, removed)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Rehearse the desk over days of real KRX history on the twin: day cycles, next-session orders,
+    restarts; then audit it and compare its decisions with a backtest of the same cards."""
+    from common.config import ConfigError
+    from tools.backtest.data import DataError
+    from tools.rehearse.desk import RehearsalError
+    from tools.rehearse.run import default_cards, rehearse
+
+    console = Console(stderr=True)
+    paths: list[Path] = []
+    for c in cards or [ROOT / "cards"]:
+        paths += default_cards(c) if c.is_dir() else [c]
+    start = dt.date.fromisoformat(date_from) if date_from else None
+    if days <= 0 or not paths:
+        console.print("error: need --days > 0 and at least one card", markup=False)
+        raise typer.Exit(2)
+    with Progress(TextColumn("rehearsal {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as prog:
+        task = prog.add_task("starting", total=days)
+
+        def progress(label: str, done: int, total: int) -> None:
+            prog.update(task, description=label, completed=done, total=total)
+            if not console.is_terminal:
+                print(f"rehearsal: {label} ({done}/{total})", file=sys.stderr, flush=True)
+
+        try:
+            summary = rehearse(paths, data or default_data(), days, start, kill_every, workdir, progress)
+        except (ConfigError, DataError) as e:
+            console.print(f"error: {e}", markup=False)
+            raise typer.Exit(2) from None
+        except (RehearsalError, TimeoutError) as e:
+            console.print(f"rehearsal failed: {e}", markup=False)
+            raise typer.Exit(3) from None
+    if json_out:
+        sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
+    else:
+        _print(summary, Console())
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+def _print(summary: object, console: Console) -> None:
+    s = summary  # tools.rehearse.run.Summary
+    a = s.audit  # type: ignore[attr-defined]
+    t = Table(title=f"rehearsal {s.days[0]} .. {s.days[-1]} ({len(s.days)} days, {s.seconds:.0f}s)")  # type: ignore[attr-defined]
+    for col in ("day", "orders", "fills", "net P&L", "reconcile", "alerts", "report"):
+        t.add_column(col)
+    for d in a.days:
+        t.add_row(d.day, str(sum(d.orders.values())), str(sum(d.fills.values())), f"{sum(d.net_pnl.values()):,}",
+                  str(len(d.reconcile_differences)), str(len(d.alerts)), "yes" if d.report else "MISSING")
+    console.print(t)
+    p = Table(title="parity with the backtest")
+    for col in ("agent", "live", "backtest", "equal", "reason"):
+        p.add_column(col)
+    for r in a.parity:
+        p.add_row(r.agent, str(r.live), str(r.backtest), "yes" if r.equal else "no", r.reason or ("-" if r.equal else "UNEXPLAINED"))
+    console.print(p)
+    if a.restarts:
+        console.print(f"restarts: {a.restarts}", markup=False)
+    console.print("audit clean" if not a.failures else "audit FAILED:\n  " + "\n  ".join(a.failures), markup=False)

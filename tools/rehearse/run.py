@@ -1,0 +1,145 @@
+"""`ktrader rehearse`: the whole desk over N trading days of real KRX history, then an audit and a parity
+check against the backtester (see tools/rehearse/desk.py and audit.py).
+
+A trading day, as driven here (KST, the twin's clock):
+  pre-open → 08:30 opening auction (held next-session orders are released and go to KIS) → 09:00 open
+  (the auction uncrosses at the day's open) → 10:00 … 15:00 (the continuous session's prints, tick
+  strategies trade) → 15:20 closing auction (each card's end-of-day clean-up) → 15:30 close → 15:45
+  (the gateway closes the day: reconciliation, expiry, the daily report; daily bars close and the
+  daily-bar strategies decide for the next session) → the next trading day (nights, weekends and
+  holidays are jumped over by the KRX calendar).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from agent.runtime import load_strategy_class
+from common.calendar import trading_days
+from common.config import AgentCard, load_card
+from common.enums import BarInterval
+from tools.backtest.data import Series, load_codes
+from tools.backtest.engine import BacktestConfig, run_backtest
+from tools.rehearse.audit import Audit, Decision, audit_run, compare, decision_of, live_decisions, parity_reason, _orders
+from tools.rehearse.desk import INTRADAY_STEPS, Desk, RehearsalError
+
+Progress = Callable[[str, int, int], None]
+
+
+class Summary(msgspec.Struct):
+    days: list[str]
+    cards: list[str]
+    seconds: float
+    audit: Audit
+    ok: bool
+
+
+def pick_days(series: dict[str, Series], n: int, start: dt.date | None) -> list[dt.date]:
+    """N KRX trading days covered by the data: from `start`, or the last N the data has."""
+    last = max(dt.date.fromisoformat(s.bars[-1].start[:10]) for s in series.values() if s.bars)
+    first = min(dt.date.fromisoformat(s.bars[0].start[:10]) for s in series.values() if s.bars)
+    cal = trading_days(first, last)
+    if start is not None:
+        cal = [d for d in cal if d >= start]
+        return cal[:n]
+    return cal[-n:]
+
+
+def _traded(series: dict[str, Series], day: dt.date) -> set[str]:
+    iso = day.isoformat()
+    return {code for code, s in series.items() for b in s.bars if b.start[:10] == iso and b.volume > 0}
+
+
+def _daily_agents(cards: list[AgentCard], traded: set[str]) -> frozenset[str]:
+    """The agents that get a daily bar of a day: they subscribe to 1d and one of their codes traded."""
+    return frozenset(c.id for c in cards if BarInterval.D1 in c.subscriptions.bars and set(c.codes) & traded)
+
+
+def rehearse(card_paths: list[Path], data: Path, n_days: int, start: dt.date | None = None, kill_every: int = 0,
+             workdir: Path | None = None, progress: Progress | None = None) -> Summary:
+    t0 = time.monotonic()
+    cards = [(p, load_card(p)) for p in card_paths]
+    codes = sorted({c for _, card in cards for c in card.codes})
+    series = load_codes(data, codes)
+    days = pick_days(series, n_days, start)
+    if len(days) < n_days:
+        raise RehearsalError(f"{data} covers only {len(days)} trading days from {start or 'its end'}; asked for {n_days}")
+    keep = workdir is not None
+    wd = workdir or Path(tempfile.mkdtemp(prefix="ktrader-rehearse-"))
+    desk = Desk(workdir=wd, data=data, cards=cards, start=days[0])
+    plain = [c for _, c in cards]
+    twin_orders: list[dict[str, object]] = []
+    holdings: dict[str, int] = {}
+    try:
+        desk.start()
+        desk.wait_agents_online()
+        for i, day in enumerate(days):
+            key = day.strftime("%Y%m%d")
+            if progress:
+                progress(key, i, len(days))
+            if i:
+                moved = desk.next_day()
+                if moved != day:
+                    raise RehearsalError(f"the twin moved to {moved}, the rehearsal expected {day}")
+            kill_gw = kill_every and i % kill_every == kill_every - 1
+            kill_agent = kill_every and i % kill_every == kill_every // 2
+            desk.advance("08:30:00")
+            desk.settle(day=key)  # held orders released and sent
+            desk.advance("09:00:00")
+            desk.settle(day=key)
+            for n, step in enumerate(INTRADAY_STEPS):
+                desk.advance(step)
+                desk.settle(day=key)
+                if kill_agent and n == 1:
+                    victim = plain[(i // max(kill_every, 1)) % len(plain)].id
+                    desk.kill_agent(victim)
+                    desk.wait_agents_online()
+                if kill_gw and n == 3:
+                    desk.kill_gateway()
+                    desk.wait_agents_online()
+            desk.advance("15:20:00")
+            desk.settle(day=key)
+            desk.advance("15:30:00")
+            desk.settle(day=key)
+            desk.advance("15:45:00")
+            desk.settle(60.0, day=key, report=True, daily=_daily_agents(plain, _traded(series, day)))
+        if progress:
+            progress("audit", len(days), len(days))
+        twin_orders = desk.twin_orders()
+        holdings = {c: int(h["qty"]) for c, h in desk.twin_account()["holdings"].items() if h["qty"]}  # type: ignore[index,union-attr]
+    finally:
+        desk.stop()
+    audit = audit_run(desk.run, days, twin_orders, holdings, desk.restarts)
+    audit.parity = parity(cards, series, days, desk.run)
+    for row in audit.parity:
+        if not row.equal and not row.reason:
+            audit.failures.append(f"{row.agent}: {len(row.only_live)} live and {len(row.only_backtest)} backtest "
+                                  f"decisions differ, unexplained")
+    if not keep:
+        shutil.rmtree(wd, ignore_errors=True)
+    return Summary(days=[d.isoformat() for d in days], cards=[c.id for _, c in cards], seconds=round(time.monotonic() - t0, 1),
+                   audit=audit, ok=audit.ok)
+
+
+def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path) -> list:  # type: ignore[type-arg]
+    orders = _orders(run)
+    rows = []
+    for _, card in cards:
+        live = live_decisions(orders, card.id)
+        mine = {c: series[c] for c in card.codes}
+        result = run_backtest(card, mine, BacktestConfig(date_from=days[0], date_to=days[-1]))
+        backtest: list[Decision] = sorted(decision_of(o) for o in result.orders)
+        rows.append(compare(card.id, live, backtest, parity_reason(card)))
+    return rows
+
+
+def default_cards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.toml"))
+
