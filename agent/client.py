@@ -12,7 +12,7 @@ import zmq
 from common.connection import GatewayInfo
 from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
-from common.schema import Error, HeaderFactory, Message, Published
+from common.schema import REPLY_TO, Error, HeaderFactory, Message, Published
 
 
 class GatewayClient:
@@ -74,10 +74,15 @@ class GatewayClient:
                 self.inbox.append(reply)
 
     def call(self, msg: Message, timeout_s: float = 5.0) -> Message:
-        """request() that raises KtraderError for an Error reply."""
+        """request() that raises KtraderError for an Error reply, or for a reply of another type than
+        the request's own (common.schema.REPLY_TO)."""
         reply = self.request(msg, timeout_s)
         if isinstance(reply, Error):
             raise KtraderError(reply.code, reply.message)
+        expected = REPLY_TO.get(type(msg))
+        if expected is not None and not isinstance(reply, expected):
+            raise KtraderError(ErrorCode.BAD_MESSAGE, f"{type(msg).__name__} got {type(reply).__name__}, "
+                                                      f"expected {expected.__name__}")
         return reply
 
     # ---- SUB ----------------------------------------------------------------------------------

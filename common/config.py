@@ -31,7 +31,7 @@ class BrokerEnv(StrEnum):
     REAL = "real"  # 실전투자
 
 
-class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     env: BrokerEnv = BrokerEnv.SIM
     # TOML file outside the repo with app_key, app_secret, account (CANO-ACNT_PRDT_CD), hts_id.
     # Environment variables KTRADER_KIS_APP_KEY / _APP_SECRET / _ACCOUNT / _HTS_ID win over it.
@@ -50,7 +50,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sim_clock: str = "open"  # embedded twin only: kst | open | replay
 
 
-class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'."""
 
     max_order_value: Krw = 0  # notional of one order
@@ -60,14 +60,14 @@ class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_daily_loss: Krw = 0
 
 
-class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """What the account pays per fill, booked per agent (see common.costs for rounding)."""
 
     commission_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 150  # 0.015 % each side
     sell_tax_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 1_800  # 0.18 % on stock sells
 
 
-class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     run_dir: str = "run"
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
     router_endpoint: str = ""
@@ -108,13 +108,13 @@ class OnError(StrEnum):
     STOP = "stop"  # report and exit the agent
 
 
-class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     start: HHMM = "09:00"
     end: HHMM = "15:20"
     end_of_day: EndOfDay = EndOfDay.CANCEL
 
 
-class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     trades: bool = True  # H0STCNT0 for every code of the card
     book: bool = False  # H0STASP0 for every code of the card
     # > 0: while the gateway refuses a code's trade registration (all websocket slots in use,
@@ -129,7 +129,7 @@ class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     conflate: bool = False  # deliver only the newest trade/book per topic of each socket drain
 
 
-class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     id: AgentId
     name: str
     strategy: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:Class")]

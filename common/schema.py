@@ -651,13 +651,50 @@ class SummaryReply(_Msg, tag="summary"):
     summary: AgentSummary
 
 
+class GetTrace(_Msg, tag="get_trace"):
+    """An order's story (`ktrader trace`), or with `slippage` the per-agent slippage summary."""
+
+    client_order_id: str = ""
+    slippage: bool = False
+
+
+class TraceStep(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    ts_ns: int
+    step: str  # "state: <event>" or a trace kind (intent, risk, broker.request, notice ...)
+    details: str
+
+
+class SlippageRow(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    orders: int
+    mean_bps: float  # a statistic in basis points, not money
+    value_weighted_bps: float
+    worst_bps: float
+
+
+class TraceReply(_Msg, tag="trace"):
+    order: OrderView | None = None
+    broker_chain: list[str] = []
+    steps: list[TraceStep] = []
+    decision_price: int = 0
+    slippage: list[SlippageRow] = []
+
+
 Request = Union[
     Register, Heartbeat, Unregister, SubmitOrders, CancelOrder, ModifyOrder, CancelAll,
     GetSnapshot, GetEvents, Ping, StatusQuery, Control, GetOrders, GetMarket, GetBars,
-    PutState, GetState, Query, GetSummary, Subscribe,
+    PutState, GetState, Query, GetSummary, Subscribe, GetTrace,
 ]
 Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
-              MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply]
+              MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply, TraceReply]
+
+# Each request's reply (besides Error, which any request may get): clients check what they receive.
+REPLY_TO: dict[type, type] = {
+    Register: Registered, Heartbeat: Ack, Unregister: Ack, SubmitOrders: OrdersReply, CancelOrder: Ack,
+    ModifyOrder: Ack, CancelAll: Ack, GetSnapshot: SnapshotReply, GetEvents: EventBatch, Ping: Pong,
+    StatusQuery: StatusReply, Control: Ack, GetOrders: OrdersList, GetMarket: MarketSnapshot, GetBars: BarsReply,
+    PutState: Ack, GetState: StateReply, GetSummary: SummaryReply, Subscribe: Ack, GetTrace: TraceReply,
+}
 Message = Union[Request, Reply]  # ROUTER ⇄ DEALER; PUB carries only Published
 
 # Topics end in a delimiter so "md.H0STCNT0.00593" never prefix-matches "md.H0STCNT0.005930.".

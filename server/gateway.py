@@ -30,12 +30,14 @@ from common.enums import SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
-    AgentEvent, CancelAll, CancelOrder, Control, Error, GetBars, GetMarket, GetOrders, GetSnapshot, GetEvents,
+    AgentEvent, CancelAll, CancelOrder, Control, Error, GetBars, GetMarket, GetOrders, GetSnapshot, GetEvents, GetTrace, TraceReply,
     GetState, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, PutState, Query,
     Register, StatusQuery, SubmitOrders, Subscribe, SYSTEM_TOPIC, SystemEvent, Unregister, Ack,
 )
 from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketClock as ClockMark, SessionChange, Trade
-from server import console_views
+from server import console_views, trace_views
+from common.errors import ErrorCode
+from common.views import order_view
 from server.core import build_order_core
 from server.agent_services import AgentServices, GetSummary
 from server.barstore import BarStore
@@ -137,6 +139,7 @@ class Gateway:
         r.tool(Control, lambda route, m: self.operator.control(m))
         r.tool(GetOrders, self._get_orders)
         r.tool(GetSummary, lambda route, m: self.services.summary_reply(m))  # tools: any agent's book
+        r.tool(GetTrace, self._get_trace)
         r.agent(Heartbeat, s.heartbeat)
         r.agent(Unregister, s.unregister)
         r.agent(GetSnapshot, s.get_snapshot)
@@ -167,6 +170,17 @@ class Gateway:
     def _get_orders(self, route: bytes, msg: GetOrders) -> Message:
         orders, fills = console_views.blotter(self.book.orders, self.store, msg.agent, msg.since_ns, msg.limit)
         return OrdersList(h=self.headers(msg.h.mid), orders=orders, fills=fills)
+
+    def _get_trace(self, route: bytes, msg: GetTrace) -> Message:
+        h = self.headers(msg.h.mid)
+        if msg.slippage:
+            return TraceReply(h=h, slippage=trace_views.slippage_summary(self.store))
+        self.book.flush_traces()  # steps still waiting for the next commit belong to the story too
+        story = trace_views.order_story(self.store, msg.client_order_id)
+        if story is None:
+            return Error(h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order {msg.client_order_id!r} in the store")
+        o, steps, decision = story
+        return TraceReply(h=h, order=order_view(o), broker_chain=list(o.broker_chain), steps=steps, decision_price=decision)
 
     def _get_bars(self, rec: AgentRecord, route: bytes, msg: GetBars) -> None:
         self._spawn(serve_bars(self, route, rec.id, msg))

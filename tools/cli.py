@@ -158,16 +158,25 @@ def trace(
     order_id: str = typer.Argument("", help="client order id, e.g. ma_cross-20261120-3"),
     slippage: bool = typer.Option(False, "--slippage", help="slippage summary per agent instead"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    offline: bool = typer.Option(False, "--offline", help="read the store of a gateway that is not running"),
 ) -> None:
     """An order's story: reason, decision price, risk, broker calls, notices, fills, slippage."""
-    from tools.trace import print_slippage, print_trace
+    from common.connection import ConnectionFileError
+    from common.errors import KtraderError
+    from tools.trace import fetch_trace, print_slippage, print_trace
 
     try:
-        code = print_slippage(run_dir) if slippage or not order_id else print_trace(run_dir, order_id)
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
+        tr = fetch_trace(run_dir, order_id, slippage or not order_id, offline)
+    except (FileNotFoundError, KeyError) as e:
+        typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
         raise typer.Exit(1)
-    raise typer.Exit(code)
+    except ConnectionFileError as e:
+        typer.echo(f"error: {e}; with no gateway running, add --offline to read its store", err=True)
+        raise typer.Exit(1)
+    except KtraderError as e:
+        typer.echo(f"error: {e.message or e}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(print_slippage(tr.slippage) if slippage or not order_id else print_trace(tr))
 
 
 @app.command()

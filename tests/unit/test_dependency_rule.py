@@ -49,3 +49,61 @@ def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
     f.write_text("import server.gateway\nfrom kis.port import BrokerPort\nfrom . import sibling\n")
     assert imports_of(f) == {"server", "kis"}
+
+
+# ---- layers inside the packages (issue: domain core) --------------------------------------------------
+
+# The domain core: pure rules and books, called by the live gateway and the backtester alike.
+DOMAIN = ["common/orders.py", "common/risk_rules.py", "common/portfolio.py", "common/market_clock.py", "common/books.py",
+          "common/krx.py", "common/calendar.py", "common/views.py", "common/costs.py", "common/ids.py", "common/enums.py",
+          "common/errors.py", "common/clock.py"]
+IO = {"zmq", "httpx", "apsw", "aiohttp", "websockets", "asyncio", "socket", "subprocess", "sqlite3", "requests", "filelock"}
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module a file imports, dotted (ours and third-party)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_domain_core_does_no_io() -> None:
+    bad = [f"{f} imports {m}" for f in DOMAIN for m in all_imports(ROOT / f) if m.split(".")[0] in IO]
+    assert not bad, "domain modules must stay pure:\n" + "\n".join(bad)
+
+
+def test_the_twin_never_imports_the_kis_client() -> None:
+    """The twin is an oracle for the client: it must not share the client's code (kis/sim → kis.sim, common)."""
+    bad = [f"{f.relative_to(ROOT)} imports {m}" for f in package_files("kis/sim") for m in all_imports(f)
+           if m.split(".")[0] == "kis" and not m.startswith("kis.sim")]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_console_and_cli_speak_only_the_wire_protocol() -> None:
+    """Operator tools reach a running gateway through its protocol, never its modules or its store
+    (ktrader trace --offline, for a gateway that is not running, is the one documented exception)."""
+    files = [*package_files("tools/top"), ROOT / "tools/status.py", ROOT / "tools/trace.py"]
+    web = ROOT / "tools" / "web"
+    if web.exists():
+        files += package_files("tools/web")
+    bad = []
+    for f in files:
+        tree = ast.parse(f.read_text(), str(f))
+        for node in tree.body:  # module level: the offline reader imports inside its function
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in {"server", "apsw"}]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_request_names_its_reply() -> None:
+    from typing import get_args
+
+    from common.schema import REPLY_TO, Query, Request
+
+    assert set(get_args(Request)) - set(REPLY_TO) == {Query}  # a query's reply depends on its kind

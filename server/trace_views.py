@@ -1,0 +1,60 @@
+"""An order's story from the gateway's store — its reason and context, the decision price, the risk
+verdict, broker requests and answers, notices, every state change and fill — and slippage against
+the decision price per agent. Served over the wire (`GetTrace`); `ktrader trace --offline` reads a
+store whose gateway is not running through the same functions."""
+
+from __future__ import annotations
+
+import msgspec
+
+from common.enums import Side
+from common.orders import Order
+from common.schema import SlippageRow, TraceStep
+from server.store import Store
+
+
+def slippage_bps(o: Order, decision_price: int) -> float | None:
+    """Cost of execution against the decision price, in basis points (positive = worse)."""
+    if not o.filled_qty or decision_price <= 0:
+        return None
+    avg = o.filled_value / o.filled_qty  # a statistic, not money
+    diff = avg - decision_price if o.side is Side.BUY else decision_price - avg
+    return diff / decision_price * 10_000
+
+
+def order_story(store: Store, coid: str) -> tuple[Order, list[TraceStep], int] | None:
+    """(the order, its steps by time, its decision price), or None when the store has no such order."""
+    o = store.order(coid)
+    if o is None:
+        return None
+    steps: list[TraceStep] = []
+    for ev in store.order_events(coid):
+        body = msgspec.to_builtins(ev)
+        tag = body.pop("e")
+        ts = body.pop("ts_ns", 0)
+        steps.append(TraceStep(ts_ns=ts, step=f"state: {tag}",
+                               details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", 0, None))))
+    decision = 0
+    for ts, kind, body in store.trace(coid):
+        if kind == "intent":
+            decision = int(body.get("decision_price", 0) or 0)
+        steps.append(TraceStep(ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {}))))
+    steps.sort(key=lambda r: r.ts_ns)
+    return o, steps, decision
+
+
+def slippage_summary(store: Store) -> list[SlippageRow]:
+    per: dict[str, list[tuple[float, int]]] = {}
+    for coid, decision in store.decision_prices():
+        o = store.order(coid)
+        if o is None:
+            continue
+        bps = slippage_bps(o, decision)
+        if bps is not None:
+            per.setdefault(o.agent, []).append((bps, o.filled_value))
+    out = []
+    for agent, xs in sorted(per.items()):
+        total_value = sum(v for _, v in xs) or 1
+        out.append(SlippageRow(agent=agent, orders=len(xs), mean_bps=sum(b for b, _ in xs) / len(xs),
+                               value_weighted_bps=sum(b * v for b, v in xs) / total_value, worst_bps=max(b for b, _ in xs)))
+    return out
