@@ -17,31 +17,30 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import msgspec
 import zmq
 
 from common.clock import now_ns, yyyymmdd
 from common.config import AgentCard, EndOfDay, GatewayConfig
 from common.costs import CostModel
 from common.connection import GatewayInfo, remove_info, write_info
-from common.enums import AgentMode, AgentState, SessionState, TradingState
+from common.enums import AgentMode, AgentState, AlertKind, SessionState, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT
 from common.framing import Codec, FrameError
 from common.schema import (
-    Ack, AgentEvent, AgentStatus, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
-    FeedHealth, GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
+    Ack, AgentEvent, CancelAll, CancelOrder, Control, Error, EventBatch, GetEvents,
+    GetBars, GetMarket, GetOrders, GetSnapshot, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, Register,
     Notice, Registered, SnapshotReply, StatusQuery, StatusReply, SubmitOrders, Subscribe, SystemEvent, SYSTEM_TOPIC,
     Unregister,
 )
 from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketClock, MarketKind, SessionChange, Trade
-from kis.health import broker_health
 from server import console_views
 from server.agent_services import AgentServices, GetSummary
 from server import daily_report
 from server.daycycle import DayCycle
 from server.market_clock import market_clock_for
 from server.oms import OrderManager
+from server.operator import Operator
 from server.publisher import Publisher
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
@@ -101,6 +100,7 @@ class Gateway:
         self.services = AgentServices(self.store, self.oms, broker, self.headers, self._reply, self._spawn)
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
         self.oms.on_alert = lambda text: self._system("alert", "", text)
+        self.operator = Operator(self)  # issue 17: status, control, alerts, equity (server/operator.py)
         self._reconcile_wanted = asyncio.Event()
         self._reconcile_reason = "start"
         self.ctx = zmq.Context.instance()
@@ -163,6 +163,7 @@ class Gateway:
             loop.create_task(self._day_loop(), name="day-cycle"),
             *([] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]),  # a replay brings its marks
             loop.create_task(self.universe.run(), name="universe"),
+            *(loop.create_task(c, name="operator") for c in self.operator.tasks()),  # issue 17: the notifier
         ]
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
@@ -429,79 +430,10 @@ class Gateway:
     # ---- operations (the facade the console and CLI use) -----------------------------------------
 
     def status(self, re: int = 0) -> StatusReply:
-        agents = []
-        for rec in self.registry.agents.values():
-            open_n, today_n = self.oms.agent_counts(rec.id)
-            held = [p for p in self.oms.positions.get(rec.id, {}).values()]
-            agents.append(AgentStatus(
-                id=rec.id, name=rec.card.name, strategy=rec.card.strategy, state=rec.state, mode=rec.card.mode,
-                trading_state=rec.trading_state, pid=rec.pid, host=rec.host, session=rec.session,
-                heartbeat_age_s=round(self.registry.age(rec), 3), max_ack_gap_ms=rec.max_ack_gap_ms,
-                registrations=rec.registrations, codes=rec.codes, open_orders=open_n, orders_today=today_n,
-                errors=rec.errors, fills=self.oms.fills_by_agent.get(rec.id, 0),
-                position_codes=sum(1 for p in held if p.qty), position_cost=sum(p.cost for p in held),
-                realized_pnl=sum(p.realized_pnl for p in held), fees=sum(p.fees for p in held),
-                positions=(marked := console_views.agent_positions(self.oms, rec.id)),
-                unrealized_pnl=sum(p.unrealized_pnl for p in marked), rate_quota_per_s=rec.card.rate_quota_per_s,
-                last_error=console_views.last_error(self.oms, rec.id),
-                feed=self.md.feed_health.get(rec.id) or FeedHealth(),
-            ))
-        total, open_n, fills = self.oms.counts()
-        counters = dict(self.counters)
-        if self.pub is not None:
-            counters["pub_sent"] = self.pub.sent
-            counters["pub_dropped"] = self.pub.dropped
-            counters.update(self.md.counters())
-        return StatusReply(
-            h=self.headers(re), gateway_pid=os.getpid(), gateway_session=self.headers.sid, started_ns=self.started_ns,
-            session_state=self.broker.session_state, broker=self.broker_name, trading_state=self.risk.global_state,
-            agents=agents, orders_today=total, open_orders=open_n, fills_today=fills, counters=counters,
-            subscriptions=self.subs.table(), synced=self.oms.synced,
-            last_reconcile_age_s=round((now_ns() - self.oms.last_reconcile[0]) / 1e9, 1) if self.oms.last_reconcile else -1.0,
-            alerts=[text for _, text in self.oms.alerts[-20:]],
-            names={c: self.master.name(c) for a in agents for c in a.codes if self.master is not None and c in self.master},
-            health=msgspec.structs.replace(broker_health(self.broker), db_bytes=console_views.db_bytes(str(self.store.path))),
-            account=console_views.account_positions(self.oms), marks=dict(self.oms.marks),
-            reconcile_alerts=self.oms.last_reconcile[2] if self.oms.last_reconcile else 0,
-        )
+        return self.operator.status(re)  # issue 17: the operator's facade lives in server/operator.py
 
     def control(self, msg: Control) -> Message:
-        h = msg.h
-        states = {"pause": TradingState.HALTED, "halt": TradingState.HALTED, "reduce": TradingState.REDUCING,
-                  "resume": TradingState.ACTIVE}
-        if msg.action == "reconcile":
-            self.request_reconcile("on demand")
-            return Ack(h=self.headers(h.mid), message="reconciliation started")
-        if msg.action == "feed_gap":  # fault injection: subscribers must detect and heal a gap
-            self.md.inject_gap()
-            return Ack(h=self.headers(h.mid), message="market-data messages of the next second are skipped")
-        if msg.action == "cancel_all":
-            targets = [msg.agent] if msg.agent else sorted({o.agent for o in self.oms.orders.values() if o.is_open})
-            n = sum(self.oms.cancel_all(a) for a in targets)
-            return Ack(h=self.headers(h.mid), message=f"{n} cancels sent")
-        if msg.action == "flatten":
-            rec = self.registry.agents.get(msg.agent) if msg.agent else None
-            if rec is None:
-                return Error(h=self.headers(h.mid), code=ErrorCode.NOT_REGISTERED, message=f"flatten needs a known agent, not {msg.agent!r}")
-            n = self.oms.flatten(rec.card, f"flatten by {h.sender}")  # cancels its orders, then sells its positions
-            log.warning("agent %s flattened by %s: %d orders sent", msg.agent, h.sender, n)
-            return Ack(h=self.headers(h.mid), message=f"{msg.agent}: {n} orders sent to flatten")
-        if msg.action not in states:
-            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_MESSAGE, message=f"unknown action {msg.action!r}")
-        state = states[msg.action]
-        if msg.agent:
-            rec = self.registry.agents.get(msg.agent)
-            if rec is None:
-                return Error(h=self.headers(h.mid), code=ErrorCode.NOT_REGISTERED, message=f"no agent {msg.agent!r}")
-            rec.trading_state = state
-        else:
-            self.risk.global_state = state
-        # an operator's halt must survive a gateway restart
-        with self.store.transaction():
-            self.store.set_meta(f"trading_state:{msg.agent or '*'}", state.value)
-        self._system("trading_state", msg.agent, state.value)
-        log.warning("trading state of %s set to %s by %s", msg.agent or "gateway", state, h.sender)
-        return Ack(h=self.headers(h.mid), message=f"{msg.agent or 'gateway'} is {state}")
+        return self.operator.control(msg)  # issue 17
 
     def _agent_offline(self, agent: str, why: str) -> None:
         """The agent left or its lease expired: its registrations go (debounced), its feed health
@@ -509,6 +441,7 @@ class Gateway:
         self.subs.leave(agent)
         self.md.feed_health.pop(agent, None)
         self._system("agent_offline", agent, why)
+        self.operator.on_agent_offline(agent, why)  # issue 17: alert when it leaves positions behind
 
     def _system(self, kind: str, agent: str = "", text: str = "") -> None:
         if self.pub is not None:
@@ -523,6 +456,11 @@ class Gateway:
             for rec in self.registry.expire():
                 log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
                 self._agent_offline(rec.id, "lease expired")
+            try:  # issue 17: stale -> offline, alerts that last, equity snapshots
+                self.operator.tick()
+            except Exception:
+                self.counters["operator_errors"] += 1
+                log.exception("operator tick failed")
             try:
                 self._check_limits()
             except Exception:
@@ -578,6 +516,7 @@ class Gateway:
                 rec.trading_state = TradingState.REDUCING
                 text = f"{rec.id}: day P&L {self.oms.day_pnl(rec.id):,} breached the loss limit {limit:,}: reducing only"
                 self.oms.alert(text)
+                self.operator.alert(AlertKind.DAILY_LOSS, text, rec.id, self.daycycle.day)  # issue 17
                 self.oms.notify(rec.id, Notice(level="error", text=text))
                 self._system("trading_state", rec.id, TradingState.REDUCING.value)
         if self.cfg.kill_errors and self.risk.global_state is not TradingState.HALTED:
@@ -585,6 +524,7 @@ class Gateway:
             if n >= self.cfg.kill_errors:
                 self.risk.global_state = TradingState.HALTED
                 self.oms.alert(f"kill switch: {n} broker errors in {self.cfg.kill_window_s:.0f}s: trading halted (cancels only)")
+                self.operator.alert(AlertKind.KILL_SWITCH, f"{n} broker errors in {self.cfg.kill_window_s:.0f}s: trading halted (cancels only)", subject=str(now_ns()))  # issue 17
                 self._system("trading_state", "", TradingState.HALTED.value)
 
     # ---- the trading day (server/daycycle.py decides, this acts) -----------------------------------
@@ -644,7 +584,7 @@ class Gateway:
         try:
             await self.oms.reconcile_now("close")
             expired = self.oms.expire_through(day)
-            report = daily_report.build(day, self.oms, expired)
+            report = daily_report.build(day, self.oms, expired, self.operator.performance())  # issue 17: + performance
             path = daily_report.write(report, self.run_dir)
             with self.store.transaction():
                 self.daycycle.mark_closed()

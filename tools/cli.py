@@ -140,20 +140,29 @@ def status(
 
 @app.command()
 def control(
-    action: str = typer.Argument(..., help="pause | resume | halt | reduce | cancel_all | flatten | reconcile"),
-    agent: str = typer.Option("", help="agent id (default: the whole gateway)"),
+    action: str = typer.Argument(..., help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload"),
+    agent: str = typer.Option("", help="the agent to act on"),
+    all_: bool = typer.Option(False, "--all", help="pause/resume/reduce/cancel_all: the whole gateway, every agent"),
+    card: Optional[Path] = typer.Option(None, "--card", help="reload: the changed card (default: the card with that id in --cards)"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="reload: where to find the agent's card"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
-    """Operator actions: pause/resume/halt an agent or the gateway, cancel all orders."""
+    """Operator actions: pause/resume/reduce an agent (or --all), halt everything (kill switch), cancel
+    an agent's orders, flatten it (also when it is offline), reconcile, reload its card."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
+    from tools.reload import ReloadError, reload_card
     from tools.status import send_control
 
     try:
-        typer.echo(send_control(run_dir, action, agent))
-    except (ConnectionFileError, KtraderError) as e:
+        if action == "reload":
+            text = reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
+        else:
+            text = send_control(run_dir, action, agent, all_=all_)
+    except (ConnectionFileError, KtraderError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
+    typer.echo(text)
 
 
 @app.command()
@@ -316,13 +325,14 @@ def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
 def demo(
     duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
     headless: bool = typer.Option(False, "--headless", help="print a summary instead of the console"),
-    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    run_dir: Path = typer.Option(Path("run/demo"), "--run-dir", help="the demo's own runtime folder (never another gateway's)"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
 ) -> None:
     """The gateway on the built-in twin, every sample agent, and a summary."""
-    from tools.demo import run_demo
+    from tools.demo import run_demo, wants_console
 
-    raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=headless or not sys.stdout.isatty()))
+    console = wants_console(headless, sys.stdin.isatty(), sys.stdout.isatty())
+    raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=not console))
 
 
 @data_app.command("ls")

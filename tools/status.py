@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.client import GatewayClient
+from common.config import AgentCard
 from common.connection import read_info
 from common.schema import (
     Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
@@ -34,8 +35,11 @@ def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
     return reply
 
 
-def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0) -> str:
-    reply = _tool_call(run_dir, "ktrader-control", lambda h: Control(h=h, action=action, agent=agent), timeout_s)
+def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0, *, all_: bool = False,
+                 card: AgentCard | None = None, sender: str = "ktrader-control") -> str:
+    """An operator action; the gateway's refusal (unknown agent, ambiguous target, ...) raises
+    KtraderError with its code."""
+    reply = _tool_call(run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card), timeout_s)
     assert isinstance(reply, Ack)
     return reply.message
 
