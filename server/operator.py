@@ -110,10 +110,11 @@ class Operator:
     # ---- who is there ----------------------------------------------------------------------------
 
     def known_agents(self) -> list[str]:
-        """Registered agents, then agents the books know (positions or open orders) that are not."""
+        """Registered agents, then agents the books know that are not: holding shares, or with an
+        order today or still open (the OMS keeps exactly those orders in memory)."""
         oms = self.gw.oms
         books = {a for a, ps in oms.positions.items() if any(p.qty for p in ps.values())}
-        books |= {o.agent for o in oms.orders.values() if o.is_open}
+        books |= {o.agent for o in oms.orders.values()}
         return [*self.gw.registry.agents, *sorted(books - set(self.gw.registry.agents))]
 
     def is_known(self, agent: str) -> bool:
