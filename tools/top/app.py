@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -55,7 +56,7 @@ class TopApp(App[None]):
     TITLE = "ktrader top"
     CSS = """
     #banner { height: auto; padding: 0 1; background: $boost; }
-    #agents { height: 1fr; min-height: 5; }
+    #agents { height: auto; max-height: 60%; min-height: 5; }
     TabbedContent { height: 1fr; }
     #message { height: 1; padding: 0 1; color: $warning; }
     #recon, #health { padding: 0 1; }
@@ -191,14 +192,14 @@ class TopApp(App[None]):
         if self.is_running and self.screen_stack and self.main.query("#banner"):
             self.render_status()
 
-    def on_resize(self) -> None:
-        self._layout_agents()
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout_agents(event.size.width)
         if self.model.status is not None:
             self._render_agents(self.model.status)
 
-    def _layout_agents(self) -> None:
+    def _layout_agents(self, width: int = 0) -> None:
         """The grid's columns for the terminal's width (rebuilt when it changes)."""
-        width = self.size.width or 80
+        width = width or self.size.width or 80
         cols = grid.visible(width)
         left = width - 2 - sum(c.width + grid.CELL_PAD for c in cols)
         with_sup = self.supervisor is not None and left >= SUPERVISOR_W + grid.CELL_PAD
