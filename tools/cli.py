@@ -177,6 +177,36 @@ def top(
 
 
 @app.command()
+def web(
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML: its [web] section (host, port, token)"),
+    host: str = typer.Option("", help="address to bind (default 127.0.0.1, from [web])"),
+    port: int = typer.Option(-1, help="port (default 8765, from [web])"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="where the reload action finds cards"),
+) -> None:
+    """The web dashboard: agents, orders, positions, charts, alerts, live; actions behind a confirmation."""
+    from common.config import ConfigError, load_gateway_config
+    from tools.web.server import new_token, run_web
+
+    try:
+        cfg = load_gateway_config(config).web
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    host = host or cfg.host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host}: anyone who can reach it and has the token can act on the gateway; "
+                   "put TLS in front of it", err=True)
+    token = os.environ.get("KTRADER_WEB_TOKEN") or cfg.token or new_token()
+    _logging("warning")
+    try:
+        run_web(run_dir, host, port if port >= 0 else cfg.port, token, cards, print_fn=typer.echo)
+    except OSError as e:  # e.g. the port is taken
+        typer.echo(f"error: cannot serve on {host}:{port if port >= 0 else cfg.port}: {e.strerror or e}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def trace(
     order_id: str = typer.Argument("", help="client order id, e.g. ma_cross-20261120-3"),
     slippage: bool = typer.Option(False, "--slippage", help="slippage summary per agent instead"),

@@ -5,7 +5,9 @@ Rules: every order is accepted with a new ODNO; a limit buy at or above the refe
 sell at or below it) fills at once at its own price; market orders fill at the reference price;
 anything else rests until cancelled. Reference price: env KTRADER_FAKE_PRICE (default 70,000).
 With env KTRADER_FAKE_STATE=PATH its orders are kept in that JSON file, so a restarted gateway
-finds the broker as it left it (a real broker does not forget its orders)."""
+finds the broker as it left it (a real broker does not forget its orders). With env
+KTRADER_FAKE_TICK_S=S it prints a trade on every subscribed code each S seconds (a small walk
+around the reference price), for views that must show prices moving."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from common.enums import OrderType, SessionState, Side
 from kis import wire
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult, Trade,
 )
 
 
@@ -36,6 +38,9 @@ class FakeBroker:
                 self.orders = {k: {**o, "side": Side(o["side"])} for k, o in json.load(f).items()}
         self._odno = itertools.count(1 + max((int(k) for k in self.orders), default=0))
         self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self.tick_s = float(os.environ.get("KTRADER_FAKE_TICK_S", "0"))
+        self.subscribed: set[str] = set()
+        self._ticks = 0
         self.submits = 0
         self._state = SessionState.DISCONNECTED
         self.chart_calls: list[tuple[str, str, str]] = []
@@ -134,6 +139,8 @@ class FakeBroker:
         return self.ref_price
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        if kind is MarketKind.TRADES:
+            self.subscribed.add(code)
         return SubscriptionResult(ok=True)
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
@@ -172,7 +179,18 @@ class FakeBroker:
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:
-            yield await self._queue.get()
+            if not self.tick_s:
+                yield await self._queue.get()
+                continue
+            try:
+                yield await asyncio.wait_for(self._queue.get(), self.tick_s)
+            except asyncio.TimeoutError:
+                self._ticks += 1
+                px = self.ref_price + (self._ticks % 5 - 2) * 100  # stays on the tick grid
+                for code in sorted(self.subscribed):
+                    yield Trade(code=code, time=self._time(), price=px, qty=1, side=1, cum_volume=self._ticks,
+                                cum_value=self._ticks * px, open=self.ref_price, high=self.ref_price + 200,
+                                low=self.ref_price - 200, change=px - self.ref_price, ask1=px + 100, bid1=px)
 
 
 def make(cfg: GatewayConfig) -> FakeBroker:
