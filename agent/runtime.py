@@ -39,7 +39,7 @@ from common.schema import (
     ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
-from common.schema import GetSnapshot, SnapshotReply, SystemEvent
+from common.schema import CardUpdate, GetSnapshot, SnapshotReply, SystemEvent
 from common.schema import UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot
@@ -515,6 +515,8 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
             self.quotes.on_notice(body)  # a refused registration: ask again, maybe poll meanwhile
+        elif isinstance(body, CardUpdate):
+            self._reload(body)
         elif isinstance(body, UniverseUpdate) and self.client is not None:
             joined = self.universe.update(self.client, body.codes)
             self.quotes.keep(set(self.card.codes) | set(body.codes))
@@ -522,6 +524,23 @@ class AgentRuntime(AgentServicesMixin):
             self._ask_market(joined, gap=False)
             if hasattr(self.strategy, "on_universe"):
                 self._call("on_universe", list(body.codes))
+
+    def _reload(self, upd: CardUpdate) -> None:
+        """The operator reloaded our card: the gateway already applies its limits; the strategy
+        gets the new params if its `Params` accept them (else it keeps the old ones and says so)."""
+        if upd.card.id != self.card.id:
+            return
+        try:
+            params = load_strategy_class(upd.card.strategy).parse_params(upd.card.params)
+        except Exception as e:
+            self.errors += 1
+            self.log.error("RELOAD refused: params invalid for %s: %s; keeping the old ones", upd.card.strategy, e)
+            return
+        self.card = upd.card
+        self.log.info("RELOAD %s", ", ".join(upd.changed))
+        if self.strategy is not None:
+            self.strategy.params = params
+            self._call("on_reload", list(upd.changed))
 
     def _ask_market(self, codes: list[str], gap: bool) -> None:
         if codes and self.client is not None:

@@ -146,5 +146,9 @@ class Strategy:
 
     def on_timer(self) -> None: ...
 
+    def on_reload(self, changed: list[str]) -> None:
+        """The operator reloaded the card (`ktrader control reload`): `self.params` already holds
+        the new params; `changed` names the card fields that changed."""
+
     def on_stop(self) -> None: ...
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from common.enums import AgentMode, BarInterval
+from common.enums import AgentMode, AlertKind, BarInterval
 from common.ids import AgentId, StockCode
 
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
@@ -67,6 +67,56 @@ class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     sell_tax_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 1_800  # 0.18 % on stock sells
 
 
+class WebhookShape(StrEnum):
+    JSON = "json"  # {"kind", "agent", "subject", "text", "ts", "gateway"}: for your own receiver
+    TELEGRAM = "telegram"  # Bot API sendMessage: {"chat_id", "text"}; url https://api.telegram.org/bot<TOKEN>/sendMessage
+    SLACK = "slack"  # incoming webhook: {"text"}
+
+
+class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    # The URL often holds a secret (a bot token, a Slack hook path): give the name of an environment
+    # variable that holds it (`url_env`) rather than the URL itself. It is never logged.
+    url: str = ""
+    url_env: str = ""
+    shape: WebhookShape = WebhookShape.JSON
+    chat_id: str = ""  # telegram only
+    timeout_s: float = 5.0
+
+
+class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    host: str
+    port: int = 25
+    sender: str
+    to: list[str]
+    starttls: bool = False  # upgrade with STARTTLS before logging in
+    ssl: bool = False  # SMTPS (usually port 465)
+    username: str = ""
+    password_env: str = ""  # the name of the environment variable holding the password (never in the file)
+    timeout_s: float = 10.0
+
+
+class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Alerts that reach a person (server/notifier.py). No channel configured: alerts stay on the
+    console and the web page."""
+
+    webhooks: list[WebhookConfig] = []
+    smtp: list[SmtpConfig] = []
+    kinds: list[AlertKind] = []  # which kinds are sent ([]: all)
+    dedup_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0  # the same alert (kind, agent, subject) once per this long
+    max_per_minute: Annotated[int, msgspec.Meta(gt=0)] = 6  # per channel; more are counted and summarised in the next one
+    queue_size: Annotated[int, msgspec.Meta(gt=0)] = 200  # alerts waiting to be sent; beyond it they are dropped and counted
+    session_down_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # broker session not ready this long: an alert
+    stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # no real-time message this long in the continuous session
+
+
+class WebConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """`ktrader web`: the dashboard process (it talks to the gateway like the console does)."""
+
+    host: str = "127.0.0.1"  # loopback only unless you mean it (then put TLS in front of it)
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
+    token: str = ""  # "" : a new one is generated and printed at each start (KTRADER_WEB_TOKEN wins)
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     run_dir: str = "run"
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
@@ -94,6 +144,12 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     universe_refresh_s: float = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
     universe_fallback: list[StockCode] = []  # used while the volume-rank call fails
     costs: Costs = msgspec.field(default_factory=Costs)
+    # an agent silent this long after its lease ran out is offline (listed as such while it holds
+    # positions or orders; the gateway acts for it on the operator's request)
+    offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    equity_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # per-agent equity snapshot to the store
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
 
 
 class EndOfDay(StrEnum):

@@ -66,19 +66,34 @@ class SystemEventKind(StrEnum):
     TRADING_DAY = "trading_day"  # a new trading day (text: YYYYMMDD): agents number orders by it
     END_OF_DAY = "end_of_day"
     DAY_CLOSED = "day_closed"
+    CARD_RELOADED = "card_reloaded"  # text: the fields that changed
 
 
 class ControlAction(StrEnum):
-    """Operator actions (`ktrader control`, the console)."""
+    """What an operator can ask of the gateway (`ktrader control`, the console, the web page)."""
 
-    PAUSE = "pause"
+    PAUSE = "pause"  # an agent (or, with all, the gateway): cancels only
     RESUME = "resume"
-    HALT = "halt"
-    REDUCE = "reduce"
+    REDUCE = "reduce"  # only risk-reducing orders
+    HALT = "halt"  # the kill switch: the whole gateway, cancels only
     CANCEL_ALL = "cancel_all"
-    FLATTEN = "flatten"
-    RECONCILE = "reconcile"
-    FEED_GAP = "feed_gap"  # fault injection: subscribers must detect and heal a gap
+    FLATTEN = "flatten"  # cancel an agent's orders, then sell its positions
+    RECONCILE = "reconcile"  # compare the books with the broker now
+    RELOAD = "reload"  # apply a changed card's limits and params without a restart
+    FEED_GAP = "feed_gap"  # fault injection: skip a second of market data
+
+
+class AlertKind(StrEnum):
+    """Alerts that must reach a person (server/notifier.py sends them out)."""
+
+    KILL_SWITCH = "kill_switch"  # the automatic kill switch halted trading (burst of broker errors)
+    HALT = "halt"  # an operator halted the gateway
+    DAILY_LOSS = "daily_loss"  # an agent reached its daily loss limit: reducing only
+    SESSION_DOWN = "session_down"  # the broker session is not ready for longer than notify.session_down_s
+    RECONCILE_DIFF = "reconcile_diff"  # reconciliation found differences with the broker
+    STALE_MARKET_DATA = "stale_market_data"  # no real-time data during the session for notify.stale_data_s
+    AGENT_OFFLINE = "agent_offline"  # an agent crashed or stopped while holding positions or open orders
+    UNKNOWN_ORDER = "unknown_order"  # an order's outcome at the broker is not known (never resent)
 
 
 class BarInterval(StrEnum):

@@ -19,6 +19,8 @@ class ErrorCode(StrEnum):
     DUPLICATE_AGENT = "DUPLICATE_AGENT"
     WRONG_AGENT = "WRONG_AGENT"  # a message names another agent than the one registered on this socket
     BAD_CARD = "BAD_CARD"
+    UNKNOWN_AGENT = "UNKNOWN_AGENT"  # an operator action names an agent the gateway has never known
+    AMBIGUOUS_TARGET = "AMBIGUOUS_TARGET"  # an operator action that needs --agent ID (or an explicit --all)
     # orders
     UNKNOWN_ORDER = "UNKNOWN_ORDER"
     DUPLICATE_ORDER = "DUPLICATE_ORDER"  # same client order id, different content

@@ -204,10 +204,15 @@ class StatusQuery(_Msg, tag="status"):
 
 
 class Control(_Msg, tag="control"):
-    """Operator actions (console, CLI): pause/resume/halt an agent or the whole gateway."""
+    """Operator actions (console, CLI, web): common.enums.ControlAction. pause/resume/reduce and
+    cancel_all name an agent, or set `all` for the whole gateway (no agent and no `all`: refused
+    with AMBIGUOUS_TARGET); halt is the gateway's kill switch; flatten and reload name an agent.
+    An agent the gateway never knew: UNKNOWN_AGENT. Each action is journaled (server/operator.py)."""
 
-    action: ControlAction
-    agent: str = ""  # "" = global
+    action: str  # a ControlAction value (a str, so an unknown one gets a typed Error, not a decode failure)
+    agent: str = ""
+    all: bool = False  # explicitly the whole gateway
+    card: AgentCard | None = None  # reload: the changed card, checked by the tool before it is sent
 
 
 class Subscribe(_Msg, tag="subscribe"):
@@ -279,6 +284,24 @@ class OrdersList(_Msg, tag="orders_list"):
     fills: list[FillView]
 
 
+class AgentPerformance(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's live performance from its daily equity snapshots (server/performance.py).
+    P&L is net of fees and includes unrealised P&L at the last marks; money integer KRW, ratios float."""
+
+    days: int = 0  # days with a snapshot (today included)
+    net_pnl: int = 0  # cumulative: realised - fees + unrealised
+    today_pnl: int = 0  # net P&L change since the previous day's snapshot
+    max_drawdown: int = 0  # KRW, largest fall of the cumulative P&L from a peak
+    drawdown: int = 0  # KRW below the peak now
+    sharpe: float = 0.0  # of daily P&L, annualised (sqrt 252); 0.0 with fewer than 2 days
+    wins: int = 0  # closing trades (sells) with positive realised P&L
+    losses: int = 0
+    win_rate: float = 0.0  # wins / (wins + losses); 0.0 without closing trades
+    traded_value: int = 0  # KRW bought + sold over the days
+    turnover: float = 0.0  # traded value / budget (0.0 without a budget)
+    curve: list[tuple[str, int]] = []  # (YYYYMMDD, cumulative net P&L), oldest first, the last 250 days
+
+
 class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -306,6 +329,11 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     rate_quota_per_s: float = 0.0  # the card's share of the REST budget
     last_error: str = ""  # the latest denial/rejection or error notice
     feed: FeedHealth = msgspec.field(default_factory=FeedHealth)  # from the current session's heartbeats
+    position_value: int = 0  # shares held at the last marks (at cost where no mark is known)
+    last_fill: FillView | None = None  # the agent's newest fill today
+    budget: int = 0
+    performance: AgentPerformance = msgspec.field(default_factory=AgentPerformance)
+    known_from: str = "registry"  # registry | books (not registered since the gateway started: listed for its positions/orders)
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -359,6 +387,10 @@ class StatusReply(_Msg, tag="status_reply"):
     marks: dict[str, int] = {}  # code -> last trade price
     names: dict[str, str] = {}  # code -> name (stock master) for the agents' codes
     reconcile_alerts: int = 0  # differences the last reconciliation found
+    market_phase: str = ""  # common.krx.Phase of the market clock (pre_open, continuous, closed, ...)
+    market_time: str = ""  # the market clock, ISO 8601 in KST
+    alerts_today: int = 0  # alerts raised since the start of the market day
+    notify: dict[str, int] = {}  # notifier counters: sent, failed, suppressed, dropped, queued
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------
@@ -390,7 +422,16 @@ class UniverseUpdate(msgspec.Struct, frozen=True, tag="universe", kw_only=True):
     source: str = ""  # volume_rank | fallback
 
 
-EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate]
+class CardUpdate(msgspec.Struct, frozen=True, tag="card", kw_only=True):
+    """The operator reloaded this agent's card (`ktrader control reload`): new risk limits, budget,
+    params... The agent applies the params (its strategy's `Params` validate them first); the gateway
+    already applies the limits."""
+
+    card: AgentCard
+    changed: list[str] = []  # the card fields that changed
+
+
+EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate]
 
 
 class AgentEvent(_Msg, tag="event"):

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from common.clock import kst_from_ns
-from common.enums import SystemEventKind
+from common.enums import AlertKind, SystemEventKind
 
 log = logging.getLogger("ktrader.alerts")
 
@@ -20,16 +20,18 @@ class Alerts:
         self.publish = publish
         self.now_ns = now_ns
         self.recent: list[tuple[int, str]] = []
-        self.sinks: list[Callable[[str], None]] = []
+        # extra sinks, e.g. the notifier: (kind or None, text, agent); a kind marks an alert that must
+        # reach a person (common.enums.AlertKind), the rest are for the screen
+        self.sinks: list[Callable[[AlertKind | None, str, str], None]] = []
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, text: str, kind: AlertKind | None = None, agent: str = "") -> None:
         log.warning("ALERT %s", text)
         self.recent.append((self.now_ns(), text))
         del self.recent[:-KEEP]
-        self.publish(SystemEventKind.ALERT, "", text)
+        self.publish(SystemEventKind.ALERT, agent, text)
         for sink in self.sinks:
             try:
-                sink(text)
+                sink(kind, text, agent)
             except Exception:  # a sink's trouble never stops the gateway
                 log.exception("alert sink failed")
 

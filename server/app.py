@@ -77,6 +77,22 @@ def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
     return lock
 
 
+def held_run_locks(root: Path) -> list[tuple[Path, str]]:
+    """Run directories at or under `root` whose gateway lock is held now (a gateway, a standby
+    that took over, a demo or a replay gateway lives there): (folder, pid as its pid file says)."""
+    held = []
+    for path in sorted(Path(root).rglob("gateway.lock")) if Path(root).exists() else []:
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            pid_file = path.parent / "gateway.pid"
+            held.append((path.parent, pid_file.read_text().strip() if pid_file.exists() else "?"))
+        else:
+            lock.release()
+    return held
+
+
 def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> None:
     factory = load_factory(broker_spec) if broker_spec else None
     if factory is None:

@@ -14,7 +14,7 @@ from typing import Protocol
 from common.enums import Side
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
-from common.schema import PositionView
+from common.schema import AgentPerformance, PositionView
 
 
 class AgentDay(msgspec.Struct, kw_only=True):
@@ -31,6 +31,7 @@ class AgentDay(msgspec.Struct, kw_only=True):
     net_pnl: int = 0  # realised - fees (unrealised is listed per position)
     unrealized_pnl: int = 0
     positions: list[PositionView] = []
+    performance: AgentPerformance | None = None  # since the agent's first snapshot (server/performance.py)
 
 
 class DailyReport(msgspec.Struct, kw_only=True):
@@ -40,7 +41,8 @@ class DailyReport(msgspec.Struct, kw_only=True):
     alerts: list[str] = []  # the day's alerts (reconciliation differences, external orders, halts ...)
 
 
-def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | None = None) -> DailyReport:
+def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | None = None,
+          perf: dict[str, AgentPerformance] | None = None) -> DailyReport:
     rows: dict[str, AgentDay] = {}
     expired = 0
     for coid, o in book.orders.items():
@@ -64,6 +66,8 @@ def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | 
         r.net_pnl = r.realized_pnl - r.fees
         r.unrealized_pnl = portfolio.unrealized(agent)
         r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
+        if perf and agent in perf:
+            r.performance = msgspec.structs.replace(perf[agent], curve=[])  # the curve is in the store
     return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired,
                        alerts=list(alerts or []))
 
@@ -76,6 +80,13 @@ def render(rep: DailyReport) -> str:
                      f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}")
         for p in r.positions:
             lines.append(f"{'':<4}carried {p.code}: {p.qty} shares at cost {p.cost:,}")
+    perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
+    if perf:
+        head = f"{'performance':<16}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"
+        lines += ["", head, "-" * len(head)]
+        for agent, p in perf:
+            lines.append(f"{agent:<16}{p.days:>5}{p.net_pnl:>14,}{p.max_drawdown:>12,}{p.sharpe:>8.2f}"
+                         f"{p.win_rate:>9.0%}{p.turnover:>9.2f}")
     return "\n".join(lines) + "\n"
 
 

@@ -104,7 +104,8 @@ class Gateway:
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(self.clock, self.book, self.desk, self.risk, self.recon, self.base_prices, self._cards,
-                              self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day)
+                              self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day,
+                              lambda: self.operator.performance())
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if self.master is not None:
@@ -122,11 +123,12 @@ class Gateway:
         self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn)
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
-        self.operator = Operator(self)
+        self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
+        self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters)
         self.sessions.on_registered += [self.services.on_register, self.universe_binder.on_register,
                                         lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes)))]
-        self.sessions.on_offline.append(self._forget_feed)
+        self.sessions.on_offline += [self._forget_feed, self.operator.on_agent_offline]
         self._routes()
 
     # ---- wiring ------------------------------------------------------------------------------------
@@ -189,13 +191,13 @@ class Gateway:
         self.services.handle(rec, route, msg)
 
     def _card_of(self, agent: str) -> AgentCard | None:
-        rec = self.registry.agents.get(agent)
-        return rec.card if rec is not None else None
+        """The agent's card: its live registration's, else the last one it had (the operator keeps it)."""
+        return self.operator.card_of(agent)
 
     def _cards(self) -> list[AgentCard]:
         return [rec.card for rec in self.registry.agents.values()]
 
-    def _forget_feed(self, agent: str) -> None:
+    def _forget_feed(self, agent: str, why: str) -> None:
         from common.schema import FeedHealth
 
         rec = self.registry.agents.get(agent)
@@ -273,6 +275,7 @@ class Gateway:
         ]
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
+        self._tasks += [loop.create_task(c, name="operator") for c in self.operator.tasks()]
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self._stop.set)
@@ -328,6 +331,11 @@ class Gateway:
             except Exception:
                 self.counters["limit_check_errors"] += 1
                 log.exception("limit check failed")
+            try:
+                self.operator.tick()  # stale → offline, lasting conditions → alerts, equity snapshots
+            except Exception:
+                self.counters["operator_errors"] += 1
+                log.exception("operator tick failed")
 
     async def _broker_events(self) -> None:
         async for ev in self.broker.events():

@@ -1,56 +1,188 @@
-"""The operator's facade: what `ktrader status`, the console and `ktrader control` see and do.
+"""The operator's facade: what the console, `ktrader status`/`control` and the web page ask of the
+gateway (StatusQuery, Control), and what the gateway does on the operator's behalf.
 
-Read-only views come from the rooms' memory; every action goes through the room that owns it (trading
-state through the risk gate, orders through the order desk, reconciliation through its driver).
-"""
+- Status lists every agent the books know, registered or not: an agent that is not running but
+  holds positions or open orders shows as `offline` (known from the books and its last card).
+- Control refuses what it cannot do safely with a typed error: an unknown agent
+  (UNKNOWN_AGENT), a gateway-wide action without an explicit `all` (AMBIGUOUS_TARGET), a reload
+  whose card changes what only a restart can. Flatten and cancel-all work on an offline agent: the
+  gateway acts for it with its last known card. Every action, done or refused, is journaled in the
+  store (`operator_log`).
+- A reload applies a changed card's risk limits, budget, schedule and params at once (the agent
+  gets a CardUpdate event for its params) and keeps the old card when the new one is refused.
+- `tick()` (from the gateway's lease loop): a silent (stale) agent becomes offline after
+  `offline_after_s`; alerts for conditions that last (server/alert_watch.py) go to the notifier;
+  closing trades are counted and daily equity snapshots written (server/performance.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
-from typing import TYPE_CHECKING
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
-from common.enums import ControlAction, TradingState
+from common.clock import KST, yyyymmdd
+from common.config import AgentCard, GatewayConfig
+from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode
+from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
-from common.schema import Ack, AgentStatus, Control, Error, Message, StatusReply
+from common.schema import (
+    Ack, AgentPerformance, AgentStatus, CardUpdate, Control, Error, FeedHealth, FillView, HeaderFactory, Message, Notice, StatusReply,
+)
 from kis.health import broker_health
+from kis.port import BrokerPort
 from server import console_views
+from server.alert_watch import AlertWatch, Facts
+from common.market_clock import MarketClock, market_ns
+from server.marketdata import MarketData
+from server.notifier import Notifier
+from common.portfolio import Portfolio
+from server.alerts import Alerts
+from server.core import OrderCore
+from server.order_book import OrderBook
+from server.order_desk import OrderDesk
+from server.reconciler import Reconciler
+from server.performance import performance
+from server.publisher import Publisher
+from server.registry import AgentRecord, Registry
+from server.risk import RiskGate
+from server.store import EquityRow, Store
+from server.subscriptions import SubscriptionManager
+from kis.master import StockMaster
 
-if TYPE_CHECKING:
-    from server.gateway import Gateway
+log = logging.getLogger("ktrader.operator")
 
-log = logging.getLogger("ktrader.gateway")
+# what a reload may change; anything else needs the agent restarted (codes and subscriptions decide
+# registrations, strategy the code that runs, mode whether orders reach the broker at all)
+RELOADABLE = frozenset({"name", "description", "params", "budget", "risk", "rate_quota_per_s", "schedule", "on_error"})
+AGENT_SCOPED = frozenset({ControlAction.PAUSE, ControlAction.RESUME, ControlAction.REDUCE, ControlAction.CANCEL_ALL})
+STATES = {ControlAction.PAUSE: TradingState.HALTED, ControlAction.HALT: TradingState.HALTED,
+          ControlAction.REDUCE: TradingState.REDUCING, ControlAction.RESUME: TradingState.ACTIVE}
+CARD_META = "card:"  # meta key prefix: the last card each agent registered (or was reloaded) with
 
-_STATES = {ControlAction.PAUSE: TradingState.HALTED, ControlAction.HALT: TradingState.HALTED,
-           ControlAction.REDUCE: TradingState.REDUCING, ControlAction.RESUME: TradingState.ACTIVE}
+
+class GatewayParts(Protocol):
+    """What the operator reads and acts on (the gateway's parts; server/gateway.py)."""
+
+    cfg: GatewayConfig
+    registry: Registry
+    core: OrderCore
+    book: OrderBook
+    portfolio: Portfolio
+    desk: OrderDesk
+    recon: Reconciler
+    alerts: Alerts
+    store: Store
+    risk: RiskGate
+    broker: BrokerPort
+    broker_name: str
+    headers: HeaderFactory
+    started_ns: int
+    counters: Counter[str]  # the gateway's protocol counters
+    pub: Publisher | None
+    md: MarketData
+    subs: SubscriptionManager
+    master: StockMaster | None
+    clock: MarketClock
+
+    def request_reconcile(self, reason: str) -> None: ...
+
+    def publish(self, kind: SystemEventKind, agent: str = "", text: str = "") -> None: ...  # a system event on PUB
 
 
 class Operator:
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: GatewayParts, *, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.gw = gw
+        self.publish = gw.publish
+        self.clock = clock
+        self.notifier = notifier or Notifier(gw.cfg.notify, gateway=f"{os.uname().nodename}:{gw.cfg.run_dir}")
+        self.watch = AlertWatch(gw.cfg.notify)
+        self.cards: dict[str, AgentCard] = {}
+        for agent, raw in gw.store.meta_prefix(CARD_META).items():
+            try:
+                self.cards[agent] = msgspec.json.decode(raw, type=AgentCard)
+            except msgspec.MsgspecError:
+                log.warning("stored card of %s is unreadable: ignored", agent)
+        self.rows: dict[str, list[EquityRow]] = gw.store.equity_rows()
+        self._realized: dict[tuple[str, str], int] = {}  # (agent, code) -> realised P&L last seen
+        self._trades: dict[str, list[int]] = {}  # agent -> [wins, losses] today
+        self._trades_day = ""
+        self._next_check = 0.0
+        self._next_equity = 0.0
+
+    # ---- who is there ----------------------------------------------------------------------------
+
+    def known_agents(self) -> list[str]:
+        """Registered agents, then agents the books know that are not: holding shares, or with an
+        order today or still open (the OMS keeps exactly those orders in memory)."""
+        books = {a for a, ps in self.gw.portfolio.positions.items() if any(p.qty for p in ps.values())}
+        books |= {o.agent for o in self.gw.book.orders.values()}
+        return [*self.gw.registry.agents, *sorted(books - set(self.gw.registry.agents))]
+
+    def is_known(self, agent: str) -> bool:
+        return agent in self.gw.registry.agents or agent in self.cards or agent in self.known_agents()
+
+    def card_of(self, agent: str) -> AgentCard | None:
+        rec = self.gw.registry.agents.get(agent)
+        return rec.card if rec is not None else self.cards.get(agent)
+
+    def _acting_card(self, agent: str) -> AgentCard:
+        """The card the gateway trades an agent's books with when it acts for it (flatten): its
+        last card, with every code it holds (a universe code may not be on the card)."""
+        held = {c for c, p in self.gw.portfolio.positions.get(agent, {}).items() if p.qty}
+        card = self.card_of(agent) or AgentCard(id=agent, name=agent, strategy="server.operator:OnBehalf")
+        return msgspec.structs.replace(card, codes=sorted(set(card.codes) | held))
+
+    # ---- status ----------------------------------------------------------------------------------
 
     def status(self, re: int = 0) -> StatusReply:
-        gw = self.gw
-        book, p = gw.book, gw.portfolio
+        gw, book, portfolio = self.gw, self.gw.book, self.gw.portfolio
+        day = book.day()
+        traded: dict[str, int] = {}
+        last_fill: dict[str, FillView] = {}
+        for coid, o in book.orders.items():
+            if o.filled_qty and book.order_day.get(coid) == day:
+                traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
+                cur = last_fill.get(o.agent)
+                if cur is None or o.updated_ns > cur.ts_ns:
+                    last_fill[o.agent] = FillView(client_order_id=coid, fill_id="", code=o.code, side=o.side,
+                                                  qty=o.filled_qty, price=o.filled_value // o.filled_qty, ts_ns=o.updated_ns)
         agents = []
-        for rec in gw.registry.agents.values():
-            open_n, today_n = book.agent_counts(rec.id)
-            held = list(p.positions.get(rec.id, {}).values())
-            marked = console_views.agent_positions(p, rec.id)
+        for agent in self.known_agents():
+            rec = gw.registry.agents.get(agent)
+            card = self.card_of(agent)
+            open_n, today_n = book.agent_counts(agent)
+            held = list(portfolio.positions.get(agent, {}).values())
+            marked = console_views.agent_positions(portfolio, agent)
+            budget = card.budget if card is not None else 0
+            live = self._live_row(agent, day, traded.get(agent, 0), budget)
             agents.append(AgentStatus(
-                id=rec.id, name=rec.card.name, strategy=rec.card.strategy, state=rec.state, mode=rec.card.mode,
-                trading_state=gw.risk.effective(rec.id), pid=rec.pid, host=rec.host, session=rec.session,
-                heartbeat_age_s=round(gw.registry.age(rec), 3), max_ack_gap_ms=rec.max_ack_gap_ms,
-                registrations=rec.registrations, codes=rec.codes, open_orders=open_n, orders_today=today_n,
-                errors=rec.errors, fills=book.fills_by_agent.get(rec.id, 0),
-                position_codes=sum(1 for x in held if x.qty), position_cost=sum(x.cost for x in held),
-                realized_pnl=sum(x.realized_pnl for x in held), fees=sum(x.fees for x in held),
-                positions=marked, unrealized_pnl=sum(x.unrealized_pnl for x in marked),
-                rate_quota_per_s=rec.card.rate_quota_per_s, last_error=console_views.last_error(book.orders, rec.id),
-                feed=rec.feed,
+                id=agent, name=card.name if card else ("placed outside ktrader" if agent == EXTERNAL_AGENT else agent),
+                strategy=card.strategy if card else "", state=rec.state if rec else AgentState.OFFLINE,
+                mode=card.mode if card else AgentMode.LIVE,
+                trading_state=gw.risk.effective(agent),
+                pid=rec.pid if rec else 0, host=rec.host if rec else "", session=rec.session if rec else "",
+                heartbeat_age_s=round(gw.registry.age(rec), 3) if rec else -1.0,
+                max_ack_gap_ms=rec.max_ack_gap_ms if rec else 0, registrations=rec.registrations if rec else 0,
+                codes=rec.codes if rec else sorted({*(card.codes if card else []), *(p.code for p in held if p.qty)}),
+                open_orders=open_n, orders_today=today_n, errors=rec.errors if rec else 0,
+                fills=book.fills_by_agent.get(agent, 0),
+                position_codes=sum(1 for p in held if p.qty), position_cost=sum(p.cost for p in held),
+                realized_pnl=sum(p.realized_pnl for p in held), fees=sum(p.fees for p in held),
+                positions=marked, unrealized_pnl=sum(p.unrealized_pnl for p in marked),
+                rate_quota_per_s=card.rate_quota_per_s if card else 0.0,
+                last_error=console_views.last_error(book.orders, agent), feed=rec.feed if rec else FeedHealth(),
+                position_value=sum(p.mark * p.qty if p.mark else p.cost for p in marked if p.qty),
+                last_fill=last_fill.get(agent), budget=budget,
+                performance=performance(self.rows.get(agent, []), live),
+                known_from="registry" if rec else "books",
             ))
         total, open_n, fills = book.counts()
         counters = dict(gw.counters)
@@ -62,8 +194,11 @@ class Operator:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped
             counters.update(gw.md.counters())
-        last = gw.recon.last
         master = gw.master
+        codes = {c for a in agents for c in a.codes}
+        market_now = gw.clock.now()
+        day_start = int(dt.datetime.combine(market_now.date(), dt.time(), KST).timestamp() * 1e9)
+        last = gw.recon.last
         return StatusReply(
             h=gw.headers(re), gateway_pid=os.getpid(), gateway_session=gw.headers.sid, started_ns=gw.started_ns,
             session_state=gw.broker.session_state, broker=gw.broker_name, trading_state=gw.risk.global_state,
@@ -71,36 +206,239 @@ class Operator:
             subscriptions=gw.subs.table(), synced=gw.recon.synced,
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
-            names={c: master.name(c) for a in agents for c in a.codes if master is not None and c in master},
+            names={c: master.name(c) for c in codes if master is not None and c in master},
             health=msgspec.structs.replace(broker_health(gw.broker), db_bytes=console_views.db_bytes(str(gw.store.path))),
-            account=console_views.account_positions(p), marks=dict(p.marks),
+            account=console_views.account_positions(portfolio), marks=dict(portfolio.marks),
             reconcile_alerts=last[2] if last else 0,
+            market_phase=gw.clock.phase().value, market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
+            alerts_today=sum(1 for ts, _ in gw.alerts.recent if ts >= day_start), notify=self.notifier.status(),
         )
 
+    # ---- control ---------------------------------------------------------------------------------
+
     def control(self, msg: Control) -> Message:
-        gw = self.gw
-        h = msg.h
-        action = msg.action
+        reply = self._control(msg)
+        ok = not isinstance(reply, Error)
+        text = reply.message if isinstance(reply, (Ack, Error)) else ""
+        detail: dict[str, object] = {"all": msg.all, "result": text}
+        if isinstance(reply, Error):
+            detail["code"] = reply.code.value
+        with self.gw.store.transaction():
+            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, msg.action, msg.agent, ok, detail)
+        return reply
+
+    def _control(self, msg: Control) -> Message:
+        gw, h = self.gw, msg.h
+
+        def err(code: ErrorCode, text: str) -> Error:
+            return Error(h=gw.headers(h.mid), code=code, message=text)
+
+        def ack(text: str) -> Ack:
+            return Ack(h=gw.headers(h.mid), message=text)
+
+        try:
+            action = ControlAction(msg.action)
+        except ValueError:
+            return err(ErrorCode.BAD_MESSAGE, f"unknown action {msg.action!r}: one of {', '.join(a.value for a in ControlAction)}")
+        if msg.agent and msg.all:
+            return err(ErrorCode.AMBIGUOUS_TARGET, "name an agent or set all, not both")
+        if msg.agent and not self.is_known(msg.agent):
+            known = ", ".join(self.known_agents()) or "none"
+            return err(ErrorCode.UNKNOWN_AGENT, f"no agent {msg.agent!r} (known: {known})")
         if action is ControlAction.RECONCILE:
             gw.request_reconcile("on demand")
-            return Ack(h=gw.headers(h.mid), message="reconciliation started")
-        if action is ControlAction.FEED_GAP:  # fault injection: subscribers must detect and heal a gap
-            gw.md.inject_gap()
-            return Ack(h=gw.headers(h.mid), message="market-data messages of the next second are skipped")
+            return ack("reconciliation started")
+        if action is ControlAction.FEED_GAP:
+            return ack(self._feed_gap())
+        if action in AGENT_SCOPED and not msg.agent and not msg.all:
+            hint = "ktrader control halt is the kill switch for everything" if action is ControlAction.PAUSE else \
+                "or --all for every agent / the whole gateway"
+            return err(ErrorCode.AMBIGUOUS_TARGET, f"{action.value} needs --agent ID ({hint})")
+        if action in (ControlAction.FLATTEN, ControlAction.RELOAD) and not msg.agent:
+            return err(ErrorCode.AMBIGUOUS_TARGET, f"{action.value} needs --agent ID (one agent at a time)")
+        if msg.agent == EXTERNAL_AGENT and action in (ControlAction.CANCEL_ALL, ControlAction.FLATTEN, ControlAction.RELOAD):
+            return err(ErrorCode.UNKNOWN_AGENT, f"{EXTERNAL_AGENT!r} holds what was traded outside ktrader: "
+                                                "act on it where it was placed")
         if action is ControlAction.CANCEL_ALL:
-            targets = [msg.agent] if msg.agent else sorted({o.agent for o in gw.book.orders.values() if o.is_open})
+            targets = [msg.agent] if msg.agent else sorted({o.agent for o in gw.book.orders.values() if o.is_open} - {EXTERNAL_AGENT})
             n = sum(gw.desk.cancel_all(a) for a in targets)
-            return Ack(h=gw.headers(h.mid), message=f"{n} cancels sent")
+            return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
         if action is ControlAction.FLATTEN:
-            rec = gw.registry.agents.get(msg.agent) if msg.agent else None
-            if rec is None:
-                return Error(h=gw.headers(h.mid), code=ErrorCode.NOT_REGISTERED,
-                             message=f"flatten needs a known agent, not {msg.agent!r}")
-            n = gw.desk.flatten(rec.card, f"flatten by {h.sender}")  # cancels its orders, then sells its positions
-            log.warning("agent %s flattened by %s: %d orders sent", msg.agent, h.sender, n)
-            return Ack(h=gw.headers(h.mid), message=f"{msg.agent}: {n} orders sent to flatten")
-        state = _STATES[action]
-        if msg.agent and msg.agent not in gw.registry.agents:
-            return Error(h=gw.headers(h.mid), code=ErrorCode.NOT_REGISTERED, message=f"no agent {msg.agent!r}")
-        gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")  # persisted: survives a restart
-        return Ack(h=gw.headers(h.mid), message=f"{msg.agent or 'gateway'} is {state}")
+            rec = gw.registry.agents.get(msg.agent)
+            on_behalf = rec is None or rec.state is not AgentState.ONLINE
+            n = gw.desk.flatten(self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else ""))
+            log.warning("agent %s flattened by %s%s: %d orders started", msg.agent, h.sender,
+                        " on its behalf" if on_behalf else "", n)
+            return ack(f"{msg.agent}: {n} orders sent to flatten" + (" (on behalf of the offline agent)" if on_behalf else ""))
+        if action is ControlAction.RELOAD:
+            return self._reload(msg, err, ack)
+        state = STATES[action]
+        # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced
+        gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
+        if not msg.agent and state is TradingState.HALTED:
+            self.notifier.alert(AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock)))
+        return ack(f"{msg.agent or 'gateway'} is {state}")
+
+    def _feed_gap(self) -> str:
+        self.gw.md.inject_gap()
+        return "market-data messages of the next second are skipped"
+
+    def _reload(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+        new = msg.card
+        if new is None:
+            return err(ErrorCode.BAD_MESSAGE, "reload needs the changed card (ktrader control reload --agent ID --card PATH)")
+        if new.id != msg.agent:
+            return err(ErrorCode.BAD_CARD, f"the card is {new.id!r}, not {msg.agent!r}: nothing changed")
+        old = self.card_of(msg.agent)
+        if old is None:
+            return err(ErrorCode.UNKNOWN_AGENT, f"no card known for {msg.agent!r}: start it once before reloading")
+        a, b = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
+        changed = sorted(k for k in b if a.get(k) != b[k])
+        fixed = [k for k in changed if k not in RELOADABLE]
+        if fixed:
+            return err(ErrorCode.BAD_CARD, f"{', '.join(fixed)} changed: that needs a restart of {msg.agent} "
+                                           "(the old card stays in force)")
+        if not changed:
+            return ack(f"{msg.agent}: the card is unchanged")
+        rec = self.gw.registry.agents.get(msg.agent)
+        if rec is not None:
+            rec.card = new  # the risk gate, the day cycle and the quotas read the record's card
+        self.cards[msg.agent] = new
+        with self.gw.store.transaction():
+            self.gw.store.set_meta(CARD_META + msg.agent, msgspec.json.encode(new).decode())
+            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, "reload.applied", msg.agent, True, {
+                "changed": changed, "old": {k: _plain(a[k]) for k in changed}, "new": {k: _plain(b[k]) for k in changed}})
+        self.gw.book.notify(msg.agent, CardUpdate(card=new, changed=changed))
+        self.gw.book.notify(msg.agent, Notice(level="info", text=f"card reloaded by {msg.h.sender}: {', '.join(changed)}"))
+        self.publish(SystemEventKind.CARD_RELOADED, msg.agent, ",".join(changed))
+        log.warning("card of %s reloaded by %s: %s", msg.agent, msg.h.sender, ", ".join(changed))
+        return ack(f"{msg.agent}: reloaded {', '.join(changed)}")
+
+    # ---- events from the gateway -----------------------------------------------------------------
+
+    def alert(self, kind: AlertKind, text: str, agent: str = "", subject: str = "") -> None:
+        self.notifier.alert(kind, text, agent, subject)
+
+    def on_alert(self, kind: AlertKind | None, text: str, agent: str) -> None:
+        """The gateway's alerts (server/alerts.py): those with a kind must reach a person."""
+        if kind is not None:
+            self.notifier.alert(kind, text, agent, subject=str(market_ns(self.gw.clock)))
+
+    def on_agent_offline(self, agent: str, why: str) -> None:
+        """Left cleanly (unregistered): alert now if it leaves positions or orders behind. A lease
+        that ran out is only `stale`; tick() decides when it is offline."""
+        rec = self.gw.registry.agents.get(agent)
+        if rec is not None and rec.state is AgentState.OFFLINE:
+            self._alert_if_holding(agent, f"stopped ({why})")
+
+    def _alert_if_holding(self, agent: str, why: str) -> None:
+        held = [f"{p.qty} {p.code}" for p in self.gw.portfolio.positions.get(agent, {}).values() if p.qty]
+        open_n = sum(1 for o in self.gw.book.orders.values() if o.agent == agent and o.is_open)
+        if held or open_n:
+            what = ", ".join(held) or "no shares"
+            self.notifier.alert(AlertKind.AGENT_OFFLINE, f"{why}; it holds {what} and {open_n} open orders "
+                                                         f"(ktrader control flatten --agent {agent} acts for it)",
+                                agent=agent, subject=str(market_ns(self.gw.clock)))
+
+    # ---- periodic --------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """From the gateway's lease loop (a few times a second); the heavier checks once a second."""
+        now = self.clock()
+        for rec in self.gw.registry.agents.values():
+            if rec.state is AgentState.STALE and self.gw.registry.age(rec) >= self.gw.cfg.offline_after_s:
+                self._went_offline(rec)
+        if now >= self._next_check:
+            self._next_check = now + 1.0
+            self._remember_cards()
+            self._count_trades()
+            for r in self.watch.check(self._facts(now)):
+                self.notifier.alert(r.kind, r.text, r.agent, r.subject)
+        if now >= self._next_equity:
+            self._next_equity = now + self.gw.cfg.equity_every_s
+            self.snapshot_equity()
+
+    def _went_offline(self, rec: AgentRecord) -> None:
+        age = self.gw.registry.age(rec)
+        rec.state = AgentState.OFFLINE
+        log.warning("agent %s offline: silent for %.0fs", rec.id, age)
+        self.publish(SystemEventKind.AGENT_OFFLINE, rec.id, f"silent for {age:.0f}s: offline")
+        self._alert_if_holding(rec.id, f"silent for {age:.0f}s (crashed or cut off)")
+
+    def _remember_cards(self) -> None:
+        for agent, rec in self.gw.registry.agents.items():
+            if self.cards.get(agent) != rec.card:
+                self.cards[agent] = rec.card
+                with self.gw.store.transaction():
+                    self.gw.store.set_meta(CARD_META + agent, msgspec.json.encode(rec.card).decode())
+
+    def _facts(self, now: float) -> Facts:
+        gw = self.gw
+        last = gw.recon.last
+        n = last[2] if last else 0
+        return Facts(now=now, session=gw.broker.session_state, phase=gw.clock.phase(),
+                     subscribed=bool(gw.subs.active), ws_age_s=broker_health(gw.broker).ws_last_message_age_s,
+                     reconcile=last, reconcile_texts=[t for _, t in gw.alerts.recent[-n:]] if n else [],
+                     unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN})
+
+    # ---- performance -----------------------------------------------------------------------------
+
+    def _count_trades(self) -> None:
+        """A change of an agent's realised P&L on a code is a closing trade: a win or a loss."""
+        day = self.gw.book.day()
+        if day != self._trades_day:
+            self._trades_day = day
+            self._trades = {a: [rows[-1].wins, rows[-1].losses] for a, rows in self.rows.items() if rows and rows[-1].day == day}
+        changed = set()
+        for agent, positions in self.gw.portfolio.positions.items():
+            for code, p in positions.items():
+                prev = self._realized.get((agent, code))
+                self._realized[(agent, code)] = p.realized_pnl
+                if prev is None or p.realized_pnl == prev:
+                    continue
+                wl = self._trades.setdefault(agent, [0, 0])
+                wl[0 if p.realized_pnl > prev else 1] += 1
+                changed.add(agent)
+        if changed:
+            self.snapshot_equity(changed)
+
+    def _live_row(self, agent: str, day: str, traded: int, budget: int) -> EquityRow:
+        ps = self.gw.portfolio.positions.get(agent, {}).values()
+        wl = self._trades.get(agent, [0, 0]) if day == self._trades_day else [0, 0]
+        return EquityRow(day=day, ts_ns=market_ns(self.gw.clock), realized=sum(p.realized_pnl for p in ps),
+                         fees=sum(p.fees for p in ps), unrealized=self.gw.portfolio.unrealized(agent), traded_value=traded,
+                         wins=wl[0], losses=wl[1], budget=budget)
+
+    def snapshot_equity(self, agents: set[str] | None = None) -> None:
+        """Today's row of each agent (registered, or holding something), upserted: the last one of a
+        day is that day's close."""
+        book = self.gw.book
+        day = book.day()
+        traded: dict[str, int] = {}
+        for coid, o in book.orders.items():
+            if o.filled_qty and book.order_day.get(coid) == day:
+                traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
+        who = agents if agents is not None else set(self.gw.registry.agents) | set(self.gw.portfolio.positions)
+        with self.gw.store.transaction():
+            for agent in sorted(who):
+                card = self.card_of(agent)
+                row = self._live_row(agent, day, traded.get(agent, 0), card.budget if card else 0)
+                self.gw.store.save_equity(agent, day, row)
+                rows = self.rows.setdefault(agent, [])
+                if rows and rows[-1].day == day:
+                    rows[-1] = row
+                else:
+                    rows.append(row)
+
+    def performance(self) -> dict[str, AgentPerformance]:
+        """Per agent, for the daily report (after a final snapshot)."""
+        self.snapshot_equity()
+        return {agent: performance(rows) for agent, rows in self.rows.items()}
+
+    def tasks(self) -> list:  # type: ignore[type-arg]
+        """Coroutines the gateway runs for the operator (the notifier's sender)."""
+        return [self.notifier.run()]
+
+
+def _plain(v: object) -> object:
+    return msgspec.to_builtins(v)

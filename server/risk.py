@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Container
 
 from common.config import AgentCard, RiskLimits
-from common.enums import SessionState, Side, SystemEventKind, TradingState
+from common.enums import AlertKind, SessionState, Side, SystemEventKind, TradingState
 from common.market_clock import MarketClock, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
@@ -37,14 +37,14 @@ def worst(*states: TradingState) -> TradingState:
 
 class RiskGate:
     def __init__(self, limits: RiskLimits, store: Store, portfolio: Portfolio, clock: MarketClock,
-                 publish: Publish | None = None, alert: Callable[[str], None] | None = None,
+                 publish: Publish | None = None, alert: Callable[..., None] | None = None,
                  kill_errors: int = 0, kill_window_s: float = 60.0) -> None:
         self.limits = limits  # across the account
         self.store = store
         self.portfolio = portfolio
         self.clock = clock
         self.publish = publish or (lambda kind, agent, text: None)
-        self.alert = alert or (lambda text: None)
+        self.alert = alert or (lambda text, kind=None, agent="": None)
         self.kill_errors = kill_errors
         self.kill_window_ns = int(kill_window_s * 1e9)
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
@@ -59,8 +59,8 @@ class RiskGate:
     # ---- trading state ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        for key, value in self.store.meta_with_prefix(_STATE_KEY).items():
-            self.states[key[len(_STATE_KEY):]] = TradingState(value)
+        for key, value in self.store.meta_prefix(_STATE_KEY).items():
+            self.states[key] = TradingState(value)
 
     @property
     def global_state(self) -> TradingState:
@@ -74,7 +74,7 @@ class RiskGate:
         own = self.agent_state(agent)
         return worst(own, TradingState.REDUCING) if agent in self.end_of_day else own
 
-    def set_state(self, agent: str, state: TradingState, why: str, *, automatic: bool = False) -> None:
+    def set_state(self, agent: str, state: TradingState, why: str, *, automatic: AlertKind | None = None) -> None:
         """`agent` = "" for the whole gateway. Persisted before it is announced."""
         key = agent or GLOBAL
         if self.states.get(key, TradingState.ACTIVE) is state:
@@ -84,8 +84,8 @@ class RiskGate:
         self.states[key] = state
         self.publish(SystemEventKind.TRADING_STATE, agent, state.value)
         log.warning("trading state of %s set to %s: %s", agent or "gateway", state, why)
-        if automatic:
-            self.alert(why)
+        if automatic is not None:
+            self.alert(why, kind=automatic, agent=agent)
 
     # ---- checks ----------------------------------------------------------------------------------
 
@@ -155,15 +155,15 @@ class RiskGate:
             limit = card.risk.max_daily_loss
             pnl = p.day_pnl(card.id)
             if limit and self.agent_state(card.id) is TradingState.ACTIVE and -pnl >= limit:
-                self.set_state(card.id, TradingState.REDUCING, automatic=True,
+                self.set_state(card.id, TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
                                why=f"{card.id}: day P&L {pnl:,} breached the loss limit {limit:,}: reducing only")
         limit = self.limits.max_daily_loss
         if limit and self.global_state is TradingState.ACTIVE and -(pnl := p.account_day_pnl()) >= limit:
-            self.set_state("", TradingState.REDUCING, automatic=True,
+            self.set_state("", TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
                            why=f"account day P&L {pnl:,} breached the gateway's loss limit {limit:,}: reducing only")
         if self.kill_errors and self.global_state is not TradingState.HALTED:
             n = self.recent_broker_errors()
             if n >= self.kill_errors:
-                self.set_state("", TradingState.HALTED, automatic=True,
+                self.set_state("", TradingState.HALTED, automatic=AlertKind.KILL_SWITCH,
                                why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: trading halted (cancels only)")
 

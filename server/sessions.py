@@ -54,7 +54,7 @@ class AgentSessions:
         self.listed_source = listed_source
         self.pub_endpoint = ""
         self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
-        self.on_offline: list[Callable[[str], None]] = []  # market data health, registrations
+        self.on_offline: list[Callable[[str, str], None]] = []  # (agent, why): feed health, the operator
         self.counters = counters
 
     # ---- what an agent gets back -------------------------------------------------------------------
@@ -168,7 +168,7 @@ class AgentSessions:
         """The agent left or its lease expired: its registrations go (debounced), everyone is told."""
         self.subs.leave(agent)
         for fn in self.on_offline:
-            fn(agent)
+            fn(agent, why)
         self.publish(SystemEventKind.AGENT_OFFLINE, agent, why)
 
     def expire_leases(self) -> None:

@@ -20,7 +20,8 @@ import msgspec
 from common.orders import OPEN, Order, OrderEvent
 from common.schema import AgentEvent, PositionView
 
-SCHEMA_VERSION = 4  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state)
+SCHEMA_VERSION = 5  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
+# v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent)
 
 # Changes after the v2 baseline (_DDL), applied in order to a store at an older version.
 # Add the next one as {N: "SQL"} and bump SCHEMA_VERSION.
@@ -28,6 +29,11 @@ _MIGRATIONS: dict[int, str] = {
     3: "ALTER TABLE positions ADD COLUMN fees INTEGER NOT NULL DEFAULT 0",
     4: "CREATE TABLE IF NOT EXISTS agent_state (agent TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
        "ts_ns INTEGER NOT NULL, PRIMARY KEY (agent, key)) WITHOUT ROWID",
+    5: "CREATE TABLE IF NOT EXISTS operator_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, "
+       "actor TEXT NOT NULL, action TEXT NOT NULL, agent TEXT NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL);"
+       "CREATE TABLE IF NOT EXISTS equity (agent TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
+       "realized INTEGER NOT NULL, fees INTEGER NOT NULL, unrealized INTEGER NOT NULL, traded_value INTEGER NOT NULL, "
+       "wins INTEGER NOT NULL, losses INTEGER NOT NULL, budget INTEGER NOT NULL, PRIMARY KEY (agent, day)) WITHOUT ROWID",
 }
 
 _DDL = """
@@ -74,6 +80,24 @@ CREATE TABLE IF NOT EXISTS trace (
 );
 CREATE INDEX IF NOT EXISTS trace_coid ON trace(client_order_id);
 """
+
+class EquityRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's day: cumulative books at the snapshot, the day's own activity (KRW)."""
+
+    day: str  # YYYYMMDD
+    ts_ns: int = 0
+    realized: int = 0  # cumulative gross realised P&L
+    fees: int = 0  # cumulative fees and taxes
+    unrealized: int = 0  # at the marks of the snapshot
+    traded_value: int = 0  # bought + sold this day
+    wins: int = 0  # closing trades with a gain this day
+    losses: int = 0
+    budget: int = 0  # the card's budget that day (0: none)
+
+    @property
+    def net(self) -> int:
+        return self.realized - self.fees + self.unrealized
+
 
 _enc = msgspec.msgpack.Encoder()
 _order_dec = msgspec.msgpack.Decoder(Order)
@@ -204,16 +228,47 @@ class Store:
             out.setdefault(agent, {})[code] = PositionView(code=code, qty=qty, cost=cost, realized_pnl=realized, fees=fees)
         return out
 
+    # ---- the operator's journal and equity snapshots (server/operator.py) -------------------------
+
+    def log_operator(self, ts_ns: int, actor: str, action: str, agent: str, ok: bool, detail: dict) -> None:
+        self.db.execute("INSERT INTO operator_log(ts_ns, actor, action, agent, ok, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                        (ts_ns, actor, action, agent, int(ok), msgspec.json.encode(detail).decode()))
+
+    def operator_log(self, agent: str = "", limit: int = 100) -> list[tuple[int, str, str, str, bool, dict]]:
+        """Newest first: (ts_ns, actor, action, agent, ok, detail)."""
+        sql = "SELECT ts_ns, actor, action, agent, ok, detail FROM operator_log" + (" WHERE agent=?" if agent else "")
+        args: tuple[object, ...] = (agent, limit) if agent else (limit,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", args)
+        return [(ts, actor, action, a, bool(ok), msgspec.json.decode(d)) for ts, actor, action, a, ok, d in rows]
+
+    def save_equity(self, agent: str, day: str, row: "EquityRow") -> None:
+        self.db.execute(
+            "INSERT INTO equity(agent, day, ts_ns, realized, fees, unrealized, traded_value, wins, losses, budget) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent, day) DO UPDATE SET ts_ns=excluded.ts_ns, "
+            "realized=excluded.realized, fees=excluded.fees, unrealized=excluded.unrealized, "
+            "traded_value=excluded.traded_value, wins=excluded.wins, losses=excluded.losses, budget=excluded.budget",
+            (agent, day, row.ts_ns, row.realized, row.fees, row.unrealized, row.traded_value, row.wins, row.losses, row.budget))
+
+    def equity_rows(self, agent: str = "") -> dict[str, list["EquityRow"]]:
+        """agent -> its daily snapshots, oldest first."""
+        sql = "SELECT agent, day, ts_ns, realized, fees, unrealized, traded_value, wins, losses, budget FROM equity"
+        rows = self.db.execute(sql + (" WHERE agent=?" if agent else "") + " ORDER BY agent, day", (agent,) if agent else ())
+        out: dict[str, list[EquityRow]] = {}
+        for a, day, ts, r, f, u, tv, w, lo, b in rows:
+            out.setdefault(a, []).append(EquityRow(day=day, ts_ns=ts, realized=r, fees=f, unrealized=u, traded_value=tv,
+                                                   wins=w, losses=lo, budget=b))
+        return out
+
     # ---- meta ---------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str = "") -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
-    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
-        rows = self.db.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
-        return dict(rows)
-
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
+    def meta_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta key starting with `prefix` (without it) -> value."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return {k[len(prefix):]: v for k, v in rows}

@@ -22,7 +22,7 @@ from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import SystemEventKind
 from common.market_clock import MarketClock
-from common.schema import Notice
+from common.schema import AgentPerformance, Notice
 from server import daily_report
 from server.daycycle import DayCycle
 from server.order_book import OrderBook
@@ -74,7 +74,8 @@ class TradingDay:
     def __init__(self, clock: MarketClock, book: OrderBook, desk: OrderDesk, risk: RiskGate, recon: Reconciler,
                  base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
                  request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: []) -> None:
+                 run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: [],
+                 performance: Callable[[], dict[str, AgentPerformance]] = dict) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -87,6 +88,7 @@ class TradingDay:
         self.spawn = spawn
         self.run_dir = run_dir
         self.alerts_of_day = alerts_of_day
+        self.performance = performance
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.reports_written = 0
@@ -151,7 +153,7 @@ class TradingDay:
             await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
-            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day))
+            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance())
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()

@@ -49,49 +49,15 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
     slots: dict[tuple[str, str], list[str]] = {}
     # one loader for the fact "which codes exist" (kis.master.load_stock_master, as the gateway)
     sm = load_stock_master(None) if master is None else StockMaster(entries=master, source="master", strict=True)
-    known, strict = sm.entries, sm.strict
     for f, card in cards:
         if card.id in seen:
             problems.append(Problem(str(f), "id", f"{card.id!r} is also the id of {seen[card.id]}"))
         seen.setdefault(card.id, f)
-        if card.id == EXTERNAL_AGENT:
-            problems.append(Problem(str(f), "id", f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader"))
-        if not card.codes:
-            problems.append(Problem(str(f), "codes", "no codes: the agent could not trade anything"))
-        for code in card.codes:
-            if code not in known:
-                where = "the KIS stock master" if strict else "the twin's stock list (no --master given)"
-                problems.append(Problem(str(f), f"codes: {code}", f"not in {where}", warning=not strict))
-            elif strict and master[code].group not in ("ST", "EF", "EN"):
-                problems.append(Problem(str(f), f"codes: {code}", f"{master[code].name} is a {master[code].group}, not a tradable stock/ETF/ETN"))
         kinds = (["trades"] if card.subscriptions.trades else []) + (["book"] if card.subscriptions.book else [])
         for code in card.codes:
             for kind in kinds:
                 slots.setdefault((kind, code), []).append(card.id)
-        poll = card.subscriptions.poll_quotes_s
-        if poll > 0:
-            need = len(card.codes) / poll  # if every trade registration of the card were refused
-            if not card.subscriptions.trades:
-                problems.append(Problem(str(f), "subscriptions.poll_quotes_s",
-                                        "polling stands in for refused trades, but trades = false", warning=True))
-            elif card.rate_quota_per_s > 0 and need > card.rate_quota_per_s:
-                problems.append(Problem(str(f), "subscriptions.poll_quotes_s", (
-                    f"polling {len(card.codes)} codes every {poll:g}s needs {need:.1f} queries/s, "
-                    f"rate_quota_per_s is {card.rate_quota_per_s:g}: polled quotes would come slower"), warning=True))
-        try:
-            cls = load_strategy_class(card.strategy)
-        except Exception as e:
-            problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {e}"))
-            continue
-        try:
-            cls.parse_params(card.params)
-        except Exception as e:
-            problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
-        missing = unsubscribed_bars(cls, card.subscriptions.bars)
-        if missing:
-            problems.append(Problem(str(f), "subscriptions.bars", (
-                f"{cls.__name__} decides on {', '.join(missing)} bars but the card does not subscribe to them: "
-                f"it would never trade (add bars = {[b.value for b in cls.needs_bars]})")))
+        problems.extend(card_problems(f, card, sm))
     if len(slots) > MARKET_DATA_SLOTS:
         polling = sorted(card.id for _, card in cards if card.subscriptions.poll_quotes_s > 0)
         fallback = (f"; {', '.join(polling)} would REST-poll quotes for refused trades (poll_quotes_s)" if polling else
@@ -101,6 +67,48 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
     total = sum(card.budget for _, card in cards)
     if account_budget and total > account_budget:
         problems.append(Problem(str(folder), "budget", f"cards' budgets add up to {total:,} KRW, the account budget is {account_budget:,}"))
+    return problems
+
+
+def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
+    """The rules one card must pass on its own: reserved id, real codes, a loadable strategy whose
+    params validate, a polling rate its quota can afford (`ktrader cards check` and `control reload`)."""
+    problems: list[Problem] = []
+    known, strict = sm.entries, sm.strict
+    if card.id == EXTERNAL_AGENT:
+        problems.append(Problem(str(f), "id", f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader"))
+    if not card.codes:
+        problems.append(Problem(str(f), "codes", "no codes: the agent could not trade anything"))
+    for code in card.codes:
+        if code not in known:
+            where = "the KIS stock master" if strict else "the twin's stock list (no --master given)"
+            problems.append(Problem(str(f), f"codes: {code}", f"not in {where}", warning=not strict))
+        elif strict and known[code].group not in ("ST", "EF", "EN"):
+            problems.append(Problem(str(f), f"codes: {code}", f"{known[code].name} is a {known[code].group}, not a tradable stock/ETF/ETN"))
+    poll = card.subscriptions.poll_quotes_s
+    if poll > 0:
+        need = len(card.codes) / poll  # if every trade registration of the card were refused
+        if not card.subscriptions.trades:
+            problems.append(Problem(str(f), "subscriptions.poll_quotes_s",
+                                    "polling stands in for refused trades, but trades = false", warning=True))
+        elif card.rate_quota_per_s > 0 and need > card.rate_quota_per_s:
+            problems.append(Problem(str(f), "subscriptions.poll_quotes_s", (
+                f"polling {len(card.codes)} codes every {poll:g}s needs {need:.1f} queries/s, "
+                f"rate_quota_per_s is {card.rate_quota_per_s:g}: polled quotes would come slower"), warning=True))
+    try:
+        cls = load_strategy_class(card.strategy)
+    except Exception as e:
+        problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {e}"))
+        return problems
+    try:
+        cls.parse_params(card.params)
+    except Exception as e:
+        problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
+    missing = unsubscribed_bars(cls, card.subscriptions.bars)
+    if missing:
+        problems.append(Problem(str(f), "subscriptions.bars", (
+            f"{cls.__name__} decides on {', '.join(missing)} bars but the card does not subscribe to them: "
+            f"it would never trade (add bars = {[b.value for b in cls.needs_bars]})")))
     return problems
 
 

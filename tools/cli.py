@@ -126,20 +126,29 @@ def status(
 
 @app.command()
 def control(
-    action: str = typer.Argument(..., help="pause | resume | halt | reduce | cancel_all | flatten | reconcile"),
-    agent: str = typer.Option("", help="agent id (default: the whole gateway)"),
+    action: str = typer.Argument(..., help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload"),
+    agent: str = typer.Option("", help="the agent to act on"),
+    all_: bool = typer.Option(False, "--all", help="pause/resume/reduce/cancel_all: the whole gateway, every agent"),
+    card: Optional[Path] = typer.Option(None, "--card", help="reload: the changed card (default: the card with that id in --cards)"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="reload: where to find the agent's card"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
-    """Operator actions: pause/resume/halt an agent or the gateway, cancel all orders."""
+    """Operator actions: pause/resume/reduce an agent (or --all), halt everything (kill switch), cancel
+    an agent's orders, flatten it (also when it is offline), reconcile, reload its card."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
+    from tools.reload import ReloadError, reload_card
     from tools.status import send_control
 
     try:
-        typer.echo(send_control(run_dir, action, agent))
-    except (ConnectionFileError, KtraderError) as e:
+        if action == "reload":
+            text = reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
+        else:
+            text = send_control(run_dir, action, agent, all_=all_)
+    except (ConnectionFileError, KtraderError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
+    typer.echo(text)
 
 
 @app.command()
@@ -151,6 +160,36 @@ def top(
     from tools.top.app import run_top
 
     run_top(run_dir, cards)  # logs to RUN_DIR/logs/top.log (the terminal belongs to the console)
+
+
+@app.command()
+def web(
+    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML: its [web] section (host, port, token)"),
+    host: str = typer.Option("", help="address to bind (default 127.0.0.1, from [web])"),
+    port: int = typer.Option(-1, help="port (default 8765, from [web])"),
+    cards: Path = typer.Option(Path("cards"), "--cards", help="where the reload action finds cards"),
+) -> None:
+    """The web dashboard: agents, orders, positions, charts, alerts, live; actions behind a confirmation."""
+    from common.config import ConfigError, load_gateway_config
+    from tools.web.server import new_token, run_web
+
+    try:
+        cfg = load_gateway_config(config).web
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    host = host or cfg.host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host}: anyone who can reach it and has the token can act on the gateway; "
+                   "put TLS in front of it", err=True)
+    token = os.environ.get("KTRADER_WEB_TOKEN") or cfg.token or new_token()
+    _logging("warning")
+    try:
+        run_web(run_dir, host, port if port >= 0 else cfg.port, token, cards, print_fn=typer.echo)
+    except OSError as e:  # e.g. the port is taken
+        typer.echo(f"error: cannot serve on {host}:{port if port >= 0 else cfg.port}: {e.strerror or e}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -320,13 +359,14 @@ def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
 def demo(
     duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
     headless: bool = typer.Option(False, "--headless", help="print a summary instead of the console"),
-    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    run_dir: Path = typer.Option(Path("run/demo"), "--run-dir", help="the demo's own runtime folder (never another gateway's)"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
 ) -> None:
     """The gateway on the built-in twin, every sample agent, and a summary."""
-    from tools.demo import run_demo
+    from tools.demo import run_demo, wants_console
 
-    raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=headless or not sys.stdout.isatty()))
+    console = wants_console(headless, sys.stdin.isatty(), sys.stdout.isatty())
+    raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=not console))
 
 
 @data_app.command("ls")

@@ -1,6 +1,9 @@
 """`ktrader demo`: the gateway on the built-in KIS twin, every sample card as its own agent
-process, and a view of it all. Headless (no terminal, or --headless): runs for a while, prints a
-summary table and exits 0 only if everything stayed healthy."""
+process, and a view of it all. Headless (no terminal on stdin and stdout, or --headless): runs for
+a while, prints a summary table and exits 0 only if everything stayed healthy.
+
+The demo runs in its own run directory (run/demo by default) and never touches another gateway's
+files: when a gateway already holds that folder's run lock it refuses to start."""
 
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import ConfigError, load_card
-from common.connection import ConnectionFileError, connection_path
+from common.connection import ConnectionFileError, read_info
 from common.errors import KtraderError
 from common.schema import StatusReply
+from server.app import held_run_locks
 from tools.status import fetch_status, render_status
 from tools.supervisor import Supervisor
 
@@ -77,7 +81,10 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
         console.print(f"[red]no cards in {cards_dir}[/]")
         return 2
     logs = run_dir / "logs"
-    connection_path(run_dir).unlink(missing_ok=True)
+    if held := [h for h in held_run_locks(run_dir) if h[0].resolve() == run_dir.resolve()]:
+        console.print(f"[red]a gateway (pid {held[0][1]}) already runs on {run_dir}[/]: the demo needs a folder of its "
+                      f"own (--run-dir), or stop that gateway first")
+        return 3
     gw = _spawn(["gateway", "--run-dir", str(run_dir)], logs / "gateway.log")
     procs = [gw]
     supervisor = Supervisor(run_dir, log_dir=logs)
@@ -86,7 +93,7 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
         signal.signal(sig, _exit_on_signal)
     try:
         deadline = time.monotonic() + 30
-        while not connection_path(run_dir).exists():
+        while not _ours(run_dir, gw.pid):  # a stale gateway.json from an earlier run is not ours
             if gw.poll() is not None or time.monotonic() > deadline:
                 console.print(f"[red]gateway did not start[/]; see {logs / 'gateway.log'}")
                 return 1
@@ -128,6 +135,19 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     finally:
         supervisor.stop_all()
         _stop(procs)
+
+
+def _ours(run_dir: Path, pid: int) -> bool:
+    try:
+        return read_info(run_dir).pid == pid
+    except ConnectionFileError:
+        return False
+
+
+def wants_console(headless: bool, stdin_tty: bool, stdout_tty: bool) -> bool:
+    """The console needs a terminal to draw on AND one to read keys from: `make demo </dev/null`
+    in a terminal runs headless (for DEMO_SECONDS), it does not open a console that ignores keys."""
+    return not headless and stdin_tty and stdout_tty
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

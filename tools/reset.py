@@ -1,6 +1,7 @@
 """`ktrader reset`: archive the runtime state (store, logs, locks, recorded data) for a clean start.
 
-Refuses while a gateway that wrote run/gateway.json is still alive; moves run/ aside to
+Refuses while a gateway holds the run lock of run/ or of a folder under it (a demo or a replay
+gateway), or while the gateway named in run/gateway.json is alive; moves run/ aside to
 run.archive/<timestamp>/ (nothing is deleted)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from common.connection import ConnectionFileError, read_info
+from server.app import held_run_locks
 
 
 class ResetRefused(RuntimeError):
@@ -30,6 +32,8 @@ def _alive(pid: int) -> bool:
 def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | None:
     """Move the contents of run_dir (except its README) into an archive folder; returns it, or
     None when there was nothing to archive."""
+    for folder, pid in held_run_locks(run_dir):
+        raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
     try:
         info = read_info(run_dir)
         if _alive(info.pid):

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.client import GatewayClient
+from common.config import AgentCard
 from common.connection import read_info
 from common.schema import (
     Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
@@ -34,8 +37,11 @@ def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
     return reply
 
 
-def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0) -> str:
-    reply = _tool_call(run_dir, "ktrader-control", lambda h: Control(h=h, action=action, agent=agent), timeout_s)
+def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0, *, all_: bool = False,
+                 card: AgentCard | None = None, sender: str = "ktrader-control") -> str:
+    """An operator action; the gateway's refusal (unknown agent, ambiguous target, ...) raises
+    KtraderError with its code."""
+    reply = _tool_call(run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card), timeout_s)
     assert isinstance(reply, Ack)
     return reply.message
 
@@ -116,30 +122,30 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
     up = time.time() - st.started_ns / 1e9
     console.print(
         f"[bold]gateway[/] pid {st.gateway_pid}  up {up:.0f}s  broker {st.broker}  session [bold]{st.session_state}[/]  "
-        f"trading {st.trading_state}  orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}"
+        f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
+        f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
     )
     for line in health_lines(st)[1:]:
         console.print(f"  {line}", markup=False, highlight=False)  # agent ids and texts are data, not markup
-    table = Table(show_lines=False)
-    for col in ("agent", "strategy", "state", "trading", "hb age", "pid", "codes", "position", "avg", "P&L", "open",
-                "today", "REST calls (quota)", "errors", "last error"):
-        table.add_column(col)
+    from tools.top import grid  # the console's grid: the same columns by priority for the width
+
+    cols = grid.visible(console.width)
+    table = Table(show_lines=False, title="agents", title_justify="left", box=box.SIMPLE_HEAD)
+    for c in cols:
+        table.add_column(c.label, justify="right" if c.numeric else "left", no_wrap=True, overflow="ellipsis",
+                         max_width=c.width)
     for a in st.agents:
-        style = {"online": "green", "stale": "yellow", "offline": "dim"}.get(a.state.value, "")
-        pos = ", ".join(f"{p.code}x{p.qty}" for p in a.positions if p.qty) or "-"
-        avg = ", ".join(f"{p.avg_price:,}" for p in a.positions if p.qty) or "-"
-        table.add_row(a.id, a.strategy.rsplit(":", 1)[-1], f"[{style}]{a.state}[/]", a.trading_state.value,
-                      fmt_age(a.heartbeat_age_s), str(a.pid), ",".join(a.codes), pos, avg,
-                      f"{a.realized_pnl + a.unrealized_pnl:,}", str(a.open_orders), str(a.orders_today),
-                      f"{st.health.rest_calls_by.get(a.id, 0)} ({a.rate_quota_per_s:g}/s)", str(a.errors),
-                      escape(a.last_error) or "-")  # broker texts may hold "[...]": data, not markup
+        table.add_row(*(Text(t, style=sty) for t, sty in grid.cells(cols, a, st)))  # data, not markup
+    if st.agents:
+        table.add_row(*(Text(t, style=sty) for t, sty in grid.totals(cols, st.agents)), end_section=True)
     console.print(table)
     if st.account:
         acc = Table(title="account (all agents)")
-        for col in ("code", "qty", "avg", "last", "unrealised", "realised"):
-            acc.add_column(col, justify="right")
+        for col in ("code", "name", "qty", "avg", "last", "unrealised", "realised"):
+            acc.add_column(col, justify="left" if col in ("code", "name") else "right", no_wrap=True, overflow="ellipsis")
         for p in st.account:
-            acc.add_row(p.code, f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}", f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
+            acc.add_row(p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
+                        f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
         console.print(acc)
     bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "pub_dropped", "handler_errors"))}
     if bad:

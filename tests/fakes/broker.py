@@ -3,13 +3,18 @@ broker is the KIS twin through the KIS adapter).
 
 Rules: every order is accepted with a new ODNO; a limit buy at or above the reference price (or a
 sell at or below it) fills at once at its own price; market orders fill at the reference price;
-anything else rests until cancelled. Reference price: env KTRADER_FAKE_PRICE (default 70,000)."""
+anything else rests until cancelled. Reference price: env KTRADER_FAKE_PRICE (default 70,000).
+With env KTRADER_FAKE_STATE=PATH its orders are kept in that JSON file, so a restarted gateway
+finds the broker as it left it (a real broker does not forget its orders). With env
+KTRADER_FAKE_TICK_S=S it prints a trade on every subscribed code each S seconds (a small walk
+around the reference price), for views that must show prices moving."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import itertools
+import json
 import os
 from collections.abc import AsyncIterator
 
@@ -20,16 +25,23 @@ from common.market_clock import OpenClock
 from kis import wire
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult, Trade,
 )
 
 
 class FakeBroker:
-    def __init__(self, ref_price: int | None = None) -> None:
+    def __init__(self, ref_price: int | None = None, state_path: str = "") -> None:
         self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
-        self._odno = itertools.count(1)
-        self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self.state_path = state_path
         self.orders: dict[str, dict] = {}
+        if state_path and os.path.exists(state_path):
+            with open(state_path) as f:
+                self.orders = {k: {**o, "side": Side(o["side"])} for k, o in json.load(f).items()}
+        self._odno = itertools.count(1 + max((int(k) for k in self.orders), default=0))
+        self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self.tick_s = float(os.environ.get("KTRADER_FAKE_TICK_S", "0"))
+        self.subscribed: set[str] = set()
+        self._ticks = 0
         self.submits = 0
         self._state = SessionState.DISCONNECTED
         self.chart_calls: list[tuple[str, str, str]] = []
@@ -51,8 +63,14 @@ class FakeBroker:
     def _time(self) -> str:
         return dt.datetime.now().strftime("%H%M%S")
 
+    def _save(self) -> None:
+        if self.state_path:
+            with open(self.state_path, "w") as f:
+                json.dump({k: {**o, "side": o["side"].value} for k, o in self.orders.items()}, f)
+
     def _notice(self, kind: NoticeKind, odno: str, o: dict, fill_qty: int = 0, fill_price: int = 0, orig: str = "",
                 is_cancel: bool = False) -> None:
+        self._save()  # every change of an order is followed by its notice
         self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig, code=o["code"],
                                             side=o["side"], order_qty=o["qty"], order_price=o["price"], fill_qty=fill_qty,
                                             fill_price=fill_price, time=self._time(), is_cancel=is_cancel))
@@ -88,6 +106,7 @@ class FakeBroker:
         odno = f"{next(self._odno):010d}"
         o["open"], o["replaced"] = False, True
         self.orders[odno] = {**o, "price": req.price, "open": True, "replaced": False, "filled": 0}
+        self._save()
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
@@ -125,6 +144,8 @@ class FakeBroker:
         return self.ref_price
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        if kind is MarketKind.TRADES:
+            self.subscribed.add(code)
         return SubscriptionResult(ok=True)
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
@@ -163,8 +184,19 @@ class FakeBroker:
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:
-            yield await self._queue.get()
+            if not self.tick_s:
+                yield await self._queue.get()
+                continue
+            try:
+                yield await asyncio.wait_for(self._queue.get(), self.tick_s)
+            except asyncio.TimeoutError:
+                self._ticks += 1
+                px = self.ref_price + (self._ticks % 5 - 2) * 100  # stays on the tick grid
+                for code in sorted(self.subscribed):
+                    yield Trade(code=code, time=self._time(), price=px, qty=1, side=1, cum_volume=self._ticks,
+                                cum_value=self._ticks * px, open=self.ref_price, high=self.ref_price + 200,
+                                low=self.ref_price - 200, change=px - self.ref_price, ask1=px + 100, bid1=px)
 
 
 def make(cfg: GatewayConfig) -> FakeBroker:
-    return FakeBroker()
+    return FakeBroker(state_path=os.environ.get("KTRADER_FAKE_STATE", ""))

@@ -101,13 +101,26 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
     assert "reconciliation synced" in table and "account (all agents)" in table and "70,000" in table
 
     app = TopApp(run, supervisor=sup, cards_dir=cards)
-    async with app.run_test(size=(200, 50)) as pilot:
+    async with app.run_test(size=(250, 50)) as pilot:
         await until(pilot, lambda: row(app, "alpha")["state"] == "online" and row(app, "bravo")["state"] == "online",
                     what="both agents in the grid")
         a = row(app, "alpha")
-        assert a["position"] == "005930:10" and a["avg price"] == "70,000"
+        assert a["pos value"] == "700,000" and a["last fill"].endswith("B10@70,000")
         assert a["open"] == "1" and a["today"] == "2" and a["supervisor"] == "by hand"
-        assert row(app, "bravo")["position"] == "-"
+        assert row(app, "bravo")["pos value"] == "0"
+        total = row(app, "__total__")
+        assert total["agent"] == "TOTAL (2)" and total["pos value"] == "700,000" and total["open"] == "1"
+        # sort: o moves to the next column; a header click sorts by it (numbers: largest first)
+        await pilot.press("o")
+        assert app.sort_key == "state"
+        app.sort_by("value")  # what a click on the "pos value" header does
+        await until(pilot, lambda: list(app.query_one("#agents", DataTable).rows)[0].value == "alpha", what="sorted by value")
+        assert app.sort_key == "value" and app.sort_reverse
+        # positions carry the stock's name from the master
+        await pilot.press("2")
+        await until(pilot, lambda: "삼성전자" in str(app.query_one("#positions", DataTable).get_row("alpha/005930")),
+                    what="name in the positions")
+        await pilot.press("1")
 
         # pause (not dangerous): straight to the gateway
         select(app, "alpha")
@@ -138,7 +151,7 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("y")
         await until(pilot, blocking(lambda: not [p for p in agent(run, "alpha").positions if p.qty]), what="alpha flat")
-        await until(pilot, lambda: row(app, "alpha")["position"] == "-", what="grid shows alpha flat")
+        await until(pilot, lambda: row(app, "alpha")["pos value"] == "0", what="grid shows alpha flat")
 
         # global kill switch and resume, both confirmed
         await pilot.press("k")
@@ -161,12 +174,15 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
 async def test_start_stop_restart_agents(desk) -> None:  # type: ignore[no-untyped-def]
     run, cards, sup, alpha, bravo = desk
     app = TopApp(run, supervisor=sup, cards_dir=cards)
-    async with app.run_test(size=(200, 50)) as pilot:
+    async with app.run_test(size=(250, 50)) as pilot:
         await until(pilot, lambda: row(app, "bravo")["state"] == "online", what="grid")
-        # start charlie from its card under the supervisor
+        # start charlie from its card under the supervisor: the prompt starts empty and a bare name
+        # is looked up in the cards folder (it used to pre-fill "cards/", which typing replaced)
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, AskScreen), what="card prompt")
-        app.screen.query_one(Input).value = str(cards / "charlie.toml")
+        assert app.screen.query_one(Input).value == ""
+        await pilot.press(*"charlie")
+        assert app.screen.query_one(Input).value == "charlie"
         await pilot.press("enter")
         await until(pilot, lambda: row(app, "charlie")["state"] == "online", 20, what="charlie online")
         assert row(app, "charlie")["supervisor"].startswith("running")

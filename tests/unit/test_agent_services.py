@@ -40,7 +40,7 @@ TODAY = dt.date(2026, 11, 20)
 # ---- store: migration and the state table ------------------------------------------------------------
 
 
-def test_v3_store_is_migrated_to_v4_keeping_its_rows(tmp_path: Path) -> None:
+def test_v3_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     p = tmp_path / "g.sqlite"
     s = Store(p)
     s.save_position("alpha", PositionView(code="005930", qty=3, cost=210_000, realized_pnl=0, fees=30))
@@ -49,7 +49,8 @@ def test_v3_store_is_migrated_to_v4_keeping_its_rows(tmp_path: Path) -> None:
     db.execute("DROP TABLE agent_state; PRAGMA user_version=3")
     db.close()
     s = Store(p)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert s.equity_rows() == {} and s.operator_log() == []  # v5's tables came with the migration
     assert s.load_positions()["alpha"]["005930"].fees == 30
     t = StateTable(s)
     t.put("alpha", PutState(h=H(), items={"k": b"v"}))

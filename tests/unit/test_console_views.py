@@ -29,3 +29,50 @@ def test_account_sums_agents_per_code() -> None:
     assert [(p.code, p.qty, p.cost, p.avg_price, p.unrealized_pnl, p.realized_pnl) for p in acc] == [
         ("005930", 15, 1_055_000, 70_333, 15 * 70_500 - 1_055_000, 1_000)]
     assert [p.code for p in agent_positions(oms, "b")] == ["005930"]  # type: ignore[arg-type]
+
+
+def _status(agents):  # type: ignore[no-untyped-def]
+    from common.enums import AgentMode, AgentState, SessionState, TradingState
+    from common.schema import AgentStatus, HeaderFactory, StatusReply
+
+    rows = [AgentStatus(id=i, name=i, strategy="m:C", state=AgentState(s), mode=AgentMode.LIVE, trading_state=TradingState.ACTIVE,
+                        pid=1, host="h", session="s", heartbeat_age_s=0.1, max_ack_gap_ms=0, registrations=1, codes=["005930"],
+                        open_orders=o, orders_today=2, errors=0, realized_pnl=r, unrealized_pnl=u, position_value=v)
+            for i, s, r, u, v, o in agents]
+    return StatusReply(h=HeaderFactory("gateway")(), gateway_pid=1, gateway_session="s", started_ns=0,
+                       session_state=SessionState.READY, broker="fake", trading_state=TradingState.ACTIVE, agents=rows,
+                       orders_today=0, open_orders=0, fills_today=0, counters={}, names={"005930": "삼성전자"})
+
+
+def test_status_table_fits_80_and_120_columns() -> None:
+    """`ktrader status` at 80 columns used to show one letter per cell; now the columns that fit
+    (by the console's priorities) show in full, with a totals row."""
+    from rich.console import Console
+
+    from tools.status import render_status
+
+    st = _status([("volume_breakout", "online", 12_000, -2_000, 1_400_000, 1), ("value_vol", "offline", -30_500, 0, 700_000, 0)])
+    for width in (80, 120):
+        con = Console(width=width, record=True, color_system=None)
+        render_status(st, con)
+        text = con.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        lines = text.splitlines()
+        row = next(line for line in lines if "volume_breakout" in line)
+        assert "online" in row and "10,000" in row and "1,400,000" in row
+        row = next(line for line in lines if "value_vol " in line)
+        assert "offline" in row and "-30,500" in row
+        assert any("TOTAL (2)" in line and "-20,500" in line and "2,100,000" in line for line in lines)
+    assert "realised" in text  # 120 columns have room for more
+
+
+def test_grid_columns_by_width_and_korean_colours() -> None:
+    from tools.top import grid
+
+    keys80 = [c.key for c in grid.visible(80)]
+    assert keys80 == ["agent", "state", "pnl", "value", "open", "fill"]
+    assert set(keys80) < {c.key for c in grid.visible(120)} < {c.key for c in grid.visible(200)}
+    assert grid.pnl_style(1) == "red" and grid.pnl_style(-1) == "blue" and grid.pnl_style(0) == ""
+    st = _status([("a", "online", 5, 0, 0, 0), ("b", "online", -9, 0, 0, 0)])
+    assert [a.id for a in grid.sort_agents(st.agents, "pnl", reverse=True)] == ["a", "b"]
+    assert [a.id for a in grid.sort_agents(st.agents, "pnl")] == ["b", "a"]

@@ -38,3 +38,47 @@ def test_cli_asks_for_confirmation(tmp_path: Path) -> None:
     yes = subprocess.run([sys.executable, "-m", "tools", "reset", "--run-dir", str(run)], cwd=ROOT, input="y\n",
                          capture_output=True, text=True, timeout=30)
     assert yes.returncode == 0 and "archived to" in yes.stdout and not (run / "logs").exists()
+
+
+def test_refused_while_a_gateway_holds_a_run_lock_even_without_gateway_json(tmp_path: Path) -> None:
+    """The defect: a demo had deleted the live gateway's gateway.json, and reset then archived the
+    live run directory. The run lock (held by any gateway under run/, a demo's too) decides."""
+    from filelock import FileLock
+
+    run = tmp_path / "run"
+    (run / "demo" / "db").mkdir(parents=True)
+    (run / "demo" / "gateway.pid").write_text("4242")
+    lock = FileLock(str(run / "demo" / "gateway.lock"))
+    lock.acquire()
+    try:
+        with pytest.raises(ResetRefused, match="4242"):
+            archive_run_dir(run)
+        assert (run / "demo" / "db").exists()
+    finally:
+        lock.release()
+    assert archive_run_dir(run) is not None  # released: archived
+
+
+def test_demo_wants_a_terminal_for_keys_and_screen() -> None:
+    from tools.demo import wants_console
+
+    assert wants_console(False, True, True)
+    assert not wants_console(False, False, True)  # make demo </dev/null in a terminal: headless, DEMO_SECONDS apply
+    assert not wants_console(False, True, False) and not wants_console(True, True, True)
+
+
+def test_demo_refuses_a_run_dir_with_a_live_gateway(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from tools.demo import run_demo
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_info(run, GatewayInfo(router="ipc://x", pub="ipc://y", key="ab" * 32, pid=os.getpid(), session="s" * 32, started_ns=0))
+    lock = FileLock(str(run / "gateway.lock"))
+    lock.acquire()
+    try:
+        assert run_demo(run, ROOT / "cards", 1.0, headless=True) == 3
+    finally:
+        lock.release()
+    assert (run / "gateway.json").exists()  # the other gateway's file is untouched

@@ -1,8 +1,12 @@
 """`ktrader top`: the operations console (textual).
 
-Panels: agents grid; blotter (orders and fills, with a filter); positions per agent and for the
-account with reconciliation status; market (last, change, volume, spread, sparkline); health
-(session, token, REST budget, registrations, websocket, DB, alerts); system events.
+Header: KST clock, market phase, broker session, trading state, alert count. Panels: the agents
+grid as a spreadsheet (tools/top/grid.py: columns by priority for the terminal's width, a totals
+row, sort by any column with o/O or a click on its header; agents that are not running but hold
+positions or orders are listed as offline and can be flattened); blotter (orders and fills, with a
+filter); positions per agent and for the account with reconciliation status; market (name, last,
+change, volume, spread, sparkline); health (session, token, REST budget, registrations, websocket,
+DB, alerts, notifier); system events. Every time is KST.
 
 Updates are driven by the gateway's events (PUB `sys.` and trades), plus a slow refresh (1 s for
 ages and figures, 2 s for the blotter). Dangerous actions ask first."""
@@ -15,42 +19,49 @@ import time
 from pathlib import Path
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Log, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Label, Log, Static, TabbedContent, TabPane
 
-from common.schema import StatusReply
+from common.clock import kst_from_ns, now_kst
+from common.enums import AgentMode, AgentState, TradingState
+from common.schema import AgentStatus, StatusReply
 from tools.status import fmt_age, health_lines, recon_line
 from tools.supervisor import Supervised, Supervisor
+from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
 
-AGENT_COLS = ("agent", "strategy", "codes", "state", "trading", "hb age", "position", "avg price", "P&L", "open",
-              "today", "REST/quota", "supervisor", "last error")
-STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "dim"}
+SUPERVISOR_W = 16
+TOTAL_KEY = "__total__"
 
 # action -> (Control action or local verb, needs an agent, question when dangerous)
 ACTIONS: dict[str, tuple[str, bool, str]] = {
     "pause": ("pause", True, ""),
     "resume": ("resume", True, ""),
     "cancel_all": ("cancel_all", True, "Cancel every open order of {agent}?"),
-    "flatten": ("flatten", True, "Flatten {agent}: cancel its orders and SELL all its positions?"),
+    "flatten": ("flatten", True, "Flatten {agent}: cancel its orders and SELL all its positions{behalf}?"),
     "halt": ("halt", False, "KILL SWITCH: halt trading for the whole gateway (cancels still go out)?"),
-    "global_resume": ("resume", False, "Resume trading for the whole gateway?"),
+    "global_resume": ("resume_all", False, "Resume trading for the whole gateway?"),
     "stop": ("stop", True, "Stop agent {agent} (its process ends, no restart)?"),
     "restart": ("restart", True, "Restart agent {agent}?"),
+    "reload": ("reload", True, "Reload {agent}'s card from {card}: its limits and params change now?"),
 }
 
 
 class TopApp(App[None]):
     TITLE = "ktrader top"
     CSS = """
-    #banner { height: auto; padding: 0 1; }
-    #agents { height: 1fr; min-height: 6; }
+    #banner { height: auto; padding: 0 1; background: $boost; }
+    #agents { height: auto; max-height: 60%; min-height: 5; }
     TabbedContent { height: 1fr; }
     #message { height: 1; padding: 0 1; color: $warning; }
     #recon, #health { padding: 0 1; }
+    .title { padding: 0 1; text-style: bold; height: 1; }
+    #orders, #fills { height: 1fr; min-height: 3; }
     """
     BINDINGS = [
         Binding("p", "act('pause')", "pause"),
@@ -62,6 +73,9 @@ class TopApp(App[None]):
         Binding("s", "start_card", "start card"),
         Binding("x", "act('stop')", "stop"),
         Binding("t", "act('restart')", "restart"),
+        Binding("l", "act('reload')", "reload card"),
+        Binding("o", "sort(False)", "sort"),
+        Binding("O", "sort(True)", "sort back", show=False),
         Binding("q", "quit_console", "quit"),
         *(Binding(str(i), f"tab('{tab}')", tab, show=False)
           for i, tab in enumerate(("blotter", "positions", "market", "health", "events"), 1)),
@@ -77,20 +91,26 @@ class TopApp(App[None]):
         self._pending: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_message = ""
+        self.sort_key = "agent"
+        self.sort_reverse = False
+        self._cols: list[grid.Column] = []
+        self._with_supervisor = False
         if supervisor is not None:
             supervisor.on_change = self._on_supervisor
 
     # ---- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("connecting to the gateway…", id="banner")
+        yield Static("ktrader top  connecting to the gateway…", id="banner")
         yield DataTable(id="agents", cursor_type="row", zebra_stripes=True)
         with TabbedContent(initial="tab-blotter"):
             with TabPane("Blotter", id="tab-blotter"):
                 yield Input(placeholder="filter orders/fills: agent, code, side or state", id="filter")
-                yield DataTable(id="orders", cursor_type="row")
-                yield DataTable(id="fills", cursor_type="row")
+                with Vertical():
+                    yield Label("Orders (newest first)", classes="title")
+                    yield DataTable(id="orders", cursor_type="row")
+                    yield Label("Fills (newest first)", classes="title", id="fills-title")
+                    yield DataTable(id="fills", cursor_type="row")
             with TabPane("Positions", id="tab-positions"):
                 yield Static("", id="recon")
                 yield DataTable(id="positions", cursor_type="row")
@@ -111,14 +131,17 @@ class TopApp(App[None]):
 
     def on_mount(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.main.query_one("#agents", DataTable).add_columns(*AGENT_COLS)
+        self._layout_agents()
         self.main.query_one("#orders", DataTable).add_columns("updated", "order", "agent", "code", "side", "qty", "price",
                                                          "state", "filled", "reason")
-        self.main.query_one("#fills", DataTable).add_columns("time", "order", "code", "side", "qty", "price")
-        self.main.query_one("#positions", DataTable).add_columns("agent", "code", "qty", "avg price", "last", "unrealised",
-                                                            "realised", "fees")
-        self.main.query_one("#account", DataTable).add_columns("account", "qty", "avg price", "last", "unrealised", "realised")
-        self.main.query_one("#market", DataTable).add_columns("code", "last", "change", "volume", "spread", "ticks", "trend")
+        self.main.query_one("#fills", DataTable).add_columns("time", "order", "agent", "code", "side", "qty", "price")
+        self.main.query_one("#positions", DataTable).add_columns("agent", "code", "name", "qty", "avg price", "last",
+                                                            "unrealised", "realised", "fees")
+        self.main.query_one("#account", DataTable).add_columns("account", "name", "qty", "avg price", "last", "unrealised",
+                                                          "realised")
+        self.main.query_one("#market", DataTable).add_columns("code", "name", "last", "change", "volume", "spread", "ticks",
+                                                         "trend")
+        self.set_interval(1.0, self._render_banner)  # the clock ticks even when nothing else changes
         self.set_interval(self.status_every_s, self._refresh_status)
         self.set_interval(self.orders_every_s, self._refresh_orders)
         self.call_later(self._refresh_status)
@@ -169,57 +192,124 @@ class TopApp(App[None]):
         if self.is_running and self.screen_stack and self.main.query("#banner"):
             self.render_status()
 
-    def render_status(self) -> None:
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout_agents(event.size.width)
+        if self.model.status is not None:
+            self._render_agents(self.model.status)
+
+    def _layout_agents(self, width: int = 0) -> None:
+        """The grid's columns for the terminal's width (rebuilt when it changes)."""
+        width = width or self.size.width or 80
+        cols = grid.visible(width)
+        left = width - 2 - sum(c.width + grid.CELL_PAD for c in cols)
+        with_sup = self.supervisor is not None and left >= SUPERVISOR_W + grid.CELL_PAD
+        if [c.key for c in cols] == [c.key for c in self._cols] and with_sup == self._with_supervisor:
+            return
+        self._cols, self._with_supervisor = cols, with_sup
+        table = self.main.query_one("#agents", DataTable)
+        table.clear(columns=True)
+        for c in cols:
+            table.add_column(c.label, width=c.width, key=c.key)
+        if with_sup:
+            table.add_column("supervisor", width=SUPERVISOR_W, key="supervisor")
+
+    def _render_banner(self) -> None:
+        if not self.is_running or not self.screen_stack or not self.main.query("#banner"):
+            return
         st = self.model.status
         banner = self.main.query_one("#banner", Static)
+        clock = f"{now_kst():%Y-%m-%d %H:%M:%S} KST"
         if st is None:
-            banner.update(Text(f"gateway unreachable: {self.model.error}", style="bold red"))
+            banner.update(Text.assemble(("ktrader top  ", "bold"), clock, "  ",
+                                        (f"gateway unreachable: {self.model.error or 'connecting…'}", "bold red")))
             return
-        up = time.time() - st.started_ns / 1e9
-        line = Text.assemble(
-            ("gateway ", "bold"), f"pid {st.gateway_pid} up {fmt_age(up)}  ", ("session ", ""),
-            (f"{st.session_state}", "bold green" if st.session_state.value == "ready" else "bold red"),
-            "  trading ", (f"{st.trading_state}", "bold green" if st.trading_state.value == "active" else "bold red"),
-            f"  orders {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  agents {len(st.agents)}",
+        ok = st.session_state.value == "ready"
+        alerts = st.alerts_today
+        line1 = Text.assemble(
+            ("ktrader top  ", "bold"), (clock, "bold"), "  market ", (st.market_phase.replace("_", " ") or "?", "bold cyan"),
+            "  session ", (st.session_state.value, "bold green" if ok else "bold red"),
+            "  trading ", (st.trading_state.value, "bold green" if st.trading_state.value == "active" else "bold red"),
+            "  ", (f"alerts {alerts}", "bold white on red" if alerts else "dim"),
         )
+        up = time.time() - st.started_ns / 1e9
+        line2 = Text(f"gateway pid {st.gateway_pid} up {fmt_age(up)}  orders {st.orders_today}  open {st.open_orders}  "
+                     f"fills {st.fills_today}  agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} online")
         if self.model.error:
-            line.append(f"  (stale: {self.model.error})", style="red")
-        banner.update(line)
+            line2.append(f"  (stale: {self.model.error})", style="red")
+        banner.update(Text("\n").join([line1, line2]))
+
+    def render_status(self) -> None:
+        self._render_banner()
+        st = self.model.status
+        if st is None:
+            return
         self._render_agents(st)
         self._render_positions(st)
         self._render_health(st)
 
+    def _agents_with_supervised(self, st: StatusReply) -> list[AgentStatus]:
+        """The gateway's agents, plus supervised ones it does not list (not registered yet or any more)."""
+        agents = list(st.agents)
+        known = {a.id for a in agents}
+        for sid in (self.supervisor.agents if self.supervisor else {}):
+            if sid not in known:
+                agents.append(AgentStatus(id=sid, name=sid, strategy="", state=AgentState.OFFLINE, mode=AgentMode.LIVE,
+                                          trading_state=TradingState.ACTIVE, pid=0, host="", session="", heartbeat_age_s=-1.0,
+                                          max_ack_gap_ms=0, registrations=0, codes=[], open_orders=0, orders_today=0,
+                                          errors=0, last_error=self.supervisor.agents[sid].reason if self.supervisor else ""))
+        return agents
+
     def _render_agents(self, st: StatusReply) -> None:
+        agents = grid.sort_agents(self._agents_with_supervised(st), self.sort_key, self.sort_reverse)
         rows: dict[str, list[object]] = {}
-        for a in st.agents:
-            held = [p for p in a.positions if p.qty]
-            sup = self.supervisor.agents.get(a.id) if self.supervisor else None
-            rows[a.id] = [
-                a.id, a.strategy.rsplit(":", 1)[-1], ",".join(a.codes),
-                Text(a.state.value, style=STATE_STYLE.get(a.state.value, "")), a.trading_state.value,
-                fmt_age(a.heartbeat_age_s), " ".join(f"{p.code}:{p.qty}" for p in held) or "-",
-                " ".join(f"{p.avg_price:,}" for p in held) or "-", f"{a.realized_pnl + a.unrealized_pnl:,}",
-                str(a.open_orders), str(a.orders_today),
-                f"{self.model.agent_rest_rate.get(a.id, 0.0):.1f}/{a.rate_quota_per_s:g}",
-                (f"{sup.state} r{sup.restarts}" if sup else "by hand"), a.last_error or "",
-            ]
-        # supervised agents that are not (yet / any more) registered show up too
-        if self.supervisor is not None:
-            for sid, sup in self.supervisor.agents.items():
-                if sid not in rows:
-                    rows[sid] = [sid, "", "", Text("not registered", style="dim"), "", "", "", "", "", "", "", "",
-                                 f"{sup.state} r{sup.restarts}", sup.reason]
+        for a in agents:
+            row: list[object] = [Text(t, style=s) for t, s in grid.cells(self._cols, a, st)]
+            if self._with_supervisor:
+                sup = self.supervisor.agents.get(a.id) if self.supervisor else None
+                row.append(f"{sup.state} r{sup.restarts}" if sup else ("by hand" if a.pid else "-"))
+            rows[a.id] = row
+        total: list[object] = [Text(t, style=s) for t, s in grid.totals(self._cols, st.agents)]
+        rows[TOTAL_KEY] = total + ([""] if self._with_supervisor else [])
         sync_table(self.main.query_one("#agents", DataTable), rows)
+
+    def action_sort(self, reverse: bool) -> None:
+        """o: sort by the next column; O: reverse the order."""
+        keys = [c.key for c in self._cols]
+        if reverse:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            i = keys.index(self.sort_key) if self.sort_key in keys else -1
+            self.sort_key, self.sort_reverse = keys[(i + 1) % len(keys)], False
+        col = grid.BY_KEY[self.sort_key]
+        self.say(f"sorted by {col.label}{' (descending)' if self.sort_reverse else ''}")
+        if self.model.status is not None:
+            self._render_agents(self.model.status)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        if event.data_table.id == "agents":
+            self.sort_by(str(event.column_key.value))
+
+    def sort_by(self, key: str) -> None:
+        """By that column (a header click); again: the other way. Numbers start with the largest."""
+        if key not in grid.BY_KEY:
+            return
+        self.sort_reverse = not self.sort_reverse if key == self.sort_key else grid.BY_KEY[key].numeric
+        self.sort_key = key
+        if self.model.status is not None:
+            self._render_agents(self.model.status)
 
     def _render_positions(self, st: StatusReply) -> None:
         rows: dict[str, list[object]] = {}
         for a in st.agents:
             for p in a.positions:
-                rows[f"{a.id}/{p.code}"] = [a.id, p.code, f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
-                                            f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}", f"{p.fees:,}"]
+                rows[f"{a.id}/{p.code}"] = [a.id, p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}",
+                                            f"{p.mark:,}", Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
+                                            Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)), f"{p.fees:,}"]
         sync_table(self.main.query_one("#positions", DataTable), rows)
         sync_table(self.main.query_one("#account", DataTable), {
-            p.code: [p.code, f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}", f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}"]
+            p.code: [p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
+                     Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
+                     Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl))]
             for p in st.account})
         recon = recon_line(st)
         self.main.query_one("#recon", Static).update(Text(recon, style="green" if st.synced else "bold red"))
@@ -231,6 +321,12 @@ class TopApp(App[None]):
         lines.insert(3, f"REST use {self.model.rest_rate:.1f}/s  [{'#' * int(gauge * 20):<20}] {gauge:.0%}")
         regs = ", ".join(f"{k}×{n}" for k, n in sorted(h.registrations.items())) or "-"
         lines.append(f"registration map: {regs}")
+        n = st.notify
+        if n.get("channels"):
+            lines.append(f"notifier: {n.get('channels', 0)} channels  sent {n.get('sent', 0)}  failed {n.get('failed', 0)}  "
+                         f"suppressed {n.get('suppressed', 0)}  rate-limited {n.get('limited', 0)}  dropped {n.get('dropped', 0)}")
+        else:
+            lines.append("notifier: no channel configured ([notify] in the gateway config): alerts stay on screen")
         for text in st.alerts[-8:]:
             lines.append(f"ALERT {text}")
         self.main.query_one("#health", Static).update(Text("\n".join(lines)))  # plain text: alerts may hold "[...]"
@@ -242,18 +338,21 @@ class TopApp(App[None]):
             return not needle or any(needle in f.lower() for f in fields)
 
         sync_table(self.main.query_one("#orders", DataTable), {
-            o.client_order_id: [time.strftime("%H:%M:%S", time.localtime(o.updated_ns / 1e9)), o.client_order_id, o.agent,
+            o.client_order_id: [f"{kst_from_ns(o.updated_ns):%H:%M:%S}", o.client_order_id, o.agent,
                                 o.code, o.side.value, f"{o.qty:,}", f"{o.price:,}", o.state.value, f"{o.filled_qty:,}",
                                 (f"{o.reason_code} {o.reason}".strip())[:40]]
             for o in self.model.orders if keep(o.agent, o.code, o.side.value, o.state.value, o.client_order_id)})
-        sync_table(self.main.query_one("#fills", DataTable), {
-            f.fill_id: [time.strftime("%H:%M:%S", time.localtime(f.ts_ns / 1e9)), f.client_order_id, f.code, f.side.value,
-                        f"{f.qty:,}", f"{f.price:,}"]
-            for f in self.model.fills if keep(f.client_order_id, f.code, f.side.value)})
+        fills = {
+            f.fill_id: [f"{kst_from_ns(f.ts_ns):%H:%M:%S}", f.client_order_id, f.client_order_id.rsplit("-", 2)[0], f.code,
+                        Text(f.side.value, style="red" if f.side.value == "buy" else "blue"), f"{f.qty:,}", f"{f.price:,}"]
+            for f in self.model.fills if keep(f.client_order_id, f.code, f.side.value)}
+        sync_table(self.main.query_one("#fills", DataTable), fills)
+        self.main.query_one("#fills-title", Label).update(f"Fills (newest first): {len(fills)}")
 
     def render_market(self) -> None:
+        names = self.model.status.names if self.model.status is not None else {}
         sync_table(self.main.query_one("#market", DataTable), {
-            m.code: [m.code, f"{m.last:,}", Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
+            m.code: [m.code, names.get(m.code, ""), f"{m.last:,}", Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
                      f"{m.volume:,}", f"{m.spread:,}" if m.spread else "-", str(m.ticks), sparkline(m.history)]
             for m in sorted(self.model.market.values(), key=lambda m: m.code)})
 
@@ -275,7 +374,8 @@ class TopApp(App[None]):
         table = self.main.query_one("#agents", DataTable)
         if not table.row_count:
             return ""
-        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
+        key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
+        return "" if key == TOTAL_KEY else key
 
     def say(self, text: str, error: bool = False) -> None:
         self.last_message = text
@@ -287,8 +387,17 @@ class TopApp(App[None]):
         if needs_agent and not agent:
             self.say("select an agent first", error=True)
             return
+        card = ""
+        if verb == "reload":
+            path = self.model.card_for(agent)
+            if path is None:
+                self.say(f"reload {agent}: no card with that id in {self.model.cards_dir}/", error=True)
+                return
+            card = str(path)
+        a = self.model.agent_status(agent) if agent else None
+        behalf = " (it is offline: the gateway acts on its behalf)" if a is not None and a.state.value != "online" else ""
         if question:
-            self.push_screen(ConfirmScreen(question.format(agent=agent)),
+            self.push_screen(ConfirmScreen(question.format(agent=agent, behalf=behalf, card=card)),
                              lambda yes: self.run_worker(self._do(verb, agent), group="action") if yes else self.say("cancelled"))
             return
         await self._do(verb, agent)
@@ -299,6 +408,10 @@ class TopApp(App[None]):
                 text = await asyncio.to_thread(self.model.stop_agent, agent)
             elif verb == "restart":
                 text = await asyncio.to_thread(self.model.restart_agent, agent)
+            elif verb == "reload":
+                text = await self.model.reload(agent)
+            elif verb == "resume_all":
+                text = await self.model.control("resume", all_=True)
             else:
                 text = await self.model.control(verb, agent)
         except ActionError as e:
@@ -312,11 +425,12 @@ class TopApp(App[None]):
             if path:
                 self.run_worker(self._start(path), group="action")
 
-        self.push_screen(AskScreen("Start an agent from the card (path):", str(self.model.cards_dir) + "/"), got)
+        self.push_screen(AskScreen(f"Start an agent from its card: a path, or a card name / agent id in {self.model.cards_dir}/",
+                                   placeholder=f"e.g. {self.model.cards_dir}/ma_cross.toml or ma_cross"), got)
 
     async def _start(self, path: str) -> None:
         try:
-            text = await asyncio.to_thread(self.model.start_agent, Path(path))
+            text = await asyncio.to_thread(self.model.start_agent, self.model.resolve_card(path))
         except ActionError as e:
             self.say(f"start: {e}", error=True)
             return

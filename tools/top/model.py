@@ -20,13 +20,14 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from common.config import ConfigError, load_card
+from common.clock import now_kst
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.errors import KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
     FillView, OrderView, Published, StatusReply, SystemEvent, SYSTEM_TOPIC, TradeTick, trade_topic,
 )
+from tools.reload import ReloadError, find_card, reload_card
 from tools.status import fetch_orders, fetch_status, send_control
 from tools.supervisor import Supervisor, SupervisorError
 
@@ -171,7 +172,7 @@ class ConsoleModel:
             self.market.setdefault(body.code, MarketRow(body.code)).on_tick(body)
             self._notify("market")
         elif isinstance(body, SystemEvent):
-            stamp = time.strftime("%H:%M:%S")
+            stamp = f"{now_kst():%H:%M:%S}"
             self.events.append(f"{stamp} {body.kind} {body.agent} {body.text}".replace("  ", " "))
             self._notify("events")  # the app refreshes status on these (state changed)
 
@@ -191,13 +192,33 @@ class ConsoleModel:
 
     # ---- actions ----------------------------------------------------------------------------------
 
-    async def control(self, action: str, agent: str = "") -> str:
+    async def control(self, action: str, agent: str = "", all_: bool = False) -> str:
         try:
-            text = await asyncio.to_thread(send_control, self.run_dir, action, agent, 3.0)
+            text = await asyncio.to_thread(lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender="ktrader-top"))
         except (ConnectionFileError, KtraderError) as e:
             raise ActionError(str(e)) from None
-        self.events.append(f"{time.strftime('%H:%M:%S')} you: {action} {agent or 'gateway'}: {text}")
+        self.events.append(f"{now_kst():%H:%M:%S} you: {action} {agent or 'gateway'}: {text}")
         return text
+
+    async def reload(self, agent: str) -> str:
+        """The agent's card from cards_dir, checked, sent; the gateway applies or refuses it."""
+        card = self.card_for(agent)
+        try:
+            text = await asyncio.to_thread(reload_card, self.run_dir, agent, card, self.cards_dir, "ktrader-top")
+        except (ConnectionFileError, KtraderError, ReloadError) as e:
+            raise ActionError(str(e)) from None
+        self.events.append(f"{now_kst():%H:%M:%S} you: reload {agent}: {text}")
+        return text
+
+    def resolve_card(self, text: str) -> Path:
+        """What the operator typed at the start prompt: a path, or a card's file name or agent id in cards_dir."""
+        p = Path(text)
+        if p.exists():
+            return p
+        for cand in (self.cards_dir / text, self.cards_dir / f"{text}.toml"):
+            if cand.exists():
+                return cand
+        return find_card(self.cards_dir, text) or p
 
     def agent_status(self, agent: str):  # type: ignore[no-untyped-def]
         if self.status is None:
@@ -208,13 +229,7 @@ class ConsoleModel:
         """The card of an agent: the supervisor's, else the first card in cards_dir with that id."""
         if self.supervisor is not None and agent in self.supervisor.agents:
             return self.supervisor.agents[agent].card
-        for path in sorted(self.cards_dir.glob("*.toml")):
-            try:
-                if load_card(path).id == agent:
-                    return path
-            except ConfigError:
-                continue
-        return None
+        return find_card(self.cards_dir, agent)
 
     def start_agent(self, card: Path | str) -> str:
         if self.supervisor is None:

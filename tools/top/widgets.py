@@ -46,8 +46,10 @@ class ConfirmScreen(ModalScreen[bool]):
     BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 70; height: auto; border: thick $error; background: $surface; padding: 1 2; }
-    ConfirmScreen Horizontal { height: auto; align: center middle; }
+    ConfirmScreen > Vertical { width: auto; max-width: 90%; min-width: 40; height: auto; border: thick $error;
+                               background: $surface; padding: 1 2; }
+    ConfirmScreen Label { width: auto; max-width: 100%; }
+    ConfirmScreen Horizontal { height: auto; width: auto; align: center middle; }
     """
 
     def __init__(self, question: str) -> None:
@@ -77,17 +79,20 @@ class AskScreen(ModalScreen[str]):
     BINDINGS = [Binding("escape", "cancel", "cancel")]
     DEFAULT_CSS = """
     AskScreen { align: center middle; }
-    AskScreen > Vertical { width: 80; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
+    AskScreen > Vertical { width: 90%; max-width: 100; height: auto; border: thick $primary; background: $surface;
+                           padding: 1 2; }
+    AskScreen Label { width: 100%; }
     """
 
-    def __init__(self, prompt: str, value: str = "") -> None:
+    def __init__(self, prompt: str, value: str = "", placeholder: str = "") -> None:
         super().__init__()
-        self.prompt, self.value = prompt, value
+        self.prompt, self.value, self.placeholder = prompt, value, placeholder
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.prompt)
-            yield Input(value=self.value, id="answer")
+            # a hint, not a value: typing must not replace a pre-filled folder (it used to)
+            yield Input(value=self.value, placeholder=self.placeholder, id="answer")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip())

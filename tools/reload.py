@@ -1,0 +1,44 @@
+"""`ktrader control reload --agent ID [--card PATH]` (and the console's and web page's reload):
+the changed card is checked with the card checker's rules before it is sent; the gateway applies
+its limits and params (server/operator.py) or refuses it and keeps the old card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.config import ConfigError, load_card
+from kis.master import load_stock_master
+from tools.cards_check import card_problems
+from tools.status import send_control
+
+
+class ReloadError(Exception):
+    """The card cannot be reloaded as it is; the message says why (nothing was sent)."""
+
+
+def find_card(cards_dir: Path, agent: str) -> Path | None:
+    """The first card in `cards_dir` whose id is `agent`."""
+    for path in sorted(Path(cards_dir).glob("*.toml")):
+        try:
+            if load_card(path).id == agent:
+                return path
+        except ConfigError:
+            continue
+    return None
+
+
+def reload_card(run_dir: str | Path, agent: str, card_path: Path | None = None, cards_dir: Path = Path("cards"),
+                sender: str = "ktrader-control") -> str:
+    path = card_path or find_card(cards_dir, agent)
+    if path is None:
+        raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")
+    try:
+        card = load_card(path)
+    except ConfigError as e:
+        raise ReloadError(f"{e}: nothing changed") from None
+    if card.id != agent:
+        raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
+    errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
+    if errors:
+        raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
+    return send_control(run_dir, "reload", agent, card=card, sender=sender)

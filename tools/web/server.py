@@ -1,0 +1,210 @@
+"""`ktrader web`: the dashboard, its own process. It talks to the gateway only through the wire
+protocol, like the console (tools/top/model.py: StatusQuery, GetOrders, Control, and the PUB
+socket for prices and system events), and serves one page that refreshes itself by server-sent
+events: agents, orders, fills, positions, account, health and alerts, per-agent equity curves and
+intraday price charts (uPlot, MIT, served from the package: no CDN).
+
+Bound to 127.0.0.1 by default. A token is required: the URL printed at start carries it once,
+the page then keeps it in an HttpOnly, SameSite=Strict cookie (or send `Authorization: Bearer`).
+Operator actions are POSTs that need JSON and the `X-Ktrader` header (a cross-site form can send
+neither) and are confirmed in the page; they go to the gateway as Control, journaled there as
+`ktrader-web`. The signing key in run/gateway.json never leaves this process."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+
+from common.connection import ConnectionFileError
+from common.errors import KtraderError
+from tools.reload import ReloadError, reload_card
+from tools.status import send_control
+from tools.top.model import ConsoleModel
+
+log = logging.getLogger("ktrader.web")
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "ktrader_web"
+ACTIONS = frozenset({"pause", "resume", "reduce", "halt", "cancel_all", "flatten", "reconcile", "reload"})
+MAX_CLIENTS = 32
+
+
+class Dashboard:
+    def __init__(self, run_dir: Path, token: str, cards_dir: Path = Path("cards"), refresh_s: float = 1.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.token = token
+        self.cards_dir = Path(cards_dir)
+        self.refresh_s = refresh_s
+        self.model = ConsoleModel(self.run_dir, cards_dir=self.cards_dir, on_update=self._on_model)
+        self.clients: set[asyncio.Queue[str]] = set()
+        self._market_pending = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- data from the gateway -----------------------------------------------------------------
+
+    def _on_model(self, what: str) -> None:
+        if what == "status":
+            self.broadcast("status", self._status_json())
+        elif what == "orders":
+            self.broadcast("orders", self._orders_json())
+        elif what == "market" and not self._market_pending:  # at most 4 pushes a second, however busy
+            self._market_pending = True
+            asyncio.get_running_loop().call_later(0.25, self._push_market)
+        elif what == "events":
+            lines = list(self.model.events)
+            self.model.events.clear()
+            self.broadcast("events", json.dumps(lines))
+
+    def _push_market(self) -> None:
+        self._market_pending = False
+        self.broadcast("market", self._market_json())
+
+    def _status_json(self) -> str:
+        st = self.model.status
+        if st is None:
+            return json.dumps({"error": self.model.error or "connecting to the gateway"})
+        return msgspec.json.encode(st).decode()
+
+    def _orders_json(self) -> str:
+        return msgspec.json.encode({"orders": self.model.orders, "fills": self.model.fills}).decode()
+
+    def _market_json(self) -> str:
+        return json.dumps({m.code: {"last": m.last, "change": m.change, "volume": m.volume, "spread": m.spread,
+                                    "ticks": m.ticks, "history": list(m.history)} for m in self.model.market.values()})
+
+    def broadcast(self, event: str, data: str) -> None:
+        frame = f"event: {event}\ndata: {data}\n\n"
+        for q in list(self.clients):
+            try:
+                q.put_nowait(frame)
+            except asyncio.QueueFull:  # a client that does not read: drop it, it reconnects
+                self.clients.discard(q)
+
+    async def _refresh(self, fn: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await fn()
+            except Exception:  # the dashboard stays up whatever the gateway does
+                log.exception("refresh failed")
+            await asyncio.sleep(self.refresh_s)
+
+    async def start(self, app: web.Application) -> None:
+        self._tasks = [asyncio.create_task(self._refresh(self.model.refresh_status)),
+                       asyncio.create_task(self._refresh(self.model.refresh_orders))]
+
+    async def stop(self, app: web.Application) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.model.close()
+
+    # ---- HTTP --------------------------------------------------------------------------------------
+
+    def authorised(self, request: web.Request) -> bool:
+        given = request.query.get("token") or request.cookies.get(COOKIE, "")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[7:]
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if not self.authorised(request):
+            return web.Response(status=401, text="ktrader web: token required. Open the URL that `ktrader web` printed "
+                                                 "(it carries ?token=...).\n", content_type="text/plain")
+        resp = await handler(request)
+        if "token" in request.query:  # the URL's token becomes a cookie the page's requests carry
+            resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["X-Frame-Options"] = "DENY"
+        return resp
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        if "token" in request.query:  # keep the token out of the address bar and history
+            resp = web.HTTPFound("/")
+            resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
+            raise resp
+        return web.FileResponse(STATIC / "index.html")
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        if len(self.clients) >= MAX_CLIENTS:
+            return web.Response(status=503, text="too many dashboards open")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        q: asyncio.Queue[str] = asyncio.Queue(maxsize=500)
+        for event, data in (("status", self._status_json()), ("orders", self._orders_json()), ("market", self._market_json())):
+            q.put_nowait(f"event: {event}\ndata: {data}\n\n")
+        self.clients.add(q)
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(q.get(), 15.0)
+                except asyncio.TimeoutError:
+                    frame = ": keep-alive\n\n"
+                if q not in self.clients and q.empty():
+                    break
+                await resp.write(frame.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.clients.discard(q)
+        return resp
+
+    async def control(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-Ktrader") != "1" or request.content_type != "application/json":
+            return web.json_response({"ok": False, "error": "actions are JSON with the X-Ktrader header"}, status=400)
+        try:
+            body = await request.json()
+            action, agent, all_ = str(body.get("action", "")), str(body.get("agent", "")), bool(body.get("all", False))
+        except (ValueError, AttributeError):
+            return web.json_response({"ok": False, "error": "bad JSON"}, status=400)
+        if action not in ACTIONS:
+            return web.json_response({"ok": False, "error": f"unknown action {action!r}"}, status=400)
+        try:
+            if action == "reload":
+                text = await asyncio.to_thread(reload_card, self.run_dir, agent, None, self.cards_dir, "ktrader-web")
+            else:
+                text = await asyncio.to_thread(lambda: send_control(self.run_dir, action, agent, 5.0, all_=all_,
+                                                                    sender="ktrader-web"))
+        except (ConnectionFileError, KtraderError, ReloadError) as e:
+            return web.json_response({"ok": False, "error": str(e)}, status=409)
+        asyncio.create_task(self.model.refresh_status())
+        return web.json_response({"ok": True, "message": text})
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard])
+        app.router.add_get("/", self.index)
+        app.router.add_get("/api/stream", self.stream)
+        app.router.add_post("/api/control", self.control)
+        app.router.add_static("/static/", STATIC)
+        app.on_startup.append(self.start)
+        app.on_shutdown.append(self._close_streams)
+        app.on_cleanup.append(self.stop)
+        return app
+
+    async def _close_streams(self, app: web.Application) -> None:
+        self.clients.clear()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def run_web(run_dir: Path, host: str, port: int, token: str, cards_dir: Path, print_fn: Callable[[str], None] = print) -> None:
+    dash = Dashboard(run_dir, token, cards_dir)
+
+    async def ready(app: web.Application) -> None:
+        print_fn(f"ktrader web: http://{host}:{port}/?token={token}")
+        print_fn("  (open it in a browser on this machine; the token is required; Ctrl-C stops)")
+
+    app = dash.app()
+    app.on_startup.append(ready)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)

@@ -1,0 +1,198 @@
+// ktrader desk: everything arrives by server-sent events (/api/stream); actions POST /api/control
+// after a confirmation. Texts from the gateway are set with textContent, never as HTML.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const fmt = (n) => (n ?? 0).toLocaleString("en-US");
+const cls = (n) => (n > 0 ? "up" : n < 0 ? "down" : "");  // Korean colours: red up, blue down
+const kst = (ns) => new Date(ns / 1e6).toLocaleTimeString("en-GB", { timeZone: "Asia/Seoul", hour12: false });
+let status = null, market = {}, intraday = {}, equityPlot = null, pricePlot = null;
+
+function cell(tr, text, klass) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (klass) td.className = klass;
+  tr.appendChild(td);
+  return td;
+}
+
+function fill(tbody, rows, build) {
+  const body = typeof tbody === "string" ? $(tbody).tBodies[0] : tbody;
+  body.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); build(tr, r); return tr; }));
+}
+
+function toast(text, err) {
+  const t = $("toast");
+  t.textContent = text; t.className = err ? "err" : ""; t.style.display = "block";
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.style.display = "none"), 6000);
+}
+
+const QUESTIONS = {
+  pause: "Pause {a}: cancels only until resumed?", resume: "Resume {a}?",
+  cancel_all: "Cancel every open order of {a}?",
+  flatten: "Flatten {a}: cancel its orders and SELL all its positions{b}?",
+  reload: "Reload {a}'s card from the cards folder: its limits and params change now?",
+  halt: "KILL SWITCH: halt trading for the whole gateway (cancels still go out)?",
+  resume_all: "Resume trading for the whole gateway?",
+};
+
+async function act(action, agent, all) {
+  const a = (status?.agents || []).find((x) => x.id === agent);
+  const behalf = a && a.state !== "online" ? " (it is offline: the gateway acts on its behalf)" : "";
+  const q = QUESTIONS[all ? "resume_all" : action].replace("{a}", agent).replace("{b}", behalf);
+  if (!window.confirm(q)) return;
+  try {
+    const r = await fetch("/api/control", { method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-Ktrader": "1" }, body: JSON.stringify({ action, agent, all: !!all }) });
+    const j = await r.json();
+    toast(j.ok ? j.message : "refused: " + j.error, !j.ok);
+  } catch (e) { toast("not sent: " + e, true); }
+}
+
+function netPnl(a) { return a.realized_pnl - a.fees + a.unrealized_pnl; }
+
+function renderStatus(st) {
+  if (st.error) { $("live").textContent = st.error; return; }
+  status = st;
+  $("phase").textContent = (st.market_phase || "?").replaceAll("_", " ");
+  $("session").textContent = st.session_state;
+  $("session").className = st.session_state === "ready" ? "online" : "up";
+  $("trading").textContent = st.trading_state;
+  $("alerts").textContent = "alerts " + st.alerts_today;
+  $("alerts").className = "badge" + (st.alerts_today ? " hot" : "");
+  const tot = { pnl: 0, r: 0, u: 0, v: 0, o: 0 };
+  fill("agents", st.agents, (tr, a) => {
+    tr.dataset.agent = a.id;
+    const p = a.performance, net = netPnl(a);
+    tot.pnl += net; tot.r += a.realized_pnl; tot.u += a.unrealized_pnl; tot.v += a.position_value; tot.o += a.open_orders;
+    cell(tr, a.id); cell(tr, a.state, a.state); cell(tr, a.trading_state);
+    cell(tr, fmt(net), "n " + cls(net)); cell(tr, fmt(a.realized_pnl), "n " + cls(a.realized_pnl));
+    cell(tr, fmt(a.unrealized_pnl), "n " + cls(a.unrealized_pnl)); cell(tr, fmt(a.position_value), "n");
+    cell(tr, a.open_orders, "n");
+    const f = a.last_fill;
+    cell(tr, f ? `${kst(f.ts_ns)} ${f.side === "buy" ? "B" : "S"}${f.qty}@${fmt(f.price)}` : "-");
+    cell(tr, fmt(p.drawdown), "n"); cell(tr, p.sharpe.toFixed(2), "n");
+    cell(tr, p.wins + p.losses ? Math.round(p.win_rate * 100) + "%" : "-", "n"); cell(tr, p.turnover.toFixed(2), "n");
+    const td = cell(tr, "");
+    for (const [label, action] of [["pause", "pause"], ["resume", "resume"], ["cancel all", "cancel_all"], ["flatten", "flatten"], ["reload", "reload"]]) {
+      const b = document.createElement("button");
+      b.textContent = label; b.dataset.action = action; b.dataset.agent = a.id;
+      if (action === "flatten") b.className = "danger";
+      b.onclick = () => act(action, a.id, false);
+      td.appendChild(b);
+    }
+    const now = Date.now() / 1000;  // this page's intraday equity samples, per agent
+    (intraday[a.id] = intraday[a.id] || []).push([now, net]);
+    if (intraday[a.id].length > 3600) intraday[a.id].shift();
+  });
+  const foot = $("agents").tFoot;
+  const tr = document.createElement("tr");
+  cell(tr, `TOTAL (${st.agents.length})`); cell(tr, ""); cell(tr, "");
+  cell(tr, fmt(tot.pnl), "n " + cls(tot.pnl)); cell(tr, fmt(tot.r), "n " + cls(tot.r)); cell(tr, fmt(tot.u), "n " + cls(tot.u));
+  cell(tr, fmt(tot.v), "n"); cell(tr, tot.o, "n");
+  foot.replaceChildren(tr);
+  fill("account", st.account, (tr, p) => {
+    cell(tr, p.code); cell(tr, st.names[p.code] || ""); cell(tr, fmt(p.qty), "n"); cell(tr, fmt(p.avg_price), "n");
+    cell(tr, fmt(p.mark), "n"); cell(tr, fmt(p.unrealized_pnl), "n " + cls(p.unrealized_pnl)); cell(tr, fmt(p.realized_pnl), "n " + cls(p.realized_pnl));
+  });
+  fill("positions", st.agents.flatMap((a) => a.positions.filter((p) => p.qty).map((p) => [a.id, p])), (tr, [id, p]) => {
+    cell(tr, id); cell(tr, `${p.code} ${st.names[p.code] || ""}`); cell(tr, fmt(p.qty), "n"); cell(tr, fmt(p.avg_price), "n");
+    cell(tr, fmt(p.mark), "n"); cell(tr, fmt(p.unrealized_pnl), "n " + cls(p.unrealized_pnl));
+  });
+  const h = st.health, c = st.counters;
+  $("health").textContent = [
+    `broker ${st.broker}  session ${st.session_state}  reconciliation ${st.synced ? "synced" : "NOT synced"}, ${st.reconcile_alerts} differences`,
+    `REST ${h.rest_limit_per_s}/s  calls ${h.rest_calls}  queued ${h.rest_waiting}  penalties ${h.rest_penalties}`,
+    `registrations ${Object.keys(h.registrations).length}/${h.max_registrations}  ws last message ${h.ws_last_message_age_s}s ago`,
+    `market data published ${fmt(c.pub_sent)}  dropped ${fmt(c.pub_dropped)}`,
+    `notifier: ${st.notify.channels ? `${st.notify.channels} channels, sent ${st.notify.sent}, failed ${st.notify.failed}` : "no channel configured"}`,
+  ].join("\n");
+  $("alert-list").replaceChildren(...st.alerts.slice().reverse().map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+  syncSelect($("equity-agent"), st.agents.map((a) => a.id));
+  syncSelect($("price-code"), [...new Set(st.agents.flatMap((a) => a.codes))].sort());
+  drawEquity();
+}
+
+function syncSelect(sel, values) {
+  const cur = sel.value;
+  if ([...sel.options].map((o) => o.value).join() === values.join()) return;
+  sel.replaceChildren(...values.map((v) => { const o = document.createElement("option"); o.value = o.textContent = v; return o; }));
+  if (values.includes(cur)) sel.value = cur;
+}
+
+function chart(el, plot, data, label) {
+  const width = Math.max(300, el.clientWidth || 500);
+  if (!plot || plot.width !== width) {
+    plot?.destroy();
+    return new uPlot({ width, height: 200, series: [{}, { label, stroke: "#e8a33d", width: 1.5 }],
+      axes: [{ stroke: "#99a" }, { stroke: "#99a" }], legend: { show: false } }, data, el);
+  }
+  plot.setData(data);
+  return plot;
+}
+
+function drawEquity() {
+  const id = $("equity-agent").value;
+  const a = (status?.agents || []).find((x) => x.id === id);
+  if (!a) return;
+  // days from the store, then this page's intraday samples of today
+  const days = a.performance.curve.slice(0, -1).map(([d, v]) => [Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8)) / 1000, v]);
+  const pts = days.concat(intraday[id] || []);
+  equityPlot = chart($("equity-chart"), equityPlot, [pts.map((p) => p[0]), pts.map((p) => p[1])], id);
+}
+
+function drawPrice() {
+  const code = $("price-code").value, m = market[code];
+  if (!m) return;
+  $("price-last").textContent = `${fmt(m.last)} (${m.change > 0 ? "+" : ""}${fmt(m.change)})`;
+  $("price-last").className = cls(m.change);
+  const h = m.history;
+  pricePlot = chart($("price-chart"), pricePlot, [h.map((_, i) => i), h], code);
+}
+
+function renderMarket(m) {
+  market = m;
+  fill("market", Object.keys(m).sort(), (tr, code) => {
+    const r = m[code];
+    tr.dataset.code = code;
+    cell(tr, code); cell(tr, status?.names?.[code] || ""); cell(tr, fmt(r.last), "n last");
+    cell(tr, (r.change > 0 ? "+" : "") + fmt(r.change), "n " + cls(r.change)); cell(tr, fmt(r.volume), "n"); cell(tr, r.ticks, "n ticks");
+  });
+  drawPrice();
+}
+
+function renderOrders(o) {
+  $("fills-n").textContent = `${o.fills.length}`;
+  fill("fills", o.fills, (tr, f) => {
+    tr.dataset.fill = f.fill_id;
+    cell(tr, kst(f.ts_ns)); cell(tr, f.client_order_id); cell(tr, f.code); cell(tr, f.side, f.side === "buy" ? "up" : "down");
+    cell(tr, fmt(f.qty), "n"); cell(tr, fmt(f.price), "n");
+  });
+  fill("orders", o.orders, (tr, x) => {
+    cell(tr, kst(x.updated_ns)); cell(tr, x.client_order_id); cell(tr, x.code); cell(tr, x.side, x.side === "buy" ? "up" : "down");
+    cell(tr, fmt(x.qty), "n"); cell(tr, fmt(x.price), "n"); cell(tr, x.state); cell(tr, fmt(x.filled_qty), "n");
+    cell(tr, `${x.reason_code} ${x.reason}`.trim().slice(0, 60));
+  });
+}
+
+function renderEvents(lines) {
+  const ul = $("events");
+  for (const t of lines) { const li = document.createElement("li"); li.textContent = t; ul.prepend(li); }
+  while (ul.children.length > 200) ul.lastChild.remove();
+}
+
+function connect() {
+  const es = new EventSource("/api/stream");
+  es.onopen = () => { $("live").textContent = "live"; $("live").className = "online"; };
+  es.onerror = () => { $("live").textContent = "reconnecting…"; $("live").className = "up"; };
+  es.addEventListener("status", (e) => renderStatus(JSON.parse(e.data)));
+  es.addEventListener("orders", (e) => renderOrders(JSON.parse(e.data)));
+  es.addEventListener("market", (e) => renderMarket(JSON.parse(e.data)));
+  es.addEventListener("events", (e) => renderEvents(JSON.parse(e.data)));
+}
+
+$("halt").onclick = () => act("halt", "", false);
+$("resume-all").onclick = () => act("resume", "", true);
+$("equity-agent").onchange = drawEquity;
+$("price-code").onchange = drawPrice;
+setInterval(() => { $("clock").textContent = new Date().toLocaleTimeString("en-GB", { timeZone: "Asia/Seoul", hour12: false }) + " KST"; }, 1000);
+connect();
