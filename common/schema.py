@@ -19,7 +19,7 @@ import msgspec
 
 from common.clock import now_ns
 from common.config import AgentCard
-from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
+from common.enums import AgentMode, AgentState, OrderType, SessionProblem, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
@@ -331,6 +331,9 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)
+    # why the session is not READY (the notice feed orders wait for), and what to check
+    session_problem: SessionProblem = SessionProblem.NONE
+    session_detail: str = ""
 
 
 class StatusReply(_Msg, tag="status_reply"):

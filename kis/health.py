@@ -1,21 +1,26 @@
 """The broker session's own health facts (token, REST budget, websocket, registrations) as one
-typed `BrokerHealth`, for the gateway's status and the console.
+typed `BrokerHealth`, for the gateway's status and the console; and, in words, why the session is
+not READY (the notice feed every order waits for).
 
 `broker_health(broker)` is the gateway's way in: a BrokerPort may offer `health()`; one that does
-not (e.g. an in-process test broker) gets defaults that only carry its session state."""
+not (e.g. an in-process test broker) gets defaults that only carry its session state.
+`with_session_reason(denial, broker)` adds that reason to a SESSION_NOT_READY denial."""
 
 from __future__ import annotations
 
 from common.clock import now_kst
+from common.enums import SessionProblem, SessionState
+from common.errors import ErrorCode
 from common.schema import BrokerHealth
 from kis.budget import RestBudget
+from kis.session_why import session_why
 from kis.token import TokenManager
 from kis.ws import KisWebSocket
-
 
 def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> BrokerHealth:
     # expires_at is on the token manager's clock (wall clock by default), in seconds
     exp = tokens.expires_at
+    ready = ws.state is SessionState.READY
     return BrokerHealth(
         session_state=ws.state,
         token_expires_ns=int(exp * 1e9) if exp > 0 else 0,
@@ -29,6 +34,8 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         # the notice slot's key is the user's HTS id: not something to show on screens
         registrations={f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()},
         max_registrations=ws.cfg.max_registrations,
+        session_problem=SessionProblem.NONE if ready else ws.problem,
+        session_detail="" if ready else session_why(ws.state, ws.problem, ws.problem_detail),
     )
 
 
@@ -41,3 +48,18 @@ def broker_health(broker: object) -> BrokerHealth:
             return h
     state = getattr(broker, "session_state", None)
     return BrokerHealth(session_state=state) if state is not None else BrokerHealth()
+
+
+def with_session_reason(denial: tuple[ErrorCode, str] | None, broker: object, synced: bool = True) -> tuple[ErrorCode, str] | None:
+    """A SESSION_NOT_READY denial, completed with why the session is not READY (the broker's
+    health) or that the first reconciliation has not finished; other denials unchanged."""
+    if denial is None or denial[0] is not ErrorCode.SESSION_NOT_READY:
+        return denial
+    h = broker_health(broker)
+    if h.session_state is SessionState.READY and not synced:
+        why = "the first reconciliation with the broker has not finished yet"
+    elif h.session_detail:
+        why = h.session_detail
+    else:
+        return denial
+    return denial[0], f"{denial[1]}: {why}"

@@ -75,6 +75,9 @@ class EmbeddedTwinBroker:
     def session_state(self) -> SessionState:
         return self.inner.session_state if self.inner else SessionState.DISCONNECTED
 
+    def describe(self) -> list[str]:
+        return ["KIS sim: a KIS twin embedded in this process, on ephemeral loopback ports (no credentials needed)"]
+
     @property
     def market_clock(self) -> "TwinMarketClock":
         return TwinMarketClock(self.twin.twin.clock)
@@ -90,7 +93,7 @@ class EmbeddedTwinBroker:
         self.inner = make_broker(bcfg, self.token_dir, creds)
         self.inner.set_frame_hook(*self._frame_hook)
         log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
-                 self.twin.admin_url, demo.account)
+                 self.twin.admin_url, creds.masked_account)
         # where the embedded twin listens (tools and tests drive its admin API: clock, prices, faults)
         info = Path(self.cfg.run_dir) / "twin.json"
         tmp = info.with_suffix(".tmp")

@@ -40,6 +40,7 @@ from kis.port import (
     BrokerAck, BrokerCancel, BrokerError, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPort, BrokerPosition,
     BrokerRejected, BrokerUnknownOutcome, NoticeKind,
 )
+from kis.health import with_session_reason  # issue-18a
 from server.books import apply_fill_value
 from server.reconcile import RESTARTED, ReconcileResult, reconcile
 from server.risk import Exposure, RiskGate
@@ -218,6 +219,7 @@ class OrderManager:
         session = self.broker.session_state if self.synced else SessionState.SYNCING
         denial = self.risk.check(card, agent_state, new, self.exposure(card.id, new.code), session,
                                  self.base_prices.get(new.code), self.notional_price(new))
+        denial = with_session_reason(denial, self.broker, self.synced)  # issue-18a: say why the session is not READY
         intent = {"reason": new.reason, "context": new.context, "decision_price": new.decision_price,
                   "code": new.code, "side": new.side.value, "qty": new.qty, "price": new.price,
                   "order_type": new.order_type.value, "tif": new.tif.value}
@@ -278,6 +280,7 @@ class OrderManager:
         session = self.broker.session_state if self.synced else SessionState.SYNCING
         denial = self.risk.check(card, agent_state, probe, exp, session, self.base_prices.get(o.code),
                                  self.notional_price(probe))
+        denial = with_session_reason(denial, self.broker, self.synced)  # issue-18a: say why the session is not READY
         if denial is not None:
             self.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
             return denial

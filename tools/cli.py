@@ -41,14 +41,20 @@ _mount_backtest()
 
 
 def _logging(level: str, log_file: str | None = None) -> None:
+    from kis.redact import RedactSecrets
+
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.addFilter(RedactSecrets())  # secrets the KIS client registered never reach a log line
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets); the
+    # websocket library logs whole frames at DEBUG, subscribe requests (approval key) included
+    for name in ("httpx", "httpcore", "websockets", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -61,15 +67,22 @@ def gateway(
     profile: Optional[str] = typer.Option(None, help="write a profile of the run to this file"),
     log_level: str = typer.Option("info", help="debug | info | warning"),
     standby: bool = typer.Option(False, "--standby", help="wait (ready) for the running gateway to exit, then take over"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks of start-up failures"),
 ) -> None:
-    """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints."""
+    """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints.
+
+    Exit codes: 0 stopped · 1 unexpected error (--debug shows the traceback) · 2 bad configuration ·
+    3 another gateway runs on this run directory · 4 KIS credentials missing or malformed ·
+    5 KIS unreachable (DNS, refused, timeout, TLS) after the retries · 6 KIS refused the
+    credentials, the environment (paper/real key) or the account · 130 interrupted during the start."""
     import msgspec
 
     from common.config import ConfigError, load_gateway_config
+    from kis.startup import StartExit, StartupError
     from server.app import main as gateway_main
     from tools.profiling import profiled
 
-    _logging(log_level)
+    _logging("debug" if debug and log_level == "info" else log_level)
     sys.path.insert(0, os.getcwd())  # --broker factories may live in the working tree
     try:
         cfg = load_gateway_config(config)
@@ -87,7 +100,21 @@ def gateway(
             gateway_main(cfg, broker, standby=standby)
         except RunDirLocked as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(3)
+            raise typer.Exit(StartExit.LOCKED)
+        except StartupError as e:
+            if debug:
+                logging.getLogger("ktrader.gateway").exception("start failed")
+            for line in e.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(StartExit.INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - one line for the operator; the traceback on request
+            if debug:
+                raise
+            typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            raise typer.Exit(StartExit.UNEXPECTED)
 
 
 @agent_app.command("run")
@@ -359,6 +386,9 @@ def data_replay(
 
 
 def main() -> None:
+    from common.private import private_process
+
+    private_process()  # run/, logs, recordings, the database: 0700 folders, 0600 files
     app()
 
 
