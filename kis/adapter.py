@@ -239,7 +239,10 @@ class KisBroker:
         body: wire.OrderResponse = page.body  # type: ignore[assignment]
         raw = body.output if isinstance(body.output, dict) else {}
         out = {str(k).upper(): v for k, v in raw.items()}
-        odno, org_no = out.get("ODNO", ""), out.get("KRX_FWDG_ORD_ORGNO", "")
+        for k, v in out.items():
+            if not isinstance(v, str):
+                log.warning("%s reply field %s is %s, not a string: tolerated", call, k, type(v).__name__)
+        odno, org_no = out.get("ODNO"), out.get("KRX_FWDG_ORD_ORGNO")
         doubtful = [r for r in page.repairs if r.upper().endswith((".ODNO", ".KRX_FWDG_ORD_ORGNO", ".OUTPUT"))]
         if not isinstance(odno, str) or not odno.strip().isdigit() or not isinstance(org_no, str) or not org_no.strip() or doubtful:
             why = "; ".join(doubtful) or f"ODNO {odno!r}, KRX_FWDG_ORD_ORGNO {org_no!r}"
