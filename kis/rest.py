@@ -282,7 +282,7 @@ class KisRest:
             if isinstance(err, BrokerAuthError) and lookup(err.code).verdict is Verdict.TOKEN_INVALID and not refreshed:
                 refreshed = True
                 log.info("KIS rejected the token (%s); refreshing once", err.code)
-                await self.tokens.invalidate_and_get(token)
+                await self.tokens.invalidate_and_get(token, err.code)
                 continue
             if kind is Kind.WRITE:
                 if proves_not_processed(err):

@@ -97,6 +97,8 @@ class TokenManager:
         self._token: IssuedToken | None = None
         self._local = asyncio.Lock()  # one refresh at a time inside this process
         self.issued_count = 0  # issuances done by this process
+        self.rejections = 0  # tokens KIS refused (expired/invalid) in this process
+        self.last_rejection = ""  # the KIS code of the last refusal
 
     @property
     def expires_at(self) -> float:
@@ -113,9 +115,11 @@ class TokenManager:
         redact.register(value, "token")
         return value
 
-    async def invalidate_and_get(self, rejected: str) -> str:
-        """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121): get another one.
-        If another process already replaced it on disk, that one is used without issuing."""
+    async def invalidate_and_get(self, rejected: str, code: str = "") -> str:
+        """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121, `code`): get another
+        one. If another process already replaced it on disk, that one is used without issuing."""
+        self.rejections += 1
+        self.last_rejection = code
         value = await self._refresh(rejected=rejected)
         redact.register(value, "token")
         return value

@@ -145,6 +145,39 @@ def agent_run(
 
 
 @app.command()
+def doctor(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="runtime state folder (default: the config's, run/)"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+    debug: bool = typer.Option(False, "--debug", help="log what the checks do"),
+) -> None:
+    """Check that this machine can trade on KIS: config, credentials, DNS/TCP/TLS, token (cached, never
+    wasted), approval key, notice feed for the HTS id, account, market, stock master. Exit 1 if any fails."""
+    import asyncio
+
+    import msgspec
+
+    from common.config import ConfigError, load_gateway_config
+    from tools.doctor import Check, Report, Status, diagnose, render, to_json
+
+    _logging("debug" if debug else "error")
+    try:
+        cfg = load_gateway_config(config)
+        if run_dir:
+            cfg = msgspec.structs.replace(cfg, run_dir=str(run_dir))
+        report = asyncio.run(diagnose(cfg))
+    except ConfigError as e:
+        report = Report(ok=False, env="?", checks=[Check(name="config", status=Status.FAIL, detail=str(e),
+                                                         hint="fix the file (unknown keys are refused)", code="CONFIG")])
+    if json_out:
+        sys.stdout.write(to_json(report).decode() + "\n")
+    else:
+        for line in render(report):
+            typer.echo(line)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
 def status(
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
