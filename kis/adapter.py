@@ -45,11 +45,13 @@ from kis.port import (
     BrokerOrderReport,
     BrokerPosition,
     BrokerRejected,
+    BrokerTemporary,
     BrokerUnknownOutcome,
     MarketKind,
     SubscriptionResult,
 )
 from kis.realtime import TR_BOOK, TR_TRADES
+from kis.netdiag import BrokerUnreachable
 from kis.rest import KisRest, Kind, Page, RetryPolicy
 from kis import redact, wire
 from kis.session_why import session_why
@@ -194,11 +196,25 @@ class KisBroker:
                 + (f"default + {self._ca_bundle}" if self._ca_bundle else "default")]
 
     async def _check_rest(self) -> None:
-        """The token, and one cheap account inquiry that proves token, account and domain together."""
+        """The token, and one cheap account inquiry that proves token, account and domain together.
+
+        A refusal (credentials, domain, account) or a KIS that cannot be reached at all stops the
+        start (explained, retried while transient). A KIS that answers but is having a bad moment
+        (server error, rate limit, a connection cut mid-reply) does not: the token is good, and the
+        gateway's reconciliation retries the inquiry — a restart must not wait for KIS's hiccups."""
         await self.tokens.get()
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
-        await self.rest.request("GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse,
-                                params=wire.to_params(req), lane=Lane.ACCOUNT, caller=DEFAULT_CALLER)
+        try:
+            await self.rest.request("GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse,
+                                    params=wire.to_params(req), lane=Lane.ACCOUNT, caller=DEFAULT_CALLER)
+        except BrokerUnreachable as e:
+            if not e.problem.sent:
+                raise
+            log.warning("KIS REST account check: %s; starting anyway (reconciliation retries)", e.problem.text())
+            return
+        except BrokerTemporary as e:
+            log.warning("KIS REST account check: %s; starting anyway (reconciliation retries)", e)
+            return
         log.info("KIS REST ready: token valid, account %s accepted", self._creds.masked_account)
 
     @property

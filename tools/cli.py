@@ -101,6 +101,9 @@ def gateway(
         except RunDirLocked as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(StartExit.LOCKED)
+        except ConfigError as e:  # found while building the gateway (e.g. master_dir)
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(StartExit.CONFIG)
         except StartupError as e:
             if debug:
                 logging.getLogger("ktrader.gateway").exception("start failed")
