@@ -41,16 +41,6 @@ class AgentState(StrEnum):
     OFFLINE = "offline"  # unregistered or never seen since the gateway started
 
 
-class SessionState(StrEnum):
-    """The broker session watchdog (DESIGN.md §6)."""
-
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    SYNCING = "syncing"
-    READY = "ready"
-    DEGRADED = "degraded"
-
-
 class SessionProblem(StrEnum):
     """Why the broker's real-time session (and with it the notice feed orders wait for) is not
     READY; NONE when nothing is known to be wrong."""
@@ -64,3 +54,13 @@ class SessionProblem(StrEnum):
     HTS_ID_REFUSED = "hts_id_refused"  # KIS refused the notice feed for the HTS id (OPSP0017)
     NOTICE_REFUSED = "notice_refused"  # the notice slot was refused for another reason
     DROPPED = "dropped"  # the session dropped; reconnecting
+
+
+class SessionState(StrEnum):
+    """The broker session watchdog (DESIGN.md §6)."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    READY = "ready"
+    DEGRADED = "degraded"

@@ -19,7 +19,8 @@ import msgspec
 
 from common.clock import now_ns
 from common.config import AgentCard
-from common.enums import AgentMode, AgentState, OrderType, SessionProblem, SessionState, Side, TimeInForce, TradingState
+from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
+from common.enums import SessionProblem  # issue-18a
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState

@@ -55,7 +55,7 @@ from kis.netdiag import BrokerUnreachable
 from kis.rest import KisRest, Kind, Page, RetryPolicy
 from kis import redact, wire
 from kis.session_why import session_why
-from kis.startup import StartRetry
+from kis.startup import StartRetry, StartupError
 from kis.tls import tls_context
 from kis.token import TokenManager
 from kis.ws import KisWebSocket, WsConfig
@@ -175,7 +175,11 @@ class KisBroker:
         if not self._described:
             for line in self.describe():
                 log.info("%s", line)
-        await self._start_retry.run(self._check_rest, what=f"KIS {self.env.name} REST", env_name=self.env.name)
+        try:
+            await self._start_retry.run(self._check_rest, what=f"KIS {self.env.name} REST", env_name=self.env.name)
+        except StartupError:
+            await self.rest.aclose()  # nothing else was opened; the caller exits with the message
+            raise
         self.ws.start()
         self._started = True
         # DEGRADED here means: connected and synced, but something is wrong (e.g. the notice slot

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
@@ -12,12 +11,10 @@ from collections.abc import Callable
 
 from filelock import FileLock, Timeout
 
-from common.config import GatewayConfig
-from common.private import private_process, tighten
-from kis.credentials import CredentialsError
+from common.config import BrokerEnv, GatewayConfig
 from kis.port import BrokerPort
-from kis.startup import StartExit, StartupError, explain_failure
 from server.gateway import Gateway
+from common.private import private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -40,37 +37,12 @@ def default_broker(cfg: GatewayConfig) -> BrokerPort:
     return make_gateway_broker(cfg)
 
 
-CREDENTIALS_HINT = ("set them in the environment, or broker.credentials_file = a TOML outside the repo with app_key, "
-                    "app_secret, account (CANO-ACNT_PRDT_CD) and hts_id; `ktrader doctor` checks them")
-
-
-def build_broker(cfg: GatewayConfig, factory: BrokerFactory) -> BrokerPort:
-    """The broker, or a StartupError that says what is wrong with its set-up."""
-    try:
-        return factory(cfg)
-    except CredentialsError as e:
-        raise StartupError(f"KIS credentials ({cfg.broker.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS) from None
-    except Exception as e:  # noqa: BLE001 - explained, or re-raised as it is
-        err = explain_failure(e, what="KIS broker", env_name=cfg.broker.env.value)
-        if err is None:
-            raise
-        raise err from None
-
-
 async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None = None) -> None:
     factory = broker_factory or default_broker
-    broker = build_broker(cfg, factory)
-    describe = getattr(broker, "describe", None)
-    for line in describe() if callable(describe) else [f"broker: {type(broker).__name__}"]:
-        log.info("%s", line)  # first: which broker, hosts, account (masked), HTS id
+    broker = factory(cfg)
     name = f"{cfg.broker.env.value}:{type(broker).__name__}" if broker_factory is None else type(broker).__name__
     gw = Gateway(cfg, broker, name)
-    try:
-        await gw.run()
-    except StartupError:
-        with contextlib.suppress(Exception):  # the start failed: release its sockets before the message
-            await broker.close()
-        raise
+    await gw.run()
 
 
 class RunDirLocked(RuntimeError):
@@ -94,13 +66,15 @@ def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
 
 
 def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> None:
-    """Run the gateway until stopped. Start-up failures raise `StartupError` (kis.startup: the
-    operator's lines and exit code); every file it creates is private (common.private)."""
+    """Run the gateway until stopped. A start-up failure raises kis.startup.StartupError (the
+    operator's lines and exit code). Every file it creates is private (common.private)."""
     private_process()
     tighten(cfg.run_dir)
     factory = load_factory(broker_spec) if broker_spec else None
     if factory is None:
         import server.brokers  # noqa: F401  (heavy imports before the lock: a standby is ready to go)
+    if factory is None and cfg.broker.env is not BrokerEnv.SIM:
+        log.info("broker environment: %s", cfg.broker.env.value)
     if standby:
         log.info("standby: waiting for the gateway on %s to exit", cfg.run_dir)
     lock = lock_run_dir(Path(cfg.run_dir), standby)

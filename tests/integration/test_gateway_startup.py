@@ -88,9 +88,9 @@ def test_refused_connection_is_retried_then_explained(tmp_path: Path) -> None:
                      f"outbound port {port}")
     # the retries were visible while they happened, and the first lines said which KIS this is
     assert "retry 1 of 2 in 0.2 s" in out.stderr and "retry 2 of 2 in 0.4 s" in out.stderr
-    head = out.stderr.splitlines()[:2]
-    assert f"KIS paper: REST https://127.0.0.1:{port}" in head[0], head
-    assert "account 12******-01, HTS id someone" in head[1] and "12345678" not in out.stderr, head
+    head = "\n".join(out.stderr.splitlines()[:3])
+    assert "broker environment: paper" in head and f"KIS paper: REST https://127.0.0.1:{port}" in head, head
+    assert "account 12******-01, HTS id someone" in head and "12345678" not in out.stderr, head
 
 
 # --- TLS: a local HTTPS server whose certificate comes from a CA nobody trusts --------------------
