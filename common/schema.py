@@ -20,10 +20,10 @@ import msgspec
 from common.clock import now_ns
 from common.config import AgentCard
 from common.enums import AgentMode, AgentState, OrderType, SessionState, Side, TimeInForce, TradingState
-from common.enums import SessionProblem  # issue-18a
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
+from common.enums import SessionProblem  # issue-18a
 
 SCHEMA_VERSION = 2  # v2: a PUB message is one frame (common/framing.py encode_pub)
 
