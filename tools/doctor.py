@@ -39,7 +39,7 @@ from kis.codes import Verdict, lookup
 from kis.credentials import Credentials, CredentialsError, load_credentials
 from kis.env import environment_for
 from kis.netdiag import BrokerUnreachable, explain, target_of
-from kis.port import BrokerAuthError, BrokerError, BrokerRateLimited, BrokerTemporary
+from kis.port import BrokerError, BrokerRateLimited, BrokerTemporary
 from kis.realtime import parse_control
 from kis.startup import wrong_domain_hint
 from kis.tls import TlsConfigError, tls_context
