@@ -219,6 +219,7 @@ class Doctor:
             p = explain(e, url)
             self.add(Check(name=f"{label} DNS", status=Status.FAIL, detail=p.text(), hint=p.hint(), code=p.fault.value))
             self.add(Check(name=f"{label} TCP", status=Status.SKIP, detail="skipped: no address"))
+            self.add(Check(name=f"{label} TLS", status=Status.SKIP, detail="skipped: no address"))
             return False
         self.add(Check(name=f"{label} DNS", status=Status.OK, detail=f"{host} → {infos[0][4][0]}"))
         secure = parts.scheme in ("https", "wss")
@@ -236,6 +237,8 @@ class Doctor:
                            hint="" if tls_fault else p.hint(), code="" if tls_fault else p.fault.value))
             if tls_fault:
                 self.add(Check(name=f"{label} TLS", status=Status.FAIL, detail=p.text(), hint=p.hint(), code=p.fault.value))
+            else:
+                self.add(Check(name=f"{label} TLS", status=Status.SKIP, detail="skipped: no connection"))
             return False
         self.add(Check(name=f"{label} TCP", status=Status.OK, detail=f"{target} connected in {ms:.0f} ms"))
         if secure:
