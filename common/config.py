@@ -40,6 +40,13 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     ws_url: str = ""
     rate_per_s: float = 0.0  # 0: environment default (18/s real, 1.8/s paper, 18/s sim)
     request_timeout_s: float = 5.0
+    # A PEM file of extra CA certificates trusted for KIS's TLS (e.g. a company proxy that inspects
+    # TLS), added to the default store. "" = the default store only.
+    ca_bundle: str = ""
+    # Transient failures at start (DNS, refused, timeout, KIS 5xx) are retried this many times with
+    # back-off doubling from start_backoff_s (capped at 30 s); then the gateway exits (code 5).
+    start_retries: Annotated[int, msgspec.Meta(ge=0)] = 6
+    start_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # How long the gateway's start waits for the real-time session before serving anyway (orders
     # wait for it; the first READY triggers a reconciliation). Short, so a restart is quick.
     start_wait_s: float = 0.5

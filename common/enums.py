@@ -45,6 +45,21 @@ class AgentState(StrEnum):
     OFFLINE = "offline"  # unregistered or never seen since the gateway started
 
 
+class SessionProblem(StrEnum):
+    """Why the broker's real-time session (and with it the notice feed orders wait for) is not
+    READY; NONE when nothing is known to be wrong."""
+
+    NONE = "none"
+    STARTING = "starting"  # not connected yet
+    WS_UNREACHABLE = "ws_unreachable"  # the websocket host/port cannot be reached (DNS, refused, firewall)
+    APPROVAL_FAILED = "approval_failed"  # the websocket approval key could not be obtained
+    APPROVAL_INVALID = "approval_invalid"  # KIS refused the approval key (OPSP0011)
+    KEY_IN_USE = "key_in_use"  # the app key's one websocket is held elsewhere (OPSP8996)
+    HTS_ID_REFUSED = "hts_id_refused"  # KIS refused the notice feed for the HTS id (OPSP0017)
+    NOTICE_REFUSED = "notice_refused"  # the notice slot was refused for another reason
+    DROPPED = "dropped"  # the session dropped; reconnecting
+
+
 class SessionState(StrEnum):
     """The broker session watchdog (DESIGN.md §6)."""
 

@@ -55,6 +55,7 @@ class Market:
     """The order's market context."""
 
     session: SessionState = SessionState.READY
+    session_detail: str = ""  # why the session is not READY (HTS id refused, port unreachable, ...)
     phase: Phase = Phase.CONTINUOUS
     base_price: int = 0  # the band's centre (yesterday's close); 0 = unknown
     kind: SecurityKind = SecurityKind.STOCK
@@ -138,7 +139,8 @@ def check_order(
             return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
     # session and phase
     if market.session is not SessionState.READY:
-        return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}"
+        why = f": {market.session_detail}" if market.session_detail else ""
+        return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
     if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
         return ErrorCode.DENIED_MARKET_CLOSED, (
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the next open")

@@ -25,6 +25,7 @@ from common.enums import (
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
+from common.enums import SessionProblem  # issue-18a
 
 SCHEMA_VERSION = 2  # v2: a PUB message is one frame (common/framing.py encode_pub)
 
@@ -364,6 +365,9 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)
+    # why the session is not READY (the notice feed orders wait for), and what to check
+    session_problem: SessionProblem = SessionProblem.NONE
+    session_detail: str = ""
 
 
 class StatusReply(_Msg, tag="status_reply"):

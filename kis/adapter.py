@@ -30,7 +30,7 @@ import msgspec
 
 from common.clock import yyyymmdd
 from common.config import BrokerConfig
-from common.enums import OrderType, SessionState, Side, TimeInForce
+from common.enums import OrderType, SessionProblem, SessionState, Side, TimeInForce
 from common.schema import BrokerHealth
 from kis.budget import Lane, RestBudget
 from kis.credentials import Credentials
@@ -45,13 +45,19 @@ from kis.port import (
     BrokerOrderReport,
     BrokerPosition,
     BrokerRejected,
+    BrokerTemporary,
     BrokerUnknownOutcome,
     MarketKind,
     SubscriptionResult,
 )
 from kis.realtime import TR_BOOK, TR_TRADES
-from kis.rest import KisRest, Kind, RetryPolicy
+from kis.netdiag import BrokerUnreachable
+from kis.rest import KisRest, Kind, Page, RetryPolicy
+from common import redact
 from kis import wire
+from kis.session_why import session_why
+from kis.startup import StartRetry, StartupError
+from kis.tls import tls_context
 from kis.token import TokenManager
 from kis.ws import KisWebSocket, WsConfig
 
@@ -119,11 +125,19 @@ class KisBroker:
         min_token_interval_s: float = 61.0,
         transport: httpx.AsyncBaseTransport | None = None,
         start_timeout_s: float = 15.0,
+        ca_bundle: str = "",
+        start_retry: StartRetry | None = None,
     ) -> None:
         self.env = env
         self._creds = creds
+        for value, label in ((creds.app_key, "app key"), (creds.app_secret, "app secret"),
+                             (creds.cano + creds.acnt_prdt_cd, "account"), (creds.cano, "account")):
+            redact.register(value, label)
+        self._ca_bundle = ca_bundle
+        tls = tls_context(ca_bundle)  # TlsConfigError for an unusable bundle: a configuration error
+        self._start_retry = start_retry or StartRetry(retries=0, backoff_s=0.0)
         self.budget = RestBudget(env.rate_per_s)
-        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, transport=transport)
+        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, transport=transport, tls=tls)
         self.tokens = TokenManager(
             issue=self.rest.issue_token,
             run_dir=FsPath(run_dir),
@@ -141,9 +155,12 @@ class KisBroker:
             hts_id=creds.hts_id,
             emit=self._events.put_nowait,
             config=cfg,
+            tls=tls,
         )
         self._start_timeout_s = start_timeout_s
         self._started = False
+        self._extra_logged = False
+        self._described = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -152,18 +169,66 @@ class KisBroker:
         return self.ws.state
 
     async def start(self) -> None:
-        """Get a token (from the cache if one is valid), open the websocket and wait (bounded) for
-        the notice slot to be registered. If the session is not READY in time, the watchdog keeps
-        trying in the background and `session_state` says so."""
-        await self.tokens.get()
+        """Say which KIS this is; get a token (from the cache if one is valid) and prove it with one
+        account inquiry, retrying transient failures (`StartupError` when it cannot go on); then
+        open the websocket and wait (bounded) for the notice slot. If the session is not READY in
+        time, the watchdog keeps trying in the background and `session_state`/`health()` say why."""
+        if not self._described:
+            for line in self.describe():
+                log.info("%s", line)
+        try:
+            await self._start_retry.run(self._check_rest, what=f"KIS {self.env.name} REST", env_name=self.env.name)
+        except StartupError:
+            await self.rest.aclose()  # nothing else was opened; the caller exits with the message
+            raise
         self.ws.start()
         self._started = True
         # DEGRADED here means: connected and synced, but something is wrong (e.g. the notice slot
         # was refused for a bad HTS id); waiting longer will not fix it.
         if not await self.ws.wait_state(frozenset({SessionState.READY, SessionState.DEGRADED}), self._start_timeout_s):
-            log.warning("KIS real-time session not ready after %.0fs (state %s)", self._start_timeout_s, self.ws.state)
+            log.warning("KIS real-time session not ready after %.1fs: %s; orders wait for it", self._start_timeout_s,
+                        self.session_reason())
         elif self.ws.state is SessionState.DEGRADED:
-            log.error("KIS real-time session is DEGRADED after start; see the SessionChange reason")
+            log.error("KIS real-time session is DEGRADED after start: %s", self.session_reason())
+
+    def describe(self) -> list[str]:
+        """Which KIS this is (the first lines of a gateway's log): environment, hosts, the account
+        (masked), the HTS id, the app key's fingerprint and the TLS trust."""
+        self._described = True
+        c = self._creds
+        return [f"KIS {self.env.name}: REST {self.env.rest_url}, websocket {self.env.ws_url}",
+                f"KIS account {c.masked_account}, HTS id {c.hts_id}, app key #{c.key_fingerprint}, TLS trust: "
+                + (f"default + {self._ca_bundle}" if self._ca_bundle else "default")]
+
+    async def _check_rest(self) -> None:
+        """The token, and one cheap account inquiry that proves token, account and domain together.
+
+        A refusal (credentials, domain, account) or a KIS that cannot be reached at all stops the
+        start (explained, retried while transient). A KIS that answers but is having a bad moment
+        (server error, rate limit, a connection cut mid-reply) does not: the token is good, and the
+        gateway's reconciliation retries the inquiry — a restart must not wait for KIS's hiccups."""
+        await self.tokens.get()
+        req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
+        try:
+            await self.rest.request("GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse,
+                                    params=wire.to_params(req), lane=Lane.ACCOUNT, caller=DEFAULT_CALLER)
+        except BrokerUnreachable as e:
+            if not e.problem.sent:
+                raise
+            log.warning("KIS REST account check: %s; starting anyway (reconciliation retries)", e.problem.text())
+            return
+        except BrokerTemporary as e:
+            log.warning("KIS REST account check: %s; starting anyway (reconciliation retries)", e)
+            return
+        log.info("KIS REST ready: token valid, account %s accepted", self._creds.masked_account)
+
+    @property
+    def session_problem(self) -> SessionProblem:
+        return SessionProblem.NONE if self.ws.state is SessionState.READY else self.ws.problem
+
+    def session_reason(self) -> str:
+        """Why the real-time session (the notice feed orders wait for) is not READY, and what to check."""
+        return session_why(self.ws.state, self.ws.problem, self.ws.problem_detail)
 
     async def close(self) -> None:
         await self.ws.close()
@@ -187,13 +252,31 @@ class KisBroker:
 
     # --- orders --------------------------------------------------------------------------------
 
-    def _ack(self, page_body: wire.OrderResponse) -> BrokerAck:
-        out = {k.upper(): v for k, v in (page_body.output or {}).items()}
-        odno = out.get("ODNO", "")
-        if not odno:
-            # accepted without an order number: we cannot track it; the caller must reconcile
-            raise BrokerUnknownOutcome("order accepted without ODNO in the reply", code=page_body.msg_cd)
-        return BrokerAck(broker_order_id=odno, org_no=out.get("KRX_FWDG_ORD_ORGNO", ""), time=out.get("ORD_TMD", ""), message=page_body.msg1.strip())
+    def _ack(self, page: Page, call: str) -> BrokerAck:
+        """An order reply KIS marked successful, decoded leniently. The order is ours only when the
+        reply names it beyond doubt: a 10-digit-style ODNO and the branch (org no) that cancels need,
+        both sent as strings. Anything less is BrokerUnknownOutcome: the order may be placed, and
+        reconciliation finds it by its terms (never "not placed" unless KIS said so)."""
+        body: wire.OrderResponse = page.body  # type: ignore[assignment]
+        raw = body.output if isinstance(body.output, dict) else {}
+        out = {str(k).upper(): v for k, v in raw.items()}
+        for k, v in out.items():
+            if not isinstance(v, str):
+                log.warning("%s reply field %s is %s, not a string: tolerated", call, k, type(v).__name__)
+        odno, org_no = out.get("ODNO"), out.get("KRX_FWDG_ORD_ORGNO")
+        doubtful = [r for r in page.repairs if r.upper().endswith((".ODNO", ".KRX_FWDG_ORD_ORGNO", ".OUTPUT"))]
+        if not isinstance(odno, str) or not odno.strip().isdigit() or not isinstance(org_no, str) or not org_no.strip() or doubtful:
+            why = "; ".join(doubtful) or f"ODNO {odno!r}, KRX_FWDG_ORD_ORGNO {org_no!r}"
+            log.warning("%s reply (rt_cd 0, %s) does not name the order beyond doubt (%s): outcome unknown, "
+                        "reconciliation will find it", call, body.msg_cd, why)
+            raise BrokerUnknownOutcome(f"{call} accepted but the reply does not name the order ({why})", code=body.msg_cd)
+        extra = sorted(set(out) - {"ODNO", "KRX_FWDG_ORD_ORGNO", "ORD_TMD"})
+        if extra and not self._extra_logged:
+            self._extra_logged = True
+            log.info("%s reply carries fields we do not use: %s", call, ", ".join(extra))
+        tmd = out.get("ORD_TMD", "")
+        return BrokerAck(broker_order_id=odno.strip(), org_no=org_no.strip(), time=tmd.strip() if isinstance(tmd, str) else "",
+                         message=body.msg1.strip())
 
     async def submit(self, order: BrokerOrder, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         if order.qty <= 0:
@@ -213,7 +296,7 @@ class KisBroker:
         page = await self.rest.request(
             "POST", Path.ORDER_CASH, self.env.tr_id(tr), wire.OrderResponse, body=wire.to_params(req), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller
         )
-        return self._ack(page.body)  # type: ignore[arg-type]
+        return self._ack(page, "order")
 
     async def modify(self, req: BrokerModify, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         body = wire.OrderRvsecnclRequest(
@@ -231,7 +314,7 @@ class KisBroker:
             "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
             body=wire.to_params(body), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller,
         )
-        return self._ack(page.body)  # type: ignore[arg-type]
+        return self._ack(page, "revise")
 
     async def cancel(self, req: BrokerCancel, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         body = wire.OrderRvsecnclRequest(
@@ -249,7 +332,7 @@ class KisBroker:
             "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
             body=wire.to_params(body), kind=Kind.CANCEL, lane=Lane.CANCEL, caller=caller,
         )
-        return self._ack(page.body)  # type: ignore[arg-type]
+        return self._ack(page, "cancel")
 
     # --- inquiries -----------------------------------------------------------------------------
 
@@ -406,4 +489,5 @@ def make_broker(
     `kis.credentials.load_credentials(cfg.credentials_file)` or, for sim, from the twin."""
     env = environment_for(cfg, sim_paper=sim_paper)
     return KisBroker(env, credentials, FsPath(run_dir), timeout_s=cfg.request_timeout_s, ws_config=ws_config,
-                     min_token_interval_s=min_token_interval_s, start_timeout_s=cfg.start_wait_s)
+                     min_token_interval_s=min_token_interval_s, start_timeout_s=cfg.start_wait_s, ca_bundle=cfg.ca_bundle,
+                     start_retry=StartRetry(retries=cfg.start_retries, backoff_s=cfg.start_backoff_s))

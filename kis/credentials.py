@@ -65,12 +65,17 @@ class Credentials:
         return f"{self.cano}-{self.acnt_prdt_cd}"
 
     @property
+    def masked_account(self) -> str:
+        """The account as logs may show it: the first two and the product code."""
+        return f"{self.cano[:2]}******-{self.acnt_prdt_cd}"
+
+    @property
     def key_fingerprint(self) -> str:
         """A short stable hash of the app key: safe for file names and logs."""
         return hashlib.sha256(self._app_key.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return f"Credentials(app_key=<{self.key_fingerprint}>, account={self.cano[:2]}******-{self.acnt_prdt_cd})"
+        return f"Credentials(app_key=<{self.key_fingerprint}>, account={self.masked_account})"
 
     __str__ = __repr__
 
@@ -94,9 +99,11 @@ def load_credentials(credentials_file: str | os.PathLike[str] | None = None) -> 
     for key, var in (("app_key", ENV_APP_KEY), ("app_secret", ENV_APP_SECRET), ("account", ENV_ACCOUNT), ("hts_id", ENV_HTS_ID)):
         if os.environ.get(var):
             values[key] = os.environ[var]
+    env_of = {"app_key": ENV_APP_KEY, "app_secret": ENV_APP_SECRET, "account": ENV_ACCOUNT, "hts_id": ENV_HTS_ID}
     missing = [k for k in ("app_key", "app_secret", "account", "hts_id") if not values.get(k)]
     if missing:
-        raise CredentialsError(f"missing KIS credentials: {', '.join(missing)} (env {ENV_APP_KEY}/... or credentials_file)")
+        where = f" in {credentials_file} or" if credentials_file else ""
+        raise CredentialsError(f"missing {', '.join(missing)} (not set{where} in {', '.join(env_of[k] for k in missing)})")
     return Credentials(values["app_key"], values["app_secret"], values["account"], values["hts_id"])
 
 

@@ -1,21 +1,25 @@
 """The broker session's own health facts (token, REST budget, websocket, registrations) as one
-typed `BrokerHealth`, for the gateway's status and the console.
+typed `BrokerHealth`, for the gateway's status and the console; and, in words, why the session is
+not READY (the notice feed every order waits for).
 
 `broker_health(broker)` is the gateway's way in: a BrokerPort may offer `health()`; one that does
-not (e.g. an in-process test broker) gets defaults that only carry its session state."""
+not (e.g. an in-process test broker) gets defaults that only carry its session state. The order
+desk puts `session_detail` into every SESSION_NOT_READY refusal (server/core.py session_view)."""
 
 from __future__ import annotations
 
 from common.clock import now_kst
+from common.enums import SessionProblem, SessionState
 from common.schema import BrokerHealth
 from kis.budget import RestBudget
+from kis.session_why import session_why
 from kis.token import TokenManager
 from kis.ws import KisWebSocket
-
 
 def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> BrokerHealth:
     # expires_at is on the token manager's clock (wall clock by default), in seconds
     exp = tokens.expires_at
+    ready = ws.state is SessionState.READY
     return BrokerHealth(
         session_state=ws.state,
         token_expires_ns=int(exp * 1e9) if exp > 0 else 0,
@@ -29,6 +33,8 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         # the notice slot's key is the user's HTS id: not something to show on screens
         registrations={f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()},
         max_registrations=ws.cfg.max_registrations,
+        session_problem=SessionProblem.NONE if ready else ws.problem,
+        session_detail="" if ready else session_why(ws.state, ws.problem, ws.problem_detail),
     )
 
 

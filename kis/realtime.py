@@ -139,6 +139,21 @@ def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
     )
 
 
+# A decrypted notice carries the account number (1) and the holder's name (17): the plaintext
+# kept for people (the recorder's PLAIN records) shows neither.
+_ACNT_NO, _ACNT_NAME = 1, 17
+
+
+def private_fields_masked(f: list[str], width: int, count: int) -> str:
+    out = list(f)
+    for i in range(count):
+        o = i * width
+        acnt = out[o + _ACNT_NO]
+        out[o + _ACNT_NO] = acnt[:2] + "*" * max(0, len(acnt) - 4) + acnt[-2:] if len(acnt) > 4 else "*" * len(acnt)
+        out[o + _ACNT_NAME] = "***" if out[o + _ACNT_NAME] else ""
+    return "^".join(out)
+
+
 # --- control messages (JSON) ---------------------------------------------------------------
 
 
@@ -222,8 +237,6 @@ class FrameParser:
                 payload = cipher.decrypt(payload)
             except DecryptError as e:
                 raise FrameError(f"{tr_id}: {e}") from None
-            if self.on_plain is not None:
-                self.on_plain(f"{enc}|{tr_id}|{count_s}|{payload}")
         f = payload.split("^")
         n = len(f)
         if tr_id == TR_TRADES:
@@ -245,6 +258,8 @@ class FrameParser:
                 layout = NOTICE_FIELDS if w > NOTICE_FIELDS else NOTICE_FIELDS_LEGACY
             else:
                 layout = w
+            if enc == "1" and self.on_plain is not None:
+                self.on_plain(f"{enc}|{tr_id}|{count_s}|{private_fields_masked(f, w, count)}")
             return [_notice(f, i * w, layout) for i in range(count)]
         if tr_id not in self._warned:
             self._warned.add(tr_id)

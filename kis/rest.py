@@ -1,16 +1,19 @@
 """KIS REST transport: one httpx.AsyncClient, the envelope, paging, the error taxonomy, retries.
 
-Error mapping (see kis.port):
-- transport failure before the request could be sent (connect refused/timeout, pool timeout)
-  → BrokerTemporary; reads retry.
+What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). Mapping (see kis.port):
+- transport failure before the request could be sent (DNS, refused, connect timeout, TLS)
+  → BrokerUnreachable (a BrokerTemporary that says where and why); reads retry.
 - transport failure after the request may have been sent (read timeout, server disconnected,
   broken connection) → for order writes BrokerUnknownOutcome (never resent); reads retry.
-- EGW00201 (rate limit) → the budget backs off; the request was not processed, so it is retried
+- RATE_LIMITED (EGW00201) → the budget backs off; the request was not processed, so it is retried
   (orders too); finally BrokerRateLimited.
-- EGW00123/EGW00121 (token expired/invalid) → one token refresh and one retry; then BrokerAuthError.
-- other EGW*/HTTP 5xx without a business code → BrokerTemporary, retried (reads) /
-  BrokerUnknownOutcome (order writes: a gateway error does not prove the order was not placed).
-- rt_cd != 0 with a business code (APBK*, 40100000, ...) → BrokerRejected.
+- TOKEN_INVALID (EGW00123/EGW00121) → one token refresh and one retry; then BrokerAuthError.
+- CREDENTIALS / WRONG_DOMAIN → BrokerAuthError; REJECTED / NOT_SUPPORTED / ACCOUNT → BrokerRejected,
+  whatever the HTTP status (a 5xx whose KIS body proves a refusal is a refusal).
+- SERVER (EGW00002, EGW00500, unknown EGW*, unknown codes on HTTP 5xx) and replies without a KIS
+  envelope → BrokerTemporary, retried for reads; for an order write BrokerUnknownOutcome: only a
+  reply that proves the order was not processed may say "not placed".
+Replies are decoded leniently (kis.lenient): null/numeric fields are repaired and logged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -26,9 +30,12 @@ from typing import TypeVar
 import httpx
 import msgspec
 
+from kis import lenient
 from kis.budget import Lane, RestBudget
+from kis.codes import PROVES_NOT_PLACED, Verdict, lookup
 from kis.credentials import Credentials
 from kis.env import KisEnvironment, Path
+from kis.netdiag import BrokerUnreachable, explain
 from kis.port import (
     BrokerAuthError,
     BrokerError,
@@ -44,10 +51,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=Envelope)
 
-RATE_LIMIT_CODES = frozenset({"EGW00201", "EGW00215"})
-TOKEN_CODES = frozenset({"EGW00123", "EGW00121"})
-AUTH_CODES = frozenset({"EGW02004", "EGW00103", "EGW00105", "EGW00002"})  # key/secret/env problems
 NO_DATA_RT_CD = "7"
+NO_ENVELOPE = "NO_ENVELOPE"  # code of an error built from a reply that is not a KIS envelope
 
 
 class Kind(Enum):
@@ -69,42 +74,58 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         return random.uniform(0.0, min(self.max_s, self.base_s * (2**attempt)))
 
 
+_ERROR_OF: dict[Verdict, type[BrokerError]] = {
+    Verdict.REJECTED: BrokerRejected,
+    Verdict.NOT_SUPPORTED: BrokerRejected,
+    Verdict.ACCOUNT: BrokerRejected,
+    Verdict.RATE_LIMITED: BrokerRateLimited,
+    Verdict.TOKEN_INVALID: BrokerAuthError,
+    Verdict.TOKEN_THROTTLED: BrokerTemporary,
+    Verdict.CREDENTIALS: BrokerAuthError,
+    Verdict.WRONG_DOMAIN: BrokerAuthError,
+    Verdict.SERVER: BrokerTemporary,
+}
+
+
 def classify(http_status: int, env: Envelope | None) -> BrokerError | None:
     """Map a response to an error (None = success). Pure: used by the client and by tests."""
-    if env is not None and env.rt_cd == "0":
+    rt_cd = env.rt_cd.strip() if env is not None else ""
+    if rt_cd == "0":
         return None
-    if env is None or not (env.rt_cd or env.msg_cd):
+    code = env.msg_cd.strip() if env is not None else ""
+    if not (rt_cd or code):
         if http_status in (401, 403):
             return BrokerAuthError(f"HTTP {http_status}", http_status=http_status)
-        if http_status >= 500 or http_status == 0:
-            return BrokerTemporary(f"HTTP {http_status} without a KIS envelope", http_status=http_status)
         if http_status == 200 and env is not None:
-            return None
-        return BrokerRejected(f"HTTP {http_status} without a KIS envelope", http_status=http_status)
-    code = env.msg_cd.strip()
-    msg = env.msg1.strip()
-    if code in RATE_LIMIT_CODES:
-        return BrokerRateLimited(msg or "rate limited", code=code, http_status=http_status)
-    if code in TOKEN_CODES or code in AUTH_CODES:
-        return BrokerAuthError(msg or "auth error", code=code, http_status=http_status)
-    if code == "EGW00133":
-        return BrokerTemporary(msg or "token issuance throttled", code=code, http_status=http_status)
-    if code.startswith("EGW"):
-        return BrokerTemporary(msg or "gateway error", code=code, http_status=http_status)
-    return BrokerRejected(msg or "rejected", code=code, http_status=http_status)
+            return None  # a JSON object without an envelope: nothing says it failed (reads only; see request)
+        return BrokerTemporary(f"HTTP {http_status} without a KIS envelope", code=NO_ENVELOPE, http_status=http_status)
+    msg = env.msg1.strip() if env is not None else ""
+    info = lookup(code, http_status)
+    if info.verdict in (Verdict.OK, Verdict.NO_DATA, Verdict.WS_SUBSCRIBED):
+        # a success code with a failing rt_cd: KIS contradicts itself; a doubt, like a server error
+        return BrokerTemporary(msg or "contradictory reply", code=code, http_status=http_status)
+    cls = _ERROR_OF.get(info.verdict, BrokerTemporary)
+    return cls(msg or info.meaning, code=code, http_status=http_status)
 
 
-def _transport_error(exc: httpx.HTTPError, kind: Kind) -> BrokerError:
-    sent_maybe = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol))
-    text = f"{type(exc).__name__}: {exc}"
-    if sent_maybe and kind is not Kind.READ:
-        return BrokerUnknownOutcome(text, code="TRANSPORT")
-    return BrokerTemporary(text, code="TRANSPORT")
+def proves_not_processed(err: BrokerError) -> bool:
+    """True when KIS's reply itself shows the request was not acted on (so an order was not placed)."""
+    if not err.code or err.code in (NO_ENVELOPE, "TRANSPORT"):
+        return False
+    return lookup(err.code, err.http_status or 200).verdict in PROVES_NOT_PLACED
+
+
+def _transport_error(exc: httpx.HTTPError, kind: Kind, url: str) -> BrokerError:
+    problem = explain(exc, url)
+    if problem.sent and kind is not Kind.READ:
+        return BrokerUnknownOutcome(problem.text(), code="TRANSPORT")
+    return BrokerUnreachable("KIS REST", problem)
 
 
 class Page(msgspec.Struct, kw_only=True):
     tr_cont: str  # response header: F/M more, D/E last
     body: Envelope
+    repairs: tuple[str, ...] = ()  # what lenient decoding had to repair (null/numeric fields)
 
 
 class KisRest:
@@ -118,6 +139,7 @@ class KisRest:
         retry: RetryPolicy = RetryPolicy(),
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.env = env
         self._creds = creds
@@ -131,8 +153,10 @@ class KisRest:
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=20.0),
             transport=transport,
             headers={"User-Agent": "ktrader/0.1"},
+            verify=tls if tls is not None else True,
         )
         self.calls = 0  # requests sent (for tests/metrics)
+        self._repairs_logged: set[tuple[str, str]] = set()
 
     def attach_tokens(self, tokens: TokenManager) -> None:
         self.tokens = tokens
@@ -144,35 +168,39 @@ class KisRest:
 
     async def issue_token(self) -> IssuedToken:
         body = msgspec.json.encode(TokenRequest(grant_type="client_credentials", appkey=self._creds.app_key, appsecret=self._creds.app_secret))
-        resp = await self._post_raw(Path.TOKEN, body, headers={})
-        tr = self._decode(resp, TokenResponse)
+        resp = await self._post_raw(Path.TOKEN, body, "token request")
+        tr, _ = lenient.decode(resp.content, TokenResponse)
         if tr is not None and tr.access_token:
             return IssuedToken(access_token=tr.access_token, expires_at=parse_expiry(tr.access_token_token_expired, tr.expires_in, time.time()))
-        code = (tr.msg_cd or tr.error_code) if tr else ""
+        code = (tr.msg_cd or tr.error_code).strip() if tr else ""
         if code == "EGW00133":
             raise TokenThrottled()
-        err = classify(resp.status_code, tr)
-        msg = (tr.msg1 or tr.error_description) if tr else f"HTTP {resp.status_code}"
-        if isinstance(err, BrokerTemporary):
-            raise BrokerTemporary(f"token issuance: {msg}", code=code, http_status=resp.status_code)
-        raise BrokerAuthError(f"token issuance failed: {msg}", code=code, http_status=resp.status_code)
+        msg = ((tr.msg1 or tr.error_description).strip() if tr else "") or f"HTTP {resp.status_code} without a token"
+        raise self._auth_failure("token issuance", code, msg, resp.status_code)
 
     async def approval_key(self) -> str:
         body = msgspec.json.encode(ApprovalRequest(grant_type="client_credentials", appkey=self._creds.app_key, secretkey=self._creds.app_secret))
-        resp = await self._post_raw(Path.APPROVAL, body, headers={})
-        ar = self._decode(resp, ApprovalResponse)
+        resp = await self._post_raw(Path.APPROVAL, body, "websocket approval key request")
+        ar, _ = lenient.decode(resp.content, ApprovalResponse)
         if ar is not None and ar.approval_key:
             return ar.approval_key
-        msg = (ar.msg1 or ar.error_description) if ar else ""
-        if resp.status_code >= 500:
-            raise BrokerTemporary(f"approval key: HTTP {resp.status_code} {msg}", http_status=resp.status_code)
-        raise BrokerAuthError(f"approval key refused: {msg}", http_status=resp.status_code)
+        code = (ar.msg_cd or ar.error_code).strip() if ar else ""
+        msg = ((ar.msg1 or ar.error_description).strip() if ar else "") or f"HTTP {resp.status_code} without an approval key"
+        raise self._auth_failure("approval key", code, msg, resp.status_code)
 
-    async def _post_raw(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    @staticmethod
+    def _auth_failure(what: str, code: str, msg: str, status: int) -> BrokerError:
+        """/oauth2 answers: KIS-side errors may pass, refusals of the key/secret/domain will not."""
+        verdict = lookup(code, status).verdict if code else (Verdict.SERVER if status >= 500 or status == 0 else Verdict.CREDENTIALS)
+        if verdict in (Verdict.SERVER, Verdict.RATE_LIMITED, Verdict.TOKEN_THROTTLED):
+            return BrokerTemporary(f"{what}: {msg}", code=code, http_status=status)
+        return BrokerAuthError(f"{what} refused: {msg}", code=code, http_status=status)
+
+    async def _post_raw(self, path: str, body: bytes, what: str) -> httpx.Response:
         try:
-            return await self._client.post(path, content=body, headers={"content-type": "application/json; charset=utf-8", **headers})
+            return await self._client.post(path, content=body, headers={"content-type": "application/json; charset=utf-8"})
         except httpx.HTTPError as e:
-            raise BrokerTemporary(f"{path}: {type(e).__name__}", code="TRANSPORT") from None
+            raise BrokerUnreachable(what, explain(e, self.env.rest_url)) from None
 
     # --- API calls -----------------------------------------------------------------------------
 
@@ -189,12 +217,14 @@ class KisRest:
             h["tr_cont"] = tr_cont
         return h
 
-    @staticmethod
-    def _decode(resp: httpx.Response, type_: type[T]) -> T | None:
-        try:
-            return msgspec.json.decode(resp.content, type=type_)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+    def _decode(self, resp: httpx.Response, type_: type[T], path: str) -> tuple[T | None, tuple[str, ...]]:
+        body, notes = lenient.decode(resp.content, type_)
+        if notes:
+            for note in notes:
+                if (path, note) not in self._repairs_logged:  # once per field: inquiries repeat all day
+                    self._repairs_logged.add((path, note))
+                    log.warning("KIS reply of %s (HTTP %d) tolerated: %s", path, resp.status_code, note)
+        return body, tuple(notes)
 
     async def request(
         self,
@@ -224,7 +254,7 @@ class KisRest:
             try:
                 resp = await self._client.request(method, path, params=params, content=content, headers=self._headers(token, tr_id, tr_cont))
             except httpx.HTTPError as e:
-                err = _transport_error(e, kind)
+                err = _transport_error(e, kind, self.env.rest_url + path)
                 if isinstance(err, BrokerUnknownOutcome) and kind is Kind.CANCEL:
                     ambiguous = True
                     err = BrokerTemporary(str(err), code="TRANSPORT")
@@ -234,12 +264,12 @@ class KisRest:
                 attempt += 1
                 await self._sleep(self.retry.delay(attempt))
                 continue
-            env = self._decode(resp, type_)
+            env, repairs = self._decode(resp, type_, path)
             err = classify(resp.status_code, env)
             if err is None:
-                return Page(tr_cont=resp.headers.get("tr_cont", "").strip(), body=env)  # type: ignore[arg-type]
-            if env is not None and env.rt_cd == NO_DATA_RT_CD and kind is Kind.READ:
-                return Page(tr_cont="D", body=env)  # "no data" on an inquiry is an empty result
+                return Page(tr_cont=resp.headers.get("tr_cont", "").strip(), body=env, repairs=repairs)  # type: ignore[arg-type]
+            if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
+                return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
             if isinstance(err, BrokerRateLimited):
                 # KIS counts calls per second: a pause of up to one window is enough, and a longer
                 # one stalls every caller (orders, reconciliation) behind the shared budget.
@@ -249,23 +279,29 @@ class KisRest:
                     raise err
                 attempt += 1
                 continue
-            if isinstance(err, BrokerAuthError) and err.code in TOKEN_CODES and not refreshed:
+            if isinstance(err, BrokerAuthError) and lookup(err.code).verdict is Verdict.TOKEN_INVALID and not refreshed:
                 refreshed = True
                 log.info("KIS rejected the token (%s); refreshing once", err.code)
-                await self.tokens.invalidate_and_get(token)
+                await self.tokens.invalidate_and_get(token, err.code)
                 continue
+            if kind is Kind.WRITE:
+                if proves_not_processed(err):
+                    raise err
+                # A server error, a reply without an envelope or a code we cannot place: the order
+                # may be at KIS. Only a reply that proves it was not processed says "not placed".
+                log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, err)
+                raise BrokerUnknownOutcome(f"order outcome unknown after {err}", code=err.code, http_status=resp.status_code)
+            if kind is Kind.CANCEL and not proves_not_processed(err) and not isinstance(err, BrokerRejected):
+                ambiguous = True  # a server error on a cancel: it may have been processed
             if isinstance(err, BrokerRejected) and ambiguous:
                 # the earlier attempt may have cancelled it already; let the caller reconcile
                 raise BrokerUnknownOutcome(f"cancel retried after an ambiguous failure, then: {err}", code=err.code) from None
-            if isinstance(err, BrokerTemporary) and not isinstance(err, BrokerRateLimited):
-                if kind is Kind.WRITE:
-                    # A 5xx/EGW error on an order may come from a gateway that had already forwarded
-                    # it: only the rate-limit and token codes prove it was not processed.
-                    raise BrokerUnknownOutcome(f"order outcome unknown after {err}", code=err.code, http_status=resp.status_code)
-                if kind is not Kind.WRITE and attempt + 1 < self.retry.attempts:
-                    attempt += 1
-                    await self._sleep(self.retry.delay(attempt))
-                    continue
+            if isinstance(err, BrokerTemporary) and attempt + 1 < self.retry.attempts:
+                attempt += 1
+                await self._sleep(self.retry.delay(attempt))
+                continue
+            if ambiguous:
+                raise BrokerUnknownOutcome(f"cancel outcome unknown after {err}", code=err.code, http_status=resp.status_code)
             raise err
 
     async def paged(

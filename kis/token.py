@@ -20,7 +20,9 @@ import msgspec
 from filelock import AsyncFileLock
 
 from common.clock import KST
-from kis.port import BrokerAuthError, BrokerTemporary
+from common import redact
+from kis.netdiag import BrokerUnreachable
+from kis.port import BrokerAuthError, BrokerError, BrokerTemporary
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ class _CacheFile(msgspec.Struct, kw_only=True):
 
 # issue() asks KIS for a token; raises TokenThrottled on EGW00133.
 IssueFn = Callable[[], Awaitable[IssuedToken]]
+
+
+def issuance_possible(e: BrokerError) -> bool:
+    """Could KIS have issued a token in the call that failed with `e`? Not when KIS answered (an
+    HTTP status: it said no, without a token) nor when the request never left (a transport failure
+    before sending); yes when the connection broke after sending (read timeout, cut)."""
+    if e.http_status is not None:
+        return False
+    return e.problem.sent if isinstance(e, BrokerUnreachable) else True
 
 
 def parse_expiry(expired_str: str, expires_in: str | int, now: float) -> float:
@@ -86,6 +97,8 @@ class TokenManager:
         self._token: IssuedToken | None = None
         self._local = asyncio.Lock()  # one refresh at a time inside this process
         self.issued_count = 0  # issuances done by this process
+        self.rejections = 0  # tokens KIS refused (expired/invalid) in this process
+        self.last_rejection = ""  # the KIS code of the last refusal
 
     @property
     def expires_at(self) -> float:
@@ -98,12 +111,18 @@ class TokenManager:
         tok = self._token
         if self._fresh(tok, self._clock()):
             return tok.access_token  # type: ignore[union-attr]
-        return await self._refresh(rejected=None)
+        value = await self._refresh(rejected=None)
+        redact.register(value, "token")
+        return value
 
-    async def invalidate_and_get(self, rejected: str) -> str:
-        """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121): get another one.
-        If another process already replaced it on disk, that one is used without issuing."""
-        return await self._refresh(rejected=rejected)
+    async def invalidate_and_get(self, rejected: str, code: str = "") -> str:
+        """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121, `code`): get another
+        one. If another process already replaced it on disk, that one is used without issuing."""
+        self.rejections += 1
+        self.last_rejection = code
+        value = await self._refresh(rejected=rejected)
+        redact.register(value, "token")
+        return value
 
     async def _refresh(self, rejected: str | None) -> str:
         async with self._local:
@@ -139,7 +158,8 @@ class TokenManager:
                         self._write(cache)
                         wait = last + self._min_interval - self._clock()
                     if wait > 0:
-                        log.info("token issuance throttled; waiting %.1fs (KIS allows one per minute)", wait)
+                        log.warning("KIS allows one token issuance per minute and the last was %.0f s ago: waiting %.0f s",
+                                    self._min_interval - wait, wait)
                         await self._sleep(wait)
                 tok = await self._issue_once(cache)
                 self._token = tok
@@ -157,13 +177,24 @@ class TokenManager:
         raise BrokerAuthError("token issuance failed")  # unreachable
 
     async def _attempt(self, cache: _CacheFile) -> IssuedToken | None:
-        """One issuance call; None when KIS answers EGW00133 (issued less than a minute ago)."""
+        """One issuance call; None when KIS answers EGW00133 (issued less than a minute ago).
+
+        The one-a-minute clock counts issuances KIS may have made: the attempt is recorded before
+        the call (a crash mid-call must not allow a burst), and taken back when the failure proves
+        KIS issued nothing — the request never left this machine (DNS, refused, TLS) or KIS
+        answered without a token. A restart after a failed connect then does not wait a minute."""
+        previous = cache.issued_at
         cache.issued_at = self._clock()
-        self._write(cache)  # record the attempt first: a crash must not allow a burst of issuances
+        self._write(cache)
         try:
             tok = await self._issue()
         except TokenThrottled:
             return None
+        except BrokerError as e:
+            if not issuance_possible(e):
+                cache.issued_at = previous
+                self._write(cache)
+            raise
         self.issued_count += 1
         cache.access_token = tok.access_token
         cache.expires_at = tok.expires_at

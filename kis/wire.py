@@ -7,6 +7,8 @@ unknown fields are ignored (KIS adds fields over time). Request Structs are enco
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -83,7 +85,8 @@ class OrderRvsecnclRequest(msgspec.Struct, kw_only=True):
 
 class OrderResponse(Envelope, kw_only=True):
     # The layout documents lower-case keys, examples show upper-case: decode as a dict, pick either.
-    output: dict[str, str] | None = None
+    # Values are checked one by one (kis.adapter): an odd value must not lose the whole reply.
+    output: dict[str, Any] | None = None
 
 
 # --- account inquiries -----------------------------------------------------------------------

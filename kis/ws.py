@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -26,17 +27,22 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from common.clock import now_kst
-from common.enums import SessionState
+from common.enums import SessionProblem, SessionState
+from common import redact
+from kis.codes import Verdict, codes_with, lookup
+from kis.netdiag import explain
 from kis.port import BrokerError, BrokerEvent, Gap, SessionChange, SubscriptionResult
 from kis.realtime import NOTICE_TRS, Control, FrameError, FrameParser, parse_control
+from kis.session_why import session_why
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (tr_id, tr_key)
 
-OK_SUBSCRIBE = frozenset({"OPSP0000", "OPSP0002"})  # success, already in subscribe
-OK_UNSUBSCRIBE = frozenset({"OPSP0001", "OPSP0003"})  # success, was not subscribed
-SESSION_FATAL = frozenset({"OPSP0011", "OPSP8996"})  # bad approval key, app key in use
+OK_SUBSCRIBE = codes_with(Verdict.WS_SUBSCRIBED, Verdict.WS_ALREADY)  # success, already in subscribe
+OK_UNSUBSCRIBE = codes_with(Verdict.WS_UNSUBSCRIBED, Verdict.WS_NOT_SUBSCRIBED)  # success, was not subscribed
+SESSION_FATAL = codes_with(Verdict.WS_APPROVAL_INVALID, Verdict.WS_KEY_IN_USE)  # bad approval key, app key in use
+_REFUSAL_PROBLEM = {Verdict.WS_APPROVAL_INVALID: SessionProblem.APPROVAL_INVALID, Verdict.WS_KEY_IN_USE: SessionProblem.KEY_IN_USE}
 
 # DESIGN.md §6: the state table; anything else is a bug and is logged.
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
@@ -107,8 +113,10 @@ class KisWebSocket:
         hts_id: str,
         emit: Callable[[BrokerEvent], None],
         config: WsConfig = WsConfig(),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
+        self._tls = tls
         self._approval = approval
         self._emit = emit
         self.cfg = config
@@ -121,6 +129,10 @@ class KisWebSocket:
         self._approval_key = ""
         self._approval_at = 0.0  # loop time the approval key was issued
         self.state = SessionState.DISCONNECTED
+        # why the session is not READY (SessionProblem) and the specifics (host, KIS code)
+        self.problem = SessionProblem.STARTING
+        self.problem_detail = ""
+        self._opened = False  # the current attempt got a websocket (a later failure is a drop)
         self._state_changed = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -179,30 +191,48 @@ class KisWebSocket:
         self._state_changed.set()
         self._emit(SessionChange(state=state, reason=reason))
 
+    def _note(self, problem: SessionProblem, detail: str) -> None:
+        """Record why the session is not READY; a new problem is logged once, with what to check."""
+        changed = problem is not self.problem
+        self.problem, self.problem_detail = problem, detail
+        if changed and problem is not SessionProblem.NONE:
+            level = logging.WARNING if problem in (SessionProblem.DROPPED, SessionProblem.STARTING) else logging.ERROR
+            log.log(level, "KIS real-time session: %s", session_why(self.state, problem, detail))
+
     async def _run(self) -> None:
         attempt = short = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
+            self._opened = False
             refused = rest_failed = False
             try:
                 await self._session()
                 reason = "closed by server"
+                self._note(SessionProblem.DROPPED, reason)
             except asyncio.CancelledError:
                 raise
             except SessionRefused as e:
                 reason = str(e)
+                self._note(_REFUSAL_PROBLEM.get(lookup(e.code).verdict, SessionProblem.DROPPED), reason)
                 if e.code == "OPSP0011":  # the approval key is no longer accepted: get a new one
                     self._approval_key = ""
                 else:
                     refused = True
             except BrokerError as e:  # the approval-key REST call
                 rest_failed, reason = True, f"{type(e).__name__}: {e}"
-            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake) as e:
-                reason = f"{type(e).__name__}: {e}"
+                self._note(SessionProblem.APPROVAL_FAILED, str(e))
+            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake, websockets.InvalidURI) as e:
+                if self._opened or isinstance(e, (ConnectionClosed, SessionEnded)):
+                    reason = f"{type(e).__name__}: {e}"
+                    self._note(SessionProblem.DROPPED, reason)
+                else:  # the websocket could not be opened at all
+                    reason = explain(e, self._url).text()
+                    self._note(SessionProblem.WS_UNREACHABLE, reason)
             except Exception as e:  # noqa: BLE001 - the watchdog must survive anything
                 log.exception("KIS session failed")
                 reason = f"{type(e).__name__}: {e}"
+                self._note(SessionProblem.DROPPED, reason)
             finally:
                 self._ws = None
                 self._active.clear()
@@ -231,6 +261,7 @@ class KisWebSocket:
         loop = asyncio.get_running_loop()
         if not self._approval_key or loop.time() - self._approval_at > self.cfg.approval_max_age_s:
             self._approval_key = await self._approval()
+            redact.register(self._approval_key, "approval key")
             self._approval_at = loop.time()
         async with websockets.connect(
             self._url,
@@ -240,7 +271,9 @@ class KisWebSocket:
             close_timeout=1.0,
             max_size=1 << 22,
             compression=None,
+            **({"ssl": self._tls} if self._url.startswith("wss:") and self._tls is not None else {}),
         ) as ws:
+            self._opened = True
             self.sessions += 1
             self._ws = ws
             self.parser.reset()  # AES keys belong to a session
@@ -253,6 +286,7 @@ class KisWebSocket:
                 ok, why = await self._sync(ws)
                 self._ready_at = asyncio.get_running_loop().time()
                 if ok:
+                    self._note(SessionProblem.NONE, "")
                     self._set_state(SessionState.READY)
                 else:
                     self._set_state(SessionState.DEGRADED, why)
@@ -279,7 +313,8 @@ class KisWebSocket:
             if res.code in SESSION_FATAL:
                 raise SessionRefused(res.code, res.message)
             notice_problem = f"notice slot refused: {res.code} {res.message}"
-            log.error("KIS %s (check the HTS id)", notice_problem)
+            hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
+            self._note(SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED, f"{res.code} {res.message}".strip())
         else:
             notice_problem = ""
         first = True

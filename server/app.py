@@ -14,6 +14,7 @@ from filelock import FileLock, Timeout
 from common.config import BrokerEnv, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
+from common.private import private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -94,6 +95,10 @@ def held_run_locks(root: Path) -> list[tuple[Path, str]]:
 
 
 def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> None:
+    """Run the gateway until stopped. A start-up failure raises kis.startup.StartupError (the
+    operator's lines and exit code). Every file it creates is private (common.private)."""
+    private_process()
+    tighten(cfg.run_dir)
     factory = load_factory(broker_spec) if broker_spec else None
     if factory is None:
         import server.brokers  # noqa: F401  (heavy imports before the lock: a standby is ready to go)

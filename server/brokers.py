@@ -29,7 +29,9 @@ from common.enums import SessionState
 from common.schema import BrokerHealth
 from kis import wire
 from kis.adapter import DEFAULT_CALLER, KisBroker, make_broker
-from kis.credentials import Credentials, load_credentials
+from kis.credentials import Credentials, CredentialsError, load_credentials
+from kis.startup import StartExit, StartupError
+from kis.tls import TlsConfigError
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerOrder, BrokerOrderReport, BrokerPort,
     BrokerPosition, MarketKind, SubscriptionResult,
@@ -126,11 +128,21 @@ class EmbeddedTwinBroker:
     def session_state(self) -> SessionState:
         return self.inner.session_state if self.inner else SessionState.DISCONNECTED
 
+    def describe(self) -> list[str]:
+        return ["KIS sim: a KIS twin embedded in this process, on ephemeral loopback ports (no credentials needed)"]
+
     @property
     def market_clock(self) -> "TwinMarketClock":
         return TwinMarketClock(self.twin.twin.clock)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except StartupError:
+            await self.close()  # release the twin's sockets before the operator reads the message
+            raise
+
+    async def _start(self) -> None:
         await self.twin.start()
         demo = self.twin.demo
         # Tokens of an earlier twin process are unknown to this one: start with a clean cache.
@@ -141,7 +153,7 @@ class EmbeddedTwinBroker:
         self.inner = make_broker(bcfg, self.token_dir, creds)
         self.inner.set_frame_hook(*self._frame_hook)
         log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
-                 self.twin.admin_url, demo.account)
+                 self.twin.admin_url, creds.masked_account)
         # where the embedded twin listens (tools and tests drive its admin API: clock, prices, faults)
         info = Path(self.cfg.run_dir) / "twin.json"
         tmp = info.with_suffix(".tmp")
@@ -219,9 +231,26 @@ class EmbeddedTwinBroker:
             yield ev
 
 
+CREDENTIALS_HINT = ("set them in the environment, or broker.credentials_file = a TOML outside the repo with app_key, "
+                    "app_secret, account (CANO-ACNT_PRDT_CD) and hts_id; `ktrader doctor` checks them")
+
+
 def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
+    """The broker for `cfg`; its first log lines say which KIS, hosts, account (masked), HTS id. A
+    set-up that cannot work raises StartupError (missing credentials, an unusable CA bundle)."""
     b = cfg.broker
+    broker: EmbeddedTwinBroker | KisBroker
     if b.env is BrokerEnv.SIM and not b.rest_url:
-        return EmbeddedTwinBroker(cfg)
-    creds = load_credentials(b.credentials_file or None)
-    return make_broker(b, Path(cfg.run_dir) / "kis", creds)
+        broker = EmbeddedTwinBroker(cfg)
+    else:
+        try:
+            creds = load_credentials(b.credentials_file or None)
+        except CredentialsError as e:
+            raise StartupError(f"KIS credentials ({b.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS) from None
+        try:
+            broker = make_broker(b, Path(cfg.run_dir) / "kis", creds)
+        except TlsConfigError as e:
+            raise StartupError("configuration", str(e), "fix or remove broker.ca_bundle", StartExit.CONFIG) from None
+    for line in broker.describe():
+        log.info("%s", line)
+    return broker

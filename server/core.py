@@ -12,17 +12,18 @@ from dataclasses import dataclass
 
 from common.config import AgentCard, GatewayConfig
 from common.costs import CostModel
-from common.enums import SystemEventKind
+from common.enums import SessionState, SystemEventKind
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
 from common.schema import HeaderFactory
+from kis.health import broker_health
 from kis.port import BrokerPort
 from server.alerts import Alerts
 from server.notices import NoticeRouter
 from server.order_book import EventSink, OrderBook
 from server.order_desk import OrderDesk
 from server.reconciler import Reconciler
-from server.risk import RiskGate
+from server.risk import RiskGate, SessionView
 from server.send_queue import SendQueue
 from server.shadow import ShadowExecution
 from server.store import Store
@@ -59,6 +60,17 @@ class OrderCore:
         await self.shadow_queue.stop()
 
 
+def session_view(broker: BrokerPort, synced: bool) -> SessionView:
+    """The session as orders see it: SYNCING until the first reconciliation, else the broker's state,
+    with the reason when it is not READY (the broker's health says which: HTS id refused, port
+    unreachable, the key's websocket in use elsewhere ...)."""
+    state = broker.session_state
+    if state is SessionState.READY:
+        return (SessionState.READY, "") if synced else (
+            SessionState.SYNCING, "the first reconciliation with the broker has not finished yet")
+    return state, broker_health(broker).session_detail
+
+
 def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock: MarketClock,
                      headers: HeaderFactory, sink: EventSink, publish: Publish,
                      card_of: Callable[[str], AgentCard | None]) -> OrderCore:
@@ -72,7 +84,7 @@ def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock
     live_queue = SendQueue(book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9))
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
     recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9))
-    desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: broker.session_state,
+    desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: session_view(broker, recon.synced),
                      lambda: recon.synced, alerts, card_of)
     return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
                      live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk)

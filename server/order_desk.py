@@ -29,7 +29,7 @@ from common.orders import (
 from common.risk_rules import HELD_TIFS
 from common.schema import NewOrder, OrderResult
 from server.order_book import OrderBook
-from server.risk import RiskGate
+from server.risk import RiskGate, SessionView
 from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
 
@@ -52,7 +52,7 @@ def session_day(now: dt.datetime, phase: Phase) -> str:
 
 class OrderDesk:
     def __init__(self, book: OrderBook, risk: RiskGate, live: SendQueue, shadow: SendQueue,
-                 shadow_venue: ShadowExecution, session: Callable[[], SessionState],
+                 shadow_venue: ShadowExecution, session: Callable[[], SessionView],
                  synced: Callable[[], bool], alert: Callable[[str], None],
                  card_of: Callable[[str], AgentCard | None]) -> None:
         self.book = book
@@ -152,7 +152,8 @@ class OrderDesk:
         order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
                       order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
         held = new.tif in HELD_TIFS
-        session = SessionState.SYNCING if not self.synced() else (SessionState.READY if held else self.session())
+        # held orders are sent later: the session only has to be ready then (their release checks it)
+        session = (SessionState.READY, "") if held and self.synced() else self.session()
         denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
         intent: dict[str, object] = {
             "reason": new.reason, "context": new.context, "decision_price": new.decision_price, "code": new.code,
@@ -223,8 +224,7 @@ class OrderDesk:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
         if qty and qty != o.qty:
             return ErrorCode.BAD_ORDER, "only the price can be revised; cancel and send a new order to change the quantity"
-        session = self.session() if self.synced() else SessionState.SYNCING
-        denial = self.risk.check_revise(card, o, price, session)
+        denial = self.risk.check_revise(card, o, price, self.session())
         if denial is not None:
             book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
             return denial

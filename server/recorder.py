@@ -30,6 +30,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from common.clock import KST, kst_from_ns
+from common.private import FILE_MODE, private_dir
 
 log = logging.getLogger("ktrader.recorder")
 
@@ -127,10 +128,10 @@ class Recorder:
     def _roll(self, recv_ns: int) -> None:
         self._finish_file()
         day = kst_from_ns(recv_ns).date()
-        folder = day_dir(self.data_dir, day)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # decrypted notices inside: the user's eyes only
+        folder = private_dir(day_dir(self.data_dir, day))
         self.path = folder / f"frames-{recv_ns:020d}-{os.getpid()}{SUFFIX}"
-        self._file = open(self.path, "ab")
+        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
         self._z = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip wrapper
         next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
         self._day_end_ns = int(next_day.timestamp()) * 10**9

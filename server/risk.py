@@ -29,6 +29,7 @@ _STATE_KEY = "trading_state:"
 _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 
 Publish = Callable[[SystemEventKind, str, str], None]
+SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
 
 
 def worst(*states: TradingState) -> TradingState:
@@ -95,11 +96,12 @@ class RiskGate:
                        listed=self.known_codes, listed_source=self.master_source,
                        gateway_state=self.global_state, agent_state=agent_state)
 
-    def _market(self, code: str, session: SessionState) -> Market:
+    def _market(self, code: str, session: SessionView) -> Market:
         p = self.portfolio
-        return Market(session=session, phase=self.clock.phase(), base_price=p.base_prices.get(code, 0), kind=p.kind(code))
+        return Market(session=session[0], session_detail=session[1], phase=self.clock.phase(),
+                      base_price=p.base_prices.get(code, 0), kind=p.kind(code))
 
-    def check(self, card: AgentCard, order: NewOrder, session: SessionState, *, shadow: bool = False) -> Denial | None:
+    def check(self, card: AgentCard, order: NewOrder, session: SessionView, *, shadow: bool = False) -> Denial | None:
         """A new order; on success it counts in the order rate."""
         exp = self.portfolio.exposure(card.id, order.code)
         account = self.portfolio.account_exposure(order.code)
@@ -120,7 +122,7 @@ class RiskGate:
                 account_win.stamps.append(now)
         return denial
 
-    def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionState) -> Denial | None:
+    def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
         """A revise must pass as if new, with the order's own reservation released."""
         exp = self.portfolio.exposure(card.id, o.code)
         account = self.portfolio.account_exposure(o.code)

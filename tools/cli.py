@@ -65,15 +65,22 @@ def gateway(
     profile: Optional[str] = typer.Option(None, help="write a profile of the run to this file"),
     log_level: str = typer.Option("info", help="debug | info | warning"),
     standby: bool = typer.Option(False, "--standby", help="wait (ready) for the running gateway to exit, then take over"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks of start-up failures"),
 ) -> None:
-    """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints."""
+    """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints.
+
+    Exit codes: 0 stopped · 1 unexpected error (--debug shows the traceback) · 2 bad configuration ·
+    3 another gateway runs on this run directory · 4 KIS credentials missing or malformed ·
+    5 KIS unreachable (DNS, refused, timeout, TLS) after the retries · 6 KIS refused the
+    credentials, the environment (paper/real key) or the account · 130 interrupted during the start."""
     import msgspec
 
     from common.config import ConfigError, load_gateway_config
+    from kis.startup import StartExit, StartupError
     from server.app import main as gateway_main
     from tools.profiling import profiled
 
-    _logging(log_level)
+    _logging("debug" if debug and log_level == "info" else log_level)
     sys.path.insert(0, os.getcwd())  # --broker factories may live in the working tree
     try:
         cfg = load_gateway_config(config)
@@ -91,7 +98,24 @@ def gateway(
             gateway_main(cfg, broker, standby=standby)
         except RunDirLocked as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(3)
+            raise typer.Exit(StartExit.LOCKED)
+        except ConfigError as e:  # found while building the gateway (e.g. master_dir)
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(StartExit.CONFIG)
+        except StartupError as e:
+            if debug:
+                logging.getLogger("ktrader.gateway").exception("start failed")
+            for line in e.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(StartExit.INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - one line for the operator; the traceback on request
+            if debug:
+                raise
+            typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            raise typer.Exit(StartExit.UNEXPECTED)
 
 
 @agent_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -101,6 +125,39 @@ def agent_run(ctx: typer.Context) -> None:
     from agent.main import main as agent_main
 
     raise typer.Exit(agent_main(list(ctx.args)))
+
+
+@app.command()
+def doctor(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="runtime state folder (default: the config's, run/)"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+    debug: bool = typer.Option(False, "--debug", help="log what the checks do"),
+) -> None:
+    """Check that this machine can trade on KIS: config, credentials, DNS/TCP/TLS, token (cached, never
+    wasted), approval key, notice feed for the HTS id, account, market, stock master. Exit 1 if any fails."""
+    import asyncio
+
+    import msgspec
+
+    from common.config import ConfigError, load_gateway_config
+    from tools.doctor import Check, Report, Status, diagnose, render, to_json
+
+    _logging("debug" if debug else "error")
+    try:
+        cfg = load_gateway_config(config)
+        if run_dir:
+            cfg = msgspec.structs.replace(cfg, run_dir=str(run_dir))
+        report = asyncio.run(diagnose(cfg))
+    except ConfigError as e:
+        report = Report(ok=False, env="?", checks=[Check(name="config", status=Status.FAIL, detail=str(e),
+                                                         hint="fix the file (unknown keys are refused)", code="CONFIG")])
+    if json_out:
+        sys.stdout.write(to_json(report).decode() + "\n")
+    else:
+        for line in render(report):
+            typer.echo(line)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()
@@ -403,6 +460,9 @@ def data_replay(
 
 
 def main() -> None:
+    from common.private import private_process
+
+    private_process()  # run/, logs, recordings, the database: 0700 folders, 0600 files
     app()
 
 

@@ -7,6 +7,9 @@ import sys
 
 
 def main() -> None:
+    from common.private import private_process
+
+    private_process()  # run/, logs, recordings, the database: 0700 folders, 0600 files
     argv = sys.argv[1:]
     if argv[:2] == ["agent", "run"]:
         from agent.main import main as agent_main

@@ -81,6 +81,7 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
     regs = len(h.registrations)
     return [
         f"session {st.session_state}  trading {st.trading_state}  broker {st.broker}",
+        *([f"session not ready: {h.session_detail}"] if h.session_detail else []),  # why orders wait
         f"token expiry {tok}",
         f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties {h.rest_penalties}",
         f"registrations {regs}/{h.max_registrations}  websocket last message {fmt_age(h.ws_last_message_age_s)} ago  "

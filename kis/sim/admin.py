@@ -15,7 +15,7 @@ from aiohttp import web
 
 from kis.sim.engine import BookSide
 from kis.sim.exchange import OrderRecord
-from kis.sim.faults import RestDisconnect, RestError
+from kis.sim.faults import ReplyMangle, RestDisconnect, RestError
 from kis.sim.ledger import Account
 from kis.sim.wire import KisError
 
@@ -82,6 +82,7 @@ class AdminApi:
         r.add_post("/admin/faults/ws-invalid-utf8", self.ws_invalid_utf8)
         r.add_post("/admin/faults/rest-disconnect", self.rest_disconnect)
         r.add_post("/admin/faults/rest-error", self.rest_error)
+        r.add_post("/admin/faults/rest-mangle", self.rest_mangle)
         r.add_post("/admin/faults/latency", self.latency)
         r.add_post("/admin/faults/expire-tokens", self.expire_tokens)
         r.add_post("/admin/faults/notices", self.notices)
@@ -256,6 +257,14 @@ class AdminApi:
         if kind not in ("500", "EGW00201"):
             return _err("kind must be 500|EGW00201")
         self.twin.faults.errors.append(RestError(int(b.get("count", 1)), kind, str(b.get("path_contains", ""))))
+        return _json({"ok": True})
+
+    async def rest_mangle(self, request: web.Request) -> web.Response:
+        b = await self._body(request)
+        if not isinstance(b.get("field"), str) or not b["field"]:
+            return _err("field must name a reply field, e.g. ODNO")
+        self.twin.faults.mangles.append(ReplyMangle(int(b.get("count", 1)), b["field"], b.get("value"),
+                                                    str(b.get("path_contains", ""))))
         return _json({"ok": True})
 
     async def latency(self, request: web.Request) -> web.Response:

@@ -23,6 +23,17 @@ class RestError:
 
 
 @dataclass(slots=True)
+class ReplyMangle:
+    """The next `count` matching REST replies get `field` (in `output`, else at the top) set to
+    `value` after the call acted: a null, a number, ... where KIS documents a string."""
+
+    count: int
+    field: str
+    value: object
+    path_contains: str = ""
+
+
+@dataclass(slots=True)
 class NoticeFaults:
     delay_ms: float = 0.0
     duplicate: bool = False
@@ -33,6 +44,7 @@ class NoticeFaults:
 class Faults:
     disconnects: list[RestDisconnect] = field(default_factory=list)
     errors: list[RestError] = field(default_factory=list)
+    mangles: list[ReplyMangle] = field(default_factory=list)
     latency_ms: float = 0.0
     notices: NoticeFaults = field(default_factory=NoticeFaults)
     ws_refuse_until: float = 0.0  # monotonic deadline: new sessions get OPSP8996
@@ -64,12 +76,22 @@ class Faults:
                 return e.kind
         return None
 
+    def take_mangle(self, path: str) -> ReplyMangle | None:
+        for m in self.mangles:
+            if m.path_contains in path and m.count > 0:
+                m.count -= 1
+                if m.count == 0:
+                    self.mangles.remove(m)
+                return m
+        return None
+
     def ws_refusing(self) -> bool:
         return time.monotonic() < self.ws_refuse_until
 
     def reset(self) -> None:
         self.disconnects.clear()
         self.errors.clear()
+        self.mangles.clear()
         self.latency_ms = 0.0
         self.notices = NoticeFaults()
         self.ws_refuse_until = 0.0
@@ -80,6 +102,8 @@ class Faults:
         return {
             "disconnects": [{"count": d.count, "when": d.when, "path_contains": d.path_contains} for d in self.disconnects],
             "errors": [{"count": e.count, "kind": e.kind, "path_contains": e.path_contains} for e in self.errors],
+            "mangles": [{"count": m.count, "field": m.field, "value": m.value, "path_contains": m.path_contains}
+                        for m in self.mangles],
             "latency_ms": self.latency_ms,
             "notices": {"delay_ms": self.notices.delay_ms, "duplicate": self.notices.duplicate,
                         "reorder": self.notices.reorder},

@@ -159,6 +159,9 @@ class RestApi:
         if faults.take_disconnect(path, "after"):
             _abort(request)  # the call acted; the client never sees the answer
             raise asyncio.CancelledError
+        mangle = faults.take_mangle(path)
+        if mangle is not None and isinstance(resp, web.Response) and resp.text:
+            resp = _mangled(resp, mangle.field, mangle.value)  # the call acted; its answer is odd
         return resp
 
     # ------------------------------------------------------------------ auth endpoints
@@ -248,6 +251,20 @@ class RestApi:
         if not isinstance(doc, dict):
             raise KisError("OPSQ2001", "ERROR : JSON PARSING ERROR", rt_cd="2")
         return {str(k).upper(): "" if v is None else str(v) for k, v in doc.items()}
+
+
+def _mangled(resp: web.Response, field_name: str, value: object) -> web.Response:
+    try:
+        body = json.loads(resp.text or "{}")
+    except json.JSONDecodeError:
+        return resp
+    target = body.get("output") if isinstance(body.get("output"), dict) and field_name in body["output"] else body
+    target[field_name] = value
+    out = kis_json(body, resp.status)
+    for h in ("tr_id", "tr_cont", "gt_uid"):
+        if h in resp.headers:
+            out.headers[h] = resp.headers[h]
+    return out
 
 
 def _abort(request: web.Request) -> None:

@@ -176,3 +176,47 @@ def test_processes_share_one_issuance(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=30)[0].decode().strip() for p in procs]
     assert outs == ["shared"] * 3
     assert log.read_text().count("issued") == 1
+
+
+@aio
+async def test_only_issuances_kis_may_have_made_start_the_minute(tmp_path: Path) -> None:
+    """A connect that failed, or a KIS answer without a token, is not an issuance: the next try
+    (a quick restart) goes ahead at once. A connection cut after sending may have been one."""
+    from kis.netdiag import BrokerUnreachable, NetFault, NetProblem
+    from kis.port import BrokerAuthError
+
+    w = World()
+    failures: list[Exception] = [
+        BrokerUnreachable("token request", NetProblem(fault=NetFault.REFUSED, target="h:1", reason="connection refused", sent=False)),
+        BrokerAuthError("token issuance refused: bad secret", code="EGW00105", http_status=403),
+        BrokerTemporary("token issuance: system error", code="EGW00500", http_status=500),
+    ]
+
+    async def issue() -> IssuedToken:
+        if failures:
+            raise failures.pop(0)
+        return await w.issue()
+
+    for _ in range(3):
+        m = TokenManager(issue=issue, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep)
+        with pytest.raises((BrokerUnreachable, BrokerAuthError, BrokerTemporary)):
+            await m.get()
+        w.now += 1  # restarted a second later
+    m = TokenManager(issue=issue, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep)
+    assert await m.get() == "tok1"
+    assert w.sleeps == []  # no minute waited
+
+    # a connection cut after the request left: KIS may have issued one, so the minute is honoured
+    w2 = World()
+    cut = [BrokerUnreachable("token request", NetProblem(fault=NetFault.CUT, target="h:1", reason="connection cut", sent=True))]
+
+    async def issue2() -> IssuedToken:
+        if cut:
+            raise cut.pop()
+        return await w2.issue()
+
+    m = TokenManager(issue=issue2, run_dir=tmp_path / "b", env_name="real", key_fingerprint="x", clock=w2.clock, sleep=w2.sleep)
+    with pytest.raises(BrokerUnreachable):
+        await m.get()
+    w2.now += 1
+    assert await m.get() == "tok1" and sum(w2.sleeps) >= 59

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import websockets
 
-from common.enums import SessionState
+from common.enums import SessionProblem, SessionState
+from kis.session_why import session_why
 from kis.crypto import NoticeCipher
 from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame, notice26
 from kis.port import BrokerNotice, Gap, SessionChange, Trade
@@ -38,6 +39,7 @@ class FakeKis:
         self.refuse = 0  # next N sessions get OPSP8996
         self.approvals = 0
         self.bad_approvals: set[str] = set()  # answered OPSP0011
+        self.hts_ids: set[str] | None = None  # notice tr_keys accepted (None: any); others get OPSP0017
 
     async def handler(self, ws: websockets.ServerConnection) -> None:
         self.conns.append(ws)
@@ -60,6 +62,11 @@ class FakeKis:
                 ws.transport.abort()
                 return
             key = (tr_id, tr_key)
+            if tr_id.startswith("H0STCNI") and self.hts_ids is not None and tr_key not in self.hts_ids:
+                # as KIS: header tr_id "(null)", rt_cd 9 (API.md §5.3)
+                await ws.send(json.dumps({"header": {"tr_id": "(null)", "tr_key": tr_key, "encrypt": "N"},
+                                          "body": {"rt_cd": "9", "msg_cd": "OPSP0017", "msg1": "ERROR : htsid가잘못되었습니다"}}))
+                continue
             if m["header"]["tr_type"] == "2":
                 regs.remove(key)
                 body = {"rt_cd": "0", "msg_cd": "OPSP0001", "msg1": "UNSUBSCRIBE SUCCESS"}
@@ -247,3 +254,46 @@ async def test_silence_triggers_reconnect() -> None:
         assert await rig.ws.wait_state(SessionState.READY, 5)
         await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
         assert await rig.ws.wait_state(SessionState.READY, 5)
+
+
+@aio
+async def test_why_not_ready_hts_id_refused_then_fixed() -> None:
+    kis = FakeKis()
+    kis.hts_ids = {"someone-else"}
+    async with rigged(kis) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.DEGRADED, 5)
+        assert rig.ws.problem is SessionProblem.HTS_ID_REFUSED and "OPSP0017" in rig.ws.problem_detail
+        why = session_why(rig.ws.state, rig.ws.problem, rig.ws.problem_detail)
+        assert "HTS id" in why and "KTRADER_KIS_HTS_ID" in why and HTS not in why  # the id itself stays off screens
+
+
+@aio
+async def test_why_not_ready_key_in_use() -> None:
+    kis = FakeKis()
+    kis.refuse = 1000
+    async with rigged(kis, in_use_backoff_s=0.05) as rig:
+        rig.ws.start()
+        await rig.until(lambda: rig.ws.problem is SessionProblem.KEY_IN_USE)
+        assert rig.ws.state is not SessionState.READY
+        assert "in use elsewhere (OPSP8996)" in session_why(rig.ws.state, rig.ws.problem, rig.ws.problem_detail)
+        kis.refuse = 0
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert rig.ws.problem is SessionProblem.NONE
+
+
+@aio
+async def test_why_not_ready_port_unreachable() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rig = Rig(FakeKis(), f"ws://127.0.0.1:{port}/tryitout", backoff_base_s=0.05)
+    rig.ws.start()
+    try:
+        await rig.until(lambda: rig.ws.problem is SessionProblem.WS_UNREACHABLE)
+        why = session_why(rig.ws.state, rig.ws.problem, rig.ws.problem_detail)
+        assert f"127.0.0.1:{port}: connection refused" in why and "firewall" in why
+    finally:
+        await rig.ws.close()

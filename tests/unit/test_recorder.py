@@ -149,10 +149,13 @@ def test_recording_off_costs_one_attribute_test() -> None:
     key, iv = "k" * 32, "i" * 16
     parser.set_cipher("H0STCNI0", key, iv)
     fields = ["acct", "0000000001", "", "02", "0", "00", "00", "", "005930", "3", "71000", "090000", "0", "2", "2",
-              "06010", "3", "", "", "", "", "", "삼성전자", "", "", "71000"]
+              "06010", "3", "홍길동", "", "", "", "", "삼성전자", "", "", "71000"]
     frame = "1|H0STCNI0|001|" + NoticeCipher(key, iv).encrypt("^".join(fields))
     parser.parse(frame)  # no hook: fine
     seen: list[str] = []
     parser.on_plain = seen.append
     parser.parse(frame)
-    assert seen == ["1|H0STCNI0|001|" + "^".join(fields)]
+    # the plaintext kept for people hides the account number (1) and the holder's name (17)
+    masked = list(fields)
+    masked[1], masked[17] = "00******01", "***"
+    assert seen == ["1|H0STCNI0|001|" + "^".join(masked)]

@@ -1,0 +1,50 @@
+"""Secrets never reach a log line: the KIS client registers each secret it holds (app key, app
+secret, access token, approval key, account number) and `RedactSecrets`, a logging filter on the
+process's handlers, replaces any of them in a record's final text. The code already avoids logging
+them; this catches what a library or an exception message might echo (KIS itself echoes the
+approval key in OPSP0011, python's ssl/httpx errors may quote a URL)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+_lock = threading.Lock()
+_secrets: dict[str, str] = {}  # value -> label
+MIN_LEN = 6  # shorter strings would redact ordinary words and numbers
+
+
+def register(value: str, label: str) -> None:
+    """Treat `value` as a secret from now on (a no-op for short or empty values)."""
+    if value and len(value) >= MIN_LEN:
+        with _lock:
+            _secrets[value] = label
+
+
+def redact(text: str) -> str:
+    if not _secrets:
+        return text
+    for value, label in list(_secrets.items()):
+        if value in text:
+            text = text.replace(value, f"<{label}>")
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logging's business, not ours
+            return True
+        clean = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            clean_exc = redact(exc_text)
+            if clean_exc != exc_text:
+                record.exc_info = None
+                record.exc_text = clean_exc
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

@@ -1,0 +1,123 @@
+"""Why a connection to KIS failed, in words an operator can act on.
+
+httpx and websockets report a refused port, an unknown host name and an untrusted certificate
+alike as "ConnectError"; the cause sits in the exception chain. `explain()` walks it and returns a
+`NetProblem`: which host:port, what happened (closed vocabulary), the underlying reason
+(CERTIFICATE_VERIFY_FAILED kept verbatim), whether the request may have reached the server, and
+what to check. Used by the REST client, the websocket watchdog, start-up and `ktrader doctor`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from kis.port import BrokerTemporary
+
+
+class NetFault(StrEnum):
+    DNS = "dns"  # the host name does not resolve
+    REFUSED = "refused"  # nothing listens on host:port (or a firewall rejects)
+    TIMEOUT = "timeout"  # no answer in time (connect or read)
+    TLS_VERIFY = "tls_verify"  # the server's certificate is not trusted (CERTIFICATE_VERIFY_FAILED)
+    TLS = "tls"  # another TLS handshake failure (protocol, wrong port speaking plain HTTP, ...)
+    CUT = "cut"  # the connection dropped (reset, closed without an answer)
+    PROTOCOL = "protocol"  # something answered, but not HTTP/websocket as expected
+    OTHER = "other"
+
+
+class NetProblem(msgspec.Struct, frozen=True, kw_only=True):
+    fault: NetFault
+    target: str  # host:port
+    reason: str  # the underlying reason, short
+    sent: bool  # the request may have reached the server
+
+    def text(self) -> str:
+        return f"{self.target}: {self.reason}"
+
+    def hint(self) -> str:
+        host = self.target.rsplit(":", 1)[0]
+        port = self.target.rsplit(":", 1)[-1]
+        return {
+            NetFault.DNS: f"check the host name '{host}' (broker.rest_url / ws_url) and this machine's DNS and network",
+            NetFault.REFUSED: f"nothing accepts connections on {self.target}: check the URL's port, the network and any firewall (outbound port {port})",
+            NetFault.TIMEOUT: f"{self.target} did not answer in time: check the network, firewall or proxy for outbound port {port}",
+            NetFault.TLS_VERIFY: "the server's certificate is not trusted here: behind a TLS-inspecting proxy set broker.ca_bundle "
+                                 "to the proxy's CA file (PEM); also check the system clock",
+            NetFault.TLS: f"TLS with {self.target} failed: check that the URL's scheme (https/http) and port are right",
+            NetFault.CUT: f"the connection to {self.target} was cut: usually transient; check the network if it persists",
+            NetFault.PROTOCOL: f"{self.target} did not answer as KIS does: check the URL",
+            NetFault.OTHER: f"check the network path to {self.target}",
+        }[self.fault]
+
+
+class BrokerUnreachable(BrokerTemporary):
+    """A KIS call that failed in transport; `problem` says where and why."""
+
+    def __init__(self, what: str, problem: NetProblem) -> None:
+        super().__init__(f"{what}: {problem.text()}", code="TRANSPORT")
+        self.problem = problem
+
+
+def target_of(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme, 0)
+    return f"{parts.hostname or '?'}:{port}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out and len(out) < 12:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def explain(exc: BaseException, url: str) -> NetProblem:
+    """What went wrong reaching `url`, from a transport exception (httpx, websockets, OSError)."""
+    target = target_of(url)
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            detail = getattr(e, "verify_message", "") or _short(e)
+            return NetProblem(fault=NetFault.TLS_VERIFY, target=target, reason=f"TLS CERTIFICATE_VERIFY_FAILED ({detail})", sent=False)
+    for e in chain:
+        if isinstance(e, socket.gaierror):
+            return NetProblem(fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(e)})", sent=False)
+        if isinstance(e, ConnectionRefusedError):
+            return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
+        if isinstance(e, ssl.SSLError):
+            return NetProblem(fault=NetFault.TLS, target=target, reason=f"TLS handshake failed ({_short(e)})", sent=False)
+    text = " | ".join(_short(e) for e in chain)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return NetProblem(fault=NetFault.TLS_VERIFY, target=target, reason=f"TLS CERTIFICATE_VERIFY_FAILED ({_short(exc)})", sent=False)
+    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
+        return NetProblem(fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(exc)})", sent=False)
+    if "Connection refused" in text or "Connect call failed" in text:
+        return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no connection within the timeout", sent=False)
+    if isinstance(exc, httpx.TimeoutException):
+        return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no answer within the timeout", sent=True)
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no answer within the timeout", sent=False)
+    if isinstance(exc, httpx.ConnectError):
+        return NetProblem(fault=NetFault.OTHER, target=target, reason=f"cannot connect ({_short(exc)})", sent=False)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"unsupported URL ({_short(exc)})", sent=False)
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, ConnectionError)):
+        return NetProblem(fault=NetFault.CUT, target=target, reason=f"connection cut ({_short(exc)})", sent=True)
+    if any(type(e).__module__.startswith("websockets") for e in chain):
+        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"websocket handshake failed ({_short(exc)})", sent=False)
+    return NetProblem(fault=NetFault.OTHER, target=target, reason=f"{type(exc).__name__}: {_short(exc)}", sent=True)

@@ -1,0 +1,217 @@
+"""`ktrader gateway` start-up failures explain themselves: one or two plain lines (what failed,
+which host, the reason, what to check), a documented exit code, no traceback; transient failures
+are retried with a visible countdown; a restart within a minute of failed connects does not wait
+for the one-token-a-minute rule. Real processes: the gateway, a KIS twin process, a local TLS server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID, credentials_env
+from kis.startup import StartExit
+from tests.conftest import ROOT, Procs, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAKE = {ENV_APP_KEY: "PS" + "k" * 34, ENV_APP_SECRET: "s" * 180, ENV_ACCOUNT: "12345678-01", ENV_HTS_ID: "someone"}
+
+
+def gateway(tmp: Path, toml: str, env: dict[str, str] | None = None, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(toml)
+    e = {k: v for k, v in os.environ.items() if not k.startswith("KTRADER_KIS_")}
+    e.update(PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "tools.cli", "gateway", "--config", str(cfg), "--run-dir", str(tmp / "run"), *args],
+                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=90)
+
+
+def error_lines(out: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the operator reads at the end: the error line and its hint (log lines come before)."""
+    lines = out.stderr.strip().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    return lines[first:]
+
+
+def assert_explained(out: subprocess.CompletedProcess[str], code: StartExit, *needles: str) -> list[str]:
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout, out.stderr
+    err = error_lines(out)
+    assert 1 <= len(err) <= 2 and err[-1].startswith("  check: "), err
+    text = " ".join(err)
+    for n in needles:
+        assert n in text, (n, err)
+    assert len(out.stderr.splitlines()) <= 15, out.stderr  # a few log lines and the message, not pages
+    return err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_credentials(tmp_path: Path) -> None:
+    out = gateway(tmp_path, '[broker]\nenv = "paper"\n')
+    err = assert_explained(out, StartExit.CREDENTIALS, "missing app_key, app_secret, account, hts_id", ENV_APP_KEY)
+    assert "credentials_file" in err[1]
+
+
+def test_malformed_account(tmp_path: Path) -> None:
+    out = gateway(tmp_path, '[broker]\nenv = "real"\n', {**FAKE, ENV_ACCOUNT: "1234"})
+    assert_explained(out, StartExit.CREDENTIALS, "CANO-ACNT_PRDT_CD")
+
+
+def test_refused_connection_is_retried_then_explained(tmp_path: Path) -> None:
+    port = free_port()
+    toml = (f'[broker]\nenv = "paper"\nrest_url = "https://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\n'
+            "start_retries = 2\nstart_backoff_s = 0.2\n")
+    out = gateway(tmp_path, toml, FAKE)
+    assert_explained(out, StartExit.UNREACHABLE, f"127.0.0.1:{port}", "connection refused", "gave up after 3 attempts",
+                     f"outbound port {port}")
+    # the retries were visible while they happened, and the first lines said which KIS this is
+    assert "retry 1 of 2 in 0.2 s" in out.stderr and "retry 2 of 2 in 0.4 s" in out.stderr
+    head = "\n".join(out.stderr.splitlines()[:3])
+    assert "broker environment: paper" in head and f"KIS paper: REST https://127.0.0.1:{port}" in head, head
+    assert "account 12******-01, HTS id someone" in head and "12345678" not in out.stderr, head
+
+
+# --- TLS: a local HTTPS server whose certificate comes from a CA nobody trusts --------------------
+
+
+def _make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrader test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_pem, cert_pem, key_pem = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return ca_pem, cert_pem, key_pem
+
+
+class _RefusingKis(http.server.BaseHTTPRequestHandler):
+    """Answers every POST as KIS answers an unknown app key on /oauth2/tokenP."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = json.dumps({"error_description": "유효하지 않은 AppKey입니다.", "error_code": "EGW00103"}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    ca_pem, cert_pem, key_pem = _make_ca_and_leaf(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingKis)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_pem, key_pem)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server.server_address[1], ca_pem
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
+def test_tls_failure_names_the_cause_and_ca_bundle_fixes_it(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
+    port, ca_pem = tls_server
+    toml = f'[broker]\nenv = "real"\nrest_url = "https://127.0.0.1:{port}"\nstart_retries = 3\nstart_backoff_s = 5\n'
+    out = gateway(tmp_path, toml, FAKE)
+    # an untrusted certificate is a set-up problem: explained at once, not retried
+    assert_explained(out, StartExit.UNREACHABLE, f"127.0.0.1:{port}", "CERTIFICATE_VERIFY_FAILED", "broker.ca_bundle")
+    assert "retry" not in out.stderr
+    # trusting the CA lets TLS through: now KIS's answer (an unknown app key) is what the operator reads
+    out = gateway(tmp_path, toml + f'ca_bundle = "{ca_pem}"\n', FAKE)
+    assert_explained(out, StartExit.REFUSED, "KIS refused", "EGW00103", "KTRADER_KIS_APP_KEY")
+    assert f"TLS trust: default + {ca_pem}" in out.stderr
+    # a bundle that is not there is a configuration error
+    out = gateway(tmp_path, toml + f'ca_bundle = "{tmp_path / "nope.pem"}"\n', FAKE)
+    assert_explained(out, StartExit.CONFIG, "no such file")
+
+
+# --- against a KIS twin process -------------------------------------------------------------------
+
+
+def start_twin(procs: Procs, tmp: Path) -> dict[str, str]:
+    log = open(tmp / "twin.err", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
+                          "--admin-port", "0", "--seed", "5", "--tick-interval", "0", "--quiet"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         start_new_session=True)
+    procs.procs.append(p)
+    return json.loads(p.stdout.readline())  # type: ignore[union-attr]
+
+
+def test_token_refused(tmp_path: Path, procs: Procs) -> None:
+    info = start_twin(procs, tmp_path)
+    toml = f'[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
+    out = gateway(tmp_path, toml, {**credentials_env(info), ENV_APP_SECRET: "not-the-secret"})
+    assert_explained(out, StartExit.REFUSED, "token issuance refused", "EGW00105", "KTRADER_KIS_APP_SECRET")
+    # a paper key on the real domain: KIS's EGW02004, and the hint says which env to set
+    paper = {**credentials_env(info), ENV_APP_KEY: info["paper_app_key"], ENV_APP_SECRET: info["paper_app_secret"],
+             ENV_ACCOUNT: info["paper_account"]}
+    out = gateway(tmp_path, toml, paper)
+    assert_explained(out, StartExit.REFUSED, "EGW02004", 'broker.env = "paper"')
+
+
+def test_restart_within_a_minute_after_failed_connects_does_not_stall(tmp_path: Path, procs: Procs) -> None:
+    info = start_twin(procs, tmp_path)
+    creds = credentials_env(info)
+    port = free_port()
+    down = f'[broker]\nenv = "sim"\nrest_url = "http://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\nstart_retries = 1\nstart_backoff_s = 0.1\n'
+    out = gateway(tmp_path, down, creds)
+    assert out.returncode == StartExit.UNREACHABLE, out.stderr  # two token attempts that never reached KIS
+    # KIS (the twin) is reachable now: the same key and run directory start at once, no minute's wait
+    cfg = tmp_path / "up.toml"
+    cfg.write_text(f'[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n')
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=creds)
+    wait_for(lambda: (run / "gateway.json").exists(), 25, what="gateway up")
+    assert time.monotonic() - t0 < 25
+    assert "one token issuance per minute" not in procs.log(gw)
+    assert gw.poll() is None
