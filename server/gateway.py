@@ -47,6 +47,7 @@ from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.store import Store
 from server.subscriptions import SubscriptionManager, refusal_notice
+from server.zap import ZapGuard
 from server.recorder import Recorder, attach_recorder
 from server.stockmaster import gateway_master
 from server.universe import Universe, UniverseBinder
@@ -72,10 +73,11 @@ class Gateway:
         self.broker = broker
         self.broker_name = broker_name or type(broker).__name__
         self.headers = HeaderFactory("gateway")
-        self.key = secrets.token_bytes(32)
+        self.counters: Counter[str] = Counter()
+        self.zap = ZapGuard(self.run_dir, self.counters)  # issue 18b: CURVE on network endpoints (server/zap.py)
+        self.key = self.zap.signing_key(cfg.router_endpoint, cfg.pub_endpoint) or secrets.token_bytes(32)
         self.codec = Codec(self.key, cfg.max_frame_bytes)
         self.registry = Registry(cfg.lease_s)
-        self.counters: Counter[str] = Counter()
         self.started_ns = now_ns()
         self.store = Store(self.run_dir / "db" / "gateway.sqlite")
         self.risk = RiskGate(cfg.risk)
@@ -125,11 +127,13 @@ class Gateway:
         router.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_frame_bytes * 4)  # hard cap; app cap below it
         router.setsockopt(zmq.SNDHWM, 10_000)
         router.setsockopt(zmq.RCVHWM, 10_000)
+        self.zap.secure(router, r_ep)  # issue 18b
         router.bind(r_ep)
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.XPUB_NODROP, 1)  # HWM reached -> EAGAIN, so drops are counted, not silent
         xpub.setsockopt(zmq.SNDHWM, 100_000)
+        self.zap.secure(xpub, p_ep)  # issue 18b
         xpub.bind(p_ep)
         self.router = router
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -172,7 +176,7 @@ class Gateway:
             except (NotImplementedError, RuntimeError):
                 pass
         info = GatewayInfo(router=self.router_endpoint, pub=self.pub_endpoint, key=self.key.hex(), pid=os.getpid(),
-                           session=self.headers.sid, started_ns=self.started_ns)
+                           session=self.headers.sid, started_ns=self.started_ns, curve_key=self.zap.public_key)
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         self._drain()  # anything that arrived before the reader was armed
@@ -192,6 +196,7 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.oms.stop()
+        self.zap.stop()  # issue 18b
         if self.router is not None:
             loop.remove_reader(self.router.getsockopt(zmq.FD))
             loop.remove_reader(self._xpub.getsockopt(zmq.FD))
