@@ -5,6 +5,9 @@ nobody registered and a plaintext client never get a reply, and the gateway coun
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +47,12 @@ def register_msg(agent: str, card_path: Path) -> Register:
     return Register(h=HeaderFactory(agent)(), card=load_card(card_path), pid=1, host="elsewhere", last_seq=0)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def silent(sock: zmq.Socket, seconds: float) -> bool:
     """True when nothing arrives on `sock` for `seconds` (the one place a test must wait out time:
     it shows that something does NOT happen)."""
@@ -52,9 +61,9 @@ def silent(sock: zmq.Socket, seconds: float) -> bool:
 
 def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     run = tmp_path / "run"
+    endpoints = ("--router", f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}")
     # without keys the gateway refuses to serve tcp, in one line
-    out = ktrader("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make",
-                  "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*")
+    out = ktrader("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints)
     assert out.returncode == 2 and "ktrader keys init" in out.stderr and "Traceback" not in out.stderr
 
     assert ktrader("keys", "init", "--run-dir", str(run)).returncode == 0
@@ -64,8 +73,8 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     assert (curve.client_secret_path(run, "alpha").stat().st_mode & 0o777) == 0o600
     assert (curve.keys_dir(run).stat().st_mode & 0o777) == 0o700
 
-    gw = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make",
-                     "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", log_name="gateway")
+    gw = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints,
+                     log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     info = read_info(run)
     assert info.router.startswith("tcp://127.0.0.1:") and info.pub.startswith("tcp://127.0.0.1:")
@@ -131,6 +140,18 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     st = fetch_status(run, timeout_s=2.0)
     assert {a.id for a in st.agents} == {"alpha"}  # nobody else ever registered
     holds_for(lambda: alpha.poll() is None and gw.poll() is None, 0.2, what="alpha and the gateway keep running")
+
+    # the bundle survives a gateway restart (stable signing key): alpha registers with the new one
+    os.kill(gw.pid, signal.SIGTERM)
+    assert gw.wait(15) == 0
+    gw2 = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints,
+                      log_name="gateway2")
+    wait_for(lambda: (run / "gateway.json").exists() and read_info(run).pid == gw2.pid, 15, what="second gateway")
+
+    def alpha_back():
+        a = next((a for a in fetch_status(run, timeout_s=2.0).agents if a.id == "alpha"), None)
+        return a is not None and a.state == "online" and a.pid == alpha.pid
+    wait_for(alpha_back, 20, what="alpha registered with the restarted gateway")
     unknown.disable_monitor()
     unknown_mon.close(0)
     for s in (good_sub, plain_sub, unknown, plain):
