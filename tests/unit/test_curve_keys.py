@@ -67,3 +67,19 @@ def test_gateway_preflight_and_client_without_keys(tmp_path: Path) -> None:
     with pytest.raises(curve.CurveError, match="names no CURVE key"):
         GatewayClient(info, "alpha", keys=curve.client_pair(tmp_path, "alpha"))
     assert curve.client_pair_for(tmp_path, "nobody", "ipc:///r", "ipc:///p") is None
+
+
+def test_reset_keeps_the_keys_and_ignores_an_exported_gateway_json(tmp_path: Path) -> None:
+    from common.connection import write_info
+    from tools.reset import archive_run_dir
+
+    run = tmp_path / "run"
+    curve.init_gateway(run)
+    (run / "db").mkdir()
+    # a remote agent's run folder holds an exported gateway.json that names no local process (pid 0)
+    write_info(run, GatewayInfo(router="tcp://10.0.0.5:5555", pub="tcp://10.0.0.5:5556", key="ab" * 32, pid=0,
+                                session="exported", started_ns=0, curve_key="x" * 40))
+    dest = archive_run_dir(run)
+    assert dest is not None and (dest / "db").exists() and (dest / "gateway.json").exists()
+    assert curve.gateway_pair(run).public  # still there
+    assert sorted(p.name for p in run.iterdir()) == ["keys"]
