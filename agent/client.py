@@ -20,7 +20,6 @@ from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import Error, HeaderFactory, Message, Published
 
-
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 

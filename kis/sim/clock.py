@@ -20,7 +20,6 @@ from common.calendar import is_trading_day, next_trading_day, session_hours
 from common.clock import KST, now_kst
 from common.krx import Phase, SessionTimes, phase_at
 
-
 OPEN_MODE_START = dt.time(9, 0)
 OPEN_MODE_LAST = dt.time(23, 59, 59)
 

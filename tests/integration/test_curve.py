@@ -37,7 +37,7 @@ orders = [{{code="005930", side="buy", qty=3, price=70000}}]
 
 
 def ktrader(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True, text=True, check=False,
                           timeout=60)
 
 

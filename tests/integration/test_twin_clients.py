@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from kis.sim.testing import Q, Kis, TwinThread, ws_msg
+from kis.sim.testing import Kis, Q, TwinThread, ws_msg
 from kis.sim.twin import TwinConfig
 
 pytestmark = pytest.mark.integration
