@@ -40,8 +40,10 @@ class GatewayClient:
         self._trouble = ""
         self.unsent = 0  # sends dropped because they could not be queued (CURVE clients only, see send)
         self.sub: zmq.Socket | None = None
+        self._curve = False
         try:
-            if self._secure(self.dealer, info.router, keys):
+            self._curve = self._secure(self.dealer, info.router, keys)
+            if self._curve:
                 self._monitor = self.dealer.get_monitor_socket(_HANDSHAKE_EVENTS)
             self.dealer.connect(info.router)
             if subscribe:
@@ -98,7 +100,7 @@ class GatewayClient:
 
     def send(self, msg: Message) -> int:
         frames = self.codec.encode(msg)
-        if self._monitor is None:
+        if not self._curve:
             self.dealer.send_multipart(frames)
             return msg.h.mid
         try:
