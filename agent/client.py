@@ -1,6 +1,10 @@
 """The agent's connection to the gateway: a DEALER for requests/replies/own events and a SUB for
 market data. Replies are matched to requests by id (header.re), so a lost reply never wedges the
-socket; everything that is not the awaited reply is queued for the runtime."""
+socket; everything that is not the awaited reply is queued for the runtime.
+
+Over a network endpoint (tcp) both sockets speak CURVE with the client's key pair (common/curve.py);
+a handshake the gateway refuses never delivers anything, so a timed-out request says why when the
+socket's monitor saw the refusal."""
 
 from __future__ import annotations
 
@@ -8,41 +12,104 @@ import time
 from collections import deque
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.connection import GatewayInfo
+from common.curve import CurveError, KeyPair, dial, network, register_hint
 from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import REPLY_TO, Error, HeaderFactory, Message, Published
 
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 
 class GatewayClient:
     def __init__(self, info: GatewayInfo, sender: str, headers: HeaderFactory | None = None,
-                 ctx: zmq.Context | None = None, subscribe: bool = True) -> None:
+                 ctx: zmq.Context | None = None, subscribe: bool = True, keys: KeyPair | None = None) -> None:
+        """`keys`: this client's CURVE pair, needed when the gateway's endpoints cross a network
+        (common.curve.client_pair_for gives it, or None on ipc)."""
         self.info = info
         self.ctx = ctx or zmq.Context.instance()
         self.codec = Codec(info.key_bytes)
         self.headers = headers or HeaderFactory(sender)
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(info.router)
+        self._monitor: zmq.Socket | None = None
+        self._key_name = keys.name if keys is not None else sender
+        self._trouble = ""
+        self.unsent = 0  # sends dropped because they could not be queued (CURVE clients only, see send)
         self.sub: zmq.Socket | None = None
-        if subscribe:
-            self.sub = self.ctx.socket(zmq.SUB)
-            self.sub.setsockopt(zmq.LINGER, 0)
-            self.sub.setsockopt(zmq.RCVHWM, 100_000)
-            self.sub.connect(info.pub)
+        self._curve = False
+        try:
+            self._curve = self._secure(self.dealer, info.router, keys)
+            if self._curve:
+                self._monitor = self.dealer.get_monitor_socket(_HANDSHAKE_EVENTS)
+            self.dealer.connect(info.router)
+            if subscribe:
+                self.sub = self.ctx.socket(zmq.SUB)
+                self.sub.setsockopt(zmq.LINGER, 0)
+                self.sub.setsockopt(zmq.RCVHWM, 100_000)
+                self._secure(self.sub, info.pub, keys)
+                self.sub.connect(info.pub)
+        except BaseException:
+            self.close()
+            raise
         self.inbox: deque[Message] = deque()
         self.bad_frames = 0
 
+    def _secure(self, sock: zmq.Socket, endpoint: str, keys: KeyPair | None) -> bool:
+        if not network(endpoint):
+            return False
+        if keys is None:
+            raise CurveError(f"{endpoint} crosses a network: this client needs its CURVE key pair (ktrader keys)")
+        if not self.info.curve_key:
+            raise CurveError(f"gateway.json names no CURVE key for {endpoint}: refresh it from the gateway's host "
+                             "(ktrader keys export)")
+        dial(sock, keys, self.info.curve_key.encode("ascii"))
+        return True
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self.dealer.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         self.dealer.close(0)
         if self.sub is not None:
             self.sub.close(0)
 
+    def handshake_trouble(self) -> str:
+        """Why a CURVE connection delivers nothing, if its monitor saw a failed handshake since the
+        last good one ("" on ipc, or when nothing failed)."""
+        while self._monitor is not None:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._trouble = ""
+            elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._trouble = (f"the gateway refused this client's CURVE key (ZAP {ev['value']}): register it on the "
+                                 f"gateway's host: {register_hint(self._key_name)}")
+            else:
+                self._trouble = ("the CURVE handshake with the gateway failed: is the curve_key in gateway.json the "
+                                 "running gateway's key? (copy a fresh one: ktrader keys export)")
+        return self._trouble
+
     # ---- DEALER -------------------------------------------------------------------------------
 
     def send(self, msg: Message) -> int:
-        self.dealer.send_multipart(self.codec.encode(msg))
+        frames = self.codec.encode(msg)
+        if not self._curve:
+            self.dealer.send_multipart(frames)
+            return msg.h.mid
+        try:
+            # Over tcp a send never blocks: after a refused handshake ZMQ drops the connection for
+            # good (no pipe to queue on), and a dead peer's queue can fill. The message is dropped and
+            # counted; a request it carried times out and says why (handshake_trouble).
+            self.dealer.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.unsent += 1
         return msg.h.mid
 
     def recv_nowait(self) -> Message | None:
@@ -65,7 +132,9 @@ class GatewayClient:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s")
+                why = self.handshake_trouble()
+                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s"
+                                   + (f"; {why}" if why else ""))
             if not self.dealer.poll(int(left * 1000) + 1, zmq.POLLIN):
                 continue
             while (reply := self.recv_nowait()) is not None:

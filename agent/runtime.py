@@ -29,6 +29,7 @@ from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
+from common.curve import CurveError, client_pair_for
 from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
@@ -85,6 +86,7 @@ class AgentRuntime(AgentServicesMixin):
         self.headers = HeaderFactory(card.id)
         self.client: GatewayClient | None = None
         self.info: GatewayInfo | None = None
+        self._gateway_sid = ""  # the gateway process session we registered with (its replies' header sid)
         self.strategy: Strategy | None = None
         self.orders: dict[str, OrderView] = {}
         self._positions: dict[str, PositionView] = {}
@@ -259,7 +261,12 @@ class AgentRuntime(AgentServicesMixin):
             self.feed.reset()  # a new gateway numbers its topics from 1 again
         if self.client is not None:
             self.client.close()
-        self.client = GatewayClient(self.info, self.agent_id, self.headers)
+        try:  # over tcp: CURVE with this agent's key pair (run/keys/clients/<id>.key_secret)
+            keys = client_pair_for(self.run_dir, self.agent_id, self.info.router, self.info.pub)
+            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys)
+        except CurveError as e:
+            self.client = None
+            raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
         takeover_wait = self.takeover_wait_s if self.takeover_wait_s is not None else 4.0
         deadline = time.monotonic() + takeover_wait
         while True:
@@ -279,6 +286,9 @@ class AgentRuntime(AgentServicesMixin):
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
         self._follow_clock(reply.snapshot.clock_ns)
+        if self._gateway_sid and reply.h.sid != self._gateway_sid:
+            self.feed.reset()  # a new gateway numbers its topics from 1 (a remote agent's gateway.json never changes)
+        self._gateway_sid = reply.h.sid
         # A fresh process rebuilds its state from the snapshot: the events before it are history,
         # not news, and must not trigger the strategy again (that is how orders get re-sent).
         # A running process that re-registers gets what it missed delivered as usual.

@@ -1,7 +1,10 @@
-"""run/gateway.json: how agents and tools find the gateway (endpoints + the per-run signing key).
+"""run/gateway.json: how agents and tools find the gateway (endpoints, the signing key and, on
+network endpoints, the gateway's CURVE public key).
 
 Written by the gateway with mode 0600 (atomically), read by everyone else. The key never leaves
-this file and process memory: it is not logged and not sent over the wire."""
+this file and process memory: it is not logged and not sent over the wire. On ipc the signing key
+is new every run; with CURVE (tcp) it is the stable run/keys/signing.secret, so a remote agent's
+copy of this file (`ktrader keys export`) survives gateway restarts."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     session: str
     started_ns: int
+    curve_key: str = ""  # the gateway's CURVE public key (z85) when its endpoints cross a network
 
     @property
     def key_bytes(self) -> bytes:

@@ -40,6 +40,7 @@ from common.errors import ErrorCode
 from common.views import order_view
 from server.core import build_order_core
 from server.agent_services import AgentServices, GetSummary
+from server.zap import ZapGuard
 from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
 from server.marketdata_requests import serve_bars, serve_market
@@ -79,9 +80,10 @@ class Gateway:
         self.broker_name = broker_name or type(broker).__name__
         self.clock = clock or clock_of(broker)
         self.headers = HeaderFactory("gateway")
-        self.key = secrets.token_bytes(32)
-        self.codec = Codec(self.key, cfg.max_frame_bytes)
         self.counters: Counter[str] = Counter()
+        self.zap = ZapGuard(self.run_dir, self.counters)  # CURVE on network endpoints (server/zap.py)
+        self.key = self.zap.signing_key(cfg.router_endpoint, cfg.pub_endpoint) or secrets.token_bytes(32)
+        self.codec = Codec(self.key, cfg.max_frame_bytes)
         self.started_ns = market_ns(self.clock)
         self.ctx = zmq.Context.instance()
         self.pub: Publisher | None = None
@@ -236,11 +238,12 @@ class Gateway:
         if not r_ep or not p_ep:
             d_r, d_p = default_endpoints(self.run_dir)
             r_ep, p_ep = r_ep or d_r, p_ep or d_p
-        self.router.bind(self.ctx, r_ep, self.cfg.max_frame_bytes)
+        self.router.bind(self.ctx, r_ep, self.cfg.max_frame_bytes, secure=self.zap.secure)
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.XPUB_NODROP, 1)  # HWM reached -> EAGAIN, so drops are counted, not silent
         xpub.setsockopt(zmq.SNDHWM, 100_000)
+        self.zap.secure(xpub, p_ep)
         xpub.bind(p_ep)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sessions.pub_endpoint = self.pub_endpoint
@@ -282,7 +285,7 @@ class Gateway:
             except (NotImplementedError, RuntimeError):
                 pass
         info = GatewayInfo(router=self.router_endpoint, pub=self.pub_endpoint, key=self.key.hex(), pid=os.getpid(),
-                           session=self.headers.sid, started_ns=self.started_ns)
+                           session=self.headers.sid, started_ns=self.started_ns, curve_key=self.zap.public_key)
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         self.router.drain()  # anything that arrived before the reader was armed
@@ -302,6 +305,7 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.core.stop()
+        self.zap.stop()
         self.router.close(loop)
         if self._xpub is not None:
             loop.remove_reader(self._xpub.getsockopt(zmq.FD))

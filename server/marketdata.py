@@ -30,7 +30,8 @@ DAILY_PAGES_MAX = 20  # 100 bars a page
 
 
 def session_rule(cfg: GatewayConfig) -> SessionRule:
-    """The twin's `open` clock trades around the clock on wall time: every print makes bars there."""
+    """The twin's `open` clock trades all day on its synthetic session day (from 09:00, past 15:20 when
+    left open longer than a session): every print makes bars there."""
     if cfg.broker.env is BrokerEnv.SIM and cfg.broker.sim_clock == "open":
         return SessionRule.ALL_DAY
     return SessionRule.KRX

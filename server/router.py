@@ -54,12 +54,16 @@ class Router:
 
     # ---- socket ------------------------------------------------------------------------------------
 
-    def bind(self, ctx: zmq.Context, endpoint: str, max_frame_bytes: int) -> None:
+    def bind(self, ctx: zmq.Context, endpoint: str, max_frame_bytes: int,
+             secure: Callable[[zmq.Socket, str], None] | None = None) -> None:
+        """`secure(sock, endpoint)` runs before the bind (CURVE on network endpoints, server/zap.py)."""
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 4)  # hard cap; the codec's cap is below it
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
+        if secure is not None:
+            secure(sock, endpoint)
         sock.bind(endpoint)
         self.sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)

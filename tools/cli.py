@@ -49,6 +49,15 @@ def _mount_rehearse() -> None:
 _mount_rehearse()
 
 
+def _mount_keys() -> None:
+    from tools.keys import keys_app
+
+    app.add_typer(keys_app, name="keys")
+
+
+_mount_keys()
+
+
 def _logging(level: str, log_file: str | None = None) -> None:
     from common.logs import setup_logging
 
@@ -91,6 +100,13 @@ def gateway(
                                  ("pub_endpoint", pub)) if v}
     if changes:
         cfg = msgspec.structs.replace(cfg, **changes)
+    try:  # tcp endpoints are served with CURVE: their keys must be in place (ktrader keys init)
+        from common.curve import check_gateway_keys
+
+        check_gateway_keys(cfg.run_dir, cfg.router_endpoint, cfg.pub_endpoint)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     from server.app import RunDirLocked
 
     with profiled(profile):

@@ -1,4 +1,5 @@
-"""`ktrader reset`: archive the runtime state (store, logs, locks, recorded data) for a clean start.
+"""`ktrader reset`: archive the runtime state (store, logs, locks, recorded data) for a clean start;
+the CURVE keys (run/keys) stay.
 
 Refuses while a gateway holds the run lock of run/ or of a folder under it (a demo or a replay
 gateway), or while the gateway named in run/gateway.json is alive; moves run/ aside to
@@ -20,6 +21,8 @@ class ResetRefused(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # an exported gateway.json (ktrader keys export) names no local process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -40,7 +43,8 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
             raise ResetRefused(f"the gateway (pid {info.pid}) is running: stop it first")
     except ConnectionFileError:
         pass
-    items = [p for p in run_dir.iterdir() if p.name != "README.md"] if run_dir.exists() else []
+    keep = ("README.md", "keys")  # keys/ is identity, not state: remote agents' bundles stay valid (issue 18b)
+    items = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.exists() else []
     if not items:
         return None
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")

@@ -38,7 +38,8 @@ def run(
     tick_interval: Annotated[float, typer.Option(help="seconds between price steps (0 = admin only)")] = 0.5,
     rate_real: Annotated[float, typer.Option(help="REST calls/s per real app key (EGW00201 above)")] = 20.0,
     rate_paper: Annotated[float, typer.Option(help="REST calls/s per paper app key")] = 2.0,
-    pingpong: Annotated[float, typer.Option(help="idle seconds before PINGPONG")] = 100.0,
+    pingpong: Annotated[float, typer.Option(help="idle seconds before PINGPONG (0 = never when idle)")] = 100.0,
+    pingpong_every: Annotated[float, typer.Option(help="send PINGPONG every N seconds, traffic or not (0 = off)")] = 0.0,
     quiet: Annotated[bool, typer.Option(help="print only the JSON line")] = False,
 ) -> None:
     if clock not in ("open", "kst", "replay"):
@@ -48,7 +49,7 @@ def run(
                         date=dt.date.fromisoformat(date) if date else None, speed=speed,
                         accounts_file=accounts, state_file=state_file, replay_csv_dir=replay_dir,
                         tick_interval=tick_interval, rate_real=rate_real, rate_paper=rate_paper,
-                        pingpong_s=pingpong)
+                        pingpong_s=pingpong, pingpong_every_s=pingpong_every)
     asyncio.run(_serve(config, quiet))
 
 

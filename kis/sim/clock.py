@@ -3,6 +3,11 @@ calendar) or `replay` (a given date from the opening call at N× speed).
 
 All three are "virtual = anchor + elapsed real time × speed"; the admin API re-anchors the clock to
 jump to the close or to the next trading day.
+
+`open` is a synthetic session day: its date is the configured one (or today), and its time of day
+starts at that day's opening (09:00) when the twin starts or moves to a day, then runs with the wall
+clock, so order, fill and print times read like KRX session times whatever the hour outside. A twin
+left open longer than the session (6 h 20 min) keeps trading with later times, up to 23:59:59.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import datetime as dt
 import time
 from enum import StrEnum
 
-from common.calendar import is_trading_day, next_trading_day
+from common.calendar import is_trading_day, next_trading_day, session_hours
 from common.clock import KST, now_kst
 from common.krx import Phase, SessionTimes, phase_at
+
+OPEN_MODE_START = dt.time(9, 0)
+OPEN_MODE_LAST = dt.time(23, 59, 59)
 
 
 class ClockMode(StrEnum):
@@ -35,18 +43,23 @@ class TwinClock:
         elif mode is ClockMode.KST:
             self._anchor(now_kst())
         else:
-            # open mode: the session date is fixed (config date or today), the time of day is wall time
-            self._day = date or now_kst().date()
-            self._anchor(now_kst())
+            self._open_day(date or now_kst().date())
 
     def _anchor(self, virtual: dt.datetime) -> None:
         self._virtual0 = virtual
         self._real0 = time.monotonic()
 
+    def _open_day(self, day: dt.date) -> None:
+        """Open mode: `day` from its opening time (09:00 on days KRX does not trade)."""
+        self._day = day
+        self._closed = False
+        hours = session_hours(day)
+        self._anchor(dt.datetime.combine(day, hours[0] if hours else OPEN_MODE_START, tzinfo=KST))
+
     def now(self) -> dt.datetime:
         t = self._virtual0 + dt.timedelta(seconds=(time.monotonic() - self._real0) * self.speed)
         if self.mode is ClockMode.OPEN:
-            return dt.datetime.combine(self._day, t.timetz())
+            return min(t, dt.datetime.combine(self._day, OPEN_MODE_LAST, tzinfo=KST))  # never the next day
         return t
 
     def today(self) -> dt.date:
@@ -69,18 +82,16 @@ class TwinClock:
     def move_to_next_day(self) -> dt.date:
         nxt = next_trading_day(self.today())
         if self.mode is ClockMode.OPEN:
-            self._day = nxt
-            self._closed = False
+            self._open_day(nxt)
         else:
             self._anchor(SessionTimes(nxt).auction_open)
         return nxt
 
     def move_to(self, when: dt.datetime) -> None:
-        """Jump to a KST time (kst/replay modes; open mode only takes the date)."""
+        """Jump to a KST time (kst/replay modes; open mode takes the date and starts it at its opening)."""
         if when.tzinfo is None:
             when = when.replace(tzinfo=KST)
         if self.mode is ClockMode.OPEN:
-            self._day = when.date()
-            self._closed = False
+            self._open_day(when.date())
         else:
             self._anchor(when)

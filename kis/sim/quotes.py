@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from kis.sim.rest import Call, Reply
 
 
+DAILY_CHART_MAX = 100  # rows per inquire-daily-itemchartprice call (API.md §4.12)
+MINUTE_CHART_MAX = 30  # rows per inquire-time-itemchartprice call (API.md §4.13)
+
+
 def _reply(body: dict[str, object], tr_cont: str = "") -> Reply:
     from kis.sim.rest import Reply
     return Reply(body, tr_cont)
@@ -236,7 +240,7 @@ def inquire_daily_itemchartprice(call: Call) -> Reply:
     all_bars = _bars(call, st)
     bars = _aggregate([b for b in all_bars if start <= b.day <= end], period)
     rows = []
-    for i in range(len(bars) - 1, max(len(bars) - 101, 0) - 1, -1):
+    for i in range(len(bars) - 1, max(len(bars) - DAILY_CHART_MAX, 0) - 1, -1):  # newest first, ≤ 100 a call
         b = bars[i]
         prev = bars[i - 1].close if i > 0 else b.open
         diff = b.close - prev
@@ -253,8 +257,10 @@ def inquire_time_itemchartprice(call: Call) -> Reply:
     ex = call.twin.exchange
     raw = call.params.get("FID_INPUT_HOUR_1", "").strip()
     now = ex.now_tmd()
-    until = raw if raw.isdigit() and len(raw) == 6 and raw <= now else now
-    keys = sorted(k for k in st.minute_bars if k <= until)[-30:][::-1]
+    # bars at/before HHMMSS; a future time means now (API.md §4.13), and so does 000000, which
+    # python-kis sends for "the latest" (its first page)
+    until = raw if raw.isdigit() and len(raw) == 6 and "000000" < raw <= now else now
+    keys = sorted(k for k in st.minute_bars if k <= until)[-MINUTE_CHART_MAX:][::-1]
     day = ex.day.strftime("%Y%m%d")
     rows = []
     for k in keys:

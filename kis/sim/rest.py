@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from kis.sim import quotes, trading
+from kis.sim import overseas, quotes, trading
 from kis.sim.auth import AppKey
 from kis.sim.twin import Twin
 from kis.sim.wire import (
@@ -68,6 +68,7 @@ def _ep(method: str, handler: Handler, real: str, paper: str = "") -> Endpoint:
 _T = "/uapi/domestic-stock/v1/trading/"
 _Q = "/uapi/domestic-stock/v1/quotations/"
 _QTR = "FHKST01010100"
+_O = "/uapi/overseas-stock/v1/trading/"
 
 ENDPOINTS: dict[str, Endpoint] = {
     _T + "order-cash": _ep("POST", trading.order_cash, "TTTC0012U TTTC0802U TTTC0011U TTTC0801U",
@@ -89,6 +90,11 @@ ENDPOINTS: dict[str, Endpoint] = {
     _Q + "chk-holiday": _ep("GET", quotes.chk_holiday, "CTCA0903R"),
     _Q + "volume-rank": _ep("GET", quotes.volume_rank, "FHPST01710000"),
     _Q + "search-info": _ep("GET", quotes.search_info, "CTPF1604R"),
+    # overseas account views, empty for the twin's domestic accounts (python-kis's default calls)
+    _O + "inquire-balance": _ep("GET", overseas.inquire_balance, "TTTS3012R", "VTTS3012R"),
+    _O + "inquire-present-balance": _ep("GET", overseas.inquire_present_balance, "CTRP6504R", "VTRP6504R"),
+    _O + "inquire-nccs": _ep("GET", overseas.inquire_nccs, "TTTS3018R", "VTTS3018R"),
+    _O + "inquire-ccnl": _ep("GET", overseas.inquire_ccnl, "TTTS3035R", "VTTS3035R"),
 }
 
 

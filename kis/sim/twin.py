@@ -79,7 +79,8 @@ class TwinConfig:
     rate_paper: float = 2.0
     auto_provision: bool = True
     tick_interval: float = 0.5  # seconds between price-process steps (0 = only via admin)
-    pingpong_s: float = 100.0  # idle seconds before the server sends PINGPONG (UNCONFIRMED interval)
+    pingpong_s: float = 100.0  # idle seconds before the server sends PINGPONG (UNCONFIRMED interval; 0 = never)
+    pingpong_every_s: float = 0.0  # > 0: PINGPONG every N seconds whatever the traffic (keep-alive tests)
     commission_ppm: int = 150
     sell_tax_ppm: int = 1_800
     reject_records: bool = True

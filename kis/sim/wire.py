@@ -119,6 +119,10 @@ TR_PRICE = "H0STCNT0"
 TR_BOOK = "H0STASP0"
 TR_NOTICE_REAL = "H0STCNI0"
 TR_NOTICE_PAPER = "H0STCNI9"
+# Overseas fill notices (official sample overseas_stock/ccnl_notice): registered like the domestic
+# ones (HTS id, encrypted ack) and never sent: the twin's accounts hold no overseas orders.
+TR_OVERSEAS_NOTICE_REAL = "H0GSCNI0"
+TR_OVERSEAS_NOTICE_PAPER = "H0GSCNI9"
 MAX_REGISTRATIONS = 41
 
 

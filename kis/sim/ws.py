@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from kis.sim.wire import (
     TR_BOOK,
     TR_NOTICE_PAPER,
     TR_NOTICE_REAL,
+    TR_OVERSEAS_NOTICE_PAPER,
+    TR_OVERSEAS_NOTICE_REAL,
     TR_PRICE,
     aes_encrypt,
     control,
@@ -147,7 +150,7 @@ class WsHub:
 
     def pingpong_all(self) -> int:
         for s in self.sessions:
-            s.push("PINGPONG", _pingpong(), None)
+            s.push("PINGPONG", _pingpong(self.twin.clock.now()), None)
         return len(self.sessions)
 
     def flush_held_notices(self) -> None:
@@ -213,14 +216,25 @@ class WsHub:
                     del self.subs[reg]
 
     async def _writer(self, s: Session) -> None:
-        ping_s = self.twin.config.pingpong_s
+        """Frames in queue order; PINGPONG after `pingpong_s` idle seconds and, when configured, every
+        `pingpong_every_s` seconds even while frames flow (a ping due is sent before the next frame)."""
+        idle_s = self.twin.config.pingpong_s
+        every_s = self.twin.config.pingpong_every_s
+        next_every = time.monotonic() + every_s if every_s > 0 else math.inf
         batch = self.twin.faults
         try:
             while not s.closed:
+                now = time.monotonic()
+                due = min(next_every, s.last_sent + idle_s if idle_s > 0 else math.inf)
+                if now >= due:
+                    if now >= next_every:
+                        next_every = now + every_s
+                    await s.ws.send_str(_pingpong(self.twin.clock.now()))
+                    s.last_sent = time.monotonic()
+                    continue
                 try:
-                    tr_id, frame, record = await asyncio.wait_for(s.queue.get(), timeout=ping_s)
+                    tr_id, frame, record = await asyncio.wait_for(s.queue.get(), None if due == math.inf else due - now)
                 except TimeoutError:
-                    await s.ws.send_str(_pingpong())
                     continue
                 n = batch.batch_records
                 if n > 1 and record is not None:
@@ -238,6 +252,7 @@ class WsHub:
                         await s.ws.send_str(item[1])
                 else:
                     await s.ws.send_str(frame)
+                s.last_sent = time.monotonic()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
         except Exception:
@@ -284,11 +299,11 @@ class WsHub:
             await self._reply(s, control(tr_id, tr_key, "9", "OPSP8996", "ALREADY IN USE appkey"))
             return
         notice_tr = TR_NOTICE_PAPER if key.paper else TR_NOTICE_REAL
-        valid = {TR_PRICE, TR_BOOK, notice_tr}
-        if tr_id not in valid:
+        notices = {notice_tr, TR_OVERSEAS_NOTICE_PAPER if key.paper else TR_OVERSEAS_NOTICE_REAL}
+        if tr_id not in {TR_PRICE, TR_BOOK} | notices:
             await self._reply(s, control(tr_id, tr_key, "1", "OPSP8991", f"invalid tr_id : {tr_id}"))
             return
-        encrypt = "Y" if tr_id == notice_tr else "N"
+        encrypt = "Y" if tr_id in notices else "N"
         reg = (tr_id, tr_key)
         if tr_type in ("2", "0"):
             if reg not in s.regs:
@@ -300,7 +315,7 @@ class WsHub:
                 subs.discard(s)
             await self._reply(s, control(tr_id, tr_key, "0", "OPSP0001", "UNSUBSCRIBE SUCCESS", encrypt=encrypt))
             return
-        if tr_id == notice_tr:
+        if tr_id in notices:
             accounts = self.twin.accounts_of(key)
             if key.auto and not key.hts_id and tr_key:
                 key.hts_id = tr_key  # an auto-provisioned key adopts the first HTS id it uses
@@ -316,12 +331,13 @@ class WsHub:
             await self._reply(s, control(tr_id, tr_key, "1", "OPSP0008", "MAX SUBSCRIBE OVER", encrypt=encrypt))
             return
         s.regs.add(reg)
-        if tr_id != notice_tr:
+        if tr_id not in notices:
             self.subs.setdefault(reg, set()).add(s)
         await self._reply(s, control(tr_id, tr_key, "0", "OPSP0000", "SUBSCRIBE SUCCESS", encrypt=encrypt,
                                      key_iv=s.key_iv))
 
 
-def _pingpong() -> str:
-    stamp = dt.datetime.now(KST).strftime("%Y%m%d%H%M%S")
+def _pingpong(when: dt.datetime) -> str:
+    """Stamped with the twin's clock, like every other time it sends."""
+    stamp = when.astimezone(KST).strftime("%Y%m%d%H%M%S")
     return json.dumps({"header": {"tr_id": "PINGPONG", "datetime": stamp}})

@@ -144,3 +144,22 @@ def test_replay_uses_recorded_previous_close() -> None:
         ex.step(["005930"])
     lower, upper = price_limits(st.prev_close)
     assert lower <= st.last <= upper and st.acml_vol > 0
+
+
+def test_open_clock_is_a_synthetic_session_day() -> None:
+    import datetime as dt
+
+    day = dt.date(2026, 3, 4)  # a Wednesday
+    clock = TwinClock(ClockMode.OPEN, day)
+    now = clock.now()
+    assert now.date() == day and dt.time(9, 0) <= now.time() < dt.time(9, 1)  # whatever the wall clock says
+    clock._real0 -= 3600  # an hour of running
+    assert dt.time(10, 0) <= clock.now().time() < dt.time(10, 1)
+    assert clock.move_to_next_day() == dt.date(2026, 3, 5)
+    assert dt.time(9, 0) <= clock.now().time() < dt.time(9, 1)
+    clock._real0 -= 20 * 3600  # left open all night: still the same day, at its last second
+    assert clock.now() == dt.datetime.combine(dt.date(2026, 3, 5), dt.time(23, 59, 59), tzinfo=clock.now().tzinfo)
+    from common.krx import Phase
+
+    assert clock.phase() is Phase.CONTINUOUS
+    assert TwinClock(ClockMode.OPEN, dt.date(2026, 3, 7)).now().time() >= dt.time(9, 0)  # a Saturday: 09:00 too

@@ -22,6 +22,7 @@ import zmq.asyncio
 
 from common.clock import now_kst
 from common.connection import ConnectionFileError, GatewayInfo, read_info
+from common.curve import TOOLS, CurveError, dial_gateway
 from common.errors import KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
@@ -132,6 +133,12 @@ class ConsoleModel:
         self._info, self._codec = info, Codec(info.key_bytes)
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
+        try:  # issue 18b: CURVE over tcp with the tools' key
+            dial_gateway(self._sub, self.run_dir, TOOLS, info.pub, info.curve_key)
+        except CurveError as e:
+            self.error = str(e)
+            self._close_sub()
+            return
         self._sub.connect(info.pub)
         self._topics = set()
         self._subscribe(SYSTEM_TOPIC)
