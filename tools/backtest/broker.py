@@ -12,18 +12,23 @@ Fill rules (an order never sees the bar it was decided on):
 - IOC / FOK: only the opening price counts; the rest (IOC) or all of it (FOK) is cancelled;
 - volume: our fills in one bar take at most `max_participation_bp` of its volume (1 bp = 0.01 %);
   a halted bar (volume 0) fills nothing;
-- a bar locked at the upper limit (low == high >= upper) fills no buys, one locked at the lower limit
-  no sells: the queue at a locked limit is long and we would not be first;
+- a bar locked at the upper limit (low == high at the day's upper limit) fills no buys, one locked at
+  the lower limit no sells: the queue at a locked limit is long and we would not be first. The limit is
+  the day's band (±15 % before 2015-06-15, ...: common/krx_rules.py); adjusted history rounds prices,
+  so a bar without range within half a percentage point of the band edge counts as locked too;
 - buys never take cash below zero: a buy is cut to what the cash (with commission) pays for;
-- DAY orders expire at the close of the last bar of their day (for daily bars: the bar they were
-  active in).
-Fill prices come from the data as is (split-adjusted history can be off the current tick grid);
-prices the strategy sends are checked against the current grid and the ±30 % band of the last close.
+- orders fill in the order they were sent, across codes (cash and volume go to the earlier order);
+- DAY orders live in one KRX session (the next one after a daily bar's close; the same day for intraday
+  bars) and expire at its close, whether or not the data has a bar for their code that day: a code
+  without a bar on a calendar session is halted and fills nothing.
+Fill prices come from the data as is (adjusted history can be off the grid); prices the strategy sends
+are checked against the grid and band of the session the order will live in; the sell tax is that
+trading day's rate for the code's market and kind (ETF/ETN none), unless a flat rate is configured.
 """
 
 from __future__ import annotations
 
-import functools
+import datetime as dt
 from dataclasses import dataclass, field
 
 import msgspec
@@ -31,7 +36,7 @@ import msgspec
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
-from common.krx import PriceRuleError, SecurityKind, check_price, on_grid, price_limits, tick_size
+from common.krx_rules import PPM, KrxRules, Market, PriceRuleError, SecurityKind, rules_for
 from common.orders import (
     Accept, Cancelled, Deny, Expire, Fill, Order, OrderEvent, Reject, Replaced, ReplaceRefused, RequestCancel,
     RequestReplace, StateError, Submit, apply,
@@ -41,6 +46,13 @@ from server.books import apply_fill
 from tools.backtest.costs import CostModel
 
 BP = 10_000
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+
+
+def _close_ns(day: str) -> int:
+    """15:30 KST of `day` in ns since the epoch (a session's regular close)."""
+    d = dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
+    return ((d.toordinal() - _EPOCH_DAY) * 86_400 + (15 * 60 + 30 - 9 * 60) * 60) * 1_000_000_000
 
 
 class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,7 +77,7 @@ class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
 class _Meta:
     reason: str
     decision_price: int
-    placed_step: int  # the engine step (bar time) it was decided at; live from the next step on
+    session: str  # the KRX session (YYYY-MM-DD) it lives in; it expires at that session's close
 
 
 # A notification for the strategy: ("order", Order) or ("fill", FillRecord, fill_id, ts_ns, PositionView);
@@ -80,6 +92,9 @@ class SimBroker:
     costs: CostModel = field(default_factory=CostModel)
     max_participation_bp: int = 1_000
     kinds: dict[str, SecurityKind] = field(default_factory=dict)
+    markets: dict[str, Market] = field(default_factory=dict)
+    flat_sell_tax_ppm: int | None = None  # None: each trading day's KRX rate (common/krx_rules.py)
+    uncapped: frozenset[str] = frozenset()  # codes whose data has no volume: fills not capped by it
 
     def __post_init__(self) -> None:
         if self.cash < 0:
@@ -104,6 +119,10 @@ class SimBroker:
         self._used: dict[str, int] = {}  # volume we took from the current bar, per code
         self.ts_ns = 0
         self.step = 0  # the engine's current bar-time index
+        # set by the engine: the session new orders will live in, and its rules (grid, band)
+        self.entry_session = ""
+        self.entry_rules: KrxRules = rules_for("2026-01-05")
+        self._listing: dict[str, tuple[SecurityKind, Market]] = {}
 
     # ---- views -----------------------------------------------------------------------------------
 
@@ -138,8 +157,8 @@ class SimBroker:
         order = Order(client_order_id=coid, agent=self.card.id, code=code, side=side, qty=max(qty, 0), price=price,
                       order_type=order_type, tif=tif, created_ns=ts, updated_ns=ts)
         self.orders[coid] = order
-        self.meta[coid] = _Meta(reason=reason, decision_price=self.last.get(code, 0), placed_step=self.step)
-        denial = self._gate(order)
+        self.meta[coid] = _Meta(reason=reason, decision_price=self.last.get(code, 0), session=self.entry_session)
+        denial = self._gate(order, self.entry_rules)
         if denial:
             self._step(coid, Deny(code=denial[0], reason=denial[1], ts_ns=ts), notes)
             return
@@ -153,8 +172,15 @@ class SimBroker:
         self._step(coid, Accept(broker_order_id=str(self._boid), ts_ns=ts), notes)
         self.open_ids.append(coid)
 
-    def _gate(self, o: Order) -> tuple[str, str] | None:
-        """The live risk gate's checks (server/risk.py), in the same order, plus cash: no margin here."""
+    def listing(self, code: str) -> tuple[SecurityKind, Market]:
+        got = self._listing.get(code)
+        if got is None:
+            got = self._listing[code] = (self.kinds.get(code, SecurityKind.STOCK), self.markets.get(code, Market.KOSPI))
+        return got
+
+    def _gate(self, o: Order, rules: KrxRules) -> tuple[str, str] | None:
+        """The live risk gate's checks (server/risk.py), in the same order, plus cash: no margin here.
+        `rules`: the KRX rules of the session the order will live in (its grid and band)."""
         qty, price, otype, code, side = o.qty, o.price, o.order_type, o.code, o.side
         if qty <= 0:
             return ErrorCode.BAD_ORDER, "qty must be positive"
@@ -168,11 +194,12 @@ class SimBroker:
         if not base:
             return ErrorCode.DENIED_MARKET_CLOSED, f"no price seen for {code} yet"
         if price > 0:
-            kind = self.kinds.get(code, SecurityKind.STOCK)
-            if not on_grid(price, kind):
-                return ErrorCode.DENIED_TICK, f"price {price} is off the tick grid (tick {tick_size(price, kind)})"
+            kind, market = self.listing(code)
+            if not rules.on_grid(price, kind, market):
+                return ErrorCode.DENIED_TICK, (f"price {price} is off the tick grid of {self.entry_session} "
+                                               f"(tick {rules.tick_size(price, kind, market)})")
             try:
-                check_price(price, base, kind)
+                rules.check_price(price, base, kind, market)
             except PriceRuleError as e:
                 return ErrorCode.DENIED_PRICE_BAND, str(e)
         orders, open_ids = self.orders, self.open_ids
@@ -225,10 +252,10 @@ class SimBroker:
             self._step(coid, RequestReplace(price=price, qty=total, ts_ns=self.ts_ns), notes)
         except StateError:
             return False
-        kind = self.kinds.get(o.code, SecurityKind.STOCK)
+        kind, market = self.listing(o.code)
         try:
             if o.order_type is not OrderType.MARKET:
-                check_price(price, self.base[o.code], kind)
+                self.entry_rules.check_price(price, self.base[o.code], kind, market)
         except PriceRuleError as e:
             self._step(coid, ReplaceRefused(code=ErrorCode.DENIED_PRICE_BAND, reason=str(e), ts_ns=self.ts_ns), notes)
             return False
@@ -242,28 +269,46 @@ class SimBroker:
     def has_open(self) -> bool:
         return bool(self.open_ids)
 
-    def match(self, bar: Bar, day: str, notes: list[Note]) -> None:
-        """Fill the open orders of `bar.code` against `bar`. The engine calls this before the strategy
-        sees `bar`, so every open order was decided on an earlier bar."""
-        code = bar.code
-        self._used[code] = 0
-        locked_up = locked_down = False
-        base = self.base.get(code, 0)
-        if bar.low == bar.high and base:  # only a bar without a range can be locked at a limit
-            lower, upper = _limits(base, self.kinds.get(code, SecurityKind.STOCK))
-            locked_up, locked_down = bar.high >= upper, bar.low <= lower
-        orders = self.orders
+    def match(self, bars: dict[str, Bar], day: str, notes: list[Note]) -> None:
+        """A KRX session's bars (code -> the bar of this bar time): fill the open orders in the order they
+        were sent, each against its code's bar. An order whose code has no bar here does not fill (a
+        halted code, or a bar time without it). The engine calls this before the strategy sees `bars`,
+        so every open order was decided on an earlier bar."""
+        rules = rules_for(day)
+        locks: dict[str, tuple[bool, bool]] = {}
+        used = self._used
+        for code in bars:
+            used[code] = 0
+        orders, meta = self.orders, self.meta
         for coid in list(self.open_ids):
             o = orders[coid]
-            if o.code != code:
+            bar = bars.get(o.code)
+            if bar is None or meta[coid].session > day:
                 continue
-            if not ((o.side is Side.BUY and locked_up) or (o.side is Side.SELL and locked_down)):
-                self._fill_order(o, bar, day, notes)
+            lock = locks.get(o.code)
+            if lock is None:
+                lock = locks[o.code] = self._locked(bar, rules)
+            if not ((o.side is Side.BUY and lock[0]) or (o.side is Side.SELL and lock[1])):
+                self._fill_order(o, bar, day, rules, notes)
                 o = orders[coid]
             if o.tif is not TimeInForce.DAY and o.is_open:
                 o = self._step(coid, Cancelled(ts_ns=self.ts_ns), notes)  # IOC/FOK rest: gone after the open
             if o.is_terminal:
                 self.open_ids.remove(coid)
+
+    def _locked(self, bar: Bar, rules: KrxRules) -> tuple[bool, bool]:
+        """(locked up, locked down): a bar without range at the day's limit (or within half a percentage
+        point of it: adjusted history rounds prices)."""
+        base = self.base.get(bar.code, 0)
+        if bar.low != bar.high or not base:  # only a bar without a range can be locked at a limit
+            return False, False
+        kind, market = self.listing(bar.code)
+        lower, upper = rules.price_limits(base, kind, market)
+        pct = rules.band_pct(market)
+        if pct is None:
+            return False, False
+        near = (pct * 10 - 5) * base  # 1000 x the move that counts as at the limit
+        return bar.high >= upper or (bar.high - base) * 1000 >= near, bar.low <= lower or (base - bar.low) * 1000 >= near
 
     def _price_for(self, o: Order, bar: Bar) -> int:
         """The fill price this bar allows for `o`, or 0. IOC/FOK only see the open."""
@@ -280,13 +325,16 @@ class SimBroker:
             return bar.close
         return 0
 
-    def _fill_order(self, o: Order, bar: Bar, day: str, notes: list[Note]) -> None:
+    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note]) -> None:
         price = self._price_for(o, bar)
         if not price:
             return
         code, buy, coid = o.code, o.side is Side.BUY, o.client_order_id
         used = self._used[code]
-        qty = min(o.remaining, bar.volume * self.max_participation_bp // BP - used)
+        if code in self.uncapped:
+            qty = o.remaining
+        else:
+            qty = min(o.remaining, bar.volume * self.max_participation_bp // BP - used)
         costs = self.costs
         if buy:
             qty = min(qty, costs.max_affordable(self.cash, price))
@@ -305,7 +353,11 @@ class SimBroker:
             tax = 0
             self.cash -= value + commission
         else:
-            tax = costs.sell_tax(value)
+            ppm = self.flat_sell_tax_ppm
+            if ppm is None:
+                kind, market = self.listing(code)
+                ppm = rules.sell_tax_ppm(market, kind)
+            tax = value * ppm // PPM
             self.cash += value - commission - tax
         self.fees += commission
         self.taxes += tax
@@ -323,12 +375,16 @@ class SimBroker:
         self.fills.append(rec)
         notes.append(("fill", rec, fid, ts_ns, pos))
 
-    def expire_day(self, notes: list[Note]) -> None:
-        """The close of a trading day: every order that was live in it (placed before this step) expires,
-        also when its code had no bar that day."""
+    def expire_sessions(self, day: str, notes: list[Note], before: bool = False) -> None:
+        """The close of the KRX sessions up to `day` (inclusive; `before`: only those before it): every
+        DAY order that lived in one of them expires, also when its code had no bar that day (halted).
+        An order of an earlier session expires at that session's close (15:30)."""
+        meta = self.meta
         for coid in list(self.open_ids):
-            if self.meta[coid].placed_step < self.step:
-                self._step(coid, Expire(ts_ns=self.ts_ns), notes)
+            session = meta[coid].session
+            if session < day or (session == day and not before):
+                ts = self.ts_ns if session == day else _close_ns(session)
+                self._step(coid, Expire(ts_ns=ts), notes)
                 self.open_ids.remove(coid)
 
     def expire_all(self, notes: list[Note]) -> None:
@@ -341,7 +397,3 @@ class SimBroker:
         self.base[code] = close
         self.last[code] = close
 
-
-@functools.lru_cache(maxsize=65536)
-def _limits(base: int, kind: SecurityKind) -> tuple[int, int]:
-    return price_limits(base, kind)

@@ -1,10 +1,14 @@
 """The event loop: one strategy instance, driven bar by bar through the live Strategy API.
 
 Daily bars (`1d`), per bar time t (a trading day), in this order:
-1. the simulated broker matches the orders decided before t against t's bars and expires the day's
-   leftovers; the strategy hears about it through `on_order` / `on_fill` (now() = t's open, 09:00);
+1. orders that lived in a KRX session before t without a bar for their code (a halted code, or a day
+   the data lacks) expire; the simulated broker matches the orders of session t against t's bars, in
+   the order they were sent, and expires the session's leftovers; the strategy hears about it through
+   `on_order` / `on_fill` (now() = t's open, 09:00);
 2. the strategy gets `on_bar` for every code with a bar at t, in the card's code order (now() = t's
-   close, 15:30); orders it places go to the broker at once and can fill from t+1 on;
+   close, 15:30); orders it places go to the broker at once and live in the next KRX session (the
+   calendar's, or the data's next day when the calendar has it closed), checked against that
+   session's tick grid and band (common/krx_rules.py);
 3. equity is marked at t's closes.
 
 Intraday bars (`1m`, `5m`, ...), per bar time t: the same steps 1-2 (now() = t's start while matching,
@@ -30,7 +34,9 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import Strategy
+from common.calendar import next_trading_day
 from common.clock import KST
+from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.orders import Order
@@ -59,6 +65,10 @@ class BacktestConfig:
     costs: CostModel = field(default_factory=CostModel)
     max_participation_bp: int = 1_000  # 10 % of a bar's volume
     params: dict[str, Any] | None = None  # overrides the card's [params] (sweeps)
+    # None: each trading day's securities transaction + rural tax for the code's market and kind
+    # (common/krx_rules.py, ETF/ETN none); a number: that flat rate on every sale (costs.sell_tax_ppm
+    # is not used by the backtester)
+    sell_tax_ppm: int | None = None
 
 
 @dataclass(slots=True)
@@ -222,7 +232,10 @@ class Backtest:
         cash = config.cash or card.budget or DEFAULT_CASH
         self.broker = SimBroker(card=card, cash=cash, costs=config.costs,
                                 max_participation_bp=config.max_participation_bp,
-                                kinds={c: s.kind for c, s in series.items()})
+                                kinds={c: s.kind for c, s in series.items()},
+                                markets={c: s.market for c, s in series.items()},
+                                flat_sell_tax_ppm=config.sell_tax_ppm,
+                                uncapped=frozenset(c for c, s in series.items() if not s.has_volume))
         if self.intraday:  # marks follow every bar; the band's base moves once a day
             self.broker.last = {}
         self.initial_cash = cash
@@ -245,14 +258,23 @@ class Backtest:
             self.times: list[str] = self.starts[code][firsts[code]:]
             self.at = self.bars[code][firsts[code]:]
         else:
-            by_time: dict[str, list[Bar]] = {}
+            by_time: dict[str, dict[str, Bar]] = {}
             for code in card.codes:  # card order = on_bar order within a bar time
                 for b in self.bars[code][firsts[code]:]:
-                    by_time.setdefault(b.start, []).append(b)
+                    by_time.setdefault(b.start, {})[code] = b
             self.times = sorted(by_time)
             self.at = [by_time[t] for t in self.times]
         if not self.times:
             raise BacktestError(f"no bars for {card.codes} between {lo} and {hi[:-1]}")
+        # the KRX session an order placed at each bar time lives in: intraday the same day; daily the
+        # next calendar session, or the data's next day if that comes first (the pre-1999 calendar has
+        # gaps where the data shows trading)
+        days = [t[:10] for t in self.times]
+        if self.intraday:
+            self.entry = days
+        else:
+            nxt = [next_trading_day(dt.date.fromisoformat(d)).isoformat() for d in days]
+            self.entry = [min(n, d2) for n, d2 in zip(nxt, days[1:])] + nxt[-1:]
         # intraday: True at each day's last bar time (where orders expire and equity is marked)
         self.day_end: list[bool] = []
         if self.intraday:
@@ -309,6 +331,9 @@ class Backtest:
         # on_start orders are decided before the first bar: they are live in it and expire after it
         broker = self.broker
         broker.step = self.step if self._running else -1
+        session = self.entry[self.step] if self._running else t[:10]
+        if session != broker.entry_session:
+            broker.entry_session, broker.entry_rules = session, rules_for(session)
         broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
         broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending)
         return coid
@@ -363,15 +388,14 @@ class Backtest:
             if broker.open_ids:
                 self.in_bar = False
                 broker.step = step
-                broker.ts_ns = _time_ns(t, minutes, False)
                 day = t[:10]
-                if single:
-                    broker.match(bars, day, pending)
-                else:
-                    for bar in bars:
-                        broker.match(bar, day, pending)
+                if not intraday:  # sessions that passed without a bar of any listed code: halted, expired
+                    broker.expire_sessions(day, pending, before=True)
+                broker.ts_ns = _time_ns(t, minutes, False)
+                broker.match({bars.code: bars} if single else bars, day, pending)
                 if not intraday:
-                    broker.expire_day(pending)  # daily bars: a day is one bar time
+                    broker.ts_ns = _time_ns(t, minutes, True)
+                    broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if pending:
                     self._deliver()
                 self.in_bar = True
@@ -386,9 +410,9 @@ class Backtest:
                 if pending:
                     self._deliver()
             else:
-                for bar in bars:  # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                for bar in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
                     last[bar.code] = bar.close
-                for bar in bars:
+                for bar in bars.values():
                     try:
                         on_bar(bar)
                     except Exception as e:
@@ -408,7 +432,7 @@ class Backtest:
                 if broker.open_ids:  # the close: DAY orders end with their day
                     broker.step = step
                     broker.ts_ns = _time_ns(t[:10], 0, True)
-                    broker.expire_all(pending)
+                    broker.expire_sessions(t[:10], pending)
                     self._deliver()
                 base.update(last)  # the day's last closes: tomorrow's band base
                 d_append(t[:10])
@@ -442,8 +466,7 @@ class Backtest:
             n_bars = len(self.at)
         else:
             for t, bars in zip(self.times, self.at):
-                if self.single:
-                    bars = (bars,)
+                bars = (bars,) if self.single else bars.values()
                 n_bars += len(bars)
                 day = t[:10]
                 for bar in bars:
