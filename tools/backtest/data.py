@@ -100,6 +100,7 @@ class Series:
     adjustment: str = ""  # RAW / ADJUSTED and why ("" for bars not from a file)
     notes: tuple[str, ...] = ()  # what the loader repaired or skipped, one line per kind of problem
     has_volume: bool = True  # False: the file has no volume (fills are not capped; halts not seen)
+    starts: list[str] | None = None  # bars[i].start, when the loader has the column already
 
 
 @dataclass(slots=True)
@@ -411,15 +412,14 @@ def load_bars(path: Path, code: str, date_to: dt.date | None = None, *, strict: 
     """Every OHLCV bar of `path` up to `date_to` (inclusive), oldest first."""
     cols = _file(path, strict, prices)
     bars = _bars(cols, code)
-    if date_to is not None:
-        bars = bars[:bisect.bisect_right(cols.starts, date_to.isoformat() + "~")]  # "~" after "THH:MM"
-    else:
-        bars = list(bars)
+    end = len(bars) if date_to is None else bisect.bisect_right(cols.starts, date_to.isoformat() + "~")  # "~" after "THH:MM"
+    bars, starts = bars[:end], cols.starts[:end]
     if listing is None or not listing.known:
         kind = SecurityKind.ETF if cols.name.upper().startswith(_ETF_PREFIXES) else SecurityKind.STOCK
         listing = replace(listing or Listing(), kind=kind) if kind is SecurityKind.ETF else (listing or Listing())
     return Series(code=code, bars=bars, kind=listing.kind, source=str(path), market=listing.market,
-                  adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume)
+                  adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume,
+                  starts=starts)
 
 
 def load_parquet(path: Path, code: str, date_to: dt.date | None = None, *, strict: bool = False) -> Series:

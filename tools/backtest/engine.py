@@ -106,6 +106,19 @@ def _time(start: str, minutes: int, end: bool) -> dt.datetime:
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _KST_OFFSET_S = 9 * 3600
+_OPEN_NS = (OPEN_HM[0] * 60 + OPEN_HM[1]) * 60_000_000_000
+_CLOSE_NS = (CLOSE_HM[0] * 60 + CLOSE_HM[1]) * 60_000_000_000
+
+
+_NEXT_SESSION: dict[str, str] = {}
+
+
+def _next_session(day: str) -> str:
+    """The KRX calendar's next session after `day` (memoised: calendar facts, shared by every run)."""
+    got = _NEXT_SESSION.get(day)
+    if got is None:
+        got = _NEXT_SESSION[day] = next_trading_day(dt.date.fromisoformat(day)).isoformat()
+    return got
 
 
 @functools.lru_cache(maxsize=65536)
@@ -245,7 +258,10 @@ class Backtest:
         firsts: dict[str, int] = {}
         for code in card.codes:  # bars are oldest first (loaders guarantee it)
             all_bars = series[code].bars
-            starts = [b.start for b in all_bars]
+            starts = series[code].starts  # the loader's column; rebuilt when the bars were replaced since
+            if (starts is None or len(starts) != len(all_bars)
+                    or (all_bars and (starts[0] != all_bars[0].start or starts[-1] != all_bars[-1].start))):
+                starts = [b.start for b in all_bars]
             end = bisect.bisect_right(starts, hi)
             self.bars[code] = all_bars[:end]
             self.starts[code] = starts[:end]
@@ -269,12 +285,7 @@ class Backtest:
         # the KRX session an order placed at each bar time lives in: intraday the same day; daily the
         # next calendar session, or the data's next day if that comes first (the pre-1999 calendar has
         # gaps where the data shows trading)
-        days = [t[:10] for t in self.times]
-        if self.intraday:
-            self.entry = days
-        else:
-            nxt = [next_trading_day(dt.date.fromisoformat(d)).isoformat() for d in days]
-            self.entry = [min(n, d2) for n, d2 in zip(nxt, days[1:])] + nxt[-1:]
+        self._entry: dict[int, str] = {}  # step -> session, computed when an order is placed
         # intraday: True at each day's last bar time (where orders expire and equity is marked)
         self.day_end: list[bool] = []
         if self.intraday:
@@ -300,6 +311,7 @@ class Backtest:
         # hooks the strategy leaves at the base no-op are not called (saves building views)
         self._wants_orders = type(self.strategy).on_order is not Strategy.on_order
         self._wants_fills = type(self.strategy).on_fill is not Strategy.on_fill
+        self.broker.quiet = not self._wants_orders
         self.step = 0
         self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
         self.timer_s = 0.0
@@ -308,6 +320,21 @@ class Backtest:
         self._coid_prefix = ""
         self._order_n = 0
         self._running = False
+
+    def entry_session(self, step: int) -> str:
+        """The KRX session an order placed at `step` lives in (see the module docstring)."""
+        got = self._entry.get(step)
+        if got is None:
+            times = self.times
+            day = times[step][:10]
+            if self.intraday:
+                got = day
+            else:
+                got = _next_session(day)
+                if step + 1 < len(times):
+                    got = min(got, times[step + 1][:10])
+            self._entry[step] = got
+        return got
 
     def daily(self, code: str) -> tuple[list[Bar], list[str]]:
         got = self._daily.get(code)
@@ -330,8 +357,12 @@ class Backtest:
         coid = self._coid_prefix + str(self._order_n)
         # on_start orders are decided before the first bar: they are live in it and expire after it
         broker = self.broker
-        broker.step = self.step if self._running else -1
-        session = self.entry[self.step] if self._running else t[:10]
+        step = self.step
+        if self._running:
+            broker.step = step
+            session = self._entry.get(step) or self.entry_session(step)
+        else:
+            broker.step, session = -1, day
         if session != broker.entry_session:
             broker.entry_session, broker.entry_rules = session, rules_for(session)
         broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
@@ -378,6 +409,8 @@ class Backtest:
         d_append, eq_append, h_append = dates.append, equity.append, holdings.append
         total = len(times)
         single = self.single
+        listening = self._wants_orders or self._wants_fills
+        open_ids, meta = broker.open_ids, broker.meta
         self._call("on_start")
         self._deliver()
         self.in_bar = True
@@ -385,19 +418,26 @@ class Backtest:
         for step, t in enumerate(times):
             self.step = step
             bars = at[step]
-            if broker.open_ids:
+            if open_ids:
                 self.in_bar = False
                 broker.step = step
                 day = t[:10]
-                if not intraday:  # sessions that passed without a bar of any listed code: halted, expired
-                    broker.expire_sessions(day, pending, before=True)
-                broker.ts_ns = _time_ns(t, minutes, False)
-                broker.match({bars.code: bars} if single else bars, day, pending)
-                if not intraday:
-                    broker.ts_ns = _time_ns(t, minutes, True)
+                if intraday:
+                    broker.ts_ns = _time_ns(t, minutes, False)
+                    broker.match(bars, day, pending)
+                else:
+                    day_ns = _day_ns(day)
+                    if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
+                        broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
+                    broker.ts_ns = day_ns + _OPEN_NS
+                    broker.match(bars, day, pending)
+                    broker.ts_ns = day_ns + _CLOSE_NS
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if pending:
-                    self._deliver()
+                    if listening:
+                        self._deliver()
+                    else:
+                        pending.clear()
                 self.in_bar = True
             if single:  # one code: the same steps without the loops over a bar time's bars
                 bar = bars
@@ -408,7 +448,10 @@ class Backtest:
                     raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                         f"{type(e).__name__}: {e}") from e
                 if pending:
-                    self._deliver()
+                    if listening:
+                        self._deliver()
+                    else:
+                        pending.clear()
             else:
                 for bar in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
                     last[bar.code] = bar.close
@@ -437,9 +480,12 @@ class Backtest:
                 base.update(last)  # the day's last closes: tomorrow's band base
                 d_append(t[:10])
             if held:
-                value = 0
-                for code, qty in held.items():
-                    value += qty * last[code]
+                if single:
+                    value = held.get(bars.code, 0) * bars.close
+                else:
+                    value = 0
+                    for code, qty in held.items():
+                        value += qty * last[code]
                 h_append(value)
                 eq_append(broker.cash + value)
             else:

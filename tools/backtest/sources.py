@@ -32,7 +32,7 @@ def _as_interval(series: dict[str, Series], bars: str, where: str) -> dict[str, 
         if have == bars:
             out[code] = s
         elif have == "1m" and bars != "1d":
-            out[code] = replace(s, bars=aggregate(s.bars, bars))
+            out[code] = replace(s, bars=aggregate(s.bars, bars), starts=None)
         else:
             raise DataError(f"{where}: {code} has {have} bars, not {bars} (use --bars {have})")
     return out
