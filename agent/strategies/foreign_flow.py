@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import msgspec
 
-from agent.strategy import Context, Strategy
+from agent.strategy import Context, DataNeed, Strategy
 from common.errors import KtraderError
 from common.krx_rules import rules_for
 from common.schema import InvestorDay, OrderView
@@ -55,6 +55,7 @@ def streak(days: list[InvestorDay], buying: bool, min_value: int = 0) -> int:
 
 class ForeignFlow(Strategy):
     Params = Params
+    needs = frozenset({DataNeed.FLOWS})
 
     def __init__(self, ctx: Context, params: Params) -> None:
         super().__init__(ctx, params)

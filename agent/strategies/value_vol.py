@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from agent.strategy import Context, Strategy
+from agent.strategy import Context, DataNeed, Strategy
 from common.enums import OrderType, Side
 from common.errors import KtraderError
 from common.krx_rules import rules_for
@@ -69,6 +69,7 @@ def volatility_pct(closes: list[int]) -> float:
 
 class ValueVol(Strategy):
     Params = Params
+    needs = frozenset({DataNeed.COMPANY})
 
     def __init__(self, ctx: Context, params: Params) -> None:
         super().__init__(ctx, params)

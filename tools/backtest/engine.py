@@ -33,17 +33,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.runtime import load_strategy_class
-from agent.strategy import Strategy
+from agent.strategy import DataNeed, Strategy
 from common.calendar import next_trading_day
 from common.clock import KST
+from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.orders import Order
-from common.schema import Bar, FillView, OrderView, PositionView
+from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import FillRecord, Note, SimBroker
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
+from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.services import BacktestServices
 
 DEFAULT_CASH = 100_000_000  # when the card has no budget
@@ -69,6 +71,7 @@ class BacktestConfig:
     # (common/krx_rules.py, ETF/ETN none); a number: that flat rate on every sale (costs.sell_tax_ppm
     # is not used by the backtester)
     sell_tax_ppm: int | None = None
+    history: CompanyHistory | None = None  # company data and investor flows for ctx.quote()/ctx.investor()
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class BacktestResult:
     closes: dict[str, tuple[list[str], list[int]]]  # code -> (days, each day's last close) (for the report)
     bars: int  # bars delivered to on_bar
     interval: str = "1d"
+    unanswered: dict[str, int] = field(default_factory=dict)  # ctx.quote/investor asked before the history began
 
 
 @functools.lru_cache(maxsize=65536)
@@ -110,6 +114,7 @@ _OPEN_NS = (OPEN_HM[0] * 60 + OPEN_HM[1]) * 60_000_000_000
 _CLOSE_NS = (CLOSE_HM[0] * 60 + CLOSE_HM[1]) * 60_000_000_000
 
 
+_NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
 _NEXT_SESSION: dict[str, str] = {}
 
 
@@ -157,7 +162,7 @@ def _daily_bars(bars: list[Bar]) -> list[Bar]:
     return out
 
 
-class BacktestContext(BacktestServices):  # state in memory; quote/investor/summary raise (services.py)
+class BacktestContext(BacktestServices):  # state in memory; quote/investor from the history (services.py)
     """The strategy's Context in a backtest (agent.strategy.Context): same calls, simulated broker."""
 
     def __init__(self, engine: Backtest) -> None:
@@ -308,10 +313,14 @@ class Backtest:
         except Exception as e:
             raise BacktestError(f"{card.strategy}: bad params {raw}: {e}") from e
         self.pending: list[Note] = []
+        self.history = config.history
+        self.missing: list[str] = []  # what the strategy asked for that this backtest cannot answer
+        self.unanswered: dict[str, int] = {}
         # hooks the strategy leaves at the base no-op are not called (saves building views)
         self._wants_orders = type(self.strategy).on_order is not Strategy.on_order
         self._wants_fills = type(self.strategy).on_fill is not Strategy.on_fill
         self.broker.quiet = not self._wants_orders
+        self._check_needs()
         self.step = 0
         self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
         self.timer_s = 0.0
@@ -320,6 +329,80 @@ class Backtest:
         self._coid_prefix = ""
         self._order_n = 0
         self._running = False
+
+    # ---- company data and flows (tools/backtest/services.py) ---------------------------------------
+
+    def _bar_now(self, code: str) -> tuple[int, list[Bar]]:
+        """Index of `code`'s newest complete bar at the current time (-1: none yet), and its bars."""
+        t = self.times[self.step]
+        starts = self.starts[code]
+        i = (bisect.bisect_right(starts, t) if self.in_bar else bisect.bisect_left(starts, t)) - 1
+        return i, self.bars[code]
+
+    def _unanswered(self, kind: str, message: str) -> KtraderError:
+        self.unanswered[kind] = self.unanswered.get(kind, 0) + 1
+        return KtraderError(ErrorCode.UNSUPPORTED, message)
+
+    def quote(self, code: str) -> PriceQuote:
+        """inquire-price as of the current bar: prices from the bars, company data from the history
+        (PER/PBR/EPS/BPS 0 without it, counted)."""
+        day = self.times[self.step][:10]
+        i, bars = self._bar_now(code)
+        if i < 0:
+            raise self._unanswered("quote before the first bar", f"no price for {code} before {day}")
+        h = self.history
+        row = h.quote_row(code, day) if h is not None and code in h.quotes else None
+        if row is None:
+            self.unanswered["quote without company data"] = self.unanswered.get("quote without company data", 0) + 1
+            row = _NO_COMPANY
+        bar = bars[i]
+        last, bday = bar.close, bar.start[:10]
+        j = i
+        while j > 0 and bars[j - 1].start[:10] == bday:  # intraday: the day so far
+            j -= 1
+        today = bars[j:i + 1]
+        base = bars[j - 1].close if j > 0 else today[0].open  # the previous day's close
+        kind, market = self.broker.listing(code)
+        rules = rules_for(bday)
+        lower, upper = rules.price_limits(base, kind, market)
+        eps, bps = row.eps, row.bps
+        return PriceQuote(
+            code=code, last=last, change=last - base, change_pct=round((last - base) * 100 / base, 2), open=today[0].open,
+            high=max(b.high for b in today), low=min(b.low for b in today), base=base, upper_limit=upper,
+            lower_limit=lower, volume=sum(b.volume for b in today), value=sum(b.value for b in today),
+            per=round(last / eps, 2) if eps > 0 else row.per, pbr=round(last / bps, 2) if bps > 0 else row.pbr,
+            eps=eps, bps=bps, market_cap=row.listed_shares * last if row.listed_shares else row.market_cap,
+            listed_shares=row.listed_shares, high_250d=row.high_250d, low_250d=row.low_250d,
+            tick=rules.tick_size(last, kind, market))
+
+    def investor(self, code: str) -> list[InvestorDay]:
+        """inquire-investor as of the current bar: completed days before today, newest first."""
+        assert self.history is not None
+        day = self.times[self.step][:10]
+        days = self.history.investor_days(code, day)
+        if not days:
+            self.unanswered["investor"] = self.unanswered.get("investor", 0) + 1
+        return days
+
+    def _check_needs(self) -> None:
+        """A strategy that declares it needs company data or flows does not start without them."""
+        h, lacking = self.history, []
+        for need in sorted(type(self.strategy).needs):
+            have = (h.quotes if need is DataNeed.COMPANY else h.flows) if h is not None else {}
+            codes = [c for c in self.card.codes if c not in have]
+            if codes:
+                what = "company data (PER/PBR/EPS/BPS)" if need is DataNeed.COMPANY else "investor flows"
+                lacking.append(f"{what} for {', '.join(codes)}")
+        if lacking:
+            where = f"{h.source} has none" if h is not None else "give --history PATH"
+            raise BacktestError(f"{self.card.strategy} needs {'; '.join(lacking)} ({where}: a run directory whose "
+                                f"gateway recorded them, or files in the layout of tools/backtest/history.py)")
+
+    def _check_missing(self) -> None:
+        if self.missing:
+            first = self.missing[0]
+            raise BacktestError(f"{self.card.strategy} needs what this backtest cannot give: {first} "
+                                f"(asked {len(self.missing)} time(s) by {self.times[self.step][:10]})")
 
     def entry_session(self, step: int) -> str:
         """The KRX session an order placed at `step` lives in (see the module docstring)."""
@@ -375,7 +458,10 @@ class Backtest:
         try:
             getattr(self.strategy, hook)(*args)
         except Exception as e:
+            self._check_missing()  # (the strategy may have let the UNSUPPORTED error through)
             raise BacktestError(f"{self.card.strategy}.{hook} failed at {self.times[self.step]}: {type(e).__name__}: {e}") from e
+        if self.missing:
+            self._check_missing()
 
     def _deliver(self) -> None:
         # notes raised while delivering (an order placed in on_fill) are delivered in the same pass
@@ -411,6 +497,7 @@ class Backtest:
         single = self.single
         listening = self._wants_orders or self._wants_fills
         open_ids, meta = broker.open_ids, broker.meta
+        missing = self.missing
         self._call("on_start")
         self._deliver()
         self.in_bar = True
@@ -445,8 +532,11 @@ class Backtest:
                 try:
                     on_bar(bar)
                 except Exception as e:
+                    self._check_missing()
                     raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                         f"{type(e).__name__}: {e}") from e
+                if missing:
+                    self._check_missing()
                 if pending:
                     if listening:
                         self._deliver()
@@ -459,8 +549,11 @@ class Backtest:
                     try:
                         on_bar(bar)
                     except Exception as e:
+                        self._check_missing()
                         raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                             f"{type(e).__name__}: {e}") from e
+                    if missing:
+                        self._check_missing()
                     if pending:
                         self._deliver()
             if self.next_timer is not None and self.ctx.now() >= self.next_timer:
@@ -529,8 +622,17 @@ class Backtest:
             orders=list(broker.orders.values()), order_states=dict(sorted(states.items())), fees=broker.fees,
             taxes=broker.taxes, traded_value=broker.traded_value,
             positions={c: p for c, p in broker.positions.items() if p.qty},
-            closes=closes, bars=n_bars, interval=self.interval,
+            closes=closes, bars=n_bars, interval=self.interval, unanswered=dict(self.unanswered),
         )
+
+
+def unconfirmed_rules(days: list[str]) -> list[str]:
+    """The UNCONFIRMED KRX rule rows in force over these days (for the report)."""
+    seen: dict[int, tuple[str, ...]] = {}
+    for d in days:
+        r = rules_for(d)
+        seen.setdefault(id(r), r.unconfirmed)
+    return sorted({n for notes in seen.values() for n in notes})
 
 
 def run_backtest(card: AgentCard, series: dict[str, Series], config: BacktestConfig,
