@@ -69,10 +69,15 @@ def test_cli_writes_the_report(shared_data: Path, tmp_path: Path, capsys: pytest
                "--from", "2020-01-02", "--to", "2026-05-29", "--benchmark",
                str(shared_data / "krx_daily_1990_2023" / "kospi200.csv"), "--out", str(out), "--json"])
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
     m = summary["metrics"]
     assert m["trades"] > 5 and m["fees"] > 0 and m["taxes"] > 0
     assert m["benchmark"] == "kospi200" and m["benchmark_days"] > 900 and m["beta"] is not None
+    # the benchmark ends 2023-12-28: warned about, and the metrics say over which days
+    assert (m["benchmark_from"], m["benchmark_to"], m["run_days"]) == ("2020-01-02", "2023-12-28", 1572)
+    assert f"benchmark kospi200 covers {m['benchmark_days']:,} of the run's 1,572 days" in cap.err
+    assert summary["data"]["005930"]["adjustment"].startswith("raw") and summary["rules_unconfirmed"] == []
     for name in ("summary.json", "equity.csv", "equity.json", "trades.csv", "trades.json", "fills.csv", "orders.csv",
                  "report.png", "report.html"):
         assert (out / name).stat().st_size > 0, name

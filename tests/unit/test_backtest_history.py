@@ -140,3 +140,25 @@ def test_export_of_recorded_queries_round_trips(tmp_path: Path) -> None:
     assert a.quote_row("005930", "2026-11-20").eps == 5_600 and a.quote_row("005930", "2026-11-19") is None
     assert [d.day for d in a.investor_days("005930", "2026-11-20")] == ["20261119"]
     assert a.investor_days("005930", "2026-11-19") == []  # not before its own day is over
+
+
+def test_data_export_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from common.schema import InvestorDay
+    from server.query_history import QueryHistory
+
+    db = QueryHistory(tmp_path / "run" / "data" / "queries.sqlite")
+    db.record_investor("000660", [InvestorDay(day="20261119", close=1, foreign_qty=1, institution_qty=0,
+                                              individual_qty=-1, foreign_value=1, institution_value=0,
+                                              individual_value=-1)], 1)
+    db.close()
+    cmd = [sys.executable, "-m", "tools.cli", "data", "export", "--run-dir", str(tmp_path / "run"), "--out",
+           str(tmp_path / "out")]
+    ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "1 files in" in ok.stdout
+    assert (tmp_path / "out" / "000660.investor.csv").read_text().splitlines()[1] == "2026-11-19,1,1,0,-1,1,0,-1"
+    none = subprocess.run([*cmd[:6], str(tmp_path / "nothing"), *cmd[7:]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert none.returncode == 2 and "nothing recorded yet" in none.stderr and "Traceback" not in none.stderr

@@ -239,7 +239,7 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
         _warn(console, f"{n:,} × {what} (the history does not reach back that far)")
     data_info = {code: {"source": s.source, "adjustment": s.adjustment, "market": str(s.market), "kind": str(s.kind),
                         "notes": list(s.notes)} for code, s in series.items()}
-    extra = {"data": data_info, "rules_unconfirmed": unconfirmed_rules(result.dates), "unanswered": result.unanswered,
+    extra = {"data": data_info, "rules_unconfirmed": unconfirmed_rules(result.dates, {str(s.market) for s in series.values()}), "unanswered": result.unanswered,
              "history": hist.source if hist else None}
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)

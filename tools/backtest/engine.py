@@ -626,13 +626,13 @@ class Backtest:
         )
 
 
-def unconfirmed_rules(days: list[str]) -> list[str]:
-    """The UNCONFIRMED KRX rule rows in force over these days (for the report)."""
+def unconfirmed_rules(days: list[str], markets: set[str]) -> list[str]:
+    """The UNCONFIRMED KRX rule rows of these markets in force over these days (for the report)."""
     seen: dict[int, tuple[str, ...]] = {}
     for d in days:
         r = rules_for(d)
         seen.setdefault(id(r), r.unconfirmed)
-    return sorted({n for notes in seen.values() for n in notes})
+    return sorted({n for notes in seen.values() for n in notes if n.split(" (")[0].split()[-1] in markets})
 
 
 def run_backtest(card: AgentCard, series: dict[str, Series], config: BacktestConfig,
