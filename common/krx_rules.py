@@ -28,13 +28,14 @@ change on 1 January applies to the last trades of December (the sources above sa
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from common.calendar import add_trading_days, known_year
+from common.calendar import add_trading_days, is_trading_day, known_year, previous_trading_day
 
 PPM = 1_000_000
 
@@ -299,16 +300,36 @@ def _build(day: dt.date) -> KrxRules:
     return shared
 
 
+def _first_trade_settling(since: dt.date) -> dt.date:
+    """The first trading day whose T+2 settlement is on or after `since`."""
+    d = since - dt.timedelta(days=1)
+    while not is_trading_day(d := d + dt.timedelta(days=1)):
+        pass
+    return previous_trading_day(previous_trading_day(d))
+
+
+# Every day on which some row starts to apply (tax rows: the first trade that settles under them):
+# between two of these, one KrxRules object holds, so rules_for is a bisect on first use of a day.
+_BOUNDARIES: list[str] = sorted({
+    *(r.since.isoformat() for r in (*TICK_ROWS, *BAND_ROWS) if r.since > _EARLIEST),
+    *(r.confirmed_since.isoformat() for r in TICK_ROWS if r.confirmed_since is not None),
+    *(_first_trade_settling(r.since).isoformat() for r in TAX_ROWS if r.since > _EARLIEST),
+})
+_PERIODS: list[KrxRules | None] = [None] * (len(_BOUNDARIES) + 1)
+
+
 def rules_for(day: dt.date | str) -> KrxRules:
     """The rules in force on `day` (a date or "YYYY-MM-DD..."). Cached per day; days with the same rows
     share one object."""
-    if isinstance(day, str):
-        day = day[:10]  # intraday bar times share their day's row
     got = _BY_DAY.get(day)
     if got is None:
-        d = day if isinstance(day, dt.date) else dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
-        got = _BY_DAY.get(d) or _build(d)
-        _BY_DAY[day] = _BY_DAY[d] = got
+        key = day[:10] if isinstance(day, str) else day.isoformat()  # intraday bar times: their day's row
+        i = bisect.bisect_right(_BOUNDARIES, key)
+        got = _PERIODS[i]
+        if got is None:
+            got = _PERIODS[i] = _build(dt.date.fromisoformat(_BOUNDARIES[i - 1]) if i else _EARLIEST)
+        if len(_BY_DAY) < 200_000:
+            _BY_DAY[day] = got
     return got
 
 
