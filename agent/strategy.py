@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 import msgspec
@@ -101,16 +102,26 @@ def unsubscribed_bars(cls: type["Strategy"], subscribed: list[BarInterval]) -> l
     return [b for b in cls.needs_bars if b not in subscribed]
 
 
+class DataNeed(StrEnum):
+    """Data beyond prices a strategy cannot work without, declared so a backtest can refuse to run
+    without it (tools/backtest/history.py) instead of quietly trading on zeros."""
+
+    COMPANY = "company"  # PER/PBR/EPS/BPS of ctx.quote()
+    FLOWS = "flows"  # ctx.investor()
+
+
 class Strategy:
     """Base class. Override what you need; the defaults do nothing.
 
     `Params` (a msgspec Struct) validates the card's [params] table; the instance gets `self.params`.
+    `needs`: the DataNeed it cannot work without.
     """
 
     Params: ClassVar[type[msgspec.Struct] | None] = None
     # Bar intervals the strategy decides on: its card must subscribe to them (`[subscriptions] bars`);
     # the card checker and the runtime refuse a card that does not.
     needs_bars: ClassVar[tuple[BarInterval, ...]] = ()
+    needs: ClassVar[frozenset[DataNeed]] = frozenset()
 
     def __init__(self, ctx: Context, params: Any) -> None:
         self.ctx = ctx

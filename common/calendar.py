@@ -1,9 +1,12 @@
-"""KRX trading-day calendar: weekday holidays (incl. Dec 31 and election days) and late-open days.
+"""KRX trading-day calendar: weekday holidays (incl. Dec 31 and election days), the Saturday
+sessions of 1986–1998, and late-open days.
 
-Holidays 2010–2026 are the weekdays without a session in the XKRX calendar of exchange_calendars
-(checked against shared/data/krx_calendar/xkrx.csv by tests/unit/test_calendar.py); 2027 is the
-exchange_calendars 4.13.2 rule set. Extend HOLIDAYS each year: an unknown year falls back to
-"weekdays are trading days" and `known_year()` says so, so callers can warn.
+Holidays 1986–2026 are the weekdays without a session in the XKRX calendar of exchange_calendars
+(shared/data/krx_calendar/xkrx.csv, Apache-2.0; checked by tests/unit/test_calendar.py); 2027 is the
+exchange_calendars 4.13.2 rule set. Until 1998-12-05 KRX also traded on Saturdays (half days), except
+on the Saturdays listed in _SATURDAY_HOLIDAYS_MMDD. Extend HOLIDAYS each year: an unknown year falls
+back to "weekdays are trading days" and `known_year()` says so, so callers can warn. Session hours
+before 2000 (and Saturday half days) are not modelled: `session_hours` gives today's hours.
 """
 
 from __future__ import annotations
@@ -13,6 +16,30 @@ from functools import lru_cache
 
 # year -> MMDD of weekday holidays (Saturday/Sunday are never sessions since 1998-12).
 _HOLIDAYS_MMDD: dict[int, str] = {
+    1986: "0101 0102 0103 0310 0505 0516 0606 0717 0815 0918 0919 1001 1003 1009 1225 1229 1230 1231",
+    1987: "0101 0102 0129 0310 0505 0717 1001 1007 1008 1009 1027 1216 1225 1228 1229 1230 1231",
+    1988: "0101 0218 0225 0301 0310 0405 0426 0505 0523 0606 0815 0926 1003 1227 1228 1229 1230",
+    1989: "0102 0103 0206 0207 0301 0310 0405 0505 0512 0606 0717 0815 0913 0914 0915 1002 1003 1009 1012 1225 1227 1228 1229",
+    1990: "0101 0102 0126 0301 0405 0502 0606 0717 0815 1001 1002 1003 1004 1009 1225 1227 1228 1231",
+    1991: "0101 0102 0214 0215 0301 0326 0405 0521 0606 0620 0717 0815 0923 1003 1225 1227 1230 1231",
+    1992: "0101 0102 0203 0204 0205 0310 0324 0505 0717 0910 0911 1218 1225 1228 1229 1230 1231",
+    1993: "0101 0122 0301 0310 0405 0505 0528 0707 0929 0930 1001 1229 1230 1231",
+    1994: "0103 0209 0210 0211 0214 0301 0405 0505 0518 0520 0606 0815 0919 0920 0921 1003 1229 1230",
+    1995: "0102 0130 0131 0201 0301 0405 0501 0505 0606 0717 0815 0908 1003 1225 1229",
+    1996: "0101 0102 0219 0220 0301 0405 0501 0524 0606 0717 0815 0926 0927 1003 1225 1230 1231",
+    1997: "0101 0102 0207 0501 0505 0514 0606 0717 0815 0915 0916 0917 1003 1218 1225 1229 1230 1231",
+    1998: "0101 0102 0127 0128 0129 0501 0505 0717 1005 1006 1225 1229 1230 1231",
+    1999: "0101 0215 0216 0217 0301 0405 0505 0923 0924 1229 1230 1231",
+    2000: "0103 0204 0301 0405 0413 0501 0505 0511 0606 0717 0815 0911 0912 0913 1003 1225 1227 1228 1229",
+    2001: "0101 0123 0124 0125 0301 0405 0501 0606 0717 0815 1001 1002 1003 1225 1231",
+    2002: "0101 0211 0212 0213 0301 0405 0501 0606 0613 0701 0717 0815 0920 1003 1219 1225 1231",
+    2003: "0101 0131 0501 0505 0508 0606 0717 0815 0910 0911 0912 1003 1225 1231",
+    2004: "0101 0121 0122 0123 0301 0405 0415 0505 0526 0927 0928 0929 1231",
+    2005: "0208 0209 0210 0301 0405 0505 0606 0815 0919 1003 1230",
+    2006: "0130 0301 0501 0505 0531 0606 0717 0815 1003 1005 1006 1225 1229",
+    2007: "0101 0219 0301 0501 0524 0606 0717 0815 0924 0925 0926 1003 1219 1225 1231",
+    2008: "0101 0206 0207 0208 0409 0501 0505 0512 0606 0815 0915 1003 1225 1231",
+    2009: "0101 0126 0127 0501 0505 1002 1225 1231",
     2010: "0101 0215 0301 0505 0521 0602 0921 0922 0923 1231",
     2011: "0202 0203 0204 0301 0505 0510 0606 0815 0912 0913 1003 1230",
     2012: "0123 0124 0301 0411 0501 0528 0606 0815 1001 1003 1219 1225 1231",
@@ -31,6 +58,24 @@ _HOLIDAYS_MMDD: dict[int, str] = {
     2025: "0101 0127 0128 0129 0130 0303 0501 0505 0506 0603 0606 0815 1003 1006 1007 1008 1009 1225 1231",
     2026: "0101 0216 0217 0218 0302 0501 0505 0525 0603 0817 0924 0925 1005 1009 1225 1231",
     2027: "0101 0208 0209 0301 0505 0513 0816 0914 0915 0916 1004 1011 1227 1231",
+}
+
+# year -> MMDD of Saturdays without a session, while Saturdays were trading days (to 1998-12-05).
+LAST_SATURDAY_SESSION = dt.date(1998, 12, 5)
+_SATURDAY_HOLIDAYS_MMDD: dict[int, str] = {
+    1986: "0301 0405",
+    1987: "0103 0606 0815 1003",
+    1988: "0102 1001 1231",
+    1989: "1230",
+    1990: "0127 0310 0505",
+    1991: "0216 0921",
+    1992: "0606 0815 0912 1003",
+    1993: "0102 0123 0717 1225",
+    1994: "0101 1231",
+    1995: "0909 1230",
+    1996: "0928",
+    1997: "0208 0301 0405",
+    1998: "0606 0815 1003",
 }
 
 # Late-open days: (open, close) in KST. First trading day of the year opens an hour late; on the
@@ -60,8 +105,17 @@ def known_year(year: int) -> bool:
     return year in _HOLIDAYS_MMDD
 
 
+@lru_cache(maxsize=None)
+def _saturday_holidays(year: int) -> frozenset[dt.date]:
+    mmdd = _SATURDAY_HOLIDAYS_MMDD.get(year, "")
+    return frozenset(dt.date(year, int(s[:2]), int(s[2:])) for s in mmdd.split())
+
+
 def is_trading_day(day: dt.date) -> bool:
-    return day.weekday() < 5 and day not in holidays(day.year)
+    wd = day.weekday()
+    if wd < 5:
+        return day not in holidays(day.year)
+    return wd == 5 and day <= LAST_SATURDAY_SESSION and day not in _saturday_holidays(day.year)
 
 
 def next_trading_day(day: dt.date) -> dt.date:
@@ -76,6 +130,13 @@ def previous_trading_day(day: dt.date) -> dt.date:
     while not is_trading_day(d):
         d -= dt.timedelta(days=1)
     return d
+
+
+def add_trading_days(day: dt.date, n: int) -> dt.date:
+    """The n-th trading day after `day` (n >= 1), e.g. the T+2 settlement day of a trade on `day`."""
+    for _ in range(n):
+        day = next_trading_day(day)
+    return day
 
 
 def first_trading_day_of_year(year: int) -> dt.date:

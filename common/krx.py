@@ -1,7 +1,9 @@
-"""KRX market rules: tick grid, daily price band, session phases.
+"""KRX market rules of today: tick grid, daily price band, session phases.
 
 Facts from shared/kis/API.md §7 (tick table in force since 2023-01-25, ±30 % band since 2015-06-15,
-limits rounded to the grid toward the base price). All prices are integer KRW.
+limits rounded to the grid toward the base price). All prices are integer KRW. The rules of other
+days (older grids and bands, taxes by year) are in common/krx_rules.py; these functions are its
+newest row.
 """
 
 from __future__ import annotations
@@ -11,81 +13,47 @@ from enum import StrEnum
 
 from common.calendar import session_hours
 from common.clock import KST
+from common.krx_rules import CURRENT, Market, PriceRuleError, SecurityKind  # noqa: F401 (re-exported)
 
-
-class SecurityKind(StrEnum):
-    STOCK = "stock"
-    ETF = "etf"  # ETF / ETN / ELW: their own, finer grid
-
-
-# (upper bound exclusive, tick) for ordinary stocks, KOSPI = KOSDAQ = KONEX since 2023-01-25.
-_STOCK_TICKS: tuple[tuple[int, int], ...] = (
-    (2_000, 1),
-    (5_000, 5),
-    (20_000, 10),
-    (50_000, 50),
-    (200_000, 100),
-    (500_000, 500),
-)
-_TOP_TICK = 1_000
 
 PRICE_LIMIT_PCT = 30
 AFTER_HOURS_BAND_PCT = 10  # 시간외 단일가: within ±10 % of the close (and the daily band)
 
-
-class PriceRuleError(ValueError):
-    """A price that the KRX rules do not allow (off grid, outside the band, not positive)."""
+# Today's row of the rules by date (common/krx_rules.py): one ladder for every market since 2023-01-25.
 
 
 def tick_size(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     """The tick at `price`. ETF/ETN trade on a 5-won grid (1 won below 2,000: UNCONFIRMED, our choice)."""
-    if price <= 0:
-        raise PriceRuleError(f"price must be positive, got {price}")
-    if kind is SecurityKind.ETF:
-        return 1 if price < 2_000 else 5
-    for bound, tick in _STOCK_TICKS:
-        if price < bound:
-            return tick
-    return _TOP_TICK
+    return CURRENT.tick_size(price, kind)
 
 
 def on_grid(price: int, kind: SecurityKind = SecurityKind.STOCK) -> bool:
-    return price > 0 and price % tick_size(price, kind) == 0
+    return CURRENT.on_grid(price, kind)
 
 
 def round_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     """Largest grid price <= price (for price >= 1)."""
-    tick = tick_size(price, kind)
-    return price - price % tick
+    return CURRENT.round_down(price, kind)
 
 
 def round_up(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     """Smallest grid price >= price. The tick can grow across a band edge; band edges are on both grids."""
-    tick = tick_size(price, kind)
-    rem = price % tick
-    return price if rem == 0 else price + (tick - rem)
+    return CURRENT.round_up(price, kind)
 
 
 def next_tick_up(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     """The grid price one tick above a grid price."""
-    return price + tick_size(price, kind)
+    return CURRENT.next_tick_up(price, kind)
 
 
 def next_tick_down(price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
     """The grid price one tick below a grid price (the tick of the lower price, across band edges)."""
-    lower = price - 1
-    if lower <= 0:
-        raise PriceRuleError(f"no grid price below {price}")
-    return round_down(lower, kind)
+    return CURRENT.next_tick_down(price, kind)
 
 
 def ticks_away(price: int, ticks: int, limit: int = 0) -> int:
     """`ticks` steps up (or down, when negative) the tick grid, not past the day's price `limit`."""
-    for _ in range(abs(ticks)):
-        price = next_tick_up(price) if ticks > 0 else next_tick_down(price)
-    if limit:
-        price = min(price, limit) if ticks > 0 else max(price, limit)
-    return price
+    return CURRENT.ticks_away(price, ticks, limit)
 
 
 def price_limits(base: int, kind: SecurityKind = SecurityKind.STOCK, pct: int = PRICE_LIMIT_PCT) -> tuple[int, int]:
@@ -94,13 +62,13 @@ def price_limits(base: int, kind: SecurityKind = SecurityKind.STOCK, pct: int = 
     Raw limits are base ± base*pct/100, rounded to the grid toward the base: the upper limit down,
     the lower limit up (official example: base 128,500 → 90,000 / 167,000).
     """
+    if pct == PRICE_LIMIT_PCT:
+        return CURRENT.price_limits(base, kind)
     if base <= 0:
         raise PriceRuleError(f"base price must be positive, got {base}")
     upper_raw = base * (100 + pct) // 100  # floor is toward the base already
     lower_raw = -(-base * (100 - pct) // 100)  # ceil
-    upper = round_down(upper_raw, kind)
-    lower = max(round_up(max(lower_raw, 1), kind), 1)
-    return lower, upper
+    return max(round_up(max(lower_raw, 1), kind), 1), round_down(upper_raw, kind)
 
 
 def check_price(price: int, base: int, kind: SecurityKind = SecurityKind.STOCK) -> None:

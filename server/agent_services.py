@@ -12,6 +12,8 @@ run on its own REST quota, and the summary of its order book across days.
   agent cannot queue minutes of work and every query it has in flight answers within its timeout.
 - Summary (`GetSummary`): every order of the agent from the store, totals per code and overall; the
   position, realised P&L and fees from the OMS books; unrealised P&L against the OMS marks.
+- History: every answered price/investor query is also recorded by day (server/query_history.py,
+  `run/data/queries.sqlite`), so strategies that read company data or flows can be backtested on it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from common.clock import now_ns
+from common.clock import now_ns, today_kst
 from common.errors import ErrorCode
 from common.orders import OPEN, Order
 from common.schema import (
@@ -38,6 +41,7 @@ from common.enums import Side
 from kis.port import BrokerError, BrokerRejected
 from common.portfolio import Portfolio
 from common.views import order_view
+from server.query_history import Recorder
 
 if TYPE_CHECKING:
     from server.registry import AgentRecord
@@ -200,7 +204,8 @@ class AgentServices:
     """Plugged into the gateway's dispatch (server/gateway.py) for the messages above."""
 
     def __init__(self, store: Store, portfolio: Portfolio, broker: object, headers: HeaderFactory,
-                 reply: Callable[[bytes, Message], bool], spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+                 reply: Callable[[bytes, Message], bool], spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 history_path: Path | None = None) -> None:
         self.state = StateTable(store)
         self.store = store
         self.portfolio = portfolio
@@ -210,6 +215,13 @@ class AgentServices:
         self.spawn = spawn
         self.inflight: dict[str, int] = defaultdict(int)
         self.counters: dict[str, int] = defaultdict(int)
+        # what agents read, by market day (the broker's clock when it has one: the twin's replay day);
+        # by default next to the bars in the gateway's run directory (<run>/db/gateway.sqlite -> <run>/data/)
+        if history_path is None:
+            store_path = Path(getattr(store, "path", "") or ".")
+            if store_path.parent.name == "db":
+                history_path = store_path.parent.parent / "data" / "queries.sqlite"
+        self.history = Recorder(history_path) if history_path is not None else None
 
     def on_register(self, rec: AgentRecord) -> None:
         """The agent's share of the REST budget, charged to `caller=<agent id>`."""
@@ -271,8 +283,12 @@ class AgentServices:
                 if resp.output is None or not resp.output.stck_prpr.strip():
                     raise _NoData
                 reply = PriceReply(h=self.headers(h.mid), quote=price_quote(msg.code, resp.output))
+                if self.history is not None:
+                    self.history.quote(self._market_day(), reply.quote, now_ns())
             else:
                 reply = InvestorReply(h=self.headers(h.mid), code=msg.code, days=investor_days(resp.output))
+                if self.history is not None:
+                    self.history.investor(msg.code, reply.days, now_ns())
             self.counters["queries"] += 1
         except _NoData:
             reply = Error(h=self.headers(h.mid), code=ErrorCode.UNKNOWN_CODE, message=f"no quote for {msg.code}")
@@ -288,6 +304,15 @@ class AgentServices:
         finally:
             self.inflight[agent] -= 1
         self.reply(route, reply)
+
+
+    def _market_day(self) -> str:
+        now = getattr(self.broker, "now", None)  # a clock-driving broker (the twin) knows the market day
+        try:
+            day = now().date() if callable(now) else today_kst()
+        except (AttributeError, TypeError, ValueError):
+            day = today_kst()
+        return day.isoformat()
 
 
 class _NoData(Exception):

@@ -17,7 +17,7 @@ cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
 app.add_typer(agent_app, name="agent")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cards_app, name="cards")
-data_app = typer.Typer(no_args_is_help=True, help="Recorded market data: list days, replay one.")
+data_app = typer.Typer(no_args_is_help=True, help="Recorded market data: list days, replay one, export what agents read.")
 app.add_typer(data_app, name="data")
 
 
@@ -422,7 +422,7 @@ def bench_agent(rounds: int = typer.Option(5, help="agents started per entry poi
 
 @bench_app.command("backtest")
 def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Bars/s of the crossover strategy vs the same strategy in backtrader, same run."""
+    """Backtest speed in one run: SMA vs a bare loop and backtrader, an order every day vs backtrader, sweep scaling 1 vs 2 workers."""
     from tools.bench_backtest import main as bt
 
     bt(json_out=json_out)
@@ -473,6 +473,27 @@ def data_replay(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     raise typer.Exit(replay(run_dir, day, speed, gateway_dir, cfg, record, wait_s))
+
+
+@data_app.command("export")
+def data_export(
+    out: Path = typer.Option(..., "--out", help="folder for <code>.quotes.csv / <code>.investor.csv"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run directory (RUN_DIR/data/queries.sqlite)"),
+) -> None:
+    """What agents read (company data, investor flows), by day, as CSV for `ktrader backtest --history`."""
+    from tools.backtest.data import DataError
+    from tools.backtest.history import export
+
+    db = run_dir / "data" / "queries.sqlite"
+    if not db.is_file():
+        typer.echo(f"error: {db}: nothing recorded yet (agents' quote/investor queries are recorded by the gateway)", err=True)
+        raise typer.Exit(2)
+    try:
+        files = export(db, out)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{len(files)} files in {out}/")
 
 
 def main() -> None:

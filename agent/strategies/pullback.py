@@ -17,7 +17,7 @@ import msgspec
 
 from agent.strategy import Strategy
 from common.enums import BarInterval, OrderType, TimeInForce
-from common.krx import round_down
+from common.krx_rules import rules_for
 from common.schema import Bar, FillView, PositionView
 
 
@@ -78,7 +78,7 @@ class Pullback(Strategy):
         uptrend = bar.close * p.trend > trend_sum and fast_sum * p.trend > trend_sum * p.fast
         dipped = bar.close * 100 <= high * (100 - p.dip_pct)
         if uptrend and dipped:
-            limit = round_down(bar.close * (100 - p.limit_pct) // 100)
+            limit = rules_for(self.ctx.now().date()).round_down(bar.close * (100 - p.limit_pct) // 100)  # the day's grid
             qty = p.notional // limit
             if qty:
                 self.ctx.buy(bar.code, qty, limit, tif=TimeInForce.NEXT_SESSION, reason="pullback in an uptrend",

@@ -24,10 +24,10 @@ from typing import Any
 
 import msgspec
 
-from agent.strategy import Context, Strategy
+from agent.strategy import Context, DataNeed, Strategy
 from common.enums import OrderType, Side
 from common.errors import KtraderError
-from common.krx import round_down, round_up, ticks_away
+from common.krx_rules import rules_for
 from common.orders import OrderState
 from common.schema import FillView, OrderView, PositionView, PriceQuote
 
@@ -69,6 +69,7 @@ def volatility_pct(closes: list[int]) -> float:
 
 class ValueVol(Strategy):
     Params = Params
+    needs = frozenset({DataNeed.COMPANY})
 
     def __init__(self, ctx: Context, params: Params) -> None:
         super().__init__(ctx, params)
@@ -115,7 +116,7 @@ class ValueVol(Strategy):
             self.ctx.log.info("%s per %.2f pbr %.2f eps %d last %d: %s", code, q.per, q.pbr, q.eps, q.last, why)
             if ok:
                 qty = p.notional // q.last
-                limit = ticks_away(q.last, p.limit_ticks, q.upper_limit)
+                limit = rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit)
                 if qty > 0:
                     self._buy(code, qty, limit, reason="value+calm", context={"per": q.per, "pbr": q.pbr, "why": why})
             return
@@ -123,8 +124,9 @@ class ValueVol(Strategy):
         pos = self.ctx.positions[code]
         if entry is None:  # first time we see this position (or state from before it): set the exits
             avg = pos.cost // pos.qty
-            entry = {"avg": avg, "target": round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
-                     "stop": round_down(int(avg * (100 - p.stop_pct) / 100)), "stopping": False}
+            rules = rules_for(self.ctx.now().date())  # the day's tick grid (live: today's)
+            entry = {"avg": avg, "target": rules.round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
+                     "stop": rules.round_down(int(avg * (100 - p.stop_pct) / 100)), "stopping": False}
             self.ctx.state[f"entry:{code}"] = entry
         sells = self._open(code, Side.SELL)
         if entry["stopping"]:

@@ -43,6 +43,12 @@ class Random(Strategy):
         VIEWS.append(order)
 
 
+class QuietRandom(Random):
+    """The same decisions without callbacks: the broker's one-step accept and fill path."""
+
+    on_order = Strategy.on_order  # type: ignore[assignment]
+
+
 @st.composite
 def bars(draw: st.DrawFn) -> list[Bar]:
     n = draw(st.integers(2, 25))
@@ -99,3 +105,7 @@ def test_broker_invariants(rows: list[Bar], plan: list[list[tuple[Any, ...]]], p
     DECIDED.clear()
     r2 = run_backtest(card, {CODE: Series(CODE, rows)}, cfg)
     assert (r2.fills, r2.equity, r2.order_states) == (r.fills, r.equity, r.order_states)
+    # and a strategy that listens to nothing (one-step accept/fill) ends with the very same orders
+    quiet = AgentCard(id="rnd", name="r", strategy=f"{__name__}:QuietRandom", codes=[CODE])
+    r3 = run_backtest(quiet, {CODE: Series(CODE, rows)}, cfg)
+    assert (r3.orders, r3.fills, r3.equity) == (r.orders, r.fills, r.equity)

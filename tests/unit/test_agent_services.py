@@ -97,13 +97,13 @@ def test_state_map_round_trip_changes_and_typed_errors() -> None:
     assert set(m) == {"entry"}  # refused writes changed nothing
 
 
-def test_backtest_context_has_state_but_no_live_queries() -> None:
+def test_backtest_context_has_state_but_no_live_queries_without_history() -> None:
     ctx = BacktestServices()
     ctx.state["k"] = [1]
     ctx.save_state()
     assert ctx.state["k"] == [1]
     for call in (lambda: ctx.quote("005930"), lambda: ctx.investor("005930"), lambda: ctx.summary()):
-        with pytest.raises(KtraderError, match="not available in backtest") as e:
+        with pytest.raises(KtraderError, match="not available in this backtest") as e:
             call()
         assert e.value.code is ErrorCode.UNSUPPORTED
 
@@ -262,3 +262,41 @@ async def _pump(broker: FakeBroker, notices: object) -> None:
     async for ev in broker.events():
         if isinstance(ev, BrokerNotice):
             notices.on_notice(ev)  # type: ignore[attr-defined]
+
+
+class FlowBroker(QuoteBroker):
+    def now(self):  # the twin's clock: the market day recorded with a quote
+        import datetime as dt
+        return dt.datetime(2026, 11, 20, 15, 0)
+
+    async def investor(self, code: str, *, caller: str) -> wire.InvestorResponse:
+        return wire.InvestorResponse(output=[
+            wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="70000"),  # today before the close: not a day yet
+            wire.InvestorRow(stck_bsop_date="20261119", stck_clpr="69000", frgn_ntby_qty="1500", frgn_ntby_tr_pbmn="124",
+                             orgn_ntby_qty="-700", orgn_ntby_tr_pbmn="-58", prsn_ntby_qty="-800", prsn_ntby_tr_pbmn="-66")])
+
+
+def test_answered_queries_are_recorded_by_day(tmp_path: Path) -> None:
+    from server.query_history import QueryHistory
+
+    async def main() -> list:
+        replies: list = []
+        tasks: set = set()
+        svc = AgentServices(Store(tmp_path / "db" / "gateway.sqlite"), None, FlowBroker(), HeaderFactory("gateway"),  # type: ignore[arg-type]
+                            lambda route, m: replies.append(m) or True,
+                            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)))
+        a = Rec("alpha", 0.0)
+        svc.on_register(a)
+        svc.handle(a, b"a", Query(h=H(), kind="price", code="005930"))
+        svc.handle(a, b"a", Query(h=H(), kind="investor", code="005930"))
+        svc.handle(a, b"a", Query(h=H(), kind="price", code="999999"))  # refused by KIS: nothing recorded
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return replies
+
+    replies = asyncio.run(main())
+    assert sum(isinstance(m, Error) for m in replies) == 1
+    h = QueryHistory(tmp_path / "data" / "queries.sqlite", readonly=True)  # the gateway's layout: <run>/data/
+    assert h.codes() == ["005930"]
+    (q,) = h.quotes("005930")
+    assert q[:4] == ("2026-11-20", 20.58, 0.0, 3450)  # day from the broker's clock; per, pbr, eps
+    assert h.investor("005930") == [("2026-11-19", 69000, 1500, -700, -800, 124_000_000, -58_000_000, -66_000_000)]

@@ -45,7 +45,43 @@ def test_benchmark_index_and_code(shared_data: Path) -> None:
 def test_missing_code_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no 999999.csv"):
         load_codes(shared_data / "krx_daily_fdr_2020_2026", ["999999"])
-    bad = tmp_path / "x.csv"
-    bad.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,90,95,99,10\n")
+
+
+def test_inconsistent_rows_are_repaired_and_counted_or_refused_with_strict(tmp_path: Path) -> None:
+    bad = tmp_path / "000001.csv"
+    bad.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,90,95,99,10\n2024-01-03,100,101,99,100,5\n"
+                   "2024-01-04,0,0,0,100,0\n2024-01-05,x,1,1,1,1\n2024-01-06,100,100,100,100,0\n")
     with pytest.raises(DataError, match="inconsistent OHLC"):
-        load_bars(bad, "000001")
+        load_bars(bad, "000001", strict=True)
+    s = load_bars(bad, "000001")
+    assert [(b.start, b.open, b.high, b.low, b.close) for b in s.bars] == [
+        ("2024-01-02", 100, 100, 90, 99), ("2024-01-03", 100, 101, 99, 100)]
+    (note,) = s.notes  # one line for the file, counting each kind
+    assert note.startswith("000001.csv: 1 halted (no trades, no bar), 1 repaired, 2 skipped row(s)")
+    assert "line 2: inconsistent OHLC 100/90/95/99" in note and "line 5: unreadable row" in note  # first of each kind
+
+
+def test_every_fdr_file_loads_with_counted_repairs(shared_data: Path) -> None:
+    from tools.backtest.data import universe
+
+    folder = shared_data / "krx_daily_fdr_2020_2026"
+    codes = universe(folder)
+    assert len(codes) == 43
+    series = load_codes(folder, codes)
+    repaired = {c for c, s in series.items() if any("repaired" in n for n in s.notes)}
+    assert {"035720", "068270", "017670", "003550"} <= repaired and len(repaired) == 11
+    assert all(len(s.bars) >= 1_000 for s in series.values())
+    for s in series.values():  # every bar consistent after the repairs
+        assert all(b.low <= min(b.open, b.close) and max(b.open, b.close) <= b.high for b in s.bars)
+    # SKT's 2021 split: 24 halted days, reported, not invented
+    assert "24 halted" in series["017670"].notes[0]
+    with pytest.raises(DataError, match="inconsistent OHLC"):
+        load_codes(folder, ["035720"], strict=True)
+
+
+def test_adjusted_or_raw_is_said(shared_data: Path) -> None:
+    s = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["000660", "035720"])
+    assert s["000660"].adjustment.startswith("raw") and s["035720"].adjustment.startswith("adjusted")
+    yf = load_codes(shared_data / "krx_daily_yf_adjusted_2003_2024", ["005930"])["005930"]
+    assert yf.adjustment.startswith("adjusted (fractional") and not yf.has_volume and len(yf.bars) > 5_000
+    assert yf.bars[0].start == "2003-01-02"  # the 2003-01-01 holiday row is skipped

@@ -6,17 +6,18 @@ import csv
 import datetime as dt
 
 from common.calendar import (
-    CSAT_HOURS, NEW_YEAR_HOURS, NORMAL_HOURS, first_trading_day_of_year, is_trading_day, known_year,
+    CSAT_HOURS, NEW_YEAR_HOURS, NORMAL_HOURS, add_trading_days, first_trading_day_of_year, is_trading_day, known_year,
     next_trading_day, previous_trading_day, session_hours, trading_days,
 )
 
 
-def test_matches_xkrx_sessions_2010_2026(shared_data) -> None:
+def test_matches_xkrx_sessions_1986_2026(shared_data) -> None:
     rows = list(csv.reader(open(shared_data / "krx_calendar" / "xkrx.csv")))[1:]
     sessions = {dt.date.fromisoformat(r[0][:10]): r for r in rows}
-    mine = set(trading_days(dt.date(2010, 1, 1), dt.date(2026, 12, 30)))
-    theirs = {d for d in sessions if dt.date(2010, 1, 1) <= d <= dt.date(2026, 12, 30)}
-    assert mine == theirs
+    mine = set(trading_days(dt.date(1986, 1, 1), dt.date(2026, 12, 30)))
+    theirs = {d for d in sessions if d <= dt.date(2026, 12, 30)}
+    assert mine == theirs  # Saturday sessions to 1998-12-05 included
+    assert is_trading_day(dt.date(1998, 12, 5)) and not is_trading_day(dt.date(1998, 12, 12))
     # late opens: the file marks first-day and CSAT opens at 01:00 UTC (10:00 KST)
     for d, r in sessions.items():
         if d.year < 2017 or d > dt.date(2026, 12, 29) or d == dt.date(2026, 11, 19):
@@ -40,3 +41,11 @@ def test_known_days() -> None:
     assert session_hours(dt.date(2026, 11, 20)) == NORMAL_HOURS
     assert session_hours(dt.date(2026, 11, 21)) is None
     assert known_year(2027) and not known_year(2031)
+
+
+def test_settlement_is_two_trading_days_later() -> None:
+    # the dates the securities transaction tax changes were applied from (trade day -> settlement)
+    assert add_trading_days(dt.date(2019, 5, 30), 2) == dt.date(2019, 6, 3)
+    assert add_trading_days(dt.date(2020, 12, 29), 2) == dt.date(2021, 1, 4)
+    assert add_trading_days(dt.date(2024, 12, 27), 2) == dt.date(2025, 1, 2)
+    assert add_trading_days(dt.date(2024, 12, 26), 2) == dt.date(2024, 12, 30)

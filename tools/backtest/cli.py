@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,13 +19,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.config import ConfigError, load_card
+from common.krx_rules import Market, SecurityKind
 from tools.backtest.costs import CostModel
-from tools.backtest.data import DataError, load_benchmark, parse_date
-from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+from tools.backtest.data import DataError, Listing, load_benchmark, parse_date, universe as universe_of
+from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest, unconfirmed_rules
+from tools.backtest.history import CompanyHistory, load_history
+from tools.backtest.logs import summarise_repeats
 from tools.backtest.metrics import compute, round_trips
 from tools.backtest.report import write_outputs
 from tools.backtest.sources import check_interval, load_series, load_store
-from tools.backtest.sweep import KEYS, SEGMENTS, parse_sweep, parse_walk_forward, sweep as run_sweep
+from tools.backtest.sweep import (
+    KEYS, SEGMENTS, Engine, parse_rolling, parse_sweep, parse_walk_forward, sweep as run_sweep,
+)
 
 DEFAULT_OUT = Path("run/backtests/{card}")
 
@@ -75,21 +81,46 @@ def backtest_command(
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="a code in --data, or a CSV with Date,Close")] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder ({card} = the card id)")] = DEFAULT_OUT,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="name=v1,v2,... (repeat for a grid)")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="processes for a sweep")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="processes for a sweep (dask: local workers)")] = 1,
     walk_forward: Annotated[Optional[str], typer.Option("--walk-forward", help="train,validate,test fractions, e.g. 0.6,0.2,0.2")] = None,
+    rolling: Annotated[Optional[str], typer.Option("--rolling", help="rolling walk-forward: TRAIN,TEST[,STEP] trading days, e.g. 500,120")] = None,
+    universe: Annotated[bool, typer.Option("--universe", help="run the sweep for every code in the --data folder (one code per run)")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="sweep engine: local (processes) or dask")] = "local",
+    address: Annotated[str, typer.Option("--address", help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")] = "",
+    history: Annotated[Optional[Path], typer.Option("--history", help="company data / investor flows: a run directory, its data/queries.sqlite, or <code>.quotes.csv / <code>.investor.csv files")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="refuse data files with inconsistent rows instead of repairing them")] = False,
+    prices: Annotated[str, typer.Option("--prices", help="raw, or adjusted (a file's Adj Close column)")] = "raw",
+    master: Annotated[Optional[Path], typer.Option("--master", help="folder with the KIS master files (kospi_code.mst / kosdaq_code.mst): each code's market and kind")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     cash: Annotated[int, typer.Option("--cash", min=0, help="initial cash in KRW (0: the card's budget, else 100,000,000)")] = 0,
     commission_ppm: Annotated[int, typer.Option("--commission-ppm", min=0, help="commission per side, ppm of value")] = 150,
-    sell_tax_ppm: Annotated[int, typer.Option("--sell-tax-ppm", min=0, help="tax on sells, ppm of value")] = 1_800,
+    sell_tax_ppm: Annotated[Optional[int], typer.Option("--sell-tax-ppm", min=0, help="a flat tax on sells, ppm of value (default: each day's KRX rate by market; ETF/ETN none)")] = None,
     max_participation: Annotated[float, typer.Option("--max-participation", help="max share of a bar's volume we fill")] = 0.1,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="skip report.png / report.html")] = False,
 ) -> int:
     """Backtest a card's strategy on daily or intraday bars through the live Strategy API."""
-    rc = _backtest(card, data, date_from, date_to, bars, benchmark, out, sweep or [], workers, walk_forward, json_out,
-                   cash, commission_ppm, sell_tax_ppm, max_participation, no_plot, run_dir if twin_replay else None)
+    opts = _Options(sweep=sweep or [], workers=workers, walk_forward=walk_forward, rolling=rolling, universe=universe,
+                    engine=engine, address=address, history=history, strict=strict, prices=prices, master=master)
+    rc = _backtest(card, data, date_from, date_to, bars, benchmark, out, json_out, cash, commission_ppm, sell_tax_ppm,
+                   max_participation, no_plot, run_dir if twin_replay else None, opts)
     if rc and _under_cli():
         raise typer.Exit(rc)  # under typer/click a returned int is ignored: make it the exit code
     return rc
+
+
+@dataclass(frozen=True)
+class _Options:
+    sweep: list[str]
+    workers: int = 1
+    walk_forward: str | None = None
+    rolling: str | None = None
+    universe: bool = False
+    engine: str = "local"
+    address: str = ""
+    history: Path | None = None
+    strict: bool = False
+    prices: str = "raw"
+    master: Path | None = None
 
 
 def _benchmark(spec: str, data: Path | None, run_dir: Path | None, date_to: object) -> tuple[str, list[tuple[Any, float]]]:
@@ -106,39 +137,89 @@ def _error(console: Console, message: str) -> None:
     console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
+def _warn(console: Console, message: str) -> None:
+    console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def _listings(master: Path | None, codes: list[str]) -> tuple[dict[str, Listing], list[str]]:
+    """Each code's market and kind from the KIS master files (or the twin's list); the codes assumed KOSPI."""
+    from kis.master import MasterError, load_master_dir, twin_master
+
+    if master is not None:
+        try:
+            entries = load_master_dir(master)
+        except (MasterError, OSError, UnicodeDecodeError) as e:
+            raise DataError(f"--master {master}: {e}") from None
+    else:
+        entries = twin_master().entries
+    out: dict[str, Listing] = {}
+    for c in codes:
+        e = entries.get(c)
+        if e is not None:
+            kind = SecurityKind.ETF if e.group in ("EF", "EN") else SecurityKind.STOCK
+            out[c] = Listing(market=Market(e.market) if e.market in Market.__members__ else Market.KOSPI, kind=kind,
+                             name=e.name, known=True)
+    return out, [c for c in codes if c not in out]
+
+
 def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars: str, benchmark: str | None, out: Path,
-              sweep: list[str], workers: int, walk_forward: str | None, json_out: bool, cash: int, commission_ppm: int,
-              sell_tax_ppm: int, max_participation: float, no_plot: bool, run_dir: Path | None = None) -> int:
+              json_out: bool, cash: int, commission_ppm: int, sell_tax_ppm: int | None, max_participation: float,
+              no_plot: bool, run_dir: Path | None = None, opts: _Options = _Options(sweep=[])) -> int:
     console = Console(stderr=True)
+    summarised = summarise_repeats(console)
     try:
         check_interval(bars)
         if (data is None) == (run_dir is None):
             raise ValueError("give exactly one of --data PATH and --twin-replay")
         if not 0 < max_participation <= 1:
             raise ValueError("--max-participation must be in (0, 1]")
+        engine = Engine(opts.engine) if opts.engine in Engine.__members__.values() else None
+        if engine is None:
+            raise ValueError(f"--engine {opts.engine}: expected local or dask")
+        if opts.address and engine is not Engine.DASK:
+            raise ValueError("--address is for --engine dask")
+        if opts.walk_forward and opts.rolling:
+            raise ValueError("give one of --walk-forward and --rolling")
         c = load_card(card)
         d_from, d_to = parse_date(date_from), parse_date(date_to)
         if d_from > d_to:
             raise ValueError(f"--from {d_from} is after --to {d_to}")
-        config = BacktestConfig(date_from=d_from, date_to=d_to, cash=cash,
-                                costs=CostModel(commission_ppm=commission_ppm, sell_tax_ppm=sell_tax_ppm),
-                                max_participation_bp=max(1, round(max_participation * 10_000)))
-        series = load_series(c.codes, bars, d_to, data, run_dir)
+        codes = list(c.codes)
+        if opts.universe:
+            if data is None or not data.is_dir():
+                raise ValueError("--universe needs --data FOLDER (every code in it is run)")
+            codes = universe_of(data)
+        listings, assumed = _listings(opts.master, codes)
+        hist = load_history(opts.history) if opts.history else _default_history(data, run_dir)
+        config = BacktestConfig(date_from=d_from, date_to=d_to, cash=cash, costs=CostModel(commission_ppm=commission_ppm),
+                                sell_tax_ppm=sell_tax_ppm, max_participation_bp=max(1, round(max_participation * 10_000)),
+                                history=hist)
+        series = load_series(codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices,
+                             listings=listings)
         bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
-        grid = parse_sweep(sweep) if sweep else []
-        wf = parse_walk_forward(walk_forward) if walk_forward else None
-        if wf and not grid:
+        grid = parse_sweep(opts.sweep) if opts.sweep else []
+        wf = parse_walk_forward(opts.walk_forward) if opts.walk_forward else None
+        roll = parse_rolling(opts.rolling) if opts.rolling else None
+        if (wf or roll or opts.universe) and not grid:
             grid = [{}]
     except (ConfigError, DataError, ValueError, OSError) as e:
         _error(console, f"backtest: {e}")
         return 2
+    for s in series.values():  # one line per file: what the loader repaired or skipped
+        for note in s.notes:
+            _warn(console, note)
+    if assumed and not opts.universe:
+        _warn(console, f"market unknown for {', '.join(assumed)}: KOSPI assumed for their tick grid and tax "
+                       "(give --master with the KIS master files)")
     folder = Path(str(out).replace("{card}", c.id))
     try:
         if grid:
-            days = sorted({b.start[:10] for s in series.values() for b in s.bars if d_from.isoformat() <= b.start})
+            days = sorted({b.start[:10] for s in series.values() for b in s.bars
+                           if d_from.isoformat() <= b.start[:10] <= d_to.isoformat()})
             with _progress(console, "sweep") as prog:
-                res = run_sweep(c, data, config, grid, workers, days, wf, prog, bars=bars, run_dir=run_dir)
-            return _report_sweep(res, folder, json_out, console, wf is not None)
+                res = run_sweep(c, config, grid, opts.workers, days, series, wf, roll, prog, engine, opts.address,
+                                codes if opts.universe else None)
+            return _report_sweep(res, folder, json_out, console, wf is not None, roll is not None)
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
     except BacktestError as e:
@@ -147,40 +228,79 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
     except ValueError as e:
         _error(console, f"backtest: {e}")
         return 2
+    finally:
+        summarised.flush()
     metrics = compute(result, bench[1] if bench else None, bench[0] if bench else "")
+    if bench and metrics.get("benchmark_days", 0) < len(result.dates):
+        _warn(console, f"benchmark {bench[0]} covers {metrics.get('benchmark_days', 0):,} of the run's "
+                       f"{len(result.dates):,} days ({metrics.get('benchmark_from', '-')}..{metrics.get('benchmark_to', '-')}): "
+                       "its statistics are over those days only")
+    for what, n in sorted(result.unanswered.items()):
+        _warn(console, f"{n:,} × {what} (the history does not reach back that far)")
+    data_info = {code: {"source": s.source, "adjustment": s.adjustment, "market": str(s.market), "kind": str(s.kind),
+                        "notes": list(s.notes)} for code, s in series.items()}
+    extra = {"data": data_info, "rules_unconfirmed": unconfirmed_rules(result.dates, {str(s.market) for s in series.values()}), "unanswered": result.unanswered,
+             "history": hist.source if hist else None}
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
     bench_pts = [(day.isoformat(), v) for day, v in bench[1]] if bench else None
-    paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot)
+    paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot, extra=extra)
     if json_out:
-        print(json.dumps({"card": c.id, "from": result.date_from, "to": result.date_to, "metrics": metrics,
-                          "files": {k: str(v) for k, v in paths.items()}}, indent=1, default=str))
+        print(json.dumps({"card": c.id, "from": result.date_from, "to": result.date_to, "metrics": metrics, **extra,
+                          "files": {k: str(v) for k, v in paths.items()}}, indent=1, default=str, ensure_ascii=False))
     else:
         t = Table(title=f"backtest {c.id} {result.date_from}..{result.date_to}", show_header=False)
         for k, v in metrics.items():
             t.add_row(k, _fmt(v))
+        for code, info in data_info.items():
+            t.add_row(f"data {code}", f"{info['adjustment']}")
         Console().print(t)
+        if extra["rules_unconfirmed"]:
+            Console().print("KRX rules used that no source confirms (applied as documented in common/krx_rules.py): "
+                            + "; ".join(extra["rules_unconfirmed"]), markup=False, highlight=False)
         Console().print(f"files in {folder}/")
     return 0
 
 
-def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool) -> int:
+def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory | None:
+    """History next to the bars when there is some: <code>.quotes/.investor files in --data, or the run's recording."""
+    if run_dir is not None and (run_dir / "data" / "queries.sqlite").is_file():
+        return load_history(run_dir)
+    if data is not None and data.is_dir() and any(data.glob("*.quotes.*")) or data is not None and data.is_dir() \
+            and any(data.glob("*.investor.*")):
+        return load_history(data)
+    return None
+
+
+def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sweep.json").write_text(json.dumps(res, indent=1, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+    failed = res.get("failed", [])
+    for f in failed[:5]:
+        where = f" {f['code']}" if "code" in f else ""
+        _warn(console, f"cell {f['cell']}{where} {f['params']} failed: {f['error']}")
+    if len(failed) > 5:
+        _warn(console, f"... and {len(failed) - 5:,} more failed cells (sweep.json lists them)")
+    if rolling:
+        return _report_rolling(res, folder, json_out, console)
     flat = [r for row in res["rows"] for r in (row if wf else [row])]
-    (folder / "sweep.json").write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
     names = list(dict.fromkeys(k for r in flat for k in r["params"]))  # grid order
     import csv
 
     with (folder / "sweep.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["segment", *names, "from", "to", *KEYS])
+        w.writerow(["segment", "code", *names, "from", "to", *KEYS, "error"])
         for r in flat:
-            w.writerow([r["segment"], *(r["params"].get(n) for n in names), r["from"], r["to"], *(r[k] for k in KEYS)])
+            w.writerow([r["segment"], r.get("code", ""), *(r["params"].get(n) for n in names), r["from"], r["to"],
+                        *(r[k] for k in KEYS), r.get("error", "")])
+    ok = sum(1 for r in flat if not r.get("error"))
     if json_out:
-        print(json.dumps(res, indent=1, default=str))
-        return 0
+        print(json.dumps(res, indent=1, default=str, ensure_ascii=False))
+        return 0 if ok else 1
     t = Table(title=f"sweep ({res['chosen_by']}; * = chosen)")
     t.add_column("")
+    if any("code" in r for r in flat):
+        t.add_column("code")
     for n in names:
         t.add_column(n)
     segs = SEGMENTS if wf else ("all",)
@@ -188,18 +308,50 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
         t.add_column(f"{s} sharpe")
         t.add_column(f"{s} return")
     t.add_column("trades")
+
     def short(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else _fmt(v)
 
-    for i, row in enumerate(res["rows"]):
+    chosen = set(res.get("best_per_code", {}).values()) or {res["best"]}
+    for i, row in enumerate(res["rows"][:200]):
         rs = row if wf else [row]
-        cells = ["*" if i == res["best"] else "", *(_fmt(rs[0]["params"].get(n)) for n in names)]
+        cells = ["*" if i in chosen else ""]
+        if any("code" in r for r in flat):
+            cells.append(rs[0].get("code", ""))
+        cells += [_fmt(rs[0]["params"].get(n)) for n in names]
         for r in rs:
-            cells += [short(r["sharpe"]), short(r["total_return"])]
+            cells += ["failed" if r.get("error") else short(r["sharpe"]), "" if r.get("error") else short(r["total_return"])]
         cells.append(_fmt(rs[-1]["trades"]))
         t.add_row(*cells)
     Console().print(t)
-    Console().print(f"files in {folder}/")
+    Console().print(f"{ok:,} of {len(flat):,} runs done{'' if ok == len(flat) else f', {len(flat) - ok:,} failed'}; "
+                    f"files in {folder}/")
+    return 0 if ok else 1
+
+
+def _report_rolling(res: dict[str, Any], folder: Path, json_out: bool, console: Console) -> int:
+    import csv
+
+    with (folder / "walk_forward.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["code", "window", "train_from", "train_to", "test_from", "test_to", "chosen", "train_sharpe",
+                    "test_sharpe", "test_return", "test_rank", "cells"])
+        for code, r in res["codes"].items():
+            for win in r["windows"]:
+                w.writerow([code, win["window"], *win["train_range"], *win["test_range"],
+                            json.dumps(win["chosen"], sort_keys=True), win["train"]["sharpe"], win["test"]["sharpe"],
+                            win["test"]["total_return"], win["test_rank"], win["cells"]])
+    if json_out:
+        print(json.dumps(res, indent=1, default=str, ensure_ascii=False))
+        return 0
+    t = Table(title=f"rolling walk-forward {res['rolling']}: out of sample")
+    for col in ("code", "windows", "oos return", "mean test rank", "stability (changes / share of the most chosen)"):
+        t.add_column(col)
+    for code, r in res["codes"].items():
+        stab = ", ".join(f"{n}: {s['changes']} / {s['share']:.0%} {s['most_chosen']}" for n, s in r["stability"].items())
+        t.add_row(code, str(r["oos_windows"]), f"{r['oos_return']:.3%}", f"{r['mean_test_rank']:.1f}", stab)
+    Console().print(t)
+    Console().print(f"files in {folder}/ (walk_forward.csv, sweep.json)")
     return 0
 
 

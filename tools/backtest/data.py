@@ -9,25 +9,45 @@ Supported layouts (detected from the header line / file type):
 - intraday (yfinance): `Datetime,Open,High,Low,Close,Adj Close,Volume`, Datetime `2020-02-18 09:00:00+09:00`
                      (the bar's start, any UTC offset: converted to KST); file `<code>.csv` or the
                      English company names of shared/data/krx_intraday_5min_2020 (`SAMSUNG_Electronics.csv`)
+- yfinance 3-line header (`Price,Open,...` / `Ticker,...` / `Date,,,`), file `<code>.KS.csv`: adjusted
+                     float prices, no volume (fills are then not capped by volume, halts are not seen)
 - close only (benchmarks, e.g. kospi200.csv): `Date,Close,...`
 
-Prices in these files are integer KRW (index levels may be fractional: benchmarks keep floats).
-Bars are returned oldest first, one per bar time; rows without a positive OHLC are dropped (they are
-not tradable prices), but halted days (volume 0, price repeated) are kept: nothing fills on them.
-A file whose times carry a time of day gives intraday bars; their interval (`1m`, `5m`, ...) is the
-most common gap between consecutive bars of a day.
+Prices are integer KRW (index levels may be fractional: benchmarks keep floats). Bars come oldest
+first, one per bar time.
+
+Bad rows (one warning per file counts them, `Series.notes`; `strict=True` refuses the file instead):
+- OHLC that contradict each other (close one won above the high: rounding in adjusted history) are
+  repaired: high = max(O,H,L,C), low = min(O,H,L,C);
+- fractional prices (adjusted series) are rounded to the won;
+- rows without a positive price, unreadable rows, and rows on days that are not KRX sessions
+  (yfinance's holiday rows) are skipped; a repeated time keeps its last row.
+Halted days (volume 0, price repeated) are kept: nothing fills on them.
+
+Adjusted or not: a file cannot say, so the loader looks. A series whose prices all lie on their day's
+KRX tick grid (common/krx_rules.py) is as traded ("raw"); one with prices off the grid is back-adjusted
+("adjusted": split-adjusted history, e.g. Samsung at 364 won in 1990). `Series.adjustment` says
+which; with a file that has both Close and Adj Close, `prices="adjusted"` uses the adjusted one
+(O/H/L scaled by Adj Close / Close).
+
+Each file is parsed once per process: the columns are kept (arrays, keyed by path, size and mtime)
+and the Bars built from them are shared by every later load of that file.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
+import math
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from common.krx import SecurityKind
+from common.calendar import is_trading_day, known_year
+from common.krx_rules import Market, SecurityKind, rules_for
 from common.schema import Bar
 
 
@@ -42,6 +62,7 @@ _ALIASES = {
     "high": "high", "고가": "high",
     "low": "low", "저가": "low",
     "close": "close", "종가": "close",
+    "adj close": "adj_close",
     "volume": "volume", "거래량": "volume",
     "name": "name",
 }
@@ -55,6 +76,19 @@ KST = dt.timezone(dt.timedelta(hours=9))
 # ETF brands in KRX names: they trade on the ETF tick grid, not the stock grid.
 _ETF_PREFIXES = ("KODEX", "TIGER", "KBSTAR", "ARIRANG", "HANARO", "KOSEF", "ACE", "SOL", "RISE", "PLUS", "KINDEX")
 
+RAW = "raw"
+ADJUSTED = "adjusted"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Where a code trades and what it is: decides its tick grid, band and sell tax."""
+
+    market: Market = Market.KOSPI
+    kind: SecurityKind = SecurityKind.STOCK
+    name: str = ""
+    known: bool = False  # False: assumed (no master list named the code)
+
 
 @dataclass(frozen=True, slots=True)
 class Series:
@@ -62,6 +96,34 @@ class Series:
     bars: list[Bar]
     kind: SecurityKind = SecurityKind.STOCK
     source: str = ""
+    market: Market = Market.KOSPI
+    adjustment: str = ""  # RAW / ADJUSTED and why ("" for bars not from a file)
+    notes: tuple[str, ...] = ()  # what the loader repaired or skipped, one line per kind of problem
+    has_volume: bool = True  # False: the file has no volume (fills are not capped; halts not seen)
+    starts: list[str] | None = None  # bars[i].start, when the loader has the column already
+
+
+@dataclass(slots=True)
+class _Columns:
+    """One parsed file: columns, oldest first, plus what was done to its rows."""
+
+    starts: list[str]
+    o: array
+    h: array
+    lo: array
+    c: array
+    v: array
+    interval: str
+    name: str
+    has_volume: bool
+    fractional: bool
+    problems: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)  # problem -> its first example
+    bars: dict[str, list[Bar]] = field(default_factory=dict)  # code -> Bars (built once)
+    adjustment: dict[tuple[SecurityKind, Market], str] = field(default_factory=dict)
+
+
+_FILES: dict[tuple[str, int, int, bool, str], _Columns] = {}
 
 
 def parse_date(text: str) -> dt.date:
@@ -86,33 +148,24 @@ def _columns(header: list[str], path: Path) -> dict[str, int]:
     return cols
 
 
-def _int_price(text: object) -> int:
-    # FDR/pykrx write integers; some dumps (yfinance) write "55200.0". Anything fractional is not a KRX
-    # price. Parquet columns arrive as int (or float) already.
-    if isinstance(text, int):
-        return text
-    if isinstance(text, float):
-        text = repr(text)
-    if not isinstance(text, str):
-        raise ValueError(f"not a price: {text!r}")
-    v = float(text) if "." in text or "e" in text.lower() else int(text)
-    if isinstance(v, float):
-        if v != int(v):
-            raise ValueError(f"fractional price {text}")
-        v = int(v)
-    return v
-
-
-def read_rows(path: Path) -> tuple[dict[str, int], list[list[str]]]:
+def read_rows(path: Path) -> tuple[dict[str, int], list[list[str]], int]:
+    """(columns, rows, line number of the first row). Knows yfinance's 3-line header."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty file")
-            return _columns(header, path), [r for r in reader if r]
+            rows = [r for r in reader if r]
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    first = 2
+    if header and header[0].strip().lower() == "price" and rows and rows[0] and rows[0][0].strip().lower() == "ticker":
+        # yfinance MultiIndex: "Price,Open,High,..." / "Ticker,..." / "Date,,,,": the date is column 0
+        header = ["Date", *header[1:]]
+        skip = 2 if len(rows) > 1 and rows[1] and rows[1][0].strip().lower() == "date" else 1
+        rows, first = rows[skip:], 2 + skip
+    return _columns(header, path), rows, first
 
 
 def parse_time(text: str) -> tuple[str, bool]:
@@ -146,13 +199,44 @@ def _interval_of(starts: Sequence[str]) -> str:
     return f"{gaps.most_common(1)[0][0]}m"
 
 
-def _build(path: Path, code: str, rows: Iterable[tuple[int, object, object, object, object, object, object]],
-           date_to: dt.date | None, name: str = "") -> Series:
-    """Bars from (line, time, open, high, low, close, volume) rows, checked, oldest first, one per time."""
-    last_day = date_to.isoformat() + "~" if date_to else ""  # "~" sorts after "THH:MM": the whole day
+def _price(cell: object) -> tuple[int, bool]:
+    """(integer KRW, was it fractional?). FDR/pykrx write integers, yfinance floats."""
+    if isinstance(cell, bool):
+        raise ValueError(f"not a price: {cell!r}")
+    if isinstance(cell, int):
+        return cell, False
+    if isinstance(cell, str):
+        s = cell.strip()
+        if s.isdigit():
+            return int(s), False
+        cell = float(s)  # ValueError for junk
+    if isinstance(cell, float):
+        if not math.isfinite(cell):
+            raise ValueError(f"not a price: {cell!r}")
+        r = round(cell)
+        return int(r), r != cell
+    raise ValueError(f"not a price: {cell!r}")
+
+
+Row = tuple[int, object, object, object, object, object, object, object]  # line, time, O, H, L, C, V, adj close
+
+
+def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume: bool, adjusted: bool) -> _Columns:
+    """Columns from (line, time, O, H, L, C, V, adj) rows: checked, repaired or skipped, oldest first."""
+    problems: Counter[str] = Counter()
+    first: dict[str, str] = {}
+
+    def problem(kind: str, n: int, what: str) -> None:
+        if strict:
+            raise DataError(f"{path}:{n}: {what} (without --strict such rows are {kind})")
+        problems[kind] += 1
+        first.setdefault(kind, f"line {n}: {what}")
+
     by_time: dict[str, tuple[int, int, int, int, int]] = {}
     intraday = None
-    for n, t, o_, h_, l_, c_, v_ in rows:
+    fractional = False
+    checked_days: dict[str, bool] = {}
+    for n, t, o_, h_, l_, c_, v_, a_ in rows:
         try:
             if isinstance(t, dt.datetime):
                 t = t.isoformat(sep=" ")
@@ -163,53 +247,84 @@ def _build(path: Path, code: str, rows: Iterable[tuple[int, object, object, obje
                 intraday = intra
             elif intra != intraday:
                 raise ValueError(f"{t!r} mixes daily and intraday times")
-            if last_day and start > last_day:
-                continue
-            o, h, lo, c = _int_price(o_), _int_price(h_), _int_price(l_), _int_price(c_)
-            vol = _int_price(v_ or "0")
-        except (ValueError, IndexError, TypeError) as e:
-            raise DataError(f"{path}:{n}: {e}") from None
-        if min(o, h, lo, c) <= 0:
+            (o, fo), (h, fh), (lo, fl), (c, fc) = _price(o_), _price(h_), _price(l_), _price(c_)
+            vol = _price(v_ if v_ not in (None, "") else 0)[0] if has_volume else 0
+            if adjusted and a_ not in (None, ""):
+                close_f = float(c_)  # type: ignore[arg-type]
+                factor = float(a_) / close_f if close_f else 1.0  # type: ignore[arg-type]
+                o, h, lo, c = (round(float(x) * factor) for x in (o_, h_, l_, c_))  # type: ignore[arg-type]
+                fo = True
+        except (ValueError, IndexError, TypeError, DataError) as e:
+            problem("skipped", n, f"unreadable row: {e}")
             continue
+        if fo or fh or fl or fc:
+            fractional = True
+        if min(o, h, lo, c) <= 0 or vol < 0:
+            if c > 0 and o == h == lo == 0 and vol == 0:  # FDR's halted days: the close repeated, nothing else
+                problems["halted (no trades, no bar)"] += 1
+                first.setdefault("halted (no trades, no bar)", f"line {n}: {start}")
+            else:
+                problem("skipped", n, f"no positive price {o}/{h}/{lo}/{c} (volume {vol})")
+            continue
+        day = start[:10]
+        ok = checked_days.get(day)
+        if ok is None:
+            d = dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
+            ok = checked_days[day] = is_trading_day(d) or not known_year(d.year)
+        if not ok:
+            if o == h == lo == c and vol == 0:  # a filler row on a holiday (yfinance)
+                problem("skipped", n, f"{day} is not a KRX session and the row shows no trades")
+                continue
+            # trades on a day the calendar has closed: the data wins (the pre-1999 calendar has gaps)
+            problems["kept on days the KRX calendar lists as closed"] += 1
+            first.setdefault("kept on days the KRX calendar lists as closed", f"line {n}: {day}")
         if not (lo <= min(o, c) and max(o, c) <= h):
-            raise DataError(f"{path}:{n}: inconsistent OHLC {o}/{h}/{lo}/{c}")
+            problem("repaired", n, f"inconsistent OHLC {o}/{h}/{lo}/{c}")
+            h, lo = max(o, h, lo, c), min(o, h, lo, c)
+        if start in by_time:
+            problem("duplicates dropped", n, f"a second row for {start}")
         by_time[start] = (o, h, lo, c, vol)
     starts = sorted(by_time)
     interval = _interval_of(starts) if intraday and starts else "1d"
-    bars = [Bar(code=code, interval=interval, start=t, open=v[0], high=v[1], low=v[2], close=v[3], volume=v[4])
-            for t in starts for v in (by_time[t],)]
-    kind = SecurityKind.ETF if name.upper().startswith(_ETF_PREFIXES) else SecurityKind.STOCK
-    return Series(code=code, bars=bars, kind=kind, source=str(path))
+    vals = [by_time[t] for t in starts]
+    return _Columns(starts=starts, o=array("q", (x[0] for x in vals)), h=array("q", (x[1] for x in vals)),
+                    lo=array("q", (x[2] for x in vals)), c=array("q", (x[3] for x in vals)),
+                    v=array("q", (x[4] for x in vals)), interval=interval, name=name, has_volume=has_volume,
+                    fractional=fractional, problems=problems, first=first)
 
 
-def load_bars(path: Path, code: str, date_to: dt.date | None = None) -> Series:
-    """Every OHLCV bar of `path` up to `date_to` (inclusive), oldest first."""
-    if path.suffix == ".parquet":
-        return load_parquet(path, code, date_to)
-    cols, rows = read_rows(path)
-    missing = {"open", "high", "low", "volume"} - cols.keys()
+def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
+    cols, rows, first_line = read_rows(path)
+    missing = {"open", "high", "low"} - cols.keys()
     if missing:
         raise DataError(f"{path}: not an OHLCV file (missing {sorted(missing)})")
-    di, oi, hi, li, ci, vi = (cols[k] for k in ("date", "open", "high", "low", "close", "volume"))
+    if adjusted and "adj_close" not in cols:
+        raise DataError(f"{path}: no Adj Close column for adjusted prices (these files hold one series; use them as they are)")
+    has_volume = "volume" in cols
+    di, oi, hi, li, ci = (cols[k] for k in ("date", "open", "high", "low", "close"))
+    vi, ai = cols.get("volume", -1), cols.get("adj_close", -1)
     name = ""
     if "name" in cols:
         name = next((r[cols["name"]] for r in rows if len(r) > cols["name"] and r[cols["name"]]), "")
+    width = max(di, oi, hi, li, ci, vi, ai) + 1
 
-    def cells() -> Iterable[tuple[int, object, object, object, object, object, object]]:
-        for n, r in enumerate(rows, start=2):
-            try:
-                yield n, r[di], r[oi], r[hi], r[li], r[ci], r[vi]
-            except IndexError:
-                raise DataError(f"{path}:{n}: short row ({len(r)} cells)") from None
+    def cells() -> Iterable[Row]:
+        for n, r in enumerate(rows, start=first_line):
+            if len(r) < width:
+                if strict:
+                    raise DataError(f"{path}:{n}: short row ({len(r)} cells)")
+                yield n, "", "", "", "", "", "", ""  # counted as unreadable
+                continue
+            yield n, r[di], r[oi], r[hi], r[li], r[ci], r[vi] if vi >= 0 else 0, r[ai] if ai >= 0 else None
 
-    return _build(path, code, cells(), date_to, name)
+    return _parse(path, cells(), strict, name, has_volume, adjusted)
 
 
 # the parquet columns we read (any case); pyarrow reads only these, straight into Python lists
 _PARQUET_COLS = ("date", "open", "high", "low", "close", "volume")
 
 
-def load_parquet(path: Path, code: str, date_to: dt.date | None = None) -> Series:
+def _parquet_columns(path: Path, strict: bool) -> _Columns:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -228,17 +343,97 @@ def load_parquet(path: Path, code: str, date_to: dt.date | None = None) -> Serie
         raise DataError(f"{path}: not an OHLCV parquet file (missing {missing} in {pf.schema_arrow.names})")
     table = pf.read(columns=[names[k] for k in _PARQUET_COLS])
     cols = [table.column(names[k]).to_pylist() for k in _PARQUET_COLS]
-    return _build(path, code, ((i + 1, *row) for i, row in enumerate(zip(*cols))), date_to)
+    return _parse(path, ((i + 1, *row, None) for i, row in enumerate(zip(*cols))), strict, "", True, False)
+
+
+def _file(path: Path, strict: bool, prices: str) -> _Columns:
+    """The parsed columns of `path`, from the process cache when the file is unchanged."""
+    if prices not in (RAW, ADJUSTED):
+        raise DataError(f"prices must be {RAW!r} or {ADJUSTED!r}, got {prices!r}")
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, strict, prices)
+    got = _FILES.get(key)
+    if got is None:
+        got = _parquet_columns(path, strict) if path.suffix == ".parquet" else _csv_columns(path, strict, prices == ADJUSTED)
+        _FILES[key] = got
+    return got
+
+
+def clear_cache() -> None:
+    _FILES.clear()
+
+
+def _bars(cols: _Columns, code: str) -> list[Bar]:
+    got = cols.bars.get(code)
+    if got is None:
+        iv = cols.interval
+        got = cols.bars[code] = [Bar(code=code, interval=iv, start=t, open=o, high=h, low=lo, close=c, volume=v)
+                                 for t, o, h, lo, c, v in zip(cols.starts, cols.o, cols.h, cols.lo, cols.c, cols.v)]
+    return got
+
+
+def _adjustment(cols: _Columns, listing: Listing) -> str:
+    """RAW when every close lies on its day's tick grid, else ADJUSTED, with the count."""
+    got = cols.adjustment.get((listing.kind, listing.market))
+    if got is None:
+        got = cols.adjustment[(listing.kind, listing.market)] = _grid_check(cols, listing)
+    return got
+
+
+def _grid_check(cols: _Columns, listing: Listing) -> str:
+    if cols.fractional:
+        return f"{ADJUSTED} (fractional prices, rounded to the won)"
+    off = 0
+    kind, market = listing.kind, listing.market
+    for t, c in zip(cols.starts, cols.c):
+        if not rules_for(t).on_grid(c, kind, market):
+            off += 1
+    if off:
+        return f"{ADJUSTED} ({off:,} of {len(cols.c):,} closes off their day's tick grid: back-adjusted history)"
+    return f"{RAW} (every close on its day's tick grid)" if cols.c else RAW
+
+
+def _notes(path: Path, cols: _Columns) -> tuple[str, ...]:
+    out = []
+    if cols.problems:
+        parts = [f"{n:,} {kind}" for kind, n in sorted(cols.problems.items())]
+        examples = "; ".join(f"{kind}: {cols.first[kind]}" for kind in sorted(cols.problems))
+        out.append(f"{path.name}: {', '.join(parts)} row(s) ({examples})")
+    if not cols.has_volume:
+        out.append(f"{path.name}: no volume column: fills are not capped by volume and halts are not seen")
+    return tuple(out)
+
+
+def load_bars(path: Path, code: str, date_to: dt.date | None = None, *, strict: bool = False, prices: str = RAW,
+              listing: Listing | None = None) -> Series:
+    """Every OHLCV bar of `path` up to `date_to` (inclusive), oldest first."""
+    cols = _file(path, strict, prices)
+    bars = _bars(cols, code)
+    end = len(bars) if date_to is None else bisect.bisect_right(cols.starts, date_to.isoformat() + "~")  # "~" after "THH:MM"
+    bars, starts = bars[:end], cols.starts[:end]
+    if listing is None or not listing.known:
+        kind = SecurityKind.ETF if cols.name.upper().startswith(_ETF_PREFIXES) else SecurityKind.STOCK
+        listing = replace(listing or Listing(), kind=kind) if kind is SecurityKind.ETF else (listing or Listing())
+    return Series(code=code, bars=bars, kind=listing.kind, source=str(path), market=listing.market,
+                  adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume,
+                  starts=starts)
+
+
+def load_parquet(path: Path, code: str, date_to: dt.date | None = None, *, strict: bool = False) -> Series:
+    return load_bars(path, code, date_to, strict=strict)
 
 
 def find_code_file(data: Path, code: str) -> Path:
-    """`data` is a folder holding `<code>.csv`, `<code>_D.csv`, `<code>.parquet` or (intraday sample) the
-    company's file name (searched one level down too), or a file."""
+    """`data` is a folder holding `<code>.csv`, `<code>_D.csv`, `<code>.parquet`, `<code>.KS.csv` or
+    (intraday sample) the company's file name (searched one level down too), or a file."""
     if data.is_file():
         return data
     if not data.is_dir():
         raise DataError(f"{data}: no such data folder")
-    names = [f"{code}.csv", f"{code}_D.csv", f"{code}.parquet"]
+    names = [f"{code}.csv", f"{code}_D.csv", f"{code}.parquet", f"{code}.KS.csv", f"{code}.KQ.csv"]
     if code in INTRADAY_FILE_NAMES:
         names.append(f"{INTRADAY_FILE_NAMES[code]}.csv")
     for pattern in (*names, *(f"*/{n}" for n in names)):
@@ -248,8 +443,29 @@ def find_code_file(data: Path, code: str) -> Path:
     raise DataError(f"{data}: no {' / '.join(names)}")
 
 
-def load_codes(data: Path, codes: Iterable[str], date_to: dt.date | None = None) -> dict[str, Series]:
-    return {c: load_bars(find_code_file(data, c), c, date_to) for c in codes}
+def universe(data: Path) -> list[str]:
+    """Every code with a price file in the folder `data` (not one level down), sorted."""
+    if not data.is_dir():
+        raise DataError(f"{data}: not a data folder")
+    codes: set[str] = set()
+    by_name = {v: k for k, v in INTRADAY_FILE_NAMES.items()}
+    for p in data.iterdir():
+        if p.suffix not in (".csv", ".parquet") or not p.is_file():
+            continue
+        stem = p.name.split(".")[0].removesuffix("_D")
+        stem = by_name.get(stem, stem)
+        if len(stem) == 6 and stem.isalnum() and stem[0].isdigit():
+            codes.add(stem)
+    if not codes:
+        raise DataError(f"{data}: no <code>.csv / <code>_D.csv / <code>.parquet files")
+    return sorted(codes)
+
+
+def load_codes(data: Path, codes: Iterable[str], date_to: dt.date | None = None, *, strict: bool = False,
+               prices: str = RAW, listings: dict[str, Listing] | None = None) -> dict[str, Series]:
+    listings = listings or {}
+    return {c: load_bars(find_code_file(data, c), c, date_to, strict=strict, prices=prices, listing=listings.get(c))
+            for c in codes}
 
 
 def load_closes(path: Path) -> list[tuple[dt.date, float]]:
@@ -257,13 +473,13 @@ def load_closes(path: Path) -> list[tuple[dt.date, float]]:
     intraday data gives each day's last close."""
     if path.suffix == ".parquet":
         days: dict[dt.date, float] = {}
-        for bar in load_parquet(path, path.stem).bars:
+        for bar in load_bars(path, path.stem).bars:
             days[dt.date.fromisoformat(bar.start[:10])] = float(bar.close)
         return sorted(days.items())
-    cols, rows = read_rows(path)
+    cols, rows, first = read_rows(path)
     di, ci = cols["date"], cols["close"]
     out: dict[dt.date, float] = {}
-    for n, r in enumerate(rows, start=2):
+    for n, r in enumerate(rows, start=first):
         try:
             if not r[ci].strip():
                 continue

@@ -1,10 +1,14 @@
 """The event loop: one strategy instance, driven bar by bar through the live Strategy API.
 
 Daily bars (`1d`), per bar time t (a trading day), in this order:
-1. the simulated broker matches the orders decided before t against t's bars and expires the day's
-   leftovers; the strategy hears about it through `on_order` / `on_fill` (now() = t's open, 09:00);
+1. orders that lived in a KRX session before t without a bar for their code (a halted code, or a day
+   the data lacks) expire; the simulated broker matches the orders of session t against t's bars, in
+   the order they were sent, and expires the session's leftovers; the strategy hears about it through
+   `on_order` / `on_fill` (now() = t's open, 09:00);
 2. the strategy gets `on_bar` for every code with a bar at t, in the card's code order (now() = t's
-   close, 15:30); orders it places go to the broker at once and can fill from t+1 on;
+   close, 15:30); orders it places go to the broker at once and live in the next KRX session (the
+   calendar's, or the data's next day when the calendar has it closed), checked against that
+   session's tick grid and band (common/krx_rules.py);
 3. equity is marked at t's closes.
 
 Intraday bars (`1m`, `5m`, ...), per bar time t: the same steps 1-2 (now() = t's start while matching,
@@ -29,15 +33,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.runtime import load_strategy_class
-from agent.strategy import Strategy
+from agent.strategy import DataNeed, Strategy
+from common.calendar import next_trading_day
 from common.clock import KST
+from common.errors import ErrorCode, KtraderError
+from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.orders import Order
-from common.schema import Bar, FillView, OrderView, PositionView
+from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import FillRecord, Note, SimBroker
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
+from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.services import BacktestServices
 
 DEFAULT_CASH = 100_000_000  # when the card has no budget
@@ -59,6 +67,11 @@ class BacktestConfig:
     costs: CostModel = field(default_factory=CostModel)
     max_participation_bp: int = 1_000  # 10 % of a bar's volume
     params: dict[str, Any] | None = None  # overrides the card's [params] (sweeps)
+    # None: each trading day's securities transaction + rural tax for the code's market and kind
+    # (common/krx_rules.py, ETF/ETN none); a number: that flat rate on every sale (costs.sell_tax_ppm
+    # is not used by the backtester)
+    sell_tax_ppm: int | None = None
+    history: CompanyHistory | None = None  # company data and investor flows for ctx.quote()/ctx.investor()
 
 
 @dataclass(slots=True)
@@ -82,6 +95,7 @@ class BacktestResult:
     closes: dict[str, tuple[list[str], list[int]]]  # code -> (days, each day's last close) (for the report)
     bars: int  # bars delivered to on_bar
     interval: str = "1d"
+    unanswered: dict[str, int] = field(default_factory=dict)  # ctx.quote/investor asked before the history began
 
 
 @functools.lru_cache(maxsize=65536)
@@ -96,6 +110,20 @@ def _time(start: str, minutes: int, end: bool) -> dt.datetime:
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _KST_OFFSET_S = 9 * 3600
+_OPEN_NS = (OPEN_HM[0] * 60 + OPEN_HM[1]) * 60_000_000_000
+_CLOSE_NS = (CLOSE_HM[0] * 60 + CLOSE_HM[1]) * 60_000_000_000
+
+
+_NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
+_NEXT_SESSION: dict[str, str] = {}
+
+
+def _next_session(day: str) -> str:
+    """The KRX calendar's next session after `day` (memoised: calendar facts, shared by every run)."""
+    got = _NEXT_SESSION.get(day)
+    if got is None:
+        got = _NEXT_SESSION[day] = next_trading_day(dt.date.fromisoformat(day)).isoformat()
+    return got
 
 
 @functools.lru_cache(maxsize=65536)
@@ -134,7 +162,7 @@ def _daily_bars(bars: list[Bar]) -> list[Bar]:
     return out
 
 
-class BacktestContext(BacktestServices):  # state in memory; quote/investor/summary raise (services.py)
+class BacktestContext(BacktestServices):  # state in memory; quote/investor from the history (services.py)
     """The strategy's Context in a backtest (agent.strategy.Context): same calls, simulated broker."""
 
     def __init__(self, engine: Backtest) -> None:
@@ -222,7 +250,10 @@ class Backtest:
         cash = config.cash or card.budget or DEFAULT_CASH
         self.broker = SimBroker(card=card, cash=cash, costs=config.costs,
                                 max_participation_bp=config.max_participation_bp,
-                                kinds={c: s.kind for c, s in series.items()})
+                                kinds={c: s.kind for c, s in series.items()},
+                                markets={c: s.market for c, s in series.items()},
+                                flat_sell_tax_ppm=config.sell_tax_ppm,
+                                uncapped=frozenset(c for c, s in series.items() if not s.has_volume))
         if self.intraday:  # marks follow every bar; the band's base moves once a day
             self.broker.last = {}
         self.initial_cash = cash
@@ -232,7 +263,10 @@ class Backtest:
         firsts: dict[str, int] = {}
         for code in card.codes:  # bars are oldest first (loaders guarantee it)
             all_bars = series[code].bars
-            starts = [b.start for b in all_bars]
+            starts = series[code].starts  # the loader's column; rebuilt when the bars were replaced since
+            if (starts is None or len(starts) != len(all_bars)
+                    or (all_bars and (starts[0] != all_bars[0].start or starts[-1] != all_bars[-1].start))):
+                starts = [b.start for b in all_bars]
             end = bisect.bisect_right(starts, hi)
             self.bars[code] = all_bars[:end]
             self.starts[code] = starts[:end]
@@ -245,14 +279,18 @@ class Backtest:
             self.times: list[str] = self.starts[code][firsts[code]:]
             self.at = self.bars[code][firsts[code]:]
         else:
-            by_time: dict[str, list[Bar]] = {}
+            by_time: dict[str, dict[str, Bar]] = {}
             for code in card.codes:  # card order = on_bar order within a bar time
                 for b in self.bars[code][firsts[code]:]:
-                    by_time.setdefault(b.start, []).append(b)
+                    by_time.setdefault(b.start, {})[code] = b
             self.times = sorted(by_time)
             self.at = [by_time[t] for t in self.times]
         if not self.times:
             raise BacktestError(f"no bars for {card.codes} between {lo} and {hi[:-1]}")
+        # the KRX session an order placed at each bar time lives in: intraday the same day; daily the
+        # next calendar session, or the data's next day if that comes first (the pre-1999 calendar has
+        # gaps where the data shows trading)
+        self._entry: dict[int, str] = {}  # step -> session, computed when an order is placed
         # intraday: True at each day's last bar time (where orders expire and equity is marked)
         self.day_end: list[bool] = []
         if self.intraday:
@@ -275,9 +313,14 @@ class Backtest:
         except Exception as e:
             raise BacktestError(f"{card.strategy}: bad params {raw}: {e}") from e
         self.pending: list[Note] = []
+        self.history = config.history
+        self.missing: list[str] = []  # what the strategy asked for that this backtest cannot answer
+        self.unanswered: dict[str, int] = {}
         # hooks the strategy leaves at the base no-op are not called (saves building views)
         self._wants_orders = type(self.strategy).on_order is not Strategy.on_order
         self._wants_fills = type(self.strategy).on_fill is not Strategy.on_fill
+        self.broker.quiet = not self._wants_orders
+        self._check_needs()
         self.step = 0
         self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
         self.timer_s = 0.0
@@ -286,6 +329,95 @@ class Backtest:
         self._coid_prefix = ""
         self._order_n = 0
         self._running = False
+
+    # ---- company data and flows (tools/backtest/services.py) ---------------------------------------
+
+    def _bar_now(self, code: str) -> tuple[int, list[Bar]]:
+        """Index of `code`'s newest complete bar at the current time (-1: none yet), and its bars."""
+        t = self.times[self.step]
+        starts = self.starts[code]
+        i = (bisect.bisect_right(starts, t) if self.in_bar else bisect.bisect_left(starts, t)) - 1
+        return i, self.bars[code]
+
+    def _unanswered(self, kind: str, message: str) -> KtraderError:
+        self.unanswered[kind] = self.unanswered.get(kind, 0) + 1
+        return KtraderError(ErrorCode.UNSUPPORTED, message)
+
+    def quote(self, code: str) -> PriceQuote:
+        """inquire-price as of the current bar: prices from the bars, company data from the history
+        (PER/PBR/EPS/BPS 0 without it, counted)."""
+        day = self.times[self.step][:10]
+        i, bars = self._bar_now(code)
+        if i < 0:
+            raise self._unanswered("quote before the first bar", f"no price for {code} before {day}")
+        h = self.history
+        row = h.quote_row(code, day) if h is not None and code in h.quotes else None
+        if row is None:
+            self.unanswered["quote without company data"] = self.unanswered.get("quote without company data", 0) + 1
+            row = _NO_COMPANY
+        bar = bars[i]
+        last, bday = bar.close, bar.start[:10]
+        j = i
+        while j > 0 and bars[j - 1].start[:10] == bday:  # intraday: the day so far
+            j -= 1
+        today = bars[j:i + 1]
+        base = bars[j - 1].close if j > 0 else today[0].open  # the previous day's close
+        kind, market = self.broker.listing(code)
+        rules = rules_for(bday)
+        lower, upper = rules.price_limits(base, kind, market)
+        eps, bps = row.eps, row.bps
+        return PriceQuote(
+            code=code, last=last, change=last - base, change_pct=round((last - base) * 100 / base, 2), open=today[0].open,
+            high=max(b.high for b in today), low=min(b.low for b in today), base=base, upper_limit=upper,
+            lower_limit=lower, volume=sum(b.volume for b in today), value=sum(b.value for b in today),
+            per=round(last / eps, 2) if eps > 0 else row.per, pbr=round(last / bps, 2) if bps > 0 else row.pbr,
+            eps=eps, bps=bps, market_cap=row.listed_shares * last if row.listed_shares else row.market_cap,
+            listed_shares=row.listed_shares, high_250d=row.high_250d, low_250d=row.low_250d,
+            tick=rules.tick_size(last, kind, market))
+
+    def investor(self, code: str) -> list[InvestorDay]:
+        """inquire-investor as of the current bar: completed days before today, newest first."""
+        assert self.history is not None
+        day = self.times[self.step][:10]
+        days = self.history.investor_days(code, day)
+        if not days:
+            self.unanswered["investor"] = self.unanswered.get("investor", 0) + 1
+        return days
+
+    def _check_needs(self) -> None:
+        """A strategy that declares it needs company data or flows does not start without them."""
+        h, lacking = self.history, []
+        for need in sorted(type(self.strategy).needs):
+            have = (h.quotes if need is DataNeed.COMPANY else h.flows) if h is not None else {}
+            codes = [c for c in self.card.codes if c not in have]
+            if codes:
+                what = "company data (PER/PBR/EPS/BPS)" if need is DataNeed.COMPANY else "investor flows"
+                lacking.append(f"{what} for {', '.join(codes)}")
+        if lacking:
+            where = f"{h.source} has none" if h is not None else "give --history PATH"
+            raise BacktestError(f"{self.card.strategy} needs {'; '.join(lacking)} ({where}: a run directory whose "
+                                f"gateway recorded them, or files in the layout of tools/backtest/history.py)")
+
+    def _check_missing(self) -> None:
+        if self.missing:
+            first = self.missing[0]
+            raise BacktestError(f"{self.card.strategy} needs what this backtest cannot give: {first} "
+                                f"(asked {len(self.missing)} time(s) by {self.times[self.step][:10]})")
+
+    def entry_session(self, step: int) -> str:
+        """The KRX session an order placed at `step` lives in (see the module docstring)."""
+        got = self._entry.get(step)
+        if got is None:
+            times = self.times
+            day = times[step][:10]
+            if self.intraday:
+                got = day
+            else:
+                got = _next_session(day)
+                if step + 1 < len(times):
+                    got = min(got, times[step + 1][:10])
+            self._entry[step] = got
+        return got
 
     def daily(self, code: str) -> tuple[list[Bar], list[str]]:
         got = self._daily.get(code)
@@ -308,7 +440,14 @@ class Backtest:
         coid = self._coid_prefix + str(self._order_n)
         # on_start orders are decided before the first bar: they are live in it and expire after it
         broker = self.broker
-        broker.step = self.step if self._running else -1
+        step = self.step
+        if self._running:
+            broker.step = step
+            session = self._entry.get(step) or self.entry_session(step)
+        else:
+            broker.step, session = -1, day
+        if session != broker.entry_session:
+            broker.entry_session, broker.entry_rules = session, rules_for(session)
         broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
         broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending)
         return coid
@@ -319,7 +458,10 @@ class Backtest:
         try:
             getattr(self.strategy, hook)(*args)
         except Exception as e:
+            self._check_missing()  # (the strategy may have let the UNSUPPORTED error through)
             raise BacktestError(f"{self.card.strategy}.{hook} failed at {self.times[self.step]}: {type(e).__name__}: {e}") from e
+        if self.missing:
+            self._check_missing()
 
     def _deliver(self) -> None:
         # notes raised while delivering (an order placed in on_fill) are delivered in the same pass
@@ -353,6 +495,9 @@ class Backtest:
         d_append, eq_append, h_append = dates.append, equity.append, holdings.append
         total = len(times)
         single = self.single
+        listening = self._wants_orders or self._wants_fills
+        open_ids, meta = broker.open_ids, broker.meta
+        missing = self.missing
         self._call("on_start")
         self._deliver()
         self.in_bar = True
@@ -360,20 +505,26 @@ class Backtest:
         for step, t in enumerate(times):
             self.step = step
             bars = at[step]
-            if broker.open_ids:
+            if open_ids:
                 self.in_bar = False
                 broker.step = step
-                broker.ts_ns = _time_ns(t, minutes, False)
                 day = t[:10]
-                if single:
+                if intraday:
+                    broker.ts_ns = _time_ns(t, minutes, False)
                     broker.match(bars, day, pending)
                 else:
-                    for bar in bars:
-                        broker.match(bar, day, pending)
-                if not intraday:
-                    broker.expire_day(pending)  # daily bars: a day is one bar time
+                    day_ns = _day_ns(day)
+                    if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
+                        broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
+                    broker.ts_ns = day_ns + _OPEN_NS
+                    broker.match(bars, day, pending)
+                    broker.ts_ns = day_ns + _CLOSE_NS
+                    broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if pending:
-                    self._deliver()
+                    if listening:
+                        self._deliver()
+                    else:
+                        pending.clear()
                 self.in_bar = True
             if single:  # one code: the same steps without the loops over a bar time's bars
                 bar = bars
@@ -381,19 +532,28 @@ class Backtest:
                 try:
                     on_bar(bar)
                 except Exception as e:
+                    self._check_missing()
                     raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                         f"{type(e).__name__}: {e}") from e
+                if missing:
+                    self._check_missing()
                 if pending:
-                    self._deliver()
+                    if listening:
+                        self._deliver()
+                    else:
+                        pending.clear()
             else:
-                for bar in bars:  # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                for bar in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
                     last[bar.code] = bar.close
-                for bar in bars:
+                for bar in bars.values():
                     try:
                         on_bar(bar)
                     except Exception as e:
+                        self._check_missing()
                         raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
                                             f"{type(e).__name__}: {e}") from e
+                    if missing:
+                        self._check_missing()
                     if pending:
                         self._deliver()
             if self.next_timer is not None and self.ctx.now() >= self.next_timer:
@@ -408,14 +568,17 @@ class Backtest:
                 if broker.open_ids:  # the close: DAY orders end with their day
                     broker.step = step
                     broker.ts_ns = _time_ns(t[:10], 0, True)
-                    broker.expire_all(pending)
+                    broker.expire_sessions(t[:10], pending)
                     self._deliver()
                 base.update(last)  # the day's last closes: tomorrow's band base
                 d_append(t[:10])
             if held:
-                value = 0
-                for code, qty in held.items():
-                    value += qty * last[code]
+                if single:
+                    value = held.get(bars.code, 0) * bars.close
+                else:
+                    value = 0
+                    for code, qty in held.items():
+                        value += qty * last[code]
                 h_append(value)
                 eq_append(broker.cash + value)
             else:
@@ -442,8 +605,7 @@ class Backtest:
             n_bars = len(self.at)
         else:
             for t, bars in zip(self.times, self.at):
-                if self.single:
-                    bars = (bars,)
+                bars = (bars,) if self.single else bars.values()
                 n_bars += len(bars)
                 day = t[:10]
                 for bar in bars:
@@ -460,8 +622,17 @@ class Backtest:
             orders=list(broker.orders.values()), order_states=dict(sorted(states.items())), fees=broker.fees,
             taxes=broker.taxes, traded_value=broker.traded_value,
             positions={c: p for c, p in broker.positions.items() if p.qty},
-            closes=closes, bars=n_bars, interval=self.interval,
+            closes=closes, bars=n_bars, interval=self.interval, unanswered=dict(self.unanswered),
         )
+
+
+def unconfirmed_rules(days: list[str], markets: set[str]) -> list[str]:
+    """The UNCONFIRMED KRX rule rows of these markets in force over these days (for the report)."""
+    seen: dict[int, tuple[str, ...]] = {}
+    for d in days:
+        r = rules_for(d)
+        seen.setdefault(id(r), r.unconfirmed)
+    return sorted({n for notes in seen.values() for n in notes if n.split(" (")[0].split()[-1] in markets})
 
 
 def run_backtest(card: AgentCard, series: dict[str, Series], config: BacktestConfig,

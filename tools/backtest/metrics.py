@@ -183,7 +183,11 @@ def benchmark_stats(result: BacktestResult, rets: list[float], benchmark: list[t
         if d in closes:
             eq_a.append(float(e))
             bm_a.append(closes[d])
-    out: dict[str, object] = {"benchmark": name, "benchmark_days": len(bm_a)}
+    common = [d for d in result.dates if d in closes]
+    # the days the benchmark statistics are over (a benchmark may not cover the whole run)
+    out: dict[str, object] = {"benchmark": name, "benchmark_days": len(bm_a), "run_days": len(result.dates),
+                              "benchmark_from": common[0] if common else None,
+                              "benchmark_to": common[-1] if common else None}
     if len(bm_a) < 3:
         return out
     r = returns_of(eq_a)

@@ -1,6 +1,7 @@
 """The same daily SMA crossover in backtrader (a dev dependency), with ktrader's fill and cost rules:
-market orders at the next open, commission and sell tax per fill floored to the won, no volume cap.
-Used by the reference-comparison test and tools/bench_backtest.py."""
+market orders at the next open, commission and sell tax per fill floored to the won (the tax of the
+fill's day: common/krx_rules.py, KOSPI stocks), no volume cap. Used by the reference-comparison test
+and tools/bench_backtest.py; `run_backtrader_daily_orders` is the order-every-day benchmark."""
 
 from __future__ import annotations
 
@@ -8,11 +9,39 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from agent.strategy import Strategy
 from common.config import AgentCard
+from common.enums import OrderType
+from common.krx_rules import rules_for
 from common.schema import Bar
 from tools.backtest.costs import PPM, CostModel
 
 SMA_STRATEGY = "agent.strategies.sma_cross_daily:SmaCrossDaily"
+FLIP_STRATEGY = "tools.backtest.reference:DailyFlip"
+
+
+class FlipParams(msgspec.Struct, forbid_unknown_fields=True):
+    qty: int = 10
+
+
+class DailyFlip(Strategy):
+    """An order every day: at each close, buy `qty` at the next open when flat, else sell everything."""
+
+    Params = FlipParams
+
+    def on_bar(self, bar: Bar) -> None:
+        held = self.ctx.position(bar.code)
+        if held:
+            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET)
+        else:
+            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET)
+
+
+def flip_card(code: str, qty: int, cash: int) -> AgentCard:
+    return AgentCard(id="flip_ref", name="order every day", strategy=FLIP_STRATEGY, codes=[code],
+                     params={"qty": qty}, budget=cash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +59,27 @@ def sma_card(code: str, short: int, long: int, qty: int, cash: int) -> AgentCard
 
 
 def run_backtrader(bars: list[Bar], short: int, long: int, qty: int, cash: int,
-                   costs: CostModel = CostModel()) -> tuple[list[RefFill], list[tuple[str, float]], float]:
-    """(fills, [(day, broker value at the close)], seconds spent in cerebro.run)."""
+                   costs: CostModel = CostModel(), sell_tax_ppm: int | None = None,
+                   ) -> tuple[list[RefFill], list[tuple[str, float]], float]:
+    """(fills, [(day, broker value at the close)], seconds spent in cerebro.run). `sell_tax_ppm` None:
+    each day's KRX rate."""
+    return _run(bars, cash, costs, sell_tax_ppm, ("sma", short, long, qty))
+
+
+def run_backtrader_daily_orders(bars: list[Bar], qty: int, cash: int, costs: CostModel = CostModel(),
+                                sell_tax_ppm: int | None = None) -> tuple[list[RefFill], list[tuple[str, float]], float]:
+    """The order-every-day strategy (DailyFlip below): each close, buy `qty` at the next open when flat,
+    else sell the position."""
+    return _run(bars, cash, costs, sell_tax_ppm, ("flip", 0, 0, qty))
+
+
+def _run(bars: list[Bar], cash: int, costs: CostModel, sell_tax_ppm: int | None,
+         strategy: tuple[str, int, int, int]) -> tuple[list[RefFill], list[tuple[str, float]], float]:
     import time
 
     import backtrader as bt
+
+    which, short, long, qty = strategy
 
     class ListFeed(bt.feed.DataBase):  # type: ignore[misc]
         params = (("rows", None),)
@@ -54,14 +99,17 @@ def run_backtrader(bars: list[Bar], short: int, long: int, qty: int, cash: int,
             self.lines.close[0], self.lines.volume[0], self.lines.openinterest[0] = b.close, b.volume, 0
             return True
 
+    feed = ListFeed(rows=bars)
+
     class KrxCommission(bt.CommInfoBase):  # type: ignore[misc]
         params = (("stocklike", True), ("commtype", bt.CommInfoBase.COMM_FIXED))
 
         def _getcommission(self, size: float, price: float, pseudoexec: bool) -> float:
             value = int(round(abs(size) * price))
             fee = value * costs.commission_ppm // PPM
-            if size < 0:
-                fee += value * costs.sell_tax_ppm // PPM
+            if size < 0:  # executions happen at the open of the feed's current bar: its day's tax
+                ppm = sell_tax_ppm if sell_tax_ppm is not None else rules_for(feed.datetime.date(0)).sell_tax_ppm()
+                fee += value * ppm // PPM
             return float(fee)
 
     fills: list[RefFill] = []
@@ -69,8 +117,9 @@ def run_backtrader(bars: list[Bar], short: int, long: int, qty: int, cash: int,
 
     class SmaCross(bt.Strategy):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.cross = bt.ind.CrossOver(bt.ind.SMA(self.data.close, period=short),
-                                          bt.ind.SMA(self.data.close, period=long))
+            if which == "sma":
+                self.cross = bt.ind.CrossOver(bt.ind.SMA(self.data.close, period=short),
+                                              bt.ind.SMA(self.data.close, period=long))
 
         def notify_order(self, order: Any) -> None:
             if order.status == order.Completed:
@@ -87,13 +136,19 @@ def run_backtrader(bars: list[Bar], short: int, long: int, qty: int, cash: int,
 
         def next(self) -> None:
             self._mark()
+            if which == "flip":
+                if self.position:
+                    self.close()
+                else:
+                    self.buy(size=qty)
+                return
             if self.cross[0] > 0 and not self.position:
                 self.buy(size=qty)
             elif self.cross[0] < 0 and self.position:
                 self.close()
 
     cerebro = bt.Cerebro(stdstats=False)
-    cerebro.adddata(ListFeed(rows=bars))
+    cerebro.adddata(feed)
     cerebro.addstrategy(SmaCross)
     cerebro.broker.setcash(float(cash))
     cerebro.broker.addcommissioninfo(KrxCommission())

@@ -32,13 +32,15 @@ def fill_rows(result: BacktestResult) -> list[dict[str, Any]]:
 
 
 def write_outputs(out: Path, result: BacktestResult, metrics: dict[str, Any], trades: list[Trade],
-                  benchmark: list[tuple[str, float]] | None = None, plot: bool = True) -> dict[str, Path]:
+                  benchmark: list[tuple[str, float]] | None = None, plot: bool = True,
+                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """`extra`: more summary fields (the data's sources and adjustment, UNCONFIRMED rules, history)."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     summary = {"card": result.card_id, "strategy": result.strategy, "params": result.params,
                "from": result.date_from, "to": result.date_to, "metrics": metrics,
                "order_states": result.order_states,
-               "positions": {c: asdict_pos(p) for c, p in result.positions.items()}}
+               "positions": {c: asdict_pos(p) for c, p in result.positions.items()}, **(extra or {})}
     _dump(out / "summary.json", summary)
     paths["summary"] = out / "summary.json"
     _, _, _, dd = drawdown(result.equity, result.initial_cash)

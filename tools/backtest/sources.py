@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import replace
 from pathlib import Path
 
-from tools.backtest.data import DataError, Series, load_codes
+from tools.backtest.data import DataError, Listing, Series, load_codes
 
 BARS = ("1d", "1m", "5m", "15m", "60m")  # common.schema.Bar intervals
 STORE = Path("data") / "bars.sqlite"  # inside a run directory
@@ -32,7 +32,7 @@ def _as_interval(series: dict[str, Series], bars: str, where: str) -> dict[str, 
         if have == bars:
             out[code] = s
         elif have == "1m" and bars != "1d":
-            out[code] = replace(s, bars=aggregate(s.bars, bars))
+            out[code] = replace(s, bars=aggregate(s.bars, bars), starts=None)
         else:
             raise DataError(f"{where}: {code} has {have} bars, not {bars} (use --bars {have})")
     return out
@@ -69,11 +69,16 @@ def load_store(run_dir: Path, codes: list[str], bars: str, date_to: dt.date) -> 
 
 
 def load_series(codes: list[str], bars: str, date_to: dt.date, data: Path | None = None,
-                run_dir: Path | None = None) -> dict[str, Series]:
-    """From `data` (a folder or file) or, when `run_dir` is given, from the gateway's bar store there."""
+                run_dir: Path | None = None, *, strict: bool = False, prices: str = "raw",
+                listings: dict[str, Listing] | None = None) -> dict[str, Series]:
+    """From `data` (a folder or file) or, when `run_dir` is given, from the gateway's bar store there.
+    `listings`: each code's market and kind where known (the rest: KOSPI, kind from the file's name)."""
     check_interval(bars)
     if run_dir is not None:
-        return load_store(run_dir, codes, bars, date_to)
+        got = load_store(run_dir, codes, bars, date_to)
+        listings = listings or {}
+        return {c: replace(s, market=listings[c].market, kind=listings[c].kind) if c in listings else s
+                for c, s in got.items()}
     if data is None:
         raise DataError("give --data PATH or --twin-replay")
-    return _as_interval(load_codes(data, codes, date_to), bars, str(data))
+    return _as_interval(load_codes(data, codes, date_to, strict=strict, prices=prices, listings=listings), bars, str(data))

@@ -1,30 +1,63 @@
-"""Parameter sweeps over a grid, across processes, with an optional walk-forward split.
+"""Parameter sweeps over a grid (and over a universe of codes), across processes or a Dask cluster,
+with a fractional or a rolling walk-forward.
 
-Deterministic: every run is a pure function of (card, data, dates, params); results come back in
-grid order whatever the number of workers, and the selection breaks ties by grid order.
+Deterministic: every cell is a pure function of (card, bars, dates, params); results come back in
+grid order whatever the engine and the number of workers, and the selection breaks ties by grid
+order. A cell that fails (bad params, a strategy error) is reported with its error and the sweep
+goes on: the other cells keep their results.
+
+Engines:
+- `local` (default): a process pool on this machine. Workers start from a forkserver that has
+  imported the backtester once, and get the bars once each (columns, msgpack) instead of parsing files.
+- `dask`: a Dask distributed cluster: a local one (`LocalCluster`, processes) by default, or the
+  scheduler at `--address tcp://host:port`. The bars (and the history of company data) are sent to
+  the workers once (`scatter`, as msgpack bytes), so workers need no shared file system. Dask was
+  chosen over Ray: it is pure Python, installs small wheels from PyPI here (Ray's are ~100 MB with a
+  native core), starts a local cluster in about a second, and `dask scheduler` / `dask worker` are
+  all a multi-machine setup needs. Dask moves tasks with pickle between trusted research processes
+  (our payloads are msgpack bytes; nothing of the trading wire goes through it); a cluster address
+  should be a private network or TLS.
+
+Rolling walk-forward (`--rolling TRAIN,TEST[,STEP]`, trading days): windows of TRAIN days to choose
+the parameters (best train Sharpe) followed by TEST days to judge them, moved by STEP (default TEST).
+Output per window: the chosen parameters, their train and test metrics, the rank of the chosen cell
+on the test days; overall: the out-of-sample return compounded over the test windows, and
+parameter stability: for each parameter, how often the choice changed between windows and how
+often the most chosen value won.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import math
+import multiprocessing
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
-from multiprocessing import get_context
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from common.config import AgentCard
+from common.krx_rules import Market, SecurityKind
+from common.schema import Bar, InvestorDay
+from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
-from tools.backtest.sources import load_series
-from tools.backtest.engine import BacktestConfig, run_backtest
+from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.metrics import compute
 
 SEGMENTS = ("train", "validate", "test")
 # the columns of the results table
 KEYS = ("total_return", "annual_return", "sharpe", "max_drawdown", "trades", "win_rate", "fees", "taxes")
+
+
+class Engine(StrEnum):
+    LOCAL = "local"
+    DASK = "dask"
 
 
 def _value(text: str) -> Any:
@@ -61,6 +94,16 @@ def parse_walk_forward(spec: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+def parse_rolling(spec: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(x) for x in spec.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or any(p <= 0 for p in parts):
+        raise ValueError(f"bad --rolling {spec!r}: TRAIN,TEST[,STEP] in trading days, e.g. 500,120")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else parts[1]
+
+
 def split_dates(days: list[str], fractions: tuple[float, float, float]) -> list[tuple[dt.date, dt.date]]:
     """Cut the trading days into consecutive train / validate / test ranges by fractions of their count."""
     n = len(days)
@@ -72,75 +115,321 @@ def split_dates(days: list[str], fractions: tuple[float, float, float]) -> list[
     return [(dt.date.fromisoformat(days[i]), dt.date.fromisoformat(days[j])) for i, j in cuts]
 
 
-@dataclass(frozen=True)
-class Job:
+def rolling_windows(days: list[str], train: int, test: int, step: int) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """[(train from..to, test from..to)] over the trading days, moved by `step`."""
+    out = []
+    i = 0
+    while i + train + test <= len(days):
+        out.append(((days[i], days[i + train - 1]), (days[i + train], days[i + train + test - 1])))
+        i += step
+    if not out:
+        raise ValueError(f"{len(days)} trading days are too few for one rolling window of {train}+{test}")
+    return out
+
+
+# ---- what travels to the workers: msgpack, not pickle -----------------------------------------------
+
+class _SeriesData(msgspec.Struct, array_like=True):
+    code: str
+    interval: str
+    starts: list[str]
+    o: list[int]
+    h: list[int]
+    lo: list[int]
+    c: list[int]
+    v: list[int]
+    kind: str
+    market: str
+    has_volume: bool
+
+
+class _HistoryData(msgspec.Struct, array_like=True):
+    source: str
+    quotes: dict[str, list[tuple[str, float, float, int, int, int, int, int, int]]]
+    flows: dict[str, list[InvestorDay]]
+
+
+class _Payload(msgspec.Struct):
+    series: list[_SeriesData]
+    history: _HistoryData | None = None
+
+
+class Cell(msgspec.Struct, frozen=True):
+    """One backtest of the sweep: a card, its dates, its params."""
+
     card: AgentCard
-    data: str
-    config: BacktestConfig
+    date_from: dt.date
+    date_to: dt.date
     params: dict[str, Any]
+    cash: int = 0
+    commission_ppm: int = 150
+    sell_tax_ppm: int | None = None
+    max_participation_bp: int = 1_000
     segment: str = "all"
-    bars: str = "1d"
-    run_dir: str = ""  # set: the gateway's bar store in that run directory (--twin-replay), not `data`
+    window: int = -1
+    code: str = ""  # universe sweeps: the code this cell trades
 
 
-_CACHE: dict[tuple[str, str, str, tuple[str, ...], str], dict[str, Series]] = {}
+def encode_payload(series: dict[str, Series], history: CompanyHistory | None) -> bytes:
+    data = [_SeriesData(code=s.code, interval=s.bars[0].interval if s.bars else "1d", starts=[b.start for b in s.bars],
+                        o=[b.open for b in s.bars], h=[b.high for b in s.bars], lo=[b.low for b in s.bars],
+                        c=[b.close for b in s.bars], v=[b.volume for b in s.bars], kind=str(s.kind),
+                        market=str(s.market), has_volume=s.has_volume) for s in series.values()]
+    hist = None
+    if history is not None:
+        hist = _HistoryData(source=history.source,
+                            quotes={c: [(r.day, r.per, r.pbr, r.eps, r.bps, r.market_cap, r.listed_shares, r.high_250d,
+                                         r.low_250d) for r in rows] for c, (_, rows) in history.quotes.items()},
+                            flows={c: rows for c, (_, rows) in history.flows.items()})
+    return msgspec.msgpack.encode(_Payload(series=data, history=hist))
 
 
-def _series(job: Job) -> dict[str, Series]:
-    key = (job.data, job.run_dir, job.bars, tuple(job.card.codes), job.config.date_to.isoformat())
-    if key not in _CACHE:  # one load per worker process, not per job
-        _CACHE[key] = load_series(job.card.codes, job.bars, job.config.date_to,
-                                  Path(job.data) if job.data else None, Path(job.run_dir) if job.run_dir else None)
-    return _CACHE[key]
+_DECODED: dict[str, tuple[dict[str, Series], CompanyHistory | None]] = {}  # per worker process
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    result = run_backtest(job.card, _series(job), replace(job.config, params=job.params))
+def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory | None]:
+    key = hashlib.sha256(payload).hexdigest()
+    got = _DECODED.get(key)
+    if got is None:
+        p = msgspec.msgpack.decode(payload, type=_Payload)
+        series = {}
+        for s in p.series:
+            bars = [Bar(code=s.code, interval=s.interval, start=t, open=o, high=h, low=lo, close=c, volume=v)
+                    for t, o, h, lo, c, v in zip(s.starts, s.o, s.h, s.lo, s.c, s.v)]
+            series[s.code] = Series(code=s.code, bars=bars, kind=SecurityKind(s.kind), market=Market(s.market),
+                                    has_volume=s.has_volume, starts=s.starts)
+        history = None
+        if p.history is not None:
+            history = CompanyHistory(source=p.history.source)
+            for code, rows in p.history.quotes.items():
+                days = [CompanyDay(*r) for r in rows]
+                history.quotes[code] = ([d.day for d in days], days)
+            for code, flows in p.history.flows.items():
+                history.flows[code] = ([f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:]}" for d in flows], list(flows))
+        got = _DECODED[key] = (series, history)
+    return got
+
+
+_WORKER_PAYLOAD: bytes = b""
+
+
+def _init_worker(payload: bytes) -> None:
+    global _WORKER_PAYLOAD
+    _WORKER_PAYLOAD = payload
+    _decode_payload(payload)
+
+
+def run_cell(cell: Cell, payload: bytes | None = None) -> dict[str, Any]:
+    """One cell's row; never raises for the strategy's or the data's problems (the error is the row)."""
+    series, history = _decode_payload(payload if payload is not None else _WORKER_PAYLOAD)
+    row: dict[str, Any] = {"segment": cell.segment, "params": cell.params, "from": cell.date_from.isoformat(),
+                           "to": cell.date_to.isoformat()}
+    if cell.window >= 0:
+        row["window"] = cell.window
+    if cell.code:
+        row["code"] = cell.code
+    cfg = BacktestConfig(date_from=cell.date_from, date_to=cell.date_to, cash=cell.cash,
+                         costs=CostModel(commission_ppm=cell.commission_ppm), sell_tax_ppm=cell.sell_tax_ppm,
+                         max_participation_bp=cell.max_participation_bp, params=cell.params, history=history)
+    try:
+        result = run_backtest(cell.card, series, cfg)
+    except (BacktestError, ValueError) as e:
+        row.update({k: None for k in KEYS}, error=str(e))
+        return row
     m = compute(result)
-    return {"segment": job.segment, "params": job.params, "from": result.date_from, "to": result.date_to,
-            **{k: m[k] for k in KEYS}}
+    row.update({"from": result.date_from, "to": result.date_to, **{k: m[k] for k in KEYS}})
+    return row
 
 
-def run_jobs(jobs: list[Job], workers: int, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    if workers <= 1 or len(jobs) <= 1:
+def _run_cell_bytes(cell: bytes, payload: bytes) -> bytes:
+    """The Dask task: msgpack in, msgpack out."""
+    return msgspec.msgpack.encode(run_cell(msgspec.msgpack.decode(cell, type=Cell), payload))
+
+
+# ---- engines -------------------------------------------------------------------------------------------
+
+def run_cells(cells: list[Cell], payload: bytes, workers: int, engine: Engine = Engine.LOCAL, address: str = "",
+              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Every cell's row, in the order of `cells`."""
+    total = len(cells)
+    if engine is Engine.DASK:
+        return _run_dask(cells, payload, workers, address, progress)
+    if workers <= 1 or total <= 1:
         out = []
-        for i, j in enumerate(jobs):
-            out.append(run_job(j))
+        for i, c in enumerate(cells):
+            out.append(run_cell(c, payload))
             if progress:
-                progress(i + 1, len(jobs))
+                progress(i + 1, total)
         return out
-    # spawn: clean workers, no inherited locks or threads (rich's refresh thread)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # forkserver: workers fork from a clean server process that imported the backtester once (no
+    # inherited threads or locks, e.g. rich's refresh thread), and receive the bars once each
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tools.backtest.sweep"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(payload,)) as pool:
         out = []
-        for i, r in enumerate(pool.map(run_job, jobs, chunksize=max(1, len(jobs) // (workers * 4)))):
+        for i, r in enumerate(pool.map(run_cell, cells, chunksize=max(1, total // (workers * 8)))):
             out.append(r)
             if progress:
-                progress(i + 1, len(jobs))
+                progress(i + 1, total)
         return out
 
+
+def _run_dask(cells: list[Cell], payload: bytes, workers: int, address: str,
+              progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ValueError("--engine dask needs the dask distributed package (pip install 'dask[distributed]')") from None
+    cluster = None
+    try:
+        if address:
+            client = Client(address, timeout="20s")
+        else:
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, host="127.0.0.1")
+            client = Client(cluster)
+    except OSError as e:
+        raise ValueError(f"cannot reach the Dask scheduler {address or '(local)'}: {e}") from None
+    try:
+        data = client.scatter(payload, broadcast=True)
+        futures = [client.submit(_run_cell_bytes, msgspec.msgpack.encode(c), data, key=f"ktrader-cell-{i}-{_digest(c)}",
+                                 pure=False) for i, c in enumerate(cells)]
+        index = {f.key: i for i, f in enumerate(futures)}
+        out: list[dict[str, Any] | None] = [None] * len(cells)
+        for n, fut in enumerate(as_completed(futures), start=1):
+            out[index[fut.key]] = msgspec.msgpack.decode(fut.result())
+            if progress:
+                progress(n, len(cells))
+        return [r for r in out if r is not None]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _digest(cell: Cell) -> str:
+    return hashlib.sha1(msgspec.msgpack.encode(cell)).hexdigest()[:12]
+
+
+# ---- sweeps ----------------------------------------------------------------------------------------------
 
 def _score(row: dict[str, Any]) -> float:
     s = row.get("sharpe")
-    return -math.inf if s is None else float(s)
+    return -math.inf if s is None or row.get("error") else float(s)
 
 
-def sweep(card: AgentCard, data: Path | None, config: BacktestConfig, grid: list[dict[str, Any]], workers: int,
-          days: list[str], walk_forward: tuple[float, float, float] | None = None,
-          progress: Callable[[int, int], None] | None = None, bars: str = "1d",
-          run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the grid; with a walk-forward split, on each segment, choosing by train Sharpe."""
-    src = {"bars": bars, "run_dir": str(run_dir) if run_dir else ""}
-    data_s = str(data) if data else ""
+def _best(rows: list[dict[str, Any]]) -> int:
+    return max(range(len(rows)), key=lambda i: (_score(rows[i]), -i))
+
+
+def _cards(card: AgentCard, universe: list[str] | None) -> list[tuple[str, AgentCard]]:
+    """The card, or one card per code of the universe (codes, and params.codes when the strategy has it)."""
+    if not universe:
+        return [("", card)]
+    out = []
+    for code in universe:
+        params = dict(card.params)
+        if "codes" in params:
+            params["codes"] = [code]
+        out.append((code, msgspec.structs.replace(card, codes=[code], params=params)))
+    return out
+
+
+def sweep(card: AgentCard, config: BacktestConfig, grid: list[dict[str, Any]], workers: int, days: list[str],
+          series: dict[str, Series], walk_forward: tuple[float, float, float] | None = None,
+          rolling: tuple[int, int, int] | None = None, progress: Callable[[int, int], None] | None = None,
+          engine: Engine = Engine.LOCAL, address: str = "", universe: list[str] | None = None) -> dict[str, Any]:
+    """Run the grid (per code of `universe` when given); with a walk-forward split or rolling windows."""
+    payload = encode_payload(series, config.history)
+    base = Cell(card=card, date_from=config.date_from, date_to=config.date_to, params={}, cash=config.cash,
+                commission_ppm=config.costs.commission_ppm, sell_tax_ppm=config.sell_tax_ppm,
+                max_participation_bp=config.max_participation_bp)
+    grid = [{**(config.params or {}), **p} for p in grid] or [dict(config.params or {})]
+    cards = _cards(card, universe)
+    if rolling is not None:
+        return _rolling(base, cards, grid, days, rolling, payload, workers, engine, address, progress)
     if walk_forward is None:
-        jobs = [Job(card, data_s, config, p, **src) for p in grid]
-        rows = run_jobs(jobs, workers, progress)
-        best = max(range(len(rows)), key=lambda i: (_score(rows[i]), -i))
-        return {"rows": rows, "best": best, "chosen_by": "sharpe"}
+        cells = [msgspec.structs.replace(base, card=c, code=code, params=p) for code, c in cards for p in grid]
+        rows = run_cells(cells, payload, workers, engine, address, progress)
+        res = _summary(rows, len(grid), cards)
+        res["chosen_by"] = "sharpe"
+        return res
     ranges = split_dates(days, walk_forward)
-    jobs = [Job(card, data_s, replace(config, date_from=lo, date_to=hi), p, seg, **src)
-            for p in grid for seg, (lo, hi) in zip(SEGMENTS, ranges)]
-    flat = run_jobs(jobs, workers, progress)
+    cells = [msgspec.structs.replace(base, card=c, code=code, params=p, segment=seg, date_from=lo, date_to=hi)
+             for code, c in cards for p in grid for seg, (lo, hi) in zip(SEGMENTS, ranges)]
+    flat = run_cells(cells, payload, workers, engine, address, progress)
     rows = [flat[i:i + 3] for i in range(0, len(flat), 3)]  # per grid point: train, validate, test
-    best = max(range(len(rows)), key=lambda i: (_score(rows[i][0]), -i))
-    return {"rows": rows, "best": best, "chosen_by": "train sharpe",
-            "segments": {s: [lo.isoformat(), hi.isoformat()] for s, (lo, hi) in zip(SEGMENTS, ranges)}}
+    res: dict[str, Any] = {"rows": rows, "chosen_by": "train sharpe",
+                           "segments": {s: [lo.isoformat(), hi.isoformat()] for s, (lo, hi) in zip(SEGMENTS, ranges)}}
+    per = len(grid)
+    res["best"] = _best([r[0] for r in rows[:per]])
+    if len(cards) > 1:
+        res["best_per_code"] = {code: _best([r[0] for r in rows[k * per:(k + 1) * per]]) + k * per
+                                for k, (code, _) in enumerate(cards)}
+    res["failed"] = [{"cell": i, "params": r[0]["params"], "error": e["error"]} for i, r in enumerate(rows)
+                     for e in r if e.get("error")][:1000]
+    return res
+
+
+def _summary(rows: list[dict[str, Any]], per: int, cards: list[tuple[str, AgentCard]]) -> dict[str, Any]:
+    res: dict[str, Any] = {"rows": rows, "best": _best(rows[:per])}
+    if len(cards) > 1:
+        res["best_per_code"] = {code: _best(rows[k * per:(k + 1) * per]) + k * per for k, (code, _) in enumerate(cards)}
+    res["failed"] = [{"cell": i, "params": r["params"], **({"code": r["code"]} if "code" in r else {}),
+                      "error": r["error"]} for i, r in enumerate(rows) if r.get("error")]
+    return res
+
+
+def _rolling(base: Cell, cards: list[tuple[str, AgentCard]], grid: list[dict[str, Any]], days: list[str],
+             spec: tuple[int, int, int], payload: bytes, workers: int, engine: Engine, address: str,
+             progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    windows = rolling_windows(days, *spec)
+    d = dt.date.fromisoformat
+    cells = []
+    for code, c in cards:
+        for w, ((tr_lo, tr_hi), (te_lo, te_hi)) in enumerate(windows):
+            for p in grid:  # every cell on train and on test: the test ranks say whether train picks hold
+                cells.append(msgspec.structs.replace(base, card=c, code=code, params=p, segment="train", window=w,
+                                                     date_from=d(tr_lo), date_to=d(tr_hi)))
+                cells.append(msgspec.structs.replace(base, card=c, code=code, params=p, segment="test", window=w,
+                                                     date_from=d(te_lo), date_to=d(te_hi)))
+    flat = run_cells(cells, payload, workers, engine, address, progress)
+    per = len(grid)
+    out: dict[str, Any] = {"chosen_by": "train sharpe (rolling)", "rolling": {"train": spec[0], "test": spec[1],
+                                                                             "step": spec[2]}, "codes": {}}
+    failed = [{"cell": i, "params": r["params"], "window": r.get("window"), **({"code": r["code"]} if "code" in r else {}),
+               "error": r["error"]} for i, r in enumerate(flat) if r.get("error")]
+    k = 0
+    for code, _ in cards:
+        wins = []
+        for w, (tr, te) in enumerate(windows):
+            block = flat[k:k + 2 * per]
+            k += 2 * per
+            train, test = block[0::2], block[1::2]
+            best = _best(train)
+            order = sorted(range(per), key=lambda i: (-_score(test[i]), i))
+            wins.append({"window": w, "train_range": list(tr), "test_range": list(te), "chosen": train[best]["params"],
+                         "train": train[best], "test": test[best], "test_rank": order.index(best) + 1, "cells": per})
+        out["codes"][code or "card"] = {"windows": wins, **_oos(wins, grid)}
+    out["failed"] = failed
+    return out
+
+
+def _oos(wins: list[dict[str, Any]], grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """Out-of-sample return compounded over the test windows, and how stable the choices were."""
+    total = 1.0
+    for w in wins:
+        r = w["test"].get("total_return")
+        total *= 1.0 + (r or 0.0)
+    names = list(dict.fromkeys(n for p in grid for n in p))
+    stability: dict[str, Any] = {}
+    for n in names:
+        chosen = [w["chosen"].get(n) for w in wins]
+        counts = Counter(map(str, chosen))
+        mode, hits = counts.most_common(1)[0]
+        stability[n] = {"chosen": chosen, "changes": sum(1 for a, b in zip(chosen, chosen[1:]) if a != b),
+                        "most_chosen": mode, "share": round(hits / len(chosen), 4)}
+    ranks = [w["test_rank"] for w in wins]
+    return {"oos_return": total - 1.0, "oos_windows": len(wins), "mean_test_rank": sum(ranks) / len(ranks),
+            "stability": stability}

@@ -1,0 +1,132 @@
+"""What agents read, by day: the company data of inquire-price (PER/PBR/EPS/BPS, market cap, listed
+shares) and the investor flows of inquire-investor, kept at `run/data/queries.sqlite` (apsw, WAL,
+synchronous=NORMAL: market data, not orders) so that strategies using them can be backtested on what
+was really seen (tools/backtest/history.py reads it; `ktrader data export` writes it as CSV).
+
+- `quotes`: one row per (code, day): the last quote read that market day (a later read replaces it);
+- `investor`: one row per (code, day) of completed days: the newest answer for that day wins (KIS
+  fills today's row only after the close; rows with empty fields never reach here).
+Writes are best effort: a failure is logged and counted, never passed to the agent that asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import apsw
+
+from common.schema import InvestorDay, PriceQuote
+
+log = logging.getLogger("ktrader.gateway.history")
+SCHEMA_VERSION = 1
+QUOTE_COLS = ("per", "pbr", "eps", "bps", "market_cap", "listed_shares", "last", "base", "high_250d", "low_250d")
+INVESTOR_COLS = ("close", "foreign_qty", "institution_qty", "individual_qty", "foreign_value", "institution_value",
+                 "individual_value")
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS quotes (
+    code TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL,
+    per REAL NOT NULL, pbr REAL NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in QUOTE_COLS[2:])},
+    PRIMARY KEY (code, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS investor (
+    code TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL" for c in INVESTOR_COLS)},
+    PRIMARY KEY (code, day)
+) WITHOUT ROWID;
+"""
+
+
+class QueryHistory:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            self.db = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+            self.db.setbusytimeout(5000)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = apsw.Connection(str(self.path))
+        self.db.setbusytimeout(5000)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: schema version {version} is newer than this ktrader ({SCHEMA_VERSION})")
+        with self.db:
+            self.db.execute(_DDL)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- writes (the gateway) ------------------------------------------------------------------
+
+    def record_quote(self, day: str, q: PriceQuote, ts_ns: int) -> None:
+        """`day` YYYY-MM-DD: the market day the quote was read on."""
+        vals = [getattr(q, c) for c in QUOTE_COLS]
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO quotes (code, day, ts_ns, {', '.join(QUOTE_COLS)}) "
+                            f"VALUES (?, ?, ?, {', '.join('?' * len(QUOTE_COLS))})", (q.code, day, ts_ns, *vals))
+
+    def record_investor(self, code: str, days: Iterable[InvestorDay], ts_ns: int) -> None:
+        rows = [(code, f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:8]}", ts_ns, *(getattr(d, c) for c in INVESTOR_COLS))
+                for d in days if len(d.day) == 8 and d.day.isdigit()]
+        if not rows:
+            return
+        with self.db:
+            self.db.executemany(f"INSERT OR REPLACE INTO investor (code, day, ts_ns, {', '.join(INVESTOR_COLS)}) "
+                                f"VALUES (?, ?, ?, {', '.join('?' * len(INVESTOR_COLS))})", rows)
+
+    # ---- reads (export, backtests) ---------------------------------------------------------------
+
+    def codes(self) -> list[str]:
+        rows = self.db.execute("SELECT code FROM quotes UNION SELECT code FROM investor ORDER BY code").fetchall()
+        return [r[0] for r in rows]
+
+    def quotes(self, code: str) -> list[tuple[str, ...]]:
+        """(day, per, pbr, eps, bps, ...) oldest first, in QUOTE_COLS order after the day."""
+        return self.db.execute(f"SELECT day, {', '.join(QUOTE_COLS)} FROM quotes WHERE code = ? ORDER BY day",
+                               (code,)).fetchall()
+
+    def investor(self, code: str) -> list[tuple[str, ...]]:
+        """(day, close, foreign_qty, ...) oldest first, in INVESTOR_COLS order after the day."""
+        return self.db.execute(f"SELECT day, {', '.join(INVESTOR_COLS)} FROM investor WHERE code = ? ORDER BY day",
+                               (code,)).fetchall()
+
+
+class Recorder:
+    """The gateway's side: best-effort writes with a failure counter (a full disk must not fail queries)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failures = 0
+        self._db: QueryHistory | None = None
+
+    def _open(self) -> QueryHistory:
+        if self._db is None:
+            self._db = QueryHistory(self.path)
+        return self._db
+
+    def quote(self, day: str, q: PriceQuote, ts_ns: int) -> None:
+        try:
+            self._open().record_quote(day, q, ts_ns)
+        except (apsw.Error, OSError, RuntimeError) as e:
+            self._failed(e)
+
+    def investor(self, code: str, days: list[InvestorDay], ts_ns: int) -> None:
+        try:
+            self._open().record_investor(code, days, ts_ns)
+        except (apsw.Error, OSError, RuntimeError) as e:
+            self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        self.failures += 1
+        if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
+            log.warning("recording queries to %s failed (%d times): %s", self.path, self.failures, e)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
