@@ -33,6 +33,7 @@ from common.curve import CurveError, client_pair_for
 from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
+from common.krx import Phase
 from common.orders import OPEN, OrderState
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
@@ -113,6 +114,7 @@ class AgentRuntime(AgentServicesMixin):
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._last_daily = ""  # the newest daily bar handed to the strategy (reported in heartbeats)
+        self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -173,9 +175,15 @@ class AgentRuntime(AgentServicesMixin):
         """The market's time as the gateway's clock says (the twin's, in a rehearsal or replay)."""
         return kst_from_ns(time.time_ns() + self._clock_offset_ns)
 
-    def _follow_clock(self, clock_ns: int) -> None:
+    def market_phase(self) -> Phase:
+        """The market's phase as the gateway's clock last said (heartbeat replies, every ~0.25 s)."""
+        return self._phase
+
+    def _follow_clock(self, clock_ns: int, phase: str = "") -> None:
         if clock_ns:
             self._clock_offset_ns = clock_ns - time.time_ns()
+        if phase:
+            self._phase = Phase(phase)
 
     @property
     def polled_codes(self) -> frozenset[str]:
@@ -285,7 +293,7 @@ class AgentRuntime(AgentServicesMixin):
                 continue
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
-        self._follow_clock(reply.snapshot.clock_ns)
+        self._follow_clock(reply.snapshot.clock_ns, reply.snapshot.phase)
         if self._gateway_sid and reply.h.sid != self._gateway_sid:
             self.feed.reset()  # a new gateway numbers its topics from 1 (a remote agent's gateway.json never changes)
         self._gateway_sid = reply.h.sid
@@ -457,14 +465,14 @@ class AgentRuntime(AgentServicesMixin):
             self._on_event(msg)
         elif isinstance(msg, Ack):
             self._ack_seen()
-            self._follow_clock(msg.clock_ns)
+            self._follow_clock(msg.clock_ns, msg.phase)
         elif isinstance(msg, OrdersReply):
             for r in msg.results:
                 if not r.accepted:
                     self._refused(r)
         elif isinstance(msg, SnapshotReply):
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
-            self._follow_clock(msg.snapshot.clock_ns)
+            self._follow_clock(msg.snapshot.clock_ns, msg.snapshot.phase)
         elif isinstance(msg, MarketSnapshot):
             for st in msg.markets:
                 self.log.info("MARKET %s trade=%s book=%s bars=%s seqs=%s", st.code, st.trade.price if st.trade else None,

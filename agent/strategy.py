@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from common.enums import BarInterval, OrderType, TimeInForce
+from common.krx import REGULAR_ORDER_PHASES, Phase
 import datetime as dt
 
 from common.schema import AgentSummary, Bar, BookTick, FillView, InvestorDay, OrderView, PositionView, PriceQuote, TradeTick
@@ -46,7 +47,14 @@ class Context(Protocol):
     def set_timer(self, interval_s: float) -> None: ...
 
     def now(self) -> dt.datetime:
-        """The current time in KST: the wall clock live, the bar's time in a backtest."""
+        """The market's time in KST: the gateway's market clock live (the twin's in a rehearsal), the
+        bar's time in a backtest."""
+        ...
+
+    def market_phase(self) -> Phase:
+        """The market's phase now (pre-open, auctions, continuous, after the close ...), by the same
+        clock. Plain orders are taken only in the auctions and the continuous session: after the
+        close an order must be for the next session (see `session_tif`)."""
         ...
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
@@ -95,6 +103,12 @@ class Context(Protocol):
         seconds would make wrong highs, lows and volumes. `ctx.history()` reads their bars from the
         broker's chart API instead."""
         ...
+
+
+def session_tif(ctx: "Context") -> TimeInForce:
+    """DAY while the market takes orders, else NEXT_SESSION: for a strategy that may decide in the
+    session (live, on a timer) or after the close (a daily bar, a backtest on daily data)."""
+    return TimeInForce.DAY if ctx.market_phase() in REGULAR_ORDER_PHASES else TimeInForce.NEXT_SESSION
 
 
 def unsubscribed_bars(cls: type["Strategy"], subscribed: list[BarInterval]) -> list[BarInterval]:

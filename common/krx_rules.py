@@ -175,10 +175,11 @@ def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
 class KrxRules:
     """The KRX rules of one trading day. Prices are integer KRW; taxes are ppm of the sale value."""
 
-    __slots__ = ("_ladders", "_bands", "_tax", "unconfirmed", "_limits")
+    __slots__ = ("since", "_ladders", "_bands", "_tax", "unconfirmed", "_limits")
 
     def __init__(self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow],
                  taxes: dict[Market, TaxRow]) -> None:
+        self.since = day  # the first day of this set of rows (later days with the same rows share it)
         self._ladders = {m: r.ladder for m, r in ticks.items()}
         self._bands = {m: r.pct for m, r in bands.items()}
         self._tax = {m: r.total_ppm for m, r in taxes.items()}

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from common.books import apply_fill_value
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT
-from common.krx import SecurityKind
+from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 from common.orders import OPEN, Order
 from common.risk_rules import AccountExposure, Exposure, notional_price
 from common.schema import PositionView
@@ -41,6 +41,8 @@ class Portfolio:
         self.marks: dict[str, int] = {}  # code → last trade price (unrealised P&L)
         self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
+        self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
+        self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
         self.virtual: set[str] = set()  # agents whose books are not the account's (shadow)
         self.day_start: dict[str, tuple[int, int]] = {}  # agent → (realised, fees) at the day's start
         self._held: dict[str, _Held] = defaultdict(_Held)
@@ -75,8 +77,11 @@ class Portfolio:
     def kind(self, code: str) -> SecurityKind:
         return self.kinds.get(code, SecurityKind.STOCK)
 
+    def board(self, code: str) -> Market:
+        return self.boards.get(code, Market.KOSPI)
+
     def notional_price(self, side: Side, price: int, code: str) -> int:
-        return notional_price(side, price, self.base_prices.get(code, 0), self.kind(code))
+        return notional_price(side, price, self.base_prices.get(code, 0), self.kind(code), self.rules, self.board(code))
 
     def _market_buys(self, held: _Held, code: str | None = None) -> int:
         codes = [code] if code is not None else list(held.market_buy_qty)

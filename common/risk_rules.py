@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from common.config import RiskLimits
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.krx import REGULAR_ORDER_PHASES, Phase, PriceRuleError, SecurityKind, check_price, on_grid, price_limits, tick_size
+from common.krx import REGULAR_ORDER_PHASES, Phase
+from common.krx_rules import CURRENT, KrxRules, Market, PriceRuleError, SecurityKind
 
 Denial = tuple[ErrorCode, str]
 
@@ -51,14 +52,17 @@ class AccountExposure:
 
 
 @dataclass(frozen=True, slots=True)
-class Market:
-    """The order's market context."""
+class MarketView:
+    """The order's market context: the session, the phase, the code's band centre and listing, and the
+    KRX rules of the day the order lives in (tick grid and band by date, common/krx_rules.py)."""
 
     session: SessionState = SessionState.READY
     session_detail: str = ""  # why the session is not READY (HTS id refused, port unreachable, ...)
     phase: Phase = Phase.CONTINUOUS
     base_price: int = 0  # the band's centre (yesterday's close); 0 = unknown
     kind: SecurityKind = SecurityKind.STOCK
+    board: Market = Market.KOSPI
+    rules: KrxRules = CURRENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +91,15 @@ class RateWindow:
         return len(self.stamps)
 
 
-def notional_price(side: Side, price: int, base_price: int, kind: SecurityKind = SecurityKind.STOCK) -> int:
-    """What one share of an order is judged at: its limit; a market buy at today's upper limit (KIS
+def notional_price(side: Side, price: int, base_price: int, kind: SecurityKind = SecurityKind.STOCK,
+                   rules: KrxRules = CURRENT, board: Market = Market.KOSPI) -> int:
+    """What one share of an order is judged at: its limit; a market buy at the day's upper limit (KIS
     reserves cash there too), a market sell at the lower; 0 when unknown."""
     if price:
         return price
     if not base_price:
         return 0
-    lower, upper = price_limits(base_price, kind)
+    lower, upper = rules.price_limits(base_price, kind, board)
     return upper if side is Side.BUY else lower
 
 
@@ -111,7 +116,7 @@ def check_order(
     order_type: OrderType,
     tif: TimeInForce,
     mandate: Mandate,
-    market: Market,
+    market: MarketView,
     exp: Exposure,
     account: AccountExposure,
     rates: tuple[int, int] = (0, 0),
@@ -146,11 +151,13 @@ def check_order(
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the next open")
     # price rules
     if price > 0:
-        if not on_grid(price, market.kind):
-            return ErrorCode.DENIED_TICK, f"price {price} is off the tick grid (tick {tick_size(price, market.kind)})"
+        rules, kind, board = market.rules, market.kind, market.board
+        if not rules.on_grid(price, kind, board):
+            return ErrorCode.DENIED_TICK, (f"price {price} is off the tick grid in force since {rules.since} "
+                                           f"(tick {rules.tick_size(price, kind, board)})")
         if market.base_price:
             try:
-                check_price(price, market.base_price, market.kind)
+                rules.check_price(price, market.base_price, kind, board)
             except PriceRuleError as e:
                 return ErrorCode.DENIED_PRICE_BAND, str(e)
     # daily loss: once breached only risk-reducing orders pass
@@ -161,7 +168,7 @@ def check_order(
     # shares
     if side is Side.SELL and qty > exp.sellable_qty:
         return ErrorCode.DENIED_NO_SHARES, f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}"
-    unit = notional_price(side, price, market.base_price, market.kind)
+    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
     if side is Side.BUY and unit <= 0:
         return ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order"
     notional = qty * unit

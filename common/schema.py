@@ -129,6 +129,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     day: str  # YYYYMMDD (KST) the snapshot's order numbering refers to
     orders_today: int
     clock_ns: int = 0  # the gateway's market clock when the snapshot was taken
+    phase: str = ""  # the market's phase then (common.krx.Phase value)
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------
@@ -240,6 +241,7 @@ class GetOrders(_Msg, tag="get_orders"):
 class Ack(_Msg, tag="ack"):
     message: str = ""
     clock_ns: int = 0  # heartbeat replies: the gateway's market clock (an agent's ctx.now() follows it)
+    phase: str = ""  # ... and the market's phase then (common.krx.Phase value; "" when not a heartbeat reply)
 
 
 class Error(_Msg, tag="error"):

@@ -18,7 +18,7 @@ from common.enums import AlertKind, SessionState, Side, SystemEventKind, Trading
 from common.market_clock import MarketClock, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
-from common.risk_rules import HELD_TIFS, Denial, Mandate, Market, RateWindow, check_order
+from common.risk_rules import HELD_TIFS, Denial, Mandate, MarketView, RateWindow, check_order
 from common.schema import NewOrder
 from server.store import Store
 
@@ -96,10 +96,10 @@ class RiskGate:
                        listed=self.known_codes, listed_source=self.master_source,
                        gateway_state=self.global_state, agent_state=agent_state)
 
-    def _market(self, code: str, session: SessionView) -> Market:
+    def _market(self, code: str, session: SessionView) -> MarketView:
         p = self.portfolio
-        return Market(session=session[0], session_detail=session[1], phase=self.clock.phase(),
-                      base_price=p.base_prices.get(code, 0), kind=p.kind(code))
+        return MarketView(session=session[0], session_detail=session[1], phase=self.clock.phase(),
+                          base_price=p.base_prices.get(code, 0), kind=p.kind(code), board=p.board(code), rules=p.rules)
 
     def check(self, card: AgentCard, order: NewOrder, session: SessionView, *, shadow: bool = False) -> Denial | None:
         """A new order; on success it counts in the order rate."""

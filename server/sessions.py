@@ -70,7 +70,7 @@ class AgentSessions:
             positions=[x for x in p.positions.get(agent, {}).values() if x.qty or x.realized_pnl or x.fees],
             budget=rec.card.budget, reserved_cash=p.reserved_cash(agent), spent_cash=p.spent(agent),
             last_seq=book.seq.get(agent, 0), next_order_n=n, day=book.day(), orders_today=len(numbers),
-            clock_ns=market_ns(book.clock),
+            clock_ns=market_ns(book.clock), phase=book.clock.phase().value,
         )
 
     # ---- requests -----------------------------------------------------------------------------------
@@ -113,7 +113,8 @@ class AgentSessions:
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
         rec.errors = msg.errors
         rec.feed = msg.feed
-        return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(self.book.clock))
+        clock = self.book.clock
+        return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(clock), phase=clock.phase().value)
 
     def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
         self.registry.unregister(rec)

@@ -21,6 +21,7 @@ import msgspec
 from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import SystemEventKind
+from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.schema import AgentPerformance, Notice
 from server import daily_report
@@ -111,6 +112,7 @@ class TradingDay:
         day = yyyymmdd(now.date())
         first = not self.cycle.day
         if self.cycle.roll(day):
+            self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
             self.roll_pnl(day)
             self.risk.end_of_day = self.cycle.cleaned  # one set: the day cycle persists it, the gate reads it
             self.publish(SystemEventKind.TRADING_DAY, "", day)  # agents number their orders by the gateway's day

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import msgspec
 
-from agent.strategy import Context, DataNeed, Strategy
+from agent.strategy import Context, DataNeed, Strategy, session_tif
 from common.errors import KtraderError
 from common.krx_rules import rules_for
 from common.schema import InvestorDay, OrderView
@@ -98,10 +98,10 @@ class ForeignFlow(Strategy):
             qty = p.notional // q.last if q.last else 0
             if qty:
                 self.ctx.state[f"acted:{code}"] = newest  # goes to the gateway ahead of the order
-                self.inflight[code] = self.ctx.buy(code, qty, rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit), reason=f"foreign buying {buys}d",
+                self.inflight[code] = self.ctx.buy(code, qty, rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit), tif=session_tif(self.ctx), reason=f"foreign buying {buys}d",
                              context={"streak": buys, "day": newest})
         elif held and sells >= p.sell_days:
             q = self.ctx.quote(code)
             self.ctx.state[f"acted:{code}"] = newest
-            self.inflight[code] = self.ctx.sell(code, held, rules_for(self.ctx.now().date()).ticks_away(q.last, -p.limit_ticks, q.lower_limit), reason=f"foreign selling {sells}d",
+            self.inflight[code] = self.ctx.sell(code, held, rules_for(self.ctx.now().date()).ticks_away(q.last, -p.limit_ticks, q.lower_limit), tif=session_tif(self.ctx), reason=f"foreign selling {sells}d",
                           context={"streak": sells, "day": newest})

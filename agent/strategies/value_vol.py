@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from agent.strategy import Context, DataNeed, Strategy
+from agent.strategy import Context, DataNeed, Strategy, session_tif
 from common.enums import OrderType, Side
 from common.errors import KtraderError
 from common.krx_rules import rules_for
@@ -90,10 +90,11 @@ class ValueVol(Strategy):
         return code in self.inflight or bool(self._open(code))
 
     def _buy(self, code: str, *args: Any, **kw: Any) -> None:
-        self.inflight[code] = self.ctx.buy(code, *args, **kw)
+        # in the session a day order; after the close (a backtest's daily step) one for the next session
+        self.inflight[code] = self.ctx.buy(code, *args, tif=session_tif(self.ctx), **kw)
 
     def _sell(self, code: str, *args: Any, **kw: Any) -> None:
-        self.inflight[code] = self.ctx.sell(code, *args, **kw)
+        self.inflight[code] = self.ctx.sell(code, *args, tif=session_tif(self.ctx), **kw)
 
     def on_timer(self) -> None:
         for code in self.params.codes:

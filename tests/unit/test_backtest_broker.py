@@ -71,7 +71,8 @@ def run(plan: dict[str, list[tuple[Any, ...]]], rows: list[tuple[str, int, int, 
 
 
 M, L = OrderType.MARKET, OrderType.LIMIT
-DAY, IOC = TimeInForce.DAY, TimeInForce.IOC
+# orders are placed at a daily bar's close: for the next session (a plain DAY order is refused there, as live)
+DAY, IOC = TimeInForce.NEXT_SESSION, TimeInForce.IOC
 
 
 def states(coid_suffix: str) -> list[str]:
@@ -108,16 +109,18 @@ def test_unreached_limit_expires_at_the_close_of_its_day() -> None:
 
 
 def test_partial_fill_by_volume_share_then_expiry() -> None:
-    r = run({"2024-01-02": [("buy", 250, 0, M, DAY)]}, cash=20_000_000, participation_bp=1_000)  # 10 % of 1,000
+    # the market buy is judged at the next day's upper limit (250 x 91,600 = 22.9 M of cash), as live
+    r = run({"2024-01-02": [("buy", 250, 0, M, DAY)]}, cash=30_000_000, participation_bp=1_000)  # 10 % of 1,000
     assert [(f.qty, f.price) for f in r.fills] == [(100, 70_800)]
     assert states("20240102-1") == ["pending_submit", "accepted", "partially_filled", "expired"]
 
 
-def test_ioc_sees_only_the_open() -> None:
-    # a DAY limit at 70,500 would fill on 2024-01-03 (low 70,000); IOC only sees the open 70,800
+def test_an_ioc_after_the_close_is_refused_as_live() -> None:
+    # a daily bar is decided after the close: only an order for the next session is taken then
     r = run({"2024-01-02": [("buy", 5, 70_500, L, IOC)]})
     assert r.fills == []
-    assert states("20240102-1")[-1] == "cancelled"
+    assert states("20240102-1") == ["denied"]
+    assert [e[4] for e in LOG if e[0] == "order"] == ["DENIED_MARKET_CLOSED"]
 
 
 @pytest.mark.parametrize("order, code", [
@@ -158,12 +161,14 @@ def test_halted_bar_fills_nothing() -> None:
     assert r.fills == []
 
 
-def test_a_gap_up_buy_is_cut_to_the_cash() -> None:
-    # 14 x 70,500 = 987,000 passes the gate with 1,000,000 cash; at the 70,800 open 14 shares cost
-    # 991,200 + 148 = 991,348 (fits); make it not fit with 993,000 cash: 14 fit, test with 990,000: 13
-    r = run({"2024-01-02": [("buy", 14, 0, M, DAY)]}, cash=990_000)
+def test_a_buy_is_cut_to_the_cash() -> None:
+    # a market buy is judged at the upper limit (as live), so it cannot outrun the cash; a limit buy is
+    # judged at its limit: 14 x 70,800 = 991,200 passes with 991,300 cash, but at the 70,800 open the
+    # commission (148) makes 14 shares cost 991,348: cut to 13
+    assert run({"2024-01-02": [("buy", 14, 0, M, DAY)]}, cash=990_000).order_states == {"denied": 1}
+    r = run({"2024-01-02": [("buy", 14, 70_800, L, DAY)]}, cash=991_300)
     assert [(f.qty, f.price) for f in r.fills] == [(13, 70_800)]
-    assert r.fills[0].cash_after == 990_000 - 13 * 70_800 - 138
+    assert r.fills[0].cash_after == 991_300 - 13 * 70_800 - 138
     assert min(r.equity) > 0
 
 
@@ -199,8 +204,9 @@ def test_on_start_orders_live_in_the_first_bar_only() -> None:
     rows = [("2024-01-01", 70_000, 70_000, 69_900, 70_000, 1_000)] + BARS  # 01-01 has no warm-up before it
     cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=1_000_000)
     cold = run_backtest(card, series(rows[1:]), replace(cfg, date_from=dt.date(2024, 1, 2)))
-    # no bar before 01-02: the gate has no last price to check the band against, so it denies
-    assert cold.order_states == {"denied": 1}
+    # no bar before 01-02: no band to check the limit against; the gate takes it, as live does when the
+    # base price is not known yet (the exchange checks the band then)
+    assert cold.order_states == {"expired": 1}
     warm = run_backtest(card, series(rows), replace(cfg, date_from=dt.date(2024, 1, 2)))
     # 69,000 is not reached on 01-02 (low 69,500): expired after that one bar, never filled on 01-04 (low 69,000)
     assert warm.fills == [] and warm.order_states == {"expired": 1}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.strategy import Strategy
+from agent.strategy import Strategy, session_tif
 from common.clock import KST
 from common.config import AgentCard
 from common.enums import OrderType, Side
@@ -39,7 +39,7 @@ class Probe(Strategy):
         LOG.append(("bar", bar.start, self.ctx.now(), [b.start for b in hist], days))
         for side, qty, price, otype in PLAN.get(bar.start, []):
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
-            LOG.append(("placed", bar.start, fn(bar.code, qty, price, order_type=otype)))
+            LOG.append(("placed", bar.start, fn(bar.code, qty, price, order_type=otype, tif=session_tif(self.ctx))))
 
     def on_order(self, order: OrderView) -> None:
         LOG.append(("order", order.client_order_id, str(order.state), order.updated_ns))
@@ -123,7 +123,7 @@ def test_intraday_metrics_are_annualised_on_daily_equity() -> None:
 class EveryBarBuyer(Strategy):
     def on_bar(self, bar: Bar) -> None:
         if not self.ctx.position(bar.code) and not self.ctx.open_orders:
-            self.ctx.buy(bar.code, 1, 0, order_type=OrderType.MARKET)
+            self.ctx.buy(bar.code, 1, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx))
 
 
 def test_real_five_minute_data_runs(shared_data: Path) -> None:

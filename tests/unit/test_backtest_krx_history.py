@@ -7,7 +7,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from agent.strategy import Strategy
+from agent.strategy import Strategy, session_tif
 from common.clock import KST
 from common.config import AgentCard
 from common.enums import OrderType, Side
@@ -25,7 +25,8 @@ class Probe(Strategy):
     def on_bar(self, bar: Bar) -> None:
         for side, qty, price in PLAN.get((bar.start, bar.code), []):
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
-            fn(bar.code, qty, price, order_type=OrderType.MARKET if price == 0 else OrderType.LIMIT)
+            fn(bar.code, qty, price, order_type=OrderType.MARKET if price == 0 else OrderType.LIMIT,
+               tif=session_tif(self.ctx))  # decided at a daily close: for the next session
 
     def on_order(self, order: OrderView) -> None:
         VIEWS.append(order)
@@ -59,7 +60,7 @@ class GridProbe(Strategy):
         if self.ctx.open_orders:
             return
         price = bar.close - bar.close % 100 - 100 * (1 + int(bar.start[8:10]) % 5)  # 100-won steps (2023 grid)
-        self.ctx.buy(bar.code, 1, price)
+        self.ctx.buy(bar.code, 1, price, tif=session_tif(self.ctx))
 
 
 def test_2020_2022_sk_hynix_never_accepts_an_off_grid_limit(shared_data: Path) -> None:
@@ -172,7 +173,7 @@ class Sequencer(Strategy):
         if bar.start != "2021-06-01" or bar.code != self.ctx_codes()[-1]:
             return
         for code, qty in PLAN_ORDER:
-            self.ctx.buy(code, qty, 0, order_type=OrderType.MARKET)
+            self.ctx.buy(code, qty, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx))
 
     def ctx_codes(self) -> list[str]:
         return list(self.ctx._e.card.codes)  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from agent.strategy import Strategy
+from agent.strategy import Strategy, session_tif
 from common.clock import kst_from_ns
 from common.config import AgentCard
 from common.enums import OrderType
@@ -33,10 +33,10 @@ class Peeker(Strategy):
                      self.ctx.now().date().isoformat()))
         hist.clear()  # mutating what history returned must not change the engine's data
         if bar.code == "005930" and not self.ctx.position(bar.code):
-            coid = self.ctx.buy(bar.code, 1, bar.low, order_type=OrderType.LIMIT)
+            coid = self.ctx.buy(bar.code, 1, bar.low, order_type=OrderType.LIMIT, tif=session_tif(self.ctx))
             DECIDED[coid] = (bar.start, bar.low)
         elif bar.code == "005930":
-            self.ctx.sell(bar.code, self.ctx.position(bar.code), bar.high)
+            self.ctx.sell(bar.code, self.ctx.position(bar.code), bar.high, tif=session_tif(self.ctx))
 
     def on_fill(self, fill: FillView, position: PositionView) -> None:
         FILLS.append(fill)

@@ -4,6 +4,8 @@ nothing, and that a restarted copy (same snapshot, same kv state) does not repea
 from __future__ import annotations
 
 import datetime as dt
+
+from common.krx import Phase
 import logging
 from typing import Any
 
@@ -73,6 +75,9 @@ class ScriptedContext:
 
     def now(self) -> dt.datetime:
         return dt.datetime(2026, 11, 20, 10, 0)
+
+    def market_phase(self) -> Phase:
+        return Phase.CONTINUOUS
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         return self.bars.get(code, [])[-n:]

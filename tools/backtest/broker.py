@@ -29,6 +29,7 @@ trading day's rate for the code's market and kind (ETF/ETN none), unless a flat 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 
 import msgspec
@@ -36,13 +37,18 @@ import msgspec
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
-from common.krx_rules import PPM, KrxRules, Market, PriceRuleError, SecurityKind, rules_for
+from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
     Accept, Cancelled, Deny, Expire, Fill, Order, OrderEvent, Reject, Replaced, ReplaceRefused, RequestCancel,
     OPEN, TERMINAL, TRANSITIONS, OrderState, RequestReplace, StateError, Submit, apply,
 )
-from common.schema import Bar, OrderView, PositionView
 from common.books import apply_fill
+from common.clock import kst_from_ns
+from common.config import RiskLimits
+from common.krx import Phase, phase_at
+from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, RateWindow, check_order, notional_price
+from common.schema import Bar, PositionView
+from common.views import order_view
 from tools.backtest.costs import CostModel
 
 BP = 10_000
@@ -58,6 +64,14 @@ assert all(TRANSITIONS[(st, "fill")] == "resting" for st in _RESTING_FILLABLE)
 assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+_DAY_NS = 86_400_000_000_000
+_NO_ACCOUNT = AccountExposure()  # a backtest trades one agent's book: no account-wide limits here
+
+
+@functools.lru_cache(maxsize=4096)
+def _phase(ts_ns: int) -> Phase:
+    """The KRX phase at a decision time (orders in one bar share it: cached)."""
+    return phase_at(kst_from_ns(ts_ns))
 
 
 def _close_ns(day: str) -> int:
@@ -134,14 +148,16 @@ class SimBroker:
         self.entry_session = ""
         self.entry_rules: KrxRules = rules_for("2026-01-05")
         self._listing: dict[str, tuple[SecurityKind, Market]] = {}
+        self.initial_cash = self.cash
+        self._mandate = Mandate(agent_limits=self.card.risk, account_limits=RiskLimits(), budget=self.initial_cash,
+                                codes=frozenset(self.card.codes))
+        self._rate = RateWindow()
+        self._pnl_day = -1
+        self._pnl_start = (0, 0)
 
     # ---- views -----------------------------------------------------------------------------------
 
-    def view(self, o: Order) -> OrderView:
-        return OrderView(client_order_id=o.client_order_id, agent=o.agent, code=o.code, side=o.side, qty=o.qty,
-                         price=o.price, order_type=o.order_type, tif=o.tif, state=o.state, filled_qty=o.filled_qty,
-                         filled_value=o.filled_value, broker_order_id=o.broker_order_id, reason_code=o.reason_code,
-                         reason=o.reason, created_ns=o.created_ns, updated_ns=o.updated_ns)
+    view = staticmethod(order_view)  # the one OrderView builder, live and here
 
     def position(self, code: str) -> int:
         p = self.positions.get(code)
@@ -195,60 +211,63 @@ class SimBroker:
             got = self._listing[code] = (self.kinds.get(code, SecurityKind.STOCK), self.markets.get(code, Market.KOSPI))
         return got
 
-    def _gate(self, o: Order, rules: KrxRules) -> tuple[str, str] | None:
-        """The live risk gate's checks (server/risk.py), in the same order, plus cash: no margin here.
-        `rules`: the KRX rules of the session the order will live in (its grid and band)."""
-        qty, price, otype, code, side = o.qty, o.price, o.order_type, o.code, o.side
-        if qty <= 0:
-            return ErrorCode.BAD_ORDER, "qty must be positive"
-        if price <= 0 and otype in (OrderType.LIMIT, OrderType.CONDITIONAL):
-            return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
-        if otype is OrderType.MARKET and price != 0:
-            return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
-        if code not in self.card.codes:
-            return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not among this agent's codes {self.card.codes}"
-        base = self.base.get(code, 0)
-        if not base:
-            return ErrorCode.DENIED_MARKET_CLOSED, f"no price seen for {code} yet"
-        if price > 0:
-            kind, market = self.listing(code)
-            if not rules.on_grid(price, kind, market):
-                return ErrorCode.DENIED_TICK, (f"price {price} is off the tick grid of {self.entry_session} "
-                                               f"(tick {rules.tick_size(price, kind, market)})")
-            try:
-                rules.check_price(price, base, kind, market)
-            except PriceRuleError as e:
-                return ErrorCode.DENIED_PRICE_BAND, str(e)
-        orders, open_ids = self.orders, self.open_ids
-        if side is Side.SELL:
-            pending = 0
-            for c in open_ids:
-                x = orders[c]
-                if x.code == code and x.side is Side.SELL:
-                    pending += x.remaining
-            sellable = self.position(code) - pending
-            if qty > sellable:
-                return ErrorCode.DENIED_NO_SHARES, f"sell of {qty} {code} but this agent can sell {sellable}"
-        notional = qty * (price or self.last.get(code, base))
+    def _gate(self, o: Order, rules: KrxRules, exclude: str = "") -> tuple[str, str] | None:
+        """The live gate's rules (common/risk_rules.py check_order, the very function the gateway's risk
+        gate calls) over this book's exposure; the card's budget is the backtest's cash. `rules`: the
+        KRX rules of the session the order will live in; `exclude`: an order whose own reservation is
+        released (a revise is judged as if new)."""
+        code = o.code
+        kind, board = self.listing(code)
         lim = self.card.risk
-        if lim.max_order_value and notional > lim.max_order_value:
-            return ErrorCode.DENIED_NOTIONAL, f"order value {notional:,} > agent limit {lim.max_order_value:,}"
-        if lim.max_open_orders and len(open_ids) + 1 > lim.max_open_orders:
-            return ErrorCode.DENIED_OPEN_ORDERS, f"{len(open_ids)} open orders, agent limit {lim.max_open_orders}"
-        if side is Side.BUY:
-            pos = self.positions.get(code)
-            cost = pos.cost if pos else 0
-            if lim.max_position_value and cost + notional > lim.max_position_value:
-                return ErrorCode.DENIED_POSITION_LIMIT, (
-                    f"position in {code} would cost {cost + notional:,} > agent limit {lim.max_position_value:,}")
-            reserved = 0
-            for c in open_ids:
-                x = orders[c]
-                if x.side is Side.BUY:
-                    reserved += x.remaining * (x.price or self.last.get(x.code, 0))
-            if notional > self.cash - reserved:
-                return ErrorCode.DENIED_BUDGET, f"order needs {notional:,} KRW, cash left {self.cash - reserved:,}"
-        return None
+        exp = self._exposure(code, rules, exclude)
+        now_s = self.ts_ns // 1_000_000_000
+        denial = check_order(
+            code=code, side=o.side, qty=o.qty, price=o.price, order_type=o.order_type, tif=o.tif,
+            mandate=self._mandate, exp=exp, account=_NO_ACCOUNT,
+            market=MarketView(phase=_phase(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board,
+                              rules=rules),
+            rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0))
+        if denial is None and not exclude and lim.max_orders_per_minute:
+            self._rate.stamps.append(now_s)
+        return denial
+
+    def _exposure(self, code: str, rules: KrxRules, exclude: str = "") -> Exposure:
+        """What this agent has at stake for an order in `code` (the live portfolio's Exposure, built
+        from this book: the few open orders of a backtest are summed, not kept incrementally)."""
+        orders, base = self.orders, self.base
+        held_sells = buy_value = reserved = n = 0
+        for c in self.open_ids:
+            if c == exclude:
+                continue
+            x = orders[c]
+            n += 1
+            if x.side is Side.SELL:
+                if x.code == code:
+                    held_sells += x.remaining
+                continue
+            kind, board = self.listing(x.code)
+            v = x.remaining * notional_price(Side.BUY, x.price, base.get(x.code, 0), kind, rules, board)
+            reserved += v
+            if x.code == code:
+                buy_value += v
+        pos = self.positions.get(code)
+        qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
+        return Exposure(position_qty=qty, position_cost=cost, sellable_qty=qty - held_sells, open_buy_value=buy_value,
+                        open_orders=n, reserved_cash=reserved, spent_cash=self.initial_cash - self.cash,
+                        day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0)
+
+    def _day_pnl(self) -> int:
+        """Realised today net of fees and taxes plus unrealised at the last prices (the live gate's
+        definition: positions carried from earlier days count at cost)."""
+        day = self.ts_ns // _DAY_NS
+        realized = sum(p.realized_pnl for p in self.positions.values())
+        paid = self.fees + self.taxes
+        if day != self._pnl_day:
+            self._pnl_day, self._pnl_start = day, (realized, paid)
+        r0, f0 = self._pnl_start
+        last = self.last
+        unreal = sum(last.get(c, 0) * p.qty - p.cost for c, p in self.positions.items() if p.qty and c in last)
+        return realized - r0 - (paid - f0) + unreal
 
     def cancel(self, coid: str, notes: list[Note]) -> bool:
         o = self.orders.get(coid)
@@ -269,12 +288,11 @@ class SimBroker:
             self._step(coid, RequestReplace(price=price, qty=total, ts_ns=self.ts_ns), notes)
         except StateError:
             return False
-        kind, market = self.listing(o.code)
-        try:
-            if o.order_type is not OrderType.MARKET:
-                self.entry_rules.check_price(price, self.base[o.code], kind, market)
-        except PriceRuleError as e:
-            self._step(coid, ReplaceRefused(code=ErrorCode.DENIED_PRICE_BAND, reason=str(e), ts_ns=self.ts_ns), notes)
+        # the revised order must pass the gate as if new, with its own reservation released (as live)
+        probe = msgspec.structs.replace(o, price=price, qty=total - o.filled_qty)
+        denial = self._gate(probe, self.entry_rules, exclude=coid)
+        if denial is not None:
+            self._step(coid, ReplaceRefused(code=denial[0], reason=denial[1], ts_ns=self.ts_ns), notes)
             return False
         o = self._step(coid, Replaced(broker_order_id=self._next_boid(), price=price, qty=total, ts_ns=self.ts_ns), notes)
         if o.is_terminal:

@@ -34,12 +34,13 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import next_trading_day
+from common.calendar import known_year, next_trading_day, session_hours
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
+from common.krx import Phase, phase_at
 from common.orders import Order
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import FillRecord, Note, SimBroker
@@ -99,10 +100,26 @@ class BacktestResult:
 
 
 @functools.lru_cache(maxsize=65536)
+def _session_hm(day: str, end: bool) -> tuple[int, int]:
+    """The session's open (or close) on `day` by the KRX calendar: 09:00/15:30, an hour later on a
+    late-opening day (the year's first session, the college entrance exam); the standard hours for a
+    day the calendar does not know."""
+    hours = session_hours(dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))) if calendar_known_day(day) else None
+    if hours is None:
+        return CLOSE_HM if end else OPEN_HM
+    t = hours[1] if end else hours[0]
+    return t.hour, t.minute
+
+
+def calendar_known_day(day: str) -> bool:
+    return known_year(int(day[:4]))
+
+
+@functools.lru_cache(maxsize=65536)
 def _time(start: str, minutes: int, end: bool) -> dt.datetime:
-    """The time of a bar's start (end=False) or end: daily bars open 09:00 and close 15:30."""
+    """The time of a bar's start (end=False) or end: a daily bar spans its session (09:00-15:30)."""
     if minutes == 0:
-        hm = CLOSE_HM if end else OPEN_HM
+        hm = _session_hm(start[:10], end)
         return dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), hm[0], hm[1], tzinfo=KST)
     t = dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), int(start[11:13]), int(start[14:16]), tzinfo=KST)
     return t + dt.timedelta(minutes=minutes) if end else t
@@ -110,8 +127,6 @@ def _time(start: str, minutes: int, end: bool) -> dt.datetime:
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _KST_OFFSET_S = 9 * 3600
-_OPEN_NS = (OPEN_HM[0] * 60 + OPEN_HM[1]) * 60_000_000_000
-_CLOSE_NS = (CLOSE_HM[0] * 60 + CLOSE_HM[1]) * 60_000_000_000
 
 
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
@@ -136,7 +151,7 @@ def _day_ns(day: str) -> int:
 def _time_ns(start: str, minutes: int, end: bool) -> int:
     """_time() in ns for order/fill timestamps, with integer arithmetic (KST has no DST)."""
     if minutes == 0:
-        hm = CLOSE_HM if end else OPEN_HM
+        hm = _session_hm(start[:10], end)
         m = hm[0] * 60 + hm[1]
     else:
         m = int(start[11:13]) * 60 + int(start[14:16]) + (minutes if end else 0)
@@ -212,6 +227,9 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
     def now(self) -> dt.datetime:
         e = self._e
         return _time(e.times[e.step], e.minutes, e.in_bar)
+
+    def market_phase(self) -> Phase:
+        return phase_at(self.now())  # the KRX calendar's phase at the bar's time (as the gate judges it)
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         e = self._e
@@ -513,12 +531,11 @@ class Backtest:
                     broker.ts_ns = _time_ns(t, minutes, False)
                     broker.match(bars, day, pending)
                 else:
-                    day_ns = _day_ns(day)
                     if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
                         broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
-                    broker.ts_ns = day_ns + _OPEN_NS
+                    broker.ts_ns = _time_ns(day, 0, False)
                     broker.match(bars, day, pending)
-                    broker.ts_ns = day_ns + _CLOSE_NS
+                    broker.ts_ns = _time_ns(day, 0, True)
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if pending:
                     if listening:

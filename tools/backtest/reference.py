@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from agent.strategy import Strategy
+from agent.strategy import Strategy, session_tif
 from common.config import AgentCard
 from common.enums import OrderType
 from common.krx_rules import rules_for
@@ -34,9 +34,9 @@ class DailyFlip(Strategy):
     def on_bar(self, bar: Bar) -> None:
         held = self.ctx.position(bar.code)
         if held:
-            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET)
+            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx))
         else:
-            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET)
+            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx))
 
 
 def flip_card(code: str, qty: int, cash: int) -> AgentCard:

@@ -1,0 +1,109 @@
+"""One rule set for live and backtest: the same stream of orders, against the same books, gets the same
+decisions and the same denial codes from the live gateway's risk gate (server/risk.py over the
+incremental portfolio) and from the backtester's gate (tools/backtest/broker.py over its own book).
+
+Both call common.risk_rules.check_order; what this checks is that each builds the same exposure,
+mandate and market from its own bookkeeping (open orders' reservations, market buys valued at the
+day's upper limit, sellable shares, budget vs cash, daily loss, order rate, phase, tick grid and band
+of the day) — the copy that used to drift."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.clock import KST
+from common.config import AgentCard, RiskLimits
+from common.enums import OrderType, SessionState, Side, TimeInForce
+from common.krx_rules import rules_for
+from common.market_clock import ManualClock, market_ns
+from common.orders import Accept, Order, Submit, apply
+from common.portfolio import Portfolio
+from common.schema import NewOrder, PositionView
+from server.risk import RiskGate
+from server.store import Store
+from tools.backtest.broker import SimBroker
+
+CODES = ["005930", "000660"]
+BASE = {"005930": 70_000, "000660": 180_000}
+DAY = dt.date(2024, 3, 5)  # a Tuesday
+TIMES = {"continuous": dt.time(10, 0), "after the close": dt.time(15, 45), "opening auction": dt.time(8, 45)}
+
+orders = st.lists(st.tuples(
+    st.sampled_from(CODES), st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 60),
+    st.sampled_from([0, 1, 2, 3, 5, 7, 13, 45, 50, 99]),  # ticks from the base (some off the grid, some past the band)
+    st.sampled_from([OrderType.LIMIT, OrderType.MARKET]),
+    st.sampled_from([TimeInForce.DAY, TimeInForce.NEXT_SESSION, TimeInForce.IOC]),
+    st.booleans()), min_size=1, max_size=25)
+
+limits = st.builds(RiskLimits, max_order_value=st.sampled_from([0, 2_000_000, 6_000_000]),
+                   max_position_value=st.sampled_from([0, 3_000_000, 9_000_000]),
+                   max_open_orders=st.sampled_from([0, 3, 8]), max_orders_per_minute=st.sampled_from([0, 5, 12]),
+                   max_daily_loss=st.sampled_from([0, 50_000]))
+
+
+def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
+    if order_type is OrderType.MARKET:
+        return 0
+    base = BASE[code]
+    tick = rules_for(DAY).tick_size(base)
+    off = 7 if steps == 13 else 0  # a price off the grid
+    return max(1, base + (1 if up else -1) * steps * tick * 50 // 10 + off)
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=orders, lim=limits, budget=st.sampled_from([0, 3_000_000, 20_000_000]),
+       held=st.sampled_from([0, 10, 40]), mark_drop=st.sampled_from([0, 3_000]), when=st.sampled_from(sorted(TIMES)))
+def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_drop, when) -> None:  # type: ignore[no-untyped-def]
+    card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=CODES, budget=budget, risk=lim)
+    at = dt.datetime.combine(DAY, TIMES[when], KST)
+    position = PositionView(code="005930", qty=held, cost=held * 69_000, realized_pnl=0, fees=0)
+
+    # the live gate over the incremental portfolio
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(Path(d) / "gw.sqlite")
+        clock = ManualClock(at)
+        portfolio = Portfolio()
+        portfolio.base_prices.update(BASE)
+        portfolio.rules = rules_for(DAY)
+        if held:
+            portfolio.set_position("alpha", position)
+        portfolio.marks["005930"] = 69_000 - mark_drop
+        portfolio.roll_day()
+        gate = RiskGate(RiskLimits(), store, portfolio, clock)
+
+        # the backtest gate over its own book, in the same state: cash = budget less what is spent
+        cash = budget or 100_000_000
+        sim = SimBroker(card=card, cash=cash)
+        sim.base.update(BASE)  # `last` is the same dict for daily bars: marks at the base...
+        sim.last = dict(BASE)
+        sim.last["005930"] = 69_000 - mark_drop  # ...and the same mark as the live portfolio
+        if held:
+            sim.positions["005930"] = position
+            sim.cash -= position.cost  # what the holding cost (no fees in this state)
+        if budget == 0:  # no budget live; the backtest's cash then never binds
+            sim.cash = sim.initial_cash = 10**12
+            sim._mandate = type(sim._mandate)(agent_limits=lim, account_limits=RiskLimits(), budget=0,
+                                              codes=frozenset(CODES))
+        sim.ts_ns = market_ns(clock)
+        rules = rules_for(DAY)
+
+        for n, (code, side, qty, steps, otype, tif, up) in enumerate(stream, 1):
+            price = price_of(code, steps, up, otype)
+            new = NewOrder(client_order_id=f"alpha-{DAY:%Y%m%d}-{n}", code=code, side=side, qty=qty, price=price,
+                           order_type=otype, tif=tif)
+            live = gate.check(card, new, (SessionState.READY, ""))
+            o = Order(client_order_id=new.client_order_id, agent="alpha", code=code, side=side, qty=qty, price=price,
+                      order_type=otype, tif=tif)
+            bt = sim._gate(o, rules)
+            assert (live[0] if live else None) == (bt[0] if bt else None), (new, live, bt)
+            if live is None:  # it rests in both books from now on
+                placed = apply(apply(o, Submit()), Accept(broker_order_id=str(n)))
+                portfolio.order_changed(None, placed)
+                sim.orders[placed.client_order_id] = placed
+                sim.open_ids.append(placed.client_order_id)
+        store.close()
