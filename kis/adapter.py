@@ -21,9 +21,8 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path as FsPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -35,7 +34,13 @@ from common.schema import BrokerHealth
 from kis.budget import Lane, RestBudget
 from kis.credentials import Credentials
 from kis.env import KisEnvironment, Path, Tr, environment_for
+from common.schema import Bar, InvestorDay, PriceQuote
+from kis import reference
+from kis.numbers import krw
 from kis.port import (
+    BrokerNoData,
+    BrokerPort,
+    Capability,
     BrokerAccount,
     BrokerAck,
     BrokerCancel,
@@ -64,6 +69,9 @@ from kis.ws import KisWebSocket, WsConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_CALLER = "gateway"
+DAILY_PAGES_MAX = 20  # 100 bars a page
+MINUTE_PAGES_MAX = 14  # 30 bars a page; a 390-minute session is 13 pages
+BY_TRADING_VALUE = "3"  # volume-rank FID_BLNG_CLS_CODE: ranked by trading value (거래금액순)
 Q = TypeVar("Q", bound=wire.Envelope)
 
 # (order type, time in force) → ORD_DVSN (API.md §4.1, KRX)
@@ -85,19 +93,6 @@ PRICELESS = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
 MARKET_TR = {MarketKind.TRADES: TR_TRADES, MarketKind.BOOK: TR_BOOK}
 
 
-def _int(s: str) -> int:
-    s = (s or "").strip()
-    if not s:
-        return 0
-    try:
-        return int(s)
-    except ValueError:
-        try:
-            return int(Decimal(s).to_integral_value(ROUND_HALF_UP))
-        except InvalidOperation:
-            return 0
-
-
 def _odno(s: str) -> str:
     s = (s or "").strip()
     return "" if not s.strip("0") else s
@@ -110,8 +105,11 @@ def ord_dvsn(order_type: OrderType, tif: TimeInForce) -> str:
         raise BrokerRejected(f"{order_type}/{tif} has no KIS order division", code="LOCAL") from None
 
 
-class KisBroker:
+class KisBroker(BrokerPort):
     """BrokerPort for KIS. Build it with `make_broker()`; `start()` before use, `close()` after."""
+
+    capabilities = frozenset({Capability.QUOTES, Capability.CHARTS, Capability.VOLUME_RANK, Capability.CALLER_QUOTAS,
+                              Capability.FRAME_HOOK})
 
     def __init__(
         self,
@@ -163,6 +161,13 @@ class KisBroker:
         self._described = False
 
     # --- lifecycle -----------------------------------------------------------------------------
+
+    def point_at(self, rest_url: str, ws_url: str) -> None:
+        """Talk to these endpoints (before start): a KIS twin embedded in the process listens on ports
+        known only once it has started (server/brokers.py)."""
+        self.env = msgspec.structs.replace(self.env, rest_url=rest_url, ws_url=ws_url)
+        self.rest.point_at(self.env)
+        self.ws.point_at(self.env.ws_url)
 
     @property
     def session_state(self) -> SessionState:
@@ -358,16 +363,16 @@ class KisBroker:
         out: dict[str, BrokerPosition] = {}
         for p in await self._balance_pages(caller):
             for r in p.output1:
-                qty = _int(r.hldg_qty)
+                qty = krw(r.hldg_qty)
                 if qty <= 0:
                     continue  # sold today: KIS keeps the row with 0 until D+2
                 out[r.pdno] = BrokerPosition(
                     code=r.pdno,
                     qty=qty,
-                    sellable_qty=_int(r.ord_psbl_qty),
+                    sellable_qty=krw(r.ord_psbl_qty),
                     avg_price=r.pchs_avg_pric.strip() or "0",
-                    purchase_value=_int(r.pchs_amt),
-                    last_price=_int(r.prpr),
+                    purchase_value=krw(r.pchs_amt),
+                    last_price=krw(r.prpr),
                 )
         return list(out.values())
 
@@ -379,14 +384,14 @@ class KisBroker:
             "GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse, params=wire.to_params(req), lane=Lane.ACCOUNT, caller=caller
         )
         psbl: wire.PsblOrderResponse = page.body  # type: ignore[assignment]
-        cash = _int(summary.dnca_tot_amt)
-        orderable = _int(psbl.output.ord_psbl_cash) if psbl.output and psbl.output.ord_psbl_cash.strip() else _int(summary.prvs_rcdl_excc_amt)
+        cash = krw(summary.dnca_tot_amt)
+        orderable = krw(psbl.output.ord_psbl_cash) if psbl.output and psbl.output.ord_psbl_cash.strip() else krw(summary.prvs_rcdl_excc_amt)
         return BrokerAccount(
             cash=cash,
             orderable_cash=orderable,
-            settlement_cash=_int(summary.prvs_rcdl_excc_amt),
-            total_eval=_int(summary.tot_evlu_amt),
-            positions_eval=_int(summary.scts_evlu_amt),
+            settlement_cash=krw(summary.prvs_rcdl_excc_amt),
+            total_eval=krw(summary.tot_evlu_amt),
+            positions_eval=krw(summary.scts_evlu_amt),
         )
 
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
@@ -408,7 +413,7 @@ class KisBroker:
     async def base_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> int:
         """Today's base price (stck_sdpr, usually yesterday's close): the centre of the ±30 % band."""
         out = (await self.price(code, caller=caller)).output
-        return _int(out.stck_sdpr) if out is not None else 0
+        return krw(out.stck_sdpr) if out is not None else 0
 
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
         return await self._quote(Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
@@ -423,6 +428,66 @@ class KisBroker:
 
     async def investor(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.InvestorResponse:
         return await self._quote(Path.INVESTOR, Tr.INVESTOR, wire.InvestorResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+
+    # --- reference data as the domain's types -------------------------------------------------
+
+    async def quote(self, code: str, *, caller: str = DEFAULT_CALLER) -> PriceQuote:
+        out = (await self.price(code, caller=caller)).output
+        if out is None or not out.stck_prpr.strip():
+            raise BrokerNoData(f"no quote for {code}", code="NO_DATA")
+        return reference.price_quote(code, out)
+
+    async def investor_days(self, code: str, *, caller: str = DEFAULT_CALLER) -> list[InvestorDay]:
+        return reference.investor_days((await self.investor(code, caller=caller)).output)
+
+    async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = DEFAULT_CALLER) -> list[Bar]:
+        """Pages of the period chart (up to 100 rows a call), newest first, until `n` bars are had."""
+        out: dict[str, Bar] = {}
+        end = before - dt.timedelta(days=1)
+        for _ in range(DAILY_PAGES_MAX):
+            start = end - dt.timedelta(days=max(14, n * 3 // 2 + 10))
+            rows = (await self.daily_chart(code, start, end, "D", caller=caller)).output2
+            bars = [b for r in rows if (b := reference.daily_bar(code, r)) is not None]
+            if not bars:
+                break
+            for b in bars:
+                out[b.start] = b
+            if len(out) >= n:
+                break
+            end = dt.date.fromisoformat(min(b.start for b in bars)) - dt.timedelta(days=1)
+        return sorted(out.values(), key=lambda b: b.start)
+
+    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
+                          caller: str = DEFAULT_CALLER) -> tuple[list[Bar], bool]:
+        """Pages of today's minute chart (30 rows a call), newest first, back from `until_hhmmss`."""
+        rows: dict[str, wire.MinuteBar] = {}
+        until = until_hhmmss
+        reached_start = False
+        for _ in range(MINUTE_PAGES_MAX):
+            page = [r for r in (await self.minute_chart(code, until, caller=caller)).output2
+                    if len(r.stck_cntg_hour) == 6 and r.stck_cntg_hour.isdigit() and krw(r.stck_prpr) > 0]
+            if not page:
+                reached_start = True
+                break
+            for r in page:
+                rows[r.stck_bsop_date + r.stck_cntg_hour] = r
+            oldest = min(r.stck_cntg_hour for r in page)
+            if len(rows) >= need:
+                break
+            if oldest <= "090000" or len(page) < 30:
+                reached_start = True
+                break
+            t = dt.datetime.strptime(oldest, "%H%M%S") - dt.timedelta(minutes=1)
+            until = t.strftime("%H%M%S")
+        return reference.minute_bars(code, day, list(rows.values())), reached_start
+
+    async def top_by_value(self, *, caller: str = DEFAULT_CALLER) -> list[tuple[str, str]]:
+        resp = await self.volume_rank(wire.VolumeRankRequest(FID_BLNG_CLS_CODE=BY_TRADING_VALUE), caller=caller)
+        if resp.rt_cd not in ("0", ""):
+            raise BrokerRejected(f"volume-rank refused: {resp.msg1.strip()}", code=resp.msg_cd)
+        return reference.ranked_codes(resp)
+
+    # --- quotations (wire Structs: strings as KIS sends them; for kis/ and its tools) --------------
 
     async def volume_rank(self, req: wire.VolumeRankRequest | None = None, *, caller: str = DEFAULT_CALLER) -> wire.VolumeRankResponse:
         return await self._quote(Path.VOLUME_RANK, Tr.VOLUME_RANK, wire.VolumeRankResponse, req or wire.VolumeRankRequest(), caller)
@@ -446,22 +511,22 @@ def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
     name = f"{r.sll_buy_dvsn_cd_name} {r.rvse_cncl_dvsn_name}".upper()
     is_cancel = bool(orig) and (r.cncl_yn.strip().upper() == "Y" or "취소" in name or "CANCEL" in name or "CNCL" in name)
     is_modify = bool(orig) and not is_cancel
-    filled_qty = _int(r.tot_ccld_qty)
-    cancelled = _int(r.cnc_cfrm_qty) or _int(r.cncl_cfrm_qty)
+    filled_qty = krw(r.tot_ccld_qty)
+    cancelled = krw(r.cnc_cfrm_qty) or krw(r.cncl_cfrm_qty)
     return BrokerOrderReport(
         broker_order_id=r.odno.strip(),
         orig_broker_order_id=orig,
         org_no=(r.ord_gno_brno or r.ord_orgno).strip(),
         code=r.pdno.strip(),
         side=Side.SELL if r.sll_buy_dvsn_cd.strip() == "01" else Side.BUY,
-        qty=_int(r.ord_qty),
-        price=_int(r.ord_unpr),
+        qty=krw(r.ord_qty),
+        price=krw(r.ord_unpr),
         filled_qty=filled_qty,
-        avg_fill_price=_int(r.avg_prvs) if filled_qty else 0,
-        filled_value=_int(r.tot_ccld_amt),
-        remaining_qty=_int(r.rmn_qty),
+        avg_fill_price=krw(r.avg_prvs) if filled_qty else 0,
+        filled_value=krw(r.tot_ccld_amt),
+        remaining_qty=krw(r.rmn_qty),
         cancelled_qty=cancelled,
-        rejected_qty=_int(r.rjct_qty),
+        rejected_qty=krw(r.rjct_qty),
         is_cancel=is_cancel,
         is_modify=is_modify,
         time=r.ord_tmd.strip(),
@@ -488,6 +553,11 @@ def make_broker(
     """The live adapter for `cfg.env` (sim | paper | real). Credentials come from
     `kis.credentials.load_credentials(cfg.credentials_file)` or, for sim, from the twin."""
     env = environment_for(cfg, sim_paper=sim_paper)
-    return KisBroker(env, credentials, FsPath(run_dir), timeout_s=cfg.request_timeout_s, ws_config=ws_config,
-                     min_token_interval_s=min_token_interval_s, start_timeout_s=cfg.start_wait_s, ca_bundle=cfg.ca_bundle,
-                     start_retry=StartRetry(retries=cfg.start_retries, backoff_s=cfg.start_backoff_s))
+    return KisBroker(env, credentials, FsPath(run_dir), ws_config=ws_config, min_token_interval_s=min_token_interval_s,
+                     **broker_options(cfg))
+
+
+def broker_options(cfg: BrokerConfig) -> dict[str, Any]:
+    """KisBroker's options that come from the broker config (timeouts, TLS trust, start-up retries)."""
+    return {"timeout_s": cfg.request_timeout_s, "start_timeout_s": cfg.start_wait_s, "ca_bundle": cfg.ca_bundle,
+            "start_retry": StartRetry(retries=cfg.start_retries, backoff_s=cfg.start_backoff_s)}

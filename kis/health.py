@@ -2,8 +2,7 @@
 typed `BrokerHealth`, for the gateway's status and the console; and, in words, why the session is
 not READY (the notice feed every order waits for).
 
-`broker_health(broker)` is the gateway's way in: a BrokerPort may offer `health()`; one that does
-not (e.g. an in-process test broker) gets defaults that only carry its session state. The order
+Every BrokerPort answers `health()` (the protocol's default carries only the session state). The order
 desk puts `session_detail` into every SESSION_NOT_READY refusal (server/core.py session_view)."""
 
 from __future__ import annotations
@@ -36,14 +35,3 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         session_problem=SessionProblem.NONE if ready else ws.problem,
         session_detail="" if ready else session_why(ws.state, ws.problem, ws.problem_detail),
     )
-
-
-def broker_health(broker: object) -> BrokerHealth:
-    """The broker's health() if it has one, else defaults with its session state."""
-    fn = getattr(broker, "health", None)
-    if callable(fn):
-        h = fn()
-        if isinstance(h, BrokerHealth):
-            return h
-    state = getattr(broker, "session_state", None)
-    return BrokerHealth(session_state=state) if state is not None else BrokerHealth()

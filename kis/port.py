@@ -17,16 +17,15 @@ Error contract (raise, never return error values):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from common.enums import OrderType, SessionState, Side, TimeInForce
+from common.schema import Bar, BrokerHealth, InvestorDay, PriceQuote
 
-if TYPE_CHECKING:  # the chart replies are KIS's own rows (strings as KIS sends them)
-    from kis import wire
 
 
 class BrokerError(Exception):
@@ -234,9 +233,37 @@ class MarketKind(StrEnum):
 BrokerEvent = BrokerNotice | Trade | Book | SessionChange | Gap | MarketClock
 
 
+class Capability(StrEnum):
+    """What a broker offers beyond the core (orders, reports, the event stream). Declared once by
+    each implementation (`capabilities`); the gateway asks the set, never probes attributes."""
+
+    QUOTES = "quotes"  # quote() and investor_days(): company data and investor flows
+    CHARTS = "charts"  # daily_bars() and minute_bars(): warm-up history
+    VOLUME_RANK = "volume_rank"  # top_by_value(): the trading universe
+    CALLER_QUOTAS = "caller_quotas"  # set_caller_quota(): per-agent shares of the REST budget
+    FRAME_HOOK = "frame_hook"  # set_frame_hook(): raw websocket frames for the recorder
+    CLOCK_MARKS = "clock_marks"  # a replay: set_clock_hook(), and bars close at its marks (no timer)
+    MARKET_CLOCK = "market_clock"  # market_clock: the broker's own clock (the twin, a replay)
+
+
+class BrokerUnsupported(BrokerError):
+    """A call the broker does not offer (its `capabilities` say so)."""
+
+
+class BrokerNoData(BrokerError):
+    """The broker answered, with nothing for this request (e.g. no quote for a code)."""
+
+
 @runtime_checkable
 class BrokerPort(Protocol):
-    """What the gateway needs from a broker. All methods are coroutines on the gateway's loop."""
+    """What the gateway needs from a broker. All calls are coroutines on the gateway's loop and return
+    the domain's types (every KIS field name and number string is read inside kis/). Optional calls
+    raise BrokerUnsupported unless `capabilities` lists them; an implementation that subclasses this
+    protocol gets those defaults."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    # ---- execution ----------------------------------------------------------------------------
 
     @property
     def session_state(self) -> SessionState: ...
@@ -252,33 +279,68 @@ class BrokerPort(Protocol):
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck: ...
 
+    # ---- the account ----------------------------------------------------------------------------
+
     async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
         """All of the day's orders (all pages), the broker's view."""
+        ...
 
     async def positions(self) -> list[BrokerPosition]: ...
 
     async def account(self) -> BrokerAccount: ...
 
-    async def base_price(self, code: str) -> int:
-        """Today's base price of `code` (yesterday's close, the centre of the daily band); 0 if unknown."""
+    # ---- market data ----------------------------------------------------------------------------
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...
 
-    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
-        """Cap one caller's (an agent's) share of the REST budget; 0 removes the cap. A broker
-        without a REST budget ignores it (the gateway calls it only when the broker has it)."""
-        return None
-
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult: ...
-
-    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
-                          caller: str = "gateway") -> "wire.DailyChartResponse":
-        """Daily bars in [start, end], newest first (KIS period chart; up to 100 a call). Goes through
-        the REST budget under `caller`'s quota."""
-
-    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> "wire.TimeChartResponse":
-        """Today's one-minute bars up to `until_hhmmss`, newest first (up to 30 a call)."""
 
     def events(self) -> AsyncIterator[BrokerEvent]:
         """The one stream of notices, trades, books, session changes and gaps, in arrival order."""
         ...
+
+    # ---- reference data -------------------------------------------------------------------------
+
+    async def base_price(self, code: str) -> int:
+        """Today's base price of `code` (yesterday's close, the centre of the daily band); 0 if unknown."""
+        ...
+
+    async def quote(self, code: str, *, caller: str = "gateway") -> PriceQuote:
+        """Price and company data (PER/PBR/EPS/BPS ...) on `caller`'s REST quota (Capability.QUOTES);
+        BrokerNoData when the broker has no quote for the code."""
+        raise BrokerUnsupported("quotes", code="UNSUPPORTED")
+
+    async def investor_days(self, code: str, *, caller: str = "gateway") -> list[InvestorDay]:
+        """Completed days of investor flows, newest first (Capability.QUOTES)."""
+        raise BrokerUnsupported("investor flows", code="UNSUPPORTED")
+
+    async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
+        """Up to `n` daily bars of the days before `before`, oldest first (Capability.CHARTS)."""
+        raise BrokerUnsupported("daily charts", code="UNSUPPORTED")
+
+    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
+                          caller: str = "gateway") -> tuple[list[Bar], bool]:
+        """Today's one-minute bars up to `until_hhmmss` (at least `need` when there are that many),
+        oldest first and labelled `day`, and whether they reach back to the session's start
+        (Capability.CHARTS)."""
+        raise BrokerUnsupported("minute charts", code="UNSUPPORTED")
+
+    async def top_by_value(self, *, caller: str = "gateway") -> list[tuple[str, str]]:
+        """(code, name) ranked by today's trading value (Capability.VOLUME_RANK)."""
+        raise BrokerUnsupported("volume ranking", code="UNSUPPORTED")
+
+    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
+        """Cap one caller's (an agent's) share of the REST budget; 0 removes the cap
+        (Capability.CALLER_QUOTAS; a broker without a REST budget ignores it)."""
+        return None
+
+    # ---- diagnostics ------------------------------------------------------------------------------
+
+    def health(self) -> BrokerHealth:
+        """Token, REST budget, websocket, registrations; a broker without them reports its session."""
+        return BrokerHealth(session_state=self.session_state)
+
+    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None,
+                       on_plain: Callable[[str], None] | None = None) -> None:
+        """Recording (Capability.FRAME_HOOK): every websocket frame as received, each decrypted notice."""
+        raise BrokerUnsupported("frame recording", code="UNSUPPORTED")

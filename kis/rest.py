@@ -161,6 +161,11 @@ class KisRest:
     def attach_tokens(self, tokens: TokenManager) -> None:
         self.tokens = tokens
 
+    def point_at(self, env: KisEnvironment) -> None:
+        """Talk to `env`'s REST host from now on (a twin whose port is known only once it listens)."""
+        self.env = env
+        self._client.base_url = httpx.URL(env.rest_url)
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

@@ -149,6 +149,10 @@ class KisWebSocket:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def point_at(self, url: str) -> None:
+        """Connect to `url` from the next connection on (before start: a twin known only once it listens)."""
+        self._url = url
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kis-ws-watchdog")

@@ -23,22 +23,22 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from common.clock import now_ns, today_kst
+from common.clock import now_ns
 from common.errors import ErrorCode
 from common.orders import OPEN, Order
 from common.schema import (
     STATE_MAX_KEY_CHARS, STATE_MAX_KEYS, STATE_MAX_TOTAL_BYTES, STATE_MAX_VALUE_BYTES, Ack, AgentSummary, CodeSummary,
-    Error, GetState, GetSummary, HeaderFactory, InvestorDay, InvestorReply, Message, PriceQuote, PriceReply, PutState,
+    Error, GetState, GetSummary, HeaderFactory, InvestorReply, Message, PriceReply, PutState,
     Query, StateReply, SummaryReply,
 )
 from common.enums import Side
-from kis.port import BrokerError, BrokerRejected
+from common.market_clock import MarketClock, WallClock
+from kis.port import BrokerError, BrokerNoData, BrokerPort, BrokerRejected, Capability
 from common.portfolio import Portfolio
 from common.views import order_view
 from server.query_history import Recorder
@@ -51,55 +51,8 @@ log = logging.getLogger("ktrader.gateway.services")
 
 QUEUE_S = 3.0  # seconds of queries (at the agent's quota) that may wait; more get QUERY_QUOTA
 QUERY_TIMEOUT_S = 15.0  # a broker call that takes longer is answered with TIMEOUT
-EOK = 100_000_000  # 억원 in KRW (KIS reports market cap in 억원)
-MILLION = 1_000_000  # KIS reports investor trade values in 백만원 (UNCONFIRMED unit, see kis/sim/quotes.py)
 
 _order_dec = msgspec.msgpack.Decoder(Order)
-
-
-def _int(s: str) -> int:
-    s = (s or "").strip()
-    if not s:
-        return 0
-    try:
-        return int(Decimal(s))
-    except (InvalidOperation, ValueError):
-        return 0
-
-
-def _ratio(s: str) -> float:
-    """PER/PBR/rates are ratios, not money: float is fine here."""
-    try:
-        return float((s or "").strip() or 0)
-    except ValueError:
-        return 0.0
-
-
-def price_quote(code: str, out: Any) -> PriceQuote:
-    """kis.wire.PriceOutput → PriceQuote."""
-    return PriceQuote(
-        code=code, last=_int(out.stck_prpr), change=_int(out.prdy_vrss), change_pct=_ratio(out.prdy_ctrt),
-        open=_int(out.stck_oprc), high=_int(out.stck_hgpr), low=_int(out.stck_lwpr), base=_int(out.stck_sdpr),
-        upper_limit=_int(out.stck_mxpr), lower_limit=_int(out.stck_llam), volume=_int(out.acml_vol),
-        value=_int(out.acml_tr_pbmn), per=_ratio(out.per), pbr=_ratio(out.pbr), eps=_int(out.eps), bps=_int(out.bps),
-        market_cap=_int(out.hts_avls) * EOK, listed_shares=_int(out.lstn_stcn), high_250d=_int(out.d250_hgpr),
-        low_250d=_int(out.d250_lwpr), tick=_int(out.aspr_unit),
-    )
-
-
-def investor_days(rows: list[Any]) -> list[InvestorDay]:
-    """kis.wire.InvestorRow list (newest first) → completed days. KIS sends today's row with empty
-    investor fields while the market is open: it is left out, not reported as zeros."""
-    out = []
-    for r in rows:
-        if not (r.frgn_ntby_qty or "").strip():
-            continue
-        out.append(InvestorDay(
-            day=r.stck_bsop_date, close=_int(r.stck_clpr), foreign_qty=_int(r.frgn_ntby_qty),
-            institution_qty=_int(r.orgn_ntby_qty), individual_qty=_int(r.prsn_ntby_qty),
-            foreign_value=_int(r.frgn_ntby_tr_pbmn) * MILLION, institution_value=_int(r.orgn_ntby_tr_pbmn) * MILLION,
-            individual_value=_int(r.prsn_ntby_tr_pbmn) * MILLION))
-    return out
 
 
 def query_capacity(rate_per_s: float) -> int:
@@ -203,31 +156,31 @@ def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) 
 class AgentServices:
     """Plugged into the gateway's dispatch (server/gateway.py) for the messages above."""
 
-    def __init__(self, store: Store, portfolio: Portfolio, broker: object, headers: HeaderFactory,
+    def __init__(self, store: Store, portfolio: Portfolio, broker: BrokerPort, headers: HeaderFactory,
                  reply: Callable[[bytes, Message], bool], spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 history_path: Path | None = None) -> None:
+                 history_path: Path | None = None, clock: MarketClock | None = None) -> None:
         self.state = StateTable(store)
         self.store = store
         self.portfolio = portfolio
         self.broker = broker
+        self.clock = clock or WallClock()  # the market's day a recorded quote belongs to
         self.headers = headers
         self.reply = reply
         self.spawn = spawn
         self.inflight: dict[str, int] = defaultdict(int)
         self.counters: dict[str, int] = defaultdict(int)
-        # what agents read, by market day (the broker's clock when it has one: the twin's replay day);
+        # what agents read, by market day (the gateway's market clock: the twin's replay day);
         # by default next to the bars in the gateway's run directory (<run>/db/gateway.sqlite -> <run>/data/)
         if history_path is None:
-            store_path = Path(getattr(store, "path", "") or ".")
+            store_path = Path(store.path)
             if store_path.parent.name == "db":
                 history_path = store_path.parent.parent / "data" / "queries.sqlite"
         self.history = Recorder(history_path) if history_path is not None else None
 
     def on_register(self, rec: AgentRecord) -> None:
         """The agent's share of the REST budget, charged to `caller=<agent id>`."""
-        set_quota = getattr(self.broker, "set_caller_quota", None)
-        if set_quota is not None:
-            set_quota(rec.id, rec.card.rate_quota_per_s)
+        if Capability.CALLER_QUOTAS in self.broker.capabilities:
+            self.broker.set_caller_quota(rec.id, rec.card.rate_quota_per_s)
 
     def summary_reply(self, msg: GetSummary, agent: str = "") -> SummaryReply | Error:
         """`agent` is the registered sender (its own book); tools name the agent in the message."""
@@ -259,8 +212,7 @@ class AgentServices:
 
     def _query(self, rec: AgentRecord, route: bytes, msg: Query) -> None:
         h = msg.h
-        fn = getattr(self.broker, msg.kind, None)
-        if fn is None:
+        if Capability.QUOTES not in self.broker.capabilities:
             self.reply(route, Error(h=self.headers(h.mid), code=ErrorCode.UNSUPPORTED,
                                     message=f"this gateway's broker does not serve {msg.kind} queries"))
             return
@@ -272,25 +224,24 @@ class AgentServices:
                 f"(at most {cap}); retry after a reply")))
             return
         self.inflight[rec.id] += 1
-        self.spawn(self._run_query(rec.id, route, msg, fn))
+        self.spawn(self._run_query(rec.id, route, msg))
 
-    async def _run_query(self, agent: str, route: bytes, msg: Query, fn: Callable[..., Any]) -> None:
+    async def _run_query(self, agent: str, route: bytes, msg: Query) -> None:
         h = msg.h
         reply: Message
         try:
-            resp = await asyncio.wait_for(fn(msg.code, caller=agent), QUERY_TIMEOUT_S)
             if msg.kind == "price":
-                if resp.output is None or not resp.output.stck_prpr.strip():
-                    raise _NoData
-                reply = PriceReply(h=self.headers(h.mid), quote=price_quote(msg.code, resp.output))
+                quote = await asyncio.wait_for(self.broker.quote(msg.code, caller=agent), QUERY_TIMEOUT_S)
+                reply = PriceReply(h=self.headers(h.mid), quote=quote)
                 if self.history is not None:
-                    self.history.quote(self._market_day(), reply.quote, now_ns())
+                    self.history.quote(self._market_day(), quote, now_ns())
             else:
-                reply = InvestorReply(h=self.headers(h.mid), code=msg.code, days=investor_days(resp.output))
+                days = await asyncio.wait_for(self.broker.investor_days(msg.code, caller=agent), QUERY_TIMEOUT_S)
+                reply = InvestorReply(h=self.headers(h.mid), code=msg.code, days=days)
                 if self.history is not None:
-                    self.history.investor(msg.code, reply.days, now_ns())
+                    self.history.investor(msg.code, days, now_ns())
             self.counters["queries"] += 1
-        except _NoData:
+        except BrokerNoData:
             reply = Error(h=self.headers(h.mid), code=ErrorCode.UNKNOWN_CODE, message=f"no quote for {msg.code}")
         except BrokerRejected as e:
             reply = Error(h=self.headers(h.mid), code=ErrorCode.BROKER_REJECTED, message=str(e))
@@ -305,15 +256,6 @@ class AgentServices:
             self.inflight[agent] -= 1
         self.reply(route, reply)
 
-
     def _market_day(self) -> str:
-        now = getattr(self.broker, "now", None)  # a clock-driving broker (the twin) knows the market day
-        try:
-            day = now().date() if callable(now) else today_kst()
-        except (AttributeError, TypeError, ValueError):
-            day = today_kst()
-        return day.isoformat()
+        return self.clock.now().date().isoformat()
 
-
-class _NoData(Exception):
-    pass

@@ -18,28 +18,24 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import msgspec
 
 from common.config import BrokerEnv, GatewayConfig
-from common.enums import SessionState
-from common.schema import BrokerHealth
-from kis import wire
-from kis.adapter import DEFAULT_CALLER, KisBroker, make_broker
+from kis.adapter import KisBroker, broker_options, make_broker
 from kis.credentials import Credentials, CredentialsError, load_credentials
+from kis.env import environment_for
 from kis.startup import StartExit, StartupError
 from kis.tls import TlsConfigError
+from kis.port import Capability
 from kis.port import (
-    BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerOrder, BrokerOrderReport, BrokerPort,
-    BrokerPosition, MarketKind, SubscriptionResult,
+    BrokerPort,
 )
 from common.clock import now_kst
 from common.krx import Phase, phase_at
 from kis.sim.clock import ClockMode, TwinClock
-from kis.wire import VolumeRankRequest, VolumeRankResponse
 from kis.sim.server import TwinServer
 from kis.sim.twin import TwinConfig
 
@@ -107,8 +103,12 @@ class RemoteTwinClock:
         return phase_at(self.now()) if self.timed else self._phase
 
 
-class EmbeddedTwinBroker:
-    """A KIS twin in this process plus the real KIS adapter talking to it over loopback sockets."""
+class EmbeddedTwinBroker(KisBroker):
+    """A KIS twin in this process and the real KIS adapter (this class is one) talking to it over
+    loopback sockets. It differs from any KIS broker only in starting the twin first, pointing itself
+    at the twin's ephemeral ports, and having the twin's clock as the market's."""
+
+    capabilities = KisBroker.capabilities | {Capability.MARKET_CLOCK}
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
@@ -116,119 +116,50 @@ class EmbeddedTwinBroker:
         self.token_dir = run / "twin-session"
         self.twin = TwinServer(TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock,
                                           state_file=run / "db" / "twin-state.json"))
-        self.inner: KisBroker | None = None
-        self._frame_hook: tuple[Callable[[bytes], None] | None, Callable[[str], None] | None] = (None, None)
-
-    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None) -> None:
-        self._frame_hook = (on_frame, on_plain)
-        if self.inner is not None:
-            self.inner.set_frame_hook(on_frame, on_plain)
-
-    @property
-    def session_state(self) -> SessionState:
-        return self.inner.session_state if self.inner else SessionState.DISCONNECTED
+        demo = self.twin.demo
+        # the twin's ports are known once it listens (start); until then these say so
+        placeholder = msgspec.structs.replace(cfg.broker, rest_url="http://127.0.0.1:0", ws_url="ws://127.0.0.1:0")
+        super().__init__(environment_for(placeholder), Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id),
+                         self.token_dir, **broker_options(placeholder))
 
     def describe(self) -> list[str]:
         return ["KIS sim: a KIS twin embedded in this process, on ephemeral loopback ports (no credentials needed)"]
 
     @property
-    def market_clock(self) -> "TwinMarketClock":
+    def market_clock(self) -> TwinMarketClock:
         return TwinMarketClock(self.twin.twin.clock)
 
     async def start(self) -> None:
         try:
-            await self._start()
+            await self._start_twin()
+            await super().start()
         except StartupError:
             await self.close()  # release the twin's sockets before the operator reads the message
             raise
 
-    async def _start(self) -> None:
+    async def _start_twin(self) -> None:
+        (Path(self.cfg.run_dir) / "db").mkdir(parents=True, exist_ok=True)  # the twin keeps its state there
         await self.twin.start()
-        demo = self.twin.demo
         # Tokens of an earlier twin process are unknown to this one: start with a clean cache.
         shutil.rmtree(self.token_dir, ignore_errors=True)
         self.token_dir.mkdir(parents=True, exist_ok=True)
-        bcfg = msgspec.structs.replace(self.cfg.broker, rest_url=self.twin.rest_url, ws_url=self.twin.ws_url)
-        creds = Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id)
-        self.inner = make_broker(bcfg, self.token_dir, creds)
-        self.inner.set_frame_hook(*self._frame_hook)
+        self.point_at(self.twin.rest_url, self.twin.ws_url)
         log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
-                 self.twin.admin_url, creds.masked_account)
+                 self.twin.admin_url, self._creds.masked_account)
         # where the embedded twin listens (tools and tests drive its admin API: clock, prices, faults)
         info = Path(self.cfg.run_dir) / "twin.json"
         tmp = info.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"rest_url": self.twin.rest_url, "ws_url": self.twin.ws_url, "admin_url": self.twin.admin_url,
-                       "account": demo.account, "pid": os.getpid()}, f)
+                       "account": self.twin.demo.account, "pid": os.getpid()}, f)
         os.replace(tmp, info)
-        await self.inner.start()
 
     async def close(self) -> None:
         try:
-            if self.inner is not None:
-                await self.inner.close()
+            await super().close()
         finally:
             await self.twin.stop()
-
-    def health(self) -> BrokerHealth:
-        return self.inner.health() if self.inner else BrokerHealth()
-
-    def _b(self) -> KisBroker:
-        if self.inner is None:
-            raise RuntimeError("broker not started")
-        return self.inner
-
-    async def submit(self, order: BrokerOrder) -> BrokerAck:
-        return await self._b().submit(order)
-
-    async def modify(self, req: BrokerModify) -> BrokerAck:
-        return await self._b().modify(req)
-
-    async def cancel(self, req: BrokerCancel) -> BrokerAck:
-        return await self._b().cancel(req)
-
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
-        return await self._b().order_reports(day)
-
-    async def positions(self) -> list[BrokerPosition]:
-        return await self._b().positions()
-
-    async def account(self) -> BrokerAccount:
-        return await self._b().account()
-
-    async def base_price(self, code: str) -> int:
-        return await self._b().base_price(code)
-
-    async def volume_rank(self, req: VolumeRankRequest | None = None) -> VolumeRankResponse:
-        return await self._b().volume_rank(req)
-
-    async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self._b().subscribe(kind, code)
-
-    # market queries for agents, charged to the agent's quota (server/agent_services.py)
-    def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
-        self._b().set_caller_quota(caller, rate_per_s)
-
-    async def price(self, code: str, *, caller: str = "") -> wire.PriceResponse:
-        return await self._b().price(code, caller=caller or DEFAULT_CALLER)
-
-    async def investor(self, code: str, *, caller: str = "") -> wire.InvestorResponse:
-        return await self._b().investor(code, caller=caller or DEFAULT_CALLER)
-
-    async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self._b().unsubscribe(kind, code)
-
-    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
-                          caller: str = "gateway") -> wire.DailyChartResponse:
-        return await self._b().daily_chart(code, start, end, period, caller=caller)
-
-    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> wire.TimeChartResponse:
-        return await self._b().minute_chart(code, until_hhmmss, caller=caller)
-
-    async def events(self) -> AsyncIterator[BrokerEvent]:
-        async for ev in self._b().events():
-            yield ev
 
 
 CREDENTIALS_HINT = ("set them in the environment, or broker.credentials_file = a TOML outside the repo with app_key, "

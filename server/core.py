@@ -16,7 +16,6 @@ from common.enums import SessionState, SystemEventKind
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
 from common.schema import HeaderFactory
-from kis.health import broker_health
 from kis.port import BrokerPort
 from server.alerts import Alerts
 from server.notices import NoticeRouter
@@ -68,7 +67,7 @@ def session_view(broker: BrokerPort, synced: bool) -> SessionView:
     if state is SessionState.READY:
         return (SessionState.READY, "") if synced else (
             SessionState.SYNCING, "the first reconciliation with the broker has not finished yet")
-    return state, broker_health(broker).session_detail
+    return state, broker.health().session_detail
 
 
 def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock: MarketClock,

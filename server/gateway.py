@@ -34,7 +34,7 @@ from common.schema import (
     GetState, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, PutState, Query,
     Register, StatusQuery, SubmitOrders, Subscribe, SYSTEM_TOPIC, SystemEvent, Unregister, Ack,
 )
-from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketClock as ClockMark, SessionChange, Trade
+from kis.port import Book, BrokerNotice, BrokerPort, Capability, Gap, MarketClock as ClockMark, SessionChange, Trade
 from server import console_views, trace_views
 from common.errors import ErrorCode
 from common.views import order_view
@@ -65,10 +65,11 @@ def default_endpoints(run_dir: Path) -> tuple[str, str]:
     return f"ipc://{(ipc / 'router').resolve()}", f"ipc://{(ipc / 'pub').resolve()}"
 
 
-def clock_of(broker: object) -> MarketClock:
+def clock_of(broker: BrokerPort) -> MarketClock:
     """The broker's market clock when it has one (the KIS twin, a replay), else KST wall time."""
-    clock = getattr(broker, "market_clock", None)
-    return clock if clock is not None else WallClock()
+    if Capability.MARKET_CLOCK in broker.capabilities:
+        return broker.market_clock  # type: ignore[attr-defined, no-any-return]
+    return WallClock()
 
 
 class Gateway:
@@ -122,7 +123,8 @@ class Gateway:
                                               lambda codes: self._spawn(self.base_prices.ensure(codes)))
         self.recorder: Recorder | None = None
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
-        self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn)
+        self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn,
+                                      clock=self.clock)
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
@@ -259,7 +261,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.core.load()
         self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
-        clock_driven = getattr(self.broker, "drives_market_clock", False)
+        clock_driven = Capability.CLOCK_MARKS in self.broker.capabilities
         if not clock_driven and self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
         await self.broker.start()

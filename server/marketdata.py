@@ -16,8 +16,7 @@ from collections.abc import Callable
 from common.clock import KST, now_kst
 from common.config import BrokerEnv, GatewayConfig
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
-from kis import wire
-from kis.port import Book, BrokerPort, Trade
+from kis.port import Book, BrokerPort, Capability, Trade
 from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate
 from server.barstore import BarStore
 from server.publisher import Publisher
@@ -25,8 +24,6 @@ from server.publisher import Publisher
 log = logging.getLogger("ktrader.marketdata")
 
 
-MINUTE_PAGES_MAX = 14  # 30 bars a page; a 390-minute session is 13 pages
-DAILY_PAGES_MAX = 20  # 100 bars a page
 
 
 def session_rule(cfg: GatewayConfig) -> SessionRule:
@@ -35,14 +32,6 @@ def session_rule(cfg: GatewayConfig) -> SessionRule:
     if cfg.broker.env is BrokerEnv.SIM and cfg.broker.sim_clock == "open":
         return SessionRule.ALL_DAY
     return SessionRule.KRX
-
-
-def _int(s: str) -> int:
-    s = s.strip()
-    try:
-        return int(s) if s else 0
-    except ValueError:
-        return int(float(s))  # KIS sometimes pads numbers as decimals
 
 
 class MarketData:
@@ -162,76 +151,27 @@ class MarketData:
 
     async def history(self, broker: BrokerPort, code: str, interval: str, n: int, caller: str) -> tuple[list[Bar], int]:
         """The newest `n` completed bars before the one in progress, oldest first, and how many were
-        back-filled from the broker (REST, under `caller`'s quota). Broker errors propagate."""
+        back-filled from the broker (its charts, under `caller`'s REST quota). Broker errors propagate."""
         if interval not in INTERVALS:
             raise BarError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
         now = self.exchange_now()
         before = self.builder.open_start(code, interval) or _bucket_label(now, interval)
         have = self.store.last(code, interval, n, before)
-        if len(have) >= n:
+        if len(have) >= n or Capability.CHARTS not in broker.capabilities:
             return have, 0
         if interval == DAILY:
-            fetched = await self._daily(broker, code, n, now.date(), caller)
+            # today's bar is the builder's, complete only after the close
+            fetched = await broker.daily_bars(code, n, now.date(), caller=caller)
         else:
-            fetched = await self._minutes(broker, code, interval, n, now, caller)
+            need = n * MINUTES[interval] + MINUTES[interval]
+            ones, reached_start = await broker.minute_bars(code, need, now.date(), now.strftime("%H%M%S"), caller=caller)
+            fetched = aggregate(ones, interval)
+            if fetched and interval != "1m" and not reached_start:
+                fetched = fetched[1:]  # the oldest bucket may miss minutes cut off by the page limit
         fetched = [b for b in fetched if b.start < before]
         if fetched:
             self.store.add(fetched)
         return self.store.last(code, interval, n, before), len(fetched)
-
-    async def _daily(self, broker: BrokerPort, code: str, n: int, today: dt.date, caller: str) -> list[Bar]:
-        out: dict[str, Bar] = {}
-        end = today - dt.timedelta(days=1)  # today's bar is the builder's, complete only after the close
-        for _ in range(DAILY_PAGES_MAX):
-            start = end - dt.timedelta(days=max(14, n * 3 // 2 + 10))
-            rows = (await broker.daily_chart(code, start, end, "D", caller=caller)).output2
-            bars = [b for r in rows if (b := _daily_bar(code, r)) is not None]
-            if not bars:
-                break
-            for b in bars:
-                out[b.start] = b
-            if len(out) >= n:
-                break
-            end = dt.date.fromisoformat(min(b.start for b in bars)) - dt.timedelta(days=1)
-        return sorted(out.values(), key=lambda b: b.start)
-
-    async def _minutes(self, broker: BrokerPort, code: str, interval: str, n: int, now: dt.datetime, caller: str) -> list[Bar]:
-        need = n * MINUTES[interval] + MINUTES[interval]
-        rows: dict[str, wire.MinuteBar] = {}
-        until = now.strftime("%H%M%S")
-        reached_start = False
-        for _ in range(MINUTE_PAGES_MAX):
-            page = [r for r in (await broker.minute_chart(code, until, caller=caller)).output2
-                    if len(r.stck_cntg_hour) == 6 and r.stck_cntg_hour.isdigit() and _int(r.stck_prpr) > 0]
-            if not page:
-                reached_start = True
-                break
-            for r in page:
-                rows[r.stck_bsop_date + r.stck_cntg_hour] = r
-            oldest = min(r.stck_cntg_hour for r in page)
-            if len(rows) >= need:
-                break
-            if oldest <= "090000" or len(page) < 30:
-                reached_start = True
-                break
-            t = dt.datetime.strptime(oldest, "%H%M%S") - dt.timedelta(minutes=1)
-            until = t.strftime("%H%M%S")
-        ordered = [rows[k] for k in sorted(rows)]
-        ones: list[Bar] = []
-        prev_amt = None
-        for r in ordered:
-            amt = _int(r.acml_tr_pbmn)
-            value = amt - prev_amt if prev_amt is not None and amt >= prev_amt else 0
-            prev_amt = amt
-            # the minute chart is today's only: label with our exchange date, as the builder does
-            # (a replaying twin may stamp another date than the one we infer)
-            start = f"{now.date().isoformat()}T{r.stck_cntg_hour[:2]}:{r.stck_cntg_hour[2:4]}"
-            ones.append(Bar(code=code, interval="1m", start=start, open=_int(r.stck_oprc), high=_int(r.stck_hgpr),
-                            low=_int(r.stck_lwpr), close=_int(r.stck_prpr), volume=_int(r.cntg_vol), value=value))
-        bars = aggregate(ones, interval)
-        if bars and interval != "1m" and not reached_start:
-            bars = bars[1:]  # the oldest bucket may miss minutes cut off by the page limit
-        return bars
 
 
 def _bucket_label(now: dt.datetime, interval: str) -> str:
@@ -241,12 +181,3 @@ def _bucket_label(now: dt.datetime, interval: str) -> str:
     size = MINUTES[interval]
     m = (now.hour * 60 + now.minute) // size * size
     return f"{now.date().isoformat()}T{m // 60:02d}:{m % 60:02d}"
-
-
-def _daily_bar(code: str, r: wire.DailyBar) -> Bar | None:
-    d = r.stck_bsop_date
-    o, h, lo, c = _int(r.stck_oprc), _int(r.stck_hgpr), _int(r.stck_lwpr), _int(r.stck_clpr)
-    if len(d) != 8 or not d.isdigit() or min(o, h, lo, c) <= 0:
-        return None  # KIS pads short histories with empty rows
-    return Bar(code=code, interval=DAILY, start=f"{d[:4]}-{d[4:6]}-{d[6:8]}", open=o, high=h, low=lo, close=c,
-               volume=_int(r.acml_vol), value=_int(r.acml_tr_pbmn))

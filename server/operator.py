@@ -26,7 +26,7 @@ from typing import Protocol
 
 import msgspec
 
-from common.clock import KST, yyyymmdd
+from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode
@@ -35,7 +35,6 @@ from common.orders import OrderState
 from common.schema import (
     Ack, AgentPerformance, AgentStatus, CardUpdate, Control, Error, FeedHealth, FillView, HeaderFactory, Message, Notice, StatusReply,
 )
-from kis.health import broker_health
 from kis.port import BrokerPort
 from server import console_views
 from server.alert_watch import AlertWatch, Facts
@@ -207,7 +206,7 @@ class Operator:
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
             names={c: master.name(c) for c in codes if master is not None and c in master},
-            health=msgspec.structs.replace(broker_health(gw.broker), db_bytes=console_views.db_bytes(str(gw.store.path))),
+            health=msgspec.structs.replace(gw.broker.health(), db_bytes=console_views.db_bytes(str(gw.store.path))),
             account=console_views.account_positions(portfolio), marks=dict(portfolio.marks),
             reconcile_alerts=last[2] if last else 0,
             market_phase=gw.clock.phase().value, market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
@@ -377,7 +376,7 @@ class Operator:
         last = gw.recon.last
         n = last[2] if last else 0
         return Facts(now=now, session=gw.broker.session_state, phase=gw.clock.phase(),
-                     subscribed=bool(gw.subs.active), ws_age_s=broker_health(gw.broker).ws_last_message_age_s,
+                     subscribed=bool(gw.subs.active), ws_age_s=gw.broker.health().ws_last_message_age_s,
                      reconcile=last, reconcile_texts=[t for _, t in gw.alerts.recent[-n:]] if n else [],
                      unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN})
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from common.clock import KST, kst_from_ns
 from common.private import FILE_MODE, private_dir
+from kis.port import BrokerPort, Capability
 
 log = logging.getLogger("ktrader.recorder")
 
@@ -320,19 +321,17 @@ def list_days(run_dir: str | Path) -> list[DayStats]:
     return out
 
 
-def attach_recorder(run_dir: Path, enabled: bool, retention_days: int, broker: object) -> Recorder | None:
-    """Hook a Recorder into a broker that can report its frames (`set_frame_hook`); None when
+def attach_recorder(run_dir: Path, enabled: bool, retention_days: int, broker: BrokerPort) -> Recorder | None:
+    """Hook a Recorder into a broker that can report its frames (Capability.FRAME_HOOK); None when
     recording is off or the broker has no websocket to record."""
-    hook = getattr(broker, "set_frame_hook", None)
     if not enabled:
         prune_days(run_dir / "data", retention_days)  # retention applies even with recording off
         return None
-    if hook is None:
+    if Capability.FRAME_HOOK not in broker.capabilities:
         log.info("%s has no websocket frames to record", type(broker).__name__)
         return None
     rec = Recorder(run_dir / "data", retention_days=retention_days)
-    hook(rec.record_ws, rec.record_plain)
-    clock_hook = getattr(broker, "set_clock_hook", None)
-    if clock_hook is not None:  # a replay records its recorded bar-clock marks as it feeds them
-        clock_hook(rec.record_clock)
+    broker.set_frame_hook(rec.record_ws, rec.record_plain)
+    if Capability.CLOCK_MARKS in broker.capabilities:  # a replay records its recorded bar-clock marks as it feeds them
+        broker.set_clock_hook(rec.record_clock)  # type: ignore[attr-defined]
     return rec

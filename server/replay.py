@@ -32,6 +32,7 @@ from common.clock import kst_from_ns, now_kst
 from common.krx import Phase
 from common.enums import SessionState
 from kis.port import (
+    BrokerPort, Capability,
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
     BrokerOrderReport, BrokerPosition, BrokerRejected, MarketClock, MarketKind, SessionChange, SubscriptionResult, Trade,
 )
@@ -75,9 +76,10 @@ class ReplayClock:
         return Phase.CONTINUOUS
 
 
-class ReplayBroker:
-    # the gateway closes bars by time at the recording's CLOCK marks only, dating prints by `wall`
-    drives_market_clock = True
+class ReplayBroker(BrokerPort):
+    # the gateway closes bars by time at the recording's CLOCK marks only (no bar timer), dating prints
+    # by the recording's clock; recording a replay gives back the recorded frames and marks
+    capabilities = frozenset({Capability.CLOCK_MARKS, Capability.MARKET_CLOCK, Capability.FRAME_HOOK})
 
     def __init__(self, run_dir: str | Path, day: str | dt.date, *, speed: float = 1.0, wait_s: float = 300.0,
                  gate: Callable[[], bool] | None = None, queue_size: int = 10_000) -> None:

@@ -11,17 +11,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from kis import wire
-from kis.sim.universe import normalise_code
+from kis.port import BrokerPort, Capability
 
 log = logging.getLogger("ktrader.universe")
 
-# FID_BLNG_CLS_CODE 3: ranked by trading value (거래금액순), API.md volume-rank
-BY_TRADING_VALUE = "3"
-
-
 class Universe:
-    def __init__(self, broker: object, *, refresh_s: float, fallback: list[str],
+    def __init__(self, broker: BrokerPort, *, refresh_s: float, fallback: list[str],
                  on_change: Callable[[list[str]], None] | None = None) -> None:
         self.broker = broker
         self.refresh_s = refresh_s
@@ -45,20 +40,13 @@ class Universe:
         return self.codes[:n]
 
     async def fetch(self) -> list[str]:
-        """One volume-rank call ranked by trading value; raises when the broker cannot serve it."""
-        call = getattr(self.broker, "volume_rank", None)
-        if call is None:
-            raise RuntimeError(f"{type(self.broker).__name__} has no volume-rank quotation")
-        resp = await call(wire.VolumeRankRequest(FID_BLNG_CLS_CODE=BY_TRADING_VALUE))
-        if resp.rt_cd not in ("0", ""):
-            raise RuntimeError(f"volume-rank refused: {resp.msg_cd} {resp.msg1.strip()}")
-        out: list[str] = []
-        for row in resp.output:
-            code = normalise_code(row.mksc_shrn_iscd)
-            if code and code not in out:
-                out.append(code)
-                self.names[code] = row.hts_kor_isnm.strip()
-        return out
+        """One ranking by trading value; raises when the broker cannot serve it."""
+        if Capability.VOLUME_RANK not in self.broker.capabilities:
+            raise RuntimeError(f"{type(self.broker).__name__} has no volume ranking")
+        ranked = await self.broker.top_by_value()
+        for code, name in ranked:
+            self.names[code] = name
+        return [code for code, _ in ranked]
 
     async def refresh(self) -> list[str]:
         try:

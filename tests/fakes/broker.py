@@ -18,18 +18,20 @@ import json
 import os
 from collections.abc import AsyncIterator
 
-from common.clock import today_kst
 from common.config import GatewayConfig
 from common.enums import OrderType, SessionState, Side
 from common.market_clock import OpenClock
-from kis import wire
+from common.schema import Bar
 from kis.port import (
+    BrokerPort, Capability,
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
     BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult, Trade,
 )
 
 
-class FakeBroker:
+class FakeBroker(BrokerPort):
+    capabilities = frozenset({Capability.MARKET_CLOCK, Capability.CHARTS})
+
     def __init__(self, ref_price: int | None = None, state_path: str = "") -> None:
         self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
         self.state_path = state_path
@@ -80,14 +82,15 @@ class FakeBroker:
         if order.qty <= 0:
             raise BrokerRejected("quantity must be positive", code="APBK0000")
         odno = f"{next(self._odno):010d}"
-        o = {"code": order.code, "side": order.side, "qty": order.qty, "price": order.price, "filled": 0, "open": True}
+        o = {"code": order.code, "side": order.side, "qty": order.qty, "price": order.price, "filled": 0, "value": 0,
+             "open": True, "kind": "new", "orig": ""}
         self.orders[odno] = o
         self._notice(NoticeKind.ACCEPTED, odno, o)
         marketable = order.order_type is OrderType.MARKET or (
             order.price >= self.ref_price if order.side is Side.BUY else order.price <= self.ref_price)
         if marketable:
             px = order.price if order.order_type is OrderType.LIMIT else self.ref_price
-            o["filled"], o["open"] = order.qty, False
+            o["filled"], o["value"], o["open"] = order.qty, order.qty * px, False
             self._notice(NoticeKind.FILLED, odno, o, order.qty, px)
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
@@ -96,6 +99,7 @@ class FakeBroker:
         o = self.orders[odno]
         q = min(qty, o["qty"] - o["filled"])
         o["filled"] += q
+        o["value"] += q * o["price"]
         o["open"] = o["filled"] < o["qty"]
         self._notice(NoticeKind.FILLED, odno, o, q, o["price"])
 
@@ -105,7 +109,9 @@ class FakeBroker:
             raise BrokerRejected("no such open order", code="APBK0918")
         odno = f"{next(self._odno):010d}"
         o["open"], o["replaced"] = False, True
-        self.orders[odno] = {**o, "price": req.price, "open": True, "replaced": False, "filled": 0}
+        # as at KIS: the original keeps its fills; the revise line carries the remainder at the new price
+        self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "price": req.price, "open": True, "replaced": False,
+                             "filled": 0, "value": 0, "kind": "modify", "orig": req.broker_order_id}
         self._save()
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
@@ -115,24 +121,32 @@ class FakeBroker:
             raise BrokerRejected("no such open order", code="APBK0918")
         o["open"] = False
         odno = f"{next(self._odno):010d}"
+        self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "open": False, "replaced": False, "filled": 0, "value": 0,
+                             "kind": "cancel", "orig": req.broker_order_id}
         self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 접수
         self._notice(NoticeKind.CANCELLED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 확인
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
-        return [BrokerOrderReport(broker_order_id=k, orig_broker_order_id="", org_no="06010", code=o["code"], side=o["side"],
-                                  qty=o["qty"], price=o["price"], filled_qty=o["filled"], avg_fill_price=o["price"] if o["filled"] else 0,
-                                  filled_value=o["filled"] * o["price"], remaining_qty=o["qty"] - o["filled"] if o["open"] else 0,
-                                  cancelled_qty=0 if o["open"] else o["qty"] - o["filled"], rejected_qty=0)
-                for k, o in self.orders.items()]
+        out = []
+        for k, o in self.orders.items():
+            kind = o.get("kind", "new")
+            closed_unfilled = o["qty"] - o["filled"] if not o["open"] and not o.get("replaced") and kind != "cancel" else 0
+            out.append(BrokerOrderReport(
+                broker_order_id=k, orig_broker_order_id=o.get("orig", ""), org_no="06010", code=o["code"], side=o["side"],
+                qty=o["qty"], price=o["price"], filled_qty=o["filled"],
+                avg_fill_price=o.get("value", 0) // o["filled"] if o["filled"] else 0, filled_value=o.get("value", 0),
+                remaining_qty=o["qty"] - o["filled"] if o["open"] else 0, cancelled_qty=closed_unfilled, rejected_qty=0,
+                is_cancel=kind == "cancel", is_modify=kind == "modify"))
+        return out
 
     async def positions(self) -> list[BrokerPosition]:
         held: dict[str, list[int]] = {}
         for o in self.orders.values():
-            if o["filled"] and not o.get("replaced"):
+            if o["filled"]:
                 q, v = held.setdefault(o["code"], [0, 0])
                 sign = 1 if o["side"] is Side.BUY else -1
-                held[o["code"]] = [q + sign * o["filled"], v + sign * o["filled"] * o["price"]]
+                held[o["code"]] = [q + sign * o["filled"], v + sign * o.get("value", 0)]
         return [BrokerPosition(code=c, qty=q, sellable_qty=q, avg_price=str(v // q), purchase_value=v, last_price=self.ref_price)
                 for c, (q, v) in held.items() if q > 0]
 
@@ -151,36 +165,32 @@ class FakeBroker:
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
         return SubscriptionResult(ok=True)
 
-    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *,
-                          caller: str = "gateway") -> wire.DailyChartResponse:
-        """Weekday bars in [start, end], newest first, at most 100: a gentle zig-zag around the
+    async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
+        """Weekday bars of the days before `before`, oldest first: a gentle zig-zag around the
         reference price (deterministic, so tests can check what was back-filled)."""
         self.chart_calls.append(("daily", code, caller))
-        rows = []
-        d = end
-        while d >= start and len(rows) < 100:
+        out = []
+        d = before - dt.timedelta(days=1)
+        while len(out) < n and d > before - dt.timedelta(days=3 * 366):
             if d.weekday() < 5:
                 px = self.ref_price + (d.toordinal() % 7) * 100
-                rows.append(wire.DailyBar(stck_bsop_date=d.strftime("%Y%m%d"), stck_clpr=str(px), stck_oprc=str(px - 100),
-                                          stck_hgpr=str(px + 200), stck_lwpr=str(px - 200), acml_vol="1000",
-                                          acml_tr_pbmn=str(1000 * px)))
+                out.append(Bar(code=code, interval="1d", start=d.isoformat(), open=px - 100, high=px + 200, low=px - 200,
+                               close=px, volume=1000, value=1000 * px))
             d -= dt.timedelta(days=1)
-        return wire.DailyChartResponse(rt_cd="0", msg_cd="MCA00000", msg1="ok", output2=rows)
+        return out[::-1]
 
-    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = "gateway") -> wire.TimeChartResponse:
-        """Up to 30 one-minute bars ending at `until_hhmmss` (never before 09:00), newest first."""
+    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
+                          caller: str = "gateway") -> tuple[list[Bar], bool]:
+        """Today's one-minute bars from 09:00 up to `until_hhmmss`, oldest first (all of them: the
+        session's start is always reached)."""
         self.chart_calls.append(("minute", code, caller))
-        h, m = int(until_hhmmss[:2]), int(until_hhmmss[2:4])
-        rows = []
-        t = h * 60 + m
-        day = today_kst().strftime("%Y%m%d")
-        while t >= 9 * 60 and len(rows) < 30:
+        end = int(until_hhmmss[:2]) * 60 + int(until_hhmmss[2:4])
+        out = []
+        for t in range(9 * 60, end + 1):
             px = self.ref_price + (t % 5) * 100
-            rows.append(wire.MinuteBar(stck_bsop_date=day, stck_cntg_hour=f"{t // 60:02d}{t % 60:02d}00", stck_prpr=str(px),
-                                       stck_oprc=str(px), stck_hgpr=str(px + 100), stck_lwpr=str(px - 100), cntg_vol="10",
-                                       acml_tr_pbmn="0"))
-            t -= 1
-        return wire.TimeChartResponse(rt_cd="0", msg_cd="MCA00000", msg1="ok", output2=rows)
+            out.append(Bar(code=code, interval="1m", start=f"{day.isoformat()}T{t // 60:02d}:{t % 60:02d}", open=px,
+                           high=px + 100, low=px - 100, close=px, volume=10, value=0))
+        return out, True
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:

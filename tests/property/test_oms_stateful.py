@@ -25,6 +25,7 @@ from common.enums import SessionState, Side
 from common.orders import OrderState
 from common.schema import NewOrder
 from kis.port import (
+    BrokerPort,
     BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPosition, BrokerRejected,
     BrokerUnknownOutcome, NoticeKind,
 )
@@ -97,7 +98,7 @@ class Exchange:
         return total
 
 
-class ModelBroker:
+class ModelBroker(BrokerPort):
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
 

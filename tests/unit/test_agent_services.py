@@ -15,18 +15,20 @@ import pytest
 
 from agent.services import StateMap
 from common.config import AgentCard, RiskLimits
+from common.market_clock import ManualClock
 from common.enums import Side
 from common.errors import ErrorCode, KtraderError
 from common.orders import Accept, Fill, Order, OrderState, Submit, apply
 from common.schema import (
-    STATE_MAX_KEYS, STATE_MAX_VALUE_BYTES, Ack, Error, GetState, HeaderFactory, NewOrder, PositionView,
+    STATE_MAX_KEYS, STATE_MAX_VALUE_BYTES, Ack, Error, GetState, HeaderFactory, InvestorDay, NewOrder, PositionView, PriceQuote,
     PriceReply, PutState, Query, StateReply,
 )
 from kis import wire
 from kis.budget import RestBudget
-from kis.port import BrokerRejected
+from kis.port import BrokerPort, BrokerRejected, Capability
 from server import agent_services
-from server.agent_services import AgentServices, StateTable, investor_days, price_quote, summarize
+from kis.reference import investor_days, price_quote
+from server.agent_services import AgentServices, StateTable, summarize
 from tests.fakes.core import make_core
 from server.risk import RiskGate
 from server.store import SCHEMA_VERSION, Store
@@ -127,8 +129,10 @@ def test_price_and_investor_parsing_uses_integer_krw() -> None:
     assert (days[0].foreign_qty, days[0].foreign_value, days[0].individual_value) == (1500, 124_000_000, -66_000_000)
 
 
-class QuoteBroker:
-    """A broker whose price() waits on a real RestBudget as the KIS adapter does (per-caller quota)."""
+class QuoteBroker(BrokerPort):
+    """A broker whose quote() waits on a real RestBudget as the KIS adapter does (per-caller quota)."""
+
+    capabilities = frozenset({Capability.QUOTES, Capability.CALLER_QUOTAS})
 
     def __init__(self) -> None:
         self.budget = RestBudget(1000.0)
@@ -137,12 +141,12 @@ class QuoteBroker:
     def set_caller_quota(self, caller: str, rate: float) -> None:
         self.budget.set_quota(caller, rate)
 
-    async def price(self, code: str, *, caller: str) -> wire.PriceResponse:
+    async def quote(self, code: str, *, caller: str = "gateway") -> PriceQuote:
         await self.budget.acquire(caller=caller)
         self.calls.append((caller, time.monotonic()))
         if code == "999999":
             raise BrokerRejected("no such stock", code="APBK0001")
-        return wire.PriceResponse(output=wire.PriceOutput(stck_prpr="70000", per="20.58", eps="3450.00"))
+        return price_quote(code, wire.PriceOutput(stck_prpr="70000", per="20.58", eps="3450.00"))
 
 
 class Rec:
@@ -265,12 +269,8 @@ async def _pump(broker: FakeBroker, notices: object) -> None:
 
 
 class FlowBroker(QuoteBroker):
-    def now(self):  # the twin's clock: the market day recorded with a quote
-        import datetime as dt
-        return dt.datetime(2026, 11, 20, 15, 0)
-
-    async def investor(self, code: str, *, caller: str) -> wire.InvestorResponse:
-        return wire.InvestorResponse(output=[
+    async def investor_days(self, code: str, *, caller: str = "gateway") -> list[InvestorDay]:
+        return investor_days([
             wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="70000"),  # today before the close: not a day yet
             wire.InvestorRow(stck_bsop_date="20261119", stck_clpr="69000", frgn_ntby_qty="1500", frgn_ntby_tr_pbmn="124",
                              orgn_ntby_qty="-700", orgn_ntby_tr_pbmn="-58", prsn_ntby_qty="-800", prsn_ntby_tr_pbmn="-66")])
@@ -284,7 +284,8 @@ def test_answered_queries_are_recorded_by_day(tmp_path: Path) -> None:
         tasks: set = set()
         svc = AgentServices(Store(tmp_path / "db" / "gateway.sqlite"), None, FlowBroker(), HeaderFactory("gateway"),  # type: ignore[arg-type]
                             lambda route, m: replies.append(m) or True,
-                            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)))
+                            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)),
+                            clock=ManualClock(dt.datetime(2026, 11, 20, 15, 0)))  # the market day recorded with a quote
         a = Rec("alpha", 0.0)
         svc.on_register(a)
         svc.handle(a, b"a", Query(h=H(), kind="price", code="005930"))
