@@ -225,7 +225,7 @@ class AgentRuntime(AgentServicesMixin):
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._connect_and_register()
+            self._first_registration()
             self._start_strategy()
             self._loop(wake_r)
             return EXIT_OK
@@ -240,6 +240,20 @@ class AgentRuntime(AgentServicesMixin):
             wake_r.close()
             wake_w.close()
             self.lock.release()
+
+    def _first_registration(self) -> None:
+        """Register, giving a gateway that is (re)starting up to `gateway_wait_s` to answer: an agent
+        started while its gateway restarts joins it when it is back instead of giving up."""
+        deadline = time.monotonic() + self.gateway_wait_s
+        while True:
+            try:
+                self._connect_and_register()
+                return
+            except AgentExit as e:
+                if e.code != EXIT_NO_GATEWAY or time.monotonic() >= deadline or self._stopping:
+                    raise
+                self.log.warning("%s; trying again", e)
+                time.sleep(0.2)  # start-up only: waiting for another process, not a hot path
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -385,6 +399,11 @@ class AgentRuntime(AgentServicesMixin):
                 batch = []
                 while (pub := self.client.recv_pub_nowait()) is not None:
                     batch.append(pub)
+                # order events the gateway sent before this market data (e.g. the day's expiries, sent
+                # before its daily bars) are handled first, so the strategy sees the same book a
+                # backtest would
+                while (msg := self.client.recv_nowait()) is not None:
+                    self._on_message(msg)
                 fresh, heal = self.feed.drain(batch)
                 if heal:
                     self._ask_market(heal, gap=True)

@@ -184,6 +184,7 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):
     change: int  # vs previous close
     ask1: int
     bid1: int
+    date: str = ""  # BSOP_DATE (YYYYMMDD), the exchange's business day of the print; "" when absent
 
 
 class Book(msgspec.Struct, frozen=True, kw_only=True, tag="book"):

@@ -82,6 +82,7 @@ def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:
         change=num(f[o + 4]),
         ask1=num(f[o + 10]),
         bid1=num(f[o + 11]),
+        date=f[o + 33] if len(f) > o + 33 else "",
     )
 
 

@@ -92,6 +92,12 @@ class _Acc:
                    high=self.high, low=self.low, close=self.close, volume=self.volume, value=self.value)
 
 
+def _order(b: Bar) -> tuple[str, int, str]:
+    """Bars that close together go out by start, then interval, then code: the backtester delivers a
+    bar time's bars in the same code order, so a strategy meets them in the same order in both."""
+    return b.start, MINUTES.get(b.interval, 1440), b.code
+
+
 class BarBuilder:
     def __init__(self, intervals: tuple[str, ...] = INTERVALS, rule: SessionRule = SessionRule.KRX,
                  grace_s: float = 2.0) -> None:
@@ -165,20 +171,35 @@ class BarBuilder:
                 acc.add(price, qty)
         if was_late:
             self.late += 1
-        closed.sort(key=lambda b: (b.start, MINUTES.get(b.interval, 1440)))
+        closed.sort(key=_order)
         return closed
 
-    def flush(self, now: dt.datetime) -> list[Bar]:
-        """Close every bar whose end (plus the grace period) is before `now` (exchange time, KST)."""
+    def flush(self, now: dt.datetime, hold_daily: bool = False) -> list[Bar]:
+        """Close every bar whose end (plus the grace period) is before `now` (exchange time, KST);
+        with `hold_daily`, daily bars stay open for `close_daily` (the day cycle closes them)."""
         d = now.date()
         cutoff = d.toordinal() * _DAY_S + now.hour * 3600 + now.minute * 60 + now.second - self.grace_s
         out: list[Bar] = []
         for key, acc in list(self._open.items()):
+            if hold_daily and key[1] == DAILY:
+                continue
             if acc.end <= cutoff:
                 out.append(acc.bar(*key))
                 self._closed_until[key] = acc.end
                 del self._open[key]
-        out.sort(key=lambda b: (b.start, MINUTES.get(b.interval, 1440)))
+        out.sort(key=_order)
+        return out
+
+    def close_daily(self, day: dt.date) -> list[Bar]:
+        """Close the daily bars of `day` and earlier (the day's session is over and its orders expired)."""
+        last = day.toordinal() * _DAY_S
+        out: list[Bar] = []
+        for key, acc in list(self._open.items()):
+            if key[1] == DAILY and acc.start <= last:
+                out.append(acc.bar(*key))
+                self._closed_until[key] = acc.end
+                del self._open[key]
+        out.sort(key=_order)
         return out
 
     # ---- views ---------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class RemoteTwinClock:
     def _apply(self, state: dict[str, object]) -> None:
         self._v0 = dt.datetime.fromisoformat(str(state["now"]))
         self._m0 = time.monotonic()
-        self._speed = float(state.get("speed", 1.0) or 1.0)  # type: ignore[arg-type]
+        self._speed = float(state.get("speed", 1.0))  # type: ignore[arg-type]  # 0: it moves only when moved
         self._phase = Phase(str(state["phase"]))
         self.timed = state.get("clock") != ClockMode.OPEN.value
 

@@ -108,7 +108,7 @@ class Gateway:
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(self.clock, self.book, self.desk, self.risk, self.recon, self.base_prices, self._cards,
                               self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day,
-                              lambda: self.operator.performance())
+                              lambda: self.operator.performance(), lambda day: self.md.close_daily(day))
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if self.master is not None:
@@ -125,7 +125,7 @@ class Gateway:
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
         self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn,
                                       clock=self.clock)
-        self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
+        self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(self.clock))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from common.clock import KST, now_kst
-from common.config import BrokerEnv, GatewayConfig
+from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis.port import Book, BrokerPort, Capability, Trade
 from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate
@@ -26,12 +26,10 @@ log = logging.getLogger("ktrader.marketdata")
 
 
 
-def session_rule(cfg: GatewayConfig) -> SessionRule:
-    """The twin's `open` clock trades all day on its synthetic session day (from 09:00, past 15:20 when
-    left open longer than a session): every print makes bars there."""
-    if cfg.broker.env is BrokerEnv.SIM and cfg.broker.sim_clock == "open":
-        return SessionRule.ALL_DAY
-    return SessionRule.KRX
+def session_rule(clock: MarketClock) -> SessionRule:
+    """Bars follow KRX sessions on a clock whose time of day means something; on one whose does not
+    (the twin's `open` clock trades all day on its synthetic session day) every print makes bars."""
+    return SessionRule.KRX if clock.timed else SessionRule.ALL_DAY
 
 
 class MarketData:
@@ -51,6 +49,8 @@ class MarketData:
         # where bars were closed by time, for the recording (replay closes them at the same point)
         self.on_clock: Callable[[dt.datetime], None] | None = None
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
+        # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
+        self.hold_daily = rule is SessionRule.KRX
 
     def counters(self) -> dict[str, int]:
         return {"bars_closed": self.bars_closed, "prints_outside_session": self.builder.excluded,
@@ -61,10 +61,14 @@ class MarketData:
     def exchange_now(self, wall: dt.datetime | None = None) -> dt.datetime:
         return (wall or self.wall()) + self.skew
 
-    def _date_print(self, hhmmss: str, wall: dt.datetime) -> dt.datetime:
-        """The print's KST datetime: today's exchange date, corrected across midnight."""
+    def _date_print(self, hhmmss: str, wall: dt.datetime, business_day: str = "") -> dt.datetime:
+        """The print's KST datetime: its business day when the frame says it (BSOP_DATE, as KIS and the
+        twin send it), else today's exchange date by our clock, corrected across midnight."""
+        t_of_day = dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:6]))
+        if len(business_day) == 8 and business_day.isdigit():
+            return dt.datetime.combine(dt.date(int(business_day[:4]), int(business_day[4:6]), int(business_day[6:])), t_of_day, KST)
         guess = self.exchange_now(wall)
-        t = dt.datetime.combine(guess.date(), dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:6])), KST)
+        t = dt.datetime.combine(guess.date(), t_of_day, KST)
         if t - guess > dt.timedelta(hours=12):
             t -= dt.timedelta(days=1)
         elif guess - t > dt.timedelta(hours=12):
@@ -92,7 +96,7 @@ class MarketData:
         self._pub(trade_topic(ev.code), tick)
         wall = wall or self.wall()
         try:
-            when = self._date_print(ev.time, wall)
+            when = self._date_print(ev.time, wall, ev.date)
             closed = self.builder.on_trade(ev.code, when.date(), ev.time, ev.price, ev.qty)
         except (BarError, ValueError) as e:
             self.bad_prints += 1
@@ -118,7 +122,15 @@ class MarketData:
 
     def flush_at(self, exchange: dt.datetime) -> list[Bar]:
         """Close bars as of `exchange` time: a replay, at a recorded MarketClock mark."""
-        closed = self.builder.flush(exchange)
+        closed = self.builder.flush(exchange, self.hold_daily)
+        self._emit(closed)
+        return closed
+
+    def close_daily(self, day: dt.date) -> list[Bar]:
+        """The day cycle closed the day (the broker's last word taken, its orders expired): its daily
+        bars go out now, so a strategy deciding on them sees the day's orders already ended, as in a
+        backtest."""
+        closed = self.builder.close_daily(day)
         self._emit(closed)
         return closed
 

@@ -149,7 +149,8 @@ class Store:
         self.db.execute(
             "INSERT INTO orders(client_order_id, agent, day, state, is_open, broker_order_id, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_order_id) DO UPDATE SET "
-            "state=excluded.state, is_open=excluded.is_open, broker_order_id=excluded.broker_order_id, body=excluded.body",
+            "day=excluded.day, state=excluded.state, is_open=excluded.is_open, broker_order_id=excluded.broker_order_id, "
+            "body=excluded.body",
             (order.client_order_id, order.agent, day, order.state.value, int(order.state in OPEN), order.broker_order_id, _enc.encode(order)),
         )
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -76,7 +77,8 @@ class TradingDay:
                  base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
                  request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
                  run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: [],
-                 performance: Callable[[], dict[str, AgentPerformance]] = dict) -> None:
+                 performance: Callable[[], dict[str, AgentPerformance]] = dict,
+                 close_bars: Callable[[dt.date], object] = lambda day: None) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -90,6 +92,7 @@ class TradingDay:
         self.run_dir = run_dir
         self.alerts_of_day = alerts_of_day
         self.performance = performance
+        self.close_bars = close_bars  # the day's daily bars, once its orders are over
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.reports_written = 0
@@ -155,6 +158,7 @@ class TradingDay:
             await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
+            self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
             report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance())
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():

@@ -391,6 +391,15 @@ def bench_twin(json_out: bool = typer.Option(False, "--json")) -> None:
     twin(json_out=json_out)
 
 
+@bench_app.command("history")
+def bench_history(days: int = typer.Option(20, help="whole days replayed"),
+                  json_out: bool = typer.Option(False, "--json")) -> None:
+    """The twin's history mode: one replayed day's run time and admin round trip vs a no-op admin call."""
+    from tools.bench_history import main as history
+
+    history(days=days, json_out=json_out)
+
+
 @bench_app.command("parse")
 def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
     """H0STCNT0 frames parsed to typed ticks per second vs a bare str.split in the same run."""

@@ -16,6 +16,7 @@ from aiohttp import web
 from kis.sim.engine import BookSide
 from kis.sim.exchange import OrderRecord
 from kis.sim.faults import ReplyMangle, RestDisconnect, RestError
+from kis.sim.history_admin import HistoryAdmin
 from kis.sim.ledger import Account
 from kis.sim.wire import KisError
 
@@ -69,9 +70,9 @@ class AdminApi:
         r.add_get("/admin/accounts/{account}", self.account)
         r.add_get("/admin/accounts/{account}/orders", self.orders)
         r.add_post("/admin/orders", self.external_order)
-        r.add_post("/admin/clock/close", self.clock_close)
-        r.add_post("/admin/clock/next-day", self.clock_next_day)
-        r.add_post("/admin/clock/move", self.clock_move)
+        # history mode (kis/sim/history_admin.py) has its own clock moves; the others use these
+        HistoryAdmin(self.server).add_routes(r, {"close": self.clock_close, "next-day": self.clock_next_day,
+                                                 "move": self.clock_move})
         r.add_post("/admin/price", self.set_price)
         r.add_get("/admin/book/{code}", self.book)
         r.add_post("/admin/market/step", self.step)

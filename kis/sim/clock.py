@@ -1,5 +1,6 @@
 """The twin's clock: `open` (always in the continuous session), `kst` (real KST hours and the KRX
-calendar) or `replay` (a given date from the opening call at N× speed).
+calendar), `replay` (a given date from the opening call at N× speed) or `history` (stands still:
+kis/sim/history_market.py moves it).
 
 All three are "virtual = anchor + elapsed real time × speed"; the admin API re-anchors the clock to
 jump to the close or to the next trading day.
@@ -28,14 +29,15 @@ class ClockMode(StrEnum):
     OPEN = "open"
     KST = "kst"
     REPLAY = "replay"
+    HISTORY = "history"  # speed 0: only the history driver moves it (kis/sim/history_market.py)
 
 
 class TwinClock:
     def __init__(self, mode: ClockMode = ClockMode.OPEN, date: dt.date | None = None, speed: float = 1.0) -> None:
         self.mode = mode
-        self.speed = speed if mode is ClockMode.REPLAY else 1.0
+        self.speed = speed if mode is ClockMode.REPLAY else 0.0 if mode is ClockMode.HISTORY else 1.0
         self._closed = False  # open mode: the admin moved the day to the close
-        if mode is ClockMode.REPLAY:
+        if mode in (ClockMode.REPLAY, ClockMode.HISTORY):
             day = date or now_kst().date()
             if not is_trading_day(day):
                 day = next_trading_day(day)

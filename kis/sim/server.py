@@ -73,7 +73,7 @@ class TwinServer:
         d = self.demo
         return {**self.endpoints(), "app_key": d.app_key, "app_secret": d.app_secret, "account": d.account,
                 "hts_id": d.hts_id, "paper_app_key": d.paper_app_key, "paper_app_secret": d.paper_app_secret,
-                "paper_account": d.paper_account, "seed": self.config.seed, "clock": self.config.clock}
+                "paper_account": d.paper_account, "seed": self.config.seed, "clock": self.twin.clock.mode.value}
 
     async def stop(self) -> None:
         if self._loop_task is not None:

@@ -85,16 +85,26 @@ class TwinConfig:
     sell_tax_ppm: int = 1_800
     reject_records: bool = True
     demo_accounts: bool = True
+    # history mode (kis/sim/history_market.py): stocks with history_dir/<code>.csv replay their real days
+    history_dir: Path | None = None
+    history_from: dt.date | None = None  # the first trading day >= this (required with history_dir)
+    history_days: int = 250  # daily rows the quotation endpoints serve before the current day
     extra: dict[str, object] = field(default_factory=dict)
 
 
 class Twin:
     def __init__(self, config: TwinConfig) -> None:
         self.config = config
-        self.clock = TwinClock(ClockMode(config.clock), config.date, config.speed)
-        self.exchange = Exchange(self.clock, MarketConfig(
-            seed=config.seed, fees=FeeSchedule(config.commission_ppm, config.sell_tax_ppm),
-            reject_records=config.reject_records, replay_csv_dir=config.replay_csv_dir))
+        market = MarketConfig(seed=config.seed, fees=FeeSchedule(config.commission_ppm, config.sell_tax_ppm),
+                              reject_records=config.reject_records, replay_csv_dir=config.replay_csv_dir)
+        self.exchange: Exchange
+        if config.history_dir is not None:
+            from kis.sim.history_market import open_history, require_history_settings
+            start = require_history_settings(config.history_from, config.state_file)
+            self.clock, self.exchange = open_history(config.history_dir, start, config.history_days, market)
+        else:
+            self.clock = TwinClock(ClockMode(config.clock), config.date, config.speed)
+            self.exchange = Exchange(self.clock, market)
         self.auth = AuthRegistry(config.seed, rate_real=config.rate_real, rate_paper=config.rate_paper,
                                  auto_provision=config.auto_provision)
         self.faults = Faults()

@@ -16,3 +16,32 @@ def test_a_new_order_is_open_before_the_gateway_answers(tmp_path: Path) -> None:
     view = rt.open_orders[coid]
     assert (view.qty, view.price, view.state.value, view.filled_qty) == (3, 70_000, "pending_submit", 0)
     assert rt.buy("005930", 1, 69_900) != coid  # numbering moves on
+
+
+def test_an_order_refused_at_the_day_change_leaves_no_ghost(tmp_path: Path) -> None:
+    """The gateway refuses an id of another trading day (WRONG_DAY, typed) and makes no order of it: the
+    agent's own copy ends DENIED (it used to stay 'on its way', and a one-order-at-a-time strategy then
+    placed nothing until restarted), the strategy hears it, and the agent asks for the new numbering."""
+    from agent.strategy import Strategy
+    from common.errors import ErrorCode
+    from common.schema import GetSnapshot, HeaderFactory, OrderResult, OrdersReply
+
+    seen: list[tuple[str, str]] = []
+
+    class Listener(Strategy):
+        def on_order(self, order) -> None:  # type: ignore[no-untyped-def]
+            seen.append((order.client_order_id, order.state.value))
+
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    rt.strategy = Listener(rt, None)
+    sent: list[object] = []
+    rt._send = sent.append  # type: ignore[method-assign]  # what would go to the gateway
+    coid = rt.buy("005930", 3, 70_000)
+    reply = OrdersReply(h=HeaderFactory("gateway")(), results=[OrderResult(
+        client_order_id=coid, accepted=False, code=ErrorCode.WRONG_DAY, message="order id is for 20261204, the trading day is 20261207")])
+    rt._on_message(reply)
+    assert rt.open_orders == {}
+    assert rt.orders[coid].state.value == "denied" and rt.orders[coid].reason_code == "WRONG_DAY"
+    assert seen == [(coid, "denied")]
+    assert any(isinstance(m, GetSnapshot) for m in sent)  # the new day's numbering
+    assert rt.buy("005930", 3, 70_000) in rt.open_orders  # and it trades on

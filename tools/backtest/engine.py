@@ -5,7 +5,7 @@ Daily bars (`1d`), per bar time t (a trading day), in this order:
    the data lacks) expire; the simulated broker matches the orders of session t against t's bars, in
    the order they were sent, and expires the session's leftovers; the strategy hears about it through
    `on_order` / `on_fill` (now() = t's open, 09:00);
-2. the strategy gets `on_bar` for every code with a bar at t, in the card's code order (now() = t's
+2. the strategy gets `on_bar` for every code with a bar at t, in code order (as the gateway closes them) (now() = t's
    close, 15:30); orders it places go to the broker at once and live in the next KRX session (the
    calendar's, or the data's next day when the calendar has it closed), checked against that
    session's tick grid and band (common/krx_rules.py);
@@ -298,7 +298,7 @@ class Backtest:
             self.at = self.bars[code][firsts[code]:]
         else:
             by_time: dict[str, dict[str, Bar]] = {}
-            for code in card.codes:  # card order = on_bar order within a bar time
+            for code in sorted(card.codes):  # code order = on_bar order within a bar time (as the gateway closes them)
                 for b in self.bars[code][firsts[code]:]:
                     by_time.setdefault(b.start, {})[code] = b
             self.times = sorted(by_time)

@@ -114,10 +114,11 @@ def live_decisions(orders: list[tuple[str, Order]], agent: str) -> list[Decision
 def parity_reason(card: AgentCard) -> str:
     """Why a strategy's live decisions may legitimately differ from the backtest's ("" if they must not)."""
     cls = load_strategy_class(card.strategy)
+    if "on_timer" in vars(cls):
+        return ("decides on a timer in the session (day orders at intraday quotes); the backtest decides at "
+                "each daily close (next-session orders), on the quotes the gateway recorded")
     if not cls.needs_bars:
-        return "decides on intraday prints (on_trade/on_timer); the backtest sees daily bars only"
-    if any(name in vars(cls) for name in ("on_timer",)):
-        return "decides on a timer with quotes; the backtest has no intraday clock"
+        return "decides on intraday prints (on_trade); the backtest sees daily bars only"
     return ""
 
 

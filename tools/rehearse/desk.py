@@ -42,7 +42,7 @@ class Desk:
     workdir: Path
     data: Path
     cards: list[tuple[Path, AgentCard]]
-    start: dt.date
+    first_day: dt.date
     settle_s: float = 0.3  # how long the gateway must stay quiet before a step counts as settled
     env: dict[str, str] = field(default_factory=dict)
     twin: subprocess.Popen[bytes] | None = None
@@ -71,7 +71,7 @@ class Desk:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.twin = self._spawn(["sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0", "--admin-port", "0",
-                                 "--seed", "7", "--quiet", "--history", str(self.data), "--from", self.start.isoformat()],
+                                 "--seed", "7", "--quiet", "--history", str(self.data), "--from", self.first_day.isoformat(), "--tick-interval", "0"],
                                 "twin", stdout=subprocess.PIPE)
         assert self.twin.stdout is not None
         line = self.twin.stdout.readline()
@@ -108,7 +108,9 @@ class Desk:
                 if p.poll() is not None:
                     raise RehearsalError(f"agent {aid} exited ({p.returncode}): see {self.workdir / f'agent-{aid}.log'}")
             st = self.status()
-            return ids <= {a.id for a in st.agents if a.state.value == "online"}
+            # this very process is the one registered (a killed copy's record stays online until its
+            # lease runs out)
+            return ids <= {a.id for a in st.agents if a.state.value == "online" and a.pid == self.agents[a.id].pid}
 
         wait_until(online, timeout, "every agent to register")
 
@@ -179,7 +181,9 @@ class Desk:
                 raise RehearsalError(f"the gateway exited ({self.gateway.returncode}): see {self.workdir / 'gateway.log'}")
             st = self.status()
             c = st.counters
-            mark = (c.get("messages", 0), c.get("send_queue", 0), st.orders_today, st.fills_today, st.open_orders)
+            # what moves while the desk works (heartbeats are not work: they never stop)
+            mark = (c.get("send_queue", 0), c.get("orders_held", 0), c.get("pub_sent", 0), c.get("reports_written", 0),
+                    st.orders_today, st.fills_today, st.open_orders)
             now = time.monotonic()
             if mark != last:
                 last, quiet_since = mark, now

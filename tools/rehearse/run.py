@@ -26,8 +26,9 @@ from common.calendar import trading_days
 from common.config import AgentCard, load_card
 from common.enums import BarInterval
 from tools.backtest.data import Series, load_codes
-from tools.backtest.engine import BacktestConfig, run_backtest
-from tools.rehearse.audit import Audit, Decision, audit_run, compare, decision_of, live_decisions, parity_reason, _orders
+from tools.backtest.history import load_history
+from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+from tools.rehearse.audit import Audit, Decision, ParityRow, _orders, audit_run, compare, decision_of, live_decisions, parity_reason
 from tools.rehearse.desk import INTRADAY_STEPS, Desk, RehearsalError
 
 Progress = Callable[[str, int, int], None]
@@ -73,7 +74,7 @@ def rehearse(card_paths: list[Path], data: Path, n_days: int, start: dt.date | N
         raise RehearsalError(f"{data} covers only {len(days)} trading days from {start or 'its end'}; asked for {n_days}")
     keep = workdir is not None
     wd = workdir or Path(tempfile.mkdtemp(prefix="ktrader-rehearse-"))
-    desk = Desk(workdir=wd, data=data, cards=cards, start=days[0])
+    desk = Desk(workdir=wd, data=data, cards=cards, first_day=days[0])
     plain = [c for _, c in cards]
     twin_orders: list[dict[str, object]] = []
     holdings: dict[str, int] = {}
@@ -130,11 +131,20 @@ def rehearse(card_paths: list[Path], data: Path, n_days: int, start: dt.date | N
 
 def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path) -> list:  # type: ignore[type-arg]
     orders = _orders(run)
+    # what the agents read during the rehearsal (quotes with company data, investor flows), as the
+    # gateway recorded it: the backtest of the same cards reads the same
+    recorded = run / "data" / "queries.sqlite"
+    history = load_history(run) if recorded.exists() else None
     rows = []
     for _, card in cards:
         live = live_decisions(orders, card.id)
         mine = {c: series[c] for c in card.codes}
-        result = run_backtest(card, mine, BacktestConfig(date_from=days[0], date_to=days[-1]))
+        try:
+            result = run_backtest(card, mine, BacktestConfig(date_from=days[0], date_to=days[-1], history=history))
+        except BacktestError as e:  # e.g. a strategy that needs company data or flows the data set lacks
+            rows.append(ParityRow(agent=card.id, live=len(live), backtest=0, equal=False, only_live=live[:20],
+                                  reason=f"no backtest on this data: {e}"))
+            continue
         backtest: list[Decision] = sorted(decision_of(o) for o in result.orders)
         rows.append(compare(card.id, live, backtest, parity_reason(card)))
     return rows

@@ -1,0 +1,119 @@
+"""Admin endpoints of history mode (kis/sim/history_market.py), mounted by kis/sim/admin.py.
+
+- GET  /admin/history            what is driven: directory, day, now, phase, codes, halted codes, counters
+- POST /admin/history/advance    {"to": "HH:MM[:SS]"} (today) or an ISO date-time (KST): move the clock
+                                 forward, running every print and auction up to it
+- POST /admin/clock/close        run the day through its closing auction and close
+- POST /admin/clock/next-day     finish the day, then the next KRX trading day's pre-open
+- POST /admin/clock/move         {"to": ...}: the same as advance (history only moves forward)
+Clock replies: {"day", "phase", "now", "prints", "fills", "seconds"} (prints and fills made by this
+call, seconds spent running it). They return once every websocket frame the move produced has been
+handed to its socket (bounded wait), so a client that reads its socket sees them next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from kis.sim.history_market import HistoryError, HistoryExchange
+
+if TYPE_CHECKING:
+    from kis.sim.server import TwinServer
+
+DRAIN_WAIT_S = 2.0  # at most this long for the websocket writers to take what a move produced
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(doc, ensure_ascii=False), status=status, content_type="application/json")
+
+
+def parse_to(raw: str, today: dt.date) -> dt.datetime:
+    """"HH:MM[:SS]" on `today`, or an ISO date-time; naive times are KST (the caller makes them aware)."""
+    raw = raw.strip()
+    try:
+        if "T" in raw or "-" in raw:
+            return dt.datetime.fromisoformat(raw)
+        return dt.datetime.combine(today, dt.time.fromisoformat(raw))
+    except ValueError:
+        raise HistoryError(f"bad time {raw!r}: give HH:MM[:SS] (today) or YYYY-MM-DDTHH:MM:SS") from None
+
+
+class HistoryAdmin:
+    def __init__(self, server: TwinServer) -> None:
+        self.server = server
+
+    @property
+    def exchange(self) -> HistoryExchange | None:
+        ex = self.server.twin.exchange
+        return ex if isinstance(ex, HistoryExchange) else None
+
+    def add_routes(self, router: web.UrlDispatcher, fallback: dict[str, Handler]) -> None:
+        """History routes; the clock moves are history's own in history mode, else `fallback`'s."""
+        router.add_get("/admin/history", self.state)
+        router.add_post("/admin/history/advance", self.advance)
+        history = self.exchange is not None
+        router.add_post("/admin/clock/close", self.close if history else fallback["close"])
+        router.add_post("/admin/clock/next-day", self.next_day if history else fallback["next-day"])
+        router.add_post("/admin/clock/move", self.advance if history else fallback["move"])
+
+    async def state(self, request: web.Request) -> web.Response:
+        ex = self.exchange
+        if ex is None:
+            return self._not_history()
+        return _json(ex.describe())
+
+    async def advance(self, request: web.Request) -> web.Response:
+        ex = self.exchange
+        if ex is None:
+            return self._not_history()
+        try:
+            doc = json.loads((await request.read()).decode("utf-8") or "{}")
+            if not isinstance(doc, dict) or "to" not in doc:
+                raise HistoryError('body must be {"to": "HH:MM[:SS]" or "YYYY-MM-DDTHH:MM:SS"}')
+            when = parse_to(str(doc["to"]), ex.day)
+            return await self._run(ex, lambda: ex.advance(when))
+        except (HistoryError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            return _json({"error": str(e)}, 400)
+
+    async def close(self, request: web.Request) -> web.Response:
+        ex = self.exchange
+        assert ex is not None
+        return await self._run(ex, ex.close)
+
+    async def next_day(self, request: web.Request) -> web.Response:
+        ex = self.exchange
+        assert ex is not None
+        return await self._run(ex, ex.next_day)
+
+    async def _run(self, ex: HistoryExchange, move: Callable[[], object]) -> web.Response:
+        prints, fills = ex.prints, ex.fills
+        t0 = time.perf_counter()
+        move()
+        seconds = time.perf_counter() - t0
+        await self._drained()
+        return _json({"day": ex.day.isoformat(), "phase": ex.clock.phase().value, "now": ex.clock.now().isoformat(),
+                      "prints": ex.prints - prints, "fills": ex.fills - fills, "seconds": round(seconds, 6)})
+
+    async def _drained(self) -> None:
+        """Wait (bounded) until every websocket session's queue is empty: the frames are on their sockets."""
+        hub = self.server.ws_hub
+        if hub is None:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DRAIN_WAIT_S
+        while any(not s.closed and not s.queue.empty() for s in hub.sessions) and loop.time() < end:
+            await asyncio.sleep(0.001)  # the writers run meanwhile; bounded, not a hot path
+        await asyncio.sleep(0)  # the last frame taken is being written
+
+    @staticmethod
+    def _not_history() -> web.Response:
+        return _json({"error": "the twin is not in history mode: start it with --history DIR --from YYYY-MM-DD"}, 409)

@@ -1,0 +1,182 @@
+"""Every limit the configuration accepts is enforced, with its own typed denial: the agent's (its card)
+and the account's (the gateway config, across every agent), plus the phase rule and the automatic
+transitions (an agent's or the account's daily loss -> REDUCING, persisted and alerted)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from common.clock import KST
+from common.config import AgentCard, GatewayConfig, RiskLimits
+from common.enums import AlertKind, Side, SystemEventKind, TimeInForce, TradingState
+from common.errors import ErrorCode
+from common.market_clock import ManualClock
+from common.schema import NewOrder
+from kis.port import BrokerNotice
+from tests.fakes.broker import FakeBroker
+from tests.fakes.core import TODAY, make_core
+
+AT_10 = dt.datetime.combine(TODAY, dt.time(10, 0), KST)
+
+
+def card(agent: str = "alpha", **risk: int) -> AgentCard:
+    return AgentCard(id=agent, name=agent, strategy="x:Y", codes=["005930", "000660"], budget=50_000_000,
+                     risk=RiskLimits(**risk))
+
+
+def order(agent: str, n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY,
+          tif: TimeInForce = TimeInForce.DAY) -> NewOrder:
+    return NewOrder(client_order_id=f"{agent}-{TODAY:%Y%m%d}-{n}", code="005930", side=side, qty=qty, price=price, tif=tif)
+
+
+class Desk:
+    """The order core on a fake broker, synced, the clock at 10:00 of a trading day."""
+
+    def __init__(self, tmp: Path, cfg: GatewayConfig | None = None, at: dt.datetime = AT_10) -> None:
+        self.clock = ManualClock(at)
+        self.broker = FakeBroker(ref_price=70_000)
+        self.core, self.store, self.events, self.published = make_core(tmp / "gw.sqlite", self.broker, cfg=cfg,
+                                                                       clock=self.clock)
+
+    async def __aenter__(self) -> Desk:
+        await self.broker.start()
+        self.core.start()
+        self._pump = asyncio.get_running_loop().create_task(self._notices())
+        await self.core.recon.run("start")
+        return self
+
+    async def _notices(self) -> None:
+        async for ev in self.broker.events():
+            if isinstance(ev, BrokerNotice):
+                self.core.notices.on_notice(ev)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pump.cancel()
+        await self.core.stop()
+        self.store.close()
+
+    def submit(self, c: AgentCard, new: NewOrder) -> ErrorCode | None:
+        r = self.core.desk.submit(c, new)
+        return None if r.accepted else r.code
+
+
+@pytest.mark.parametrize("scope", ["agent", "account"])
+@pytest.mark.parametrize("limit, value, orders, denied", [
+    ("max_order_value", 1_000_000, [order("alpha", 1, qty=20)], ErrorCode.DENIED_NOTIONAL),  # 1.2 M
+    ("max_open_orders", 2, [order("alpha", n) for n in (1, 2, 3)], ErrorCode.DENIED_OPEN_ORDERS),
+    ("max_position_value", 1_500_000, [order("alpha", 1), order("alpha", 2), order("alpha", 3)], ErrorCode.DENIED_POSITION_LIMIT),
+    ("max_orders_per_minute", 2, [order("alpha", n, price=60_000) for n in (1, 2, 3)], ErrorCode.DENIED_RATE),
+])
+def test_each_limit_denies_with_its_code(tmp_path: Path, scope: str, limit: str, value: int, orders: list[NewOrder],
+                                         denied: ErrorCode) -> None:
+    async def main() -> list[ErrorCode | None]:
+        cfg = GatewayConfig(risk=RiskLimits(**{limit: value})) if scope == "account" else None
+        c = card(**({limit: value} if scope == "agent" else {}))
+        async with Desk(tmp_path, cfg) as d:
+            return [d.submit(c, o) for o in orders]
+
+    got = asyncio.run(main())
+    assert got[-1] is denied and all(x is None for x in got[:-1]), got
+
+
+def test_account_limits_count_every_agent(tmp_path: Path) -> None:
+    """The gateway's limits are across the account: two agents each under it, together over it."""
+    async def main() -> tuple[ErrorCode | None, ErrorCode | None]:
+        async with Desk(tmp_path, GatewayConfig(risk=RiskLimits(max_open_orders=1))) as d:
+            return d.submit(card("alpha"), order("alpha", 1)), d.submit(card("bravo"), order("bravo", 1))
+
+    assert asyncio.run(main()) == (None, ErrorCode.DENIED_OPEN_ORDERS)
+
+
+def test_daily_loss_agent_and_account_reduce_then_only_sells_pass(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = GatewayConfig(risk=RiskLimits(max_daily_loss=100_000))
+        async with Desk(tmp_path, cfg) as d:
+            c = card()
+            assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None  # marketable at the fake: fills
+            await asyncio.wait_for(_until(lambda: d.core.portfolio.position("alpha", "005930") is not None), 5)
+            d.core.portfolio.marks["005930"] = 55_000  # down 15,000 a share on 10: -150,000
+            assert d.submit(c, order("alpha", 2, price=55_000)) is ErrorCode.DENIED_DAILY_LOSS
+            assert d.submit(c, order("alpha", 3, price=55_000, side=Side.SELL)) is None  # reducing passes
+            d.core.risk.sweep([c])
+            assert d.core.risk.global_state is TradingState.REDUCING  # the account's limit: the gateway reduces
+            assert (SystemEventKind.TRADING_STATE, "", "reducing") in d.published
+            assert any("loss limit" in t for t in d.core.alerts.texts())
+        # persisted: a restarted gateway is still reducing
+        _, store, _, _ = make_core(tmp_path / "gw.sqlite", FakeBroker())
+        try:
+            assert store.get_meta("trading_state:*") == "reducing"
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_automatic_halt_reaches_the_notifier_kind(tmp_path: Path) -> None:
+    async def main() -> list[tuple[object, str]]:
+        seen: list[tuple[object, str]] = []
+        async with Desk(tmp_path, GatewayConfig(kill_errors=2)) as d:
+            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append((kind, text)))
+            d.core.risk.broker_error(0)
+            d.core.risk.broker_errors = [d.core.book.now_ns()] * 2
+            d.core.risk.sweep([])
+        return seen
+
+    assert any(kind is AlertKind.KILL_SWITCH for kind, _ in asyncio.run(main()))
+
+
+def test_outside_any_session_plain_orders_are_refused_next_session_ones_held(tmp_path: Path) -> None:
+    async def main() -> None:
+        after_close = dt.datetime.combine(TODAY, dt.time(15, 45), KST)
+        async with Desk(tmp_path, at=after_close) as d:
+            c = card()
+            r = d.core.desk.submit(c, order("alpha", 1))
+            assert r.code is ErrorCode.DENIED_MARKET_CLOSED and "next_session" in r.message
+            r = d.core.desk.submit(c, order("alpha", 2, tif=TimeInForce.NEXT_SESSION))
+            assert r.accepted and "held for the session of 20261123" in r.message  # Friday -> Monday
+            assert d.broker.submits == 0  # nothing goes to the broker tonight
+            held = d.core.book.orders[f"alpha-{TODAY:%Y%m%d}-2"]
+            assert held.state.value == "held" and d.core.portfolio.exposure("alpha", "005930").open_orders == 1
+
+    asyncio.run(main())
+
+
+async def _until(cond) -> None:  # type: ignore[no-untyped-def]
+    while not cond():
+        await asyncio.sleep(0.005)
+
+
+def test_a_next_session_order_is_sent_at_the_next_open_and_survives_a_restart(tmp_path: Path) -> None:
+    """Decided after Friday's close, held over the weekend, released at Monday's opening auction, filled;
+    a gateway restarted afterwards finds it among Monday's orders (not an 'external' one, not counted
+    twice), and one cancelled while held never reaches the broker."""
+    monday_auction = dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST)
+
+    async def main() -> None:
+        after_close = dt.datetime.combine(TODAY, dt.time(15, 45), KST)
+        d = Desk(tmp_path, at=after_close)
+        async with d:
+            c = card()
+            keep = order("alpha", 1, qty=10, price=70_000, tif=TimeInForce.NEXT_SESSION)  # marketable at the fake
+            drop = order("alpha", 2, qty=5, price=60_000, tif=TimeInForce.NEXT_SESSION)
+            assert d.core.desk.submit(c, keep).accepted and d.core.desk.submit(c, drop).accepted
+            assert d.core.desk.cancel("alpha", drop.client_order_id) == (None, "held order cancelled")
+            d.clock.set(monday_auction)
+            assert d.core.desk.release_due() == (1, 0)
+            await asyncio.wait_for(_until(lambda: d.core.book.orders[keep.client_order_id].state.value == "filled"), 5)
+            assert d.broker.submits == 1  # the cancelled one never went out
+            assert d.core.book.order_day[keep.client_order_id] == "20261123"  # Monday's order now
+        # the gateway restarts on Monday
+        d2 = Desk(tmp_path, at=monday_auction + dt.timedelta(hours=1))
+        d2.broker = d.broker  # the same broker: it has Monday's order
+        d2.core.recon.broker = d.broker  # type: ignore[assignment]
+        async with d2:
+            res = await d2.core.recon.run("start")
+            assert not res.external and not res.alerts, (res.external, res.alerts)
+            assert d2.core.portfolio.position("alpha", "005930").qty == 10  # type: ignore[union-attr]
+
+    asyncio.run(main())
