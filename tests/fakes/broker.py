@@ -42,6 +42,7 @@ class FakeBroker(BrokerPort):
         self._odno = itertools.count(1 + max((int(k) for k in self.orders), default=0))
         self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
         self.tick_s = float(os.environ.get("KTRADER_FAKE_TICK_S", "0"))
+        self.chart_delay_s = float(os.environ.get("KTRADER_FAKE_CHART_DELAY_S", "0"))
         self.subscribed: set[str] = set()
         self._ticks = 0
         self.submits = 0
@@ -169,6 +170,8 @@ class FakeBroker(BrokerPort):
         """Weekday bars of the days before `before`, oldest first: a gentle zig-zag around the
         reference price (deterministic, so tests can check what was back-filled)."""
         self.chart_calls.append(("daily", code, caller))
+        if self.chart_delay_s:  # a slow chart API (KIS under load, a long back-fill): tests of warm-up
+            await asyncio.sleep(self.chart_delay_s)
         out = []
         d = before - dt.timedelta(days=1)
         while len(out) < n and d > before - dt.timedelta(days=3 * 366):
