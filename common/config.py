@@ -18,6 +18,7 @@ from common.ids import AgentId, StockCode
 
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Pct = Annotated[float, msgspec.Meta(ge=0, le=1000, description="percent (5 = 5 %)")]
 HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM KST")]
 
 
@@ -57,14 +58,35 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     sim_clock: str = "open"  # embedded twin only: kst | open | replay
 
 
+class DrawdownPeak(StrEnum):
+    """The equity peak a drawdown is measured from."""
+
+    DAY = "day"  # the highest equity since the start of the trading day
+    ALL_TIME = "all_time"  # the highest equity ever seen (`ktrader control reset_peak` starts it again)
+
+
 class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'."""
+    """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'.
+
+    The gateway's apply across the account (every agent, and shares held outside ktrader); a card's
+    are the same limits on the agent's own share, so they can only be tighter. Percentages are of the
+    account's equity (server/equity.py: the broker's settlement cash, moved by the fills booked since,
+    plus every position at the last price), except the drawdown of an agent, measured on its own
+    equity: its budget plus its net P&L (a card needs a budget for it)."""
 
     max_order_value: Krw = 0  # notional of one order
     max_position_value: Krw = 0  # per code, at cost
     max_open_orders: int = 0
     max_orders_per_minute: int = 0
     max_daily_loss: Krw = 0
+    max_gross_exposure_pct: Pct = 0.0  # positions at the last price + open buys, % of equity
+    max_positions: Annotated[int, msgspec.Meta(ge=0)] = 0  # codes held or being bought
+    max_code_pct: Pct = 0.0  # one code, % of equity (the gateway's: every agent's together)
+    max_sector_pct: Pct = 0.0  # one sector of the stock master, % of equity
+    max_drawdown_pct: Pct = 0.0  # equity this far below its peak: REDUCING (only risk-reducing orders)
+    halt_drawdown_pct: Pct = 0.0  # ... this far below: HALTED (cancels only)
+    drawdown_peak: DrawdownPeak = DrawdownPeak.DAY
+    cash_reserve: Krw = 0  # cash no buy may use (the gateway's: the account's; a card's: of its budget)
 
 
 class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -155,6 +177,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # positions or orders; the gateway acts for it on the operator's request)
     offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     equity_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # per-agent equity snapshot to the store
+    # the broker's account (cash) is read this often for the account's equity, drawdown and cash
+    # reserve (server/equity.py); between reads the fills the books record move the cash
+    account_every_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
 

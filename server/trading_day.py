@@ -22,6 +22,7 @@ from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import SystemEventKind
 from common.market_clock import MarketClock
+from common.protection import Protection
 from common.schema import AgentPerformance, Notice
 from server import daily_report
 from server.daycycle import DayCycle
@@ -75,7 +76,8 @@ class TradingDay:
                  base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
                  request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
                  run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: [],
-                 performance: Callable[[], dict[str, AgentPerformance]] = dict) -> None:
+                 performance: Callable[[], dict[str, AgentPerformance]] = dict,
+                 protections: Callable[[], list[Protection]] = list) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -89,6 +91,7 @@ class TradingDay:
         self.run_dir = run_dir
         self.alerts_of_day = alerts_of_day
         self.performance = performance
+        self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.reports_written = 0
@@ -153,7 +156,8 @@ class TradingDay:
             await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
-            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance())
+            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(),
+                                        self.protections())
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()
