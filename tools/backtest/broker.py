@@ -29,6 +29,7 @@ trading day's rate for the code's market and kind (ETF/ETN none), unless a flat 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -106,6 +107,7 @@ class SimBroker:
     flat_sell_tax_ppm: int | None = None  # None: each trading day's KRX rate (common/krx_rules.py)
     uncapped: frozenset[str] = frozenset()  # codes whose data has no volume: fills not capped by it
     quiet: bool = False  # True: the strategy has no on_order (intermediate order states unseen)
+    on_fill: Callable[[str, int], None] | None = None  # (order, qty) of every fill: protections arm on their buy's
 
     def __post_init__(self) -> None:
         if self.cash < 0:
@@ -163,13 +165,14 @@ class SimBroker:
         return str(self._boid)
 
     def submit(self, coid: str, code: str, side: Side, qty: int, price: int, order_type: OrderType,
-               tif: TimeInForce, reason: str, notes: list[Note]) -> None:
+               tif: TimeInForce, reason: str, notes: list[Note], refuse: tuple[str, str] | None = None) -> None:
+        """`refuse`: (code, reason) the order is denied with before any rule (a bad protective order)."""
         ts = self.ts_ns
         order = Order(client_order_id=coid, agent=self.card.id, code=code, side=side, qty=max(qty, 0), price=price,
                       order_type=order_type, tif=tif, created_ns=ts, updated_ns=ts)
         self.orders[coid] = order
         self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
-        denial = self._gate(order, self.entry_rules)
+        denial = refuse or self._gate(order, self.entry_rules)
         if denial:
             self._step(coid, Deny(code=denial[0], reason=denial[1], ts_ns=ts), notes)
             return
@@ -358,14 +361,15 @@ class SimBroker:
             return bar.close
         return 0
 
-    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note]) -> None:
-        price = self._price_for(o, bar)
+    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note], price: int = 0,
+                    capped: bool = True) -> None:
+        price = price or self._price_for(o, bar)
         if not price:
             return
         code, side, coid = o.code, o.side, o.client_order_id
-        used = self._used[code]
+        used = self._used.get(code, 0)
         remaining = o.qty - o.filled_qty
-        if code in self.uncapped:
+        if code in self.uncapped or not capped:
             qty = remaining
         else:
             qty = min(remaining, bar.volume * self.max_participation_bp // BP - used)
@@ -417,11 +421,31 @@ class SimBroker:
         else:
             self.held.pop(code, None)
         m = self.meta[coid]
+        if self.on_fill is not None:
+            self.on_fill(coid, qty)
         rec = FillRecord(day=day, client_order_id=coid, code=code, side=side, qty=qty, price=price,
                          commission=commission, tax=tax, cash_after=cash, reason=m[_REASON],
                          decision_price=m[_DECISION], at=bar.start)
         self.fills.append(rec)
         notes.append(("fill", rec, fid, ts_ns, pos))
+
+    def exit(self, coid: str, code: str, qty: int, price: int, bar: Bar, day: str, reason: str, notes: list[Note]) -> Order:
+        """A protective exit (tools/backtest/protection.py): a market sell placed and filled at `price`
+        within `bar`, whole (not capped by the bar's volume), at most the shares held."""
+        ts = self.ts_ns
+        self.orders[coid] = Order(client_order_id=coid, agent=self.card.id, code=code, side=Side.SELL, qty=qty, price=0,
+                                  order_type=OrderType.MARKET, tif=TimeInForce.DAY, created_ns=ts, updated_ns=ts)
+        self.meta[coid] = (reason, price, day)
+        self._step(coid, Submit(ts_ns=ts), notes)
+        self._step(coid, Accept(broker_order_id=self._next_boid(), ts_ns=ts), notes)
+        self._fill_order(self.orders[coid], bar, day, rules_for(day), notes, price=price, capped=False)
+        if self.orders[coid].is_open:  # fewer shares than asked: the rest has nothing to sell
+            self._step(coid, Cancelled(ts_ns=ts), notes)
+        return self.orders[coid]
+
+    def locked_down(self, bar: Bar, day: str) -> bool:
+        """A bar without range at the day's lower limit: no sell fills in it."""
+        return bar.low == bar.high and self._locked(bar, rules_for(day))[1]
 
     def expire_sessions(self, day: str, notes: list[Note], before: bool = False) -> None:
         """The close of the KRX sessions up to `day` (inclusive; `before`: only those before it): every
