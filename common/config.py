@@ -89,6 +89,19 @@ class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     cash_reserve: Krw = 0  # cash no buy may use (the gateway's: the account's; a card's: of its budget)
 
 
+def limit_problems(lim: RiskLimits, budget: int | None = None) -> list[tuple[str, str]]:
+    """(field, why) for limits that cannot work as written; `budget` None for the gateway's limits."""
+    out = []
+    if lim.halt_drawdown_pct and lim.max_drawdown_pct and lim.halt_drawdown_pct < lim.max_drawdown_pct:
+        out.append(("risk.halt_drawdown_pct", f"{lim.halt_drawdown_pct:g} % halts before max_drawdown_pct "
+                                              f"{lim.max_drawdown_pct:g} % reduces: it must be at least as deep"))
+    if budget is not None and not budget and (lim.max_drawdown_pct or lim.halt_drawdown_pct):
+        out.append(("risk.max_drawdown_pct", "an agent's drawdown is of its own equity (budget + net P&L): give it a budget"))
+    if budget is not None and budget and lim.cash_reserve >= budget:
+        out.append(("risk.cash_reserve", f"{lim.cash_reserve:,} is the whole budget {budget:,}: no buy could pass"))
+    return out
+
+
 class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """What the account pays per fill, booked per agent (see common.costs for rounding)."""
 
@@ -272,7 +285,10 @@ def load_gateway_config(path: str | Path | None) -> GatewayConfig:
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
-    return decode_toml(data, GatewayConfig, str(p))
+    cfg = decode_toml(data, GatewayConfig, str(p))
+    for field, why in limit_problems(cfg.risk):
+        raise ConfigError(f"{p}: `{field}`: {why}")
+    return cfg
 
 
 def json_schema(type_: type = AgentCard) -> dict[str, Any]:

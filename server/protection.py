@@ -412,6 +412,9 @@ class ProtectionDesk:
         self.active.pop(p.id, None)
         self.by_code[p.code].discard(p.id)
         self._next_try.pop(p.id, None)
+        for coid in (p.entry, *p.exits):
+            if self.by_order.get(coid) == p.id:
+                del self.by_order[coid]
 
     def tick(self) -> None:
         """A few times a second: exits that wait are tried again; trailing highs are written; the

@@ -36,6 +36,11 @@ BROKEN = {
     "bad_params": (card("bad_params", extra="[params]\nshort = 30\nlong = 5\n"), "params", "short < long"),
     "reserved": (card("external"), "id", "reserved"),
     "no_codes": (card("no_codes", codes="[]"), "codes", "no codes"),
+    "dd_no_budget": (card("dd_no_budget", budget=0, extra="[risk]\nmax_drawdown_pct = 5\n"), "risk.max_drawdown_pct",
+                     "give it a budget"),
+    "halt_shallow": (card("halt_shallow", extra="[risk]\nmax_drawdown_pct = 5\nhalt_drawdown_pct = 3\n"),
+                     "risk.halt_drawdown_pct", "at least as deep"),
+    "reserve_all": (card("reserve_all", extra="[risk]\ncash_reserve = 1_000_000\n"), "risk.cash_reserve", "no buy could pass"),
 }
 
 

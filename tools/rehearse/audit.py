@@ -118,6 +118,9 @@ def parity_reason(card: AgentCard) -> str:
         return "decides on intraday prints (on_trade/on_timer); the backtest sees daily bars only"
     if any(name in vars(cls) for name in ("on_timer",)):
         return "decides on a timer with quotes; the backtest has no intraday clock"
+    if getattr(cls, "protective", False):
+        return ("its protective exits fire on intraday prints live and on whole bars in the backtest "
+                "(common/protection.py): a later decision differs when a level is met on another day")
     return ""
 
 
