@@ -242,9 +242,10 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
     for scope, lim, pnl in (("agent", agent_lim, exp.day_pnl), ("account", acct_lim, account.day_pnl)):
         if lim.max_daily_loss:
             hit = not reducing and -pnl >= lim.max_daily_loss
-            yield Check("daily loss", scope, -pnl, -pnl, lim.max_daily_loss, Unit.KRW,
-                        ErrorCode.DENIED_DAILY_LOSS if hit else None,
-                        f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}" if hit or explaining else "")
+            if hit or explaining:
+                yield Check("daily loss", scope, -pnl, -pnl, lim.max_daily_loss, Unit.KRW,
+                            ErrorCode.DENIED_DAILY_LOSS if hit else None,
+                            f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}")
     # drawdown from the equity peak: reducing only past the first level, nothing past the second
     for scope, lim, equity, peak in (("agent", agent_lim, exp.equity, exp.peak),
                                      ("account", acct_lim, account.equity, account.peak)):
@@ -254,39 +255,41 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
         halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)
         hit = bool(halt and dd >= halt) or bool(reduce and dd >= reduce and not reducing)
         level = halt if halt and (dd >= halt or not reduce) else reduce
-        text = ""
         if hit or explaining:
             what = "nothing passes" if halt and dd >= halt else "only risk-reducing orders pass"
-            text = (f"{scope} equity {equity:,} is {dd / 100:.2f} % below its {lim.drawdown_peak.value.replace('_', '-')} "
-                    f"peak {peak:,} (limit {level / 100:g} %): {what}")
-        yield Check("drawdown", scope, dd, dd, level, Unit.BP, ErrorCode.DENIED_DRAWDOWN if hit else None, text)
+            yield Check("drawdown", scope, dd, dd, level, Unit.BP, ErrorCode.DENIED_DRAWDOWN if hit else None,
+                        f"{scope} equity {equity:,} is {dd / 100:.2f} % below its "
+                        f"{lim.drawdown_peak.value.replace('_', '-')} peak {peak:,} (limit {level / 100:g} %): {what}")
     # shares
     if side is Side.SELL:
         hit = qty > exp.sellable_qty
-        yield Check("shares", "agent", exp.sellable_qty, exp.sellable_qty - qty, 0, Unit.COUNT,
-                    ErrorCode.DENIED_NO_SHARES if hit else None,
-                    f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}" if hit or explaining else "")
+        if hit or explaining:
+            yield Check("shares", "agent", exp.sellable_qty, exp.sellable_qty - qty, 0, Unit.COUNT,
+                        ErrorCode.DENIED_NO_SHARES if hit else None,
+                        f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}")
     # size
     for scope, lim, open_n, cost, pending in (
             ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
             ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value)):
         if lim.max_order_value:
             hit = notional > lim.max_order_value
-            yield Check("order value", scope, 0, notional, lim.max_order_value, Unit.KRW,
-                        ErrorCode.DENIED_NOTIONAL if hit else None,
-                        f"order value {notional:,} > {scope} limit {lim.max_order_value:,}" if hit or explaining else "")
+            if hit or explaining:
+                yield Check("order value", scope, 0, notional, lim.max_order_value, Unit.KRW,
+                            ErrorCode.DENIED_NOTIONAL if hit else None,
+                            f"order value {notional:,} > {scope} limit {lim.max_order_value:,}")
         if lim.max_open_orders:
             hit = open_n + 1 > lim.max_open_orders
-            yield Check("open orders", scope, open_n, open_n + 1, lim.max_open_orders, Unit.COUNT,
-                        ErrorCode.DENIED_OPEN_ORDERS if hit else None,
-                        f"{open_n} open orders, {scope} limit {lim.max_open_orders}" if hit or explaining else "")
+            if hit or explaining:
+                yield Check("open orders", scope, open_n, open_n + 1, lim.max_open_orders, Unit.COUNT,
+                            ErrorCode.DENIED_OPEN_ORDERS if hit else None,
+                            f"{open_n} open orders, {scope} limit {lim.max_open_orders}")
         if buy and lim.max_position_value:
             after = cost + pending + notional
             hit = after > lim.max_position_value
-            yield Check("position value", scope, cost + pending, after, lim.max_position_value, Unit.KRW,
-                        ErrorCode.DENIED_POSITION_LIMIT if hit else None,
-                        f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}"
-                        if hit or explaining else "")
+            if hit or explaining:
+                yield Check("position value", scope, cost + pending, after, lim.max_position_value, Unit.KRW,
+                            ErrorCode.DENIED_POSITION_LIMIT if hit else None,
+                            f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}")
     # the account's shape: how many codes, how much in all, in one code, in one sector (buys only)
     if buy:
         equity = account.equity
@@ -294,15 +297,14 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
             if lim.max_positions:
                 after = src.positions + (0 if src.has_code else 1)
                 hit = after > lim.max_positions
-                yield Check("positions", scope, src.positions, after, lim.max_positions, Unit.COUNT,
-                            ErrorCode.DENIED_MAX_POSITIONS if hit else None,
-                            f"{code} would be position {after} of the {scope}, limit {lim.max_positions}"
-                            if hit or explaining else "")
+                if hit or explaining:
+                    yield Check("positions", scope, src.positions, after, lim.max_positions, Unit.COUNT,
+                                ErrorCode.DENIED_MAX_POSITIONS if hit else None,
+                                f"{code} would be position {after} of the {scope}, limit {lim.max_positions}")
             for rule, pct, value, denial, what in (
                     ("gross exposure", lim.max_gross_exposure_pct, src.gross_value, ErrorCode.DENIED_GROSS_EXPOSURE, "gross exposure"),
                     ("code", lim.max_code_pct, src.code_value, ErrorCode.DENIED_CONCENTRATION, code),
-                    ("sector", lim.max_sector_pct, src.sector_value, ErrorCode.DENIED_SECTOR,
-                     f"sector {exp.sector or 'unknown'}")):
+                    ("sector", lim.max_sector_pct, src.sector_value, ErrorCode.DENIED_SECTOR, "sector")):
                 if not pct:
                     continue
                 limit = pct_bp(pct)
@@ -313,23 +315,25 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
                                 f"{rule} limits deny buys until it is")
                     continue
                 hit = after * BP > limit * equity
-                yield Check(rule, scope, value * BP // equity, after * BP // equity, limit, Unit.BP, denial if hit else None,
-                            f"{scope} {what} would be {after:,} = {_pct(after, equity)} of equity {equity:,} > limit {pct:g} %"
-                            if hit or explaining else "")
+                if hit or explaining:
+                    yield Check(rule, scope, value * BP // equity, after * BP // equity, limit, Unit.BP, denial if hit else None,
+                                f"{scope} {what}{' ' + (exp.sector or 'unknown') if rule == 'sector' else ''} would be {after:,} = "
+                                f"{_pct(after, equity)} of equity {equity:,} > limit {pct:g} %")
     if buy and mandate.budget:
         used = exp.spent_cash + exp.reserved_cash
         hit = used + notional > mandate.budget
-        yield Check("budget", "agent", used, used + notional, mandate.budget, Unit.KRW,
-                    ErrorCode.DENIED_BUDGET if hit else None,
-                    f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}" if hit or explaining else "")
+        if hit or explaining:
+            yield Check("budget", "agent", used, used + notional, mandate.budget, Unit.KRW,
+                        ErrorCode.DENIED_BUDGET if hit else None,
+                        f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}")
     # cash reserve: what no buy may use (the agent's of its budget, the account's of its cash)
     if buy and agent_lim.cash_reserve and mandate.budget:
         left = mandate.budget - exp.spent_cash - exp.reserved_cash
         hit = left - notional < agent_lim.cash_reserve
-        yield Check("cash reserve", "agent", left, left - notional, agent_lim.cash_reserve, Unit.KRW,
-                    ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                    f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}"
-                    if hit or explaining else "")
+        if hit or explaining:
+            yield Check("cash reserve", "agent", left, left - notional, agent_lim.cash_reserve, Unit.KRW,
+                        ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                        f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}")
     if buy and acct_lim.cash_reserve and not account.virtual:
         if account.free_cash is None:
             yield Check("cash reserve", "account", 0, 0, acct_lim.cash_reserve, Unit.KRW, ErrorCode.DENIED_CASH_RESERVE,
@@ -337,17 +341,18 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
         else:
             left = account.free_cash
             hit = left - notional < acct_lim.cash_reserve
-            yield Check("cash reserve", "account", left, left - notional, acct_lim.cash_reserve, Unit.KRW,
-                        ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                        f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}"
-                        if hit or explaining else "")
+            if hit or explaining:
+                yield Check("cash reserve", "account", left, left - notional, acct_lim.cash_reserve, Unit.KRW,
+                            ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                            f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}")
     # rate last: a denied order does not use up the rate
     for scope, lim, n in (("agent", agent_lim, rates[0]), ("account", acct_lim, rates[1])):
         if lim.max_orders_per_minute:
             hit = n >= lim.max_orders_per_minute
-            yield Check("orders per minute", scope, n, n + 1, lim.max_orders_per_minute, Unit.COUNT,
-                        ErrorCode.DENIED_RATE if hit else None,
-                        f"{scope} limit of {lim.max_orders_per_minute} orders per minute" if hit or explaining else "")
+            if hit or explaining:
+                yield Check("orders per minute", scope, n, n + 1, lim.max_orders_per_minute, Unit.COUNT,
+                            ErrorCode.DENIED_RATE if hit else None,
+                            f"{scope} limit of {lim.max_orders_per_minute} orders per minute")
 
 
 def scale_krw(value: int, factor: float) -> int:

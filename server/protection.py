@@ -357,8 +357,9 @@ class ProtectionDesk:
                 if self._held(p.agent, p.code) <= 0:
                     self._end(p, PS.DONE if sold else PS.CANCELLED, "nothing left to sell")
                     return
-                short = last.filled_qty < last.qty
-                attempts = p.attempts + short
+                # refused or expired unsold counts against it; an exit someone cancelled is simply placed again
+                failed = last.state in (OrderState.REJECTED, OrderState.EXPIRED) and last.filled_qty < last.qty
+                attempts = p.attempts + failed
                 why = f"exit {last.client_order_id} ended {last.state.value} with {last.qty - last.filled_qty} unsold"
                 if attempts >= MAX_ATTEMPTS:
                     self._end(msgspec.structs.replace(p, attempts=attempts), PS.FAILED, f"{why}; {attempts} exits failed: sell by hand")

@@ -136,6 +136,15 @@ def test_a_brackets_take_profit_ends_its_stop(tmp_path: Path, procs: Procs, stac
     text = cli("control", "risk", "--explain", f"buy 5 {CODE} @ {ask}", "--agent", "guard", "--run-dir", str(run))
     assert text.startswith(f"guard: buy 5 {CODE} @ {ask:,}") and "budget" in text and "would pass" in text
     assert len(twin.orders()) == n
+    # the operator's multiplier halves every agent's sizes at once (and says so in status)
+    assert "risk multiplier 0.5" in cli("control", "risk", "--scale", "0.5", "--run-dir", str(run))
+    assert "RISK MULTIPLIER 0.5" in cli("status", "--run-dir", str(run))
+    text = cli("control", "risk", "--explain", f"buy 80 {CODE} @ {ask}", "--agent", "guard", "--run-dir", str(run))
+    assert "DENIED_BUDGET" in text and "5,000,000" in text and "risk multiplier 0.5" in text  # half of 10,000,000
+    bad = subprocess.run([sys.executable, "-m", "tools", "control", "risk", "--scale", "2", "--run-dir", str(run)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "(0, 1]" in bad.stderr
+    assert "equity peak reset" in cli("control", "risk", "--reset-peak", "--all", "--run-dir", str(run))
     move(twin, take + 200)
     done = wait_for(lambda: (x := protection(run)) and x.state == "done" and x, 20, what="take-profit sold")
     assert done.leg == "take" and done.sold == 10

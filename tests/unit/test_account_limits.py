@@ -46,7 +46,14 @@ async def test_gross_exposure_of_the_account_and_of_an_agent(tmp_path: Path) -> 
     r = h.desk.submit(b, order("bravo", 1, 5, 70_000))  # 350,000
     assert r.code is ErrorCode.DENIED_GROSS_EXPOSURE and r.message.startswith("agent gross exposure"), r
     assert h.book.orders["alpha-20261120-2"].state is OrderState.DENIED  # journaled like every denial
+    await h.settle(lambda: h.book.orders["alpha-20261120-3"].state is OrderState.ACCEPTED)  # resting at the broker
     await h.close()
+    # a new gateway process rebuilds the exposure from the store: the resting buys still count
+    h2 = Harness(tmp_path / "db", broker=h.broker, cfg=gateway(max_gross_exposure_pct=10))
+    await h2.start()
+    assert h2.desk.submit(a, order("alpha", 5, 10, 60_000)).code is ErrorCode.DENIED_GROSS_EXPOSURE  # 9.6 % + 0.6 %
+    assert h2.desk.submit(a, order("alpha", 6, 5, 60_000)).accepted  # 9.9 %
+    await h2.close()
 
 
 async def test_percent_limits_deny_buys_until_the_account_was_read(tmp_path: Path) -> None:

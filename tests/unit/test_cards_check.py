@@ -84,6 +84,9 @@ def test_master_reader(master: dict, tmp_path: Path) -> None:
     assert master["005935"].name == "삼성전자우"
     assert any(e.market == "KOSDAQ" for e in master.values())
     assert master["069500"].group == "EF"  # KODEX 200
+    # the sector a position counts in (account sector limits): the index sector's medium class
+    assert master["005930"].sector == master["000660"].sector == "KOSPI 0013"  # 전기전자
+    assert master["105560"].sector == "KOSPI 0021" and master["069500"].sector == ""
     with pytest.raises(MasterError):
         load_master_dir(tmp_path)
     with pytest.raises(MasterError, match="too short"):

@@ -96,6 +96,13 @@ async def test_a_buys_stop_arms_with_its_fill_and_fires_through_the_desk(tmp_pat
     intent = next(b for _, k, b in h.store.trace(x.client_order_id) if k == "intent")
     assert intent["context"]["protection"] == "alpha-20261120-1" and intent["decision_price"] == 68_900
     assert "005930" not in h.protection.codes()
+    # the daily report lists it
+    from server import daily_report
+
+    rep = daily_report.build(h.book.day(), h.book, h.portfolio, [], {}, h.protection.of())
+    assert [p.id for p in rep.protections] == ["alpha-20261120-1"]
+    assert "alpha-20261120-1 alpha 005930 (stop 69,000, take 72,000): done, stop met at 68,900, sold 10 for 689,000" \
+        in daily_report.render(rep)
     await h.close()
 
 
