@@ -273,7 +273,6 @@ class Gateway:
         if not clock_driven and self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
         await self.broker.start()
-        await self.account.read_once()  # the account's equity for the limits that need it (retried by its task)
         self._bind()
         assert self._xpub is not None
         self.router.attach(loop)
@@ -286,7 +285,7 @@ class Gateway:
             loop.create_task(self.day.run(self.cfg.day_tick_s, self._count("day_cycle_errors")), name="day-cycle"),
             *([] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]),  # a replay brings its marks
             loop.create_task(self.universe.run(), name="universe"),
-            loop.create_task(self.account.run(), name="account"),
+            loop.create_task(self.account.run(), name="account"),  # reads at once: equity for the limits that need it
         ]
         self._watch_protected()
         if self.recorder is not None:

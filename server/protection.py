@@ -116,10 +116,10 @@ class ProtectionDesk:
         """An order from an agent: a buy carrying `protect` is journaled with its protection first."""
         spec = new.protect
         coid = new.client_order_id
-        if spec is None or coid in self.book.orders or not self._id_ok(card.id, coid):
+        if spec is None or coid in self.book.orders or coid in self.active or not self._id_ok(card.id, coid):
             return self.desk.submit(card, new)  # the desk answers a resend, a bad id, another day
-        if coid in self.active or coid in self.ended or self.book.store.protection(coid) is not None:
-            return self.desk.submit(card, new)
+        # (a protection under this id without its buy: a crash came between the two writes and the load
+        # ended it; the agent's resend of the buy brings it back)
         err = ("a protective order rides on a buy (protect a held position with ctx.protect)" if new.side is not Side.BUY
                else self._refusal(card.id, spec))
         if err:
@@ -392,6 +392,7 @@ class ProtectionDesk:
         self._dirty.discard(p.id)
         if p.is_active:
             self._index(p)
+            self.ended.pop(p.id, None)
         else:
             self._unindex(p)
             self.ended[p.id] = p
