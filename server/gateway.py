@@ -39,7 +39,6 @@ from common.schema import (
 from kis.port import Book, BrokerNotice, BrokerPort, Gap, MarketClock as ClockMark, MarketKind, SessionChange, Trade
 from server import console_views, trace_views
 from common.errors import ErrorCode
-from common.views import order_view
 from server.core import build_order_core
 from server.equity import AccountReader
 from server import protection as protection_room
