@@ -41,7 +41,8 @@ from common.schema import (
     ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
-from common.schema import CardUpdate, GetSnapshot, SnapshotReply, SystemEvent
+from common.schema import CancelProtection, CardUpdate, GetSnapshot, Protect, ProtectionUpdate, SnapshotReply, SystemEvent
+from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
 from common.schema import UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot
@@ -91,6 +92,8 @@ class AgentRuntime(AgentServicesMixin):
         self.strategy: Strategy | None = None
         self.orders: dict[str, OrderView] = {}
         self._positions: dict[str, PositionView] = {}
+        self._protections: dict[str, Protection] = {}  # protective orders, active and ended today
+        self._protect_mids: dict[int, str] = {}  # Protect requests awaiting their reply
         self.snapshot: Snapshot | None = None
         self.last_seq = 0
         self.next_n = 1
@@ -119,32 +122,66 @@ class AgentRuntime(AgentServicesMixin):
     # ---- Context API (called by the strategy) ------------------------------------------------
 
     def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
-        return self._order(Side.BUY, code, qty, price, order_type, tif, reason, context)
+            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
+            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
+        return self._order(Side.BUY, code, qty, price, order_type, tif, reason, context,
+                           protection_spec(stop, take, trail_pct, protect))
 
     def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
              tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
         return self._order(Side.SELL, code, qty, price, order_type, tif, reason, context)
 
-    def _order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
-               reason: str, context: dict[str, Any] | None) -> str:
+    def _next_id(self) -> str:
         if self.paused:
             raise KtraderError(ErrorCode.DENIED_HALTED, "agent is paused after a strategy error")
         # numbering restarts each day; the day is the gateway's (snapshot, `trading_day` events),
         # which follows the market's clock, not this machine's
         coid = make_client_order_id(self.agent_id, self.day, self.next_n)
         self.next_n += 1
+        return coid
+
+    def _order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
+               reason: str, context: dict[str, Any] | None, protect: ProtectionSpec | None = None) -> str:
+        coid = self._next_id()
         # the quote at decision time: the last print this agent saw, else its own limit price
         decision = self.last_price.get(code) or price
         self._outbox.append(NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price,
                                      order_type=order_type, tif=tif, reason=reason, context=context or {},
-                                     decision_price=decision))
+                                     decision_price=decision, protect=protect))
+        if protect is not None:  # visible at once; the gateway's events replace it
+            self._protections[coid] = Protection(id=coid, agent=self.agent_id, code=code, spec=protect, entry=coid,
+                                                 state=ProtectionState.PENDING)
         # on its way: visible in open_orders at once (a timer firing before the gateway's first
         # event must not place it again); the gateway's events replace this view
         self.orders[coid] = OrderView(client_order_id=coid, agent=self.agent_id, code=code, side=side, qty=qty,
                                       price=price, order_type=order_type, tif=tif, state=OrderState.PENDING_SUBMIT,
                                       filled_qty=0, filled_value=0)
         return coid
+
+    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
+                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+                spec: ProtectionSpec | None = None) -> str:
+        """Protect `qty` shares held of `code` (0: the whole position when a level is met) with a
+        stop / take-profit / trailing stop (`trail_pct` % below the highest print) the gateway holds
+        and fires, whether this agent runs or not. Returns its id; on_protection tells what happens."""
+        ps = protection_spec(stop, take, trail_pct, spec, exit=exit, when_closed=when_closed)
+        if ps is None:
+            raise KtraderError(ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop")
+        pid = self._next_id()
+        msg = Protect(h=self.headers(), id=pid, code=code, qty=qty, spec=ps)
+        self._protections[pid] = Protection(id=pid, agent=self.agent_id, code=code, spec=ps, qty=qty)
+        self._protect_mids[msg.h.mid] = pid
+        self._flush()  # orders placed before it go first (the shares it protects may be bought by them)
+        self._send(msg)
+        return pid
+
+    def cancel_protection(self, protection_id: str) -> None:
+        self._send(CancelProtection(h=self.headers(), id=protection_id))
+
+    @property
+    def protections(self) -> dict[str, Protection]:
+        """This agent's active protective orders (the gateway's view, updated by its events)."""
+        return {k: p for k, p in self._protections.items() if p.is_active}
 
     def cancel(self, client_order_id: str) -> None:
         self._send(CancelOrder(h=self.headers(), client_order_id=client_order_id))
@@ -338,6 +375,7 @@ class AgentRuntime(AgentServicesMixin):
         self.snapshot = snap
         self.orders = {o.client_order_id: o for o in snap.open_orders}
         self._positions = {p.code: p for p in snap.positions}
+        self._protections = {p.id: p for p in snap.protections}
         self.last_seq = snap.last_seq
         self._set_day(snap.day, snap.next_order_n)
 
@@ -485,6 +523,7 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(msg, Ack):
             self._ack_seen()
             self._follow_clock(msg.clock_ns, msg.phase)
+            self._protect_mids.pop(msg.h.re, None)
         elif isinstance(msg, OrdersReply):
             for r in msg.results:
                 if not r.accepted:
@@ -502,6 +541,14 @@ class AgentRuntime(AgentServicesMixin):
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
         elif isinstance(msg, Error):
+            pid = self._protect_mids.pop(msg.h.re, None)
+            if pid is not None and (mine := self._protections.get(pid)) is not None:
+                # the gateway did not take it: it ends here, and the strategy is told why
+                refused = msgspec.structs.replace(mine, state=ProtectionState.CANCELLED, reason=f"{msg.code}: {msg.message}")
+                self._protections[pid] = refused
+                self.log.warning("protective order %s refused: %s %s", pid, msg.code, msg.message)
+                self._call("on_protection", refused)
+                return
             if msg.code is ErrorCode.NOT_REGISTERED:
                 self.log.warning("gateway says not registered: %s; registering again", msg.message)
                 self._gateway_lost(0.0, "registration lost")
@@ -516,6 +563,10 @@ class AgentRuntime(AgentServicesMixin):
         self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
         if r.code is ErrorCode.WRONG_DAY:
             self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
+        prot = self._protections.get(r.client_order_id)
+        if prot is not None and prot.state is ProtectionState.PENDING and not r.duplicate:
+            self._protections[r.client_order_id] = msgspec.structs.replace(
+                prot, state=ProtectionState.CANCELLED, reason=f"its buy was not taken: {r.code}: {r.message}")
         mine = self.orders.get(r.client_order_id)
         if mine is not None and mine.state is OrderState.PENDING_SUBMIT and not r.duplicate:
             denied = msgspec.structs.replace(mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value,
@@ -554,6 +605,12 @@ class AgentRuntime(AgentServicesMixin):
             self.quotes.on_notice(body)  # a refused registration: ask again, maybe poll meanwhile
         elif isinstance(body, CardUpdate):
             self._reload(body)
+        elif isinstance(body, ProtectionUpdate):
+            p = body.protection
+            self._protections[p.id] = p
+            self.log.info("EVENT protection %s %s %s%s", p.id, p.state, p.code, f" ({p.reason})" if p.reason else "")
+            if notify:
+                self._call("on_protection", p)
         elif isinstance(body, UniverseUpdate) and self.client is not None:
             joined = self.universe.update(self.client, body.codes)
             self.quotes.keep(set(self.card.codes) | set(body.codes))

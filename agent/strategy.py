@@ -17,6 +17,8 @@ from common.enums import BarInterval, OrderType, TimeInForce
 from common.krx import REGULAR_ORDER_PHASES, Phase
 import datetime as dt
 
+from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed
+
 from common.schema import AgentSummary, Bar, BookTick, FillView, InvestorDay, OrderView, PositionView, PriceQuote, TradeTick
 
 
@@ -25,12 +27,31 @@ class Context(Protocol):
     log: logging.Logger
 
     def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str: ...
+            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
+            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
+        """A buy; with `stop` / `take` / `trail_pct` (or a full `protect` spec) it carries a protective
+        order armed by its fills for the shares they buy: a stop-loss, a take-profit, a trailing stop
+        `trail_pct` % below the highest price since, together one bracket (the first met sells, the
+        others go). Held by the gateway (live) or the backtester, with the rules of common/protection.py."""
+        ...
 
     def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
              tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str: ...
 
     def cancel(self, client_order_id: str) -> None: ...
+
+    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
+                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+                spec: ProtectionSpec | None = None) -> str:
+        """Protect `qty` held shares of `code` (0: the whole position when a level is met); returns its id."""
+        ...
+
+    def cancel_protection(self, protection_id: str) -> None: ...
+
+    @property
+    def protections(self) -> dict[str, Protection]:
+        """Active protective orders (pending, armed, triggered, fired) by id."""
+        ...
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None: ...
 
@@ -168,6 +189,10 @@ class Strategy:
     def on_order(self, order: OrderView) -> None: ...
 
     def on_fill(self, fill: FillView, position: PositionView) -> None: ...
+
+    def on_protection(self, protection: Protection) -> None:
+        """A protective order changed: armed, met (`leg`, `trigger_price`), fired (`exits`), done
+        (`sold`), cancelled or failed (`reason`)."""
 
     def on_timer(self) -> None: ...
 

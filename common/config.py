@@ -18,6 +18,7 @@ from common.ids import AgentId, StockCode
 
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Pct = Annotated[float, msgspec.Meta(ge=0, le=1000, description="percent (5 = 5 %)")]
 HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM KST")]
 
 
@@ -57,14 +58,48 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     sim_clock: str = "open"  # embedded twin only: kst | open | replay
 
 
+class DrawdownPeak(StrEnum):
+    """The equity peak a drawdown is measured from."""
+
+    DAY = "day"  # the highest equity since the start of the trading day
+    ALL_TIME = "all_time"  # the highest equity ever seen (`ktrader control reset_peak` starts it again)
+
+
 class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'."""
+    """Per-agent (card) or global (gateway) limits. 0 means 'no limit of this kind'.
+
+    The gateway's apply across the account (every agent, and shares held outside ktrader); a card's
+    are the same limits on the agent's own share, so they can only be tighter. Percentages are of the
+    account's equity (server/equity.py: the broker's settlement cash, moved by the fills booked since,
+    plus every position at the last price), except the drawdown of an agent, measured on its own
+    equity: its budget plus its net P&L (a card needs a budget for it)."""
 
     max_order_value: Krw = 0  # notional of one order
     max_position_value: Krw = 0  # per code, at cost
     max_open_orders: int = 0
     max_orders_per_minute: int = 0
     max_daily_loss: Krw = 0
+    max_gross_exposure_pct: Pct = 0.0  # positions at the last price + open buys, % of equity
+    max_positions: Annotated[int, msgspec.Meta(ge=0)] = 0  # codes held or being bought
+    max_code_pct: Pct = 0.0  # one code, % of equity (the gateway's: every agent's together)
+    max_sector_pct: Pct = 0.0  # one sector of the stock master, % of equity
+    max_drawdown_pct: Pct = 0.0  # equity this far below its peak: REDUCING (only risk-reducing orders)
+    halt_drawdown_pct: Pct = 0.0  # ... this far below: HALTED (cancels only)
+    drawdown_peak: DrawdownPeak = DrawdownPeak.DAY
+    cash_reserve: Krw = 0  # cash no buy may use (the gateway's: the account's; a card's: of its budget)
+
+
+def limit_problems(lim: RiskLimits, budget: int | None = None) -> list[tuple[str, str]]:
+    """(field, why) for limits that cannot work as written; `budget` None for the gateway's limits."""
+    out = []
+    if lim.halt_drawdown_pct and lim.max_drawdown_pct and lim.halt_drawdown_pct < lim.max_drawdown_pct:
+        out.append(("risk.halt_drawdown_pct", f"{lim.halt_drawdown_pct:g} % halts before max_drawdown_pct "
+                                              f"{lim.max_drawdown_pct:g} % reduces: it must be at least as deep"))
+    if budget is not None and not budget and (lim.max_drawdown_pct or lim.halt_drawdown_pct):
+        out.append(("risk.max_drawdown_pct", "an agent's drawdown is of its own equity (budget + net P&L): give it a budget"))
+    if budget is not None and budget and lim.cash_reserve >= budget:
+        out.append(("risk.cash_reserve", f"{lim.cash_reserve:,} is the whole budget {budget:,}: no buy could pass"))
+    return out
 
 
 class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -155,6 +190,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # positions or orders; the gateway acts for it on the operator's request)
     offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     equity_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # per-agent equity snapshot to the store
+    # the broker's account (cash) is read this often for the account's equity, drawdown and cash
+    # reserve (server/equity.py); between reads the fills the books record move the cash
+    account_every_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
 
@@ -247,7 +285,10 @@ def load_gateway_config(path: str | Path | None) -> GatewayConfig:
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
-    return decode_toml(data, GatewayConfig, str(p))
+    cfg = decode_toml(data, GatewayConfig, str(p))
+    for field, why in limit_problems(cfg.risk):
+        raise ConfigError(f"{p}: `{field}`: {why}")
+    return cfg
 
 
 def json_schema(type_: type = AgentCard) -> dict[str, Any]:

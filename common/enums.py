@@ -96,6 +96,10 @@ class ControlAction(StrEnum):
     RECONCILE = "reconcile"  # compare the books with the broker now
     RELOAD = "reload"  # apply a changed card's limits and params without a restart
     FEED_GAP = "feed_gap"  # fault injection: skip a second of market data
+    RISK_SCALE = "risk_scale"  # value: the operator's multiplier of every agent's size limits (0.5 halves them)
+    RISK_EXPLAIN = "risk_explain"  # value: an order ("buy 10 005930 @ 70000" or an order id): the limits it meets
+    RESET_PEAK = "reset_peak"  # the all-time equity peak (an agent's, or with all the account's) starts again now
+    CANCEL_PROTECTION = "cancel_protection"  # value: a protective order's id (the agent's own, or on its behalf)
 
 
 class AlertKind(StrEnum):
@@ -109,6 +113,14 @@ class AlertKind(StrEnum):
     STALE_MARKET_DATA = "stale_market_data"  # no real-time data during the session for notify.stale_data_s
     AGENT_OFFLINE = "agent_offline"  # an agent crashed or stopped while holding positions or open orders
     UNKNOWN_ORDER = "unknown_order"  # an order's outcome at the broker is not known (never resent)
+    # account limits (each denial alerts once a minute per agent; drawdown also moves the trading state)
+    GROSS_EXPOSURE = "gross_exposure"
+    MAX_POSITIONS = "max_positions"
+    CONCENTRATION = "concentration"
+    SECTOR_EXPOSURE = "sector_exposure"
+    DRAWDOWN = "drawdown"  # equity fell from its peak: reducing, then halted
+    CASH_RESERVE = "cash_reserve"
+    PROTECTION = "protection"  # a protective order fired, or could not be sent
 
 
 class BarInterval(StrEnum):

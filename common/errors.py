@@ -50,6 +50,16 @@ class ErrorCode(StrEnum):
     DENIED_HALTED = "DENIED_HALTED"
     DENIED_REDUCING = "DENIED_REDUCING"
     DENIED_SHADOW = "DENIED_SHADOW"
+    # account limits (common.config.RiskLimits; a card's are the agent's share of the same)
+    DENIED_GROSS_EXPOSURE = "DENIED_GROSS_EXPOSURE"  # positions + open buys over a % of equity
+    DENIED_MAX_POSITIONS = "DENIED_MAX_POSITIONS"  # one code too many
+    DENIED_CONCENTRATION = "DENIED_CONCENTRATION"  # one code over a % of equity
+    DENIED_SECTOR = "DENIED_SECTOR"  # one sector over a % of equity
+    DENIED_DRAWDOWN = "DENIED_DRAWDOWN"  # equity too far below its peak
+    DENIED_CASH_RESERVE = "DENIED_CASH_RESERVE"  # the buy would use the cash kept in reserve
+    # protective orders (server/protection.py)
+    UNKNOWN_PROTECTION = "UNKNOWN_PROTECTION"
+    BAD_PROTECTION = "BAD_PROTECTION"  # no trigger, stop above take, a sell entry, too many ...
     # market data
     SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
     UNKNOWN_CODE = "UNKNOWN_CODE"

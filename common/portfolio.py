@@ -2,16 +2,20 @@
 
 Pure bookkeeping (no I/O): the live gateway and the backtester both keep one. Every new version of an
 order is passed to `order_changed(old, new)`, which takes the old version's contribution out and puts
-the new one's in, so an exposure is a few dictionary reads however many orders rest (the gateway used
-to scan every open order per submit). Positions change only through `apply_fill` / `set_position`.
+the new one's in; positions change only through `set_position`, prices through `set_mark`. Each keeps
+the totals the risk rules read — per agent and for the whole account: open orders and buys, shares
+and their value at the last price (at cost before a price is seen), per code and per sector, the
+cash used — so an exposure is a few dictionary reads however many orders rest or codes are held.
 
 Virtual agents (shadow mode) have books like anyone else but count nowhere in the account's totals.
+Shares held outside ktrader ('external') are the account's exposure and equity, but not its daily
+P&L (nobody trades them here).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from common.books import apply_fill_value
 from common.enums import Side
@@ -22,31 +26,64 @@ from common.risk_rules import AccountExposure, Exposure, notional_price
 from common.schema import PositionView
 
 
-class _Held:
-    """What one agent's open orders hold."""
+class _Book:
+    """What one agent (or the whole account) holds and has open, with its totals."""
 
-    __slots__ = ("open", "limit_buy_value", "market_buy_qty", "buy_value", "sell_qty")
+    __slots__ = ("open", "limit_buys", "buy_value", "market_qty", "buy_n", "sell_qty", "qty", "cost", "value",
+                 "sector_value", "sector_buys", "total", "spent", "active")
 
     def __init__(self) -> None:
-        self.open = 0
-        self.limit_buy_value = 0  # Σ remaining × limit over open limit buys
-        self.market_buy_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open market buys
+        self.open = 0  # open orders
+        self.limit_buys = 0  # Σ remaining × limit over open limit buys
         self.buy_value: dict[str, int] = defaultdict(int)  # code → Σ remaining × limit of open limit buys
+        self.market_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open market buys
+        self.buy_n: dict[str, int] = defaultdict(int)  # code → open buy orders
         self.sell_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open sells
+        self.qty: dict[str, int] = defaultdict(int)  # code → shares held
+        self.cost: dict[str, int] = defaultdict(int)  # code → their cost
+        self.value: dict[str, int] = defaultdict(int)  # code → at the last price (cost before one is seen)
+        self.sector_value: dict[str, int] = defaultdict(int)  # sector → Σ value
+        self.sector_buys: dict[str, int] = defaultdict(int)  # sector → Σ open limit buys
+        self.total = 0  # Σ value
+        self.spent = 0  # Σ (cost − realised + fees): the net cash the positions took
+        self.active = 0  # codes held or being bought
+
+    def is_active(self, code: str) -> bool:
+        return self.qty.get(code, 0) > 0 or self.buy_n.get(code, 0) > 0
+
+
+def _bump(d: dict[str, int], key: str, delta: int) -> None:
+    """Add to a counter, dropping it at zero (so totals never scan dead entries)."""
+    v = d.get(key, 0) + delta
+    if v:
+        d[key] = v
+    else:
+        d.pop(key, None)
 
 
 class Portfolio:
     def __init__(self) -> None:
         self.positions: dict[str, dict[str, PositionView]] = {}
-        self.marks: dict[str, int] = {}  # code → last trade price (unrealised P&L)
+        self.marks: dict[str, int] = {}  # code → last trade price (read freely; written by set_mark)
         self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
-        self.virtual: set[str] = set()  # agents whose books are not the account's (shadow)
+        self.sectors: dict[str, str] = {}  # code → sector (the stock master's; "" unknown)
+        self.virtual: set[str] = set()  # agents whose books are not the account's (shadow): set_virtual
         self.day_start: dict[str, tuple[int, int]] = {}  # agent → (realised, fees) at the day's start
-        self._held: dict[str, _Held] = defaultdict(_Held)
-        self._account_open = 0
+        self._books: dict[str, _Book] = defaultdict(_Book)
+        self._account = _Book()
+        self._holders: dict[str, set[str]] = defaultdict(set)  # code → agents holding shares
+        # the account's cash: the broker's settlement cash at its last read, moved since by the cash the
+        # books' fills used (None until the first read)
+        self.cash_base: int | None = None
+        self._spent_at_base = 0
+
+    def _scopes(self, agent: str) -> Iterator[_Book]:
+        yield self._books[agent]
+        if agent not in self.virtual:
+            yield self._account
 
     # ---- orders ----------------------------------------------------------------------------------
 
@@ -61,18 +98,21 @@ class Portfolio:
             self.order_changed(None, o)
 
     def _count(self, o: Order, sign: int) -> None:
-        held = self._held[o.agent]
-        held.open += sign
-        if o.agent not in self.virtual:
-            self._account_open += sign
-        rem = o.remaining * sign
-        if o.side is Side.SELL:
-            held.sell_qty[o.code] += rem
-        elif o.price:
-            held.limit_buy_value += rem * o.price
-            held.buy_value[o.code] += rem * o.price
-        else:
-            held.market_buy_qty[o.code] += rem
+        code, rem = o.code, o.remaining * sign
+        for bk in self._scopes(o.agent):
+            was = bk.is_active(code)
+            bk.open += sign
+            if o.side is Side.SELL:
+                _bump(bk.sell_qty, code, rem)
+            else:
+                _bump(bk.buy_n, code, sign)
+                if o.price:
+                    bk.limit_buys += rem * o.price
+                    _bump(bk.buy_value, code, rem * o.price)
+                    _bump(bk.sector_buys, self.sectors.get(code, ""), rem * o.price)
+                else:
+                    _bump(bk.market_qty, code, rem)
+            bk.active += bk.is_active(code) - was
 
     def kind(self, code: str) -> SecurityKind:
         return self.kinds.get(code, SecurityKind.STOCK)
@@ -83,41 +123,55 @@ class Portfolio:
     def notional_price(self, side: Side, price: int, code: str) -> int:
         return notional_price(side, price, self.base_prices.get(code, 0), self.kind(code), self.rules, self.board(code))
 
-    def _market_buys(self, held: _Held, code: str | None = None) -> int:
-        codes = [code] if code is not None else list(held.market_buy_qty)
-        return sum(held.market_buy_qty.get(c, 0) * self.notional_price(Side.BUY, 0, c) for c in codes)
+    def _market_buys(self, bk: _Book, code: str | None = None, sector: str | None = None) -> int:
+        """Open market buys, valued at today's upper limit (0 while the base price is unknown)."""
+        if code is not None:
+            n = bk.market_qty.get(code, 0)
+            return n * self.notional_price(Side.BUY, 0, code) if n else 0
+        return sum(n * self.notional_price(Side.BUY, 0, c) for c, n in bk.market_qty.items()
+                   if sector is None or self.sectors.get(c, "") == sector)
 
     def exposure(self, agent: str, code: str) -> Exposure:
-        held = self._held.get(agent) or _Held()
+        bk = self._books.get(agent) or _Book()
         pos = self.positions.get(agent, {}).get(code)
         qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
+        sector = self.sectors.get(code, "")
+        market_code = self._market_buys(bk, code)
+        market_all = self._market_buys(bk)
         return Exposure(
-            position_qty=qty, position_cost=cost, sellable_qty=qty - held.sell_qty.get(code, 0),
-            open_buy_value=held.buy_value.get(code, 0) + self._market_buys(held, code),
-            open_orders=held.open, reserved_cash=held.limit_buy_value + self._market_buys(held),
-            spent_cash=self.spent(agent), day_pnl=self.day_pnl(agent),
+            position_qty=qty, position_cost=cost, sellable_qty=qty - bk.sell_qty.get(code, 0),
+            open_buy_value=bk.buy_value.get(code, 0) + market_code, open_orders=bk.open,
+            reserved_cash=bk.limit_buys + market_all, spent_cash=bk.spent, day_pnl=self.day_pnl(agent),
+            gross_value=bk.total + bk.limit_buys + market_all, positions=bk.active, has_code=bk.is_active(code),
+            code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code, sector=sector,
+            sector_value=bk.sector_value.get(sector, 0) + bk.sector_buys.get(sector, 0)
+            + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
         )
 
     def account_exposure(self, code: str) -> AccountExposure:
-        cost = pending = 0
-        for agent, book in self.positions.items():
-            if agent not in self.virtual and (p := book.get(code)) is not None:
-                cost += p.cost
-        for agent, held in self._held.items():
-            if agent not in self.virtual:
-                pending += held.buy_value.get(code, 0) + self._market_buys(held, code)
-        return AccountExposure(open_orders=self._account_open, position_cost=cost, open_buy_value=pending,
-                               day_pnl=self.account_day_pnl())
+        bk = self._account
+        sector = self.sectors.get(code, "")
+        market_code = self._market_buys(bk, code)
+        market_all = self._market_buys(bk)
+        cash = self.cash()
+        return AccountExposure(
+            open_orders=bk.open, position_cost=bk.cost.get(code, 0), open_buy_value=bk.buy_value.get(code, 0) + market_code,
+            day_pnl=self.account_day_pnl(), gross_value=bk.total + bk.limit_buys + market_all, positions=bk.active,
+            has_code=bk.is_active(code), code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code,
+            sector_value=bk.sector_value.get(sector, 0) + bk.sector_buys.get(sector, 0)
+            + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
+            equity=self.equity() or 0, free_cash=None if cash is None else cash - bk.limit_buys - market_all,
+        )
 
     def open_orders(self, agent: str) -> int:
-        held = self._held.get(agent)
-        return held.open if held else 0
+        bk = self._books.get(agent)
+        return bk.open if bk else 0
 
     def reserved_cash(self, agent: str) -> int:
-        held = self._held.get(agent)
-        return held.limit_buy_value + self._market_buys(held) if held else 0
+        bk = self._books.get(agent)
+        return bk.limit_buys + self._market_buys(bk) if bk else 0
 
-    # ---- positions -------------------------------------------------------------------------------
+    # ---- positions and prices ----------------------------------------------------------------------
 
     def position(self, agent: str, code: str) -> PositionView | None:
         return self.positions.get(agent, {}).get(code)
@@ -128,14 +182,112 @@ class Portfolio:
         the caller persists it, then `set_position`)."""
         return apply_fill_value(self.position(agent, code), code, side, qty, value, allow_short=allow_short, fee=fee)
 
-    def set_position(self, agent: str, pos: PositionView) -> None:
-        self.positions.setdefault(agent, {})[pos.code] = pos
+    def _value(self, qty: int, cost: int, code: str) -> int:
+        mark = self.marks.get(code)
+        return qty * mark if mark else cost
 
-    # ---- cash and P&L ------------------------------------------------------------------------------
+    def set_position(self, agent: str, pos: PositionView) -> None:
+        book = self.positions.setdefault(agent, {})
+        old = book.get(pos.code)
+        book[pos.code] = pos
+        code, sector = pos.code, self.sectors.get(pos.code, "")
+        oq, oc, ospent = (old.qty, old.cost, old.cost - old.realized_pnl + old.fees) if old else (0, 0, 0)
+        dq, dc = pos.qty - oq, pos.cost - oc
+        dv = self._value(pos.qty, pos.cost, code) - self._value(oq, oc, code)
+        dspent = pos.cost - pos.realized_pnl + pos.fees - ospent
+        for bk in self._scopes(agent):
+            was = bk.is_active(code)
+            _bump(bk.qty, code, dq)
+            _bump(bk.cost, code, dc)
+            _bump(bk.value, code, dv)
+            _bump(bk.sector_value, sector, dv)
+            bk.total += dv
+            bk.spent += dspent
+            bk.active += bk.is_active(code) - was
+        if pos.qty:
+            self._holders[code].add(agent)
+        else:
+            self._holders[code].discard(agent)
+
+    def set_mark(self, code: str, price: int) -> None:
+        """A new last price: the positions in `code` are worth it now (a few adds per holder)."""
+        old = self.marks.get(code)
+        if old == price or price <= 0:
+            return
+        self.marks[code] = price
+        holders = self._holders.get(code)
+        if not holders:
+            return
+        sector = self.sectors.get(code, "")
+        for agent in holders:
+            p = self.positions[agent][code]
+            dv = p.qty * price - (p.qty * old if old else p.cost)
+            for bk in self._scopes(agent):
+                _bump(bk.value, code, dv)
+                _bump(bk.sector_value, sector, dv)
+                bk.total += dv
+
+    def set_sectors(self, sectors: dict[str, str]) -> None:
+        """The codes' sectors (the stock master's); the sector totals are rebuilt from the codes'."""
+        self.sectors = dict(sectors)
+        for bk in (self._account, *self._books.values()):
+            bk.sector_value.clear()
+            bk.sector_buys.clear()
+            for c, v in bk.value.items():
+                _bump(bk.sector_value, self.sectors.get(c, ""), v)
+            for c, v in bk.buy_value.items():
+                _bump(bk.sector_buys, self.sectors.get(c, ""), v)
+
+    def set_virtual(self, agent: str, virtual: bool) -> None:
+        """Move an agent's books out of the account's totals (shadow) or back in."""
+        if virtual == (agent in self.virtual):
+            return
+        src, dst, sign = self._books[agent], self._account, (-1 if virtual else 1)
+        codes = set(src.qty) | set(src.buy_n)
+        was = {c: dst.is_active(c) for c in codes}
+        dst.open += sign * src.open
+        dst.limit_buys += sign * src.limit_buys
+        dst.total += sign * src.total
+        dst.spent += sign * src.spent
+        for name in ("buy_value", "market_qty", "buy_n", "sell_qty", "qty", "cost", "value", "sector_value", "sector_buys"):
+            d = getattr(dst, name)
+            for k, v in getattr(src, name).items():
+                _bump(d, k, sign * v)
+        for c in codes:
+            dst.active += dst.is_active(c) - was[c]
+        (self.virtual.add if virtual else self.virtual.discard)(agent)
+
+    # ---- cash, equity and P&L ----------------------------------------------------------------------
 
     def spent(self, agent: str) -> int:
         """Net cash in the agent's positions: cost of shares held minus realised P&L, plus fees paid."""
-        return sum(p.cost - p.realized_pnl + p.fees for p in self.positions.get(agent, {}).values())
+        bk = self._books.get(agent)
+        return bk.spent if bk else 0
+
+    def position_value(self, agent: str | None = None) -> int:
+        """Shares held at the last prices (cost before one is seen): an agent's, or the account's."""
+        bk = self._account if agent is None else self._books.get(agent)
+        return bk.total if bk else 0
+
+    def set_account_cash(self, cash: int) -> None:
+        """The broker's settlement cash, read now: the books' fills move it from here."""
+        self.cash_base = cash
+        self._spent_at_base = self._account.spent
+
+    def cash(self) -> int | None:
+        """The account's cash now (None before the broker's account was read)."""
+        if self.cash_base is None:
+            return None
+        return self.cash_base - (self._account.spent - self._spent_at_base)
+
+    def equity(self) -> int | None:
+        """The account's equity now: its cash plus every position at the last price."""
+        cash = self.cash()
+        return None if cash is None else cash + self._account.total
+
+    def agent_equity(self, agent: str, budget: int) -> int:
+        """An agent's equity: its budget plus its net P&L (realised − fees + unrealised), 0 without a budget."""
+        return budget - self.spent(agent) + self.position_value(agent) if budget else 0
 
     def roll_day(self, day_start: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
         """Start a day: realised P&L and fees count from here (given, when a restart restores them)."""
@@ -164,3 +316,12 @@ class Portfolio:
         """ktrader's agents together; shares held outside ktrader ('external') move with the market
         but are nobody's trading here, so they do not count against the account's daily loss."""
         return sum(self.day_pnl(a) for a in self.positions if a not in self.virtual and a != EXTERNAL_AGENT)
+
+    def account_positions(self) -> dict[str, tuple[int, int]]:
+        """code → (shares, value at the last price) across the account (shadow books excluded)."""
+        bk = self._account
+        return {c: (q, bk.value.get(c, 0)) for c, q in bk.qty.items() if q}
+
+    def sector_values(self) -> dict[str, int]:
+        """sector → the account's positions in it at the last prices."""
+        return dict(self._account.sector_value)

@@ -5,26 +5,46 @@ Limits: an agent's own (its card; the operator's registry in production) and the
 apply across the whole account (every agent's orders and positions together). 0 means no limit of
 that kind. The checks run in a fixed order and the first failing one is the answer:
 shape → codes → trading state → session and market phase → price grid and band → daily loss →
-shares → notional / open orders / position value → budget → order rate.
+drawdown → shares → notional / open orders / position value → positions / gross exposure / code /
+sector → budget → cash reserve → order rate.
+
+Percent limits are of the account's equity (the agent's versions too: its share of the same
+account); an agent's drawdown is of its own equity (budget + net P&L). `explain` lists every
+configured limit the order meets, with the numbers (`ktrader control risk_explain`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
 
-from common.config import RiskLimits
+import msgspec
+
+from common.config import DrawdownPeak, RiskLimits
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.krx_rules import CURRENT, KrxRules, Market, PriceRuleError, SecurityKind
 
 Denial = tuple[ErrorCode, str]
+BP = 10_000  # basis points in one
 
 # Orders held for the next session may be placed in any phase; plain orders need a phase in which the
 # exchange takes regular orders.
 HELD_TIFS = frozenset({TimeInForce.NEXT_SESSION})
+
+
+def pct_bp(pct: float) -> int:
+    """A configured percentage (5.0 = 5 %) in basis points: the checks compare integers."""
+    return round(pct * 100)
+
+
+def drawdown_bp(equity: int, peak: int) -> int:
+    """How far `equity` is below `peak`, in basis points of the peak (0 without a peak)."""
+    return (peak - equity) * BP // peak if peak > 0 and equity < peak else 0
 
 
 @dataclass(slots=True)
@@ -39,6 +59,14 @@ class Exposure:
     reserved_cash: int = 0  # every open buy's remaining notional
     spent_cash: int = 0  # net cash used by fills, fees included
     day_pnl: int = 0  # realised today net of fees + unrealised at the last marks
+    gross_value: int = 0  # positions at the last price (cost without one) + open buys
+    positions: int = 0  # codes held or being bought
+    has_code: bool = False  # the order's code is one of them
+    code_value: int = 0  # the order's code: position at the last price + open buys
+    sector: str = ""  # the order's code's sector ("" unknown: counted together)
+    sector_value: int = 0  # that sector: positions at the last price + open buys
+    equity: int = 0  # budget + net P&L (0: no budget, no drawdown of its own)
+    peak: int = 0  # the highest equity of the period the card's drawdown_peak names
 
 
 @dataclass(slots=True)
@@ -49,6 +77,15 @@ class AccountExposure:
     position_cost: int = 0  # of the order's code
     open_buy_value: int = 0  # of the order's code
     day_pnl: int = 0
+    gross_value: int = 0
+    positions: int = 0
+    has_code: bool = False
+    code_value: int = 0
+    sector_value: int = 0
+    equity: int = 0  # the account's equity (0: not known yet: percent limits deny buys)
+    peak: int = 0  # the highest equity of the period the gateway's drawdown_peak names
+    free_cash: int | None = None  # cash not held by open buys (None: not known yet)
+    virtual: bool = False  # a shadow agent's order: the account's totals and cash are not its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +128,25 @@ class RateWindow:
         return len(self.stamps)
 
 
+class Unit(StrEnum):
+    KRW = "krw"
+    COUNT = "count"
+    BP = "bp"  # basis points (of equity, or of the peak for a drawdown)
+
+
+class Check(NamedTuple):
+    """One limit an order meets: where it stands before and with the order."""
+
+    rule: str
+    scope: str  # agent | account
+    now: int
+    after: int
+    limit: int
+    unit: Unit
+    denial: ErrorCode | None  # None: within the limit
+    text: str = ""  # the denial's reason (or, explaining, the limit's)
+
+
 def notional_price(side: Side, price: int, base_price: int, kind: SecurityKind = SecurityKind.STOCK,
                    rules: KrxRules = CURRENT, board: Market = Market.KOSPI) -> int:
     """What one share of an order is judged at: its limit; a market buy at the day's upper limit (KIS
@@ -120,17 +176,35 @@ def check_order(
     exp: Exposure,
     account: AccountExposure,
     rates: tuple[int, int] = (0, 0),
+    explain: list[Check] | None = None,
 ) -> Denial | None:
     """The first rule the order breaks, or None. `rates`: orders the agent and the account sent in the
-    last minute (see RateWindow)."""
-    # shape
+    last minute (see RateWindow). With `explain`, every limit is evaluated and appended to it."""
+    first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp)
+    if first is not None and (explain is None or qty <= 0):
+        return first
+    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
+    if side is Side.BUY and unit <= 0:
+        return first or (ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order")
+    for chk in _limits(code, side, qty, qty * unit, mandate, exp, account, rates, explain is not None):
+        if explain is not None:
+            explain.append(chk)
+        if chk.denial is not None:
+            if explain is None:
+                return chk.denial, chk.text
+            first = first or (chk.denial, chk.text)
+    return first
+
+
+def _gates(code: str, side: Side, qty: int, price: int, order_type: OrderType, tif: TimeInForce, mandate: Mandate,
+           market: MarketView, exp: Exposure) -> Denial | None:
+    """What the order must be before any limit is weighed: its shape, code, state, session, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
     if order_type in (OrderType.LIMIT, OrderType.CONDITIONAL) and price <= 0:
         return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
     if order_type is OrderType.MARKET and price != 0:
         return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
-    # codes
     if mandate.listed is not None and code not in mandate.listed:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
     if code not in mandate.codes:
@@ -142,14 +216,12 @@ def check_order(
             return ErrorCode.DENIED_HALTED, f"{who} is halted: cancels only"
         if state is TradingState.REDUCING and not reducing:
             return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
-    # session and phase
     if market.session is not SessionState.READY:
         why = f": {market.session_detail}" if market.session_detail else ""
         return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
     if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
         return ErrorCode.DENIED_MARKET_CLOSED, (
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the next open")
-    # price rules
     if price > 0:
         rules, kind, board = market.rules, market.kind, market.board
         if not rules.on_grid(price, kind, board):
@@ -160,34 +232,155 @@ def check_order(
                 rules.check_price(price, market.base_price, kind, board)
             except PriceRuleError as e:
                 return ErrorCode.DENIED_PRICE_BAND, str(e)
+    return None
+
+
+def _pct(v: int, equity: int) -> str:
+    return f"{v * 100 / equity:.1f} %" if equity > 0 else "?"
+
+
+def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, exp: Exposure, account: AccountExposure,
+            rates: tuple[int, int], explaining: bool) -> Iterator[Check]:
+    """Every configured limit, in the order they are checked (the caller stops at the first denial)."""
+    agent_lim, acct_lim = mandate.agent_limits, mandate.account_limits
+    reducing = is_reducing(side, qty, exp)
+    buy = side is Side.BUY
     # daily loss: once breached only risk-reducing orders pass
-    if not reducing:
-        for scope, lim, pnl in (("agent", mandate.agent_limits, exp.day_pnl), ("account", mandate.account_limits, account.day_pnl)):
-            if lim.max_daily_loss and -pnl >= lim.max_daily_loss:
-                return ErrorCode.DENIED_DAILY_LOSS, f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}"
+    for scope, lim, pnl in (("agent", agent_lim, exp.day_pnl), ("account", acct_lim, account.day_pnl)):
+        if lim.max_daily_loss:
+            hit = not reducing and -pnl >= lim.max_daily_loss
+            if hit or explaining:
+                yield Check("daily loss", scope, -pnl, -pnl, lim.max_daily_loss, Unit.KRW,
+                            ErrorCode.DENIED_DAILY_LOSS if hit else None,
+                            f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}")
+    # drawdown from the equity peak: reducing only past the first level, nothing past the second
+    for scope, lim, equity, peak in (("agent", agent_lim, exp.equity, exp.peak),
+                                     ("account", acct_lim, account.equity, account.peak)):
+        if not (lim.max_drawdown_pct or lim.halt_drawdown_pct) or equity <= 0:
+            continue
+        dd = drawdown_bp(equity, peak)
+        halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)
+        hit = bool(halt and dd >= halt) or bool(reduce and dd >= reduce and not reducing)
+        level = halt if halt and (dd >= halt or not reduce) else reduce
+        if hit or explaining:
+            what = "nothing passes" if halt and dd >= halt else "only risk-reducing orders pass"
+            yield Check("drawdown", scope, dd, dd, level, Unit.BP, ErrorCode.DENIED_DRAWDOWN if hit else None,
+                        f"{scope} equity {equity:,} is {dd / 100:.2f} % below its "
+                        f"{lim.drawdown_peak.value.replace('_', '-')} peak {peak:,} (limit {level / 100:g} %): {what}")
     # shares
-    if side is Side.SELL and qty > exp.sellable_qty:
-        return ErrorCode.DENIED_NO_SHARES, f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}"
-    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
-    if side is Side.BUY and unit <= 0:
-        return ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order"
-    notional = qty * unit
+    if side is Side.SELL:
+        hit = qty > exp.sellable_qty
+        if hit or explaining:
+            yield Check("shares", "agent", exp.sellable_qty, exp.sellable_qty - qty, 0, Unit.COUNT,
+                        ErrorCode.DENIED_NO_SHARES if hit else None,
+                        f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}")
     # size
     for scope, lim, open_n, cost, pending in (
-            ("agent", mandate.agent_limits, exp.open_orders, exp.position_cost, exp.open_buy_value),
-            ("account", mandate.account_limits, account.open_orders, account.position_cost, account.open_buy_value)):
-        if lim.max_order_value and notional > lim.max_order_value:
-            return ErrorCode.DENIED_NOTIONAL, f"order value {notional:,} > {scope} limit {lim.max_order_value:,}"
-        if lim.max_open_orders and open_n + 1 > lim.max_open_orders:
-            return ErrorCode.DENIED_OPEN_ORDERS, f"{open_n} open orders, {scope} limit {lim.max_open_orders}"
-        if side is Side.BUY and lim.max_position_value and cost + pending + notional > lim.max_position_value:
-            return ErrorCode.DENIED_POSITION_LIMIT, (
-                f"{code} would cost {cost + pending + notional:,} with open buys > {scope} limit {lim.max_position_value:,}")
-    if side is Side.BUY and mandate.budget and exp.spent_cash + exp.reserved_cash + notional > mandate.budget:
-        free = mandate.budget - exp.spent_cash - exp.reserved_cash
-        return ErrorCode.DENIED_BUDGET, f"order needs {notional:,} KRW, budget left {free:,}"
+            ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
+            ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value)):
+        if lim.max_order_value:
+            hit = notional > lim.max_order_value
+            if hit or explaining:
+                yield Check("order value", scope, 0, notional, lim.max_order_value, Unit.KRW,
+                            ErrorCode.DENIED_NOTIONAL if hit else None,
+                            f"order value {notional:,} > {scope} limit {lim.max_order_value:,}")
+        if lim.max_open_orders:
+            hit = open_n + 1 > lim.max_open_orders
+            if hit or explaining:
+                yield Check("open orders", scope, open_n, open_n + 1, lim.max_open_orders, Unit.COUNT,
+                            ErrorCode.DENIED_OPEN_ORDERS if hit else None,
+                            f"{open_n} open orders, {scope} limit {lim.max_open_orders}")
+        if buy and lim.max_position_value:
+            after = cost + pending + notional
+            hit = after > lim.max_position_value
+            if hit or explaining:
+                yield Check("position value", scope, cost + pending, after, lim.max_position_value, Unit.KRW,
+                            ErrorCode.DENIED_POSITION_LIMIT if hit else None,
+                            f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}")
+    # the account's shape: how many codes, how much in all, in one code, in one sector (buys only)
+    if buy:
+        equity = account.equity
+        for scope, lim, src in (("agent", agent_lim, exp), ("account", acct_lim, account)):
+            if lim.max_positions:
+                after = src.positions + (0 if src.has_code else 1)
+                hit = after > lim.max_positions
+                if hit or explaining:
+                    yield Check("positions", scope, src.positions, after, lim.max_positions, Unit.COUNT,
+                                ErrorCode.DENIED_MAX_POSITIONS if hit else None,
+                                f"{code} would be position {after} of the {scope}, limit {lim.max_positions}")
+            for rule, pct, value, denial, what in (
+                    ("gross exposure", lim.max_gross_exposure_pct, src.gross_value, ErrorCode.DENIED_GROSS_EXPOSURE, "gross exposure"),
+                    ("code", lim.max_code_pct, src.code_value, ErrorCode.DENIED_CONCENTRATION, code),
+                    ("sector", lim.max_sector_pct, src.sector_value, ErrorCode.DENIED_SECTOR, "sector")):
+                if not pct:
+                    continue
+                limit = pct_bp(pct)
+                after = value + notional
+                if equity <= 0:
+                    yield Check(rule, scope, 0, 0, limit, Unit.BP, denial,
+                                "the account's equity is not known yet (no account query has answered): "
+                                f"{rule} limits deny buys until it is")
+                    continue
+                hit = after * BP > limit * equity
+                if hit or explaining:
+                    yield Check(rule, scope, value * BP // equity, after * BP // equity, limit, Unit.BP, denial if hit else None,
+                                f"{scope} {what}{' ' + (exp.sector or 'unknown') if rule == 'sector' else ''} would be {after:,} = "
+                                f"{_pct(after, equity)} of equity {equity:,} > limit {pct:g} %")
+    if buy and mandate.budget:
+        used = exp.spent_cash + exp.reserved_cash
+        hit = used + notional > mandate.budget
+        if hit or explaining:
+            yield Check("budget", "agent", used, used + notional, mandate.budget, Unit.KRW,
+                        ErrorCode.DENIED_BUDGET if hit else None,
+                        f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}")
+    # cash reserve: what no buy may use (the agent's of its budget, the account's of its cash)
+    if buy and agent_lim.cash_reserve and mandate.budget:
+        left = mandate.budget - exp.spent_cash - exp.reserved_cash
+        hit = left - notional < agent_lim.cash_reserve
+        if hit or explaining:
+            yield Check("cash reserve", "agent", left, left - notional, agent_lim.cash_reserve, Unit.KRW,
+                        ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                        f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}")
+    if buy and acct_lim.cash_reserve and not account.virtual:
+        if account.free_cash is None:
+            yield Check("cash reserve", "account", 0, 0, acct_lim.cash_reserve, Unit.KRW, ErrorCode.DENIED_CASH_RESERVE,
+                        "the account's cash is not known yet (no account query has answered): buys wait for it")
+        else:
+            left = account.free_cash
+            hit = left - notional < acct_lim.cash_reserve
+            if hit or explaining:
+                yield Check("cash reserve", "account", left, left - notional, acct_lim.cash_reserve, Unit.KRW,
+                            ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                            f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}")
     # rate last: a denied order does not use up the rate
-    for scope, lim, n in (("agent", mandate.agent_limits, rates[0]), ("account", mandate.account_limits, rates[1])):
-        if lim.max_orders_per_minute and n >= lim.max_orders_per_minute:
-            return ErrorCode.DENIED_RATE, f"{scope} limit of {lim.max_orders_per_minute} orders per minute"
-    return None
+    for scope, lim, n in (("agent", agent_lim, rates[0]), ("account", acct_lim, rates[1])):
+        if lim.max_orders_per_minute:
+            hit = n >= lim.max_orders_per_minute
+            if hit or explaining:
+                yield Check("orders per minute", scope, n, n + 1, lim.max_orders_per_minute, Unit.COUNT,
+                            ErrorCode.DENIED_RATE if hit else None,
+                            f"{scope} limit of {lim.max_orders_per_minute} orders per minute")
+
+
+def scale_krw(value: int, factor: float) -> int:
+    """A size in KRW times the risk multiplier; a limit stays a limit (0 = none stays 0, a set one
+    never rounds down to 0)."""
+    return max(1, int(value * factor)) if value else 0
+
+
+def scaled(lim: RiskLimits, factor: float) -> RiskLimits:
+    """An agent's size limits times the operator's risk multiplier (0 < factor <= 1): order value,
+    position value and the percent exposure limits. Loss, drawdown, count and rate limits are not
+    sizes and stay."""
+    if factor == 1.0:
+        return lim
+    return msgspec.structs.replace(
+        lim, max_order_value=scale_krw(lim.max_order_value, factor),
+        max_position_value=scale_krw(lim.max_position_value, factor),
+        max_gross_exposure_pct=lim.max_gross_exposure_pct * factor, max_code_pct=lim.max_code_pct * factor,
+        max_sector_pct=lim.max_sector_pct * factor)
+
+
+def peak_of(lim: RiskLimits, day_peak: int, all_time_peak: int) -> int:
+    """The peak `lim`'s drawdown is measured from."""
+    return all_time_peak if lim.drawdown_peak is DrawdownPeak.ALL_TIME else day_peak

@@ -26,6 +26,7 @@ from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
 from common.orders import OrderState
 from common.enums import SessionProblem  # issue-18a
+from common.protection import Protection, ProtectionSpec
 
 SCHEMA_VERSION = 2  # v2: a PUB message is one frame (common/framing.py encode_pub)
 
@@ -77,6 +78,8 @@ class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""  # why the strategy wants this (kept in the order's trace)
     context: dict[str, ContextValue] = {}  # signal / indicator values at decision time
     decision_price: int = 0  # the price the strategy saw when deciding (slippage baseline)
+    # a buy only: the protective order (stop / take-profit / trailing stop) the gateway arms with its fills
+    protect: ProtectionSpec | None = None
 
 
 class OrderView(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +133,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     orders_today: int
     clock_ns: int = 0  # the gateway's market clock when the snapshot was taken
     phase: str = ""  # the market's phase then (common.krx.Phase value)
+    protections: list[Protection] = []  # active, and those that ended today (a fired stop, a cancelled one)
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------
@@ -188,6 +192,24 @@ class CancelAll(_Msg, tag="cancel_all"):
     code: str = ""  # "" = every code
 
 
+class Protect(_Msg, tag="protect"):
+    """Protect `qty` shares of a position the agent holds (0: all of it when a level is met) with a
+    stop / take-profit / trailing stop the gateway holds and fires (common/protection.py). `id` comes
+    from the agent's order numbers (<agent>-<yyyymmdd>-<n>); sending it again is harmless.
+    Ack, or Error(BAD_PROTECTION / WRONG_DAY / DUPLICATE_ORDER / DENIED_UNKNOWN_CODE)."""
+
+    id: ClientOrderId
+    code: StockCode
+    spec: ProtectionSpec
+    qty: NonNegInt = 0
+
+
+class CancelProtection(_Msg, tag="cancel_protection"):
+    """Cancel one of the agent's protective orders (an exit already working is cancelled too)."""
+
+    id: ClientOrderId
+
+
 class GetSnapshot(_Msg, tag="get_snapshot"):
     pass
 
@@ -215,6 +237,7 @@ class Control(_Msg, tag="control"):
     agent: str = ""
     all: bool = False  # explicitly the whole gateway
     card: AgentCard | None = None  # reload: the changed card, checked by the tool before it is sent
+    value: str = ""  # risk_scale: the multiplier; risk_explain: the order; cancel_protection: its id
 
 
 class Subscribe(_Msg, tag="subscribe"):
@@ -372,6 +395,23 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     session_detail: str = ""
 
 
+class RiskStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The account's risk figures (server/risk.py, server/equity.py); money integer KRW."""
+
+    multiplier: float = 1.0  # the operator's scale of every agent's size limits and budget
+    equity: int = -1  # cash + positions at the last prices (-1: the account was not read yet)
+    cash: int = -1
+    positions_value: int = 0  # every share the account holds at the last prices
+    gross_exposure_bp: int = 0  # positions + open buys, basis points of equity
+    positions: int = 0  # codes held or being bought
+    peak_day: int = 0
+    peak_all_time: int = 0
+    drawdown_day_bp: int = 0  # below the day's peak, basis points of it
+    drawdown_all_time_bp: int = 0
+    sectors: dict[str, int] = {}  # sector -> positions in it at the last prices ("" unknown)
+    account_reads: int = 0  # broker account reads that answered (failures in counters)
+
+
 class StatusReply(_Msg, tag="status_reply"):
     gateway_pid: int
     gateway_session: str
@@ -397,6 +437,8 @@ class StatusReply(_Msg, tag="status_reply"):
     market_time: str = ""  # the market clock, ISO 8601 in KST
     alerts_today: int = 0  # alerts raised since the start of the market day
     notify: dict[str, int] = {}  # notifier counters: sent, failed, suppressed, dropped, queued
+    risk: RiskStatus = msgspec.field(default_factory=RiskStatus)
+    protections: list[Protection] = []  # active, and those that ended today
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------
@@ -437,7 +479,13 @@ class CardUpdate(msgspec.Struct, frozen=True, tag="card", kw_only=True):
     changed: list[str] = []  # the card fields that changed
 
 
-EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate]
+class ProtectionUpdate(msgspec.Struct, frozen=True, tag="protection", kw_only=True):
+    """A protective order of this agent changed (armed, met, fired, done, cancelled, failed)."""
+
+    protection: Protection
+
+
+EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate, ProtectionUpdate]
 
 
 class AgentEvent(_Msg, tag="event"):
@@ -721,6 +769,7 @@ class SlippageRow(msgspec.Struct, frozen=True, kw_only=True):
 
 class TraceReply(_Msg, tag="trace"):
     order: OrderView | None = None
+    protection: Protection | None = None  # the protective order with this id (a buy's, or one on a position)
     broker_chain: list[str] = []
     steps: list[TraceStep] = []
     decision_price: int = 0
@@ -730,7 +779,7 @@ class TraceReply(_Msg, tag="trace"):
 Request = Union[
     Register, Heartbeat, Unregister, SubmitOrders, CancelOrder, ModifyOrder, CancelAll,
     GetSnapshot, GetEvents, Ping, StatusQuery, Control, GetOrders, GetMarket, GetBars,
-    PutState, GetState, Query, GetSummary, Subscribe, GetTrace,
+    PutState, GetState, Query, GetSummary, Subscribe, GetTrace, Protect, CancelProtection,
 ]
 Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
               MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply, TraceReply]
@@ -741,6 +790,7 @@ REPLY_TO: dict[type, type] = {
     ModifyOrder: Ack, CancelAll: Ack, GetSnapshot: SnapshotReply, GetEvents: EventBatch, Ping: Pong,
     StatusQuery: StatusReply, Control: Ack, GetOrders: OrdersList, GetMarket: MarketSnapshot, GetBars: BarsReply,
     PutState: Ack, GetState: StateReply, GetSummary: SummaryReply, Subscribe: Ack, GetTrace: TraceReply,
+    Protect: Ack, CancelProtection: Ack,
 }
 Message = Union[Request, Reply]  # ROUTER ⇄ DEALER; PUB carries only Published
 

@@ -3,7 +3,11 @@
 Format (cp949, fixed width, one issue per line): `line[0:9]` short code (padded), `line[9:21]` ISIN,
 the Korean name up to a fixed tail (227 characters for KOSPI, 221 for KOSDAQ, counted on the decoded
 string), whose first two characters are the security group: ST stock, EF ETF, EN ETN, BC fund,
-RT REIT, FS/DR foreign stock or DR."""
+RT REIT, FS/DR foreign stock or DR; then the market-cap size class (1) and the index sector codes
+(지수업종 대/중/소분류, 4 each; KIS's stocks_info/kis_kospi_code_mst.py and kis_kosdaq_code_mst.py).
+The sector a position counts in (account sector limits) is the medium class (중분류, e.g. 전기전자),
+or the large class when the medium is blank, prefixed by the market: the two markets number their
+index sectors apart."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class MasterEntry(msgspec.Struct, frozen=True):
     name: str
     market: str
     group: str  # ST, EF, EN, BC, RT, ...
+    sector: str = ""  # "KOSPI 0013" (index sector codes), the twin's sector name; "" unknown
 
 
 class MasterError(ValueError):
@@ -36,9 +41,18 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
         if len(line) <= 21 + tail:
             raise MasterError(f"{market} master line {n}: {len(line)} characters, too short for the layout")
         code = line[0:9].strip()
+        rest = line[len(line) - tail:]
         out[code] = MasterEntry(code=code, isin=line[9:21].strip(), name=line[21:len(line) - tail].strip(), market=market,
-                                group=line[len(line) - tail:len(line) - tail + 2])
+                                group=rest[0:2], sector=sector_of(market, rest[3:7], rest[7:11]))
     return out
+
+
+def sector_of(market: str, large: str, medium: str) -> str:
+    """The sector key of a master line: the medium index sector, else the large one ("" if neither)."""
+    for part in (medium.strip(), large.strip()):
+        if part and part.strip("0"):
+            return f"{market} {part}"
+    return ""
 
 
 def load_master_dir(folder: str | Path) -> dict[str, MasterEntry]:
@@ -70,13 +84,17 @@ class StockMaster(msgspec.Struct, frozen=True):
         e = self.entries.get(code)
         return e.name if e is not None else ""
 
+    def sectors(self) -> dict[str, str]:
+        """code → sector, for the codes whose sector is known."""
+        return {c: e.sector for c, e in self.entries.items() if e.sector}
+
 
 def twin_master() -> StockMaster:
     from kis.sim import universe  # the twin's built-in list (also the fallback master)
 
     groups = {"etf": "EF", "etn": "EN"}
     entries = {s.code: MasterEntry(code=s.code, isin="", name=s.name, market=s.market,
-                                   group=groups.get(s.kind.value, "ST")) for s in universe.STOCKS}
+                                   group=groups.get(s.kind.value, "ST"), sector=s.sector) for s in universe.STOCKS}
     return StockMaster(entries=entries, source="twin stock list", strict=False)
 
 

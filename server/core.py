@@ -1,5 +1,6 @@
 """The order core, built in one place: portfolio, risk gate, book of record, notices, send queues (the
-broker's and the shadow market's), order desk and reconciliation, with one market clock.
+broker's and the shadow market's), order desk, protective orders and reconciliation, with one market
+clock.
 
 The gateway builds its core here; tests build the same core around an in-process broker, so what they
 exercise is what runs.
@@ -21,6 +22,7 @@ from server.alerts import Alerts
 from server.notices import NoticeRouter
 from server.order_book import EventSink, OrderBook
 from server.order_desk import OrderDesk
+from server.protection import ProtectionDesk
 from server.reconciler import Reconciler
 from server.risk import RiskGate, SessionView
 from server.send_queue import SendQueue
@@ -42,13 +44,15 @@ class OrderCore:
     shadow_queue: SendQueue
     recon: Reconciler
     desk: OrderDesk
+    protection: ProtectionDesk
 
     def load(self) -> None:
-        """Everything the store remembers: orders, positions, shadow agents, trading states; calls
-        the previous process left in flight are settled."""
+        """Everything the store remembers: orders, positions, shadow agents, trading states, protective
+        orders; calls the previous process left in flight are settled."""
         self.book.load()
         self.desk.load()
         self.risk.load()
+        self.protection.load()
 
     def start(self) -> None:
         self.live_queue.start()
@@ -85,5 +89,6 @@ def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock
     recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9))
     desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: session_view(broker, recon.synced),
                      lambda: recon.synced, alerts, card_of)
+    protection = ProtectionDesk(book, desk, risk, card_of, alerts)
     return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
-                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk)
+                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk, protection=protection)

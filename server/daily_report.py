@@ -14,6 +14,7 @@ from typing import Protocol
 from common.enums import Side
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
+from common.protection import Protection
 from common.schema import AgentPerformance, PositionView
 
 
@@ -39,10 +40,11 @@ class DailyReport(msgspec.Struct, kw_only=True):
     agents: list[AgentDay]
     expired_at_close: int = 0  # the day's orders that ended EXPIRED (by the broker's word or ours)
     alerts: list[str] = []  # the day's alerts (reconciliation differences, external orders, halts ...)
+    protections: list[Protection] = []  # protective orders active at the close, or that ended this day
 
 
 def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | None = None,
-          perf: dict[str, AgentPerformance] | None = None) -> DailyReport:
+          perf: dict[str, AgentPerformance] | None = None, protections: list[Protection] | None = None) -> DailyReport:
     rows: dict[str, AgentDay] = {}
     expired = 0
     for coid, o in book.orders.items():
@@ -69,7 +71,7 @@ def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | 
         if perf and agent in perf:
             r.performance = msgspec.structs.replace(perf[agent], curve=[])  # the curve is in the store
     return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired,
-                       alerts=list(alerts or []))
+                       alerts=list(alerts or []), protections=list(protections or []))
 
 
 def render(rep: DailyReport) -> str:
@@ -80,6 +82,16 @@ def render(rep: DailyReport) -> str:
                      f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}")
         for p in r.positions:
             lines.append(f"{'':<4}carried {p.code}: {p.qty} shares at cost {p.cost:,}")
+    if rep.protections:
+        lines += ["", "protective orders"]
+        for p in rep.protections:
+            s = p.spec
+            levels = ", ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
+                                           f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "") if x)
+            met = f", {p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else ""
+            sold = f", sold {p.sold} for {p.sold_value:,}" if p.sold else ""
+            lines.append(f"{'':<4}{p.id} {p.agent} {p.code} ({levels}): {p.state.value}{met}{sold}"
+                         + (f" — {p.reason}" if p.reason else ""))
     perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
     if perf:
         head = f"{'performance':<16}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"

@@ -4,7 +4,8 @@ them on one asyncio loop.
 Rooms (each its own module): the ROUTER and its dispatch table (`router`), agent sessions and leases
 (`sessions`), the order desk (`order_desk`), the book of record (`order_book`), the broker send queues
 (`send_queue`; `shadow` is the venue of agents in shadow mode), notices (`notices`), reconciliation
-(`reconciler`), the risk gate that owns trading state (`risk`), the trading day (`trading_day`),
+(`reconciler`), the risk gate that owns trading state (`risk`), the account's equity (`equity`),
+protective orders (`protection`), the trading day (`trading_day`),
 market data (`marketdata`), registrations (`subscriptions`), alerts, and the operator facade
 (`operator`: status and control). Nothing sets attributes on another room after construction; rooms
 talk through the callables they are given here.
@@ -30,15 +31,18 @@ from common.enums import SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
-    AgentEvent, CancelAll, CancelOrder, Control, Error, GetBars, GetMarket, GetOrders, GetSnapshot, GetEvents, GetTrace, TraceReply,
-    GetState, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply, Ping, Pong, PutState, Query,
-    Register, StatusQuery, SubmitOrders, Subscribe, SYSTEM_TOPIC, SystemEvent, Unregister, Ack,
+    AgentEvent, CancelAll, CancelOrder, CancelProtection, Control, Error, GetBars, GetMarket, GetOrders, GetSnapshot,
+    GetEvents, GetTrace, TraceReply, GetState, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply,
+    Ping, Pong, Protect, PutState, Query, Register, StatusQuery, SubmitOrders, Subscribe, SYSTEM_TOPIC, SystemEvent,
+    Unregister, Ack,
 )
-from kis.port import Book, BrokerNotice, BrokerPort, Capability, Gap, MarketClock as ClockMark, SessionChange, Trade
+from kis.port import (Book, BrokerNotice, BrokerPort, Capability, Gap, MarketClock as ClockMark, MarketKind,
+                      SessionChange, Trade)
 from server import console_views, trace_views
 from common.errors import ErrorCode
-from common.views import order_view
 from server.core import build_order_core
+from server.equity import AccountReader
+from server import protection as protection_room
 from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
@@ -105,19 +109,25 @@ class Gateway:
         core = self.core
         self.portfolio, self.alerts, self.risk, self.book = core.portfolio, core.alerts, core.risk, core.book
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
+        self.protection = core.protection
+        self.account = AccountReader(self.portfolio, broker.account, cfg.account_every_s)
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(self.clock, self.book, self.desk, self.risk, self.recon, self.base_prices, self._cards,
                               self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day,
-                              lambda: self.operator.performance(), lambda day: self.md.close_daily(day))
+                              lambda: self.operator.performance(), lambda day: self.md.close_daily(day),
+                              self.protection.of)
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if self.master is not None:
             self.risk.known_codes, self.risk.master_source = self.master.entries, f"stock master: {self.master.source}"
+            self.portfolio.set_sectors(self.master.sectors())  # per-sector limits (unknown sectors count together)
+        self._protected: set[str] = set()  # codes whose trade registration the protections hold
+        self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
         self.sessions = AgentSessions(
             self.registry, self.book, self.desk, self.risk, self.subs, self.headers, self.publish, self.counters,
             lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
             listed=(self.master.__contains__ if self.master is not None else None),
-            listed_source=self.master.source if self.master is not None else "")
+            listed_source=self.master.source if self.master is not None else "", protection=self.protection)
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
         self.universe_binder = UniverseBinder(self.universe, self.registry, self.subs, self.risk, self.book.notify,
                                               lambda codes: self._spawn(self.base_prices.ensure(codes)))
@@ -155,13 +165,17 @@ class Gateway:
         r.agent(CancelOrder, self._cancel)
         r.agent(ModifyOrder, self._modify)
         r.agent(CancelAll, lambda rec, route, m: Ack(h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code)} cancels sent"))
+        r.agent(Protect, lambda rec, route, m: self._answer(m.h.mid, self.protection.protect(rec.card, m)))
+        r.agent(CancelProtection, lambda rec, route, m: self._answer(
+            m.h.mid, self.protection.cancel(rec.id, m.id, "cancelled by the agent")))
         r.agent(GetMarket, lambda rec, route, m: serve_market(self, m))
         r.agent(GetBars, self._get_bars)
         for t in (PutState, GetState, GetSummary, Query):
             r.agent(t, self._service)
 
     def _submit(self, rec: AgentRecord, route: bytes, msg: SubmitOrders) -> Message:
-        return OrdersReply(h=self.headers(msg.h.mid), results=[self.desk.submit(rec.card, o) for o in msg.orders])
+        # through the protections: a buy carrying a protective order is journaled with it
+        return OrdersReply(h=self.headers(msg.h.mid), results=[self.protection.submit(rec.card, o) for o in msg.orders])
 
     def _answer(self, mid: int, outcome: tuple[Any, str]) -> Message:
         code, text = outcome
@@ -182,11 +196,8 @@ class Gateway:
         if msg.slippage:
             return TraceReply(h=h, slippage=trace_views.slippage_summary(self.store))
         self.book.flush_traces()  # steps still waiting for the next commit belong to the story too
-        story = trace_views.order_story(self.store, msg.client_order_id)
-        if story is None:
-            return Error(h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order {msg.client_order_id!r} in the store")
-        o, steps, decision = story
-        return TraceReply(h=h, order=order_view(o), broker_chain=list(o.broker_chain), steps=steps, decision_price=decision)
+        return trace_views.trace_reply(self.store, msg.client_order_id, h) or Error(
+            h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order or protective order {msg.client_order_id!r} in the store")
 
     def _get_bars(self, rec: AgentRecord, route: bytes, msg: GetBars) -> None:
         self._spawn(serve_bars(self, route, rec.id, msg))
@@ -277,7 +288,9 @@ class Gateway:
             loop.create_task(self.day.run(self.cfg.day_tick_s, self._count("day_cycle_errors")), name="day-cycle"),
             *([] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]),  # a replay brings its marks
             loop.create_task(self.universe.run(), name="universe"),
+            loop.create_task(self.account.run(), name="account"),  # reads at once: equity for the limits that need it
         ]
+        self._watch_protected()
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
         self._tasks += [loop.create_task(c, name="operator") for c in self.operator.tasks()]
@@ -338,6 +351,12 @@ class Gateway:
                 self.counters["limit_check_errors"] += 1
                 log.exception("limit check failed")
             try:
+                self.protection.tick()  # exits that wait are tried again
+                self._watch_protected()
+            except Exception:
+                self.counters["protection_errors"] += 1
+                log.exception("protection tick failed")
+            try:
                 self.operator.tick()  # stale → offline, lasting conditions → alerts, equity snapshots
             except Exception:
                 self.counters["operator_errors"] += 1
@@ -347,7 +366,8 @@ class Gateway:
         async for ev in self.broker.events():
             try:
                 if isinstance(ev, Trade):
-                    self.portfolio.marks[ev.code] = ev.price
+                    self.portfolio.set_mark(ev.code, ev.price)
+                    self.protection.on_trade(ev.code, ev.price)  # stops and take-profits, agent alive or not
                     self.shadow_venue.on_trade(ev.code, ev.price, ev.qty)
                     self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
                 elif isinstance(ev, Book):
@@ -400,6 +420,20 @@ class Gateway:
             except asyncio.TimeoutError:
                 reason = "periodic" if self.recon.synced else "start"
             self._reconcile_wanted.clear()
+
+    def _watch_protected(self) -> None:
+        """Hold the trade registrations of protected codes (and only those) in the protections' name."""
+        want = self.protection.codes()
+        for code in sorted(want - self._protected):
+            err, text = self.subs.want(protection_room.HOLDER, MarketKind.TRADES, code)
+            if err is None:
+                self._protected.add(code)
+            elif code not in self._refused_protected:
+                self._refused_protected.add(code)
+                self.alerts(f"protective orders on {code} cannot watch its prints: {text}")
+        for code in sorted(self._protected - want):
+            self.subs.release(protection_room.HOLDER, MarketKind.TRADES, code)
+            self._protected.discard(code)
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

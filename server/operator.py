@@ -10,6 +10,9 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   store (`operator_log`).
 - A reload applies a changed card's risk limits, budget, schedule and params at once (the agent
   gets a CardUpdate event for its params) and keeps the old card when the new one is refused.
+- Risk: the operator's multiplier of every agent's size limits (risk_scale), an order's what-if
+  against every limit (risk_explain), a drawdown accepted (reset_peak: the equity peak starts again),
+  a protective order cancelled on an agent's behalf (cancel_protection).
 - `tick()` (from the gateway's lease loop): a silent (stale) agent becomes offline after
   `offline_after_s`; alerts for conditions that last (server/alert_watch.py) go to the notifier;
   closing trades are counted and daily equity snapshots written (server/performance.py)."""
@@ -19,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +34,7 @@ from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode
-from common.ids import EXTERNAL_AGENT
+from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
 from common.orders import OrderState
 from common.schema import (
     Ack, AgentPerformance, AgentStatus, CardUpdate, Control, Error, FeedHealth, FillView, HeaderFactory, Message, Notice, StatusReply,
@@ -50,7 +54,10 @@ from server.reconciler import Reconciler
 from server.performance import performance
 from server.publisher import Publisher
 from server.registry import AgentRecord, Registry
+from server.equity import AccountReader
+from server.protection import ProtectionDesk
 from server.risk import RiskGate
+from server.risk_views import explain_text, parse_order, risk_status
 from server.store import EquityRow, Store
 from server.subscriptions import SubscriptionManager
 from kis.master import StockMaster
@@ -89,6 +96,8 @@ class GatewayParts(Protocol):
     subs: SubscriptionManager
     master: StockMaster | None
     clock: MarketClock
+    protection: ProtectionDesk
+    account: AccountReader
 
     def request_reconcile(self, reason: str) -> None: ...
 
@@ -189,6 +198,9 @@ class Operator:
         counters["orders_held"] = sum(1 for o in book.orders.values() if o.state is OrderState.HELD)
         counters["send_queue"] = gw.core.live_queue.depth + gw.core.shadow_queue.depth
         counters["reports_written"] = gw.day.reports_written
+        counters["protections_active"] = len(gw.protection.active)
+        counters["protections_fired"] = gw.protection.fired
+        counters["account_read_failures"] = gw.account.failures
         if gw.pub is not None:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped
@@ -211,6 +223,7 @@ class Operator:
             reconcile_alerts=last[2] if last else 0,
             market_phase=gw.clock.phase().value, market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
             alerts_today=sum(1 for ts, _ in gw.alerts.recent if ts >= day_start), notify=self.notifier.status(),
+            risk=risk_status(gw.risk, gw.account.reads), protections=gw.protection.of(),
         )
 
     # ---- control ---------------------------------------------------------------------------------
@@ -249,6 +262,9 @@ class Operator:
             return ack("reconciliation started")
         if action is ControlAction.FEED_GAP:
             return ack(self._feed_gap())
+        if action in (ControlAction.RISK_SCALE, ControlAction.RISK_EXPLAIN, ControlAction.RESET_PEAK,
+                      ControlAction.CANCEL_PROTECTION):
+            return self._risk(action, msg, err, ack)
         if action in AGENT_SCOPED and not msg.agent and not msg.all:
             hint = "ktrader control halt is the kill switch for everything" if action is ControlAction.PAUSE else \
                 "or --all for every agent / the whole gateway"
@@ -277,6 +293,58 @@ class Operator:
         if not msg.agent and state is TradingState.HALTED:
             self.notifier.alert(AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock)))
         return ack(f"{msg.agent or 'gateway'} is {state}")
+
+    def _risk(self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error],
+              ack: Callable[[str], Ack]) -> Message:
+        gw, who = self.gw, msg.h.sender
+        if action is ControlAction.RISK_SCALE:
+            if msg.agent:
+                return err(ErrorCode.AMBIGUOUS_TARGET, "the risk multiplier scales every agent: no --agent")
+            try:
+                factor = float(msg.value)
+                gw.risk.set_multiplier(factor, why=f"by {who}")
+            except ValueError as e:
+                return err(ErrorCode.BAD_MESSAGE, f"risk_scale needs a multiplier in (0, 1] ({e})")
+            return ack(f"risk multiplier {factor:g}: every agent's order and position values, exposure limits and "
+                       f"budget are scaled by it" if factor != 1 else "risk multiplier 1: the cards' own limits")
+        if action is ControlAction.RESET_PEAK:
+            if not msg.agent and not msg.all:
+                return err(ErrorCode.AMBIGUOUS_TARGET, "reset_peak needs --agent ID, or --all for the account's peak")
+            try:
+                eq = gw.risk.reset_peak(msg.agent, self.card_of(msg.agent))
+            except ValueError as e:
+                return err(ErrorCode.BAD_MESSAGE, str(e))
+            return ack(f"{msg.agent or 'account'}: equity peak reset to {eq:,}")
+        if action is ControlAction.CANCEL_PROTECTION:
+            p = gw.protection.active.get(msg.value) or gw.protection.ended.get(msg.value)
+            agent = msg.agent or (p.agent if p is not None else "")
+            code, text = gw.protection.cancel(agent, msg.value, f"cancelled by {who}")
+            return err(code, text) if code is not None else ack(text)
+        return self._explain(msg, err, ack)
+
+    def _explain(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+        """What-if: every limit the order (a spec, or a known order's terms) would meet now."""
+        gw, value = self.gw, msg.value.strip()
+        agent = msg.agent
+        if re.match(CLIENT_ORDER_ID_PATTERN, value):
+            o = gw.book.orders.get(value) or gw.store.order(value)
+            if o is None:
+                return err(ErrorCode.UNKNOWN_ORDER, f"no order {value!r}")
+            agent = parse_client_order_id(value)[0]
+            spec = f"{o.side.value} {o.remaining or o.qty} {o.code}" + (f" @ {o.price}" if o.price else "")
+        else:
+            spec = value
+        if not agent:
+            return err(ErrorCode.AMBIGUOUS_TARGET, "risk_explain needs --agent ID (whose limits), or an order id")
+        card = self.card_of(agent)
+        if card is None:
+            return err(ErrorCode.UNKNOWN_AGENT, f"no card known for {agent!r}")
+        try:
+            new = parse_order(spec, agent, gw.clock.now().date())
+        except ValueError as e:
+            return err(ErrorCode.BAD_ORDER, str(e))
+        denial, rows = gw.risk.explain(card, new, gw.desk.session())
+        return ack(explain_text(agent, new, denial, rows, gw.risk.multiplier))
 
     def _feed_gap(self) -> str:
         self.gw.md.inject_gap()

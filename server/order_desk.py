@@ -30,7 +30,7 @@ from common.risk_rules import HELD_TIFS
 from common.schema import NewOrder, OrderResult
 from server.order_book import OrderBook
 from server.risk import RiskGate, SessionView
-from server.send_queue import Call, Job, SendQueue
+from server.send_queue import Call, Job, Priority, SendQueue
 from server.shadow import ShadowExecution
 
 log = logging.getLogger("ktrader.orders")
@@ -76,7 +76,8 @@ class OrderDesk:
         """After the book: shadow agents, shadow orders still resting, calls the last process left
         in flight."""
         saved = self.book.store.get_meta(SHADOW_KEY)
-        self.book.portfolio.virtual.update(msgspec.json.decode(saved) if saved else [])
+        for agent in msgspec.json.decode(saved) if saved else []:
+            self.book.portfolio.set_virtual(agent, True)
         for o in self.book.orders.values():
             if o.agent in self.book.portfolio.virtual and o.broker_order_id and o.state in CANCELLABLE:
                 self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining, o.price, 0)
@@ -125,13 +126,15 @@ class OrderDesk:
             return
         if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
             raise ValueError(f"{agent} has open orders: cancel them before switching between shadow and live")
-        (virtual.add if shadow else virtual.discard)(agent)
+        self.book.portfolio.set_virtual(agent, shadow)
         with self.book.store.transaction():
             self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())
 
     # ---- commands -----------------------------------------------------------------------------------
 
-    def submit(self, card: AgentCard, new: NewOrder) -> OrderResult:
+    def submit(self, card: AgentCard, new: NewOrder, *, priority: Priority = Priority.NEW) -> OrderResult:
+        """An agent's order (or the gateway's on its behalf: `priority` PROTECT for its protective and
+        flattening sells, which go out before new orders)."""
         book = self.book
         coid = new.client_order_id
         try:
@@ -159,6 +162,8 @@ class OrderDesk:
             "reason": new.reason, "context": new.context, "decision_price": new.decision_price, "code": new.code,
             "side": new.side.value, "qty": new.qty, "price": new.price, "order_type": new.order_type.value,
             "tif": new.tif.value}
+        if new.protect is not None:
+            intent["protect"] = msgspec.to_builtins(new.protect)
         if denial is not None:
             code, reason = denial
             book.commit(order, Deny(ts_ns=ts, code=code.value, reason=reason),
@@ -172,7 +177,7 @@ class OrderDesk:
             return OrderResult(client_order_id=coid, accepted=True, message=f"held for the session of {valid}")
         # durable intent before the broker sees it
         book.commit(order, Submit(ts_ns=ts), trace=[("intent", intent), ("risk", {"result": "passed"})])
-        self.queue_for(card.id).put(Job(Call.SUBMIT, coid))
+        self.queue_for(card.id).put(Job(Call.SUBMIT, coid, priority=priority))
         return OrderResult(client_order_id=coid, accepted=True)
 
     @staticmethod
@@ -265,7 +270,7 @@ class OrderDesk:
             new = NewOrder(client_order_id=make_client_order_id(agent, day, n), code=pos.code, side=Side.SELL,
                            qty=pos.qty, order_type=OrderType.MARKET, tif=TimeInForce.DAY, reason=why,
                            decision_price=book.portfolio.marks.get(pos.code, 0))
-            res = self.submit(card, new)
+            res = self.submit(card, new, priority=Priority.PROTECT)
             if res.accepted:
                 sent += 1
             else:
@@ -318,5 +323,6 @@ class OrderDesk:
             book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
-        self.queue_for(o.agent).put(Job(Call.SUBMIT, coid))
+        gateways = int(coid.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE  # a protective exit held overnight
+        self.queue_for(o.agent).put(Job(Call.SUBMIT, coid, priority=Priority.PROTECT if gateways else Priority.NEW))
         return 1

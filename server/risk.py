@@ -4,8 +4,13 @@ state (ACTIVE / REDUCING / HALTED, for the gateway and per agent).
 The checks themselves are the shared pure rules (`common.risk_rules.check_order`, the backtester calls
 the same); this room supplies what they read — the agent's mandate, the market, the exposure kept by
 the portfolio, the order rate — and owns the states: every change, by an operator or automatic (an
-agent's or the account's daily loss → REDUCING, a burst of broker errors → HALTED), is persisted, so
-a restarted gateway keeps it, published as a system event, and alerted when it was automatic.
+agent's or the account's daily loss → REDUCING, a drawdown from the equity peak → REDUCING then
+HALTED, a burst of broker errors → HALTED), is persisted, so a restarted gateway keeps it, published
+as a system event, and alerted when it was automatic.
+
+The operator's risk multiplier (persisted) scales every agent's size limits and budget at once
+(`common.risk_rules.scaled`); `explain` shows every limit an order would meet, with the numbers.
+A denial by an account limit is alerted once a minute per agent and limit.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from collections.abc import Callable, Container
 
 from common.config import AgentCard, RiskLimits
 from common.enums import AlertKind, SessionState, Side, SystemEventKind, TradingState
-from common.market_clock import MarketClock, market_ns
+from common.errors import ErrorCode
+from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
-from common.risk_rules import HELD_TIFS, Denial, Mandate, MarketView, RateWindow, check_order
+from common.risk_rules import (
+    HELD_TIFS, AccountExposure, Check, Denial, Exposure, Mandate, MarketView, RateWindow, check_order, drawdown_bp,
+    pct_bp, scale_krw, scaled,
+)
 from common.schema import NewOrder
+from server.equity import ACCOUNT, Peaks
 from server.store import Store
 
 log = logging.getLogger("ktrader.risk")
@@ -27,6 +37,14 @@ log = logging.getLogger("ktrader.risk")
 GLOBAL = "*"  # the key of the gateway-wide state
 _STATE_KEY = "trading_state:"
 _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+MULTIPLIER_KEY = "risk_multiplier"
+# a denial by one of these limits must reach a person (once a minute per agent and limit)
+LIMIT_ALERTS = {
+    ErrorCode.DENIED_GROSS_EXPOSURE: AlertKind.GROSS_EXPOSURE, ErrorCode.DENIED_MAX_POSITIONS: AlertKind.MAX_POSITIONS,
+    ErrorCode.DENIED_CONCENTRATION: AlertKind.CONCENTRATION, ErrorCode.DENIED_SECTOR: AlertKind.SECTOR_EXPOSURE,
+    ErrorCode.DENIED_DRAWDOWN: AlertKind.DRAWDOWN, ErrorCode.DENIED_CASH_RESERVE: AlertKind.CASH_RESERVE,
+}
+_ALERT_EVERY_NS = 60_000_000_000
 
 Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
@@ -56,12 +74,27 @@ class RiskGate:
         self.known_codes: Container[str] | None = None
         self.master_source = ""
         self.extra_codes: dict[str, frozenset[str]] = {}
+        self.peaks = Peaks(store)
+        self.multiplier = 1.0  # the operator's scale of every agent's size limits (persisted)
+        self._alerted: dict[tuple[str, ErrorCode], int] = {}  # (agent, denial) -> market ns of its last alert
 
     # ---- trading state ---------------------------------------------------------------------------
 
     def load(self) -> None:
         for key, value in self.store.meta_prefix(_STATE_KEY).items():
             self.states[key] = TradingState(value)
+        saved = self.store.get_meta(MULTIPLIER_KEY)
+        self.multiplier = float(saved) if saved else 1.0
+
+    def set_multiplier(self, factor: float, why: str) -> None:
+        """Scale every agent's size limits (order and position value, exposure percentages, budget) by
+        `factor` (0 < factor <= 1; 1 = the cards' own). Persisted before it applies."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"the risk multiplier must be in (0, 1], not {factor:g}")
+        with self.store.transaction():
+            self.store.set_meta(MULTIPLIER_KEY, repr(factor))
+        self.multiplier = factor
+        log.warning("risk multiplier set to %g: %s", factor, why)
 
     @property
     def global_state(self) -> TradingState:
@@ -92,21 +125,33 @@ class RiskGate:
 
     def _mandate(self, card: AgentCard, agent_state: TradingState) -> Mandate:
         codes = frozenset(card.codes) | self.extra_codes.get(card.id, frozenset())
-        return Mandate(agent_limits=card.risk, account_limits=self.limits, budget=card.budget, codes=codes,
-                       listed=self.known_codes, listed_source=self.master_source,
+        f = self.multiplier
+        return Mandate(agent_limits=scaled(card.risk, f), account_limits=self.limits, budget=scale_krw(card.budget, f),
+                       codes=codes, listed=self.known_codes, listed_source=self.master_source,
                        gateway_state=self.global_state, agent_state=agent_state)
+
+    def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
+        p = self.portfolio
+        exp = p.exposure(card.id, code)
+        exp.equity = p.agent_equity(card.id, card.budget)
+        exp.peak = self.peaks.peak(card.id, card.risk.drawdown_peak)
+        account = p.account_exposure(code)
+        account.peak = self.peaks.peak(ACCOUNT, self.limits.drawdown_peak)
+        if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
+            account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
+            account.gross_value = account.positions = account.code_value = account.sector_value = 0
+            account.has_code, account.virtual, account.peak = False, True, 0
+        return exp, account
 
     def _market(self, code: str, session: SessionView) -> MarketView:
         p = self.portfolio
         return MarketView(session=session[0], session_detail=session[1], phase=self.clock.phase(),
                           base_price=p.base_prices.get(code, 0), kind=p.kind(code), board=p.board(code), rules=p.rules)
 
-    def check(self, card: AgentCard, order: NewOrder, session: SessionView, *, shadow: bool = False) -> Denial | None:
-        """A new order; on success it counts in the order rate."""
-        exp = self.portfolio.exposure(card.id, order.code)
-        account = self.portfolio.account_exposure(order.code)
-        if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
-            account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
+    def check(self, card: AgentCard, order: NewOrder, session: SessionView, *, shadow: bool = False,
+              explain: list[Check] | None = None) -> Denial | None:
+        """A new order; on success it counts in the order rate (not when only explained)."""
+        exp, account = self._exposures(card, order.code, shadow)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
@@ -115,24 +160,39 @@ class RiskGate:
         denial = check_order(code=order.code, side=order.side, qty=order.qty, price=order.price,
                              order_type=order.order_type, tif=order.tif, mandate=self._mandate(card, state),
                              market=self._market(order.code, session), exp=exp, account=account,
-                             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)))
+                             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)), explain=explain)
+        if explain is not None:
+            return denial
         if denial is None:
             agent_win.stamps.append(now)
             if not shadow:
                 account_win.stamps.append(now)
+        elif denial[0] in LIMIT_ALERTS:
+            self._limit_alert(card.id, denial)
         return denial
+
+    def _limit_alert(self, agent: str, denial: Denial) -> None:
+        now = market_ns(self.clock)
+        key = (agent, denial[0])
+        if now - self._alerted.get(key, -_ALERT_EVERY_NS) >= _ALERT_EVERY_NS:
+            self._alerted[key] = now
+            self.alert(f"{agent}: order denied: {denial[0].value}: {denial[1]}", kind=LIMIT_ALERTS[denial[0]], agent=agent)
 
     def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
         """A revise must pass as if new, with the order's own reservation released."""
-        exp = self.portfolio.exposure(card.id, o.code)
-        account = self.portfolio.account_exposure(o.code)
+        exp, account = self._exposures(card, o.code, o.agent in self.portfolio.virtual)
         exp.open_orders -= 1
         account.open_orders -= 1
         if o.side is Side.BUY:
             held = o.remaining * self.portfolio.notional_price(o.side, o.price, o.code)
             exp.reserved_cash -= held
-            exp.open_buy_value -= held
-            account.open_buy_value -= held
+            for x in (exp, account):
+                x.open_buy_value -= held
+                x.gross_value -= held
+                x.code_value -= held
+                x.sector_value -= held
+            if account.free_cash is not None:
+                account.free_cash += held
         else:
             exp.sellable_qty += o.remaining
         return check_order(code=o.code, side=o.side, qty=o.remaining, price=price, order_type=o.order_type,
@@ -159,6 +219,7 @@ class RiskGate:
             if limit and self.agent_state(card.id) is TradingState.ACTIVE and -pnl >= limit:
                 self.set_state(card.id, TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
                                why=f"{card.id}: day P&L {pnl:,} breached the loss limit {limit:,}: reducing only")
+        self._drawdowns(cards)
         limit = self.limits.max_daily_loss
         if limit and self.global_state is TradingState.ACTIVE and -(pnl := p.account_day_pnl()) >= limit:
             self.set_state("", TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
@@ -169,3 +230,51 @@ class RiskGate:
                 self.set_state("", TradingState.HALTED, automatic=AlertKind.KILL_SWITCH,
                                why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: trading halted (cancels only)")
 
+
+    def _drawdowns(self, cards: list[AgentCard]) -> None:
+        """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the
+        agent (the gateway) in REDUCING, past the second in HALTED."""
+        p, peaks = self.portfolio, self.peaks
+        peaks.roll(market_day(self.clock))
+        scopes: list[tuple[str, str, RiskLimits, int]] = [
+            (card.id, card.id, card.risk, p.agent_equity(card.id, card.budget)) for card in cards if card.budget]
+        equity = p.equity()
+        if equity is not None:
+            scopes.append((ACCOUNT, "", self.limits, equity))
+        for key, agent, lim, eq in scopes:
+            peaks.observe(key, eq)
+            if not (lim.max_drawdown_pct or lim.halt_drawdown_pct):
+                continue
+            peak = peaks.peak(key, lim.drawdown_peak)
+            dd = drawdown_bp(eq, peak)
+            who = agent or "account"
+            state = self.states.get(agent or GLOBAL, TradingState.ACTIVE)
+            halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)
+            text = f"{who} equity {eq:,} is {dd / 100:.2f} % below its {lim.drawdown_peak.value.replace('_', '-')} peak {peak:,}"
+            if halt and dd >= halt and state is not TradingState.HALTED:
+                self.set_state(agent, TradingState.HALTED, automatic=AlertKind.DRAWDOWN,
+                               why=f"{text} (limit {lim.halt_drawdown_pct:g} %): halted, cancels only")
+            elif reduce and dd >= reduce and state is TradingState.ACTIVE:
+                self.set_state(agent, TradingState.REDUCING, automatic=AlertKind.DRAWDOWN,
+                               why=f"{text} (limit {lim.max_drawdown_pct:g} %): reducing only")
+        peaks.save(market_ns(self.clock))
+
+    def reset_peak(self, agent: str, card: AgentCard | None) -> int:
+        """The operator accepts a drawdown: the peaks of `agent` ("" the account) start again at its
+        equity now. Returns that equity."""
+        if agent:
+            eq = self.portfolio.agent_equity(agent, card.budget if card is not None else 0)
+            if not eq:
+                raise ValueError(f"{agent} has no budget: its equity (and drawdown) is not measured")
+        else:
+            eq = self.portfolio.equity() or 0
+            if not eq:
+                raise ValueError("the account's equity is not known yet (no account read has answered)")
+        self.peaks.reset(agent or ACCOUNT, eq)
+        return eq
+
+    def explain(self, card: AgentCard, order: NewOrder, session: SessionView) -> tuple[Denial | None, list[Check]]:
+        """What-if: the verdict on `order` and every limit it would meet, with the numbers. Counts nothing."""
+        rows: list[Check] = []
+        denial = self.check(card, order, session, shadow=card.id in self.portfolio.virtual, explain=rows)
+        return denial, rows

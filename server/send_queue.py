@@ -53,7 +53,8 @@ class Call(StrEnum):
 
 class Priority(IntEnum):
     AMEND = 0  # cancels and revises first: they reduce risk or keep a resting order right
-    NEW = 1
+    PROTECT = 1  # the gateway's own sells: protective exits (server/protection.py) and flattens
+    NEW = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Job:
     price: int = 0
     qty: int = 0
     queued: float = field(default_factory=time.monotonic)  # real time: how long the broker kept it waiting
+    priority: Priority = Priority.NEW  # a submit's (cancels and revises always go first)
 
 
 def broker_order(o: Order) -> BrokerOrder:
@@ -91,7 +93,7 @@ class SendQueue:
 
     def put(self, job: Job) -> None:
         self._n += 1
-        prio = Priority.NEW if job.call is Call.SUBMIT else Priority.AMEND
+        prio = job.priority if job.call is Call.SUBMIT else Priority.AMEND
         self._queue.put_nowait((prio, self._n, job))
 
     @property

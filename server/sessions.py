@@ -25,6 +25,7 @@ from common.views import order_view
 from kis.port import MarketKind
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
+from server.protection import ProtectionDesk
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.subscriptions import SubscriptionManager, refusal_notice
@@ -40,7 +41,8 @@ class AgentSessions:
     def __init__(self, registry: Registry, book: OrderBook, desk: OrderDesk, risk: RiskGate,
                  subs: SubscriptionManager, headers: Any, publish: Publish, counters: Counter[str], *,
                  lease_s: float, heartbeat_s: float,
-                 listed: Callable[[str], bool] | None = None, listed_source: str = "") -> None:
+                 listed: Callable[[str], bool] | None = None, listed_source: str = "",
+                 protection: ProtectionDesk | None = None) -> None:
         self.registry = registry
         self.book = book
         self.desk = desk
@@ -52,6 +54,7 @@ class AgentSessions:
         self.heartbeat_s = heartbeat_s
         self.listed = listed  # the stock master (None: every code is taken)
         self.listed_source = listed_source
+        self.protection = protection  # protective orders: in the snapshot, and their ids in the numbering
         self.pub_endpoint = ""
         self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
         self.on_offline: list[Callable[[str, str], None]] = []  # (agent, why): feed health, the operator
@@ -63,7 +66,9 @@ class AgentSessions:
         book, p = self.book, self.book.portfolio
         agent = rec.id
         numbers = book.numbers_today(agent)
-        n = 1 + max((k for k in numbers if k < GATEWAY_ORDER_BASE), default=0)  # the agent's own counter
+        prot = self.protection
+        taken = [*numbers, *(prot.numbers_today(agent) if prot is not None else [])]
+        n = 1 + max((k for k in taken if k < GATEWAY_ORDER_BASE), default=0)  # the agent's own counter
         return Snapshot(
             agent=agent, trading_state=self.risk.effective(agent),
             open_orders=[order_view(o) for o in book.orders.values() if o.agent == agent and o.is_open],
@@ -71,6 +76,7 @@ class AgentSessions:
             budget=rec.card.budget, reserved_cash=p.reserved_cash(agent), spent_cash=p.spent(agent),
             last_seq=book.seq.get(agent, 0), next_order_n=n, day=book.day(), orders_today=len(numbers),
             clock_ns=market_ns(book.clock), phase=book.clock.phase().value,
+            protections=prot.of(agent) if prot is not None else [],
         )
 
     # ---- requests -----------------------------------------------------------------------------------

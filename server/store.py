@@ -18,10 +18,12 @@ import apsw
 import msgspec
 
 from common.orders import OPEN, Order, OrderEvent
+from common.protection import Protection
 from common.schema import AgentEvent, PositionView
 
-SCHEMA_VERSION = 5  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
-# v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent)
+SCHEMA_VERSION = 6  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
+# v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent);
+# v6: protections (protective orders held by the gateway, server/protection.py)
 
 # Changes after the v2 baseline (_DDL), applied in order to a store at an older version.
 # Add the next one as {N: "SQL"} and bump SCHEMA_VERSION.
@@ -34,6 +36,10 @@ _MIGRATIONS: dict[int, str] = {
        "CREATE TABLE IF NOT EXISTS equity (agent TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
        "realized INTEGER NOT NULL, fees INTEGER NOT NULL, unrealized INTEGER NOT NULL, traded_value INTEGER NOT NULL, "
        "wins INTEGER NOT NULL, losses INTEGER NOT NULL, budget INTEGER NOT NULL, PRIMARY KEY (agent, day)) WITHOUT ROWID",
+    6: "CREATE TABLE IF NOT EXISTS protections (id TEXT PRIMARY KEY, agent TEXT NOT NULL, code TEXT NOT NULL, "
+       "state TEXT NOT NULL, active INTEGER NOT NULL, day TEXT NOT NULL, body BLOB NOT NULL);"
+       "CREATE INDEX IF NOT EXISTS protections_active ON protections(active);"
+       "CREATE INDEX IF NOT EXISTS protections_day ON protections(day)",
 }
 
 _DDL = """
@@ -103,6 +109,7 @@ _enc = msgspec.msgpack.Encoder()
 _order_dec = msgspec.msgpack.Decoder(Order)
 _oev_dec = msgspec.msgpack.Decoder(OrderEvent)
 _aev_dec = msgspec.msgpack.Decoder(AgentEvent)
+_prot_dec = msgspec.msgpack.Decoder(Protection)
 
 
 class Store:
@@ -259,6 +266,24 @@ class Store:
             out.setdefault(a, []).append(EquityRow(day=day, ts_ns=ts, realized=r, fees=f, unrealized=u, traded_value=tv,
                                                    wins=w, losses=lo, budget=b))
         return out
+
+    # ---- protective orders (server/protection.py) -----------------------------------------------
+
+    def save_protection(self, p: Protection, day: str) -> None:
+        """The protection's new version (its journal is in `trace`, under its id)."""
+        self.db.execute(
+            "INSERT INTO protections(id, agent, code, state, active, day, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, active=excluded.active, day=excluded.day, body=excluded.body",
+            (p.id, p.agent, p.code, p.state.value, int(p.is_active), day, _enc.encode(p)))
+
+    def load_protections(self, day: str = "") -> list[Protection]:
+        """Every active protection, and those last changed on `day`."""
+        rows = self.db.execute("SELECT body FROM protections WHERE active=1 OR day=?", (day,))
+        return [_prot_dec.decode(b) for (b,) in rows]
+
+    def protection(self, pid: str) -> Protection | None:
+        row = self.db.execute("SELECT body FROM protections WHERE id=?", (pid,)).fetchone()
+        return _prot_dec.decode(row[0]) if row else None
 
     # ---- meta ---------------------------------------------------------------------------------
 

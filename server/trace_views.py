@@ -9,7 +9,9 @@ import msgspec
 
 from common.enums import Side
 from common.orders import Order
-from common.schema import SlippageRow, TraceStep
+from common.protection import Protection
+from common.schema import Header, SlippageRow, TraceReply, TraceStep
+from common.views import order_view
 from server.store import Store
 
 
@@ -43,6 +45,16 @@ def order_story(store: Store, coid: str) -> tuple[Order, list[TraceStep], int] |
     return o, steps, decision
 
 
+def protection_story(store: Store, pid: str) -> tuple[Protection, list[TraceStep]] | None:
+    """A protective order attached to a position (its id is no order's): its journal by time."""
+    p = store.protection(pid)
+    if p is None:
+        return None
+    steps = [TraceStep(ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {})))
+             for ts, kind, body in store.trace(pid)]
+    return p, steps
+
+
 def slippage_summary(store: Store) -> list[SlippageRow]:
     per: dict[str, list[tuple[float, int]]] = {}
     for coid, decision in store.decision_prices():
@@ -58,3 +70,17 @@ def slippage_summary(store: Store) -> list[SlippageRow]:
         out.append(SlippageRow(agent=agent, orders=len(xs), mean_bps=sum(b for b, _ in xs) / len(xs),
                                value_weighted_bps=sum(b * v for b, v in xs) / total_value, worst_bps=max(b for b, _ in xs)))
     return out
+
+
+def trace_reply(store: Store, coid: str, h: Header) -> TraceReply | None:
+    """`ktrader trace ID`: an order's story (with its protective order, if it carried one), or a
+    protective order's on a position; None when the store knows neither."""
+    story = order_story(store, coid)
+    if story is not None:
+        o, steps, decision = story
+        return TraceReply(h=h, order=order_view(o), broker_chain=list(o.broker_chain), steps=steps, decision_price=decision,
+                          protection=store.protection(coid))
+    prot = protection_story(store, coid)
+    if prot is not None:
+        return TraceReply(h=h, protection=prot[0], steps=prot[1])
+    return None

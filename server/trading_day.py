@@ -24,6 +24,7 @@ from common.config import AgentCard, EndOfDay
 from common.enums import SystemEventKind
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
+from common.protection import Protection
 from common.schema import AgentPerformance, Notice
 from server import daily_report
 from server.daycycle import DayCycle
@@ -78,7 +79,8 @@ class TradingDay:
                  request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
                  run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: [],
                  performance: Callable[[], dict[str, AgentPerformance]] = dict,
-                 close_bars: Callable[[dt.date], object] = lambda day: None) -> None:
+                 close_bars: Callable[[dt.date], object] = lambda day: None,
+                 protections: Callable[[], list[Protection]] = list) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -93,6 +95,7 @@ class TradingDay:
         self.alerts_of_day = alerts_of_day
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
+        self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.reports_written = 0
@@ -159,7 +162,8 @@ class TradingDay:
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
             self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
-            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance())
+            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(),
+                                        self.protections())
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()

@@ -3,7 +3,8 @@
 Rules: the card decodes (unknown keys refused, fields valid); ids unique; codes real (KIS stock
 master when given, else the twin's list, which only warns); the strategy imports and its params
 validate; all budgets fit the account budget; the market-data registrations fit the 40 slots
-(41 per app key, one for fill notices); a card polling quotes (`subscriptions.poll_quotes_s`) can
+(41 per app key, one for fill notices); account limits that can work (a drawdown needs a budget, a
+cash reserve below it, a halt no shallower than the reduce level); a card polling quotes (`subscriptions.poll_quotes_s`) can
 afford it on its `rate_quota_per_s` (warning). Polling is an opt-in fallback for trades the gateway
 refuses at run time, not a way past the 40 slots, so the slot rule stays an error. Every problem
 names the card file, the field and why."""
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from agent.runtime import load_strategy_class
 from agent.strategy import unsubscribed_bars
-from common.config import AgentCard, ConfigError, load_card
+from common.config import AgentCard, ConfigError, limit_problems, load_card
 from common.ids import EXTERNAL_AGENT
 from kis.master import MasterEntry, StockMaster, load_stock_master
 from server.subscriptions import MARKET_DATA_SLOTS
@@ -85,6 +86,8 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
             problems.append(Problem(str(f), f"codes: {code}", f"not in {where}", warning=not strict))
         elif strict and known[code].group not in ("ST", "EF", "EN"):
             problems.append(Problem(str(f), f"codes: {code}", f"{known[code].name} is a {known[code].group}, not a tradable stock/ETF/ETN"))
+    for field, why in limit_problems(card.risk, card.budget):
+        problems.append(Problem(str(f), field, why))
     poll = card.subscriptions.poll_quotes_s
     if poll > 0:
         need = len(card.codes) / poll  # if every trade registration of the card were refused

@@ -199,25 +199,46 @@ def status(
 
 @app.command()
 def control(
-    action: str = typer.Argument(..., help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload"),
+    action: str = typer.Argument(..., help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | "
+                                           "risk | cancel_protection"),
     agent: str = typer.Option("", help="the agent to act on"),
-    all_: bool = typer.Option(False, "--all", help="pause/resume/reduce/cancel_all: the whole gateway, every agent"),
+    all_: bool = typer.Option(False, "--all", help="pause/resume/reduce/cancel_all: the whole gateway, every agent; "
+                                                  "risk --reset-peak: the account's peak"),
     card: Optional[Path] = typer.Option(None, "--card", help="reload: the changed card (default: the card with that id in --cards)"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="reload: where to find the agent's card"),
+    explain: str = typer.Option("", "--explain", help="risk: the limits an order would meet, with the numbers: "
+                                                      "'buy 10 005930 @ 70000' (with --agent) or an order id"),
+    scale: Optional[float] = typer.Option(None, "--scale", help="risk: multiply every agent's size limits and budget "
+                                                                  "(0.5 halves them; 1 = the cards' own)"),
+    reset_peak: bool = typer.Option(False, "--reset-peak", help="risk: accept a drawdown, the equity peak starts again "
+                                                               "(--agent ID, or --all for the account)"),
+    protection: str = typer.Option("", "--protection", help="cancel_protection: the protective order's id"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
     """Operator actions: pause/resume/reduce an agent (or --all), halt everything (kill switch), cancel
-    an agent's orders, flatten it (also when it is offline), reconcile, reload its card."""
+    an agent's orders, flatten it (also when it is offline), reconcile, reload its card; risk: an
+    order's what-if (--explain), the risk multiplier (--scale), a drawdown accepted (--reset-peak);
+    cancel a protective order."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
     from tools.reload import ReloadError, reload_card
     from tools.status import send_control
 
+    value = ""
+    if action == "risk":
+        chosen = [n for n, on in (("--explain", bool(explain)), ("--scale", scale is not None), ("--reset-peak", reset_peak)) if on]
+        if len(chosen) != 1:
+            typer.echo("error: risk needs one of --explain ORDER, --scale FACTOR, --reset-peak", err=True)
+            raise typer.Exit(1)
+        action = {"--explain": "risk_explain", "--scale": "risk_scale", "--reset-peak": "reset_peak"}[chosen[0]]
+        value = explain or (repr(scale) if scale is not None else "")
+    elif action == "cancel_protection":
+        value = protection
     try:
         if action == "reload":
             text = reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
         else:
-            text = send_control(run_dir, action, agent, all_=all_)
+            text = send_control(run_dir, action, agent, all_=all_, value=value)
     except (ConnectionFileError, KtraderError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)

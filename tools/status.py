@@ -45,10 +45,11 @@ def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
 
 
 def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0, *, all_: bool = False,
-                 card: AgentCard | None = None, sender: str = "ktrader-control") -> str:
+                 card: AgentCard | None = None, sender: str = "ktrader-control", value: str = "") -> str:
     """An operator action; the gateway's refusal (unknown agent, ambiguous target, ...) raises
     KtraderError with its code."""
-    reply = _tool_call(run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card), timeout_s)
+    reply = _tool_call(run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card, value=value),
+                       timeout_s)
     assert isinstance(reply, Ack)
     return reply.message
 
@@ -125,6 +126,32 @@ def recon_line(st: StatusReply) -> str:
     return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}"
 
 
+def risk_line(st: StatusReply) -> str:
+    """The account's risk in one line: equity, cash, exposure, drawdowns, the operator's multiplier."""
+    r = st.risk
+    if r.equity < 0:
+        head = "risk: equity not known yet (no account read has answered)"
+    else:
+        head = (f"risk: equity {r.equity:,}  cash {r.cash:,}  positions {r.positions_value:,} in {r.positions} codes  "
+                f"gross {r.gross_exposure_bp / 100:.1f} %  drawdown {r.drawdown_day_bp / 100:.2f} % (day) "
+                f"{r.drawdown_all_time_bp / 100:.2f} % (all-time)")
+    return head + (f"  RISK MULTIPLIER {r.multiplier:g}" if r.multiplier != 1.0 else "")
+
+
+def protection_rows(st: StatusReply) -> list[list[str]]:
+    """Protective orders as table rows: id, agent, code, qty, levels, state, detail."""
+    rows = []
+    for p in st.protections:
+        s = p.spec
+        levels = " ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
+                                      f"trail {s.trail_bp / 100:g}%" if s.trail_bp else "") if x)
+        met = f"{p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else ""
+        sold = f"sold {p.sold} @ {p.sold_value // p.sold:,}" if p.sold else ""
+        detail = "; ".join(x for x in (met, sold, p.reason) if x)
+        rows.append([p.id, p.agent, p.code, f"{p.qty:,}" if p.qty else "all", levels, p.state.value, detail])
+    return rows
+
+
 def render_status(st: StatusReply, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     up = time.time() - st.started_ns / 1e9
@@ -133,7 +160,7 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
         f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
         f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
     )
-    for line in health_lines(st)[1:]:
+    for line in [*health_lines(st)[1:], risk_line(st)]:
         console.print(f"  {line}", markup=False, highlight=False)  # agent ids and texts are data, not markup
     from tools.top import grid  # the console's grid: the same columns by priority for the width
 
@@ -155,6 +182,13 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
             acc.add_row(p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
                         f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
         console.print(acc)
+    if st.protections:
+        pt = Table(title="protective orders (held by the gateway)")
+        for col in ("id", "agent", "code", "qty", "levels", "state", "detail"):
+            pt.add_column(col, no_wrap=col != "detail", overflow="fold")
+        for row in protection_rows(st):
+            pt.add_row(*(Text(c) for c in row))
+        console.print(pt)
     bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "pub_dropped", "handler_errors"))}
     if bad:
         console.print(f"[yellow]counters[/] {bad}")

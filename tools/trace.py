@@ -31,7 +31,6 @@ def fetch_trace(run_dir: Path, coid: str = "", slippage: bool = False, offline: 
 
 def _offline(run_dir: Path, coid: str, slippage: bool) -> TraceReply:
     from common.schema import Header
-    from common.views import order_view
     from server import trace_views
     from server.store import Store
 
@@ -43,22 +42,40 @@ def _offline(run_dir: Path, coid: str, slippage: bool) -> TraceReply:
     try:
         if slippage:
             return TraceReply(h=h, slippage=trace_views.slippage_summary(store))
-        story = trace_views.order_story(store, coid)
-        if story is None:
-            raise KeyError(f"no order {coid!r} in the store")
-        o, steps, decision = story
-        return TraceReply(h=h, order=order_view(o), broker_chain=list(o.broker_chain), steps=steps, decision_price=decision)
+        reply = trace_views.trace_reply(store, coid, h)
+        if reply is None:
+            raise KeyError(f"no order or protective order {coid!r} in the store")
+        return reply
     finally:
         store.close()
 
 
 def print_trace(tr: TraceReply) -> int:
-    o = tr.order
-    assert o is not None
+    o, p = tr.order, tr.protection
+    if p is not None:
+        s = p.spec
+        levels = ", ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
+                                       f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "") if x)
+        console.print(f"protective order [bold]{escape(p.id)}[/]  agent {escape(p.agent)}  {p.code} {p.qty or 'all'} shares  "
+                      f"{levels}  exit {s.exit.value}  state [bold]{p.state.value}[/]"
+                      + (f"  {p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else "")
+                      + (f"  exits {', '.join(p.exits)}" if p.exits else "") + (f"  ({escape(p.reason)})" if p.reason else ""))
+    if o is None:
+        _steps(tr)
+        return 0
     console.print(f"[bold]{escape(o.client_order_id)}[/]  agent {escape(o.agent)}  {o.side.value} {o.qty} {o.code} @ {o.price:,} "
                   f"({o.order_type.value}/{o.tif.value})  state [bold]{o.state.value}[/]  filled {o.filled_qty}"
                   + (f" avg {o.filled_value // o.filled_qty:,}" if o.filled_qty else "")
                   + (f"  ODNO chain {' → '.join(tr.broker_chain)}" if tr.broker_chain else ""))
+    _steps(tr)
+    if o.filled_qty and tr.decision_price > 0:
+        avg = o.filled_value / o.filled_qty
+        diff = avg - tr.decision_price if o.side.value == "buy" else tr.decision_price - avg
+        console.print(f"slippage vs decision price {tr.decision_price:,}: {diff / tr.decision_price * 10_000:+.1f} bps")
+    return 0
+
+
+def _steps(tr: TraceReply) -> None:
     t = Table(show_header=True)
     t.add_column("time (KST)")
     t.add_column("step")
@@ -66,11 +83,6 @@ def print_trace(tr: TraceReply) -> int:
     for s in tr.steps:
         t.add_row(kst_from_ns(s.ts_ns).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if s.ts_ns else "", escape(s.step), escape(s.details))
     console.print(t)
-    if o.filled_qty and tr.decision_price > 0:
-        avg = o.filled_value / o.filled_qty
-        diff = avg - tr.decision_price if o.side.value == "buy" else tr.decision_price - avg
-        console.print(f"slippage vs decision price {tr.decision_price:,}: {diff / tr.decision_price * 10_000:+.1f} bps")
-    return 0
 
 
 def print_slippage(rows: list[SlippageRow]) -> int:

@@ -90,7 +90,7 @@ def test_cli_writes_the_report(shared_data: Path, tmp_path: Path, capsys: pytest
     assert sum(f["tax"] for f in fills) == m["taxes"] and sum(f["commission"] for f in fills) == m["fees"]
 
 
-@pytest.mark.parametrize("card", ["sma_cross_daily", "volume_breakout", "pullback", "pair_spread"])
+@pytest.mark.parametrize("card", ["sma_cross_daily", "volume_breakout", "pullback", "pair_spread", "sma_bracket"])
 def test_sample_strategies_trade_real_data(shared_data: Path, card: str) -> None:
     from common.config import load_card
 

@@ -43,7 +43,9 @@ orders = st.lists(st.tuples(
 limits = st.builds(RiskLimits, max_order_value=st.sampled_from([0, 2_000_000, 6_000_000]),
                    max_position_value=st.sampled_from([0, 3_000_000, 9_000_000]),
                    max_open_orders=st.sampled_from([0, 3, 8]), max_orders_per_minute=st.sampled_from([0, 5, 12]),
-                   max_daily_loss=st.sampled_from([0, 50_000]))
+                   max_daily_loss=st.sampled_from([0, 50_000]), max_positions=st.sampled_from([0, 1, 2]),
+                   max_gross_exposure_pct=st.sampled_from([0.0, 5.0, 60.0]),
+                   max_code_pct=st.sampled_from([0.0, 3.0, 30.0]), max_sector_pct=st.sampled_from([0.0, 4.0]))
 
 
 def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
@@ -89,6 +91,7 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
             sim.cash = sim.initial_cash = 10**12
             sim._mandate = type(sim._mandate)(agent_limits=lim, account_limits=RiskLimits(), budget=0,
                                               codes=frozenset(CODES))
+        portfolio.set_account_cash(sim.cash)  # the account's cash as the broker reads it: equities agree
         sim.ts_ns = market_ns(clock)
         rules = rules_for(DAY)
 

@@ -51,8 +51,9 @@ def test_v3_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     db.execute("DROP TABLE agent_state; PRAGMA user_version=3")
     db.close()
     s = Store(p)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert s.equity_rows() == {} and s.operator_log() == []  # v5's tables came with the migration
+    assert s.load_protections("20261120") == []  # and v6's
     assert s.load_positions()["alpha"]["005930"].fees == 30
     t = StateTable(s)
     t.put("alpha", PutState(h=H(), items={"k": b"v"}))
@@ -246,7 +247,7 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
     # the books know yesterday's 10 shares (as the OMS would have booked them)
     core.portfolio.positions["alpha"] = {"005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)}
     asyncio.run(today())
-    core.portfolio.marks["005930"] = 71_000
+    core.portfolio.set_mark("005930", 71_000)
     s = summarize("alpha", store, core.portfolio, limit=2)
     pos = core.portfolio.positions["alpha"]["005930"]
     assert (s.orders, s.days, s.first_day, s.last_day) == (4, 2, "20261119", "20261120")

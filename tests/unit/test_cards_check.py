@@ -36,6 +36,11 @@ BROKEN = {
     "bad_params": (card("bad_params", extra="[params]\nshort = 30\nlong = 5\n"), "params", "short < long"),
     "reserved": (card("external"), "id", "reserved"),
     "no_codes": (card("no_codes", codes="[]"), "codes", "no codes"),
+    "dd_no_budget": (card("dd_no_budget", budget=0, extra="[risk]\nmax_drawdown_pct = 5\n"), "risk.max_drawdown_pct",
+                     "give it a budget"),
+    "halt_shallow": (card("halt_shallow", extra="[risk]\nmax_drawdown_pct = 5\nhalt_drawdown_pct = 3\n"),
+                     "risk.halt_drawdown_pct", "at least as deep"),
+    "reserve_all": (card("reserve_all", extra="[risk]\ncash_reserve = 1_000_000\n"), "risk.cash_reserve", "no buy could pass"),
 }
 
 
@@ -79,6 +84,9 @@ def test_master_reader(master: dict, tmp_path: Path) -> None:
     assert master["005935"].name == "삼성전자우"
     assert any(e.market == "KOSDAQ" for e in master.values())
     assert master["069500"].group == "EF"  # KODEX 200
+    # the sector a position counts in (account sector limits): the index sector's medium class
+    assert master["005930"].sector == master["000660"].sector == "KOSPI 0013"  # 전기전자
+    assert master["105560"].sector == "KOSPI 0021" and master["069500"].sector == ""
     with pytest.raises(MasterError):
         load_master_dir(tmp_path)
     with pytest.raises(MasterError, match="too short"):

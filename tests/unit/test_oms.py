@@ -191,7 +191,7 @@ async def test_price_band_daily_loss_and_kill_switch(tmp_path: Path) -> None:
     assert h.desk.submit(card, order(2, qty=10, price=70_000)).accepted
     await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.FILLED)
     assert h.portfolio.day_pnl("alpha") == -105  # the buy's commission is today's cost
-    h.portfolio.marks["005930"] = 55_000  # down 15,000 a share: -150,000 on 10 shares
+    h.portfolio.set_mark("005930", 55_000)  # down 15,000 a share: -150,000 on 10 shares
     assert h.portfolio.day_pnl("alpha") == -150_105
     r = h.desk.submit(card, order(3, qty=1, price=55_000))
     assert r.code is ErrorCode.DENIED_DAILY_LOSS

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
-from common.config import AgentCard
+from common.config import AgentCard, DrawdownPeak
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
@@ -117,9 +118,11 @@ class SimBroker:
     max_participation_bp: int = 1_000
     kinds: dict[str, SecurityKind] = field(default_factory=dict)
     markets: dict[str, Market] = field(default_factory=dict)
+    sectors: dict[str, str] = field(default_factory=dict)  # code → the master's sector (account sector limits)
     flat_sell_tax_ppm: int | None = None  # None: each trading day's KRX rate (common/krx_rules.py)
     uncapped: frozenset[str] = frozenset()  # codes whose data has no volume: fills not capped by it
     quiet: bool = False  # True: the strategy has no on_order (intermediate order states unseen)
+    on_fill: Callable[[str, int], None] | None = None  # (order, qty) of every fill: protections arm on their buy's
 
     def __post_init__(self) -> None:
         if self.cash < 0:
@@ -152,6 +155,12 @@ class SimBroker:
         self._mandate = Mandate(agent_limits=self.card.risk, account_limits=RiskLimits(), budget=self.initial_cash,
                                 codes=frozenset(self.card.codes))
         self._rate = RateWindow()
+        lim = self.card.risk
+        # the account's shape (gross, codes, one code, one sector) and drawdown: the backtest's account is
+        # this agent's, its equity the cash plus the positions at the last price (as live's)
+        self._shaped = bool(lim.max_gross_exposure_pct or lim.max_positions or lim.max_code_pct or lim.max_sector_pct)
+        self._drawdown = bool(lim.max_drawdown_pct or lim.halt_drawdown_pct)
+        self._peak_day, self._day_peak, self._all_peak = -1, 0, 0
         self._pnl_day = -1
         self._pnl_start = (0, 0)
 
@@ -179,13 +188,14 @@ class SimBroker:
         return str(self._boid)
 
     def submit(self, coid: str, code: str, side: Side, qty: int, price: int, order_type: OrderType,
-               tif: TimeInForce, reason: str, notes: list[Note]) -> None:
+               tif: TimeInForce, reason: str, notes: list[Note], refuse: tuple[str, str] | None = None) -> None:
+        """`refuse`: (code, reason) the order is denied with before any rule (a bad protective order)."""
         ts = self.ts_ns
         order = Order(client_order_id=coid, agent=self.card.id, code=code, side=side, qty=max(qty, 0), price=price,
                       order_type=order_type, tif=tif, created_ns=ts, updated_ns=ts)
         self.orders[coid] = order
         self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
-        denial = self._gate(order, self.entry_rules)
+        denial = refuse or self._gate(order, self.entry_rules)
         if denial:
             self._step(coid, Deny(code=denial[0], reason=denial[1], ts_ns=ts), notes)
             return
@@ -223,7 +233,7 @@ class SimBroker:
         now_s = self.ts_ns // 1_000_000_000
         denial = check_order(
             code=code, side=o.side, qty=o.qty, price=o.price, order_type=o.order_type, tif=o.tif,
-            mandate=self._mandate, exp=exp, account=_NO_ACCOUNT,
+            mandate=self._mandate, exp=exp, account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
             market=MarketView(phase=_phase(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board,
                               rules=rules),
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0))
@@ -252,9 +262,62 @@ class SimBroker:
                 buy_value += v
         pos = self.positions.get(code)
         qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
-        return Exposure(position_qty=qty, position_cost=cost, sellable_qty=qty - held_sells, open_buy_value=buy_value,
-                        open_orders=n, reserved_cash=reserved, spent_cash=self.initial_cash - self.cash,
-                        day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0)
+        exp = Exposure(position_qty=qty, position_cost=cost, sellable_qty=qty - held_sells, open_buy_value=buy_value,
+                       open_orders=n, reserved_cash=reserved, spent_cash=self.initial_cash - self.cash,
+                       day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0)
+        if self._shaped:
+            self._shape(exp, code, rules, exclude)
+        if self._drawdown:
+            exp.equity = self.equity()
+            exp.peak = self._peak(exp.equity)
+        return exp
+
+    def equity(self) -> int:
+        """Cash plus every position at the last price (cost without one), as live values an account."""
+        last = self.last
+        return self.cash + sum(p.qty * last[c] if c in last else p.cost for c, p in self.positions.items() if p.qty)
+
+    def _peak(self, equity: int) -> int:
+        """The peak the card's drawdown is measured from: the day's (from its first look) or all time."""
+        day = self.ts_ns // _DAY_NS
+        if day != self._peak_day:
+            self._peak_day, self._day_peak = day, 0
+        self._day_peak = max(self._day_peak, equity)
+        self._all_peak = max(self._all_peak, equity)
+        return self._all_peak if self.card.risk.drawdown_peak is DrawdownPeak.ALL_TIME else self._day_peak
+
+    def mark_equity(self, equity: int) -> None:
+        """The engine's equity at a bar time's close: peaks move with it, as live's sweep moves them."""
+        if self._drawdown:
+            self._peak(equity)
+
+    def _shape(self, exp: Exposure, code: str, rules: KrxRules, exclude: str) -> None:
+        """The account-shape figures of live's portfolio (common/portfolio.py), summed over this book."""
+        last, sectors, orders, base = self.last, self.sectors, self.orders, self.base
+        sector = sectors.get(code, "")
+        value: dict[str, int] = {}
+        for c, p in self.positions.items():
+            if p.qty:
+                value[c] = p.qty * last[c] if c in last else p.cost
+        for c in self.open_ids:
+            x = orders[c]
+            if c == exclude or x.side is Side.SELL:
+                continue
+            kind, board = self.listing(x.code)
+            value[x.code] = value.get(x.code, 0) + x.remaining * notional_price(
+                Side.BUY, x.price, base.get(x.code, 0), kind, rules, board)
+        exp.gross_value = sum(value.values())
+        exp.positions = len(value)
+        exp.has_code = code in value
+        exp.code_value = value.get(code, 0)
+        exp.sector = sector
+        exp.sector_value = sum(v for c, v in value.items() if sectors.get(c, "") == sector)
+
+    def _account(self, exp: Exposure) -> AccountExposure:
+        """The backtest's account is the agent's own: the card's limits are judged against its equity."""
+        return AccountExposure(equity=self.equity(), gross_value=exp.gross_value, positions=exp.positions,
+                               has_code=exp.has_code, code_value=exp.code_value, sector_value=exp.sector_value,
+                               virtual=True)
 
     def _day_pnl(self) -> int:
         """Realised today net of fees and taxes plus unrealised at the last prices (the live gate's
@@ -376,14 +439,15 @@ class SimBroker:
             return bar.close
         return 0
 
-    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note]) -> None:
-        price = self._price_for(o, bar)
+    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note], price: int = 0,
+                    capped: bool = True) -> None:
+        price = price or self._price_for(o, bar)
         if not price:
             return
         code, side, coid = o.code, o.side, o.client_order_id
-        used = self._used[code]
+        used = self._used.get(code, 0)
         remaining = o.qty - o.filled_qty
-        if code in self.uncapped:
+        if code in self.uncapped or not capped:
             qty = remaining
         else:
             qty = min(remaining, bar.volume * self.max_participation_bp // BP - used)
@@ -435,11 +499,31 @@ class SimBroker:
         else:
             self.held.pop(code, None)
         m = self.meta[coid]
+        if self.on_fill is not None:
+            self.on_fill(coid, qty)
         rec = FillRecord(day=day, client_order_id=coid, code=code, side=side, qty=qty, price=price,
                          commission=commission, tax=tax, cash_after=cash, reason=m[_REASON],
                          decision_price=m[_DECISION], at=bar.start)
         self.fills.append(rec)
         notes.append(("fill", rec, fid, ts_ns, pos))
+
+    def exit(self, coid: str, code: str, qty: int, price: int, bar: Bar, day: str, reason: str, notes: list[Note]) -> Order:
+        """A protective exit (tools/backtest/protection.py): a market sell placed and filled at `price`
+        within `bar`, whole (not capped by the bar's volume), at most the shares held."""
+        ts = self.ts_ns
+        self.orders[coid] = Order(client_order_id=coid, agent=self.card.id, code=code, side=Side.SELL, qty=qty, price=0,
+                                  order_type=OrderType.MARKET, tif=TimeInForce.DAY, created_ns=ts, updated_ns=ts)
+        self.meta[coid] = (reason, price, day)
+        self._step(coid, Submit(ts_ns=ts), notes)
+        self._step(coid, Accept(broker_order_id=self._next_boid(), ts_ns=ts), notes)
+        self._fill_order(self.orders[coid], bar, day, rules_for(day), notes, price=price, capped=False)
+        if self.orders[coid].is_open:  # fewer shares than asked: the rest has nothing to sell
+            self._step(coid, Cancelled(ts_ns=ts), notes)
+        return self.orders[coid]
+
+    def locked_down(self, bar: Bar, day: str) -> bool:
+        """A bar without range at the day's lower limit: no sell fills in it."""
+        return bar.low == bar.high and self._locked(bar, rules_for(day))[1]
 
     def expire_sessions(self, day: str, notes: list[Note], before: bool = False) -> None:
         """The close of the KRX sessions up to `day` (inclusive; `before`: only those before it): every

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from common.config import ConfigError, load_card
 from common.krx_rules import Market, SecurityKind
+from common.protection import Protection
 from tools.backtest.costs import CostModel
 from tools.backtest.data import DataError, Listing, load_benchmark, parse_date, universe as universe_of
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest, unconfirmed_rules
@@ -158,7 +159,7 @@ def _listings(master: Path | None, codes: list[str]) -> tuple[dict[str, Listing]
         if e is not None:
             kind = SecurityKind.ETF if e.group in ("EF", "EN") else SecurityKind.STOCK
             out[c] = Listing(market=Market(e.market) if e.market in Market.__members__ else Market.KOSPI, kind=kind,
-                             name=e.name, known=True)
+                             name=e.name, known=True, sector=e.sector)
     return out, [c for c in codes if c not in out]
 
 
@@ -240,7 +241,7 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
     data_info = {code: {"source": s.source, "adjustment": s.adjustment, "market": str(s.market), "kind": str(s.kind),
                         "notes": list(s.notes)} for code, s in series.items()}
     extra = {"data": data_info, "rules_unconfirmed": unconfirmed_rules(result.dates, {str(s.market) for s in series.values()}), "unanswered": result.unanswered,
-             "history": hist.source if hist else None}
+             "history": hist.source if hist else None, "protections": protection_summary(result.protections)}
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
     bench_pts = [(day.isoformat(), v) for day, v in bench[1]] if bench else None
@@ -254,12 +255,23 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
             t.add_row(k, _fmt(v))
         for code, info in data_info.items():
             t.add_row(f"data {code}", f"{info['adjustment']}")
+        if result.protections:
+            t.add_row("protective orders", ", ".join(f"{k} {v}" for k, v in extra["protections"].items()))
         Console().print(t)
         if extra["rules_unconfirmed"]:
             Console().print("KRX rules used that no source confirms (applied as documented in common/krx_rules.py): "
                             + "; ".join(extra["rules_unconfirmed"]), markup=False, highlight=False)
         Console().print(f"files in {folder}/")
     return 0
+
+
+def protection_summary(protections: list[Protection]) -> dict[str, int]:
+    """How the protective orders ended: "stop"/"take"/"trail" for those that sold, else their state."""
+    out: dict[str, int] = {}
+    for p in protections:
+        key = p.leg.value if p.leg is not None and p.sold else p.state.value
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory | None:

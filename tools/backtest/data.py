@@ -88,6 +88,7 @@ class Listing:
     kind: SecurityKind = SecurityKind.STOCK
     name: str = ""
     known: bool = False  # False: assumed (no master list named the code)
+    sector: str = ""  # the master's index sector (account sector limits); "" unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class Series:
     source: str = ""
     market: Market = Market.KOSPI
     adjustment: str = ""  # RAW / ADJUSTED and why ("" for bars not from a file)
+    sector: str = ""  # the stock master's sector ("" unknown: counted together, as live)
     notes: tuple[str, ...] = ()  # what the loader repaired or skipped, one line per kind of problem
     has_volume: bool = True  # False: the file has no volume (fills are not capped; halts not seen)
     starts: list[str] | None = None  # bars[i].start, when the loader has the column already
@@ -418,7 +420,7 @@ def load_bars(path: Path, code: str, date_to: dt.date | None = None, *, strict: 
         kind = SecurityKind.ETF if cols.name.upper().startswith(_ETF_PREFIXES) else SecurityKind.STOCK
         listing = replace(listing or Listing(), kind=kind) if kind is SecurityKind.ETF else (listing or Listing())
     return Series(code=code, bars=bars, kind=listing.kind, source=str(path), market=listing.market,
-                  adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume,
+                  sector=listing.sector, adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume,
                   starts=starts)
 
 

@@ -42,8 +42,10 @@ from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, phase_at
 from common.orders import Order
+from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import FillRecord, Note, SimBroker
+from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
 from tools.backtest.history import CompanyDay, CompanyHistory
@@ -97,6 +99,7 @@ class BacktestResult:
     bars: int  # bars delivered to on_bar
     interval: str = "1d"
     unanswered: dict[str, int] = field(default_factory=dict)  # ctx.quote/investor asked before the history began
+    protections: list[Protection] = field(default_factory=list)  # every protective order, in its final state
 
 
 @functools.lru_cache(maxsize=65536)
@@ -186,8 +189,39 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         self.log = logging.getLogger(f"ktrader.backtest.{engine.card.id}")
 
     def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
-        return self._e.order(Side.BUY, code, qty, price, order_type, tif, reason)
+            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
+            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
+        e = self._e
+        spec = protection_spec(stop, take, trail_pct, protect)
+        if spec is None:
+            return e.order(Side.BUY, code, qty, price, order_type, tif, reason)
+        err = validate(spec)  # as live: a bad protective order refuses its buy
+        coid = e.order(Side.BUY, code, qty, price, order_type, tif, reason,
+                       refuse=(ErrorCode.BAD_PROTECTION, err) if err else None)
+        if not err:
+            e.protections.attach(coid, code, spec, e.broker.ts_ns, e.pending)
+        return coid
+
+    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
+                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+                spec: ProtectionSpec | None = None) -> str:
+        e = self._e
+        ps = protection_spec(stop, take, trail_pct, spec, exit=exit, when_closed=when_closed)
+        if ps is None:
+            raise KtraderError(ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop")
+        pid = e.next_id()
+        e.protections.protect(pid, code, qty, ps, e.broker.ts_ns, e.pending)
+        return pid
+
+    def cancel_protection(self, protection_id: str) -> None:
+        try:
+            self._e.protections.cancel(protection_id, self._e.pending)
+        except KtraderError as err:
+            self.log.warning("cancel protection %s: %s", protection_id, err.message)
+
+    @property
+    def protections(self) -> dict[str, Protection]:
+        return dict(self._e.protections.active)
 
     def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
              tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
@@ -270,6 +304,7 @@ class Backtest:
                                 max_participation_bp=config.max_participation_bp,
                                 kinds={c: s.kind for c, s in series.items()},
                                 markets={c: s.market for c, s in series.items()},
+                                sectors={c: s.sector for c, s in series.items() if s.sector},
                                 flat_sell_tax_ppm=config.sell_tax_ppm,
                                 uncapped=frozenset(c for c, s in series.items() if not s.has_volume))
         if self.intraday:  # marks follow every bar; the band's base moves once a day
@@ -337,7 +372,9 @@ class Backtest:
         # hooks the strategy leaves at the base no-op are not called (saves building views)
         self._wants_orders = type(self.strategy).on_order is not Strategy.on_order
         self._wants_fills = type(self.strategy).on_fill is not Strategy.on_fill
+        self._wants_protections = type(self.strategy).on_protection is not Strategy.on_protection
         self.broker.quiet = not self._wants_orders
+        self.protections = BacktestProtections(self.broker, card.id)
         self._check_needs()
         self.step = 0
         self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
@@ -446,16 +483,21 @@ class Backtest:
 
     # ---- called by the context --------------------------------------------------------------------
 
-    def order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
-              reason: str) -> str:
-        t = self.times[self.step]
-        day = t[:10]
+    def next_id(self) -> str:
+        """The agent's next order number of the day (orders and protective orders share them, as live)."""
+        day = self.times[self.step][:10]
         if day != self._order_day:  # client order numbers restart each day, as live
             self._order_day, self._order_n = day, 0
             # common.ids.make_client_order_id's "<agent>-<yyyymmdd>-<n>", without a date object per day
             self._coid_prefix = f"{self.card.id}-{day[:4]}{day[5:7]}{day[8:10]}-"
         self._order_n += 1
-        coid = self._coid_prefix + str(self._order_n)
+        return self._coid_prefix + str(self._order_n)
+
+    def order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
+              reason: str, refuse: tuple[str, str] | None = None) -> str:
+        t = self.times[self.step]
+        day = t[:10]
+        coid = self.next_id()
         # on_start orders are decided before the first bar: they are live in it and expire after it
         broker = self.broker
         step = self.step
@@ -467,7 +509,7 @@ class Backtest:
         if session != broker.entry_session:
             broker.entry_session, broker.entry_rules = session, rules_for(session)
         broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
-        broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending)
+        broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending, refuse)
         return coid
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -484,7 +526,7 @@ class Backtest:
     def _deliver(self) -> None:
         # notes raised while delivering (an order placed in on_fill) are delivered in the same pass
         pending = self.pending
-        if not (self._wants_orders or self._wants_fills):
+        if not (self._wants_orders or self._wants_fills or self._wants_protections):
             pending.clear()
             return
         i = 0
@@ -494,6 +536,9 @@ class Backtest:
             if note[0] == "order":
                 if self._wants_orders:
                     self._call("on_order", self.broker.view(note[1]))
+            elif note[0] == "protection":
+                if self._wants_protections:
+                    self._call("on_protection", note[1])
             elif self._wants_fills:
                 f = note[1]  # the FillRecord; the view is built only for a strategy that listens
                 self._call("on_fill", FillView(client_order_id=f.client_order_id, fill_id=note[2], code=f.code,
@@ -511,10 +556,13 @@ class Backtest:
         equity: list[int] = []
         holdings: list[int] = []
         d_append, eq_append, h_append = dates.append, equity.append, holdings.append
+        mark_equity = broker.mark_equity if broker._drawdown else None  # drawdown peaks follow the equity
         total = len(times)
         single = self.single
-        listening = self._wants_orders or self._wants_fills
+        listening = self._wants_orders or self._wants_fills or self._wants_protections
         open_ids, meta = broker.open_ids, broker.meta
+        prot = self.protections
+        protected = prot.active
         missing = self.missing
         self._call("on_start")
         self._deliver()
@@ -523,6 +571,19 @@ class Backtest:
         for step, t in enumerate(times):
             self.step = step
             bars = at[step]
+            if protected or prot._pending_notes:  # stops and take-profits first (common/protection.py)
+                prot.step = step
+                self.in_bar = False
+                broker.step = step
+                broker.ts_ns = _time_ns(t, minutes, False) if intraday else _time_ns(t[:10], 0, False)
+                prot.check(step, bars, t[:10], pending)
+                if pending:
+                    if listening:
+                        self._deliver()
+                    else:
+                        pending.clear()
+                self.in_bar = True
+            prot.step = step
             if open_ids:
                 self.in_bar = False
                 broker.step = step
@@ -537,6 +598,8 @@ class Backtest:
                     broker.match(bars, day, pending)
                     broker.ts_ns = _time_ns(day, 0, True)
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
+                if protected:
+                    prot.settle(pending)  # buys that filled arm theirs (checked from the next bar), unfilled ones end
                 if pending:
                     if listening:
                         self._deliver()
@@ -601,9 +664,12 @@ class Backtest:
             else:
                 h_append(0)
                 eq_append(broker.cash)
+            if mark_equity is not None:
+                mark_equity(equity[-1])
         self._call("on_stop")
         broker.step = total
         broker.expire_all(pending)
+        prot.settle(pending)
         self._deliver()
         if not intraday:  # daily: one equity point per bar time
             dates = list(times)
@@ -640,6 +706,7 @@ class Backtest:
             taxes=broker.taxes, traded_value=broker.traded_value,
             positions={c: p for c, p in broker.positions.items() if p.qty},
             closes=closes, bars=n_bars, interval=self.interval, unanswered=dict(self.unanswered),
+            protections=list(self.protections.all.values()),
         )
 
 

@@ -119,6 +119,9 @@ def parity_reason(card: AgentCard) -> str:
                 "each daily close (next-session orders), on the quotes the gateway recorded")
     if not cls.needs_bars:
         return "decides on intraday prints (on_trade); the backtest sees daily bars only"
+    if getattr(cls, "protective", False):
+        return ("its protective exits fire on intraday prints live and on whole bars in the backtest "
+                "(common/protection.py): a later decision differs when a level is met on another day")
     return ""
 
 

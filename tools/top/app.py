@@ -29,7 +29,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Log, Static, Tabbed
 from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
 from common.schema import AgentStatus, StatusReply
-from tools.status import fmt_age, health_lines, recon_line
+from tools.status import fmt_age, health_lines, protection_rows, recon_line, risk_line
 from tools.supervisor import Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel
@@ -115,6 +115,8 @@ class TopApp(App[None]):
                 yield Static("", id="recon")
                 yield DataTable(id="positions", cursor_type="row")
                 yield DataTable(id="account", cursor_type="row")
+                yield Label("Protective orders (held by the gateway)", classes="title")
+                yield DataTable(id="protections", cursor_type="row")
             with TabPane("Market", id="tab-market"):
                 yield DataTable(id="market", cursor_type="row")
             with TabPane("Health", id="tab-health"):
@@ -139,6 +141,8 @@ class TopApp(App[None]):
                                                             "unrealised", "realised", "fees")
         self.main.query_one("#account", DataTable).add_columns("account", "name", "qty", "avg price", "last", "unrealised",
                                                           "realised")
+        self.main.query_one("#protections", DataTable).add_columns("protection", "agent", "code", "qty", "levels", "state",
+                                                                   "detail")
         self.main.query_one("#market", DataTable).add_columns("code", "name", "last", "change", "volume", "spread", "ticks",
                                                          "trend")
         self.set_interval(1.0, self._render_banner)  # the clock ticks even when nothing else changes
@@ -311,7 +315,8 @@ class TopApp(App[None]):
                      Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
                      Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl))]
             for p in st.account})
-        recon = recon_line(st)
+        sync_table(self.main.query_one("#protections", DataTable), {row[0]: row for row in protection_rows(st)})
+        recon = f"{recon_line(st)}\n{risk_line(st)}"
         self.main.query_one("#recon", Static).update(Text(recon, style="green" if st.synced else "bold red"))
 
     def _render_health(self, st: StatusReply) -> None:

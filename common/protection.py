@@ -1,0 +1,167 @@
+"""Protective orders: stop-loss, take-profit, trailing stop and their one-cancels-other bracket, held
+by the gateway (KIS's domestic-stock API has none) and by the backtester, with one set of trigger rules.
+
+A protection watches one agent's shares of one code: attached to a buy (`ctx.buy(..., stop=, take=)`,
+armed by the buy's fills, for the shares they bought) or to a position (`ctx.protect(code, ...)`, for
+`qty` shares, or the whole position when it fires). Its legs — a stop, a take-profit, a trailing stop
+`trail_bp` below the highest print since it was armed — form one bracket: the first leg met fires one
+exit (a sell of what it protects) and the others are gone with it.
+
+Trigger rules (`check`), on a print (live: every trade of the code) or a bar (backtest: open, high,
+low; a print is a bar whose open, high and low are its price):
+1. the stop level is the higher of `stop` and the trail's level (the highest price seen before this
+   bar or print, less `trail_bp`);
+2. an open at or below the stop level: the stop is met at the open (a gap through the stop fills at
+   the open, worse than the stop); an open at or above `take`: the take is met at the open;
+3. otherwise a low at or below the stop level: met at the stop level; else a high at or above `take`:
+   met at `take`. When a bar reaches both, the stop is assumed first (bars do not say which came first);
+4. otherwise the trail ratchets to the bar's high (after the low was checked against the old level).
+Live, the exit is a market order (or `exit = limit`: a marketable limit `slip_bp` below the print that
+met the level); in a backtest it fills at the price the rule names.
+
+States: PENDING (the buy has no fill yet) → ARMED → TRIGGERED (met; the exit is on its way, or waits:
+halted, shares held by the agent's own sells being cancelled) → FIRED (the exit order works; for the
+next session when met while the market is closed and `when_closed = next_open`) → DONE. CANCELLED: by
+the agent or operator, the buy ended unfilled, the position was closed. FAILED: the exit could not be
+placed after MAX_ATTEMPTS tries (alerted).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
+
+BP = 10_000
+MAX_ATTEMPTS = 3  # exit orders that end without selling everything, before a protection fails
+
+
+class ProtectionState(StrEnum):
+    PENDING = "pending"  # waiting for its buy's fills
+    ARMED = "armed"  # watching the prints
+    TRIGGERED = "triggered"  # a level was met: the exit is being placed (or waits, see `reason`)
+    FIRED = "fired"  # the exit order is working (at the broker, or held for the next session)
+    DONE = "done"  # the exit sold what was protected
+    CANCELLED = "cancelled"  # by the agent or operator; the buy ended unfilled; the position was closed
+    FAILED = "failed"  # the exit could not be placed (alerted)
+
+
+ACTIVE = frozenset({ProtectionState.PENDING, ProtectionState.ARMED, ProtectionState.TRIGGERED, ProtectionState.FIRED})
+
+
+class Leg(StrEnum):
+    STOP = "stop"
+    TAKE = "take"
+    TRAIL = "trail"
+
+
+class ExitType(StrEnum):
+    MARKET = "market"  # 시장가: out at whatever the book gives
+    LIMIT = "limit"  # a marketable limit `slip_bp` below the print that met the level: out, but not at any price
+
+
+class WhenClosed(StrEnum):
+    """A level met while the exchange takes no regular orders (after hours, before the open)."""
+
+    NEXT_OPEN = "next_open"  # sell at the next session's opening auction (a held next-session order)
+    WAIT = "wait"  # ignore prints outside the session: the next session's prints decide
+
+
+Level = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
+
+
+class ProtectionSpec(msgspec.Struct, frozen=True, kw_only=True):
+    stop: Level = 0  # sell when a print is at or below (0: no stop)
+    take: Level = 0  # sell when a print is at or above (0: no take-profit)
+    trail_bp: Annotated[int, msgspec.Meta(ge=0, lt=BP)] = 0  # trailing stop this far below the high (500 = 5 %)
+    exit: ExitType = ExitType.MARKET
+    slip_bp: Annotated[int, msgspec.Meta(ge=0, lt=3_000)] = 100  # exit = limit: how far below the print
+    when_closed: WhenClosed = WhenClosed.NEXT_OPEN
+
+
+class Protection(msgspec.Struct, frozen=True, kw_only=True):
+    """One protective order as the gateway journals it and agents, status and reports see it."""
+
+    id: str  # the buy's client order id, or an id from the agent's order numbers (ctx.protect)
+    agent: str
+    code: str
+    spec: ProtectionSpec
+    qty: int = 0  # shares protected (a buy's: its fills so far; 0 on a position: all of it when met)
+    entry: str = ""  # the buy it follows ("" = attached to the position)
+    state: ProtectionState = ProtectionState.ARMED
+    high: int = 0  # the highest price since armed (the trail follows it)
+    leg: Leg | None = None  # the leg that was met
+    trigger_price: int = 0  # the print (or bar price) that met it
+    exits: tuple[str, ...] = ()  # exit orders placed, oldest first
+    sold: int = 0  # shares the exits sold
+    sold_value: int = 0  # KRW
+    attempts: int = 0  # exits that ended without selling everything
+    reason: str = ""  # why it ended, or what it waits for
+    created_ns: int = 0
+    updated_ns: int = 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE
+
+
+def protection_spec(stop: int = 0, take: int = 0, trail_pct: float = 0.0, spec: ProtectionSpec | None = None, *,
+                    exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN) -> ProtectionSpec | None:
+    """The strategy API's arguments as a spec (`spec` wins when given); None when nothing is asked.
+    `trail_pct` is a percentage (5.0 = 5 %), kept as basis points."""
+    if spec is not None:
+        return spec
+    if not (stop or take or trail_pct):
+        return None
+    return ProtectionSpec(stop=stop, take=take, trail_bp=round(trail_pct * 100), exit=exit, when_closed=when_closed)
+
+
+def validate(spec: ProtectionSpec) -> str | None:
+    """Why `spec` cannot protect anything, or None."""
+    if not (spec.stop or spec.take or spec.trail_bp):
+        return "a protective order needs a stop, a take-profit or a trailing stop"
+    if spec.stop and spec.take and spec.stop >= spec.take:
+        return f"the stop {spec.stop:,} must be below the take-profit {spec.take:,}"
+    return None
+
+
+def trail_level(high: int, trail_bp: int) -> int:
+    return high * (BP - trail_bp) // BP if trail_bp and high else 0
+
+
+def stop_level(p: Protection) -> int:
+    """The price at or below which the protection sells now: its stop or its trail, the higher."""
+    return max(p.spec.stop, trail_level(p.high, p.spec.trail_bp))
+
+
+def check(p: Protection, open_: int, high: int, low: int) -> tuple[Leg | None, int, int]:
+    """The trigger rules (module docstring) on one bar or print: (the leg met or None, the price it
+    was met at, the protection's high after it)."""
+    s = p.spec
+    level = stop_level(p)
+    stop_leg = Leg.STOP if level == s.stop else Leg.TRAIL
+    if level and open_ <= level:
+        return stop_leg, open_, p.high
+    if s.take and open_ >= s.take:
+        return Leg.TAKE, open_, p.high
+    if level and low <= level:
+        return stop_leg, level, p.high
+    if s.take and high >= s.take:
+        return Leg.TAKE, s.take, p.high
+    return None, 0, max(p.high, high)
+
+
+def check_print(p: Protection, price: int) -> tuple[Leg | None, int, int]:
+    return check(p, price, price, price)
+
+
+def exit_limit(spec: ProtectionSpec, price: int, lower_limit: int = 0, kind: SecurityKind = SecurityKind.STOCK,
+               rules: KrxRules = CURRENT, board: Market = Market.KOSPI) -> int:
+    """The exit's limit price (exit = limit): `slip_bp` below `price` on the day's grid, not under the
+    day's lower limit; 0 for a market exit."""
+    if spec.exit is ExitType.MARKET:
+        return 0
+    return max(rules.round_down(price * (BP - spec.slip_bp) // BP, kind, board), lower_limit, 1)

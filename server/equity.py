@@ -1,0 +1,118 @@
+"""The account's equity and the peaks drawdowns are measured from.
+
+Equity, as the risk gate sees it (our choice, and why):
+- the cash is the broker's settlement cash (KIS `prvs_rcdl_excc_amt`, D+2: today's trades count at
+  once, where the deposit `dnca_tot_amt` only catches up after settlement), read every
+  `account_every_s` over the account lane of the REST budget; between reads, every fill the books
+  record moves it by the cash it took or gave (fees included), so a buy never looks free for 30 s;
+- the positions are every share the account holds (agents' and 'external'), at the last trade price
+  the gateway saw (at cost before one is seen), kept tick by tick by the portfolio.
+The broker's own total (`tot_evlu_amt`) is priced by KIS's last read of its prices, refreshed only
+when asked; ours moves with every print and costs no REST call. A fill the broker counted before a
+read and the books record after it is counted twice until the next read (at most `account_every_s`).
+
+An agent's equity is its budget plus its net P&L (realised − fees + unrealised).
+
+Peaks (per agent, and `*` for the account): the day's (from the day's first look) and the all-time
+one, raised by the risk gate's sweep, persisted at most once a second (a restart keeps them), reset by
+the operator (`ktrader control reset_peak`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from common.config import DrawdownPeak
+from common.portfolio import Portfolio
+from kis.port import BrokerAccount
+from server.store import Store
+
+log = logging.getLogger("ktrader.equity")
+
+ACCOUNT = "*"  # the account's key among the agents' peaks
+_META = "equity_peaks"
+_SAVE_EVERY_NS = 1_000_000_000
+
+
+class _Saved(msgspec.Struct):
+    day: str = ""
+    day_peaks: dict[str, int] = {}
+    all_time: dict[str, int] = {}
+
+
+class Peaks:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        raw = store.get_meta(_META)
+        try:
+            saved = msgspec.json.decode(raw, type=_Saved) if raw else _Saved()
+        except msgspec.MsgspecError:
+            log.warning("stored equity peaks unreadable: starting them again")
+            saved = _Saved()
+        self.day, self.day_peaks, self.all_time = saved.day, dict(saved.day_peaks), dict(saved.all_time)
+        self._dirty = False
+        self._saved_ns = 0
+
+    def roll(self, day: str) -> None:
+        """A new trading day: the day's peaks start again from the day's first look."""
+        if day != self.day:
+            self.day, self.day_peaks, self._dirty = day, {}, True
+
+    def observe(self, key: str, equity: int) -> None:
+        if equity <= 0:
+            return
+        if equity > self.day_peaks.get(key, 0):
+            self.day_peaks[key] = equity
+            self._dirty = True
+        if equity > self.all_time.get(key, 0):
+            self.all_time[key] = equity
+            self._dirty = True
+
+    def peak(self, key: str, which: DrawdownPeak) -> int:
+        return (self.all_time if which is DrawdownPeak.ALL_TIME else self.day_peaks).get(key, 0)
+
+    def reset(self, key: str, equity: int) -> None:
+        """The peaks of `key` start again at `equity` (the operator's word: a drawdown is accepted)."""
+        self.day_peaks[key] = self.all_time[key] = equity
+        self.save(force=True)
+
+    def save(self, now_ns: int = 0, force: bool = False) -> None:
+        if not (self._dirty or force) or (not force and now_ns - self._saved_ns < _SAVE_EVERY_NS):
+            return
+        with self.store.transaction():
+            self.store.set_meta(_META, msgspec.json.encode(_Saved(day=self.day, day_peaks=self.day_peaks,
+                                                                  all_time=self.all_time)).decode())
+        self._dirty, self._saved_ns = False, now_ns
+
+
+class AccountReader:
+    """Reads the broker's account every `every_s` (and once at start) for the portfolio's cash."""
+
+    def __init__(self, portfolio: Portfolio, read: Callable[[], Awaitable[BrokerAccount]], every_s: float) -> None:
+        self.portfolio = portfolio
+        self.read = read
+        self.every_s = every_s
+        self.reads = 0
+        self.failures = 0
+        self.last: BrokerAccount | None = None
+
+    async def read_once(self) -> bool:
+        try:
+            acct = await self.read()
+        except Exception as e:  # the session may be reconnecting; the limits wait (they deny, never guess)
+            self.failures += 1
+            log.warning("account read failed: %s", e)
+            return False
+        self.last = acct
+        self.portfolio.set_account_cash(acct.settlement_cash)
+        self.reads += 1
+        return True
+
+    async def run(self) -> None:
+        while True:
+            ok = await self.read_once()
+            await asyncio.sleep(self.every_s if ok else min(self.every_s, 5.0))

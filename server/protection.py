@@ -1,0 +1,445 @@
+"""Protective orders held by the gateway: stop-loss, take-profit, trailing stop and their bracket
+(common/protection.py has the model and the trigger rules, shared with the backtester).
+
+- Attached to a buy (`NewOrder.protect`): journaled PENDING before the buy's intent, armed by its
+  fills for the shares they bought; cancelled if the buy ends unfilled. Attached to a position
+  (`Protect`): armed at once for `qty` shares (0: the whole position when met).
+- Watched on the trade stream (the gateway holds the codes' trade registrations itself, so an agent
+  that dies leaves them watched); a level met fires ONE sell through the normal path — the order desk,
+  the risk gate, the send queue at PROTECT priority (after cancels, before new orders) — numbered from
+  the gateway's range of the agent's order ids. The bracket's other legs go with it; the rest of an
+  open buy is cancelled. Shares the agent's own open sells hold are freed by cancelling those first.
+- While the exchange takes no regular orders, a level met fires per `when_closed`: NEXT_OPEN places a
+  next-session order (held, released at the next opening auction), WAIT ignores prints until the
+  session. A halted gateway or agent, or a broker session that is not ready, makes the exit wait
+  (retried each second); an exit that ends unsold is placed again, MAX_ATTEMPTS times, then FAILED.
+- Every change is written (table `protections`, journal in `trace` under the protection's id) before
+  the agent is told (`ProtectionUpdate`, sequenced and replayable); a restarted gateway reloads them
+  and settles them against the book (fills that came while it was down). The highest print of a
+  trailing stop is written at most once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+import msgspec
+
+from common.config import AgentCard
+from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
+from common.errors import ErrorCode
+from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
+from common.krx import REGULAR_ORDER_PHASES
+from common.market_clock import market_ns
+from common.orders import Order, OrderState
+from common.protection import (
+    MAX_ATTEMPTS, ExitType, Leg, Protection, ProtectionSpec, ProtectionState as PS, WhenClosed, check_print, exit_limit,
+    stop_level, validate,
+)
+from common.schema import NewOrder, OrderResult, Protect, ProtectionUpdate
+from server.order_book import OrderBook
+from server.order_desk import OrderDesk
+from server.risk import RiskGate
+from server.send_queue import Priority
+
+log = logging.getLogger("ktrader.protection")
+
+MAX_ACTIVE = 100  # active protections per agent
+HOLDER = "protection"  # who holds the trade registrations of protected codes (server/subscriptions.py)
+_RETRY_NS = 1_000_000_000
+_DENIED_RETRY_NS = 5_000_000_000
+_SAVE_HIGHS_NS = 1_000_000_000
+
+Reply = tuple[ErrorCode | None, str]
+Alert = Callable[..., None]
+
+
+def _n(coid: str) -> int:
+    return int(coid.rsplit("-", 1)[1])
+
+
+class ProtectionDesk:
+    def __init__(self, book: OrderBook, desk: OrderDesk, risk: RiskGate, card_of: Callable[[str], AgentCard | None],
+                 alert: Alert) -> None:
+        self.book = book
+        self.desk = desk
+        self.risk = risk
+        self.card_of = card_of
+        self.alert = alert
+        self.active: dict[str, Protection] = {}
+        self.ended: dict[str, Protection] = {}  # ended today (snapshots, status, the daily report)
+        self.by_code: dict[str, set[str]] = defaultdict(set)  # code → active protection ids
+        self.by_order: dict[str, str] = {}  # a buy or exit order → its protection
+        self.fired = 0
+        self._day = ""
+        self._dirty: set[str] = set()  # trailing highs not written yet
+        self._saved_ns = 0
+        self._next_try: dict[str, int] = {}  # protection → market ns of its next exit attempt
+        book.listeners.append(self._after_commit)
+
+    # ---- start-up -----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """After the book and the desk: every active protection, settled against the book (fills or
+        ends of its orders while the gateway was down)."""
+        self._day = self.book.day()
+        for p in self.book.store.load_protections(self._day):
+            if p.is_active:
+                self._index(p)
+            else:
+                self.ended[p.id] = p
+        for p in list(self.active.values()):
+            self._sync(p)
+        log.info("%d protective orders active", len(self.active))
+
+    # ---- views ----------------------------------------------------------------------------------------
+
+    def codes(self) -> set[str]:
+        """The codes whose prints the gateway must watch."""
+        return {c for c, ids in self.by_code.items() if ids}
+
+    def of(self, agent: str = "") -> list[Protection]:
+        """Active protections and those that ended today (all agents', or one agent's)."""
+        out = [*self.active.values(), *self.ended.values()]
+        return sorted((p for p in out if not agent or p.agent == agent), key=lambda p: (p.agent, p.created_ns, p.id))
+
+    def numbers_today(self, agent: str) -> list[int]:
+        """The n of the agent's own protection ids of today (its order numbering continues after them)."""
+        prefix = f"{agent}-{self.book.day()}-"
+        return [_n(p.id) for p in (*self.active.values(), *self.ended.values()) if p.id.startswith(prefix)]
+
+    # ---- commands --------------------------------------------------------------------------------------
+
+    def submit(self, card: AgentCard, new: NewOrder) -> OrderResult:
+        """An order from an agent: a buy carrying `protect` is journaled with its protection first."""
+        spec = new.protect
+        coid = new.client_order_id
+        if spec is None or coid in self.book.orders or coid in self.active or not self._id_ok(card.id, coid):
+            return self.desk.submit(card, new)  # the desk answers a resend, a bad id, another day
+        # (a protection under this id without its buy: a crash came between the two writes and the load
+        # ended it; the agent's resend of the buy brings it back)
+        err = ("a protective order rides on a buy (protect a held position with ctx.protect)" if new.side is not Side.BUY
+               else self._refusal(card.id, spec))
+        if err:
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)
+        ts = self.book.now_ns()
+        p = self._put(Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING,
+                                 created_ns=ts), "attached", entry=coid, **_levels(spec))
+        res = self.desk.submit(card, new)
+        if coid in self.active:
+            if not res.accepted and coid not in self.book.orders:
+                self._end(self.active[coid], PS.CANCELLED, f"its buy was not taken: {res.code}: {res.message}")
+            else:
+                self._sync(self.active[coid])
+        return res
+
+    def protect(self, card: AgentCard, msg: Protect) -> Reply:
+        pid, agent = msg.id, card.id
+        try:
+            owner, day, _ = parse_client_order_id(pid)
+        except IdError as e:
+            return ErrorCode.BAD_ORDER, str(e)
+        if owner != agent:
+            return ErrorCode.WRONG_AGENT, f"id belongs to {owner!r}, not {agent!r}"
+        known = self.active.get(pid) or self.ended.get(pid) or self.book.store.protection(pid)
+        if known is not None:
+            if (known.agent, known.code, known.spec, known.entry) == (agent, msg.code, msg.spec, "") and known.qty in (0, msg.qty):
+                return None, f"already known, state {known.state}"
+            return ErrorCode.DUPLICATE_ORDER, "this id was used for a different protective order"
+        if pid in self.book.orders:
+            return ErrorCode.DUPLICATE_ORDER, "this id is an order's"
+        if day.strftime("%Y%m%d") != self.book.day():
+            return ErrorCode.WRONG_DAY, f"id is for {day:%Y%m%d}, the trading day is {self.book.day()}"
+        if msg.code not in card.codes and msg.code not in self.risk.extra_codes.get(agent, frozenset()):
+            return ErrorCode.DENIED_UNKNOWN_CODE, f"{msg.code} is not among this agent's codes"
+        err = self._refusal(agent, msg.spec)
+        held = self._held(agent, msg.code)
+        if not err and held <= 0:
+            err = f"no shares of {msg.code} to protect (attach it to the buy: ctx.buy(..., stop=...))"
+        if not err and msg.qty > held:
+            err = f"{msg.qty} shares to protect, {held} held"
+        if err:
+            return ErrorCode.BAD_PROTECTION, err
+        mark = self.book.portfolio.marks.get(msg.code, 0)
+        p = self._put(Protection(id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark,
+                                 created_ns=self.book.now_ns()), "armed", qty=msg.qty or held, **_levels(msg.spec))
+        if mark:
+            self._on_price(p, mark)  # a level already met fires at once
+        return None, f"protective order {pid} armed on {msg.qty or held} {msg.code}"
+
+    def cancel(self, agent: str, pid: str, why: str) -> Reply:
+        p = self.active.get(pid)
+        if p is None or p.agent != agent:
+            ended = self.ended.get(pid) or self.book.store.protection(pid)
+            if ended is not None and ended.agent == agent:
+                return ErrorCode.ORDER_NOT_OPEN, f"{pid} is {ended.state}: nothing to cancel"
+            return ErrorCode.UNKNOWN_PROTECTION, f"no protective order {pid} of agent {agent}"
+        if p.state is PS.FIRED and p.exits:
+            self.desk.cancel(agent, p.exits[-1])  # its exit is working: it goes too
+        self._end(p, PS.CANCELLED, why)
+        return None, f"protective order {pid} cancelled"
+
+    def _id_ok(self, agent: str, coid: str) -> bool:
+        try:
+            owner, day, _ = parse_client_order_id(coid)
+        except IdError:
+            return False
+        return owner == agent and day.strftime("%Y%m%d") == self.book.day()
+
+    def _refusal(self, agent: str, spec: ProtectionSpec) -> str | None:
+        err = validate(spec)
+        if err is None and sum(1 for p in self.active.values() if p.agent == agent) >= MAX_ACTIVE:
+            err = f"{MAX_ACTIVE} protective orders are active for this agent: cancel some first"
+        return err
+
+    # ---- the stream ------------------------------------------------------------------------------------
+
+    def on_trade(self, code: str, price: int) -> None:
+        ids = self.by_code.get(code)
+        if not ids:
+            return
+        for pid in list(ids):
+            p = self.active.get(pid)
+            if p is not None and p.state is PS.ARMED:
+                self._on_price(p, price)
+
+    def _on_price(self, p: Protection, price: int) -> None:
+        leg, at, high = check_print(p, price)
+        if leg is None:
+            if high != p.high:
+                self.active[p.id] = msgspec.structs.replace(p, high=high)
+                self._dirty.add(p.id)
+            return
+        if p.spec.when_closed is WhenClosed.WAIT and self.book.clock.phase() not in REGULAR_ORDER_PHASES:
+            return  # outside the session: the next session's prints decide
+        held = self._held(p.agent, p.code)
+        qty = p.qty or held  # on a position: what is held now
+        level = p.spec.take if leg is Leg.TAKE else stop_level(p)
+        p = self._put(msgspec.structs.replace(p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=qty, reason=""),
+                      "triggered", leg=leg.value, level=level, price=at, qty=qty)
+        self.alert(f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: selling {min(qty, held)}",
+                   kind=AlertKind.PROTECTION, agent=p.agent)
+        if p.entry and (e := self.book.orders.get(p.entry)) is not None and e.is_open:
+            self.desk.cancel(p.agent, p.entry)  # the trade is over: the rest of its buy goes
+        self._fire(p)
+
+    # ---- firing ----------------------------------------------------------------------------------------
+
+    def _fire(self, p: Protection) -> None:
+        if p.state is not PS.TRIGGERED:
+            return
+        book, agent, code = self.book, p.agent, p.code
+        now = book.now_ns()
+        held = self._held(agent, code)
+        want = min(p.qty - p.sold, held)
+        if want <= 0:
+            self._end(p, PS.DONE if p.sold else PS.CANCELLED, "nothing left to sell" if p.sold else "no shares held when it was met")
+            return
+        closed = book.clock.phase() not in REGULAR_ORDER_PHASES
+        state = self.risk.effective(agent) if not closed else self.risk.agent_state(agent)
+        wait = ""
+        if self.risk.global_state is TradingState.HALTED or state is TradingState.HALTED:
+            wait = "trading is halted: the exit waits"
+        elif closed and p.spec.when_closed is WhenClosed.WAIT:
+            wait = "the market is closed: the exit waits for the session"
+        elif not closed and self.desk.session()[0] is not SessionState.READY:
+            wait = f"the broker session is {self.desk.session()[0]}: the exit waits"
+        elif closed and not self.desk.synced():
+            wait = "waiting for the first reconciliation"
+        else:
+            sellable = book.portfolio.exposure(agent, code).sellable_qty
+            if sellable < want:
+                mine = [o for o in book.orders.values() if o.agent == agent and o.code == code and o.side is Side.SELL
+                        and o.is_open and _n(o.client_order_id) < GATEWAY_ORDER_BASE]
+                for o in mine:
+                    self.desk.cancel(agent, o.client_order_id)  # a stop is a stop: the agent's own sells go first
+                if mine or sellable <= 0:
+                    wait = f"waiting for {len(mine)} sells of this agent holding the shares to be cancelled" if mine else \
+                        "the shares are held by the gateway's own sells"
+                else:
+                    want = sellable
+        if wait:
+            self._next_try[p.id] = now + _RETRY_NS
+            if wait != p.reason:
+                self._put(msgspec.structs.replace(p, reason=wait), "waiting", reason=wait)
+            return
+        base = book.portfolio.base_prices.get(code, 0)
+        pf = book.portfolio
+        kind, board = pf.kind(code), pf.board(code)
+        lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
+        price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board)
+        coid = make_client_order_id(agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1)
+        level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
+        new = NewOrder(client_order_id=coid, code=code, side=Side.SELL, qty=want, price=price,
+                       order_type=OrderType.MARKET if p.spec.exit is ExitType.MARKET else OrderType.LIMIT,
+                       tif=TimeInForce.NEXT_SESSION if closed else TimeInForce.DAY,
+                       reason=f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})",
+                       context={"protection": p.id, "leg": p.leg.value if p.leg else "", "level": level},
+                       decision_price=p.trigger_price)
+        self.by_order[coid] = p.id  # before the submit: its first commit belongs to this protection
+        res = self.desk.submit(self._acting_card(agent, code), new, priority=Priority.PROTECT)
+        if not res.accepted:
+            self.by_order.pop(coid, None)
+            why = f"exit {coid} denied: {res.code}: {res.message}"
+            self._next_try[p.id] = now + _DENIED_RETRY_NS
+            if why != p.reason:
+                self._put(msgspec.structs.replace(p, reason=why), "exit_denied", order=coid, code=str(res.code), reason=res.message)
+                self.alert(f"{agent}: protective exit of {code} denied: {res.code}: {res.message} (retrying)",
+                           kind=AlertKind.PROTECTION, agent=agent)
+            return
+        self.fired += 1
+        self._next_try.pop(p.id, None)
+        self._put(msgspec.structs.replace(p, state=PS.FIRED, exits=(*p.exits, coid), reason=res.message),
+                  "fired", order=coid, qty=want, price=price, tif=new.tif.value)
+
+    def _acting_card(self, agent: str, code: str) -> AgentCard:
+        card = self.card_of(agent) or AgentCard(id=agent, name=agent, strategy="server.protection:OnBehalf")
+        return card if code in card.codes else msgspec.structs.replace(card, codes=[*card.codes, code])
+
+    # ---- the book's word ---------------------------------------------------------------------------------
+
+    def _after_commit(self, old: Order | None, new: Order) -> None:
+        coid = new.client_order_id
+        pid = self.by_order.get(coid)
+        if pid is not None and (p := self.active.get(pid)) is not None:
+            self._sync(p)
+        if new.side is not Side.SELL or not (ids := self.by_code.get(new.code)):
+            return
+        sold = new.filled_qty > (old.filled_qty if old is not None else 0)
+        freed = old is not None and old.is_open and not new.is_open
+        if not (sold or freed):
+            return
+        for pid in list(ids):
+            p = self.active.get(pid)
+            if p is None or p.agent != new.agent or pid == self.by_order.get(coid):
+                continue
+            if p.state is PS.ARMED and sold:
+                self._sync(p)  # the agent sold: maybe nothing is left to protect
+            elif p.state is PS.TRIGGERED and freed:
+                self._fire(p)  # the shares its exit waited for are free
+
+    def _order(self, coid: str) -> Order | None:
+        return self.book.orders.get(coid) or self.book.store.order(coid)
+
+    def _held(self, agent: str, code: str) -> int:
+        pos = self.book.portfolio.position(agent, code)
+        return pos.qty if pos else 0
+
+    def _sync(self, p: Protection) -> None:
+        """Bring a protection in line with its orders and the agent's shares."""
+        if p.entry:
+            e = self._order(p.entry)
+            if e is None:
+                self._end(p, PS.CANCELLED, "its buy was never placed")
+                return
+            if e.filled_qty > p.qty:
+                armed = p.state is PS.PENDING
+                avg = e.filled_value // e.filled_qty
+                p = self._put(msgspec.structs.replace(p, qty=e.filled_qty, state=PS.ARMED if armed else p.state,
+                                                      high=max(p.high, avg)),
+                              "armed" if armed else "qty", qty=e.filled_qty, entry_price=avg)
+            elif p.state is PS.PENDING and not e.is_open:
+                why = f": {e.reason_code} {e.reason}".rstrip() if e.reason_code else ""
+                self._end(p, PS.CANCELLED, f"its buy ended {e.state.value} without a fill{why}")
+                return
+        if p.state is PS.FIRED:
+            sold = value = 0
+            for x in p.exits:
+                o = self._order(x)
+                if o is not None:
+                    sold, value = sold + o.filled_qty, value + o.filled_value
+            if (sold, value) != (p.sold, p.sold_value):
+                p = self._put(msgspec.structs.replace(p, sold=sold, sold_value=value), "sold", sold=sold, value=value)
+            last = self._order(p.exits[-1])
+            if sold >= p.qty:
+                self._end(p, PS.DONE, f"sold {sold} at {value // sold:,} on average" if sold else "done")
+            elif last is not None and not last.is_open:
+                if self._held(p.agent, p.code) <= 0:
+                    self._end(p, PS.DONE if sold else PS.CANCELLED, "nothing left to sell")
+                    return
+                # refused or expired unsold counts against it; an exit someone cancelled is simply placed again
+                failed = last.state in (OrderState.REJECTED, OrderState.EXPIRED) and last.filled_qty < last.qty
+                attempts = p.attempts + failed
+                why = f"exit {last.client_order_id} ended {last.state.value} with {last.qty - last.filled_qty} unsold"
+                if attempts >= MAX_ATTEMPTS:
+                    self._end(msgspec.structs.replace(p, attempts=attempts), PS.FAILED, f"{why}; {attempts} exits failed: sell by hand")
+                    self.alert(f"{p.agent}: protective order {p.id} on {p.code} FAILED: {why}",
+                               kind=AlertKind.PROTECTION, agent=p.agent)
+                    return
+                p = self._put(msgspec.structs.replace(p, state=PS.TRIGGERED, attempts=attempts, reason=f"{why}: placing it again"),
+                              "retry", order=last.client_order_id, state=last.state.value)
+                if last.filled_qty or last.state is not OrderState.REJECTED:
+                    self._fire(p)  # it sold some, or expired: the rest goes now
+                else:
+                    self._next_try[p.id] = self.book.now_ns() + _RETRY_NS  # refused: a pause before the next try
+        elif p.state is PS.ARMED and (not p.entry or not self._entry_open(p)) and self._held(p.agent, p.code) <= 0:
+            self._end(p, PS.CANCELLED, "the position was closed")
+
+    def _entry_open(self, p: Protection) -> bool:
+        e = self.book.orders.get(p.entry)
+        return e is not None and e.is_open
+
+    # ---- keeping ---------------------------------------------------------------------------------------
+
+    def _put(self, p: Protection, step: str, **detail: object) -> Protection:
+        """Write the new version and its journal line, then index it and tell the agent."""
+        book = self.book
+        ts = book.now_ns()
+        p = msgspec.structs.replace(p, updated_ns=ts)
+        with book.store.transaction():
+            book.store.save_protection(p, book.day())
+            book.store.add_trace(p.id, ts, f"protection.{step}", {"state": p.state.value, **detail})
+        self._dirty.discard(p.id)
+        if p.is_active:
+            self._index(p)
+            self.ended.pop(p.id, None)
+        else:
+            self._unindex(p)
+            self.ended[p.id] = p
+        log.info("protection %s %s: %s %s", p.id, step, p.state.value, detail)
+        book.notify(p.agent, ProtectionUpdate(protection=p))
+        return p
+
+    def _end(self, p: Protection, state: PS, why: str) -> None:
+        self._put(msgspec.structs.replace(p, state=state, reason=why), state.value, reason=why)
+
+    def _index(self, p: Protection) -> None:
+        self.active[p.id] = p
+        self.by_code[p.code].add(p.id)
+        for coid in (p.entry, *p.exits):
+            if coid:
+                self.by_order[coid] = p.id
+
+    def _unindex(self, p: Protection) -> None:
+        self.active.pop(p.id, None)
+        self.by_code[p.code].discard(p.id)
+        self._next_try.pop(p.id, None)
+        for coid in (p.entry, *p.exits):
+            if self.by_order.get(coid) == p.id:
+                del self.by_order[coid]
+
+    def tick(self) -> None:
+        """A few times a second: exits that wait are tried again; trailing highs are written; the
+        day's ended protections are forgotten at a new day."""
+        book = self.book
+        day = book.day()
+        if day != self._day:
+            self._day, self.ended = day, {}
+        now = market_ns(book.clock)
+        for p in list(self.active.values()):
+            if p.state is PS.TRIGGERED and now >= self._next_try.get(p.id, 0):
+                self._fire(p)
+        if self._dirty and now - self._saved_ns >= _SAVE_HIGHS_NS:
+            with book.store.transaction():
+                for pid in self._dirty:
+                    if (p := self.active.get(pid)) is not None:
+                        book.store.save_protection(p, day)
+            self._dirty.clear()
+            self._saved_ns = now
+
+
+def _levels(spec: ProtectionSpec) -> dict[str, object]:
+    return {k: v for k, v in (("stop", spec.stop), ("take", spec.take), ("trail_bp", spec.trail_bp)) if v} | {
+        "exit": spec.exit.value, "when_closed": spec.when_closed.value}

@@ -1,0 +1,269 @@
+"""Protective orders held by the gateway (server/protection.py) on its own order core, around the
+in-process broker (market orders fill at its reference price): armed by a buy's fills, fired by a
+print through the order desk at PROTECT priority, the bracket's sibling gone with it, the agent's
+own sells cancelled to free the shares, the closed-market policy, waiting while halted, retries and
+failure, and everything back after a restart."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+from common.config import AgentCard
+from common.enums import AlertKind, OrderType, Side, TimeInForce, TradingState
+from common.errors import ErrorCode
+from common.ids import GATEWAY_ORDER_BASE
+from common.krx import Phase
+from common.orders import OrderState
+from common.protection import Leg, ProtectionSpec, ProtectionState as PS, WhenClosed, check, check_print
+from common.schema import HeaderFactory, NewOrder, Protect, ProtectionUpdate
+from kis.port import BrokerAck, BrokerOrder, BrokerRejected
+from server.registry import AgentRecord
+from server.send_queue import Priority
+from server.sessions import AgentSessions
+from tests.fakes.broker import FakeBroker
+from tests.fakes.core import trading_clock
+from tests.fakes.harness import Harness
+
+CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"], budget=50_000_000)
+H = HeaderFactory("alpha")
+
+
+def buy(n: int, qty: int = 10, price: int = 70_000, **spec: object) -> NewOrder:
+    return NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930", side=Side.BUY, qty=qty, price=price,
+                    protect=ProtectionSpec(**spec) if spec else None)  # type: ignore[arg-type]
+
+
+def exits(h: Harness) -> list:
+    return [o for c, o in h.book.orders.items() if int(c.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE]
+
+
+def updates(h: Harness, pid: str) -> list[PS]:
+    return [e.body.protection.state for a, e in h.events if isinstance(e.body, ProtectionUpdate) and e.body.protection.id == pid]
+
+
+# ---- the trigger rules (common/protection.py), shared with the backtester ----------------------------
+
+
+def test_trigger_rules_on_prints_and_bars() -> None:
+    from common.protection import Protection
+
+    p = Protection(id="a-20261120-1", agent="a", code="005930", spec=ProtectionSpec(stop=69_000, take=72_000), high=70_000)
+    assert check_print(p, 69_100)[0] is None and check_print(p, 69_000)[:2] == (Leg.STOP, 69_000)
+    assert check_print(p, 72_000)[:2] == (Leg.TAKE, 72_000)
+    assert check(p, 68_000, 70_000, 67_500)[:2] == (Leg.STOP, 68_000)  # a gap through the stop: the open
+    assert check(p, 73_000, 74_000, 72_500)[:2] == (Leg.TAKE, 73_000)  # a gap over the take: the open
+    assert check(p, 70_000, 72_500, 68_500)[:2] == (Leg.STOP, 69_000)  # both in the bar: the stop first
+    assert check(p, 70_000, 72_500, 69_500)[:2] == (Leg.TAKE, 72_000)
+    t = Protection(id="a-20261120-2", agent="a", code="005930", spec=ProtectionSpec(trail_bp=500), high=70_000)
+    leg, _, high = check(t, 70_500, 80_000, 70_000)  # the low is checked against 66,500; then the trail ratchets
+    assert leg is None and high == 80_000
+    t = Protection(id="a-20261120-2", agent="a", code="005930", spec=ProtectionSpec(trail_bp=500), high=80_000)
+    assert check(t, 79_000, 79_500, 75_000)[:2] == (Leg.TRAIL, 76_000)
+
+
+# ---- the gateway's protective orders ------------------------------------------------------------------
+
+
+async def test_a_buys_stop_arms_with_its_fill_and_fires_through_the_desk(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    r = h.protection.submit(CARD, buy(1, stop=69_000, take=72_000))
+    assert r.accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    p = h.protection.active["alpha-20261120-1"]
+    assert p.qty == 10 and p.high == 70_000 and "005930" in h.protection.codes()
+    h.print("005930", 69_500)  # above the stop: nothing
+    assert not exits(h)
+    h.broker.ref_price = 68_900
+    queued: list[tuple[int, int, object]] = []
+    put = h.core.live_queue.put
+    h.core.live_queue.put = lambda job: (queued.append((job.priority, 0, job)), put(job))  # type: ignore[method-assign]
+    h.print("005930", 68_900)  # through the stop
+    (x,) = exits(h)
+    assert x.side is Side.SELL and x.qty == 10 and x.order_type is OrderType.MARKET and x.tif is TimeInForce.DAY
+    assert queued[0][0] is Priority.PROTECT  # after cancels, before new orders
+    await h.settle(lambda: h.protection.ended.get("alpha-20261120-1") is not None)
+    done = h.protection.ended["alpha-20261120-1"]
+    assert done.state is PS.DONE and done.leg is Leg.STOP and done.trigger_price == 68_900 and done.sold == 10
+    assert done.exits == (x.client_order_id,) and h.portfolio.position("alpha", "005930").qty == 0  # type: ignore[union-attr]
+    assert updates(h, "alpha-20261120-1") == [PS.PENDING, PS.ARMED, PS.TRIGGERED, PS.FIRED, PS.FIRED, PS.DONE]
+    assert any("stop 69,000 of 005930 met at 68,900" in t for t in h.alerted(AlertKind.PROTECTION))
+    # the exit's story names its protection; the buy's story holds the protection's journal
+    steps = [k for _, k, _ in h.store.trace("alpha-20261120-1")]
+    assert "protection.attached" in steps and "protection.triggered" in steps and "protection.done" in steps
+    intent = next(b for _, k, b in h.store.trace(x.client_order_id) if k == "intent")
+    assert intent["context"]["protection"] == "alpha-20261120-1" and intent["decision_price"] == 68_900
+    assert "005930" not in h.protection.codes()
+    # the daily report lists it
+    from server import daily_report
+
+    rep = daily_report.build(h.book.day(), h.book, h.portfolio, [], {}, h.protection.of())
+    assert [p.id for p in rep.protections] == ["alpha-20261120-1"]
+    assert "alpha-20261120-1 alpha 005930 (stop 69,000, take 72,000): done, stop met at 68,900, sold 10 for 689,000" \
+        in daily_report.render(rep)
+    await h.close()
+
+
+async def test_a_brackets_take_profit_ends_its_stop(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=69_000, take=72_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    h.broker.ref_price = 72_100
+    h.print("005930", 72_100)
+    await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
+    p = h.protection.ended["alpha-20261120-1"]
+    assert p.state is PS.DONE and p.leg is Leg.TAKE and p.sold == 10 and p.sold_value == 721_000
+    h.print("005930", 60_000)  # the stop went with it: nothing more is sold
+    assert len(exits(h)) == 1
+    await h.close()
+
+
+async def test_a_trailing_stop_follows_the_high(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, trail_bp=500)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    h.print("005930", 80_000)  # high 80,000: the trail is at 76,000
+    h.print("005930", 76_100)
+    assert not exits(h)
+    h.broker.ref_price = 76_000
+    h.print("005930", 76_000)
+    await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
+    p = h.protection.ended["alpha-20261120-1"]
+    assert p.leg is Leg.TRAIL and p.trigger_price == 76_000 and p.high == 80_000 and p.state is PS.DONE
+    await h.close()
+
+
+async def test_an_unfilled_buy_cancels_its_protection_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, price=60_000, stop=55_000)).accepted  # rests
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.ACCEPTED)
+    assert h.protection.active["alpha-20261120-1"].state is PS.PENDING
+    h.desk.cancel("alpha", "alpha-20261120-1")
+    await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
+    assert h.protection.ended["alpha-20261120-1"].state is PS.CANCELLED
+    assert "without a fill" in h.protection.ended["alpha-20261120-1"].reason
+    r = h.protection.submit(CARD, buy(2, stop=72_000, take=71_000))
+    assert r.code is ErrorCode.BAD_PROTECTION and "below the take-profit" in r.message and "alpha-20261120-2" not in h.book.orders
+    denied = h.protection.submit(CARD, buy(3, qty=10_000))  # over the budget: no protection stays behind
+    assert denied.accepted is False
+    r = h.protection.submit(CARD, NewOrder(client_order_id="alpha-20261120-4", code="005930", side=Side.BUY, qty=10_000,
+                                           price=70_000, protect=ProtectionSpec(stop=60_000)))
+    assert r.code is ErrorCode.DENIED_BUDGET and h.protection.ended["alpha-20261120-4"].state is PS.CANCELLED
+    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-5", code="000660", spec=ProtectionSpec(stop=1)))[0] \
+        is ErrorCode.BAD_PROTECTION  # nothing held
+    await h.close()
+
+
+async def test_a_position_protection_frees_shares_held_by_the_agents_own_sell(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.desk.submit(CARD, buy(1, qty=20)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    sell = NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=20, price=80_000)
+    assert h.desk.submit(CARD, sell).accepted  # a resting target holds every share
+    await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
+    code, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000)))
+    assert code is None and "armed on 20 005930" in text
+    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000)))[0] is None
+    h.broker.ref_price = 64_000
+    h.print("005930", 64_000)
+    await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
+    p = h.protection.ended["alpha-20261120-3"]
+    assert p.state is PS.DONE and p.qty == 20 and p.sold == 20
+    assert h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED  # a stop is a stop
+    # the agent's snapshot: the protection that fired, and numbering after its id
+    sessions = AgentSessions(None, h.book, h.desk, h.risk, None, HeaderFactory("gateway"), lambda *a: None,  # type: ignore[arg-type]
+                             Counter(), lease_s=1.0, heartbeat_s=0.25, protection=h.protection)
+    snap = sessions.snapshot(AgentRecord(card=CARD, routing_id=b"", session="s", pid=0, host="", last_seen=0.0))
+    assert [(x.id, x.state) for x in snap.protections] == [("alpha-20261120-3", PS.DONE)]
+    assert snap.next_order_n == 4 and not snap.positions[0].qty
+    await h.close()
+
+
+async def test_the_agent_selling_closes_its_protection(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=60_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    assert h.desk.submit(CARD, NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=10,
+                                        price=70_000)).accepted
+    await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
+    assert h.protection.ended["alpha-20261120-1"].reason == "the position was closed"
+    await h.close()
+
+
+async def test_met_after_the_close_it_sells_at_the_next_open_or_waits(tmp_path: Path) -> None:
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", clock=clock)
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    code, _ = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-2", code="005930", qty=5,
+                                                 spec=ProtectionSpec(stop=68_000, when_closed=WhenClosed.WAIT)))
+    assert code is None
+    clock.set_phase(Phase.AFTER_HOURS_SINGLE)  # a print of the after-hours single-price session
+    h.print("005930", 67_000)
+    assert h.protection.active["alpha-20261120-2"].state is PS.ARMED  # WAIT: the session's prints decide
+    p = h.protection.active["alpha-20261120-1"]
+    assert p.state is PS.FIRED
+    (x,) = exits(h)
+    assert x.tif is TimeInForce.NEXT_SESSION and x.state is OrderState.HELD  # released at the next opening auction
+    await h.close()
+
+
+async def test_a_halt_makes_the_exit_wait_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    h = Harness(db)
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    h.print("005930", 71_000)
+    h.protection.tick()
+    await h.close()
+    # a new gateway: armed as it was, its trailing high kept, and it fires on the next print
+    h = Harness(db)
+    await h.start()
+    p = h.protection.active["alpha-20261120-1"]
+    assert p.state is PS.ARMED and p.qty == 10 and p.high == 71_000
+    h.risk.set_state("", TradingState.HALTED, "test")
+    h.print("005930", 68_000)
+    assert h.protection.active["alpha-20261120-1"].state is PS.TRIGGERED and not exits(h)
+    assert "halted" in h.protection.active["alpha-20261120-1"].reason
+    h.risk.set_state("", TradingState.ACTIVE, "test")
+    h.broker.ref_price = 68_000
+    h.protection._next_try.clear()
+    h.protection.tick()
+    await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
+    assert h.protection.ended["alpha-20261120-1"].state is PS.DONE
+    await h.close()
+
+
+class RefusesSells(FakeBroker):
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        if order.side is Side.SELL:
+            raise BrokerRejected("sell refused", code="APBK0999")
+        return await super().submit(order)
+
+
+async def test_an_exit_the_broker_refuses_is_placed_again_then_fails(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db", broker=RefusesSells(ref_price=70_000))
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    h.print("005930", 68_000)
+    await h.settle(lambda: h.protection.tick() or "alpha-20261120-1" in h.protection.ended, timeout=10)  # a second apart
+    p = h.protection.ended["alpha-20261120-1"]
+    assert p.state is PS.FAILED and len(p.exits) == 3 and p.attempts == 3
+    assert all(h.book.orders[x].state is OrderState.REJECTED for x in p.exits)
+    assert any("FAILED" in t for t in h.alerted(AlertKind.PROTECTION))
+    assert h.portfolio.position("alpha", "005930").qty == 10  # type: ignore[union-attr]
+    await h.close()
+
+
+def test_closed_days_are_not_trading_days() -> None:
+    assert trading_clock(dt.date(2026, 11, 20)).phase() is Phase.CONTINUOUS

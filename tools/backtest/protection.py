@@ -1,0 +1,170 @@
+"""Protective orders in a backtest: the same orders as the gateway's (common/protection.py), with the
+same trigger rules applied to bars.
+
+- A buy's protection arms with the buy's fills, for the shares they bought, and is checked from the
+  bar AFTER the one the buy filled in (a bar does not say whether its low came before or after the
+  fill). A protection on a position (`ctx.protect`) is checked from the next bar.
+- At each bar time, before the bar's resting orders are matched (a stop is assumed to come first), each
+  armed protection with a bar of its code is checked (`common.protection.check` on open, high, low).
+  Met, it sells what it protects (at most what is held) at once, at the price the rule names: the open
+  when the bar gapped through the level, else the level itself — whole, not capped by the bar's volume,
+  with the day's fees and taxes. The rest of its buy (if open) is cancelled; the agent's own open sells
+  of the code are cancelled first so the shares are free (as live). `exit = limit` fills the same way
+  (the price the rule names is at or above its limit).
+- A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
+  bar's open.
+- `when_closed` does not arise: bars are sessions. The exit's order id is in the gateway's range of the
+  agent's numbers, as live.
+- Ends as live: the buy unfilled (CANCELLED), the position sold by the agent (CANCELLED), sold (DONE).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from common.errors import ErrorCode, KtraderError
+from common.ids import GATEWAY_ORDER_BASE
+from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
+from common.schema import Bar
+from tools.backtest.broker import Note, SimBroker
+
+
+class BacktestProtections:
+    def __init__(self, broker: SimBroker, agent: str) -> None:
+        self.broker = broker
+        self.agent = agent
+        self.all: dict[str, Protection] = {}  # every protection, in its latest version
+        self.active: dict[str, Protection] = {}
+        self.by_entry: dict[str, str] = {}
+        self._from_step: dict[str, int] = {}  # protection → the first bar time it is checked at
+        self._exit_n: dict[str, int] = {}  # day → exits numbered that day
+        self.step = 0  # the engine's current bar time (set before order entry and checks)
+        self._pending_notes: list[Note] = []  # arming seen inside a fill, delivered at the next settle
+        broker.on_fill = self._on_fill
+
+    # ---- the strategy's calls --------------------------------------------------------------------
+
+    def refusal(self, spec: ProtectionSpec) -> str | None:
+        return validate(spec)
+
+    def attach(self, coid: str, code: str, spec: ProtectionSpec, ts: int, notes: list[Note]) -> None:
+        """A buy's protection (the buy was just placed)."""
+        p = Protection(id=coid, agent=self.agent, code=code, spec=spec, entry=coid, state=PS.PENDING, created_ns=ts,
+                       updated_ns=ts)
+        self._put(p, notes)
+        self.by_entry[coid] = coid
+        self.settle(notes)  # a buy denied at once ends it now
+
+    def protect(self, pid: str, code: str, qty: int, spec: ProtectionSpec, ts: int, notes: list[Note]) -> None:
+        held = self.broker.position(code)
+        err = validate(spec) or (f"no shares of {code} to protect" if held <= 0 else
+                                 f"{qty} shares to protect, {held} held" if qty > held else None)
+        p = Protection(id=pid, agent=self.agent, code=code, spec=spec, qty=qty, high=self.broker.last.get(code, 0),
+                       created_ns=ts, updated_ns=ts)
+        if err:
+            p = msgspec.structs.replace(p, state=PS.CANCELLED, reason=f"{ErrorCode.BAD_PROTECTION}: {err}")
+        else:
+            self._from_step[pid] = self.step + 1
+        self._put(p, notes)
+
+    def cancel(self, pid: str, notes: list[Note]) -> None:
+        p = self.active.get(pid)
+        if p is None:
+            raise KtraderError(ErrorCode.UNKNOWN_PROTECTION, f"no active protective order {pid}")
+        self._put(msgspec.structs.replace(p, state=PS.CANCELLED, reason="cancelled by the agent"), notes)
+
+    # ---- the broker's word ----------------------------------------------------------------------
+
+    def _on_fill(self, coid: str, qty: int) -> None:
+        """A fill of the agent's (the order already holds it): a buy's protection arms."""
+        pid = self.by_entry.get(coid)
+        p = self.active.get(pid) if pid else None
+        if p is None or p.state not in (PS.PENDING, PS.ARMED):
+            return
+        o = self.broker.orders[coid]
+        p = msgspec.structs.replace(p, qty=o.filled_qty, state=PS.ARMED, high=max(p.high, o.filled_value // o.filled_qty),
+                                    updated_ns=self.broker.ts_ns)
+        self.active[p.id] = self.all[p.id] = p
+        self._from_step[p.id] = self.step + 1  # checked from the next bar
+        self._pending_notes.append(("protection", p))
+
+    def settle(self, notes: list[Note]) -> None:
+        """Ends that follow from the orders and positions: a buy over without a fill, a position sold."""
+        notes.extend(self._pending_notes)
+        self._pending_notes = []
+        b = self.broker
+        for p in list(self.active.values()):
+            if p.state is PS.PENDING:
+                e = b.orders.get(p.entry)
+                if e is not None and not e.is_open and not e.filled_qty:
+                    why = f": {e.reason_code} {e.reason}".rstrip() if e.reason_code else ""
+                    self._put(msgspec.structs.replace(p, state=PS.CANCELLED,
+                                                      reason=f"its buy ended {e.state.value} without a fill{why}"), notes)
+            elif p.state is PS.ARMED and b.position(p.code) <= 0 and not self._entry_open(p):
+                self._put(msgspec.structs.replace(p, state=PS.CANCELLED, reason="the position was closed"), notes)
+
+    def _entry_open(self, p: Protection) -> bool:
+        e = self.broker.orders.get(p.entry) if p.entry else None
+        return e is not None and e.is_open
+
+    # ---- the bars -------------------------------------------------------------------------------
+
+    def check(self, step: int, bars: dict[str, Bar] | Bar, day: str, notes: list[Note]) -> None:
+        """Before the bar time's orders are matched: every armed protection against its code's bar."""
+        self.settle(notes)
+        for p in list(self.active.values()):
+            if self._from_step.get(p.id, step + 1) > step or p.state not in (PS.ARMED, PS.TRIGGERED):
+                continue
+            bar = bars if isinstance(bars, Bar) else bars.get(p.code)
+            if bar is None or (isinstance(bars, Bar) and bar.code != p.code):
+                continue
+            if p.state is PS.TRIGGERED:  # met on a locked bar: out at this bar's open
+                self._fire(p, bar, day, bar.open, notes)
+                continue
+            leg, at, high = check(p, bar.open, bar.high, bar.low)
+            if leg is None:
+                if high != p.high:
+                    self.active[p.id] = self.all[p.id] = msgspec.structs.replace(p, high=high)
+                continue
+            held = self.broker.position(p.code)
+            p = msgspec.structs.replace(p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=p.qty or held,
+                                        updated_ns=self.broker.ts_ns)
+            self._put(p, notes)
+            if self._entry_open(p):
+                self.broker.cancel(p.entry, notes)  # the trade is over: the rest of its buy goes
+            self._fire(p, bar, day, at, notes)
+        self.settle(notes)
+
+    def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note]) -> None:
+        b = self.broker
+        for coid in list(b.open_ids):  # the agent's own sells of the code free their shares first
+            o = b.orders[coid]
+            if o.code == p.code and o.side.value == "sell":
+                b.cancel(coid, notes)
+        want = min(p.qty - p.sold, b.position(p.code))
+        if want <= 0:
+            self._put(msgspec.structs.replace(p, state=PS.DONE if p.sold else PS.CANCELLED,
+                                              reason="nothing left to sell"), notes)
+            return
+        if b.locked_down(bar, day):
+            self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
+            return
+        n = self._exit_n[day] = self._exit_n.get(day, GATEWAY_ORDER_BASE - 1) + 1
+        coid = f"{self.agent}-{day.replace('-', '')}-{n}"
+        level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
+        reason = f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})"
+        o = b.exit(coid, p.code, want, price, bar, day, reason, notes)
+        sold, value = p.sold + o.filled_qty, p.sold_value + o.filled_value
+        done = sold >= p.qty or b.position(p.code) <= 0
+        self._put(msgspec.structs.replace(p, state=PS.DONE if done else PS.FIRED, exits=(*p.exits, coid), sold=sold,
+                                          sold_value=value, reason=f"sold {sold} at {value // sold:,}" if sold else ""), notes)
+
+    def _put(self, p: Protection, notes: list[Note]) -> None:
+        p = msgspec.structs.replace(p, updated_ns=self.broker.ts_ns or p.updated_ns)
+        self.all[p.id] = p
+        if p.is_active:
+            self.active[p.id] = p
+        else:
+            self.active.pop(p.id, None)
+            self.by_entry.pop(p.entry, None)
+        notes.append(("protection", p))
