@@ -37,7 +37,8 @@ from common.orders import OPEN, OrderState
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
     Heartbeat,
-    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
+    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionUpdate, PositionView, Published,
+    Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
 from common.schema import CardUpdate, GetSnapshot, SnapshotReply, SystemEvent
@@ -522,6 +523,10 @@ class AgentRuntime(AgentServicesMixin):
                           body.fill.qty, body.fill.price, body.position.qty)
             if notify:
                 self._call("on_fill", body.fill, body.position)
+        elif isinstance(body, PositionUpdate):
+            # reconciliation took back a fill the broker does not have: the gateway's books are the truth
+            self._positions[body.position.code] = body.position
+            self.log.warning("POSITION %s now %d (%s)", body.position.code, body.position.qty, body.reason)
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
             self.quotes.on_notice(body)  # a refused registration: ask again, maybe poll meanwhile

@@ -136,6 +136,12 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
     unknown_grace_s: float = 600.0
+    # A revise or cancel whose answer was lost is looked up in the broker's order list at once; one the
+    # list still does not show after this long never reached the broker (the order keeps its terms).
+    amend_grace_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # A fill booked from a notice that the broker's order list does not show is held as unconfirmed
+    # this long (the list can lag behind notices), then taken back with an alert.
+    fill_confirm_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # An order still queued for the broker after this long is refused, never sent (BROKER_BUSY): a
     # decision made on prices this old is not the one the agent made (0 = send however late).
     max_send_wait_s: float = 5.0

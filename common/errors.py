@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     NOT_SENT = "NOT_SENT"  # the gateway stopped before it called the broker: nothing was placed
     RESTARTED = "RESTARTED"  # in flight when the gateway stopped: the broker may or may not have it
     NOT_AT_BROKER = "NOT_AT_BROKER"  # an unknown outcome the broker's order list never showed: not placed
+    AMEND_UNKNOWN = "AMEND_UNKNOWN"  # a revise/cancel whose answer was lost: resolved from notices and the order list
+    FILL_NOT_AT_BROKER = "FILL_NOT_AT_BROKER"  # a booked fill the broker's list does not have: taken back
     EXPIRED_UNSENT = "EXPIRED_UNSENT"  # a next-session order the next session never took (not sent)
     # risk gate denials
     DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"

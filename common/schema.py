@@ -409,6 +409,15 @@ class FillUpdate(msgspec.Struct, frozen=True, tag="fill", kw_only=True):
     position: PositionView
 
 
+class PositionUpdate(msgspec.Struct, frozen=True, tag="position", kw_only=True):
+    """The agent's position changed without a fill of its own: reconciliation took back a fill the
+    broker does not have (`reason` says which and why)."""
+
+    position: PositionView
+    client_order_id: str = ""
+    reason: str = ""
+
+
 class Notice(msgspec.Struct, frozen=True, tag="notice", kw_only=True):
     level: str  # info | warning | error
     text: str
@@ -435,7 +444,7 @@ class CardUpdate(msgspec.Struct, frozen=True, tag="card", kw_only=True):
     changed: list[str] = []  # the card fields that changed
 
 
-EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate]
+EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate, PositionUpdate]
 
 
 class AgentEvent(_Msg, tag="event"):

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from common.ids import EXTERNAL_AGENT
-from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced
+from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced, ReverseFill
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
 from server.notices import NoticeRouter
@@ -35,7 +35,7 @@ class AccountView(Protocol):
 
 class Reconciler:
     def __init__(self, book: OrderBook, notices: NoticeRouter, broker: AccountView, alert: Callable[[str], None],
-                 unknown_grace_ns: int = 600_000_000_000) -> None:
+                 unknown_grace_ns: int = 600_000_000_000, fill_grace_ns: int = 60_000_000_000) -> None:
         self.book = book
         self.notices = notices
         self.broker = broker
@@ -43,6 +43,10 @@ class Reconciler:
         # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
         # declared never-placed after this long; until then it counts against risk.
         self.unknown_grace_ns = unknown_grace_ns
+        # A fill booked from a notice that the list does not show is held as unconfirmed this long,
+        # then taken back (a forged or misreported notice must not stay in the books).
+        self.fill_grace_ns = fill_grace_ns
+        self.resolves = 0  # targeted passes (chain repair), for status
         self.synced = False  # no orders before the first reconciliation with the broker
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
@@ -66,25 +70,9 @@ class Reconciler:
         reports = await self.broker.order_reports(today)
         virtual = book.portfolio.virtual
         local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
-        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns)
-        to_drain: list[str] = []
-        for coid, events in res.events.items():
-            try:
-                for ev in events:
-                    if isinstance(ev, Fill):
-                        book.apply_fill(coid, ev)
-                    else:
-                        book.try_apply(coid, ev)
-                    if isinstance(ev, (Accept, Replaced)):
-                        book.by_broker_id[ev.broker_order_id] = coid
-                        to_drain.append(ev.broker_order_id)
-            except Exception as e:  # one order's trouble must not stop the repair of the others
-                res.alerts.append(f"{coid}: repair failed: {e}")
-                log.exception("reconcile repair of %s failed", coid)
-        # Notices buffered for these ODNOs come after the repair: fills reconciliation already
-        # counted are then absorbed by the order's reconciled credit instead of counted twice.
-        for odno in to_drain:
-            self.notices.drain(odno)
+        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
+                        fill_grace_ns=self.fill_grace_ns)
+        self._apply(res)
         for r in res.external:
             try:
                 self._adopt_external(r)
@@ -103,6 +91,47 @@ class Reconciler:
         log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
                  len(res.events), len(res.external), len(res.alerts))
         return res
+
+    def _apply(self, res: ReconcileResult) -> None:
+        book = self.book
+        to_drain: list[str] = []
+        for coid, events in res.events.items():
+            try:
+                for ev in events:
+                    if isinstance(ev, Fill):
+                        book.apply_fill(coid, ev)
+                    elif isinstance(ev, ReverseFill):
+                        book.reverse_fill(coid, ev)
+                    else:
+                        book.try_apply(coid, ev)
+                    if isinstance(ev, (Accept, Replaced)):
+                        book.by_broker_id[ev.broker_order_id] = coid
+                        to_drain.append(ev.broker_order_id)
+            except Exception as e:  # one order's trouble must not stop the repair of the others
+                res.alerts.append(f"{coid}: repair failed: {e}")
+                log.exception("reconcile repair of %s failed", coid)
+        # Notices buffered for these ODNOs come after the repair: fills reconciliation already
+        # counted are then absorbed by the order's reconciled credit instead of counted twice.
+        for odno in to_drain:
+            self.notices.drain(odno)
+
+    async def resolve(self, coids: list[str], reason: str) -> list[BrokerOrderReport]:
+        """A targeted pass for a few orders whose live line is in question (chain repair): the day's
+        order list read now, and only these orders' chains brought in line with it (their revise
+        lines adopted, fills, how the broker closed them). Returns the list it read."""
+        async with self._lock:
+            book = self.book
+            reports = await self.broker.order_reports(book.clock.now().date())
+            local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
+            res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
+                            fill_grace_ns=self.fill_grace_ns)
+            res.events = {c: evs for c, evs in res.events.items() if c in coids}
+            self._apply(res)
+            self.resolves += 1
+            for text in res.alerts:
+                if any(text.startswith(c) for c in coids):
+                    self.alert(f"chain repair ({reason}): {text}")
+            return reports
 
     # ---- expiry ------------------------------------------------------------------------------------
 

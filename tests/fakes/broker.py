@@ -25,7 +25,8 @@ from common.market_clock import OpenClock
 from kis import wire
 from kis.port import (
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult, Trade,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, BrokerUnknownOutcome, MarketKind, NoticeKind, SubscriptionResult,
+    Trade,
 )
 
 
@@ -45,6 +46,9 @@ class FakeBroker:
         self.submits = 0
         self._state = SessionState.DISCONNECTED
         self.chart_calls: list[tuple[str, str, str]] = []
+        self.lose_next: set[str] = set()  # "modify" / "cancel": act, then lose the answer (BrokerUnknownOutcome)
+        self.lose_before: set[str] = set()  # "modify" / "cancel": lose the request before the broker sees it
+        self.mute: set[str] = set()  # "modify": the broker acts but sends no notice of it
 
     @property
     def session_state(self) -> SessionState:
@@ -69,11 +73,18 @@ class FakeBroker:
                 json.dump({k: {**o, "side": o["side"].value} for k, o in self.orders.items()}, f)
 
     def _notice(self, kind: NoticeKind, odno: str, o: dict, fill_qty: int = 0, fill_price: int = 0, orig: str = "",
-                is_cancel: bool = False) -> None:
+                is_cancel: bool = False, is_modify: bool = False) -> None:
         self._save()  # every change of an order is followed by its notice
-        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig, code=o["code"],
-                                            side=o["side"], order_qty=o["qty"], order_price=o["price"], fill_qty=fill_qty,
-                                            fill_price=fill_price, time=self._time(), is_cancel=is_cancel))
+        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig or o.get("orig", ""),
+                                            code=o["code"], side=o["side"], order_qty=o["qty"], order_price=o["price"],
+                                            fill_qty=fill_qty, fill_price=fill_price, time=self._time(), is_cancel=is_cancel,
+                                            is_modify=is_modify))
+
+    def _lost(self, call: str) -> None:
+        """Fault: the call acted, its answer is lost on the way back (`lose_next` names the calls)."""
+        if call in self.lose_next:
+            self.lose_next.discard(call)
+            raise BrokerUnknownOutcome(f"{call}: connection dropped after the broker acted", code="TRANSPORT")
 
     async def submit(self, order: BrokerOrder) -> BrokerAck:
         self.submits += 1
@@ -100,36 +111,55 @@ class FakeBroker:
         self._notice(NoticeKind.FILLED, odno, o, q, o["price"])
 
     async def modify(self, req: BrokerModify) -> BrokerAck:
+        if "modify" in self.lose_before:
+            self.lose_before.discard("modify")
+            raise BrokerUnknownOutcome("modify: connection dropped before the broker saw it", code="TRANSPORT")
         o = self.orders.get(req.broker_order_id)
         if o is None or not o["open"]:
-            raise BrokerRejected("no such open order", code="APBK0918")
+            raise BrokerRejected("정정/취소 가능수량이 없습니다.", code="APBK0635")
         odno = f"{next(self._odno):010d}"
         o["open"], o["replaced"] = False, True
-        self.orders[odno] = {**o, "price": req.price, "open": True, "replaced": False, "filled": 0}
-        self._save()
+        # the new line carries the remainder (KIS: a revise line of the unfilled quantity, naming the old one)
+        line = {**o, "qty": o["qty"] - o["filled"], "price": req.price, "open": True, "replaced": False, "filled": 0,
+                "orig": req.broker_order_id, "kind": "modify"}
+        self.orders[odno] = line
+        if "modify" in self.mute:
+            self._save()
+        else:
+            self._notice(NoticeKind.ACCEPTED, odno, line, is_modify=True)
+        self._lost("modify")
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
         o = self.orders.get(req.broker_order_id)
         if o is None or not o["open"]:
-            raise BrokerRejected("no such open order", code="APBK0918")
+            raise BrokerRejected("정정/취소 가능수량이 없습니다.", code="APBK0635")
         o["open"] = False
         odno = f"{next(self._odno):010d}"
+        self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "filled": 0, "open": False, "orig": req.broker_order_id,
+                             "kind": "cancel", "replaced": False}
         self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 접수
         self._notice(NoticeKind.CANCELLED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 확인
+        self._lost("cancel")
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
-        return [BrokerOrderReport(broker_order_id=k, orig_broker_order_id="", org_no="06010", code=o["code"], side=o["side"],
-                                  qty=o["qty"], price=o["price"], filled_qty=o["filled"], avg_fill_price=o["price"] if o["filled"] else 0,
-                                  filled_value=o["filled"] * o["price"], remaining_qty=o["qty"] - o["filled"] if o["open"] else 0,
-                                  cancelled_qty=0 if o["open"] else o["qty"] - o["filled"], rejected_qty=0)
-                for k, o in self.orders.items()]
+        out = []
+        for k, o in self.orders.items():
+            kind = o.get("kind", "")
+            moved = o.get("replaced", False)
+            out.append(BrokerOrderReport(
+                broker_order_id=k, orig_broker_order_id=o.get("orig", ""), org_no="06010", code=o["code"], side=o["side"],
+                qty=o["qty"], price=o["price"], filled_qty=o["filled"], avg_fill_price=o["price"] if o["filled"] else 0,
+                filled_value=o["filled"] * o["price"], remaining_qty=o["qty"] - o["filled"] if o["open"] else 0,
+                cancelled_qty=0 if o["open"] or moved else o["qty"] - o["filled"],  # a revised line's rest moved on
+                rejected_qty=0, is_cancel=kind == "cancel", is_modify=kind == "modify"))
+        return out
 
     async def positions(self) -> list[BrokerPosition]:
         held: dict[str, list[int]] = {}
         for o in self.orders.values():
-            if o["filled"] and not o.get("replaced"):
+            if o["filled"]:  # every line's own fills (a revised line keeps what it filled before)
                 q, v = held.setdefault(o["code"], [0, 0])
                 sign = 1 if o["side"] is Side.BUY else -1
                 held[o["code"]] = [q + sign * o["filled"], v + sign * o["filled"] * o["price"]]
