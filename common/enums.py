@@ -109,6 +109,7 @@ class AlertKind(StrEnum):
     STALE_MARKET_DATA = "stale_market_data"  # no real-time data during the session for notify.stale_data_s
     AGENT_OFFLINE = "agent_offline"  # an agent crashed or stopped while holding positions or open orders
     UNKNOWN_ORDER = "unknown_order"  # an order's outcome at the broker is not known (never resent)
+    BAD_MARKET_DATA = "bad_market_data"  # a print or book failed the sanity checks and was dropped (server/md_sanity.py)
 
 
 class BarInterval(StrEnum):

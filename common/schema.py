@@ -362,6 +362,7 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     rest_penalties: int = 0  # EGW00201 "too many requests" pauses
     ws_last_message_age_s: float = -1.0  # -1: unknown
     ws_sessions: int = 0  # websocket sessions opened (reconnects = sessions - 1)
+    ws_dropped: int = 0  # real-time frames and records dropped because they did not read (never a session kill)
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)

@@ -32,7 +32,7 @@ from common import redact
 from kis.codes import Verdict, codes_with, lookup
 from kis.netdiag import explain
 from kis.port import BrokerError, BrokerEvent, Gap, SessionChange, SubscriptionResult
-from kis.realtime import NOTICE_TRS, Control, FrameError, FrameParser, parse_control
+from kis.realtime import NOTICE_TRS, BadRecord, Control, FrameError, FrameParser, parse_control
 from kis.session_why import session_why
 
 log = logging.getLogger(__name__)
@@ -465,13 +465,7 @@ class KisWebSocket:
                 text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
                 head = text[:1]
                 if head in ("0", "1"):
-                    try:
-                        events = self.parser.parse(text)
-                    except FrameError as e:
-                        self.parser.errors += 1
-                        log.warning("real-time frame dropped: %s", e)
-                        continue
-                    for ev in events:
+                    for ev in self._parse(text):
                         self._emit(ev)
                 elif head == "{":
                     await self._on_control(ws, text)
@@ -479,6 +473,31 @@ class KisWebSocket:
                     log.warning("unrecognised websocket message (%d chars) ignored", len(text))
         finally:
             self._fail_pending()
+
+    def _parse(self, text: str) -> list[BrokerEvent]:
+        """A data frame's events. Whatever is wrong with a frame or a field in it, the frame (or its
+        bad record) is dropped and counted, never the session: a reconnect would deny orders for
+        nothing. A notice that did not read may have carried a fill: the gateway is told to repair
+        from the broker's order list (a Gap)."""
+        p = self.parser
+        bad_before = p.bad_records.copy()
+        try:
+            events: list[BrokerEvent] = list(p.parse(text))
+        except BadRecord:
+            events = []  # every record of the frame was bad: counted per record
+        except Exception as e:  # FrameError, or anything a hostile frame provokes
+            p.errors += 1
+            events = []
+            if p.errors <= 5 or p.errors % 100 == 0:
+                log.warning("real-time frame dropped (%d so far): %s", p.errors, str(e)[:200])
+        if p.bad_records != bad_before:
+            n = sum(p.bad_records.values())
+            if n <= 5 or n % 100 == 0:
+                log.warning("real-time record dropped (%d so far): %s", n, p.last_bad)
+            if any(p.bad_records.get(tr, 0) != bad_before.get(tr, 0) for tr in NOTICE_TRS):
+                now = now_kst()
+                events.append(Gap(since=now, until=now, reason=f"an order notice did not read ({p.last_bad})"))
+        return events
 
     async def _on_control(self, ws: websockets.ClientConnection, text: str) -> None:
         try:

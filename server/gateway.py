@@ -26,7 +26,7 @@ import zmq
 
 from common.config import AgentCard, GatewayConfig
 from common.connection import GatewayInfo, remove_info, write_info
-from common.enums import SessionState, SystemEventKind
+from common.enums import AlertKind, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
@@ -43,6 +43,7 @@ from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
+from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher
@@ -125,6 +126,10 @@ class Gateway:
         self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn)
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(cfg))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
+        # every print and book is checked before anything uses it; marks move only on confirmed prints
+        self.sanity = MarketSanity(lambda code: self.portfolio.base_prices.get(code, 0), self.portfolio.kind,
+                                   lambda: self.clock.now().date(),
+                                   lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA))
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters)
@@ -345,11 +350,15 @@ class Gateway:
         async for ev in self.broker.events():
             try:
                 if isinstance(ev, Trade):
-                    self.portfolio.marks[ev.code] = ev.price
+                    if self.sanity.trade(ev) is not None:
+                        continue  # dropped, counted and alerted: nobody trades, marks or builds bars on it
+                    if self.sanity.confirmed(ev):  # one outlier never moves P&L (nor the daily-loss state)
+                        self.portfolio.marks[ev.code] = ev.price
                     self.shadow_venue.on_trade(ev.code, ev.price, ev.qty)
                     self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
                 elif isinstance(ev, Book):
-                    self.md.on_book(ev)
+                    if self.sanity.book(ev) is None:
+                        self.md.on_book(ev)
                 elif isinstance(ev, BrokerNotice):
                     self.notices.on_notice(ev)
                 elif isinstance(ev, SessionChange):

@@ -41,6 +41,7 @@ from server import console_views
 from server.alert_watch import AlertWatch, Facts
 from common.market_clock import MarketClock, market_ns
 from server.marketdata import MarketData
+from server.md_sanity import MarketSanity
 from server.notifier import Notifier
 from common.portfolio import Portfolio
 from server.alerts import Alerts
@@ -87,6 +88,7 @@ class GatewayParts(Protocol):
     counters: Counter[str]  # the gateway's protocol counters
     pub: Publisher | None
     md: MarketData
+    sanity: MarketSanity
     subs: SubscriptionManager
     master: StockMaster | None
     clock: MarketClock
@@ -194,6 +196,11 @@ class Operator:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped
             counters.update(gw.md.counters())
+        counters.update(gw.sanity.counters())
+        counters["ws_dropped"] = broker_health(gw.broker).ws_dropped
+        counters["orders_in_doubt"] = gw.core.repair.in_doubt
+        counters["chain_repairs"] = gw.core.repair.repaired
+        counters["cancels_resent"] = gw.core.repair.resent
         master = gw.master
         codes = {c for a in agents for c in a.codes}
         market_now = gw.clock.now()

@@ -62,11 +62,12 @@ class Procs:
 
 
 def start_gateway_on_twin(procs: Procs, tmp: Path, info: dict[str, str], *, broker_toml: str = "",
-                          wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
+                          gateway_toml: str = "", wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
     """A gateway process on a separately started twin (`ktrader sim`, its JSON line in `info`), with
-    the twin's demo credentials in its environment; returns once it has written gateway.json."""
+    the twin's demo credentials in its environment; returns once it has written gateway.json.
+    `gateway_toml`: top-level settings (before the [broker] table)."""
     cfg = tmp / "gateway.toml"
-    cfg.write_text(f'[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
+    cfg.write_text(f'{gateway_toml}[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
                    f'admin_url = "{info["admin_url"]}"\n')
     run = tmp / "run"
     gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info))

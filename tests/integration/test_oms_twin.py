@@ -21,12 +21,13 @@ import pytest
 
 from agent.client import GatewayClient
 from common.clock import today_kst
-from common.config import AgentCard
+from common.config import AgentCard, RiskLimits
 from common.connection import read_info
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import (
-    Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, Register,
+    Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, PositionUpdate,
+    Register,
     Registered, SnapshotReply, SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
@@ -60,10 +61,11 @@ class Twin:
 class Agent:
     """This test as an agent: speaks the wire protocol, collects its events."""
 
-    def __init__(self, run: Path, agent_id: str, codes: list[str]) -> None:
+    def __init__(self, run: Path, agent_id: str, codes: list[str], risk: RiskLimits | None = None) -> None:
         self.client = GatewayClient(read_info(run), agent_id, subscribe=False)
         self.id = agent_id
-        card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000)
+        card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000,
+                         risk=risk or RiskLimits())
         reply = self.client.request(Register(h=self.client.headers(), card=card, pid=os.getpid(), host="test"), 10)
         assert isinstance(reply, Registered), reply
         self.n = reply.snapshot.next_order_n
@@ -78,7 +80,7 @@ class Agent:
             if isinstance(m, AgentEvent):
                 if isinstance(m.body, OrderUpdate):
                     self.orders[m.body.order.client_order_id] = m.body.order
-                elif isinstance(m.body, FillUpdate):
+                elif isinstance(m.body, (FillUpdate, PositionUpdate)):
                     self.positions[m.body.position.code] = m.body.position
 
     def state(self, coid: str) -> str:
