@@ -59,7 +59,12 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # when it is a blip, never a storm when KIS is really gone.
     backoff_base_s: float = 0.2
     backoff_max_s: float = 60.0
-    in_use_backoff_s: float = 15.0  # OPSP8996: the slot can stay locked; wait at least this long
+    # OPSP8996 (the app key's one websocket is still held, e.g. by our own dead predecessor until KIS
+    # notices it is gone): wait, then take over. The pause starts short and doubles while KIS keeps
+    # refusing (jittered, never under the first pause, capped): a tight ~1 s loop is what makes KIS
+    # lock a key for long (API.md §6.4, §8.2), a fixed long pause is what keeps orders waiting.
+    in_use_backoff_s: float = 1.5
+    in_use_backoff_max_s: float = 60.0
     stable_after_s: float = 2.0  # a session READY this long resets the back-off (a later drop is a new incident)
     quick_retries: int = 3  # shorter READY sessions in a row that still reconnect at once (then: back off)
     rest_error_backoff_max_s: float = 1.0  # the approval-key call failed (rate limit, HTTP 500): KIS is up, retry soon
@@ -95,6 +100,13 @@ def after_session(attempt: int, short: int, ready_for: float | None, cfg: WsConf
         return attempt, short
     short = 0 if ready_for >= cfg.stable_after_s else short + 1
     return (0 if short <= cfg.quick_retries else attempt), short
+
+
+def in_use_delay(refusals: int, cfg: WsConfig) -> float:
+    """The pause after the (refusals+1)-th OPSP8996 in a row: doubling from `in_use_backoff_s`, capped,
+    jittered, never below the first pause."""
+    d = min(cfg.in_use_backoff_max_s, cfg.in_use_backoff_s * 2.0 ** min(refusals, 30))
+    return max(cfg.in_use_backoff_s, d / 2 + random.uniform(0.0, d / 2))
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -200,7 +212,7 @@ class KisWebSocket:
             log.log(level, "KIS real-time session: %s", session_why(self.state, problem, detail))
 
     async def _run(self) -> None:
-        attempt = short = 0
+        attempt = short = refusals = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
@@ -242,12 +254,15 @@ class KisWebSocket:
             loop = asyncio.get_running_loop()
             ready_for = None if self._ready_at is None else loop.time() - self._ready_at
             attempt, short = after_session(attempt, short, ready_for, self.cfg)
+            if ready_for is not None:
+                refusals = 0  # KIS took us since the last refusal
             if self._was_ready and self._gap_since is None:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
             delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
             if refused:
-                delay = max(delay, self.cfg.in_use_backoff_s)
+                delay = in_use_delay(refusals, self.cfg)
+                refusals += 1
             elif rest_failed:
                 delay = min(delay, self.cfg.rest_error_backoff_max_s)
             attempt += 1

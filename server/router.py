@@ -62,6 +62,9 @@ class Router:
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 4)  # hard cap; the codec's cap is below it
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
+        # A reply that cannot be delivered (the peer's queue is full, or the peer is gone) raises instead
+        # of vanishing: without this a ROUTER drops silently and no counter can see it.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if secure is not None:
             secure(sock, endpoint)
         sock.bind(endpoint)
@@ -164,6 +167,9 @@ class Router:
             self.counters["reply_drops"] += 1  # peer's queue full; per-agent events are replayable
             return False
         except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                self.counters["reply_unroutable"] += 1  # the peer is gone (it asked, then disconnected)
+                return False
             self.counters["send_errors"] += 1
             log.warning("send failed: %s", e)
             return False

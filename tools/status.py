@@ -155,7 +155,7 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
             acc.add_row(p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
                         f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
         console.print(acc)
-    bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "pub_dropped", "handler_errors"))}
+    bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "reply_unroutable", "pub_dropped", "handler_errors", "md_dropped_", "stale_", "replayed"))}
     if bad:
         console.print(f"[yellow]counters[/] {bad}")
     for text in st.alerts[-5:]:

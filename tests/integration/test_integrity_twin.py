@@ -5,7 +5,9 @@
   APBK0635 and left the order live at KIS for 48 s).
 - Bad prints (a price of -71,000, a field that does not read, an outlier inside the band) are
   dropped or held: the websocket session lives on, and a holding agent is not put into REDUCING.
-- A forged fill notice is taken back by reconciliation; a garbled notice makes the gateway repair."""
+- A forged fill notice is taken back by reconciliation; a garbled notice makes the gateway repair.
+- An OPSP8996 on reconnect (the app key's websocket still held) is waited out with a short,
+  growing pause: orders flow again within seconds of KIS releasing the key (it took 15.3 s)."""
 
 from __future__ import annotations
 
@@ -126,3 +128,20 @@ def test_forged_fill_notice_is_taken_back_and_a_garbled_one_repaired(tmp_path: P
         assert gw.poll() is None
     finally:
         agent.client.close()
+
+
+def test_app_key_in_use_on_reconnect_is_taken_over_within_seconds(tmp_path: Path, procs: Procs) -> None:
+    twin = Twin(procs, tmp_path)
+    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info)
+    wait_for(lambda: fetch_status(run).synced and fetch_status(run).session_state.value == "ready", 20, what="ready")
+    sessions = fetch_status(run).health.ws_sessions
+    # the session drops and, for 2 s, KIS still holds the app key's websocket (OPSP8996)
+    twin.admin.post("/admin/faults/ws-refuse", json={"seconds": 2.0}).raise_for_status()
+    t0 = time.monotonic()
+    twin.admin.post("/admin/faults/ws-drop").raise_for_status()
+    wait_for(lambda: fetch_status(run).session_state.value != "ready", 5, what="the drop noticed", interval=0.005)
+    wait_for(lambda: (s := fetch_status(run)).session_state.value == "ready" and s.health.ws_sessions >= sessions + 2, 25,
+             what="session taken over (after at least one refused attempt)")
+    took = time.monotonic() - t0
+    assert took < 6.0, took  # was >= 15 s: orders were denied all that time
+    assert gw.poll() is None

@@ -325,3 +325,16 @@ async def test_a_field_that_does_not_read_drops_its_record_never_the_session() -
         assert rig.ws.parser.bad_records == {"H0STCNT0": 2, "H0STCNI0": 1}
         assert not any(isinstance(e, BrokerNotice) for e in rig.events)
         assert rig.ws.parser.errors == 0  # no frame was unreadable as a whole
+
+
+def test_key_in_use_pause_starts_short_and_doubles() -> None:
+    """Issue 21: an OPSP8996 on reconnect kept every order waiting 15.3 s (a fixed 15 s pause). KIS
+    wants no tight loop, not a long first wait: the pause starts at 1.5 s and doubles while refused."""
+    from kis.ws import in_use_delay
+
+    cfg = WsConfig()
+    assert in_use_delay(0, cfg) == 1.5
+    for n in range(12):
+        d = in_use_delay(n, cfg)
+        assert 1.5 <= d <= min(60.0, 1.5 * 2**n)
+    assert min(in_use_delay(9, cfg) for _ in range(20)) >= 30.0  # a key KIS keeps locked is not hammered
