@@ -29,6 +29,7 @@ from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
+from common.credentials import CredentialError, load as load_credential
 from common.curve import CurveError, client_pair_for
 from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
@@ -262,9 +263,14 @@ class AgentRuntime(AgentServicesMixin):
             self.feed.reset()  # a new gateway numbers its topics from 1 again
         if self.client is not None:
             self.client.close()
-        try:  # over tcp: CURVE with this agent's key pair (run/keys/clients/<id>.key_secret)
+        try:  # this agent's own credential (the operator approved its card), and over tcp its CURVE pair
+            credential = load_credential(self.run_dir, self.agent_id)
+        except CredentialError as e:
+            self.client = None
+            raise AgentExit(EXIT_BAD_CARD, f"{self.agent_id} has no credential: {e}") from None
+        try:
             keys = client_pair_for(self.run_dir, self.agent_id, self.info.router, self.info.pub)
-            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys)
+            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys, credential=credential)
         except CurveError as e:
             self.client = None
             raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
@@ -284,6 +290,8 @@ class AgentRuntime(AgentServicesMixin):
                     raise AgentExit(EXIT_DUPLICATE, f"refused: {reply.message}")
                 time.sleep(0.1)
                 continue
+            if isinstance(reply, Error):
+                raise AgentExit(EXIT_BAD_CARD, f"registration refused ({reply.code}): {reply.message}")
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
         self._follow_clock(reply.snapshot.clock_ns)

@@ -14,11 +14,15 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "UNSUPPORTED"  # a valid message this endpoint does not serve
     INTERNAL = "INTERNAL"  # a bug on the gateway side; the message was not acted on
     TIMEOUT = "TIMEOUT"  # client side: no reply in time
+    STALE_MESSAGE = "STALE_MESSAGE"  # its timestamp is outside the gateway's freshness window (a replay, or a clock off)
+    REPLAYED = "REPLAYED"  # this message (sender session, message id) was seen already
+    FORBIDDEN = "FORBIDDEN"  # this credential may not do that (an agent acting on another, or on the gateway)
     # identity and leases
     NOT_REGISTERED = "NOT_REGISTERED"
     DUPLICATE_AGENT = "DUPLICATE_AGENT"
     WRONG_AGENT = "WRONG_AGENT"  # a message names another agent than the one registered on this socket
     BAD_CARD = "BAD_CARD"
+    NOT_APPROVED = "NOT_APPROVED"  # no card of this agent id is approved by the operator (ktrader cards approve)
     UNKNOWN_AGENT = "UNKNOWN_AGENT"  # an operator action names an agent the gateway has never known
     AMBIGUOUS_TARGET = "AMBIGUOUS_TARGET"  # an operator action that needs --agent ID (or an explicit --all)
     # orders

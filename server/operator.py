@@ -9,7 +9,9 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   gateway acts for it with its last known card. Every action, done or refused, is journaled in the
   store (`operator_log`).
 - A reload applies a changed card's risk limits, budget, schedule and params at once (the agent
-  gets a CardUpdate event for its params) and keeps the old card when the new one is refused.
+  gets a CardUpdate event for its params) and keeps the old card when the new one is refused. It is
+  the operator's approval of the new card (common/approvals.py). Only the operator's credential
+  reaches this room (server/router.py): an agent cannot pause, flatten or halt another.
 - `tick()` (from the gateway's lease loop): a silent (stale) agent becomes offline after
   `offline_after_s`; alerts for conditions that last (server/alert_watch.py) go to the notifier;
   closing trades are counted and daily equity snapshots written (server/performance.py)."""
@@ -26,6 +28,7 @@ from typing import Protocol
 
 import msgspec
 
+from common import approvals
 from common.clock import KST, yyyymmdd
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
@@ -307,6 +310,8 @@ class Operator:
                                            "(the old card stays in force)")
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
+        # the operator's reload is an approval: the agent registers with this card from now on
+        approvals.approve(self.gw.cfg.run_dir, [new], by=f"reload by {msg.h.sender}")
         rec = self.gw.registry.agents.get(msg.agent)
         if rec is not None:
             rec.card = new  # the risk gate, the day cycle and the quotas read the record's card

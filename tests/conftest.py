@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.client import GatewayClient
+from common import approvals, credentials
+from common.config import AgentCard, load_card
+from common.connection import read_info
+from common.schema import HeaderFactory
 from kis.credentials import credentials_env
+from tools.approve import approved_client
 from tools.procs import stop_groups, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +79,25 @@ def start_gateway_on_twin(procs: Procs, tmp: Path, info: dict[str, str], *, brok
     gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info))
     wait_for(lambda: (run / "gateway.json").exists(), wait_s, what="gateway.json")
     return run, gw
+
+
+def approve(run: Path, *cards: AgentCard | Path | str) -> list[AgentCard]:
+    """The operator approves these cards on the run folder (issue 21): the gateway then lets their
+    agents register, each with its own credential. Works before or while the gateway runs."""
+    loaded = [c if isinstance(c, AgentCard) else load_card(c) for c in cards]
+    approvals.approve(run, loaded, by="test")
+    return loaded
+
+
+def agent_client(run: Path, card: AgentCard, subscribe: bool = False) -> GatewayClient:
+    """A client speaking as the agent of `card` (approved here), with its own credential."""
+    return approved_client(run, card, subscribe)
+
+
+def operator_client(run: Path, sender: str = "tester") -> GatewayClient:
+    """A client with the operator's credential (made by the gateway on its run folder)."""
+    return GatewayClient(read_info(run), sender, HeaderFactory(sender), subscribe=False,
+                         credential=credentials.load(run, credentials.OPERATOR))
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common.config import BrokerConfig, BrokerEnv
+from common import approvals
+from common.config import BrokerConfig, BrokerEnv, load_card
 from common.connection import ConnectionFileError, read_info
 from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
@@ -49,6 +50,7 @@ WEIGHTS = {
 STANDBY_WARMUP_S = 3.0
 REST_FAULTS = {"rest_cut_before", "rest_cut_after", "egw00201_burst", "rest_500"}
 UNKNOWN_GRACE_S = 3.0
+FILL_GRACE_S = 3.0
 UNRESOLVED = {OrderState.UNKNOWN, OrderState.PENDING_SUBMIT, OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE}
 
 
@@ -115,7 +117,11 @@ class Campaign:
         # campaign is about the books, so it is off here.
         # The twin's order list never lags, so an unknown submit it does not show was never placed:
         # the grace KIS needs (10 min) is cut to a few seconds to let the audit finish.
-        cfg.write_text(f'kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
+        # The account's limits are the gateway's defaults except the order rate (the campaign trades
+        # faster than a desk); forged fills are taken back after FILL_GRACE_S (the twin's list never lags).
+        cfg.write_text(f'kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n'
+                       f'fill_confirm_grace_s = {FILL_GRACE_S}\namend_grace_s = 3.0\n'
+                       f'[risk]\nmax_orders_per_minute = 0\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
                        f'ws_url = "{info["ws_url"]}"\nadmin_url = "{info["admin_url"]}"\n')
         self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
         self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "info"]
@@ -131,6 +137,10 @@ class Campaign:
                 f'id = "{aid}"\nname = "{aid}"\nstrategy = "tools.chaos_trader:ChaosTrader"\n'
                 f'codes = {json.dumps(CODES)}\nbudget = 200_000_000\non_error = "continue"\n'
                 f'[params]\nseed = {self.seed}\n')
+        # the campaign is the operator: it approves its agents' cards (they get their credentials)
+        approvals.approve(st.run, [load_card(p) for p in sorted(cards.glob("*.toml"))], by="ktrader chaos")
+        for i in range(self.n_agents):
+            aid = f"chaos{i}"
             st.agents[aid] = self._start_agent(aid)
         wait_until(lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents, 30, "agents online")
         wait_until(lambda: fetch_status(st.run, 1.0).orders_today > 0, 30, "first orders")

@@ -17,6 +17,7 @@ from rich.text import Text
 from agent.client import GatewayClient
 from common.config import AgentCard
 from common.connection import ConnectionFileError, read_info
+from common.credentials import OPERATOR, CredentialError, load as load_credential
 from common.curve import TOOLS, CurveError, client_pair_for
 from common.schema import (
     Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
@@ -24,13 +25,14 @@ from common.schema import (
 
 
 def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
-    """One request from a short-lived tool client; an Error reply raises KtraderError. Over tcp the
-    tools use their own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
+    """One request from a short-lived tool client, signed with the operator's credential (made by the
+    gateway in run/keys/credentials/); an Error reply raises KtraderError. Over tcp the tools use their
+    own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
     info = read_info(run_dir)
     try:
         client = GatewayClient(info, sender, HeaderFactory(sender), subscribe=False,
-                               keys=client_pair_for(run_dir, TOOLS, info.router))
-    except CurveError as e:
+                               keys=client_pair_for(run_dir, TOOLS, info.router), credential=load_credential(run_dir, OPERATOR))
+    except (CurveError, CredentialError) as e:
         raise ConnectionFileError(str(e)) from None
     try:
         return client.call(make(client.headers()), timeout_s)

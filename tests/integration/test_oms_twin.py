@@ -30,7 +30,7 @@ from common.schema import (
     Register,
     Registered, SnapshotReply, SubmitOrders,
 )
-from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
 from tools.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
@@ -62,10 +62,10 @@ class Agent:
     """This test as an agent: speaks the wire protocol, collects its events."""
 
     def __init__(self, run: Path, agent_id: str, codes: list[str], risk: RiskLimits | None = None) -> None:
-        self.client = GatewayClient(read_info(run), agent_id, subscribe=False)
-        self.id = agent_id
         card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000,
                          risk=risk or RiskLimits())
+        self.client = agent_client(run, card)  # the operator approved its card; it signs with its own credential
+        self.id = agent_id
         reply = self.client.request(Register(h=self.client.headers(), card=card, pid=os.getpid(), host="test"), 10)
         assert isinstance(reply, Registered), reply
         self.n = reply.snapshot.next_order_n
