@@ -38,6 +38,10 @@ NOT_AT_BROKER = ErrorCode.NOT_AT_BROKER.value
 
 
 class ChainRepair:
+    """One worker: the orders due are settled together, one read of the broker's order list per round
+    (a burst of lost answers costs one inquiry, not one per order); an order still in doubt after a
+    round comes back after a short, growing delay."""
+
     def __init__(self, book: OrderBook, notices: NoticeRouter, resolve: Resolve, resend_cancel: Callable[[str], None],
                  alert: Callable[[str], None], *, grace_ns: int = 10_000_000_000, max_cancel_tries: int = 3,
                  retry_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)) -> None:
@@ -51,28 +55,39 @@ class ChainRepair:
         self.retry_s = retry_s
         self.repaired = 0  # orders that left doubt through a repair pass (status)
         self.resent = 0  # cancels sent again to a live line
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._again: set[str] = set()
+        self.rounds = 0  # reads of the order list for repairs
+        self._due: set[str] = set()
+        self._since: dict[str, int] = {}  # order in doubt -> market ns its repair began
+        self._rounds: dict[str, int] = {}  # order -> rounds it has been through
         self._tries: dict[str, int] = {}  # cancels sent again per order
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
         self._started = False
         book.listeners.append(self._after_commit)
 
     # ---- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """With the send queues: orders left in doubt by the previous process are repaired now."""
+        """After the gateway's first reconciliation (which settles most chains by itself): orders still
+        in doubt, e.g. left so by the previous process, are repaired now."""
+        if self._started:
+            return
         self._started = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="chain-repair")
         for coid, o in list(self.book.orders.items()):
             if o.in_doubt:
                 self.check(coid)
 
     async def stop(self) -> None:
         self._started = False
-        tasks = list(self._tasks.values())
-        for t in tasks:
+        for t in self._timers:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        self._timers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
     @property
     def in_doubt(self) -> int:
@@ -95,48 +110,68 @@ class ChainRepair:
     def check(self, coid: str) -> None:
         if not self._started:
             return  # start() picks it up
-        task = self._tasks.get(coid)
-        if task is not None and not task.done():
-            self._again.add(coid)  # the running pass looks again when it is done
-            return
-        self._tasks[coid] = asyncio.get_running_loop().create_task(self._repair(coid), name=f"repair-{coid}")
+        self._due.add(coid)
+        self._wake.set()
+
+    def _later(self, coid: str) -> None:
+        n = self._rounds.get(coid, 0)
+        delay = self.retry_s[min(n, len(self.retry_s) - 1)]
+        handle = asyncio.get_running_loop().call_later(delay, self._timer_fired, coid)
+        self._timers.add(handle)
+
+    def _timer_fired(self, coid: str) -> None:
+        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()}
+        self.check(coid)
 
     # ---- the repair ------------------------------------------------------------------------------
 
-    async def _repair(self, coid: str) -> None:
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._round()
+            except Exception:  # a bug must not stop the repair of the next orders
+                log.exception("chain repair round failed")
+
+    async def _round(self) -> None:
         book = self.book
-        since = book.now_ns()
-        delays = iter(self.retry_s)
-        self.notices.replay_chain(coid)  # notices buffered while the request was in flight apply now
+        batch = sorted(c for c in self._due if c in book.orders and book.orders[c].broker_chain)
+        self._due.clear()
+        if not batch:
+            return
+        doubt: dict[str, bool] = {}
+        for coid in batch:
+            if book.orders[coid].in_doubt and coid not in self._since:
+                self._since[coid] = book.now_ns()
+                self.notices.replay_chain(coid)  # notices buffered while its request was in flight apply now
+            doubt[coid] = book.orders[coid].in_doubt
+        self.rounds += 1
         try:
-            while True:
-                o = book.orders.get(coid)
-                if o is None or not o.broker_chain:
-                    return
-                self._again.discard(coid)
-                doubt = o.in_doubt
-                try:
-                    reports: list[BrokerOrderReport] | None = await self.resolve([coid], "in doubt" if doubt else "chain moved")
-                except Exception as e:  # the list could not be read: try again shortly
-                    log.warning("order list for %s not read: %s", coid, e)
-                    reports = None
-                o = book.orders.get(coid)
-                if o is None:
-                    return
-                if not o.in_doubt:
-                    if doubt:
-                        self.repaired += 1
-                        book.trace(coid, "repair.resolved", state=o.state.value, odno=o.broker_order_id)
-                        book.flush_traces()
-                    if coid in self._again:
-                        continue
-                    return
-                if reports is not None and self._decide(o, reports, book.now_ns() - since >= self.grace_ns):
-                    return
-                await asyncio.sleep(next(delays, self.retry_s[-1]))
-        finally:
-            if self._tasks.get(coid) is asyncio.current_task():
-                del self._tasks[coid]
+            reports: list[BrokerOrderReport] | None = await self.resolve(batch, "in doubt" if any(doubt.values())
+                                                                         else "chain moved")
+        except Exception as e:  # the list could not be read: each comes back shortly
+            log.warning("order list for the chain repair not read: %s", e)
+            reports = None
+        for coid in batch:
+            o = book.orders.get(coid)
+            if o is None:
+                continue
+            if not o.in_doubt:
+                if doubt[coid]:
+                    self.repaired += 1
+                    book.trace(coid, "repair.resolved", state=o.state.value, odno=o.broker_order_id)
+                self._since.pop(coid, None)
+                self._rounds.pop(coid, None)
+                continue
+            aged = book.now_ns() - self._since.get(coid, book.now_ns()) >= self.grace_ns
+            if reports is not None and self._decide(o, reports, aged):
+                self._since.pop(coid, None)
+                self._rounds.pop(coid, None)
+                continue
+            self._rounds[coid] = self._rounds.get(coid, 0) + 1
+            self._later(coid)
+        book.flush_traces()
 
     def _decide(self, o: Order, reports: list[BrokerOrderReport], aged: bool) -> bool:
         """The order is still in doubt after its chain was brought in line with the list. True when

@@ -55,8 +55,7 @@ class OrderCore:
 
     def start(self) -> None:
         self.live_queue.start()
-        self.shadow_queue.start()
-        self.repair.start()
+        self.shadow_queue.start()  # the chain repair starts after the first reconciliation (recon.on_synced)
 
     async def stop(self) -> None:
         await self.repair.stop()
@@ -98,5 +97,6 @@ def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock
                      lambda: recon.synced, alerts, card_of)
     repair = ChainRepair(book, notices, recon.resolve, lambda coid: live_queue.put(Job(Call.CANCEL, coid)), alerts,
                          grace_ns=int(cfg.amend_grace_s * 1e9))
+    recon.on_synced += [repair.start, desk.release_requeued]
     return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
                      live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk, repair=repair)

@@ -69,6 +69,7 @@ class OrderDesk:
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        self._requeued: list[tuple[SendQueue, Job]] = []  # never sent before a restart: sent after the first reconciliation
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -106,8 +107,10 @@ class OrderDesk:
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     halted = self.risk.global_state is TradingState.HALTED or self.risk.agent_state(o.agent) is TradingState.HALTED
                     if (not queue.max_send_wait_ns or age < queue.max_send_wait_ns) and not halted:
+                        # sent once this gateway has reconciled (its start is not slowed by the backlog;
+                        # the queue's own max_send_wait still applies from when it was first queued)
                         book.trace(coid, "requeued", after_restart=True, age_ms=age // 1_000_000)
-                        queue.put(Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9))
+                        self._requeued.append((queue, Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9)))
                     else:
                         why = "trading is halted" if halted else f"queued {age / 1e9:.1f}s ago, too late to send"
                         book.try_apply(coid, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value,
@@ -119,6 +122,12 @@ class OrderDesk:
                 what = "cancel" if o.state is OrderState.PENDING_CANCEL else "revise"
                 book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN,
                                                  reason=f"gateway restarted during the {what}: checking the broker"))
+
+    def release_requeued(self) -> None:
+        """The first reconciliation is done: the orders the previous process never sent go out now."""
+        jobs, self._requeued = self._requeued, []
+        for queue, job in jobs:
+            queue.put(job)
 
     def is_shadow(self, agent: str) -> bool:
         return agent in self.book.portfolio.virtual

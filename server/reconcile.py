@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
     AMENDING, Accept, Cancelled, Expire, Fill, OPEN, Order, OrderEvent, OrderState, Reject, Replaced, RequestReplace,
@@ -42,6 +43,9 @@ class ReconcileResult:
     events: dict[str, list[OrderEvent]] = field(default_factory=dict)  # client order id → events, in order
     external: list[BrokerOrderReport] = field(default_factory=list)  # broker orders nobody here placed
     alerts: list[str] = field(default_factory=list)
+    # code → shares the books hold beyond the broker's fills, held as unconfirmed (inside the grace):
+    # the account's holdings are compared with the books without them
+    unconfirmed: dict[str, int] = field(default_factory=dict)
 
     def add(self, coid: str, ev: OrderEvent) -> None:
         self.events.setdefault(coid, []).append(ev)
@@ -163,6 +167,9 @@ def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, 
     the older notice fills, newest first; reconciled fills are the broker's own numbers, never."""
     coid = o.client_order_id
     young = sum(r.live_qty for r in o.fills if r.from_notice and now_ns - r.ts_ns < grace_ns)
+    held = min(excess, young)
+    if held:
+        res.unconfirmed[o.code] = res.unconfirmed.get(o.code, 0) + (held if o.side is Side.BUY else -held)
     due = excess - young
     if due <= 0:
         return  # all of it may still appear in the list: held as unconfirmed

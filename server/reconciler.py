@@ -47,6 +47,7 @@ class Reconciler:
         # then taken back (a forged or misreported notice must not stay in the books).
         self.fill_grace_ns = fill_grace_ns
         self.resolves = 0  # targeted passes (chain repair), for status
+        self.on_synced: list[Callable[[], None]] = []  # once, after the first pass (orders wait for it)
         self.synced = False  # no orders before the first reconciliation with the broker
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
@@ -83,13 +84,17 @@ class Reconciler:
         if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
             res.alerts.append(f"position check failed: {balance}")
         else:
-            res.alerts.extend(self._check_positions(balance))
+            res.alerts.extend(self._check_positions(balance, res.unconfirmed))
+        first = not self.synced
         self.synced = True
         self.last = (book.now_ns(), reason, len(res.alerts))
         for text in res.alerts:
             self.alert(f"reconcile ({reason}): {text}")
         log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
                  len(res.events), len(res.external), len(res.alerts))
+        if first:
+            for fn in self.on_synced:
+                fn()
         return res
 
     def _apply(self, res: ReconcileResult) -> None:
@@ -173,7 +178,11 @@ class Reconciler:
             book.try_apply(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
         self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
 
-    def _check_positions(self, balance: list[BrokerPosition]) -> list[str]:
+    def _check_positions(self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None) -> list[str]:
+        """The account's holdings against the books. Shares the books hold from fills the broker's list
+        does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
+        with such fills is never attributed to 'external' (its difference may be that fill)."""
+        unconfirmed = unconfirmed or {}
         portfolio = self.book.portfolio
         broker = {p.code: p for p in balance}
         ours: dict[str, int] = defaultdict(int)
@@ -182,11 +191,17 @@ class Reconciler:
                 continue  # virtual shares
             for code, p in agent_pos.items():
                 ours[code] += p.qty
+        for code, q in unconfirmed.items():
+            ours[code] -= q
         alerts = []
         previous, self._unexplained = self._unexplained, {}
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
             diff = theirs - ours.get(code, 0)
+            if diff and unconfirmed.get(code):
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0) + unconfirmed[code]} of which "
+                              f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting")
+                continue
             if diff > 0:
                 self._unexplained[code] = diff
             if diff < 0:

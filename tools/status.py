@@ -97,7 +97,18 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
         f"reconnects {max(0, h.ws_sessions - 1)}",
         *market_data_lines(st),
         recon_line(st),
+        integrity_line(st),
     ]
+
+
+def integrity_line(st: StatusReply) -> str:
+    """The order path's and the ROUTER's trust checks (issue 21): what they caught, never silent."""
+    c = st.counters
+    md = sum(v for k, v in c.items() if k.startswith("md_dropped_"))
+    return (f"integrity: in doubt {c.get('orders_in_doubt', 0)}  chain repairs {c.get('chain_repairs', 0)}  "
+            f"cancels resent {c.get('cancels_resent', 0)}  bad prints dropped {md} (held {c.get('md_unconfirmed', 0)})  "
+            f"frames dropped {st.health.ws_dropped}  replayed {c.get('bad_replayed', 0)}  stale {c.get('bad_stale_message', 0)}  "
+            f"forbidden {c.get('forbidden', 0)}  replies undeliverable {c.get('reply_drops', 0) + c.get('reply_unroutable', 0)}")
 
 
 def market_data_lines(st: StatusReply) -> list[str]:

@@ -78,7 +78,7 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     # started by hand, as an operator would in their own terminals
-    approve(run, cards / "alpha.toml", cards / "bravo.toml")
+    approve(run, cards / "alpha.toml", cards / "bravo.toml", cards / "charlie.toml")  # charlie: started from the console
     alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
     bravo = procs.start("agent", "run", str(cards / "bravo.toml"), "--run-dir", str(run), log_name="bravo")
     wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.positions, 20, what="alpha traded")

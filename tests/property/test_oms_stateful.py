@@ -175,6 +175,7 @@ class OmsMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
+        self.run(self.core.repair.stop())
         self.store.close()
         self.loop.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -247,6 +248,7 @@ class OmsMachine(RuleBasedStateMachine):
     @rule()
     def crash_restart(self) -> None:
         # the process dies: queued broker calls and undelivered notices are gone; the store stays
+        self.run(self.core.repair.stop())
         self.store.close()
         self.ex.notices, self.ex.held = [], []
         self._boot()

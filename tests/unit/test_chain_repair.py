@@ -203,3 +203,22 @@ def test_in_doubt_is_a_state_of_the_table() -> None:
 
 async def _unused() -> None:  # keep asyncio imported for type checkers of the helpers above
     await asyncio.sleep(0)
+
+
+async def test_a_held_fill_is_never_given_to_external(tmp_path: Path) -> None:
+    """While a forged sell fill is held as unconfirmed, the account holds more than the books: that is
+    the held fill, not shares of nobody's (two passes in a row used to give them to 'external', and
+    the books ended ahead of the account once the fill was taken back)."""
+    h = Harness(tmp_path / "gw.sqlite", cfg=GatewayConfig(fill_confirm_grace_s=3600.0))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    odno = await resting(h, 2, qty=4, price=80_000, side=Side.SELL)
+    h.notices.on_notice(forged_fill(odno, 4, 80_000, Side.SELL))
+    for _ in range(3):  # passes inside the grace: held, and nothing attributed
+        await h.recon.run("test")
+    assert h.portfolio.position("external", "005930") is None
+    h.core.recon.fill_grace_ns = 0
+    await h.recon.run("test")
+    assert h.portfolio.position("alpha", "005930").qty == 10 and h.portfolio.position("external", "005930") is None
+    await h.close()
