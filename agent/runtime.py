@@ -487,6 +487,11 @@ class AgentRuntime(AgentServicesMixin):
             if msg.code is ErrorCode.NOT_REGISTERED:
                 self.log.warning("gateway says not registered: %s; registering again", msg.message)
                 self._gateway_lost(0.0, "registration lost")
+            elif msg.code is ErrorCode.STALE_MESSAGE:
+                # a request the gateway refused as too old (this machine's clock is off, or it waited in a
+                # queue): what it asked may not have happened; register again for the gateway's view
+                self.log.error("gateway refused a request as stale: %s; registering again", msg.message)
+                self._gateway_lost(0.0, "request refused as stale")
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)
