@@ -15,6 +15,7 @@ File: run/keys/approved.json (0600, written atomically under a lock):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,8 @@ from common import credentials
 from common.config import AgentCard, ConfigError
 from common.curve import keys_dir
 from common.ids import EXTERNAL_AGENT
+
+log = logging.getLogger("ktrader.approvals")
 
 FILE = "approved.json"
 RESERVED = {credentials.GATEWAY: "the gateway signs its own replies so", EXTERNAL_AGENT: "orders placed outside ktrader"}
@@ -150,8 +153,9 @@ class ApprovedCards:
         self._stamp = stamp
         try:
             self.cards, self.error = load(self.run_dir).cards, ""
-        except ConfigError as e:
+        except ConfigError as e:  # nothing is approved until the operator approves again
             self.cards, self.error = {}, str(e)
+            log.error("no agent may register: %s", e)
 
     def get(self, agent: str) -> Approval | None:
         self.refresh()
