@@ -19,7 +19,6 @@ from pathlib import Path
 from agent.client import GatewayClient
 from common.clock import today_kst
 from common.config import AgentCard, RiskLimits
-from common.connection import read_info
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrderUpdate, Register, Registered, SubmitOrders

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import zmq
 
-from agent.client import GatewayClient  # noqa: F401
 from tools.approve import approved_client
 from common.config import AgentCard
-from common.connection import read_info
 from common.schema import Ack, Heartbeat, Register, Registered
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,6 @@ import pytest
 
 from agent.client import GatewayClient
 from common.config import AgentCard
-from common.connection import read_info
 from common.errors import ErrorCode
 from common.schema import (
     Ack, Error, GetState, GetSummary, InvestorReply, PriceReply, PutState, Query, Register, Registered, StateReply,

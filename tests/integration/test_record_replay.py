@@ -19,10 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.client import GatewayClient
 from common.clock import today_kst
 from common.config import AgentCard
-from common.connection import read_info
 from common.enums import Side
 from common.errors import ErrorCode
 from common.ids import make_client_order_id

@@ -27,14 +27,13 @@ import time
 import msgspec
 
 from agent.client import GatewayClient
-from common import credentials
 from common.clock import today_kst
 from common.config import AgentCard, RiskLimits
 from common.connection import read_info
 from common.errors import ErrorCode
 from common.ids import make_client_order_id
 from common.schema import (
-    Ack, Control, Error, Header, HeaderFactory, Heartbeat, NewOrder, OrdersReply, Ping, Pong, Register, Registered,
+    Ack, Control, Error, Header, Heartbeat, NewOrder, OrdersReply, Ping, Pong, Register, Registered,
     SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, approve, operator_client, wait_for
