@@ -2,6 +2,9 @@
 market data. Replies are matched to requests by id (header.re), so a lost reply never wedges the
 socket; everything that is not the awaited reply is queued for the runtime.
 
+Every request is signed with the client's own credential (common/credentials.py): an agent's id, or
+the operator's `ktrader-tools`; replies are checked against the gateway's key in gateway.json.
+
 Over a network endpoint (tcp) both sockets speak CURVE with the client's key pair (common/curve.py);
 a handshake the gateway refuses never delivers anything, so a timed-out request says why when the
 socket's monitor saw the refusal."""
@@ -15,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.connection import GatewayInfo
+from common.credentials import Credential
 from common.curve import CurveError, KeyPair, dial, network, register_hint
 from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
@@ -26,12 +30,14 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_
 
 class GatewayClient:
     def __init__(self, info: GatewayInfo, sender: str, headers: HeaderFactory | None = None,
-                 ctx: zmq.Context | None = None, subscribe: bool = True, keys: KeyPair | None = None) -> None:
-        """`keys`: this client's CURVE pair, needed when the gateway's endpoints cross a network
-        (common.curve.client_pair_for gives it, or None on ipc)."""
+                 ctx: zmq.Context | None = None, subscribe: bool = True, keys: KeyPair | None = None, *,
+                 credential: Credential) -> None:
+        """`credential`: whom this client signs as (common.credentials.load: an agent's own, or the
+        operator's). `keys`: this client's CURVE pair, needed when the gateway's endpoints cross a
+        network (common.curve.client_pair_for gives it, or None on ipc)."""
         self.info = info
         self.ctx = ctx or zmq.Context.instance()
-        self.codec = Codec(info.key_bytes)
+        self.codec = Codec(info.key_bytes, credential=credential)
         self.headers = headers or HeaderFactory(sender)
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)

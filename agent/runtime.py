@@ -29,6 +29,7 @@ from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
+from common.credentials import CredentialError, load as load_credential
 from common.curve import CurveError, client_pair_for
 from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
@@ -38,7 +39,8 @@ from common.orders import OPEN, OrderState
 from common.schema import (
     Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
     Heartbeat,
-    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionView, Published, Register,
+    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionUpdate, PositionView, Published,
+    Register,
     Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
 )
 from common.schema import CancelProtection, CardUpdate, GetSnapshot, Protect, ProtectionUpdate, SnapshotReply, SystemEvent
@@ -320,9 +322,14 @@ class AgentRuntime(AgentServicesMixin):
             self.feed.reset()  # a new gateway numbers its topics from 1 again
         if self.client is not None:
             self.client.close()
-        try:  # over tcp: CURVE with this agent's key pair (run/keys/clients/<id>.key_secret)
+        try:  # this agent's own credential (the operator approved its card), and over tcp its CURVE pair
+            credential = load_credential(self.run_dir, self.agent_id)
+        except CredentialError as e:
+            self.client = None
+            raise AgentExit(EXIT_BAD_CARD, f"{self.agent_id} has no credential: {e}") from None
+        try:
             keys = client_pair_for(self.run_dir, self.agent_id, self.info.router, self.info.pub)
-            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys)
+            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys, credential=credential)
         except CurveError as e:
             self.client = None
             raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
@@ -342,6 +349,8 @@ class AgentRuntime(AgentServicesMixin):
                     raise AgentExit(EXIT_DUPLICATE, f"refused: {reply.message}")
                 time.sleep(0.1)
                 continue
+            if isinstance(reply, Error):
+                raise AgentExit(EXIT_BAD_CARD, f"registration refused ({reply.code}): {reply.message}")
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
         self._follow_clock(reply.snapshot.clock_ns, reply.snapshot.phase)
@@ -552,6 +561,11 @@ class AgentRuntime(AgentServicesMixin):
             if msg.code is ErrorCode.NOT_REGISTERED:
                 self.log.warning("gateway says not registered: %s; registering again", msg.message)
                 self._gateway_lost(0.0, "registration lost")
+            elif msg.code is ErrorCode.STALE_MESSAGE:
+                # a request the gateway refused as too old (this machine's clock is off, or it waited in a
+                # queue): what it asked may not have happened; register again for the gateway's view
+                self.log.error("gateway refused a request as stale: %s; registering again", msg.message)
+                self._gateway_lost(0.0, "request refused as stale")
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)
@@ -600,6 +614,10 @@ class AgentRuntime(AgentServicesMixin):
                           body.fill.qty, body.fill.price, body.position.qty)
             if notify:
                 self._call("on_fill", body.fill, body.position)
+        elif isinstance(body, PositionUpdate):
+            # reconciliation took back a fill the broker does not have: the gateway's books are the truth
+            self._positions[body.position.code] = body.position
+            self.log.warning("POSITION %s now %d (%s)", body.position.code, body.position.qty, body.reason)
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
             self.quotes.on_notice(body)  # a refused registration: ask again, maybe poll meanwhile

@@ -39,3 +39,19 @@ def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, 
         realized_pnl=cur.realized_pnl + value - removed,
         fees=fees,
     )
+
+
+def reverse_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int, fee: int,
+                       cost_out: int = 0) -> PositionView:
+    """The position with a booked fill taken back (reconciliation: the broker does not have it).
+    A buy gives back its shares and their cost; a sell gets its shares back with the cost it took out
+    (`cost_out`, recorded when it was booked) and loses the P&L it realised. The fees it was charged
+    are refunded. Shares sold since a bought fill are not there to give back: the quantity stops at 0."""
+    cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+    fees = max(0, cur.fees - fee)
+    if side is Side.BUY:
+        left = max(0, cur.qty - qty)
+        cost = max(0, cur.cost - value) if left else 0
+        return PositionView(code=code, qty=left, cost=cost, realized_pnl=cur.realized_pnl, fees=fees)
+    return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + cost_out,
+                        realized_pnl=cur.realized_pnl - (value - cost_out), fees=fees)

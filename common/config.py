@@ -159,6 +159,29 @@ class WebConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     token: str = ""  # "" : a new one is generated and printed at each start (KTRADER_WEB_TOKEN wins)
 
 
+class TrustConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Who may speak to the gateway and under which limits (common/credentials.py, common/approvals.py)."""
+
+    # The gateway's first start on a run folder approves the cards in this folder (the operator who
+    # starts it approves them) and issues their agents' credentials; later, `ktrader cards approve`.
+    cards_dir: str = "cards"
+    # A request whose timestamp is further than this from the gateway's clock is refused (STALE_MESSAGE);
+    # one whose (sender session, message id) was seen already is refused too (REPLAYED).
+    freshness_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class AccountLimits(RiskLimits, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The gateway's limits across the whole account, finite by default (a gateway without a config, or
+    a [risk] section naming only some limits, is never unlimited by accident; 0 still means none).
+    Per agent, the operator's approved card narrows them further."""
+
+    max_order_value: Krw = 50_000_000
+    max_position_value: Krw = 300_000_000
+    max_open_orders: int = 500
+    max_orders_per_minute: int = 600
+    max_daily_loss: Krw = 30_000_000
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     run_dir: str = "run"
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
@@ -171,6 +194,12 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
     unknown_grace_s: float = 600.0
+    # A revise or cancel whose answer was lost is looked up in the broker's order list at once; one the
+    # list still does not show after this long never reached the broker (the order keeps its terms).
+    amend_grace_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # A fill booked from a notice that the broker's order list does not show is held as unconfirmed
+    # this long (the list can lag behind notices), then taken back with an alert.
+    fill_confirm_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # An order still queued for the broker after this long is refused, never sent (BROKER_BUSY): a
     # decision made on prices this old is not the one the agent made (0 = send however late).
     max_send_wait_s: float = 5.0
@@ -178,7 +207,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     kill_errors: int = 10  # automatic kill switch: this many broker errors/rejections ...
     kill_window_s: float = 60.0  # ... within this window halt all trading (0 errors = off)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
-    risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
+    risk: AccountLimits = msgspec.field(default_factory=AccountLimits)  # across the account
     account_budget: Krw = 0  # 0: whatever the account holds
     record_market_data: bool = True  # every KIS websocket frame to run_dir/data/<YYYYMMDD>/ (server/recorder.py)
     data_retention_days: int = 30  # recorded days older than this are deleted (0: keep all)
@@ -195,6 +224,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     account_every_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
+    trust: TrustConfig = msgspec.field(default_factory=TrustConfig)
 
 
 class EndOfDay(StrEnum):

@@ -14,11 +14,15 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "UNSUPPORTED"  # a valid message this endpoint does not serve
     INTERNAL = "INTERNAL"  # a bug on the gateway side; the message was not acted on
     TIMEOUT = "TIMEOUT"  # client side: no reply in time
+    STALE_MESSAGE = "STALE_MESSAGE"  # its timestamp is outside the gateway's freshness window (a replay, or a clock off)
+    REPLAYED = "REPLAYED"  # this message (sender session, message id) was seen already
+    FORBIDDEN = "FORBIDDEN"  # this credential may not do that (an agent acting on another, or on the gateway)
     # identity and leases
     NOT_REGISTERED = "NOT_REGISTERED"
     DUPLICATE_AGENT = "DUPLICATE_AGENT"
     WRONG_AGENT = "WRONG_AGENT"  # a message names another agent than the one registered on this socket
     BAD_CARD = "BAD_CARD"
+    NOT_APPROVED = "NOT_APPROVED"  # no card of this agent id is approved by the operator (ktrader cards approve)
     UNKNOWN_AGENT = "UNKNOWN_AGENT"  # an operator action names an agent the gateway has never known
     AMBIGUOUS_TARGET = "AMBIGUOUS_TARGET"  # an operator action that needs --agent ID (or an explicit --all)
     # orders
@@ -34,6 +38,8 @@ class ErrorCode(StrEnum):
     NOT_SENT = "NOT_SENT"  # the gateway stopped before it called the broker: nothing was placed
     RESTARTED = "RESTARTED"  # in flight when the gateway stopped: the broker may or may not have it
     NOT_AT_BROKER = "NOT_AT_BROKER"  # an unknown outcome the broker's order list never showed: not placed
+    AMEND_UNKNOWN = "AMEND_UNKNOWN"  # a revise/cancel whose answer was lost: resolved from notices and the order list
+    FILL_NOT_AT_BROKER = "FILL_NOT_AT_BROKER"  # a booked fill the broker's list does not have: taken back
     EXPIRED_UNSENT = "EXPIRED_UNSENT"  # a next-session order the next session never took (not sent)
     # risk gate denials
     DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"

@@ -1,23 +1,33 @@
-"""Frames on the wire: [magic, signature, body] (a ROUTER sees the peer identity first); on PUB, one
-frame: topic, NUL, magic, signature, body (see encode_pub).
+"""Frames on the wire: [magic, signer, signature, body] on ROUTER ⇄ DEALER (a ROUTER sees the peer
+identity first); on PUB, one frame: topic, NUL, magic, signature, body (see encode_pub).
 
 The body is msgpack of a schema Message; the signature is a keyed BLAKE2b of the body with the
-per-run key from run/gateway.json, so only processes that can read that file (mode 0600) can talk
-to the gateway. Decoding never raises anything but FrameError, which carries the ErrorCode to
-reply with and, when it could be read, the header of the offending message.
+signer's own key. Each principal signs with its own credential (common/credentials.py): an agent
+with its id's, the operator's tools with `ktrader-tools`, the gateway (its replies and PUB) with the
+key in run/gateway.json. The receiver looks the signer's key up (`keyring`), so a frame is
+attributable to exactly one credential, and the gateway can check who may do what. Requests are
+also checked for freshness (common/freshness.py) when the codec has a `freshness`.
+
+Decoding never raises anything but FrameError, which carries the ErrorCode to reply with and, when it
+could be read, the header of the offending message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 import msgspec
 
+from common.credentials import GATEWAY, Credential
 from common.errors import ErrorCode
+from common.freshness import Freshness
 from common.schema import SCHEMA_VERSION, Header, Message, Published
 
-MAGIC = b"KT1"
+MAGIC = b"KT1"  # PUB frames
+ROUTER_MAGIC = b"KT3"  # ROUTER ⇄ DEALER: [magic, signer, signature, body]
+MAX_SIGNER = 64
 MAX_TOPIC = 128  # bytes before the NUL of a PUB frame
 SIG_BYTES = 16
 DEFAULT_MAX_BODY = 1 << 20
@@ -29,11 +39,12 @@ _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError, Recu
 
 
 class FrameError(Exception):
-    def __init__(self, code: ErrorCode, message: str, header: Header | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, header: Header | None = None, signer: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.header = header
+        self.signer = signer  # the authenticated signer, when the frame got that far
 
 
 def _version_error(v: int, header: Header | None = None) -> FrameError:
@@ -54,10 +65,24 @@ class _Probe(msgspec.Struct):
 
 
 class Codec:
-    def __init__(self, key: bytes, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, key: bytes, max_body: int = DEFAULT_MAX_BODY, *, credential: Credential | None = None,
+                 keyring: Callable[[str], bytes | None] | None = None, freshness: Freshness | None = None) -> None:
+        """`key`: the gateway's (it signs PUB and the gateway's replies). `credential`: whom this side
+        signs ROUTER frames as (default: the gateway, with `key`). `keyring`: signer → key for the
+        ROUTER frames this side accepts (default: the gateway's only). `freshness`: check requests'
+        timestamps and replays (the gateway)."""
         if len(key) < 16:
             raise ValueError("signing key must be at least 16 bytes")
         self._mac = hashlib.blake2b(key=key, digest_size=SIG_BYTES)  # keyed once; copied per message
+        cred = credential or Credential(GATEWAY, key)
+        if len(cred.key) < 16:
+            raise ValueError("credential key must be at least 16 bytes")
+        self.signer = cred.name
+        self._signer = cred.name.encode()
+        self._own = hashlib.blake2b(key=cred.key, digest_size=SIG_BYTES)
+        self._keyring: Callable[[str], bytes | None] = keyring or {GATEWAY: key}.get
+        self._macs: dict[tuple[str, bytes], hashlib.blake2b] = {}  # (signer, key) -> keyed hash, copied per message
+        self.freshness = freshness
         self.max_body = max_body
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(Message)
@@ -70,9 +95,17 @@ class Codec:
         mac.update(body)
         return mac.digest()
 
+    def sign_request(self, body: bytes) -> list[bytes]:
+        """[magic, signer, signature] for an encoded body, as `encode` frames it (tests, tools)."""
+        mac = self._own.copy()
+        mac.update(body)
+        return [ROUTER_MAGIC, self._signer, mac.digest()]
+
     def encode(self, msg: Message) -> list[bytes]:
         body = self._enc.encode(msg)
-        return [MAGIC, self.sign(body), body]
+        mac = self._own.copy()
+        mac.update(body)
+        return [ROUTER_MAGIC, self._signer, mac.digest(), body]
 
     def encode_body(self, msg: object) -> bytes:
         return self._enc.encode(msg)
@@ -116,23 +149,58 @@ class Codec:
         return msg
 
     def decode(self, frames: list[bytes]) -> Message:
-        """frames = [magic, signature, body] (identity already stripped)."""
-        if len(frames) != 3:
-            raise FrameError(ErrorCode.BAD_MESSAGE, f"expected 3 frames, got {len(frames)}")
-        magic, sig, body = frames
-        if magic != MAGIC:
-            raise FrameError(ErrorCode.BAD_MESSAGE, "bad magic frame")
+        """frames = [magic, signer, signature, body] (identity already stripped)."""
+        return self.decode_from(frames)[1]
+
+    def _verifier(self, signer: str) -> hashlib.blake2b | None:
+        key = self._keyring(signer)
+        if key is None:
+            return None
+        mac = self._macs.get((signer, key))
+        if mac is None:
+            if len(self._macs) > 10_000:
+                self._macs.clear()
+            mac = self._macs[(signer, key)] = hashlib.blake2b(key=key, digest_size=SIG_BYTES)
+        return mac
+
+    def decode_from(self, frames: list[bytes]) -> tuple[str, Message]:
+        """(the authenticated signer, the message)."""
+        if len(frames) != 4:
+            raise FrameError(ErrorCode.BAD_MESSAGE, f"expected 4 frames, got {len(frames)}")
+        magic, who, sig, body = frames
+        if magic != ROUTER_MAGIC:
+            raise FrameError(ErrorCode.BAD_MESSAGE, "bad magic frame (an older ktrader? upgrade it)")
         if len(body) > self.max_body:
             raise FrameError(ErrorCode.TOO_LARGE, f"body of {len(body)} bytes exceeds {self.max_body}")
-        if len(sig) != SIG_BYTES or not hmac.compare_digest(sig, self.sign(body)):
+        if len(who) > MAX_SIGNER:
+            raise FrameError(ErrorCode.BAD_SIGNATURE, "unknown signer")
+        try:
+            signer = who.decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError(ErrorCode.BAD_SIGNATURE, "unknown signer") from None
+        base = self._verifier(signer)
+        if base is None:
+            raise FrameError(ErrorCode.BAD_SIGNATURE, f"no credential named {signer[:32]!r}")
+        mac = base.copy()
+        mac.update(body)
+        if len(sig) != SIG_BYTES or not hmac.compare_digest(sig, mac.digest()):
             raise FrameError(ErrorCode.BAD_SIGNATURE, "signature does not match")
         try:
             msg = self._dec.decode(body)
         except _DECODE_ERRORS as e:
-            raise self._undecodable(body, e) from None
-        if msg.h.v != SCHEMA_VERSION:
-            raise _version_error(msg.h.v, msg.h)
-        return msg
+            err = self._undecodable(body, e)
+            err.signer = signer
+            raise err from None
+        h = msg.h
+        if h.v != SCHEMA_VERSION:
+            err = _version_error(h.v, h)
+            err.signer = signer
+            raise err
+        if self.freshness is not None:
+            refused = self.freshness.check(signer, h.sid, h.mid, h.ts)
+            if refused is not None:
+                raise FrameError(refused[0], refused[1], h, signer)
+        return signer, msg
 
     def _undecodable(self, body: bytes, e: Exception) -> FrameError:
         """A signed body that is not a message of ours: another schema version, or garbage."""

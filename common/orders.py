@@ -19,6 +19,9 @@ States (DESIGN.md §5), with the choices we made:
 - EXPIRED        the day ended with the order open
 - UNKNOWN        sent, outcome not known (timeout, dropped connection); still counts against risk and
                  is resolved by reconciliation (accept, reject, fills) before anything else is sent.
+                 A revise or cancel whose answer was lost is in doubt the same way: the order stays
+                 PENDING_REPLACE / PENDING_CANCEL with reason code AMEND_UNKNOWN (`in_doubt`) until its
+                 notices or the broker's order list say which line is live (server/chain_repair.py).
 - HELD           an order for the next session (tif NEXT_SESSION): intent written, counted against
                  risk, kept by the gateway until the session it is for takes orders; then checked again
                  and sent (PENDING_SUBMIT), or cancelled, denied or expired without ever being sent.
@@ -104,8 +107,14 @@ class Reject(_Ev, tag="reject"):
 
 
 class MarkUnknown(_Ev, tag="unknown"):
+    """A submit (or, on PENDING_REPLACE / PENDING_CANCEL, a revise or cancel) whose outcome is not known."""
+
     reason: str = ""
-    code: str = ""  # RESTARTED: recovered after a crash, the send itself may never have happened
+    code: str = ""  # RESTARTED: recovered after a crash, the send itself may never have happened;
+    # AMEND_UNKNOWN: a revise/cancel whose answer was lost (or that was refused at a number that may have moved)
+
+
+AMEND_UNKNOWN = "AMEND_UNKNOWN"  # = common.errors.ErrorCode.AMEND_UNKNOWN (this module imports no errors)
 
 
 RECON_FILL_PREFIX = "recon:"
@@ -119,6 +128,17 @@ class Fill(_Ev, tag="fill"):
     qty: int
     price: int
     broker_order_id: str = ""
+    cost_out: int = 0  # a sell: the position's cost it took out (set by the book, so a reversal is exact)
+
+
+class ReverseFill(_Ev, tag="reverse_fill"):
+    """Reconciliation: the broker does not have (all of) a fill we booked from a notice (forged, or
+    misreported). `qty` of fill `fill_id` is taken back at that fill's own average price. The fill id
+    stays known, so the same notice arriving again is still a duplicate."""
+
+    fill_id: str
+    qty: int
+    reason: str = ""
 
 
 class RequestCancel(_Ev, tag="req_cancel"):
@@ -128,6 +148,12 @@ class RequestCancel(_Ev, tag="req_cancel"):
 class CancelRefused(_Ev, tag="cancel_refused"):
     code: str = ""
     reason: str = ""
+
+
+class ResendCancel(_Ev, tag="resend_cancel"):
+    """A cancel in doubt goes out again, to the order's live line (server/chain_repair.py)."""
+
+    broker_order_id: str = ""
 
 
 class Cancelled(_Ev, tag="cancelled"):
@@ -156,8 +182,28 @@ class Expire(_Ev, tag="expire"):
 
 OrderEvent = Union[
     Submit, Hold, Deny, Accept, Reject, MarkUnknown, Fill, RequestCancel, CancelRefused, Cancelled,
-    RequestReplace, ReplaceRefused, Replaced, Expire,
+    RequestReplace, ReplaceRefused, Replaced, Expire, ReverseFill, ResendCancel,
 ]
+
+
+class FillRec(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What one fill did to the order (after absorption of reconciled quantity): kept so that
+    reconciliation can tell notice fills from reconciled ones and take back exactly one of them."""
+
+    fill_id: str
+    qty: int  # shares it added
+    value: int  # KRW it added
+    ts_ns: int  # when it was booked (market clock)
+    cost_out: int = 0  # a sell: cost it took out of the position
+    reversed_qty: int = 0  # taken back by reconciliation since
+
+    @property
+    def live_qty(self) -> int:
+        return self.qty - self.reversed_qty
+
+    @property
+    def from_notice(self) -> bool:
+        return not self.fill_id.startswith(RECON_FILL_PREFIX)
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,6 +222,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     org_no: str = ""
     broker_chain: tuple[str, ...] = ()  # every ODNO this order has had, oldest first
     fill_ids: tuple[str, ...] = ()
+    fills: tuple[FillRec, ...] = ()  # what each fill added (orders stored before v21 have none)
     recon_credit: int = 0  # quantity added by reconciliation whose own notices may still arrive
     pending_price: int = 0  # terms asked for by a revise in flight
     pending_qty: int = 0
@@ -196,6 +243,11 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def in_doubt(self) -> bool:
+        """A revise or cancel of this order went out and its outcome is not known yet."""
+        return self.state in AMENDING and self.reason_code == AMEND_UNKNOWN
 
 
 # Sentinel targets: the resting state follows from the filled quantity.
@@ -238,17 +290,32 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.PENDING_CANCEL, "cancel_refused"): _RESTING,
     (S.PENDING_CANCEL, "expire"): S.EXPIRED,
     (S.PENDING_CANCEL, "accept"): _SAME,
+    (S.PENDING_CANCEL, "unknown"): _SAME,  # the cancel's answer was lost: in doubt until resolved
+    (S.PENDING_CANCEL, "replaced"): _SAME,  # the live line moved (a revise we learn of late); cancel that one
+    (S.PENDING_CANCEL, "resend_cancel"): _SAME,  # the cancel goes out again, to the live line
     (S.PENDING_REPLACE, "fill"): _SAME,
     (S.PENDING_REPLACE, "replaced"): _RESTING,
     (S.PENDING_REPLACE, "replace_refused"): _RESTING,
     (S.PENDING_REPLACE, "cancelled"): S.CANCELLED,
     (S.PENDING_REPLACE, "expire"): S.EXPIRED,
     (S.PENDING_REPLACE, "accept"): _SAME,
+    (S.PENDING_REPLACE, "unknown"): _SAME,  # the revise's answer was lost: in doubt until resolved
     # A fill that happened before the cancel/expiry but whose notice arrives after it (notices can
     # be reordered, reconciliation can close an order before a delayed notice): it still happened.
     (S.CANCELLED, "fill"): _SAME,
     (S.EXPIRED, "fill"): _SAME,
+    # A booked fill the broker does not have is taken back: the order rests again if it was filled
+    # (reconciliation then closes it the way the broker did, or it stays open as it is at the broker).
+    (S.PARTIALLY_FILLED, "reverse_fill"): _RESTING,
+    (S.FILLED, "reverse_fill"): _RESTING,
+    (S.PENDING_CANCEL, "reverse_fill"): _SAME,
+    (S.PENDING_REPLACE, "reverse_fill"): _SAME,
+    (S.CANCELLED, "reverse_fill"): _SAME,
+    (S.EXPIRED, "reverse_fill"): _SAME,
 }
+
+# A revise or cancel is on its way (or in doubt) in these states.
+AMENDING = frozenset({S.PENDING_REPLACE, S.PENDING_CANCEL})
 
 
 def allows(state: OrderState, event: type[_Ev]) -> bool:
@@ -301,6 +368,7 @@ def apply(order: Order, event: OrderEvent) -> Order:
             filled_qty=filled,
             filled_value=order.filled_value + new_qty * event.price,
             fill_ids=order.fill_ids + (event.fill_id,),
+            fills=order.fills + (FillRec(event.fill_id, new_qty, new_qty * event.price, event.ts_ns, event.cost_out),),
             recon_credit=credit,
         )
         if event.broker_order_id and not order.broker_order_id:
@@ -314,6 +382,18 @@ def apply(order: Order, event: OrderEvent) -> Order:
         changes.update(reason_code=event.code, reason=event.reason, pending_price=0, pending_qty=0)
     elif isinstance(event, MarkUnknown):
         changes.update(reason=event.reason, reason_code=event.code)
+    elif isinstance(event, ResendCancel):
+        changes.update(reason="", reason_code="")  # a cancel in flight again, no longer in doubt
+    elif isinstance(event, ReverseFill):
+        recs = list(order.fills)
+        i = next((k for k, r in enumerate(recs) if r.fill_id == event.fill_id), -1)
+        if i < 0 or event.qty <= 0 or event.qty > recs[i].live_qty:
+            raise IllegalTransition(f"{order.client_order_id}: cannot take back {event.qty} of fill {event.fill_id}")
+        r = recs[i]
+        back = r.value * event.qty // r.qty  # at the fill's own price
+        recs[i] = msgspec.structs.replace(r, reversed_qty=r.reversed_qty + event.qty)
+        filled -= event.qty
+        changes.update(filled_qty=filled, filled_value=order.filled_value - back, fills=tuple(recs), reason=event.reason)
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")
@@ -322,10 +402,9 @@ def apply(order: Order, event: OrderEvent) -> Order:
         if event.qty < filled:
             raise Overfill(f"{order.client_order_id}: replaced qty {event.qty} below filled {filled}")
         qty = event.qty
-        changes.update(
-            qty=qty, price=event.price, broker_order_id=event.broker_order_id,
-            broker_chain=order.broker_chain + (event.broker_order_id,), pending_price=0, pending_qty=0,
-        )
+        chain = order.broker_chain if event.broker_order_id in order.broker_chain else order.broker_chain + (event.broker_order_id,)
+        changes.update(qty=qty, price=event.price, broker_order_id=event.broker_order_id, broker_chain=chain,
+                       pending_price=0, pending_qty=0)
 
     if target == _RESTING:
         state = _resting(filled, qty)
@@ -334,6 +413,8 @@ def apply(order: Order, event: OrderEvent) -> Order:
     else:
         state = OrderState(target)
     changes["state"] = state
+    if changes.get("reason_code", order.reason_code) == AMEND_UNKNOWN and state not in AMENDING:
+        changes.update(reason_code="", reason="")  # resolved (replaced, cancelled, filled, expired)
     return msgspec.structs.replace(order, **changes)
 
 

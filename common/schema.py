@@ -387,6 +387,7 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     rest_penalties: int = 0  # EGW00201 "too many requests" pauses
     ws_last_message_age_s: float = -1.0  # -1: unknown
     ws_sessions: int = 0  # websocket sessions opened (reconnects = sessions - 1)
+    ws_dropped: int = 0  # real-time frames and records dropped because they did not read (never a session kill)
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)
@@ -453,6 +454,15 @@ class FillUpdate(msgspec.Struct, frozen=True, tag="fill", kw_only=True):
     position: PositionView
 
 
+class PositionUpdate(msgspec.Struct, frozen=True, tag="position", kw_only=True):
+    """The agent's position changed without a fill of its own: reconciliation took back a fill the
+    broker does not have (`reason` says which and why)."""
+
+    position: PositionView
+    client_order_id: str = ""
+    reason: str = ""
+
+
 class Notice(msgspec.Struct, frozen=True, tag="notice", kw_only=True):
     level: str  # info | warning | error
     text: str
@@ -485,7 +495,7 @@ class ProtectionUpdate(msgspec.Struct, frozen=True, tag="protection", kw_only=Tr
     protection: Protection
 
 
-EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate, ProtectionUpdate]
+EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate, ProtectionUpdate, PositionUpdate]
 
 
 class AgentEvent(_Msg, tag="event"):

@@ -29,6 +29,7 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         rest_penalties=budget.penalties,
         ws_last_message_age_s=round(max(0.0, (now_kst() - ws._last_rx).total_seconds()), 2),  # noqa: SLF001
         ws_sessions=ws.sessions,
+        ws_dropped=ws.parser.errors + sum(ws.parser.bad_records.values()),
         # the notice slot's key is the user's HTS id: not something to show on screens
         registrations={f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()},
         max_registrations=ws.cfg.max_registrations,

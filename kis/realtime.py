@@ -3,7 +3,9 @@
 Data frames become typed events (kis.port Trade, Book, BrokerNotice). Batched frames (count > 1)
 are split by field count; known layout variants (notices with 23 or 26 fields) are recognised by
 width; unknown extra trailing fields are tolerated with one warning per TR. A malformed frame is
-reported by `FrameError` and never stops the session.
+reported by `FrameError` and never stops the session; a record with a field that does not read
+(a price of "abc") is dropped alone and counted (`bad_records`, by TR), its frame's other records
+still delivered.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ _SIDE_BY_CCLD = {"1": 1, "5": -1}
 
 class FrameError(ValueError):
     pass
+
+
+class BadRecord(FrameError):
+    """One record of a frame did not read; the others did."""
 
 
 def _int(s: str) -> int:
@@ -202,7 +208,9 @@ class FrameParser:
         self.ciphers: dict[str, NoticeCipher] = {}
         self._warned: set[str] = set()
         self.frames = 0
-        self.errors = 0
+        self.errors = 0  # frames dropped whole
+        self.bad_records: dict[str, int] = {}  # TR -> records dropped for a field that does not read
+        self.last_bad = ""  # the latest such problem, for the log and health
         # Recording hook: the decrypted notice frame `1|TR|count|<plaintext>`; None = off.
         self.on_plain: Callable[[str], None] | None = None
 
@@ -218,6 +226,20 @@ class FrameParser:
         if tag not in self._warned:
             self._warned.add(tag)
             log.warning("%s records have %d fields, %d known; extra trailing fields ignored", tr_id, width, known)
+
+    def _records(self, tr_id: str, read: Callable[[int], Trade | Book | BrokerNotice], count: int) -> list[Trade | Book | BrokerNotice]:
+        """Each record on its own: one that does not read is dropped and counted, the rest delivered.
+        When every record of the frame was bad, BadRecord says so."""
+        out: list[Trade | Book | BrokerNotice] = []
+        for i in range(count):
+            try:
+                out.append(read(i))
+            except (ValueError, IndexError, OverflowError) as e:
+                self.bad_records[tr_id] = self.bad_records.get(tr_id, 0) + 1
+                self.last_bad = f"{tr_id} record {i + 1}/{count}: {str(e)[:120]}"
+        if not out and count:
+            raise BadRecord(self.last_bad)
+        return out
 
     def parse(self, text: str) -> list[Trade | Book | BrokerNotice]:
         """Parse one data frame (starting with '0' or '1'). Raises FrameError on a bad frame."""
@@ -242,16 +264,16 @@ class FrameParser:
         n = len(f)
         if tr_id == TR_TRADES:
             if count == 1 and n == TRADE_FIELDS:
-                return [_trade(f, 0)]
+                return self._records(tr_id, lambda i: _trade(f, 0), 1)
             w = record_width(tr_id, n, count, (TRADE_FIELDS,))
             if w != TRADE_FIELDS:
                 self._warn_once(tr_id, w, TRADE_FIELDS)
-            return [_trade(f, i * w) for i in range(count)]
+            return self._records(tr_id, lambda i: _trade(f, i * w), count)
         if tr_id == TR_BOOK:
             w = record_width(tr_id, n, count, (BOOK_FIELDS,))
             if w != BOOK_FIELDS:
                 self._warn_once(tr_id, w, BOOK_FIELDS)
-            return [_book(f, i * w) for i in range(count)]
+            return self._records(tr_id, lambda i: _book(f, i * w), count)
         if tr_id in NOTICE_TRS:
             w = record_width(tr_id, n, count, (NOTICE_FIELDS, NOTICE_FIELDS_LEGACY))
             if w not in (NOTICE_FIELDS, NOTICE_FIELDS_LEGACY):
@@ -261,7 +283,7 @@ class FrameParser:
                 layout = w
             if enc == "1" and self.on_plain is not None:
                 self.on_plain(f"{enc}|{tr_id}|{count_s}|{private_fields_masked(f, w, count)}")
-            return [_notice(f, i * w, layout) for i in range(count)]
+            return self._records(tr_id, lambda i: _notice(f, i * w, layout), count)
         if tr_id not in self._warned:
             self._warned.add(tr_id)
             log.warning("frames of unhandled TR %s ignored", tr_id)

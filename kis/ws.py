@@ -32,7 +32,7 @@ from common import redact
 from kis.codes import Verdict, codes_with, lookup
 from kis.netdiag import explain
 from kis.port import BrokerError, BrokerEvent, Gap, SessionChange, SubscriptionResult
-from kis.realtime import NOTICE_TRS, Control, FrameError, FrameParser, parse_control
+from kis.realtime import NOTICE_TRS, BadRecord, Control, FrameError, FrameParser, parse_control
 from kis.session_why import session_why
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,12 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # when it is a blip, never a storm when KIS is really gone.
     backoff_base_s: float = 0.2
     backoff_max_s: float = 60.0
-    in_use_backoff_s: float = 15.0  # OPSP8996: the slot can stay locked; wait at least this long
+    # OPSP8996 (the app key's one websocket is still held, e.g. by our own dead predecessor until KIS
+    # notices it is gone): wait, then take over. The pause starts short and doubles while KIS keeps
+    # refusing (jittered, never under the first pause, capped): a tight ~1 s loop is what makes KIS
+    # lock a key for long (API.md §6.4, §8.2), a fixed long pause is what keeps orders waiting.
+    in_use_backoff_s: float = 1.5
+    in_use_backoff_max_s: float = 60.0
     stable_after_s: float = 2.0  # a session READY this long resets the back-off (a later drop is a new incident)
     quick_retries: int = 3  # shorter READY sessions in a row that still reconnect at once (then: back off)
     rest_error_backoff_max_s: float = 1.0  # the approval-key call failed (rate limit, HTTP 500): KIS is up, retry soon
@@ -95,6 +100,13 @@ def after_session(attempt: int, short: int, ready_for: float | None, cfg: WsConf
         return attempt, short
     short = 0 if ready_for >= cfg.stable_after_s else short + 1
     return (0 if short <= cfg.quick_retries else attempt), short
+
+
+def in_use_delay(refusals: int, cfg: WsConfig) -> float:
+    """The pause after the (refusals+1)-th OPSP8996 in a row: doubling from `in_use_backoff_s`, capped,
+    jittered, never below the first pause."""
+    d = min(cfg.in_use_backoff_max_s, cfg.in_use_backoff_s * 2.0 ** min(refusals, 30))
+    return max(cfg.in_use_backoff_s, d / 2 + random.uniform(0.0, d / 2))
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -204,7 +216,7 @@ class KisWebSocket:
             log.log(level, "KIS real-time session: %s", session_why(self.state, problem, detail))
 
     async def _run(self) -> None:
-        attempt = short = 0
+        attempt = short = refusals = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
@@ -246,12 +258,15 @@ class KisWebSocket:
             loop = asyncio.get_running_loop()
             ready_for = None if self._ready_at is None else loop.time() - self._ready_at
             attempt, short = after_session(attempt, short, ready_for, self.cfg)
+            if ready_for is not None:
+                refusals = 0  # KIS took us since the last refusal
             if self._was_ready and self._gap_since is None:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
             delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
             if refused:
-                delay = max(delay, self.cfg.in_use_backoff_s)
+                delay = in_use_delay(refusals, self.cfg)
+                refusals += 1
             elif rest_failed:
                 delay = min(delay, self.cfg.rest_error_backoff_max_s)
             attempt += 1
@@ -469,13 +484,7 @@ class KisWebSocket:
                 text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
                 head = text[:1]
                 if head in ("0", "1"):
-                    try:
-                        events = self.parser.parse(text)
-                    except FrameError as e:
-                        self.parser.errors += 1
-                        log.warning("real-time frame dropped: %s", e)
-                        continue
-                    for ev in events:
+                    for ev in self._parse(text):
                         self._emit(ev)
                 elif head == "{":
                     await self._on_control(ws, text)
@@ -483,6 +492,31 @@ class KisWebSocket:
                     log.warning("unrecognised websocket message (%d chars) ignored", len(text))
         finally:
             self._fail_pending()
+
+    def _parse(self, text: str) -> list[BrokerEvent]:
+        """A data frame's events. Whatever is wrong with a frame or a field in it, the frame (or its
+        bad record) is dropped and counted, never the session: a reconnect would deny orders for
+        nothing. A notice that did not read may have carried a fill: the gateway is told to repair
+        from the broker's order list (a Gap)."""
+        p = self.parser
+        bad_before = p.bad_records.copy()
+        try:
+            events: list[BrokerEvent] = list(p.parse(text))
+        except BadRecord:
+            events = []  # every record of the frame was bad: counted per record
+        except Exception as e:  # FrameError, or anything a hostile frame provokes
+            p.errors += 1
+            events = []
+            if p.errors <= 5 or p.errors % 100 == 0:
+                log.warning("real-time frame dropped (%d so far): %s", p.errors, str(e)[:200])
+        if p.bad_records != bad_before:
+            n = sum(p.bad_records.values())
+            if n <= 5 or n % 100 == 0:
+                log.warning("real-time record dropped (%d so far): %s", n, p.last_bad)
+            if any(p.bad_records.get(tr, 0) != bad_before.get(tr, 0) for tr in NOTICE_TRS):
+                now = now_kst()
+                events.append(Gap(since=now, until=now, reason=f"an order notice did not read ({p.last_bad})"))
+        return events
 
     async def _on_control(self, ws: websockets.ClientConnection, text: str) -> None:
         try:

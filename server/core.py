@@ -19,13 +19,14 @@ from common.portfolio import Portfolio
 from common.schema import HeaderFactory
 from kis.port import BrokerPort
 from server.alerts import Alerts
+from server.chain_repair import ChainRepair
 from server.notices import NoticeRouter
 from server.order_book import EventSink, OrderBook
 from server.order_desk import OrderDesk
 from server.protection import ProtectionDesk
 from server.reconciler import Reconciler
 from server.risk import RiskGate, SessionView
-from server.send_queue import SendQueue
+from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
 from server.store import Store
 
@@ -45,20 +46,22 @@ class OrderCore:
     recon: Reconciler
     desk: OrderDesk
     protection: ProtectionDesk
+    repair: ChainRepair
 
     def load(self) -> None:
         """Everything the store remembers: orders, positions, shadow agents, trading states, protective
         orders; calls the previous process left in flight are settled."""
         self.book.load()
+        self.risk.load()  # before the desk: what it sends again after a crash depends on the trading state
         self.desk.load()
-        self.risk.load()
         self.protection.load()
 
     def start(self) -> None:
         self.live_queue.start()
-        self.shadow_queue.start()
+        self.shadow_queue.start()  # the chain repair starts after the first reconciliation (recon.on_synced)
 
     async def stop(self) -> None:
+        await self.repair.stop()
         await self.live_queue.stop()
         await self.shadow_queue.stop()
 
@@ -82,13 +85,23 @@ def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock
     risk = RiskGate(cfg.risk, store, portfolio, clock, publish, alerts,
                     kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s)
     book = OrderBook(store, portfolio, headers, sink, clock, CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm))
-    notices = NoticeRouter(book, risk.broker_error)
+    # the chain repair is built after the rooms it calls; they reach it through these callables
+    def learn(coid: str) -> None:
+        if coid in book.orders and book.orders[coid].agent not in portfolio.virtual:
+            repair.learn(coid)
+
+    notices = NoticeRouter(book, risk.broker_error, learn)
     shadow_venue = ShadowExecution(clock, notices.on_notice)
-    live_queue = SendQueue(book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9))
+    live_queue = SendQueue(book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9),
+                           learn=learn)
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
-    recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9))
+    recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9))
     desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: session_view(broker, recon.synced),
                      lambda: recon.synced, alerts, card_of)
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
+    repair = ChainRepair(book, notices, recon.resolve, lambda coid: live_queue.put(Job(Call.CANCEL, coid)), alerts,
+                         grace_ns=int(cfg.amend_grace_s * 1e9))
+    recon.on_synced += [repair.start, desk.release_requeued]
     return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
-                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk, protection=protection)
+                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk, protection=protection,
+                     repair=repair)

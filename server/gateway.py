@@ -25,9 +25,11 @@ from typing import Any
 
 import zmq
 
-from common.config import AgentCard, GatewayConfig
+from common import approvals, credentials
+from common.config import AgentCard, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
-from common.enums import SessionState, SystemEventKind
+from common.freshness import Freshness
+from common.enums import AlertKind, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
@@ -47,6 +49,7 @@ from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
+from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher
@@ -88,7 +91,11 @@ class Gateway:
         self.counters: Counter[str] = Counter()
         self.zap = ZapGuard(self.run_dir, self.counters)  # CURVE on network endpoints (server/zap.py)
         self.key = self.zap.signing_key(cfg.router_endpoint, cfg.pub_endpoint) or secrets.token_bytes(32)
-        self.codec = Codec(self.key, cfg.max_frame_bytes)
+        # who may speak (each request signed by its own credential) and under which card (approved)
+        self.keyring = credentials.Keyring(self.run_dir)
+        self.approved = approvals.ApprovedCards(self.run_dir)
+        self.codec = Codec(self.key, cfg.max_frame_bytes, keyring=self.keyring,
+                           freshness=Freshness(int(cfg.trust.freshness_s * 1e9)))
         self.started_ns = market_ns(self.clock)
         self.ctx = zmq.Context.instance()
         self.pub: Publisher | None = None
@@ -127,7 +134,8 @@ class Gateway:
             self.registry, self.book, self.desk, self.risk, self.subs, self.headers, self.publish, self.counters,
             lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
             listed=(self.master.__contains__ if self.master is not None else None),
-            listed_source=self.master.source if self.master is not None else "", protection=self.protection)
+            listed_source=self.master.source if self.master is not None else "", protection=self.protection,
+            approved=self.approved.get)
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
         self.universe_binder = UniverseBinder(self.universe, self.registry, self.subs, self.risk, self.book.notify,
                                               lambda codes: self._spawn(self.base_prices.ensure(codes)))
@@ -137,6 +145,10 @@ class Gateway:
                                       clock=self.clock)
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(self.clock))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
+        # every print and book is checked before anything uses it; marks move only on confirmed prints
+        self.sanity = MarketSanity(lambda code: self.portfolio.base_prices.get(code, 0), self.portfolio.kind,
+                                   lambda: self.clock.now().date(),
+                                   lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA))
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters)
@@ -149,9 +161,9 @@ class Gateway:
 
     def _routes(self) -> None:
         r, s, h = self.router, self.sessions, self.headers
-        r.tool(Ping, lambda route, m: Pong(h=h(m.h.mid), payload=m.payload))
+        r.open(Ping, lambda route, m: Pong(h=h(m.h.mid), payload=m.payload))
+        r.enroll(Register, s.register)
         r.tool(StatusQuery, lambda route, m: self.operator.status(m.h.mid))
-        r.tool(Register, s.register)
         r.tool(Control, lambda route, m: self.operator.control(m))
         r.tool(GetOrders, self._get_orders)
         r.tool(GetSummary, lambda route, m: self.services.summary_reply(m))  # tools: any agent's book
@@ -268,8 +280,32 @@ class Gateway:
     def router_endpoint(self) -> str:
         return self.router.endpoint
 
+    def _trust(self) -> None:
+        """The operator's credential, and on the first start on this run folder the approval of the
+        cards in `trust.cards_dir` (whoever starts the gateway is its operator); every approved agent
+        gets its credential."""
+        credentials.issue(self.run_dir, credentials.OPERATOR)
+        if not approvals.exists(self.run_dir):
+            folder = Path(self.cfg.trust.cards_dir)
+            cards = []
+            for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+                try:
+                    cards.append(load_card(path))
+                except ConfigError as e:
+                    log.warning("first start: card not approved: %s", e)
+            approvals.approve(self.run_dir, cards, by=f"first start of the gateway ({folder})")
+            log.info("first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
+                     self.run_dir, len(cards), folder, ", ".join(c.id for c in cards) or "none")
+        try:
+            for agent in approvals.load(self.run_dir).cards:
+                credentials.issue(self.run_dir, agent)
+        except ConfigError as e:
+            log.error("%s", e)
+        self.keyring.refresh(force=True)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._trust()
         self.core.load()
         self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
         clock_driven = Capability.CLOCK_MARKS in self.broker.capabilities
@@ -345,6 +381,7 @@ class Gateway:
         while True:
             await asyncio.sleep(period)
             self.sessions.expire_leases()
+            self.keyring.refresh()  # approvals and revocations take effect without a restart
             try:
                 self.risk.sweep(self._cards())
             except Exception:
@@ -366,12 +403,16 @@ class Gateway:
         async for ev in self.broker.events():
             try:
                 if isinstance(ev, Trade):
-                    self.portfolio.set_mark(ev.code, ev.price)
-                    self.protection.on_trade(ev.code, ev.price)  # stops and take-profits, agent alive or not
+                    if self.sanity.trade(ev) is not None:
+                        continue  # dropped, counted and alerted: nobody trades, marks or builds bars on it
+                    if self.sanity.confirmed(ev):  # one outlier never moves P&L (nor the daily-loss state)...
+                        self.portfolio.set_mark(ev.code, ev.price)
+                        self.protection.on_trade(ev.code, ev.price)  # ...nor fires a stop (agent alive or not)
                     self.shadow_venue.on_trade(ev.code, ev.price, ev.qty)
                     self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
                 elif isinstance(ev, Book):
-                    self.md.on_book(ev)
+                    if self.sanity.book(ev) is None:
+                        self.md.on_book(ev)
                 elif isinstance(ev, BrokerNotice):
                     self.notices.on_notice(ev)
                 elif isinstance(ev, SessionChange):

@@ -3,6 +3,13 @@
 A notice names a broker order number (ODNO). It may arrive before the REST reply that tells us whose
 ODNO it is: it is then buffered by ODNO (bounded) and applied the moment the ODNO is claimed
 (`claim`); what is never claimed is adopted by reconciliation.
+
+A revise gives the order a new line (ODNO) that names the one it revised. While our own revise or
+cancel is in flight, its REST reply claims the new line first; when that reply was lost (the order
+is in doubt) or there was none (a revise from the HTS app, or one sent before a restart), the notice
+itself says where the order lives now: a revise acceptance naming the live line moves the order to
+the new line at once. A notice naming a line of a chain we cannot place asks the chain repair
+(`learn`) to read the broker's list for that order now.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from common.errors import ErrorCode
-from common.orders import Accept, Cancelled, CancelRefused, Fill, OrderState, Reject, ReplaceRefused
+from common.orders import (
+    AMENDING, REVISABLE, Accept, Cancelled, CancelRefused, Fill, OrderState, Reject, Replaced, ReplaceRefused,
+    RequestReplace,
+)
 from kis.port import BrokerNotice, NoticeKind
 from server.order_book import OrderBook
 
@@ -19,9 +29,11 @@ MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are lef
 
 
 class NoticeRouter:
-    def __init__(self, book: OrderBook, on_broker_error: Callable[[int], None]) -> None:
+    def __init__(self, book: OrderBook, on_broker_error: Callable[[int], None],
+                 learn: Callable[[str], None] = lambda coid: None) -> None:
         self.book = book
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
+        self.learn = learn  # read the broker's list for this order now (server/chain_repair.py)
         self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)
 
     def claim(self, odno: str, coid: str) -> None:
@@ -33,6 +45,13 @@ class NoticeRouter:
         for notice in self.unmatched.pop(odno, []):
             self.on_notice(notice)
 
+    def replay_chain(self, coid: str) -> None:
+        """The order went into doubt: buffered notices of lines that name its chain apply now."""
+        chain = set(self.book.orders[coid].broker_chain) if coid in self.book.orders else set()
+        for odno in [k for k, ns in self.unmatched.items() if any(n.orig_broker_order_id in chain for n in ns)]:
+            for notice in self.unmatched.pop(odno, []):
+                self.on_notice(notice)
+
     def on_notice(self, n: BrokerNotice) -> None:
         book = self.book
         coid = book.by_broker_id.get(n.broker_order_id)
@@ -41,7 +60,7 @@ class NoticeRouter:
             # the ODNO it names tells whose it is. While our own request is in flight, its reply
             # claims the ODNO first (so a revise is applied before the fills of its new line).
             owner = book.by_broker_id.get(n.orig_broker_order_id)
-            if owner is not None and book.orders[owner].state not in (OrderState.PENDING_REPLACE, OrderState.PENDING_CANCEL):
+            if owner is not None and (book.orders[owner].state not in AMENDING or book.orders[owner].in_doubt):
                 coid = owner
                 book.by_broker_id[n.broker_order_id] = coid
         if coid is None:
@@ -59,6 +78,10 @@ class NoticeRouter:
             ref = n.fill_ref or f"{n.time}:{n.fill_qty}:{n.fill_price}"
             book.apply_fill(coid, Fill(ts_ns=ts, fill_id=f"{n.broker_order_id}:{ref}", qty=n.fill_qty,
                                        price=n.fill_price, broker_order_id=n.broker_order_id))
+            if n.broker_order_id not in book.orders[coid].broker_chain:
+                self.learn(coid)  # a fill on a line of the chain we cannot place: where does it live now?
+        elif n.is_modify and n.kind in (NoticeKind.ACCEPTED, NoticeKind.MODIFIED):
+            self._revised(coid, n, ts)
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             book.try_apply(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.REJECTED:
@@ -76,3 +99,24 @@ class NoticeRouter:
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
         book.flush_traces()
+
+    def _revised(self, coid: str, n: BrokerNotice, ts: int) -> None:
+        """A revise line of this order was accepted at the broker. When it names the order's live line
+        and we do not know it yet, the order moves to it now (its remainder at the notice's price)."""
+        book = self.book
+        o = book.orders[coid]
+        if n.broker_order_id in o.broker_chain:
+            return  # ours, already applied from the REST reply or reconciliation
+        if n.orig_broker_order_id != o.broker_order_id or n.order_qty <= 0:
+            self.learn(coid)  # it revises an older line: only the broker's list can tell what is live
+            return
+        moved = Replaced(ts_ns=ts, broker_order_id=n.broker_order_id, price=n.order_price, qty=o.filled_qty + n.order_qty)
+        if o.state in AMENDING:
+            book.try_apply(coid, moved)
+        elif o.state in REVISABLE:  # a revise we did not send (HTS), or one sent before a restart
+            if book.try_apply(coid, RequestReplace(ts_ns=ts, price=n.order_price, qty=moved.qty)) is not None:
+                book.try_apply(coid, moved)
+        else:
+            self.learn(coid)
+            return
+        self.drain(n.broker_order_id)

@@ -46,6 +46,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.DRAWDOWN: "DRAWDOWN LIMIT",
     AlertKind.CASH_RESERVE: "CASH RESERVE",
     AlertKind.PROTECTION: "PROTECTIVE ORDER",
+    AlertKind.BAD_MARKET_DATA: "BAD MARKET DATA DROPPED",
 }
 
 

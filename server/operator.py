@@ -9,7 +9,9 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   gateway acts for it with its last known card. Every action, done or refused, is journaled in the
   store (`operator_log`).
 - A reload applies a changed card's risk limits, budget, schedule and params at once (the agent
-  gets a CardUpdate event for its params) and keeps the old card when the new one is refused.
+  gets a CardUpdate event for its params) and keeps the old card when the new one is refused. It is
+  the operator's approval of the new card (common/approvals.py). Only the operator's credential
+  reaches this room (server/router.py): an agent cannot pause, flatten or halt another.
 - Risk: the operator's multiplier of every agent's size limits (risk_scale), an order's what-if
   against every limit (risk_explain), a drawdown accepted (reset_peak: the equity peak starts again),
   a protective order cancelled on an agent's behalf (cancel_protection).
@@ -30,7 +32,8 @@ from typing import Protocol
 
 import msgspec
 
-from common.clock import KST
+from common import approvals
+from common.clock import KST, yyyymmdd
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode
@@ -44,6 +47,7 @@ from server import console_views
 from server.alert_watch import AlertWatch, Facts
 from common.market_clock import MarketClock, market_ns
 from server.marketdata import MarketData
+from server.md_sanity import MarketSanity
 from server.notifier import Notifier
 from common.portfolio import Portfolio
 from server.alerts import Alerts
@@ -93,6 +97,7 @@ class GatewayParts(Protocol):
     counters: Counter[str]  # the gateway's protocol counters
     pub: Publisher | None
     md: MarketData
+    sanity: MarketSanity
     subs: SubscriptionManager
     master: StockMaster | None
     clock: MarketClock
@@ -205,6 +210,11 @@ class Operator:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped
             counters.update(gw.md.counters())
+        counters.update(gw.sanity.counters())
+        counters["ws_dropped"] = gw.broker.health().ws_dropped
+        counters["orders_in_doubt"] = gw.core.repair.in_doubt
+        counters["chain_repairs"] = gw.core.repair.repaired
+        counters["cancels_resent"] = gw.core.repair.resent
         master = gw.master
         codes = {c for a in agents for c in a.codes}
         market_now = gw.clock.now()
@@ -367,6 +377,8 @@ class Operator:
                                            "(the old card stays in force)")
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
+        # the operator's reload is an approval: the agent registers with this card from now on
+        approvals.approve(self.gw.cfg.run_dir, [new], by=f"reload by {msg.h.sender}")
         rec = self.gw.registry.agents.get(msg.agent)
         if rec is not None:
             rec.card = new  # the risk gate, the day cycle and the quotas read the record's card

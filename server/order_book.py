@@ -16,13 +16,14 @@ from collections.abc import Callable
 
 import msgspec
 
+from common.books import reverse_fill_value
 from common.costs import CostModel
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_day, market_ns
-from common.orders import Fill, Order, OrderEvent, StateError, apply
+from common.orders import Fill, Order, OrderEvent, ReverseFill, StateError, apply
 from common.portfolio import Portfolio
-from common.schema import AgentEvent, EventBody, FillUpdate, FillView, HeaderFactory, OrderUpdate
+from common.schema import AgentEvent, EventBody, FillUpdate, FillView, HeaderFactory, Notice, OrderUpdate, PositionUpdate
 from common.views import order_view
 from server.store import Store
 
@@ -91,7 +92,7 @@ class OrderBook:
         transaction, then update memory, tell the listeners and send."""
         new = apply(order, event)
         old = self.orders.get(order.client_order_id)
-        positions = [b.position for b in extra or [] if isinstance(b, FillUpdate)]
+        positions = [b.position for b in extra or [] if isinstance(b, (FillUpdate, PositionUpdate))]
         day = day or self.order_day.get(order.client_order_id) or self.day()
         bodies: list[EventBody] = [OrderUpdate(order=order_view(new)), *(extra or [])]
         events = []
@@ -142,15 +143,24 @@ class OrderBook:
         o = self.orders.get(coid)
         if o is None:
             return None
+        try:
+            tentative = apply(o, ev)
+        except StateError as e:
+            log.info("ignored for %s: %s", coid, e)
+            return None
+        dq, dv = tentative.filled_qty - o.filled_qty, tentative.filled_value - o.filled_value
+        pos = None
+        if dq > 0:
+            fee = self.costs.fill_cost(dv, sell=o.side is Side.SELL)
+            before = self.portfolio.position(o.agent, o.code)
+            # 'external' may sell what the books never saw it buy (held before ktrader)
+            pos = self.portfolio.after_fill(o.agent, o.code, o.side, dq, dv, fee, allow_short=o.agent == EXTERNAL_AGENT)
+            if o.side is Side.SELL:  # what it took out of the cost basis, so that a reversal is exact
+                ev = msgspec.structs.replace(ev, cost_out=(before.cost if before else 0) - pos.cost)
 
         def fill_extra(new: Order) -> list[EventBody]:
-            dq, dv = new.filled_qty - o.filled_qty, new.filled_value - o.filled_value
-            if dq <= 0:
+            if pos is None:
                 return []
-            fee = self.costs.fill_cost(dv, sell=new.side is Side.SELL)
-            # 'external' may sell what the books never saw it buy (held before ktrader)
-            pos = self.portfolio.after_fill(new.agent, new.code, new.side, dq, dv, fee,
-                                            allow_short=new.agent == EXTERNAL_AGENT)
             fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
                           price=dv // dq, ts_ns=ev.ts_ns)
             return [FillUpdate(fill=fv, position=pos)]
@@ -160,6 +170,27 @@ class OrderBook:
             self.fills_today += 1
             self.fills_by_agent[new.agent] += 1
         return new
+
+    def reverse_fill(self, coid: str, ev: ReverseFill) -> Order | None:
+        """Take back (part of) a booked fill the broker does not have: the order's filled quantity and
+        the agent's position move back by exactly what that fill added (its fees refunded)."""
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+        rec = next((r for r in o.fills if r.fill_id == ev.fill_id), None)
+        if rec is None or rec.qty <= 0:
+            return None
+        sell = o.side is Side.SELL
+        fee = self.costs.fill_cost(rec.value, sell=sell) * ev.qty // rec.qty
+        cost_out = rec.cost_out * ev.qty // rec.qty
+
+        def extra(new: Order) -> list[EventBody]:
+            dq, dv = o.filled_qty - new.filled_qty, o.filled_value - new.filled_value
+            pos = reverse_fill_value(self.portfolio.position(o.agent, o.code), o.code, o.side, dq, dv, fee, cost_out)
+            why = f"fill {ev.fill_id} of {coid} taken back: {dq} {o.code} the broker does not have"
+            return [PositionUpdate(position=pos, client_order_id=coid, reason=why), Notice(level="warning", text=why)]
+
+        return self.try_apply(coid, ev, extra)
 
     def notify(self, agent: str, body: EventBody) -> None:
         """A sequenced, persisted event that is not an order change (e.g. a refused subscription)."""

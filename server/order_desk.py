@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -23,8 +24,8 @@ from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
 from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.orders import (
-    AWAITING_ACK, CANCELLABLE, REVISABLE, Cancelled, CancelRefused, Deny, Expire, Hold, MarkUnknown, Order,
-    OrderState, Reject, ReplaceRefused, RequestCancel, RequestReplace, Submit,
+    AMEND_UNKNOWN, AWAITING_ACK, CANCELLABLE, REVISABLE, Cancelled, Deny, Expire, Hold, MarkUnknown, Order,
+    OrderState, Reject, RequestCancel, RequestReplace, Submit,
 )
 from common.risk_rules import HELD_TIFS
 from common.schema import NewOrder, OrderResult
@@ -68,6 +69,7 @@ class OrderDesk:
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        self._requeued: list[tuple[SendQueue, Job]] = []  # never sent before a restart: sent after the first reconciliation
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -85,9 +87,11 @@ class OrderDesk:
 
     def _recover_in_flight(self) -> None:
         """Broker calls that were queued or in flight when the previous process died are gone.
-        A submit may or may not have reached the broker: UNKNOWN (never resent; reconciliation
-        decides). A cancel/revise may or may not have: back to resting, and reconciliation applies
-        whatever the broker did; the agent can ask again. HELD orders were never sent: they stay."""
+        A submit proven never sent (no send mark on disk) is sent by this process if it is still
+        fresh (younger than `max_send_wait`, the trading state allowing it), else refused NOT_SENT.
+        A submit that may have reached the broker: UNKNOWN (never resent; reconciliation decides).
+        A cancel/revise may or may not have: in doubt, and the chain repair reads the broker's list
+        (a cancel that never arrived goes out again). HELD orders were never sent: they stay."""
         book = self.book
         ts = book.now_ns()
         # Since `send_marks_since`, a submit's broker.request trace is on disk before the call:
@@ -100,17 +104,31 @@ class OrderDesk:
         for coid, o in list(book.orders.items()):
             if o.state is OrderState.PENDING_SUBMIT:
                 if o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request"):
-                    book.try_apply(coid, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value,
-                                                reason="gateway restarted before the order was sent"))
+                    queue = self.queue_for(o.agent)
+                    age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
+                    halted = self.risk.global_state is TradingState.HALTED or self.risk.agent_state(o.agent) is TradingState.HALTED
+                    if (not queue.max_send_wait_ns or age < queue.max_send_wait_ns) and not halted:
+                        # sent once this gateway has reconciled (its start is not slowed by the backlog;
+                        # the queue's own max_send_wait still applies from when it was first queued)
+                        book.trace(coid, "requeued", after_restart=True, age_ms=age // 1_000_000)
+                        self._requeued.append((queue, Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9)))
+                    else:
+                        why = "trading is halted" if halted else f"queued {age / 1e9:.1f}s ago, too late to send"
+                        book.try_apply(coid, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value,
+                                                    reason=f"gateway restarted before the order was sent ({why})"))
                 else:
                     book.try_apply(coid, MarkUnknown(ts_ns=ts, code=ErrorCode.RESTARTED.value,
                                                      reason="gateway restarted while the order was being sent"))
-            elif o.state is OrderState.PENDING_CANCEL:
-                book.try_apply(coid, CancelRefused(ts_ns=ts, code=ErrorCode.RESTARTED.value,
-                                                   reason="gateway restarted during the cancel"))
-            elif o.state is OrderState.PENDING_REPLACE:
-                book.try_apply(coid, ReplaceRefused(ts_ns=ts, code=ErrorCode.RESTARTED.value,
-                                                    reason="gateway restarted during the revise"))
+            elif o.state in (OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE) and not o.in_doubt:
+                what = "cancel" if o.state is OrderState.PENDING_CANCEL else "revise"
+                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN,
+                                                 reason=f"gateway restarted during the {what}: checking the broker"))
+
+    def release_requeued(self) -> None:
+        """The first reconciliation is done: the orders the previous process never sent go out now."""
+        jobs, self._requeued = self._requeued, []
+        for queue, job in jobs:
+            queue.put(job)
 
     def is_shadow(self, agent: str) -> bool:
         return agent in self.book.portfolio.virtual
@@ -206,12 +224,13 @@ class OrderDesk:
         if o.state is OrderState.HELD:
             book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))  # never sent: nothing to tell the broker
             return None, "held order cancelled"
-        if o.state in AWAITING_ACK:
-            # no ODNO yet: the cancel goes out the moment the broker's acknowledgement (or the
-            # reconciliation that finds the order) gives us one
+        if o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE:
+            # no ODNO yet, or a revise is moving it to a new one: the cancel goes out the moment the
+            # broker's answer (or the repair that reads its order list) says which line is live
             self._cancel_on_accept.add(coid)
             book.trace(coid, "cancel.queued", state=o.state.value)
-            return None, "cancel queued until the broker acknowledges the order"
+            return None, ("cancel queued until the revise is settled" if o.state is OrderState.PENDING_REPLACE
+                          else "cancel queued until the broker acknowledges the order")
         if o.state not in CANCELLABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: nothing to cancel now"
         book.commit(o, RequestCancel(ts_ns=book.now_ns()))
@@ -241,7 +260,7 @@ class OrderDesk:
         n = 0
         for o in list(self.book.orders.values()):
             if o.agent == agent and (not code or o.code == code) and (
-                    o.state in CANCELLABLE or o.state in AWAITING_ACK or o.state is OrderState.HELD):
+                    o.state in CANCELLABLE or o.state in AWAITING_ACK or o.state in (OrderState.HELD, OrderState.PENDING_REPLACE)):
                 if self.cancel(agent, o.client_order_id)[0] is None:
                     n += 1
         return n
@@ -279,7 +298,7 @@ class OrderDesk:
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
         coid = new.client_order_id
-        if coid in self._cancel_on_accept and new.state not in AWAITING_ACK:
+        if coid in self._cancel_on_accept and new.state not in AWAITING_ACK and new.state is not OrderState.PENDING_REPLACE:
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
                 self.cancel(new.agent, coid)

@@ -11,7 +11,11 @@ names the one it revised). Per chain:
 - the chain's cumulative fill (the sum over its lines) is taken: missing fills are synthesised with
   the broker's value;
 - when the chain's latest line has nothing left and the order is open here, it is closed the way
-  the broker closed it (rejected, cancelled or expired).
+  the broker closed it (rejected, cancelled or expired);
+- fills we booked from notices that the broker's cumulative fill does not cover are taken back
+  (ReverseFill), newest first, once they are older than `fill_grace_ns` (the broker's list can lag
+  behind its notices); younger ones are held as unconfirmed. The books never keep a fill the broker
+  does not have.
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
 side, quantity and price; if none appears within `grace_ns` it never reached the exchange and is
 rejected here. A broker original that nobody claims is external (HTS app, another program).
@@ -21,13 +25,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
-    Accept, Cancelled, Expire, Fill, OPEN, Order, OrderEvent, OrderState, Reject, Replaced, RequestReplace,
+    AMENDING, Accept, Cancelled, Expire, Fill, OPEN, Order, OrderEvent, OrderState, Reject, Replaced, RequestReplace,
+    ReverseFill,
 )
 from kis.port import BrokerOrderReport
 
 NOT_AT_BROKER = ErrorCode.NOT_AT_BROKER.value
+FILL_NOT_AT_BROKER = ErrorCode.FILL_NOT_AT_BROKER.value
 RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its send may never have happened
 
 
@@ -36,6 +43,9 @@ class ReconcileResult:
     events: dict[str, list[OrderEvent]] = field(default_factory=dict)  # client order id → events, in order
     external: list[BrokerOrderReport] = field(default_factory=list)  # broker orders nobody here placed
     alerts: list[str] = field(default_factory=list)
+    # code → shares the books hold beyond the broker's fills, held as unconfirmed (inside the grace):
+    # the account's holdings are compared with the books without them
+    unconfirmed: dict[str, int] = field(default_factory=dict)
 
     def add(self, coid: str, ev: OrderEvent) -> None:
         self.events.setdefault(coid, []).append(ev)
@@ -47,6 +57,7 @@ def reconcile(
     *,
     now_ns: int,
     grace_ns: int = 600_000_000_000,
+    fill_grace_ns: int = 60_000_000_000,
 ) -> ReconcileResult:
     res = ReconcileResult()
     owner_of: dict[str, Order] = {}  # ODNO → local order (its whole chain)
@@ -105,7 +116,7 @@ def reconcile(
             chain[owner.client_order_id].append(r.broker_order_id)
             owner_of[r.broker_order_id] = owner
             new_total = owner.filled_qty + r.qty  # a revise carries the remainder it moves
-            if owner.state is not OrderState.PENDING_REPLACE:
+            if owner.state not in AMENDING:  # a revise we did not ask for (HTS, or before a restart)
                 res.add(owner.client_order_id, RequestReplace(ts_ns=now_ns, price=r.price, qty=new_total))
             res.add(owner.client_order_id, Replaced(ts_ns=now_ns, broker_order_id=r.broker_order_id, price=r.price, qty=new_total))
 
@@ -126,14 +137,15 @@ def reconcile(
                                broker_order_id=lines[-1].broker_order_id))
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
         elif filled < o.filled_qty:
-            res.alerts.append(f"{coid}: we count {o.filled_qty} filled, the broker {filled} (left as is: check)")
+            _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
         latest = lines[-1]
         total_qty = max(o.qty, filled)
         for ev in res.events.get(coid, []):
             if isinstance(ev, Replaced):
                 total_qty = ev.qty
         pending = res.events.get(coid, [])
-        open_here = o.state in OPEN or any(isinstance(e, Accept) for e in pending)
+        reopened = o.state is OrderState.FILLED and any(isinstance(e, ReverseFill) for e in pending)
+        open_here = o.state in OPEN or reopened or any(isinstance(e, Accept) for e in pending)
         if open_here and latest.remaining_qty == 0 and filled < total_qty:
             if latest.rejected_qty and not filled:
                 res.add(coid, Reject(ts_ns=now_ns, code=ErrorCode.BROKER_REJECTED.value, reason="rejected at the exchange"))
@@ -147,3 +159,31 @@ def reconcile(
         if r.broker_order_id not in claimed and r.broker_order_id not in owner_of:
             res.external.append(r)
     return res
+
+
+def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, now_ns: int, grace_ns: int) -> None:
+    """We booked `excess` more than the broker's cumulative fill. Notice fills younger than the grace
+    may be real and not in the (lagging) list yet: held as unconfirmed. The rest is taken back from
+    the older notice fills, newest first; reconciled fills are the broker's own numbers, never."""
+    coid = o.client_order_id
+    young = sum(r.live_qty for r in o.fills if r.from_notice and now_ns - r.ts_ns < grace_ns)
+    held = min(excess, young)
+    if held:
+        res.unconfirmed[o.code] = res.unconfirmed.get(o.code, 0) + (held if o.side is Side.BUY else -held)
+    due = excess - young
+    if due <= 0:
+        return  # all of it may still appear in the list: held as unconfirmed
+    for r in reversed(o.fills):
+        if due <= 0:
+            break
+        if not r.from_notice or r.live_qty <= 0 or now_ns - r.ts_ns < grace_ns:
+            continue
+        q = min(due, r.live_qty)
+        res.add(coid, ReverseFill(ts_ns=now_ns, fill_id=r.fill_id, qty=q,
+                                  reason=f"the broker's order list does not have this fill ({FILL_NOT_AT_BROKER})"))
+        res.alerts.append(f"{coid}: the broker has {broker_filled} filled, we booked {o.filled_qty}: "
+                          f"{q} of fill {r.fill_id} taken back (not at the broker)")
+        due -= q
+    if due > 0:
+        res.alerts.append(f"{coid}: we count {o.filled_qty} filled, the broker {broker_filled}; {due} cannot be "
+                          "matched to a notice fill (left as is: check)")

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from common.ids import EXTERNAL_AGENT
-from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced
+from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced, ReverseFill
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
 from server.notices import NoticeRouter
@@ -35,7 +35,7 @@ class AccountView(Protocol):
 
 class Reconciler:
     def __init__(self, book: OrderBook, notices: NoticeRouter, broker: AccountView, alert: Callable[[str], None],
-                 unknown_grace_ns: int = 600_000_000_000) -> None:
+                 unknown_grace_ns: int = 600_000_000_000, fill_grace_ns: int = 60_000_000_000) -> None:
         self.book = book
         self.notices = notices
         self.broker = broker
@@ -43,6 +43,11 @@ class Reconciler:
         # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
         # declared never-placed after this long; until then it counts against risk.
         self.unknown_grace_ns = unknown_grace_ns
+        # A fill booked from a notice that the list does not show is held as unconfirmed this long,
+        # then taken back (a forged or misreported notice must not stay in the books).
+        self.fill_grace_ns = fill_grace_ns
+        self.resolves = 0  # targeted passes (chain repair), for status
+        self.on_synced: list[Callable[[], None]] = []  # once, after the first pass (orders wait for it)
         self.synced = False  # no orders before the first reconciliation with the broker
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
@@ -66,13 +71,42 @@ class Reconciler:
         reports = await self.broker.order_reports(today)
         virtual = book.portfolio.virtual
         local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
-        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns)
+        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
+                        fill_grace_ns=self.fill_grace_ns)
+        self._apply(res)
+        for r in res.external:
+            try:
+                self._adopt_external(r)
+                self.notices.drain(r.broker_order_id)
+            except Exception as e:
+                res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
+                log.exception("adopting external order %s failed", r.broker_order_id)
+        if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
+            res.alerts.append(f"position check failed: {balance}")
+        else:
+            res.alerts.extend(self._check_positions(balance, res.unconfirmed))
+        first = not self.synced
+        self.synced = True
+        self.last = (book.now_ns(), reason, len(res.alerts))
+        for text in res.alerts:
+            self.alert(f"reconcile ({reason}): {text}")
+        log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
+                 len(res.events), len(res.external), len(res.alerts))
+        if first:
+            for fn in self.on_synced:
+                fn()
+        return res
+
+    def _apply(self, res: ReconcileResult) -> None:
+        book = self.book
         to_drain: list[str] = []
         for coid, events in res.events.items():
             try:
                 for ev in events:
                     if isinstance(ev, Fill):
                         book.apply_fill(coid, ev)
+                    elif isinstance(ev, ReverseFill):
+                        book.reverse_fill(coid, ev)
                     else:
                         book.try_apply(coid, ev)
                     if isinstance(ev, (Accept, Replaced)):
@@ -85,24 +119,24 @@ class Reconciler:
         # counted are then absorbed by the order's reconciled credit instead of counted twice.
         for odno in to_drain:
             self.notices.drain(odno)
-        for r in res.external:
-            try:
-                self._adopt_external(r)
-                self.notices.drain(r.broker_order_id)
-            except Exception as e:
-                res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
-                log.exception("adopting external order %s failed", r.broker_order_id)
-        if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
-            res.alerts.append(f"position check failed: {balance}")
-        else:
-            res.alerts.extend(self._check_positions(balance))
-        self.synced = True
-        self.last = (book.now_ns(), reason, len(res.alerts))
-        for text in res.alerts:
-            self.alert(f"reconcile ({reason}): {text}")
-        log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
-                 len(res.events), len(res.external), len(res.alerts))
-        return res
+
+    async def resolve(self, coids: list[str], reason: str) -> list[BrokerOrderReport]:
+        """A targeted pass for a few orders whose live line is in question (chain repair): the day's
+        order list read now, and only these orders' chains brought in line with it (their revise
+        lines adopted, fills, how the broker closed them). Returns the list it read."""
+        async with self._lock:
+            book = self.book
+            reports = await self.broker.order_reports(book.clock.now().date())
+            local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
+            res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
+                            fill_grace_ns=self.fill_grace_ns)
+            res.events = {c: evs for c, evs in res.events.items() if c in coids}
+            self._apply(res)
+            self.resolves += 1
+            for text in res.alerts:
+                if any(text.startswith(c) for c in coids):
+                    self.alert(f"chain repair ({reason}): {text}")
+            return reports
 
     # ---- expiry ------------------------------------------------------------------------------------
 
@@ -144,7 +178,11 @@ class Reconciler:
             book.try_apply(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
         self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
 
-    def _check_positions(self, balance: list[BrokerPosition]) -> list[str]:
+    def _check_positions(self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None) -> list[str]:
+        """The account's holdings against the books. Shares the books hold from fills the broker's list
+        does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
+        with such fills is never attributed to 'external' (its difference may be that fill)."""
+        unconfirmed = unconfirmed or {}
         portfolio = self.book.portfolio
         broker = {p.code: p for p in balance}
         ours: dict[str, int] = defaultdict(int)
@@ -153,11 +191,17 @@ class Reconciler:
                 continue  # virtual shares
             for code, p in agent_pos.items():
                 ours[code] += p.qty
+        for code, q in unconfirmed.items():
+            ours[code] -= q
         alerts = []
         previous, self._unexplained = self._unexplained, {}
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
             diff = theirs - ours.get(code, 0)
+            if diff and unconfirmed.get(code):
+                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0) + unconfirmed[code]} of which "
+                              f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting")
+                continue
             if diff > 0:
                 self._unexplained[code] = diff
             if diff < 0:

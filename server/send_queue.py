@@ -7,7 +7,11 @@ Rules kept here:
 - a submit still queued after `max_send_wait_ns` is refused unsent (BROKER_BUSY): a decision made on
   prices that old is not the one the agent made;
 - calls for one order never overlap or overtake each other; with `workers` > 1, calls for different
-  orders go out concurrently (the broker's REST budget paces them).
+  orders go out concurrently (the broker's REST budget paces them);
+- a revise or cancel whose answer is lost is in doubt, never "refused": its notices and the broker's
+  order list decide (server/chain_repair.py). So is a cancel the broker refuses at the number we
+  know: the order may live at another number now (a revise we did not see), which the repair
+  finds and cancels.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Protocol
 from common.enums import TimeInForce
 from common.errors import ErrorCode
 from common.orders import (
-    Accept, CancelRefused, MarkUnknown, Order, OrderState, Reject, Replaced, ReplaceRefused,
+    AMEND_UNKNOWN, Accept, CancelRefused, MarkUnknown, Order, OrderState, Reject, Replaced, ReplaceRefused,
 )
 from kis.port import (
     BrokerAck, BrokerCancel, BrokerError, BrokerModify, BrokerOrder, BrokerRejected, BrokerUnknownOutcome,
@@ -77,11 +81,14 @@ def broker_order(o: Order) -> BrokerOrder:
 class SendQueue:
     def __init__(self, book: OrderBook, notices: NoticeRouter, venue: Execution,
                  on_broker_error: Callable[[int], None], *, max_send_wait_ns: int = 5_000_000_000,
-                 workers: int = 1, name: str = "broker") -> None:
+                 workers: int = 1, name: str = "broker", learn: Callable[[str], None] | None = None) -> None:
         self.book = book
         self.notices = notices
         self.venue = venue
         self.on_broker_error = on_broker_error
+        # read the broker's list for an order now (its live line may have moved); None: a venue
+        # without an order list (the shadow market), whose answers are never in doubt
+        self.learn = learn
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers)
         self.name = name
@@ -187,16 +194,30 @@ class SendQueue:
 
     async def _amend(self, o: Order, call: Call, request: Callable[[], Awaitable[BrokerAck]],
                      refused: type[CancelRefused] | type[ReplaceRefused], **trace: object) -> BrokerAck | None:
-        """A cancel or revise at the broker: traced; refused → back to resting (if it did reach the
-        broker after all, its notices name the original ODNO and reconciliation adopts it); acked →
-        the new ODNO is ours."""
+        """A cancel or revise at the broker: traced; acked → the new ODNO is ours; unknown outcome, or a
+        cancel refused at this number → in doubt (the chain repair decides); any other refusal →
+        back to resting with the reason."""
         book, coid = self.book, o.client_order_id
         book.trace(coid, "broker.request", call=call.value, **trace)
         try:
             ack = await request()
         except BrokerError as e:
             book.trace(coid, "broker.error", call=call.value, kind=type(e).__name__, code=e.code, message=e.message)
-            book.try_apply(coid, refused(ts_ns=book.now_ns(), code=e.code, reason=str(e)))
+            ts = book.now_ns()
+            if self.learn is None:
+                book.try_apply(coid, refused(ts_ns=ts, code=e.code, reason=str(e)))
+            elif isinstance(e, BrokerUnknownOutcome):
+                # it may have reached the broker: in doubt until notices or the order list say
+                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN, reason=f"{call.value} outcome unknown: {e}"))
+            elif isinstance(e, BrokerRejected) and call is Call.CANCEL:
+                # nothing to cancel at this number: filled, cancelled, or moved by a revise we did not
+                # see; the repair reads the order list and cancels the live line
+                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN,
+                                                 reason=f"cancel refused at {o.broker_order_id} ({e}): finding the live line"))
+            else:
+                book.try_apply(coid, refused(ts_ns=ts, code=e.code, reason=str(e)))
+                if isinstance(e, BrokerRejected):
+                    self.learn(coid)  # a revise refused at this number: learn where the order lives
             return None
         book.trace(coid, "broker.ack", call=call.value, odno=ack.broker_order_id, time=ack.time)
         book.by_broker_id[ack.broker_order_id] = coid

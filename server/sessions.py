@@ -4,6 +4,10 @@ data a card asks for.
 An agent id is held by one process session at a time (server.registry); a restarted agent takes over
 its lease and gets its snapshot — open orders, positions, budget, next order number, trading state —
 plus the events it missed, so it sends nothing twice.
+
+An agent registers with its own credential (the router checked that the frame is signed by the id
+it names) and trades under the card the operator approved (common/approvals.py): a card that differs
+from it is refused, naming what differs; the limits, budget and codes the agent declares never count.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from common.approvals import Approval, checksum, differences
 from common.enums import AgentMode, AgentState, SystemEventKind
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
@@ -42,7 +47,8 @@ class AgentSessions:
                  subs: SubscriptionManager, headers: Any, publish: Publish, counters: Counter[str], *,
                  lease_s: float, heartbeat_s: float,
                  listed: Callable[[str], bool] | None = None, listed_source: str = "",
-                 protection: ProtectionDesk | None = None) -> None:
+                 protection: ProtectionDesk | None = None,
+                 approved: Callable[[str], Approval | None] = lambda agent: None) -> None:
         self.registry = registry
         self.book = book
         self.desk = desk
@@ -55,6 +61,7 @@ class AgentSessions:
         self.listed = listed  # the stock master (None: every code is taken)
         self.listed_source = listed_source
         self.protection = protection  # protective orders: in the snapshot, and their ids in the numbering
+        self.approved = approved  # the operator's approved card of an agent id
         self.pub_endpoint = ""
         self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
         self.on_offline: list[Callable[[str, str], None]] = []  # (agent, why): feed health, the operator
@@ -89,6 +96,17 @@ class AgentSessions:
         if msg.card.id != h.sender:
             return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
                          message=f"card id {msg.card.id!r} differs from sender {h.sender!r}")
+        approval = self.approved(msg.card.id)
+        if approval is None:
+            self.counters["unapproved_registrations"] += 1
+            return Error(h=self.headers(h.mid), code=ErrorCode.NOT_APPROVED, message=(
+                f"no approved card for {msg.card.id!r}: the operator approves it on the gateway's host "
+                f"(ktrader cards approve CARD)"))
+        if approval.sha256 != checksum(msg.card):
+            self.counters["cards_refused"] += 1
+            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=(
+                f"the card differs from the one the operator approved ({'; '.join(differences(approval.card, msg.card))}): "
+                f"the approved one stands; to change it, on the gateway's host: ktrader cards approve CARD"))
         live = self.registry.agents.get(msg.card.id)
         duplicate = (live is not None and live.session != h.sid and live.state is AgentState.ONLINE
                      and self.registry.age(live) <= self.lease_s)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.client import GatewayClient
+from common import approvals, credentials
+from common.config import AgentCard, load_card
+from common.connection import read_info
+from common.schema import HeaderFactory
 from kis.credentials import credentials_env
+from tools.approve import approved_client
 from tools.procs import stop_groups, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +68,36 @@ class Procs:
 
 
 def start_gateway_on_twin(procs: Procs, tmp: Path, info: dict[str, str], *, broker_toml: str = "",
-                          wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
+                          gateway_toml: str = "", wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
     """A gateway process on a separately started twin (`ktrader sim`, its JSON line in `info`), with
-    the twin's demo credentials in its environment; returns once it has written gateway.json."""
+    the twin's demo credentials in its environment; returns once it has written gateway.json.
+    `gateway_toml`: top-level settings (before the [broker] table)."""
     cfg = tmp / "gateway.toml"
-    cfg.write_text(f'[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
+    cfg.write_text(f'{gateway_toml}[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
                    f'admin_url = "{info["admin_url"]}"\n')
     run = tmp / "run"
     gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info))
     wait_for(lambda: (run / "gateway.json").exists(), wait_s, what="gateway.json")
     return run, gw
+
+
+def approve(run: Path, *cards: AgentCard | Path | str) -> list[AgentCard]:
+    """The operator approves these cards on the run folder (issue 21): the gateway then lets their
+    agents register, each with its own credential. Works before or while the gateway runs."""
+    loaded = [c if isinstance(c, AgentCard) else load_card(c) for c in cards]
+    approvals.approve(run, loaded, by="test")
+    return loaded
+
+
+def agent_client(run: Path, card: AgentCard, subscribe: bool = False) -> GatewayClient:
+    """A client speaking as the agent of `card` (approved here), with its own credential."""
+    return approved_client(run, card, subscribe)
+
+
+def operator_client(run: Path, sender: str = "tester") -> GatewayClient:
+    """A client with the operator's credential (made by the gateway on its run folder)."""
+    return GatewayClient(read_info(run), sender, HeaderFactory(sender), subscribe=False,
+                         credential=credentials.load(run, credentials.OPERATOR))
 
 
 @pytest.fixture

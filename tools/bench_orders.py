@@ -19,18 +19,18 @@ from pathlib import Path
 from agent.client import GatewayClient
 from common.clock import today_kst
 from common.config import AgentCard, RiskLimits
-from common.connection import read_info
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrderUpdate, Register, Registered, SubmitOrders
+from tools.approve import approved_client
 from tools.bench_rtt import _wait_file, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _agent(run: Path, agent_id: str) -> tuple[GatewayClient, int]:
-    client = GatewayClient(read_info(run), agent_id, subscribe=False)
     card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=["005930"], budget=0, risk=RiskLimits())
+    client = approved_client(run, card)
     reply = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="bench"), 20)
     assert isinstance(reply, Registered), reply
     return client, reply.snapshot.next_order_n
@@ -62,7 +62,11 @@ def _round_trips(run: Path, agent_id: str, n: int, out: list[int], pace_s: float
 
 def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: float = 0.0) -> dict:
     run = tmp / f"run-{'twin' if not broker_args else 'inproc'}-{agents}"
-    cmd = [sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--log-level", "error", *broker_args]
+    cfg = tmp / "bench-gateway.toml"  # the path is measured, not the account's limits (finite by default)
+    cfg.write_text("[risk]\nmax_order_value = 0\nmax_position_value = 0\nmax_open_orders = 0\n"
+                   "max_orders_per_minute = 0\nmax_daily_loss = 0\n")
+    cmd = [sys.executable, "-m", "tools", "gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "error",
+           *broker_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_file(run / "gateway.json", 30, proc)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import zmq
 
-from agent.client import GatewayClient
+from tools.approve import approved_client
 from common.config import AgentCard
-from common.connection import read_info
 from common.schema import Ack, Heartbeat, Register, Registered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +83,8 @@ def measure_gateway(n: int, tmp: Path) -> list[int]:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_file(run / "gateway.json", 20)
-        client = GatewayClient(read_info(run), "bench_agent", subscribe=False)
         card = AgentCard(id="bench_agent", name="bench", strategy="x:Y", codes=["005930"])
+        client = approved_client(run, card)
         assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="bench"), 10), Registered)
         for _ in range(200):  # warm up
             client.request(Heartbeat(h=client.headers()))

@@ -368,6 +368,27 @@ def cards_check(
     raise typer.Exit(check(folder, master, account_budget))
 
 
+@cards_app.command("approve")
+def cards_approve(
+    cards: list[Path] = typer.Argument(..., help="card files (or folders of *.toml cards) to approve"),
+    run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run folder"),
+) -> None:
+    """The operator approves cards: the gateway trades each agent under its approved card only (money,
+    limits, codes) and issues the agent's credential. Run it on the gateway's host; a running gateway
+    takes it at the agent's next registration (a running agent: `ktrader control reload`)."""
+    from tools.approve import main as approve
+
+    raise typer.Exit(approve(cards, run_dir))
+
+
+@cards_app.command("approved")
+def cards_approved(run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run folder")) -> None:
+    """List the approved cards: id, budget, limits, who approved them and when."""
+    from tools.approve import listing
+
+    raise typer.Exit(listing(run_dir))
+
+
 @cards_app.command("schema")
 def cards_schema() -> None:
     """Print the JSON Schema of AgentCard (for editors)."""

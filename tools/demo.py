@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from common import approvals
 from common.config import ConfigError, load_card
 from common.connection import ConnectionFileError, read_info
 from common.errors import KtraderError
@@ -85,6 +86,9 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
         console.print(f"[red]a gateway (pid {held[0][1]}) already runs on {run_dir}[/]: the demo needs a folder of its "
                       f"own (--run-dir), or stop that gateway first")
         return 3
+    # whoever runs the demo is its operator: the demo's cards are approved on its run folder (their
+    # agents get their credentials), before the gateway starts
+    approvals.approve(run_dir, [load_card(c) for c in cards], by="ktrader demo")
     gw = _spawn(["gateway", "--run-dir", str(run_dir)], logs / "gateway.log")
     procs = [gw]
     supervisor = Supervisor(run_dir, log_dir=logs)

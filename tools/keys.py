@@ -1,9 +1,9 @@
 """`ktrader keys`: CURVE keys for agents and tools on other hosts (files: common/curve.py).
 
     ktrader keys init                      the gateway's pair, the signing key, the tools' pair
-    ktrader keys agent ID                  a pair for agent ID; the gateway accepts it from now on
-    ktrader keys export ID --to DIR        DIR becomes the agent host's run folder (gateway.json + its key)
-    ktrader keys revoke ID                 the gateway refuses ID's key from now on (new connections)
+    ktrader keys agent ID                  a pair for agent ID (and its signing credential); the gateway accepts it
+    ktrader keys export ID --to DIR        DIR becomes the agent host's run folder (gateway.json, its key, its credential)
+    ktrader keys revoke ID                 the gateway refuses ID's key and credential from now on
     ktrader keys list                      what is there
 """
 
@@ -16,7 +16,7 @@ from typing import NoReturn, Optional
 
 import typer
 
-from common import curve
+from common import credentials, curve
 from common.connection import ConnectionFileError, GatewayInfo, read_info, write_info
 
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for agents and tools on other hosts (tcp endpoints).")
@@ -56,9 +56,12 @@ def agent(agent_id: str = typer.Argument(..., help="the agent's id (its card's i
     """Make a key pair for one agent; the gateway accepts its public key from now on."""
     try:
         secret = curve.make_client(run_dir, agent_id, force=force)
+        cred, made = credentials.issue(run_dir, agent_id)
     except (curve.CurveError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote {curve.client_public_path(run_dir, agent_id)} (the gateway accepts it)")
+    typer.echo(f"{'wrote' if made else 'kept'} {cred} (the agent's signing credential; its card must be approved: "
+               "ktrader cards approve CARD)")
     typer.echo(f"wrote {secret} (the agent's secret: `ktrader keys export {agent_id} --to DIR` for another host)")
 
 
@@ -68,6 +71,8 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
     disconnects; restart the gateway to drop it at once)."""
     try:
         gone = curve.revoke_client(run_dir, agent_id)
+        if credentials.revoke(run_dir, agent_id):
+            gone.append(credentials.credential_path(run_dir, agent_id))
     except curve.CurveError as e:
         _fail(e)
     for path in gone:
@@ -100,10 +105,11 @@ def export_bundle(run_dir: Path, agent_id: str, to: Path, router: str, pub: str)
         if not curve.network(ep):
             raise curve.CurveError(f"{ep} is not a network endpoint: a remote agent dials tcp://HOST:PORT")
     pair = curve.client_pair(run_dir, agent_id)
+    cred = credentials.load(run_dir, agent_id)  # its card approved on this host (ktrader cards approve)
     info = GatewayInfo(router=router, pub=pub, key=curve.signing_key(run_dir).hex(), pid=0, session="exported",
                        started_ns=0, curve_key=curve.gateway_pair(run_dir).public.decode("ascii"))
     curve.write_secret(curve.client_secret_path(to, agent_id), pair)  # the agent's host needs only this half
-    return [write_info(to, info), curve.client_secret_path(to, agent_id)]
+    return [write_info(to, info), curve.client_secret_path(to, agent_id), credentials.write(to, cred)]
 
 
 def _endpoints(run_dir: Path, host: str | None) -> tuple[str, str]:
@@ -138,7 +144,7 @@ def export(agent_id: str = typer.Argument(...), to: Path = typer.Option(..., "--
         if not router or not pub:
             router, pub = _endpoints(run_dir, host)
         written = export_bundle(run_dir, agent_id, to, router, pub)
-    except (curve.CurveError, OSError) as e:
+    except (curve.CurveError, credentials.CredentialError, OSError) as e:
         if to.exists() and not any(to.iterdir()):
             shutil.rmtree(to, ignore_errors=True)
         _fail(e)

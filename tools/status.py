@@ -17,6 +17,7 @@ from rich.text import Text
 from agent.client import GatewayClient
 from common.config import AgentCard
 from common.connection import ConnectionFileError, read_info
+from common.credentials import OPERATOR, CredentialError, load as load_credential
 from common.curve import TOOLS, CurveError, client_pair_for
 from common.schema import (
     Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
@@ -24,13 +25,14 @@ from common.schema import (
 
 
 def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
-    """One request from a short-lived tool client; an Error reply raises KtraderError. Over tcp the
-    tools use their own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
+    """One request from a short-lived tool client, signed with the operator's credential (made by the
+    gateway in run/keys/credentials/); an Error reply raises KtraderError. Over tcp the tools use their
+    own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
     info = read_info(run_dir)
     try:
         client = GatewayClient(info, sender, HeaderFactory(sender), subscribe=False,
-                               keys=client_pair_for(run_dir, TOOLS, info.router))
-    except CurveError as e:
+                               keys=client_pair_for(run_dir, TOOLS, info.router), credential=load_credential(run_dir, OPERATOR))
+    except (CurveError, CredentialError) as e:
         raise ConnectionFileError(str(e)) from None
     try:
         return client.call(make(client.headers()), timeout_s)
@@ -96,7 +98,18 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
         f"reconnects {max(0, h.ws_sessions - 1)}",
         *market_data_lines(st),
         recon_line(st),
+        integrity_line(st),
     ]
+
+
+def integrity_line(st: StatusReply) -> str:
+    """The order path's and the ROUTER's trust checks (issue 21): what they caught, never silent."""
+    c = st.counters
+    md = sum(v for k, v in c.items() if k.startswith("md_dropped_"))
+    return (f"integrity: in doubt {c.get('orders_in_doubt', 0)}  chain repairs {c.get('chain_repairs', 0)}  "
+            f"cancels resent {c.get('cancels_resent', 0)}  bad prints dropped {md} (held {c.get('md_unconfirmed', 0)})  "
+            f"frames dropped {st.health.ws_dropped}  replayed {c.get('bad_replayed', 0)}  stale {c.get('bad_stale_message', 0)}  "
+            f"forbidden {c.get('forbidden', 0)}  replies undeliverable {c.get('reply_drops', 0) + c.get('reply_unroutable', 0)}")
 
 
 def market_data_lines(st: StatusReply) -> list[str]:
@@ -189,7 +202,7 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
         for row in protection_rows(st):
             pt.add_row(*(Text(c) for c in row))
         console.print(pt)
-    bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "pub_dropped", "handler_errors"))}
+    bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "reply_unroutable", "pub_dropped", "handler_errors", "md_dropped_", "stale_", "replayed"))}
     if bad:
         console.print(f"[yellow]counters[/] {bad}")
     for text in st.alerts[-5:]:

@@ -89,6 +89,8 @@ class AdminApi:
         r.add_post("/admin/faults/notices", self.notices)
         r.add_post("/admin/faults/batch", self.batch)
         r.add_post("/admin/faults/legacy-notice", self.legacy_notice)
+        r.add_post("/admin/faults/bad-print", self.bad_print)
+        r.add_post("/admin/faults/forged-notice", self.forged_notice)
         r.add_post("/admin/ws/pingpong", self.pingpong)
         r.add_get("/admin/ws/registrations", self.ws_registrations)
         r.add_post("/admin/save", self.save)
@@ -296,6 +298,36 @@ class AdminApi:
     async def legacy_notice(self, request: web.Request) -> web.Response:
         b = await self._body(request)
         self.twin.faults.legacy_notice = bool(b.get("on", True))
+        return _json({"ok": True})
+
+    async def bad_print(self, request: web.Request) -> web.Response:
+        """{"code": "005930", "fields": {"2": "-71000"}}: the code's last print sent again with these
+        H0STCNT0 fields replaced (index → text), to its subscribers; the market itself is unchanged."""
+        b = await self._body(request)
+        fields = {int(k): str(v) for k, v in dict(b.get("fields", {})).items()}
+        if not self.server.ws_hub:
+            return _err("no websocket server")
+        return _json({"sent": self.server.ws_hub.bad_print(str(b["code"]), fields)})
+
+    async def forged_notice(self, request: web.Request) -> web.Response:
+        """{"odno": ..., "qty": 3, "price": 70000}: a fill notice for an existing order that did not
+        fill (KIS's own books and the day's order list are untouched); with "garble": true, a notice of
+        that order with a field that does not read."""
+        b = await self._body(request)
+        ex = self.twin.exchange
+        rec = ex.orders.get(str(b["odno"]).zfill(10))
+        if rec is None:
+            return _err("no such order", 404)
+        acct = ex.accounts[rec.account_id]
+        hub = self.server.ws_hub
+        if bool(b.get("garble", False)) and hub:
+            hub.garble_next_notice = 9  # CNTG_QTY
+        try:
+            ex._notify(acct, rec, cntg_yn="2", acpt="2", rctf="0", qty=int(b.get("qty", rec.qty)),  # noqa: SLF001
+                       price=int(b.get("price", rec.price)), tmd=ex.now_tmd())
+        finally:
+            if hub:
+                hub.garble_next_notice = None
         return _json({"ok": True})
 
     async def pingpong(self, request: web.Request) -> web.Response:

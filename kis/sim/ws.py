@@ -81,6 +81,8 @@ class WsHub:
         self.sessions: set[Session] = set()
         self.by_key: dict[str, Session] = {}
         self.subs: dict[tuple[str, str], set[Session]] = {}
+        self.last_print: dict[str, list[str]] = {}  # code -> the last H0STCNT0 record sent (bad-print fault)
+        self.garble_next_notice: int | None = None  # fault: the next notice record gets this field garbled
         twin.exchange.add_listener(self.on_event)
 
     def app(self) -> web.Application:
@@ -100,6 +102,8 @@ class WsHub:
             self._notice(ev)
 
     def _fan_out(self, tr_id: str, code: str, record: list[str]) -> None:
+        if tr_id == TR_PRICE:
+            self.last_print[code] = record
         sessions = self.subs.get((tr_id, code))
         if not sessions:
             return
@@ -116,6 +120,9 @@ class WsHub:
             if not any(r[0] == tr for r in s.regs):
                 continue
             record = ev.legacy if faults.legacy_notice else ev.record
+            if self.garble_next_notice is not None:
+                record = list(record)
+                record[self.garble_next_notice] = "x" + record[self.garble_next_notice][1:]  # a field that does not read
             frame = f"1|{tr}|001|{aes_encrypt('^'.join(record), *s.key_iv)}"
             copies = 2 if faults.notices.duplicate else 1
             delay = faults.notices.delay_ms / 1000
@@ -147,6 +154,21 @@ class WsHub:
                 await s.ws.send_frame(b"0|H0STCNT0|001|\xff\xfe\xfd", WSMsgType.TEXT)
                 n += 1
         return n
+
+    def bad_print(self, code: str, fields: dict[int, str]) -> int:
+        """Fault: the code's last print again, with `fields` replaced (a price of -71000, a volume of
+        "abc"), to its subscribers only; the exchange's own state is untouched."""
+        base = self.last_print.get(code)
+        if base is None:
+            raise ValueError(f"no print of {code} sent yet")
+        record = list(base)
+        for i, v in fields.items():
+            record[i] = v
+        sessions = self.subs.get((TR_PRICE, code), set())
+        frame = data_frame(TR_PRICE, [record])
+        for s in sessions:
+            s.push(TR_PRICE, frame, None)
+        return len(sessions)
 
     def pingpong_all(self) -> int:
         for s in self.sessions:

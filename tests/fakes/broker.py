@@ -25,7 +25,8 @@ from common.schema import Bar
 from kis.port import (
     BrokerPort, Capability,
     BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketKind, NoticeKind, SubscriptionResult, Trade,
+    BrokerOrderReport, BrokerPosition, BrokerRejected, BrokerUnknownOutcome, MarketKind, NoticeKind, SubscriptionResult,
+    Trade,
 )
 
 
@@ -48,6 +49,9 @@ class FakeBroker(BrokerPort):
         self.submits = 0
         self._state = SessionState.DISCONNECTED
         self.chart_calls: list[tuple[str, str, str]] = []
+        self.lose_next: set[str] = set()  # "modify" / "cancel": act, then lose the answer (BrokerUnknownOutcome)
+        self.lose_before: set[str] = set()  # "modify" / "cancel": lose the request before the broker sees it
+        self.mute: set[str] = set()  # "modify": the broker acts but sends no notice of it
 
     @property
     def session_state(self) -> SessionState:
@@ -72,11 +76,18 @@ class FakeBroker(BrokerPort):
                 json.dump({k: {**o, "side": o["side"].value} for k, o in self.orders.items()}, f)
 
     def _notice(self, kind: NoticeKind, odno: str, o: dict, fill_qty: int = 0, fill_price: int = 0, orig: str = "",
-                is_cancel: bool = False) -> None:
+                is_cancel: bool = False, is_modify: bool = False) -> None:
         self._save()  # every change of an order is followed by its notice
-        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig, code=o["code"],
-                                            side=o["side"], order_qty=o["qty"], order_price=o["price"], fill_qty=fill_qty,
-                                            fill_price=fill_price, time=self._time(), is_cancel=is_cancel))
+        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig or o.get("orig", ""),
+                                            code=o["code"], side=o["side"], order_qty=o["qty"], order_price=o["price"],
+                                            fill_qty=fill_qty, fill_price=fill_price, time=self._time(), is_cancel=is_cancel,
+                                            is_modify=is_modify))
+
+    def _lost(self, call: str) -> None:
+        """Fault: the call acted, its answer is lost on the way back (`lose_next` names the calls)."""
+        if call in self.lose_next:
+            self.lose_next.discard(call)
+            raise BrokerUnknownOutcome(f"{call}: connection dropped after the broker acted", code="TRANSPORT")
 
     async def submit(self, order: BrokerOrder) -> BrokerAck:
         self.submits += 1
@@ -105,27 +116,36 @@ class FakeBroker(BrokerPort):
         self._notice(NoticeKind.FILLED, odno, o, q, o["price"])
 
     async def modify(self, req: BrokerModify) -> BrokerAck:
+        if "modify" in self.lose_before:
+            self.lose_before.discard("modify")
+            raise BrokerUnknownOutcome("modify: connection dropped before the broker saw it", code="TRANSPORT")
         o = self.orders.get(req.broker_order_id)
         if o is None or not o["open"]:
-            raise BrokerRejected("no such open order", code="APBK0918")
+            raise BrokerRejected("정정/취소 가능수량이 없습니다.", code="APBK0635")
         odno = f"{next(self._odno):010d}"
         o["open"], o["replaced"] = False, True
-        # as at KIS: the original keeps its fills; the revise line carries the remainder at the new price
-        self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "price": req.price, "open": True, "replaced": False,
-                             "filled": 0, "value": 0, "kind": "modify", "orig": req.broker_order_id}
-        self._save()
+        # the new line carries the remainder (KIS: a revise line of the unfilled quantity, naming the old one)
+        line = {**o, "qty": o["qty"] - o["filled"], "price": req.price, "open": True, "replaced": False, "filled": 0, "value": 0,
+                "orig": req.broker_order_id, "kind": "modify"}
+        self.orders[odno] = line
+        if "modify" in self.mute:
+            self._save()
+        else:
+            self._notice(NoticeKind.ACCEPTED, odno, line, is_modify=True)
+        self._lost("modify")
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
         o = self.orders.get(req.broker_order_id)
         if o is None or not o["open"]:
-            raise BrokerRejected("no such open order", code="APBK0918")
+            raise BrokerRejected("정정/취소 가능수량이 없습니다.", code="APBK0635")
         o["open"] = False
         odno = f"{next(self._odno):010d}"
         self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "open": False, "replaced": False, "filled": 0, "value": 0,
                              "kind": "cancel", "orig": req.broker_order_id}
         self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 접수
         self._notice(NoticeKind.CANCELLED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 확인
+        self._lost("cancel")
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
     async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
@@ -144,7 +164,7 @@ class FakeBroker(BrokerPort):
     async def positions(self) -> list[BrokerPosition]:
         held: dict[str, list[int]] = {}
         for o in self.orders.values():
-            if o["filled"]:
+            if o["filled"]:  # every line's own fills (a revised line keeps what it filled before)
                 q, v = held.setdefault(o["code"], [0, 0])
                 sign = 1 if o["side"] is Side.BUY else -1
                 held[o["code"]] = [q + sign * o["filled"], v + sign * o.get("value", 0)]

@@ -19,13 +19,12 @@ import pytest
 
 from agent.client import GatewayClient
 from common.config import AgentCard
-from common.connection import read_info
 from common.errors import ErrorCode
 from common.schema import (
     Ack, Error, GetState, GetSummary, InvestorReply, PriceReply, PutState, Query, Register, Registered, StateReply,
     SummaryReply, STATE_MAX_VALUE_BYTES,
 )
-from tests.conftest import Procs, holds_for, start_gateway_on_twin, wait_for
+from tests.conftest import Procs, agent_client, approve, holds_for, operator_client, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Twin
 from tools.status import fetch_status
 
@@ -62,8 +61,8 @@ def stack(tmp_path: Path, procs: Procs):
 
 
 def register(run: Path, agent: str, rate: float) -> GatewayClient:
-    c = GatewayClient(read_info(run), agent, subscribe=False)
     card = AgentCard(id=agent, name=agent, strategy="x:Y", codes=["105560"], rate_quota_per_s=rate)
+    c = agent_client(run, card)
     assert isinstance(c.request(Register(h=c.headers(), card=card, pid=os.getpid(), host="test"), 10), Registered)
     return c
 
@@ -118,6 +117,7 @@ def test_queries_quota_and_state_over_the_wire(stack) -> None:
 
 
 def start_value(procs: Procs, tmp_path: Path, run: Path, log: str):
+    approve(run, tmp_path / "value.toml")
     return procs.start("agent", "run", str(tmp_path / "value.toml"), "--run-dir", str(run), log_name=log)
 
 
@@ -126,7 +126,7 @@ def agent_status(run: Path, agent: str):
 
 
 def tool_summary(run: Path, agent: str):
-    c = GatewayClient(read_info(run), "tester", subscribe=False)
+    c = operator_client(run)
     try:
         r = c.request(GetSummary(h=c.headers(), agent=agent), 10)
     finally:
@@ -218,6 +218,7 @@ def test_foreign_flow_agent_buys_on_the_twins_investor_data(tmp_path: Path, proc
     assert picked, "no code with foreign buying on its newest day"
     code, streak = picked
     (tmp_path / "flow.toml").write_text(FLOW_CARD.format(code=code, days=streak))
+    approve(run, tmp_path / "flow.toml")
     a = procs.start("agent", "run", str(tmp_path / "flow.toml"), "--run-dir", str(run), log_name="flow")
     wait_for(lambda: (s := agent_status(run, "flow")) and s.fills >= 1 and s.open_orders == 0 and s, 30,
              what="foreign-flow buy filled")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input
 
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.integration.test_spine import CARD_A, CARD_B  # alpha: a fill and a resting order; bravo: idle
 from tools.status import fetch_status
 from tools.supervisor import RestartPolicy, Supervisor
@@ -78,6 +78,7 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     # started by hand, as an operator would in their own terminals
+    approve(run, cards / "alpha.toml", cards / "bravo.toml", cards / "charlie.toml")  # charlie: started from the console
     alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
     bravo = procs.start("agent", "run", str(cards / "bravo.toml"), "--run-dir", str(run), log_name="bravo")
     wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.positions, 20, what="alpha traded")

@@ -80,12 +80,14 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     assert info.router.startswith("tcp://127.0.0.1:") and info.pub.startswith("tcp://127.0.0.1:")
     assert info.curve_key == curve.gateway_pair(run).public.decode()
 
-    # bundles for two "remote" hosts, then mallory's key is revoked on the gateway's host
+    # the operator approves both cards; bundles for two "remote" hosts (key, signing credential),
+    # then mallory's key is revoked on the gateway's host
     for agent in ("alpha", "mallory"):
+        (tmp_path / f"{agent}.toml").write_text(CARD.format(id=agent))
+        assert ktrader("cards", "approve", str(tmp_path / f"{agent}.toml"), "--run-dir", str(run)).returncode == 0
         out = ktrader("keys", "export", agent, "--to", str(tmp_path / agent), "--run-dir", str(run),
                       "--router", info.router, "--pub", info.pub)
         assert out.returncode == 0, out.stderr
-        (tmp_path / f"{agent}.toml").write_text(CARD.format(id=agent))
     assert ktrader("keys", "revoke", "mallory", "--run-dir", str(run)).returncode == 0
 
     ctx = zmq.Context.instance()

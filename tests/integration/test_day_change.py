@@ -23,7 +23,7 @@ from common.enums import Side, TimeInForce
 from common.errors import ErrorCode
 from common.ids import make_client_order_id
 from common.schema import NewOrder, OrdersReply, Register, Registered, SubmitOrders
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, approve, wait_for
 from tests.integration.test_oms_twin import Agent, reconcile_and_wait
 from tools.status import fetch_status
 
@@ -112,6 +112,7 @@ def test_a_slow_warm_up_keeps_the_lease(tmp_path: Path, procs: Procs) -> None:
                 env={"KTRADER_FAKE_CHART_DELAY_S": "3"})  # three lease periods
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     (tmp_path / "slow.toml").write_text(SLOW_CARD)
+    approve(run, tmp_path / "slow.toml")
     a = procs.start("agent", "run", str(tmp_path / "slow.toml"), "--run-dir", str(run), log_name="slow")
     wait_for(lambda: "PROBE history 005930 1d 30" in procs.log(a), 30, what="the warm-up to end")
     gw_log = (tmp_path / "gateway.log").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, approve, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -54,6 +54,7 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
     agents = {}
     for a, text in cards.items():
         (tmp_path / f"{a}.toml").write_text(text)
+        approve(run, tmp_path / f"{a}.toml")
         agents[a] = procs.start("agent", "run", str(tmp_path / f"{a}.toml"), "--run-dir", str(run), log_name=a)
     wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.position_codes == 1, 20, what="alpha bought, one resting")
     wait_for(lambda: (a := agent(run, "bravo")) and a.open_orders == 1, 20, what="bravo resting")

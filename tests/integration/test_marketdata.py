@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
+from tests.conftest import Procs, ROOT, approve, start_gateway_on_twin, wait_for
 from tools.status import fetch_status, health_lines, send_control
 
 pytestmark = pytest.mark.integration
@@ -47,6 +47,7 @@ def market(tmp_path: Path, procs: Procs):
 
 def start_probe(procs: Procs, tmp: Path, run: Path, agent: str, history: list[str]):
     (tmp / f"{agent}.toml").write_text(PROBE.format(id=agent, history=json.dumps(history)))
+    approve(run, tmp / f"{agent}.toml")
     return procs.start("agent", "run", str(tmp / f"{agent}.toml"), "--run-dir", str(run), log_name=agent)
 
 

@@ -19,17 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.client import GatewayClient
 from common.clock import today_kst
-from common.config import AgentCard
-from common.connection import read_info
+from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import (
-    Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, Register,
+    Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, PositionUpdate,
+    Register,
     Registered, SnapshotReply, SubmitOrders,
 )
-from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
 from tools.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
@@ -60,10 +59,11 @@ class Twin:
 class Agent:
     """This test as an agent: speaks the wire protocol, collects its events."""
 
-    def __init__(self, run: Path, agent_id: str, codes: list[str]) -> None:
-        self.client = GatewayClient(read_info(run), agent_id, subscribe=False)
+    def __init__(self, run: Path, agent_id: str, codes: list[str], risk: RiskLimits | None = None) -> None:
+        card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000,
+                         risk=risk or RiskLimits())
+        self.client = agent_client(run, card)  # the operator approved its card; it signs with its own credential
         self.id = agent_id
-        card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000)
         reply = self.client.request(Register(h=self.client.headers(), card=card, pid=os.getpid(), host="test"), 10)
         assert isinstance(reply, Registered), reply
         self.n = reply.snapshot.next_order_n
@@ -78,7 +78,7 @@ class Agent:
             if isinstance(m, AgentEvent):
                 if isinstance(m.body, OrderUpdate):
                     self.orders[m.body.order.client_order_id] = m.body.order
-                elif isinstance(m.body, FillUpdate):
+                elif isinstance(m.body, (FillUpdate, PositionUpdate)):
                     self.positions[m.body.position.code] = m.body.position
 
     def state(self, coid: str) -> str:

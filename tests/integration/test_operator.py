@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.store import Store
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.fakes.sinks import HttpSink
 from tests.integration.test_spine import CARD_A, CARD_B
 from tools.status import fetch_status
@@ -45,6 +45,7 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
     try:
         gw = procs.start(*gw_args, log_name="gateway", env=env)
         wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
+        approve(run, cards / "alpha.toml", cards / "bravo.toml")
         alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
         procs.start("agent", "run", str(cards / "bravo.toml"), "--run-dir", str(run), log_name="bravo")
         wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.positions, 20, what="alpha traded")

@@ -17,7 +17,7 @@ from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID
 from kis.sim.testing import TwinThread
 from kis.sim.twin import TwinConfig
 from server.recorder import SUFFIX, iter_file
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, approve, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -61,6 +61,7 @@ def test_private_modes_and_no_secret_in_any_file(tmp_path: Path, procs: Procs) -
         creds = {ENV_APP_KEY: APP_KEY, ENV_APP_SECRET: SECRET, ENV_ACCOUNT: f"{CANO}-{PRDT}", ENV_HTS_ID: HTS_ID}
         gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "debug", log_name="gateway", env=creds)
         wait_for(lambda: fetch_status(run).synced, 25, what="gateway synced")
+        approve(run, card)
         agent = procs.start("agent", "run", str(card), "--run-dir", str(run), "--log-level", "debug", log_name="agent")
         # the order fills at the twin; its acceptance and fill notices (encrypted, with the account
         # number and holder name inside) reach the gateway and the recorder

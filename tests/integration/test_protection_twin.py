@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, holds_for, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Twin
 from tools.status import fetch_status
 
@@ -85,6 +85,7 @@ def test_a_stop_fires_with_agent_and_gateway_killed_and_the_agent_finds_it(tmp_p
     ask, bid = book["asks"][0][0], book["bids"][0][0]
     stop = bid - 1_000
     path = card(tmp_path, ask, stop)
+    approve(run, path)
     agent = procs.start("agent", "run", str(path), "--run-dir", str(run), log_name="guard1")
     p = wait_for(lambda: (x := protection(run)) and x.state == "armed" and x, 20, what="stop armed by the buy's fill")
     assert p.qty == 10 and p.spec.stop == stop and twin.account()["holdings"][CODE]["qty"] == 10
@@ -127,7 +128,9 @@ def test_a_brackets_take_profit_ends_its_stop(tmp_path: Path, procs: Procs, stac
     book = twin.book(CODE)
     ask, bid = book["asks"][0][0], book["bids"][0][0]
     stop, take = bid - 2_000, ask + 2_000
-    procs.start("agent", "run", str(card(tmp_path, ask, stop, take)), "--run-dir", str(run), log_name="guard")
+    path = card(tmp_path, ask, stop, take)
+    approve(run, path)
+    procs.start("agent", "run", str(path), "--run-dir", str(run), log_name="guard")
     wait_for(lambda: (x := protection(run)) and x.state == "armed", 20, what="bracket armed")
     out = cli("status", "--run-dir", str(run))
     assert "protective orders" in out and f"stop {stop:,} take {take:,}" in out

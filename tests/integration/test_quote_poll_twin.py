@@ -20,7 +20,7 @@ import pytest
 
 from kis.sim.universe import codes as twin_codes
 from server.subscriptions import MARKET_DATA_SLOTS
-from tests.conftest import holds_for, wait_for
+from tests.conftest import approve, holds_for, wait_for
 from tests.integration.test_subscriptions_twin import DEBOUNCE_S, TR, Stack, regs_for, trades_after
 from tests.integration.test_subscriptions_twin import stack  # noqa: F401  (the twin + gateway fixture)
 from tools.status import fetch_status, health_lines
@@ -65,6 +65,7 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     # ---- 2. the late agent is refused, polls its quote and keeps asking ---------------------------
     card = stack.tmp / "late.toml"
     card.write_text(LATE_CARD.format(code=extra, poll=POLL_S, retry=RETRY_S))
+    approve(stack.run, card)
     late = stack.procs.start("agent", "run", str(card), "--run-dir", str(stack.run), log_name="late")
     refusal = wait_for(lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)), 15,
                        what="the late agent to be told it is over the limit")

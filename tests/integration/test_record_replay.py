@@ -19,10 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.client import GatewayClient
 from common.clock import today_kst
 from common.config import AgentCard
-from common.connection import read_info
 from common.enums import Side
 from common.errors import ErrorCode
 from common.ids import make_client_order_id
@@ -30,7 +28,7 @@ from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, OrderV
 from kis.port import Trade
 from kis.realtime import FrameParser
 from server.recorder import FrameKind, iter_frames
-from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
+from tests.conftest import Procs, ROOT, agent_client, approve, start_gateway_on_twin, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -73,9 +71,9 @@ def frames(run: Path) -> list[tuple[FrameKind, bytes]]:
 def submit(run: Path, agent: str, codes: list[str], code: str, until_final: bool = False):
     """Register as `agent`, send one buy; the gateway's answer (and with until_final, the order's
     last update once it is rejected/accepted by the broker)."""
-    client = GatewayClient(read_info(run), agent, subscribe=False)
+    card = AgentCard(id=agent, name=agent, strategy="x:Y", codes=codes, budget=50_000_000)
+    client = agent_client(run, card)
     try:
-        card = AgentCard(id=agent, name=agent, strategy="x:Y", codes=codes, budget=50_000_000)
         assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered)
         order = NewOrder(client_order_id=make_client_order_id(agent, today_kst(), 1), code=code, side=Side.BUY, qty=1,
                          price=70_000)
@@ -112,7 +110,8 @@ def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs)
     assert not res.accepted and res.code is ErrorCode.DENIED_UNKNOWN_CODE and "999990" in res.message
 
     log1 = tmp_path / "ticks1.jsonl"
-    procs.start("agent", "run", str(write_card(tmp_path / "ticker.toml", log1)), "--run-dir", str(run), log_name="agent1")
+    approve(run, write_card(tmp_path / "ticker.toml", log1))
+    procs.start("agent", "run", str(tmp_path / "ticker.toml"), "--run-dir", str(run), log_name="agent1")
     wait_for(lambda: {f"trades:{c}" for c in CODES} <= set(fetch_status(run).subscriptions), 20, what="registrations")
 
     def step() -> None:
@@ -147,7 +146,8 @@ def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs)
                      "--record", "--wait-s", "60", log_name="replay")
     wait_for(lambda: (rdir / "gateway.json").exists(), 30, what="replay gateway up")
     log2 = tmp_path / "ticks2.jsonl"
-    procs.start("agent", "run", str(write_card(tmp_path / "ticker2.toml", log2)), "--run-dir", str(rdir), log_name="agent2")
+    approve(rdir, write_card(tmp_path / "ticker2.toml", log2))
+    procs.start("agent", "run", str(tmp_path / "ticker2.toml"), "--run-dir", str(rdir), log_name="agent2")
     wait_for(lambda: len(ticks(log2)) >= len(seen1), 30, what="replayed ticks")
     assert ticks(log2) == seen1  # same trades, same order
 

@@ -1,8 +1,8 @@
 """Fuzzing the gateway's ROUTER with Hypothesis while a well-behaved agent keeps working.
 
 Random frames, truncated frames, bad signatures, wrong schema versions, unknown tags and oversize
-bodies: each gets a typed Error reply or (unauthenticated frames) is dropped and counted, never a
-crash. Barrier without sleeps: after each bad input the fuzzer sends a valid Ping on the same
+bodies, signed with the operator's credential: each gets a typed Error reply or (unauthenticated
+frames) is dropped and counted, never a crash. Barrier without sleeps: after each bad input the fuzzer sends a valid Ping on the same
 socket; the gateway handles one socket's messages in order, so any reply to the bad input arrives
 before the Pong."""
 
@@ -21,11 +21,13 @@ from agent.client import GatewayClient
 from common.config import AgentCard
 from common.connection import read_info
 from common.errors import ErrorCode
-from common.framing import MAGIC, Codec
+from common import credentials
+from common.config import ConfigError
+from common.framing import MAGIC, ROUTER_MAGIC, Codec
 from common.schema import (
     SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered, Subscribe,
 )
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, agent_client, approve, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.integration
 class Fuzzer:
     def __init__(self, run: Path) -> None:
         self.info = read_info(run)
-        self.codec = Codec(self.info.key_bytes)
+        self.codec = Codec(self.info.key_bytes, credential=credentials.load(run, credentials.OPERATOR))
         self.hf = HeaderFactory("fuzzer")
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -42,12 +44,14 @@ class Fuzzer:
         self.enc = msgspec.msgpack.Encoder()
 
     def signed(self, body: bytes) -> list[bytes]:
-        return [MAGIC, self.codec.sign(body), body]
+        return [*self.codec.sign_request(body), body]
 
     def exchange(self, frames: list[bytes]) -> list[object]:
         """Send `frames`, then a Ping; return what came back before the Pong (decoded)."""
         self.sock.send_multipart(frames)
-        ping = Ping(h=self.hf(), payload=b"barrier")
+        # a session of its own: a fuzzed header may have pushed `hf`'s message ids far ahead, which the
+        # gateway's replay window then holds against that session (never against another one)
+        ping = Ping(h=HeaderFactory("fuzzer")(), payload=b"barrier")
         self.sock.send_multipart(self.codec.encode(ping))
         got: list[object] = []
         while True:
@@ -66,8 +70,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
     gw = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     try:
         wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
-        good = GatewayClient(read_info(run), "good_agent", subscribe=False)
         card = AgentCard(id="good_agent", name="good", strategy="x:Y", codes=["005930"])
+        good = agent_client(run, card)
         assert isinstance(good.request(Register(h=good.headers(), card=card, pid=os.getpid(), host="test")), Registered)
         yield run, gw, Fuzzer(run), good
         good.close()
@@ -144,21 +148,30 @@ def test_typed_errors_for_known_bad_inputs(gateway) -> None:
     # truncated: signature frame missing
     [r] = fz.exchange([MAGIC, fz.enc.encode(Ping(h=fz.hf()))])
     assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE
-    # bad signature: dropped without a reply, but counted
+    # bad signature, or a signer nobody issued: dropped without a reply, but counted
     before = fetch_status(run).counters.get("bad_bad_signature", 0)
     body = fz.enc.encode(Ping(h=fz.hf()))
-    assert fz.exchange([MAGIC, b"\x00" * 16, body]) == []
-    assert fetch_status(run).counters["bad_bad_signature"] == before + 1
-    # a request from a connection that never registered
-    [r] = fz.exchange(fz.codec.encode(Heartbeat(h=fz.hf())))
+    assert fz.exchange([ROUTER_MAGIC, credentials.OPERATOR.encode(), b"\x00" * 16, body]) == []
+    assert fz.exchange([ROUTER_MAGIC, b"nobody", fz.codec.sign_request(body)[2], body]) == []
+    assert fetch_status(run).counters["bad_bad_signature"] == before + 2
+    # the good agent's credential from a connection it never registered on
+    as_good = Codec(fz.info.key_bytes, credential=credentials.load(run, "good_agent"))
+    [r] = fz.exchange(as_good.encode(Heartbeat(h=HeaderFactory("good_agent")())))
     assert isinstance(r, Error) and r.code is ErrorCode.NOT_REGISTERED
+    # the operator's credential asking what only an agent asks
+    [r] = fz.exchange(fz.codec.encode(Heartbeat(h=fz.hf())))
+    assert isinstance(r, Error) and r.code is ErrorCode.UNSUPPORTED
     # impersonation: the registered agent's socket speaking as someone else
-    spoof = good.request(Heartbeat(h=HeaderFactory("someone_else", good.headers.sid)()), timeout_s=5)
+    g = good.headers()
+    spoof = good.request(Heartbeat(h=Header(g.mid, "someone_else", g.sid, g.ts)), timeout_s=5)
     assert isinstance(spoof, Error) and spoof.code is ErrorCode.WRONG_AGENT
-    # the owner of orders placed outside ktrader cannot be impersonated by an agent
+    # the owner of orders placed outside ktrader cannot be impersonated: no card of it can be
+    # approved (so no credential), and the operator's credential registers no agent
     ext = AgentCard(id="external", name="x", strategy="x:Y", codes=["005930"])
+    with pytest.raises(ConfigError, match="reserved"):
+        approve(run, ext)
     [r] = fz.exchange(fz.codec.encode(Register(h=HeaderFactory("external")(), card=ext, pid=1, host="h")))
-    assert isinstance(r, Error) and r.code is ErrorCode.BAD_CARD and "reserved" in r.message
+    assert isinstance(r, Error) and r.code is ErrorCode.UNSUPPORTED
     still_serving(good)
     assert gw.poll() is None
     counters = fetch_status(run).counters
@@ -178,9 +191,9 @@ def test_subscribe_answers(gateway) -> None:
         r = good.request(Subscribe(h=good.headers(), kind=kind, code=code), timeout_s=5)
         assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE and code in r.message, r
     # a code of the card that the stock master does not list: no slot is spent on a typo
-    odd = GatewayClient(read_info(run), "odd_agent", subscribe=False)
+    card = AgentCard(id="odd_agent", name="odd", strategy="x:Y", codes=["999999"])
+    odd = agent_client(run, card)
     try:
-        card = AgentCard(id="odd_agent", name="odd", strategy="x:Y", codes=["999999"])
         assert isinstance(odd.request(Register(h=odd.headers(), card=card, pid=os.getpid(), host="test")), Registered)
         r = odd.request(Subscribe(h=odd.headers(), kind="trades", code="999999"), timeout_s=5)
         assert isinstance(r, Error) and r.code is ErrorCode.DENIED_UNKNOWN_CODE and "999999" in r.message, r

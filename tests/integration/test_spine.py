@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, holds_for, wait_for
+from tests.conftest import Procs, ROOT, approve, holds_for, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,7 @@ def spine(tmp_path: Path, procs: Procs):
 
 
 def start_agent(procs: Procs, tmp_path: Path, run: Path, agent: str, log_name: str, *extra: str):
+    approve(run, tmp_path / f"{agent}.toml")
     return procs.start("agent", "run", str(tmp_path / f"{agent}.toml"), "--run-dir", str(run), *extra, log_name=log_name)
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from kis.sim.universe import codes as twin_codes
 from server.subscriptions import MARKET_DATA_SLOTS, SubscriptionManager
-from tests.conftest import ROOT, Procs, holds_for, start_gateway_on_twin, wait_for
+from tests.conftest import Procs, ROOT, approve, holds_for, start_gateway_on_twin, wait_for
 from tools.procs import signal_group
 from tools.status import fetch_status
 
@@ -71,6 +71,7 @@ class Stack:
     def agent(self, agent: str, codes: list[str], book: bool, log_name: str = "") -> subprocess.Popen[bytes]:
         card = self.tmp / f"{agent}.toml"
         card.write_text(CARD.format(id=agent, codes=json.dumps(codes), book=str(book).lower()))
+        approve(self.run, card)
         return self.procs.start("agent", "run", str(card), "--run-dir", str(self.run), log_name=log_name or agent)
 
     def sessions(self) -> list[set[tuple[str, str]]]:

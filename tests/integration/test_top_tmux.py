@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from common.config import load_card
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.integration.test_spine import CARD_A, CARD_B
 from tools.status import fetch_status
 
@@ -109,6 +109,7 @@ def test_offline_agent_with_a_position_is_listed_and_f_flattens_it(tmp_path: Pat
     cfg.write_text("offline_after_s = 1.0\n")
     procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
+    approve(run, cards / "alpha.toml", cards / "bravo.toml")  # the operator approves the cards
     alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
     procs.start("agent", "run", str(cards / "bravo.toml"), "--run-dir", str(run), log_name="bravo")
 

@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from kis.sim.history import load_csv
 from kis.sim.testing import Kis, Q, ws_msg
 from server.bars import BarBuilder
-from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -162,6 +162,7 @@ def test_a_gateway_builds_the_days_real_bars_from_the_history_prints(tmp_path: P
     # sim_clock: the gateway's bars keep KRX session hours (the default "open" makes 24-hour days)
     run, gateway = start_gateway_on_twin(procs, tmp_path, info, broker_toml='sim_clock = "replay"\n')
     (tmp_path / "hist.toml").write_text(PROBE)
+    approve(run, tmp_path / "hist.toml")
     agent = procs.start("agent", "run", str(tmp_path / "hist.toml"), "--run-dir", str(run), log_name="hist")
     admin = httpx.Client(base_url=info["admin_url"], timeout=10)
 

@@ -11,15 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.client import GatewayClient
 from common.clock import today_kst
 from common.config import AgentCard
-from common.connection import read_info
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrdersReply, Register, Registered, SubmitOrders, UniverseUpdate
 from kis.sim import universe as twin_universe
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, agent_client, wait_for
 from tools.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -35,7 +33,8 @@ def test_universe_refresh_subscribe_trade_and_fallback(tmp_path: Path, procs: Pr
     wait_for(lambda: (run / "gateway.json").exists() and fetch_status(run).synced, 30, what="gateway synced")
     admin_url = re.search(r"admin (http://\S+)", procs.log(gw)).group(1)  # type: ignore[union-attr]
 
-    client = GatewayClient(read_info(run), "uni", subscribe=False)
+    card = AgentCard(id="uni", name="uni", strategy="x:Y", codes=["005930"], budget=50_000_000, universe_top=3)
+    client = agent_client(run, card)
     updates: list[UniverseUpdate] = []
 
     def pump() -> list[UniverseUpdate]:
@@ -45,7 +44,6 @@ def test_universe_refresh_subscribe_trade_and_fallback(tmp_path: Path, procs: Pr
         return updates
 
     try:
-        card = AgentCard(id="uni", name="uni", strategy="x:Y", codes=["005930"], budget=50_000_000, universe_top=3)
         assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered)
         first = wait_for(lambda: pump() and updates[0], 15, what="first universe")
         assert first.source == "volume_rank" and len(first.codes) == 3

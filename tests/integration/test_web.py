@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, approve, wait_for
 from tests.integration.test_spine import CARD_A
 from tools.status import fetch_status
 
@@ -41,6 +41,7 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
     env = {"KTRADER_FAKE_TICK_S": "0.3"}
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway", env=env)
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
+    approve(run, cards / "alpha.toml")
     procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
     wait_for(lambda: (a := next((x for x in fetch_status(run, 2.0).agents if x.id == "alpha"), None)) and a.positions
              and a.open_orders == 1, 20, what="alpha traded")

@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from common.config import AgentCard, RiskLimits
 from common.enums import SessionState, Side
+from common.market_clock import RunningClock
 from common.orders import OrderState
 from common.schema import NewOrder
 from kis.port import (
@@ -159,12 +160,15 @@ class OmsMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.ex = Exchange()
         self.broker = ModelBroker(self.ex)
+        # one market clock across crashes, standing still: what the machine does must not depend on
+        # how fast this box runs it (a restart sends a never-sent order while it is younger than 5 s)
+        self.clock = RunningClock(dt.datetime(2026, 11, 20, 10, 0), speed=0.0)
         self.n = 0
         self._boot()
         self.run(self.recon.run("start"))
 
     def _boot(self) -> None:
-        self.core, self.store, _, _ = make_core(self.tmp / "gw.sqlite", self.broker)  # type: ignore[arg-type]
+        self.core, self.store, _, _ = make_core(self.tmp / "gw.sqlite", self.broker, clock=self.clock)  # type: ignore[arg-type]
         self.book, self.desk, self.recon, self.router = self.core.book, self.core.desk, self.core.recon, self.core.notices
         self.queue = self.core.live_queue
 
@@ -172,6 +176,7 @@ class OmsMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
+        self.run(self.core.repair.stop())
         self.store.close()
         self.loop.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -244,6 +249,7 @@ class OmsMachine(RuleBasedStateMachine):
     @rule()
     def crash_restart(self) -> None:
         # the process dies: queued broker calls and undelivered notices are gone; the store stays
+        self.run(self.core.repair.stop())
         self.store.close()
         self.ex.notices, self.ex.held = [], []
         self._boot()

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from common.enums import Side
 from common.orders import (
-    Accept, Cancelled, CancelRefused, Deny, Expire, Fill, IllegalTransition, MarkUnknown, Order, OrderState,
-    Reject, ReplaceRefused, Replaced, RequestCancel, RequestReplace, StateError, Submit, TERMINAL, TRANSITIONS,
-    apply, replay,
+    AMEND_UNKNOWN, Accept, Cancelled, CancelRefused, Deny, Expire, Fill, IllegalTransition, MarkUnknown, Order,
+    OrderState, Reject, ReplaceRefused, Replaced, RequestCancel, RequestReplace, ResendCancel, ReverseFill, StateError,
+    Submit, TERMINAL, TRANSITIONS, apply, replay,
 )
 
 QTY = 100
@@ -28,6 +28,9 @@ events = st.one_of(
     st.builds(ReplaceRefused),
     st.builds(Replaced, broker_order_id=st.just("0000000003"), price=st.integers(1, 200_000), qty=st.integers(1, 150)),
     st.builds(Expire),
+    st.builds(MarkUnknown, code=st.just(AMEND_UNKNOWN)),  # a revise/cancel whose answer was lost
+    st.builds(ResendCancel, broker_order_id=st.just("0000000003")),
+    st.builds(ReverseFill, fill_id=st.sampled_from([f"f{i}" for i in range(8)]), qty=st.integers(1, 60)),
 )
 
 
@@ -46,16 +49,23 @@ def test_only_table_transitions_and_fill_invariants(evs) -> None:
         except StateError:
             if (o.state, tag) not in TRANSITIONS:
                 continue  # refused as it should be
-            # refused although the table lists it: only for fill/replace content reasons
-            assert tag in ("fill", "req_replace", "replaced")
+            # refused although the table lists it: only for fill/replace/reversal content reasons
+            assert tag in ("fill", "req_replace", "replaced", "reverse_fill")
             continue
         assert (o.state, tag) in TRANSITIONS, f"{tag} accepted in {o.state}"
         assert 0 <= new.filled_qty <= new.qty
         assert len(set(new.fill_ids)) == len(new.fill_ids)
         assert isinstance(new.filled_value, int)
         if o.state in TERMINAL:
-            # the one exception: a late fill of a cancelled/expired order (it happened before)
-            assert tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state, (o.state, tag)
+            # the exceptions: a late fill of a cancelled/expired order (it happened before), and a fill
+            # the broker does not have taken back (a FILLED order rests again)
+            assert (tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state) or (
+                tag == "reverse_fill" and (new.state is o.state or o.state is OrderState.FILLED)), (o.state, tag)
+        assert new.filled_qty == sum(r.live_qty for r in new.fills) and new.filled_value >= 0  # the fill log adds up
+        if tag == "reverse_fill":
+            assert new.filled_qty < o.filled_qty and set(new.fill_ids) == set(o.fill_ids)  # the id stays known
+        if new.in_doubt:
+            assert new.state in (OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE)
         if new.state is OrderState.FILLED:
             assert new.filled_qty == new.qty
         o = new

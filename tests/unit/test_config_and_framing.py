@@ -12,7 +12,7 @@ import pytest
 from common.config import AgentCard, ConfigError, GatewayConfig, decode_toml, json_schema, load_card
 from common.connection import GatewayInfo, read_info, write_info
 from common.errors import ErrorCode
-from common.framing import MAGIC, Codec, FrameError
+from common.framing import Codec, FrameError
 from common.ids import IdError, check_stock_code, make_client_order_id, parse_client_order_id
 from common.schema import SCHEMA_VERSION, Header, HeaderFactory, NewOrder, Ping, Published, SubmitOrders, TradeTick, trade_topic
 
@@ -89,12 +89,12 @@ def test_codec_round_trip_and_errors() -> None:
     # a validation failure inside a well-formed message is BAD_MESSAGE and keeps the header
     bad = msgspec.msgpack.encode({"t": "submit", "h": list(msgspec.to_builtins(hf())), "orders": [{"client_order_id": "x"}]})
     with pytest.raises(FrameError) as e:
-        codec.decode([MAGIC, codec.sign(bad), bad])
+        codec.decode([*codec.sign_request(bad), bad])
     assert e.value.code is ErrorCode.BAD_MESSAGE and e.value.header is not None
     h = hf()
     newer = codec.encode_body(Ping(h=Header(h.mid, h.sender, h.sid, h.ts, SCHEMA_VERSION + 1)))
     with pytest.raises(FrameError) as e:
-        codec.decode([MAGIC, codec.sign(newer), newer])
+        codec.decode([*codec.sign_request(newer), newer])
     assert e.value.code is ErrorCode.SCHEMA_VERSION
 
 
@@ -133,7 +133,8 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
             codec.decode_pub(bad)
         assert e.value.code is code and why in e.value.message, (e.value.code, e.value.message)
     with pytest.raises(FrameError) as e:  # the ROUTER path has the same guard
-        codec.decode([MAGIC, codec.sign(deep := b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), deep])
+        deep = b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"
+        codec.decode([*codec.sign_request(deep), deep])
     assert e.value.code is ErrorCode.BAD_MESSAGE
 
 

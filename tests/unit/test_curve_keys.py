@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.client import GatewayClient
+from common.credentials import Credential
 from common import curve
 from common.connection import GatewayInfo
 
@@ -61,11 +62,12 @@ def test_gateway_preflight_and_client_without_keys(tmp_path: Path) -> None:
         curve.check_gateway_keys(tmp_path, "tcp://127.0.0.1:5555", "ipc:///x/pub")
     info = GatewayInfo(router="tcp://127.0.0.1:9", pub="tcp://127.0.0.1:9", key="ab" * 32, pid=1, session="s" * 8,
                        started_ns=0)
+    cred = Credential("alpha", b"k" * 32)
     with pytest.raises(curve.CurveError, match="needs its CURVE key pair"):
-        GatewayClient(info, "alpha")
+        GatewayClient(info, "alpha", credential=cred)
     curve.make_client(tmp_path, "alpha")
     with pytest.raises(curve.CurveError, match="names no CURVE key"):
-        GatewayClient(info, "alpha", keys=curve.client_pair(tmp_path, "alpha"))
+        GatewayClient(info, "alpha", keys=curve.client_pair(tmp_path, "alpha"), credential=cred)
     assert curve.client_pair_for(tmp_path, "nobody", "ipc:///r", "ipc:///p") is None
 
 

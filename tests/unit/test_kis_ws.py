@@ -297,3 +297,44 @@ async def test_why_not_ready_port_unreachable() -> None:
         assert f"127.0.0.1:{port}: connection refused" in why and "firewall" in why
     finally:
         await rig.ws.close()
+
+
+@aio
+async def test_a_field_that_does_not_read_drops_its_record_never_the_session() -> None:
+    """Issue 21: any non-numeric field in a frame used to kill the KIS session (a reconnect and a
+    window of denied orders each time). Now the record is dropped and counted; its frame's good
+    records still arrive; a notice that does not read asks for a repair (Gap)."""
+    kis = FakeKis()
+    async with rigged(kis) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert (await rig.ws.subscribe("H0STCNT0", "005930")).ok
+        srv = kis.conns[0]
+        bad_price = list(TRADE_FIELDS_EXAMPLE)
+        bad_price[2] = "7l900"  # a letter where the price is
+        bad_volume = list(TRADE_FIELDS_EXAMPLE)
+        bad_volume[13] = "1e400"  # reads as a float, overflows an int
+        await srv.send(frame("H0STCNT0", [bad_price]))
+        await srv.send(frame("H0STCNT0", [bad_volume, TRADE_FIELDS_EXAMPLE]))  # one bad, one good
+        enc = NoticeCipher(KEY, IV).encrypt("^".join(notice26(qty="ten")))
+        await srv.send(f"1|H0STCNI0|001|{enc}")
+        await srv.send(frame("H0STCNT0", [TRADE_FIELDS_EXAMPLE]))
+        await rig.until(lambda: sum(isinstance(e, Trade) for e in rig.events) >= 2)
+        await rig.until(lambda: any(isinstance(e, Gap) and "notice" in e.reason for e in rig.events))
+        assert rig.ws.state == SessionState.READY and rig.ws.sessions == 1  # the session lived through all of it
+        assert rig.ws.parser.bad_records == {"H0STCNT0": 2, "H0STCNI0": 1}
+        assert not any(isinstance(e, BrokerNotice) for e in rig.events)
+        assert rig.ws.parser.errors == 0  # no frame was unreadable as a whole
+
+
+def test_key_in_use_pause_starts_short_and_doubles() -> None:
+    """Issue 21: an OPSP8996 on reconnect kept every order waiting 15.3 s (a fixed 15 s pause). KIS
+    wants no tight loop, not a long first wait: the pause starts at 1.5 s and doubles while refused."""
+    from kis.ws import in_use_delay
+
+    cfg = WsConfig()
+    assert in_use_delay(0, cfg) == 1.5
+    for n in range(12):
+        d = in_use_delay(n, cfg)
+        assert 1.5 <= d <= min(60.0, 1.5 * 2**n)
+    assert min(in_use_delay(9, cfg) for _ in range(20)) >= 30.0  # a key KIS keeps locked is not hammered

@@ -22,7 +22,7 @@ from server.registry import AgentRecord
 from server.sessions import AgentSessions
 from server.trading_day import BasePrices
 from tests.fakes.broker import FakeBroker
-from tests.fakes.core import make_core
+from tests.fakes.core import make_core, trading_clock
 
 TODAY = dt.date(2026, 11, 20)
 CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"], budget=5_000_000,
@@ -38,9 +38,9 @@ def order(n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY, cod
 
 
 class Harness:
-    def __init__(self, path: Path, broker: FakeBroker | None = None, cfg: object = None) -> None:
+    def __init__(self, path: Path, broker: FakeBroker | None = None, cfg: object = None, clock: object = None) -> None:
         self.broker = broker or FakeBroker(ref_price=70_000)
-        self.core, self.store, self.events, self.published = make_core(path, self.broker, cfg=cfg)  # type: ignore[arg-type]
+        self.core, self.store, self.events, self.published = make_core(path, self.broker, cfg=cfg, clock=clock)  # type: ignore[arg-type]
         c = self.core
         self.book, self.desk, self.portfolio, self.recon, self.notices = c.book, c.desk, c.portfolio, c.recon, c.notices
         self.base_prices = BasePrices(self.book, self.broker.base_price)
@@ -342,15 +342,33 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     await h.close()
 
 
-async def test_restart_rejects_what_was_never_sent_and_suspects_what_was(db: Path) -> None:
+async def _die_with_one_in_flight_and_one_queued(db: Path) -> None:
     h = Harness(db, SlowBroker())
     await h.start()
     assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # the broker call hangs
     assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # queued behind it
     await h.settle(lambda: h.store.has_trace(coid(1), "broker.request"))
     await h.close()  # the gateway dies with one call in flight and one order still queued
-    h2 = Harness(db)
+
+
+async def test_restart_sends_what_was_never_sent_while_fresh_and_suspects_what_was(db: Path) -> None:
+    await _die_with_one_in_flight_and_one_queued(db)
+    h2 = Harness(db)  # the standby takes over at once
     sent, queued = h2.book.orders[coid(1)], h2.book.orders[coid(2)]
-    assert sent.state is OrderState.UNKNOWN  # it may have reached KIS: reconciliation decides
-    assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT"  # it never left
+    assert sent.state is OrderState.UNKNOWN  # it may have reached KIS: reconciliation decides, never resent
+    assert queued.state is OrderState.PENDING_SUBMIT  # proven never sent, still fresh: this gateway sends it
+    await h2.start()
+    await h2.settle(lambda: h2.book.orders[coid(2)].state is OrderState.ACCEPTED)
+    assert h2.broker.submits == 1  # only the never-sent one; the one in doubt is not sent again
+    await h2.close()
+
+
+async def test_restart_refuses_what_was_never_sent_once_it_is_stale(db: Path) -> None:
+    await _die_with_one_in_flight_and_one_queued(db)
+    later = trading_clock()
+    later.set(dt.datetime(2026, 11, 20, 10, 0, 30))  # the gateway came back 30 s later: past max_send_wait (5 s)
+    h2 = Harness(db, clock=later)
+    assert h2.book.orders[coid(1)].state is OrderState.UNKNOWN
+    queued = h2.book.orders[coid(2)]
+    assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT" and "too late" in queued.reason
     h2.store.close()

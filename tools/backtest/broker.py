@@ -40,7 +40,7 @@ from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
-    Accept, Cancelled, Deny, Expire, Fill, Order, OrderEvent, Reject, Replaced, ReplaceRefused, RequestCancel,
+    Accept, Cancelled, Deny, Expire, Fill, FillRec, Order, OrderEvent, Reject, Replaced, ReplaceRefused, RequestCancel,
     OPEN, TERMINAL, TRANSITIONS, OrderState, RequestReplace, StateError, Submit, apply,
 )
 from common.books import apply_fill
@@ -473,7 +473,8 @@ class SimBroker:
             filled = o.filled_qty + qty
             self.orders[coid] = msgspec.structs.replace(
                 o, state=OrderState.FILLED if filled >= o.qty else OrderState.PARTIALLY_FILLED, filled_qty=filled,
-                filled_value=o.filled_value + value, fill_ids=o.fill_ids + (fid,), updated_ns=ts_ns or o.updated_ns)
+                filled_value=o.filled_value + value, fill_ids=o.fill_ids + (fid,),
+                fills=o.fills + (FillRec(fid, qty, value, ts_ns),), updated_ns=ts_ns or o.updated_ns)
         else:
             self._step(coid, Fill(fill_id=fid, qty=qty, price=price, broker_order_id=o.broker_order_id, ts_ns=ts_ns),
                        notes)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from common import approvals
 from common.config import AgentCard
 from common.schema import StatusReply
 from kis.credentials import credentials_env
@@ -83,6 +84,7 @@ class Desk:
             "day_tick_s = 0.1\nreconcile_s = 30.0\n[broker]\nenv = \"sim\"\n"
             f"rest_url = \"{self.info['rest_url']}\"\nws_url = \"{self.info['ws_url']}\"\nadmin_url = \"{self.info['admin_url']}\"\n")
         self.env.update(credentials_env(self.info))
+        approvals.approve(self.run, [card for _, card in self.cards], by="ktrader rehearse")  # the rehearsal is the operator
         self.start_gateway()
         for path, card in self.cards:
             self.start_agent(path, card)

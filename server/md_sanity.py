@@ -1,0 +1,181 @@
+"""Market-data sanity: every print and book from the broker is checked before anything uses it.
+
+A print must have a positive price on the day's tick grid, inside the day's band (when the base price
+is known), a quantity that is not negative and a cumulative volume that does not run backwards. A book
+must have its levels in order (asks up, bids down, not crossed), on the grid, inside the band. What
+fails is dropped — not published, not marked, not filled against, not in bars — counted by reason, and
+alerted once per code and reason a day. A feed that ran backwards because of one outlier re-anchors
+after a few consistent prints.
+
+One outlier must not move trading state: a print moves the marks that P&L (and the daily-loss
+transition to REDUCING) is computed from only once it is *confirmed* — by the quote (inside the best
+bid/ask of its own frame or of the latest book, with a sane spread), by a second print near it, by
+the last confirmed price near it, or by the band (a print at the day's limit, where the other side
+of the book is empty).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable
+from enum import StrEnum
+
+from common.krx import PriceRuleError, SecurityKind
+from common.krx_rules import KrxRules, Market, rules_for
+from kis.port import Book, Trade
+
+log = logging.getLogger("ktrader.marketdata")
+
+MARKETS = (Market.KOSPI, Market.KOSDAQ)  # a code's market is not known here: a print on either grid is on grid
+REANCHOR_AFTER = 3  # consecutive consistent prints below a cumulative volume that one outlier pushed up
+QUOTE_SPREAD_TICKS = 10  # a print's own quote confirms it only when the spread is sane
+
+
+class Bad(StrEnum):
+    PRICE = "price_not_positive"
+    QTY = "qty_negative"
+    GRID = "off_grid"
+    BAND = "outside_band"
+    VOLUME = "volume_backwards"
+    BOOK = "book_out_of_order"
+
+
+class MarketSanity:
+    def __init__(self, base_price: Callable[[str], int], kind: Callable[[str], SecurityKind],
+                 day: Callable[[], dt.date], alert: Callable[[str], None]) -> None:
+        self.base_price = base_price  # 0: unknown (no band check)
+        self.kind = kind
+        self.day = day  # the market day (the rules and the per-day state follow it)
+        self.alert = alert
+        self.dropped: Counter[str] = Counter()  # reason -> prints/books dropped
+        self.unconfirmed = 0  # prints held back from the marks until confirmed
+        self._day: dt.date | None = None
+        self._rules: KrxRules | None = None
+        self._cum: dict[str, int] = {}
+        self._behind: dict[str, list[int]] = {}  # code -> cumulative volumes of consistent prints below _cum
+        self._alerted: set[tuple[str, str]] = set()
+        self._last: dict[str, int] = {}  # code -> the last valid print
+        self._confirmed: dict[str, int] = {}  # code -> the last confirmed price
+        self._quote: dict[str, tuple[int, int]] = {}  # code -> (best bid, best ask) of the latest valid book
+
+    def counters(self) -> dict[str, int]:
+        out = {f"md_dropped_{r.value}": self.dropped.get(r.value, 0) for r in Bad}
+        out["md_unconfirmed"] = self.unconfirmed
+        return out
+
+    # ---- checks ----------------------------------------------------------------------------------
+
+    def _roll(self) -> KrxRules:
+        day = self.day()
+        if day != self._day or self._rules is None:
+            self._day, self._rules = day, rules_for(day)
+            self._cum.clear()
+            self._behind.clear()
+            self._alerted.clear()
+        return self._rules
+
+    def _price(self, code: str, price: int, rules: KrxRules) -> Bad | None:
+        if price <= 0:
+            return Bad.PRICE
+        kind = self.kind(code)
+        try:
+            if not any(rules.on_grid(price, kind, m) for m in MARKETS):
+                return Bad.GRID
+            base = self.base_price(code)
+            if base > 0:
+                limits = [rules.price_limits(base, kind, m) for m in MARKETS]
+                if not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits):
+                    return Bad.BAND
+        except PriceRuleError:
+            return Bad.PRICE
+        return None
+
+    def trade(self, t: Trade) -> Bad | None:
+        """None when the print may be used; else why it is dropped (counted and alerted here)."""
+        rules = self._roll()
+        bad = self._price(t.code, t.price, rules)
+        if bad is None and t.qty < 0:
+            bad = Bad.QTY
+        if bad is None:
+            bad = self._volume(t)
+        if bad is not None:
+            self._drop(t.code, bad, f"print {t.price:,} x{t.qty} at {t.time}, cumulative volume {t.cum_volume:,}")
+            return bad
+        return None
+
+    def _volume(self, t: Trade) -> Bad | None:
+        last = self._cum.get(t.code, 0)
+        if t.cum_volume >= last:
+            self._cum[t.code] = t.cum_volume
+            self._behind.pop(t.code, None)
+            return None
+        # behind the last one: an outlier now, or the last one was the outlier
+        behind = self._behind.setdefault(t.code, [])
+        if behind and t.cum_volume < behind[-1]:
+            behind.clear()
+        behind.append(t.cum_volume)
+        if len(behind) >= REANCHOR_AFTER:  # consistent among themselves: the high one was the outlier
+            self._cum[t.code] = t.cum_volume
+            self._behind.pop(t.code, None)
+            log.warning("%s: cumulative volume re-anchored at %d (an earlier print ran ahead)", t.code, t.cum_volume)
+            return None
+        return Bad.VOLUME
+
+    def book(self, b: Book) -> Bad | None:
+        rules = self._roll()
+        asks = [(p, q) for p, q in b.asks if p or q]
+        bids = [(p, q) for p, q in b.bids if p or q]
+        bad: Bad | None = None
+        if any(q < 0 for _, q in asks + bids) or b.total_ask_qty < 0 or b.total_bid_qty < 0:
+            bad = Bad.QTY
+        for p, _ in asks + bids:
+            if bad is None:
+                bad = self._price(b.code, p, rules)
+        ap, bp = [p for p, _ in asks], [p for p, _ in bids]
+        if bad is None and (ap != sorted(ap) or bp != sorted(bp, reverse=True) or len(set(ap)) < len(ap)
+                            or len(set(bp)) < len(bp) or (ap and bp and ap[0] <= bp[0])):
+            bad = Bad.BOOK
+        if bad is not None:
+            self._drop(b.code, bad, f"book at {b.time} (best bid {bp[:1]}, best ask {ap[:1]})")
+            return bad
+        if ap and bp:
+            self._quote[b.code] = (bp[0], ap[0])
+        return None
+
+    def _drop(self, code: str, bad: Bad, what: str) -> None:
+        self.dropped[bad.value] += 1
+        if (code, bad.value) not in self._alerted:
+            self._alerted.add((code, bad.value))
+            self.alert(f"market data {code}: {what} dropped ({bad.value}); further ones today are counted, not alerted")
+
+    # ---- confirmation ---------------------------------------------------------------------------
+
+    def confirmed(self, t: Trade) -> bool:
+        """Whether a valid print may move the marks (and so P&L-based trading state)."""
+        code, p = t.code, t.price
+        prev = self._last.get(code)
+        self._last[code] = p
+        rules = self._rules or self._roll()
+        kind = self.kind(code)
+        tick = rules.tick_size(p, kind)
+        near = max(3 * tick, p // 100)  # three ticks or 1 %
+        ok = False
+        if t.bid1 > 0 and t.ask1 > 0 and t.bid1 <= p <= t.ask1 and t.ask1 - t.bid1 <= QUOTE_SPREAD_TICKS * tick:
+            ok = True  # inside its own quote
+        elif (q := self._quote.get(code)) is not None and q[0] - near <= p <= q[1] + near:
+            ok = True  # at the latest book
+        elif prev is not None and abs(p - prev) <= near:
+            ok = True  # a second print agrees
+        elif (c := self._confirmed.get(code)) is not None and abs(p - c) <= near:
+            ok = True  # near the price already confirmed
+        else:
+            base = self.base_price(code)
+            if base > 0 and p in {x for m in MARKETS for x in rules.price_limits(base, kind, m)}:
+                ok = True  # at the day's limit: the other side of the book is empty there
+        if ok:
+            self._confirmed[code] = p
+        else:
+            self.unconfirmed += 1
+        return ok
