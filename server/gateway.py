@@ -51,7 +51,7 @@ from server.registry import AgentRecord, Registry
 from server.router import Router
 from server.sessions import AgentSessions
 from server.stockmaster import gateway_master
-from server.store import Store
+from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder
@@ -97,7 +97,8 @@ class Gateway:
         self._session_seen_ready = False
 
         # ---- the rooms ------------------------------------------------------------------------
-        self.store = Store(self.run_dir / "db" / "gateway.sqlite")
+        self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost)
+        self._store_failure: Exception | None = None
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(cfg, self.store, broker, self.clock, self.headers, self._send_event, self.publish,
                                      self._card_of)
@@ -127,7 +128,7 @@ class Gateway:
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
-        self.router = Router(self.codec, self.headers, self.registry, self.counters)
+        self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)
         self.sessions.on_registered += [self.services.on_register, self.universe_binder.on_register,
                                         lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes)))]
         self.sessions.on_offline += [self._forget_feed, self.operator.on_agent_offline]
@@ -179,7 +180,6 @@ class Gateway:
         h = self.headers(msg.h.mid)
         if msg.slippage:
             return TraceReply(h=h, slippage=trace_views.slippage_summary(self.store))
-        self.book.flush_traces()  # steps still waiting for the next commit belong to the story too
         story = trace_views.order_story(self.store, msg.client_order_id)
         if story is None:
             return Error(h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order {msg.client_order_id!r} in the store")
@@ -293,8 +293,18 @@ class Gateway:
             await self._stop.wait()
         finally:
             await self._shutdown()
+        if self._store_failure is not None:
+            raise StoreFailed(f"the store could not commit: {self._store_failure}")
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def _store_lost(self, e: Exception) -> None:
+        """A group commit failed: memory is ahead of the disk. Nothing of the lost batch left the
+        process (events, replies and broker calls wait for the commit), so the store is the truth:
+        stop, and let a restart (or the standby) load it."""
+        self._store_failure = e
+        self.alerts(f"the store could not commit ({e}): the gateway stops; a restart reloads the books from disk")
         self._stop.set()
 
     async def _shutdown(self) -> None:

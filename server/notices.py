@@ -75,4 +75,3 @@ class NoticeRouter:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
-        book.flush_traces()

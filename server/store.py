@@ -6,11 +6,20 @@
 - `positions`: per-agent projection of fills.
 Orders and their events are written with synchronous=FULL: an intent is on disk before the broker
 is called. Schema version in PRAGMA user_version.
+
+Group commit: on the gateway's event loop, every `write()` of one loop turn joins one transaction,
+committed (one fsync) by a callback at the start of the next turn; what must wait for durability (events and
+replies to agents, broker calls) waits with `after_commit()` / `durable()`. Each write is its own
+savepoint, so a write that fails leaves the others intact. Outside a running loop (tools, sync
+tests) every write commits at once. A commit that fails leaves memory ahead of the disk: the
+writer is told (`on_failure`) and must stop; nothing of the lost batch has left the process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +28,8 @@ import msgspec
 
 from common.orders import OPEN, Order, OrderEvent
 from common.schema import AgentEvent, PositionView
+
+log = logging.getLogger("ktrader.store")
 
 SCHEMA_VERSION = 5  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
 # v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent)
@@ -105,10 +116,23 @@ _oev_dec = msgspec.msgpack.Decoder(OrderEvent)
 _aev_dec = msgspec.msgpack.Decoder(AgentEvent)
 
 
+class StoreFailed(RuntimeError):
+    """A group commit failed: what it held is not on disk (the writer must stop)."""
+
+
 class Store:
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, *,
+                 on_failure: Callable[[Exception], None] | None = None) -> None:
         p = Path(path)
         self.path = p
+        self.on_failure = on_failure or (lambda e: None)
+        self._batch = 0  # generation of the open group transaction (0: none open)
+        self._generation = 0
+        self._depth = 0  # nested write()/transaction() blocks running now
+        self._after: list[Callable[[], None]] = []  # run once the open batch is durable, in order
+        self._waiters: list[asyncio.Future[None]] = []
+        self.commits = 0  # durable commits made (for benchmarks and tests)
+        self.failed: Exception | None = None
         if readonly:
             # tools read while the gateway writes (WAL allows it); they never write
             self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
@@ -129,13 +153,125 @@ class Store:
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
+        """A clean close commits what the open batch holds (a crash would lose it)."""
+        self.commit()
         self.db.close()
+
+    def abandon(self) -> None:
+        """Close as a crash would: the open batch is lost (tests of what survives a kill -9)."""
+        if self._batch:
+            self._batch = 0
+            self.db.execute("ROLLBACK")
+            self._after.clear()
+            for f in self._waiters:
+                if not f.done():
+                    f.cancel()
+            self._waiters.clear()
+        self.db.close()
+
+    # ---- durability ------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """A unit of writes, atomic on its own, durable with the loop turn's group commit (at once
+        when no event loop runs)."""
+        if self.failed is not None:  # memory is ahead of the disk: nothing more may be written
+            raise StoreFailed(f"the store failed: {self.failed}")
+        if not self._batch and self._depth == 0:
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._generation += 1
+                self._batch = self._generation
+                self.db.execute("BEGIN IMMEDIATE")
+                loop.call_soon(self._commit_batch, self._batch)
+        self._depth += 1
+        try:
+            with self.db:  # a savepoint inside the batch; its own transaction outside one
+                yield
+        finally:
+            self._depth -= 1
+        if not self._batch and self._depth == 0:
+            self.commits += 1
+            self._run_after()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One durable commit (group several writes into it)."""
-        with self.db:
+        """One durable commit now, taking whatever the open batch holds with it (for writes that are
+        announced at once, e.g. a trading state)."""
+        with self.write():
             yield
+        if self._depth == 0:
+            self.commit()
+
+    @property
+    def pending(self) -> bool:
+        """A batch is open: writes made in this loop turn are not durable yet."""
+        return bool(self._batch)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once everything written so far is durable (now, if it already is)."""
+        if self._batch:
+            self._after.append(fn)
+        else:
+            fn()
+
+    async def durable(self) -> None:
+        """Wait until everything written so far is on disk. Raises StoreFailed if its commit failed."""
+        if self.failed is not None:
+            raise StoreFailed(f"the store failed: {self.failed}")
+        if not self._batch:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+    def _commit_batch(self, generation: int) -> None:
+        if self._batch == generation:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the open batch (one fsync), then release what waited for it."""
+        if not self._batch or self._depth:
+            return
+        self._batch = 0
+        try:
+            self.db.execute("COMMIT")
+        except apsw.Error as e:
+            self._lost(e)
+            return
+        self.commits += 1
+        for f in self._waiters:
+            if not f.done():
+                f.set_result(None)
+        self._waiters.clear()
+        self._run_after()
+
+    def _run_after(self) -> None:
+        while self._after:
+            todo, self._after = self._after, []
+            for fn in todo:
+                try:
+                    fn()
+                except Exception:  # a sender's bug must not keep the others from running
+                    log.exception("after-commit step failed")
+
+    def _lost(self, e: Exception) -> None:
+        log.critical("the store could not commit (%s): the last writes are not on disk", e)
+        self.failed = e
+        try:
+            self.db.execute("ROLLBACK")
+        except apsw.Error:
+            pass  # SQLite may have rolled back already
+        self._after.clear()  # nothing of the lost batch may leave the process
+        err = StoreFailed(f"commit failed: {e}")
+        for f in self._waiters:
+            if not f.done():
+                f.set_exception(err)
+        self._waiters.clear()
+        self.on_failure(e)
 
     # ---- orders -----------------------------------------------------------------------------
 
