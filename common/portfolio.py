@@ -44,7 +44,11 @@ class Portfolio:
         self.virtual: set[str] = set()  # agents whose books are not the account's (shadow)
         self.day_start: dict[str, tuple[int, int]] = {}  # agent → (realised, fees) at the day's start
         self._held: dict[str, _Held] = defaultdict(_Held)
-        self._account_open = 0
+        # every agent's open orders together, per code (the account's figures are these minus the
+        # few virtual agents': no scan of the agents per order, whenever `virtual` changes)
+        self._all_open = 0
+        self._all_buy_value: dict[str, int] = defaultdict(int)
+        self._all_market_qty: dict[str, int] = defaultdict(int)
 
     # ---- orders ----------------------------------------------------------------------------------
 
@@ -61,16 +65,17 @@ class Portfolio:
     def _count(self, o: Order, sign: int) -> None:
         held = self._held[o.agent]
         held.open += sign
-        if o.agent not in self.virtual:
-            self._account_open += sign
+        self._all_open += sign
         rem = o.remaining * sign
         if o.side is Side.SELL:
             held.sell_qty[o.code] += rem
         elif o.price:
             held.limit_buy_value += rem * o.price
             held.buy_value[o.code] += rem * o.price
+            self._all_buy_value[o.code] += rem * o.price
         else:
             held.market_buy_qty[o.code] += rem
+            self._all_market_qty[o.code] += rem
 
     def kind(self, code: str) -> SecurityKind:
         return self.kinds.get(code, SecurityKind.STOCK)
@@ -94,14 +99,20 @@ class Portfolio:
         )
 
     def account_exposure(self, code: str) -> AccountExposure:
-        cost = pending = 0
+        cost = 0
         for agent, book in self.positions.items():
             if agent not in self.virtual and (p := book.get(code)) is not None:
                 cost += p.cost
-        for agent, held in self._held.items():
-            if agent not in self.virtual:
-                pending += held.buy_value.get(code, 0) + self._market_buys(held, code)
-        return AccountExposure(open_orders=self._account_open, position_cost=cost, open_buy_value=pending,
+        open_n = self._all_open
+        buy_value = self._all_buy_value.get(code, 0)
+        market_qty = self._all_market_qty.get(code, 0)
+        for agent in self.virtual:
+            if (held := self._held.get(agent)) is not None:
+                open_n -= held.open
+                buy_value -= held.buy_value.get(code, 0)
+                market_qty -= held.market_buy_qty.get(code, 0)
+        pending = buy_value + market_qty * self.notional_price(Side.BUY, 0, code)
+        return AccountExposure(open_orders=open_n, position_cost=cost, open_buy_value=pending,
                                day_pnl=self.account_day_pnl())
 
     def open_orders(self, agent: str) -> int:

@@ -189,7 +189,7 @@ class OrderBook:
         """A step of an order's story that is not a state change (broker requests and answers,
         notices), written with the loop turn's group commit (the order log holds the truth, the
         trace the story; a submit's broker.request step is also its send mark)."""
-        with self.store.write():
+        with self.store.write(atomic=False):
             self.store.add_trace(coid, self.now_ns(), step, body)
 
     # ---- views -----------------------------------------------------------------------------------

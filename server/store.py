@@ -4,22 +4,18 @@
 - `orders`: projection (latest version of each order), updated in the same transaction.
 - `agent_events`: each agent's sequenced event stream (replayed to a restarted agent).
 - `positions`: per-agent projection of fills.
-Orders and their events are written with synchronous=FULL: an intent is on disk before the broker
-is called. Schema version in PRAGMA user_version.
-
-Group commit: on the gateway's event loop, every `write()` of one loop turn joins one transaction,
-committed (one fsync) by a callback at the start of the next turn; what must wait for durability (events and
-replies to agents, broker calls) waits with `after_commit()` / `durable()`. Each write is its own
-savepoint, so a write that fails leaves the others intact. Outside a running loop (tools, sync
-tests) every write commits at once. A commit that fails leaves memory ahead of the disk: the
-writer is told (`on_failure`) and must stop; nothing of the lost batch has left the process.
+Orders and their events are durable before anything that depends on them leaves the process: an
+intent is on disk before the broker is called, an event before the agent hears it. Writes are
+grouped, one transaction per event-loop turn and one fsync beside the loop for every transaction
+committed while the previous fsync ran (server/group_commit.py); outside an event loop every write
+is durable when it returns. Schema version in PRAGMA user_version.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +24,9 @@ import msgspec
 
 from common.orders import OPEN, Order, OrderEvent
 from common.schema import AgentEvent, PositionView
+from server.group_commit import GroupCommit, StoreFailed
+
+__all__ = ["EquityRow", "Store", "StoreFailed"]
 
 log = logging.getLogger("ktrader.store")
 
@@ -116,23 +115,13 @@ _oev_dec = msgspec.msgpack.Decoder(OrderEvent)
 _aev_dec = msgspec.msgpack.Decoder(AgentEvent)
 
 
-class StoreFailed(RuntimeError):
-    """A group commit failed: what it held is not on disk (the writer must stop)."""
-
-
 class Store:
     def __init__(self, path: str | Path, readonly: bool = False, *,
                  on_failure: Callable[[Exception], None] | None = None) -> None:
         p = Path(path)
         self.path = p
-        self.on_failure = on_failure or (lambda e: None)
-        self._batch = 0  # generation of the open group transaction (0: none open)
-        self._generation = 0
-        self._depth = 0  # nested write()/transaction() blocks running now
-        self._after: list[Callable[[], None]] = []  # run once the open batch is durable, in order
-        self._waiters: list[asyncio.Future[None]] = []
-        self.commits = 0  # durable commits made (for benchmarks and tests)
-        self.failed: Exception | None = None
+        self._on_failure = on_failure or (lambda e: None)
+        self.gc: GroupCommit | None = None
         if readonly:
             # tools read while the gateway writes (WAL allows it); they never write
             self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
@@ -142,7 +131,10 @@ class Store:
         self.db = apsw.Connection(str(p))
         self.db.setbusytimeout(5000)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a COMMIT does not fsync; GroupCommit fsyncs the WAL before anything depending on
+        # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA temp_store=MEMORY")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
@@ -151,127 +143,78 @@ class Store:
             for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
                 self.db.execute(_MIGRATIONS[v])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.gc = GroupCommit(self.db, p, lambda e: self._on_failure(e))
 
     def close(self) -> None:
-        """A clean close commits what the open batch holds (a crash would lose it)."""
-        self.commit()
+        """A clean close makes what is written durable (a crash would lose the open batch)."""
+        if self.gc is not None:
+            self.gc.close()
         self.db.close()
 
     def abandon(self) -> None:
-        """Close as a crash would: the open batch is lost (tests of what survives a kill -9)."""
-        if self._batch:
-            self._batch = 0
-            self.db.execute("ROLLBACK")
-            self._after.clear()
-            for f in self._waiters:
-                if not f.done():
-                    f.cancel()
-            self._waiters.clear()
+        """Close as a kill -9 would: the loop turn's open batch is lost (tests of what survives)."""
+        if self.gc is not None:
+            self.gc.abandon()
         self.db.close()
 
-    # ---- durability ------------------------------------------------------------------------------
+    # ---- durability (server/group_commit.py) -----------------------------------------------------
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
+    @property
+    def on_failure(self) -> Callable[[Exception], None]:
+        return self._on_failure
+
+    @on_failure.setter
+    def on_failure(self, fn: Callable[[Exception], None]) -> None:
+        self._on_failure = fn
+
+    def _writer(self) -> GroupCommit:
+        if self.gc is None:
+            raise RuntimeError(f"{self.path}: opened read-only")
+        return self.gc
+
+    def write(self, atomic: bool = True) -> contextlib.AbstractContextManager[None]:
         """A unit of writes, atomic on its own, durable with the loop turn's group commit (at once
-        when no event loop runs)."""
-        if self.failed is not None:  # memory is ahead of the disk: nothing more may be written
-            raise StoreFailed(f"the store failed: {self.failed}")
-        if not self._batch and self._depth == 0:
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self._generation += 1
-                self._batch = self._generation
-                self.db.execute("BEGIN IMMEDIATE")
-                loop.call_soon(self._commit_batch, self._batch)
-        self._depth += 1
-        try:
-            with self.db:  # a savepoint inside the batch; its own transaction outside one
-                yield
-        finally:
-            self._depth -= 1
-        if not self._batch and self._depth == 0:
-            self.commits += 1
-            self._run_after()
+        when no event loop runs). `atomic=False` for one statement (no savepoint needed)."""
+        return self._writer().write(atomic)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One durable commit now, taking whatever the open batch holds with it (for writes that are
+        """Durable when the block ends, with whatever the open batch holds (for writes that are
         announced at once, e.g. a trading state)."""
-        with self.write():
+        gc = self._writer()
+        with gc.write():
             yield
-        if self._depth == 0:
-            self.commit()
+        if gc._depth == 0:
+            gc.sync()
 
     @property
     def pending(self) -> bool:
-        """A batch is open: writes made in this loop turn are not durable yet."""
-        return bool(self._batch)
+        """Something written is not on disk yet."""
+        return self.gc is not None and self.gc.pending
+
+    @property
+    def failed(self) -> Exception | None:
+        return self.gc.failed if self.gc is not None else None
+
+    @property
+    def commits(self) -> int:
+        return self.gc.commits if self.gc is not None else 0
+
+    @property
+    def syncs(self) -> int:
+        return self.gc.syncs if self.gc is not None else 0
 
     def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run `fn` once everything written so far is durable (now, if it already is)."""
-        if self._batch:
-            self._after.append(fn)
-        else:
+        """Run `fn` once everything written so far is on disk (now, if it already is)."""
+        if self.gc is None:
             fn()
+        else:
+            self.gc.after_commit(fn)
 
     async def durable(self) -> None:
-        """Wait until everything written so far is on disk. Raises StoreFailed if its commit failed."""
-        if self.failed is not None:
-            raise StoreFailed(f"the store failed: {self.failed}")
-        if not self._batch:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        await fut
-
-    def _commit_batch(self, generation: int) -> None:
-        if self._batch == generation:
-            self.commit()
-
-    def commit(self) -> None:
-        """Commit the open batch (one fsync), then release what waited for it."""
-        if not self._batch or self._depth:
-            return
-        self._batch = 0
-        try:
-            self.db.execute("COMMIT")
-        except apsw.Error as e:
-            self._lost(e)
-            return
-        self.commits += 1
-        for f in self._waiters:
-            if not f.done():
-                f.set_result(None)
-        self._waiters.clear()
-        self._run_after()
-
-    def _run_after(self) -> None:
-        while self._after:
-            todo, self._after = self._after, []
-            for fn in todo:
-                try:
-                    fn()
-                except Exception:  # a sender's bug must not keep the others from running
-                    log.exception("after-commit step failed")
-
-    def _lost(self, e: Exception) -> None:
-        log.critical("the store could not commit (%s): the last writes are not on disk", e)
-        self.failed = e
-        try:
-            self.db.execute("ROLLBACK")
-        except apsw.Error:
-            pass  # SQLite may have rolled back already
-        self._after.clear()  # nothing of the lost batch may leave the process
-        err = StoreFailed(f"commit failed: {e}")
-        for f in self._waiters:
-            if not f.done():
-                f.set_exception(err)
-        self._waiters.clear()
-        self.on_failure(e)
+        """Until everything written so far is on disk. Raises StoreFailed if that failed."""
+        if self.gc is not None:
+            await self.gc.durable()
 
     # ---- orders -----------------------------------------------------------------------------
 
