@@ -25,7 +25,6 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path as FsPath
 from typing import TypeVar
 
-import httpx
 import msgspec
 
 from common.clock import yyyymmdd
@@ -123,7 +122,6 @@ class KisBroker:
         ws_config: WsConfig | None = None,
         retry: RetryPolicy = RetryPolicy(),
         min_token_interval_s: float = 61.0,
-        transport: httpx.AsyncBaseTransport | None = None,
         start_timeout_s: float = 15.0,
         ca_bundle: str = "",
         start_retry: StartRetry | None = None,
@@ -137,7 +135,7 @@ class KisBroker:
         tls = tls_context(ca_bundle)  # TlsConfigError for an unusable bundle: a configuration error
         self._start_retry = start_retry or StartRetry(retries=0, backoff_s=0.0)
         self.budget = RestBudget(env.rate_per_s)
-        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, transport=transport, tls=tls)
+        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, tls=tls)
         self.tokens = TokenManager(
             issue=self.rest.issue_token,
             run_dir=FsPath(run_dir),

@@ -1,8 +1,9 @@
 """One REST budget per app key: an async token bucket under the KIS limit, with priority lanes and
 per-caller quotas.
 
-Waiters park on futures; one dispatcher task hands out permits when the bucket has a token, then
-sleeps exactly until the next token (never polls). Cancels go first and are exempt from caller
+A caller that finds nobody waiting and a token in the bucket takes it at once; otherwise it parks on a
+future and one dispatcher task hands out permits when the bucket has a token, then sleeps exactly
+until the next token (never polls). Cancels go first and are exempt from caller
 quotas (they reduce risk). `penalize()` is called on EGW00201 to stop all traffic for a while.
 """
 
@@ -93,6 +94,8 @@ class RestBudget:
         self._wake.set()
 
     async def acquire(self, lane: Lane = Lane.QUOTATION, caller: str = "") -> None:
+        if not self._waiters and self._take_now(lane, caller):
+            return  # nobody waits and a token is there: no hand-off through the dispatcher
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (int(lane), next(self._seq), caller, fut))
@@ -100,6 +103,24 @@ class RestBudget:
             self._dispatcher = loop.create_task(self._dispatch(), name="kis-rest-budget")
         self._wake.set()
         await fut  # cancelling the caller leaves a done future; the dispatcher skips it
+
+    def _take_now(self, lane: Lane, caller: str) -> bool:
+        now = self._clock()
+        if now < self._paused_until:
+            return False
+        self._bucket.refill(now)
+        if self._bucket.wait_time() > 0:
+            return False
+        q = None if lane == Lane.CANCEL else self._quotas.get(caller)
+        if q is not None:
+            q.refill(now)
+            if q.wait_time() > 0:
+                return False
+            q.tokens -= 1.0
+        self._bucket.tokens -= 1.0
+        self.granted += 1
+        self.granted_by[caller] = self.granted_by.get(caller, 0) + 1
+        return True
 
     async def _dispatch(self) -> None:
         while True:

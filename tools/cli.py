@@ -384,11 +384,15 @@ def bench_fanout(
 
 
 @bench_app.command("twin")
-def bench_twin(json_out: bool = typer.Option(False, "--json")) -> None:
-    """The twin: ticks/s over 40 registrations to one websocket client, order REST round trip."""
+def bench_twin(
+    cold: bool = typer.Option(False, "--cold", help="operations 200 ms apart (the VM's cold floor)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Order REST round trip by ktrader's KIS client vs http.client, aiohttp, httpx (twin and a bare
+    server); twin websocket ticks vs a bare websockets server pushing the same frames."""
     from tools.bench_twin import main as twin
 
-    twin(json_out=json_out)
+    twin(json_out=json_out, cold=cold)
 
 
 @bench_app.command("parse")
