@@ -71,6 +71,7 @@ class RestBudget:
         self.granted = 0
         self.granted_by: dict[str, int] = {}  # caller -> calls granted (the console shows per-agent use)
         self.penalties = 0
+        self.paused_s = 0.0  # total pause asked for by penalties
 
     @property
     def rate_per_s(self) -> float:
@@ -87,6 +88,7 @@ class RestBudget:
     def penalize(self, seconds: float) -> None:
         """KIS said EGW00201: stop everything for `seconds` and drain the bucket."""
         self.penalties += 1
+        self.paused_s += seconds
         now = self._clock()
         self._paused_until = max(self._paused_until, now + seconds)
         self._bucket.tokens = 0.0

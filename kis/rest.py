@@ -75,7 +75,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 4
     base_s: float = 0.2
     max_s: float = 2.0
-    rate_limit_backoff_s: float = 1.0  # longest pause of the whole budget on EGW00201 (first: a quarter)
+    rate_limit_backoff_s: float = 1.0  # longest pause of the whole budget on EGW00201 (else two token intervals)
 
     def delay(self, attempt: int) -> float:
         # full jitter: spreads retries of concurrent callers
@@ -310,9 +310,14 @@ class KisRest:
             if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
                 return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
             if isinstance(err, BrokerRateLimited):
-                # KIS counts calls per second: a pause of up to one window is enough, and a longer
-                # one stalls every caller (orders, reconciliation) behind the shared budget.
-                pause = self.retry.rate_limit_backoff_s * min(1.0, 0.25 * 2**attempt)
+                # KIS counts calls per second and our budget already paces below its limit, so an
+                # EGW00201 means the window rolled unluckily (or another program shares the key):
+                # everyone pauses two token intervals (~0.1 s real, ~1 s paper; python-kis waits
+                # 0.1 s), flat. Pauses that grow per request added up to seconds for a burst of
+                # refusals and held every order and cancel behind the shared budget; a refusal that
+                # persists ends this request after a few tries (BrokerRateLimited, counted by the
+                # kill switch) instead.
+                pause = min(self.retry.rate_limit_backoff_s, 2.0 / self.budget.rate_per_s)
                 self.budget.penalize(pause * random.uniform(0.8, 1.2))
                 if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
                     raise err

@@ -119,6 +119,25 @@ async def test_rate_limited_then_success_even_for_orders(tmp_path: Path) -> None
 
 
 @aio
+async def test_a_burst_of_rate_limit_refusals_pauses_everyone_briefly(tmp_path: Path) -> None:
+    """Five EGW00201 in a row (the twin's fault; another program on the key) cost five short pauses
+    of two token intervals each, not a growing back-off that holds every order for seconds."""
+    calls = 0
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return err(500, "EGW00201", "초당 거래건수를 초과하였습니다.") if calls <= 5 else ok({"output": {"ODNO": "1"}})
+
+    h = Harness(tmp_path, handler)
+    h.rest.budget = RestBudget(18.0)  # the real account's pace: a token every ~56 ms
+    h.rest.retry = RetryPolicy(attempts=4, base_s=0.001, max_s=0.002)  # the default cap of 1 s
+    page = await h.rest.request("POST", "/x", "TTTC0012U", OrderResponse, body={}, kind=Kind.WRITE)
+    assert page.body.output["ODNO"] == "1" and h.rest.budget.penalties == 5
+    assert h.rest.budget.paused_s <= 5 * (2 / 18) * 1.2 + 1e-9  # ~0.6 s in all (was 0.25+0.5+1+1+1 s)
+
+
+@aio
 async def test_rate_limited_forever_raises(tmp_path: Path) -> None:
     h = Harness(tmp_path, lambda req: err(500, "EGW00201"))
     with pytest.raises(BrokerRateLimited):
