@@ -247,7 +247,7 @@ class Gateway:
         xpub.bind(p_ep)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sessions.pub_endpoint = self.pub_endpoint
-        self.pub = Publisher(xpub, self.codec)
+        self.pub = Publisher(xpub, self.codec, self.headers.sid)
         self.md.publisher = self.pub
         self._xpub = xpub
 
