@@ -180,6 +180,7 @@ class Gateway:
         h = self.headers(msg.h.mid)
         if msg.slippage:
             return TraceReply(h=h, slippage=trace_views.slippage_summary(self.store))
+        self.book.flush_traces()  # steps still waiting for the book's next write belong to the story too
         story = trace_views.order_story(self.store, msg.client_order_id)
         if story is None:
             return Error(h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order {msg.client_order_id!r} in the store")

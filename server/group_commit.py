@@ -119,6 +119,10 @@ class GroupCommit:
             self.sync()
 
     @property
+    def in_batch(self) -> bool:
+        return self._open is not None
+
+    @property
     def pending(self) -> bool:
         """Something written is not durable yet."""
         return self._open is not None or bool(self._unsynced) or bool(self._syncing)

@@ -51,6 +51,7 @@ class OrderBook:
         self.fills_today = 0
         self.fills_by_agent: dict[str, int] = defaultdict(int)
         self.listeners: list[Listener] = []
+        self._pending_trace: list[tuple[str, int, str, dict[str, object]]] = []
 
     # ---- time ----------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class OrderBook:
         seq = self.seq.get(new.agent, 0)
         with self.store.write():
             self.store.record_order(new, event, day)
+            self._write_traces()
             for kind, body in trace or []:
                 self.store.add_trace(new.client_order_id, event.ts_ns or self.now_ns(), kind, body)
             for pos in positions:
@@ -179,18 +181,37 @@ class OrderBook:
         seq = self.seq.get(agent, 0) + 1
         ev = AgentEvent(h=self.headers(), seq=seq, body=body)
         with self.store.write():
+            self._write_traces()
             self.store.append_agent_event(agent, ev)
         self.seq[agent] = seq  # after the write
         self._send_when_durable(agent, [ev])
 
     # ---- traces ----------------------------------------------------------------------------------
 
-    def trace(self, coid: str, step: str, **body: object) -> None:
+    def trace(self, coid: str, step: str, *, durable: bool = False, **body: object) -> None:
         """A step of an order's story that is not a state change (broker requests and answers,
-        notices), written with the loop turn's group commit (the order log holds the truth, the
-        trace the story; a submit's broker.request step is also its send mark)."""
-        with self.store.write(atomic=False):
-            self.store.add_trace(coid, self.now_ns(), step, body)
+        notices). Written with the next write of the book (it forces no commit or fsync of its own:
+        the order log holds the truth, the trace the story), or at once into the loop turn's batch
+        when one is open; `durable`: now, and made durable with this turn's group commit (a submit's
+        broker.request step is its send mark: on disk before the call)."""
+        row = (coid, self.now_ns(), step, body)
+        if durable or self.store.in_batch:
+            self._pending_trace.append(row)
+            with self.store.write(atomic=len(self._pending_trace) > 1):
+                self._write_traces()
+        else:
+            self._pending_trace.append(row)
+
+    def flush_traces(self) -> None:
+        """Write the steps still waiting for the book's next write (before the story is read)."""
+        if self._pending_trace:
+            with self.store.write():
+                self._write_traces()
+
+    def _write_traces(self) -> None:
+        for coid, ts, step, body in self._pending_trace:
+            self.store.add_trace(coid, ts, step, body)
+        self._pending_trace.clear()
 
     # ---- views -----------------------------------------------------------------------------------
 

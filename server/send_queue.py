@@ -202,13 +202,13 @@ class SendQueue:
         if job.call is Call.CANCEL:
             req = BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
                                code=o.code, qty=o.remaining)
-            self.book.trace(o.client_order_id, "broker.request", call=Call.CANCEL.value, odno=o.broker_order_id,
-                            qty=o.remaining)
+            self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.CANCEL.value,
+                            odno=o.broker_order_id, qty=o.remaining)
             return lambda: self._amend(o, Call.CANCEL, lambda: self.venue.cancel(req), CancelRefused)
         mreq = BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
                             code=o.code, qty=job.qty - o.filled_qty, price=job.price, all_qty=True)
-        self.book.trace(o.client_order_id, "broker.request", call=Call.MODIFY.value, odno=o.broker_order_id,
-                        price=job.price, qty=job.qty)
+        self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.MODIFY.value,
+                        odno=o.broker_order_id, price=job.price, qty=job.qty)
         return lambda: self._modify(o, job, mreq)
 
     async def _modify(self, o: Order, job: Job, mreq: BrokerModify) -> None:
@@ -234,13 +234,14 @@ class SendQueue:
                                         reason=f"not sent: queued {waited / 1e9:.1f}s for the broker"))
             return None
         req = broker_order(o)
-        book.trace(coid, "broker.request", call=Call.SUBMIT.value, code=o.code, side=o.side.value, qty=o.qty,
-                   price=o.price, order_type=o.order_type.value, tif=req.tif.value)
+        book.trace(coid, "broker.request", durable=True, call=Call.SUBMIT.value, code=o.code, side=o.side.value,
+                   qty=o.qty, price=o.price, order_type=o.order_type.value, tif=req.tif.value)
         return lambda: self._send_submit(o, req)
 
     async def _send_submit(self, o: Order, req: BrokerOrder) -> None:
         book, coid = self.book, o.client_order_id
         await book.durable()  # the send mark: after a crash, "no request" means never sent
+        book.trace(coid, "broker.sent")  # the mark was on disk: the call leaves now (the story's timing)
         try:
             ack = await self.venue.submit(req)
         except BrokerError as e:

@@ -188,6 +188,11 @@ class Store:
             gc.sync()
 
     @property
+    def in_batch(self) -> bool:
+        """A transaction of this loop turn is open (a write now joins it)."""
+        return self.gc is not None and self.gc.in_batch
+
+    @property
     def pending(self) -> bool:
         """Something written is not on disk yet."""
         return self.gc is not None and self.gc.pending
