@@ -252,17 +252,11 @@ class GroupCommit:
             self._release(g)
 
     def _wal_fd(self) -> int:
-        """An fd of the WAL file as it is now (SQLite keeps it while we hold the connection; a new
-        file after a restart of the WAL is opened again). Without a WAL, the database file."""
-        target = self.wal if self.wal.exists() else self.main
-        if self._fd >= 0:
-            try:
-                if os.fstat(self._fd).st_ino == os.stat(target).st_ino:
-                    return self._fd
-            except OSError:
-                pass
-            os.close(self._fd)
-        self._fd = os.open(target, os.O_RDONLY)
+        """An fd of the WAL file, opened once: SQLite keeps the same file while a connection is open
+        (it rewinds it after a checkpoint, never replaces it). The store has written in WAL mode
+        before it makes this (its schema), so the file is there."""
+        if self._fd < 0:
+            self._fd = os.open(self.wal, os.O_RDONLY)
         return self._fd
 
     def _release(self, g: _Group) -> None:
