@@ -71,7 +71,7 @@ def bare_publisher(endpoint: str, n: int, gap_s: float) -> None:
     as an agent waits for the next print)."""
     import struct
 
-    sock = zmq.Context.instance().socket(zmq.XPUB)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.bind(endpoint)
     while sock.recv()[:1] != b"\x01":  # the subscription
@@ -88,7 +88,7 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
     ep = f"ipc://{tmp / 'bare-pub.ipc'}"
     proc = subprocess.Popen([sys.executable, "-c", "from tools.bench_t2t import bare_publisher; "
                              f"bare_publisher({ep!r}, {n}, {gap_s})"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"md.")
     sub.connect(ep)
@@ -114,7 +114,7 @@ def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
     proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     del echo_server
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(ep)
     out = []
@@ -251,6 +251,7 @@ def _run_orders(run: Path, twin: dict[str, Any], n: int, gap_s: float) -> dict[s
                 raise RuntimeError(f"no print reached the agent (bad frames {client.bad_frames})")
             t_recv = time.time_ns()
             tick = pub.body
+            assert isinstance(tick, TradeTick)
             if not low:
                 low = (tick.price * 8 // 10) // 100 * 100  # a buy that rests, inside the day's band
             coid = make_client_order_id("t2t", day, next_n + i)
@@ -287,9 +288,6 @@ def _run_orders(run: Path, twin: dict[str, Any], n: int, gap_s: float) -> dict[s
             tr = client.call(GetTrace(h=client.headers(), client_order_id=coid), 10)
             assert isinstance(tr, TraceReply)
             ts = {s.step: s.ts_ns for s in tr.steps}
-            if os.environ.get("T2T_DEBUG") and coid == coids[len(coids) // 2]:
-                base = tr.steps[0].ts_ns
-                print([(st.step, round((st.ts_ns - base) / 1000)) for st in tr.steps])
             if "broker.sent" in ts and "broker.ack" in ts:
                 stages["mark_durable"].append((ts["broker.sent"] - ts["broker.request"]) / 1000)
                 stages["rest_call"].append((ts["broker.ack"] - ts["broker.sent"]) / 1000)
@@ -320,6 +318,8 @@ def _print_times(run: Path) -> dict[int, int]:
 def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) -> tuple[dict[str, Any], dict[str, float]]:
     from kis.credentials import credentials_env
     from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame
+    from common.connection import ConnectionFileError
+    from common.errors import KtraderError
     from kis.sim.testing import Kis
     from tools.procs import stop_groups
     from tools.status import fetch_status
@@ -329,26 +329,21 @@ def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) ->
     cfg.write_text(f'kill_errors = 0\n[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\n'
                    f'ws_url = "{twin["ws_url"]}"\nadmin_url = "{twin["admin_url"]}"\nrate_per_s = 1000\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT), **credentials_env(twin)}
+    log = (tmp / "gateway.log").open("ab")
     gw = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--config", str(cfg), "--run-dir", str(run),
-                           "--log-level", os.environ.get("T2T_LOG", "error")], cwd=ROOT, env=env, start_new_session=True,
-                          stderr=open(tmp / "gateway.log", "ab"))
+                           "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
                 if fetch_status(run, 1.0).synced:
                     break
-            except Exception:  # noqa: BLE001 - not up yet
+            except (KtraderError, ConnectionFileError):  # not up yet
                 pass
             if time.monotonic() > deadline or gw.poll() is not None:
-                raise RuntimeError("the gateway did not start on the twin")
+                raise RuntimeError("the gateway did not start on the twin: " + (tmp / "gateway.log").read_text()[-2000:])
             time.sleep(0.1)
-        spy = subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "-r", "1000", "-f", "raw", "--threads", "--nonblocking",
-                                "-o", os.environ["T2T_SPY"], "-p", str(gw.pid)]) if os.environ.get("T2T_SPY") else None
         path = _run_orders(run, twin, n, gap)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
         # the bare primitives, with the stack idle but up: the twin sends the gateway its notices for
         # the bare orders as for the gateway's own (what KIS does for every order of the account)
         kis = Kis(twin["rest_url"], twin["app_key"], twin["app_secret"], twin["account"])
@@ -364,6 +359,7 @@ def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) ->
         }
     finally:
         stop_groups([gw], grace_s=10)  # its recording is complete once it stopped
+        log.close()
     seen = _print_times(run)
     stages = path.pop("stages")
     for vol, published, acked in path.pop("prints"):
@@ -382,12 +378,7 @@ def main(json_out: bool = False, cold: bool = False) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="ktrader-bench-t2t-") as d:
             tmp = Path(d)
-            try:
-                path, bare = _measure(twin, tmp, n, gap, cold)
-            except BaseException:
-                if os.environ.get("T2T_LOG"):
-                    print((tmp / "gateway.log").read_text()[-4000:])
-                raise
+            path, bare = _measure(twin, tmp, n, gap, cold)
     finally:
         twin_proc.send_signal(signal.SIGTERM)
         try:
