@@ -53,6 +53,16 @@ def _wait_file(path: Path, timeout: float, proc: subprocess.Popen | None = None)
 COLD_GAP_S = 0.2
 
 
+def _end(proc: subprocess.Popen) -> None:
+    """Stop a helper process: SIGTERM, then SIGKILL if a blocking receive kept it from exiting."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     ep = f"ipc://{tmp / 'echo.ipc'}"
     proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
@@ -78,8 +88,7 @@ def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
         sock.close(0)
         return out
     finally:
-        proc.terminate()
-        proc.wait(5)
+        _end(proc)
 
 
 def measure_gateway(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:

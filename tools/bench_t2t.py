@@ -103,12 +103,16 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
                 out.append((now - struct.unpack_from("<q", blob, 4)[0]) / 1000)
     finally:
         sub.close(0)
-        proc.wait(15)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
     return _p50(out)
 
 
 def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
-    from tools.bench_rtt import echo_server
+    from tools.bench_rtt import _end, echo_server
 
     ep = f"ipc://{tmp / 'bare-echo.ipc'}"
     proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
@@ -133,8 +137,7 @@ def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
             out.append((time.perf_counter_ns() - t) / 2000)  # one way
     finally:
         sock.close(0)
-        proc.terminate()
-        proc.wait(5)
+        _end(proc)
     return _p50(out)
 
 
