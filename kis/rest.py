@@ -198,6 +198,11 @@ class KisRest:
     def attach_tokens(self, tokens: TokenManager) -> None:
         self.tokens = tokens
 
+    def point_at(self, env: KisEnvironment) -> None:
+        """Talk to `env`'s REST host from now on (a twin whose port is known only once it listens)."""
+        self.env = env
+        self._base = env.rest_url.rstrip("/")
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -304,3 +304,24 @@ async def test_real_socket_dropped_mid_order_is_unknown_outcome(tmp_path: Path) 
         await h2.rest.aclose()
     finally:
         await runner.cleanup()
+
+
+@aio
+async def test_point_at_moves_the_client_to_another_host(tmp_path: Path) -> None:
+    """A twin whose port is known only once it listens: the client follows the new address."""
+    hits: list[str] = []
+
+    def first(req: httpx.Request) -> httpx.Response:
+        hits.append("first")
+        return ok({})
+
+    def second(req: httpx.Request) -> httpx.Response:
+        hits.append("second")
+        return ok({})
+
+    h = Harness(tmp_path, first)
+    await h.rest.request("GET", "/x", "FHKST01010100", Envelope)
+    h.rest.point_at(env_sim(LoopbackKis(second).url))
+    await h.rest.request("GET", "/x", "FHKST01010100", Envelope)
+    assert hits == ["first", "second"]
+    await h.rest.aclose()
