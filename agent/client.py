@@ -38,6 +38,7 @@ class GatewayClient:
         self.info = info
         self.ctx = ctx or zmq.Context.instance()
         self.codec = Codec(info.key_bytes, credential=credential)
+        self.codec.expect_publisher(info.session)  # PUB frames of this gateway only (see expect_gateway)
         self.headers = headers or HeaderFactory(sender)
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
@@ -165,6 +166,11 @@ class GatewayClient:
     def subscribe(self, topic: str) -> None:
         assert self.sub is not None
         self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+
+    def expect_gateway(self, session: str) -> None:
+        """The gateway process that answered our registration (its signed replies' session id): its
+        PUB frames are the ones to trust (a remote agent's gateway.json names an older session)."""
+        self.codec.expect_publisher(session)
 
     def recv_pub_nowait(self) -> Published | None:
         assert self.sub is not None

@@ -357,6 +357,7 @@ class AgentRuntime(AgentServicesMixin):
         if self._gateway_sid and reply.h.sid != self._gateway_sid:
             self.feed.reset()  # a new gateway numbers its topics from 1 (a remote agent's gateway.json never changes)
         self._gateway_sid = reply.h.sid
+        self.client.expect_gateway(reply.h.sid)
         # A fresh process rebuilds its state from the snapshot: the events before it are history,
         # not news, and must not trigger the strategy again (that is how orders get re-sent).
         # A running process that re-registers gets what it missed delivered as usual.

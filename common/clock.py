@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 
 KST = dt.timezone(dt.timedelta(hours=9), "KST")
@@ -25,5 +26,6 @@ def kst_from_ns(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, KST)
 
 
+@functools.lru_cache(maxsize=64)  # strftime on every order and event is a measurable cost
 def yyyymmdd(day: dt.date) -> str:
     return day.strftime("%Y%m%d")

@@ -4,6 +4,7 @@ and through the `check_*` helpers for values built in code."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Annotated
 
@@ -50,6 +51,11 @@ def parse_client_order_id(value: str) -> tuple[str, dt.date, int]:
         raise IdError(f"bad client order id {value!r}: expected <agent>-<yyyymmdd>-<n>")
     agent, day, n = value.rsplit("-", 2)
     try:
-        return agent, dt.datetime.strptime(day, "%Y%m%d").date(), int(n)
+        return agent, _day(day), int(n)
     except ValueError:
         raise IdError(f"bad client order id {value!r}: {day} is not a date") from None
+
+
+@functools.lru_cache(maxsize=64)  # strptime on every order is a measurable cost; ids carry few days
+def _day(text: str) -> dt.date:
+    return dt.datetime.strptime(text, "%Y%m%d").date()

@@ -28,7 +28,8 @@ from common.orders import OrderState
 from common.enums import SessionProblem  # issue-18a
 from common.protection import Protection, ProtectionSpec
 
-SCHEMA_VERSION = 2  # v2: a PUB message is one frame (common/framing.py encode_pub)
+SCHEMA_VERSION = 3  # v2: a PUB message is one frame (common/framing.py encode_pub); v3: PUB frames carry the
+# publisher's token instead of a per-message MAC
 
 MAX_LISTED = 100  # codes listed in a heartbeat / status row; more are counted, not listed
 RefusedKey = Annotated[str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))]  # "trades:005930"

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
 
 from common.clock import yyyymmdd
@@ -121,7 +120,6 @@ class KisBroker(BrokerPort):
         ws_config: WsConfig | None = None,
         retry: RetryPolicy = RetryPolicy(),
         min_token_interval_s: float = 61.0,
-        transport: httpx.AsyncBaseTransport | None = None,
         start_timeout_s: float = 15.0,
         ca_bundle: str = "",
         start_retry: StartRetry | None = None,
@@ -135,7 +133,7 @@ class KisBroker(BrokerPort):
         tls = tls_context(ca_bundle)  # TlsConfigError for an unusable bundle: a configuration error
         self._start_retry = start_retry or StartRetry(retries=0, backoff_s=0.0)
         self.budget = RestBudget(env.rate_per_s)
-        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, transport=transport, tls=tls)
+        self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, tls=tls)
         self.tokens = TokenManager(
             issue=self.rest.issue_token,
             run_dir=FsPath(run_dir),

@@ -1,8 +1,9 @@
 """One REST budget per app key: an async token bucket under the KIS limit, with priority lanes and
 per-caller quotas.
 
-Waiters park on futures; one dispatcher task hands out permits when the bucket has a token, then
-sleeps exactly until the next token (never polls). Cancels go first and are exempt from caller
+A caller that finds nobody waiting and a token in the bucket takes it at once; otherwise it parks on a
+future and one dispatcher task hands out permits when the bucket has a token, then sleeps exactly
+until the next token (never polls). Cancels go first and are exempt from caller
 quotas (they reduce risk). `penalize()` is called on EGW00201 to stop all traffic for a while.
 """
 
@@ -70,6 +71,7 @@ class RestBudget:
         self.granted = 0
         self.granted_by: dict[str, int] = {}  # caller -> calls granted (the console shows per-agent use)
         self.penalties = 0
+        self.paused_s = 0.0  # total pause asked for by penalties
 
     @property
     def rate_per_s(self) -> float:
@@ -86,6 +88,7 @@ class RestBudget:
     def penalize(self, seconds: float) -> None:
         """KIS said EGW00201: stop everything for `seconds` and drain the bucket."""
         self.penalties += 1
+        self.paused_s += seconds
         now = self._clock()
         self._paused_until = max(self._paused_until, now + seconds)
         self._bucket.tokens = 0.0
@@ -93,6 +96,8 @@ class RestBudget:
         self._wake.set()
 
     async def acquire(self, lane: Lane = Lane.QUOTATION, caller: str = "") -> None:
+        if not self._waiters and self._take_now(lane, caller):
+            return  # nobody waits and a token is there: no hand-off through the dispatcher
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (int(lane), next(self._seq), caller, fut))
@@ -100,6 +105,24 @@ class RestBudget:
             self._dispatcher = loop.create_task(self._dispatch(), name="kis-rest-budget")
         self._wake.set()
         await fut  # cancelling the caller leaves a done future; the dispatcher skips it
+
+    def _take_now(self, lane: Lane, caller: str) -> bool:
+        now = self._clock()
+        if now < self._paused_until:
+            return False
+        self._bucket.refill(now)
+        if self._bucket.wait_time() > 0:
+            return False
+        q = None if lane == Lane.CANCEL else self._quotas.get(caller)
+        if q is not None:
+            q.refill(now)
+            if q.wait_time() > 0:
+                return False
+            q.tokens -= 1.0
+        self._bucket.tokens -= 1.0
+        self.granted += 1
+        self.granted_by[caller] = self.granted_by.get(caller, 0) + 1
+        return True
 
     async def _dispatch(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """Why a connection to KIS failed, in words an operator can act on.
 
-httpx and websockets report a refused port, an unknown host name and an untrusted certificate
-alike as "ConnectError"; the cause sits in the exception chain. `explain()` walks it and returns a
+aiohttp, httpx and websockets report a refused port, an unknown host name and an untrusted
+certificate alike as a "connect error"; the cause sits in the exception chain. `explain()` walks it and returns a
 `NetProblem`: which host:port, what happened (closed vocabulary), the underlying reason
 (CERTIFICATE_VERIFY_FAILED kept verbatim), whether the request may have reached the server, and
 what to check. Used by the REST client, the websocket watchdog, start-up and `ktrader doctor`.
@@ -9,11 +9,13 @@ what to check. Used by the REST client, the websocket watchdog, start-up and `kt
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import msgspec
 
@@ -106,6 +108,19 @@ def explain(exc: BaseException, url: str) -> NetProblem:
         return NetProblem(fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(exc)})", sent=False)
     if "Connection refused" in text or "Connect call failed" in text:
         return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
+    # aiohttp (the KIS REST client): the connect phase never sent anything; after it, it may have
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no connection within the timeout", sent=False)
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no answer within the timeout", sent=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return NetProblem(fault=NetFault.OTHER, target=target, reason=f"cannot connect ({_short(exc)})", sent=False)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"unsupported URL ({_short(exc)})", sent=False)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
+        return NetProblem(fault=NetFault.CUT, target=target, reason=f"connection cut ({_short(exc)})", sent=True)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"not an HTTP answer ({_short(exc)})", sent=True)
     if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
         return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no connection within the timeout", sent=False)
     if isinstance(exc, httpx.TimeoutException):

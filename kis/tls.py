@@ -1,4 +1,4 @@
-"""TLS trust for the KIS connections: the default store (certifi, as httpx uses), plus an optional
+"""TLS trust for the KIS connections: certifi's store (the REST client and the websocket use the same), plus an optional
 CA bundle from the config (`broker.ca_bundle`), e.g. a company proxy that inspects TLS."""
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from server.registry import AgentRecord, Registry
 from server.router import Router
 from server.sessions import AgentSessions
 from server.stockmaster import gateway_master
-from server.store import Store
+from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder
@@ -109,7 +109,8 @@ class Gateway:
         self._session_seen_ready = False
 
         # ---- the rooms ------------------------------------------------------------------------
-        self.store = Store(self.run_dir / "db" / "gateway.sqlite")
+        self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost)
+        self._store_failure: Exception | None = None
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(cfg, self.store, broker, self.clock, self.headers, self._send_event, self.publish,
                                      self._card_of)
@@ -151,7 +152,7 @@ class Gateway:
                                    lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA))
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
-        self.router = Router(self.codec, self.headers, self.registry, self.counters)
+        self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)
         self.sessions.on_registered += [self.services.on_register, self.universe_binder.on_register,
                                         lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes)))]
         self.sessions.on_offline += [self._forget_feed, self.operator.on_agent_offline]
@@ -272,7 +273,7 @@ class Gateway:
         xpub.bind(p_ep)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sessions.pub_endpoint = self.pub_endpoint
-        self.pub = Publisher(xpub, self.codec)
+        self.pub = Publisher(xpub, self.codec, self.headers.sid)
         self.md.publisher = self.pub
         self._xpub = xpub
 
@@ -344,8 +345,18 @@ class Gateway:
             await self._stop.wait()
         finally:
             await self._shutdown()
+        if self._store_failure is not None:
+            raise StoreFailed(f"the store could not commit: {self._store_failure}")
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def _store_lost(self, e: Exception) -> None:
+        """A group commit failed: memory is ahead of the disk. Nothing of the lost batch left the
+        process (events, replies and broker calls wait for the commit), so the store is the truth:
+        stop, and let a restart (or the standby) load it."""
+        self._store_failure = e
+        self.alerts(f"the store could not commit ({e}): the gateway stops; a restart reloads the books from disk")
         self._stop.set()
 
     async def _shutdown(self) -> None:

@@ -98,7 +98,6 @@ class NoticeRouter:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
-        book.flush_traces()
 
     def _revised(self, coid: str, n: BrokerNotice, ts: int) -> None:
         """A revise line of this order was accepted at the broker. When it names the order's live line

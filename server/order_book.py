@@ -1,11 +1,14 @@
 """The book of record: every order the gateway knows, changed only by events through
 `common.orders.apply`, each change written durably together with the agent events that report it.
 
-`commit` is the one write path: apply the event, then in ONE transaction write the order's new
-version, the event, position changes, trace steps and the agent's sequenced events; only after the
-commit is memory updated and the events sent (a failed commit leaves no gap in an agent's sequence).
-Listeners hear every committed version (the portfolio keeps exposure from them; the order desk
-continues a flatten or a cancel that waited for an acknowledgement).
+`commit` is the one write path: apply the event, then in ONE write of the store (a savepoint of the
+loop turn's group commit, server/store.py) the order's new version, the event, position changes,
+trace steps and the agent's sequenced events; memory is updated once that write succeeded (a failed
+write leaves no gap in an agent's sequence), and the events are sent only once the group commit
+that holds them is durable. Listeners hear every new version at once (the portfolio keeps exposure
+from them, so the next order of the same turn is judged against it; the order desk continues a
+flatten or a cancel that waited for an acknowledgement): whatever they start that leaves the
+process (events, broker calls) waits for the same commit.
 """
 
 from __future__ import annotations
@@ -95,9 +98,9 @@ class OrderBook:
         positions = [b.position for b in extra or [] if isinstance(b, (FillUpdate, PositionUpdate))]
         day = day or self.order_day.get(order.client_order_id) or self.day()
         bodies: list[EventBody] = [OrderUpdate(order=order_view(new)), *(extra or [])]
-        events = []
+        events: list[AgentEvent] = []
         seq = self.seq.get(new.agent, 0)
-        with self.store.transaction():
+        with self.store.write():
             self.store.record_order(new, event, day)
             self._write_traces()
             for kind, body in trace or []:
@@ -109,16 +112,28 @@ class OrderBook:
                 ev = AgentEvent(h=self.headers(), seq=seq, body=body)
                 self.store.append_agent_event(new.agent, ev)
                 events.append(ev)
-        self.seq[new.agent] = seq  # only once the transaction is durable: no gap if it failed
+        self.seq[new.agent] = seq  # only once the write succeeded: no gap if it failed
         self.index(new, day)
         self.portfolio.order_changed(old, new)
         for pos in positions:
             self.portfolio.set_position(new.agent, pos)
-        for ev in events:
-            self.sink(new.agent, ev)
+        self._send_when_durable(new.agent, events)
         for listener in self.listeners:
             listener(old, new)
         return new
+
+    def _send_when_durable(self, agent: str, events: list[AgentEvent]) -> None:
+        sink = self.sink
+
+        def send() -> None:
+            for ev in events:
+                sink(agent, ev)
+
+        self.store.after_commit(send)
+
+    async def durable(self) -> None:
+        """Until everything committed so far is on disk (a broker call waits for its intent)."""
+        await self.store.durable()
 
     def try_apply(self, coid: str, event: OrderEvent,
                   extra_fn: Callable[[Order], list[EventBody]] | None = None) -> Order | None:
@@ -196,22 +211,32 @@ class OrderBook:
         """A sequenced, persisted event that is not an order change (e.g. a refused subscription)."""
         seq = self.seq.get(agent, 0) + 1
         ev = AgentEvent(h=self.headers(), seq=seq, body=body)
-        with self.store.transaction():
+        with self.store.write():
+            self._write_traces()
             self.store.append_agent_event(agent, ev)
-        self.seq[agent] = seq  # after the commit
-        self.sink(agent, ev)
+        self.seq[agent] = seq  # after the write
+        self._send_when_durable(agent, [ev])
 
     # ---- traces ----------------------------------------------------------------------------------
 
-    def trace(self, coid: str, step: str, **body: object) -> None:
+    def trace(self, coid: str, step: str, *, durable: bool = False, **body: object) -> None:
         """A step of an order's story that is not a state change (broker requests and answers,
-        notices). Written with the next durable commit (no fsync of its own: the order log holds
-        the truth, the trace the story), or by flush_traces()."""
-        self._pending_trace.append((coid, self.now_ns(), step, body))
+        notices). Written with the next write of the book (it forces no commit or fsync of its own:
+        the order log holds the truth, the trace the story), or at once into the loop turn's batch
+        when one is open; `durable`: now, and made durable with this turn's group commit (a submit's
+        broker.request step is its send mark: on disk before the call)."""
+        row = (coid, self.now_ns(), step, body)
+        if durable or self.store.in_batch:
+            self._pending_trace.append(row)
+            with self.store.write(atomic=len(self._pending_trace) > 1):
+                self._write_traces()
+        else:
+            self._pending_trace.append(row)
 
     def flush_traces(self) -> None:
+        """Write the steps still waiting for the book's next write (before the story is read)."""
         if self._pending_trace:
-            with self.store.transaction():
+            with self.store.write():
                 self._write_traces()
 
     def _write_traces(self) -> None:

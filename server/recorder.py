@@ -3,10 +3,12 @@ compressed files under `run/data/<YYYYMMDD>/` (KST day of the receive time).
 
 File format (`frames-<start ns>-<pid>.kfr.gz`): one gzip stream (stdlib zlib, `gzip -dc` reads
 it) written in sync-flushed blocks. Uncompressed, it is a sequence of records
-`<u64 recv_ns><u8 kind><u32 length><data>` (little endian). A block is flushed to the OS when it
-reaches `block_bytes` or every `flush_s`, so a kill -9 loses at most the block being filled; the
-reader returns every complete record before a truncated tail. One file per gateway start (a crashed
-file is never appended to) and per day.
+`<u64 recv_ns><u8 kind><u32 length><data>` (little endian). A block is handed over when it reaches
+`block_bytes` or every `flush_s`; one writer thread compresses it (zlib releases the GIL: ~10 ms a
+256 KB block, off the gateway's event loop) and writes it to the OS in order, so a kill -9 loses at
+most the block being filled and the block being compressed (`frames_written` says how many frames
+are safe); the reader returns every complete record before a truncated tail. One file per gateway
+start (a crashed file is never appended to) and per day.
 
 Kinds: `WS` a frame exactly as received (bytes); `PLAIN` the decrypted plaintext of an encrypted
 notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire); `CLOCK` the exchange time
@@ -25,6 +27,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -76,7 +79,8 @@ def parse_day(day: str | dt.date) -> dt.date:
 
 class Recorder:
     """Append-only writer. `record_ws` / `record_plain` are the cheap callbacks the KIS client calls;
-    both only append to a bytearray until a block is full."""
+    both only append to a bytearray until a block is full. Compression and writing happen in the
+    writer thread, one block after another (the compressor is one stream per file)."""
 
     def __init__(self, data_dir: str | Path, *, retention_days: int = 30, block_bytes: int = 256 << 10,
                  flush_s: float = 1.0, level: int = 6, clock: Callable[[], int] = time.time_ns) -> None:
@@ -92,10 +96,12 @@ class Recorder:
         self._day_end_ns = 0  # receive times at/after this belong to a new day's file
         self.path: Path | None = None
         self.frames = 0
+        self.frames_written = 0  # frames in blocks the OS has (they survive a kill -9)
         self.raw_bytes = 0
         self.written_bytes = 0
         self.errors = 0
         self._closed = False
+        self._writer: ThreadPoolExecutor | None = None
 
     # the hooks: called on the gateway's loop for each frame
 
@@ -139,37 +145,55 @@ class Recorder:
         log.info("recording market data to %s", self.path)
 
     def flush(self) -> None:
-        """Write the current block (sync-flushed: decodable on its own, up to here)."""
+        """Hand the current block to the writer thread (sync-flushed: decodable on its own, up to here)."""
         if not self._buf or self._file is None or self._z is None:
             return
         raw = bytes(self._buf)
         self._buf.clear()
+        self._submit(self._write_block, self._file, self._z, raw, self.frames)
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self._writer.submit(fn, *args)
+
+    def _write_block(self, file, z, raw: bytes, frames: int) -> None:  # type: ignore[no-untyped-def]
+        """In the writer thread."""
         try:
-            out = self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
-            self._file.write(out)
-            self._file.flush()  # in the OS now: survives a kill -9 of this process
-        except OSError as e:  # a full disk must not stop trading: count, log, keep going
+            out = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
+            file.write(out)
+            file.flush()  # in the OS now: survives a kill -9 of this process
+        except (OSError, ValueError) as e:  # a full disk must not stop trading: count, log, keep going
             self.errors += 1
             log.error("recording write failed: %s", e)
             return
         self.raw_bytes += len(raw)
         self.written_bytes += len(out)
+        self.frames_written = frames
+
+    def _close_file(self, file, z) -> None:  # type: ignore[no-untyped-def]
+        """In the writer thread, after the file's last block."""
+        try:
+            file.write(z.flush(zlib.Z_FINISH))
+            file.close()
+        except (OSError, ValueError) as e:
+            self.errors += 1
+            log.error("closing the recording failed: %s", e)
 
     def _finish_file(self) -> None:
         self.flush()
         if self._file is not None and self._z is not None:
-            try:
-                self._file.write(self._z.flush(zlib.Z_FINISH))
-                self._file.close()
-            except OSError as e:
-                self.errors += 1
-                log.error("closing the recording failed: %s", e)
+            self._submit(self._close_file, self._file, self._z)
         self._file, self._z = None, None
 
     def close(self) -> None:
+        """Finish the file and wait for the writer thread to write everything."""
         if not self._closed:
             self._finish_file()
             self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def prune(self, today: dt.date | None = None) -> list[str]:
         return prune_days(self.data_dir, self.retention_days, today)

@@ -41,7 +41,11 @@ AgentHandler = Callable[[AgentRecord, bytes, Any], Message | None]
 
 
 class Router:
-    def __init__(self, codec: Codec, headers: HeaderFactory, registry: Registry, counters: Counter[str]) -> None:
+    def __init__(self, codec: Codec, headers: HeaderFactory, registry: Registry, counters: Counter[str],
+                 hold: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """`hold(send)`: run `send` once what the gateway wrote so far is durable (the store's group
+        commit): a reply or an event never tells a peer something a crash could still undo."""
+        self.hold = hold
         self.codec = codec
         self.headers = headers
         self.registry = registry
@@ -205,6 +209,13 @@ class Router:
     # ---- send --------------------------------------------------------------------------------------
 
     def reply(self, route: bytes, msg: Message) -> bool:
+        """Send `msg` to `route` once what it may report is durable (True: sent or held for that)."""
+        if self.hold is None:
+            return self._send(route, msg)
+        self.hold(lambda: self._send(route, msg) and None)
+        return True
+
+    def _send(self, route: bytes, msg: Message) -> bool:
         sock = self.sock
         if sock is None:
             return False

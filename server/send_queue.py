@@ -2,12 +2,18 @@
 shadow market), cancels and revises before new orders.
 
 Rules kept here:
-- a submit's request is written durably before the call (the send mark): after a crash, an order
-  without it was never sent (NOT_SENT), one with it may have been (UNKNOWN, never resent);
+- a submit's request (the send mark) is written when a slot takes the job, and the call waits until
+  the group commit that holds it is durable: after a crash, an order without it was never sent
+  (NOT_SENT), one with it may have been (UNKNOWN, never resent). Every call likewise waits for the
+  commit that holds its intent (Submit, RequestCancel, RequestReplace);
 - a submit still queued after `max_send_wait_ns` is refused unsent (BROKER_BUSY): a decision made on
-  prices that old is not the one the agent made;
-- calls for one order never overlap or overtake each other; with `workers` > 1, calls for different
-  orders go out concurrently (the broker's REST budget paces them);
+  prices that old is not the one the agent made; a submit for an order that is no longer waiting to
+  be sent (reconciliation found it, the gateway refused it) is never sent;
+- calls for one order go out one at a time, in the order they were asked for (a cancel never
+  overtakes its submit): an order has at most one job in the priority queue, the rest wait behind it;
+- up to `workers` calls for different orders are in flight at once, cancels and revises first, then
+  the gateway's protective sells, then new orders; the broker's REST budget paces them, and a call
+  that hangs or fails (a cut connection, its retries, a timeout) holds only its own slot;
 - a revise or cancel whose answer is lost is in doubt, never "refused": its notices and the broker's
   order list decide (server/chain_repair.py). So is a cancel the broker refuses at the number we
   know: the order may live at another number now (a revise we did not see), which the repair
@@ -17,10 +23,11 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
 import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Protocol
@@ -61,6 +68,14 @@ class Priority(IntEnum):
     NEW = 2
 
 
+Rest = Callable[[], Awaitable[object]]  # what a job does after its synchronous start
+
+# Calls in flight at once. KIS takes 20 calls/s per app key and our budget spaces them ~55 ms apart,
+# so two slots keep the budget busy at a normal round trip; the others are there for calls that hang
+# (a cut connection waits for its timeout, retries back off) so that they hold nobody else.
+DEFAULT_WORKERS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     call: Call
@@ -81,7 +96,7 @@ def broker_order(o: Order) -> BrokerOrder:
 class SendQueue:
     def __init__(self, book: OrderBook, notices: NoticeRouter, venue: Execution,
                  on_broker_error: Callable[[int], None], *, max_send_wait_ns: int = 5_000_000_000,
-                 workers: int = 1, name: str = "broker", learn: Callable[[str], None] | None = None) -> None:
+                 workers: int = DEFAULT_WORKERS, name: str = "broker", learn: Callable[[str], None] | None = None) -> None:
         self.book = book
         self.notices = notices
         self.venue = venue
@@ -92,82 +107,150 @@ class SendQueue:
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers)
         self.name = name
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] = asyncio.PriorityQueue()
+        self._heap: list[tuple[int, int, Job]] = []  # at most one job per order: the next one it runs
+        self._later: dict[str, deque[Job]] = defaultdict(deque)  # an order's jobs behind its queued/running one
+        self._busy: set[str] = set()  # orders with a job in the heap or in flight
         self._n = 0
-        self._busy: set[str] = set()  # orders with a call in flight
-        self._deferred: dict[str, list[tuple[int, int, Job]]] = defaultdict(list)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._pumping = False
 
     def put(self, job: Job) -> None:
+        if job.coid in self._busy:
+            self._later[job.coid].append(job)  # after the job it already has, whatever its priority
+        else:
+            self._push(job)
+        self._pump()
+
+    def _push(self, job: Job) -> None:
+        self._busy.add(job.coid)
         self._n += 1
         prio = job.priority if job.call is Call.SUBMIT else Priority.AMEND
-        self._queue.put_nowait((prio, self._n, job))
+        heapq.heappush(self._heap, (prio, self._n, job))
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + sum(len(v) for v in self._deferred.values()) + len(self._busy)
+        return len(self._heap) + sum(len(v) for v in self._later.values()) + len(self._running)
+
+    def queued(self) -> list[Job]:
+        """Jobs not taken by a slot yet (in no particular order)."""
+        return [job for _, _, job in self._heap] + [j for v in self._later.values() for j in v]
+
+    def take(self) -> Job | None:
+        """The next job to run: the highest priority, oldest first. The caller runs it with `run()`
+        (a slot does; tests drive the queue by hand)."""
+        return heapq.heappop(self._heap)[2] if self._heap else None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._worker(), name=f"send-{self.name}-{i}") for i in range(self.workers)]
+        self._started = True
+        self._pump()
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._started = False
+        for t in list(self._running):
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running.clear()
 
-    async def _worker(self) -> None:
-        while True:
-            item = await self._queue.get()
-            job = item[2]
-            if job.coid in self._busy:
-                self._deferred[job.coid].append(item)  # after the call in flight for the same order
-                continue
-            self._busy.add(job.coid)
-            try:
-                await self._run(job)
-            except Exception:  # a bug must not stop the sender; the order stays as it is, visibly
-                log.exception("job %s failed", job)
-            finally:
+    def _pump(self) -> None:
+        """Fill the free slots. A job starts in the loop turn that frees its slot or queues it, so
+        its request mark joins that turn's group commit (with the intent, when it was just queued)."""
+        if self._pumping:  # a job's start can queue another (a listener's cancel): the loop below takes it
+            return
+        self._pumping = True
+        try:
+            while self._started and len(self._running) < self.workers and self._heap:
+                job = self.take()
+                assert job is not None
+                task = asyncio.get_running_loop().create_task(self.run(job, self._safe_begin(job)),
+                                                              name=f"send-{self.name}-{job.call}")
+                self._running.add(task)
+                task.add_done_callback(self._slot_free)
+        finally:
+            self._pumping = False
+
+    def _slot_free(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._pump()
+
+    async def run(self, job: Job, rest: Rest | None | bool = True) -> None:
+        """One job, start to end (`rest`: what `_begin` left to do, when a slot began it already);
+        then the order's next job (if any) joins the queue."""
+        try:
+            if rest is True:
+                rest = self._safe_begin(job)
+            if callable(rest):
+                await rest()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not stop the sender; the order stays as it is, visibly
+            log.exception("job %s failed", job)
+        finally:
+            later = self._later.get(job.coid)
+            if later:
+                self._push(later.popleft())
+                if not later:
+                    del self._later[job.coid]
+            else:
                 self._busy.discard(job.coid)
-                self.book.flush_traces()
-                for later in self._deferred.pop(job.coid, []):
-                    self._queue.put_nowait(later)
+                self._later.pop(job.coid, None)
 
-    async def _run(self, job: Job) -> None:
-        book = self.book
-        o = book.orders[job.coid]
+    def _safe_begin(self, job: Job) -> Rest | None:
+        try:
+            return self._begin(job)
+        except Exception:
+            log.exception("job %s failed", job)
+            return None
+
+    def _begin(self, job: Job) -> Rest | None:
+        """The synchronous start of a job: its checks and its durable request mark. Returns the rest
+        (waiting for the mark's commit, then the broker call), or None when nothing is to be sent."""
+        o = self.book.orders[job.coid]
         if job.call is Call.SUBMIT:
-            await self._submit(o, job)
-        elif job.call is Call.CANCEL:
+            return self._begin_submit(o, job)
+        if job.call is Call.CANCEL:
             req = BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
                                code=o.code, qty=o.remaining)
-            await self._amend(o, Call.CANCEL, lambda: self.venue.cancel(req), CancelRefused,
-                              odno=o.broker_order_id, qty=o.remaining)
-        else:
-            mreq = BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
-                                code=o.code, qty=job.qty - o.filled_qty, price=job.price, all_qty=True)
-            ack = await self._amend(o, Call.MODIFY, lambda: self.venue.modify(mreq), ReplaceRefused,
-                                    odno=o.broker_order_id, price=job.price, qty=job.qty)
-            if ack is not None:
-                book.try_apply(o.client_order_id, Replaced(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id,
-                                                           price=job.price, qty=job.qty))
-                self.notices.drain(ack.broker_order_id)
+            self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.CANCEL.value,
+                            odno=o.broker_order_id, qty=o.remaining)
+            return lambda: self._amend(o, Call.CANCEL, lambda: self.venue.cancel(req), CancelRefused)
+        mreq = BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
+                            code=o.code, qty=job.qty - o.filled_qty, price=job.price, all_qty=True)
+        self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.MODIFY.value,
+                        odno=o.broker_order_id, price=job.price, qty=job.qty)
+        return lambda: self._modify(o, job, mreq)
 
-    async def _submit(self, o: Order, job: Job) -> None:
+    async def _modify(self, o: Order, job: Job, mreq: BrokerModify) -> None:
+        book = self.book
+        ack = await self._amend(o, Call.MODIFY, lambda: self.venue.modify(mreq), ReplaceRefused)
+        if ack is not None:
+            book.try_apply(o.client_order_id, Replaced(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id,
+                                                       price=job.price, qty=job.qty))
+            self.notices.drain(ack.broker_order_id)
+
+    def _begin_submit(self, o: Order, job: Job) -> Rest | None:
         book, coid = self.book, o.client_order_id
+        if o.state is not OrderState.PENDING_SUBMIT:
+            # settled without us (reconciliation found it at the broker, the gateway refused it):
+            # sending it now could place it twice
+            book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, state=o.state.value)
+            return None
         waited = int((time.monotonic() - job.queued) * 1e9)
-        if self.max_send_wait_ns and waited > self.max_send_wait_ns and o.state is OrderState.PENDING_SUBMIT:
+        if self.max_send_wait_ns and waited > self.max_send_wait_ns:
             # never sent, so safe to refuse; a late order would trade on a stale decision
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, waited_ms=waited // 1_000_000)
             book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.BROKER_BUSY.value,
                                         reason=f"not sent: queued {waited / 1e9:.1f}s for the broker"))
-            return
+            return None
         req = broker_order(o)
-        book.trace(coid, "broker.request", call=Call.SUBMIT.value, code=o.code, side=o.side.value, qty=o.qty,
-                   price=o.price, order_type=o.order_type.value, tif=req.tif.value)
-        book.flush_traces()  # durable before the call: after a crash, "no request" means never sent
+        book.trace(coid, "broker.request", durable=True, call=Call.SUBMIT.value, code=o.code, side=o.side.value,
+                   qty=o.qty, price=o.price, order_type=o.order_type.value, tif=req.tif.value)
+        return lambda: self._send_submit(o, req)
+
+    async def _send_submit(self, o: Order, req: BrokerOrder) -> None:
+        book, coid = self.book, o.client_order_id
+        await book.durable()  # the send mark: after a crash, "no request" means never sent
+        book.trace(coid, "broker.sent")  # the mark was on disk: the call leaves now (the story's timing)
         try:
             ack = await self.venue.submit(req)
         except BrokerError as e:
@@ -193,12 +276,12 @@ class SendQueue:
             book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.BROKER_ERROR.value, reason=str(e)))
 
     async def _amend(self, o: Order, call: Call, request: Callable[[], Awaitable[BrokerAck]],
-                     refused: type[CancelRefused] | type[ReplaceRefused], **trace: object) -> BrokerAck | None:
-        """A cancel or revise at the broker: traced; acked → the new ODNO is ours; unknown outcome, or a
-        cancel refused at this number → in doubt (the chain repair decides); any other refusal →
-        back to resting with the reason."""
+                     refused: type[CancelRefused | ReplaceRefused]) -> BrokerAck | None:
+        """A cancel or revise at the broker (its request traced by `_begin`): acked → the new ODNO is
+        ours; unknown outcome, or a cancel refused at this number → in doubt (the chain repair
+        decides); any other refusal → back to resting with the reason."""
         book, coid = self.book, o.client_order_id
-        book.trace(coid, "broker.request", call=call.value, **trace)
+        await book.durable()  # the request to cancel/revise is on disk before the broker hears it
         try:
             ack = await request()
         except BrokerError as e:

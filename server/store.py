@@ -4,13 +4,18 @@
 - `orders`: projection (latest version of each order), updated in the same transaction.
 - `agent_events`: each agent's sequenced event stream (replayed to a restarted agent).
 - `positions`: per-agent projection of fills.
-Orders and their events are written with synchronous=FULL: an intent is on disk before the broker
-is called. Schema version in PRAGMA user_version.
+Orders and their events are durable before anything that depends on them leaves the process: an
+intent is on disk before the broker is called, an event before the agent hears it. Writes are
+grouped, one transaction per event-loop turn and one fsync beside the loop for every transaction
+committed while the previous fsync ran (server/group_commit.py); outside an event loop every write
+is durable when it returns. Schema version in PRAGMA user_version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +25,11 @@ import msgspec
 from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
+from server.group_commit import GroupCommit, StoreFailed
+
+__all__ = ["EquityRow", "Store", "StoreFailed"]
+
+log = logging.getLogger("ktrader.store")
 
 SCHEMA_VERSION = 6  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
 # v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent);
@@ -113,9 +123,12 @@ _prot_dec = msgspec.msgpack.Decoder(Protection)
 
 
 class Store:
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, *,
+                 on_failure: Callable[[Exception], None] | None = None) -> None:
         p = Path(path)
         self.path = p
+        self._on_failure = on_failure or (lambda e: None)
+        self.gc: GroupCommit | None = None
         if readonly:
             # tools read while the gateway writes (WAL allows it); they never write
             self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
@@ -125,7 +138,10 @@ class Store:
         self.db = apsw.Connection(str(p))
         self.db.setbusytimeout(5000)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a COMMIT does not fsync; GroupCommit fsyncs the WAL before anything depending on
+        # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA temp_store=MEMORY")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
@@ -134,15 +150,83 @@ class Store:
             for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
                 self.db.execute(_MIGRATIONS[v])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.gc = GroupCommit(self.db, p, lambda e: self._on_failure(e))
 
     def close(self) -> None:
+        """A clean close makes what is written durable (a crash would lose the open batch)."""
+        if self.gc is not None:
+            self.gc.close()
         self.db.close()
+
+    def abandon(self) -> None:
+        """Close as a kill -9 would: the loop turn's open batch is lost (tests of what survives)."""
+        if self.gc is not None:
+            self.gc.abandon()
+        self.db.close()
+
+    # ---- durability (server/group_commit.py) -----------------------------------------------------
+
+    @property
+    def on_failure(self) -> Callable[[Exception], None]:
+        return self._on_failure
+
+    @on_failure.setter
+    def on_failure(self, fn: Callable[[Exception], None]) -> None:
+        self._on_failure = fn
+
+    def _writer(self) -> GroupCommit:
+        if self.gc is None:
+            raise RuntimeError(f"{self.path}: opened read-only")
+        return self.gc
+
+    def write(self, atomic: bool = True) -> contextlib.AbstractContextManager[None]:
+        """A unit of writes, atomic on its own, durable with the loop turn's group commit (at once
+        when no event loop runs). `atomic=False` for one statement (no savepoint needed)."""
+        return self._writer().write(atomic)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One durable commit (group several writes into it)."""
-        with self.db:
+        """Durable when the block ends, with whatever the open batch holds (for writes that are
+        announced at once, e.g. a trading state)."""
+        gc = self._writer()
+        with gc.write():
             yield
+        if gc._depth == 0:
+            gc.sync()
+
+    @property
+    def in_batch(self) -> bool:
+        """A transaction of this loop turn is open (a write now joins it)."""
+        return self.gc is not None and self.gc.in_batch
+
+    @property
+    def pending(self) -> bool:
+        """Something written is not on disk yet."""
+        return self.gc is not None and self.gc.pending
+
+    @property
+    def failed(self) -> Exception | None:
+        return self.gc.failed if self.gc is not None else None
+
+    @property
+    def commits(self) -> int:
+        return self.gc.commits if self.gc is not None else 0
+
+    @property
+    def syncs(self) -> int:
+        return self.gc.syncs if self.gc is not None else 0
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once everything written so far is on disk (now, if it already is)."""
+        if self.gc is None:
+            fn()
+        else:
+            self.gc.after_commit(fn)
+
+    async def durable(self) -> None:
+        """Until everything written so far is on disk. Raises StoreFailed if that failed."""
+        if self.gc is not None:
+            await self.gc.durable()
 
     # ---- orders -----------------------------------------------------------------------------
 

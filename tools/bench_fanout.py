@@ -27,7 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CODES = [f"{i:06d}" for i in range(1, 21)]  # 20 topics
 TOPIC_LEN = len("md.H0STCNT0.000001.")  # every bench topic has this length
 END_TOPIC = b"ctl.end."
+SESSION = "bench-gateway-session"  # the publishing "gateway process" (its token is on every frame)
 _BARE = struct.Struct("<qq")  # ts_ns, seq
+P99_MAX = 1.5  # 5k/s: the gateway's worst-agent p99 within this many times bare's, every round
+BURST_P99_MAX = 3.0  # 20k/s burst: the median paired p99 ratio
+REC_RATIO_MAX = 1.2  # the gateway loop's lag p99 with recording on, against off
 
 
 def _pct(sorted_us: list[float], q: float) -> float:
@@ -39,7 +43,7 @@ def _pct(sorted_us: list[float], q: float) -> float:
 # ---- subscriber process ---------------------------------------------------------------------------
 
 
-def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
+def subscriber(endpoint: str, mode: str, key_hex: str, out: str, session: str = "") -> None:
     """One subscriber: receive until the end marker, then write {p50_us, p99_us, n, gaps, missed}."""
     from common.framing import Codec
 
@@ -51,6 +55,8 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str) -> None:
     sock.setsockopt(zmq.SUBSCRIBE, b"md.")
     sock.setsockopt(zmq.SUBSCRIBE, END_TOPIC)
     codec = Codec(bytes.fromhex(key_hex)) if mode == "gateway" else None
+    if codec is not None:
+        codec.expect_publisher(session)  # as an agent does from its gateway's session id
     lat: list[int] = []
     last: dict[str | bytes, int] = {}
     gaps = missed = 0
@@ -127,11 +133,12 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     try:
         for out in outs:
             procs.append(subprocess.Popen([sys.executable, "-c", "from tools.bench_fanout import subscriber; "
-                                           f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r})"], cwd=ROOT, env=env))
+                                           f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r}, {SESSION!r})"],
+                                          cwd=ROOT, env=env))
         _wait_subscribers(xpub, agents, 60)
         topics = [trade_topic(c) for c in CODES]
         if mode == "gateway":
-            pub = Publisher(xpub, Codec(key))
+            pub = Publisher(xpub, Codec(key), SESSION)
 
             def send(i: int) -> None:
                 code = CODES[i % len(CODES)]
@@ -147,7 +154,8 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
             sample = Published(topic=topics[0], seq=1,
                                body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1))
             codec = Codec(key)
-            pad = b"\0" * max(0, len(codec.encode_pub(btopics[0], codec.encode_body(sample))) - TOPIC_LEN - _BARE.size)
+            frame = codec.encode_pub(btopics[0], codec.encode_body(sample), codec.publisher_token(SESSION))
+            pad = b"\0" * max(0, len(frame) - TOPIC_LEN - _BARE.size)
             counters = {"sent": 0, "dropped": 0}
 
             def send(i: int) -> None:
@@ -191,13 +199,83 @@ def _median_run(runs: list[dict]) -> dict:
             "missed": sum(r["missed"] for r in runs), "rounds_p99_us": [r["worst_p99_us"] for r in runs]}
 
 
+# ---- the gateway's loop while it records --------------------------------------------------------
+
+
+def _loop_lag(record: bool, rate: int, seconds: float, tmp: Path) -> float:
+    """p99 lateness (µs) of ticks published at `rate` ticks/s through the gateway's Publisher on an
+    event loop (each tick's publish time against its due time) while, with `record`, each tick's
+    websocket frame is appended to a Recorder as the gateway does (256 KB blocks handed to its
+    writer thread). A block compressed on the loop (~10 ms) would make the ticks behind it late."""
+    import asyncio
+
+    from common.framing import Codec
+    from common.schema import TradeTick, trade_topic
+    from server.publisher import Publisher
+    from server.recorder import Recorder
+
+    ctx = zmq.Context.instance()
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.bind(f"ipc://{tmp / f'lag-{record}.ipc'}")
+    pub = Publisher(xpub, Codec(os.urandom(32)), SESSION)
+    rec = Recorder(tmp / f"rec-{record}-{time.monotonic_ns()}") if record else None
+    topics = [trade_topic(c) for c in CODES]
+    from tools.bench_parse import _frames
+
+    frames = [f.encode() for f in _frames(4096)]  # H0STCNT0 frames as the websocket delivers them
+    late: list[float] = []
+
+    async def publisher() -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(int(rate * seconds)):
+            due = t0 + i / rate
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())  # paced, like ticks arriving from KIS
+            code = CODES[i % len(CODES)]
+            if rec is not None:
+                rec.record_ws(frames[i % len(frames)])
+            pub.publish(topics[i % len(topics)], TradeTick(code=code, time="090000", price=70_000 + i % 50 * 100,
+                                                           qty=1 + i % 7, side=1, cum_volume=i))
+            late.append((loop.time() - due) * 1e6)
+
+    try:
+        asyncio.run(publisher())
+    finally:
+        if rec is not None:
+            rec.close()
+        xpub.close(0)
+    late.sort()
+    return late[int(len(late) * 0.99)] if late else float("nan")
+
+
+def recording_lag(rate: int = 5000, seconds: float = 3.0, rounds: int = 3) -> dict:
+    """Tick lateness p99 on the gateway's loop with recording off and on, rounds alternating; the
+    ratio is the median of the rounds' paired ratios."""
+    off: list[float] = []
+    on: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="ktrader-fanout-rec-") as d:
+        for _ in range(max(1, rounds)):
+            off.append(_loop_lag(False, rate, seconds, Path(d)))
+            on.append(_loop_lag(True, rate, seconds, Path(d)))
+    paired = sorted(b / a if a else float("inf") for a, b in zip(off, on))
+    return {"rate": rate, "off_p99_us": [round(x, 1) for x in off], "on_p99_us": [round(x, 1) for x in on],
+            "ratio": round(paired[len(paired) // 2], 2), "target_max": REC_RATIO_MAX}
+
+
 def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False,
          rounds: int = 5) -> dict:
     """Bare and gateway runs alternate for `rounds` rounds, so both see the same (noisy) machine;
     each side reports its median round. The p99 ratio judged against the target is the median of
     the rounds' own ratios (gateway round i / bare round i, run back to back): on a shared 2-core
     box, 21 processes at 100k deliveries/s, a burst of load from elsewhere moves one round's p99
-    by 2x, and pairing keeps that out of the comparison."""
+    by 2x, and pairing keeps that out of the comparison. `worst_round_p99_ratio` is there too: the
+    issue's target asks every round (5 of 5) to be within it.
+
+    Targets: 5k/s: 0 gaps/drops and p99 ≤ 1.5× bare in every round; burst (20k/s): 0 gaps/drops at
+    ≥ 95 % of the rate and p99 ≤ 3× bare (the median of the rounds' ratios). Both runs also measure
+    the gateway loop's tick lateness p99 with recording on vs off (target ≤ 1.2×)."""
     if burst:
         rate, seconds = 20_000, 10.0
     bares: list[dict] = []
@@ -213,13 +291,19 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
               "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
               "p99_ratio_of_medians": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2),
               "p99_ratios_by_round": [round(x, 2) for x in paired],
-              "p99_ratio": round(paired[len(paired) // 2], 2)}
-    if burst:  # the burst's target is completeness at the full rate, not latency
-        result["target_met"] = gw["gaps"] == 0 and gw["drops"] == 0 and gw["achieved_rate"] >= 0.95 * rate
+              "p99_ratio": round(paired[len(paired) // 2], 2),
+              "worst_round_p99_ratio": round(paired[-1], 2)}
+    complete = gw["gaps"] == 0 and gw["drops"] == 0 and gw["achieved_rate"] >= 0.95 * rate
+    if burst:
+        result["target_met"] = complete and result["p99_ratio"] <= BURST_P99_MAX
+        target = f"0 gaps/drops at ≥ 95 % of the rate, p99 ≤ {BURST_P99_MAX:g}× bare"
     else:
-        result["target_met"] = (gw["gaps"] == 0 and gw["drops"] == 0 and gw["worst_p99_us"] <= 3000
-                                and result["p99_ratio"] <= 2.0)
-    target = ("0 gaps/drops at ≥ 95 % of the rate" if burst else "0 gaps, p99 ≤ 3 ms and ≤ 2× bare")
+        rounds_within = sum(1 for x in paired if x <= P99_MAX)
+        result["rounds_within_target"] = rounds_within
+        result["target_met"] = complete and rounds_within == len(paired)
+        target = f"0 gaps/drops, p99 ≤ {P99_MAX:g}× bare in every round ({rounds_within} of {len(paired)})"
+    result["recording"] = recording_lag(rate=5000)
+    result["recording"]["target_met"] = result["recording"]["ratio"] <= REC_RATIO_MAX
     if json_out:
         print(json.dumps(result))
     else:
@@ -235,6 +319,10 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
         print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}× (median of the rounds' "
               f"ratios {', '.join(f'{x:.2f}' for x in result['p99_ratios_by_round'])}; of the medians "
               f"{result['p99_ratio_of_medians']:.2f}×)  (target {target}: {'met' if result['target_met'] else 'NOT met'})")
+        rec = result["recording"]
+        print(f"gateway loop: tick lateness p99 at {rec['rate']:,} ticks/s: recording off {', '.join(f'{x:.0f}' for x in rec['off_p99_us'])} µs, "
+              f"on {', '.join(f'{x:.0f}' for x in rec['on_p99_us'])} µs: {rec['ratio']:.2f}× (target ≤ {REC_RATIO_MAX:g}×: "
+              f"{'met' if rec['target_met'] else 'NOT met'})")
     return result
 
 

@@ -49,7 +49,20 @@ def _wait_file(path: Path, timeout: float, proc: subprocess.Popen | None = None)
         time.sleep(0.05)
 
 
-def measure_echo(n: int, tmp: Path) -> list[int]:
+COLD_GAP_S = 0.2
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Stop a helper process: SIGTERM, then SIGKILL if a blocking receive kept it from exiting."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     ep = f"ipc://{tmp / 'echo.ipc'}"
     proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -65,6 +78,8 @@ def measure_echo(n: int, tmp: Path) -> list[int]:
         sock.recv_multipart()
         out = []
         for _ in range(n):
+            if gap_s:
+                time.sleep(gap_s)  # --cold: a benchmark knob
             t0 = time.perf_counter_ns()
             sock.send_multipart(payload)
             sock.recv_multipart()
@@ -72,11 +87,10 @@ def measure_echo(n: int, tmp: Path) -> list[int]:
         sock.close(0)
         return out
     finally:
-        proc.terminate()
-        proc.wait(5)
+        _end(proc)
 
 
-def measure_gateway(n: int, tmp: Path) -> list[int]:
+def measure_gateway(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     run = tmp / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--broker",
                              "tests.fakes.broker:make", "--log-level", "warning"], cwd=ROOT,
@@ -90,6 +104,8 @@ def measure_gateway(n: int, tmp: Path) -> list[int]:
             client.request(Heartbeat(h=client.headers()))
         out = []
         for _ in range(n):
+            if gap_s:
+                time.sleep(gap_s)  # --cold: a benchmark knob
             t0 = time.perf_counter_ns()
             reply = client.request(Heartbeat(h=client.headers()))
             out.append(time.perf_counter_ns() - t0)
@@ -101,13 +117,15 @@ def measure_gateway(n: int, tmp: Path) -> list[int]:
         proc.wait(10)
 
 
-def main(n: int = 5000, json_out: bool = False) -> dict:
+def main(n: int = 5000, json_out: bool = False, cold: bool = False) -> dict:
+    gap = COLD_GAP_S if cold else 0.0
     with tempfile.TemporaryDirectory(prefix="ktrader-bench-") as d:
         tmp = Path(d)
-        echo = sorted(measure_echo(n, tmp))
-        gw = sorted(measure_gateway(n, tmp))
+        echo = sorted(measure_echo(n, tmp, gap))
+        gw = sorted(measure_gateway(n, tmp, gap))
     result = {
         "n": n,
+        "cold": cold,
         "echo_p50_us": round(percentile(echo, 0.5), 1),
         "echo_p99_us": round(percentile(echo, 0.99), 1),
         "gateway_p50_us": round(percentile(gw, 0.5), 1),
@@ -127,4 +145,4 @@ def main(n: int = 5000, json_out: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(json_out="--json" in sys.argv)
+    main(json_out="--json" in sys.argv, cold="--cold" in sys.argv)

@@ -401,13 +401,14 @@ def cards_schema() -> None:
 
 @bench_app.command("rtt")
 def bench_rtt(
-    n: int = typer.Option(5000, help="round trips per measurement"),
+    n: int = typer.Option(5000, help="round trips per measurement (100 with --cold)"),
+    cold: bool = typer.Option(False, "--cold", help="round trips 200 ms apart (the VM's cold floor)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """agent→gateway→agent round trips vs a bare pyzmq DEALER/ROUTER echo, same run."""
     from tools.bench_rtt import main as rtt
 
-    rtt(n=n, json_out=json_out)
+    rtt(n=100 if cold and n == 5000 else n, json_out=json_out, cold=cold)
 
 
 @bench_app.command("fanout")
@@ -426,11 +427,15 @@ def bench_fanout(
 
 
 @bench_app.command("twin")
-def bench_twin(json_out: bool = typer.Option(False, "--json")) -> None:
-    """The twin: ticks/s over 40 registrations to one websocket client, order REST round trip."""
+def bench_twin(
+    cold: bool = typer.Option(False, "--cold", help="operations 200 ms apart (the VM's cold floor)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Order REST round trip by ktrader's KIS client vs http.client, aiohttp, httpx (twin and a bare
+    server); twin websocket ticks vs a bare websockets server pushing the same frames."""
     from tools.bench_twin import main as twin
 
-    twin(json_out=json_out)
+    twin(json_out=json_out, cold=cold)
 
 
 @bench_app.command("history")
@@ -454,12 +459,27 @@ def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
 def bench_orders(
     n: int = typer.Option(300, help="orders per single-agent measurement"),
     agents: int = typer.Option(20, help="agents sending at once"),
+    cold: bool = typer.Option(False, "--cold", help="orders 200 ms apart (the VM's cold floor)"),
+    twin: bool = typer.Option(True, "--twin/--no-twin", help="also through the KIS twin"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Order round trips agent→gateway→broker→ack, twin vs in-process broker, 1 and N agents."""
+    """Order round trips agent→gateway→broker→ack: the store's group-commit floor, the in-process broker
+    with 1 and N agents, latency with 0 to 10,000 resting orders, the KIS twin."""
     from tools.bench_orders import main as orders
 
-    orders(n=n, agents=agents, json_out=json_out)
+    orders(n=n, agents=agents, json_out=json_out, cold=cold, twin=twin)
+
+
+@bench_app.command("t2t")
+def bench_t2t(
+    cold: bool = typer.Option(False, "--cold", help="orders 200 ms apart (the VM's cold floor)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Tick to trade (print at the KIS websocket → order at KIS → ack at the gateway) stage by stage,
+    against the sum of the bare primitives measured in the same run."""
+    from tools.bench_t2t import main as t2t
+
+    t2t(json_out=json_out, cold=cold)
 
 
 @bench_app.command("agent")

@@ -92,6 +92,7 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
 
     ctx = zmq.Context.instance()
     codec = Codec(info.key_bytes)
+    codec.expect_publisher(info.session)
     # subscribers on the PUB endpoint: one with the tools' key, one in plaintext
     good_sub = ctx.socket(zmq.SUB)
     curve.dial_gateway(good_sub, run, curve.TOOLS, info.pub, info.curve_key)

@@ -23,7 +23,7 @@ from common.connection import read_info
 from common.errors import ErrorCode
 from common import credentials
 from common.config import ConfigError
-from common.framing import MAGIC, ROUTER_MAGIC, Codec
+from common.framing import ROUTER_MAGIC, Codec
 from common.schema import (
     SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered, Subscribe,
 )
@@ -146,7 +146,7 @@ def test_typed_errors_for_known_bad_inputs(gateway) -> None:
     [r] = fz.exchange(fz.signed(b"\x00" * ((1 << 20) + 1)))
     assert isinstance(r, Error) and r.code is ErrorCode.TOO_LARGE
     # truncated: signature frame missing
-    [r] = fz.exchange([MAGIC, fz.enc.encode(Ping(h=fz.hf()))])
+    [r] = fz.exchange([ROUTER_MAGIC, fz.enc.encode(Ping(h=fz.hf()))])
     assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE
     # bad signature, or a signer nobody issued: dropped without a reply, but counted
     before = fetch_status(run).counters.get("bad_bad_signature", 0)

@@ -193,13 +193,15 @@ class OmsMachine(RuleBasedStateMachine):
         new = NewOrder(client_order_id=f"alpha-20261120-{self.n}", code="005930", side=side, qty=qty, price=price)
         self.desk.submit(CARD, new)
 
-    @precondition(lambda self: not self.queue._queue.empty())
+    @precondition(lambda self: bool(self.queue.queued()))
     @rule(mode=st.sampled_from(["ack", "ack", "ack", "reject", "unknown_placed", "unknown_not_placed"]))
     def broker_call(self, mode: str) -> None:
-        _, _, job = self.queue._queue.get_nowait()
+        job = self.queue.take()
+        if job is None:  # only jobs waiting behind another of their order: never before it
+            return
         if job.call is Call.SUBMIT:
             self.ex.mode = mode
-        self.run(self.queue._run(job))
+        self.run(self.queue.run(job))
 
     @precondition(lambda self: bool(self.ex.lines))
     @rule(data=st.data(), qty=st.integers(1, 10))
@@ -246,11 +248,15 @@ class OmsMachine(RuleBasedStateMachine):
         self.run(self.recon.run("test"))
         self.check_agreement()
 
-    @rule()
-    def crash_restart(self) -> None:
-        # the process dies: queued broker calls and undelivered notices are gone; the store stays
+    @rule(lose_batch=st.booleans())
+    def crash_restart(self, lose_batch: bool) -> None:
+        # the process dies: queued broker calls and undelivered notices are gone; the store keeps what
+        # was committed (a kill -9 loses the loop turn's group commit if it had not run yet)
         self.run(self.core.repair.stop())
-        self.store.close()
+        if lose_batch:
+            self.store.abandon()
+        else:
+            self.store.close()
         self.ex.notices, self.ex.held = [], []
         self._boot()
         self.recon.unknown_grace_ns = 10**18
@@ -260,7 +266,7 @@ class OmsMachine(RuleBasedStateMachine):
 
     def check_agreement(self) -> None:
         """After a reconciliation, for every order with no broker call in flight."""
-        in_flight = {job.coid for _, _, job in self.queue._queue._queue}  # type: ignore[attr-defined]
+        in_flight = {job.coid for job in self.queue.queued()}
         # every order we placed is owned here, never orphaned to 'external': by its own order, or —
         # when two UNKNOWN sends of identical terms cannot be told apart — by an identical order of
         # the same agent (the same shares land with the same agent). UNKNOWN orders inside the

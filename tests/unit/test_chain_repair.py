@@ -125,6 +125,7 @@ async def test_a_forged_fill_notice_is_taken_back_by_reconciliation(tmp_path: Pa
     assert o.state is OrderState.ACCEPTED and o.filled_qty == 0 and o.filled_value == 0  # open again, as at KIS
     pos = h.portfolio.position("alpha", "005930")
     assert (pos.qty, pos.cost, pos.fees, pos.realized_pnl) == (0, 0, 0, 0)
+    await h.store.durable()  # events reach agents once the commit that holds them is on disk
     told = [e.body for a, e in h.events if a == "alpha" and isinstance(e.body, (PositionUpdate, Notice))]
     assert any(isinstance(b, PositionUpdate) and b.position.qty == 0 and coid(1) == b.client_order_id for b in told)
     assert any("taken back" in a for _, a in h.core.alerts.recent)
@@ -165,6 +166,7 @@ async def test_a_fill_the_list_does_not_show_yet_is_held_inside_the_grace(tmp_pa
     h.core.recon.fill_grace_ns = 0  # the grace has passed
     await h.recon.run("test")
     assert h.book.orders[coid(1)].filled_qty == 0 and h.book.orders[coid(1)].state is OrderState.ACCEPTED
+    await h.store.durable()  # events reach agents once the commit that holds them is on disk
     fills = [e.body for a, e in h.events if isinstance(e.body, FillUpdate)]
     assert len(fills) == 1  # the agent saw the one (forged) fill, then its reversal as a PositionUpdate
     await h.close()

@@ -99,39 +99,56 @@ def test_codec_round_trip_and_errors() -> None:
 
 
 def test_pub_message_is_one_frame_led_by_its_topic() -> None:
-    codec = Codec(os.urandom(32))
+    key = os.urandom(32)
+    codec = Codec(key)
+    token = codec.publisher_token("gw-session-1")
+    codec.expect_publisher("gw-session-1")
     pub = Published(topic=trade_topic("005930"), seq=7,
                     body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10))
-    blob = codec.encode_pub(pub.topic.encode(), codec.encode_body(pub))
-    assert blob.startswith(b"md.H0STCNT0.005930.\0KT1")  # a SUB's prefix filter sees the topic first
+
+    def frame(topic: str, body: bytes, tok: bytes = token) -> bytes:
+        return codec.encode_pub(topic.encode(), body, tok)
+
+    blob = frame(pub.topic, codec.encode_body(pub))
+    assert blob.startswith(b"md.H0STCNT0.005930.\0KP3")  # a SUB's prefix filter sees the topic first
     assert codec.decode_pub(blob) == pub
     head = len(pub.topic) + 1
     other = codec.encode_body(msgspec.structs.replace(pub, topic=trade_topic("000660")))
     long_topic = "md." + "a" * 200 + "."  # would decode but for the cap on a topic's length
     long_body = codec.encode_body(msgspec.structs.replace(pub, topic=long_topic))
     for bad, code, why in (
-        (blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE, "signature"),
+        # not the expected gateway: a token made without the key, another gateway process's token
+        # (a restarted gateway, or frames recorded from an earlier one), the same under another key
+        (blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE, "publisher token"),
+        (frame(pub.topic, codec.encode_body(pub), codec.publisher_token("gw-session-0")), ErrorCode.BAD_SIGNATURE,
+         "publisher token"),
+        (frame(pub.topic, codec.encode_body(pub), Codec(os.urandom(32)).publisher_token("gw-session-1")),
+         ErrorCode.BAD_SIGNATURE, "publisher token"),
         (blob[:head] + b"XX" + blob[head + 2 :], ErrorCode.BAD_MESSAGE, "magic"),
-        (blob[: head + 3], ErrorCode.BAD_SIGNATURE, "signature"),
+        (blob[: head + 3], ErrorCode.BAD_SIGNATURE, "publisher token"),
         (b"md." + b"x" * 200, ErrorCode.BAD_MESSAGE, "no topic terminator"),
         (b"", ErrorCode.BAD_MESSAGE, "no topic terminator"),
-        (codec.encode_pub(long_topic.encode(), long_body), ErrorCode.BAD_MESSAGE, "no topic terminator"),
-        # a signed body under another topic's prefix: a subscriber would file it wrongly
-        (codec.encode_pub(pub.topic.encode(), other), ErrorCode.BAD_MESSAGE, "does not match"),
-        # a signed message that is not a publication
-        (codec.encode_pub(pub.topic.encode(), codec.encode_body(Ping(h=HeaderFactory("gateway")()))), ErrorCode.BAD_MESSAGE,
+        (frame(long_topic, long_body), ErrorCode.BAD_MESSAGE, "no topic terminator"),
+        # a body under another topic's prefix: a subscriber would file it wrongly
+        (frame(pub.topic, other), ErrorCode.BAD_MESSAGE, "does not match"),
+        # a message that is not a publication
+        (frame(pub.topic, codec.encode_body(Ping(h=HeaderFactory("gateway")()))), ErrorCode.BAD_MESSAGE,
          "Expected `array`"),
         # another schema version, this layout or a future one: named as such
-        (codec.encode_pub(pub.topic.encode(), codec.encode_body(msgspec.structs.replace(pub, v=SCHEMA_VERSION + 1))),
+        (frame(pub.topic, codec.encode_body(msgspec.structs.replace(pub, v=SCHEMA_VERSION + 1))),
          ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
-        (codec.encode_pub(pub.topic.encode(), codec.encode_body(["pub", SCHEMA_VERSION + 1, {"new": "layout"}])),
+        (frame(pub.topic, codec.encode_body(["pub", SCHEMA_VERSION + 1, {"new": "layout"}])),
          ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
-        # absurd nesting in an unknown field, signed: a typed error, not a RecursionError
-        (codec.encode_pub(pub.topic.encode(), b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), ErrorCode.BAD_MESSAGE, ""),
+        # absurd nesting in an unknown field: a typed error, not a RecursionError
+        (frame(pub.topic, b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), ErrorCode.BAD_MESSAGE, ""),
     ):
         with pytest.raises(FrameError) as e:
             codec.decode_pub(bad)
         assert e.value.code is code and why in e.value.message, (e.value.code, e.value.message)
+    fresh = Codec(key)  # a subscriber that has not learnt its gateway's session trusts no publisher
+    with pytest.raises(FrameError) as e:
+        fresh.decode_pub(blob)
+    assert e.value.code is ErrorCode.BAD_SIGNATURE
     with pytest.raises(FrameError) as e:  # the ROUTER path has the same guard
         deep = b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"
         codec.decode([*codec.sign_request(deep), deep])

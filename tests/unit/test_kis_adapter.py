@@ -1,4 +1,5 @@
-"""KisBroker request/response mapping over httpx.MockTransport (no sockets)."""
+"""KisBroker request/response mapping against KIS answers served on a loopback socket
+(tests/fakes/kis_http.py): what the adapter sends and how it reads what comes back."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kis.credentials import Credentials
 from kis.env import environment_for
 from kis.port import BrokerCancel, BrokerModify, BrokerOrder, BrokerRejected
 from kis.wire import DailyCcldRow
+from tests.fakes.kis_http import LoopbackKis, close_all
 
 CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
 
@@ -25,7 +27,10 @@ CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
 def aio(fn):
     @functools.wraps(fn)
     def run(*a, **k):
-        return asyncio.run(asyncio.wait_for(fn(*a, **k), 20))
+        try:
+            return asyncio.run(asyncio.wait_for(fn(*a, **k), 20))
+        finally:
+            close_all()
 
     return run
 
@@ -57,8 +62,8 @@ class FakeKisRest:
 
 
 def broker(tmp_path: Path, fake: FakeKisRest, env: BrokerEnv = BrokerEnv.SIM) -> KisBroker:
-    cfg = BrokerConfig(env=env, rest_url="http://kis.test", ws_url="ws://kis.test:1", rate_per_s=1000)
-    return KisBroker(environment_for(cfg, sim_paper=env == BrokerEnv.PAPER), CREDS, tmp_path, transport=httpx.MockTransport(fake))
+    cfg = BrokerConfig(env=env, rest_url=LoopbackKis(fake).url, ws_url="ws://kis.test:1", rate_per_s=1000)
+    return KisBroker(environment_for(cfg, sim_paper=env == BrokerEnv.PAPER), CREDS, tmp_path)
 
 
 @aio
@@ -131,7 +136,7 @@ async def test_order_reports_day_query(tmp_path: Path) -> None:
             return httpx.Response(200, headers={"tr_cont": "D"}, json={"rt_cd": "0", "msg_cd": "KIOK0510", "msg1": "", "output1": [{"odno": "0000000001", "ord_qty": "1", "pdno": "005930", "sll_buy_dvsn_cd": "02"}], "output2": {"tot_ord_qty": "1"}})
         return fake(req)
 
-    b = KisBroker(environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url="http://kis.test", ws_url="ws://kis.test:1", rate_per_s=1000)), CREDS, tmp_path, transport=httpx.MockTransport(handler))
+    b = KisBroker(environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://kis.test:1", rate_per_s=1000)), CREDS, tmp_path)
     [r] = await b.order_reports(dt.date(2024, 1, 2))
     q = fake.requests[-1].url.params
     assert (q["INQR_STRT_DT"], q["INQR_END_DT"], q["CCLD_DVSN"], q["SLL_BUY_DVSN_CD"]) == ("20240102", "20240102", "00", "00")

@@ -1,7 +1,8 @@
 """Every KIS reply code of the fact sheet (API.md §3.2, §5.3, §6, §8), one test each: what a read
 and what an order ends as when KIS answers it. The expectations are written out here, not derived
 from kis/codes.py, so a wrong table entry fails. Driven through the real REST client (httpx mock
-transport) so classification, retries and the order rules are all exercised."""
+KIS on a loopback socket, tests/fakes/kis_http.py) so classification, retries and the order rules are
+all exercised."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kis.port import (
 from kis.rest import Kind, RetryPolicy
 from kis.token import IssuedToken, TokenManager
 from kis.wire import Envelope, OrderResponse
+from tests.fakes.kis_http import LoopbackKis, close_all
 
 CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
 FAST = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002, rate_limit_backoff_s=0.001)
@@ -73,9 +75,15 @@ CASES: list[tuple[str, str, int, object, object]] = [
 CASES[8] = ("EGW00133", "1", 500, BrokerTemporary, BrokerTemporary)
 
 
+@pytest.fixture(autouse=True)
+def _servers():  # type: ignore[no-untyped-def]
+    yield
+    close_all()
+
+
 def broker(tmp: Path, handler) -> KisBroker:
-    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url="http://kis.test", ws_url="ws://kis.test:1", rate_per_s=1000)
-    b = KisBroker(environment_for(cfg), CREDS, tmp, transport=httpx.MockTransport(handler), retry=FAST)
+    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://kis.test:1", rate_per_s=1000)
+    b = KisBroker(environment_for(cfg), CREDS, tmp, retry=FAST)
     b.budget = b.rest.budget = RestBudget(1000.0)
     n = 0
 

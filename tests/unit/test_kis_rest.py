@@ -17,6 +17,7 @@ from kis.port import BrokerAuthError, BrokerRateLimited, BrokerRejected, BrokerT
 from kis.rest import KisRest, Kind, RetryPolicy, classify
 from kis.token import TokenManager
 from kis.wire import DailyCcldResponse, Envelope, OrderResponse
+from tests.fakes.kis_http import LoopbackKis, close_all, closed_port_url
 
 CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
 FAST = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002, rate_limit_backoff_s=0.01)
@@ -25,7 +26,13 @@ FAST = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002, rate_limit_backoff_s=0
 def aio(fn):
     @functools.wraps(fn)
     def run(*a, **k):
-        return asyncio.run(asyncio.wait_for(fn(*a, **k), 20))
+        async def body():  # type: ignore[no-untyped-def]
+            try:
+                return await fn(*a, **k)
+            finally:
+                close_all()
+
+        return asyncio.run(asyncio.wait_for(body(), 20))
 
     return run
 
@@ -43,9 +50,14 @@ def err(status: int, code: str, msg: str = "", rt: str = "1") -> httpx.Response:
 
 
 class Harness:
-    def __init__(self, tmp: Path, handler, url: str = "http://kis.test", transport: bool = True) -> None:
+    """The REST client against a loopback KIS whose answers `handler` gives (tests/fakes/kis_http.py),
+    or against `url` when there is no handler."""
+
+    def __init__(self, tmp: Path, handler, url: str = "", timeout_s: float = 1.0) -> None:
         self.issued = 0
-        self.rest = KisRest(env_sim(url), CREDS, RestBudget(1000.0), retry=FAST, transport=httpx.MockTransport(handler) if transport else None, timeout_s=1.0)
+        if handler is not None:
+            url = LoopbackKis(handler).url
+        self.rest = KisRest(env_sim(url), CREDS, RestBudget(1000.0), retry=FAST, timeout_s=timeout_s)
 
         async def issue():
             from kis.token import IssuedToken
@@ -107,6 +119,25 @@ async def test_rate_limited_then_success_even_for_orders(tmp_path: Path) -> None
 
 
 @aio
+async def test_a_burst_of_rate_limit_refusals_pauses_everyone_briefly(tmp_path: Path) -> None:
+    """Five EGW00201 in a row (the twin's fault; another program on the key) cost five short pauses
+    of two token intervals each, not a growing back-off that holds every order for seconds."""
+    calls = 0
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return err(500, "EGW00201", "초당 거래건수를 초과하였습니다.") if calls <= 5 else ok({"output": {"ODNO": "1"}})
+
+    h = Harness(tmp_path, handler)
+    h.rest.budget = RestBudget(18.0)  # the real account's pace: a token every ~56 ms
+    h.rest.retry = RetryPolicy(attempts=4, base_s=0.001, max_s=0.002)  # the default cap of 1 s
+    page = await h.rest.request("POST", "/x", "TTTC0012U", OrderResponse, body={}, kind=Kind.WRITE)
+    assert page.body.output["ODNO"] == "1" and h.rest.budget.penalties == 5
+    assert h.rest.budget.paused_s <= 5 * (2 / 18) * 1.2 + 1e-9  # ~0.6 s in all (was 0.25+0.5+1+1+1 s)
+
+
+@aio
 async def test_rate_limited_forever_raises(tmp_path: Path) -> None:
     h = Harness(tmp_path, lambda req: err(500, "EGW00201"))
     with pytest.raises(BrokerRateLimited):
@@ -162,6 +193,8 @@ async def test_business_rejection_not_retried(tmp_path: Path) -> None:
 )
 @aio
 async def test_transport_errors(tmp_path: Path, exc: Exception, kind: Kind, expected: type, calls: int) -> None:
+    """Over real sockets: a refused connection (nothing sent), an answer that never comes, a
+    connection closed after the request was read."""
     n = 0
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -169,10 +202,15 @@ async def test_transport_errors(tmp_path: Path, exc: Exception, kind: Kind, expe
         n += 1
         raise exc
 
-    h = Harness(tmp_path, handler)
+    if isinstance(exc, httpx.ConnectError):
+        h = Harness(tmp_path, None, url=closed_port_url())
+    else:
+        h = Harness(tmp_path, handler, timeout_s=0.3)
     with pytest.raises(expected):
         await h.rest.request("POST", "/x", "TTTC0012U", OrderResponse, body={}, kind=kind)
-    assert n == calls  # a submit that may have been sent is never sent twice
+    tries = h.rest.calls if isinstance(exc, httpx.ConnectError) else n
+    assert tries == calls  # a submit that may have been sent is never sent twice
+    await h.rest.aclose()
 
 
 @aio
@@ -203,7 +241,7 @@ async def test_read_retries_then_succeeds(tmp_path: Path) -> None:
             return err(500, "EGW00500", "system error")
         return ok({})
 
-    h = Harness(tmp_path, handler)
+    h = Harness(tmp_path, handler, timeout_s=0.3)
     await h.rest.request("GET", "/x", "TTTC8434R", Envelope)
     assert n == 3
 
@@ -253,16 +291,37 @@ async def test_real_socket_dropped_mid_order_is_unknown_outcome(tmp_path: Path) 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        h = Harness(tmp_path, None, url=f"http://127.0.0.1:{port}", transport=False)
+        h = Harness(tmp_path, None, url=f"http://127.0.0.1:{port}")
         with pytest.raises(BrokerUnknownOutcome):
             await h.rest.request("POST", "/uapi/domestic-stock/v1/trading/order-cash", "TTTC0012U", OrderResponse, body={"ORD_QTY": "1"}, kind=Kind.WRITE)
         assert len(received) == 1  # reached the server once, never resent
         await h.rest.aclose()
         # a closed port is a connect error: nothing was sent
-        h2 = Harness(tmp_path, None, url="http://127.0.0.1:9", transport=False)
+        h2 = Harness(tmp_path, None, url=closed_port_url())
         with pytest.raises(BrokerTemporary) as ei:
             await h2.rest.request("POST", "/x", "TTTC0012U", OrderResponse, body={}, kind=Kind.WRITE)
         assert not isinstance(ei.value, BrokerUnknownOutcome)
         await h2.rest.aclose()
     finally:
         await runner.cleanup()
+
+
+@aio
+async def test_point_at_moves_the_client_to_another_host(tmp_path: Path) -> None:
+    """A twin whose port is known only once it listens: the client follows the new address."""
+    hits: list[str] = []
+
+    def first(req: httpx.Request) -> httpx.Response:
+        hits.append("first")
+        return ok({})
+
+    def second(req: httpx.Request) -> httpx.Response:
+        hits.append("second")
+        return ok({})
+
+    h = Harness(tmp_path, first)
+    await h.rest.request("GET", "/x", "FHKST01010100", Envelope)
+    h.rest.point_at(env_sim(LoopbackKis(second).url))
+    await h.rest.request("GET", "/x", "FHKST01010100", Envelope)
+    assert hits == ["first", "second"]
+    await h.rest.aclose()

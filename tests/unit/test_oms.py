@@ -122,6 +122,8 @@ async def test_denials_carry_reasons_and_are_recorded(db: Path) -> None:
     for new, code in cases:
         r = h.desk.submit(CARD, new)
         assert not r.accepted and r.code is code, (new, r)
+    assert not h.events  # the agent hears of them once they are on disk: after this turn's group commit
+    await h.store.durable()
     denied = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate)]
     assert {o.state for o in denied} == {OrderState.DENIED} and len(denied) == 4  # bad ids never become orders
     assert h.broker.submits == 0
@@ -328,47 +330,58 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     h = Harness(db, SlowBroker())
     h.core.live_queue.max_send_wait_ns = 50_000_000
     await h.start()
-    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # in flight, hanging
-    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # queued behind it
+    slots = h.core.live_queue.workers
+    for n in range(1, slots + 1):  # every slot holds a call that hangs
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    late_n = slots + 1
+    assert h.desk.submit(CARD, order(late_n, qty=5, price=60_000)).accepted  # queued behind them
     await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
     h.broker.release.set()
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED
-                   and h.book.orders[coid(2)].state is OrderState.REJECTED)
-    late = h.book.orders[coid(2)]
+    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in range(1, slots + 1))
+                   and h.book.orders[coid(late_n)].state is OrderState.REJECTED)
+    late = h.book.orders[coid(late_n)]
     assert late.reason_code == ErrorCode.BROKER_BUSY.value and "not sent" in late.reason
-    assert h.broker.submits == 1  # the stale order never reached the broker
-    told = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(2)]
+    assert h.broker.submits == slots  # the stale order never reached the broker
+    told = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(late_n)]
     assert told[-1].state is OrderState.REJECTED and told[-1].reason_code == ErrorCode.BROKER_BUSY.value  # the agent is told
     await h.close()
 
 
-async def _die_with_one_in_flight_and_one_queued(db: Path) -> None:
+async def _die_with_calls_in_flight_and_one_queued(db: Path) -> int:
+    """The gateway dies (kill -9) with a hanging broker call in every send slot and one order still
+    queued behind them; returns the queued order's number."""
     h = Harness(db, SlowBroker())
     await h.start()
-    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # the broker call hangs
-    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # queued behind it
-    await h.settle(lambda: h.store.has_trace(coid(1), "broker.request"))
-    await h.close()  # the gateway dies with one call in flight and one order still queued
+    slots = h.core.live_queue.workers
+    for n in range(1, slots + 1):  # the broker calls hang
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    queued_n = slots + 1
+    assert h.desk.submit(CARD, order(queued_n, qty=5, price=60_000)).accepted  # queued behind them
+    await h.settle(lambda: all(h.store.has_trace(coid(n), "broker.request") for n in range(1, slots + 1)))
+    await h.store.durable()
+    h.store.abandon()
+    h._pump.cancel()
+    return queued_n
 
 
 async def test_restart_sends_what_was_never_sent_while_fresh_and_suspects_what_was(db: Path) -> None:
-    await _die_with_one_in_flight_and_one_queued(db)
+    queued_n = await _die_with_calls_in_flight_and_one_queued(db)
     h2 = Harness(db)  # the standby takes over at once
-    sent, queued = h2.book.orders[coid(1)], h2.book.orders[coid(2)]
-    assert sent.state is OrderState.UNKNOWN  # it may have reached KIS: reconciliation decides, never resent
-    assert queued.state is OrderState.PENDING_SUBMIT  # proven never sent, still fresh: this gateway sends it
+    # the calls in flight may have reached KIS: reconciliation decides, never resent
+    assert all(h2.book.orders[coid(n)].state is OrderState.UNKNOWN for n in range(1, queued_n))
+    assert h2.book.orders[coid(queued_n)].state is OrderState.PENDING_SUBMIT  # proven never sent, still fresh
     await h2.start()
-    await h2.settle(lambda: h2.book.orders[coid(2)].state is OrderState.ACCEPTED)
-    assert h2.broker.submits == 1  # only the never-sent one; the one in doubt is not sent again
+    await h2.settle(lambda: h2.book.orders[coid(queued_n)].state is OrderState.ACCEPTED)
+    assert h2.broker.submits == 1  # only the never-sent one; the ones in doubt are not sent again
     await h2.close()
 
 
 async def test_restart_refuses_what_was_never_sent_once_it_is_stale(db: Path) -> None:
-    await _die_with_one_in_flight_and_one_queued(db)
+    queued_n = await _die_with_calls_in_flight_and_one_queued(db)
     later = trading_clock()
     later.set(dt.datetime(2026, 11, 20, 10, 0, 30))  # the gateway came back 30 s later: past max_send_wait (5 s)
     h2 = Harness(db, clock=later)
-    assert h2.book.orders[coid(1)].state is OrderState.UNKNOWN
-    queued = h2.book.orders[coid(2)]
+    assert all(h2.book.orders[coid(n)].state is OrderState.UNKNOWN for n in range(1, queued_n))
+    queued = h2.book.orders[coid(queued_n)]
     assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT" and "too late" in queued.reason
     h2.store.close()

@@ -98,13 +98,14 @@ import sys, time
 from server.recorder import Recorder
 rec = Recorder(sys.argv[1], block_bytes=2048, flush_s=3600)
 i = 0
+safe = 0
 while True:
     data = ("0|H0STCNT0|001|" + "^".join(["005930", str(i)] + ["0"] * 44)).encode()
-    before = rec.raw_bytes
     rec.record_ws(data)
     i += 1
-    if rec.raw_bytes != before:  # a block went to the OS: report how many frames are safe
-        print(i if len(rec._buf) == 0 else i - 1, flush=True)
+    if rec.frames_written != safe:  # the writer thread gave a block to the OS: these frames are safe
+        safe = rec.frames_written
+        print(safe, flush=True)
 """
 
 
@@ -159,3 +160,24 @@ def test_recording_off_costs_one_attribute_test() -> None:
     masked = list(fields)
     masked[1], masked[17] = "00******01", "***"
     assert seen == ["1|H0STCNI0|001|" + "^".join(masked)]
+
+
+def test_compression_happens_beside_the_caller_in_order(tmp_path: Path) -> None:
+    """The gateway's loop only appends: a full block goes to the writer thread, which compresses and
+    writes blocks one after another (here it is held busy: the caller is not)."""
+    import threading
+
+    rec = Recorder(tmp_path / "data", block_bytes=2048, clock=clock_from(T0))
+    rec.record_ws(trade_frame(0))
+    rec.flush()
+    busy, release = threading.Event(), threading.Event()
+    rec._submit(lambda: (busy.set(), release.wait(10)))  # the writer is busy elsewhere
+    assert busy.wait(10)
+    frames = [trade_frame(i) for i in range(1, 400)]
+    for f in frames:
+        rec.record_ws(f)  # several blocks fill up and are handed over
+    assert rec.frames == 400 and rec.frames_written == 1  # nothing of them was compressed by the caller
+    release.set()
+    rec.close()
+    assert rec.frames_written == 400
+    assert [fr.data for fr in iter_frames(tmp_path, DAY)] == [trade_frame(0), *frames]

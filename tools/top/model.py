@@ -131,6 +131,7 @@ class ConsoleModel:
             return
         self._close_sub()
         self._info, self._codec = info, Codec(info.key_bytes)
+        self._codec.expect_publisher(info.session)
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         try:  # issue 18b: CURVE over tcp with the tools' key

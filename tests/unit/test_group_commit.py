@@ -1,0 +1,297 @@
+"""Group commit in the book of record and concurrent broker calls (issue 19).
+
+What a user relies on: the broker hears of an order only once its intent and its send mark are on
+disk; an agent hears of a change only once the commit that holds it is on disk; one commit covers
+every order of a loop turn; a commit that fails lets nothing of its batch out and stops the writer;
+calls for one order never overtake each other while different orders' calls go out together, cancels
+first; a call that hangs or fails holds only its own slot.
+
+Durability is checked the way a crash would see it: through a second, read-only connection to the
+same database file, which sees only committed transactions."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import apsw
+import pytest
+
+from common.config import AgentCard, RiskLimits
+from common.enums import Side
+from common.orders import OrderState
+from common.schema import AgentEvent, NewOrder, OrderUpdate
+from kis.port import BrokerAck, BrokerCancel, BrokerNotice, BrokerOrder, BrokerTemporary
+from server.send_queue import Call, Job
+from server.store import Store, StoreFailed
+from tests.fakes.broker import FakeBroker
+from tests.fakes.core import make_core
+
+CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=0, risk=RiskLimits())
+
+
+def coid(n: int) -> str:
+    return f"alpha-20261120-{n}"
+
+
+def order(n: int, price: int = 60_000) -> NewOrder:
+    return NewOrder(client_order_id=coid(n), code="005930", side=Side.BUY, qty=1, price=price)
+
+
+def on_disk(path: Path) -> Store:
+    """What survives a kill -9 right now: the committed state, seen from another connection."""
+    return Store(path, readonly=True)
+
+
+class Core:
+    def __init__(self, path: Path, broker: FakeBroker) -> None:
+        self.path = path
+        self.broker = broker
+        self.core, self.store, self.events, _ = make_core(path, broker)
+        self.book, self.desk, self.queue = self.core.book, self.core.desk, self.core.live_queue
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self.core.start()
+        self._pump = asyncio.get_running_loop().create_task(self._notices())
+        await self.core.recon.run("start")
+
+    async def _notices(self) -> None:
+        async for ev in self.broker.events():
+            if isinstance(ev, BrokerNotice):
+                self.core.notices.on_notice(ev)
+
+    async def until(self, cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+        async def wait() -> None:
+            while not cond():
+                await asyncio.sleep(0.002)
+        await asyncio.wait_for(wait(), timeout)
+
+    def state(self, n: int) -> OrderState:
+        return self.book.orders[coid(n)].state
+
+    async def close(self) -> None:
+        self._pump.cancel()
+        await self.core.stop()
+        self.store.close()
+
+
+class WitnessBroker(FakeBroker):
+    """Checks, at the moment each order reaches it, what the database holds on disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(ref_price=70_000)
+        self.path = path
+        self.seen: dict[str, tuple[str, bool]] = {}  # coid -> (state on disk, send mark on disk)
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        disk = on_disk(self.path)
+        try:
+            o = disk.order(order.client_order_id)
+            self.seen[order.client_order_id] = (o.state.value if o else "absent",
+                                                disk.has_trace(order.client_order_id, "broker.request"))
+        finally:
+            disk.close()
+        return await super().submit(order)
+
+
+async def test_the_broker_hears_an_order_only_once_its_intent_and_send_mark_are_on_disk(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    c = Core(db, WitnessBroker(db))
+    await c.start()
+    for n in range(1, 11):
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.until(lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(1, 11)))
+    assert c.broker.seen == {coid(n): ("pending_submit", True) for n in range(1, 11)}
+    await c.close()
+
+
+async def test_agents_hear_a_change_only_once_the_commit_that_holds_it_is_on_disk(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    c = Core(db, FakeBroker(ref_price=70_000))
+    unseen: list[tuple[str, int]] = []
+
+    def sink(agent: str, ev: AgentEvent) -> None:
+        disk = on_disk(db)
+        try:
+            if not any(e.seq == ev.seq for e in disk.agent_events(agent, ev.seq - 1, 1)):
+                unseen.append((agent, ev.seq))
+        finally:
+            disk.close()
+        c.events.append((agent, ev))
+
+    c.book.sink = sink
+    await c.start()
+    for n in range(1, 6):
+        assert c.desk.submit(CARD, order(n, price=70_000 if n % 2 else 60_000)).accepted  # odd ones fill
+    assert not c.events  # nothing is told within the turn that wrote it
+    await c.until(lambda: all(c.state(n) in (OrderState.FILLED, OrderState.ACCEPTED) for n in range(1, 6)))
+    await c.store.durable()
+    states = [e.body.order.state for _, e in c.events if isinstance(e.body, OrderUpdate)]
+    assert OrderState.ACCEPTED in states and OrderState.FILLED in states
+    assert not unseen
+    seqs = [e.seq for a, e in c.events if a == "alpha"]
+    assert seqs == list(range(1, len(seqs) + 1))  # in order, no gap
+    await c.close()
+
+
+async def test_one_commit_covers_every_order_of_a_loop_turn(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    c = Core(db, FakeBroker(ref_price=70_000))
+    await c.start()
+    await c.store.durable()
+    before = c.store.commits
+    for n in range(1, 21):  # one ROUTER drain: twenty agents' orders arrive in one loop turn
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.store.durable()
+    assert c.store.commits == before + 1  # one fsync for the twenty intents (and the first send marks)
+    disk = on_disk(db)
+    assert len(disk.load_orders()) == 20
+    disk.close()
+    await c.until(lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(1, 21)))
+    # the rest of their path is batched too: far fewer commits than orders
+    assert c.store.commits - before < 20
+    await c.close()
+
+
+async def test_a_failed_commit_lets_nothing_out_and_the_disk_stays_the_truth(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    c = Core(db, FakeBroker(ref_price=70_000))
+    failures: list[Exception] = []
+    c.store.on_failure = failures.append
+    await c.start()
+    assert c.desk.submit(CARD, order(1)).accepted
+    await c.until(lambda: c.state(1) is OrderState.ACCEPTED)
+    await c.store.durable()
+    told = len(c.events)
+    c.store.db.set_commit_hook(lambda: True)  # the disk refuses the next commit (as an I/O error would)
+    assert c.desk.submit(CARD, order(2)).accepted
+    with pytest.raises(StoreFailed):
+        await c.store.durable()
+    await asyncio.sleep(0.05)
+    assert failures and len(c.events) == told  # no event of the lost batch reached the agent
+    assert c.broker.submits == 1  # the broker never heard of order 2
+    with pytest.raises(StoreFailed):  # memory is ahead of the disk: the writer stops
+        c.desk.submit(CARD, order(3))
+    c.store.db.set_commit_hook(None)
+    c._pump.cancel()
+    await c.core.stop()
+    c.store.abandon()
+    again = Core(db, FakeBroker(ref_price=70_000))
+    assert coid(2) not in again.book.orders and again.book.orders[coid(1)].state is OrderState.ACCEPTED
+    again.store.close()
+
+
+class GateBroker(FakeBroker):
+    """Calls wait at a gate per order; the call log records starts and ends in order."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.log: list[tuple[str, str, str]] = []  # (start|end, call, coid)
+        self.fail: set[str] = set()
+
+    def gate(self, c: str) -> asyncio.Event:
+        return self.gates.setdefault(c, asyncio.Event())
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        self.log.append(("start", "submit", order.client_order_id))
+        await self.gate(order.client_order_id).wait()
+        self.log.append(("end", "submit", order.client_order_id))
+        if order.client_order_id in self.fail:
+            raise BrokerTemporary("connection refused", code="TRANSPORT")
+        return await super().submit(order)
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        self.log.append(("start", "cancel", req.client_order_id))
+        self.log.append(("end", "cancel", req.client_order_id))
+        return await super().cancel(req)
+
+
+async def test_calls_for_one_order_keep_their_order_while_others_go_out_together(tmp_path: Path) -> None:
+    c = Core(tmp_path / "gw.sqlite", GateBroker())
+    b: GateBroker = c.broker  # type: ignore[assignment]
+    await c.start()
+    for n in (1, 2):
+        b.gate(coid(n)).set()
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.until(lambda: c.state(1) is OrderState.ACCEPTED and c.state(2) is OrderState.ACCEPTED)
+    b.log.clear()
+    assert c.desk.submit(CARD, order(3)).accepted  # its submit hangs at the broker
+    await c.until(lambda: ("start", "submit", coid(3)) in b.log)
+    # a cancel for order 3 asked while its submit is in flight (e.g. reconciliation found it) waits
+    # behind the submit; a cancel of order 1 goes out at once beside it
+    c.queue.put(Job(Call.CANCEL, coid(3)))
+    assert c.desk.cancel("alpha", coid(1)) == (None, "cancel sent")
+    await c.until(lambda: c.state(1) is OrderState.CANCELLED)
+    assert ("start", "cancel", coid(3)) not in b.log
+    b.gate(coid(3)).set()
+    await c.until(lambda: ("end", "cancel", coid(3)) in b.log)
+    assert b.log.index(("start", "cancel", coid(3))) > b.log.index(("end", "submit", coid(3)))
+    await c.close()
+
+
+async def test_cancels_go_first_when_a_slot_frees(tmp_path: Path) -> None:
+    c = Core(tmp_path / "gw.sqlite", GateBroker())
+    b: GateBroker = c.broker  # type: ignore[assignment]
+    await c.start()
+    b.gate(coid(1)).set()
+    assert c.desk.submit(CARD, order(1)).accepted
+    await c.until(lambda: c.state(1) is OrderState.ACCEPTED)
+    slots = c.queue.workers
+    hung = list(range(10, 10 + slots))
+    for n in hung:  # every slot hangs
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.until(lambda: sum(1 for e in b.log if e[0] == "start" and e[1] == "submit") == 1 + slots)
+    assert c.desk.submit(CARD, order(50)).accepted  # queued: no slot
+    b.gate(coid(50)).set()
+    assert c.desk.cancel("alpha", coid(1)) == (None, "cancel sent")  # queued after it, goes before it
+    b.gate(coid(hung[0])).set()  # one slot frees
+    await c.until(lambda: c.state(50) is OrderState.ACCEPTED and c.state(1) is OrderState.CANCELLED)
+    starts = [(call, x) for kind, call, x in b.log if kind == "start"]
+    assert starts.index(("cancel", coid(1))) < starts.index(("submit", coid(50)))
+    for n in hung:
+        b.gate(coid(n)).set()
+    await c.close()
+
+
+async def test_a_call_that_hangs_or_fails_holds_only_its_own_slot(tmp_path: Path) -> None:
+    c = Core(tmp_path / "gw.sqlite", GateBroker())
+    b: GateBroker = c.broker  # type: ignore[assignment]
+    await c.start()
+    b.fail.add(coid(2))
+    for n in range(1, 9):
+        if n != 1:
+            b.gate(coid(n)).set()  # order 1 hangs at the broker (a cut connection waiting for its timeout)
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.until(lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(3, 9)) and c.state(2) is OrderState.REJECTED)
+    assert c.state(1) is OrderState.PENDING_SUBMIT
+    b.gate(coid(1)).set()
+    await c.until(lambda: c.state(1) is OrderState.ACCEPTED)
+    await c.close()
+
+
+def test_a_store_without_a_running_loop_commits_each_write(tmp_path: Path) -> None:
+    """Tools and synchronous callers: every write is durable when it returns."""
+    s = Store(tmp_path / "x.sqlite")
+    with s.write():
+        s.set_meta("k", "v")
+    assert not s.pending
+    disk = on_disk(tmp_path / "x.sqlite")
+    assert disk.get_meta("k") == "v"
+    disk.close()
+    s.close()
+
+
+async def test_a_failing_write_undoes_only_itself(tmp_path: Path) -> None:
+    s = Store(tmp_path / "x.sqlite")
+    with s.write():
+        s.set_meta("a", "1")
+    with pytest.raises(apsw.SQLError), s.write():
+        s.set_meta("b", "2")
+        s.db.execute("INSERT INTO no_such_table VALUES (1)")
+    with s.write():
+        s.set_meta("c", "3")
+    await s.durable()
+    assert (s.get_meta("a"), s.get_meta("b"), s.get_meta("c")) == ("1", "", "3")
+    s.close()
