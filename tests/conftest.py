@@ -17,8 +17,8 @@ from common.config import AgentCard, load_card
 from common.connection import read_info
 from common.schema import HeaderFactory
 from kis.credentials import credentials_env
-from tools.approve import approved_client
-from tools.procs import stop_groups, wait_until
+from tools.ops.approve import approved_client
+from tools.ops.procs import stop_groups, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -12,10 +12,8 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ktrader: Korean stocks on the KIS Open API.")
 agent_app = typer.Typer(no_args_is_help=True, help="Run trading agents.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures as ratios to a same-run baseline).")
 cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
 app.add_typer(agent_app, name="agent")
-app.add_typer(bench_app, name="bench")
 app.add_typer(cards_app, name="cards")
 data_app = typer.Typer(no_args_is_help=True, help="Recorded market data: list days, replay one, export what agents read.")
 app.add_typer(data_app, name="data")
@@ -49,8 +47,20 @@ def _mount_rehearse() -> None:
 _mount_rehearse()
 
 
+def _mount_bench_and_chaos() -> None:
+    from tools.bench.cli import bench_app
+    from tools.chaos.cli import chaos_command
+
+    app.add_typer(bench_app, name="bench")
+    app.command("chaos", help="Fault campaign: agents trade on a twin while faults are injected; then the books are audited.")(
+        chaos_command)
+
+
+_mount_bench_and_chaos()
+
+
 def _mount_keys() -> None:
-    from tools.keys import keys_app
+    from tools.ops.keys import keys_app
 
     app.add_typer(keys_app, name="keys")
 
@@ -87,7 +97,7 @@ def gateway(
     from common.config import ConfigError, load_gateway_config
     from kis.startup import StartExit, StartupError
     from server.app import main as gateway_main
-    from tools.profiling import profiled
+    from tools.bench.profiling import profiled
 
     _logging("debug" if debug and log_level == "info" else log_level)
     sys.path.insert(0, os.getcwd())  # --broker factories may live in the working tree
@@ -157,7 +167,7 @@ def doctor(
     import msgspec
 
     from common.config import ConfigError, load_gateway_config
-    from tools.doctor import Check, Report, Status, diagnose, render, to_json
+    from tools.ops.doctor import Check, Report, Status, diagnose, render, to_json
 
     _logging("debug" if debug else "error")
     try:
@@ -184,7 +194,7 @@ def status(
     """One-shot view of the gateway: session, agents, orders."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
-    from tools.status import fetch_status, render_status, status_json
+    from tools.ops.status import fetch_status, render_status, status_json
 
     try:
         st = fetch_status(run_dir)
@@ -221,8 +231,8 @@ def control(
     cancel a protective order."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
-    from tools.reload import ReloadError, reload_card
-    from tools.status import send_control
+    from tools.ops.reload import ReloadError, reload_card
+    from tools.ops.status import send_control
 
     value = ""
     if action == "risk":
@@ -296,7 +306,7 @@ def trace(
     """An order's story: reason, decision price, risk, broker calls, notices, fills, slippage."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
-    from tools.trace import fetch_trace, print_slippage, print_trace
+    from tools.ops.trace import fetch_trace, print_slippage, print_trace
 
     try:
         tr = fetch_trace(run_dir, order_id, slippage or not order_id, offline)
@@ -318,7 +328,7 @@ def reset(
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
     """Archive the runtime state (orders, events, logs) for a fresh start. Nothing is deleted."""
-    from tools.reset import ResetRefused, archive_run_dir
+    from tools.ops.reset import ResetRefused, archive_run_dir
 
     if not yes and not typer.confirm(f"Archive everything in {run_dir}/ and start fresh?"):
         raise typer.Exit(1)
@@ -330,32 +340,6 @@ def reset(
     typer.echo(f"archived to {dest}" if dest else f"{run_dir}/ holds no state: nothing to archive")
 
 
-@app.command()
-def chaos(
-    agents: int = typer.Option(4, help="agent processes trading during the campaign"),
-    faults: int = typer.Option(1000, help="faults to inject"),
-    rate: float = typer.Option(20.0, help="faults per second"),
-    gateway_every: int = typer.Option(100, help="every Nth fault is a kill -9 of the gateway (0: never)"),
-    seed: int = typer.Option(1),
-    settle: float = typer.Option(30.0, help="seconds allowed for every order to be resolved after the faults"),
-    workdir: Optional[Path] = typer.Option(None, help="keep logs and state here (default: a temporary folder)"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """Fault campaign: agents trade on a twin while faults are injected; then the books are audited."""
-    import json
-
-    from tools.chaos import run as run_chaos
-
-    report = run_chaos(agents, faults, rate, seed, gateway_every, settle, workdir, keep=workdir is not None)
-    if json_out:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            if k != "details":
-                typer.echo(f"{k:>26}: {v}")
-    raise typer.Exit(0 if report["ok"] else 1)
-
-
 @cards_app.command("check")
 def cards_check(
     folder: Path = typer.Argument(Path("cards"), help="folder of *.toml cards"),
@@ -363,7 +347,7 @@ def cards_check(
     account_budget: int = typer.Option(0, help="KRW the account can give all agents together (0: unchecked)"),
 ) -> None:
     """Check every card: fields, unique ids, real codes, strategy and params, budgets, 40 registrations."""
-    from tools.cards_check import main as check
+    from tools.ops.cards_check import main as check
 
     raise typer.Exit(check(folder, master, account_budget))
 
@@ -376,7 +360,7 @@ def cards_approve(
     """The operator approves cards: the gateway trades each agent under its approved card only (money,
     limits, codes) and issues the agent's credential. Run it on the gateway's host; a running gateway
     takes it at the agent's next registration (a running agent: `ktrader control reload`)."""
-    from tools.approve import main as approve
+    from tools.ops.approve import main as approve
 
     raise typer.Exit(approve(cards, run_dir))
 
@@ -384,7 +368,7 @@ def cards_approve(
 @cards_app.command("approved")
 def cards_approved(run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run folder")) -> None:
     """List the approved cards: id, budget, limits, who approved them and when."""
-    from tools.approve import listing
+    from tools.ops.approve import listing
 
     raise typer.Exit(listing(run_dir))
 
@@ -399,106 +383,6 @@ def cards_schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2, ensure_ascii=False))
 
 
-@bench_app.command("rtt")
-def bench_rtt(
-    n: int = typer.Option(5000, help="round trips per measurement (100 with --cold)"),
-    cold: bool = typer.Option(False, "--cold", help="round trips 200 ms apart (the VM's cold floor)"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """agent→gateway→agent round trips vs a bare pyzmq DEALER/ROUTER echo, same run."""
-    from tools.bench_rtt import main as rtt
-
-    rtt(n=100 if cold and n == 5000 else n, json_out=json_out, cold=cold)
-
-
-@bench_app.command("fanout")
-def bench_fanout(
-    agents: int = typer.Option(20, help="SUB subscriber processes"),
-    rate: int = typer.Option(5000, help="ticks/s published"),
-    seconds: float = typer.Option(5.0, help="how long to publish"),
-    burst: bool = typer.Option(False, "--burst", help="10 s at 20,000 ticks/s instead"),
-    rounds: int = typer.Option(5, help="bare and gateway runs alternate this many times; medians (and the median paired p99 ratio) reported"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """Market-data fan-out through the gateway's Publisher to N subscriber processes vs bare PUB/SUB, same run."""
-    from tools.bench_fanout import main as fanout
-
-    fanout(agents=agents, rate=rate, seconds=seconds, burst=burst, json_out=json_out, rounds=rounds)
-
-
-@bench_app.command("twin")
-def bench_twin(
-    cold: bool = typer.Option(False, "--cold", help="operations 200 ms apart (the VM's cold floor)"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """Order REST round trip by ktrader's KIS client vs http.client, aiohttp, httpx (twin and a bare
-    server); twin websocket ticks vs a bare websockets server pushing the same frames."""
-    from tools.bench_twin import main as twin
-
-    twin(json_out=json_out, cold=cold)
-
-
-@bench_app.command("history")
-def bench_history(days: int = typer.Option(20, help="whole days replayed"),
-                  json_out: bool = typer.Option(False, "--json")) -> None:
-    """The twin's history mode: one replayed day's run time and admin round trip vs a no-op admin call."""
-    from tools.bench_history import main as history
-
-    history(days=days, json_out=json_out)
-
-
-@bench_app.command("parse")
-def bench_parse(json_out: bool = typer.Option(False, "--json")) -> None:
-    """H0STCNT0 frames parsed to typed ticks per second vs a bare str.split in the same run."""
-    from tools.bench_parse import main as parse
-
-    parse(json_out=json_out)
-
-
-@bench_app.command("orders")
-def bench_orders(
-    n: int = typer.Option(300, help="orders per single-agent measurement"),
-    agents: int = typer.Option(20, help="agents sending at once"),
-    cold: bool = typer.Option(False, "--cold", help="orders 200 ms apart (the VM's cold floor)"),
-    twin: bool = typer.Option(True, "--twin/--no-twin", help="also through the KIS twin"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """Order round trips agent→gateway→broker→ack: the store's group-commit floor, the in-process broker
-    with 1 and N agents, latency with 0 to 10,000 resting orders, the KIS twin."""
-    from tools.bench_orders import main as orders
-
-    orders(n=n, agents=agents, json_out=json_out, cold=cold, twin=twin)
-
-
-@bench_app.command("t2t")
-def bench_t2t(
-    cold: bool = typer.Option(False, "--cold", help="orders 200 ms apart (the VM's cold floor)"),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """Tick to trade (print at the KIS websocket → order at KIS → ack at the gateway) stage by stage,
-    against the sum of the bare primitives measured in the same run."""
-    from tools.bench_t2t import main as t2t
-
-    t2t(json_out=json_out, cold=cold)
-
-
-@bench_app.command("agent")
-def bench_agent(rounds: int = typer.Option(5, help="agents started per entry point"),
-                json_out: bool = typer.Option(False, "--json")) -> None:
-    """One agent process: peak RSS and time to registered, vs the same agent through the full CLI."""
-    from tools.bench_agent import main as agent_bench
-
-    agent_bench(rounds, json_out)
-
-
-@bench_app.command("backtest")
-def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Backtest speed in one run: SMA vs a bare loop and backtrader, an order every day vs backtrader, sweep scaling 1 vs 2 workers."""
-    from tools.bench_backtest import main as bt
-
-    bt(json_out=json_out)
-
-
 @app.command()
 def demo(
     duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
@@ -507,7 +391,7 @@ def demo(
     cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
 ) -> None:
     """The gateway on the built-in twin, every sample agent, and a summary."""
-    from tools.demo import run_demo, wants_console
+    from tools.ops.demo import run_demo, wants_console
 
     console = wants_console(headless, sys.stdin.isatty(), sys.stdout.isatty())
     raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=not console))
@@ -517,7 +401,7 @@ def demo(
 def data_ls(run_dir: Path = typer.Option(Path("run"), "--run-dir")) -> None:
     """Recorded days: files, frames, raw vs on-disk bytes and the compression ratio."""
     from server.recorder import list_days
-    from tools.data_cmd import render_days
+    from tools.ops.data_cmd import render_days
 
     typer.echo(render_days(list_days(run_dir)))
 
@@ -535,7 +419,7 @@ def data_replay(
 ) -> None:
     """Run a gateway whose broker replays DAY's recorded frames (read-only: orders are refused)."""
     from common.config import ConfigError, load_gateway_config
-    from tools.data_cmd import replay
+    from tools.ops.data_cmd import replay
 
     _logging(log_level)
     try:

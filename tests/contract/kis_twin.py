@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tools.procs import stop_groups
+from tools.ops.procs import stop_groups
 
 from common.config import BrokerConfig, BrokerEnv
 from common.enums import SessionState

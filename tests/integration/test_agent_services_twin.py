@@ -26,7 +26,7 @@ from common.schema import (
 )
 from tests.conftest import Procs, agent_client, approve, holds_for, operator_client, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Twin
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tools.chaos import CLEAN
+from tools.chaos.campaign import CLEAN
 
 pytestmark = pytest.mark.integration
 

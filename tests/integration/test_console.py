@@ -21,8 +21,8 @@ from textual.widgets import DataTable, Input
 
 from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.integration.test_spine import CARD_A, CARD_B  # alpha: a fill and a resting order; bravo: idle
-from tools.status import fetch_status
-from tools.supervisor import RestartPolicy, Supervisor
+from tools.ops.status import fetch_status
+from tools.ops.supervisor import RestartPolicy, Supervisor
 from tools.top.app import TopApp
 from tools.top.widgets import AskScreen, ConfirmScreen
 

@@ -21,7 +21,7 @@ from common.connection import read_info
 from common.framing import Codec
 from common.schema import SYSTEM_TOPIC, HeaderFactory, Register, SystemEvent
 from tests.conftest import ROOT, Procs, holds_for, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

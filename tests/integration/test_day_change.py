@@ -25,7 +25,7 @@ from common.ids import make_client_order_id
 from common.schema import NewOrder, OrdersReply, Register, Registered, SubmitOrders
 from tests.conftest import Procs, approve, wait_for
 from tests.integration.test_oms_twin import Agent, reconcile_and_wait
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

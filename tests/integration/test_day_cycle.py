@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Procs, approve, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

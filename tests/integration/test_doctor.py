@@ -20,7 +20,7 @@ from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID
 from kis.sim.testing import TwinThread
 from kis.sim.twin import TwinConfig
 from tests.conftest import ROOT
-from tools.doctor import Report, Status, diagnose
+from tools.ops.doctor import Report, Status, diagnose
 
 pytestmark = pytest.mark.integration
 

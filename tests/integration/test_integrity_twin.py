@@ -21,7 +21,7 @@ from common.enums import Side, TradingState
 from common.schema import Ack
 from tests.conftest import Procs, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Agent, Twin, reconcile_and_wait
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

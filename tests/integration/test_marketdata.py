@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Procs, ROOT, approve, start_gateway_on_twin, wait_for
-from tools.status import fetch_status, health_lines, send_control
+from tools.ops.status import fetch_status, health_lines, send_control
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from common.schema import (
     Registered, SnapshotReply, SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
-from tools.status import fetch_status, send_control
+from tools.ops.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from server.store import Store
 from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.fakes.sinks import HttpSink
 from tests.integration.test_spine import CARD_A, CARD_B
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from common.enums import Side
 from tests.conftest import Procs, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Agent, Twin, reconcile_and_wait
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from kis.sim.testing import TwinThread
 from kis.sim.twin import TwinConfig
 from server.recorder import SUFFIX, iter_file
 from tests.conftest import Procs, approve, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

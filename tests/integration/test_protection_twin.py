@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Twin
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

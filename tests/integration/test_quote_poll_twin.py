@@ -23,7 +23,7 @@ from server.subscriptions import MARKET_DATA_SLOTS
 from tests.conftest import approve, holds_for, wait_for
 from tests.integration.test_subscriptions_twin import DEBOUNCE_S, TR, Stack, regs_for, trades_after
 from tests.integration.test_subscriptions_twin import stack  # noqa: F401  (the twin + gateway fixture)
-from tools.status import fetch_status, health_lines
+from tools.ops.status import fetch_status, health_lines
 
 pytestmark = pytest.mark.integration
 

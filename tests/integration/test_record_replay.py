@@ -29,7 +29,7 @@ from kis.port import Trade
 from kis.realtime import FrameParser
 from server.recorder import FrameKind, iter_frames
 from tests.conftest import Procs, ROOT, agent_client, approve, start_gateway_on_twin, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

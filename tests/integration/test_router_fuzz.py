@@ -28,7 +28,7 @@ from common.schema import (
     SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered, Subscribe,
 )
 from tests.conftest import Procs, agent_client, approve, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from common.ids import make_client_order_id
 from common.schema import NewOrder, OrdersReply, SubmitOrders
 from tests.conftest import ROOT, Procs, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Agent, Twin
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

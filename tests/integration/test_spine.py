@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Procs, ROOT, approve, holds_for, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

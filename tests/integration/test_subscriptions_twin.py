@@ -30,8 +30,8 @@ import pytest
 from kis.sim.universe import codes as twin_codes
 from server.subscriptions import MARKET_DATA_SLOTS, SubscriptionManager
 from tests.conftest import Procs, ROOT, approve, holds_for, start_gateway_on_twin, wait_for
-from tools.procs import signal_group
-from tools.status import fetch_status
+from tools.ops.procs import signal_group
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 from common.config import load_card
 from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.integration.test_spine import CARD_A, CARD_B
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]

@@ -37,7 +37,7 @@ from common.schema import (
     SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, approve, operator_client, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

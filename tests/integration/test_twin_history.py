@@ -21,7 +21,7 @@ from kis.sim.history import load_csv
 from kis.sim.testing import Kis, Q, ws_msg
 from server.bars import BarBuilder
 from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

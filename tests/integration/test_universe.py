@@ -18,7 +18,7 @@ from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrdersReply, Register, Registered, SubmitOrders, UniverseUpdate
 from kis.sim import universe as twin_universe
 from tests.conftest import Procs, agent_client, wait_for
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Procs, approve, wait_for
 from tests.integration.test_spine import CARD_A
-from tools.status import fetch_status
+from tools.ops.status import fetch_status
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -11,7 +11,7 @@ import pytest
 
 from kis.master import MasterError, load_master_dir, parse_master
 from tests.conftest import ROOT
-from tools.cards_check import check_cards
+from tools.ops.cards_check import check_cards
 
 GOOD = '''id = "{id}"
 name = "x"

@@ -49,7 +49,7 @@ def test_status_table_fits_80_and_120_columns() -> None:
     (by the console's priorities) show in full, with a totals row."""
     from rich.console import Console
 
-    from tools.status import render_status
+    from tools.ops.status import render_status
 
     st = _status([("volume_breakout", "online", 12_000, -2_000, 1_400_000, 1), ("value_vol", "offline", -30_500, 0, 700_000, 0)])
     for width in (80, 120):

@@ -73,7 +73,7 @@ def test_gateway_preflight_and_client_without_keys(tmp_path: Path) -> None:
 
 def test_reset_keeps_the_keys_and_ignores_an_exported_gateway_json(tmp_path: Path) -> None:
     from common.connection import write_info
-    from tools.reset import archive_run_dir
+    from tools.ops.reset import archive_run_dir
 
     run = tmp_path / "run"
     curve.init_gateway(run)

@@ -87,7 +87,7 @@ def test_the_twin_never_imports_the_kis_client() -> None:
 def test_the_console_and_cli_speak_only_the_wire_protocol() -> None:
     """Operator tools reach a running gateway through its protocol, never its modules or its store
     (ktrader trace --offline, for a gateway that is not running, is the one documented exception)."""
-    files = [*package_files("tools/top"), ROOT / "tools/status.py", ROOT / "tools/trace.py"]
+    files = [*package_files("tools/top"), ROOT / "tools/ops/status.py", ROOT / "tools/ops/trace.py"]
     web = ROOT / "tools" / "web"
     if web.exists():
         files += package_files("tools/web")

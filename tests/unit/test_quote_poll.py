@@ -309,7 +309,7 @@ def test_runtime_delivers_polled_trades_and_tells_the_strategy(tmp_path: Path, m
 
 def test_cards_check_accepts_polling_and_warns_when_the_quota_cannot_carry_it(tmp_path: Path) -> None:
     from kis.sim.universe import codes as twin_codes
-    from tools.cards_check import check_cards
+    from tools.ops.cards_check import check_cards
 
     codes = twin_codes()[:4]
     base = 'id = "{id}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {codes}\nrate_quota_per_s = {q}\n'
@@ -329,7 +329,7 @@ def test_cards_check_accepts_polling_and_warns_when_the_quota_cannot_carry_it(tm
 
 def test_cards_check_slot_error_mentions_the_polling_fallback(tmp_path: Path) -> None:
     from kis.sim.universe import codes as twin_codes
-    from tools.cards_check import check_cards
+    from tools.ops.cards_check import check_cards
 
     codes = twin_codes()[:21]
     for i in range(2):

@@ -11,7 +11,7 @@ import pytest
 
 from common.connection import GatewayInfo, write_info
 from tests.conftest import ROOT
-from tools.reset import ResetRefused, archive_run_dir
+from tools.ops.reset import ResetRefused, archive_run_dir
 
 
 def test_archive_and_refusal(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_refused_while_a_gateway_holds_a_run_lock_even_without_gateway_json(tmp_
 
 
 def test_demo_wants_a_terminal_for_keys_and_screen() -> None:
-    from tools.demo import wants_console
+    from tools.ops.demo import wants_console
 
     assert wants_console(False, True, True)
     assert not wants_console(False, False, True)  # make demo </dev/null in a terminal: headless, DEMO_SECONDS apply
@@ -70,7 +70,7 @@ def test_demo_wants_a_terminal_for_keys_and_screen() -> None:
 def test_demo_refuses_a_run_dir_with_a_live_gateway(tmp_path: Path) -> None:
     from filelock import FileLock
 
-    from tools.demo import run_demo
+    from tools.ops.demo import run_demo
 
     run = tmp_path / "run"
     run.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE
 from tests.conftest import holds_for, wait_for
-from tools.supervisor import ProcState, RestartPolicy, Supervisor
+from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
 
 CARD = 'id = "{id}"\nname = "t"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
 FAST = RestartPolicy(base_s=0.1, factor=2.0, cap_s=0.4, max_restarts=4, window_s=30, stable_s=30, stop_grace_s=2)

@@ -1,7 +1,7 @@
 """The same daily SMA crossover in backtrader (a dev dependency), with ktrader's fill and cost rules:
 market orders at the next open, commission and sell tax per fill floored to the won (the tax of the
 fill's day: common/krx_rules.py, KOSPI stocks), no volume cap. Used by the reference-comparison test
-and tools/bench_backtest.py; `run_backtrader_daily_orders` is the order-every-day benchmark."""
+and tools/bench/backtest.py; `run_backtrader_daily_orders` is the order-every-day benchmark."""
 
 from __future__ import annotations
 

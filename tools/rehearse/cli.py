@@ -6,7 +6,6 @@ Exit codes: 0 the audit is clean; 1 it is not (the summary says what); 2 bad inp
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,11 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.paths import ROOT, SHARED
+
 
 
 def default_data() -> Path:
-    shared = Path(os.environ.get("KTRADER_SHARED", ROOT.parent / "shared"))
+    shared = SHARED
     return shared / "data" / "krx_daily_fdr_2020_2026"
 
 

@@ -25,10 +25,10 @@ from common import approvals
 from common.config import AgentCard
 from common.schema import StatusReply
 from kis.credentials import credentials_env
-from tools.procs import stop_groups, wait_until
-from tools.status import fetch_status
+from tools.ops.procs import stop_groups, wait_until
+from tools.ops.status import fetch_status
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # The continuous session is driven in these steps (each an advance of the twin's clock).
 INTRADAY_STEPS = ("10:00:00", "11:00:00", "12:00:00", "13:00:00", "14:00:00", "15:00:00")

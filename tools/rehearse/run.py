@@ -21,7 +21,6 @@ from pathlib import Path
 
 import msgspec
 
-from agent.runtime import load_strategy_class
 from common.calendar import trading_days
 from common.config import AgentCard, load_card
 from common.enums import BarInterval

@@ -29,8 +29,8 @@ from textual.widgets import DataTable, Footer, Input, Label, Log, Static, Tabbed
 from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
 from common.schema import AgentStatus, StatusReply
-from tools.status import fmt_age, health_lines, protection_rows, recon_line, risk_line
-from tools.supervisor import Supervised, Supervisor
+from tools.ops.status import fmt_age, health_lines, protection_rows, recon_line, risk_line
+from tools.ops.supervisor import Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table

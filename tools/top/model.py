@@ -28,9 +28,9 @@ from common.framing import Codec, FrameError
 from common.schema import (
     FillView, OrderView, Published, StatusReply, SystemEvent, SYSTEM_TOPIC, TradeTick, trade_topic,
 )
-from tools.reload import ReloadError, find_card, reload_card
-from tools.status import fetch_orders, fetch_status, send_control
-from tools.supervisor import Supervisor, SupervisorError
+from tools.ops.reload import ReloadError, find_card, reload_card
+from tools.ops.status import fetch_orders, fetch_status, send_control
+from tools.ops.supervisor import Supervisor, SupervisorError
 
 SPARK_POINTS = 40
 

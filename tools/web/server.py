@@ -25,8 +25,8 @@ from aiohttp import web
 
 from common.connection import ConnectionFileError
 from common.errors import KtraderError
-from tools.reload import ReloadError, reload_card
-from tools.status import send_control
+from tools.ops.reload import ReloadError, reload_card
+from tools.ops.status import send_control
 from tools.top.model import ConsoleModel
 
 log = logging.getLogger("ktrader.web")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from common.clock import kst_from_ns
 from common.schema import GetTrace, SlippageRow, TraceReply
-from tools.status import _tool_call
+from tools.ops.status import _tool_call
 
 console = Console()
 

@@ -12,7 +12,7 @@ import msgspec
 
 from common.config import GatewayConfig
 from server.recorder import DayStats, RecordingError, day_files, parse_day
-from tools.status import fmt_bytes
+from tools.ops.status import fmt_bytes
 
 log = logging.getLogger("ktrader.data")
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import zmq
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CODES = [f"{i:06d}" for i in range(1, 21)]  # 20 topics
 TOPIC_LEN = len("md.H0STCNT0.000001.")  # every bench topic has this length
 END_TOPIC = b"ctl.end."
@@ -132,7 +132,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         for out in outs:
-            procs.append(subprocess.Popen([sys.executable, "-c", "from tools.bench_fanout import subscriber; "
+            procs.append(subprocess.Popen([sys.executable, "-c", "from tools.bench.fanout import subscriber; "
                                            f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r}, {SESSION!r})"],
                                           cwd=ROOT, env=env))
         _wait_subscribers(xpub, agents, 60)
@@ -221,7 +221,7 @@ def _loop_lag(record: bool, rate: int, seconds: float, tmp: Path) -> float:
     pub = Publisher(xpub, Codec(os.urandom(32)), SESSION)
     rec = Recorder(tmp / f"rec-{record}-{time.monotonic_ns()}") if record else None
     topics = [trade_topic(c) for c in CODES]
-    from tools.bench_parse import _frames
+    from tools.bench.parse import _frames
 
     frames = [f.encode() for f in _frames(4096)]  # H0STCNT0 frames as the websocket delivers them
     late: list[float] = []

@@ -22,8 +22,8 @@ from common.connection import ConnectionFileError, read_info
 from common.errors import KtraderError
 from common.schema import StatusReply
 from server.app import held_run_locks
-from tools.status import fetch_status, render_status
-from tools.supervisor import Supervisor
+from tools.ops.status import fetch_status, render_status
+from tools.ops.supervisor import Supervisor
 
 # piped output (CI, logs): wide enough that the agent tables are not cut to initials
 console = Console(width=None if sys.stdout.isatty() else 200)

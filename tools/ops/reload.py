@@ -8,8 +8,8 @@ from pathlib import Path
 
 from common.config import ConfigError, load_card
 from kis.master import load_stock_master
-from tools.cards_check import card_problems
-from tools.status import send_control
+from tools.ops.cards_check import card_problems
+from tools.ops.status import send_control
 
 
 class ReloadError(Exception):

@@ -38,8 +38,8 @@ from websockets.sync.client import connect
 
 from kis.sim import universe
 from kis.sim.testing import Kis, ws_msg
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TICK_SECONDS = 3.0
 ORDERS = 300  # per client and target, warm
 COLD_ORDERS = 25
@@ -320,7 +320,7 @@ def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[st
             frames_file = tmp / "frames.json"
             frames_file.write_text(json.dumps(frames))
             reply = kis.order("TTTC0012U", "005930", 1, low).text  # the twin's own answer, for the bare server
-            bare_proc, bare = _start([sys.executable, "-c", "from tools.bench_twin import bare_server; "
+            bare_proc, bare = _start([sys.executable, "-c", "from tools.bench.twin import bare_server; "
                                       f"bare_server({reply!r}, {str(frames_file)!r})"])
             procs.append(bare_proc)
             bare_ws = _bare_ticks(bare, len(frames))

@@ -36,8 +36,8 @@ from typing import Any
 
 import httpx
 import zmq
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CODE = "005930"
 ORDERS = 150
 COLD_ORDERS = 40
@@ -86,7 +86,7 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
     import struct
 
     ep = f"ipc://{tmp / 'bare-pub.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", "from tools.bench_t2t import bare_publisher; "
+    proc = subprocess.Popen([sys.executable, "-c", "from tools.bench.t2t import bare_publisher; "
                              f"bare_publisher({ep!r}, {n}, {gap_s})"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -112,10 +112,10 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
 
 
 def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
-    from tools.bench_rtt import _end, echo_server
+    from tools.bench.rtt import _end, echo_server
 
     ep = f"ipc://{tmp / 'bare-echo.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
+    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     del echo_server
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -161,7 +161,7 @@ def _bare_commit(tmp: Path, n: int, gap_s: float) -> float:
 
 
 def _bare_http(twin: dict[str, Any], token: str, price: int, n: int, gap_s: float) -> float:
-    from tools.bench_twin import ORDER_PATH, _http_client
+    from tools.bench.twin import ORDER_PATH, _http_client
     from kis.sim.testing import Kis
 
     kis = Kis(twin["rest_url"], twin["app_key"], twin["app_secret"], twin["account"], token=token)
@@ -324,8 +324,8 @@ def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) ->
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
     from kis.sim.testing import Kis
-    from tools.procs import stop_groups
-    from tools.status import fetch_status
+    from tools.ops.procs import stop_groups
+    from tools.ops.status import fetch_status
 
     run = tmp / "run"
     cfg = tmp / "gateway.toml"

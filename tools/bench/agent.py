@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.procs import stop_groups, wait_until
-from tools.status import fetch_status
+from tools.ops.procs import stop_groups, wait_until
+from tools.ops.status import fetch_status
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CARD = 'id = "{id}"\nname = "bench"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\nbudget = 1_000_000\n'
 
 

@@ -1,6 +1,6 @@
 """Benchmark the twin's history mode: how long one whole replayed day takes to run, over real sockets.
 
-    .venv/bin/python -m tools.bench_history [--days 20] [--json]
+    .venv/bin/python -m tools.bench.history [--days 20] [--json]
 
 The twin runs as its own process in history mode on shared/data's daily files; one websocket client
 subscribes to the prints of 10 driven codes. Each day is one `POST /admin/history/advance` to 15:45
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import queue
 import signal
 import statistics
@@ -33,8 +32,8 @@ from kis.sim import universe
 from kis.sim.history import load_csv
 from kis.sim.history_plan import day_plan
 from kis.sim.testing import Kis, ws_msg
+from tools.paths import SHARED
 
-SHARED = Path(os.environ.get("KTRADER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATA = SHARED / "data" / "krx_daily_fdr_2020_2026"
 CODES = ["005930", "000660", "035420", "035720", "005380", "051910", "006400", "068270", "105560", "017670"]
 TARGET_DAY_MS = 100.0

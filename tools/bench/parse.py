@@ -1,6 +1,6 @@
 """Benchmark: H0STCNT0 frames parsed to typed ticks per second, against a bare split + int.
 
-Run: .venv/bin/python -m tools.bench_parse [--json]
+Run: .venv/bin/python -m tools.bench.parse [--json]
 Targets: >= 200k frames/s, and <= 3x the cost of the bare `str.split('^')` + int conversion of the
 same fields from the same frames.
 """

@@ -361,7 +361,7 @@ class Doctor:
     def _running_gateway(self) -> Check | None:
         """A gateway on this run dir holds the app key's websocket: ask it, do not open a second one."""
         from common.connection import ConnectionFileError, read_info
-        from tools.status import fetch_status
+        from tools.ops.status import fetch_status
 
         try:
             info = read_info(self.cfg.run_dir)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import zmq
 
-from tools.approve import approved_client
+from tools.ops.approve import approved_client
 from common.config import AgentCard
 from common.schema import Ack, Heartbeat, Register, Registered
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def echo_server(endpoint: str) -> None:
@@ -64,7 +64,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     ep = f"ipc://{tmp / 'echo.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench_rtt import echo_server; echo_server({ep!r})"],
+    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from tools.backtest import engine as bt_engine
 from tools.backtest.data import Series, load_codes
 from tools.backtest.engine import Backtest, BacktestConfig
 from tools.backtest.reference import flip_card, run_backtrader, run_backtrader_daily_orders, sma_card
+from tools.paths import SHARED
 
 CODE = "005380"  # Hyundai Motor: no halted (volume 0) day since 1999, so backtrader (which fills on those) agrees
 SHORT, LONG, QTY, CASH, COMMISSION = 5, 20, 100, 100_000_000, 150
@@ -46,10 +46,9 @@ TARGETS = {"sma_vs_bare_max": 2.0, "flip_vs_backtrader_min": 20.0, "sweep_scalin
 
 
 def _data_dir() -> Path:
-    root = Path(__file__).resolve().parents[1]
-    for cand in (root.parent / "shared" / "data", Path(os.environ.get("KTRADER_SHARED", "/work/shared")) / "data"):
-        if (cand / "krx_daily_1990_2023").is_dir():
-            return cand / "krx_daily_1990_2023"
+    cand = SHARED / "data" / "krx_daily_1990_2023"
+    if cand.is_dir():
+        return cand
     raise SystemExit("shared/data/krx_daily_1990_2023 not found (set KTRADER_SHARED)")
 
 

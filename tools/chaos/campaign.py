@@ -43,11 +43,11 @@ from common.connection import ConnectionFileError, read_info
 from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
 from kis.credentials import credentials_env
-from tools.bench_rtt import quantile
-from tools.procs import signal_group, stop_groups, wait_until
-from tools.status import fetch_status, send_control
+from tools.bench.rtt import quantile
+from tools.ops.procs import signal_group, stop_groups, wait_until
+from tools.ops.status import fetch_status, send_control
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CODES = ["005930", "000660", "035420", "005380"]
 # kind -> weight (gateway kills are scheduled separately, every `gateway_every` faults)
 WEIGHTS = {
@@ -155,11 +155,11 @@ class Campaign:
         for i in range(self.n_agents):
             aid = f"chaos{i}"
             (cards / f"{aid}.toml").write_text(
-                f'id = "{aid}"\nname = "{aid}"\nstrategy = "tools.chaos_trader:ChaosTrader"\n'
+                f'id = "{aid}"\nname = "{aid}"\nstrategy = "tools.chaos.trader:ChaosTrader"\n'
                 f'codes = {json.dumps(CODES)}\nbudget = 200_000_000\non_error = "continue"\n'
                 f'[params]\nseed = {self.seed}\n')
         # the campaign is the operator: it approves its agents' cards (they get their credentials)
-        probe = AgentCard(id=PROBE, name="chaos probe", strategy="tools.chaos_trader:ChaosTrader", codes=[CODES[0]])
+        probe = AgentCard(id=PROBE, name="chaos probe", strategy="tools.chaos.trader:ChaosTrader", codes=[CODES[0]])
         approvals.approve(st.run, [load_card(p) for p in sorted(cards.glob("*.toml"))] + [probe], by="ktrader chaos")
         for i in range(self.n_agents):
             aid = f"chaos{i}"

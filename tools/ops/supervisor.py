@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
 from common.config import ConfigError, load_card
-from tools.procs import signal_group
+from tools.ops.procs import signal_group
 
 log = logging.getLogger("ktrader.supervisor")
 

@@ -35,10 +35,10 @@ from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, Register, Registered, SubmitOrders
-from tools.approve import approved_client
-from tools.bench_rtt import _wait_file, percentile
+from tools.ops.approve import approved_client
+from tools.bench.rtt import _wait_file, percentile
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 INPROC = ["--broker", "tests.fakes.broker:make"]
 TARGET_ORDERS_PER_S = 4000
 TARGET_FLOOR_RATIO = 0.6
@@ -124,7 +124,7 @@ def _gateway(broker_args: list[str], run: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_file(run / "gateway.json", 30, proc)
-        from tools.status import fetch_status
+        from tools.ops.status import fetch_status
         while not fetch_status(run).synced:  # orders are denied until the first reconciliation
             time.sleep(0.05)
         _round_trips(run, "warmup", 50, [])
