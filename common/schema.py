@@ -20,7 +20,7 @@ import msgspec
 from common.clock import now_ns
 from common.config import AgentCard
 from common.enums import (
-    AgentMode, AgentState, ControlAction, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState,
+    AgentMode, AgentState, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState,
 )
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode

@@ -33,7 +33,7 @@ from typing import Protocol
 import msgspec
 
 from common import approvals
-from common.clock import KST, yyyymmdd
+from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode

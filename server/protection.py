@@ -125,7 +125,7 @@ class ProtectionDesk:
         if err:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)
         ts = self.book.now_ns()
-        p = self._put(Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING,
+        self._put(Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING,
                                  created_ns=ts), "attached", entry=coid, **_levels(spec))
         res = self.desk.submit(card, new)
         if coid in self.active:

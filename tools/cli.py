@@ -105,7 +105,7 @@ def gateway(
         cfg = load_gateway_config(config)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     changes = {k: v for k, v in (("run_dir", str(run_dir) if run_dir else ""), ("router_endpoint", router),
                                  ("pub_endpoint", pub)) if v}
     if changes:
@@ -116,7 +116,7 @@ def gateway(
         check_gateway_keys(cfg.run_dir, cfg.router_endpoint, cfg.pub_endpoint)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     from server.app import RunDirLocked
 
     with profiled(profile):
@@ -124,24 +124,24 @@ def gateway(
             gateway_main(cfg, broker, standby=standby)
         except RunDirLocked as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(StartExit.LOCKED)
+            raise typer.Exit(StartExit.LOCKED) from None
         except ConfigError as e:  # found while building the gateway (e.g. master_dir)
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(StartExit.CONFIG)
+            raise typer.Exit(StartExit.CONFIG) from None
         except StartupError as e:
             if debug:
                 logging.getLogger("ktrader.gateway").exception("start failed")
             for line in e.lines():
                 typer.echo(line, err=True)
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(StartExit.INTERRUPTED)
+            raise typer.Exit(StartExit.INTERRUPTED) from None
         except Exception as e:  # noqa: BLE001 - one line for the operator; the traceback on request
             if debug:
                 raise
             typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
-            raise typer.Exit(StartExit.UNEXPECTED)
+            raise typer.Exit(StartExit.UNEXPECTED) from None
 
 
 @agent_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -200,7 +200,7 @@ def status(
         st = fetch_status(run_dir)
     except (ConnectionFileError, KtraderError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if json_out:
         sys.stdout.write(status_json(st).decode() + "\n")
     else:
@@ -251,7 +251,7 @@ def control(
             text = send_control(run_dir, action, agent, all_=all_, value=value)
     except (ConnectionFileError, KtraderError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(text)
 
 
@@ -282,7 +282,7 @@ def web(
         cfg = load_gateway_config(config).web
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     host = host or cfg.host
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: binding {host}: anyone who can reach it and has the token can act on the gateway; "
@@ -293,7 +293,7 @@ def web(
         run_web(run_dir, host, port if port >= 0 else cfg.port, token, cards, print_fn=typer.echo)
     except OSError as e:  # e.g. the port is taken
         typer.echo(f"error: cannot serve on {host}:{port if port >= 0 else cfg.port}: {e.strerror or e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -312,13 +312,13 @@ def trace(
         tr = fetch_trace(run_dir, order_id, slippage or not order_id, offline)
     except (FileNotFoundError, KeyError) as e:
         typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except ConnectionFileError as e:
         typer.echo(f"error: {e}; with no gateway running, add --offline to read its store", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KtraderError as e:
         typer.echo(f"error: {e.message or e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     raise typer.Exit(print_slippage(tr.slippage) if slippage or not order_id else print_trace(tr))
 
 
@@ -336,7 +336,7 @@ def reset(
         dest = archive_run_dir(run_dir)
     except ResetRefused as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"archived to {dest}" if dest else f"{run_dir}/ holds no state: nothing to archive")
 
 
@@ -426,7 +426,7 @@ def data_replay(
         cfg = load_gateway_config(config)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     raise typer.Exit(replay(run_dir, day, speed, gateway_dir, cfg, record, wait_s))
 
 
@@ -447,7 +447,7 @@ def data_export(
         files = export(db, out)
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"{len(files)} files in {out}/")
 
 

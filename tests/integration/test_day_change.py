@@ -10,19 +10,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.client import GatewayClient
-from common.config import AgentCard
-from common.connection import read_info
 from common.enums import Side, TimeInForce
 from common.errors import ErrorCode
-from common.ids import make_client_order_id
-from common.schema import NewOrder, OrdersReply, Register, Registered, SubmitOrders
+from common.schema import NewOrder, OrdersReply, SubmitOrders
 from tests.conftest import Procs, approve, wait_for
 from tests.integration.test_oms_twin import Agent, reconcile_and_wait
 from tools.ops.status import fetch_status

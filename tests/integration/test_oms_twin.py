@@ -8,12 +8,10 @@ process stopped (--tick-interval 0) so every price is known."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx

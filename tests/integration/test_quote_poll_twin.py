@@ -50,7 +50,7 @@ def polled_lines(log: str, code: str) -> list[int]:
     return [int(n) for n in re.findall(rf"SUBPROBE polled {code} (\d+)", log)]
 
 
-def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack) -> None:
+def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack) -> None:  # noqa: F811 - the fixture
     codes = twin_codes()
     assert len(codes) >= 21, "the twin's stock list must hold 21 codes to fill 40 slots and ask for one more"
     fill1, fill2, extra = codes[:10], codes[10:20], codes[20]

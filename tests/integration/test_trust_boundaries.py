@@ -36,7 +36,7 @@ from common.schema import (
     Ack, Control, Error, Header, Heartbeat, NewOrder, OrdersReply, Ping, Pong, Register, Registered,
     SubmitOrders,
 )
-from tests.conftest import ROOT, Procs, agent_client, approve, operator_client, wait_for
+from tests.conftest import ROOT, Procs, agent_client, operator_client, wait_for
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration

@@ -40,7 +40,7 @@ def twin_process(*args: str) -> Iterator[dict[str, Any]]:
             info = json.loads(lines.get(timeout=30))
         except queue.Empty:
             proc.kill()
-            raise AssertionError(f"twin printed nothing; stderr: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"twin printed nothing; stderr: {proc.stderr.read() if proc.stderr else ''}") from None
         yield info
     finally:
         proc.send_signal(signal.SIGTERM)

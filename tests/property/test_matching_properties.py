@@ -98,7 +98,7 @@ def _check_invariants(ex: Exchange, accts: list[Account], prints: list[tuple[int
         open_buys = [r for r in ex.account_orders(a.account_id) if r.side is BookSide.BUY]
         assert a.reserved == sum(r.reserved for r in open_buys)
         assert a.reserved >= 0 and a.orderable_cash >= 0
-        for code, h in a.holdings.items():
+        for h in a.holdings.values():
             assert h.qty >= 0 and 0 <= h.sell_reserved <= h.qty
 
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from agent.services import StateMap
-from common.config import AgentCard, RiskLimits
+from common.config import AgentCard
 from common.market_clock import ManualClock
 from common.enums import Side
 from common.errors import ErrorCode, KtraderError
@@ -30,7 +30,6 @@ from server import agent_services
 from kis.reference import investor_days, price_quote
 from server.agent_services import AgentServices, StateTable, summarize
 from tests.fakes.core import make_core
-from server.risk import RiskGate
 from server.store import SCHEMA_VERSION, Store
 from tests.fakes.broker import FakeBroker
 from tools.backtest.services import BacktestServices

@@ -15,7 +15,7 @@ from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import OrderState
-from common.schema import AgentEvent, FillUpdate, HeaderFactory, NewOrder, OrderUpdate
+from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
 from server.registry import AgentRecord

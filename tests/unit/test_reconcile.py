@@ -3,7 +3,6 @@ orders placed outside ktrader, positions held before it."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from common.enums import Side

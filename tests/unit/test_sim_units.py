@@ -16,7 +16,7 @@ from kis.sim.engine import BookSide, OrderBook, Tif
 from kis.sim.exchange import Exchange, MarketConfig, Notice
 from kis.sim.ledger import Account, FeeSchedule, Holding
 from kis.sim.server import demo_credentials
-from kis.sim.wire import NOTICE_FIELDS, NOTICE_FIELDS_LEGACY, OAuthError, aes_decrypt, aes_encrypt, random_key_iv
+from kis.sim.wire import KisError, NOTICE_FIELDS, NOTICE_FIELDS_LEGACY, OAuthError, aes_decrypt, aes_encrypt, random_key_iv
 
 DATA = Path("/work/shared/data/krx_daily_fdr_2020_2026")
 
@@ -111,7 +111,7 @@ def test_opening_auction_in_kst_clock_then_continuous() -> None:
     assert ask is not None
     rec = ex.place(acct, "005930", BookSide.BUY, "00", 3, ask)  # parks during the call
     assert rec.filled_qty == 0 and rec.open_qty == 3
-    with pytest.raises(Exception):
+    with pytest.raises(KisError, match="APBK0923"):
         ex.place(acct, "005930", BookSide.BUY, "11", 1, ask)  # no IOC in an auction
     clock.move_to(dt.datetime(2026, 3, 3, 9, 0, 1, tzinfo=KST))
     ex.on_clock()

@@ -9,6 +9,7 @@ from common.krx import Phase
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.services import StateMap
@@ -226,5 +227,5 @@ def test_foreign_flow_buys_after_n_days_once_per_signal_and_sells_after_m() -> N
 
 @pytest.mark.parametrize("bad", [{"codes": []}, {"codes": ["005930"], "buy_days": 0}, {"codes": ["005930"], "notional": 0}])
 def test_foreign_flow_params_are_validated(bad: dict) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(msgspec.ValidationError):
         ForeignFlow.parse_params(bad)

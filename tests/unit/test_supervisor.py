@@ -52,8 +52,8 @@ def test_duplicate_or_bad_card_exit_is_never_restarted(tmp_path: Path) -> None:
         starts = tmp_path / f"starts{code}"
         sup = Supervisor(tmp_path / "run", policy=FAST, command=child(f"sys.exit({code})", starts))
         s = sup.start(card(tmp_path, f"dup{code}"))
-        wait_for(lambda: s.state is ProcState.EXITED, 5, what=f"exit {code} recorded")
-        holds_for(lambda: len(start_times(starts)) == 1, 0.5, what=f"no restart after exit {code}")
+        wait_for(lambda s=s: s.state is ProcState.EXITED, 5, what=f"exit {code} recorded")
+        holds_for(lambda starts=starts: len(start_times(starts)) == 1, 0.5, what=f"no restart after exit {code}")
         assert s.last_exit == code and s.restarts == 0
 
 

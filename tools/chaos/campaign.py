@@ -361,7 +361,8 @@ class Campaign:
             try:
                 before = fetch_status(st.run, 2.0).counters.get("reconciles", 0)
                 send_control(st.run, "reconcile")
-                wait_until(lambda: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15, "reconciliation")
+                wait_until(lambda before=before: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15,
+                           "reconciliation")
             except Exception:
                 continue
             unresolved = sum(1 for _, o in self._gateway_orders() if o.state in UNRESOLVED)

@@ -196,7 +196,7 @@ def audit_run(run: Path, days: list[dt.date], twin_orders: list[dict[str, object
             a.failures.append(f"{len(items)} {what} orders")
     # ---- positions: the agents' books together against the account
     books: dict[str, int] = defaultdict(int)
-    for agent, pos in _positions(run).items():
+    for pos in _positions(run).values():
         for code, qty in pos.items():
             books[code] += qty
     for code in sorted(set(books) | set(twin_holdings)):
