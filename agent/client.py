@@ -24,14 +24,26 @@ from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import REPLY_TO, Error, HeaderFactory, Message, Published
 
-_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class GatewayClient:
-    def __init__(self, info: GatewayInfo, sender: str, headers: HeaderFactory | None = None,
-                 ctx: zmq.Context | None = None, subscribe: bool = True, keys: KeyPair | None = None, *,
-                 credential: Credential) -> None:
+    def __init__(
+        self,
+        info: GatewayInfo,
+        sender: str,
+        headers: HeaderFactory | None = None,
+        ctx: zmq.Context | None = None,
+        subscribe: bool = True,
+        keys: KeyPair | None = None,
+        *,
+        credential: Credential,
+    ) -> None:
         """`credential`: whom this client signs as (common.credentials.load: an agent's own, or the
         operator's). `keys`: this client's CURVE pair, needed when the gateway's endpoints cross a
         network (common.curve.client_pair_for gives it, or None on ipc)."""
@@ -71,8 +83,10 @@ class GatewayClient:
         if keys is None:
             raise CurveError(f"{endpoint} crosses a network: this client needs its CURVE key pair (ktrader keys)")
         if not self.info.curve_key:
-            raise CurveError(f"gateway.json names no CURVE key for {endpoint}: refresh it from the gateway's host "
-                             "(ktrader keys export)")
+            raise CurveError(
+                f"gateway.json names no CURVE key for {endpoint}: refresh it from the gateway's host "
+                "(ktrader keys export)"
+            )
         dial(sock, keys, self.info.curve_key.encode("ascii"))
         return True
 
@@ -96,11 +110,15 @@ class GatewayClient:
             if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._trouble = ""
             elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._trouble = (f"the gateway refused this client's CURVE key (ZAP {ev['value']}): register it on the "
-                                 f"gateway's host: {register_hint(self._key_name)}")
+                self._trouble = (
+                    f"the gateway refused this client's CURVE key (ZAP {ev['value']}): register it on the "
+                    f"gateway's host: {register_hint(self._key_name)}"
+                )
             else:
-                self._trouble = ("the CURVE handshake with the gateway failed: is the curve_key in gateway.json the "
-                                 "running gateway's key? (copy a fresh one: ktrader keys export)")
+                self._trouble = (
+                    "the CURVE handshake with the gateway failed: is the curve_key in gateway.json the "
+                    "running gateway's key? (copy a fresh one: ktrader keys export)"
+                )
         return self._trouble
 
     # ---- DEALER -------------------------------------------------------------------------------
@@ -140,8 +158,10 @@ class GatewayClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 why = self.handshake_trouble()
-                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s"
-                                   + (f"; {why}" if why else ""))
+                raise KtraderError(
+                    ErrorCode.TIMEOUT,
+                    f"no reply to {type(msg).__name__} within {timeout_s}s" + (f"; {why}" if why else ""),
+                )
             if not self.dealer.poll(int(left * 1000) + 1, zmq.POLLIN):
                 continue
             while (reply := self.recv_nowait()) is not None:
@@ -157,8 +177,9 @@ class GatewayClient:
             raise KtraderError(reply.code, reply.message)
         expected = REPLY_TO.get(type(msg))
         if expected is not None and not isinstance(reply, expected):
-            raise KtraderError(ErrorCode.BAD_MESSAGE, f"{type(msg).__name__} got {type(reply).__name__}, "
-                                                      f"expected {expected.__name__}")
+            raise KtraderError(
+                ErrorCode.BAD_MESSAGE, f"{type(msg).__name__} got {type(reply).__name__}, expected {expected.__name__}"
+            )
         return reply
 
     # ---- SUB ----------------------------------------------------------------------------------

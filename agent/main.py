@@ -11,11 +11,15 @@ from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ktrader agent run", description="Run one agent from its card (one OS process per agent).")
+    p = argparse.ArgumentParser(
+        prog="ktrader agent run", description="Run one agent from its card (one OS process per agent)."
+    )
     p.add_argument("card", type=Path, help="the agent's card, e.g. cards/ma_cross.toml")
     p.add_argument("--run-dir", type=Path, default=Path("run"))
     p.add_argument("--lock-dir", type=Path, default=None, help="where the agent lock lives (default: RUN_DIR/locks)")
-    p.add_argument("--takeover-wait", type=float, default=4.0, help="seconds to wait for a crashed copy's lease to run out")
+    p.add_argument(
+        "--takeover-wait", type=float, default=4.0, help="seconds to wait for a crashed copy's lease to run out"
+    )
     p.add_argument("--profile", default=None, help="write a cProfile of the run to this file")
     p.add_argument("--log-level", default="info")
     return p

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from agent.feed import SequenceTracker
 from common.config import AgentCard
 from common.schema import (
-    Bar, BookTick, MarketSnapshot, MarketState, PubBody, Published, SYSTEM_TOPIC, TradeTick, bar_topic, book_topic,
+    Bar,
+    BookTick,
+    MarketSnapshot,
+    MarketState,
+    PubBody,
+    Published,
+    SYSTEM_TOPIC,
+    TradeTick,
+    bar_topic,
+    book_topic,
     trade_topic,
 )
 
@@ -137,8 +146,9 @@ class MarketFeed:
                     out.append(item)
             if gap or healed:
                 self.stats.heals += 1
-                self.log.info("FEED healed %s from a snapshot (gaps %d, heals %d)", st.code, self.stats.gaps,
-                              self.stats.heals)
+                self.log.info(
+                    "FEED healed %s from a snapshot (gaps %d, heals %d)", st.code, self.stats.gaps, self.stats.heals
+                )
         return out
 
 

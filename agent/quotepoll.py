@@ -60,8 +60,15 @@ class _Poll:
 
 
 class QuotePoller:
-    def __init__(self, card: AgentCard, send: Callable[[Any], int], headers: HeaderFactory, log: logging.Logger,
-                 clock: Callable[[], float] = time.monotonic, hhmmss: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        card: AgentCard,
+        send: Callable[[Any], int],
+        headers: HeaderFactory,
+        log: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+        hhmmss: Callable[[], str] | None = None,
+    ) -> None:
         subs = card.subscriptions
         self.interval_s = subs.poll_quotes_s if subs.trades else 0.0
         self.retry_s = subs.resubscribe_s
@@ -93,8 +100,12 @@ class QuotePoller:
         """For the heartbeat (and so the operator): what is refused and polled, listed up to the
         schema's MAX_LISTED, counted exactly."""
         refused = sorted(f"{k}:{c}" for k, c in self.retry_at)
-        return {"refused": refused[:MAX_LISTED], "refused_n": len(refused),
-                "polled": sorted(self.polls)[:MAX_LISTED], "polled_n": len(self.polls)}
+        return {
+            "refused": refused[:MAX_LISTED],
+            "refused_n": len(refused),
+            "polled": sorted(self.polls)[:MAX_LISTED],
+            "polled_n": len(self.polls),
+        }
 
     # ---- inputs from the runtime ---------------------------------------------------------------
 
@@ -110,8 +121,12 @@ class QuotePoller:
         key = (kind, code)
         if key not in self.retry_at:
             self.retry_at[key] = now + self.retry_s if self.retry_s > 0 else float("inf")
-            self.log.warning("SUBSCRIPTION refused %s %s: %s", kind, code,
-                             f"asking again every {self.retry_s:g}s" if self.retry_s > 0 else "not asking again")
+            self.log.warning(
+                "SUBSCRIPTION refused %s %s: %s",
+                kind,
+                code,
+                f"asking again every {self.retry_s:g}s" if self.retry_s > 0 else "not asking again",
+            )
         if kind == "trades" and self.interval_s > 0:
             p = self.polls.get(code)
             if p is None:
@@ -217,8 +232,12 @@ class QuotePoller:
             self.log.info("SUBSCRIPTION still refused %s %s; asking again in %gs", kind, code, self.retry_s)
         else:  # not ours to ask (an older gateway, a code that left the universe): stop asking, keep polling
             self.retry_at[key] = float("inf")
-            self.log.warning("SUBSCRIPTION %s %s: the gateway answered %s; not asking again", kind, code,
-                             getattr(msg, "message", None) or type(msg).__name__)
+            self.log.warning(
+                "SUBSCRIPTION %s %s: the gateway answered %s; not asking again",
+                kind,
+                code,
+                getattr(msg, "message", None) or type(msg).__name__,
+            )
 
     def _on_quote(self, code: str, p: _Poll, msg: Any) -> list[PolledTrade]:
         now = self.clock()
@@ -238,8 +257,11 @@ class QuotePoller:
             return []
         qty = max(0, q.volume - prev[1]) if prev is not None else 0
         self.stats["polled_trades"] += 1
-        return [PolledTrade(code=code, time=self.hhmmss(), price=q.last, qty=qty, side=0, cum_volume=q.volume,
-                            change=q.change)]
+        return [
+            PolledTrade(
+                code=code, time=self.hhmmss(), price=q.last, qty=qty, side=0, cum_volume=q.volume, change=q.change
+            )
+        ]
 
     def _failed(self, code: str, p: _Poll, now: float, why: str) -> None:
         p.mid = 0
@@ -247,7 +269,9 @@ class QuotePoller:
         p.backoff = min(MAX_BACKOFF_S, max(2 * p.backoff, 2 * self.interval_s, 1.0))
         p.due = now + p.backoff
         self.stats["poll_errors"] += 1
-        (self.log.warning if first else self.log.debug)("QUOTEPOLL %s failed (%s); next try in %.1fs", code, why, p.backoff)
+        (self.log.warning if first else self.log.debug)(
+            "QUOTEPOLL %s failed (%s); next try in %.1fs", code, why, p.backoff
+        )
 
     def _stop(self, code: str, why: str) -> None:
         if self.polls.pop(code, None) is not None:
@@ -260,6 +284,11 @@ class QuotePoller:
         need = len(self.polls) / self.interval_s
         if self.quota_per_s > 0 and need > self.quota_per_s and not self._quota_warned:
             self._quota_warned = True
-            self.log.warning("QUOTEPOLL %d codes every %gs need %.1f queries/s, over this agent's rate_quota_per_s "
-                             "%g: quotes will come slower (and QUERY_QUOTA back-offs)", len(self.polls),
-                             self.interval_s, need, self.quota_per_s)
+            self.log.warning(
+                "QUOTEPOLL %d codes every %gs need %.1f queries/s, over this agent's rate_quota_per_s "
+                "%g: quotes will come slower (and QUERY_QUOTA back-offs)",
+                len(self.polls),
+                self.interval_s,
+                need,
+                self.quota_per_s,
+            )

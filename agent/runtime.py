@@ -37,13 +37,44 @@ from common.ids import make_client_order_id
 from common.krx import Phase
 from common.orders import OPEN, OrderState
 from common.schema import (
-    Ack, AgentEvent, Bar, CancelAll, CancelOrder, Error, EventBatch, FeedHealth, FillUpdate, GetEvents, HeaderFactory,
+    Ack,
+    AgentEvent,
+    Bar,
+    CancelAll,
+    CancelOrder,
+    Error,
+    EventBatch,
+    FeedHealth,
+    FillUpdate,
+    GetEvents,
+    HeaderFactory,
     Heartbeat,
-    ModifyOrder, NewOrder, Notice, OrderResult, OrdersReply, OrderUpdate, OrderView, PositionUpdate, PositionView, Published,
+    ModifyOrder,
+    NewOrder,
+    Notice,
+    OrderResult,
+    OrdersReply,
+    OrderUpdate,
+    OrderView,
+    PositionUpdate,
+    PositionView,
+    Published,
     Register,
-    Registered, Snapshot, SubmitOrders, TradeTick, Unregister,
+    Registered,
+    Snapshot,
+    SubmitOrders,
+    TradeTick,
+    Unregister,
 )
-from common.schema import CancelProtection, CardUpdate, GetSnapshot, Protect, ProtectionUpdate, SnapshotReply, SystemEvent
+from common.schema import (
+    CancelProtection,
+    CardUpdate,
+    GetSnapshot,
+    Protect,
+    ProtectionUpdate,
+    SnapshotReply,
+    SystemEvent,
+)
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
 from common.schema import UniverseUpdate
 from agent.universe import UniverseFollower
@@ -78,8 +109,15 @@ class AgentRuntime(AgentServicesMixin):
     """Also the strategy's Context (see agent.strategy.Context); kv state, queries and the book
     summary come from AgentServicesMixin (agent/services.py)."""
 
-    def __init__(self, card: AgentCard, run_dir: str | Path = "run", *, lock_dir: str | Path | None = None,
-                 gateway_wait_s: float = 10.0, takeover_wait_s: float | None = None) -> None:
+    def __init__(
+        self,
+        card: AgentCard,
+        run_dir: str | Path = "run",
+        *,
+        lock_dir: str | Path | None = None,
+        gateway_wait_s: float = 10.0,
+        takeover_wait_s: float | None = None,
+    ) -> None:
         self.card = card
         self.agent_id = card.id
         self.run_dir = Path(run_dir)
@@ -123,14 +161,44 @@ class AgentRuntime(AgentServicesMixin):
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
-    def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
-            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
-        return self._order(Side.BUY, code, qty, price, order_type, tif, reason, context,
-                           protection_spec(stop, take, trail_pct, protect))
+    def buy(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        protect: ProtectionSpec | None = None,
+    ) -> str:
+        return self._order(
+            Side.BUY,
+            code,
+            qty,
+            price,
+            order_type,
+            tif,
+            reason,
+            context,
+            protection_spec(stop, take, trail_pct, protect),
+        )
 
-    def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-             tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
+    def sell(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+    ) -> str:
         return self._order(Side.SELL, code, qty, price, order_type, tif, reason, context)
 
     def _next_id(self) -> str:
@@ -142,33 +210,77 @@ class AgentRuntime(AgentServicesMixin):
         self.next_n += 1
         return coid
 
-    def _order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
-               reason: str, context: dict[str, Any] | None, protect: ProtectionSpec | None = None) -> str:
+    def _order(
+        self,
+        side: Side,
+        code: str,
+        qty: int,
+        price: int,
+        order_type: OrderType,
+        tif: TimeInForce,
+        reason: str,
+        context: dict[str, Any] | None,
+        protect: ProtectionSpec | None = None,
+    ) -> str:
         coid = self._next_id()
         # the quote at decision time: the last print this agent saw, else its own limit price
         decision = self.last_price.get(code) or price
-        self._outbox.append(NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price,
-                                     order_type=order_type, tif=tif, reason=reason, context=context or {},
-                                     decision_price=decision, protect=protect))
+        self._outbox.append(
+            NewOrder(
+                client_order_id=coid,
+                code=code,
+                side=side,
+                qty=qty,
+                price=price,
+                order_type=order_type,
+                tif=tif,
+                reason=reason,
+                context=context or {},
+                decision_price=decision,
+                protect=protect,
+            )
+        )
         if protect is not None:  # visible at once; the gateway's events replace it
-            self._protections[coid] = Protection(id=coid, agent=self.agent_id, code=code, spec=protect, entry=coid,
-                                                 state=ProtectionState.PENDING)
+            self._protections[coid] = Protection(
+                id=coid, agent=self.agent_id, code=code, spec=protect, entry=coid, state=ProtectionState.PENDING
+            )
         # on its way: visible in open_orders at once (a timer firing before the gateway's first
         # event must not place it again); the gateway's events replace this view
-        self.orders[coid] = OrderView(client_order_id=coid, agent=self.agent_id, code=code, side=side, qty=qty,
-                                      price=price, order_type=order_type, tif=tif, state=OrderState.PENDING_SUBMIT,
-                                      filled_qty=0, filled_value=0)
+        self.orders[coid] = OrderView(
+            client_order_id=coid,
+            agent=self.agent_id,
+            code=code,
+            side=side,
+            qty=qty,
+            price=price,
+            order_type=order_type,
+            tif=tif,
+            state=OrderState.PENDING_SUBMIT,
+            filled_qty=0,
+            filled_value=0,
+        )
         return coid
 
-    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
-                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
-                spec: ProtectionSpec | None = None) -> str:
+    def protect(
+        self,
+        code: str,
+        qty: int = 0,
+        *,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        exit: ExitType = ExitType.MARKET,
+        when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+        spec: ProtectionSpec | None = None,
+    ) -> str:
         """Protect `qty` shares held of `code` (0: the whole position when a level is met) with a
         stop / take-profit / trailing stop (`trail_pct` % below the highest print) the gateway holds
         and fires, whether this agent runs or not. Returns its id; on_protection tells what happens."""
         ps = protection_spec(stop, take, trail_pct, spec, exit=exit, when_closed=when_closed)
         if ps is None:
-            raise KtraderError(ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop")
+            raise KtraderError(
+                ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop"
+            )
         pid = self._next_id()
         msg = Protect(h=self.headers(), id=pid, code=code, qty=qty, spec=ps)
         self._protections[pid] = Protection(id=pid, agent=self.agent_id, code=code, spec=ps, qty=qty)
@@ -336,7 +448,9 @@ class AgentRuntime(AgentServicesMixin):
         takeover_wait = self.takeover_wait_s if self.takeover_wait_s is not None else 4.0
         deadline = time.monotonic() + takeover_wait
         while True:
-            msg = Register(h=self.headers(), card=self.card, pid=os.getpid(), host=socket.gethostname(), last_seq=self.last_seq)
+            msg = Register(
+                h=self.headers(), card=self.card, pid=os.getpid(), host=socket.gethostname(), last_seq=self.last_seq
+            )
             try:
                 reply = self.client.request(msg, timeout_s=3.0)
             except KtraderError as e:
@@ -402,8 +516,11 @@ class AgentRuntime(AgentServicesMixin):
             raise AgentExit(EXIT_BAD_CARD, f"strategy {self.card.strategy}: {e}") from None
         missing = unsubscribed_bars(cls, self.card.subscriptions.bars)
         if missing:
-            raise AgentExit(EXIT_BAD_CARD, f"{self.card.id}: {self.card.strategy} decides on {', '.join(missing)} bars: "
-                                           f"add them to `bars` under [subscriptions] in its card")
+            raise AgentExit(
+                EXIT_BAD_CARD,
+                f"{self.card.id}: {self.card.strategy} decides on {', '.join(missing)} bars: "
+                f"add them to `bars` under [subscriptions] in its card",
+            )
         self.strategy = cls(self, params)
         self._call("on_start")
 
@@ -485,10 +602,21 @@ class AgentRuntime(AgentServicesMixin):
             self._gateway_lost(silent, f"no reply from the gateway for {silent:.1f}s")
             return
         self._hb_sent_at = now
-        self._send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors,
-                             feed=FeedHealth(gaps=self.feed.stats.gaps, heals=self.feed.stats.heals,
-                                             conflated=self.feed.stats.conflated, bad=self.client.bad_frames,
-                                             last_daily=self._last_daily, **self.quotes.report())))
+        self._send(
+            Heartbeat(
+                h=self.headers(),
+                max_ack_gap_ms=int(self._max_ack_gap * 1000),
+                errors=self.errors,
+                feed=FeedHealth(
+                    gaps=self.feed.stats.gaps,
+                    heals=self.feed.stats.heals,
+                    conflated=self.feed.stats.conflated,
+                    bad=self.client.bad_frames if self.client is not None else 0,
+                    last_daily=self._last_daily,
+                    **self.quotes.report(),
+                ),
+            )
+        )
 
     def _gateway_lost(self, silent: float, why: str) -> None:
         """The gateway went away or was replaced: reconnect and register again (same session, so
@@ -543,8 +671,14 @@ class AgentRuntime(AgentServicesMixin):
             self._follow_clock(msg.snapshot.clock_ns, msg.snapshot.phase)
         elif isinstance(msg, MarketSnapshot):
             for st in msg.markets:
-                self.log.info("MARKET %s trade=%s book=%s bars=%s seqs=%s", st.code, st.trade.price if st.trade else None,
-                              st.book is not None, [f"{b.interval}@{b.start}" for b in st.bars], st.seqs)
+                self.log.info(
+                    "MARKET %s trade=%s book=%s bars=%s seqs=%s",
+                    st.code,
+                    st.trade.price if st.trade else None,
+                    st.book is not None,
+                    [f"{b.interval}@{b.start}" for b in st.bars],
+                    st.seqs,
+                )
             for body in self.feed.on_snapshot(msg):
                 self._deliver(body)
         elif isinstance(msg, EventBatch):
@@ -554,7 +688,9 @@ class AgentRuntime(AgentServicesMixin):
             pid = self._protect_mids.pop(msg.h.re, None)
             if pid is not None and (mine := self._protections.get(pid)) is not None:
                 # the gateway did not take it: it ends here, and the strategy is told why
-                refused = msgspec.structs.replace(mine, state=ProtectionState.CANCELLED, reason=f"{msg.code}: {msg.message}")
+                refused = msgspec.structs.replace(
+                    mine, state=ProtectionState.CANCELLED, reason=f"{msg.code}: {msg.message}"
+                )
                 self._protections[pid] = refused
                 self.log.warning("protective order %s refused: %s %s", pid, msg.code, msg.message)
                 self._call("on_protection", refused)
@@ -581,11 +717,13 @@ class AgentRuntime(AgentServicesMixin):
         prot = self._protections.get(r.client_order_id)
         if prot is not None and prot.state is ProtectionState.PENDING and not r.duplicate:
             self._protections[r.client_order_id] = msgspec.structs.replace(
-                prot, state=ProtectionState.CANCELLED, reason=f"its buy was not taken: {r.code}: {r.message}")
+                prot, state=ProtectionState.CANCELLED, reason=f"its buy was not taken: {r.code}: {r.message}"
+            )
         mine = self.orders.get(r.client_order_id)
         if mine is not None and mine.state is OrderState.PENDING_SUBMIT and not r.duplicate:
-            denied = msgspec.structs.replace(mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value,
-                                             reason=r.message)
+            denied = msgspec.structs.replace(
+                mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value, reason=r.message
+            )
             self.orders[r.client_order_id] = denied
             self._call("on_order", denied)
 
@@ -605,14 +743,25 @@ class AgentRuntime(AgentServicesMixin):
         body = ev.body
         if isinstance(body, OrderUpdate):
             self.orders[body.order.client_order_id] = body.order
-            self.log.info("EVENT order %s %s filled %d/%d", body.order.client_order_id, body.order.state,
-                          body.order.filled_qty, body.order.qty)
+            self.log.info(
+                "EVENT order %s %s filled %d/%d",
+                body.order.client_order_id,
+                body.order.state,
+                body.order.filled_qty,
+                body.order.qty,
+            )
             if notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):
             self._positions[body.position.code] = body.position
-            self.log.info("EVENT fill %s %s %d@%d position %d", body.fill.client_order_id, body.fill.side,
-                          body.fill.qty, body.fill.price, body.position.qty)
+            self.log.info(
+                "EVENT fill %s %s %d@%d position %d",
+                body.fill.client_order_id,
+                body.fill.side,
+                body.fill.qty,
+                body.fill.price,
+                body.position.qty,
+            )
             if notify:
                 self._call("on_fill", body.fill, body.position)
         elif isinstance(body, PositionUpdate):

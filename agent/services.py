@@ -25,8 +25,23 @@ import zmq
 
 from common.errors import ErrorCode, KtraderError
 from common.schema import (
-    STATE_MAX_KEY_CHARS, STATE_MAX_KEYS, STATE_MAX_TOTAL_BYTES, STATE_MAX_VALUE_BYTES, AgentSummary, Error, GetState,
-    GetSummary, Heartbeat, InvestorDay, InvestorReply, PriceQuote, PriceReply, PutState, Query, StateReply, SummaryReply,
+    STATE_MAX_KEY_CHARS,
+    STATE_MAX_KEYS,
+    STATE_MAX_TOTAL_BYTES,
+    STATE_MAX_VALUE_BYTES,
+    AgentSummary,
+    Error,
+    GetState,
+    GetSummary,
+    Heartbeat,
+    InvestorDay,
+    InvestorReply,
+    PriceQuote,
+    PriceReply,
+    PutState,
+    Query,
+    StateReply,
+    SummaryReply,
 )
 
 if TYPE_CHECKING:
@@ -55,9 +70,13 @@ class StateMap(MutableMapping[str, Any]):
         try:
             raw = _enc.encode(value)
         except (TypeError, ValueError, OverflowError) as e:
-            raise KtraderError(ErrorCode.BAD_MESSAGE, f"state[{key!r}]: cannot store {type(value).__name__}: {e}") from None
+            raise KtraderError(
+                ErrorCode.BAD_MESSAGE, f"state[{key!r}]: cannot store {type(value).__name__}: {e}"
+            ) from None
         if len(raw) > STATE_MAX_VALUE_BYTES:
-            raise KtraderError(ErrorCode.STATE_LIMIT, f"state[{key!r}]: {len(raw):,} bytes is over {STATE_MAX_VALUE_BYTES:,}")
+            raise KtraderError(
+                ErrorCode.STATE_LIMIT, f"state[{key!r}]: {len(raw):,} bytes is over {STATE_MAX_VALUE_BYTES:,}"
+            )
         if key not in self._raw and len(self._raw) >= STATE_MAX_KEYS:
             raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
         total = self.size_bytes() - (len(key.encode()) + len(self._raw[key]) if key in self._raw else 0)
@@ -149,6 +168,7 @@ class AgentServicesMixin:
             return
         from agent.runtime import EXIT_NO_GATEWAY, AgentExit  # late: runtime imports this module
 
+        reply: object
         try:
             reply = self.client.request(GetState(h=self.headers()), timeout_s=5.0)
         except KtraderError as e:
@@ -192,7 +212,9 @@ class AgentServicesMixin:
                 raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s")
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._hb_sent_at = now
-                client.send(Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors))
+                client.send(
+                    Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors)
+                )
             wait = min(deadline, self._hb_sent_at + self.heartbeat_s) - now
             if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
                 continue

@@ -19,30 +19,70 @@ import datetime as dt
 
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed
 
-from common.schema import AgentSummary, Bar, BookTick, FillView, InvestorDay, OrderView, PositionView, PriceQuote, TradeTick
+from common.schema import (
+    AgentSummary,
+    Bar,
+    BookTick,
+    FillView,
+    InvestorDay,
+    OrderView,
+    PositionView,
+    PriceQuote,
+    TradeTick,
+)
 
 
 class Context(Protocol):
     agent_id: str
     log: logging.Logger
 
-    def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
-            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
+    def buy(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        protect: ProtectionSpec | None = None,
+    ) -> str:
         """A buy; with `stop` / `take` / `trail_pct` (or a full `protect` spec) it carries a protective
         order armed by its fills for the shares they buy: a stop-loss, a take-profit, a trailing stop
         `trail_pct` % below the highest price since, together one bracket (the first met sells, the
         others go). Held by the gateway (live) or the backtester, with the rules of common/protection.py."""
         ...
 
-    def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-             tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str: ...
+    def sell(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+    ) -> str: ...
 
     def cancel(self, client_order_id: str) -> None: ...
 
-    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
-                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
-                spec: ProtectionSpec | None = None) -> str:
+    def protect(
+        self,
+        code: str,
+        qty: int = 0,
+        *,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        exit: ExitType = ExitType.MARKET,
+        when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+        spec: ProtectionSpec | None = None,
+    ) -> str:
         """Protect `qty` held shares of `code` (0: the whole position when a level is met); returns its id."""
         ...
 
@@ -201,4 +241,3 @@ class Strategy:
         the new params; `changed` names the card fields that changed."""
 
     def on_stop(self) -> None: ...
-

@@ -32,7 +32,10 @@ from common.ids import EXTERNAL_AGENT
 log = logging.getLogger("ktrader.approvals")
 
 FILE = "approved.json"
-RESERVED = {credentials.GATEWAY: "the gateway signs its own replies so", EXTERNAL_AGENT: "orders placed outside ktrader"}
+RESERVED = {
+    credentials.GATEWAY: "the gateway signs its own replies so",
+    EXTERNAL_AGENT: "orders placed outside ktrader",
+}
 
 
 class Approval(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,8 +73,10 @@ def load(run_dir: str | Path) -> Registry:
         raise ConfigError(f"{path}: unreadable ({e})") from None
     for agent, a in reg.cards.items():
         if a.card.id != agent or checksum(a.card) != a.sha256:
-            raise ConfigError(f"{path}: the entry of {agent!r} does not match its checksum (edited by hand?); "
-                              f"approve the card again: ktrader cards approve CARD")
+            raise ConfigError(
+                f"{path}: the entry of {agent!r} does not match its checksum (edited by hand?); "
+                f"approve the card again: ktrader cards approve CARD"
+            )
     return reg
 
 

@@ -13,8 +13,9 @@ def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price:
     return apply_fill_value(pos, code, side, qty, qty * price, fee=fee)
 
 
-def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int,
-                     allow_short: bool = False, fee: int = 0) -> PositionView:
+def apply_fill_value(
+    pos: PositionView | None, code: str, side: Side, qty: int, value: int, allow_short: bool = False, fee: int = 0
+) -> PositionView:
     """The position after fills of `qty` shares worth `value` KRW in total, paying `fee` KRW
     (commission and tax, kept apart so cost and gross P&L stay comparable with the broker's).
     Sells take cost out at the average cost (floor), the rest of the proceeds is realised P&L.
@@ -23,14 +24,21 @@ def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, 
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     fees = cur.fees + fee
     if side is Side.BUY:
-        return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl, fees=fees)
+        return PositionView(
+            code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl, fees=fees
+        )
     if qty > cur.qty:
         if not allow_short:
             raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
         held = max(cur.qty, 0)
         removed = cur.cost if held else 0
-        return PositionView(code=code, qty=cur.qty - qty, cost=0,
-                            realized_pnl=cur.realized_pnl + (value * held // qty) - removed, fees=fees)
+        return PositionView(
+            code=code,
+            qty=cur.qty - qty,
+            cost=0,
+            realized_pnl=cur.realized_pnl + (value * held // qty) - removed,
+            fees=fees,
+        )
     removed = cur.cost * qty // cur.qty if cur.qty else 0
     return PositionView(
         code=code,
@@ -41,8 +49,9 @@ def apply_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, 
     )
 
 
-def reverse_fill_value(pos: PositionView | None, code: str, side: Side, qty: int, value: int, fee: int,
-                       cost_out: int = 0) -> PositionView:
+def reverse_fill_value(
+    pos: PositionView | None, code: str, side: Side, qty: int, value: int, fee: int, cost_out: int = 0
+) -> PositionView:
     """The position with a booked fill taken back (reconciliation: the broker does not have it).
     A buy gives back its shares and their cost; a sell gets its shares back with the cost it took out
     (`cost_out`, recorded when it was booked) and loses the P&L it realised. The fees it was charged
@@ -53,5 +62,10 @@ def reverse_fill_value(pos: PositionView | None, code: str, side: Side, qty: int
         left = max(0, cur.qty - qty)
         cost = max(0, cur.cost - value) if left else 0
         return PositionView(code=code, qty=left, cost=cost, realized_pnl=cur.realized_pnl, fees=fees)
-    return PositionView(code=code, qty=cur.qty + qty, cost=cur.cost + cost_out,
-                        realized_pnl=cur.realized_pnl - (value - cost_out), fees=fees)
+    return PositionView(
+        code=code,
+        qty=cur.qty + qty,
+        cost=cur.cost + cost_out,
+        realized_pnl=cur.realized_pnl - (value - cost_out),
+        fees=fees,
+    )

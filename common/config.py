@@ -93,10 +93,17 @@ def limit_problems(lim: RiskLimits, budget: int | None = None) -> list[tuple[str
     """(field, why) for limits that cannot work as written; `budget` None for the gateway's limits."""
     out = []
     if lim.halt_drawdown_pct and lim.max_drawdown_pct and lim.halt_drawdown_pct < lim.max_drawdown_pct:
-        out.append(("risk.halt_drawdown_pct", f"{lim.halt_drawdown_pct:g} % halts before max_drawdown_pct "
-                                              f"{lim.max_drawdown_pct:g} % reduces: it must be at least as deep"))
+        out.append(
+            (
+                "risk.halt_drawdown_pct",
+                f"{lim.halt_drawdown_pct:g} % halts before max_drawdown_pct "
+                f"{lim.max_drawdown_pct:g} % reduces: it must be at least as deep",
+            )
+        )
     if budget is not None and not budget and (lim.max_drawdown_pct or lim.halt_drawdown_pct):
-        out.append(("risk.max_drawdown_pct", "an agent's drawdown is of its own equity (budget + net P&L): give it a budget"))
+        out.append(
+            ("risk.max_drawdown_pct", "an agent's drawdown is of its own equity (budget + net P&L): give it a budget")
+        )
     if budget is not None and budget and lim.cash_reserve >= budget:
         out.append(("risk.cash_reserve", f"{lim.cash_reserve:,} is the whole budget {budget:,}: no buy could pass"))
     return out
@@ -111,7 +118,9 @@ class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
 
 class WebhookShape(StrEnum):
     JSON = "json"  # {"kind", "agent", "subject", "text", "ts", "gateway"}: for your own receiver
-    TELEGRAM = "telegram"  # Bot API sendMessage: {"chat_id", "text"}; url https://api.telegram.org/bot<TOKEN>/sendMessage
+    TELEGRAM = (
+        "telegram"  # Bot API sendMessage: {"chat_id", "text"}; url https://api.telegram.org/bot<TOKEN>/sendMessage
+    )
     SLACK = "slack"  # incoming webhook: {"text"}
 
 
@@ -145,10 +154,16 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     smtp: list[SmtpConfig] = []
     kinds: list[AlertKind] = []  # which kinds are sent ([]: all)
     dedup_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0  # the same alert (kind, agent, subject) once per this long
-    max_per_minute: Annotated[int, msgspec.Meta(gt=0)] = 6  # per channel; more are counted and summarised in the next one
-    queue_size: Annotated[int, msgspec.Meta(gt=0)] = 200  # alerts waiting to be sent; beyond it they are dropped and counted
+    max_per_minute: Annotated[int, msgspec.Meta(gt=0)] = (
+        6  # per channel; more are counted and summarised in the next one
+    )
+    queue_size: Annotated[int, msgspec.Meta(gt=0)] = (
+        200  # alerts waiting to be sent; beyond it they are dropped and counted
+    )
     session_down_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # broker session not ready this long: an alert
-    stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # no real-time message this long in the continuous session
+    stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = (
+        60.0  # no real-time message this long in the continuous session
+    )
 
 
 class WebConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -123,8 +123,10 @@ def _read(path: Path, name: str, hint: str) -> bytes:
 def hint_for(name: str) -> str:
     if name == OPERATOR:
         return "it is made when the gateway starts on this run folder (the operator's credential)"
-    return (f"the operator approves the agent's card on the gateway's host: ktrader cards approve CARD "
-            f"(or ktrader keys export {name} for another host)")
+    return (
+        f"the operator approves the agent's card on the gateway's host: ktrader cards approve CARD "
+        f"(or ktrader keys export {name} for another host)"
+    )
 
 
 def load(run_dir: str | Path, name: str) -> Credential:

@@ -27,6 +27,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 from zmq.auth import load_certificate
@@ -123,9 +124,14 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 def _certificate(public: bytes, secret: bytes | None, what: str) -> str:
     """ZMQ's certificate text (what zmq.auth.create_certificates writes)."""
-    lines = [f"#   ****  Generated on {dt.datetime.now():%Y-%m-%d %H:%M:%S} by ktrader keys  ****",
-             f"#   ZeroMQ CURVE {what} Certificate", "", "metadata", "curve",
-             f'    public-key = "{public.decode("ascii")}"']
+    lines = [
+        f"#   ****  Generated on {dt.datetime.now():%Y-%m-%d %H:%M:%S} by ktrader keys  ****",
+        f"#   ZeroMQ CURVE {what} Certificate",
+        "",
+        "metadata",
+        "curve",
+        f'    public-key = "{public.decode("ascii")}"',
+    ]
     if secret is not None:
         lines.insert(2, "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.")
         lines.append(f'    secret-key = "{secret.decode("ascii")}"')
@@ -220,8 +226,11 @@ def gateway_pair(run_dir: str | Path) -> KeyPair:
 
 def client_pair(run_dir: str | Path, name: str) -> KeyPair:
     path = client_secret_path(run_dir, name)
-    hint = (f"on the gateway's host run `ktrader keys agent {name}` (or `ktrader keys export {name}`) and put the "
-            f"file here" if name != TOOLS else "run: ktrader keys init (on the gateway's host)")
+    hint = (
+        f"on the gateway's host run `ktrader keys agent {name}` (or `ktrader keys export {name}`) and put the file here"
+        if name != TOOLS
+        else "run: ktrader keys init (on the gateway's host)"
+    )
     return load_secret_pair(path, hint)
 
 
@@ -271,7 +280,7 @@ def check_gateway_keys(run_dir: str | Path, *endpoints: str) -> None:
 # ---- socket options ---------------------------------------------------------------------------------
 
 
-def serve(sock: zmq.Socket, pair: KeyPair) -> None:
+def serve(sock: zmq.Socket[Any], pair: KeyPair) -> None:
     """Server side; set before bind. The ZAP domain routes handshakes to server/zap.py's check."""
     sock.curve_server = True
     sock.curve_secretkey = pair.secret
@@ -279,19 +288,20 @@ def serve(sock: zmq.Socket, pair: KeyPair) -> None:
     sock.zap_domain = ZAP_DOMAIN
 
 
-def dial(sock: zmq.Socket, pair: KeyPair, server_public: bytes) -> None:
+def dial(sock: zmq.Socket[Any], pair: KeyPair, server_public: bytes) -> None:
     """Client side; set before connect."""
     sock.curve_serverkey = server_public
     sock.curve_publickey = pair.public
     sock.curve_secretkey = pair.secret
 
 
-def dial_gateway(sock: zmq.Socket, run_dir: str | Path, name: str, endpoint: str, server_key: str) -> None:
+def dial_gateway(sock: zmq.Socket[Any], run_dir: str | Path, name: str, endpoint: str, server_key: str) -> None:
     """A client socket about to connect to `endpoint`: CURVE with `name`'s pair over a network, as is
     on ipc. `server_key` is gateway.json's curve_key."""
     if not network(endpoint):
         return
     if not server_key:
-        raise CurveError(f"gateway.json names no CURVE key for {endpoint}: refresh it from the gateway's host "
-                         "(ktrader keys export)")
+        raise CurveError(
+            f"gateway.json names no CURVE key for {endpoint}: refresh it from the gateway's host (ktrader keys export)"
+        )
     dial(sock, client_pair(run_dir, name), server_key.encode("ascii"))

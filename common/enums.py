@@ -121,7 +121,9 @@ class AlertKind(StrEnum):
     DRAWDOWN = "drawdown"  # equity fell from its peak: reducing, then halted
     CASH_RESERVE = "cash_reserve"
     PROTECTION = "protection"  # a protective order fired, or could not be sent
-    BAD_MARKET_DATA = "bad_market_data"  # a print or book failed the sanity checks and was dropped (server/md_sanity.py)
+    BAD_MARKET_DATA = (
+        "bad_market_data"  # a print or book failed the sanity checks and was dropped (server/md_sanity.py)
+    )
 
 
 class BarInterval(StrEnum):

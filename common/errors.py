@@ -14,7 +14,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "UNSUPPORTED"  # a valid message this endpoint does not serve
     INTERNAL = "INTERNAL"  # a bug on the gateway side; the message was not acted on
     TIMEOUT = "TIMEOUT"  # client side: no reply in time
-    STALE_MESSAGE = "STALE_MESSAGE"  # its timestamp is outside the gateway's freshness window (a replay, or a clock off)
+    STALE_MESSAGE = (
+        "STALE_MESSAGE"  # its timestamp is outside the gateway's freshness window (a replay, or a clock off)
+    )
     REPLAYED = "REPLAYED"  # this message (sender session, message id) was seen already
     FORBIDDEN = "FORBIDDEN"  # this credential may not do that (an agent acting on another, or on the gateway)
     # identity and leases

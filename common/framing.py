@@ -76,8 +76,15 @@ class _Probe(msgspec.Struct):
 
 
 class Codec:
-    def __init__(self, key: bytes, max_body: int = DEFAULT_MAX_BODY, *, credential: Credential | None = None,
-                 keyring: Callable[[str], bytes | None] | None = None, freshness: Freshness | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        max_body: int = DEFAULT_MAX_BODY,
+        *,
+        credential: Credential | None = None,
+        keyring: Callable[[str], bytes | None] | None = None,
+        freshness: Freshness | None = None,
+    ) -> None:
         """`key`: the gateway's (it signs PUB and the gateway's replies). `credential`: whom this side
         signs ROUTER frames as (default: the gateway, with `key`). `keyring`: signer → key for the
         ROUTER frames this side accepts (default: the gateway's only). `freshness`: check requests'

@@ -24,8 +24,9 @@ SPAN = 4096
 
 
 class Freshness:
-    def __init__(self, window_ns: int, now_ns: Callable[[], int] = time.time_ns, span: int = SPAN,
-                 max_sessions: int = 100_000) -> None:
+    def __init__(
+        self, window_ns: int, now_ns: Callable[[], int] = time.time_ns, span: int = SPAN, max_sessions: int = 100_000
+    ) -> None:
         self.window_ns = window_ns
         self.now_ns = now_ns
         self.span = span
@@ -38,8 +39,10 @@ class Freshness:
         now = self.now_ns()
         skew = ts - now
         if abs(skew) > self.window_ns:
-            return ErrorCode.STALE_MESSAGE, (f"sent {abs(skew) / 1e9:,.1f}s {'ahead of' if skew > 0 else 'before'} the "
-                                             f"gateway's clock (window {self.window_ns / 1e9:g}s): a replay, or a clock off")
+            return ErrorCode.STALE_MESSAGE, (
+                f"sent {abs(skew) / 1e9:,.1f}s {'ahead of' if skew > 0 else 'before'} the "
+                f"gateway's clock (window {self.window_ns / 1e9:g}s): a replay, or a clock off"
+            )
         key = (principal, sid)
         st = self._seen.get(key)
         if st is None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from common.calendar import session_hours
 from common.clock import KST
-from common.krx_rules import CURRENT, Market, PriceRuleError, SecurityKind  # noqa: F401 (re-exported)
+from common.krx_rules import CURRENT, Market as Market, PriceRuleError as PriceRuleError, SecurityKind as SecurityKind
 
 
 PRICE_LIMIT_PCT = 30

@@ -101,8 +101,24 @@ _EARLIEST = _D(1900, 1, 1)
 ALL = (Market.KOSPI, Market.KOSDAQ, Market.KONEX)
 
 # ---- tick grid (호가가격단위) ------------------------------------------------------------------
-_LADDER_2023: Ladder = ((2_000, 1), (5_000, 5), (20_000, 10), (50_000, 50), (200_000, 100), (500_000, 500), (_TOP, 1_000))
-_KOSPI_2010: Ladder = ((1_000, 1), (5_000, 5), (10_000, 10), (50_000, 50), (100_000, 100), (500_000, 500), (_TOP, 1_000))
+_LADDER_2023: Ladder = (
+    (2_000, 1),
+    (5_000, 5),
+    (20_000, 10),
+    (50_000, 50),
+    (200_000, 100),
+    (500_000, 500),
+    (_TOP, 1_000),
+)
+_KOSPI_2010: Ladder = (
+    (1_000, 1),
+    (5_000, 5),
+    (10_000, 10),
+    (50_000, 50),
+    (100_000, 100),
+    (500_000, 500),
+    (_TOP, 1_000),
+)
 _KOSPI_OLD: Ladder = ((5_000, 5), (10_000, 10), (50_000, 50), (100_000, 100), (500_000, 500), (_TOP, 1_000))
 _KOSDAQ_2010: Ladder = ((1_000, 1), (5_000, 5), (10_000, 10), (50_000, 50), (_TOP, 100))
 _KOSDAQ_2003: Ladder = ((5_000, 5), (10_000, 10), (50_000, 50), (_TOP, 100))
@@ -132,8 +148,9 @@ BAND_ROWS: tuple[BandRow, ...] = (
     BandRow(_D(1998, 3, 2), (Market.KOSPI,), 12, "B1990s (month confirmed, day UNCONFIRMED)", False),
     BandRow(_D(1998, 4, 1), (Market.KOSDAQ,), 12, "B1990s (month confirmed, day UNCONFIRMED)", False),
     BandRow(_D(1998, 12, 7), (Market.KOSPI,), 15, "B1990s, B2015 (month confirmed, day UNCONFIRMED)", False),
-    BandRow(_D(2005, 3, 28), (Market.KOSDAQ, Market.KONEX), 15, "B1990s (2005-03 vs. Q2 2005 disagree: UNCONFIRMED)",
-            False),
+    BandRow(
+        _D(2005, 3, 28), (Market.KOSDAQ, Market.KONEX), 15, "B1990s (2005-03 vs. Q2 2005 disagree: UNCONFIRMED)", False
+    ),
     BandRow(_D(2015, 6, 15), ALL, 30, "B2015; shared/kis/API.md §7.3"),
 )
 
@@ -177,14 +194,18 @@ class KrxRules:
 
     __slots__ = ("since", "_ladders", "_bands", "_tax", "unconfirmed", "_limits")
 
-    def __init__(self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow],
-                 taxes: dict[Market, TaxRow]) -> None:
+    def __init__(
+        self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow], taxes: dict[Market, TaxRow]
+    ) -> None:
         self.since = day  # the first day of this set of rows (later days with the same rows share it)
         self._ladders = {m: r.ladder for m, r in ticks.items()}
         self._bands = {m: r.pct for m, r in bands.items()}
         self._tax = {m: r.total_ppm for m, r in taxes.items()}
-        notes = [f"tick grid {m} ({r.source})" for m, r in ticks.items()
-                 if r.confirmed_since is None or day < r.confirmed_since]
+        notes = [
+            f"tick grid {m} ({r.source})"
+            for m, r in ticks.items()
+            if r.confirmed_since is None or day < r.confirmed_since
+        ]
         notes += [f"price band {m} ({r.source})" for m, r in bands.items() if not r.confirmed or r.pct is None]
         notes += [f"sell tax {m} ({r.source})" for m, r in taxes.items() if not r.confirmed]
         self.unconfirmed: tuple[str, ...] = tuple(notes)
@@ -224,8 +245,14 @@ class KrxRules:
             raise PriceRuleError(f"no grid price below {price}")
         return self.round_down(price - 1, kind, market)
 
-    def ticks_away(self, price: int, ticks: int, limit: int = 0, kind: SecurityKind = SecurityKind.STOCK,
-                   market: Market = Market.KOSPI) -> int:
+    def ticks_away(
+        self,
+        price: int,
+        ticks: int,
+        limit: int = 0,
+        kind: SecurityKind = SecurityKind.STOCK,
+        market: Market = Market.KOSPI,
+    ) -> int:
         """`ticks` steps up (or down, when negative) the grid, not past the day's price `limit`."""
         for _ in range(abs(ticks)):
             price = self.next_tick_up(price, kind, market) if ticks > 0 else self.next_tick_down(price, kind, market)
@@ -239,8 +266,9 @@ class KrxRules:
         """The band in % of the base price, or None when that period's band is not modelled."""
         return self._bands[market]
 
-    def price_limits(self, base: int, kind: SecurityKind = SecurityKind.STOCK,
-                     market: Market = Market.KOSPI) -> tuple[int, int]:
+    def price_limits(
+        self, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI
+    ) -> tuple[int, int]:
         """(lower, upper) limit of the day from the base price (usually the previous close): base ± pct,
         rounded to the grid toward the base (API.md §7.3; the same rounding is applied to every period,
         UNCONFIRMED before 2015). Without a modelled band: (1, sys.maxsize)."""
@@ -261,19 +289,23 @@ class KrxRules:
             self._limits[key] = got
         return got
 
-    def check_price(self, price: int, base: int, kind: SecurityKind = SecurityKind.STOCK,
-                    market: Market = Market.KOSPI) -> None:
+    def check_price(
+        self, price: int, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI
+    ) -> None:
         """Raise PriceRuleError unless `price` is on the day's grid and inside the day's band of `base`."""
         if price <= 0:
             raise PriceRuleError(f"price must be positive, got {price}")
         tick = self.tick_size(price, kind, market)
         if price % tick:
             down = price - price % tick
-            raise PriceRuleError(f"price {price} is off the day's tick grid (tick {tick}: nearest {down} or {down + tick})")
+            raise PriceRuleError(
+                f"price {price} is off the day's tick grid (tick {tick}: nearest {down} or {down + tick})"
+            )
         lower, upper = self.price_limits(base, kind, market)
         if not lower <= price <= upper:
-            raise PriceRuleError(f"price {price} is outside the day's band {lower}..{upper} (base {base}, "
-                                 f"±{self._bands[market]} %)")
+            raise PriceRuleError(
+                f"price {price} is outside the day's band {lower}..{upper} (base {base}, ±{self._bands[market]} %)"
+            )
 
     # ---- taxes -----------------------------------------------------------------------------------
 
@@ -293,8 +325,12 @@ def _build(day: dt.date) -> KrxRules:
     bands = {m: _latest(BAND_ROWS, day, m) for m in Market}
     taxes = {m: _latest(TAX_ROWS, settlement, m) for m in Market}
     confirmed = tuple(int(r.confirmed_since is not None and day >= r.confirmed_since) for r in ticks.values())
-    key = (*(id(r) for r in ticks.values()), *(id(r) for r in bands.values()), *(id(r) for r in taxes.values()),
-           *confirmed)
+    key = (
+        *(id(r) for r in ticks.values()),
+        *(id(r) for r in bands.values()),
+        *(id(r) for r in taxes.values()),
+        *confirmed,
+    )
     shared = _SHARED.get(key)
     if shared is None:
         shared = _SHARED[key] = KrxRules(day, ticks, bands, taxes)
@@ -311,11 +347,14 @@ def _first_trade_settling(since: dt.date) -> dt.date:
 
 # Every day on which some row starts to apply (tax rows: the first trade that settles under them):
 # between two of these, one KrxRules object holds, so rules_for is a bisect on first use of a day.
-_BOUNDARIES: list[str] = sorted({
-    *(r.since.isoformat() for r in (*TICK_ROWS, *BAND_ROWS) if r.since > _EARLIEST),
-    *(r.confirmed_since.isoformat() for r in TICK_ROWS if r.confirmed_since is not None),
-    *(_first_trade_settling(r.since).isoformat() for r in TAX_ROWS if r.since > _EARLIEST),
-})
+_BOUNDARIES: list[str] = sorted(
+    {
+        *(r.since.isoformat() for r in TICK_ROWS if r.since > _EARLIEST),
+        *(r.since.isoformat() for r in BAND_ROWS if r.since > _EARLIEST),
+        *(r.confirmed_since.isoformat() for r in TICK_ROWS if r.confirmed_since is not None),
+        *(_first_trade_settling(r.since).isoformat() for r in TAX_ROWS if r.since > _EARLIEST),
+    }
+)
 _PERIODS: list[KrxRules | None] = [None] * (len(_BOUNDARIES) + 1)
 
 
@@ -339,5 +378,5 @@ def calendar_known(day: dt.date) -> bool:
     return known_year(day.year)
 
 
-LATEST_CHANGE = max(r.since for r in (*TICK_ROWS, *BAND_ROWS, *TAX_ROWS))
+LATEST_CHANGE = max(*(r.since for r in TICK_ROWS), *(r.since for r in BAND_ROWS), *(r.since for r in TAX_ROWS))
 CURRENT = rules_for(LATEST_CHANGE)  # the newest row of every table: today's rules

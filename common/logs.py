@@ -16,8 +16,11 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
         handlers.append(logging.FileHandler(log_file))
     for h in handlers:
         h.addFilter(RedactSecrets())  # secrets the KIS client registered never reach a log line
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        handlers=handlers,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets); the
     # websocket library logs whole frames at DEBUG, subscribe requests (approval key) included
     for name in ("httpx", "httpcore", "websockets", "hpack"):

@@ -53,7 +53,9 @@ class OrderState(StrEnum):
     HELD = "held"
 
 
-TERMINAL = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.DENIED, OrderState.REJECTED, OrderState.EXPIRED})
+TERMINAL = frozenset(
+    {OrderState.FILLED, OrderState.CANCELLED, OrderState.DENIED, OrderState.REJECTED, OrderState.EXPIRED}
+)
 # Open: the broker may hold live quantity of ours (counts against risk and cash).
 OPEN = frozenset(OrderState) - TERMINAL - {OrderState.NEW}
 
@@ -81,32 +83,32 @@ class _Ev(msgspec.Struct, frozen=True, kw_only=True, tag_field="e"):
     ts_ns: int = 0
 
 
-class Submit(_Ev, tag="submit"):
+class Submit(_Ev, tag="submit", frozen=True):
     """Intent written; the broker call starts."""
 
 
-class Hold(_Ev, tag="hold"):
+class Hold(_Ev, tag="hold", frozen=True):
     """Intent written for a later session (`valid_day`, YYYYMMDD): nothing is sent before it."""
 
     valid_day: str
 
 
-class Deny(_Ev, tag="deny"):
+class Deny(_Ev, tag="deny", frozen=True):
     code: str
     reason: str = ""
 
 
-class Accept(_Ev, tag="accept"):
+class Accept(_Ev, tag="accept", frozen=True):
     broker_order_id: str
     org_no: str = ""
 
 
-class Reject(_Ev, tag="reject"):
+class Reject(_Ev, tag="reject", frozen=True):
     code: str
     reason: str = ""
 
 
-class MarkUnknown(_Ev, tag="unknown"):
+class MarkUnknown(_Ev, tag="unknown", frozen=True):
     """A submit (or, on PENDING_REPLACE / PENDING_CANCEL, a revise or cancel) whose outcome is not known."""
 
     reason: str = ""
@@ -120,7 +122,7 @@ AMEND_UNKNOWN = "AMEND_UNKNOWN"  # = common.errors.ErrorCode.AMEND_UNKNOWN (this
 RECON_FILL_PREFIX = "recon:"
 
 
-class Fill(_Ev, tag="fill"):
+class Fill(_Ev, tag="fill", frozen=True):
     """A fill. Ids starting with RECON_FILL_PREFIX come from reconciliation (the broker's cumulative
     quantity was ahead of ours); a later notice of the same quantity is then absorbed, not counted."""
 
@@ -131,7 +133,7 @@ class Fill(_Ev, tag="fill"):
     cost_out: int = 0  # a sell: the position's cost it took out (set by the book, so a reversal is exact)
 
 
-class ReverseFill(_Ev, tag="reverse_fill"):
+class ReverseFill(_Ev, tag="reverse_fill", frozen=True):
     """Reconciliation: the broker does not have (all of) a fill we booked from a notice (forged, or
     misreported). `qty` of fill `fill_id` is taken back at that fill's own average price. The fill id
     stays known, so the same notice arriving again is still a duplicate."""
@@ -141,48 +143,62 @@ class ReverseFill(_Ev, tag="reverse_fill"):
     reason: str = ""
 
 
-class RequestCancel(_Ev, tag="req_cancel"):
+class RequestCancel(_Ev, tag="req_cancel", frozen=True):
     pass
 
 
-class CancelRefused(_Ev, tag="cancel_refused"):
+class CancelRefused(_Ev, tag="cancel_refused", frozen=True):
     code: str = ""
     reason: str = ""
 
 
-class ResendCancel(_Ev, tag="resend_cancel"):
+class ResendCancel(_Ev, tag="resend_cancel", frozen=True):
     """A cancel in doubt goes out again, to the order's live line (server/chain_repair.py)."""
 
     broker_order_id: str = ""
 
 
-class Cancelled(_Ev, tag="cancelled"):
+class Cancelled(_Ev, tag="cancelled", frozen=True):
     broker_order_id: str = ""  # ODNO of the cancel order
 
 
-class RequestReplace(_Ev, tag="req_replace"):
+class RequestReplace(_Ev, tag="req_replace", frozen=True):
     price: int
     qty: int  # new total quantity (filled + new remainder)
 
 
-class ReplaceRefused(_Ev, tag="replace_refused"):
+class ReplaceRefused(_Ev, tag="replace_refused", frozen=True):
     code: str = ""
     reason: str = ""
 
 
-class Replaced(_Ev, tag="replaced"):
+class Replaced(_Ev, tag="replaced", frozen=True):
     broker_order_id: str  # the new ODNO
     price: int
     qty: int
 
 
-class Expire(_Ev, tag="expire"):
+class Expire(_Ev, tag="expire", frozen=True):
     pass
 
 
 OrderEvent = Union[
-    Submit, Hold, Deny, Accept, Reject, MarkUnknown, Fill, RequestCancel, CancelRefused, Cancelled,
-    RequestReplace, ReplaceRefused, Replaced, Expire, ReverseFill, ResendCancel,
+    Submit,
+    Hold,
+    Deny,
+    Accept,
+    Reject,
+    MarkUnknown,
+    Fill,
+    RequestCancel,
+    CancelRefused,
+    Cancelled,
+    RequestReplace,
+    ReplaceRefused,
+    Replaced,
+    Expire,
+    ReverseFill,
+    ResendCancel,
 ]
 
 
@@ -375,7 +391,9 @@ def apply(order: Order, event: OrderEvent) -> Order:
             changes.update(broker_order_id=event.broker_order_id, broker_chain=(event.broker_order_id,))
     elif isinstance(event, Accept):
         if not order.broker_order_id:
-            changes.update(broker_order_id=event.broker_order_id, org_no=event.org_no, broker_chain=(event.broker_order_id,))
+            changes.update(
+                broker_order_id=event.broker_order_id, org_no=event.org_no, broker_chain=(event.broker_order_id,)
+            )
     elif isinstance(event, Hold):
         changes.update(valid_day=event.valid_day)
     elif isinstance(event, (Deny, Reject, CancelRefused, ReplaceRefused)):
@@ -393,7 +411,9 @@ def apply(order: Order, event: OrderEvent) -> Order:
         back = r.value * event.qty // r.qty  # at the fill's own price
         recs[i] = msgspec.structs.replace(r, reversed_qty=r.reversed_qty + event.qty)
         filled -= event.qty
-        changes.update(filled_qty=filled, filled_value=order.filled_value - back, fills=tuple(recs), reason=event.reason)
+        changes.update(
+            filled_qty=filled, filled_value=order.filled_value - back, fills=tuple(recs), reason=event.reason
+        )
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")
@@ -402,9 +422,19 @@ def apply(order: Order, event: OrderEvent) -> Order:
         if event.qty < filled:
             raise Overfill(f"{order.client_order_id}: replaced qty {event.qty} below filled {filled}")
         qty = event.qty
-        chain = order.broker_chain if event.broker_order_id in order.broker_chain else order.broker_chain + (event.broker_order_id,)
-        changes.update(qty=qty, price=event.price, broker_order_id=event.broker_order_id, broker_chain=chain,
-                       pending_price=0, pending_qty=0)
+        chain = (
+            order.broker_chain
+            if event.broker_order_id in order.broker_chain
+            else order.broker_chain + (event.broker_order_id,)
+        )
+        changes.update(
+            qty=qty,
+            price=event.price,
+            broker_order_id=event.broker_order_id,
+            broker_chain=chain,
+            pending_price=0,
+            pending_qty=0,
+        )
 
     if target == _RESTING:
         state = _resting(filled, qty)

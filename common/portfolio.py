@@ -29,8 +29,22 @@ from common.schema import PositionView
 class _Book:
     """What one agent (or the whole account) holds and has open, with its totals."""
 
-    __slots__ = ("open", "limit_buys", "buy_value", "market_qty", "buy_n", "sell_qty", "qty", "cost", "value",
-                 "sector_value", "sector_buys", "total", "spent", "active")
+    __slots__ = (
+        "open",
+        "limit_buys",
+        "buy_value",
+        "market_qty",
+        "buy_n",
+        "sell_qty",
+        "qty",
+        "cost",
+        "value",
+        "sector_value",
+        "sector_buys",
+        "total",
+        "spent",
+        "active",
+    )
 
     def __init__(self) -> None:
         self.open = 0  # open orders
@@ -128,8 +142,11 @@ class Portfolio:
         if code is not None:
             n = bk.market_qty.get(code, 0)
             return n * self.notional_price(Side.BUY, 0, code) if n else 0
-        return sum(n * self.notional_price(Side.BUY, 0, c) for c, n in bk.market_qty.items()
-                   if sector is None or self.sectors.get(c, "") == sector)
+        return sum(
+            n * self.notional_price(Side.BUY, 0, c)
+            for c, n in bk.market_qty.items()
+            if sector is None or self.sectors.get(c, "") == sector
+        )
 
     def exposure(self, agent: str, code: str) -> Exposure:
         bk = self._books.get(agent) or _Book()
@@ -139,12 +156,21 @@ class Portfolio:
         market_code = self._market_buys(bk, code)
         market_all = self._market_buys(bk)
         return Exposure(
-            position_qty=qty, position_cost=cost, sellable_qty=qty - bk.sell_qty.get(code, 0),
-            open_buy_value=bk.buy_value.get(code, 0) + market_code, open_orders=bk.open,
-            reserved_cash=bk.limit_buys + market_all, spent_cash=bk.spent, day_pnl=self.day_pnl(agent),
-            gross_value=bk.total + bk.limit_buys + market_all, positions=bk.active, has_code=bk.is_active(code),
-            code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code, sector=sector,
-            sector_value=bk.sector_value.get(sector, 0) + bk.sector_buys.get(sector, 0)
+            position_qty=qty,
+            position_cost=cost,
+            sellable_qty=qty - bk.sell_qty.get(code, 0),
+            open_buy_value=bk.buy_value.get(code, 0) + market_code,
+            open_orders=bk.open,
+            reserved_cash=bk.limit_buys + market_all,
+            spent_cash=bk.spent,
+            day_pnl=self.day_pnl(agent),
+            gross_value=bk.total + bk.limit_buys + market_all,
+            positions=bk.active,
+            has_code=bk.is_active(code),
+            code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code,
+            sector=sector,
+            sector_value=bk.sector_value.get(sector, 0)
+            + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
         )
 
@@ -155,12 +181,19 @@ class Portfolio:
         market_all = self._market_buys(bk)
         cash = self.cash()
         return AccountExposure(
-            open_orders=bk.open, position_cost=bk.cost.get(code, 0), open_buy_value=bk.buy_value.get(code, 0) + market_code,
-            day_pnl=self.account_day_pnl(), gross_value=bk.total + bk.limit_buys + market_all, positions=bk.active,
-            has_code=bk.is_active(code), code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code,
-            sector_value=bk.sector_value.get(sector, 0) + bk.sector_buys.get(sector, 0)
+            open_orders=bk.open,
+            position_cost=bk.cost.get(code, 0),
+            open_buy_value=bk.buy_value.get(code, 0) + market_code,
+            day_pnl=self.account_day_pnl(),
+            gross_value=bk.total + bk.limit_buys + market_all,
+            positions=bk.active,
+            has_code=bk.is_active(code),
+            code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code,
+            sector_value=bk.sector_value.get(sector, 0)
+            + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
-            equity=self.equity() or 0, free_cash=None if cash is None else cash - bk.limit_buys - market_all,
+            equity=self.equity() or 0,
+            free_cash=None if cash is None else cash - bk.limit_buys - market_all,
         )
 
     def open_orders(self, agent: str) -> int:
@@ -176,8 +209,9 @@ class Portfolio:
     def position(self, agent: str, code: str) -> PositionView | None:
         return self.positions.get(agent, {}).get(code)
 
-    def after_fill(self, agent: str, code: str, side: Side, qty: int, value: int, fee: int,
-                   allow_short: bool = False) -> PositionView:
+    def after_fill(
+        self, agent: str, code: str, side: Side, qty: int, value: int, fee: int, allow_short: bool = False
+    ) -> PositionView:
         """The agent's position in `code` after fills of `qty` shares worth `value` (not stored yet:
         the caller persists it, then `set_position`)."""
         return apply_fill_value(self.position(agent, code), code, side, qty, value, allow_short=allow_short, fee=fee)
@@ -249,7 +283,17 @@ class Portfolio:
         dst.limit_buys += sign * src.limit_buys
         dst.total += sign * src.total
         dst.spent += sign * src.spent
-        for name in ("buy_value", "market_qty", "buy_n", "sell_qty", "qty", "cost", "value", "sector_value", "sector_buys"):
+        for name in (
+            "buy_value",
+            "market_qty",
+            "buy_n",
+            "sell_qty",
+            "qty",
+            "cost",
+            "value",
+            "sector_value",
+            "sector_buys",
+        ):
             d = getattr(dst, name)
             for k, v in getattr(src, name).items():
                 _bump(d, k, sign * v)
@@ -291,8 +335,14 @@ class Portfolio:
 
     def roll_day(self, day_start: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
         """Start a day: realised P&L and fees count from here (given, when a restart restores them)."""
-        self.day_start = day_start if day_start is not None else {
-            a: (sum(p.realized_pnl for p in ps.values()), sum(p.fees for p in ps.values())) for a, ps in self.positions.items()}
+        self.day_start = (
+            day_start
+            if day_start is not None
+            else {
+                a: (sum(p.realized_pnl for p in ps.values()), sum(p.fees for p in ps.values()))
+                for a, ps in self.positions.items()
+            }
+        )
         return self.day_start
 
     def day_totals(self, agent: str) -> tuple[int, int]:
@@ -303,8 +353,9 @@ class Portfolio:
 
     def unrealized(self, agent: str) -> int:
         marks = self.marks
-        return sum(marks[p.code] * p.qty - p.cost for p in self.positions.get(agent, {}).values()
-                   if p.qty and p.code in marks)
+        return sum(
+            marks[p.code] * p.qty - p.cost for p in self.positions.get(agent, {}).values() if p.qty and p.code in marks
+        )
 
     def day_pnl(self, agent: str) -> int:
         """Realised today net of fees plus unrealised against the last marks (positions carried from

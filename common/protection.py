@@ -108,8 +108,15 @@ class Protection(msgspec.Struct, frozen=True, kw_only=True):
         return self.state in ACTIVE
 
 
-def protection_spec(stop: int = 0, take: int = 0, trail_pct: float = 0.0, spec: ProtectionSpec | None = None, *,
-                    exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN) -> ProtectionSpec | None:
+def protection_spec(
+    stop: int = 0,
+    take: int = 0,
+    trail_pct: float = 0.0,
+    spec: ProtectionSpec | None = None,
+    *,
+    exit: ExitType = ExitType.MARKET,
+    when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+) -> ProtectionSpec | None:
     """The strategy API's arguments as a spec (`spec` wins when given); None when nothing is asked.
     `trail_pct` is a percentage (5.0 = 5 %), kept as basis points."""
     if spec is not None:
@@ -158,8 +165,14 @@ def check_print(p: Protection, price: int) -> tuple[Leg | None, int, int]:
     return check(p, price, price, price)
 
 
-def exit_limit(spec: ProtectionSpec, price: int, lower_limit: int = 0, kind: SecurityKind = SecurityKind.STOCK,
-               rules: KrxRules = CURRENT, board: Market = Market.KOSPI) -> int:
+def exit_limit(
+    spec: ProtectionSpec,
+    price: int,
+    lower_limit: int = 0,
+    kind: SecurityKind = SecurityKind.STOCK,
+    rules: KrxRules = CURRENT,
+    board: Market = Market.KOSPI,
+) -> int:
     """The exit's limit price (exit = limit): `slip_bp` below `price` on the day's grid, not under the
     day's lower limit; 0 for a market exit."""
     if spec.exit is ExitType.MARKET:

@@ -36,7 +36,7 @@ class RedactSecrets(logging.Filter):
             return True
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is logging's business, not ours
+        except Exception:
             return True
         clean = redact(message)
         if record.exc_info and record.exc_info[1] is not None:

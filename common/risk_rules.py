@@ -147,8 +147,14 @@ class Check(NamedTuple):
     text: str = ""  # the denial's reason (or, explaining, the limit's)
 
 
-def notional_price(side: Side, price: int, base_price: int, kind: SecurityKind = SecurityKind.STOCK,
-                   rules: KrxRules = CURRENT, board: Market = Market.KOSPI) -> int:
+def notional_price(
+    side: Side,
+    price: int,
+    base_price: int,
+    kind: SecurityKind = SecurityKind.STOCK,
+    rules: KrxRules = CURRENT,
+    board: Market = Market.KOSPI,
+) -> int:
     """What one share of an order is judged at: its limit; a market buy at the day's upper limit (KIS
     reserves cash there too), a market sell at the lower; 0 when unknown."""
     if price:
@@ -185,7 +191,10 @@ def check_order(
         return first
     unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
     if side is Side.BUY and unit <= 0:
-        return first or (ErrorCode.BAD_ORDER, "a market buy needs today's base price, which is not known yet: send a limit order")
+        return first or (
+            ErrorCode.BAD_ORDER,
+            "a market buy needs today's base price, which is not known yet: send a limit order",
+        )
     for chk in _limits(code, side, qty, qty * unit, mandate, exp, account, rates, explain is not None):
         if explain is not None:
             explain.append(chk)
@@ -196,8 +205,17 @@ def check_order(
     return first
 
 
-def _gates(code: str, side: Side, qty: int, price: int, order_type: OrderType, tif: TimeInForce, mandate: Mandate,
-           market: MarketView, exp: Exposure) -> Denial | None:
+def _gates(
+    code: str,
+    side: Side,
+    qty: int,
+    price: int,
+    order_type: OrderType,
+    tif: TimeInForce,
+    mandate: Mandate,
+    market: MarketView,
+    exp: Exposure,
+) -> Denial | None:
     """What the order must be before any limit is weighed: its shape, code, state, session, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
@@ -221,12 +239,16 @@ def _gates(code: str, side: Side, qty: int, price: int, order_type: OrderType, t
         return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
     if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
         return ErrorCode.DENIED_MARKET_CLOSED, (
-            f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the next open")
+            f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
+            "next open"
+        )
     if price > 0:
         rules, kind, board = market.rules, market.kind, market.board
         if not rules.on_grid(price, kind, board):
-            return ErrorCode.DENIED_TICK, (f"price {price} is off the tick grid in force since {rules.since} "
-                                           f"(tick {rules.tick_size(price, kind, board)})")
+            return ErrorCode.DENIED_TICK, (
+                f"price {price} is off the tick grid in force since {rules.since} "
+                f"(tick {rules.tick_size(price, kind, board)})"
+            )
         if market.base_price:
             try:
                 rules.check_price(price, market.base_price, kind, board)
@@ -239,8 +261,17 @@ def _pct(v: int, equity: int) -> str:
     return f"{v * 100 / equity:.1f} %" if equity > 0 else "?"
 
 
-def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, exp: Exposure, account: AccountExposure,
-            rates: tuple[int, int], explaining: bool) -> Iterator[Check]:
+def _limits(
+    code: str,
+    side: Side,
+    qty: int,
+    notional: int,
+    mandate: Mandate,
+    exp: Exposure,
+    account: AccountExposure,
+    rates: tuple[int, int],
+    explaining: bool,
+) -> Iterator[Check]:
     """Every configured limit, in the order they are checked (the caller stops at the first denial)."""
     agent_lim, acct_lim = mandate.agent_limits, mandate.account_limits
     reducing = is_reducing(side, qty, exp)
@@ -250,12 +281,21 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
         if lim.max_daily_loss:
             hit = not reducing and -pnl >= lim.max_daily_loss
             if hit or explaining:
-                yield Check("daily loss", scope, -pnl, -pnl, lim.max_daily_loss, Unit.KRW,
-                            ErrorCode.DENIED_DAILY_LOSS if hit else None,
-                            f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}")
+                yield Check(
+                    "daily loss",
+                    scope,
+                    -pnl,
+                    -pnl,
+                    lim.max_daily_loss,
+                    Unit.KRW,
+                    ErrorCode.DENIED_DAILY_LOSS if hit else None,
+                    f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}",
+                )
     # drawdown from the equity peak: reducing only past the first level, nothing past the second
-    for scope, lim, equity, peak in (("agent", agent_lim, exp.equity, exp.peak),
-                                     ("account", acct_lim, account.equity, account.peak)):
+    for scope, lim, equity, peak in (
+        ("agent", agent_lim, exp.equity, exp.peak),
+        ("account", acct_lim, account.equity, account.peak),
+    ):
         if not (lim.max_drawdown_pct or lim.halt_drawdown_pct) or equity <= 0:
             continue
         dd = drawdown_bp(equity, peak)
@@ -264,39 +304,76 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
         level = halt if halt and (dd >= halt or not reduce) else reduce
         if hit or explaining:
             what = "nothing passes" if halt and dd >= halt else "only risk-reducing orders pass"
-            yield Check("drawdown", scope, dd, dd, level, Unit.BP, ErrorCode.DENIED_DRAWDOWN if hit else None,
-                        f"{scope} equity {equity:,} is {dd / 100:.2f} % below its "
-                        f"{lim.drawdown_peak.value.replace('_', '-')} peak {peak:,} (limit {level / 100:g} %): {what}")
+            yield Check(
+                "drawdown",
+                scope,
+                dd,
+                dd,
+                level,
+                Unit.BP,
+                ErrorCode.DENIED_DRAWDOWN if hit else None,
+                f"{scope} equity {equity:,} is {dd / 100:.2f} % below its "
+                f"{lim.drawdown_peak.value.replace('_', '-')} peak {peak:,} (limit {level / 100:g} %): {what}",
+            )
     # shares
     if side is Side.SELL:
         hit = qty > exp.sellable_qty
         if hit or explaining:
-            yield Check("shares", "agent", exp.sellable_qty, exp.sellable_qty - qty, 0, Unit.COUNT,
-                        ErrorCode.DENIED_NO_SHARES if hit else None,
-                        f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}")
+            yield Check(
+                "shares",
+                "agent",
+                exp.sellable_qty,
+                exp.sellable_qty - qty,
+                0,
+                Unit.COUNT,
+                ErrorCode.DENIED_NO_SHARES if hit else None,
+                f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}",
+            )
     # size
     for scope, lim, open_n, cost, pending in (
-            ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
-            ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value)):
+        ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
+        ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value),
+    ):
         if lim.max_order_value:
             hit = notional > lim.max_order_value
             if hit or explaining:
-                yield Check("order value", scope, 0, notional, lim.max_order_value, Unit.KRW,
-                            ErrorCode.DENIED_NOTIONAL if hit else None,
-                            f"order value {notional:,} > {scope} limit {lim.max_order_value:,}")
+                yield Check(
+                    "order value",
+                    scope,
+                    0,
+                    notional,
+                    lim.max_order_value,
+                    Unit.KRW,
+                    ErrorCode.DENIED_NOTIONAL if hit else None,
+                    f"order value {notional:,} > {scope} limit {lim.max_order_value:,}",
+                )
         if lim.max_open_orders:
             hit = open_n + 1 > lim.max_open_orders
             if hit or explaining:
-                yield Check("open orders", scope, open_n, open_n + 1, lim.max_open_orders, Unit.COUNT,
-                            ErrorCode.DENIED_OPEN_ORDERS if hit else None,
-                            f"{open_n} open orders, {scope} limit {lim.max_open_orders}")
+                yield Check(
+                    "open orders",
+                    scope,
+                    open_n,
+                    open_n + 1,
+                    lim.max_open_orders,
+                    Unit.COUNT,
+                    ErrorCode.DENIED_OPEN_ORDERS if hit else None,
+                    f"{open_n} open orders, {scope} limit {lim.max_open_orders}",
+                )
         if buy and lim.max_position_value:
             after = cost + pending + notional
             hit = after > lim.max_position_value
             if hit or explaining:
-                yield Check("position value", scope, cost + pending, after, lim.max_position_value, Unit.KRW,
-                            ErrorCode.DENIED_POSITION_LIMIT if hit else None,
-                            f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}")
+                yield Check(
+                    "position value",
+                    scope,
+                    cost + pending,
+                    after,
+                    lim.max_position_value,
+                    Unit.KRW,
+                    ErrorCode.DENIED_POSITION_LIMIT if hit else None,
+                    f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}",
+                )
     # the account's shape: how many codes, how much in all, in one code, in one sector (buys only)
     if buy:
         equity = account.equity
@@ -305,61 +382,128 @@ def _limits(code: str, side: Side, qty: int, notional: int, mandate: Mandate, ex
                 after = src.positions + (0 if src.has_code else 1)
                 hit = after > lim.max_positions
                 if hit or explaining:
-                    yield Check("positions", scope, src.positions, after, lim.max_positions, Unit.COUNT,
-                                ErrorCode.DENIED_MAX_POSITIONS if hit else None,
-                                f"{code} would be position {after} of the {scope}, limit {lim.max_positions}")
+                    yield Check(
+                        "positions",
+                        scope,
+                        src.positions,
+                        after,
+                        lim.max_positions,
+                        Unit.COUNT,
+                        ErrorCode.DENIED_MAX_POSITIONS if hit else None,
+                        f"{code} would be position {after} of the {scope}, limit {lim.max_positions}",
+                    )
             for rule, pct, value, denial, what in (
-                    ("gross exposure", lim.max_gross_exposure_pct, src.gross_value, ErrorCode.DENIED_GROSS_EXPOSURE, "gross exposure"),
-                    ("code", lim.max_code_pct, src.code_value, ErrorCode.DENIED_CONCENTRATION, code),
-                    ("sector", lim.max_sector_pct, src.sector_value, ErrorCode.DENIED_SECTOR, "sector")):
+                (
+                    "gross exposure",
+                    lim.max_gross_exposure_pct,
+                    src.gross_value,
+                    ErrorCode.DENIED_GROSS_EXPOSURE,
+                    "gross exposure",
+                ),
+                ("code", lim.max_code_pct, src.code_value, ErrorCode.DENIED_CONCENTRATION, code),
+                ("sector", lim.max_sector_pct, src.sector_value, ErrorCode.DENIED_SECTOR, "sector"),
+            ):
                 if not pct:
                     continue
                 limit = pct_bp(pct)
                 after = value + notional
                 if equity <= 0:
-                    yield Check(rule, scope, 0, 0, limit, Unit.BP, denial,
-                                "the account's equity is not known yet (no account query has answered): "
-                                f"{rule} limits deny buys until it is")
+                    yield Check(
+                        rule,
+                        scope,
+                        0,
+                        0,
+                        limit,
+                        Unit.BP,
+                        denial,
+                        "the account's equity is not known yet (no account query has answered): "
+                        f"{rule} limits deny buys until it is",
+                    )
                     continue
                 hit = after * BP > limit * equity
                 if hit or explaining:
-                    yield Check(rule, scope, value * BP // equity, after * BP // equity, limit, Unit.BP, denial if hit else None,
-                                f"{scope} {what}{' ' + (exp.sector or 'unknown') if rule == 'sector' else ''} would be {after:,} = "
-                                f"{_pct(after, equity)} of equity {equity:,} > limit {pct:g} %")
+                    yield Check(
+                        rule,
+                        scope,
+                        value * BP // equity,
+                        after * BP // equity,
+                        limit,
+                        Unit.BP,
+                        denial if hit else None,
+                        f"{scope} {what}{' ' + (exp.sector or 'unknown') if rule == 'sector' else ''} would be "
+                        f"{after:,} = "
+                        f"{_pct(after, equity)} of equity {equity:,} > limit {pct:g} %",
+                    )
     if buy and mandate.budget:
         used = exp.spent_cash + exp.reserved_cash
         hit = used + notional > mandate.budget
         if hit or explaining:
-            yield Check("budget", "agent", used, used + notional, mandate.budget, Unit.KRW,
-                        ErrorCode.DENIED_BUDGET if hit else None,
-                        f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}")
+            yield Check(
+                "budget",
+                "agent",
+                used,
+                used + notional,
+                mandate.budget,
+                Unit.KRW,
+                ErrorCode.DENIED_BUDGET if hit else None,
+                f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}",
+            )
     # cash reserve: what no buy may use (the agent's of its budget, the account's of its cash)
     if buy and agent_lim.cash_reserve and mandate.budget:
         left = mandate.budget - exp.spent_cash - exp.reserved_cash
         hit = left - notional < agent_lim.cash_reserve
         if hit or explaining:
-            yield Check("cash reserve", "agent", left, left - notional, agent_lim.cash_reserve, Unit.KRW,
-                        ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                        f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}")
+            yield Check(
+                "cash reserve",
+                "agent",
+                left,
+                left - notional,
+                agent_lim.cash_reserve,
+                Unit.KRW,
+                ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}",
+            )
     if buy and acct_lim.cash_reserve and not account.virtual:
         if account.free_cash is None:
-            yield Check("cash reserve", "account", 0, 0, acct_lim.cash_reserve, Unit.KRW, ErrorCode.DENIED_CASH_RESERVE,
-                        "the account's cash is not known yet (no account query has answered): buys wait for it")
+            yield Check(
+                "cash reserve",
+                "account",
+                0,
+                0,
+                acct_lim.cash_reserve,
+                Unit.KRW,
+                ErrorCode.DENIED_CASH_RESERVE,
+                "the account's cash is not known yet (no account query has answered): buys wait for it",
+            )
         else:
             left = account.free_cash
             hit = left - notional < acct_lim.cash_reserve
             if hit or explaining:
-                yield Check("cash reserve", "account", left, left - notional, acct_lim.cash_reserve, Unit.KRW,
-                            ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                            f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}")
+                yield Check(
+                    "cash reserve",
+                    "account",
+                    left,
+                    left - notional,
+                    acct_lim.cash_reserve,
+                    Unit.KRW,
+                    ErrorCode.DENIED_CASH_RESERVE if hit else None,
+                    f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}",
+                )
     # rate last: a denied order does not use up the rate
     for scope, lim, n in (("agent", agent_lim, rates[0]), ("account", acct_lim, rates[1])):
         if lim.max_orders_per_minute:
             hit = n >= lim.max_orders_per_minute
             if hit or explaining:
-                yield Check("orders per minute", scope, n, n + 1, lim.max_orders_per_minute, Unit.COUNT,
-                            ErrorCode.DENIED_RATE if hit else None,
-                            f"{scope} limit of {lim.max_orders_per_minute} orders per minute")
+                yield Check(
+                    "orders per minute",
+                    scope,
+                    n,
+                    n + 1,
+                    lim.max_orders_per_minute,
+                    Unit.COUNT,
+                    ErrorCode.DENIED_RATE if hit else None,
+                    f"{scope} limit of {lim.max_orders_per_minute} orders per minute",
+                )
 
 
 def scale_krw(value: int, factor: float) -> int:
@@ -375,10 +519,13 @@ def scaled(lim: RiskLimits, factor: float) -> RiskLimits:
     if factor == 1.0:
         return lim
     return msgspec.structs.replace(
-        lim, max_order_value=scale_krw(lim.max_order_value, factor),
+        lim,
+        max_order_value=scale_krw(lim.max_order_value, factor),
         max_position_value=scale_krw(lim.max_position_value, factor),
-        max_gross_exposure_pct=lim.max_gross_exposure_pct * factor, max_code_pct=lim.max_code_pct * factor,
-        max_sector_pct=lim.max_sector_pct * factor)
+        max_gross_exposure_pct=lim.max_gross_exposure_pct * factor,
+        max_code_pct=lim.max_code_pct * factor,
+        max_sector_pct=lim.max_sector_pct * factor,
+    )
 
 
 def peak_of(lim: RiskLimits, day_peak: int, all_time_peak: int) -> int:

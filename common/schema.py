@@ -20,7 +20,14 @@ import msgspec
 from common.clock import now_ns
 from common.config import AgentCard
 from common.enums import (
-    AgentMode, AgentState, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState,
+    AgentMode,
+    AgentState,
+    OrderType,
+    SessionState,
+    Side,
+    SystemEventKind,
+    TimeInForce,
+    TradingState,
 )
 from common.errors import ErrorCode
 from common.ids import STOCK_CODE_PATTERN, ClientOrderId, StockCode
@@ -32,7 +39,9 @@ SCHEMA_VERSION = 3  # v2: a PUB message is one frame (common/framing.py encode_p
 # publisher's token instead of a per-message MAC
 
 MAX_LISTED = 100  # codes listed in a heartbeat / status row; more are counted, not listed
-RefusedKey = Annotated[str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))]  # "trades:005930"
+RefusedKey = Annotated[
+    str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))
+]  # "trades:005930"
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]  # KRW; 0 for market orders
@@ -140,7 +149,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 # ---- agent / tool → gateway -----------------------------------------------------------------
 
 
-class Register(_Msg, tag="register"):
+class Register(_Msg, tag="register", frozen=True):
     card: AgentCard
     pid: int
     host: str
@@ -163,37 +172,37 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
+class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     max_ack_gap_ms: int = 0  # the worst gap between heartbeat replies this agent has seen
     errors: int = 0  # strategy errors so far
     feed: FeedHealth = msgspec.field(default_factory=FeedHealth)
 
 
-class Unregister(_Msg, tag="unregister"):
+class Unregister(_Msg, tag="unregister", frozen=True):
     reason: str = ""
 
 
-class SubmitOrders(_Msg, tag="submit"):
+class SubmitOrders(_Msg, tag="submit", frozen=True):
     """A batch travels as one message; the gateway still sends the orders to the broker one by one."""
 
     orders: Annotated[list[NewOrder], msgspec.Meta(min_length=1, max_length=100)]
 
 
-class CancelOrder(_Msg, tag="cancel"):
+class CancelOrder(_Msg, tag="cancel", frozen=True):
     client_order_id: ClientOrderId
 
 
-class ModifyOrder(_Msg, tag="modify"):
+class ModifyOrder(_Msg, tag="modify", frozen=True):
     client_order_id: ClientOrderId
     price: Price
     qty: NonNegInt = 0  # 0: keep the remaining quantity
 
 
-class CancelAll(_Msg, tag="cancel_all"):
+class CancelAll(_Msg, tag="cancel_all", frozen=True):
     code: str = ""  # "" = every code
 
 
-class Protect(_Msg, tag="protect"):
+class Protect(_Msg, tag="protect", frozen=True):
     """Protect `qty` shares of a position the agent holds (0: all of it when a level is met) with a
     stop / take-profit / trailing stop the gateway holds and fires (common/protection.py). `id` comes
     from the agent's order numbers (<agent>-<yyyymmdd>-<n>); sending it again is harmless.
@@ -205,30 +214,30 @@ class Protect(_Msg, tag="protect"):
     qty: NonNegInt = 0
 
 
-class CancelProtection(_Msg, tag="cancel_protection"):
+class CancelProtection(_Msg, tag="cancel_protection", frozen=True):
     """Cancel one of the agent's protective orders (an exit already working is cancelled too)."""
 
     id: ClientOrderId
 
 
-class GetSnapshot(_Msg, tag="get_snapshot"):
+class GetSnapshot(_Msg, tag="get_snapshot", frozen=True):
     pass
 
 
-class GetEvents(_Msg, tag="get_events"):
+class GetEvents(_Msg, tag="get_events", frozen=True):
     after_seq: NonNegInt
     limit: Annotated[int, msgspec.Meta(gt=0, le=10_000)] = 1000
 
 
-class Ping(_Msg, tag="ping"):
+class Ping(_Msg, tag="ping", frozen=True):
     payload: bytes = b""
 
 
-class StatusQuery(_Msg, tag="status"):
+class StatusQuery(_Msg, tag="status", frozen=True):
     pass
 
 
-class Control(_Msg, tag="control"):
+class Control(_Msg, tag="control", frozen=True):
     """Operator actions (console, CLI, web): common.enums.ControlAction. pause/resume/reduce and
     cancel_all name an agent, or set `all` for the whole gateway (no agent and no `all`: refused
     with AMBIGUOUS_TARGET); halt is the gateway's kill switch; flatten and reload name an agent.
@@ -241,7 +250,7 @@ class Control(_Msg, tag="control"):
     value: str = ""  # risk_scale: the multiplier; risk_explain: the order; cancel_protection: its id
 
 
-class Subscribe(_Msg, tag="subscribe"):
+class Subscribe(_Msg, tag="subscribe", frozen=True):
     """Ask again for a market-data registration the gateway refused (a `Notice` with
     error=SUBSCRIPTION_LIMIT). `code` must be one of the agent's codes (card or universe) and `kind`
     one its card subscribes to. Ack ("subscribed" / "already subscribed") or Error(SUBSCRIPTION_LIMIT)
@@ -251,7 +260,7 @@ class Subscribe(_Msg, tag="subscribe"):
     code: StockCode
 
 
-class GetOrders(_Msg, tag="get_orders"):
+class GetOrders(_Msg, tag="get_orders", frozen=True):
     """The blotter (console, CLI): orders updated and fills made since `since_ns`, newest first."""
 
     agent: str = ""  # "" = every agent
@@ -262,18 +271,18 @@ class GetOrders(_Msg, tag="get_orders"):
 # ---- gateway → agent / tool -----------------------------------------------------------------
 
 
-class Ack(_Msg, tag="ack"):
+class Ack(_Msg, tag="ack", frozen=True):
     message: str = ""
     clock_ns: int = 0  # heartbeat replies: the gateway's market clock (an agent's ctx.now() follows it)
     phase: str = ""  # ... and the market's phase then (common.krx.Phase value; "" when not a heartbeat reply)
 
 
-class Error(_Msg, tag="error"):
+class Error(_Msg, tag="error", frozen=True):
     code: ErrorCode
     message: str = ""
 
 
-class Registered(_Msg, tag="registered"):
+class Registered(_Msg, tag="registered", frozen=True):
     snapshot: Snapshot
     events: list["AgentEvent"]
     heartbeat_s: float
@@ -289,24 +298,24 @@ class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False  # this id was already known: the earlier outcome is reported
 
 
-class OrdersReply(_Msg, tag="orders_reply"):
+class OrdersReply(_Msg, tag="orders_reply", frozen=True):
     results: list[OrderResult]
 
 
-class SnapshotReply(_Msg, tag="snapshot"):
+class SnapshotReply(_Msg, tag="snapshot", frozen=True):
     snapshot: Snapshot
 
 
-class EventBatch(_Msg, tag="events"):
+class EventBatch(_Msg, tag="events", frozen=True):
     events: list["AgentEvent"]
     last_seq: int
 
 
-class Pong(_Msg, tag="pong"):
+class Pong(_Msg, tag="pong", frozen=True):
     payload: bytes = b""
 
 
-class OrdersList(_Msg, tag="orders_list"):
+class OrdersList(_Msg, tag="orders_list", frozen=True):
     orders: list[OrderView]
     fills: list[FillView]
 
@@ -360,7 +369,9 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_fill: FillView | None = None  # the agent's newest fill today
     budget: int = 0
     performance: AgentPerformance = msgspec.field(default_factory=AgentPerformance)
-    known_from: str = "registry"  # registry | books (not registered since the gateway started: listed for its positions/orders)
+    known_from: str = (
+        "registry"  # registry | books (not registered since the gateway started: listed for its positions/orders)
+    )
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -414,7 +425,7 @@ class RiskStatus(msgspec.Struct, frozen=True, kw_only=True):
     account_reads: int = 0  # broker account reads that answered (failures in counters)
 
 
-class StatusReply(_Msg, tag="status_reply"):
+class StatusReply(_Msg, tag="status_reply", frozen=True):
     gateway_pid: int
     gateway_session: str
     started_ns: int
@@ -499,7 +510,7 @@ class ProtectionUpdate(msgspec.Struct, frozen=True, tag="protection", kw_only=Tr
 EventBody = Union[OrderUpdate, FillUpdate, Notice, UniverseUpdate, CardUpdate, ProtectionUpdate, PositionUpdate]
 
 
-class AgentEvent(_Msg, tag="event"):
+class AgentEvent(_Msg, tag="event", frozen=True):
     seq: int
     body: EventBody
 
@@ -523,7 +534,7 @@ class TradeTick(msgspec.Struct, frozen=True, tag="trade", kw_only=True, array_li
     polled: ClassVar[bool] = False  # True on PolledTrade (not a field: nothing more on the wire)
 
 
-class PolledTrade(TradeTick, tag="polled_trade"):
+class PolledTrade(TradeTick, tag="polled_trade", frozen=True):
     """A TradeTick the agent runtime synthesised from a REST quote (agent/quotepoll.py), for a code
     whose trade registration the gateway refused, when the card sets `subscriptions.poll_quotes_s`.
     Never sent on the wire. `price` is the quote's last price, `cum_volume` its volume today, `qty`
@@ -583,7 +594,7 @@ class Published(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=F
 # ---- market data on request (ROUTER ⇄ DEALER) ------------------------------------------------
 
 
-class GetMarket(_Msg, tag="get_market"):
+class GetMarket(_Msg, tag="get_market", frozen=True):
     """The current market state of `codes`, asked after subscribing and after a feed gap."""
 
     codes: Annotated[list[str], msgspec.Meta(max_length=100)]
@@ -598,11 +609,11 @@ class MarketState(msgspec.Struct, frozen=True, kw_only=True):
     seqs: dict[str, int] = {}  # topic -> last sequence number published on it
 
 
-class MarketSnapshot(_Msg, tag="market"):
+class MarketSnapshot(_Msg, tag="market", frozen=True):
     markets: list[MarketState]
 
 
-class GetBars(_Msg, tag="get_bars"):
+class GetBars(_Msg, tag="get_bars", frozen=True):
     """Completed bars for warm-up: the newest `n` before the bar in progress, oldest first."""
 
     code: str
@@ -610,7 +621,7 @@ class GetBars(_Msg, tag="get_bars"):
     n: Annotated[int, msgspec.Meta(gt=0, le=5000)] = 100
 
 
-class BarsReply(_Msg, tag="bars"):
+class BarsReply(_Msg, tag="bars", frozen=True):
     code: str
     interval: str
     bars: list[Bar]
@@ -626,7 +637,7 @@ STATE_MAX_KEYS = 256
 STATE_MAX_TOTAL_BYTES = 512 * 1024  # a whole state fits in one reply frame (1 MiB by default)
 
 
-class PutState(_Msg, tag="put_state"):
+class PutState(_Msg, tag="put_state", frozen=True):
     """Write/delete keys of the sender's persistent state: all or nothing, one durable commit.
     Values are opaque bytes to the gateway (the agent runtime stores msgpack of the value).
     Over a limit → Error(STATE_LIMIT) and nothing is written."""
@@ -636,15 +647,15 @@ class PutState(_Msg, tag="put_state"):
     replace: bool = False  # `items` is the whole state: every other key is deleted
 
 
-class GetState(_Msg, tag="get_state"):
+class GetState(_Msg, tag="get_state", frozen=True):
     pass
 
 
-class StateReply(_Msg, tag="state"):
+class StateReply(_Msg, tag="state", frozen=True):
     items: dict[str, bytes]
 
 
-class Query(_Msg, tag="query"):
+class Query(_Msg, tag="query", frozen=True):
     """A market query run by the gateway on the agent's REST quota (card.rate_quota_per_s).
     price → PriceReply (inquire-price); investor → InvestorReply (inquire-investor)."""
 
@@ -691,16 +702,16 @@ class InvestorDay(msgspec.Struct, frozen=True, kw_only=True):
     individual_value: int
 
 
-class PriceReply(_Msg, tag="price_reply"):
+class PriceReply(_Msg, tag="price_reply", frozen=True):
     quote: PriceQuote
 
 
-class InvestorReply(_Msg, tag="investor_reply"):
+class InvestorReply(_Msg, tag="investor_reply", frozen=True):
     code: str
     days: list[InvestorDay]  # newest first; today's row is left out until the market has closed
 
 
-class GetSummary(_Msg, tag="get_summary"):
+class GetSummary(_Msg, tag="get_summary", frozen=True):
     """An agent's order book across days with totals. Agents get their own (`agent` ignored);
     tools (console, `ktrader status`) name the agent."""
 
@@ -753,11 +764,11 @@ class AgentSummary(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False  # more orders exist than `recent` lists
 
 
-class SummaryReply(_Msg, tag="summary"):
+class SummaryReply(_Msg, tag="summary", frozen=True):
     summary: AgentSummary
 
 
-class GetTrace(_Msg, tag="get_trace"):
+class GetTrace(_Msg, tag="get_trace", frozen=True):
     """An order's story (`ktrader trace`), or with `slippage` the per-agent slippage summary."""
 
     client_order_id: str = ""
@@ -778,7 +789,7 @@ class SlippageRow(msgspec.Struct, frozen=True, kw_only=True):
     worst_bps: float
 
 
-class TraceReply(_Msg, tag="trace"):
+class TraceReply(_Msg, tag="trace", frozen=True):
     order: OrderView | None = None
     protection: Protection | None = None  # the protective order with this id (a buy's, or one on a position)
     broker_chain: list[str] = []
@@ -788,20 +799,74 @@ class TraceReply(_Msg, tag="trace"):
 
 
 Request = Union[
-    Register, Heartbeat, Unregister, SubmitOrders, CancelOrder, ModifyOrder, CancelAll,
-    GetSnapshot, GetEvents, Ping, StatusQuery, Control, GetOrders, GetMarket, GetBars,
-    PutState, GetState, Query, GetSummary, Subscribe, GetTrace, Protect, CancelProtection,
+    Register,
+    Heartbeat,
+    Unregister,
+    SubmitOrders,
+    CancelOrder,
+    ModifyOrder,
+    CancelAll,
+    GetSnapshot,
+    GetEvents,
+    Ping,
+    StatusQuery,
+    Control,
+    GetOrders,
+    GetMarket,
+    GetBars,
+    PutState,
+    GetState,
+    Query,
+    GetSummary,
+    Subscribe,
+    GetTrace,
+    Protect,
+    CancelProtection,
 ]
-Reply = Union[Ack, Error, Registered, OrdersReply, SnapshotReply, EventBatch, Pong, StatusReply, AgentEvent, OrdersList,
-              MarketSnapshot, BarsReply, StateReply, PriceReply, InvestorReply, SummaryReply, TraceReply]
+Reply = Union[
+    Ack,
+    Error,
+    Registered,
+    OrdersReply,
+    SnapshotReply,
+    EventBatch,
+    Pong,
+    StatusReply,
+    AgentEvent,
+    OrdersList,
+    MarketSnapshot,
+    BarsReply,
+    StateReply,
+    PriceReply,
+    InvestorReply,
+    SummaryReply,
+    TraceReply,
+]
 
 # Each request's reply (besides Error, which any request may get): clients check what they receive.
 REPLY_TO: dict[type, type] = {
-    Register: Registered, Heartbeat: Ack, Unregister: Ack, SubmitOrders: OrdersReply, CancelOrder: Ack,
-    ModifyOrder: Ack, CancelAll: Ack, GetSnapshot: SnapshotReply, GetEvents: EventBatch, Ping: Pong,
-    StatusQuery: StatusReply, Control: Ack, GetOrders: OrdersList, GetMarket: MarketSnapshot, GetBars: BarsReply,
-    PutState: Ack, GetState: StateReply, GetSummary: SummaryReply, Subscribe: Ack, GetTrace: TraceReply,
-    Protect: Ack, CancelProtection: Ack,
+    Register: Registered,
+    Heartbeat: Ack,
+    Unregister: Ack,
+    SubmitOrders: OrdersReply,
+    CancelOrder: Ack,
+    ModifyOrder: Ack,
+    CancelAll: Ack,
+    GetSnapshot: SnapshotReply,
+    GetEvents: EventBatch,
+    Ping: Pong,
+    StatusQuery: StatusReply,
+    Control: Ack,
+    GetOrders: OrdersList,
+    GetMarket: MarketSnapshot,
+    GetBars: BarsReply,
+    PutState: Ack,
+    GetState: StateReply,
+    GetSummary: SummaryReply,
+    Subscribe: Ack,
+    GetTrace: TraceReply,
+    Protect: Ack,
+    CancelProtection: Ack,
 }
 Message = Union[Request, Reply]  # ROUTER ⇄ DEALER; PUB carries only Published
 
@@ -819,4 +884,3 @@ def bar_topic(code: str, interval: str) -> str:
 
 def book_topic(code: str) -> str:
     return f"md.H0STASP0.{code}."
-

@@ -8,8 +8,20 @@ from common.schema import OrderView
 
 def order_view(o: Order) -> OrderView:
     return OrderView(
-        client_order_id=o.client_order_id, agent=o.agent, code=o.code, side=o.side, qty=o.qty, price=o.price,
-        order_type=o.order_type, tif=o.tif, state=o.state, filled_qty=o.filled_qty, filled_value=o.filled_value,
-        broker_order_id=o.broker_order_id, reason_code=o.reason_code, reason=o.reason,
-        created_ns=o.created_ns, updated_ns=o.updated_ns,
+        client_order_id=o.client_order_id,
+        agent=o.agent,
+        code=o.code,
+        side=o.side,
+        qty=o.qty,
+        price=o.price,
+        order_type=o.order_type,
+        tif=o.tif,
+        state=o.state,
+        filled_qty=o.filled_qty,
+        filled_value=o.filled_value,
+        broker_order_id=o.broker_order_id,
+        reason_code=o.reason_code,
+        reason=o.reason,
+        created_ns=o.created_ns,
+        updated_ns=o.updated_ns,
     )

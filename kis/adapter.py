@@ -107,8 +107,9 @@ def ord_dvsn(order_type: OrderType, tif: TimeInForce) -> str:
 class KisBroker(BrokerPort):
     """BrokerPort for KIS. Build it with `make_broker()`; `start()` before use, `close()` after."""
 
-    capabilities = frozenset({Capability.QUOTES, Capability.CHARTS, Capability.VOLUME_RANK, Capability.CALLER_QUOTAS,
-                              Capability.FRAME_HOOK})
+    capabilities = frozenset(
+        {Capability.QUOTES, Capability.CHARTS, Capability.VOLUME_RANK, Capability.CALLER_QUOTAS, Capability.FRAME_HOOK}
+    )
 
     def __init__(
         self,
@@ -126,8 +127,12 @@ class KisBroker(BrokerPort):
     ) -> None:
         self.env = env
         self._creds = creds
-        for value, label in ((creds.app_key, "app key"), (creds.app_secret, "app secret"),
-                             (creds.cano + creds.acnt_prdt_cd, "account"), (creds.cano, "account")):
+        for value, label in (
+            (creds.app_key, "app key"),
+            (creds.app_secret, "app secret"),
+            (creds.cano + creds.acnt_prdt_cd, "account"),
+            (creds.cano, "account"),
+        ):
             redact.register(value, label)
         self._ca_bundle = ca_bundle
         tls = tls_context(ca_bundle)  # TlsConfigError for an unusable bundle: a configuration error
@@ -189,8 +194,11 @@ class KisBroker(BrokerPort):
         # DEGRADED here means: connected and synced, but something is wrong (e.g. the notice slot
         # was refused for a bad HTS id); waiting longer will not fix it.
         if not await self.ws.wait_state(frozenset({SessionState.READY, SessionState.DEGRADED}), self._start_timeout_s):
-            log.warning("KIS real-time session not ready after %.1fs: %s; orders wait for it", self._start_timeout_s,
-                        self.session_reason())
+            log.warning(
+                "KIS real-time session not ready after %.1fs: %s; orders wait for it",
+                self._start_timeout_s,
+                self.session_reason(),
+            )
         elif self.ws.state is SessionState.DEGRADED:
             log.error("KIS real-time session is DEGRADED after start: %s", self.session_reason())
 
@@ -199,9 +207,11 @@ class KisBroker(BrokerPort):
         (masked), the HTS id, the app key's fingerprint and the TLS trust."""
         self._described = True
         c = self._creds
-        return [f"KIS {self.env.name}: REST {self.env.rest_url}, websocket {self.env.ws_url}",
-                f"KIS account {c.masked_account}, HTS id {c.hts_id}, app key #{c.key_fingerprint}, TLS trust: "
-                + (f"default + {self._ca_bundle}" if self._ca_bundle else "default")]
+        return [
+            f"KIS {self.env.name}: REST {self.env.rest_url}, websocket {self.env.ws_url}",
+            f"KIS account {c.masked_account}, HTS id {c.hts_id}, app key #{c.key_fingerprint}, TLS trust: "
+            + (f"default + {self._ca_bundle}" if self._ca_bundle else "default"),
+        ]
 
     async def _check_rest(self) -> None:
         """The token, and one cheap account inquiry that proves token, account and domain together.
@@ -213,8 +223,15 @@ class KisBroker(BrokerPort):
         await self.tokens.get()
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
         try:
-            await self.rest.request("GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse,
-                                    params=wire.to_params(req), lane=Lane.ACCOUNT, caller=DEFAULT_CALLER)
+            await self.rest.request(
+                "GET",
+                Path.PSBL_ORDER,
+                self.env.tr_id(Tr.PSBL_ORDER),
+                wire.PsblOrderResponse,
+                params=wire.to_params(req),
+                lane=Lane.ACCOUNT,
+                caller=DEFAULT_CALLER,
+            )
         except BrokerUnreachable as e:
             if not e.problem.sent:
                 raise
@@ -237,7 +254,9 @@ class KisBroker(BrokerPort):
         await self.ws.close()
         await self.rest.aclose()
 
-    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None) -> None:
+    def set_frame_hook(
+        self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None
+    ) -> None:
         """Recording: `on_frame` gets every websocket frame as received, `on_plain` each decrypted
         notice frame. None turns recording off (one attribute test per frame)."""
         self.ws.on_frame = on_frame
@@ -268,18 +287,35 @@ class KisBroker(BrokerPort):
                 log.warning("%s reply field %s is %s, not a string: tolerated", call, k, type(v).__name__)
         odno, org_no = out.get("ODNO"), out.get("KRX_FWDG_ORD_ORGNO")
         doubtful = [r for r in page.repairs if r.upper().endswith((".ODNO", ".KRX_FWDG_ORD_ORGNO", ".OUTPUT"))]
-        if not isinstance(odno, str) or not odno.strip().isdigit() or not isinstance(org_no, str) or not org_no.strip() or doubtful:
+        if (
+            not isinstance(odno, str)
+            or not odno.strip().isdigit()
+            or not isinstance(org_no, str)
+            or not org_no.strip()
+            or doubtful
+        ):
             why = "; ".join(doubtful) or f"ODNO {odno!r}, KRX_FWDG_ORD_ORGNO {org_no!r}"
-            log.warning("%s reply (rt_cd 0, %s) does not name the order beyond doubt (%s): outcome unknown, "
-                        "reconciliation will find it", call, body.msg_cd, why)
-            raise BrokerUnknownOutcome(f"{call} accepted but the reply does not name the order ({why})", code=body.msg_cd)
+            log.warning(
+                "%s reply (rt_cd 0, %s) does not name the order beyond doubt (%s): outcome unknown, "
+                "reconciliation will find it",
+                call,
+                body.msg_cd,
+                why,
+            )
+            raise BrokerUnknownOutcome(
+                f"{call} accepted but the reply does not name the order ({why})", code=body.msg_cd
+            )
         extra = sorted(set(out) - {"ODNO", "KRX_FWDG_ORD_ORGNO", "ORD_TMD"})
         if extra and not self._extra_logged:
             self._extra_logged = True
             log.info("%s reply carries fields we do not use: %s", call, ", ".join(extra))
         tmd = out.get("ORD_TMD", "")
-        return BrokerAck(broker_order_id=odno.strip(), org_no=org_no.strip(), time=tmd.strip() if isinstance(tmd, str) else "",
-                         message=body.msg1.strip())
+        return BrokerAck(
+            broker_order_id=odno.strip(),
+            org_no=org_no.strip(),
+            time=tmd.strip() if isinstance(tmd, str) else "",
+            message=body.msg1.strip(),
+        )
 
     async def submit(self, order: BrokerOrder, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         if order.qty <= 0:
@@ -295,9 +331,18 @@ class KisBroker(BrokerPort):
             ORD_UNPR="0" if order.order_type in PRICELESS else str(order.price),
         )
         tr = Tr.ORDER_SELL if order.side == Side.SELL else Tr.ORDER_BUY
-        log.info("submit %s %s %s x%d @%d (%s)", order.client_order_id, order.side, order.code, order.qty, order.price, dvsn)
+        log.info(
+            "submit %s %s %s x%d @%d (%s)", order.client_order_id, order.side, order.code, order.qty, order.price, dvsn
+        )
         page = await self.rest.request(
-            "POST", Path.ORDER_CASH, self.env.tr_id(tr), wire.OrderResponse, body=wire.to_params(req), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller
+            "POST",
+            Path.ORDER_CASH,
+            self.env.tr_id(tr),
+            wire.OrderResponse,
+            body=wire.to_params(req),
+            kind=Kind.WRITE,
+            lane=Lane.ORDER,
+            caller=caller,
         )
         return self._ack(page, "order")
 
@@ -314,8 +359,14 @@ class KisBroker(BrokerPort):
             QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
         )
         page = await self.rest.request(
-            "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
-            body=wire.to_params(body), kind=Kind.WRITE, lane=Lane.ORDER, caller=caller,
+            "POST",
+            Path.ORDER_RVSECNCL,
+            self.env.tr_id(Tr.ORDER_RVSECNCL),
+            wire.OrderResponse,
+            body=wire.to_params(body),
+            kind=Kind.WRITE,
+            lane=Lane.ORDER,
+            caller=caller,
         )
         return self._ack(page, "revise")
 
@@ -332,8 +383,14 @@ class KisBroker(BrokerPort):
             QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
         )
         page = await self.rest.request(
-            "POST", Path.ORDER_RVSECNCL, self.env.tr_id(Tr.ORDER_RVSECNCL), wire.OrderResponse,
-            body=wire.to_params(body), kind=Kind.CANCEL, lane=Lane.CANCEL, caller=caller,
+            "POST",
+            Path.ORDER_RVSECNCL,
+            self.env.tr_id(Tr.ORDER_RVSECNCL),
+            wire.OrderResponse,
+            body=wire.to_params(body),
+            kind=Kind.CANCEL,
+            lane=Lane.CANCEL,
+            caller=caller,
         )
         return self._ack(page, "cancel")
 
@@ -341,8 +398,17 @@ class KisBroker(BrokerPort):
 
     async def order_reports(self, day: dt.date, *, caller: str = DEFAULT_CALLER) -> list[BrokerOrderReport]:
         d = yyyymmdd(day)
-        req = wire.DailyCcldRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, INQR_STRT_DT=d, INQR_END_DT=d)
-        pages = await self.rest.paged(Path.DAILY_CCLD, self.env.tr_id(Tr.DAILY_CCLD), wire.DailyCcldResponse, wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+        req = wire.DailyCcldRequest(
+            CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, INQR_STRT_DT=d, INQR_END_DT=d
+        )
+        pages = await self.rest.paged(
+            Path.DAILY_CCLD,
+            self.env.tr_id(Tr.DAILY_CCLD),
+            wire.DailyCcldResponse,
+            wire.to_params(req),
+            lane=Lane.ACCOUNT,
+            caller=caller,
+        )
         out: list[BrokerOrderReport] = []
         seen: set[str] = set()
         for p in pages:
@@ -355,7 +421,14 @@ class KisBroker(BrokerPort):
 
     async def _balance_pages(self, caller: str) -> list[wire.BalanceResponse]:
         req = wire.BalanceRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
-        return await self.rest.paged(Path.BALANCE, self.env.tr_id(Tr.BALANCE), wire.BalanceResponse, wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+        return await self.rest.paged(
+            Path.BALANCE,
+            self.env.tr_id(Tr.BALANCE),
+            wire.BalanceResponse,
+            wire.to_params(req),
+            lane=Lane.ACCOUNT,
+            caller=caller,
+        )
 
     async def positions(self, *, caller: str = DEFAULT_CALLER) -> list[BrokerPosition]:
         out: dict[str, BrokerPosition] = {}
@@ -379,11 +452,21 @@ class KisBroker(BrokerPort):
         summary = _balance_summary(pages[-1] if pages else None)
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
         page = await self.rest.request(
-            "GET", Path.PSBL_ORDER, self.env.tr_id(Tr.PSBL_ORDER), wire.PsblOrderResponse, params=wire.to_params(req), lane=Lane.ACCOUNT, caller=caller
+            "GET",
+            Path.PSBL_ORDER,
+            self.env.tr_id(Tr.PSBL_ORDER),
+            wire.PsblOrderResponse,
+            params=wire.to_params(req),
+            lane=Lane.ACCOUNT,
+            caller=caller,
         )
         psbl: wire.PsblOrderResponse = page.body  # type: ignore[assignment]
         cash = krw(summary.dnca_tot_amt)
-        orderable = krw(psbl.output.ord_psbl_cash) if psbl.output and psbl.output.ord_psbl_cash.strip() else krw(summary.prvs_rcdl_excc_amt)
+        orderable = (
+            krw(psbl.output.ord_psbl_cash)
+            if psbl.output and psbl.output.ord_psbl_cash.strip()
+            else krw(summary.prvs_rcdl_excc_amt)
+        )
         return BrokerAccount(
             cash=cash,
             orderable_cash=orderable,
@@ -395,18 +478,30 @@ class KisBroker(BrokerPort):
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
         """inquire-psbl-sell (real only; on paper use positions())."""
         req = wire.PsblSellRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=code)
-        page = await self.rest.request("GET", Path.PSBL_SELL, self.env.tr_id(Tr.PSBL_SELL), wire.PsblSellResponse, params=wire.to_params(req), lane=Lane.ACCOUNT, caller=caller)
+        page = await self.rest.request(
+            "GET",
+            Path.PSBL_SELL,
+            self.env.tr_id(Tr.PSBL_SELL),
+            wire.PsblSellResponse,
+            params=wire.to_params(req),
+            lane=Lane.ACCOUNT,
+            caller=caller,
+        )
         body: wire.PsblSellResponse = page.body  # type: ignore[assignment]
         return body.output or body.output1
 
     # --- quotations (wire Structs: strings as KIS sends them) ----------------------------------
 
     async def _quote(self, path: str, tr: Tr, type_: type[Q], req: msgspec.Struct, caller: str) -> Q:
-        page = await self.rest.request("GET", path, self.env.tr_id(tr), type_, params=wire.to_params(req), lane=Lane.QUOTATION, caller=caller)
+        page = await self.rest.request(
+            "GET", path, self.env.tr_id(tr), type_, params=wire.to_params(req), lane=Lane.QUOTATION, caller=caller
+        )
         return page.body  # type: ignore[return-value]
 
     async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:
-        return await self._quote(Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+        return await self._quote(
+            Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller
+        )
 
     async def base_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> int:
         """Today's base price (stck_sdpr, usually yesterday's close): the centre of the ±30 % band."""
@@ -414,18 +509,31 @@ class KisBroker(BrokerPort):
         return krw(out.stck_sdpr) if out is not None else 0
 
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
-        return await self._quote(Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+        return await self._quote(
+            Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller
+        )
 
-    async def daily_chart(self, code: str, start: dt.date, end: dt.date, period: str = "D", *, caller: str = DEFAULT_CALLER) -> wire.DailyChartResponse:
-        req = wire.DailyChartRequest(FID_INPUT_ISCD=code, FID_INPUT_DATE_1=yyyymmdd(start), FID_INPUT_DATE_2=yyyymmdd(end), FID_PERIOD_DIV_CODE=period)
+    async def daily_chart(
+        self, code: str, start: dt.date, end: dt.date, period: str = "D", *, caller: str = DEFAULT_CALLER
+    ) -> wire.DailyChartResponse:
+        req = wire.DailyChartRequest(
+            FID_INPUT_ISCD=code,
+            FID_INPUT_DATE_1=yyyymmdd(start),
+            FID_INPUT_DATE_2=yyyymmdd(end),
+            FID_PERIOD_DIV_CODE=period,
+        )
         return await self._quote(Path.DAILY_CHART, Tr.DAILY_CHART, wire.DailyChartResponse, req, caller)
 
-    async def minute_chart(self, code: str, until_hhmmss: str, *, caller: str = DEFAULT_CALLER) -> wire.TimeChartResponse:
+    async def minute_chart(
+        self, code: str, until_hhmmss: str, *, caller: str = DEFAULT_CALLER
+    ) -> wire.TimeChartResponse:
         req = wire.TimeChartRequest(FID_INPUT_ISCD=code, FID_INPUT_HOUR_1=until_hhmmss)
         return await self._quote(Path.TIME_CHART, Tr.TIME_CHART, wire.TimeChartResponse, req, caller)
 
     async def investor(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.InvestorResponse:
-        return await self._quote(Path.INVESTOR, Tr.INVESTOR, wire.InvestorResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller)
+        return await self._quote(
+            Path.INVESTOR, Tr.INVESTOR, wire.InvestorResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller
+        )
 
     # --- reference data as the domain's types -------------------------------------------------
 
@@ -455,15 +563,19 @@ class KisBroker(BrokerPort):
             end = dt.date.fromisoformat(min(b.start for b in bars)) - dt.timedelta(days=1)
         return sorted(out.values(), key=lambda b: b.start)
 
-    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
-                          caller: str = DEFAULT_CALLER) -> tuple[list[Bar], bool]:
+    async def minute_bars(
+        self, code: str, need: int, day: dt.date, until_hhmmss: str, *, caller: str = DEFAULT_CALLER
+    ) -> tuple[list[Bar], bool]:
         """Pages of today's minute chart (30 rows a call), newest first, back from `until_hhmmss`."""
         rows: dict[str, wire.MinuteBar] = {}
         until = until_hhmmss
         reached_start = False
         for _ in range(MINUTE_PAGES_MAX):
-            page = [r for r in (await self.minute_chart(code, until, caller=caller)).output2
-                    if len(r.stck_cntg_hour) == 6 and r.stck_cntg_hour.isdigit() and krw(r.stck_prpr) > 0]
+            page = [
+                r
+                for r in (await self.minute_chart(code, until, caller=caller)).output2
+                if len(r.stck_cntg_hour) == 6 and r.stck_cntg_hour.isdigit() and krw(r.stck_prpr) > 0
+            ]
             if not page:
                 reached_start = True
                 break
@@ -487,8 +599,12 @@ class KisBroker(BrokerPort):
 
     # --- quotations (wire Structs: strings as KIS sends them; for kis/ and its tools) --------------
 
-    async def volume_rank(self, req: wire.VolumeRankRequest | None = None, *, caller: str = DEFAULT_CALLER) -> wire.VolumeRankResponse:
-        return await self._quote(Path.VOLUME_RANK, Tr.VOLUME_RANK, wire.VolumeRankResponse, req or wire.VolumeRankRequest(), caller)
+    async def volume_rank(
+        self, req: wire.VolumeRankRequest | None = None, *, caller: str = DEFAULT_CALLER
+    ) -> wire.VolumeRankResponse:
+        return await self._quote(
+            Path.VOLUME_RANK, Tr.VOLUME_RANK, wire.VolumeRankResponse, req or wire.VolumeRankRequest(), caller
+        )
 
     # --- real-time -----------------------------------------------------------------------------
 
@@ -507,7 +623,9 @@ class KisBroker(BrokerPort):
 def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
     orig = _odno(r.orgn_odno)
     name = f"{r.sll_buy_dvsn_cd_name} {r.rvse_cncl_dvsn_name}".upper()
-    is_cancel = bool(orig) and (r.cncl_yn.strip().upper() == "Y" or "취소" in name or "CANCEL" in name or "CNCL" in name)
+    is_cancel = bool(orig) and (
+        r.cncl_yn.strip().upper() == "Y" or "취소" in name or "CANCEL" in name or "CNCL" in name
+    )
     is_modify = bool(orig) and not is_cancel
     filled_qty = krw(r.tot_ccld_qty)
     cancelled = krw(r.cnc_cfrm_qty) or krw(r.cncl_cfrm_qty)
@@ -551,11 +669,21 @@ def make_broker(
     """The live adapter for `cfg.env` (sim | paper | real). Credentials come from
     `kis.credentials.load_credentials(cfg.credentials_file)` or, for sim, from the twin."""
     env = environment_for(cfg, sim_paper=sim_paper)
-    return KisBroker(env, credentials, FsPath(run_dir), ws_config=ws_config, min_token_interval_s=min_token_interval_s,
-                     **broker_options(cfg))
+    return KisBroker(
+        env,
+        credentials,
+        FsPath(run_dir),
+        ws_config=ws_config,
+        min_token_interval_s=min_token_interval_s,
+        **broker_options(cfg),
+    )
 
 
 def broker_options(cfg: BrokerConfig) -> dict[str, Any]:
     """KisBroker's options that come from the broker config (timeouts, TLS trust, start-up retries)."""
-    return {"timeout_s": cfg.request_timeout_s, "start_timeout_s": cfg.start_wait_s, "ca_bundle": cfg.ca_bundle,
-            "start_retry": StartRetry(retries=cfg.start_retries, backoff_s=cfg.start_backoff_s)}
+    return {
+        "timeout_s": cfg.request_timeout_s,
+        "start_timeout_s": cfg.start_wait_s,
+        "ca_bundle": cfg.ca_bundle,
+        "start_retry": StartRetry(retries=cfg.start_retries, backoff_s=cfg.start_backoff_s),
+    }

@@ -26,8 +26,12 @@ ENV_HTS_ID = "KTRADER_KIS_HTS_ID"
 def credentials_env(info: Mapping[str, str]) -> dict[str, str]:
     """The environment variables that hand credentials (keys app_key, app_secret, account, hts_id,
     as `ktrader sim` prints its demo account) to a gateway process."""
-    return {ENV_APP_KEY: info["app_key"], ENV_APP_SECRET: info["app_secret"], ENV_ACCOUNT: info["account"],
-            ENV_HTS_ID: info["hts_id"]}
+    return {
+        ENV_APP_KEY: info["app_key"],
+        ENV_APP_SECRET: info["app_secret"],
+        ENV_ACCOUNT: info["account"],
+        ENV_HTS_ID: info["hts_id"],
+    }
 
 
 class CredentialsError(ValueError):
@@ -96,14 +100,21 @@ def load_credentials(credentials_file: str | os.PathLike[str] | None = None) -> 
             raise CredentialsError(f"{path}: not valid TOML") from None  # no details: they may quote a secret
         values = {k: str(v) for k, v in raw.items() if k in ("app_key", "app_secret", "account", "hts_id")}
         _warn_if_exposed(path)
-    for key, var in (("app_key", ENV_APP_KEY), ("app_secret", ENV_APP_SECRET), ("account", ENV_ACCOUNT), ("hts_id", ENV_HTS_ID)):
+    for key, var in (
+        ("app_key", ENV_APP_KEY),
+        ("app_secret", ENV_APP_SECRET),
+        ("account", ENV_ACCOUNT),
+        ("hts_id", ENV_HTS_ID),
+    ):
         if os.environ.get(var):
             values[key] = os.environ[var]
     env_of = {"app_key": ENV_APP_KEY, "app_secret": ENV_APP_SECRET, "account": ENV_ACCOUNT, "hts_id": ENV_HTS_ID}
     missing = [k for k in ("app_key", "app_secret", "account", "hts_id") if not values.get(k)]
     if missing:
         where = f" in {credentials_file} or" if credentials_file else ""
-        raise CredentialsError(f"missing {', '.join(missing)} (not set{where} in {', '.join(env_of[k] for k in missing)})")
+        raise CredentialsError(
+            f"missing {', '.join(missing)} (not set{where} in {', '.join(env_of[k] for k in missing)})"
+        )
     return Credentials(values["app_key"], values["app_secret"], values["account"], values["hts_id"])
 
 

@@ -10,8 +10,14 @@ TRADE_FIELDS_EXAMPLE = (
 ).split("^")
 
 # Workbook notice examples, legacy 23-field layout (API.md §5.8).
-NOTICE23_ACCEPT = "HTS ID^1234567801^0000002891^^02^0^01^0^136480^0000000001^000000000^094941^0^1^1^06010^000000001^김한투^하림^10^^하림^".split("^")
-NOTICE23_FILL = "HTS ID^1234567801^0000002891^^02^0^00^0^136480^0000000001^000003190^094941^0^2^2^06010^000000001^김한투^하림^10^^하림^000000000".split("^")
+NOTICE23_ACCEPT = (
+    "HTS ID^1234567801^0000002891^^02^0^01^0^136480^0000000001^000000000^094941^0^1^1^06010^000000001^김한투^하림^10^^"
+    "하림^"
+).split("^")
+NOTICE23_FILL = (
+    "HTS ID^1234567801^0000002891^^02^0^00^0^136480^0000000001^000003190^094941^0^2^2^06010^000000001^김한투^하림^10^^"
+    "하림^000000000"
+).split("^")
 
 
 def notice26(
@@ -31,8 +37,32 @@ def notice26(
     order_price: str = "71900",
 ) -> list[str]:
     return [
-        "myhtsid", "1234567801", odno, oodno, side, rctf, "00", "0", code, qty, price, hour, rfus, cntg, acpt,
-        "06010", order_qty, "김한투", "", "1", "Y", "   ", "", "", "삼성전자", order_price,
+        "myhtsid",
+        "1234567801",
+        odno,
+        oodno,
+        side,
+        rctf,
+        "00",
+        "0",
+        code,
+        qty,
+        price,
+        hour,
+        rfus,
+        cntg,
+        acpt,
+        "06010",
+        order_qty,
+        "김한투",
+        "",
+        "1",
+        "Y",
+        "   ",
+        "",
+        "",
+        "삼성전자",
+        order_price,
     ]
 
 

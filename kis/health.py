@@ -15,6 +15,7 @@ from kis.session_why import session_why
 from kis.token import TokenManager
 from kis.ws import KisWebSocket
 
+
 def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> BrokerHealth:
     # expires_at is on the token manager's clock (wall clock by default), in seconds
     exp = tokens.expires_at
@@ -25,13 +26,15 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         rest_limit_per_s=budget.rate_per_s,
         rest_calls=budget.granted,
         rest_calls_by=dict(budget.granted_by),
-        rest_waiting=sum(1 for w in budget._waiters if not w[3].done()),  # noqa: SLF001 - read-only peek
+        rest_waiting=sum(1 for w in budget._waiters if not w[3].done()),
         rest_penalties=budget.penalties,
-        ws_last_message_age_s=round(max(0.0, (now_kst() - ws._last_rx).total_seconds()), 2),  # noqa: SLF001
+        ws_last_message_age_s=round(max(0.0, (now_kst() - ws._last_rx).total_seconds()), 2),
         ws_sessions=ws.sessions,
         ws_dropped=ws.parser.errors + sum(ws.parser.bad_records.values()),
         # the notice slot's key is the user's HTS id: not something to show on screens
-        registrations={f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()},
+        registrations={
+            f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()
+        },
         max_registrations=ws.cfg.max_registrations,
         session_problem=SessionProblem.NONE if ready else ws.problem,
         session_detail="" if ready else session_why(ws.state, ws.problem, ws.problem_detail),

@@ -41,9 +41,15 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
         if len(line) <= 21 + tail:
             raise MasterError(f"{market} master line {n}: {len(line)} characters, too short for the layout")
         code = line[0:9].strip()
-        rest = line[len(line) - tail:]
-        out[code] = MasterEntry(code=code, isin=line[9:21].strip(), name=line[21:len(line) - tail].strip(), market=market,
-                                group=rest[0:2], sector=sector_of(market, rest[3:7], rest[7:11]))
+        rest = line[len(line) - tail :]
+        out[code] = MasterEntry(
+            code=code,
+            isin=line[9:21].strip(),
+            name=line[21 : len(line) - tail].strip(),
+            market=market,
+            group=rest[0:2],
+            sector=sector_of(market, rest[3:7], rest[7:11]),
+        )
     return out
 
 
@@ -93,8 +99,12 @@ def twin_master() -> StockMaster:
     from kis.sim import universe  # the twin's built-in list (also the fallback master)
 
     groups = {"etf": "EF", "etn": "EN"}
-    entries = {s.code: MasterEntry(code=s.code, isin="", name=s.name, market=s.market,
-                                   group=groups.get(s.kind.value, "ST"), sector=s.sector) for s in universe.STOCKS}
+    entries = {
+        s.code: MasterEntry(
+            code=s.code, isin="", name=s.name, market=s.market, group=groups.get(s.kind.value, "ST"), sector=s.sector
+        )
+        for s in universe.STOCKS
+    }
     return StockMaster(entries=entries, source="twin stock list", strict=False)
 
 

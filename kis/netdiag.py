@@ -47,12 +47,16 @@ class NetProblem(msgspec.Struct, frozen=True, kw_only=True):
         port = self.target.rsplit(":", 1)[-1]
         return {
             NetFault.DNS: f"check the host name '{host}' (broker.rest_url / ws_url) and this machine's DNS and network",
-            NetFault.REFUSED: f"nothing accepts connections on {self.target}: check the URL's port, the network and any firewall (outbound port {port})",
-            NetFault.TIMEOUT: f"{self.target} did not answer in time: check the network, firewall or proxy for outbound port {port}",
-            NetFault.TLS_VERIFY: "the server's certificate is not trusted here: behind a TLS-inspecting proxy set broker.ca_bundle "
-                                 "to the proxy's CA file (PEM); also check the system clock",
+            NetFault.REFUSED: f"nothing accepts connections on {self.target}: check the URL's port, the network and "
+            f"any firewall (outbound port {port})",
+            NetFault.TIMEOUT: f"{self.target} did not answer in time: check the network, firewall or proxy for "
+            f"outbound port {port}",
+            NetFault.TLS_VERIFY: "the server's certificate is not trusted here: behind a TLS-inspecting proxy set "
+            "broker.ca_bundle "
+            "to the proxy's CA file (PEM); also check the system clock",
             NetFault.TLS: f"TLS with {self.target} failed: check that the URL's scheme (https/http) and port are right",
-            NetFault.CUT: f"the connection to {self.target} was cut: usually transient; check the network if it persists",
+            NetFault.CUT: f"the connection to {self.target} was cut: usually transient; check the network if it "
+            "persists",
             NetFault.PROTOCOL: f"{self.target} did not answer as KIS does: check the URL",
             NetFault.OTHER: f"check the network path to {self.target}",
         }[self.fault]
@@ -93,19 +97,36 @@ def explain(exc: BaseException, url: str) -> NetProblem:
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
             detail = getattr(e, "verify_message", "") or _short(e)
-            return NetProblem(fault=NetFault.TLS_VERIFY, target=target, reason=f"TLS CERTIFICATE_VERIFY_FAILED ({detail})", sent=False)
+            return NetProblem(
+                fault=NetFault.TLS_VERIFY, target=target, reason=f"TLS CERTIFICATE_VERIFY_FAILED ({detail})", sent=False
+            )
     for e in chain:
         if isinstance(e, socket.gaierror):
-            return NetProblem(fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(e)})", sent=False)
+            return NetProblem(
+                fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(e)})", sent=False
+            )
         if isinstance(e, ConnectionRefusedError):
             return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
         if isinstance(e, ssl.SSLError):
-            return NetProblem(fault=NetFault.TLS, target=target, reason=f"TLS handshake failed ({_short(e)})", sent=False)
+            return NetProblem(
+                fault=NetFault.TLS, target=target, reason=f"TLS handshake failed ({_short(e)})", sent=False
+            )
     text = " | ".join(_short(e) for e in chain)
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return NetProblem(fault=NetFault.TLS_VERIFY, target=target, reason=f"TLS CERTIFICATE_VERIFY_FAILED ({_short(exc)})", sent=False)
-    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
-        return NetProblem(fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(exc)})", sent=False)
+        return NetProblem(
+            fault=NetFault.TLS_VERIFY,
+            target=target,
+            reason=f"TLS CERTIFICATE_VERIFY_FAILED ({_short(exc)})",
+            sent=False,
+        )
+    if (
+        "Name or service not known" in text
+        or "nodename nor servname" in text
+        or "Temporary failure in name resolution" in text
+    ):
+        return NetProblem(
+            fault=NetFault.DNS, target=target, reason=f"host name not resolved ({_short(exc)})", sent=False
+        )
     if "Connection refused" in text or "Connect call failed" in text:
         return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
     # aiohttp (the KIS REST client): the connect phase never sent anything; after it, it may have
@@ -120,7 +141,9 @@ def explain(exc: BaseException, url: str) -> NetProblem:
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
         return NetProblem(fault=NetFault.CUT, target=target, reason=f"connection cut ({_short(exc)})", sent=True)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"not an HTTP answer ({_short(exc)})", sent=True)
+        return NetProblem(
+            fault=NetFault.PROTOCOL, target=target, reason=f"not an HTTP answer ({_short(exc)})", sent=True
+        )
     if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
         return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no connection within the timeout", sent=False)
     if isinstance(exc, httpx.TimeoutException):
@@ -134,5 +157,7 @@ def explain(exc: BaseException, url: str) -> NetProblem:
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, ConnectionError)):
         return NetProblem(fault=NetFault.CUT, target=target, reason=f"connection cut ({_short(exc)})", sent=True)
     if any(type(e).__module__.startswith("websockets") for e in chain):
-        return NetProblem(fault=NetFault.PROTOCOL, target=target, reason=f"websocket handshake failed ({_short(exc)})", sent=False)
+        return NetProblem(
+            fault=NetFault.PROTOCOL, target=target, reason=f"websocket handshake failed ({_short(exc)})", sent=False
+        )
     return NetProblem(fault=NetFault.OTHER, target=target, reason=f"{type(exc).__name__}: {_short(exc)}", sent=True)

@@ -27,7 +27,6 @@ from common.enums import OrderType, SessionState, Side, TimeInForce
 from common.schema import Bar, BrokerHealth, InvestorDay, PriceQuote
 
 
-
 class BrokerError(Exception):
     def __init__(self, message: str, *, code: str = "", http_status: int | None = None) -> None:
         super().__init__(f"{code} {message}".strip())
@@ -319,8 +318,9 @@ class BrokerPort(Protocol):
         """Up to `n` daily bars of the days before `before`, oldest first (Capability.CHARTS)."""
         raise BrokerUnsupported("daily charts", code="UNSUPPORTED")
 
-    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
-                          caller: str = "gateway") -> tuple[list[Bar], bool]:
+    async def minute_bars(
+        self, code: str, need: int, day: dt.date, until_hhmmss: str, *, caller: str = "gateway"
+    ) -> tuple[list[Bar], bool]:
         """Today's one-minute bars up to `until_hhmmss` (at least `need` when there are that many),
         oldest first and labelled `day`, and whether they reach back to the session's start
         (Capability.CHARTS)."""
@@ -341,7 +341,8 @@ class BrokerPort(Protocol):
         """Token, REST budget, websocket, registrations; a broker without them reports its session."""
         return BrokerHealth(session_state=self.session_state)
 
-    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None,
-                       on_plain: Callable[[str], None] | None = None) -> None:
+    def set_frame_hook(
+        self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None
+    ) -> None:
         """Recording (Capability.FRAME_HOOK): every websocket frame as received, each decrypted notice."""
         raise BrokerUnsupported("frame recording", code="UNSUPPORTED")

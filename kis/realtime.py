@@ -102,7 +102,9 @@ def _trade(f: list[str], o: int) -> Trade:
 def _book(f: list[str], o: int) -> Book:
     asks = tuple((_int(f[o + 3 + i]), _int(f[o + 23 + i])) for i in range(10))
     bids = tuple((_int(f[o + 13 + i]), _int(f[o + 33 + i])) for i in range(10))
-    return Book(code=f[o], time=f[o + 1], asks=asks, bids=bids, total_ask_qty=_int(f[o + 43]), total_bid_qty=_int(f[o + 44]))
+    return Book(
+        code=f[o], time=f[o + 1], asks=asks, bids=bids, total_ask_qty=_int(f[o + 43]), total_bid_qty=_int(f[o + 44])
+    )
 
 
 def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
@@ -227,7 +229,9 @@ class FrameParser:
             self._warned.add(tag)
             log.warning("%s records have %d fields, %d known; extra trailing fields ignored", tr_id, width, known)
 
-    def _records(self, tr_id: str, read: Callable[[int], Trade | Book | BrokerNotice], count: int) -> list[Trade | Book | BrokerNotice]:
+    def _records(
+        self, tr_id: str, read: Callable[[int], Trade | Book | BrokerNotice], count: int
+    ) -> list[Trade | Book | BrokerNotice]:
         """Each record on its own: one that does not read is dropped and counted, the rest delivered.
         When every record of the frame was bad, BadRecord says so."""
         out: list[Trade | Book | BrokerNotice] = []

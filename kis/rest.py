@@ -179,19 +179,32 @@ class KisRest:
         if self._session is None or self._session.closed or self._session_loop is not loop:
             # (a session belongs to its event loop; a tool that runs one loop per call gets a new one)
             self._session_loop = loop
-            connector = aiohttp.TCPConnector(limit=8, keepalive_timeout=20.0,
-                                             ssl=self._tls if self._tls is not None else tls_context())
+            connector = aiohttp.TCPConnector(
+                limit=8, keepalive_timeout=20.0, ssl=self._tls if self._tls is not None else tls_context()
+            )
             # no cookie jar: KIS sets none we need, and a shared jar is state nobody asked for
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  headers={"User-Agent": "ktrader/0.1"},
-                                                  cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"User-Agent": "ktrader/0.1"},
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=True,
+            )
         return self._session
 
-    async def _send(self, method: str, path: str, *, params: dict[str, str] | None = None, content: bytes | None = None,
-                    headers: dict[str, str]) -> Reply:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str],
+    ) -> Reply:
         """One HTTP exchange; raises one of TRANSPORT_ERRORS when it did not complete."""
-        async with self._client().request(method, self._base + path, params=params, data=content,
-                                          headers=headers, allow_redirects=False) as resp:
+        async with self._client().request(
+            method, self._base + path, params=params, data=content, headers=headers, allow_redirects=False
+        ) as resp:
             body = await resp.read()
             return Reply(resp.status, resp.headers.get("tr_cont", ""), body)
 
@@ -211,11 +224,16 @@ class KisRest:
     # --- auth endpoints (no bearer token, outside the budget: their own limits apply) ----------
 
     async def issue_token(self) -> IssuedToken:
-        body = msgspec.json.encode(TokenRequest(grant_type="client_credentials", appkey=self._creds.app_key, appsecret=self._creds.app_secret))
+        body = msgspec.json.encode(
+            TokenRequest(grant_type="client_credentials", appkey=self._creds.app_key, appsecret=self._creds.app_secret)
+        )
         resp = await self._post_raw(Path.TOKEN, body, "token request")
         tr, _ = lenient.decode(resp.content, TokenResponse)
         if tr is not None and tr.access_token:
-            return IssuedToken(access_token=tr.access_token, expires_at=parse_expiry(tr.access_token_token_expired, tr.expires_in, time.time()))
+            return IssuedToken(
+                access_token=tr.access_token,
+                expires_at=parse_expiry(tr.access_token_token_expired, tr.expires_in, time.time()),
+            )
         code = (tr.msg_cd or tr.error_code).strip() if tr else ""
         if code == "EGW00133":
             raise TokenThrottled()
@@ -223,7 +241,11 @@ class KisRest:
         raise self._auth_failure("token issuance", code, msg, resp.status)
 
     async def approval_key(self) -> str:
-        body = msgspec.json.encode(ApprovalRequest(grant_type="client_credentials", appkey=self._creds.app_key, secretkey=self._creds.app_secret))
+        body = msgspec.json.encode(
+            ApprovalRequest(
+                grant_type="client_credentials", appkey=self._creds.app_key, secretkey=self._creds.app_secret
+            )
+        )
         resp = await self._post_raw(Path.APPROVAL, body, "websocket approval key request")
         ar, _ = lenient.decode(resp.content, ApprovalResponse)
         if ar is not None and ar.approval_key:
@@ -235,14 +257,20 @@ class KisRest:
     @staticmethod
     def _auth_failure(what: str, code: str, msg: str, status: int) -> BrokerError:
         """/oauth2 answers: KIS-side errors may pass, refusals of the key/secret/domain will not."""
-        verdict = lookup(code, status).verdict if code else (Verdict.SERVER if status >= 500 or status == 0 else Verdict.CREDENTIALS)
+        verdict = (
+            lookup(code, status).verdict
+            if code
+            else (Verdict.SERVER if status >= 500 or status == 0 else Verdict.CREDENTIALS)
+        )
         if verdict in (Verdict.SERVER, Verdict.RATE_LIMITED, Verdict.TOKEN_THROTTLED):
             return BrokerTemporary(f"{what}: {msg}", code=code, http_status=status)
         return BrokerAuthError(f"{what} refused: {msg}", code=code, http_status=status)
 
     async def _post_raw(self, path: str, body: bytes, what: str) -> Reply:
         try:
-            return await self._send("POST", path, content=body, headers={"content-type": "application/json; charset=utf-8"})
+            return await self._send(
+                "POST", path, content=body, headers={"content-type": "application/json; charset=utf-8"}
+            )
         except TRANSPORT_ERRORS as e:
             raise BrokerUnreachable(what, explain(e, self.env.rest_url)) from None
 
@@ -296,7 +324,9 @@ class KisRest:
             token = await self.tokens.get()
             self.calls += 1
             try:
-                resp = await self._send(method, path, params=params, content=content, headers=self._headers(token, tr_id, tr_cont))
+                resp = await self._send(
+                    method, path, params=params, content=content, headers=self._headers(token, tr_id, tr_cont)
+                )
             except TRANSPORT_ERRORS as e:
                 err = _transport_error(e, kind, self.env.rest_url + path)
                 if isinstance(err, BrokerUnknownOutcome) and kind is Kind.CANCEL:
@@ -309,12 +339,12 @@ class KisRest:
                 await self._sleep(self.retry.delay(attempt))
                 continue
             env, repairs = self._decode(resp, type_, path)
-            err = classify(resp.status, env)
-            if err is None:
+            refused = classify(resp.status, env)
+            if refused is None:
                 return Page(tr_cont=resp.tr_cont.strip(), body=env, repairs=repairs)  # type: ignore[arg-type]
             if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
                 return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
-            if isinstance(err, BrokerRateLimited):
+            if isinstance(refused, BrokerRateLimited):
                 # KIS counts calls per second and our budget already paces below its limit, so an
                 # EGW00201 means the window rolled unluckily (or another program shares the key):
                 # everyone pauses two token intervals (~0.1 s real, ~1 s paper; python-kis waits
@@ -325,33 +355,43 @@ class KisRest:
                 pause = min(self.retry.rate_limit_backoff_s, 2.0 / self.budget.rate_per_s)
                 self.budget.penalize(pause * random.uniform(0.8, 1.2))
                 if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
-                    raise err
+                    raise refused
                 attempt += 1
                 continue
-            if isinstance(err, BrokerAuthError) and lookup(err.code).verdict is Verdict.TOKEN_INVALID and not refreshed:
+            if (
+                isinstance(refused, BrokerAuthError)
+                and lookup(refused.code).verdict is Verdict.TOKEN_INVALID
+                and not refreshed
+            ):
                 refreshed = True
-                log.info("KIS rejected the token (%s); refreshing once", err.code)
-                await self.tokens.invalidate_and_get(token, err.code)
+                log.info("KIS rejected the token (%s); refreshing once", refused.code)
+                await self.tokens.invalidate_and_get(token, refused.code)
                 continue
             if kind is Kind.WRITE:
-                if proves_not_processed(err):
-                    raise err
+                if proves_not_processed(refused):
+                    raise refused
                 # A server error, a reply without an envelope or a code we cannot place: the order
                 # may be at KIS. Only a reply that proves it was not processed says "not placed".
-                log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, err)
-                raise BrokerUnknownOutcome(f"order outcome unknown after {err}", code=err.code, http_status=resp.status)
-            if kind is Kind.CANCEL and not proves_not_processed(err) and not isinstance(err, BrokerRejected):
+                log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, refused)
+                raise BrokerUnknownOutcome(
+                    f"order outcome unknown after {refused}", code=refused.code, http_status=resp.status
+                )
+            if kind is Kind.CANCEL and not proves_not_processed(refused) and not isinstance(refused, BrokerRejected):
                 ambiguous = True  # a server error on a cancel: it may have been processed
-            if isinstance(err, BrokerRejected) and ambiguous:
+            if isinstance(refused, BrokerRejected) and ambiguous:
                 # the earlier attempt may have cancelled it already; let the caller reconcile
-                raise BrokerUnknownOutcome(f"cancel retried after an ambiguous failure, then: {err}", code=err.code) from None
-            if isinstance(err, BrokerTemporary) and attempt + 1 < self.retry.attempts:
+                raise BrokerUnknownOutcome(
+                    f"cancel retried after an ambiguous failure, then: {refused}", code=refused.code
+                ) from None
+            if isinstance(refused, BrokerTemporary) and attempt + 1 < self.retry.attempts:
                 attempt += 1
                 await self._sleep(self.retry.delay(attempt))
                 continue
             if ambiguous:
-                raise BrokerUnknownOutcome(f"cancel outcome unknown after {err}", code=err.code, http_status=resp.status)
-            raise err
+                raise BrokerUnknownOutcome(
+                    f"cancel outcome unknown after {refused}", code=refused.code, http_status=resp.status
+                )
+            raise refused
 
     async def paged(
         self,
@@ -369,7 +409,9 @@ class KisRest:
         tr_cont = ""
         params = dict(params)
         for _ in range(max_pages):
-            page = await self.request("GET", path, tr_id, type_, params=params, kind=Kind.READ, lane=lane, caller=caller, tr_cont=tr_cont)
+            page = await self.request(
+                "GET", path, tr_id, type_, params=params, kind=Kind.READ, lane=lane, caller=caller, tr_cont=tr_cont
+            )
             body = page.body
             pages.append(body)  # type: ignore[arg-type]
             if page.tr_cont not in ("F", "M") or not isinstance(body, Paged):

@@ -10,11 +10,13 @@ from kis.codes import lookup
 _WHY: dict[SessionProblem, str] = {
     SessionProblem.STARTING: "connecting to the KIS websocket",
     SessionProblem.WS_UNREACHABLE: "the KIS websocket cannot be reached ({detail}): check that outbound port is open "
-                                   "(firewall, proxy) and broker.ws_url",
+    "(firewall, proxy) and broker.ws_url",
     SessionProblem.APPROVAL_FAILED: "no websocket approval key ({detail})",
     SessionProblem.APPROVAL_INVALID: "KIS refused the websocket approval key (OPSP0011); a new one is requested",
-    SessionProblem.KEY_IN_USE: "KIS says this app key's websocket is in use elsewhere (OPSP8996): " + lookup("OPSP8996").hint,
-    SessionProblem.HTS_ID_REFUSED: "KIS refused the order/fill notice feed for the HTS id (OPSP0017): " + lookup("OPSP0017").hint,
+    SessionProblem.KEY_IN_USE: "KIS says this app key's websocket is in use elsewhere (OPSP8996): "
+    + lookup("OPSP8996").hint,
+    SessionProblem.HTS_ID_REFUSED: "KIS refused the order/fill notice feed for the HTS id (OPSP0017): "
+    + lookup("OPSP0017").hint,
     SessionProblem.NOTICE_REFUSED: "KIS refused the order/fill notice feed ({detail})",
     SessionProblem.DROPPED: "the KIS websocket dropped ({detail}); reconnecting",
 }

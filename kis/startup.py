@@ -88,7 +88,9 @@ def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupE
                 hint = "check the app key, secret and account for this environment (KTRADER_KIS_* or credentials_file)"
             return StartupError(what, f"KIS refused: {reason}", hint, StartExit.REFUSED)
         if isinstance(exc, BrokerTemporary):
-            hint = (info.hint if info is not None and info.hint else "") or "a KIS-side or network problem; it is retried"
+            hint = (
+                info.hint if info is not None and info.hint else ""
+            ) or "a KIS-side or network problem; it is retried"
             return StartupError(what, reason, hint, StartExit.UNREACHABLE, transient=True)
         if isinstance(exc, BrokerRejected):
             hint = (info.hint if info is not None and info.hint else "") or "check the account and environment settings"
@@ -100,8 +102,15 @@ class StartRetry:
     """Retries a start step while its failure is transient: back-off doubling from `backoff_s` up
     to `max_backoff_s`, `retries` times (0: fail at once), logging a countdown."""
 
-    def __init__(self, *, retries: int, backoff_s: float, max_backoff_s: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tick_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        retries: int,
+        backoff_s: float,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tick_s: float = 5.0,
+    ) -> None:
         self.retries = max(0, retries)
         self.backoff_s = max(0.0, backoff_s)
         self.max_backoff_s = max_backoff_s
@@ -113,7 +122,7 @@ class StartRetry:
         while True:
             try:
                 return await step()
-            except Exception as exc:  # noqa: BLE001 - explained or re-raised untouched
+            except Exception as exc:
                 err = explain_failure(exc, what=what, env_name=env_name)
                 if err is None:
                     raise
@@ -123,8 +132,14 @@ class StartRetry:
                     raise err from exc
                 delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
                 attempt += 1
-                log.warning("%s: %s; retry %d of %d in %s s (Ctrl-C to stop)", what, err.reason, attempt, self.retries,
-                            f"{delay:.0f}" if delay >= 10 else f"{delay:.1f}")
+                log.warning(
+                    "%s: %s; retry %d of %d in %s s (Ctrl-C to stop)",
+                    what,
+                    err.reason,
+                    attempt,
+                    self.retries,
+                    f"{delay:.0f}" if delay >= 10 else f"{delay:.1f}",
+                )
                 await self._countdown(delay, what)
 
     async def _countdown(self, delay: float, what: str) -> None:

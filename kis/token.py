@@ -134,7 +134,11 @@ class TokenManager:
             async with self._lock:
                 cache = self._read()
                 now = self._clock()
-                cached = IssuedToken(access_token=cache.access_token, expires_at=cache.expires_at) if cache.access_token else None
+                cached = (
+                    IssuedToken(access_token=cache.access_token, expires_at=cache.expires_at)
+                    if cache.access_token
+                    else None
+                )
                 usable = cached is not None and cached.access_token != rejected and cached.expires_at > now
                 if usable and self._fresh(cached, now):
                     self._token = cached
@@ -145,7 +149,11 @@ class TokenManager:
                     if usable:  # near expiry but still valid: keep using it, refresh later
                         self._token = cached
                         return cached.access_token  # type: ignore[union-attr]
-                    if rejected is not None and cache.access_token == rejected and now - cache.forced_at >= self._min_interval:
+                    if (
+                        rejected is not None
+                        and cache.access_token == rejected
+                        and now - cache.forced_at >= self._min_interval
+                    ):
                         # KIS refused the very token on disk (revoked): nothing works without a new
                         # one, and asking costs one call — KIS answers EGW00133 if it is too soon.
                         cache.forced_at = now
@@ -158,8 +166,11 @@ class TokenManager:
                         self._write(cache)
                         wait = last + self._min_interval - self._clock()
                     if wait > 0:
-                        log.warning("KIS allows one token issuance per minute and the last was %.0f s ago: waiting %.0f s",
-                                    self._min_interval - wait, wait)
+                        log.warning(
+                            "KIS allows one token issuance per minute and the last was %.0f s ago: waiting %.0f s",
+                            self._min_interval - wait,
+                            wait,
+                        )
                         await self._sleep(wait)
                 tok = await self._issue_once(cache)
                 self._token = tok

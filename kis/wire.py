@@ -302,14 +302,46 @@ class PriceResponse(Envelope, kw_only=True):
 
 class AskingOutput1(msgspec.Struct, kw_only=True):
     aspr_acpt_hour: str = ""
-    askp1: str = ""; askp2: str = ""; askp3: str = ""; askp4: str = ""; askp5: str = ""  # noqa: E702
-    askp6: str = ""; askp7: str = ""; askp8: str = ""; askp9: str = ""; askp10: str = ""  # noqa: E702
-    bidp1: str = ""; bidp2: str = ""; bidp3: str = ""; bidp4: str = ""; bidp5: str = ""  # noqa: E702
-    bidp6: str = ""; bidp7: str = ""; bidp8: str = ""; bidp9: str = ""; bidp10: str = ""  # noqa: E702
-    askp_rsqn1: str = ""; askp_rsqn2: str = ""; askp_rsqn3: str = ""; askp_rsqn4: str = ""; askp_rsqn5: str = ""  # noqa: E702
-    askp_rsqn6: str = ""; askp_rsqn7: str = ""; askp_rsqn8: str = ""; askp_rsqn9: str = ""; askp_rsqn10: str = ""  # noqa: E702
-    bidp_rsqn1: str = ""; bidp_rsqn2: str = ""; bidp_rsqn3: str = ""; bidp_rsqn4: str = ""; bidp_rsqn5: str = ""  # noqa: E702
-    bidp_rsqn6: str = ""; bidp_rsqn7: str = ""; bidp_rsqn8: str = ""; bidp_rsqn9: str = ""; bidp_rsqn10: str = ""  # noqa: E702
+    askp1: str = ""
+    askp2: str = ""
+    askp3: str = ""
+    askp4: str = ""
+    askp5: str = ""
+    askp6: str = ""
+    askp7: str = ""
+    askp8: str = ""
+    askp9: str = ""
+    askp10: str = ""
+    bidp1: str = ""
+    bidp2: str = ""
+    bidp3: str = ""
+    bidp4: str = ""
+    bidp5: str = ""
+    bidp6: str = ""
+    bidp7: str = ""
+    bidp8: str = ""
+    bidp9: str = ""
+    bidp10: str = ""
+    askp_rsqn1: str = ""
+    askp_rsqn2: str = ""
+    askp_rsqn3: str = ""
+    askp_rsqn4: str = ""
+    askp_rsqn5: str = ""
+    askp_rsqn6: str = ""
+    askp_rsqn7: str = ""
+    askp_rsqn8: str = ""
+    askp_rsqn9: str = ""
+    askp_rsqn10: str = ""
+    bidp_rsqn1: str = ""
+    bidp_rsqn2: str = ""
+    bidp_rsqn3: str = ""
+    bidp_rsqn4: str = ""
+    bidp_rsqn5: str = ""
+    bidp_rsqn6: str = ""
+    bidp_rsqn7: str = ""
+    bidp_rsqn8: str = ""
+    bidp_rsqn9: str = ""
+    bidp_rsqn10: str = ""
     total_askp_rsqn: str = ""
     total_bidp_rsqn: str = ""
     new_mkop_cls_code: str = ""

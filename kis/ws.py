@@ -42,7 +42,10 @@ Key = tuple[str, str]  # (tr_id, tr_key)
 OK_SUBSCRIBE = codes_with(Verdict.WS_SUBSCRIBED, Verdict.WS_ALREADY)  # success, already in subscribe
 OK_UNSUBSCRIBE = codes_with(Verdict.WS_UNSUBSCRIBED, Verdict.WS_NOT_SUBSCRIBED)  # success, was not subscribed
 SESSION_FATAL = codes_with(Verdict.WS_APPROVAL_INVALID, Verdict.WS_KEY_IN_USE)  # bad approval key, app key in use
-_REFUSAL_PROBLEM = {Verdict.WS_APPROVAL_INVALID: SessionProblem.APPROVAL_INVALID, Verdict.WS_KEY_IN_USE: SessionProblem.KEY_IN_USE}
+_REFUSAL_PROBLEM = {
+    Verdict.WS_APPROVAL_INVALID: SessionProblem.APPROVAL_INVALID,
+    Verdict.WS_KEY_IN_USE: SessionProblem.KEY_IN_USE,
+}
 
 # DESIGN.md §6: the state table; anything else is a bug and is logged.
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
@@ -238,14 +241,21 @@ class KisWebSocket:
             except BrokerError as e:  # the approval-key REST call
                 rest_failed, reason = True, f"{type(e).__name__}: {e}"
                 self._note(SessionProblem.APPROVAL_FAILED, str(e))
-            except (OSError, TimeoutError, ConnectionClosed, SessionEnded, websockets.InvalidHandshake, websockets.InvalidURI) as e:
+            except (
+                OSError,
+                TimeoutError,
+                ConnectionClosed,
+                SessionEnded,
+                websockets.InvalidHandshake,
+                websockets.InvalidURI,
+            ) as e:
                 if self._opened or isinstance(e, (ConnectionClosed, SessionEnded)):
                     reason = f"{type(e).__name__}: {e}"
                     self._note(SessionProblem.DROPPED, reason)
                 else:  # the websocket could not be opened at all
                     reason = explain(e, self._url).text()
                     self._note(SessionProblem.WS_UNREACHABLE, reason)
-            except Exception as e:  # noqa: BLE001 - the watchdog must survive anything
+            except Exception as e:
                 log.exception("KIS session failed")
                 reason = f"{type(e).__name__}: {e}"
                 self._note(SessionProblem.DROPPED, reason)
@@ -290,7 +300,7 @@ class KisWebSocket:
             close_timeout=1.0,
             max_size=1 << 22,
             compression=None,
-            **({"ssl": self._tls} if self._url.startswith("wss:") and self._tls is not None else {}),
+            ssl=(self._tls or True) if self._url.startswith("wss:") else None,  # wss: a context or True; ws: None
         ) as ws:
             self._opened = True
             self.sessions += 1
@@ -333,12 +343,17 @@ class KisWebSocket:
                 raise SessionRefused(res.code, res.message)
             notice_problem = f"notice slot refused: {res.code} {res.message}"
             hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
-            self._note(SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED, f"{res.code} {res.message}".strip())
+            self._note(
+                SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED,
+                f"{res.code} {res.message}".strip(),
+            )
         else:
             notice_problem = ""
         first = True
         while True:
-            todo = [k for k in self._wanted if k not in self._active and k not in self._pending and k != self.notice_key]
+            todo = [
+                k for k in self._wanted if k not in self._active and k not in self._pending and k != self.notice_key
+            ]
             if not todo:
                 return (not notice_problem, notice_problem)
             for i in range(0, len(todo), max(1, self.cfg.batch_size)):
@@ -373,7 +388,9 @@ class KisWebSocket:
             self._wanted[key] += 1
             return SubscriptionResult(ok=True, code="", message="already registered (shared)")
         if len(self._wanted) >= self.cfg.max_registrations:
-            return SubscriptionResult(ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use")
+            return SubscriptionResult(
+                ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use"
+            )
         self._wanted[key] = 1
         ws = self._ws
         if self.state not in (SessionState.READY, SessionState.DEGRADED) or ws is None:
@@ -405,7 +422,11 @@ class KisWebSocket:
             return SubscriptionResult(ok=True, code="DISCONNECTED", message="session gone; nothing registered")
         body = ctl.body
         code = body.msg_cd if body else ""
-        return SubscriptionResult(ok=code in OK_UNSUBSCRIBE or (body is not None and body.rt_cd == "0"), code=code, message=(body.msg1 if body else ""))
+        return SubscriptionResult(
+            ok=code in OK_UNSUBSCRIBE or (body is not None and body.rt_cd == "0"),
+            code=code,
+            message=(body.msg1 if body else ""),
+        )
 
     async def _register(self, ws: websockets.ClientConnection, key: Key) -> SubscriptionResult:
         self.sent_registrations.append((self.sessions, key))
@@ -431,7 +452,12 @@ class KisWebSocket:
         fut: asyncio.Future[Control] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         msg = {
-            "header": {"approval_key": self._approval_key, "custtype": "P", "tr_type": tr_type, "content-type": "utf-8"},
+            "header": {
+                "approval_key": self._approval_key,
+                "custtype": "P",
+                "tr_type": tr_type,
+                "content-type": "utf-8",
+            },
             "body": {"input": {"tr_id": key[0], "tr_key": key[1]}},
         }
         try:

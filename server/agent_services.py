@@ -32,9 +32,24 @@ from common.clock import now_ns
 from common.errors import ErrorCode
 from common.orders import OPEN, Order
 from common.schema import (
-    STATE_MAX_KEY_CHARS, STATE_MAX_KEYS, STATE_MAX_TOTAL_BYTES, STATE_MAX_VALUE_BYTES, Ack, AgentSummary, CodeSummary,
-    Error, GetState, GetSummary, HeaderFactory, InvestorReply, Message, PriceReply, PutState,
-    Query, StateReply, SummaryReply,
+    STATE_MAX_KEY_CHARS,
+    STATE_MAX_KEYS,
+    STATE_MAX_TOTAL_BYTES,
+    STATE_MAX_VALUE_BYTES,
+    Ack,
+    AgentSummary,
+    CodeSummary,
+    Error,
+    GetState,
+    GetSummary,
+    HeaderFactory,
+    InvestorReply,
+    Message,
+    PriceReply,
+    PutState,
+    Query,
+    StateReply,
+    SummaryReply,
 )
 from common.enums import Side
 from common.market_clock import MarketClock, WallClock
@@ -66,7 +81,9 @@ class StateTable:
         self.store = store
 
     def load(self, agent: str) -> dict[str, bytes]:
-        return {k: bytes(v) for k, v in self.store.db.execute("SELECT key, value FROM agent_state WHERE agent=?", (agent,))}
+        return {
+            k: bytes(v) for k, v in self.store.db.execute("SELECT key, value FROM agent_state WHERE agent=?", (agent,))
+        }
 
     def sizes(self, agent: str) -> dict[str, int]:
         return dict(self.store.db.execute("SELECT key, length(value) FROM agent_state WHERE agent=?", (agent,)))
@@ -99,16 +116,20 @@ class StateTable:
             for key in msg.delete:
                 db.execute("DELETE FROM agent_state WHERE agent=? AND key=?", (agent, key))
             for key, value in msg.items.items():
-                db.execute("INSERT INTO agent_state(agent, key, value, ts_ns) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT(agent, key) DO UPDATE SET value=excluded.value, ts_ns=excluded.ts_ns",
-                           (agent, key, value, ts))
+                db.execute(
+                    "INSERT INTO agent_state(agent, key, value, ts_ns) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(agent, key) DO UPDATE SET value=excluded.value, ts_ns=excluded.ts_ns",
+                    (agent, key, value, ts),
+                )
 
 
 def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) -> AgentSummary:
     """Every order of `agent` in the store (all days) with totals; books (position, realised P&L,
     fees) from the portfolio; unrealised P&L at its last trade prices."""
-    rows = [(day, _order_dec.decode(body)) for day, body in
-            store.db.execute("SELECT day, body FROM orders WHERE agent=?", (agent,))]
+    rows = [
+        (day, _order_dec.decode(body))
+        for day, body in store.db.execute("SELECT day, body FROM orders WHERE agent=?", (agent,))
+    ]
     rows.sort(key=lambda r: (r[0], r[1].created_ns, r[1].client_order_id))
     per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for _, o in rows:
@@ -128,37 +149,78 @@ def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) 
         mark = portfolio.marks.get(code, 0)
         if qty and not mark:
             unmarked.append(code)
-        codes.append(CodeSummary(
-            code=code, orders=c["orders"], fills=c["fills"], buy_qty=c["buy_qty"], buy_value=c["buy_value"],
-            sell_qty=c["sell_qty"], sell_value=c["sell_value"],
-            avg_buy_price=c["buy_value"] // c["buy_qty"] if c["buy_qty"] else 0,
-            avg_sell_price=c["sell_value"] // c["sell_qty"] if c["sell_qty"] else 0,
-            position_qty=qty, position_cost=cost, mark=mark, realized_pnl=pos.realized_pnl if pos else 0,
-            unrealized_pnl=mark * qty - cost if qty and mark else 0, fees=pos.fees if pos else 0))
+        codes.append(
+            CodeSummary(
+                code=code,
+                orders=c["orders"],
+                fills=c["fills"],
+                buy_qty=c["buy_qty"],
+                buy_value=c["buy_value"],
+                sell_qty=c["sell_qty"],
+                sell_value=c["sell_value"],
+                avg_buy_price=c["buy_value"] // c["buy_qty"] if c["buy_qty"] else 0,
+                avg_sell_price=c["sell_value"] // c["sell_qty"] if c["sell_qty"] else 0,
+                position_qty=qty,
+                position_cost=cost,
+                mark=mark,
+                realized_pnl=pos.realized_pnl if pos else 0,
+                unrealized_pnl=mark * qty - cost if qty and mark else 0,
+                fees=pos.fees if pos else 0,
+            )
+        )
 
     def total(field: str) -> int:
         return sum(getattr(c, field) for c in codes)
 
-    buy_qty, buy_value, sell_qty, sell_value = total("buy_qty"), total("buy_value"), total("sell_qty"), total("sell_value")
+    buy_qty, buy_value, sell_qty, sell_value = (
+        total("buy_qty"),
+        total("buy_value"),
+        total("sell_qty"),
+        total("sell_value"),
+    )
     realized, unrealized, fees = total("realized_pnl"), total("unrealized_pnl"), total("fees")
     days = sorted({d for d, _ in rows})
     recent = [o for _, o in reversed(rows)][:limit]
     return AgentSummary(
-        agent=agent, first_day=days[0] if days else "", last_day=days[-1] if days else "", days=len(days),
-        orders=len(rows), open_orders=sum(1 for _, o in rows if o.state in OPEN),
-        filled_orders=sum(1 for _, o in rows if o.filled_qty), fills=total("fills"),
-        buy_qty=buy_qty, buy_value=buy_value, sell_qty=sell_qty, sell_value=sell_value,
-        avg_buy_price=buy_value // buy_qty if buy_qty else 0, avg_sell_price=sell_value // sell_qty if sell_qty else 0,
-        realized_pnl=realized, unrealized_pnl=unrealized, fees=fees, net_pnl=realized + unrealized - fees,
-        unmarked=unmarked, codes=codes, recent=[order_view(o) for o in recent], truncated=len(rows) > limit)
+        agent=agent,
+        first_day=days[0] if days else "",
+        last_day=days[-1] if days else "",
+        days=len(days),
+        orders=len(rows),
+        open_orders=sum(1 for _, o in rows if o.state in OPEN),
+        filled_orders=sum(1 for _, o in rows if o.filled_qty),
+        fills=total("fills"),
+        buy_qty=buy_qty,
+        buy_value=buy_value,
+        sell_qty=sell_qty,
+        sell_value=sell_value,
+        avg_buy_price=buy_value // buy_qty if buy_qty else 0,
+        avg_sell_price=sell_value // sell_qty if sell_qty else 0,
+        realized_pnl=realized,
+        unrealized_pnl=unrealized,
+        fees=fees,
+        net_pnl=realized + unrealized - fees,
+        unmarked=unmarked,
+        codes=codes,
+        recent=[order_view(o) for o in recent],
+        truncated=len(rows) > limit,
+    )
 
 
 class AgentServices:
     """Plugged into the gateway's dispatch (server/gateway.py) for the messages above."""
 
-    def __init__(self, store: Store, portfolio: Portfolio, broker: BrokerPort, headers: HeaderFactory,
-                 reply: Callable[[bytes, Message], bool], spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 history_path: Path | None = None, clock: MarketClock | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        portfolio: Portfolio,
+        broker: BrokerPort,
+        headers: HeaderFactory,
+        reply: Callable[[bytes, Message], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        history_path: Path | None = None,
+        clock: MarketClock | None = None,
+    ) -> None:
         self.state = StateTable(store)
         self.store = store
         self.portfolio = portfolio
@@ -213,15 +275,30 @@ class AgentServices:
     def _query(self, rec: AgentRecord, route: bytes, msg: Query) -> None:
         h = msg.h
         if Capability.QUOTES not in self.broker.capabilities:
-            self.reply(route, Error(h=self.headers(h.mid), code=ErrorCode.UNSUPPORTED,
-                                    message=f"this gateway's broker does not serve {msg.kind} queries"))
+            self.reply(
+                route,
+                Error(
+                    h=self.headers(h.mid),
+                    code=ErrorCode.UNSUPPORTED,
+                    message=f"this gateway's broker does not serve {msg.kind} queries",
+                ),
+            )
             return
         cap = query_capacity(rec.card.rate_quota_per_s)
         if self.inflight[rec.id] >= cap:
             self.counters["query_quota"] += 1
-            self.reply(route, Error(h=self.headers(h.mid), code=ErrorCode.QUERY_QUOTA, message=(
-                f"{self.inflight[rec.id]} queries already waiting on your quota of {rec.card.rate_quota_per_s:g}/s "
-                f"(at most {cap}); retry after a reply")))
+            self.reply(
+                route,
+                Error(
+                    h=self.headers(h.mid),
+                    code=ErrorCode.QUERY_QUOTA,
+                    message=(
+                        f"{self.inflight[rec.id]} queries already waiting on your quota of "
+                        f"{rec.card.rate_quota_per_s:g}/s "
+                        f"(at most {cap}); retry after a reply"
+                    ),
+                ),
+            )
             return
         self.inflight[rec.id] += 1
         self.spawn(self._run_query(rec.id, route, msg))
@@ -248,7 +325,9 @@ class AgentServices:
         except BrokerError as e:
             reply = Error(h=self.headers(h.mid), code=ErrorCode.BROKER_ERROR, message=str(e))
         except asyncio.TimeoutError:
-            reply = Error(h=self.headers(h.mid), code=ErrorCode.TIMEOUT, message=f"broker did not answer in {QUERY_TIMEOUT_S:g}s")
+            reply = Error(
+                h=self.headers(h.mid), code=ErrorCode.TIMEOUT, message=f"broker did not answer in {QUERY_TIMEOUT_S:g}s"
+            )
         except Exception as e:  # a bug here must not take the gateway down; the agent gets told
             log.exception("%s query for %s failed", msg.kind, agent)
             reply = Error(h=self.headers(h.mid), code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}")
@@ -258,4 +337,3 @@ class AgentServices:
 
     def _market_day(self) -> str:
         return self.clock.now().date().isoformat()
-

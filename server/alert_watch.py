@@ -59,19 +59,29 @@ class AlertWatch:
         down = f.now - self._down_since
         if not self._down_raised and down >= self.cfg.session_down_s:
             self._down_raised = True
-            yield Raised(AlertKind.SESSION_DOWN, f"the broker session has been {f.session.value} for {down:.0f}s: "
-                                                 "new orders are denied until it is ready")
+            yield Raised(
+                AlertKind.SESSION_DOWN,
+                f"the broker session has been {f.session.value} for {down:.0f}s: "
+                "new orders are denied until it is ready",
+            )
 
     def _stale(self, f: Facts) -> Iterable[Raised]:
-        stale = (f.session is SessionState.READY and f.phase in LIVE_PHASES and f.subscribed
-                 and f.ws_age_s >= self.cfg.stale_data_s)
+        stale = (
+            f.session is SessionState.READY
+            and f.phase in LIVE_PHASES
+            and f.subscribed
+            and f.ws_age_s >= self.cfg.stale_data_s
+        )
         if not stale:
             self._stale_raised = False
             return
         if not self._stale_raised:
             self._stale_raised = True
-            yield Raised(AlertKind.STALE_MARKET_DATA, f"no real-time message for {f.ws_age_s:.0f}s in the continuous "
-                                                      "session: prices and strategies are working on old data")
+            yield Raised(
+                AlertKind.STALE_MARKET_DATA,
+                f"no real-time message for {f.ws_age_s:.0f}s in the continuous "
+                "session: prices and strategies are working on old data",
+            )
 
     def _reconcile(self, f: Facts) -> Iterable[Raised]:
         if f.reconcile is None or f.reconcile == self._reconcile_seen:
@@ -80,12 +90,17 @@ class AlertWatch:
         _, reason, n = f.reconcile
         if n:
             shown = "; ".join(f.reconcile_texts[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
-            yield Raised(AlertKind.RECONCILE_DIFF, f"{n} differences with the broker ({reason}): {shown}",
-                         subject=shown)
+            yield Raised(
+                AlertKind.RECONCILE_DIFF, f"{n} differences with the broker ({reason}): {shown}", subject=shown
+            )
 
     def _unknown(self, f: Facts) -> Iterable[Raised]:
         for coid in sorted(set(f.unknown) - self._unknown_seen):
-            yield Raised(AlertKind.UNKNOWN_ORDER, f"{coid}: sent, outcome unknown; it is never resent and counts "
-                                                  "against risk until reconciliation finds it", agent=f.unknown[coid],
-                         subject=coid)
+            yield Raised(
+                AlertKind.UNKNOWN_ORDER,
+                f"{coid}: sent, outcome unknown; it is never resent and counts "
+                "against risk until reconciliation finds it",
+                agent=f.unknown[coid],
+                subject=coid,
+            )
         self._unknown_seen = set(f.unknown)

@@ -88,8 +88,17 @@ class _Acc:
         self.value += price * qty
 
     def bar(self, code: str, interval: str) -> Bar:
-        return Bar(code=code, interval=interval, start=_label(self.start, interval == DAILY), open=self.open,
-                   high=self.high, low=self.low, close=self.close, volume=self.volume, value=self.value)
+        return Bar(
+            code=code,
+            interval=interval,
+            start=_label(self.start, interval == DAILY),
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume,
+            value=self.value,
+        )
 
 
 def _order(b: Bar) -> tuple[str, int, str]:
@@ -99,8 +108,9 @@ def _order(b: Bar) -> tuple[str, int, str]:
 
 
 class BarBuilder:
-    def __init__(self, intervals: tuple[str, ...] = INTERVALS, rule: SessionRule = SessionRule.KRX,
-                 grace_s: float = 2.0) -> None:
+    def __init__(
+        self, intervals: tuple[str, ...] = INTERVALS, rule: SessionRule = SessionRule.KRX, grace_s: float = 2.0
+    ) -> None:
         bad = [i for i in intervals if i not in MINUTES and i != DAILY]
         if bad:
             raise BarError(f"unknown interval(s) {bad}; known: {', '.join(INTERVALS)}")
@@ -230,8 +240,15 @@ def aggregate(bars: list[Bar], interval: str) -> list[Bar]:
         if cur is None or cur["start"] != start:
             if cur is not None:
                 out.append(Bar(code=b.code, interval=interval, **cur))  # type: ignore[arg-type]
-            cur = {"start": start, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
-                   "volume": b.volume, "value": b.value}
+            cur = {
+                "start": start,
+                "open": b.open,
+                "high": b.high,
+                "low": b.low,
+                "close": b.close,
+                "volume": b.volume,
+                "value": b.value,
+            }
         else:
             cur["high"] = max(int(cur["high"]), b.high)
             cur["low"] = min(int(cur["low"]), b.low)

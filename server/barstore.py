@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS bars (
 _COLS = "code, interval, start, open, high, low, close, volume, value"
 
 
-def _bar(row: tuple) -> Bar:  # type: ignore[type-arg]
+def _bar(row: tuple) -> Bar:
     code, interval, start, o, h, lo, c, v, val = row
     return Bar(code=code, interval=interval, start=start, open=o, high=h, low=lo, close=c, volume=v, value=val)
 
@@ -49,7 +49,7 @@ class BarStore:
             self.db = apsw.Connection(str(self.path))
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if self.db.execute("PRAGMA user_version").get < SCHEMA_VERSION:
                 with self.db:
                     self.db.execute(_DDL)
                     self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -114,13 +114,18 @@ class EmbeddedTwinBroker(KisBroker):
         self.cfg = cfg
         run = Path(cfg.run_dir)
         self.token_dir = run / "twin-session"
-        self.twin = TwinServer(TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock,
-                                          state_file=run / "db" / "twin-state.json"))
+        self.twin = TwinServer(
+            TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock, state_file=run / "db" / "twin-state.json")
+        )
         demo = self.twin.demo
         # the twin's ports are known once it listens (start); until then these say so
         placeholder = msgspec.structs.replace(cfg.broker, rest_url="http://127.0.0.1:0", ws_url="ws://127.0.0.1:0")
-        super().__init__(environment_for(placeholder), Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id),
-                         self.token_dir, **broker_options(placeholder))
+        super().__init__(
+            environment_for(placeholder),
+            Credentials(demo.app_key, demo.app_secret, demo.account, demo.hts_id),
+            self.token_dir,
+            **broker_options(placeholder),
+        )
 
     def describe(self) -> list[str]:
         return ["KIS sim: a KIS twin embedded in this process, on ephemeral loopback ports (no credentials needed)"]
@@ -144,15 +149,28 @@ class EmbeddedTwinBroker(KisBroker):
         shutil.rmtree(self.token_dir, ignore_errors=True)
         self.token_dir.mkdir(parents=True, exist_ok=True)
         self.point_at(self.twin.rest_url, self.twin.ws_url)
-        log.info("embedded KIS twin: rest %s ws %s admin %s account %s", self.twin.rest_url, self.twin.ws_url,
-                 self.twin.admin_url, self._creds.masked_account)
+        log.info(
+            "embedded KIS twin: rest %s ws %s admin %s account %s",
+            self.twin.rest_url,
+            self.twin.ws_url,
+            self.twin.admin_url,
+            self._creds.masked_account,
+        )
         # where the embedded twin listens (tools and tests drive its admin API: clock, prices, faults)
         info = Path(self.cfg.run_dir) / "twin.json"
         tmp = info.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"rest_url": self.twin.rest_url, "ws_url": self.twin.ws_url, "admin_url": self.twin.admin_url,
-                       "account": self.twin.demo.account, "pid": os.getpid()}, f)
+            json.dump(
+                {
+                    "rest_url": self.twin.rest_url,
+                    "ws_url": self.twin.ws_url,
+                    "admin_url": self.twin.admin_url,
+                    "account": self.twin.demo.account,
+                    "pid": os.getpid(),
+                },
+                f,
+            )
         os.replace(tmp, info)
 
     async def close(self) -> None:
@@ -162,8 +180,10 @@ class EmbeddedTwinBroker(KisBroker):
             await self.twin.stop()
 
 
-CREDENTIALS_HINT = ("set them in the environment, or broker.credentials_file = a TOML outside the repo with app_key, "
-                    "app_secret, account (CANO-ACNT_PRDT_CD) and hts_id; `ktrader doctor` checks them")
+CREDENTIALS_HINT = (
+    "set them in the environment, or broker.credentials_file = a TOML outside the repo with app_key, "
+    "app_secret, account (CANO-ACNT_PRDT_CD) and hts_id; `ktrader doctor` checks them"
+)
 
 
 def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
@@ -177,7 +197,9 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
         try:
             creds = load_credentials(b.credentials_file or None)
         except CredentialsError as e:
-            raise StartupError(f"KIS credentials ({b.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS) from None
+            raise StartupError(
+                f"KIS credentials ({b.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS
+            ) from None
         try:
             broker = make_broker(b, Path(cfg.run_dir) / "kis", creds)
         except TlsConfigError as e:

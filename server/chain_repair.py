@@ -42,9 +42,18 @@ class ChainRepair:
     (a burst of lost answers costs one inquiry, not one per order); an order still in doubt after a
     round comes back after a short, growing delay."""
 
-    def __init__(self, book: OrderBook, notices: NoticeRouter, resolve: Resolve, resend_cancel: Callable[[str], None],
-                 alert: Callable[[str], None], *, grace_ns: int = 10_000_000_000, max_cancel_tries: int = 3,
-                 retry_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)) -> None:
+    def __init__(
+        self,
+        book: OrderBook,
+        notices: NoticeRouter,
+        resolve: Resolve,
+        resend_cancel: Callable[[str], None],
+        alert: Callable[[str], None],
+        *,
+        grace_ns: int = 10_000_000_000,
+        max_cancel_tries: int = 3,
+        retry_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0),
+    ) -> None:
         self.book = book
         self.notices = notices
         self.resolve = resolve  # targeted pass over the broker's order list (server/reconciler.py)
@@ -148,8 +157,9 @@ class ChainRepair:
             doubt[coid] = book.orders[coid].in_doubt
         self.rounds += 1
         try:
-            reports: list[BrokerOrderReport] | None = await self.resolve(batch, "in doubt" if any(doubt.values())
-                                                                         else "chain moved")
+            reports: list[BrokerOrderReport] | None = await self.resolve(
+                batch, "in doubt" if any(doubt.values()) else "chain moved"
+            )
         except Exception as e:  # the list could not be read: each comes back shortly
             log.warning("order list for the chain repair not read: %s", e)
             reports = None
@@ -184,16 +194,32 @@ class ChainRepair:
             other = next((by[x] for x in reversed(o.broker_chain) if x in by and by[x].remaining_qty > 0), None)
             if other is not None and other.broker_order_id != o.broker_order_id:
                 book.trace(coid, "repair.relinked", odno=other.broker_order_id, was=o.broker_order_id)
-                moved = book.try_apply(coid, Replaced(ts_ns=book.now_ns(), broker_order_id=other.broker_order_id,
-                                                      price=other.price, qty=o.filled_qty + other.remaining_qty))
+                moved = book.try_apply(
+                    coid,
+                    Replaced(
+                        ts_ns=book.now_ns(),
+                        broker_order_id=other.broker_order_id,
+                        price=other.price,
+                        qty=o.filled_qty + other.remaining_qty,
+                    ),
+                )
                 self.alert(f"{coid}: live at the broker as {other.broker_order_id}, not {o.broker_order_id}: corrected")
                 o, live = moved or o, other
         if o.state is OrderState.PENDING_CANCEL:
             return self._cancel(o, live, reports, aged)
         if o.state is OrderState.PENDING_REPLACE and aged:
-            book.try_apply(coid, ReplaceRefused(ts_ns=book.now_ns(), code=NOT_AT_BROKER,
-                                                reason="the revise is not in the broker's order list: the old terms stand"))
-            self.alert(f"{coid}: revise outcome was unknown; not at the broker after {self.grace_ns / 1e9:.0f}s: old terms stand")
+            book.try_apply(
+                coid,
+                ReplaceRefused(
+                    ts_ns=book.now_ns(),
+                    code=NOT_AT_BROKER,
+                    reason="the revise is not in the broker's order list: the old terms stand",
+                ),
+            )
+            self.alert(
+                f"{coid}: revise outcome was unknown; not at the broker after {self.grace_ns / 1e9:.0f}s: old terms "
+                "stand"
+            )
             return True
         return False
 
@@ -201,8 +227,12 @@ class ChainRepair:
         book, coid = self.book, o.client_order_id
         if live is None or live.remaining_qty <= 0:
             if aged:  # nothing of the chain is open at the broker, yet the list does not close it
-                book.try_apply(coid, CancelRefused(ts_ns=book.now_ns(), code=NOT_AT_BROKER,
-                                                   reason="no line of the order is open at the broker"))
+                book.try_apply(
+                    coid,
+                    CancelRefused(
+                        ts_ns=book.now_ns(), code=NOT_AT_BROKER, reason="no line of the order is open at the broker"
+                    ),
+                )
                 self.alert(f"{coid}: cancel in doubt and no line of the order open at the broker: check")
                 return True
             return False
@@ -211,9 +241,17 @@ class ChainRepair:
             return False  # the cancel is there; its line will close (the list can lag a little)
         tries = self._tries.get(coid, 0)
         if tries >= self.max_cancel_tries:
-            book.try_apply(coid, CancelRefused(ts_ns=book.now_ns(), code=ErrorCode.BROKER_REJECTED.value,
-                                               reason=f"cancel not taken after {tries + 1} tries: {o.reason}"))
-            self.alert(f"{coid}: cancel not taken after {tries + 1} tries ({o.reason}): the order is open at the broker")
+            book.try_apply(
+                coid,
+                CancelRefused(
+                    ts_ns=book.now_ns(),
+                    code=ErrorCode.BROKER_REJECTED.value,
+                    reason=f"cancel not taken after {tries + 1} tries: {o.reason}",
+                ),
+            )
+            self.alert(
+                f"{coid}: cancel not taken after {tries + 1} tries ({o.reason}): the order is open at the broker"
+            )
             return True
         self._tries[coid] = tries + 1
         self.resent += 1

@@ -23,13 +23,24 @@ def mark_position(p: PositionView, marks: dict[str, int]) -> PositionMark:
     mark = marks.get(p.code, 0)
     avg = round(p.cost / p.qty) if p.qty else 0  # display only; money stays in `cost`
     upnl = mark * p.qty - p.cost if mark and p.qty else 0
-    return PositionMark(code=p.code, qty=p.qty, cost=p.cost, avg_price=avg, mark=mark, unrealized_pnl=upnl,
-                        realized_pnl=p.realized_pnl, fees=p.fees)
+    return PositionMark(
+        code=p.code,
+        qty=p.qty,
+        cost=p.cost,
+        avg_price=avg,
+        mark=mark,
+        unrealized_pnl=upnl,
+        realized_pnl=p.realized_pnl,
+        fees=p.fees,
+    )
 
 
 def agent_positions(portfolio: Portfolio, agent: str) -> list[PositionMark]:
-    return [mark_position(p, portfolio.marks) for _, p in sorted(portfolio.positions.get(agent, {}).items())
-            if p.qty or p.realized_pnl]
+    return [
+        mark_position(p, portfolio.marks)
+        for _, p in sorted(portfolio.positions.get(agent, {}).items())
+        if p.qty or p.realized_pnl
+    ]
 
 
 def account_positions(portfolio: Portfolio) -> list[PositionMark]:
@@ -42,8 +53,11 @@ def account_positions(portfolio: Portfolio) -> list[PositionMark]:
             t[1] += p.cost
             t[2] += p.realized_pnl
             t[3] += p.fees
-    return [mark_position(PositionView(code=c, qty=q, cost=cost, realized_pnl=r, fees=f), portfolio.marks)
-            for c, (q, cost, r, f) in sorted(total.items()) if q or r]
+    return [
+        mark_position(PositionView(code=c, qty=q, cost=cost, realized_pnl=r, fees=f), portfolio.marks)
+        for c, (q, cost, r, f) in sorted(total.items())
+        if q or r
+    ]
 
 
 def last_error(orders: dict[str, Order], agent: str) -> str:
@@ -57,7 +71,9 @@ def last_error(orders: dict[str, Order], agent: str) -> str:
     return f"{worst.reason_code or worst.state.value}: {worst.reason}"[:120]
 
 
-def blotter(orders: dict[str, Order], store: Store, agent: str, since_ns: int, limit: int) -> tuple[list[OrderView], list[FillView]]:
+def blotter(
+    orders: dict[str, Order], store: Store, agent: str, since_ns: int, limit: int
+) -> tuple[list[OrderView], list[FillView]]:
     """Orders changed since `since_ns` (from memory) and fills since then (from the event log), newest first."""
     changed = [o for o in orders.values() if (not agent or o.agent == agent) and o.updated_ns >= since_ns]
     changed.sort(key=lambda o: o.updated_ns, reverse=True)

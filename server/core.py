@@ -72,19 +72,33 @@ def session_view(broker: BrokerPort, synced: bool) -> SessionView:
     unreachable, the key's websocket in use elsewhere ...)."""
     state = broker.session_state
     if state is SessionState.READY:
-        return (SessionState.READY, "") if synced else (
-            SessionState.SYNCING, "the first reconciliation with the broker has not finished yet")
+        return (
+            (SessionState.READY, "")
+            if synced
+            else (SessionState.SYNCING, "the first reconciliation with the broker has not finished yet")
+        )
     return state, broker.health().session_detail
 
 
-def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock: MarketClock,
-                     headers: HeaderFactory, sink: EventSink, publish: Publish,
-                     card_of: Callable[[str], AgentCard | None]) -> OrderCore:
+def build_order_core(
+    cfg: GatewayConfig,
+    store: Store,
+    broker: BrokerPort,
+    clock: MarketClock,
+    headers: HeaderFactory,
+    sink: EventSink,
+    publish: Publish,
+    card_of: Callable[[str], AgentCard | None],
+) -> OrderCore:
     portfolio = Portfolio()
     alerts = Alerts(publish, lambda: market_ns(clock))
-    risk = RiskGate(cfg.risk, store, portfolio, clock, publish, alerts,
-                    kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s)
-    book = OrderBook(store, portfolio, headers, sink, clock, CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm))
+    risk = RiskGate(
+        cfg.risk, store, portfolio, clock, publish, alerts, kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s
+    )
+    book = OrderBook(
+        store, portfolio, headers, sink, clock, CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm)
+    )
+
     # the chain repair is built after the rooms it calls; they reach it through these callables
     def learn(coid: str) -> None:
         if coid in book.orders and book.orders[coid].agent not in portfolio.virtual:
@@ -92,16 +106,45 @@ def build_order_core(cfg: GatewayConfig, store: Store, broker: BrokerPort, clock
 
     notices = NoticeRouter(book, risk.broker_error, learn)
     shadow_venue = ShadowExecution(clock, notices.on_notice)
-    live_queue = SendQueue(book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9),
-                           learn=learn)
+    live_queue = SendQueue(
+        book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9), learn=learn
+    )
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
-    recon = Reconciler(book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9))
-    desk = OrderDesk(book, risk, live_queue, shadow_queue, shadow_venue, lambda: session_view(broker, recon.synced),
-                     lambda: recon.synced, alerts, card_of)
+    recon = Reconciler(
+        book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9)
+    )
+    desk = OrderDesk(
+        book,
+        risk,
+        live_queue,
+        shadow_queue,
+        shadow_venue,
+        lambda: session_view(broker, recon.synced),
+        lambda: recon.synced,
+        alerts,
+        card_of,
+    )
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
-    repair = ChainRepair(book, notices, recon.resolve, lambda coid: live_queue.put(Job(Call.CANCEL, coid)), alerts,
-                         grace_ns=int(cfg.amend_grace_s * 1e9))
+    repair = ChainRepair(
+        book,
+        notices,
+        recon.resolve,
+        lambda coid: live_queue.put(Job(Call.CANCEL, coid)),
+        alerts,
+        grace_ns=int(cfg.amend_grace_s * 1e9),
+    )
     recon.on_synced += [repair.start, desk.release_requeued]
-    return OrderCore(portfolio=portfolio, alerts=alerts, risk=risk, book=book, notices=notices, shadow_venue=shadow_venue,
-                     live_queue=live_queue, shadow_queue=shadow_queue, recon=recon, desk=desk, protection=protection,
-                     repair=repair)
+    return OrderCore(
+        portfolio=portfolio,
+        alerts=alerts,
+        risk=risk,
+        book=book,
+        notices=notices,
+        shadow_venue=shadow_venue,
+        live_queue=live_queue,
+        shadow_queue=shadow_queue,
+        recon=recon,
+        desk=desk,
+        protection=protection,
+        repair=repair,
+    )

@@ -43,8 +43,14 @@ class DailyReport(msgspec.Struct, kw_only=True):
     protections: list[Protection] = []  # protective orders active at the close, or that ended this day
 
 
-def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | None = None,
-          perf: dict[str, AgentPerformance] | None = None, protections: list[Protection] | None = None) -> DailyReport:
+def build(
+    day: str,
+    book: "BookView",
+    portfolio: Portfolio,
+    alerts: list[str] | None = None,
+    perf: dict[str, AgentPerformance] | None = None,
+    protections: list[Protection] | None = None,
+) -> DailyReport:
     rows: dict[str, AgentDay] = {}
     expired = 0
     for coid, o in book.orders.items():
@@ -70,35 +76,60 @@ def build(day: str, book: "BookView", portfolio: Portfolio, alerts: list[str] | 
         r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
         if perf and agent in perf:
             r.performance = msgspec.structs.replace(perf[agent], curve=[])  # the curve is in the store
-    return DailyReport(day=day, agents=sorted(rows.values(), key=lambda r: r.agent), expired_at_close=expired,
-                       alerts=list(alerts or []), protections=list(protections or []))
+    return DailyReport(
+        day=day,
+        agents=sorted(rows.values(), key=lambda r: r.agent),
+        expired_at_close=expired,
+        alerts=list(alerts or []),
+        protections=list(protections or []),
+    )
 
 
 def render(rep: DailyReport) -> str:
-    head = f"{'agent':<16}{'orders':>7}{'fills':>6}{'bought':>15}{'sold':>15}{'realised':>12}{'fees':>9}{'net':>12}{'unreal.':>12}"
-    lines = [f"ktrader daily report {rep.day} ({rep.expired_at_close} orders expired at the close)", head, "-" * len(head)]
+    head = (
+        f"{'agent':<16}{'orders':>7}{'fills':>6}{'bought':>15}{'sold':>15}{'realised':>12}{'fees':>9}{'net':>12}"
+        f"{'unreal.':>12}"
+    )
+    lines = [
+        f"ktrader daily report {rep.day} ({rep.expired_at_close} orders expired at the close)",
+        head,
+        "-" * len(head),
+    ]
     for r in rep.agents:
-        lines.append(f"{r.agent:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
-                     f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}")
+        lines.append(
+            f"{r.agent:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
+            f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}"
+        )
         for p in r.positions:
             lines.append(f"{'':<4}carried {p.code}: {p.qty} shares at cost {p.cost:,}")
     if rep.protections:
         lines += ["", "protective orders"]
-        for p in rep.protections:
-            s = p.spec
-            levels = ", ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
-                                           f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "") if x)
-            met = f", {p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else ""
-            sold = f", sold {p.sold} for {p.sold_value:,}" if p.sold else ""
-            lines.append(f"{'':<4}{p.id} {p.agent} {p.code} ({levels}): {p.state.value}{met}{sold}"
-                         + (f" — {p.reason}" if p.reason else ""))
+        for pr in rep.protections:
+            s = pr.spec
+            levels = ", ".join(
+                x
+                for x in (
+                    f"stop {s.stop:,}" if s.stop else "",
+                    f"take {s.take:,}" if s.take else "",
+                    f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "",
+                )
+                if x
+            )
+            met = f", {pr.leg.value} met at {pr.trigger_price:,}" if pr.leg is not None else ""
+            sold = f", sold {pr.sold} for {pr.sold_value:,}" if pr.sold else ""
+            lines.append(
+                f"{'':<4}{pr.id} {pr.agent} {pr.code} ({levels}): {pr.state.value}{met}{sold}"
+                + (f" — {pr.reason}" if pr.reason else "")
+            )
     perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
     if perf:
         head = f"{'performance':<16}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"
         lines += ["", head, "-" * len(head)]
-        for agent, p in perf:
-            lines.append(f"{agent:<16}{p.days:>5}{p.net_pnl:>14,}{p.max_drawdown:>12,}{p.sharpe:>8.2f}"
-                         f"{p.win_rate:>9.0%}{p.turnover:>9.2f}")
+        for agent, pf in perf:
+            lines.append(
+                f"{agent:<16}{pf.days:>5}{pf.net_pnl:>14,}{pf.max_drawdown:>12,}{pf.sharpe:>8.2f}"
+                f"{pf.win_rate:>9.0%}{pf.turnover:>9.2f}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +137,10 @@ def write(rep: DailyReport, run_dir: Path) -> Path:
     out = run_dir / "reports"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"daily-{rep.day}.json"
-    for p, data in ((path, msgspec.json.format(msgspec.json.encode(rep))), (out / f"daily-{rep.day}.txt", render(rep).encode())):
+    for p, data in (
+        (path, msgspec.json.format(msgspec.json.encode(rep))),
+        (out / f"daily-{rep.day}.txt", render(rep).encode()),
+    ):
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, p)  # a crash mid-write leaves the previous file, never half of one

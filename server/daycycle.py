@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -23,8 +24,16 @@ from common.config import AgentCard
 from common.krx import Phase
 
 # Phases in trading-day order; CLOSED (holidays) is outside the cycle.
-_ORDER = [Phase.PRE_OPEN, Phase.OPENING_AUCTION, Phase.CONTINUOUS, Phase.CLOSING_AUCTION, Phase.POST_CLOSE,
-          Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END]
+_ORDER = [
+    Phase.PRE_OPEN,
+    Phase.OPENING_AUCTION,
+    Phase.CONTINUOUS,
+    Phase.CLOSING_AUCTION,
+    Phase.POST_CLOSE,
+    Phase.POST_OFF_HOURS,
+    Phase.AFTER_HOURS_SINGLE,
+    Phase.AFTER_HOURS_END,
+]
 RANK = {p: i for i, p in enumerate(_ORDER)}
 
 
@@ -34,7 +43,7 @@ class DueActions:
     close_day: bool = False
 
 
-class MetaStore:  # the slice of server.store.Store used here
+class MetaStore(Protocol):  # the slice of server.store.Store used here
     def get_meta(self, key: str, default: str = "") -> str: ...
     def set_meta(self, key: str, value: str) -> None: ...
 

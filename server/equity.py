@@ -84,8 +84,10 @@ class Peaks:
         if not (self._dirty or force) or (not force and now_ns - self._saved_ns < _SAVE_EVERY_NS):
             return
         with self.store.transaction():
-            self.store.set_meta(_META, msgspec.json.encode(_Saved(day=self.day, day_peaks=self.day_peaks,
-                                                                  all_time=self.all_time)).decode())
+            self.store.set_meta(
+                _META,
+                msgspec.json.encode(_Saved(day=self.day, day_peaks=self.day_peaks, all_time=self.all_time)).decode(),
+            )
         self._dirty, self._saved_ns = False, now_ns
 
 

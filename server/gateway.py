@@ -21,7 +21,7 @@ import signal
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -33,13 +33,51 @@ from common.enums import AlertKind, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
-    AgentEvent, CancelAll, CancelOrder, CancelProtection, Control, Error, GetBars, GetMarket, GetOrders, GetSnapshot,
-    GetEvents, GetTrace, TraceReply, GetState, HeaderFactory, Heartbeat, Message, ModifyOrder, OrdersList, OrdersReply,
-    Ping, Pong, Protect, PutState, Query, Register, StatusQuery, SubmitOrders, Subscribe, SYSTEM_TOPIC, SystemEvent,
-    Unregister, Ack,
+    AgentEvent,
+    CancelAll,
+    CancelOrder,
+    CancelProtection,
+    Control,
+    Error,
+    GetBars,
+    GetMarket,
+    GetOrders,
+    GetSnapshot,
+    GetEvents,
+    GetTrace,
+    TraceReply,
+    GetState,
+    HeaderFactory,
+    Heartbeat,
+    Message,
+    ModifyOrder,
+    OrdersList,
+    OrdersReply,
+    Ping,
+    Pong,
+    Protect,
+    PutState,
+    Query,
+    Register,
+    StatusQuery,
+    SubmitOrders,
+    Subscribe,
+    SYSTEM_TOPIC,
+    SystemEvent,
+    Unregister,
+    Ack,
 )
-from kis.port import (Book, BrokerNotice, BrokerPort, Capability, Gap, MarketClock as ClockMark, MarketKind,
-                      SessionChange, Trade)
+from kis.port import (
+    Book,
+    BrokerNotice,
+    BrokerPort,
+    Capability,
+    Gap,
+    MarketClock as ClockMark,
+    MarketKind,
+    SessionChange,
+    Trade,
+)
 from server import console_views, trace_views
 from common.errors import ErrorCode
 from server.core import build_order_core
@@ -75,13 +113,14 @@ def default_endpoints(run_dir: Path) -> tuple[str, str]:
 def clock_of(broker: BrokerPort) -> MarketClock:
     """The broker's market clock when it has one (the KIS twin, a replay), else KST wall time."""
     if Capability.MARKET_CLOCK in broker.capabilities:
-        return broker.market_clock  # type: ignore[attr-defined, no-any-return]
+        return broker.market_clock  # type: ignore[attr-defined]  # declared by the capability
     return WallClock()
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, broker: BrokerPort, broker_name: str = "",
-                 clock: MarketClock | None = None) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, broker: BrokerPort, broker_name: str = "", clock: MarketClock | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.broker = broker
@@ -94,10 +133,11 @@ class Gateway:
         # who may speak (each request signed by its own credential) and under which card (approved)
         self.keyring = credentials.Keyring(self.run_dir)
         self.approved = approvals.ApprovedCards(self.run_dir)
-        self.codec = Codec(self.key, cfg.max_frame_bytes, keyring=self.keyring,
-                           freshness=Freshness(int(cfg.trust.freshness_s * 1e9)))
+        self.codec = Codec(
+            self.key, cfg.max_frame_bytes, keyring=self.keyring, freshness=Freshness(int(cfg.trust.freshness_s * 1e9))
+        )
         self.started_ns = market_ns(self.clock)
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context = zmq.Context.instance()
         self.pub: Publisher | None = None
         self.pub_topics: set[str] = set()  # topics with a subscriber (XPUB passes first sub / last unsub)
         self._xpub: zmq.Socket | None = None
@@ -112,18 +152,32 @@ class Gateway:
         self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost)
         self._store_failure: Exception | None = None
         self.registry = Registry(cfg.lease_s)
-        self.core = build_order_core(cfg, self.store, broker, self.clock, self.headers, self._send_event, self.publish,
-                                     self._card_of)
+        self.core = build_order_core(
+            cfg, self.store, broker, self.clock, self.headers, self._send_event, self.publish, self._card_of
+        )
         core = self.core
         self.portfolio, self.alerts, self.risk, self.book = core.portfolio, core.alerts, core.risk, core.book
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
         self.protection = core.protection
         self.account = AccountReader(self.portfolio, broker.account, cfg.account_every_s)
         self.base_prices = BasePrices(self.book, broker.base_price)
-        self.day = TradingDay(self.clock, self.book, self.desk, self.risk, self.recon, self.base_prices, self._cards,
-                              self.publish, self.request_reconcile, self._spawn, self.run_dir, self.alerts.of_day,
-                              lambda: self.operator.performance(), lambda day: self.md.close_daily(day),
-                              self.protection.of)
+        self.day = TradingDay(
+            self.clock,
+            self.book,
+            self.desk,
+            self.risk,
+            self.recon,
+            self.base_prices,
+            self._cards,
+            self.publish,
+            self.request_reconcile,
+            self._spawn,
+            self.run_dir,
+            self.alerts.of_day,
+            lambda: self.operator.performance(),
+            lambda day: self.md.close_daily(day),
+            self.protection.of,
+        )
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if self.master is not None:
@@ -132,29 +186,52 @@ class Gateway:
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
         self.sessions = AgentSessions(
-            self.registry, self.book, self.desk, self.risk, self.subs, self.headers, self.publish, self.counters,
-            lease_s=cfg.lease_s, heartbeat_s=cfg.heartbeat_s,
+            self.registry,
+            self.book,
+            self.desk,
+            self.risk,
+            self.subs,
+            self.headers,
+            self.publish,
+            self.counters,
+            lease_s=cfg.lease_s,
+            heartbeat_s=cfg.heartbeat_s,
             listed=(self.master.__contains__ if self.master is not None else None),
-            listed_source=self.master.source if self.master is not None else "", protection=self.protection,
-            approved=self.approved.get)
+            listed_source=self.master.source if self.master is not None else "",
+            protection=self.protection,
+            approved=self.approved.get,
+        )
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
-        self.universe_binder = UniverseBinder(self.universe, self.registry, self.subs, self.risk, self.book.notify,
-                                              lambda codes: self._spawn(self.base_prices.ensure(codes)))
+        self.universe_binder = UniverseBinder(
+            self.universe,
+            self.registry,
+            self.subs,
+            self.risk,
+            self.book.notify,
+            lambda codes: self._spawn(self.base_prices.ensure(codes)),
+        )
         self.recorder: Recorder | None = None
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
-        self.services = AgentServices(self.store, self.portfolio, broker, self.headers, self._reply, self._spawn,
-                                      clock=self.clock)
+        self.services = AgentServices(
+            self.store, self.portfolio, broker, self.headers, self._reply, self._spawn, clock=self.clock
+        )
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(self.clock))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         # every print and book is checked before anything uses it; marks move only on confirmed prints
-        self.sanity = MarketSanity(lambda code: self.portfolio.base_prices.get(code, 0), self.portfolio.kind,
-                                   lambda: self.clock.now().date(),
-                                   lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA))
+        self.sanity = MarketSanity(
+            lambda code: self.portfolio.base_prices.get(code, 0),
+            self.portfolio.kind,
+            lambda: self.clock.now().date(),
+            lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
+        )
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)
-        self.sessions.on_registered += [self.services.on_register, self.universe_binder.on_register,
-                                        lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes)))]
+        self.sessions.on_registered += [
+            self.services.on_register,
+            self.universe_binder.on_register,
+            lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes))),
+        ]
         self.sessions.on_offline += [self._forget_feed, self.operator.on_agent_offline]
         self._routes()
 
@@ -177,10 +254,15 @@ class Gateway:
         r.agent(SubmitOrders, self._submit)
         r.agent(CancelOrder, self._cancel)
         r.agent(ModifyOrder, self._modify)
-        r.agent(CancelAll, lambda rec, route, m: Ack(h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code)} cancels sent"))
+        r.agent(
+            CancelAll,
+            lambda rec, route, m: Ack(h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code)} cancels sent"),
+        )
         r.agent(Protect, lambda rec, route, m: self._answer(m.h.mid, self.protection.protect(rec.card, m)))
-        r.agent(CancelProtection, lambda rec, route, m: self._answer(
-            m.h.mid, self.protection.cancel(rec.id, m.id, "cancelled by the agent")))
+        r.agent(
+            CancelProtection,
+            lambda rec, route, m: self._answer(m.h.mid, self.protection.cancel(rec.id, m.id, "cancelled by the agent")),
+        )
         r.agent(GetMarket, lambda rec, route, m: serve_market(self, m))
         r.agent(GetBars, self._get_bars)
         for t in (PutState, GetState, GetSummary, Query):
@@ -210,7 +292,10 @@ class Gateway:
             return TraceReply(h=h, slippage=trace_views.slippage_summary(self.store))
         self.book.flush_traces()  # steps still waiting for the next commit belong to the story too
         return trace_views.trace_reply(self.store, msg.client_order_id, h) or Error(
-            h=h, code=ErrorCode.UNKNOWN_ORDER, message=f"no order or protective order {msg.client_order_id!r} in the store")
+            h=h,
+            code=ErrorCode.UNKNOWN_ORDER,
+            message=f"no order or protective order {msg.client_order_id!r} in the store",
+        )
 
     def _get_bars(self, rec: AgentRecord, route: bytes, msg: GetBars) -> None:
         self._spawn(serve_bars(self, route, rec.id, msg))
@@ -295,8 +380,13 @@ class Gateway:
                 except ConfigError as e:
                     log.warning("first start: card not approved: %s", e)
             approvals.approve(self.run_dir, cards, by=f"first start of the gateway ({folder})")
-            log.info("first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
-                     self.run_dir, len(cards), folder, ", ".join(c.id for c in cards) or "none")
+            log.info(
+                "first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
+                self.run_dir,
+                len(cards),
+                folder,
+                ", ".join(c.id for c in cards) or "none",
+            )
         try:
             for agent in approvals.load(self.run_dir).cards:
                 credentials.issue(self.run_dir, agent)
@@ -308,7 +398,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._trust()
         self.core.load()
-        self.recorder = attach_recorder(self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker)
+        self.recorder = attach_recorder(
+            self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker
+        )
         clock_driven = Capability.CLOCK_MARKS in self.broker.capabilities
         if not clock_driven and self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
@@ -316,14 +408,16 @@ class Gateway:
         self._bind()
         assert self._xpub is not None
         self.router.attach(loop)
-        loop.add_reader(self._xpub.getsockopt(zmq.FD), self._drain_xpub)
+        loop.add_reader(self._xpub.fileno(), self._drain_xpub)
         self.core.start()
         self._tasks = [
             loop.create_task(self._lease_loop(), name="leases"),
             loop.create_task(self._broker_events(), name="broker-events"),
             loop.create_task(self._reconcile_loop(), name="reconcile"),
             loop.create_task(self.day.run(self.cfg.day_tick_s, self._count("day_cycle_errors")), name="day-cycle"),
-            *([] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]),  # a replay brings its marks
+            *(
+                [] if clock_driven else [loop.create_task(self._bar_clock(), name="bar-clock")]
+            ),  # a replay brings its marks
             loop.create_task(self.universe.run(), name="universe"),
             loop.create_task(self.account.run(), name="account"),  # reads at once: equity for the limits that need it
         ]
@@ -336,8 +430,15 @@ class Gateway:
                 loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        info = GatewayInfo(router=self.router_endpoint, pub=self.pub_endpoint, key=self.key.hex(), pid=os.getpid(),
-                           session=self.headers.sid, started_ns=self.started_ns, curve_key=self.zap.public_key)
+        info = GatewayInfo(
+            router=self.router_endpoint,
+            pub=self.pub_endpoint,
+            key=self.key.hex(),
+            pid=os.getpid(),
+            session=self.headers.sid,
+            started_ns=self.started_ns,
+            curve_key=self.zap.public_key,
+        )
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         self.router.drain()  # anything that arrived before the reader was armed
@@ -370,7 +471,7 @@ class Gateway:
         self.zap.stop()
         self.router.close(loop)
         if self._xpub is not None:
-            loop.remove_reader(self._xpub.getsockopt(zmq.FD))
+            loop.remove_reader(self._xpub.fileno())
             self._xpub.close(0)
         try:
             await self.broker.close()
@@ -383,6 +484,7 @@ class Gateway:
     def _count(self, name: str) -> Any:
         def bump() -> None:
             self.counters[name] += 1
+
         return bump
 
     # ---- background tasks ---------------------------------------------------------------------------
@@ -435,7 +537,9 @@ class Gateway:
                 elif isinstance(ev, ClockMark):
                     self.md.flush_at(ev.exchange)
                 elif isinstance(ev, Gap):
-                    self.alerts(f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing")
+                    self.alerts(
+                        f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing"
+                    )
                     self.request_reconcile("gap")
             except Exception:
                 self.counters["broker_event_errors"] += 1
@@ -492,7 +596,7 @@ class Gateway:
         xpub = self._xpub
         if xpub is None:
             return
-        while xpub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, xpub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 frame = xpub.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -24,8 +24,6 @@ from server.publisher import Publisher
 log = logging.getLogger("ktrader.marketdata")
 
 
-
-
 def session_rule(clock: MarketClock) -> SessionRule:
     """Bars follow KRX sessions on a clock whose time of day means something; on one whose does not
     (the twin's `open` clock trades all day on its synthetic session day) every print makes bars."""
@@ -33,7 +31,9 @@ def session_rule(clock: MarketClock) -> SessionRule:
 
 
 class MarketData:
-    def __init__(self, store: BarStore, rule: SessionRule = SessionRule.KRX, intervals: tuple[str, ...] = INTERVALS) -> None:
+    def __init__(
+        self, store: BarStore, rule: SessionRule = SessionRule.KRX, intervals: tuple[str, ...] = INTERVALS
+    ) -> None:
         self.store = store
         self.builder = BarBuilder(intervals, rule)
         self.publisher: Publisher | None = None  # set once the PUB socket is bound
@@ -53,8 +53,12 @@ class MarketData:
         self.hold_daily = rule is SessionRule.KRX
 
     def counters(self) -> dict[str, int]:
-        return {"bars_closed": self.bars_closed, "prints_outside_session": self.builder.excluded,
-                "prints_late": self.builder.late, "prints_unusable": self.bad_prints}
+        return {
+            "bars_closed": self.bars_closed,
+            "prints_outside_session": self.builder.excluded,
+            "prints_late": self.builder.late,
+            "prints_unusable": self.bad_prints,
+        }
 
     # ---- clock ---------------------------------------------------------------------------------
 
@@ -66,7 +70,9 @@ class MarketData:
         twin send it), else today's exchange date by our clock, corrected across midnight."""
         t_of_day = dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:6]))
         if len(business_day) == 8 and business_day.isdigit():
-            return dt.datetime.combine(dt.date(int(business_day[:4]), int(business_day[4:6]), int(business_day[6:])), t_of_day, KST)
+            return dt.datetime.combine(
+                dt.date(int(business_day[:4]), int(business_day[4:6]), int(business_day[6:])), t_of_day, KST
+            )
         guess = self.exchange_now(wall)
         t = dt.datetime.combine(guess.date(), t_of_day, KST)
         if t - guess > dt.timedelta(hours=12):
@@ -90,8 +96,17 @@ class MarketData:
         self._skip_next = True
 
     def on_trade(self, ev: Trade, wall: dt.datetime | None = None) -> None:
-        tick = TradeTick(code=ev.code, time=ev.time, price=ev.price, qty=ev.qty, side=ev.side, cum_volume=ev.cum_volume,
-                         change=ev.change, ask1=ev.ask1, bid1=ev.bid1)
+        tick = TradeTick(
+            code=ev.code,
+            time=ev.time,
+            price=ev.price,
+            qty=ev.qty,
+            side=ev.side,
+            cum_volume=ev.cum_volume,
+            change=ev.change,
+            ask1=ev.ask1,
+            bid1=ev.bid1,
+        )
         self.trades[ev.code] = tick
         self._pub(trade_topic(ev.code), tick)
         wall = wall or self.wall()
@@ -106,8 +121,14 @@ class MarketData:
         self._emit(closed)
 
     def on_book(self, ev: Book) -> None:
-        tick = BookTick(code=ev.code, time=ev.time, asks=[(p, q) for p, q in ev.asks], bids=[(p, q) for p, q in ev.bids],
-                        total_ask_qty=ev.total_ask_qty, total_bid_qty=ev.total_bid_qty)
+        tick = BookTick(
+            code=ev.code,
+            time=ev.time,
+            asks=[(p, q) for p, q in ev.asks],
+            bids=[(p, q) for p, q in ev.bids],
+            total_ask_qty=ev.total_ask_qty,
+            total_bid_qty=ev.total_bid_qty,
+        )
         self.books[ev.code] = tick
         self._pub(book_topic(ev.code), tick)
 
@@ -152,11 +173,16 @@ class MarketData:
         out = []
         for code in codes:
             topics = [trade_topic(code), book_topic(code)] + [bar_topic(code, iv) for iv in self.builder.intervals]
-            out.append(MarketState(
-                code=code, trade=self.trades.get(code), book=self.books.get(code), bars=self.builder.current(code),
-                closed=[b for iv in self.builder.intervals if (b := self.closed.get((code, iv))) is not None],
-                seqs={t: self.seqs[t] for t in topics if t in self.seqs},
-            ))
+            out.append(
+                MarketState(
+                    code=code,
+                    trade=self.trades.get(code),
+                    book=self.books.get(code),
+                    bars=self.builder.current(code),
+                    closed=[b for iv in self.builder.intervals if (b := self.closed.get((code, iv))) is not None],
+                    seqs={t: self.seqs[t] for t in topics if t in self.seqs},
+                )
+            )
         return out
 
     # ---- history -------------------------------------------------------------------------------
@@ -176,7 +202,9 @@ class MarketData:
             fetched = await broker.daily_bars(code, n, now.date(), caller=caller)
         else:
             need = n * MINUTES[interval] + MINUTES[interval]
-            ones, reached_start = await broker.minute_bars(code, need, now.date(), now.strftime("%H%M%S"), caller=caller)
+            ones, reached_start = await broker.minute_bars(
+                code, need, now.date(), now.strftime("%H%M%S"), caller=caller
+            )
             fetched = aggregate(ones, interval)
             if fetched and interval != "1m" and not reached_start:
                 fetched = fetched[1:]  # the oldest bucket may miss minutes cut off by the page limit

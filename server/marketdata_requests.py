@@ -35,7 +35,9 @@ async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> N
         log.warning("history back-fill of %s %s for %s failed: %s", msg.code, msg.interval, agent, e)
         bars = gw.md.store.last(msg.code, msg.interval, msg.n, gw.md.builder.open_start(msg.code, msg.interval))
         if not bars:
-            gw._reply(route, Error(h=h(msg.h.mid), code=ErrorCode.BROKER_ERROR, message=f"history back-fill failed: {e}"))
+            gw._reply(
+                route, Error(h=h(msg.h.mid), code=ErrorCode.BROKER_ERROR, message=f"history back-fill failed: {e}")
+            )
             return
         filled = 0
     except Exception as e:  # a bug here must not leave the agent waiting for a reply

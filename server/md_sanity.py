@@ -43,8 +43,13 @@ class Bad(StrEnum):
 
 
 class MarketSanity:
-    def __init__(self, base_price: Callable[[str], int], kind: Callable[[str], SecurityKind],
-                 day: Callable[[], dt.date], alert: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        base_price: Callable[[str], int],
+        kind: Callable[[str], SecurityKind],
+        day: Callable[[], dt.date],
+        alert: Callable[[str], None],
+    ) -> None:
         self.base_price = base_price  # 0: unknown (no band check)
         self.kind = kind
         self.day = day  # the market day (the rules and the per-day state follow it)
@@ -134,8 +139,13 @@ class MarketSanity:
             if bad is None:
                 bad = self._price(b.code, p, rules)
         ap, bp = [p for p, _ in asks], [p for p, _ in bids]
-        if bad is None and (ap != sorted(ap) or bp != sorted(bp, reverse=True) or len(set(ap)) < len(ap)
-                            or len(set(bp)) < len(bp) or (ap and bp and ap[0] <= bp[0])):
+        if bad is None and (
+            ap != sorted(ap)
+            or bp != sorted(bp, reverse=True)
+            or len(set(ap)) < len(ap)
+            or len(set(bp)) < len(bp)
+            or (ap and bp and ap[0] <= bp[0])
+        ):
             bad = Bad.BOOK
         if bad is not None:
             self._drop(b.code, bad, f"book at {b.time} (best bid {bp[:1]}, best ask {ap[:1]})")

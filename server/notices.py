@@ -19,7 +19,16 @@ from collections.abc import Callable
 
 from common.errors import ErrorCode
 from common.orders import (
-    AMENDING, REVISABLE, Accept, Cancelled, CancelRefused, Fill, OrderState, Reject, Replaced, ReplaceRefused,
+    AMENDING,
+    REVISABLE,
+    Accept,
+    Cancelled,
+    CancelRefused,
+    Fill,
+    OrderState,
+    Reject,
+    Replaced,
+    ReplaceRefused,
     RequestReplace,
 )
 from kis.port import BrokerNotice, NoticeKind
@@ -29,8 +38,9 @@ MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are lef
 
 
 class NoticeRouter:
-    def __init__(self, book: OrderBook, on_broker_error: Callable[[int], None],
-                 learn: Callable[[str], None] = lambda coid: None) -> None:
+    def __init__(
+        self, book: OrderBook, on_broker_error: Callable[[int], None], learn: Callable[[str], None] = lambda coid: None
+    ) -> None:
         self.book = book
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
         self.learn = learn  # read the broker's list for this order now (server/chain_repair.py)
@@ -68,16 +78,34 @@ class NoticeRouter:
                 self.unmatched[n.broker_order_id].append(n)
             return
         ts = book.now_ns()
-        book.trace(coid, "notice", kind=n.kind.value, odno=n.broker_order_id, orig=n.orig_broker_order_id,
-                   fill_qty=n.fill_qty, fill_price=n.fill_price, time=n.time, is_cancel=n.is_cancel, is_modify=n.is_modify)
+        book.trace(
+            coid,
+            "notice",
+            kind=n.kind.value,
+            odno=n.broker_order_id,
+            orig=n.orig_broker_order_id,
+            fill_qty=n.fill_qty,
+            fill_price=n.fill_price,
+            time=n.time,
+            is_cancel=n.is_cancel,
+            is_modify=n.is_modify,
+        )
         if n.kind is NoticeKind.FILLED:
             # KIS notices carry no fill id; a duplicated notice repeats these fields exactly. Two
             # genuine fills with equal time, qty and price collapse into one here; reconciliation
             # against the broker's cumulative filled quantity restores the missing one. A broker that
             # does number its fills (the shadow market) says so in `fill_ref`.
             ref = n.fill_ref or f"{n.time}:{n.fill_qty}:{n.fill_price}"
-            book.apply_fill(coid, Fill(ts_ns=ts, fill_id=f"{n.broker_order_id}:{ref}", qty=n.fill_qty,
-                                       price=n.fill_price, broker_order_id=n.broker_order_id))
+            book.apply_fill(
+                coid,
+                Fill(
+                    ts_ns=ts,
+                    fill_id=f"{n.broker_order_id}:{ref}",
+                    qty=n.fill_qty,
+                    price=n.fill_price,
+                    broker_order_id=n.broker_order_id,
+                ),
+            )
             if n.broker_order_id not in book.orders[coid].broker_chain:
                 self.learn(coid)  # a fill on a line of the chain we cannot place: where does it live now?
         elif n.is_modify and n.kind in (NoticeKind.ACCEPTED, NoticeKind.MODIFIED):
@@ -109,7 +137,9 @@ class NoticeRouter:
         if n.orig_broker_order_id != o.broker_order_id or n.order_qty <= 0:
             self.learn(coid)  # it revises an older line: only the broker's list can tell what is live
             return
-        moved = Replaced(ts_ns=ts, broker_order_id=n.broker_order_id, price=n.order_price, qty=o.filled_qty + n.order_qty)
+        moved = Replaced(
+            ts_ns=ts, broker_order_id=n.broker_order_id, price=n.order_price, qty=o.filled_qty + n.order_qty
+        )
         if o.state in AMENDING:
             book.try_apply(coid, moved)
         elif o.state in REVISABLE:  # a revise we did not send (HTS), or one sent before a restart

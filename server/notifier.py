@@ -87,8 +87,14 @@ class WebhookChannel:
             return {"chat_id": self.cfg.chat_id, "text": text, "disable_web_page_preview": True}
         if self.cfg.shape is WebhookShape.SLACK:
             return {"text": text}
-        return {"kind": alert.kind.value, "agent": alert.agent, "subject": alert.subject, "text": text,
-                "ts": kst_from_ns(alert.ts_ns).isoformat(timespec="seconds"), "gateway": self.gateway}
+        return {
+            "kind": alert.kind.value,
+            "agent": alert.agent,
+            "subject": alert.subject,
+            "text": text,
+            "ts": kst_from_ns(alert.ts_ns).isoformat(timespec="seconds"),
+            "gateway": self.gateway,
+        }
 
     async def send(self, alert: Alert, text: str) -> None:
         if not self.url:
@@ -165,8 +171,13 @@ class _Limit:
 
 
 class Notifier:
-    def __init__(self, cfg: NotifyConfig, gateway: str = "", channels: Sequence[Channel] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: NotifyConfig,
+        gateway: str = "",
+        channels: Sequence[Channel] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.gateway = gateway
         self.channels = list(channels if channels is not None else channels_for(cfg, gateway))
@@ -239,4 +250,3 @@ class Notifier:
             return
         lim.held_back = 0
         self.counters["sent"] += 1
-

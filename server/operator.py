@@ -38,33 +38,45 @@ from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
+from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
+from common.portfolio import Portfolio
 from common.schema import (
-    Ack, AgentPerformance, AgentStatus, CardUpdate, Control, Error, FeedHealth, FillView, HeaderFactory, Message, Notice, StatusReply,
+    Ack,
+    AgentPerformance,
+    AgentStatus,
+    CardUpdate,
+    Control,
+    Error,
+    FeedHealth,
+    FillView,
+    HeaderFactory,
+    Message,
+    Notice,
+    StatusReply,
 )
+from kis.master import StockMaster
 from kis.port import BrokerPort
 from server import console_views
 from server.alert_watch import AlertWatch, Facts
-from common.market_clock import MarketClock, market_ns
+from server.alerts import Alerts
+from server.core import OrderCore
+from server.equity import AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
 from server.notifier import Notifier
-from common.portfolio import Portfolio
-from server.alerts import Alerts
-from server.core import OrderCore
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
-from server.reconciler import Reconciler
 from server.performance import performance
-from server.publisher import Publisher
-from server.registry import AgentRecord, Registry
-from server.equity import AccountReader
 from server.protection import ProtectionDesk
+from server.publisher import Publisher
+from server.reconciler import Reconciler
+from server.registry import AgentRecord, Registry
 from server.risk import RiskGate
 from server.risk_views import explain_text, parse_order, risk_status
 from server.store import EquityRow, Store
 from server.subscriptions import SubscriptionManager
-from kis.master import StockMaster
+from server.trading_day import TradingDay
 
 log = logging.getLogger("ktrader.operator")
 
@@ -72,8 +84,12 @@ log = logging.getLogger("ktrader.operator")
 # registrations, strategy the code that runs, mode whether orders reach the broker at all)
 RELOADABLE = frozenset({"name", "description", "params", "budget", "risk", "rate_quota_per_s", "schedule", "on_error"})
 AGENT_SCOPED = frozenset({ControlAction.PAUSE, ControlAction.RESUME, ControlAction.REDUCE, ControlAction.CANCEL_ALL})
-STATES = {ControlAction.PAUSE: TradingState.HALTED, ControlAction.HALT: TradingState.HALTED,
-          ControlAction.REDUCE: TradingState.REDUCING, ControlAction.RESUME: TradingState.ACTIVE}
+STATES = {
+    ControlAction.PAUSE: TradingState.HALTED,
+    ControlAction.HALT: TradingState.HALTED,
+    ControlAction.REDUCE: TradingState.REDUCING,
+    ControlAction.RESUME: TradingState.ACTIVE,
+}
 CARD_META = "card:"  # meta key prefix: the last card each agent registered (or was reloaded) with
 
 
@@ -103,6 +119,7 @@ class GatewayParts(Protocol):
     clock: MarketClock
     protection: ProtectionDesk
     account: AccountReader
+    day: TradingDay
 
     def request_reconcile(self, reason: str) -> None: ...
 
@@ -110,8 +127,9 @@ class GatewayParts(Protocol):
 
 
 class Operator:
-    def __init__(self, gw: GatewayParts, *, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, gw: GatewayParts, *, notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.gw = gw
         self.publish = gw.publish
         self.clock = clock
@@ -165,8 +183,15 @@ class Operator:
                 traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
                 cur = last_fill.get(o.agent)
                 if cur is None or o.updated_ns > cur.ts_ns:
-                    last_fill[o.agent] = FillView(client_order_id=coid, fill_id="", code=o.code, side=o.side,
-                                                  qty=o.filled_qty, price=o.filled_value // o.filled_qty, ts_ns=o.updated_ns)
+                    last_fill[o.agent] = FillView(
+                        client_order_id=coid,
+                        fill_id="",
+                        code=o.code,
+                        side=o.side,
+                        qty=o.filled_qty,
+                        price=o.filled_value // o.filled_qty,
+                        ts_ns=o.updated_ns,
+                    )
         agents = []
         for agent in self.known_agents():
             rec = gw.registry.agents.get(agent)
@@ -176,27 +201,43 @@ class Operator:
             marked = console_views.agent_positions(portfolio, agent)
             budget = card.budget if card is not None else 0
             live = self._live_row(agent, day, traded.get(agent, 0), budget)
-            agents.append(AgentStatus(
-                id=agent, name=card.name if card else ("placed outside ktrader" if agent == EXTERNAL_AGENT else agent),
-                strategy=card.strategy if card else "", state=rec.state if rec else AgentState.OFFLINE,
-                mode=card.mode if card else AgentMode.LIVE,
-                trading_state=gw.risk.effective(agent),
-                pid=rec.pid if rec else 0, host=rec.host if rec else "", session=rec.session if rec else "",
-                heartbeat_age_s=round(gw.registry.age(rec), 3) if rec else -1.0,
-                max_ack_gap_ms=rec.max_ack_gap_ms if rec else 0, registrations=rec.registrations if rec else 0,
-                codes=rec.codes if rec else sorted({*(card.codes if card else []), *(p.code for p in held if p.qty)}),
-                open_orders=open_n, orders_today=today_n, errors=rec.errors if rec else 0,
-                fills=book.fills_by_agent.get(agent, 0),
-                position_codes=sum(1 for p in held if p.qty), position_cost=sum(p.cost for p in held),
-                realized_pnl=sum(p.realized_pnl for p in held), fees=sum(p.fees for p in held),
-                positions=marked, unrealized_pnl=sum(p.unrealized_pnl for p in marked),
-                rate_quota_per_s=card.rate_quota_per_s if card else 0.0,
-                last_error=console_views.last_error(book.orders, agent), feed=rec.feed if rec else FeedHealth(),
-                position_value=sum(p.mark * p.qty if p.mark else p.cost for p in marked if p.qty),
-                last_fill=last_fill.get(agent), budget=budget,
-                performance=performance(self.rows.get(agent, []), live),
-                known_from="registry" if rec else "books",
-            ))
+            agents.append(
+                AgentStatus(
+                    id=agent,
+                    name=card.name if card else ("placed outside ktrader" if agent == EXTERNAL_AGENT else agent),
+                    strategy=card.strategy if card else "",
+                    state=rec.state if rec else AgentState.OFFLINE,
+                    mode=card.mode if card else AgentMode.LIVE,
+                    trading_state=gw.risk.effective(agent),
+                    pid=rec.pid if rec else 0,
+                    host=rec.host if rec else "",
+                    session=rec.session if rec else "",
+                    heartbeat_age_s=round(gw.registry.age(rec), 3) if rec else -1.0,
+                    max_ack_gap_ms=rec.max_ack_gap_ms if rec else 0,
+                    registrations=rec.registrations if rec else 0,
+                    codes=rec.codes
+                    if rec
+                    else sorted({*(card.codes if card else []), *(p.code for p in held if p.qty)}),
+                    open_orders=open_n,
+                    orders_today=today_n,
+                    errors=rec.errors if rec else 0,
+                    fills=book.fills_by_agent.get(agent, 0),
+                    position_codes=sum(1 for p in held if p.qty),
+                    position_cost=sum(p.cost for p in held),
+                    realized_pnl=sum(p.realized_pnl for p in held),
+                    fees=sum(p.fees for p in held),
+                    positions=marked,
+                    unrealized_pnl=sum(p.unrealized_pnl for p in marked),
+                    rate_quota_per_s=card.rate_quota_per_s if card else 0.0,
+                    last_error=console_views.last_error(book.orders, agent),
+                    feed=rec.feed if rec else FeedHealth(),
+                    position_value=sum(p.mark * p.qty if p.mark else p.cost for p in marked if p.qty),
+                    last_fill=last_fill.get(agent),
+                    budget=budget,
+                    performance=performance(self.rows.get(agent, []), live),
+                    known_from="registry" if rec else "books",
+                )
+            )
         total, open_n, fills = book.counts()
         counters = dict(gw.counters)
         counters["day_close_errors"] = gw.day.close_errors
@@ -221,19 +262,33 @@ class Operator:
         day_start = int(dt.datetime.combine(market_now.date(), dt.time(), KST).timestamp() * 1e9)
         last = gw.recon.last
         return StatusReply(
-            h=gw.headers(re), gateway_pid=os.getpid(), gateway_session=gw.headers.sid, started_ns=gw.started_ns,
-            session_state=gw.broker.session_state, broker=gw.broker_name, trading_state=gw.risk.global_state,
-            agents=agents, orders_today=total, open_orders=open_n, fills_today=fills, counters=counters,
-            subscriptions=gw.subs.table(), synced=gw.recon.synced,
+            h=gw.headers(re),
+            gateway_pid=os.getpid(),
+            gateway_session=gw.headers.sid,
+            started_ns=gw.started_ns,
+            session_state=gw.broker.session_state,
+            broker=gw.broker_name,
+            trading_state=gw.risk.global_state,
+            agents=agents,
+            orders_today=total,
+            open_orders=open_n,
+            fills_today=fills,
+            counters=counters,
+            subscriptions=gw.subs.table(),
+            synced=gw.recon.synced,
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
             names={c: master.name(c) for c in codes if master is not None and c in master},
             health=msgspec.structs.replace(gw.broker.health(), db_bytes=console_views.db_bytes(str(gw.store.path))),
-            account=console_views.account_positions(portfolio), marks=dict(portfolio.marks),
+            account=console_views.account_positions(portfolio),
+            marks=dict(portfolio.marks),
             reconcile_alerts=last[2] if last else 0,
-            market_phase=gw.clock.phase().value, market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
-            alerts_today=sum(1 for ts, _ in gw.alerts.recent if ts >= day_start), notify=self.notifier.status(),
-            risk=risk_status(gw.risk, gw.account.reads), protections=gw.protection.of(),
+            market_phase=gw.clock.phase().value,
+            market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
+            alerts_today=sum(1 for ts, _ in gw.alerts.recent if ts >= day_start),
+            notify=self.notifier.status(),
+            risk=risk_status(gw.risk, gw.account.reads),
+            protections=gw.protection.of(),
         )
 
     # ---- control ---------------------------------------------------------------------------------
@@ -261,7 +316,10 @@ class Operator:
         try:
             action = ControlAction(msg.action)
         except ValueError:
-            return err(ErrorCode.BAD_MESSAGE, f"unknown action {msg.action!r}: one of {', '.join(a.value for a in ControlAction)}")
+            return err(
+                ErrorCode.BAD_MESSAGE,
+                f"unknown action {msg.action!r}: one of {', '.join(a.value for a in ControlAction)}",
+            )
         if msg.agent and msg.all:
             return err(ErrorCode.AMBIGUOUS_TARGET, "name an agent or set all, not both")
         if msg.agent and not self.is_known(msg.agent):
@@ -272,40 +330,69 @@ class Operator:
             return ack("reconciliation started")
         if action is ControlAction.FEED_GAP:
             return ack(self._feed_gap())
-        if action in (ControlAction.RISK_SCALE, ControlAction.RISK_EXPLAIN, ControlAction.RESET_PEAK,
-                      ControlAction.CANCEL_PROTECTION):
+        if action in (
+            ControlAction.RISK_SCALE,
+            ControlAction.RISK_EXPLAIN,
+            ControlAction.RESET_PEAK,
+            ControlAction.CANCEL_PROTECTION,
+        ):
             return self._risk(action, msg, err, ack)
         if action in AGENT_SCOPED and not msg.agent and not msg.all:
-            hint = "ktrader control halt is the kill switch for everything" if action is ControlAction.PAUSE else \
-                "or --all for every agent / the whole gateway"
+            hint = (
+                "ktrader control halt is the kill switch for everything"
+                if action is ControlAction.PAUSE
+                else "or --all for every agent / the whole gateway"
+            )
             return err(ErrorCode.AMBIGUOUS_TARGET, f"{action.value} needs --agent ID ({hint})")
         if action in (ControlAction.FLATTEN, ControlAction.RELOAD) and not msg.agent:
             return err(ErrorCode.AMBIGUOUS_TARGET, f"{action.value} needs --agent ID (one agent at a time)")
-        if msg.agent == EXTERNAL_AGENT and action in (ControlAction.CANCEL_ALL, ControlAction.FLATTEN, ControlAction.RELOAD):
-            return err(ErrorCode.UNKNOWN_AGENT, f"{EXTERNAL_AGENT!r} holds what was traded outside ktrader: "
-                                                "act on it where it was placed")
+        if msg.agent == EXTERNAL_AGENT and action in (
+            ControlAction.CANCEL_ALL,
+            ControlAction.FLATTEN,
+            ControlAction.RELOAD,
+        ):
+            return err(
+                ErrorCode.UNKNOWN_AGENT,
+                f"{EXTERNAL_AGENT!r} holds what was traded outside ktrader: act on it where it was placed",
+            )
         if action is ControlAction.CANCEL_ALL:
-            targets = [msg.agent] if msg.agent else sorted({o.agent for o in gw.book.orders.values() if o.is_open} - {EXTERNAL_AGENT})
+            targets = (
+                [msg.agent]
+                if msg.agent
+                else sorted({o.agent for o in gw.book.orders.values() if o.is_open} - {EXTERNAL_AGENT})
+            )
             n = sum(gw.desk.cancel_all(a) for a in targets)
             return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
         if action is ControlAction.FLATTEN:
             rec = gw.registry.agents.get(msg.agent)
             on_behalf = rec is None or rec.state is not AgentState.ONLINE
-            n = gw.desk.flatten(self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else ""))
-            log.warning("agent %s flattened by %s%s: %d orders started", msg.agent, h.sender,
-                        " on its behalf" if on_behalf else "", n)
-            return ack(f"{msg.agent}: {n} orders sent to flatten" + (" (on behalf of the offline agent)" if on_behalf else ""))
+            n = gw.desk.flatten(
+                self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
+            )
+            log.warning(
+                "agent %s flattened by %s%s: %d orders started",
+                msg.agent,
+                h.sender,
+                " on its behalf" if on_behalf else "",
+                n,
+            )
+            return ack(
+                f"{msg.agent}: {n} orders sent to flatten" + (" (on behalf of the offline agent)" if on_behalf else "")
+            )
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)
         state = STATES[action]
         # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced
         gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
         if not msg.agent and state is TradingState.HALTED:
-            self.notifier.alert(AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock)))
+            self.notifier.alert(
+                AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock))
+            )
         return ack(f"{msg.agent or 'gateway'} is {state}")
 
-    def _risk(self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error],
-              ack: Callable[[str], Ack]) -> Message:
+    def _risk(
+        self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]
+    ) -> Message:
         gw, who = self.gw, msg.h.sender
         if action is ControlAction.RISK_SCALE:
             if msg.agent:
@@ -315,8 +402,12 @@ class Operator:
                 gw.risk.set_multiplier(factor, why=f"by {who}")
             except ValueError as e:
                 return err(ErrorCode.BAD_MESSAGE, f"risk_scale needs a multiplier in (0, 1] ({e})")
-            return ack(f"risk multiplier {factor:g}: every agent's order and position values, exposure limits and "
-                       f"budget are scaled by it" if factor != 1 else "risk multiplier 1: the cards' own limits")
+            return ack(
+                f"risk multiplier {factor:g}: every agent's order and position values, exposure limits and "
+                f"budget are scaled by it"
+                if factor != 1
+                else "risk multiplier 1: the cards' own limits"
+            )
         if action is ControlAction.RESET_PEAK:
             if not msg.agent and not msg.all:
                 return err(ErrorCode.AMBIGUOUS_TARGET, "reset_peak needs --agent ID, or --all for the account's peak")
@@ -363,7 +454,9 @@ class Operator:
     def _reload(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
         new = msg.card
         if new is None:
-            return err(ErrorCode.BAD_MESSAGE, "reload needs the changed card (ktrader control reload --agent ID --card PATH)")
+            return err(
+                ErrorCode.BAD_MESSAGE, "reload needs the changed card (ktrader control reload --agent ID --card PATH)"
+            )
         if new.id != msg.agent:
             return err(ErrorCode.BAD_CARD, f"the card is {new.id!r}, not {msg.agent!r}: nothing changed")
         old = self.card_of(msg.agent)
@@ -373,8 +466,10 @@ class Operator:
         changed = sorted(k for k in b if a.get(k) != b[k])
         fixed = [k for k in changed if k not in RELOADABLE]
         if fixed:
-            return err(ErrorCode.BAD_CARD, f"{', '.join(fixed)} changed: that needs a restart of {msg.agent} "
-                                           "(the old card stays in force)")
+            return err(
+                ErrorCode.BAD_CARD,
+                f"{', '.join(fixed)} changed: that needs a restart of {msg.agent} (the old card stays in force)",
+            )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
         # the operator's reload is an approval: the agent registers with this card from now on
@@ -385,10 +480,22 @@ class Operator:
         self.cards[msg.agent] = new
         with self.gw.store.transaction():
             self.gw.store.set_meta(CARD_META + msg.agent, msgspec.json.encode(new).decode())
-            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, "reload.applied", msg.agent, True, {
-                "changed": changed, "old": {k: _plain(a[k]) for k in changed}, "new": {k: _plain(b[k]) for k in changed}})
+            self.gw.store.log_operator(
+                market_ns(self.gw.clock),
+                msg.h.sender,
+                "reload.applied",
+                msg.agent,
+                True,
+                {
+                    "changed": changed,
+                    "old": {k: _plain(a[k]) for k in changed},
+                    "new": {k: _plain(b[k]) for k in changed},
+                },
+            )
         self.gw.book.notify(msg.agent, CardUpdate(card=new, changed=changed))
-        self.gw.book.notify(msg.agent, Notice(level="info", text=f"card reloaded by {msg.h.sender}: {', '.join(changed)}"))
+        self.gw.book.notify(
+            msg.agent, Notice(level="info", text=f"card reloaded by {msg.h.sender}: {', '.join(changed)}")
+        )
         self.publish(SystemEventKind.CARD_RELOADED, msg.agent, ",".join(changed))
         log.warning("card of %s reloaded by %s: %s", msg.agent, msg.h.sender, ", ".join(changed))
         return ack(f"{msg.agent}: reloaded {', '.join(changed)}")
@@ -415,9 +522,13 @@ class Operator:
         open_n = sum(1 for o in self.gw.book.orders.values() if o.agent == agent and o.is_open)
         if held or open_n:
             what = ", ".join(held) or "no shares"
-            self.notifier.alert(AlertKind.AGENT_OFFLINE, f"{why}; it holds {what} and {open_n} open orders "
-                                                         f"(ktrader control flatten --agent {agent} acts for it)",
-                                agent=agent, subject=str(market_ns(self.gw.clock)))
+            self.notifier.alert(
+                AlertKind.AGENT_OFFLINE,
+                f"{why}; it holds {what} and {open_n} open orders "
+                f"(ktrader control flatten --agent {agent} acts for it)",
+                agent=agent,
+                subject=str(market_ns(self.gw.clock)),
+            )
 
     # ---- periodic --------------------------------------------------------------------------------
 
@@ -455,10 +566,16 @@ class Operator:
         gw = self.gw
         last = gw.recon.last
         n = last[2] if last else 0
-        return Facts(now=now, session=gw.broker.session_state, phase=gw.clock.phase(),
-                     subscribed=bool(gw.subs.active), ws_age_s=gw.broker.health().ws_last_message_age_s,
-                     reconcile=last, reconcile_texts=[t for _, t in gw.alerts.recent[-n:]] if n else [],
-                     unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN})
+        return Facts(
+            now=now,
+            session=gw.broker.session_state,
+            phase=gw.clock.phase(),
+            subscribed=bool(gw.subs.active),
+            ws_age_s=gw.broker.health().ws_last_message_age_s,
+            reconcile=last,
+            reconcile_texts=[t for _, t in gw.alerts.recent[-n:]] if n else [],
+            unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},
+        )
 
     # ---- performance -----------------------------------------------------------------------------
 
@@ -467,7 +584,9 @@ class Operator:
         day = self.gw.book.day()
         if day != self._trades_day:
             self._trades_day = day
-            self._trades = {a: [rows[-1].wins, rows[-1].losses] for a, rows in self.rows.items() if rows and rows[-1].day == day}
+            self._trades = {
+                a: [rows[-1].wins, rows[-1].losses] for a, rows in self.rows.items() if rows and rows[-1].day == day
+            }
         changed = set()
         for agent, positions in self.gw.portfolio.positions.items():
             for code, p in positions.items():
@@ -484,9 +603,17 @@ class Operator:
     def _live_row(self, agent: str, day: str, traded: int, budget: int) -> EquityRow:
         ps = self.gw.portfolio.positions.get(agent, {}).values()
         wl = self._trades.get(agent, [0, 0]) if day == self._trades_day else [0, 0]
-        return EquityRow(day=day, ts_ns=market_ns(self.gw.clock), realized=sum(p.realized_pnl for p in ps),
-                         fees=sum(p.fees for p in ps), unrealized=self.gw.portfolio.unrealized(agent), traded_value=traded,
-                         wins=wl[0], losses=wl[1], budget=budget)
+        return EquityRow(
+            day=day,
+            ts_ns=market_ns(self.gw.clock),
+            realized=sum(p.realized_pnl for p in ps),
+            fees=sum(p.fees for p in ps),
+            unrealized=self.gw.portfolio.unrealized(agent),
+            traded_value=traded,
+            wins=wl[0],
+            losses=wl[1],
+            budget=budget,
+        )
 
     def snapshot_equity(self, agents: set[str] | None = None) -> None:
         """Today's row of each agent (registered, or holding something), upserted: the last one of a
@@ -514,7 +641,7 @@ class Operator:
         self.snapshot_equity()
         return {agent: performance(rows) for agent, rows in self.rows.items()}
 
-    def tasks(self) -> list:  # type: ignore[type-arg]
+    def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""
         return [self.notifier.run()]
 

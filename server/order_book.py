@@ -26,7 +26,16 @@ from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Fill, Order, OrderEvent, ReverseFill, StateError, apply
 from common.portfolio import Portfolio
-from common.schema import AgentEvent, EventBody, FillUpdate, FillView, HeaderFactory, Notice, OrderUpdate, PositionUpdate
+from common.schema import (
+    AgentEvent,
+    EventBody,
+    FillUpdate,
+    FillView,
+    HeaderFactory,
+    Notice,
+    OrderUpdate,
+    PositionUpdate,
+)
 from common.views import order_view
 from server.store import Store
 
@@ -37,8 +46,15 @@ Listener = Callable[[Order | None, Order], None]
 
 
 class OrderBook:
-    def __init__(self, store: Store, portfolio: Portfolio, headers: HeaderFactory, sink: EventSink,
-                 clock: MarketClock, costs: CostModel | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        portfolio: Portfolio,
+        headers: HeaderFactory,
+        sink: EventSink,
+        clock: MarketClock,
+        costs: CostModel | None = None,
+    ) -> None:
         self.store = store
         self.portfolio = portfolio
         self.headers = headers
@@ -78,8 +94,12 @@ class OrderBook:
             if self.order_day.get(c) == today and o.fill_ids:
                 self.fills_today += len(o.fill_ids)
                 self.fills_by_agent[o.agent] += len(o.fill_ids)
-        log.info("loaded %d orders (%d open), %d agents with positions", len(self.orders),
-                 sum(o.is_open for o in self.orders.values()), len(self.portfolio.positions))
+        log.info(
+            "loaded %d orders (%d open), %d agents with positions",
+            len(self.orders),
+            sum(o.is_open for o in self.orders.values()),
+            len(self.portfolio.positions),
+        )
 
     def index(self, o: Order, day: str) -> None:
         self.orders[o.client_order_id] = o
@@ -89,8 +109,14 @@ class OrderBook:
 
     # ---- the write path ------------------------------------------------------------------------
 
-    def commit(self, order: Order, event: OrderEvent, extra: list[EventBody] | None = None,
-               trace: list[tuple[str, dict[str, object]]] | None = None, day: str = "") -> Order:
+    def commit(
+        self,
+        order: Order,
+        event: OrderEvent,
+        extra: list[EventBody] | None = None,
+        trace: list[tuple[str, dict[str, object]]] | None = None,
+        day: str = "",
+    ) -> Order:
         """Apply, persist the order, its event, position changes and the agent events in one
         transaction, then update memory, tell the listeners and send."""
         new = apply(order, event)
@@ -103,8 +129,8 @@ class OrderBook:
         with self.store.write():
             self.store.record_order(new, event, day)
             self._write_traces()
-            for kind, body in trace or []:
-                self.store.add_trace(new.client_order_id, event.ts_ns or self.now_ns(), kind, body)
+            for kind, detail in trace or []:
+                self.store.add_trace(new.client_order_id, event.ts_ns or self.now_ns(), kind, detail)
             for pos in positions:
                 self.store.save_position(new.agent, pos)
             for body in bodies:
@@ -135,8 +161,9 @@ class OrderBook:
         """Until everything committed so far is on disk (a broker call waits for its intent)."""
         await self.store.durable()
 
-    def try_apply(self, coid: str, event: OrderEvent,
-                  extra_fn: Callable[[Order], list[EventBody]] | None = None) -> Order | None:
+    def try_apply(
+        self, coid: str, event: OrderEvent, extra_fn: Callable[[Order], list[EventBody]] | None = None
+    ) -> Order | None:
         """Commit `event` if the state machine takes it and it changes something; None otherwise."""
         o = self.orders.get(coid)
         if o is None:
@@ -176,8 +203,15 @@ class OrderBook:
         def fill_extra(new: Order) -> list[EventBody]:
             if pos is None:
                 return []
-            fv = FillView(client_order_id=coid, fill_id=ev.fill_id, code=new.code, side=new.side, qty=dq,
-                          price=dv // dq, ts_ns=ev.ts_ns)
+            fv = FillView(
+                client_order_id=coid,
+                fill_id=ev.fill_id,
+                code=new.code,
+                side=new.side,
+                qty=dq,
+                price=dv // dq,
+                ts_ns=ev.ts_ns,
+            )
             return [FillUpdate(fill=fv, position=pos)]
 
         new = self.try_apply(coid, ev, fill_extra)
@@ -267,4 +301,3 @@ class OrderBook:
 
     def is_today(self, coid: str) -> bool:
         return self.order_day.get(coid) == self.day()
-

@@ -24,8 +24,21 @@ from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
 from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.orders import (
-    AMEND_UNKNOWN, AWAITING_ACK, CANCELLABLE, REVISABLE, Cancelled, Deny, Expire, Hold, MarkUnknown, Order,
-    OrderState, Reject, RequestCancel, RequestReplace, Submit,
+    AMEND_UNKNOWN,
+    AWAITING_ACK,
+    CANCELLABLE,
+    REVISABLE,
+    Cancelled,
+    Deny,
+    Expire,
+    Hold,
+    MarkUnknown,
+    Order,
+    OrderState,
+    Reject,
+    RequestCancel,
+    RequestReplace,
+    Submit,
 )
 from common.risk_rules import HELD_TIFS
 from common.schema import NewOrder, OrderResult
@@ -52,10 +65,18 @@ def session_day(now: dt.datetime, phase: Phase) -> str:
 
 
 class OrderDesk:
-    def __init__(self, book: OrderBook, risk: RiskGate, live: SendQueue, shadow: SendQueue,
-                 shadow_venue: ShadowExecution, session: Callable[[], SessionView],
-                 synced: Callable[[], bool], alert: Callable[[str], None],
-                 card_of: Callable[[str], AgentCard | None]) -> None:
+    def __init__(
+        self,
+        book: OrderBook,
+        risk: RiskGate,
+        live: SendQueue,
+        shadow: SendQueue,
+        shadow_venue: ShadowExecution,
+        session: Callable[[], SessionView],
+        synced: Callable[[], bool],
+        alert: Callable[[str], None],
+        card_of: Callable[[str], AgentCard | None],
+    ) -> None:
         self.book = book
         # whose card governs an agent's orders now (None: the agent is not registered; its held
         # orders are still sent, on the terms it was given when it placed them)
@@ -69,7 +90,9 @@ class OrderDesk:
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
-        self._requeued: list[tuple[SendQueue, Job]] = []  # never sent before a restart: sent after the first reconciliation
+        self._requeued: list[
+            tuple[SendQueue, Job]
+        ] = []  # never sent before a restart: sent after the first reconciliation
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -106,7 +129,10 @@ class OrderDesk:
                 if o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request"):
                     queue = self.queue_for(o.agent)
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
-                    halted = self.risk.global_state is TradingState.HALTED or self.risk.agent_state(o.agent) is TradingState.HALTED
+                    halted = (
+                        self.risk.global_state is TradingState.HALTED
+                        or self.risk.agent_state(o.agent) is TradingState.HALTED
+                    )
                     if (not queue.max_send_wait_ns or age < queue.max_send_wait_ns) and not halted:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;
                         # the queue's own max_send_wait still applies from when it was first queued)
@@ -114,15 +140,31 @@ class OrderDesk:
                         self._requeued.append((queue, Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9)))
                     else:
                         why = "trading is halted" if halted else f"queued {age / 1e9:.1f}s ago, too late to send"
-                        book.try_apply(coid, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value,
-                                                    reason=f"gateway restarted before the order was sent ({why})"))
+                        book.try_apply(
+                            coid,
+                            Reject(
+                                ts_ns=ts,
+                                code=ErrorCode.NOT_SENT.value,
+                                reason=f"gateway restarted before the order was sent ({why})",
+                            ),
+                        )
                 else:
-                    book.try_apply(coid, MarkUnknown(ts_ns=ts, code=ErrorCode.RESTARTED.value,
-                                                     reason="gateway restarted while the order was being sent"))
+                    book.try_apply(
+                        coid,
+                        MarkUnknown(
+                            ts_ns=ts,
+                            code=ErrorCode.RESTARTED.value,
+                            reason="gateway restarted while the order was being sent",
+                        ),
+                    )
             elif o.state in (OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE) and not o.in_doubt:
                 what = "cancel" if o.state is OrderState.PENDING_CANCEL else "revise"
-                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN,
-                                                 reason=f"gateway restarted during the {what}: checking the broker"))
+                book.try_apply(
+                    coid,
+                    MarkUnknown(
+                        ts_ns=ts, code=AMEND_UNKNOWN, reason=f"gateway restarted during the {what}: checking the broker"
+                    ),
+                )
 
     def release_requeued(self) -> None:
         """The first reconciliation is done: the orders the previous process never sent go out now."""
@@ -160,37 +202,68 @@ class OrderDesk:
         except IdError as e:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER, message=str(e))
         if owner != card.id:
-            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.WRONG_AGENT,
-                               message=f"order id belongs to {owner!r}, not {card.id!r}")
+            return OrderResult(
+                client_order_id=coid,
+                accepted=False,
+                code=ErrorCode.WRONG_AGENT,
+                message=f"order id belongs to {owner!r}, not {card.id!r}",
+            )
         known = book.orders.get(coid)
         if known is not None:
             return self._again(known, new)
         today = book.day()
         if yyyymmdd(day) != today:
-            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.WRONG_DAY,
-                               message=f"order id is for {yyyymmdd(day)}, the trading day is {today}")
+            return OrderResult(
+                client_order_id=coid,
+                accepted=False,
+                code=ErrorCode.WRONG_DAY,
+                message=f"order id is for {yyyymmdd(day)}, the trading day is {today}",
+            )
         ts = book.now_ns()
-        order = Order(client_order_id=coid, agent=card.id, code=new.code, side=new.side, qty=new.qty, price=new.price,
-                      order_type=new.order_type, tif=new.tif, created_ns=ts, updated_ns=ts)
+        order = Order(
+            client_order_id=coid,
+            agent=card.id,
+            code=new.code,
+            side=new.side,
+            qty=new.qty,
+            price=new.price,
+            order_type=new.order_type,
+            tif=new.tif,
+            created_ns=ts,
+            updated_ns=ts,
+        )
         held = new.tif in HELD_TIFS
         # held orders are sent later: the session only has to be ready then (their release checks it)
         session = (SessionState.READY, "") if held and self.synced() else self.session()
         denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
         intent: dict[str, object] = {
-            "reason": new.reason, "context": new.context, "decision_price": new.decision_price, "code": new.code,
-            "side": new.side.value, "qty": new.qty, "price": new.price, "order_type": new.order_type.value,
-            "tif": new.tif.value}
+            "reason": new.reason,
+            "context": new.context,
+            "decision_price": new.decision_price,
+            "code": new.code,
+            "side": new.side.value,
+            "qty": new.qty,
+            "price": new.price,
+            "order_type": new.order_type.value,
+            "tif": new.tif.value,
+        }
         if new.protect is not None:
             intent["protect"] = msgspec.to_builtins(new.protect)
         if denial is not None:
             code, reason = denial
-            book.commit(order, Deny(ts_ns=ts, code=code.value, reason=reason),
-                        trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})])
+            book.commit(
+                order,
+                Deny(ts_ns=ts, code=code.value, reason=reason),
+                trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})],
+            )
             return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
         if held:
             valid = session_day(book.clock.now(), book.clock.phase())
-            book.commit(order, Hold(ts_ns=ts, valid_day=valid),
-                        trace=[("intent", intent), ("risk", {"result": "passed"}), ("held", {"for": valid})])
+            book.commit(
+                order,
+                Hold(ts_ns=ts, valid_day=valid),
+                trace=[("intent", intent), ("risk", {"result": "passed"}), ("held", {"for": valid})],
+            )
             self.release_due()  # its session may be taking orders right now
             return OrderResult(client_order_id=coid, accepted=True, message=f"held for the session of {valid}")
         # durable intent before the broker sees it
@@ -205,14 +278,24 @@ class OrderDesk:
         coid = new.client_order_id
         terms = (known.code, known.side, known.order_type, known.tif)
         same = terms == (new.code, new.side, new.order_type, new.tif) and (
-            len(known.broker_chain) > 1 or (known.qty, known.price) == (new.qty, new.price))
+            len(known.broker_chain) > 1 or (known.qty, known.price) == (new.qty, new.price)
+        )
         if not same:
-            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.DUPLICATE_ORDER,
-                               message="this client order id was used for a different order")
+            return OrderResult(
+                client_order_id=coid,
+                accepted=False,
+                code=ErrorCode.DUPLICATE_ORDER,
+                message="this client order id was used for a different order",
+            )
         refused = known.state in (OrderState.DENIED, OrderState.REJECTED)
         code = ErrorCode(known.reason_code) if refused and known.reason_code in ErrorCode.__members__ else None
-        return OrderResult(client_order_id=coid, accepted=not refused, duplicate=True, code=code,
-                           message=f"already known, state {known.state}")
+        return OrderResult(
+            client_order_id=coid,
+            accepted=not refused,
+            duplicate=True,
+            code=code,
+            message=f"already known, state {known.state}",
+        )
 
     def cancel(self, agent: str, coid: str) -> Reply:
         book = self.book
@@ -229,8 +312,11 @@ class OrderDesk:
             # broker's answer (or the repair that reads its order list) says which line is live
             self._cancel_on_accept.add(coid)
             book.trace(coid, "cancel.queued", state=o.state.value)
-            return None, ("cancel queued until the revise is settled" if o.state is OrderState.PENDING_REPLACE
-                          else "cancel queued until the broker acknowledges the order")
+            return None, (
+                "cancel queued until the revise is settled"
+                if o.state is OrderState.PENDING_REPLACE
+                else "cancel queued until the broker acknowledges the order"
+            )
         if o.state not in CANCELLABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: nothing to cancel now"
         book.commit(o, RequestCancel(ts_ns=book.now_ns()))
@@ -247,7 +333,10 @@ class OrderDesk:
         if o.state not in REVISABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
         if qty and qty != o.qty:
-            return ErrorCode.BAD_ORDER, "only the price can be revised; cancel and send a new order to change the quantity"
+            return (
+                ErrorCode.BAD_ORDER,
+                "only the price can be revised; cancel and send a new order to change the quantity",
+            )
         denial = self.risk.check_revise(card, o, price, self.session())
         if denial is not None:
             book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
@@ -259,8 +348,15 @@ class OrderDesk:
     def cancel_all(self, agent: str, code: str = "") -> int:
         n = 0
         for o in list(self.book.orders.values()):
-            if o.agent == agent and (not code or o.code == code) and (
-                    o.state in CANCELLABLE or o.state in AWAITING_ACK or o.state in (OrderState.HELD, OrderState.PENDING_REPLACE)):
+            if (
+                o.agent == agent
+                and (not code or o.code == code)
+                and (
+                    o.state in CANCELLABLE
+                    or o.state in AWAITING_ACK
+                    or o.state in (OrderState.HELD, OrderState.PENDING_REPLACE)
+                )
+            ):
                 if self.cancel(agent, o.client_order_id)[0] is None:
                     n += 1
         return n
@@ -286,9 +382,16 @@ class OrderDesk:
             if pos.qty <= 0:
                 continue
             n += 1
-            new = NewOrder(client_order_id=make_client_order_id(agent, day, n), code=pos.code, side=Side.SELL,
-                           qty=pos.qty, order_type=OrderType.MARKET, tif=TimeInForce.DAY, reason=why,
-                           decision_price=book.portfolio.marks.get(pos.code, 0))
+            new = NewOrder(
+                client_order_id=make_client_order_id(agent, day, n),
+                code=pos.code,
+                side=Side.SELL,
+                qty=pos.qty,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.DAY,
+                reason=why,
+                decision_price=book.portfolio.marks.get(pos.code, 0),
+            )
             res = self.submit(card, new, priority=Priority.PROTECT)
             if res.accepted:
                 sent += 1
@@ -298,7 +401,11 @@ class OrderDesk:
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
         coid = new.client_order_id
-        if coid in self._cancel_on_accept and new.state not in AWAITING_ACK and new.state is not OrderState.PENDING_REPLACE:
+        if (
+            coid in self._cancel_on_accept
+            and new.state not in AWAITING_ACK
+            and new.state is not OrderState.PENDING_REPLACE
+        ):
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
                 self.cancel(new.agent, coid)
@@ -318,8 +425,11 @@ class OrderDesk:
         for coid, o in list(book.orders.items()):
             if o.state is not OrderState.HELD:
                 continue
-            if o.valid_day < today or (o.valid_day == today and phase not in REGULAR_ORDER_PHASES
-                                       and phase not in (Phase.PRE_OPEN, Phase.CLOSED)):
+            if o.valid_day < today or (
+                o.valid_day == today
+                and phase not in REGULAR_ORDER_PHASES
+                and phase not in (Phase.PRE_OPEN, Phase.CLOSED)
+            ):
                 book.try_apply(coid, Expire(ts_ns=book.now_ns()))
                 book.trace(coid, "held.expired", valid_day=o.valid_day)
                 expired += 1
@@ -335,8 +445,11 @@ class OrderDesk:
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
             if denial is not None:
-                book.commit(o, Deny(ts_ns=ts, code=denial[0].value, reason=f"at release: {denial[1]}"),
-                            trace=[("risk", {"result": "denied at release", "code": denial[0].value, "reason": denial[1]})])
+                book.commit(
+                    o,
+                    Deny(ts_ns=ts, code=denial[0].value, reason=f"at release: {denial[1]}"),
+                    trace=[("risk", {"result": "denied at release", "code": denial[0].value, "reason": denial[1]})],
+                )
                 return 0
         elif self.risk.global_state is not TradingState.ACTIVE:
             book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))

@@ -53,9 +53,16 @@ def performance(rows: Sequence[EquityRow], live: EquityRow | None = None) -> Age
     traded = sum(r.traded_value for r in days)
     budget = days[-1].budget
     return AgentPerformance(
-        days=len(days), net_pnl=nets[-1], today_pnl=daily[-1], max_drawdown=worst, drawdown=now,
-        sharpe=round(sharpe(daily), 3), wins=wins, losses=losses,
+        days=len(days),
+        net_pnl=nets[-1],
+        today_pnl=daily[-1],
+        max_drawdown=worst,
+        drawdown=now,
+        sharpe=round(sharpe(daily), 3),
+        wins=wins,
+        losses=losses,
         win_rate=round(wins / (wins + losses), 4) if wins + losses else 0.0,
-        traded_value=traded, turnover=round(traded / budget, 3) if budget else 0.0,
+        traded_value=traded,
+        turnover=round(traded / budget, 3) if budget else 0.0,
         curve=[(r.day, r.net) for r in days[-CURVE_DAYS:]],
     )

@@ -35,8 +35,17 @@ from common.krx import REGULAR_ORDER_PHASES
 from common.market_clock import market_ns
 from common.orders import Order, OrderState
 from common.protection import (
-    MAX_ATTEMPTS, ExitType, Leg, Protection, ProtectionSpec, ProtectionState as PS, WhenClosed, check_print, exit_limit,
-    stop_level, validate,
+    MAX_ATTEMPTS,
+    ExitType,
+    Leg,
+    Protection,
+    ProtectionSpec,
+    ProtectionState as PS,
+    WhenClosed,
+    check_print,
+    exit_limit,
+    stop_level,
+    validate,
 )
 from common.schema import NewOrder, OrderResult, Protect, ProtectionUpdate
 from server.order_book import OrderBook
@@ -61,8 +70,9 @@ def _n(coid: str) -> int:
 
 
 class ProtectionDesk:
-    def __init__(self, book: OrderBook, desk: OrderDesk, risk: RiskGate, card_of: Callable[[str], AgentCard | None],
-                 alert: Alert) -> None:
+    def __init__(
+        self, book: OrderBook, desk: OrderDesk, risk: RiskGate, card_of: Callable[[str], AgentCard | None], alert: Alert
+    ) -> None:
         self.book = book
         self.desk = desk
         self.risk = risk
@@ -120,13 +130,20 @@ class ProtectionDesk:
             return self.desk.submit(card, new)  # the desk answers a resend, a bad id, another day
         # (a protection under this id without its buy: a crash came between the two writes and the load
         # ended it; the agent's resend of the buy brings it back)
-        err = ("a protective order rides on a buy (protect a held position with ctx.protect)" if new.side is not Side.BUY
-               else self._refusal(card.id, spec))
+        err = (
+            "a protective order rides on a buy (protect a held position with ctx.protect)"
+            if new.side is not Side.BUY
+            else self._refusal(card.id, spec)
+        )
         if err:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)
         ts = self.book.now_ns()
-        self._put(Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING,
-                                 created_ns=ts), "attached", entry=coid, **_levels(spec))
+        self._put(
+            Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING, created_ns=ts),
+            "attached",
+            entry=coid,
+            **_levels(spec),
+        )
         res = self.desk.submit(card, new)
         if coid in self.active:
             if not res.accepted and coid not in self.book.orders:
@@ -145,7 +162,10 @@ class ProtectionDesk:
             return ErrorCode.WRONG_AGENT, f"id belongs to {owner!r}, not {agent!r}"
         known = self.active.get(pid) or self.ended.get(pid) or self.book.store.protection(pid)
         if known is not None:
-            if (known.agent, known.code, known.spec, known.entry) == (agent, msg.code, msg.spec, "") and known.qty in (0, msg.qty):
+            if (known.agent, known.code, known.spec, known.entry) == (agent, msg.code, msg.spec, "") and known.qty in (
+                0,
+                msg.qty,
+            ):
                 return None, f"already known, state {known.state}"
             return ErrorCode.DUPLICATE_ORDER, "this id was used for a different protective order"
         if pid in self.book.orders:
@@ -163,8 +183,14 @@ class ProtectionDesk:
         if err:
             return ErrorCode.BAD_PROTECTION, err
         mark = self.book.portfolio.marks.get(msg.code, 0)
-        p = self._put(Protection(id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark,
-                                 created_ns=self.book.now_ns()), "armed", qty=msg.qty or held, **_levels(msg.spec))
+        p = self._put(
+            Protection(
+                id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark, created_ns=self.book.now_ns()
+            ),
+            "armed",
+            qty=msg.qty or held,
+            **_levels(msg.spec),
+        )
         if mark:
             self._on_price(p, mark)  # a level already met fires at once
         return None, f"protective order {pid} armed on {msg.qty or held} {msg.code}"
@@ -217,10 +243,19 @@ class ProtectionDesk:
         held = self._held(p.agent, p.code)
         qty = p.qty or held  # on a position: what is held now
         level = p.spec.take if leg is Leg.TAKE else stop_level(p)
-        p = self._put(msgspec.structs.replace(p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=qty, reason=""),
-                      "triggered", leg=leg.value, level=level, price=at, qty=qty)
-        self.alert(f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: selling {min(qty, held)}",
-                   kind=AlertKind.PROTECTION, agent=p.agent)
+        p = self._put(
+            msgspec.structs.replace(p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=qty, reason=""),
+            "triggered",
+            leg=leg.value,
+            level=level,
+            price=at,
+            qty=qty,
+        )
+        self.alert(
+            f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: selling {min(qty, held)}",
+            kind=AlertKind.PROTECTION,
+            agent=p.agent,
+        )
         if p.entry and (e := self.book.orders.get(p.entry)) is not None and e.is_open:
             self.desk.cancel(p.agent, p.entry)  # the trade is over: the rest of its buy goes
         self._fire(p)
@@ -235,7 +270,11 @@ class ProtectionDesk:
         held = self._held(agent, code)
         want = min(p.qty - p.sold, held)
         if want <= 0:
-            self._end(p, PS.DONE if p.sold else PS.CANCELLED, "nothing left to sell" if p.sold else "no shares held when it was met")
+            self._end(
+                p,
+                PS.DONE if p.sold else PS.CANCELLED,
+                "nothing left to sell" if p.sold else "no shares held when it was met",
+            )
             return
         closed = book.clock.phase() not in REGULAR_ORDER_PHASES
         state = self.risk.effective(agent) if not closed else self.risk.agent_state(agent)
@@ -251,13 +290,23 @@ class ProtectionDesk:
         else:
             sellable = book.portfolio.exposure(agent, code).sellable_qty
             if sellable < want:
-                mine = [o for o in book.orders.values() if o.agent == agent and o.code == code and o.side is Side.SELL
-                        and o.is_open and _n(o.client_order_id) < GATEWAY_ORDER_BASE]
+                mine = [
+                    o
+                    for o in book.orders.values()
+                    if o.agent == agent
+                    and o.code == code
+                    and o.side is Side.SELL
+                    and o.is_open
+                    and _n(o.client_order_id) < GATEWAY_ORDER_BASE
+                ]
                 for o in mine:
                     self.desk.cancel(agent, o.client_order_id)  # a stop is a stop: the agent's own sells go first
                 if mine or sellable <= 0:
-                    wait = f"waiting for {len(mine)} sells of this agent holding the shares to be cancelled" if mine else \
-                        "the shares are held by the gateway's own sells"
+                    wait = (
+                        f"waiting for {len(mine)} sells of this agent holding the shares to be cancelled"
+                        if mine
+                        else "the shares are held by the gateway's own sells"
+                    )
                 else:
                     want = sellable
         if wait:
@@ -270,14 +319,22 @@ class ProtectionDesk:
         kind, board = pf.kind(code), pf.board(code)
         lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
         price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board)
-        coid = make_client_order_id(agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1)
+        coid = make_client_order_id(
+            agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1
+        )
         level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
-        new = NewOrder(client_order_id=coid, code=code, side=Side.SELL, qty=want, price=price,
-                       order_type=OrderType.MARKET if p.spec.exit is ExitType.MARKET else OrderType.LIMIT,
-                       tif=TimeInForce.NEXT_SESSION if closed else TimeInForce.DAY,
-                       reason=f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})",
-                       context={"protection": p.id, "leg": p.leg.value if p.leg else "", "level": level},
-                       decision_price=p.trigger_price)
+        new = NewOrder(
+            client_order_id=coid,
+            code=code,
+            side=Side.SELL,
+            qty=want,
+            price=price,
+            order_type=OrderType.MARKET if p.spec.exit is ExitType.MARKET else OrderType.LIMIT,
+            tif=TimeInForce.NEXT_SESSION if closed else TimeInForce.DAY,
+            reason=f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})",
+            context={"protection": p.id, "leg": p.leg.value if p.leg else "", "level": level},
+            decision_price=p.trigger_price,
+        )
         self.by_order[coid] = p.id  # before the submit: its first commit belongs to this protection
         res = self.desk.submit(self._acting_card(agent, code), new, priority=Priority.PROTECT)
         if not res.accepted:
@@ -285,14 +342,29 @@ class ProtectionDesk:
             why = f"exit {coid} denied: {res.code}: {res.message}"
             self._next_try[p.id] = now + _DENIED_RETRY_NS
             if why != p.reason:
-                self._put(msgspec.structs.replace(p, reason=why), "exit_denied", order=coid, code=str(res.code), reason=res.message)
-                self.alert(f"{agent}: protective exit of {code} denied: {res.code}: {res.message} (retrying)",
-                           kind=AlertKind.PROTECTION, agent=agent)
+                self._put(
+                    msgspec.structs.replace(p, reason=why),
+                    "exit_denied",
+                    order=coid,
+                    code=str(res.code),
+                    reason=res.message,
+                )
+                self.alert(
+                    f"{agent}: protective exit of {code} denied: {res.code}: {res.message} (retrying)",
+                    kind=AlertKind.PROTECTION,
+                    agent=agent,
+                )
             return
         self.fired += 1
         self._next_try.pop(p.id, None)
-        self._put(msgspec.structs.replace(p, state=PS.FIRED, exits=(*p.exits, coid), reason=res.message),
-                  "fired", order=coid, qty=want, price=price, tif=new.tif.value)
+        self._put(
+            msgspec.structs.replace(p, state=PS.FIRED, exits=(*p.exits, coid), reason=res.message),
+            "fired",
+            order=coid,
+            qty=want,
+            price=price,
+            tif=new.tif.value,
+        )
 
     def _acting_card(self, agent: str, code: str) -> AgentCard:
         card = self.card_of(agent) or AgentCard(id=agent, name=agent, strategy="server.protection:OnBehalf")
@@ -337,9 +409,14 @@ class ProtectionDesk:
             if e.filled_qty > p.qty:
                 armed = p.state is PS.PENDING
                 avg = e.filled_value // e.filled_qty
-                p = self._put(msgspec.structs.replace(p, qty=e.filled_qty, state=PS.ARMED if armed else p.state,
-                                                      high=max(p.high, avg)),
-                              "armed" if armed else "qty", qty=e.filled_qty, entry_price=avg)
+                p = self._put(
+                    msgspec.structs.replace(
+                        p, qty=e.filled_qty, state=PS.ARMED if armed else p.state, high=max(p.high, avg)
+                    ),
+                    "armed" if armed else "qty",
+                    qty=e.filled_qty,
+                    entry_price=avg,
+                )
             elif p.state is PS.PENDING and not e.is_open:
                 why = f": {e.reason_code} {e.reason}".rstrip() if e.reason_code else ""
                 self._end(p, PS.CANCELLED, f"its buy ended {e.state.value} without a fill{why}")
@@ -364,12 +441,25 @@ class ProtectionDesk:
                 attempts = p.attempts + failed
                 why = f"exit {last.client_order_id} ended {last.state.value} with {last.qty - last.filled_qty} unsold"
                 if attempts >= MAX_ATTEMPTS:
-                    self._end(msgspec.structs.replace(p, attempts=attempts), PS.FAILED, f"{why}; {attempts} exits failed: sell by hand")
-                    self.alert(f"{p.agent}: protective order {p.id} on {p.code} FAILED: {why}",
-                               kind=AlertKind.PROTECTION, agent=p.agent)
+                    self._end(
+                        msgspec.structs.replace(p, attempts=attempts),
+                        PS.FAILED,
+                        f"{why}; {attempts} exits failed: sell by hand",
+                    )
+                    self.alert(
+                        f"{p.agent}: protective order {p.id} on {p.code} FAILED: {why}",
+                        kind=AlertKind.PROTECTION,
+                        agent=p.agent,
+                    )
                     return
-                p = self._put(msgspec.structs.replace(p, state=PS.TRIGGERED, attempts=attempts, reason=f"{why}: placing it again"),
-                              "retry", order=last.client_order_id, state=last.state.value)
+                p = self._put(
+                    msgspec.structs.replace(
+                        p, state=PS.TRIGGERED, attempts=attempts, reason=f"{why}: placing it again"
+                    ),
+                    "retry",
+                    order=last.client_order_id,
+                    state=last.state.value,
+                )
                 if last.filled_qty or last.state is not OrderState.REJECTED:
                     self._fire(p)  # it sold some, or expired: the rest goes now
                 else:
@@ -434,12 +524,14 @@ class ProtectionDesk:
         if self._dirty and now - self._saved_ns >= _SAVE_HIGHS_NS:
             with book.store.transaction():
                 for pid in self._dirty:
-                    if (p := self.active.get(pid)) is not None:
-                        book.store.save_protection(p, day)
+                    if (dirty := self.active.get(pid)) is not None:
+                        book.store.save_protection(dirty, day)
             self._dirty.clear()
             self._saved_ns = now
 
 
 def _levels(spec: ProtectionSpec) -> dict[str, object]:
     return {k: v for k, v in (("stop", spec.stop), ("take", spec.take), ("trail_bp", spec.trail_bp)) if v} | {
-        "exit": spec.exit.value, "when_closed": spec.when_closed.value}
+        "exit": spec.exit.value,
+        "when_closed": spec.when_closed.value,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -22,8 +23,15 @@ from common.schema import InvestorDay, PriceQuote
 log = logging.getLogger("ktrader.gateway.history")
 SCHEMA_VERSION = 1
 QUOTE_COLS = ("per", "pbr", "eps", "bps", "market_cap", "listed_shares", "last", "base", "high_250d", "low_250d")
-INVESTOR_COLS = ("close", "foreign_qty", "institution_qty", "individual_qty", "foreign_value", "institution_value",
-                 "individual_value")
+INVESTOR_COLS = (
+    "close",
+    "foreign_qty",
+    "institution_qty",
+    "individual_qty",
+    "foreign_value",
+    "institution_value",
+    "individual_value",
+)
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS quotes (
@@ -51,7 +59,7 @@ class QueryHistory:
         self.db.setbusytimeout(5000)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").get
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: schema version {version} is newer than this ktrader ({SCHEMA_VERSION})")
         with self.db:
@@ -67,33 +75,44 @@ class QueryHistory:
         """`day` YYYY-MM-DD: the market day the quote was read on."""
         vals = [getattr(q, c) for c in QUOTE_COLS]
         with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO quotes (code, day, ts_ns, {', '.join(QUOTE_COLS)}) "
-                            f"VALUES (?, ?, ?, {', '.join('?' * len(QUOTE_COLS))})", (q.code, day, ts_ns, *vals))
+            self.db.execute(
+                f"INSERT OR REPLACE INTO quotes (code, day, ts_ns, {', '.join(QUOTE_COLS)}) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(QUOTE_COLS))})",
+                (q.code, day, ts_ns, *vals),
+            )
 
     def record_investor(self, code: str, days: Iterable[InvestorDay], ts_ns: int) -> None:
-        rows = [(code, f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:8]}", ts_ns, *(getattr(d, c) for c in INVESTOR_COLS))
-                for d in days if len(d.day) == 8 and d.day.isdigit()]
+        rows = [
+            (code, f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:8]}", ts_ns, *(getattr(d, c) for c in INVESTOR_COLS))
+            for d in days
+            if len(d.day) == 8 and d.day.isdigit()
+        ]
         if not rows:
             return
         with self.db:
-            self.db.executemany(f"INSERT OR REPLACE INTO investor (code, day, ts_ns, {', '.join(INVESTOR_COLS)}) "
-                                f"VALUES (?, ?, ?, {', '.join('?' * len(INVESTOR_COLS))})", rows)
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO investor (code, day, ts_ns, {', '.join(INVESTOR_COLS)}) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(INVESTOR_COLS))})",
+                rows,
+            )
 
     # ---- reads (export, backtests) ---------------------------------------------------------------
 
     def codes(self) -> list[str]:
         rows = self.db.execute("SELECT code FROM quotes UNION SELECT code FROM investor ORDER BY code").fetchall()
-        return [r[0] for r in rows]
+        return [str(r[0]) for r in rows]
 
-    def quotes(self, code: str) -> list[tuple[str, ...]]:
+    def quotes(self, code: str) -> list[tuple[Any, ...]]:  # (day text, then REAL/INTEGER columns)
         """(day, per, pbr, eps, bps, ...) oldest first, in QUOTE_COLS order after the day."""
-        return self.db.execute(f"SELECT day, {', '.join(QUOTE_COLS)} FROM quotes WHERE code = ? ORDER BY day",
-                               (code,)).fetchall()
+        return self.db.execute(
+            f"SELECT day, {', '.join(QUOTE_COLS)} FROM quotes WHERE code = ? ORDER BY day", (code,)
+        ).fetchall()
 
-    def investor(self, code: str) -> list[tuple[str, ...]]:
+    def investor(self, code: str) -> list[tuple[Any, ...]]:
         """(day, close, foreign_qty, ...) oldest first, in INVESTOR_COLS order after the day."""
-        return self.db.execute(f"SELECT day, {', '.join(INVESTOR_COLS)} FROM investor WHERE code = ? ORDER BY day",
-                               (code,)).fetchall()
+        return self.db.execute(
+            f"SELECT day, {', '.join(INVESTOR_COLS)} FROM investor WHERE code = ? ORDER BY day", (code,)
+        ).fetchall()
 
 
 class Recorder:

@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
-    AMENDING, Accept, Cancelled, Expire, Fill, OPEN, Order, OrderEvent, OrderState, Reject, Replaced, RequestReplace,
+    AMENDING,
+    Accept,
+    Cancelled,
+    Expire,
+    Fill,
+    OPEN,
+    Order,
+    OrderEvent,
+    OrderState,
+    Reject,
+    Replaced,
+    RequestReplace,
     ReverseFill,
 )
 from kis.port import BrokerOrderReport
@@ -75,13 +86,28 @@ def reconcile(
     # Orders whose send surely happened claim first; crash-recovered ones (maybe never sent) after;
     # oldest first within each. Identical terms from different agents are ambiguous: alerted.
     for o in sorted(unresolved, key=lambda x: (x.reason_code == RESTARTED, x.created_ns)):
-        twins = [u for u in unresolved if u is not o and u.agent != o.agent
-                 and (u.code, u.side, u.qty, u.price) == (o.code, o.side, o.qty, o.price)]
+        twins = [
+            u
+            for u in unresolved
+            if u is not o
+            and u.agent != o.agent
+            and (u.code, u.side, u.qty, u.price) == (o.code, o.side, o.qty, o.price)
+        ]
         if twins:
-            res.alerts.append(f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
-                              "of another agent: attribution by send order, check")
-        match = next((r for r in originals if r.broker_order_id not in owner_of and r.broker_order_id not in claimed
-                      and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)), None)
+            res.alerts.append(
+                f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
+                "of another agent: attribution by send order, check"
+            )
+        match = next(
+            (
+                r
+                for r in originals
+                if r.broker_order_id not in owner_of
+                and r.broker_order_id not in claimed
+                and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
+            ),
+            None,
+        )
         if match is not None:
             claimed.add(match.broker_order_id)
             owner_of[match.broker_order_id] = o
@@ -89,18 +115,38 @@ def reconcile(
             res.add(o.client_order_id, Accept(ts_ns=now_ns, broker_order_id=match.broker_order_id, org_no=match.org_no))
             res.alerts.append(f"{o.client_order_id}: outcome was unknown; the broker has it as {match.broker_order_id}")
         elif o.state is OrderState.UNKNOWN and now_ns - o.updated_ns > grace_ns:
-            res.add(o.client_order_id, Reject(ts_ns=now_ns, code=NOT_AT_BROKER,
-                                              reason="sent but never reached the exchange (not in the day's orders)"))
-            res.alerts.append(f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected")
+            res.add(
+                o.client_order_id,
+                Reject(
+                    ts_ns=now_ns,
+                    code=NOT_AT_BROKER,
+                    reason="sent but never reached the exchange (not in the day's orders)",
+                ),
+            )
+            res.alerts.append(
+                f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected"
+            )
 
     # 1b. An order KIS refused in its REST reply carries no ODNO here, but KIS lists it among the
     # day's orders as a refused line: it is ours (already REJECTED), never an external order.
-    refused = [o for o in local if not o.broker_chain and o.state is OrderState.REJECTED
-               and o.reason_code == ErrorCode.BROKER_REJECTED.value]
+    refused = [
+        o
+        for o in local
+        if not o.broker_chain and o.state is OrderState.REJECTED and o.reason_code == ErrorCode.BROKER_REJECTED.value
+    ]
     for o in sorted(refused, key=lambda x: x.created_ns):
-        match = next((r for r in originals if r.broker_order_id not in owner_of and r.broker_order_id not in claimed
-                      and not r.filled_qty and not r.remaining_qty
-                      and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)), None)
+        match = next(
+            (
+                r
+                for r in originals
+                if r.broker_order_id not in owner_of
+                and r.broker_order_id not in claimed
+                and not r.filled_qty
+                and not r.remaining_qty
+                and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
+            ),
+            None,
+        )
         if match is not None:
             claimed.add(match.broker_order_id)
 
@@ -118,7 +164,10 @@ def reconcile(
             new_total = owner.filled_qty + r.qty  # a revise carries the remainder it moves
             if owner.state not in AMENDING:  # a revise we did not ask for (HTS, or before a restart)
                 res.add(owner.client_order_id, RequestReplace(ts_ns=now_ns, price=r.price, qty=new_total))
-            res.add(owner.client_order_id, Replaced(ts_ns=now_ns, broker_order_id=r.broker_order_id, price=r.price, qty=new_total))
+            res.add(
+                owner.client_order_id,
+                Replaced(ts_ns=now_ns, broker_order_id=r.broker_order_id, price=r.price, qty=new_total),
+            )
 
     # 3. per chain: cumulative fills and how the broker closed it
     for o in local:
@@ -133,8 +182,16 @@ def reconcile(
             qty, add_value = filled - o.filled_qty, value - o.filled_value
             price = add_value // qty if add_value > 0 else (lines[-1].avg_fill_price or lines[-1].price)
             # one synthesised fill for all we missed; the state machine absorbs the late notices of it
-            res.add(coid, Fill(ts_ns=now_ns, fill_id=f"recon:{lines[-1].broker_order_id}:{filled}", qty=qty, price=price,
-                               broker_order_id=lines[-1].broker_order_id))
+            res.add(
+                coid,
+                Fill(
+                    ts_ns=now_ns,
+                    fill_id=f"recon:{lines[-1].broker_order_id}:{filled}",
+                    qty=qty,
+                    price=price,
+                    broker_order_id=lines[-1].broker_order_id,
+                ),
+            )
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
         elif filled < o.filled_qty:
             _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
@@ -148,8 +205,12 @@ def reconcile(
         open_here = o.state in OPEN or reopened or any(isinstance(e, Accept) for e in pending)
         if open_here and latest.remaining_qty == 0 and filled < total_qty:
             if latest.rejected_qty and not filled:
-                res.add(coid, Reject(ts_ns=now_ns, code=ErrorCode.BROKER_REJECTED.value, reason="rejected at the exchange"))
-            elif latest.cancelled_qty or any(by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]):
+                res.add(
+                    coid, Reject(ts_ns=now_ns, code=ErrorCode.BROKER_REJECTED.value, reason="rejected at the exchange")
+                )
+            elif latest.cancelled_qty or any(
+                by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]
+            ):
                 res.add(coid, Cancelled(ts_ns=now_ns))
             else:
                 res.add(coid, Expire(ts_ns=now_ns))
@@ -179,11 +240,22 @@ def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, 
         if not r.from_notice or r.live_qty <= 0 or now_ns - r.ts_ns < grace_ns:
             continue
         q = min(due, r.live_qty)
-        res.add(coid, ReverseFill(ts_ns=now_ns, fill_id=r.fill_id, qty=q,
-                                  reason=f"the broker's order list does not have this fill ({FILL_NOT_AT_BROKER})"))
-        res.alerts.append(f"{coid}: the broker has {broker_filled} filled, we booked {o.filled_qty}: "
-                          f"{q} of fill {r.fill_id} taken back (not at the broker)")
+        res.add(
+            coid,
+            ReverseFill(
+                ts_ns=now_ns,
+                fill_id=r.fill_id,
+                qty=q,
+                reason=f"the broker's order list does not have this fill ({FILL_NOT_AT_BROKER})",
+            ),
+        )
+        res.alerts.append(
+            f"{coid}: the broker has {broker_filled} filled, we booked {o.filled_qty}: "
+            f"{q} of fill {r.fill_id} taken back (not at the broker)"
+        )
         due -= q
     if due > 0:
-        res.alerts.append(f"{coid}: we count {o.filled_qty} filled, the broker {broker_filled}; {due} cannot be "
-                          "matched to a notice fill (left as is: check)")
+        res.alerts.append(
+            f"{coid}: we count {o.filled_qty} filled, the broker {broker_filled}; {due} cannot be "
+            "matched to a notice fill (left as is: check)"
+        )

@@ -34,8 +34,15 @@ class AccountView(Protocol):
 
 
 class Reconciler:
-    def __init__(self, book: OrderBook, notices: NoticeRouter, broker: AccountView, alert: Callable[[str], None],
-                 unknown_grace_ns: int = 600_000_000_000, fill_grace_ns: int = 60_000_000_000) -> None:
+    def __init__(
+        self,
+        book: OrderBook,
+        notices: NoticeRouter,
+        broker: AccountView,
+        alert: Callable[[str], None],
+        unknown_grace_ns: int = 600_000_000_000,
+        fill_grace_ns: int = 60_000_000_000,
+    ) -> None:
         self.book = book
         self.notices = notices
         self.broker = broker
@@ -71,8 +78,9 @@ class Reconciler:
         reports = await self.broker.order_reports(today)
         virtual = book.portfolio.virtual
         local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
-        res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
-                        fill_grace_ns=self.fill_grace_ns)
+        res = reconcile(
+            local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns, fill_grace_ns=self.fill_grace_ns
+        )
         self._apply(res)
         for r in res.external:
             try:
@@ -90,8 +98,14 @@ class Reconciler:
         self.last = (book.now_ns(), reason, len(res.alerts))
         for text in res.alerts:
             self.alert(f"reconcile ({reason}): {text}")
-        log.info("reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts", reason, len(reports),
-                 len(res.events), len(res.external), len(res.alerts))
+        log.info(
+            "reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts",
+            reason,
+            len(reports),
+            len(res.events),
+            len(res.external),
+            len(res.alerts),
+        )
         if first:
             for fn in self.on_synced:
                 fn()
@@ -128,8 +142,9 @@ class Reconciler:
             book = self.book
             reports = await self.broker.order_reports(book.clock.now().date())
             local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
-            res = reconcile(local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns,
-                            fill_grace_ns=self.fill_grace_ns)
+            res = reconcile(
+                local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns, fill_grace_ns=self.fill_grace_ns
+            )
             res.events = {c: evs for c, evs in res.events.items() if c in coids}
             self._apply(res)
             self.resolves += 1
@@ -166,17 +181,35 @@ class Reconciler:
         if coid in book.orders:
             return
         ts = book.now_ns()
-        o = Order(client_order_id=coid, agent=EXTERNAL_AGENT, code=r.code, side=r.side, qty=r.qty, price=r.price,
-                  state=OrderState.PENDING_SUBMIT, created_ns=ts, updated_ns=ts)
+        o = Order(
+            client_order_id=coid,
+            agent=EXTERNAL_AGENT,
+            code=r.code,
+            side=r.side,
+            qty=r.qty,
+            price=r.price,
+            state=OrderState.PENDING_SUBMIT,
+            created_ns=ts,
+            updated_ns=ts,
+        )
         book.commit(o, Accept(ts_ns=ts, broker_order_id=r.broker_order_id, org_no=r.org_no), day=day)
         book.by_broker_id[r.broker_order_id] = coid
         if r.filled_qty:
-            book.apply_fill(coid, Fill(ts_ns=ts, fill_id=f"recon:{r.broker_order_id}:{r.filled_qty}", qty=r.filled_qty,
-                                       price=r.filled_value // r.filled_qty if r.filled_value else r.price,
-                                       broker_order_id=r.broker_order_id))
+            book.apply_fill(
+                coid,
+                Fill(
+                    ts_ns=ts,
+                    fill_id=f"recon:{r.broker_order_id}:{r.filled_qty}",
+                    qty=r.filled_qty,
+                    price=r.filled_value // r.filled_qty if r.filled_value else r.price,
+                    broker_order_id=r.broker_order_id,
+                ),
+            )
         if r.remaining_qty == 0 and book.orders[coid].is_open:
             book.try_apply(coid, Cancelled(ts_ns=ts) if r.cancelled_qty else Expire(ts_ns=ts))
-        self.alert(f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)")
+        self.alert(
+            f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)"
+        )
 
     def _check_positions(self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None) -> list[str]:
         """The account's holdings against the books. Shares the books hold from fills the broker's list
@@ -199,22 +232,30 @@ class Reconciler:
             theirs = broker[code].qty if code in broker else 0
             diff = theirs - ours.get(code, 0)
             if diff and unconfirmed.get(code):
-                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0) + unconfirmed[code]} of which "
-                              f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting")
+                alerts.append(
+                    f"{code}: account holds {theirs}, books have {ours.get(code, 0) + unconfirmed[code]} of which "
+                    f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting"
+                )
                 continue
             if diff > 0:
                 self._unexplained[code] = diff
             if diff < 0:
                 # the books hold more than the account: an error somewhere, never papered over
-                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account")
+                alerts.append(
+                    f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account"
+                )
             elif diff and previous.get(code) == diff:
                 # The broker is authoritative for what the account holds; a difference seen twice in
                 # a row is nobody's here (held before ktrader, or traded elsewhere): external's.
                 self._adjust_external(code, diff, broker.get(code))
-                alerts.append(f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external")
+                alerts.append(
+                    f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external"
+                )
             elif diff:
-                alerts.append(f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
-                              f"if it persists (a notice may be on its way)")
+                alerts.append(
+                    f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
+                    f"if it persists (a notice may be on its way)"
+                )
         return alerts
 
     def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:

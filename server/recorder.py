@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from common.clock import KST, kst_from_ns
 from common.private import FILE_MODE, private_dir
@@ -82,8 +83,16 @@ class Recorder:
     both only append to a bytearray until a block is full. Compression and writing happen in the
     writer thread, one block after another (the compressor is one stream per file)."""
 
-    def __init__(self, data_dir: str | Path, *, retention_days: int = 30, block_bytes: int = 256 << 10,
-                 flush_s: float = 1.0, level: int = 6, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        retention_days: int = 30,
+        block_bytes: int = 256 << 10,
+        flush_s: float = 1.0,
+        level: int = 6,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.retention_days = retention_days
         self.block_bytes = block_bytes
@@ -91,8 +100,8 @@ class Recorder:
         self.level = level
         self.clock = clock
         self._buf = bytearray()
-        self._file = None  # type: ignore[var-annotated]
-        self._z: zlib._Compress | None = None  # type: ignore[name-defined]
+        self._file: BinaryIO | None = None
+        self._z: zlib._Compress | None = None
         self._day_end_ns = 0  # receive times at/after this belong to a new day's file
         self.path: Path | None = None
         self.frames = 0
@@ -157,7 +166,7 @@ class Recorder:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self._writer.submit(fn, *args)
 
-    def _write_block(self, file, z, raw: bytes, frames: int) -> None:  # type: ignore[no-untyped-def]
+    def _write_block(self, file, z, raw: bytes, frames: int) -> None:
         """In the writer thread."""
         try:
             out = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
@@ -171,7 +180,7 @@ class Recorder:
         self.written_bytes += len(out)
         self.frames_written = frames
 
-    def _close_file(self, file, z) -> None:  # type: ignore[no-untyped-def]
+    def _close_file(self, file, z) -> None:
         """In the writer thread, after the file's last block."""
         try:
             file.write(z.flush(zlib.Z_FINISH))
@@ -279,7 +288,7 @@ def iter_file(path: Path, stats: FileStats | None = None) -> Iterator[Frame]:
                     break
                 st.frames += 1
                 st.raw_bytes += REC.size + length
-                yield Frame(ns, FrameKind(kind), bytes(pending[pos + REC.size:end]))
+                yield Frame(ns, FrameKind(kind), bytes(pending[pos + REC.size : end]))
                 pos = end
             if pos:
                 del pending[:pos]

@@ -48,12 +48,21 @@ class Registry:
         self.agents: dict[str, AgentRecord] = {}
         self._by_route: dict[bytes, str] = {}
 
-    def register(self, card: AgentCard, routing_id: bytes, session: str, pid: int, host: str) -> tuple[str, AgentRecord]:
+    def register(
+        self, card: AgentCard, routing_id: bytes, session: str, pid: int, host: str
+    ) -> tuple[str, AgentRecord]:
         now = self.clock()
         rec = self.agents.get(card.id)
         if rec is None:
-            rec = AgentRecord(card=card, routing_id=routing_id, session=session, pid=pid, host=host, last_seen=now,
-                              codes=list(card.codes))
+            rec = AgentRecord(
+                card=card,
+                routing_id=routing_id,
+                session=session,
+                pid=pid,
+                host=host,
+                last_seen=now,
+                codes=list(card.codes),
+            )
             self.agents[card.id] = rec
             self._by_route[routing_id] = card.id
             return RegisterOutcome.NEW, rec

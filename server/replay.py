@@ -32,9 +32,23 @@ from common.clock import kst_from_ns, now_kst
 from common.krx import Phase
 from common.enums import SessionState
 from kis.port import (
-    BrokerPort, Capability,
-    BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, MarketClock, MarketKind, SessionChange, SubscriptionResult, Trade,
+    BrokerPort,
+    Capability,
+    BrokerAccount,
+    BrokerAck,
+    BrokerCancel,
+    BrokerEvent,
+    BrokerModify,
+    BrokerNotice,
+    BrokerOrder,
+    BrokerOrderReport,
+    BrokerPosition,
+    BrokerRejected,
+    MarketClock,
+    MarketKind,
+    SessionChange,
+    SubscriptionResult,
+    Trade,
 )
 from kis.realtime import NOTICE_TRS, TR_TRADES, FrameError, FrameParser, parse_control
 from server.recorder import FrameKind, RecordingError, day_files, iter_frames, parse_day
@@ -81,8 +95,16 @@ class ReplayBroker(BrokerPort):
     # by the recording's clock; recording a replay gives back the recorded frames and marks
     capabilities = frozenset({Capability.CLOCK_MARKS, Capability.MARKET_CLOCK, Capability.FRAME_HOOK})
 
-    def __init__(self, run_dir: str | Path, day: str | dt.date, *, speed: float = 1.0, wait_s: float = 300.0,
-                 gate: Callable[[], bool] | None = None, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        day: str | dt.date,
+        *,
+        speed: float = 1.0,
+        wait_s: float = 300.0,
+        gate: Callable[[], bool] | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.day = parse_day(day)
         self.speed = speed
@@ -107,7 +129,9 @@ class ReplayBroker(BrokerPort):
     def session_state(self) -> SessionState:
         return self._state
 
-    def set_frame_hook(self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None) -> None:
+    def set_frame_hook(
+        self, on_frame: Callable[[bytes], None] | None, on_plain: Callable[[str], None] | None = None
+    ) -> None:
         """Recording a replay gives back the recorded frames (what the byte-identity test compares)."""
         self.on_frame = on_frame
         self.parser.on_plain = on_plain
@@ -149,7 +173,9 @@ class ReplayBroker(BrokerPort):
         deadline = loop.time() + self.wait_s
         while not self.gate():  # start-up only, not per frame
             if loop.time() >= deadline:
-                log.warning("replay: not every recorded code has a subscriber after %.0fs; starting anyway", self.wait_s)
+                log.warning(
+                    "replay: not every recorded code has a subscriber after %.0fs; starting anyway", self.wait_s
+                )
                 return
             await asyncio.sleep(0.02)
 
@@ -263,7 +289,9 @@ class ReplayBroker(BrokerPort):
             yield await self._events.get()
 
 
-async def run_replay_gateway(cfg: object, source_run_dir: Path, day: str | dt.date, speed: float, wait_s: float) -> None:
+async def run_replay_gateway(
+    cfg: object, source_run_dir: Path, day: str | dt.date, speed: float, wait_s: float
+) -> None:
     """A gateway (runtime folder `cfg.run_dir`) on a ReplayBroker of `source_run_dir`'s recording."""
     from common.schema import trade_topic
     from server.gateway import Gateway

@@ -25,8 +25,19 @@ from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
 from common.risk_rules import (
-    HELD_TIFS, AccountExposure, Check, Denial, Exposure, Mandate, MarketView, RateWindow, check_order, drawdown_bp,
-    pct_bp, scale_krw, scaled,
+    HELD_TIFS,
+    AccountExposure,
+    Check,
+    Denial,
+    Exposure,
+    Mandate,
+    MarketView,
+    RateWindow,
+    check_order,
+    drawdown_bp,
+    pct_bp,
+    scale_krw,
+    scaled,
 )
 from common.schema import NewOrder
 from server.equity import ACCOUNT, Peaks
@@ -40,9 +51,12 @@ _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALT
 MULTIPLIER_KEY = "risk_multiplier"
 # a denial by one of these limits must reach a person (once a minute per agent and limit)
 LIMIT_ALERTS = {
-    ErrorCode.DENIED_GROSS_EXPOSURE: AlertKind.GROSS_EXPOSURE, ErrorCode.DENIED_MAX_POSITIONS: AlertKind.MAX_POSITIONS,
-    ErrorCode.DENIED_CONCENTRATION: AlertKind.CONCENTRATION, ErrorCode.DENIED_SECTOR: AlertKind.SECTOR_EXPOSURE,
-    ErrorCode.DENIED_DRAWDOWN: AlertKind.DRAWDOWN, ErrorCode.DENIED_CASH_RESERVE: AlertKind.CASH_RESERVE,
+    ErrorCode.DENIED_GROSS_EXPOSURE: AlertKind.GROSS_EXPOSURE,
+    ErrorCode.DENIED_MAX_POSITIONS: AlertKind.MAX_POSITIONS,
+    ErrorCode.DENIED_CONCENTRATION: AlertKind.CONCENTRATION,
+    ErrorCode.DENIED_SECTOR: AlertKind.SECTOR_EXPOSURE,
+    ErrorCode.DENIED_DRAWDOWN: AlertKind.DRAWDOWN,
+    ErrorCode.DENIED_CASH_RESERVE: AlertKind.CASH_RESERVE,
 }
 _ALERT_EVERY_NS = 60_000_000_000
 
@@ -55,9 +69,17 @@ def worst(*states: TradingState) -> TradingState:
 
 
 class RiskGate:
-    def __init__(self, limits: RiskLimits, store: Store, portfolio: Portfolio, clock: MarketClock,
-                 publish: Publish | None = None, alert: Callable[..., None] | None = None,
-                 kill_errors: int = 0, kill_window_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        limits: RiskLimits,
+        store: Store,
+        portfolio: Portfolio,
+        clock: MarketClock,
+        publish: Publish | None = None,
+        alert: Callable[..., None] | None = None,
+        kill_errors: int = 0,
+        kill_window_s: float = 60.0,
+    ) -> None:
         self.limits = limits  # across the account
         self.store = store
         self.portfolio = portfolio
@@ -126,9 +148,16 @@ class RiskGate:
     def _mandate(self, card: AgentCard, agent_state: TradingState) -> Mandate:
         codes = frozenset(card.codes) | self.extra_codes.get(card.id, frozenset())
         f = self.multiplier
-        return Mandate(agent_limits=scaled(card.risk, f), account_limits=self.limits, budget=scale_krw(card.budget, f),
-                       codes=codes, listed=self.known_codes, listed_source=self.master_source,
-                       gateway_state=self.global_state, agent_state=agent_state)
+        return Mandate(
+            agent_limits=scaled(card.risk, f),
+            account_limits=self.limits,
+            budget=scale_krw(card.budget, f),
+            codes=codes,
+            listed=self.known_codes,
+            listed_source=self.master_source,
+            gateway_state=self.global_state,
+            agent_state=agent_state,
+        )
 
     def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
         p = self.portfolio
@@ -145,11 +174,25 @@ class RiskGate:
 
     def _market(self, code: str, session: SessionView) -> MarketView:
         p = self.portfolio
-        return MarketView(session=session[0], session_detail=session[1], phase=self.clock.phase(),
-                          base_price=p.base_prices.get(code, 0), kind=p.kind(code), board=p.board(code), rules=p.rules)
+        return MarketView(
+            session=session[0],
+            session_detail=session[1],
+            phase=self.clock.phase(),
+            base_price=p.base_prices.get(code, 0),
+            kind=p.kind(code),
+            board=p.board(code),
+            rules=p.rules,
+        )
 
-    def check(self, card: AgentCard, order: NewOrder, session: SessionView, *, shadow: bool = False,
-              explain: list[Check] | None = None) -> Denial | None:
+    def check(
+        self,
+        card: AgentCard,
+        order: NewOrder,
+        session: SessionView,
+        *,
+        shadow: bool = False,
+        explain: list[Check] | None = None,
+    ) -> Denial | None:
         """A new order; on success it counts in the order rate (not when only explained)."""
         exp, account = self._exposures(card, order.code, shadow)
         now = market_ns(self.clock) / 1e9
@@ -157,10 +200,20 @@ class RiskGate:
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
         # the end-of-day clean-up restricts today's session, not orders for the next one
         state = self.agent_state(card.id) if order.tif in HELD_TIFS else self.effective(card.id)
-        denial = check_order(code=order.code, side=order.side, qty=order.qty, price=order.price,
-                             order_type=order.order_type, tif=order.tif, mandate=self._mandate(card, state),
-                             market=self._market(order.code, session), exp=exp, account=account,
-                             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)), explain=explain)
+        denial = check_order(
+            code=order.code,
+            side=order.side,
+            qty=order.qty,
+            price=order.price,
+            order_type=order.order_type,
+            tif=order.tif,
+            mandate=self._mandate(card, state),
+            market=self._market(order.code, session),
+            exp=exp,
+            account=account,
+            rates=(agent_win.count(now), 0 if shadow else account_win.count(now)),
+            explain=explain,
+        )
         if explain is not None:
             return denial
         if denial is None:
@@ -176,7 +229,9 @@ class RiskGate:
         key = (agent, denial[0])
         if now - self._alerted.get(key, -_ALERT_EVERY_NS) >= _ALERT_EVERY_NS:
             self._alerted[key] = now
-            self.alert(f"{agent}: order denied: {denial[0].value}: {denial[1]}", kind=LIMIT_ALERTS[denial[0]], agent=agent)
+            self.alert(
+                f"{agent}: order denied: {denial[0].value}: {denial[1]}", kind=LIMIT_ALERTS[denial[0]], agent=agent
+            )
 
     def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
         """A revise must pass as if new, with the order's own reservation released."""
@@ -195,9 +250,18 @@ class RiskGate:
                 account.free_cash += held
         else:
             exp.sellable_qty += o.remaining
-        return check_order(code=o.code, side=o.side, qty=o.remaining, price=price, order_type=o.order_type,
-                           tif=o.tif, mandate=self._mandate(card, self.effective(card.id)),
-                           market=self._market(o.code, session), exp=exp, account=account)
+        return check_order(
+            code=o.code,
+            side=o.side,
+            qty=o.remaining,
+            price=price,
+            order_type=o.order_type,
+            tif=o.tif,
+            mandate=self._mandate(card, self.effective(card.id)),
+            market=self._market(o.code, session),
+            exp=exp,
+            account=account,
+        )
 
     # ---- automatic transitions ---------------------------------------------------------------------
 
@@ -217,19 +281,31 @@ class RiskGate:
             limit = card.risk.max_daily_loss
             pnl = p.day_pnl(card.id)
             if limit and self.agent_state(card.id) is TradingState.ACTIVE and -pnl >= limit:
-                self.set_state(card.id, TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
-                               why=f"{card.id}: day P&L {pnl:,} breached the loss limit {limit:,}: reducing only")
+                self.set_state(
+                    card.id,
+                    TradingState.REDUCING,
+                    automatic=AlertKind.DAILY_LOSS,
+                    why=f"{card.id}: day P&L {pnl:,} breached the loss limit {limit:,}: reducing only",
+                )
         self._drawdowns(cards)
         limit = self.limits.max_daily_loss
         if limit and self.global_state is TradingState.ACTIVE and -(pnl := p.account_day_pnl()) >= limit:
-            self.set_state("", TradingState.REDUCING, automatic=AlertKind.DAILY_LOSS,
-                           why=f"account day P&L {pnl:,} breached the gateway's loss limit {limit:,}: reducing only")
+            self.set_state(
+                "",
+                TradingState.REDUCING,
+                automatic=AlertKind.DAILY_LOSS,
+                why=f"account day P&L {pnl:,} breached the gateway's loss limit {limit:,}: reducing only",
+            )
         if self.kill_errors and self.global_state is not TradingState.HALTED:
             n = self.recent_broker_errors()
             if n >= self.kill_errors:
-                self.set_state("", TradingState.HALTED, automatic=AlertKind.KILL_SWITCH,
-                               why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: trading halted (cancels only)")
-
+                self.set_state(
+                    "",
+                    TradingState.HALTED,
+                    automatic=AlertKind.KILL_SWITCH,
+                    why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: "
+                    "trading halted (cancels only)",
+                )
 
     def _drawdowns(self, cards: list[AgentCard]) -> None:
         """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the
@@ -237,7 +313,8 @@ class RiskGate:
         p, peaks = self.portfolio, self.peaks
         peaks.roll(market_day(self.clock))
         scopes: list[tuple[str, str, RiskLimits, int]] = [
-            (card.id, card.id, card.risk, p.agent_equity(card.id, card.budget)) for card in cards if card.budget]
+            (card.id, card.id, card.risk, p.agent_equity(card.id, card.budget)) for card in cards if card.budget
+        ]
         equity = p.equity()
         if equity is not None:
             scopes.append((ACCOUNT, "", self.limits, equity))
@@ -250,13 +327,24 @@ class RiskGate:
             who = agent or "account"
             state = self.states.get(agent or GLOBAL, TradingState.ACTIVE)
             halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)
-            text = f"{who} equity {eq:,} is {dd / 100:.2f} % below its {lim.drawdown_peak.value.replace('_', '-')} peak {peak:,}"
+            text = (
+                f"{who} equity {eq:,} is {dd / 100:.2f} % below its {lim.drawdown_peak.value.replace('_', '-')} "
+                f"peak {peak:,}"
+            )
             if halt and dd >= halt and state is not TradingState.HALTED:
-                self.set_state(agent, TradingState.HALTED, automatic=AlertKind.DRAWDOWN,
-                               why=f"{text} (limit {lim.halt_drawdown_pct:g} %): halted, cancels only")
+                self.set_state(
+                    agent,
+                    TradingState.HALTED,
+                    automatic=AlertKind.DRAWDOWN,
+                    why=f"{text} (limit {lim.halt_drawdown_pct:g} %): halted, cancels only",
+                )
             elif reduce and dd >= reduce and state is TradingState.ACTIVE:
-                self.set_state(agent, TradingState.REDUCING, automatic=AlertKind.DRAWDOWN,
-                               why=f"{text} (limit {lim.max_drawdown_pct:g} %): reducing only")
+                self.set_state(
+                    agent,
+                    TradingState.REDUCING,
+                    automatic=AlertKind.DRAWDOWN,
+                    why=f"{text} (limit {lim.max_drawdown_pct:g} %): reducing only",
+                )
         peaks.save(market_ns(self.clock))
 
     def reset_peak(self, agent: str, card: AgentCard | None) -> int:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -41,8 +41,14 @@ AgentHandler = Callable[[AgentRecord, bytes, Any], Message | None]
 
 
 class Router:
-    def __init__(self, codec: Codec, headers: HeaderFactory, registry: Registry, counters: Counter[str],
-                 hold: Callable[[Callable[[], None]], None] | None = None) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        headers: HeaderFactory,
+        registry: Registry,
+        counters: Counter[str],
+        hold: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         """`hold(send)`: run `send` once what the gateway wrote so far is durable (the store's group
         commit): a reply or an event never tells a peer something a crash could still undo."""
         self.hold = hold
@@ -78,8 +84,13 @@ class Router:
 
     # ---- socket ------------------------------------------------------------------------------------
 
-    def bind(self, ctx: zmq.Context, endpoint: str, max_frame_bytes: int,
-             secure: Callable[[zmq.Socket, str], None] | None = None) -> None:
+    def bind(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        max_frame_bytes: int,
+        secure: Callable[[zmq.Socket, str], None] | None = None,
+    ) -> None:
         """`secure(sock, endpoint)` runs before the bind (CURVE on network endpoints, server/zap.py)."""
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -98,11 +109,11 @@ class Router:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.sock is not None
-        loop.add_reader(self.sock.getsockopt(zmq.FD), self.drain)
+        loop.add_reader(self.sock.fileno(), self.drain)
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.sock is not None:
-            loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            loop.remove_reader(self.sock.fileno())
             self.sock.close(0)
             self.sock = None
 
@@ -115,7 +126,7 @@ class Router:
         sock = self.sock
         if sock is None:
             return
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=not self._zap)
             except zmq.Again:
@@ -155,8 +166,14 @@ class Router:
         if self._zap and peer_key != signer:
             # a credential used on another principal's connection (a copied secret): refused
             self.counters["bad_credential_on_wrong_key"] += 1
-            self.reply(route, Error(h=self.headers(msg.h.mid), code=ErrorCode.FORBIDDEN,
-                                    message=f"signed by {signer!r} on a connection authenticated as {peer_key!r}"))
+            self.reply(
+                route,
+                Error(
+                    h=self.headers(msg.h.mid),
+                    code=ErrorCode.FORBIDDEN,
+                    message=f"signed by {signer!r} on a connection authenticated as {peer_key!r}",
+                ),
+            )
             return
         self.counters["messages"] += 1
         self.dispatch(route, msg, signer)
@@ -172,7 +189,9 @@ class Router:
         if signer == OPERATOR:
             fn = self._tools.get(t) or self._open.get(t)
             if fn is None:
-                refuse(ErrorCode.UNSUPPORTED, f"{t.__name__} is an agent's request (sign it with that agent's credential)")
+                refuse(
+                    ErrorCode.UNSUPPORTED, f"{t.__name__} is an agent's request (sign it with that agent's credential)"
+                )
                 return
             out = fn(route, msg)
             if out is not None:
@@ -189,14 +208,22 @@ class Router:
             return
         if t not in self._agents:
             if t in self._tools:
-                refuse(ErrorCode.FORBIDDEN, f"{t.__name__} needs the operator's credential (an agent acts only on itself)")
+                refuse(
+                    ErrorCode.FORBIDDEN, f"{t.__name__} needs the operator's credential (an agent acts only on itself)"
+                )
             else:
                 refuse(ErrorCode.UNSUPPORTED, f"{t.__name__} is not a request the gateway serves")
             return
         rec = self.registry.by_route(route)
         if rec is None or rec.session != h.sid:
-            self.reply(route, Error(h=self.headers(h.mid), code=ErrorCode.NOT_REGISTERED,
-                                    message="register first (or your lease was taken over by a newer session)"))
+            self.reply(
+                route,
+                Error(
+                    h=self.headers(h.mid),
+                    code=ErrorCode.NOT_REGISTERED,
+                    message="register first (or your lease was taken over by a newer session)",
+                ),
+            )
             return
         if rec.id != signer:
             refuse(ErrorCode.WRONG_AGENT, f"this connection is registered as {rec.id!r}")
@@ -212,7 +239,11 @@ class Router:
         """Send `msg` to `route` once what it may report is durable (True: sent or held for that)."""
         if self.hold is None:
             return self._send(route, msg)
-        self.hold(lambda: self._send(route, msg) and None)
+
+        def send() -> None:
+            self._send(route, msg)
+
+        self.hold(send)
         return True
 
     def _send(self, route: bytes, msg: Message) -> bool:

@@ -35,10 +35,24 @@ from typing import Protocol
 from common.enums import TimeInForce
 from common.errors import ErrorCode
 from common.orders import (
-    AMEND_UNKNOWN, Accept, CancelRefused, MarkUnknown, Order, OrderState, Reject, Replaced, ReplaceRefused,
+    AMEND_UNKNOWN,
+    Accept,
+    CancelRefused,
+    MarkUnknown,
+    Order,
+    OrderState,
+    Reject,
+    Replaced,
+    ReplaceRefused,
 )
 from kis.port import (
-    BrokerAck, BrokerCancel, BrokerError, BrokerModify, BrokerOrder, BrokerRejected, BrokerUnknownOutcome,
+    BrokerAck,
+    BrokerCancel,
+    BrokerError,
+    BrokerModify,
+    BrokerOrder,
+    BrokerRejected,
+    BrokerUnknownOutcome,
 )
 from server.notices import NoticeRouter
 from server.order_book import OrderBook
@@ -89,14 +103,30 @@ class Job:
 def broker_order(o: Order) -> BrokerOrder:
     # a next-session order is a day order once its session takes it
     tif = TimeInForce.DAY if o.tif is TimeInForce.NEXT_SESSION else o.tif
-    return BrokerOrder(client_order_id=o.client_order_id, code=o.code, side=o.side, qty=o.qty, price=o.price,
-                       order_type=o.order_type, tif=tif)
+    return BrokerOrder(
+        client_order_id=o.client_order_id,
+        code=o.code,
+        side=o.side,
+        qty=o.qty,
+        price=o.price,
+        order_type=o.order_type,
+        tif=tif,
+    )
 
 
 class SendQueue:
-    def __init__(self, book: OrderBook, notices: NoticeRouter, venue: Execution,
-                 on_broker_error: Callable[[int], None], *, max_send_wait_ns: int = 5_000_000_000,
-                 workers: int = DEFAULT_WORKERS, name: str = "broker", learn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        book: OrderBook,
+        notices: NoticeRouter,
+        venue: Execution,
+        on_broker_error: Callable[[int], None],
+        *,
+        max_send_wait_ns: int = 5_000_000_000,
+        workers: int = DEFAULT_WORKERS,
+        name: str = "broker",
+        learn: Callable[[str], None] | None = None,
+    ) -> None:
         self.book = book
         self.notices = notices
         self.venue = venue
@@ -162,8 +192,9 @@ class SendQueue:
             while self._started and len(self._running) < self.workers and self._heap:
                 job = self.take()
                 assert job is not None
-                task = asyncio.get_running_loop().create_task(self.run(job, self._safe_begin(job)),
-                                                              name=f"send-{self.name}-{job.call}")
+                task = asyncio.get_running_loop().create_task(
+                    self.run(job, self._safe_begin(job)), name=f"send-{self.name}-{job.call}"
+                )
                 self._running.add(task)
                 task.add_done_callback(self._slot_free)
         finally:
@@ -209,23 +240,50 @@ class SendQueue:
         if job.call is Call.SUBMIT:
             return self._begin_submit(o, job)
         if job.call is Call.CANCEL:
-            req = BrokerCancel(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
-                               code=o.code, qty=o.remaining)
-            self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.CANCEL.value,
-                            odno=o.broker_order_id, qty=o.remaining)
+            req = BrokerCancel(
+                client_order_id=o.client_order_id,
+                broker_order_id=o.broker_order_id,
+                org_no=o.org_no,
+                code=o.code,
+                qty=o.remaining,
+            )
+            self.book.trace(
+                o.client_order_id,
+                "broker.request",
+                durable=True,
+                call=Call.CANCEL.value,
+                odno=o.broker_order_id,
+                qty=o.remaining,
+            )
             return lambda: self._amend(o, Call.CANCEL, lambda: self.venue.cancel(req), CancelRefused)
-        mreq = BrokerModify(client_order_id=o.client_order_id, broker_order_id=o.broker_order_id, org_no=o.org_no,
-                            code=o.code, qty=job.qty - o.filled_qty, price=job.price, all_qty=True)
-        self.book.trace(o.client_order_id, "broker.request", durable=True, call=Call.MODIFY.value,
-                        odno=o.broker_order_id, price=job.price, qty=job.qty)
+        mreq = BrokerModify(
+            client_order_id=o.client_order_id,
+            broker_order_id=o.broker_order_id,
+            org_no=o.org_no,
+            code=o.code,
+            qty=job.qty - o.filled_qty,
+            price=job.price,
+            all_qty=True,
+        )
+        self.book.trace(
+            o.client_order_id,
+            "broker.request",
+            durable=True,
+            call=Call.MODIFY.value,
+            odno=o.broker_order_id,
+            price=job.price,
+            qty=job.qty,
+        )
         return lambda: self._modify(o, job, mreq)
 
     async def _modify(self, o: Order, job: Job, mreq: BrokerModify) -> None:
         book = self.book
         ack = await self._amend(o, Call.MODIFY, lambda: self.venue.modify(mreq), ReplaceRefused)
         if ack is not None:
-            book.try_apply(o.client_order_id, Replaced(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id,
-                                                       price=job.price, qty=job.qty))
+            book.try_apply(
+                o.client_order_id,
+                Replaced(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id, price=job.price, qty=job.qty),
+            )
             self.notices.drain(ack.broker_order_id)
 
     def _begin_submit(self, o: Order, job: Job) -> Rest | None:
@@ -239,12 +297,28 @@ class SendQueue:
         if self.max_send_wait_ns and waited > self.max_send_wait_ns:
             # never sent, so safe to refuse; a late order would trade on a stale decision
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, waited_ms=waited // 1_000_000)
-            book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.BROKER_BUSY.value,
-                                        reason=f"not sent: queued {waited / 1e9:.1f}s for the broker"))
+            book.try_apply(
+                coid,
+                Reject(
+                    ts_ns=book.now_ns(),
+                    code=ErrorCode.BROKER_BUSY.value,
+                    reason=f"not sent: queued {waited / 1e9:.1f}s for the broker",
+                ),
+            )
             return None
         req = broker_order(o)
-        book.trace(coid, "broker.request", durable=True, call=Call.SUBMIT.value, code=o.code, side=o.side.value,
-                   qty=o.qty, price=o.price, order_type=o.order_type.value, tif=req.tif.value)
+        book.trace(
+            coid,
+            "broker.request",
+            durable=True,
+            call=Call.SUBMIT.value,
+            code=o.code,
+            side=o.side.value,
+            qty=o.qty,
+            price=o.price,
+            order_type=o.order_type.value,
+            tif=req.tif.value,
+        )
         return lambda: self._send_submit(o, req)
 
     async def _send_submit(self, o: Order, req: BrokerOrder) -> None:
@@ -254,10 +328,14 @@ class SendQueue:
         try:
             ack = await self.venue.submit(req)
         except BrokerError as e:
-            book.trace(coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message)
+            book.trace(
+                coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
+            )
             self._submit_failed(o, e)
             return
-        book.trace(coid, "broker.ack", call=Call.SUBMIT.value, odno=ack.broker_order_id, org_no=ack.org_no, time=ack.time)
+        book.trace(
+            coid, "broker.ack", call=Call.SUBMIT.value, odno=ack.broker_order_id, org_no=ack.org_no, time=ack.time
+        )
         book.by_broker_id[ack.broker_order_id] = coid
         book.try_apply(coid, Accept(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id, org_no=ack.org_no))
         self.notices.drain(ack.broker_order_id)
@@ -269,14 +347,21 @@ class SendQueue:
             # maybe placed: never resend; reconciliation and the notice stream will tell
             book.try_apply(o.client_order_id, MarkUnknown(ts_ns=ts, reason=str(e)))
         elif isinstance(e, BrokerRejected):
-            book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value,
-                                                     reason=f"{e.code} {e.message}".strip()))
+            book.try_apply(
+                o.client_order_id,
+                Reject(ts_ns=ts, code=ErrorCode.BROKER_REJECTED.value, reason=f"{e.code} {e.message}".strip()),
+            )
         else:
             # the request surely did not reach the broker (temporary, auth): nothing was placed
             book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.BROKER_ERROR.value, reason=str(e)))
 
-    async def _amend(self, o: Order, call: Call, request: Callable[[], Awaitable[BrokerAck]],
-                     refused: type[CancelRefused | ReplaceRefused]) -> BrokerAck | None:
+    async def _amend(
+        self,
+        o: Order,
+        call: Call,
+        request: Callable[[], Awaitable[BrokerAck]],
+        refused: type[CancelRefused | ReplaceRefused],
+    ) -> BrokerAck | None:
         """A cancel or revise at the broker (its request traced by `_begin`): acked → the new ODNO is
         ours; unknown outcome, or a cancel refused at this number → in doubt (the chain repair
         decides); any other refusal → back to resting with the reason."""
@@ -291,12 +376,20 @@ class SendQueue:
                 book.try_apply(coid, refused(ts_ns=ts, code=e.code, reason=str(e)))
             elif isinstance(e, BrokerUnknownOutcome):
                 # it may have reached the broker: in doubt until notices or the order list say
-                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN, reason=f"{call.value} outcome unknown: {e}"))
+                book.try_apply(
+                    coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN, reason=f"{call.value} outcome unknown: {e}")
+                )
             elif isinstance(e, BrokerRejected) and call is Call.CANCEL:
                 # nothing to cancel at this number: filled, cancelled, or moved by a revise we did not
                 # see; the repair reads the order list and cancels the live line
-                book.try_apply(coid, MarkUnknown(ts_ns=ts, code=AMEND_UNKNOWN,
-                                                 reason=f"cancel refused at {o.broker_order_id} ({e}): finding the live line"))
+                book.try_apply(
+                    coid,
+                    MarkUnknown(
+                        ts_ns=ts,
+                        code=AMEND_UNKNOWN,
+                        reason=f"cancel refused at {o.broker_order_id} ({e}): finding the live line",
+                    ),
+                )
             else:
                 book.try_apply(coid, refused(ts_ns=ts, code=e.code, reason=str(e)))
                 if isinstance(e, BrokerRejected):

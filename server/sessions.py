@@ -23,8 +23,20 @@ from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
 from common.market_clock import market_ns
 from common.schema import (
-    Ack, Error, EventBatch, GetEvents, GetSnapshot, Heartbeat, Message, Notice, Register, Registered, Snapshot,
-    SnapshotReply, Subscribe, Unregister,
+    Ack,
+    Error,
+    EventBatch,
+    GetEvents,
+    GetSnapshot,
+    Heartbeat,
+    Message,
+    Notice,
+    Register,
+    Registered,
+    Snapshot,
+    SnapshotReply,
+    Subscribe,
+    Unregister,
 )
 from common.views import order_view
 from kis.port import MarketKind
@@ -43,12 +55,24 @@ Publish = Callable[[SystemEventKind, str, str], None]
 
 
 class AgentSessions:
-    def __init__(self, registry: Registry, book: OrderBook, desk: OrderDesk, risk: RiskGate,
-                 subs: SubscriptionManager, headers: Any, publish: Publish, counters: Counter[str], *,
-                 lease_s: float, heartbeat_s: float,
-                 listed: Callable[[str], bool] | None = None, listed_source: str = "",
-                 protection: ProtectionDesk | None = None,
-                 approved: Callable[[str], Approval | None] = lambda agent: None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        book: OrderBook,
+        desk: OrderDesk,
+        risk: RiskGate,
+        subs: SubscriptionManager,
+        headers: Any,
+        publish: Publish,
+        counters: Counter[str],
+        *,
+        lease_s: float,
+        heartbeat_s: float,
+        listed: Callable[[str], bool] | None = None,
+        listed_source: str = "",
+        protection: ProtectionDesk | None = None,
+        approved: Callable[[str], Approval | None] = lambda agent: None,
+    ) -> None:
         self.registry = registry
         self.book = book
         self.desk = desk
@@ -77,12 +101,19 @@ class AgentSessions:
         taken = [*numbers, *(prot.numbers_today(agent) if prot is not None else [])]
         n = 1 + max((k for k in taken if k < GATEWAY_ORDER_BASE), default=0)  # the agent's own counter
         return Snapshot(
-            agent=agent, trading_state=self.risk.effective(agent),
+            agent=agent,
+            trading_state=self.risk.effective(agent),
             open_orders=[order_view(o) for o in book.orders.values() if o.agent == agent and o.is_open],
             positions=[x for x in p.positions.get(agent, {}).values() if x.qty or x.realized_pnl or x.fees],
-            budget=rec.card.budget, reserved_cash=p.reserved_cash(agent), spent_cash=p.spent(agent),
-            last_seq=book.seq.get(agent, 0), next_order_n=n, day=book.day(), orders_today=len(numbers),
-            clock_ns=market_ns(book.clock), phase=book.clock.phase().value,
+            budget=rec.card.budget,
+            reserved_cash=p.reserved_cash(agent),
+            spent_cash=p.spent(agent),
+            last_seq=book.seq.get(agent, 0),
+            next_order_n=n,
+            day=book.day(),
+            orders_today=len(numbers),
+            clock_ns=market_ns(book.clock),
+            phase=book.clock.phase().value,
             protections=prot.of(agent) if prot is not None else [],
         )
 
@@ -91,25 +122,46 @@ class AgentSessions:
     def register(self, route: bytes, msg: Register) -> Message:
         h = msg.h
         if msg.card.id == EXTERNAL_AGENT:
-            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
-                         message=f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader")
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.BAD_CARD,
+                message=f"{EXTERNAL_AGENT!r} is reserved for orders placed outside ktrader",
+            )
         if msg.card.id != h.sender:
-            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD,
-                         message=f"card id {msg.card.id!r} differs from sender {h.sender!r}")
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.BAD_CARD,
+                message=f"card id {msg.card.id!r} differs from sender {h.sender!r}",
+            )
         approval = self.approved(msg.card.id)
         if approval is None:
             self.counters["unapproved_registrations"] += 1
-            return Error(h=self.headers(h.mid), code=ErrorCode.NOT_APPROVED, message=(
-                f"no approved card for {msg.card.id!r}: the operator approves it on the gateway's host "
-                f"(ktrader cards approve CARD)"))
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.NOT_APPROVED,
+                message=(
+                    f"no approved card for {msg.card.id!r}: the operator approves it on the gateway's host "
+                    f"(ktrader cards approve CARD)"
+                ),
+            )
         if approval.sha256 != checksum(msg.card):
             self.counters["cards_refused"] += 1
-            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=(
-                f"the card differs from the one the operator approved ({'; '.join(differences(approval.card, msg.card))}): "
-                f"the approved one stands; to change it, on the gateway's host: ktrader cards approve CARD"))
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.BAD_CARD,
+                message=(
+                    f"the card differs from the one the operator approved "
+                    f"({'; '.join(differences(approval.card, msg.card))}): "
+                    f"the approved one stands; to change it, on the gateway's host: ktrader cards approve CARD"
+                ),
+            )
         live = self.registry.agents.get(msg.card.id)
-        duplicate = (live is not None and live.session != h.sid and live.state is AgentState.ONLINE
-                     and self.registry.age(live) <= self.lease_s)
+        duplicate = (
+            live is not None
+            and live.session != h.sid
+            and live.state is AgentState.ONLINE
+            and self.registry.age(live) <= self.lease_s
+        )
         if not duplicate:
             try:  # (a duplicate's card must not switch a live agent's mode; it is refused below)
                 self.desk.set_mode(msg.card.id, msg.card.mode is AgentMode.SHADOW)
@@ -118,20 +170,33 @@ class AgentSessions:
         outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
         if outcome == RegisterOutcome.DUPLICATE:
             self.counters["duplicate_agents"] += 1
-            return Error(h=self.headers(h.mid), code=ErrorCode.DUPLICATE_AGENT, message=(
-                f"agent {rec.id!r} is already live: pid {rec.pid} on {rec.host}, "
-                f"last heartbeat {self.registry.age(rec):.1f}s ago"))
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.DUPLICATE_AGENT,
+                message=(
+                    f"agent {rec.id!r} is already live: pid {rec.pid} on {rec.host}, "
+                    f"last heartbeat {self.registry.age(rec):.1f}s ago"
+                ),
+            )
         snap = self.snapshot(rec)
         # A fresh process (last_seq 0) rebuilds from the snapshot; a running one that re-registers
         # gets what it missed, capped (it fetches the rest with GetEvents).
-        events = self.book.store.agent_events(rec.id, msg.last_seq, MAX_REPLAY) if 0 < msg.last_seq < snap.last_seq else []
+        events = (
+            self.book.store.agent_events(rec.id, msg.last_seq, MAX_REPLAY) if 0 < msg.last_seq < snap.last_seq else []
+        )
         log.info("agent %s registered (%s, pid %d, session %s)", rec.id, outcome, msg.pid, h.sid[:8])
         self.publish(SystemEventKind.AGENT_ONLINE, rec.id, outcome)
         self._subscribe_card(rec)
         for fn in self.on_registered:
             fn(rec)
-        return Registered(h=self.headers(h.mid), snapshot=snap, events=events, heartbeat_s=self.heartbeat_s,
-                          lease_s=self.lease_s, pub_endpoint=self.pub_endpoint)
+        return Registered(
+            h=self.headers(h.mid),
+            snapshot=snap,
+            events=events,
+            heartbeat_s=self.heartbeat_s,
+            lease_s=self.lease_s,
+            pub_endpoint=self.pub_endpoint,
+        )
 
     def heartbeat(self, rec: AgentRecord, route: bytes, msg: Heartbeat) -> Message:
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
@@ -160,11 +225,17 @@ class AgentSessions:
         kind = MarketKind(msg.kind)
         wanted = subs.book if kind is MarketKind.BOOK else (subs.trades or bool(subs.bars))
         if msg.code not in rec.codes or not wanted:
-            return Error(h=self.headers(h.mid), code=ErrorCode.BAD_MESSAGE,
-                         message=f"{msg.kind} {msg.code} is not among this agent's subscriptions")
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.BAD_MESSAGE,
+                message=f"{msg.kind} {msg.code} is not among this agent's subscriptions",
+            )
         if self.listed is not None and not self.listed(msg.code):
-            return Error(h=self.headers(h.mid), code=ErrorCode.DENIED_UNKNOWN_CODE,
-                         message=f"{msg.code} is not a listed code ({self.listed_source})")
+            return Error(
+                h=self.headers(h.mid),
+                code=ErrorCode.DENIED_UNKNOWN_CODE,
+                message=f"{msg.code} is not a listed code ({self.listed_source})",
+            )
         err, text = self.subs.want(rec.id, kind, msg.code)
         self.counters["resubscribe_refused" if err is not None else "resubscribe_granted"] += 1
         if err is not None:
@@ -179,8 +250,14 @@ class AgentSessions:
         kinds = ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
         for code in rec.card.codes:
             if self.listed is not None and not self.listed(code):  # no registration slot for a typo
-                self.book.notify(rec.id, Notice(level="error", text=f"{ErrorCode.DENIED_UNKNOWN_CODE.value}: {code} is not "
-                                                                    f"a listed code ({self.listed_source}): not subscribed"))
+                self.book.notify(
+                    rec.id,
+                    Notice(
+                        level="error",
+                        text=f"{ErrorCode.DENIED_UNKNOWN_CODE.value}: {code} is not "
+                        f"a listed code ({self.listed_source}): not subscribed",
+                    ),
+                )
                 continue
             for kind in kinds:
                 code_err, text = self.subs.want(rec.id, kind, code)

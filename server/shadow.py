@@ -87,10 +87,31 @@ class ShadowExecution:
                 if not line.remaining:
                     del self.resting[odno]
 
-    def _notice(self, kind: NoticeKind, odno: str, line: _Resting, *, fill_qty: int = 0, fill_price: int = 0,
-                orig: str = "", is_cancel: bool = False) -> None:
-        self.notify(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig, code=line.code,
-                                 side=line.side, order_qty=line.qty, order_price=line.price, fill_qty=fill_qty,
-                                 fill_price=fill_price, time=self._time(), is_cancel=is_cancel,
-                                 # cumulative filled: unique per line, and the same after a restart
-                                 fill_ref=f"q{line.filled}" if kind is NoticeKind.FILLED else ""))
+    def _notice(
+        self,
+        kind: NoticeKind,
+        odno: str,
+        line: _Resting,
+        *,
+        fill_qty: int = 0,
+        fill_price: int = 0,
+        orig: str = "",
+        is_cancel: bool = False,
+    ) -> None:
+        self.notify(
+            BrokerNotice(
+                kind=kind,
+                broker_order_id=odno,
+                orig_broker_order_id=orig,
+                code=line.code,
+                side=line.side,
+                order_qty=line.qty,
+                order_price=line.price,
+                fill_qty=fill_qty,
+                fill_price=fill_price,
+                time=self._time(),
+                is_cancel=is_cancel,
+                # cumulative filled: unique per line, and the same after a restart
+                fill_ref=f"q{line.filled}" if kind is NoticeKind.FILLED else "",
+            )
+        )

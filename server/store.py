@@ -40,16 +40,16 @@ SCHEMA_VERSION = 6  # v2: trace table; v3: positions.fees; v4: agent_state (agen
 _MIGRATIONS: dict[int, str] = {
     3: "ALTER TABLE positions ADD COLUMN fees INTEGER NOT NULL DEFAULT 0",
     4: "CREATE TABLE IF NOT EXISTS agent_state (agent TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
-       "ts_ns INTEGER NOT NULL, PRIMARY KEY (agent, key)) WITHOUT ROWID",
+    "ts_ns INTEGER NOT NULL, PRIMARY KEY (agent, key)) WITHOUT ROWID",
     5: "CREATE TABLE IF NOT EXISTS operator_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, "
-       "actor TEXT NOT NULL, action TEXT NOT NULL, agent TEXT NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL);"
-       "CREATE TABLE IF NOT EXISTS equity (agent TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
-       "realized INTEGER NOT NULL, fees INTEGER NOT NULL, unrealized INTEGER NOT NULL, traded_value INTEGER NOT NULL, "
-       "wins INTEGER NOT NULL, losses INTEGER NOT NULL, budget INTEGER NOT NULL, PRIMARY KEY (agent, day)) WITHOUT ROWID",
+    "actor TEXT NOT NULL, action TEXT NOT NULL, agent TEXT NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS equity (agent TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
+    "realized INTEGER NOT NULL, fees INTEGER NOT NULL, unrealized INTEGER NOT NULL, traded_value INTEGER NOT NULL, "
+    "wins INTEGER NOT NULL, losses INTEGER NOT NULL, budget INTEGER NOT NULL, PRIMARY KEY (agent, day)) WITHOUT ROWID",
     6: "CREATE TABLE IF NOT EXISTS protections (id TEXT PRIMARY KEY, agent TEXT NOT NULL, code TEXT NOT NULL, "
-       "state TEXT NOT NULL, active INTEGER NOT NULL, day TEXT NOT NULL, body BLOB NOT NULL);"
-       "CREATE INDEX IF NOT EXISTS protections_active ON protections(active);"
-       "CREATE INDEX IF NOT EXISTS protections_day ON protections(day)",
+    "state TEXT NOT NULL, active INTEGER NOT NULL, day TEXT NOT NULL, body BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS protections_active ON protections(active);"
+    "CREATE INDEX IF NOT EXISTS protections_day ON protections(day)",
 }
 
 _DDL = """
@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS trace (
 CREATE INDEX IF NOT EXISTS trace_coid ON trace(client_order_id);
 """
 
+
 class EquityRow(msgspec.Struct, frozen=True, kw_only=True):
     """One agent's day: cumulative books at the snapshot, the day's own activity (KRW)."""
 
@@ -123,8 +124,9 @@ _prot_dec = msgspec.msgpack.Decoder(Protection)
 
 
 class Store:
-    def __init__(self, path: str | Path, readonly: bool = False, *,
-                 on_failure: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, readonly: bool = False, *, on_failure: Callable[[Exception], None] | None = None
+    ) -> None:
         p = Path(path)
         self.path = p
         self._on_failure = on_failure or (lambda e: None)
@@ -142,7 +144,7 @@ class Store:
         # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA temp_store=MEMORY")
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").get
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
         with self.db:
@@ -240,9 +242,18 @@ class Store:
         self.db.execute(
             "INSERT INTO orders(client_order_id, agent, day, state, is_open, broker_order_id, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_order_id) DO UPDATE SET "
-            "day=excluded.day, state=excluded.state, is_open=excluded.is_open, broker_order_id=excluded.broker_order_id, "
+            "day=excluded.day, state=excluded.state, is_open=excluded.is_open, "
+            "broker_order_id=excluded.broker_order_id, "
             "body=excluded.body",
-            (order.client_order_id, order.agent, day, order.state.value, int(order.state in OPEN), order.broker_order_id, _enc.encode(order)),
+            (
+                order.client_order_id,
+                order.agent,
+                day,
+                order.state.value,
+                int(order.state in OPEN),
+                order.broker_order_id,
+                _enc.encode(order),
+            ),
         )
 
     def load_orders(self, *, open_only: bool = False, day: str | None = None) -> list[tuple[str, Order]]:
@@ -262,15 +273,23 @@ class Store:
         return [_oev_dec.decode(b) for (b,) in rows]
 
     def add_trace(self, client_order_id: str, ts_ns: int, kind: str, body: dict) -> None:
-        self.db.execute("INSERT INTO trace(client_order_id, ts_ns, kind, body) VALUES (?, ?, ?, ?)",
-                        (client_order_id, ts_ns, kind, msgspec.json.encode(body).decode()))
+        self.db.execute(
+            "INSERT INTO trace(client_order_id, ts_ns, kind, body) VALUES (?, ?, ?, ?)",
+            (client_order_id, ts_ns, kind, msgspec.json.encode(body).decode()),
+        )
 
     def has_trace(self, client_order_id: str, kind: str) -> bool:
-        return self.db.execute("SELECT 1 FROM trace WHERE client_order_id=? AND kind=? LIMIT 1",
-                               (client_order_id, kind)).fetchone() is not None
+        return (
+            self.db.execute(
+                "SELECT 1 FROM trace WHERE client_order_id=? AND kind=? LIMIT 1", (client_order_id, kind)
+            ).fetchone()
+            is not None
+        )
 
     def trace(self, client_order_id: str) -> list[tuple[int, str, dict]]:
-        rows = self.db.execute("SELECT ts_ns, kind, body FROM trace WHERE client_order_id=? ORDER BY id", (client_order_id,))
+        rows = self.db.execute(
+            "SELECT ts_ns, kind, body FROM trace WHERE client_order_id=? ORDER BY id", (client_order_id,)
+        )
         return [(ts, kind, msgspec.json.decode(body)) for ts, kind, body in rows]
 
     def order(self, client_order_id: str) -> Order | None:
@@ -316,15 +335,20 @@ class Store:
     def load_positions(self) -> dict[str, dict[str, PositionView]]:
         out: dict[str, dict[str, PositionView]] = {}
         for agent, code, qty, cost, realized, fees in self.db.execute(
-                "SELECT agent, code, qty, cost, realized_pnl, fees FROM positions"):
-            out.setdefault(agent, {})[code] = PositionView(code=code, qty=qty, cost=cost, realized_pnl=realized, fees=fees)
+            "SELECT agent, code, qty, cost, realized_pnl, fees FROM positions"
+        ):
+            out.setdefault(agent, {})[code] = PositionView(
+                code=code, qty=qty, cost=cost, realized_pnl=realized, fees=fees
+            )
         return out
 
     # ---- the operator's journal and equity snapshots (server/operator.py) -------------------------
 
     def log_operator(self, ts_ns: int, actor: str, action: str, agent: str, ok: bool, detail: dict) -> None:
-        self.db.execute("INSERT INTO operator_log(ts_ns, actor, action, agent, ok, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                        (ts_ns, actor, action, agent, int(ok), msgspec.json.encode(detail).decode()))
+        self.db.execute(
+            "INSERT INTO operator_log(ts_ns, actor, action, agent, ok, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (ts_ns, actor, action, agent, int(ok), msgspec.json.encode(detail).decode()),
+        )
 
     def operator_log(self, agent: str = "", limit: int = 100) -> list[tuple[int, str, str, str, bool, dict]]:
         """Newest first: (ts_ns, actor, action, agent, ok, detail)."""
@@ -339,16 +363,33 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent, day) DO UPDATE SET ts_ns=excluded.ts_ns, "
             "realized=excluded.realized, fees=excluded.fees, unrealized=excluded.unrealized, "
             "traded_value=excluded.traded_value, wins=excluded.wins, losses=excluded.losses, budget=excluded.budget",
-            (agent, day, row.ts_ns, row.realized, row.fees, row.unrealized, row.traded_value, row.wins, row.losses, row.budget))
+            (
+                agent,
+                day,
+                row.ts_ns,
+                row.realized,
+                row.fees,
+                row.unrealized,
+                row.traded_value,
+                row.wins,
+                row.losses,
+                row.budget,
+            ),
+        )
 
     def equity_rows(self, agent: str = "") -> dict[str, list["EquityRow"]]:
         """agent -> its daily snapshots, oldest first."""
         sql = "SELECT agent, day, ts_ns, realized, fees, unrealized, traded_value, wins, losses, budget FROM equity"
-        rows = self.db.execute(sql + (" WHERE agent=?" if agent else "") + " ORDER BY agent, day", (agent,) if agent else ())
+        rows = self.db.execute(
+            sql + (" WHERE agent=?" if agent else "") + " ORDER BY agent, day", (agent,) if agent else ()
+        )
         out: dict[str, list[EquityRow]] = {}
         for a, day, ts, r, f, u, tv, w, lo, b in rows:
-            out.setdefault(a, []).append(EquityRow(day=day, ts_ns=ts, realized=r, fees=f, unrealized=u, traded_value=tv,
-                                                   wins=w, losses=lo, budget=b))
+            out.setdefault(a, []).append(
+                EquityRow(
+                    day=day, ts_ns=ts, realized=r, fees=f, unrealized=u, traded_value=tv, wins=w, losses=lo, budget=b
+                )
+            )
         return out
 
     # ---- protective orders (server/protection.py) -----------------------------------------------
@@ -357,8 +398,10 @@ class Store:
         """The protection's new version (its journal is in `trace`, under its id)."""
         self.db.execute(
             "INSERT INTO protections(id, agent, code, state, active, day, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, active=excluded.active, day=excluded.day, body=excluded.body",
-            (p.id, p.agent, p.code, p.state.value, int(p.is_active), day, _enc.encode(p)))
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, active=excluded.active, day=excluded.day, "
+            "body=excluded.body",
+            (p.id, p.agent, p.code, p.state.value, int(p.is_active), day, _enc.encode(p)),
+        )
 
     def load_protections(self, day: str = "") -> list[Protection]:
         """Every active protection, and those last changed on `day`."""
@@ -376,9 +419,12 @@ class Store:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
 
     def meta_prefix(self, prefix: str) -> dict[str, str]:
         """Every meta key starting with `prefix` (without it) -> value."""
         rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
-        return {k[len(prefix):]: v for k, v in rows}
+        return {k[len(prefix) :]: v for k, v in rows}

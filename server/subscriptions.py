@@ -47,7 +47,8 @@ class SubscriptionManager:
             who = sorted({a for k in self.active for a in self.holders[k]})
             return ErrorCode.SUBSCRIPTION_LIMIT, (
                 f"all {self.slots} market-data registrations are in use (held by {', '.join(who)}); "
-                f"{kind.value} {code} refused")
+                f"{kind.value} {code} refused"
+            )
         self.holders[key].add(agent)
         timer = self._release.pop(key, None)
         if timer is not None:
@@ -81,7 +82,7 @@ class SubscriptionManager:
             self.active.discard(key)
             self._spawn(self._unsubscribe(key))
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -34,13 +34,22 @@ def order_story(store: Store, coid: str) -> tuple[Order, list[TraceStep], int] |
         body = msgspec.to_builtins(ev)
         tag = body.pop("e")
         ts = body.pop("ts_ns", 0)
-        steps.append(TraceStep(ts_ns=ts, step=f"state: {tag}",
-                               details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", 0, None))))
+        steps.append(
+            TraceStep(
+                ts_ns=ts,
+                step=f"state: {tag}",
+                details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", 0, None)),
+            )
+        )
     decision = 0
     for ts, kind, body in store.trace(coid):
         if kind == "intent":
             decision = int(body.get("decision_price", 0) or 0)
-        steps.append(TraceStep(ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {}))))
+        steps.append(
+            TraceStep(
+                ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {}))
+            )
+        )
     steps.sort(key=lambda r: r.ts_ns)
     return o, steps, decision
 
@@ -50,8 +59,12 @@ def protection_story(store: Store, pid: str) -> tuple[Protection, list[TraceStep
     p = store.protection(pid)
     if p is None:
         return None
-    steps = [TraceStep(ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {})))
-             for ts, kind, body in store.trace(pid)]
+    steps = [
+        TraceStep(
+            ts_ns=ts, step=kind, details=", ".join(f"{k}={v}" for k, v in body.items() if v not in ("", None, {}))
+        )
+        for ts, kind, body in store.trace(pid)
+    ]
     return p, steps
 
 
@@ -67,8 +80,15 @@ def slippage_summary(store: Store) -> list[SlippageRow]:
     out = []
     for agent, xs in sorted(per.items()):
         total_value = sum(v for _, v in xs) or 1
-        out.append(SlippageRow(agent=agent, orders=len(xs), mean_bps=sum(b for b, _ in xs) / len(xs),
-                               value_weighted_bps=sum(b * v for b, v in xs) / total_value, worst_bps=max(b for b, _ in xs)))
+        out.append(
+            SlippageRow(
+                agent=agent,
+                orders=len(xs),
+                mean_bps=sum(b for b, _ in xs) / len(xs),
+                value_weighted_bps=sum(b * v for b, v in xs) / total_value,
+                worst_bps=max(b for b, _ in xs),
+            )
+        )
     return out
 
 
@@ -78,8 +98,14 @@ def trace_reply(store: Store, coid: str, h: Header) -> TraceReply | None:
     story = order_story(store, coid)
     if story is not None:
         o, steps, decision = story
-        return TraceReply(h=h, order=order_view(o), broker_chain=list(o.broker_chain), steps=steps, decision_price=decision,
-                          protection=store.protection(coid))
+        return TraceReply(
+            h=h,
+            order=order_view(o),
+            broker_chain=list(o.broker_chain),
+            steps=steps,
+            decision_price=decision,
+            protection=store.protection(coid),
+        )
     prot = protection_story(store, coid)
     if prot is not None:
         return TraceReply(h=h, protection=prot[0], steps=prot[1])

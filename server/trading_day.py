@@ -74,13 +74,24 @@ class BasePrices:
 
 
 class TradingDay:
-    def __init__(self, clock: MarketClock, book: OrderBook, desk: OrderDesk, risk: RiskGate, recon: Reconciler,
-                 base_prices: BasePrices, cards: Callable[[], list[AgentCard]], publish: Publish,
-                 request_reconcile: Callable[[str], None], spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 run_dir: Path, alerts_of_day: Callable[[str], list[str]] = lambda day: [],
-                 performance: Callable[[], dict[str, AgentPerformance]] = dict,
-                 close_bars: Callable[[dt.date], object] = lambda day: None,
-                 protections: Callable[[], list[Protection]] = list) -> None:
+    def __init__(
+        self,
+        clock: MarketClock,
+        book: OrderBook,
+        desk: OrderDesk,
+        risk: RiskGate,
+        recon: Reconciler,
+        base_prices: BasePrices,
+        cards: Callable[[], list[AgentCard]],
+        publish: Publish,
+        request_reconcile: Callable[[str], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        run_dir: Path,
+        alerts_of_day: Callable[[str], list[str]] = lambda day: [],
+        performance: Callable[[], dict[str, AgentPerformance]] = dict,
+        close_bars: Callable[[dt.date], object] = lambda day: None,
+        protections: Callable[[], list[Protection]] = list,
+    ) -> None:
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -151,7 +162,9 @@ class TradingDay:
             n = 0
         with self.book.store.transaction():
             self.cycle.mark_cleaned(card.id)
-        self.book.notify(card.id, Notice(level="info", text=f"end of day: {policy.value} ({n} orders); reducing only until tomorrow"))
+        self.book.notify(
+            card.id, Notice(level="info", text=f"end of day: {policy.value} ({n} orders); reducing only until tomorrow")
+        )
         self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
         log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)
 
@@ -162,8 +175,9 @@ class TradingDay:
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
             self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
-            report = daily_report.build(day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(),
-                                        self.protections())
+            report = daily_report.build(
+                day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(), self.protections()
+            )
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()

@@ -10,14 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kis.port import BrokerPort, Capability
 
+if TYPE_CHECKING:
+    from common.schema import EventBody
+
 log = logging.getLogger("ktrader.universe")
 
+
 class Universe:
-    def __init__(self, broker: BrokerPort, *, refresh_s: float, fallback: list[str],
-                 on_change: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerPort,
+        *,
+        refresh_s: float,
+        fallback: list[str],
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.refresh_s = refresh_s
         self.fallback = list(dict.fromkeys(fallback))
@@ -87,9 +98,15 @@ class UniverseBinder:
     Codes that leave the universe stay tradable for the agent for the rest of the gateway's run
     (so it can still sell what it bought); only their market data is released."""
 
-    def __init__(self, universe: Universe, registry: object, subs: object, risk: object,
-                 notify: Callable[[str, object], None],
-                 new_codes: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        universe: Universe,
+        registry: object,
+        subs: object,
+        risk: object,
+        notify: Callable[[str, EventBody], None],
+        new_codes: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.new_codes = new_codes  # e.g. fetch base prices for the price-band check
         self.universe = universe
         self.registry = registry
@@ -99,7 +116,7 @@ class UniverseBinder:
         self.current: dict[str, list[str]] = {}
         universe.on_change = self.on_change
 
-    def on_register(self, rec) -> None:  # type: ignore[no-untyped-def]
+    def on_register(self, rec) -> None:
         n = rec.card.universe_top
         if n <= 0:
             return
@@ -115,7 +132,7 @@ class UniverseBinder:
             if rec.card.universe_top > 0 and rec.state is not AgentState.OFFLINE:
                 self.apply(rec)
 
-    def apply(self, rec) -> None:  # type: ignore[no-untyped-def]
+    def apply(self, rec) -> None:
         from common.schema import UniverseUpdate
         from kis.port import MarketKind
         from server.subscriptions import refusal_notice

@@ -56,8 +56,12 @@ class _KnownKeys:
         self.counters["bad_curve_key"] += 1
         n = self.counters["bad_curve_key"]
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
-            log.warning("refused a connection with an unknown CURVE key %s... (%d so far): register the client with "
-                        "`ktrader keys agent ID` on this host", key[:8].decode("ascii", "replace"), n)
+            log.warning(
+                "refused a connection with an unknown CURVE key %s... (%d so far): register the client with "
+                "`ktrader keys agent ID` on this host",
+                key[:8].decode("ascii", "replace"),
+                n,
+            )
         return False
 
 
@@ -104,8 +108,11 @@ class ZapGuard:
             self._auth = _Authenticator(self.ctx, known)
             self._auth.start()
             self._auth.configure_curve_callback(curve.ZAP_DOMAIN.decode(), known)
-            log.info("CURVE on network endpoints: %d client keys known (%s)", len(known.names),
-                     ", ".join(sorted(known.names.values())) or "none: ktrader keys agent ID")
+            log.info(
+                "CURVE on network endpoints: %d client keys known (%s)",
+                len(known.names),
+                ", ".join(sorted(known.names.values())) or "none: ktrader keys agent ID",
+            )
         curve.serve(sock, self.pair)
         self._watch(sock)
 
@@ -113,7 +120,7 @@ class ZapGuard:
         """Count handshakes that fail before any key check (plaintext peers, a wrong gateway key)."""
         mon = sock.get_monitor_socket(_FAILED)
         self._monitors.append((sock, mon))
-        asyncio.get_running_loop().add_reader(mon.getsockopt(zmq.FD), self._drain, mon)
+        asyncio.get_running_loop().add_reader(mon.fileno(), self._drain, mon)
         self._drain(mon)
 
     def _drain(self, mon: zmq.Socket) -> None:
@@ -129,14 +136,18 @@ class ZapGuard:
             self.counters["bad_curve_handshake"] += 1
             n = self.counters["bad_curve_handshake"]
             if n <= LOG_FIRST or n % LOG_EVERY == 0:
-                log.warning("a peer failed the CURVE handshake on %s (%d so far): a plaintext client, or one with an "
-                            "old gateway key", ev["endpoint"].decode("ascii", "replace"), n)
+                log.warning(
+                    "a peer failed the CURVE handshake on %s (%d so far): a plaintext client, or one with an "
+                    "old gateway key",
+                    ev["endpoint"].decode("ascii", "replace"),
+                    n,
+                )
 
     def stop(self) -> None:
         """Before the watched sockets close."""
         loop = asyncio.get_running_loop()
         for sock, mon in self._monitors:
-            loop.remove_reader(mon.getsockopt(zmq.FD))
+            loop.remove_reader(mon.fileno())
             if not sock.closed:
                 sock.disable_monitor()
             mon.close(0)

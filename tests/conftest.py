@@ -26,7 +26,9 @@ if not SHARED.exists():  # CI clones main next to shared/
     SHARED = Path(os.environ.get("KTRADER_SHARED", "/work/shared"))
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> object:
+def wait_for(
+    cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> object:
     """Poll `cond` until it returns a truthy value; fail the test after `timeout` seconds."""
     try:
         return wait_until(cond, timeout, what, interval)
@@ -54,8 +56,14 @@ class Procs:
         e = dict(os.environ)
         e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
         e.update(env or {})
-        p = subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                             env=e, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "tools", *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=e,
+            start_new_session=True,
+        )
         p.log_path = self.workdir / f"{log_name}.log"  # type: ignore[attr-defined]
         self.procs.append(p)
         return p
@@ -67,16 +75,28 @@ class Procs:
         stop_groups(self.procs, grace_s=5.0)
 
 
-def start_gateway_on_twin(procs: Procs, tmp: Path, info: dict[str, str], *, broker_toml: str = "",
-                          gateway_toml: str = "", wait_s: float = 20.0) -> tuple[Path, subprocess.Popen[bytes]]:
+def start_gateway_on_twin(
+    procs: Procs,
+    tmp: Path,
+    info: dict[str, str],
+    *,
+    broker_toml: str = "",
+    gateway_toml: str = "",
+    wait_s: float = 20.0,
+) -> tuple[Path, subprocess.Popen[bytes]]:
     """A gateway process on a separately started twin (`ktrader sim`, its JSON line in `info`), with
     the twin's demo credentials in its environment; returns once it has written gateway.json.
     `gateway_toml`: top-level settings (before the [broker] table)."""
     cfg = tmp / "gateway.toml"
-    cfg.write_text(f'{gateway_toml}[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = "{info["ws_url"]}"\n'
-                   f'admin_url = "{info["admin_url"]}"\n')
+    cfg.write_text(
+        f'{gateway_toml}[broker]\nenv = "sim"\n{broker_toml}rest_url = "{info["rest_url"]}"\nws_url = '
+        f'"{info["ws_url"]}"\n'
+        f'admin_url = "{info["admin_url"]}"\n'
+    )
     run = tmp / "run"
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info))
+    gw = procs.start(
+        "gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=credentials_env(info)
+    )
     wait_for(lambda: (run / "gateway.json").exists(), wait_s, what="gateway.json")
     return run, gw
 
@@ -96,8 +116,13 @@ def agent_client(run: Path, card: AgentCard, subscribe: bool = False) -> Gateway
 
 def operator_client(run: Path, sender: str = "tester") -> GatewayClient:
     """A client with the operator's credential (made by the gateway on its run folder)."""
-    return GatewayClient(read_info(run), sender, HeaderFactory(sender), subscribe=False,
-                         credential=credentials.load(run, credentials.OPERATOR))
+    return GatewayClient(
+        read_info(run),
+        sender,
+        HeaderFactory(sender),
+        subscribe=False,
+        credential=credentials.load(run, credentials.OPERATOR),
+    )
 
 
 @pytest.fixture

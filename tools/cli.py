@@ -15,7 +15,9 @@ agent_app = typer.Typer(no_args_is_help=True, help="Run trading agents.")
 cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
 app.add_typer(agent_app, name="agent")
 app.add_typer(cards_app, name="cards")
-data_app = typer.Typer(no_args_is_help=True, help="Recorded market data: list days, replay one, export what agents read.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Recorded market data: list days, replay one, export what agents read."
+)
 app.add_typer(data_app, name="data")
 
 
@@ -32,7 +34,9 @@ _mount_sim()
 def _mount_backtest() -> None:
     from tools.backtest.cli import backtest_command
 
-    app.command("backtest", help="Run a card's strategy on history with KRX costs; metrics, reports, sweeps.")(backtest_command)
+    app.command("backtest", help="Run a card's strategy on history with KRX costs; metrics, reports, sweeps.")(
+        backtest_command
+    )
 
 
 _mount_backtest()
@@ -41,7 +45,9 @@ _mount_backtest()
 def _mount_rehearse() -> None:
     from tools.rehearse.cli import rehearse_command
 
-    app.command("rehearse", help="The desk over days of real KRX history on the twin, audited against a backtest.")(rehearse_command)
+    app.command("rehearse", help="The desk over days of real KRX history on the twin, audited against a backtest.")(
+        rehearse_command
+    )
 
 
 _mount_rehearse()
@@ -52,8 +58,9 @@ def _mount_bench_and_chaos() -> None:
     from tools.chaos.cli import chaos_command
 
     app.add_typer(bench_app, name="bench")
-    app.command("chaos", help="Fault campaign: agents trade on a twin while faults are injected; then the books are audited.")(
-        chaos_command)
+    app.command(
+        "chaos", help="Fault campaign: agents trade on a twin while faults are injected; then the books are audited."
+    )(chaos_command)
 
 
 _mount_bench_and_chaos()
@@ -80,10 +87,14 @@ def gateway(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="runtime state folder (default: run/)"),
     router: str = typer.Option("", help="ROUTER endpoint, e.g. tcp://127.0.0.1:5555 (default: ipc under run/)"),
     pub: str = typer.Option("", help="PUB endpoint"),
-    broker: str = typer.Option("", help="module:factory returning a BrokerPort (default: KIS adapter, twin for env=sim)"),
+    broker: str = typer.Option(
+        "", help="module:factory returning a BrokerPort (default: KIS adapter, twin for env=sim)"
+    ),
     profile: Optional[str] = typer.Option(None, help="write a profile of the run to this file"),
     log_level: str = typer.Option("info", help="debug | info | warning"),
-    standby: bool = typer.Option(False, "--standby", help="wait (ready) for the running gateway to exit, then take over"),
+    standby: bool = typer.Option(
+        False, "--standby", help="wait (ready) for the running gateway to exit, then take over"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks of start-up failures"),
 ) -> None:
     """Run the gateway: the KIS session, the order manager, risk and the agents' endpoints.
@@ -106,8 +117,11 @@ def gateway(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    changes = {k: v for k, v in (("run_dir", str(run_dir) if run_dir else ""), ("router_endpoint", router),
-                                 ("pub_endpoint", pub)) if v}
+    changes = {
+        k: v
+        for k, v in (("run_dir", str(run_dir) if run_dir else ""), ("router_endpoint", router), ("pub_endpoint", pub))
+        if v
+    }
     if changes:
         cfg = msgspec.structs.replace(cfg, **changes)
     try:  # tcp endpoints are served with CURVE: their keys must be in place (ktrader keys init)
@@ -137,7 +151,7 @@ def gateway(
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(StartExit.INTERRUPTED) from None
-        except Exception as e:  # noqa: BLE001 - one line for the operator; the traceback on request
+        except Exception as e:
             if debug:
                 raise
             typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
@@ -156,7 +170,9 @@ def agent_run(ctx: typer.Context) -> None:
 @app.command()
 def doctor(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="runtime state folder (default: the config's, run/)"),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="runtime state folder (default: the config's, run/)"
+    ),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
     debug: bool = typer.Option(False, "--debug", help="log what the checks do"),
 ) -> None:
@@ -176,8 +192,19 @@ def doctor(
             cfg = msgspec.structs.replace(cfg, run_dir=str(run_dir))
         report = asyncio.run(diagnose(cfg))
     except ConfigError as e:
-        report = Report(ok=False, env="?", checks=[Check(name="config", status=Status.FAIL, detail=str(e),
-                                                         hint="fix the file (unknown keys are refused)", code="CONFIG")])
+        report = Report(
+            ok=False,
+            env="?",
+            checks=[
+                Check(
+                    name="config",
+                    status=Status.FAIL,
+                    detail=str(e),
+                    hint="fix the file (unknown keys are refused)",
+                    code="CONFIG",
+                )
+            ],
+        )
     if json_out:
         sys.stdout.write(to_json(report).decode() + "\n")
     else:
@@ -209,19 +236,36 @@ def status(
 
 @app.command()
 def control(
-    action: str = typer.Argument(..., help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | "
-                                           "risk | cancel_protection"),
+    action: str = typer.Argument(
+        ...,
+        help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | risk | cancel_protection",
+    ),
     agent: str = typer.Option("", help="the agent to act on"),
-    all_: bool = typer.Option(False, "--all", help="pause/resume/reduce/cancel_all: the whole gateway, every agent; "
-                                                  "risk --reset-peak: the account's peak"),
-    card: Optional[Path] = typer.Option(None, "--card", help="reload: the changed card (default: the card with that id in --cards)"),
+    all_: bool = typer.Option(
+        False,
+        "--all",
+        help="pause/resume/reduce/cancel_all: the whole gateway, every agent; risk --reset-peak: the account's peak",
+    ),
+    card: Optional[Path] = typer.Option(
+        None, "--card", help="reload: the changed card (default: the card with that id in --cards)"
+    ),
     cards: Path = typer.Option(Path("cards"), "--cards", help="reload: where to find the agent's card"),
-    explain: str = typer.Option("", "--explain", help="risk: the limits an order would meet, with the numbers: "
-                                                      "'buy 10 005930 @ 70000' (with --agent) or an order id"),
-    scale: Optional[float] = typer.Option(None, "--scale", help="risk: multiply every agent's size limits and budget "
-                                                                  "(0.5 halves them; 1 = the cards' own)"),
-    reset_peak: bool = typer.Option(False, "--reset-peak", help="risk: accept a drawdown, the equity peak starts again "
-                                                               "(--agent ID, or --all for the account)"),
+    explain: str = typer.Option(
+        "",
+        "--explain",
+        help="risk: the limits an order would meet, with the numbers: "
+        "'buy 10 005930 @ 70000' (with --agent) or an order id",
+    ),
+    scale: Optional[float] = typer.Option(
+        None,
+        "--scale",
+        help="risk: multiply every agent's size limits and budget (0.5 halves them; 1 = the cards' own)",
+    ),
+    reset_peak: bool = typer.Option(
+        False,
+        "--reset-peak",
+        help="risk: accept a drawdown, the equity peak starts again (--agent ID, or --all for the account)",
+    ),
     protection: str = typer.Option("", "--protection", help="cancel_protection: the protective order's id"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
@@ -236,7 +280,11 @@ def control(
 
     value = ""
     if action == "risk":
-        chosen = [n for n, on in (("--explain", bool(explain)), ("--scale", scale is not None), ("--reset-peak", reset_peak)) if on]
+        chosen = [
+            n
+            for n, on in (("--explain", bool(explain)), ("--scale", scale is not None), ("--reset-peak", reset_peak))
+            if on
+        ]
         if len(chosen) != 1:
             typer.echo("error: risk needs one of --explain ORDER, --scale FACTOR, --reset-peak", err=True)
             raise typer.Exit(1)
@@ -246,7 +294,9 @@ def control(
         value = protection
     try:
         if action == "reload":
-            text = reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
+            text = (
+                reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
+            )
         else:
             text = send_control(run_dir, action, agent, all_=all_, value=value)
     except (ConnectionFileError, KtraderError, ReloadError) as e:
@@ -269,7 +319,9 @@ def top(
 @app.command()
 def web(
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML: its [web] section (host, port, token)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="gateway TOML: its [web] section (host, port, token)"
+    ),
     host: str = typer.Option("", help="address to bind (default 127.0.0.1, from [web])"),
     port: int = typer.Option(-1, help="port (default 8765, from [web])"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="where the reload action finds cards"),
@@ -285,8 +337,11 @@ def web(
         raise typer.Exit(2) from None
     host = host or cfg.host
     if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: binding {host}: anyone who can reach it and has the token can act on the gateway; "
-                   "put TLS in front of it", err=True)
+        typer.echo(
+            f"warning: binding {host}: anyone who can reach it and has the token can act on the gateway; "
+            "put TLS in front of it",
+            err=True,
+        )
     token = os.environ.get("KTRADER_WEB_TOKEN") or cfg.token or new_token()
     _logging("warning")
     try:
@@ -343,7 +398,9 @@ def reset(
 @cards_app.command("check")
 def cards_check(
     folder: Path = typer.Argument(Path("cards"), help="folder of *.toml cards"),
-    master: Optional[Path] = typer.Option(None, help="folder with the KIS master files kospi_code.mst / kosdaq_code.mst"),
+    master: Optional[Path] = typer.Option(
+        None, help="folder with the KIS master files kospi_code.mst / kosdaq_code.mst"
+    ),
     account_budget: int = typer.Option(0, help="KRW the account can give all agents together (0: unchecked)"),
 ) -> None:
     """Check every card: fields, unique ids, real codes, strategy and params, budgets, 40 registrations."""
@@ -387,7 +444,9 @@ def cards_schema() -> None:
 def demo(
     duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
     headless: bool = typer.Option(False, "--headless", help="print a summary instead of the console"),
-    run_dir: Path = typer.Option(Path("run/demo"), "--run-dir", help="the demo's own runtime folder (never another gateway's)"),
+    run_dir: Path = typer.Option(
+        Path("run/demo"), "--run-dir", help="the demo's own runtime folder (never another gateway's)"
+    ),
     cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
 ) -> None:
     """The gateway on the built-in twin, every sample agent, and a summary."""
@@ -411,10 +470,14 @@ def data_replay(
     day: str = typer.Argument(..., help="recorded day, YYYYMMDD or YYYY-MM-DD"),
     speed: float = typer.Option(1.0, "--speed", help="times real speed; 0 or inf: as fast as possible"),
     run_dir: Path = typer.Option(Path("run"), "--run-dir", help="where the recording lives (RUN_DIR/data/)"),
-    gateway_dir: Optional[Path] = typer.Option(None, "--gateway-dir", help="the replay gateway's runtime folder (default RUN_DIR/replay-DAY)"),
+    gateway_dir: Optional[Path] = typer.Option(
+        None, "--gateway-dir", help="the replay gateway's runtime folder (default RUN_DIR/replay-DAY)"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (endpoints, risk, ...)"),
     record: bool = typer.Option(False, "--record", help="record the replayed frames in the replay gateway's folder"),
-    wait_s: float = typer.Option(300.0, help="wait this long for subscribers of every recorded code before starting (0: start now)"),
+    wait_s: float = typer.Option(
+        300.0, help="wait this long for subscribers of every recorded code before starting (0: start now)"
+    ),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run a gateway whose broker replays DAY's recorded frames (read-only: orders are refused)."""
@@ -433,7 +496,9 @@ def data_replay(
 @data_app.command("export")
 def data_export(
     out: Path = typer.Option(..., "--out", help="folder for <code>.quotes.csv / <code>.investor.csv"),
-    run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run directory (RUN_DIR/data/queries.sqlite)"),
+    run_dir: Path = typer.Option(
+        Path("run"), "--run-dir", help="the gateway's run directory (RUN_DIR/data/queries.sqlite)"
+    ),
 ) -> None:
     """What agents read (company data, investor flows), by day, as CSV for `ktrader backtest --history`."""
     from tools.backtest.data import DataError
@@ -441,7 +506,9 @@ def data_export(
 
     db = run_dir / "data" / "queries.sqlite"
     if not db.is_file():
-        typer.echo(f"error: {db}: nothing recorded yet (agents' quote/investor queries are recorded by the gateway)", err=True)
+        typer.echo(
+            f"error: {db}: nothing recorded yet (agents' quote/investor queries are recorded by the gateway)", err=True
+        )
         raise typer.Exit(2)
     try:
         files = export(db, out)

@@ -14,6 +14,8 @@ signal twice. Backtest: `ctx.investor` is not available there (no investor flows
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from agent.strategy import Context, DataNeed, Strategy, session_tif
@@ -57,15 +59,19 @@ class ForeignFlow(Strategy):
     Params = Params
     needs = frozenset({DataNeed.FLOWS})
 
-    def __init__(self, ctx: Context, params: Params) -> None:
+    def __init__(self, ctx: Context, params: Any) -> None:
         super().__init__(ctx, params)
         # code -> order placed whose first event has not come back yet: ctx.open_orders cannot show
         # it, and a poll (or a fill) in between must not place the same order twice
         self.inflight: dict[str, str] = {}
 
     def on_start(self) -> None:
-        self.ctx.log.info("START foreign_flow positions=%s open=%d state=%s", {c: p.qty for c, p in self.ctx.positions.items()},
-                          len(self.ctx.open_orders), dict(self.ctx.state))
+        self.ctx.log.info(
+            "START foreign_flow positions=%s open=%d state=%s",
+            {c: p.qty for c, p in self.ctx.positions.items()},
+            len(self.ctx.open_orders),
+            dict(self.ctx.state),
+        )
         self.ctx.set_timer(self.params.poll_s)
         self.on_timer()
 
@@ -98,10 +104,22 @@ class ForeignFlow(Strategy):
             qty = p.notional // q.last if q.last else 0
             if qty:
                 self.ctx.state[f"acted:{code}"] = newest  # goes to the gateway ahead of the order
-                self.inflight[code] = self.ctx.buy(code, qty, rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit), tif=session_tif(self.ctx), reason=f"foreign buying {buys}d",
-                             context={"streak": buys, "day": newest})
+                self.inflight[code] = self.ctx.buy(
+                    code,
+                    qty,
+                    rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit),
+                    tif=session_tif(self.ctx),
+                    reason=f"foreign buying {buys}d",
+                    context={"streak": buys, "day": newest},
+                )
         elif held and sells >= p.sell_days:
             q = self.ctx.quote(code)
             self.ctx.state[f"acted:{code}"] = newest
-            self.inflight[code] = self.ctx.sell(code, held, rules_for(self.ctx.now().date()).ticks_away(q.last, -p.limit_ticks, q.lower_limit), tif=session_tif(self.ctx), reason=f"foreign selling {sells}d",
-                          context={"streak": sells, "day": newest})
+            self.inflight[code] = self.ctx.sell(
+                code,
+                held,
+                rules_for(self.ctx.now().date()).ticks_away(q.last, -p.limit_ticks, q.lower_limit),
+                tif=session_tif(self.ctx),
+                reason=f"foreign selling {sells}d",
+                context={"streak": sells, "day": newest},
+            )

@@ -38,7 +38,7 @@ class MaCross(Strategy):
         window.append(tick.price)
         if len(window) < p.long:
             return
-        short_sum = sum(list(window)[-p.short:])
+        short_sum = sum(list(window)[-p.short :])
         long_sum = sum(window)
         # short_sum/short vs long_sum/long without division
         diff = short_sum * p.long - long_sum * p.short
@@ -52,7 +52,14 @@ class MaCross(Strategy):
             return
         ctx_vals = {"short_sum": short_sum, "long_sum": long_sum}
         if sign > 0 and self.ctx.position(tick.code) == 0:
-            self.ctx.buy(tick.code, p.qty, round_up(tick.price), reason="short MA crossed above long MA", context=ctx_vals)
+            self.ctx.buy(
+                tick.code, p.qty, round_up(tick.price), reason="short MA crossed above long MA", context=ctx_vals
+            )
         elif sign < 0 and self.ctx.position(tick.code) > 0:
-            self.ctx.sell(tick.code, self.ctx.position(tick.code), round_down(tick.price), reason="short MA crossed below long MA",
-                          context=ctx_vals)
+            self.ctx.sell(
+                tick.code,
+                self.ctx.position(tick.code),
+                round_down(tick.price),
+                reason="short MA crossed below long MA",
+                context=ctx_vals,
+            )

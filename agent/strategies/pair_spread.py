@@ -84,11 +84,23 @@ class PairSpread(Strategy):
             return
         for code, qty in held.items():
             if qty and code != target:
-                self.ctx.sell(code, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=f"spread z={z:.2f}: leave {code}",
-                              context={"z": round(z, 4)})
+                self.ctx.sell(
+                    code,
+                    qty,
+                    order_type=OrderType.MARKET,
+                    tif=TimeInForce.NEXT_SESSION,
+                    reason=f"spread z={z:.2f}: leave {code}",
+                    context={"z": round(z, 4)},
+                )
         if target and not held[target]:
             price = self.last[target].close
             qty = p.notional // price
             if qty > 0:
-                self.ctx.buy(target, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=f"spread z={z:.2f}: hold {target}",
-                             context={"z": round(z, 4)})
+                self.ctx.buy(
+                    target,
+                    qty,
+                    order_type=OrderType.MARKET,
+                    tif=TimeInForce.NEXT_SESSION,
+                    reason=f"spread z={z:.2f}: hold {target}",
+                    context={"z": round(z, 4)},
+                )

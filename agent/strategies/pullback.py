@@ -60,26 +60,37 @@ class Pullback(Strategy):
             return
         closes = self.closes.get(bar.code)
         if closes is None:
-            closes = self.closes[bar.code] = deque((b.close for b in self.ctx.history(bar.code, "1d", p.trend)),
-                                                   maxlen=p.trend)
+            closes = self.closes[bar.code] = deque(
+                (b.close for b in self.ctx.history(bar.code, "1d", p.trend)), maxlen=p.trend
+            )
         closes.append(bar.close)
         self.count[bar.code] = n = self.count.get(bar.code, 0) + 1
         if len(closes) < p.trend or self.ctx.open_orders:
             return
-        recent = list(closes)[-p.fast:]
+        recent = list(closes)[-p.fast :]
         high = max(recent)
         held = self.ctx.position(bar.code)
         if held:
             price, at = self.entry.get(bar.code, (0, n))
             if bar.close >= high or bar.close * 100 <= price * (100 - p.stop_pct) or n - at >= p.max_hold:
-                self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="pullback exit")
+                self.ctx.sell(
+                    bar.code, held, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="pullback exit"
+                )
             return
         trend_sum, fast_sum = sum(closes), sum(recent)
         uptrend = bar.close * p.trend > trend_sum and fast_sum * p.trend > trend_sum * p.fast
         dipped = bar.close * 100 <= high * (100 - p.dip_pct)
         if uptrend and dipped:
-            limit = rules_for(self.ctx.now().date()).round_down(bar.close * (100 - p.limit_pct) // 100)  # the day's grid
+            limit = rules_for(self.ctx.now().date()).round_down(
+                bar.close * (100 - p.limit_pct) // 100
+            )  # the day's grid
             qty = p.notional // limit
             if qty:
-                self.ctx.buy(bar.code, qty, limit, tif=TimeInForce.NEXT_SESSION, reason="pullback in an uptrend",
-                             context={"high": high, "close": bar.close})
+                self.ctx.buy(
+                    bar.code,
+                    qty,
+                    limit,
+                    tif=TimeInForce.NEXT_SESSION,
+                    reason="pullback in an uptrend",
+                    context={"high": high, "close": bar.close},
+                )

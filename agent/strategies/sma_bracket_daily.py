@@ -52,13 +52,32 @@ class SmaBracketDaily(SmaCrossDaily):
         if cross > 0 and held == 0:
             stop = round_down(bar.close * (10_000 - round(p.stop_pct * 100)) // 10_000)
             take = round_up(bar.close * (10_000 + round(p.take_pct * 100)) // 10_000)
-            self.ctx.buy(bar.code, p.qty, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, stop=stop, take=take,
-                         reason=f"short SMA crossed above long; bracket {stop:,}..{take:,}")
+            self.ctx.buy(
+                bar.code,
+                p.qty,
+                0,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.NEXT_SESSION,
+                stop=stop,
+                take=take,
+                reason=f"short SMA crossed above long; bracket {stop:,}..{take:,}",
+            )
         elif cross < 0 and held > 0:
-            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION,
-                          reason="short SMA crossed below long")
+            self.ctx.sell(
+                bar.code,
+                held,
+                0,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.NEXT_SESSION,
+                reason="short SMA crossed below long",
+            )
 
     def on_protection(self, protection: Protection) -> None:
         if protection.leg is not None:
-            self.ctx.log.info("bracket %s: %s met at %s (%s)", protection.id, protection.leg.value,
-                              f"{protection.trigger_price:,}", protection.state.value)
+            self.ctx.log.info(
+                "bracket %s: %s met at %s (%s)",
+                protection.id,
+                protection.leg.value,
+                f"{protection.trigger_price:,}",
+                protection.state.value,
+            )

@@ -86,6 +86,20 @@ class SmaCrossDaily(Strategy):
             return
         held = self.ctx.position(bar.code)
         if cross > 0 and held == 0:
-            self.ctx.buy(bar.code, self.params.qty, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="short SMA crossed above long")
+            self.ctx.buy(
+                bar.code,
+                self.params.qty,
+                0,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.NEXT_SESSION,
+                reason="short SMA crossed above long",
+            )
         elif cross < 0 and held > 0:
-            self.ctx.sell(bar.code, held, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="short SMA crossed below long")
+            self.ctx.sell(
+                bar.code,
+                held,
+                0,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.NEXT_SESSION,
+                reason="short SMA crossed below long",
+            )

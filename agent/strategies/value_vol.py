@@ -71,15 +71,19 @@ class ValueVol(Strategy):
     Params = Params
     needs = frozenset({DataNeed.COMPANY})
 
-    def __init__(self, ctx: Context, params: Params) -> None:
+    def __init__(self, ctx: Context, params: Any) -> None:
         super().__init__(ctx, params)
         # code -> order placed whose first event has not come back yet: ctx.open_orders cannot show
         # it, and a poll (or a fill) in between must not place the same order twice
         self.inflight: dict[str, str] = {}
 
     def on_start(self) -> None:
-        self.ctx.log.info("START value_vol positions=%s open=%d state=%s", dict((c, p.qty) for c, p in self.ctx.positions.items()),
-                          len(self.ctx.open_orders), dict(self.ctx.state))
+        self.ctx.log.info(
+            "START value_vol positions=%s open=%d state=%s",
+            dict((c, p.qty) for c, p in self.ctx.positions.items()),
+            len(self.ctx.open_orders),
+            dict(self.ctx.state),
+        )
         self.ctx.set_timer(self.params.poll_s)
         self.on_timer()  # act on the current state at once, not one poll later
 
@@ -126,8 +130,12 @@ class ValueVol(Strategy):
         if entry is None:  # first time we see this position (or state from before it): set the exits
             avg = pos.cost // pos.qty
             rules = rules_for(self.ctx.now().date())  # the day's tick grid (live: today's)
-            entry = {"avg": avg, "target": rules.round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
-                     "stop": rules.round_down(int(avg * (100 - p.stop_pct) / 100)), "stopping": False}
+            entry = {
+                "avg": avg,
+                "target": rules.round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
+                "stop": rules.round_down(int(avg * (100 - p.stop_pct) / 100)),
+                "stopping": False,
+            }
             self.ctx.state[f"entry:{code}"] = entry
         sells = self._open(code, Side.SELL)
         if entry["stopping"]:
@@ -166,6 +174,12 @@ class ValueVol(Strategy):
             del self.inflight[order.code]  # the gateway has it (or denied it): open_orders is current
         # the stop's cancel went through: sell what is left at market now, not one poll later
         entry = self.ctx.state.get(f"entry:{order.code}")
-        if (entry and entry["stopping"] and order.side is Side.SELL and order.state is OrderState.CANCELLED
-                and not self._busy(order.code) and self.ctx.position(order.code)):
+        if (
+            entry
+            and entry["stopping"]
+            and order.side is Side.SELL
+            and order.state is OrderState.CANCELLED
+            and not self._busy(order.code)
+            and self.ctx.position(order.code)
+        ):
             self._sell(order.code, self.ctx.position(order.code), order_type=OrderType.MARKET, reason="stop")

@@ -61,17 +61,23 @@ class VolumeBreakout(Strategy):
             return
         held = self.ctx.position(bar.code)
         if held:
-            floor = min(b.low for b in prev[-p.exit_lookback:])
+            floor = min(b.low for b in prev[-p.exit_lookback :])
             entry = self.entry.get(bar.code, 0)
             stopped = entry and bar.close * 100 <= entry * (100 - p.stop_pct)
             if bar.close < floor or stopped:
                 why = "stop loss" if stopped else f"close below the {p.exit_lookback}-day low"
                 self.ctx.sell(bar.code, held, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason=why)
             return
-        window = prev[-p.lookback:]
+        window = prev[-p.lookback :]
         vol_sum = sum(b.volume for b in window)
         if bar.close > max(b.close for b in window) and bar.volume * p.lookback * 100 >= vol_sum * p.vol_mult_pct:
             qty = p.notional // bar.close
             if qty:
-                self.ctx.buy(bar.code, qty, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION, reason="breakout on volume",
-                             context={"volume": bar.volume, "avg_volume": vol_sum // p.lookback})
+                self.ctx.buy(
+                    bar.code,
+                    qty,
+                    order_type=OrderType.MARKET,
+                    tif=TimeInForce.NEXT_SESSION,
+                    reason="breakout on volume",
+                    context={"volume": bar.volume, "avg_volume": vol_sum // p.lookback},
+                )

@@ -34,22 +34,45 @@ def _err(msg: str, status: int = 400) -> web.Response:
 
 def order_view(rec: OrderRecord) -> dict[str, Any]:
     return {
-        "odno": rec.odno, "account": rec.account_id, "day": rec.day.isoformat(), "code": rec.code,
-        "side": "buy" if rec.side is BookSide.BUY else "sell", "ord_dvsn": rec.ord_dvsn, "qty": rec.qty,
-        "price": rec.price, "tmd": rec.tmd, "kind": rec.kind.value, "orgn_odno": rec.orgn_odno,
-        "filled_qty": rec.filled_qty, "filled_amt": rec.filled_amt, "cancelled_qty": rec.cancelled_qty,
-        "moved_qty": rec.moved_qty, "expired_qty": rec.expired_qty, "rejected_qty": rec.rejected_qty,
-        "open_qty": rec.open_qty, "external": rec.external, "reject_reason": rec.reject_reason,
+        "odno": rec.odno,
+        "account": rec.account_id,
+        "day": rec.day.isoformat(),
+        "code": rec.code,
+        "side": "buy" if rec.side is BookSide.BUY else "sell",
+        "ord_dvsn": rec.ord_dvsn,
+        "qty": rec.qty,
+        "price": rec.price,
+        "tmd": rec.tmd,
+        "kind": rec.kind.value,
+        "orgn_odno": rec.orgn_odno,
+        "filled_qty": rec.filled_qty,
+        "filled_amt": rec.filled_amt,
+        "cancelled_qty": rec.cancelled_qty,
+        "moved_qty": rec.moved_qty,
+        "expired_qty": rec.expired_qty,
+        "rejected_qty": rec.rejected_qty,
+        "open_qty": rec.open_qty,
+        "external": rec.external,
+        "reject_reason": rec.reject_reason,
     }
 
 
 def account_view(acct: Account, last: dict[str, int]) -> dict[str, Any]:
     return {
-        "account": acct.account_id, "app_key": acct.app_key, "hts_id": acct.hts_id, "paper": acct.paper,
-        "cash": acct.cash, "dnca": acct.dnca, "reserved": acct.reserved, "orderable_cash": acct.orderable_cash,
-        "fees_total": acct.fees_total, "initial_cash": acct.initial_cash,
-        "holdings": {c: {"qty": h.qty, "cost": h.cost, "sellable": h.sellable, "last": last.get(c, 0)}
-                     for c, h in acct.holdings.items()},
+        "account": acct.account_id,
+        "app_key": acct.app_key,
+        "hts_id": acct.hts_id,
+        "paper": acct.paper,
+        "cash": acct.cash,
+        "dnca": acct.dnca,
+        "reserved": acct.reserved,
+        "orderable_cash": acct.orderable_cash,
+        "fees_total": acct.fees_total,
+        "initial_cash": acct.initial_cash,
+        "holdings": {
+            c: {"qty": h.qty, "cost": h.cost, "sellable": h.sellable, "last": last.get(c, 0)}
+            for c, h in acct.holdings.items()
+        },
     }
 
 
@@ -58,7 +81,7 @@ class AdminApi:
         self.server = server
 
     @property
-    def twin(self):  # noqa: ANN201 - Twin (avoid import cycle at runtime)
+    def twin(self):
         return self.server.twin
 
     def app(self) -> web.Application:
@@ -71,8 +94,9 @@ class AdminApi:
         r.add_get("/admin/accounts/{account}/orders", self.orders)
         r.add_post("/admin/orders", self.external_order)
         # history mode (kis/sim/history_admin.py) has its own clock moves; the others use these
-        HistoryAdmin(self.server).add_routes(r, {"close": self.clock_close, "next-day": self.clock_next_day,
-                                                 "move": self.clock_move})
+        HistoryAdmin(self.server).add_routes(
+            r, {"close": self.clock_close, "next-day": self.clock_next_day, "move": self.clock_move}
+        )
         r.add_post("/admin/price", self.set_price)
         r.add_get("/admin/book/{code}", self.book)
         r.add_post("/admin/market/step", self.step)
@@ -97,8 +121,9 @@ class AdminApi:
         return app
 
     @web.middleware
-    async def _errors(self, request: web.Request,
-                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException:
@@ -121,13 +146,19 @@ class AdminApi:
     # ------------------------------------------------------------------ reads
     async def state(self, request: web.Request) -> web.Response:
         tw = self.twin
-        return _json({
-            "endpoints": self.server.endpoints(), "clock": tw.clock.mode.value, "now": tw.clock.now().isoformat(),
-            "speed": tw.clock.speed,
-            "day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value,
-            "sessions": len(self.server.ws_hub.sessions) if self.server.ws_hub else 0,
-            "faults": tw.faults.describe(), "prices": self._last(),
-        })
+        return _json(
+            {
+                "endpoints": self.server.endpoints(),
+                "clock": tw.clock.mode.value,
+                "now": tw.clock.now().isoformat(),
+                "speed": tw.clock.speed,
+                "day": tw.exchange.day.isoformat(),
+                "phase": tw.clock.phase().value,
+                "sessions": len(self.server.ws_hub.sessions) if self.server.ws_hub else 0,
+                "faults": tw.faults.describe(),
+                "prices": self._last(),
+            }
+        )
 
     async def accounts(self, request: web.Request) -> web.Response:
         last = self._last()
@@ -149,17 +180,35 @@ class AdminApi:
         """Every open websocket session and its registered (tr_id, tr_key) pairs, notice slot included."""
         hub = self.server.ws_hub
         sessions = [s for s in (hub.sessions if hub else ()) if not s.closed]
-        return _json({"sessions": [
-            {"app_key": s.key.key if s.key else None, "registrations": sorted([tr_id, tr_key] for tr_id, tr_key in s.regs)}
-            for s in sessions]})
+        return _json(
+            {
+                "sessions": [
+                    {
+                        "app_key": s.key.key if s.key else None,
+                        "registrations": sorted([tr_id, tr_key] for tr_id, tr_key in s.regs),
+                    }
+                    for s in sessions
+                ]
+            }
+        )
 
     async def book(self, request: web.Request) -> web.Response:
         st = self.twin.exchange.stock(request.match_info["code"])
         if st is None:
             return _err("no such stock", 404)
         asks, bids = st.book.depth(10)
-        return _json({"code": st.code, "last": st.last, "base": st.prev_close, "lower": st.book.lower,
-                      "upper": st.book.upper, "asks": asks, "bids": bids, "acml_vol": st.acml_vol})
+        return _json(
+            {
+                "code": st.code,
+                "last": st.last,
+                "base": st.prev_close,
+                "lower": st.book.lower,
+                "upper": st.book.upper,
+                "asks": asks,
+                "bids": bids,
+                "acml_vol": st.acml_vol,
+            }
+        )
 
     # ------------------------------------------------------------------ actions
     async def add_account(self, request: web.Request) -> web.Response:
@@ -173,8 +222,15 @@ class AdminApi:
         if acct is None:
             return _err("no such account", 404)
         side = BookSide.BUY if str(b.get("side", "buy")).lower() == "buy" else BookSide.SELL
-        rec = self.twin.exchange.place(acct, str(b["code"]), side, str(b.get("ord_dvsn", "00")), int(b["qty"]),
-                                       int(b.get("price", 0)), external=True)
+        rec = self.twin.exchange.place(
+            acct,
+            str(b["code"]),
+            side,
+            str(b.get("ord_dvsn", "00")),
+            int(b["qty"]),
+            int(b.get("price", 0)),
+            external=True,
+        )
         return _json(order_view(rec))
 
     async def clock_close(self, request: web.Request) -> web.Response:
@@ -205,7 +261,9 @@ class AdminApi:
             return _json({"error": f"bad time {raw!r}: HH:MM[:SS] or YYYY-MM-DDTHH:MM:SS"}, status=400)
         tw.clock.move_to(when)
         tw.exchange.on_clock()
-        return _json({"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value, "now": tw.clock.now().isoformat()})
+        return _json(
+            {"day": tw.exchange.day.isoformat(), "phase": tw.clock.phase().value, "now": tw.clock.now().isoformat()}
+        )
 
     async def set_price(self, request: web.Request) -> web.Response:
         b = await self._body(request)
@@ -251,7 +309,9 @@ class AdminApi:
         when = str(b.get("when", "before"))
         if when not in ("before", "after"):
             return _err("when must be before|after")
-        self.twin.faults.disconnects.append(RestDisconnect(int(b.get("count", 1)), when, str(b.get("path_contains", ""))))
+        self.twin.faults.disconnects.append(
+            RestDisconnect(int(b.get("count", 1)), when, str(b.get("path_contains", "")))
+        )
         return _json({"ok": True})
 
     async def rest_error(self, request: web.Request) -> web.Response:
@@ -266,8 +326,9 @@ class AdminApi:
         b = await self._body(request)
         if not isinstance(b.get("field"), str) or not b["field"]:
             return _err("field must name a reply field, e.g. ODNO")
-        self.twin.faults.mangles.append(ReplyMangle(int(b.get("count", 1)), b["field"], b.get("value"),
-                                                    str(b.get("path_contains", ""))))
+        self.twin.faults.mangles.append(
+            ReplyMangle(int(b.get("count", 1)), b["field"], b.get("value"), str(b.get("path_contains", "")))
+        )
         return _json({"ok": True})
 
     async def latency(self, request: web.Request) -> web.Response:
@@ -323,8 +384,16 @@ class AdminApi:
         if bool(b.get("garble", False)) and hub:
             hub.garble_next_notice = 9  # CNTG_QTY
         try:
-            ex._notify(acct, rec, cntg_yn="2", acpt="2", rctf="0", qty=int(b.get("qty", rec.qty)),  # noqa: SLF001
-                       price=int(b.get("price", rec.price)), tmd=ex.now_tmd())
+            ex._notify(
+                acct,
+                rec,
+                cntg_yn="2",
+                acpt="2",
+                rctf="0",
+                qty=int(b.get("qty", rec.qty)),
+                price=int(b.get("price", rec.price)),
+                tmd=ex.now_tmd(),
+            )
         finally:
             if hub:
                 hub.garble_next_notice = None

@@ -72,8 +72,9 @@ def _b64url(raw: bytes) -> str:
 
 
 class AuthRegistry:
-    def __init__(self, seed: int, *, rate_real: float = 20.0, rate_paper: float = 2.0,
-                 auto_provision: bool = True) -> None:
+    def __init__(
+        self, seed: int, *, rate_real: float = 20.0, rate_paper: float = 2.0, auto_provision: bool = True
+    ) -> None:
         self._rng = random.Random(seed * 31 + 17)
         self._secret = hashlib.sha256(f"kis-twin-{seed}".encode()).digest()
         self.keys: dict[str, AppKey] = {}
@@ -120,10 +121,20 @@ class AuthRegistry:
             raise OAuthError(*TOKEN_THROTTLE)
         self._jti += 1
         header = _b64url(json.dumps({"typ": "JWT", "alg": "HS512"}, separators=(",", ":")).encode())
-        payload = _b64url(json.dumps({
-            "sub": "token", "aud": k.key, "prdt_cd": "", "iss": "unogw", "exp": int(now + TOKEN_LIFETIME_S),
-            "iat": int(now), "jti": f"PS{self._jti:08d}{self._rng.getrandbits(40):012x}",
-        }, separators=(",", ":")).encode())
+        payload = _b64url(
+            json.dumps(
+                {
+                    "sub": "token",
+                    "aud": k.key,
+                    "prdt_cd": "",
+                    "iss": "unogw",
+                    "exp": int(now + TOKEN_LIFETIME_S),
+                    "iat": int(now),
+                    "jti": f"PS{self._jti:08d}{self._rng.getrandbits(40):012x}",
+                },
+                separators=(",", ":"),
+            ).encode()
+        )
         sig = _b64url(hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha512).digest())
         tok = Token(f"{header}.{payload}.{sig}", k.key, now, now + TOKEN_LIFETIME_S)
         self.tokens[tok.value] = tok

@@ -40,10 +40,16 @@ def run(
     rate_real: Annotated[float, typer.Option(help="REST calls/s per real app key (EGW00201 above)")] = 20.0,
     rate_paper: Annotated[float, typer.Option(help="REST calls/s per paper app key")] = 2.0,
     pingpong: Annotated[float, typer.Option(help="idle seconds before PINGPONG (0 = never when idle)")] = 100.0,
-    pingpong_every: Annotated[float, typer.Option(help="send PINGPONG every N seconds, traffic or not (0 = off)")] = 0.0,
-    history: Annotated[Optional[Path], typer.Option(
-        help="history mode: stocks with DIR/<code>.csv replay those real days; the clock moves only "
-             "through the admin API (POST /admin/history/advance)")] = None,
+    pingpong_every: Annotated[
+        float, typer.Option(help="send PINGPONG every N seconds, traffic or not (0 = off)")
+    ] = 0.0,
+    history: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="history mode: stocks with DIR/<code>.csv replay those real days; the clock moves only "
+            "through the admin API (POST /admin/history/advance)"
+        ),
+    ] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="history mode: the first day YYYY-MM-DD")] = None,
     history_days: Annotated[int, typer.Option(help="history mode: daily rows served before the current day")] = 250,
     quiet: Annotated[bool, typer.Option(help="print only the JSON line")] = False,
@@ -57,12 +63,27 @@ def run(
         raise typer.BadParameter("--from only applies with --history DIR")
     if history is not None and (clock != "open" or date or replay_dir):
         raise typer.BadParameter("--history drives its own clock and data: leave --clock, --date and --replay-dir out")
-    config = TwinConfig(rest_port=rest_port, paper_rest_port=paper_rest_port, ws_port=ws_port,
-                        admin_port=admin_port, seed=seed, clock="history" if history else clock,
-                        date=_date(date, "--date") if date else None, speed=speed,
-                        accounts_file=accounts, state_file=state_file, replay_csv_dir=replay_dir,
-                        tick_interval=tick_interval, rate_real=rate_real, rate_paper=rate_paper,
-                        pingpong_s=pingpong, pingpong_every_s=pingpong_every, history_dir=history, history_from=start, history_days=history_days)
+    config = TwinConfig(
+        rest_port=rest_port,
+        paper_rest_port=paper_rest_port,
+        ws_port=ws_port,
+        admin_port=admin_port,
+        seed=seed,
+        clock="history" if history else clock,
+        date=_date(date, "--date") if date else None,
+        speed=speed,
+        accounts_file=accounts,
+        state_file=state_file,
+        replay_csv_dir=replay_dir,
+        tick_interval=tick_interval,
+        rate_real=rate_real,
+        rate_paper=rate_paper,
+        pingpong_s=pingpong,
+        pingpong_every_s=pingpong_every,
+        history_dir=history,
+        history_from=start,
+        history_days=history_days,
+    )
     try:
         asyncio.run(_serve(config, quiet))
     except HistoryError as e:
@@ -83,8 +104,17 @@ async def _serve(config: TwinConfig, quiet: bool) -> None:
     info = server.connection_info()
     if not quiet:
         print(f"KIS twin ({info['clock']} clock, seed {config.seed})", file=sys.stderr)
-        for k in ("rest_url", "paper_rest_url", "ws_url", "admin_url", "app_key", "account", "hts_id",
-                  "paper_app_key", "paper_account"):
+        for k in (
+            "rest_url",
+            "paper_rest_url",
+            "ws_url",
+            "admin_url",
+            "app_key",
+            "account",
+            "hts_id",
+            "paper_app_key",
+            "paper_account",
+        ):
             print(f"  {k:15s} {info[k]}", file=sys.stderr)
     print(json.dumps(info, ensure_ascii=False), flush=True)
     stop = asyncio.Event()

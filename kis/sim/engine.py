@@ -82,7 +82,11 @@ class OrderBook:
     def reset_day(self, base_price: int) -> list[Resting]:
         """New trading day: everything left is expired; limits move to the new base."""
         expired = list(self.orders.values())
-        self.bids.clear(); self.asks.clear(); self._bid_px.clear(); self._ask_px.clear(); self.orders.clear()
+        self.bids.clear()
+        self.asks.clear()
+        self._bid_px.clear()
+        self._ask_px.clear()
+        self.orders.clear()
         self.base = base_price
         self.lower, self.upper = price_limits(base_price, self.kind)
         return expired
@@ -128,8 +132,17 @@ class OrderBook:
             raise PriceRejected(str(exc)) from exc
 
     # ------------------------------------------------------------------------ orders
-    def submit(self, oid: int, side: BookSide, price: int | None, qty: int, owner: str | None,
-               tif: Tif = Tif.DAY, *, match: bool = True) -> SubmitResult:
+    def submit(
+        self,
+        oid: int,
+        side: BookSide,
+        price: int | None,
+        qty: int,
+        owner: str | None,
+        tif: Tif = Tif.DAY,
+        *,
+        match: bool = True,
+    ) -> SubmitResult:
         """Match an incoming order; rest what is left (DAY), kill it (IOC/FOK/market).
 
         `price=None` is a market order: it can trade up to the band edge. `match=False` parks the
@@ -173,8 +186,7 @@ class OrderBook:
                 total += sum(o.qty for o in self.bids[p])
         return total
 
-    def _sweep(self, oid: int, side: BookSide, limit: int, qty: int, owner: str | None,
-               out: list[Fill]) -> int:
+    def _sweep(self, oid: int, side: BookSide, limit: int, qty: int, owner: str | None, out: list[Fill]) -> int:
         opp_levels, opp_px = (self.asks, self._ask_px) if side is BookSide.BUY else (self.bids, self._bid_px)
         while qty > 0 and opp_px:
             best = opp_px[0] if side is BookSide.BUY else opp_px[-1]

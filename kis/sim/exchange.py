@@ -35,8 +35,7 @@ from kis.sim.wire import KisError, reject
 
 BRANCH = "06010"  # KRX_FWDG_ORD_ORGNO / BRNC_NO (API.md example)
 SUPPORTED_DVSN = {"00", "01", "02", "03", "04", "11", "12", "13", "14", "15", "16"}
-AFTER_CLOSE = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE,
-                         Phase.AFTER_HOURS_END})
+AFTER_CLOSE = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END})
 
 # Business rejections (codes UNCONFIRMED unless noted in README).
 R_NO_STOCK = ("APBK0656", "해당 종목정보가 없습니다.")
@@ -224,7 +223,7 @@ class Exchange:
                 # replay: the base is the close of the day before the replayed day
                 past = [b for b in bars if b.day < self.day]
                 base = past[-1].close if past else base
-                bars = past[-config.history_days:]
+                bars = past[-config.history_days :]
             st = StockState(info, OrderBook(info.code, base, info.kind), base, base, bars)
             self.stocks[info.code] = st
         self.process = PriceProcess(stocks, config.seed, config.step_sigma)
@@ -241,8 +240,9 @@ class Exchange:
             path = self.config.replay_csv_dir / f"{info.code}.csv"
             if path.exists():
                 return history.load_csv(path)
-        return history.synthetic_history(info.base_price, self.day, self.config.history_days,
-                                         info.daily_volume, info.kind, rng)
+        return history.synthetic_history(
+            info.base_price, self.day, self.config.history_days, info.daily_volume, info.kind, rng
+        )
 
     def _set_replay_targets(self) -> None:
         if self.config.replay_csv_dir is None:
@@ -287,8 +287,9 @@ class Exchange:
         return min(max(p, book.lower), book.upper)
 
     # ------------------------------------------------------------------ orders
-    def place(self, acct: Account, code: str, side: BookSide, ord_dvsn: str, qty: int, price: int,
-              *, external: bool = False) -> OrderRecord:
+    def place(
+        self, acct: Account, code: str, side: BookSide, ord_dvsn: str, qty: int, price: int, *, external: bool = False
+    ) -> OrderRecord:
         """Validate and place a new cash order. Raises KisError (business rejection) on refusal."""
         st = self.stock(code)
         if st is None:
@@ -298,9 +299,20 @@ class Exchange:
         if qty <= 0:
             raise reject(*R_QTY)
         tif = Tif.IOC if ord_dvsn in ("11", "13", "15") else Tif.FOK if ord_dvsn in ("12", "14", "16") else Tif.DAY
-        rec = OrderRecord(self._next_odno(), acct.account_id, self.day, st.code, side, ord_dvsn, qty,
-                          price if ord_dvsn in ("00", "02", "11", "12") else 0, self.now_tmd(),
-                          OrderKind.NEW, tif=tif, external=external)
+        rec = OrderRecord(
+            self._next_odno(),
+            acct.account_id,
+            self.day,
+            st.code,
+            side,
+            ord_dvsn,
+            qty,
+            price if ord_dvsn in ("00", "02", "11", "12") else 0,
+            self.now_tmd(),
+            OrderKind.NEW,
+            tif=tif,
+            external=external,
+        )
         try:
             limit = self._validate(acct, st, rec, price)
         except KisError as err:
@@ -380,10 +392,27 @@ class Exchange:
     def revise(self, acct: Account, orgn_odno: str, ord_dvsn: str, qty: int | None, price: int) -> OrderRecord:
         orig, st = self._open_order(acct, orgn_odno)
         n = self._portion(orig, qty)
-        rec = OrderRecord(self._next_odno(), acct.account_id, self.day, orig.code, orig.side,
-                          ord_dvsn or orig.ord_dvsn, n, price, self.now_tmd(), OrderKind.REVISE,
-                          orgn_odno=orig.odno, external=orig.external)
-        rec.tif = Tif.IOC if rec.ord_dvsn in ("11", "13", "15") else Tif.FOK if rec.ord_dvsn in ("12", "14", "16") else Tif.DAY
+        rec = OrderRecord(
+            self._next_odno(),
+            acct.account_id,
+            self.day,
+            orig.code,
+            orig.side,
+            ord_dvsn or orig.ord_dvsn,
+            n,
+            price,
+            self.now_tmd(),
+            OrderKind.REVISE,
+            orgn_odno=orig.odno,
+            external=orig.external,
+        )
+        rec.tif = (
+            Tif.IOC
+            if rec.ord_dvsn in ("11", "13", "15")
+            else Tif.FOK
+            if rec.ord_dvsn in ("12", "14", "16")
+            else Tif.DAY
+        )
         if rec.ord_dvsn not in SUPPORTED_DVSN:
             raise reject(*R_DVSN)
         # the moved quantity's reserve is released first so the revised order can use it
@@ -414,8 +443,7 @@ class Exchange:
         q = rec.open_qty - st.book.remaining(rec.oid)
         if q > 0:
             st.book.cancel(rec.oid)
-            st.book.submit(rec.oid, rec.side, rec.unit if rec.price else None, rec.open_qty, rec.odno,
-                           match=False)
+            st.book.submit(rec.oid, rec.side, rec.unit if rec.price else None, rec.open_qty, rec.odno, match=False)
 
     def cancel(self, acct: Account, orgn_odno: str, qty: int | None) -> OrderRecord:
         orig, st = self._open_order(acct, orgn_odno)
@@ -423,9 +451,20 @@ class Exchange:
         st.book.cancel(orig.oid, n)
         orig.cancelled_qty += n
         self._reserve(acct, orig)
-        rec = OrderRecord(self._next_odno(), acct.account_id, self.day, orig.code, orig.side,
-                          orig.ord_dvsn, n, 0, self.now_tmd(), OrderKind.CANCEL, orgn_odno=orig.odno,
-                          external=orig.external)
+        rec = OrderRecord(
+            self._next_odno(),
+            acct.account_id,
+            self.day,
+            orig.code,
+            orig.side,
+            orig.ord_dvsn,
+            n,
+            0,
+            self.now_tmd(),
+            OrderKind.CANCEL,
+            orgn_odno=orig.odno,
+            external=orig.external,
+        )
         rec.cancelled_qty = n
         self._store(rec)
         # 접수 (accepted), then 확인 (confirmed) once the exchange has taken the quantity off the
@@ -528,17 +567,41 @@ class Exchange:
             bar[5] = st.acml_amt
 
     # ------------------------------------------------------------------ notices
-    def _notify(self, acct: Account, rec: OrderRecord, *, cntg_yn: str, acpt: str, rctf: str,
-                qty: int | None = None, price: int | None = None, tmd: str | None = None,
-                refused: bool = False) -> None:
+    def _notify(
+        self,
+        acct: Account,
+        rec: OrderRecord,
+        *,
+        cntg_yn: str,
+        acpt: str,
+        rctf: str,
+        qty: int | None = None,
+        price: int | None = None,
+        tmd: str | None = None,
+        refused: bool = False,
+    ) -> None:
         name = self.stocks[rec.code].info.name
         q = rec.qty if qty is None else qty
         pr = rec.price if price is None else price
         head = [
-            acct.hts_id, acct.cano + acct.prdt, rec.odno, rec.orgn_odno,
-            "01" if rec.side is BookSide.SELL else "02", rctf, rec.ord_dvsn, rec.condition, rec.code,
-            f"{q:010d}", f"{pr:09d}", tmd or rec.tmd, "1" if refused else "0", cntg_yn, acpt, BRANCH,
-            f"{rec.qty:09d}", acct.name,
+            acct.hts_id,
+            acct.cano + acct.prdt,
+            rec.odno,
+            rec.orgn_odno,
+            "01" if rec.side is BookSide.SELL else "02",
+            rctf,
+            rec.ord_dvsn,
+            rec.condition,
+            rec.code,
+            f"{q:010d}",
+            f"{pr:09d}",
+            tmd or rec.tmd,
+            "1" if refused else "0",
+            cntg_yn,
+            acpt,
+            BRANCH,
+            f"{rec.qty:09d}",
+            acct.name,
         ]
         record = head + ["", "1", "Y", "", "10", "", name, str(rec.price)]
         legacy = head + [name, "10", "", name, str(rec.price)]
@@ -556,19 +619,52 @@ class Exchange:
         ccld = "1" if f.aggressor is BookSide.BUY else "5" if f.aggressor is BookSide.SELL else "3"
         total_sides = st.shnu_sum + st.seln_sum
         return [
-            st.code, tmd, str(p), _sign(diff, p, book), str(diff), _rate(diff, st.prev_close),
-            f"{vwap:.2f}", str(st.open), str(st.high), str(st.low),
-            str(asks[0][0] if asks else 0), str(bids[0][0] if bids else 0),
-            str(f.qty), str(st.acml_vol), str(st.acml_amt), str(st.seln_cnt), str(st.shnu_cnt),
-            str(st.shnu_cnt - st.seln_cnt), f"{cttr:.2f}", str(st.seln_sum), str(st.shnu_sum), ccld,
+            st.code,
+            tmd,
+            str(p),
+            _sign(diff, p, book),
+            str(diff),
+            _rate(diff, st.prev_close),
+            f"{vwap:.2f}",
+            str(st.open),
+            str(st.high),
+            str(st.low),
+            str(asks[0][0] if asks else 0),
+            str(bids[0][0] if bids else 0),
+            str(f.qty),
+            str(st.acml_vol),
+            str(st.acml_amt),
+            str(st.seln_cnt),
+            str(st.shnu_cnt),
+            str(st.shnu_cnt - st.seln_cnt),
+            f"{cttr:.2f}",
+            str(st.seln_sum),
+            str(st.shnu_sum),
+            ccld,
             f"{st.shnu_sum * 100 / total_sides:.2f}" if total_sides else "0.00",
             _rate(st.acml_vol - st.prdy_vol, st.prdy_vol) if st.prdy_vol else "0.00",
-            st.open_tmd, _sign(p - st.open, p, book), str(p - st.open),
-            st.high_tmd, _sign(p - st.high, p, book), str(p - st.high),
-            st.low_tmd, _sign(p - st.low, p, book), str(p - st.low),
-            self.day.strftime("%Y%m%d"), "20" if f.aggressor is not None else "10", "N",
-            str(asks[0][1] if asks else 0), str(bids[0][1] if bids else 0), str(tot_ask), str(tot_bid),
-            f"{st.acml_vol * 100 / st.info.listed_shares:.2f}", "0", "0.00", "0", "", str(st.prev_close),
+            st.open_tmd,
+            _sign(p - st.open, p, book),
+            str(p - st.open),
+            st.high_tmd,
+            _sign(p - st.high, p, book),
+            str(p - st.high),
+            st.low_tmd,
+            _sign(p - st.low, p, book),
+            str(p - st.low),
+            self.day.strftime("%Y%m%d"),
+            "20" if f.aggressor is not None else "10",
+            "N",
+            str(asks[0][1] if asks else 0),
+            str(bids[0][1] if bids else 0),
+            str(tot_ask),
+            str(tot_bid),
+            f"{st.acml_vol * 100 / st.info.listed_shares:.2f}",
+            "0",
+            "0.00",
+            "0",
+            "",
+            str(st.prev_close),
         ]
 
     def book_record(self, st: StockState) -> list[str]:
@@ -589,10 +685,31 @@ class Exchange:
         else:
             antc, antc_q, antc_diff = 0, 0, -st.prev_close
         hour_cls = "A" if phase is Phase.CLOSING_AUCTION else "B" if phase is Phase.OPENING_AUCTION else "0"
-        return ([st.code, self.now_tmd(), hour_cls] + ask_p + bid_p + ask_q + bid_q
-                + [str(tot_ask), str(tot_bid), "0", "0", str(antc), str(antc_q), str(antc_q), str(antc_diff),
-                   _sign(antc_diff, antc, book) if auction else "5", _rate(antc_diff, st.prev_close),
-                   str(st.acml_vol), str(d_ask), str(d_bid), "0", "0", "0"])
+        return (
+            [st.code, self.now_tmd(), hour_cls]
+            + ask_p
+            + bid_p
+            + ask_q
+            + bid_q
+            + [
+                str(tot_ask),
+                str(tot_bid),
+                "0",
+                "0",
+                str(antc),
+                str(antc_q),
+                str(antc_q),
+                str(antc_diff),
+                _sign(antc_diff, antc, book) if auction else "5",
+                _rate(antc_diff, st.prev_close),
+                str(st.acml_vol),
+                str(d_ask),
+                str(d_bid),
+                "0",
+                "0",
+                "0",
+            ]
+        )
 
     def _emit_book(self, st: StockState) -> None:
         if self.listeners:
@@ -647,11 +764,15 @@ class Exchange:
         for i in range(self.config.levels):
             ask = next_tick_up(ask, kind)
             if ask <= book.upper:
-                self._synthetic_rest(st, BookSide.SELL, ask, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match)
+                self._synthetic_rest(
+                    st, BookSide.SELL, ask, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match
+                )
             if bid > 1:
                 bid = next_tick_down(bid, kind)
                 if bid >= book.lower:
-                    self._synthetic_rest(st, BookSide.BUY, bid, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match)
+                    self._synthetic_rest(
+                        st, BookSide.BUY, bid, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match
+                    )
 
     def _synthetic_rest(self, st: StockState, side: BookSide, price: int, qty: int, match: bool) -> None:
         try:
@@ -762,5 +883,4 @@ def _rate(diff: int, base: int) -> str:
     return f"{diff * 100 / base:.2f}" if base else "0.00"
 
 
-__all__ = ["Exchange", "MarketConfig", "OrderRecord", "OrderKind", "TradePrint", "BookChange", "Notice",
-           "StockState"]
+__all__ = ["Exchange", "MarketConfig", "OrderRecord", "OrderKind", "TradePrint", "BookChange", "Notice", "StockState"]

@@ -100,13 +100,20 @@ class Faults:
 
     def describe(self) -> dict[str, object]:
         return {
-            "disconnects": [{"count": d.count, "when": d.when, "path_contains": d.path_contains} for d in self.disconnects],
+            "disconnects": [
+                {"count": d.count, "when": d.when, "path_contains": d.path_contains} for d in self.disconnects
+            ],
             "errors": [{"count": e.count, "kind": e.kind, "path_contains": e.path_contains} for e in self.errors],
-            "mangles": [{"count": m.count, "field": m.field, "value": m.value, "path_contains": m.path_contains}
-                        for m in self.mangles],
+            "mangles": [
+                {"count": m.count, "field": m.field, "value": m.value, "path_contains": m.path_contains}
+                for m in self.mangles
+            ],
             "latency_ms": self.latency_ms,
-            "notices": {"delay_ms": self.notices.delay_ms, "duplicate": self.notices.duplicate,
-                        "reorder": self.notices.reorder},
+            "notices": {
+                "delay_ms": self.notices.delay_ms,
+                "duplicate": self.notices.duplicate,
+                "reorder": self.notices.reorder,
+            },
             "ws_refusing": self.ws_refusing(),
             "batch_records": self.batch_records,
             "legacy_notice": self.legacy_notice,

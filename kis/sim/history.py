@@ -34,8 +34,9 @@ def _grid(price: float, kind: SecurityKind) -> int:
     return max(round_down(max(int(price), 1), kind), 1)
 
 
-def synthetic_history(last_close: int, before: dt.date, days: int, daily_volume: int, kind: SecurityKind,
-                      rng: random.Random) -> list[DailyBar]:
+def synthetic_history(
+    last_close: int, before: dt.date, days: int, daily_volume: int, kind: SecurityKind, rng: random.Random
+) -> list[DailyBar]:
     """`days` trading days ending the trading day before `before`, oldest first, closing at `last_close`."""
     bars: list[DailyBar] = []
     close = float(last_close)
@@ -48,9 +49,14 @@ def synthetic_history(last_close: int, before: dt.date, days: int, daily_volume:
         hi = max(o, close) * math.exp(abs(rng.gauss(0.0, 0.006)))
         lo = min(o, close) / math.exp(abs(rng.gauss(0.0, 0.006)))
         c = _grid(close, kind)
-        bar = DailyBar(day, _grid(o, kind), max(_grid(hi, kind), c, _grid(o, kind)),
-                       min(_grid(lo, kind), c, _grid(o, kind)), c,
-                       int(daily_volume * rng.uniform(0.6, 1.5)))
+        bar = DailyBar(
+            day,
+            _grid(o, kind),
+            max(_grid(hi, kind), c, _grid(o, kind)),
+            min(_grid(lo, kind), c, _grid(o, kind)),
+            c,
+            int(daily_volume * rng.uniform(0.6, 1.5)),
+        )
         bars.append(bar)
         close = prev
     bars.reverse()
@@ -62,9 +68,16 @@ def load_csv(path: Path) -> list[DailyBar]:
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             try:
-                out.append(DailyBar(dt.date.fromisoformat(row["Date"][:10]), int(float(row["Open"])),
-                                    int(float(row["High"])), int(float(row["Low"])),
-                                    int(float(row["Close"])), int(float(row["Volume"]))))
+                out.append(
+                    DailyBar(
+                        dt.date.fromisoformat(row["Date"][:10]),
+                        int(float(row["Open"])),
+                        int(float(row["High"])),
+                        int(float(row["Low"])),
+                        int(float(row["Close"])),
+                        int(float(row["Volume"])),
+                    )
+                )
             except (KeyError, ValueError):
                 continue  # a malformed line is skipped, not fatal
     return out

@@ -37,7 +37,7 @@ def _json(doc: object, status: int = 200) -> web.Response:
 
 
 def parse_to(raw: str, today: dt.date) -> dt.datetime:
-    """"HH:MM[:SS]" on `today`, or an ISO date-time; naive times are KST (the caller makes them aware)."""
+    """ "HH:MM[:SS]" on `today`, or an ISO date-time; naive times are KST (the caller makes them aware)."""
     raw = raw.strip()
     try:
         if "T" in raw or "-" in raw:
@@ -100,8 +100,16 @@ class HistoryAdmin:
         move()
         seconds = time.perf_counter() - t0
         await self._drained()
-        return _json({"day": ex.day.isoformat(), "phase": ex.clock.phase().value, "now": ex.clock.now().isoformat(),
-                      "prints": ex.prints - prints, "fills": ex.fills - fills, "seconds": round(seconds, 6)})
+        return _json(
+            {
+                "day": ex.day.isoformat(),
+                "phase": ex.clock.phase().value,
+                "now": ex.clock.now().isoformat(),
+                "prints": ex.prints - prints,
+                "fills": ex.fills - fills,
+                "seconds": round(seconds, 6),
+            }
+        )
 
     async def _drained(self) -> None:
         """Wait (bounded) until every websocket session's queue is empty: the frames are on their sockets."""

@@ -97,8 +97,10 @@ class HistoryData:
                 if bars:
                     rows[code] = bars
         if not rows:
-            raise HistoryError(f"{directory} has no <code>.csv with daily rows for any of the twin's stocks "
-                               f"(e.g. {', '.join(codes[:4])})")
+            raise HistoryError(
+                f"{directory} has no <code>.csv with daily rows for any of the twin's stocks "
+                f"(e.g. {', '.join(codes[:4])})"
+            )
         return cls(directory, rows)
 
     @property
@@ -131,7 +133,7 @@ class HistoryData:
         """The last `n` rows before `day` with positive prices, oldest first."""
         days = self._bar_days.get(code, [])
         i = bisect.bisect_left(days, day)
-        return self._bars[code][max(i - n, 0):i]
+        return self._bars[code][max(i - n, 0) : i]
 
 
 # ------------------------------------------------------------------------------------ the exchange
@@ -147,7 +149,9 @@ class _Resting:
 class HistoryExchange(Exchange):
     """The twin's exchange with its driven codes replaying history (see the module docstring)."""
 
-    def __init__(self, clock: TwinClock, config: MarketConfig, data: HistoryData, days: int = DEFAULT_HISTORY_DAYS) -> None:
+    def __init__(
+        self, clock: TwinClock, config: MarketConfig, data: HistoryData, days: int = DEFAULT_HISTORY_DAYS
+    ) -> None:
         self.data = data
         self.history_days = days
         self.driven = frozenset(c for c in universe.codes() if c in data.codes)
@@ -206,8 +210,9 @@ class HistoryExchange(Exchange):
         to = _kst(to)
         now = self.clock.now()
         if to < now:
-            raise HistoryError(f"the history clock only moves forward: it is {now:%Y-%m-%d %H:%M:%S}, "
-                               f"asked for {to:%Y-%m-%d %H:%M:%S}")
+            raise HistoryError(
+                f"the history clock only moves forward: it is {now:%Y-%m-%d %H:%M:%S}, asked for {to:%Y-%m-%d %H:%M:%S}"
+            )
         while to.date() > self.day:
             self._run_until(None)
             start = pre_open(next_trading_day(self.day))
@@ -249,10 +254,19 @@ class HistoryExchange(Exchange):
 
     def describe(self) -> dict[str, object]:
         halted = sorted(c for c in self.driven if self._bar.get(c) is None)
-        return {"directory": str(self.data.directory), "day": self.day.isoformat(), "now": self.clock.now().isoformat(),
-                "phase": self.clock.phase().value, "codes": sorted(self.driven), "halted": halted,
-                "last_data_day": self.data.last_day.isoformat(), "history_days": self.history_days,
-                "prints": self.prints, "fills": self.fills, "volume_overflow": self.volume_overflow}
+        return {
+            "directory": str(self.data.directory),
+            "day": self.day.isoformat(),
+            "now": self.clock.now().isoformat(),
+            "phase": self.clock.phase().value,
+            "codes": sorted(self.driven),
+            "halted": halted,
+            "last_data_day": self.data.last_day.isoformat(),
+            "history_days": self.history_days,
+            "prints": self.prints,
+            "fills": self.fills,
+            "volume_overflow": self.volume_overflow,
+        }
 
     # ---- the schedule ----------------------------------------------------------------------------
 

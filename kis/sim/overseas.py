@@ -19,20 +19,44 @@ if TYPE_CHECKING:
     from kis.sim.rest import Call, Reply
 
 PRESENT_TOTALS = (  # output3 of inquire-present-balance, in documented order
-    "pchs_amt_smtl", "evlu_amt_smtl", "evlu_pfls_amt_smtl", "dncl_amt", "cma_evlu_amt", "tot_dncl_amt", "etc_mgna",
-    "wdrw_psbl_tot_amt", "frcr_evlu_tota", "evlu_erng_rt1", "pchs_amt_smtl_amt", "evlu_amt_smtl_amt",
-    "tot_evlu_pfls_amt", "tot_asst_amt", "buy_mgn_amt", "mgna_tota", "frcr_use_psbl_amt", "ustl_sll_amt_smtl",
-    "ustl_buy_amt_smtl", "tot_frcr_cblc_smtl", "tot_loan_amt",
+    "pchs_amt_smtl",
+    "evlu_amt_smtl",
+    "evlu_pfls_amt_smtl",
+    "dncl_amt",
+    "cma_evlu_amt",
+    "tot_dncl_amt",
+    "etc_mgna",
+    "wdrw_psbl_tot_amt",
+    "frcr_evlu_tota",
+    "evlu_erng_rt1",
+    "pchs_amt_smtl_amt",
+    "evlu_amt_smtl_amt",
+    "tot_evlu_pfls_amt",
+    "tot_asst_amt",
+    "buy_mgn_amt",
+    "mgna_tota",
+    "frcr_use_psbl_amt",
+    "ustl_sll_amt_smtl",
+    "ustl_buy_amt_smtl",
+    "tot_frcr_cblc_smtl",
+    "tot_loan_amt",
 )
 BALANCE_TOTALS = {  # output2 of inquire-balance (TTTS3012R), decimals as in the workbook's example
-    "frcr_pchs_amt1": "0.00000", "ovrs_rlzt_pfls_amt": "0.00000", "ovrs_tot_pfls": "0.00000",
-    "rlzt_erng_rt": "0.00000000", "tot_evlu_pfls_amt": "0.00000000", "tot_pftrt": "0.00000000",
-    "frcr_buy_amt_smtl1": "0.000000", "ovrs_rlzt_pfls_amt2": "0.00000", "frcr_buy_amt_smtl2": "0.000000",
+    "frcr_pchs_amt1": "0.00000",
+    "ovrs_rlzt_pfls_amt": "0.00000",
+    "ovrs_tot_pfls": "0.00000",
+    "rlzt_erng_rt": "0.00000000",
+    "tot_evlu_pfls_amt": "0.00000000",
+    "tot_pftrt": "0.00000000",
+    "frcr_buy_amt_smtl1": "0.000000",
+    "ovrs_rlzt_pfls_amt2": "0.00000",
+    "frcr_buy_amt_smtl2": "0.000000",
 }
 
 
 def _reply(body: dict[str, object]) -> Reply:
     from kis.sim.rest import Reply
+
     return Reply(body, "D")  # a single page: never F/M, so paging clients stop
 
 
@@ -78,7 +102,15 @@ def inquire_ccnl(call: Call) -> Reply:
     """해외주식 주문체결내역 (TTTS3035R / VTTS3035R)."""
     cano, prdt = _account(call)
     p = call.params
-    ctx = _ctx200(cano, prdt, p.get("PDNO", "").strip(), p.get("ORD_STRT_DT", "").strip(),
-                  p.get("ORD_END_DT", "").strip(), p.get("SLL_BUY_DVSN", "").strip(),
-                  p.get("CCLD_NCCS_DVSN", "").strip(), p.get("OVRS_EXCG_CD", "").strip(), p.get("SORT_SQN", "").strip())
+    ctx = _ctx200(
+        cano,
+        prdt,
+        p.get("PDNO", "").strip(),
+        p.get("ORD_STRT_DT", "").strip(),
+        p.get("ORD_END_DT", "").strip(),
+        p.get("SLL_BUY_DVSN", "").strip(),
+        p.get("CCLD_NCCS_DVSN", "").strip(),
+        p.get("OVRS_EXCG_CD", "").strip(),
+        p.get("SORT_SQN", "").strip(),
+    )
     return _reply({**ctx, "output": [], **_ok(OK_CCLD)})

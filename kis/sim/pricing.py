@@ -15,8 +15,9 @@ from kis.sim.universe import StockInfo
 
 
 class PriceProcess:
-    def __init__(self, stocks: list[StockInfo], seed: int, step_sigma: float = 0.0012,
-                 reversion: float = 0.002) -> None:
+    def __init__(
+        self, stocks: list[StockInfo], seed: int, step_sigma: float = 0.0012, reversion: float = 0.002
+    ) -> None:
         self.rng = random.Random(seed)
         self.step_sigma = step_sigma
         self.reversion = reversion

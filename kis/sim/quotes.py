@@ -27,6 +27,7 @@ MINUTE_CHART_MAX = 30  # rows per inquire-time-itemchartprice call (API.md §4.1
 
 def _reply(body: dict[str, object], tr_cont: str = "") -> Reply:
     from kis.sim.rest import Reply
+
     return Reply(body, tr_cont)
 
 
@@ -94,35 +95,88 @@ def inquire_price(call: Call) -> Reply:
     hi_p = hi250.high if hi250 else last
     lo_p = lo250.low if lo250 else last
     out = {
-        "iscd_stat_cls_code": "55", "marg_rate": "20.00", "rprs_mrkt_kor_name": "KOSPI200" if info.market == "KOSPI" else "KOSDAQ",
-        "new_hgpr_lwpr_cls_code": "", "bstp_kor_isnm": info.sector, "temp_stop_yn": "N", "oprc_rang_cont_yn": "N",
-        "clpr_rang_cont_yn": "N", "crdt_able_yn": "Y", "grmn_rate_cls_code": "40", "elw_pblc_yn": "N",
-        "stck_prpr": str(last), "prdy_vrss": str(diff), "prdy_vrss_sign": _sign(diff, last, st),
-        "prdy_ctrt": _rate(diff, st.prev_close), "acml_tr_pbmn": str(st.acml_amt), "acml_vol": str(st.acml_vol),
+        "iscd_stat_cls_code": "55",
+        "marg_rate": "20.00",
+        "rprs_mrkt_kor_name": "KOSPI200" if info.market == "KOSPI" else "KOSDAQ",
+        "new_hgpr_lwpr_cls_code": "",
+        "bstp_kor_isnm": info.sector,
+        "temp_stop_yn": "N",
+        "oprc_rang_cont_yn": "N",
+        "clpr_rang_cont_yn": "N",
+        "crdt_able_yn": "Y",
+        "grmn_rate_cls_code": "40",
+        "elw_pblc_yn": "N",
+        "stck_prpr": str(last),
+        "prdy_vrss": str(diff),
+        "prdy_vrss_sign": _sign(diff, last, st),
+        "prdy_ctrt": _rate(diff, st.prev_close),
+        "acml_tr_pbmn": str(st.acml_amt),
+        "acml_vol": str(st.acml_vol),
         "prdy_vrss_vol_rate": _rate(st.acml_vol, st.prdy_vol) if st.prdy_vol else "0.00",
-        "stck_oprc": str(st.open or last), "stck_hgpr": str(st.high or last), "stck_lwpr": str(st.low or last),
-        "stck_mxpr": str(st.book.upper), "stck_llam": str(st.book.lower), "stck_sdpr": str(st.prev_close),
-        "wghn_avrg_stck_prc": f"{vwap:.2f}", "hts_frgn_ehrt": "50.00", "frgn_ntby_qty": "0", "pgtr_ntby_qty": "0",
-        "pvt_scnd_dmrs_prc": str(2 * pivot - (st.low or last)), "pvt_frst_dmrs_prc": str(pivot + (st.high - st.low)),
-        "pvt_pont_val": str(pivot), "pvt_frst_dmsp_prc": str(pivot - (st.high - st.low)),
-        "pvt_scnd_dmsp_prc": str(2 * pivot - (st.high or last)), "dmrs_val": str(st.high or last), "dmsp_val": str(st.low or last),
-        "cpfn": str(info.listed_shares * info.par_value // 100_000_000), "rstc_wdth_prc": str(st.book.upper - st.prev_close),
-        "stck_fcam": str(info.par_value), "stck_sspr": str(last * 80 // 100), "aspr_unit": str(tick_size(last, info.kind)),
-        "hts_deal_qty_unit_val": "1", "lstn_stcn": str(info.listed_shares), "hts_avls": str(cap), "per": info.per,
-        "pbr": info.pbr, "stac_month": "12", "vol_tnrt": f"{st.acml_vol * 100 / info.listed_shares:.2f}",
-        "eps": f"{info.eps}.00", "bps": f"{info.bps}.00", "d250_hgpr": str(hi_p), "d250_hgpr_date": d(hi250),
-        "d250_hgpr_vrss_prpr_rate": _rate(last - hi_p, hi_p), "d250_lwpr": str(lo_p), "d250_lwpr_date": d(lo250),
-        "d250_lwpr_vrss_prpr_rate": _rate(last - lo_p, lo_p), "stck_dryy_hgpr": str(yhi.high if yhi else last),
+        "stck_oprc": str(st.open or last),
+        "stck_hgpr": str(st.high or last),
+        "stck_lwpr": str(st.low or last),
+        "stck_mxpr": str(st.book.upper),
+        "stck_llam": str(st.book.lower),
+        "stck_sdpr": str(st.prev_close),
+        "wghn_avrg_stck_prc": f"{vwap:.2f}",
+        "hts_frgn_ehrt": "50.00",
+        "frgn_ntby_qty": "0",
+        "pgtr_ntby_qty": "0",
+        "pvt_scnd_dmrs_prc": str(2 * pivot - (st.low or last)),
+        "pvt_frst_dmrs_prc": str(pivot + (st.high - st.low)),
+        "pvt_pont_val": str(pivot),
+        "pvt_frst_dmsp_prc": str(pivot - (st.high - st.low)),
+        "pvt_scnd_dmsp_prc": str(2 * pivot - (st.high or last)),
+        "dmrs_val": str(st.high or last),
+        "dmsp_val": str(st.low or last),
+        "cpfn": str(info.listed_shares * info.par_value // 100_000_000),
+        "rstc_wdth_prc": str(st.book.upper - st.prev_close),
+        "stck_fcam": str(info.par_value),
+        "stck_sspr": str(last * 80 // 100),
+        "aspr_unit": str(tick_size(last, info.kind)),
+        "hts_deal_qty_unit_val": "1",
+        "lstn_stcn": str(info.listed_shares),
+        "hts_avls": str(cap),
+        "per": info.per,
+        "pbr": info.pbr,
+        "stac_month": "12",
+        "vol_tnrt": f"{st.acml_vol * 100 / info.listed_shares:.2f}",
+        "eps": f"{info.eps}.00",
+        "bps": f"{info.bps}.00",
+        "d250_hgpr": str(hi_p),
+        "d250_hgpr_date": d(hi250),
+        "d250_hgpr_vrss_prpr_rate": _rate(last - hi_p, hi_p),
+        "d250_lwpr": str(lo_p),
+        "d250_lwpr_date": d(lo250),
+        "d250_lwpr_vrss_prpr_rate": _rate(last - lo_p, lo_p),
+        "stck_dryy_hgpr": str(yhi.high if yhi else last),
         "dryy_hgpr_vrss_prpr_rate": _rate(last - (yhi.high if yhi else last), yhi.high if yhi else last),
-        "dryy_hgpr_date": d(yhi), "stck_dryy_lwpr": str(ylo.low if ylo else last),
+        "dryy_hgpr_date": d(yhi),
+        "stck_dryy_lwpr": str(ylo.low if ylo else last),
         "dryy_lwpr_vrss_prpr_rate": _rate(last - (ylo.low if ylo else last), ylo.low if ylo else last),
-        "dryy_lwpr_date": d(ylo), "w52_hgpr": str(hi_p), "w52_hgpr_vrss_prpr_ctrt": _rate(last - hi_p, hi_p),
-        "w52_hgpr_date": d(hi250), "w52_lwpr": str(lo_p), "w52_lwpr_vrss_prpr_ctrt": _rate(last - lo_p, lo_p),
-        "w52_lwpr_date": d(lo250), "whol_loan_rmnd_rate": "0.00", "ssts_yn": "Y", "stck_shrn_iscd": info.code,
-        "fcam_cnnm": str(info.par_value), "cpfn_cnnm": f"{info.listed_shares * info.par_value // 100_000_000} 억",
-        "apprch_rate": "0.00", "frgn_hldn_qty": str(info.listed_shares // 2), "vi_cls_code": "N",
-        "ovtm_vi_cls_code": "N", "last_ssts_cntg_qty": "0", "invt_caful_yn": "N", "mrkt_warn_cls_code": "00",
-        "short_over_yn": "N", "sltr_yn": "N", "mang_issu_cls_code": "N",
+        "dryy_lwpr_date": d(ylo),
+        "w52_hgpr": str(hi_p),
+        "w52_hgpr_vrss_prpr_ctrt": _rate(last - hi_p, hi_p),
+        "w52_hgpr_date": d(hi250),
+        "w52_lwpr": str(lo_p),
+        "w52_lwpr_vrss_prpr_ctrt": _rate(last - lo_p, lo_p),
+        "w52_lwpr_date": d(lo250),
+        "whol_loan_rmnd_rate": "0.00",
+        "ssts_yn": "Y",
+        "stck_shrn_iscd": info.code,
+        "fcam_cnnm": str(info.par_value),
+        "cpfn_cnnm": f"{info.listed_shares * info.par_value // 100_000_000} 억",
+        "apprch_rate": "0.00",
+        "frgn_hldn_qty": str(info.listed_shares // 2),
+        "vi_cls_code": "N",
+        "ovtm_vi_cls_code": "N",
+        "last_ssts_cntg_qty": "0",
+        "invt_caful_yn": "N",
+        "mrkt_warn_cls_code": "00",
+        "short_over_yn": "N",
+        "sltr_yn": "N",
+        "mang_issu_cls_code": "N",
     }
     return _reply({"output": out, **_ok()})
 
@@ -140,16 +194,36 @@ def inquire_asking_price(call: Call) -> Reply:
     out1.update({f"bidp_rsqn{i + 1}": bid_q[i] for i in range(10)})
     out1.update({f"askp_rsqn_icdc{i + 1}": "0" for i in range(10)})
     out1.update({f"bidp_rsqn_icdc{i + 1}": "0" for i in range(10)})
-    out1.update({"total_askp_rsqn": rec[43], "total_bidp_rsqn": rec[44], "total_askp_rsqn_icdc": rec[54],
-                 "total_bidp_rsqn_icdc": rec[55], "ovtm_total_askp_icdc": "0", "ovtm_total_bidp_icdc": "0",
-                 "ovtm_total_askp_rsqn": "0", "ovtm_total_bidp_rsqn": "0",
-                 "ntby_aspr_rsqn": str(int(rec[44]) - int(rec[43])), "new_mkop_cls_code": "20"})
+    out1.update(
+        {
+            "total_askp_rsqn": rec[43],
+            "total_bidp_rsqn": rec[44],
+            "total_askp_rsqn_icdc": rec[54],
+            "total_bidp_rsqn_icdc": rec[55],
+            "ovtm_total_askp_icdc": "0",
+            "ovtm_total_bidp_icdc": "0",
+            "ovtm_total_askp_rsqn": "0",
+            "ovtm_total_bidp_rsqn": "0",
+            "ntby_aspr_rsqn": str(int(rec[44]) - int(rec[43])),
+            "new_mkop_cls_code": "20",
+        }
+    )
     diff = int(rec[50])
-    out2 = {"antc_mkop_cls_code": "311" if rec[2] != "0" else "112", "stck_prpr": str(st.last),
-            "stck_oprc": str(st.open or st.last), "stck_hgpr": str(st.high or st.last), "stck_lwpr": str(st.low or st.last),
-            "stck_sdpr": str(st.prev_close), "antc_cnpr": rec[47], "antc_cntg_vrss_sign": rec[51],
-            "antc_cntg_vrss": str(diff), "antc_cntg_prdy_ctrt": rec[52], "antc_vol": rec[49],
-            "stck_shrn_iscd": st.code, "vi_cls_code": "N"}
+    out2 = {
+        "antc_mkop_cls_code": "311" if rec[2] != "0" else "112",
+        "stck_prpr": str(st.last),
+        "stck_oprc": str(st.open or st.last),
+        "stck_hgpr": str(st.high or st.last),
+        "stck_lwpr": str(st.low or st.last),
+        "stck_sdpr": str(st.prev_close),
+        "antc_cnpr": rec[47],
+        "antc_cntg_vrss_sign": rec[51],
+        "antc_cntg_vrss": str(diff),
+        "antc_cntg_prdy_ctrt": rec[52],
+        "antc_vol": rec[49],
+        "stck_shrn_iscd": st.code,
+        "vi_cls_code": "N",
+    }
     return _reply({"output1": out1, "output2": out2, **_ok()})
 
 
@@ -158,10 +232,17 @@ def inquire_ccnl(call: Call) -> Reply:
     rows = []
     for t in list(st.ticks)[-30:][::-1]:
         diff = t.price - st.prev_close
-        rows.append({"stck_cntg_hour": t.tmd, "stck_prpr": str(t.price), "prdy_vrss": str(diff),
-                     "prdy_vrss_sign": _sign(diff, t.price, st), "cntg_vol": str(t.qty),
-                     "tday_rltv": f"{st.shnu_sum * 100 / st.seln_sum:.2f}" if st.seln_sum else "0.00",
-                     "prdy_ctrt": _rate(diff, st.prev_close)})
+        rows.append(
+            {
+                "stck_cntg_hour": t.tmd,
+                "stck_prpr": str(t.price),
+                "prdy_vrss": str(diff),
+                "prdy_vrss_sign": _sign(diff, t.price, st),
+                "cntg_vol": str(t.qty),
+                "tday_rltv": f"{st.shnu_sum * 100 / st.seln_sum:.2f}" if st.seln_sum else "0.00",
+                "prdy_ctrt": _rate(diff, st.prev_close),
+            }
+        )
     return _reply({"output": rows, **_ok()})
 
 
@@ -175,8 +256,16 @@ def _aggregate(bars: list[DailyBar], period: str) -> list[DailyBar]:
         groups.setdefault(key, []).append(b)
     out = []
     for g in groups.values():
-        out.append(DailyBar(g[-1].day, g[0].open, max(b.high for b in g), min(b.low for b in g), g[-1].close,
-                            sum(b.volume for b in g)))
+        out.append(
+            DailyBar(
+                g[-1].day,
+                g[0].open,
+                max(b.high for b in g),
+                min(b.low for b in g),
+                g[-1].close,
+                sum(b.volume for b in g),
+            )
+        )
     return out
 
 
@@ -190,12 +279,24 @@ def inquire_daily_price(call: Call) -> Reply:
         prev = bars[i - 1].close if i > 0 else b.open
         prev_vol = bars[i - 1].volume if i > 0 else 0
         diff = b.close - prev
-        rows.append({"stck_bsop_date": b.day.strftime("%Y%m%d"), "stck_oprc": str(b.open), "stck_hgpr": str(b.high),
-                     "stck_lwpr": str(b.low), "stck_clpr": str(b.close), "acml_vol": str(b.volume),
-                     "prdy_vrss_vol_rate": _rate(b.volume - prev_vol, prev_vol) if prev_vol else "0.00",
-                     "prdy_vrss": str(diff), "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3",
-                     "prdy_ctrt": _rate(diff, prev), "hts_frgn_ehrt": "50.00", "frgn_ntby_qty": "0",
-                     "flng_cls_code": "00", "acml_prtt_rate": "1.00"})
+        rows.append(
+            {
+                "stck_bsop_date": b.day.strftime("%Y%m%d"),
+                "stck_oprc": str(b.open),
+                "stck_hgpr": str(b.high),
+                "stck_lwpr": str(b.low),
+                "stck_clpr": str(b.close),
+                "acml_vol": str(b.volume),
+                "prdy_vrss_vol_rate": _rate(b.volume - prev_vol, prev_vol) if prev_vol else "0.00",
+                "prdy_vrss": str(diff),
+                "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3",
+                "prdy_ctrt": _rate(diff, prev),
+                "hts_frgn_ehrt": "50.00",
+                "frgn_ntby_qty": "0",
+                "flng_cls_code": "00",
+                "acml_prtt_rate": "1.00",
+            }
+        )
     return _reply({"output": rows[:30], **_ok()})
 
 
@@ -203,24 +304,45 @@ def _chart_output1(st: StockState, bars: list[DailyBar], full: bool) -> dict[str
     info = st.info
     diff = st.last - st.prev_close
     prev = st.history[-1] if st.history else None
-    base = {"prdy_vrss": str(diff), "prdy_vrss_sign": _sign(diff, st.last, st), "prdy_ctrt": _rate(diff, st.prev_close),
-            "stck_prdy_clpr": str(st.prev_close), "acml_vol": str(st.acml_vol), "acml_tr_pbmn": str(st.acml_amt),
-            "hts_kor_isnm": info.name, "stck_prpr": str(st.last)}
+    base = {
+        "prdy_vrss": str(diff),
+        "prdy_vrss_sign": _sign(diff, st.last, st),
+        "prdy_ctrt": _rate(diff, st.prev_close),
+        "stck_prdy_clpr": str(st.prev_close),
+        "acml_vol": str(st.acml_vol),
+        "acml_tr_pbmn": str(st.acml_amt),
+        "hts_kor_isnm": info.name,
+        "stck_prpr": str(st.last),
+    }
     if not full:
         return base
     asks, bids = st.book.depth(1)
-    base.update({
-        "stck_shrn_iscd": info.code, "prdy_vol": str(prev.volume if prev else 0), "stck_mxpr": str(st.book.upper),
-        "stck_llam": str(st.book.lower), "stck_oprc": str(st.open or st.last), "stck_hgpr": str(st.high or st.last),
-        "stck_lwpr": str(st.low or st.last), "stck_prdy_oprc": str(prev.open if prev else 0),
-        "stck_prdy_hgpr": str(prev.high if prev else 0), "stck_prdy_lwpr": str(prev.low if prev else 0),
-        "askp": str(asks[0][0] if asks else 0), "bidp": str(bids[0][0] if bids else 0),
-        "prdy_vrss_vol": str(st.acml_vol - (prev.volume if prev else 0)),
-        "vol_tnrt": f"{st.acml_vol * 100 / info.listed_shares:.2f}", "stck_fcam": str(info.par_value),
-        "lstn_stcn": str(info.listed_shares), "cpfn": str(info.listed_shares * info.par_value // 100_000_000),
-        "hts_avls": str(info.listed_shares * st.last // 100_000_000), "per": info.per, "eps": f"{info.eps}.00",
-        "pbr": info.pbr, "itewhol_loan_rmnd_ratem": "0.00",
-    })
+    base.update(
+        {
+            "stck_shrn_iscd": info.code,
+            "prdy_vol": str(prev.volume if prev else 0),
+            "stck_mxpr": str(st.book.upper),
+            "stck_llam": str(st.book.lower),
+            "stck_oprc": str(st.open or st.last),
+            "stck_hgpr": str(st.high or st.last),
+            "stck_lwpr": str(st.low or st.last),
+            "stck_prdy_oprc": str(prev.open if prev else 0),
+            "stck_prdy_hgpr": str(prev.high if prev else 0),
+            "stck_prdy_lwpr": str(prev.low if prev else 0),
+            "askp": str(asks[0][0] if asks else 0),
+            "bidp": str(bids[0][0] if bids else 0),
+            "prdy_vrss_vol": str(st.acml_vol - (prev.volume if prev else 0)),
+            "vol_tnrt": f"{st.acml_vol * 100 / info.listed_shares:.2f}",
+            "stck_fcam": str(info.par_value),
+            "lstn_stcn": str(info.listed_shares),
+            "cpfn": str(info.listed_shares * info.par_value // 100_000_000),
+            "hts_avls": str(info.listed_shares * st.last // 100_000_000),
+            "per": info.per,
+            "eps": f"{info.eps}.00",
+            "pbr": info.pbr,
+            "itewhol_loan_rmnd_ratem": "0.00",
+        }
+    )
     return base
 
 
@@ -244,11 +366,23 @@ def inquire_daily_itemchartprice(call: Call) -> Reply:
         b = bars[i]
         prev = bars[i - 1].close if i > 0 else b.open
         diff = b.close - prev
-        rows.append({"stck_bsop_date": b.day.strftime("%Y%m%d"), "stck_clpr": str(b.close), "stck_oprc": str(b.open),
-                     "stck_hgpr": str(b.high), "stck_lwpr": str(b.low), "acml_vol": str(b.volume),
-                     "acml_tr_pbmn": str(b.value), "flng_cls_code": "00", "prtt_rate": "0.00", "mod_yn": "N",
-                     "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3", "prdy_vrss": str(diff),
-                     "revl_issu_reas": ""})
+        rows.append(
+            {
+                "stck_bsop_date": b.day.strftime("%Y%m%d"),
+                "stck_clpr": str(b.close),
+                "stck_oprc": str(b.open),
+                "stck_hgpr": str(b.high),
+                "stck_lwpr": str(b.low),
+                "acml_vol": str(b.volume),
+                "acml_tr_pbmn": str(b.value),
+                "flng_cls_code": "00",
+                "prtt_rate": "0.00",
+                "mod_yn": "N",
+                "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3",
+                "prdy_vrss": str(diff),
+                "revl_issu_reas": "",
+            }
+        )
     return _reply({"output1": _chart_output1(st, all_bars, True), "output2": rows, **_ok()})
 
 
@@ -265,8 +399,18 @@ def inquire_time_itemchartprice(call: Call) -> Reply:
     rows = []
     for k in keys:
         o, h, lo, c, vol, amt = st.minute_bars[k]
-        rows.append({"stck_bsop_date": day, "stck_cntg_hour": k, "stck_prpr": str(c), "stck_oprc": str(o),
-                     "stck_hgpr": str(h), "stck_lwpr": str(lo), "cntg_vol": str(vol), "acml_tr_pbmn": str(amt)})
+        rows.append(
+            {
+                "stck_bsop_date": day,
+                "stck_cntg_hour": k,
+                "stck_prpr": str(c),
+                "stck_oprc": str(o),
+                "stck_hgpr": str(h),
+                "stck_lwpr": str(lo),
+                "cntg_vol": str(vol),
+                "acml_tr_pbmn": str(amt),
+            }
+        )
     return _reply({"output1": _chart_output1(st, [], False), "output2": rows, **_ok()})
 
 
@@ -277,18 +421,41 @@ def chk_holiday(call: Call) -> Reply:
         d = start + dt.timedelta(days=i)
         biz = "Y" if d.weekday() < 5 else "N"
         open_ = "Y" if is_trading_day(d) else "N"
-        rows.append({"bass_dt": d.strftime("%Y%m%d"), "wday_dvsn_cd": f"{(d.weekday() + 1) % 7 + 1:02d}",
-                     "bzdy_yn": biz, "tr_day_yn": open_, "opnd_yn": open_, "sttl_day_yn": open_})
+        rows.append(
+            {
+                "bass_dt": d.strftime("%Y%m%d"),
+                "wday_dvsn_cd": f"{(d.weekday() + 1) % 7 + 1:02d}",
+                "bzdy_yn": biz,
+                "tr_day_yn": open_,
+                "opnd_yn": open_,
+                "sttl_day_yn": open_,
+            }
+        )
     nk = (start + dt.timedelta(days=30)).strftime("%Y%m%d")
-    return _reply({"ctx_area_nk": nk.ljust(20), "ctx_area_fk": start.strftime("%Y%m%d").ljust(20), "output": rows,
-                   **_ok()})
+    return _reply(
+        {"ctx_area_nk": nk.ljust(20), "ctx_area_fk": start.strftime("%Y%m%d").ljust(20), "output": rows, **_ok()}
+    )
 
 
 _INVESTOR_FIELDS = (
-    "prsn_ntby_qty", "frgn_ntby_qty", "orgn_ntby_qty", "prsn_ntby_tr_pbmn", "frgn_ntby_tr_pbmn",
-    "orgn_ntby_tr_pbmn", "prsn_shnu_vol", "frgn_shnu_vol", "orgn_shnu_vol", "prsn_shnu_tr_pbmn",
-    "frgn_shnu_tr_pbmn", "orgn_shnu_tr_pbmn", "prsn_seln_vol", "frgn_seln_vol", "orgn_seln_vol",
-    "prsn_seln_tr_pbmn", "frgn_seln_tr_pbmn", "orgn_seln_tr_pbmn",
+    "prsn_ntby_qty",
+    "frgn_ntby_qty",
+    "orgn_ntby_qty",
+    "prsn_ntby_tr_pbmn",
+    "frgn_ntby_tr_pbmn",
+    "orgn_ntby_tr_pbmn",
+    "prsn_shnu_vol",
+    "frgn_shnu_vol",
+    "orgn_shnu_vol",
+    "prsn_shnu_tr_pbmn",
+    "frgn_shnu_tr_pbmn",
+    "orgn_shnu_tr_pbmn",
+    "prsn_seln_vol",
+    "frgn_seln_vol",
+    "orgn_seln_vol",
+    "prsn_seln_tr_pbmn",
+    "frgn_seln_tr_pbmn",
+    "orgn_seln_tr_pbmn",
 )
 
 
@@ -320,20 +487,34 @@ def inquire_investor(call: Call) -> Reply:
     prev_close = {b.day: (bars[i - 1].close if i else b.open) for i, b in enumerate(bars)}
     if not closed:
         diff = st.last - st.prev_close
-        rows.append({"stck_bsop_date": ex.day.strftime("%Y%m%d"), "stck_clpr": str(st.last), "prdy_vrss": str(diff),
-                     "prdy_vrss_sign": _sign(diff, st.last, st), **{k: "" for k in _INVESTOR_FIELDS}})
+        rows.append(
+            {
+                "stck_bsop_date": ex.day.strftime("%Y%m%d"),
+                "stck_clpr": str(st.last),
+                "prdy_vrss": str(diff),
+                "prdy_vrss_sign": _sign(diff, st.last, st),
+                **{k: "" for k in _INVESTOR_FIELDS},
+            }
+        )
     for b in reversed(bars):
         diff = b.close - prev_close[b.day]
-        rows.append({"stck_bsop_date": b.day.strftime("%Y%m%d"), "stck_clpr": str(b.close), "prdy_vrss": str(diff),
-                     "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3", **_investor_split(st.code, b)})
+        rows.append(
+            {
+                "stck_bsop_date": b.day.strftime("%Y%m%d"),
+                "stck_clpr": str(b.close),
+                "prdy_vrss": str(diff),
+                "prdy_vrss_sign": "2" if diff > 0 else "5" if diff < 0 else "3",
+                **_investor_split(st.code, b),
+            }
+        )
     return _reply({"output": rows[:30], **_ok()})
 
 
 def volume_rank(call: Call) -> Reply:
     ex = call.twin.exchange
     p = call.params
-    div = (p.get("FID_DIV_CLS_CODE", "0").strip() or "0")
-    blng = (p.get("FID_BLNG_CLS_CODE", "0").strip() or "0")
+    div = p.get("FID_DIV_CLS_CODE", "0").strip() or "0"
+    blng = p.get("FID_BLNG_CLS_CODE", "0").strip() or "0"
     excl = p.get("FID_TRGT_EXLS_CLS_CODE", "").strip().ljust(10, "0")
 
     def bound(name: str) -> int | None:
@@ -359,7 +540,9 @@ def volume_rank(call: Call) -> Reply:
         if blng == "1":
             return st.acml_vol / prdy
         if blng in ("2", "4"):
-            return st.acml_vol / st.info.listed_shares if blng == "2" else st.acml_amt / (st.info.listed_shares * st.last)
+            return (
+                st.acml_vol / st.info.listed_shares if blng == "2" else st.acml_amt / (st.info.listed_shares * st.last)
+            )
         if blng == "3":
             return float(st.acml_amt)
         return float(st.acml_vol)
@@ -370,14 +553,29 @@ def volume_rank(call: Call) -> Reply:
         diff = st.last - st.prev_close
         vol_tnrt = f"{st.acml_vol * 100 / st.info.listed_shares:.2f}"
         amt_tnrt = f"{st.acml_amt * 100 / (st.info.listed_shares * st.last):.2f}" if st.last else "0.00"
-        rows.append({"hts_kor_isnm": st.info.name, "mksc_shrn_iscd": st.code, "data_rank": str(i),
-                     "stck_prpr": str(st.last), "prdy_vrss_sign": _sign(diff, st.last, st), "prdy_vrss": str(diff),
-                     "prdy_ctrt": _rate(diff, st.prev_close), "acml_vol": str(st.acml_vol), "prdy_vol": str(st.prdy_vol),
-                     "lstn_stcn": str(st.info.listed_shares), "avrg_vol": str(st.acml_vol),
-                     "n_befr_clpr_vrss_prpr_rate": _rate(diff, st.prev_close),
-                     "vol_inrt": _rate(st.acml_vol, st.prdy_vol) if st.prdy_vol else "0.00", "vol_tnrt": vol_tnrt,
-                     "nday_vol_tnrt": vol_tnrt, "avrg_tr_pbmn": str(st.acml_amt), "tr_pbmn_tnrt": amt_tnrt,
-                     "nday_tr_pbmn_tnrt": amt_tnrt, "acml_tr_pbmn": str(st.acml_amt)})
+        rows.append(
+            {
+                "hts_kor_isnm": st.info.name,
+                "mksc_shrn_iscd": st.code,
+                "data_rank": str(i),
+                "stck_prpr": str(st.last),
+                "prdy_vrss_sign": _sign(diff, st.last, st),
+                "prdy_vrss": str(diff),
+                "prdy_ctrt": _rate(diff, st.prev_close),
+                "acml_vol": str(st.acml_vol),
+                "prdy_vol": str(st.prdy_vol),
+                "lstn_stcn": str(st.info.listed_shares),
+                "avrg_vol": str(st.acml_vol),
+                "n_befr_clpr_vrss_prpr_rate": _rate(diff, st.prev_close),
+                "vol_inrt": _rate(st.acml_vol, st.prdy_vol) if st.prdy_vol else "0.00",
+                "vol_tnrt": vol_tnrt,
+                "nday_vol_tnrt": vol_tnrt,
+                "avrg_tr_pbmn": str(st.acml_amt),
+                "tr_pbmn_tnrt": amt_tnrt,
+                "nday_tr_pbmn_tnrt": amt_tnrt,
+                "acml_tr_pbmn": str(st.acml_amt),
+            }
+        )
     return _reply({"output": rows, **_ok()}, "D")
 
 
@@ -387,15 +585,33 @@ def search_info(call: Call) -> Reply:
     info = universe.get(code)
     if info is None:
         raise KisError("KIER2570", "조회된 데이터가 없습니다.", http_status=200, rt_cd="7")
-    return _reply({"output": {
-        "pdno": info.code, "prdt_type_cd": call.params.get("PRDT_TYPE_CD", "300").strip() or "300",
-        "prdt_name": info.name, "prdt_name120": info.name, "prdt_abrv_name": info.name,
-        "prdt_eng_name": "", "prdt_eng_name120": "", "prdt_eng_abrv_name": "",
-        "std_pdno": f"KR7{info.code}00{_isin_check(f'KR7{info.code}00')}", "shtn_pdno": info.code,
-        "prdt_sale_stat_cd": "", "prdt_risk_grad_cd": "", "prdt_clsf_cd": "", "prdt_clsf_name": "",
-        "sale_strt_dt": "", "sale_end_dt": "", "wrap_asst_type_cd": "", "ivst_prdt_type_cd": "",
-        "ivst_prdt_type_cd_name": "", "frst_erlm_dt": "",
-    }, **_ok()})
+    return _reply(
+        {
+            "output": {
+                "pdno": info.code,
+                "prdt_type_cd": call.params.get("PRDT_TYPE_CD", "300").strip() or "300",
+                "prdt_name": info.name,
+                "prdt_name120": info.name,
+                "prdt_abrv_name": info.name,
+                "prdt_eng_name": "",
+                "prdt_eng_name120": "",
+                "prdt_eng_abrv_name": "",
+                "std_pdno": f"KR7{info.code}00{_isin_check(f'KR7{info.code}00')}",
+                "shtn_pdno": info.code,
+                "prdt_sale_stat_cd": "",
+                "prdt_risk_grad_cd": "",
+                "prdt_clsf_cd": "",
+                "prdt_clsf_name": "",
+                "sale_strt_dt": "",
+                "sale_end_dt": "",
+                "wrap_asst_type_cd": "",
+                "ivst_prdt_type_cd": "",
+                "ivst_prdt_type_cd_name": "",
+                "frst_erlm_dt": "",
+            },
+            **_ok(),
+        }
+    )
 
 
 def _isin_check(body: str) -> str:
@@ -406,4 +622,3 @@ def _isin_check(body: str) -> str:
         d = int(ch) * (2 if i % 2 == 0 else 1)
         total += d // 10 + d % 10
     return str((10 - total % 10) % 10)
-

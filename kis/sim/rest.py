@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -71,11 +71,16 @@ _QTR = "FHKST01010100"
 _O = "/uapi/overseas-stock/v1/trading/"
 
 ENDPOINTS: dict[str, Endpoint] = {
-    _T + "order-cash": _ep("POST", trading.order_cash, "TTTC0012U TTTC0802U TTTC0011U TTTC0801U",
-                           "VTTC0012U VTTC0802U VTTC0011U VTTC0801U"),
+    _T + "order-cash": _ep(
+        "POST", trading.order_cash, "TTTC0012U TTTC0802U TTTC0011U TTTC0801U", "VTTC0012U VTTC0802U VTTC0011U VTTC0801U"
+    ),
     _T + "order-rvsecncl": _ep("POST", trading.order_rvsecncl, "TTTC0013U TTTC0803U", "VTTC0013U VTTC0803U"),
-    _T + "inquire-daily-ccld": _ep("GET", trading.inquire_daily_ccld, "TTTC0081R TTTC8001R CTSC9215R CTSC9115R",
-                                   "VTTC0081R VTTC8001R VTSC9215R VTSC9115R"),
+    _T + "inquire-daily-ccld": _ep(
+        "GET",
+        trading.inquire_daily_ccld,
+        "TTTC0081R TTTC8001R CTSC9215R CTSC9115R",
+        "VTTC0081R VTTC8001R VTSC9215R VTSC9115R",
+    ),
     _T + "inquire-balance": _ep("GET", trading.inquire_balance, "TTTC8434R", "VTTC8434R"),
     _T + "inquire-psbl-order": _ep("GET", trading.inquire_psbl_order, "TTTC8908R", "VTTC8908R"),
     _T + "inquire-psbl-sell": _ep("GET", trading.inquire_psbl_sell, "TTTC8408R"),
@@ -84,8 +89,12 @@ ENDPOINTS: dict[str, Endpoint] = {
     _Q + "inquire-asking-price-exp-ccn": _ep("GET", quotes.inquire_asking_price, "FHKST01010200", "FHKST01010200"),
     _Q + "inquire-ccnl": _ep("GET", quotes.inquire_ccnl, "FHKST01010300", "FHKST01010300"),
     _Q + "inquire-daily-price": _ep("GET", quotes.inquire_daily_price, "FHKST01010400", "FHKST01010400"),
-    _Q + "inquire-daily-itemchartprice": _ep("GET", quotes.inquire_daily_itemchartprice, "FHKST03010100", "FHKST03010100"),
-    _Q + "inquire-time-itemchartprice": _ep("GET", quotes.inquire_time_itemchartprice, "FHKST03010200", "FHKST03010200"),
+    _Q + "inquire-daily-itemchartprice": _ep(
+        "GET", quotes.inquire_daily_itemchartprice, "FHKST03010100", "FHKST03010100"
+    ),
+    _Q + "inquire-time-itemchartprice": _ep(
+        "GET", quotes.inquire_time_itemchartprice, "FHKST03010200", "FHKST03010200"
+    ),
     _Q + "inquire-investor": _ep("GET", quotes.inquire_investor, "FHKST01010900", "FHKST01010900"),
     _Q + "chk-holiday": _ep("GET", quotes.chk_holiday, "CTCA0903R"),
     _Q + "volume-rank": _ep("GET", quotes.volume_rank, "FHPST01710000"),
@@ -98,10 +107,20 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
-def kis_json(body: dict[str, object], status: int = 200, *, tr_id: str | None = None, tr_cont: str | None = None,
-             gt_uid: str | None = None) -> web.Response:
-    resp = web.Response(text=json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
-                        content_type="application/json", charset="utf-8")
+def kis_json(
+    body: Mapping[str, object],
+    status: int = 200,
+    *,
+    tr_id: str | None = None,
+    tr_cont: str | None = None,
+    gt_uid: str | None = None,
+) -> web.Response:
+    resp = web.Response(
+        text=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+    )
     # KIS sends these three lower-case (API.md §11); aiohttp keeps the case we give.
     if tr_id is not None:
         resp.headers["tr_id"] = tr_id
@@ -113,8 +132,7 @@ def kis_json(body: dict[str, object], status: int = 200, *, tr_id: str | None = 
 
 
 def error_response(err: KisError, tr_id: str | None = None, gt_uid: str | None = None) -> web.Response:
-    return kis_json(err.body(), err.http_status, tr_id=tr_id, tr_cont="" if tr_id is not None else None,
-                    gt_uid=gt_uid)
+    return kis_json(err.body(), err.http_status, tr_id=tr_id, tr_cont="" if tr_id is not None else None, gt_uid=gt_uid)
 
 
 def oauth_error_response(err: OAuthError) -> web.Response:
@@ -138,8 +156,9 @@ class RestApi:
 
     # ------------------------------------------------------------------ fault middleware
     @web.middleware
-    async def _faults_mw(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _faults_mw(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         faults = self.twin.faults
         path = request.path
         if faults.latency_ms > 0:
@@ -182,20 +201,30 @@ class RestApi:
     async def token(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
         try:
-            tok, reused = self.twin.auth.issue_token(str(body.get("appkey", "")), str(body.get("appsecret", "")),
-                                                     self.paper)
+            tok, reused = self.twin.auth.issue_token(
+                str(body.get("appkey", "")), str(body.get("appsecret", "")), self.paper
+            )
         except OAuthError as err:
             return oauth_error_response(err)
         except KisError as err:
             return error_response(err)
         import time
+
         remaining = int(tok.expires - time.time())
-        return kis_json({"access_token": tok.value, "access_token_token_expired": self.twin.auth.expiry_text(tok),
-                         "token_type": "Bearer", "expires_in": remaining if reused else 86_400})
+        return kis_json(
+            {
+                "access_token": tok.value,
+                "access_token_token_expired": self.twin.auth.expiry_text(tok),
+                "token_type": "Bearer",
+                "expires_in": remaining if reused else 86_400,
+            }
+        )
 
     async def revoke(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
-        ok = self.twin.auth.revoke(str(body.get("appkey", "")), str(body.get("appsecret", "")), str(body.get("token", "")))
+        ok = self.twin.auth.revoke(
+            str(body.get("appkey", "")), str(body.get("appsecret", "")), str(body.get("token", ""))
+        )
         if not ok:
             return oauth_error_response(OAuthError("EGW00121", "유효하지 않은 token 입니다"))
         return kis_json({"code": 200, "message": "접근토큰 폐기에 성공하였습니다"})
@@ -214,7 +243,9 @@ class RestApi:
     async def hashkey(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
-            self.twin.auth.check_secret(request.headers.get("appkey", ""), request.headers.get("appsecret", ""), self.paper)
+            self.twin.auth.check_secret(
+                request.headers.get("appkey", ""), request.headers.get("appsecret", ""), self.paper
+            )
             doc = json.loads(raw.decode("utf-8") or "{}")
         except KisError as err:
             return error_response(err)
@@ -232,8 +263,9 @@ class RestApi:
         if ep is None or ep.method != request.method:
             return error_response(E_NO_SERVICE, tr_id=tr_id, gt_uid=gt_uid)
         try:
-            key = self.twin.auth.check_call(request.headers.get("appkey", ""),
-                                            request.headers.get("authorization", ""), self.paper)
+            key = self.twin.auth.check_call(
+                request.headers.get("appkey", ""), request.headers.get("authorization", ""), self.paper
+            )
             self.twin.auth.take_rate(key)
             allowed = ep.paper if self.paper else ep.real
             if tr_id not in allowed:

@@ -49,31 +49,43 @@ class TwinServer:
         site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
         await site.start()
         self._runners.append(runner)
-        server = site._server  # the bound socket tells the real port when port=0
-        assert server is not None
-        sock = server.sockets[0]  # type: ignore[union-attr]
-        host, bound = sock.getsockname()[:2]
+        host, bound = runner.addresses[0][:2]  # the bound socket tells the real port when port=0
         return f"{host}:{bound}"
 
     async def start(self) -> dict[str, str]:
         self.ws_hub = WsHub(self.twin)
         self.rest_url = "http://" + await self._listen(RestApi(self.twin, paper=False).app(), self.config.rest_port)
-        self.paper_rest_url = "http://" + await self._listen(RestApi(self.twin, paper=True).app(), self.config.paper_rest_port)
+        self.paper_rest_url = "http://" + await self._listen(
+            RestApi(self.twin, paper=True).app(), self.config.paper_rest_port
+        )
         self.ws_url = "ws://" + await self._listen(self.ws_hub.app(), self.config.ws_port)
         self.admin_url = "http://" + await self._listen(AdminApi(self).app(), self.config.admin_port)
         self._loop_task = asyncio.create_task(self._market_loop())
         return self.endpoints()
 
     def endpoints(self) -> dict[str, str]:
-        return {"rest_url": self.rest_url, "paper_rest_url": self.paper_rest_url, "ws_url": self.ws_url,
-                "admin_url": self.admin_url}
+        return {
+            "rest_url": self.rest_url,
+            "paper_rest_url": self.paper_rest_url,
+            "ws_url": self.ws_url,
+            "admin_url": self.admin_url,
+        }
 
     def connection_info(self) -> dict[str, Any]:
         """Endpoints + demo credentials (the JSON line `python -m kis.sim` prints)."""
         d = self.demo
-        return {**self.endpoints(), "app_key": d.app_key, "app_secret": d.app_secret, "account": d.account,
-                "hts_id": d.hts_id, "paper_app_key": d.paper_app_key, "paper_app_secret": d.paper_app_secret,
-                "paper_account": d.paper_account, "seed": self.config.seed, "clock": self.twin.clock.mode.value}
+        return {
+            **self.endpoints(),
+            "app_key": d.app_key,
+            "app_secret": d.app_secret,
+            "account": d.account,
+            "hts_id": d.hts_id,
+            "paper_app_key": d.paper_app_key,
+            "paper_app_secret": d.paper_app_secret,
+            "paper_account": d.paper_account,
+            "seed": self.config.seed,
+            "clock": self.twin.clock.mode.value,
+        }
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -101,6 +113,7 @@ class TwinServer:
         if path is None:
             return None
         from kis.sim.state import save
+
         save(self.twin, path)
         return path
 

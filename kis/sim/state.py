@@ -32,13 +32,20 @@ def save(twin: Twin, path: Path) -> None:
         "odno_seq": ex._odno_seq,
         "keys": [dataclasses.asdict(k) for k in twin.auth.keys.values()],
         "accounts": [
-            {**{f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "holdings"},
-             "holdings": {c: dataclasses.asdict(h) for c, h in a.holdings.items()}}
+            {
+                **{f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "holdings"},
+                "holdings": {c: dataclasses.asdict(h) for c, h in a.holdings.items()},
+            }
             for a in ex.accounts.values()
         ],
         "orders": [
-            {**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)},
-             "day": r.day.isoformat(), "side": int(r.side), "tif": int(r.tif), "kind": r.kind.value}
+            {
+                **{f.name: getattr(r, f.name) for f in dataclasses.fields(r)},
+                "day": r.day.isoformat(),
+                "side": int(r.side),
+                "tif": int(r.tif),
+                "kind": r.kind.value,
+            }
             for r in ex.orders.values()
         ],
         "prices": {c: {"last": st.last, "prev_close": st.prev_close} for c, st in ex.stocks.items()},

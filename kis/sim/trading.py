@@ -15,14 +15,24 @@ if TYPE_CHECKING:
     from kis.sim.rest import Call, Reply
 
 DVSN_NAMES = {
-    "00": "지정가", "01": "시장가", "02": "조건부지정가", "03": "최유리지정가", "04": "최우선지정가",
-    "11": "IOC지정가", "12": "FOK지정가", "13": "IOC시장가", "14": "FOK시장가", "15": "IOC최유리", "16": "FOK최유리",
+    "00": "지정가",
+    "01": "시장가",
+    "02": "조건부지정가",
+    "03": "최유리지정가",
+    "04": "최우선지정가",
+    "11": "IOC지정가",
+    "12": "FOK지정가",
+    "13": "IOC시장가",
+    "14": "FOK시장가",
+    "15": "IOC최유리",
+    "16": "FOK최유리",
 }
 BUY_TRS = {"TTTC0012U", "TTTC0802U", "VTTC0012U", "VTTC0802U"}
 
 
 def _reply(body: dict[str, object], tr_cont: str = "") -> Reply:
     from kis.sim.rest import Reply
+
     return Reply(body, tr_cont)
 
 
@@ -100,6 +110,7 @@ def order_rvsecncl(call: Call) -> Reply:
 
 # ------------------------------------------------------------------------------- daily orders
 
+
 def _pad100(s: str) -> str:
     return s.ljust(100)
 
@@ -117,17 +128,41 @@ def _side_name(rec: OrderRecord) -> str:
 def ccld_row(rec: OrderRecord, name: str) -> dict[str, str]:
     cond = {Tif.DAY: "없음", Tif.IOC: "IOC", Tif.FOK: "FOK"}[rec.tif]
     row = {
-        "ord_dt": rec.day.strftime("%Y%m%d"), "ord_gno_brno": BRANCH, "odno": rec.odno, "orgn_odno": rec.orgn_odno,
-        "ord_dvsn_name": DVSN_NAMES.get(rec.ord_dvsn, ""), "sll_buy_dvsn_cd": "02" if rec.side is BookSide.BUY else "01",
-        "sll_buy_dvsn_cd_name": _side_name(rec), "pdno": rec.code, "prdt_name": name, "ord_qty": str(rec.qty),
-        "ord_unpr": str(rec.price), "ord_tmd": rec.tmd, "tot_ccld_qty": str(rec.filled_qty),
-        "avg_prvs": str(rec.avg_price), "cncl_yn": "Y" if rec.kind is OrderKind.CANCEL else "N",
-        "tot_ccld_amt": str(rec.filled_amt), "loan_dt": "", "ordr_empno": "HTS" if rec.external else "Nsmart",
-        "ord_dvsn_cd": rec.ord_dvsn, "cnc_cfrm_qty": str(rec.cancelled_qty), "rmn_qty": str(rec.open_qty),
-        "rjct_qty": str(rec.rejected_qty), "ccld_cndt_name": cond, "inqr_ip_addr": "",
-        "cpbc_ordp_ord_rcit_dvsn_cd": "", "cpbc_ordp_infm_mthd_dvsn_cd": "", "infm_tmd": rec.last_fill_tmd,
-        "ctac_tlno": "", "prdt_type_cd": "300", "excg_dvsn_cd": "02", "cpbc_ordp_mtrl_dvsn_cd": "",
-        "ord_orgno": "", "rsvn_ord_end_dt": "", "excg_id_dvsn_Cd": "KRX", "stpm_cndt_pric": "0",
+        "ord_dt": rec.day.strftime("%Y%m%d"),
+        "ord_gno_brno": BRANCH,
+        "odno": rec.odno,
+        "orgn_odno": rec.orgn_odno,
+        "ord_dvsn_name": DVSN_NAMES.get(rec.ord_dvsn, ""),
+        "sll_buy_dvsn_cd": "02" if rec.side is BookSide.BUY else "01",
+        "sll_buy_dvsn_cd_name": _side_name(rec),
+        "pdno": rec.code,
+        "prdt_name": name,
+        "ord_qty": str(rec.qty),
+        "ord_unpr": str(rec.price),
+        "ord_tmd": rec.tmd,
+        "tot_ccld_qty": str(rec.filled_qty),
+        "avg_prvs": str(rec.avg_price),
+        "cncl_yn": "Y" if rec.kind is OrderKind.CANCEL else "N",
+        "tot_ccld_amt": str(rec.filled_amt),
+        "loan_dt": "",
+        "ordr_empno": "HTS" if rec.external else "Nsmart",
+        "ord_dvsn_cd": rec.ord_dvsn,
+        "cnc_cfrm_qty": str(rec.cancelled_qty),
+        "rmn_qty": str(rec.open_qty),
+        "rjct_qty": str(rec.rejected_qty),
+        "ccld_cndt_name": cond,
+        "inqr_ip_addr": "",
+        "cpbc_ordp_ord_rcit_dvsn_cd": "",
+        "cpbc_ordp_infm_mthd_dvsn_cd": "",
+        "infm_tmd": rec.last_fill_tmd,
+        "ctac_tlno": "",
+        "prdt_type_cd": "300",
+        "excg_dvsn_cd": "02",
+        "cpbc_ordp_mtrl_dvsn_cd": "",
+        "ord_orgno": "",
+        "rsvn_ord_end_dt": "",
+        "excg_id_dvsn_Cd": "KRX",
+        "stpm_cndt_pric": "0",
         "stpm_efct_occr_dtmd": "",
     }
     # The official example spells it cncl_cfrm_qty (API.md §4.4, name UNCONFIRMED): send both, alias last.
@@ -144,7 +179,7 @@ def _page(call: Call, rows: list[dict[str, str]], size: int, fk: str) -> tuple[l
             start = max(int(nk_in.split("^")[-1]), 0)
         except ValueError:
             start = 0
-    page = rows[start:start + size]
+    page = rows[start : start + size]
     more = start + size < len(rows)
     nk = _pad100(f"{page[-1]['odno'] if page and 'odno' in page[-1] else ''}^{start + size}") if more else _pad100("")
     # F/M = more pages, D/E = last page (API.md §3.3); the twin answers M/D on follow-up calls and F/D on first.
@@ -191,15 +226,26 @@ def inquire_daily_ccld(call: Call) -> Reply:
     ccld_amt = sum(r.filled_amt for r in recs)
     fees = call.twin.exchange.config.fees.commission(ccld_amt)
     avg = f"{ccld_amt / ccld_qty:.4f}" if ccld_qty else "0.0000"
-    return _reply({
-        "ctx_area_fk100": fk100, "ctx_area_nk100": nk100, "output1": page,
-        "output2": {"tot_ord_qty": str(tot_qty), "tot_ccld_qty": str(ccld_qty), "tot_ccld_amt": str(ccld_amt),
-                    "prsm_tlex_smtl": str(fees), "pchs_avg_pric": avg},
-        **_ok(OK_CCLD),
-    }, cont)
+    return _reply(
+        {
+            "ctx_area_fk100": fk100,
+            "ctx_area_nk100": nk100,
+            "output1": page,
+            "output2": {
+                "tot_ord_qty": str(tot_qty),
+                "tot_ccld_qty": str(ccld_qty),
+                "tot_ccld_amt": str(ccld_amt),
+                "prsm_tlex_smtl": str(fees),
+                "pchs_avg_pric": avg,
+            },
+            **_ok(OK_CCLD),
+        },
+        cont,
+    )
 
 
 # ------------------------------------------------------------------------------- balance
+
 
 def _avg4(cost: int, qty: int) -> str:
     if qty <= 0:
@@ -226,27 +272,63 @@ def balance_figures(call: Call, acct: Account) -> tuple[list[dict[str, str]], di
         scts += evlu
         pchs_sum += h.cost
         bfdy_scts += h.bfdy_qty * st.prev_close
-        rows.append({
-            "pdno": code, "prdt_name": st.info.name, "trad_dvsn_name": "현금", "bfdy_buy_qty": "0",
-            "bfdy_sll_qty": "0", "thdt_buyqty": str(h.thdt_buy), "thdt_sll_qty": str(h.thdt_sell),
-            "hldg_qty": str(h.qty), "ord_psbl_qty": str(h.sellable), "pchs_avg_pric": _avg4(h.cost, h.qty),
-            "pchs_amt": str(h.cost), "prpr": str(last), "evlu_amt": str(evlu), "evlu_pfls_amt": str(evlu - h.cost),
-            "evlu_pfls_rt": _rate(evlu - h.cost, h.cost, 2), "evlu_erng_rt": "0.00000000", "loan_dt": "",
-            "loan_amt": "0", "stln_slng_chgs": "0", "expd_dt": "",
-            "fltt_rt": _rate(last - st.prev_close, st.prev_close, 8), "bfdy_cprs_icdc": str(last - st.prev_close),
-            "item_mgna_rt_name": "", "grta_rt_name": "", "sbst_pric": "0", "stck_loan_unpr": "0",
-        })
+        rows.append(
+            {
+                "pdno": code,
+                "prdt_name": st.info.name,
+                "trad_dvsn_name": "현금",
+                "bfdy_buy_qty": "0",
+                "bfdy_sll_qty": "0",
+                "thdt_buyqty": str(h.thdt_buy),
+                "thdt_sll_qty": str(h.thdt_sell),
+                "hldg_qty": str(h.qty),
+                "ord_psbl_qty": str(h.sellable),
+                "pchs_avg_pric": _avg4(h.cost, h.qty),
+                "pchs_amt": str(h.cost),
+                "prpr": str(last),
+                "evlu_amt": str(evlu),
+                "evlu_pfls_amt": str(evlu - h.cost),
+                "evlu_pfls_rt": _rate(evlu - h.cost, h.cost, 2),
+                "evlu_erng_rt": "0.00000000",
+                "loan_dt": "",
+                "loan_amt": "0",
+                "stln_slng_chgs": "0",
+                "expd_dt": "",
+                "fltt_rt": _rate(last - st.prev_close, st.prev_close, 8),
+                "bfdy_cprs_icdc": str(last - st.prev_close),
+                "item_mgna_rt_name": "",
+                "grta_rt_name": "",
+                "sbst_pric": "0",
+                "stck_loan_unpr": "0",
+            }
+        )
     d2 = acct.cash
     tot = scts + d2
     bfdy_tot = bfdy_scts + acct.dnca
     summary = {
-        "dnca_tot_amt": str(acct.dnca), "nxdy_excc_amt": str(d2), "prvs_rcdl_excc_amt": str(d2),
-        "cma_evlu_amt": "0", "bfdy_buy_amt": "0", "thdt_buy_amt": str(acct.thdt_buy_amt),
-        "nxdy_auto_rdpt_amt": "0", "bfdy_sll_amt": "0", "thdt_sll_amt": str(acct.thdt_sll_amt),
-        "d2_auto_rdpt_amt": "0", "bfdy_tlex_amt": "0", "thdt_tlex_amt": str(acct.thdt_fees), "tot_loan_amt": "0",
-        "scts_evlu_amt": str(scts), "tot_evlu_amt": str(tot), "nass_amt": str(tot), "fncg_gld_auto_rdpt_yn": "",
-        "pchs_amt_smtl_amt": str(pchs_sum), "evlu_amt_smtl_amt": str(scts), "evlu_pfls_smtl_amt": str(scts - pchs_sum),
-        "tot_stln_slng_chgs": "0", "bfdy_tot_asst_evlu_amt": str(bfdy_tot), "asst_icdc_amt": str(tot - bfdy_tot),
+        "dnca_tot_amt": str(acct.dnca),
+        "nxdy_excc_amt": str(d2),
+        "prvs_rcdl_excc_amt": str(d2),
+        "cma_evlu_amt": "0",
+        "bfdy_buy_amt": "0",
+        "thdt_buy_amt": str(acct.thdt_buy_amt),
+        "nxdy_auto_rdpt_amt": "0",
+        "bfdy_sll_amt": "0",
+        "thdt_sll_amt": str(acct.thdt_sll_amt),
+        "d2_auto_rdpt_amt": "0",
+        "bfdy_tlex_amt": "0",
+        "thdt_tlex_amt": str(acct.thdt_fees),
+        "tot_loan_amt": "0",
+        "scts_evlu_amt": str(scts),
+        "tot_evlu_amt": str(tot),
+        "nass_amt": str(tot),
+        "fncg_gld_auto_rdpt_yn": "",
+        "pchs_amt_smtl_amt": str(pchs_sum),
+        "evlu_amt_smtl_amt": str(scts),
+        "evlu_pfls_smtl_amt": str(scts - pchs_sum),
+        "tot_stln_slng_chgs": "0",
+        "bfdy_tot_asst_evlu_amt": str(bfdy_tot),
+        "asst_icdc_amt": str(tot - bfdy_tot),
         "asst_icdc_erng_rt": "0.00000000",
     }
     return rows, summary
@@ -258,10 +340,15 @@ def inquire_balance(call: Call) -> Reply:
     size = 20 if call.paper else 50
     # holdings have no odno; _page only needs the offset
     p = call.params
-    fk = f"{acct.cano}^{acct.prdt}^{p.get('AFHR_FLPR_YN', 'N')}^{p.get('OFL_YN', '')}^{p.get('INQR_DVSN', '02')}^{p.get('UNPR_DVSN', '01')}^"
+    fk = (
+        f"{acct.cano}^{acct.prdt}^{p.get('AFHR_FLPR_YN', 'N')}^{p.get('OFL_YN', '')}^"
+        f"{p.get('INQR_DVSN', '02')}^{p.get('UNPR_DVSN', '01')}^"
+    )
     page, cont, fk100, nk100 = _page(call, rows, size, fk)
-    return _reply({"ctx_area_fk100": fk100, "ctx_area_nk100": nk100, "output1": page, "output2": [summary],
-                   **_ok(OK_BALANCE)}, cont)
+    return _reply(
+        {"ctx_area_fk100": fk100, "ctx_area_nk100": nk100, "output1": page, "output2": [summary], **_ok(OK_BALANCE)},
+        cont,
+    )
 
 
 def max_buy_qty(cash: int, unit: int, commission_ppm: int) -> int:
@@ -286,12 +373,25 @@ def inquire_psbl_order(call: Call) -> Reply:
     cash = acct.orderable_cash
     qty = max_buy_qty(cash, unit, ex.config.fees.commission_ppm) if unit > 0 else 0
     amt = qty * unit
-    return _reply({"output": {
-        "ord_psbl_cash": str(cash), "ord_psbl_sbst": "0", "ruse_psbl_amt": "0", "fund_rpch_chgs": "0",
-        "psbl_qty_calc_unpr": str(unit), "nrcvb_buy_amt": str(amt if unit else cash), "nrcvb_buy_qty": str(qty),
-        "max_buy_amt": str(amt if unit else cash), "max_buy_qty": str(qty), "cma_evlu_amt": "0",
-        "ovrs_re_use_amt_wcrc": "0", "ord_psbl_frcr_amt_wcrc": "0",
-    }, **_ok(OK_QUERY)})
+    return _reply(
+        {
+            "output": {
+                "ord_psbl_cash": str(cash),
+                "ord_psbl_sbst": "0",
+                "ruse_psbl_amt": "0",
+                "fund_rpch_chgs": "0",
+                "psbl_qty_calc_unpr": str(unit),
+                "nrcvb_buy_amt": str(amt if unit else cash),
+                "nrcvb_buy_qty": str(qty),
+                "max_buy_amt": str(amt if unit else cash),
+                "max_buy_qty": str(qty),
+                "cma_evlu_amt": "0",
+                "ovrs_re_use_amt_wcrc": "0",
+                "ord_psbl_frcr_amt_wcrc": "0",
+            },
+            **_ok(OK_QUERY),
+        }
+    )
 
 
 def inquire_psbl_sell(call: Call) -> Reply:
@@ -302,12 +402,26 @@ def inquire_psbl_sell(call: Call) -> Reply:
         raise bad_input("PDNO")
     h = acct.holding(st.code)
     evlu = h.qty * st.last
-    return _reply({"output": {
-        "pdno": st.code, "prdt_name": st.info.name, "buy_qty": str(h.thdt_buy), "sll_qty": str(h.thdt_sell),
-        "cblc_qty": str(h.qty), "nsvg_qty": "0", "ord_psbl_qty": str(h.sellable), "pchs_avg_pric": _avg4(h.cost, h.qty),
-        "pchs_amt": str(h.cost), "now_pric": str(st.last), "evlu_amt": str(evlu), "evlu_pfls_amt": str(evlu - h.cost),
-        "evlu_pfls_rt": _rate(evlu - h.cost, h.cost, 2),
-    }, **_ok(OK_PSBL_SELL)})
+    return _reply(
+        {
+            "output": {
+                "pdno": st.code,
+                "prdt_name": st.info.name,
+                "buy_qty": str(h.thdt_buy),
+                "sll_qty": str(h.thdt_sell),
+                "cblc_qty": str(h.qty),
+                "nsvg_qty": "0",
+                "ord_psbl_qty": str(h.sellable),
+                "pchs_avg_pric": _avg4(h.cost, h.qty),
+                "pchs_amt": str(h.cost),
+                "now_pric": str(st.last),
+                "evlu_amt": str(evlu),
+                "evlu_pfls_amt": str(evlu - h.cost),
+                "evlu_pfls_rt": _rate(evlu - h.cost, h.cost, 2),
+            },
+            **_ok(OK_PSBL_SELL),
+        }
+    )
 
 
 def inquire_psbl_rvsecncl(call: Call) -> Reply:
@@ -324,15 +438,32 @@ def inquire_psbl_rvsecncl(call: Call) -> Reply:
     rows = []
     for r in recs:
         buy = r.side is BookSide.BUY
-        rows.append({
-            "ord_gno_brno": BRANCH, "odno": r.odno, "orgn_odno": r.orgn_odno,
-            "ord_dvsn_name": DVSN_NAMES.get(r.ord_dvsn, ""), "pdno": r.code, "prdt_name": ex.stocks[r.code].info.name,
-            "rvse_cncl_dvsn_name": ("매수정정*" if buy else "매도정정*") if r.kind is OrderKind.REVISE else
-            ("현금매수" if buy else "현금매도"),
-            "ord_qty": str(r.qty), "ord_unpr": str(r.price), "ord_tmd": r.tmd, "tot_ccld_qty": str(r.filled_qty),
-            "tot_ccld_amt": str(r.filled_amt), "psbl_qty": str(r.open_qty), "sll_buy_dvsn_cd": "02" if buy else "01",
-            "ord_dvsn_cd": r.ord_dvsn, "mgco_aptm_odno": "", "excg_dvsn_cd": "02", "excg_id_dvsn_cd": "KRX",
-            "excg_id_dvsn_name": "한국거래소", "stpm_cndt_pric": "0", "stpm_efct_occr_yn": "N",
-        })
+        rows.append(
+            {
+                "ord_gno_brno": BRANCH,
+                "odno": r.odno,
+                "orgn_odno": r.orgn_odno,
+                "ord_dvsn_name": DVSN_NAMES.get(r.ord_dvsn, ""),
+                "pdno": r.code,
+                "prdt_name": ex.stocks[r.code].info.name,
+                "rvse_cncl_dvsn_name": ("매수정정*" if buy else "매도정정*")
+                if r.kind is OrderKind.REVISE
+                else ("현금매수" if buy else "현금매도"),
+                "ord_qty": str(r.qty),
+                "ord_unpr": str(r.price),
+                "ord_tmd": r.tmd,
+                "tot_ccld_qty": str(r.filled_qty),
+                "tot_ccld_amt": str(r.filled_amt),
+                "psbl_qty": str(r.open_qty),
+                "sll_buy_dvsn_cd": "02" if buy else "01",
+                "ord_dvsn_cd": r.ord_dvsn,
+                "mgco_aptm_odno": "",
+                "excg_dvsn_cd": "02",
+                "excg_id_dvsn_cd": "KRX",
+                "excg_id_dvsn_name": "한국거래소",
+                "stpm_cndt_pric": "0",
+                "stpm_efct_occr_yn": "N",
+            }
+        )
     page, cont, fk100, nk100 = _page(call, rows, 50, f"{acct.cano}^{acct.prdt}^")
     return _reply({"ctx_area_fk100": fk100, "ctx_area_nk100": nk100, "output": page, **_ok(OK_QUERY)}, cont)

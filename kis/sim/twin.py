@@ -11,6 +11,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kis.sim.auth import AppKey, AuthRegistry
 from kis.sim.clock import ClockMode, TwinClock
@@ -95,18 +96,24 @@ class TwinConfig:
 class Twin:
     def __init__(self, config: TwinConfig) -> None:
         self.config = config
-        market = MarketConfig(seed=config.seed, fees=FeeSchedule(config.commission_ppm, config.sell_tax_ppm),
-                              reject_records=config.reject_records, replay_csv_dir=config.replay_csv_dir)
+        market = MarketConfig(
+            seed=config.seed,
+            fees=FeeSchedule(config.commission_ppm, config.sell_tax_ppm),
+            reject_records=config.reject_records,
+            replay_csv_dir=config.replay_csv_dir,
+        )
         self.exchange: Exchange
         if config.history_dir is not None:
             from kis.sim.history_market import open_history, require_history_settings
+
             start = require_history_settings(config.history_from, config.state_file)
             self.clock, self.exchange = open_history(config.history_dir, start, config.history_days, market)
         else:
             self.clock = TwinClock(ClockMode(config.clock), config.date, config.speed)
             self.exchange = Exchange(self.clock, market)
-        self.auth = AuthRegistry(config.seed, rate_real=config.rate_real, rate_paper=config.rate_paper,
-                                 auto_provision=config.auto_provision)
+        self.auth = AuthRegistry(
+            config.seed, rate_real=config.rate_real, rate_paper=config.rate_paper, auto_provision=config.auto_provision
+        )
         self.faults = Faults()
         self.demo = demo_credentials(config.seed)
         if config.demo_accounts:
@@ -115,6 +122,7 @@ class Twin:
             self.load_accounts(json.loads(config.accounts_file.read_text(encoding="utf-8")))
         if config.state_file is not None and config.state_file.exists():
             from kis.sim.state import restore
+
             restore(self, config.state_file)
 
     # ------------------------------------------------------------------ accounts
@@ -122,10 +130,22 @@ class Twin:
         d = self.demo
         self.add_account(d.app_key, d.app_secret, False, d.cano, d.prdt, d.hts_id, "김트윈", self.config.initial_cash)
         pc, pp = d.paper_account.split("-")
-        self.add_account(d.paper_app_key, d.paper_app_secret, True, pc, pp, d.hts_id, "김트윈", self.config.initial_cash)
+        self.add_account(
+            d.paper_app_key, d.paper_app_secret, True, pc, pp, d.hts_id, "김트윈", self.config.initial_cash
+        )
 
-    def add_account(self, app_key: str, app_secret: str, paper: bool, cano: str, prdt: str, hts_id: str,
-                    name: str, cash: int, holdings: dict[str, tuple[int, int]] | None = None) -> Account:
+    def add_account(
+        self,
+        app_key: str,
+        app_secret: str,
+        paper: bool,
+        cano: str,
+        prdt: str,
+        hts_id: str,
+        name: str,
+        cash: int,
+        holdings: dict[str, tuple[int, int]] | None = None,
+    ) -> Account:
         key = self.auth.keys.get(app_key)
         if key is None:
             key = AppKey(app_key, app_secret, paper, hts_id=hts_id)
@@ -138,15 +158,23 @@ class Twin:
             key.account_ids.append(acct.account_id)
         return acct
 
-    def load_accounts(self, doc: dict[str, object]) -> None:
+    def load_accounts(self, doc: dict[str, Any]) -> None:
         """`{"accounts": [{"app_key", "app_secret", "paper", "cano", "prdt", "hts_id", "name", "cash",
         "holdings": {"005930": {"qty": 10, "avg_price": 70000}}}]}`"""
-        for a in doc.get("accounts", []):  # type: ignore[union-attr]
+        for a in doc.get("accounts", []):
             assert isinstance(a, dict)
             holdings = {c: (int(h["qty"]), int(h.get("avg_price", 0))) for c, h in dict(a.get("holdings", {})).items()}
-            self.add_account(str(a["app_key"]), str(a["app_secret"]), bool(a.get("paper", False)),
-                             str(a["cano"]), str(a.get("prdt", "01")), str(a.get("hts_id", "")),
-                             str(a.get("name", "트윈")), int(a.get("cash", self.config.initial_cash)), holdings)
+            self.add_account(
+                str(a["app_key"]),
+                str(a["app_secret"]),
+                bool(a.get("paper", False)),
+                str(a["cano"]),
+                str(a.get("prdt", "01")),
+                str(a.get("hts_id", "")),
+                str(a.get("name", "트윈")),
+                int(a.get("cash", self.config.initial_cash)),
+                holdings,
+            )
 
     def account_for(self, key: AppKey, cano: str, prdt: str) -> Account:
         cano, prdt = cano.strip(), (prdt.strip() or "01")
@@ -156,8 +184,9 @@ class Twin:
         acct = self.exchange.accounts.get(acct_id)
         if acct is None and key.auto:
             # any account number works with an auto-provisioned key (API.md §11)
-            acct = self.add_account(key.key, key.secret, key.paper, cano, prdt, key.hts_id, "트윈",
-                                    self.config.initial_cash)
+            acct = self.add_account(
+                key.key, key.secret, key.paper, cano, prdt, key.hts_id, "트윈", self.config.initial_cash
+            )
         if acct is None or acct.app_key != key.key:
             raise E_BAD_ACCOUNT
         return acct

@@ -74,15 +74,52 @@ def bad_input(field: str) -> KisError:
 # ------------------------------------------------------------------------------------ websocket
 
 H0STCNT0_FIELDS: tuple[str, ...] = (
-    "MKSC_SHRN_ISCD", "STCK_CNTG_HOUR", "STCK_PRPR", "PRDY_VRSS_SIGN", "PRDY_VRSS", "PRDY_CTRT",
-    "WGHN_AVRG_STCK_PRC", "STCK_OPRC", "STCK_HGPR", "STCK_LWPR", "ASKP1", "BIDP1", "CNTG_VOL",
-    "ACML_VOL", "ACML_TR_PBMN", "SELN_CNTG_CSNU", "SHNU_CNTG_CSNU", "NTBY_CNTG_CSNU", "CTTR",
-    "SELN_CNTG_SMTN", "SHNU_CNTG_SMTN", "CCLD_DVSN", "SHNU_RATE", "PRDY_VOL_VRSS_ACML_VOL_RATE",
-    "OPRC_HOUR", "OPRC_VRSS_PRPR_SIGN", "OPRC_VRSS_PRPR", "HGPR_HOUR", "HGPR_VRSS_PRPR_SIGN",
-    "HGPR_VRSS_PRPR", "LWPR_HOUR", "LWPR_VRSS_PRPR_SIGN", "LWPR_VRSS_PRPR", "BSOP_DATE",
-    "NEW_MKOP_CLS_CODE", "TRHT_YN", "ASKP_RSQN1", "BIDP_RSQN1", "TOTAL_ASKP_RSQN", "TOTAL_BIDP_RSQN",
-    "VOL_TNRT", "PRDY_SMNS_HOUR_ACML_VOL", "PRDY_SMNS_HOUR_ACML_VOL_RATE", "HOUR_CLS_CODE",
-    "MRKT_TRTM_CLS_CODE", "VI_STND_PRC",
+    "MKSC_SHRN_ISCD",
+    "STCK_CNTG_HOUR",
+    "STCK_PRPR",
+    "PRDY_VRSS_SIGN",
+    "PRDY_VRSS",
+    "PRDY_CTRT",
+    "WGHN_AVRG_STCK_PRC",
+    "STCK_OPRC",
+    "STCK_HGPR",
+    "STCK_LWPR",
+    "ASKP1",
+    "BIDP1",
+    "CNTG_VOL",
+    "ACML_VOL",
+    "ACML_TR_PBMN",
+    "SELN_CNTG_CSNU",
+    "SHNU_CNTG_CSNU",
+    "NTBY_CNTG_CSNU",
+    "CTTR",
+    "SELN_CNTG_SMTN",
+    "SHNU_CNTG_SMTN",
+    "CCLD_DVSN",
+    "SHNU_RATE",
+    "PRDY_VOL_VRSS_ACML_VOL_RATE",
+    "OPRC_HOUR",
+    "OPRC_VRSS_PRPR_SIGN",
+    "OPRC_VRSS_PRPR",
+    "HGPR_HOUR",
+    "HGPR_VRSS_PRPR_SIGN",
+    "HGPR_VRSS_PRPR",
+    "LWPR_HOUR",
+    "LWPR_VRSS_PRPR_SIGN",
+    "LWPR_VRSS_PRPR",
+    "BSOP_DATE",
+    "NEW_MKOP_CLS_CODE",
+    "TRHT_YN",
+    "ASKP_RSQN1",
+    "BIDP_RSQN1",
+    "TOTAL_ASKP_RSQN",
+    "TOTAL_BIDP_RSQN",
+    "VOL_TNRT",
+    "PRDY_SMNS_HOUR_ACML_VOL",
+    "PRDY_SMNS_HOUR_ACML_VOL_RATE",
+    "HOUR_CLS_CODE",
+    "MRKT_TRTM_CLS_CODE",
+    "VI_STND_PRC",
 )
 assert len(H0STCNT0_FIELDS) == 46
 
@@ -93,25 +130,63 @@ H0STASP0_FIELDS: tuple[str, ...] = (
     + tuple(f"ASKP_RSQN{i}" for i in range(1, 11))
     + tuple(f"BIDP_RSQN{i}" for i in range(1, 11))
     + (
-        "TOTAL_ASKP_RSQN", "TOTAL_BIDP_RSQN", "OVTM_TOTAL_ASKP_RSQN", "OVTM_TOTAL_BIDP_RSQN",
-        "ANTC_CNPR", "ANTC_CNQN", "ANTC_VOL", "ANTC_CNTG_VRSS", "ANTC_CNTG_VRSS_SIGN",
-        "ANTC_CNTG_PRDY_CTRT", "ACML_VOL", "TOTAL_ASKP_RSQN_ICDC", "TOTAL_BIDP_RSQN_ICDC",
-        "OVTM_TOTAL_ASKP_ICDC", "OVTM_TOTAL_BIDP_ICDC", "STCK_DEAL_CLS_CODE",
+        "TOTAL_ASKP_RSQN",
+        "TOTAL_BIDP_RSQN",
+        "OVTM_TOTAL_ASKP_RSQN",
+        "OVTM_TOTAL_BIDP_RSQN",
+        "ANTC_CNPR",
+        "ANTC_CNQN",
+        "ANTC_VOL",
+        "ANTC_CNTG_VRSS",
+        "ANTC_CNTG_VRSS_SIGN",
+        "ANTC_CNTG_PRDY_CTRT",
+        "ACML_VOL",
+        "TOTAL_ASKP_RSQN_ICDC",
+        "TOTAL_BIDP_RSQN_ICDC",
+        "OVTM_TOTAL_ASKP_ICDC",
+        "OVTM_TOTAL_BIDP_ICDC",
+        "STCK_DEAL_CLS_CODE",
     )
 )
 assert len(H0STASP0_FIELDS) == 59
 
 NOTICE_FIELDS: tuple[str, ...] = (
-    "CUST_ID", "ACNT_NO", "ODER_NO", "OODER_NO", "SELN_BYOV_CLS", "RCTF_CLS", "ODER_KIND",
-    "ODER_COND", "STCK_SHRN_ISCD", "CNTG_QTY", "CNTG_UNPR", "STCK_CNTG_HOUR", "RFUS_YN", "CNTG_YN",
-    "ACPT_YN", "BRNC_NO", "ODER_QTY", "ACNT_NAME", "ORD_COND_PRC", "ORD_EXG_GB", "POPUP_YN",
-    "FILLER", "CRDT_CLS", "CRDT_LOAN_DATE", "CNTG_ISNM40", "ODER_PRC",
+    "CUST_ID",
+    "ACNT_NO",
+    "ODER_NO",
+    "OODER_NO",
+    "SELN_BYOV_CLS",
+    "RCTF_CLS",
+    "ODER_KIND",
+    "ODER_COND",
+    "STCK_SHRN_ISCD",
+    "CNTG_QTY",
+    "CNTG_UNPR",
+    "STCK_CNTG_HOUR",
+    "RFUS_YN",
+    "CNTG_YN",
+    "ACPT_YN",
+    "BRNC_NO",
+    "ODER_QTY",
+    "ACNT_NAME",
+    "ORD_COND_PRC",
+    "ORD_EXG_GB",
+    "POPUP_YN",
+    "FILLER",
+    "CRDT_CLS",
+    "CRDT_LOAN_DATE",
+    "CNTG_ISNM40",
+    "ODER_PRC",
 )
 assert len(NOTICE_FIELDS) == 26
 
 # Legacy 23-field layout: indices 0-17 identical, then these five.
 NOTICE_FIELDS_LEGACY: tuple[str, ...] = NOTICE_FIELDS[:18] + (
-    "CNTG_ISNM", "CRDT_CLS", "CRDT_LOAN_DATE", "CNTG_ISNM40", "ODER_PRC",
+    "CNTG_ISNM",
+    "CRDT_CLS",
+    "CRDT_LOAN_DATE",
+    "CNTG_ISNM40",
+    "ODER_PRC",
 )
 assert len(NOTICE_FIELDS_LEGACY) == 23
 
@@ -154,8 +229,16 @@ def aes_decrypt(b64: str, key: str, iv: str) -> str:
     return (unpadder.update(data) + unpadder.finalize()).decode("utf-8")
 
 
-def control(tr_id: str, tr_key: str, rt_cd: str, msg_cd: str, msg1: str, *, encrypt: str = "N",
-            key_iv: tuple[str, str] | None = None) -> dict[str, object]:
+def control(
+    tr_id: str,
+    tr_key: str,
+    rt_cd: str,
+    msg_cd: str,
+    msg1: str,
+    *,
+    encrypt: str = "N",
+    key_iv: tuple[str, str] | None = None,
+) -> dict[str, object]:
     body: dict[str, object] = {"rt_cd": rt_cd, "msg_cd": msg_cd, "msg1": msg1}
     if key_iv is not None:
         body["output"] = {"iv": key_iv[1], "key": key_iv[0]}

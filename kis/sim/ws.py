@@ -122,7 +122,9 @@ class WsHub:
             record = ev.legacy if faults.legacy_notice else ev.record
             if self.garble_next_notice is not None:
                 record = list(record)
-                record[self.garble_next_notice] = "x" + record[self.garble_next_notice][1:]  # a field that does not read
+                record[self.garble_next_notice] = (
+                    "x" + record[self.garble_next_notice][1:]
+                )  # a field that does not read
             frame = f"1|{tr}|001|{aes_encrypt('^'.join(record), *s.key_iv)}"
             copies = 2 if faults.notices.duplicate else 1
             delay = faults.notices.delay_ms / 1000
@@ -355,8 +357,9 @@ class WsHub:
         s.regs.add(reg)
         if tr_id not in notices:
             self.subs.setdefault(reg, set()).add(s)
-        await self._reply(s, control(tr_id, tr_key, "0", "OPSP0000", "SUBSCRIBE SUCCESS", encrypt=encrypt,
-                                     key_iv=s.key_iv))
+        await self._reply(
+            s, control(tr_id, tr_key, "0", "OPSP0000", "SUBSCRIBE SUCCESS", encrypt=encrypt, key_iv=s.key_iv)
+        )
 
 
 def _pingpong(when: dt.datetime) -> str:

@@ -52,8 +52,26 @@ class TwinProc:
 @pytest.fixture(scope="session")
 def twin() -> Iterator[TwinProc]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kis.sim", "--rest-port", "0", "--ws-port", "0", "--admin-port", "0", "--seed", "11", "--quiet", "--tick-interval", "0.2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kis.sim",
+            "--rest-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--seed",
+            "11",
+            "--quiet",
+            "--tick-interval",
+            "0.2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         sel = selectors.DefaultSelector()
@@ -70,7 +88,15 @@ def twin() -> Iterator[TwinProc]:
         stop_groups([proc], grace_s=10.0)
 
 
-FAST_WS = WsConfig(backoff_base_s=0.05, backoff_max_s=0.5, in_use_backoff_s=0.3, batch_pace_s=0.01, ack_timeout_s=5.0, ping_interval_s=5.0, silence_timeout_s=30.0)
+FAST_WS = WsConfig(
+    backoff_base_s=0.05,
+    backoff_max_s=0.5,
+    in_use_backoff_s=0.3,
+    batch_pace_s=0.01,
+    ack_timeout_s=5.0,
+    ping_interval_s=5.0,
+    silence_timeout_s=30.0,
+)
 
 
 class Events:
@@ -104,11 +130,16 @@ class Events:
 
 
 @contextlib.asynccontextmanager
-async def open_broker(twin: TwinProc, run_dir: Path, ws: WsConfig = FAST_WS, paper: bool = False) -> AsyncIterator[tuple[KisBroker, Events]]:
+async def open_broker(
+    twin: TwinProc, run_dir: Path, ws: WsConfig = FAST_WS, paper: bool = False
+) -> AsyncIterator[tuple[KisBroker, Events]]:
     await twin.admin("POST", "/admin/faults/reset")
     i = twin.info
     if paper:  # the twin's paper-flavour domain and account: V-prefixed TR ids, H0STCNI9 notices
-        rest_url, creds = i["paper_rest_url"], Credentials(i["paper_app_key"], i["paper_app_secret"], i["paper_account"], i["hts_id"])
+        rest_url, creds = (
+            i["paper_rest_url"],
+            Credentials(i["paper_app_key"], i["paper_app_secret"], i["paper_account"], i["hts_id"]),
+        )
     else:
         rest_url, creds = i["rest_url"], twin.creds
     cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=rest_url, ws_url=i["ws_url"], request_timeout_s=5.0)

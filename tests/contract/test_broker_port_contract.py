@@ -23,7 +23,14 @@ from common.config import GatewayConfig
 from common.enums import Side
 from common.schema import Bar, InvestorDay, PriceQuote
 from kis.port import (
-    BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder, BrokerPort, BrokerUnsupported, Capability,
+    BrokerCancel,
+    BrokerEvent,
+    BrokerModify,
+    BrokerNotice,
+    BrokerOrder,
+    BrokerPort,
+    BrokerUnsupported,
+    Capability,
     NoticeKind,
 )
 from kis_twin import TwinProc, open_broker
@@ -49,6 +56,7 @@ class Stream:
             while not (got := cond(self.items)):
                 await asyncio.sleep(0.01)
             return got
+
         return await asyncio.wait_for(poll(), timeout)
 
     def close(self) -> None:
@@ -84,6 +92,7 @@ class BrokerContract:
                     await body(b, ev)
                 finally:
                     ev.close()
+
         asyncio.run(main())
 
     # ---- the contract ---------------------------------------------------------------------------
@@ -93,12 +102,15 @@ class BrokerContract:
             assert isinstance(b, BrokerPort)
             assert isinstance(b.capabilities, frozenset) and all(isinstance(c, Capability) for c in b.capabilities)
             assert b.health().session_state is b.session_state
+
         self.run(body, tmp_path)
 
     def test_a_marketable_buy_is_acknowledged_noticed_filled_and_reported(self, tmp_path: Path) -> None:
         async def body(b: BrokerPort, ev: Stream) -> None:
             price = await self.marketable_buy_price(b)
-            ack = await b.submit(BrokerOrder(client_order_id="c-20260101-1", code=CODE, side=Side.BUY, qty=1, price=price))
+            ack = await b.submit(
+                BrokerOrder(client_order_id="c-20260101-1", code=CODE, side=Side.BUY, qty=1, price=price)
+            )
             assert ack.broker_order_id.strip("0")
             fills = await ev.wait(lambda xs: notices(xs, ack.broker_order_id, NoticeKind.FILLED))
             assert fills[0].fill_qty == 1 and 0 < fills[0].fill_price <= price
@@ -107,24 +119,47 @@ class BrokerContract:
             assert (r.code, r.side, r.qty, r.filled_qty, r.remaining_qty) == (CODE, Side.BUY, 1, 1, 0)
             held = {p.code: p.qty for p in await b.positions()}
             assert held.get(CODE, 0) >= 1
+
         self.run(body, tmp_path)
 
     def test_cancel_and_revise_get_new_numbers_linked_to_the_original(self, tmp_path: Path) -> None:
         async def body(b: BrokerPort, ev: Stream) -> None:
             price = await self.resting_buy_price(b)
-            first = await b.submit(BrokerOrder(client_order_id="c-20260101-2", code=CODE, side=Side.BUY, qty=2, price=price))
-            revised = await b.modify(BrokerModify(client_order_id="c-20260101-2", broker_order_id=first.broker_order_id,
-                                                  org_no=first.org_no, code=CODE, qty=2, price=price))
+            first = await b.submit(
+                BrokerOrder(client_order_id="c-20260101-2", code=CODE, side=Side.BUY, qty=2, price=price)
+            )
+            revised = await b.modify(
+                BrokerModify(
+                    client_order_id="c-20260101-2",
+                    broker_order_id=first.broker_order_id,
+                    org_no=first.org_no,
+                    code=CODE,
+                    qty=2,
+                    price=price,
+                )
+            )
             assert revised.broker_order_id != first.broker_order_id
-            cancel = await b.cancel(BrokerCancel(client_order_id="c-20260101-2", broker_order_id=revised.broker_order_id,
-                                                 org_no=revised.org_no, code=CODE, qty=2))
+            cancel = await b.cancel(
+                BrokerCancel(
+                    client_order_id="c-20260101-2",
+                    broker_order_id=revised.broker_order_id,
+                    org_no=revised.org_no,
+                    code=CODE,
+                    qty=2,
+                )
+            )
             assert cancel.broker_order_id not in (first.broker_order_id, revised.broker_order_id)
-            done = await ev.wait(lambda xs: notices(xs, cancel.broker_order_id, NoticeKind.CANCELLED)
-                                 or notices(xs, revised.broker_order_id, NoticeKind.CANCELLED))
+            done = await ev.wait(
+                lambda xs: (
+                    notices(xs, cancel.broker_order_id, NoticeKind.CANCELLED)
+                    or notices(xs, revised.broker_order_id, NoticeKind.CANCELLED)
+                )
+            )
             assert done
             lines = {r.broker_order_id: r for r in await b.order_reports(await self.today(b))}
             assert lines[revised.broker_order_id].orig_broker_order_id.lstrip("0") == first.broker_order_id.lstrip("0")
             assert lines[cancel.broker_order_id].is_cancel
+
         self.run(body, tmp_path)
 
     def test_declared_capabilities_answer_in_domain_types_the_rest_refuse(self, tmp_path: Path) -> None:
@@ -147,11 +182,14 @@ class BrokerContract:
                 assert all(isinstance(d, InvestorDay) for d in days)
             if Capability.CHARTS in caps:
                 bars = await b.daily_bars(CODE, 5, today)
-                assert bars and all(isinstance(x, Bar) and x.interval == "1d" and x.start < today.isoformat() for x in bars)
+                assert bars and all(
+                    isinstance(x, Bar) and x.interval == "1d" and x.start < today.isoformat() for x in bars
+                )
                 assert [x.start for x in bars] == sorted(x.start for x in bars)
             if Capability.VOLUME_RANK in caps:
                 ranked = await b.top_by_value()
                 assert ranked and all(len(code) == 6 for code, _ in ranked)
+
         self.run(body, tmp_path)
 
 

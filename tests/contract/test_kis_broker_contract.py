@@ -39,7 +39,9 @@ async def _admin_orders(twin: TwinProc) -> list[dict]:
 
 
 def _notices(evs: list, odno: str, kind: NoticeKind | None = None) -> list[BrokerNotice]:
-    return [e for e in evs if isinstance(e, BrokerNotice) and e.broker_order_id == odno and (kind is None or e.kind == kind)]
+    return [
+        e for e in evs if isinstance(e, BrokerNotice) and e.broker_order_id == odno and (kind is None or e.kind == kind)
+    ]
 
 
 async def _resting_buy(b, twin: TwinProc, qty: int = 1) -> tuple[str, str]:
@@ -60,10 +62,17 @@ def test_submit_ack_notice_fill(twin: TwinProc, tmp_path: Path) -> None:
     async def body() -> None:
         async with open_broker(twin, tmp_path) as (b, ev):
             ask = (await _book(twin))["asks"][0][0]
-            ack = await b.submit(BrokerOrder(client_order_id="t-20260101-2", code=CODE, side=Side.BUY, qty=1, price=ask))
+            ack = await b.submit(
+                BrokerOrder(client_order_id="t-20260101-2", code=CODE, side=Side.BUY, qty=1, price=ask)
+            )
             assert len(ack.broker_order_id) == 10 and ack.org_no and len(ack.time) == 6
             acc = await ev.wait(lambda xs: _notices(xs, ack.broker_order_id, NoticeKind.ACCEPTED))
-            assert acc[0].side == Side.BUY and acc[0].order_qty == 1 and acc[0].code == CODE and acc[0].org_no == ack.org_no
+            assert (
+                acc[0].side == Side.BUY
+                and acc[0].order_qty == 1
+                and acc[0].code == CODE
+                and acc[0].org_no == ack.org_no
+            )
             fills = await ev.wait(lambda xs: _notices(xs, ack.broker_order_id, NoticeKind.FILLED))
             assert fills[0].fill_qty == 1 and 0 < fills[0].fill_price <= ask
             reports = {r.broker_order_id: r for r in await b.order_reports(await _day(twin))}
@@ -79,7 +88,9 @@ def test_cancel_gets_new_odno_linked_to_original(twin: TwinProc, tmp_path: Path)
         async with open_broker(twin, tmp_path) as (b, ev):
             odno, org = await _resting_buy(b, twin, qty=2)
             await ev.wait(lambda xs: _notices(xs, odno, NoticeKind.ACCEPTED))
-            cx = await b.cancel(BrokerCancel(client_order_id="t-20260101-3", broker_order_id=odno, org_no=org, code=CODE, qty=0))
+            cx = await b.cancel(
+                BrokerCancel(client_order_id="t-20260101-3", broker_order_id=odno, org_no=org, code=CODE, qty=0)
+            )
             assert cx.broker_order_id != odno
             n = await ev.wait(lambda xs: _notices(xs, cx.broker_order_id))
             assert n[0].orig_broker_order_id == odno and n[0].is_cancel
@@ -94,7 +105,9 @@ def test_reports_positions_account_agree_with_admin(twin: TwinProc, tmp_path: Pa
     async def body() -> None:
         async with open_broker(twin, tmp_path) as (b, ev):
             ask = (await _book(twin))["asks"][0][0]
-            ack = await b.submit(BrokerOrder(client_order_id="t-20260101-4", code=CODE, side=Side.BUY, qty=3, price=ask + 500))
+            ack = await b.submit(
+                BrokerOrder(client_order_id="t-20260101-4", code=CODE, side=Side.BUY, qty=3, price=ask + 500)
+            )
             await ev.wait(lambda xs: _notices(xs, ack.broker_order_id, NoticeKind.FILLED))
             await _resting_buy(b, twin)
             reports = await b.order_reports(await _day(twin))
@@ -104,7 +117,12 @@ def test_reports_positions_account_agree_with_admin(twin: TwinProc, tmp_path: Pa
             for r in reports:
                 o = by_id[r.broker_order_id]
                 assert (r.qty, r.price, r.filled_qty, r.filled_value, r.remaining_qty, r.cancelled_qty) == (
-                    o["qty"], o["price"], o["filled_qty"], o["filled_amt"], o["open_qty"], o["cancelled_qty"]
+                    o["qty"],
+                    o["price"],
+                    o["filled_qty"],
+                    o["filled_amt"],
+                    o["open_qty"],
+                    o["cancelled_qty"],
                 )
                 assert r.side == Side(o["side"]) and r.orig_broker_order_id == (o["orgn_odno"] or "")
             acct = await twin.admin("GET", f"/admin/accounts/{twin.info['account']}")
@@ -112,7 +130,11 @@ def test_reports_positions_account_agree_with_admin(twin: TwinProc, tmp_path: Pa
             assert set(positions) == {c for c, h in acct["holdings"].items() if h["qty"] > 0}
             for c, h in acct["holdings"].items():
                 if h["qty"] > 0:
-                    assert positions[c].qty == h["qty"] and positions[c].sellable_qty == h["sellable"] and positions[c].purchase_value == h["cost"]
+                    assert (
+                        positions[c].qty == h["qty"]
+                        and positions[c].sellable_qty == h["sellable"]
+                        and positions[c].purchase_value == h["cost"]
+                    )
             a = await b.account()
             acct = await twin.admin("GET", f"/admin/accounts/{twin.info['account']}")
             assert (a.cash, a.orderable_cash, a.settlement_cash) == (acct["dnca"], acct["orderable_cash"], acct["cash"])
@@ -153,10 +175,14 @@ def test_rest_dropped_mid_order_is_unknown_outcome_never_resent(twin: TwinProc, 
     async def body() -> None:
         async with open_broker(twin, tmp_path) as (b, ev):
             before = {o["odno"] for o in await _admin_orders(twin)}
-            await twin.admin("POST", "/admin/faults/rest-disconnect", {"when": when, "count": 1, "path_contains": "order-cash"})
+            await twin.admin(
+                "POST", "/admin/faults/rest-disconnect", {"when": when, "count": 1, "path_contains": "order-cash"}
+            )
             lower = (await _book(twin))["lower"]
             with pytest.raises(BrokerUnknownOutcome):
-                await b.submit(BrokerOrder(client_order_id="t-20260101-5", code=CODE, side=Side.BUY, qty=1, price=lower))
+                await b.submit(
+                    BrokerOrder(client_order_id="t-20260101-5", code=CODE, side=Side.BUY, qty=1, price=lower)
+                )
             new_admin = {o["odno"] for o in await _admin_orders(twin)} - before
             new_reports = {r.broker_order_id for r in await b.order_reports(await _day(twin))} - before
             assert new_reports == new_admin  # the broker's view resolves the unknown outcome
@@ -173,7 +199,9 @@ def test_rate_limit_burst_backs_off_then_succeeds(twin: TwinProc, tmp_path: Path
             assert isinstance(await b.positions(), list)
             assert b.budget.penalties - penalties == 3
             # an order is safe to retry on EGW00201 (KIS did not process it)
-            await twin.admin("POST", "/admin/faults/rest-error", {"kind": "EGW00201", "count": 2, "path_contains": "order-cash"})
+            await twin.admin(
+                "POST", "/admin/faults/rest-error", {"kind": "EGW00201", "count": 2, "path_contains": "order-cash"}
+            )
             before = {o["odno"] for o in await _admin_orders(twin)}
             odno, _ = await _resting_buy(b, twin)
             assert {o["odno"] for o in await _admin_orders(twin)} - before == {odno}
@@ -184,9 +212,13 @@ def test_rate_limit_burst_backs_off_then_succeeds(twin: TwinProc, tmp_path: Path
 def test_server_500_on_reads_is_retried_on_orders_unknown(twin: TwinProc, tmp_path: Path) -> None:
     async def body() -> None:
         async with open_broker(twin, tmp_path) as (b, _):
-            await twin.admin("POST", "/admin/faults/rest-error", {"kind": "500", "count": 2, "path_contains": "inquire-balance"})
+            await twin.admin(
+                "POST", "/admin/faults/rest-error", {"kind": "500", "count": 2, "path_contains": "inquire-balance"}
+            )
             await b.account()
-            await twin.admin("POST", "/admin/faults/rest-error", {"kind": "500", "count": 1, "path_contains": "order-cash"})
+            await twin.admin(
+                "POST", "/admin/faults/rest-error", {"kind": "500", "count": 1, "path_contains": "order-cash"}
+            )
             before = {o["odno"] for o in await _admin_orders(twin)}
             with pytest.raises(BrokerUnknownOutcome):
                 await _resting_buy(b, twin)
@@ -215,7 +247,9 @@ def test_duplicated_and_reordered_notices_pass_through(twin: TwinProc, tmp_path:
         async with open_broker(twin, tmp_path) as (b, ev):
             await twin.admin("POST", "/admin/faults/notices", {"duplicate": True})
             odno, _ = await _resting_buy(b, twin)
-            dup = await ev.wait(lambda xs: (lambda n: n if len(n) >= 2 else None)(_notices(xs, odno, NoticeKind.ACCEPTED)))
+            dup = await ev.wait(
+                lambda xs: (lambda n: n if len(n) >= 2 else None)(_notices(xs, odno, NoticeKind.ACCEPTED))
+            )
             assert dup[0] == dup[1]
             await twin.admin("POST", "/admin/faults/notices", {"duplicate": False, "reorder": True})
             a, _ = await _resting_buy(b, twin)
@@ -264,7 +298,11 @@ def test_registration_cap_reported_to_caller(twin: TwinProc, tmp_path: Path) -> 
 
         codes = universe.codes()
         # our own ledger allows more, so the twin's OPSP0008 is what the caller sees
-        async with open_broker(twin, tmp_path, ws=WsConfig(**{**{f: getattr(FAST_WS, f) for f in FAST_WS.__struct_fields__}, "max_registrations": 60})) as (b, _):
+        async with open_broker(
+            twin,
+            tmp_path,
+            ws=WsConfig(**{**{f: getattr(FAST_WS, f) for f in FAST_WS.__struct_fields__}, "max_registrations": 60}),
+        ) as (b, _):
             results = []
             for kind in (MarketKind.TRADES, MarketKind.BOOK):
                 for c in codes:
@@ -320,7 +358,9 @@ def test_paper_account_uses_paper_tr_ids_and_notice_tr(twin: TwinProc, tmp_path:
             odno, org = await _resting_buy(b, twin)
             await ev.wait(lambda xs: _notices(xs, odno, NoticeKind.ACCEPTED))
             assert odno in {r.broker_order_id for r in await b.order_reports(await _day(twin))}
-            cx = await b.cancel(BrokerCancel(client_order_id="t-20260101-9", broker_order_id=odno, org_no=org, code=CODE, qty=0))
+            cx = await b.cancel(
+                BrokerCancel(client_order_id="t-20260101-9", broker_order_id=odno, org_no=org, code=CODE, qty=0)
+            )
             assert cx.broker_order_id != odno
             await b.account()
 
@@ -335,7 +375,13 @@ def test_wrong_hts_id_leaves_session_degraded_with_reason(twin: TwinProc, tmp_pa
 
         i = twin.info
         cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=i["rest_url"], ws_url=i["ws_url"])
-        b = make_broker(cfg, tmp_path, Credentials(i["app_key"], i["app_secret"], i["account"], "not-the-hts-id"), ws_config=FAST_WS, min_token_interval_s=0.5)
+        b = make_broker(
+            cfg,
+            tmp_path,
+            Credentials(i["app_key"], i["app_secret"], i["account"], "not-the-hts-id"),
+            ws_config=FAST_WS,
+            min_token_interval_s=0.5,
+        )
         try:
             await b.start()
             assert b.session_state == SessionState.DEGRADED

@@ -23,9 +23,22 @@ from common.enums import OrderType, SessionState, Side
 from common.market_clock import OpenClock
 from common.schema import Bar
 from kis.port import (
-    BrokerPort, Capability,
-    BrokerAccount, BrokerAck, BrokerCancel, BrokerEvent, BrokerModify, BrokerNotice, BrokerOrder,
-    BrokerOrderReport, BrokerPosition, BrokerRejected, BrokerUnknownOutcome, MarketKind, NoticeKind, SubscriptionResult,
+    BrokerPort,
+    Capability,
+    BrokerAccount,
+    BrokerAck,
+    BrokerCancel,
+    BrokerEvent,
+    BrokerModify,
+    BrokerNotice,
+    BrokerOrder,
+    BrokerOrderReport,
+    BrokerPosition,
+    BrokerRejected,
+    BrokerUnknownOutcome,
+    MarketKind,
+    NoticeKind,
+    SubscriptionResult,
     Trade,
 )
 
@@ -75,13 +88,34 @@ class FakeBroker(BrokerPort):
             with open(self.state_path, "w") as f:
                 json.dump({k: {**o, "side": o["side"].value} for k, o in self.orders.items()}, f)
 
-    def _notice(self, kind: NoticeKind, odno: str, o: dict, fill_qty: int = 0, fill_price: int = 0, orig: str = "",
-                is_cancel: bool = False, is_modify: bool = False) -> None:
+    def _notice(
+        self,
+        kind: NoticeKind,
+        odno: str,
+        o: dict,
+        fill_qty: int = 0,
+        fill_price: int = 0,
+        orig: str = "",
+        is_cancel: bool = False,
+        is_modify: bool = False,
+    ) -> None:
         self._save()  # every change of an order is followed by its notice
-        self._queue.put_nowait(BrokerNotice(kind=kind, broker_order_id=odno, orig_broker_order_id=orig or o.get("orig", ""),
-                                            code=o["code"], side=o["side"], order_qty=o["qty"], order_price=o["price"],
-                                            fill_qty=fill_qty, fill_price=fill_price, time=self._time(), is_cancel=is_cancel,
-                                            is_modify=is_modify))
+        self._queue.put_nowait(
+            BrokerNotice(
+                kind=kind,
+                broker_order_id=odno,
+                orig_broker_order_id=orig or o.get("orig", ""),
+                code=o["code"],
+                side=o["side"],
+                order_qty=o["qty"],
+                order_price=o["price"],
+                fill_qty=fill_qty,
+                fill_price=fill_price,
+                time=self._time(),
+                is_cancel=is_cancel,
+                is_modify=is_modify,
+            )
+        )
 
     def _lost(self, call: str) -> None:
         """Fault: the call acted, its answer is lost on the way back (`lose_next` names the calls)."""
@@ -94,12 +128,22 @@ class FakeBroker(BrokerPort):
         if order.qty <= 0:
             raise BrokerRejected("quantity must be positive", code="APBK0000")
         odno = f"{next(self._odno):010d}"
-        o = {"code": order.code, "side": order.side, "qty": order.qty, "price": order.price, "filled": 0, "value": 0,
-             "open": True, "kind": "new", "orig": ""}
+        o = {
+            "code": order.code,
+            "side": order.side,
+            "qty": order.qty,
+            "price": order.price,
+            "filled": 0,
+            "value": 0,
+            "open": True,
+            "kind": "new",
+            "orig": "",
+        }
         self.orders[odno] = o
         self._notice(NoticeKind.ACCEPTED, odno, o)
         marketable = order.order_type is OrderType.MARKET or (
-            order.price >= self.ref_price if order.side is Side.BUY else order.price <= self.ref_price)
+            order.price >= self.ref_price if order.side is Side.BUY else order.price <= self.ref_price
+        )
         if marketable:
             px = order.price if order.order_type is OrderType.LIMIT else self.ref_price
             o["filled"], o["value"], o["open"] = order.qty, order.qty * px, False
@@ -125,8 +169,17 @@ class FakeBroker(BrokerPort):
         odno = f"{next(self._odno):010d}"
         o["open"], o["replaced"] = False, True
         # the new line carries the remainder (KIS: a revise line of the unfilled quantity, naming the old one)
-        line = {**o, "qty": o["qty"] - o["filled"], "price": req.price, "open": True, "replaced": False, "filled": 0, "value": 0,
-                "orig": req.broker_order_id, "kind": "modify"}
+        line = {
+            **o,
+            "qty": o["qty"] - o["filled"],
+            "price": req.price,
+            "open": True,
+            "replaced": False,
+            "filled": 0,
+            "value": 0,
+            "orig": req.broker_order_id,
+            "kind": "modify",
+        }
         self.orders[odno] = line
         if "modify" in self.mute:
             self._save()
@@ -141,8 +194,16 @@ class FakeBroker(BrokerPort):
             raise BrokerRejected("정정/취소 가능수량이 없습니다.", code="APBK0635")
         o["open"] = False
         odno = f"{next(self._odno):010d}"
-        self.orders[odno] = {**o, "qty": o["qty"] - o["filled"], "open": False, "replaced": False, "filled": 0, "value": 0,
-                             "kind": "cancel", "orig": req.broker_order_id}
+        self.orders[odno] = {
+            **o,
+            "qty": o["qty"] - o["filled"],
+            "open": False,
+            "replaced": False,
+            "filled": 0,
+            "value": 0,
+            "kind": "cancel",
+            "orig": req.broker_order_id,
+        }
         self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 접수
         self._notice(NoticeKind.CANCELLED, odno, o, orig=req.broker_order_id, is_cancel=True)  # 확인
         self._lost("cancel")
@@ -152,13 +213,28 @@ class FakeBroker(BrokerPort):
         out = []
         for k, o in self.orders.items():
             kind = o.get("kind", "new")
-            closed_unfilled = o["qty"] - o["filled"] if not o["open"] and not o.get("replaced") and kind != "cancel" else 0
-            out.append(BrokerOrderReport(
-                broker_order_id=k, orig_broker_order_id=o.get("orig", ""), org_no="06010", code=o["code"], side=o["side"],
-                qty=o["qty"], price=o["price"], filled_qty=o["filled"],
-                avg_fill_price=o.get("value", 0) // o["filled"] if o["filled"] else 0, filled_value=o.get("value", 0),
-                remaining_qty=o["qty"] - o["filled"] if o["open"] else 0, cancelled_qty=closed_unfilled, rejected_qty=0,
-                is_cancel=kind == "cancel", is_modify=kind == "modify"))
+            closed_unfilled = (
+                o["qty"] - o["filled"] if not o["open"] and not o.get("replaced") and kind != "cancel" else 0
+            )
+            out.append(
+                BrokerOrderReport(
+                    broker_order_id=k,
+                    orig_broker_order_id=o.get("orig", ""),
+                    org_no="06010",
+                    code=o["code"],
+                    side=o["side"],
+                    qty=o["qty"],
+                    price=o["price"],
+                    filled_qty=o["filled"],
+                    avg_fill_price=o.get("value", 0) // o["filled"] if o["filled"] else 0,
+                    filled_value=o.get("value", 0),
+                    remaining_qty=o["qty"] - o["filled"] if o["open"] else 0,
+                    cancelled_qty=closed_unfilled,
+                    rejected_qty=0,
+                    is_cancel=kind == "cancel",
+                    is_modify=kind == "modify",
+                )
+            )
         return out
 
     async def positions(self) -> list[BrokerPosition]:
@@ -168,12 +244,22 @@ class FakeBroker(BrokerPort):
                 q, v = held.setdefault(o["code"], [0, 0])
                 sign = 1 if o["side"] is Side.BUY else -1
                 held[o["code"]] = [q + sign * o["filled"], v + sign * o.get("value", 0)]
-        return [BrokerPosition(code=c, qty=q, sellable_qty=q, avg_price=str(v // q), purchase_value=v, last_price=self.ref_price)
-                for c, (q, v) in held.items() if q > 0]
+        return [
+            BrokerPosition(
+                code=c, qty=q, sellable_qty=q, avg_price=str(v // q), purchase_value=v, last_price=self.ref_price
+            )
+            for c, (q, v) in held.items()
+            if q > 0
+        ]
 
     async def account(self) -> BrokerAccount:
-        return BrokerAccount(cash=100_000_000, orderable_cash=100_000_000, settlement_cash=100_000_000, total_eval=100_000_000,
-                             positions_eval=0)
+        return BrokerAccount(
+            cash=100_000_000,
+            orderable_cash=100_000_000,
+            settlement_cash=100_000_000,
+            total_eval=100_000_000,
+            positions_eval=0,
+        )
 
     async def base_price(self, code: str) -> int:
         return self.ref_price
@@ -197,13 +283,25 @@ class FakeBroker(BrokerPort):
         while len(out) < n and d > before - dt.timedelta(days=3 * 366):
             if d.weekday() < 5:
                 px = self.ref_price + (d.toordinal() % 7) * 100
-                out.append(Bar(code=code, interval="1d", start=d.isoformat(), open=px - 100, high=px + 200, low=px - 200,
-                               close=px, volume=1000, value=1000 * px))
+                out.append(
+                    Bar(
+                        code=code,
+                        interval="1d",
+                        start=d.isoformat(),
+                        open=px - 100,
+                        high=px + 200,
+                        low=px - 200,
+                        close=px,
+                        volume=1000,
+                        value=1000 * px,
+                    )
+                )
             d -= dt.timedelta(days=1)
         return out[::-1]
 
-    async def minute_bars(self, code: str, need: int, day: dt.date, until_hhmmss: str, *,
-                          caller: str = "gateway") -> tuple[list[Bar], bool]:
+    async def minute_bars(
+        self, code: str, need: int, day: dt.date, until_hhmmss: str, *, caller: str = "gateway"
+    ) -> tuple[list[Bar], bool]:
         """Today's one-minute bars from 09:00 up to `until_hhmmss`, oldest first (all of them: the
         session's start is always reached)."""
         self.chart_calls.append(("minute", code, caller))
@@ -211,8 +309,19 @@ class FakeBroker(BrokerPort):
         out = []
         for t in range(9 * 60, end + 1):
             px = self.ref_price + (t % 5) * 100
-            out.append(Bar(code=code, interval="1m", start=f"{day.isoformat()}T{t // 60:02d}:{t % 60:02d}", open=px,
-                           high=px + 100, low=px - 100, close=px, volume=10, value=0))
+            out.append(
+                Bar(
+                    code=code,
+                    interval="1m",
+                    start=f"{day.isoformat()}T{t // 60:02d}:{t % 60:02d}",
+                    open=px,
+                    high=px + 100,
+                    low=px - 100,
+                    close=px,
+                    volume=10,
+                    value=0,
+                )
+            )
         return out, True
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
@@ -226,9 +335,21 @@ class FakeBroker(BrokerPort):
                 self._ticks += 1
                 px = self.ref_price + (self._ticks % 5 - 2) * 100  # stays on the tick grid
                 for code in sorted(self.subscribed):
-                    yield Trade(code=code, time=self._time(), price=px, qty=1, side=1, cum_volume=self._ticks,
-                                cum_value=self._ticks * px, open=self.ref_price, high=self.ref_price + 200,
-                                low=self.ref_price - 200, change=px - self.ref_price, ask1=px + 100, bid1=px)
+                    yield Trade(
+                        code=code,
+                        time=self._time(),
+                        price=px,
+                        qty=1,
+                        side=1,
+                        cum_volume=self._ticks,
+                        cum_value=self._ticks * px,
+                        open=self.ref_price,
+                        high=self.ref_price + 200,
+                        low=self.ref_price - 200,
+                        change=px - self.ref_price,
+                        ask1=px + 100,
+                        bid1=px,
+                    )
 
 
 def make(cfg: GatewayConfig) -> FakeBroker:

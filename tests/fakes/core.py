@@ -22,15 +22,27 @@ def trading_clock(day: dt.date = TODAY, hour: int = 10) -> RunningClock:
     return RunningClock(dt.datetime(day.year, day.month, day.day, hour, 0))
 
 
-def make_core(path: Path, broker: BrokerPort, *, cfg: GatewayConfig | None = None, clock: MarketClock | None = None,
-              cards: dict[str, AgentCard] | None = None) -> tuple[OrderCore, Store, list[tuple[str, AgentEvent]],
-                                                                  list[tuple[SystemEventKind, str, str]]]:
+def make_core(
+    path: Path,
+    broker: BrokerPort,
+    *,
+    cfg: GatewayConfig | None = None,
+    clock: MarketClock | None = None,
+    cards: dict[str, AgentCard] | None = None,
+) -> tuple[OrderCore, Store, list[tuple[str, AgentEvent]], list[tuple[SystemEventKind, str, str]]]:
     """(core, store, agent events sent, system events published). The core is loaded, not started."""
     store = Store(path)
     events: list[tuple[str, AgentEvent]] = []
     published: list[tuple[SystemEventKind, str, str]] = []
-    core = build_order_core(cfg or GatewayConfig(), store, broker, clock or trading_clock(), HeaderFactory("gateway"),
-                            lambda a, e: events.append((a, e)), lambda k, a, t: published.append((k, a, t)),
-                            lambda agent: (cards or {}).get(agent))
+    core = build_order_core(
+        cfg or GatewayConfig(),
+        store,
+        broker,
+        clock or trading_clock(),
+        HeaderFactory("gateway"),
+        lambda a, e: events.append((a, e)),
+        lambda k, a, t: published.append((k, a, t)),
+        lambda agent: (cards or {}).get(agent),
+    )
     core.load()
     return core, store, events, published

@@ -17,13 +17,30 @@ from tests.fakes.core import make_core
 
 
 class Harness:
-    def __init__(self, path: Path, broker: FakeBroker | None = None, cfg: GatewayConfig | None = None,
-                 clock: MarketClock | None = None, cards: dict | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        broker: FakeBroker | None = None,
+        cfg: GatewayConfig | None = None,
+        clock: MarketClock | None = None,
+        cards: dict | None = None,
+    ) -> None:
         self.broker = broker or FakeBroker(ref_price=70_000)
-        self.core, self.store, self.events, self.published = make_core(path, self.broker, cfg=cfg, clock=clock,  # type: ignore[arg-type]
-                                                                       cards=cards)
+        self.core, self.store, self.events, self.published = make_core(
+            path,
+            self.broker,
+            cfg=cfg,
+            clock=clock,  # type: ignore[arg-type]
+            cards=cards,
+        )
         c = self.core
-        self.book, self.desk, self.portfolio, self.risk, self.protection = c.book, c.desk, c.portfolio, c.risk, c.protection
+        self.book, self.desk, self.portfolio, self.risk, self.protection = (
+            c.book,
+            c.desk,
+            c.portfolio,
+            c.risk,
+            c.protection,
+        )
         self.account = AccountReader(self.portfolio, self.broker.account, 30.0)
         self.alerts: list[tuple[AlertKind | None, str, str]] = []
         c.alerts.sinks.append(lambda kind, text, agent: self.alerts.append((kind, text, agent)))
@@ -46,6 +63,7 @@ class Harness:
         async def wait() -> None:
             while not cond():
                 await asyncio.sleep(0.005)
+
         await asyncio.wait_for(wait(), timeout)
 
     def print(self, code: str, price: int) -> None:

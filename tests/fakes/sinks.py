@@ -22,7 +22,7 @@ class HttpSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length", "0"))
                 sink.paths.append(self.path)
                 sink.bodies.append(json.loads(self.rfile.read(n) or b"{}"))
@@ -48,7 +48,7 @@ class SmtpSink:
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]  # noqa: N802
+            async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
                 sink.mails.append(message_from_bytes(envelope.content))
                 return "250 OK"
 

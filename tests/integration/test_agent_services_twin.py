@@ -21,8 +21,19 @@ from agent.client import GatewayClient
 from common.config import AgentCard
 from common.errors import ErrorCode
 from common.schema import (
-    Ack, Error, GetState, GetSummary, InvestorReply, PriceReply, PutState, Query, Register, Registered, StateReply,
-    SummaryReply, STATE_MAX_VALUE_BYTES,
+    Ack,
+    Error,
+    GetState,
+    GetSummary,
+    InvestorReply,
+    PriceReply,
+    PutState,
+    Query,
+    Register,
+    Registered,
+    StateReply,
+    SummaryReply,
+    STATE_MAX_VALUE_BYTES,
 )
 from tests.conftest import Procs, agent_client, approve, holds_for, operator_client, start_gateway_on_twin, wait_for
 from tests.integration.test_oms_twin import Twin
@@ -103,7 +114,9 @@ def test_queries_quota_and_state_over_the_wire(stack) -> None:
         assert answered[-1] - answered[0] >= 2.0, answered  # 5 gaps of 1/2 s (a little slack for timing)
 
         # kv state: a too-large value is refused with a typed error and nothing is written
-        r = probe.request(PutState(h=probe.headers(), items={"ok": b"1", "big": b"x" * (STATE_MAX_VALUE_BYTES + 1)}), 10)
+        r = probe.request(
+            PutState(h=probe.headers(), items={"ok": b"1", "big": b"x" * (STATE_MAX_VALUE_BYTES + 1)}), 10
+        )
         assert isinstance(r, Error) and r.code is ErrorCode.STATE_LIMIT
         assert isinstance(probe.request(PutState(h=probe.headers(), items={"ok": b"1"}), 10), Ack)
         r = probe.request(GetState(h=probe.headers()), 10)
@@ -140,8 +153,18 @@ def test_value_agent_trades_and_survives_kill_9_without_a_duplicate(tmp_path: Pa
     (tmp_path / "value.toml").write_text(VALUE_CARD)
     a1 = start_value(procs, tmp_path, run, "value1")
     # query → decision → buy → fill → target sell resting at the twin
-    st = wait_for(lambda: (s := agent_status(run, "value")) and s.fills >= 1 and s.open_orders == 1 and s.orders_today == 2
-                  and len(twin.orders()) == 2 and s, 30, what="value agent holding with its target sell open at the twin")
+    st = wait_for(
+        lambda: (
+            (s := agent_status(run, "value"))
+            and s.fills >= 1
+            and s.open_orders == 1
+            and s.orders_today == 2
+            and len(twin.orders()) == 2
+            and s
+        ),
+        30,
+        what="value agent holding with its target sell open at the twin",
+    )
     twin_orders = twin.orders()
     assert [(o["code"], o["side"]) for o in twin_orders] == [("105560", "buy"), ("105560", "sell")], twin_orders
     held = twin.account()["holdings"]["105560"]["qty"]
@@ -167,17 +190,27 @@ def test_value_agent_trades_and_survives_kill_9_without_a_duplicate(tmp_path: Pa
     os.kill(a1.pid, signal.SIGKILL)
     a1.wait(5)
     a2 = start_value(procs, tmp_path, run, "value2")
-    line = wait_for(lambda: re.search(r"START value_vol positions=(\{.*?\}) open=(\d+) state=(\{.*\})", procs.log(a2)), 15,
-                    what="restarted agent's START line")
+    line = wait_for(
+        lambda: re.search(r"START value_vol positions=(\{.*?\}) open=(\d+) state=(\{.*\})", procs.log(a2)),
+        15,
+        what="restarted agent's START line",
+    )
     assert line.group(1) == f"{{'105560': {held}}}" and line.group(2) == "1"
     assert "'entry:105560': {'avg': " in line.group(3) and f"'target': {target.price}" in line.group(3)
-    wait_for(lambda: (x := agent_status(run, "value")) and x.pid == a2.pid and x.state == "online", 10, what="online again")
+    wait_for(
+        lambda: (x := agent_status(run, "value")) and x.pid == a2.pid and x.state == "online", 10, what="online again"
+    )
     # several polls later: not one more order, here or at the twin; same position, same open target
-    holds_for(lambda: len(twin.orders()) == 2 and agent_status(run, "value").orders_today == 2, 1.5,
-              what="no duplicate order after the restart")
+    holds_for(
+        lambda: len(twin.orders()) == 2 and agent_status(run, "value").orders_today == 2,
+        1.5,
+        what="no duplicate order after the restart",
+    )
     s2 = tool_summary(run, "value")
     assert s2.open_orders == 1 and s2.codes[0].position_qty == held
-    assert [o.client_order_id for o in s2.recent if o.state in ("accepted", "new", "submitted")] == [target.client_order_id]
+    assert [o.client_order_id for o in s2.recent if o.state in ("accepted", "new", "submitted")] == [
+        target.client_order_id
+    ]
     assert a2.poll() is None and gw.poll() is None
 
 
@@ -220,8 +253,11 @@ def test_foreign_flow_agent_buys_on_the_twins_investor_data(tmp_path: Path, proc
     (tmp_path / "flow.toml").write_text(FLOW_CARD.format(code=code, days=streak))
     approve(run, tmp_path / "flow.toml")
     a = procs.start("agent", "run", str(tmp_path / "flow.toml"), "--run-dir", str(run), log_name="flow")
-    wait_for(lambda: (s := agent_status(run, "flow")) and s.fills >= 1 and s.open_orders == 0 and s, 30,
-             what="foreign-flow buy filled")
+    wait_for(
+        lambda: (s := agent_status(run, "flow")) and s.fills >= 1 and s.open_orders == 0 and s,
+        30,
+        what="foreign-flow buy filled",
+    )
     assert f"foreign buy streak {streak}" in procs.log(a)
     orders = twin.orders()
     assert [(o["code"], o["side"]) for o in orders] == [(code, "buy")]

@@ -25,18 +25,55 @@ def dask_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`dask scheduler` and one `dask worker` as real processes on 127.0.0.1; killed afterwards."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_DISTRIBUTED__WORKER__DAEMON="False")
     info = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(info)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "wb"),
-                              start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(info),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "scheduler.log", "wb"),
+            start_new_session=True,
+        )
+    ]
     try:
         wait_for(lambda: info.exists() and json.loads(info.read_text() or "{}").get("address"), 30, what="scheduler")
         address = json.loads(info.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "1",
-                                       "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"),
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dask",
+                    "worker",
+                    address,
+                    "--nworkers",
+                    "1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp_path / "worker.log", "wb"),
+                start_new_session=True,
+            )
+        )
         from distributed import Client
 
         with Client(address, timeout="20s") as c:
@@ -55,8 +92,20 @@ def dask_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_dask_on_loopback_gives_the_in_process_results(shared_data: Path, tmp_path: Path, dask_cluster: str) -> None:
-    args = [str(CARD), "--data", str(shared_data / "krx_daily_fdr_2020_2026"), "--from", "2020-01-02",
-            "--to", "2026-05-29", "--sweep", "short=3,5,8", "--sweep", "long=20,40", "--no-plot"]
+    args = [
+        str(CARD),
+        "--data",
+        str(shared_data / "krx_daily_fdr_2020_2026"),
+        "--from",
+        "2020-01-02",
+        "--to",
+        "2026-05-29",
+        "--sweep",
+        "short=3,5,8",
+        "--sweep",
+        "long=20,40",
+        "--no-plot",
+    ]
     assert main(args + ["--out", str(tmp_path / "local")]) == 0
     assert main(args + ["--out", str(tmp_path / "dask"), "--engine", "dask", "--address", dask_cluster]) == 0
     local = json.loads((tmp_path / "local" / "sweep.json").read_text())
@@ -71,12 +120,28 @@ def test_dask_on_loopback_gives_the_in_process_results(shared_data: Path, tmp_pa
     assert (tmp_path / "rl" / "sweep.json").read_text() == (tmp_path / "rd" / "sweep.json").read_text()
 
 
-def test_failing_cells_keep_the_other_results(shared_data: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_cells_keep_the_other_results(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # long=3 is invalid with short=5 (the strategy needs short < long): that cell fails, the rest run
-    args = [str(CARD), "--data", str(shared_data / "krx_daily_fdr_2020_2026"), "--from", "2021-01-04",
-            "--to", "2022-12-29", "--sweep", "short=5", "--sweep", "long=3,20,40", "--no-plot",
-            "--out", str(tmp_path / "s"), "--workers", "2"]
+    args = [
+        str(CARD),
+        "--data",
+        str(shared_data / "krx_daily_fdr_2020_2026"),
+        "--from",
+        "2021-01-04",
+        "--to",
+        "2022-12-29",
+        "--sweep",
+        "short=5",
+        "--sweep",
+        "long=3,20,40",
+        "--no-plot",
+        "--out",
+        str(tmp_path / "s"),
+        "--workers",
+        "2",
+    ]
     assert main(args) == 0
     res = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert [r.get("error") is not None for r in res["rows"]] == [True, False, False]
@@ -92,9 +157,27 @@ def test_rolling_walk_forward_over_a_universe(shared_data: Path, tmp_path: Path)
     folder.mkdir()
     for code in ("005930", "000660", "035420"):  # a small universe: three files of the FDR set
         (folder / f"{code}.csv").symlink_to(shared_data / "krx_daily_fdr_2020_2026" / f"{code}.csv")
-    args = [str(CARD), "--data", str(folder), "--universe", "--from", "2020-01-02", "--to", "2026-05-29",
-            "--sweep", "short=3,5", "--sweep", "long=20,40", "--rolling", "400,200", "--workers", "2",
-            "--out", str(tmp_path / "wf"), "--no-plot"]
+    args = [
+        str(CARD),
+        "--data",
+        str(folder),
+        "--universe",
+        "--from",
+        "2020-01-02",
+        "--to",
+        "2026-05-29",
+        "--sweep",
+        "short=3,5",
+        "--sweep",
+        "long=20,40",
+        "--rolling",
+        "400,200",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "wf"),
+        "--no-plot",
+    ]
     assert main(args) == 0
     res = json.loads((tmp_path / "wf" / "sweep.json").read_text())
     assert sorted(res["codes"]) == ["000660", "005930", "035420"]

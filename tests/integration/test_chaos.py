@@ -21,9 +21,31 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_small_fault_campaign_loses_nothing(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "tools", "chaos", "--agents", "2", "--faults", "60", "--rate", "10",
-         "--gateway-every", "30", "--seed", "5", "--workdir", str(tmp_path / "chaos"), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=220, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "chaos",
+            "--agents",
+            "2",
+            "--faults",
+            "60",
+            "--rate",
+            "10",
+            "--gateway-every",
+            "30",
+            "--seed",
+            "5",
+            "--workdir",
+            str(tmp_path / "chaos"),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.stdout.strip(), out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["faults_total"] == 60 and report["faults_injected"]["gateway_kill"] == 2

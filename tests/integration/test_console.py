@@ -78,7 +78,9 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     # started by hand, as an operator would in their own terminals
-    approve(run, cards / "alpha.toml", cards / "bravo.toml", cards / "charlie.toml")  # charlie: started from the console
+    approve(
+        run, cards / "alpha.toml", cards / "bravo.toml", cards / "charlie.toml"
+    )  # charlie: started from the console
     alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
     bravo = procs.start("agent", "run", str(cards / "bravo.toml"), "--run-dir", str(run), log_name="bravo")
     wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.positions, 20, what="alpha traded")
@@ -91,20 +93,34 @@ def desk(tmp_path: Path, procs: Procs):  # type: ignore[no-untyped-def]
 async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[no-untyped-def]
     run, cards, sup, alpha, bravo = desk
     # `ktrader status` shows the same facts as the console
-    out = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     st = json.loads(out.stdout)
     a = next(x for x in st["agents"] if x["id"] == "alpha")
     assert a["positions"][0]["avg_price"] == 70_000 and a["positions"][0]["qty"] == 10 and a["open_orders"] == 1
     assert st["health"]["session_state"] == "ready" and st["account"][0]["code"] == "005930"
-    table = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "250"}).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "tools", "status", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "250"},
+    ).stdout
     assert "reconciliation synced" in table and "account (all agents)" in table and "70,000" in table
 
     app = TopApp(run, supervisor=sup, cards_dir=cards)
     async with app.run_test(size=(250, 50)) as pilot:
-        await until(pilot, lambda: row(app, "alpha")["state"] == "online" and row(app, "bravo")["state"] == "online",
-                    what="both agents in the grid")
+        await until(
+            pilot,
+            lambda: row(app, "alpha")["state"] == "online" and row(app, "bravo")["state"] == "online",
+            what="both agents in the grid",
+        )
         a = row(app, "alpha")
         assert a["pos value"] == "700,000" and a["last fill"].endswith("B10@70,000")
         assert a["open"] == "1" and a["today"] == "2" and a["supervisor"] == "by hand"
@@ -115,12 +131,17 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         await pilot.press("o")
         assert app.sort_key == "state"
         app.sort_by("value")  # what a click on the "pos value" header does
-        await until(pilot, lambda: list(app.query_one("#agents", DataTable).rows)[0].value == "alpha", what="sorted by value")
+        await until(
+            pilot, lambda: list(app.query_one("#agents", DataTable).rows)[0].value == "alpha", what="sorted by value"
+        )
         assert app.sort_key == "value" and app.sort_reverse
         # positions carry the stock's name from the master
         await pilot.press("2")
-        await until(pilot, lambda: "삼성전자" in str(app.query_one("#positions", DataTable).get_row("alpha/005930")),
-                    what="name in the positions")
+        await until(
+            pilot,
+            lambda: "삼성전자" in str(app.query_one("#positions", DataTable).get_row("alpha/005930")),
+            what="name in the positions",
+        )
         await pilot.press("1")
 
         # pause (not dangerous): straight to the gateway
@@ -168,7 +189,9 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         await until(pilot, lambda: app.query_one("#orders", DataTable).row_count >= 3, what="orders in the blotter")
         assert app.query_one("#fills", DataTable).row_count >= 2
         app.query_one("#filter", Input).value = "cancel"
-        await until(pilot, lambda: app.query_one("#orders", DataTable).row_count == 1, what="filtered to the cancelled order")
+        await until(
+            pilot, lambda: app.query_one("#orders", DataTable).row_count == 1, what="filtered to the cancelled order"
+        )
         assert bravo.poll() is None  # nobody disturbed bravo
 
 
@@ -194,16 +217,24 @@ async def test_start_stop_restart_agents(desk) -> None:  # type: ignore[no-untyp
         await pilot.press("t")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("y")
-        await until(pilot, blocking(lambda: (c := agent(run, "charlie")) and c.state == "online" and c.pid != first_pid),
-                    20, what="charlie back with a new pid")
+        await until(
+            pilot,
+            blocking(lambda: (c := agent(run, "charlie")) and c.state == "online" and c.pid != first_pid),
+            20,
+            what="charlie back with a new pid",
+        )
 
         # stop charlie: it unregisters and is not restarted
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("y")
         await until(pilot, blocking(lambda: agent(run, "charlie").state == "offline"), 15, what="charlie offline")
-        await until(pilot, lambda: sup.agents["charlie"].state.value == "stopped", 10, what="charlie stopped, not restarted")
-        await until(pilot, lambda: row(app, "charlie")["supervisor"].startswith("stopped"), what="grid shows charlie stopped")
+        await until(
+            pilot, lambda: sup.agents["charlie"].state.value == "stopped", 10, what="charlie stopped, not restarted"
+        )
+        await until(
+            pilot, lambda: row(app, "charlie")["supervisor"].startswith("stopped"), what="grid shows charlie stopped"
+        )
 
         # stop bravo, started by hand: SIGTERM to its pid; it exits cleanly, alpha never notices
         alpha_session = (await asyncio.to_thread(agent, run, "alpha")).session

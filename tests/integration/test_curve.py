@@ -37,8 +37,9 @@ orders = [{{code="005930", side="buy", qty=3, price=70000}}]
 
 
 def ktrader(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True, text=True, check=False,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=60
+    )
 
 
 def register_msg(agent: str, card_path: Path) -> Register:
@@ -73,8 +74,9 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     assert (curve.client_secret_path(run, "alpha").stat().st_mode & 0o777) == 0o600
     assert (curve.keys_dir(run).stat().st_mode & 0o777) == 0o700
 
-    gw = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints,
-                     log_name="gateway")
+    gw = procs.start(
+        "gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints, log_name="gateway"
+    )
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     info = read_info(run)
     assert info.router.startswith("tcp://127.0.0.1:") and info.pub.startswith("tcp://127.0.0.1:")
@@ -85,8 +87,19 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     for agent in ("alpha", "mallory"):
         (tmp_path / f"{agent}.toml").write_text(CARD.format(id=agent))
         assert ktrader("cards", "approve", str(tmp_path / f"{agent}.toml"), "--run-dir", str(run)).returncode == 0
-        out = ktrader("keys", "export", agent, "--to", str(tmp_path / agent), "--run-dir", str(run),
-                      "--router", info.router, "--pub", info.pub)
+        out = ktrader(
+            "keys",
+            "export",
+            agent,
+            "--to",
+            str(tmp_path / agent),
+            "--run-dir",
+            str(run),
+            "--router",
+            info.router,
+            "--pub",
+            info.pub,
+        )
         assert out.returncode == 0, out.stderr
     assert ktrader("keys", "revoke", "mallory", "--run-dir", str(run)).returncode == 0
 
@@ -103,23 +116,28 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
         s.connect(info.pub)
 
     # the agent from its bundle registers over CURVE and trades (the fake broker fills a buy at 70,000)
-    alpha = procs.start("agent", "run", str(tmp_path / "alpha.toml"), "--run-dir", str(tmp_path / "alpha"),
-                        log_name="alpha")
+    alpha = procs.start(
+        "agent", "run", str(tmp_path / "alpha.toml"), "--run-dir", str(tmp_path / "alpha"), log_name="alpha"
+    )
 
     def alpha_filled():
         st = fetch_status(run, timeout_s=2.0)  # the tools' own CURVE key
         a = next((a for a in st.agents if a.id == "alpha"), None)
         return a is not None and a.state == "online" and st.fills_today == 1 and a.positions[0].qty == 3
+
     wait_for(alpha_filled, 20, what="alpha online over tcp with its fill")
     blob = wait_for(lambda: good_sub.poll(100) and good_sub.recv(), 10, what="a system event on the CURVE SUB")
     assert isinstance(codec.decode_pub(blob).body, SystemEvent)
     assert silent(plain_sub, 0.5), "a plaintext subscriber got a publication"
 
     # mallory's key was revoked: its agent never gets a reply and says why
-    mallory = procs.start("agent", "run", str(tmp_path / "mallory.toml"), "--run-dir", str(tmp_path / "mallory"),
-                          log_name="mallory")
+    mallory = procs.start(
+        "agent", "run", str(tmp_path / "mallory.toml"), "--run-dir", str(tmp_path / "mallory"), log_name="mallory"
+    )
     assert mallory.wait(30) == 5
-    assert "refused this client's CURVE key" in procs.log(mallory) and "ktrader keys agent mallory" in procs.log(mallory)
+    assert "refused this client's CURVE key" in procs.log(mallory) and "ktrader keys agent mallory" in procs.log(
+        mallory
+    )
 
     # a key nobody registered, and plaintext: a signed, valid Register gets no reply either
     stranger = curve.KeyPair(*zmq.curve_keypair())
@@ -139,6 +157,7 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     def counted():
         c = fetch_status(run, timeout_s=2.0).counters
         return c.get("bad_curve_key", 0) >= 2 and c.get("bad_curve_handshake", 0) >= 1
+
     wait_for(counted, 10, what="refusals counted")
     st = fetch_status(run, timeout_s=2.0)
     assert {a.id for a in st.agents} == {"alpha"}  # nobody else ever registered
@@ -147,13 +166,15 @@ def test_tcp_needs_curve_and_a_known_key(tmp_path: Path, procs: Procs) -> None:
     # the bundle survives a gateway restart (stable signing key): alpha registers with the new one
     os.kill(gw.pid, signal.SIGTERM)
     assert gw.wait(15) == 0
-    gw2 = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints,
-                      log_name="gateway2")
+    gw2 = procs.start(
+        "gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", *endpoints, log_name="gateway2"
+    )
     wait_for(lambda: (run / "gateway.json").exists() and read_info(run).pid == gw2.pid, 15, what="second gateway")
 
     def alpha_back():
         a = next((a for a in fetch_status(run, timeout_s=2.0).agents if a.id == "alpha"), None)
         return a is not None and a.state == "online" and a.pid == alpha.pid
+
     wait_for(alpha_back, 20, what="alpha registered with the restarted gateway")
     unknown.disable_monitor()
     unknown_mon.close(0)

@@ -56,13 +56,19 @@ def test_after_the_close_orders_wait_for_the_next_session(replay_desk) -> None: 
     ask = admin.get("/admin/book/005930").json()["upper"]  # marketable tomorrow whatever the open
     coid1, r1 = submit(agent, day, {"code": "005930", "side": Side.BUY, "qty": 1, "price": ask})
     assert not r1.accepted and r1.code is ErrorCode.DENIED_MARKET_CLOSED  # type: ignore[attr-defined]
-    keep, r2 = submit(agent, day, {"code": "005930", "side": Side.BUY, "qty": 2, "price": ask, "tif": TimeInForce.NEXT_SESSION})
-    drop, r3 = submit(agent, day, {"code": "005930", "side": Side.BUY, "qty": 3, "price": ask, "tif": TimeInForce.NEXT_SESSION})
+    keep, r2 = submit(
+        agent, day, {"code": "005930", "side": Side.BUY, "qty": 2, "price": ask, "tif": TimeInForce.NEXT_SESSION}
+    )
+    drop, r3 = submit(
+        agent, day, {"code": "005930", "side": Side.BUY, "qty": 3, "price": ask, "tif": TimeInForce.NEXT_SESSION}
+    )
     assert r2.accepted and r3.accepted and "held for the session of" in r2.message  # type: ignore[attr-defined]
     wait_for(lambda: agent.state(keep) == "held" and agent.state(drop) == "held", 10, what="both held")
     agent.cancel(drop)
     wait_for(lambda: agent.state(drop) == "cancelled", 10, what="the held order cancelled")
-    twin_orders = lambda: admin.get(f"/admin/accounts/{json.loads((run / 'twin.json').read_text())['account']}/orders").json()  # noqa: E731
+    twin_orders = lambda: admin.get(
+        f"/admin/accounts/{json.loads((run / 'twin.json').read_text())['account']}/orders"
+    ).json()
     before = len(twin_orders())
     assert fetch_status(run).counters["orders_held"] == 1
     admin.post("/admin/clock/next-day")  # the next trading day's opening auction (08:30)
@@ -82,8 +88,11 @@ def test_an_order_kis_refuses_is_ours_at_reconciliation(replay_desk) -> None:  #
     agents = [Agent(run, name, ["005930"]) for name in ("spender_a", "spender_b", "spender_c")]
     coids = [submit(a, day, {"code": "005930", "side": Side.BUY, "qty": qty, "price": lower}) for a in agents]
     assert all(r.accepted for _, r in coids)  # type: ignore[attr-defined]  # our gate passes each...
-    wait_for(lambda: [a.state(c) for a, (c, _) in zip(agents, coids)] == ["accepted", "accepted", "rejected"], 20,
-             what="KIS to refuse the third in its reply (insufficient cash)")  # ...the broker not the third
+    wait_for(
+        lambda: [a.state(c) for a, (c, _) in zip(agents, coids)] == ["accepted", "accepted", "rejected"],
+        20,
+        what="KIS to refuse the third in its reply (insufficient cash)",
+    )  # ...the broker not the third
     reconcile_and_wait(run)
     st = fetch_status(run)
     assert not [a for a in st.agents if a.id == "external"], "a refused order of ours became an external one"
@@ -92,19 +101,26 @@ def test_an_order_kis_refuses_is_ours_at_reconciliation(replay_desk) -> None:  #
         a.client.close()
 
 
-SLOW_CARD = '''id = "slowwarm"
+SLOW_CARD = """id = "slowwarm"
 name = "slow warm-up"
 strategy = "tests.strategies.mdprobe:MdProbe"
 codes = ["005930"]
 [params]
 history = ["1d:30"]
-'''
+"""
 
 
 def test_a_slow_warm_up_keeps_the_lease(tmp_path: Path, procs: Procs) -> None:
     run = tmp_path / "run"
-    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway",
-                env={"KTRADER_FAKE_CHART_DELAY_S": "3"})  # three lease periods
+    procs.start(
+        "gateway",
+        "--run-dir",
+        str(run),
+        "--broker",
+        "tests.fakes.broker:make",
+        log_name="gateway",
+        env={"KTRADER_FAKE_CHART_DELAY_S": "3"},
+    )  # three lease periods
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     (tmp_path / "slow.toml").write_text(SLOW_CARD)
     approve(run, tmp_path / "slow.toml")

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.integration
 
 def card(agent: str, code: str, policy: str, orders: list[tuple[str, int, int]]) -> str:
     rows = ", ".join(f'{{code="{code}", side="{s}", qty={q}, price={p}}}' for s, q, p in orders)
-    return (f'id = "{agent}"\nname = "{agent}"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["{code}"]\n'
-            f'budget = 20_000_000\n[schedule]\nend = "14:00"\nend_of_day = "{policy}"\n[params]\norders = [{rows}]\n')
+    return (
+        f'id = "{agent}"\nname = "{agent}"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["{code}"]\n'
+        f'budget = 20_000_000\n[schedule]\nend = "14:00"\nend_of_day = "{policy}"\n[params]\norders = [{rows}]\n'
+    )
 
 
 def agent(run: Path, agent_id: str):
@@ -56,14 +58,23 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
         (tmp_path / f"{a}.toml").write_text(text)
         approve(run, tmp_path / f"{a}.toml")
         agents[a] = procs.start("agent", "run", str(tmp_path / f"{a}.toml"), "--run-dir", str(run), log_name=a)
-    wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.position_codes == 1, 20, what="alpha bought, one resting")
+    wait_for(
+        lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.position_codes == 1,
+        20,
+        what="alpha bought, one resting",
+    )
     wait_for(lambda: (a := agent(run, "bravo")) and a.open_orders == 1, 20, what="bravo resting")
-    wait_for(lambda: (a := agent(run, "charlie")) and a.open_orders == 1 and a.position_codes == 1, 20, what="charlie bought")
+    wait_for(
+        lambda: (a := agent(run, "charlie")) and a.open_orders == 1 and a.position_codes == 1, 20, what="charlie bought"
+    )
 
     # 14:00: every card's end of day
     admin.post("/admin/clock/move", json={"to": "14:00:00"})
-    wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 0 and a.position_codes == 0, 20,
-             what="alpha flattened (resting buy cancelled, 5 shares sold)")
+    wait_for(
+        lambda: (a := agent(run, "alpha")) and a.open_orders == 0 and a.position_codes == 0,
+        20,
+        what="alpha flattened (resting buy cancelled, 5 shares sold)",
+    )
     wait_for(lambda: (a := agent(run, "bravo")) and a.open_orders == 0, 20, what="bravo's order cancelled")
     charlie = agent(run, "charlie")
     assert charlie.open_orders == 1 and charlie.position_codes == 1  # hold: nothing touched
@@ -88,8 +99,11 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
     agents["charlie"].send_signal(signal.SIGTERM)
     agents["charlie"].wait(10)
     procs.start("agent", "run", str(tmp_path / "charlie.toml"), "--run-dir", str(run), log_name="charlie2")
-    wait_for(lambda: (a := agent(run, "charlie")) and a.state == "online" and a.orders_today == 2, 20,
-             what="charlie's orders of the new day")
+    wait_for(
+        lambda: (a := agent(run, "charlie")) and a.state == "online" and a.orders_today == 2,
+        20,
+        what="charlie's orders of the new day",
+    )
     log = (tmp_path / "charlie2.log").read_text()
     assert f"charlie-{day2}-1" in log and f'"day":"{day2}"' in log
     assert agent(run, "charlie").position_codes == 1  # carried over

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_headless_demo_is_healthy(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tools", "demo", "--headless", "--duration", "12",
-                           "--run-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools", "demo", "--headless", "--duration", "12", "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "healthy: every agent online" in out

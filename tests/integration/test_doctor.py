@@ -24,8 +24,23 @@ from tools.ops.doctor import Report, Status, diagnose
 
 pytestmark = pytest.mark.integration
 
-EVERY_CHECK = ["config", "credentials", "REST DNS", "REST TCP", "REST TLS", "websocket DNS", "websocket TCP", "websocket TLS",
-               "token", "token accepted", "approval key", "notice feed", "account", "market", "stock master"]
+EVERY_CHECK = [
+    "config",
+    "credentials",
+    "REST DNS",
+    "REST TCP",
+    "REST TLS",
+    "websocket DNS",
+    "websocket TCP",
+    "websocket TLS",
+    "token",
+    "token accepted",
+    "approval key",
+    "notice feed",
+    "account",
+    "market",
+    "stock master",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +55,27 @@ def clean_faults(twin):
     httpx.post(f"{twin.admin_url}/admin/faults/reset", timeout=10).raise_for_status()
 
 
-def run_doctor(tmp: Path, twin, monkeypatch: pytest.MonkeyPatch, *, creds: dict[str, str] | None = None,
-               rest_url: str = "", ws_url: str = "", timeout_s: float = 2.0) -> Report:
+def run_doctor(
+    tmp: Path,
+    twin,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    creds: dict[str, str] | None = None,
+    rest_url: str = "",
+    ws_url: str = "",
+    timeout_s: float = 2.0,
+) -> Report:
     for k, v in (creds or credentials_env(twin.info)).items():
         monkeypatch.setenv(k, v)
-    cfg = GatewayConfig(run_dir=str(tmp / "run"), broker=BrokerConfig(
-        env=BrokerEnv.SIM, rest_url=rest_url or twin.rest_url, ws_url=ws_url or twin.ws_url, request_timeout_s=timeout_s))
+    cfg = GatewayConfig(
+        run_dir=str(tmp / "run"),
+        broker=BrokerConfig(
+            env=BrokerEnv.SIM,
+            rest_url=rest_url or twin.rest_url,
+            ws_url=ws_url or twin.ws_url,
+            request_timeout_s=timeout_s,
+        ),
+    )
     return asyncio.run(diagnose(cfg))
 
 
@@ -88,14 +118,41 @@ def test_stream_faults_do_not_fail_set_up_checks(tmp_path: Path, twin, monkeypat
 
 CASES = {
     # twin faults
-    "ws-refuse": (lambda tw: fault(tw, "ws-refuse", {"seconds": 60}), "notice feed", Status.FAIL, "OPSP8996", "another program"),
-    "rest-500-on-token": (lambda tw: fault(tw, "rest-error", {"count": 5, "kind": "500", "path_contains": "tokenP"}),
-                          "token", Status.FAIL, "EGW00500", "KIS-side problem"),
-    "rate-limited-account": (lambda tw: fault(tw, "rest-error", {"count": 50, "kind": "EGW00201", "path_contains": "inquire-balance"}),
-                             "account", Status.FAIL, "EGW00201", "another program"),
-    "approval-cut": (lambda tw: fault(tw, "rest-disconnect", {"count": 1, "when": "before", "path_contains": "Approval"}),
-                     "approval key", Status.FAIL, "cut", "connection"),
-    "slow-kis": (lambda tw: fault(tw, "latency", {"ms": 1500}), "token", Status.FAIL, "timeout", "did not answer in time"),
+    "ws-refuse": (
+        lambda tw: fault(tw, "ws-refuse", {"seconds": 60}),
+        "notice feed",
+        Status.FAIL,
+        "OPSP8996",
+        "another program",
+    ),
+    "rest-500-on-token": (
+        lambda tw: fault(tw, "rest-error", {"count": 5, "kind": "500", "path_contains": "tokenP"}),
+        "token",
+        Status.FAIL,
+        "EGW00500",
+        "KIS-side problem",
+    ),
+    "rate-limited-account": (
+        lambda tw: fault(tw, "rest-error", {"count": 50, "kind": "EGW00201", "path_contains": "inquire-balance"}),
+        "account",
+        Status.FAIL,
+        "EGW00201",
+        "another program",
+    ),
+    "approval-cut": (
+        lambda tw: fault(tw, "rest-disconnect", {"count": 1, "when": "before", "path_contains": "Approval"}),
+        "approval key",
+        Status.FAIL,
+        "cut",
+        "connection",
+    ),
+    "slow-kis": (
+        lambda tw: fault(tw, "latency", {"ms": 1500}),
+        "token",
+        Status.FAIL,
+        "timeout",
+        "did not answer in time",
+    ),
 }
 
 
@@ -124,8 +181,13 @@ def test_set_up_mistakes_are_named(tmp_path: Path, twin, monkeypatch: pytest.Mon
     cases = [
         ({**demo, ENV_HTS_ID: "not-mine"}, {}, "notice feed", "OPSP0017", "KTRADER_KIS_HTS_ID"),
         ({**demo, ENV_APP_SECRET: "x" * 180}, {}, "token", "EGW00105", "KTRADER_KIS_APP_SECRET"),
-        ({**demo, ENV_APP_KEY: twin.info["paper_app_key"], ENV_APP_SECRET: twin.info["paper_app_secret"]}, {},
-         "token", "EGW02004", "broker.env"),
+        (
+            {**demo, ENV_APP_KEY: twin.info["paper_app_key"], ENV_APP_SECRET: twin.info["paper_app_secret"]},
+            {},
+            "token",
+            "EGW02004",
+            "broker.env",
+        ),
         ({**demo, ENV_ACCOUNT: "11112222-01"}, {}, "account", "OPSQ2000", "KTRADER_KIS_ACCOUNT"),
         ({**demo, ENV_APP_KEY: "short"}, {}, "credentials", "CREDENTIALS", "copy the app key"),
         (demo, {"rest_url": "http://no-such-host.invalid:9443"}, "REST DNS", "dns", "no-such-host.invalid"),
@@ -143,13 +205,22 @@ def test_set_up_mistakes_are_named(tmp_path: Path, twin, monkeypatch: pytest.Mon
 
 def test_cli_json(tmp_path: Path, twin) -> None:
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nenv = "sim"\nrest_url = "{twin.rest_url}"\nws_url = "{twin.ws_url}"\n')
+    cfg.write_text(
+        f'run_dir = "{tmp_path / "run"}"\n[broker]\nenv = "sim"\nrest_url = "{twin.rest_url}"\nws_url = '
+        f'"{twin.ws_url}"\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KTRADER_KIS_")}
     env.update(PYTHONPATH=str(ROOT), **credentials_env(twin.info))
 
     def doctor() -> tuple[int, dict]:
-        out = subprocess.run([sys.executable, "-m", "tools.cli", "doctor", "--json", "--config", str(cfg)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "tools.cli", "doctor", "--json", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return out.returncode, json.loads(out.stdout)
 
     code, doc = doctor()

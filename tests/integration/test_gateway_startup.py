@@ -39,8 +39,14 @@ def gateway(tmp: Path, toml: str, env: dict[str, str] | None = None, *args: str)
     cfg.write_text(toml)
     e = {k: v for k, v in os.environ.items() if not k.startswith("KTRADER_KIS_")}
     e.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "tools.cli", "gateway", "--config", str(cfg), "--run-dir", str(tmp / "run"), *args],
-                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", "gateway", "--config", str(cfg), "--run-dir", str(tmp / "run"), *args],
+        cwd=ROOT,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def error_lines(out: subprocess.CompletedProcess[str]) -> list[str]:
@@ -81,11 +87,19 @@ def test_malformed_account(tmp_path: Path) -> None:
 
 def test_refused_connection_is_retried_then_explained(tmp_path: Path) -> None:
     port = free_port()
-    toml = (f'[broker]\nenv = "paper"\nrest_url = "https://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\n'
-            "start_retries = 2\nstart_backoff_s = 0.2\n")
+    toml = (
+        f'[broker]\nenv = "paper"\nrest_url = "https://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\n'
+        "start_retries = 2\nstart_backoff_s = 0.2\n"
+    )
     out = gateway(tmp_path, toml, FAKE)
-    assert_explained(out, StartExit.UNREACHABLE, f"127.0.0.1:{port}", "connection refused", "gave up after 3 attempts",
-                     f"outbound port {port}")
+    assert_explained(
+        out,
+        StartExit.UNREACHABLE,
+        f"127.0.0.1:{port}",
+        "connection refused",
+        "gave up after 3 attempts",
+        f"outbound port {port}",
+    )
     # the retries were visible while they happened, and the first lines said which KIS this is
     assert "retry 1 of 2 in 0.2 s" in out.stderr and "retry 2 of 2 in 0.4 s" in out.stderr
     head = "\n".join(out.stderr.splitlines()[:3])
@@ -100,34 +114,58 @@ def _make_ca_and_leaf(tmp: Path) -> tuple[Path, Path, Path]:
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrader test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     ca_pem, cert_pem, key_pem = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
     ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key_pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return ca_pem, cert_pem, key_pem
 
 
 class _RefusingKis(http.server.BaseHTTPRequestHandler):
     """Answers every POST as KIS answers an unknown app key on /oauth2/tokenP."""
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
         body = json.dumps({"error_description": "유효하지 않은 AppKey입니다.", "error_code": "EGW00103"}).encode()
         self.send_response(403)
@@ -178,10 +216,32 @@ def test_tls_failure_names_the_cause_and_ca_bundle_fixes_it(tmp_path: Path, tls_
 
 def start_twin(procs: Procs, tmp: Path) -> dict[str, str]:
     log = open(tmp / "twin.err", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-                          "--admin-port", "0", "--seed", "5", "--tick-interval", "0", "--quiet"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "sim",
+            "--rest-port",
+            "0",
+            "--paper-rest-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--seed",
+            "5",
+            "--tick-interval",
+            "0",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     procs.procs.append(p)
     return json.loads(p.stdout.readline())  # type: ignore[union-attr]
 
@@ -192,8 +252,12 @@ def test_token_refused(tmp_path: Path, procs: Procs) -> None:
     out = gateway(tmp_path, toml, {**credentials_env(info), ENV_APP_SECRET: "not-the-secret"})
     assert_explained(out, StartExit.REFUSED, "token issuance refused", "EGW00105", "KTRADER_KIS_APP_SECRET")
     # a paper key on the real domain: KIS's EGW02004, and the hint says which env to set
-    paper = {**credentials_env(info), ENV_APP_KEY: info["paper_app_key"], ENV_APP_SECRET: info["paper_app_secret"],
-             ENV_ACCOUNT: info["paper_account"]}
+    paper = {
+        **credentials_env(info),
+        ENV_APP_KEY: info["paper_app_key"],
+        ENV_APP_SECRET: info["paper_app_secret"],
+        ENV_ACCOUNT: info["paper_account"],
+    }
     out = gateway(tmp_path, toml, paper)
     assert_explained(out, StartExit.REFUSED, "EGW02004", 'broker.env = "paper"')
 
@@ -202,7 +266,10 @@ def test_restart_within_a_minute_after_failed_connects_does_not_stall(tmp_path: 
     info = start_twin(procs, tmp_path)
     creds = credentials_env(info)
     port = free_port()
-    down = f'[broker]\nenv = "sim"\nrest_url = "http://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\nstart_retries = 1\nstart_backoff_s = 0.1\n'
+    down = (
+        f'[broker]\nenv = "sim"\nrest_url = "http://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\n'
+        "start_retries = 1\nstart_backoff_s = 0.1\n"
+    )
     out = gateway(tmp_path, down, creds)
     assert out.returncode == StartExit.UNREACHABLE, out.stderr  # two token attempts that never reached KIS
     # KIS (the twin) is reachable now: the same key and run directory start at once, no minute's wait

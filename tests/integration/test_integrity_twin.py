@@ -49,11 +49,15 @@ def test_lost_revise_reply_then_the_cancel_lands_within_seconds(tmp_path: Path, 
         first = agent.orders[c].broker_order_id  # type: ignore[attr-defined]
 
         # KIS revises it, then the connection drops before the answer reaches the gateway
-        twin.admin.post("/admin/faults/rest-disconnect", json={"count": 1, "when": "after",
-                                                               "path_contains": "order-rvsecncl"}).raise_for_status()
+        twin.admin.post(
+            "/admin/faults/rest-disconnect", json={"count": 1, "when": "after", "path_contains": "order-rvsecncl"}
+        ).raise_for_status()
         assert isinstance(agent.modify(c, low + 100), Ack)
-        wait_for(lambda: any(r["orgn_odno"] == first and r["kind"] == "revise" for r in twin.orders()), 10,
-                 what="the revise acted at the twin")
+        wait_for(
+            lambda: any(r["orgn_odno"] == first and r["kind"] == "revise" for r in twin.orders()),
+            10,
+            what="the revise acted at the twin",
+        )
         t0 = time.monotonic()
         assert isinstance(agent.cancel(c), Ack)
         wait_for(lambda: agent.state(c) == "cancelled", 10, what="cancel confirmed")
@@ -78,15 +82,25 @@ def test_bad_prints_are_dropped_and_one_outlier_moves_no_trading_state(tmp_path:
         wait_for(lambda: agent.state(c) == "filled", 15, what="bought")
         wait_for(lambda: fetch_status(run).health.ws_sessions >= 1, 5, what="session")
         sessions = fetch_status(run).health.ws_sessions
-        for fields in ({"2": "-71000"},  # the finding: one print at -71,000
-                       {"2": "7l900"},  # a field that does not read
-                       {"13": "abc"},
-                       {"2": str(ask - 20_000)}):  # inside the band, far from the market: unconfirmed
+        for fields in (
+            {"2": "-71000"},  # the finding: one print at -71,000
+            {"2": "7l900"},  # a field that does not read
+            {"13": "abc"},
+            {"2": str(ask - 20_000)},
+        ):  # inside the band, far from the market: unconfirmed
             r = twin.admin.post("/admin/faults/bad-print", json={"code": "005930", "fields": fields})
             assert r.status_code == 200 and r.json()["sent"] >= 1, r.text
-        st = wait_for(lambda: (s := fetch_status(run)) and s.counters.get("md_dropped_price_not_positive", 0) >= 1
-                      and s.health.ws_dropped >= 2 and s.counters.get("md_unconfirmed", 0) >= 1 and s, 10,
-                      what="bad prints counted")
+        st = wait_for(
+            lambda: (
+                (s := fetch_status(run))
+                and s.counters.get("md_dropped_price_not_positive", 0) >= 1
+                and s.health.ws_dropped >= 2
+                and s.counters.get("md_unconfirmed", 0) >= 1
+                and s
+            ),
+            10,
+            what="bad prints counted",
+        )
         assert st.health.ws_sessions == sessions and st.session_state.value == "ready"  # no reconnect
         assert any("market data 005930" in a and "dropped" in a for a in st.alerts)
         me = next(a for a in st.agents if a.id == "holder")
@@ -99,8 +113,9 @@ def test_bad_prints_are_dropped_and_one_outlier_moves_no_trading_state(tmp_path:
 
 def test_forged_fill_notice_is_taken_back_and_a_garbled_one_repaired(tmp_path: Path, procs: Procs) -> None:
     twin = Twin(procs, tmp_path)
-    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info, broker_toml="",
-                                    gateway_toml="fill_confirm_grace_s = 0.5\n")
+    run, gw = start_gateway_on_twin(
+        procs, tmp_path, twin.info, broker_toml="", gateway_toml="fill_confirm_grace_s = 0.5\n"
+    )
     wait_for(lambda: fetch_status(run).synced, 20, what="first reconciliation")
     agent = Agent(run, "victim", ["005930"])
     try:
@@ -111,16 +126,23 @@ def test_forged_fill_notice_is_taken_back_and_a_garbled_one_repaired(tmp_path: P
         twin.admin.post("/admin/faults/forged-notice", json={"odno": odno, "qty": 3, "price": low}).raise_for_status()
         wait_for(lambda: agent.state(c) == "filled", 10, what="the forged fill booked")
         # reconciliation: KIS has no such fill; after the grace it is taken back, the order open again
-        wait_for(lambda: (reconcile_and_wait(run) or True) and agent.state(c) == "accepted", 20,
-                 what="forged fill taken back", interval=0.5)
+        wait_for(
+            lambda: (reconcile_and_wait(run) or True) and agent.state(c) == "accepted",
+            20,
+            what="forged fill taken back",
+            interval=0.5,
+        )
         assert agent.positions.get("005930") is None or agent.positions["005930"].qty == 0  # type: ignore[attr-defined]
         assert any("taken back" in a for a in fetch_status(run).alerts)
         assert twin.account()["holdings"].get("005930", {}).get("qty", 0) == 0
         # a notice that does not read: dropped, counted, and the gateway repairs from the order list
         before = fetch_status(run).counters.get("reconciles", 0)
-        twin.admin.post("/admin/faults/forged-notice", json={"odno": odno, "qty": 1, "price": low, "garble": True}
-                        ).raise_for_status()
-        wait_for(lambda: fetch_status(run).counters.get("reconciles", 0) > before, 10, what="repair after a garbled notice")
+        twin.admin.post(
+            "/admin/faults/forged-notice", json={"odno": odno, "qty": 1, "price": low, "garble": True}
+        ).raise_for_status()
+        wait_for(
+            lambda: fetch_status(run).counters.get("reconciles", 0) > before, 10, what="repair after a garbled notice"
+        )
         assert agent.state(c) == "accepted" and fetch_status(run).health.ws_dropped >= 1
         # and the order can still be cancelled at KIS
         assert isinstance(agent.cancel(c), Ack)
@@ -140,8 +162,11 @@ def test_app_key_in_use_on_reconnect_is_taken_over_within_seconds(tmp_path: Path
     t0 = time.monotonic()
     twin.admin.post("/admin/faults/ws-drop").raise_for_status()
     wait_for(lambda: fetch_status(run).session_state.value != "ready", 5, what="the drop noticed", interval=0.005)
-    wait_for(lambda: (s := fetch_status(run)).session_state.value == "ready" and s.health.ws_sessions >= sessions + 2, 25,
-             what="session taken over (after at least one refused attempt)")
+    wait_for(
+        lambda: (s := fetch_status(run)).session_state.value == "ready" and s.health.ws_sessions >= sessions + 2,
+        25,
+        what="session taken over (after at least one refused attempt)",
+    )
     took = time.monotonic() - t0
     assert took < 6.0, took  # was >= 15 s: orders were denied all that time
     assert gw.poll() is None

@@ -36,9 +36,35 @@ history = {history}
 def market(tmp_path: Path, procs: Procs):
     err = open(tmp_path / "twin.err", "wb")
     twin = subprocess.Popen(
-        [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-         "--admin-port", "0", "--seed", "3", "--clock", "replay", "--speed", "300", "--tick-interval", "0.05", "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "sim",
+            "--rest-port",
+            "0",
+            "--paper-rest-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--seed",
+            "3",
+            "--clock",
+            "replay",
+            "--speed",
+            "300",
+            "--tick-interval",
+            "0.05",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     procs.procs.append(twin)
     info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
     run, _ = start_gateway_on_twin(procs, tmp_path, info, broker_toml='sim_clock = "replay"\n')
@@ -58,8 +84,11 @@ def bars(log: str, interval: str) -> list[tuple[str, ...]]:
 def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, market: Path) -> None:
     run = market
     a = start_probe(procs, tmp_path, run, "early", ["1d:20"])
-    wait_for(lambda: len(bars(procs.log(a), "1m")) >= 3 and "PROBE book" in procs.log(a) and "PROBE trade" in procs.log(a),
-             40, what="trades, books and three 1m bars at the early agent")
+    wait_for(
+        lambda: len(bars(procs.log(a), "1m")) >= 3 and "PROBE book" in procs.log(a) and "PROBE trade" in procs.log(a),
+        40,
+        what="trades, books and three 1m bars at the early agent",
+    )
     log_a = procs.log(a)
     # 1d warm-up: the store was empty, so it came from the broker's daily chart
     m = re.search(r"HISTORY 005930 1d (\d+) bars \((\d+) back-filled\)", log_a)
@@ -68,16 +97,22 @@ def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, mar
     # A later agent: its snapshot on subscribe has the last print and the bars in progress; its
     # 1m history comes from bars the gateway built (and stored) or back-filled.
     b = start_probe(procs, tmp_path, run, "late", ["1m:3"])
-    snap = wait_for(lambda: re.search(r"MARKET 005930 trade=(\d+) book=True bars=\[(.*?)\] seqs=", procs.log(b)), 20,
-                    what="the late agent's market snapshot")
+    snap = wait_for(
+        lambda: re.search(r"MARKET 005930 trade=(\d+) book=True bars=\[(.*?)\] seqs=", procs.log(b)),
+        20,
+        what="the late agent's market snapshot",
+    )
     assert int(snap.group(1)) > 0 and "1m@" in snap.group(2) and "5m@" in snap.group(2)
     hist = re.search(r"PROBE history 005930 1m (\d+) (\S*)", procs.log(b))
     assert hist and int(hist.group(1)) == 3
 
     # A forced gap (the gateway skips sequence numbers for a second): both agents heal from a snapshot.
     assert "skipped" in send_control(run, "feed_gap")
-    wait_for(lambda: "FEED healed 005930" in procs.log(a) and "FEED healed 005930" in procs.log(b), 20,
-             what="both agents healed the gap")
+    wait_for(
+        lambda: "FEED healed 005930" in procs.log(a) and "FEED healed 005930" in procs.log(b),
+        20,
+        what="both agents healed the gap",
+    )
     n_a = len(bars(procs.log(a), "1m"))
     wait_for(lambda: len(bars(procs.log(a), "1m")) >= n_a + 2, 20, what="bars keep coming after the heal")
 
@@ -95,8 +130,11 @@ def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, mar
     assert st.counters.get("bars_closed", 0) > 0 and st.counters.get("history_backfilled_bars", 0) >= 20
     assert st.counters.get("market_snapshots", 0) >= 4  # two on subscribe, two heals
     # the agents report their gaps and heals in their heartbeats
-    wait_for(lambda: all(a.feed.gaps >= 1 and a.feed.heals >= 1 for a in fetch_status(run, timeout_s=3.0).agents), 5,
-             what="gaps and heals in the agents' status")
+    wait_for(
+        lambda: all(a.feed.gaps >= 1 and a.feed.heals >= 1 for a in fetch_status(run, timeout_s=3.0).agents),
+        5,
+        what="gaps and heals in the agents' status",
+    )
     # and the operator sees them (`ktrader status`, the console's health tab); nothing was dropped
     [line] = [x for x in health_lines(fetch_status(run, timeout_s=3.0)) if x.startswith("market data")]
     gaps, heals = re.search(r"agents' gaps (\d+) \(healed (\d+)\)", line).groups()  # type: ignore[union-attr]

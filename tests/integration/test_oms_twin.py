@@ -22,9 +22,20 @@ from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import (
-    Ack, AgentEvent, CancelOrder, FillUpdate, GetSnapshot, ModifyOrder, NewOrder, OrdersReply, OrderUpdate, PositionUpdate,
+    Ack,
+    AgentEvent,
+    CancelOrder,
+    FillUpdate,
+    GetSnapshot,
+    ModifyOrder,
+    NewOrder,
+    OrdersReply,
+    OrderUpdate,
+    PositionUpdate,
     Register,
-    Registered, SnapshotReply, SubmitOrders,
+    Registered,
+    SnapshotReply,
+    SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
 from tools.ops.status import fetch_status, send_control
@@ -36,9 +47,31 @@ class Twin:
     def __init__(self, procs: Procs, tmp: Path) -> None:
         log = open(tmp / "twin.err", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-             "--admin-port", "0", "--seed", "3", "--tick-interval", "0", "--quiet"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tools",
+                "sim",
+                "--rest-port",
+                "0",
+                "--paper-rest-port",
+                "0",
+                "--ws-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--seed",
+                "3",
+                "--tick-interval",
+                "0",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
         procs.procs.append(self.proc)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         self.info = json.loads(line)
@@ -58,8 +91,9 @@ class Agent:
     """This test as an agent: speaks the wire protocol, collects its events."""
 
     def __init__(self, run: Path, agent_id: str, codes: list[str], risk: RiskLimits | None = None) -> None:
-        card = AgentCard(id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000,
-                         risk=risk or RiskLimits())
+        card = AgentCard(
+            id=agent_id, name=agent_id, strategy="x:Y", codes=codes, budget=50_000_000, risk=risk or RiskLimits()
+        )
         self.client = agent_client(run, card)  # the operator approved its card; it signs with its own credential
         self.id = agent_id
         reply = self.client.request(Register(h=self.client.headers(), card=card, pid=os.getpid(), host="test"), 10)
@@ -87,9 +121,24 @@ class Agent:
     def submit(self, code: str, side: Side, qty: int, price: int) -> str:
         coid = make_client_order_id(self.id, today_kst(), self.n)
         self.n += 1
-        r = self.client.request(SubmitOrders(h=self.client.headers(), orders=[
-            NewOrder(client_order_id=coid, code=code, side=side, qty=qty, price=price, reason="test", decision_price=price,
-                     context={"signal": 1.5})]), 10)
+        r = self.client.request(
+            SubmitOrders(
+                h=self.client.headers(),
+                orders=[
+                    NewOrder(
+                        client_order_id=coid,
+                        code=code,
+                        side=side,
+                        qty=qty,
+                        price=price,
+                        reason="test",
+                        decision_price=price,
+                        context={"signal": 1.5},
+                    )
+                ],
+            ),
+            10,
+        )
         assert isinstance(r, OrdersReply) and r.results[0].accepted, r
         return coid
 
@@ -151,14 +200,38 @@ def test_fill_cancel_revise_and_books_agree(stack) -> None:
     snap = agent.snapshot()
     assert snap.positions[0].qty == 4 and not snap.open_orders
     # the revised order's story, from the store
-    out = subprocess.run([sys.executable, "-m", "tools", "trace", c3, "--run-dir", str(run)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "trace", c3, "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert out.returncode == 0, out.stderr
-    for step in ("intent", "risk", "broker.request", "broker.ack", "state: submit", "state: accept", "state: req_replace",
-                 "state: replaced", "notice", "state: fill", "'signal': 1.5", "slippage vs decision price"):
+    for step in (
+        "intent",
+        "risk",
+        "broker.request",
+        "broker.ack",
+        "state: submit",
+        "state: accept",
+        "state: req_replace",
+        "state: replaced",
+        "notice",
+        "state: fill",
+        "'signal': 1.5",
+        "slippage vs decision price",
+    ):
         assert step in out.stdout, (step, out.stdout)
-    summary = subprocess.run([sys.executable, "-m", "tools", "trace", "--slippage", "--run-dir", str(run)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    summary = subprocess.run(
+        [sys.executable, "-m", "tools", "trace", "--slippage", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert "tester" in summary.stdout
     st = fetch_status(run)
     assert st.fills_today == 2 and st.open_orders == 0
@@ -171,12 +244,24 @@ def test_fill_cancel_revise_and_books_agree(stack) -> None:
 def test_external_order_at_the_twin_is_adopted(stack) -> None:
     twin, run, gw, agent = stack
     ask = twin.book("000660")["asks"][0][0]
-    r = twin.admin.post("/admin/orders", json={"account": twin.info["account"], "code": "000660", "side": "buy",
-                                               "ord_dvsn": "00", "qty": 2, "price": ask})
+    r = twin.admin.post(
+        "/admin/orders",
+        json={
+            "account": twin.info["account"],
+            "code": "000660",
+            "side": "buy",
+            "ord_dvsn": "00",
+            "qty": 2,
+            "price": ask,
+        },
+    )
     assert r.status_code == 200, r.text
     reconcile_and_wait(run)
-    st = wait_for(lambda: (s := fetch_status(run)) and any("external order" in a for a in s.alerts) and s, 15,
-                  what="external order alert")
+    st = wait_for(
+        lambda: (s := fetch_status(run)) and any("external order" in a for a in s.alerts) and s,
+        15,
+        what="external order alert",
+    )
     assert any("000660" in a for a in st.alerts)
     # the agent's book is untouched: external shares are nobody's here
     assert "000660" not in {p.code for p in agent.snapshot().positions}

@@ -24,8 +24,13 @@ pytestmark = pytest.mark.integration
 
 
 def ctl(run: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.cli", "control", *args, "--run-dir", str(run)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", "control", *args, "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def agent(run: Path, agent_id: str):  # type: ignore[no-untyped-def]
@@ -64,7 +69,9 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
         assert ctl(run, "resume", "--all").returncode == 0 and fetch_status(run, 2.0).trading_state == "active"
 
         # reload: a bad card is refused and changes nothing; a good one applies and is journaled
-        (cards / "bravo.toml").write_text(CARD_B.replace("budget = 1_000_000", "budget = 2_000_000\n[params]\nnope = 1"))
+        (cards / "bravo.toml").write_text(
+            CARD_B.replace("budget = 1_000_000", "budget = 2_000_000\n[params]\nnope = 1")
+        )
         r = ctl(run, "reload", "--agent", "bravo", "--cards", str(cards))
         assert r.returncode == 1 and "params" in r.stderr and "nothing changed" in r.stderr
         assert agent(run, "bravo").budget == 1_000_000
@@ -80,23 +87,34 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
         # kill -9 alpha: stale at once, offline after offline_after_s; an alert reaches the webhook
         os.kill(alpha.pid, signal.SIGKILL)
         wait_for(lambda: agent(run, "alpha").state == "offline", 15, what="alpha offline")
-        wait_for(lambda: any(b["kind"] == "agent_offline" and b["agent"] == "alpha" for b in sink.bodies), 10,
-                 what="the offline alert at the webhook")
+        wait_for(
+            lambda: any(b["kind"] == "agent_offline" and b["agent"] == "alpha" for b in sink.bodies),
+            10,
+            what="the offline alert at the webhook",
+        )
 
         # the gateway restarts: alpha is not running, but its position and order keep it listed
         gw.send_signal(signal.SIGTERM)
         gw.wait(15)
         procs.start(*gw_args, log_name="gateway2", env=env)
-        wait_for(lambda: (a := agent(run, "alpha")) is not None and a.state == "offline" and a.positions, 20,
-                 what="alpha listed from the books after the restart")
+        wait_for(
+            lambda: (a := agent(run, "alpha")) is not None and a.state == "offline" and a.positions,
+            20,
+            what="alpha listed from the books after the restart",
+        )
         a = agent(run, "alpha")
         assert a.known_from == "books" and a.name == "Agent A" and a.open_orders == 1 and a.positions[0].qty == 10
 
         # flatten acts on its behalf: the order is cancelled, the shares sold
         r = ctl(run, "flatten", "--agent", "alpha")
         assert r.returncode == 0 and "on behalf" in r.stdout, r.stderr
-        wait_for(lambda: (a := agent(run, "alpha")) is not None and not [p for p in a.positions if p.qty] and a.open_orders == 0,
-                 15, what="alpha flat")
+        wait_for(
+            lambda: (
+                (a := agent(run, "alpha")) is not None and not [p for p in a.positions if p.qty] and a.open_orders == 0
+            ),
+            15,
+            what="alpha flat",
+        )
         r = ctl(run, "halt")
         assert r.returncode == 0
         wait_for(lambda: any(b["kind"] == "halt" for b in sink.bodies), 10, what="the halt alert at the webhook")

@@ -26,8 +26,10 @@ def test_order_reply_with_null_odno_ends_unknown_then_placed(tmp_path: Path, pro
         low = twin.book("005930")["bids"][0][0] - 2000  # rests: no fill to muddy the picture
 
         # KIS places the order and answers rt_cd 0 ... with "ODNO": null
-        r = twin.admin.post("/admin/faults/rest-mangle", json={"count": 1, "field": "ODNO", "value": None,
-                                                               "path_contains": "order-cash"})
+        r = twin.admin.post(
+            "/admin/faults/rest-mangle",
+            json={"count": 1, "field": "ODNO", "value": None, "path_contains": "order-cash"},
+        )
         assert r.status_code == 200, r.text
         coid = agent.submit("005930", Side.BUY, 2, low)
         wait_for(lambda: agent.state(coid) == "unknown", 15, what="order UNKNOWN, not rejected")
@@ -40,13 +42,16 @@ def test_order_reply_with_null_odno_ends_unknown_then_placed(tmp_path: Path, pro
         assert any(coid in a and "outcome was unknown" in a for a in fetch_status(run).alerts)
 
         # a reply with a number where KIS sends a string (ORD_TMD): tolerated, accepted at once
-        twin.admin.post("/admin/faults/rest-mangle", json={"count": 1, "field": "ORD_TMD", "value": 93000,
-                                                           "path_contains": "order-cash"}).raise_for_status()
+        twin.admin.post(
+            "/admin/faults/rest-mangle",
+            json={"count": 1, "field": "ORD_TMD", "value": 93000, "path_contains": "order-cash"},
+        ).raise_for_status()
         c2 = agent.submit("005930", Side.BUY, 1, low)
         wait_for(lambda: agent.state(c2) == "accepted", 15, what="tolerated reply accepted")
         # the books agree with KIS: both orders open at the twin, both open here
         assert {o["odno"] for o in twin.orders() if o["open_qty"]} == {
-            agent.orders[c].broker_order_id for c in (coid, c2)}  # type: ignore[attr-defined]
+            agent.orders[c].broker_order_id for c in (coid, c2)
+        }  # type: ignore[attr-defined]
         assert gw.poll() is None
     finally:
         agent.client.close()

@@ -52,14 +52,28 @@ def test_private_modes_and_no_secret_in_any_file(tmp_path: Path, procs: Procs) -
     with TwinThread(TwinConfig(tick_interval=0, seed=11)) as tw:
         card = tmp_path / "buyer.toml"
         ask = httpx.get(f"{tw.admin_url}/admin/book/005930", timeout=10).json()["asks"][0][0]
-        card.write_text(f'id = "buyer"\nname = "buyer"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
-                        f'budget = 10_000_000\n[params]\norders = [{{code = "005930", side = "buy", qty = 2, price = {ask}}}]\n')
+        card.write_text(
+            f'id = "buyer"\nname = "buyer"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
+            f'budget = 10_000_000\n[params]\norders = [{{code = "005930", side = "buy", qty = 2, price = {ask}}}]\n'
+        )
         cfg = tmp_path / "gateway.toml"
-        cfg.write_text(f'[broker]\nenv = "sim"\nrest_url = "{tw.rest_url}"\nws_url = "{tw.ws_url}"\nadmin_url = "{tw.admin_url}"\n')
+        cfg.write_text(
+            f'[broker]\nenv = "sim"\nrest_url = "{tw.rest_url}"\nws_url = "{tw.ws_url}"\nadmin_url = "{tw.admin_url}"\n'
+        )
         run = tmp_path / "run"
         run.mkdir(mode=0o755)  # as an older version left it
         creds = {ENV_APP_KEY: APP_KEY, ENV_APP_SECRET: SECRET, ENV_ACCOUNT: f"{CANO}-{PRDT}", ENV_HTS_ID: HTS_ID}
-        gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "debug", log_name="gateway", env=creds)
+        gw = procs.start(
+            "gateway",
+            "--config",
+            str(cfg),
+            "--run-dir",
+            str(run),
+            "--log-level",
+            "debug",
+            log_name="gateway",
+            env=creds,
+        )
         wait_for(lambda: fetch_status(run).synced, 25, what="gateway synced")
         approve(run, card)
         agent = procs.start("agent", "run", str(card), "--run-dir", str(run), "--log-level", "debug", log_name="agent")
@@ -78,8 +92,13 @@ def test_private_modes_and_no_secret_in_any_file(tmp_path: Path, procs: Procs) -
             assert p.wait(20) == 0, procs.log(p)
 
     assert not modes(run), modes(run)
-    needles = {"app key": APP_KEY, "app secret": SECRET, "account": CANO, **{f"token {i}": t for i, t in enumerate(tokens)},
-               **{f"approval key {i}": a for i, a in enumerate(approvals)}}
+    needles = {
+        "app key": APP_KEY,
+        "app secret": SECRET,
+        "account": CANO,
+        **{f"token {i}": t for i, t in enumerate(tokens)},
+        **{f"approval key {i}": a for i, a in enumerate(approvals)},
+    }
     token_cache = set(run.glob("kis/kis-token-*.json"))  # the one place the token must be kept (0600)
     assert token_cache and tokens[-1] in next(iter(token_cache)).read_text()
     files = [p for p in run.rglob("*") if p.is_file() and p not in token_cache] + sorted(tmp_path.glob("*.log"))
@@ -87,6 +106,10 @@ def test_private_modes_and_no_secret_in_any_file(tmp_path: Path, procs: Procs) -
     assert {".log", ".sqlite", ".gz"} <= kinds, kinds  # logs, databases and recordings were all searched
     recorded = b"".join(readable_bytes(p) for p in run.rglob(f"*{SUFFIX}"))
     assert HTS_ID.encode() in recorded and b"87******01" in recorded  # notices were recorded (masked)
-    found = [(what, str(p.relative_to(tmp_path))) for p in files for what, value in needles.items()
-             if value.encode() in readable_bytes(p)]
+    found = [
+        (what, str(p.relative_to(tmp_path)))
+        for p in files
+        for what, value in needles.items()
+        if value.encode() in readable_bytes(p)
+    ]
     assert not found, found

@@ -43,7 +43,7 @@ qty = 10
 price = {price}
 stop = {stop}
 take = {take}
-probe = "{tmp / 'probe.jsonl'}"
+probe = "{tmp / "probe.jsonl"}"
 """)
     return path
 
@@ -60,13 +60,23 @@ def protection(run: Path) -> object:
 
 def move(twin: Twin, price: int) -> None:
     """The twin's price to `price`, printed there (one admin move walks part of the way through its book)."""
-    wait_for(lambda: twin.admin.post("/admin/price", json={"code": CODE, "price": price}).json()["last"] == price, 10,
-             interval=0.2, what=f"the twin printing {price}")
+    wait_for(
+        lambda: twin.admin.post("/admin/price", json={"code": CODE, "price": price}).json()["last"] == price,
+        10,
+        interval=0.2,
+        what=f"the twin printing {price}",
+    )
 
 
 def cli(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tools", *args], cwd=ROOT, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "COLUMNS": "220"})
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "220"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -96,7 +106,9 @@ def test_a_stop_fires_with_agent_and_gateway_killed_and_the_agent_finds_it(tmp_p
     gw.wait(5)
     (run / "gateway.json").unlink()
     run, gw2 = start_gateway_on_twin(procs, tmp_path, twin.info)
-    st = wait_for(lambda: (s := fetch_status(run)) and s.gateway_pid == gw2.pid and s.synced and s, 20, what="new gateway")
+    st = wait_for(
+        lambda: (s := fetch_status(run)) and s.gateway_pid == gw2.pid and s.synced and s, 20, what="new gateway"
+    )
     assert [(x.id, x.state) for x in st.protections] == [(p.id, "armed")]
     assert "trades:005930" in st.subscriptions and "protection" in st.subscriptions["trades:005930"]
     # the price falls through the stop with no agent running: the gateway sells
@@ -110,8 +122,11 @@ def test_a_stop_fires_with_agent_and_gateway_killed_and_the_agent_finds_it(tmp_p
     # the agent comes back: it finds the closed position and the fired stop, and buys nothing again
     before = len(twin.orders())
     agent2 = procs.start("agent", "run", str(path), "--run-dir", str(run), log_name="guard2")
-    start = wait_for(lambda: [r for r in rows(tmp_path) if r["event"] == "start" and r["pid"] == agent2.pid], 20,
-                     what="restarted agent's snapshot")[0]
+    start = wait_for(
+        lambda: [r for r in rows(tmp_path) if r["event"] == "start" and r["pid"] == agent2.pid],
+        20,
+        what="restarted agent's snapshot",
+    )[0]
     assert start["positions"].get(CODE, 0) == 0
     (seen,) = start["protections"]
     assert seen["id"] == p.id and seen["state"] == "done" and seen["leg"] == "stop" and seen["sold"] == 10
@@ -144,8 +159,13 @@ def test_a_brackets_take_profit_ends_its_stop(tmp_path: Path, procs: Procs, stac
     assert "RISK MULTIPLIER 0.5" in cli("status", "--run-dir", str(run))
     text = cli("control", "risk", "--explain", f"buy 80 {CODE} @ {ask}", "--agent", "guard", "--run-dir", str(run))
     assert "DENIED_BUDGET" in text and "5,000,000" in text and "risk multiplier 0.5" in text  # half of 10,000,000
-    bad = subprocess.run([sys.executable, "-m", "tools", "control", "risk", "--scale", "2", "--run-dir", str(run)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools", "control", "risk", "--scale", "2", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "(0, 1]" in bad.stderr
     assert "equity peak reset" in cli("control", "risk", "--reset-peak", "--all", "--run-dir", str(run))
     move(twin, take + 200)

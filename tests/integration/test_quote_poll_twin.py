@@ -67,21 +67,33 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     card.write_text(LATE_CARD.format(code=extra, poll=POLL_S, retry=RETRY_S))
     approve(stack.run, card)
     late = stack.procs.start("agent", "run", str(card), "--run-dir", str(stack.run), log_name="late")
-    refusal = wait_for(lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)), 15,
-                       what="the late agent to be told it is over the limit")
+    refusal = wait_for(
+        lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)),
+        15,
+        what="the late agent to be told it is over the limit",
+    )
     assert f"trades {extra} refused" in refusal.group(1)  # type: ignore[union-attr]
     # its strategy is told (ctx.polled_codes) and gets trades from polled quotes: the first, then
     # more as the twin's market moves (price or volume changed between polls)
     wait_for(lambda: f"SUBPROBE polled_codes {extra}" in stack.log(late), 10, what="ctx.polled_codes to name the code")
-    wait_for(lambda: max(polled_lines(stack.log(late), extra), default=0) >= 3, 15,
-             what="on_trade from polled quotes, again and again")
+    wait_for(
+        lambda: max(polled_lines(stack.log(late), extra), default=0) >= 3,
+        15,
+        what="on_trade from polled quotes, again and again",
+    )
     log = stack.log(late)
     assert "SUBPROBE trade" not in log, "no stream for a refused code"
     # it asks again every RETRY_S and is refused again; nothing moves at the twin meanwhile
-    wait_for(lambda: len(re.findall(rf"SUBSCRIPTION still refused trades {extra}", stack.log(late))) >= 2, 10,
-             what="the late agent to ask again (and be refused again)")
-    holds_for(lambda: stack.regs() == full | {stack.notice} and late.poll() is None, 0.5,
-              what="the twin's 41 registrations and the late agent while it polls")
+    wait_for(
+        lambda: len(re.findall(rf"SUBSCRIPTION still refused trades {extra}", stack.log(late))) >= 2,
+        10,
+        what="the late agent to ask again (and be refused again)",
+    )
+    holds_for(
+        lambda: stack.regs() == full | {stack.notice} and late.poll() is None,
+        0.5,
+        what="the twin's 41 registrations and the late agent while it polls",
+    )
     st = fetch_status(stack.run, timeout_s=3.0)
     assert st.counters.get("resubscribe_refused", 0) >= 2 and "resubscribe_granted" not in st.counters
     assert f"trades:{extra}" not in st.subscriptions
@@ -89,14 +101,19 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     assert late_status.state.value == "online" and late_status.errors == 0
     # the operator sees it too (`ktrader status`, the console's health tab), from the agent's heartbeats
     shown = f"  late: refused trades:{extra}; quotes polled over REST: {extra}"
-    wait_for(lambda: shown in health_lines(fetch_status(stack.run, timeout_s=3.0)), 5, what="the refusal in the health lines")
+    wait_for(
+        lambda: shown in health_lines(fetch_status(stack.run, timeout_s=3.0)), 5, what="the refusal in the health lines"
+    )
 
     # ---- 3. f2 stops cleanly: its slots are released after the debounce, late's retry takes one ---
     stopped_at = time.monotonic()
     f2.send_signal(signal.SIGTERM)
     assert f2.wait(10) == 0
-    wait_for(lambda: (TR["trades"], extra) in stack.regs(), DEBOUNCE_S + RETRY_S + 10,
-             what="the late agent's registration at the twin")
+    wait_for(
+        lambda: (TR["trades"], extra) in stack.regs(),
+        DEBOUNCE_S + RETRY_S + 10,
+        what="the late agent's registration at the twin",
+    )
     took = time.monotonic() - stopped_at
     assert took >= DEBOUNCE_S, "registered before f2's slots were released"
     assert took <= DEBOUNCE_S + RETRY_S + 5, f"took {took:.1f}s, retry period {RETRY_S}s + debounce {DEBOUNCE_S}s"
@@ -112,14 +129,20 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     at = len(stack.log(late))
     # with polling on, a polled trade would be logged at least every 2 x POLL_S; none comes any more,
     # while stream trades keep arriving
-    holds_for(lambda: len(polled_lines(stack.log(late), extra)) == n_polled, 4 * POLL_S,
-              what="no more polled trades after the stream took over")
+    holds_for(
+        lambda: len(polled_lines(stack.log(late), extra)) == n_polled,
+        4 * POLL_S,
+        what="no more polled trades after the stream took over",
+    )
     wait_for(lambda: trades_after(stack.log(late), at, extra), 10, what="stream trades keep coming")
     assert late.poll() is None and f1.poll() is None and stack.gateway.poll() is None
     st = fetch_status(stack.run, timeout_s=3.0)
     assert st.counters.get("resubscribe_granted", 0) >= 1
-    wait_for(lambda: not any(a.feed.refused or a.feed.polled for a in fetch_status(stack.run, timeout_s=3.0).agents), 5,
-             what="no agent shown as refused or polling")
+    wait_for(
+        lambda: not any(a.feed.refused or a.feed.polled for a in fetch_status(stack.run, timeout_s=3.0).agents),
+        5,
+        what="no agent shown as refused or polling",
+    )
     late.send_signal(signal.SIGTERM)
     assert late.wait(10) == 0
     assert "Traceback" not in stack.log(late), stack.log(late)[-3000:]

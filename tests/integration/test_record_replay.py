@@ -39,9 +39,31 @@ CODES = ["005930", "000660"]
 def start_twin(procs: Procs, tmp: Path) -> dict:
     err = open(tmp / "twin.err", "wb")
     p = subprocess.Popen(
-        [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-         "--admin-port", "0", "--seed", "5", "--tick-interval", "0", "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "sim",
+            "--rest-port",
+            "0",
+            "--paper-rest-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--seed",
+            "5",
+            "--tick-interval",
+            "0",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     procs.procs.append(p)
     return json.loads(p.stdout.readline())  # type: ignore[union-attr]
 
@@ -58,8 +80,18 @@ def recorded_trades(run: Path) -> list[dict]:
     parser, out = FrameParser(), []
     for fr in iter_frames(run, day):
         if fr.kind is FrameKind.WS and fr.data[:2] == b"0|":
-            out += [{"code": e.code, "time": e.time, "price": e.price, "qty": e.qty, "side": e.side,
-                     "cum_volume": e.cum_volume} for e in parser.parse(fr.data.decode()) if isinstance(e, Trade)]
+            out += [
+                {
+                    "code": e.code,
+                    "time": e.time,
+                    "price": e.price,
+                    "qty": e.qty,
+                    "side": e.side,
+                    "cum_volume": e.cum_volume,
+                }
+                for e in parser.parse(fr.data.decode())
+                if isinstance(e, Trade)
+            ]
     return out
 
 
@@ -74,9 +106,12 @@ def submit(run: Path, agent: str, codes: list[str], code: str, until_final: bool
     card = AgentCard(id=agent, name=agent, strategy="x:Y", codes=codes, budget=50_000_000)
     client = agent_client(run, card)
     try:
-        assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered)
-        order = NewOrder(client_order_id=make_client_order_id(agent, today_kst(), 1), code=code, side=Side.BUY, qty=1,
-                         price=70_000)
+        assert isinstance(
+            client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered
+        )
+        order = NewOrder(
+            client_order_id=make_client_order_id(agent, today_kst(), 1), code=code, side=Side.BUY, qty=1, price=70_000
+        )
         r = client.request(SubmitOrders(h=client.headers(), orders=[order]), 10)
         assert isinstance(r, OrdersReply)
         if not until_final:
@@ -88,14 +123,17 @@ def submit(run: Path, agent: str, codes: list[str], code: str, until_final: bool
                 if isinstance(m, AgentEvent) and isinstance(m.body, OrderUpdate):
                     updates.append(m.body.order)
             return next((o for o in updates if o.state.value in ("rejected", "accepted")), None)
+
         return wait_for(final, 15, what="order outcome")
     finally:
         client.close()
 
 
 def write_card(path: Path, log: Path) -> Path:
-    path.write_text(f'id = "ticker"\nname = "ticks"\nstrategy = "tests.strategies.tick_log:TickLog"\n'
-                    f'codes = {json.dumps(CODES)}\n[params]\npath = "{log}"\n')
+    path.write_text(
+        f'id = "ticker"\nname = "ticks"\nstrategy = "tests.strategies.tick_log:TickLog"\n'
+        f'codes = {json.dumps(CODES)}\n[params]\npath = "{log}"\n'
+    )
     return path
 
 
@@ -118,32 +156,66 @@ def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs)
         admin.post("/admin/market/step", json={"n": 5, "codes": CODES}).raise_for_status()
 
     # step until the agent sees prints of both codes (registrations acked, SUB subscribed) ...
-    wait_for(lambda: step() or {t["code"] for t in ticks(log1)} == set(CODES), 30, interval=0.2, what="ticks of both codes")
+    wait_for(
+        lambda: step() or {t["code"] for t in ticks(log1)} == set(CODES), 30, interval=0.2, what="ticks of both codes"
+    )
     # ... then a known amount more, and an order from the HTS (an encrypted notice to decrypt)
     for _ in range(5):
         step()
     book = admin.get("/admin/book/005930").json()
-    admin.post("/admin/orders", json={"account": twin["account"], "code": "005930", "side": "buy", "ord_dvsn": "00",
-                                      "qty": 1, "price": book["bids"][0][0] - 1000}).raise_for_status()
+    admin.post(
+        "/admin/orders",
+        json={
+            "account": twin["account"],
+            "code": "005930",
+            "side": "buy",
+            "ord_dvsn": "00",
+            "qty": 1,
+            "price": book["bids"][0][0] - 1000,
+        },
+    ).raise_for_status()
     wait_for(lambda: any(k is FrameKind.PLAIN for k, _ in frames(run)), 15, what="decrypted notice recorded")
     keys = ("code", "time", "price", "qty", "side", "cum_volume")
-    wait_for(lambda: (t := ticks(log1)) and [{k: x[k] for k in keys} for x in t] == recorded_trades(run), 15,
-             what="agent saw every recorded trade")
+    wait_for(
+        lambda: (t := ticks(log1)) and [{k: x[k] for k in keys} for x in t] == recorded_trades(run),
+        15,
+        what="agent saw every recorded trade",
+    )
     seen1 = ticks(log1)
     os.killpg(gw.pid, signal.SIGTERM)
     assert gw.wait(15) == 0
     recorded = frames(run)
     assert len(seen1) >= 10 and ticks(log1) == seen1
 
-    listing = subprocess.run([sys.executable, "-m", "tools", "data", "ls", "--run-dir", str(run)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
-    assert listing.returncode == 0 and "x  " in listing.stdout and f"{len(recorded):,}" in listing.stdout, listing.stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "tools", "data", "ls", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0 and "x  " in listing.stdout and f"{len(recorded):,}" in listing.stdout, (
+        listing.stdout
+    )
 
     # --- replay, as fast as possible, recorded again by the replay gateway ---
     day = next((run / "data").glob("2*")).name
     rdir = tmp_path / "replay"
-    rp = procs.start("data", "replay", day, "--run-dir", str(run), "--gateway-dir", str(rdir), "--speed", "0",
-                     "--record", "--wait-s", "60", log_name="replay")
+    rp = procs.start(
+        "data",
+        "replay",
+        day,
+        "--run-dir",
+        str(run),
+        "--gateway-dir",
+        str(rdir),
+        "--speed",
+        "0",
+        "--record",
+        "--wait-s",
+        "60",
+        log_name="replay",
+    )
     wait_for(lambda: (rdir / "gateway.json").exists(), 30, what="replay gateway up")
     log2 = tmp_path / "ticks2.jsonl"
     approve(rdir, write_card(tmp_path / "ticker2.toml", log2))

@@ -18,15 +18,39 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_three_days_with_kills_audit_clean_and_daily_samples_match_the_backtest(tmp_path: Path, shared_data: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "tools", "rehearse", "--days", "3", "--from", "2026-05-26", "--kill-every", "2",
-                          "--data", str(shared_data / "krx_daily_fdr_2020_2026"), "--workdir", str(tmp_path / "r"), "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_three_days_with_kills_audit_clean_and_daily_samples_match_the_backtest(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "rehearse",
+            "--days",
+            "3",
+            "--from",
+            "2026-05-26",
+            "--kill-every",
+            "2",
+            "--data",
+            str(shared_data / "krx_daily_fdr_2020_2026"),
+            "--workdir",
+            str(tmp_path / "r"),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads(out.stdout)
     audit = summary["audit"]
     assert summary["days"] == ["2026-05-26", "2026-05-27", "2026-05-28"]
-    assert audit["failures"] == [] and audit["external_orders"] == [] and audit["lost"] == [] and audit["duplicated"] == []
+    assert (
+        audit["failures"] == [] and audit["external_orders"] == [] and audit["lost"] == [] and audit["duplicated"] == []
+    )
     assert audit["restarts"]["gateway"] == 1 and sum(v for k, v in audit["restarts"].items() if k != "gateway") == 1
     assert all(d["report"] and not d["reconcile_differences"] for d in audit["days"])
     reports = sorted(p.name for p in (tmp_path / "r" / "run" / "reports").glob("daily-*.json"))

@@ -2,9 +2,9 @@
 
 Random frames, truncated frames, bad signatures, wrong schema versions, unknown tags and oversize
 bodies, signed with the operator's credential: each gets a typed Error reply or (unauthenticated
-frames) is dropped and counted, never a crash. Barrier without sleeps: after each bad input the fuzzer sends a valid Ping on the same
-socket; the gateway handles one socket's messages in order, so any reply to the bad input arrives
-before the Pong."""
+frames) is dropped and counted, never a crash. Barrier without sleeps: after each bad input the
+fuzzer sends a valid Ping on the same socket; the gateway handles one socket's messages in order,
+so any reply to the bad input arrives before the Pong."""
 
 from __future__ import annotations
 
@@ -25,7 +25,17 @@ from common import credentials
 from common.config import ConfigError
 from common.framing import ROUTER_MAGIC, Codec
 from common.schema import (
-    SCHEMA_VERSION, Ack, Error, Header, HeaderFactory, Heartbeat, Ping, Pong, Register, Registered, Subscribe,
+    SCHEMA_VERSION,
+    Ack,
+    Error,
+    Header,
+    HeaderFactory,
+    Heartbeat,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    Subscribe,
 )
 from tests.conftest import Procs, agent_client, approve, wait_for
 from tools.ops.status import fetch_status
@@ -92,8 +102,9 @@ def only_typed_errors(replies: list[object], allowed: set[ErrorCode] | None = No
             assert r.code in allowed, r
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                      HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FUZZ
@@ -186,8 +197,10 @@ def test_subscribe_answers(gateway) -> None:
     assert isinstance(held, Ack), held
     again = good.request(Subscribe(h=good.headers(), kind="trades", code="005930"), timeout_s=5)
     assert isinstance(again, Ack) and again.message == held.message
-    for kind, code in (("trades", "000660"),  # not one of the agent's codes
-                       ("book", "005930")):  # its card does not subscribe to the book
+    for kind, code in (
+        ("trades", "000660"),  # not one of the agent's codes
+        ("book", "005930"),
+    ):  # its card does not subscribe to the book
         r = good.request(Subscribe(h=good.headers(), kind=kind, code=code), timeout_s=5)
         assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE and code in r.message, r
     # a code of the card that the stock master does not list: no slot is spent on a typo
@@ -201,8 +214,11 @@ def test_subscribe_answers(gateway) -> None:
         odd.close()
     # a kind that does not exist is refused by the schema, with the request's id
     hdr = fz.hf()
-    [r] = fz.exchange(fz.signed(fz.enc.encode({"t": "subscribe", "h": list(msgspec.to_builtins(hdr)),
-                                                "kind": "options", "code": "005930"})))
+    [r] = fz.exchange(
+        fz.signed(
+            fz.enc.encode({"t": "subscribe", "h": list(msgspec.to_builtins(hdr)), "kind": "options", "code": "005930"})
+        )
+    )
     assert isinstance(r, Error) and r.code is ErrorCode.BAD_MESSAGE and r.h.re == hdr.mid
     still_serving(good)
     assert fetch_status(run).counters.get("handler_errors", 0) == 0

@@ -27,15 +27,26 @@ pytestmark = pytest.mark.integration
 def refusal(agent: Agent) -> tuple[ErrorCode | None, str]:
     coid = make_client_order_id(agent.id, today_kst(), agent.n)
     agent.n += 1
-    r = agent.client.request(SubmitOrders(h=agent.client.headers(), orders=[
-        NewOrder(client_order_id=coid, code="005930", side=Side.BUY, qty=1, price=50000, reason="probe")]), 10)
+    r = agent.client.request(
+        SubmitOrders(
+            h=agent.client.headers(),
+            orders=[NewOrder(client_order_id=coid, code="005930", side=Side.BUY, qty=1, price=50000, reason="probe")],
+        ),
+        10,
+    )
     assert isinstance(r, OrdersReply) and not r.results[0].accepted, r
     return r.results[0].code, r.results[0].message
 
 
 def status_text(run: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "COLUMNS": "250"})
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "status", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -43,8 +54,11 @@ def status_text(run: Path) -> str:
 def test_wrong_hts_id_is_named(tmp_path: Path, procs: Procs) -> None:
     twin = Twin(procs, tmp_path)
     run, gw = start_gateway_on_twin(procs, tmp_path, {**twin.info, "hts_id": "not-my-hts-id"})
-    st = wait_for(lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.HTS_ID_REFUSED and s, 20,
-                  what="the HTS id refusal in the health")
+    st = wait_for(
+        lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.HTS_ID_REFUSED and s,
+        20,
+        what="the HTS id refusal in the health",
+    )
     assert "OPSP0017" in st.health.session_detail and "not-my-hts-id" not in st.health.session_detail
     agent = Agent(run, "prober", ["005930"])
     try:
@@ -63,8 +77,11 @@ def test_websocket_port_unreachable_is_named(tmp_path: Path, procs: Procs) -> No
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run, gw = start_gateway_on_twin(procs, tmp_path, {**twin.info, "ws_url": f"ws://127.0.0.1:{port}"})
-    st = wait_for(lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.WS_UNREACHABLE and s, 20,
-                  what="the unreachable websocket in the health")
+    st = wait_for(
+        lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.WS_UNREACHABLE and s,
+        20,
+        what="the unreachable websocket in the health",
+    )
     assert f"127.0.0.1:{port}: connection refused" in st.health.session_detail
     agent = Agent(run, "prober", ["005930"])
     try:
@@ -79,8 +96,11 @@ def test_app_key_websocket_in_use_is_named(tmp_path: Path, procs: Procs) -> None
     # another program holds the app key's websocket: every new session is refused (OPSP8996)
     twin.admin.post("/admin/faults/ws-refuse", json={"seconds": 120}).raise_for_status()
     run, gw = start_gateway_on_twin(procs, tmp_path, twin.info)
-    st = wait_for(lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.KEY_IN_USE and s, 20,
-                  what="the key-in-use refusal in the health")
+    st = wait_for(
+        lambda: (s := fetch_status(run)).health.session_problem is SessionProblem.KEY_IN_USE and s,
+        20,
+        what="the key-in-use refusal in the health",
+    )
     assert "OPSP8996" in st.health.session_detail
     agent = Agent(run, "prober", ["005930"])
     try:

@@ -64,7 +64,9 @@ def spine(tmp_path: Path, procs: Procs):
 
 def start_agent(procs: Procs, tmp_path: Path, run: Path, agent: str, log_name: str, *extra: str):
     approve(run, tmp_path / f"{agent}.toml")
-    return procs.start("agent", "run", str(tmp_path / f"{agent}.toml"), "--run-dir", str(run), *extra, log_name=log_name)
+    return procs.start(
+        "agent", "run", str(tmp_path / f"{agent}.toml"), "--run-dir", str(run), *extra, log_name=log_name
+    )
 
 
 def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) -> None:
@@ -72,8 +74,11 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     a1 = start_agent(procs, tmp_path, run, "alpha", "alpha1")
     b = start_agent(procs, tmp_path, run, "bravo", "bravo", "--profile", str(tmp_path / "bravo.prof"))
 
-    wait_for(lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s.open_orders == 1, 15,
-             what="alpha online with one resting order")
+    wait_for(
+        lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s.open_orders == 1,
+        15,
+        what="alpha online with one resting order",
+    )
     wait_for(lambda: (s := agent_status(run, "bravo")) and s.state == "online", 15, what="bravo online")
     b_session = agent_status(run, "bravo").session
     alpha_first = agent_status(run, "alpha")
@@ -85,8 +90,17 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     assert f"pid {a1.pid}" in procs.log(dup) and "already running" in procs.log(dup)
 
     # A copy from "elsewhere" (its own lock folder) reaches the gateway and is refused there.
-    remote = start_agent(procs, tmp_path, run, "alpha", "alpha_remote", "--lock-dir", str(tmp_path / "other_locks"),
-                         "--takeover-wait", "1")
+    remote = start_agent(
+        procs,
+        tmp_path,
+        run,
+        "alpha",
+        "alpha_remote",
+        "--lock-dir",
+        str(tmp_path / "other_locks"),
+        "--takeover-wait",
+        "1",
+    )
     assert remote.wait(15) == 4
     assert "DUPLICATE" in procs.log(remote) or "already live" in procs.log(remote)
     assert agent_status(run, "alpha").pid == a1.pid  # the live holder kept its lease
@@ -126,8 +140,13 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     assert bs.registrations == 1 and bs.max_ack_gap_ms < 1000
 
     # the status command, for scripts
-    out = subprocess.run([sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "status", "--run-dir", str(run), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     st = json.loads(out.stdout)
     assert {a["id"]: a["state"] for a in st["agents"]} == {"alpha": "online", "bravo": "online"}
     assert st["orders_today"] == 2 and st["open_orders"] == 1 and st["fills_today"] == 1
@@ -145,15 +164,21 @@ def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: 
     the running agent notices the new connection file, registers again and carries on."""
     run, gw = spine
     a = start_agent(procs, tmp_path, run, "alpha", "alpha")
-    wait_for(lambda: (s := agent_status(run, "alpha")) and s.open_orders == 1 and s.fills == 1, 15, what="alpha trading")
+    wait_for(
+        lambda: (s := agent_status(run, "alpha")) and s.open_orders == 1 and s.fills == 1, 15, what="alpha trading"
+    )
     os.kill(gw.pid, signal.SIGKILL)
     gw.wait(5)
     old_info = (run / "gateway.json").read_bytes()
     gw2 = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway2")
     wait_for(lambda: (run / "gateway.json").read_bytes() != old_info, 15, what="new gateway.json")
     t0 = time.monotonic()
-    s = wait_for(lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s, 10, interval=0.05,
-                 what="alpha back on the new gateway")
+    s = wait_for(
+        lambda: (s := agent_status(run, "alpha")) and s.state == "online" and s,
+        10,
+        interval=0.05,
+        what="alpha back on the new gateway",
+    )
     assert time.monotonic() - t0 < 2.0
     assert s.pid == a.pid and s.open_orders == 1 and s.orders_today == 2 and s.fills == 1
     st = fetch_status(run)

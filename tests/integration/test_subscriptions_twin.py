@@ -58,10 +58,31 @@ class Stack:
         # a step every 0.2 s: every subscribed code prints about 5 trades/s, enough to see data flow
         # and light enough for 6 processes on a small box
         self.twin = subprocess.Popen(
-            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-             "--admin-port", "0", "--seed", "3", "--tick-interval", "0.2", "--quiet"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tools",
+                "sim",
+                "--rest-port",
+                "0",
+                "--paper-rest-port",
+                "0",
+                "--ws-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--seed",
+                "3",
+                "--tick-interval",
+                "0.2",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
         procs.procs.append(self.twin)
         self.info = json.loads(self.twin.stdout.readline())  # type: ignore[union-attr]
         self.admin = httpx.Client(base_url=self.info["admin_url"], timeout=5)
@@ -153,25 +174,40 @@ def test_shared_registrations_limit_release_and_reconnect(stack: Stack) -> None:
 
     # ---- 2. the 42nd registration is refused, naming who holds the slots -----------------------
     late = stack.agent("late", [extra], book=False)
-    refusal = wait_for(lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)), 15,
-                       what="the late agent to be told it is over the limit")
+    refusal = wait_for(
+        lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)),
+        15,
+        what="the late agent to be told it is over the limit",
+    )
     text = refusal.group(1)  # type: ignore[union-attr]
     assert f"all {MARKET_DATA_SLOTS} market-data registrations are in use" in text, text
     assert "held by a1, a2, f1, f2" in text and f"trades {extra} refused" in text, text
     # nothing moved: the twin was not asked for a 42nd, the late agent holds nothing, everyone is up
     logs_at = {p: len(stack.log(p)) for p in (a1, a2, f1, f2)}
-    holds_for(lambda: stack.regs() == want_regs and late.poll() is None and stack.gateway.poll() is None, 0.5,
-              what="the twin's registrations, the late agent and the gateway after the refusal")
+    holds_for(
+        lambda: stack.regs() == want_regs and late.poll() is None and stack.gateway.poll() is None,
+        0.5,
+        what="the twin's registrations, the late agent and the gateway after the refusal",
+    )
     assert stack.table() == table_for(holders, book_codes)
     st = fetch_status(stack.run, timeout_s=3.0)
     assert {a.id: a.state.value for a in st.agents} == dict.fromkeys(("a1", "a2", "f1", "f2", "late"), "online")
     for p, code in ((a1, "000660"), (a2, SHARED), (f1, fill1[0]), (f2, fill2[0])):
-        wait_for(lambda p=p, code=code: trades_after(stack.log(p), logs_at[p], code), 10,
-                 what=f"trades of {code} still flowing after the refusal")
+        wait_for(
+            lambda p=p, code=code: trades_after(stack.log(p), logs_at[p], code),
+            10,
+            what=f"trades of {code} still flowing after the refusal",
+        )
     assert "SUBPROBE trade" not in stack.log(late)
     # the operator sees who is refused (from its heartbeats)
-    wait_for(lambda: next(a for a in fetch_status(stack.run, timeout_s=3.0).agents if a.id == "late").feed.refused
-             == [f"trades:{extra}"], 5, what="the late agent's refusal in the status")
+    wait_for(
+        lambda: (
+            next(a for a in fetch_status(stack.run, timeout_s=3.0).agents if a.id == "late").feed.refused
+            == [f"trades:{extra}"]
+        ),
+        5,
+        what="the late agent's refusal in the status",
+    )
 
     # ---- 3. kill -9 a1: its own registrations go after the lease + debounce, the shared stay ---
     killed_at = time.monotonic()
@@ -204,12 +240,21 @@ def test_shared_registrations_limit_release_and_reconnect(stack: Stack) -> None:
     assert len(before) == MARKET_DATA_SLOTS and stack.notice in before  # 38 market-data + late's trades + notices
     opened = fetch_status(stack.run, timeout_s=3.0).health.ws_sessions
     assert stack.admin.post("/admin/faults/ws-drop").json()["dropped"] == 1
-    wait_for(lambda: (h := fetch_status(stack.run, timeout_s=3.0).health).ws_sessions == opened + 1
-             and h.session_state.value == "ready", 20, what="the gateway's new websocket session to be ready")
+    wait_for(
+        lambda: (
+            (h := fetch_status(stack.run, timeout_s=3.0).health).ws_sessions == opened + 1
+            and h.session_state.value == "ready"
+        ),
+        20,
+        what="the gateway's new websocket session to be ready",
+    )
     wait_for(lambda: stack.sessions() == [before], 10, what="the same registrations on the new session")
     restored_at = {p: len(stack.log(p)) for p in (a2, f1, f2, late)}
     for p, code in ((a2, SHARED), (f1, fill1[-1]), (f2, fill2[0]), (late, extra)):
-        wait_for(lambda p=p, code=code: trades_after(stack.log(p), restored_at[p], code), 15,
-                 what=f"trades of {code} after the reconnect")
+        wait_for(
+            lambda p=p, code=code: trades_after(stack.log(p), restored_at[p], code),
+            15,
+            what=f"trades of {code} after the reconnect",
+        )
     assert stack.table() == table_for(holders, book_codes - {extra})
     assert stack.gateway.poll() is None

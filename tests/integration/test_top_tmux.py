@@ -21,8 +21,7 @@ from tests.conftest import Procs, ROOT, approve, wait_for
 from tests.integration.test_spine import CARD_A, CARD_B
 from tools.ops.status import fetch_status
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
 
 PNL = r"-?[\d,]+"
 
@@ -41,11 +40,16 @@ class Tmux:
         self.name = name
 
     def start(self, cmd: str, width: int, height: int) -> None:
-        subprocess.run([*self.base, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), cmd], check=True,
-                       env={**os.environ, "TERM": "xterm-256color"})
+        subprocess.run(
+            [*self.base, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), cmd],
+            check=True,
+            env={**os.environ, "TERM": "xterm-256color"},
+        )
 
     def screen(self) -> str:
-        return subprocess.run([*self.base, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+        return subprocess.run(
+            [*self.base, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
+        ).stdout
 
     def keys(self, *keys: str) -> None:
         subprocess.run([*self.base, "send-keys", "-t", self.name, *keys], check=True)
@@ -73,8 +77,12 @@ def test_demo_console_in_tmux_at_80x24_and_120x40(tmp_path: Path) -> None:
     try:
         wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway started by the demo")
         started.append(json.loads((run / "gateway.json").read_text())["pid"])
-        wait_for(lambda: rows_show(tmux.screen(), ids) and "session ready" in tmux.screen(), 60, interval=0.5,
-                 what="every sample agent online with its P&L at 80x24")
+        wait_for(
+            lambda: rows_show(tmux.screen(), ids) and "session ready" in tmux.screen(),
+            60,
+            interval=0.5,
+            what="every sample agent online with its P&L at 80x24",
+        )
         text = tmux.screen()
         assert "ktrader top" in text and "trading active" in text and "KST" in text and "market " in text
         assert "P&L net" in text and f"TOTAL ({len(ids)})" in text
@@ -83,8 +91,12 @@ def test_demo_console_in_tmux_at_80x24_and_120x40(tmp_path: Path) -> None:
             started.append(int(lock.read_text().split()[0]))
 
         tmux.resize(120, 40)
-        wait_for(lambda: "unrealised" in tmux.screen() and rows_show(tmux.screen(), ids), 20, interval=0.3,
-                 what="the wider grid at 120x40")
+        wait_for(
+            lambda: "unrealised" in tmux.screen() and rows_show(tmux.screen(), ids),
+            20,
+            interval=0.3,
+            what="the wider grid at 120x40",
+        )
 
         tmux.keys("q")
         wait_for(lambda: "Quit?" in tmux.screen(), 10, interval=0.2, what="quit confirmation")
@@ -107,7 +119,16 @@ def test_offline_agent_with_a_position_is_listed_and_f_flattens_it(tmp_path: Pat
     (cards / "bravo.toml").write_text(CARD_B)
     cfg = tmp_path / "gateway.toml"
     cfg.write_text("offline_after_s = 1.0\n")
-    procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    procs.start(
+        "gateway",
+        "--config",
+        str(cfg),
+        "--run-dir",
+        str(run),
+        "--broker",
+        "tests.fakes.broker:make",
+        log_name="gateway",
+    )
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     approve(run, cards / "alpha.toml", cards / "bravo.toml")  # the operator approves the cards
     alpha = procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
@@ -123,17 +144,32 @@ def test_offline_agent_with_a_position_is_listed_and_f_flattens_it(tmp_path: Pat
     tmux = Tmux("top")
     tmux.start(f"cd {ROOT} && {sys.executable} -m tools.cli top --run-dir {run} --cards {cards}", 80, 24)
     try:
-        wait_for(lambda: rows_show(tmux.screen(), ["alpha"], "offline") and rows_show(tmux.screen(), ["bravo"]), 30,
-                 interval=0.3, what="alpha listed offline, bravo online")
+        wait_for(
+            lambda: rows_show(tmux.screen(), ["alpha"], "offline") and rows_show(tmux.screen(), ["bravo"]),
+            30,
+            interval=0.3,
+            what="alpha listed offline, bravo online",
+        )
         assert re.search(r"alpha\s+offline\s+-?[\d,]+\s+700,000\s+1\b", tmux.screen())  # its position and order
         tmux.keys("f")  # alpha is the first row (sorted by id)
-        wait_for(lambda: "Flatten alpha" in tmux.screen() and "on its behalf" in tmux.screen(), 10, interval=0.2,
-                 what="the flatten question")
+        wait_for(
+            lambda: "Flatten alpha" in tmux.screen() and "on its behalf" in tmux.screen(),
+            10,
+            interval=0.2,
+            what="the flatten question",
+        )
         tmux.keys("y")
-        wait_for(lambda: (a := alpha_status()) and not [p for p in a.positions if p.qty] and a.open_orders == 0, 15,
-                 what="alpha flat")
-        wait_for(lambda: re.search(r"alpha\s+offline\s+-?[\d,]+\s+0\s+0\b", tmux.screen()), 10, interval=0.3,
-                 what="the console shows alpha flat")
+        wait_for(
+            lambda: (a := alpha_status()) and not [p for p in a.positions if p.qty] and a.open_orders == 0,
+            15,
+            what="alpha flat",
+        )
+        wait_for(
+            lambda: re.search(r"alpha\s+offline\s+-?[\d,]+\s+0\s+0\b", tmux.screen()),
+            10,
+            interval=0.3,
+            what="the console shows alpha flat",
+        )
     finally:
         tmux.keys("q")
         tmux.kill()

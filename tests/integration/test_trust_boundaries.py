@@ -33,7 +33,17 @@ from common.connection import read_info
 from common.errors import ErrorCode
 from common.ids import make_client_order_id
 from common.schema import (
-    Ack, Control, Error, Header, Heartbeat, NewOrder, OrdersReply, Ping, Pong, Register, Registered,
+    Ack,
+    Control,
+    Error,
+    Header,
+    Heartbeat,
+    NewOrder,
+    OrdersReply,
+    Ping,
+    Pong,
+    Register,
+    Registered,
     SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, operator_client, wait_for
@@ -70,8 +80,12 @@ def test_replies_a_flooding_peer_does_not_read_are_counted_never_lost_silently(g
     try:
         for _ in range(n):
             c.send(Ping(h=c.headers(), payload=b"x"))
-        wait_for(lambda: fetch_status(run).counters.get("messages", 0) - before.get("messages", 0) >= n, 30,
-                 what="the gateway read every ping", interval=0.1)
+        wait_for(
+            lambda: fetch_status(run).counters.get("messages", 0) - before.get("messages", 0) >= n,
+            30,
+            what="the gateway read every ping",
+            interval=0.1,
+        )
         got = 0
         while c.dealer.poll(500):
             while (m := c.recv_nowait()) is not None:
@@ -94,7 +108,9 @@ def test_a_reply_to_a_peer_that_left_is_counted(gateway) -> None:
         for _ in range(50):
             c.send(Ping(h=c.headers(), payload=b"x" * 1000))
         c.close()  # gone before the replies
-    wait_for(lambda: fetch_status(run).counters.get("reply_unroutable", 0) > before, 10, what="unroutable replies counted")
+    wait_for(
+        lambda: fetch_status(run).counters.get("reply_unroutable", 0) > before, 10, what="unroutable replies counted"
+    )
 
 
 def card(agent: str, budget: int = 1_000_000, **risk: int) -> AgentCard:
@@ -116,12 +132,14 @@ def test_an_agent_cannot_pause_flatten_reload_or_halt_another_nor_the_gateway(ga
     try:
         assert isinstance(register(mallory, card("mallory")), Registered)
         assert isinstance(register(victim, card("victim")), Registered)
-        attempts = [Control(h=mallory.headers(), action="pause", agent="victim"),
-                    Control(h=mallory.headers(), action="flatten", agent="victim"),
-                    Control(h=mallory.headers(), action="cancel_all", agent="victim"),
-                    Control(h=mallory.headers(), action="reload", agent="victim", card=card("victim", budget=10**12)),
-                    Control(h=mallory.headers(), action="halt"),
-                    Control(h=mallory.headers(), action="pause", all=True)]
+        attempts = [
+            Control(h=mallory.headers(), action="pause", agent="victim"),
+            Control(h=mallory.headers(), action="flatten", agent="victim"),
+            Control(h=mallory.headers(), action="cancel_all", agent="victim"),
+            Control(h=mallory.headers(), action="reload", agent="victim", card=card("victim", budget=10**12)),
+            Control(h=mallory.headers(), action="halt"),
+            Control(h=mallory.headers(), action="pause", all=True),
+        ]
         for msg in attempts:
             r = mallory.request(msg, 10)
             assert isinstance(r, Error) and r.code is ErrorCode.FORBIDDEN, (msg.action, r)
@@ -158,8 +176,9 @@ def test_an_edited_card_cannot_raise_its_own_limits(gateway, tmp_path: Path) -> 
         assert isinstance(r, Error) and r.code is ErrorCode.BAD_CARD and "budget 1000000 → 100000000" in r.message, r
         assert isinstance(register(c, approved), Registered)
         day = today_kst()
-        big = NewOrder(client_order_id=make_client_order_id("frugal", day, 1), code="005930", side="buy", qty=100,
-                       price=70_000)  # 7,000,000 KRW
+        big = NewOrder(
+            client_order_id=make_client_order_id("frugal", day, 1), code="005930", side="buy", qty=100, price=70_000
+        )  # 7,000,000 KRW
         r = c.request(SubmitOrders(h=c.headers(), orders=[big]), 10)
         assert isinstance(r, OrdersReply) and not r.results[0].accepted
         assert r.results[0].code in (ErrorCode.DENIED_NOTIONAL, ErrorCode.DENIED_BUDGET)
@@ -170,16 +189,29 @@ def test_an_edited_card_cannot_raise_its_own_limits(gateway, tmp_path: Path) -> 
         c.close()
     # the same edit as a process: the agent exits at once (no restart loop), saying why
     path = tmp_path / "frugal.toml"
-    path.write_text('id = "frugal"\nname = "frugal"\nstrategy = "tests.strategies.scripted:Scripted"\n'
-                    'codes = ["005930"]\nbudget = 100_000_000\n')
-    out = subprocess.run([sys.executable, "-m", "tools", "agent", "run", str(path), "--run-dir", str(run)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    path.write_text(
+        'id = "frugal"\nname = "frugal"\nstrategy = "tests.strategies.scripted:Scripted"\n'
+        'codes = ["005930"]\nbudget = 100_000_000\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "agent", "run", str(path), "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 2 and "approved" in (out.stdout + out.stderr), out.stderr[-2000:]
     # an id the operator never approved has no credential: it cannot even sign a Register
     (tmp_path / "stranger.toml").write_text(path.read_text().replace("frugal", "stranger"))
-    out = subprocess.run([sys.executable, "-m", "tools", "agent", "run", str(tmp_path / "stranger.toml"), "--run-dir",
-                          str(run)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "agent", "run", str(tmp_path / "stranger.toml"), "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 2 and "ktrader cards approve" in (out.stdout + out.stderr), out.stderr[-2000:]
 
 
@@ -190,8 +222,13 @@ def test_the_account_limits_are_finite_by_default(gateway) -> None:
     c = agent_client(run, card("unbounded", budget=0))
     try:
         assert isinstance(register(c, card("unbounded", budget=0)), Registered)
-        o = NewOrder(client_order_id=make_client_order_id("unbounded", today_kst(), 1), code="005930", side="buy",
-                     qty=1000, price=65_000)  # 65,000,000 KRW
+        o = NewOrder(
+            client_order_id=make_client_order_id("unbounded", today_kst(), 1),
+            code="005930",
+            side="buy",
+            qty=1000,
+            price=65_000,
+        )  # 65,000,000 KRW
         r = c.request(SubmitOrders(h=c.headers(), orders=[o]), 10)
         assert isinstance(r, OrdersReply) and not r.results[0].accepted
         assert r.results[0].code is ErrorCode.DENIED_NOTIONAL and "account limit" in r.results[0].message
@@ -208,8 +245,13 @@ def test_replayed_and_stale_frames_are_refused_and_counted(gateway) -> None:
         c.dealer.send_multipart(captured_register)
         wait_for(lambda: isinstance(c.recv_nowait(), Registered), 10, what="registered")
         before = fetch_status(run).counters
-        o = NewOrder(client_order_id=make_client_order_id("replayed", today_kst(), 1), code="005930", side="buy", qty=1,
-                     price=60_000)
+        o = NewOrder(
+            client_order_id=make_client_order_id("replayed", today_kst(), 1),
+            code="005930",
+            side="buy",
+            qty=1,
+            price=60_000,
+        )
         submit = SubmitOrders(h=c.headers(), orders=[o])
         frames = c.codec.encode(submit)
         c.dealer.send_multipart(frames)

@@ -48,23 +48,39 @@ def step(twin: TwinThread, n: int = 20, code: str = "005930") -> None:
 
 def test_chart_calls_are_capped_and_000000_is_the_latest(twin: TwinThread, kis: Kis) -> None:
     step(twin)
-    params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930", "FID_INPUT_DATE_1": "19900101",
-              "FID_INPUT_DATE_2": "29991231", "FID_PERIOD_DIV_CODE": "D", "FID_ORG_ADJ_PRC": "0"}
+    params = {
+        "FID_COND_MRKT_DIV_CODE": "J",
+        "FID_INPUT_ISCD": "005930",
+        "FID_INPUT_DATE_1": "19900101",
+        "FID_INPUT_DATE_2": "29991231",
+        "FID_PERIOD_DIV_CODE": "D",
+        "FID_ORG_ADJ_PRC": "0",
+    }
     first = kis.get(Q + "inquire-daily-itemchartprice", "FHKST03010100", params).json()["output2"]
     assert len(first) == 100
     dates = [r["stck_bsop_date"] for r in first]
     assert dates == sorted(dates, reverse=True)  # newest first
     older = dt.datetime.strptime(dates[-1], "%Y%m%d").date() - dt.timedelta(days=1)
-    rest = kis.get(Q + "inquire-daily-itemchartprice", "FHKST03010100",
-                   {**params, "FID_INPUT_DATE_2": older.strftime("%Y%m%d")}).json()["output2"]
+    rest = kis.get(
+        Q + "inquire-daily-itemchartprice", "FHKST03010100", {**params, "FID_INPUT_DATE_2": older.strftime("%Y%m%d")}
+    ).json()["output2"]
     history = twin.run(lambda: len(twin.server.twin.exchange.stocks["005930"].history))  # type: ignore[union-attr]
     assert 0 < len(rest) < 100 and len(first) + len(rest) == history + 1  # + today's bar, nothing twice
     assert not {r["stck_bsop_date"] for r in rest} & set(dates)
 
     def minutes(hour: str) -> list[dict[str, str]]:
-        return kis.get(Q + "inquire-time-itemchartprice", "FHKST03010200", {
-            "FID_ETC_CLS_CODE": "", "FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930",
-            "FID_INPUT_HOUR_1": hour, "FID_PW_DATA_INCU_YN": "N"}).json()["output2"]
+        return kis.get(
+            Q + "inquire-time-itemchartprice",
+            "FHKST03010200",
+            {
+                "FID_ETC_CLS_CODE": "",
+                "FID_COND_MRKT_DIV_CODE": "J",
+                "FID_INPUT_ISCD": "005930",
+                "FID_INPUT_HOUR_1": hour,
+                "FID_PW_DATA_INCU_YN": "N",
+            },
+        ).json()["output2"]
+
     latest = minutes("000000")
     assert latest and latest == minutes("235959") and all(in_session(r["stck_cntg_hour"]) for r in latest)
     assert minutes("085959") == []  # before the session: nothing
@@ -73,20 +89,40 @@ def test_chart_calls_are_capped_and_000000_is_the_latest(twin: TwinThread, kis: 
 def test_overseas_account_views_are_empty_and_kis_shaped(twin: TwinThread, kis: Kis) -> None:
     paper = Kis(twin.paper_rest_url, twin.paper_app_key, twin.paper_app_secret, twin.paper_account)
     assert paper.issue().status_code == 200
-    for k, trs in ((kis, ("CTRP6504R", "TTTS3012R", "TTTS3018R", "TTTS3035R")),
-                   (paper, ("VTRP6504R", "VTTS3012R", "VTTS3018R", "VTTS3035R"))):
+    for k, trs in (
+        (kis, ("CTRP6504R", "TTTS3012R", "TTTS3018R", "TTTS3035R")),
+        (paper, ("VTRP6504R", "VTTS3012R", "VTTS3018R", "VTTS3035R")),
+    ):
         acct = {"CANO": k.cano, "ACNT_PRDT_CD": k.prdt}
-        present = k.get(O + "inquire-present-balance", trs[0], {**acct, "WCRC_FRCR_DVSN_CD": "02", "NATN_CD": "000",
-                                                                 "TR_MKET_CD": "00", "INQR_DVSN_CD": "00"})
+        present = k.get(
+            O + "inquire-present-balance",
+            trs[0],
+            {**acct, "WCRC_FRCR_DVSN_CD": "02", "NATN_CD": "000", "TR_MKET_CD": "00", "INQR_DVSN_CD": "00"},
+        )
         body = present.json()
         assert present.status_code == 200 and body["rt_cd"] == "0" and present.headers["tr_cont"] == "D"
         assert body["output1"] == [] and body["output2"] == [] and body["output3"]["tot_asst_amt"] == "0"
         for path, tr, extra, rows in (
-                ("inquire-balance", trs[1], {"OVRS_EXCG_CD": "", "TR_CRCY_CD": ""}, "output1"),
-                ("inquire-nccs", trs[2], {"OVRS_EXCG_CD": "", "SORT_SQN": "DS"}, "output"),
-                ("inquire-ccnl", trs[3], {"PDNO": "%", "ORD_STRT_DT": "20260101", "ORD_END_DT": "20260105",
-                                          "SLL_BUY_DVSN": "00", "CCLD_NCCS_DVSN": "00", "OVRS_EXCG_CD": "%",
-                                          "SORT_SQN": "DS", "ORD_DT": "", "ORD_GNO_BRNO": "", "ODNO": ""}, "output")):
+            ("inquire-balance", trs[1], {"OVRS_EXCG_CD": "", "TR_CRCY_CD": ""}, "output1"),
+            ("inquire-nccs", trs[2], {"OVRS_EXCG_CD": "", "SORT_SQN": "DS"}, "output"),
+            (
+                "inquire-ccnl",
+                trs[3],
+                {
+                    "PDNO": "%",
+                    "ORD_STRT_DT": "20260101",
+                    "ORD_END_DT": "20260105",
+                    "SLL_BUY_DVSN": "00",
+                    "CCLD_NCCS_DVSN": "00",
+                    "OVRS_EXCG_CD": "%",
+                    "SORT_SQN": "DS",
+                    "ORD_DT": "",
+                    "ORD_GNO_BRNO": "",
+                    "ODNO": "",
+                },
+                "output",
+            ),
+        ):
             r = k.get(O + path, tr, {**acct, **extra, "CTX_AREA_FK200": "", "CTX_AREA_NK200": ""})
             body = r.json()
             assert r.status_code == 200 and body["rt_cd"] == "0" and r.headers["tr_cont"] == "D", (path, body)
@@ -101,12 +137,16 @@ def test_overseas_account_views_are_empty_and_kis_shaped(twin: TwinThread, kis: 
 
 def test_paper_domain_approves_a_real_key_and_pingpong_is_periodic(twin: TwinThread, kis: Kis) -> None:
     # python-kis in virtual mode asks the paper domain for its real key's approval, for live prices
-    r = httpx.post(twin.paper_rest_url + "/oauth2/Approval", json={"grant_type": "client_credentials",
-                                                                   "appkey": twin.app_key, "secretkey": twin.app_secret})
+    r = httpx.post(
+        twin.paper_rest_url + "/oauth2/Approval",
+        json={"grant_type": "client_credentials", "appkey": twin.app_key, "secretkey": twin.app_secret},
+    )
     assert r.status_code == 200
     approval = r.json()["approval_key"]
-    bad = httpx.post(twin.paper_rest_url + "/oauth2/Approval", json={"grant_type": "client_credentials",
-                                                                     "appkey": twin.app_key, "secretkey": "x" * 180})
+    bad = httpx.post(
+        twin.paper_rest_url + "/oauth2/Approval",
+        json={"grant_type": "client_credentials", "appkey": twin.app_key, "secretkey": "x" * 180},
+    )
     assert bad.status_code != 200  # still the real key's secret
     with connect(twin.ws_url + "/tryitout", max_queue=None) as ws:  # unread frames must not stall the close
         ws.send(ws_msg(approval, "H0STCNT0", "000660"))

@@ -35,11 +35,30 @@ def data(shared_data: Path) -> Path:
 
 
 def start_twin(procs: Procs, *args: str) -> dict[str, Any]:
-    err = open(procs.workdir / "twin.err", "ab")  # noqa: SIM115 - the twin process writes it until the end
-    twin = subprocess.Popen([sys.executable, "-m", "tools.cli", "sim", "--rest-port", "0", "--paper-rest-port", "0",
-                             "--ws-port", "0", "--admin-port", "0", "--quiet", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            start_new_session=True)
+    err = open(procs.workdir / "twin.err", "ab")
+    twin = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "sim",
+            "--rest-port",
+            "0",
+            "--paper-rest-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     procs.procs.append(twin)  # type: ignore[arg-type]
     line = twin.stdout.readline()  # type: ignore[union-attr]
     assert line, (procs.workdir / "twin.err").read_text()
@@ -64,18 +83,28 @@ def frames(ws: ClientConnection) -> list[list[str]]:
         if isinstance(msg, str) and msg.startswith("0|H0STCNT0|"):
             _, _, n, body = msg.split("|", 3)
             fields = body.split("^")
-            out += [fields[i * 46:(i + 1) * 46] for i in range(int(n))]
+            out += [fields[i * 46 : (i + 1) * 46] for i in range(int(n))]
 
 
 def chart(k: Kis, code: str, end: str) -> list[dict[str, str]]:
-    r = k.get(Q + "inquire-daily-itemchartprice", "FHKST03010100", {
-        "FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": code, "FID_INPUT_DATE_1": "20200101",
-        "FID_INPUT_DATE_2": end, "FID_PERIOD_DIV_CODE": "D", "FID_ORG_ADJ_PRC": "0"})
+    r = k.get(
+        Q + "inquire-daily-itemchartprice",
+        "FHKST03010100",
+        {
+            "FID_COND_MRKT_DIV_CODE": "J",
+            "FID_INPUT_ISCD": code,
+            "FID_INPUT_DATE_1": "20200101",
+            "FID_INPUT_DATE_2": end,
+            "FID_PERIOD_DIV_CODE": "D",
+            "FID_ORG_ADJ_PRC": "0",
+        },
+    )
     return r.json()["output2"]  # type: ignore[no-any-return]
 
 
-def test_history_process_prints_each_day_exactly_over_the_websocket(admin: tuple[httpx.Client, dict[str, Any]],
-                                                                   data: Path) -> None:
+def test_history_process_prints_each_day_exactly_over_the_websocket(
+    admin: tuple[httpx.Client, dict[str, Any]], data: Path
+) -> None:
     client, info = admin
     rows = {c: {b.day: b for b in load_csv(data / f"{c}.csv")} for c in CODES}
     state = client.get("/admin/state").json()
@@ -85,7 +114,9 @@ def test_history_process_prints_each_day_exactly_over_the_websocket(admin: tuple
     k.issue()
     # warm-up history: the data's rows before today, newest first, nothing of today or later
     past = chart(k, "000660", "20991231")
-    assert past[0]["stck_bsop_date"] == "20210226" and past[0]["stck_clpr"] == str(rows["000660"][dt.date(2021, 2, 26)].close)
+    assert past[0]["stck_bsop_date"] == "20210226" and past[0]["stck_clpr"] == str(
+        rows["000660"][dt.date(2021, 2, 26)].close
+    )
     assert int(k.price("000660").json()["output"]["stck_sdpr"]) == rows["000660"][dt.date(2021, 2, 26)].close
 
     with connect(info["ws_url"] + "/tryitout") as ws:
@@ -102,7 +133,9 @@ def test_history_process_prints_each_day_exactly_over_the_websocket(admin: tuple
         first = {rec[0]: rec for rec in reversed(got)}
         assert {c: (first[c][1], int(first[c][2])) for c in CODES} == {c: ("090000", rows[c][DAY].open) for c in CODES}
         orders = client.get(f"/admin/accounts/{info['account']}/orders").json()
-        assert [(o["filled_qty"], o["filled_amt"]) for o in orders if o["odno"] == odno] == [(3, 3 * rows["000660"][DAY].open)]
+        assert [(o["filled_qty"], o["filled_amt"]) for o in orders if o["odno"] == odno] == [
+            (3, 3 * rows["000660"][DAY].open)
+        ]
 
         r = client.post("/admin/history/advance", json={"to": "2021-03-02T15:45:00"}).json()
         assert (r["day"], r["phase"], r["now"]) == ("2021-03-02", "post_off_hours", "2021-03-02T15:45:00+09:00")
@@ -110,11 +143,18 @@ def test_history_process_prints_each_day_exactly_over_the_websocket(admin: tuple
         builder = BarBuilder(("1d",))
         for rec in got:
             builder.on_trade(rec[0], DAY, rec[1], int(rec[2]), int(rec[12]))
-        daily = {b.code: b for b in builder.flush(dt.datetime(2021, 3, 2, 15, 40, tzinfo=dt.timezone(dt.timedelta(hours=9))))}
+        daily = {
+            b.code: b for b in builder.flush(dt.datetime(2021, 3, 2, 15, 40, tzinfo=dt.timezone(dt.timedelta(hours=9))))
+        }
         for c in CODES:
             want = rows[c][DAY]
-            assert (daily[c].open, daily[c].high, daily[c].low, daily[c].close, daily[c].volume) == \
-                (want.open, want.high, want.low, want.close, want.volume)
+            assert (daily[c].open, daily[c].high, daily[c].low, daily[c].close, daily[c].volume) == (
+                want.open,
+                want.high,
+                want.low,
+                want.close,
+                want.volume,
+            )
         assert all(rec[33] == "20210302" for rec in got)
 
         # the next trading day: its pre-open, today's bar now in the history; the clock never goes back
@@ -132,11 +172,21 @@ def test_history_process_prints_each_day_exactly_over_the_websocket(admin: tuple
 
 def test_history_flags_fail_with_one_plain_line(procs: Procs, data: Path, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tools.cli", "sim", "--quiet", *args], cwd=ROOT, text=True,
-                              capture_output=True, timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return subprocess.run(
+            [sys.executable, "-m", "tools.cli", "sim", "--quiet", *args],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
 
     r = run("--history", str(data), "--from", "2030-01-02")
-    assert r.returncode == 2 and r.stderr.strip() == f"error: the data in {data} ends on 2026-05-29: pick --from on or before it"
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == f"error: the data in {data} ends on 2026-05-29: pick --from on or before it"
+    )
     r = run("--history", str(tmp_path))
     assert r.returncode == 2 and "--history needs --from" in r.stderr and "Traceback" not in r.stderr
     # a twin not in history mode says so
@@ -184,8 +234,11 @@ def test_a_gateway_builds_the_days_real_bars_from_the_history_prints(tmp_path: P
         for to, last_print in (("08:30:00", ""), ("09:00:00", "090000"), ("15:30:00", "153000"), ("15:45:00", "")):
             assert admin.post("/admin/history/advance", json={"to": to}).status_code == 200
             if last_print:
-                wait_for(logged(agent, f"PROBE trade 000660 {last_print} ", n), 30,
-                         what=f"the {last_print} print of {day} at the agent")
+                wait_for(
+                    logged(agent, f"PROBE trade 000660 {last_print} ", n),
+                    30,
+                    what=f"the {last_print} print of {day} at the agent",
+                )
         want = rows[day]
         line = f"PROBE bar 000660 1d {day.isoformat()} {want.open} {want.high} {want.low} {want.close} {want.volume}"
         wait_for(logged(agent, line), 30, what=f"the gateway's 1d bar of {day}")

@@ -24,9 +24,12 @@ pytestmark = pytest.mark.integration
 
 @contextmanager
 def twin_process(*args: str) -> Iterator[dict[str, Any]]:
-    proc = subprocess.Popen([sys.executable, "-m", "kis.sim", "--rest-port", "0", "--ws-port", "0",
-                             "--admin-port", "0", "--quiet", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kis.sim", "--rest-port", "0", "--ws-port", "0", "--admin-port", "0", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:

@@ -63,8 +63,11 @@ def kis(twin: TwinThread) -> Kis:
 
 
 def admin(twin: TwinThread, path: str, body: dict[str, object] | None = None) -> object:
-    r = httpx.post(twin.admin_url + path, json=body or {}) if body is not None or not path.startswith("/admin/accounts") \
+    r = (
+        httpx.post(twin.admin_url + path, json=body or {})
+        if body is not None or not path.startswith("/admin/accounts")
         else httpx.get(twin.admin_url + path)
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -107,7 +110,11 @@ def test_token_reuse_throttle_and_errors(twin: TwinThread) -> None:
     # invalid token
     bad = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account, token="nope")
     r = bad.price("005930")
-    assert r.status_code == 500 and r.json() == {"rt_cd": "1", "msg_cd": "EGW00121", "msg1": "유효하지 않은 token 입니다"}
+    assert r.status_code == 500 and r.json() == {
+        "rt_cd": "1",
+        "msg_cd": "EGW00121",
+        "msg1": "유효하지 않은 token 입니다",
+    }
 
 
 def test_revoke_and_hashkey(twin: TwinThread) -> None:
@@ -153,8 +160,11 @@ def test_unknown_path_bad_json_and_bad_tr(kis: Kis) -> None:
     assert r.json()["rt_cd"] != "0"
     r = kis.order("TTTC0012U", "005930", 1, 0, "99")
     assert r.json()["rt_cd"] != "0"
-    r = kis.post(T + "order-cash", "TTTC0012U", {"CANO": kis.cano, "ACNT_PRDT_CD": "01", "PDNO": "005930",
-                                               "ORD_DVSN": "00", "ORD_QTY": "abc", "ORD_UNPR": "1"})
+    r = kis.post(
+        T + "order-cash",
+        "TTTC0012U",
+        {"CANO": kis.cano, "ACNT_PRDT_CD": "01", "PDNO": "005930", "ORD_DVSN": "00", "ORD_QTY": "abc", "ORD_UNPR": "1"},
+    )
     assert r.json()["rt_cd"] != "0"
     assert kis.price("005930").json()["rt_cd"] == "0"  # still alive
 
@@ -204,8 +214,11 @@ def test_order_round_trip_balance_consistency(twin: TwinThread, kis: Kis) -> Non
     # sell them back
     bid = best_bid(twin, "000660")
     assert kis.order("TTTC0011U", "000660", 3, bid).json()["rt_cd"] == "0"
-    psbl = kis.get(T + "inquire-psbl-order", "TTTC8908R", {"CANO": kis.cano, "ACNT_PRDT_CD": "01", "PDNO": "005930",
-                                                          "ORD_UNPR": "70000", "ORD_DVSN": "00"}).json()
+    psbl = kis.get(
+        T + "inquire-psbl-order",
+        "TTTC8908R",
+        {"CANO": kis.cano, "ACNT_PRDT_CD": "01", "PDNO": "005930", "ORD_UNPR": "70000", "ORD_DVSN": "00"},
+    ).json()
     assert int(psbl["output"]["nrcvb_buy_qty"]) * 70000 <= int(psbl["output"]["ord_psbl_cash"])
 
 
@@ -240,9 +253,18 @@ def test_revise_cancel_linkage(twin: TwinThread, kis: Kis) -> None:
     # nothing left to cancel
     assert kis.rvsecncl("TTTC0013U", new, "02").json()["rt_cd"] == "1"
     # psbl-rvsecncl no longer lists it
-    out = kis.get(T + "inquire-psbl-rvsecncl", "TTTC0084R", {"CANO": kis.cano, "ACNT_PRDT_CD": "01",
-                                                            "INQR_DVSN_1": "0", "INQR_DVSN_2": "0",
-                                                            "CTX_AREA_FK100": "", "CTX_AREA_NK100": ""}).json()
+    out = kis.get(
+        T + "inquire-psbl-rvsecncl",
+        "TTTC0084R",
+        {
+            "CANO": kis.cano,
+            "ACNT_PRDT_CD": "01",
+            "INQR_DVSN_1": "0",
+            "INQR_DVSN_2": "0",
+            "CTX_AREA_FK100": "",
+            "CTX_AREA_NK100": "",
+        },
+    ).json()
     assert all(row["odno"] not in (orig, new) for row in out["output"])
 
 

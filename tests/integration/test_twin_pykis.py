@@ -66,8 +66,13 @@ def test_python_kis_default_flows(monkeypatch: pytest.MonkeyPatch, virtual: bool
         httpx.post(tw.admin_url + "/admin/faults/legacy-notice", json={"on": True})
         real = KisAuth(id=tw.hts_id, account=tw.account, appkey=tw.app_key, secretkey=tw.app_secret, virtual=False)
         if virtual:
-            paper = KisAuth(id=tw.hts_id, account=tw.paper_account, appkey=tw.paper_app_key,
-                            secretkey=tw.paper_app_secret, virtual=True)
+            paper = KisAuth(
+                id=tw.hts_id,
+                account=tw.paper_account,
+                appkey=tw.paper_app_key,
+                secretkey=tw.paper_app_secret,
+                virtual=True,
+            )
             kis = PyKis(real, paper, keep_token=False)
         else:
             kis = PyKis(real, keep_token=False)
@@ -119,6 +124,7 @@ def test_python_kis_default_flows(monkeypatch: pytest.MonkeyPatch, virtual: bool
 
             def held() -> list[int]:
                 return [int(s.qty) for s in acct.balance().stocks if s.symbol == "005930"]
+
             assert _wait(lambda: held() == [2]), held()
             if not virtual:
                 assert not acct.pending_orders().orders

@@ -27,7 +27,9 @@ FALLBACK = ["035720", "105560", "069500", "000270"]
 
 def test_universe_refresh_subscribe_trade_and_fallback(tmp_path: Path, procs: Procs) -> None:
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f"record_market_data = false\nuniverse_refresh_s = 0.5\nuniverse_fallback = {FALLBACK!r}\n".replace("'", '"'))
+    cfg.write_text(
+        f"record_market_data = false\nuniverse_refresh_s = 0.5\nuniverse_fallback = {FALLBACK!r}\n".replace("'", '"')
+    )
     run = tmp_path / "run"
     gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway")
     wait_for(lambda: (run / "gateway.json").exists() and fetch_status(run).synced, 30, what="gateway synced")
@@ -44,32 +46,49 @@ def test_universe_refresh_subscribe_trade_and_fallback(tmp_path: Path, procs: Pr
         return updates
 
     try:
-        assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered)
+        assert isinstance(
+            client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="t"), 10), Registered
+        )
         first = wait_for(lambda: pump() and updates[0], 15, what="first universe")
         assert first.source == "volume_rank" and len(first.codes) == 3
         assert set(first.codes) <= set(twin_universe.codes())
+
         # the gateway registered their trades for this agent, and status shows the codes
         def registered() -> bool:
             st = fetch_status(run)
             me = next(a for a in st.agents if a.id == "uni")
             latest = pump()[-1].codes
             assert st.names.get("005930") == "삼성전자"  # names from the stock master in status
-            return all("uni" in st.subscriptions.get(f"trades:{c}", []) for c in latest) and set(latest) <= set(me.codes)
+            return all("uni" in st.subscriptions.get(f"trades:{c}", []) for c in latest) and set(latest) <= set(
+                me.codes
+            )
+
         wait_for(registered, 15, what="universe registrations")
         # a universe code that is not on the card passes the risk gate's code check
         code = next((c for c in updates[-1].codes if c != "005930"), None)
         if code is not None:
             price = next(s.base_price for s in twin_universe.STOCKS if s.code == code)
-            order = NewOrder(client_order_id=make_client_order_id("uni", today_kst(), 1), code=code, side=Side.BUY,
-                             qty=1, price=price)
+            order = NewOrder(
+                client_order_id=make_client_order_id("uni", today_kst(), 1),
+                code=code,
+                side=Side.BUY,
+                qty=1,
+                price=price,
+            )
             r = client.request(SubmitOrders(h=client.headers(), orders=[order]), 10)
             assert isinstance(r, OrdersReply) and r.results[0].accepted, r
         # volume-rank starts failing: the fallback list replaces it at the next refresh
-        httpx.post(f"{admin_url}/admin/faults/rest-error",
-                   json={"count": 1000, "kind": "500", "path_contains": "volume-rank"}, timeout=10).raise_for_status()
+        httpx.post(
+            f"{admin_url}/admin/faults/rest-error",
+            json={"count": 1000, "kind": "500", "path_contains": "volume-rank"},
+            timeout=10,
+        ).raise_for_status()
         fb = wait_for(lambda: next((u for u in pump() if u.source == "fallback"), None), 20, what="fallback universe")
         assert fb.codes == FALLBACK[:3]
-        wait_for(lambda: all("uni" in fetch_status(run).subscriptions.get(f"trades:{c}", []) for c in FALLBACK[:3]), 15,
-                 what="fallback registrations")
+        wait_for(
+            lambda: all("uni" in fetch_status(run).subscriptions.get(f"trades:{c}", []) for c in FALLBACK[:3]),
+            15,
+            what="fallback registrations",
+        )
     finally:
         client.close()

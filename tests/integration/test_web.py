@@ -19,11 +19,21 @@ from tests.integration.test_spine import CARD_A
 from tools.ops.status import fetch_status
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium not installed"),
+]
 
 
 def free_port() -> int:
@@ -43,11 +53,27 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
     wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     approve(run, cards / "alpha.toml")
     procs.start("agent", "run", str(cards / "alpha.toml"), "--run-dir", str(run), log_name="alpha")
-    wait_for(lambda: (a := next((x for x in fetch_status(run, 2.0).agents if x.id == "alpha"), None)) and a.positions
-             and a.open_orders == 1, 20, what="alpha traded")
+    wait_for(
+        lambda: (
+            (a := next((x for x in fetch_status(run, 2.0).agents if x.id == "alpha"), None))
+            and a.positions
+            and a.open_orders == 1
+        ),
+        20,
+        what="alpha traded",
+    )
     port, token = free_port(), "test-token-" + os.urandom(6).hex()
-    web = procs.start("web", "--run-dir", str(run), "--port", str(port), "--cards", str(cards), log_name="web",
-                      env={"KTRADER_WEB_TOKEN": token})
+    web = procs.start(
+        "web",
+        "--run-dir",
+        str(run),
+        "--port",
+        str(port),
+        "--cards",
+        str(cards),
+        log_name="web",
+        env={"KTRADER_WEB_TOKEN": token},
+    )
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(base + "/", timeout=2).status_code == 401, 20, interval=0.1, what="web up")
     assert "token required" in httpx.get(base + "/api/stream", timeout=2).text
@@ -79,7 +105,9 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
             first = page.inner_text("#market tr[data-code='005930'] td.ticks")
             page.wait_for_function(
                 f"(() => {{ const c = document.querySelector(\"#market tr[data-code='005930'] td.ticks\"); "
-                f"return c && c.textContent !== '{first}'; }})()", timeout=10_000)
+                f"return c && c.textContent !== '{first}'; }})()",
+                timeout=10_000,
+            )
             page.wait_for_selector("#price-chart canvas", timeout=10_000)
 
             # flatten asks first: dismissing changes nothing
@@ -94,8 +122,11 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
             page.click("#agents tr[data-agent=alpha] button[data-action=flatten]")
             page.wait_for_function("document.querySelectorAll('#fills tbody tr').length == 2", timeout=15_000)
             assert "sell" in page.inner_text("#fills tbody tr:first-child")
-            page.wait_for_function("(() => { const c = document.querySelectorAll('#agents tr[data-agent=alpha] td'); "
-                                   "return c[6].textContent === '0' && c[7].textContent === '0'; })()", timeout=10_000)
+            page.wait_for_function(
+                "(() => { const c = document.querySelectorAll('#agents tr[data-agent=alpha] td'); "
+                "return c[6].textContent === '0' && c[7].textContent === '0'; })()",
+                timeout=10_000,
+            )
             ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -31,7 +31,9 @@ class Random(Strategy):
         for kind, side, qty, offset_pct, tif in ACTIONS[self.i] if self.i < len(ACTIONS) else []:
             price = 0 if kind == "market" else round_down(max(1, bar.close * (100 + offset_pct) // 100))
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
-            coid = fn(bar.code, qty, price, order_type=OrderType.MARKET if kind == "market" else OrderType.LIMIT, tif=tif)
+            coid = fn(
+                bar.code, qty, price, order_type=OrderType.MARKET if kind == "market" else OrderType.LIMIT, tif=tif
+            )
             DECIDED[coid] = bar.start
         self.i += 1
 
@@ -48,14 +50,29 @@ def bars(draw: st.DrawFn) -> list[Bar]:
             h = max(o, c) * draw(st.integers(100, 103)) // 100
             lo = max(1, min(o, c) * draw(st.integers(97, 100)) // 100)
             m = 9 * 60 + 5 * k
-            out.append(Bar(code=CODE, interval="5m", start=f"{day.isoformat()}T{m // 60:02d}:{m % 60:02d}", open=o,
-                           high=h, low=lo, close=c, volume=draw(st.sampled_from([0, 50, 1_000, 100_000]))))
+            out.append(
+                Bar(
+                    code=CODE,
+                    interval="5m",
+                    start=f"{day.isoformat()}T{m // 60:02d}:{m % 60:02d}",
+                    open=o,
+                    high=h,
+                    low=lo,
+                    close=c,
+                    volume=draw(st.sampled_from([0, 50, 1_000, 100_000])),
+                )
+            )
             price = c
     return out
 
 
-action = st.tuples(st.sampled_from(["market", "limit"]), st.sampled_from(["buy", "sell"]), st.integers(1, 60),
-                   st.integers(-6, 6), st.sampled_from([TimeInForce.DAY, TimeInForce.DAY, TimeInForce.IOC]))
+action = st.tuples(
+    st.sampled_from(["market", "limit"]),
+    st.sampled_from(["buy", "sell"]),
+    st.integers(1, 60),
+    st.integers(-6, 6),
+    st.sampled_from([TimeInForce.DAY, TimeInForce.DAY, TimeInForce.IOC]),
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

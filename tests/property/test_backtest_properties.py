@@ -35,7 +35,9 @@ class Random(Strategy):
                 continue
             price = 0 if kind == "market" else round_down(max(1, bar.close * (100 + offset_pct) // 100))
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
-            coid = fn(bar.code, qty, price, order_type=OrderType.MARKET if kind == "market" else OrderType.LIMIT, tif=tif)
+            coid = fn(
+                bar.code, qty, price, order_type=OrderType.MARKET if kind == "market" else OrderType.LIMIT, tif=tif
+            )
             DECIDED[coid] = self.i
         self.i += 1
 
@@ -61,19 +63,38 @@ def bars(draw: st.DrawFn) -> list[Bar]:
         c = max(1, price * draw(st.integers(75, 125)) // 100)
         h = max(o, c) * draw(st.integers(100, 110)) // 100
         lo = max(1, min(o, c) * draw(st.integers(90, 100)) // 100)
-        out.append(Bar(code=CODE, interval="1d", start=day.isoformat(), open=o, high=h, low=lo, close=c,
-                       volume=draw(st.sampled_from([0, 50, 1_000, 100_000, 10_000_000]))))
+        out.append(
+            Bar(
+                code=CODE,
+                interval="1d",
+                start=day.isoformat(),
+                open=o,
+                high=h,
+                low=lo,
+                close=c,
+                volume=draw(st.sampled_from([0, 50, 1_000, 100_000, 10_000_000])),
+            )
+        )
         price = c
     return out
 
 
-action = st.tuples(st.sampled_from(["market", "limit", "limit", "cancel"]), st.sampled_from(["buy", "sell"]),
-                   st.integers(1, 60), st.integers(-12, 12), st.sampled_from(list(TimeInForce)))
+action = st.tuples(
+    st.sampled_from(["market", "limit", "limit", "cancel"]),
+    st.sampled_from(["buy", "sell"]),
+    st.integers(1, 60),
+    st.integers(-12, 12),
+    st.sampled_from(list(TimeInForce)),
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bars(), st.lists(st.lists(action, min_size=1, max_size=3), min_size=5, max_size=25), st.sampled_from([1, 100, 1_000, 10_000]),
-       st.sampled_from([1, 1_000_000, 100_000_000]))
+@given(
+    bars(),
+    st.lists(st.lists(action, min_size=1, max_size=3), min_size=5, max_size=25),
+    st.sampled_from([1, 100, 1_000, 10_000]),
+    st.sampled_from([1, 1_000_000, 100_000_000]),
+)
 def test_broker_invariants(rows: list[Bar], plan: list[list[tuple[Any, ...]]], part_bp: int, cash: int) -> None:
     ACTIONS[:] = plan
     DECIDED.clear()

@@ -33,19 +33,34 @@ BASE = {"005930": 70_000, "000660": 180_000}
 DAY = dt.date(2024, 3, 5)  # a Tuesday
 TIMES = {"continuous": dt.time(10, 0), "after the close": dt.time(15, 45), "opening auction": dt.time(8, 45)}
 
-orders = st.lists(st.tuples(
-    st.sampled_from(CODES), st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 60),
-    st.sampled_from([0, 1, 2, 3, 5, 7, 13, 45, 50, 99]),  # ticks from the base (some off the grid, some past the band)
-    st.sampled_from([OrderType.LIMIT, OrderType.MARKET]),
-    st.sampled_from([TimeInForce.DAY, TimeInForce.NEXT_SESSION, TimeInForce.IOC]),
-    st.booleans()), min_size=1, max_size=25)
+orders = st.lists(
+    st.tuples(
+        st.sampled_from(CODES),
+        st.sampled_from([Side.BUY, Side.SELL]),
+        st.integers(1, 60),
+        st.sampled_from(
+            [0, 1, 2, 3, 5, 7, 13, 45, 50, 99]
+        ),  # ticks from the base (some off the grid, some past the band)
+        st.sampled_from([OrderType.LIMIT, OrderType.MARKET]),
+        st.sampled_from([TimeInForce.DAY, TimeInForce.NEXT_SESSION, TimeInForce.IOC]),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
-limits = st.builds(RiskLimits, max_order_value=st.sampled_from([0, 2_000_000, 6_000_000]),
-                   max_position_value=st.sampled_from([0, 3_000_000, 9_000_000]),
-                   max_open_orders=st.sampled_from([0, 3, 8]), max_orders_per_minute=st.sampled_from([0, 5, 12]),
-                   max_daily_loss=st.sampled_from([0, 50_000]), max_positions=st.sampled_from([0, 1, 2]),
-                   max_gross_exposure_pct=st.sampled_from([0.0, 5.0, 60.0]),
-                   max_code_pct=st.sampled_from([0.0, 3.0, 30.0]), max_sector_pct=st.sampled_from([0.0, 4.0]))
+limits = st.builds(
+    RiskLimits,
+    max_order_value=st.sampled_from([0, 2_000_000, 6_000_000]),
+    max_position_value=st.sampled_from([0, 3_000_000, 9_000_000]),
+    max_open_orders=st.sampled_from([0, 3, 8]),
+    max_orders_per_minute=st.sampled_from([0, 5, 12]),
+    max_daily_loss=st.sampled_from([0, 50_000]),
+    max_positions=st.sampled_from([0, 1, 2]),
+    max_gross_exposure_pct=st.sampled_from([0.0, 5.0, 60.0]),
+    max_code_pct=st.sampled_from([0.0, 3.0, 30.0]),
+    max_sector_pct=st.sampled_from([0.0, 4.0]),
+)
 
 
 def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
@@ -58,8 +73,14 @@ def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
 
 
 @settings(max_examples=600, deadline=None)
-@given(stream=orders, lim=limits, budget=st.sampled_from([0, 3_000_000, 20_000_000]),
-       held=st.sampled_from([0, 10, 40]), mark_drop=st.sampled_from([0, 3_000]), when=st.sampled_from(sorted(TIMES)))
+@given(
+    stream=orders,
+    lim=limits,
+    budget=st.sampled_from([0, 3_000_000, 20_000_000]),
+    held=st.sampled_from([0, 10, 40]),
+    mark_drop=st.sampled_from([0, 3_000]),
+    when=st.sampled_from(sorted(TIMES)),
+)
 def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_drop, when) -> None:  # type: ignore[no-untyped-def]
     card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=CODES, budget=budget, risk=lim)
     at = dt.datetime.combine(DAY, TIMES[when], KST)
@@ -89,19 +110,35 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
             sim.cash -= position.cost  # what the holding cost (no fees in this state)
         if budget == 0:  # no budget live; the backtest's cash then never binds
             sim.cash = sim.initial_cash = 10**12
-            sim._mandate = type(sim._mandate)(agent_limits=lim, account_limits=RiskLimits(), budget=0,
-                                              codes=frozenset(CODES))
+            sim._mandate = type(sim._mandate)(
+                agent_limits=lim, account_limits=RiskLimits(), budget=0, codes=frozenset(CODES)
+            )
         portfolio.set_account_cash(sim.cash)  # the account's cash as the broker reads it: equities agree
         sim.ts_ns = market_ns(clock)
         rules = rules_for(DAY)
 
         for n, (code, side, qty, steps, otype, tif, up) in enumerate(stream, 1):
             price = price_of(code, steps, up, otype)
-            new = NewOrder(client_order_id=f"alpha-{DAY:%Y%m%d}-{n}", code=code, side=side, qty=qty, price=price,
-                           order_type=otype, tif=tif)
+            new = NewOrder(
+                client_order_id=f"alpha-{DAY:%Y%m%d}-{n}",
+                code=code,
+                side=side,
+                qty=qty,
+                price=price,
+                order_type=otype,
+                tif=tif,
+            )
             live = gate.check(card, new, (SessionState.READY, ""))
-            o = Order(client_order_id=new.client_order_id, agent="alpha", code=code, side=side, qty=qty, price=price,
-                      order_type=otype, tif=tif)
+            o = Order(
+                client_order_id=new.client_order_id,
+                agent="alpha",
+                code=code,
+                side=side,
+                qty=qty,
+                price=price,
+                order_type=otype,
+                tif=tif,
+            )
             bt = sim._gate(o, rules)
             assert (live[0] if live else None) == (bt[0] if bt else None), (new, live, bt)
             if live is None:  # it rests in both books from now on

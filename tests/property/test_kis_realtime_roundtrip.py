@@ -22,9 +22,19 @@ filler = st.text(alphabet=st.characters(blacklist_characters="^|", blacklist_cat
 
 trade_rec = st.fixed_dictionaries(
     {
-        "code": code, "time": hhmmss, "price": price, "change": st.integers(-10**6, 10**6), "open": price, "high": price,
-        "low": price, "ask1": st.integers(0, 5_000_000), "bid1": st.integers(0, 5_000_000), "qty": qty,
-        "cum_volume": qty, "cum_value": st.integers(0, 10**15), "ccld": st.sampled_from(["1", "3", "5"]),
+        "code": code,
+        "time": hhmmss,
+        "price": price,
+        "change": st.integers(-(10**6), 10**6),
+        "open": price,
+        "high": price,
+        "low": price,
+        "ask1": st.integers(0, 5_000_000),
+        "bid1": st.integers(0, 5_000_000),
+        "qty": qty,
+        "cum_volume": qty,
+        "cum_value": st.integers(0, 10**15),
+        "ccld": st.sampled_from(["1", "3", "5"]),
         "filler": filler,
     }
 )
@@ -47,7 +57,13 @@ def test_trades_roundtrip(recs: list[dict], extra: int) -> None:
     assert len(out) == len(recs)
     for t, d in zip(out, recs, strict=True):
         assert (t.code, t.time, t.price, t.change, t.qty, t.cum_volume, t.cum_value) == (
-            d["code"], d["time"], d["price"], d["change"], d["qty"], d["cum_volume"], d["cum_value"]
+            d["code"],
+            d["time"],
+            d["price"],
+            d["change"],
+            d["qty"],
+            d["cum_volume"],
+            d["cum_value"],
         )
         assert (t.open, t.high, t.low, t.ask1, t.bid1) == (d["open"], d["high"], d["low"], d["ask1"], d["bid1"])
         assert t.side == {"1": 1, "3": 0, "5": -1}[d["ccld"]]
@@ -75,9 +91,16 @@ def test_notices_roundtrip(recs: list[dict], encrypted: bool) -> None:
     rows = []
     for d in recs:
         f = notice26(
-            odno=d["odno"], oodno=d["oodno"], side=d["side"], code=d["code"], qty=f"{d['qty']:010d}",
-            price=f"{d['price']:09d}", cntg="2" if d["fill"] else "1", acpt="2" if d["fill"] else "1",
-            order_qty=f"{d['order_qty']:09d}", order_price=str(d["price"]),
+            odno=d["odno"],
+            oodno=d["oodno"],
+            side=d["side"],
+            code=d["code"],
+            qty=f"{d['qty']:010d}",
+            price=f"{d['price']:09d}",
+            cntg="2" if d["fill"] else "1",
+            acpt="2" if d["fill"] else "1",
+            order_qty=f"{d['order_qty']:09d}",
+            order_price=str(d["price"]),
         )
         if legacy:  # 0–17 identical, then CNTG_ISNM, CRDT_CLS, CRDT_LOAN_DATE, CNTG_ISNM40, ODER_PRC
             f = f[:18] + ["name", "", "", "name", str(d["price"])]
@@ -113,7 +136,13 @@ def test_garbage_never_crashes_parser(data: bytes) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(code, hhmmss, st.lists(st.tuples(st.integers(0, 5_000_000), st.integers(0, 10**9)), min_size=20, max_size=20), qty, qty),
+        st.tuples(
+            code,
+            hhmmss,
+            st.lists(st.tuples(st.integers(0, 5_000_000), st.integers(0, 10**9)), min_size=20, max_size=20),
+            qty,
+            qty,
+        ),
         min_size=1,
         max_size=4,
     )

@@ -18,8 +18,15 @@ CODES = ["005930", "005935", "069500", "114800"]
 DVSN = ["00", "00", "00", "01", "03", "04", "11", "12", "13", "14", "15", "16"]
 
 op = st.one_of(
-    st.tuples(st.just("place"), st.integers(0, 2), st.sampled_from(CODES), st.sampled_from([BookSide.BUY, BookSide.SELL]),
-              st.sampled_from(DVSN), st.integers(1, 3000), st.integers(-12, 12)),
+    st.tuples(
+        st.just("place"),
+        st.integers(0, 2),
+        st.sampled_from(CODES),
+        st.sampled_from([BookSide.BUY, BookSide.SELL]),
+        st.sampled_from(DVSN),
+        st.integers(1, 3000),
+        st.integers(-12, 12),
+    ),
     st.tuples(st.just("cancel"), st.integers(0, 2), st.integers(0, 40), st.integers(0, 50)),
     st.tuples(st.just("revise"), st.integers(0, 2), st.integers(0, 40), st.integers(-5, 5)),
     st.tuples(st.just("step"), st.integers(1, 5)),
@@ -43,8 +50,13 @@ def _make(seed: int) -> tuple[Exchange, list[Account], list[tuple[int, int, Trad
             a.holdings[code] = Holding(qty=500, cost=500 * ex.stocks[code].last, bfdy_qty=500)
         accts.append(ex.add_account(a))
     prints: list[tuple[int, int, TradePrint]] = []
-    ex.add_listener(lambda ev: prints.append((ex.stocks[ev.code].book.lower, ex.stocks[ev.code].book.upper, ev))
-                    if isinstance(ev, TradePrint) else None)
+    ex.add_listener(
+        lambda ev: (
+            prints.append((ex.stocks[ev.code].book.lower, ex.stocks[ev.code].book.upper, ev))
+            if isinstance(ev, TradePrint)
+            else None
+        )
+    )
     return ex, accts, prints
 
 
@@ -78,8 +90,13 @@ def _run(ex: Exchange, accts: list[Account], ops: list[tuple]) -> None:
             pass  # business rejections are part of the game
 
 
-def _check_invariants(ex: Exchange, accts: list[Account], prints: list[tuple[int, int, TradePrint]],
-                      initial_cash: int, initial_shares: dict[str, int]) -> None:
+def _check_invariants(
+    ex: Exchange,
+    accts: list[Account],
+    prints: list[tuple[int, int, TradePrint]],
+    initial_cash: int,
+    initial_shares: dict[str, int],
+) -> None:
     for lower, upper, p in prints:
         price = int(p.record[2])
         kind = ex.stocks[p.code].info.kind
@@ -126,8 +143,13 @@ def test_exchange_invariants_and_close(seed: int, ops: list[tuple]) -> None:
     _check_invariants(ex, accts, prints, initial_cash, initial_shares)
 
 
-book_op = st.tuples(st.sampled_from([BookSide.BUY, BookSide.SELL]), st.integers(-15, 15), st.integers(1, 50),
-                    st.sampled_from([Tif.DAY, Tif.DAY, Tif.IOC, Tif.FOK]), st.booleans())
+book_op = st.tuples(
+    st.sampled_from([BookSide.BUY, BookSide.SELL]),
+    st.integers(-15, 15),
+    st.integers(1, 50),
+    st.sampled_from([Tif.DAY, Tif.DAY, Tif.IOC, Tif.FOK]),
+    st.booleans(),
+)
 
 
 @settings(max_examples=80, deadline=None)

@@ -27,8 +27,16 @@ from common.orders import OrderState
 from common.schema import NewOrder
 from kis.port import (
     BrokerPort,
-    BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerPosition, BrokerRejected,
-    BrokerUnknownOutcome, NoticeKind,
+    BrokerAck,
+    BrokerCancel,
+    BrokerModify,
+    BrokerNotice,
+    BrokerOrder,
+    BrokerOrderReport,
+    BrokerPosition,
+    BrokerRejected,
+    BrokerUnknownOutcome,
+    NoticeKind,
 )
 from server.send_queue import Call
 from tests.fakes.core import make_core
@@ -60,14 +68,37 @@ class Exchange:
         return line if line is not None and line["remaining"] > 0 else None
 
     def notice(self, kind: NoticeKind, line: dict, qty: int = 0, price: int = 0, **kw: object) -> None:
-        self.notices.append(BrokerNotice(kind=kind, broker_order_id=line["odno"], orig_broker_order_id=line.get("orig", ""),
-                                         code="005930", side=line["side"], order_qty=line["qty"], order_price=line["price"],
-                                         fill_qty=qty, fill_price=price, time=f"{len(self.notices):06d}", **kw))  # type: ignore[arg-type]
+        self.notices.append(
+            BrokerNotice(
+                kind=kind,
+                broker_order_id=line["odno"],
+                orig_broker_order_id=line.get("orig", ""),
+                code="005930",
+                side=line["side"],
+                order_qty=line["qty"],
+                order_price=line["price"],
+                fill_qty=qty,
+                fill_price=price,
+                time=f"{len(self.notices):06d}",
+                **kw,
+            )
+        )  # type: ignore[arg-type]
 
     def place(self, order: BrokerOrder) -> dict:
         odno = self._odno()
-        line = {"odno": odno, "side": order.side, "qty": order.qty, "price": order.price, "filled": 0, "value": 0,
-                "remaining": order.qty, "cancelled": 0, "kind": "new", "orig": "", "coid": order.client_order_id}
+        line = {
+            "odno": odno,
+            "side": order.side,
+            "qty": order.qty,
+            "price": order.price,
+            "filled": 0,
+            "value": 0,
+            "remaining": order.qty,
+            "cancelled": 0,
+            "kind": "new",
+            "orig": "",
+            "coid": order.client_order_id,
+        }
         self.lines[odno] = line
         self.placed_for[order.client_order_id] = self.placed_for.get(order.client_order_id, 0) + 1
         self.notice(NoticeKind.ACCEPTED, line)
@@ -85,11 +116,22 @@ class Exchange:
 
     def report(self, line: dict) -> BrokerOrderReport:
         return BrokerOrderReport(
-            broker_order_id=line["odno"], orig_broker_order_id=line["orig"], org_no="06010", code="005930", side=line["side"],
-            qty=line["qty"], price=line["price"], filled_qty=line["filled"],
-            avg_fill_price=line["value"] // line["filled"] if line["filled"] else 0, filled_value=line["value"],
-            remaining_qty=line["remaining"], cancelled_qty=line["cancelled"], rejected_qty=0,
-            is_cancel=line["kind"] == "cancel", is_modify=line["kind"] == "modify")
+            broker_order_id=line["odno"],
+            orig_broker_order_id=line["orig"],
+            org_no="06010",
+            code="005930",
+            side=line["side"],
+            qty=line["qty"],
+            price=line["price"],
+            filled_qty=line["filled"],
+            avg_fill_price=line["value"] // line["filled"] if line["filled"] else 0,
+            filled_value=line["value"],
+            remaining_qty=line["remaining"],
+            cancelled_qty=line["cancelled"],
+            rejected_qty=0,
+            is_cancel=line["kind"] == "cancel",
+            is_modify=line["kind"] == "modify",
+        )
 
     def chain_filled(self, first_odno: str) -> int:
         total, line = 0, self.lines.get(first_odno)
@@ -122,8 +164,18 @@ class ModelBroker(BrokerPort):
         line = self.ex.live_line(req.broker_order_id)
         if line is None:
             raise BrokerRejected("nothing to cancel", code="APBK0918")
-        c = {"odno": self.ex._odno(), "side": line["side"], "qty": line["remaining"], "price": line["price"], "filled": 0,
-             "value": 0, "remaining": 0, "cancelled": 0, "kind": "cancel", "orig": line["odno"]}
+        c = {
+            "odno": self.ex._odno(),
+            "side": line["side"],
+            "qty": line["remaining"],
+            "price": line["price"],
+            "filled": 0,
+            "value": 0,
+            "remaining": 0,
+            "cancelled": 0,
+            "kind": "cancel",
+            "orig": line["odno"],
+        }
         self.ex.lines[c["odno"]] = c
         line["cancelled"] += line["remaining"]
         line["remaining"] = 0
@@ -135,8 +187,18 @@ class ModelBroker(BrokerPort):
         line = self.ex.live_line(req.broker_order_id)
         if line is None:
             raise BrokerRejected("nothing to revise", code="APBK0918")
-        m = {"odno": self.ex._odno(), "side": line["side"], "qty": line["remaining"], "price": req.price, "filled": 0,
-             "value": 0, "remaining": line["remaining"], "cancelled": 0, "kind": "modify", "orig": line["odno"]}
+        m = {
+            "odno": self.ex._odno(),
+            "side": line["side"],
+            "qty": line["remaining"],
+            "price": req.price,
+            "filled": 0,
+            "value": 0,
+            "remaining": line["remaining"],
+            "cancelled": 0,
+            "kind": "modify",
+            "orig": line["odno"],
+        }
         self.ex.lines[m["odno"]] = m
         line["moved_to"], line["remaining"] = m["odno"], 0
         self.ex.notice(NoticeKind.ACCEPTED, m, is_modify=True)
@@ -147,7 +209,15 @@ class ModelBroker(BrokerPort):
 
     async def positions(self) -> list[BrokerPosition]:
         qty = sum((1 if l["side"] is Side.BUY else -1) * l["filled"] for l in self.ex.lines.values())
-        return [BrokerPosition(code="005930", qty=qty, sellable_qty=qty, avg_price="70000", purchase_value=0, last_price=70_000)] if qty else []
+        return (
+            [
+                BrokerPosition(
+                    code="005930", qty=qty, sellable_qty=qty, avg_price="70000", purchase_value=0, last_price=70_000
+                )
+            ]
+            if qty
+            else []
+        )
 
     async def base_price(self, code: str) -> int:
         return 70_000
@@ -169,7 +239,12 @@ class OmsMachine(RuleBasedStateMachine):
 
     def _boot(self) -> None:
         self.core, self.store, _, _ = make_core(self.tmp / "gw.sqlite", self.broker, clock=self.clock)  # type: ignore[arg-type]
-        self.book, self.desk, self.recon, self.router = self.core.book, self.core.desk, self.core.recon, self.core.notices
+        self.book, self.desk, self.recon, self.router = (
+            self.core.book,
+            self.core.desk,
+            self.core.recon,
+            self.core.notices,
+        )
         self.queue = self.core.live_queue
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -278,8 +353,13 @@ class OmsMachine(RuleBasedStateMachine):
                 if line["odno"] in o.broker_chain or o.state is OrderState.UNKNOWN:
                     continue
                 owner = next((x for x in self.book.orders.values() if line["odno"] in x.broker_chain), None)
-                assert owner is not None and owner.agent == o.agent and (owner.code, owner.side, owner.qty) == (
-                    o.code, o.side, o.qty) and owner.created_ns and o.reason_code == "NOT_AT_BROKER", (o, owner, line)
+                assert (
+                    owner is not None
+                    and owner.agent == o.agent
+                    and (owner.code, owner.side, owner.qty) == (o.code, o.side, o.qty)
+                    and owner.created_ns
+                    and o.reason_code == "NOT_AT_BROKER"
+                ), (o, owner, line)
         for o in self.book.orders.values():
             if o.agent != "alpha" or not o.broker_chain or o.client_order_id in in_flight:
                 continue
@@ -301,8 +381,11 @@ class OmsMachine(RuleBasedStateMachine):
     def positions_equal_sum_of_fills(self) -> None:
         for agent, ps in self.core.portfolio.positions.items():
             for code, p in ps.items():
-                net = sum((1 if o.side is Side.BUY else -1) * o.filled_qty for o in self.book.orders.values()
-                          if o.agent == agent and o.code == code)
+                net = sum(
+                    (1 if o.side is Side.BUY else -1) * o.filled_qty
+                    for o in self.book.orders.values()
+                    if o.agent == agent and o.code == code
+                )
                 assert p.qty == net, (agent, code, p, net)
                 assert p.qty >= 0
 

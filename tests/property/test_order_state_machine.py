@@ -7,9 +7,30 @@ from hypothesis import strategies as st
 
 from common.enums import Side
 from common.orders import (
-    AMEND_UNKNOWN, Accept, Cancelled, CancelRefused, Deny, Expire, Fill, IllegalTransition, MarkUnknown, Order,
-    OrderState, Reject, ReplaceRefused, Replaced, RequestCancel, RequestReplace, ResendCancel, ReverseFill, StateError,
-    Submit, TERMINAL, TRANSITIONS, apply, replay,
+    AMEND_UNKNOWN,
+    Accept,
+    Cancelled,
+    CancelRefused,
+    Deny,
+    Expire,
+    Fill,
+    IllegalTransition,
+    MarkUnknown,
+    Order,
+    OrderState,
+    Reject,
+    ReplaceRefused,
+    Replaced,
+    RequestCancel,
+    RequestReplace,
+    ResendCancel,
+    ReverseFill,
+    StateError,
+    Submit,
+    TERMINAL,
+    TRANSITIONS,
+    apply,
+    replay,
 )
 
 QTY = 100
@@ -20,7 +41,12 @@ events = st.one_of(
     st.builds(Accept, broker_order_id=st.sampled_from(["0000000001", "0000000002"])),
     st.builds(Reject, code=st.just("BROKER_REJECTED")),
     st.builds(MarkUnknown),
-    st.builds(Fill, fill_id=st.sampled_from([f"f{i}" for i in range(8)]), qty=st.integers(1, 60), price=st.integers(1, 200_000)),
+    st.builds(
+        Fill,
+        fill_id=st.sampled_from([f"f{i}" for i in range(8)]),
+        qty=st.integers(1, 60),
+        price=st.integers(1, 200_000),
+    ),
     st.builds(RequestCancel),
     st.builds(CancelRefused),
     st.builds(Cancelled),
@@ -59,8 +85,9 @@ def test_only_table_transitions_and_fill_invariants(evs) -> None:
         if o.state in TERMINAL:
             # the exceptions: a late fill of a cancelled/expired order (it happened before), and a fill
             # the broker does not have taken back (a FILLED order rests again)
-            assert (tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state) or (
-                tag == "reverse_fill" and (new.state is o.state or o.state is OrderState.FILLED)), (o.state, tag)
+            assert (
+                tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state
+            ) or (tag == "reverse_fill" and (new.state is o.state or o.state is OrderState.FILLED)), (o.state, tag)
         assert new.filled_qty == sum(r.live_qty for r in new.fills) and new.filled_value >= 0  # the fill log adds up
         if tag == "reverse_fill":
             assert new.filled_qty < o.filled_qty and set(new.fill_ids) == set(o.fill_ids)  # the id stays known

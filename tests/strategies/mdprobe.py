@@ -22,18 +22,29 @@ class MdProbe(Strategy):
             interval, _, n = spec.partition(":")
             for code in self.ctx.card.codes:  # type: ignore[attr-defined]
                 bars = self.ctx.history(code, interval, int(n))
-                self.ctx.log.info("PROBE history %s %s %d %s", code, interval, len(bars),
-                                  ",".join(b.start for b in bars[-3:]))
+                self.ctx.log.info(
+                    "PROBE history %s %s %d %s", code, interval, len(bars), ",".join(b.start for b in bars[-3:])
+                )
 
     def on_trade(self, tick: TradeTick) -> None:
         self.ctx.log.info("PROBE trade %s %s %d", tick.code, tick.time, tick.price)
         if self.params.slow_ms:
             import time
+
             time.sleep(self.params.slow_ms / 1000)
 
     def on_book(self, book: BookTick) -> None:
         self.ctx.log.info("PROBE book %s %s %d", book.code, book.time, book.asks[0][0] if book.asks else 0)
 
     def on_bar(self, bar: Bar) -> None:
-        self.ctx.log.info("PROBE bar %s %s %s %d %d %d %d %d", bar.code, bar.interval, bar.start, bar.open, bar.high,
-                          bar.low, bar.close, bar.volume)
+        self.ctx.log.info(
+            "PROBE bar %s %s %s %d %d %d %d %d",
+            bar.code,
+            bar.interval,
+            bar.start,
+            bar.open,
+            bar.high,
+            bar.low,
+            bar.close,
+            bar.volume,
+        )

@@ -25,8 +25,15 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _p(p: Protection) -> dict[str, object]:
-    return {"id": p.id, "state": p.state.value, "leg": p.leg.value if p.leg else "", "trigger": p.trigger_price,
-            "qty": p.qty, "sold": p.sold, "exits": list(p.exits)}
+    return {
+        "id": p.id,
+        "state": p.state.value,
+        "leg": p.leg.value if p.leg else "",
+        "trigger": p.trigger_price,
+        "qty": p.qty,
+        "sold": p.sold,
+        "exits": list(p.exits),
+    }
 
 
 class Protected(Strategy):
@@ -38,11 +45,18 @@ class Protected(Strategy):
 
     def on_start(self) -> None:
         snap = self.ctx.snapshot  # type: ignore[attr-defined]
-        self._write(event="start", pid=os.getpid(), orders_today=snap.orders_today,
-                    positions={p.code: p.qty for p in snap.positions}, protections=[_p(p) for p in snap.protections])
+        self._write(
+            event="start",
+            pid=os.getpid(),
+            orders_today=snap.orders_today,
+            positions={p.code: p.qty for p in snap.positions},
+            protections=[_p(p) for p in snap.protections],
+        )
         if snap.orders_today == 0:
             p = self.params
-            self.ctx.buy(p.code, p.qty, p.price, stop=p.stop, take=p.take, trail_pct=p.trail_pct, reason="protected entry")
+            self.ctx.buy(
+                p.code, p.qty, p.price, stop=p.stop, take=p.take, trail_pct=p.trail_pct, reason="protected entry"
+            )
 
     def on_protection(self, protection: Protection) -> None:
         self._write(event="protection", **_p(protection))

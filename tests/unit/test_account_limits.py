@@ -128,7 +128,9 @@ async def test_cash_reserve_of_the_account_and_of_an_agents_budget(tmp_path: Pat
     assert r.code is ErrorCode.DENIED_CASH_RESERVE and "95,000,000" in r.message, r
     assert h.desk.submit(a, order("alpha", 2, 60, 60_000)).accepted  # 3,600,000 resting: reserved
     assert h.desk.submit(a, order("alpha", 3, 40, 60_000)).code is ErrorCode.DENIED_CASH_RESERVE  # 96.4 - 2.4 < 95
-    assert h.desk.submit(a, order("alpha", 4, 10, 60_000, side=Side.SELL)).code is ErrorCode.DENIED_NO_SHARES  # not a buy
+    assert (
+        h.desk.submit(a, order("alpha", 4, 10, 60_000, side=Side.SELL)).code is ErrorCode.DENIED_NO_SHARES
+    )  # not a buy
     assert h.alerted(AlertKind.CASH_RESERVE)
     # a card's reserve is of its budget
     b = card("bravo", budget=10_000_000, cash_reserve=8_000_000)
@@ -226,9 +228,14 @@ async def test_explain_lists_every_limit_with_its_numbers(tmp_path: Path) -> Non
     denial, rows = h.risk.explain(a, new, h.desk.session())
     assert denial is not None and denial[0] is ErrorCode.DENIED_NOTIONAL  # 1,200,000 > 1,000,000
     by = {(c.rule, c.scope): c for c in rows}
-    assert by[("order value", "agent")].after == 1_200_000 and by[("order value", "agent")].denial is ErrorCode.DENIED_NOTIONAL
+    assert (
+        by[("order value", "agent")].after == 1_200_000
+        and by[("order value", "agent")].denial is ErrorCode.DENIED_NOTIONAL
+    )
     assert by[("order value", "account")].denial is None
-    assert by[("code", "agent")].after == 120 and by[("code", "agent")].denial is ErrorCode.DENIED_CONCENTRATION  # 1.20 %
+    assert (
+        by[("code", "agent")].after == 120 and by[("code", "agent")].denial is ErrorCode.DENIED_CONCENTRATION
+    )  # 1.20 %
     assert by[("gross exposure", "account")].limit == 5_000 and by[("positions", "account")].after == 1
     text = explain_text("alpha", new, denial, rows, 1.0)
     assert "DENIED DENIED_NOTIONAL" in text and "1.20 %" in text and "50.00 %" in text

@@ -20,8 +20,20 @@ from common.enums import Side
 from common.errors import ErrorCode, KtraderError
 from common.orders import Accept, Fill, Order, OrderState, Submit, apply
 from common.schema import (
-    STATE_MAX_KEYS, STATE_MAX_VALUE_BYTES, Ack, Error, GetState, HeaderFactory, InvestorDay, NewOrder, PositionView, PriceQuote,
-    PriceReply, PutState, Query, StateReply,
+    STATE_MAX_KEYS,
+    STATE_MAX_VALUE_BYTES,
+    Ack,
+    Error,
+    GetState,
+    HeaderFactory,
+    InvestorDay,
+    NewOrder,
+    PositionView,
+    PriceQuote,
+    PriceReply,
+    PutState,
+    Query,
+    StateReply,
 )
 from kis import wire
 from kis.budget import RestBudget
@@ -114,16 +126,51 @@ def test_backtest_context_has_state_but_no_live_queries_without_history() -> Non
 
 
 def test_price_and_investor_parsing_uses_integer_krw() -> None:
-    out = wire.PriceOutput(stck_prpr="82700", prdy_vrss="-300", prdy_ctrt="-0.36", acml_vol="1200", acml_tr_pbmn="99240000",
-                           stck_oprc="83000", stck_hgpr="83100", stck_lwpr="82500", stck_mxpr="107900", stck_llam="58100",
-                           stck_sdpr="83000", per="6.51", pbr="0.55", eps="12700.00", bps="150000.00", hts_avls="325448",
-                           lstn_stcn="393528423", aspr_unit="100", d250_hgpr="90000", d250_lwpr="70000")
+    out = wire.PriceOutput(
+        stck_prpr="82700",
+        prdy_vrss="-300",
+        prdy_ctrt="-0.36",
+        acml_vol="1200",
+        acml_tr_pbmn="99240000",
+        stck_oprc="83000",
+        stck_hgpr="83100",
+        stck_lwpr="82500",
+        stck_mxpr="107900",
+        stck_llam="58100",
+        stck_sdpr="83000",
+        per="6.51",
+        pbr="0.55",
+        eps="12700.00",
+        bps="150000.00",
+        hts_avls="325448",
+        lstn_stcn="393528423",
+        aspr_unit="100",
+        d250_hgpr="90000",
+        d250_lwpr="70000",
+    )
     q = price_quote("105560", out)
-    assert (q.last, q.change, q.eps, q.bps, q.market_cap, q.per, q.pbr) == (82_700, -300, 12_700, 150_000,
-                                                                           325_448 * 100_000_000, 6.51, 0.55)
-    rows = [wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="82700"),  # today, market open: empty fields
-            wire.InvestorRow(stck_bsop_date="20261119", stck_clpr="83000", frgn_ntby_qty="1500", frgn_ntby_tr_pbmn="124",
-                             orgn_ntby_qty="-700", orgn_ntby_tr_pbmn="-58", prsn_ntby_qty="-800", prsn_ntby_tr_pbmn="-66")]
+    assert (q.last, q.change, q.eps, q.bps, q.market_cap, q.per, q.pbr) == (
+        82_700,
+        -300,
+        12_700,
+        150_000,
+        325_448 * 100_000_000,
+        6.51,
+        0.55,
+    )
+    rows = [
+        wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="82700"),  # today, market open: empty fields
+        wire.InvestorRow(
+            stck_bsop_date="20261119",
+            stck_clpr="83000",
+            frgn_ntby_qty="1500",
+            frgn_ntby_tr_pbmn="124",
+            orgn_ntby_qty="-700",
+            orgn_ntby_tr_pbmn="-58",
+            prsn_ntby_qty="-800",
+            prsn_ntby_tr_pbmn="-66",
+        ),
+    ]
     days = investor_days(rows)
     assert [d.day for d in days] == ["20261119"]
     assert (days[0].foreign_qty, days[0].foreign_value, days[0].individual_value) == (1500, 124_000_000, -66_000_000)
@@ -162,9 +209,14 @@ def test_queries_wait_on_the_agents_quota_and_overflow_gets_query_quota(tmp_path
         broker = QuoteBroker()
         replies: list = []
         tasks: set = set()
-        svc = AgentServices(Store(tmp_path / "g.sqlite"), None, broker, HeaderFactory("gateway"),  # type: ignore[arg-type]
-                            lambda route, m: replies.append((route, m, time.monotonic())) or True,
-                            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)))
+        svc = AgentServices(
+            Store(tmp_path / "g.sqlite"),
+            None,
+            broker,
+            HeaderFactory("gateway"),  # type: ignore[arg-type]
+            lambda route, m: replies.append((route, m, time.monotonic())) or True,
+            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)),
+        )
         slow, fast = Rec("slow", 10.0), Rec("fast", 0.0)
         svc.on_register(slow)
         svc.on_register(fast)
@@ -190,8 +242,14 @@ def test_queries_wait_on_the_agents_quota_and_overflow_gets_query_quota(tmp_path
 
 def test_query_on_a_broker_without_quotes_is_unsupported(tmp_path: Path) -> None:
     replies: list = []
-    svc = AgentServices(Store(tmp_path / "g.sqlite"), None, FakeBroker(), HeaderFactory("gateway"),  # type: ignore[arg-type]
-                        lambda r, m: replies.append(m) or True, lambda c: None)
+    svc = AgentServices(
+        Store(tmp_path / "g.sqlite"),
+        None,
+        FakeBroker(),
+        HeaderFactory("gateway"),  # type: ignore[arg-type]
+        lambda r, m: replies.append(m) or True,
+        lambda c: None,
+    )
     svc.on_register(Rec("alpha", 1.0))  # FakeBroker has no quota: ignored, no crash
     svc.handle(Rec("alpha", 1.0), b"a", Query(h=H(), kind="investor", code="005930"))
     assert isinstance(replies[0], Error) and replies[0].code is ErrorCode.UNSUPPORTED
@@ -199,8 +257,14 @@ def test_query_on_a_broker_without_quotes_is_unsupported(tmp_path: Path) -> None
 
 def test_state_requests_through_the_service(tmp_path: Path) -> None:
     replies: list = []
-    svc = AgentServices(Store(tmp_path / "g.sqlite"), None, None, HeaderFactory("gateway"),  # type: ignore[arg-type]
-                        lambda r, m: replies.append(m) or True, lambda c: None)
+    svc = AgentServices(
+        Store(tmp_path / "g.sqlite"),
+        None,
+        None,
+        HeaderFactory("gateway"),  # type: ignore[arg-type]
+        lambda r, m: replies.append(m) or True,
+        lambda c: None,
+    )
     a = Rec("alpha", 1.0)
     svc.handle(a, b"a", PutState(h=H(), items={"k": b"v"}))
     svc.handle(a, b"a", PutState(h=H(), items={"big": b"x" * (STATE_MAX_VALUE_BYTES + 1), "k2": b"w"}))
@@ -219,8 +283,15 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
     card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=50_000_000)
 
     # yesterday: an order that filled, straight into the store (as a previous gateway run left it)
-    old = Order(client_order_id="alpha-20261119-1", agent="alpha", code="005930", side=Side.BUY, qty=10, price=69_000,
-                created_ns=1)
+    old = Order(
+        client_order_id="alpha-20261119-1",
+        agent="alpha",
+        code="005930",
+        side=Side.BUY,
+        qty=10,
+        price=69_000,
+        created_ns=1,
+    )
     for ev in (Submit(), Accept(broker_order_id="0000000001"), Fill(fill_id="f1", qty=10, price=69_000)):
         old = apply(old, ev)
     with store.transaction():
@@ -231,20 +302,26 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
         core.start()
         pump = asyncio.get_running_loop().create_task(_pump(broker, core.notices))
         await core.recon.run("start")
-        for n, (side, qty, price) in enumerate([(Side.BUY, 5, 70_000), (Side.SELL, 4, 70_000), (Side.BUY, 2, 60_000)], 1):
-            r = core.desk.submit(card, NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930",
-                                                side=side, qty=qty, price=price))
+        for n, (side, qty, price) in enumerate(
+            [(Side.BUY, 5, 70_000), (Side.SELL, 4, 70_000), (Side.BUY, 2, 60_000)], 1
+        ):
+            r = core.desk.submit(
+                card, NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930", side=side, qty=qty, price=price)
+            )
             assert r.accepted, r
         for _ in range(200):
             if sum(o.filled_qty for o in core.book.orders.values()) == 9 and all(
-                    o.state is not OrderState.NEW and o.broker_order_id for o in core.book.orders.values()):
+                o.state is not OrderState.NEW and o.broker_order_id for o in core.book.orders.values()
+            ):
                 break
             await asyncio.sleep(0.01)
         pump.cancel()
         await core.stop()
 
     # the books know yesterday's 10 shares (as the OMS would have booked them)
-    core.portfolio.positions["alpha"] = {"005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)}
+    core.portfolio.positions["alpha"] = {
+        "005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)
+    }
     asyncio.run(today())
     core.portfolio.set_mark("005930", 71_000)
     s = summarize("alpha", store, core.portfolio, limit=2)
@@ -270,10 +347,21 @@ async def _pump(broker: FakeBroker, notices: object) -> None:
 
 class FlowBroker(QuoteBroker):
     async def investor_days(self, code: str, *, caller: str = "gateway") -> list[InvestorDay]:
-        return investor_days([
-            wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="70000"),  # today before the close: not a day yet
-            wire.InvestorRow(stck_bsop_date="20261119", stck_clpr="69000", frgn_ntby_qty="1500", frgn_ntby_tr_pbmn="124",
-                             orgn_ntby_qty="-700", orgn_ntby_tr_pbmn="-58", prsn_ntby_qty="-800", prsn_ntby_tr_pbmn="-66")])
+        return investor_days(
+            [
+                wire.InvestorRow(stck_bsop_date="20261120", stck_clpr="70000"),  # today before the close: not a day yet
+                wire.InvestorRow(
+                    stck_bsop_date="20261119",
+                    stck_clpr="69000",
+                    frgn_ntby_qty="1500",
+                    frgn_ntby_tr_pbmn="124",
+                    orgn_ntby_qty="-700",
+                    orgn_ntby_tr_pbmn="-58",
+                    prsn_ntby_qty="-800",
+                    prsn_ntby_tr_pbmn="-66",
+                ),
+            ]
+        )
 
 
 def test_answered_queries_are_recorded_by_day(tmp_path: Path) -> None:
@@ -282,10 +370,15 @@ def test_answered_queries_are_recorded_by_day(tmp_path: Path) -> None:
     async def main() -> list:
         replies: list = []
         tasks: set = set()
-        svc = AgentServices(Store(tmp_path / "db" / "gateway.sqlite"), None, FlowBroker(), HeaderFactory("gateway"),  # type: ignore[arg-type]
-                            lambda route, m: replies.append(m) or True,
-                            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)),
-                            clock=ManualClock(dt.datetime(2026, 11, 20, 15, 0)))  # the market day recorded with a quote
+        svc = AgentServices(
+            Store(tmp_path / "db" / "gateway.sqlite"),
+            None,
+            FlowBroker(),
+            HeaderFactory("gateway"),  # type: ignore[arg-type]
+            lambda route, m: replies.append(m) or True,
+            lambda c: tasks.add(asyncio.get_running_loop().create_task(c)),
+            clock=ManualClock(dt.datetime(2026, 11, 20, 15, 0)),
+        )  # the market day recorded with a quote
         a = Rec("alpha", 0.0)
         svc.on_register(a)
         svc.handle(a, b"a", Query(h=H(), kind="price", code="005930"))

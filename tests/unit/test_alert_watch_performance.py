@@ -13,8 +13,15 @@ from server.store import EquityRow
 
 
 def facts(now: float, **kw: object) -> Facts:
-    base: dict[str, object] = dict(session=SessionState.READY, phase=Phase.CONTINUOUS, subscribed=True, ws_age_s=1.0,
-                                   reconcile=None, reconcile_texts=[], unknown={})
+    base: dict[str, object] = dict(
+        session=SessionState.READY,
+        phase=Phase.CONTINUOUS,
+        subscribed=True,
+        ws_age_s=1.0,
+        reconcile=None,
+        reconcile_texts=[],
+        unknown={},
+    )
     base.update(kw)
     return Facts(now=now, **base)  # type: ignore[arg-type]
 
@@ -62,9 +69,38 @@ def test_drawdown_sharpe_and_performance() -> None:
     assert max_drawdown([-10, -30]) == (30, 30)  # from the starting 0
     assert sharpe([10]) == 0.0 and sharpe([5, 5, 5]) == 0.0
     assert math.isclose(sharpe([10, -10, 30]), 10 / 20 * math.sqrt(252))
-    rows = [EquityRow(day="20261118", realized=1_000, fees=100, unrealized=0, traded_value=2_000_000, wins=1, losses=0, budget=10_000_000),
-            EquityRow(day="20261119", realized=1_000, fees=200, unrealized=-900, traded_value=1_000_000, wins=0, losses=1, budget=10_000_000)]
-    live = EquityRow(day="20261119", realized=3_000, fees=300, unrealized=0, traded_value=3_000_000, wins=1, losses=2, budget=10_000_000)
+    rows = [
+        EquityRow(
+            day="20261118",
+            realized=1_000,
+            fees=100,
+            unrealized=0,
+            traded_value=2_000_000,
+            wins=1,
+            losses=0,
+            budget=10_000_000,
+        ),
+        EquityRow(
+            day="20261119",
+            realized=1_000,
+            fees=200,
+            unrealized=-900,
+            traded_value=1_000_000,
+            wins=0,
+            losses=1,
+            budget=10_000_000,
+        ),
+    ]
+    live = EquityRow(
+        day="20261119",
+        realized=3_000,
+        fees=300,
+        unrealized=0,
+        traded_value=3_000_000,
+        wins=1,
+        losses=2,
+        budget=10_000_000,
+    )
     p = performance(rows, live)  # today's live row replaces today's stored one
     assert p.days == 2 and p.curve == [("20261118", 900), ("20261119", 2_700)] and p.net_pnl == 2_700
     assert p.today_pnl == 1_800 and p.max_drawdown == 0 and (p.wins, p.losses) == (2, 2) and p.win_rate == 0.5

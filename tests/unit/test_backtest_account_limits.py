@@ -24,11 +24,20 @@ class BuyEveryBar(Strategy):
 
 
 def run(closes: dict[str, list[int]], risk: RiskLimits, cash: int = 10_000_000) -> BacktestResult:
-    series = {code: Series(code, [Bar(code=code, interval="1d", start=d, open=c, high=c, low=c, close=c, volume=100_000)
-                                  for d, c in zip(DAYS, cs, strict=True)]) for code, cs in closes.items()}
+    series = {
+        code: Series(
+            code,
+            [
+                Bar(code=code, interval="1d", start=d, open=c, high=c, low=c, close=c, volume=100_000)
+                for d, c in zip(DAYS, cs, strict=True)
+            ],
+        )
+        for code, cs in closes.items()
+    }
     card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:BuyEveryBar", codes=sorted(closes), risk=risk)
-    return run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31),
-                                                     cash=cash))
+    return run_backtest(
+        card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=cash)
+    )
 
 
 def denials(r: BacktestResult) -> list[tuple[str, str]]:
@@ -60,12 +69,25 @@ def test_a_drawdown_from_the_all_time_peak_stops_the_buying() -> None:
                 self.ctx.buy(bar.code, 1, bar.close, tif=session_tif(self.ctx), reason="more")
 
     globals()["Big"] = Big
-    series = {"005930": Series("005930", [Bar(code="005930", interval="1d", start=d, open=c, high=c, low=c, close=c,
-                                              volume=100_000) for d, c in zip(DAYS, falling, strict=True)])}
-    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Big", codes=["005930"],
-                     risk=RiskLimits(max_drawdown_pct=3.0, drawdown_peak=DrawdownPeak.ALL_TIME))
-    r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31),
-                                                  cash=3_000_000))
+    series = {
+        "005930": Series(
+            "005930",
+            [
+                Bar(code="005930", interval="1d", start=d, open=c, high=c, low=c, close=c, volume=100_000)
+                for d, c in zip(DAYS, falling, strict=True)
+            ],
+        )
+    }
+    card = AgentCard(
+        id="probe",
+        name="probe",
+        strategy=f"{__name__}:Big",
+        codes=["005930"],
+        risk=RiskLimits(max_drawdown_pct=3.0, drawdown_peak=DrawdownPeak.ALL_TIME),
+    )
+    r = run_backtest(
+        card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=3_000_000)
+    )
     bought = [(f.day, f.qty) for f in r.fills]
     assert bought[0] == ("2024-01-03", 30)  # the first buy; adds only while equity is near its peak
     assert ("005930", ErrorCode.DENIED_DRAWDOWN.value) in denials(r)

@@ -55,18 +55,31 @@ class Probe(Strategy):
 
 
 def series(rows: list[tuple[str, int, int, int, int, int]] = BARS) -> dict[str, Series]:
-    return {CODE: Series(CODE, [Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=v)
-                                for d, o, h, lo, c, v in rows])}
+    return {
+        CODE: Series(
+            CODE,
+            [
+                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=v)
+                for d, o, h, lo, c, v in rows
+            ],
+        )
+    }
 
 
-def run(plan: dict[str, list[tuple[Any, ...]]], rows: list[tuple[str, int, int, int, int, int]] = BARS,
-        cash: int = 10_000_000, participation_bp: int = 10_000, **card_kw: Any) -> BacktestResult:
+def run(
+    plan: dict[str, list[tuple[Any, ...]]],
+    rows: list[tuple[str, int, int, int, int, int]] = BARS,
+    cash: int = 10_000_000,
+    participation_bp: int = 10_000,
+    **card_kw: Any,
+) -> BacktestResult:
     PLAN.clear()
     PLAN.update(plan)
     LOG.clear()
     card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=[CODE], **card_kw)
-    cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=cash,
-                         max_participation_bp=participation_bp)
+    cfg = BacktestConfig(
+        date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=cash, max_participation_bp=participation_bp
+    )
     return run_backtest(card, series(rows), cfg)
 
 
@@ -97,8 +110,12 @@ def test_round_trip_by_hand() -> None:
 
 
 def test_limit_buy_fills_at_the_better_of_open_and_limit() -> None:
-    r = run({"2024-01-03": [("buy", 5, 71_100, L, DAY)],  # next open 71,000 is below the limit: at the open
-             "2024-01-04": [("buy", 5, 69_700, L, DAY)]})  # next low 69,500 <= 69,700 < open 70,000: at the limit
+    r = run(
+        {
+            "2024-01-03": [("buy", 5, 71_100, L, DAY)],  # next open 71,000 is below the limit: at the open
+            "2024-01-04": [("buy", 5, 69_700, L, DAY)],
+        }
+    )  # next low 69,500 <= 69,700 < open 70,000: at the limit
     assert [(f.day, f.price) for f in r.fills] == [("2024-01-04", 71_000), ("2024-01-05", 69_700)]
 
 
@@ -123,13 +140,16 @@ def test_an_ioc_after_the_close_is_refused_as_live() -> None:
     assert [e[4] for e in LOG if e[0] == "order"] == ["DENIED_MARKET_CLOSED"]
 
 
-@pytest.mark.parametrize("order, code", [
-    (("buy", 1, 70_550, L, DAY), "DENIED_TICK"),  # tick is 100 between 50,000 and 200,000
-    (("buy", 1, 91_700, L, DAY), "DENIED_PRICE_BAND"),  # band of 70,500: 49,400..91,600
-    (("sell", 1, 0, M, DAY), "DENIED_NO_SHARES"),
-    (("buy", 200, 0, M, DAY), "DENIED_BUDGET"),  # 200 x 70,500 > 10,000,000
-    (("buy", 1, 70_000, M, DAY), "BAD_ORDER"),  # a market order carries no price
-])
+@pytest.mark.parametrize(
+    "order, code",
+    [
+        (("buy", 1, 70_550, L, DAY), "DENIED_TICK"),  # tick is 100 between 50,000 and 200,000
+        (("buy", 1, 91_700, L, DAY), "DENIED_PRICE_BAND"),  # band of 70,500: 49,400..91,600
+        (("sell", 1, 0, M, DAY), "DENIED_NO_SHARES"),
+        (("buy", 200, 0, M, DAY), "DENIED_BUDGET"),  # 200 x 70,500 > 10,000,000
+        (("buy", 1, 70_000, M, DAY), "BAD_ORDER"),  # a market order carries no price
+    ],
+)
 def test_the_gate_denies_like_live(order: tuple[Any, ...], code: str) -> None:
     r = run({"2024-01-02": [order]})
     assert r.fills == []

@@ -22,8 +22,20 @@ class Noisy(Strategy):
 def test_repeated_lines_are_summarised(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     card = tmp_path / "noisy.toml"
     card.write_text(f'id = "noisy"\nname = "noisy"\nstrategy = "{__name__}:Noisy"\ncodes = ["005930"]\n')
-    rc = main([str(card), "--data", str(shared_data / "krx_daily_fdr_2020_2026"), "--from", "2021-01-04",
-               "--to", "2021-12-30", "--out", str(tmp_path / "o"), "--no-plot"])
+    rc = main(
+        [
+            str(card),
+            "--data",
+            str(shared_data / "krx_daily_fdr_2020_2026"),
+            "--from",
+            "2021-01-04",
+            "--to",
+            "2021-12-30",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-plot",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert err.count("005930: same complaint every day") == 4  # 3 shown + the summary line

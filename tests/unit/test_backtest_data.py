@@ -16,7 +16,13 @@ def test_fdr_layout(shared_data: Path) -> None:
     a, b = s["005930"].bars, s["005935"].bars
     assert len(a) == len(b) == 1572
     assert (a[0].start, a[0].open, a[0].high, a[0].low, a[0].close, a[0].volume) == (
-        "2020-01-02", 55_500, 56_000, 55_000, 55_200, 12_993_228)
+        "2020-01-02",
+        55_500,
+        56_000,
+        55_000,
+        55_200,
+        12_993_228,
+    )
     assert [x.start for x in a] == [x.start for x in b]
 
 
@@ -49,13 +55,17 @@ def test_missing_code_is_a_clear_error(shared_data: Path, tmp_path: Path) -> Non
 
 def test_inconsistent_rows_are_repaired_and_counted_or_refused_with_strict(tmp_path: Path) -> None:
     bad = tmp_path / "000001.csv"
-    bad.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,90,95,99,10\n2024-01-03,100,101,99,100,5\n"
-                   "2024-01-04,0,0,0,100,0\n2024-01-05,x,1,1,1,1\n2024-01-06,100,100,100,100,0\n")
+    bad.write_text(
+        "Date,Open,High,Low,Close,Volume\n2024-01-02,100,90,95,99,10\n2024-01-03,100,101,99,100,5\n"
+        "2024-01-04,0,0,0,100,0\n2024-01-05,x,1,1,1,1\n2024-01-06,100,100,100,100,0\n"
+    )
     with pytest.raises(DataError, match="inconsistent OHLC"):
         load_bars(bad, "000001", strict=True)
     s = load_bars(bad, "000001")
     assert [(b.start, b.open, b.high, b.low, b.close) for b in s.bars] == [
-        ("2024-01-02", 100, 100, 90, 99), ("2024-01-03", 100, 101, 99, 100)]
+        ("2024-01-02", 100, 100, 90, 99),
+        ("2024-01-03", 100, 101, 99, 100),
+    ]
     (note,) = s.notes  # one line for the file, counting each kind
     assert note.startswith("000001.csv: 1 halted (no trades, no bar), 1 repaired, 2 skipped row(s)")
     assert "line 2: inconsistent OHLC 100/90/95/99" in note and "line 5: unreadable row" in note  # first of each kind

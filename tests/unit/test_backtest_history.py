@@ -71,8 +71,9 @@ def test_value_vol_uses_per_recomputed_at_each_close(shared_data: Path, tmp_path
     (tmp_path / "105560.quotes.csv").write_text("date,per,pbr,eps,bps\n2023-01-02,0,0,8000,200000\n")
     base = load_card(ROOT / "cards" / "value_vol.toml")
     card = structs.replace(base, codes=["105560"], params={**base.params, "codes": ["105560"], "vol_max_pct": 5.0})
-    r = run_backtest(card, series, BacktestConfig(dt.date(2023, 1, 2), dt.date(2024, 12, 30),
-                                                  history=load_history(tmp_path)))
+    r = run_backtest(
+        card, series, BacktestConfig(dt.date(2023, 1, 2), dt.date(2024, 12, 30), history=load_history(tmp_path))
+    )
     closes = {b.start: b.close for b in series["105560"].bars}
     entries = [o for o in r.orders if o.side is Side.BUY and o.filled_qty]
     assert entries
@@ -82,10 +83,21 @@ def test_value_vol_uses_per_recomputed_at_each_close(shared_data: Path, tmp_path
     assert r.unanswered == {}
 
 
-def test_missing_history_stops_the_backtest_with_one_clear_message(shared_data: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    args = [str(ROOT / "cards" / "foreign_flow.toml"), "--data", str(shared_data / "krx_daily_fdr_2020_2026"),
-            "--from", "2024-01-02", "--to", "2024-03-29", "--out", str(tmp_path / "o"), "--no-plot"]
+def test_missing_history_stops_the_backtest_with_one_clear_message(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        str(ROOT / "cards" / "foreign_flow.toml"),
+        "--data",
+        str(shared_data / "krx_daily_fdr_2020_2026"),
+        "--from",
+        "2024-01-02",
+        "--to",
+        "2024-03-29",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-plot",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "needs investor flows for 005930, 000660 (give --history PATH" in err
@@ -93,8 +105,11 @@ def test_missing_history_stops_the_backtest_with_one_clear_message(shared_data: 
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["005930", "000660"])
     _flows(tmp_path / "000660.investor.csv", ["2024-01-02"], {})
     with pytest.raises(BacktestError, match="needs investor flows for 005930 .* has none"):
-        run_backtest(load_card(ROOT / "cards" / "foreign_flow.toml"), series,
-                     BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 3, 29), history=load_history(tmp_path)))
+        run_backtest(
+            load_card(ROOT / "cards" / "foreign_flow.toml"),
+            series,
+            BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 3, 29), history=load_history(tmp_path)),
+        )
 
 
 def test_an_undeclared_strategy_asking_for_flows_stops_the_run(shared_data: Path) -> None:
@@ -107,7 +122,6 @@ def test_an_undeclared_strategy_asking_for_flows_stops_the_run(shared_data: Path
     assert Strategy.needs == frozenset()
 
 
-
 def test_history_days_before_the_data_begin_are_counted(shared_data: Path, tmp_path: Path) -> None:
     from msgspec import structs
 
@@ -115,8 +129,9 @@ def test_history_days_before_the_data_begin_are_counted(shared_data: Path, tmp_p
     (tmp_path / "105560.quotes.csv").write_text("date,per,pbr,eps,bps\n20240603,0,0,8000,200000\n")  # YYYYMMDD too
     base = load_card(ROOT / "cards" / "value_vol.toml")
     card = structs.replace(base, codes=["105560"], params={**base.params, "codes": ["105560"]})
-    r = run_backtest(card, series, BacktestConfig(dt.date(2024, 5, 2), dt.date(2024, 6, 28),
-                                                  history=load_history(tmp_path)))
+    r = run_backtest(
+        card, series, BacktestConfig(dt.date(2024, 5, 2), dt.date(2024, 6, 28), history=load_history(tmp_path))
+    )
     assert 15 <= r.unanswered["quote without company data"] <= 25  # May's sessions had no company data yet
 
 
@@ -125,13 +140,43 @@ def test_export_of_recorded_queries_round_trips(tmp_path: Path) -> None:
     from server.query_history import QueryHistory
 
     db = QueryHistory(tmp_path / "run" / "data" / "queries.sqlite")
-    q = PriceQuote(code="005930", last=70_000, change=0, change_pct=0.0, open=70_000, high=70_000, low=70_000,
-                   base=70_000, upper_limit=91_000, lower_limit=49_000, volume=1, value=70_000, per=12.5, pbr=1.1,
-                   eps=5_600, bps=63_600, market_cap=10**14, listed_shares=5_969_782_550)
+    q = PriceQuote(
+        code="005930",
+        last=70_000,
+        change=0,
+        change_pct=0.0,
+        open=70_000,
+        high=70_000,
+        low=70_000,
+        base=70_000,
+        upper_limit=91_000,
+        lower_limit=49_000,
+        volume=1,
+        value=70_000,
+        per=12.5,
+        pbr=1.1,
+        eps=5_600,
+        bps=63_600,
+        market_cap=10**14,
+        listed_shares=5_969_782_550,
+    )
     db.record_quote("2026-11-20", q, 1)
-    db.record_investor("005930", [InvestorDay(day="20261119", close=69_000, foreign_qty=10, institution_qty=-5,
-                                              individual_qty=-5, foreign_value=690_000, institution_value=-345_000,
-                                              individual_value=-345_000)], 1)
+    db.record_investor(
+        "005930",
+        [
+            InvestorDay(
+                day="20261119",
+                close=69_000,
+                foreign_qty=10,
+                institution_qty=-5,
+                individual_qty=-5,
+                foreign_value=690_000,
+                institution_value=-345_000,
+                individual_value=-345_000,
+            )
+        ],
+        1,
+    )
     db.close()
     files = export(tmp_path / "run" / "data" / "queries.sqlite", tmp_path / "out")
     assert sorted(p.name for p in files) == ["005930.investor.csv", "005930.quotes.csv"]
@@ -150,15 +195,38 @@ def test_data_export_command(tmp_path: Path) -> None:
     from server.query_history import QueryHistory
 
     db = QueryHistory(tmp_path / "run" / "data" / "queries.sqlite")
-    db.record_investor("000660", [InvestorDay(day="20261119", close=1, foreign_qty=1, institution_qty=0,
-                                              individual_qty=-1, foreign_value=1, institution_value=0,
-                                              individual_value=-1)], 1)
+    db.record_investor(
+        "000660",
+        [
+            InvestorDay(
+                day="20261119",
+                close=1,
+                foreign_qty=1,
+                institution_qty=0,
+                individual_qty=-1,
+                foreign_value=1,
+                institution_value=0,
+                individual_value=-1,
+            )
+        ],
+        1,
+    )
     db.close()
-    cmd = [sys.executable, "-m", "tools.cli", "data", "export", "--run-dir", str(tmp_path / "run"), "--out",
-           str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.cli",
+        "data",
+        "export",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "1 files in" in ok.stdout
     assert (tmp_path / "out" / "000660.investor.csv").read_text().splitlines()[1] == "2026-11-19,1,1,0,-1,1,0,-1"
-    none = subprocess.run([*cmd[:6], str(tmp_path / "nothing"), *cmd[7:]], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    none = subprocess.run(
+        [*cmd[:6], str(tmp_path / "nothing"), *cmd[7:]], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert none.returncode == 2 and "nothing recorded yet" in none.stderr and "Traceback" not in none.stderr

@@ -52,10 +52,13 @@ def run(plan: dict[str, list[tuple[str, int, int, OrderType]]], cash: int = 10_0
     PLAN.clear()
     PLAN.update(plan)
     LOG.clear()
-    bars = [Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=v) for s, o, h, lo, c, v in BARS]
+    bars = [
+        Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=v) for s, o, h, lo, c, v in BARS
+    ]
     card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=[CODE])
-    cfg = BacktestConfig(date_from=dt.date(2024, 1, 2), date_to=dt.date(2024, 1, 3), cash=cash,
-                         max_participation_bp=10_000)
+    cfg = BacktestConfig(
+        date_from=dt.date(2024, 1, 2), date_to=dt.date(2024, 1, 3), cash=cash, max_participation_bp=10_000
+    )
     return run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
 
 
@@ -64,12 +67,18 @@ def states(coid: str) -> list[str]:
 
 
 def test_five_minute_bars_by_hand() -> None:
-    r = run({
-        "2024-01-02T09:00": [("buy", 10, 0, M),  # fills at the next bar's open, same day: 70,200
-                             ("buy", 5, 69_000, L)],  # never reached on 01-02; 01-03's low 68,900 must not fill it
-        "2024-01-02T09:10": [("sell", 10, 70_000, L)],  # placed on the day's last bar: expires unfilled at the close
-        "2024-01-03T09:00": [("sell", 10, 71_300, L)],  # next bar's high 71,300: at max(open 71,200, 71,300)
-    })
+    r = run(
+        {
+            "2024-01-02T09:00": [
+                ("buy", 10, 0, M),  # fills at the next bar's open, same day: 70,200
+                ("buy", 5, 69_000, L),
+            ],  # never reached on 01-02; 01-03's low 68,900 must not fill it
+            "2024-01-02T09:10": [
+                ("sell", 10, 70_000, L)
+            ],  # placed on the day's last bar: expires unfilled at the close
+            "2024-01-03T09:00": [("sell", 10, 71_300, L)],  # next bar's high 71,300: at max(open 71,200, 71,300)
+        }
+    )
     # buy 10 x 70,200 = 702,000, commission floor(105.3) = 105
     # sell 10 x 71,300 = 713,000, commission floor(106.95) = 106, tax floor(1,283.4) = 1,283
     assert [(f.at, f.day, f.side, f.qty, f.price, f.commission, f.tax) for f in r.fills] == [
@@ -88,7 +97,9 @@ def test_five_minute_bars_by_hand() -> None:
     assert states("probe-20240102-3") == ["pending_submit", "accepted", "expired"]
     expired = [e for e in LOG if e[0] == "order" and e[2] == "expired"]
     assert {e[3] for e in expired} == {close_day1}  # both at 01-02's close, before any 01-03 bar
-    assert LOG.index(expired[-1]) < next(i for i, e in enumerate(LOG) if e[0] == "bar" and e[1].startswith("2024-01-03"))
+    assert LOG.index(expired[-1]) < next(
+        i for i, e in enumerate(LOG) if e[0] == "bar" and e[1].startswith("2024-01-03")
+    )
     assert ("fill", "probe-20240103-1", 10, 71_300, 0) in LOG
     assert r.closes[CODE] == (["2024-01-02", "2024-01-03"], [70_800, 70_300])
 
@@ -99,13 +110,23 @@ def test_now_and_history_see_only_completed_bars() -> None:
     # on_bar runs at the bar's end; history holds the bars before it, never the one being delivered
     assert seen["2024-01-02T09:00"][2] == dt.datetime(2024, 1, 2, 9, 5, tzinfo=KST)
     assert seen["2024-01-02T09:00"][3] == []
-    assert seen["2024-01-03T09:05"][3] == ["2024-01-02T09:00", "2024-01-02T09:05", "2024-01-02T09:10",
-                                            "2024-01-03T09:00"]
+    assert seen["2024-01-03T09:05"][3] == [
+        "2024-01-02T09:00",
+        "2024-01-02T09:05",
+        "2024-01-02T09:10",
+        "2024-01-03T09:00",
+    ]
     # daily history on intraday data: completed days only, aggregated from the bars
     assert seen["2024-01-02T09:10"][4] == []
     (day1,) = seen["2024-01-03T09:00"][4]
     assert (day1.start, day1.open, day1.high, day1.low, day1.close, day1.volume) == (
-        "2024-01-02", 70_000, 70_900, 69_800, 70_800, 3_000)
+        "2024-01-02",
+        70_000,
+        70_900,
+        69_800,
+        70_800,
+        3_000,
+    )
 
 
 def test_intraday_metrics_are_annualised_on_daily_equity() -> None:
@@ -117,7 +138,7 @@ def test_intraday_metrics_are_annualised_on_daily_equity() -> None:
     r2 = r.equity[1] / r.equity[0] - 1
     mean = (r1 + r2) / 2
     sd = ((r1 - mean) ** 2 + (r2 - mean) ** 2) ** 0.5  # sample std of two values (n - 1 = 1)
-    assert m["sharpe"] == pytest.approx(mean / sd * 252 ** 0.5)
+    assert m["sharpe"] == pytest.approx(mean / sd * 252**0.5)
 
 
 class EveryBarBuyer(Strategy):

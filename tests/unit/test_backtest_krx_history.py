@@ -25,24 +25,42 @@ class Probe(Strategy):
     def on_bar(self, bar: Bar) -> None:
         for side, qty, price in PLAN.get((bar.start, bar.code), []):
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
-            fn(bar.code, qty, price, order_type=OrderType.MARKET if price == 0 else OrderType.LIMIT,
-               tif=session_tif(self.ctx))  # decided at a daily close: for the next session
+            fn(
+                bar.code,
+                qty,
+                price,
+                order_type=OrderType.MARKET if price == 0 else OrderType.LIMIT,
+                tif=session_tif(self.ctx),
+            )  # decided at a daily close: for the next session
 
     def on_order(self, order: OrderView) -> None:
         VIEWS.append(order)
 
 
-def run(series: dict[str, Series], codes: list[str], lo: str, hi: str, plan: dict[tuple[str, str], list[Any]],
-        cash: int = 100_000_000, **cfg: Any) -> BacktestResult:
+def run(
+    series: dict[str, Series],
+    codes: list[str],
+    lo: str,
+    hi: str,
+    plan: dict[tuple[str, str], list[Any]],
+    cash: int = 100_000_000,
+    **cfg: Any,
+) -> BacktestResult:
     PLAN.clear()
     PLAN.update(plan)
     VIEWS.clear()
     card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=codes)
-    return run_backtest(card, series, BacktestConfig(dt.date.fromisoformat(lo), dt.date.fromisoformat(hi), cash=cash,
-                                                     max_participation_bp=10_000, **cfg))
+    return run_backtest(
+        card,
+        series,
+        BacktestConfig(
+            dt.date.fromisoformat(lo), dt.date.fromisoformat(hi), cash=cash, max_participation_bp=10_000, **cfg
+        ),
+    )
 
 
 # ---- the tick grid of the day -------------------------------------------------------------------------
+
 
 def _old_kospi_tick(price: int) -> int:
     """The KOSPI ladder of 2010-10-04..2023-01-24, written out independently of common/krx_rules.py."""
@@ -77,13 +95,16 @@ def test_2020_2022_sk_hynix_never_accepts_an_off_grid_limit(shared_data: Path) -
 
 # ---- the band of the day: a locked day under +-15 % ------------------------------------------------------
 
+
 def test_a_locked_day_under_the_15_pct_band_is_recognised(shared_data: Path) -> None:
     # SK hynix 2003-04-15: 3,045 -> 3,500 all day (+14.9 %, the upper limit of the +-15 % band, on the
     # 5-won grid); 2003-04-16 locked again at 4,025. Under a +-30 % band neither is a limit.
     series = load_codes(shared_data / "krx_daily_1990_2023", ["000660"])
     plan = {("2003-04-14", "000660"): [("buy", 10, 0)], ("2003-04-15", "000660"): [("buy", 10, 3_800)]}
     r = run(series, ["000660"], "2003-04-01", "2003-04-30", plan)
-    assert r.fills == []  # neither the market buy on 04-15 nor the 3,800 limit on 04-16 (locked at 4,025? no: 4,025 > 3,800)
+    assert (
+        r.fills == []
+    )  # neither the market buy on 04-15 nor the 3,800 limit on 04-16 (locked at 4,025? no: 4,025 > 3,800)
     assert [o.state for o in r.orders] == [OrderState.EXPIRED, OrderState.EXPIRED]
     # the next day with a range fills
     plan = {("2003-04-16", "000660"): [("buy", 10, 0)]}
@@ -103,16 +124,24 @@ def test_adjusted_history_locked_a_won_off_the_computed_limit(shared_data: Path)
 
 # ---- taxes of the day, ETF exempt ---------------------------------------------------------------------
 
+
 def test_sell_tax_of_each_year_and_no_tax_on_etfs(shared_data: Path) -> None:
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["005930"])
-    plan = {(d, "005930"): [("buy", 100, 0)] for d in ("2020-06-01", "2021-06-01", "2024-06-03", "2025-06-02",
-                                                       "2026-03-03")}
-    plan.update({(d, "005930"): [("sell", 100, 0)] for d in ("2020-06-02", "2021-06-02", "2024-06-04", "2025-06-04",
-                                                             "2026-03-04")})
+    plan = {
+        (d, "005930"): [("buy", 100, 0)] for d in ("2020-06-01", "2021-06-01", "2024-06-03", "2025-06-02", "2026-03-03")
+    }
+    plan.update(
+        {
+            (d, "005930"): [("sell", 100, 0)]
+            for d in ("2020-06-02", "2021-06-02", "2024-06-04", "2025-06-04", "2026-03-04")
+        }
+    )
     r = run(series, ["005930"], "2020-01-02", "2026-05-29", plan)
     sells = [f for f in r.fills if f.side is Side.SELL]
-    assert [(f.day[:4], f.tax, f.qty * f.price * ppm // 1_000_000) for f, ppm in
-            zip(sells, (2_500, 2_300, 1_800, 1_500, 2_000))] == [(f.day[:4], f.tax, f.tax) for f in sells]
+    assert [
+        (f.day[:4], f.tax, f.qty * f.price * ppm // 1_000_000)
+        for f, ppm in zip(sells, (2_500, 2_300, 1_800, 1_500, 2_000))
+    ] == [(f.day[:4], f.tax, f.tax) for f in sells]
     flat = run(series, ["005930"], "2020-01-02", "2026-05-29", plan, sell_tax_ppm=1_800)  # a what-if flat rate
     assert [f.tax for f in flat.fills if f.side is Side.SELL] == [f.qty * f.price * 1_800 // 1_000_000 for f in sells]
     etf = load_codes(shared_data / "krx_daily_1990_2023", ["122630"])  # KODEX leverage: an ETF (by its name)
@@ -156,8 +185,11 @@ def test_fills_follow_submission_order_across_codes(shared_data: Path) -> None:
     for codes in (["005930", "000660"], ["000660", "005930"]):
         PLAN_ORDER[:] = [("000660", 10), ("005930", 30)]  # SK hynix first, then Samsung
         card = AgentCard(id="seq", name="seq", strategy=f"{__name__}:Sequencer", codes=codes)
-        r = run_backtest(card, series, BacktestConfig(dt.date(2021, 5, 3), dt.date(2021, 6, 30), cash=10_000_000,
-                                                      max_participation_bp=10_000))
+        r = run_backtest(
+            card,
+            series,
+            BacktestConfig(dt.date(2021, 5, 3), dt.date(2021, 6, 30), cash=10_000_000, max_participation_bp=10_000),
+        )
         got.append([(f.code, f.qty, f.price, f.cash_after) for f in r.fills])
     assert got[0] == got[1] and [c for c, *_ in got[0]] == ["000660", "005930"]
     assert got[0][0][3] == 10_000_000 - 10 * got[0][0][2] - 10 * got[0][0][2] * 150 // 1_000_000

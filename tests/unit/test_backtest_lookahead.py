@@ -23,14 +23,26 @@ class Peeker(Strategy):
     """Looks as far as it can and bids at today's low — the price it would love to have had."""
 
     def on_start(self) -> None:
-        SEEN.append(("*", "start", [b.start for b in self.ctx.history("005930", "1d", 10**6)],
-                     self.ctx.now().date().isoformat()))
+        SEEN.append(
+            (
+                "*",
+                "start",
+                [b.start for b in self.ctx.history("005930", "1d", 10**6)],
+                self.ctx.now().date().isoformat(),
+            )
+        )
 
     def on_bar(self, bar: Bar) -> None:
         hist = self.ctx.history(bar.code, "1d", 10**6)
         other = "005935" if bar.code == "005930" else "005930"
-        SEEN.append((bar.code, bar.start, [b.start for b in hist + self.ctx.history(other, "1d", 10**6)],
-                     self.ctx.now().date().isoformat()))
+        SEEN.append(
+            (
+                bar.code,
+                bar.start,
+                [b.start for b in hist + self.ctx.history(other, "1d", 10**6)],
+                self.ctx.now().date().isoformat(),
+            )
+        )
         hist.clear()  # mutating what history returned must not change the engine's data
         if bar.code == "005930" and not self.ctx.position(bar.code):
             coid = self.ctx.buy(bar.code, 1, bar.low, order_type=OrderType.LIMIT, tif=session_tif(self.ctx))

@@ -15,11 +15,29 @@ from tools.backtest.metrics import compute, drawdown, round_trips
 DAYS = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08", "2024-01-09"]
 
 
-def result(equity: list[int], fills: list[FillRecord] | None = None, holdings: list[int] | None = None) -> BacktestResult:
-    return BacktestResult(card_id="x", strategy="m:C", params={}, date_from=DAYS[0], date_to=DAYS[len(equity) - 1],
-                          initial_cash=100, dates=DAYS[:len(equity)], equity=equity,
-                          holdings=holdings or [0] * len(equity), fills=fills or [], orders=[], order_states={},
-                          fees=0, taxes=0, traded_value=0, positions={}, closes={}, bars=len(equity))
+def result(
+    equity: list[int], fills: list[FillRecord] | None = None, holdings: list[int] | None = None
+) -> BacktestResult:
+    return BacktestResult(
+        card_id="x",
+        strategy="m:C",
+        params={},
+        date_from=DAYS[0],
+        date_to=DAYS[len(equity) - 1],
+        initial_cash=100,
+        dates=DAYS[: len(equity)],
+        equity=equity,
+        holdings=holdings or [0] * len(equity),
+        fills=fills or [],
+        orders=[],
+        order_states={},
+        fees=0,
+        taxes=0,
+        traded_value=0,
+        positions={},
+        closes={},
+        bars=len(equity),
+    )
 
 
 def test_drawdown_depth_and_duration() -> None:
@@ -42,16 +60,32 @@ def test_returns_sharpe_and_volatility() -> None:
 
 
 def fill(day: str, side: Side, qty: int, price: int, commission: int = 0, tax: int = 0) -> FillRecord:
-    return FillRecord(day=day, client_order_id="x-20240102-1", code="005930", side=side, qty=qty, price=price,
-                      commission=commission, tax=tax, cash_after=0)
+    return FillRecord(
+        day=day,
+        client_order_id="x-20240102-1",
+        code="005930",
+        side=side,
+        qty=qty,
+        price=price,
+        commission=commission,
+        tax=tax,
+        cash_after=0,
+    )
 
 
 def test_round_trips_win_rate_and_profit_factor() -> None:
-    fills = [fill(DAYS[0], Side.BUY, 2, 10, 1), fill(DAYS[1], Side.SELL, 1, 15, 1, 1), fill(DAYS[2], Side.SELL, 1, 16, 1),
-             fill(DAYS[3], Side.BUY, 1, 20), fill(DAYS[4], Side.SELL, 1, 14)]
+    fills = [
+        fill(DAYS[0], Side.BUY, 2, 10, 1),
+        fill(DAYS[1], Side.SELL, 1, 15, 1, 1),
+        fill(DAYS[2], Side.SELL, 1, 16, 1),
+        fill(DAYS[3], Side.BUY, 1, 20),
+        fill(DAYS[4], Side.SELL, 1, 14),
+    ]
     trades = round_trips(fills, {"005930": 14}, DAYS)
     assert [(t.entry_day, t.exit_day, t.qty, t.pnl, t.bars) for t in trades] == [
-        (DAYS[0], DAYS[2], 2, 31 - 20 - 4, 2), (DAYS[3], DAYS[4], 1, -6, 1)]
+        (DAYS[0], DAYS[2], 2, 31 - 20 - 4, 2),
+        (DAYS[3], DAYS[4], 1, -6, 1),
+    ]
     m = compute(result([100, 101, 102, 103, 104], fills))
     assert (m["trades"], m["win_rate"], m["profit_factor"]) == (2, 0.5, pytest.approx(7 / 6))
 

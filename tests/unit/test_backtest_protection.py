@@ -28,8 +28,15 @@ class Probe(Strategy):
     def on_bar(self, bar: Bar) -> None:
         for step in PLAN.get(bar.start, []):
             if step[0] == "buy":
-                self.ctx.buy(bar.code, step[1], 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx), reason="plan",
-                             **step[2])
+                self.ctx.buy(
+                    bar.code,
+                    step[1],
+                    0,
+                    order_type=OrderType.MARKET,
+                    tif=session_tif(self.ctx),
+                    reason="plan",
+                    **step[2],
+                )
             elif step[0] == "protect":
                 self.ctx.protect(bar.code, step[1], **step[2])
             elif step[0] == "sell":
@@ -43,8 +50,15 @@ def run(rows: list[tuple[str, int, int, int, int]], plan: dict[str, list[tuple[A
     PLAN.clear()
     PLAN.update(plan)
     SEEN.clear()
-    series = {CODE: Series(CODE, [Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
-                                  for d, o, h, lo, c in rows])}
+    series = {
+        CODE: Series(
+            CODE,
+            [
+                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
+                for d, o, h, lo, c in rows
+            ],
+        )
+    }
     card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=[CODE])
     cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000)
     return run_backtest(card, series, cfg)
@@ -58,64 +72,104 @@ def exits(r: BacktestResult) -> list[tuple[str, int, int]]:
 
 
 def test_a_stop_inside_a_bar_fills_at_the_stop_and_not_on_the_buys_own_bar() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500),
-             (D2, 70_800, 71_000, 67_000, 70_000),  # the buy fills at this open; its low is not checked
-             (D3, 69_000, 69_500, 67_500, 68_000)],  # low 67,500 through the stop: sold at 68,000
-            {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 67_000, 70_000),  # the buy fills at this open; its low is not checked
+            (D3, 69_000, 69_500, 67_500, 68_000),
+        ],  # low 67,500 through the stop: sold at 68,000
+        {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},
+    )
     assert exits(r) == [(D3, 10, 68_000)]
     (p,) = r.protections
     assert p.state is PS.DONE and p.leg is Leg.STOP and p.trigger_price == 68_000 and p.sold == 10
     (x,) = p.exits
-    assert int(x.rsplit("-", 1)[1]) == GATEWAY_ORDER_BASE and x.startswith("probe-20240104-")  # the gateway's range, as live
+    assert int(x.rsplit("-", 1)[1]) == GATEWAY_ORDER_BASE and x.startswith(
+        "probe-20240104-"
+    )  # the gateway's range, as live
     assert [s for _, s in SEEN] == ["pending", "armed", "triggered", "done"]
     assert not r.positions
 
 
 def test_a_gap_through_the_stop_fills_at_the_open() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 66_000, 67_000, 65_000, 66_500)],
-            {D1: [("buy", 10, {"stop": 68_000})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 66_000, 67_000, 65_000, 66_500),
+        ],
+        {D1: [("buy", 10, {"stop": 68_000})]},
+    )
     assert exits(r) == [(D3, 10, 66_000)]
 
 
 def test_a_take_profit_fills_at_the_take_and_ends_the_bracket() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 72_000, 73_500, 71_800, 73_000), (D4, 60_000, 61_000, 59_000, 60_000)],
-            {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 72_000, 73_500, 71_800, 73_000),
+            (D4, 60_000, 61_000, 59_000, 60_000),
+        ],
+        {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},
+    )
     assert exits(r) == [(D3, 10, 73_000)]  # and nothing on the crash of D4: the stop went with it
     assert r.protections[0].leg is Leg.TAKE
 
 
 def test_a_bar_reaching_both_legs_takes_the_stop() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 70_000, 74_000, 67_000, 73_000)],
-            {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 70_000, 74_000, 67_000, 73_000),
+        ],
+        {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},
+    )
     assert exits(r) == [(D3, 10, 68_000)]
 
 
 def test_a_trailing_stop_ratchets_on_each_bars_high() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 76_000, 80_000, 75_000, 79_000),  # level 67,260 before the bar; the high moves it to 76,000
-             (D4, 78_000, 78_500, 75_900, 76_500)],  # 75,900 <= 76,000
-            {D1: [("buy", 10, {"trail_pct": 5.0})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 76_000, 80_000, 75_000, 79_000),  # level 67,260 before the bar; the high moves it to 76,000
+            (D4, 78_000, 78_500, 75_900, 76_500),
+        ],  # 75,900 <= 76,000
+        {D1: [("buy", 10, {"trail_pct": 5.0})]},
+    )
     assert exits(r) == [(D4, 10, 76_000)]
     assert r.protections[0].leg is Leg.TRAIL and r.protections[0].high == 80_000
 
 
 def test_a_bar_locked_at_the_lower_limit_sells_at_the_next_open() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 49_000, 49_000, 49_000, 49_000),  # -30 %: locked, nobody buys
-             (D4, 50_000, 52_000, 48_000, 51_000)],
-            {D1: [("buy", 10, {"stop": 68_000})]})
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 49_000, 49_000, 49_000, 49_000),  # -30 %: locked, nobody buys
+            (D4, 50_000, 52_000, 48_000, 51_000),
+        ],
+        {D1: [("buy", 10, {"stop": 68_000})]},
+    )
     assert exits(r) == [(D4, 10, 50_000)]
 
 
 def test_protecting_a_held_position_and_the_ends_without_a_sale() -> None:
-    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 71_000, 70_000, 70_000),
-             (D3, 69_500, 70_000, 69_100, 69_500), (D4, 60_000, 61_000, 59_000, 60_000)],
-            {D1: [("buy", 20, {}), ("protect", 5, {"stop": 65_000})],  # nothing held yet: refused
-             D2: [("protect", 0, {"stop": 69_000})],  # the whole position when met
-             D3: [("buy", 1, {"stop": 70_000, "take": 69_000})]})  # a bad bracket refuses its buy
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 69_500, 70_000, 69_100, 69_500),
+            (D4, 60_000, 61_000, 59_000, 60_000),
+        ],
+        {
+            D1: [("buy", 20, {}), ("protect", 5, {"stop": 65_000})],  # nothing held yet: refused
+            D2: [("protect", 0, {"stop": 69_000})],  # the whole position when met
+            D3: [("buy", 1, {"stop": 70_000, "take": 69_000})],
+        },
+    )  # a bad bracket refuses its buy
     refused, whole = r.protections[0], r.protections[1]
     assert refused.state is PS.CANCELLED and "no shares" in refused.reason
     assert whole.state is PS.DONE and whole.qty == 20 and exits(r) == [(D4, 20, 60_000)]  # gap below 69,000

@@ -67,12 +67,25 @@ def test_twin_replay_matches_the_same_bars_from_files(shared_data: Path, tmp_pat
 
 def test_twin_replay_rolls_recorded_minutes_up(tmp_path: Path) -> None:
     # the gateway records 1-minute bars; --bars 5m replays them the way the gateway aggregates
-    minutes = [Bar(code=CODE, interval="1m", start=f"2024-01-02T09:0{i}", open=100 + i, high=110 + i, low=90, close=105 + i,
-                   volume=10) for i in range(10)]
+    minutes = [
+        Bar(
+            code=CODE,
+            interval="1m",
+            start=f"2024-01-02T09:0{i}",
+            open=100 + i,
+            high=110 + i,
+            low=90,
+            close=105 + i,
+            volume=10,
+        )
+        for i in range(10)
+    ]
     _fill_store(tmp_path, minutes)
     s = load_series([CODE], "5m", dt.date(2024, 1, 2), run_dir=tmp_path)[CODE].bars
     assert [(b.start, b.open, b.high, b.low, b.close, b.volume) for b in s] == [
-        ("2024-01-02T09:00", 100, 114, 90, 109, 50), ("2024-01-02T09:05", 105, 119, 90, 114, 50)]
+        ("2024-01-02T09:00", 100, 114, 90, 109, 50),
+        ("2024-01-02T09:05", 105, 119, 90, 114, 50),
+    ]
     with pytest.raises(DataError, match="no 1d bars recorded"):
         load_series([CODE], "1d", dt.date(2024, 1, 2), run_dir=tmp_path)
 

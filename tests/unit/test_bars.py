@@ -33,41 +33,57 @@ def bar(iv: str, start: str, o: int, h: int, lo: int, c: int, v: int, val: int) 
 
 def test_opening_auction_minutes_and_empty_minutes() -> None:
     b = BarBuilder(("1m", "5m"))
-    closed = feed(b, [
-        ("085959", 70000, 5),  # opening-call period: no print belongs to a bar before 09:00
-        ("090000", 70100, 100),  # the opening auction's single price
-        ("090030", 70300, 10),
-        ("090059", 70000, 20),
-        ("090100", 70200, 1),  # closes the 09:00 1m bar
-        # 09:02 and 09:03 have no prints: no bars for them
-        ("090400", 69900, 3),
-        ("090500", 70500, 2),  # closes 09:04 1m and the 09:00 5m bar
-    ])
+    closed = feed(
+        b,
+        [
+            ("085959", 70000, 5),  # opening-call period: no print belongs to a bar before 09:00
+            ("090000", 70100, 100),  # the opening auction's single price
+            ("090030", 70300, 10),
+            ("090059", 70000, 20),
+            ("090100", 70200, 1),  # closes the 09:00 1m bar
+            # 09:02 and 09:03 have no prints: no bars for them
+            ("090400", 69900, 3),
+            ("090500", 70500, 2),  # closes 09:04 1m and the 09:00 5m bar
+        ],
+    )
     assert closed == [
         bar("1m", "2024-03-04T09:00", 70100, 70300, 70000, 70000, 130, 70100 * 100 + 70300 * 10 + 70000 * 20),
         bar("1m", "2024-03-04T09:01", 70200, 70200, 70200, 70200, 1, 70200),
         # bars closed by one print come oldest (start) first
-        bar("5m", "2024-03-04T09:00", 70100, 70300, 69900, 69900, 134,
-            70100 * 100 + 70300 * 10 + 70000 * 20 + 70200 + 69900 * 3),
+        bar(
+            "5m",
+            "2024-03-04T09:00",
+            70100,
+            70300,
+            69900,
+            69900,
+            134,
+            70100 * 100 + 70300 * 10 + 70000 * 20 + 70200 + 69900 * 3,
+        ),
         bar("1m", "2024-03-04T09:04", 69900, 69900, 69900, 69900, 3, 69900 * 3),
     ]
     assert b.excluded == 1
-    assert b.current(C) == [bar("1m", "2024-03-04T09:05", 70500, 70500, 70500, 70500, 2, 141000),
-                            bar("5m", "2024-03-04T09:05", 70500, 70500, 70500, 70500, 2, 141000)]
+    assert b.current(C) == [
+        bar("1m", "2024-03-04T09:05", 70500, 70500, 70500, 70500, 2, 141000),
+        bar("5m", "2024-03-04T09:05", 70500, 70500, 70500, 70500, 2, 141000),
+    ]
 
 
 def test_interval_boundaries_close_and_after_hours() -> None:
     b = BarBuilder(("1m", "15m", "60m", "1d"))
-    closed = feed(b, [
-        ("091459", 100, 1),
-        ("091500", 110, 2),  # a new 15m bar; same 60m bar
-        ("095959", 90, 3),
-        ("100000", 95, 4),  # a new 60m bar
-        ("151959", 120, 5),  # the last continuous print
-        ("153000", 125, 50),  # the closing auction print: its own 15:30 bar
-        ("154500", 130, 7),  # post-market close-price trading: excluded
-        ("163000", 131, 8),  # after-hours single price: excluded
-    ])
+    closed = feed(
+        b,
+        [
+            ("091459", 100, 1),
+            ("091500", 110, 2),  # a new 15m bar; same 60m bar
+            ("095959", 90, 3),
+            ("100000", 95, 4),  # a new 60m bar
+            ("151959", 120, 5),  # the last continuous print
+            ("153000", 125, 50),  # the closing auction print: its own 15:30 bar
+            ("154500", 130, 7),  # post-market close-price trading: excluded
+            ("163000", 131, 8),  # after-hours single price: excluded
+        ],
+    )
     got = {(x.interval, x.start): x for x in closed}
     assert got[("15m", "2024-03-04T09:00")] == bar("15m", "2024-03-04T09:00", 100, 100, 100, 100, 1, 100)
     assert got[("60m", "2024-03-04T09:00")] == bar("60m", "2024-03-04T09:00", 100, 110, 90, 90, 6, 100 + 220 + 270)
@@ -82,11 +98,16 @@ def test_interval_boundaries_close_and_after_hours() -> None:
     # all bars of the day, the daily one included, close by time once the 15:30 minute is over
     assert b.flush(at("153059")) == []
     day_end = b.flush(at("153102"))
-    assert {(x.interval, x.start) for x in day_end} == {("1m", "2024-03-04T15:30"), ("15m", "2024-03-04T15:30"),
-                                                         ("60m", "2024-03-04T15:00"), ("1d", "2024-03-04")}
+    assert {(x.interval, x.start) for x in day_end} == {
+        ("1m", "2024-03-04T15:30"),
+        ("15m", "2024-03-04T15:30"),
+        ("60m", "2024-03-04T15:00"),
+        ("1d", "2024-03-04"),
+    }
     daily = next(x for x in day_end if x.interval == "1d")
-    assert daily == bar("1d", "2024-03-04", 100, 125, 90, 125, 1 + 2 + 3 + 4 + 5 + 50,
-                        100 + 220 + 270 + 380 + 600 + 6250)
+    assert daily == bar(
+        "1d", "2024-03-04", 100, 125, 90, 125, 1 + 2 + 3 + 4 + 5 + 50, 100 + 220 + 270 + 380 + 600 + 6250
+    )
     assert b.current(C) == []
 
 
@@ -128,7 +149,10 @@ def test_all_day_rule_and_bad_input() -> None:
 def test_aggregate_minutes() -> None:
     ones = [bar("1m", f"2024-03-04T09:0{i}", 10 + i, 20 + i, 5, 11 + i, 1, 10) for i in range(7)]
     five = aggregate(ones, "5m")
-    assert five == [bar("5m", "2024-03-04T09:00", 10, 24, 5, 15, 5, 50), bar("5m", "2024-03-04T09:05", 15, 26, 5, 17, 2, 20)]
+    assert five == [
+        bar("5m", "2024-03-04T09:00", 10, 24, 5, 15, 5, 50),
+        bar("5m", "2024-03-04T09:05", 15, 26, 5, 17, 2, 20),
+    ]
 
 
 def test_bar_store_round_trip(tmp_path: Path) -> None:

@@ -36,8 +36,10 @@ def test_store_v2_is_migrated_and_keeps_positions(tmp_path: Path) -> None:
     path = tmp_path / "g.sqlite"
     db = apsw.Connection(str(path))
     # a v2 store as the previous release wrote it
-    db.execute("CREATE TABLE positions (agent TEXT NOT NULL, code TEXT NOT NULL, qty INTEGER NOT NULL, "
-               "cost INTEGER NOT NULL, realized_pnl INTEGER NOT NULL, PRIMARY KEY (agent, code)) WITHOUT ROWID")
+    db.execute(
+        "CREATE TABLE positions (agent TEXT NOT NULL, code TEXT NOT NULL, qty INTEGER NOT NULL, "
+        "cost INTEGER NOT NULL, realized_pnl INTEGER NOT NULL, PRIMARY KEY (agent, code)) WITHOUT ROWID"
+    )
     db.execute("INSERT INTO positions VALUES ('alpha', '005930', 10, 700000, 5000)")
     db.execute("PRAGMA user_version=2")
     db.close()

@@ -6,8 +6,17 @@ import csv
 import datetime as dt
 
 from common.calendar import (
-    CSAT_HOURS, NEW_YEAR_HOURS, NORMAL_HOURS, add_trading_days, first_trading_day_of_year, is_trading_day, known_year,
-    next_trading_day, previous_trading_day, session_hours, trading_days,
+    CSAT_HOURS,
+    NEW_YEAR_HOURS,
+    NORMAL_HOURS,
+    add_trading_days,
+    first_trading_day_of_year,
+    is_trading_day,
+    known_year,
+    next_trading_day,
+    previous_trading_day,
+    session_hours,
+    trading_days,
 )
 
 
@@ -25,7 +34,7 @@ def test_matches_xkrx_sessions_1986_2026(shared_data) -> None:
             # marks 2026-12-30 as a late open by a rule artefact (it is a normal day).
             continue
         open_kst = (int(r[1][11:13]) + 9) % 24
-        assert (session_hours(d)[0].hour == open_kst), d
+        assert session_hours(d)[0].hour == open_kst, d
 
 
 def test_known_days() -> None:

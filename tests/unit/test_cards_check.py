@@ -13,12 +13,12 @@ from kis.master import MasterError, load_master_dir, parse_master
 from tests.conftest import ROOT
 from tools.ops.cards_check import check_cards
 
-GOOD = '''id = "{id}"
+GOOD = """id = "{id}"
 name = "x"
 strategy = "agent.strategies.ma_cross:MaCross"
 codes = {codes}
 budget = {budget}
-'''
+"""
 
 
 def card(id: str = "ok", codes: str = '["005930"]', budget: int = 1_000_000, extra: str = "") -> str:
@@ -32,15 +32,29 @@ BROKEN = {
     "dup_b": (card("dup"), "id", "also the id of"),  # the second file carries it, naming the first
     "bad_code": (card("bad_code", codes='["999999"]'), "codes: 999999", "not in the KIS stock master"),
     "fund_code": (card("fund_code", codes='["F70100030"]'), "card", "$.codes[0]"),  # not even a stock code
-    "no_import": (card("no_import").replace("agent.strategies.ma_cross:MaCross", "agent.strategies.nope:Nope"), "strategy", "cannot be loaded"),
+    "no_import": (
+        card("no_import").replace("agent.strategies.ma_cross:MaCross", "agent.strategies.nope:Nope"),
+        "strategy",
+        "cannot be loaded",
+    ),
     "bad_params": (card("bad_params", extra="[params]\nshort = 30\nlong = 5\n"), "params", "short < long"),
     "reserved": (card("external"), "id", "reserved"),
     "no_codes": (card("no_codes", codes="[]"), "codes", "no codes"),
-    "dd_no_budget": (card("dd_no_budget", budget=0, extra="[risk]\nmax_drawdown_pct = 5\n"), "risk.max_drawdown_pct",
-                     "give it a budget"),
-    "halt_shallow": (card("halt_shallow", extra="[risk]\nmax_drawdown_pct = 5\nhalt_drawdown_pct = 3\n"),
-                     "risk.halt_drawdown_pct", "at least as deep"),
-    "reserve_all": (card("reserve_all", extra="[risk]\ncash_reserve = 1_000_000\n"), "risk.cash_reserve", "no buy could pass"),
+    "dd_no_budget": (
+        card("dd_no_budget", budget=0, extra="[risk]\nmax_drawdown_pct = 5\n"),
+        "risk.max_drawdown_pct",
+        "give it a budget",
+    ),
+    "halt_shallow": (
+        card("halt_shallow", extra="[risk]\nmax_drawdown_pct = 5\nhalt_drawdown_pct = 3\n"),
+        "risk.halt_drawdown_pct",
+        "at least as deep",
+    ),
+    "reserve_all": (
+        card("reserve_all", extra="[risk]\ncash_reserve = 1_000_000\n"),
+        "risk.cash_reserve",
+        "no buy could pass",
+    ),
 }
 
 
@@ -70,12 +84,22 @@ def test_budgets_and_registrations_across_cards(tmp_path: Path, master: dict) ->
 
 
 def test_cli_exit_codes_and_the_sample_cards(tmp_path: Path, shared_data: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "tools", "cards", "check", "cards", "--master", str(shared_data / "krx_master")],
-                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tools", "cards", "check", "cards", "--master", str(shared_data / "krx_master")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
     (tmp_path / "bad.toml").write_text(card("bad", codes='["999999"]'))
-    bad = subprocess.run([sys.executable, "-m", "tools", "cards", "check", str(tmp_path), "--master", str(shared_data / "krx_master")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools", "cards", "check", str(tmp_path), "--master", str(shared_data / "krx_master")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "bad.toml: error: codes: 999999" in bad.stdout
 
 

@@ -54,7 +54,9 @@ async def test_lost_revise_reply_then_the_cancel_reaches_the_live_line(tmp_path:
     await h.close()
 
 
-async def test_revise_in_doubt_without_notice_is_read_from_the_order_list_and_a_waiting_cancel_lands(tmp_path: Path) -> None:
+async def test_revise_in_doubt_without_notice_is_read_from_the_order_list_and_a_waiting_cancel_lands(
+    tmp_path: Path,
+) -> None:
     h = Harness(tmp_path / "gw.sqlite", cfg=FAST)
     await h.start()
     first = await resting(h, 1)
@@ -79,8 +81,9 @@ async def test_cancel_refused_at_a_moved_number_goes_to_the_live_line(tmp_path: 
     first = await resting(h, 1)
     # revised outside ktrader (the HTS app) without a notice reaching us: we still know the old number
     h.broker.mute.add("modify")
-    await h.broker.modify(BrokerModify(client_order_id="", broker_order_id=first, org_no="06010", code="005930", qty=5,
-                                       price=59_000))
+    await h.broker.modify(
+        BrokerModify(client_order_id="", broker_order_id=first, org_no="06010", code="005930", qty=5, price=59_000)
+    )
     assert h.book.orders[coid(1)].broker_order_id == first
     assert h.desk.cancel("alpha", coid(1))[0] is None  # goes to the dead number: APBK0635
     await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.CANCELLED, 3.0)
@@ -109,8 +112,18 @@ async def test_revise_that_never_reached_the_broker_keeps_the_old_terms(tmp_path
 
 
 def forged_fill(odno: str, qty: int, price: int, side: Side = Side.BUY) -> BrokerNotice:
-    return BrokerNotice(kind=NoticeKind.FILLED, broker_order_id=odno, orig_broker_order_id="", code="005930", side=side,
-                        order_qty=0, order_price=0, fill_qty=qty, fill_price=price, time="100001")
+    return BrokerNotice(
+        kind=NoticeKind.FILLED,
+        broker_order_id=odno,
+        orig_broker_order_id="",
+        code="005930",
+        side=side,
+        order_qty=0,
+        order_price=0,
+        fill_qty=qty,
+        fill_price=price,
+        time="100001",
+    )
 
 
 async def test_a_forged_fill_notice_is_taken_back_by_reconciliation(tmp_path: Path) -> None:
@@ -195,8 +208,17 @@ def test_in_doubt_is_a_state_of_the_table() -> None:
     # the live line when it moves
     from common.orders import AMEND_UNKNOWN, MarkUnknown, Order, Replaced, RequestCancel, apply
 
-    o = Order(client_order_id="a-20261120-1", agent="a", code="005930", side=Side.BUY, qty=5, price=60_000,
-              state=OrderState.ACCEPTED, broker_order_id="1", broker_chain=("1",))
+    o = Order(
+        client_order_id="a-20261120-1",
+        agent="a",
+        code="005930",
+        side=Side.BUY,
+        qty=5,
+        price=60_000,
+        state=OrderState.ACCEPTED,
+        broker_order_id="1",
+        broker_chain=("1",),
+    )
     o = apply(apply(o, RequestCancel()), MarkUnknown(code=AMEND_UNKNOWN))
     assert o.state is OrderState.PENDING_CANCEL and o.in_doubt
     o = apply(o, Replaced(broker_order_id="2", price=60_000, qty=5))

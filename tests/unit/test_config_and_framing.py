@@ -14,7 +14,17 @@ from common.connection import GatewayInfo, read_info, write_info
 from common.errors import ErrorCode
 from common.framing import Codec, FrameError
 from common.ids import IdError, check_stock_code, make_client_order_id, parse_client_order_id
-from common.schema import SCHEMA_VERSION, Header, HeaderFactory, NewOrder, Ping, Published, SubmitOrders, TradeTick, trade_topic
+from common.schema import (
+    SCHEMA_VERSION,
+    Header,
+    HeaderFactory,
+    NewOrder,
+    Ping,
+    Published,
+    SubmitOrders,
+    TradeTick,
+    trade_topic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = 'id = "ma"\nname = "x"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\n'
@@ -28,17 +38,20 @@ def test_sample_cards_load() -> None:
         assert card.id == p.stem
 
 
-@pytest.mark.parametrize("text,where", [
-    (GOOD + "colour = 'red'\n", "unknown field `colour`"),
-    (GOOD.replace('"ma"', '"Bad-Id"'), "$.id"),
-    (GOOD.replace('"005930"', '"5930"'), "$.codes[0]"),
-    (GOOD.replace("agent.strategies.ma_cross:MaCross", "no_colon"), "$.strategy"),
-    (GOOD + "budget = -5\n", "$.budget"),
-    (GOOD + "mode = 'yolo'\n", "$.mode"),
-    (GOOD + "[risk]\nmax_order_value = 1.5\n", "$.risk.max_order_value"),
-    (GOOD + "[schedule]\nstart = '25:00'\n", "$.schedule.start"),
-    ("id = ", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (GOOD + "colour = 'red'\n", "unknown field `colour`"),
+        (GOOD.replace('"ma"', '"Bad-Id"'), "$.id"),
+        (GOOD.replace('"005930"', '"5930"'), "$.codes[0]"),
+        (GOOD.replace("agent.strategies.ma_cross:MaCross", "no_colon"), "$.strategy"),
+        (GOOD + "budget = -5\n", "$.budget"),
+        (GOOD + "mode = 'yolo'\n", "$.mode"),
+        (GOOD + "[risk]\nmax_order_value = 1.5\n", "$.risk.max_order_value"),
+        (GOOD + "[schedule]\nstart = '25:00'\n", "$.schedule.start"),
+        ("id = ", "not valid TOML"),
+    ],
+)
 def test_bad_cards_are_named(text: str, where: str, tmp_path: Path) -> None:
     p = tmp_path / "card.toml"
     p.write_text(text)
@@ -80,14 +93,18 @@ def test_ids() -> None:
 def test_codec_round_trip_and_errors() -> None:
     codec = Codec(os.urandom(32))
     hf = HeaderFactory("ma")
-    msg = SubmitOrders(h=hf(), orders=[NewOrder(client_order_id="ma-20261120-1", code="005930", side="buy", qty=1, price=70000)])
+    msg = SubmitOrders(
+        h=hf(), orders=[NewOrder(client_order_id="ma-20261120-1", code="005930", side="buy", qty=1, price=70000)]
+    )
     assert codec.decode(codec.encode(msg)) == msg
     other = Codec(os.urandom(32))
     with pytest.raises(FrameError) as e:
         other.decode(codec.encode(msg))
     assert e.value.code is ErrorCode.BAD_SIGNATURE
     # a validation failure inside a well-formed message is BAD_MESSAGE and keeps the header
-    bad = msgspec.msgpack.encode({"t": "submit", "h": list(msgspec.to_builtins(hf())), "orders": [{"client_order_id": "x"}]})
+    bad = msgspec.msgpack.encode(
+        {"t": "submit", "h": list(msgspec.to_builtins(hf())), "orders": [{"client_order_id": "x"}]}
+    )
     with pytest.raises(FrameError) as e:
         codec.decode([*codec.sign_request(bad), bad])
     assert e.value.code is ErrorCode.BAD_MESSAGE and e.value.header is not None
@@ -103,8 +120,11 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
     codec = Codec(key)
     token = codec.publisher_token("gw-session-1")
     codec.expect_publisher("gw-session-1")
-    pub = Published(topic=trade_topic("005930"), seq=7,
-                    body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10))
+    pub = Published(
+        topic=trade_topic("005930"),
+        seq=7,
+        body=TradeTick(code="005930", time="090000", price=70_000, qty=3, side=1, cum_volume=10),
+    )
 
     def frame(topic: str, body: bytes, tok: bytes = token) -> bytes:
         return codec.encode_pub(topic.encode(), body, tok)
@@ -120,10 +140,16 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
         # not the expected gateway: a token made without the key, another gateway process's token
         # (a restarted gateway, or frames recorded from an earlier one), the same under another key
         (blob[: head + 3] + b"\x00" * 16 + blob[head + 19 :], ErrorCode.BAD_SIGNATURE, "publisher token"),
-        (frame(pub.topic, codec.encode_body(pub), codec.publisher_token("gw-session-0")), ErrorCode.BAD_SIGNATURE,
-         "publisher token"),
-        (frame(pub.topic, codec.encode_body(pub), Codec(os.urandom(32)).publisher_token("gw-session-1")),
-         ErrorCode.BAD_SIGNATURE, "publisher token"),
+        (
+            frame(pub.topic, codec.encode_body(pub), codec.publisher_token("gw-session-0")),
+            ErrorCode.BAD_SIGNATURE,
+            "publisher token",
+        ),
+        (
+            frame(pub.topic, codec.encode_body(pub), Codec(os.urandom(32)).publisher_token("gw-session-1")),
+            ErrorCode.BAD_SIGNATURE,
+            "publisher token",
+        ),
         (blob[:head] + b"XX" + blob[head + 2 :], ErrorCode.BAD_MESSAGE, "magic"),
         (blob[: head + 3], ErrorCode.BAD_SIGNATURE, "publisher token"),
         (b"md." + b"x" * 200, ErrorCode.BAD_MESSAGE, "no topic terminator"),
@@ -132,13 +158,22 @@ def test_pub_message_is_one_frame_led_by_its_topic() -> None:
         # a body under another topic's prefix: a subscriber would file it wrongly
         (frame(pub.topic, other), ErrorCode.BAD_MESSAGE, "does not match"),
         # a message that is not a publication
-        (frame(pub.topic, codec.encode_body(Ping(h=HeaderFactory("gateway")()))), ErrorCode.BAD_MESSAGE,
-         "Expected `array`"),
+        (
+            frame(pub.topic, codec.encode_body(Ping(h=HeaderFactory("gateway")()))),
+            ErrorCode.BAD_MESSAGE,
+            "Expected `array`",
+        ),
         # another schema version, this layout or a future one: named as such
-        (frame(pub.topic, codec.encode_body(msgspec.structs.replace(pub, v=SCHEMA_VERSION + 1))),
-         ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
-        (frame(pub.topic, codec.encode_body(["pub", SCHEMA_VERSION + 1, {"new": "layout"}])),
-         ErrorCode.SCHEMA_VERSION, f"v{SCHEMA_VERSION + 1}"),
+        (
+            frame(pub.topic, codec.encode_body(msgspec.structs.replace(pub, v=SCHEMA_VERSION + 1))),
+            ErrorCode.SCHEMA_VERSION,
+            f"v{SCHEMA_VERSION + 1}",
+        ),
+        (
+            frame(pub.topic, codec.encode_body(["pub", SCHEMA_VERSION + 1, {"new": "layout"}])),
+            ErrorCode.SCHEMA_VERSION,
+            f"v{SCHEMA_VERSION + 1}",
+        ),
         # absurd nesting in an unknown field: a typed error, not a RecursionError
         (frame(pub.topic, b"\x81\xa1x" + b"\x91" * 100_000 + b"\x00"), ErrorCode.BAD_MESSAGE, ""),
     ):

@@ -20,14 +20,20 @@ def test_average_price_and_unrealised_pnl() -> None:
 
 
 def test_account_sums_agents_per_code() -> None:
-    oms = SimpleNamespace(marks={"005930": 70_500}, positions={
-        "a": {"005930": PositionView(code="005930", qty=10, cost=700_000, realized_pnl=0)},
-        "b": {"005930": PositionView(code="005930", qty=5, cost=355_000, realized_pnl=1_000),
-              "000660": PositionView(code="000660", qty=0, cost=0, realized_pnl=0)},
-    })
+    oms = SimpleNamespace(
+        marks={"005930": 70_500},
+        positions={
+            "a": {"005930": PositionView(code="005930", qty=10, cost=700_000, realized_pnl=0)},
+            "b": {
+                "005930": PositionView(code="005930", qty=5, cost=355_000, realized_pnl=1_000),
+                "000660": PositionView(code="000660", qty=0, cost=0, realized_pnl=0),
+            },
+        },
+    )
     acc = account_positions(oms)  # type: ignore[arg-type]
     assert [(p.code, p.qty, p.cost, p.avg_price, p.unrealized_pnl, p.realized_pnl) for p in acc] == [
-        ("005930", 15, 1_055_000, 70_333, 15 * 70_500 - 1_055_000, 1_000)]
+        ("005930", 15, 1_055_000, 70_333, 15 * 70_500 - 1_055_000, 1_000)
+    ]
     assert [p.code for p in agent_positions(oms, "b")] == ["005930"]  # type: ignore[arg-type]
 
 
@@ -35,13 +41,45 @@ def _status(agents):  # type: ignore[no-untyped-def]
     from common.enums import AgentMode, AgentState, SessionState, TradingState
     from common.schema import AgentStatus, HeaderFactory, StatusReply
 
-    rows = [AgentStatus(id=i, name=i, strategy="m:C", state=AgentState(s), mode=AgentMode.LIVE, trading_state=TradingState.ACTIVE,
-                        pid=1, host="h", session="s", heartbeat_age_s=0.1, max_ack_gap_ms=0, registrations=1, codes=["005930"],
-                        open_orders=o, orders_today=2, errors=0, realized_pnl=r, unrealized_pnl=u, position_value=v)
-            for i, s, r, u, v, o in agents]
-    return StatusReply(h=HeaderFactory("gateway")(), gateway_pid=1, gateway_session="s", started_ns=0,
-                       session_state=SessionState.READY, broker="fake", trading_state=TradingState.ACTIVE, agents=rows,
-                       orders_today=0, open_orders=0, fills_today=0, counters={}, names={"005930": "삼성전자"})
+    rows = [
+        AgentStatus(
+            id=i,
+            name=i,
+            strategy="m:C",
+            state=AgentState(s),
+            mode=AgentMode.LIVE,
+            trading_state=TradingState.ACTIVE,
+            pid=1,
+            host="h",
+            session="s",
+            heartbeat_age_s=0.1,
+            max_ack_gap_ms=0,
+            registrations=1,
+            codes=["005930"],
+            open_orders=o,
+            orders_today=2,
+            errors=0,
+            realized_pnl=r,
+            unrealized_pnl=u,
+            position_value=v,
+        )
+        for i, s, r, u, v, o in agents
+    ]
+    return StatusReply(
+        h=HeaderFactory("gateway")(),
+        gateway_pid=1,
+        gateway_session="s",
+        started_ns=0,
+        session_state=SessionState.READY,
+        broker="fake",
+        trading_state=TradingState.ACTIVE,
+        agents=rows,
+        orders_today=0,
+        open_orders=0,
+        fills_today=0,
+        counters={},
+        names={"005930": "삼성전자"},
+    )
 
 
 def test_status_table_fits_80_and_120_columns() -> None:
@@ -51,7 +89,9 @@ def test_status_table_fits_80_and_120_columns() -> None:
 
     from tools.ops.status import render_status
 
-    st = _status([("volume_breakout", "online", 12_000, -2_000, 1_400_000, 1), ("value_vol", "offline", -30_500, 0, 700_000, 0)])
+    st = _status(
+        [("volume_breakout", "online", 12_000, -2_000, 1_400_000, 1), ("value_vol", "offline", -30_500, 0, 700_000, 0)]
+    )
     for width in (80, 120):
         con = Console(width=width, record=True, color_system=None)
         render_status(st, con)

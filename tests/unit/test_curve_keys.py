@@ -20,7 +20,11 @@ def mode(p: Path) -> int:
 def test_init_writes_private_files_and_keeps_them(tmp_path: Path) -> None:
     run = tmp_path / "run"
     made = curve.init_gateway(run)
-    assert set(made) == {curve.gateway_secret_path(run), curve.signing_path(run), curve.client_secret_path(run, curve.TOOLS)}
+    assert set(made) == {
+        curve.gateway_secret_path(run),
+        curve.signing_path(run),
+        curve.client_secret_path(run, curve.TOOLS),
+    }
     assert mode(curve.keys_dir(run)) == mode(curve.clients_dir(run)) == 0o700
     assert mode(curve.gateway_secret_path(run)) == mode(curve.signing_path(run)) == 0o600
     assert mode(curve.client_secret_path(run, curve.TOOLS)) == 0o600
@@ -60,8 +64,9 @@ def test_gateway_preflight_and_client_without_keys(tmp_path: Path) -> None:
     curve.check_gateway_keys(tmp_path, "ipc:///x/router", "")  # ipc needs nothing
     with pytest.raises(curve.CurveError, match="ktrader keys init"):
         curve.check_gateway_keys(tmp_path, "tcp://127.0.0.1:5555", "ipc:///x/pub")
-    info = GatewayInfo(router="tcp://127.0.0.1:9", pub="tcp://127.0.0.1:9", key="ab" * 32, pid=1, session="s" * 8,
-                       started_ns=0)
+    info = GatewayInfo(
+        router="tcp://127.0.0.1:9", pub="tcp://127.0.0.1:9", key="ab" * 32, pid=1, session="s" * 8, started_ns=0
+    )
     cred = Credential("alpha", b"k" * 32)
     with pytest.raises(curve.CurveError, match="needs its CURVE key pair"):
         GatewayClient(info, "alpha", credential=cred)
@@ -79,8 +84,18 @@ def test_reset_keeps_the_keys_and_ignores_an_exported_gateway_json(tmp_path: Pat
     curve.init_gateway(run)
     (run / "db").mkdir()
     # a remote agent's run folder holds an exported gateway.json that names no local process (pid 0)
-    write_info(run, GatewayInfo(router="tcp://10.0.0.5:5555", pub="tcp://10.0.0.5:5556", key="ab" * 32, pid=0,
-                                session="exported", started_ns=0, curve_key="x" * 40))
+    write_info(
+        run,
+        GatewayInfo(
+            router="tcp://10.0.0.5:5555",
+            pub="tcp://10.0.0.5:5556",
+            key="ab" * 32,
+            pid=0,
+            session="exported",
+            started_ns=0,
+            curve_key="x" * 40,
+        ),
+    )
     dest = archive_run_dir(run)
     assert dest is not None and (dest / "db").exists() and (dest / "gateway.json").exists()
     assert curve.gateway_pair(run).public  # still there

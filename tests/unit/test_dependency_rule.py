@@ -54,10 +54,34 @@ def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
 # ---- layers inside the packages (issue: domain core) --------------------------------------------------
 
 # The domain core: pure rules and books, called by the live gateway and the backtester alike.
-DOMAIN = ["common/orders.py", "common/risk_rules.py", "common/portfolio.py", "common/market_clock.py", "common/books.py",
-          "common/krx.py", "common/calendar.py", "common/views.py", "common/costs.py", "common/ids.py", "common/enums.py",
-          "common/errors.py", "common/clock.py"]
-IO = {"zmq", "httpx", "apsw", "aiohttp", "websockets", "asyncio", "socket", "subprocess", "sqlite3", "requests", "filelock"}
+DOMAIN = [
+    "common/orders.py",
+    "common/risk_rules.py",
+    "common/portfolio.py",
+    "common/market_clock.py",
+    "common/books.py",
+    "common/krx.py",
+    "common/calendar.py",
+    "common/views.py",
+    "common/costs.py",
+    "common/ids.py",
+    "common/enums.py",
+    "common/errors.py",
+    "common/clock.py",
+]
+IO = {
+    "zmq",
+    "httpx",
+    "apsw",
+    "aiohttp",
+    "websockets",
+    "asyncio",
+    "socket",
+    "subprocess",
+    "sqlite3",
+    "requests",
+    "filelock",
+}
 
 
 def all_imports(path: Path) -> set[str]:
@@ -79,8 +103,12 @@ def test_the_domain_core_does_no_io() -> None:
 
 def test_the_twin_never_imports_the_kis_client() -> None:
     """The twin is an oracle for the client: it must not share the client's code (kis/sim → kis.sim, common)."""
-    bad = [f"{f.relative_to(ROOT)} imports {m}" for f in package_files("kis/sim") for m in all_imports(f)
-           if m.split(".")[0] == "kis" and not m.startswith("kis.sim")]
+    bad = [
+        f"{f.relative_to(ROOT)} imports {m}"
+        for f in package_files("kis/sim")
+        for m in all_imports(f)
+        if m.split(".")[0] == "kis" and not m.startswith("kis.sim")
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -95,8 +123,11 @@ def test_the_console_and_cli_speak_only_the_wire_protocol() -> None:
     for f in files:
         tree = ast.parse(f.read_text(), str(f))
         for node in tree.body:  # module level: the offline reader imports inside its function
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
             bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in {"server", "apsw"}]
     assert not bad, "\n".join(bad)
 

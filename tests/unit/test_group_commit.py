@@ -65,6 +65,7 @@ class Core:
         async def wait() -> None:
             while not cond():
                 await asyncio.sleep(0.002)
+
         await asyncio.wait_for(wait(), timeout)
 
     def state(self, n: int) -> OrderState:
@@ -88,8 +89,10 @@ class WitnessBroker(FakeBroker):
         disk = on_disk(self.path)
         try:
             o = disk.order(order.client_order_id)
-            self.seen[order.client_order_id] = (o.state.value if o else "absent",
-                                                disk.has_trace(order.client_order_id, "broker.request"))
+            self.seen[order.client_order_id] = (
+                o.state.value if o else "absent",
+                disk.has_trace(order.client_order_id, "broker.request"),
+            )
         finally:
             disk.close()
         return await super().submit(order)
@@ -264,7 +267,9 @@ async def test_a_call_that_hangs_or_fails_holds_only_its_own_slot(tmp_path: Path
         if n != 1:
             b.gate(coid(n)).set()  # order 1 hangs at the broker (a cut connection waiting for its timeout)
         assert c.desk.submit(CARD, order(n)).accepted
-    await c.until(lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(3, 9)) and c.state(2) is OrderState.REJECTED)
+    await c.until(
+        lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(3, 9)) and c.state(2) is OrderState.REJECTED
+    )
     assert c.state(1) is OrderState.PENDING_SUBMIT
     b.gate(coid(1)).set()
     await c.until(lambda: c.state(1) is OrderState.ACCEPTED)

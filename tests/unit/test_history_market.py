@@ -59,8 +59,13 @@ def desk(data: Path, day: dt.date, cash: int = 10_000_000_000, holdings: dict[st
     for code, qty in (holdings or {}).items():
         acct.holdings[code] = Holding(qty=qty, cost=qty * ex.stocks[code].prev_close, bfdy_qty=qty)
     d = Desk(ex, acct)
-    ex.add_listener(lambda e: d.prints.append((e.code, e.record[1], int(e.record[2]), int(e.record[12])))
-                    if isinstance(e, TradePrint) else None)
+    ex.add_listener(
+        lambda e: (
+            d.prints.append((e.code, e.record[1], int(e.record[2]), int(e.record[12])))
+            if isinstance(e, TradePrint)
+            else None
+        )
+    )
     return d
 
 
@@ -70,19 +75,36 @@ def row(d: Desk, code: str) -> DailyBar:
     return r
 
 
-def backtest_fill(bar: DailyBar, base: int, side: Side, qty: int, price: int, otype: OrderType) -> tuple[int, int] | None:
+def backtest_fill(
+    bar: DailyBar, base: int, side: Side, qty: int, price: int, otype: OrderType
+) -> tuple[int, int] | None:
     """What the backtester fills for an order decided before `bar`: (qty, price) or None."""
     code = "000000"
-    broker = SimBroker(card=AgentCard(id="oracle", name="oracle", strategy="oracle:Oracle", codes=[code]),
-                       cash=10**13, max_participation_bp=10_000)
+    broker = SimBroker(
+        card=AgentCard(id="oracle", name="oracle", strategy="oracle:Oracle", codes=[code]),
+        cash=10**13,
+        max_participation_bp=10_000,
+    )
     broker.base[code] = base
     if side is Side.SELL:
         broker.positions[code] = PositionView(code=code, qty=qty, cost=qty * base, realized_pnl=0)
         broker.held[code] = qty
     notes: list[tuple[object, ...]] = []
     broker.submit("o", code, side, qty, price, otype, TimeInForce.NEXT_SESSION, "", notes)
-    broker.match(Bar(code=code, interval="1d", start=bar.day.isoformat(), open=bar.open, high=bar.high, low=bar.low,
-                     close=bar.close, volume=bar.volume), bar.day.isoformat(), notes)
+    broker.match(
+        Bar(
+            code=code,
+            interval="1d",
+            start=bar.day.isoformat(),
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
+            volume=bar.volume,
+        ),
+        bar.day.isoformat(),
+        notes,
+    )
     return (broker.fills[0].qty, broker.fills[0].price) if broker.fills else None
 
 
@@ -93,8 +115,12 @@ def filled(rec: OrderRecord) -> tuple[int, int] | None:
 # ---- exact days --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", [BIG_RANGE, GAP_UP, LATE_OPEN_GAP, OPEN_IS_HIGH], ids=["big-range", "gap", "late-open", "open-high"])
-def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(shared_data: Path, case: tuple[str, dt.date]) -> None:
+@pytest.mark.parametrize(
+    "case", [BIG_RANGE, GAP_UP, LATE_OPEN_GAP, OPEN_IS_HIGH], ids=["big-range", "gap", "late-open", "open-high"]
+)
+def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(
+    shared_data: Path, case: tuple[str, dt.date]
+) -> None:
     code, day = case
     d = desk(shared_data, day)
     bar = row(d, code)
@@ -102,8 +128,13 @@ def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(shared
     d.at("15:45:00")
     prints = d.of(code)
     prices = [p for _, p, _ in prints]
-    assert (prices[0], max(prices), min(prices), prices[-1], sum(q for *_, q in prints)) == \
-        (bar.open, bar.high, bar.low, bar.close, bar.volume)
+    assert (prices[0], max(prices), min(prices), prices[-1], sum(q for *_, q in prints)) == (
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
+        bar.volume,
+    )
     # each print at its own exchange time, in order, inside the session; the path is on the grid
     times = [t for t, _, _ in prints]
     assert times == sorted(times) and times[-1] == "153000"
@@ -113,8 +144,14 @@ def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(shared
     for t, p, q in prints:
         builder.on_trade(code, day, t, p, q)
     (daily,) = builder.flush(dt.datetime.combine(day, dt.time(15, 40), KST))
-    assert (daily.start, daily.open, daily.high, daily.low, daily.close, daily.volume) == \
-        (day.isoformat(), bar.open, bar.high, bar.low, bar.close, bar.volume)
+    assert (daily.start, daily.open, daily.high, daily.low, daily.close, daily.volume) == (
+        day.isoformat(),
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
+        bar.volume,
+    )
     assert builder.excluded == 0 and builder.late == 0
 
 
@@ -142,7 +179,8 @@ def test_a_missing_row_is_a_halt_and_the_next_day_bases_on_the_last_close(tmp_pa
     (folder / "005930.csv").write_text(
         "Date,Open,High,Low,Close,Volume,Change\n"
         "2024-01-02,78200,79800,78200,79600,17142847,0\n"
-        "2024-01-04,76100,77300,76100,77600,15324439,0\n")  # 2024-01-03 missing
+        "2024-01-04,76100,77300,76100,77600,15324439,0\n"
+    )  # 2024-01-03 missing
     d = desk(tmp_path / "data", dt.date(2024, 1, 3))
     assert d.ex.driven == frozenset({"005930"})
     assert d.ex.stocks["005930"].prev_close == 79_600
@@ -157,9 +195,11 @@ def test_a_missing_row_is_a_halt_and_the_next_day_bases_on_the_last_close(tmp_pa
 def test_a_day_locked_at_the_upper_limit_fills_no_buys(tmp_path: Path) -> None:
     folder = tmp_path / "data" / FDR
     folder.mkdir(parents=True)
-    (folder / "005930.csv").write_text("Date,Open,High,Low,Close,Volume,Change\n"
-                                       "2024-01-02,10000,10000,10000,10000,5000,0\n"
-                                       "2024-01-03,13000,13000,13000,13000,800,0.3\n")
+    (folder / "005930.csv").write_text(
+        "Date,Open,High,Low,Close,Volume,Change\n"
+        "2024-01-02,10000,10000,10000,10000,5000,0\n"
+        "2024-01-03,13000,13000,13000,13000,800,0.3\n"
+    )
     d = desk(tmp_path / "data", dt.date(2024, 1, 3), holdings={"005930": 10})
     d.at("08:50:00")
     buy = d.place("005930", "buy", 5)
@@ -214,7 +254,12 @@ def test_a_limit_buy_the_market_trades_through_fills_at_its_limit(shared_data: P
     prints = d.of(code)
     assert (code, 44_300, 9) in [(code, p, q) for _, p, q in prints]
     prices = [p for _, p, _ in prints]
-    assert (min(prices), max(prices), prices[-1], sum(q for *_, q in prints)) == (bar.low, bar.high, bar.close, bar.volume)
+    assert (min(prices), max(prices), prices[-1], sum(q for *_, q in prints)) == (
+        bar.low,
+        bar.high,
+        bar.close,
+        bar.volume,
+    )
 
 
 def test_continuous_orders_marketable_fill_at_the_last_print_and_resting_ones_wait(shared_data: Path) -> None:
@@ -283,8 +328,9 @@ def test_the_clock_only_moves_forward_and_orders_need_a_session(shared_data: Pat
         d.ex.set_price("000660", 100_000)
     # a later day in one move: the days between run whole and the clock lands where asked
     d.ex.advance(dt.datetime(2021, 3, 5, 9, 0, tzinfo=KST))
-    assert d.ex.day == dt.date(2021, 3, 5) and [p for c, t, p, q in d.prints if c == "000660" and t == "153000"][-2:] == \
-        [row_of(d, "000660", dt.date(2021, 3, 3)).close, row_of(d, "000660", dt.date(2021, 3, 4)).close]
+    assert d.ex.day == dt.date(2021, 3, 5) and [p for c, t, p, q in d.prints if c == "000660" and t == "153000"][
+        -2:
+    ] == [row_of(d, "000660", dt.date(2021, 3, 3)).close, row_of(d, "000660", dt.date(2021, 3, 4)).close]
 
 
 def test_open_history_refuses_unusable_input(tmp_path: Path, shared_data: Path) -> None:
@@ -335,8 +381,13 @@ def test_every_real_day_of_a_file_plans_exactly(shared_data: Path, code: str) ->
             continue
         days += 1
         prices = [p.price for p in plan]
-        assert (prices[0], max(prices), min(prices), prices[-1], sum(p.qty for p in plan)) == \
-            (bar.open, max(bar.high, bar.open, bar.close), min(bar.low, bar.open, bar.close), bar.close, bar.volume)
+        assert (prices[0], max(prices), min(prices), prices[-1], sum(p.qty for p in plan)) == (
+            bar.open,
+            max(bar.high, bar.open, bar.close),
+            min(bar.low, bar.open, bar.close),
+            bar.close,
+            bar.volume,
+        )
         assert all(a.at < b.at for a, b in pairwise(plan))
         assert all(on_grid(p, SecurityKind.STOCK) or p in (bar.open, bar.high, bar.low, bar.close) for p in prices)
     assert days > 1_500

@@ -73,7 +73,17 @@ async def test_priority_lanes() -> None:
         await b.acquire(lane)
         order.append(name)
 
-    tasks = [asyncio.ensure_future(one(n, l)) for n, l in [("q1", Lane.QUOTATION), ("a1", Lane.ACCOUNT), ("o1", Lane.ORDER), ("c1", Lane.CANCEL), ("q2", Lane.QUOTATION), ("c2", Lane.CANCEL)]]
+    tasks = [
+        asyncio.ensure_future(one(n, l))
+        for n, l in [
+            ("q1", Lane.QUOTATION),
+            ("a1", Lane.ACCOUNT),
+            ("o1", Lane.ORDER),
+            ("c1", Lane.CANCEL),
+            ("q2", Lane.QUOTATION),
+            ("c2", Lane.CANCEL),
+        ]
+    ]
     await asyncio.gather(*tasks)
     assert order == ["c1", "c2", "o1", "a1", "q1", "q2"]
 

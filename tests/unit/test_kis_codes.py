@@ -20,7 +20,12 @@ from kis.codes import CODES, Verdict, lookup
 from kis.credentials import Credentials
 from kis.env import environment_for
 from kis.port import (
-    BrokerAuthError, BrokerOrder, BrokerRateLimited, BrokerRejected, BrokerTemporary, BrokerUnknownOutcome,
+    BrokerAuthError,
+    BrokerOrder,
+    BrokerRateLimited,
+    BrokerRejected,
+    BrokerTemporary,
+    BrokerUnknownOutcome,
 )
 from kis.rest import Kind, RetryPolicy
 from kis.token import IssuedToken, TokenManager
@@ -95,9 +100,12 @@ def broker(tmp: Path, handler) -> KisBroker:
     async def nosleep(_s: float) -> None:
         return None
 
-    b.rest._sleep = nosleep  # noqa: SLF001 - no real waits between retries
-    b.rest.attach_tokens(TokenManager(issue=issue, run_dir=tmp, env_name="sim", key_fingerprint="k", sleep=nosleep,
-                                      min_issue_interval_s=0.0))
+    b.rest._sleep = nosleep
+    b.rest.attach_tokens(
+        TokenManager(
+            issue=issue, run_dir=tmp, env_name="sim", key_fingerprint="k", sleep=nosleep, min_issue_interval_s=0.0
+        )
+    )
     return b
 
 
@@ -111,13 +119,14 @@ def reply(code: str, rt_cd: str, status: int) -> httpx.Response:
 def outcome(coro) -> object:
     try:
         result = asyncio.run(coro)
-    except Exception as e:  # noqa: BLE001 - the class is the result
+    except Exception as e:
         return type(e)
     return result
 
 
-@pytest.mark.parametrize(("code", "rt_cd", "status", "read", "order"), CASES,
-                         ids=[f"{c[0]}-rt{c[1]}-http{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("code", "rt_cd", "status", "read", "order"), CASES, ids=[f"{c[0]}-rt{c[1]}-http{c[2]}" for c in CASES]
+)
 def test_reply_code(tmp_path: Path, code: str, rt_cd: str, status: int, read: object, order: object) -> None:
     calls: list[str] = []
 
@@ -133,8 +142,15 @@ def test_reply_code(tmp_path: Path, code: str, rt_cd: str, status: int, read: ob
     else:
         assert page is read, (code, page)
     calls.clear()
-    order_req = BrokerOrder(client_order_id="a-20260101-1", code="005930", side=Side.BUY, qty=1, price=70000,
-                            order_type=OrderType.LIMIT, tif=TimeInForce.DAY)
+    order_req = BrokerOrder(
+        client_order_id="a-20260101-1",
+        code="005930",
+        side=Side.BUY,
+        qty=1,
+        price=70000,
+        order_type=OrderType.LIMIT,
+        tif=TimeInForce.DAY,
+    )
     ack = outcome(b.submit(order_req))
     if order is OK:
         assert not isinstance(ack, type) and ack.broker_order_id == "0000012345", ack  # type: ignore[union-attr]
@@ -145,44 +161,102 @@ def test_reply_code(tmp_path: Path, code: str, rt_cd: str, status: int, read: ob
 
 
 def test_every_fact_sheet_code_is_in_the_table() -> None:
-    fact_sheet = {"MCA00000", "KIOK0510", "KIOK0420", "APBK0013", "KIOK0560", "EGW00123", "EGW00121", "EGW00133",
-                  "EGW02004", "MCA00124", "EGW00201", "EGW00215", "APBK0919", "APBK0656", "APBK1664", "APBK0918",
-                  "40100000", "IGW00009", "OPSQ2000", "OPSP0000", "OPSP0001", "OPSP0002", "OPSP0003", "OPSP0007",
-                  "OPSP0008", "OPSP0011", "OPSP0017", "OPSP8991", "OPSP8996"}
+    fact_sheet = {
+        "MCA00000",
+        "KIOK0510",
+        "KIOK0420",
+        "APBK0013",
+        "KIOK0560",
+        "EGW00123",
+        "EGW00121",
+        "EGW00133",
+        "EGW02004",
+        "MCA00124",
+        "EGW00201",
+        "EGW00215",
+        "APBK0919",
+        "APBK0656",
+        "APBK1664",
+        "APBK0918",
+        "40100000",
+        "IGW00009",
+        "OPSQ2000",
+        "OPSP0000",
+        "OPSP0001",
+        "OPSP0002",
+        "OPSP0003",
+        "OPSP0007",
+        "OPSP0008",
+        "OPSP0011",
+        "OPSP0017",
+        "OPSP8991",
+        "OPSP8996",
+    }
     assert fact_sheet <= set(CODES), fact_sheet - set(CODES)
 
 
-@pytest.mark.parametrize(("code", "verdict"), [
-    ("OPSP0000", Verdict.WS_SUBSCRIBED), ("OPSP0001", Verdict.WS_UNSUBSCRIBED), ("OPSP0002", Verdict.WS_ALREADY),
-    ("OPSP0003", Verdict.WS_NOT_SUBSCRIBED), ("OPSP0007", Verdict.WS_ERROR), ("OPSP0008", Verdict.WS_CAP),
-    ("OPSP0011", Verdict.WS_APPROVAL_INVALID), ("OPSP0017", Verdict.WS_HTS_ID_REFUSED), ("OPSP8991", Verdict.WS_BAD_TR),
-    ("OPSP8996", Verdict.WS_KEY_IN_USE), ("OPSP9999", Verdict.WS_ERROR),
-])
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        ("OPSP0000", Verdict.WS_SUBSCRIBED),
+        ("OPSP0001", Verdict.WS_UNSUBSCRIBED),
+        ("OPSP0002", Verdict.WS_ALREADY),
+        ("OPSP0003", Verdict.WS_NOT_SUBSCRIBED),
+        ("OPSP0007", Verdict.WS_ERROR),
+        ("OPSP0008", Verdict.WS_CAP),
+        ("OPSP0011", Verdict.WS_APPROVAL_INVALID),
+        ("OPSP0017", Verdict.WS_HTS_ID_REFUSED),
+        ("OPSP8991", Verdict.WS_BAD_TR),
+        ("OPSP8996", Verdict.WS_KEY_IN_USE),
+        ("OPSP9999", Verdict.WS_ERROR),
+    ],
+)
 def test_websocket_code(code: str, verdict: Verdict) -> None:
     """The websocket's reading of each OPSP code (behaviour: tests/unit/test_kis_ws.py)."""
     assert lookup(code).verdict is verdict
 
 
 def test_order_reply_without_envelope_is_unknown_never_rejected(tmp_path: Path) -> None:
-    for resp in (httpx.Response(200, content=b"<html>gateway</html>"), httpx.Response(502, content=b"Bad Gateway"),
-                 httpx.Response(200, json=["not", "an", "object"]), httpx.Response(404, content=b"")):
+    for resp in (
+        httpx.Response(200, content=b"<html>gateway</html>"),
+        httpx.Response(502, content=b"Bad Gateway"),
+        httpx.Response(200, json=["not", "an", "object"]),
+        httpx.Response(404, content=b""),
+    ):
         b = broker(tmp_path, lambda req, r=resp: r)
         order_req = BrokerOrder(client_order_id="a-20260101-1", code="005930", side=Side.BUY, qty=1, price=70000)
         assert outcome(b.submit(order_req)) is BrokerUnknownOutcome, resp
 
 
-@pytest.mark.parametrize(("output", "expect"), [
-    ({"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": None, "ORD_TMD": "090000"}, BrokerUnknownOutcome),  # null ODNO
-    ({"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": 12345, "ORD_TMD": "090000"}, BrokerUnknownOutcome),  # number: zeros lost?
-    ({"KRX_FWDG_ORD_ORGNO": None, "ODNO": "0000012345", "ORD_TMD": "090000"}, BrokerUnknownOutcome),  # cancels need it
-    (None, BrokerUnknownOutcome),
-    ({"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": "0000012345", "ORD_TMD": None, "EXTRA": 7, "NESTED": {"A": None}}, "0000012345"),
-    ({"krx_fwdg_ord_orgno": "06010", "odno": "0000012345", "ord_tmd": 90000}, "0000012345"),  # lower-case, numeric time
-])
+@pytest.mark.parametrize(
+    ("output", "expect"),
+    [
+        ({"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": None, "ORD_TMD": "090000"}, BrokerUnknownOutcome),  # null ODNO
+        (
+            {"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": 12345, "ORD_TMD": "090000"},
+            BrokerUnknownOutcome,
+        ),  # number: zeros lost?
+        (
+            {"KRX_FWDG_ORD_ORGNO": None, "ODNO": "0000012345", "ORD_TMD": "090000"},
+            BrokerUnknownOutcome,
+        ),  # cancels need it
+        (None, BrokerUnknownOutcome),
+        (
+            {"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": "0000012345", "ORD_TMD": None, "EXTRA": 7, "NESTED": {"A": None}},
+            "0000012345",
+        ),
+        (
+            {"krx_fwdg_ord_orgno": "06010", "odno": "0000012345", "ord_tmd": 90000},
+            "0000012345",
+        ),  # lower-case, numeric time
+    ],
+)
 def test_order_reply_decoding_is_lenient_and_doubt_is_unknown(tmp_path: Path, output: object, expect: object) -> None:
     body = {"rt_cd": 0, "msg_cd": "APBK0013", "msg1": "주문 전송 완료 되었습니다.", "output": output}
     b = broker(tmp_path, lambda req: httpx.Response(200, json=body))
-    ack = outcome(b.submit(BrokerOrder(client_order_id="a-20260101-1", code="005930", side=Side.BUY, qty=1, price=70000)))
+    ack = outcome(
+        b.submit(BrokerOrder(client_order_id="a-20260101-1", code="005930", side=Side.BUY, qty=1, price=70000))
+    )
     if isinstance(expect, str):
         assert not isinstance(ack, type) and ack.broker_order_id == expect and ack.org_no == "06010", ack  # type: ignore[union-attr]
     else:
@@ -210,4 +284,6 @@ def test_classify_is_pure_and_table_driven() -> None:
     assert not isinstance(classify(500, Envelope(rt_cd="1", msg_cd="EGW00002")), BrokerAuthError)
     # a success code under a failing rt_cd contradicts itself: a doubt, never a clean refusal
     assert type(classify(200, Envelope(rt_cd="1", msg_cd="APBK0013"))) is BrokerTemporary
-    assert isinstance(classify(200, OrderResponse(rt_cd="1", msg_cd="APBK0919", msg1="장운영시간이 아닙니다.   ")), BrokerRejected)
+    assert isinstance(
+        classify(200, OrderResponse(rt_cd="1", msg_cd="APBK0919", msg1="장운영시간이 아닙니다.   ")), BrokerRejected
+    )

@@ -13,7 +13,10 @@ from kis.env import Tr, environment_for, paper_tr_id
 def test_environments_are_data() -> None:
     real = environment_for(BrokerConfig(env=BrokerEnv.REAL))
     paper = environment_for(BrokerConfig(env=BrokerEnv.PAPER))
-    assert real.rest_url == "https://openapi.koreainvestment.com:9443" and real.ws_url == "ws://ops.koreainvestment.com:21000/tryitout"
+    assert (
+        real.rest_url == "https://openapi.koreainvestment.com:9443"
+        and real.ws_url == "ws://ops.koreainvestment.com:21000/tryitout"
+    )
     assert paper.rest_url.endswith(":29443") and paper.ws_url == "ws://ops.koreainvestment.com:31000/tryitout"
     assert real.tr_id(Tr.ORDER_BUY) == "TTTC0012U" and paper.tr_id(Tr.ORDER_BUY) == "VTTC0012U"
     assert paper.tr_id(Tr.ORDER_SELL) == "VTTC0011U" and paper.tr_id(Tr.ORDER_RVSECNCL) == "VTTC0013U"
@@ -22,16 +25,28 @@ def test_environments_are_data() -> None:
     with pytest.raises(ValueError):
         paper.tr_id(Tr.VOLUME_RANK)
     assert (real.rate_per_s, paper.rate_per_s) == (18.0, 1.8)
-    assert (real.balance_page_size, paper.balance_page_size, real.daily_ccld_page_size, paper.daily_ccld_page_size) == (50, 20, 100, 15)
+    assert (real.balance_page_size, paper.balance_page_size, real.daily_ccld_page_size, paper.daily_ccld_page_size) == (
+        50,
+        20,
+        100,
+        15,
+    )
     assert (real.notice_tr, paper.notice_tr) == ("H0STCNI0", "H0STCNI9")
     assert paper_tr_id("CTSC9215R") == "VTSC9215R" and paper_tr_id("FHPST01710000") == "FHPST01710000"
 
 
 def test_sim_uses_twin_urls_and_overrides() -> None:
-    sim = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url="http://127.0.0.1:5000/", ws_url="ws://127.0.0.1:5001", rate_per_s=50))
+    sim = environment_for(
+        BrokerConfig(env=BrokerEnv.SIM, rest_url="http://127.0.0.1:5000/", ws_url="ws://127.0.0.1:5001", rate_per_s=50)
+    )
     assert sim.rest_url == "http://127.0.0.1:5000" and sim.ws_url == "ws://127.0.0.1:5001/tryitout"
     assert sim.tr_id(Tr.ORDER_BUY) == "TTTC0012U" and sim.rate_per_s == 50
-    assert environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url="http://x", ws_url="ws://y"), sim_paper=True).tr_id(Tr.ORDER_BUY) == "VTTC0012U"
+    assert (
+        environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url="http://x", ws_url="ws://y"), sim_paper=True).tr_id(
+            Tr.ORDER_BUY
+        )
+        == "VTTC0012U"
+    )
     with pytest.raises(ValueError):
         environment_for(BrokerConfig(env=BrokerEnv.SIM))
 

@@ -18,8 +18,20 @@ def test_official_trade_example() -> None:
     assert len(TRADE_FIELDS_EXAMPLE) == 46
     [t] = FrameParser().parse(frame("H0STCNT0", [TRADE_FIELDS_EXAMPLE]))
     assert t == Trade(
-        code="005930", time="093354", price=71900, qty=1, side=1, cum_volume=3052507, cum_value=219853394500,
-        open=72100, high=72400, low=71700, change=-100, ask1=71900, bid1=71800, date="20230612",  # BSOP_DATE
+        code="005930",
+        time="093354",
+        price=71900,
+        qty=1,
+        side=1,
+        cum_volume=3052507,
+        cum_value=219853394500,
+        open=72100,
+        high=72400,
+        low=71700,
+        change=-100,
+        ask1=71900,
+        bid1=71800,
+        date="20230612",  # BSOP_DATE
     )
 
 

@@ -68,7 +68,9 @@ class Harness:
         async def nosleep(_s: float) -> None:
             return None
 
-        self.rest.attach_tokens(TokenManager(issue=issue, run_dir=tmp, env_name="sim", key_fingerprint="k", sleep=nosleep))
+        self.rest.attach_tokens(
+            TokenManager(issue=issue, run_dir=tmp, env_name="sim", key_fingerprint="k", sleep=nosleep)
+        )
 
 
 def test_classify_mapping() -> None:
@@ -78,7 +80,9 @@ def test_classify_mapping() -> None:
     for code in ("EGW00123", "EGW00121", "EGW02004"):
         assert isinstance(classify(500, E(rt_cd="1", msg_cd=code)), BrokerAuthError)
     assert isinstance(classify(500, E(rt_cd="1", msg_cd="EGW00500")), BrokerTemporary)
-    assert isinstance(classify(200, E(rt_cd="1", msg_cd="APBK0919", msg1="주문가능금액을 초과 했습니다")), BrokerRejected)
+    assert isinstance(
+        classify(200, E(rt_cd="1", msg_cd="APBK0919", msg1="주문가능금액을 초과 했습니다")), BrokerRejected
+    )
     assert isinstance(classify(500, E(rt_cd="1", msg_cd="APBK0919")), BrokerRejected)
     assert isinstance(classify(200, E(rt_cd="2", msg_cd="OPSQ2000")), BrokerRejected)
     assert isinstance(classify(502, None), BrokerTemporary)
@@ -96,7 +100,14 @@ async def test_headers_and_success(tmp_path: Path) -> None:
         return ok({"output": {"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": "0000000001", "ORD_TMD": "090000"}})
 
     h = Harness(tmp_path, handler)
-    page = await h.rest.request("POST", "/uapi/domestic-stock/v1/trading/order-cash", "TTTC0012U", OrderResponse, body={"CANO": "12345678", "ORD_QTY": "1"}, kind=Kind.WRITE)
+    page = await h.rest.request(
+        "POST",
+        "/uapi/domestic-stock/v1/trading/order-cash",
+        "TTTC0012U",
+        OrderResponse,
+        body={"CANO": "12345678", "ORD_QTY": "1"},
+        kind=Kind.WRITE,
+    )
     assert page.body.output["ODNO"] == "0000000001"
     r = seen[0]
     assert r.headers["authorization"] == "Bearer T1" and r.headers["tr_id"] == "TTTC0012U"
@@ -185,7 +196,12 @@ async def test_business_rejection_not_retried(tmp_path: Path) -> None:
     [
         (httpx.ConnectError("refused"), Kind.WRITE, BrokerTemporary, 3),  # never connected: safe to retry
         (httpx.ReadTimeout("slow"), Kind.WRITE, BrokerUnknownOutcome, 1),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), Kind.WRITE, BrokerUnknownOutcome, 1),
+        (
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            Kind.WRITE,
+            BrokerUnknownOutcome,
+            1,
+        ),
         (httpx.ReadTimeout("slow"), Kind.READ, BrokerTemporary, 3),
         (httpx.ConnectError("refused"), Kind.CANCEL, BrokerTemporary, 3),
         (httpx.ReadTimeout("slow"), Kind.CANCEL, BrokerUnknownOutcome, 3),
@@ -252,13 +268,26 @@ async def test_pagination_follows_tr_cont_and_ctx(tmp_path: Path) -> None:
 
     def handler(req: httpx.Request) -> httpx.Response:
         page = len(seen)
-        seen.append((req.headers.get("tr_cont", ""), req.url.params.get("CTX_AREA_FK100", ""), req.url.params.get("CTX_AREA_NK100", "")))
+        seen.append(
+            (
+                req.headers.get("tr_cont", ""),
+                req.url.params.get("CTX_AREA_FK100", ""),
+                req.url.params.get("CTX_AREA_NK100", ""),
+            )
+        )
         more = page < 2
-        body = {"output1": [{"odno": f"{page:010d}"}], "output2": {"tot_ord_qty": "3"}, "ctx_area_fk100": "fk".ljust(100), "ctx_area_nk100": (f"nk{page}" if more else "").ljust(100)}
+        body = {
+            "output1": [{"odno": f"{page:010d}"}],
+            "output2": {"tot_ord_qty": "3"},
+            "ctx_area_fk100": "fk".ljust(100),
+            "ctx_area_nk100": (f"nk{page}" if more else "").ljust(100),
+        }
         return ok(body, tr_cont="M" if more else "D")
 
     h = Harness(tmp_path, handler)
-    pages = await h.rest.paged("/x", "TTTC0081R", DailyCcldResponse, {"CANO": "1", "CTX_AREA_FK100": "", "CTX_AREA_NK100": ""})
+    pages = await h.rest.paged(
+        "/x", "TTTC0081R", DailyCcldResponse, {"CANO": "1", "CTX_AREA_FK100": "", "CTX_AREA_NK100": ""}
+    )
     assert [p.output1[0].odno for p in pages] == ["0000000000", "0000000001", "0000000002"]
     assert seen[0] == ("", "", "")
     assert seen[1][0] == "N" and seen[1][2].startswith("nk0") and len(seen[1][2]) == 100
@@ -267,7 +296,10 @@ async def test_pagination_follows_tr_cont_and_ctx(tmp_path: Path) -> None:
 
 @aio
 async def test_no_data_rt_cd_7_is_empty_inquiry(tmp_path: Path) -> None:
-    h = Harness(tmp_path, lambda req: httpx.Response(200, json={"rt_cd": "7", "msg_cd": "KIOK0560", "msg1": "조회할 내용이 없습니다"}))
+    h = Harness(
+        tmp_path,
+        lambda req: httpx.Response(200, json={"rt_cd": "7", "msg_cd": "KIOK0560", "msg1": "조회할 내용이 없습니다"}),
+    )
     pages = await h.rest.paged("/x", "TTTC0081R", DailyCcldResponse, {})
     assert len(pages) == 1 and pages[0].output1 == []
 
@@ -293,7 +325,14 @@ async def test_real_socket_dropped_mid_order_is_unknown_outcome(tmp_path: Path) 
     try:
         h = Harness(tmp_path, None, url=f"http://127.0.0.1:{port}")
         with pytest.raises(BrokerUnknownOutcome):
-            await h.rest.request("POST", "/uapi/domestic-stock/v1/trading/order-cash", "TTTC0012U", OrderResponse, body={"ORD_QTY": "1"}, kind=Kind.WRITE)
+            await h.rest.request(
+                "POST",
+                "/uapi/domestic-stock/v1/trading/order-cash",
+                "TTTC0012U",
+                OrderResponse,
+                body={"ORD_QTY": "1"},
+                kind=Kind.WRITE,
+            )
         assert len(received) == 1  # reached the server once, never resent
         await h.rest.aclose()
         # a closed port is a connect error: nothing was sent

@@ -64,15 +64,20 @@ def test_failures_map_to_exit_codes_and_hints() -> None:
     assert tls is not None and tls.exit_code is StartExit.UNREACHABLE and not tls.transient and "ca_bundle" in tls.hint
     dns = explain_failure(_unreachable(NetFault.DNS), what="KIS real REST", env_name="real")
     assert dns is not None and dns.transient
-    wrong = explain_failure(BrokerAuthError("token issuance refused: ...", code="EGW02004", http_status=500),
-                            what="KIS real REST", env_name="real")
+    wrong = explain_failure(
+        BrokerAuthError("token issuance refused: ...", code="EGW02004", http_status=500),
+        what="KIS real REST",
+        env_name="real",
+    )
     assert wrong is not None and wrong.exit_code is StartExit.REFUSED and 'broker.env = "paper"' in wrong.hint
     acct = explain_failure(BrokerAuthError("x", code="OPSQ2000"), what="w", env_name="paper")
     assert acct is not None and "KTRADER_KIS_ACCOUNT" in acct.hint
     server = explain_failure(BrokerTemporary("oops", code="EGW00500", http_status=500), what="w", env_name="paper")
     assert server is not None and server.transient and server.exit_code is StartExit.UNREACHABLE
     assert explain_failure(ValueError("a bug"), what="w", env_name="paper") is None  # not ours to explain
-    lines = StartupError("KIS paper REST", "kis:9443: connection refused", "check the port", StartExit.UNREACHABLE).lines()
+    lines = StartupError(
+        "KIS paper REST", "kis:9443: connection refused", "check the port", StartExit.UNREACHABLE
+    ).lines()
     assert lines == ["error: KIS paper REST: kis:9443: connection refused", "  check: check the port"]
 
 
@@ -105,7 +110,9 @@ def test_permanent_failure_is_not_retried() -> None:
     async def step() -> None:
         nonlocal calls
         calls += 1
-        raise BrokerAuthError("token issuance refused: 유효하지 않은 AppSecret입니다.", code="EGW00105", http_status=403)
+        raise BrokerAuthError(
+            "token issuance refused: 유효하지 않은 AppSecret입니다.", code="EGW00105", http_status=403
+        )
 
     with pytest.raises(StartupError) as ei:
         asyncio.run(StartRetry(retries=5, backoff_s=0.0).run(step, what="KIS real REST", env_name="real"))

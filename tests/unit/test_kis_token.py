@@ -45,7 +45,15 @@ class World:
         return IssuedToken(access_token=f"tok{len(self.issued)}", expires_at=self.now + self.lifetime)
 
     def manager(self, run_dir: Path, **kw) -> TokenManager:
-        return TokenManager(issue=self.issue, run_dir=run_dir, env_name="paper", key_fingerprint="f1ngerpr1nt", clock=self.clock, sleep=self.sleep, **kw)
+        return TokenManager(
+            issue=self.issue,
+            run_dir=run_dir,
+            env_name="paper",
+            key_fingerprint="f1ngerpr1nt",
+            clock=self.clock,
+            sleep=self.sleep,
+            **kw,
+        )
 
 
 @aio
@@ -125,7 +133,9 @@ async def test_throttled_by_kis_waits_then_gives_up(tmp_path: Path) -> None:
     async def always_throttled() -> IssuedToken:
         raise TokenThrottled()
 
-    m = TokenManager(issue=always_throttled, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep)
+    m = TokenManager(
+        issue=always_throttled, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep
+    )
     with pytest.raises(BrokerTemporary):
         await m.get()
     assert w.sleeps and w.sleeps[0] >= 60
@@ -172,7 +182,10 @@ def test_processes_share_one_issuance(tmp_path: Path) -> None:
 
     log = tmp_path / "issued.log"
     root = Path(__file__).resolve().parents[2]
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(log)], cwd=root, stdout=subprocess.PIPE) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(log)], cwd=root, stdout=subprocess.PIPE)
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=30)[0].decode().strip() for p in procs]
     assert outs == ["shared"] * 3
     assert log.read_text().count("issued") == 1
@@ -187,7 +200,9 @@ async def test_only_issuances_kis_may_have_made_start_the_minute(tmp_path: Path)
 
     w = World()
     failures: list[Exception] = [
-        BrokerUnreachable("token request", NetProblem(fault=NetFault.REFUSED, target="h:1", reason="connection refused", sent=False)),
+        BrokerUnreachable(
+            "token request", NetProblem(fault=NetFault.REFUSED, target="h:1", reason="connection refused", sent=False)
+        ),
         BrokerAuthError("token issuance refused: bad secret", code="EGW00105", http_status=403),
         BrokerTemporary("token issuance: system error", code="EGW00500", http_status=500),
     ]
@@ -198,7 +213,9 @@ async def test_only_issuances_kis_may_have_made_start_the_minute(tmp_path: Path)
         return await w.issue()
 
     for _ in range(3):
-        m = TokenManager(issue=issue, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep)
+        m = TokenManager(
+            issue=issue, run_dir=tmp_path, env_name="real", key_fingerprint="x", clock=w.clock, sleep=w.sleep
+        )
         with pytest.raises((BrokerUnreachable, BrokerAuthError, BrokerTemporary)):
             await m.get()
         w.now += 1  # restarted a second later
@@ -208,14 +225,20 @@ async def test_only_issuances_kis_may_have_made_start_the_minute(tmp_path: Path)
 
     # a connection cut after the request left: KIS may have issued one, so the minute is honoured
     w2 = World()
-    cut = [BrokerUnreachable("token request", NetProblem(fault=NetFault.CUT, target="h:1", reason="connection cut", sent=True))]
+    cut = [
+        BrokerUnreachable(
+            "token request", NetProblem(fault=NetFault.CUT, target="h:1", reason="connection cut", sent=True)
+        )
+    ]
 
     async def issue2() -> IssuedToken:
         if cut:
             raise cut.pop()
         return await w2.issue()
 
-    m = TokenManager(issue=issue2, run_dir=tmp_path / "b", env_name="real", key_fingerprint="x", clock=w2.clock, sleep=w2.sleep)
+    m = TokenManager(
+        issue=issue2, run_dir=tmp_path / "b", env_name="real", key_fingerprint="x", clock=w2.clock, sleep=w2.sleep
+    )
     with pytest.raises(BrokerUnreachable):
         await m.get()
     w2.now += 1

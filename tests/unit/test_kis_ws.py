@@ -55,17 +55,37 @@ class FakeKis:
                 continue
             tr_id, tr_key = m["body"]["input"]["tr_id"], m["body"]["input"]["tr_key"]
             if m["header"]["approval_key"] in self.bad_approvals:
-                await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key}, "body": {"rt_cd": "1", "msg_cd": "OPSP0011", "msg1": "invalid approval : x"}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "header": {"tr_id": tr_id, "tr_key": tr_key},
+                            "body": {"rt_cd": "1", "msg_cd": "OPSP0011", "msg1": "invalid approval : x"},
+                        }
+                    )
+                )
                 continue
             if refuse:
-                await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key}, "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "header": {"tr_id": tr_id, "tr_key": tr_key},
+                            "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"},
+                        }
+                    )
+                )
                 ws.transport.abort()
                 return
             key = (tr_id, tr_key)
             if tr_id.startswith("H0STCNI") and self.hts_ids is not None and tr_key not in self.hts_ids:
                 # as KIS: header tr_id "(null)", rt_cd 9 (API.md §5.3)
-                await ws.send(json.dumps({"header": {"tr_id": "(null)", "tr_key": tr_key, "encrypt": "N"},
-                                          "body": {"rt_cd": "9", "msg_cd": "OPSP0017", "msg1": "ERROR : htsid가잘못되었습니다"}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "header": {"tr_id": "(null)", "tr_key": tr_key, "encrypt": "N"},
+                            "body": {"rt_cd": "9", "msg_cd": "OPSP0017", "msg1": "ERROR : htsid가잘못되었습니다"},
+                        }
+                    )
+                )
                 continue
             if m["header"]["tr_type"] == "2":
                 regs.remove(key)
@@ -76,7 +96,12 @@ class FakeKis:
                 body = {"rt_cd": "1", "msg_cd": "OPSP0008", "msg1": "MAX SUBSCRIBE OVER"}
             else:
                 regs.append(key)
-                body = {"rt_cd": "0", "msg_cd": "OPSP0000", "msg1": "SUBSCRIBE SUCCESS", "output": {"iv": IV, "key": KEY}}
+                body = {
+                    "rt_cd": "0",
+                    "msg_cd": "OPSP0000",
+                    "msg1": "SUBSCRIBE SUCCESS",
+                    "output": {"iv": IV, "key": KEY},
+                }
             enc = "Y" if tr_id.startswith("H0STCNI") else "N"
             await ws.send(json.dumps({"header": {"tr_id": tr_id, "tr_key": tr_key, "encrypt": enc}, "body": body}))
 
@@ -90,9 +115,24 @@ class Rig:
             kis.approvals += 1
             return f"approval-{kis.approvals}"
 
-        base = dict(backoff_base_s=0.05, backoff_max_s=0.2, in_use_backoff_s=0.1, ack_timeout_s=2.0, batch_pace_s=0.01, batch_size=2, ping_interval_s=None)
+        base = dict(
+            backoff_base_s=0.05,
+            backoff_max_s=0.2,
+            in_use_backoff_s=0.1,
+            ack_timeout_s=2.0,
+            batch_pace_s=0.01,
+            batch_size=2,
+            ping_interval_s=None,
+        )
         base.update(cfg)
-        self.ws = KisWebSocket(url=url, approval=approval, notice_tr="H0STCNI0", hts_id=HTS, emit=self.events.append, config=WsConfig(**base))
+        self.ws = KisWebSocket(
+            url=url,
+            approval=approval,
+            notice_tr="H0STCNI0",
+            hts_id=HTS,
+            emit=self.events.append,
+            config=WsConfig(**base),
+        )
 
     async def until(self, pred, timeout: float = 5.0) -> None:
         async def loop() -> None:
@@ -242,7 +282,9 @@ async def test_app_key_in_use_backs_off_then_connects() -> None:
         assert await rig.ws.wait_state(SessionState.READY, 5)
         assert loop.time() - t0 >= 2 * 0.1 * 0.99  # in_use back-off honoured twice
         assert len(kis.conns) == 3 and rig.ws.sessions == 3
-        reasons = [e.reason for e in rig.events if isinstance(e, SessionChange) and e.state == SessionState.DISCONNECTED]
+        reasons = [
+            e.reason for e in rig.events if isinstance(e, SessionChange) and e.state == SessionState.DISCONNECTED
+        ]
         assert any("OPSP8996" in r for r in reasons)
 
 

@@ -10,15 +10,40 @@ from hypothesis import strategies as st
 
 from common.clock import KST
 from common.krx import (
-    Phase, PriceRuleError, SecurityKind, check_price, next_tick_down, next_tick_up, on_grid, phase_at, price_limits,
-    round_down, round_up, tick_size,
+    Phase,
+    PriceRuleError,
+    SecurityKind,
+    check_price,
+    next_tick_down,
+    next_tick_up,
+    on_grid,
+    phase_at,
+    price_limits,
+    round_down,
+    round_up,
+    tick_size,
 )
 
 
-@pytest.mark.parametrize("price,tick", [
-    (1, 1), (1_999, 1), (2_000, 5), (4_995, 5), (5_000, 10), (19_990, 10), (20_000, 50), (49_950, 50),
-    (50_000, 100), (199_900, 100), (200_000, 500), (499_500, 500), (500_000, 1_000), (1_500_000, 1_000),
-])
+@pytest.mark.parametrize(
+    "price,tick",
+    [
+        (1, 1),
+        (1_999, 1),
+        (2_000, 5),
+        (4_995, 5),
+        (5_000, 10),
+        (19_990, 10),
+        (20_000, 50),
+        (49_950, 50),
+        (50_000, 100),
+        (199_900, 100),
+        (200_000, 500),
+        (499_500, 500),
+        (500_000, 1_000),
+        (1_500_000, 1_000),
+    ],
+)
 def test_tick_table(price: int, tick: int) -> None:
     assert tick_size(price) == tick
 
@@ -72,21 +97,24 @@ def kst(y, m, d, hh, mm) -> dt.datetime:
     return dt.datetime(y, m, d, hh, mm, tzinfo=KST)
 
 
-@pytest.mark.parametrize("when,phase", [
-    (kst(2026, 11, 20, 8, 0), Phase.PRE_OPEN),
-    (kst(2026, 11, 20, 8, 30), Phase.OPENING_AUCTION),
-    (kst(2026, 11, 20, 9, 0), Phase.CONTINUOUS),
-    (kst(2026, 11, 20, 15, 19), Phase.CONTINUOUS),
-    (kst(2026, 11, 20, 15, 20), Phase.CLOSING_AUCTION),
-    (kst(2026, 11, 20, 15, 30), Phase.POST_CLOSE),
-    (kst(2026, 11, 20, 15, 45), Phase.POST_OFF_HOURS),
-    (kst(2026, 11, 20, 17, 0), Phase.AFTER_HOURS_SINGLE),
-    (kst(2026, 11, 20, 18, 0), Phase.AFTER_HOURS_END),
-    (kst(2026, 11, 21, 10, 0), Phase.CLOSED),  # Saturday
-    (kst(2026, 12, 31, 10, 0), Phase.CLOSED),  # year-end holiday
-    (kst(2026, 1, 2, 9, 30), Phase.OPENING_AUCTION),  # first trading day opens at 10:00
-    (kst(2025, 11, 13, 16, 0), Phase.CONTINUOUS),  # CSAT day: shifted an hour, closes 16:30
-])
+@pytest.mark.parametrize(
+    "when,phase",
+    [
+        (kst(2026, 11, 20, 8, 0), Phase.PRE_OPEN),
+        (kst(2026, 11, 20, 8, 30), Phase.OPENING_AUCTION),
+        (kst(2026, 11, 20, 9, 0), Phase.CONTINUOUS),
+        (kst(2026, 11, 20, 15, 19), Phase.CONTINUOUS),
+        (kst(2026, 11, 20, 15, 20), Phase.CLOSING_AUCTION),
+        (kst(2026, 11, 20, 15, 30), Phase.POST_CLOSE),
+        (kst(2026, 11, 20, 15, 45), Phase.POST_OFF_HOURS),
+        (kst(2026, 11, 20, 17, 0), Phase.AFTER_HOURS_SINGLE),
+        (kst(2026, 11, 20, 18, 0), Phase.AFTER_HOURS_END),
+        (kst(2026, 11, 21, 10, 0), Phase.CLOSED),  # Saturday
+        (kst(2026, 12, 31, 10, 0), Phase.CLOSED),  # year-end holiday
+        (kst(2026, 1, 2, 9, 30), Phase.OPENING_AUCTION),  # first trading day opens at 10:00
+        (kst(2025, 11, 13, 16, 0), Phase.CONTINUOUS),  # CSAT day: shifted an hour, closes 16:30
+    ],
+)
 def test_phases(when: dt.datetime, phase: Phase) -> None:
     assert phase_at(when) is phase
 

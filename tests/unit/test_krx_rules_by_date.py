@@ -20,21 +20,35 @@ def bars(shared: Path, folder: str, code: str) -> list:
     return load_codes(shared / folder, [code])[code].bars
 
 
-def off_grid(bs: list, lo: str, hi: str, market: Market = K, kind: SecurityKind = SecurityKind.STOCK,
-             day: str = "") -> list[str]:
+def off_grid(
+    bs: list, lo: str, hi: str, market: Market = K, kind: SecurityKind = SecurityKind.STOCK, day: str = ""
+) -> list[str]:
     """Days in [lo, hi] with an O/H/L/C off the grid of `day` (default: each bar's own day)."""
-    return [b.start for b in bs if lo <= b.start <= hi
-            and not all(rules_for(day or b.start).on_grid(p, kind, market) for p in (b.open, b.high, b.low, b.close))]
+    return [
+        b.start
+        for b in bs
+        if lo <= b.start <= hi
+        and not all(rules_for(day or b.start).on_grid(p, kind, market) for p in (b.open, b.high, b.low, b.close))
+    ]
 
 
 # ---- tick grid: every row against the prices KRX actually printed ---------------------------------
+
 
 def test_kospi_grid_before_2010(shared_data: Path) -> None:
     hynix = bars(shared_data, "krx_daily_1990_2023", "000660")
     hyundai = bars(shared_data, "krx_daily_1990_2023", "005380")
     assert off_grid(hynix, "2003-05-01", "2010-10-01") == [] and off_grid(hyundai, "2000-01-01", "2010-10-01") == []
     r = rules_for("2008-10-24")
-    assert [r.tick_size(p) for p in (900, 4_995, 9_990, 49_950, 99_900, 499_500, 600_000)] == [5, 5, 10, 50, 100, 500, 1_000]
+    assert [r.tick_size(p) for p in (900, 4_995, 9_990, 49_950, 99_900, 499_500, 600_000)] == [
+        5,
+        5,
+        10,
+        50,
+        100,
+        500,
+        1_000,
+    ]
     assert rules_for("2003-04-15").on_grid(3_500) and not rules_for("2003-04-15").on_grid(3_501)
 
 
@@ -43,7 +57,15 @@ def test_kospi_grid_2010_to_2023(shared_data: Path) -> None:
     assert off_grid(hynix, "2020-01-02", "2023-01-24") == []
     assert off_grid(bars(shared_data, "krx_daily_1990_2023", "005380"), "2010-10-04", "2023-01-24") == []
     r = rules_for("2021-06-01")
-    assert [r.tick_size(p) for p in (999, 1_000, 9_990, 10_000, 99_900, 100_000, 500_000)] == [1, 5, 10, 50, 100, 500, 1_000]
+    assert [r.tick_size(p) for p in (999, 1_000, 9_990, 10_000, 99_900, 100_000, 500_000)] == [
+        1,
+        5,
+        10,
+        50,
+        100,
+        500,
+        1_000,
+    ]
     # the 2023 grid would have allowed 120,100 for SK hynix in 2021; the exchange did not
     assert not r.on_grid(120_100) and CURRENT.on_grid(120_100)
     # and after 2023-01-25 SK hynix printed prices the old grid did not have
@@ -66,7 +88,9 @@ def test_one_grid_for_every_market_since_2023_01_25(shared_data: Path) -> None:
     for code in ("247540", "196170", "035900"):  # KOSDAQ names, pykrx 2023-12.. (before Nextrade)
         assert off_grid(bars(shared_data, "krx_daily_pykrx_2023_2025", code), "2023-12-05", "2025-03-03", Q) == []
     r = rules_for("2023-01-25")
-    assert all(r.tick_size(p, market=m) == CURRENT.tick_size(p) for m in Market for p in (1_500, 15_000, 150_000, 700_000))
+    assert all(
+        r.tick_size(p, market=m) == CURRENT.tick_size(p) for m in Market for p in (1_500, 15_000, 150_000, 700_000)
+    )
     assert rules_for("2023-01-20").tick_size(150_000) == 500 and r.tick_size(150_000) == 100
 
 
@@ -84,24 +108,32 @@ def test_tick_rows_are_documented() -> None:
 
 # ---- price band ------------------------------------------------------------------------------------
 
+
 def _moves_pct(bs: list, lo: str, hi: str) -> list[tuple[str, float]]:
     """Close-to-close moves in % between consecutive KRX sessions (gaps in the data are skipped)."""
     from common.calendar import previous_trading_day
 
     out, prev = [], None
     for b in bs:
-        if prev is not None and lo <= b.start <= hi and previous_trading_day(dt.date.fromisoformat(b.start)).isoformat() == prev.start:
+        if (
+            prev is not None
+            and lo <= b.start <= hi
+            and previous_trading_day(dt.date.fromisoformat(b.start)).isoformat() == prev.start
+        ):
             out.append((b.start, abs(b.close / prev.close - 1) * 100))
         prev = b
     return out
 
 
-@pytest.mark.parametrize("lo, hi, pct, below", [
-    ("1995-04-03", "1996-11-23", 6, 5.5),  # +-6 % (the adjusted history rounds: a little slack above)
-    ("1996-11-25", "1998-02-28", 8, 6.5),
-    ("1998-03-02", "1998-12-05", 12, 8.5),
-    ("1998-12-07", "2015-06-12", 15, 12.5),
-])
+@pytest.mark.parametrize(
+    "lo, hi, pct, below",
+    [
+        ("1995-04-03", "1996-11-23", 6, 5.5),  # +-6 % (the adjusted history rounds: a little slack above)
+        ("1996-11-25", "1998-02-28", 8, 6.5),
+        ("1998-03-02", "1998-12-05", 12, 8.5),
+        ("1998-12-07", "2015-06-12", 15, 12.5),
+    ],
+)
 def test_band_periods_match_the_largest_moves(shared_data: Path, lo: str, hi: str, pct: int, below: float) -> None:
     assert rules_for(lo).band_pct() == pct == rules_for(hi).band_pct()
     near = 0
@@ -126,7 +158,11 @@ def test_band_30_pct_since_2015_with_the_day_grid(shared_data: Path) -> None:
 
 def test_band_before_1995_is_not_modelled() -> None:
     r = rules_for("1994-06-01")
-    assert r.band_pct() is None and r.price_limits(10_000) == (1, r.price_limits(10_000)[1]) and r.price_limits(10_000)[1] > 10**12
+    assert (
+        r.band_pct() is None
+        and r.price_limits(10_000) == (1, r.price_limits(10_000)[1])
+        and r.price_limits(10_000)[1] > 10**12
+    )
     assert any("price band" in n for n in r.unconfirmed)
 
 
@@ -148,21 +184,25 @@ def test_check_price_uses_the_day_rules() -> None:
 
 # ---- sell taxes, by settlement day (T+2) -------------------------------------------------------------
 
-@pytest.mark.parametrize("trade_day, kospi, kosdaq", [
-    ("2019-05-29", 3_000, 3_000),  # settles 05-31: old rates
-    ("2019-05-30", 2_500, 2_500),  # settles 06-03: the cut
-    ("2020-12-28", 2_500, 2_500),
-    ("2020-12-29", 2_300, 2_300),  # settles 2021-01-04
-    ("2022-06-02", 2_300, 2_300),
-    ("2022-12-28", 2_000, 2_000),  # settles 2023-01-02
-    ("2023-12-26", 2_000, 2_000),
-    ("2023-12-27", 1_800, 1_800),  # settles 2024-01-02
-    ("2024-12-26", 1_800, 1_800),
-    ("2024-12-27", 1_500, 1_500),  # settles 2025-01-02 (the brokers' notices say so)
-    ("2025-12-26", 1_500, 1_500),
-    ("2025-12-29", 2_000, 2_000),  # settles 2026-01-02: back to the 2023 rates
-    ("2026-05-29", 2_000, 2_000),
-])
+
+@pytest.mark.parametrize(
+    "trade_day, kospi, kosdaq",
+    [
+        ("2019-05-29", 3_000, 3_000),  # settles 05-31: old rates
+        ("2019-05-30", 2_500, 2_500),  # settles 06-03: the cut
+        ("2020-12-28", 2_500, 2_500),
+        ("2020-12-29", 2_300, 2_300),  # settles 2021-01-04
+        ("2022-06-02", 2_300, 2_300),
+        ("2022-12-28", 2_000, 2_000),  # settles 2023-01-02
+        ("2023-12-26", 2_000, 2_000),
+        ("2023-12-27", 1_800, 1_800),  # settles 2024-01-02
+        ("2024-12-26", 1_800, 1_800),
+        ("2024-12-27", 1_500, 1_500),  # settles 2025-01-02 (the brokers' notices say so)
+        ("2025-12-26", 1_500, 1_500),
+        ("2025-12-29", 2_000, 2_000),  # settles 2026-01-02: back to the 2023 rates
+        ("2026-05-29", 2_000, 2_000),
+    ],
+)
 def test_sell_tax_rows(trade_day: str, kospi: int, kosdaq: int) -> None:
     r = rules_for(trade_day)
     assert (r.sell_tax_ppm(K), r.sell_tax_ppm(Q)) == (kospi, kosdaq)
@@ -177,6 +217,7 @@ def test_konex_and_older_taxes() -> None:
 
 
 # ---- today's functions stay today's row; rules_for is cheap ----------------------------------------
+
 
 def test_common_krx_is_todays_row() -> None:
     assert krx.tick_size(150_000) == CURRENT.tick_size(150_000) == 100

@@ -8,7 +8,16 @@ import logging
 from agent.marketfeed import MarketFeed
 from common.config import AgentCard, Subscriptions
 from common.schema import (
-    Bar, BookTick, HeaderFactory, MarketSnapshot, MarketState, Published, TradeTick, bar_topic, book_topic, trade_topic,
+    Bar,
+    BookTick,
+    HeaderFactory,
+    MarketSnapshot,
+    MarketState,
+    Published,
+    TradeTick,
+    bar_topic,
+    book_topic,
+    trade_topic,
 )
 
 C = "005930"
@@ -20,17 +29,23 @@ def card(**subs: object) -> AgentCard:
 
 
 def tick(seq: int, price: int = 100) -> Published:
-    return Published(topic=trade_topic(C), seq=seq,
-                     body=TradeTick(code=C, time="090000", price=price, qty=1, side=1, cum_volume=seq))
+    return Published(
+        topic=trade_topic(C), seq=seq, body=TradeTick(code=C, time="090000", price=price, qty=1, side=1, cum_volume=seq)
+    )
 
 
 def book(seq: int) -> Published:
-    return Published(topic=book_topic(C), seq=seq, body=BookTick(code=C, time="090000", asks=[(101, seq)], bids=[(100, 1)]))
+    return Published(
+        topic=book_topic(C), seq=seq, body=BookTick(code=C, time="090000", asks=[(101, seq)], bids=[(100, 1)])
+    )
 
 
 def bar(seq: int, start: str) -> Published:
-    return Published(topic=bar_topic(C, "1m"), seq=seq,
-                     body=Bar(code=C, interval="1m", start=start, open=1, high=1, low=1, close=1, volume=1))
+    return Published(
+        topic=bar_topic(C, "1m"),
+        seq=seq,
+        body=Bar(code=C, interval="1m", start=start, open=1, high=1, low=1, close=1, volume=1),
+    )
 
 
 def seqs(pubs: list[Published]) -> list[tuple[str, int]]:
@@ -49,9 +64,17 @@ def test_gap_heal_without_duplicates() -> None:
     out, heal = f.drain([tick(8)])  # another gap while the heal is on the way: no second request
     assert heal == [] and f.stats.gaps == 2
     last_bar = Bar(code=C, interval="1m", start="2024-03-04T09:03", open=2, high=2, low=2, close=2, volume=2)
-    snap = MarketSnapshot(h=H(77), markets=[MarketState(
-        code=C, trade=tick(9, 123).body, closed=[last_bar],  # type: ignore[arg-type]
-        seqs={trade_topic(C): 9, bar_topic(C, "1m"): 4, book_topic(C): 3})])
+    snap = MarketSnapshot(
+        h=H(77),
+        markets=[
+            MarketState(
+                code=C,
+                trade=tick(9, 123).body,
+                closed=[last_bar],  # type: ignore[arg-type]
+                seqs={trade_topic(C): 9, bar_topic(C, "1m"): 4, book_topic(C): 3},
+            )
+        ],
+    )
     delivered = f.on_snapshot(snap)
     # newer than what we saw: the trade (seq 9) and the missed bar (seq 4); books are not subscribed
     assert delivered == [tick(9, 123).body, last_bar]
@@ -66,8 +89,17 @@ def test_snapshot_on_subscribe_is_not_newer_than_the_stream() -> None:
     f.asked(1, False, [C])
     f.drain([tick(4)])  # the stream got ahead of the snapshot
     last_bar = Bar(code=C, interval="1m", start="2024-03-04T09:03", open=2, high=2, low=2, close=2, volume=2)
-    snap = MarketSnapshot(h=H(1), markets=[MarketState(code=C, trade=tick(3).body, closed=[last_bar],  # type: ignore[arg-type]
-                                                       seqs={trade_topic(C): 3, bar_topic(C, "1m"): 6})])
+    snap = MarketSnapshot(
+        h=H(1),
+        markets=[
+            MarketState(
+                code=C,
+                trade=tick(3).body,
+                closed=[last_bar],  # type: ignore[arg-type]
+                seqs={trade_topic(C): 3, bar_topic(C, "1m"): 6},
+            )
+        ],
+    )
     # trade 3 is older than trade 4 already delivered; the bar is history on subscribe (no on_bar)
     assert f.on_snapshot(snap) == []
     assert f.stats.heals == 0

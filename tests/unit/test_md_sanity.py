@@ -24,8 +24,21 @@ def rig(base: int = 70_000) -> tuple[MarketSanity, list[str]]:
 
 
 def tick(price: int, cum: int, qty: int = 1, bid: int = 0, ask: int = 0, code: str = "005930") -> Trade:
-    return Trade(code=code, time="100000", price=price, qty=qty, side=1, cum_volume=cum, cum_value=0, open=0, high=0,
-                 low=0, change=0, ask1=ask, bid1=bid)
+    return Trade(
+        code=code,
+        time="100000",
+        price=price,
+        qty=qty,
+        side=1,
+        cum_volume=cum,
+        cum_value=0,
+        open=0,
+        high=0,
+        low=0,
+        change=0,
+        ask1=ask,
+        bid1=bid,
+    )
 
 
 def test_bad_prints_are_dropped_counted_and_alerted_once() -> None:
@@ -52,12 +65,28 @@ def test_one_volume_outlier_does_not_poison_the_feed() -> None:
 
 def test_books_out_of_order_are_dropped() -> None:
     s, _ = rig()
-    good = Book(code="005930", time="100000", asks=((70_100, 5), (70_200, 5)), bids=((70_000, 5), (69_900, 5)),
-                total_ask_qty=10, total_bid_qty=10)
-    crossed = Book(code="005930", time="100001", asks=((69_900, 5),), bids=((70_000, 5),), total_ask_qty=5, total_bid_qty=5)
-    unsorted = Book(code="005930", time="100002", asks=((70_200, 5), (70_100, 5)), bids=((70_000, 5),), total_ask_qty=10,
-                    total_bid_qty=5)
-    negative = Book(code="005930", time="100003", asks=((70_100, -5),), bids=((70_000, 5),), total_ask_qty=5, total_bid_qty=5)
+    good = Book(
+        code="005930",
+        time="100000",
+        asks=((70_100, 5), (70_200, 5)),
+        bids=((70_000, 5), (69_900, 5)),
+        total_ask_qty=10,
+        total_bid_qty=10,
+    )
+    crossed = Book(
+        code="005930", time="100001", asks=((69_900, 5),), bids=((70_000, 5),), total_ask_qty=5, total_bid_qty=5
+    )
+    unsorted = Book(
+        code="005930",
+        time="100002",
+        asks=((70_200, 5), (70_100, 5)),
+        bids=((70_000, 5),),
+        total_ask_qty=10,
+        total_bid_qty=5,
+    )
+    negative = Book(
+        code="005930", time="100003", asks=((70_100, -5),), bids=((70_000, 5),), total_ask_qty=5, total_bid_qty=5
+    )
     assert s.book(good) is None
     assert s.book(crossed) is Bad.BOOK and s.book(unsorted) is Bad.BOOK and s.book(negative) is Bad.QTY
 

@@ -36,10 +36,14 @@ async def test_every_kind_reaches_every_channel_once(sinks, monkeypatch) -> None
     plain, telegram, slack, smtp = sinks
     monkeypatch.setenv("KT_TEST_TG_URL", telegram.url)
     cfg = NotifyConfig(
-        webhooks=[WebhookConfig(url=plain.url), WebhookConfig(url_env="KT_TEST_TG_URL", shape=WebhookShape.TELEGRAM, chat_id="42"),
-                  WebhookConfig(url=slack.url, shape=WebhookShape.SLACK)],
+        webhooks=[
+            WebhookConfig(url=plain.url),
+            WebhookConfig(url_env="KT_TEST_TG_URL", shape=WebhookShape.TELEGRAM, chat_id="42"),
+            WebhookConfig(url=slack.url, shape=WebhookShape.SLACK),
+        ],
         smtp=[SmtpConfig(host="127.0.0.1", port=smtp.port, sender="ktrader@localhost", to=["desk@localhost"])],
-        max_per_minute=100)
+        max_per_minute=100,
+    )
     n = Notifier(cfg, gateway="test")
     task = asyncio.create_task(n.run())
     try:
@@ -47,7 +51,11 @@ async def test_every_kind_reaches_every_channel_once(sinks, monkeypatch) -> None
             assert n.alert(kind, f"{kind.value} happened", agent="alpha", subject="s1")
             assert not n.alert(kind, f"{kind.value} happened", agent="alpha", subject="s1")  # a repeat
         k = len(AlertKind)
-        await until(lambda: len(plain.bodies) == k and len(telegram.bodies) == k and len(slack.bodies) == k and len(smtp.mails) == k)
+        await until(
+            lambda: (
+                len(plain.bodies) == k and len(telegram.bodies) == k and len(slack.bodies) == k and len(smtp.mails) == k
+            )
+        )
         await asyncio.sleep(0.2)  # nothing more arrives
         assert (len(plain.bodies), len(telegram.bodies), len(slack.bodies), len(smtp.mails)) == (k, k, k, k)
         assert sorted(b["kind"] for b in plain.bodies) == sorted(a.value for a in AlertKind)

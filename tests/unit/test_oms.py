@@ -25,8 +25,14 @@ from tests.fakes.broker import FakeBroker
 from tests.fakes.core import make_core, trading_clock
 
 TODAY = dt.date(2026, 11, 20)
-CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"], budget=5_000_000,
-                 risk=RiskLimits(max_order_value=3_000_000, max_open_orders=5))
+CARD = AgentCard(
+    id="alpha",
+    name="A",
+    strategy="x:Y",
+    codes=["005930", "000660"],
+    budget=5_000_000,
+    risk=RiskLimits(max_order_value=3_000_000, max_open_orders=5),
+)
 
 
 def coid(n: int, agent: str = "alpha") -> str:
@@ -60,11 +66,22 @@ class Harness:
         async def wait() -> None:
             while not cond():
                 await asyncio.sleep(0.005)
+
         await asyncio.wait_for(wait(), timeout)
 
     def snapshot(self, card: AgentCard):  # type: ignore[no-untyped-def]
-        sessions = AgentSessions(None, self.book, self.desk, self.core.risk, None, HeaderFactory("gateway"),  # type: ignore[arg-type]
-                                 lambda *a: None, Counter(), lease_s=1.0, heartbeat_s=0.25)
+        sessions = AgentSessions(
+            None,
+            self.book,
+            self.desk,
+            self.core.risk,
+            None,
+            HeaderFactory("gateway"),  # type: ignore[arg-type]
+            lambda *a: None,
+            Counter(),
+            lease_s=1.0,
+            heartbeat_s=0.25,
+        )
         return sessions.snapshot(AgentRecord(card=card, routing_id=b"", session="s", pid=0, host="", last_seen=0.0))
 
     async def close(self) -> None:
@@ -84,7 +101,11 @@ async def test_submit_fill_dedup_and_restart(db: Path) -> None:
     r1 = h.desk.submit(CARD, order(1, qty=10, price=70_000))  # marketable: fills
     r2 = h.desk.submit(CARD, order(2, qty=5, price=60_000))  # rests
     assert r1.accepted and r2.accepted
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED and h.book.orders[coid(2)].state is OrderState.ACCEPTED)
+    await h.settle(
+        lambda: (
+            h.book.orders[coid(1)].state is OrderState.FILLED and h.book.orders[coid(2)].state is OrderState.ACCEPTED
+        )
+    )
     # resending the same order (e.g. after a lost reply) is harmless
     again = h.desk.submit(CARD, order(1, qty=10, price=70_000))
     assert again.duplicate and again.accepted and h.broker.submits == 2
@@ -116,8 +137,14 @@ async def test_denials_carry_reasons_and_are_recorded(db: Path) -> None:
         (order(2, side=Side.SELL), ErrorCode.DENIED_NO_SHARES),
         (order(3, qty=100, price=60_000), ErrorCode.DENIED_NOTIONAL),  # 6,000,000 > 3,000,000 per order
         (order(4, code="035420"), ErrorCode.DENIED_UNKNOWN_CODE),
-        (NewOrder(client_order_id=coid(5, "bravo"), code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.WRONG_AGENT),
-        (NewOrder(client_order_id="alpha-20261119-9", code="005930", side=Side.BUY, qty=1, price=60_000), ErrorCode.WRONG_DAY),
+        (
+            NewOrder(client_order_id=coid(5, "bravo"), code="005930", side=Side.BUY, qty=1, price=60_000),
+            ErrorCode.WRONG_AGENT,
+        ),
+        (
+            NewOrder(client_order_id="alpha-20261119-9", code="005930", side=Side.BUY, qty=1, price=60_000),
+            ErrorCode.WRONG_DAY,
+        ),
     ]
     for new, code in cases:
         r = h.desk.submit(CARD, new)
@@ -153,9 +180,18 @@ async def test_notice_before_rest_reply_is_buffered(db: Path) -> None:
     assert h.portfolio.positions["alpha"]["005930"].qty == 3
     assert not h.notices.unmatched
     # a duplicated fill notice does not double the position
-    dup = BrokerNotice(kind=NoticeKind.FILLED, broker_order_id=h.book.orders[coid(1)].broker_order_id, orig_broker_order_id="",
-                       code="005930", side=Side.BUY, order_qty=3, order_price=70_000, fill_qty=3, fill_price=70_000,
-                       time="000000")
+    dup = BrokerNotice(
+        kind=NoticeKind.FILLED,
+        broker_order_id=h.book.orders[coid(1)].broker_order_id,
+        orig_broker_order_id="",
+        code="005930",
+        side=Side.BUY,
+        order_qty=3,
+        order_price=70_000,
+        fill_qty=3,
+        fill_price=70_000,
+        time="000000",
+    )
     h.notices.on_notice(dup)
     h.notices.on_notice(dup)
     assert h.portfolio.positions["alpha"]["005930"].qty in (3,)
@@ -176,14 +212,20 @@ async def test_cancel_and_cancel_all(db: Path) -> None:
     await h.close()
 
 
-from common.enums import TradingState  # noqa: E402
+from common.enums import TradingState
 
 CARD_STATE = TradingState.ACTIVE
 
 
 async def test_price_band_daily_loss_and_kill_switch(tmp_path: Path) -> None:
-    card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=5_000_000,
-                     risk=RiskLimits(max_daily_loss=100_000))
+    card = AgentCard(
+        id="alpha",
+        name="A",
+        strategy="x:Y",
+        codes=["005930"],
+        budget=5_000_000,
+        risk=RiskLimits(max_daily_loss=100_000),
+    )
     h = Harness(tmp_path / "db.sqlite")
     await h.start()
     await h.base_prices.ensure(["005930"])
@@ -239,7 +281,9 @@ async def test_dedup_compares_full_terms_and_revise_is_price_only(tmp_path: Path
     assert h.desk.modify(CARD, coid(1), 59_000)[0] is ErrorCode.DENIED_HALTED
     h.core.risk.set_state("alpha", TradingState.ACTIVE, "test")
     assert h.desk.modify(CARD, coid(1), 59_000) == (None, "revise sent")
-    await h.settle(lambda: h.book.orders[coid(1)].price == 59_000 and h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    await h.settle(
+        lambda: h.book.orders[coid(1)].price == 59_000 and h.book.orders[coid(1)].state is OrderState.ACCEPTED
+    )
     await h.close()
 
 
@@ -261,7 +305,9 @@ async def test_flatten_cancels_then_sells_what_is_held(db: Path) -> None:
     assert (sell.side, sell.qty, sell.order_type.value) == (Side.SELL, 10, "market")
     assert h.portfolio.positions["alpha"]["005930"].qty == 0
     assert {h.book.orders[coid(2)].state, h.book.orders[coid(3)].state} == {OrderState.CANCELLED}
-    assert any(isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == flat for a, e in h.events if a == "alpha")
+    assert any(
+        isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == flat for a, e in h.events if a == "alpha"
+    )
     # the agent's own numbering is not disturbed by the gateway-issued id
     assert h.snapshot(CARD).next_order_n == 4
     assert h.desk.flatten(CARD) == 0  # nothing open, nothing held: nothing to do
@@ -337,13 +383,23 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     assert h.desk.submit(CARD, order(late_n, qty=5, price=60_000)).accepted  # queued behind them
     await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
     h.broker.release.set()
-    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in range(1, slots + 1))
-                   and h.book.orders[coid(late_n)].state is OrderState.REJECTED)
+    await h.settle(
+        lambda: (
+            all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in range(1, slots + 1))
+            and h.book.orders[coid(late_n)].state is OrderState.REJECTED
+        )
+    )
     late = h.book.orders[coid(late_n)]
     assert late.reason_code == ErrorCode.BROKER_BUSY.value and "not sent" in late.reason
     assert h.broker.submits == slots  # the stale order never reached the broker
-    told = [e.body.order for _, e in h.events if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(late_n)]
-    assert told[-1].state is OrderState.REJECTED and told[-1].reason_code == ErrorCode.BROKER_BUSY.value  # the agent is told
+    told = [
+        e.body.order
+        for _, e in h.events
+        if isinstance(e.body, OrderUpdate) and e.body.order.client_order_id == coid(late_n)
+    ]
+    assert (
+        told[-1].state is OrderState.REJECTED and told[-1].reason_code == ErrorCode.BROKER_BUSY.value
+    )  # the agent is told
     await h.close()
 
 

@@ -31,8 +31,14 @@ H = HeaderFactory("alpha")
 
 
 def buy(n: int, qty: int = 10, price: int = 70_000, **spec: object) -> NewOrder:
-    return NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930", side=Side.BUY, qty=qty, price=price,
-                    protect=ProtectionSpec(**spec) if spec else None)  # type: ignore[arg-type]
+    return NewOrder(
+        client_order_id=f"alpha-20261120-{n}",
+        code="005930",
+        side=Side.BUY,
+        qty=qty,
+        price=price,
+        protect=ProtectionSpec(**spec) if spec else None,
+    )  # type: ignore[arg-type]
 
 
 def exits(h: Harness) -> list:
@@ -40,7 +46,11 @@ def exits(h: Harness) -> list:
 
 
 def updates(h: Harness, pid: str) -> list[PS]:
-    return [e.body.protection.state for a, e in h.events if isinstance(e.body, ProtectionUpdate) and e.body.protection.id == pid]
+    return [
+        e.body.protection.state
+        for a, e in h.events
+        if isinstance(e.body, ProtectionUpdate) and e.body.protection.id == pid
+    ]
 
 
 # ---- the trigger rules (common/protection.py), shared with the backtester ----------------------------
@@ -49,7 +59,9 @@ def updates(h: Harness, pid: str) -> list[PS]:
 def test_trigger_rules_on_prints_and_bars() -> None:
     from common.protection import Protection
 
-    p = Protection(id="a-20261120-1", agent="a", code="005930", spec=ProtectionSpec(stop=69_000, take=72_000), high=70_000)
+    p = Protection(
+        id="a-20261120-1", agent="a", code="005930", spec=ProtectionSpec(stop=69_000, take=72_000), high=70_000
+    )
     assert check_print(p, 69_100)[0] is None and check_print(p, 69_000)[:2] == (Leg.STOP, 69_000)
     assert check_print(p, 72_000)[:2] == (Leg.TAKE, 72_000)
     assert check(p, 68_000, 70_000, 67_500)[:2] == (Leg.STOP, 68_000)  # a gap through the stop: the open
@@ -101,8 +113,10 @@ async def test_a_buys_stop_arms_with_its_fill_and_fires_through_the_desk(tmp_pat
 
     rep = daily_report.build(h.book.day(), h.book, h.portfolio, [], {}, h.protection.of())
     assert [p.id for p in rep.protections] == ["alpha-20261120-1"]
-    assert "alpha-20261120-1 alpha 005930 (stop 69,000, take 72,000): done, stop met at 68,900, sold 10 for 689,000" \
+    assert (
+        "alpha-20261120-1 alpha 005930 (stop 69,000, take 72,000): done, stop met at 68,900, sold 10 for 689,000"
         in daily_report.render(rep)
+    )
     await h.close()
 
 
@@ -148,16 +162,31 @@ async def test_an_unfilled_buy_cancels_its_protection_and_bad_ones_are_refused(t
     assert h.protection.ended["alpha-20261120-1"].state is PS.CANCELLED
     assert "without a fill" in h.protection.ended["alpha-20261120-1"].reason
     r = h.protection.submit(CARD, buy(2, stop=72_000, take=71_000))
-    assert r.code is ErrorCode.BAD_PROTECTION and "below the take-profit" in r.message and "alpha-20261120-2" not in h.book.orders
+    assert (
+        r.code is ErrorCode.BAD_PROTECTION
+        and "below the take-profit" in r.message
+        and "alpha-20261120-2" not in h.book.orders
+    )
     denied = h.protection.submit(CARD, buy(3, qty=10_000))  # over the budget: no protection stays behind
     assert denied.accepted is False
-    r = h.protection.submit(CARD, NewOrder(client_order_id="alpha-20261120-4", code="005930", side=Side.BUY, qty=10_000,
-                                           price=70_000, protect=ProtectionSpec(stop=60_000)))
+    r = h.protection.submit(
+        CARD,
+        NewOrder(
+            client_order_id="alpha-20261120-4",
+            code="005930",
+            side=Side.BUY,
+            qty=10_000,
+            price=70_000,
+            protect=ProtectionSpec(stop=60_000),
+        ),
+    )
     # (the account's default order-value limit, 50 M, is met before the budget: either denies it)
     assert r.code in (ErrorCode.DENIED_BUDGET, ErrorCode.DENIED_NOTIONAL)
     assert h.protection.ended["alpha-20261120-4"].state is PS.CANCELLED
-    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-5", code="000660", spec=ProtectionSpec(stop=1)))[0] \
-        is ErrorCode.BAD_PROTECTION  # nothing held
+    assert (
+        h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-5", code="000660", spec=ProtectionSpec(stop=1)))[0]
+        is ErrorCode.BAD_PROTECTION
+    )  # nothing held
     await h.close()
 
 
@@ -169,9 +198,16 @@ async def test_a_position_protection_frees_shares_held_by_the_agents_own_sell(tm
     sell = NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=20, price=80_000)
     assert h.desk.submit(CARD, sell).accepted  # a resting target holds every share
     await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
-    code, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000)))
+    code, text = h.protection.protect(
+        CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
+    )
     assert code is None and "armed on 20 005930" in text
-    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000)))[0] is None
+    assert (
+        h.protection.protect(
+            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
+        )[0]
+        is None
+    )
     h.broker.ref_price = 64_000
     h.print("005930", 64_000)
     await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
@@ -179,8 +215,19 @@ async def test_a_position_protection_frees_shares_held_by_the_agents_own_sell(tm
     assert p.state is PS.DONE and p.qty == 20 and p.sold == 20
     assert h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED  # a stop is a stop
     # the agent's snapshot: the protection that fired, and numbering after its id
-    sessions = AgentSessions(None, h.book, h.desk, h.risk, None, HeaderFactory("gateway"), lambda *a: None,  # type: ignore[arg-type]
-                             Counter(), lease_s=1.0, heartbeat_s=0.25, protection=h.protection)
+    sessions = AgentSessions(
+        None,
+        h.book,
+        h.desk,
+        h.risk,
+        None,
+        HeaderFactory("gateway"),
+        lambda *a: None,  # type: ignore[arg-type]
+        Counter(),
+        lease_s=1.0,
+        heartbeat_s=0.25,
+        protection=h.protection,
+    )
     snap = sessions.snapshot(AgentRecord(card=CARD, routing_id=b"", session="s", pid=0, host="", last_seen=0.0))
     assert [(x.id, x.state) for x in snap.protections] == [("alpha-20261120-3", PS.DONE)]
     assert snap.next_order_n == 4 and not snap.positions[0].qty
@@ -192,8 +239,9 @@ async def test_the_agent_selling_closes_its_protection(tmp_path: Path) -> None:
     await h.start()
     assert h.protection.submit(CARD, buy(1, stop=60_000)).accepted
     await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
-    assert h.desk.submit(CARD, NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=10,
-                                        price=70_000)).accepted
+    assert h.desk.submit(
+        CARD, NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=10, price=70_000)
+    ).accepted
     await h.settle(lambda: "alpha-20261120-1" in h.protection.ended)
     assert h.protection.ended["alpha-20261120-1"].reason == "the position was closed"
     await h.close()
@@ -205,8 +253,16 @@ async def test_met_after_the_close_it_sells_at_the_next_open_or_waits(tmp_path: 
     await h.start()
     assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
     await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
-    code, _ = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-2", code="005930", qty=5,
-                                                 spec=ProtectionSpec(stop=68_000, when_closed=WhenClosed.WAIT)))
+    code, _ = h.protection.protect(
+        CARD,
+        Protect(
+            h=H(),
+            id="alpha-20261120-2",
+            code="005930",
+            qty=5,
+            spec=ProtectionSpec(stop=68_000, when_closed=WhenClosed.WAIT),
+        ),
+    )
     assert code is None
     clock.set_phase(Phase.AFTER_HOURS_SINGLE)  # a print of the after-hours single-price session
     h.print("005930", 67_000)
@@ -258,7 +314,9 @@ async def test_an_exit_the_broker_refuses_is_placed_again_then_fails(tmp_path: P
     assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
     await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
     h.print("005930", 68_000)
-    await h.settle(lambda: h.protection.tick() or "alpha-20261120-1" in h.protection.ended, timeout=10)  # a second apart
+    await h.settle(
+        lambda: h.protection.tick() or "alpha-20261120-1" in h.protection.ended, timeout=10
+    )  # a second apart
     p = h.protection.ended["alpha-20261120-1"]
     assert p.state is PS.FAILED and len(p.exits) == 3 and p.attempts == 3
     assert all(h.book.orders[x].state is OrderState.REJECTED for x in p.exits)

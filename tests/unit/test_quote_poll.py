@@ -20,8 +20,20 @@ from common.config import AgentCard, Subscriptions
 from common.errors import ErrorCode
 from common.framing import Codec, FrameError
 from common.schema import (
-    MAX_LISTED, Ack, AgentEvent, Error, FeedHealth, HeaderFactory, Heartbeat, Notice, PolledTrade, PriceQuote, PriceReply, Query,
-    Subscribe, TradeTick,
+    MAX_LISTED,
+    Ack,
+    AgentEvent,
+    Error,
+    FeedHealth,
+    HeaderFactory,
+    Heartbeat,
+    Notice,
+    PolledTrade,
+    PriceQuote,
+    PriceReply,
+    Query,
+    Subscribe,
+    TradeTick,
 )
 from kis.port import MarketKind
 from server.subscriptions import refusal_notice
@@ -55,9 +67,27 @@ class Wire:
 
 
 def quote(last: int, volume: int, code: str = CODE, change: int = 0) -> PriceQuote:
-    return PriceQuote(code=code, last=last, change=change, change_pct=0.0, open=last, high=last, low=last, base=last,
-                      upper_limit=2 * last, lower_limit=last // 2, volume=volume, value=volume * last, per=0.0, pbr=0.0,
-                      eps=0, bps=0, market_cap=0, listed_shares=1, tick=100)
+    return PriceQuote(
+        code=code,
+        last=last,
+        change=change,
+        change_pct=0.0,
+        open=last,
+        high=last,
+        low=last,
+        base=last,
+        upper_limit=2 * last,
+        lower_limit=last // 2,
+        volume=volume,
+        value=volume * last,
+        per=0.0,
+        pbr=0.0,
+        eps=0,
+        bps=0,
+        market_cap=0,
+        listed_shares=1,
+        tick=100,
+    )
 
 
 def price_reply(q: Query, last: int, volume: int) -> PriceReply:
@@ -68,20 +98,32 @@ def error(msg: Any, code: ErrorCode, text: str = "") -> Error:
     return Error(h=GW(msg.h.mid), code=code, message=text)
 
 
-def card(poll: float = 0.5, retry: float = 30.0, trades: bool = True, quota: float = 5.0,
-         codes: tuple[str, ...] = (CODE,)) -> AgentCard:
-    return AgentCard(id="late", name="late", strategy="x:Y", codes=list(codes), rate_quota_per_s=quota,
-                     subscriptions=Subscriptions(trades=trades, poll_quotes_s=poll, resubscribe_s=retry))
+def card(
+    poll: float = 0.5, retry: float = 30.0, trades: bool = True, quota: float = 5.0, codes: tuple[str, ...] = (CODE,)
+) -> AgentCard:
+    return AgentCard(
+        id="late",
+        name="late",
+        strategy="x:Y",
+        codes=list(codes),
+        rate_quota_per_s=quota,
+        subscriptions=Subscriptions(trades=trades, poll_quotes_s=poll, resubscribe_s=retry),
+    )
 
 
 def poller(c: AgentCard, clock: Clock, wire: Wire) -> QuotePoller:
-    return QuotePoller(c, wire.send, HeaderFactory(c.id), logging.getLogger("test.quotepoll"), clock=clock,
-                       hhmmss=lambda: "101500")
+    return QuotePoller(
+        c, wire.send, HeaderFactory(c.id), logging.getLogger("test.quotepoll"), clock=clock, hhmmss=lambda: "101500"
+    )
 
 
 def refused(kind: str = "trades", code: str = CODE) -> Notice:
-    return refusal_notice(ErrorCode.SUBSCRIPTION_LIMIT, f"all 40 market-data registrations are in use; {kind} {code} refused",
-                          MarketKind(kind), code)
+    return refusal_notice(
+        ErrorCode.SUBSCRIPTION_LIMIT,
+        f"all 40 market-data registrations are in use; {kind} {code} refused",
+        MarketKind(kind),
+        code,
+    )
 
 
 def test_the_refusal_notice_is_machine_readable_and_still_reads_as_before() -> None:
@@ -109,7 +151,14 @@ def test_polled_quotes_become_trades_when_price_or_volume_moves() -> None:
     assert not wire.take(Query), "one query per code in flight"
     [first] = p.on_reply(price_reply(q, 200_000, 1_000))  # type: ignore[misc]
     assert isinstance(first, PolledTrade) and isinstance(first, TradeTick) and first.polled
-    assert (first.code, first.price, first.qty, first.cum_volume, first.time, first.side) == (CODE, 200_000, 0, 1_000, "101500", 0)
+    assert (first.code, first.price, first.qty, first.cum_volume, first.time, first.side) == (
+        CODE,
+        200_000,
+        0,
+        1_000,
+        "101500",
+        0,
+    )
     assert not TradeTick(code=CODE, time="", price=1, qty=1, side=1, cum_volume=1).polled  # the stream's are not
 
     # the next poll keeps the cadence (sent + interval), not reply time + interval
@@ -312,13 +361,20 @@ def test_cards_check_accepts_polling_and_warns_when_the_quota_cannot_carry_it(tm
     from tools.ops.cards_check import check_cards
 
     codes = twin_codes()[:4]
-    base = 'id = "{id}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {codes}\nrate_quota_per_s = {q}\n'
-    (tmp_path / "ok.toml").write_text(base.format(id="ok", codes=f'["{codes[0]}"]', q=2.0)
-                                      + "[subscriptions]\npoll_quotes_s = 1.0\nresubscribe_s = 10.0\n")
-    (tmp_path / "busy.toml").write_text(base.format(id="busy", codes=str(codes).replace("'", '"'), q=1.0)
-                                        + "[subscriptions]\npoll_quotes_s = 0.5\n")
-    (tmp_path / "neg.toml").write_text(base.format(id="neg", codes=f'["{codes[0]}"]', q=1.0)
-                                       + "[subscriptions]\npoll_quotes_s = -1.0\n")
+    base = (
+        'id = "{id}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {codes}\n'
+        "rate_quota_per_s = {q}\n"
+    )
+    (tmp_path / "ok.toml").write_text(
+        base.format(id="ok", codes=f'["{codes[0]}"]', q=2.0)
+        + "[subscriptions]\npoll_quotes_s = 1.0\nresubscribe_s = 10.0\n"
+    )
+    (tmp_path / "busy.toml").write_text(
+        base.format(id="busy", codes=str(codes).replace("'", '"'), q=1.0) + "[subscriptions]\npoll_quotes_s = 0.5\n"
+    )
+    (tmp_path / "neg.toml").write_text(
+        base.format(id="neg", codes=f'["{codes[0]}"]', q=1.0) + "[subscriptions]\npoll_quotes_s = -1.0\n"
+    )
     problems = check_cards(tmp_path)
     assert not [p for p in problems if p.file.endswith("ok.toml")], [str(p) for p in problems]
     [busy] = [p for p in problems if p.file.endswith("busy.toml")]
@@ -336,8 +392,11 @@ def test_cards_check_slot_error_mentions_the_polling_fallback(tmp_path: Path) ->
         part = codes[:11] if i == 0 else codes[11:]
         poll = "poll_quotes_s = 1.0\n" if i else ""
         (tmp_path / f"c{i}.toml").write_text(
-            f'id = "c{i}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {part!r}\n'.replace("'", '"')
-            + f"rate_quota_per_s = 20.0\n[subscriptions]\nbook = true\n{poll}")
+            f'id = "c{i}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {part!r}\n'.replace(
+                "'", '"'
+            )
+            + f"rate_quota_per_s = 20.0\n[subscriptions]\nbook = true\n{poll}"
+        )
     [slots] = [p for p in check_cards(tmp_path) if p.field == "subscriptions"]
     assert not slots.warning and "42 distinct registrations requested, 40 available" in slots.reason
     assert "c1 would REST-poll quotes for refused trades" in slots.reason
@@ -360,4 +419,6 @@ def test_the_heartbeat_report_lists_a_bounded_number_and_counts_all() -> None:
     hb = Heartbeat(h=HeaderFactory("late")(), feed=FeedHealth(**report))
     assert codec.decode(codec.encode(hb)) == hb
     with pytest.raises(FrameError):  # what the bound protects against
-        codec.decode(codec.encode(msgspec.structs.replace(hb, feed=msgspec.structs.replace(hb.feed, polled=list(codes)))))
+        codec.decode(
+            codec.encode(msgspec.structs.replace(hb, feed=msgspec.structs.replace(hb.feed, polled=list(codes))))
+        )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common.enums import Side
 from common.orders import OrderState
-from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind  # noqa: F401
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, coid, order
 
@@ -50,7 +50,9 @@ async def test_lost_fill_notice_is_repaired_and_its_late_copy_absorbed(tmp_path:
     assert h.portfolio.positions.get("alpha", {}).get("005930") is None  # the fill notice was lost
     res = await h.recon.run("test")
     assert h.book.orders[coid(1)].state is OrderState.FILLED
-    assert h.portfolio.positions["alpha"]["005930"].qty == 10 and h.portfolio.positions["alpha"]["005930"].cost == 700_000
+    assert (
+        h.portfolio.positions["alpha"]["005930"].qty == 10 and h.portfolio.positions["alpha"]["005930"].cost == 700_000
+    )
     assert any("missing here" in a for a in res.alerts)
     # the lost notice turns up late: absorbed, not counted twice
     for n in b.lost:

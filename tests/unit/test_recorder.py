@@ -14,7 +14,13 @@ import pytest
 
 from common.clock import KST
 from server.recorder import (
-    FrameKind, Recorder, RecordingError, iter_file, iter_frames, list_days, prune_days,
+    FrameKind,
+    Recorder,
+    RecordingError,
+    iter_file,
+    iter_frames,
+    list_days,
+    prune_days,
 )
 from tests.conftest import ROOT
 
@@ -33,6 +39,7 @@ def clock_from(start: int, step: int = 1_000_000):
     def now() -> int:
         t[0] += step
         return t[0]
+
     return now
 
 
@@ -87,7 +94,7 @@ def test_truncated_file_yields_a_clean_prefix(tmp_path: Path) -> None:
     for n in range(0, len(whole), max(1, len(whole) // 97)):
         cut.write_bytes(whole[:n])
         got = [fr.data for fr in iter_file(cut)]
-        assert got == frames[:len(got)]  # never garbage, never out of order
+        assert got == frames[: len(got)]  # never garbage, never out of order
         assert len(got) >= previous  # more bytes never give fewer frames
         previous = len(got)
     assert previous > 250  # most of the file is readable when only the tail is missing
@@ -110,8 +117,12 @@ while True:
 
 
 def test_kill_9_loses_at_most_the_last_block(tmp_path: Path) -> None:
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "data")], cwd=ROOT, stdout=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         safe = 0
         for line in p.stdout:  # type: ignore[union-attr]
@@ -149,8 +160,34 @@ def test_recording_off_costs_one_attribute_test() -> None:
     parser = FrameParser()
     key, iv = "k" * 32, "i" * 16
     parser.set_cipher("H0STCNI0", key, iv)
-    fields = ["acct", "0000000001", "", "02", "0", "00", "00", "", "005930", "3", "71000", "090000", "0", "2", "2",
-              "06010", "3", "홍길동", "", "", "", "", "삼성전자", "", "", "71000"]
+    fields = [
+        "acct",
+        "0000000001",
+        "",
+        "02",
+        "0",
+        "00",
+        "00",
+        "",
+        "005930",
+        "3",
+        "71000",
+        "090000",
+        "0",
+        "2",
+        "2",
+        "06010",
+        "3",
+        "홍길동",
+        "",
+        "",
+        "",
+        "",
+        "삼성전자",
+        "",
+        "",
+        "71000",
+    ]
     frame = "1|H0STCNI0|001|" + NoticeCipher(key, iv).encrypt("^".join(fields))
     parser.parse(frame)  # no hook: fine
     seen: list[str] = []

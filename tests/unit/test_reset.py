@@ -19,7 +19,10 @@ def test_archive_and_refusal(tmp_path: Path) -> None:
     (run / "db").mkdir(parents=True)
     (run / "db" / "gateway.sqlite").write_text("x")
     (run / "README.md").write_text("keep")
-    write_info(run, GatewayInfo(router="ipc://x", pub="ipc://y", key="ab" * 32, pid=os.getpid(), session="s" * 32, started_ns=0))
+    write_info(
+        run,
+        GatewayInfo(router="ipc://x", pub="ipc://y", key="ab" * 32, pid=os.getpid(), session="s" * 32, started_ns=0),
+    )
     with pytest.raises(ResetRefused, match="running"):
         archive_run_dir(run)  # this very process plays the live gateway
     (run / "gateway.json").unlink()
@@ -32,11 +35,23 @@ def test_archive_and_refusal(tmp_path: Path) -> None:
 def test_cli_asks_for_confirmation(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)
-    no = subprocess.run([sys.executable, "-m", "tools", "reset", "--run-dir", str(run)], cwd=ROOT, input="n\n",
-                        capture_output=True, text=True, timeout=30)
+    no = subprocess.run(
+        [sys.executable, "-m", "tools", "reset", "--run-dir", str(run)],
+        cwd=ROOT,
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert no.returncode == 1 and (run / "logs").exists()
-    yes = subprocess.run([sys.executable, "-m", "tools", "reset", "--run-dir", str(run)], cwd=ROOT, input="y\n",
-                         capture_output=True, text=True, timeout=30)
+    yes = subprocess.run(
+        [sys.executable, "-m", "tools", "reset", "--run-dir", str(run)],
+        cwd=ROOT,
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert yes.returncode == 0 and "archived to" in yes.stdout and not (run / "logs").exists()
 
 
@@ -74,7 +89,10 @@ def test_demo_refuses_a_run_dir_with_a_live_gateway(tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     run.mkdir()
-    write_info(run, GatewayInfo(router="ipc://x", pub="ipc://y", key="ab" * 32, pid=os.getpid(), session="s" * 32, started_ns=0))
+    write_info(
+        run,
+        GatewayInfo(router="ipc://x", pub="ipc://y", key="ab" * 32, pid=os.getpid(), session="s" * 32, started_ns=0),
+    )
     lock = FileLock(str(run / "gateway.lock"))
     lock.acquire()
     try:

@@ -24,13 +24,17 @@ AT_10 = dt.datetime.combine(TODAY, dt.time(10, 0), KST)
 
 
 def card(agent: str = "alpha", **risk: int) -> AgentCard:
-    return AgentCard(id=agent, name=agent, strategy="x:Y", codes=["005930", "000660"], budget=50_000_000,
-                     risk=RiskLimits(**risk))
+    return AgentCard(
+        id=agent, name=agent, strategy="x:Y", codes=["005930", "000660"], budget=50_000_000, risk=RiskLimits(**risk)
+    )
 
 
-def order(agent: str, n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY,
-          tif: TimeInForce = TimeInForce.DAY) -> NewOrder:
-    return NewOrder(client_order_id=f"{agent}-{TODAY:%Y%m%d}-{n}", code="005930", side=side, qty=qty, price=price, tif=tif)
+def order(
+    agent: str, n: int, qty: int = 10, price: int = 60_000, side: Side = Side.BUY, tif: TimeInForce = TimeInForce.DAY
+) -> NewOrder:
+    return NewOrder(
+        client_order_id=f"{agent}-{TODAY:%Y%m%d}-{n}", code="005930", side=side, qty=qty, price=price, tif=tif
+    )
 
 
 class Desk:
@@ -39,8 +43,9 @@ class Desk:
     def __init__(self, tmp: Path, cfg: GatewayConfig | None = None, at: dt.datetime = AT_10) -> None:
         self.clock = ManualClock(at)
         self.broker = FakeBroker(ref_price=70_000)
-        self.core, self.store, self.events, self.published = make_core(tmp / "gw.sqlite", self.broker, cfg=cfg,
-                                                                       clock=self.clock)
+        self.core, self.store, self.events, self.published = make_core(
+            tmp / "gw.sqlite", self.broker, cfg=cfg, clock=self.clock
+        )
 
     async def __aenter__(self) -> Desk:
         await self.broker.start()
@@ -65,14 +70,23 @@ class Desk:
 
 
 @pytest.mark.parametrize("scope", ["agent", "account"])
-@pytest.mark.parametrize("limit, value, orders, denied", [
-    ("max_order_value", 1_000_000, [order("alpha", 1, qty=20)], ErrorCode.DENIED_NOTIONAL),  # 1.2 M
-    ("max_open_orders", 2, [order("alpha", n) for n in (1, 2, 3)], ErrorCode.DENIED_OPEN_ORDERS),
-    ("max_position_value", 1_500_000, [order("alpha", 1), order("alpha", 2), order("alpha", 3)], ErrorCode.DENIED_POSITION_LIMIT),
-    ("max_orders_per_minute", 2, [order("alpha", n, price=60_000) for n in (1, 2, 3)], ErrorCode.DENIED_RATE),
-])
-def test_each_limit_denies_with_its_code(tmp_path: Path, scope: str, limit: str, value: int, orders: list[NewOrder],
-                                         denied: ErrorCode) -> None:
+@pytest.mark.parametrize(
+    "limit, value, orders, denied",
+    [
+        ("max_order_value", 1_000_000, [order("alpha", 1, qty=20)], ErrorCode.DENIED_NOTIONAL),  # 1.2 M
+        ("max_open_orders", 2, [order("alpha", n) for n in (1, 2, 3)], ErrorCode.DENIED_OPEN_ORDERS),
+        (
+            "max_position_value",
+            1_500_000,
+            [order("alpha", 1), order("alpha", 2), order("alpha", 3)],
+            ErrorCode.DENIED_POSITION_LIMIT,
+        ),
+        ("max_orders_per_minute", 2, [order("alpha", n, price=60_000) for n in (1, 2, 3)], ErrorCode.DENIED_RATE),
+    ],
+)
+def test_each_limit_denies_with_its_code(
+    tmp_path: Path, scope: str, limit: str, value: int, orders: list[NewOrder], denied: ErrorCode
+) -> None:
     async def main() -> list[ErrorCode | None]:
         cfg = GatewayConfig(risk=RiskLimits(**{limit: value})) if scope == "account" else None
         c = card(**({limit: value} if scope == "agent" else {}))
@@ -85,6 +99,7 @@ def test_each_limit_denies_with_its_code(tmp_path: Path, scope: str, limit: str,
 
 def test_account_limits_count_every_agent(tmp_path: Path) -> None:
     """The gateway's limits are across the account: two agents each under it, together over it."""
+
     async def main() -> tuple[ErrorCode | None, ErrorCode | None]:
         async with Desk(tmp_path, GatewayConfig(risk=RiskLimits(max_open_orders=1))) as d:
             return d.submit(card("alpha"), order("alpha", 1)), d.submit(card("bravo"), order("bravo", 1))

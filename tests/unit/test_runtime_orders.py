@@ -37,14 +37,25 @@ def test_an_order_refused_at_the_day_change_leaves_no_ghost(tmp_path: Path) -> N
     sent: list[object] = []
     rt._send = sent.append  # type: ignore[method-assign]  # what would go to the gateway
     coid = rt.buy("005930", 3, 70_000)
-    reply = OrdersReply(h=HeaderFactory("gateway")(), results=[OrderResult(
-        client_order_id=coid, accepted=False, code=ErrorCode.WRONG_DAY, message="order id is for 20261204, the trading day is 20261207")])
+    reply = OrdersReply(
+        h=HeaderFactory("gateway")(),
+        results=[
+            OrderResult(
+                client_order_id=coid,
+                accepted=False,
+                code=ErrorCode.WRONG_DAY,
+                message="order id is for 20261204, the trading day is 20261207",
+            )
+        ],
+    )
     rt._on_message(reply)
     assert rt.open_orders == {}
     assert rt.orders[coid].state.value == "denied" and rt.orders[coid].reason_code == "WRONG_DAY"
     assert seen == [(coid, "denied")]
     assert any(isinstance(m, GetSnapshot) for m in sent)  # the new day's numbering
     assert rt.buy("005930", 3, 70_000) in rt.open_orders  # and it trades on
+
+
 def test_protective_orders_are_seen_at_once_and_a_refusal_reaches_the_strategy(tmp_path: Path) -> None:
     from agent.strategy import Strategy
     from common.errors import ErrorCode
@@ -64,14 +75,23 @@ def test_protective_orders_are_seen_at_once_and_a_refusal_reaches_the_strategy(t
     assert (p.state, p.entry, p.spec.stop, p.spec.take) == (ProtectionState.PENDING, coid, 68_000, 72_000)
     assert rt._outbox[-1].protect == p.spec  # the buy carries it: one message, journaled together
     # the gateway refuses the buy: its protection ends here too
-    rt._on_message(OrdersReply(h=Header(1, "gateway", "s" * 8, 0), results=[
-        OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message="bad")]))
+    rt._on_message(
+        OrdersReply(
+            h=Header(1, "gateway", "s" * 8, 0),
+            results=[OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message="bad")],
+        )
+    )
     assert coid not in rt.protections
     # ctx.protect: its id from the order numbers; an Error reply cancels it and tells the strategy why
     pid = rt.protect("005930", stop=65_000)
     assert pid.endswith("-2") and rt.protections[pid].state is ProtectionState.ARMED
     mid = next(iter(rt._protect_mids))
-    rt._on_message(Error(h=Header(2, "gateway", "s" * 8, 0, re=mid), code=ErrorCode.BAD_PROTECTION,
-                         message="no shares of 005930 to protect"))
+    rt._on_message(
+        Error(
+            h=Header(2, "gateway", "s" * 8, 0, re=mid),
+            code=ErrorCode.BAD_PROTECTION,
+            message="no shares of 005930 to protect",
+        )
+    )
     assert pid not in rt.protections and seen[-1].id == pid and seen[-1].state is ProtectionState.CANCELLED
     assert "no shares" in seen[-1].reason

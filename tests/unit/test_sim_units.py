@@ -16,7 +16,15 @@ from kis.sim.engine import BookSide, OrderBook, Tif
 from kis.sim.exchange import Exchange, MarketConfig, Notice
 from kis.sim.ledger import Account, FeeSchedule, Holding
 from kis.sim.server import demo_credentials
-from kis.sim.wire import KisError, NOTICE_FIELDS, NOTICE_FIELDS_LEGACY, OAuthError, aes_decrypt, aes_encrypt, random_key_iv
+from kis.sim.wire import (
+    KisError,
+    NOTICE_FIELDS,
+    NOTICE_FIELDS_LEGACY,
+    OAuthError,
+    aes_decrypt,
+    aes_encrypt,
+    random_key_iv,
+)
 
 DATA = Path("/work/shared/data/krx_daily_fdr_2020_2026")
 
@@ -45,8 +53,19 @@ def test_fees_are_integer_and_etf_has_no_sell_tax() -> None:
 
 
 def test_universe_has_the_required_names_on_grid() -> None:
-    for code in ("005930", "005935", "000660", "035420", "035720", "005380", "051910", "006400", "068270",
-                 "105560", "069500"):
+    for code in (
+        "005930",
+        "005935",
+        "000660",
+        "035420",
+        "035720",
+        "005380",
+        "051910",
+        "006400",
+        "068270",
+        "105560",
+        "069500",
+    ):
         info = universe.get(code)
         assert info is not None
         price_limits(info.base_price, info.kind)

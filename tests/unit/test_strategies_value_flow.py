@@ -21,11 +21,35 @@ from common.orders import OrderState
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 
 
-def quote(code: str = "105560", last: int = 82_700, per: float = 6.5, pbr: float = 0.55, eps: int = 12_700,
-          high: int = 83_000, low: int = 82_000) -> PriceQuote:
-    return PriceQuote(code=code, last=last, change=0, change_pct=0.0, open=last, high=high, low=low, base=82_700,
-                      upper_limit=107_500, lower_limit=57_900, volume=1, value=last, per=per, pbr=pbr, eps=eps,
-                      bps=150_000, market_cap=0, listed_shares=1)
+def quote(
+    code: str = "105560",
+    last: int = 82_700,
+    per: float = 6.5,
+    pbr: float = 0.55,
+    eps: int = 12_700,
+    high: int = 83_000,
+    low: int = 82_000,
+) -> PriceQuote:
+    return PriceQuote(
+        code=code,
+        last=last,
+        change=0,
+        change_pct=0.0,
+        open=last,
+        high=high,
+        low=low,
+        base=82_700,
+        upper_limit=107_500,
+        lower_limit=57_900,
+        volume=1,
+        value=last,
+        per=per,
+        pbr=pbr,
+        eps=eps,
+        bps=150_000,
+        market_cap=0,
+        listed_shares=1,
+    )
 
 
 class ScriptedContext:
@@ -50,8 +74,17 @@ class ScriptedContext:
     def sell(self, code: str, qty: int, price: int = 0, **kw: Any) -> str:
         return self._order(Side.SELL, code, qty, price, **kw)
 
-    def _order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType = OrderType.LIMIT,
-               tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict | None = None) -> str:
+    def _order(
+        self,
+        side: Side,
+        code: str,
+        qty: int,
+        price: int,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict | None = None,
+    ) -> str:
         coid = f"t-20261120-{len(self.orders) + 1}"
         self.orders.append({"coid": coid, "side": side, "code": code, "qty": qty, "price": price, "type": order_type})
         return coid
@@ -99,15 +132,30 @@ class ScriptedContext:
         return p
 
     def rest(self, o: dict[str, Any], state: OrderState = OrderState.ACCEPTED) -> OrderView:
-        v = OrderView(client_order_id=o["coid"], agent="t", code=o["code"], side=o["side"], qty=o["qty"], price=o["price"],
-                      order_type=o["type"], tif=TimeInForce.DAY, state=state, filled_qty=0, filled_value=0)
+        v = OrderView(
+            client_order_id=o["coid"],
+            agent="t",
+            code=o["code"],
+            side=o["side"],
+            qty=o["qty"],
+            price=o["price"],
+            order_type=o["type"],
+            tif=TimeInForce.DAY,
+            state=state,
+            filled_qty=0,
+            filled_value=0,
+        )
         self._open[v.client_order_id] = v
         return v
 
 
 def value(ctx: ScriptedContext, **params: Any) -> ValueVol:
-    s = ValueVol(ctx, ValueVol.parse_params({"codes": ["105560"], "max_per": 10, "max_pbr": 1.0, "vol_max_pct": 3.0,
-                                             "notional": 1_000_000, **params}))
+    s = ValueVol(
+        ctx,
+        ValueVol.parse_params(
+            {"codes": ["105560"], "max_per": 10, "max_pbr": 1.0, "vol_max_pct": 3.0, "notional": 1_000_000, **params}
+        ),
+    )
     s.on_start()
     return s
 
@@ -116,15 +164,29 @@ def test_value_buys_cheap_and_calm_then_places_the_target_and_a_restart_repeats_
     ctx = ScriptedContext()
     ctx.quotes["105560"] = quote()
     first = value(ctx)
-    assert ctx.orders == [{"coid": "t-20261120-1", "side": Side.BUY, "code": "105560", "qty": 12, "price": 82_900,
-                           "type": OrderType.LIMIT}]  # 1,000,000 // 82,700; two 100-won ticks above the last
+    assert ctx.orders == [
+        {
+            "coid": "t-20261120-1",
+            "side": Side.BUY,
+            "code": "105560",
+            "qty": 12,
+            "price": 82_900,
+            "type": OrderType.LIMIT,
+        }
+    ]  # 1,000,000 // 82,700; two 100-won ticks above the last
     first.on_timer()  # the next poll comes before the gateway's first event for the buy: no second buy
     assert len(ctx.orders) == 1
     ctx._open.clear()  # the buy filled: 12 at 82,900
-    s = ValueVol(ctx, ValueVol.parse_params({"codes": ["105560"], "max_per": 10, "max_pbr": 1.0, "notional": 1_000_000}))
+    s = ValueVol(
+        ctx, ValueVol.parse_params({"codes": ["105560"], "max_per": 10, "max_pbr": 1.0, "notional": 1_000_000})
+    )
     pos = ctx.hold("105560", 12, 12 * 82_900)
-    s.on_fill(FillView(client_order_id="t-20261120-1", fill_id="f", code="105560", side=Side.BUY, qty=12, price=82_900,
-                       ts_ns=0), pos)
+    s.on_fill(
+        FillView(
+            client_order_id="t-20261120-1", fill_id="f", code="105560", side=Side.BUY, qty=12, price=82_900, ts_ns=0
+        ),
+        pos,
+    )
     target = ctx.orders[-1]
     assert (target["side"], target["qty"], target["price"]) == (Side.SELL, 12, 87_100)  # 82,900 × 1.05 → 87,045 ↑ grid
     assert ctx.state["entry:105560"] == {"avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
@@ -150,8 +212,10 @@ def test_value_skips_expensive_or_volatile_and_survives_a_refused_query() -> Non
     assert ctx.orders == []
     # 20 days of ±5 % swings: cheap but too volatile
     closes = [80_000 if i % 2 else 84_000 for i in range(21)]
-    ctx.bars["105560"] = [Bar(code="105560", interval="1d", start=f"2026-10-{i + 1:02d}", open=c, high=c, low=c, close=c,
-                              volume=1) for i, c in enumerate(closes)]
+    ctx.bars["105560"] = [
+        Bar(code="105560", interval="1d", start=f"2026-10-{i + 1:02d}", open=c, high=c, low=c, close=c, volume=1)
+        for i, c in enumerate(closes)
+    ]
     ctx.quotes["105560"] = quote()
     assert volatility_pct(closes) > 3
     value(ctx)
@@ -165,25 +229,51 @@ def test_value_stop_cancels_the_target_then_sells_at_market() -> None:
     ctx = ScriptedContext()
     ctx.hold("105560", 12, 12 * 82_900)
     ctx.state["entry:105560"] = {"avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
-    target = ctx.rest({"coid": "t-20261120-2", "code": "105560", "side": Side.SELL, "qty": 12, "price": 87_100,
-                       "type": OrderType.LIMIT})
+    target = ctx.rest(
+        {
+            "coid": "t-20261120-2",
+            "code": "105560",
+            "side": Side.SELL,
+            "qty": 12,
+            "price": 87_100,
+            "type": OrderType.LIMIT,
+        }
+    )
     ctx.quotes["105560"] = quote(last=80_300)
     s = value(ctx)
     assert ctx.cancels == ["t-20261120-2"] and ctx.orders == [] and ctx.state["entry:105560"]["stopping"]
     ctx._open.clear()
-    s.on_order(OrderView(**{**{f: getattr(target, f) for f in target.__struct_fields__}, "state": OrderState.CANCELLED}))
-    assert ctx.orders[-1]["type"] is OrderType.MARKET and ctx.orders[-1]["qty"] == 12 and ctx.orders[-1]["side"] is Side.SELL
+    s.on_order(
+        OrderView(**{**{f: getattr(target, f) for f in target.__struct_fields__}, "state": OrderState.CANCELLED})
+    )
+    assert (
+        ctx.orders[-1]["type"] is OrderType.MARKET
+        and ctx.orders[-1]["qty"] == 12
+        and ctx.orders[-1]["side"] is Side.SELL
+    )
 
 
 def days(*flows: int) -> list[InvestorDay]:
-    return [InvestorDay(day=f"202611{20 - i:02d}", close=70_000, foreign_qty=f, institution_qty=0, individual_qty=-f,
-                        foreign_value=f * 70_000, institution_value=0, individual_value=-f * 70_000)
-            for i, f in enumerate(flows)]
+    return [
+        InvestorDay(
+            day=f"202611{20 - i:02d}",
+            close=70_000,
+            foreign_qty=f,
+            institution_qty=0,
+            individual_qty=-f,
+            foreign_value=f * 70_000,
+            institution_value=0,
+            individual_value=-f * 70_000,
+        )
+        for i, f in enumerate(flows)
+    ]
 
 
 def flow(ctx: ScriptedContext, **params: Any) -> ForeignFlow:
-    s = ForeignFlow(ctx, ForeignFlow.parse_params({"codes": ["005930"], "buy_days": 3, "sell_days": 2,
-                                                   "notional": 1_000_000, **params}))
+    s = ForeignFlow(
+        ctx,
+        ForeignFlow.parse_params({"codes": ["005930"], "buy_days": 3, "sell_days": 2, "notional": 1_000_000, **params}),
+    )
     s.on_start()
     return s
 
@@ -214,8 +304,9 @@ def test_foreign_flow_buys_after_n_days_once_per_signal_and_sells_after_m() -> N
     assert len(ctx.orders) == 1
     # next day: two days of foreign selling while holding → sell everything, two ticks under the last
     ctx.hold("005930", 14, 14 * 70_200)
-    ctx.flows["005930"] = [InvestorDay(**{**{f: getattr(d, f) for f in d.__struct_fields__}, "day": "20261121"})
-                           for d in days(-3)] + days(-7, 10, 20)
+    ctx.flows["005930"] = [
+        InvestorDay(**{**{f: getattr(d, f) for f in d.__struct_fields__}, "day": "20261121"}) for d in days(-3)
+    ] + days(-7, 10, 20)
     s.on_timer()
     assert [(o["side"], o["qty"], o["price"]) for o in ctx.orders[1:]] == [(Side.SELL, 14, 69_800)]
     # an open order on the code: nothing more is decided (and no query is spent)
@@ -225,7 +316,9 @@ def test_foreign_flow_buys_after_n_days_once_per_signal_and_sells_after_m() -> N
     assert ctx.queries == q and len(ctx.orders) == 2
 
 
-@pytest.mark.parametrize("bad", [{"codes": []}, {"codes": ["005930"], "buy_days": 0}, {"codes": ["005930"], "notional": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"codes": []}, {"codes": ["005930"], "buy_days": 0}, {"codes": ["005930"], "notional": 0}]
+)
 def test_foreign_flow_params_are_validated(bad: dict) -> None:
     with pytest.raises(msgspec.ValidationError):
         ForeignFlow.parse_params(bad)

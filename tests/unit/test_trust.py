@@ -22,8 +22,9 @@ GW_KEY = b"g" * 32
 
 
 def card(agent: str = "alpha", budget: int = 1_000_000) -> AgentCard:
-    return AgentCard(id=agent, name=agent, strategy="x:Y", codes=["005930"], budget=budget,
-                     risk=RiskLimits(max_order_value=500_000))
+    return AgentCard(
+        id=agent, name=agent, strategy="x:Y", codes=["005930"], budget=budget, risk=RiskLimits(max_order_value=500_000)
+    )
 
 
 def test_credentials_are_private_and_per_principal(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_stale_and_replayed_messages_are_refused() -> None:
     assert f.check("alpha", "s1", 10, now[0])[0] is ErrorCode.REPLAYED  # below the remembered window: refused
     now[0] += 61 * 10**9  # the session goes silent for two windows: forgotten, its old ids are stale anyway
     f.check("carol", "s9", 1, now[0])
-    assert ("alpha", "s1") not in f._seen  # noqa: SLF001
+    assert ("alpha", "s1") not in f._seen
 
 
 def test_freshness_in_the_codec_keeps_the_header(tmp_path: Path) -> None:

@@ -32,21 +32,39 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 
-from common.config import AgentCard, DrawdownPeak
-from common.enums import OrderType, Side, TimeInForce
-from common.errors import ErrorCode
-from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
-from common.orders import (
-    Accept, Cancelled, Deny, Expire, Fill, FillRec, Order, OrderEvent, Reject, Replaced, ReplaceRefused, RequestCancel,
-    OPEN, TERMINAL, TRANSITIONS, OrderState, RequestReplace, StateError, Submit, apply,
-)
 from common.books import apply_fill
 from common.clock import kst_from_ns
-from common.config import RiskLimits
+from common.config import AgentCard, DrawdownPeak, RiskLimits
+from common.enums import OrderType, Side, TimeInForce
+from common.errors import ErrorCode
 from common.krx import Phase, phase_at
+from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
+from common.orders import (
+    OPEN,
+    TERMINAL,
+    TRANSITIONS,
+    Accept,
+    Cancelled,
+    Deny,
+    Expire,
+    Fill,
+    FillRec,
+    Order,
+    OrderEvent,
+    OrderState,
+    Reject,
+    Replaced,
+    ReplaceRefused,
+    RequestCancel,
+    RequestReplace,
+    StateError,
+    Submit,
+    apply,
+)
 from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, RateWindow, check_order, notional_price
 from common.schema import Bar, PositionView
 from common.views import order_view
@@ -102,7 +120,9 @@ class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
 # per order (a plain tuple: one is built per order): the strategy's reason, the decision price, and the
 # KRX session (YYYY-MM-DD) it lives in (it expires at that session's close)
 _Meta = tuple[str, int, str]
-_REASON, _DECISION, _SESSION = 0, 1, 2
+_REASON: Final = 0
+_DECISION: Final = 1
+_SESSION: Final = 2
 
 
 # A notification for the strategy: ("order", Order) or ("fill", FillRecord, fill_id, ts_ns, PositionView);
@@ -152,8 +172,12 @@ class SimBroker:
         self.entry_rules: KrxRules = rules_for("2026-01-05")
         self._listing: dict[str, tuple[SecurityKind, Market]] = {}
         self.initial_cash = self.cash
-        self._mandate = Mandate(agent_limits=self.card.risk, account_limits=RiskLimits(), budget=self.initial_cash,
-                                codes=frozenset(self.card.codes))
+        self._mandate = Mandate(
+            agent_limits=self.card.risk,
+            account_limits=RiskLimits(),
+            budget=self.initial_cash,
+            codes=frozenset(self.card.codes),
+        )
         self._rate = RateWindow()
         lim = self.card.risk
         # the account's shape (gross, codes, one code, one sector) and drawdown: the backtest's account is
@@ -187,12 +211,33 @@ class SimBroker:
         self._boid += 1
         return str(self._boid)
 
-    def submit(self, coid: str, code: str, side: Side, qty: int, price: int, order_type: OrderType,
-               tif: TimeInForce, reason: str, notes: list[Note], refuse: tuple[str, str] | None = None) -> None:
+    def submit(
+        self,
+        coid: str,
+        code: str,
+        side: Side,
+        qty: int,
+        price: int,
+        order_type: OrderType,
+        tif: TimeInForce,
+        reason: str,
+        notes: list[Note],
+        refuse: tuple[str, str] | None = None,
+    ) -> None:
         """`refuse`: (code, reason) the order is denied with before any rule (a bad protective order)."""
         ts = self.ts_ns
-        order = Order(client_order_id=coid, agent=self.card.id, code=code, side=side, qty=max(qty, 0), price=price,
-                      order_type=order_type, tif=tif, created_ns=ts, updated_ns=ts)
+        order = Order(
+            client_order_id=coid,
+            agent=self.card.id,
+            code=code,
+            side=side,
+            qty=max(qty, 0),
+            price=price,
+            order_type=order_type,
+            tif=tif,
+            created_ns=ts,
+            updated_ns=ts,
+        )
         self.orders[coid] = order
         self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
         denial = refuse or self._gate(order, self.entry_rules)
@@ -202,14 +247,18 @@ class SimBroker:
         if order_type in (OrderType.BEST, OrderType.PRIORITY):
             # quote-pegged types need an order book; bars have none
             self._step(coid, Submit(ts_ns=ts), notes)
-            self._step(coid, Reject(code=ErrorCode.UNSUPPORTED, reason=f"{order.order_type} orders need quotes",
-                                    ts_ns=ts), notes)
+            self._step(
+                coid,
+                Reject(code=ErrorCode.UNSUPPORTED, reason=f"{order.order_type} orders need quotes", ts_ns=ts),
+                notes,
+            )
             return
         self._boid += 1
         boid = str(self._boid)
         if self.quiet:  # nobody sees PENDING_SUBMIT: NEW -> ACCEPTED in one step, the table's two (checked below)
-            self.orders[coid] = msgspec.structs.replace(order, state=OrderState.ACCEPTED, broker_order_id=boid,
-                                                        broker_chain=(boid,))
+            self.orders[coid] = msgspec.structs.replace(
+                order, state=OrderState.ACCEPTED, broker_order_id=boid, broker_chain=(boid,)
+            )
         else:
             self._step(coid, Submit(ts_ns=ts), notes)
             self._step(coid, Accept(broker_order_id=boid, ts_ns=ts), notes)
@@ -232,11 +281,20 @@ class SimBroker:
         exp = self._exposure(code, rules, exclude)
         now_s = self.ts_ns // 1_000_000_000
         denial = check_order(
-            code=code, side=o.side, qty=o.qty, price=o.price, order_type=o.order_type, tif=o.tif,
-            mandate=self._mandate, exp=exp, account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
-            market=MarketView(phase=_phase(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board,
-                              rules=rules),
-            rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0))
+            code=code,
+            side=o.side,
+            qty=o.qty,
+            price=o.price,
+            order_type=o.order_type,
+            tif=o.tif,
+            mandate=self._mandate,
+            exp=exp,
+            account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
+            market=MarketView(
+                phase=_phase(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board, rules=rules
+            ),
+            rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
+        )
         if denial is None and not exclude and lim.max_orders_per_minute:
             self._rate.stamps.append(now_s)
         return denial
@@ -262,9 +320,16 @@ class SimBroker:
                 buy_value += v
         pos = self.positions.get(code)
         qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
-        exp = Exposure(position_qty=qty, position_cost=cost, sellable_qty=qty - held_sells, open_buy_value=buy_value,
-                       open_orders=n, reserved_cash=reserved, spent_cash=self.initial_cash - self.cash,
-                       day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0)
+        exp = Exposure(
+            position_qty=qty,
+            position_cost=cost,
+            sellable_qty=qty - held_sells,
+            open_buy_value=buy_value,
+            open_orders=n,
+            reserved_cash=reserved,
+            spent_cash=self.initial_cash - self.cash,
+            day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0,
+        )
         if self._shaped:
             self._shape(exp, code, rules, exclude)
         if self._drawdown:
@@ -305,7 +370,8 @@ class SimBroker:
                 continue
             kind, board = self.listing(x.code)
             value[x.code] = value.get(x.code, 0) + x.remaining * notional_price(
-                Side.BUY, x.price, base.get(x.code, 0), kind, rules, board)
+                Side.BUY, x.price, base.get(x.code, 0), kind, rules, board
+            )
         exp.gross_value = sum(value.values())
         exp.positions = len(value)
         exp.has_code = code in value
@@ -315,9 +381,15 @@ class SimBroker:
 
     def _account(self, exp: Exposure) -> AccountExposure:
         """The backtest's account is the agent's own: the card's limits are judged against its equity."""
-        return AccountExposure(equity=self.equity(), gross_value=exp.gross_value, positions=exp.positions,
-                               has_code=exp.has_code, code_value=exp.code_value, sector_value=exp.sector_value,
-                               virtual=True)
+        return AccountExposure(
+            equity=self.equity(),
+            gross_value=exp.gross_value,
+            positions=exp.positions,
+            has_code=exp.has_code,
+            code_value=exp.code_value,
+            sector_value=exp.sector_value,
+            virtual=True,
+        )
 
     def _day_pnl(self) -> int:
         """Realised today net of fees and taxes plus unrealised at the last prices (the live gate's
@@ -357,7 +429,9 @@ class SimBroker:
         if denial is not None:
             self._step(coid, ReplaceRefused(code=denial[0], reason=denial[1], ts_ns=self.ts_ns), notes)
             return False
-        o = self._step(coid, Replaced(broker_order_id=self._next_boid(), price=price, qty=total, ts_ns=self.ts_ns), notes)
+        o = self._step(
+            coid, Replaced(broker_order_id=self._next_boid(), price=price, qty=total, ts_ns=self.ts_ns), notes
+        )
         if o.is_terminal:
             self.open_ids.remove(coid)
         return True
@@ -422,7 +496,9 @@ class SimBroker:
         if pct is None:
             return False, False
         near = (pct * 10 - 5) * base  # 1000 x the move that counts as at the limit
-        return bar.high >= upper or (bar.high - base) * 1000 >= near, bar.low <= lower or (base - bar.low) * 1000 >= near
+        return bar.high >= upper or (bar.high - base) * 1000 >= near, bar.low <= lower or (
+            base - bar.low
+        ) * 1000 >= near
 
     def _price_for(self, o: Order, bar: Bar) -> int:
         """The fill price this bar allows for `o`, or 0. IOC/FOK only see the open."""
@@ -439,8 +515,9 @@ class SimBroker:
             return bar.close
         return 0
 
-    def _fill_order(self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note], price: int = 0,
-                    capped: bool = True) -> None:
+    def _fill_order(
+        self, o: Order, bar: Bar, day: str, rules: KrxRules, notes: list[Note], price: int = 0, capped: bool = True
+    ) -> None:
         price = price or self._price_for(o, bar)
         if not price:
             return
@@ -472,12 +549,18 @@ class SimBroker:
             # resting) without building the event; tests/unit/test_backtest_broker.py keeps it equal to apply()
             filled = o.filled_qty + qty
             self.orders[coid] = msgspec.structs.replace(
-                o, state=OrderState.FILLED if filled >= o.qty else OrderState.PARTIALLY_FILLED, filled_qty=filled,
-                filled_value=o.filled_value + value, fill_ids=o.fill_ids + (fid,),
-                fills=o.fills + (FillRec(fid, qty, value, ts_ns),), updated_ns=ts_ns or o.updated_ns)
+                o,
+                state=OrderState.FILLED if filled >= o.qty else OrderState.PARTIALLY_FILLED,
+                filled_qty=filled,
+                filled_value=o.filled_value + value,
+                fill_ids=o.fill_ids + (fid,),
+                fills=o.fills + (FillRec(fid, qty, value, ts_ns),),
+                updated_ns=ts_ns or o.updated_ns,
+            )
         else:
-            self._step(coid, Fill(fill_id=fid, qty=qty, price=price, broker_order_id=o.broker_order_id, ts_ns=ts_ns),
-                       notes)
+            self._step(
+                coid, Fill(fill_id=fid, qty=qty, price=price, broker_order_id=o.broker_order_id, ts_ns=ts_ns), notes
+            )
         commission = value * costs.commission_ppm // PPM
         if side is Side.BUY:
             tax = 0
@@ -502,18 +585,41 @@ class SimBroker:
         m = self.meta[coid]
         if self.on_fill is not None:
             self.on_fill(coid, qty)
-        rec = FillRecord(day=day, client_order_id=coid, code=code, side=side, qty=qty, price=price,
-                         commission=commission, tax=tax, cash_after=cash, reason=m[_REASON],
-                         decision_price=m[_DECISION], at=bar.start)
+        rec = FillRecord(
+            day=day,
+            client_order_id=coid,
+            code=code,
+            side=side,
+            qty=qty,
+            price=price,
+            commission=commission,
+            tax=tax,
+            cash_after=cash,
+            reason=m[_REASON],
+            decision_price=m[_DECISION],
+            at=bar.start,
+        )
         self.fills.append(rec)
         notes.append(("fill", rec, fid, ts_ns, pos))
 
-    def exit(self, coid: str, code: str, qty: int, price: int, bar: Bar, day: str, reason: str, notes: list[Note]) -> Order:
+    def exit(
+        self, coid: str, code: str, qty: int, price: int, bar: Bar, day: str, reason: str, notes: list[Note]
+    ) -> Order:
         """A protective exit (tools/backtest/protection.py): a market sell placed and filled at `price`
         within `bar`, whole (not capped by the bar's volume), at most the shares held."""
         ts = self.ts_ns
-        self.orders[coid] = Order(client_order_id=coid, agent=self.card.id, code=code, side=Side.SELL, qty=qty, price=0,
-                                  order_type=OrderType.MARKET, tif=TimeInForce.DAY, created_ns=ts, updated_ns=ts)
+        self.orders[coid] = Order(
+            client_order_id=coid,
+            agent=self.card.id,
+            code=code,
+            side=Side.SELL,
+            qty=qty,
+            price=0,
+            order_type=OrderType.MARKET,
+            tif=TimeInForce.DAY,
+            created_ns=ts,
+            updated_ns=ts,
+        )
         self.meta[coid] = (reason, price, day)
         self._step(coid, Submit(ts_ns=ts), notes)
         self._step(coid, Accept(broker_order_id=self._next_boid(), ts_ns=ts), notes)
@@ -553,4 +659,3 @@ class SimBroker:
     def set_close(self, code: str, close: int) -> None:
         self.base[code] = close
         self.last[code] = close
-

@@ -30,7 +30,13 @@ from tools.backtest.metrics import compute, round_trips
 from tools.backtest.report import write_outputs
 from tools.backtest.sources import check_interval, load_series, load_store
 from tools.backtest.sweep import (
-    KEYS, SEGMENTS, Engine, parse_rolling, parse_sweep, parse_walk_forward, sweep as run_sweep,
+    KEYS,
+    SEGMENTS,
+    Engine,
+    parse_rolling,
+    parse_sweep,
+    parse_walk_forward,
+    sweep as run_sweep,
 )
 
 DEFAULT_OUT = Path("run/backtests/{card}")
@@ -53,8 +59,9 @@ def _progress(console: Console, what: str) -> Iterator[Callable[[int, int], None
     if not console.is_terminal:  # no bar in pipes, logs and tests
         yield None
         return
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                  transient=True) as prog:
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as prog:
         task = prog.add_task(what, total=None)
 
         def update(done: int, total: int) -> None:
@@ -75,35 +82,108 @@ def backtest_command(
     card: Annotated[Path, typer.Argument(help="AgentCard TOML whose strategy is backtested")],
     date_from: Annotated[str, typer.Option("--from", help="first trading day, YYYY-MM-DD")],
     date_to: Annotated[str, typer.Option("--to", help="last trading day, YYYY-MM-DD")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="folder with <code>.csv / <code>_D.csv / <code>.parquet OHLCV, daily or intraday (or one file)")] = None,
-    twin_replay: Annotated[bool, typer.Option("--twin-replay", help="use the bars the gateway recorded in <run dir>/data/bars.sqlite")] = False,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="folder with <code>.csv / <code>_D.csv / <code>.parquet OHLCV, daily or intraday (or one file)",
+        ),
+    ] = None,
+    twin_replay: Annotated[
+        bool, typer.Option("--twin-replay", help="use the bars the gateway recorded in <run dir>/data/bars.sqlite")
+    ] = False,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="the run directory for --twin-replay")] = Path("run"),
     bars: Annotated[str, typer.Option("--bars", help="bar interval: 1d, 1m, 5m, 15m, 60m")] = "1d",
-    benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="a code in --data, or a CSV with Date,Close")] = None,
+    benchmark: Annotated[
+        Optional[str], typer.Option("--benchmark", help="a code in --data, or a CSV with Date,Close")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder ({card} = the card id)")] = DEFAULT_OUT,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="name=v1,v2,... (repeat for a grid)")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="processes for a sweep (dask: local workers)")] = 1,
-    walk_forward: Annotated[Optional[str], typer.Option("--walk-forward", help="train,validate,test fractions, e.g. 0.6,0.2,0.2")] = None,
-    rolling: Annotated[Optional[str], typer.Option("--rolling", help="rolling walk-forward: TRAIN,TEST[,STEP] trading days, e.g. 500,120")] = None,
-    universe: Annotated[bool, typer.Option("--universe", help="run the sweep for every code in the --data folder (one code per run)")] = False,
+    walk_forward: Annotated[
+        Optional[str], typer.Option("--walk-forward", help="train,validate,test fractions, e.g. 0.6,0.2,0.2")
+    ] = None,
+    rolling: Annotated[
+        Optional[str],
+        typer.Option("--rolling", help="rolling walk-forward: TRAIN,TEST[,STEP] trading days, e.g. 500,120"),
+    ] = None,
+    universe: Annotated[
+        bool, typer.Option("--universe", help="run the sweep for every code in the --data folder (one code per run)")
+    ] = False,
     engine: Annotated[str, typer.Option("--engine", help="sweep engine: local (processes) or dask")] = "local",
-    address: Annotated[str, typer.Option("--address", help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")] = "",
-    history: Annotated[Optional[Path], typer.Option("--history", help="company data / investor flows: a run directory, its data/queries.sqlite, or <code>.quotes.csv / <code>.investor.csv files")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="refuse data files with inconsistent rows instead of repairing them")] = False,
+    address: Annotated[
+        str, typer.Option("--address", help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    ] = "",
+    history: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--history",
+            help="company data / investor flows: a run directory, its data/queries.sqlite, or <code>.quotes.csv / "
+            "<code>.investor.csv files",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="refuse data files with inconsistent rows instead of repairing them")
+    ] = False,
     prices: Annotated[str, typer.Option("--prices", help="raw, or adjusted (a file's Adj Close column)")] = "raw",
-    master: Annotated[Optional[Path], typer.Option("--master", help="folder with the KIS master files (kospi_code.mst / kosdaq_code.mst): each code's market and kind")] = None,
+    master: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--master",
+            help="folder with the KIS master files (kospi_code.mst / kosdaq_code.mst): each code's market and kind",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    cash: Annotated[int, typer.Option("--cash", min=0, help="initial cash in KRW (0: the card's budget, else 100,000,000)")] = 0,
-    commission_ppm: Annotated[int, typer.Option("--commission-ppm", min=0, help="commission per side, ppm of value")] = 150,
-    sell_tax_ppm: Annotated[Optional[int], typer.Option("--sell-tax-ppm", min=0, help="a flat tax on sells, ppm of value (default: each day's KRX rate by market; ETF/ETN none)")] = None,
-    max_participation: Annotated[float, typer.Option("--max-participation", help="max share of a bar's volume we fill")] = 0.1,
+    cash: Annotated[
+        int, typer.Option("--cash", min=0, help="initial cash in KRW (0: the card's budget, else 100,000,000)")
+    ] = 0,
+    commission_ppm: Annotated[
+        int, typer.Option("--commission-ppm", min=0, help="commission per side, ppm of value")
+    ] = 150,
+    sell_tax_ppm: Annotated[
+        Optional[int],
+        typer.Option(
+            "--sell-tax-ppm",
+            min=0,
+            help="a flat tax on sells, ppm of value (default: each day's KRX rate by market; ETF/ETN none)",
+        ),
+    ] = None,
+    max_participation: Annotated[
+        float, typer.Option("--max-participation", help="max share of a bar's volume we fill")
+    ] = 0.1,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="skip report.png / report.html")] = False,
 ) -> int:
     """Backtest a card's strategy on daily or intraday bars through the live Strategy API."""
-    opts = _Options(sweep=sweep or [], workers=workers, walk_forward=walk_forward, rolling=rolling, universe=universe,
-                    engine=engine, address=address, history=history, strict=strict, prices=prices, master=master)
-    rc = _backtest(card, data, date_from, date_to, bars, benchmark, out, json_out, cash, commission_ppm, sell_tax_ppm,
-                   max_participation, no_plot, run_dir if twin_replay else None, opts)
+    opts = _Options(
+        sweep=sweep or [],
+        workers=workers,
+        walk_forward=walk_forward,
+        rolling=rolling,
+        universe=universe,
+        engine=engine,
+        address=address,
+        history=history,
+        strict=strict,
+        prices=prices,
+        master=master,
+    )
+    rc = _backtest(
+        card,
+        data,
+        date_from,
+        date_to,
+        bars,
+        benchmark,
+        out,
+        json_out,
+        cash,
+        commission_ppm,
+        sell_tax_ppm,
+        max_participation,
+        no_plot,
+        run_dir if twin_replay else None,
+        opts,
+    )
     if rc and _under_cli():
         raise typer.Exit(rc)  # under typer/click a returned int is ignored: make it the exit code
     return rc
@@ -124,7 +204,9 @@ class _Options:
     master: Path | None = None
 
 
-def _benchmark(spec: str, data: Path | None, run_dir: Path | None, date_to: object) -> tuple[str, list[tuple[Any, float]]]:
+def _benchmark(
+    spec: str, data: Path | None, run_dir: Path | None, date_to: object
+) -> tuple[str, list[tuple[Any, float]]]:
     """A code in --data, a CSV with Date,Close, or (twin replay without --data) a code in the bar store."""
     if data is not None or Path(spec).is_file():
         return load_benchmark(spec, data or Path(spec).parent)
@@ -155,17 +237,36 @@ def _listings(master: Path | None, codes: list[str]) -> tuple[dict[str, Listing]
         entries = twin_master().entries
     out: dict[str, Listing] = {}
     for c in codes:
-        e = entries.get(c)
-        if e is not None:
-            kind = SecurityKind.ETF if e.group in ("EF", "EN") else SecurityKind.STOCK
-            out[c] = Listing(market=Market(e.market) if e.market in Market.__members__ else Market.KOSPI, kind=kind,
-                             name=e.name, known=True, sector=e.sector)
+        entry = entries.get(c)
+        if entry is not None:
+            kind = SecurityKind.ETF if entry.group in ("EF", "EN") else SecurityKind.STOCK
+            out[c] = Listing(
+                market=Market(entry.market) if entry.market in Market.__members__ else Market.KOSPI,
+                kind=kind,
+                name=entry.name,
+                known=True,
+                sector=entry.sector,
+            )
     return out, [c for c in codes if c not in out]
 
 
-def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars: str, benchmark: str | None, out: Path,
-              json_out: bool, cash: int, commission_ppm: int, sell_tax_ppm: int | None, max_participation: float,
-              no_plot: bool, run_dir: Path | None = None, opts: _Options = _Options(sweep=[])) -> int:
+def _backtest(
+    card: Path,
+    data: Path | None,
+    date_from: str,
+    date_to: str,
+    bars: str,
+    benchmark: str | None,
+    out: Path,
+    json_out: bool,
+    cash: int,
+    commission_ppm: int,
+    sell_tax_ppm: int | None,
+    max_participation: float,
+    no_plot: bool,
+    run_dir: Path | None = None,
+    opts: _Options = _Options(sweep=[]),
+) -> int:
     console = Console(stderr=True)
     summarised = summarise_repeats(console)
     try:
@@ -192,11 +293,18 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
             codes = universe_of(data)
         listings, assumed = _listings(opts.master, codes)
         hist = load_history(opts.history) if opts.history else _default_history(data, run_dir)
-        config = BacktestConfig(date_from=d_from, date_to=d_to, cash=cash, costs=CostModel(commission_ppm=commission_ppm),
-                                sell_tax_ppm=sell_tax_ppm, max_participation_bp=max(1, round(max_participation * 10_000)),
-                                history=hist)
-        series = load_series(codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices,
-                             listings=listings)
+        config = BacktestConfig(
+            date_from=d_from,
+            date_to=d_to,
+            cash=cash,
+            costs=CostModel(commission_ppm=commission_ppm),
+            sell_tax_ppm=sell_tax_ppm,
+            max_participation_bp=max(1, round(max_participation * 10_000)),
+            history=hist,
+        )
+        series = load_series(
+            codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
+        )
         bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
         grid = parse_sweep(opts.sweep) if opts.sweep else []
         wf = parse_walk_forward(opts.walk_forward) if opts.walk_forward else None
@@ -210,16 +318,37 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
         for note in s.notes:
             _warn(console, note)
     if assumed and not opts.universe:
-        _warn(console, f"market unknown for {', '.join(assumed)}: KOSPI assumed for their tick grid and tax "
-                       "(give --master with the KIS master files)")
+        _warn(
+            console,
+            f"market unknown for {', '.join(assumed)}: KOSPI assumed for their tick grid and tax "
+            "(give --master with the KIS master files)",
+        )
     folder = Path(str(out).replace("{card}", c.id))
     try:
         if grid:
-            days = sorted({b.start[:10] for s in series.values() for b in s.bars
-                           if d_from.isoformat() <= b.start[:10] <= d_to.isoformat()})
+            days = sorted(
+                {
+                    b.start[:10]
+                    for s in series.values()
+                    for b in s.bars
+                    if d_from.isoformat() <= b.start[:10] <= d_to.isoformat()
+                }
+            )
             with _progress(console, "sweep") as prog:
-                res = run_sweep(c, config, grid, opts.workers, days, series, wf, roll, prog, engine, opts.address,
-                                codes if opts.universe else None)
+                res = run_sweep(
+                    c,
+                    config,
+                    grid,
+                    opts.workers,
+                    days,
+                    series,
+                    wf,
+                    roll,
+                    prog,
+                    engine,
+                    opts.address,
+                    codes if opts.universe else None,
+                )
             return _report_sweep(res, folder, json_out, console, wf is not None, roll is not None)
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
@@ -232,23 +361,53 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
     finally:
         summarised.flush()
     metrics = compute(result, bench[1] if bench else None, bench[0] if bench else "")
-    if bench and metrics.get("benchmark_days", 0) < len(result.dates):
-        _warn(console, f"benchmark {bench[0]} covers {metrics.get('benchmark_days', 0):,} of the run's "
-                       f"{len(result.dates):,} days ({metrics.get('benchmark_from', '-')}..{metrics.get('benchmark_to', '-')}): "
-                       "its statistics are over those days only")
+    covered = metrics.get("benchmark_days", 0)
+    if bench and isinstance(covered, int) and covered < len(result.dates):
+        _warn(
+            console,
+            f"benchmark {bench[0]} covers {metrics.get('benchmark_days', 0):,} of the run's "
+            f"{len(result.dates):,} days ({metrics.get('benchmark_from', '-')}..{metrics.get('benchmark_to', '-')}): "
+            "its statistics are over those days only",
+        )
     for what, n in sorted(result.unanswered.items()):
         _warn(console, f"{n:,} × {what} (the history does not reach back that far)")
-    data_info = {code: {"source": s.source, "adjustment": s.adjustment, "market": str(s.market), "kind": str(s.kind),
-                        "notes": list(s.notes)} for code, s in series.items()}
-    extra = {"data": data_info, "rules_unconfirmed": unconfirmed_rules(result.dates, {str(s.market) for s in series.values()}), "unanswered": result.unanswered,
-             "history": hist.source if hist else None, "protections": protection_summary(result.protections)}
+    data_info = {
+        code: {
+            "source": s.source,
+            "adjustment": s.adjustment,
+            "market": str(s.market),
+            "kind": str(s.kind),
+            "notes": list(s.notes),
+        }
+        for code, s in series.items()
+    }
+    extra: dict[str, Any] = {
+        "data": data_info,
+        "rules_unconfirmed": unconfirmed_rules(result.dates, {str(s.market) for s in series.values()}),
+        "unanswered": result.unanswered,
+        "history": hist.source if hist else None,
+        "protections": protection_summary(result.protections),
+    }
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
     bench_pts = [(day.isoformat(), v) for day, v in bench[1]] if bench else None
     paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot, extra=extra)
     if json_out:
-        print(json.dumps({"card": c.id, "from": result.date_from, "to": result.date_to, "metrics": metrics, **extra,
-                          "files": {k: str(v) for k, v in paths.items()}}, indent=1, default=str, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "card": c.id,
+                    "from": result.date_from,
+                    "to": result.date_to,
+                    "metrics": metrics,
+                    **extra,
+                    "files": {k: str(v) for k, v in paths.items()},
+                },
+                indent=1,
+                default=str,
+                ensure_ascii=False,
+            )
+        )
     else:
         t = Table(title=f"backtest {c.id} {result.date_from}..{result.date_to}", show_header=False)
         for k, v in metrics.items():
@@ -259,8 +418,12 @@ def _backtest(card: Path, data: Path | None, date_from: str, date_to: str, bars:
             t.add_row("protective orders", ", ".join(f"{k} {v}" for k, v in extra["protections"].items()))
         Console().print(t)
         if extra["rules_unconfirmed"]:
-            Console().print("KRX rules used that no source confirms (applied as documented in common/krx_rules.py): "
-                            + "; ".join(extra["rules_unconfirmed"]), markup=False, highlight=False)
+            Console().print(
+                "KRX rules used that no source confirms (applied as documented in common/krx_rules.py): "
+                + "; ".join(extra["rules_unconfirmed"]),
+                markup=False,
+                highlight=False,
+            )
         Console().print(f"files in {folder}/")
     return 0
 
@@ -278,15 +441,23 @@ def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory 
     """History next to the bars when there is some: <code>.quotes/.investor files in --data, or the run's recording."""
     if run_dir is not None and (run_dir / "data" / "queries.sqlite").is_file():
         return load_history(run_dir)
-    if data is not None and data.is_dir() and any(data.glob("*.quotes.*")) or data is not None and data.is_dir() \
-            and any(data.glob("*.investor.*")):
+    if (
+        data is not None
+        and data.is_dir()
+        and any(data.glob("*.quotes.*"))
+        or data is not None
+        and data.is_dir()
+        and any(data.glob("*.investor.*"))
+    ):
         return load_history(data)
     return None
 
 
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.json").write_text(json.dumps(res, indent=1, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "sweep.json").write_text(
+        json.dumps(res, indent=1, default=str, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     failed = res.get("failed", [])
     for f in failed[:5]:
         where = f" {f['code']}" if "code" in f else ""
@@ -303,8 +474,17 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["segment", "code", *names, "from", "to", *KEYS, "error"])
         for r in flat:
-            w.writerow([r["segment"], r.get("code", ""), *(r["params"].get(n) for n in names), r["from"], r["to"],
-                        *(r[k] for k in KEYS), r.get("error", "")])
+            w.writerow(
+                [
+                    r["segment"],
+                    r.get("code", ""),
+                    *(r["params"].get(n) for n in names),
+                    r["from"],
+                    r["to"],
+                    *(r[k] for k in KEYS),
+                    r.get("error", ""),
+                ]
+            )
     ok = sum(1 for r in flat if not r.get("error"))
     if json_out:
         print(json.dumps(res, indent=1, default=str, ensure_ascii=False))
@@ -332,12 +512,17 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
             cells.append(rs[0].get("code", ""))
         cells += [_fmt(rs[0]["params"].get(n)) for n in names]
         for r in rs:
-            cells += ["failed" if r.get("error") else short(r["sharpe"]), "" if r.get("error") else short(r["total_return"])]
+            cells += [
+                "failed" if r.get("error") else short(r["sharpe"]),
+                "" if r.get("error") else short(r["total_return"]),
+            ]
         cells.append(_fmt(rs[-1]["trades"]))
         t.add_row(*cells)
     Console().print(t)
-    Console().print(f"{ok:,} of {len(flat):,} runs done{'' if ok == len(flat) else f', {len(flat) - ok:,} failed'}; "
-                    f"files in {folder}/")
+    Console().print(
+        f"{ok:,} of {len(flat):,} runs done{'' if ok == len(flat) else f', {len(flat) - ok:,} failed'}; "
+        f"files in {folder}/"
+    )
     return 0 if ok else 1
 
 
@@ -346,13 +531,38 @@ def _report_rolling(res: dict[str, Any], folder: Path, json_out: bool, console: 
 
     with (folder / "walk_forward.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["code", "window", "train_from", "train_to", "test_from", "test_to", "chosen", "train_sharpe",
-                    "test_sharpe", "test_return", "test_rank", "cells"])
+        w.writerow(
+            [
+                "code",
+                "window",
+                "train_from",
+                "train_to",
+                "test_from",
+                "test_to",
+                "chosen",
+                "train_sharpe",
+                "test_sharpe",
+                "test_return",
+                "test_rank",
+                "cells",
+            ]
+        )
         for code, r in res["codes"].items():
             for win in r["windows"]:
-                w.writerow([code, win["window"], *win["train_range"], *win["test_range"],
-                            json.dumps(win["chosen"], sort_keys=True), win["train"]["sharpe"], win["test"]["sharpe"],
-                            win["test"]["total_return"], win["test_rank"], win["cells"]])
+                w.writerow(
+                    [
+                        code,
+                        win["window"],
+                        *win["train_range"],
+                        *win["test_range"],
+                        json.dumps(win["chosen"], sort_keys=True),
+                        win["train"]["sharpe"],
+                        win["test"]["sharpe"],
+                        win["test"]["total_return"],
+                        win["test_rank"],
+                        win["cells"],
+                    ]
+                )
     if json_out:
         print(json.dumps(res, indent=1, default=str, ensure_ascii=False))
         return 0
@@ -360,7 +570,9 @@ def _report_rolling(res: dict[str, Any], folder: Path, json_out: bool, console: 
     for col in ("code", "windows", "oos return", "mean test rank", "stability (changes / share of the most chosen)"):
         t.add_column(col)
     for code, r in res["codes"].items():
-        stab = ", ".join(f"{n}: {s['changes']} / {s['share']:.0%} {s['most_chosen']}" for n, s in r["stability"].items())
+        stab = ", ".join(
+            f"{n}: {s['changes']} / {s['share']:.0%} {s['most_chosen']}" for n, s in r["stability"].items()
+        )
         t.add_row(code, str(r["oos_windows"]), f"{r['oos_return']:.3%}", f"{r['mean_test_rank']:.1f}", stab)
     Console().print(t)
     Console().print(f"files in {folder}/ (walk_forward.csv, sweep.json)")

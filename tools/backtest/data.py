@@ -57,19 +57,33 @@ class DataError(ValueError):
 
 # header alias -> canonical column
 _ALIASES = {
-    "date": "date", "날짜": "date", "datetime": "date",
-    "open": "open", "시가": "open",
-    "high": "high", "고가": "high",
-    "low": "low", "저가": "low",
-    "close": "close", "종가": "close",
+    "date": "date",
+    "날짜": "date",
+    "datetime": "date",
+    "open": "open",
+    "시가": "open",
+    "high": "high",
+    "고가": "high",
+    "low": "low",
+    "저가": "low",
+    "close": "close",
+    "종가": "close",
     "adj close": "adj_close",
-    "volume": "volume", "거래량": "volume",
+    "volume": "volume",
+    "거래량": "volume",
     "name": "name",
 }
 # shared/data/krx_intraday_5min_2020 names its files by company (README section 6)
 INTRADAY_FILE_NAMES = {
-    "005930": "SAMSUNG_Electronics", "000660": "SK_Hynix", "035420": "NAVER", "005380": "HYUNDAI_Motors",
-    "035720": "Kakao", "051910": "LG_Chem", "006400": "SAMSUNG_SDI", "068270": "Celltrion", "005490": "POSCO",
+    "005930": "SAMSUNG_Electronics",
+    "000660": "SK_Hynix",
+    "035420": "NAVER",
+    "005380": "HYUNDAI_Motors",
+    "035720": "Kakao",
+    "051910": "LG_Chem",
+    "006400": "SAMSUNG_SDI",
+    "068270": "Celltrion",
+    "005490": "POSCO",
     "105560": "KB_Financial",
 }
 KST = dt.timezone(dt.timedelta(hours=9))
@@ -289,10 +303,20 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
     starts = sorted(by_time)
     interval = _interval_of(starts) if intraday and starts else "1d"
     vals = [by_time[t] for t in starts]
-    return _Columns(starts=starts, o=array("q", (x[0] for x in vals)), h=array("q", (x[1] for x in vals)),
-                    lo=array("q", (x[2] for x in vals)), c=array("q", (x[3] for x in vals)),
-                    v=array("q", (x[4] for x in vals)), interval=interval, name=name, has_volume=has_volume,
-                    fractional=fractional, problems=problems, first=first)
+    return _Columns(
+        starts=starts,
+        o=array("q", (x[0] for x in vals)),
+        h=array("q", (x[1] for x in vals)),
+        lo=array("q", (x[2] for x in vals)),
+        c=array("q", (x[3] for x in vals)),
+        v=array("q", (x[4] for x in vals)),
+        interval=interval,
+        name=name,
+        has_volume=has_volume,
+        fractional=fractional,
+        problems=problems,
+        first=first,
+    )
 
 
 def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
@@ -301,7 +325,9 @@ def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
     if missing:
         raise DataError(f"{path}: not an OHLCV file (missing {sorted(missing)})")
     if adjusted and "adj_close" not in cols:
-        raise DataError(f"{path}: no Adj Close column for adjusted prices (these files hold one series; use them as they are)")
+        raise DataError(
+            f"{path}: no Adj Close column for adjusted prices (these files hold one series; use them as they are)"
+        )
     has_volume = "volume" in cols
     di, oi, hi, li, ci = (cols[k] for k in ("date", "open", "high", "low", "close"))
     vi, ai = cols.get("volume", -1), cols.get("adj_close", -1)
@@ -359,7 +385,11 @@ def _file(path: Path, strict: bool, prices: str) -> _Columns:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, strict, prices)
     got = _FILES.get(key)
     if got is None:
-        got = _parquet_columns(path, strict) if path.suffix == ".parquet" else _csv_columns(path, strict, prices == ADJUSTED)
+        got = (
+            _parquet_columns(path, strict)
+            if path.suffix == ".parquet"
+            else _csv_columns(path, strict, prices == ADJUSTED)
+        )
         _FILES[key] = got
     return got
 
@@ -372,8 +402,10 @@ def _bars(cols: _Columns, code: str) -> list[Bar]:
     got = cols.bars.get(code)
     if got is None:
         iv = cols.interval
-        got = cols.bars[code] = [Bar(code=code, interval=iv, start=t, open=o, high=h, low=lo, close=c, volume=v)
-                                 for t, o, h, lo, c, v in zip(cols.starts, cols.o, cols.h, cols.lo, cols.c, cols.v)]
+        got = cols.bars[code] = [
+            Bar(code=code, interval=iv, start=t, open=o, high=h, low=lo, close=c, volume=v)
+            for t, o, h, lo, c, v in zip(cols.starts, cols.o, cols.h, cols.lo, cols.c, cols.v)
+        ]
     return got
 
 
@@ -409,19 +441,37 @@ def _notes(path: Path, cols: _Columns) -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_bars(path: Path, code: str, date_to: dt.date | None = None, *, strict: bool = False, prices: str = RAW,
-              listing: Listing | None = None) -> Series:
+def load_bars(
+    path: Path,
+    code: str,
+    date_to: dt.date | None = None,
+    *,
+    strict: bool = False,
+    prices: str = RAW,
+    listing: Listing | None = None,
+) -> Series:
     """Every OHLCV bar of `path` up to `date_to` (inclusive), oldest first."""
     cols = _file(path, strict, prices)
     bars = _bars(cols, code)
-    end = len(bars) if date_to is None else bisect.bisect_right(cols.starts, date_to.isoformat() + "~")  # "~" after "THH:MM"
+    end = (
+        len(bars) if date_to is None else bisect.bisect_right(cols.starts, date_to.isoformat() + "~")
+    )  # "~" after "THH:MM"
     bars, starts = bars[:end], cols.starts[:end]
     if listing is None or not listing.known:
         kind = SecurityKind.ETF if cols.name.upper().startswith(_ETF_PREFIXES) else SecurityKind.STOCK
         listing = replace(listing or Listing(), kind=kind) if kind is SecurityKind.ETF else (listing or Listing())
-    return Series(code=code, bars=bars, kind=listing.kind, source=str(path), market=listing.market,
-                  sector=listing.sector, adjustment=_adjustment(cols, listing), notes=_notes(path, cols), has_volume=cols.has_volume,
-                  starts=starts)
+    return Series(
+        code=code,
+        bars=bars,
+        kind=listing.kind,
+        source=str(path),
+        market=listing.market,
+        sector=listing.sector,
+        adjustment=_adjustment(cols, listing),
+        notes=_notes(path, cols),
+        has_volume=cols.has_volume,
+        starts=starts,
+    )
 
 
 def load_parquet(path: Path, code: str, date_to: dt.date | None = None, *, strict: bool = False) -> Series:
@@ -463,11 +513,20 @@ def universe(data: Path) -> list[str]:
     return sorted(codes)
 
 
-def load_codes(data: Path, codes: Iterable[str], date_to: dt.date | None = None, *, strict: bool = False,
-               prices: str = RAW, listings: dict[str, Listing] | None = None) -> dict[str, Series]:
+def load_codes(
+    data: Path,
+    codes: Iterable[str],
+    date_to: dt.date | None = None,
+    *,
+    strict: bool = False,
+    prices: str = RAW,
+    listings: dict[str, Listing] | None = None,
+) -> dict[str, Series]:
     listings = listings or {}
-    return {c: load_bars(find_code_file(data, c), c, date_to, strict=strict, prices=prices, listing=listings.get(c))
-            for c in codes}
+    return {
+        c: load_bars(find_code_file(data, c), c, date_to, strict=strict, prices=prices, listing=listings.get(c))
+        for c in codes
+    }
 
 
 def load_closes(path: Path) -> list[tuple[dt.date, float]]:

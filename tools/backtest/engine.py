@@ -147,8 +147,9 @@ def _next_session(day: str) -> str:
 @functools.lru_cache(maxsize=65536)
 def _day_ns(day: str) -> int:
     """00:00 KST of `day` in ns since the epoch (cached: a day's orders and fills all need it)."""
-    return ((dt.date(int(day[:4]), int(day[5:7]), int(day[8:10])).toordinal() - _EPOCH_DAY) * 86_400
-            - _KST_OFFSET_S) * 1_000_000_000
+    return (
+        (dt.date(int(day[:4]), int(day[5:7]), int(day[8:10])).toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S
+    ) * 1_000_000_000
 
 
 def _time_ns(start: str, minutes: int, end: bool) -> int:
@@ -168,13 +169,31 @@ def _daily_bars(bars: list[Bar]) -> list[Bar]:
     for b in bars:
         day = b.start[:10]
         if cur is not None and cur.start == day:
-            cur = Bar(code=b.code, interval="1d", start=day, open=cur.open, high=max(cur.high, b.high),
-                      low=min(cur.low, b.low), close=b.close, volume=cur.volume + b.volume, value=cur.value + b.value)
+            cur = Bar(
+                code=b.code,
+                interval="1d",
+                start=day,
+                open=cur.open,
+                high=max(cur.high, b.high),
+                low=min(cur.low, b.low),
+                close=b.close,
+                volume=cur.volume + b.volume,
+                value=cur.value + b.value,
+            )
         else:
             if cur is not None:
                 out.append(cur)
-            cur = Bar(code=b.code, interval="1d", start=day, open=b.open, high=b.high, low=b.low, close=b.close,
-                      volume=b.volume, value=b.value)
+            cur = Bar(
+                code=b.code,
+                interval="1d",
+                start=day,
+                open=b.open,
+                high=b.high,
+                low=b.low,
+                close=b.close,
+                volume=b.volume,
+                value=b.value,
+            )
     if cur is not None:
         out.append(cur)
     return out
@@ -183,32 +202,58 @@ def _daily_bars(bars: list[Bar]) -> list[Bar]:
 class BacktestContext(BacktestServices):  # state in memory; quote/investor from the history (services.py)
     """The strategy's Context in a backtest (agent.strategy.Context): same calls, simulated broker."""
 
+    _e: Backtest  # always bound here (the services base also serves engine-less calls)
+
     def __init__(self, engine: Backtest) -> None:
         self._e = engine
         self.agent_id = engine.card.id
         self.log = logging.getLogger(f"ktrader.backtest.{engine.card.id}")
 
-    def buy(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None,
-            stop: int = 0, take: int = 0, trail_pct: float = 0.0, protect: ProtectionSpec | None = None) -> str:
+    def buy(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        protect: ProtectionSpec | None = None,
+    ) -> str:
         e = self._e
         spec = protection_spec(stop, take, trail_pct, protect)
         if spec is None:
             return e.order(Side.BUY, code, qty, price, order_type, tif, reason)
         err = validate(spec)  # as live: a bad protective order refuses its buy
-        coid = e.order(Side.BUY, code, qty, price, order_type, tif, reason,
-                       refuse=(ErrorCode.BAD_PROTECTION, err) if err else None)
+        coid = e.order(
+            Side.BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
+        )
         if not err:
             e.protections.attach(coid, code, spec, e.broker.ts_ns, e.pending)
         return coid
 
-    def protect(self, code: str, qty: int = 0, *, stop: int = 0, take: int = 0, trail_pct: float = 0.0,
-                exit: ExitType = ExitType.MARKET, when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
-                spec: ProtectionSpec | None = None) -> str:
+    def protect(
+        self,
+        code: str,
+        qty: int = 0,
+        *,
+        stop: int = 0,
+        take: int = 0,
+        trail_pct: float = 0.0,
+        exit: ExitType = ExitType.MARKET,
+        when_closed: WhenClosed = WhenClosed.NEXT_OPEN,
+        spec: ProtectionSpec | None = None,
+    ) -> str:
         e = self._e
         ps = protection_spec(stop, take, trail_pct, spec, exit=exit, when_closed=when_closed)
         if ps is None:
-            raise KtraderError(ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop")
+            raise KtraderError(
+                ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop"
+            )
         pid = e.next_id()
         e.protections.protect(pid, code, qty, ps, e.broker.ts_ns, e.pending)
         return pid
@@ -223,8 +268,17 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
     def protections(self) -> dict[str, Protection]:
         return dict(self._e.protections.active)
 
-    def sell(self, code: str, qty: int, price: int = 0, *, order_type: OrderType = OrderType.LIMIT,
-             tif: TimeInForce = TimeInForce.DAY, reason: str = "", context: dict[str, Any] | None = None) -> str:
+    def sell(
+        self,
+        code: str,
+        qty: int,
+        price: int = 0,
+        *,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+        reason: str = "",
+        context: dict[str, Any] | None = None,
+    ) -> str:
         return self._e.order(Side.SELL, code, qty, price, order_type, tif, reason)
 
     def cancel(self, client_order_id: str) -> None:
@@ -279,7 +333,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             return []
         # bars strictly before the current bar time: never the bar being delivered, never a later one
         p = bisect.bisect_left(starts, t)
-        return bars[max(0, p - n):p]
+        return bars[max(0, p - n) : p]
 
 
 class Backtest:
@@ -300,13 +354,17 @@ class Backtest:
         self.card = card
         self.config = config
         cash = config.cash or card.budget or DEFAULT_CASH
-        self.broker = SimBroker(card=card, cash=cash, costs=config.costs,
-                                max_participation_bp=config.max_participation_bp,
-                                kinds={c: s.kind for c, s in series.items()},
-                                markets={c: s.market for c, s in series.items()},
-                                sectors={c: s.sector for c, s in series.items() if s.sector},
-                                flat_sell_tax_ppm=config.sell_tax_ppm,
-                                uncapped=frozenset(c for c, s in series.items() if not s.has_volume))
+        self.broker = SimBroker(
+            card=card,
+            cash=cash,
+            costs=config.costs,
+            max_participation_bp=config.max_participation_bp,
+            kinds={c: s.kind for c, s in series.items()},
+            markets={c: s.market for c, s in series.items()},
+            sectors={c: s.sector for c, s in series.items() if s.sector},
+            flat_sell_tax_ppm=config.sell_tax_ppm,
+            uncapped=frozenset(c for c, s in series.items() if not s.has_volume),
+        )
         if self.intraday:  # marks follow every bar; the band's base moves once a day
             self.broker.last = {}
         self.initial_cash = cash
@@ -317,8 +375,11 @@ class Backtest:
         for code in card.codes:  # bars are oldest first (loaders guarantee it)
             all_bars = series[code].bars
             starts = series[code].starts  # the loader's column; rebuilt when the bars were replaced since
-            if (starts is None or len(starts) != len(all_bars)
-                    or (all_bars and (starts[0] != all_bars[0].start or starts[-1] != all_bars[-1].start))):
+            if (
+                starts is None
+                or len(starts) != len(all_bars)
+                or (all_bars and (starts[0] != all_bars[0].start or starts[-1] != all_bars[-1].start))
+            ):
                 starts = [b.start for b in all_bars]
             end = bisect.bisect_right(starts, hi)
             self.bars[code] = all_bars[:end]
@@ -329,12 +390,12 @@ class Backtest:
         self.at: list[Any]
         if self.single:
             code = card.codes[0]
-            self.times: list[str] = self.starts[code][firsts[code]:]
-            self.at = self.bars[code][firsts[code]:]
+            self.times: list[str] = self.starts[code][firsts[code] :]
+            self.at = self.bars[code][firsts[code] :]
         else:
             by_time: dict[str, dict[str, Bar]] = {}
             for code in sorted(card.codes):  # code order = on_bar order within a bar time (as the gateway closes them)
-                for b in self.bars[code][firsts[code]:]:
+                for b in self.bars[code][firsts[code] :]:
                     by_time.setdefault(b.start, {})[code] = b
             self.times = sorted(by_time)
             self.at = [by_time[t] for t in self.times]
@@ -415,20 +476,35 @@ class Backtest:
         j = i
         while j > 0 and bars[j - 1].start[:10] == bday:  # intraday: the day so far
             j -= 1
-        today = bars[j:i + 1]
+        today = bars[j : i + 1]
         base = bars[j - 1].close if j > 0 else today[0].open  # the previous day's close
         kind, market = self.broker.listing(code)
         rules = rules_for(bday)
         lower, upper = rules.price_limits(base, kind, market)
         eps, bps = row.eps, row.bps
         return PriceQuote(
-            code=code, last=last, change=last - base, change_pct=round((last - base) * 100 / base, 2), open=today[0].open,
-            high=max(b.high for b in today), low=min(b.low for b in today), base=base, upper_limit=upper,
-            lower_limit=lower, volume=sum(b.volume for b in today), value=sum(b.value for b in today),
-            per=round(last / eps, 2) if eps > 0 else row.per, pbr=round(last / bps, 2) if bps > 0 else row.pbr,
-            eps=eps, bps=bps, market_cap=row.listed_shares * last if row.listed_shares else row.market_cap,
-            listed_shares=row.listed_shares, high_250d=row.high_250d, low_250d=row.low_250d,
-            tick=rules.tick_size(last, kind, market))
+            code=code,
+            last=last,
+            change=last - base,
+            change_pct=round((last - base) * 100 / base, 2),
+            open=today[0].open,
+            high=max(b.high for b in today),
+            low=min(b.low for b in today),
+            base=base,
+            upper_limit=upper,
+            lower_limit=lower,
+            volume=sum(b.volume for b in today),
+            value=sum(b.value for b in today),
+            per=round(last / eps, 2) if eps > 0 else row.per,
+            pbr=round(last / bps, 2) if bps > 0 else row.pbr,
+            eps=eps,
+            bps=bps,
+            market_cap=row.listed_shares * last if row.listed_shares else row.market_cap,
+            listed_shares=row.listed_shares,
+            high_250d=row.high_250d,
+            low_250d=row.low_250d,
+            tick=rules.tick_size(last, kind, market),
+        )
 
     def investor(self, code: str) -> list[InvestorDay]:
         """inquire-investor as of the current bar: completed days before today, newest first."""
@@ -450,14 +526,18 @@ class Backtest:
                 lacking.append(f"{what} for {', '.join(codes)}")
         if lacking:
             where = f"{h.source} has none" if h is not None else "give --history PATH"
-            raise BacktestError(f"{self.card.strategy} needs {'; '.join(lacking)} ({where}: a run directory whose "
-                                f"gateway recorded them, or files in the layout of tools/backtest/history.py)")
+            raise BacktestError(
+                f"{self.card.strategy} needs {'; '.join(lacking)} ({where}: a run directory whose "
+                f"gateway recorded them, or files in the layout of tools/backtest/history.py)"
+            )
 
     def _check_missing(self) -> None:
         if self.missing:
             first = self.missing[0]
-            raise BacktestError(f"{self.card.strategy} needs what this backtest cannot give: {first} "
-                                f"(asked {len(self.missing)} time(s) by {self.times[self.step][:10]})")
+            raise BacktestError(
+                f"{self.card.strategy} needs what this backtest cannot give: {first} "
+                f"(asked {len(self.missing)} time(s) by {self.times[self.step][:10]})"
+            )
 
     def entry_session(self, step: int) -> str:
         """The KRX session an order placed at `step` lives in (see the module docstring)."""
@@ -493,8 +573,17 @@ class Backtest:
         self._order_n += 1
         return self._coid_prefix + str(self._order_n)
 
-    def order(self, side: Side, code: str, qty: int, price: int, order_type: OrderType, tif: TimeInForce,
-              reason: str, refuse: tuple[str, str] | None = None) -> str:
+    def order(
+        self,
+        side: Side,
+        code: str,
+        qty: int,
+        price: int,
+        order_type: OrderType,
+        tif: TimeInForce,
+        reason: str,
+        refuse: tuple[str, str] | None = None,
+    ) -> str:
         t = self.times[self.step]
         day = t[:10]
         coid = self.next_id()
@@ -519,7 +608,9 @@ class Backtest:
             getattr(self.strategy, hook)(*args)
         except Exception as e:
             self._check_missing()  # (the strategy may have let the UNSUPPORTED error through)
-            raise BacktestError(f"{self.card.strategy}.{hook} failed at {self.times[self.step]}: {type(e).__name__}: {e}") from e
+            raise BacktestError(
+                f"{self.card.strategy}.{hook} failed at {self.times[self.step]}: {type(e).__name__}: {e}"
+            ) from e
         if self.missing:
             self._check_missing()
 
@@ -541,8 +632,19 @@ class Backtest:
                     self._call("on_protection", note[1])
             elif self._wants_fills:
                 f = note[1]  # the FillRecord; the view is built only for a strategy that listens
-                self._call("on_fill", FillView(client_order_id=f.client_order_id, fill_id=note[2], code=f.code,
-                                               side=f.side, qty=f.qty, price=f.price, ts_ns=note[3]), note[4])
+                self._call(
+                    "on_fill",
+                    FillView(
+                        client_order_id=f.client_order_id,
+                        fill_id=note[2],
+                        code=f.code,
+                        side=f.side,
+                        qty=f.qty,
+                        price=f.price,
+                        ts_ns=note[3],
+                    ),
+                    note[4],
+                )
         pending.clear()
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> BacktestResult:
@@ -613,8 +715,9 @@ class Backtest:
                     on_bar(bar)
                 except Exception as e:
                     self._check_missing()
-                    raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
-                                        f"{type(e).__name__}: {e}") from e
+                    raise BacktestError(
+                        f"{self.card.strategy}.on_bar failed at {t} {bar.code}: {type(e).__name__}: {e}"
+                    ) from e
                 if missing:
                     self._check_missing()
                 if pending:
@@ -623,15 +726,18 @@ class Backtest:
                     else:
                         pending.clear()
             else:
-                for bar in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                for (
+                    bar
+                ) in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
                     last[bar.code] = bar.close
                 for bar in bars.values():
                     try:
                         on_bar(bar)
                     except Exception as e:
                         self._check_missing()
-                        raise BacktestError(f"{self.card.strategy}.on_bar failed at {t} {bar.code}: "
-                                            f"{type(e).__name__}: {e}") from e
+                        raise BacktestError(
+                            f"{self.card.strategy}.on_bar failed at {t} {bar.code}: {type(e).__name__}: {e}"
+                        ) from e
                     if missing:
                         self._check_missing()
                     if pending:
@@ -699,13 +805,26 @@ class Backtest:
                         c_days.append(day)
                         c_closes.append(bar.close)
         return BacktestResult(
-            card_id=self.card.id, strategy=self.card.strategy, params=self.params,
-            date_from=self.times[0][:10], date_to=self.times[-1][:10], initial_cash=self.initial_cash,
-            dates=dates, equity=equity, holdings=holdings, fills=list(broker.fills),
-            orders=list(broker.orders.values()), order_states=dict(sorted(states.items())), fees=broker.fees,
-            taxes=broker.taxes, traded_value=broker.traded_value,
+            card_id=self.card.id,
+            strategy=self.card.strategy,
+            params=self.params,
+            date_from=self.times[0][:10],
+            date_to=self.times[-1][:10],
+            initial_cash=self.initial_cash,
+            dates=dates,
+            equity=equity,
+            holdings=holdings,
+            fills=list(broker.fills),
+            orders=list(broker.orders.values()),
+            order_states=dict(sorted(states.items())),
+            fees=broker.fees,
+            taxes=broker.taxes,
+            traded_value=broker.traded_value,
             positions={c: p for c, p in broker.positions.items() if p.qty},
-            closes=closes, bars=n_bars, interval=self.interval, unanswered=dict(self.unanswered),
+            closes=closes,
+            bars=n_bars,
+            interval=self.interval,
+            unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
         )
 
@@ -719,6 +838,10 @@ def unconfirmed_rules(days: list[str], markets: set[str]) -> list[str]:
     return sorted({n for notes in seen.values() for n in notes if n.split(" (")[0].split()[-1] in markets})
 
 
-def run_backtest(card: AgentCard, series: dict[str, Series], config: BacktestConfig,
-                 progress: Callable[[int, int], None] | None = None) -> BacktestResult:
+def run_backtest(
+    card: AgentCard,
+    series: dict[str, Series],
+    config: BacktestConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> BacktestResult:
     return Backtest(card, series, config).run(progress)

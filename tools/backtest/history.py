@@ -38,8 +38,15 @@ from common.schema import InvestorDay
 from tools.backtest.data import DataError, parse_date
 
 QUOTE_FIELDS = ("per", "pbr", "eps", "bps", "market_cap", "listed_shares", "high_250d", "low_250d")
-INVESTOR_FIELDS = ("close", "foreign_qty", "institution_qty", "individual_qty", "foreign_value", "institution_value",
-                   "individual_value")
+INVESTOR_FIELDS = (
+    "close",
+    "foreign_qty",
+    "institution_qty",
+    "individual_qty",
+    "foreign_value",
+    "institution_value",
+    "individual_value",
+)
 INVESTOR_PAGE = 30  # rows one inquire-investor call returns (shared/kis/API.md §12.1)
 
 
@@ -72,7 +79,7 @@ class CompanyHistory:
         """Completed days before `day`, newest first; KeyError for a code without history."""
         days, rows = self.flows[code]
         i = bisect.bisect_left(days, day)
-        return rows[max(0, i - n):i][::-1]
+        return rows[max(0, i - n) : i][::-1]
 
     def span(self) -> str:
         firsts = [d[0] for d, _ in (*self.quotes.values(), *self.flows.values()) if d]
@@ -119,8 +126,12 @@ def _read_quotes(path: Path) -> tuple[list[str], list[CompanyDay]]:
             raise DataError(f"{path}: expected columns date,per,pbr,eps,bps (got {sorted(r)})")
         try:
             day = _day(r["date"], path, n)
-            out[day] = CompanyDay(day=day, per=_num(r.get("per", "")), pbr=_num(r.get("pbr", "")),
-                                  **{k: int(_num(r.get(k, ""))) for k in QUOTE_FIELDS[2:]})
+            out[day] = CompanyDay(
+                day=day,
+                per=_num(r.get("per", "")),
+                pbr=_num(r.get("pbr", "")),
+                **{k: int(_num(r.get(k, ""))) for k in QUOTE_FIELDS[2:]},
+            )
         except ValueError as e:
             raise DataError(f"{path}:{n}: {e}") from None
     days = sorted(out)
@@ -164,8 +175,10 @@ def _from_store(path: Path) -> CompanyHistory:
             f = db.investor(code)
             if f:
                 days = [row[0] for row in f]
-                h.flows[code] = (days, [InvestorDay(day=row[0].replace("-", ""), **dict(zip(INVESTOR_COLS, row[1:])))
-                                        for row in f])
+                h.flows[code] = (
+                    days,
+                    [InvestorDay(day=row[0].replace("-", ""), **dict(zip(INVESTOR_COLS, row[1:]))) for row in f],
+                )
     except apsw.Error as e:
         raise DataError(f"{path}: cannot read the recorded queries: {e}") from None
     finally:
@@ -213,7 +226,8 @@ def export(db_path: Path, out: Path) -> list[Path]:
         with p.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["date", *INVESTOR_FIELDS])
-            w.writerows([f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:]}", *(getattr(d, k) for k in INVESTOR_FIELDS)]
-                        for d in flows)
+            w.writerows(
+                [f"{d.day[:4]}-{d.day[4:6]}-{d.day[6:]}", *(getattr(d, k) for k in INVESTOR_FIELDS)] for d in flows
+            )
         written.append(p)
     return written

@@ -32,8 +32,9 @@ class RepeatSummary(logging.Handler):
     def flush(self) -> None:
         for key, n in self.seen.items():
             if n > SHOWN:
-                self.console.print(f"({n - SHOWN:,} more identical lines) {key}", markup=False, highlight=False,
-                                   soft_wrap=True)
+                self.console.print(
+                    f"({n - SHOWN:,} more identical lines) {key}", markup=False, highlight=False, soft_wrap=True
+                )
         self.seen.clear()
 
 

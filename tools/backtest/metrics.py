@@ -64,14 +64,37 @@ def round_trips(fills: list[FillRecord], last_close: dict[str, int], dates: list
         t["max"] = max(int(t["max"]), int(t["qty"]))
         if t["qty"] == 0:
             pnl = int(t["sold"]) - int(t["bought"]) - int(t["fees"])
-            trades.append(Trade(f.code, str(t["entry"]), f.day, int(t["max"]), int(t["bought"]), int(t["sold"]),
-                                int(t["fees"]), pnl, index.get(f.day, 0) - index.get(str(t["entry"]), 0)))
+            trades.append(
+                Trade(
+                    f.code,
+                    str(t["entry"]),
+                    f.day,
+                    int(t["max"]),
+                    int(t["bought"]),
+                    int(t["sold"]),
+                    int(t["fees"]),
+                    pnl,
+                    index.get(f.day, 0) - index.get(str(t["entry"]), 0),
+                )
+            )
             del cur[f.code]
     for code, t in sorted(cur.items()):
         marked = int(t["qty"]) * last_close.get(code, 0)
         pnl = int(t["sold"]) + marked - int(t["bought"]) - int(t["fees"])
-        trades.append(Trade(code, str(t["entry"]), "", int(t["max"]), int(t["bought"]), int(t["sold"]), int(t["fees"]),
-                            pnl, len(dates) - 1 - index.get(str(t["entry"]), 0), open=True))
+        trades.append(
+            Trade(
+                code,
+                str(t["entry"]),
+                "",
+                int(t["max"]),
+                int(t["bought"]),
+                int(t["sold"]),
+                int(t["fees"]),
+                pnl,
+                len(dates) - 1 - index.get(str(t["entry"]), 0),
+                open=True,
+            )
+        )
     return trades
 
 
@@ -93,7 +116,7 @@ def _ratio(a: float, b: float) -> float | None:
 def returns_of(values: list[float], start: float | None = None) -> list[float]:
     prev = start if start is not None else (values[0] if values else 0.0)
     out = []
-    for v in (values if start is not None else values[1:]):
+    for v in values if start is not None else values[1:]:
         out.append(v / prev - 1.0 if prev else 0.0)
         prev = v
     return out
@@ -122,8 +145,9 @@ def drawdown(equity: list[int], start: int) -> tuple[float, int, int, list[float
     return worst, duration, longest, series
 
 
-def compute(result: BacktestResult, benchmark: list[tuple[dt.date, float]] | None = None,
-            benchmark_name: str = "") -> dict[str, object]:
+def compute(
+    result: BacktestResult, benchmark: list[tuple[dt.date, float]] | None = None, benchmark_name: str = ""
+) -> dict[str, object]:
     eq = result.equity
     n = len(eq)
     rets = returns_of([float(e) for e in eq], float(result.initial_cash))
@@ -173,8 +197,9 @@ def compute(result: BacktestResult, benchmark: list[tuple[dt.date, float]] | Non
     return m
 
 
-def benchmark_stats(result: BacktestResult, rets: list[float], benchmark: list[tuple[dt.date, float]],
-                    name: str) -> dict[str, object]:
+def benchmark_stats(
+    result: BacktestResult, rets: list[float], benchmark: list[tuple[dt.date, float]], name: str
+) -> dict[str, object]:
     closes = {d.isoformat(): v for d, v in benchmark}
     # align: our equity and the benchmark on the dates both have; returns between consecutive ones
     eq_a: list[float] = []
@@ -185,9 +210,13 @@ def benchmark_stats(result: BacktestResult, rets: list[float], benchmark: list[t
             bm_a.append(closes[d])
     common = [d for d in result.dates if d in closes]
     # the days the benchmark statistics are over (a benchmark may not cover the whole run)
-    out: dict[str, object] = {"benchmark": name, "benchmark_days": len(bm_a), "run_days": len(result.dates),
-                              "benchmark_from": common[0] if common else None,
-                              "benchmark_to": common[-1] if common else None}
+    out: dict[str, object] = {
+        "benchmark": name,
+        "benchmark_days": len(bm_a),
+        "run_days": len(result.dates),
+        "benchmark_from": common[0] if common else None,
+        "benchmark_to": common[-1] if common else None,
+    }
     if len(bm_a) < 3:
         return out
     r = returns_of(eq_a)
@@ -201,13 +230,15 @@ def benchmark_stats(result: BacktestResult, rets: list[float], benchmark: list[t
     down = [(x, y) for x, y in zip(r, b) if y < 0]
     btotal = bm_a[-1] / bm_a[0] - 1.0
     years = len(bm_a) / YEAR
-    out.update({
-        "benchmark_return": btotal,
-        "benchmark_annual_return": (1.0 + btotal) ** (1.0 / years) - 1.0 if btotal > -1.0 else -1.0,
-        "alpha": (mr - beta * mb) * YEAR,
-        "beta": beta,
-        "information_ratio": _ratio(_mean(active) * math.sqrt(YEAR), _std(active)),
-        "up_capture": _ratio(_mean([x for x, _ in up]), _mean([y for _, y in up])) if up else None,
-        "down_capture": _ratio(_mean([x for x, _ in down]), _mean([y for _, y in down])) if down else None,
-    })
+    out.update(
+        {
+            "benchmark_return": btotal,
+            "benchmark_annual_return": (1.0 + btotal) ** (1.0 / years) - 1.0 if btotal > -1.0 else -1.0,
+            "alpha": (mr - beta * mb) * YEAR,
+            "beta": beta,
+            "information_ratio": _ratio(_mean(active) * math.sqrt(YEAR), _std(active)),
+            "up_capture": _ratio(_mean([x for x, _ in up]), _mean([y for _, y in up])) if up else None,
+            "down_capture": _ratio(_mean([x for x, _ in down]), _mean([y for _, y in down])) if down else None,
+        }
+    )
     return out

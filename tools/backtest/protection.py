@@ -49,18 +49,32 @@ class BacktestProtections:
 
     def attach(self, coid: str, code: str, spec: ProtectionSpec, ts: int, notes: list[Note]) -> None:
         """A buy's protection (the buy was just placed)."""
-        p = Protection(id=coid, agent=self.agent, code=code, spec=spec, entry=coid, state=PS.PENDING, created_ns=ts,
-                       updated_ns=ts)
+        p = Protection(
+            id=coid, agent=self.agent, code=code, spec=spec, entry=coid, state=PS.PENDING, created_ns=ts, updated_ns=ts
+        )
         self._put(p, notes)
         self.by_entry[coid] = coid
         self.settle(notes)  # a buy denied at once ends it now
 
     def protect(self, pid: str, code: str, qty: int, spec: ProtectionSpec, ts: int, notes: list[Note]) -> None:
         held = self.broker.position(code)
-        err = validate(spec) or (f"no shares of {code} to protect" if held <= 0 else
-                                 f"{qty} shares to protect, {held} held" if qty > held else None)
-        p = Protection(id=pid, agent=self.agent, code=code, spec=spec, qty=qty, high=self.broker.last.get(code, 0),
-                       created_ns=ts, updated_ns=ts)
+        err = validate(spec) or (
+            f"no shares of {code} to protect"
+            if held <= 0
+            else f"{qty} shares to protect, {held} held"
+            if qty > held
+            else None
+        )
+        p = Protection(
+            id=pid,
+            agent=self.agent,
+            code=code,
+            spec=spec,
+            qty=qty,
+            high=self.broker.last.get(code, 0),
+            created_ns=ts,
+            updated_ns=ts,
+        )
         if err:
             p = msgspec.structs.replace(p, state=PS.CANCELLED, reason=f"{ErrorCode.BAD_PROTECTION}: {err}")
         else:
@@ -82,8 +96,13 @@ class BacktestProtections:
         if p is None or p.state not in (PS.PENDING, PS.ARMED):
             return
         o = self.broker.orders[coid]
-        p = msgspec.structs.replace(p, qty=o.filled_qty, state=PS.ARMED, high=max(p.high, o.filled_value // o.filled_qty),
-                                    updated_ns=self.broker.ts_ns)
+        p = msgspec.structs.replace(
+            p,
+            qty=o.filled_qty,
+            state=PS.ARMED,
+            high=max(p.high, o.filled_value // o.filled_qty),
+            updated_ns=self.broker.ts_ns,
+        )
         self.active[p.id] = self.all[p.id] = p
         self._from_step[p.id] = self.step + 1  # checked from the next bar
         self._pending_notes.append(("protection", p))
@@ -98,8 +117,12 @@ class BacktestProtections:
                 e = b.orders.get(p.entry)
                 if e is not None and not e.is_open and not e.filled_qty:
                     why = f": {e.reason_code} {e.reason}".rstrip() if e.reason_code else ""
-                    self._put(msgspec.structs.replace(p, state=PS.CANCELLED,
-                                                      reason=f"its buy ended {e.state.value} without a fill{why}"), notes)
+                    self._put(
+                        msgspec.structs.replace(
+                            p, state=PS.CANCELLED, reason=f"its buy ended {e.state.value} without a fill{why}"
+                        ),
+                        notes,
+                    )
             elif p.state is PS.ARMED and b.position(p.code) <= 0 and not self._entry_open(p):
                 self._put(msgspec.structs.replace(p, state=PS.CANCELLED, reason="the position was closed"), notes)
 
@@ -127,8 +150,9 @@ class BacktestProtections:
                     self.active[p.id] = self.all[p.id] = msgspec.structs.replace(p, high=high)
                 continue
             held = self.broker.position(p.code)
-            p = msgspec.structs.replace(p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=p.qty or held,
-                                        updated_ns=self.broker.ts_ns)
+            p = msgspec.structs.replace(
+                p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=p.qty or held, updated_ns=self.broker.ts_ns
+            )
             self._put(p, notes)
             if self._entry_open(p):
                 self.broker.cancel(p.entry, notes)  # the trade is over: the rest of its buy goes
@@ -143,8 +167,10 @@ class BacktestProtections:
                 b.cancel(coid, notes)
         want = min(p.qty - p.sold, b.position(p.code))
         if want <= 0:
-            self._put(msgspec.structs.replace(p, state=PS.DONE if p.sold else PS.CANCELLED,
-                                              reason="nothing left to sell"), notes)
+            self._put(
+                msgspec.structs.replace(p, state=PS.DONE if p.sold else PS.CANCELLED, reason="nothing left to sell"),
+                notes,
+            )
             return
         if b.locked_down(bar, day):
             self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
@@ -156,8 +182,17 @@ class BacktestProtections:
         o = b.exit(coid, p.code, want, price, bar, day, reason, notes)
         sold, value = p.sold + o.filled_qty, p.sold_value + o.filled_value
         done = sold >= p.qty or b.position(p.code) <= 0
-        self._put(msgspec.structs.replace(p, state=PS.DONE if done else PS.FIRED, exits=(*p.exits, coid), sold=sold,
-                                          sold_value=value, reason=f"sold {sold} at {value // sold:,}" if sold else ""), notes)
+        self._put(
+            msgspec.structs.replace(
+                p,
+                state=PS.DONE if done else PS.FIRED,
+                exits=(*p.exits, coid),
+                sold=sold,
+                sold_value=value,
+                reason=f"sold {sold} at {value // sold:,}" if sold else "",
+            ),
+            notes,
+        )
 
     def _put(self, p: Protection, notes: list[Note]) -> None:
         p = msgspec.structs.replace(p, updated_ns=self.broker.ts_ns or p.updated_ns)

@@ -40,8 +40,9 @@ class DailyFlip(Strategy):
 
 
 def flip_card(code: str, qty: int, cash: int) -> AgentCard:
-    return AgentCard(id="flip_ref", name="order every day", strategy=FLIP_STRATEGY, codes=[code],
-                     params={"qty": qty}, budget=cash)
+    return AgentCard(
+        id="flip_ref", name="order every day", strategy=FLIP_STRATEGY, codes=[code], params={"qty": qty}, budget=cash
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,34 +55,48 @@ class RefFill:
 
 
 def sma_card(code: str, short: int, long: int, qty: int, cash: int) -> AgentCard:
-    return AgentCard(id="sma_ref", name="SMA reference", strategy=SMA_STRATEGY, codes=[code],
-                     params={"short": short, "long": long, "qty": qty}, budget=cash)
+    return AgentCard(
+        id="sma_ref",
+        name="SMA reference",
+        strategy=SMA_STRATEGY,
+        codes=[code],
+        params={"short": short, "long": long, "qty": qty},
+        budget=cash,
+    )
 
 
-def run_backtrader(bars: list[Bar], short: int, long: int, qty: int, cash: int,
-                   costs: CostModel = CostModel(), sell_tax_ppm: int | None = None,
-                   ) -> tuple[list[RefFill], list[tuple[str, float]], float]:
+def run_backtrader(
+    bars: list[Bar],
+    short: int,
+    long: int,
+    qty: int,
+    cash: int,
+    costs: CostModel = CostModel(),
+    sell_tax_ppm: int | None = None,
+) -> tuple[list[RefFill], list[tuple[str, float]], float]:
     """(fills, [(day, broker value at the close)], seconds spent in cerebro.run). `sell_tax_ppm` None:
     each day's KRX rate."""
     return _run(bars, cash, costs, sell_tax_ppm, ("sma", short, long, qty))
 
 
-def run_backtrader_daily_orders(bars: list[Bar], qty: int, cash: int, costs: CostModel = CostModel(),
-                                sell_tax_ppm: int | None = None) -> tuple[list[RefFill], list[tuple[str, float]], float]:
+def run_backtrader_daily_orders(
+    bars: list[Bar], qty: int, cash: int, costs: CostModel = CostModel(), sell_tax_ppm: int | None = None
+) -> tuple[list[RefFill], list[tuple[str, float]], float]:
     """The order-every-day strategy (DailyFlip below): each close, buy `qty` at the next open when flat,
     else sell the position."""
     return _run(bars, cash, costs, sell_tax_ppm, ("flip", 0, 0, qty))
 
 
-def _run(bars: list[Bar], cash: int, costs: CostModel, sell_tax_ppm: int | None,
-         strategy: tuple[str, int, int, int]) -> tuple[list[RefFill], list[tuple[str, float]], float]:
+def _run(
+    bars: list[Bar], cash: int, costs: CostModel, sell_tax_ppm: int | None, strategy: tuple[str, int, int, int]
+) -> tuple[list[RefFill], list[tuple[str, float]], float]:
     import time
 
     import backtrader as bt
 
     which, short, long, qty = strategy
 
-    class ListFeed(bt.feed.DataBase):  # type: ignore[misc]
+    class ListFeed(bt.feed.DataBase):
         params = (("rows", None),)
 
         def start(self) -> None:
@@ -101,7 +116,7 @@ def _run(bars: list[Bar], cash: int, costs: CostModel, sell_tax_ppm: int | None,
 
     feed = ListFeed(rows=bars)
 
-    class KrxCommission(bt.CommInfoBase):  # type: ignore[misc]
+    class KrxCommission(bt.CommInfoBase):
         params = (("stocklike", True), ("commtype", bt.CommInfoBase.COMM_FIXED))
 
         def _getcommission(self, size: float, price: float, pseudoexec: bool) -> float:
@@ -115,18 +130,26 @@ def _run(bars: list[Bar], cash: int, costs: CostModel, sell_tax_ppm: int | None,
     fills: list[RefFill] = []
     values: list[tuple[str, float]] = []
 
-    class SmaCross(bt.Strategy):  # type: ignore[misc]
+    class SmaCross(bt.Strategy):
         def __init__(self) -> None:
             if which == "sma":
-                self.cross = bt.ind.CrossOver(bt.ind.SMA(self.data.close, period=short),
-                                              bt.ind.SMA(self.data.close, period=long))
+                self.cross = bt.ind.CrossOver(
+                    bt.ind.SMA(self.data.close, period=short), bt.ind.SMA(self.data.close, period=long)
+                )
 
         def notify_order(self, order: Any) -> None:
             if order.status == order.Completed:
                 ex = order.executed
                 day = bt.num2date(ex.dt).date().isoformat()
-                fills.append(RefFill(day, "buy" if order.isbuy() else "sell", int(abs(ex.size)), int(round(ex.price)),
-                                     int(round(ex.comm))))
+                fills.append(
+                    RefFill(
+                        day,
+                        "buy" if order.isbuy() else "sell",
+                        int(abs(ex.size)),
+                        int(round(ex.price)),
+                        int(round(ex.comm)),
+                    )
+                )
 
         def _mark(self) -> None:
             values.append((self.data.datetime.date(0).isoformat(), self.broker.getvalue()))

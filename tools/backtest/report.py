@@ -31,16 +31,29 @@ def fill_rows(result: BacktestResult) -> list[dict[str, Any]]:
     return [{**msgspec.structs.asdict(f), "side": str(f.side)} for f in result.fills]
 
 
-def write_outputs(out: Path, result: BacktestResult, metrics: dict[str, Any], trades: list[Trade],
-                  benchmark: list[tuple[str, float]] | None = None, plot: bool = True,
-                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_outputs(
+    out: Path,
+    result: BacktestResult,
+    metrics: dict[str, Any],
+    trades: list[Trade],
+    benchmark: list[tuple[str, float]] | None = None,
+    plot: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """`extra`: more summary fields (the data's sources and adjustment, UNCONFIRMED rules, history)."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    summary = {"card": result.card_id, "strategy": result.strategy, "params": result.params,
-               "from": result.date_from, "to": result.date_to, "metrics": metrics,
-               "order_states": result.order_states,
-               "positions": {c: asdict_pos(p) for c, p in result.positions.items()}, **(extra or {})}
+    summary = {
+        "card": result.card_id,
+        "strategy": result.strategy,
+        "params": result.params,
+        "from": result.date_from,
+        "to": result.date_to,
+        "metrics": metrics,
+        "order_states": result.order_states,
+        "positions": {c: asdict_pos(p) for c, p in result.positions.items()},
+        **(extra or {}),
+    }
     _dump(out / "summary.json", summary)
     paths["summary"] = out / "summary.json"
     _, _, _, dd = drawdown(result.equity, result.initial_cash)
@@ -52,16 +65,47 @@ def write_outputs(out: Path, result: BacktestResult, metrics: dict[str, Any], tr
     _write_csv(out / "trades.csv", t_cols, [[r[c] for c in t_cols] for r in t_rows])
     _dump(out / "trades.json", t_rows)
     f_rows = fill_rows(result)
-    f_cols = ["day", "at", "client_order_id", "code", "side", "qty", "price", "commission", "tax", "cash_after",
-              "decision_price", "reason"]
+    f_cols = [
+        "day",
+        "at",
+        "client_order_id",
+        "code",
+        "side",
+        "qty",
+        "price",
+        "commission",
+        "tax",
+        "cash_after",
+        "decision_price",
+        "reason",
+    ]
     _write_csv(out / "fills.csv", f_cols, [[r[c] for c in f_cols] for r in f_rows])
     _dump(out / "fills.json", f_rows)
-    o_cols = ["client_order_id", "code", "side", "qty", "price", "order_type", "tif", "state", "filled_qty",
-              "filled_value", "reason_code", "reason"]
-    _write_csv(out / "orders.csv", o_cols, [[str(getattr(o, c)) if c in ("side", "order_type", "tif", "state")
-                                             else getattr(o, c) for c in o_cols] for o in result.orders])
-    paths.update(equity=out / "equity.csv", trades=out / "trades.csv", fills=out / "fills.csv",
-                 orders=out / "orders.csv")
+    o_cols = [
+        "client_order_id",
+        "code",
+        "side",
+        "qty",
+        "price",
+        "order_type",
+        "tif",
+        "state",
+        "filled_qty",
+        "filled_value",
+        "reason_code",
+        "reason",
+    ]
+    _write_csv(
+        out / "orders.csv",
+        o_cols,
+        [
+            [str(getattr(o, c)) if c in ("side", "order_type", "tif", "state") else getattr(o, c) for c in o_cols]
+            for o in result.orders
+        ],
+    )
+    paths.update(
+        equity=out / "equity.csv", trades=out / "trades.csv", fills=out / "fills.csv", orders=out / "orders.csv"
+    )
     if plot:
         plot_png(out / "report.png", result, dd, benchmark)
         write_html(out / "report.html", summary, trades, out / "report.png")
@@ -73,8 +117,9 @@ def asdict_pos(p: Any) -> dict[str, int]:
     return {"qty": p.qty, "cost": p.cost, "realized_pnl": p.realized_pnl}
 
 
-def plot_png(path: Path, result: BacktestResult, dd: list[float],
-             benchmark: list[tuple[str, float]] | None = None) -> None:
+def plot_png(
+    path: Path, result: BacktestResult, dd: list[float], benchmark: list[tuple[str, float]] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -84,8 +129,13 @@ def plot_png(path: Path, result: BacktestResult, dd: list[float],
 
     days = [dt.date.fromisoformat(d) for d in result.dates]
     codes = [c for c, v in result.closes.items() if v[1]][:3]
-    fig, axes = plt.subplots(2 + len(codes), 1, figsize=(11, 4 + 2.4 * (2 + len(codes))), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1.2] + [2] * len(codes)})
+    fig, axes = plt.subplots(
+        2 + len(codes),
+        1,
+        figsize=(11, 4 + 2.4 * (2 + len(codes))),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1.2] + [2] * len(codes)},
+    )
     ax = axes[0]
     ax.plot(days, result.equity, color="#1f4e9c", lw=1.2, label=f"{result.card_id} equity")
     if benchmark:
@@ -106,8 +156,15 @@ def plot_png(path: Path, result: BacktestResult, dd: list[float],
         ax.plot([dt.date.fromisoformat(d) for d in c_days], c_closes, color="#333333", lw=0.9, label=code)
         for side, marker, color in (("buy", "^", "#1e8449"), ("sell", "v", "#c0392b")):
             fs = [f for f in result.fills if f.code == code and str(f.side) == side]
-            ax.scatter([dt.date.fromisoformat(f.day) for f in fs], [f.price for f in fs], marker=marker, color=color,
-                       s=28, zorder=3, label=side)
+            ax.scatter(
+                [dt.date.fromisoformat(f.day) for f in fs],
+                [f.price for f in fs],
+                marker=marker,
+                color=color,
+                s=28,
+                zorder=3,
+                label=side,
+            )
         ax.set_ylabel("price")
         ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
@@ -126,20 +183,25 @@ def _fmt(v: Any) -> str:
 
 def write_html(path: Path, summary: dict[str, Any], trades: list[Trade], png: Path) -> None:
     img = base64.b64encode(png.read_bytes()).decode()
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in summary["metrics"].items())
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary["metrics"].items()
+    )
     cols = list(Trade.__dataclass_fields__)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(getattr(t, c)))}</td>" for c in cols) + "</tr>"
-                  for t in trades)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(getattr(t, c)))}</td>" for c in cols) + "</tr>" for t in trades
+    )
     title = html.escape(f"Backtest {summary['card']} {summary['from']}..{summary['to']}")
     params = html.escape(json.dumps(summary["params"], ensure_ascii=False))
-    path.write_text(f"""<!doctype html>
+    path.write_text(
+        f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:2px 8px;text-align:right}}th{{text-align:left}}</style></head>
-<body><h1>{title}</h1><p>strategy <code>{html.escape(summary['strategy'])}</code>, params <code>{params}</code></p>
+<body><h1>{title}</h1><p>strategy <code>{html.escape(summary["strategy"])}</code>, params <code>{params}</code></p>
 <img alt="equity, drawdown and trades" src="data:image/png;base64,{img}">
 <h2>Metrics</h2><table>{rows}</table>
-<h2>Trades</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{trs}</table>
+<h2>Trades</h2><table><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{trs}</table>
 </body></html>
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )

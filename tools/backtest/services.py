@@ -48,11 +48,15 @@ class BacktestServices:
     def _no_history(self, what: str, code: str) -> NoReturn:
         e = self._e
         if e is None or e.history is None:
-            self._unavailable(what, "no history of company data / investor flows was given (--history PATH: a run "
-                                    "directory whose gateway recorded them, or files in the layout of "
-                                    "tools/backtest/history.py)")
-        self._unavailable(what, f"{e.history.source} has no {'company data' if what == 'quote' else 'investor flows'} "
-                                f"for {code}")
+            self._unavailable(
+                what,
+                "no history of company data / investor flows was given (--history PATH: a run "
+                "directory whose gateway recorded them, or files in the layout of "
+                "tools/backtest/history.py)",
+            )
+        self._unavailable(
+            what, f"{e.history.source} has no {'company data' if what == 'quote' else 'investor flows'} for {code}"
+        )
 
     def quote(self, code: str, timeout_s: float = 10.0) -> PriceQuote:
         e = self._e

@@ -68,17 +68,29 @@ def load_store(run_dir: Path, codes: list[str], bars: str, date_to: dt.date) -> 
     return _as_interval(out, bars, str(path))
 
 
-def load_series(codes: list[str], bars: str, date_to: dt.date, data: Path | None = None,
-                run_dir: Path | None = None, *, strict: bool = False, prices: str = "raw",
-                listings: dict[str, Listing] | None = None) -> dict[str, Series]:
+def load_series(
+    codes: list[str],
+    bars: str,
+    date_to: dt.date,
+    data: Path | None = None,
+    run_dir: Path | None = None,
+    *,
+    strict: bool = False,
+    prices: str = "raw",
+    listings: dict[str, Listing] | None = None,
+) -> dict[str, Series]:
     """From `data` (a folder or file) or, when `run_dir` is given, from the gateway's bar store there.
     `listings`: each code's market and kind where known (the rest: KOSPI, kind from the file's name)."""
     check_interval(bars)
     if run_dir is not None:
         got = load_store(run_dir, codes, bars, date_to)
         listings = listings or {}
-        return {c: replace(s, market=listings[c].market, kind=listings[c].kind) if c in listings else s
-                for c, s in got.items()}
+        return {
+            c: replace(s, market=listings[c].market, kind=listings[c].kind) if c in listings else s
+            for c, s in got.items()
+        }
     if data is None:
         raise DataError("give --data PATH or --twin-replay")
-    return _as_interval(load_codes(data, codes, date_to, strict=strict, prices=prices, listings=listings), bars, str(data))
+    return _as_interval(
+        load_codes(data, codes, date_to, strict=strict, prices=prices, listings=listings), bars, str(data)
+    )

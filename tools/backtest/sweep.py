@@ -129,6 +129,7 @@ def rolling_windows(days: list[str], train: int, test: int, step: int) -> list[t
 
 # ---- what travels to the workers: msgpack, not pickle -----------------------------------------------
 
+
 class _SeriesData(msgspec.Struct, array_like=True):
     code: str
     interval: str
@@ -171,16 +172,35 @@ class Cell(msgspec.Struct, frozen=True):
 
 
 def encode_payload(series: dict[str, Series], history: CompanyHistory | None) -> bytes:
-    data = [_SeriesData(code=s.code, interval=s.bars[0].interval if s.bars else "1d", starts=[b.start for b in s.bars],
-                        o=[b.open for b in s.bars], h=[b.high for b in s.bars], lo=[b.low for b in s.bars],
-                        c=[b.close for b in s.bars], v=[b.volume for b in s.bars], kind=str(s.kind),
-                        market=str(s.market), has_volume=s.has_volume) for s in series.values()]
+    data = [
+        _SeriesData(
+            code=s.code,
+            interval=s.bars[0].interval if s.bars else "1d",
+            starts=[b.start for b in s.bars],
+            o=[b.open for b in s.bars],
+            h=[b.high for b in s.bars],
+            lo=[b.low for b in s.bars],
+            c=[b.close for b in s.bars],
+            v=[b.volume for b in s.bars],
+            kind=str(s.kind),
+            market=str(s.market),
+            has_volume=s.has_volume,
+        )
+        for s in series.values()
+    ]
     hist = None
     if history is not None:
-        hist = _HistoryData(source=history.source,
-                            quotes={c: [(r.day, r.per, r.pbr, r.eps, r.bps, r.market_cap, r.listed_shares, r.high_250d,
-                                         r.low_250d) for r in rows] for c, (_, rows) in history.quotes.items()},
-                            flows={c: rows for c, (_, rows) in history.flows.items()})
+        hist = _HistoryData(
+            source=history.source,
+            quotes={
+                c: [
+                    (r.day, r.per, r.pbr, r.eps, r.bps, r.market_cap, r.listed_shares, r.high_250d, r.low_250d)
+                    for r in rows
+                ]
+                for c, (_, rows) in history.quotes.items()
+            },
+            flows={c: rows for c, (_, rows) in history.flows.items()},
+        )
     return msgspec.msgpack.encode(_Payload(series=data, history=hist))
 
 
@@ -194,10 +214,18 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
         p = msgspec.msgpack.decode(payload, type=_Payload)
         series = {}
         for s in p.series:
-            bars = [Bar(code=s.code, interval=s.interval, start=t, open=o, high=h, low=lo, close=c, volume=v)
-                    for t, o, h, lo, c, v in zip(s.starts, s.o, s.h, s.lo, s.c, s.v)]
-            series[s.code] = Series(code=s.code, bars=bars, kind=SecurityKind(s.kind), market=Market(s.market),
-                                    has_volume=s.has_volume, starts=s.starts)
+            bars = [
+                Bar(code=s.code, interval=s.interval, start=t, open=o, high=h, low=lo, close=c, volume=v)
+                for t, o, h, lo, c, v in zip(s.starts, s.o, s.h, s.lo, s.c, s.v)
+            ]
+            series[s.code] = Series(
+                code=s.code,
+                bars=bars,
+                kind=SecurityKind(s.kind),
+                market=Market(s.market),
+                has_volume=s.has_volume,
+                starts=s.starts,
+            )
         history = None
         if p.history is not None:
             history = CompanyHistory(source=p.history.source)
@@ -222,15 +250,26 @@ def _init_worker(payload: bytes) -> None:
 def run_cell(cell: Cell, payload: bytes | None = None) -> dict[str, Any]:
     """One cell's row; never raises for the strategy's or the data's problems (the error is the row)."""
     series, history = _decode_payload(payload if payload is not None else _WORKER_PAYLOAD)
-    row: dict[str, Any] = {"segment": cell.segment, "params": cell.params, "from": cell.date_from.isoformat(),
-                           "to": cell.date_to.isoformat()}
+    row: dict[str, Any] = {
+        "segment": cell.segment,
+        "params": cell.params,
+        "from": cell.date_from.isoformat(),
+        "to": cell.date_to.isoformat(),
+    }
     if cell.window >= 0:
         row["window"] = cell.window
     if cell.code:
         row["code"] = cell.code
-    cfg = BacktestConfig(date_from=cell.date_from, date_to=cell.date_to, cash=cell.cash,
-                         costs=CostModel(commission_ppm=cell.commission_ppm), sell_tax_ppm=cell.sell_tax_ppm,
-                         max_participation_bp=cell.max_participation_bp, params=cell.params, history=history)
+    cfg = BacktestConfig(
+        date_from=cell.date_from,
+        date_to=cell.date_to,
+        cash=cell.cash,
+        costs=CostModel(commission_ppm=cell.commission_ppm),
+        sell_tax_ppm=cell.sell_tax_ppm,
+        max_participation_bp=cell.max_participation_bp,
+        params=cell.params,
+        history=history,
+    )
     try:
         result = run_backtest(cell.card, series, cfg)
     except (BacktestError, ValueError) as e:
@@ -248,8 +287,15 @@ def _run_cell_bytes(cell: bytes, payload: bytes) -> bytes:
 
 # ---- engines -------------------------------------------------------------------------------------------
 
-def run_cells(cells: list[Cell], payload: bytes, workers: int, engine: Engine = Engine.LOCAL, address: str = "",
-              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+
+def run_cells(
+    cells: list[Cell],
+    payload: bytes,
+    workers: int,
+    engine: Engine = Engine.LOCAL,
+    address: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every cell's row, in the order of `cells`."""
     total = len(cells)
     if engine is Engine.DASK:
@@ -265,8 +311,9 @@ def run_cells(cells: list[Cell], payload: bytes, workers: int, engine: Engine = 
     # inherited threads or locks, e.g. rich's refresh thread), and receive the bars once each
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["tools.backtest.sweep"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(payload,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(payload,)
+    ) as pool:
         out = []
         for i, r in enumerate(pool.map(run_cell, cells, chunksize=max(1, total // (workers * 8)))):
             out.append(r)
@@ -275,8 +322,9 @@ def run_cells(cells: list[Cell], payload: bytes, workers: int, engine: Engine = 
         return out
 
 
-def _run_dask(cells: list[Cell], payload: bytes, workers: int, address: str,
-              progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+def _run_dask(
+    cells: list[Cell], payload: bytes, workers: int, address: str, progress: Callable[[int, int], None] | None
+) -> list[dict[str, Any]]:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -286,15 +334,24 @@ def _run_dask(cells: list[Cell], payload: bytes, workers: int, address: str,
         if address:
             client = Client(address, timeout="20s")
         else:
-            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                                   dashboard_address=None, host="127.0.0.1")
+            cluster = LocalCluster(
+                n_workers=max(1, workers),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+            )
             client = Client(cluster)
     except OSError as e:
         raise ValueError(f"cannot reach the Dask scheduler {address or '(local)'}: {e}") from None
     try:
         data = client.scatter(payload, broadcast=True)
-        futures = [client.submit(_run_cell_bytes, msgspec.msgpack.encode(c), data, key=f"ktrader-cell-{i}-{_digest(c)}",
-                                 pure=False) for i, c in enumerate(cells)]
+        futures = [
+            client.submit(
+                _run_cell_bytes, msgspec.msgpack.encode(c), data, key=f"ktrader-cell-{i}-{_digest(c)}", pure=False
+            )
+            for i, c in enumerate(cells)
+        ]
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[dict[str, Any] | None] = [None] * len(cells)
         for n, fut in enumerate(as_completed(futures), start=1):
@@ -313,6 +370,7 @@ def _digest(cell: Cell) -> str:
 
 
 # ---- sweeps ----------------------------------------------------------------------------------------------
+
 
 def _score(row: dict[str, Any]) -> float:
     s = row.get("sharpe")
@@ -336,15 +394,32 @@ def _cards(card: AgentCard, universe: list[str] | None) -> list[tuple[str, Agent
     return out
 
 
-def sweep(card: AgentCard, config: BacktestConfig, grid: list[dict[str, Any]], workers: int, days: list[str],
-          series: dict[str, Series], walk_forward: tuple[float, float, float] | None = None,
-          rolling: tuple[int, int, int] | None = None, progress: Callable[[int, int], None] | None = None,
-          engine: Engine = Engine.LOCAL, address: str = "", universe: list[str] | None = None) -> dict[str, Any]:
+def sweep(
+    card: AgentCard,
+    config: BacktestConfig,
+    grid: list[dict[str, Any]],
+    workers: int,
+    days: list[str],
+    series: dict[str, Series],
+    walk_forward: tuple[float, float, float] | None = None,
+    rolling: tuple[int, int, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    engine: Engine = Engine.LOCAL,
+    address: str = "",
+    universe: list[str] | None = None,
+) -> dict[str, Any]:
     """Run the grid (per code of `universe` when given); with a walk-forward split or rolling windows."""
     payload = encode_payload(series, config.history)
-    base = Cell(card=card, date_from=config.date_from, date_to=config.date_to, params={}, cash=config.cash,
-                commission_ppm=config.costs.commission_ppm, sell_tax_ppm=config.sell_tax_ppm,
-                max_participation_bp=config.max_participation_bp)
+    base = Cell(
+        card=card,
+        date_from=config.date_from,
+        date_to=config.date_to,
+        params={},
+        cash=config.cash,
+        commission_ppm=config.costs.commission_ppm,
+        sell_tax_ppm=config.sell_tax_ppm,
+        max_participation_bp=config.max_participation_bp,
+    )
     grid = [{**(config.params or {}), **p} for p in grid] or [dict(config.params or {})]
     cards = _cards(card, universe)
     if rolling is not None:
@@ -356,61 +431,129 @@ def sweep(card: AgentCard, config: BacktestConfig, grid: list[dict[str, Any]], w
         res["chosen_by"] = "sharpe"
         return res
     ranges = split_dates(days, walk_forward)
-    cells = [msgspec.structs.replace(base, card=c, code=code, params=p, segment=seg, date_from=lo, date_to=hi)
-             for code, c in cards for p in grid for seg, (lo, hi) in zip(SEGMENTS, ranges)]
+    cells = [
+        msgspec.structs.replace(base, card=c, code=code, params=p, segment=seg, date_from=lo, date_to=hi)
+        for code, c in cards
+        for p in grid
+        for seg, (lo, hi) in zip(SEGMENTS, ranges)
+    ]
     flat = run_cells(cells, payload, workers, engine, address, progress)
-    rows = [flat[i:i + 3] for i in range(0, len(flat), 3)]  # per grid point: train, validate, test
-    res: dict[str, Any] = {"rows": rows, "chosen_by": "train sharpe",
-                           "segments": {s: [lo.isoformat(), hi.isoformat()] for s, (lo, hi) in zip(SEGMENTS, ranges)}}
+    triples = [flat[i : i + 3] for i in range(0, len(flat), 3)]  # per grid point: train, validate, test
+    out: dict[str, Any] = {
+        "rows": triples,
+        "chosen_by": "train sharpe",
+        "segments": {s: [lo.isoformat(), hi.isoformat()] for s, (lo, hi) in zip(SEGMENTS, ranges)},
+    }
     per = len(grid)
-    res["best"] = _best([r[0] for r in rows[:per]])
+    out["best"] = _best([r[0] for r in triples[:per]])
     if len(cards) > 1:
-        res["best_per_code"] = {code: _best([r[0] for r in rows[k * per:(k + 1) * per]]) + k * per
-                                for k, (code, _) in enumerate(cards)}
-    res["failed"] = [{"cell": i, "params": r[0]["params"], "error": e["error"]} for i, r in enumerate(rows)
-                     for e in r if e.get("error")][:1000]
-    return res
+        out["best_per_code"] = {
+            code: _best([r[0] for r in triples[k * per : (k + 1) * per]]) + k * per for k, (code, _) in enumerate(cards)
+        }
+    out["failed"] = [
+        {"cell": i, "params": r[0]["params"], "error": e["error"]}
+        for i, r in enumerate(triples)
+        for e in r
+        if e.get("error")
+    ][:1000]
+    return out
 
 
 def _summary(rows: list[dict[str, Any]], per: int, cards: list[tuple[str, AgentCard]]) -> dict[str, Any]:
     res: dict[str, Any] = {"rows": rows, "best": _best(rows[:per])}
     if len(cards) > 1:
-        res["best_per_code"] = {code: _best(rows[k * per:(k + 1) * per]) + k * per for k, (code, _) in enumerate(cards)}
-    res["failed"] = [{"cell": i, "params": r["params"], **({"code": r["code"]} if "code" in r else {}),
-                      "error": r["error"]} for i, r in enumerate(rows) if r.get("error")]
+        res["best_per_code"] = {
+            code: _best(rows[k * per : (k + 1) * per]) + k * per for k, (code, _) in enumerate(cards)
+        }
+    res["failed"] = [
+        {"cell": i, "params": r["params"], **({"code": r["code"]} if "code" in r else {}), "error": r["error"]}
+        for i, r in enumerate(rows)
+        if r.get("error")
+    ]
     return res
 
 
-def _rolling(base: Cell, cards: list[tuple[str, AgentCard]], grid: list[dict[str, Any]], days: list[str],
-             spec: tuple[int, int, int], payload: bytes, workers: int, engine: Engine, address: str,
-             progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _rolling(
+    base: Cell,
+    cards: list[tuple[str, AgentCard]],
+    grid: list[dict[str, Any]],
+    days: list[str],
+    spec: tuple[int, int, int],
+    payload: bytes,
+    workers: int,
+    engine: Engine,
+    address: str,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     windows = rolling_windows(days, *spec)
     d = dt.date.fromisoformat
     cells = []
     for code, c in cards:
         for w, ((tr_lo, tr_hi), (te_lo, te_hi)) in enumerate(windows):
             for p in grid:  # every cell on train and on test: the test ranks say whether train picks hold
-                cells.append(msgspec.structs.replace(base, card=c, code=code, params=p, segment="train", window=w,
-                                                     date_from=d(tr_lo), date_to=d(tr_hi)))
-                cells.append(msgspec.structs.replace(base, card=c, code=code, params=p, segment="test", window=w,
-                                                     date_from=d(te_lo), date_to=d(te_hi)))
+                cells.append(
+                    msgspec.structs.replace(
+                        base,
+                        card=c,
+                        code=code,
+                        params=p,
+                        segment="train",
+                        window=w,
+                        date_from=d(tr_lo),
+                        date_to=d(tr_hi),
+                    )
+                )
+                cells.append(
+                    msgspec.structs.replace(
+                        base,
+                        card=c,
+                        code=code,
+                        params=p,
+                        segment="test",
+                        window=w,
+                        date_from=d(te_lo),
+                        date_to=d(te_hi),
+                    )
+                )
     flat = run_cells(cells, payload, workers, engine, address, progress)
     per = len(grid)
-    out: dict[str, Any] = {"chosen_by": "train sharpe (rolling)", "rolling": {"train": spec[0], "test": spec[1],
-                                                                             "step": spec[2]}, "codes": {}}
-    failed = [{"cell": i, "params": r["params"], "window": r.get("window"), **({"code": r["code"]} if "code" in r else {}),
-               "error": r["error"]} for i, r in enumerate(flat) if r.get("error")]
+    out: dict[str, Any] = {
+        "chosen_by": "train sharpe (rolling)",
+        "rolling": {"train": spec[0], "test": spec[1], "step": spec[2]},
+        "codes": {},
+    }
+    failed = [
+        {
+            "cell": i,
+            "params": r["params"],
+            "window": r.get("window"),
+            **({"code": r["code"]} if "code" in r else {}),
+            "error": r["error"],
+        }
+        for i, r in enumerate(flat)
+        if r.get("error")
+    ]
     k = 0
     for code, _ in cards:
         wins = []
         for w, (tr, te) in enumerate(windows):
-            block = flat[k:k + 2 * per]
+            block = flat[k : k + 2 * per]
             k += 2 * per
             train, test = block[0::2], block[1::2]
             best = _best(train)
             order = sorted(range(per), key=lambda i: (-_score(test[i]), i))
-            wins.append({"window": w, "train_range": list(tr), "test_range": list(te), "chosen": train[best]["params"],
-                         "train": train[best], "test": test[best], "test_rank": order.index(best) + 1, "cells": per})
+            wins.append(
+                {
+                    "window": w,
+                    "train_range": list(tr),
+                    "test_range": list(te),
+                    "chosen": train[best]["params"],
+                    "train": train[best],
+                    "test": test[best],
+                    "test_rank": order.index(best) + 1,
+                    "cells": per,
+                }
+            )
         out["codes"][code or "card"] = {"windows": wins, **_oos(wins, grid)}
     out["failed"] = failed
     return out
@@ -428,8 +571,16 @@ def _oos(wins: list[dict[str, Any]], grid: list[dict[str, Any]]) -> dict[str, An
         chosen = [w["chosen"].get(n) for w in wins]
         counts = Counter(map(str, chosen))
         mode, hits = counts.most_common(1)[0]
-        stability[n] = {"chosen": chosen, "changes": sum(1 for a, b in zip(chosen, chosen[1:]) if a != b),
-                        "most_chosen": mode, "share": round(hits / len(chosen), 4)}
+        stability[n] = {
+            "chosen": chosen,
+            "changes": sum(1 for a, b in zip(chosen, chosen[1:]) if a != b),
+            "most_chosen": mode,
+            "share": round(hits / len(chosen), 4),
+        }
     ranks = [w["test_rank"] for w in wins]
-    return {"oos_return": total - 1.0, "oos_windows": len(wins), "mean_test_rank": sum(ranks) / len(ranks),
-            "stability": stability}
+    return {
+        "oos_return": total - 1.0,
+        "oos_windows": len(wins),
+        "mean_test_rank": sum(ranks) / len(ranks),
+        "stability": stability,
+    }

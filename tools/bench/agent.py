@@ -20,7 +20,10 @@ from tools.ops.procs import stop_groups, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
 
-CARD = 'id = "{id}"\nname = "bench"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\nbudget = 1_000_000\n'
+CARD = (
+    'id = "{id}"\nname = "bench"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\n'
+    "budget = 1_000_000\n"
+)
 
 
 def _rss_kb(pid: int) -> int:
@@ -33,12 +36,23 @@ def _rss_kb(pid: int) -> int:
 
 def _one(run: Path, card: Path, agent_id: str, module: str, env: dict[str, str]) -> tuple[float, int]:
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", module, "agent", "run", str(card), "--run-dir", str(run), "--log-level",
-                          "warning"], cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", module, "agent", "run", str(card), "--run-dir", str(run), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: any(a.id == agent_id and a.state.value == "online" and a.pid == p.pid
-                               for a in fetch_status(run, 2.0).agents), 30, f"{agent_id} online", interval=0.005)
+        wait_until(
+            lambda: any(
+                a.id == agent_id and a.state.value == "online" and a.pid == p.pid for a in fetch_status(run, 2.0).agents
+            ),
+            30,
+            f"{agent_id} online",
+            interval=0.005,
+        )
         online = time.perf_counter() - t0
         return online, _rss_kb(p.pid)
     finally:
@@ -50,8 +64,23 @@ def main(rounds: int = 5, json_out: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ktrader-bench-agent-") as d:
         tmp = Path(d)
         run = tmp / "run"
-        gw = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--broker",
-                               "tests.fakes.broker:make", "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True)
+        gw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tools",
+                "gateway",
+                "--run-dir",
+                str(run),
+                "--broker",
+                "tests.fakes.broker:make",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
         try:
             wait_until(lambda: fetch_status(run, 2.0).synced, 30, "gateway up")
             light: list[tuple[float, int]] = []
@@ -67,15 +96,22 @@ def main(rounds: int = 5, json_out: bool = False) -> dict[str, object]:
     med = statistics.median
     result: dict[str, object] = {
         "rounds": rounds,
-        "agent_online_s": round(med(t for t, _ in light), 3), "agent_rss_mb": round(med(r for _, r in light) / 1024, 1),
-        "full_cli_online_s": round(med(t for t, _ in full), 3), "full_cli_rss_mb": round(med(r for _, r in full) / 1024, 1),
+        "agent_online_s": round(med(t for t, _ in light), 3),
+        "agent_rss_mb": round(med(r for _, r in light) / 1024, 1),
+        "full_cli_online_s": round(med(t for t, _ in full), 3),
+        "full_cli_rss_mb": round(med(r for _, r in full) / 1024, 1),
     }
     result["online_ratio"] = round(float(result["agent_online_s"]) / float(result["full_cli_online_s"]), 2)  # type: ignore[arg-type]
     result["target_met"] = float(result["agent_rss_mb"]) <= 30 and float(result["agent_online_s"]) <= 0.3  # type: ignore[arg-type]
     if json_out:
         print(json.dumps(result))
     else:
-        print(f"ktrader agent run  : online {result['agent_online_s']:.3f} s   peak RSS {result['agent_rss_mb']:.1f} MB")
-        print(f"through the full CLI: online {result['full_cli_online_s']:.3f} s   peak RSS {result['full_cli_rss_mb']:.1f} MB")
+        print(
+            f"ktrader agent run  : online {result['agent_online_s']:.3f} s   peak RSS {result['agent_rss_mb']:.1f} MB"
+        )
+        print(
+            f"through the full CLI: online {result['full_cli_online_s']:.3f} s   "
+            f"peak RSS {result['full_cli_rss_mb']:.1f} MB"
+        )
         print(f"target (≤ 30 MB, ≤ 0.3 s): {'met' if result['target_met'] else 'NOT met'}  (median of {rounds} rounds)")
     return result

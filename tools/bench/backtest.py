@@ -151,8 +151,17 @@ def _sweep_scaling(series: dict[str, Series], cfg: BacktestConfig) -> dict[str, 
     from tools.backtest.sweep import Cell, encode_payload, run_cells
 
     card = flip_card(CODE, 1, CASH)
-    cells = [Cell(card=card, date_from=cfg.date_from, date_to=cfg.date_to, params={"qty": q}, cash=CASH,
-                  max_participation_bp=10_000) for q in range(1, 25)]
+    cells = [
+        Cell(
+            card=card,
+            date_from=cfg.date_from,
+            date_to=cfg.date_to,
+            params={"qty": q},
+            cash=CASH,
+            max_participation_bp=10_000,
+        )
+        for q in range(1, 25)
+    ]
     payload = encode_payload(series, None)
     t0 = time.perf_counter()
     run_cells(cells[:2], payload, 2)  # boots the forkserver (once per process)
@@ -166,8 +175,14 @@ def _sweep_scaling(series: dict[str, Series], cfg: BacktestConfig) -> dict[str, 
         t0 = time.perf_counter()
         rows2 = run_cells(cells, payload, 2)
         two = min(two, time.perf_counter() - t0)
-    return {"cells": len(cells), "one_worker_s": round(one, 3), "two_workers_s": round(two, 3),
-            "scaling": round(one / two, 2), "same_results": rows1 == rows2, "pool_boot_s": round(boot, 3)}
+    return {
+        "cells": len(cells),
+        "one_worker_s": round(one, 3),
+        "two_workers_s": round(two, 3),
+        "scaling": round(one / two, 2),
+        "same_results": rows1 == rows2,
+        "pool_boot_s": round(boot, 3),
+    }
 
 
 def main(json_out: bool = False, rounds: int = 9) -> dict[str, Any]:
@@ -182,8 +197,12 @@ def main(json_out: bool = False, rounds: int = 9) -> dict[str, Any]:
     s = series[CODE]
     bars = [b for b in s.bars if b.start >= FIRST]
     series = {CODE: replace(s, bars=bars, starts=None)}
-    cfg = BacktestConfig(date_from=dt.date.fromisoformat(bars[0].start), date_to=dt.date.fromisoformat(bars[-1].start),
-                         cash=CASH, max_participation_bp=10_000)
+    cfg = BacktestConfig(
+        date_from=dt.date.fromisoformat(bars[0].start),
+        date_to=dt.date.fromisoformat(bars[-1].start),
+        cash=CASH,
+        max_participation_bp=10_000,
+    )
     n = len(bars)
 
     # 1-2: SMA
@@ -203,43 +222,72 @@ def main(json_out: bool = False, rounds: int = 9) -> dict[str, Any]:
     for _ in range(2):
         bt_flip_fills, _, secs = run_backtrader_daily_orders(bars, 10, CASH)
         t_bt_flip = min(t_bt_flip, secs)
-    flip_same = [(f.day, str(f.side), f.qty, f.price, f.commission + f.tax) for f in flip.fills] == \
-        [(f.day, f.side, f.qty, f.price, f.fee) for f in bt_flip_fills]
+    flip_same = [(f.day, str(f.side), f.qty, f.price, f.commission + f.tax) for f in flip.fills] == [
+        (f.day, f.side, f.qty, f.price, f.fee) for f in bt_flip_fills
+    ]
 
     # 4: sweep scaling
     sweep = _sweep_scaling(series, cfg)
 
     out: dict[str, Any] = {
-        "bars": n, "first": bars[0].start, "last": bars[-1].start,
-        "sma": {"engine_bars_per_s": round(n / t_sma), "bare_loop_bars_per_s": round(n / t_bare),
-                "inline_loop_bars_per_s": round(n / t_inline), "backtrader_bars_per_s": round(n / t_bt_sma),
-                "vs_bare_loop": round(t_sma / t_bare, 2), "vs_inline_loop": round(t_sma / t_inline, 2),
-                "vs_backtrader": round(t_bt_sma / t_sma, 1), "fills": len(sma.fills), "same_fills": sma_same},
-        "order_every_day": {"engine_bars_per_s": round(n / t_flip), "backtrader_bars_per_s": round(n / t_bt_flip),
-                            "vs_backtrader": round(t_bt_flip / t_flip, 1), "orders": len(flip.orders),
-                            "same_fills": flip_same},
+        "bars": n,
+        "first": bars[0].start,
+        "last": bars[-1].start,
+        "sma": {
+            "engine_bars_per_s": round(n / t_sma),
+            "bare_loop_bars_per_s": round(n / t_bare),
+            "inline_loop_bars_per_s": round(n / t_inline),
+            "backtrader_bars_per_s": round(n / t_bt_sma),
+            "vs_bare_loop": round(t_sma / t_bare, 2),
+            "vs_inline_loop": round(t_sma / t_inline, 2),
+            "vs_backtrader": round(t_bt_sma / t_sma, 1),
+            "fills": len(sma.fills),
+            "same_fills": sma_same,
+        },
+        "order_every_day": {
+            "engine_bars_per_s": round(n / t_flip),
+            "backtrader_bars_per_s": round(n / t_bt_flip),
+            "vs_backtrader": round(t_bt_flip / t_flip, 1),
+            "orders": len(flip.orders),
+            "same_fills": flip_same,
+        },
         "sweep": sweep,
-        "load": {"parse_ms": round(load_cold * 1000, 1), "cached_ms": round(load_warm * 1000, 2),
-                 "speedup": round(load_cold / max(load_warm, 1e-9))},
-        "targets": TARGETS, "rounds": rounds,
+        "load": {
+            "parse_ms": round(load_cold * 1000, 1),
+            "cached_ms": round(load_warm * 1000, 2),
+            "speedup": round(load_cold / max(load_warm, 1e-9)),
+        },
+        "targets": TARGETS,
+        "rounds": rounds,
     }
-    out["ok"] = bool(sma_same and flip_same and sweep["same_results"]
-                     and out["sma"]["vs_bare_loop"] <= TARGETS["sma_vs_bare_max"]
-                     and out["order_every_day"]["vs_backtrader"] >= TARGETS["flip_vs_backtrader_min"]
-                     and sweep["scaling"] >= TARGETS["sweep_scaling_min"])
+    out["ok"] = bool(
+        sma_same
+        and flip_same
+        and sweep["same_results"]
+        and out["sma"]["vs_bare_loop"] <= TARGETS["sma_vs_bare_max"]
+        and out["order_every_day"]["vs_backtrader"] >= TARGETS["flip_vs_backtrader_min"]
+        and sweep["scaling"] >= TARGETS["sweep_scaling_min"]
+    )
     if json_out:
         print(json.dumps(out))
     else:
         sm, fl = out["sma"], out["order_every_day"]
         print(f"{n:,} daily bars of {CODE} ({bars[0].start}..{bars[-1].start}), best of {rounds} rounds")
-        print(f"SMA engine        : {sm['engine_bars_per_s']:>10,} bars/s  {sm['vs_bare_loop']}x the bare loop "
-              f"(target <= {TARGETS['sma_vs_bare_max']}x), {sm['vs_inline_loop']}x an inline loop; "
-              f"{sm['vs_backtrader']}x backtrader; same fills: {sm['same_fills']}")
-        print(f"order every day   : {fl['engine_bars_per_s']:>10,} bars/s  {fl['vs_backtrader']}x backtrader "
-              f"(target >= {TARGETS['flip_vs_backtrader_min']}x); same fills: {fl['same_fills']}")
-        print(f"sweep {sweep['cells']} cells    : 1 worker {sweep['one_worker_s']} s, 2 workers {sweep['two_workers_s']} s"
-              f" = {sweep['scaling']}x (target >= {TARGETS['sweep_scaling_min']}x; pool boot once "
-              f"{sweep['pool_boot_s']} s); same results: {sweep['same_results']}")
+        print(
+            f"SMA engine        : {sm['engine_bars_per_s']:>10,} bars/s  {sm['vs_bare_loop']}x the bare loop "
+            f"(target <= {TARGETS['sma_vs_bare_max']}x), {sm['vs_inline_loop']}x an inline loop; "
+            f"{sm['vs_backtrader']}x backtrader; same fills: {sm['same_fills']}"
+        )
+        print(
+            f"order every day   : {fl['engine_bars_per_s']:>10,} bars/s  {fl['vs_backtrader']}x backtrader "
+            f"(target >= {TARGETS['flip_vs_backtrader_min']}x); same fills: {fl['same_fills']}"
+        )
+        print(
+            f"sweep {sweep['cells']} cells    : 1 worker {sweep['one_worker_s']} s, 2 workers "
+            f"{sweep['two_workers_s']} s"
+            f" = {sweep['scaling']}x (target >= {TARGETS['sweep_scaling_min']}x; pool boot once "
+            f"{sweep['pool_boot_s']} s); same results: {sweep['same_results']}"
+        )
         print(f"load CSV          : parse {out['load']['parse_ms']} ms, cached {out['load']['cached_ms']} ms")
     return out
 

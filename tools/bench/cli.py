@@ -25,7 +25,9 @@ def bench_fanout(
     rate: int = typer.Option(5000, help="ticks/s published"),
     seconds: float = typer.Option(5.0, help="how long to publish"),
     burst: bool = typer.Option(False, "--burst", help="10 s at 20,000 ticks/s instead"),
-    rounds: int = typer.Option(5, help="bare and gateway runs alternate this many times; medians (and the median paired p99 ratio) reported"),
+    rounds: int = typer.Option(
+        5, help="bare and gateway runs alternate this many times; medians (and the median paired p99 ratio) reported"
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Market-data fan-out through the gateway's Publisher to N subscriber processes vs bare PUB/SUB, same run."""
@@ -47,8 +49,9 @@ def bench_twin(
 
 
 @bench_app.command("history")
-def bench_history(days: int = typer.Option(20, help="whole days replayed"),
-                  json_out: bool = typer.Option(False, "--json")) -> None:
+def bench_history(
+    days: int = typer.Option(20, help="whole days replayed"), json_out: bool = typer.Option(False, "--json")
+) -> None:
     """The twin's history mode: one replayed day's run time and admin round trip vs a no-op admin call."""
     from tools.bench.history import main as history
 
@@ -91,8 +94,9 @@ def bench_t2t(
 
 
 @bench_app.command("agent")
-def bench_agent(rounds: int = typer.Option(5, help="agents started per entry point"),
-                json_out: bool = typer.Option(False, "--json")) -> None:
+def bench_agent(
+    rounds: int = typer.Option(5, help="agents started per entry point"), json_out: bool = typer.Option(False, "--json")
+) -> None:
     """One agent process: peak RSS and time to registered, vs the same agent through the full CLI."""
     from tools.bench.agent import main as agent_bench
 
@@ -101,7 +105,8 @@ def bench_agent(rounds: int = typer.Option(5, help="agents started per entry poi
 
 @bench_app.command("backtest")
 def bench_backtest(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Backtest speed in one run: SMA vs a bare loop and backtrader, an order every day vs backtrader, sweep scaling 1 vs 2 workers."""
+    """Backtest speed in one run: SMA vs a bare loop and backtrader, an order every day vs backtrader,
+    sweep scaling 1 vs 2 workers."""
     from tools.bench.backtest import main as bt
 
     bt(json_out=json_out)

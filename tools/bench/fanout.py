@@ -47,7 +47,7 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str, session: str = 
     """One subscriber: receive until the end marker, then write {p50_us, p99_us, n, gaps, missed}."""
     from common.framing import Codec
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100_000)  # as the agent's client
@@ -79,9 +79,19 @@ def subscriber(endpoint: str, mode: str, key_hex: str, out: str, session: str = 
             missed += max(0, seq - prev - 1)
         last[topic] = seq
     us = sorted(x / 1000 for x in lat)
-    Path(out).write_text(json.dumps({"n": len(us), "p50_us": _pct(us, 0.5), "p99_us": _pct(us, 0.99),
-                                     "max_us": us[-1] if us else 0.0, "gaps": gaps, "missed": missed,
-                                     "cpu_s": time.process_time() - cpu0}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "n": len(us),
+                "p50_us": _pct(us, 0.5),
+                "p99_us": _pct(us, 0.99),
+                "max_us": us[-1] if us else 0.0,
+                "gaps": gaps,
+                "missed": missed,
+                "cpu_s": time.process_time() - cpu0,
+            }
+        )
+    )
 
 
 # ---- publisher side -------------------------------------------------------------------------------
@@ -100,7 +110,7 @@ def _wait_subscribers(xpub: zmq.Socket, n: int, timeout_s: float) -> None:
             seen += 1
 
 
-def _paced(rate: int, seconds: float, send) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def _paced(rate: int, seconds: float, send) -> tuple[int, float]:
     """Call send(i) `rate` times a second for `seconds`; sleeps when ahead (never spins)."""
     total = int(rate * seconds)
     t0 = time.perf_counter()
@@ -119,7 +129,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
 
     ep = f"ipc://{tmp / f'{mode}.ipc'}"
     key = os.urandom(32)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     xpub = ctx.socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     xpub.setsockopt(zmq.SNDHWM, 100_000)
@@ -132,9 +142,18 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         for out in outs:
-            procs.append(subprocess.Popen([sys.executable, "-c", "from tools.bench.fanout import subscriber; "
-                                           f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r}, {SESSION!r})"],
-                                          cwd=ROOT, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        "from tools.bench.fanout import subscriber; "
+                        f"subscriber({ep!r}, {mode!r}, {key.hex()!r}, {str(out)!r}, {SESSION!r})",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                )
+            )
         _wait_subscribers(xpub, agents, 60)
         topics = [trade_topic(c) for c in CODES]
         if mode == "gateway":
@@ -142,8 +161,12 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
 
             def send(i: int) -> None:
                 code = CODES[i % len(CODES)]
-                pub.publish(topics[i % len(topics)], TradeTick(code=code, time="090000", price=70_000 + i % 50 * 100,
-                                                               qty=1 + i % 7, side=1, cum_volume=i))
+                pub.publish(
+                    topics[i % len(topics)],
+                    TradeTick(
+                        code=code, time="090000", price=70_000 + i % 50 * 100, qty=1 + i % 7, side=1, cum_volume=i
+                    ),
+                )
 
             total, took = _paced(rate, seconds, send)
             sent, dropped = pub.sent, pub.dropped
@@ -151,8 +174,11 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
             seqs = [0] * len(topics)
             btopics = [t.encode() for t in topics]
             # "the same load": as many bytes per message as the gateway's payload for a trade
-            sample = Published(topic=topics[0], seq=1,
-                               body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1))
+            sample = Published(
+                topic=topics[0],
+                seq=1,
+                body=TradeTick(code=CODES[0], time="090000", price=70_000, qty=1, side=1, cum_volume=1),
+            )
             codec = Codec(key)
             frame = codec.encode_pub(btopics[0], codec.encode_body(sample), codec.publisher_token(SESSION))
             pad = b"\0" * max(0, len(frame) - TOPIC_LEN - _BARE.size)
@@ -182,11 +208,20 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
                 p.wait(5)
         xpub.close(0)
     return {
-        "mode": mode, "agents": agents, "rate": rate, "seconds": seconds, "published": total,
-        "achieved_rate": round(total / took), "sent": sent, "drops": dropped,
-        "worst_p50_us": round(max(x["p50_us"] for x in per), 1), "worst_p99_us": round(max(x["p99_us"] for x in per), 1),
-        "best_p99_us": round(min(x["p99_us"] for x in per), 1), "worst_max_us": round(max(x["max_us"] for x in per), 1),
-        "gaps": sum(x["gaps"] for x in per), "missed": sum(x["missed"] for x in per),
+        "mode": mode,
+        "agents": agents,
+        "rate": rate,
+        "seconds": seconds,
+        "published": total,
+        "achieved_rate": round(total / took),
+        "sent": sent,
+        "drops": dropped,
+        "worst_p50_us": round(max(x["p50_us"] for x in per), 1),
+        "worst_p99_us": round(max(x["p99_us"] for x in per), 1),
+        "best_p99_us": round(min(x["p99_us"] for x in per), 1),
+        "worst_max_us": round(max(x["max_us"] for x in per), 1),
+        "gaps": sum(x["gaps"] for x in per),
+        "missed": sum(x["missed"] for x in per),
         "received_min": min(x["n"] for x in per),
         "subscriber_cpu_s": round(sum(x["cpu_s"] for x in per), 2),
     }
@@ -195,8 +230,13 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
 def _median_run(runs: list[dict]) -> dict:
     """The round whose worst-agent p99 is the median; gaps and drops summed over every round."""
     mid = sorted(runs, key=lambda r: r["worst_p99_us"])[len(runs) // 2]
-    return {**mid, "gaps": sum(r["gaps"] for r in runs), "drops": sum(r["drops"] for r in runs),
-            "missed": sum(r["missed"] for r in runs), "rounds_p99_us": [r["worst_p99_us"] for r in runs]}
+    return {
+        **mid,
+        "gaps": sum(r["gaps"] for r in runs),
+        "drops": sum(r["drops"] for r in runs),
+        "missed": sum(r["missed"] for r in runs),
+        "rounds_p99_us": [r["worst_p99_us"] for r in runs],
+    }
 
 
 # ---- the gateway's loop while it records --------------------------------------------------------
@@ -214,7 +254,7 @@ def _loop_lag(record: bool, rate: int, seconds: float, tmp: Path) -> float:
     from server.publisher import Publisher
     from server.recorder import Recorder
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     xpub = ctx.socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     xpub.bind(f"ipc://{tmp / f'lag-{record}.ipc'}")
@@ -236,8 +276,10 @@ def _loop_lag(record: bool, rate: int, seconds: float, tmp: Path) -> float:
             code = CODES[i % len(CODES)]
             if rec is not None:
                 rec.record_ws(frames[i % len(frames)])
-            pub.publish(topics[i % len(topics)], TradeTick(code=code, time="090000", price=70_000 + i % 50 * 100,
-                                                           qty=1 + i % 7, side=1, cum_volume=i))
+            pub.publish(
+                topics[i % len(topics)],
+                TradeTick(code=code, time="090000", price=70_000 + i % 50 * 100, qty=1 + i % 7, side=1, cum_volume=i),
+            )
             late.append((loop.time() - due) * 1e6)
 
     try:
@@ -260,12 +302,23 @@ def recording_lag(rate: int = 5000, seconds: float = 3.0, rounds: int = 3) -> di
             off.append(_loop_lag(False, rate, seconds, Path(d)))
             on.append(_loop_lag(True, rate, seconds, Path(d)))
     paired = sorted(b / a if a else float("inf") for a, b in zip(off, on))
-    return {"rate": rate, "off_p99_us": [round(x, 1) for x in off], "on_p99_us": [round(x, 1) for x in on],
-            "ratio": round(paired[len(paired) // 2], 2), "target_max": REC_RATIO_MAX}
+    return {
+        "rate": rate,
+        "off_p99_us": [round(x, 1) for x in off],
+        "on_p99_us": [round(x, 1) for x in on],
+        "ratio": round(paired[len(paired) // 2], 2),
+        "target_max": REC_RATIO_MAX,
+    }
 
 
-def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool = False, json_out: bool = False,
-         rounds: int = 5) -> dict:
+def main(
+    agents: int = 20,
+    rate: int = 5000,
+    seconds: float = 5.0,
+    burst: bool = False,
+    json_out: bool = False,
+    rounds: int = 5,
+) -> dict:
     """Bare and gateway runs alternate for `rounds` rounds, so both see the same (noisy) machine;
     each side reports its median round. The p99 ratio judged against the target is the median of
     the rounds' own ratios (gateway round i / bare round i, run back to back): on a shared 2-core
@@ -287,12 +340,17 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
             gws.append(_run("gateway", agents, rate, seconds, tmp))
     bare, gw = _median_run(bares), _median_run(gws)
     paired = sorted(g["worst_p99_us"] / b["worst_p99_us"] for b, g in zip(bares, gws))
-    result = {"burst": burst, "rounds": len(bares), "bare": bare, "gateway": gw,
-              "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
-              "p99_ratio_of_medians": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2),
-              "p99_ratios_by_round": [round(x, 2) for x in paired],
-              "p99_ratio": round(paired[len(paired) // 2], 2),
-              "worst_round_p99_ratio": round(paired[-1], 2)}
+    result = {
+        "burst": burst,
+        "rounds": len(bares),
+        "bare": bare,
+        "gateway": gw,
+        "p50_ratio": round(gw["worst_p50_us"] / bare["worst_p50_us"], 2),
+        "p99_ratio_of_medians": round(gw["worst_p99_us"] / bare["worst_p99_us"], 2),
+        "p99_ratios_by_round": [round(x, 2) for x in paired],
+        "p99_ratio": round(paired[len(paired) // 2], 2),
+        "worst_round_p99_ratio": round(paired[-1], 2),
+    }
     complete = gw["gaps"] == 0 and gw["drops"] == 0 and gw["achieved_rate"] >= 0.95 * rate
     if burst:
         result["target_met"] = complete and result["p99_ratio"] <= BURST_P99_MAX
@@ -307,22 +365,33 @@ def main(agents: int = 20, rate: int = 5000, seconds: float = 5.0, burst: bool =
     if json_out:
         print(json.dumps(result))
     else:
-        print(f"{agents} subscriber processes, every one on all {len(CODES)} topics; {rate:,} ticks/s for {seconds:g} s"
-              f"{' (burst)' if burst else ''}; bare and gateway alternate, median of {len(bares)} rounds each")
+        print(
+            f"{agents} subscriber processes, every one on all {len(CODES)} topics; {rate:,} ticks/s for {seconds:g} s"
+            f"{' (burst)' if burst else ''}; bare and gateway alternate, median of {len(bares)} rounds each"
+        )
         for r in (bare, gw):
             name = "bare pyzmq PUB/SUB" if r["mode"] == "bare" else "gateway Publisher"
-            print(f"{name:20s}: worst-agent p50 {r['worst_p50_us']:9.1f} µs  p99 {r['worst_p99_us']:9.1f} µs  "
-                  f"max {r['worst_max_us']:9.1f} µs  gaps {r['gaps']} (missed {r['missed']})  drops {r['drops']}  "
-                  f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}  "
-                  f"subscriber CPU {r['subscriber_cpu_s']:.1f} s  (p99 by round: "
-                  f"{', '.join(f'{x / 1000:.1f}' for x in r['rounds_p99_us'])} ms)")
-        print(f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}× (median of the rounds' "
-              f"ratios {', '.join(f'{x:.2f}' for x in result['p99_ratios_by_round'])}; of the medians "
-              f"{result['p99_ratio_of_medians']:.2f}×)  (target {target}: {'met' if result['target_met'] else 'NOT met'})")
+            print(
+                f"{name:20s}: worst-agent p50 {r['worst_p50_us']:9.1f} µs  p99 {r['worst_p99_us']:9.1f} µs  "
+                f"max {r['worst_max_us']:9.1f} µs  gaps {r['gaps']} (missed {r['missed']})  drops {r['drops']}  "
+                f"achieved {r['achieved_rate']:,}/s  min received {r['received_min']:,}/{r['published']:,}  "
+                f"subscriber CPU {r['subscriber_cpu_s']:.1f} s  (p99 by round: "
+                f"{', '.join(f'{x / 1000:.1f}' for x in r['rounds_p99_us'])} ms)"
+            )
+        print(
+            f"ratio to bare       : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}× (median of the "
+            "rounds' "
+            f"ratios {', '.join(f'{x:.2f}' for x in result['p99_ratios_by_round'])}; of the medians "
+            f"{result['p99_ratio_of_medians']:.2f}×)  (target {target}: {'met' if result['target_met'] else 'NOT met'})"
+        )
         rec = result["recording"]
-        print(f"gateway loop: tick lateness p99 at {rec['rate']:,} ticks/s: recording off {', '.join(f'{x:.0f}' for x in rec['off_p99_us'])} µs, "
-              f"on {', '.join(f'{x:.0f}' for x in rec['on_p99_us'])} µs: {rec['ratio']:.2f}× (target ≤ {REC_RATIO_MAX:g}×: "
-              f"{'met' if rec['target_met'] else 'NOT met'})")
+        print(
+            f"gateway loop: tick lateness p99 at {rec['rate']:,} ticks/s: recording off "
+            f"{', '.join(f'{x:.0f}' for x in rec['off_p99_us'])} µs, "
+            f"on {', '.join(f'{x:.0f}' for x in rec['on_p99_us'])} µs: {rec['ratio']:.2f}× (target ≤ "
+            f"{REC_RATIO_MAX:g}×: "
+            f"{'met' if rec['target_met'] else 'NOT met'})"
+        )
     return result
 
 

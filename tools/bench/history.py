@@ -40,8 +40,12 @@ TARGET_DAY_MS = 100.0
 
 
 def _start_twin(data: Path, start: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen([sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--history", str(data),
-                             "--from", start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--history", str(data), "--from", start],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = proc.stdout
     assert out is not None
     lines: queue.Queue[str] = queue.Queue()
@@ -112,13 +116,21 @@ def main(days: int = 20, json_out: bool = False, data: Path = DATA, start: str =
             t.join(timeout=2)
         base = statistics.median(state_ms)
         result: dict[str, Any] = {
-            "days": days, "driven_prints_per_day": prints / days, "day_run_ms_p50": statistics.median(run_ms),
-            "day_run_ms_max": max(run_ms), "day_call_ms_p50": statistics.median(call_ms),
-            "state_call_ms_p50": base, "day_call_vs_state_call": statistics.median(call_ms) / base if base else 0.0,
-            "ws_prints_received": received, "ws_prints_expected": expected,
+            "days": days,
+            "driven_prints_per_day": prints / days,
+            "day_run_ms_p50": statistics.median(run_ms),
+            "day_run_ms_max": max(run_ms),
+            "day_call_ms_p50": statistics.median(call_ms),
+            "state_call_ms_p50": base,
+            "day_call_vs_state_call": statistics.median(call_ms) / base if base else 0.0,
+            "ws_prints_received": received,
+            "ws_prints_expected": expected,
         }
-        result["targets_met"] = (result["day_run_ms_p50"] < TARGET_DAY_MS and result["day_call_ms_p50"] < TARGET_DAY_MS
-                                 and received == result["ws_prints_expected"])
+        result["targets_met"] = (
+            result["day_run_ms_p50"] < TARGET_DAY_MS
+            and result["day_call_ms_p50"] < TARGET_DAY_MS
+            and received == result["ws_prints_expected"]
+        )
         admin.close()
     finally:
         stop.set()

@@ -63,14 +63,22 @@ def _round_trips(run: Path, agent_id: str, n: int, out: list[int], pace_s: float
                 time.sleep(pace_s)  # pacing (the REST budget, --cold): a benchmark knob, not a hot path
             coid = make_client_order_id(agent_id, today_kst(), next_n + i)
             t0 = time.perf_counter_ns()
-            client.send(SubmitOrders(h=client.headers(), orders=[
-                NewOrder(client_order_id=coid, code="005930", side=Side.BUY, qty=1, price=50_000)]))
+            client.send(
+                SubmitOrders(
+                    h=client.headers(),
+                    orders=[NewOrder(client_order_id=coid, code="005930", side=Side.BUY, qty=1, price=50_000)],
+                )
+            )
             while True:  # until this order's ACCEPTED (or final) event comes back
                 if not client.dealer.poll(20_000):
                     raise RuntimeError(f"no answer for {coid}")
                 msg = client.recv_nowait()
-                if (isinstance(msg, AgentEvent) and isinstance(msg.body, OrderUpdate)
-                        and msg.body.order.client_order_id == coid and msg.body.order.state.value not in ("new", "pending_submit")):
+                if (
+                    isinstance(msg, AgentEvent)
+                    and isinstance(msg.body, OrderUpdate)
+                    and msg.body.order.client_order_id == coid
+                    and msg.body.order.state.value not in ("new", "pending_submit")
+                ):
                     if msg.body.order.state.value != "accepted":
                         raise RuntimeError(f"{coid}: {msg.body.order.state} {msg.body.order.reason}")
                     break
@@ -86,8 +94,16 @@ def _load_resting(run: Path, agent_id: str, count: int, start_n: int) -> int:
     try:
         sent = 0
         while sent < count:
-            batch = [NewOrder(client_order_id=make_client_order_id(agent_id, today_kst(), n + k), code="005930",
-                              side=Side.BUY, qty=1, price=50_000 + (k % 50) * 100) for k in range(min(100, count - sent))]
+            batch = [
+                NewOrder(
+                    client_order_id=make_client_order_id(agent_id, today_kst(), n + k),
+                    code="005930",
+                    side=Side.BUY,
+                    qty=1,
+                    price=50_000 + (k % 50) * 100,
+                )
+                for k in range(min(100, count - sent))
+            ]
             n += len(batch)
             sent += len(batch)
             reply = client.request(SubmitOrders(h=client.headers(), orders=batch), 30)
@@ -100,8 +116,9 @@ def _load_resting(run: Path, agent_id: str, count: int, start_n: int) -> int:
         while True:
             store = Store(run / "db" / "gateway.sqlite", readonly=True)
             try:
-                accepted = store.db.execute("SELECT count(*) FROM orders WHERE agent=? AND state='accepted'",
-                                            (agent_id,)).fetchone()[0]
+                accepted = store.db.execute(
+                    "SELECT count(*) FROM orders WHERE agent=? AND state='accepted'", (agent_id,)
+                ).get
             finally:
                 store.close()
             if accepted >= count:
@@ -117,14 +134,28 @@ def _load_resting(run: Path, agent_id: str, count: int, start_n: int) -> int:
 def _gateway(broker_args: list[str], run: Path) -> subprocess.Popen[bytes]:
     run.mkdir(parents=True, exist_ok=True)
     cfg = run.parent / "bench-gateway.toml"  # the path is measured, not the account's limits (finite by default)
-    cfg.write_text("[risk]\nmax_order_value = 0\nmax_position_value = 0\nmax_open_orders = 0\n"
-                   "max_orders_per_minute = 0\nmax_daily_loss = 0\n")
-    cmd = [sys.executable, "-m", "tools", "gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "error",
-           *broker_args]
+    cfg.write_text(
+        "[risk]\nmax_order_value = 0\nmax_position_value = 0\nmax_open_orders = 0\n"
+        "max_orders_per_minute = 0\nmax_daily_loss = 0\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools",
+        "gateway",
+        "--config",
+        str(cfg),
+        "--run-dir",
+        str(run),
+        "--log-level",
+        "error",
+        *broker_args,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_file(run / "gateway.json", 30, proc)
         from tools.ops.status import fetch_status
+
         while not fetch_status(run).synced:  # orders are denied until the first reconciliation
             time.sleep(0.05)
         _round_trips(run, "warmup", 50, [])
@@ -169,8 +200,11 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
     all_ns = sorted(x for xs in lat for x in xs)
     if errors or len(all_ns) != n * agents:
         raise RuntimeError(f"only {len(all_ns)} of {n * agents} orders completed: {errors[:3]}")
-    return {"p50_us": round(percentile(all_ns, 0.5), 1), "p99_us": round(percentile(all_ns, 0.99), 1),
-            "orders_per_s": round(len(all_ns) / wall, 1)}
+    return {
+        "p50_us": round(percentile(all_ns, 0.5), 1),
+        "p99_us": round(percentile(all_ns, 0.99), 1),
+        "orders_per_s": round(len(all_ns) / wall, 1),
+    }
 
 
 def _resting(n: int, tmp: Path, pace_s: float) -> dict:
@@ -192,8 +226,11 @@ def _resting(n: int, tmp: Path, pace_s: float) -> dict:
         _stop(proc)
     first = points[str(RESTING[0])]["p50_us"]
     ratios = {k: round(v["p50_us"] / first, 2) for k, v in points.items()}
-    return {"points": points, "p50_ratio_to_empty": ratios,
-            "flat": all(abs(r - 1) <= TARGET_FLAT for r in ratios.values())}
+    return {
+        "points": points,
+        "p50_ratio_to_empty": ratios,
+        "flat": all(abs(r - 1) <= TARGET_FLAT for r in ratios.values()),
+    }
 
 
 def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
@@ -213,13 +250,23 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
         batch = []
         with store.transaction():  # the intents and their send marks
             for i in range(base, base + per_commit):
-                o = Order(client_order_id=f"floor-{day}-{i + 1}", agent="floor", code="005930", side=Side.BUY, qty=1,
-                          price=50_000, created_ns=i, updated_ns=i)
+                o = Order(
+                    client_order_id=f"floor-{day}-{i + 1}",
+                    agent="floor",
+                    code="005930",
+                    side=Side.BUY,
+                    qty=1,
+                    price=50_000,
+                    created_ns=i,
+                    updated_ns=i,
+                )
                 new = apply(o, Submit(ts_ns=i))
                 store.record_order(new, Submit(ts_ns=i), day)
                 for kind in ("intent", "risk", "broker.request"):
                     store.add_trace(new.client_order_id, i, kind, step)
-                store.append_agent_event("floor", AgentEvent(h=h(), seq=2 * i + 1, body=OrderUpdate(order=order_view(new))))
+                store.append_agent_event(
+                    "floor", AgentEvent(h=h(), seq=2 * i + 1, body=OrderUpdate(order=order_view(new)))
+                )
                 batch.append(new)
         with store.transaction():  # their acknowledgements
             for k, new in enumerate(batch):
@@ -229,7 +276,9 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
                 for kind in ("broker.ack", "notice"):
                     store.add_trace(new.client_order_id, i, kind, step)
                 store.record_order(done, acc, day)
-                store.append_agent_event("floor", AgentEvent(h=h(), seq=2 * i + 2, body=OrderUpdate(order=order_view(done))))
+                store.append_agent_event(
+                    "floor", AgentEvent(h=h(), seq=2 * i + 2, body=OrderUpdate(order=order_view(done)))
+                )
     wall = time.perf_counter() - t0
     store.close()
     return {"orders": orders, "orders_per_commit": per_commit, "orders_per_s": round(orders / wall, 1)}
@@ -268,15 +317,24 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
     if json_out:
         print(json.dumps(result))
     else:
-        print(f"store group-commit floor ({floor['orders_per_commit']} orders a commit): {floor['orders_per_s']:,.0f} orders/s"
-              f"{'  (cold: orders 200 ms apart)' if cold else ''}")
+        print(
+            f"store group-commit floor ({floor['orders_per_commit']} orders a commit): {floor['orders_per_s']:,.0f} "
+            "orders/s"
+            f"{'  (cold: orders 200 ms apart)' if cold else ''}"
+        )
         for k, v in result.items():
             if isinstance(v, dict) and "p50_us" in v:
-                print(f"{k:>14}: p50 {v['p50_us']:9.1f} µs  p99 {v['p99_us']:9.1f} µs  {v['orders_per_s']:8.1f} orders/s")
+                print(
+                    f"{k:>14}: p50 {v['p50_us']:9.1f} µs  p99 {v['p99_us']:9.1f} µs  {v['orders_per_s']:8.1f} orders/s"
+                )
         print(f"{agents} agents / floor: {result['floor_ratio']:.2f}×")
         pts = resting["points"]
-        print("resting orders → p50: " + ", ".join(f"{int(k):,}: {v['p50_us']:.0f} µs ({resting['p50_ratio_to_empty'][k]:.2f}×)"
-                                                   for k, v in pts.items()))
+        print(
+            "resting orders → p50: "
+            + ", ".join(
+                f"{int(k):,}: {v['p50_us']:.0f} µs ({resting['p50_ratio_to_empty'][k]:.2f}×)" for k, v in pts.items()
+            )
+        )
         for name, ok in targets.items():
             print(f"  {name}: {'met' if ok else 'NOT met'}")
     return result

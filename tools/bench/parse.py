@@ -38,7 +38,18 @@ def _bare(frames: list[str]) -> int:
     total = 0
     for fr in frames:
         f = fr.split("^")  # the first field carries the '0|H0STCNT0|001|' header, as a bare loop would see it
-        total += int(f[2]) + int(f[4]) + int(f[7]) + int(f[8]) + int(f[9]) + int(f[10]) + int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        total += (
+            int(f[2])
+            + int(f[4])
+            + int(f[7])
+            + int(f[8])
+            + int(f[9])
+            + int(f[10])
+            + int(f[11])
+            + int(f[12])
+            + int(f[13])
+            + int(f[14])
+        )
     return total
 
 
@@ -78,7 +89,10 @@ def main(json_out: bool = False) -> dict:
     else:
         print(f"typed H0STCNT0 parse : {result['typed_frames_per_s']:>10,} frames/s")
         print(f"bare split + int     : {result['bare_split_int_frames_per_s']:>10,} frames/s")
-        print(f"ratio (typed / bare) : {result['ratio_typed_vs_bare']:>10}x  (target <= 3x, >= 200k frames/s: {'ok' if result['ok'] else 'MISSED'})")
+        print(
+            f"ratio (typed / bare) : {result['ratio_typed_vs_bare']:>10}x  (target <= 3x, >= 200k frames/s: "
+            f"{'ok' if result['ok'] else 'MISSED'})"
+        )
     return result
 
 

@@ -19,7 +19,7 @@ def profiled(path: str | None) -> Iterator[None]:
         yield
         return
     try:
-        import yappi  # type: ignore[import-not-found]
+        import yappi
     except ImportError:
         yappi = None
     if yappi is not None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
@@ -21,17 +22,16 @@ from common.schema import Ack, Heartbeat, Register, Registered
 from tools.paths import ROOT
 
 
-
 def echo_server(endpoint: str) -> None:
     """The baseline peer: a ROUTER that sends every message straight back."""
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind(endpoint)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         sock.send_multipart(sock.recv_multipart())
 
 
-def quantile(sorted_values: list[float], q: float) -> float:
+def quantile(sorted_values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of sorted values, nearest rank."""
     return sorted_values[min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))]
 
@@ -64,10 +64,13 @@ def _end(proc: subprocess.Popen) -> None:
 
 def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     ep = f"ipc://{tmp / 'echo.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(ep)
         payload = [b"KT1", b"s" * 16, b"p" * 96]  # the shape of a signed heartbeat
@@ -92,14 +95,29 @@ def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
 
 def measure_gateway(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     run = tmp / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--run-dir", str(run), "--broker",
-                             "tests.fakes.broker:make", "--log-level", "warning"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "gateway",
+            "--run-dir",
+            str(run),
+            "--broker",
+            "tests.fakes.broker:make",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         _wait_file(run / "gateway.json", 20)
         card = AgentCard(id="bench_agent", name="bench", strategy="x:Y", codes=["005930"])
         client = approved_client(run, card)
-        assert isinstance(client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="bench"), 10), Registered)
+        assert isinstance(
+            client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="bench"), 10), Registered
+        )
         for _ in range(200):  # warm up
             client.request(Heartbeat(h=client.headers()))
         out = []
@@ -138,9 +156,13 @@ def main(n: int = 5000, json_out: bool = False, cold: bool = False) -> dict:
         print(json.dumps(result))
     else:
         print(f"bare DEALER/ROUTER echo : p50 {result['echo_p50_us']:8.1f} µs  p99 {result['echo_p99_us']:8.1f} µs")
-        print(f"agent→gateway→agent     : p50 {result['gateway_p50_us']:8.1f} µs  p99 {result['gateway_p99_us']:8.1f} µs")
-        print(f"ratio                   : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}×  "
-              f"(target ≤ 2× / ≤ 3×: {'met' if result['target_met'] else 'NOT met'})")
+        print(
+            f"agent→gateway→agent     : p50 {result['gateway_p50_us']:8.1f} µs  p99 {result['gateway_p99_us']:8.1f} µs"
+        )
+        print(
+            f"ratio                   : p50 {result['p50_ratio']:.2f}×  p99 {result['p99_ratio']:.2f}×  "
+            f"(target ≤ 2× / ≤ 3×: {'met' if result['target_met'] else 'NOT met'})"
+        )
     return result
 
 

@@ -11,8 +11,8 @@ Stages (p50 over the orders, µs): ws→publish (the gateway's parse and publish
 frame), publish→agent (PUB/SUB and decoding), agent
 (strategy to the order sent), submit→intent (ROUTER, risk, the intent written), intent→ack (its
 fsync, the REST call to KIS and the acknowledgement applied; from the order's trace: the wait for
-the send mark's fsync and the REST call itself), and the total. Ack at the gateway is the moment it applied KIS's acknowledgement (the ACCEPTED
-event's header time); the agent hears it one fsync later.
+the send mark's fsync and the REST call itself), and the total. Ack at the gateway is the moment it
+applied KIS's acknowledgement (the ACCEPTED event's header time); the agent hears it one fsync later.
 
 Bare primitives (same run): parsing one H0STCNT0 frame, one PUB→SUB hop on ipc, half a DEALER/ROUTER
 echo (the submit's hop), one fsync'd SQLite commit (WAL, FULL), one `http.client` POST of the same
@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import zmq
+from tools.ops.approve import approved_client
 from tools.paths import ROOT
 
 CODE = "005930"
@@ -86,8 +87,11 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
     import struct
 
     ep = f"ipc://{tmp / 'bare-pub.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", "from tools.bench.t2t import bare_publisher; "
-                             f"bare_publisher({ep!r}, {n}, {gap_s})"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tools.bench.t2t import bare_publisher; bare_publisher({ep!r}, {n}, {gap_s})"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"md.")
@@ -115,8 +119,11 @@ def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
     from tools.bench.rtt import _end, echo_server
 
     ep = f"ipc://{tmp / 'bare-echo.ipc'}"
-    proc = subprocess.Popen([sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     del echo_server
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -168,8 +175,17 @@ def _bare_http(twin: dict[str, Any], token: str, price: int, n: int, gap_s: floa
 
     class _Order:
         headers = {k: v for k, v in kis.headers("TTTC0012U").items() if v}
-        body = json.dumps({"CANO": kis.cano, "ACNT_PRDT_CD": kis.prdt, "PDNO": CODE, "SLL_TYPE": "", "ORD_DVSN": "00",
-                           "ORD_QTY": "1", "ORD_UNPR": str(price)}).encode()
+        body = json.dumps(
+            {
+                "CANO": kis.cano,
+                "ACNT_PRDT_CD": kis.prdt,
+                "PDNO": CODE,
+                "SLL_TYPE": "",
+                "ORD_DVSN": "00",
+                "ORD_QTY": "1",
+                "ORD_UNPR": str(price),
+            }
+        ).encode()
 
     del ORDER_PATH
     return _p50([x * 1e6 for x in _http_client(twin["rest_url"], _Order, n, gap_s)])  # type: ignore[arg-type]
@@ -179,39 +195,82 @@ def _bare_http(twin: dict[str, Any], token: str, price: int, n: int, gap_s: floa
 
 
 def _start_twin() -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen([sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--rate-real", "100000",
-                             "--rate-paper", "100000", "--seed", "42", "--clock", "open"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kis.sim",
+            "--quiet",
+            "--tick-interval",
+            "0",
+            "--rate-real",
+            "100000",
+            "--rate-paper",
+            "100000",
+            "--seed",
+            "42",
+            "--clock",
+            "open",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    out = proc.stdout
+
+    def pump() -> None:
+        for x in out:
+            lines.put(x)
+
+    threading.Thread(target=pump, daemon=True).start()
     return proc, json.loads(lines.get(timeout=30))
 
 
 def _run_orders(run: Path, twin: dict[str, Any], n: int, gap_s: float) -> dict[str, Any]:
-    from agent.client import GatewayClient
     from common.clock import kst_from_ns
     from common.config import AgentCard, RiskLimits
-    from common.connection import read_info
     from common.enums import Side
     from common.ids import make_client_order_id
     from common.schema import (
-        AgentEvent, GetTrace, Heartbeat, NewOrder, OrderUpdate, Register, Registered, SubmitOrders, TraceReply, TradeTick,
+        AgentEvent,
+        GetTrace,
+        Heartbeat,
+        NewOrder,
+        OrderUpdate,
+        Register,
+        Registered,
+        SubmitOrders,
+        TraceReply,
+        TradeTick,
         trade_topic,
     )
 
-    info = read_info(run)
-    client = GatewayClient(info, "t2t", subscribe=True)
     card = AgentCard(id="t2t", name="t2t", strategy="x:Y", codes=[CODE], budget=0, risk=RiskLimits())
+    client = approved_client(run, card, subscribe=True)
     reply = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="bench"), 20)
     assert isinstance(reply, Registered), reply
     client.expect_gateway(reply.h.sid)
     client.subscribe(trade_topic(CODE))
     admin = httpx.Client(base_url=twin["admin_url"], timeout=10)
     low = 0
-    stages: dict[str, list[float]] = {k: [] for k in ("ws_to_publish", "publish_to_agent", "agent", "submit_to_intent",
-                                                      "intent_to_ack", "mark_durable", "rest_call", "t2t", "ack_to_agent")}
+    stages: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "ws_to_publish",
+            "publish_to_agent",
+            "agent",
+            "submit_to_intent",
+            "intent_to_ack",
+            "mark_durable",
+            "rest_call",
+            "t2t",
+            "ack_to_agent",
+        )
+    }
     coids: list[str] = []
     prints: list[tuple[int, int, int]] = []  # (cumulative volume, published ns, acknowledged ns)
     next_n = reply.snapshot.next_order_n
@@ -259,14 +318,22 @@ def _run_orders(run: Path, twin: dict[str, Any], n: int, gap_s: float) -> dict[s
                 low = (tick.price * 8 // 10) // 100 * 100  # a buy that rests, inside the day's band
             coid = make_client_order_id("t2t", day, next_n + i)
             t_send = time.time_ns()
-            client.send(SubmitOrders(h=client.headers(), orders=[NewOrder(client_order_id=coid, code=CODE, side=Side.BUY,
-                                                                         qty=1, price=low)]))
+            client.send(
+                SubmitOrders(
+                    h=client.headers(),
+                    orders=[NewOrder(client_order_id=coid, code=CODE, side=Side.BUY, qty=1, price=low)],
+                )
+            )
             t_intent = t_accept = 0
             while not t_accept:
                 if not client.dealer.poll(10_000):
                     raise RuntimeError(f"no acknowledgement for {coid}")
                 msg = client.recv_nowait()
-                if isinstance(msg, AgentEvent) and isinstance(msg.body, OrderUpdate) and msg.body.order.client_order_id == coid:
+                if (
+                    isinstance(msg, AgentEvent)
+                    and isinstance(msg.body, OrderUpdate)
+                    and msg.body.order.client_order_id == coid
+                ):
                     state = msg.body.order.state.value
                     if state == "pending_submit":
                         t_intent = msg.h.ts
@@ -318,7 +385,9 @@ def _print_times(run: Path) -> dict[int, int]:
     return out
 
 
-def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) -> tuple[dict[str, Any], dict[str, float]]:
+def _measure(
+    twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool
+) -> tuple[dict[str, Any], dict[str, float]]:
     from kis.credentials import credentials_env
     from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame
     from common.connection import ConnectionFileError
@@ -329,12 +398,31 @@ def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) ->
 
     run = tmp / "run"
     cfg = tmp / "gateway.toml"
-    cfg.write_text(f'kill_errors = 0\n[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\n'
-                   f'ws_url = "{twin["ws_url"]}"\nadmin_url = "{twin["admin_url"]}"\nrate_per_s = 1000\n')
+    cfg.write_text(
+        f'kill_errors = 0\n[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\n'
+        f'ws_url = "{twin["ws_url"]}"\nadmin_url = "{twin["admin_url"]}"\nrate_per_s = 1000\n'
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), **credentials_env(twin)}
     log = (tmp / "gateway.log").open("ab")
-    gw = subprocess.Popen([sys.executable, "-m", "tools", "gateway", "--config", str(cfg), "--run-dir", str(run),
-                           "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=log)
+    gw = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "gateway",
+            "--config",
+            str(cfg),
+            "--run-dir",
+            str(run),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=log,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -344,7 +432,9 @@ def _measure(twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool) ->
             except (KtraderError, ConnectionFileError):  # not up yet
                 pass
             if time.monotonic() > deadline or gw.poll() is not None:
-                raise RuntimeError("the gateway did not start on the twin: " + (tmp / "gateway.log").read_text()[-2000:])
+                raise RuntimeError(
+                    "the gateway did not start on the twin: " + (tmp / "gateway.log").read_text()[-2000:]
+                )
             time.sleep(0.1)
         path = _run_orders(run, twin, n, gap)
         # the bare primitives, with the stack idle but up: the twin sends the gateway its notices for
@@ -389,21 +479,41 @@ def main(json_out: bool = False, cold: bool = False) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             twin_proc.kill()
     bare_sum = round(sum(bare.values()), 1)
-    result.update({"stages_p50_us": {k: v for k, v in path.items() if k not in ("orders", "low")},
-                   "orders": path["orders"], "bare_p50_us": bare, "bare_sum_us": bare_sum})
+    result.update(
+        {
+            "stages_p50_us": {k: v for k, v in path.items() if k not in ("orders", "low")},
+            "orders": path["orders"],
+            "bare_p50_us": bare,
+            "bare_sum_us": bare_sum,
+        }
+    )
     result["ratio"] = round(path["t2t"] / bare_sum, 2) if bare_sum else float("nan")
     result["target_met"] = result["ratio"] <= TARGET_RATIO
     if json_out:
         print(json.dumps(result))
     else:
         s = result["stages_p50_us"]
-        print(f"tick to trade ({'cold: 200 ms apart' if cold else 'warm'}), {result['orders']} orders, p50 µs per stage:")
-        for k in ("ws_to_publish", "publish_to_agent", "agent", "submit_to_intent", "intent_to_ack", "mark_durable",
-                  "rest_call"):
+        print(
+            f"tick to trade ({'cold: 200 ms apart' if cold else 'warm'}), {result['orders']} orders, p50 µs per stage:"
+        )
+        for k in (
+            "ws_to_publish",
+            "publish_to_agent",
+            "agent",
+            "submit_to_intent",
+            "intent_to_ack",
+            "mark_durable",
+            "rest_call",
+        ):
             print(f"  {k:18s} {s[k]:9.1f}")
         print(f"  {'t2t (print→ack)':18s} {s['t2t']:9.1f}   (the agent hears the ack {s['ack_to_agent']:.1f} µs later)")
-        print("bare primitives, p50 µs: " + ", ".join(f"{k} {v:.1f}" for k, v in bare.items()) + f"; sum {bare_sum:.1f}")
-        print(f"t2t / sum of bare: {result['ratio']:.2f}× (target ≤ {TARGET_RATIO}×: {'met' if result['target_met'] else 'NOT met'})")
+        print(
+            "bare primitives, p50 µs: " + ", ".join(f"{k} {v:.1f}" for k, v in bare.items()) + f"; sum {bare_sum:.1f}"
+        )
+        print(
+            f"t2t / sum of bare: {result['ratio']:.2f}× (target ≤ {TARGET_RATIO}×: "
+            f"{'met' if result['target_met'] else 'NOT met'})"
+        )
     return result
 
 

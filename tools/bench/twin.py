@@ -58,8 +58,14 @@ def bare_server(order_reply: str, frames_file: str) -> None:
     from websockets.asyncio.server import serve
 
     reply = order_reply.encode()
-    token = json.dumps({"access_token": "bare", "token_type": "Bearer", "expires_in": 86400,
-                        "access_token_token_expired": "2099-12-31 23:59:59"}).encode()
+    token = json.dumps(
+        {
+            "access_token": "bare",
+            "token_type": "Bearer",
+            "expires_in": 86400,
+            "access_token_token_expired": "2099-12-31 23:59:59",
+        }
+    ).encode()
     frames = json.loads(Path(frames_file).read_text()) if frames_file else []
 
     async def order(request: web.Request) -> web.Response:
@@ -88,8 +94,10 @@ def bare_server(order_reply: str, frames_file: str) -> None:
         rest_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         async with serve(push, "127.0.0.1", 0, max_size=None) as ws_server:
             ws_port = next(iter(ws_server.sockets)).getsockname()[1]
-            print(json.dumps({"rest_url": f"http://127.0.0.1:{rest_port}", "ws_url": f"ws://127.0.0.1:{ws_port}"}),
-                  flush=True)
+            print(
+                json.dumps({"rest_url": f"http://127.0.0.1:{rest_port}", "ws_url": f"ws://127.0.0.1:{ws_port}"}),
+                flush=True,
+            )
             await asyncio.Event().wait()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -97,11 +105,23 @@ def bare_server(order_reply: str, frames_file: str) -> None:
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    out = proc.stdout
+
+    def pump() -> None:
+        for x in out:
+            lines.put(x)
+
+    threading.Thread(target=pump, daemon=True).start()
     return proc, json.loads(lines.get(timeout=30))
 
 
@@ -122,8 +142,17 @@ class _Order:
 
     def __init__(self, kis: Kis, price: int) -> None:
         self.headers = {k: v for k, v in kis.headers("TTTC0012U").items() if v}
-        self.body = json.dumps({"CANO": kis.cano, "ACNT_PRDT_CD": kis.prdt, "PDNO": "005930", "SLL_TYPE": "",
-                                "ORD_DVSN": "00", "ORD_QTY": "1", "ORD_UNPR": str(price)}).encode()
+        self.body = json.dumps(
+            {
+                "CANO": kis.cano,
+                "ACNT_PRDT_CD": kis.prdt,
+                "PDNO": "005930",
+                "SLL_TYPE": "",
+                "ORD_DVSN": "00",
+                "ORD_QTY": "1",
+                "ORD_UNPR": str(price),
+            }
+        ).encode()
 
 
 def _pause(gap_s: float) -> None:
@@ -133,7 +162,7 @@ def _pause(gap_s: float) -> None:
 
 def _http_client(base: str, order: _Order, n: int, gap_s: float) -> list[float]:
     u = urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
     out = []
     for _ in range(n):
         _pause(gap_s)
@@ -184,8 +213,9 @@ async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, tmp: 
     from kis.port import BrokerOrder
 
     creds = Credentials(info["app_key"], info["app_secret"], info["account"], info.get("hts_id", "bench"))
-    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info.get("ws_url", "ws://127.0.0.1:9"),
-                       rate_per_s=100_000)
+    cfg = BrokerConfig(
+        env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info.get("ws_url", "ws://127.0.0.1:9"), rate_per_s=100_000
+    )
     b = make_broker(cfg, tmp / f"kis-{os.getpid()}-{time.monotonic_ns()}", creds, min_token_interval_s=0)
     out = []
     try:
@@ -204,11 +234,15 @@ async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, tmp: 
 
 def _stats(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
-    return {"p50_us": round(statistics.median(s) * 1e6, 1), "p99_us": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1e6, 1)}
+    return {
+        "p50_us": round(statistics.median(s) * 1e6, 1),
+        "p99_us": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1e6, 1),
+    }
 
 
-def _rest(twin: dict[str, Any], bare: dict[str, Any], kis: Kis, price: int, n: int, gap_s: float, rounds: int,
-          tmp: Path) -> dict[str, Any]:
+def _rest(
+    twin: dict[str, Any], bare: dict[str, Any], kis: Kis, price: int, n: int, gap_s: float, rounds: int, tmp: Path
+) -> dict[str, Any]:
     order = _Order(kis, price)
     bare_info = {**twin, "rest_url": bare["rest_url"]}
     runs: dict[str, list[float]] = {}
@@ -280,9 +314,12 @@ def _twin_ticks(info: dict[str, Any], kis: Kis, keep: list[str]) -> dict[str, fl
         t.join(timeout=2)
         admin.close()
     total = counts["H0STCNT0"] + counts["H0STASP0"]
-    return {"records": float(total), "frames": float(counts["frames"]),
-            "ticks_per_s": total / elapsed if elapsed > 0 else 0.0,
-            "frames_per_s": counts["frames"] / elapsed if elapsed > 0 else 0.0}
+    return {
+        "records": float(total),
+        "frames": float(counts["frames"]),
+        "ticks_per_s": total / elapsed if elapsed > 0 else 0.0,
+        "frames_per_s": counts["frames"] / elapsed if elapsed > 0 else 0.0,
+    }
 
 
 def _bare_ticks(bare: dict[str, Any], n_frames: int) -> dict[str, float]:
@@ -297,16 +334,20 @@ def _bare_ticks(bare: dict[str, Any], n_frames: int) -> dict[str, float]:
             got += 1
             records += int(str(msg).split("|", 3)[2])
         took = time.perf_counter() - t0
-    return {"frames": float(got), "frames_per_s": got / took if took > 0 else 0.0,
-            "ticks_per_s": records / took if took > 0 else 0.0}
+    return {
+        "frames": float(got),
+        "frames_per_s": got / took if took > 0 else 0.0,
+        "ticks_per_s": records / took if took > 0 else 0.0,
+    }
 
 
 # ---- main -------------------------------------------------------------------------------------------------
 
 
 def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[str, Any]:
-    twin_proc, twin = _start([sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--rate-real", "100000",
-                              "--seed", "42"])
+    twin_proc, twin = _start(
+        [sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--rate-real", "100000", "--seed", "42"]
+    )
     procs = [twin_proc]
     result: dict[str, Any] = {"cold": cold}
     try:
@@ -320,15 +361,24 @@ def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[st
             frames_file = tmp / "frames.json"
             frames_file.write_text(json.dumps(frames))
             reply = kis.order("TTTC0012U", "005930", 1, low).text  # the twin's own answer, for the bare server
-            bare_proc, bare = _start([sys.executable, "-c", "from tools.bench.twin import bare_server; "
-                                      f"bare_server({reply!r}, {str(frames_file)!r})"])
+            bare_proc, bare = _start(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from tools.bench.twin import bare_server; bare_server({reply!r}, {str(frames_file)!r})",
+                ]
+            )
             procs.append(bare_proc)
             bare_ws = _bare_ticks(bare, len(frames))
             n = COLD_ORDERS * rounds if cold else ORDERS
             result["rest"] = _rest(twin, bare, kis, low, n, COLD_GAP_S if cold else 0.0, rounds, tmp)
-        result["ws"] = {"twin": ticks, "bare": bare_ws,
-                        "twin_vs_bare_frames_per_s": round(ticks["frames_per_s"] / bare_ws["frames_per_s"], 2)
-                        if bare_ws["frames_per_s"] else 0.0}
+        result["ws"] = {
+            "twin": ticks,
+            "bare": bare_ws,
+            "twin_vs_bare_frames_per_s": round(ticks["frames_per_s"] / bare_ws["frames_per_s"], 2)
+            if bare_ws["frames_per_s"]
+            else 0.0,
+        }
         result["ticks_per_s"] = round(ticks["ticks_per_s"], 1)
         result["order_p50_ms"] = round(result["rest"]["ktrader_twin"]["p50_us"] / 1000, 3)
         result["target_met"] = result["rest"]["ktrader_vs_http_client"] <= TARGET_CLIENT_RATIO
@@ -342,14 +392,19 @@ def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[st
         print(f"order REST round trip ({'cold: 200 ms apart' if cold else 'warm'}), p50 / p99 µs:")
         for k in ("http_client_twin", "ktrader_twin", "aiohttp_twin", "httpx_twin", "http_client_bare", "ktrader_bare"):
             print(f"  {k:18s} {r[k]['p50_us']:9.1f} {r[k]['p99_us']:9.1f}")
-        print(f"  ktrader / http.client: {r['ktrader_vs_http_client']:.2f}× on the twin, "
-              f"{r['ktrader_vs_http_client_bare']:.2f}× on the bare server (target ≤ {TARGET_CLIENT_RATIO}×: "
-              f"{'met' if result['target_met'] else 'NOT met'}); httpx {r['httpx_vs_http_client']:.2f}×, "
-              f"aiohttp {r['aiohttp_vs_http_client']:.2f}×; the twin costs {r['twin_vs_bare_server']:.2f}× a bare server")
+        print(
+            f"  ktrader / http.client: {r['ktrader_vs_http_client']:.2f}× on the twin, "
+            f"{r['ktrader_vs_http_client_bare']:.2f}× on the bare server (target ≤ {TARGET_CLIENT_RATIO}×: "
+            f"{'met' if result['target_met'] else 'NOT met'}); httpx {r['httpx_vs_http_client']:.2f}×, "
+            f"aiohttp {r['aiohttp_vs_http_client']:.2f}×; the twin costs {r['twin_vs_bare_server']:.2f}× a bare server"
+        )
         w = result["ws"]
-        print(f"websocket: twin {w['twin']['ticks_per_s']:,.0f} ticks/s ({w['twin']['frames_per_s']:,.0f} frames/s) over 40 "
-              f"registrations; bare websockets server {w['bare']['frames_per_s']:,.0f} frames/s of the same frames "
-              f"(twin {w['twin_vs_bare_frames_per_s']:.2f}× bare)")
+        print(
+            f"websocket: twin {w['twin']['ticks_per_s']:,.0f} ticks/s ({w['twin']['frames_per_s']:,.0f} frames/s) "
+            "over 40 "
+            f"registrations; bare websockets server {w['bare']['frames_per_s']:,.0f} frames/s of the same frames "
+            f"(twin {w['twin_vs_bare_frames_per_s']:.2f}× bare)"
+        )
     return result
 
 

@@ -51,23 +51,54 @@ from tools.paths import ROOT
 CODES = ["005930", "000660", "035420", "005380"]
 # kind -> weight (gateway kills are scheduled separately, every `gateway_every` faults)
 WEIGHTS = {
-    "agent_kill": 6, "ws_drop": 4, "rest_cut_before": 10, "rest_cut_after": 10, "egw00201_burst": 14,
-    "token_expiry": 6, "notice_delay": 8, "notice_duplicate": 8, "notice_reorder": 8, "rest_500": 8,
+    "agent_kill": 6,
+    "ws_drop": 4,
+    "rest_cut_before": 10,
+    "rest_cut_after": 10,
+    "egw00201_burst": 14,
+    "token_expiry": 6,
+    "notice_delay": 8,
+    "notice_duplicate": 8,
+    "notice_reorder": 8,
+    "rest_500": 8,
     # issue 21: trust boundaries and order-path integrity
-    "amend_reply_lost": 8, "forged_fill": 4, "garbled_notice": 3, "bad_print": 6, "replayed_frame": 3, "stale_frame": 2,
+    "amend_reply_lost": 8,
+    "forged_fill": 4,
+    "garbled_notice": 3,
+    "bad_print": 6,
+    "replayed_frame": 3,
+    "stale_frame": 2,
 }
 STANDBY_WARMUP_S = 3.0
 REST_FAULTS = {"rest_cut_before", "rest_cut_after", "egw00201_burst", "rest_500", "amend_reply_lost"}
 # a bad print: H0STCNT0 fields replaced (index -> text), from a price that cannot be to one off the grid;
 # "p" is the code's last price: (multiplier, offset)
 BAD_PRINTS: list[dict[str, str | tuple[float, int]]] = [
-    {"2": "-71000"}, {"2": "7l900"}, {"13": "abc"}, {"2": "1e400"}, {"13": "1"},
-    {"2": (2.0, 0)}, {"2": (1.0, 7)}, {"2": (0.75, 0)}]
+    {"2": "-71000"},
+    {"2": "7l900"},
+    {"13": "abc"},
+    {"2": "1e400"},
+    {"13": "1"},
+    {"2": (2.0, 0)},
+    {"2": (1.0, 7)},
+    {"2": (0.75, 0)},
+]
 UNKNOWN_GRACE_S = 3.0
 FILL_GRACE_S = 3.0
 # every one of these must be 0 for the campaign to pass
-CLEAN = ("lost", "duplicated_at_twin", "unknown_to_gateway", "unresolved_after_settle", "position_mismatches",
-         "cash_mismatch", "uncancellable", "fills_not_at_broker", "chain_mismatches", "orders_in_doubt", "frames_accepted")
+CLEAN = (
+    "lost",
+    "duplicated_at_twin",
+    "unknown_to_gateway",
+    "unresolved_after_settle",
+    "position_mismatches",
+    "cash_mismatch",
+    "uncancellable",
+    "fills_not_at_broker",
+    "chain_mismatches",
+    "orders_in_doubt",
+    "frames_accepted",
+)
 PROBE = "chaosprobe"  # the campaign's own principal for replayed and stale frames (never trades)
 UNRESOLVED = {OrderState.UNKNOWN, OrderState.PENDING_SUBMIT, OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE}
 
@@ -86,8 +117,14 @@ class Stack:
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")
         self.logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=self.env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tools", *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         stop_groups([*self.agents.values(), *self.gateways, *([self.twin] if self.twin else [])], grace_s=8.0)
@@ -110,6 +147,7 @@ class Campaign:
         self.injected: Counter[str] = Counter()
         self.recoveries_ms: list[float] = []
         self.kills_stacked = 0  # gateway kills made while REST faults were still pending
+        self._last_token_expiry = 0.0  # monotonic time of the last token expiry injected (set on start)
         self.workdir = workdir
         self.stack = Stack(workdir, workdir / "run", dict(os.environ))
         self.admin: httpx.Client | None = None
@@ -125,9 +163,29 @@ class Campaign:
         twin_log = open(self.workdir / "twin.log", "ab")
         st.logs.append(twin_log)
         st.twin = subprocess.Popen(
-            [sys.executable, "-m", "tools", "sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0",
-             "--admin-port", "0", "--seed", str(self.seed), "--quiet"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=twin_log, env=st.env, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tools",
+                "sim",
+                "--rest-port",
+                "0",
+                "--paper-rest-port",
+                "0",
+                "--ws-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--seed",
+                str(self.seed),
+                "--quiet",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=twin_log,
+            env=st.env,
+            start_new_session=True,
+        )
         assert st.twin.stdout is not None
         st.twin_info = json.loads(st.twin.stdout.readline())
         self.admin = httpx.Client(base_url=st.twin_info["admin_url"], timeout=10)
@@ -140,14 +198,20 @@ class Campaign:
         # the grace KIS needs (10 min) is cut to a few seconds to let the audit finish.
         # The account's limits are the gateway's defaults except the order rate (the campaign trades
         # faster than a desk); forged fills are taken back after FILL_GRACE_S (the twin's list never lags).
-        cfg.write_text(f'kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n'
-                       f'fill_confirm_grace_s = {FILL_GRACE_S}\namend_grace_s = 3.0\n'
-                       f'[risk]\nmax_orders_per_minute = 0\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
-                       f'ws_url = "{info["ws_url"]}"\nadmin_url = "{info["admin_url"]}"\n')
+        cfg.write_text(
+            f"kill_errors = 0\nreconcile_s = 5.0\nunknown_grace_s = {UNKNOWN_GRACE_S}\n"
+            f"fill_confirm_grace_s = {FILL_GRACE_S}\namend_grace_s = 3.0\n"
+            f'[risk]\nmax_orders_per_minute = 0\n[broker]\nenv = "sim"\nrest_url = "{info["rest_url"]}"\n'
+            f'ws_url = "{info["ws_url"]}"\nadmin_url = "{info["admin_url"]}"\n'
+        )
         self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
         self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "info"]
         st.gateways.append(st.spawn(self.gw_args, "gateway-0"))
-        wait_until(lambda: _primary_pid(st.run) == st.gateways[0].pid and fetch_status(st.run, 1.0).synced, 30, "gateway synced")
+        wait_until(
+            lambda: _primary_pid(st.run) == st.gateways[0].pid and fetch_status(st.run, 1.0).synced,
+            30,
+            "gateway synced",
+        )
         st.gateways.append(st.spawn([*self.gw_args, "--standby"], "gateway-1"))
         self._standby_started = time.monotonic()
         cards = self.workdir / "cards"
@@ -157,19 +221,34 @@ class Campaign:
             (cards / f"{aid}.toml").write_text(
                 f'id = "{aid}"\nname = "{aid}"\nstrategy = "tools.chaos.trader:ChaosTrader"\n'
                 f'codes = {json.dumps(CODES)}\nbudget = 200_000_000\non_error = "continue"\n'
-                f'[params]\nseed = {self.seed}\n')
+                f"[params]\nseed = {self.seed}\n"
+            )
         # the campaign is the operator: it approves its agents' cards (they get their credentials)
         probe = AgentCard(id=PROBE, name="chaos probe", strategy="tools.chaos.trader:ChaosTrader", codes=[CODES[0]])
         approvals.approve(st.run, [load_card(p) for p in sorted(cards.glob("*.toml"))] + [probe], by="ktrader chaos")
         for i in range(self.n_agents):
             aid = f"chaos{i}"
             st.agents[aid] = self._start_agent(aid)
-        wait_until(lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents, 30, "agents online")
+        wait_until(
+            lambda: sum(a.state == "online" for a in fetch_status(st.run, 1.0).agents) == self.n_agents,
+            30,
+            "agents online",
+        )
         wait_until(lambda: fetch_status(st.run, 1.0).orders_today > 0, 30, "first orders")
 
     def _start_agent(self, aid: str) -> subprocess.Popen[bytes]:
-        return self.stack.spawn(["agent", "run", str(self.workdir / "cards" / f"{aid}.toml"), "--run-dir", str(self.stack.run),
-                                 "--log-level", "warning"], aid)
+        return self.stack.spawn(
+            [
+                "agent",
+                "run",
+                str(self.workdir / "cards" / f"{aid}.toml"),
+                "--run-dir",
+                str(self.stack.run),
+                "--log-level",
+                "warning",
+            ],
+            aid,
+        )
 
     # ---- faults ---------------------------------------------------------------------------------
 
@@ -191,22 +270,35 @@ class Campaign:
         elif kind == "ws_drop":
             self._post("/admin/faults/ws-drop")
         elif kind in ("rest_cut_before", "rest_cut_after"):
-            self._post("/admin/faults/rest-disconnect", {"count": 1, "when": kind.rsplit("_", 1)[1],
-                                                          "path_contains": self.rng.choice(["order-cash", "order-rvsecncl", ""])})
+            self._post(
+                "/admin/faults/rest-disconnect",
+                {
+                    "count": 1,
+                    "when": kind.rsplit("_", 1)[1],
+                    "path_contains": self.rng.choice(["order-cash", "order-rvsecncl", ""]),
+                },
+            )
         elif kind == "egw00201_burst":
-            self._post("/admin/faults/rest-error", {"count": self.rng.randint(2, 5), "kind": "EGW00201", "path_contains": ""})
+            self._post(
+                "/admin/faults/rest-error", {"count": self.rng.randint(2, 5), "kind": "EGW00201", "path_contains": ""}
+            )
         elif kind == "rest_500":
             self._post("/admin/faults/rest-error", {"count": 1, "kind": "500", "path_contains": ""})
         elif kind == "token_expiry":
             self._post("/admin/faults/expire-tokens", {"reset_throttle": True})
         elif kind == "notice_delay":
-            self._post("/admin/faults/notices", {"delay_ms": self.rng.choice([50, 200, 800]), "duplicate": False, "reorder": False})
+            self._post(
+                "/admin/faults/notices",
+                {"delay_ms": self.rng.choice([50, 200, 800]), "duplicate": False, "reorder": False},
+            )
         elif kind == "notice_duplicate":
             self._post("/admin/faults/notices", {"delay_ms": 0, "duplicate": True, "reorder": False})
         elif kind == "notice_reorder":
             self._post("/admin/faults/notices", {"delay_ms": 0, "duplicate": False, "reorder": True})
         elif kind == "amend_reply_lost":  # KIS revises or cancels, the answer never comes back
-            self._post("/admin/faults/rest-disconnect", {"count": 1, "when": "after", "path_contains": "order-rvsecncl"})
+            self._post(
+                "/admin/faults/rest-disconnect", {"count": 1, "when": "after", "path_contains": "order-rvsecncl"}
+            )
         elif kind in ("forged_fill", "garbled_notice"):
             if not self._forge(kind):
                 kind = f"skipped_{kind}"
@@ -220,8 +312,11 @@ class Campaign:
         """Lines of ours open at the twin (new orders and revise lines)."""
         assert self.admin is not None
         acct = self.stack.twin_info["account"]
-        return [o for o in self.admin.get(f"/admin/accounts/{acct}/orders").json()
-                if o["open_qty"] > 0 and not o["external"] and o["kind"] in ("new", "revise")]
+        return [
+            o
+            for o in self.admin.get(f"/admin/accounts/{acct}/orders").json()
+            if o["open_qty"] > 0 and not o["external"] and o["kind"] in ("new", "revise")
+        ]
 
     def _forge(self, kind: str) -> bool:
         """A fill notice KIS never made (on a sell: a forged buy would let an agent sell shares that are
@@ -242,7 +337,10 @@ class Campaign:
         assert self.admin is not None
         code = self.rng.choice(CODES)
         price = int(self.admin.get("/admin/state").json()["prices"].get(code, 0) or 70_000)
-        fields = {k: v if isinstance(v, str) else str(int(price * v[0]) + v[1]) for k, v in self.rng.choice(BAD_PRINTS).items()}
+        fields = {
+            k: v if isinstance(v, str) else str(int(price * v[0]) + v[1])
+            for k, v in self.rng.choice(BAD_PRINTS).items()
+        }
         r = self.admin.post("/admin/faults/bad-print", json={"code": code, "fields": fields})
         self.bad_prints_sent += r.json().get("sent", 0) if r.status_code == 200 else 0  # 400: no print of it yet
 
@@ -254,8 +352,9 @@ class Campaign:
         from common.schema import Error, Header, HeaderFactory, Ping
 
         st = self.stack
-        c = GatewayClient(read_info(st.run), PROBE, HeaderFactory(PROBE), subscribe=False,
-                          credential=credentials.load(st.run, PROBE))
+        c = GatewayClient(
+            read_info(st.run), PROBE, HeaderFactory(PROBE), subscribe=False, credential=credentials.load(st.run, PROBE)
+        )
         try:
             if kind == "replayed_frame":
                 frames = c.codec.encode(Ping(h=c.headers(), payload=b"chaos"))
@@ -300,8 +399,12 @@ class Campaign:
             standby = st.spawn(self.gw_args, f"gateway-r{len(self.recoveries_ms)}")
         try:
             # recovered: the standby has published its connection file and reconciled (accepts orders)
-            wait_until(lambda: _primary_pid(st.run) == standby.pid and fetch_status(st.run, 0.5).synced, 30,
-                  "standby gateway synced", interval=0.002)
+            wait_until(
+                lambda: _primary_pid(st.run) == standby.pid and fetch_status(st.run, 0.5).synced,
+                30,
+                "standby gateway synced",
+                interval=0.002,
+            )
         finally:
             self.recoveries_ms.append((time.perf_counter() - t0) * 1000)
             st.gateways = [standby, st.spawn([*self.gw_args, "--standby"], f"gateway-{len(self.recoveries_ms) + 1}")]
@@ -334,7 +437,9 @@ class Campaign:
         period = 1.0 / self.rate
         next_at = t0
         for i in range(1, self.n_faults + 1):
-            kind = "gateway_kill" if self.gateway_every and i % self.gateway_every == 0 else self._choose(kinds, weights)
+            kind = (
+                "gateway_kill" if self.gateway_every and i % self.gateway_every == 0 else self._choose(kinds, weights)
+            )
             try:
                 self.inject(kind)
             except (httpx.HTTPError, TimeoutError) as e:
@@ -361,8 +466,11 @@ class Campaign:
             try:
                 before = fetch_status(st.run, 2.0).counters.get("reconciles", 0)
                 send_control(st.run, "reconcile")
-                wait_until(lambda before=before: fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before, 15,
-                           "reconciliation")
+
+                def reconciled(before: int = before) -> bool:
+                    return fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before
+
+                wait_until(reconciled, 15, "reconciliation")
             except Exception:
                 continue
             unresolved = sum(1 for _, o in self._gateway_orders() if o.state in UNRESOLVED)
@@ -410,12 +518,17 @@ class Campaign:
         duplicated = sorted(c for c, n in per_client.items() if c and n > 1)
         adopted = [o for o in orders if o.agent == EXTERNAL_AGENT]  # twin orders nobody here placed
         # a cancel line has its own ODNO; it is ours when the order it cancels is
-        unknown_now = [r.broker_order_id for r in reports if r.broker_order_id.lstrip("0") not in owner
-                       and not ((r.is_cancel or r.is_modify) and r.orig_broker_order_id.lstrip("0") in owner)]
+        unknown_now = [
+            r.broker_order_id
+            for r in reports
+            if r.broker_order_id.lstrip("0") not in owner
+            and not ((r.is_cancel or r.is_modify) and r.orig_broker_order_id.lstrip("0") in owner)
+        ]
         # a refusal in the REST reply leaves no ODNO here, but KIS lists the refused line: it is ours
         # when an order of ours was refused with the same terms (each claims one line)
-        refused = Counter((o.code, o.side, o.qty, o.price) for o in ours
-                          if not o.broker_chain and o.reason_code == "BROKER_REJECTED")
+        refused = Counter(
+            (o.code, o.side, o.qty, o.price) for o in ours if not o.broker_chain and o.reason_code == "BROKER_REJECTED"
+        )
         by_odno = {r.broker_order_id: r for r in reports}
         kept = []
         for odno in unknown_now:
@@ -432,16 +545,32 @@ class Campaign:
             for code, p in agent_pos.items():
                 books[code] += p.qty
         held = {p.code: p.qty for p in twin_pos}
-        pos_mismatch = {c: {"twin": held.get(c, 0), "books": books.get(c, 0),
-                            # what each side did in that code, to tell which fill is missing where
-                            "twin_lines": [(r.broker_order_id, r.orig_broker_order_id, r.side.value, r.qty, r.price,
-                                            r.filled_qty) for r in reports if r.code == c and r.filled_qty],
-                            "book_orders": [(o.client_order_id, list(o.broker_chain), o.side.value, o.qty, o.filled_qty)
-                                            for o in orders if o.code == c and o.filled_qty]}
-                        for c in sorted(set(held) | set(books)) if held.get(c, 0) != books.get(c, 0)}
+        pos_mismatch = {
+            c: {
+                "twin": held.get(c, 0),
+                "books": books.get(c, 0),
+                # what each side did in that code, to tell which fill is missing where
+                "twin_lines": [
+                    (r.broker_order_id, r.orig_broker_order_id, r.side.value, r.qty, r.price, r.filled_qty)
+                    for r in reports
+                    if r.code == c and r.filled_qty
+                ],
+                "book_orders": [
+                    (o.client_order_id, list(o.broker_chain), o.side.value, o.qty, o.filled_qty)
+                    for o in orders
+                    if o.code == c and o.filled_qty
+                ],
+            }
+            for c in sorted(set(held) | set(books))
+            if held.get(c, 0) != books.get(c, 0)
+        }
         # cash: what the fills cost per the books vs what the account's cash moved
-        spent = sum(p.cost - p.realized_pnl + p.fees for agent, agent_pos in positions.items() if agent != EXTERNAL_AGENT
-                    for p in agent_pos.values())
+        spent = sum(
+            p.cost - p.realized_pnl + p.fees
+            for agent, agent_pos in positions.items()
+            if agent != EXTERNAL_AGENT
+            for p in agent_pos.values()
+        )
         twin_moved = self.start_cash - account.settlement_cash
         fills = sum(len(o.fill_ids) for o in orders)
         cash_diff = twin_moved - spent
@@ -465,17 +594,32 @@ class Campaign:
             "chain_mismatches": len(chains["mismatched"]),
             "orders_in_doubt": status.counters.get("orders_in_doubt", 0),
             "frames_accepted": self.frames_accepted,
-            "chains": {"revised_orders": chains["revised"], "cancel_lines": chains["cancel_lines"],
-                       "chain_repairs": status.counters.get("chain_repairs", 0),
-                       "cancels_resent": status.counters.get("cancels_resent", 0),
-                       "forged_fills_sent": len(self.forged), "forged_fills_taken_back": chains["taken_back"],
-                       "refused_not_sent": chains["not_sent"],
-                       "requeued_after_failover": requeued},
+            "chains": {
+                "revised_orders": chains["revised"],
+                "cancel_lines": chains["cancel_lines"],
+                "chain_repairs": status.counters.get("chain_repairs", 0),
+                "cancels_resent": status.counters.get("cancels_resent", 0),
+                "forged_fills_sent": len(self.forged),
+                "forged_fills_taken_back": chains["taken_back"],
+                "refused_not_sent": chains["not_sent"],
+                "requeued_after_failover": requeued,
+            },
             # counters of the last gateway process (each standby starts at 0)
-            "market_data": {"bad_prints_sent": self.bad_prints_sent,
-                            **{k: v for k, v in status.counters.items() if k.startswith("md_") or k == "ws_dropped"}},
-            "trust": {k: status.counters.get(k, 0) for k in ("bad_replayed", "bad_stale_message", "bad_bad_signature",
-                                                              "forbidden", "reply_drops", "reply_unroutable")},
+            "market_data": {
+                "bad_prints_sent": self.bad_prints_sent,
+                **{k: v for k, v in status.counters.items() if k.startswith("md_") or k == "ws_dropped"},
+            },
+            "trust": {
+                k: status.counters.get(k, 0)
+                for k in (
+                    "bad_replayed",
+                    "bad_stale_message",
+                    "bad_bad_signature",
+                    "forbidden",
+                    "reply_drops",
+                    "reply_unroutable",
+                )
+            },
             "cash_mismatch": int(abs(cash_diff) > fills),  # commission/tax floor per fill: ±1 won each
             "cash_diff_krw": cash_diff,
             "unknown_grace_s": UNKNOWN_GRACE_S,
@@ -487,10 +631,16 @@ class Campaign:
                 "all": [round(x, 1) for x in self.recoveries_ms],
                 "kills_with_rest_faults_pending": self.kills_stacked,
             },
-            "details": {"uncancellable": uncancellable[:20], "fills_not_at_broker": chains["fills_not_at_broker"][:20],
-                        "chain_mismatches": chains["mismatched"][:20],
-                        "lost": lost[:20], "duplicated": duplicated[:20], "unknown": unknown_now[:20],
-                        "adopted_external": [o.broker_order_id for o in adopted][:20], "positions": pos_mismatch},
+            "details": {
+                "uncancellable": uncancellable[:20],
+                "fills_not_at_broker": chains["fills_not_at_broker"][:20],
+                "chain_mismatches": chains["mismatched"][:20],
+                "lost": lost[:20],
+                "duplicated": duplicated[:20],
+                "unknown": unknown_now[:20],
+                "adopted_external": [o.broker_order_id for o in adopted][:20],
+                "positions": pos_mismatch,
+            },
         }
 
     def _cancel_everything(self, timeout_s: float = 20.0) -> list[str]:
@@ -515,8 +665,14 @@ class Campaign:
         for r in reports:
             if r.orig_broker_order_id:
                 named.setdefault(r.orig_broker_order_id.lstrip("0"), []).append(r)
-        out: dict[str, Any] = {"mismatched": [], "fills_not_at_broker": [], "revised": 0, "cancel_lines": 0,
-                               "taken_back": 0, "not_sent": 0}
+        out: dict[str, Any] = {
+            "mismatched": [],
+            "fills_not_at_broker": [],
+            "revised": 0,
+            "cancel_lines": 0,
+            "taken_back": 0,
+            "not_sent": 0,
+        }
         for o in ours:
             out["taken_back"] += sum(1 for f in o.fills if f.reversed_qty)
             out["not_sent"] += o.reason_code == "NOT_SENT"
@@ -538,8 +694,9 @@ class Campaign:
             if o.filled_qty > filled:
                 out["fills_not_at_broker"].append(f"{o.client_order_id}: books {o.filled_qty}, twin {filled}")
             if o.broker_order_id.lstrip("0") != last and (o.is_open or by[last].remaining_qty):
-                out["mismatched"].append(f"{o.client_order_id}: books live at {o.broker_order_id}, twin at {last} "
-                                         f"({o.state.value})")
+                out["mismatched"].append(
+                    f"{o.client_order_id}: books live at {o.broker_order_id}, twin at {last} ({o.state.value})"
+                )
         return out
 
     def read_twin(self) -> tuple[list[Any], list[Any], Any, dt.date]:
@@ -551,8 +708,12 @@ class Campaign:
 
         async def read() -> tuple[list[Any], list[Any], Any, dt.date]:
             creds = Credentials(info["app_key"], info["app_secret"], info["account"], info["hts_id"])
-            broker = make_broker(BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info["ws_url"]),
-                                 self.workdir / "audit-kis", creds, min_token_interval_s=0)
+            broker = make_broker(
+                BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info["ws_url"]),
+                self.workdir / "audit-kis",
+                creds,
+                min_token_interval_s=0,
+            )
             day = dt.date.fromisoformat(self.admin.get("/admin/state").json()["day"])  # type: ignore[union-attr]
             try:
                 return await broker.order_reports(day), await broker.positions(), await broker.account(), day
@@ -562,8 +723,16 @@ class Campaign:
         return asyncio.run(read())
 
 
-def run(agents: int = 4, faults: int = 1000, rate: float = 20.0, seed: int = 1, gateway_every: int = 100,
-        settle_s: float = 30.0, workdir: Path | None = None, keep: bool = False) -> dict[str, Any]:
+def run(
+    agents: int = 4,
+    faults: int = 1000,
+    rate: float = 20.0,
+    seed: int = 1,
+    gateway_every: int = 100,
+    settle_s: float = 30.0,
+    workdir: Path | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ktrader-chaos-")
@@ -579,8 +748,7 @@ def run(agents: int = 4, faults: int = 1000, rate: float = 20.0, seed: int = 1, 
         report["agents"] = agents
         report["workdir"] = str(workdir) if keep else ""
         rec = report["gateway_recovery_ms"]
-        report["ok"] = (all(report[k] == 0 for k in CLEAN)
-                        and (rec["p99"] is None or rec["p99"] <= 1000.0))
+        report["ok"] = all(report[k] == 0 for k in CLEAN) and (rec["p99"] is None or rec["p99"] <= 1000.0)
         return report
     finally:
         c.stack.stop()

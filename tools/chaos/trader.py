@@ -47,6 +47,8 @@ class ChaosTrader(Strategy):
         elif r < 0.75:
             self.ctx.buy(code, rng.randint(1, self.params.max_qty), last + rng.randint(-3, 2) * t, reason="chaos")
         else:
-            held = self.ctx.position(code) - sum(o.qty - o.filled_qty for o in mine if o.code == code and o.side.value == "sell")
+            held = self.ctx.position(code) - sum(
+                o.qty - o.filled_qty for o in mine if o.code == code and o.side.value == "sell"
+            )
             if held > 0:
                 self.ctx.sell(code, rng.randint(1, held), last + rng.randint(-2, 3) * t, reason="chaos")

@@ -1,1 +1,2 @@
-"""Operator commands: status, trace, control, reload, reset, demo, doctor, keys, cards check/approve, data, process supervision."""
+"""Operator commands: status, trace, control, reload, reset, demo, doctor, keys, cards check/approve,
+data, process supervision."""

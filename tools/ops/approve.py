@@ -6,11 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from common import approvals, credentials
 from common.config import AgentCard, ConfigError, load_card
+
+if TYPE_CHECKING:
+    from agent.client import GatewayClient
 
 
 def _cards(paths: list[Path]) -> list[AgentCard]:
@@ -23,9 +27,14 @@ def _cards(paths: list[Path]) -> list[AgentCard]:
 
 def _limits(card: AgentCard) -> str:
     r = card.risk
-    unlimited = [k for k, v in ((("max_order_value", r.max_order_value), ("max_daily_loss", r.max_daily_loss))) if not v]
-    parts = [f"budget {card.budget:,}" if card.budget else "budget NONE (only the gateway's account limits)",
-             f"max order {r.max_order_value:,}" if r.max_order_value else "", f"daily loss {r.max_daily_loss:,}" if r.max_daily_loss else ""]
+    unlimited = [
+        k for k, v in ((("max_order_value", r.max_order_value), ("max_daily_loss", r.max_daily_loss))) if not v
+    ]
+    parts = [
+        f"budget {card.budget:,}" if card.budget else "budget NONE (only the gateway's account limits)",
+        f"max order {r.max_order_value:,}" if r.max_order_value else "",
+        f"daily loss {r.max_daily_loss:,}" if r.max_daily_loss else "",
+    ]
     note = f"; no card limit on {', '.join(unlimited)} (the gateway's account-wide limits apply)" if unlimited else ""
     return ", ".join(x for x in parts if x) + note
 
@@ -45,8 +54,10 @@ def main(paths: list[Path], run_dir: Path) -> int:
         typer.echo(f"error: {e}", err=True)
         return 2
     for a in done:
-        typer.echo(f"approved {a.card.id}: {a.card.mode} on {', '.join(a.card.codes) or 'no codes'}; {_limits(a.card)}  "
-                   f"(sha256 {a.sha256[:12]})")
+        typer.echo(
+            f"approved {a.card.id}: {a.card.mode} on {', '.join(a.card.codes) or 'no codes'}; {_limits(a.card)}  "
+            f"(sha256 {a.sha256[:12]})"
+        )
         typer.echo(f"  credential {credentials.credential_path(run_dir, a.card.id)}")
     return 0
 
@@ -67,7 +78,7 @@ def listing(run_dir: Path) -> int:
     return 0
 
 
-def approved_client(run_dir: Path, card: AgentCard, subscribe: bool = False):  # -> GatewayClient
+def approved_client(run_dir: Path, card: AgentCard, subscribe: bool = False) -> GatewayClient:
     """A client speaking as `card`'s agent: the card approved on the run folder (the caller acts as the
     operator: benchmarks, campaigns, tests), signing with the agent's own credential."""
     from agent.client import GatewayClient
@@ -75,5 +86,10 @@ def approved_client(run_dir: Path, card: AgentCard, subscribe: bool = False):  #
     from common.schema import HeaderFactory
 
     approvals.approve(run_dir, [card], by="ktrader tool")
-    return GatewayClient(read_info(run_dir), card.id, HeaderFactory(card.id), subscribe=subscribe,
-                         credential=credentials.load(run_dir, card.id))
+    return GatewayClient(
+        read_info(run_dir),
+        card.id,
+        HeaderFactory(card.id),
+        subscribe=subscribe,
+        credential=credentials.load(run_dir, card.id),
+    )

@@ -4,10 +4,10 @@ Rules: the card decodes (unknown keys refused, fields valid); ids unique; codes 
 master when given, else the twin's list, which only warns); the strategy imports and its params
 validate; all budgets fit the account budget; the market-data registrations fit the 40 slots
 (41 per app key, one for fill notices); account limits that can work (a drawdown needs a budget, a
-cash reserve below it, a halt no shallower than the reduce level); a card polling quotes (`subscriptions.poll_quotes_s`) can
-afford it on its `rate_quota_per_s` (warning). Polling is an opt-in fallback for trades the gateway
-refuses at run time, not a way past the 40 slots, so the slot rule stays an error. Every problem
-names the card file, the field and why."""
+cash reserve below it, a halt no shallower than the reduce level); a card polling quotes
+(`subscriptions.poll_quotes_s`) can afford it on its `rate_quota_per_s` (warning). Polling is an
+opt-in fallback for trades the gateway refuses at run time, not a way past the 40 slots, so the
+slot rule stays an error. Every problem names the card file, the field and why."""
 
 from __future__ import annotations
 
@@ -61,13 +61,27 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
         problems.extend(card_problems(f, card, sm))
     if len(slots) > MARKET_DATA_SLOTS:
         polling = sorted(card.id for _, card in cards if card.subscriptions.poll_quotes_s > 0)
-        fallback = (f"; {', '.join(polling)} would REST-poll quotes for refused trades (poll_quotes_s)" if polling else
-                    "; subscriptions.poll_quotes_s > 0 lets a card REST-poll quotes for refused trades (opt-in fallback)")
-        problems.append(Problem(str(folder), "subscriptions",
-                                f"{len(slots)} distinct registrations requested, {MARKET_DATA_SLOTS} available{fallback}"))
+        fallback = (
+            f"; {', '.join(polling)} would REST-poll quotes for refused trades (poll_quotes_s)"
+            if polling
+            else "; subscriptions.poll_quotes_s > 0 lets a card REST-poll quotes for refused trades (opt-in fallback)"
+        )
+        problems.append(
+            Problem(
+                str(folder),
+                "subscriptions",
+                f"{len(slots)} distinct registrations requested, {MARKET_DATA_SLOTS} available{fallback}",
+            )
+        )
     total = sum(card.budget for _, card in cards)
     if account_budget and total > account_budget:
-        problems.append(Problem(str(folder), "budget", f"cards' budgets add up to {total:,} KRW, the account budget is {account_budget:,}"))
+        problems.append(
+            Problem(
+                str(folder),
+                "budget",
+                f"cards' budgets add up to {total:,} KRW, the account budget is {account_budget:,}",
+            )
+        )
     return problems
 
 
@@ -85,19 +99,39 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
             where = "the KIS stock master" if strict else "the twin's stock list (no --master given)"
             problems.append(Problem(str(f), f"codes: {code}", f"not in {where}", warning=not strict))
         elif strict and known[code].group not in ("ST", "EF", "EN"):
-            problems.append(Problem(str(f), f"codes: {code}", f"{known[code].name} is a {known[code].group}, not a tradable stock/ETF/ETN"))
+            problems.append(
+                Problem(
+                    str(f),
+                    f"codes: {code}",
+                    f"{known[code].name} is a {known[code].group}, not a tradable stock/ETF/ETN",
+                )
+            )
     for field, why in limit_problems(card.risk, card.budget):
         problems.append(Problem(str(f), field, why))
     poll = card.subscriptions.poll_quotes_s
     if poll > 0:
         need = len(card.codes) / poll  # if every trade registration of the card were refused
         if not card.subscriptions.trades:
-            problems.append(Problem(str(f), "subscriptions.poll_quotes_s",
-                                    "polling stands in for refused trades, but trades = false", warning=True))
+            problems.append(
+                Problem(
+                    str(f),
+                    "subscriptions.poll_quotes_s",
+                    "polling stands in for refused trades, but trades = false",
+                    warning=True,
+                )
+            )
         elif card.rate_quota_per_s > 0 and need > card.rate_quota_per_s:
-            problems.append(Problem(str(f), "subscriptions.poll_quotes_s", (
-                f"polling {len(card.codes)} codes every {poll:g}s needs {need:.1f} queries/s, "
-                f"rate_quota_per_s is {card.rate_quota_per_s:g}: polled quotes would come slower"), warning=True))
+            problems.append(
+                Problem(
+                    str(f),
+                    "subscriptions.poll_quotes_s",
+                    (
+                        f"polling {len(card.codes)} codes every {poll:g}s needs {need:.1f} queries/s, "
+                        f"rate_quota_per_s is {card.rate_quota_per_s:g}: polled quotes would come slower"
+                    ),
+                    warning=True,
+                )
+            )
     try:
         cls = load_strategy_class(card.strategy)
     except Exception as e:
@@ -109,9 +143,16 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
         problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
     missing = unsubscribed_bars(cls, card.subscriptions.bars)
     if missing:
-        problems.append(Problem(str(f), "subscriptions.bars", (
-            f"{cls.__name__} decides on {', '.join(missing)} bars but the card does not subscribe to them: "
-            f"it would never trade (add bars = {[b.value for b in cls.needs_bars]})")))
+        problems.append(
+            Problem(
+                str(f),
+                "subscriptions.bars",
+                (
+                    f"{cls.__name__} decides on {', '.join(missing)} bars but the card does not subscribe to them: "
+                    f"it would never trade (add bars = {[b.value for b in cls.needs_bars]})"
+                ),
+            )
+        )
     return problems
 
 

@@ -29,15 +29,21 @@ def render_days(days: list[DayStats]) -> str:
             t1 = dt.datetime.fromtimestamp(d.last_ns / 1e9, dt.timezone(dt.timedelta(hours=9)))
             span = f"{t0:%H:%M:%S}-{t1:%H:%M:%S}"
         note = f"  ({d.truncated_files} unfinished)" if d.truncated_files else ""
-        lines.append(f"{d.day:8}  {d.files:>5}  {d.frames:>10,}  {fmt_bytes(d.raw_bytes, ' '):>10}  {fmt_bytes(d.disk_bytes, ' '):>10}  "
-                     f"{d.ratio:>5.1f}x  {span}{note}")
+        lines.append(
+            f"{d.day:8}  {d.files:>5}  {d.frames:>10,}  {fmt_bytes(d.raw_bytes, ' '):>10}  "
+            f"{fmt_bytes(d.disk_bytes, ' '):>10}  "
+            f"{d.ratio:>5.1f}x  {span}{note}"
+        )
         raw, disk = raw + d.raw_bytes, disk + d.disk_bytes
-    lines.append(f"total: {fmt_bytes(raw, ' ')} raw, {fmt_bytes(disk, ' ')} on disk, ratio {raw / disk if disk else 0:.1f}x")
+    lines.append(
+        f"total: {fmt_bytes(raw, ' ')} raw, {fmt_bytes(disk, ' ')} on disk, ratio {raw / disk if disk else 0:.1f}x"
+    )
     return "\n".join(lines)
 
 
-def replay(run_dir: Path, day: str, speed: float, gateway_dir: Path | None, cfg: GatewayConfig, record: bool,
-           wait_s: float) -> int:
+def replay(
+    run_dir: Path, day: str, speed: float, gateway_dir: Path | None, cfg: GatewayConfig, record: bool, wait_s: float
+) -> int:
     from server.replay import run_replay_gateway
 
     try:
@@ -56,7 +62,9 @@ def replay(run_dir: Path, day: str, speed: float, gateway_dir: Path | None, cfg:
         print("error: the replay gateway needs its own folder (--gateway-dir), not the recording's run dir")
         return 2
     cfg = msgspec.structs.replace(cfg, run_dir=str(gdir), record_market_data=record)
-    print(f"replaying {d:%Y%m%d} from {run_dir} at {'max' if speed in (0, math.inf) else speed}x; "
-          f"agents connect with --run-dir {gdir}")
+    print(
+        f"replaying {d:%Y%m%d} from {run_dir} at {'max' if speed in (0, math.inf) else speed}x; "
+        f"agents connect with --run-dir {gdir}"
+    )
     asyncio.run(run_replay_gateway(cfg, run_dir, d, speed, wait_s))
     return 0

@@ -31,8 +31,9 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "tools", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -50,12 +51,32 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def summary_table(st: StatusReply) -> Table:
     t = Table(title="ktrader demo summary")
-    for col in ("agent", "state", "orders", "open", "fills", "codes held", "cost KRW", "realised P&L", "unrealised P&L",
-                "errors"):
+    for col in (
+        "agent",
+        "state",
+        "orders",
+        "open",
+        "fills",
+        "codes held",
+        "cost KRW",
+        "realised P&L",
+        "unrealised P&L",
+        "errors",
+    ):
         t.add_column(col, justify="right" if col not in ("agent", "state") else "left")
     for a in st.agents:
-        t.add_row(a.id, a.state.value, str(a.orders_today), str(a.open_orders), str(a.fills), str(a.position_codes),
-                  f"{a.position_cost:,}", f"{a.realized_pnl:,}", f"{a.unrealized_pnl:,}", str(a.errors))
+        t.add_row(
+            a.id,
+            a.state.value,
+            str(a.orders_today),
+            str(a.open_orders),
+            str(a.fills),
+            str(a.position_codes),
+            f"{a.position_cost:,}",
+            f"{a.realized_pnl:,}",
+            f"{a.unrealized_pnl:,}",
+            str(a.errors),
+        )
     return t
 
 
@@ -83,8 +104,10 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
         return 2
     logs = run_dir / "logs"
     if held := [h for h in held_run_locks(run_dir) if h[0].resolve() == run_dir.resolve()]:
-        console.print(f"[red]a gateway (pid {held[0][1]}) already runs on {run_dir}[/]: the demo needs a folder of its "
-                      f"own (--run-dir), or stop that gateway first")
+        console.print(
+            f"[red]a gateway (pid {held[0][1]}) already runs on {run_dir}[/]: the demo needs a folder of its "
+            f"own (--run-dir), or stop that gateway first"
+        )
         return 3
     # whoever runs the demo is its operator: the demo's cards are approved on its run folder (their
     # agents get their credentials), before the gateway starts

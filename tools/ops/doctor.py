@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -85,7 +86,9 @@ async def _no_wait(seconds: float) -> None:
 def _error_check(name: str, e: BaseException, env_name: str) -> Check:
     """A check failed on a broker/transport error: the KIS code's meaning and hint, or the network's."""
     if isinstance(e, BrokerUnreachable):
-        return Check(name=name, status=Status.FAIL, detail=e.problem.text(), hint=e.problem.hint(), code=e.problem.fault.value)
+        return Check(
+            name=name, status=Status.FAIL, detail=e.problem.text(), hint=e.problem.hint(), code=e.problem.fault.value
+        )
     if isinstance(e, BrokerError):
         info = lookup(e.code, e.http_status or 200) if e.code else None
         if info is not None and info.verdict is Verdict.WRONG_DOMAIN:
@@ -99,7 +102,9 @@ def _error_check(name: str, e: BaseException, env_name: str) -> Check:
         else:
             hint = "check the credentials and environment (broker.env) for this account"
         meaning = f" ({info.meaning})" if info is not None and info.source != "family rule" else ""
-        return Check(name=name, status=Status.FAIL, detail=f"{e.code} {e.message}{meaning}".strip(), hint=hint, code=e.code)
+        return Check(
+            name=name, status=Status.FAIL, detail=f"{e.code} {e.message}{meaning}".strip(), hint=hint, code=e.code
+        )
     return Check(name=name, status=Status.FAIL, detail=f"{type(e).__name__}: {e}", hint="unexpected: run with --debug")
 
 
@@ -151,8 +156,16 @@ class Doctor:
             d = twin.demo
             self._demo = Credentials(d.app_key, d.app_secret, d.account, d.hts_id)  # as the gateway uses it
             self._embedded_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ktrader-doctor-"))
-            self.add(Check(name="config", status=Status.OK, detail=f"env sim: a KIS twin started for the checks ({twin.rest_url})"))
-            return msgspec.structs.replace(self.cfg, broker=msgspec.structs.replace(b, rest_url=twin.rest_url, ws_url=twin.ws_url))
+            self.add(
+                Check(
+                    name="config",
+                    status=Status.OK,
+                    detail=f"env sim: a KIS twin started for the checks ({twin.rest_url})",
+                )
+            )
+            return msgspec.structs.replace(
+                self.cfg, broker=msgspec.structs.replace(b, rest_url=twin.rest_url, ws_url=twin.ws_url)
+            )
         self._embedded_dir = ""
         self.add(Check(name="config", status=Status.OK, detail=f"env {b.env.value}, run dir {self.cfg.run_dir}"))
         return self.cfg
@@ -165,9 +178,16 @@ class Doctor:
         try:
             creds = self._demo or load_credentials(cfg.broker.credentials_file or None)
         except CredentialsError as e:
-            self.add(Check(name="credentials", status=Status.FAIL, detail=str(e), code="CREDENTIALS",
-                           hint="set KTRADER_KIS_APP_KEY, KTRADER_KIS_APP_SECRET, KTRADER_KIS_ACCOUNT (CANO-ACNT_PRDT_CD), "
-                                "KTRADER_KIS_HTS_ID, or broker.credentials_file (a TOML outside the repo)"))
+            self.add(
+                Check(
+                    name="credentials",
+                    status=Status.FAIL,
+                    detail=str(e),
+                    code="CREDENTIALS",
+                    hint="set KTRADER_KIS_APP_KEY, KTRADER_KIS_APP_SECRET, KTRADER_KIS_ACCOUNT (CANO-ACNT_PRDT_CD), "
+                    "KTRADER_KIS_HTS_ID, or broker.credentials_file (a TOML outside the repo)",
+                )
+            )
             return None
         problems = []
         if len(creds.app_key) != APP_KEY_LENGTH:
@@ -179,9 +199,16 @@ class Doctor:
         detail = f"app key #{creds.key_fingerprint}, account {creds.masked_account}, HTS id {creds.hts_id}"
         if problems:
             strict = cfg.broker.env is not BrokerEnv.SIM
-            self.add(Check(name="credentials", status=Status.FAIL if strict else Status.WARN, detail=f"{detail}: {'; '.join(problems)}",
-                           hint="copy the app key and secret again, whole, from the KIS developers portal (paper and real keys differ)",
-                           code="CREDENTIALS"))
+            self.add(
+                Check(
+                    name="credentials",
+                    status=Status.FAIL if strict else Status.WARN,
+                    detail=f"{detail}: {'; '.join(problems)}",
+                    hint="copy the app key and secret again, whole, from the KIS developers portal (paper and real "
+                    "keys differ)",
+                    code="CREDENTIALS",
+                )
+            )
         else:
             self.add(Check(name="credentials", status=Status.OK, detail=detail))
         path = cfg.broker.credentials_file
@@ -190,9 +217,17 @@ class Doctor:
             exposed = p.exists() and bool(p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
             in_git = any((parent / ".git").exists() for parent in p.resolve().parents)
             if exposed or in_git:
-                self.add(Check(name="credentials file", status=Status.WARN,
-                               detail=f"{p}: " + ", ".join(x for x, bad in (("readable by others", exposed), ("inside a git work tree", in_git)) if bad),
-                               hint=f"chmod 600 {p}; keep it outside any repository"))
+                self.add(
+                    Check(
+                        name="credentials file",
+                        status=Status.WARN,
+                        detail=f"{p}: "
+                        + ", ".join(
+                            x for x, bad in (("readable by others", exposed), ("inside a git work tree", in_git)) if bad
+                        ),
+                        hint=f"chmod 600 {p}; keep it outside any repository",
+                    )
+                )
         return creds
 
     # --- network ------------------------------------------------------------------------------------
@@ -202,7 +237,15 @@ class Doctor:
         try:
             tls = tls_context(ca_bundle)
         except TlsConfigError as e:
-            self.add(Check(name="TLS trust", status=Status.FAIL, detail=str(e), hint="fix or remove broker.ca_bundle", code="CONFIG"))
+            self.add(
+                Check(
+                    name="TLS trust",
+                    status=Status.FAIL,
+                    detail=str(e),
+                    hint="fix or remove broker.ca_bundle",
+                    code="CONFIG",
+                )
+            )
             return False
         rest_ok = await self._host("REST", rest_url, tls)
         await self._host("websocket", ws_url, tls)
@@ -226,17 +269,28 @@ class Doctor:
         try:
             t0 = time.monotonic()
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=tls if secure else None, server_hostname=host if secure else None),
-                self.timeout_s)
+                asyncio.open_connection(
+                    host, port, ssl=tls if secure else None, server_hostname=host if secure else None
+                ),
+                self.timeout_s,
+            )
             ms = (time.monotonic() - t0) * 1000
         except (OSError, TimeoutError, ssl.SSLError) as e:
             p = explain(e, url)
             tls_fault = p.fault.value.startswith("tls")
-            self.add(Check(name=f"{label} TCP", status=Status.OK if tls_fault else Status.FAIL,
-                           detail=f"{target} accepts connections" if tls_fault else p.text(),
-                           hint="" if tls_fault else p.hint(), code="" if tls_fault else p.fault.value))
+            self.add(
+                Check(
+                    name=f"{label} TCP",
+                    status=Status.OK if tls_fault else Status.FAIL,
+                    detail=f"{target} accepts connections" if tls_fault else p.text(),
+                    hint="" if tls_fault else p.hint(),
+                    code="" if tls_fault else p.fault.value,
+                )
+            )
             if tls_fault:
-                self.add(Check(name=f"{label} TLS", status=Status.FAIL, detail=p.text(), hint=p.hint(), code=p.fault.value))
+                self.add(
+                    Check(name=f"{label} TLS", status=Status.FAIL, detail=p.text(), hint=p.hint(), code=p.fault.value)
+                )
             else:
                 self.add(Check(name=f"{label} TLS", status=Status.SKIP, detail="skipped: no connection"))
             return False
@@ -245,10 +299,17 @@ class Doctor:
             sslobj = writer.get_extra_info("ssl_object")
             cert = writer.get_extra_info("peercert") or {}
             until = cert.get("notAfter", "?")
-            self.add(Check(name=f"{label} TLS", status=Status.OK,
-                           detail=f"{sslobj.version() if sslobj else 'TLS'}, certificate verified (valid until {until})"))
+            self.add(
+                Check(
+                    name=f"{label} TLS",
+                    status=Status.OK,
+                    detail=f"{sslobj.version() if sslobj else 'TLS'}, certificate verified (valid until {until})",
+                )
+            )
         else:
-            self.add(Check(name=f"{label} TLS", status=Status.SKIP, detail=f"not applicable: {parts.scheme}:// (plain)"))
+            self.add(
+                Check(name=f"{label} TLS", status=Status.SKIP, detail=f"not applicable: {parts.scheme}:// (plain)")
+            )
         writer.close()
         try:
             await writer.wait_closed()
@@ -263,18 +324,37 @@ class Doctor:
         try:
             return self.add(await asyncio.wait_for(fn(), self.timeout_s * 4))
         except _WouldWait as w:
-            return self.add(Check(name=name, status=Status.WARN, code="EGW00133",
-                                  detail="no valid token cached, and a token was issued less than a minute ago (KIS allows one a minute)",
-                                  hint=f"run again in {min(61.0, w.seconds):.0f} s; nothing is wrong"))
+            return self.add(
+                Check(
+                    name=name,
+                    status=Status.WARN,
+                    code="EGW00133",
+                    detail="no valid token cached, and a token was issued less than a minute ago (KIS allows one a "
+                    "minute)",
+                    hint=f"run again in {min(61.0, w.seconds):.0f} s; nothing is wrong",
+                )
+            )
         except TimeoutError:
-            return self.add(Check(name=name, status=Status.FAIL, detail=f"no answer within {self.timeout_s * 4:.0f} s", code="timeout",
-                                  hint="KIS or the network is slow: try again; check broker.request_timeout_s"))
-        except Exception as e:  # noqa: BLE001 - every failure becomes a line of the checklist
+            return self.add(
+                Check(
+                    name=name,
+                    status=Status.FAIL,
+                    detail=f"no answer within {self.timeout_s * 4:.0f} s",
+                    code="timeout",
+                    hint="KIS or the network is slow: try again; check broker.request_timeout_s",
+                )
+            )
+        except Exception as e:
             return self.add(_error_check(name, e, self.env_name))
 
     async def _session_checks(self, cfg: GatewayConfig, broker: KisBroker, creds: Credentials) -> None:
-        tokens = TokenManager(issue=broker.rest.issue_token, run_dir=self._token_dir(cfg), env_name=broker.env.name,
-                              key_fingerprint=creds.key_fingerprint, sleep=_no_wait)
+        tokens = TokenManager(
+            issue=broker.rest.issue_token,
+            run_dir=self._token_dir(cfg),
+            env_name=broker.env.name,
+            key_fingerprint=creds.key_fingerprint,
+            sleep=_no_wait,
+        )
         broker.rest.attach_tokens(tokens)
         broker.tokens = tokens
 
@@ -284,7 +364,11 @@ class Doctor:
             if not tokens.issued_count:
                 how = "from the cache (no new issuance)"
             else:
-                how = "issued now (by the twin started for the checks)" if self._embedded_dir else "issued now and cached for the gateway"
+                how = (
+                    "issued now (by the twin started for the checks)"
+                    if self._embedded_dir
+                    else "issued now and cached for the gateway"
+                )
             return Check(name="token", status=Status.OK, detail=f"valid until {until} KST, {how}")
 
         tok = await self._step("token", token)
@@ -297,9 +381,14 @@ class Doctor:
             await broker.price("005930")  # the cheapest authenticated call
             if tokens.rejections:
                 info = lookup(tokens.last_rejection)
-                return Check(name="token accepted", status=Status.WARN, code=tokens.last_rejection,
-                             detail=f"KIS refused the cached token ({tokens.last_rejection} {info.meaning}); a new one was issued",
-                             hint="nothing to do now; a token revoked or expired early is replaced automatically")
+                return Check(
+                    name="token accepted",
+                    status=Status.WARN,
+                    code=tokens.last_rejection,
+                    detail=f"KIS refused the cached token ({tokens.last_rejection} {info.meaning}); a new one was "
+                    "issued",
+                    hint="nothing to do now; a token revoked or expired early is replaced automatically",
+                )
             return Check(name="token accepted", status=Status.OK, detail="an authenticated quotation call succeeded")
 
         await self._step("token accepted", accepted)
@@ -323,15 +412,22 @@ class Doctor:
             return Check(name="notice feed", status=Status.SKIP, detail="skipped: no approval key")
         tls = tls_context(self.cfg.broker.ca_bundle) if broker.env.ws_url.startswith("wss:") else None
         try:
-            ws = await websockets.connect(broker.env.ws_url, open_timeout=self.timeout_s, close_timeout=1.0, ping_interval=None,
-                                          **({"ssl": tls} if tls is not None else {}))
+            ws = await websockets.connect(
+                broker.env.ws_url,
+                open_timeout=self.timeout_s,
+                close_timeout=1.0,
+                ping_interval=None,
+                ssl=tls,  # a context on wss:, None on ws:// (websockets refuses a context there)
+            )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
             p = explain(e, broker.env.ws_url)
             return Check(name="notice feed", status=Status.FAIL, detail=p.text(), hint=p.hint(), code=p.fault.value)
         tr = broker.env.notice_tr
         try:
-            msg = {"header": {"approval_key": approval, "custtype": "P", "tr_type": "1", "content-type": "utf-8"},
-                   "body": {"input": {"tr_id": tr, "tr_key": creds.hts_id}}}
+            msg: dict[str, dict[str, Any]] = {
+                "header": {"approval_key": approval, "custtype": "P", "tr_type": "1", "content-type": "utf-8"},
+                "body": {"input": {"tr_id": tr, "tr_key": creds.hts_id}},
+            }
             await ws.send(msgspec.json.encode(msg).decode())
             deadline = time.monotonic() + self.timeout_s
             while True:
@@ -347,14 +443,30 @@ class Doctor:
             if lookup(code).verdict in (Verdict.WS_SUBSCRIBED, Verdict.WS_ALREADY):
                 msg["header"]["tr_type"] = "2"
                 await ws.send(msgspec.json.encode(msg).decode())
-                return Check(name="notice feed", status=Status.OK, detail=f"{tr} registered for the HTS id ({code}), then released")
+                return Check(
+                    name="notice feed",
+                    status=Status.OK,
+                    detail=f"{tr} registered for the HTS id ({code}), then released",
+                )
             info = lookup(code)
-            said = info.meaning if info.source != "family rule" else (msg1 if code != "OPSP0011" else "invalid approval")
-            return Check(name="notice feed", status=Status.FAIL, detail=f"KIS refused {tr}: {code} {said}",
-                         hint=info.hint or "check the HTS id and the app key", code=code)
+            said = (
+                info.meaning if info.source != "family rule" else (msg1 if code != "OPSP0011" else "invalid approval")
+            )
+            return Check(
+                name="notice feed",
+                status=Status.FAIL,
+                detail=f"KIS refused {tr}: {code} {said}",
+                hint=info.hint or "check the HTS id and the app key",
+                code=code,
+            )
         except websockets.ConnectionClosed as e:
-            return Check(name="notice feed", status=Status.FAIL, detail=f"the websocket closed without an answer ({e})",
-                         hint=lookup("OPSP8996").hint, code="closed")
+            return Check(
+                name="notice feed",
+                status=Status.FAIL,
+                detail=f"the websocket closed without an answer ({e})",
+                hint=lookup("OPSP8996").hint,
+                code="closed",
+            )
         finally:
             await ws.close()
 
@@ -370,44 +482,78 @@ class Doctor:
             return None
         try:
             st = fetch_status(self.cfg.run_dir, timeout_s=3.0)
-        except Exception as e:  # noqa: BLE001 - it may be stopping
-            return Check(name="notice feed", status=Status.WARN, detail=f"a gateway (pid {info.pid}) runs but does not answer: {e}",
-                         hint="check it with `ktrader status`")
+        except Exception as e:
+            return Check(
+                name="notice feed",
+                status=Status.WARN,
+                detail=f"a gateway (pid {info.pid}) runs but does not answer: {e}",
+                hint="check it with `ktrader status`",
+            )
         h = st.health
         if h.session_state.value == "ready":
-            return Check(name="notice feed", status=Status.OK, detail=f"the running gateway (pid {info.pid}) has it: session ready")
-        return Check(name="notice feed", status=Status.FAIL, detail=f"the running gateway (pid {info.pid}): {h.session_detail or h.session_state}",
-                     hint="see the detail; `ktrader status` shows it too", code=h.session_problem.value)
+            return Check(
+                name="notice feed",
+                status=Status.OK,
+                detail=f"the running gateway (pid {info.pid}) has it: session ready",
+            )
+        return Check(
+            name="notice feed",
+            status=Status.FAIL,
+            detail=f"the running gateway (pid {info.pid}): {h.session_detail or h.session_state}",
+            hint="see the detail; `ktrader status` shows it too",
+            code=h.session_problem.value,
+        )
 
     async def _account(self, broker: KisBroker) -> Check:
         acct = await broker.account()
         positions = await broker.positions()
-        return Check(name="account", status=Status.OK,
-                     detail=f"{broker._creds.masked_account}: deposit {acct.cash:,} KRW, orderable {acct.orderable_cash:,} KRW, "  # noqa: SLF001
-                            f"{len(positions)} position(s)")
+        return Check(
+            name="account",
+            status=Status.OK,
+            detail=f"{broker._creds.masked_account}: deposit {acct.cash:,} KRW, orderable {acct.orderable_cash:,} KRW, "
+            f"{len(positions)} position(s)",
+        )
 
     async def _market(self, broker: KisBroker) -> Check:
         now = now_kst()
         day = "a trading day" if is_trading_day(now.date()) else "not a trading day"
         quote = await broker.price("005930")
         last = quote.output.stck_prpr if quote.output is not None else "?"
-        return Check(name="market", status=Status.OK,
-                     detail=f"KRX now ({now:%Y-%m-%d %H:%M} KST, {day}): {phase_at(now).value}; 005930 last {last}")
+        return Check(
+            name="market",
+            status=Status.OK,
+            detail=f"KRX now ({now:%Y-%m-%d %H:%M} KST, {day}): {phase_at(now).value}; 005930 last {last}",
+        )
 
     def _stock_master(self, cfg: GatewayConfig) -> None:
         from kis.master import MasterError, load_stock_master
 
         if not cfg.master_dir and cfg.broker.env is not BrokerEnv.SIM:
-            self.add(Check(name="stock master", status=Status.WARN, detail="no master_dir: order codes are not checked against a listing",
-                           hint="download kospi_code.mst and kosdaq_code.mst (KIS) into a folder and set master_dir"))
+            self.add(
+                Check(
+                    name="stock master",
+                    status=Status.WARN,
+                    detail="no master_dir: order codes are not checked against a listing",
+                    hint="download kospi_code.mst and kosdaq_code.mst (KIS) into a folder and set master_dir",
+                )
+            )
             return
         try:
             master = load_stock_master(cfg.master_dir or None)
         except (MasterError, OSError) as e:
-            self.add(Check(name="stock master", status=Status.FAIL, detail=f"master_dir {cfg.master_dir!r}: {e}",
-                           hint="point master_dir at the folder holding kospi_code.mst / kosdaq_code.mst", code="CONFIG"))
+            self.add(
+                Check(
+                    name="stock master",
+                    status=Status.FAIL,
+                    detail=f"master_dir {cfg.master_dir!r}: {e}",
+                    hint="point master_dir at the folder holding kospi_code.mst / kosdaq_code.mst",
+                    code="CONFIG",
+                )
+            )
             return
-        self.add(Check(name="stock master", status=Status.OK, detail=f"{len(master.entries)} codes from {master.source}"))
+        self.add(
+            Check(name="stock master", status=Status.OK, detail=f"{len(master.entries)} codes from {master.source}")
+        )
 
 
 async def diagnose(cfg: GatewayConfig) -> Report:
@@ -425,8 +571,11 @@ def render(report: Report) -> list[str]:
             lines.append(f"  {'':6} {'':<16} fix: {c.hint}")
     fails = sum(c.status is Status.FAIL for c in report.checks)
     warns = sum(c.status is Status.WARN for c in report.checks)
-    lines.append("all checks passed" + (f" ({warns} warning(s))" if warns else "") if not fails
-                 else f"{fails} check(s) failed" + (f", {warns} warning(s)" if warns else ""))
+    lines.append(
+        "all checks passed" + (f" ({warns} warning(s))" if warns else "")
+        if not fails
+        else f"{fails} check(s) failed" + (f", {warns} warning(s)" if warns else "")
+    )
     return lines
 
 

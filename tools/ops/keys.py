@@ -1,10 +1,10 @@
 """`ktrader keys`: CURVE keys for agents and tools on other hosts (files: common/curve.py).
 
-    ktrader keys init                      the gateway's pair, the signing key, the tools' pair
-    ktrader keys agent ID                  a pair for agent ID (and its signing credential); the gateway accepts it
-    ktrader keys export ID --to DIR        DIR becomes the agent host's run folder (gateway.json, its key, its credential)
-    ktrader keys revoke ID                 the gateway refuses ID's key and credential from now on
-    ktrader keys list                      what is there
+ktrader keys init                      the gateway's pair, the signing key, the tools' pair
+ktrader keys agent ID                  a pair for agent ID (and its signing credential); the gateway accepts it
+ktrader keys export ID --to DIR        DIR becomes the agent host's run folder (gateway.json, its key, its credential)
+ktrader keys revoke ID                 the gateway refuses ID's key and credential from now on
+ktrader keys list                      what is there
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def _fail(e: Exception) -> NoReturn:
 
 
 @keys_app.command("init")
-def init(run_dir: Path = _RUN,
-         force: bool = typer.Option(False, "--force", help="replace existing keys (every client then needs a new "
-                                                          "gateway.json)")) -> None:
+def init(
+    run_dir: Path = _RUN,
+    force: bool = typer.Option(
+        False, "--force", help="replace existing keys (every client then needs a new gateway.json)"
+    ),
+) -> None:
     """Make the gateway's key pair, the frame-signing key and the operator tools' pair."""
     try:
         made = curve.init_gateway(run_dir, force=force)
@@ -51,8 +54,11 @@ def init(run_dir: Path = _RUN,
 
 
 @keys_app.command("agent")
-def agent(agent_id: str = typer.Argument(..., help="the agent's id (its card's id)"), run_dir: Path = _RUN,
-          force: bool = typer.Option(False, "--force", help="replace an existing pair")) -> None:
+def agent(
+    agent_id: str = typer.Argument(..., help="the agent's id (its card's id)"),
+    run_dir: Path = _RUN,
+    force: bool = typer.Option(False, "--force", help="replace an existing pair"),
+) -> None:
     """Make a key pair for one agent; the gateway accepts its public key from now on."""
     try:
         secret = curve.make_client(run_dir, agent_id, force=force)
@@ -60,8 +66,10 @@ def agent(agent_id: str = typer.Argument(..., help="the agent's id (its card's i
     except (curve.CurveError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote {curve.client_public_path(run_dir, agent_id)} (the gateway accepts it)")
-    typer.echo(f"{'wrote' if made else 'kept'} {cred} (the agent's signing credential; its card must be approved: "
-               "ktrader cards approve CARD)")
+    typer.echo(
+        f"{'wrote' if made else 'kept'} {cred} (the agent's signing credential; its card must be approved: "
+        "ktrader cards approve CARD)"
+    )
     typer.echo(f"wrote {secret} (the agent's secret: `ktrader keys export {agent_id} --to DIR` for another host)")
 
 
@@ -106,8 +114,15 @@ def export_bundle(run_dir: Path, agent_id: str, to: Path, router: str, pub: str)
             raise curve.CurveError(f"{ep} is not a network endpoint: a remote agent dials tcp://HOST:PORT")
     pair = curve.client_pair(run_dir, agent_id)
     cred = credentials.load(run_dir, agent_id)  # its card approved on this host (ktrader cards approve)
-    info = GatewayInfo(router=router, pub=pub, key=curve.signing_key(run_dir).hex(), pid=0, session="exported",
-                       started_ns=0, curve_key=curve.gateway_pair(run_dir).public.decode("ascii"))
+    info = GatewayInfo(
+        router=router,
+        pub=pub,
+        key=curve.signing_key(run_dir).hex(),
+        pid=0,
+        session="exported",
+        started_ns=0,
+        curve_key=curve.gateway_pair(run_dir).public.decode("ascii"),
+    )
     curve.write_secret(curve.client_secret_path(to, agent_id), pair)  # the agent's host needs only this half
     return [write_info(to, info), curve.client_secret_path(to, agent_id), credentials.write(to, cred)]
 
@@ -121,8 +136,10 @@ def _endpoints(run_dir: Path, host: str | None) -> tuple[str, str]:
     for ep in (info.router, info.pub):
         m = _TCP.match(ep)
         if m is None:
-            raise curve.CurveError(f"the running gateway serves {ep}: start it with --router tcp://HOST:PORT "
-                                   "--pub tcp://HOST:PORT for remote agents")
+            raise curve.CurveError(
+                f"the running gateway serves {ep}: start it with --router tcp://HOST:PORT "
+                "--pub tcp://HOST:PORT for remote agents"
+            )
         if host:
             ep = f"{m.group(1)}{host}:{m.group(3)}"
         elif m.group(2) in _WILDCARD:
@@ -132,12 +149,14 @@ def _endpoints(run_dir: Path, host: str | None) -> tuple[str, str]:
 
 
 @keys_app.command("export")
-def export(agent_id: str = typer.Argument(...), to: Path = typer.Option(..., "--to", help="folder to write (becomes "
-                                                                                          "the agent host's run/)"),
-           run_dir: Path = _RUN,
-           host: Optional[str] = typer.Option(None, help="the gateway's address as the agent's host sees it"),
-           router: str = typer.Option("", help="ROUTER endpoint the agent dials (default: the running gateway's)"),
-           pub: str = typer.Option("", help="PUB endpoint the agent dials")) -> None:
+def export(
+    agent_id: str = typer.Argument(...),
+    to: Path = typer.Option(..., "--to", help="folder to write (becomes the agent host's run/)"),
+    run_dir: Path = _RUN,
+    host: Optional[str] = typer.Option(None, help="the gateway's address as the agent's host sees it"),
+    router: str = typer.Option("", help="ROUTER endpoint the agent dials (default: the running gateway's)"),
+    pub: str = typer.Option("", help="PUB endpoint the agent dials"),
+) -> None:
     """Write what an agent on another host needs: copy the folder there as its run/ (scp -r), then
     run `ktrader agent run CARD --run-dir run` on that host."""
     try:
@@ -150,5 +169,7 @@ def export(agent_id: str = typer.Argument(...), to: Path = typer.Option(..., "--
         _fail(e)
     for path in written:
         typer.echo(f"wrote {path}")
-    typer.echo(f"agent {agent_id} dials {router} and {pub}; copy {to} to its host as run/ (keep it private: it holds "
-               "the agent's secret key and the signing key)")
+    typer.echo(
+        f"agent {agent_id} dials {router} and {pub}; copy {to} to its host as run/ (keep it private: it holds "
+        "the agent's secret key and the signing key)"
+    )

@@ -25,7 +25,9 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str = "conditio
         except Exception as e:  # the condition may not be checkable yet (file missing, ...)
             last_exc = e
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+            )
         time.sleep(interval)
 
 

@@ -27,8 +27,13 @@ def find_card(cards_dir: Path, agent: str) -> Path | None:
     return None
 
 
-def reload_card(run_dir: str | Path, agent: str, card_path: Path | None = None, cards_dir: Path = Path("cards"),
-                sender: str = "ktrader-control") -> str:
+def reload_card(
+    run_dir: str | Path,
+    agent: str,
+    card_path: Path | None = None,
+    cards_dir: Path = Path("cards"),
+    sender: str = "ktrader-control",
+) -> str:
     path = card_path or find_card(cards_dir, agent)
     if path is None:
         raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")

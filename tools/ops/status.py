@@ -20,7 +20,15 @@ from common.connection import ConnectionFileError, read_info
 from common.credentials import OPERATOR, CredentialError, load as load_credential
 from common.curve import TOOLS, CurveError, client_pair_for
 from common.schema import (
-    Ack, Control, GetOrders, Header, HeaderFactory, Message, OrdersList, StatusQuery, StatusReply,
+    Ack,
+    Control,
+    GetOrders,
+    Header,
+    HeaderFactory,
+    Message,
+    OrdersList,
+    StatusQuery,
+    StatusReply,
 )
 
 
@@ -30,8 +38,14 @@ def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Messag
     own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
     info = read_info(run_dir)
     try:
-        client = GatewayClient(info, sender, HeaderFactory(sender), subscribe=False,
-                               keys=client_pair_for(run_dir, TOOLS, info.router), credential=load_credential(run_dir, OPERATOR))
+        client = GatewayClient(
+            info,
+            sender,
+            HeaderFactory(sender),
+            subscribe=False,
+            keys=client_pair_for(run_dir, TOOLS, info.router),
+            credential=load_credential(run_dir, OPERATOR),
+        )
     except (CurveError, CredentialError) as e:
         raise ConnectionFileError(str(e)) from None
     try:
@@ -46,19 +60,32 @@ def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
     return reply
 
 
-def send_control(run_dir: str | Path, action: str, agent: str = "", timeout_s: float = 3.0, *, all_: bool = False,
-                 card: AgentCard | None = None, sender: str = "ktrader-control", value: str = "") -> str:
+def send_control(
+    run_dir: str | Path,
+    action: str,
+    agent: str = "",
+    timeout_s: float = 3.0,
+    *,
+    all_: bool = False,
+    card: AgentCard | None = None,
+    sender: str = "ktrader-control",
+    value: str = "",
+) -> str:
     """An operator action; the gateway's refusal (unknown agent, ambiguous target, ...) raises
     KtraderError with its code."""
-    reply = _tool_call(run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card, value=value),
-                       timeout_s)
+    reply = _tool_call(
+        run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card, value=value), timeout_s
+    )
     assert isinstance(reply, Ack)
     return reply.message
 
 
-def fetch_orders(run_dir: str | Path, agent: str = "", since_ns: int = 0, limit: int = 500,
-                 timeout_s: float = 3.0) -> OrdersList:
-    reply = _tool_call(run_dir, "ktrader-blotter", lambda h: GetOrders(h=h, agent=agent, since_ns=since_ns, limit=limit), timeout_s)
+def fetch_orders(
+    run_dir: str | Path, agent: str = "", since_ns: int = 0, limit: int = 500, timeout_s: float = 3.0
+) -> OrdersList:
+    reply = _tool_call(
+        run_dir, "ktrader-blotter", lambda h: GetOrders(h=h, agent=agent, since_ns=since_ns, limit=limit), timeout_s
+    )
     assert isinstance(reply, OrdersList)
     return reply
 
@@ -93,7 +120,8 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
         f"session {st.session_state}  trading {st.trading_state}  broker {st.broker}",
         *([f"session not ready: {h.session_detail}"] if h.session_detail else []),  # why orders wait
         f"token expiry {tok}",
-        f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties {h.rest_penalties}",
+        f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties "
+        f"{h.rest_penalties}",
         f"registrations {regs}/{h.max_registrations}  websocket last message {fmt_age(h.ws_last_message_age_s)} ago  "
         f"reconnects {max(0, h.ws_sessions - 1)}",
         *market_data_lines(st),
@@ -106,10 +134,14 @@ def integrity_line(st: StatusReply) -> str:
     """The order path's and the ROUTER's trust checks (issue 21): what they caught, never silent."""
     c = st.counters
     md = sum(v for k, v in c.items() if k.startswith("md_dropped_"))
-    return (f"integrity: in doubt {c.get('orders_in_doubt', 0)}  chain repairs {c.get('chain_repairs', 0)}  "
-            f"cancels resent {c.get('cancels_resent', 0)}  bad prints dropped {md} (held {c.get('md_unconfirmed', 0)})  "
-            f"frames dropped {st.health.ws_dropped}  replayed {c.get('bad_replayed', 0)}  stale {c.get('bad_stale_message', 0)}  "
-            f"forbidden {c.get('forbidden', 0)}  replies undeliverable {c.get('reply_drops', 0) + c.get('reply_unroutable', 0)}")
+    return (
+        f"integrity: in doubt {c.get('orders_in_doubt', 0)}  chain repairs {c.get('chain_repairs', 0)}  "
+        f"cancels resent {c.get('cancels_resent', 0)}  bad prints dropped {md} (held {c.get('md_unconfirmed', 0)})  "
+        f"frames dropped {st.health.ws_dropped}  replayed {c.get('bad_replayed', 0)}  stale "
+        f"{c.get('bad_stale_message', 0)}  "
+        f"forbidden {c.get('forbidden', 0)}  replies undeliverable "
+        f"{c.get('reply_drops', 0) + c.get('reply_unroutable', 0)}"
+    )
 
 
 def market_data_lines(st: StatusReply) -> list[str]:
@@ -118,14 +150,18 @@ def market_data_lines(st: StatusReply) -> list[str]:
     c = st.counters
     gaps, heals = sum(a.feed.gaps for a in st.agents), sum(a.feed.heals for a in st.agents)
     bad = sum(a.feed.bad for a in st.agents)
-    lines = [f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
-             f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed.conflated for a in st.agents):,}"
-             + (f"  UNREADABLE {bad:,}" if bad else "")]
+    lines = [
+        f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
+        f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed.conflated for a in st.agents):,}"
+        + (f"  UNREADABLE {bad:,}" if bad else "")
+    ]
     for a in st.agents:
         f = a.feed
         if f.refused_n or f.polled_n:
-            lines.append(f"  {a.id}: refused {_listed(f.refused, f.refused_n)}; quotes polled over REST: "
-                         f"{_listed(f.polled, f.polled_n)}")
+            lines.append(
+                f"  {a.id}: refused {_listed(f.refused, f.refused_n)}; quotes polled over REST: "
+                f"{_listed(f.polled, f.polled_n)}"
+            )
     return lines
 
 
@@ -135,7 +171,10 @@ def _listed(items: list[str], n: int) -> str:
 
 def recon_line(st: StatusReply) -> str:
     recon = ("synced" if st.synced else "NOT synced") + (
-        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences" if st.last_reconcile_age_s >= 0 else "")
+        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences"
+        if st.last_reconcile_age_s >= 0
+        else ""
+    )
     return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}"
 
 
@@ -145,9 +184,11 @@ def risk_line(st: StatusReply) -> str:
     if r.equity < 0:
         head = "risk: equity not known yet (no account read has answered)"
     else:
-        head = (f"risk: equity {r.equity:,}  cash {r.cash:,}  positions {r.positions_value:,} in {r.positions} codes  "
-                f"gross {r.gross_exposure_bp / 100:.1f} %  drawdown {r.drawdown_day_bp / 100:.2f} % (day) "
-                f"{r.drawdown_all_time_bp / 100:.2f} % (all-time)")
+        head = (
+            f"risk: equity {r.equity:,}  cash {r.cash:,}  positions {r.positions_value:,} in {r.positions} codes  "
+            f"gross {r.gross_exposure_bp / 100:.1f} %  drawdown {r.drawdown_day_bp / 100:.2f} % (day) "
+            f"{r.drawdown_all_time_bp / 100:.2f} % (all-time)"
+        )
     return head + (f"  RISK MULTIPLIER {r.multiplier:g}" if r.multiplier != 1.0 else "")
 
 
@@ -156,8 +197,15 @@ def protection_rows(st: StatusReply) -> list[list[str]]:
     rows = []
     for p in st.protections:
         s = p.spec
-        levels = " ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
-                                      f"trail {s.trail_bp / 100:g}%" if s.trail_bp else "") if x)
+        levels = " ".join(
+            x
+            for x in (
+                f"stop {s.stop:,}" if s.stop else "",
+                f"take {s.take:,}" if s.take else "",
+                f"trail {s.trail_bp / 100:g}%" if s.trail_bp else "",
+            )
+            if x
+        )
         met = f"{p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else ""
         sold = f"sold {p.sold} @ {p.sold_value // p.sold:,}" if p.sold else ""
         detail = "; ".join(x for x in (met, sold, p.reason) if x)
@@ -169,7 +217,8 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     up = time.time() - st.started_ns / 1e9
     console.print(
-        f"[bold]gateway[/] pid {st.gateway_pid}  up {up:.0f}s  broker {st.broker}  session [bold]{st.session_state}[/]  "
+        f"[bold]gateway[/] pid {st.gateway_pid}  up {up:.0f}s  broker {st.broker}  session "
+        f"[bold]{st.session_state}[/]  "
         f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
         f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
     )
@@ -180,8 +229,9 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
     cols = grid.visible(console.width)
     table = Table(show_lines=False, title="agents", title_justify="left", box=box.SIMPLE_HEAD)
     for c in cols:
-        table.add_column(c.label, justify="right" if c.numeric else "left", no_wrap=True, overflow="ellipsis",
-                         max_width=c.width)
+        table.add_column(
+            c.label, justify="right" if c.numeric else "left", no_wrap=True, overflow="ellipsis", max_width=c.width
+        )
     for a in st.agents:
         table.add_row(*(Text(t, style=sty) for t, sty in grid.cells(cols, a, st)))  # data, not markup
     if st.agents:
@@ -190,10 +240,19 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
     if st.account:
         acc = Table(title="account (all agents)")
         for col in ("code", "name", "qty", "avg", "last", "unrealised", "realised"):
-            acc.add_column(col, justify="left" if col in ("code", "name") else "right", no_wrap=True, overflow="ellipsis")
+            acc.add_column(
+                col, justify="left" if col in ("code", "name") else "right", no_wrap=True, overflow="ellipsis"
+            )
         for p in st.account:
-            acc.add_row(p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
-                        f"{p.unrealized_pnl:,}", f"{p.realized_pnl:,}")
+            acc.add_row(
+                p.code,
+                st.names.get(p.code, ""),
+                f"{p.qty:,}",
+                f"{p.avg_price:,}",
+                f"{p.mark:,}",
+                f"{p.unrealized_pnl:,}",
+                f"{p.realized_pnl:,}",
+            )
         console.print(acc)
     if st.protections:
         pt = Table(title="protective orders (held by the gateway)")
@@ -202,7 +261,23 @@ def render_status(st: StatusReply, console: Console | None = None) -> None:
         for row in protection_rows(st):
             pt.add_row(*(Text(c) for c in row))
         console.print(pt)
-    bad = {k: v for k, v in st.counters.items() if v and k.startswith(("bad_", "reply_drops", "reply_unroutable", "pub_dropped", "handler_errors", "md_dropped_", "stale_", "replayed"))}
+    bad = {
+        k: v
+        for k, v in st.counters.items()
+        if v
+        and k.startswith(
+            (
+                "bad_",
+                "reply_drops",
+                "reply_unroutable",
+                "pub_dropped",
+                "handler_errors",
+                "md_dropped_",
+                "stale_",
+                "replayed",
+            )
+        )
+    }
     if bad:
         console.print(f"[yellow]counters[/] {bad}")
     for text in st.alerts[-5:]:

@@ -87,9 +87,16 @@ def default_command(card: Path, run_dir: Path) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, *, policy: RestartPolicy = RestartPolicy(), log_dir: Path | None = None,
-                 command: Callable[[Path, Path], Sequence[str]] = default_command,
-                 on_change: Callable[[Supervised], None] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        policy: RestartPolicy = RestartPolicy(),
+        log_dir: Path | None = None,
+        command: Callable[[Path, Path], Sequence[str]] = default_command,
+        on_change: Callable[[Supervised], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.policy = policy
         self.log_dir = log_dir or self.run_dir / "logs"
@@ -164,8 +171,13 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"agent-{sup.id}.log", "ab") as logf:
             # own session: a Ctrl-C in the console's terminal does not reach the agents
-            sup._proc = subprocess.Popen(list(self.command(sup.card, self.run_dir)), stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=self.env)
+            sup._proc = subprocess.Popen(
+                list(self.command(sup.card, self.run_dir)),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+            )
         sup.pid = sup._proc.pid
         sup.state = ProcState.RUNNING
         log.info("agent %s started (pid %d)", sup.id, sup.pid)
@@ -216,7 +228,11 @@ class Supervisor:
                 break
             delay = self.policy.delay(attempt)
             attempt += 1
-            sup.state, sup.reason, sup.next_start_s = ProcState.BACKOFF, f"exit {rc}: restarting in {delay:.1f}s", now + delay
+            sup.state, sup.reason, sup.next_start_s = (
+                ProcState.BACKOFF,
+                f"exit {rc}: restarting in {delay:.1f}s",
+                now + delay,
+            )
             log.warning("agent %s %s", sup.id, sup.reason)
             self._changed(sup)
             if sup._stop.wait(delay):  # stop() or restart() during the back-off

@@ -54,19 +54,31 @@ def print_trace(tr: TraceReply) -> int:
     o, p = tr.order, tr.protection
     if p is not None:
         s = p.spec
-        levels = ", ".join(x for x in (f"stop {s.stop:,}" if s.stop else "", f"take {s.take:,}" if s.take else "",
-                                       f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "") if x)
-        console.print(f"protective order [bold]{escape(p.id)}[/]  agent {escape(p.agent)}  {p.code} {p.qty or 'all'} shares  "
-                      f"{levels}  exit {s.exit.value}  state [bold]{p.state.value}[/]"
-                      + (f"  {p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else "")
-                      + (f"  exits {', '.join(p.exits)}" if p.exits else "") + (f"  ({escape(p.reason)})" if p.reason else ""))
+        levels = ", ".join(
+            x
+            for x in (
+                f"stop {s.stop:,}" if s.stop else "",
+                f"take {s.take:,}" if s.take else "",
+                f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "",
+            )
+            if x
+        )
+        console.print(
+            f"protective order [bold]{escape(p.id)}[/]  agent {escape(p.agent)}  {p.code} {p.qty or 'all'} shares  "
+            f"{levels}  exit {s.exit.value}  state [bold]{p.state.value}[/]"
+            + (f"  {p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else "")
+            + (f"  exits {', '.join(p.exits)}" if p.exits else "")
+            + (f"  ({escape(p.reason)})" if p.reason else "")
+        )
     if o is None:
         _steps(tr)
         return 0
-    console.print(f"[bold]{escape(o.client_order_id)}[/]  agent {escape(o.agent)}  {o.side.value} {o.qty} {o.code} @ {o.price:,} "
-                  f"({o.order_type.value}/{o.tif.value})  state [bold]{o.state.value}[/]  filled {o.filled_qty}"
-                  + (f" avg {o.filled_value // o.filled_qty:,}" if o.filled_qty else "")
-                  + (f"  ODNO chain {' → '.join(tr.broker_chain)}" if tr.broker_chain else ""))
+    console.print(
+        f"[bold]{escape(o.client_order_id)}[/]  agent {escape(o.agent)}  {o.side.value} {o.qty} {o.code} @ {o.price:,} "
+        f"({o.order_type.value}/{o.tif.value})  state [bold]{o.state.value}[/]  filled {o.filled_qty}"
+        + (f" avg {o.filled_value // o.filled_qty:,}" if o.filled_qty else "")
+        + (f"  ODNO chain {' → '.join(tr.broker_chain)}" if tr.broker_chain else "")
+    )
     _steps(tr)
     if o.filled_qty and tr.decision_price > 0:
         avg = o.filled_value / o.filled_qty
@@ -81,7 +93,11 @@ def _steps(tr: TraceReply) -> None:
     t.add_column("step")
     t.add_column("details")
     for s in tr.steps:
-        t.add_row(kst_from_ns(s.ts_ns).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if s.ts_ns else "", escape(s.step), escape(s.details))
+        t.add_row(
+            kst_from_ns(s.ts_ns).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if s.ts_ns else "",
+            escape(s.step),
+            escape(s.details),
+        )
     console.print(t)
 
 
@@ -90,6 +106,8 @@ def print_slippage(rows: list[SlippageRow]) -> int:
     for col in ("agent", "filled orders", "mean", "value-weighted", "worst"):
         t.add_column(col)
     for s in rows:
-        t.add_row(escape(s.agent), str(s.orders), f"{s.mean_bps:+.1f}", f"{s.value_weighted_bps:+.1f}", f"{s.worst_bps:+.1f}")
+        t.add_row(
+            escape(s.agent), str(s.orders), f"{s.mean_bps:+.1f}", f"{s.value_weighted_bps:+.1f}", f"{s.worst_bps:+.1f}"
+        )
     console.print(t)
     return 0

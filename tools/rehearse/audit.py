@@ -94,8 +94,14 @@ def _positions(run: Path) -> dict[str, dict[str, int]]:
 
 def decision_of(o: Order) -> Decision:
     _, day, _ = parse_client_order_id(o.client_order_id)
-    return Decision(day=day.strftime("%Y%m%d"), code=o.code, side=o.side.value, qty=o.qty, price=o.price,
-                    order_type=o.order_type.value)
+    return Decision(
+        day=day.strftime("%Y%m%d"),
+        code=o.code,
+        side=o.side.value,
+        qty=o.qty,
+        price=o.price,
+        order_type=o.order_type.value,
+    )
 
 
 def live_decisions(orders: list[tuple[str, Order]], agent: str) -> list[Decision]:
@@ -114,13 +120,17 @@ def parity_reason(card: AgentCard) -> str:
     """Why a strategy's live decisions may legitimately differ from the backtest's ("" if they must not)."""
     cls = load_strategy_class(card.strategy)
     if "on_timer" in vars(cls):
-        return ("decides on a timer in the session (day orders at intraday quotes); the backtest decides at "
-                "each daily close (next-session orders), on the quotes the gateway recorded")
+        return (
+            "decides on a timer in the session (day orders at intraday quotes); the backtest decides at "
+            "each daily close (next-session orders), on the quotes the gateway recorded"
+        )
     if not cls.needs_bars:
         return "decides on intraday prints (on_trade); the backtest sees daily bars only"
     if getattr(cls, "protective", False):
-        return ("its protective exits fire on intraday prints live and on whole bars in the backtest "
-                "(common/protection.py): a later decision differs when a level is met on another day")
+        return (
+            "its protective exits fire on intraday prints live and on whole bars in the backtest "
+            "(common/protection.py): a later decision differs when a level is met on another day"
+        )
     return ""
 
 
@@ -128,12 +138,24 @@ def compare(agent: str, live: list[Decision], backtest: list[Decision], reason: 
     lc, bc = Counter(live), Counter(backtest)
     only_live = sorted((lc - bc).elements())
     only_bt = sorted((bc - lc).elements())
-    return ParityRow(agent=agent, live=len(live), backtest=len(backtest), equal=not only_live and not only_bt,
-                     only_live=only_live[:20], only_backtest=only_bt[:20], reason=reason)
+    return ParityRow(
+        agent=agent,
+        live=len(live),
+        backtest=len(backtest),
+        equal=not only_live and not only_bt,
+        only_live=only_live[:20],
+        only_backtest=only_bt[:20],
+        reason=reason,
+    )
 
 
-def audit_run(run: Path, days: list[dt.date], twin_orders: list[dict[str, object]], twin_holdings: dict[str, int],
-              restarts: dict[str, int]) -> Audit:
+def audit_run(
+    run: Path,
+    days: list[dt.date],
+    twin_orders: list[dict[str, object]],
+    twin_holdings: dict[str, int],
+    restarts: dict[str, int],
+) -> Audit:
     a = Audit(restarts=dict(restarts))
     orders = _orders(run)
     # ---- per day
@@ -150,16 +172,18 @@ def audit_run(run: Path, days: list[dt.date], twin_orders: list[dict[str, object
             row.alerts = list(rep.alerts)
             for text in rep.alerts:
                 if text.startswith("reconcile ("):
-                    (row.recovery_repairs if text.startswith("reconcile (start)") else row.reconcile_differences).append(text)
+                    (
+                        row.recovery_repairs if text.startswith("reconcile (start)") else row.reconcile_differences
+                    ).append(text)
         else:
             a.failures.append(f"{key}: no daily report")
         by_day[key] = row
     for _, o in orders:
         if o.agent == EXTERNAL_AGENT:
             continue
-        d = decision_of(o).day
-        if d in by_day:
-            by_day[d].orders[o.agent] = by_day[d].orders.get(o.agent, 0) + 1
+        decided = decision_of(o).day
+        if decided in by_day:
+            by_day[decided].orders[o.agent] = by_day[decided].orders.get(o.agent, 0) + 1
     a.days = [by_day[k] for k in sorted(by_day)]
     for row in a.days:
         for text in row.reconcile_differences:
@@ -174,7 +198,12 @@ def audit_run(run: Path, days: list[dt.date], twin_orders: list[dict[str, object
             continue
         for odno in o.broker_chain:
             claims[odno.lstrip("0")].append(o.client_order_id)
-        if o.state in (OrderState.UNKNOWN, OrderState.PENDING_SUBMIT, OrderState.PENDING_CANCEL, OrderState.PENDING_REPLACE):
+        if o.state in (
+            OrderState.UNKNOWN,
+            OrderState.PENDING_SUBMIT,
+            OrderState.PENDING_CANCEL,
+            OrderState.PENDING_REPLACE,
+        ):
             a.unresolved.append(f"{o.client_order_id} {o.state.value}")
     for t in twin_orders:
         odno = str(t.get("odno", "")).lstrip("0")

@@ -19,7 +19,6 @@ from rich.table import Table
 from tools.paths import ROOT, SHARED
 
 
-
 def default_data() -> Path:
     shared = SHARED
     return shared / "data" / "krx_daily_fdr_2020_2026"
@@ -27,11 +26,17 @@ def default_data() -> Path:
 
 def rehearse_command(
     days: Annotated[int, typer.Option("--days", help="trading days to rehearse")] = 5,
-    date_from: Annotated[Optional[str], typer.Option("--from", help="first day (YYYY-MM-DD); default: the data's last N days")] = None,
+    date_from: Annotated[
+        Optional[str], typer.Option("--from", help="first day (YYYY-MM-DD); default: the data's last N days")
+    ] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="daily OHLCV folder (<code>.csv)")] = None,
-    cards: Annotated[Optional[list[Path]], typer.Option("--cards", help="card files or folders (default: cards/)")] = None,
+    cards: Annotated[
+        Optional[list[Path]], typer.Option("--cards", help="card files or folders (default: cards/)")
+    ] = None,
     kill_every: Annotated[int, typer.Option("--kill-every", help="kill -9 an agent and the gateway every K days")] = 0,
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="keep the run here (default: a temp dir, removed)")] = None,
+    workdir: Annotated[
+        Optional[Path], typer.Option("--workdir", help="keep the run here (default: a temp dir, removed)")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Rehearse the desk over days of real KRX history on the twin: day cycles, next-session orders,
@@ -49,8 +54,15 @@ def rehearse_command(
     if days <= 0 or not paths:
         console.print("error: need --days > 0 and at least one card", markup=False)
         raise typer.Exit(2)
-    with Progress(TextColumn("rehearsal {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as prog:
+    with Progress(
+        TextColumn("rehearsal {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as prog:
         task = prog.add_task("starting", total=days)
 
         def progress(label: str, done: int, total: int) -> None:
@@ -80,14 +92,27 @@ def _print(summary: object, console: Console) -> None:
     for col in ("day", "orders", "fills", "net P&L", "reconcile", "alerts", "report"):
         t.add_column(col)
     for d in a.days:
-        t.add_row(d.day, str(sum(d.orders.values())), str(sum(d.fills.values())), f"{sum(d.net_pnl.values()):,}",
-                  str(len(d.reconcile_differences)), str(len(d.alerts)), "yes" if d.report else "MISSING")
+        t.add_row(
+            d.day,
+            str(sum(d.orders.values())),
+            str(sum(d.fills.values())),
+            f"{sum(d.net_pnl.values()):,}",
+            str(len(d.reconcile_differences)),
+            str(len(d.alerts)),
+            "yes" if d.report else "MISSING",
+        )
     console.print(t)
     p = Table(title="parity with the backtest")
     for col in ("agent", "live", "backtest", "equal", "reason"):
         p.add_column(col)
     for r in a.parity:
-        p.add_row(r.agent, str(r.live), str(r.backtest), "yes" if r.equal else "no", r.reason or ("-" if r.equal else "UNEXPLAINED"))
+        p.add_row(
+            r.agent,
+            str(r.live),
+            str(r.backtest),
+            "yes" if r.equal else "no",
+            r.reason or ("-" if r.equal else "UNEXPLAINED"),
+        )
     console.print(p)
     if a.restarts:
         console.print(f"restarts: {a.restarts}", markup=False)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,21 +60,49 @@ class Desk:
 
     # ---- processes ---------------------------------------------------------------------------------
 
-    def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None,
-               stdout: int | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], log: str, env: dict[str, str] | None = None, stdout: int | None = None
+    ) -> subprocess.Popen[bytes]:
         e = dict(os.environ)
         e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
         e.update(self.env)
         e.update(env or {})
         out = open(self.workdir / f"{log}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "tools", *args], cwd=ROOT, env=e, start_new_session=True,
-                                stdout=stdout if stdout is not None else out, stderr=out)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tools", *args],
+            cwd=ROOT,
+            env=e,
+            start_new_session=True,
+            stdout=stdout if stdout is not None else out,
+            stderr=out,
+        )
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.twin = self._spawn(["sim", "--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0", "--admin-port", "0",
-                                 "--seed", "7", "--quiet", "--history", str(self.data), "--from", self.first_day.isoformat(), "--tick-interval", "0"],
-                                "twin", stdout=subprocess.PIPE)
+        self.twin = self._spawn(
+            [
+                "sim",
+                "--rest-port",
+                "0",
+                "--paper-rest-port",
+                "0",
+                "--ws-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--seed",
+                "7",
+                "--quiet",
+                "--history",
+                str(self.data),
+                "--from",
+                self.first_day.isoformat(),
+                "--tick-interval",
+                "0",
+            ],
+            "twin",
+            stdout=subprocess.PIPE,
+        )
         assert self.twin.stdout is not None
         line = self.twin.stdout.readline()
         if not line:
@@ -81,17 +110,31 @@ class Desk:
         self.info = json.loads(line)
         self.admin = httpx.Client(base_url=self.info["admin_url"], timeout=30)
         (self.workdir / "gateway.toml").write_text(
-            "day_tick_s = 0.1\nreconcile_s = 30.0\n[broker]\nenv = \"sim\"\n"
-            f"rest_url = \"{self.info['rest_url']}\"\nws_url = \"{self.info['ws_url']}\"\nadmin_url = \"{self.info['admin_url']}\"\n")
+            'day_tick_s = 0.1\nreconcile_s = 30.0\n[broker]\nenv = "sim"\n'
+            f'rest_url = "{self.info["rest_url"]}"\nws_url = "{self.info["ws_url"]}"\nadmin_url = '
+            f'"{self.info["admin_url"]}"\n'
+        )
         self.env.update(credentials_env(self.info))
-        approvals.approve(self.run, [card for _, card in self.cards], by="ktrader rehearse")  # the rehearsal is the operator
+        approvals.approve(
+            self.run, [card for _, card in self.cards], by="ktrader rehearse"
+        )  # the rehearsal is the operator
         self.start_gateway()
         for path, card in self.cards:
             self.start_agent(path, card)
 
     def start_gateway(self) -> None:
-        self.gateway = self._spawn(["gateway", "--config", str(self.workdir / "gateway.toml"), "--run-dir", str(self.run),
-                                    "--log-level", "info"], "gateway")
+        self.gateway = self._spawn(
+            [
+                "gateway",
+                "--config",
+                str(self.workdir / "gateway.toml"),
+                "--run-dir",
+                str(self.run),
+                "--log-level",
+                "info",
+            ],
+            "gateway",
+        )
         wait_until(lambda: self._synced(), 60, "the gateway to start and reconcile with the twin")
 
     def _synced(self) -> bool:
@@ -108,7 +151,9 @@ class Desk:
         def online() -> bool:
             for aid, p in self.agents.items():
                 if p.poll() is not None:
-                    raise RehearsalError(f"agent {aid} exited ({p.returncode}): see {self.workdir / f'agent-{aid}.log'}")
+                    raise RehearsalError(
+                        f"agent {aid} exited ({p.returncode}): see {self.workdir / f'agent-{aid}.log'}"
+                    )
             st = self.status()
             # this very process is the one registered (a killed copy's record stays online until its
             # lease runs out)
@@ -150,7 +195,7 @@ class Desk:
         r = self.admin.post("/admin/history/advance", json={"to": to})
         if r.status_code != 200:
             raise RehearsalError(f"the twin refused to advance to {to}: {r.text}")
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     def next_day(self) -> dt.date:
         assert self.admin is not None
@@ -161,16 +206,17 @@ class Desk:
 
     def twin_orders(self) -> list[dict[str, object]]:
         assert self.admin is not None
-        return self.admin.get(f"/admin/accounts/{self.info['account']}/orders").json()  # type: ignore[no-any-return]
+        return self.admin.get(f"/admin/accounts/{self.info['account']}/orders").json()
 
-    def twin_account(self) -> dict[str, object]:
+    def twin_account(self) -> dict[str, Any]:
         assert self.admin is not None
-        return self.admin.get(f"/admin/accounts/{self.info['account']}").json()  # type: ignore[no-any-return]
+        return self.admin.get(f"/admin/accounts/{self.info['account']}").json()
 
     # ---- settling ------------------------------------------------------------------------------------
 
-    def settle(self, timeout: float = 30.0, *, day: str = "", report: bool = False,
-               daily: frozenset[str] = frozenset()) -> StatusReply:
+    def settle(
+        self, timeout: float = 30.0, *, day: str = "", report: bool = False, daily: frozenset[str] = frozenset()
+    ) -> StatusReply:
         """Wait until the gateway has nothing queued for the broker and no held order due now, has
         handled no new message for `settle_s`, and (when asked) has written `day`'s report and given
         every agent in `daily` its daily bar of `day`. Returns the settled status."""
@@ -180,22 +226,37 @@ class Desk:
         iso = f"{day[:4]}-{day[4:6]}-{day[6:]}" if day else ""
         while True:
             if self.gateway is not None and self.gateway.poll() is not None:
-                raise RehearsalError(f"the gateway exited ({self.gateway.returncode}): see {self.workdir / 'gateway.log'}")
+                raise RehearsalError(
+                    f"the gateway exited ({self.gateway.returncode}): see {self.workdir / 'gateway.log'}"
+                )
             st = self.status()
             c = st.counters
             # what moves while the desk works (heartbeats are not work: they never stop)
-            mark = (c.get("send_queue", 0), c.get("orders_held", 0), c.get("pub_sent", 0), c.get("reports_written", 0),
-                    st.orders_today, st.fills_today, st.open_orders)
+            mark = (
+                c.get("send_queue", 0),
+                c.get("orders_held", 0),
+                c.get("pub_sent", 0),
+                c.get("reports_written", 0),
+                st.orders_today,
+                st.fills_today,
+                st.open_orders,
+            )
             now = time.monotonic()
             if mark != last:
                 last, quiet_since = mark, now
-            done = (c.get("send_queue", 0) == 0
-                    and (not report or (self.run / "reports" / f"daily-{day}.json").exists())
-                    and all(a.feed.last_daily >= iso for a in st.agents if a.id in daily))
+            done = (
+                c.get("send_queue", 0) == 0
+                and (not report or (self.run / "reports" / f"daily-{day}.json").exists())
+                and all(a.feed.last_daily >= iso for a in st.agents if a.id in daily)
+            )
             if done and now - quiet_since >= self.settle_s:
                 return st
             if now >= deadline:
-                raise RehearsalError(f"the desk did not settle in {timeout:.0f}s (day {day or '?'}: send queue "
-                                     f"{c.get('send_queue', 0)}, report {'written' if not report or (self.run / 'reports' / f'daily-{day}.json').exists() else 'missing'}, "
-                                     f"daily bars {[(a.id, a.feed.last_daily) for a in st.agents if a.id in daily]})")
+                raise RehearsalError(
+                    f"the desk did not settle in {timeout:.0f}s (day {day or '?'}: send queue "
+                    f"{c.get('send_queue', 0)}, report "
+                    f"{'written' if not report or (self.run / 'reports' / f'daily-{day}.json').exists() else 'missing'}"
+                    ", "
+                    f"daily bars {[(a.id, a.feed.last_daily) for a in st.agents if a.id in daily]})"
+                )
             time.sleep(0.05)  # polling another process's state, not a hot path

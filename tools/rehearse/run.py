@@ -27,7 +27,17 @@ from common.enums import BarInterval
 from tools.backtest.data import Series, load_codes
 from tools.backtest.history import load_history
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
-from tools.rehearse.audit import Audit, Decision, ParityRow, _orders, audit_run, compare, decision_of, live_decisions, parity_reason
+from tools.rehearse.audit import (
+    Audit,
+    Decision,
+    ParityRow,
+    _orders,
+    audit_run,
+    compare,
+    decision_of,
+    live_decisions,
+    parity_reason,
+)
 from tools.rehearse.desk import INTRADAY_STEPS, Desk, RehearsalError
 
 Progress = Callable[[str, int, int], None]
@@ -62,15 +72,24 @@ def _daily_agents(cards: list[AgentCard], traded: set[str]) -> frozenset[str]:
     return frozenset(c.id for c in cards if BarInterval.D1 in c.subscriptions.bars and set(c.codes) & traded)
 
 
-def rehearse(card_paths: list[Path], data: Path, n_days: int, start: dt.date | None = None, kill_every: int = 0,
-             workdir: Path | None = None, progress: Progress | None = None) -> Summary:
+def rehearse(
+    card_paths: list[Path],
+    data: Path,
+    n_days: int,
+    start: dt.date | None = None,
+    kill_every: int = 0,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+) -> Summary:
     t0 = time.monotonic()
     cards = [(p, load_card(p)) for p in card_paths]
     codes = sorted({c for _, card in cards for c in card.codes})
     series = load_codes(data, codes)
     days = pick_days(series, n_days, start)
     if len(days) < n_days:
-        raise RehearsalError(f"{data} covers only {len(days)} trading days from {start or 'its end'}; asked for {n_days}")
+        raise RehearsalError(
+            f"{data} covers only {len(days)} trading days from {start or 'its end'}; asked for {n_days}"
+        )
     keep = workdir is not None
     wd = workdir or Path(tempfile.mkdtemp(prefix="ktrader-rehearse-"))
     desk = Desk(workdir=wd, data=data, cards=cards, first_day=days[0])
@@ -113,22 +132,29 @@ def rehearse(card_paths: list[Path], data: Path, n_days: int, start: dt.date | N
         if progress:
             progress("audit", len(days), len(days))
         twin_orders = desk.twin_orders()
-        holdings = {c: int(h["qty"]) for c, h in desk.twin_account()["holdings"].items() if h["qty"]}  # type: ignore[index,union-attr]
+        holdings = {c: int(h["qty"]) for c, h in desk.twin_account()["holdings"].items() if h["qty"]}
     finally:
         desk.stop()
     audit = audit_run(desk.run, days, twin_orders, holdings, desk.restarts)
     audit.parity = parity(cards, series, days, desk.run)
     for row in audit.parity:
         if not row.equal and not row.reason:
-            audit.failures.append(f"{row.agent}: {len(row.only_live)} live and {len(row.only_backtest)} backtest "
-                                  f"decisions differ, unexplained")
+            audit.failures.append(
+                f"{row.agent}: {len(row.only_live)} live and {len(row.only_backtest)} backtest "
+                f"decisions differ, unexplained"
+            )
     if not keep:
         shutil.rmtree(wd, ignore_errors=True)
-    return Summary(days=[d.isoformat() for d in days], cards=[c.id for _, c in cards], seconds=round(time.monotonic() - t0, 1),
-                   audit=audit, ok=audit.ok)
+    return Summary(
+        days=[d.isoformat() for d in days],
+        cards=[c.id for _, c in cards],
+        seconds=round(time.monotonic() - t0, 1),
+        audit=audit,
+        ok=audit.ok,
+    )
 
 
-def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path) -> list:  # type: ignore[type-arg]
+def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path) -> list:
     orders = _orders(run)
     # what the agents read during the rehearsal (quotes with company data, investor flows), as the
     # gateway recorded it: the backtest of the same cards reads the same
@@ -141,8 +167,16 @@ def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days:
         try:
             result = run_backtest(card, mine, BacktestConfig(date_from=days[0], date_to=days[-1], history=history))
         except BacktestError as e:  # e.g. a strategy that needs company data or flows the data set lacks
-            rows.append(ParityRow(agent=card.id, live=len(live), backtest=0, equal=False, only_live=live[:20],
-                                  reason=f"no backtest on this data: {e}"))
+            rows.append(
+                ParityRow(
+                    agent=card.id,
+                    live=len(live),
+                    backtest=0,
+                    equal=False,
+                    only_live=live[:20],
+                    reason=f"no backtest on this data: {e}",
+                )
+            )
             continue
         backtest: list[Decision] = sorted(decision_of(o) for o in result.orders)
         rows.append(compare(card.id, live, backtest, parity_reason(card)))
@@ -151,4 +185,3 @@ def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days:
 
 def default_cards(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.toml"))
-

@@ -77,12 +77,21 @@ class TopApp(App[None]):
         Binding("o", "sort(False)", "sort"),
         Binding("O", "sort(True)", "sort back", show=False),
         Binding("q", "quit_console", "quit"),
-        *(Binding(str(i), f"tab('{tab}')", tab, show=False)
-          for i, tab in enumerate(("blotter", "positions", "market", "health", "events"), 1)),
+        *(
+            Binding(str(i), f"tab('{tab}')", tab, show=False)
+            for i, tab in enumerate(("blotter", "positions", "market", "health", "events"), 1)
+        ),
     ]
 
-    def __init__(self, run_dir: Path, *, supervisor: Supervisor | None = None, cards_dir: Path = Path("cards"),
-                 status_every_s: float = 1.0, orders_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        supervisor: Supervisor | None = None,
+        cards_dir: Path = Path("cards"),
+        status_every_s: float = 1.0,
+        orders_every_s: float = 2.0,
+    ) -> None:
         super().__init__()
         self.model = ConsoleModel(run_dir, supervisor=supervisor, cards_dir=cards_dir, on_update=self._on_model)
         self.supervisor = supervisor
@@ -134,17 +143,22 @@ class TopApp(App[None]):
     def on_mount(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._layout_agents()
-        self.main.query_one("#orders", DataTable).add_columns("updated", "order", "agent", "code", "side", "qty", "price",
-                                                         "state", "filled", "reason")
+        self.main.query_one("#orders", DataTable).add_columns(
+            "updated", "order", "agent", "code", "side", "qty", "price", "state", "filled", "reason"
+        )
         self.main.query_one("#fills", DataTable).add_columns("time", "order", "agent", "code", "side", "qty", "price")
-        self.main.query_one("#positions", DataTable).add_columns("agent", "code", "name", "qty", "avg price", "last",
-                                                            "unrealised", "realised", "fees")
-        self.main.query_one("#account", DataTable).add_columns("account", "name", "qty", "avg price", "last", "unrealised",
-                                                          "realised")
-        self.main.query_one("#protections", DataTable).add_columns("protection", "agent", "code", "qty", "levels", "state",
-                                                                   "detail")
-        self.main.query_one("#market", DataTable).add_columns("code", "name", "last", "change", "volume", "spread", "ticks",
-                                                         "trend")
+        self.main.query_one("#positions", DataTable).add_columns(
+            "agent", "code", "name", "qty", "avg price", "last", "unrealised", "realised", "fees"
+        )
+        self.main.query_one("#account", DataTable).add_columns(
+            "account", "name", "qty", "avg price", "last", "unrealised", "realised"
+        )
+        self.main.query_one("#protections", DataTable).add_columns(
+            "protection", "agent", "code", "qty", "levels", "state", "detail"
+        )
+        self.main.query_one("#market", DataTable).add_columns(
+            "code", "name", "last", "change", "volume", "spread", "ticks", "trend"
+        )
         self.set_interval(1.0, self._render_banner)  # the clock ticks even when nothing else changes
         self.set_interval(self.status_every_s, self._refresh_status)
         self.set_interval(self.orders_every_s, self._refresh_orders)
@@ -176,7 +190,7 @@ class TopApp(App[None]):
             # an agent came or went, a state changed: show it now, not at the next tick
             self._debounce("status", 0.2, lambda: self.run_worker(self.model.refresh_status(), group="status"))
 
-    def _debounce(self, key: str, delay: float, fn) -> None:  # type: ignore[no-untyped-def]
+    def _debounce(self, key: str, delay: float, fn) -> None:
         if key in self._pending:
             return
         self._pending.add(key)
@@ -224,20 +238,35 @@ class TopApp(App[None]):
         banner = self.main.query_one("#banner", Static)
         clock = f"{now_kst():%Y-%m-%d %H:%M:%S} KST"
         if st is None:
-            banner.update(Text.assemble(("ktrader top  ", "bold"), clock, "  ",
-                                        (f"gateway unreachable: {self.model.error or 'connecting…'}", "bold red")))
+            banner.update(
+                Text.assemble(
+                    ("ktrader top  ", "bold"),
+                    clock,
+                    "  ",
+                    (f"gateway unreachable: {self.model.error or 'connecting…'}", "bold red"),
+                )
+            )
             return
         ok = st.session_state.value == "ready"
         alerts = st.alerts_today
         line1 = Text.assemble(
-            ("ktrader top  ", "bold"), (clock, "bold"), "  market ", (st.market_phase.replace("_", " ") or "?", "bold cyan"),
-            "  session ", (st.session_state.value, "bold green" if ok else "bold red"),
-            "  trading ", (st.trading_state.value, "bold green" if st.trading_state.value == "active" else "bold red"),
-            "  ", (f"alerts {alerts}", "bold white on red" if alerts else "dim"),
+            ("ktrader top  ", "bold"),
+            (clock, "bold"),
+            "  market ",
+            (st.market_phase.replace("_", " ") or "?", "bold cyan"),
+            "  session ",
+            (st.session_state.value, "bold green" if ok else "bold red"),
+            "  trading ",
+            (st.trading_state.value, "bold green" if st.trading_state.value == "active" else "bold red"),
+            "  ",
+            (f"alerts {alerts}", "bold white on red" if alerts else "dim"),
         )
         up = time.time() - st.started_ns / 1e9
-        line2 = Text(f"gateway pid {st.gateway_pid} up {fmt_age(up)}  orders {st.orders_today}  open {st.open_orders}  "
-                     f"fills {st.fills_today}  agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} online")
+        line2 = Text(
+            f"gateway pid {st.gateway_pid} up {fmt_age(up)}  orders {st.orders_today}  open {st.open_orders}  "
+            f"fills {st.fills_today}  agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} "
+            "online"
+        )
         if self.model.error:
             line2.append(f"  (stale: {self.model.error})", style="red")
         banner.update(Text("\n").join([line1, line2]))
@@ -255,12 +284,29 @@ class TopApp(App[None]):
         """The gateway's agents, plus supervised ones it does not list (not registered yet or any more)."""
         agents = list(st.agents)
         known = {a.id for a in agents}
-        for sid in (self.supervisor.agents if self.supervisor else {}):
+        for sid in self.supervisor.agents if self.supervisor else {}:
             if sid not in known:
-                agents.append(AgentStatus(id=sid, name=sid, strategy="", state=AgentState.OFFLINE, mode=AgentMode.LIVE,
-                                          trading_state=TradingState.ACTIVE, pid=0, host="", session="", heartbeat_age_s=-1.0,
-                                          max_ack_gap_ms=0, registrations=0, codes=[], open_orders=0, orders_today=0,
-                                          errors=0, last_error=self.supervisor.agents[sid].reason if self.supervisor else ""))
+                agents.append(
+                    AgentStatus(
+                        id=sid,
+                        name=sid,
+                        strategy="",
+                        state=AgentState.OFFLINE,
+                        mode=AgentMode.LIVE,
+                        trading_state=TradingState.ACTIVE,
+                        pid=0,
+                        host="",
+                        session="",
+                        heartbeat_age_s=-1.0,
+                        max_ack_gap_ms=0,
+                        registrations=0,
+                        codes=[],
+                        open_orders=0,
+                        orders_today=0,
+                        errors=0,
+                        last_error=self.supervisor.agents[sid].reason if self.supervisor else "",
+                    )
+                )
         return agents
 
     def _render_agents(self, st: StatusReply) -> None:
@@ -306,15 +352,33 @@ class TopApp(App[None]):
         rows: dict[str, list[object]] = {}
         for a in st.agents:
             for p in a.positions:
-                rows[f"{a.id}/{p.code}"] = [a.id, p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}",
-                                            f"{p.mark:,}", Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
-                                            Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)), f"{p.fees:,}"]
+                rows[f"{a.id}/{p.code}"] = [
+                    a.id,
+                    p.code,
+                    st.names.get(p.code, ""),
+                    f"{p.qty:,}",
+                    f"{p.avg_price:,}",
+                    f"{p.mark:,}",
+                    Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
+                    Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)),
+                    f"{p.fees:,}",
+                ]
         sync_table(self.main.query_one("#positions", DataTable), rows)
-        sync_table(self.main.query_one("#account", DataTable), {
-            p.code: [p.code, st.names.get(p.code, ""), f"{p.qty:,}", f"{p.avg_price:,}", f"{p.mark:,}",
-                     Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
-                     Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl))]
-            for p in st.account})
+        sync_table(
+            self.main.query_one("#account", DataTable),
+            {
+                p.code: [
+                    p.code,
+                    st.names.get(p.code, ""),
+                    f"{p.qty:,}",
+                    f"{p.avg_price:,}",
+                    f"{p.mark:,}",
+                    Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
+                    Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)),
+                ]
+                for p in st.account
+            },
+        )
         sync_table(self.main.query_one("#protections", DataTable), {row[0]: row for row in protection_rows(st)})
         recon = f"{recon_line(st)}\n{risk_line(st)}"
         self.main.query_one("#recon", Static).update(Text(recon, style="green" if st.synced else "bold red"))
@@ -328,8 +392,11 @@ class TopApp(App[None]):
         lines.append(f"registration map: {regs}")
         n = st.notify
         if n.get("channels"):
-            lines.append(f"notifier: {n.get('channels', 0)} channels  sent {n.get('sent', 0)}  failed {n.get('failed', 0)}  "
-                         f"suppressed {n.get('suppressed', 0)}  rate-limited {n.get('limited', 0)}  dropped {n.get('dropped', 0)}")
+            lines.append(
+                f"notifier: {n.get('channels', 0)} channels  sent {n.get('sent', 0)}  failed {n.get('failed', 0)}  "
+                f"suppressed {n.get('suppressed', 0)}  rate-limited {n.get('limited', 0)}  dropped "
+                f"{n.get('dropped', 0)}"
+            )
         else:
             lines.append("notifier: no channel configured ([notify] in the gateway config): alerts stay on screen")
         for text in st.alerts[-8:]:
@@ -342,24 +409,59 @@ class TopApp(App[None]):
         def keep(*fields: str) -> bool:
             return not needle or any(needle in f.lower() for f in fields)
 
-        sync_table(self.main.query_one("#orders", DataTable), {
-            o.client_order_id: [f"{kst_from_ns(o.updated_ns):%H:%M:%S}", o.client_order_id, o.agent,
-                                o.code, o.side.value, f"{o.qty:,}", f"{o.price:,}", o.state.value, f"{o.filled_qty:,}",
-                                (f"{o.reason_code} {o.reason}".strip())[:40]]
-            for o in self.model.orders if keep(o.agent, o.code, o.side.value, o.state.value, o.client_order_id)})
+        sync_table(
+            self.main.query_one("#orders", DataTable),
+            {
+                o.client_order_id: [
+                    f"{kst_from_ns(o.updated_ns):%H:%M:%S}",
+                    o.client_order_id,
+                    o.agent,
+                    o.code,
+                    o.side.value,
+                    f"{o.qty:,}",
+                    f"{o.price:,}",
+                    o.state.value,
+                    f"{o.filled_qty:,}",
+                    (f"{o.reason_code} {o.reason}".strip())[:40],
+                ]
+                for o in self.model.orders
+                if keep(o.agent, o.code, o.side.value, o.state.value, o.client_order_id)
+            },
+        )
         fills = {
-            f.fill_id: [f"{kst_from_ns(f.ts_ns):%H:%M:%S}", f.client_order_id, f.client_order_id.rsplit("-", 2)[0], f.code,
-                        Text(f.side.value, style="red" if f.side.value == "buy" else "blue"), f"{f.qty:,}", f"{f.price:,}"]
-            for f in self.model.fills if keep(f.client_order_id, f.code, f.side.value)}
+            f.fill_id: [
+                f"{kst_from_ns(f.ts_ns):%H:%M:%S}",
+                f.client_order_id,
+                f.client_order_id.rsplit("-", 2)[0],
+                f.code,
+                Text(f.side.value, style="red" if f.side.value == "buy" else "blue"),
+                f"{f.qty:,}",
+                f"{f.price:,}",
+            ]
+            for f in self.model.fills
+            if keep(f.client_order_id, f.code, f.side.value)
+        }
         sync_table(self.main.query_one("#fills", DataTable), fills)
         self.main.query_one("#fills-title", Label).update(f"Fills (newest first): {len(fills)}")
 
     def render_market(self) -> None:
         names = self.model.status.names if self.model.status is not None else {}
-        sync_table(self.main.query_one("#market", DataTable), {
-            m.code: [m.code, names.get(m.code, ""), f"{m.last:,}", Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
-                     f"{m.volume:,}", f"{m.spread:,}" if m.spread else "-", str(m.ticks), sparkline(m.history)]
-            for m in sorted(self.model.market.values(), key=lambda m: m.code)})
+        sync_table(
+            self.main.query_one("#market", DataTable),
+            {
+                m.code: [
+                    m.code,
+                    names.get(m.code, ""),
+                    f"{m.last:,}",
+                    Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
+                    f"{m.volume:,}",
+                    f"{m.spread:,}" if m.spread else "-",
+                    str(m.ticks),
+                    sparkline(m.history),
+                ]
+                for m in sorted(self.model.market.values(), key=lambda m: m.code)
+            },
+        )
 
     def render_events(self) -> None:
         log = self.main.query_one("#events", Log)
@@ -400,10 +502,18 @@ class TopApp(App[None]):
                 return
             card = str(path)
         a = self.model.agent_status(agent) if agent else None
-        behalf = " (it is offline: the gateway acts on its behalf)" if a is not None and a.state.value != "online" else ""
+        behalf = (
+            " (it is offline: the gateway acts on its behalf)" if a is not None and a.state.value != "online" else ""
+        )
         if question:
-            self.push_screen(ConfirmScreen(question.format(agent=agent, behalf=behalf, card=card)),
-                             lambda yes: self.run_worker(self._do(verb, agent), group="action") if yes else self.say("cancelled"))
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.run_worker(self._do(verb, agent), group="action")
+                else:
+                    self.say("cancelled")
+
+            self.push_screen(ConfirmScreen(question.format(agent=agent, behalf=behalf, card=card)), answered)
             return
         await self._do(verb, agent)
 
@@ -426,12 +536,17 @@ class TopApp(App[None]):
         await self.model.refresh_status()
 
     def action_start_card(self) -> None:
-        def got(path: str) -> None:
+        def got(path: str | None) -> None:
             if path:
                 self.run_worker(self._start(path), group="action")
 
-        self.push_screen(AskScreen(f"Start an agent from its card: a path, or a card name / agent id in {self.model.cards_dir}/",
-                                   placeholder=f"e.g. {self.model.cards_dir}/ma_cross.toml or ma_cross"), got)
+        self.push_screen(
+            AskScreen(
+                f"Start an agent from its card: a path, or a card name / agent id in {self.model.cards_dir}/",
+                placeholder=f"e.g. {self.model.cards_dir}/ma_cross.toml or ma_cross",
+            ),
+            got,
+        )
 
     async def _start(self, path: str) -> None:
         try:
@@ -442,12 +557,18 @@ class TopApp(App[None]):
         self.say(text)
 
     def action_quit_console(self) -> None:
-        running = [s for s in (self.supervisor.agents.values() if self.supervisor else []) if s.state.value in ("running", "backoff")]
+        running = [
+            s
+            for s in (self.supervisor.agents.values() if self.supervisor else [])
+            if s.state.value in ("running", "backoff")
+        ]
         if not running:
             self.exit()
             return
-        self.push_screen(ConfirmScreen(f"Quit? The {len(running)} agents this console supervises will be stopped."),
-                         lambda yes: self.exit() if yes else None)
+        self.push_screen(
+            ConfirmScreen(f"Quit? The {len(running)} agents this console supervises will be stopped."),
+            lambda yes: self.exit() if yes else None,
+        )
 
 
 def log_to_file(run_dir: Path) -> None:

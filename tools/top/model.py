@@ -26,7 +26,14 @@ from common.curve import TOOLS, CurveError, dial_gateway
 from common.errors import KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
-    FillView, OrderView, Published, StatusReply, SystemEvent, SYSTEM_TOPIC, TradeTick, trade_topic,
+    FillView,
+    OrderView,
+    Published,
+    StatusReply,
+    SystemEvent,
+    SYSTEM_TOPIC,
+    TradeTick,
+    trade_topic,
 )
 from tools.ops.reload import ReloadError, find_card, reload_card
 from tools.ops.status import fetch_orders, fetch_status, send_control
@@ -60,8 +67,14 @@ class ActionError(Exception):
 
 
 class ConsoleModel:
-    def __init__(self, run_dir: Path, *, supervisor: Supervisor | None = None, cards_dir: Path = Path("cards"),
-                 on_update: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        supervisor: Supervisor | None = None,
+        cards_dir: Path = Path("cards"),
+        on_update: Callable[[str], None] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.supervisor = supervisor
         self.cards_dir = Path(cards_dir)
@@ -100,7 +113,9 @@ class ConsoleModel:
         if self._rest_sample is not None and now > self._rest_sample[0]:
             t0, calls0, by0 = self._rest_sample
             self.rest_rate = max(0.0, (st.health.rest_calls - calls0) / (now - t0))
-            self.agent_rest_rate = {k: max(0.0, (v - by0.get(k, 0)) / (now - t0)) for k, v in st.health.rest_calls_by.items()}
+            self.agent_rest_rate = {
+                k: max(0.0, (v - by0.get(k, 0)) / (now - t0)) for k, v in st.health.rest_calls_by.items()
+            }
         self._rest_sample = (now, st.health.rest_calls, dict(st.health.rest_calls_by))
         self.status = st
         self._ensure_sub()
@@ -202,7 +217,9 @@ class ConsoleModel:
 
     async def control(self, action: str, agent: str = "", all_: bool = False) -> str:
         try:
-            text = await asyncio.to_thread(lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender="ktrader-top"))
+            text = await asyncio.to_thread(
+                lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender="ktrader-top")
+            )
         except (ConnectionFileError, KtraderError) as e:
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: {action} {agent or 'gateway'}: {text}")
@@ -228,7 +245,7 @@ class ConsoleModel:
                 return cand
         return find_card(self.cards_dir, text) or p
 
-    def agent_status(self, agent: str):  # type: ignore[no-untyped-def]
+    def agent_status(self, agent: str):
         if self.status is None:
             return None
         return next((a for a in self.status.agents if a.id == agent), None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -23,14 +23,14 @@ def sparkline(values: Iterable[int], width: int = 24) -> str:
     return "".join(BARS[(v - lo) * (len(BARS) - 1) // (hi - lo)] for v in pts)
 
 
-def sync_table(table: DataTable, rows: dict[str, Sequence[object]]) -> None:
+def sync_table(table: DataTable, rows: Mapping[str, Sequence[object]]) -> None:
     """Make `table` show exactly `rows` (key -> cells), in order, keeping the cursor on its row."""
     keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
     if [k.value for k in table.rows] != list(rows):
         table.clear()
         for key, cells in rows.items():
             table.add_row(*cells, key=key)
-        if keep in rows:
+        if keep is not None and keep in rows:
             table.move_cursor(row=list(rows).index(keep))
         return
     cols = list(table.columns)

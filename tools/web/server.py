@@ -77,8 +77,19 @@ class Dashboard:
         return msgspec.json.encode({"orders": self.model.orders, "fills": self.model.fills}).decode()
 
     def _market_json(self) -> str:
-        return json.dumps({m.code: {"last": m.last, "change": m.change, "volume": m.volume, "spread": m.spread,
-                                    "ticks": m.ticks, "history": list(m.history)} for m in self.model.market.values()})
+        return json.dumps(
+            {
+                m.code: {
+                    "last": m.last,
+                    "change": m.change,
+                    "volume": m.volume,
+                    "spread": m.spread,
+                    "ticks": m.ticks,
+                    "history": list(m.history),
+                }
+                for m in self.model.market.values()
+            }
+        )
 
     def broadcast(self, event: str, data: str) -> None:
         frame = f"event: {event}\ndata: {data}\n\n"
@@ -97,8 +108,10 @@ class Dashboard:
             await asyncio.sleep(self.refresh_s)
 
     async def start(self, app: web.Application) -> None:
-        self._tasks = [asyncio.create_task(self._refresh(self.model.refresh_status)),
-                       asyncio.create_task(self._refresh(self.model.refresh_orders))]
+        self._tasks = [
+            asyncio.create_task(self._refresh(self.model.refresh_status)),
+            asyncio.create_task(self._refresh(self.model.refresh_orders)),
+        ]
 
     async def stop(self, app: web.Application) -> None:
         for t in self._tasks:
@@ -116,10 +129,15 @@ class Dashboard:
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     @web.middleware
-    async def guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if not self.authorised(request):
-            return web.Response(status=401, text="ktrader web: token required. Open the URL that `ktrader web` printed "
-                                                 "(it carries ?token=...).\n", content_type="text/plain")
+            return web.Response(
+                status=401,
+                text="ktrader web: token required. Open the URL that `ktrader web` printed (it carries ?token=...).\n",
+                content_type="text/plain",
+            )
         resp = await handler(request)
         if "token" in request.query:  # the URL's token becomes a cookie the page's requests carry
             resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
@@ -140,7 +158,11 @@ class Dashboard:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await resp.prepare(request)
         q: asyncio.Queue[str] = asyncio.Queue(maxsize=500)
-        for event, data in (("status", self._status_json()), ("orders", self._orders_json()), ("market", self._market_json())):
+        for event, data in (
+            ("status", self._status_json()),
+            ("orders", self._orders_json()),
+            ("market", self._market_json()),
+        ):
             q.put_nowait(f"event: {event}\ndata: {data}\n\n")
         self.clients.add(q)
         try:
@@ -172,8 +194,9 @@ class Dashboard:
             if action == "reload":
                 text = await asyncio.to_thread(reload_card, self.run_dir, agent, None, self.cards_dir, "ktrader-web")
             else:
-                text = await asyncio.to_thread(lambda: send_control(self.run_dir, action, agent, 5.0, all_=all_,
-                                                                    sender="ktrader-web"))
+                text = await asyncio.to_thread(
+                    lambda: send_control(self.run_dir, action, agent, 5.0, all_=all_, sender="ktrader-web")
+                )
         except (ConnectionFileError, KtraderError, ReloadError) as e:
             return web.json_response({"ok": False, "error": str(e)}, status=409)
         asyncio.create_task(self.model.refresh_status())
@@ -198,7 +221,9 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def run_web(run_dir: Path, host: str, port: int, token: str, cards_dir: Path, print_fn: Callable[[str], None] = print) -> None:
+def run_web(
+    run_dir: Path, host: str, port: int, token: str, cards_dir: Path, print_fn: Callable[[str], None] = print
+) -> None:
     dash = Dashboard(run_dir, token, cards_dir)
 
     async def ready(app: web.Application) -> None:
