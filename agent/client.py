@@ -90,12 +90,13 @@ class GatewayClient:
         dial(sock, keys, self.info.curve_key.encode("ascii"))
         return True
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """`linger_ms`: how long what is still queued may take to go out (0: dropped now)."""
         if self._monitor is not None:
             self.dealer.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
-        self.dealer.close(0)
+        self.dealer.close(linger_ms)
         if self.sub is not None:
             self.sub.close(0)
 

@@ -107,7 +107,9 @@ def test_a_reply_to_a_peer_that_left_is_counted(gateway) -> None:
         c = operator_client(run, f"leaver{i}")
         for _ in range(50):
             c.send(Ping(h=c.headers(), payload=b"x" * 1000))
-        c.close()  # gone before the replies
+        c.close(
+            linger_ms=2000
+        )  # the pings still go out (a loaded box may not have sent them yet); gone before the replies
     wait_for(
         lambda: fetch_status(run).counters.get("reply_unroutable", 0) > before, 10, what="unroutable replies counted"
     )

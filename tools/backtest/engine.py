@@ -726,9 +726,8 @@ class Backtest:
                     else:
                         pending.clear()
             else:
-                for (
-                    bar
-                ) in bars.values():  # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                # at the bar's end every bar of this time is complete: marks (daily: the band base)
+                for bar in bars.values():
                     last[bar.code] = bar.close
                 for bar in bars.values():
                     try:

@@ -8,7 +8,6 @@ Targets (issue: domain core / lean processes): ≤ 30 MB RSS and online ≤ 0.3 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.ops.procs import stop_groups, wait_until
+from tools.ops.procs import child_env, ktrader_cmd, stop_groups, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
 
@@ -60,23 +59,14 @@ def _one(run: Path, card: Path, agent_id: str, module: str, env: dict[str, str])
 
 
 def main(rounds: int = 5, json_out: bool = False) -> dict[str, object]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     with tempfile.TemporaryDirectory(prefix="ktrader-bench-agent-") as d:
         tmp = Path(d)
         run = tmp / "run"
         gw = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools",
-                "gateway",
-                "--run-dir",
-                str(run),
-                "--broker",
-                "tests.fakes.broker:make",
-                "--log-level",
-                "warning",
-            ],
+            ktrader_cmd(
+                "gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", "--log-level", "warning"
+            ),
             cwd=ROOT,
             env=env,
             start_new_session=True,

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import zmq
+
+from tools.ops.procs import child_env
 from tools.paths import ROOT
 
 CODES = [f"{i:06d}" for i in range(1, 21)]  # 20 topics
@@ -139,7 +141,7 @@ def _run(mode: str, agents: int, rate: int, seconds: float, tmp: Path) -> dict:
     xpub.bind(ep)
     procs = []
     outs = [tmp / f"{mode}-{i}.json" for i in range(agents)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     try:
         for out in outs:
             procs.append(

@@ -35,8 +35,9 @@ from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.ids import make_client_order_id
 from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, Register, Registered, SubmitOrders
-from tools.ops.approve import approved_client
 from tools.bench.rtt import _wait_file, percentile
+from tools.ops.approve import approved_client
+from tools.ops.procs import child_env, ktrader_cmd
 from tools.paths import ROOT
 
 INPROC = ["--broker", "tests.fakes.broker:make"]
@@ -138,20 +139,8 @@ def _gateway(broker_args: list[str], run: Path) -> subprocess.Popen[bytes]:
         "[risk]\nmax_order_value = 0\nmax_position_value = 0\nmax_open_orders = 0\n"
         "max_orders_per_minute = 0\nmax_daily_loss = 0\n"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "tools",
-        "gateway",
-        "--config",
-        str(cfg),
-        "--run-dir",
-        str(run),
-        "--log-level",
-        "error",
-        *broker_args,
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = ktrader_cmd("gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "error", *broker_args)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env())
     try:
         _wait_file(run / "gateway.json", 30, proc)
         from tools.ops.status import fetch_status

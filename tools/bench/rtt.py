@@ -16,9 +16,10 @@ from pathlib import Path
 
 import zmq
 
-from tools.ops.approve import approved_client
 from common.config import AgentCard
 from common.schema import Ack, Heartbeat, Register, Registered
+from tools.ops.approve import approved_client
+from tools.ops.procs import child_env, ktrader_cmd
 from tools.paths import ROOT
 
 
@@ -67,7 +68,7 @@ def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     try:
         sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -96,20 +97,9 @@ def measure_echo(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
 def measure_gateway(n: int, tmp: Path, gap_s: float = 0.0) -> list[int]:
     run = tmp / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools",
-            "gateway",
-            "--run-dir",
-            str(run),
-            "--broker",
-            "tests.fakes.broker:make",
-            "--log-level",
-            "warning",
-        ],
+        ktrader_cmd("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", "--log-level", "warning"),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     try:
         _wait_file(run / "gateway.json", 20)

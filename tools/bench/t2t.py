@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import zmq
+
 from tools.ops.approve import approved_client
+from tools.ops.procs import child_env, ktrader_cmd
 from tools.paths import ROOT
 
 CODE = "005930"
@@ -90,7 +90,7 @@ def _bare_pubsub(tmp: Path, n: int, gap_s: float) -> float:
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from tools.bench.t2t import bare_publisher; bare_publisher({ep!r}, {n}, {gap_s})"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -122,7 +122,7 @@ def _bare_dealer_one_way(tmp: Path, n: int, gap_s: float) -> float:
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from tools.bench.rtt import echo_server; echo_server({ep!r})"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     del echo_server
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -168,8 +168,8 @@ def _bare_commit(tmp: Path, n: int, gap_s: float) -> float:
 
 
 def _bare_http(twin: dict[str, Any], token: str, price: int, n: int, gap_s: float) -> float:
-    from tools.bench.twin import ORDER_PATH, _http_client
     from kis.sim.testing import Kis
+    from tools.bench.twin import ORDER_PATH, _http_client
 
     kis = Kis(twin["rest_url"], twin["app_key"], twin["app_secret"], twin["account"], token=token)
 
@@ -195,7 +195,9 @@ def _bare_http(twin: dict[str, Any], token: str, price: int, n: int, gap_s: floa
 
 
 def _start_twin() -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(
+    from tools.bench.twin import start_reporting
+
+    return start_reporting(
         [
             sys.executable,
             "-m",
@@ -211,23 +213,8 @@ def _start_twin() -> tuple[subprocess.Popen[str], dict[str, Any]]:
             "42",
             "--clock",
             "open",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        ]
     )
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    out = proc.stdout
-
-    def pump() -> None:
-        for x in out:
-            lines.put(x)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc, json.loads(lines.get(timeout=30))
 
 
 def _run_orders(run: Path, twin: dict[str, Any], n: int, gap_s: float) -> dict[str, Any]:
@@ -388,10 +375,10 @@ def _print_times(run: Path) -> dict[int, int]:
 def _measure(
     twin: dict[str, Any], tmp: Path, n: int, gap: float, cold: bool
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    from kis.credentials import credentials_env
-    from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
+    from kis.credentials import credentials_env
+    from kis.framebuild import TRADE_FIELDS_EXAMPLE, frame
     from kis.sim.testing import Kis
     from tools.ops.procs import stop_groups
     from tools.ops.status import fetch_status
@@ -402,21 +389,10 @@ def _measure(
         f'kill_errors = 0\n[broker]\nenv = "sim"\nrest_url = "{twin["rest_url"]}"\n'
         f'ws_url = "{twin["ws_url"]}"\nadmin_url = "{twin["admin_url"]}"\nrate_per_s = 1000\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **credentials_env(twin)}
+    env = child_env(**credentials_env(twin))
     log = (tmp / "gateway.log").open("ab")
     gw = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools",
-            "gateway",
-            "--config",
-            str(cfg),
-            "--run-dir",
-            str(run),
-            "--log-level",
-            "warning",
-        ],
+        ktrader_cmd("gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "warning"),
         cwd=ROOT,
         env=env,
         start_new_session=True,

@@ -38,6 +38,7 @@ from websockets.sync.client import connect
 
 from kis.sim import universe
 from kis.sim.testing import Kis, ws_msg
+from tools.ops.procs import child_env
 from tools.paths import ROOT
 
 TICK_SECONDS = 3.0
@@ -104,14 +105,15 @@ def bare_server(order_reply: str, frames_file: str) -> None:
     asyncio.run(main())
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_reporting(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a process that prints one JSON line about itself first (its endpoints), and read it."""
     proc = subprocess.Popen(
         args,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
@@ -345,7 +347,7 @@ def _bare_ticks(bare: dict[str, Any], n_frames: int) -> dict[str, float]:
 
 
 def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[str, Any]:
-    twin_proc, twin = _start(
+    twin_proc, twin = start_reporting(
         [sys.executable, "-m", "kis.sim", "--quiet", "--tick-interval", "0", "--rate-real", "100000", "--seed", "42"]
     )
     procs = [twin_proc]
@@ -361,7 +363,7 @@ def main(json_out: bool = False, cold: bool = False, rounds: int = 3) -> dict[st
             frames_file = tmp / "frames.json"
             frames_file.write_text(json.dumps(frames))
             reply = kis.order("TTTC0012U", "005930", 1, low).text  # the twin's own answer, for the bare server
-            bare_proc, bare = _start(
+            bare_proc, bare = start_reporting(
                 [
                     sys.executable,
                     "-c",

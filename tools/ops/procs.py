@@ -8,8 +8,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
+
+from tools.paths import ROOT
+
+
+def ktrader_cmd(*args: str) -> list[str]:
+    """The command line of `ktrader <args>` run by this interpreter (no installed script needed)."""
+    return [sys.executable, "-m", "tools", *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout importable (children run from ROOT)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
 def wait_until(cond: Callable[[], object], timeout: float, what: str = "condition", interval: float = 0.02) -> object:
