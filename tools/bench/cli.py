@@ -84,13 +84,14 @@ def bench_orders(
 @bench_app.command("t2t")
 def bench_t2t(
     cold: bool = typer.Option(False, "--cold", help="orders 200 ms apart (the VM's cold floor)"),
+    orders: int = typer.Option(0, help="orders to time (default 150 warm, 40 cold; the first 5 warm up)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Tick to trade (print at the KIS websocket → order at KIS → ack at the gateway) stage by stage,
     against the sum of the bare primitives measured in the same run."""
     from tools.bench.t2t import main as t2t
 
-    t2t(json_out=json_out, cold=cold)
+    t2t(json_out=json_out, cold=cold, orders=orders)
 
 
 @bench_app.command("agent")
