@@ -147,6 +147,7 @@ def add_trading_days(day: dt.date, n: int) -> dt.date:
     return day
 
 
+@lru_cache(maxsize=None)
 def first_trading_day_of_year(year: int) -> dt.date:
     return next_trading_day(dt.date(year, 1, 1) - dt.timedelta(days=1))
 

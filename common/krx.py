@@ -8,8 +8,10 @@ newest row.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from enum import StrEnum
+from functools import lru_cache
 
 from common.calendar import session_hours
 from common.clock import KST
@@ -108,8 +110,31 @@ class Phase(StrEnum):
 REGULAR_ORDER_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CONTINUOUS, Phase.CLOSING_AUCTION})
 
 
-def _t(day: dt.date, hhmm: dt.time, shift: dt.timedelta = dt.timedelta()) -> dt.datetime:
-    return dt.datetime.combine(day, hhmm, KST) + shift
+# the phase from each boundary of a session on (before the first: PRE_OPEN)
+_PHASES_FROM = (
+    Phase.OPENING_AUCTION,
+    Phase.CONTINUOUS,
+    Phase.CLOSING_AUCTION,
+    Phase.POST_CLOSE,
+    Phase.POST_OFF_HOURS,
+    Phase.AFTER_HOURS_SINGLE,
+    Phase.AFTER_HOURS_END,
+)
+
+
+def _edges(hours: tuple[dt.time, dt.time]) -> tuple[dt.timedelta, ...]:
+    """The session's seven phase boundaries as offsets from midnight KST (KST has no DST): opening
+    auction 30 min before the open, the open, closing call 10 min before the close, the close, the
+    post-close gap 10 min, after-hours closing price 20 min, after-hours single price 2 h."""
+    o = dt.timedelta(hours=hours[0].hour, minutes=hours[0].minute)
+    c = dt.timedelta(hours=hours[1].hour, minutes=hours[1].minute)
+    m = dt.timedelta(minutes=1)
+    return (o - 30 * m, o, c - 10 * m, c, c + 10 * m, c + 30 * m, c + 150 * m)
+
+
+@lru_cache(maxsize=8)
+def _edges_us(hours: tuple[dt.time, dt.time]) -> tuple[int, ...]:
+    return tuple(e // dt.timedelta(microseconds=1) for e in _edges(hours))
 
 
 class SessionTimes:
@@ -121,39 +146,27 @@ class SessionTimes:
         hours = session_hours(day)
         if hours is None:
             raise ValueError(f"{day} is not a KRX trading day")
-        open_t, close_t = hours
         self.day = day
-        self.open = _t(day, open_t)
-        self.auction_open = self.open - dt.timedelta(minutes=30)
-        self.close = _t(day, close_t)
-        self.closing_call = self.close - dt.timedelta(minutes=10)
-        self.post_off = self.close + dt.timedelta(minutes=10)
-        self.single_start = self.close + dt.timedelta(minutes=30)
-        self.end = self.single_start + dt.timedelta(hours=2)
+        midnight = dt.datetime.combine(day, dt.time(), KST)
+        edges = tuple(midnight + e for e in _edges(hours))
+        (self.auction_open, self.open, self.closing_call, self.close) = edges[:4]
+        (self.post_off, self.single_start, self.end) = edges[4:]
 
     def phase_at(self, when: dt.datetime) -> Phase:
-        if when < self.auction_open:
-            return Phase.PRE_OPEN
-        if when < self.open:
-            return Phase.OPENING_AUCTION
-        if when < self.closing_call:
-            return Phase.CONTINUOUS
-        if when < self.close:
-            return Phase.CLOSING_AUCTION
-        if when < self.post_off:
-            return Phase.POST_CLOSE
-        if when < self.single_start:
-            return Phase.POST_OFF_HOURS
-        if when < self.end:
-            return Phase.AFTER_HOURS_SINGLE
-        return Phase.AFTER_HOURS_END
+        edges = (self.auction_open, self.open, self.closing_call, self.close, self.post_off, self.single_start)
+        i = bisect.bisect_right((*edges, self.end), when)
+        return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 
 def phase_at(when: dt.datetime) -> Phase:
-    """The KRX phase at an aware datetime (naive datetimes are taken as KST)."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=KST)
-    when = when.astimezone(KST)
-    if session_hours(when.date()) is None:
+    """The KRX phase at an aware datetime (naive datetimes are taken as KST). SessionTimes' boundaries
+    compared as microseconds into the day, without building the day's datetimes (a backtest asks per
+    order)."""
+    if when.tzinfo is not KST:
+        when = when.replace(tzinfo=KST) if when.tzinfo is None else when.astimezone(KST)
+    hours = session_hours(when.date())
+    if hours is None:
         return Phase.CLOSED
-    return SessionTimes(when.date()).phase_at(when)
+    us = ((when.hour * 60 + when.minute) * 60 + when.second) * 1_000_000 + when.microsecond
+    i = bisect.bisect_right(_edges_us(hours), us)
+    return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN

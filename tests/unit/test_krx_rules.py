@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.calendar import session_hours
 from common.clock import KST
 from common.krx import (
     Phase,
     PriceRuleError,
     SecurityKind,
+    SessionTimes,
     check_price,
     next_tick_down,
     next_tick_up,
@@ -123,3 +125,26 @@ def test_naive_and_utc_times_are_read_as_kst_instants() -> None:
     utc = dt.datetime(2026, 11, 20, 1, 0, tzinfo=dt.timezone.utc)  # 10:00 KST
     assert phase_at(utc) is Phase.CONTINUOUS
     assert phase_at(dt.datetime(2026, 11, 20, 10, 0)) is Phase.CONTINUOUS
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    day=st.dates(min_value=dt.date(1995, 1, 1), max_value=dt.date(2027, 12, 31)),
+    us=st.one_of(
+        st.integers(0, 86_400 * 10**6 - 1),
+        # around every boundary of the three kinds of session hours, to the microsecond
+        st.sampled_from([8, 9, 10, 15, 16, 17, 18, 19]).flatmap(
+            lambda h: st.integers(h * 3600 * 10**6 - 2, h * 3600 * 10**6 + 2)
+        ),
+        st.sampled_from([(15, 20), (15, 40), (16, 0), (16, 20), (16, 40), (17, 0)]).map(
+            lambda hm: (hm[0] * 3600 + hm[1] * 60) * 10**6
+        ),
+    ),
+)
+def test_phase_at_agrees_with_the_days_session_times(day: dt.date, us: int) -> None:
+    """The fast phase_at (microseconds into the day) and SessionTimes (the day's datetimes) are one rule."""
+    when = dt.datetime.combine(day, dt.time(), KST) + dt.timedelta(microseconds=us)
+    if session_hours(day) is None:
+        assert phase_at(when) is Phase.CLOSED
+    else:
+        assert phase_at(when) is SessionTimes(day).phase_at(when)
