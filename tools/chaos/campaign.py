@@ -154,6 +154,8 @@ class Campaign:
         self.forged: list[str] = []  # ODNOs a forged fill notice was sent for
         self.frames_accepted = 0  # replayed/stale frames the gateway did not refuse
         self.bad_prints_sent = 0  # bad prints the twin delivered to a subscriber (the gateway)
+        self.md_counted: Counter[str] = Counter()  # market-data counters of the gateways killed so far
+        self.md_uncounted = 0  # killed gateways whose counters could not be read first
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -391,6 +393,12 @@ class Campaign:
             wait_until(lambda: not self._rest_faults_pending(), 10, "pending REST faults spent", interval=0.05)
         except TimeoutError:
             self.kills_stacked += 1
+        try:  # each process counts from 0: keep what the victim counted
+            for k, v in fetch_status(st.run, 1.0).counters.items():
+                if k.startswith("md_") or k == "ws_dropped":
+                    self.md_counted[k] += v
+        except Exception:  # a gateway too busy to answer is killed all the same
+            self.md_uncounted += 1
         t0 = time.perf_counter()
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
@@ -604,10 +612,15 @@ class Campaign:
                 "refused_not_sent": chains["not_sent"],
                 "requeued_after_failover": requeued,
             },
-            # counters of the last gateway process (each standby starts at 0)
+            # summed over every gateway process of the campaign (each starts at 0; read before a kill)
             "market_data": {
                 "bad_prints_sent": self.bad_prints_sent,
-                **{k: v for k, v in status.counters.items() if k.startswith("md_") or k == "ws_dropped"},
+                **{
+                    k: v + self.md_counted[k]
+                    for k, v in status.counters.items()
+                    if k.startswith("md_") or k == "ws_dropped"
+                },
+                "gateways_uncounted": self.md_uncounted,
             },
             "trust": {
                 k: status.counters.get(k, 0)
