@@ -241,7 +241,7 @@ class Operator:
         total, open_n, fills = book.counts()
         counters = dict(gw.counters)
         counters["day_close_errors"] = gw.day.close_errors
-        counters["orders_held"] = sum(1 for o in book.orders.values() if o.state is OrderState.HELD)
+        counters["orders_held"] = len(book.held)
         counters["send_queue"] = gw.core.live_queue.depth + gw.core.shadow_queue.depth
         counters["reports_written"] = gw.day.reports_written
         counters["protections_active"] = len(gw.protection.active)
@@ -253,6 +253,9 @@ class Operator:
             counters.update(gw.md.counters())
         counters.update(gw.sanity.counters())
         counters["ws_dropped"] = gw.broker.health().ws_dropped
+        if gw.store.gc is not None:  # group commit: transactions and the fsyncs that made them durable
+            counters["store_commits"] = gw.store.gc.commits
+            counters["store_syncs"] = gw.store.gc.syncs
         counters["orders_in_doubt"] = gw.core.repair.in_doubt
         counters["chain_repairs"] = gw.core.repair.repaired
         counters["cancels_resent"] = gw.core.repair.resent

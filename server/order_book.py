@@ -24,7 +24,7 @@ from common.costs import CostModel
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_day, market_ns
-from common.orders import Fill, Order, OrderEvent, ReverseFill, StateError, apply
+from common.orders import Fill, Order, OrderEvent, OrderState, ReverseFill, StateError, apply
 from common.portfolio import Portfolio
 from common.schema import (
     AgentEvent,
@@ -62,6 +62,7 @@ class OrderBook:
         self.clock = clock
         self.costs = costs or CostModel()
         self.orders: dict[str, Order] = {}  # today's orders and every open order
+        self.held: dict[str, Order] = {}  # the HELD ones (next-session orders): scanned every day tick
         self.order_day: dict[str, str] = {}
         self.by_broker_id: dict[str, str] = {}  # ODNO (incl. revise/cancel ODNOs) -> client order id
         self.seq: dict[str, int] = {}
@@ -103,6 +104,10 @@ class OrderBook:
 
     def index(self, o: Order, day: str) -> None:
         self.orders[o.client_order_id] = o
+        if o.state is OrderState.HELD:
+            self.held[o.client_order_id] = o
+        else:
+            self.held.pop(o.client_order_id, None)
         self.order_day[o.client_order_id] = day
         for odno in o.broker_chain:
             self.by_broker_id[odno] = o.client_order_id

@@ -422,9 +422,7 @@ class OrderDesk:
         phase = book.clock.phase()
         today = book.day()
         released = expired = 0
-        for coid, o in list(book.orders.items()):
-            if o.state is not OrderState.HELD:
-                continue
+        for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
             if o.valid_day < today or (
                 o.valid_day == today
                 and phase not in REGULAR_ORDER_PHASES

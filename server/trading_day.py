@@ -139,7 +139,7 @@ class TradingDay:
                 self.spawn(self.base_prices.ensure(sorted({c for card in self.cards() for c in card.codes})))
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
-        held = sorted({o.code for o in self.book.orders.values() if o.valid_day == day and o.is_open})
+        held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})
         if held and (missing := self.base_prices.missing(held)):
             self.spawn(self.base_prices.ensure(missing))  # market buys are valued at the day's upper limit
         released, expired = self.desk.release_due()

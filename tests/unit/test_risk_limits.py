@@ -179,9 +179,12 @@ def test_a_next_session_order_is_sent_at_the_next_open_and_survives_a_restart(tm
             keep = order("alpha", 1, qty=10, price=70_000, tif=TimeInForce.NEXT_SESSION)  # marketable at the fake
             drop = order("alpha", 2, qty=5, price=60_000, tif=TimeInForce.NEXT_SESSION)
             assert d.core.desk.submit(c, keep).accepted and d.core.desk.submit(c, drop).accepted
+            assert set(d.core.book.held) == {keep.client_order_id, drop.client_order_id}
             assert d.core.desk.cancel("alpha", drop.client_order_id) == (None, "held order cancelled")
+            assert set(d.core.book.held) == {keep.client_order_id}  # the day tick scans only these
             d.clock.set(monday_auction)
             assert d.core.desk.release_due() == (1, 0)
+            assert not d.core.book.held
             await asyncio.wait_for(_until(lambda: d.core.book.orders[keep.client_order_id].state.value == "filled"), 5)
             assert d.broker.submits == 1  # the cancelled one never went out
             assert d.core.book.order_day[keep.client_order_id] == "20261123"  # Monday's order now

@@ -46,6 +46,7 @@ TARGET_FLOOR_RATIO = 0.6
 TARGET_FLAT = 0.2  # ± of the first point
 RESTING = (0, 2_500, 5_000, 10_000)
 COLD_GAP_S = 0.2
+LOAD_AHEAD = 1_000  # resting orders sent ahead of the broker's acknowledgements
 
 
 def _agent(run: Path, agent_id: str) -> tuple[GatewayClient, int]:
@@ -88,13 +89,36 @@ def _round_trips(run: Path, agent_id: str, n: int, out: list[int], pace_s: float
         client.close()
 
 
+def _accepted(run: Path, agent_id: str) -> int:
+    from server.store import Store
+
+    store = Store(run / "db" / "gateway.sqlite", readonly=True)
+    try:
+        return int(store.db.execute("SELECT count(*) FROM orders WHERE agent=? AND state='accepted'", (agent_id,)).get)
+    finally:
+        store.close()
+
+
 def _load_resting(run: Path, agent_id: str, count: int, start_n: int) -> int:
-    """`count` more resting orders from `agent_id`, 100 per message; returns the next order number."""
+    """`count` more resting orders from `agent_id`, 100 per message, at most LOAD_AHEAD beyond those
+    the broker acknowledged (the gateway refuses orders queued 5 s for the broker: a loader faster
+    than the broker would have its tail refused); returns the next order number. Their events are not
+    read here: a client that does not keep up has them dropped, as any slow agent (replayable)."""
     client, next_n = _agent(run, agent_id)
     n = max(next_n, start_n)
+    before = _accepted(run, agent_id)
+
+    def wait_acknowledged(target: int) -> None:
+        deadline = time.monotonic() + 120
+        while (got := _accepted(run, agent_id) - before) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {got} of {count} resting orders acknowledged")
+            time.sleep(0.05)
+
     try:
         sent = 0
         while sent < count:
+            wait_acknowledged(sent - LOAD_AHEAD)
             batch = [
                 NewOrder(
                     client_order_id=make_client_order_id(agent_id, today_kst(), n + k),
@@ -109,24 +133,7 @@ def _load_resting(run: Path, agent_id: str, count: int, start_n: int) -> int:
             sent += len(batch)
             reply = client.request(SubmitOrders(h=client.headers(), orders=batch), 30)
             assert isinstance(reply, OrdersReply) and all(r.accepted for r in reply.results), str(reply)[:300]
-        # until every one of them rests at the broker, as the store says (their events are not read
-        # here: a client that does not keep up has them dropped, as any slow agent; they stay replayable)
-        from server.store import Store
-
-        deadline = time.monotonic() + 120
-        while True:
-            store = Store(run / "db" / "gateway.sqlite", readonly=True)
-            try:
-                accepted = store.db.execute(
-                    "SELECT count(*) FROM orders WHERE agent=? AND state='accepted'", (agent_id,)
-                ).get
-            finally:
-                store.close()
-            if accepted >= count:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {accepted} of {count} resting orders acknowledged")
-            time.sleep(0.2)
+        wait_acknowledged(count)  # every one rests at the broker, as the store says
     finally:
         client.close()
     return n
