@@ -54,6 +54,11 @@ def test_small_fault_campaign_loses_nothing(tmp_path: Path) -> None:
     for k in CLEAN:  # the books, and (issue 21) uncancellable orders, forged fills left, chains, replays
         assert report[k] == 0, (k, report["details"])
     assert "chains" in report and "trust" in report
+    # every replayed or stale frame the campaign sent was refused and counted, over all gateway processes
+    if report["market_data"]["gateways_uncounted"] == 0:
+        injected = report["faults_injected"]
+        assert report["trust"]["bad_replayed"] >= injected.get("replayed_frame", 0), report["trust"]
+        assert report["trust"]["bad_stale_message"] >= injected.get("stale_frame", 0), report["trust"]
     rec = report["gateway_recovery_ms"]
     assert rec["n"] == 2 and all(0 < ms < 10_000 for ms in rec["all"]), rec
     # what the tool says when it is not ok is for the full-size campaign (p99 <= 1 s); here we

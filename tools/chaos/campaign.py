@@ -84,6 +84,15 @@ BAD_PRINTS: list[dict[str, str | tuple[float, int]]] = [
     {"2": (0.75, 0)},
 ]
 UNKNOWN_GRACE_S = 3.0
+TRUST_COUNTERS = (
+    "bad_replayed",
+    "bad_stale_message",
+    "bad_bad_signature",
+    "forbidden",
+    "reply_drops",
+    "reply_unroutable",
+)
+_SUMMED = ("ws_dropped", *TRUST_COUNTERS)  # besides md_*: summed over every gateway process of a campaign
 FILL_GRACE_S = 3.0
 # every one of these must be 0 for the campaign to pass
 CLEAN = (
@@ -154,7 +163,7 @@ class Campaign:
         self.forged: list[str] = []  # ODNOs a forged fill notice was sent for
         self.frames_accepted = 0  # replayed/stale frames the gateway did not refuse
         self.bad_prints_sent = 0  # bad prints the twin delivered to a subscriber (the gateway)
-        self.md_counted: Counter[str] = Counter()  # market-data counters of the gateways killed so far
+        self.md_counted: Counter[str] = Counter()  # market-data and trust counters of the gateways killed so far
         self.md_uncounted = 0  # killed gateways whose counters could not be read first
 
     # ---- set-up ---------------------------------------------------------------------------------
@@ -395,7 +404,7 @@ class Campaign:
             self.kills_stacked += 1
         try:  # each process counts from 0: keep what the victim counted
             for k, v in fetch_status(st.run, 1.0).counters.items():
-                if k.startswith("md_") or k == "ws_dropped":
+                if k.startswith("md_") or k in _SUMMED:
                     self.md_counted[k] += v
         except Exception:  # a gateway too busy to answer is killed all the same
             self.md_uncounted += 1
@@ -622,17 +631,7 @@ class Campaign:
                 },
                 "gateways_uncounted": self.md_uncounted,
             },
-            "trust": {
-                k: status.counters.get(k, 0)
-                for k in (
-                    "bad_replayed",
-                    "bad_stale_message",
-                    "bad_bad_signature",
-                    "forbidden",
-                    "reply_drops",
-                    "reply_unroutable",
-                )
-            },
+            "trust": {k: status.counters.get(k, 0) + self.md_counted[k] for k in TRUST_COUNTERS},
             "cash_mismatch": int(abs(cash_diff) > fills),  # commission/tax floor per fill: ±1 won each
             "cash_diff_krw": cash_diff,
             "unknown_grace_s": UNKNOWN_GRACE_S,
