@@ -8,6 +8,7 @@ exercise is what runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from server.notices import NoticeRouter
 from server.order_book import EventSink, OrderBook
 from server.order_desk import OrderDesk
 from server.protection import ProtectionDesk
-from server.reconciler import Reconciler
+from server.reconciler import EarlyInquiry, Reconciler
 from server.risk import RiskGate, SessionView
 from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
@@ -47,6 +48,7 @@ class OrderCore:
     desk: OrderDesk
     protection: ProtectionDesk
     repair: ChainRepair
+    inquiry: EarlyInquiry
 
     def load(self) -> None:
         """Everything the store remembers: orders, positions, shadow agents, trading states, protective
@@ -89,7 +91,10 @@ def build_order_core(
     sink: EventSink,
     publish: Publish,
     card_of: Callable[[str], AgentCard | None],
+    request_reconcile: Callable[[str], None] | None = None,
 ) -> OrderCore:
+    """`request_reconcile`: asks the gateway's reconcile loop for a pass (coalesced); without one (a
+    core built by a test) an early look runs a pass of its own."""
     portfolio = Portfolio()
     alerts = Alerts(publish, lambda: market_ns(clock))
     risk = RiskGate(
@@ -106,8 +111,18 @@ def build_order_core(
 
     notices = NoticeRouter(book, risk.broker_error, learn)
     shadow_venue = ShadowExecution(clock, notices.on_notice)
+
+    def unknown(coid: str) -> None:
+        inquiry.watch(coid)
+
     live_queue = SendQueue(
-        book, notices, broker, risk.broker_error, max_send_wait_ns=int(cfg.max_send_wait_s * 1e9), learn=learn
+        book,
+        notices,
+        broker,
+        risk.broker_error,
+        max_send_wait_ns=int(cfg.max_send_wait_s * 1e9),
+        learn=learn,
+        on_unknown=unknown,
     )
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
     recon = Reconciler(
@@ -134,6 +149,14 @@ def build_order_core(
         grace_ns=int(cfg.amend_grace_s * 1e9),
     )
     recon.on_synced += [repair.start, desk.release_requeued]
+    passes: set[asyncio.Task[object]] = set()
+
+    def own_pass(reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(recon.run(reason))
+        passes.add(task)
+        task.add_done_callback(passes.discard)
+
+    inquiry = EarlyInquiry(book, request_reconcile or own_pass)
     return OrderCore(
         portfolio=portfolio,
         alerts=alerts,
@@ -147,4 +170,5 @@ def build_order_core(
         desk=desk,
         protection=protection,
         repair=repair,
+        inquiry=inquiry,
     )

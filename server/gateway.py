@@ -153,7 +153,15 @@ class Gateway:
         self._store_failure: Exception | None = None
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(
-            cfg, self.store, broker, self.clock, self.headers, self._send_event, self.publish, self._card_of
+            cfg,
+            self.store,
+            broker,
+            self.clock,
+            self.headers,
+            self._send_event,
+            self.publish,
+            self._card_of,
+            request_reconcile=self.request_reconcile,
         )
         core = self.core
         self.portfolio, self.alerts, self.risk, self.book = core.portfolio, core.alerts, core.risk, core.book

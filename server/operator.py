@@ -256,6 +256,7 @@ class Operator:
         if gw.store.gc is not None:  # group commit: transactions and the fsyncs that made them durable
             counters["store_commits"] = gw.store.gc.commits
             counters["store_syncs"] = gw.store.gc.syncs
+        counters["early_inquiries"] = gw.core.inquiry.looks  # reconciliation passes asked for UNKNOWN submits
         counters["orders_in_doubt"] = gw.core.repair.in_doubt
         counters["chain_repairs"] = gw.core.repair.repaired
         counters["cancels_resent"] = gw.core.repair.resent

@@ -268,3 +268,30 @@ class Reconciler:
         with self.book.store.transaction():
             self.book.store.save_position(EXTERNAL_AGENT, pos)
         portfolio.set_position(EXTERNAL_AGENT, pos)
+
+
+class EarlyInquiry:
+    """A submit whose outcome is unknown is looked for at the broker soon after (EARLY_LOOKS_S), not only
+    by the periodic pass, so that a placed order is ACCEPTED within seconds and a strategy that waits
+    for it is not blocked for the reconciliation period. Each look is a whole reconciliation pass,
+    asked of the gateway's reconcile loop (which coalesces requests): an UNKNOWN is matched among all
+    of the day's orders, never paired with another of ours of the same terms. An order that does not
+    appear stays UNKNOWN until the grace (server/reconcile.py): a late KIS may still list it."""
+
+    EARLY_LOOKS_S = (1.0, 3.0, 10.0)
+
+    def __init__(self, book: OrderBook, request: Callable[[str], None]) -> None:
+        self.book = book
+        self.request = request
+        self.looks = 0  # passes asked for (status)
+
+    def watch(self, coid: str) -> None:
+        loop = asyncio.get_running_loop()
+        for delay in self.EARLY_LOOKS_S:
+            loop.call_later(delay, self._look, coid)
+
+    def _look(self, coid: str) -> None:
+        o = self.book.orders.get(coid)
+        if o is not None and o.state is OrderState.UNKNOWN and not o.broker_chain:
+            self.looks += 1
+            self.request(f"unknown outcome of {coid}")

@@ -126,6 +126,7 @@ class SendQueue:
         workers: int = DEFAULT_WORKERS,
         name: str = "broker",
         learn: Callable[[str], None] | None = None,
+        on_unknown: Callable[[str], None] | None = None,
     ) -> None:
         self.book = book
         self.notices = notices
@@ -134,6 +135,7 @@ class SendQueue:
         # read the broker's list for an order now (its live line may have moved); None: a venue
         # without an order list (the shadow market), whose answers are never in doubt
         self.learn = learn
+        self.on_unknown = on_unknown  # a submit whose outcome is unknown: look for it at the broker soon
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers)
         self.name = name
@@ -344,8 +346,11 @@ class SendQueue:
         book, ts = self.book, self.book.now_ns()
         self.on_broker_error(ts)
         if isinstance(e, BrokerUnknownOutcome):
-            # maybe placed: never resend; reconciliation and the notice stream will tell
+            # maybe placed: never resend; reconciliation (soon, not only the periodic pass) and the
+            # notice stream will tell
             book.try_apply(o.client_order_id, MarkUnknown(ts_ns=ts, reason=str(e)))
+            if self.on_unknown is not None:
+                self.on_unknown(o.client_order_id)
         elif isinstance(e, BrokerRejected):
             book.try_apply(
                 o.client_order_id,

@@ -10,7 +10,7 @@ import pytest
 
 from common.enums import Side
 from tests.conftest import Procs, start_gateway_on_twin, wait_for
-from tests.integration.test_oms_twin import Agent, Twin, reconcile_and_wait
+from tests.integration.test_oms_twin import Agent, Twin
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -18,13 +18,17 @@ pytestmark = pytest.mark.integration
 
 def test_order_reply_with_null_odno_ends_unknown_then_placed(tmp_path: Path, procs: Procs) -> None:
     twin = Twin(procs, tmp_path)
-    # reconcile only on demand: the test decides when the inquiry happens
-    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info, broker_toml="")
+    # the periodic pass is 10 minutes away: only the early look at an UNKNOWN submit can find it
+    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info, gateway_toml="reconcile_s = 600\n")
     wait_for(lambda: fetch_status(run).synced, 20, what="first reconciliation")
+    # and the pass the gateway makes once notices flow: from then on only the early look reconciles
+    wait_for(lambda: fetch_status(run).counters.get("reconciles", 0) >= 2, 20, what="the session-ready pass")
     agent = Agent(run, "doubter", ["005930"])
     try:
         low = twin.book("005930")["bids"][0][0] - 2000  # rests: no fill to muddy the picture
 
+        # notices come 30 s late: what finds the order is a look at the broker's list, not its notice
+        twin.admin.post("/admin/faults/notices", json={"delay_ms": 30_000}).raise_for_status()
         # KIS places the order and answers rt_cd 0 ... with "ODNO": null
         r = twin.admin.post(
             "/admin/faults/rest-mangle",
@@ -36,8 +40,10 @@ def test_order_reply_with_null_odno_ends_unknown_then_placed(tmp_path: Path, pro
         at_twin = [o for o in twin.orders() if o["price"] == low and o["kind"] == "new"]
         assert len(at_twin) == 1  # placed once, never resent
 
-        reconcile_and_wait(run)
-        wait_for(lambda: agent.state(coid) == "accepted", 15, what="reconciliation found it placed")
+        # looked for within seconds (EarlyInquiry: 1, 3, 10 s), not at the next periodic pass
+        wait_for(lambda: agent.state(coid) == "accepted", 12, what="the early look found it placed")
+        assert fetch_status(run).counters.get("early_inquiries", 0) >= 1
+        twin.admin.post("/admin/faults/notices", json={"delay_ms": 0}).raise_for_status()
         assert agent.orders[coid].broker_order_id == at_twin[0]["odno"]  # type: ignore[attr-defined]
         assert any(coid in a and "outcome was unknown" in a for a in fetch_status(run).alerts)
 
