@@ -7,7 +7,10 @@ cannot read is never silently zero (the caller decides: drop the frame, mark a r
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
 
 class NumberError(ValueError):
@@ -25,6 +28,8 @@ def krw(s: str | None) -> int:
     t = s.strip()
     if not t:
         return 0
+    if not _DECIMAL.fullmatch(t):  # KIS writes plain decimals: an exponent, NaN or inf is not a figure
+        raise NumberError(f"not a number: {s!r}")
     try:
         return int(Decimal(t).to_integral_value(ROUND_HALF_UP))
     except InvalidOperation:
@@ -36,7 +41,6 @@ def ratio(s: str | None) -> float:
     t = (s or "").strip()
     if not t:
         return 0.0
-    try:
-        return float(t)
-    except ValueError:
-        raise NumberError(f"not a number: {s!r}") from None
+    if not _DECIMAL.fullmatch(t):
+        raise NumberError(f"not a number: {s!r}")
+    return float(t)

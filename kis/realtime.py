@@ -17,6 +17,7 @@ import logging
 import msgspec
 
 from common.enums import Side
+from kis.numbers import krw
 from kis.crypto import DecryptError, NoticeCipher
 from kis.port import Book, BrokerNotice, NoticeKind, Trade
 
@@ -44,17 +45,7 @@ class BadRecord(FrameError):
     """One record of a frame did not read; the others did."""
 
 
-def _int(s: str) -> int:
-    """Lenient int for wire strings: '' → 0, '+123' / '-0100' fine, '123.00' → 123."""
-    if not s:
-        return 0
-    try:
-        return int(s)
-    except ValueError:
-        s = s.strip()
-        if not s:
-            return 0
-        return int(float(s)) if "." in s else int(s)
+_int = krw  # the KIS client's one number parser: '' → 0, '+123' / '-0100' fine, '123.50' → 124
 
 
 # --- layouts ---------------------------------------------------------------------------------
