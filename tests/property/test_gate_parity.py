@@ -13,7 +13,7 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.clock import KST
@@ -80,6 +80,19 @@ def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
     held=st.sampled_from([0, 10, 40]),
     mark_drop=st.sampled_from([0, 3_000]),
     when=st.sampled_from(sorted(TIMES)),
+)
+# a resting market buy is reserved at the day's upper limit by both: 30 x 91,000 leaves 270,000 of a
+# 3,000,000 budget, so 5 x 70,000 is DENIED_BUDGET (valued at the base, a backtest would accept it)
+@example(
+    stream=[
+        ("005930", Side.BUY, 30, 0, OrderType.MARKET, TimeInForce.DAY, True),
+        ("005930", Side.BUY, 5, 0, OrderType.LIMIT, TimeInForce.DAY, True),
+    ],
+    lim=RiskLimits(),
+    budget=3_000_000,
+    held=0,
+    mark_drop=0,
+    when="continuous",
 )
 def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_drop, when) -> None:  # type: ignore[no-untyped-def]
     card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=CODES, budget=budget, risk=lim)
