@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import approvals
+from common.config import load_card
 from tools.ops.procs import child_env, ktrader_cmd, stop_groups, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
@@ -80,6 +82,7 @@ def main(rounds: int = 5, json_out: bool = False) -> dict[str, object]:
                     aid = f"bench_{tag}{i}"
                     card = tmp / f"{aid}.toml"
                     card.write_text(CARD.format(id=aid))
+                    approvals.approve(run, [load_card(card)], by="ktrader bench")  # the operator's step
                     out.append(_one(run, card, aid, module, env))
         finally:
             stop_groups([gw], grace_s=10)
