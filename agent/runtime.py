@@ -150,7 +150,7 @@ class AgentRuntime(AgentServicesMixin):
         self._outbox: list[NewOrder] = []
         self._stopping = False
         self._timer_s = 0.0
-        self._next_timer = float("inf")
+        self._next_timer_ns: int | None = None  # on the market's clock (ctx.now()), like a backtest's timer
         self._last_ack = 0.0
         self._max_ack_gap = 0.0
         self._hb_sent_at = 0.0
@@ -319,12 +319,24 @@ class AgentRuntime(AgentServicesMixin):
         return p.qty if p else 0
 
     def set_timer(self, interval_s: float) -> None:
+        """on_timer every `interval_s` of market time: wall time live, the twin's clock in a rehearsal or
+        replay (where a session passes in seconds: the timer then fires at each wake of the loop)."""
         self._timer_s = interval_s
-        self._next_timer = time.monotonic() + interval_s if interval_s > 0 else float("inf")
+        self._next_timer_ns = self._market_ns() + int(interval_s * 1e9) if interval_s > 0 else None
+
+    def _market_ns(self) -> int:
+        return time.time_ns() + self._clock_offset_ns
+
+    def _timer_wait_s(self) -> float:
+        """Wall seconds to wait for the timer if the market clock runs at wall speed (it is checked at
+        every wake, heartbeats at least, so a faster clock is followed too)."""
+        if self._next_timer_ns is None:
+            return float("inf")
+        return max(0.0, (self._next_timer_ns - self._market_ns()) / 1e9)
 
     def now(self) -> dt.datetime:
         """The market's time as the gateway's clock says (the twin's, in a rehearsal or replay)."""
-        return kst_from_ns(time.time_ns() + self._clock_offset_ns)
+        return kst_from_ns(self._market_ns())
 
     def market_phase(self) -> Phase:
         """The market's phase as the gateway's clock last said (heartbeat replies, every ~0.25 s)."""
@@ -548,7 +560,7 @@ class AgentRuntime(AgentServicesMixin):
         while not self._stopping:
             now = time.monotonic()
             next_hb = self._hb_sent_at + self.heartbeat_s
-            timeout = max(0.0, min(next_hb, self._next_timer, self.quotes.next_due()) - now)
+            timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now))
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wake.fileno() in ready or wake in ready:
                 try:
@@ -575,9 +587,13 @@ class AgentRuntime(AgentServicesMixin):
                 for pub in fresh:
                     self._on_pub(pub)
             now = time.monotonic()
-            if now >= self._next_timer:
-                self._next_timer = now + self._timer_s if self._timer_s > 0 else float("inf")
-                self._call("on_timer")
+            if self._next_timer_ns is not None:
+                market, interval_ns = self._market_ns(), int(self._timer_s * 1e9)
+                if market >= self._next_timer_ns:
+                    self._next_timer_ns = market + interval_ns
+                    self._call("on_timer")
+                elif self._next_timer_ns - market > interval_ns:  # the clock moved back (another gateway)
+                    self._next_timer_ns = market + interval_ns
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._heartbeat(now)
             if now >= self.quotes.next_due():

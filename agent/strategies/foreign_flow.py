@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from agent.strategy import Context, DataNeed, Strategy, session_tif
-from common.errors import KtraderError
+from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.schema import InvestorDay, OrderView
 
@@ -78,6 +78,10 @@ class ForeignFlow(Strategy):
     def on_order(self, order: OrderView) -> None:
         if self.inflight.get(order.code) == order.client_order_id:
             del self.inflight[order.code]
+        if order.reason_code == ErrorCode.WRONG_DAY.value:
+            # sent across a day change (numbered by the day that just ended): the signal still holds,
+            # so the next poll decides again (any other refusal stands: no order every poll)
+            self.ctx.state.pop(f"acted:{order.code}", None)
 
     def on_timer(self) -> None:
         for code in self.params.codes:

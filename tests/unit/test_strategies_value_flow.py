@@ -4,8 +4,6 @@ nothing, and that a restarted copy (same snapshot, same kv state) does not repea
 from __future__ import annotations
 
 import datetime as dt
-
-from common.krx import Phase
 import logging
 from typing import Any
 
@@ -17,6 +15,7 @@ from agent.strategies.foreign_flow import ForeignFlow, streak
 from agent.strategies.value_vol import ValueVol, volatility_pct
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode, KtraderError
+from common.krx import Phase
 from common.orders import OrderState
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 
@@ -314,6 +313,28 @@ def test_foreign_flow_buys_after_n_days_once_per_signal_and_sells_after_m() -> N
     q = ctx.queries
     s.on_timer()
     assert ctx.queries == q and len(ctx.orders) == 2
+
+
+def test_foreign_flow_decides_again_after_an_order_lost_at_the_day_change_only() -> None:
+    """An order numbered by the day that just ended is refused WRONG_DAY: the signal still holds, the next
+    poll buys; any other refusal (here the budget) stands, or it would be sent again every poll."""
+    ctx = ScriptedContext()
+    ctx.quotes["005930"] = quote("005930", last=70_000, per=20.0)
+    ctx.flows["005930"] = days(10, 20, 30)
+    s = flow(ctx)
+    assert len(ctx.orders) == 1
+
+    def refused(o: dict[str, Any], code: ErrorCode) -> OrderView:
+        v = msgspec.structs.replace(ctx.rest(o, OrderState.DENIED), reason_code=code.value)
+        ctx._open.clear()
+        return v
+
+    s.on_order(refused(ctx.orders[0], ErrorCode.WRONG_DAY))
+    s.on_timer()
+    assert len(ctx.orders) == 2  # decided again
+    s.on_order(refused(ctx.orders[1], ErrorCode.DENIED_BUDGET))
+    s.on_timer()
+    assert len(ctx.orders) == 2  # not again
 
 
 @pytest.mark.parametrize(
