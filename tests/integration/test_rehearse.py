@@ -2,7 +2,9 @@
 three real KRX days with an agent and the gateway killed -9 mid-day; the audit must be clean (no
 reconcile difference outside a restart's recovery, no false external order, nothing lost, duplicated
 or unresolved, books equal to the account) and every daily-bar sample must decide what a backtest of
-the same days decides."""
+the same days decides. The days are chosen so that sma_bracket's SMAs cross up on the first (SK hynix,
+2026-03-16): its buy goes out at the next open with a bracket, and the take-profit is met on the third,
+sold by the gateway live and on the same day in the backtest."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def test_three_days_with_kills_audit_clean_and_daily_samples_match_the_backtest(
             "--days",
             "3",
             "--from",
-            "2026-05-26",
+            "2026-03-16",
             "--kill-every",
             "2",
             "--data",
@@ -47,16 +49,23 @@ def test_three_days_with_kills_audit_clean_and_daily_samples_match_the_backtest(
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads(out.stdout)
     audit = summary["audit"]
-    assert summary["days"] == ["2026-05-26", "2026-05-27", "2026-05-28"]
+    assert summary["days"] == ["2026-03-16", "2026-03-17", "2026-03-18"]
     assert (
         audit["failures"] == [] and audit["external_orders"] == [] and audit["lost"] == [] and audit["duplicated"] == []
     )
     assert audit["restarts"]["gateway"] == 1 and sum(v for k, v in audit["restarts"].items() if k != "gateway") == 1
     assert all(d["report"] and not d["reconcile_differences"] for d in audit["days"])
     reports = sorted(p.name for p in (tmp_path / "r" / "run" / "reports").glob("daily-*.json"))
-    assert reports == ["daily-20260526.json", "daily-20260527.json", "daily-20260528.json"]
+    assert reports == ["daily-20260316.json", "daily-20260317.json", "daily-20260318.json"]
     parity = {r["agent"]: r for r in audit["parity"]}
     for agent in ("pair_spread", "pullback", "sma_cross_daily", "volume_breakout"):  # the daily-bar samples
         assert parity[agent]["equal"], parity[agent]
     assert all(r["equal"] or r["reason"] for r in parity.values())
+    # the protected sample: its own buy decided on the 16th, and its take-profit exit on the 18th, the
+    # same live (the gateway's protective order) and in the backtest
+    bracket = parity["sma_bracket"]
+    assert bracket["equal"] and bracket["live"] == 1, bracket
+    assert bracket["exits_equal"] and [(e["day"], e["side"]) for e in bracket["exits_live"]] == [("20260318", "sell")]
+    report = json.loads((tmp_path / "r" / "run" / "reports" / "daily-20260318.json").read_text())
+    assert [(p["agent"], p["leg"], p["state"]) for p in report["protections"]] == [("sma_bracket", "take", "done")]
     assert sum(sum(d["orders"].values()) for d in audit["days"]) > 0

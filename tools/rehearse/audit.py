@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -47,6 +48,12 @@ class ParityRow(msgspec.Struct):
     only_live: list[Decision] = []
     only_backtest: list[Decision] = []
     reason: str = ""  # why they may differ; "" = they must not
+    # the orders placed on the agent's behalf (protective exits, end-of-day flattens: the gateway's live,
+    # the engine's in the backtest), compared apart from its decisions: equal when each protective level
+    # was met on the same day
+    exits_live: list[Decision] = []
+    exits_backtest: list[Decision] = []
+    exits_equal: bool = True
 
 
 class DayRow(msgspec.Struct):
@@ -104,16 +111,25 @@ def decision_of(o: Order) -> Decision:
     )
 
 
+def _own(o: Order) -> bool:
+    """An order the agent decided (the gateway numbers its own from GATEWAY_ORDER_BASE, live and in a
+    backtest alike: end-of-day flattens, protective exits)."""
+    return parse_client_order_id(o.client_order_id)[2] < GATEWAY_ORDER_BASE
+
+
 def live_decisions(orders: list[tuple[str, Order]], agent: str) -> list[Decision]:
-    """The agent's own decisions (not the gateway's on its behalf: end-of-day flattens)."""
-    out = []
-    for _, o in orders:
-        if o.agent != agent:
-            continue
-        _, _, n = parse_client_order_id(o.client_order_id)
-        if n < GATEWAY_ORDER_BASE:
-            out.append(decision_of(o))
-    return sorted(out)
+    """The agent's own decisions (not the gateway's on its behalf)."""
+    return sorted(decision_of(o) for _, o in orders if o.agent == agent and _own(o))
+
+
+def own_decisions(orders: Iterable[Order]) -> list[Decision]:
+    return sorted(decision_of(o) for o in orders if _own(o))
+
+
+def gateway_orders(orders: Iterable[Order]) -> list[Decision]:
+    """The orders the gateway (or the backtest engine) placed on the agent's behalf: protective exits,
+    end-of-day flattens."""
+    return sorted(decision_of(o) for o in orders if not _own(o))
 
 
 def parity_reason(card: AgentCard) -> str:
@@ -134,7 +150,13 @@ def parity_reason(card: AgentCard) -> str:
     return ""
 
 
-def compare(agent: str, live: list[Decision], backtest: list[Decision], reason: str) -> ParityRow:
+def compare(
+    agent: str,
+    live: list[Decision],
+    backtest: list[Decision],
+    reason: str,
+    exits: tuple[list[Decision], list[Decision]] = ([], []),
+) -> ParityRow:
     lc, bc = Counter(live), Counter(backtest)
     only_live = sorted((lc - bc).elements())
     only_bt = sorted((bc - lc).elements())
@@ -146,6 +168,9 @@ def compare(agent: str, live: list[Decision], backtest: list[Decision], reason: 
         only_live=only_live[:20],
         only_backtest=only_bt[:20],
         reason=reason,
+        exits_live=exits[0][:20],
+        exits_backtest=exits[1][:20],
+        exits_equal=sorted(exits[0]) == sorted(exits[1]),
     )
 
 

@@ -103,14 +103,18 @@ def _print(summary: object, console: Console) -> None:
         )
     console.print(t)
     p = Table(title="parity with the backtest")
-    for col in ("agent", "live", "backtest", "equal", "reason"):
+    for col in ("agent", "live", "backtest", "equal", "on its behalf", "reason"):
         p.add_column(col)
     for r in a.parity:
+        exits = len(r.exits_live) + len(r.exits_backtest)
         p.add_row(
             r.agent,
             str(r.live),
             str(r.backtest),
             "yes" if r.equal else "no",
+            ("same" if r.exits_equal else f"{len(r.exits_live)} live, {len(r.exits_backtest)} backtest")
+            if exits
+            else "-",
             r.reason or ("-" if r.equal else "UNEXPLAINED"),
         )
     console.print(p)

@@ -30,7 +30,6 @@ from tools.ops.procs import stop_groups, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
 
-
 # The continuous session is driven in these steps (each an advance of the twin's clock).
 INTRADAY_STEPS = ("10:00:00", "11:00:00", "12:00:00", "13:00:00", "14:00:00", "15:00:00")
 
@@ -78,6 +77,10 @@ class Desk:
         )
 
     def start(self) -> None:
+        if (self.workdir / "run").exists():  # its store, days and orders would be taken as this run's
+            raise RehearsalError(
+                f"{self.workdir} holds an earlier rehearsal: remove it (or give another --workdir) and run again"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.twin = self._spawn(
             [

@@ -25,17 +25,17 @@ from common.calendar import trading_days
 from common.config import AgentCard, load_card
 from common.enums import BarInterval
 from tools.backtest.data import Series, load_codes
-from tools.backtest.history import load_history
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+from tools.backtest.history import load_history
 from tools.rehearse.audit import (
     Audit,
-    Decision,
     ParityRow,
     _orders,
     audit_run,
     compare,
-    decision_of,
+    gateway_orders,
     live_decisions,
+    own_decisions,
     parity_reason,
 )
 from tools.rehearse.desk import INTRADAY_STEPS, Desk, RehearsalError
@@ -178,8 +178,9 @@ def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days:
                 )
             )
             continue
-        backtest: list[Decision] = sorted(decision_of(o) for o in result.orders)
-        rows.append(compare(card.id, live, backtest, parity_reason(card)))
+        backtest = own_decisions(result.orders)
+        exits = (gateway_orders(o for _, o in orders if o.agent == card.id), gateway_orders(result.orders))
+        rows.append(compare(card.id, live, backtest, parity_reason(card), exits))
     return rows
 
 
