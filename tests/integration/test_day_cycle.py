@@ -78,6 +78,12 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
     wait_for(lambda: (a := agent(run, "bravo")) and a.open_orders == 0, 20, what="bravo's order cancelled")
     charlie = agent(run, "charlie")
     assert charlie.open_orders == 1 and charlie.position_codes == 1  # hold: nothing touched
+    # after its clean-up an agent may only reduce until tomorrow, and status says so
+    wait_for(
+        lambda: all(agent(run, a).trading_state.value == "reducing" for a in ("alpha", "bravo")),
+        10,
+        what="alpha and bravo reducing in status",
+    )
 
     # the close: leftovers expire, the daily report is written
     admin.post("/admin/clock/close")
@@ -91,7 +97,12 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
     assert report["bravo"]["by_state"] == {"cancelled": 1}
     c = report["charlie"]
     assert c["by_state"].get("expired") == 1 and [p["qty"] for p in c["positions"]] == [4]
-    assert (run / "reports" / f"daily-{day1}.txt").read_text().startswith(f"ktrader daily report {day1}")
+    # the header counts what expired at the close: charlie's resting buy
+    assert (
+        (run / "reports" / f"daily-{day1}.txt")
+        .read_text()
+        .startswith(f"ktrader daily report {day1} (1 orders expired at the close)")
+    )
     assert fetch_status(run).open_orders == 0
 
     # the next trading day: positions carried, a restarted agent numbers its orders by the new day
@@ -107,4 +118,5 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
     log = (tmp_path / "charlie2.log").read_text()
     assert f"charlie-{day2}-1" in log and f'"day":"{day2}"' in log
     assert agent(run, "charlie").position_codes == 1  # carried over
+    assert agent(run, "alpha").trading_state.value == "active"  # a new day: trading again
     assert gw.poll() is None

@@ -55,6 +55,14 @@ BROKEN = {
         "risk.cash_reserve",
         "no buy could pass",
     ),
+    # a daily-bar strategy whose card does not subscribe to daily bars would never trade
+    "no_daily_bars": (
+        card("no_daily_bars").replace(
+            "agent.strategies.ma_cross:MaCross", "agent.strategies.sma_cross_daily:SmaCrossDaily"
+        ),
+        "subscriptions.bars",
+        "would never trade",
+    ),
 }
 
 

@@ -160,6 +160,23 @@ def test_outside_any_session_plain_orders_are_refused_next_session_ones_held(tmp
     asyncio.run(main())
 
 
+def test_a_next_session_order_whose_session_passed_unsent_expires(tmp_path: Path) -> None:
+    """Held after Friday's close for Monday; the gateway is first back on Tuesday: Monday's session went
+    by without it, so it expires unsent (never sent a day late) and the count says so."""
+    tuesday = dt.datetime.combine(dt.date(2026, 11, 24), dt.time(9, 30), KST)
+
+    async def main() -> None:
+        async with Desk(tmp_path, at=dt.datetime.combine(TODAY, dt.time(15, 45), KST)) as d:
+            o = order("alpha", 1, tif=TimeInForce.NEXT_SESSION)
+            assert d.core.desk.submit(card(), o).accepted
+            d.clock.set(tuesday)
+            assert d.core.desk.release_due() == (0, 1)
+            assert d.core.book.orders[o.client_order_id].state.value == "expired"
+            assert d.broker.submits == 0 and not d.core.book.held
+
+    asyncio.run(main())
+
+
 async def _until(cond) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         await asyncio.sleep(0.005)
