@@ -11,11 +11,11 @@ socket's monitor saw the refusal."""
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from common.connection import GatewayInfo
 from common.credentials import Credential
@@ -105,14 +105,18 @@ class GatewayClient:
         last good one ("" on ipc, or when nothing failed)."""
         while self._monitor is not None:
             try:
-                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if len(frames) != 2 or len(frames[0]) != 6:
+                continue  # not a monitor event (libzmq's format: u16 event, u32 value; the endpoint)
+            # parsed here: zmq.utils.monitor would import zmq.asyncio (asyncio, ssl: 4 MB per agent)
+            event, value = struct.unpack("=hi", frames[0])
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._trouble = ""
-            elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._trouble = (
-                    f"the gateway refused this client's CURVE key (ZAP {ev['value']}): register it on the "
+                    f"the gateway refused this client's CURVE key (ZAP {value}): register it on the "
                     f"gateway's host: {register_hint(self._key_name)}"
                 )
             else:

@@ -138,3 +138,20 @@ def test_every_request_names_its_reply() -> None:
     from common.schema import REPLY_TO, Query, Request
 
     assert set(get_args(Request)) - set(REPLY_TO) == {Query}  # a query's reply depends on its kind
+
+
+def test_an_agent_process_imports_only_what_an_agent_needs() -> None:
+    """`ktrader agent run` goes to agent/main.py without the CLI; nothing on that path may pull in the
+    console, the twin, the backtester, HTTP clients or asyncio (each costs every agent process MBs:
+    zmq.utils.monitor alone brought asyncio and ssl, ~4 MB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.main, agent.runtime, agent.client, agent.strategies.ma_cross; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(out.stdout.split())
+    heavy = {"asyncio", "ssl", "typer", "rich", "textual", "httpx", "aiohttp", "apsw", "server", "kis", "tools"}
+    assert not loaded & heavy, sorted(loaded & heavy)
