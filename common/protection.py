@@ -81,6 +81,15 @@ class ProtectionSpec(msgspec.Struct, frozen=True, kw_only=True):
     slip_bp: Annotated[int, msgspec.Meta(ge=0, lt=3_000)] = 100  # exit = limit: how far below the print
     when_closed: WhenClosed = WhenClosed.NEXT_OPEN
 
+    def levels(self, sep: str = ", ") -> str:
+        """Its levels for a person: "stop 68,000, take 75,000, trail 5 %"."""
+        parts = (
+            f"stop {self.stop:,}" if self.stop else "",
+            f"take {self.take:,}" if self.take else "",
+            f"trail {self.trail_bp / 100:g} %" if self.trail_bp else "",
+        )
+        return sep.join(x for x in parts if x)
+
 
 class Protection(msgspec.Struct, frozen=True, kw_only=True):
     """One protective order as the gateway journals it and agents, status and reports see it."""

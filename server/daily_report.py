@@ -105,16 +105,7 @@ def render(rep: DailyReport) -> str:
     if rep.protections:
         lines += ["", "protective orders"]
         for pr in rep.protections:
-            s = pr.spec
-            levels = ", ".join(
-                x
-                for x in (
-                    f"stop {s.stop:,}" if s.stop else "",
-                    f"take {s.take:,}" if s.take else "",
-                    f"trail {s.trail_bp / 100:g} %" if s.trail_bp else "",
-                )
-                if x
-            )
+            levels = pr.spec.levels()
             met = f", {pr.leg.value} met at {pr.trigger_price:,}" if pr.leg is not None else ""
             sold = f", sold {pr.sold} for {pr.sold_value:,}" if pr.sold else ""
             lines.append(

@@ -44,7 +44,7 @@ from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
 from kis.credentials import credentials_env
 from tools.bench.rtt import quantile
-from tools.ops.procs import signal_group, stop_groups, wait_until
+from tools.ops.procs import ktrader_cmd, signal_group, stop_groups, twin_args, wait_until
 from tools.ops.status import fetch_status, send_control
 from tools.paths import ROOT
 
@@ -127,7 +127,7 @@ class Stack:
         log = open(self.workdir / f"{log_name}.log", "ab")
         self.logs.append(log)
         return subprocess.Popen(
-            [sys.executable, "-m", "tools", *args],
+            ktrader_cmd(*args),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -174,23 +174,7 @@ class Campaign:
         twin_log = open(self.workdir / "twin.log", "ab")
         st.logs.append(twin_log)
         st.twin = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools",
-                "sim",
-                "--rest-port",
-                "0",
-                "--paper-rest-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--admin-port",
-                "0",
-                "--seed",
-                str(self.seed),
-                "--quiet",
-            ],
+            ktrader_cmd(*twin_args(self.seed)),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=twin_log,

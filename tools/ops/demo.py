@@ -22,6 +22,7 @@ from common.connection import ConnectionFileError, read_info
 from common.errors import KtraderError
 from common.schema import StatusReply
 from server.app import held_run_locks
+from tools.ops.procs import ktrader_cmd
 from tools.ops.status import fetch_status, render_status
 from tools.ops.supervisor import Supervisor
 
@@ -32,7 +33,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "tools", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        ktrader_cmd(*args), stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
 
 

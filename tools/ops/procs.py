@@ -20,6 +20,12 @@ def ktrader_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tools", *args]
 
 
+def twin_args(seed: int, *extra: str) -> list[str]:
+    """`ktrader sim` on ports the OS picks (it prints them on its first line), quiet, seeded."""
+    ports = ("--rest-port", "0", "--paper-rest-port", "0", "--ws-port", "0", "--admin-port", "0")
+    return ["sim", *ports, "--seed", str(seed), "--quiet", *extra]
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment with the checkout importable (children run from ROOT)."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}

@@ -196,16 +196,7 @@ def protection_rows(st: StatusReply) -> list[list[str]]:
     """Protective orders as table rows: id, agent, code, qty, levels, state, detail."""
     rows = []
     for p in st.protections:
-        s = p.spec
-        levels = " ".join(
-            x
-            for x in (
-                f"stop {s.stop:,}" if s.stop else "",
-                f"take {s.take:,}" if s.take else "",
-                f"trail {s.trail_bp / 100:g}%" if s.trail_bp else "",
-            )
-            if x
-        )
+        levels = p.spec.levels(" ")
         met = f"{p.leg.value} met at {p.trigger_price:,}" if p.leg is not None else ""
         sold = f"sold {p.sold} @ {p.sold_value // p.sold:,}" if p.sold else ""
         detail = "; ".join(x for x in (met, sold, p.reason) if x)

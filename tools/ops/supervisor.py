@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
 from common.config import ConfigError, load_card
-from tools.ops.procs import signal_group
+from tools.ops.procs import ktrader_cmd, signal_group
 
 log = logging.getLogger("ktrader.supervisor")
 
@@ -83,7 +82,7 @@ class Supervised:
 
 
 def default_command(card: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "tools", "agent", "run", str(card), "--run-dir", str(run_dir)]
+    return ktrader_cmd("agent", "run", str(card), "--run-dir", str(run_dir))
 
 
 class Supervisor:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from common import approvals
 from common.config import AgentCard
 from common.schema import StatusReply
 from kis.credentials import credentials_env
-from tools.ops.procs import stop_groups, wait_until
+from tools.ops.procs import ktrader_cmd, stop_groups, twin_args, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
 
@@ -68,7 +67,7 @@ class Desk:
         e.update(env or {})
         out = open(self.workdir / f"{log}.log", "ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "tools", *args],
+            ktrader_cmd(*args),
             cwd=ROOT,
             env=e,
             start_new_session=True,
@@ -83,26 +82,7 @@ class Desk:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.twin = self._spawn(
-            [
-                "sim",
-                "--rest-port",
-                "0",
-                "--paper-rest-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--admin-port",
-                "0",
-                "--seed",
-                "7",
-                "--quiet",
-                "--history",
-                str(self.data),
-                "--from",
-                self.first_day.isoformat(),
-                "--tick-interval",
-                "0",
-            ],
+            twin_args(7, "--history", str(self.data), "--from", self.first_day.isoformat(), "--tick-interval", "0"),
             "twin",
             stdout=subprocess.PIPE,
         )
