@@ -115,8 +115,12 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
         20,
         what="charlie's orders of the new day",
     )
-    log = (tmp_path / "charlie2.log").read_text()
-    assert f"charlie-{day2}-1" in log and f'"day":"{day2}"' in log
+    # the gateway counts the orders when they arrive; the agent logs them when their events come back
+    wait_for(
+        lambda: f"charlie-{day2}-1" in (log := (tmp_path / "charlie2.log").read_text()) and f'"day":"{day2}"' in log,
+        10,
+        what="charlie's log names its orders by the new day",
+    )
     assert agent(run, "charlie").position_codes == 1  # carried over
     assert agent(run, "alpha").trading_state.value == "active"  # a new day: trading again
     assert gw.poll() is None
