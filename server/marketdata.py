@@ -37,7 +37,7 @@ class MarketData:
         self.store = store
         self.builder = BarBuilder(intervals, rule)
         self.publisher: Publisher | None = None  # set once the PUB socket is bound
-        self._skip_next = False  # fault injection: lose one message on every topic (gap healing tests)
+        self._skips = 0  # fault injection: messages still to be preceded by a lost one (gap healing tests)
         self.trades: dict[str, TradeTick] = {}
         self.books: dict[str, BookTick] = {}
         self.closed: dict[tuple[str, str], Bar] = {}
@@ -86,14 +86,16 @@ class MarketData:
     def _pub(self, topic: str, body: PubBody) -> None:
         pub = self.publisher
         if pub is not None:
-            if self._skip_next:
+            if self._skips:
+                self._skips -= 1
                 pub.seq[topic] = pub.seq.get(topic, 0) + 1  # as if a message had been dropped
             self.seqs[topic] = pub.publish(topic, body)
 
-    def inject_gap(self) -> None:
-        """Operator/test fault: until the next flush (< 1 s), each market-data message is preceded by a
-        'lost' one (a sequence number used but nothing sent), so subscribers see gaps and must heal."""
-        self._skip_next = True
+    def inject_gap(self, messages: int = 8) -> None:
+        """Operator/test fault: each of the next `messages` market-data messages is preceded by a 'lost'
+        one (a sequence number used but nothing sent), so subscribers see gaps and must heal. Counted in
+        messages, not time: on a loaded box a time window could pass before any message does."""
+        self._skips = messages
 
     def on_trade(self, ev: Trade, wall: dt.datetime | None = None) -> None:
         tick = TradeTick(
@@ -134,7 +136,6 @@ class MarketData:
 
     def flush(self, wall: dt.datetime | None = None) -> list[Bar]:
         """Close bars by time (called every second)."""
-        self._skip_next = False
         exchange = self.exchange_now(wall)
         closed = self.flush_at(exchange)
         if closed and self.on_clock is not None:

@@ -453,7 +453,7 @@ class Operator:
 
     def _feed_gap(self) -> str:
         self.gw.md.inject_gap()
-        return "market-data messages of the next second are skipped"
+        return "market-data messages skipped: each of the next 8 follows a lost one"
 
     def _reload(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
         new = msg.card
