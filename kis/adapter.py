@@ -274,6 +274,22 @@ class KisBroker(BrokerPort):
 
     # --- orders --------------------------------------------------------------------------------
 
+    async def _order_call(
+        self, path: Path, tr: Tr, body: msgspec.Struct, kind: Kind, lane: Lane, caller: str, call: str
+    ) -> BrokerAck:
+        """One order-path POST (a new order, a revise, a cancel) and its reply read as an acknowledgement."""
+        page = await self.rest.request(
+            "POST",
+            path,
+            self.env.tr_id(tr),
+            wire.OrderResponse,
+            body=wire.to_params(body),
+            kind=kind,
+            lane=lane,
+            caller=caller,
+        )
+        return self._ack(page, call)
+
     def _ack(self, page: Page, call: str) -> BrokerAck:
         """An order reply KIS marked successful, decoded leniently. The order is ours only when the
         reply names it beyond doubt: a 10-digit-style ODNO and the branch (org no) that cancels need,
@@ -334,17 +350,7 @@ class KisBroker(BrokerPort):
         log.info(
             "submit %s %s %s x%d @%d (%s)", order.client_order_id, order.side, order.code, order.qty, order.price, dvsn
         )
-        page = await self.rest.request(
-            "POST",
-            Path.ORDER_CASH,
-            self.env.tr_id(tr),
-            wire.OrderResponse,
-            body=wire.to_params(req),
-            kind=Kind.WRITE,
-            lane=Lane.ORDER,
-            caller=caller,
-        )
-        return self._ack(page, "order")
+        return await self._order_call(Path.ORDER_CASH, tr, req, Kind.WRITE, Lane.ORDER, caller, "order")
 
     async def modify(self, req: BrokerModify, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         body = wire.OrderRvsecnclRequest(
@@ -358,17 +364,9 @@ class KisBroker(BrokerPort):
             ORD_UNPR="0" if req.order_type in PRICELESS else str(req.price),
             QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
         )
-        page = await self.rest.request(
-            "POST",
-            Path.ORDER_RVSECNCL,
-            self.env.tr_id(Tr.ORDER_RVSECNCL),
-            wire.OrderResponse,
-            body=wire.to_params(body),
-            kind=Kind.WRITE,
-            lane=Lane.ORDER,
-            caller=caller,
+        return await self._order_call(
+            Path.ORDER_RVSECNCL, Tr.ORDER_RVSECNCL, body, Kind.WRITE, Lane.ORDER, caller, "revise"
         )
-        return self._ack(page, "revise")
 
     async def cancel(self, req: BrokerCancel, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         body = wire.OrderRvsecnclRequest(
@@ -382,17 +380,9 @@ class KisBroker(BrokerPort):
             ORD_UNPR="0",
             QTY_ALL_ORD_YN="Y" if req.all_qty else "N",
         )
-        page = await self.rest.request(
-            "POST",
-            Path.ORDER_RVSECNCL,
-            self.env.tr_id(Tr.ORDER_RVSECNCL),
-            wire.OrderResponse,
-            body=wire.to_params(body),
-            kind=Kind.CANCEL,
-            lane=Lane.CANCEL,
-            caller=caller,
+        return await self._order_call(
+            Path.ORDER_RVSECNCL, Tr.ORDER_RVSECNCL, body, Kind.CANCEL, Lane.CANCEL, caller, "cancel"
         )
-        return self._ack(page, "cancel")
 
     # --- inquiries -----------------------------------------------------------------------------
 
