@@ -640,15 +640,21 @@ class Campaign:
         }
 
     def _cancel_everything(self, timeout_s: float = 20.0) -> list[str]:
-        """The operator cancels every agent's orders; what is still open at the twin afterwards could
-        not be cancelled (the finding: a revise whose answer was lost left the cancel at a dead number)."""
+        """The operator cancels every agent's orders, again each second while lines stay open (an order can
+        reopen meanwhile: a forged fill taken back by reconciliation makes a 'filled' order open again);
+        what is still open at the twin at the end could not be cancelled (the finding: a revise whose
+        answer was lost left the cancel at a dead number)."""
         st = self.stack
         send_control(st.run, "cancel_all", all_=True)
-        deadline = time.monotonic() + timeout_s
+        asked = time.monotonic()
+        deadline = asked + timeout_s
         left = self._open_lines()
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
             left = self._open_lines()
+            if left and time.monotonic() - asked >= 1.0:
+                send_control(st.run, "cancel_all", all_=True)
+                asked = time.monotonic()
         return [f"{o['odno']} ({o['side']} {o['open_qty']} {o['code']})" for o in left]
 
     @staticmethod
