@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from agent.strategy import Context, DataNeed, Strategy, session_tif
+from common.enums import Side
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.schema import InvestorDay, OrderView
@@ -64,6 +65,8 @@ class ForeignFlow(Strategy):
         # code -> order placed whose first event has not come back yet: ctx.open_orders cannot show
         # it, and a poll (or a fill) in between must not place the same order twice
         self.inflight: dict[str, str] = {}
+        # code -> an order refused only because it crossed a day change: placed again at the next poll
+        self.redo: dict[str, OrderView] = {}
 
     def on_start(self) -> None:
         self.ctx.log.info(
@@ -79,9 +82,10 @@ class ForeignFlow(Strategy):
         if self.inflight.get(order.code) == order.client_order_id:
             del self.inflight[order.code]
         if order.reason_code == ErrorCode.WRONG_DAY.value:
-            # sent across a day change (numbered by the day that just ended): the signal still holds,
-            # so the next poll decides again (any other refusal stands: no order every poll)
-            self.ctx.state.pop(f"acted:{order.code}", None)
+            # sent across a day change (numbered by the day that just ended): the decision stands (a
+            # backtest takes it at the next open), so the next poll sends it again, numbered by the new
+            # day; any other refusal stands (no order every poll)
+            self.redo[order.code] = order
 
     def on_timer(self) -> None:
         for code in self.params.codes:
@@ -93,6 +97,12 @@ class ForeignFlow(Strategy):
     def _step(self, code: str) -> None:
         p: Params = self.params
         if code in self.inflight or any(o.code == code for o in self.ctx.open_orders.values()):
+            return
+        if (again := self.redo.pop(code, None)) is not None:
+            place = self.ctx.buy if again.side is Side.BUY else self.ctx.sell
+            self.inflight[code] = place(
+                code, again.qty, again.price, tif=session_tif(self.ctx), reason="sent again after a day change"
+            )
             return
         days = self.ctx.investor(code)
         if not days:

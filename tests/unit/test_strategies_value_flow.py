@@ -315,9 +315,10 @@ def test_foreign_flow_buys_after_n_days_once_per_signal_and_sells_after_m() -> N
     assert ctx.queries == q and len(ctx.orders) == 2
 
 
-def test_foreign_flow_decides_again_after_an_order_lost_at_the_day_change_only() -> None:
-    """An order numbered by the day that just ended is refused WRONG_DAY: the signal still holds, the next
-    poll buys; any other refusal (here the budget) stands, or it would be sent again every poll."""
+def test_foreign_flow_sends_again_an_order_lost_at_the_day_change_only() -> None:
+    """An order numbered by the day that just ended is refused WRONG_DAY: the decision stands, the next
+    poll sends the same order again (even if the new day's flows no longer show the streak); any other
+    refusal (here the budget) stands, or it would be sent again every poll."""
     ctx = ScriptedContext()
     ctx.quotes["005930"] = quote("005930", last=70_000, per=20.0)
     ctx.flows["005930"] = days(10, 20, 30)
@@ -330,8 +331,11 @@ def test_foreign_flow_decides_again_after_an_order_lost_at_the_day_change_only()
         return v
 
     s.on_order(refused(ctx.orders[0], ErrorCode.WRONG_DAY))
+    ctx.flows["005930"] = days(-5, 10, 20, 30)  # the next day's flows: the streak is broken
     s.on_timer()
-    assert len(ctx.orders) == 2  # decided again
+    assert len(ctx.orders) == 2  # sent again
+    first, again = ctx.orders
+    assert (again["side"], again["qty"], again["price"]) == (first["side"], first["qty"], first["price"])
     s.on_order(refused(ctx.orders[1], ErrorCode.DENIED_BUDGET))
     s.on_timer()
     assert len(ctx.orders) == 2  # not again
