@@ -5,7 +5,6 @@ of the gateway (twice) and of agents; the audit against the twin's own records m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tools.chaos.campaign import CLEAN
+from tools.ops.procs import child_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def test_small_fault_campaign_loses_nothing(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=220,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     assert out.stdout.strip(), out.stderr[-3000:]
     report = json.loads(out.stdout)

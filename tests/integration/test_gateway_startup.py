@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID, credentials_env
 from kis.startup import StartExit
 from tests.conftest import ROOT, Procs, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
 
 pytestmark = pytest.mark.integration
 
@@ -217,29 +218,11 @@ def test_tls_failure_names_the_cause_and_ca_bundle_fixes_it(tmp_path: Path, tls_
 def start_twin(procs: Procs, tmp: Path) -> dict[str, str]:
     log = open(tmp / "twin.err", "wb")
     p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools.cli",
-            "sim",
-            "--rest-port",
-            "0",
-            "--paper-rest-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--seed",
-            "5",
-            "--tick-interval",
-            "0",
-            "--quiet",
-        ],
+        ktrader_cmd(*twin_args(5, "--tick-interval", "0")),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=log,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
         start_new_session=True,
     )
     procs.procs.append(p)

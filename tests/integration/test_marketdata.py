@@ -6,15 +6,14 @@ chart API; a forced feed gap is healed from a snapshot with no bar delivered twi
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, ROOT, approve, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
 from tools.ops.status import fetch_status, health_lines, send_control
 
 pytestmark = pytest.mark.integration
@@ -36,33 +35,11 @@ history = {history}
 def market(tmp_path: Path, procs: Procs):
     err = open(tmp_path / "twin.err", "wb")
     twin = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools",
-            "sim",
-            "--rest-port",
-            "0",
-            "--paper-rest-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--seed",
-            "3",
-            "--clock",
-            "replay",
-            "--speed",
-            "300",
-            "--tick-interval",
-            "0.05",
-            "--quiet",
-        ],
+        ktrader_cmd(*twin_args(3, "--clock", "replay", "--speed", "300", "--tick-interval", "0.05")),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=err,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
         start_new_session=True,
     )
     procs.procs.append(twin)

@@ -38,6 +38,7 @@ from common.schema import (
     SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
 from tools.ops.status import fetch_status, send_control
 
 pytestmark = pytest.mark.integration
@@ -47,29 +48,11 @@ class Twin:
     def __init__(self, procs: Procs, tmp: Path) -> None:
         log = open(tmp / "twin.err", "wb")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools",
-                "sim",
-                "--rest-port",
-                "0",
-                "--paper-rest-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--admin-port",
-                "0",
-                "--seed",
-                "3",
-                "--tick-interval",
-                "0",
-                "--quiet",
-            ],
+            ktrader_cmd(*twin_args(3, "--tick-interval", "0")),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
             start_new_session=True,
         )
         procs.procs.append(self.proc)

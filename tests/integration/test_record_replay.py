@@ -28,7 +28,8 @@ from common.schema import AgentEvent, NewOrder, OrdersReply, OrderUpdate, OrderV
 from kis.port import Trade
 from kis.realtime import FrameParser
 from server.recorder import FrameKind, iter_frames
-from tests.conftest import Procs, ROOT, agent_client, approve, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, agent_client, approve, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -39,29 +40,11 @@ CODES = ["005930", "000660"]
 def start_twin(procs: Procs, tmp: Path) -> dict:
     err = open(tmp / "twin.err", "wb")
     p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools",
-            "sim",
-            "--rest-port",
-            "0",
-            "--paper-rest-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--seed",
-            "5",
-            "--tick-interval",
-            "0",
-            "--quiet",
-        ],
+        ktrader_cmd(*twin_args(5, "--tick-interval", "0")),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=err,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
         start_new_session=True,
     )
     procs.procs.append(p)

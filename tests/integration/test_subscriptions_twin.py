@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +27,8 @@ import pytest
 
 from kis.sim.universe import codes as twin_codes
 from server.subscriptions import MARKET_DATA_SLOTS, SubscriptionManager
-from tests.conftest import Procs, ROOT, approve, holds_for, start_gateway_on_twin, wait_for
-from tools.ops.procs import signal_group
+from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, signal_group, twin_args
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -58,29 +56,11 @@ class Stack:
         # a step every 0.2 s: every subscribed code prints about 5 trades/s, enough to see data flow
         # and light enough for 6 processes on a small box
         self.twin = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools",
-                "sim",
-                "--rest-port",
-                "0",
-                "--paper-rest-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--admin-port",
-                "0",
-                "--seed",
-                "3",
-                "--tick-interval",
-                "0.2",
-                "--quiet",
-            ],
+            ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
             start_new_session=True,
         )
         procs.procs.append(self.twin)

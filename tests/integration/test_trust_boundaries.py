@@ -13,18 +13,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import os
 import subprocess
 import sys
-
-import pytest
-import zmq
-
-import os
 import time
+from pathlib import Path
 
 import msgspec
+import pytest
+import zmq
 
 from agent.client import GatewayClient
 from common.clock import today_kst
@@ -47,6 +44,7 @@ from common.schema import (
     SubmitOrders,
 )
 from tests.conftest import ROOT, Procs, agent_client, operator_client, wait_for
+from tools.ops.procs import child_env
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -201,7 +199,7 @@ def test_an_edited_card_cannot_raise_its_own_limits(gateway, tmp_path: Path) -> 
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     assert out.returncode == 2 and "approved" in (out.stdout + out.stderr), out.stderr[-2000:]
     # an id the operator never approved has no credential: it cannot even sign a Register
@@ -212,7 +210,7 @@ def test_an_edited_card_cannot_raise_its_own_limits(gateway, tmp_path: Path) -> 
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     assert out.returncode == 2 and "ktrader cards approve" in (out.stdout + out.stderr), out.stderr[-2000:]
 

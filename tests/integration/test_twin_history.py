@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from kis.sim.history import load_csv
 from kis.sim.testing import Kis, Q, ws_msg
 from server.bars import BarBuilder
 from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def start_twin(procs: Procs, *args: str) -> dict[str, Any]:
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=err,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
         start_new_session=True,
     )
     procs.procs.append(twin)  # type: ignore[arg-type]
@@ -179,7 +179,7 @@ def test_history_flags_fail_with_one_plain_line(procs: Procs, data: Path, tmp_pa
             capture_output=True,
             timeout=60,
             check=False,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
         )
 
     r = run("--history", str(data), "--from", "2030-01-02")
