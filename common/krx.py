@@ -153,8 +153,16 @@ class SessionTimes:
         (self.post_off, self.single_start, self.end) = edges[4:]
 
     def phase_at(self, when: dt.datetime) -> Phase:
-        edges = (self.auction_open, self.open, self.closing_call, self.close, self.post_off, self.single_start)
-        i = bisect.bisect_right((*edges, self.end), when)
+        edges = (
+            self.auction_open,
+            self.open,
+            self.closing_call,
+            self.close,
+            self.post_off,
+            self.single_start,
+            self.end,
+        )
+        i = bisect.bisect_right(edges, when)
         return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 

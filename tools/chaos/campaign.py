@@ -163,8 +163,10 @@ class Campaign:
         self.forged: list[str] = []  # ODNOs a forged fill notice was sent for
         self.frames_accepted = 0  # replayed/stale frames the gateway did not refuse
         self.bad_prints_sent = 0  # bad prints the twin delivered to a subscriber (the gateway)
-        self.md_counted: Counter[str] = Counter()  # market-data and trust counters of the gateways killed so far
-        self.md_uncounted = 0  # killed gateways whose counters could not be read first
+        self.counted_before_kills: Counter[str] = (
+            Counter()
+        )  # market-data and trust counters of the gateways killed so far
+        self.kills_uncounted = 0  # killed gateways whose counters could not be read first
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -389,9 +391,9 @@ class Campaign:
         try:  # each process counts from 0: keep what the victim counted
             for k, v in fetch_status(st.run, 1.0).counters.items():
                 if k.startswith("md_") or k in _SUMMED:
-                    self.md_counted[k] += v
+                    self.counted_before_kills[k] += v
         except Exception:  # a gateway too busy to answer is killed all the same
-            self.md_uncounted += 1
+            self.kills_uncounted += 1
         t0 = time.perf_counter()
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
@@ -609,13 +611,13 @@ class Campaign:
             "market_data": {
                 "bad_prints_sent": self.bad_prints_sent,
                 **{
-                    k: v + self.md_counted[k]
+                    k: v + self.counted_before_kills[k]
                     for k, v in status.counters.items()
                     if k.startswith("md_") or k == "ws_dropped"
                 },
-                "gateways_uncounted": self.md_uncounted,
+                "gateways_uncounted": self.kills_uncounted,
             },
-            "trust": {k: status.counters.get(k, 0) + self.md_counted[k] for k in TRUST_COUNTERS},
+            "trust": {k: status.counters.get(k, 0) + self.counted_before_kills[k] for k in TRUST_COUNTERS},
             "cash_mismatch": int(abs(cash_diff) > fills),  # commission/tax floor per fill: ±1 won each
             "cash_diff_krw": cash_diff,
             "unknown_grace_s": UNKNOWN_GRACE_S,
