@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import msgspec
-
+from agent.strategies.sma_cross_daily import Params as SmaParams
 from agent.strategies.sma_cross_daily import SmaCrossDaily
 from common.enums import OrderType, TimeInForce
 from common.krx import round_down, round_up
@@ -20,24 +19,18 @@ from common.protection import Protection
 from common.schema import Bar
 
 
-class Params(msgspec.Struct, forbid_unknown_fields=True):
-    short: int = 5
-    long: int = 20
-    qty: int = 10
+class Params(SmaParams, forbid_unknown_fields=True):
     stop_pct: float = 3.0  # the stop this far below the close the buy was decided on
     take_pct: float = 6.0  # the take-profit this far above it
 
     def __post_init__(self) -> None:
-        if not 0 < self.short < self.long:
-            raise ValueError("need 0 < short < long")
-        if self.qty <= 0:
-            raise ValueError("qty must be positive")
+        super().__post_init__()
         if not (0 < self.stop_pct < 100 and self.take_pct > 0):
             raise ValueError("need 0 < stop_pct < 100 and take_pct > 0")
 
 
 class SmaBracketDaily(SmaCrossDaily):
-    Params = Params  # type: ignore[assignment]
+    Params = Params
     protective: ClassVar[bool] = True  # its exits are protective orders (see the module docstring)
 
     def on_bar(self, bar: Bar) -> None:
@@ -49,12 +42,13 @@ class SmaBracketDaily(SmaCrossDaily):
             return
         p = self.params
         held = self.ctx.position(bar.code)
-        if cross > 0 and held == 0:
+        qty = p.shares(bar.close)
+        if cross > 0 and held == 0 and qty:
             stop = round_down(bar.close * (10_000 - round(p.stop_pct * 100)) // 10_000)
             take = round_up(bar.close * (10_000 + round(p.take_pct * 100)) // 10_000)
             self.ctx.buy(
                 bar.code,
-                p.qty,
+                qty,
                 0,
                 order_type=OrderType.MARKET,
                 tif=TimeInForce.NEXT_SESSION,

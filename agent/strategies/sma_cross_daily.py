@@ -1,5 +1,7 @@
-"""Moving-average crossover on daily bars: buy `qty` at the next open when the short simple average
-of closes crosses above the long one, sell the whole position at the next open when it crosses below.
+"""Moving-average crossover on daily bars: buy at the next open when the short simple average of
+closes crosses above the long one, sell the whole position at the next open when it crosses below.
+A buy is `qty` shares, or, when `value` is set, as many shares as `value` KRW buys at the decision's
+close (a basket of codes priced 30,000 and 2,000,000 KRW then gets about the same money in each).
 
 A cross is a change of sign of (short average - long average); a day where the two are equal keeps
 the previous sign (no cross). Averages are compared as integer sums scaled to a common window.
@@ -21,12 +23,17 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
     short: int = 5
     long: int = 20
     qty: int = 10
+    value: int = 0  # KRW per buy; when set, it sizes the buy instead of qty
 
     def __post_init__(self) -> None:
         if not 0 < self.short < self.long:
             raise ValueError("need 0 < short < long")
-        if self.qty <= 0:
-            raise ValueError("qty must be positive")
+        if self.qty <= 0 or self.value < 0:
+            raise ValueError("qty must be positive and value not negative")
+
+    def shares(self, close: int) -> int:
+        """The shares of one buy decided at `close` (0: `value` does not buy one share)."""
+        return self.value // close if self.value else self.qty
 
 
 class _Window:
@@ -85,10 +92,11 @@ class SmaCrossDaily(Strategy):
         if not cross:
             return
         held = self.ctx.position(bar.code)
-        if cross > 0 and held == 0:
+        qty = self.params.shares(bar.close)
+        if cross > 0 and held == 0 and qty:
             self.ctx.buy(
                 bar.code,
-                self.params.qty,
+                qty,
                 0,
                 order_type=OrderType.MARKET,
                 tif=TimeInForce.NEXT_SESSION,

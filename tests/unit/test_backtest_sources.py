@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from common.config import load_card
 from common.schema import Bar
 from server.barstore import BarStore
 from tools.backtest.cli import main
@@ -55,7 +57,8 @@ def _fill_store(run_dir: Path, bars: list[Bar]) -> None:
 
 def test_twin_replay_matches_the_same_bars_from_files(shared_data: Path, tmp_path: Path) -> None:
     data = shared_data / "krx_daily_fdr_2020_2026"
-    _fill_store(tmp_path / "run", load_codes(data, [CODE], dt.date(2024, 12, 31))[CODE].bars)
+    codes = load_card(CARD).codes  # every code the card trades
+    _fill_store(tmp_path / "run", [b for s in load_codes(data, codes, dt.date(2024, 12, 31)).values() for b in s.bars])
     common = [str(CARD), "--from", "2023-01-02", "--to", "2024-12-30", "--no-plot", "--json"]
     assert main([*common, "--twin-replay", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "twin")]) == 0
     assert main([*common, "--data", str(data), "--out", str(tmp_path / "files")]) == 0
@@ -101,6 +104,8 @@ def test_bad_sources_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_bars_option_must_match_the_data(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = [str(CARD), "--from", "2020-02-18", "--to", "2020-02-20", "--no-plot", "--out", str(tmp_path / "o")]
+    one = tmp_path / "one.toml"  # the sample card on Samsung alone: the 5-minute set has no Kia
+    one.write_text(re.sub(r"(?m)^codes = .*$", f'codes = ["{CODE}"]', CARD.read_text()))
+    common = [str(one), "--from", "2020-02-18", "--to", "2020-02-20", "--no-plot", "--out", str(tmp_path / "o")]
     assert main([*common, "--data", str(shared_data / "krx_intraday_5min_2020"), "--bars", "1m"]) == 2
     assert "has 5m bars, not 1m" in capsys.readouterr().err
