@@ -166,6 +166,27 @@ class SessionTimes:
         return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 
+_KST_US = 9 * 3_600_000_000
+_DAY_US = 86_400_000_000
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_UNSEEN: tuple[int, ...] = ()
+_DAY_EDGES: dict[int, tuple[int, ...] | None] = {}  # KST day number -> its boundaries (None: no session)
+
+
+def phase_at_ns(ns: int) -> Phase:
+    """phase_at for a time in ns since the epoch, the day's boundaries looked up once per KST day (the
+    calendar is static): no datetime per call (a backtest asks per order)."""
+    day, us = divmod(ns // 1000 + _KST_US, _DAY_US)
+    edges = _DAY_EDGES.get(day, _UNSEEN)
+    if edges is _UNSEEN:
+        hours = session_hours(dt.date.fromordinal(day + _EPOCH_ORDINAL))
+        edges = _DAY_EDGES[day] = _edges_us(hours) if hours is not None else None
+    if edges is None:
+        return Phase.CLOSED
+    i = bisect.bisect_right(edges, us)
+    return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
+
+
 def phase_at(when: dt.datetime) -> Phase:
     """The KRX phase at an aware datetime (naive datetimes are taken as KST). SessionTimes' boundaries
     compared as microseconds into the day, without building the day's datetimes (a backtest asks per

@@ -261,6 +261,14 @@ def _pct(v: int, equity: int) -> str:
     return f"{v * 100 / equity:.1f} %" if equity > 0 else "?"
 
 
+def _sizes(lim: RiskLimits) -> bool:
+    return bool(lim.max_order_value or lim.max_open_orders or lim.max_position_value)
+
+
+def _shapes(lim: RiskLimits) -> bool:
+    return bool(lim.max_positions or lim.max_gross_exposure_pct or lim.max_code_pct or lim.max_sector_pct)
+
+
 def _limits(
     code: str,
     side: Side,
@@ -276,8 +284,14 @@ def _limits(
     agent_lim, acct_lim = mandate.agent_limits, mandate.account_limits
     reducing = is_reducing(side, qty, exp)
     buy = side is Side.BUY
+    # Each group is walked only when one of the two scopes sets one of its limits: most cards set a
+    # few, and a backtest asks this for every order.
     # daily loss: once breached only risk-reducing orders pass
-    for scope, lim, pnl in (("agent", agent_lim, exp.day_pnl), ("account", acct_lim, account.day_pnl)):
+    for scope, lim, pnl in (
+        (("agent", agent_lim, exp.day_pnl), ("account", acct_lim, account.day_pnl))
+        if agent_lim.max_daily_loss or acct_lim.max_daily_loss
+        else ()
+    ):
         if lim.max_daily_loss:
             hit = not reducing and -pnl >= lim.max_daily_loss
             if hit or explaining:
@@ -293,8 +307,15 @@ def _limits(
                 )
     # drawdown from the equity peak: reducing only past the first level, nothing past the second
     for scope, lim, equity, peak in (
-        ("agent", agent_lim, exp.equity, exp.peak),
-        ("account", acct_lim, account.equity, account.peak),
+        (
+            ("agent", agent_lim, exp.equity, exp.peak),
+            ("account", acct_lim, account.equity, account.peak),
+        )
+        if agent_lim.max_drawdown_pct
+        or agent_lim.halt_drawdown_pct
+        or acct_lim.max_drawdown_pct
+        or acct_lim.halt_drawdown_pct
+        else ()
     ):
         if not (lim.max_drawdown_pct or lim.halt_drawdown_pct) or equity <= 0:
             continue
@@ -331,8 +352,12 @@ def _limits(
             )
     # size
     for scope, lim, open_n, cost, pending in (
-        ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
-        ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value),
+        (
+            ("agent", agent_lim, exp.open_orders, exp.position_cost, exp.open_buy_value),
+            ("account", acct_lim, account.open_orders, account.position_cost, account.open_buy_value),
+        )
+        if _sizes(agent_lim) or _sizes(acct_lim)
+        else ()
     ):
         if lim.max_order_value:
             hit = notional > lim.max_order_value
@@ -375,7 +400,7 @@ def _limits(
                     f"{code} would cost {after:,} with open buys > {scope} limit {lim.max_position_value:,}",
                 )
     # the account's shape: how many codes, how much in all, in one code, in one sector (buys only)
-    if buy:
+    if buy and (_shapes(agent_lim) or _shapes(acct_lim)):
         equity = account.equity
         for scope, lim, src in (("agent", agent_lim, exp), ("account", acct_lim, account)):
             if lim.max_positions:
@@ -490,7 +515,11 @@ def _limits(
                     f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}",
                 )
     # rate last: a denied order does not use up the rate
-    for scope, lim, n in (("agent", agent_lim, rates[0]), ("account", acct_lim, rates[1])):
+    for scope, lim, n in (
+        (("agent", agent_lim, rates[0]), ("account", acct_lim, rates[1]))
+        if agent_lim.max_orders_per_minute or acct_lim.max_orders_per_minute
+        else ()
+    ):
         if lim.max_orders_per_minute:
             hit = n >= lim.max_orders_per_minute
             if hit or explaining:

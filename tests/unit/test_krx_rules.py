@@ -20,6 +20,7 @@ from common.krx import (
     next_tick_up,
     on_grid,
     phase_at,
+    phase_at_ns,
     price_limits,
     round_down,
     round_up,
@@ -148,3 +149,6 @@ def test_phase_at_agrees_with_the_days_session_times(day: dt.date, us: int) -> N
         assert phase_at(when) is Phase.CLOSED
     else:
         assert phase_at(when) is SessionTimes(day).phase_at(when)
+    # and the backtest's form, from ns since the epoch
+    d = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    assert phase_at_ns((d.days * 86_400 + d.seconds) * 10**9 + d.microseconds * 1000) is phase_at(when)

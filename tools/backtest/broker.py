@@ -29,7 +29,6 @@ trading day's rate for the code's market and kind (ETF/ETN none), unless a flat 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -37,11 +36,10 @@ from typing import Final
 import msgspec
 
 from common.books import apply_fill
-from common.clock import kst_from_ns
 from common.config import AgentCard, DrawdownPeak, RiskLimits
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
-from common.krx import Phase, phase_at
+from common.krx import phase_at_ns
 from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
     OPEN,
@@ -85,12 +83,6 @@ assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _DAY_NS = 86_400_000_000_000
 _NO_ACCOUNT = AccountExposure()  # a backtest trades one agent's book: no account-wide limits here
-
-
-@functools.lru_cache(maxsize=4096)
-def _phase(ts_ns: int) -> Phase:
-    """The KRX phase at a decision time (orders in one bar share it: cached)."""
-    return phase_at(kst_from_ns(ts_ns))
 
 
 def _close_ns(day: str) -> int:
@@ -291,7 +283,7 @@ class SimBroker:
             exp=exp,
             account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
             market=MarketView(
-                phase=_phase(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board, rules=rules
+                phase=phase_at_ns(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board, rules=rules
             ),
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
         )

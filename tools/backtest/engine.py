@@ -40,7 +40,7 @@ from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
-from common.krx import Phase, phase_at
+from common.krx import Phase, phase_at_ns
 from common.orders import Order
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
@@ -317,7 +317,8 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         return _time(e.times[e.step], e.minutes, e.in_bar)
 
     def market_phase(self) -> Phase:
-        return phase_at(self.now())  # the KRX calendar's phase at the bar's time (as the gate judges it)
+        e = self._e  # the KRX calendar's phase at the bar's time (as the gate judges it)
+        return phase_at_ns(_time_ns(e.times[e.step], e.minutes, e.in_bar))
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         e = self._e
