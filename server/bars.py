@@ -101,7 +101,7 @@ class _Acc:
         )
 
 
-def _order(b: Bar) -> tuple[str, int, str]:
+def bar_order(b: Bar) -> tuple[str, int, str]:
     """Bars that close together go out by start, then interval, then code: the backtester delivers a
     bar time's bars in the same code order, so a strategy meets them in the same order in both."""
     return b.start, MINUTES.get(b.interval, 1440), b.code
@@ -181,7 +181,7 @@ class BarBuilder:
                 acc.add(price, qty)
         if was_late:
             self.late += 1
-        closed.sort(key=_order)
+        closed.sort(key=bar_order)
         return closed
 
     def flush(self, now: dt.datetime, hold_daily: bool = False) -> list[Bar]:
@@ -197,7 +197,7 @@ class BarBuilder:
                 out.append(acc.bar(*key))
                 self._closed_until[key] = acc.end
                 del self._open[key]
-        out.sort(key=_order)
+        out.sort(key=bar_order)
         return out
 
     def close_daily(self, day: dt.date) -> list[Bar]:
@@ -209,7 +209,7 @@ class BarBuilder:
                 out.append(acc.bar(*key))
                 self._closed_until[key] = acc.end
                 del self._open[key]
-        out.sort(key=_order)
+        out.sort(key=bar_order)
         return out
 
     # ---- views ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from common import approvals, credentials
 from common.config import AgentCard, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
 from common.freshness import Freshness
-from common.enums import AlertKind, SessionState, SystemEventKind
+from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.schema import (
@@ -183,7 +183,7 @@ class Gateway:
             self.run_dir,
             self.alerts.of_day,
             lambda: self.operator.performance(),
-            lambda day: self.md.close_daily(day),
+            lambda day: self.md.close_daily(day, self.broker, self._daily_codes()),
             self.protection.of,
         )
         self.subs = SubscriptionManager(broker)
@@ -317,6 +317,10 @@ class Gateway:
 
     def _cards(self) -> list[AgentCard]:
         return [rec.card for rec in self.registry.agents.values()]
+
+    def _daily_codes(self) -> set[str]:
+        """The codes whose day bars a registered agent subscribes to."""
+        return {c for card in self._cards() if BarInterval.D1 in card.subscriptions.bars for c in card.codes}
 
     def _forget_feed(self, agent: str, why: str) -> None:
         from common.schema import FeedHealth

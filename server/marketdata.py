@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from common.clock import KST, now_kst
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis.port import Book, BrokerPort, Capability, Trade
-from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate
+from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate, bar_order
 from server.barstore import BarStore
 from server.publisher import Publisher
 
@@ -51,6 +51,9 @@ class MarketData:
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
         # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
         self.hold_daily = rule is SessionRule.KRX
+        self._daily_closed = dt.date.min  # the last day whose daily bars went out
+        self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
+        self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
 
     def counters(self) -> dict[str, int]:
         return {
@@ -58,6 +61,8 @@ class MarketData:
             "prints_outside_session": self.builder.excluded,
             "prints_late": self.builder.late,
             "prints_unusable": self.bad_prints,
+            "daily_bars_corrected": self.daily_corrected,
+            "daily_bars_unconfirmed": self.daily_unconfirmed,
         }
 
     # ---- clock ---------------------------------------------------------------------------------
@@ -148,13 +153,53 @@ class MarketData:
         self._emit(closed)
         return closed
 
-    def close_daily(self, day: dt.date) -> list[Bar]:
+    async def close_daily(self, day: dt.date, broker: BrokerPort | None = None, codes: Iterable[str] = ()) -> list[Bar]:
         """The day cycle closed the day (the broker's last word taken, its orders expired): its daily
         bars go out now, so a strategy deciding on them sees the day's orders already ended, as in a
-        backtest."""
-        closed = self.builder.close_daily(day)
-        self._emit(closed)
-        return closed
+        backtest.
+
+        The bar a strategy decides on is the exchange's, as a backtest's data is: with a broker that
+        has charts, each day bar built from our prints is replaced by the broker's daily bar of the day
+        (`codes`: also those we have no prints of, e.g. after a restart past the last print). The
+        built bar misses whatever we did not hear: prints before a gateway restart, a websocket gap.
+        Without an answer the built bar goes out, counted (`daily_bars_unconfirmed`)."""
+        if day <= self._daily_closed:
+            return []  # a retried close of the day: its bars went out already
+        built = self.builder.close_daily(day)
+        if self.hold_daily and broker is not None and Capability.CHARTS in broker.capabilities:  # KRX sessions
+            built = await self._official(day, built, broker, set(codes))
+        self._daily_closed = day
+        self._emit(built)
+        return built
+
+    async def _official(self, day: dt.date, built: list[Bar], broker: BrokerPort, codes: set[str]) -> list[Bar]:
+        label = day.isoformat()
+        ours = {b.code: b for b in built if b.start == label}
+        out = [b for b in built if b.start != label]  # an earlier day's, closed late: as built
+        for code in sorted(codes | set(ours)):
+            mine = ours.get(code)
+            try:
+                got = await broker.daily_bars(code, 1, day + dt.timedelta(days=1), caller="gateway")
+            except Exception as e:  # a broker error must not hold the day's bars back: ours go out
+                got = []
+                log.warning(
+                    "daily bar of %s %s: the broker did not answer (%s); using the one built from prints",
+                    code,
+                    label,
+                    e,
+                )
+            official = next((b for b in got if b.start == label), None)
+            if official is None:
+                if mine is not None:
+                    self.daily_unconfirmed += 1
+                    out.append(mine)
+                continue  # nothing traded that day (halted), or nothing to send
+            if mine is not None and _ohlcv(mine) != _ohlcv(official):
+                self.daily_corrected += 1
+                log.info("daily bar of %s %s: the exchange's %s replaces ours %s", code, label, official, mine)
+            out.append(official)
+        out.sort(key=bar_order)
+        return out
 
     def _emit(self, bars: list[Bar]) -> None:
         if not bars:
@@ -213,6 +258,10 @@ class MarketData:
         if fetched:
             self.store.add(fetched)
         return self.store.last(code, interval, n, before), len(fetched)
+
+
+def _ohlcv(b: Bar) -> tuple[int, int, int, int, int]:
+    return b.open, b.high, b.low, b.close, b.volume
 
 
 def _bucket_label(now: dt.datetime, interval: str) -> str:

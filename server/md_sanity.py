@@ -59,6 +59,7 @@ class MarketSanity:
         self._day: dt.date | None = None
         self._rules: KrxRules | None = None
         self._cum: dict[str, int] = {}
+        self._cum_day: dict[str, str] = {}  # code -> the business day (YYYYMMDD) of its cumulative volume
         self._behind: dict[str, list[int]] = {}  # code -> cumulative volumes of consistent prints below _cum
         self._alerted: set[tuple[str, str]] = set()
         self._last: dict[str, int] = {}  # code -> the last valid print
@@ -111,6 +112,16 @@ class MarketSanity:
         return None
 
     def _volume(self, t: Trade) -> Bad | None:
+        if t.date:  # the print names its business day (BSOP_DATE): its cumulative volume is that day's
+            seen = self._cum_day.get(t.code, "")
+            if t.date > seen:
+                # the code's first print of a new day, maybe before our own clock has rolled the day
+                # (the opening print right after a night): it starts again from zero
+                self._cum_day[t.code] = t.date
+                self._cum.pop(t.code, None)
+                self._behind.pop(t.code, None)
+            elif t.date < seen:
+                return Bad.VOLUME  # a print of a past day: its volume counts for nothing today
         last = self._cum.get(t.code, 0)
         if t.cum_volume >= last:
             self._cum[t.code] = t.cum_volume

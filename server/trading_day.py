@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ class TradingDay:
         run_dir: Path,
         alerts_of_day: Callable[[str], list[str]] = lambda day: [],
         performance: Callable[[], dict[str, AgentPerformance]] = dict,
-        close_bars: Callable[[dt.date], object] = lambda day: None,
+        close_bars: Callable[[dt.date], Awaitable[object]] | None = None,
         protections: Callable[[], list[Protection]] = list,
     ) -> None:
         self.clock = clock
@@ -174,7 +174,8 @@ class TradingDay:
             await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
-            self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
+            if self.close_bars is not None:
+                await self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
             report = daily_report.build(
                 day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(), self.protections()
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from common.clock import KST
 from common.schema import Bar
 from server.bars import BarBuilder, BarError, SessionRule, aggregate
+from kis.port import Capability, Trade
 from server.barstore import BarStore
+from server.marketdata import MarketData
 
 DAY = dt.date(2024, 3, 4)  # a Monday, normal hours
 C = "005930"
@@ -172,3 +175,65 @@ def test_bar_store_round_trip(tmp_path: Path) -> None:
     assert again.bars(C, "1d")[-1] == fixed and len(again.bars(C, "1d")) == 7
     assert again.bars("000660", "1d") == []
     again.close()
+
+
+class _Charts:
+    """A broker with a daily chart: the exchange's bars by (code, day); `down` makes it fail."""
+
+    capabilities = frozenset({Capability.CHARTS})
+
+    def __init__(self, bars: list[Bar]) -> None:
+        self.bars = bars
+        self.down = False
+        self.calls: list[str] = []
+
+    async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
+        self.calls.append(code)
+        if self.down:
+            raise ConnectionError("chart API down")
+        return [b for b in self.bars if b.code == code and b.start < before.isoformat()][-n:]
+
+
+def test_the_days_bar_is_the_exchanges_when_ours_missed_prints(tmp_path: Path) -> None:
+    """A gateway restarted mid-day builds its day bar from the prints after the restart only (no open,
+    a short volume): the day's bars go out as the broker's daily chart has them, as a backtest's data
+    has them; a code we heard nothing of but an agent subscribes to gets its bar too; without an
+    answer the built bar goes out, counted; a retried close sends nothing twice."""
+    md = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX, ("1d",))
+    exchange = [
+        bar("1d", DAY.isoformat(), 70_000, 72_000, 69_500, 71_000, 900_000, 63_900_000_000),
+        Bar(code="000660", interval="1d", start=DAY.isoformat(), open=1, high=2, low=1, close=2, volume=5, value=9),
+    ]
+    broker = _Charts(exchange)
+    # after a restart at 13:00: the morning (the open at 70,000, the low) was never heard
+    for t, p, q in [("130000", 70_800, 1_000), ("153000", 71_000, 20_000)]:
+        md.on_trade(_trade(t, p, q, 21_000), at(t))
+    out = asyncio.run(md.close_daily(DAY, broker, {"000660"}))  # type: ignore[arg-type]
+    assert out == [exchange[1], exchange[0]]  # by code, as the backtester delivers them
+    assert md.counters()["daily_bars_corrected"] == 1 and md.store.last(C, "1d", 5, "9999") == [exchange[0]]
+    assert asyncio.run(md.close_daily(DAY, broker, {"000660"})) == [] and len(broker.calls) == 2  # type: ignore[arg-type]
+
+    md2 = MarketData(BarStore(tmp_path / "bars2.sqlite"), SessionRule.KRX, ("1d",))
+    broker.down = True
+    md2.on_trade(_trade("090000", 70_000, 10, 10), at("090000"))
+    (ours,) = asyncio.run(md2.close_daily(DAY, broker))  # type: ignore[arg-type]
+    assert (ours.open, ours.volume) == (70_000, 10) and md2.counters()["daily_bars_unconfirmed"] == 1
+
+
+def _trade(t: str, price: int, qty: int, cum: int) -> Trade:
+    return Trade(
+        code=C,
+        time=t,
+        price=price,
+        qty=qty,
+        side=1,
+        cum_volume=cum,
+        cum_value=0,
+        open=0,
+        high=0,
+        low=0,
+        change=0,
+        ask1=0,
+        bid1=0,
+        date=DAY.strftime("%Y%m%d"),
+    )

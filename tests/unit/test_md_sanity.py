@@ -23,7 +23,7 @@ def rig(base: int = 70_000) -> tuple[MarketSanity, list[str]]:
     return MarketSanity(lambda code: base, lambda code: SecurityKind.STOCK, lambda: DAY, alerts.append), alerts
 
 
-def tick(price: int, cum: int, qty: int = 1, bid: int = 0, ask: int = 0, code: str = "005930") -> Trade:
+def tick(price: int, cum: int, qty: int = 1, bid: int = 0, ask: int = 0, code: str = "005930", date: str = "") -> Trade:
     return Trade(
         code=code,
         time="100000",
@@ -38,6 +38,7 @@ def tick(price: int, cum: int, qty: int = 1, bid: int = 0, ask: int = 0, code: s
         change=0,
         ask1=ask,
         bid1=bid,
+        date=date,
     )
 
 
@@ -53,6 +54,19 @@ def test_bad_prints_are_dropped_counted_and_alerted_once() -> None:
     assert s.counters()["md_dropped_price_not_positive"] == 2 and s.counters()["md_dropped_off_grid"] == 1
     assert len(alerts) == 5 and all("005930" in a for a in alerts)  # once per reason (the second PRICE is only counted)
     assert s.trade(tick(70_100, 15)) is None  # the feed goes on
+
+
+def test_a_new_business_day_restarts_the_cumulative_volume_before_our_clock_rolls() -> None:
+    # the opening print of the next day can arrive before the gateway's clock has moved to it (a night
+    # jumped in one step): the print's own business day says its cumulative volume starts again
+    s, alerts = rig()
+    assert s.trade(tick(70_000, 5_000_000, date="20261119")) is None  # yesterday's last print
+    assert s.trade(tick(70_500, 40_000, date="20261120")) is None  # today's opening auction, same clock day
+    assert s.trade(tick(70_600, 41_000, date="20261120")) is None
+    assert s.trade(tick(70_600, 30_000, date="20261120")) is Bad.VOLUME  # backwards within the day: still caught
+    assert s.trade(tick(70_000, 5_000_001, date="20261119")) is Bad.VOLUME  # a past day's print: not today's
+    assert s.trade(tick(70_700, 42_000, date="20261120")) is None
+    assert s.counters()["md_dropped_volume_backwards"] == 2 and len(alerts) == 1
 
 
 def test_one_volume_outlier_does_not_poison_the_feed() -> None:

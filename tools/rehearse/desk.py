@@ -23,14 +23,49 @@ import httpx
 
 from common import approvals
 from common.config import AgentCard
+from common.krx import SessionTimes
 from common.schema import StatusReply
 from kis.credentials import credentials_env
 from tools.ops.procs import ktrader_cmd, stop_groups, twin_args, wait_until
 from tools.ops.status import fetch_status
 from tools.paths import ROOT
 
-# The continuous session is driven in these steps (each an advance of the twin's clock).
-INTRADAY_STEPS = ("10:00:00", "11:00:00", "12:00:00", "13:00:00", "14:00:00", "15:00:00")
+AFTER_CLOSE = dt.timedelta(minutes=15)  # past the post-close gap: the gateway closes the day
+
+
+@dataclass(frozen=True)
+class DayStops:
+    """Where the rehearsal stops the twin's clock on one trading day (HH:MM:SS, KST), from the KRX
+    calendar's hours of that day (common/krx.SessionTimes: the year's first session opens at 10:00,
+    the CSAT day runs 10:00-16:30), never from the usual 09:00-15:30."""
+
+    auction: str  # the opening auction starts: held next-session orders are released
+    open: str
+    intraday: tuple[str, ...]  # each full hour after the open, before the closing auction
+    closing_call: str  # the closing auction: each card's end-of-day clean-up
+    close: str
+    after_close: str
+
+    @classmethod
+    def of(cls, day: dt.date) -> DayStops:
+        t = SessionTimes(day)
+        hour = dt.timedelta(hours=1)
+        steps, at = [], t.open + hour
+        while at < t.closing_call:
+            steps.append(at)
+            at += hour
+        return cls(
+            auction=_hms(t.auction_open),
+            open=_hms(t.open),
+            intraday=tuple(_hms(x) for x in steps),
+            closing_call=_hms(t.closing_call),
+            close=_hms(t.close),
+            after_close=_hms(t.close + AFTER_CLOSE),
+        )
+
+
+def _hms(when: dt.datetime) -> str:
+    return when.strftime("%H:%M:%S")
 
 
 class RehearsalError(RuntimeError):

@@ -1,7 +1,8 @@
 """`ktrader rehearse`: the whole desk over N trading days of real KRX history, then an audit and a parity
 check against the backtester (see tools/rehearse/desk.py and audit.py).
 
-A trading day, as driven here (KST, the twin's clock):
+A trading day, as driven here (KST, the twin's clock; a normal day's times, each day's own come from
+the KRX calendar: the year's first session opens at 10:00, the CSAT day runs 10:00-16:30, see DayStops):
   pre-open → 08:30 opening auction (held next-session orders are released and go to KIS) → 09:00 open
   (the auction uncrosses at the day's open) → 10:00 … 15:00 (the continuous session's prints, tick
   strategies trade) → 15:20 closing auction (each card's end-of-day clean-up) → 15:30 close → 15:45
@@ -38,7 +39,7 @@ from tools.rehearse.audit import (
     own_decisions,
     parity_reason,
 )
-from tools.rehearse.desk import INTRADAY_STEPS, Desk, RehearsalError
+from tools.rehearse.desk import DayStops, Desk, RehearsalError
 
 Progress = Callable[[str, int, int], None]
 
@@ -109,11 +110,12 @@ def rehearse(
                     raise RehearsalError(f"the twin moved to {moved}, the rehearsal expected {day}")
             kill_gw = kill_every and i % kill_every == kill_every - 1
             kill_agent = kill_every and i % kill_every == kill_every // 2
-            desk.advance("08:30:00")
+            stops = DayStops.of(day)
+            desk.advance(stops.auction)
             desk.settle(day=key)  # held orders released and sent
-            desk.advance("09:00:00")
+            desk.advance(stops.open)
             desk.settle(day=key)
-            for n, step in enumerate(INTRADAY_STEPS):
+            for n, step in enumerate(stops.intraday):
                 desk.advance(step)
                 desk.settle(day=key)
                 if kill_agent and n == 1:
@@ -123,11 +125,11 @@ def rehearse(
                 if kill_gw and n == 3:
                     desk.kill_gateway()
                     desk.wait_agents_online()
-            desk.advance("15:20:00")
+            desk.advance(stops.closing_call)
             desk.settle(day=key)
-            desk.advance("15:30:00")
+            desk.advance(stops.close)
             desk.settle(day=key)
-            desk.advance("15:45:00")
+            desk.advance(stops.after_close)
             desk.settle(60.0, day=key, report=True, daily=_daily_agents(plain, _traded(series, day)))
         if progress:
             progress("audit", len(days), len(days))
