@@ -5,7 +5,10 @@
   open orders, flatten (cancel, then sell at market) or hold. From then on the agent may only
   reduce risk for the rest of the day.
 - After the close the day is closed once: the broker's final view is reconciled, orders still
-  open are expired (KRX day orders do not survive the close) and the daily report is written.
+  open are expired (KRX day orders do not survive the close) and the daily report is written. On a
+  clock with a meaningful time of day this waits CLOSE_SETTLE past the regular close: KRX ends the
+  closing auction at a random moment up to 30 s after it (random end), and its print and fills must
+  be in before the broker's final view and the day's bars are taken.
 - A new date starts a new day: numbering, day P&L and base prices roll; positions carry over.
 
 Progress is kept in the store's meta table so a gateway restarted in the afternoon neither
@@ -21,7 +24,9 @@ from typing import Protocol
 import msgspec
 
 from common.config import AgentCard
-from common.krx import Phase
+from common.krx import Phase, SessionTimes
+
+CLOSE_SETTLE = dt.timedelta(minutes=1)  # past the closing auction's random end (<= 30 s)
 
 # Phases in trading-day order; CLOSED (holidays) is outside the cycle.
 _ORDER = [
@@ -70,7 +75,7 @@ class DayCycle:
         if phase is Phase.CLOSED:
             return out
         rank = RANK[phase]
-        if not self.closed and rank >= RANK[Phase.POST_CLOSE]:
+        if not self.closed and rank >= RANK[Phase.POST_CLOSE] and (not timed or _settled(now)):
             out.close_day = True
         if rank > RANK[Phase.CLOSING_AUCTION]:
             return out  # too late to clean up: the close takes care of what is left
@@ -92,3 +97,11 @@ class DayCycle:
     def mark_closed(self) -> None:
         self.closed = True
         self.store.set_meta(f"closed:{self.day}", "1")
+
+
+def _settled(now: dt.datetime) -> bool:
+    """The day's closing auction is over, whenever its random end fell."""
+    try:
+        return now >= SessionTimes(now.date()).close + CLOSE_SETTLE
+    except ValueError:  # not a trading day by the calendar: nothing to wait for
+        return True

@@ -9,6 +9,7 @@ the exchange's clock, not ours (a twin replaying a day runs on its own clock).""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
@@ -22,6 +23,9 @@ from server.barstore import BarStore
 from server.publisher import Publisher
 
 log = logging.getLogger("ktrader.marketdata")
+
+CHART_CALLS = 4  # daily-chart calls in flight at the day close (the REST budget paces them)
+CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prints goes out
 
 
 def session_rule(clock: MarketClock) -> SessionRule:
@@ -173,22 +177,31 @@ class MarketData:
         return built
 
     async def _official(self, day: dt.date, built: list[Bar], broker: BrokerPort, codes: set[str]) -> list[Bar]:
-        label = day.isoformat()
+        label, after = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
         ours = {b.code: b for b in built if b.start == label}
         out = [b for b in built if b.start != label]  # an earlier day's, closed late: as built
-        for code in sorted(codes | set(ours)):
+        # a code whose bar of the day went out already (a close rerun after a restart) gets none again
+        todo = [
+            c
+            for c in sorted(codes | set(ours))
+            if not any(b.start == label for b in self.store.last(c, DAILY, 1, after))
+        ]
+        limit = asyncio.Semaphore(CHART_CALLS)
+
+        async def ask(code: str) -> Bar | None:
+            async with limit:
+                try:
+                    got = await asyncio.wait_for(
+                        broker.daily_bars(code, 1, day + dt.timedelta(days=1), caller="gateway"), CHART_TIMEOUT_S
+                    )
+                except Exception as e:  # a broker error or silence must not hold the day back: ours go out
+                    log.warning("daily bar of %s %s: no answer from the broker (%r); sending ours", code, label, e)
+                    return None
+            return next((b for b in got if b.start == label), None)
+
+        answers = await asyncio.gather(*(ask(c) for c in todo))
+        for code, official in zip(todo, answers):
             mine = ours.get(code)
-            try:
-                got = await broker.daily_bars(code, 1, day + dt.timedelta(days=1), caller="gateway")
-            except Exception as e:  # a broker error must not hold the day's bars back: ours go out
-                got = []
-                log.warning(
-                    "daily bar of %s %s: the broker did not answer (%s); using the one built from prints",
-                    code,
-                    label,
-                    e,
-                )
-            official = next((b for b in got if b.start == label), None)
             if official is None:
                 if mine is not None:
                     self.daily_unconfirmed += 1

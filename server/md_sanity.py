@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 
+from common.calendar import next_trading_day
 from common.krx import PriceRuleError, SecurityKind
 from common.krx_rules import KrxRules, Market, rules_for
 from kis.port import Book, Trade
@@ -39,6 +40,7 @@ class Bad(StrEnum):
     GRID = "off_grid"
     BAND = "outside_band"
     VOLUME = "volume_backwards"
+    DATE = "date_implausible"  # a business day that is neither the market day nor the next session
     BOOK = "book_out_of_order"
 
 
@@ -60,6 +62,7 @@ class MarketSanity:
         self._rules: KrxRules | None = None
         self._cum: dict[str, int] = {}
         self._cum_day: dict[str, str] = {}  # code -> the business day (YYYYMMDD) of its cumulative volume
+        self._days: frozenset[str] = frozenset()  # business days a print may name (set by _roll)
         self._behind: dict[str, list[int]] = {}  # code -> cumulative volumes of consistent prints below _cum
         self._alerted: set[tuple[str, str]] = set()
         self._last: dict[str, int] = {}  # code -> the last valid print
@@ -77,7 +80,10 @@ class MarketSanity:
         day = self.day()
         if day != self._day or self._rules is None:
             self._day, self._rules = day, rules_for(day)
+            # the prints that may come: today's, and the next session's opening before our clock rolls
+            self._days = frozenset({day.strftime("%Y%m%d"), next_trading_day(day).strftime("%Y%m%d")})
             self._cum.clear()
+            self._cum_day.clear()
             self._behind.clear()
             self._alerted.clear()
         return self._rules
@@ -113,6 +119,8 @@ class MarketSanity:
 
     def _volume(self, t: Trade) -> Bad | None:
         if t.date:  # the print names its business day (BSOP_DATE): its cumulative volume is that day's
+            if t.date not in self._days:
+                return Bad.DATE  # not today nor the next session: one garbled frame must not reset the day
             seen = self._cum_day.get(t.code, "")
             if t.date > seen:
                 # the code's first print of a new day, maybe before our own clock has rolled the day

@@ -85,8 +85,11 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
         what="alpha and bravo reducing in status",
     )
 
-    # the close: leftovers expire, the daily report is written
+    # the close: leftovers expire, the daily report is written once the closing auction's random end
+    # is surely over (a minute after the close; at 15:30:00 itself the day is not closed yet)
     admin.post("/admin/clock/close")
+    assert not fetch_status(run).counters.get("reports_written")
+    admin.post("/admin/clock/move", json={"to": "15:31:00"})
     report_path = run / "reports" / f"daily-{day1}.json"
     wait_for(report_path.exists, 20, what="daily report")
     report = {r["agent"]: r for r in json.loads(report_path.read_text())["agents"]}

@@ -185,12 +185,15 @@ class _Charts:
     def __init__(self, bars: list[Bar]) -> None:
         self.bars = bars
         self.down = False
+        self.silent = False
         self.calls: list[str] = []
 
     async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
         self.calls.append(code)
         if self.down:
             raise ConnectionError("chart API down")
+        if self.silent:
+            await asyncio.Event().wait()  # connected, never answers
         return [b for b in self.bars if b.code == code and b.start < before.isoformat()][-n:]
 
 
@@ -213,11 +216,29 @@ def test_the_days_bar_is_the_exchanges_when_ours_missed_prints(tmp_path: Path) -
     assert md.counters()["daily_bars_corrected"] == 1 and md.store.last(C, "1d", 5, "9999") == [exchange[0]]
     assert asyncio.run(md.close_daily(DAY, broker, {"000660"})) == [] and len(broker.calls) == 2  # type: ignore[arg-type]
 
+    # a gateway restarted during its day close runs the close again: what went out does not go out twice
+    restarted = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX, ("1d",))
+    restarted.on_trade(_trade("153000", 71_000, 5, 21_005), at("153000"))
+    assert asyncio.run(restarted.close_daily(DAY, broker, {"000660"})) == []  # type: ignore[arg-type]
+
     md2 = MarketData(BarStore(tmp_path / "bars2.sqlite"), SessionRule.KRX, ("1d",))
     broker.down = True
     md2.on_trade(_trade("090000", 70_000, 10, 10), at("090000"))
     (ours,) = asyncio.run(md2.close_daily(DAY, broker))  # type: ignore[arg-type]
     assert (ours.open, ours.volume) == (70_000, 10) and md2.counters()["daily_bars_unconfirmed"] == 1
+
+
+def test_a_silent_chart_does_not_hold_the_day_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.marketdata as marketdata
+
+    monkeypatch.setattr(marketdata, "CHART_TIMEOUT_S", 0.05)
+    broker = _Charts([])
+    broker.silent = True
+    md = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX, ("1d",))
+    md.on_trade(_trade("090000", 70_000, 10, 10), at("090000"))
+    codes = {f"{n:06d}" for n in range(1, 9)}  # eight more codes, none of which answers
+    (ours,) = asyncio.run(md.close_daily(DAY, broker, codes))  # type: ignore[arg-type]
+    assert ours.volume == 10 and len(broker.calls) == 9 and md.counters()["daily_bars_unconfirmed"] == 1
 
 
 def _trade(t: str, price: int, qty: int, cum: int) -> Trade:

@@ -35,6 +35,8 @@ def test_cleanup_at_each_cards_end_then_close(tmp_path: Path) -> None:
     assert dc.due(at("15:00"), Phase.CONTINUOUS, True, cards).cleanup == []  # once a day
     assert [c.id for c in dc.due(at("15:21"), Phase.CLOSING_AUCTION, True, cards).cleanup] == ["late"]
     dc.mark_cleaned("late")
+    # the closing auction ends at a random moment up to 30 s after 15:30: the day closes a minute after
+    assert not dc.due(at("15:30"), Phase.POST_CLOSE, True, cards).close_day
     due = dc.due(at("15:31"), Phase.POST_CLOSE, True, cards)
     assert due.close_day and due.cleanup == []
     dc.mark_closed()

@@ -60,13 +60,19 @@ def test_a_new_business_day_restarts_the_cumulative_volume_before_our_clock_roll
     # the opening print of the next day can arrive before the gateway's clock has moved to it (a night
     # jumped in one step): the print's own business day says its cumulative volume starts again
     s, alerts = rig()
-    assert s.trade(tick(70_000, 5_000_000, date="20261119")) is None  # yesterday's last print
+    assert s.trade(tick(70_000, 5_000_000)) is None  # yesterday's last print (no date in the frame)
     assert s.trade(tick(70_500, 40_000, date="20261120")) is None  # today's opening auction, same clock day
     assert s.trade(tick(70_600, 41_000, date="20261120")) is None
     assert s.trade(tick(70_600, 30_000, date="20261120")) is Bad.VOLUME  # backwards within the day: still caught
-    assert s.trade(tick(70_000, 5_000_001, date="20261119")) is Bad.VOLUME  # a past day's print: not today's
+    assert s.trade(tick(70_000, 5_000_001, date="20261119")) is Bad.DATE  # a past day's print: not today's
     assert s.trade(tick(70_700, 42_000, date="20261120")) is None
-    assert s.counters()["md_dropped_volume_backwards"] == 2 and len(alerts) == 1
+    assert s.counters()["md_dropped_volume_backwards"] == 1 and s.counters()["md_dropped_date_implausible"] == 1
+    # the next session's opening before our clock rolls is taken; a garbled far-future date is not, and
+    # does not poison the code's feed
+    assert s.trade(tick(70_000, 10, date="20991231")) is Bad.DATE
+    assert s.trade(tick(70_800, 43_000, date="20261120")) is None
+    assert s.trade(tick(70_900, 9_000, date="20261123")) is None  # Monday's opening print (20 Nov is a Friday)
+    assert len(alerts) == 2 and s.counters()["md_dropped_date_implausible"] == 2  # alerted once per reason a day
 
 
 def test_one_volume_outlier_does_not_poison_the_feed() -> None:
