@@ -23,6 +23,7 @@ import msgspec
 
 from agent.runtime import load_strategy_class
 from common.config import AgentCard
+from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
 from common.orders import Order, OrderState
 from server.daily_report import DailyReport
@@ -148,6 +149,22 @@ def parity_reason(card: AgentCard) -> str:
             "(common/protection.py): a later decision differs when a level is met on another day"
         )
     return ""
+
+
+def restricted_since(orders: Iterable[Order], agent: str) -> str:
+    """The first day (YYYYMMDD) an order of `agent` was denied by a trading state (its own or the
+    gateway's, reducing or halted: a daily-loss, drawdown or kill-switch limit, or the operator), "" if
+    never. Live, that
+    state lasts until the operator resumes the agent; a backtest's loss limit ends with its day, so
+    every later decision may differ."""
+    days = [
+        decision_of(o).day
+        for o in orders
+        if o.agent == agent
+        and o.state is OrderState.DENIED
+        and o.reason_code in (ErrorCode.DENIED_REDUCING, ErrorCode.DENIED_HALTED)
+    ]
+    return min(days, default="")
 
 
 def compare(

@@ -38,6 +38,7 @@ from tools.rehearse.audit import (
     live_decisions,
     own_decisions,
     parity_reason,
+    restricted_since,
 )
 from tools.rehearse.desk import DayStops, Desk, RehearsalError
 
@@ -182,7 +183,14 @@ def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days:
             continue
         backtest = own_decisions(result.orders)
         exits = (gateway_orders(o for _, o in orders if o.agent == card.id), gateway_orders(result.orders))
-        rows.append(compare(card.id, live, backtest, parity_reason(card), exits))
+        reason = parity_reason(card)
+        if not reason and (since := restricted_since((o for _, o in orders), card.id)):
+            reason = (
+                f"a trading state restricted it from {since} (reducing or halted by a limit or the "
+                "operator): live it lasts until `ktrader control resume`, a backtest's daily loss limit ends "
+                "with the day"
+            )
+        rows.append(compare(card.id, live, backtest, reason, exits))
     return rows
 
 
