@@ -14,6 +14,7 @@ from server.bars import BarBuilder, BarError, SessionRule, aggregate
 from kis.port import Capability, Trade
 from server.barstore import BarStore
 from server.marketdata import MarketData
+from tests.fakes.prints import trade
 
 DAY = dt.date(2024, 3, 4)  # a Monday, normal hours
 C = "005930"
@@ -242,19 +243,4 @@ def test_a_silent_chart_does_not_hold_the_day_close(tmp_path: Path, monkeypatch:
 
 
 def _trade(t: str, price: int, qty: int, cum: int) -> Trade:
-    return Trade(
-        code=C,
-        time=t,
-        price=price,
-        qty=qty,
-        side=1,
-        cum_volume=cum,
-        cum_value=0,
-        open=0,
-        high=0,
-        low=0,
-        change=0,
-        ask1=0,
-        bid1=0,
-        date=DAY.strftime("%Y%m%d"),
-    )
+    return trade(C, t, price, qty, cum, date=DAY.strftime("%Y%m%d"))

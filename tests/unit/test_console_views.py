@@ -38,48 +38,22 @@ def test_account_sums_agents_per_code() -> None:
 
 
 def _status(agents):  # type: ignore[no-untyped-def]
-    from common.enums import AgentMode, AgentState, SessionState, TradingState
-    from common.schema import AgentStatus, HeaderFactory, StatusReply
+    from common.enums import AgentState
+    from tests.fakes.status import agent_status, status_reply
 
     rows = [
-        AgentStatus(
-            id=i,
-            name=i,
-            strategy="m:C",
+        agent_status(
+            i,
             state=AgentState(s),
-            mode=AgentMode.LIVE,
-            trading_state=TradingState.ACTIVE,
-            pid=1,
-            host="h",
-            session="s",
-            heartbeat_age_s=0.1,
-            max_ack_gap_ms=0,
-            registrations=1,
-            codes=["005930"],
             open_orders=o,
             orders_today=2,
-            errors=0,
             realized_pnl=r,
             unrealized_pnl=u,
             position_value=v,
         )
         for i, s, r, u, v, o in agents
     ]
-    return StatusReply(
-        h=HeaderFactory("gateway")(),
-        gateway_pid=1,
-        gateway_session="s",
-        started_ns=0,
-        session_state=SessionState.READY,
-        broker="fake",
-        trading_state=TradingState.ACTIVE,
-        agents=rows,
-        orders_today=0,
-        open_orders=0,
-        fills_today=0,
-        counters={},
-        names={"005930": "삼성전자"},
-    )
+    return status_reply(rows, names={"005930": "삼성전자"})
 
 
 def test_status_table_fits_80_and_120_columns() -> None:

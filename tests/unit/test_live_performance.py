@@ -18,16 +18,17 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from common.config import AgentCard, GatewayConfig
-from common.enums import AgentMode, AgentState, SessionState, Side, TradingState
+from common.enums import Side
 from common.market_clock import RunningClock
 from common.portfolio import Portfolio
-from common.schema import AgentPerformance, AgentStatus, HeaderFactory, NewOrder, PositionView, StatusReply
+from common.schema import AgentPerformance, NewOrder, PositionView, StatusReply
 from server import daily_report
 from server.operator import Operator
 from server.performance import performance
 from server.registry import Registry
 from server.store import EquityRow, Store
 from tests.fakes.harness import Harness
+from tests.fakes.status import agent_status, status_reply
 from tools.ops.status import render_status
 from tools.top import grid
 
@@ -239,42 +240,7 @@ def test_daily_report_shows_performance_from_the_stored_days(tmp_path: Path) -> 
 
 
 def _status(perf: dict[str, AgentPerformance]) -> StatusReply:
-    agents = [
-        AgentStatus(
-            id=agent,
-            name=agent,
-            strategy="m:C",
-            state=AgentState.ONLINE,
-            mode=AgentMode.LIVE,
-            trading_state=TradingState.ACTIVE,
-            pid=1,
-            host="h",
-            session="s",
-            heartbeat_age_s=0.1,
-            max_ack_gap_ms=0,
-            registrations=1,
-            codes=[CODE],
-            open_orders=0,
-            orders_today=0,
-            errors=0,
-            performance=p,
-        )
-        for agent, p in perf.items()
-    ]
-    return StatusReply(
-        h=HeaderFactory("gateway")(),
-        gateway_pid=1,
-        gateway_session="s",
-        started_ns=0,
-        session_state=SessionState.READY,
-        broker="fake",
-        trading_state=TradingState.ACTIVE,
-        agents=agents,
-        orders_today=0,
-        open_orders=0,
-        fills_today=0,
-        counters={},
-    )
+    return status_reply([agent_status(agent, codes=[CODE], performance=p) for agent, p in perf.items()])
 
 
 def test_console_grid_shows_drawdown_sharpe_win_rate_and_turnover(tmp_path: Path) -> None:

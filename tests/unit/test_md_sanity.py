@@ -13,6 +13,7 @@ from common.schema import PositionView
 from kis.port import Book, Trade
 from server.md_sanity import Bad, MarketSanity
 from tests.fakes.broker import FakeBroker
+from tests.fakes.prints import trade
 from tests.fakes.core import make_core
 
 DAY = dt.date(2026, 11, 20)
@@ -24,22 +25,7 @@ def rig(base: int = 70_000) -> tuple[MarketSanity, list[str]]:
 
 
 def tick(price: int, cum: int, qty: int = 1, bid: int = 0, ask: int = 0, code: str = "005930", date: str = "") -> Trade:
-    return Trade(
-        code=code,
-        time="100000",
-        price=price,
-        qty=qty,
-        side=1,
-        cum_volume=cum,
-        cum_value=0,
-        open=0,
-        high=0,
-        low=0,
-        change=0,
-        ask1=ask,
-        bid1=bid,
-        date=date,
-    )
+    return trade(code, "100000", price, qty, cum, bid=bid, ask=ask, date=date)
 
 
 def test_bad_prints_are_dropped_counted_and_alerted_once() -> None:
