@@ -173,10 +173,9 @@ _UNSEEN: tuple[int, ...] = ()
 _DAY_EDGES: dict[int, tuple[int, ...] | None] = {}  # KST day number -> its boundaries (None: no session)
 
 
-def phase_at_ns(ns: int) -> Phase:
-    """phase_at for a time in ns since the epoch, the day's boundaries looked up once per KST day (the
-    calendar is static): no datetime per call (a backtest asks per order)."""
-    day, us = divmod(ns // 1000 + _KST_US, _DAY_US)
+def _phase_in_day(day: int, us: int) -> Phase:
+    """The phase `us` microseconds into KST day number `day` (days since 1970-01-01): SessionTimes'
+    boundaries as microseconds, looked up once per day (the calendar is static), no datetimes."""
     edges = _DAY_EDGES.get(day, _UNSEEN)
     if edges is _UNSEEN:
         hours = session_hours(dt.date.fromordinal(day + _EPOCH_ORDINAL))
@@ -187,15 +186,15 @@ def phase_at_ns(ns: int) -> Phase:
     return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 
+def phase_at_ns(ns: int) -> Phase:
+    """phase_at for a time in ns since the epoch (a backtest asks per order)."""
+    day, us = divmod(ns // 1000 + _KST_US, _DAY_US)
+    return _phase_in_day(day, us)
+
+
 def phase_at(when: dt.datetime) -> Phase:
-    """The KRX phase at an aware datetime (naive datetimes are taken as KST). SessionTimes' boundaries
-    compared as microseconds into the day, without building the day's datetimes (a backtest asks per
-    order)."""
+    """The KRX phase at an aware datetime (naive datetimes are taken as KST)."""
     if when.tzinfo is not KST:
         when = when.replace(tzinfo=KST) if when.tzinfo is None else when.astimezone(KST)
-    hours = session_hours(when.date())
-    if hours is None:
-        return Phase.CLOSED
     us = ((when.hour * 60 + when.minute) * 60 + when.second) * 1_000_000 + when.microsecond
-    i = bisect.bisect_right(_edges_us(hours), us)
-    return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
+    return _phase_in_day(when.toordinal() - _EPOCH_ORDINAL, us)

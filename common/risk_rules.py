@@ -265,6 +265,10 @@ def _sizes(lim: RiskLimits) -> bool:
     return bool(lim.max_order_value or lim.max_open_orders or lim.max_position_value)
 
 
+def _drawdowns(lim: RiskLimits) -> bool:
+    return bool(lim.max_drawdown_pct or lim.halt_drawdown_pct)
+
+
 def _shapes(lim: RiskLimits) -> bool:
     return bool(lim.max_positions or lim.max_gross_exposure_pct or lim.max_code_pct or lim.max_sector_pct)
 
@@ -311,13 +315,10 @@ def _limits(
             ("agent", agent_lim, exp.equity, exp.peak),
             ("account", acct_lim, account.equity, account.peak),
         )
-        if agent_lim.max_drawdown_pct
-        or agent_lim.halt_drawdown_pct
-        or acct_lim.max_drawdown_pct
-        or acct_lim.halt_drawdown_pct
+        if _drawdowns(agent_lim) or _drawdowns(acct_lim)
         else ()
     ):
-        if not (lim.max_drawdown_pct or lim.halt_drawdown_pct) or equity <= 0:
+        if not _drawdowns(lim) or equity <= 0:
             continue
         dd = drawdown_bp(equity, peak)
         halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)

@@ -55,7 +55,6 @@ class MarketData:
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
         # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
         self.hold_daily = rule is SessionRule.KRX
-        self._daily_closed = dt.date.min  # the last day whose daily bars went out
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
         self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
 
@@ -167,12 +166,9 @@ class MarketData:
         (`codes`: also those we have no prints of, e.g. after a restart past the last print). The
         built bar misses whatever we did not hear: prints before a gateway restart, a websocket gap.
         Without an answer the built bar goes out, counted (`daily_bars_unconfirmed`)."""
-        if day <= self._daily_closed:
-            return []  # a retried close of the day: its bars went out already
         built = self.builder.close_daily(day)
         if self.hold_daily and broker is not None and Capability.CHARTS in broker.capabilities:  # KRX sessions
             built = await self._official(day, built, broker, set(codes))
-        self._daily_closed = day
         self._emit(built)
         return built
 
@@ -180,7 +176,7 @@ class MarketData:
         label, after = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
         ours = {b.code: b for b in built if b.start == label}
         out = [b for b in built if b.start != label]  # an earlier day's, closed late: as built
-        # a code whose bar of the day went out already (a close rerun after a restart) gets none again
+        # a code whose bar of the day went out already (the close run again: retried, or after a restart) gets none
         todo = [
             c
             for c in sorted(codes | set(ours))

@@ -153,10 +153,9 @@ def parity_reason(card: AgentCard) -> str:
 
 def restricted_since(orders: Iterable[Order], agent: str) -> str:
     """The first day (YYYYMMDD) an order of `agent` was denied by a trading state (its own or the
-    gateway's, reducing or halted: a daily-loss, drawdown or kill-switch limit, or the operator), "" if
-    never. Live, that
-    state lasts until the operator resumes the agent; a backtest's loss limit ends with its day, so
-    every later decision may differ."""
+    gateway's, reducing or halted: a daily-loss, drawdown or kill-switch limit, or the operator), ""
+    if never. Live, that state lasts until the operator resumes the agent; a backtest's loss limit
+    ends with its day, so every later decision may differ."""
     days = [
         decision_of(o).day
         for o in orders
