@@ -7,6 +7,8 @@ from __future__ import annotations
 from common.enums import Side
 from common.schema import PositionView
 
+_BUY = Side.BUY  # a module global: Side.BUY is a slow class-attribute lookup on Python 3.11, and this runs per fill
+
 
 def apply_fill(pos: PositionView | None, code: str, side: Side, qty: int, price: int, fee: int = 0) -> PositionView:
     """The position after one fill of `qty` at `price`."""
@@ -23,7 +25,7 @@ def apply_fill_value(
     whose earlier holdings the books may never have seen (its short side carries no cost basis)."""
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     fees = cur.fees + fee
-    if side is Side.BUY:
+    if side is _BUY:
         return PositionView(
             code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl, fees=fees
         )
@@ -58,7 +60,7 @@ def reverse_fill_value(
     are refunded. Shares sold since a bought fill are not there to give back: the quantity stops at 0."""
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     fees = max(0, cur.fees - fee)
-    if side is Side.BUY:
+    if side is _BUY:
         left = max(0, cur.qty - qty)
         cost = max(0, cur.cost - value) if left else 0
         return PositionView(code=code, qty=left, cost=cost, realized_pnl=cur.realized_pnl, fees=fees)

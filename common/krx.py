@@ -186,8 +186,10 @@ def _phase_in_day(day: int, us: int) -> Phase:
     return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 
+@lru_cache(maxsize=64)
 def phase_at_ns(ns: int) -> Phase:
-    """phase_at for a time in ns since the epoch (a backtest asks per order)."""
+    """phase_at for a time in ns since the epoch (a backtest asks per order and per strategy check,
+    all at a handful of bar times: memoised)."""
     day, us = divmod(ns // 1000 + _KST_US, _DAY_US)
     return _phase_in_day(day, us)
 

@@ -180,6 +180,18 @@ TAX_ROWS: tuple[TaxRow, ...] = (
 TAX_EXEMPT_KINDS = frozenset({SecurityKind.ETF})
 
 
+_ETF = SecurityKind.ETF  # a module global: SecurityKind.ETF is a slow class-attribute lookup on Python 3.11
+
+
+def _steps(ladder: Ladder) -> tuple[list[int], list[int]]:
+    """A ladder ((bound, tick), ...) as its bounds and ticks: the tick of `price` is the first step whose
+    bound is above it, ticks[bisect_right(bounds, price)]."""
+    return [b for b, _ in ladder], [t for _, t in ladder]
+
+
+_ETF_STEPS = _steps(ETF_LADDER)
+
+
 def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
     best = None
     for r in rows:  # rows are in date order
@@ -192,13 +204,15 @@ def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
 class KrxRules:
     """The KRX rules of one trading day. Prices are integer KRW; taxes are ppm of the sale value."""
 
-    __slots__ = ("since", "_ladders", "_bands", "_tax", "unconfirmed", "_limits")
+    __slots__ = ("since", "_ladders", "_bands", "_tax", "unconfirmed", "_limits", "_steps")
 
     def __init__(
         self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow], taxes: dict[Market, TaxRow]
     ) -> None:
         self.since = day  # the first day of this set of rows (later days with the same rows share it)
         self._ladders = {m: r.ladder for m, r in ticks.items()}
+        # each ladder as (bounds, ticks) for a bisect: a backtest asks a tick size per order and per day
+        self._steps = {m: _steps(r.ladder) for m, r in ticks.items()}
         self._bands = {m: r.pct for m, r in bands.items()}
         self._tax = {m: r.total_ppm for m, r in taxes.items()}
         notes = [
@@ -219,10 +233,8 @@ class KrxRules:
     def tick_size(self, price: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI) -> int:
         if price <= 0:
             raise PriceRuleError(f"price must be positive, got {price}")
-        for bound, tick in ETF_LADDER if kind is SecurityKind.ETF else self._ladders[market]:
-            if price < bound:
-                return tick
-        raise AssertionError("ladders are open-ended")
+        bounds, sizes = _ETF_STEPS if kind is _ETF else self._steps[market]
+        return sizes[bisect.bisect_right(bounds, price)]  # ladders are open-ended: always a step
 
     def on_grid(self, price: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI) -> bool:
         return price > 0 and price % self.tick_size(price, kind, market) == 0

@@ -35,6 +35,16 @@ BP = 10_000  # basis points in one
 # Orders held for the next session may be placed in any phase; plain orders need a phase in which the
 # exchange takes regular orders.
 HELD_TIFS = frozenset({TimeInForce.NEXT_SESSION})
+# Enum members the per-order checks compare with, as module constants: on Python 3.11 `Side.BUY` is an
+# unspecialised class-attribute lookup (~65 ns), a global ~6 ns, and a backtest checks every order.
+_BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
+_PRICED = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
+_ACTIVE, _HALTED, _REDUCING, _READY = (
+    TradingState.ACTIVE,
+    TradingState.HALTED,
+    TradingState.REDUCING,
+    SessionState.READY,
+)
 
 
 def pct_bp(pct: float) -> int:
@@ -47,8 +57,9 @@ def drawdown_bp(equity: int, peak: int) -> int:
     return (peak - equity) * BP // peak if peak > 0 and equity < peak else 0
 
 
-@dataclass(slots=True)
-class Exposure:
+# Exposure, AccountExposure and MarketView are msgspec Structs, not dataclasses: one of each is built
+# per order (the live gate and the backtest) and a Struct's constructor is 4-5x cheaper.
+class Exposure(msgspec.Struct, kw_only=True):
     """What one agent has at stake, as far as one order is concerned."""
 
     position_qty: int = 0  # of the order's code
@@ -69,8 +80,7 @@ class Exposure:
     peak: int = 0  # the highest equity of the period the card's drawdown_peak names
 
 
-@dataclass(slots=True)
-class AccountExposure:
+class AccountExposure(msgspec.Struct, kw_only=True):
     """The same across every agent of the account (the gateway-wide limits)."""
 
     open_orders: int = 0
@@ -88,8 +98,7 @@ class AccountExposure:
     virtual: bool = False  # a shadow agent's order: the account's totals and cash are not its own
 
 
-@dataclass(frozen=True, slots=True)
-class MarketView:
+class MarketView(msgspec.Struct, frozen=True, kw_only=True):
     """The order's market context: the session, the phase, the code's band centre and listing, and the
     KRX rules of the day the order lives in (tick grid and band by date, common/krx_rules.py)."""
 
@@ -162,11 +171,11 @@ def notional_price(
     if not base_price:
         return 0
     lower, upper = rules.price_limits(base_price, kind, board)
-    return upper if side is Side.BUY else lower
+    return upper if side is _BUY else lower
 
 
 def is_reducing(side: Side, qty: int, exp: Exposure) -> bool:
-    return side is Side.SELL and qty <= exp.sellable_qty
+    return side is _SELL and qty <= exp.sellable_qty
 
 
 def check_order(
@@ -190,7 +199,7 @@ def check_order(
     if first is not None and (explain is None or qty <= 0):
         return first
     unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
-    if side is Side.BUY and unit <= 0:
+    if side is _BUY and unit <= 0:
         return first or (
             ErrorCode.BAD_ORDER,
             "a market buy needs today's base price, which is not known yet: send a limit order",
@@ -219,22 +228,23 @@ def _gates(
     """What the order must be before any limit is weighed: its shape, code, state, session, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
-    if order_type in (OrderType.LIMIT, OrderType.CONDITIONAL) and price <= 0:
+    if order_type in _PRICED and price <= 0:
         return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
-    if order_type is OrderType.MARKET and price != 0:
+    if order_type is _MARKET and price != 0:
         return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
     if mandate.listed is not None and code not in mandate.listed:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
     if code not in mandate.codes:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not among this agent's codes"
     # trading state: the gateway's, then the agent's
-    reducing = is_reducing(side, qty, exp)
-    for who, state in (("gateway", mandate.gateway_state), ("agent", mandate.agent_state)):
-        if state is TradingState.HALTED:
-            return ErrorCode.DENIED_HALTED, f"{who} is halted: cancels only"
-        if state is TradingState.REDUCING and not reducing:
-            return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
-    if market.session is not SessionState.READY:
+    if mandate.gateway_state is not _ACTIVE or mandate.agent_state is not _ACTIVE:
+        reducing = is_reducing(side, qty, exp)
+        for who, state in (("gateway", mandate.gateway_state), ("agent", mandate.agent_state)):
+            if state is _HALTED:
+                return ErrorCode.DENIED_HALTED, f"{who} is halted: cancels only"
+            if state is _REDUCING and not reducing:
+                return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
+    if market.session is not _READY:
         why = f": {market.session_detail}" if market.session_detail else ""
         return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
     if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
@@ -287,7 +297,7 @@ def _limits(
     """Every configured limit, in the order they are checked (the caller stops at the first denial)."""
     agent_lim, acct_lim = mandate.agent_limits, mandate.account_limits
     reducing = is_reducing(side, qty, exp)
-    buy = side is Side.BUY
+    buy = side is _BUY
     # Each group is walked only when one of the two scopes sets one of its limits: most cards set a
     # few, and a backtest asks this for every order.
     # daily loss: once breached only risk-reducing orders pass
@@ -338,7 +348,7 @@ def _limits(
                 f"{lim.drawdown_peak.value.replace('_', '-')} peak {peak:,} (limit {level / 100:g} %): {what}",
             )
     # shares
-    if side is Side.SELL:
+    if side is _SELL:
         hit = qty > exp.sellable_qty
         if hit or explaining:
             yield Check(

@@ -152,7 +152,7 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
                 order_type=otype,
                 tif=tif,
             )
-            bt = sim._gate(o, rules)
+            bt = sim._gate(code, side, qty, price, otype, tif, rules)
             assert (live[0] if live else None) == (bt[0] if bt else None), (new, live, bt)
             if live is None:  # it rests in both books from now on
                 placed = apply(apply(o, Submit()), Accept(broker_order_id=str(n)))

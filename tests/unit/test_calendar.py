@@ -13,6 +13,7 @@ from common.calendar import (
     first_trading_day_of_year,
     is_trading_day,
     known_year,
+    next_session_iso,
     next_trading_day,
     previous_trading_day,
     session_hours,
@@ -58,3 +59,12 @@ def test_settlement_is_two_trading_days_later() -> None:
     assert add_trading_days(dt.date(2020, 12, 29), 2) == dt.date(2021, 1, 4)
     assert add_trading_days(dt.date(2024, 12, 27), 2) == dt.date(2025, 1, 2)
     assert add_trading_days(dt.date(2024, 12, 26), 2) == dt.date(2024, 12, 30)
+
+
+def test_next_session_iso_is_next_trading_day_for_every_day_1986_2027() -> None:
+    # the backtest's string form (a bisect in each year's table) answers as the date arithmetic does,
+    # on weekends, holidays, Saturday sessions and across the year's end
+    d = dt.date(1986, 1, 1)
+    while d <= dt.date(2027, 1, 5):
+        assert next_session_iso(d.isoformat()) == next_trading_day(d).isoformat(), d
+        d += dt.timedelta(days=1)

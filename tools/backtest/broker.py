@@ -82,6 +82,10 @@ assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _DAY_NS = 86_400_000_000_000
+# enum members the per-order paths compare with (module globals: see common/risk_rules.py's _BUY)
+_BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET, OrderType.CONDITIONAL, TimeInForce.FOK
+_QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
+_ACCEPTED, _FILLED, _PARTLY = OrderState.ACCEPTED, OrderState.FILLED, OrderState.PARTIALLY_FILLED
 _NO_ACCOUNT = AccountExposure()  # a backtest trades one agent's book: no account-wide limits here
 
 
@@ -218,12 +222,37 @@ class SimBroker:
     ) -> None:
         """`refuse`: (code, reason) the order is denied with before any rule (a bad protective order)."""
         ts = self.ts_ns
+        qty = max(qty, 0)
+        self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
+        denial = refuse or self._gate(code, side, qty, price, order_type, tif, self.entry_rules)
+        if self.quiet and denial is None and order_type not in _QUOTE_PEGGED:
+            # nobody sees NEW or PENDING_SUBMIT: the order is made ACCEPTED, the table's submit and accept
+            # in one step (asserted above; tests/property/test_backtest_properties.py keeps it equal to apply())
+            self._boid += 1
+            boid = str(self._boid)
+            self.orders[coid] = Order(
+                client_order_id=coid,
+                agent=self.card.id,
+                code=code,
+                side=side,
+                qty=qty,
+                price=price,
+                order_type=order_type,
+                tif=tif,
+                created_ns=ts,
+                updated_ns=ts,
+                state=_ACCEPTED,
+                broker_order_id=boid,
+                broker_chain=(boid,),
+            )
+            self.open_ids.append(coid)
+            return
         order = Order(
             client_order_id=coid,
             agent=self.card.id,
             code=code,
             side=side,
-            qty=max(qty, 0),
+            qty=qty,
             price=price,
             order_type=order_type,
             tif=tif,
@@ -231,12 +260,10 @@ class SimBroker:
             updated_ns=ts,
         )
         self.orders[coid] = order
-        self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
-        denial = refuse or self._gate(order, self.entry_rules)
         if denial:
             self._step(coid, Deny(code=denial[0], reason=denial[1], ts_ns=ts), notes)
             return
-        if order_type in (OrderType.BEST, OrderType.PRIORITY):
+        if order_type in _QUOTE_PEGGED:
             # quote-pegged types need an order book; bars have none
             self._step(coid, Submit(ts_ns=ts), notes)
             self._step(
@@ -245,15 +272,8 @@ class SimBroker:
                 notes,
             )
             return
-        self._boid += 1
-        boid = str(self._boid)
-        if self.quiet:  # nobody sees PENDING_SUBMIT: NEW -> ACCEPTED in one step, the table's two (checked below)
-            self.orders[coid] = msgspec.structs.replace(
-                order, state=OrderState.ACCEPTED, broker_order_id=boid, broker_chain=(boid,)
-            )
-        else:
-            self._step(coid, Submit(ts_ns=ts), notes)
-            self._step(coid, Accept(broker_order_id=boid, ts_ns=ts), notes)
+        self._step(coid, Submit(ts_ns=ts), notes)
+        self._step(coid, Accept(broker_order_id=self._next_boid(), ts_ns=ts), notes)
         self.open_ids.append(coid)
 
     def listing(self, code: str) -> tuple[SecurityKind, Market]:
@@ -262,23 +282,32 @@ class SimBroker:
             got = self._listing[code] = (self.kinds.get(code, SecurityKind.STOCK), self.markets.get(code, Market.KOSPI))
         return got
 
-    def _gate(self, o: Order, rules: KrxRules, exclude: str = "") -> tuple[str, str] | None:
+    def _gate(
+        self,
+        code: str,
+        side: Side,
+        qty: int,
+        price: int,
+        order_type: OrderType,
+        tif: TimeInForce,
+        rules: KrxRules,
+        exclude: str = "",
+    ) -> tuple[str, str] | None:
         """The live gate's rules (common/risk_rules.py check_order, the very function the gateway's risk
         gate calls) over this book's exposure; the card's budget is the backtest's cash. `rules`: the
         KRX rules of the session the order will live in; `exclude`: an order whose own reservation is
         released (a revise is judged as if new)."""
-        code = o.code
         kind, board = self.listing(code)
         lim = self.card.risk
         exp = self._exposure(code, rules, exclude)
         now_s = self.ts_ns // 1_000_000_000
         denial = check_order(
             code=code,
-            side=o.side,
-            qty=o.qty,
-            price=o.price,
-            order_type=o.order_type,
-            tif=o.tif,
+            side=side,
+            qty=qty,
+            price=price,
+            order_type=order_type,
+            tif=tif,
             mandate=self._mandate,
             exp=exp,
             account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
@@ -301,12 +330,12 @@ class SimBroker:
                 continue
             x = orders[c]
             n += 1
-            if x.side is Side.SELL:
+            if x.side is _SELL:
                 if x.code == code:
                     held_sells += x.remaining
                 continue
             kind, board = self.listing(x.code)
-            v = x.remaining * notional_price(Side.BUY, x.price, base.get(x.code, 0), kind, rules, board)
+            v = x.remaining * notional_price(_BUY, x.price, base.get(x.code, 0), kind, rules, board)
             reserved += v
             if x.code == code:
                 buy_value += v
@@ -358,11 +387,11 @@ class SimBroker:
                 value[c] = p.qty * last[c] if c in last else p.cost
         for c in self.open_ids:
             x = orders[c]
-            if c == exclude or x.side is Side.SELL:
+            if c == exclude or x.side is _SELL:
                 continue
             kind, board = self.listing(x.code)
             value[x.code] = value.get(x.code, 0) + x.remaining * notional_price(
-                Side.BUY, x.price, base.get(x.code, 0), kind, rules, board
+                _BUY, x.price, base.get(x.code, 0), kind, rules, board
             )
         exp.gross_value = sum(value.values())
         exp.positions = len(value)
@@ -416,8 +445,7 @@ class SimBroker:
         except StateError:
             return False
         # the revised order must pass the gate as if new, with its own reservation released (as live)
-        probe = msgspec.structs.replace(o, price=price, qty=total - o.filled_qty)
-        denial = self._gate(probe, self.entry_rules, exclude=coid)
+        denial = self._gate(o.code, o.side, total - o.filled_qty, price, o.order_type, o.tif, self.entry_rules, coid)
         if denial is not None:
             self._step(coid, ReplaceRefused(code=denial[0], reason=denial[1], ts_ns=self.ts_ns), notes)
             return False
@@ -465,7 +493,7 @@ class SimBroker:
                     lock = locks[code] = self._locked(bar, rules)
             else:
                 lock = _UNLOCKED
-            if not lock[0 if o.side is Side.BUY else 1]:
+            if not lock[0 if o.side is _BUY else 1]:
                 self._fill_order(o, bar, day, rules, notes)
                 o = orders[coid]
             state = o.state
@@ -494,8 +522,8 @@ class SimBroker:
 
     def _price_for(self, o: Order, bar: Bar) -> int:
         """The fill price this bar allows for `o`, or 0. IOC/FOK only see the open."""
-        buy = o.side is Side.BUY
-        if o.order_type is OrderType.MARKET:
+        buy = o.side is _BUY
+        if o.order_type is _MARKET:
             return bar.open
         if o.tif in _AT_OPEN_ONLY:
             return bar.open if (bar.open <= o.price if buy else bar.open >= o.price) else 0
@@ -503,7 +531,7 @@ class SimBroker:
             return min(bar.open, o.price)
         if not buy and bar.high >= o.price:
             return max(bar.open, o.price)
-        if o.order_type is OrderType.CONDITIONAL:
+        if o.order_type is _CONDITIONAL:
             return bar.close
         return 0
 
@@ -523,13 +551,13 @@ class SimBroker:
         costs = self.costs
         cash = self.cash
         positions = self.positions
-        if side is Side.BUY:
+        if side is _BUY:
             if qty * price + costs.commission(qty * price) > cash:  # only then the search
                 qty = min(qty, costs.max_affordable(cash, price))
         else:
             p = positions.get(code)
             qty = min(qty, p.qty if p else 0)
-        if qty <= 0 or (o.tif is TimeInForce.FOK and qty < remaining):
+        if qty <= 0 or (o.tif is _FOK and qty < remaining):
             return
         self._used[code] = used + qty
         self._fill_n += 1
@@ -538,11 +566,11 @@ class SimBroker:
         value = qty * price
         if self.quiet and o.state in _RESTING_FILLABLE:
             # nobody sees the order between events: the table's fill step (ACCEPTED/PARTIALLY_FILLED -fill->
-            # resting) without building the event; tests/unit/test_backtest_broker.py keeps it equal to apply()
+            # resting) without building the event; tests/property/test_backtest_properties.py keeps it equal to apply()
             filled = o.filled_qty + qty
             self.orders[coid] = msgspec.structs.replace(
                 o,
-                state=OrderState.FILLED if filled >= o.qty else OrderState.PARTIALLY_FILLED,
+                state=_FILLED if filled >= o.qty else _PARTLY,
                 filled_qty=filled,
                 filled_value=o.filled_value + value,
                 fill_ids=o.fill_ids + (fid,),
@@ -554,7 +582,7 @@ class SimBroker:
                 coid, Fill(fill_id=fid, qty=qty, price=price, broker_order_id=o.broker_order_id, ts_ns=ts_ns), notes
             )
         commission = value * costs.commission_ppm // PPM
-        if side is Side.BUY:
+        if side is _BUY:
             tax = 0
             cash -= value + commission
         else:

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import known_year, next_trading_day, session_hours
+from common.calendar import known_year, next_session_iso, session_hours
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -132,16 +132,8 @@ _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _KST_OFFSET_S = 9 * 3600
 
 
+_BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
-_NEXT_SESSION: dict[str, str] = {}
-
-
-def _next_session(day: str) -> str:
-    """The KRX calendar's next session after `day` (memoised: calendar facts, shared by every run)."""
-    got = _NEXT_SESSION.get(day)
-    if got is None:
-        got = _NEXT_SESSION[day] = next_trading_day(dt.date.fromisoformat(day)).isoformat()
-    return got
 
 
 @functools.lru_cache(maxsize=65536)
@@ -152,13 +144,30 @@ def _day_ns(day: str) -> int:
     ) * 1_000_000_000
 
 
+_SESSION_NS: dict[str, tuple[int, int]] = {}
+
+
+def _session_ns(day: str) -> tuple[int, int]:
+    """The session's open and close on `day` in ns since the epoch (memoised: calendar facts)."""
+    got = _SESSION_NS.get(day)
+    if got is None:
+        # one date object per day (a cold run works this out for every bar time it orders in)
+        d = dt.date.fromisoformat(day)
+        hours = session_hours(d) if known_year(d.year) else None
+        if hours:
+            o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
+        else:
+            o, c = OPEN_HM[0] * 60 + OPEN_HM[1], CLOSE_HM[0] * 60 + CLOSE_HM[1]
+        midnight = ((d.toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
+        got = _SESSION_NS[day] = (midnight + o * 60_000_000_000, midnight + c * 60_000_000_000)
+    return got
+
+
 def _time_ns(start: str, minutes: int, end: bool) -> int:
     """_time() in ns for order/fill timestamps, with integer arithmetic (KST has no DST)."""
     if minutes == 0:
-        hm = _session_hm(start[:10], end)
-        m = hm[0] * 60 + hm[1]
-    else:
-        m = int(start[11:13]) * 60 + int(start[14:16]) + (minutes if end else 0)
+        return _session_ns(start[:10])[end]
+    m = int(start[11:13]) * 60 + int(start[14:16]) + (minutes if end else 0)
     return _day_ns(start[:10]) + m * 60_000_000_000
 
 
@@ -225,9 +234,11 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         protect: ProtectionSpec | None = None,
     ) -> str:
         e = self._e
+        if protect is None and not (stop or take or trail_pct):  # (protection_spec's None, without the call)
+            return e.order(_BUY, code, qty, price, order_type, tif, reason)
         spec = protection_spec(stop, take, trail_pct, protect)
         if spec is None:
-            return e.order(Side.BUY, code, qty, price, order_type, tif, reason)
+            return e.order(_BUY, code, qty, price, order_type, tif, reason)
         err = validate(spec)  # as live: a bad protective order refuses its buy
         coid = e.order(
             Side.BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
@@ -279,7 +290,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         reason: str = "",
         context: dict[str, Any] | None = None,
     ) -> str:
-        return self._e.order(Side.SELL, code, qty, price, order_type, tif, reason)
+        return self._e.order(_SELL, code, qty, price, order_type, tif, reason)
 
     def cancel(self, client_order_id: str) -> None:
         if not self._e.broker.cancel(client_order_id, self._e.pending):
@@ -317,8 +328,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         return _time(e.times[e.step], e.minutes, e.in_bar)
 
     def market_phase(self) -> Phase:
-        e = self._e  # the KRX calendar's phase at the bar's time (as the gate judges it)
-        return phase_at_ns(_time_ns(e.times[e.step], e.minutes, e.in_bar))
+        return phase_at_ns(self._e.now_ns())  # the KRX calendar's phase at the bar's time (as the gate judges it)
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         e = self._e
@@ -440,10 +450,13 @@ class Backtest:
         self._check_needs()
         self.step = 0
         self.in_bar = False  # False while the broker matches (bar start), True in on_bar (bar end)
+        self._now_key = -1  # (step, in_bar) of the memoised _now_ns
+        self._now_ns = 0
         self.timer_s = 0.0
         self.next_timer: dt.datetime | None = None
         self._order_day = ""
         self._coid_prefix = ""
+        self._id_head = card.id + "-"
         self._order_n = 0
         self._running = False
 
@@ -549,7 +562,7 @@ class Backtest:
             if self.intraday:
                 got = day
             else:
-                got = _next_session(day)
+                got = next_session_iso(day)
                 if step + 1 < len(times):
                     got = min(got, times[step + 1][:10])
             self._entry[step] = got
@@ -564,13 +577,22 @@ class Backtest:
 
     # ---- called by the context --------------------------------------------------------------------
 
+    def now_ns(self) -> int:
+        """The current time in ns: the bar's start while the broker matches, its end in on_bar. Worked
+        out once per bar time and side (the strategy's phase check and its order both ask)."""
+        key = self.step * 2 + self.in_bar
+        if key != self._now_key:
+            self._now_key = key
+            self._now_ns = _time_ns(self.times[self.step], self.minutes, self.in_bar)
+        return self._now_ns
+
     def next_id(self) -> str:
         """The agent's next order number of the day (orders and protective orders share them, as live)."""
         day = self.times[self.step][:10]
         if day != self._order_day:  # client order numbers restart each day, as live
             self._order_day, self._order_n = day, 0
             # common.ids.make_client_order_id's "<agent>-<yyyymmdd>-<n>", without a date object per day
-            self._coid_prefix = f"{self.card.id}-{day[:4]}{day[5:7]}{day[8:10]}-"
+            self._coid_prefix = self._id_head + day.replace("-", "") + "-"
         self._order_n += 1
         return self._coid_prefix + str(self._order_n)
 
@@ -598,7 +620,7 @@ class Backtest:
             broker.step, session = -1, day
         if session != broker.entry_session:
             broker.entry_session, broker.entry_rules = session, rules_for(session)
-        broker.ts_ns = _time_ns(t, self.minutes, self.in_bar)
+        broker.ts_ns = self.now_ns()
         broker.submit(coid, code, side, qty, price, order_type, tif, reason, self.pending, refuse)
         return coid
 
@@ -697,10 +719,12 @@ class Backtest:
                 else:
                     if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
                         broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
-                    broker.ts_ns = _time_ns(day, 0, False)
+                    session_open, session_close = _session_ns(day)
+                    broker.ts_ns = session_open
                     broker.match(bars, day, pending)
-                    broker.ts_ns = _time_ns(day, 0, True)
-                    broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
+                    broker.ts_ns = session_close
+                    if open_ids:
+                        broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if protected:
                     prot.settle(pending)  # buys that filled arm theirs (checked from the next bar), unfilled ones end
                 if pending:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.strategies.sma_cross_daily import SmaCrossDaily, _Window
+from common.krx import phase_at_ns
 from common.krx_rules import PPM, rules_for
 from common.schema import Bar
 from tools.backtest import data as bt_data
@@ -134,7 +135,8 @@ def inline_loop(bars: list[Bar], cash: int = CASH) -> list[tuple[str, str, int, 
 def _cold() -> None:
     bt_engine._day_ns.cache_clear()
     bt_engine._time.cache_clear()
-    bt_engine._NEXT_SESSION.clear()
+    bt_engine._SESSION_NS.clear()
+    phase_at_ns.cache_clear()
 
 
 def _best(fn: Callable[[], Any], rounds: int) -> tuple[float, Any]:
