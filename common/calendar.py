@@ -187,6 +187,15 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
     return NORMAL_HOURS
 
 
+@lru_cache(maxsize=None)
+def late_hours_of(year: int) -> dict[str, tuple[dt.time, dt.time]]:
+    """The year's sessions whose hours are not NORMAL_HOURS, by YYYY-MM-DD (session_hours as a table:
+    a backtest asks per bar time it trades in). Days not in it keep NORMAL_HOURS."""
+    out = {first_trading_day_of_year(year).isoformat(): NEW_YEAR_HOURS}
+    out.update({d.isoformat(): CSAT_HOURS for d in CSAT_DAYS if d.year == year and is_trading_day(d)})
+    return out
+
+
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """Trading days in [start, end]."""
     out: list[dt.date] = []

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import known_year, next_session_iso, session_hours
+from common.calendar import known_year, late_hours_of, next_session_iso, session_hours
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -145,20 +145,22 @@ def _day_ns(day: str) -> int:
 
 
 _SESSION_NS: dict[str, tuple[int, int]] = {}
+_OPEN_CLOSE_MIN = (OPEN_HM[0] * 60 + OPEN_HM[1], CLOSE_HM[0] * 60 + CLOSE_HM[1])
 
 
 def _session_ns(day: str) -> tuple[int, int]:
     """The session's open and close on `day` in ns since the epoch (memoised: calendar facts)."""
     got = _SESSION_NS.get(day)
     if got is None:
-        # one date object per day (a cold run works this out for every bar time it orders in)
-        d = dt.date.fromisoformat(day)
-        hours = session_hours(d) if known_year(d.year) else None
-        if hours:
-            o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
-        else:
-            o, c = OPEN_HM[0] * 60 + OPEN_HM[1], CLOSE_HM[0] * 60 + CLOSE_HM[1]
-        midnight = ((d.toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
+        # a cold run works this out for every bar time it orders in: the calendar's table of late
+        # sessions, one date object (the same hours as _session_hm)
+        year = int(day[:4])
+        o, c = _OPEN_CLOSE_MIN
+        if known_year(year):
+            hours = late_hours_of(year).get(day)
+            if hours is not None:
+                o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
+        midnight = ((dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
         got = _SESSION_NS[day] = (midnight + o * 60_000_000_000, midnight + c * 60_000_000_000)
     return got
 
