@@ -11,7 +11,6 @@ before 2000 (and Saturday half days) are not modelled: `session_hours` gives tod
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 from functools import lru_cache
 
@@ -132,29 +131,6 @@ def next_trading_day(day: dt.date) -> dt.date:
     while not is_trading_day(d):
         d += dt.timedelta(days=1)
     return d
-
-
-@lru_cache(maxsize=None)
-def _sessions_of(year: int) -> tuple[str, ...]:
-    """The year's trading days as YYYY-MM-DD, in order (a calendar table, built once per year)."""
-    d, out = dt.date(year, 1, 1), []
-    while d.year == year:
-        if is_trading_day(d):
-            out.append(d.isoformat())
-        d += dt.timedelta(days=1)
-    return tuple(out)
-
-
-def next_session_iso(day: str) -> str:
-    """next_trading_day for a YYYY-MM-DD string, by a bisect in the year's table (a backtest asks per
-    bar time: no date arithmetic per call)."""
-    year = int(day[:4])
-    while True:
-        sessions = _sessions_of(year)
-        i = bisect.bisect_right(sessions, day)
-        if i < len(sessions):
-            return sessions[i]
-        year += 1
 
 
 def previous_trading_day(day: dt.date) -> dt.date:

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import known_year, late_hours_of, next_session_iso, session_hours
+from common.calendar import known_year, late_hours_of, next_trading_day, session_hours
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -134,6 +134,16 @@ _KST_OFFSET_S = 9 * 3600
 
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
+_NEXT_SESSION: dict[str, str] = {}
+
+
+def _next_session(day: str) -> str:
+    """The KRX calendar's next session after `day` (memoised per day: a rarely trading strategy asks for
+    a few hundred days, cheaper than a whole table of sessions per year)."""
+    got = _NEXT_SESSION.get(day)
+    if got is None:
+        got = _NEXT_SESSION[day] = next_trading_day(dt.date.fromisoformat(day)).isoformat()
+    return got
 
 
 @functools.lru_cache(maxsize=65536)
@@ -564,7 +574,7 @@ class Backtest:
             if self.intraday:
                 got = day
             else:
-                got = next_session_iso(day)
+                got = _next_session(day)
                 if step + 1 < len(times):
                     got = min(got, times[step + 1][:10])
             self._entry[step] = got

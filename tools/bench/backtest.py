@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.strategies.sma_cross_daily import SmaCrossDaily, _Window
+from common import calendar
 from common.krx import phase_at_ns
 from common.krx_rules import PPM, rules_for
 from common.schema import Bar
@@ -135,7 +136,9 @@ def inline_loop(bars: list[Bar], cash: int = CASH) -> list[tuple[str, str, int, 
 def _cold() -> None:
     bt_engine._day_ns.cache_clear()
     bt_engine._time.cache_clear()
+    bt_engine._NEXT_SESSION.clear()
     bt_engine._SESSION_NS.clear()
+    calendar.late_hours_of.cache_clear()  # the calendar's table of late sessions too: a fresh process builds it
     phase_at_ns.cache_clear()
 
 
