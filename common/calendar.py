@@ -12,7 +12,9 @@ before 2000 (and Saturday half days) are not modelled: `session_hours` gives tod
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 
 # year -> MMDD of weekday holidays (Saturday/Sunday are never sessions since 1998-12).
 _HOLIDAYS_MMDD: dict[int, str] = {
@@ -164,12 +166,12 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
 
 
 @lru_cache(maxsize=None)
-def late_hours_of(year: int) -> dict[str, tuple[dt.time, dt.time]]:
+def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
     """The year's sessions whose hours are not NORMAL_HOURS, by YYYY-MM-DD (session_hours as a table:
     a backtest asks per bar time it trades in). Days not in it keep NORMAL_HOURS."""
     out = {first_trading_day_of_year(year).isoformat(): NEW_YEAR_HOURS}
     out.update({d.isoformat(): CSAT_HOURS for d in CSAT_DAYS if d.year == year and is_trading_day(d)})
-    return out
+    return MappingProxyType(out)  # cached: read-only for every caller
 
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:

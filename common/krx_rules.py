@@ -185,8 +185,9 @@ _ETF = SecurityKind.ETF  # a module global: SecurityKind.ETF is a slow class-att
 
 def _steps(ladder: Ladder) -> tuple[list[int], list[int]]:
     """A ladder ((bound, tick), ...) as its bounds and ticks: the tick of `price` is the first step whose
-    bound is above it, ticks[bisect_right(bounds, price)]."""
-    return [b for b, _ in ladder], [t for _, t in ladder]
+    bound is above it, ticks[bisect_right(bounds, price)]. The last step is open-ended, so its bound is
+    left out: every price has a tick."""
+    return [b for b, _ in ladder[:-1]], [t for _, t in ladder]
 
 
 _ETF_STEPS = _steps(ETF_LADDER)
@@ -234,7 +235,7 @@ class KrxRules:
         if price <= 0:
             raise PriceRuleError(f"price must be positive, got {price}")
         bounds, sizes = _ETF_STEPS if kind is _ETF else self._steps[market]
-        return sizes[bisect.bisect_right(bounds, price)]  # ladders are open-ended: always a step
+        return sizes[bisect.bisect_right(bounds, price)]
 
     def on_grid(self, price: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI) -> bool:
         return price > 0 and price % self.tick_size(price, kind, market) == 0

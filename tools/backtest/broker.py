@@ -85,7 +85,7 @@ _DAY_NS = 86_400_000_000_000
 # enum members the per-order paths compare with (module globals: see common/risk_rules.py's _BUY)
 _BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET, OrderType.CONDITIONAL, TimeInForce.FOK
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
-_ACCEPTED, _FILLED, _PARTLY = OrderState.ACCEPTED, OrderState.FILLED, OrderState.PARTIALLY_FILLED
+_NEW, _ACCEPTED, _FILLED, _PARTLY = OrderState.NEW, OrderState.ACCEPTED, OrderState.FILLED, OrderState.PARTIALLY_FILLED
 _NO_ACCOUNT = AccountExposure()  # a backtest trades one agent's book: no account-wide limits here
 
 
@@ -225,28 +225,10 @@ class SimBroker:
         qty = max(qty, 0)
         self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
         denial = refuse or self._gate(code, side, qty, price, order_type, tif, self.entry_rules)
-        if self.quiet and denial is None and order_type not in _QUOTE_PEGGED:
-            # nobody sees NEW or PENDING_SUBMIT: the order is made ACCEPTED, the table's submit and accept
-            # in one step (asserted above; tests/property/test_backtest_properties.py keeps it equal to apply())
-            self._boid += 1
-            boid = str(self._boid)
-            self.orders[coid] = Order(
-                client_order_id=coid,
-                agent=self.card.id,
-                code=code,
-                side=side,
-                qty=qty,
-                price=price,
-                order_type=order_type,
-                tif=tif,
-                created_ns=ts,
-                updated_ns=ts,
-                state=_ACCEPTED,
-                broker_order_id=boid,
-                broker_chain=(boid,),
-            )
-            self.open_ids.append(coid)
-            return
+        # nobody sees NEW or PENDING_SUBMIT of a quiet order: it is made ACCEPTED, the table's submit and
+        # accept in one step (asserted above; tests/property/test_backtest_properties.py keeps it equal to apply())
+        accept_now = self.quiet and denial is None and order_type not in _QUOTE_PEGGED
+        boid = self._next_boid() if accept_now else ""
         order = Order(
             client_order_id=coid,
             agent=self.card.id,
@@ -258,8 +240,14 @@ class SimBroker:
             tif=tif,
             created_ns=ts,
             updated_ns=ts,
+            state=_ACCEPTED if accept_now else _NEW,
+            broker_order_id=boid,
+            broker_chain=(boid,) if accept_now else (),
         )
         self.orders[coid] = order
+        if accept_now:
+            self.open_ids.append(coid)
+            return
         if denial:
             self._step(coid, Deny(code=denial[0], reason=denial[1], ts_ns=ts), notes)
             return

@@ -246,8 +246,6 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         protect: ProtectionSpec | None = None,
     ) -> str:
         e = self._e
-        if protect is None and not (stop or take or trail_pct):  # (protection_spec's None, without the call)
-            return e.order(_BUY, code, qty, price, order_type, tif, reason)
         spec = protection_spec(stop, take, trail_pct, protect)
         if spec is None:
             return e.order(_BUY, code, qty, price, order_type, tif, reason)

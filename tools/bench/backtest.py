@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.strategies.sma_cross_daily import SmaCrossDaily, _Window
-from common import calendar
+from common import calendar, krx
 from common.krx import phase_at_ns
 from common.krx_rules import PPM, rules_for
 from common.schema import Bar
@@ -138,7 +138,10 @@ def _cold() -> None:
     bt_engine._time.cache_clear()
     bt_engine._NEXT_SESSION.clear()
     bt_engine._SESSION_NS.clear()
-    calendar.late_hours_of.cache_clear()  # the calendar's table of late sessions too: a fresh process builds it
+    # the calendar's tables too (late sessions, a day's phase boundaries): a fresh process builds them
+    calendar.late_hours_of.cache_clear()
+    bt_engine._session_hm.cache_clear()
+    krx._DAY_EDGES.clear()
     phase_at_ns.cache_clear()
 
 
