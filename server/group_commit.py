@@ -22,13 +22,16 @@ How (SQLite in WAL mode with synchronous=NORMAL, apsw):
 - a COMMIT or fsync that fails leaves memory ahead of the disk: nothing waiting for it is released,
   further writes are refused (StoreFailed) and `on_failure` tells the owner, who must stop.
 SQLite itself fsyncs the WAL before each checkpoint and the database file after it (NORMAL), so the
-WAL frames our fsync made durable are never lost by a checkpoint. Checkpoints run in the fsync
-thread, on its own connection, once the WAL holds `CHECKPOINT_PAGES` frames, whichever way the last
-fsync ran (in the thread or inline): the store's own connection never checkpoints (our WAL hook
-replaces SQLite's auto-checkpoint from the start), because a checkpoint copies and fsyncs megabytes,
-which must not stall the orders. Without checkpoints the WAL would grow all day on a quiet gateway,
-and an fsync that extends the file costs about twice one that rewrites it (measured on ext4:
-commit + fdatasync p50 ~170 us rewriting a recycled WAL, 250-330 us extending it).
+WAL frames our fsync made durable are never lost by a checkpoint. Once the fsync thread has started,
+our WAL hook replaces SQLite's auto-checkpoint (which runs inside a COMMIT); a checkpoint then runs
+once the WAL holds `CHECKPOINT_PAGES` frames, where the last fsync ran: a busy gateway's in the
+fsync thread, on its own connection, beside the loop (a checkpoint copies and fsyncs megabytes); a
+quiet gateway's on the loop, between transactions, as SQLite's own would. A quiet gateway cannot
+leave it to the thread: a checkpoint completes only if no frame is added while it copies (orders
+back to back add one every few hundred us), and only a complete one lets the next transaction
+rewrite the WAL from its start. Without that the WAL grows all day, and an fsync that extends the
+file costs about twice one that rewrites it (ext4 here: commit + fdatasync p50 ~155 us on a
+recycled WAL, ~300 us on a growing one).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ log = logging.getLogger("ktrader.store")
 # each other closely: they run in the thread, beside the loop.
 INLINE_UNITS = 4
 IDLE_S = 0.002
-CHECKPOINT_PAGES = 2000  # WAL frames from which the fsync thread checkpoints (PASSIVE: never blocks writers)
+CHECKPOINT_PAGES = 1000  # WAL frames from which a checkpoint runs (SQLite's own default; PASSIVE)
 
 
 class StoreFailed(RuntimeError):
@@ -90,9 +93,7 @@ class GroupCommit:
         self._last_sync_end = 0.0  # monotonic time the last fsync returned
         self._batch_units = 0  # write() blocks in the open batch
         self._units = 0  # ... in the batch committed last
-        self.checkpoints = 0  # checkpoints the fsync thread ran
-        self._checkpoint_queued = False
-        db.set_wal_hook(self._wal_grew)  # no auto-checkpoint inside a COMMIT: see the module docstring
+        self.checkpoints = 0  # checkpoints we ran (inline or in the fsync thread; not SQLite's own)
 
     # ---- writing -------------------------------------------------------------------------------
 
@@ -212,9 +213,12 @@ class GroupCommit:
         return apsw.SQLITE_OK
 
     def _executor(self) -> ThreadPoolExecutor:
-        """The one thread beside the loop that fsyncs and checkpoints."""
+        """The one thread beside the loop that fsyncs and checkpoints; from its start our WAL hook
+        replaces SQLite's auto-checkpoint (until then SQLite checkpoints inside a COMMIT, which a
+        gateway that never got busy does not mind)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-fsync")
+            self.db.set_wal_hook(self._wal_grew)
         return self._pool
 
     def _sync_in_thread(self, fd: int) -> None:
@@ -223,16 +227,8 @@ class GroupCommit:
             self._wal_pages = 0
             self._checkpoint()
 
-    def _checkpoint_if_due(self) -> None:
-        """After an fsync on the caller's thread: the checkpoint goes to the fsync thread."""
-        if self._wal_pages >= CHECKPOINT_PAGES and not self._checkpoint_queued and self.failed is None:
-            self._wal_pages = 0
-            self._checkpoint_queued = True
-            self._executor().submit(self._checkpoint)
-
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database (in the fsync thread, PASSIVE: never blocks the writer); the
-        next transaction after a complete one rewrites the WAL from its start."""
+        """Copy the WAL into the database, in the fsync thread (PASSIVE: never blocks the writer)."""
         try:
             if self._checkpointer is None:  # this thread's own connection (the pool has one thread)
                 self._checkpointer = apsw.Connection(str(self.main))
@@ -241,8 +237,20 @@ class GroupCommit:
             self.checkpoints += 1
         except apsw.Error as e:  # durability is not at stake (the WAL holds it): retried next time
             log.warning("checkpoint failed: %s", e)
-        finally:
-            self._checkpoint_queued = False
+
+    def _checkpoint_inline(self) -> None:
+        """After an fsync on the caller's thread, between transactions: what SQLite's auto-checkpoint
+        would do (see the module docstring for why not the thread)."""
+        if self._pool is None:  # no hook yet: SQLite's auto-checkpoint does it
+            return
+        if self._wal_pages < CHECKPOINT_PAGES or self._open is not None or self._in_flight:
+            return
+        self._wal_pages = 0
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.checkpoints += 1
+        except apsw.Error as e:  # durability is not at stake (the WAL holds it): retried next time
+            log.warning("checkpoint failed: %s", e)
 
     def _synced(self, fut: asyncio.Future[None]) -> None:
         self._in_flight = False
@@ -273,7 +281,7 @@ class GroupCommit:
         self.syncs += 1
         groups = self._syncing + self._unsynced  # the fsync in flight (if any) is now redundant
         self._syncing, self._unsynced = [], []
-        self._checkpoint_if_due()
+        self._checkpoint_inline()
         for g in groups:
             self._release(g)
 
