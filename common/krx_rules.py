@@ -205,13 +205,12 @@ def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
 class KrxRules:
     """The KRX rules of one trading day. Prices are integer KRW; taxes are ppm of the sale value."""
 
-    __slots__ = ("since", "_ladders", "_bands", "_tax", "unconfirmed", "_limits", "_steps")
+    __slots__ = ("since", "_bands", "_tax", "unconfirmed", "_limits", "_steps")
 
     def __init__(
         self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow], taxes: dict[Market, TaxRow]
     ) -> None:
         self.since = day  # the first day of this set of rows (later days with the same rows share it)
-        self._ladders = {m: r.ladder for m, r in ticks.items()}
         # each ladder as (bounds, ticks) for a bisect: a backtest asks a tick size per order and per day
         self._steps = {m: _steps(r.ladder) for m, r in ticks.items()}
         self._bands = {m: r.pct for m, r in bands.items()}

@@ -224,30 +224,28 @@ class GroupCommit:
     def _sync_in_thread(self, fd: int) -> None:
         os.fdatasync(fd)
         if self._wal_pages >= CHECKPOINT_PAGES:
-            self._wal_pages = 0
-            self._checkpoint()
+            self._checkpoint(self._thread_connection)
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database, in the fsync thread (PASSIVE: never blocks the writer)."""
-        try:
-            if self._checkpointer is None:  # this thread's own connection (the pool has one thread)
-                self._checkpointer = apsw.Connection(str(self.main))
-                self._checkpointer.setbusytimeout(100)
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self.checkpoints += 1
-        except apsw.Error as e:  # durability is not at stake (the WAL holds it): retried next time
-            log.warning("checkpoint failed: %s", e)
+    def _thread_connection(self) -> apsw.Connection:
+        """The fsync thread's own connection (the pool has one thread)."""
+        if self._checkpointer is None:
+            self._checkpointer = apsw.Connection(str(self.main))
+            self._checkpointer.setbusytimeout(100)
+        return self._checkpointer
 
     def _checkpoint_inline(self) -> None:
         """After an fsync on the caller's thread, between transactions: what SQLite's auto-checkpoint
         would do (see the module docstring for why not the thread)."""
         if self._pool is None:  # no hook yet: SQLite's auto-checkpoint does it
             return
-        if self._wal_pages < CHECKPOINT_PAGES or self._open is not None or self._in_flight:
-            return
+        if self._wal_pages >= CHECKPOINT_PAGES and self._open is None and not self._in_flight:
+            self._checkpoint(lambda: self.db)
+
+    def _checkpoint(self, connection: Callable[[], apsw.Connection]) -> None:
+        """Copy the WAL into the database (PASSIVE: never blocks the writer)."""
         self._wal_pages = 0
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.checkpoints += 1
         except apsw.Error as e:  # durability is not at stake (the WAL holds it): retried next time
             log.warning("checkpoint failed: %s", e)
@@ -281,9 +279,9 @@ class GroupCommit:
         self.syncs += 1
         groups = self._syncing + self._unsynced  # the fsync in flight (if any) is now redundant
         self._syncing, self._unsynced = [], []
-        self._checkpoint_inline()
         for g in groups:
             self._release(g)
+        self._checkpoint_inline()  # after the release: what waited for the fsync need not wait for this too
 
     def _wal_fd(self) -> int:
         """An fd of the WAL file, opened once: SQLite keeps the same file while a connection is open

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import known_year, late_hours_of, next_trading_day, session_hours
+from common.calendar import NORMAL_HOURS, known_year, late_hours_of, next_trading_day
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -52,8 +52,6 @@ from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.services import BacktestServices
 
 DEFAULT_CASH = 100_000_000  # when the card has no budget
-OPEN_HM = (9, 0)
-CLOSE_HM = (15, 30)
 # minutes per bar of the intraday intervals; "1d" is the daily bar
 INTERVAL_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "60m": 60}
 
@@ -103,27 +101,10 @@ class BacktestResult:
 
 
 @functools.lru_cache(maxsize=65536)
-def _session_hm(day: str, end: bool) -> tuple[int, int]:
-    """The session's open (or close) on `day` by the KRX calendar: 09:00/15:30, an hour later on a
-    late-opening day (the year's first session, the college entrance exam); the standard hours for a
-    day the calendar does not know."""
-    hours = session_hours(dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))) if calendar_known_day(day) else None
-    if hours is None:
-        return CLOSE_HM if end else OPEN_HM
-    t = hours[1] if end else hours[0]
-    return t.hour, t.minute
-
-
-def calendar_known_day(day: str) -> bool:
-    return known_year(int(day[:4]))
-
-
-@functools.lru_cache(maxsize=65536)
 def _time(start: str, minutes: int, end: bool) -> dt.datetime:
     """The time of a bar's start (end=False) or end: a daily bar spans its session (09:00-15:30)."""
     if minutes == 0:
-        hm = _session_hm(start[:10], end)
-        return dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), hm[0], hm[1], tzinfo=KST)
+        return dt.datetime.fromtimestamp(_session_ns(start[:10])[end] // 1_000_000_000, KST)
     t = dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), int(start[11:13]), int(start[14:16]), tzinfo=KST)
     return t + dt.timedelta(minutes=minutes) if end else t
 
@@ -155,21 +136,19 @@ def _day_ns(day: str) -> int:
 
 
 _SESSION_NS: dict[str, tuple[int, int]] = {}
-_OPEN_CLOSE_MIN = (OPEN_HM[0] * 60 + OPEN_HM[1], CLOSE_HM[0] * 60 + CLOSE_HM[1])
 
 
 def _session_ns(day: str) -> tuple[int, int]:
-    """The session's open and close on `day` in ns since the epoch (memoised: calendar facts)."""
+    """The session's open and close on `day` in ns since the epoch, by the KRX calendar: 09:00-15:30,
+    an hour later on a late-opening day (the year's first session, the college entrance exam); the
+    standard hours on a day the calendar does not know (memoised: calendar facts)."""
     got = _SESSION_NS.get(day)
     if got is None:
         # a cold run works this out for every bar time it orders in: the calendar's table of late
-        # sessions, one date object (the same hours as _session_hm)
+        # sessions and one date object, not session_hours' walk through the calendar
         year = int(day[:4])
-        o, c = _OPEN_CLOSE_MIN
-        if known_year(year):
-            hours = late_hours_of(year).get(day)
-            if hours is not None:
-                o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
+        hours = late_hours_of(year).get(day, NORMAL_HOURS) if known_year(year) else NORMAL_HOURS
+        o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
         midnight = ((dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
         got = _SESSION_NS[day] = (midnight + o * 60_000_000_000, midnight + c * 60_000_000_000)
     return got
@@ -251,7 +230,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             return e.order(_BUY, code, qty, price, order_type, tif, reason)
         err = validate(spec)  # as live: a bad protective order refuses its buy
         coid = e.order(
-            Side.BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
+            _BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
         )
         if not err:
             e.protections.attach(coid, code, spec, e.broker.ts_ns, e.pending)
@@ -733,8 +712,7 @@ class Backtest:
                     broker.ts_ns = session_open
                     broker.match(bars, day, pending)
                     broker.ts_ns = session_close
-                    if open_ids:
-                        broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
+                    broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if protected:
                     prot.settle(pending)  # buys that filled arm theirs (checked from the next bar), unfilled ones end
                 if pending:

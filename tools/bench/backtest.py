@@ -31,7 +31,6 @@ from typing import Any
 
 from agent.strategies.sma_cross_daily import SmaCrossDaily, _Window
 from common import calendar, krx
-from common.krx import phase_at_ns
 from common.krx_rules import PPM, rules_for
 from common.schema import Bar
 from tools.backtest import data as bt_data
@@ -140,9 +139,8 @@ def _cold() -> None:
     bt_engine._SESSION_NS.clear()
     # the calendar's tables too (late sessions, a day's phase boundaries): a fresh process builds them
     calendar.late_hours_of.cache_clear()
-    bt_engine._session_hm.cache_clear()
     krx._DAY_EDGES.clear()
-    phase_at_ns.cache_clear()
+    krx.phase_at_ns.cache_clear()
 
 
 def _best(fn: Callable[[], Any], rounds: int) -> tuple[float, Any]:
