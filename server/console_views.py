@@ -6,16 +6,15 @@ Everything here reads the book of record, the portfolio or the store; nothing ch
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
-import msgspec
 
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
-from common.schema import AgentEvent, FillUpdate, FillView, OrderView, PositionMark, PositionView
+from common.schema import FillUpdate, FillView, OrderView, PositionMark, PositionView
 from common.views import order_view
 from server.store import Store
 
-_aev_dec = msgspec.msgpack.Decoder(AgentEvent)
 _REFUSED = (OrderState.DENIED, OrderState.REJECTED)
 
 
@@ -72,20 +71,23 @@ def last_error(orders: dict[str, Order], agent: str) -> str:
 
 
 def blotter(
-    orders: dict[str, Order], store: Store, agent: str, since_ns: int, limit: int
+    orders: dict[str, Order], store: Store, agents: Iterable[str], agent: str, since_ns: int, limit: int
 ) -> tuple[list[OrderView], list[FillView]]:
-    """Orders changed since `since_ns` (from memory) and fills since then (from the event log), newest first."""
+    """Orders changed since `since_ns` (from memory: today's and the open ones) and fills since then
+    (from the event log of `agent`, or of every one of `agents`), newest first."""
     changed = [o for o in orders.values() if (not agent or o.agent == agent) and o.updated_ns >= since_ns]
     changed.sort(key=lambda o: o.updated_ns, reverse=True)
-    sql = "SELECT body FROM agent_events WHERE ts_ns>=?" + (" AND agent=?" if agent else "") + " ORDER BY ts_ns DESC"
-    args: tuple[object, ...] = (since_ns, agent) if agent else (since_ns,)
     fills: list[FillView] = []
-    for (body,) in store.db.execute(sql, args):
-        ev = _aev_dec.decode(body)
-        if isinstance(ev.body, FillUpdate):
-            fills.append(ev.body.fill)
-            if len(fills) >= limit:
-                break
+    if limit > 0:
+        events = store.events_newest_first([agent] if agent else agents, since_ns)
+        try:
+            for ev in events:
+                if isinstance(ev.body, FillUpdate):
+                    fills.append(ev.body.fill)
+                    if len(fills) >= limit:
+                        break
+        finally:
+            events.close()  # its cursors end now, not when collected
     return [order_view(o) for o in changed[:limit]], fills
 
 

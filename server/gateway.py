@@ -291,7 +291,9 @@ class Gateway:
         return self._answer(msg.h.mid, self.desk.modify(rec.card, msg.client_order_id, msg.price, msg.qty))
 
     def _get_orders(self, route: bytes, msg: GetOrders) -> Message:
-        orders, fills = console_views.blotter(self.book.orders, self.store, msg.agent, msg.since_ns, msg.limit)
+        orders, fills = console_views.blotter(
+            self.book.orders, self.store, self.book.seq, msg.agent, msg.since_ns, msg.limit
+        )
         return OrdersList(h=self.headers(msg.h.mid), orders=orders, fills=fills)
 
     def _get_trace(self, route: bytes, msg: GetTrace) -> Message:

@@ -83,24 +83,49 @@ class OrderBook:
 
     def load(self) -> None:
         today = self.day()
-        for day, o in self.store.load_orders():
-            if day == today or o.is_open:
-                self.index(o, day)
+        for day, o in self.store.load_orders(open_or_day=today):
+            self.index(o, day)
         for agent, book in self.store.load_positions().items():
             for pos in book.values():
                 self.portfolio.set_position(agent, pos)
         self.portfolio.load_orders(self.orders.values())
         self.seq = self.store.last_seqs()
-        for c, o in self.orders.items():
-            if self.order_day.get(c) == today and o.fill_ids:
-                self.fills_today += len(o.fill_ids)
-                self.fills_by_agent[o.agent] += len(o.fill_ids)
+        self._count_fills(today)
         log.info(
             "loaded %d orders (%d open), %d agents with positions",
             len(self.orders),
             sum(o.is_open for o in self.orders.values()),
             len(self.portfolio.positions),
         )
+
+    def _count_fills(self, today: str) -> None:
+        self.fills_today = 0
+        self.fills_by_agent.clear()
+        for c, o in self.orders.items():
+            if o.fill_ids and self.order_day.get(c) == today:
+                self.fills_today += len(o.fill_ids)
+                self.fills_by_agent[o.agent] += len(o.fill_ids)
+
+    def forget_before(self, day: str) -> int:
+        """Let go of the finished orders of days before `day` (they stay in the store): a gateway that
+        runs for days holds what one started today holds (today's orders and the open ones), so its
+        memory and every scan of the book stay a day's size. Returns how many it let go."""
+        gone = [c for c, o in self.orders.items() if not o.is_open and self.order_day.get(c, day) < day]
+        for c in gone:
+            o = self.orders.pop(c)
+            self.order_day.pop(c, None)
+            for odno in o.broker_chain:
+                if self.by_broker_id.get(odno) == c:
+                    del self.by_broker_id[odno]
+        return len(gone)
+
+    def roll_day(self, day: str) -> None:
+        """A new trading day: the earlier days' finished orders go (open ones wait for their expiry,
+        reconciliation's first step) and the fill counts start again, as for a gateway started today."""
+        n = self.forget_before(day)
+        self._count_fills(day)
+        if n:
+            log.info("new day %s: %d finished orders of earlier days let go from memory", day, n)
 
     def index(self, o: Order, day: str) -> None:
         self.orders[o.client_order_id] = o

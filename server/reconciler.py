@@ -156,8 +156,13 @@ class Reconciler:
     # ---- expiry ------------------------------------------------------------------------------------
 
     def expire_previous_days(self) -> int:
-        """KRX orders are day orders: whatever is still open from an earlier day has expired."""
-        return self.expire_through(self.book.day(), inclusive=False)
+        """KRX orders are day orders: whatever is still open from an earlier day has expired (and, now
+        finished, is let go from memory as the day's roll let the others go)."""
+        today = self.book.day()
+        n = self.expire_through(today, inclusive=False)
+        if n:
+            self.book.forget_before(today)
+        return n
 
     def expire_through(self, day: str, inclusive: bool = True) -> int:
         """Expire the open orders of `day` (and earlier); after the close they are gone at KRX. A fill

@@ -129,6 +129,7 @@ class TradingDay:
         day = yyyymmdd(now.date())
         first = not self.cycle.day
         if self.cycle.roll(day):
+            self.book.roll_day(day)  # earlier days' finished orders let go, today's fills counted afresh
             self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
             self.roll_pnl(day)
             self.risk.end_of_day = self.cycle.cleaned  # one set: the day cycle persists it, the gate reads it

@@ -90,3 +90,53 @@ def test_grid_columns_by_width_and_korean_colours() -> None:
     st = _status([("a", "online", 5, 0, 0, 0), ("b", "online", -9, 0, 0, 0)])
     assert [a.id for a in grid.sort_agents(st.agents, "pnl", reverse=True)] == ["a", "b"]
     assert [a.id for a in grid.sort_agents(st.agents, "pnl")] == ["b", "a"]
+
+
+def test_the_blotter_reads_fills_newest_first_across_agents_without_sorting_the_history(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each agent's log is read backwards and the logs merged by time: the same fills, in the same
+    order, as a sort of every event would give, for all agents or one, since a time, up to a limit."""
+    import msgspec
+
+    from common.enums import Side
+    from common.schema import AgentEvent, FillUpdate, FillView, HeaderFactory, Notice
+    from server.console_views import blotter
+    from server.store import Store
+
+    store = Store(tmp_path / "gw.sqlite")
+    hf = HeaderFactory("gateway")
+    seq = {"a": 0, "b": 0, "c": 0}
+    expected: list[tuple[int, str]] = []
+    t0 = 1_790_000_000_000_000_000
+    for i in range(60):
+        agent = "abc"[(i * 7) % 3] if i % 5 else "a"
+        seq[agent] += 1
+        ts = t0 + i * 1_000_000
+        if i % 4 == 3:
+            body: object = Notice(level="info", text=f"not a fill {i}")
+        else:
+            fill = FillView(
+                client_order_id=f"{agent}-{i}",
+                fill_id=f"f{i}",
+                code="005930",
+                side=Side.BUY,
+                qty=1,
+                price=70_000,
+                ts_ns=ts,
+            )
+            body = FillUpdate(fill=fill, position=PositionView(code="005930", qty=i, cost=i * 70_000, realized_pnl=0))
+            expected.append((ts, agent))
+        h = msgspec.structs.replace(hf(), ts=ts)
+        store.append_agent_event(agent, AgentEvent(h=h, seq=seq[agent], body=body))  # type: ignore[arg-type]
+    newest = sorted(expected, reverse=True)
+
+    def got(agent: str, since: int, limit: int) -> list[tuple[int, str]]:
+        _, fills = blotter({}, store, ["a", "b", "c"], agent, since, limit)
+        return [(f.ts_ns, f.client_order_id.split("-")[0]) for f in fills]
+
+    assert got("", 0, 500) == newest
+    assert got("", 0, 7) == newest[:7]
+    since = t0 + 30 * 1_000_000
+    assert got("", since, 500) == [x for x in newest if x[0] >= since]
+    assert got("b", 0, 500) == [x for x in newest if x[1] == "b"]
+    assert got("a", since, 3) == [x for x in newest if x[1] == "a" and x[0] >= since][:3]
+    store.close()

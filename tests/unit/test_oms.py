@@ -441,3 +441,44 @@ async def test_restart_refuses_what_was_never_sent_once_it_is_stale(db: Path) ->
     queued = h2.book.orders[coid(queued_n)]
     assert queued.state is OrderState.REJECTED and queued.reason_code == "NOT_SENT" and "too late" in queued.reason
     h2.store.close()
+
+
+async def test_a_gateway_running_into_the_next_day_holds_what_one_started_that_day_holds(db: Path) -> None:
+    """Days of running: the roll lets the earlier days' finished orders go (they stay in the store) and
+    counts the new day's fills from zero, so memory, every scan of the book and what status shows are
+    the same as after a restart that day (they grew with every day run, and 'fills today' counted all)."""
+    clock = trading_clock()
+    h = Harness(db, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills
+    assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # rests until the close
+    await h.settle(
+        lambda: (
+            h.book.orders[coid(1)].state is OrderState.FILLED and h.book.orders[coid(2)].state is OrderState.ACCEPTED
+        )
+    )
+    assert (h.book.fills_today, dict(h.book.fills_by_agent)) == (1, {"alpha": 1})
+
+    # Monday 08:30: KIS begins a new order list; the trading day's tick rolls the book, reconciliation
+    # expires what the last session left open
+    clock.set(dt.datetime(2026, 11, 23, 8, 30))
+    h.broker.orders.clear()
+    h.book.roll_day("20261123")
+    await h.recon.run("new day")
+    assert h.store.order(coid(2)).state is OrderState.EXPIRED  # kept in the store, let go from memory
+    assert h.store.order(coid(1)).state is OrderState.FILLED
+    assert h.book.orders == {} and h.book.order_day == {} and h.book.by_broker_id == {}
+    assert (h.book.fills_today, dict(h.book.fills_by_agent)) == (0, {})
+    assert h.portfolio.position("alpha", "005930").qty == 10  # shares carry over
+    held = (dict(h.book.orders), dict(h.book.order_day), dict(h.book.by_broker_id), dict(h.book.seq))
+    await h.close()
+
+    h2 = Harness(db, clock=clock)  # a gateway started that morning on the same store
+    assert (dict(h2.book.orders), dict(h2.book.order_day), dict(h2.book.by_broker_id), dict(h2.book.seq)) == held
+    assert (h2.book.fills_today, dict(h2.book.fills_by_agent)) == (0, {})
+    await h2.start()
+    buy = NewOrder(client_order_id="alpha-20261123-1", code="005930", side=Side.BUY, qty=1, price=70_000)
+    assert h2.desk.submit(CARD, buy).accepted
+    await h2.settle(lambda: h2.book.orders["alpha-20261123-1"].state is OrderState.FILLED)
+    assert (h2.book.fills_today, dict(h2.book.fills_by_agent)) == (1, {"alpha": 1})
+    await h2.close()
