@@ -5,6 +5,7 @@ it carries into tomorrow. Written after the close as JSON (for tools) and text (
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,7 @@ from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.protection import Protection
 from common.schema import AgentPerformance, PositionView
+from server.store import Store
 
 
 class AgentDay(msgspec.Struct, kw_only=True):
@@ -138,6 +140,23 @@ def write(rep: DailyReport, run_dir: Path) -> Path:
     return path
 
 
-class BookView(Protocol):  # what build() reads of server.order_book.OrderBook
+class BookView(Protocol):  # what build() reads of server.order_book.OrderBook (or StoredDay)
+    @property
+    def orders(self) -> dict[str, Order]: ...
+
+    @property
+    def order_day(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class StoredDay:
+    """A day's orders as the store holds them (a BookView): the report of a day closed while the book
+    may already have rolled to the next one and let that day's finished orders go."""
+
     orders: dict[str, Order]
     order_day: dict[str, str]
+
+    @classmethod
+    def read(cls, store: Store, day: str) -> StoredDay:
+        rows = store.load_orders(day=day)
+        return cls({o.client_order_id: o for _, o in rows}, {o.client_order_id: d for d, o in rows})

@@ -110,13 +110,15 @@ class OrderBook:
         """Let go of the finished orders of days before `day` (they stay in the store): a gateway that
         runs for days holds what one started today holds (today's orders and the open ones), so its
         memory and every scan of the book stay a day's size. Returns how many it let go."""
-        gone = [c for c, o in self.orders.items() if not o.is_open and self.order_day.get(c, day) < day]
-        for c in gone:
-            o = self.orders.pop(c)
-            self.order_day.pop(c, None)
-            for odno in o.broker_chain:
-                if self.by_broker_id.get(odno) == c:
-                    del self.by_broker_id[odno]
+        gone = {c for c, o in self.orders.items() if not o.is_open and self.order_day.get(c, day) < day}
+        if gone:
+            for c in gone:
+                del self.orders[c]
+                self.order_day.pop(c, None)
+            # every ODNO of theirs, not only the chain's: a cancel's own ODNO maps here too (a notice for
+            # it then finds no order, as after a restart, instead of an order that is gone)
+            for odno in [o for o, c in self.by_broker_id.items() if c in gone]:
+                del self.by_broker_id[odno]
         return len(gone)
 
     def roll_day(self, day: str) -> None:

@@ -238,7 +238,10 @@ class SendQueue:
     def _begin(self, job: Job) -> Rest | None:
         """The synchronous start of a job: its checks and its durable request mark. Returns the rest
         (waiting for the mark's commit, then the broker call), or None when nothing is to be sent."""
-        o = self.book.orders[job.coid]
+        o = self.book.orders.get(job.coid)
+        if o is None:  # an earlier day's order, finished and let go at the day's roll: nothing to send
+            log.info("job %s skipped: %s is no longer held (an earlier day's, finished)", job, job.coid)
+            return None
         if job.call is Call.SUBMIT:
             return self._begin_submit(o, job)
         if job.call is Call.CANCEL:

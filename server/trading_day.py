@@ -177,8 +177,15 @@ class TradingDay:
             self.desk.release_due()  # held orders for today that never went out expire now
             if self.close_bars is not None:
                 await self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
+            # the day's orders from the store: the book may have rolled to the next day meanwhile (a
+            # close that waited on the broker past midnight) and let this day's finished orders go
             report = daily_report.build(
-                day, self.book, self.book.portfolio, self.alerts_of_day(day), self.performance(), self.protections()
+                day,
+                daily_report.StoredDay.read(self.book.store, day),
+                self.book.portfolio,
+                self.alerts_of_day(day),
+                self.performance(),
+                self.protections(),
             )
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():

@@ -18,6 +18,7 @@ from common.orders import OrderState
 from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
+from server import daily_report
 from server.registry import AgentRecord
 from server.sessions import AgentSessions
 from server.trading_day import BasePrices
@@ -452,12 +453,21 @@ async def test_a_gateway_running_into_the_next_day_holds_what_one_started_that_d
     await h.start()
     assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills
     assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted  # rests until the close
+    assert h.desk.submit(CARD, order(3, qty=2, price=59_000)).accepted  # rests, then is cancelled
+    await h.settle(lambda: h.book.orders[coid(3)].state is OrderState.ACCEPTED)
+    assert h.desk.cancel("alpha", coid(3)) == (None, "cancel sent")
     await h.settle(
         lambda: (
-            h.book.orders[coid(1)].state is OrderState.FILLED and h.book.orders[coid(2)].state is OrderState.ACCEPTED
+            h.book.orders[coid(1)].state is OrderState.FILLED
+            and h.book.orders[coid(2)].state is OrderState.ACCEPTED
+            and h.book.orders[coid(3)].state is OrderState.CANCELLED
         )
     )
     assert (h.book.fills_today, dict(h.book.fills_by_agent)) == (1, {"alpha": 1})
+    cancel_odno = next(
+        k for k, c in h.book.by_broker_id.items() if c == coid(3) and k not in h.book.orders[coid(3)].broker_chain
+    )
+    report = daily_report.build("20261120", h.book, h.portfolio)
 
     # Monday 08:30: KIS begins a new order list; the trading day's tick rolls the book, reconciliation
     # expires what the last session left open
@@ -469,6 +479,28 @@ async def test_a_gateway_running_into_the_next_day_holds_what_one_started_that_d
     assert h.store.order(coid(1)).state is OrderState.FILLED
     assert h.book.orders == {} and h.book.order_day == {} and h.book.by_broker_id == {}
     assert (h.book.fills_today, dict(h.book.fills_by_agent)) == (0, {})
+    # a late notice under the cancel's own ODNO finds no order (as after a restart), and does no harm
+    late = BrokerNotice(
+        kind=NoticeKind.FILLED,
+        broker_order_id=cancel_odno,
+        orig_broker_order_id="",
+        code="005930",
+        side=Side.BUY,
+        order_qty=2,
+        order_price=59_000,
+        fill_qty=2,
+        fill_price=59_000,
+        time="090001",
+    )
+    h.notices.on_notice(late)
+    assert h.portfolio.position("alpha", "005930").qty == 10
+    # the closed day's report, built after the roll (a close that waited past midnight), is complete:
+    # it reads that day's orders from the store (2 expired at reconciliation, not at the close: same)
+    stored = daily_report.build("20261120", daily_report.StoredDay.read(h.store, "20261120"), h.portfolio)
+    assert [(a.agent, a.orders, a.fills, a.bought_qty) for a in stored.agents] == [
+        (a.agent, a.orders, a.fills, a.bought_qty) for a in report.agents
+    ]
+    assert stored.agents[0].orders == 3 and stored.agents[0].by_state == {"filled": 1, "expired": 1, "cancelled": 1}
     assert h.portfolio.position("alpha", "005930").qty == 10  # shares carry over
     held = (dict(h.book.orders), dict(h.book.order_day), dict(h.book.by_broker_id), dict(h.book.seq))
     await h.close()

@@ -9,6 +9,7 @@ Failures (each makes `ktrader rehearse` exit non-zero):
   or one twin order claimed twice), an order still UNKNOWN or in flight at the end;
 - positions that differ between the agents' books and the twin's account;
 - a day without its daily report;
+- a day whose end-of-day status counted other days' fills as that day's;
 - a parity difference without a reason.
 """
 
@@ -196,9 +197,17 @@ def audit_run(
     twin_orders: list[dict[str, object]],
     twin_holdings: dict[str, int],
     restarts: dict[str, int],
+    day_fills: dict[str, int] | None = None,
 ) -> Audit:
+    """`day_fills`: YYYYMMDD -> the fills of the day as the gateway's status counted them at its end;
+    each must be that day's alone (a gateway that ran into the day carried the previous days' ones).
+    (Orders are not compared: a next-session order decided after a close joins its session's day.)"""
     a = Audit(restarts=dict(restarts))
     orders = _orders(run)
+    for key, counted in sorted((day_fills or {}).items()):
+        fills = sum(len(o.fill_ids) for d, o in orders if d == key)
+        if counted != fills:
+            a.failures.append(f"{key}: status counted {counted} fills today, the store holds {fills} of that day")
     # ---- per day
     by_day: dict[str, DayRow] = {}
     for d in days:

@@ -98,6 +98,7 @@ def rehearse(
     plain = [c for _, c in cards]
     twin_orders: list[dict[str, object]] = []
     holdings: dict[str, int] = {}
+    day_fills: dict[str, int] = {}
     try:
         desk.start()
         desk.wait_agents_online()
@@ -131,14 +132,15 @@ def rehearse(
             desk.advance(stops.close)
             desk.settle(day=key)
             desk.advance(stops.after_close)
-            desk.settle(60.0, day=key, report=True, daily=_daily_agents(plain, _traded(series, day)))
+            st = desk.settle(60.0, day=key, report=True, daily=_daily_agents(plain, _traded(series, day)))
+            day_fills[key] = st.fills_today
         if progress:
             progress("audit", len(days), len(days))
         twin_orders = desk.twin_orders()
         holdings = {c: int(h["qty"]) for c, h in desk.twin_account()["holdings"].items() if h["qty"]}
     finally:
         desk.stop()
-    audit = audit_run(desk.run, days, twin_orders, holdings, desk.restarts)
+    audit = audit_run(desk.run, days, twin_orders, holdings, desk.restarts, day_fills)
     audit.parity = parity(cards, series, days, desk.run)
     for row in audit.parity:
         if not row.equal and not row.reason:
