@@ -234,7 +234,8 @@ def _gates(
         return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
     if mandate.listed is not None and code not in mandate.listed:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
-    if code not in mandate.codes:
+    if code not in mandate.codes and not is_reducing(side, qty, exp):
+        # what it holds it may always sell (a code that left its universe, a gateway restarted since)
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not among this agent's codes"
     # trading state: the gateway's, then the agent's
     if mandate.gateway_state is not _ACTIVE or mandate.agent_state is not _ACTIVE:

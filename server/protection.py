@@ -172,10 +172,11 @@ class ProtectionDesk:
             return ErrorCode.DUPLICATE_ORDER, "this id is an order's"
         if day.strftime("%Y%m%d") != self.book.day():
             return ErrorCode.WRONG_DAY, f"id is for {day:%Y%m%d}, the trading day is {self.book.day()}"
-        if msg.code not in card.codes and msg.code not in self.risk.extra_codes.get(agent, frozenset()):
+        held = self._held(agent, msg.code)
+        mine = msg.code in card.codes or msg.code in self.risk.extra_codes.get(agent, frozenset())
+        if not mine and held <= 0:  # shares held outside its codes it may protect, as it may sell them
             return ErrorCode.DENIED_UNKNOWN_CODE, f"{msg.code} is not among this agent's codes"
         err = self._refusal(agent, msg.spec)
-        held = self._held(agent, msg.code)
         if not err and held <= 0:
             err = f"no shares of {msg.code} to protect (attach it to the buy: ctx.buy(..., stop=...))"
         if not err and msg.qty > held:

@@ -95,8 +95,9 @@ class UniverseBinder:
     data (through the subscription manager), lets the risk gate accept the codes and tells each
     agent its list with a sequenced `UniverseUpdate` event.
 
-    Codes that leave the universe stay tradable for the agent for the rest of the gateway's run
-    (so it can still sell what it bought); only their market data is released."""
+    The risk gate accepts the agent's current list (not every code it was ever given: that widened its
+    mandate day after day); shares it holds in a code that left the list it may still sell (the gate
+    lets a reducing order through in any code held), and their market data is released."""
 
     def __init__(
         self,
@@ -156,7 +157,7 @@ class UniverseBinder:
                 for kind in kinds:
                     self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
-        extra[rec.id] = extra.get(rec.id, frozenset()) | frozenset(top)
+        extra[rec.id] = frozenset(top)
         rec.codes = list(card.codes) + [c for c in top if c not in own]
         self.current[rec.id] = top
         if self.new_codes is not None:

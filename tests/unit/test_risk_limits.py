@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from common.clock import KST
@@ -213,5 +214,28 @@ def test_a_next_session_order_is_sent_at_the_next_open_and_survives_a_restart(tm
             res = await d2.core.recon.run("start")
             assert not res.external and not res.alerts, (res.external, res.alerts)
             assert d2.core.portfolio.position("alpha", "005930").qty == 10  # type: ignore[union-attr]
+
+    asyncio.run(main())
+
+
+def test_shares_held_outside_the_agents_codes_may_be_sold_not_added_to(tmp_path: Path) -> None:
+    """A code that left an agent's universe (or its card, after a restart) is no longer its to buy, but
+    what it holds there it may still sell, and only that much."""
+
+    async def main() -> None:
+        async with Desk(tmp_path) as d:
+            c = card()
+            assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None  # fills at the fake
+            await asyncio.wait_for(_until(lambda: d.core.portfolio.position("alpha", "005930") is not None), 5)
+            gone = msgspec.structs.replace(c, codes=["000660"])  # 005930 is no longer among its codes
+            assert d.submit(gone, order("alpha", 2, qty=1, price=70_000)) is ErrorCode.DENIED_UNKNOWN_CODE
+            too_many = order("alpha", 3, qty=11, price=70_000, side=Side.SELL)
+            assert d.submit(gone, too_many) is ErrorCode.DENIED_UNKNOWN_CODE  # more than it holds: not a sale of it
+            assert d.submit(gone, order("alpha", 4, qty=10, price=70_000, side=Side.SELL)) is None
+            # and a code it holds nothing of stays closed, for a sale as for a buy
+            other = NewOrder(
+                client_order_id=f"alpha-{TODAY:%Y%m%d}-5", code="035420", side=Side.SELL, qty=1, price=200_000
+            )
+            assert d.submit(gone, other) is ErrorCode.DENIED_UNKNOWN_CODE
 
     asyncio.run(main())
