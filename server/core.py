@@ -111,6 +111,7 @@ def build_order_core(
 
     notices = NoticeRouter(book, risk.broker_error, learn)
     shadow_venue = ShadowExecution(clock, notices.on_notice)
+    book.listeners.append(shadow_venue.on_order)
 
     def unknown(coid: str) -> None:
         inquiry.watch(coid)

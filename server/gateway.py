@@ -232,6 +232,7 @@ class Gateway:
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
+        self.day.on_new_day += [self.md.new_day, self.notices.new_day, self._new_day]
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)
@@ -598,12 +599,16 @@ class Gateway:
             err, text = self.subs.want(protection_room.HOLDER, MarketKind.TRADES, code)
             if err is None:
                 self._protected.add(code)
+                self._refused_protected.discard(code)  # a later refusal is news again
             elif code not in self._refused_protected:
                 self._refused_protected.add(code)
                 self.alerts(f"protective orders on {code} cannot watch its prints: {text}")
         for code in sorted(self._protected - want):
             self.subs.release(protection_room.HOLDER, MarketKind.TRADES, code)
             self._protected.discard(code)
+
+    def _new_day(self, day: str) -> None:
+        self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

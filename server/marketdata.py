@@ -58,6 +58,13 @@ class MarketData:
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
         self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
 
+    def new_day(self, day: str = "") -> None:
+        """A new trading day: the last print and book of a code are yesterday's, not news for an agent
+        that subscribes before today's first print (a snapshot would hand them over as live); the last
+        closed bars stay (history), and so do the topics' sequence numbers (gap detection)."""
+        self.trades.clear()
+        self.books.clear()
+
     def counters(self) -> dict[str, int]:
         return {
             "bars_closed": self.bars_closed,

@@ -86,6 +86,10 @@ class MarketSanity:
             self._cum_day.clear()
             self._behind.clear()
             self._alerted.clear()
+            # yesterday's prices do not confirm today's first print (a gateway started today has none)
+            self._last.clear()
+            self._confirmed.clear()
+            self._quote.clear()
         return self._rules
 
     def _price(self, code: str, price: int, rules: KrxRules) -> Bad | None:

@@ -14,6 +14,7 @@ the new line at once. A notice naming a line of a chain we cannot place asks the
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -34,6 +35,8 @@ from common.orders import (
 from kis.port import BrokerNotice, NoticeKind
 from server.order_book import OrderBook
 
+log = logging.getLogger("ktrader.notices")
+
 MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are left to reconciliation
 
 
@@ -45,6 +48,13 @@ class NoticeRouter:
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
         self.learn = learn  # read the broker's list for this order now (server/chain_repair.py)
         self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)
+
+    def new_day(self, day: str = "") -> None:
+        """Notices still waiting for an order of theirs (an acknowledgement that never came, an ODNO of
+        nobody's) cannot be matched on a later day: let them go, as a restart would."""
+        if self.unmatched:
+            log.info("new day: %d ODNOs' unmatched notices let go", len(self.unmatched))
+            self.unmatched.clear()
 
     def claim(self, odno: str, coid: str) -> None:
         """`odno` is `coid`'s (a REST reply or reconciliation said so): apply what waited for it."""

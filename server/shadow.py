@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from common.enums import Side
 from common.market_clock import MarketClock
+from common.orders import TERMINAL, Order
 from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerRejected, NoticeKind
 
 SHADOW_PREFIX = "shadow-"
@@ -39,6 +40,14 @@ class ShadowExecution:
         self.notify = notify
         self._ids = itertools.count(1)
         self.resting: dict[str, _Resting] = {}
+
+    def on_order(self, old: Order | None, new: Order) -> None:
+        """The book's word (a listener): an order that ended there (expired at the close, rejected,
+        reconciled away) ends here too; a line left resting would fill on later prints, the same
+        evening's after-hours ones or the next day's, and move a position nobody bought."""
+        if new.state in TERMINAL and self.resting:
+            for odno in new.broker_chain:
+                self.resting.pop(odno, None)
 
     def restore(self, odno: str, code: str, side: Side, qty: int, price: int, filled: int) -> None:
         """An open shadow order from before a restart keeps resting."""
@@ -85,7 +94,7 @@ class ShadowExecution:
                 line.filled += take
                 self._notice(NoticeKind.FILLED, odno, line, fill_qty=take, fill_price=price)
                 if not line.remaining:
-                    del self.resting[odno]
+                    self.resting.pop(odno, None)  # (the book's listener may have ended it already)
 
     def _notice(
         self,

@@ -109,6 +109,8 @@ class TradingDay:
         self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
+        # what else starts the day afresh, as a gateway started that day would (market data, notices...)
+        self.on_new_day: list[Callable[[str], None]] = []
         self.reports_written = 0
         self.close_errors = 0
 
@@ -136,8 +138,13 @@ class TradingDay:
             self.publish(SystemEventKind.TRADING_DAY, "", day)  # agents number their orders by the gateway's day
             if not first:
                 log.info("new trading day %s", day)
+                for fn in self.on_new_day:
+                    fn(day)
                 self.request_reconcile("new day")  # expires what is left of earlier days
-                self.spawn(self.base_prices.ensure(sorted({c for card in self.cards() for c in card.codes})))
+                # the band's base of every code an agent may trade today: its card's and its universe's
+                codes = {c for card in self.cards() for c in card.codes}
+                codes.update(c for listed in self.risk.extra_codes.values() for c in listed)
+                self.spawn(self.base_prices.ensure(sorted(codes)))
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
         held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})

@@ -244,3 +244,17 @@ def test_a_silent_chart_does_not_hold_the_day_close(tmp_path: Path, monkeypatch:
 
 def _trade(t: str, price: int, qty: int, cum: int) -> Trade:
     return trade(C, t, price, qty, cum, date=DAY.strftime("%Y%m%d"))
+
+
+def test_a_new_day_hands_no_one_yesterdays_print_as_live(tmp_path: Path) -> None:
+    """An agent that subscribes the next morning, before the first print, gets no snapshot of
+    yesterday's last print or book (a TradeTick has no date: it would read as today's); the closed
+    bars stay (they are history) and the topics' numbering goes on (gap detection)."""
+    md = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX, ("1d",))
+    md.on_trade(_trade("153000", 71_000, 5, 21_005), at("153000"))
+    (before,) = md.snapshot([C])
+    assert before.trade is not None and before.trade.price == 71_000
+    seqs = dict(before.seqs)
+    md.new_day("20261121")
+    (after,) = md.snapshot([C])
+    assert after.trade is None and after.book is None and after.seqs == seqs

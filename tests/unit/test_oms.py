@@ -343,6 +343,15 @@ async def test_shadow_orders_are_journaled_not_sent_and_fill_on_prints(db: Path)
     # reconciliation leaves the virtual books alone: no external adoption, no position alert
     res = await h.recon.run("test")
     assert not res.alerts and not res.events and EXTERNAL not in h.portfolio.positions
+    # an order that expires at the close stops resting in the shadow market: the evening's after-hours
+    # prints (or the next day's) do not fill it
+    assert h.desk.submit(CARD, order(3, qty=5, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(3)].state is OrderState.ACCEPTED)
+    assert h.book.orders[coid(3)].broker_order_id in market.resting
+    h.recon.expire_through(h.book.day())
+    assert h.book.orders[coid(3)].state is OrderState.EXPIRED and not market.resting
+    market.on_trade("005930", 59_000, 100)
+    assert h.book.orders[coid(3)].filled_qty == 0 and h.portfolio.positions["alpha"]["005930"].qty == 10
     await h.close()
     # the mode survives a gateway restart (before the agent registers again)
     h2 = Harness(db)
