@@ -518,6 +518,11 @@ class AgentRuntime(AgentServicesMixin):
     def _set_day(self, yyyymmdd: str, next_n: int = 1) -> None:
         day = dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
         self.next_n = max(self.next_n if day == self.day else 1, next_n)
+        if day != self.day:
+            # a new day: what a registration that day would hold (the open orders, the active protective
+            # orders); the finished ones of earlier days would only grow every open_orders call
+            self.orders = {k: o for k, o in self.orders.items() if o.state in OPEN}
+            self._protections = {k: p for k, p in self._protections.items() if p.is_active}
         self.day = day
 
     def _start_strategy(self) -> None:

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import random
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -157,7 +158,8 @@ class KisWebSocket:
         self._gap_since: dt.datetime | None = None
         self._last_rx = now_kst()
         self.sessions = 0  # websocket sessions opened
-        self.sent_registrations: list[tuple[int, Key]] = []  # (session, key), for audits and tests
+        # (session, key), for audits and tests: the latest ones (every reconnect adds a round)
+        self.sent_registrations: deque[tuple[int, Key]] = deque(maxlen=4096)
         self.pings_answered = 0
         # Recording hook (server/recorder.py): called with every frame as received; None = off.
         self.on_frame: Callable[[bytes], None] | None = None

@@ -267,6 +267,8 @@ class RiskGate:
 
     def broker_error(self, ts_ns: int) -> None:
         self.broker_errors.append(ts_ns)
+        if len(self.broker_errors) > 1024:  # only the kill window's count (pruned here too when the switch is off)
+            self.recent_broker_errors()
 
     def recent_broker_errors(self) -> int:
         cutoff = market_ns(self.clock) - self.kill_window_ns

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from agent.runtime import AgentRuntime
@@ -95,3 +96,20 @@ def test_protective_orders_are_seen_at_once_and_a_refusal_reaches_the_strategy(t
     )
     assert pid not in rt.protections and seen[-1].id == pid and seen[-1].state is ProtectionState.CANCELLED
     assert "no shares" in seen[-1].reason
+
+
+def test_a_new_day_keeps_the_open_orders_and_lets_the_finished_ones_go(tmp_path: Path) -> None:
+    """An agent running for days holds what it would after registering that day: the open orders, not
+    every finished one since it started (open_orders rebuilt over all of them on every call)."""
+    import msgspec
+
+    from common.orders import OrderState
+
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    day = rt.day
+    done, resting = rt.buy("005930", 3, 70_000), rt.buy("005930", 1, 69_000)
+    rt.orders[done] = msgspec.structs.replace(rt.orders[done], state=OrderState.FILLED, filled_qty=3)
+    rt._set_day(day.strftime("%Y%m%d"))  # the same day again: nothing goes
+    assert set(rt.orders) == {done, resting}
+    rt._set_day((day + dt.timedelta(days=1)).strftime("%Y%m%d"))
+    assert set(rt.orders) == {resting} and set(rt.open_orders) == {resting}
