@@ -232,7 +232,7 @@ class Gateway:
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
-        self.day.on_new_day += [self.md.new_day, self.notices.new_day, self._new_day]
+        self.day.on_new_day += [self.md.new_day, self.notices.new_day, self.universe_binder.new_day, self._new_day]
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)

@@ -105,7 +105,11 @@ class OrderDesk:
             self.book.portfolio.set_virtual(agent, True)
         for o in self.book.orders.values():
             if o.agent in self.book.portfolio.virtual and o.broker_order_id and o.state in CANCELLABLE:
-                self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining, o.price, 0)
+                # the line as it was: its fills so far (their numbers, q<filled>, go on from there; from 0
+                # the next fill could repeat an earlier one's id and be dropped as a duplicate)
+                line = f"{o.broker_order_id}:"
+                filled = sum(f.qty for f in o.fills if f.fill_id.startswith(line))
+                self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled)
         self._recover_in_flight()
 
     def _recover_in_flight(self) -> None:

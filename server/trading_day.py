@@ -129,7 +129,7 @@ class TradingDay:
     def tick(self) -> None:
         now, phase = self.clock.now(), self.clock.phase()
         day = yyyymmdd(now.date())
-        first = not self.cycle.day
+        first, previous = not self.cycle.day, self.cycle.day
         if self.cycle.roll(day):
             self.book.roll_day(day)  # earlier days' finished orders let go, today's fills counted afresh
             self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
@@ -138,9 +138,13 @@ class TradingDay:
             self.publish(SystemEventKind.TRADING_DAY, "", day)  # agents number their orders by the gateway's day
             if not first:
                 log.info("new trading day %s", day)
-                for fn in self.on_new_day:
-                    fn(day)
                 self.request_reconcile("new day")  # expires what is left of earlier days
+                if day > previous:  # (a replay's clock jumps back from today to its recorded day at its first frame)
+                    for fn in self.on_new_day:
+                        try:
+                            fn(day)
+                        except Exception:  # one part's bug must not keep the others from the new day
+                            log.exception("new day %s: %s failed", day, getattr(fn, "__qualname__", fn))
                 # the band's base of every code an agent may trade today: its card's and its universe's
                 codes = {c for card in self.cards() for c in card.codes}
                 codes.update(c for listed in self.risk.extra_codes.values() for c in listed)

@@ -95,9 +95,11 @@ class UniverseBinder:
     data (through the subscription manager), lets the risk gate accept the codes and tells each
     agent its list with a sequenced `UniverseUpdate` event.
 
-    The risk gate accepts the agent's current list (not every code it was ever given: that widened its
+    The risk gate accepts every code the agent was given today (a re-ranking, or one failed ranking's
+    fallback list, does not take back a code in the middle of the day: an order decided on it may still
+    go), and from a new day only its current list (not every code it was ever given: that widened its
     mandate day after day); shares it holds in a code that left the list it may still sell (the gate
-    lets a reducing order through in any code held), and their market data is released."""
+    lets a reducing order through in any code held). Market data follows the current list."""
 
     def __init__(
         self,
@@ -116,6 +118,15 @@ class UniverseBinder:
         self.notify = notify
         self.current: dict[str, list[str]] = {}
         universe.on_change = self.on_change
+
+    def new_day(self, day: str = "") -> None:
+        """Each agent's mandate from its universe starts again from its current list."""
+        extra = self.risk.extra_codes  # type: ignore[attr-defined]
+        for agent in list(extra):
+            if agent in self.current:
+                extra[agent] = frozenset(self.current[agent])
+            else:
+                del extra[agent]
 
     def on_register(self, rec) -> None:
         n = rec.card.universe_top
@@ -157,7 +168,7 @@ class UniverseBinder:
                 for kind in kinds:
                     self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
-        extra[rec.id] = frozenset(top)
+        extra[rec.id] = extra.get(rec.id, frozenset()) | frozenset(top)
         rec.codes = list(card.codes) + [c for c in top if c not in own]
         self.current[rec.id] = top
         if self.new_codes is not None:

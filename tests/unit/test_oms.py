@@ -523,3 +523,27 @@ async def test_a_gateway_running_into_the_next_day_holds_what_one_started_that_d
     await h2.settle(lambda: h2.book.orders["alpha-20261123-1"].state is OrderState.FILLED)
     assert (h2.book.fills_today, dict(h2.book.fills_by_agent)) == (1, {"alpha": 1})
     await h2.close()
+
+
+async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> None:
+    """The shadow market numbers a line's fills by its cumulative filled quantity; a restored line
+    starts from what it had filled (it restarted from 0, so a fill of the same size as an earlier one
+    repeated its id and the book dropped it as a duplicate: the order never completed)."""
+    h = Harness(db)
+    await h.start()
+    h.desk.set_mode("alpha", True)
+    assert h.desk.submit(CARD, order(1, qty=10, price=69_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    h.core.shadow_venue.on_trade("005930", 69_000, 4)
+    assert h.book.orders[coid(1)].filled_qty == 4
+    await h.close()
+
+    h2 = Harness(db)
+    await h2.start()
+    market = h2.core.shadow_venue
+    market.on_trade("005930", 69_000, 4)  # the same size as the first fill: a new fill all the same
+    market.on_trade("005930", 69_000, 50)
+    o = h2.book.orders[coid(1)]
+    assert o.state is OrderState.FILLED and o.filled_qty == 10 and not market.resting
+    assert h2.portfolio.positions["alpha"]["005930"].qty == 10
+    await h2.close()
