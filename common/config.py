@@ -205,7 +205,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     lease_s: float = 1.0  # a silent agent loses its lease after this long (4 missed heartbeats)
     heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
-    reconcile_s: float = 30.0  # periodic reconciliation with the broker (also at start, after gaps, on demand)
+    # periodic reconciliation with the broker (also at start, after gaps, on demand); stretched so that
+    # periodic passes take at most a tenth of the time (server/reconciler.py periodic_wait)
+    reconcile_s: float = 30.0
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
     unknown_grace_s: float = 600.0

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
@@ -91,6 +92,7 @@ from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher
+from server.reconciler import periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
@@ -577,10 +579,15 @@ class Gateway:
         reason = "start"
         while True:
             try:
+                t0 = time.monotonic()
                 await self.recon.run(reason)
+                took = time.monotonic() - t0
                 self.counters["reconciles"] += 1
                 backoff = 0.2
-                timeout = self.cfg.reconcile_s
+                timeout = periodic_wait(self.cfg.reconcile_s, took)
+                if timeout > self.cfg.reconcile_s:  # a long list at a slow pace (a paper account's 2/s)
+                    self.counters["reconcile_stretched"] += 1
+                    log.info("reconciliation took %.1fs: the next periodic pass in %.0fs", took, timeout)
             except Exception as e:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)

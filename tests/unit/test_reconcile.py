@@ -148,3 +148,15 @@ async def test_external_sell_of_shares_held_before_does_not_block_reconciliation
     assert h.portfolio.positions["external"]["005930"].qty == 0  # sold what it held before; the account agrees
     assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
     await h.close()
+
+
+def test_periodic_passes_take_at_most_a_tenth_of_the_time() -> None:
+    """A pass reads the day's whole order list at the REST budget's pace; on a paper account (15 rows a
+    page, under 2 requests/s) 600 orders take ~22 s, and every 30 s the quotes and charts queued behind
+    it would wait most of the time. The next periodic pass waits until passes use <= 10 % of the time."""
+    from server.reconciler import PERIODIC_SHARE, periodic_wait
+
+    assert periodic_wait(30.0, 0.2) == 30.0  # a real account's few pages: the configured period
+    for took in (4.0, 22.0, 74.0):  # 600 and 2,000 orders on paper
+        wait = periodic_wait(30.0, took)
+        assert wait >= 30.0 and took / (took + wait) <= PERIODIC_SHARE + 1e-9
