@@ -51,6 +51,11 @@ log = logging.getLogger("ktrader.orders")
 
 SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked durably before the call
 SHADOW_KEY = "shadow_agents"
+# denials at a held order's release that pass by themselves: it stays held and is tried at the next day
+# tick (a broker session still connecting at 08:30, e.g. a gateway restarted just before the open while
+# KIS holds the old socket's slot; a burst of releases over the orders-per-minute limit), until its
+# session has passed and it expires
+RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY, ErrorCode.DENIED_RATE})
 
 Reply = tuple[ErrorCode | None, str]
 
@@ -90,6 +95,7 @@ class OrderDesk:
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
         self._requeued: list[
             tuple[SendQueue, Job]
         ] = []  # never sent before a restart: sent after the first reconciliation
@@ -434,6 +440,7 @@ class OrderDesk:
             ):
                 book.try_apply(coid, Expire(ts_ns=book.now_ns()))
                 book.trace(coid, "held.expired", valid_day=o.valid_day)
+                self._release_waits.discard(coid)
                 expired += 1
             elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.synced():
                 released += self._release(o, self.card_of(o.agent))
@@ -446,6 +453,12 @@ class OrderDesk:
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
+            if denial is not None and denial[0] in RELEASE_WAITS:
+                if coid not in self._release_waits:
+                    self._release_waits.add(coid)
+                    book.trace(coid, "held.waiting", code=denial[0].value, reason=denial[1])
+                return 0
+            self._release_waits.discard(coid)
             if denial is not None:
                 book.commit(
                     o,

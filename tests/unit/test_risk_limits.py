@@ -239,3 +239,32 @@ def test_shares_held_outside_the_agents_codes_may_be_sold_not_added_to(tmp_path:
             assert d.submit(gone, other) is ErrorCode.DENIED_UNKNOWN_CODE
 
     asyncio.run(main())
+
+
+def test_a_held_order_waits_for_the_broker_session_at_its_release(tmp_path: Path) -> None:
+    """08:45 on Monday and the realtime session is still connecting (a gateway restarted just before the
+    open, KIS holding the old socket's slot): the next-session order stays held and goes out once the
+    session is ready, instead of being denied for good."""
+    from common.enums import SessionState
+    from common.orders import OrderState
+
+    async def main() -> None:
+        d = Desk(tmp_path, at=dt.datetime.combine(TODAY, dt.time(15, 45), KST))
+        async with d:
+            c = card()
+            d.core.desk.card_of = lambda agent: c  # the approved card, checked again at the release
+            held = order("alpha", 1, qty=10, price=70_000, tif=TimeInForce.NEXT_SESSION)
+            assert d.core.desk.submit(c, held).accepted
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST))
+            d.broker._state = SessionState.CONNECTING
+            assert d.core.desk.release_due() == (0, 0) and d.core.desk.release_due() == (0, 0)
+            assert d.core.book.orders[held.client_order_id].state is OrderState.HELD
+            d.core.book.flush_traces()
+            assert d.store.has_trace(held.client_order_id, "held.waiting")
+            d.broker._state = SessionState.READY
+            assert d.core.desk.release_due() == (1, 0)
+            await asyncio.wait_for(
+                _until(lambda: d.core.book.orders[held.client_order_id].state is OrderState.FILLED), 5
+            )
+
+    asyncio.run(main())
