@@ -71,6 +71,10 @@ def parse_expiry(expired_str: str, expires_in: str | int, now: float) -> float:
         return now + 23 * 3600.0
 
 
+def _kst(tok: IssuedToken) -> str:
+    return dt.datetime.fromtimestamp(tok.expires_at, KST).strftime("%Y-%m-%d %H:%M:%S")
+
+
 class TokenManager:
     def __init__(
         self,
@@ -97,6 +101,7 @@ class TokenManager:
         self._token: IssuedToken | None = None
         self._local = asyncio.Lock()  # one refresh at a time inside this process
         self.issued_count = 0  # issuances done by this process
+        self._retry_at = 0.0  # a refresh of a still valid token failed: not again before this
         self.rejections = 0  # tokens KIS refused (expired/invalid) in this process
         self.last_rejection = ""  # the KIS code of the last refusal
 
@@ -129,6 +134,9 @@ class TokenManager:
             now = self._clock()
             if rejected is None and self._fresh(self._token, now):
                 return self._token.access_token  # type: ignore[union-attr]
+            tok = self._token
+            if rejected is None and tok is not None and tok.expires_at > now and now < self._retry_at:
+                return tok.access_token  # an early refresh failed a moment ago: this one still works
             if rejected is not None and self._token is not None and self._token.access_token != rejected:
                 return self._token.access_token  # someone in this process already replaced it
             async with self._lock:
@@ -172,9 +180,28 @@ class TokenManager:
                             wait,
                         )
                         await self._sleep(wait)
+                if usable:
+                    return await self._refresh_early(cache, cached)  # type: ignore[arg-type]
                 tok = await self._issue_once(cache)
                 self._token = tok
                 return tok.access_token
+
+    async def _refresh_early(self, cache: _CacheFile, valid: IssuedToken) -> str:
+        """Replace a token that is still valid (within the refresh margin of its expiry): one attempt.
+        If KIS cannot issue now (down, or EGW00133), the token in hand keeps every call working: it is
+        kept and the refresh tried again a minute later (a failure here used to fail every REST call,
+        cancels too, or hold them all a minute behind the lock, while the token was still good)."""
+        try:
+            tok = await self._attempt(cache)
+        except BrokerError as e:
+            log.warning("KIS token refresh failed (%s); the current token stays valid until %s", e, _kst(valid))
+            tok = None
+        if tok is None:
+            self._retry_at = self._clock() + self._min_interval
+            self._token = valid
+            return valid.access_token
+        self._token = tok
+        return tok.access_token
 
     async def _issue_once(self, cache: _CacheFile) -> IssuedToken:
         for attempt in range(2):

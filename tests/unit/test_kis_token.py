@@ -243,3 +243,28 @@ async def test_only_issuances_kis_may_have_made_start_the_minute(tmp_path: Path)
         await m.get()
     w2.now += 1
     assert await m.get() == "tok1" and sum(w2.sleeps) >= 59
+
+
+@aio
+async def test_a_failed_early_refresh_keeps_the_valid_token_working(tmp_path: Path) -> None:
+    """Ten minutes before expiry the token is refreshed; when KIS cannot issue then (down, or EGW00133),
+    every call goes on with the token in hand (it used to fail every REST call, cancels too, or hold
+    them a minute), and the refresh is tried again a minute later."""
+    w = World()
+    m = w.manager(tmp_path)
+    assert await m.get() == "tok1"
+    w.now += w.lifetime - 500  # within the refresh margin, still valid
+    calls: list[float] = []
+
+    async def down() -> IssuedToken:
+        calls.append(w.now)
+        raise BrokerTemporary("tokenP: connection refused", code="TRANSPORT")
+
+    m._issue = down  # KIS's token endpoint down
+    assert await m.get() == "tok1" and await m.get() == "tok1" and len(calls) == 1  # one attempt a minute
+    assert not w.sleeps  # nobody waited
+    w.now += 61
+    assert await m.get() == "tok1" and len(calls) == 2  # tried again after a minute
+    m._issue = w.issue  # back
+    w.now += 61
+    assert await m.get() == "tok2"
