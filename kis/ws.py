@@ -71,7 +71,10 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     in_use_backoff_max_s: float = 60.0
     stable_after_s: float = 2.0  # a session READY this long resets the back-off (a later drop is a new incident)
     quick_retries: int = 3  # shorter READY sessions in a row that still reconnect at once (then: back off)
-    rest_error_backoff_max_s: float = 1.0  # the approval-key call failed (rate limit, HTTP 500): KIS is up, retry soon
+    # the approval-key call failed (rate limit, HTTP 500, unreachable): the first retry soon (KIS may be
+    # up), then doubling up to backoff_max_s while it keeps failing (an outage overnight was ~3,600
+    # approval requests and warnings an hour at a flat 1 s)
+    rest_error_backoff_max_s: float = 1.0
     silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
@@ -104,6 +107,12 @@ def after_session(attempt: int, short: int, ready_for: float | None, cfg: WsConf
         return attempt, short
     short = 0 if ready_for >= cfg.stable_after_s else short + 1
     return (0 if short <= cfg.quick_retries else attempt), short
+
+
+def approval_retry_delay(failures: int, cfg: WsConfig) -> float:
+    """The cap on the pause after the (failures+1)-th failed approval-key call in a row (under the usual
+    jittered back-off): `rest_error_backoff_max_s`, doubling, up to `backoff_max_s`."""
+    return min(cfg.rest_error_backoff_max_s * 2 ** min(failures, 16), cfg.backoff_max_s)
 
 
 def in_use_delay(refusals: int, cfg: WsConfig) -> float:
@@ -221,7 +230,7 @@ class KisWebSocket:
             log.log(level, "KIS real-time session: %s", session_why(self.state, problem, detail))
 
     async def _run(self) -> None:
-        attempt = short = refusals = 0
+        attempt = short = refusals = rest_failures = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
@@ -271,7 +280,7 @@ class KisWebSocket:
             ready_for = None if self._ready_at is None else loop.time() - self._ready_at
             attempt, short = after_session(attempt, short, ready_for, self.cfg)
             if ready_for is not None:
-                refusals = 0  # KIS took us since the last refusal
+                refusals = rest_failures = 0  # KIS took us since the last refusal or failed approval
             if self._was_ready and self._gap_since is None:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
@@ -280,7 +289,8 @@ class KisWebSocket:
                 delay = in_use_delay(refusals, self.cfg)
                 refusals += 1
             elif rest_failed:
-                delay = min(delay, self.cfg.rest_error_backoff_max_s)
+                delay = min(delay, approval_retry_delay(rest_failures, self.cfg))
+                rest_failures += 1
             attempt += 1
             log.warning("KIS websocket down (%s); reconnecting in %.2fs", reason, delay)
             await asyncio.sleep(delay)

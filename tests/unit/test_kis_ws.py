@@ -380,3 +380,38 @@ def test_key_in_use_pause_starts_short_and_doubles() -> None:
         d = in_use_delay(n, cfg)
         assert 1.5 <= d <= min(60.0, 1.5 * 2**n)
     assert min(in_use_delay(9, cfg) for _ in range(20)) >= 30.0  # a key KIS keeps locked is not hammered
+
+
+async def test_a_failing_approval_call_backs_off_instead_of_a_request_a_second() -> None:
+    """The approval-key REST call failing (KIS unreachable overnight) was retried under a flat 1 s cap:
+    ~3,600 requests and warnings an hour. The first retries stay quick (KIS may be up: a rate limit, an
+    HTTP 500), then the cap doubles up to the usual maximum."""
+    from kis.port import BrokerTemporary
+    from kis.ws import approval_retry_delay
+
+    cfg = WsConfig()
+    assert [approval_retry_delay(n, cfg) for n in range(8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def approval() -> str:
+        calls.append(loop.time())
+        raise BrokerTemporary("approval: connection refused", code="TRANSPORT")
+
+    fast = WsConfig(backoff_base_s=0.01, backoff_max_s=0.32, rest_error_backoff_max_s=0.01, ping_interval_s=None)
+    ws = KisWebSocket(
+        url="ws://127.0.0.1:9/x", approval=approval, notice_tr="H0STCNI0", hts_id=HTS, emit=lambda e: None, config=fast
+    )
+    ws.start()
+    try:
+
+        async def seven() -> None:
+            while len(calls) < 7:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(seven(), 10)
+    finally:
+        await ws.close()
+    # caps 0.01, 0.02, 0.04, 0.08, 0.16, 0.32 between the seven calls (each pause at least half its cap);
+    # under the old flat cap the seven calls took about 0.07 s
+    assert calls[6] - calls[0] >= 0.3
