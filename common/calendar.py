@@ -174,6 +174,28 @@ def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
     return MappingProxyType(out)  # cached: read-only for every caller
 
 
+def calendar_gaps(day: dt.date) -> list[str]:
+    """What this calendar does not know that a gateway trading on `day` needs (one line each, saying
+    what goes wrong and what to do): the year's holidays (without them every weekday counts as a
+    session), next year's from November, and from October a college entrance exam day of the year
+    (its session opens and closes an hour late)."""
+    out: list[str] = []
+    y = day.year
+    if not known_year(y):
+        out.append(
+            f"the KRX calendar has no holidays for {y}: every weekday counts as a session (next-session "
+            "orders would go out on a holiday and be rejected); update ktrader (common/calendar.py)"
+        )
+    elif day.month >= 11 and not known_year(y + 1):
+        out.append(f"the KRX calendar has no holidays for {y + 1} yet; update ktrader before the year ends")
+    if day.month in (10, 11) and day <= dt.date(y, 11, 30) and not any(d.year == y for d in CSAT_DAYS):
+        out.append(
+            f"the college entrance exam day of {y} (a session of 10:00-16:30) is not in the KRX calendar: "
+            "its orders would be expired at 15:31; add it to CSAT_DAYS (common/calendar.py) once announced"
+        )
+    return out
+
+
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """Trading days in [start, end]."""
     out: list[dt.date] = []

@@ -124,6 +124,7 @@ class AlertKind(StrEnum):
     BAD_MARKET_DATA = (
         "bad_market_data"  # a print or book failed the sanity checks and was dropped (server/md_sanity.py)
     )
+    CALENDAR = "calendar"  # the KRX calendar lacks this year's (or next year's) holidays or exam day: update
 
 
 class BarInterval(StrEnum):

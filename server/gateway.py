@@ -14,6 +14,7 @@ talk through the callables they are given here.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from typing import Any, cast
 import zmq
 
 from common import approvals, credentials
+from common.calendar import calendar_gaps
 from common.config import AgentCard, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
 from common.freshness import Freshness
@@ -458,6 +460,7 @@ class Gateway:
         )
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
+        self._check_calendar(self.book.day())
         self.router.drain()  # anything that arrived before the reader was armed
         try:
             await self._stop.wait()
@@ -616,6 +619,13 @@ class Gateway:
 
     def _new_day(self, day: str) -> None:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
+        self._check_calendar(day)
+
+    def _check_calendar(self, day: str) -> None:
+        """At start and each new day: what the KRX calendar lacks reaches a person (it would otherwise
+        treat a holiday as a session, or an exam day's late session as a normal one, silently)."""
+        for text in calendar_gaps(dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))):
+            self.alerts(text, AlertKind.CALENDAR)
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

@@ -47,6 +47,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.CASH_RESERVE: "CASH RESERVE",
     AlertKind.PROTECTION: "PROTECTIVE ORDER",
     AlertKind.BAD_MARKET_DATA: "BAD MARKET DATA DROPPED",
+    AlertKind.CALENDAR: "KRX CALENDAR OUT OF DATE",
 }
 
 

@@ -69,3 +69,18 @@ def test_late_hours_table_answers_as_session_hours_for_every_day_1986_2027() -> 
         hours = session_hours(d)
         assert late_hours_of(d.year).get(d.isoformat(), NORMAL_HOURS) == (hours or NORMAL_HOURS), d
         d += dt.timedelta(days=1)
+
+
+def test_what_the_calendar_lacks_is_said_not_assumed() -> None:
+    """A year without holidays counts every weekday as a session (and used to, silently); the gateway
+    alerts what calendar_gaps says, at start and each new day."""
+    from common.calendar import calendar_gaps
+
+    assert calendar_gaps(dt.date(2026, 6, 1)) == []  # holidays and the exam day known
+    assert calendar_gaps(dt.date(2026, 11, 2)) == []  # 2027's holidays are known too
+    late = calendar_gaps(dt.date(2027, 11, 2))
+    assert any("no holidays for 2028" in t and "update ktrader" in t for t in late)
+    assert any("entrance exam day of 2027" in t for t in calendar_gaps(dt.date(2027, 10, 4)))
+    assert not any("exam" in t for t in calendar_gaps(dt.date(2027, 5, 3)))  # not announced before autumn: no noise
+    (unknown,) = calendar_gaps(dt.date(2029, 3, 5))
+    assert "no holidays for 2029" in unknown and "every weekday counts as a session" in unknown
