@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from common.calendar import is_trading_day
 from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import SystemEventKind
@@ -34,6 +35,9 @@ from server.reconciler import Reconciler
 from server.risk import RiskGate
 
 log = logging.getLogger("ktrader.day")
+
+# the base prices are fetched again in this window of a trading day (before the 08:30 auction)
+MORNING_REFRESH, MORNING_REFRESH_END = dt.time(8, 0), dt.time(9, 0)
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -57,6 +61,25 @@ class BasePrices:
         if day != self._day:
             self._day = day
             self.book.portfolio.base_prices.clear()
+
+    async def refresh(self, codes: list[str]) -> None:
+        """Fetch again and replace (the morning's second look: see TradingDay.tick). A value that
+        changed since the night's fetch is logged: the broker had not rolled its day yet then."""
+        self._roll()
+        prices = self.book.portfolio.base_prices
+        for code in codes:
+            try:
+                price = await self.fetch(code)
+            except Exception as e:
+                log.warning("base price of %s unavailable: %s", code, e)
+                continue
+            if price > 0 and self.book.day() == self._day:
+                old = prices.get(code)
+                if old is not None and old != price:
+                    log.warning(
+                        "base price of %s was %s at the night's fetch, %s now: the morning's holds", code, old, price
+                    )
+                prices[code] = price
 
     async def ensure(self, codes: list[str]) -> None:
         prices = self.book.portfolio.base_prices
@@ -109,6 +132,7 @@ class TradingDay:
         self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
+        self._morning = ""  # the day whose base prices were fetched again in the morning
         # what else starts the day afresh, as a gateway started that day would (market data, notices...)
         self.on_new_day: list[Callable[[str], None]] = []
         self.reports_written = 0
@@ -145,10 +169,17 @@ class TradingDay:
                             fn(day)
                         except Exception:  # one part's bug must not keep the others from the new day
                             log.exception("new day %s: %s failed", day, getattr(fn, "__qualname__", fn))
-                # the band's base of every code an agent may trade today: its card's and its universe's
-                codes = {c for card in self.cards() for c in card.codes}
-                codes.update(c for listed in self.risk.extra_codes.values() for c in listed)
-                self.spawn(self.base_prices.ensure(sorted(codes)))
+                self.spawn(self.base_prices.ensure(self._tradable_codes()))
+        if (
+            self.clock.timed
+            and self._morning != day
+            and MORNING_REFRESH <= now.time() < MORNING_REFRESH_END
+            and is_trading_day(now.date())
+        ):
+            # fetched at midnight, when the broker may not have rolled its day yet (when it does is
+            # UNCONFIRMED): again before the opening auction, where held orders are released
+            self._morning = day
+            self.spawn(self.base_prices.refresh(self._tradable_codes()))
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
         held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})
@@ -163,6 +194,12 @@ class TradingDay:
         if due.close_day and not self._closing:
             self._closing = True
             self.spawn(self.close_day(day))
+
+    def _tradable_codes(self) -> list[str]:
+        """The band's base is needed for every code an agent may trade today: its card's and its universe's."""
+        codes = {c for card in self.cards() for c in card.codes}
+        codes.update(c for listed in self.risk.extra_codes.values() for c in listed)
+        return sorted(codes)
 
     def end_of_day(self, card: AgentCard) -> None:
         policy = card.schedule.end_of_day

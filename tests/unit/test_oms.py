@@ -547,3 +547,33 @@ async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> Non
     assert o.state is OrderState.FILLED and o.filled_qty == 10 and not market.resting
     assert h2.portfolio.positions["alpha"]["005930"].qty == 10
     await h2.close()
+
+
+async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path) -> None:
+    """Fetched at midnight, when KIS may not have rolled its day yet (UNCONFIRMED), the band's base is
+    fetched again once between 08:00 and 09:00, before held orders are released, and replaces the night's."""
+    from server.trading_day import TradingDay
+
+    clock = trading_clock(hour=7)
+    clock.set(dt.datetime(2026, 11, 20, 7, 59))
+    h = Harness(db, clock=clock)
+    await h.start()
+    spawned: list = []
+    day = TradingDay(
+        clock, h.book, h.desk, h.core.risk, h.recon, h.base_prices, lambda: [CARD], lambda *a: None,
+        lambda reason: None, spawned.append, db.parent,
+    )  # fmt: skip
+    day.tick()  # 07:59: the day's first tick (the start's fetch is the registration's)
+    for c in spawned:
+        await c
+    spawned.clear()
+    h.portfolio.base_prices["005930"] = 1  # what a fetch before KIS's roll would have left
+    day.tick()
+    assert not spawned
+    clock.set(dt.datetime(2026, 11, 20, 8, 1))
+    day.tick()
+    day.tick()
+    assert len(spawned) == 1  # once a day
+    await spawned[0]
+    assert h.portfolio.base_prices["005930"] == await h.broker.base_price("005930")
+    await h.close()
