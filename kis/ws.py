@@ -149,6 +149,7 @@ class KisWebSocket:
         self.parser = FrameParser()
         self._wanted: dict[Key, int] = {self.notice_key: 1}  # ledger: key → reference count
         self._active: set[Key] = set()  # registered on the current session
+        self._refused: set[Key] = set()  # wanted, but refused on re-registration this session: next session
         self._pending: dict[Key, asyncio.Future[Control]] = {}
         self._ws: websockets.ClientConnection | None = None
         self._approval_key = ""
@@ -362,9 +363,12 @@ class KisWebSocket:
         else:
             notice_problem = ""
         first = True
+        self._refused.clear()  # a new session tries every wanted key again
         while True:
             todo = [
-                k for k in self._wanted if k not in self._active and k not in self._pending and k != self.notice_key
+                k
+                for k in self._wanted
+                if k not in self._active and k not in self._pending and k not in self._refused and k != self.notice_key
             ]
             if not todo:
                 return (not notice_problem, notice_problem)
@@ -381,8 +385,15 @@ class KisWebSocket:
                         await self._raise_reader_error()
                         raise SessionEnded("session lost while re-registering")
                     if not r.ok:
-                        log.error("re-registration of %s refused: %s %s; dropped", k, r.code, r.message)
-                        self._wanted.pop(k, None)
+                        # kept wanted (the gateway's subscriptions still count it): the next session tries
+                        # it again; dropping it lost the code's data for good while everyone thought it on
+                        log.error(
+                            "re-registration of %s refused: %s %s; no data for it until the next session",
+                            k,
+                            r.code,
+                            r.message,
+                        )
+                        self._refused.add(k)
 
     # --- registrations -----------------------------------------------------------------------
 

@@ -415,3 +415,27 @@ async def test_a_failing_approval_call_backs_off_instead_of_a_request_a_second()
     # caps 0.01, 0.02, 0.04, 0.08, 0.16, 0.32 between the seven calls (each pause at least half its cap);
     # under the old flat cap the seven calls took about 0.07 s
     assert calls[6] - calls[0] >= 0.3
+
+
+@aio
+async def test_a_registration_refused_on_reconnect_is_tried_again_next_session() -> None:
+    """A re-registration KIS refuses after a reconnect (e.g. OPSP0008 while it still counts the old
+    session's registrations) stays wanted and is registered by the next session; it used to be dropped
+    from the ledger while the gateway's subscriptions still counted it: that code's data ended silently."""
+    kis = FakeKis()
+    async with rigged(kis) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        codes = ["005930", "000660", "035420"]
+        for c in codes:
+            assert (await rig.ws.subscribe("H0STCNT0", c)).ok
+        kis.cap = 3  # the notice slot and two more: one re-registration is refused
+        kis.conns[0].transport.abort()
+        await rig.until(
+            lambda: len(kis.registered) == 2 and len(kis.registered[1]) == 3 and rig.ws.state == SessionState.READY
+        )
+        assert set(rig.ws.registrations) == {("H0STCNI0", HTS), *(("H0STCNT0", c) for c in codes)}  # still wanted
+        kis.cap = 41
+        kis.conns[1].transport.abort()
+        await rig.until(lambda: len(kis.registered) == 3 and len(kis.registered[2]) == 4)
+        assert sorted(kis.registered[2][1:]) == sorted(("H0STCNT0", c) for c in codes)
