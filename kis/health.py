@@ -32,10 +32,16 @@ def kis_health(ws: KisWebSocket, tokens: TokenManager, budget: RestBudget) -> Br
         ws_sessions=ws.sessions,
         ws_dropped=ws.parser.errors + sum(ws.parser.bad_records.values()),
         # the notice slot's key is the user's HTS id: not something to show on screens
-        registrations={
-            f"{tr}:{'notices' if (tr, key) == ws.notice_key else key}": n for (tr, key), n in ws.registrations.items()
-        },
+        registrations={_registration_label(ws, k): n for k, n in ws.registrations.items()},
         max_registrations=ws.cfg.max_registrations,
         session_problem=SessionProblem.NONE if ready else ws.problem,
         session_detail="" if ready else session_why(ws.state, ws.problem, ws.problem_detail),
     )
+
+
+def _registration_label(ws: KisWebSocket, key: tuple[str, str]) -> str:
+    """'H0STCNT0:005930'; the notice slot's key is the user's HTS id: not something to show on screens;
+    a key KIS refused on this session says so (wanted and tried again, but it brings no data now)."""
+    tr, code = key
+    label = f"{tr}:{'notices' if key == ws.notice_key else code}"
+    return f"{label} (refused)" if key in ws.refused else label

@@ -191,8 +191,15 @@ class TokenManager:
         If KIS cannot issue now (down, or EGW00133), the token in hand keeps every call working: it is
         kept and the refresh tried again a minute later (a failure here used to fail every REST call,
         cancels too, or hold them all a minute behind the lock, while the token was still good)."""
+        last = cache.issued_at
         try:
             tok = await self._attempt(cache)
+            if tok is None:  # EGW00133: KIS issued nothing now; the minute runs from the real issuance
+                cache.issued_at = last
+                self._write(cache)
+                log.warning(
+                    "KIS token refresh throttled (EGW00133); the current token stays valid until %s", _kst(valid)
+                )
         except BrokerError as e:
             log.warning("KIS token refresh failed (%s); the current token stays valid until %s", e, _kst(valid))
             tok = None

@@ -82,6 +82,7 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 5
     batch_pace_s: float = 0.2
     max_registrations: int = 41
+    refused_retry_s: float = 60.0  # registrations refused at a session's sync are asked for again this often
     approval_max_age_s: float = 20 * 3600.0  # the approval key is valid 24 h (checked at session start)
 
 
@@ -324,6 +325,7 @@ class KisWebSocket:
             self._set_state(SessionState.SYNCING)
             reader = asyncio.get_running_loop().create_task(self._read(ws), name="kis-ws-reader")
             self._reader = reader
+            retry = asyncio.get_running_loop().create_task(self._retry_refused(ws), name="kis-ws-refused")
             try:
                 ok, why = await self._sync(ws)
                 self._ready_at = asyncio.get_running_loop().time()
@@ -339,11 +341,34 @@ class KisWebSocket:
                     self._emit(gap)
                 await reader
             finally:
+                retry.cancel()
                 reader.cancel()
                 try:
                     await reader
                 except (asyncio.CancelledError, Exception):
                     pass
+
+    async def _retry_refused(self, ws: websockets.ClientConnection) -> None:
+        """Registrations refused at this session's sync are asked for again every `refused_retry_s`
+        (KIS may have let go of the old session's keys by then), paced, while the session lasts."""
+        while True:
+            await asyncio.sleep(self.cfg.refused_retry_s)
+            for key in sorted(self._refused):
+                if key not in self._wanted or key in self._active or key in self._pending:
+                    self._refused.discard(key)
+                    continue
+                res = await self._register(ws, key)
+                if res.code == "DISCONNECTED":
+                    return
+                if res.ok:
+                    self._refused.discard(key)
+                    log.info("registration of %s accepted on a later try", key)
+                await asyncio.sleep(self.cfg.batch_pace_s)
+
+    @property
+    def refused(self) -> frozenset[Key]:
+        """Wanted registrations KIS refused on this session (tried again: see _retry_refused)."""
+        return frozenset(self._refused)
 
     async def _sync(self, ws: websockets.ClientConnection) -> tuple[bool, str]:
         """Register the notice slot, then everything in the ledger in paced batches."""
@@ -409,6 +434,12 @@ class KisWebSocket:
         key = (tr_id, tr_key)
         if key in self._wanted:
             self._wanted[key] += 1
+            if key in self._refused and (ws := self._ws) is not None:  # refused at the session's sync: ask again
+                self._refused.discard(key)
+                res = await self._register(ws, key)
+                if not res.ok and res.code != "DISCONNECTED":
+                    self._refused.add(key)
+                return res
             return SubscriptionResult(ok=True, code="", message="already registered (shared)")
         if len(self._wanted) >= self.cfg.max_registrations:
             return SubscriptionResult(

@@ -53,9 +53,9 @@ SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked du
 SHADOW_KEY = "shadow_agents"
 # denials at a held order's release that pass by themselves: it stays held and is tried at the next day
 # tick (a broker session still connecting at 08:30, e.g. a gateway restarted just before the open while
-# KIS holds the old socket's slot; a burst of releases over the orders-per-minute limit), until its
-# session has passed and it expires
-RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY, ErrorCode.DENIED_RATE})
+# KIS holds the old socket's slot), until its session has passed and it expires. (The orders-per-minute
+# limit is not applied at release: check_revise weighs no rates.)
+RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY})
 
 Reply = tuple[ErrorCode | None, str]
 
@@ -316,6 +316,7 @@ class OrderDesk:
             return None, "cancel already in progress"
         if o.state is OrderState.HELD:
             book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))  # never sent: nothing to tell the broker
+            self._release_waits.discard(coid)
             return None, "held order cancelled"
         if o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE:
             # no ODNO yet, or a revise is moving it to a new one: the cancel goes out the moment the

@@ -28,13 +28,16 @@ log = logging.getLogger("ktrader.reconcile")
 # take at most this share of the time, so that it never crowds out quotes and charts, which queue
 # behind it (on a paper account, 15 rows a page at under 2 requests/s: 600 orders take ~22 s a pass)
 PERIODIC_SHARE = 0.1
+# ... but never longer apart than this: the periodic pass is the backstop for missed fill notices (a pass
+# that took long because of a token wait or timeouts must not push the next one out by most of an hour)
+PERIODIC_MAX_WAIT_S = 300.0
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
     """Seconds until the next periodic pass: the configured period, stretched when the last pass took
     long enough that passes would use more than PERIODIC_SHARE of the time (passes asked for, after
     a gap, at a new day or by the operator, are not held back by this)."""
-    return max(period_s, last_pass_s * (1 - PERIODIC_SHARE) / PERIODIC_SHARE)
+    return max(period_s, min(last_pass_s * (1 - PERIODIC_SHARE) / PERIODIC_SHARE, PERIODIC_MAX_WAIT_S))
 
 
 class AccountView(Protocol):

@@ -199,6 +199,7 @@ class TradingDay:
         """The band's base is needed for every code an agent may trade today: its card's and its universe's."""
         codes = {c for card in self.cards() for c in card.codes}
         codes.update(c for listed in self.risk.extra_codes.values() for c in listed)
+        codes.update(o.code for o in self.book.held.values())  # (a protective exit, a code that left a universe)
         return sorted(codes)
 
     def end_of_day(self, card: AgentCard) -> None:

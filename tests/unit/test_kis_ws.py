@@ -418,12 +418,13 @@ async def test_a_failing_approval_call_backs_off_instead_of_a_request_a_second()
 
 
 @aio
-async def test_a_registration_refused_on_reconnect_is_tried_again_next_session() -> None:
+async def test_a_registration_refused_on_reconnect_stays_wanted_and_is_tried_again() -> None:
     """A re-registration KIS refuses after a reconnect (e.g. OPSP0008 while it still counts the old
-    session's registrations) stays wanted and is registered by the next session; it used to be dropped
-    from the ledger while the gateway's subscriptions still counted it: that code's data ended silently."""
+    session's registrations) stays wanted, shows as refused, and is asked for again in the same session
+    (and by the next one); it used to be dropped from the ledger while the gateway's subscriptions still
+    counted it: that code's data ended silently."""
     kis = FakeKis()
-    async with rigged(kis) as rig:
+    async with rigged(kis, refused_retry_s=0.05) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         codes = ["005930", "000660", "035420"]
@@ -431,11 +432,9 @@ async def test_a_registration_refused_on_reconnect_is_tried_again_next_session()
             assert (await rig.ws.subscribe("H0STCNT0", c)).ok
         kis.cap = 3  # the notice slot and two more: one re-registration is refused
         kis.conns[0].transport.abort()
-        await rig.until(
-            lambda: len(kis.registered) == 2 and len(kis.registered[1]) == 3 and rig.ws.state == SessionState.READY
-        )
+        await rig.until(lambda: len(kis.registered) == 2 and len(rig.ws.refused) == 1)
         assert set(rig.ws.registrations) == {("H0STCNI0", HTS), *(("H0STCNT0", c) for c in codes)}  # still wanted
-        kis.cap = 41
-        kis.conns[1].transport.abort()
-        await rig.until(lambda: len(kis.registered) == 3 and len(kis.registered[2]) == 4)
-        assert sorted(kis.registered[2][1:]) == sorted(("H0STCNT0", c) for c in codes)
+        kis.cap = 41  # KIS let go of the old session's keys
+        await rig.until(lambda: not rig.ws.refused and len(kis.registered[1]) == 4)  # same session
+        assert sorted(kis.registered[1][1:]) == sorted(("H0STCNT0", c) for c in codes)
+        assert len(kis.registered) == 2
