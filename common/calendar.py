@@ -12,7 +12,7 @@ before 2000 (and Saturday half days) are not modelled: `session_hours` gives tod
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
 
@@ -121,10 +121,45 @@ def _saturday_holidays(year: int) -> frozenset[dt.date]:
     return frozenset(dt.date(year, int(s[:2]), int(s[2:])) for s in mmdd.split())
 
 
+# Days the exchange itself says are closed though the table above has them as sessions (a temporary
+# public holiday declared after this file was written): set by a live gateway from the broker's holiday
+# calendar (server/session_days.py), never in a backtest. Whoever caches calendar facts listens.
+_CLOSED_BY_EXCHANGE: set[dt.date] = set()
+_ON_CLOSE: list[Callable[[], None]] = []
+
+
+def on_closures(fn: Callable[[], None]) -> None:
+    """Call `fn` whenever close_days() changes the calendar (to drop what it cached)."""
+    _ON_CLOSE.append(fn)
+
+
+def close_days(days: Iterable[dt.date]) -> list[dt.date]:
+    """Mark sessions of the table closed, as the exchange says; returns those newly closed."""
+    new = sorted(d for d in set(days) if d not in _CLOSED_BY_EXCHANGE and is_trading_day(d))
+    if new:
+        _CLOSED_BY_EXCHANGE.update(new)
+        _calendar_changed()
+    return new
+
+
+def _reopen_all() -> None:
+    """Forget close_days() (tests)."""
+    if _CLOSED_BY_EXCHANGE:
+        _CLOSED_BY_EXCHANGE.clear()
+        _calendar_changed()
+
+
+def _calendar_changed() -> None:
+    first_trading_day_of_year.cache_clear()
+    late_hours_of.cache_clear()
+    for fn in _ON_CLOSE:
+        fn()
+
+
 def is_trading_day(day: dt.date) -> bool:
     wd = day.weekday()
     if wd < 5:
-        return day not in holidays(day.year)
+        return day not in holidays(day.year) and day not in _CLOSED_BY_EXCHANGE
     return wd == 5 and day <= LAST_SATURDAY_SESSION and day not in _saturday_holidays(day.year)
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 from enum import StrEnum
 from functools import lru_cache
 
+from common import calendar
 from common.calendar import session_hours
 from common.clock import KST
 from common.krx_rules import CURRENT, Market as Market, PriceRuleError as PriceRuleError, SecurityKind as SecurityKind
@@ -173,6 +174,11 @@ _UNSEEN: tuple[int, ...] = ()
 _DAY_EDGES: dict[int, tuple[int, ...] | None] = {}  # KST day number -> its boundaries (None: no session)
 
 
+def _forget_days() -> None:
+    _DAY_EDGES.clear()
+    phase_at_ns.cache_clear()
+
+
 def _phase_in_day(day: int, us: int) -> Phase:
     """The phase `us` microseconds into KST day number `day` (days since 1970-01-01): SessionTimes'
     boundaries as microseconds, looked up once per day (the calendar is static), no datetimes."""
@@ -200,3 +206,6 @@ def phase_at(when: dt.datetime) -> Phase:
         when = when.replace(tzinfo=KST) if when.tzinfo is None else when.astimezone(KST)
     us = ((when.hour * 60 + when.minute) * 60 + when.second) * 1_000_000 + when.microsecond
     return _phase_in_day(when.toordinal() - _EPOCH_ORDINAL, us)
+
+
+calendar.on_closures(_forget_days)  # a day the exchange closed: its boundaries are gone

@@ -51,6 +51,7 @@ from kis.port import (
     BrokerRejected,
     BrokerTemporary,
     BrokerUnknownOutcome,
+    BrokerUnsupported,
     MarketKind,
     SubscriptionResult,
 )
@@ -108,7 +109,14 @@ class KisBroker(BrokerPort):
     """BrokerPort for KIS. Build it with `make_broker()`; `start()` before use, `close()` after."""
 
     capabilities = frozenset(
-        {Capability.QUOTES, Capability.CHARTS, Capability.VOLUME_RANK, Capability.CALLER_QUOTAS, Capability.FRAME_HOOK}
+        {
+            Capability.QUOTES,
+            Capability.CHARTS,
+            Capability.VOLUME_RANK,
+            Capability.CALLER_QUOTAS,
+            Capability.FRAME_HOOK,
+            Capability.SESSION_DAYS,
+        }
     )
 
     def __init__(
@@ -580,6 +588,22 @@ class KisBroker(BrokerPort):
             t = dt.datetime.strptime(oldest, "%H%M%S") - dt.timedelta(minutes=1)
             until = t.strftime("%H%M%S")
         return reference.minute_bars(code, day, list(rows.values())), reached_start
+
+    async def session_days(self, start: dt.date, *, caller: str = DEFAULT_CALLER) -> dict[dt.date, bool]:
+        """국내휴장일조회 (CTCA0903R, real accounts only): opnd_yn of each day KIS lists from `start`."""
+        if not self.env.supports(Tr.HOLIDAY):
+            raise BrokerUnsupported("the holiday calendar (CTCA0903R) is not offered on paper", code="UNSUPPORTED")
+        resp = await self._quote(
+            Path.HOLIDAY, Tr.HOLIDAY, wire.HolidayResponse, wire.HolidayRequest(BASS_DT=yyyymmdd(start)), caller
+        )
+        if resp.rt_cd not in ("0", ""):
+            raise BrokerRejected(f"chk-holiday refused: {resp.msg1.strip()}", code=resp.msg_cd)
+        out: dict[dt.date, bool] = {}
+        for row in resp.output:
+            d = row.bass_dt.strip()
+            if len(d) == 8 and d.isdigit() and row.opnd_yn.strip() in ("Y", "N"):
+                out[dt.date(int(d[:4]), int(d[4:6]), int(d[6:]))] = row.opnd_yn.strip() == "Y"
+        return out
 
     async def top_by_value(self, *, caller: str = DEFAULT_CALLER) -> list[tuple[str, str]]:
         resp = await self.volume_rank(wire.VolumeRankRequest(FID_BLNG_CLS_CODE=BY_TRADING_VALUE), caller=caller)

@@ -37,6 +37,7 @@ class Tr(StrEnum):
     TIME_CHART = "FHKST03010200"
     INVESTOR = "FHKST01010900"
     VOLUME_RANK = "FHPST01710000"  # real only
+    HOLIDAY = "CTCA0903R"  # real only; at most once a day (API.md 4.15)
 
 
 # The previous ids, which KIS says may be blocked without notice; kept for reference/diagnostics.
@@ -47,7 +48,7 @@ OLD_TR_IDS: dict[Tr, str] = {
     Tr.DAILY_CCLD: "TTTC8001R",
 }
 
-PAPER_UNSUPPORTED: frozenset[Tr] = frozenset({Tr.PSBL_SELL, Tr.VOLUME_RANK})
+PAPER_UNSUPPORTED: frozenset[Tr] = frozenset({Tr.PSBL_SELL, Tr.VOLUME_RANK, Tr.HOLIDAY})
 
 
 class Path(StrEnum):
@@ -66,6 +67,7 @@ class Path(StrEnum):
     TIME_CHART = "/uapi/domestic-stock/v1/quotations/inquire-time-itemchartprice"
     INVESTOR = "/uapi/domestic-stock/v1/quotations/inquire-investor"
     VOLUME_RANK = "/uapi/domestic-stock/v1/quotations/volume-rank"
+    HOLIDAY = "/uapi/domestic-stock/v1/quotations/chk-holiday"
 
 
 class KisEnvironment(msgspec.Struct, frozen=True, kw_only=True):

@@ -244,6 +244,7 @@ class Capability(StrEnum):
     FRAME_HOOK = "frame_hook"  # set_frame_hook(): raw websocket frames for the recorder
     CLOCK_MARKS = "clock_marks"  # a replay: set_clock_hook(), and bars close at its marks (no timer)
     MARKET_CLOCK = "market_clock"  # market_clock: the broker's own clock (the twin, a replay)
+    SESSION_DAYS = "session_days"  # session_days(): the exchange's own word on which days open
 
 
 class BrokerUnsupported(BrokerError):
@@ -329,6 +330,11 @@ class BrokerPort(Protocol):
     async def top_by_value(self, *, caller: str = "gateway") -> list[tuple[str, str]]:
         """(code, name) ranked by today's trading value (Capability.VOLUME_RANK)."""
         raise BrokerUnsupported("volume ranking", code="UNSUPPORTED")
+
+    async def session_days(self, start: dt.date, *, caller: str = "gateway") -> dict[dt.date, bool]:
+        """Whether the market opens on each day from `start` on, as far as the broker says (KIS: about
+        a month; Capability.SESSION_DAYS; KIS asks for at most one call a day)."""
+        raise BrokerUnsupported("session days", code="UNSUPPORTED")
 
     def set_caller_quota(self, caller: str, rate_per_s: float) -> None:
         """Cap one caller's (an agent's) share of the REST budget; 0 removes the cap

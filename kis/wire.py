@@ -505,6 +505,27 @@ class VolumeRankResponse(Envelope, kw_only=True):
     output: list[VolumeRankRow] = []
 
 
+class HolidayRequest(msgspec.Struct, kw_only=True):
+    """국내휴장일조회 (API.md 4.15): the days from BASS_DT on."""
+
+    BASS_DT: str = ""
+    CTX_AREA_NK: str = ""
+    CTX_AREA_FK: str = ""
+
+
+class HolidayRow(msgspec.Struct, kw_only=True):
+    bass_dt: str = ""
+    wday_dvsn_cd: str = ""
+    bzdy_yn: str = ""  # business day
+    tr_day_yn: str = ""  # trading day
+    opnd_yn: str = ""  # the market opens: "can I order" (API.md 4.15)
+    sttl_day_yn: str = ""  # settlement day
+
+
+class HolidayResponse(Envelope, kw_only=True):
+    output: list[HolidayRow] = []
+
+
 def to_params(req: msgspec.Struct) -> dict[str, str]:
     """A request Struct as a str→str dict in field order (query string or JSON body)."""
     return {f: getattr(req, f) for f in req.__struct_fields__}

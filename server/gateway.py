@@ -98,6 +98,7 @@ from server.reconciler import periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
+from server.session_days import check_session_days
 from server.sessions import AgentSessions
 from server.stockmaster import gateway_master
 from server.store import Store, StoreFailed
@@ -623,9 +624,12 @@ class Gateway:
 
     def _check_calendar(self, day: str) -> None:
         """At start and each new day: what the KRX calendar lacks reaches a person (it would otherwise
-        treat a holiday as a session, or an exam day's late session as a normal one, silently)."""
-        for text in calendar_gaps(dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))):
+        treat a holiday as a session, or an exam day's late session as a normal one, silently), and the
+        broker's own holiday calendar is compared with it (server/session_days.py)."""
+        date = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+        for text in calendar_gaps(date):
             self.alerts(text, AlertKind.CALENDAR)
+        self._spawn(check_session_days(self.broker, date, lambda text: self.alerts(text, AlertKind.CALENDAR)))
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

@@ -391,3 +391,22 @@ def test_wrong_hts_id_leaves_session_degraded_with_reason(twin: TwinProc, tmp_pa
             await b.close()
 
     run(body())
+
+
+def test_session_days_from_the_holiday_calendar(twin: TwinProc, tmp_path: Path) -> None:
+    """국내휴장일조회 (CTCA0903R) read through the adapter: a month of days from the given one, each
+    open exactly when KRX trades (the twin answers from the KRX calendar); paper accounts have none."""
+    from common.calendar import is_trading_day
+    from kis.port import BrokerUnsupported
+
+    async def body() -> None:
+        day = await _day(twin)
+        async with open_broker(twin, tmp_path) as (b, _):
+            days = await b.session_days(day)
+            assert len(days) >= 20 and min(days) == day
+            assert all(opens == is_trading_day(d) for d, opens in days.items())
+        async with open_broker(twin, tmp_path / "paper", paper=True) as (p, _):
+            with pytest.raises(BrokerUnsupported):
+                await p.session_days(day)
+
+    run(body())

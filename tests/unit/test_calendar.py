@@ -84,3 +84,37 @@ def test_what_the_calendar_lacks_is_said_not_assumed() -> None:
     assert not any("exam" in t for t in calendar_gaps(dt.date(2027, 5, 3)))  # not announced before autumn: no noise
     (unknown,) = calendar_gaps(dt.date(2029, 3, 5))
     assert "no holidays for 2029" in unknown and "every weekday counts as a session" in unknown
+
+
+def test_a_day_the_exchange_closes_is_closed_for_the_live_gateway_and_its_caches() -> None:
+    """A temporary holiday the table does not have (2026-10-01, say): the broker's holiday calendar
+    closes it (server/session_days.py); the phase, the next session and the year's tables follow."""
+    import asyncio
+
+    from common import calendar, krx
+    from common.clock import KST
+    from kis.port import Capability
+    from server.session_days import check_session_days
+
+    day = dt.date(2026, 10, 1)  # a Thursday session in the table
+    at_ten = dt.datetime.combine(day, dt.time(10, 0), KST)
+    assert calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CONTINUOUS  # (cached now)
+
+    class Broker:
+        capabilities = frozenset({Capability.SESSION_DAYS})
+
+        async def session_days(self, start: dt.date, *, caller: str = "gateway") -> dict[dt.date, bool]:
+            # KIS: closed on the 1st; open on 2026-10-05 (a holiday in the table): alerted, not traded
+            return {day - dt.timedelta(days=1): True, day: False, dt.date(2026, 10, 5): True}
+
+    alerts: list[str] = []
+    try:
+        closed = asyncio.run(check_session_days(Broker(), day - dt.timedelta(days=1), alerts.append))  # type: ignore[arg-type]
+        assert closed == [day]
+        assert not calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CLOSED
+        assert calendar.next_trading_day(day - dt.timedelta(days=1)) == dt.date(2026, 10, 2)
+        assert len(alerts) == 2 and "closed on 2026-10-01" in alerts[0] and "opens on 2026-10-05" in alerts[1]
+        assert not calendar.is_trading_day(dt.date(2026, 10, 5))  # the safe direction only
+    finally:
+        calendar._reopen_all()
+    assert calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CONTINUOUS

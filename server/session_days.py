@@ -1,0 +1,63 @@
+"""The exchange's word on which days open, against ktrader's calendar table (common/calendar.py).
+
+A temporary public holiday declared after the table was written (Korea has had one most recent
+years) would otherwise be a session to the gateway: next-session orders released into a closed
+market and rejected (ten rejections trip the kill switch, which persists). At start and each new day a
+live gateway asks the broker (KIS: 국내휴장일조회, about a month ahead, at most one call a day); a day
+KIS says is closed is closed here too (the safe direction), and alerted; a day KIS says opens but the
+table has closed is only alerted (ktrader does not trade it: update ktrader).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from common import calendar
+from kis.port import BrokerError, BrokerPort, BrokerUnsupported, Capability
+
+log = logging.getLogger("ktrader.calendar")
+
+
+def differences(days: dict[dt.date, bool]) -> tuple[list[dt.date], list[str]]:
+    """(days to close, alert texts) for the exchange's `days` (date -> opens) against the table."""
+    close: list[dt.date] = []
+    texts: list[str] = []
+    for d, opens in sorted(days.items()):
+        if opens == calendar.is_trading_day(d):
+            continue
+        if opens:
+            texts.append(
+                f"KIS says the market opens on {d}, a closed day in ktrader's calendar: ktrader will not trade "
+                "it; update ktrader (common/calendar.py)"
+            )
+        else:
+            close.append(d)
+            texts.append(
+                f"KIS says the market is closed on {d}, a session in ktrader's calendar: treated as closed "
+                "(no orders sent, next-session orders wait for the next session); update ktrader"
+            )
+    return close, texts
+
+
+async def check_session_days(broker: BrokerPort, today: dt.date, alert: Callable[[str], None]) -> list[dt.date]:
+    """Ask the broker, close what it says is closed, alert every difference; returns the days closed."""
+    if Capability.SESSION_DAYS not in broker.capabilities:
+        return []
+    try:
+        days = await broker.session_days(today)
+    except BrokerUnsupported:
+        return []  # a paper account: KIS offers no holiday calendar there
+    except BrokerError as e:
+        log.warning("the broker's holiday calendar is unavailable (%s): ktrader's own table holds", e)
+        return []
+    close, texts = differences(days)
+    closed = calendar.close_days(close)
+    for text in texts:
+        alert(text)
+    if days:
+        log.info(
+            "holiday calendar: %d days from %s checked with the broker, %d differences", len(days), today, len(texts)
+        )
+    return closed
