@@ -622,6 +622,10 @@ class Gateway:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
         self._check_calendar(day)
 
+    def _set_meta(self, key: str, value: str) -> None:
+        with self.store.transaction():
+            self.store.set_meta(key, value)
+
     def _check_calendar(self, day: str) -> None:
         """At start and each new day: what the KRX calendar lacks reaches a person (it would otherwise
         treat a holiday as a session, or an exam day's late session as a normal one, silently), and the
@@ -629,7 +633,14 @@ class Gateway:
         date = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
         for text in calendar_gaps(date):
             self.alerts(text, AlertKind.CALENDAR)
-        self._spawn(check_session_days(self.broker, date, lambda text: self.alerts(text, AlertKind.CALENDAR)))
+        self._spawn(
+            check_session_days(
+                self.broker,
+                date,
+                lambda text: self.alerts(text, AlertKind.CALENDAR),
+                (self.store.get_meta, self._set_meta),
+            )
+        )
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

@@ -14,6 +14,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from common import calendar
 from kis.port import BrokerError, BrokerPort, BrokerUnsupported, Capability
 
@@ -41,10 +43,32 @@ def differences(days: dict[dt.date, bool]) -> tuple[list[dt.date], list[str]]:
     return close, texts
 
 
-async def check_session_days(broker: BrokerPort, today: dt.date, alert: Callable[[str], None]) -> list[dt.date]:
-    """Ask the broker, close what it says is closed, alert every difference; returns the days closed."""
+MetaStore = tuple[Callable[[str], str], Callable[[str, str], None]]  # (get_meta, set_meta that persists)
+CHECKED_KEY = "session_days:checked"  # the market day the broker was last asked on
+CLOSED_KEY = "session_days:closed"  # the days it said are closed that the table has open (JSON list)
+
+
+def _stored(get_meta: Callable[[str], str]) -> list[dt.date]:
+    raw = get_meta(CLOSED_KEY)
+    return [dt.date.fromisoformat(d) for d in msgspec.json.decode(raw, type=list[str])] if raw else []
+
+
+def restore(get_meta: Callable[[str], str], today: dt.date) -> list[dt.date]:
+    """A restarted gateway closes again the days the broker said were closed (from today on)."""
+    return calendar.close_days(d for d in _stored(get_meta) if d >= today)
+
+
+async def check_session_days(
+    broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None = None
+) -> list[dt.date]:
+    """Ask the broker (once a market day: KIS asks for no more; a restart reuses the answer kept in
+    `meta`), close what it says is closed, alert every difference; returns the days closed."""
     if Capability.SESSION_DAYS not in broker.capabilities:
         return []
+    if meta is not None:
+        restore(meta[0], today)
+        if meta[0](CHECKED_KEY) == today.isoformat():
+            return []
     try:
         days = await broker.session_days(today)
     except BrokerUnsupported:
@@ -54,6 +78,10 @@ async def check_session_days(broker: BrokerPort, today: dt.date, alert: Callable
         return []
     close, texts = differences(days)
     closed = calendar.close_days(close)
+    if meta is not None:
+        kept = {d for d in [*close, *_stored(meta[0])] if d >= today}
+        meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in kept)).decode())
+        meta[1](CHECKED_KEY, today.isoformat())
     for text in texts:
         alert(text)
     if days:

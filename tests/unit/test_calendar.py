@@ -107,14 +107,25 @@ def test_a_day_the_exchange_closes_is_closed_for_the_live_gateway_and_its_caches
             # KIS: closed on the 1st; open on 2026-10-05 (a holiday in the table): alerted, not traded
             return {day - dt.timedelta(days=1): True, day: False, dt.date(2026, 10, 5): True}
 
+    class Asked(Broker):
+        async def session_days(self, start: dt.date, *, caller: str = "gateway") -> dict[dt.date, bool]:
+            raise AssertionError("KIS asks for one call a day")
+
     alerts: list[str] = []
+    meta: dict[str, str] = {}
+    store = (lambda k: meta.get(k, ""), meta.__setitem__)
+    yesterday = day - dt.timedelta(days=1)
     try:
-        closed = asyncio.run(check_session_days(Broker(), day - dt.timedelta(days=1), alerts.append))  # type: ignore[arg-type]
+        closed = asyncio.run(check_session_days(Broker(), yesterday, alerts.append, store))  # type: ignore[arg-type]
         assert closed == [day]
         assert not calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CLOSED
-        assert calendar.next_trading_day(day - dt.timedelta(days=1)) == dt.date(2026, 10, 2)
+        assert calendar.next_trading_day(yesterday) == dt.date(2026, 10, 2)
         assert len(alerts) == 2 and "closed on 2026-10-01" in alerts[0] and "opens on 2026-10-05" in alerts[1]
         assert not calendar.is_trading_day(dt.date(2026, 10, 5))  # the safe direction only
+        # a restart the same day: the kept answer closes the day again, without asking KIS again
+        calendar._reopen_all()
+        assert asyncio.run(check_session_days(Asked(), yesterday, alerts.append, store)) == []  # type: ignore[arg-type]
+        assert not calendar.is_trading_day(day) and len(alerts) == 2
     finally:
         calendar._reopen_all()
     assert calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CONTINUOUS
