@@ -150,7 +150,7 @@ class KisWebSocket:
         self.parser = FrameParser()
         self._wanted: dict[Key, int] = {self.notice_key: 1}  # ledger: key → reference count
         self._active: set[Key] = set()  # registered on the current session
-        self._refused: set[Key] = set()  # wanted, but refused on re-registration this session: next session
+        self._refused: set[Key] = set()  # wanted, but refused on re-registration this session: tried again
         self._pending: dict[Key, asyncio.Future[Control]] = {}
         self._ws: websockets.ClientConnection | None = None
         self._approval_key = ""
@@ -410,10 +410,11 @@ class KisWebSocket:
                         await self._raise_reader_error()
                         raise SessionEnded("session lost while re-registering")
                     if not r.ok:
-                        # kept wanted (the gateway's subscriptions still count it): the next session tries
-                        # it again; dropping it lost the code's data for good while everyone thought it on
+                        # kept wanted (the gateway's subscriptions still count it) and tried again
+                        # (_retry_refused); dropping it lost the code's data for good while everyone
+                        # thought it on
                         log.error(
-                            "re-registration of %s refused: %s %s; no data for it until the next session",
+                            "re-registration of %s refused: %s %s; no data for it until a later try succeeds",
                             k,
                             r.code,
                             r.message,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.schema import FillUpdate, FillView, OrderView, PositionMark, PositionView

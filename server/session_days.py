@@ -53,11 +53,6 @@ def _stored(get_meta: Callable[[str], str]) -> list[dt.date]:
     return [dt.date.fromisoformat(d) for d in msgspec.json.decode(raw, type=list[str])] if raw else []
 
 
-def restore(get_meta: Callable[[str], str], today: dt.date) -> list[dt.date]:
-    """A restarted gateway closes again the days the broker said were closed (from today on)."""
-    return calendar.close_days(d for d in _stored(get_meta) if d >= today)
-
-
 async def check_session_days(
     broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None = None
 ) -> list[dt.date]:
@@ -65,8 +60,11 @@ async def check_session_days(
     `meta`), close what it says is closed, alert every difference; returns the days closed."""
     if Capability.SESSION_DAYS not in broker.capabilities:
         return []
+    kept: list[dt.date] = []
     if meta is not None:
-        restore(meta[0], today)
+        # a restarted gateway closes again the days the broker said were closed (from today on)
+        kept = [d for d in _stored(meta[0]) if d >= today]
+        calendar.close_days(kept)
         if meta[0](CHECKED_KEY) == today.isoformat():
             return []
     try:
@@ -79,8 +77,8 @@ async def check_session_days(
     close, texts = differences(days)
     closed = calendar.close_days(close)
     if meta is not None:
-        kept = {d for d in [*close, *_stored(meta[0])] if d >= today}
-        meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in kept)).decode())
+        now_closed = {d for d in close if d >= today} | set(kept)
+        meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in now_closed)).decode())
         meta[1](CHECKED_KEY, today.isoformat())
     for text in texts:
         alert(text)

@@ -62,18 +62,23 @@ class BasePrices:
             self._day = day
             self.book.portfolio.base_prices.clear()
 
+    async def _today(self, code: str) -> int:
+        """The broker's base price of `code`, 0 when unavailable or when the day rolled meanwhile (the
+        order path still works without it: the broker checks the band too)."""
+        try:
+            price = await self.fetch(code)
+        except Exception as e:
+            log.warning("base price of %s unavailable: %s", code, e)
+            return 0
+        return price if price > 0 and self.book.day() == self._day else 0
+
     async def refresh(self, codes: list[str]) -> None:
         """Fetch again and replace (the morning's second look: see TradingDay.tick). A value that
         changed since the night's fetch is logged: the broker had not rolled its day yet then."""
         self._roll()
         prices = self.book.portfolio.base_prices
         for code in codes:
-            try:
-                price = await self.fetch(code)
-            except Exception as e:
-                log.warning("base price of %s unavailable: %s", code, e)
-                continue
-            if price > 0 and self.book.day() == self._day:
+            if price := await self._today(code):
                 old = prices.get(code)
                 if old is not None and old != price:
                     log.warning(
@@ -86,13 +91,10 @@ class BasePrices:
         for code in self.missing(codes):
             self._asking.add(code)
             try:
-                price = await self.fetch(code)
-            except Exception as e:  # the order path still works without it: the broker checks the band too
-                log.warning("base price of %s unavailable: %s", code, e)
-                continue
+                price = await self._today(code)
             finally:
                 self._asking.discard(code)
-            if price > 0 and self.book.day() == self._day:
+            if price:
                 prices[code] = price
 
 
