@@ -71,3 +71,19 @@ def reverse_fill_value(
         realized_pnl=cur.realized_pnl - (value - cost_out),
         fees=fees,
     )
+
+
+def reprice_value(pos: PositionView | None, code: str, side: Side, value_delta: int, fee_delta: int) -> PositionView:
+    """The position after reconciliation moved an order's filled value by `value_delta` KRW (the
+    broker's value of the same shares) and its fees by `fee_delta`. A buy that cost more raises the
+    cost basis while shares are held (else the P&L they realised absorbs it); a sell that brought more
+    realises more. Either way `cost - realized_pnl`, what the fills drew from cash, moves by exactly
+    what the broker's cash did."""
+    cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
+    fees = max(0, cur.fees + fee_delta)
+    if side is _BUY and cur.qty > 0 and cur.cost + value_delta >= 0:
+        return PositionView(
+            code=code, qty=cur.qty, cost=cur.cost + value_delta, realized_pnl=cur.realized_pnl, fees=fees
+        )
+    realized = cur.realized_pnl - value_delta if side is _BUY else cur.realized_pnl + value_delta
+    return PositionView(code=code, qty=cur.qty, cost=cur.cost, realized_pnl=realized, fees=fees)

@@ -143,6 +143,15 @@ class ReverseFill(_Ev, tag="reverse_fill", frozen=True):
     reason: str = ""
 
 
+class Reprice(_Ev, tag="reprice", frozen=True):
+    """Reconciliation: the broker has the same filled quantity as we do but another filled value (a
+    notice with a wrong price, or a forged fill booked where the real one came at another price and
+    was then refused as an overfill). The order's filled value moves by `value_delta` to the broker's."""
+
+    value_delta: int
+    reason: str = ""
+
+
 class RequestCancel(_Ev, tag="req_cancel", frozen=True):
     pass
 
@@ -199,6 +208,7 @@ OrderEvent = Union[
     Expire,
     ReverseFill,
     ResendCancel,
+    Reprice,
 ]
 
 
@@ -328,6 +338,13 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.PENDING_REPLACE, "reverse_fill"): _SAME,
     (S.CANCELLED, "reverse_fill"): _SAME,
     (S.EXPIRED, "reverse_fill"): _SAME,
+    # the broker's value of what filled replaces ours; the state stays as it is
+    (S.PARTIALLY_FILLED, "reprice"): _SAME,
+    (S.FILLED, "reprice"): _SAME,
+    (S.PENDING_CANCEL, "reprice"): _SAME,
+    (S.PENDING_REPLACE, "reprice"): _SAME,
+    (S.CANCELLED, "reprice"): _SAME,
+    (S.EXPIRED, "reprice"): _SAME,
 }
 
 # A revise or cancel is on its way (or in doubt) in these states.
@@ -411,9 +428,15 @@ def apply(order: Order, event: OrderEvent) -> Order:
         back = r.value * event.qty // r.qty  # at the fill's own price
         recs[i] = msgspec.structs.replace(r, reversed_qty=r.reversed_qty + event.qty)
         filled -= event.qty
-        changes.update(
-            filled_qty=filled, filled_value=order.filled_value - back, fills=tuple(recs), reason=event.reason
-        )
+        # nothing filled is worth nothing (a Reprice since may have moved the value off the fill log)
+        value = max(filled, order.filled_value - back) if filled else 0  # and a share at least 1 KRW
+        changes.update(filled_qty=filled, filled_value=value, fills=tuple(recs), reason=event.reason)
+    elif isinstance(event, Reprice):
+        if not filled or not event.value_delta or order.filled_value + event.value_delta < filled:
+            raise IllegalTransition(
+                f"{order.client_order_id}: cannot move the filled value {order.filled_value} by {event.value_delta}"
+            )
+        changes.update(filled_value=order.filled_value + event.value_delta, reason=event.reason)
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")

@@ -260,6 +260,7 @@ class Operator:
         counters["orders_in_doubt"] = gw.core.repair.in_doubt
         counters["chain_repairs"] = gw.core.repair.repaired
         counters["cancels_resent"] = gw.core.repair.resent
+        counters["fills_repriced"] = gw.recon.repriced  # orders whose filled value was brought to the broker's
         master = gw.master
         codes = {c for a in agents for c in a.codes}
         market_now = gw.clock.now()

@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from common.books import reverse_fill_value
+from common.books import reprice_value, reverse_fill_value
 from common.costs import CostModel
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_day, market_ns
-from common.orders import Fill, Order, OrderEvent, OrderState, ReverseFill, StateError, apply
+from common.orders import Fill, Order, OrderEvent, OrderState, Reprice, ReverseFill, StateError, apply
 from common.portfolio import Portfolio
 from common.schema import (
     AgentEvent,
@@ -269,6 +269,28 @@ class OrderBook:
             dq, dv = o.filled_qty - new.filled_qty, o.filled_value - new.filled_value
             pos = reverse_fill_value(self.portfolio.position(o.agent, o.code), o.code, o.side, dq, dv, fee, cost_out)
             why = f"fill {ev.fill_id} of {coid} taken back: {dq} {o.code} the broker does not have"
+            return [PositionUpdate(position=pos, client_order_id=coid, reason=why), Notice(level="warning", text=why)]
+
+        return self.try_apply(coid, ev, extra)
+
+    def reprice(self, coid: str, ev: Reprice) -> Order | None:
+        """Bring an order's filled value to the broker's (same quantity, another value): the agent's
+        position and fees move by the difference, and the agent is told why."""
+        o = self.orders.get(coid)
+        if o is None:
+            return None
+        sell = o.side is Side.SELL
+
+        def extra(new: Order) -> list[EventBody]:
+            fee_delta = self.costs.fill_cost(new.filled_value, sell=sell) - self.costs.fill_cost(
+                o.filled_value, sell=sell
+            )
+            delta = new.filled_value - o.filled_value
+            pos = reprice_value(self.portfolio.position(o.agent, o.code), o.code, o.side, delta, fee_delta)
+            why = (
+                f"{coid}: the broker's value of its {o.filled_qty} filled {o.code} is {new.filled_value} KRW, "
+                f"the books had {o.filled_value}: {delta:+} KRW"
+            )
             return [PositionUpdate(position=pos, client_order_id=coid, reason=why), Notice(level="warning", text=why)]
 
         return self.try_apply(coid, ev, extra)

@@ -15,7 +15,11 @@ names the one it revised). Per chain:
 - fills we booked from notices that the broker's cumulative fill does not cover are taken back
   (ReverseFill), newest first, once they are older than `fill_grace_ns` (the broker's list can lag
   behind its notices); younger ones are held as unconfirmed. The books never keep a fill the broker
-  does not have.
+  does not have;
+- when the quantities agree but the value does not (a notice's wrong price; a forged fill booked
+  where the real one came at another price and was refused as an overfill), the order's filled value
+  is brought to the broker's (Reprice), once its notice fills are past the grace: cash and P&L follow
+  the broker's money, not only its shares.
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
 side, quantity and price; if none appears within `grace_ns` it never reached the exchange and is
 rejected here. A broker original that nobody claims is external (HTS app, another program).
@@ -39,6 +43,7 @@ from common.orders import (
     OrderState,
     Reject,
     Replaced,
+    Reprice,
     RequestReplace,
     ReverseFill,
 )
@@ -57,6 +62,7 @@ class ReconcileResult:
     # code → shares the books hold beyond the broker's fills, held as unconfirmed (inside the grace):
     # the account's holdings are compared with the books without them
     unconfirmed: dict[str, int] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # orders whose excess fills wait (their value is not compared yet)
 
     def add(self, coid: str, ev: OrderEvent) -> None:
         self.events.setdefault(coid, []).append(ev)
@@ -178,9 +184,11 @@ def reconcile(
         claimed.update(r.broker_order_id for r in lines)
         filled = sum(r.filled_qty for r in lines)
         value = sum(r.filled_value for r in lines)
+        books_value = o.filled_value  # what the books' fills are worth once this pass's repairs apply
         if filled > o.filled_qty:
             qty, add_value = filled - o.filled_qty, value - o.filled_value
             price = add_value // qty if add_value > 0 else (lines[-1].avg_fill_price or lines[-1].price)
+            books_value += qty * price
             # one synthesised fill for all we missed; the state machine absorbs the late notices of it
             res.add(
                 coid,
@@ -194,7 +202,34 @@ def reconcile(
             )
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
         elif filled < o.filled_qty:
-            _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
+            books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
+        if (
+            filled
+            and books_value != value
+            and coid not in res.held
+            and not any(r.from_notice and now_ns - r.ts_ns < fill_grace_ns for r in o.fills if r.live_qty)
+        ):
+            # the same shares at another value (a notice's wrong price, or a forged fill booked where
+            # the real one came at another price and was refused as an overfill): the broker's value
+            # wins, once every notice fill is past the grace (the list may lag a notice), and only
+            # when its two figures agree (total value and average price, each line)
+            if _value_plausible(lines):
+                res.add(
+                    coid,
+                    Reprice(
+                        ts_ns=now_ns,
+                        value_delta=value - books_value,
+                        reason=f"the broker's filled value is {value} KRW, the books had {books_value}",
+                    ),
+                )
+                res.alerts.append(
+                    f"{coid}: {filled} filled worth {value} KRW at the broker, {books_value} here: corrected"
+                )
+            else:
+                res.alerts.append(
+                    f"{coid}: {filled} filled worth {value} KRW at the broker (its average price says "
+                    f"otherwise), {books_value} here: left as is, check"
+                )
         latest = lines[-1]
         total_qty = max(o.qty, filled)
         for ev in res.events.get(coid, []):
@@ -222,24 +257,37 @@ def reconcile(
     return res
 
 
-def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, now_ns: int, grace_ns: int) -> None:
+def _value_plausible(lines: list[BrokerOrderReport]) -> bool:
+    """Each line's filled value agrees with its average fill price (rounded either way) and is positive."""
+    return all(
+        r.filled_value > 0 and abs(r.filled_value - r.avg_fill_price * r.filled_qty) < r.filled_qty
+        for r in lines
+        if r.filled_qty
+    )
+
+
+def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, now_ns: int, grace_ns: int) -> int:
     """We booked `excess` more than the broker's cumulative fill. Notice fills younger than the grace
     may be real and not in the (lagging) list yet: held as unconfirmed. The rest is taken back from
-    the older notice fills, newest first; reconciled fills are the broker's own numbers, never."""
+    the older notice fills, newest first; reconciled fills are the broker's own numbers, never.
+    Returns the value taken back."""
     coid = o.client_order_id
     young = sum(r.live_qty for r in o.fills if r.from_notice and now_ns - r.ts_ns < grace_ns)
     held = min(excess, young)
     if held:
         res.unconfirmed[o.code] = res.unconfirmed.get(o.code, 0) + (held if o.side is Side.BUY else -held)
+        res.held.add(coid)
     due = excess - young
     if due <= 0:
-        return  # all of it may still appear in the list: held as unconfirmed
+        return 0  # all of it may still appear in the list: held as unconfirmed
+    taken = 0
     for r in reversed(o.fills):
         if due <= 0:
             break
         if not r.from_notice or r.live_qty <= 0 or now_ns - r.ts_ns < grace_ns:
             continue
         q = min(due, r.live_qty)
+        taken += r.value * q // r.qty  # at the fill's own price, as the state machine takes it back
         res.add(
             coid,
             ReverseFill(
@@ -259,3 +307,5 @@ def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, 
             f"{coid}: we count {o.filled_qty} filled, the broker {broker_filled}; {due} cannot be "
             "matched to a notice fill (left as is: check)"
         )
+        res.held.add(coid)
+    return taken

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from common.ids import EXTERNAL_AGENT
-from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced, ReverseFill
+from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced, Reprice, ReverseFill
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
 from server.notices import NoticeRouter
@@ -74,6 +74,7 @@ class Reconciler:
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
+        self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
 
     async def run(self, reason: str) -> ReconcileResult:
         async with self._lock:
@@ -136,6 +137,9 @@ class Reconciler:
                         book.apply_fill(coid, ev)
                     elif isinstance(ev, ReverseFill):
                         book.reverse_fill(coid, ev)
+                    elif isinstance(ev, Reprice):
+                        if book.reprice(coid, ev) is not None:
+                            self.repriced += 1
                     else:
                         book.try_apply(coid, ev)
                     if isinstance(ev, (Accept, Replaced)):

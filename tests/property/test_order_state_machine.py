@@ -24,6 +24,7 @@ from common.orders import (
     RequestCancel,
     RequestReplace,
     ResendCancel,
+    Reprice,
     ReverseFill,
     StateError,
     Submit,
@@ -57,6 +58,7 @@ events = st.one_of(
     st.builds(MarkUnknown, code=st.just(AMEND_UNKNOWN)),  # a revise/cancel whose answer was lost
     st.builds(ResendCancel, broker_order_id=st.just("0000000003")),
     st.builds(ReverseFill, fill_id=st.sampled_from([f"f{i}" for i in range(8)]), qty=st.integers(1, 60)),
+    st.builds(Reprice, value_delta=st.integers(-2_000_000, 2_000_000)),
 )
 
 
@@ -76,7 +78,7 @@ def test_only_table_transitions_and_fill_invariants(evs) -> None:
             if (o.state, tag) not in TRANSITIONS:
                 continue  # refused as it should be
             # refused although the table lists it: only for fill/replace/reversal content reasons
-            assert tag in ("fill", "req_replace", "replaced", "reverse_fill")
+            assert tag in ("fill", "req_replace", "replaced", "reverse_fill", "reprice")
             continue
         assert (o.state, tag) in TRANSITIONS, f"{tag} accepted in {o.state}"
         assert 0 <= new.filled_qty <= new.qty
@@ -86,9 +88,15 @@ def test_only_table_transitions_and_fill_invariants(evs) -> None:
             # the exceptions: a late fill of a cancelled/expired order (it happened before), and a fill
             # the broker does not have taken back (a FILLED order rests again)
             assert (
-                tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state
-            ) or (tag == "reverse_fill" and (new.state is o.state or o.state is OrderState.FILLED)), (o.state, tag)
+                (tag == "fill" and o.state in (OrderState.CANCELLED, OrderState.EXPIRED) and new.state is o.state)
+                or (tag == "reverse_fill" and (new.state is o.state or o.state is OrderState.FILLED))
+                or (tag == "reprice" and new.state is o.state)
+            ), (o.state, tag)
         assert new.filled_qty == sum(r.live_qty for r in new.fills) and new.filled_value >= 0  # the fill log adds up
+        # every share filled is worth 1 KRW at least, none nothing
+        assert new.filled_value >= new.filled_qty and (new.filled_value > 0) == (new.filled_qty > 0)
+        if tag == "reprice":
+            assert new.filled_qty == o.filled_qty and new.filled_value == o.filled_value + ev.value_delta
         if tag == "reverse_fill":
             assert new.filled_qty < o.filled_qty and set(new.fill_ids) == set(o.fill_ids)  # the id stays known
         if new.in_doubt:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
+from common.books import apply_fill_value, reprice_value
 from common.enums import Side
-from common.orders import OrderState
-from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerUnknownOutcome, NoticeKind
+from common.orders import Fill, Order, OrderState, Reprice, ReverseFill, apply
+from common.schema import PositionView
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerUnknownOutcome, NoticeKind
+from server.reconcile import reconcile
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, coid, order
 
@@ -164,3 +169,108 @@ def test_periodic_passes_take_at_most_a_tenth_of_the_time() -> None:
         assert wait >= 30.0 and took / (took + wait) <= PERIODIC_SHARE + 1e-9
     # the backstop for missed fill notices is never pushed out further (a pass slowed by a token wait)
     assert periodic_wait(30.0, 74.0) == periodic_wait(30.0, 600.0) == PERIODIC_MAX_WAIT_S == 300.0
+
+
+async def test_same_shares_at_another_price_take_the_brokers_value(tmp_path: Path) -> None:
+    """A fill notice at a wrong price (here: the real notice lost, one with another price delivered, as a
+    forged notice booked before the real fill would leave it): every share agrees with KIS, the money
+    does not. Reconciliation brings the order's value, the position's cost and the fees to KIS's."""
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b)
+    await h.start()
+    h.recon.fill_grace_ns = 0  # the notice is past the grace at once
+    b.lose = True
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    real = next(n for n in b.lost if n.fill_qty)
+    h.notices.on_notice(msgspec.structs.replace(real, fill_price=70_500))  # 5,000 KRW more than KIS's
+    assert h.book.orders[coid(1)].filled_value == 705_000
+    pos = h.portfolio.positions["alpha"]["005930"]
+    assert pos.qty == 10 and pos.cost == 705_000
+    res = await h.recon.run("test")
+    o = h.book.orders[coid(1)]
+    assert o.state is OrderState.FILLED and o.filled_qty == 10 and o.filled_value == 700_000
+    pos = h.portfolio.positions["alpha"]["005930"]
+    assert pos.qty == 10 and pos.cost == 700_000
+    assert pos.fees == h.book.costs.fill_cost(700_000, sell=False)
+    assert any("worth 700000 KRW at the broker, 705000 here: corrected" in a for a in res.alerts)
+    again = await h.recon.run("test")
+    assert not again.events  # books agree now
+    # the real notice, late: a duplicate of the fill already booked, nothing moves
+    for n in b.lost:
+        h.notices.on_notice(n)
+    assert h.book.orders[coid(1)].filled_value == 700_000 and h.portfolio.positions["alpha"]["005930"].cost == 700_000
+    await h.close()
+
+
+def _report(odno: str, filled: int, value: int, avg: int) -> BrokerOrderReport:
+    return BrokerOrderReport(
+        broker_order_id=odno,
+        orig_broker_order_id="",
+        org_no="06010",
+        code="005930",
+        side=Side.SELL,
+        qty=10,
+        price=70_000,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        filled_value=value,
+        remaining_qty=10 - filled,
+        cancelled_qty=0,
+        rejected_qty=0,
+    )
+
+
+def _sold(filled_at: list[tuple[str, int, int, int]]) -> Order:
+    """A sell of 10 with fills (fill id, qty, price, booked at ns) from notices."""
+    o = Order(
+        client_order_id=coid(1),
+        agent="alpha",
+        code="005930",
+        side=Side.SELL,
+        qty=10,
+        price=70_000,
+        state=OrderState.ACCEPTED,
+        broker_order_id="0000000001",
+        broker_chain=("0000000001",),
+    )
+    for fid, q, p, ts in filled_at:
+        o = apply(o, Fill(ts_ns=ts, fill_id=fid, qty=q, price=p))
+    return o
+
+
+def test_value_is_compared_only_when_quantities_agree_and_notices_are_past_the_grace() -> None:
+    grace = 60_000_000_000
+    now = 1_000 * grace
+    # a young notice fill: the list may lag it, nothing is repriced yet
+    young = _sold([("n1", 4, 71_000, now - 1)])
+    res = reconcile([young], [_report("0000000001", 4, 280_000, 70_000)], now_ns=now, fill_grace_ns=grace)
+    assert not res.events
+    # past the grace: the broker's value, the difference only
+    old = _sold([("n1", 4, 71_000, now - grace)])
+    res = reconcile([old], [_report("0000000001", 4, 280_000, 70_000)], now_ns=now, fill_grace_ns=grace)
+    (ev,) = res.events[coid(1)]
+    assert isinstance(ev, Reprice) and ev.value_delta == -4_000
+    assert apply(old, ev).filled_value == 280_000
+    # a fill taken back in the same pass: the value compared is what is left after it
+    two = _sold([("n1", 4, 70_000, now - grace), ("n2", 2, 72_000, now - grace)])
+    res = reconcile([two], [_report("0000000001", 4, 284_000, 71_000)], now_ns=now, fill_grace_ns=grace)
+    back, fix = res.events[coid(1)]
+    assert isinstance(back, ReverseFill) and back.fill_id == "n2" and back.qty == 2
+    assert isinstance(fix, Reprice) and fix.value_delta == 4_000
+    assert apply(apply(two, back), fix).filled_value == 284_000
+    # the broker's own figures disagree (value vs average price): alerted, never applied
+    res = reconcile([old], [_report("0000000001", 4, 280_000, 75_000)], now_ns=now, fill_grace_ns=grace)
+    assert not res.events and any("left as is, check" in a for a in res.alerts)
+
+
+def test_a_repriced_sell_realises_the_brokers_proceeds() -> None:
+    held = PositionView(code="005930", qty=10, cost=700_000, realized_pnl=0)
+    after_sale = apply_fill_value(held, "005930", Side.SELL, 4, 284_000, fee=100)
+    fixed = reprice_value(after_sale, "005930", Side.SELL, -4_000, -1)
+    assert fixed.qty == 6 and fixed.cost == after_sale.cost and fixed.realized_pnl == after_sale.realized_pnl - 4_000
+    # what the fills drew from cash moves by exactly the broker's difference
+    assert (fixed.cost - fixed.realized_pnl) - (after_sale.cost - after_sale.realized_pnl) == 4_000
+    # a buy whose shares are all sold since: the P&L they realised absorbs it
+    flat = PositionView(code="005930", qty=0, cost=0, realized_pnl=10_000)
+    assert reprice_value(flat, "005930", Side.BUY, 500, 0).realized_pnl == 9_500

@@ -92,7 +92,11 @@ TRUST_COUNTERS = (
     "reply_drops",
     "reply_unroutable",
 )
-_SUMMED = ("ws_dropped", *TRUST_COUNTERS)  # besides md_*: summed over every gateway process of a campaign
+_SUMMED = (
+    "ws_dropped",
+    "fills_repriced",
+    *TRUST_COUNTERS,
+)  # besides md_*: summed over every gateway process of a campaign
 FILL_GRACE_S = 3.0
 # every one of these must be 0 for the campaign to pass
 CLEAN = (
@@ -105,6 +109,7 @@ CLEAN = (
     "uncancellable",
     "fills_not_at_broker",
     "chain_mismatches",
+    "value_mismatches",
     "orders_in_doubt",
     "frames_accepted",
 )
@@ -595,6 +600,7 @@ class Campaign:
             "uncancellable": len(uncancellable),
             "fills_not_at_broker": len(chains["fills_not_at_broker"]),
             "chain_mismatches": len(chains["mismatched"]),
+            "value_mismatches": len(chains["value_mismatches"]),
             "orders_in_doubt": status.counters.get("orders_in_doubt", 0),
             "frames_accepted": self.frames_accepted,
             "chains": {
@@ -604,6 +610,9 @@ class Campaign:
                 "cancels_resent": status.counters.get("cancels_resent", 0),
                 "forged_fills_sent": len(self.forged),
                 "forged_fills_taken_back": chains["taken_back"],
+                # a forged fill booked where the real one came at another price: the value corrected
+                "fills_repriced": status.counters.get("fills_repriced", 0)
+                + self.counted_before_kills["fills_repriced"],
                 "refused_not_sent": chains["not_sent"],
                 "requeued_after_failover": requeued,
             },
@@ -633,6 +642,7 @@ class Campaign:
                 "uncancellable": uncancellable[:20],
                 "fills_not_at_broker": chains["fills_not_at_broker"][:20],
                 "chain_mismatches": chains["mismatched"][:20],
+                "value_mismatches": chains["value_mismatches"][:20],
                 "lost": lost[:20],
                 "duplicated": duplicated[:20],
                 "unknown": unknown_now[:20],
@@ -672,6 +682,7 @@ class Campaign:
         out: dict[str, Any] = {
             "mismatched": [],
             "fills_not_at_broker": [],
+            "value_mismatches": [],
             "revised": 0,
             "cancel_lines": 0,
             "taken_back": 0,
@@ -697,6 +708,13 @@ class Campaign:
             filled = sum(by[x].filled_qty for x in chain if x in by)
             if o.filled_qty > filled:
                 out["fills_not_at_broker"].append(f"{o.client_order_id}: books {o.filled_qty}, twin {filled}")
+            value = sum(by[x].filled_value for x in chain if x in by)
+            if o.filled_qty == filled and o.filled_value != value:
+                # every share agrees but not what they cost: the books' cash and P&L are off
+                out["value_mismatches"].append(
+                    f"{o.client_order_id}: {filled} filled, books {o.filled_value} KRW, twin {value} KRW "
+                    f"(chain {chain}, fills {[(f.fill_id, f.qty, f.value, f.reversed_qty) for f in o.fills]})"
+                )
             if o.broker_order_id.lstrip("0") != last and (o.is_open or by[last].remaining_qty):
                 out["mismatched"].append(
                     f"{o.client_order_id}: books live at {o.broker_order_id}, twin at {last} ({o.state.value})"
