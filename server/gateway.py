@@ -154,7 +154,7 @@ class Gateway:
         self._session_seen_ready = False
 
         # ---- the rooms ------------------------------------------------------------------------
-        self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost)
+        self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost, prewrite=True)
         self._store_failure: Exception | None = None
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(

@@ -26,7 +26,7 @@ import msgspec
 from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
-from server.group_commit import GroupCommit, StoreFailed
+from server.group_commit import GroupCommit, StoreFailed, prewrite_wal
 
 __all__ = ["EquityRow", "Store", "StoreFailed"]
 
@@ -126,8 +126,15 @@ _prot_dec = msgspec.msgpack.Decoder(Protection)
 
 class Store:
     def __init__(
-        self, path: str | Path, readonly: bool = False, *, on_failure: Callable[[Exception], None] | None = None
+        self,
+        path: str | Path,
+        readonly: bool = False,
+        *,
+        on_failure: Callable[[Exception], None] | None = None,
+        prewrite: bool = False,
     ) -> None:
+        """`prewrite`: start on a WAL written out in full (server/group_commit.py: the first orders of
+        a fresh start then fsync as fast as later ones); the gateway's store."""
         p = Path(path)
         self.path = p
         self._on_failure = on_failure or (lambda e: None)
@@ -138,13 +145,7 @@ class Store:
             self.db.setbusytimeout(5000)
             return
         p.parent.mkdir(parents=True, exist_ok=True)
-        self.db = apsw.Connection(str(p))
-        self.db.setbusytimeout(5000)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a COMMIT does not fsync; GroupCommit fsyncs the WAL before anything depending on
-        # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db = self._connect(p)
         version = self.db.execute("PRAGMA user_version").get
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
@@ -153,7 +154,26 @@ class Store:
             for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):
                 self.db.execute(_MIGRATIONS[v])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if prewrite:
+            # the last connection's close checkpoints everything (a crash's frames too) and deletes
+            # the WAL; a new one written out in full takes its place before SQLite opens it again
+            page_size = self.db.execute("PRAGMA page_size").get
+            self.db.close()
+            if prewrite_wal(Path(f"{p}-wal"), page_size):
+                log.debug("%s: WAL written out in full", p)
+            self.db = self._connect(p)
         self.gc = GroupCommit(self.db, p, lambda e: self._on_failure(e))
+
+    @staticmethod
+    def _connect(p: Path) -> apsw.Connection:
+        db = apsw.Connection(str(p))
+        db.setbusytimeout(5000)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a COMMIT does not fsync; GroupCommit fsyncs the WAL before anything depending on
+        # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA temp_store=MEMORY")
+        return db
 
     def close(self) -> None:
         """A clean close makes what is written durable (a crash would lose the open batch)."""

@@ -330,3 +330,50 @@ async def test_a_quiet_gateway_keeps_checkpointing_after_a_busy_spell(tmp_path: 
     disk = on_disk(path)
     assert disk.get_meta("quiet599") == "x" * 2000 and disk.get_meta("busy19.9") == "x" * 500
     disk.close()
+
+
+_CRASH_WRITER = """
+import os, sys
+from server.store import Store
+s = Store(sys.argv[1], prewrite=True)
+for i in range(300):  # a few hundred frames, past the first ones
+    with s.write():
+        s.set_meta(f"k{i}", "v" * 3000)
+os._exit(0)  # a crash: no close, no checkpoint; the WAL holds every write
+"""
+
+
+def test_the_gateway_store_starts_on_a_wal_written_out_and_loses_nothing_to_it(tmp_path: Path) -> None:
+    """The gateway's store starts on a WAL already as large as a day's (its first orders' fsyncs then
+    have no file growth to journal): after a crash, its frames are recovered first, never overwritten;
+    a WAL another connection holds open is left alone."""
+    import subprocess
+    import sys
+
+    from server.group_commit import CHECKPOINT_PAGES
+
+    db = tmp_path / "db" / "gateway.sqlite"
+    wal = Path(f"{db}-wal")
+    s = Store(db, prewrite=True)
+    assert wal.stat().st_size >= CHECKPOINT_PAGES * 4096  # a fresh store too (its schema written first)
+    with s.write():
+        s.set_meta("first", "1")
+    s.close()
+    # a crash with everything in the WAL: the next start recovers it before writing a new one
+    subprocess.run([sys.executable, "-c", _CRASH_WRITER, str(db)], check=True, cwd=Path(__file__).parents[2])
+    assert wal.stat().st_size > 0
+    s = Store(db, prewrite=True)
+    assert s.get_meta("first") == "1" and all(s.get_meta(f"k{i}") == "v" * 3000 for i in range(300))
+    with s.write():
+        s.set_meta("after", "2")
+    s.close()
+    # a reader holds the database (and its WAL) open: the store does not touch that WAL
+    reader = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    assert reader.execute("select value from meta where key='after'").get == "2"
+    s = Store(db, prewrite=True)
+    with s.write():
+        s.set_meta("third", "3")
+    assert reader.execute("select value from meta where key='third'").get == "3"
+    assert reader.execute("select value from meta where key='k299'").get == "v" * 3000
+    s.close()
+    reader.close()

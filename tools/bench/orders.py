@@ -237,7 +237,7 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
     from common.views import order_view
     from server.store import Store
 
-    store = Store(tmp / f"floor-{time.monotonic_ns()}.sqlite")
+    store = Store(tmp / f"floor-{time.monotonic_ns()}.sqlite", prewrite=True)  # as the gateway's
     h = HeaderFactory("gateway")
     day = today_kst().strftime("%Y%m%d")
     step = {"call": "submit", "code": "005930", "side": "buy", "qty": 1, "price": 50_000}
