@@ -786,7 +786,8 @@ class AgentRuntime(AgentServicesMixin):
             if notify:
                 self._call("on_fill", body.fill, body.position)
         elif isinstance(body, PositionUpdate):
-            # reconciliation took back a fill the broker does not have: the gateway's books are the truth
+            # reconciliation took back a fill the broker does not have, or brought a fill's value to the
+            # broker's: the gateway's books are the truth
             self._positions[body.position.code] = body.position
             self.log.warning("POSITION %s now %d (%s)", body.position.code, body.position.qty, body.reason)
         elif isinstance(body, Notice):

@@ -468,7 +468,7 @@ class FillUpdate(msgspec.Struct, frozen=True, tag="fill", kw_only=True):
 
 class PositionUpdate(msgspec.Struct, frozen=True, tag="position", kw_only=True):
     """The agent's position changed without a fill of its own: reconciliation took back a fill the
-    broker does not have (`reason` says which and why)."""
+    broker does not have, or brought an order's filled value to the broker's (`reason` says which and why)."""
 
     position: PositionView
     client_order_id: str = ""

@@ -98,7 +98,7 @@ from server.reconciler import periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
-from server.session_days import check_session_days
+from server.session_days import check_session_days, new_gaps
 from server.sessions import AgentSessions
 from server.stockmaster import gateway_master
 from server.store import Store, StoreFailed
@@ -631,8 +631,10 @@ class Gateway:
         treat a holiday as a session, or an exam day's late session as a normal one, silently), and the
         broker's own holiday calendar is compared with it (server/session_days.py)."""
         date = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
-        for text in calendar_gaps(date):
-            self.alerts(text, AlertKind.CALENDAR)
+        gaps = calendar_gaps(date)
+        to_person = new_gaps(date, gaps, (self.store.get_meta, self._set_meta))  # once a day, restarts or not
+        for text in gaps:
+            self.alerts(text, AlertKind.CALENDAR if to_person else None)
         self._spawn(
             check_session_days(
                 self.broker,

@@ -48,6 +48,21 @@ CHECKED_KEY = "session_days:checked"  # the market day the broker was last asked
 CLOSED_KEY = "session_days:closed"  # the days it said are closed that the table has open (JSON list)
 
 
+GAPS_KEY = "calendar_gaps:alerted"  # the market day and the calendar's gaps a person was last told of
+
+
+def new_gaps(today: dt.date, gaps: list[str], meta: MetaStore) -> bool:
+    """Whether the calendar's `gaps` are news to a person today: once a market day (a gateway restarted
+    five times that day tells them once; the screen shows them at every start). Remembers them when so."""
+    if not gaps:
+        return False
+    stamp = "\n".join([today.isoformat(), *gaps])
+    if meta[0](GAPS_KEY) == stamp:
+        return False
+    meta[1](GAPS_KEY, stamp)
+    return True
+
+
 def _stored(get_meta: Callable[[str], str]) -> list[dt.date]:
     raw = get_meta(CLOSED_KEY)
     return [dt.date.fromisoformat(d) for d in msgspec.json.decode(raw, type=list[str])] if raw else []

@@ -129,3 +129,18 @@ def test_a_day_the_exchange_closes_is_closed_for_the_live_gateway_and_its_caches
     finally:
         calendar._reopen_all()
     assert calendar.is_trading_day(day) and krx.phase_at(at_ten) is krx.Phase.CONTINUOUS
+
+
+def test_calendar_gaps_reach_a_person_once_a_market_day_however_often_the_gateway_starts() -> None:
+    from common.calendar import calendar_gaps
+    from server.session_days import new_gaps
+
+    kept: dict[str, str] = {}
+    meta = (lambda k: kept.get(k, ""), kept.__setitem__)
+    day = dt.date(2027, 11, 2)
+    gaps = calendar_gaps(day)
+    assert gaps and new_gaps(day, gaps, meta)  # the first start of the day tells a person
+    assert not new_gaps(day, gaps, meta)  # a restart the same day: the screen only
+    assert new_gaps(day + dt.timedelta(days=1), gaps, meta)  # the next day: once again
+    assert new_gaps(day + dt.timedelta(days=1), gaps[:1] + ["another gap"], meta)  # something new: at once
+    assert not new_gaps(day, [], meta)  # nothing missing: nothing to tell
