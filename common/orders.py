@@ -131,6 +131,7 @@ class Fill(_Ev, tag="fill", frozen=True):
     price: int
     broker_order_id: str = ""
     cost_out: int = 0  # a sell: the position's cost it took out (set by the book, so a reversal is exact)
+    value: int = 0  # KRW of the whole fill when not qty * price (a reconciled fill at the broker's total value)
 
 
 class ReverseFill(_Ev, tag="reverse_fill", frozen=True):
@@ -146,9 +147,12 @@ class ReverseFill(_Ev, tag="reverse_fill", frozen=True):
 class Reprice(_Ev, tag="reprice", frozen=True):
     """Reconciliation: the broker has the same filled quantity as we do but another filled value (a
     notice with a wrong price, or a forged fill booked where the real one came at another price and
-    was then refused as an overfill). The order's filled value moves by `value_delta` to the broker's."""
+    was then refused as an overfill). The order's filled value becomes the broker's `value` if its
+    filled quantity is `qty` (else refused: the pass's other repairs did not all land; the next pass
+    looks again)."""
 
-    value_delta: int
+    qty: int
+    value: int
     reason: str = ""
 
 
@@ -386,7 +390,7 @@ def apply(order: Order, event: OrderEvent) -> Order:
     if isinstance(event, Fill):
         if event.fill_id in order.fill_ids:
             raise DuplicateFill(f"{order.client_order_id}: fill {event.fill_id} already applied")
-        if event.qty <= 0 or event.price <= 0:
+        if event.qty <= 0 or event.price <= 0 or 0 < event.value < event.qty:
             raise IllegalTransition(f"{order.client_order_id}: fill with qty {event.qty} price {event.price}")
         credit = order.recon_credit
         if event.fill_id.startswith(RECON_FILL_PREFIX):
@@ -397,11 +401,12 @@ def apply(order: Order, event: OrderEvent) -> Order:
         if filled + new_qty > qty:
             raise Overfill(f"{order.client_order_id}: fill of {new_qty} exceeds remaining {qty - filled}")
         filled += new_qty
+        added = event.value if event.value and new_qty == event.qty else new_qty * event.price
         changes.update(
             filled_qty=filled,
-            filled_value=order.filled_value + new_qty * event.price,
+            filled_value=order.filled_value + added,
             fill_ids=order.fill_ids + (event.fill_id,),
-            fills=order.fills + (FillRec(event.fill_id, new_qty, new_qty * event.price, event.ts_ns, event.cost_out),),
+            fills=order.fills + (FillRec(event.fill_id, new_qty, added, event.ts_ns, event.cost_out),),
             recon_credit=credit,
         )
         if event.broker_order_id and not order.broker_order_id:
@@ -432,11 +437,11 @@ def apply(order: Order, event: OrderEvent) -> Order:
         value = max(filled, order.filled_value - back) if filled else 0  # and a share at least 1 KRW
         changes.update(filled_qty=filled, filled_value=value, fills=tuple(recs), reason=event.reason)
     elif isinstance(event, Reprice):
-        if not filled or not event.value_delta or order.filled_value + event.value_delta < filled:
+        if not filled or event.qty != filled or event.value < filled or event.value == order.filled_value:
             raise IllegalTransition(
-                f"{order.client_order_id}: cannot move the filled value {order.filled_value} by {event.value_delta}"
+                f"{order.client_order_id}: cannot make {filled} filled worth {event.value} (for {event.qty} filled)"
             )
-        changes.update(filled_value=order.filled_value + event.value_delta, reason=event.reason)
+        changes.update(filled_value=event.value, reason=event.reason)
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")

@@ -187,8 +187,12 @@ def reconcile(
         books_value = o.filled_value  # what the books' fills are worth once this pass's repairs apply
         if filled > o.filled_qty:
             qty, add_value = filled - o.filled_qty, value - o.filled_value
-            price = add_value // qty if add_value > 0 else (lines[-1].avg_fill_price or lines[-1].price)
-            books_value += qty * price
+            if add_value >= qty:  # booked at the broker's value exactly (its price: the average)
+                price = add_value // qty
+            else:  # what we booked is worth more than the broker's whole fill: the value is repriced below
+                price = lines[-1].avg_fill_price or lines[-1].price
+                add_value = qty * price
+            books_value += add_value
             # one synthesised fill for all we missed; the state machine absorbs the late notices of it
             res.add(
                 coid,
@@ -198,6 +202,7 @@ def reconcile(
                     qty=qty,
                     price=price,
                     broker_order_id=lines[-1].broker_order_id,
+                    value=add_value,
                 ),
             )
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
@@ -218,7 +223,8 @@ def reconcile(
                     coid,
                     Reprice(
                         ts_ns=now_ns,
-                        value_delta=value - books_value,
+                        qty=filled,
+                        value=value,
                         reason=f"the broker's filled value is {value} KRW, the books had {books_value}",
                     ),
                 )
@@ -258,9 +264,12 @@ def reconcile(
 
 
 def _value_plausible(lines: list[BrokerOrderReport]) -> bool:
-    """Each line's filled value agrees with its average fill price (rounded either way) and is positive."""
+    """Each line's filled value agrees with its average fill price (rounded either way), a share
+    worth 1 KRW at least."""
     return all(
-        r.filled_value > 0 and abs(r.filled_value - r.avg_fill_price * r.filled_qty) < r.filled_qty
+        r.avg_fill_price > 0
+        and r.filled_value >= r.filled_qty
+        and abs(r.filled_value - r.avg_fill_price * r.filled_qty) < r.filled_qty
         for r in lines
         if r.filled_qty
     )

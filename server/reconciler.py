@@ -225,8 +225,9 @@ class Reconciler:
                     ts_ns=ts,
                     fill_id=f"recon:{r.broker_order_id}:{r.filled_qty}",
                     qty=r.filled_qty,
-                    price=r.filled_value // r.filled_qty if r.filled_value else r.price,
+                    price=r.filled_value // r.filled_qty if r.filled_value >= r.filled_qty else r.price,
                     broker_order_id=r.broker_order_id,
+                    value=r.filled_value if r.filled_value >= r.filled_qty else 0,  # the broker's, exactly
                 ),
             )
         if r.remaining_qty == 0 and book.orders[coid].is_open:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +60,15 @@ events = st.one_of(
     st.builds(MarkUnknown, code=st.just(AMEND_UNKNOWN)),  # a revise/cancel whose answer was lost
     st.builds(ResendCancel, broker_order_id=st.just("0000000003")),
     st.builds(ReverseFill, fill_id=st.sampled_from([f"f{i}" for i in range(8)]), qty=st.integers(1, 60)),
-    st.builds(Reprice, value_delta=st.integers(-2_000_000, 2_000_000)),
+    st.builds(Reprice, qty=st.integers(0, 150), value=st.integers(-1_000, 20_000_000)),
+    st.builds(Reprice, qty=st.just(-1), value=st.integers(-1_000, 20_000_000)),  # -1: for what is filled then
+    st.builds(
+        Fill,
+        fill_id=st.sampled_from([f"recon:{i}" for i in range(4)]),
+        qty=st.integers(1, 60),
+        price=st.integers(1, 200_000),
+        value=st.integers(0, 12_000_000),
+    ),
 )
 
 
@@ -71,6 +81,8 @@ def fresh() -> Order:
 def test_only_table_transitions_and_fill_invariants(evs) -> None:
     o = fresh()
     for ev in evs:
+        if isinstance(ev, Reprice) and ev.qty == -1:
+            ev = msgspec.structs.replace(ev, qty=o.filled_qty)
         tag = type(ev).__struct_config__.tag
         try:
             new = apply(o, ev)
@@ -96,7 +108,7 @@ def test_only_table_transitions_and_fill_invariants(evs) -> None:
         # every share filled is worth 1 KRW at least, none nothing
         assert new.filled_value >= new.filled_qty and (new.filled_value > 0) == (new.filled_qty > 0)
         if tag == "reprice":
-            assert new.filled_qty == o.filled_qty and new.filled_value == o.filled_value + ev.value_delta
+            assert new.filled_qty == o.filled_qty == ev.qty and new.filled_value == ev.value
         if tag == "reverse_fill":
             assert new.filled_qty < o.filled_qty and set(new.fill_ids) == set(o.fill_ids)  # the id stays known
         if new.in_doubt:

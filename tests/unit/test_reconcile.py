@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from common.books import apply_fill_value, reprice_value
 from common.enums import Side
-from common.orders import Fill, Order, OrderState, Reprice, ReverseFill, apply
+from common.orders import Fill, Order, OrderState, Reprice, ReverseFill, StateError, apply
 from common.schema import PositionView
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerUnknownOutcome, NoticeKind
 from server.reconcile import reconcile
@@ -250,14 +251,14 @@ def test_value_is_compared_only_when_quantities_agree_and_notices_are_past_the_g
     old = _sold([("n1", 4, 71_000, now - grace)])
     res = reconcile([old], [_report("0000000001", 4, 280_000, 70_000)], now_ns=now, fill_grace_ns=grace)
     (ev,) = res.events[coid(1)]
-    assert isinstance(ev, Reprice) and ev.value_delta == -4_000
+    assert isinstance(ev, Reprice) and (ev.qty, ev.value) == (4, 280_000)
     assert apply(old, ev).filled_value == 280_000
     # a fill taken back in the same pass: the value compared is what is left after it
     two = _sold([("n1", 4, 70_000, now - grace), ("n2", 2, 72_000, now - grace)])
     res = reconcile([two], [_report("0000000001", 4, 284_000, 71_000)], now_ns=now, fill_grace_ns=grace)
     back, fix = res.events[coid(1)]
     assert isinstance(back, ReverseFill) and back.fill_id == "n2" and back.qty == 2
-    assert isinstance(fix, Reprice) and fix.value_delta == 4_000
+    assert isinstance(fix, Reprice) and (fix.qty, fix.value) == (4, 284_000)
     assert apply(apply(two, back), fix).filled_value == 284_000
     # the broker's own figures disagree (value vs average price): alerted, never applied
     res = reconcile([old], [_report("0000000001", 4, 280_000, 75_000)], now_ns=now, fill_grace_ns=grace)
@@ -274,3 +275,47 @@ def test_a_repriced_sell_realises_the_brokers_proceeds() -> None:
     # a buy whose shares are all sold since: the P&L they realised absorbs it
     flat = PositionView(code="005930", qty=0, cost=0, realized_pnl=10_000)
     assert reprice_value(flat, "005930", Side.BUY, 500, 0).realized_pnl == 9_500
+
+
+def _bought(filled_at: list[tuple[str, int, int, int]]) -> Order:
+    o = msgspec.structs.replace(_sold([]), side=Side.BUY)
+    for fid, q, p, ts in filled_at:
+        o = apply(o, Fill(ts_ns=ts, fill_id=fid, qty=q, price=p))
+    return o
+
+
+def _replay_pass(o: Order, res_events: list[object]) -> Order:
+    for ev in res_events:
+        o = apply(o, ev)  # type: ignore[arg-type]
+    return o
+
+
+def test_a_missed_fill_is_booked_at_the_brokers_value_in_one_pass() -> None:
+    grace = 60_000_000_000
+    now = 1_000 * grace
+    # nothing booked, 3 filled worth 301 KRW: the reconciled fill carries the value, no reprice after
+    report = msgspec.structs.replace(_report("0000000001", 3, 301, 100), side=Side.BUY)
+    res = reconcile([_bought([])], [report], now_ns=now, fill_grace_ns=grace)
+    (fill,) = res.events[coid(1)]
+    assert isinstance(fill, Fill) and fill.value == 301
+    assert _replay_pass(_bought([]), res.events[coid(1)]).filled_value == 301
+    # 5 booked from a notice at a price KIS never had (70,000 KRW); KIS: 7 filled worth 70,001 KRW in all.
+    # The 2 missing are worth less than a won each by difference: booked at KIS's average, then repriced
+    booked = _bought([("n1", 5, 14_000, now - grace)])
+    report = msgspec.structs.replace(_report("0000000001", 7, 70_001, 10_000), side=Side.BUY)
+    res = reconcile([booked], [report], now_ns=now, fill_grace_ns=grace)
+    fill, fix = res.events[coid(1)]
+    assert isinstance(fill, Fill) and fill.qty == 2 and fill.price == 10_000
+    assert isinstance(fix, Reprice) and (fix.qty, fix.value) == (7, 70_001)
+    after = _replay_pass(booked, res.events[coid(1)])
+    assert (after.filled_qty, after.filled_value) == (7, 70_001)
+    assert not reconcile([after], [report], now_ns=now, fill_grace_ns=grace).events  # settled: nothing next pass
+
+
+def test_a_reprice_whose_other_repairs_did_not_land_changes_nothing() -> None:
+    """The value it sets is for the filled quantity the pass expected; if a repair before it was
+    refused, the order's quantity differs and the reprice is refused too (the next pass looks again)."""
+    booked = _bought([("n1", 1, 100, 0)])
+    with pytest.raises(StateError):
+        apply(booked, Reprice(qty=10, value=1_007))
+    assert apply(booked, Reprice(qty=1, value=99)).filled_value == 99
