@@ -471,6 +471,9 @@ class KisBroker(BrokerPort):
             settlement_cash=krw(summary.prvs_rcdl_excc_amt),
             total_eval=krw(summary.tot_evlu_amt),
             positions_eval=krw(summary.scts_evlu_amt),
+            today_bought=_reported(summary.thdt_buy_amt),
+            today_sold=_reported(summary.thdt_sll_amt),
+            today_costs=_reported(summary.thdt_tlex_amt),
         )
 
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
@@ -661,6 +664,11 @@ def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
         is_modify=is_modify,
         time=r.ord_tmd.strip(),
     )
+
+
+def _reported(field: str) -> int:
+    """An amount KIS may leave blank (paper, UNCONFIRMED): -1 when it says nothing."""
+    return krw(field) if field.strip() else -1
 
 
 def _balance_summary(page: wire.BalanceResponse | None) -> wire.BalanceSummary:

@@ -134,6 +134,10 @@ class BrokerAccount(msgspec.Struct, frozen=True, kw_only=True):
     settlement_cash: int  # prvs_rcdl_excc_amt (D+2)
     total_eval: int  # tot_evlu_amt
     positions_eval: int  # scts_evlu_amt
+    # what the broker counts as traded today (thdt_buy_amt, thdt_sll_amt, thdt_tlex_amt); -1: not reported
+    today_bought: int = -1
+    today_sold: int = -1
+    today_costs: int = -1  # commission and taxes
 
 
 # --- stream events --------------------------------------------------------------------------------

@@ -189,6 +189,7 @@ class BalanceSummary(msgspec.Struct, kw_only=True):
     prvs_rcdl_excc_amt: str = ""
     thdt_buy_amt: str = ""
     thdt_sll_amt: str = ""
+    thdt_tlex_amt: str = ""
     scts_evlu_amt: str = ""
     tot_evlu_amt: str = ""
     nass_amt: str = ""

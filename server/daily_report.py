@@ -17,6 +17,7 @@ from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.protection import Protection
 from common.schema import AgentPerformance, PositionView
+from server.cash_check import CashCheck
 from server.store import Store
 
 
@@ -43,6 +44,7 @@ class DailyReport(msgspec.Struct, kw_only=True):
     expired_at_close: int = 0  # the day's orders that ended EXPIRED (by the broker's word or ours)
     alerts: list[str] = []  # the day's alerts (reconciliation differences, external orders, halts ...)
     protections: list[Protection] = []  # protective orders active at the close, or that ended this day
+    cash: CashCheck | None = None  # the day's traded value and costs, books against the broker (None: not checked)
 
 
 def build(
@@ -114,6 +116,15 @@ def render(rep: DailyReport) -> str:
                 f"{'':<4}{pr.id} {pr.agent} {pr.code} ({levels}): {pr.state.value}{met}{sold}"
                 + (f" — {pr.reason}" if pr.reason else "")
             )
+    if rep.cash is not None and rep.cash.compared:
+        c = rep.cash
+        lines += [
+            "",
+            f"money today, books / KIS: bought {c.books_bought:,} / {_kis(c.broker_bought)}, sold {c.books_sold:,} / "
+            f"{_kis(c.broker_sold)}, commission and taxes {c.books_costs:,} / {_kis(c.broker_costs)}"
+            + ("" if c.findings else ": agree"),
+            *(f"{'':<4}{f}" for f in c.findings),
+        ]
     perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
     if perf:
         head = f"{'performance':<16}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"
@@ -124,6 +135,21 @@ def render(rep: DailyReport) -> str:
                 f"{pf.win_rate:>9.0%}{pf.turnover:>9.2f}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _kis(amount: int) -> str:
+    return f"{amount:,}" if amount >= 0 else "not reported"
+
+
+def totals(rep: DailyReport, exclude: frozenset[str] | set[str] = frozenset()) -> tuple[int, int, int, int]:
+    """(fills, bought, sold, costs) of the day over every agent but `exclude` (virtual agents: never at the broker)."""
+    rows = [r for r in rep.agents if r.agent not in exclude]
+    return (
+        sum(r.fills for r in rows),
+        sum(r.bought_value for r in rows),
+        sum(r.sold_value for r in rows),
+        sum(r.fees for r in rows),
+    )
 
 
 def write(rep: DailyReport, run_dir: Path) -> Path:

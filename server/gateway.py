@@ -190,6 +190,8 @@ class Gateway:
             lambda: self.operator.performance(),
             lambda day: self.md.close_daily(day, self.broker, self._daily_codes()),
             self.protection.of,
+            self.broker.account,
+            self.alerts,
         )
         self.subs = SubscriptionManager(broker)
         self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate

@@ -22,12 +22,14 @@ import msgspec
 from common.calendar import is_trading_day
 from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
-from common.enums import SystemEventKind
+from common.enums import AlertKind, SystemEventKind
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.protection import Protection
 from common.schema import AgentPerformance, Notice
-from server import daily_report
+from kis.port import BrokerAccount
+from server import cash_check, daily_report
+from server.cash_check import CashCheck
 from server.daycycle import DayCycle
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
@@ -116,7 +118,11 @@ class TradingDay:
         performance: Callable[[], dict[str, AgentPerformance]] = dict,
         close_bars: Callable[[dt.date], Awaitable[object]] | None = None,
         protections: Callable[[], list[Protection]] = list,
+        account: Callable[[], Awaitable[BrokerAccount]] | None = None,
+        alert: Callable[[str, AlertKind | None], None] = lambda text, kind: None,
     ) -> None:
+        self.account = account  # the broker's account summary (the day's money: server/cash_check.py)
+        self.alert = alert
         self.clock = clock
         self.book = book
         self.desk = desk
@@ -238,6 +244,7 @@ class TradingDay:
                 self.performance(),
                 self.protections(),
             )
+            report.cash = await self._cash_check(day, report)
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()
@@ -249,6 +256,25 @@ class TradingDay:
             log.warning("closing day %s failed: %s; will retry", day, e)
         finally:
             self._closing = False
+
+    async def _cash_check(self, day: str, report: daily_report.DailyReport) -> CashCheck | None:
+        """The day's traded value and costs, books against the broker, told to a person when they
+        differ. Only on the day itself: after midnight the broker's 'today' is the next day."""
+        if self.account is None or self.clock.now().strftime("%Y%m%d") != day:
+            return None
+        try:
+            account = await self.account()
+        except Exception as e:  # the report goes out without it
+            log.warning("day %s: the broker's account summary is unavailable (%s): no cash check", day, e)
+            return None
+        fills, bought, sold, costs = daily_report.totals(report, self.book.portfolio.virtual)
+        result = cash_check.check(fills, bought, sold, costs, account)
+        for text in result.findings:
+            # a traded value that differs is a books error (reaches a person); costs alone are the model's
+            self.alert(f"day {day}, money: {text}", AlertKind.RECONCILE_DIFF if result.values_differ else None)
+        if result.compared and not result.findings:
+            log.info("day %s: bought %s, sold %s, costs %s agree with KIS", day, bought, sold, costs)
+        return result
 
     async def run(self, tick_s: float, on_error: Callable[[], None]) -> None:
         while True:

@@ -107,6 +107,10 @@ def test_end_of_day_policies_close_report_and_next_day(tmp_path: Path, procs: Pr
         .startswith(f"ktrader daily report {day1} (1 orders expired at the close)")
     )
     assert fetch_status(run).open_orders == 0
+    # the day's money: what the books say was bought, sold and paid equals what KIS (the twin) says
+    cash = json.loads(report_path.read_text())["cash"]
+    assert cash["broker_bought"] == cash["books_bought"] == report["alpha"]["bought_value"] + c["bought_value"] > 0
+    assert cash["broker_sold"] == cash["books_sold"] > 0 and cash["broker_costs"] > 0 and cash["findings"] == []
 
     # the next trading day: positions carried, a restarted agent numbers its orders by the new day
     day2 = admin.post("/admin/clock/next-day").json()["day"].replace("-", "")

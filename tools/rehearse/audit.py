@@ -220,6 +220,12 @@ def audit_run(
             row.fills = {r.agent: r.fills for r in rep.agents}
             row.net_pnl = {r.agent: r.net_pnl for r in rep.agents}
             row.alerts = list(rep.alerts)
+            # the day's money, books against the twin's account (server/cash_check.py)
+            if rep.cash is None or not rep.cash.compared:
+                if any(r.fills for r in rep.agents):
+                    a.failures.append(f"{key}: the day's money was not compared with the broker's")
+            else:
+                a.failures.extend(f"{key}: money: {text}" for text in rep.cash.findings)
             for text in rep.alerts:
                 if text.startswith("reconcile ("):
                     (
