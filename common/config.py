@@ -208,6 +208,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # periodic reconciliation with the broker (also at start, after gaps, on demand); stretched so that
     # periodic passes take at most a tenth of the time (server/reconciler.py periodic_wait)
     reconcile_s: float = 30.0
+    # After the close, the day's bought/sold/costs are compared with KIS's own figures (inquire-balance
+    # thdt_*, server/cash_check.py; their meaning on a real account is UNCONFIRMED): false turns it off
+    daily_cash_check: bool = True
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
     unknown_grace_s: float = 600.0

@@ -190,7 +190,7 @@ class Gateway:
             lambda: self.operator.performance(),
             lambda day: self.md.close_daily(day, self.broker, self._daily_codes()),
             self.protection.of,
-            self.broker.account,
+            self.broker.account if cfg.daily_cash_check else None,
             self.alerts,
         )
         self.subs = SubscriptionManager(broker)
