@@ -113,7 +113,9 @@ class Costs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """What the account pays per fill, booked per agent (see common.costs for rounding)."""
 
     commission_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 150  # 0.015 % each side
-    sell_tax_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] = 1_800  # 0.18 % on stock sells
+    # None: the KRX rules' sell tax for the day, market and kind (0.20 % on KOSPI/KOSDAQ sells in 2026, none on
+    # ETFs; common/krx_rules.py); a number: that flat rate on every taxable sell instead
+    sell_tax_ppm: Annotated[int, msgspec.Meta(ge=0, lt=1_000_000)] | None = None
 
 
 class WebhookShape(StrEnum):

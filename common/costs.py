@@ -1,8 +1,10 @@
 """Trading costs in integer KRW: one model for the gateway's books, the twin and the backtester.
 
 Rates are in ppm (parts per million of the traded value) so they stay exact integers:
-commission 150 ppm = 0.015 % on each side (a typical online KIS rate), sell tax 1,800 ppm = 0.18 %
-(securities transaction tax + rural special tax on KOSPI sells, 2025 rates; ETFs pay none).
+commission 150 ppm = 0.015 % on each side (a typical online KIS rate, configured: it is the
+account's). The sell tax (securities transaction tax + rural special tax) is the KRX rules' rate
+for the trade's settlement day, market and security kind (common/krx_rules.py: e.g. 0.20 % on
+KOSPI and KOSDAQ sells in 2026, none on ETFs), unless a flat `sell_tax_ppm` is set (a what-if).
 
 Rounding (documented, deterministic): both are computed per fill on that fill's value
 (qty x price) and truncated to the whole won (floor), the way KRX truncates the transaction tax
@@ -11,7 +13,10 @@ below one won. A broker that charges per order and day could differ by a won per
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+
+from common.krx_rules import TAX_EXEMPT_KINDS, Market, SecurityKind, rules_for
 
 PPM = 1_000_000
 
@@ -19,21 +24,27 @@ PPM = 1_000_000
 @dataclass(frozen=True, slots=True)
 class CostModel:
     commission_ppm: int = 150
-    sell_tax_ppm: int = 1_800
+    sell_tax_ppm: int | None = None  # None: by the KRX rules (day, market, kind); a number: flat on taxable sells
 
     def __post_init__(self) -> None:
-        if not (0 <= self.commission_ppm < PPM and 0 <= self.sell_tax_ppm < PPM):
+        flat = self.sell_tax_ppm
+        if not (0 <= self.commission_ppm < PPM and (flat is None or 0 <= flat < PPM)):
             raise ValueError("cost rates must be in [0, 1e6) ppm")
 
     def commission(self, value: int) -> int:
         return value * self.commission_ppm // PPM
 
-    def sell_tax(self, value: int, taxable: bool = True) -> int:
-        return value * self.sell_tax_ppm // PPM if taxable else 0
+    def tax_ppm(self, day: dt.date | str, market: Market, kind: SecurityKind) -> int:
+        """The sell tax rate of a sale traded on `day` (ETF/ETN: none, flat rate or not)."""
+        if kind in TAX_EXEMPT_KINDS:
+            return 0
+        if self.sell_tax_ppm is not None:
+            return self.sell_tax_ppm
+        return rules_for(day).sell_tax_ppm(market, kind)
 
-    def fill_cost(self, value: int, sell: bool, taxable: bool = True) -> int:
-        """Commission plus (on sells) tax for one fill worth `value`."""
-        return self.commission(value) + (self.sell_tax(value, taxable) if sell else 0)
+    def fill_cost(self, value: int, sell: bool, tax_ppm: int = 0) -> int:
+        """Commission plus (on sells) the tax at `tax_ppm` (see tax_ppm) for one fill worth `value`."""
+        return self.commission(value) + (value * tax_ppm // PPM if sell else 0)
 
     def max_affordable(self, cash: int, price: int) -> int:
         """The largest qty whose value plus commission fits in `cash`."""

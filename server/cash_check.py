@@ -16,6 +16,7 @@ import msgspec
 
 from kis.port import BrokerAccount
 
+VALUE_FINDINGS = ("bought", "sold")  # findings about traded value (the rest: costs)
 COSTS_TOLERANCE_PER_FILL = 2  # KRW
 COSTS_TOLERANCE_MIN = 10  # KRW
 
@@ -39,7 +40,7 @@ class CashCheck(msgspec.Struct, kw_only=True):
     @property
     def values_differ(self) -> bool:
         """A traded value differs: a fill the books have wrong (the costs alone are a model question)."""
-        return any(f.startswith(("bought", "sold")) for f in self.findings)
+        return any(f.startswith(VALUE_FINDINGS) for f in self.findings)
 
 
 def check(fills: int, bought: int, sold: int, costs: int, account: BrokerAccount) -> CashCheck:

@@ -5,6 +5,7 @@ it carries into tomorrow. Written after the close as JSON (for tools) and text (
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from common.portfolio import Portfolio
 from common.protection import Protection
 from common.schema import AgentPerformance, PositionView
 from server.cash_check import CashCheck
+from server.shadow import SHADOW_PREFIX
 from server.store import Store
 
 
@@ -141,15 +143,20 @@ def _kis(amount: int) -> str:
     return f"{amount:,}" if amount >= 0 else "not reported"
 
 
-def totals(rep: DailyReport, exclude: frozenset[str] | set[str] = frozenset()) -> tuple[int, int, int, int]:
-    """(fills, bought, sold, costs) of the day over every agent but `exclude` (virtual agents: never at the broker)."""
-    rows = [r for r in rep.agents if r.agent not in exclude]
-    return (
-        sum(r.fills for r in rows),
-        sum(r.bought_value for r in rows),
-        sum(r.sold_value for r in rows),
-        sum(r.fees for r in rows),
-    )
+def money(book: BookView, day: str, fee: Callable[[Order], int]) -> tuple[int, int, int, int]:
+    """(fills, bought, sold, costs) of `day`'s orders that reached the broker (a shadow order never
+    does, whatever its agent's mode at the close), each order's costs by `fee` (the cost model)."""
+    fills = bought = sold = costs = 0
+    for coid, o in book.orders.items():
+        if book.order_day.get(coid) != day or not o.filled_qty or o.broker_order_id.startswith(SHADOW_PREFIX):
+            continue
+        fills += len(o.fill_ids)
+        if o.side is Side.BUY:
+            bought += o.filled_value
+        else:
+            sold += o.filled_value
+        costs += fee(o)
+    return fills, bought, sold, costs
 
 
 def write(rep: DailyReport, run_dir: Path) -> Path:

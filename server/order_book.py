@@ -225,7 +225,7 @@ class OrderBook:
         dq, dv = tentative.filled_qty - o.filled_qty, tentative.filled_value - o.filled_value
         pos = None
         if dq > 0:
-            fee = self.costs.fill_cost(dv, sell=o.side is Side.SELL)
+            fee = self.costs.fill_cost(dv, sell=o.side is Side.SELL, tax_ppm=self.tax_ppm(o))
             before = self.portfolio.position(o.agent, o.code)
             # 'external' may sell what the books never saw it buy (held before ktrader)
             pos = self.portfolio.after_fill(o.agent, o.code, o.side, dq, dv, fee, allow_short=o.agent == EXTERNAL_AGENT)
@@ -252,6 +252,14 @@ class OrderBook:
             self.fills_by_agent[new.agent] += 1
         return new
 
+    def tax_ppm(self, o: Order) -> int:
+        """The sell tax rate of `o`'s fills today (0 for a buy): the KRX rules' for the day, the code's
+        market and kind (ETFs none), or the configured flat rate (common/costs.py)."""
+        if o.side is not Side.SELL:
+            return 0
+        p = self.portfolio
+        return self.costs.tax_ppm(self.clock.now().date(), p.board(o.code), p.kind(o.code))
+
     def reverse_fill(self, coid: str, ev: ReverseFill) -> Order | None:
         """Take back (part of) a booked fill the broker does not have: the order's filled quantity and
         the agent's position move back by exactly what that fill added (its fees refunded)."""
@@ -262,7 +270,7 @@ class OrderBook:
         if rec is None or rec.qty <= 0:
             return None
         sell = o.side is Side.SELL
-        fee = self.costs.fill_cost(rec.value, sell=sell) * ev.qty // rec.qty
+        fee = self.costs.fill_cost(rec.value, sell=sell, tax_ppm=self.tax_ppm(o)) * ev.qty // rec.qty
         cost_out = rec.cost_out * ev.qty // rec.qty
 
         def extra(new: Order) -> list[EventBody]:
@@ -282,8 +290,9 @@ class OrderBook:
         sell = o.side is Side.SELL
 
         def extra(new: Order) -> list[EventBody]:
-            fee_delta = self.costs.fill_cost(new.filled_value, sell=sell) - self.costs.fill_cost(
-                o.filled_value, sell=sell
+            ppm = self.tax_ppm(o)
+            fee_delta = self.costs.fill_cost(new.filled_value, sell, ppm) - self.costs.fill_cost(
+                o.filled_value, sell, ppm
             )
             delta = new.filled_value - o.filled_value
             pos = reprice_value(self.portfolio.position(o.agent, o.code), o.code, o.side, delta, fee_delta)

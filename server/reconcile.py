@@ -189,7 +189,7 @@ def reconcile(
             qty, add_value = filled - o.filled_qty, value - o.filled_value
             if add_value >= qty:  # booked at the broker's value exactly (its price: the average)
                 price = add_value // qty
-            else:  # what we booked is worth more than the broker's whole fill: the value is repriced below
+            else:  # what we booked is worth more than the broker's whole fill: repriced by the next pass
                 price = lines[-1].avg_fill_price or lines[-1].price
                 add_value = qty * price
             books_value += add_value
@@ -211,6 +211,7 @@ def reconcile(
         if (
             filled
             and books_value != value
+            and filled <= o.filled_qty  # after a synthesised fill: the next pass (if that fill is refused, never)
             and coid not in res.held
             and not any(r.from_notice and now_ns - r.ts_ns < fill_grace_ns for r in o.fills if r.live_qty)
         ):

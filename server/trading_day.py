@@ -22,7 +22,7 @@ import msgspec
 from common.calendar import is_trading_day
 from common.clock import yyyymmdd
 from common.config import AgentCard, EndOfDay
-from common.enums import AlertKind, SystemEventKind
+from common.enums import AlertKind, Side, SystemEventKind
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.protection import Protection
@@ -33,6 +33,7 @@ from server.cash_check import CashCheck
 from server.daycycle import DayCycle
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
+from server.reconcile import ReconcileResult
 from server.reconciler import Reconciler
 from server.risk import RiskGate
 
@@ -122,6 +123,7 @@ class TradingDay:
         alert: Callable[[str, AlertKind | None], None] = lambda text, kind: None,
     ) -> None:
         self.account = account  # the broker's account summary (the day's money: server/cash_check.py)
+        self._cash_checked: dict[str, CashCheck | None] = {}
         self.alert = alert
         self.clock = clock
         self.book = book
@@ -229,22 +231,23 @@ class TradingDay:
     async def close_day(self, day: str) -> None:
         """After the close: the broker's final word, then expiry of what is left, then the report."""
         try:
-            await self.recon.run("close")
+            close = await self.recon.run("close")
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
             if self.close_bars is not None:
                 await self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a
             # close that waited on the broker past midnight) and let this day's finished orders go
+            stored = daily_report.StoredDay.read(self.book.store, day)
             report = daily_report.build(
                 day,
-                daily_report.StoredDay.read(self.book.store, day),
+                stored,
                 self.book.portfolio,
                 self.alerts_of_day(day),
                 self.performance(),
                 self.protections(),
             )
-            report.cash = await self._cash_check(day, report)
+            report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed()
@@ -257,23 +260,44 @@ class TradingDay:
         finally:
             self._closing = False
 
-    async def _cash_check(self, day: str, report: daily_report.DailyReport) -> CashCheck | None:
-        """The day's traded value and costs, books against the broker, told to a person when they
-        differ. Only on the day itself: after midnight the broker's 'today' is the next day."""
-        if self.account is None or self.clock.now().strftime("%Y%m%d") != day:
+    async def _cash_check(self, day: str, stored: daily_report.StoredDay, close: ReconcileResult) -> CashCheck | None:
+        """The day's traded value and costs, books against the broker (server/cash_check.py); what
+        differs is told once. Only on the day itself (after midnight the broker's 'today' is the next
+        day), and only once the close pass left nothing unconfirmed (a fill notice of the closing auction
+        still inside the grace, or a value still to be corrected): then after one more pass past it."""
+        if self.account is None:
             return None
-        try:
-            account = await self.account()
-        except Exception as e:  # the report goes out without it
-            log.warning("day %s: the broker's account summary is unavailable (%s): no cash check", day, e)
+        if day in self._cash_checked:  # a close retried after a failed write: told once
+            return self._cash_checked[day]
+        if close.held or close.unconfirmed:
+            await asyncio.sleep(self.recon.fill_grace_ns / 1e9)
+            close = await self.recon.run("close")
+            if close.held or close.unconfirmed:
+                log.warning("day %s: fills still unconfirmed after the grace: no cash check", day)
+                return None
+        if self.clock.now().strftime("%Y%m%d") != day:
             return None
-        fills, bought, sold, costs = daily_report.totals(report, self.book.portfolio.virtual)
-        result = cash_check.check(fills, bought, sold, costs, account)
+        account: BrokerAccount | None = None
+        for attempt in range(3):
+            try:
+                account = await self.account()
+                break
+            except Exception as e:  # the report goes out without it
+                log.warning("day %s: the broker's account summary is unavailable (%s)", day, e)
+                await asyncio.sleep(2.0 * (attempt + 1))
+        if account is None or self.clock.now().strftime("%Y%m%d") != day:
+            return None
+        costs = self.book.costs
+        fills, bought, sold, paid = daily_report.money(
+            stored, day, lambda o: costs.fill_cost(o.filled_value, o.side is Side.SELL, self.book.tax_ppm(o))
+        )
+        result = self._cash_checked[day] = cash_check.check(fills, bought, sold, paid, account)
         for text in result.findings:
-            # a traded value that differs is a books error (reaches a person); costs alone are the model's
-            self.alert(f"day {day}, money: {text}", AlertKind.RECONCILE_DIFF if result.values_differ else None)
+            # a traded value that differs is a books error (it reaches a person); costs alone are the model's
+            kind = AlertKind.RECONCILE_DIFF if text.startswith(cash_check.VALUE_FINDINGS) else None
+            self.alert(f"day {day}, money: {text}", kind)
         if result.compared and not result.findings:
-            log.info("day %s: bought %s, sold %s, costs %s agree with KIS", day, bought, sold, costs)
+            log.info("day %s: bought %s, sold %s, costs %s agree with KIS", day, bought, sold, paid)
         return result
 
     async def run(self, tick_s: float, on_error: Callable[[], None]) -> None:

@@ -19,12 +19,13 @@ from common.calendar import is_trading_day
 from common.krx import (
     REGULAR_ORDER_PHASES,
     Phase,
-    SecurityKind,
     next_tick_down,
     next_tick_up,
     round_down,
     tick_size,
 )
+from common.costs import PPM
+from common.krx_rules import Market
 from kis.sim import history, universe
 from kis.sim.clock import TwinClock
 from kis.sim.engine import BookSide, Fill, OrderBook, PriceRejected, Tif
@@ -526,7 +527,8 @@ class Exchange:
                 if side is BookSide.BUY:
                     acct.apply_buy(st.code, f.qty, amount, fee)
                 else:
-                    fee += self.config.fees.sell_tax(amount, st.info.kind is SecurityKind.STOCK)
+                    fees = self.config.fees
+                    fee += amount * fees.tax_ppm(self.day, Market(st.info.market), st.info.kind) // PPM
                     acct.apply_sell(st.code, f.qty, amount, fee)
                 if other is None:  # counterparty is the synthetic market
                     sign = 1 if side is BookSide.BUY else -1

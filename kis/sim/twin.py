@@ -83,7 +83,7 @@ class TwinConfig:
     pingpong_s: float = 100.0  # idle seconds before the server sends PINGPONG (UNCONFIRMED interval; 0 = never)
     pingpong_every_s: float = 0.0  # > 0: PINGPONG every N seconds whatever the traffic (keep-alive tests)
     commission_ppm: int = 150
-    sell_tax_ppm: int = 1_800
+    sell_tax_ppm: int | None = None  # None: the KRX rules' rate for the day, market and kind (common/costs.py)
     reject_records: bool = True
     demo_accounts: bool = True
     # history mode (kis/sim/history_market.py): stocks with history_dir/<code>.csv replay their real days

@@ -7,6 +7,7 @@ from pathlib import Path
 import apsw
 
 from common.costs import CostModel
+from common.krx_rules import Market, SecurityKind
 from common.enums import Side
 from common.books import apply_fill
 from server.store import SCHEMA_VERSION, Store
@@ -15,18 +16,29 @@ from server.store import SCHEMA_VERSION, Store
 def test_cost_model_rounds_down_per_fill() -> None:
     c = CostModel()
     assert c.commission(700_000) == 105  # 0.015 %
-    assert c.sell_tax(700_000) == 1_260  # 0.18 %
-    assert c.fill_cost(700_000, sell=False) == 105
-    assert c.fill_cost(700_000, sell=True) == 105 + 1_260
-    assert c.fill_cost(6_666, sell=True) == 0 + 11  # 0.9999 and 11.9988 won: floored
-    assert c.sell_tax(1_000_000, taxable=False) == 0  # ETFs
+    assert c.fill_cost(700_000, sell=False, tax_ppm=1_800) == 105  # buys pay no tax
+    assert c.fill_cost(700_000, sell=True, tax_ppm=1_800) == 105 + 1_260  # 0.18 %
+    assert c.fill_cost(6_666, sell=True, tax_ppm=1_800) == 0 + 11  # 0.9999 and 11.9988 won: floored
+
+
+def test_the_sell_tax_is_the_krx_rules_of_the_day_market_and_kind() -> None:
+    """The books' tax is the KRX table's (the one the backtester uses), not one flat rate: 2026 sells pay
+    0.20 % on KOSPI and KOSDAQ, 2025 sells 0.15 %, ETFs none; a configured flat rate is a what-if."""
+    c = CostModel()
+    assert c.tax_ppm("2026-06-01", Market.KOSPI, SecurityKind.STOCK) == 2_000
+    assert c.tax_ppm("2026-06-01", Market.KOSDAQ, SecurityKind.STOCK) == 2_000
+    assert c.tax_ppm("2025-06-02", Market.KOSPI, SecurityKind.STOCK) == 1_500
+    assert c.tax_ppm("2026-06-01", Market.KOSPI, SecurityKind.ETF) == 0
+    flat = CostModel(sell_tax_ppm=1_800)
+    assert flat.tax_ppm("2026-06-01", Market.KOSDAQ, SecurityKind.STOCK) == 1_800
+    assert flat.tax_ppm("2026-06-01", Market.KOSPI, SecurityKind.ETF) == 0  # exempt whatever the rate
 
 
 def test_books_keep_fees_apart_from_cost_and_gross_pnl() -> None:
     c = CostModel()
     p = apply_fill(None, "005930", Side.BUY, 10, 70_000, fee=c.fill_cost(700_000, sell=False))
     assert (p.qty, p.cost, p.realized_pnl, p.fees) == (10, 700_000, 0, 105)
-    p = apply_fill(p, "005930", Side.SELL, 4, 71_000, fee=c.fill_cost(284_000, sell=True))
+    p = apply_fill(p, "005930", Side.SELL, 4, 71_000, fee=c.fill_cost(284_000, sell=True, tax_ppm=1_800))
     # cost out at average (280,000), gross P&L 4,000; fees 105 + 42 + 511
     assert (p.qty, p.cost, p.realized_pnl, p.fees) == (6, 420_000, 4_000, 105 + 42 + 511)
     assert p.realized_pnl - p.fees == 3_342  # what the agent really made

@@ -577,3 +577,26 @@ async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path
     await spawned[0]
     assert h.portfolio.base_prices["005930"] == await h.broker.base_price("005930")
     await h.close()
+
+
+async def test_the_books_tax_a_sell_by_the_krx_rules_and_an_etf_not_at_all(tmp_path: Path) -> None:
+    """A sell books the KRX table's tax for the day (0.20 % on a 2026 stock sale), an ETF's none: the
+    account's money, and the same rule the backtester applies (common/costs.py)."""
+    from common.krx_rules import SecurityKind
+
+    card = AgentCard(
+        id="alpha", name="A", strategy="x:Y", codes=["005930", "069500"], budget=5_000_000, risk=RiskLimits()
+    )
+    h = Harness(tmp_path / "db.sqlite", FakeBroker(ref_price=70_000))
+    await h.start()
+    h.portfolio.kinds["069500"] = SecurityKind.ETF
+    for n, (code, side) in enumerate(
+        [("005930", Side.BUY), ("005930", Side.SELL), ("069500", Side.BUY), ("069500", Side.SELL)], start=1
+    ):
+        assert h.desk.submit(card, order(n, qty=10, price=70_000, side=side, code=code)).accepted
+        await h.settle(lambda n=n: h.book.orders[coid(n)].state is OrderState.FILLED)  # type: ignore[misc]
+    commission = 700_000 * 150 // 1_000_000
+    stock, etf = h.portfolio.positions["alpha"]["005930"], h.portfolio.positions["alpha"]["069500"]
+    assert stock.fees == 2 * commission + 700_000 * 2_000 // 1_000_000  # 0.20 % on the sale
+    assert etf.fees == 2 * commission  # no transaction tax on an ETF
+    await h.close()

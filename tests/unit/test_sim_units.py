@@ -9,6 +9,7 @@ import pytest
 
 from common.clock import KST
 from common.krx import Phase, SecurityKind, price_limits
+from common.krx_rules import Market
 from kis.sim import universe
 from kis.sim.auth import AuthRegistry
 from kis.sim.clock import ClockMode, TwinClock
@@ -48,8 +49,8 @@ def test_aes_round_trip_and_notice_layouts() -> None:
 def test_fees_are_integer_and_etf_has_no_sell_tax() -> None:
     fees = FeeSchedule()
     assert fees.commission(1_000_000) == 150
-    assert fees.sell_tax(1_000_000, taxable=True) == 1_800
-    assert fees.sell_tax(1_000_000, taxable=False) == 0
+    assert fees.tax_ppm("2026-06-01", Market.KOSPI, SecurityKind.STOCK) == 2_000  # the KRX rules' (common/costs.py)
+    assert fees.tax_ppm("2026-06-01", Market.KOSPI, SecurityKind.ETF) == 0
 
 
 def test_universe_has_the_required_names_on_grid() -> None:
