@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgspec
 
+from common.krx_rules import Market, SecurityKind
+
 TAIL = {"KOSPI": 227, "KOSDAQ": 221}
 FILES = {"KOSPI": "kospi_code.mst", "KOSDAQ": "kosdaq_code.mst"}
 
@@ -26,6 +28,16 @@ class MasterEntry(msgspec.Struct, frozen=True):
     market: str
     group: str  # ST, EF, EN, BC, RT, ...
     sector: str = ""  # "KOSPI 0013" (index sector codes), the twin's sector name; "" unknown
+
+    @property
+    def kind(self) -> SecurityKind:
+        """The KRX rules' kind: ETF and ETN (groups EF, EN) have the ETF grid and pay no sell tax."""
+        return SecurityKind.ETF if self.group in ("EF", "EN") else SecurityKind.STOCK
+
+    @property
+    def board(self) -> Market:
+        """The KRX rules' market (KOSPI for a market it does not know)."""
+        return Market(self.market) if self.market in Market.__members__ else Market.KOSPI
 
 
 class MasterError(ValueError):
@@ -93,6 +105,14 @@ class StockMaster(msgspec.Struct, frozen=True):
     def sectors(self) -> dict[str, str]:
         """code → sector, for the codes whose sector is known."""
         return {c: e.sector for c, e in self.entries.items() if e.sector}
+
+    def kinds(self) -> dict[str, SecurityKind]:
+        """code → kind, for the codes that are not ordinary stocks (ETF/ETN: own grid, no sell tax)."""
+        return {c: k for c, e in self.entries.items() if (k := e.kind) is not SecurityKind.STOCK}
+
+    def boards(self) -> dict[str, Market]:
+        """code → market, for the codes not on KOSPI (grids and taxes differ by market)."""
+        return {c: m for c, e in self.entries.items() if (m := e.board) is not Market.KOSPI}
 
 
 def twin_master() -> StockMaster:

@@ -198,6 +198,11 @@ class Gateway:
         if self.master is not None:
             self.risk.known_codes, self.risk.master_source = self.master.entries, f"stock master: {self.master.source}"
             self.portfolio.set_sectors(self.master.sectors())  # per-sector limits (unknown sectors count together)
+            # each code's kind and market, as the backtester reads them: ETF grid and no sell tax, KOSDAQ/KONEX
+            # rules (without them every code is a KOSPI stock: ETF prices off the stock grid denied, ETF prints
+            # dropped as off-grid, ETF sells taxed)
+            self.portfolio.kinds.update(self.master.kinds())
+            self.portfolio.boards.update(self.master.boards())
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
         self.sessions = AgentSessions(

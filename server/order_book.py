@@ -253,12 +253,14 @@ class OrderBook:
         return new
 
     def tax_ppm(self, o: Order) -> int:
-        """The sell tax rate of `o`'s fills today (0 for a buy): the KRX rules' for the day, the code's
-        market and kind (ETFs none), or the configured flat rate (common/costs.py)."""
+        """The sell tax rate of `o`'s fills (0 for a buy): the KRX rules' for the day it traded (a day
+        order's: its day, also for a fill booked late or taken back later), the code's market and kind
+        (ETFs none), or the configured flat rate (common/costs.py)."""
         if o.side is not Side.SELL:
             return 0
         p = self.portfolio
-        return self.costs.tax_ppm(self.clock.now().date(), p.board(o.code), p.kind(o.code))
+        day = self.order_day.get(o.client_order_id) or self.day()
+        return self.costs.tax_ppm(f"{day[:4]}-{day[4:6]}-{day[6:8]}", p.board(o.code), p.kind(o.code))
 
     def reverse_fill(self, coid: str, ev: ReverseFill) -> Order | None:
         """Take back (part of) a booked fill the broker does not have: the order's filled quantity and

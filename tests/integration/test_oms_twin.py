@@ -267,3 +267,32 @@ def test_cancel_racing_a_fill_ends_consistent(stack) -> None:
     held = sum(p.qty for p in snap.positions if p.code == "005930")
     assert o.filled_qty == held == twin_filled  # type: ignore[attr-defined]
     assert not snap.open_orders
+
+
+def test_an_etf_trades_on_its_own_grid_and_its_sale_pays_no_tax(tmp_path: Path, procs: Procs) -> None:
+    """KODEX 200 (an ETF in the stock master): 5-won ticks where a stock has 50 (its prints reach the
+    agent, its limits pass the gate), and its sale books commission only, as KIS charges and as the
+    backtester books it (it was taken for a KOSPI stock: ETF limits denied, its prints dropped as
+    off-grid, its sales taxed 0.20 %)."""
+    twin = Twin(procs, tmp_path)
+    run, gw = start_gateway_on_twin(procs, tmp_path, twin.info)
+    wait_for(lambda: fetch_status(run).synced, 20, what="first reconciliation")
+    agent = Agent(run, "etf", ["069500"])
+    try:
+        book = twin.book("069500")
+        ask, bid = book["asks"][0][0], book["bids"][0][0]
+        off_stock_grid = (bid // 50) * 50 - 45  # on the ETF's 5-won grid, between two 50-won stock ticks
+        c1 = agent.submit("069500", Side.BUY, 2, off_stock_grid)
+        wait_for(lambda: agent.state(c1) == "accepted", 15, what="a resting ETF buy off the stock grid, at KIS")
+        c2 = agent.submit("069500", Side.BUY, 10, ask)
+        wait_for(lambda: agent.state(c2) == "filled", 15, what="ETF bought")
+        c3 = agent.submit("069500", Side.SELL, 10, bid)
+        wait_for(lambda: agent.state(c3) == "filled", 15, what="ETF sold")
+        bought, sold = agent.orders[c2].filled_value, agent.orders[c3].filled_value  # type: ignore[attr-defined]
+        commissions = bought * 150 // 1_000_000 + sold * 150 // 1_000_000
+        fees = agent.positions["069500"].fees  # type: ignore[attr-defined]
+        assert commissions - 2 <= fees <= commissions, (fees, commissions)  # no transaction tax on an ETF
+        assert fetch_status(run).counters.get("md_dropped_off_grid", 0) == 0  # the ETF's prints are on its grid
+        assert gw.poll() is None
+    finally:
+        agent.client.close()

@@ -19,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.config import ConfigError, load_card
-from common.krx_rules import Market, SecurityKind
 from common.protection import Protection
 from tools.backtest.costs import CostModel
 from tools.backtest.data import DataError, Listing, load_benchmark, parse_date, universe as universe_of
@@ -238,11 +237,10 @@ def _listings(master: Path | None, codes: list[str]) -> tuple[dict[str, Listing]
     out: dict[str, Listing] = {}
     for c in codes:
         entry = entries.get(c)
-        if entry is not None:
-            kind = SecurityKind.ETF if entry.group in ("EF", "EN") else SecurityKind.STOCK
+        if entry is not None:  # the master's kind and market, read as the gateway reads them (kis/master.py)
             out[c] = Listing(
-                market=Market(entry.market) if entry.market in Market.__members__ else Market.KOSPI,
-                kind=kind,
+                market=entry.board,
+                kind=entry.kind,
                 name=entry.name,
                 known=True,
                 sector=entry.sector,
