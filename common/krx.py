@@ -111,6 +111,16 @@ class Phase(StrEnum):
 REGULAR_ORDER_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CONTINUOUS, Phase.CLOSING_AUCTION})
 
 
+def next_session_day(now: dt.datetime, phase: Phase) -> dt.date:
+    """The trading day whose session an order placed now "for the next session" (TimeInForce.NEXT_SESSION)
+    is for: today's if its opening auction has not ended yet, else the next trading day's. One rule for
+    the gateway (which holds such an order until then) and the backtester."""
+    d = now.date()
+    if phase in (Phase.PRE_OPEN, Phase.OPENING_AUCTION) and calendar.is_trading_day(d):
+        return d
+    return calendar.next_trading_day(d)
+
+
 # the phase from each boundary of a session on (before the first: PRE_OPEN)
 _PHASES_FROM = (
     Phase.OPENING_AUCTION,

@@ -16,13 +16,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from common.calendar import is_trading_day, next_trading_day
 from common.clock import yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
-from common.krx import REGULAR_ORDER_PHASES, Phase
+from common.krx import REGULAR_ORDER_PHASES, Phase, next_session_day
 from common.orders import (
     AMEND_UNKNOWN,
     AWAITING_ACK,
@@ -61,12 +60,9 @@ Reply = tuple[ErrorCode | None, str]
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
-    """The trading day whose session an order placed now for "the next session" is for: today's if
-    its opening auction has not ended yet, else the next trading day's."""
-    d = now.date()
-    if phase in (Phase.PRE_OPEN, Phase.OPENING_AUCTION) and is_trading_day(d):
-        return yyyymmdd(d)
-    return yyyymmdd(next_trading_day(d))
+    """The trading day (YYYYMMDD) whose session an order placed now for "the next session" is for
+    (common/krx.py next_session_day: the backtester's rule too)."""
+    return yyyymmdd(next_session_day(now, phase))
 
 
 class OrderDesk:

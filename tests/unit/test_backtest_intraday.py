@@ -12,7 +12,7 @@ import pytest
 from agent.strategy import Strategy, session_tif
 from common.clock import KST
 from common.config import AgentCard
-from common.enums import OrderType, Side
+from common.enums import OrderType, Side, TimeInForce
 from common.schema import Bar, FillView, OrderView, PositionView
 from tools.backtest.data import Series, load_codes
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
@@ -158,3 +158,46 @@ def test_real_five_minute_data_runs(shared_data: Path) -> None:
     assert (fill.at, fill.price, fill.qty) == ("2020-02-18T09:05", 60_800, 1)
     last_5m_close = [b.close for b in series[CODE].bars if b.start.startswith("2020-02-20")][-1]
     assert r.holdings[-1] == last_5m_close
+
+
+class NextSession(Strategy):
+    """On 2024-01-03 09:00: a next-session market buy, then a day limit buy far below the market."""
+
+    def on_bar(self, bar: Bar) -> None:
+        if bar.start == "2024-01-03T09:00":
+            LOG.append(("placed", self.ctx.buy(bar.code, 10, 0, order_type=M, tif=TimeInForce.NEXT_SESSION)))
+            LOG.append(("placed", self.ctx.buy(bar.code, 5, 60_000, order_type=L)))
+
+    def on_order(self, order: OrderView) -> None:
+        LOG.append(("order", order.client_order_id, str(order.state), order.updated_ns))
+
+    def on_fill(self, fill: FillView, position: PositionView) -> None:
+        LOG.append(("fill", fill.client_order_id, fill.qty, fill.price, position.qty))
+
+
+def test_a_next_session_order_on_intraday_bars_waits_for_the_next_session_as_live() -> None:
+    """Live, an order for the next session placed at 09:05 is held until the next trading day's
+    session (server/order_desk.py, common/krx.py next_session_day): the backtest does the same on
+    intraday bars (it filled at 09:05 the same day), and a day order placed after it still ends at
+    today's close."""
+    LOG.clear()
+    rows = [  # (2024-01-02 is the year's first session: it opens at 10:00, and 09:05 is still before it)
+        ("2024-01-03T09:00", 71_000, 71_500, 70_900, 71_200, 1_000),
+        ("2024-01-03T09:05", 71_200, 71_300, 70_900, 71_100, 1_000),
+        ("2024-01-04T09:00", 72_000, 72_500, 71_900, 72_200, 1_000),
+        ("2024-01-04T09:05", 72_200, 72_300, 71_900, 72_100, 1_000),
+    ]
+    bars = [
+        Bar(code=CODE, interval="5m", start=t, open=o, high=h, low=lo, close=c, volume=v) for t, o, h, lo, c, v in rows
+    ]
+    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:NextSession", codes=[CODE])
+    cfg = BacktestConfig(
+        date_from=dt.date(2024, 1, 3), date_to=dt.date(2024, 1, 4), cash=10_000_000, max_participation_bp=10_000
+    )
+    r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+    (nxt, day_order) = [e[1] for e in LOG if e[0] == "placed"]
+    # not at 09:05 the same day (71,200): at the next session's first bar
+    assert [(f.day, f.client_order_id, f.qty, f.price) for f in r.fills] == [("2024-01-04", nxt, 10, 72_000)]
+    assert states(day_order)[-1] == "expired"
+    expired_at = [e[3] for e in LOG if e[0] == "order" and e[1] == day_order and e[2] == "expired"][0]
+    assert dt.datetime.fromtimestamp(expired_at / 1e9, KST).date() == dt.date(2024, 1, 3)  # today's close

@@ -165,6 +165,8 @@ class SimBroker:
         self.step = 0  # the engine's current bar-time index
         # set by the engine: the session new orders will live in, and its rules (grid, band)
         self.entry_session = ""
+        self.day = ""  # the day of the bars matched last (intraday: a new day expires earlier sessions first)
+        self.monotonic = True  # orders' sessions never decrease in submission order (daily bars)
         self.entry_rules: KrxRules = rules_for("2026-01-05")
         self._listing: dict[str, tuple[SecurityKind, Market]] = {}
         self.initial_cash = self.cash
@@ -645,11 +647,12 @@ class SimBroker:
         DAY order that lived in one of them expires, also when its code had no bar that day (halted).
         An order of an earlier session expires at that session's close (15:30)."""
         meta, open_ids = self.meta, self.open_ids
-        # sessions never decrease in submission order: the first open order has the earliest
+        # on daily bars sessions never decrease in submission order (the first open order has the
+        # earliest); on intraday bars a next-session order may come before a day order of today
         if not open_ids:
             return
         first = meta[open_ids[0]][_SESSION]
-        if first > day or (before and first == day):
+        if self.monotonic and (first > day or (before and first == day)):
             return
         for coid in list(open_ids):
             session = meta[coid][_SESSION]

@@ -40,7 +40,7 @@ from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
-from common.krx import Phase, phase_at_ns
+from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
@@ -113,6 +113,7 @@ _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _KST_OFFSET_S = 9 * 3600
 
 
+_TIF_NEXT = TimeInForce.NEXT_SESSION
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
 _NEXT_SESSION: dict[str, str] = {}
@@ -367,6 +368,7 @@ class Backtest:
         )
         if self.intraday:  # marks follow every bar; the band's base moves once a day
             self.broker.last = {}
+            self.broker.monotonic = False  # a next-session order may precede a day order of today
         self.initial_cash = cash
         lo, hi = config.date_from.isoformat(), config.date_to.isoformat() + "~"  # "~" sorts after "T..": whole day
         self.bars: dict[str, list[Bar]] = {}
@@ -604,7 +606,10 @@ class Backtest:
         step = self.step
         if self._running:
             broker.step = step
-            session = self._entry.get(step) or self.entry_session(step)
+            if tif is _TIF_NEXT and self.intraday:  # held for the next session, as the gateway holds it
+                session = next_session_day(self.ctx.now(), phase_at_ns(self.now_ns())).isoformat()
+            else:
+                session = self._entry.get(step) or self.entry_session(step)
         else:
             broker.step, session = -1, day
         if session != broker.entry_session:
@@ -704,6 +709,9 @@ class Backtest:
                 day = t[:10]
                 if intraday:
                     broker.ts_ns = _time_ns(t, minutes, False)
+                    if day != broker.day:  # a new day: next-session orders whose session had no bar expired then
+                        broker.day = day
+                        broker.expire_sessions(day, pending, before=True)
                     broker.match(bars, day, pending)
                 else:
                     if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
