@@ -355,6 +355,15 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
 AMENDING = frozenset({S.PENDING_REPLACE, S.PENDING_CANCEL})
 
 
+def revise_refusal(order: Order, qty: int) -> str:
+    """Why a revise to total quantity `qty` (0: unchanged) is refused, or "": only the price can be
+    revised (a KIS revise of part of the remainder splits the order); cancel and send anew instead.
+    One rule for the gateway and the backtester."""
+    if qty and qty != order.qty:
+        return "only the price can be revised; cancel and send a new order to change the quantity"
+    return ""
+
+
 def allows(state: OrderState, event: type[_Ev]) -> bool:
     """Whether the table takes `event` in `state` (the one source of "may I cancel/revise now")."""
     return (state, event.__struct_config__.tag) in TRANSITIONS

@@ -38,6 +38,7 @@ from common.orders import (
     RequestCancel,
     RequestReplace,
     Submit,
+    revise_refusal,
 )
 from common.risk_rules import HELD_TIFS
 from common.schema import NewOrder, OrderResult
@@ -339,11 +340,8 @@ class OrderDesk:
             return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {card.id}"
         if o.state not in REVISABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
-        if qty and qty != o.qty:
-            return (
-                ErrorCode.BAD_ORDER,
-                "only the price can be revised; cancel and send a new order to change the quantity",
-            )
+        if refusal := revise_refusal(o, qty):
+            return ErrorCode.BAD_ORDER, refusal
         denial = self.risk.check_revise(card, o, price, self.session())
         if denial is not None:
             book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])

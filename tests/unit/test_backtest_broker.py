@@ -40,7 +40,7 @@ class Probe(Strategy):
                 continue
             if step[0] == "modify":
                 (coid,) = self.ctx.open_orders
-                self.ctx.modify(coid, step[1])
+                self.ctx.modify(coid, step[1], *step[2:])
                 continue
             side, qty, price, otype, tif = step
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
@@ -231,3 +231,14 @@ def test_on_start_orders_live_in_the_first_bar_only() -> None:
     warm = run_backtest(card, series(rows), replace(cfg, date_from=dt.date(2024, 1, 2)))
     # 69,000 is not reached on 01-02 (low 69,500): expired after that one bar, never filled on 01-04 (low 69,000)
     assert warm.fills == [] and warm.order_states == {"expired": 1}
+
+
+def test_a_revise_of_the_quantity_is_refused_as_live() -> None:
+    """The gateway revises prices only (a KIS revise of part of the remainder splits the order:
+    common/orders.py revise_refusal); so does the backtest: the order keeps its quantity and price."""
+    r = run({"2024-01-02": [("buy", 10, 60_000, L, DAY), ("modify", 70_100, 20)]})
+    (o,) = r.orders
+    assert (o.qty, o.price, str(o.state)) == (10, 60_000, "expired")  # neither revised nor filled
+    assert r.fills == [] and "pending_replace" not in states("20240102-1")
+    r = run({"2024-01-02": [("buy", 10, 60_000, L, DAY), ("modify", 70_100, 10)]})  # the same quantity: a price revise
+    assert [(f.qty, f.price) for f in r.fills] == [(10, 70_100)]

@@ -62,6 +62,7 @@ from common.orders import (
     StateError,
     Submit,
     apply,
+    revise_refusal,
 )
 from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, RateWindow, check_order, notional_price
 from common.schema import Bar, PositionView
@@ -425,11 +426,12 @@ class SimBroker:
         return True
 
     def modify(self, coid: str, price: int, qty: int, notes: list[Note]) -> bool:
-        """A revise: new price (and total qty; 0 keeps it). Checked like a new order's price."""
+        """A revise of the price (a quantity change is refused, as live: common/orders.py revise_refusal).
+        Checked like a new order's price."""
         o = self.orders.get(coid)
-        if o is None or not o.is_open:
+        if o is None or not o.is_open or revise_refusal(o, qty):
             return False
-        total = qty or o.qty
+        total = o.qty
         try:
             self._step(coid, RequestReplace(price=price, qty=total, ts_ns=self.ts_ns), notes)
         except StateError:

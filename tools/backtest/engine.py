@@ -41,7 +41,7 @@ from common.krx_rules import rules_for
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
-from common.orders import Order
+from common.orders import Order, revise_refusal
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import FillRecord, Note, SimBroker
@@ -287,7 +287,11 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             self.log.warning("cancel %s: not an open order", client_order_id)
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
-        if not self._e.broker.modify(client_order_id, price, qty, self._e.pending):
+        b = self._e.broker
+        o = b.orders.get(client_order_id)
+        if o is not None and (why := revise_refusal(o, qty)):
+            self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
+        elif not b.modify(client_order_id, price, qty, self._e.pending):
             self.log.warning("modify %s: refused", client_order_id)
 
     def cancel_all(self, code: str = "") -> None:
