@@ -35,6 +35,10 @@ BP = 10_000  # basis points in one
 # Orders held for the next session may be placed in any phase; plain orders need a phase in which the
 # exchange takes regular orders.
 HELD_TIFS = frozenset({TimeInForce.NEXT_SESSION})
+# KRX takes IOC/FOK only in the continuous session, never in a single-price auction (the opening and the
+# closing call; KIS answers APBK0923, and each such rejection counts toward the kill switch)
+AUCTION_REFUSED_TIFS = frozenset({TimeInForce.IOC, TimeInForce.FOK})
+AUCTION_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION})
 # Enum members the per-order checks compare with, as module constants: on Python 3.11 `Side.BUY` is an
 # unspecialised class-attribute lookup (~65 ns), a global ~6 ns, and a backtest checks every order.
 _BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
@@ -252,6 +256,11 @@ def _gates(
         return ErrorCode.DENIED_MARKET_CLOSED, (
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
             "next open"
+        )
+    if tif in AUCTION_REFUSED_TIFS and market.phase in AUCTION_PHASES:
+        return ErrorCode.DENIED_AUCTION_TIF, (
+            f"the market is in its {market.phase.value.replace('_', ' ')} (a single-price auction): KRX takes no "
+            f"{tif.value.upper()} orders then; send a DAY order, or wait for the continuous session"
         )
     if price > 0:
         rules, kind, board = market.rules, market.kind, market.board

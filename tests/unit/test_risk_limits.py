@@ -268,3 +268,21 @@ def test_a_held_order_waits_for_the_broker_session_at_its_release(tmp_path: Path
             )
 
     asyncio.run(main())
+
+
+def test_ioc_and_fok_are_refused_in_a_single_price_auction(tmp_path: Path) -> None:
+    """KRX takes IOC/FOK only in the continuous session: in the closing call KIS would reject them
+    (APBK0923) and each rejection would count toward the kill switch; the shared gate says so first
+    (a backtest on intraday bars decides the same), while a DAY order still goes in."""
+
+    async def main() -> None:
+        closing_call = dt.datetime.combine(TODAY, dt.time(15, 25), KST)
+        async with Desk(tmp_path, at=closing_call) as d:
+            c = card()
+            for n, tif in ((1, TimeInForce.IOC), (2, TimeInForce.FOK)):
+                r = d.core.desk.submit(c, order("alpha", n, qty=1, tif=tif))
+                assert r.code is ErrorCode.DENIED_AUCTION_TIF and "single-price auction" in r.message, r
+            assert d.core.desk.submit(c, order("alpha", 3, qty=1)).accepted  # a DAY order joins the call
+            assert d.broker.submits <= 1  # the refused ones never reached the broker
+
+    asyncio.run(main())
