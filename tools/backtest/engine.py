@@ -610,7 +610,9 @@ class Backtest:
         step = self.step
         if self._running:
             broker.step = step
-            if tif is _TIF_NEXT and self.intraday:  # held for the next session, as the gateway holds it
+            if (
+                tif == _TIF_NEXT and self.intraday
+            ):  # (== : a strategy may pass the plain string)  # held for the next session, as the gateway holds it
                 session = next_session_day(self.ctx.now(), phase_at_ns(self.now_ns())).isoformat()
             else:
                 session = self._entry.get(step) or self.entry_session(step)
