@@ -29,3 +29,8 @@ def kst_from_ns(ns: int) -> dt.datetime:
 @functools.lru_cache(maxsize=64)  # strftime on every order and event is a measurable cost
 def yyyymmdd(day: dt.date) -> str:
     return day.strftime("%Y%m%d")
+
+
+@functools.lru_cache(maxsize=64)  # the inverse, per fill and per id: ValueError for what is not a date
+def date_of(yyyymmdd: str) -> dt.date:
+    return dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()

@@ -4,11 +4,12 @@ and through the `check_*` helpers for values built in code."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from typing import Annotated
 
 import msgspec
+
+from common.clock import date_of
 
 AGENT_ID_PATTERN = r"^[a-z][a-z0-9_]{0,30}[a-z0-9]$"
 # KRX short code: 6 characters; digits, and since 2024 alphanumeric codes (e.g. 0009K0) exist.
@@ -51,11 +52,6 @@ def parse_client_order_id(value: str) -> tuple[str, dt.date, int]:
         raise IdError(f"bad client order id {value!r}: expected <agent>-<yyyymmdd>-<n>")
     agent, day, n = value.rsplit("-", 2)
     try:
-        return agent, _day(day), int(n)
+        return agent, date_of(day), int(n)
     except ValueError:
         raise IdError(f"bad client order id {value!r}: {day} is not a date") from None
-
-
-@functools.lru_cache(maxsize=64)  # strptime on every order is a measurable cost; ids carry few days
-def _day(text: str) -> dt.date:
-    return dt.datetime.strptime(text, "%Y%m%d").date()

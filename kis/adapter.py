@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from common.clock import yyyymmdd
+from common.clock import date_of, yyyymmdd
 from common.config import BrokerConfig
 from common.enums import OrderType, SessionProblem, SessionState, Side, TimeInForce
 from common.schema import BrokerHealth
@@ -605,7 +605,7 @@ class KisBroker(BrokerPort):
         for row in resp.output:
             d = row.bass_dt.strip()
             if len(d) == 8 and d.isdigit() and row.opnd_yn.strip() in ("Y", "N"):
-                out[dt.date(int(d[:4]), int(d[4:6]), int(d[6:]))] = row.opnd_yn.strip() == "Y"
+                out[date_of(d)] = row.opnd_yn.strip() == "Y"
         return out
 
     async def top_by_value(self, *, caller: str = DEFAULT_CALLER) -> list[tuple[str, str]]:

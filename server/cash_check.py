@@ -40,7 +40,12 @@ class CashCheck(msgspec.Struct, kw_only=True):
     @property
     def values_differ(self) -> bool:
         """A traded value differs: a fill the books have wrong (the costs alone are a model question)."""
-        return any(f.startswith(VALUE_FINDINGS) for f in self.findings)
+        return any(is_value_finding(f) for f in self.findings)
+
+
+def is_value_finding(text: str) -> bool:
+    """A finding about traded value (a books error), not costs (a model question)."""
+    return text.startswith(VALUE_FINDINGS)
 
 
 def check(fills: int, bought: int, sold: int, costs: int, account: BrokerAccount) -> CashCheck:

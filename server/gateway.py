@@ -14,7 +14,6 @@ talk through the callables they are given here.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import secrets
@@ -29,6 +28,7 @@ import zmq
 
 from common import approvals, credentials
 from common.calendar import calendar_gaps
+from common.clock import date_of
 from common.config import AgentCard, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
 from common.freshness import Freshness
@@ -637,7 +637,7 @@ class Gateway:
         """At start and each new day: what the KRX calendar lacks reaches a person (it would otherwise
         treat a holiday as a session, or an exam day's late session as a normal one, silently), and the
         broker's own holiday calendar is compared with it (server/session_days.py)."""
-        date = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+        date = date_of(day)
         gaps = calendar_gaps(date)
         to_person = new_gaps(date, gaps, (self.store.get_meta, self._set_meta))  # once a day, restarts or not
         for text in gaps:

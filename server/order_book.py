@@ -20,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 
 from common.books import reprice_value, reverse_fill_value
+from common.clock import date_of
 from common.costs import CostModel
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT
@@ -225,7 +226,7 @@ class OrderBook:
         dq, dv = tentative.filled_qty - o.filled_qty, tentative.filled_value - o.filled_value
         pos = None
         if dq > 0:
-            fee = self.costs.fill_cost(dv, sell=o.side is Side.SELL, tax_ppm=self.tax_ppm(o))
+            fee = self.fill_fees(o, dv)
             before = self.portfolio.position(o.agent, o.code)
             # 'external' may sell what the books never saw it buy (held before ktrader)
             pos = self.portfolio.after_fill(o.agent, o.code, o.side, dq, dv, fee, allow_short=o.agent == EXTERNAL_AGENT)
@@ -259,8 +260,12 @@ class OrderBook:
         if o.side is not Side.SELL:
             return 0
         p = self.portfolio
-        day = self.order_day.get(o.client_order_id) or self.day()
-        return self.costs.tax_ppm(f"{day[:4]}-{day[4:6]}-{day[6:8]}", p.board(o.code), p.kind(o.code))
+        day = date_of(self.order_day.get(o.client_order_id) or self.day())
+        return self.costs.tax_ppm(day, p.board(o.code), p.kind(o.code))
+
+    def fill_fees(self, o: Order, value: int) -> int:
+        """Commission and (a sell's) tax on fills of `o` worth `value` KRW (common/costs.py)."""
+        return self.costs.fill_cost(value, o.side is Side.SELL, self.tax_ppm(o))
 
     def reverse_fill(self, coid: str, ev: ReverseFill) -> Order | None:
         """Take back (part of) a booked fill the broker does not have: the order's filled quantity and
@@ -271,8 +276,7 @@ class OrderBook:
         rec = next((r for r in o.fills if r.fill_id == ev.fill_id), None)
         if rec is None or rec.qty <= 0:
             return None
-        sell = o.side is Side.SELL
-        fee = self.costs.fill_cost(rec.value, sell=sell, tax_ppm=self.tax_ppm(o)) * ev.qty // rec.qty
+        fee = self.fill_fees(o, rec.value) * ev.qty // rec.qty
         cost_out = rec.cost_out * ev.qty // rec.qty
 
         def extra(new: Order) -> list[EventBody]:
@@ -289,13 +293,9 @@ class OrderBook:
         o = self.orders.get(coid)
         if o is None:
             return None
-        sell = o.side is Side.SELL
 
         def extra(new: Order) -> list[EventBody]:
-            ppm = self.tax_ppm(o)
-            fee_delta = self.costs.fill_cost(new.filled_value, sell, ppm) - self.costs.fill_cost(
-                o.filled_value, sell, ppm
-            )
+            fee_delta = self.fill_fees(o, new.filled_value) - self.fill_fees(o, o.filled_value)
             delta = new.filled_value - o.filled_value
             pos = reprice_value(self.portfolio.position(o.agent, o.code), o.code, o.side, delta, fee_delta)
             why = (

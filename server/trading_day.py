@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 
 from common.calendar import is_trading_day
-from common.clock import yyyymmdd
+from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, EndOfDay
-from common.enums import AlertKind, Side, SystemEventKind
+from common.enums import AlertKind, SystemEventKind
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.protection import Protection
@@ -235,7 +235,7 @@ class TradingDay:
             self.recon.expire_through(day)
             self.desk.release_due()  # held orders for today that never went out expire now
             if self.close_bars is not None:
-                await self.close_bars(dt.date(int(day[:4]), int(day[4:6]), int(day[6:])))
+                await self.close_bars(date_of(day))
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a
             # close that waited on the broker past midnight) and let this day's finished orders go
             stored = daily_report.StoredDay.read(self.book.store, day)
@@ -275,7 +275,7 @@ class TradingDay:
             if close.held or close.unconfirmed:
                 log.warning("day %s: fills still unconfirmed after the grace: no cash check", day)
                 return None
-        if self.clock.now().strftime("%Y%m%d") != day:
+        if self.book.day() != day:
             return None
         account: BrokerAccount | None = None
         for attempt in range(3):
@@ -285,16 +285,13 @@ class TradingDay:
             except Exception as e:  # the report goes out without it
                 log.warning("day %s: the broker's account summary is unavailable (%s)", day, e)
                 await asyncio.sleep(2.0 * (attempt + 1))
-        if account is None or self.clock.now().strftime("%Y%m%d") != day:
+        if account is None or self.book.day() != day:
             return None
-        costs = self.book.costs
-        fills, bought, sold, paid = daily_report.money(
-            stored, day, lambda o: costs.fill_cost(o.filled_value, o.side is Side.SELL, self.book.tax_ppm(o))
-        )
+        fills, bought, sold, paid = daily_report.money(stored, day, lambda o: self.book.fill_fees(o, o.filled_value))
         result = self._cash_checked[day] = cash_check.check(fills, bought, sold, paid, account)
         for text in result.findings:
             # a traded value that differs is a books error (it reaches a person); costs alone are the model's
-            kind = AlertKind.RECONCILE_DIFF if text.startswith(cash_check.VALUE_FINDINGS) else None
+            kind = AlertKind.RECONCILE_DIFF if cash_check.is_value_finding(text) else None
             self.alert(f"day {day}, money: {text}", kind)
         if result.compared and not result.findings:
             log.info("day %s: bought %s, sold %s, costs %s agree with KIS", day, bought, sold, paid)

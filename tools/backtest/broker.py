@@ -62,7 +62,6 @@ from common.orders import (
     StateError,
     Submit,
     apply,
-    revise_refusal,
 )
 from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, RateWindow, check_order, notional_price
 from common.schema import Bar, PositionView
@@ -425,11 +424,11 @@ class SimBroker:
         self.open_ids.remove(coid)
         return True
 
-    def modify(self, coid: str, price: int, qty: int, notes: list[Note]) -> bool:
-        """A revise of the price (a quantity change is refused, as live: common/orders.py revise_refusal).
-        Checked like a new order's price."""
+    def modify(self, coid: str, price: int, notes: list[Note]) -> bool:
+        """A revise of the price (only the price: the context refuses a quantity change, as live does,
+        common/orders.py revise_refusal). Checked like a new order's price."""
         o = self.orders.get(coid)
-        if o is None or not o.is_open or revise_refusal(o, qty):
+        if o is None or not o.is_open:
             return False
         total = o.qty
         try:

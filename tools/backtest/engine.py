@@ -291,7 +291,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         o = b.orders.get(client_order_id)
         if o is not None and (why := revise_refusal(o, qty)):
             self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
-        elif not b.modify(client_order_id, price, qty, self._e.pending):
+        elif not b.modify(client_order_id, price, self._e.pending):
             self.log.warning("modify %s: refused", client_order_id)
 
     def cancel_all(self, code: str = "") -> None:
