@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from common import credentials
 from common.config import AgentCard, ConfigError
 from common.curve import keys_dir
 from common.ids import EXTERNAL_AGENT
+from common.private import write_atomic
 
 log = logging.getLogger("ktrader.approvals")
 
@@ -83,17 +82,7 @@ def load(run_dir: str | Path) -> Registry:
 def _save(run_dir: str | Path, reg: Registry) -> None:
     path = registry_path(run_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".approved.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.format(msgspec.json.encode(reg)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, msgspec.json.format(msgspec.json.encode(reg)))
 
 
 def _lock(run_dir: str | Path) -> FileLock:

@@ -8,11 +8,10 @@ copy of this file (`ktrader keys export`) survives gateway restarts."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import msgspec
+from common.private import write_atomic
 
 
 class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,18 +42,7 @@ def connection_path(run_dir: str | Path) -> Path:
 def write_info(run_dir: str | Path, info: GatewayInfo) -> Path:
     path = connection_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gateway.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(info))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, msgspec.json.encode(info))
 
 
 def read_info(run_dir: str | Path) -> GatewayInfo:

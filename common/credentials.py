@@ -21,15 +21,14 @@ on another host (`ktrader keys export` ships only that agent's credential).
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError
 from common.curve import TOOLS, check_client_name, keys_dir
+from common.private import write_atomic
 
 OPERATOR = TOOLS  # "ktrader-tools": never an agent id (ids have no '-')
 GATEWAY = "gateway"  # the gateway's own replies (signed with the key in run/gateway.json)
@@ -69,17 +68,7 @@ def issue(run_dir: str | Path, name: str, force: bool = False) -> tuple[Path, bo
         return path, False
     _private_dir(keys_dir(run_dir))
     _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (secrets.token_hex(32) + "\n").encode("ascii"))
     return path, True
 
 
@@ -89,15 +78,7 @@ def write(run_dir: str | Path, cred: Credential) -> Path:
     path = credential_path(run_dir, cred.name)
     _private_dir(keys_dir(run_dir))
     _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(cred.key.hex() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (cred.key.hex() + "\n").encode("ascii"))
     return path
 
 

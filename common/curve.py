@@ -21,10 +21,8 @@ A secret file readable by group or others is refused, as ssh refuses a loose pri
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from zmq.auth import load_certificate
 
 from common.config import ConfigError
 from common.ids import AGENT_ID_PATTERN
+from common.private import write_atomic
 
 KEYS = "keys"
 CLIENTS = "clients"
@@ -109,17 +108,7 @@ def _private_dir(path: Path) -> None:
 
 def _write(path: Path, text: str, mode: int) -> None:
     """Atomic: the file appears complete with its final mode, never half-written or briefly open."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"), mode)
 
 
 def _certificate(public: bytes, secret: bytes | None, what: str) -> str:
