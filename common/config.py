@@ -233,7 +233,12 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     account_budget: Krw = 0  # 0: whatever the account holds
     record_market_data: bool = True  # every KIS websocket frame to run_dir/data/<YYYYMMDD>/ (server/recorder.py)
     data_retention_days: int = 30  # recorded days older than this are deleted (0: keep all)
-    master_dir: str = ""  # folder with kospi_code.mst / kosdaq_code.mst; "" = the twin's stock list
+    master_dir: str = ""  # folder with kospi_code.mst / kosdaq_code.mst (kept by you); "" = see master_url
+    # KIS's download folder of kospi_code.mst.zip / kosdaq_code.mst.zip (the official sample
+    # stocks_info/kis_kospi_code_mst.py): with master_dir empty, a paper/real gateway keeps its own copy
+    # in run_dir/master, downloaded at its first start and again each day; "" = never (no stock master:
+    # every code counts as a KOSPI stock). The twin (env sim) uses its own stock list.
+    master_url: str = "https://new.real.download.dws.co.kr/common/master"
     universe_refresh_s: float = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
     universe_fallback: list[StockCode] = []  # used while the volume-rank call fails
     costs: Costs = msgspec.field(default_factory=Costs)

@@ -125,6 +125,7 @@ class AlertKind(StrEnum):
         "bad_market_data"  # a print or book failed the sanity checks and was dropped (server/md_sanity.py)
     )
     CALENDAR = "calendar"  # the KRX calendar lacks this year's (or next year's) holidays or exam day: update
+    STOCK_MASTER = "stock_master"  # the gateway's copy of KIS's stock master is days old and cannot be renewed
 
 
 class BarInterval(StrEnum):

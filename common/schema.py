@@ -452,6 +452,7 @@ class StatusReply(_Msg, tag="status_reply", frozen=True):
     notify: dict[str, int] = {}  # notifier counters: sent, failed, suppressed, dropped, queued
     risk: RiskStatus = msgspec.field(default_factory=RiskStatus)
     protections: list[Protection] = []  # active, and those that ended today
+    stock_master: str = ""  # where the codes' listing comes from ("" none: codes not checked)
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

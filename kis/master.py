@@ -11,14 +11,23 @@ index sectors apart."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import io
+import zipfile
+import zlib
 from pathlib import Path
 
 import msgspec
 
 from common.krx_rules import Market, SecurityKind
+from common.private import private_dir, write_atomic
 
 TAIL = {"KOSPI": 227, "KOSDAQ": 221}
 FILES = {"KOSPI": "kospi_code.mst", "KOSDAQ": "kosdaq_code.mst"}
+# what KIS publishes in its download folder (GatewayConfig.master_url): each file zipped alone
+ZIPS = {market: f"{name}.zip" for market, name in FILES.items()}
+STAMP = "downloaded.json"  # beside a downloaded copy: the day it was fetched and from where
 
 
 class MasterEntry(msgspec.Struct, frozen=True):
@@ -134,3 +143,107 @@ def load_stock_master(master_dir: str | Path | None) -> StockMaster:
     if not master_dir:
         return twin_master()
     return StockMaster(entries=load_master_dir(master_dir), source=str(master_dir), strict=True)
+
+
+# ---- a copy of KIS's files, downloaded and kept current by the gateway ---------------------------
+
+
+class MasterCopy(msgspec.Struct, frozen=True):
+    """What STAMP says of a downloaded copy."""
+
+    at: str  # when it was downloaded, ISO 8601 in KST ("2026-12-04T08:05:12+09:00")
+    url: str
+    codes: int  # both files together: a copy whose files do not add up to it is not the copy
+
+    @property
+    def day(self) -> str:
+        return self.at[:10]
+
+
+def read_copy(folder: Path) -> MasterCopy | None:
+    """The stamp of the copy in `folder` (None: no complete copy there)."""
+    try:
+        stamp = msgspec.json.decode((folder / STAMP).read_bytes(), type=MasterCopy)
+    except (OSError, msgspec.DecodeError):
+        return None
+    return stamp if all((folder / name).exists() for name in FILES.values()) else None
+
+
+def load_copy(folder: Path, copy: MasterCopy) -> dict[str, MasterEntry]:
+    """The copy's entries, checked against its stamp: both markets present, as many codes as it
+    says (a file cut short by a crash, or replaced by hand, is not taken for the copy)."""
+    entries: dict[str, MasterEntry] = {}
+    for market, name in FILES.items():
+        got = parse_master((folder / name).read_bytes(), market)
+        if not got:
+            raise MasterError(f"{folder / name} lists no codes")
+        entries.update(got)
+    if len(entries) != copy.codes:
+        raise MasterError(f"the copy in {folder} has {len(entries)} codes, its stamp says {copy.codes}")
+    return entries
+
+
+def unzip_master(data: bytes, market: str) -> bytes:
+    """The .mst file inside KIS's zip of `market` (MasterError for anything else)."""
+    want = FILES[market]
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = {Path(n).name: n for n in z.namelist()}
+            if want not in names:
+                raise MasterError(f"{ZIPS[market]} holds no {want} (it has {', '.join(sorted(names)) or 'nothing'})")
+            return z.read(names[want])
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as e:
+        # a page in place of the zip, a truncated or corrupt archive, an unknown compression
+        raise MasterError(f"{ZIPS[market]} is not a readable zip file ({len(data)} bytes: {e})") from None
+
+
+def _parse_download(url: str, data: bytes, market: str) -> bytes:
+    raw = unzip_master(data, market)
+    try:
+        n = len(parse_master(raw, market))
+    except UnicodeDecodeError as e:
+        raise MasterError(f"{url}: not KIS's master layout ({e})") from None
+    if not n:  # an empty placeholder must not replace a good copy
+        raise MasterError(f"{url}: no codes in it")
+    return raw
+
+
+async def download_master(
+    base_url: str, folder: Path, at: dt.datetime, *, timeout_s: float = 30.0, previous_codes: int = 0
+) -> MasterCopy:
+    """Both markets' files from KIS's download folder into `folder`, replacing the copy there only
+    when both arrived whole, parse, and list at least half the codes of the copy they replace
+    (`previous_codes`: a list cut short at KIS's end is refused); MasterError says why not, and the
+    old copy stays. Cancellable (a gateway stopping, or a standby taking over, never waits for it);
+    `timeout_s` bounds the whole download."""
+    import httpx  # only the gateway and the doctor download; `cards check` and the backtester read files
+
+    async def fetch(client: httpx.AsyncClient, market: str) -> bytes:
+        url = f"{base_url.rstrip('/')}/{ZIPS[market]}"
+        r = await client.get(url)
+        if r.status_code != 200:
+            raise MasterError(f"{url}: HTTP {r.status_code}")
+        return await asyncio.to_thread(_parse_download, url, r.content, market)  # parsing: off the event loop
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+                raws = {market: await fetch(client, market) for market in ZIPS}
+    except TimeoutError:
+        raise MasterError(f"{base_url}: no complete answer within {timeout_s:.0f}s") from None
+    except httpx.HTTPError as e:
+        raise MasterError(f"{base_url}: {type(e).__name__}: {e or 'no answer'}") from None
+    codes = sum(len(parse_master(raw, market)) for market, raw in raws.items())
+    if codes * 2 < previous_codes:  # listings change by a handful a day, never by half
+        raise MasterError(f"{base_url}: only {codes} codes where the copy has {previous_codes}: a truncated list?")
+
+    def write() -> None:
+        private_dir(folder)
+        (folder / STAMP).unlink(missing_ok=True)  # no stamp while the files change: never a mixed copy
+        for market, raw in raws.items():
+            write_atomic(folder / FILES[market], raw)
+        write_atomic(folder / STAMP, msgspec.json.encode(copy))  # last: a copy without its stamp is incomplete
+
+    copy = MasterCopy(at=at.isoformat(timespec="seconds"), url=base_url, codes=codes)
+    await asyncio.to_thread(write)
+    return copy

@@ -70,6 +70,8 @@ from common.schema import (
     Unregister,
     Ack,
 )
+from kis.master import MasterError, StockMaster
+from kis.startup import StartExit, StartupError
 from kis.port import (
     Book,
     BrokerNotice,
@@ -100,7 +102,7 @@ from server.registry import AgentRecord, Registry
 from server.router import Router
 from server.session_days import check_session_days, new_gaps
 from server.sessions import AgentSessions
-from server.stockmaster import gateway_master
+from server.stockmaster import MasterKeeper, downloads, gateway_master
 from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
@@ -194,15 +196,7 @@ class Gateway:
             self.alerts,
         )
         self.subs = SubscriptionManager(broker)
-        self.master = gateway_master(cfg)  # unknown codes are denied by the risk gate
-        if self.master is not None:
-            self.risk.known_codes, self.risk.master_source = self.master.entries, f"stock master: {self.master.source}"
-            self.portfolio.set_sectors(self.master.sectors())  # per-sector limits (unknown sectors count together)
-            # each code's kind and market, as the backtester reads them: ETF grid and no sell tax, KOSDAQ/KONEX
-            # rules (without them every code is a KOSPI stock: ETF prices off the stock grid denied, ETF prints
-            # dropped as off-grid, ETF sells taxed)
-            self.portfolio.kinds.update(self.master.kinds())
-            self.portfolio.boards.update(self.master.boards())
+        self.master: StockMaster | None = None  # installed below, once the sessions exist
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
         self.sessions = AgentSessions(
@@ -216,10 +210,15 @@ class Gateway:
             self.counters,
             lease_s=cfg.lease_s,
             heartbeat_s=cfg.heartbeat_s,
-            listed=(self.master.__contains__ if self.master is not None else None),
-            listed_source=self.master.source if self.master is not None else "",
             protection=self.protection,
             approved=self.approved.get,
+        )
+        master = gateway_master(cfg)  # unknown codes are denied by the risk gate
+        if master is not None:
+            self._install_master(master)
+        # paper/real: the gateway's own copy of KIS's master files, kept current (server/stockmaster.py)
+        self.master_keeper = (
+            MasterKeeper(cfg, self.clock.now, self._install_master, self.alerts) if downloads(cfg) else None
         )
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
         self.universe_binder = UniverseBinder(
@@ -240,7 +239,7 @@ class Gateway:
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
-            self.portfolio.kind,
+            lambda code: self.portfolio.kind(code) if self.master is not None else None,
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
@@ -432,6 +431,7 @@ class Gateway:
         if not clock_driven and self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
         await self.broker.start()
+        await self._master_at_start()
         self._bind()
         assert self._xpub is not None
         self.router.attach(loop)
@@ -448,6 +448,8 @@ class Gateway:
             loop.create_task(self.universe.run(), name="universe"),
             loop.create_task(self.account.run(), name="account"),  # reads at once: equity for the limits that need it
         ]
+        if self.master_keeper is not None:
+            self._tasks.append(loop.create_task(self.master_keeper.run(), name="stock-master"))
         self._watch_protected()
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
@@ -479,6 +481,50 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _install_master(self, master: StockMaster) -> None:
+        """The stock master the gateway judges codes by (at start, and each newer copy downloaded)."""
+        self.master = master
+        self.risk.known_codes, self.risk.master_source = master.entries, f"stock master: {master.source}"
+        self.sessions.listed, self.sessions.listed_source = master.__contains__, master.source
+        self.portfolio.set_sectors(master.sectors())  # per-sector limits (unknown sectors count together)
+        # each code's kind and market, as the backtester reads them: ETF grid and no sell tax, KOSDAQ/KONEX
+        # rules (without them every code is a KOSPI stock: ETF prices off the stock grid denied, ETF prints
+        # dropped as off-grid, ETF sells taxed)
+        # (replaced, not merged: a code that moved from KOSDAQ to KOSPI takes its new board)
+        self.portfolio.kinds.clear()
+        self.portfolio.kinds.update(master.kinds())
+        self.portfolio.boards.clear()
+        self.portfolio.boards.update(master.boards())
+
+    async def _close_failed_start(self) -> None:
+        """What a start that stops after the broker session came up leaves open: the session, the
+        recorder (it may hold decrypted notices), the stores."""
+        try:
+            await self.broker.close()
+        except Exception:
+            log.exception("closing the broker session after the failed start")
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+            self.store.close()
+            self.md.store.close()
+
+    async def _master_at_start(self) -> None:
+        """Paper/real on a first start: the stock master is downloaded before any agent is served."""
+        if self.master_keeper is None:
+            return
+        try:
+            await self.master_keeper.at_start(self.master)
+        except MasterError as e:
+            await self._close_failed_start()
+            raise StartupError(
+                "KIS stock master",
+                f"cannot download it: {e}",
+                f"the host of master_url ({self.cfg.master_url}) must be reachable once; or put kospi_code.mst and "
+                "kosdaq_code.mst (unzipped from KIS) in a folder and set master_dir",
+                StartExit.UNREACHABLE,
+            ) from None
 
     def _store_lost(self, e: Exception) -> None:
         """A group commit failed: memory is ahead of the disk. Nothing of the lost batch left the

@@ -30,6 +30,9 @@ from kis.port import Book, Trade
 log = logging.getLogger("ktrader.marketdata")
 
 MARKETS = (Market.KOSPI, Market.KOSDAQ)  # a code's market is not known here: a print on either grid is on grid
+# a gateway without a stock master does not know which codes are ETFs: a print on either kind's grid is
+# on grid (KIS's prints of an ETF are not dropped for being off the stock grid)
+KINDS = (SecurityKind.STOCK, SecurityKind.ETF)
 REANCHOR_AFTER = 3  # consecutive consistent prints below a cumulative volume that one outlier pushed up
 QUOTE_SPREAD_TICKS = 10  # a print's own quote confirms it only when the spread is sane
 
@@ -48,7 +51,7 @@ class MarketSanity:
     def __init__(
         self,
         base_price: Callable[[str], int],
-        kind: Callable[[str], SecurityKind],
+        kind: Callable[[str], SecurityKind | None],  # None: not known (no stock master)
         day: Callable[[], dt.date],
         alert: Callable[[str], None],
     ) -> None:
@@ -97,11 +100,12 @@ class MarketSanity:
             return Bad.PRICE
         kind = self.kind(code)
         try:
-            if not any(rules.on_grid(price, kind, m) for m in MARKETS):
+            kinds = KINDS if kind is None else (kind,)
+            if not any(rules.on_grid(price, k, m) for k in kinds for m in MARKETS):
                 return Bad.GRID
             base = self.base_price(code)
             if base > 0:
-                limits = [rules.price_limits(base, kind, m) for m in MARKETS]
+                limits = [rules.price_limits(base, k, m) for k in kinds for m in MARKETS]
                 if not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits):
                     return Bad.BAND
         except PriceRuleError:
@@ -191,8 +195,9 @@ class MarketSanity:
         prev = self._last.get(code)
         self._last[code] = p
         rules = self._rules or self._roll()
-        kind = self.kind(code)
-        tick = rules.tick_size(p, kind)
+        known = self.kind(code)
+        kinds = KINDS if known is None else (known,)
+        tick = rules.tick_size(p, known or SecurityKind.STOCK)
         near = max(3 * tick, p // 100)  # three ticks or 1 %
         ok = False
         if t.bid1 > 0 and t.ask1 > 0 and t.bid1 <= p <= t.ask1 and t.ask1 - t.bid1 <= QUOTE_SPREAD_TICKS * tick:
@@ -205,7 +210,7 @@ class MarketSanity:
             ok = True  # near the price already confirmed
         else:
             base = self.base_price(code)
-            if base > 0 and p in {x for m in MARKETS for x in rules.price_limits(base, kind, m)}:
+            if base > 0 and p in {x for k in kinds for m in MARKETS for x in rules.price_limits(base, k, m)}:
                 ok = True  # at the day's limit: the other side of the book is empty there
         if ok:
             self._confirmed[code] = p

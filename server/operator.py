@@ -64,6 +64,7 @@ from server.core import OrderCore
 from server.equity import AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
+from server.stockmaster import MasterKeeper
 from server.notifier import Notifier
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
@@ -116,6 +117,7 @@ class GatewayParts(Protocol):
     sanity: MarketSanity
     subs: SubscriptionManager
     master: StockMaster | None
+    master_keeper: MasterKeeper | None
     clock: MarketClock
     protection: ProtectionDesk
     account: AccountReader
@@ -261,6 +263,8 @@ class Operator:
         counters["chain_repairs"] = gw.core.repair.repaired
         counters["cancels_resent"] = gw.core.repair.resent
         counters["fills_repriced"] = gw.recon.repriced  # orders whose filled value was brought to the broker's
+        if gw.master_keeper is not None:
+            counters["master_download_failures"] = gw.master_keeper.failures
         master = gw.master
         codes = {c for a in agents for c in a.codes}
         market_now = gw.clock.now()
@@ -294,6 +298,7 @@ class Operator:
             notify=self.notifier.status(),
             risk=risk_status(gw.risk, gw.account.reads),
             protections=gw.protection.of(),
+            stock_master=f"{master.source}, {len(master.entries):,} codes" if master is not None else "",
         )
 
     # ---- control ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from aiohttp import web
 from kis.sim import overseas, quotes, trading
 from kis.sim.auth import AppKey
 from kis.sim.twin import Twin
+from kis.sim.master_files import ZIPS, master_zip
+from kis.sim.universe import STOCKS
 from kis.sim.wire import (
     E_BAD_TR_ID,
     E_INJECTED_500,
@@ -151,8 +153,17 @@ class RestApi:
         app.router.add_post("/oauth2/revokeP", self.revoke)
         app.router.add_post("/oauth2/Approval", self.approval)
         app.router.add_post("/uapi/hashkey", self.hashkey)
+        # KIS's stock master files (their own download host at KIS; here beside the API, so a gateway on
+        # the twin's paper or real flavour downloads them as it does from KIS: master_url = REST URL + path)
+        app.router.add_get("/common/master/{name}", self.master_file)
         app.router.add_route("*", "/{tail:.*}", self.uapi)
         return app
+
+    async def master_file(self, request: web.Request) -> web.Response:
+        market = ZIPS.get(request.match_info["name"])
+        if market is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=master_zip(STOCKS, market), content_type="application/zip")
 
     # ------------------------------------------------------------------ fault middleware
     @web.middleware

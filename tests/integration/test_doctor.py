@@ -20,7 +20,7 @@ from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID
 from kis.sim.testing import TwinThread
 from kis.sim.twin import TwinConfig
 from tests.conftest import ROOT
-from tools.ops.doctor import Report, Status, diagnose
+from tools.ops.doctor import Doctor, Report, Status, diagnose
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +229,17 @@ def test_cli_json(tmp_path: Path, twin) -> None:
     code, doc = doctor()
     [notice] = [c for c in doc["checks"] if c["name"] == "notice feed"]
     assert code == 1 and not doc["ok"] and notice["status"] == "fail" and notice["code"] == "OPSP8996", notice
+
+
+def test_stock_master_of_a_paper_account_is_downloaded_or_explained(tmp_path: Path, twin) -> None:
+    def check(url: str) -> object:
+        cfg = GatewayConfig(run_dir=str(tmp_path / "run"), master_url=url, broker=BrokerConfig(env=BrokerEnv.PAPER))
+        doc = Doctor(cfg, timeout_s=2.0)
+        asyncio.run(doc._stock_master(cfg))
+        return doc.checks[-1]
+
+    bad = check(f"http://127.0.0.1:{closed_port()}/common/master")  # no copy, nothing to download from
+    assert bad.status is Status.FAIL and "cannot download" in bad.detail and "master_dir" in bad.hint  # type: ignore[attr-defined]
+    good = check(f"{twin.rest_url}/common/master")  # the gateway's copy, fetched as the gateway would
+    assert good.status is Status.OK and "KIS master of" in good.detail, good  # type: ignore[attr-defined]
+    assert (tmp_path / "run" / "master" / "kospi_code.mst").exists()

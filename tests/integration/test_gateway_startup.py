@@ -25,10 +25,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.client import GatewayClient
+from common.clock import today_kst
+from common.config import AgentCard
+from common.enums import Side, TimeInForce
+from common.errors import ErrorCode
+from common.ids import make_client_order_id
+from common.schema import NewOrder, OrderResult, OrdersReply, Register, Registered, StatusReply, SubmitOrders
 from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID, credentials_env
 from kis.startup import StartExit
-from tests.conftest import ROOT, Procs, wait_for
-from tools.ops.procs import child_env, ktrader_cmd, twin_args
+from tests.conftest import ROOT, Procs, agent_client, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +65,9 @@ def error_lines(out: subprocess.CompletedProcess[str]) -> list[str]:
     return lines[first:]
 
 
-def assert_explained(out: subprocess.CompletedProcess[str], code: StartExit, *needles: str) -> list[str]:
+def assert_explained(
+    out: subprocess.CompletedProcess[str], code: StartExit, *needles: str, max_lines: int = 15
+) -> list[str]:
     assert out.returncode == code, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr and "Traceback" not in out.stdout, out.stderr
     err = error_lines(out)
@@ -65,7 +75,7 @@ def assert_explained(out: subprocess.CompletedProcess[str], code: StartExit, *ne
     text = " ".join(err)
     for n in needles:
         assert n in text, (n, err)
-    assert len(out.stderr.splitlines()) <= 15, out.stderr  # a few log lines and the message, not pages
+    assert len(out.stderr.splitlines()) <= max_lines, out.stderr  # a few log lines and the message, not pages
     return err
 
 
@@ -265,3 +275,90 @@ def test_restart_within_a_minute_after_failed_connects_does_not_stall(tmp_path: 
     assert time.monotonic() - t0 < 25
     assert "one token issuance per minute" not in procs.log(gw)
     assert gw.poll() is None
+
+
+# --- the stock master of a paper/real gateway: downloaded, kept, explained -------------------------
+
+
+def _paper(info: dict[str, str], master_url: str) -> tuple[str, dict[str, str]]:
+    toml = (
+        f'master_url = "{master_url}"\n[broker]\nenv = "paper"\nrest_url = "{info["paper_rest_url"]}"\n'
+        f'ws_url = "{info["ws_url"]}"\nstart_retries = 0\n'
+    )
+    env = {
+        **credentials_env(info),
+        ENV_APP_KEY: info["paper_app_key"],
+        ENV_APP_SECRET: info["paper_app_secret"],
+        ENV_ACCOUNT: info["paper_account"],
+    }
+    return toml, env
+
+
+def _order(client: GatewayClient, agent: str, n: int, code: str, price: int) -> OrderResult:
+    reply = client.request(
+        SubmitOrders(
+            h=client.headers(),
+            orders=[
+                NewOrder(
+                    client_order_id=make_client_order_id(agent, today_kst(), n),
+                    code=code,
+                    side=Side.BUY,
+                    qty=1,
+                    price=price,
+                    tif=TimeInForce.NEXT_SESSION,  # held whatever the wall clock's phase: the price rules still apply
+                )
+            ],
+        ),
+        10,
+    )
+    assert isinstance(reply, OrdersReply), reply
+    return reply.results[0]
+
+
+def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path: Path, procs: Procs) -> None:
+    info = start_twin(procs, tmp_path)
+    toml, env = _paper(info, f"{info['paper_rest_url']}/common/master")
+    cfg = tmp_path / "paper.toml"
+    cfg.write_text(toml)
+    run = tmp_path / "run"
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
+    wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway up")
+    st = wait_for(lambda: (s := fetch_status(run)).synced and s, 30, what="first reconciliation")  # type: ignore[assignment]
+    assert st.stock_master.startswith(f"KIS master of {today_kst().isoformat()}"), st.stock_master
+    assert (run / "master" / "kospi_code.mst").exists() and "stock master downloaded" in procs.log(gw)
+    card = AgentCard(id="etf", name="etf", strategy="x:Y", codes=["069500", "005930"], budget=10_000_000)
+    client = agent_client(run, card)
+    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
+    assert isinstance(reg, Registered), reg
+    n = reg.snapshot.next_order_n
+    # KODEX 200 at 35,105: the ETF's 5-won grid (a stock there has a 50-won tick); judged as a stock
+    # without the master, it was DENIED_TICK
+    etf = _order(client, "etf", n, "069500", 35_105)
+    assert etf.accepted, etf
+    stock = _order(client, "etf", n + 1, "005930", 70_050)  # the stock grid is still enforced
+    assert not stock.accepted and stock.code is ErrorCode.DENIED_TICK, stock
+    client.close()
+    stop_groups([gw], grace_s=10)
+    # days later, KIS's download host unreachable: the old copy serves at once, a person is told
+    stamp = run / "master" / "downloaded.json"
+    old = (today_kst() - dt.timedelta(days=4)).isoformat()
+    stamp.write_text(stamp.read_text().replace(today_kst().isoformat(), old))
+    toml, env = _paper(info, f"http://127.0.0.1:{free_port()}/common/master")
+    cfg.write_text(toml)
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway2", env=env)
+    wait_for(lambda: gw.poll() is None and (run / "gateway.json").exists(), 30, what="gateway up on the old copy")
+
+    def alerted() -> StatusReply | None:
+        got = fetch_status(run)
+        return got if any("stock master copy is 4 days old" in a for a in got.alerts) else None
+
+    st = wait_for(alerted, 20, what="the stale copy alerted")
+    assert st.stock_master.startswith(f"KIS master of {old}"), st.stock_master  # type: ignore[union-attr]
+    assert st.counters["master_download_failures"] >= 1  # type: ignore[union-attr]
+    stop_groups([gw], grace_s=10)
+    # a first start (no copy) that cannot download: two plain lines, exit 5, nothing served
+    (tmp_path / "fresh").mkdir()
+    out = gateway(tmp_path / "fresh", toml, env)
+    # (after KIS itself answered: its session's lines come first)
+    assert_explained(out, StartExit.UNREACHABLE, "KIS stock master", "cannot download", "master_dir", max_lines=20)
+    assert not (tmp_path / "fresh" / "run" / "gateway.json").exists()

@@ -132,3 +132,18 @@ def test_one_outlier_cannot_put_a_holding_agent_into_reducing(tmp_path: Path) ->
     core.risk.sweep([card])
     assert core.risk.agent_state("alpha") is TradingState.REDUCING
     store.close()
+
+
+def test_without_a_stock_master_an_etf_print_is_not_dropped_as_off_the_stock_grid() -> None:
+    # KODEX 200 at 35,105: on the ETF's 5-won grid, off a stock's 50-won grid at that price
+    known = MarketSanity(lambda code: 35_000, lambda code: SecurityKind.ETF, lambda: DAY, lambda text: None)
+    stock = MarketSanity(lambda code: 35_000, lambda code: SecurityKind.STOCK, lambda: DAY, lambda text: None)
+    unknown = MarketSanity(lambda code: 35_000, lambda code: None, lambda: DAY, lambda text: None)
+    etf = tick(35_105, 10, code="069500")
+    assert known.trade(etf) is None and stock.trade(etf) is Bad.GRID
+    assert unknown.trade(etf) is None  # no master: either kind's grid, as either market's
+    assert unknown.trade(tick(35_103, 11, code="069500")) is Bad.GRID  # off every grid still dropped
+    # an ETF at its upper limit: the ETF's band rounds on its own grid (5,005 where a stock's is 5,000)
+    low = MarketSanity(lambda code: 3_850, lambda code: None, lambda: DAY, lambda text: None)
+    assert low.trade(tick(5_005, 12, code="069500")) is None
+    assert low.confirmed(tick(5_005, 13, code="069500"))  # at the day's limit: confirmed as such

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from common.config import BrokerEnv, BrokerConfig, ConfigError, GatewayConfig
-from kis.master import load_stock_master
-from server.stockmaster import gateway_master
+from common.enums import AlertKind
+from common.krx_rules import SecurityKind
+from kis.master import (
+    STAMP,
+    MasterError,
+    download_master,
+    load_copy,
+    load_stock_master,
+    parse_master,
+    read_copy,
+    twin_master,
+    unzip_master,
+)
+from kis.sim.master_files import master_zip
+from kis.sim.universe import STOCKS
+from server.stockmaster import MasterKeeper, copy_folder, downloads, gateway_master
 
 
 def test_master_files_and_twin_fallback(shared_data: Path) -> None:
@@ -22,6 +42,130 @@ def test_master_files_and_twin_fallback(shared_data: Path) -> None:
 
 def test_gateway_master_choice(tmp_path: Path) -> None:
     assert gateway_master(GatewayConfig()) is not None  # sim: the twin's list
-    assert gateway_master(GatewayConfig(broker=BrokerConfig(env=BrokerEnv.PAPER))) is None  # nothing to check against
+    paper = GatewayConfig(run_dir=str(tmp_path), broker=BrokerConfig(env=BrokerEnv.PAPER))
+    assert gateway_master(paper) is None  # no copy yet: the gateway downloads one at start
+    assert downloads(paper) and not downloads(msgspec.structs.replace(paper, master_url=""))
     with pytest.raises(ConfigError, match="master_dir"):
         gateway_master(GatewayConfig(master_dir=str(tmp_path)))  # a folder without master files
+
+
+# ---- the gateway's own copy of KIS's files (paper/real) ------------------------------------------
+
+
+def test_twin_publishes_its_list_in_kis_layout() -> None:
+    twin = twin_master().entries
+    for market in ("KOSPI", "KOSDAQ"):
+        got = parse_master(unzip_master(master_zip(STOCKS, market), market), market)
+        want = {c: e for c, e in twin.items() if e.market == market}
+        assert set(got) == set(want)
+        assert all((got[c].name, got[c].kind, got[c].board) == (e.name, e.kind, e.board) for c, e in want.items())
+    assert twin["069500"].kind is SecurityKind.ETF
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path.rsplit("/", 1)[-1])
+        self.send_response(200 if body is not None else 404)
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    files: dict[str, bytes] = {}
+    handler = type("H", (_Files,), {"files": files})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/common/master", files
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _publish(files: dict[str, bytes]) -> None:
+    files["kospi_code.mst.zip"] = master_zip(STOCKS, "KOSPI")
+    files["kosdaq_code.mst.zip"] = master_zip(STOCKS, "KOSDAQ")
+
+
+KST_ = dt.timezone(dt.timedelta(hours=9))
+
+
+def _at(day: int, hour: int = 9) -> dt.datetime:
+    return dt.datetime(2026, 12, day, hour, 0, tzinfo=KST_)
+
+
+def test_download_replaces_the_copy_only_when_both_files_are_whole(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    url, files = server
+    with pytest.raises(MasterError, match="HTTP 404"):
+        asyncio.run(download_master(url, tmp_path, _at(4)))
+    assert read_copy(tmp_path) is None and not any(tmp_path.iterdir())
+    _publish(files)
+    copy = asyncio.run(download_master(url, tmp_path, _at(4)))
+    assert (copy.day, copy.codes, copy.url) == ("2026-12-04", len(twin_master().entries), url)
+    assert read_copy(tmp_path) == copy and len(load_copy(tmp_path, copy)) == copy.codes
+    assert oct((tmp_path / "kospi_code.mst").stat().st_mode & 0o777) == "0o600"
+    before = (tmp_path / "kospi_code.mst").read_bytes()
+    good = files["kosdaq_code.mst.zip"]
+    for broken, why in (
+        (b"<html>maintenance</html>", "not a readable zip"),
+        (good[: len(good) // 2], "not a readable zip"),  # cut short
+        (master_zip([], "KOSDAQ"), "no codes"),  # an empty placeholder
+    ):
+        files["kosdaq_code.mst.zip"] = broken
+        with pytest.raises(MasterError, match=why):
+            asyncio.run(download_master(url, tmp_path, _at(7)))
+        assert read_copy(tmp_path) == copy and (tmp_path / "kospi_code.mst").read_bytes() == before
+    files["kosdaq_code.mst.zip"] = good
+    with pytest.raises(MasterError, match="truncated list"):  # half the codes the copy has: refused
+        asyncio.run(download_master(url, tmp_path, _at(7), previous_codes=copy.codes * 3))
+    with pytest.raises(MasterError, match="ConnectError"):
+        asyncio.run(download_master("http://127.0.0.1:9/common/master", tmp_path, _at(4), timeout_s=2))
+    # a file cut short on disk (a crash before it reached the disk) is not taken for the copy
+    (tmp_path / "kosdaq_code.mst").write_bytes(b"")
+    with pytest.raises(MasterError, match="lists no codes"):
+        load_copy(tmp_path, copy)
+
+
+def test_keeper_refreshes_a_stale_copy_and_alerts_when_it_cannot(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    url, files = server
+    _publish(files)
+    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
+    asyncio.run(download_master(url, copy_folder(cfg), _at(1, 9)))
+    now = [_at(2, 7)]
+    installed: list[object] = []
+    alerts: list[tuple[str, AlertKind]] = []
+    keeper = MasterKeeper(cfg, lambda: now[0], installed.append, lambda t, k: alerts.append((t, k)), timeout_s=2)
+    start = gateway_master(cfg)  # yesterday's copy: used at once (a takeover never waits for a download)
+    assert start is not None and "KIS master of 2026-12-01" in start.source
+    assert start.kinds()["069500"] is SecurityKind.ETF
+    assert not keeper.stale()  # 07:00: KIS has not rebuilt its files yet (REFRESH_AT 08:00)
+    now[0] = _at(2, 8)
+    assert keeper.stale()
+    asyncio.run(keeper.fetch())
+    assert not keeper.stale() and len(installed) == 1 and keeper.copy.day == "2026-12-02"  # type: ignore[union-attr]
+    # the host gone for days: the copy stays, the failures count, a person hears once a day from day 3
+    files.clear()
+    for day in (3, 4, 5, 5):
+        now[0] = _at(day)
+        with pytest.raises(MasterError):
+            asyncio.run(keeper.fetch())
+        keeper._maybe_alert()
+    assert keeper.failures == 4 and len(installed) == 1 and read_copy(copy_folder(cfg)).day == "2026-12-02"  # type: ignore[union-attr]
+    assert len(alerts) == 1 and "3 days old" in alerts[0][0] and alerts[0][1] is AlertKind.STOCK_MASTER
+    # master_url changed: the copy serves until one from the new address arrives (stale at once)
+    moved = msgspec.structs.replace(cfg, master_url=url + "/other")
+    assert gateway_master(moved) is not None
+    assert MasterKeeper(moved, lambda: now[0], installed.append, lambda t, k: None).stale()
+    # a copy whose stamp is gone is not a copy
+    (copy_folder(cfg) / STAMP).unlink()
+    assert gateway_master(cfg) is None

@@ -138,7 +138,7 @@ class Doctor:
                 why = "needs credentials" if creds is None else "KIS REST is not reachable"
                 for name in ("token", "token accepted", "approval key", "notice feed", "account", "market"):
                     self.add(Check(name=name, status=Status.SKIP, detail=f"skipped: {why}"))
-            self._stock_master(cfg)
+            await self._stock_master(cfg)
         return Report(ok=not any(c.status is Status.FAIL for c in self.checks), env=self.env_name, checks=self.checks)
 
     # --- target and credentials ------------------------------------------------------------------
@@ -525,16 +525,51 @@ class Doctor:
             detail=f"KRX now ({now:%Y-%m-%d %H:%M} KST, {day}): {phase_at(now).value}; 005930 last {last}",
         )
 
-    def _stock_master(self, cfg: GatewayConfig) -> None:
-        from kis.master import MasterError, load_stock_master
+    async def _stock_master(self, cfg: GatewayConfig) -> None:
+        from kis.master import MasterError, download_master, load_stock_master
+        from server.stockmaster import copy_folder, downloads, due_since, own_copy
 
+        if downloads(cfg):  # the gateway's own copy: a current one, or downloaded now as the gateway would
+            folder, now = copy_folder(cfg), now_kst()
+            got = own_copy(cfg)
+            copy = got[0] if got is not None else None
+            if copy is None or dt.datetime.fromisoformat(copy.at) < due_since(now):
+                try:
+                    copy = await download_master(
+                        cfg.master_url,
+                        folder,
+                        now,
+                        timeout_s=max(self.timeout_s, 10.0),
+                        previous_codes=copy.codes if copy is not None else 0,
+                    )
+                except (MasterError, OSError) as e:
+                    self.add(
+                        Check(
+                            name="stock master",
+                            status=Status.FAIL if copy is None else Status.WARN,
+                            detail=f"cannot download it: {e}"
+                            + ("" if copy is None else f" (the gateway would use the copy of {copy.day})"),
+                            hint=f"make {cfg.master_url} reachable, or put kospi_code.mst / kosdaq_code.mst in a "
+                            "folder and set master_dir",
+                        )
+                    )
+                    return
+            self.add(
+                Check(
+                    name="stock master",
+                    status=Status.OK,
+                    detail=f"{copy.codes} codes, KIS master of {copy.day} in {folder} (refreshed by the gateway daily)",
+                )
+            )
+            return
         if not cfg.master_dir and cfg.broker.env is not BrokerEnv.SIM:
             self.add(
                 Check(
                     name="stock master",
                     status=Status.WARN,
-                    detail="no master_dir: order codes are not checked against a listing",
-                    hint="download kospi_code.mst and kosdaq_code.mst (KIS) into a folder and set master_dir",
+                    detail="no master_dir and master_url empty: codes are not checked, every code counts as a KOSPI "
+                    "stock (ETF limit prices off the stock grid denied, ETF prints dropped)",
+                    hint="set master_url (KIS's download folder, the default) or master_dir",
                 )
             )
             return

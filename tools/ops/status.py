@@ -175,7 +175,8 @@ def recon_line(st: StatusReply) -> str:
         if st.last_reconcile_age_s >= 0
         else ""
     )
-    return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}"
+    master = st.stock_master or "none (codes not checked; every code counts as a KOSPI stock)"
+    return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}  stock master {master}"
 
 
 def risk_line(st: StatusReply) -> str:
