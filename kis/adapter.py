@@ -394,10 +394,16 @@ class KisBroker(BrokerPort):
 
     # --- inquiries -----------------------------------------------------------------------------
 
-    async def order_reports(self, day: dt.date, *, caller: str = DEFAULT_CALLER) -> list[BrokerOrderReport]:
+    async def order_reports(
+        self, day: dt.date, *, open_only: bool = False, caller: str = DEFAULT_CALLER
+    ) -> list[BrokerOrderReport]:
         d = yyyymmdd(day)
         req = wire.DailyCcldRequest(
-            CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, INQR_STRT_DT=d, INQR_END_DT=d
+            CANO=self._creds.cano,
+            ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
+            INQR_STRT_DT=d,
+            INQR_END_DT=d,
+            CCLD_DVSN="02" if open_only else "00",  # 02: 미체결 (lines with a remainder), 00: all
         )
         pages = await self.rest.paged(
             Path.DAILY_CCLD,

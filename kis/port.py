@@ -286,8 +286,9 @@ class BrokerPort(Protocol):
 
     # ---- the account ----------------------------------------------------------------------------
 
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
-        """All of the day's orders (all pages), the broker's view."""
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
+        """All of the day's orders (all pages), the broker's view; `open_only`: only the lines with a
+        remainder (KIS's unfilled list: a page or two even late in a busy day)."""
         ...
 
     async def positions(self) -> list[BrokerPosition]: ...

@@ -263,6 +263,8 @@ class Operator:
         counters["chain_repairs"] = gw.core.repair.repaired
         counters["cancels_resent"] = gw.core.repair.resent
         counters["fills_repriced"] = gw.recon.repriced  # orders whose filled value was brought to the broker's
+        # orders with notice fills the broker's list did not show at the last pass (taken back after the grace)
+        counters["fills_unconfirmed"] = gw.recon.unconfirmed
         if gw.master_keeper is not None:
             counters["master_download_failures"] = gw.master_keeper.failures
         master = gw.master

@@ -23,6 +23,12 @@ names the one it revised). Per chain:
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
 side, quantity and price; if none appears within `grace_ns` it never reached the exchange and is
 rejected here. A broker original that nobody claims is external (HTS app, another program).
+
+`partial`: the reports are only some of the day's lines (KIS's unfilled list, read first at a takeover
+so that trading resumes in a page or two instead of the whole day's list). A line missing from them
+proves nothing, so such a pass only adds what the lines it has prove: UNKNOWN submits found, revise
+lines, fills beyond the books', orders nobody here placed. It never takes a fill back, closes an order,
+reprices one or rejects an UNKNOWN; the full pass that follows does.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ def reconcile(
     now_ns: int,
     grace_ns: int = 600_000_000_000,
     fill_grace_ns: int = 60_000_000_000,
+    partial: bool = False,
 ) -> ReconcileResult:
     res = ReconcileResult()
     owner_of: dict[str, Order] = {}  # ODNO → local order (its whole chain)
@@ -120,7 +127,7 @@ def reconcile(
             chain[o.client_order_id] = [match.broker_order_id]
             res.add(o.client_order_id, Accept(ts_ns=now_ns, broker_order_id=match.broker_order_id, org_no=match.org_no))
             res.alerts.append(f"{o.client_order_id}: outcome was unknown; the broker has it as {match.broker_order_id}")
-        elif o.state is OrderState.UNKNOWN and now_ns - o.updated_ns > grace_ns:
+        elif not partial and o.state is OrderState.UNKNOWN and now_ns - o.updated_ns > grace_ns:
             res.add(
                 o.client_order_id,
                 Reject(
@@ -178,8 +185,8 @@ def reconcile(
     # 3. per chain: cumulative fills and how the broker closed it
     for o in local:
         lines = [by_odno[x] for x in chain[o.client_order_id] if x in by_odno]
-        if not lines:
-            continue
+        if not lines or (partial and len(lines) < len(chain[o.client_order_id])):
+            continue  # partial: a line not shown may hold fills (a revised order's original never is)
         coid = o.client_order_id
         claimed.update(r.broker_order_id for r in lines)
         filled = sum(r.filled_qty for r in lines)
@@ -206,7 +213,9 @@ def reconcile(
                 ),
             )
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
-        elif filled < o.filled_qty:
+        if partial:
+            continue  # fewer fills, other values, a closed chain: only the whole list can tell
+        if filled < o.filled_qty:
             books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
         if (
             filled

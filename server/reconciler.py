@@ -43,7 +43,7 @@ def periodic_wait(period_s: float, last_pass_s: float) -> float:
 class AccountView(Protocol):
     """The part of the broker reconciliation reads."""
 
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]: ...
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]: ...
 
     async def positions(self) -> list[BrokerPosition]: ...
 
@@ -75,29 +75,43 @@ class Reconciler:
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
+        self.unconfirmed = 0  # orders whose notice fills the broker's list did not show yet at the last pass
 
-    async def run(self, reason: str) -> ReconcileResult:
+    async def run(self, reason: str, *, open_only: bool = False) -> ReconcileResult:
+        """A pass over the day's whole order list; `open_only`: over KIS's unfilled list alone (the
+        first pass of a takeover: a page or two however busy the day was, so orders flow again at
+        once; it repairs only what those lines prove, see server/reconcile.py, and checks no
+        positions: the full pass must follow)."""
         async with self._lock:
-            return await self._run(reason)
+            return await self._run(reason, open_only)
 
-    async def _run(self, reason: str) -> ReconcileResult:
+    async def _run(self, reason: str, open_only: bool = False) -> ReconcileResult:
         book = self.book
         self.expire_previous_days()
         today = book.clock.now().date()
         # The balance first, then the orders: a fill landing between the two calls then shows in
         # the orders (and the books) but not yet in the balance, which reads as "books ahead" (an
         # alert) — never as shares of nobody's that would be wrongly given to 'external'.
-        try:
-            balance: list[BrokerPosition] | Exception = await self.broker.positions()
-        except Exception as e:
-            balance = e
-        reports = await self.broker.order_reports(today)
+        balance: list[BrokerPosition] | Exception | None = None
+        if not open_only:
+            try:
+                balance = await self.broker.positions()
+            except Exception as e:
+                balance = e
+        reports = await self.broker.order_reports(today, open_only=open_only)
         virtual = book.portfolio.virtual
         local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
         res = reconcile(
-            local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns, fill_grace_ns=self.fill_grace_ns
+            local,
+            reports,
+            now_ns=book.now_ns(),
+            grace_ns=self.unknown_grace_ns,
+            fill_grace_ns=self.fill_grace_ns,
+            partial=open_only,
         )
         self._apply(res)
+        if not open_only:
+            self.unconfirmed = len(res.held)
         for r in res.external:
             try:
                 self._adopt_external(r)
@@ -107,7 +121,7 @@ class Reconciler:
                 log.exception("adopting external order %s failed", r.broker_order_id)
         if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
             res.alerts.append(f"position check failed: {balance}")
-        else:
+        elif balance is not None:
             res.alerts.extend(self._check_positions(balance, res.unconfirmed))
         first = not self.synced
         self.synced = True
@@ -115,9 +129,10 @@ class Reconciler:
         for text in res.alerts:
             self.alert(f"reconcile ({reason}): {text}")
         log.info(
-            "reconciled (%s): %d orders at the broker, %d repaired, %d external, %d alerts",
+            "reconciled (%s): %d %sorders at the broker, %d repaired, %d external, %d alerts",
             reason,
             len(reports),
+            "open " if open_only else "",
             len(res.events),
             len(res.external),
             len(res.alerts),

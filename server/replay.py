@@ -266,7 +266,7 @@ class ReplayBroker(BrokerPort):
 
     # --- inquiries: an empty account ----------------------------------------------------------------
 
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
         return []
 
     async def positions(self) -> list[BrokerPosition]:

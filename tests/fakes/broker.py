@@ -50,6 +50,7 @@ class FakeBroker(BrokerPort):
         self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
         self.state_path = state_path
         self.orders: dict[str, dict] = {}
+        self.report_calls: list[bool] = []  # open_only of each order_reports call, in order
         if state_path and os.path.exists(state_path):
             with open(state_path) as f:
                 self.orders = {k: {**o, "side": Side(o["side"])} for k, o in json.load(f).items()}
@@ -209,7 +210,8 @@ class FakeBroker(BrokerPort):
         self._lost("cancel")
         return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
 
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
+        self.report_calls.append(open_only)
         out = []
         for k, o in self.orders.items():
             kind = o.get("kind", "new")
@@ -235,7 +237,7 @@ class FakeBroker(BrokerPort):
                     is_modify=kind == "modify",
                 )
             )
-        return out
+        return [r for r in out if r.remaining_qty] if open_only else out
 
     async def positions(self) -> list[BrokerPosition]:
         held: dict[str, list[int]] = {}

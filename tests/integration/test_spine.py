@@ -185,3 +185,8 @@ def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: 
     assert st.gateway_pid == gw2.pid and st.fills_today == 1
     assert a.poll() is None
     holds_for(lambda: agent_status(run, "alpha").orders_today == 2, 0.5, what="no order re-sent")
+    # the takeover read the unfilled list first (orders flow after a page), then the whole day's list
+    # (this fake broker starts empty: the orders of the killed gateway's broker are gone with it)
+    log = wait_for(lambda: "reconciled (start, the whole day)" in (t := procs.log(gw2)) and t, 10, what="full pass")
+    first = log.index("reconciled (start): 0 open orders at the broker")  # type: ignore[union-attr]
+    assert first < log.index("reconciled (start, the whole day): 0 orders at the broker")  # type: ignore[union-attr]

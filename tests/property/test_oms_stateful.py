@@ -204,8 +204,9 @@ class ModelBroker(BrokerPort):
         self.ex.notice(NoticeKind.ACCEPTED, m, is_modify=True)
         return BrokerAck(broker_order_id=m["odno"], org_no="06010", time="090000")
 
-    async def order_reports(self, day: dt.date) -> list[BrokerOrderReport]:
-        return [self.ex.report(line) for line in self.ex.lines.values()]
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
+        reports = [self.ex.report(line) for line in self.ex.lines.values()]
+        return [r for r in reports if r.remaining_qty] if open_only else reports
 
     async def positions(self) -> list[BrokerPosition]:
         qty = sum((1 if l["side"] is Side.BUY else -1) * l["filled"] for l in self.ex.lines.values())

@@ -176,9 +176,11 @@ async def test_a_fill_the_list_does_not_show_yet_is_held_inside_the_grace(tmp_pa
     h.notices.on_notice(forged_fill(odno, 2, 60_000))
     await h.recon.run("test")  # the list may lag its notices: held as unconfirmed, not taken back yet
     assert h.book.orders[coid(1)].filled_qty == 2
+    assert h.recon.unconfirmed == 1  # status: fills_unconfirmed (one order waits for KIS's list)
     h.core.recon.fill_grace_ns = 0  # the grace has passed
     await h.recon.run("test")
     assert h.book.orders[coid(1)].filled_qty == 0 and h.book.orders[coid(1)].state is OrderState.ACCEPTED
+    assert h.recon.unconfirmed == 0
     await h.store.durable()  # events reach agents once the commit that holds them is on disk
     fills = [e.body for a, e in h.events if isinstance(e.body, FillUpdate)]
     assert len(fills) == 1  # the agent saw the one (forged) fill, then its reversal as a PositionUpdate

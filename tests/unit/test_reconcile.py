@@ -323,3 +323,48 @@ def test_a_reprice_whose_other_repairs_did_not_land_changes_nothing() -> None:
     with pytest.raises(StateError):
         apply(booked, Reprice(qty=10, value=1_007))
     assert apply(booked, Reprice(qty=1, value=99)).filled_value == 99
+
+
+def test_a_pass_over_the_unfilled_list_only_adds_what_its_lines_prove() -> None:
+    """The first pass of a takeover reads KIS's unfilled list: a line missing from it may have filled,
+    been cancelled, or sit in a revised order's original; nothing is concluded from its absence."""
+    grace = 60_000_000_000
+    now = 1_000 * grace
+    open_line = _report("0000000001", 3, 210_000, 70_000)  # 3 of 10 filled, 7 left: in the unfilled list
+    # a fill the books missed, on a line the list shows: added at the broker's value
+    res = reconcile([_sold([])], [open_line], now_ns=now, fill_grace_ns=grace, partial=True)
+    (fill,) = res.events[coid(1)]
+    assert isinstance(fill, Fill) and (fill.qty, fill.value) == (3, 210_000)
+    # the order is not in the list (filled or cancelled meanwhile), its old notice fill not at the
+    # broker's line either: kept as it is, for the whole list to judge
+    booked = _sold([("n1", 4, 70_000, now - grace)])
+    assert not reconcile([booked], [], now_ns=now, fill_grace_ns=grace, partial=True).events
+    assert reconcile([booked], [], now_ns=now, fill_grace_ns=grace).events == {}  # (the full pass: no lines, no word)
+    res = reconcile([booked], [open_line], now_ns=now, fill_grace_ns=grace, partial=True)
+    assert not res.events  # fewer fills on the line than booked: no take-back from a partial list
+    assert isinstance(reconcile([booked], [open_line], now_ns=now, fill_grace_ns=grace).events[coid(1)][0], ReverseFill)
+    # an UNKNOWN submit long past its grace and not in the unfilled list: still UNKNOWN (it may have filled)
+    unknown = Order(
+        client_order_id=coid(2),
+        agent="alpha",
+        code="005930",
+        side=Side.BUY,
+        qty=5,
+        price=69_000,
+        state=OrderState.UNKNOWN,
+        updated_ns=0,
+    )
+    assert not reconcile([unknown], [], now_ns=now, grace_ns=grace, partial=True).events
+    assert reconcile([unknown], [], now_ns=now, grace_ns=grace).events[coid(2)][0].code == "NOT_AT_BROKER"  # type: ignore[attr-defined]
+    # ... but found there, it is adopted at once
+    line = msgspec.structs.replace(_report("0000000002", 0, 0, 0), side=Side.BUY, qty=5, price=69_000, remaining_qty=5)
+    (acc,) = reconcile([unknown], [line], now_ns=now, grace_ns=grace, partial=True).events[coid(2)]
+    assert acc.broker_order_id == "0000000002"  # type: ignore[attr-defined]
+    # a revised order: its original line (no remainder) is never in the list, and may hold fills
+    revised = msgspec.structs.replace(
+        _sold([]), broker_chain=("0000000001", "0000000003"), broker_order_id="0000000003"
+    )
+    rev_line = msgspec.structs.replace(
+        _report("0000000003", 2, 140_000, 70_000), orig_broker_order_id="0000000001", is_modify=True, qty=8
+    )
+    assert not reconcile([revised], [rev_line], now_ns=now, fill_grace_ns=grace, partial=True).events

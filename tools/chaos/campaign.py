@@ -497,10 +497,13 @@ class Campaign:
                     return fetch_status(st.run, 2.0).counters.get("reconciles", 0) > before
 
                 wait_until(reconciled, 15, "reconciliation")
+                # a forged fill of the last seconds is held as unconfirmed until the grace passes: settled
+                # only once the books kept or took back every notice fill (not when the audit would race it)
+                waiting = fetch_status(st.run, 2.0).counters.get("fills_unconfirmed", 0)
             except Exception:
                 continue
             unresolved = sum(1 for _, o in self._gateway_orders() if o.state in UNRESOLVED)
-            if unresolved == 0:
+            if unresolved == 0 and not waiting:
                 break
         return unresolved
 
