@@ -64,7 +64,7 @@ from server.core import OrderCore
 from server.equity import AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
-from server.stockmaster import MasterKeeper
+from server.stockmaster import MasterKeeper, master_line
 from server.notifier import Notifier
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
@@ -300,7 +300,7 @@ class Operator:
             notify=self.notifier.status(),
             risk=risk_status(gw.risk, gw.account.reads),
             protections=gw.protection.of(),
-            stock_master=f"{master.source}, {len(master.entries):,} codes" if master is not None else "",
+            stock_master=master_line(master, gw.master_keeper),
         )
 
     # ---- control ---------------------------------------------------------------------------------

@@ -93,6 +93,16 @@ def gateway_master(cfg: GatewayConfig) -> StockMaster | None:
     return master
 
 
+def master_line(master: StockMaster | None, keeper: MasterKeeper | None) -> str:
+    """The master in use, for status ("" none), and a refresh that keeps failing."""
+    if master is None:
+        return ""
+    line = f"{master.source}, {len(master.entries):,} codes"
+    if keeper is not None and keeper.failures:
+        line += f"; refresh failing ({keeper.failures}x): {keeper.last_error}"
+    return line
+
+
 class MasterKeeper:
     """Downloads KIS's master files into run_dir/master and hands each new copy to `install`."""
 

@@ -354,7 +354,7 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
 
     st = wait_for(alerted, 20, what="the stale copy alerted")
     assert st.stock_master.startswith(f"KIS master of {old}"), st.stock_master  # type: ignore[union-attr]
-    assert st.counters["master_download_failures"] >= 1  # type: ignore[union-attr]
+    assert st.counters["master_download_failures"] >= 1 and "refresh failing" in st.stock_master  # type: ignore[union-attr]
     stop_groups([gw], grace_s=10)
     # a first start (no copy) that cannot download: two plain lines, exit 5, nothing served
     (tmp_path / "fresh").mkdir()
