@@ -439,6 +439,8 @@ class StatusReply(_Msg, tag="status_reply", frozen=True):
     counters: dict[str, int]  # protocol counters: bad frames, drops, ...
     subscriptions: dict[str, list[str]] = {}  # "trades:005930" -> agents sharing that registration
     synced: bool = False  # reconciled with the broker since start (orders are denied before)
+    # ... against the day's whole order list, not only its open orders (a takeover's first pass)
+    reconciled_whole: bool = False
     last_reconcile_age_s: float = -1.0
     alerts: list[str] = []  # the most recent alerts, newest last
     health: BrokerHealth = msgspec.field(default_factory=BrokerHealth)

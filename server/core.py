@@ -139,6 +139,7 @@ def build_order_core(
         lambda: recon.synced,
         alerts,
         card_of,
+        lambda: recon.complete,
     )
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
     repair = ChainRepair(

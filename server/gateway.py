@@ -96,13 +96,16 @@ from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher
-from server.reconciler import periodic_wait
+from server.reconciler import START, START_WHOLE, periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
 from server.session_days import check_session_days, new_gaps
 from server.sessions import AgentSessions
 from server.stockmaster import MasterKeeper, downloads, gateway_master
+
+# a start whose first pass read only the open orders alerts a person when the whole list stays unread
+PARTIAL_ALERT_NS = 120_000_000_000
 from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
@@ -152,7 +155,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[Any]] = set()
         self._reconcile_wanted = asyncio.Event()
-        self._reconcile_reason = "start"
+        self._reconcile_reason = START
         self._session_seen_ready = False
 
         # ---- the rooms ------------------------------------------------------------------------
@@ -636,7 +639,8 @@ class Gateway:
         for the whole day's list: 15 rows a page at 2 requests/s on a paper account); a pass over
         the whole list follows at once."""
         backoff = 0.2
-        reason = "start"
+        reason = START
+        partial_alerted = False
         while True:
             try:
                 t0 = time.monotonic()
@@ -647,7 +651,7 @@ class Gateway:
                 backoff = 0.2
                 timeout = periodic_wait(self.cfg.reconcile_s, took)
                 if open_only:  # the whole list next, at once (orders flow meanwhile)
-                    self._reconcile_reason = "start, the whole day"
+                    self._reconcile_reason = START_WHOLE
                     self._reconcile_wanted.set()
                 elif timeout > self.cfg.reconcile_s:  # a long list at a slow pace (a paper account's 2/s)
                     self.counters["reconcile_stretched"] += 1
@@ -656,11 +660,20 @@ class Gateway:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
                 timeout, backoff = backoff, min(backoff * 2, 30.0)  # 0.2, 0.4, ... a blip costs little
+                since = self.recon.partial_since_ns
+                if since and not partial_alerted and self.book.now_ns() - since > PARTIAL_ALERT_NS:
+                    partial_alerted = True  # trading goes on, on books that only know the open orders
+                    self.alerts(
+                        f"the day's whole order list could not be read since the start ({e}): orders that filled or "
+                        "ended while no gateway ran are still counted as open and held orders are not released; "
+                        "check KIS (ktrader status: reconciliation)",
+                        AlertKind.RECONCILE_DIFF,
+                    )
             try:
                 await asyncio.wait_for(self._reconcile_wanted.wait(), timeout)
                 reason = self._reconcile_reason
             except asyncio.TimeoutError:
-                reason = "periodic" if self.recon.synced else "start"
+                reason = "periodic" if self.recon.synced else START
             self._reconcile_wanted.clear()
 
     def _watch_protected(self) -> None:

@@ -287,6 +287,7 @@ class Operator:
             counters=counters,
             subscriptions=gw.subs.table(),
             synced=gw.recon.synced,
+            reconciled_whole=gw.recon.complete,
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
             names={c: master.name(c) for c in codes if master is not None and c in master},

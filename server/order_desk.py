@@ -78,6 +78,7 @@ class OrderDesk:
         synced: Callable[[], bool],
         alert: Callable[[str], None],
         card_of: Callable[[str], AgentCard | None],
+        complete: Callable[[], bool] | None = None,
     ) -> None:
         self.book = book
         # whose card governs an agent's orders now (None: the agent is not registered; its held
@@ -88,7 +89,10 @@ class OrderDesk:
         self.shadow = shadow
         self.shadow_venue = shadow_venue
         self.session = session
-        self.synced = synced
+        self.synced = synced  # reconciled once (a takeover's first pass may read open orders only)
+        # reconciled against the day's whole order list: held orders are judged against books that
+        # know what filled or ended while no gateway ran (a refusal at release is final)
+        self.complete = complete or synced
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
@@ -437,7 +441,7 @@ class OrderDesk:
                 book.trace(coid, "held.expired", valid_day=o.valid_day)
                 self._release_waits.discard(coid)
                 expired += 1
-            elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.synced():
+            elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.complete():
                 released += self._release(o, self.card_of(o.agent))
         return released, expired
 

@@ -26,9 +26,11 @@ rejected here. A broker original that nobody claims is external (HTS app, anothe
 
 `partial`: the reports are only some of the day's lines (KIS's unfilled list, read first at a takeover
 so that trading resumes in a page or two instead of the whole day's list). A line missing from them
-proves nothing, so such a pass only adds what the lines it has prove: UNKNOWN submits found, revise
-lines, fills beyond the books', orders nobody here placed. It never takes a fill back, closes an order,
-reprices one or rejects an UNKNOWN; the full pass that follows does.
+proves nothing, so such a pass only adds what the lines it has prove: fills beyond the books' on
+chains whose every line it shows, open orders nobody here placed (not one with the terms of an
+UNKNOWN submit of ours). It matches no UNKNOWN (its line may be one the list does not show while
+another with the same terms is shown), adopts no revise of a chain it does not see whole, never takes
+a fill back, closes, reprices or rejects an order; the whole pass that follows does.
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ def reconcile(
 
     # 1. UNKNOWN / PENDING_SUBMIT orders without an ODNO: find their twin among unclaimed originals
     originals = [r for r in reports if not r.is_cancel and not r.is_modify]
-    # only UNKNOWN: a PENDING_SUBMIT order's REST call is in flight and its reply will name its ODNO
-    unresolved = [o for o in local if not o.broker_chain and o.state is OrderState.UNKNOWN]
+    # only UNKNOWN: a PENDING_SUBMIT order's REST call is in flight and its reply will name its ODNO.
+    # Not on a partial list: the line that is the order's may be one it does not show (filled, ended)
+    # while another with the same terms is shown, and a claim made here could not be undone
+    unresolved = [] if partial else [o for o in local if not o.broker_chain and o.state is OrderState.UNKNOWN]
     # Orders whose send surely happened claim first; crash-recovered ones (maybe never sent) after;
     # oldest first within each. Identical terms from different agents are ambiguous: alerted.
     for o in sorted(unresolved, key=lambda x: (x.reason_code == RESTARTED, x.created_ns)):
@@ -172,9 +176,15 @@ def reconcile(
         if r.is_modify and r.broker_order_id not in chain[owner.client_order_id]:
             if r.rejected_qty and not r.qty - r.rejected_qty:
                 continue  # a refused revise changed nothing
+            earlier = chain[owner.client_order_id]
+            if partial and any(x not in by_odno for x in earlier):
+                continue  # the fills on a line the list does not show decide the total: the full pass
+            # a revise carries the remainder it moves: the new total is what the earlier lines filled
+            # (the broker's count, or the books' when notices are ahead of the list) plus that remainder
+            done = max(owner.filled_qty, sum(by_odno[x].filled_qty for x in earlier if x in by_odno))
             chain[owner.client_order_id].append(r.broker_order_id)
             owner_of[r.broker_order_id] = owner
-            new_total = owner.filled_qty + r.qty  # a revise carries the remainder it moves
+            new_total = done + r.qty
             if owner.state not in AMENDING:  # a revise we did not ask for (HTS, or before a restart)
                 res.add(owner.client_order_id, RequestReplace(ts_ns=now_ns, price=r.price, qty=new_total))
             res.add(
@@ -267,8 +277,18 @@ def reconcile(
                 res.add(coid, Expire(ts_ns=now_ns))
 
     # 4. broker originals nobody claims: placed outside ktrader
+    # A line with the terms of a submit of ours whose ODNO is not known yet is not taken for an order
+    # of somebody else's: the submit's REST reply may still be on its way (PENDING_SUBMIT), or, on a
+    # partial list, an UNKNOWN was not matched; the next (whole) pass decides
+    in_flight = {
+        (o.code, o.side, o.qty, o.price)
+        for o in local
+        if not o.broker_chain and (o.state is OrderState.PENDING_SUBMIT or (partial and o.state is OrderState.UNKNOWN))
+    }
     for r in originals:
         if r.broker_order_id not in claimed and r.broker_order_id not in owner_of:
+            if (r.code, r.side, r.qty, r.price) in in_flight:
+                continue
             res.external.append(r)
     return res
 

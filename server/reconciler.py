@@ -31,6 +31,10 @@ PERIODIC_SHARE = 0.1
 # ... but never longer apart than this: the periodic pass is the backstop for missed fill notices (a pass
 # that took long because of a token wait or timeouts must not push the next one out by most of an hour)
 PERIODIC_MAX_WAIT_S = 300.0
+# the reasons of a start's passes (a restart, a takeover): the open orders first, then the whole day's
+# list; what they repair is the recovery of what happened while no gateway ran (tools/rehearse/audit.py)
+START = "start"
+START_WHOLE = f"{START}, the whole day"
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
@@ -71,6 +75,8 @@ class Reconciler:
         self.resolves = 0  # targeted passes (chain repair), for status
         self.on_synced: list[Callable[[], None]] = []  # once, after the first pass (orders wait for it)
         self.synced = False  # no orders before the first reconciliation with the broker
+        self.complete = False  # a pass over the day's whole order list has succeeded (not only the open ones)
+        self.partial_since_ns = 0  # market ns of the first partial pass, while no whole pass followed
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
@@ -125,6 +131,10 @@ class Reconciler:
             res.alerts.extend(self._check_positions(balance, res.unconfirmed))
         first = not self.synced
         self.synced = True
+        if open_only:
+            self.partial_since_ns = self.partial_since_ns or book.now_ns()
+        else:
+            self.complete, self.partial_since_ns = True, 0
         self.last = (book.now_ns(), reason, len(res.alerts))
         for text in res.alerts:
             self.alert(f"reconcile ({reason}): {text}")

@@ -356,10 +356,19 @@ def test_a_pass_over_the_unfilled_list_only_adds_what_its_lines_prove() -> None:
     )
     assert not reconcile([unknown], [], now_ns=now, grace_ns=grace, partial=True).events
     assert reconcile([unknown], [], now_ns=now, grace_ns=grace).events[coid(2)][0].code == "NOT_AT_BROKER"  # type: ignore[attr-defined]
-    # ... but found there, it is adopted at once
-    line = msgspec.structs.replace(_report("0000000002", 0, 0, 0), side=Side.BUY, qty=5, price=69_000, remaining_qty=5)
-    (acc,) = reconcile([unknown], [line], now_ns=now, grace_ns=grace, partial=True).events[coid(2)]
-    assert acc.broker_order_id == "0000000002"  # type: ignore[attr-defined]
+    # an open line with its terms is not taken for it (its own line may have filled and be missing, and
+    # this one be an HTS order), nor for somebody else's: the whole list decides
+    filled_l1 = msgspec.structs.replace(
+        _report("0000000002", 5, 345_000, 69_000), side=Side.BUY, qty=5, price=69_000, remaining_qty=0
+    )
+    open_l2 = msgspec.structs.replace(
+        filled_l1, broker_order_id="0000000003", filled_qty=0, filled_value=0, remaining_qty=5
+    )
+    res = reconcile([unknown], [open_l2], now_ns=now, grace_ns=grace, partial=True)
+    assert not res.events and not res.external
+    res = reconcile([unknown], [filled_l1, open_l2], now_ns=now, grace_ns=grace)  # the whole list
+    assert res.events[coid(2)][0].broker_order_id == "0000000002"  # type: ignore[attr-defined]
+    assert [r.broker_order_id for r in res.external] == ["0000000003"]
     # a revised order: its original line (no remainder) is never in the list, and may hold fills
     revised = msgspec.structs.replace(
         _sold([]), broker_chain=("0000000001", "0000000003"), broker_order_id="0000000003"
@@ -368,3 +377,42 @@ def test_a_pass_over_the_unfilled_list_only_adds_what_its_lines_prove() -> None:
         _report("0000000003", 2, 140_000, 70_000), orig_broker_order_id="0000000001", is_modify=True, qty=8
     )
     assert not reconcile([revised], [rev_line], now_ns=now, fill_grace_ns=grace, partial=True).events
+    # nor is a revise adopted onto a chain whose earlier line it does not show
+    original_only = _sold([])
+    assert not reconcile([original_only], [rev_line], now_ns=now, fill_grace_ns=grace, partial=True).events
+
+
+def test_a_revise_found_in_the_list_keeps_what_the_original_line_filled() -> None:
+    """An order of 10, 3 filled on the original line (the notice lost), revised to move the 7 left: the
+    order is 10 shares, 3 filled, 7 at the new line (not 7 in all, which would refuse the new line's
+    fills as overfills)."""
+    now = 10**15
+    original = msgspec.structs.replace(_report("0000000001", 3, 210_000, 70_000), remaining_qty=0)
+    revise = msgspec.structs.replace(
+        _report("0000000002", 0, 0, 0),
+        orig_broker_order_id="0000000001",
+        is_modify=True,
+        qty=7,
+        price=69_000,
+        remaining_qty=7,
+    )
+    o = _sold([])
+    res = reconcile([o], [original, revise], now_ns=now)
+    after = _replay_pass(o, res.events[coid(1)])
+    assert (after.qty, after.filled_qty, after.remaining, after.broker_order_id) == (10, 3, 7, "0000000002")
+
+
+def test_a_line_with_the_terms_of_a_submit_in_flight_is_not_taken_for_an_external_order() -> None:
+    now = 10**15
+    flying = Order(
+        client_order_id=coid(3),
+        agent="alpha",
+        code="005930",
+        side=Side.SELL,
+        qty=10,
+        price=70_000,
+        state=OrderState.PENDING_SUBMIT,  # its REST reply (naming the ODNO) is on its way
+    )
+    line = _report("0000000009", 0, 0, 0)
+    assert not reconcile([flying], [line], now_ns=now).external
+    assert [r.broker_order_id for r in reconcile([], [line], now_ns=now).external] == ["0000000009"]

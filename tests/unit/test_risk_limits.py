@@ -286,3 +286,37 @@ def test_ioc_and_fok_are_refused_in_a_single_price_auction(tmp_path: Path) -> No
             assert d.broker.submits <= 1  # the refused ones never reached the broker
 
     asyncio.run(main())
+
+
+def test_held_orders_wait_for_the_whole_order_list_after_a_takeover(tmp_path: Path) -> None:
+    """A gateway that took over reads KIS's open orders first and takes new orders at once, but a held
+    order's release (whose refusal would be final) waits for the pass over the day's whole list: until
+    then an order that filled while no gateway ran still counts as open."""
+    from common.orders import OrderState
+
+    async def main() -> None:
+        d = Desk(tmp_path, at=dt.datetime.combine(TODAY, dt.time(15, 45), KST))
+        async with d:
+            c = card()
+            d.core.desk.card_of = lambda agent: c
+            held = order("alpha", 1, qty=10, price=70_000, tif=TimeInForce.NEXT_SESSION)
+            assert d.core.desk.submit(c, held).accepted
+        # Monday 09:05: a new gateway on the same store and broker
+        d2 = Desk(tmp_path, at=dt.datetime.combine(dt.date(2026, 11, 23), dt.time(9, 5), KST))
+        d2.broker.orders, d2.broker._odno = d.broker.orders, d.broker._odno  # the same account at the broker
+        await d2.broker.start()
+        d2.core.start()
+        d2.core.desk.card_of = lambda agent: c
+        await d2.core.recon.run("start", open_only=True)
+        assert d2.core.recon.synced and not d2.core.recon.complete
+        assert d2.broker.report_calls[-1] is True  # the unfilled list only
+        monday = NewOrder(client_order_id="alpha-20261123-2", code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert d2.submit(c, monday) is None  # orders flow
+        assert d2.core.desk.release_due() == (0, 0)  # ... the held one waits for the whole list
+        assert d2.core.book.orders[held.client_order_id].state is OrderState.HELD
+        await d2.core.recon.run("start, the whole day")
+        assert d2.core.recon.complete and d2.core.desk.release_due() == (1, 0)
+        await d2.core.stop()
+        d2.store.close()
+
+    asyncio.run(main())

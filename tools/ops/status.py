@@ -170,10 +170,14 @@ def _listed(items: list[str], n: int) -> str:
 
 
 def recon_line(st: StatusReply) -> str:
-    recon = ("synced" if st.synced else "NOT synced") + (
-        f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences"
-        if st.last_reconcile_age_s >= 0
-        else ""
+    recon = (
+        ("synced" if st.synced else "NOT synced")
+        + ("" if st.reconciled_whole or not st.synced else " (open orders only so far)")
+        + (
+            f", last {fmt_age(st.last_reconcile_age_s)} ago, {st.reconcile_alerts} differences"
+            if st.last_reconcile_age_s >= 0
+            else ""
+        )
     )
     master = st.stock_master or "none (codes not checked; every code counts as a KOSPI stock)"
     return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}  stock master {master}"

@@ -29,6 +29,7 @@ from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
 from common.orders import Order, OrderState
 from server.daily_report import DailyReport
 from server.store import Store
+from server.reconciler import START
 
 
 class Decision(msgspec.Struct, frozen=True, order=True):
@@ -229,7 +230,7 @@ def audit_run(
             for text in rep.alerts:
                 if text.startswith("reconcile ("):
                     (
-                        row.recovery_repairs if text.startswith("reconcile (start)") else row.reconcile_differences
+                        row.recovery_repairs if text.startswith(f"reconcile ({START}") else row.reconcile_differences
                     ).append(text)
         else:
             a.failures.append(f"{key}: no daily report")
