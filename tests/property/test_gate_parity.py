@@ -94,6 +94,17 @@ def price_of(code: str, steps: int, up: bool, order_type: OrderType) -> int:
     mark_drop=0,
     when="continuous",
 )
+# held shares marked below their cost: both value them at the mark (a sector limit at 4 % of equity
+# sits between the two valuations)
+@example(
+    stream=[("005930", Side.BUY, 1, 0, OrderType.LIMIT, TimeInForce.DAY, False)] * 4
+    + [("005930", Side.BUY, 1, 3, OrderType.LIMIT, TimeInForce.DAY, False)],
+    lim=RiskLimits(max_sector_pct=4.0),
+    budget=20_000_000,
+    held=10,
+    mark_drop=3_000,
+    when="continuous",
+)
 def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_drop, when) -> None:  # type: ignore[no-untyped-def]
     card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=CODES, budget=budget, risk=lim)
     at = dt.datetime.combine(DAY, TIMES[when], KST)
@@ -108,7 +119,7 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
         portfolio.rules = rules_for(DAY)
         if held:
             portfolio.set_position("alpha", position)
-        portfolio.marks["005930"] = 69_000 - mark_drop
+        portfolio.set_mark("005930", 69_000 - mark_drop)  # as the gateway moves it: holdings valued at it
         portfolio.roll_day()
         gate = RiskGate(RiskLimits(), store, portfolio, clock)
 
