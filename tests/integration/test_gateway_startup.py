@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,7 +37,7 @@ from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID
 from kis.startup import StartExit
 from tests.conftest import ROOT, Procs, agent_client, wait_for
 from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args
-from tools.ops.status import fetch_status
+from tools.ops.status import fetch_status, recon_line
 
 pytestmark = pytest.mark.integration
 
@@ -362,3 +363,39 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
     # (after KIS itself answered: its session's lines come first)
     assert_explained(out, StartExit.UNREACHABLE, "KIS stock master", "cannot download", "master_dir", max_lines=20)
     assert not (tmp_path / "fresh" / "run" / "gateway.json").exists()
+
+
+def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_list(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """A start late in a busy day on a paper account (15 rows a page at 2 requests/s): the first
+    reconciliation reads KIS's unfilled list only, so an agent's order is taken while the whole list
+    (150 orders, ~10 pages) is still being read; the whole pass then adopts every order of the day."""
+    info = start_twin(procs, tmp_path)
+    admin = httpx.Client(base_url=info["admin_url"], timeout=10)
+    lower = admin.get("/admin/book/005930").json()["lower"]
+    for i in range(150):  # placed in the HTS app before the gateway starts: 8 rest, the others fill
+        body = {"account": info["paper_account"], "code": "005930", "side": "buy", "qty": 1}
+        body.update({"price": lower} if i % 20 == 0 else {"ord_dvsn": "01", "price": 0})
+        admin.post("/admin/orders", json=body).raise_for_status()
+    toml, env = _paper(info, f"{info['paper_rest_url']}/common/master")
+    cfg = tmp_path / "paper.toml"
+    cfg.write_text(toml)
+    run = tmp_path / "run"
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
+    wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway up")
+    wait_for(lambda: fetch_status(run).synced, 30, what="the first (open orders) pass")
+    card = AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10_000_000)
+    client = agent_client(run, card)
+    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
+    assert isinstance(reg, Registered), reg
+    res = _order(client, "early", reg.snapshot.next_order_n, "005930", lower)
+    assert res.accepted, res
+    log = procs.log(gw)
+    assert "reconciled (start): 8 open orders at the broker" in log, log
+    assert "reconciled (start, the whole day)" not in log  # taken before the whole list was read
+    assert not fetch_status(run).reconciled_whole
+    client.close()
+    st = wait_for(lambda: (s := fetch_status(run)).reconciled_whole and s, 60, what="the whole day's list")
+    assert "reconciled (start, the whole day): 150 orders at the broker" in procs.log(gw)
+    assert "synced" in (line := recon_line(st)) and "open orders only" not in line  # type: ignore[arg-type]

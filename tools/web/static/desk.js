@@ -100,7 +100,8 @@ function renderStatus(st) {
   });
   const h = st.health, c = st.counters;
   $("health").textContent = [
-    `broker ${st.broker}  session ${st.session_state}  reconciliation ${st.synced ? "synced" : "NOT synced"}, ${st.reconcile_alerts} differences`,
+    `broker ${st.broker}  session ${st.session_state}  reconciliation ${st.synced ? (st.reconciled_whole ? "synced" : "synced (open orders only so far)") : "NOT synced"}, ${st.reconcile_alerts} differences`,
+    `stock master ${st.stock_master || "none (codes not checked; every code counts as a KOSPI stock)"}`,
     `REST ${h.rest_limit_per_s}/s  calls ${h.rest_calls}  queued ${h.rest_waiting}  penalties ${h.rest_penalties}`,
     `registrations ${Object.keys(h.registrations).length}/${h.max_registrations}  ws last message ${h.ws_last_message_age_s}s ago`,
     `market data published ${fmt(c.pub_sent)}  dropped ${fmt(c.pub_dropped)}`,
