@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import io
 import zipfile
 import zlib
@@ -153,7 +154,8 @@ class MasterCopy(msgspec.Struct, frozen=True):
 
     at: str  # when it was downloaded, ISO 8601 in KST ("2026-12-04T08:05:12+09:00")
     url: str
-    codes: int  # both files together: a copy whose files do not add up to it is not the copy
+    codes: int  # distinct codes of both files: a copy whose files do not add up to it is not the copy
+    digest: str = ""  # sha256 of both files: the same list again (KIS not rebuilt yet) is told apart
 
     @property
     def day(self) -> str:
@@ -174,7 +176,10 @@ def load_copy(folder: Path, copy: MasterCopy) -> dict[str, MasterEntry]:
     says (a file cut short by a crash, or replaced by hand, is not taken for the copy)."""
     entries: dict[str, MasterEntry] = {}
     for market, name in FILES.items():
-        got = parse_master((folder / name).read_bytes(), market)
+        try:
+            got = parse_master((folder / name).read_bytes(), market)
+        except UnicodeDecodeError as e:  # a file damaged or replaced by hand
+            raise MasterError(f"{folder / name} is not KIS's master layout ({e})") from None
         if not got:
             raise MasterError(f"{folder / name} lists no codes")
         entries.update(got)
@@ -229,11 +234,13 @@ async def download_master(
         async with asyncio.timeout(timeout_s):
             async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
                 raws = {market: await fetch(client, market) for market in ZIPS}
+    except MasterError:
+        raise
     except TimeoutError:
         raise MasterError(f"{base_url}: no complete answer within {timeout_s:.0f}s") from None
-    except httpx.HTTPError as e:
+    except Exception as e:  # the network's, a malformed master_url's: a failed download all the same
         raise MasterError(f"{base_url}: {type(e).__name__}: {e or 'no answer'}") from None
-    codes = sum(len(parse_master(raw, market)) for market, raw in raws.items())
+    codes = len({code for market, raw in raws.items() for code in parse_master(raw, market)})
     if codes * 2 < previous_codes:  # listings change by a handful a day, never by half
         raise MasterError(f"{base_url}: only {codes} codes where the copy has {previous_codes}: a truncated list?")
 
@@ -244,6 +251,7 @@ async def download_master(
             write_atomic(folder / FILES[market], raw)
         write_atomic(folder / STAMP, msgspec.json.encode(copy))  # last: a copy without its stamp is incomplete
 
-    copy = MasterCopy(at=at.isoformat(timespec="seconds"), url=base_url, codes=codes)
+    digest = hashlib.sha256(b"".join(raws[m] for m in sorted(raws))).hexdigest()
+    copy = MasterCopy(at=at.isoformat(timespec="seconds"), url=base_url, codes=codes, digest=digest)
     await asyncio.to_thread(write)
     return copy

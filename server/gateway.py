@@ -673,7 +673,9 @@ class Gateway:
                 await asyncio.wait_for(self._reconcile_wanted.wait(), timeout)
                 reason = self._reconcile_reason
             except asyncio.TimeoutError:
-                reason = "periodic" if self.recon.synced else START
+                # (a whole pass after the open-orders one that failed and is tried again is still the
+                # start's recovery, not a periodic pass: the rehearsal audit tells the two apart)
+                reason = "periodic" if self.recon.complete else START_WHOLE if self.recon.synced else START
             self._reconcile_wanted.clear()
 
     def _watch_protected(self) -> None:

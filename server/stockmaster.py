@@ -32,6 +32,9 @@ FOLDER = "master"  # under run_dir
 # KIS rebuilds its master files before the market opens (the hour: UNCONFIRMED): a copy downloaded
 # before today's 08:00 KST is yesterday's list, one downloaded after it today's
 REFRESH_AT = dt.time(8, 0)
+# ... and a download after it that brought yesterday's list back unchanged is tried again, every
+# CHECK_S, until LAST_TRY (KIS's files carry daily figures: the same bytes mean not rebuilt yet)
+LAST_TRY = dt.time(9, 0)
 RETRY_S = 1800.0  # a failed refresh is tried again this much later
 CHECK_S = 600.0  # how often a current copy is looked at (the day turns, REFRESH_AT passes)
 STALE_DAYS = 3  # a copy this many days old with downloads failing is alerted to a person (once a day)
@@ -66,7 +69,7 @@ def own_copy(cfg: GatewayConfig) -> tuple[MasterCopy, StockMaster] | None:
         return None
     try:
         return copy, _from_copy(folder, copy)
-    except (MasterError, OSError) as e:
+    except (MasterError, OSError, ValueError) as e:
         log.warning("the stock master copy in %s cannot be used (%s): downloading it again", folder, e)
         return None
 
@@ -87,7 +90,7 @@ def gateway_master(cfg: GatewayConfig) -> StockMaster | None:
         return None
     try:
         master = load_stock_master(cfg.master_dir or None)
-    except (MasterError, OSError) as e:
+    except (MasterError, OSError, ValueError) as e:
         raise ConfigError(f"master_dir {cfg.master_dir!r}: {e}") from None
     log.info("stock master: %d codes from %s", len(master.entries), master.source)
     return master
@@ -122,18 +125,23 @@ class MasterKeeper:
         self.timeout_s = timeout_s
         got = own_copy(cfg)
         self.copy = got[0] if got is not None else None
+        self.unchanged = False  # the last download brought the previous day's bytes back
         self.failures = 0  # downloads that failed since the last success (status)
         self.last_error = ""
         self._alerted_day = ""
 
     def stale(self) -> bool:
-        c = self.copy
-        return c is None or c.url != self.url or dt.datetime.fromisoformat(c.at) < due_since(self.now())
+        c, now = self.copy, self.now()
+        if c is None or c.url != self.url or dt.datetime.fromisoformat(c.at) < due_since(now):
+            return True
+        return self.unchanged and now.astimezone(KST).time() < LAST_TRY
 
     async def fetch(self) -> StockMaster:
         """One download; the new copy is installed. MasterError when it failed (the old copy stays)."""
+        old = self.copy
         try:
-            previous = self.copy.codes if self.copy is not None else 0
+            # (a copy from another master_url says nothing of how long this one's list should be)
+            previous = old.codes if old is not None and old.url == self.url else 0
             copy = await download_master(
                 self.url, self.folder, self.now(), timeout_s=self.timeout_s, previous_codes=previous
             )
@@ -143,6 +151,7 @@ class MasterKeeper:
             self.last_error = str(e)
             raise MasterError(str(e)) from None
         self.copy, self.failures, self.last_error = copy, 0, ""
+        self.unchanged = bool(old is not None and old.digest and old.digest == copy.digest and old.day < copy.day)
         self.install(master)  # on the event loop: every reader sees the old master or the new one
         log.info("stock master downloaded: %d codes, %s", len(master.entries), master.source)
         return master
@@ -173,7 +182,7 @@ class MasterKeeper:
                     self.failures += 1
                     self.last_error = f"{type(e).__name__}: {e}"
                     log.exception("stock master refresh failed")
-            await asyncio.sleep(RETRY_S if self.stale() else CHECK_S)
+            await asyncio.sleep(RETRY_S if self.stale() and not self.unchanged else CHECK_S)
 
     def _day(self) -> str:
         return self.copy.day if self.copy is not None else "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import http.server
 import threading
@@ -151,6 +152,7 @@ def test_keeper_refreshes_a_stale_copy_and_alerts_when_it_cannot(
     assert not keeper.stale()  # 07:00: KIS has not rebuilt its files yet (REFRESH_AT 08:00)
     now[0] = _at(2, 8)
     assert keeper.stale()
+    files["kosdaq_code.mst.zip"] = master_zip([x for x in STOCKS if x.market == "KOSDAQ"][:1], "KOSDAQ")  # rebuilt
     asyncio.run(keeper.fetch())
     assert not keeper.stale() and len(installed) == 1 and keeper.copy.day == "2026-12-02"  # type: ignore[union-attr]
     # the host gone for days: the copy stays, the failures count, a person hears once a day from day 3
@@ -169,3 +171,43 @@ def test_keeper_refreshes_a_stale_copy_and_alerts_when_it_cannot(
     # a copy whose stamp is gone is not a copy
     (copy_folder(cfg) / STAMP).unlink()
     assert gateway_master(cfg) is None
+
+
+def test_the_same_list_again_after_the_rebuild_hour_is_tried_again_until_nine(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    url, files = server
+    _publish(files)
+    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
+    asyncio.run(download_master(url, copy_folder(cfg), _at(1, 10)))
+    now = [_at(2, 8)]
+    keeper = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
+    asyncio.run(keeper.fetch())  # 08:00, KIS has not rebuilt its files: yesterday's bytes
+    assert keeper.unchanged and keeper.stale()
+    now[0] = _at(2, 9)
+    assert not keeper.stale()  # by the open the same list is taken as today's (a day without changes)
+    # a new list: current at once
+    files["kosdaq_code.mst.zip"] = master_zip([s for s in STOCKS if s.market == "KOSDAQ"][:1], "KOSDAQ")
+    now[0] = _at(3, 8)
+    asyncio.run(keeper.fetch())
+    assert not keeper.unchanged and not keeper.stale()
+
+
+def test_a_damaged_copy_is_downloaded_again_and_codes_count_once(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    url, files = server
+    _publish(files)
+    # a code listed in both files (the day it moves market): counted once, the copy still adds up
+    samsung = next(s for s in STOCKS if s.code == "005930")
+    kosdaq = [s for s in STOCKS if s.market == "KOSDAQ"] + [dataclasses.replace(samsung, market="KOSDAQ")]
+    files["kosdaq_code.mst.zip"] = master_zip(kosdaq, "KOSDAQ")
+    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
+    copy = asyncio.run(download_master(url, copy_folder(cfg), _at(1)))
+    assert copy.codes == len(twin_master().entries) and gateway_master(cfg) is not None
+    # bytes that are not KIS's layout (a file replaced by hand): not the copy, downloaded again at start
+    (copy_folder(cfg) / "kospi_code.mst").write_bytes(b"\xff\xfe\x00broken")
+    assert gateway_master(cfg) is None
+    for bad in ("http://127.0.0.1:99999999/x", "ftp://127.0.0.1/x", "not a url"):  # a malformed master_url
+        with pytest.raises(MasterError):
+            asyncio.run(download_master(bad, tmp_path / "other", _at(1), timeout_s=2))
