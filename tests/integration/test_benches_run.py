@@ -46,3 +46,9 @@ def test_tick_to_trade_reports_every_stage() -> None:
 def test_round_trip_reports_both_sides() -> None:
     out = bench("rtt", "--n", "200")
     assert finite(out["echo_p50_us"]) and finite(out["gateway_p50_us"]) and finite(out["p50_ratio"])
+
+
+def test_takeover_reports_when_orders_flow_and_when_the_whole_list_is_read() -> None:
+    out = bench("takeover", "--orders", "40")
+    assert finite(out["orders_accepted_after_s"]) and finite(out["whole_list_after_s"]), out
+    assert out["orders_accepted_after_s"] <= out["whole_list_after_s"], out  # the unfilled list first

@@ -94,6 +94,18 @@ def bench_t2t(
     t2t(json_out=json_out, cold=cold, orders=orders)
 
 
+@bench_app.command("takeover")
+def bench_takeover(
+    orders: int = typer.Option(300, help="orders of the day at the broker when the gateway dies"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """The gateway killed late in a busy day on a paper account: seconds until the standby takes orders,
+    against its pass over the day's whole order list (same run)."""
+    from tools.bench.takeover import main as takeover
+
+    takeover(orders=orders, json_out=json_out)
+
+
 @bench_app.command("agent")
 def bench_agent(
     rounds: int = typer.Option(5, help="agents started per entry point"), json_out: bool = typer.Option(False, "--json")
