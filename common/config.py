@@ -208,7 +208,8 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
     max_frame_bytes: int = 1 << 20
     # periodic reconciliation with the broker (also at start, after gaps, on demand); stretched so that
-    # periodic passes take at most a tenth of the time (server/reconciler.py periodic_wait)
+    # whole passes take at most a tenth of the time (server/reconciler.py periodic_wait), and then the
+    # unfilled list alone is read this often between them (a lost fill notice shows at once)
     reconcile_s: float = 30.0
     # After the close, the day's bought/sold/costs are compared with KIS's own figures (inquire-balance
     # thdt_*, server/cash_check.py; their meaning on a real account is UNCONFIRMED): false turns it off

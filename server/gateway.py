@@ -96,7 +96,7 @@ from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher
-from server.reconciler import START, START_WHOLE, periodic_wait
+from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
@@ -637,25 +637,39 @@ class Gateway:
         websocket gaps and on demand. Failures back off and retry; they never stop the gateway.
         The first pass reads only KIS's unfilled list (a takeover late in a busy day must not wait
         for the whole day's list: 15 rows a page at 2 requests/s on a paper account); a pass over
-        the whole list follows at once."""
+        the whole list follows at once. When the whole list is slow enough that its passes are
+        spaced out, the unfilled list alone is read every reconcile_s between them (OPEN_CHECK):
+        a fill whose notice was lost shows there, or brings the whole pass forward."""
         backoff = 0.2
         reason = START
         partial_alerted = False
+        whole_due = 0.0  # monotonic time of the next whole pass while they are spaced out (0: none)
+        period = self.cfg.reconcile_s
         while True:
             try:
                 t0 = time.monotonic()
-                open_only = not self.recon.synced
+                open_only = not self.recon.synced or reason == OPEN_CHECK
                 await self.recon.run(reason, open_only=open_only)
                 took = time.monotonic() - t0
                 self.counters["reconciles"] += 1
                 backoff = 0.2
-                timeout = periodic_wait(self.cfg.reconcile_s, took)
-                if open_only:  # the whole list next, at once (orders flow meanwhile)
+                if reason == OPEN_CHECK:
+                    self.counters["reconcile_open_checks"] += 1
+                    timeout = max(0.0, min(period, whole_due - time.monotonic()))
+                    if self.recon.vanished:  # an order left KIS's unfilled list unheard: the whole list now
+                        self.counters["reconcile_brought_forward"] += 1
+                        self._reconcile_reason = f"{len(self.recon.vanished)} orders left the open list unheard"
+                        self._reconcile_wanted.set()
+                elif open_only:  # the whole list next, at once (orders flow meanwhile)
+                    timeout = period
                     self._reconcile_reason = START_WHOLE
                     self._reconcile_wanted.set()
-                elif timeout > self.cfg.reconcile_s:  # a long list at a slow pace (a paper account's 2/s)
-                    self.counters["reconcile_stretched"] += 1
-                    log.info("reconciliation took %.1fs: the next periodic pass in %.0fs", took, timeout)
+                else:
+                    timeout, whole_due = periodic_wait(period, took), 0.0
+                    if timeout > period:  # a long list at a slow pace (a paper account's 2/s)
+                        self.counters["reconcile_stretched"] += 1
+                        log.info("reconciliation took %.1fs: the next whole pass in %.0fs", took, timeout)
+                        whole_due, timeout = time.monotonic() + timeout, period
             except Exception as e:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
@@ -675,7 +689,10 @@ class Gateway:
             except asyncio.TimeoutError:
                 # (a whole pass after the open-orders one that failed and is tried again is still the
                 # start's recovery, not a periodic pass: the rehearsal audit tells the two apart)
-                reason = "periodic" if self.recon.complete else START_WHOLE if self.recon.synced else START
+                if whole_due and time.monotonic() < whole_due:
+                    reason = OPEN_CHECK
+                else:
+                    reason = "periodic" if self.recon.complete else START_WHOLE if self.recon.synced else START
             self._reconcile_wanted.clear()
 
     def _watch_protected(self) -> None:

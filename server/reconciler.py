@@ -35,6 +35,13 @@ PERIODIC_MAX_WAIT_S = 300.0
 # list; what they repair is the recovery of what happened while no gateway ran (tools/rehearse/audit.py)
 START = "start"
 START_WHOLE = f"{START}, the whole day"
+# between whole passes that the list's length stretched (a paper account late in a busy day), the
+# unfilled list is read every reconcile_s: a missed fill on an open order shows at once, and an order
+# that left the list unheard (its fill notice lost: KIS paper, API.md) brings the whole pass forward
+OPEN_CHECK = "open orders"
+VANISH_GRACE_NS = 3_000_000_000  # an order this recently changed may have a notice on its way
+# the states in which an order should still be in KIS's unfilled list
+_RESTING = frozenset({OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED})
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
@@ -77,6 +84,8 @@ class Reconciler:
         self.synced = False  # no orders before the first reconciliation with the broker
         self.complete = False  # a pass over the day's whole order list has succeeded (not only the open ones)
         self.partial_since_ns = 0  # market ns of the first partial pass, while no whole pass followed
+        # open orders here that the last open-orders pass did not find in KIS's unfilled list
+        self.vanished: list[str] = []
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
@@ -118,6 +127,17 @@ class Reconciler:
         self._apply(res)
         if not open_only:
             self.unconfirmed = len(res.held)
+        else:
+            shown = {r.broker_order_id for r in reports}
+            cutoff = book.now_ns() - VANISH_GRACE_NS
+            self.vanished = [
+                o.client_order_id
+                for o in local
+                if o.state in _RESTING
+                and o.broker_chain
+                and o.updated_ns < cutoff
+                and not any(x in shown for x in o.broker_chain)
+            ]
         for r in res.external:
             try:
                 self._adopt_external(r)
@@ -132,7 +152,8 @@ class Reconciler:
         first = not self.synced
         self.synced = True
         if open_only:
-            self.partial_since_ns = self.partial_since_ns or book.now_ns()
+            if not self.complete:  # (an open-orders check between whole passes is not the start's)
+                self.partial_since_ns = self.partial_since_ns or book.now_ns()
         else:
             self.complete, self.partial_since_ns = True, 0
         self.last = (book.now_ns(), reason, len(res.alerts))

@@ -347,6 +347,7 @@ class AdminApi:
         nf.delay_ms = float(b.get("delay_ms", nf.delay_ms))
         nf.duplicate = bool(b.get("duplicate", nf.duplicate))
         nf.reorder = bool(b.get("reorder", nf.reorder))
+        nf.lose_fills = bool(b.get("lose_fills", nf.lose_fills))
         if not nf.reorder and self.server.ws_hub:
             self.server.ws_hub.flush_held_notices()
         return _json({"ok": True})

@@ -38,6 +38,7 @@ class NoticeFaults:
     delay_ms: float = 0.0
     duplicate: bool = False
     reorder: bool = False  # hold each notice until the next one, then send them swapped
+    lose_fills: bool = False  # fill notices (CNTG_YN 2) never sent: a known KIS paper behaviour (API.md)
 
 
 @dataclass(slots=True)
@@ -113,6 +114,7 @@ class Faults:
                 "delay_ms": self.notices.delay_ms,
                 "duplicate": self.notices.duplicate,
                 "reorder": self.notices.reorder,
+                "lose_fills": self.notices.lose_fills,
             },
             "ws_refusing": self.ws_refusing(),
             "batch_records": self.batch_records,

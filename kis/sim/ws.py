@@ -24,6 +24,7 @@ from kis.sim.exchange import BookChange, Event, Notice, TradePrint
 from kis.sim.twin import Twin
 from kis.sim.wire import (
     MAX_REGISTRATIONS,
+    NOTICE_FIELDS,
     TR_BOOK,
     TR_NOTICE_PAPER,
     TR_NOTICE_REAL,
@@ -37,6 +38,7 @@ from kis.sim.wire import (
 )
 
 log = logging.getLogger("kis.sim.ws")
+_CNTG_YN = NOTICE_FIELDS.index("CNTG_YN")
 QUEUE_LIMIT = 100_000  # frames per session before the session is considered dead
 
 
@@ -113,6 +115,8 @@ class WsHub:
 
     def _notice(self, ev: Notice) -> None:
         faults = self.twin.faults
+        if faults.notices.lose_fills and ev.record[_CNTG_YN] == "2":
+            return  # a fill notice that never arrives (the order list still has the fill)
         for s in list(self.sessions):
             if s.key is None or ev.account_id not in s.key.account_ids:
                 continue

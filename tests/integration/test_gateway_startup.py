@@ -35,7 +35,7 @@ from common.ids import make_client_order_id
 from common.schema import NewOrder, OrderResult, OrdersReply, Register, Registered, StatusReply, SubmitOrders
 from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID, credentials_env
 from kis.startup import StartExit
-from tests.conftest import ROOT, Procs, agent_client, wait_for
+from tests.conftest import ROOT, Procs, agent_client, start_gateway_on_twin, wait_for
 from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args
 from tools.ops.status import fetch_status, recon_line
 
@@ -399,3 +399,43 @@ def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_li
     st = wait_for(lambda: (s := fetch_status(run)).reconciled_whole and s, 60, what="the whole day's list")
     assert "reconciled (start, the whole day): 150 orders at the broker" in procs.log(gw)
     assert "synced" in (line := recon_line(st)) and "open orders only" not in line  # type: ignore[arg-type]
+
+
+def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: Path, procs: Procs) -> None:
+    """A busy day on a slow order list (400 orders at 1 request/s: its whole passes are spaced ~36 s
+    apart) and a fill notice that never arrives (KIS paper does that): the unfilled list, read every
+    reconcile_s between whole passes, shows the order gone, and the whole list is read at once."""
+    info = start_twin(procs, tmp_path)
+    admin = httpx.Client(base_url=info["admin_url"], timeout=10)
+    book = admin.get("/admin/book/005930").json()
+    for _ in range(400):  # the day so far: placed in the HTS app, filled
+        body = {"account": info["account"], "code": "005930", "side": "buy", "qty": 1, "ord_dvsn": "01", "price": 0}
+        admin.post("/admin/orders", json=body).raise_for_status()
+    run, gw = start_gateway_on_twin(
+        procs, tmp_path, info, broker_toml="rate_per_s = 1.0\n", gateway_toml="reconcile_s = 1.0\n"
+    )
+    wait_for(lambda: fetch_status(run).reconciled_whole, 60, what="the whole list read once")
+    wait_for(lambda: fetch_status(run).counters.get("reconcile_stretched"), 30, what="whole passes spaced out")
+    admin.post("/admin/faults/notices", json={"lose_fills": True}).raise_for_status()
+    card = AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10_000_000)
+    client = agent_client(run, card)
+    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
+    assert isinstance(reg, Registered), reg
+    new = NewOrder(
+        client_order_id=make_client_order_id("lost", today_kst(), reg.snapshot.next_order_n),
+        code="005930",
+        side=Side.BUY,
+        qty=1,
+        price=book["asks"][0][0],  # marketable: fills at once at the twin; its fill notice is lost
+    )
+    reply = client.request(SubmitOrders(h=client.headers(), orders=[new]), 10)
+    assert isinstance(reply, OrdersReply) and reply.results[0].accepted, reply
+
+    def filled() -> StatusReply | None:
+        st = fetch_status(run)
+        return st if any(a.id == "lost" and a.fills for a in st.agents) else None
+
+    st = wait_for(filled, 30, what="the lost fill repaired (the next spaced-out whole pass is ~36 s away)")
+    assert st.counters.get("reconcile_brought_forward", 0) >= 1, st.counters  # type: ignore[union-attr]
+    assert "left the open list unheard" in procs.log(gw)
+    client.close()

@@ -416,3 +416,33 @@ def test_a_line_with_the_terms_of_a_submit_in_flight_is_not_taken_for_an_externa
     line = _report("0000000009", 0, 0, 0)
     assert not reconcile([flying], [line], now_ns=now).external
     assert [r.broker_order_id for r in reconcile([], [line], now_ns=now).external] == ["0000000009"]
+
+
+async def test_an_order_that_left_the_unfilled_list_unheard_is_found_by_the_open_orders_pass(tmp_path: Path) -> None:
+    """A fill notice that never arrives (KIS paper, API.md): the order is gone from KIS's unfilled list
+    while the books still hold it open; the cheap pass over that list names it (the gateway then reads
+    the whole list at once), but not an order changed a moment ago (its notice may be on its way)."""
+    import datetime as dt
+
+    from common.clock import KST
+    from common.market_clock import ManualClock
+
+    clock = ManualClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST))
+    b = LossyBroker()
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    b.lose = True
+    odno = h.book.orders[coid(1)].broker_order_id
+    b.orders[odno].update(filled=5, open=False, value=300_000)  # filled at KIS, the notice lost
+    await h.recon.run("open orders", open_only=True)
+    assert h.recon.vanished == []  # changed a moment ago: its notice may still come
+    clock.advance(5)
+    await h.recon.run("open orders", open_only=True)
+    assert h.recon.vanished == [coid(1)] and h.book.orders[coid(1)].state is OrderState.ACCEPTED
+    await h.recon.run("1 orders left the open list unheard")
+    assert h.book.orders[coid(1)].state is OrderState.FILLED
+    await h.recon.run("open orders", open_only=True)
+    assert h.recon.vanished == []
+    await h.close()
