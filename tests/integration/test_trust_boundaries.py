@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 import zmq
 
 from agent.client import GatewayClient
+from common import credentials
 from common.clock import today_kst
 from common.config import AgentCard, RiskLimits
 from common.connection import read_info
@@ -34,6 +36,7 @@ from common.schema import (
     Control,
     Error,
     Header,
+    HeaderFactory,
     Heartbeat,
     NewOrder,
     OrdersReply,
@@ -99,15 +102,32 @@ def test_replies_a_flooding_peer_does_not_read_are_counted_never_lost_silently(g
 
 
 def test_a_reply_to_a_peer_that_left_is_counted(gateway) -> None:
-    run, _ = gateway
+    """The gateway is stopped (SIGSTOP) while peers send pings and leave: when it runs again it reads
+    the pings, then the peers' departures, and its replies have nobody to go to: each is counted."""
+    run, gw = gateway
     before = fetch_status(run).counters.get("reply_unroutable", 0)
-    for i in range(20):
-        c = operator_client(run, f"leaver{i}")
-        for _ in range(50):
-            c.send(Ping(h=c.headers(), payload=b"x" * 1000))
-        c.close(
-            linger_ms=2000
-        )  # the pings still go out (a loaded box may not have sent them yet); gone before the replies
+    leavers = []
+    for i in range(3):
+        ctx = zmq.Context()  # its own: term() returns once what was sent is out of this process
+        c = GatewayClient(
+            read_info(run),
+            f"leaver{i}",
+            HeaderFactory(f"leaver{i}"),
+            subscribe=False,
+            credential=credentials.load(run, credentials.OPERATOR),
+            ctx=ctx,
+        )
+        assert isinstance(c.request(Ping(h=c.headers(), payload=b""), 10), Pong)  # connected and known
+        leavers.append((ctx, c))
+    os.kill(gw.pid, signal.SIGSTOP)
+    try:
+        for ctx, c in leavers:
+            for _ in range(10):
+                c.send(Ping(h=c.headers(), payload=b"x" * 1000))
+            c.close(linger_ms=5000)
+            ctx.term()  # the pings are in the socket, the connection closed behind them
+    finally:
+        os.kill(gw.pid, signal.SIGCONT)
     wait_for(
         lambda: fetch_status(run).counters.get("reply_unroutable", 0) > before, 10, what="unroutable replies counted"
     )
