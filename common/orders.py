@@ -375,6 +375,9 @@ REVISABLE = frozenset(s for s in OrderState if allows(s, RequestReplace))
 # Open at the broker as far as we know, but without an ODNO yet: a cancel waits for the acknowledgement
 # (or for the reconciliation that finds the order).
 AWAITING_ACK = frozenset({OrderState.PENDING_SUBMIT, OrderState.UNKNOWN})
+# Resting at the exchange with nothing asked of it: in KIS's unfilled list, and a fill moves it to the
+# resting state its filled quantity says.
+RESTING = frozenset({OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED})
 
 
 def _tag(event: OrderEvent) -> str:

@@ -176,13 +176,7 @@ def load_copy(folder: Path, copy: MasterCopy) -> dict[str, MasterEntry]:
     says (a file cut short by a crash, or replaced by hand, is not taken for the copy)."""
     entries: dict[str, MasterEntry] = {}
     for market, name in FILES.items():
-        try:
-            got = parse_master((folder / name).read_bytes(), market)
-        except UnicodeDecodeError as e:  # a file damaged or replaced by hand
-            raise MasterError(f"{folder / name} is not KIS's master layout ({e})") from None
-        if not got:
-            raise MasterError(f"{folder / name} lists no codes")
-        entries.update(got)
+        entries.update(_checked((folder / name).read_bytes(), market, str(folder / name)))
     if len(entries) != copy.codes:
         raise MasterError(f"the copy in {folder} has {len(entries)} codes, its stamp says {copy.codes}")
     return entries
@@ -202,15 +196,16 @@ def unzip_master(data: bytes, market: str) -> bytes:
         raise MasterError(f"{ZIPS[market]} is not a readable zip file ({len(data)} bytes: {e})") from None
 
 
-def _parse_download(url: str, data: bytes, market: str) -> bytes:
-    raw = unzip_master(data, market)
+def _checked(raw: bytes, market: str, where: str) -> dict[str, MasterEntry]:
+    """parse_master, where bytes that are not KIS's layout (damaged, replaced by hand, a page in place
+    of the file) or list nothing (an empty placeholder must never pass for a list) are a MasterError."""
     try:
-        n = len(parse_master(raw, market))
+        got = parse_master(raw, market)
     except UnicodeDecodeError as e:
-        raise MasterError(f"{url}: not KIS's master layout ({e})") from None
-    if not n:  # an empty placeholder must not replace a good copy
-        raise MasterError(f"{url}: no codes in it")
-    return raw
+        raise MasterError(f"{where} is not KIS's master layout ({e})") from None
+    if not got:
+        raise MasterError(f"{where} lists no codes")
+    return got
 
 
 async def download_master(
@@ -223,24 +218,29 @@ async def download_master(
     `timeout_s` bounds the whole download."""
     import httpx  # only the gateway and the doctor download; `cards check` and the backtester read files
 
-    async def fetch(client: httpx.AsyncClient, market: str) -> bytes:
+    def parse(url: str, data: bytes, market: str) -> tuple[bytes, dict[str, MasterEntry]]:
+        raw = unzip_master(data, market)
+        return raw, _checked(raw, market, url)
+
+    async def fetch(client: httpx.AsyncClient, market: str) -> tuple[bytes, dict[str, MasterEntry]]:
         url = f"{base_url.rstrip('/')}/{ZIPS[market]}"
         r = await client.get(url)
         if r.status_code != 200:
             raise MasterError(f"{url}: HTTP {r.status_code}")
-        return await asyncio.to_thread(_parse_download, url, r.content, market)  # parsing: off the event loop
+        return await asyncio.to_thread(parse, url, r.content, market)  # parsing: off the event loop
 
     try:
         async with asyncio.timeout(timeout_s):
             async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
-                raws = {market: await fetch(client, market) for market in ZIPS}
+                got = {market: await fetch(client, market) for market in ZIPS}
     except MasterError:
         raise
     except TimeoutError:
         raise MasterError(f"{base_url}: no complete answer within {timeout_s:.0f}s") from None
     except Exception as e:  # the network's, a malformed master_url's: a failed download all the same
         raise MasterError(f"{base_url}: {type(e).__name__}: {e or 'no answer'}") from None
-    codes = len({code for market, raw in raws.items() for code in parse_master(raw, market)})
+    raws = {market: raw for market, (raw, _) in got.items()}
+    codes = len({code for _, entries in got.values() for code in entries})  # once: a code may be in both
     if codes * 2 < previous_codes:  # listings change by a handful a day, never by half
         raise MasterError(f"{base_url}: only {codes} codes where the copy has {previous_codes}: a truncated list?")
 

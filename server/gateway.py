@@ -500,18 +500,22 @@ class Gateway:
         self.portfolio.boards.clear()
         self.portfolio.boards.update(master.boards())
 
-    async def _close_failed_start(self) -> None:
-        """What a start that stops after the broker session came up leaves open: the session, the
-        recorder (it may hold decrypted notices), the stores."""
+    async def _close_io(self) -> None:
+        """The broker session, the recorder (it may hold decrypted notices) and the stores: the last
+        of a shutdown, and all a start that stops after the session came up has to close."""
         try:
             await self.broker.close()
-        except Exception:
-            log.exception("closing the broker session after the failed start")
         finally:
             if self.recorder is not None:
                 self.recorder.close()
             self.store.close()
             self.md.store.close()
+
+    async def _close_failed_start(self) -> None:
+        try:
+            await self._close_io()
+        except Exception:  # the start's own error is the one to report
+            log.exception("closing the broker session after the failed start")
 
     async def _master_at_start(self) -> None:
         """Paper/real on a first start: the stock master is downloaded before any agent is served."""
@@ -550,13 +554,7 @@ class Gateway:
         if self._xpub is not None:
             loop.remove_reader(self._xpub.fileno())
             self._xpub.close(0)
-        try:
-            await self.broker.close()
-        finally:
-            if self.recorder is not None:
-                self.recorder.close()
-            self.store.close()
-            self.md.store.close()
+        await self._close_io()
 
     def _count(self, name: str) -> Any:
         def bump() -> None:

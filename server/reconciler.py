@@ -15,7 +15,18 @@ from decimal import Decimal
 from typing import Protocol
 
 from common.ids import EXTERNAL_AGENT
-from common.orders import Accept, Cancelled, Expire, Fill, Order, OrderState, Replaced, Reprice, ReverseFill
+from common.orders import (
+    RESTING,
+    Accept,
+    Cancelled,
+    Expire,
+    Fill,
+    Order,
+    OrderState,
+    Replaced,
+    Reprice,
+    ReverseFill,
+)
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
 from server.notices import NoticeRouter
@@ -40,8 +51,6 @@ START_WHOLE = f"{START}, the whole day"
 # that left the list unheard (its fill notice lost: KIS paper, API.md) brings the whole pass forward
 OPEN_CHECK = "open orders"
 VANISH_GRACE_NS = 3_000_000_000  # an order this recently changed may have a notice on its way
-# the states in which an order should still be in KIS's unfilled list
-_RESTING = frozenset({OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED})
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
@@ -133,7 +142,7 @@ class Reconciler:
             self.vanished = [
                 o.client_order_id
                 for o in local
-                if o.state in _RESTING
+                if o.state in RESTING
                 and o.broker_chain
                 and o.updated_ns < cutoff
                 and not any(x in shown for x in o.broker_chain)

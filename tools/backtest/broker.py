@@ -43,6 +43,7 @@ from common.krx import phase_at_ns
 from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
     OPEN,
+    RESTING,
     TERMINAL,
     TRANSITIONS,
     Accept,
@@ -75,8 +76,7 @@ _AT_OPEN_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})
 _UNLOCKED = (False, False)
 _OPEN, _TERMINAL = OPEN, TERMINAL
 # the states whose fill the quiet path takes: the table sends them to the resting state by filled qty
-_RESTING_FILLABLE = frozenset({OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED})
-assert all(TRANSITIONS[(st, "fill")] == "resting" for st in _RESTING_FILLABLE)
+assert all(TRANSITIONS[(st, "fill")] == "resting" for st in RESTING)
 # the one-step accept of a quiet submit is the table's NEW -submit-> PENDING_SUBMIT -accept-> resting
 assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
@@ -555,7 +555,7 @@ class SimBroker:
         fid = f"bt{self._fill_n}"
         ts_ns = self.ts_ns
         value = qty * price
-        if self.quiet and o.state in _RESTING_FILLABLE:
+        if self.quiet and o.state in RESTING:
             # nobody sees the order between events: the table's fill step (ACCEPTED/PARTIALLY_FILLED -fill->
             # resting) without building the event; tests/property/test_backtest_properties.py keeps it equal to apply()
             filled = o.filled_qty + qty

@@ -526,39 +526,37 @@ class Doctor:
         )
 
     async def _stock_master(self, cfg: GatewayConfig) -> None:
-        from kis.master import MasterError, download_master, load_stock_master
-        from server.stockmaster import copy_folder, downloads, due_since, own_copy
+        from kis.master import MasterError, load_stock_master
+        from server.stockmaster import MasterKeeper, downloads
 
         if downloads(cfg):  # the gateway's own copy: a current one, or downloaded now as the gateway would
-            folder, now = copy_folder(cfg), now_kst()
-            got = own_copy(cfg)
-            copy = got[0] if got is not None else None
-            if copy is None or dt.datetime.fromisoformat(copy.at) < due_since(now):
+            keeper = MasterKeeper(
+                cfg, now_kst, lambda master: None, lambda text, kind: None, timeout_s=max(self.timeout_s, 10.0)
+            )
+            old = keeper.copy
+            if keeper.stale():
                 try:
-                    copy = await download_master(
-                        cfg.master_url,
-                        folder,
-                        now,
-                        timeout_s=max(self.timeout_s, 10.0),
-                        previous_codes=copy.codes if copy is not None else 0,
-                    )
-                except (MasterError, OSError) as e:
+                    await keeper.fetch()
+                except MasterError as e:
                     self.add(
                         Check(
                             name="stock master",
-                            status=Status.FAIL if copy is None else Status.WARN,
+                            status=Status.FAIL if old is None else Status.WARN,
                             detail=f"cannot download it: {e}"
-                            + ("" if copy is None else f" (the gateway would use the copy of {copy.day})"),
+                            + ("" if old is None else f" (the gateway would use the copy of {old.day})"),
                             hint=f"make {cfg.master_url} reachable, or put kospi_code.mst / kosdaq_code.mst in a "
                             "folder and set master_dir",
                         )
                     )
                     return
+            copy = keeper.copy
+            assert copy is not None  # (a download that succeeded leaves one)
             self.add(
                 Check(
                     name="stock master",
                     status=Status.OK,
-                    detail=f"{copy.codes} codes, KIS master of {copy.day} in {folder} (refreshed by the gateway daily)",
+                    detail=f"{copy.codes} codes, KIS master of {copy.day} in {keeper.folder} "
+                    "(refreshed by the gateway daily)",
                 )
             )
             return
