@@ -295,6 +295,27 @@ def _paper(info: dict[str, str], master_url: str) -> tuple[str, dict[str, str]]:
     return toml, env
 
 
+def _start_paper(
+    procs: Procs, tmp: Path, info: dict[str, str], master_url: str, log_name: str = "gateway"
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A paper gateway on the twin's paper flavour, up (gateway.json written): (run dir, process)."""
+    toml, env = _paper(info, master_url)
+    cfg = tmp / "paper.toml"
+    cfg.write_text(toml)
+    run = tmp / "run"
+    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name=log_name, env=env)
+    wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway up")
+    return run, gw
+
+
+def _registered(run: Path, card: AgentCard) -> tuple[GatewayClient, int]:
+    """A client speaking as `card`'s agent, registered: (client, its next order number)."""
+    client = agent_client(run, card)
+    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
+    assert isinstance(reg, Registered), reg
+    return client, reg.snapshot.next_order_n
+
+
 def _order(client: GatewayClient, agent: str, n: int, code: str, price: int) -> OrderResult:
     reply = client.request(
         SubmitOrders(
@@ -318,20 +339,12 @@ def _order(client: GatewayClient, agent: str, n: int, code: str, price: int) -> 
 
 def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path: Path, procs: Procs) -> None:
     info = start_twin(procs, tmp_path)
-    toml, env = _paper(info, f"{info['paper_rest_url']}/common/master")
-    cfg = tmp_path / "paper.toml"
-    cfg.write_text(toml)
-    run = tmp_path / "run"
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
-    wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway up")
+    run, gw = _start_paper(procs, tmp_path, info, f"{info['paper_rest_url']}/common/master")
     st = wait_for(lambda: (s := fetch_status(run)).synced and s, 30, what="first reconciliation")  # type: ignore[assignment]
     assert st.stock_master.startswith(f"KIS master of {today_kst().isoformat()}"), st.stock_master
     assert (run / "master" / "kospi_code.mst").exists() and "stock master downloaded" in procs.log(gw)
     card = AgentCard(id="etf", name="etf", strategy="x:Y", codes=["069500", "005930"], budget=10_000_000)
-    client = agent_client(run, card)
-    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
-    assert isinstance(reg, Registered), reg
-    n = reg.snapshot.next_order_n
+    client, n = _registered(run, card)
     # KODEX 200 at 35,105: the ETF's 5-won grid (a stock there has a 50-won tick); judged as a stock
     # without the master, it was DENIED_TICK
     etf = _order(client, "etf", n, "069500", 35_105)
@@ -344,10 +357,9 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
     stamp = run / "master" / "downloaded.json"
     old = (today_kst() - dt.timedelta(days=4)).isoformat()
     stamp.write_text(stamp.read_text().replace(today_kst().isoformat(), old))
-    toml, env = _paper(info, f"http://127.0.0.1:{free_port()}/common/master")
-    cfg.write_text(toml)
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway2", env=env)
-    wait_for(lambda: gw.poll() is None and (run / "gateway.json").exists(), 30, what="gateway up on the old copy")
+    dead = f"http://127.0.0.1:{free_port()}/common/master"
+    run, gw = _start_paper(procs, tmp_path, info, dead, log_name="gateway2")
+    assert gw.poll() is None  # up on the old copy
 
     def alerted() -> StatusReply | None:
         got = fetch_status(run)
@@ -359,7 +371,7 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
     stop_groups([gw], grace_s=10)
     # a first start (no copy) that cannot download: two plain lines, exit 5, nothing served
     (tmp_path / "fresh").mkdir()
-    out = gateway(tmp_path / "fresh", toml, env)
+    out = gateway(tmp_path / "fresh", *_paper(info, dead))
     # (after KIS itself answered: its session's lines come first)
     assert_explained(out, StartExit.UNREACHABLE, "KIS stock master", "cannot download", "master_dir", max_lines=20)
     assert not (tmp_path / "fresh" / "run" / "gateway.json").exists()
@@ -378,18 +390,10 @@ def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_li
         body = {"account": info["paper_account"], "code": "005930", "side": "buy", "qty": 1}
         body.update({"price": lower} if i % 20 == 0 else {"ord_dvsn": "01", "price": 0})
         admin.post("/admin/orders", json=body).raise_for_status()
-    toml, env = _paper(info, f"{info['paper_rest_url']}/common/master")
-    cfg = tmp_path / "paper.toml"
-    cfg.write_text(toml)
-    run = tmp_path / "run"
-    gw = procs.start("gateway", "--config", str(cfg), "--run-dir", str(run), log_name="gateway", env=env)
-    wait_for(lambda: (run / "gateway.json").exists(), 30, what="gateway up")
+    run, gw = _start_paper(procs, tmp_path, info, f"{info['paper_rest_url']}/common/master")
     wait_for(lambda: fetch_status(run).synced, 30, what="the first (open orders) pass")
-    card = AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10_000_000)
-    client = agent_client(run, card)
-    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
-    assert isinstance(reg, Registered), reg
-    res = _order(client, "early", reg.snapshot.next_order_n, "005930", lower)
+    client, n = _registered(run, AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10**7))
+    res = _order(client, "early", n, "005930", lower)
     assert res.accepted, res
     log = procs.log(gw)
     assert "reconciled (start): 8 open orders at the broker" in log, log
@@ -417,12 +421,9 @@ def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: P
     wait_for(lambda: fetch_status(run).reconciled_whole, 60, what="the whole list read once")
     wait_for(lambda: fetch_status(run).counters.get("reconcile_stretched"), 30, what="whole passes spaced out")
     admin.post("/admin/faults/notices", json={"lose_fills": True}).raise_for_status()
-    card = AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10_000_000)
-    client = agent_client(run, card)
-    reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
-    assert isinstance(reg, Registered), reg
+    client, n = _registered(run, AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10**7))
     new = NewOrder(
-        client_order_id=make_client_order_id("lost", today_kst(), reg.snapshot.next_order_n),
+        client_order_id=make_client_order_id("lost", today_kst(), n),
         code="005930",
         side=Side.BUY,
         qty=1,

@@ -344,14 +344,14 @@ def test_a_pass_over_the_unfilled_list_only_adds_what_its_lines_prove() -> None:
     assert not res.events  # fewer fills on the line than booked: no take-back from a partial list
     assert isinstance(reconcile([booked], [open_line], now_ns=now, fill_grace_ns=grace).events[coid(1)][0], ReverseFill)
     # an UNKNOWN submit long past its grace and not in the unfilled list: still UNKNOWN (it may have filled)
-    unknown = Order(
+    unknown = msgspec.structs.replace(
+        _bought([]),
         client_order_id=coid(2),
-        agent="alpha",
-        code="005930",
-        side=Side.BUY,
         qty=5,
         price=69_000,
         state=OrderState.UNKNOWN,
+        broker_order_id="",
+        broker_chain=(),
         updated_ns=0,
     )
     assert not reconcile([unknown], [], now_ns=now, grace_ns=grace, partial=True).events
@@ -404,14 +404,8 @@ def test_a_revise_found_in_the_list_keeps_what_the_original_line_filled() -> Non
 
 def test_a_line_with_the_terms_of_a_submit_in_flight_is_not_taken_for_an_external_order() -> None:
     now = 10**15
-    flying = Order(
-        client_order_id=coid(3),
-        agent="alpha",
-        code="005930",
-        side=Side.SELL,
-        qty=10,
-        price=70_000,
-        state=OrderState.PENDING_SUBMIT,  # its REST reply (naming the ODNO) is on its way
+    flying = msgspec.structs.replace(  # its REST reply (naming the ODNO) is on its way
+        _sold([]), client_order_id=coid(3), state=OrderState.PENDING_SUBMIT, broker_order_id="", broker_chain=()
     )
     line = _report("0000000009", 0, 0, 0)
     assert not reconcile([flying], [line], now_ns=now).external

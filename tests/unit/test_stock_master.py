@@ -18,6 +18,7 @@ from common.enums import AlertKind
 from common.krx_rules import SecurityKind
 from kis.master import (
     STAMP,
+    MasterCopy,
     MasterError,
     download_master,
     load_copy,
@@ -101,6 +102,12 @@ def _at(day: int, hour: int = 9) -> dt.datetime:
     return dt.datetime(2026, 12, day, hour, 0, tzinfo=KST_)
 
 
+def _with_copy(tmp_path: Path, url: str, at: dt.datetime) -> tuple[GatewayConfig, MasterCopy]:
+    """A real account's gateway config whose copy of the master was downloaded from `url` at `at`."""
+    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
+    return cfg, asyncio.run(download_master(url, copy_folder(cfg), at))
+
+
 def test_download_replaces_the_copy_only_when_both_files_are_whole(
     tmp_path: Path, server: tuple[str, dict[str, bytes]]
 ) -> None:
@@ -140,8 +147,7 @@ def test_keeper_refreshes_a_stale_copy_and_alerts_when_it_cannot(
 ) -> None:
     url, files = server
     _publish(files)
-    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
-    asyncio.run(download_master(url, copy_folder(cfg), _at(1, 9)))
+    cfg, _ = _with_copy(tmp_path, url, _at(1, 9))
     now = [_at(2, 7)]
     installed: list[object] = []
     alerts: list[tuple[str, AlertKind]] = []
@@ -178,8 +184,7 @@ def test_the_same_list_again_after_the_rebuild_hour_is_tried_again_until_nine(
 ) -> None:
     url, files = server
     _publish(files)
-    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
-    asyncio.run(download_master(url, copy_folder(cfg), _at(1, 10)))
+    cfg, _ = _with_copy(tmp_path, url, _at(1, 10))
     now = [_at(2, 8)]
     keeper = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
     asyncio.run(keeper.fetch())  # 08:00, KIS has not rebuilt its files: yesterday's bytes
@@ -202,8 +207,7 @@ def test_a_damaged_copy_is_downloaded_again_and_codes_count_once(
     samsung = next(s for s in STOCKS if s.code == "005930")
     kosdaq = [s for s in STOCKS if s.market == "KOSDAQ"] + [dataclasses.replace(samsung, market="KOSDAQ")]
     files["kosdaq_code.mst.zip"] = master_zip(kosdaq, "KOSDAQ")
-    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
-    copy = asyncio.run(download_master(url, copy_folder(cfg), _at(1)))
+    cfg, copy = _with_copy(tmp_path, url, _at(1))
     assert copy.codes == len(twin_master().entries) and gateway_master(cfg) is not None
     # bytes that are not KIS's layout (a file replaced by hand): not the copy, downloaded again at start
     (copy_folder(cfg) / "kospi_code.mst").write_bytes(b"\xff\xfe\x00broken")
