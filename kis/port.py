@@ -267,6 +267,12 @@ class BrokerPort(Protocol):
     protocol gets those defaults."""
 
     capabilities: frozenset[Capability] = frozenset()
+    # Order calls this broker takes at once (the gateway's send slots, server/send_queue.py). KIS takes
+    # 20 calls/s per app key and the REST budget spaces them ~55 ms apart: two slots keep the budget
+    # busy at a normal round trip, the others are for calls that hang (a cut connection waits for its
+    # timeout, retries back off) so that they hold nobody else. A broker that answers at once (in the
+    # process) sets more: each call's send mark then joins the commit of its intent.
+    max_in_flight: int = 4
 
     # ---- execution ----------------------------------------------------------------------------
 

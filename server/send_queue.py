@@ -11,9 +11,10 @@ Rules kept here:
   be sent (reconciliation found it, the gateway refused it) is never sent;
 - calls for one order go out one at a time, in the order they were asked for (a cancel never
   overtakes its submit): an order has at most one job in the priority queue, the rest wait behind it;
-- up to `workers` calls for different orders are in flight at once, cancels and revises first, then
-  the gateway's protective sells, then new orders; the broker's REST budget paces them, and a call
-  that hangs or fails (a cut connection, its retries, a timeout) holds only its own slot;
+- up to `workers` calls for different orders are in flight at once (as many as the venue takes:
+  KIS 4, a venue in the process more), cancels and revises first, then the gateway's protective
+  sells, then new orders; the broker's REST budget paces them, and a call that hangs or fails (a
+  cut connection, its retries, a timeout) holds only its own slot;
 - a revise or cancel whose answer is lost is in doubt, never "refused": its notices and the broker's
   order list decide (server/chain_repair.py). So is a cancel the broker refuses at the number we
   know: the order may live at another number now (a revise we did not see), which the repair
@@ -61,7 +62,10 @@ log = logging.getLogger("ktrader.send")
 
 
 class Execution(Protocol):
-    """Where orders go: the part of a broker that places, revises and cancels."""
+    """Where orders go: the part of a broker that places, revises and cancels, and how many of those
+    calls it takes at once (kis.port.BrokerPort.max_in_flight)."""
+
+    max_in_flight: int
 
     async def submit(self, order: BrokerOrder) -> BrokerAck: ...
 
@@ -83,11 +87,6 @@ class Priority(IntEnum):
 
 
 Rest = Callable[[], Awaitable[object]]  # what a job does after its synchronous start
-
-# Calls in flight at once. KIS takes 20 calls/s per app key and our budget spaces them ~55 ms apart,
-# so two slots keep the budget busy at a normal round trip; the others are there for calls that hang
-# (a cut connection waits for its timeout, retries back off) so that they hold nobody else.
-DEFAULT_WORKERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +122,7 @@ class SendQueue:
         on_broker_error: Callable[[int], None],
         *,
         max_send_wait_ns: int = 5_000_000_000,
-        workers: int = DEFAULT_WORKERS,
+        workers: int = 0,
         name: str = "broker",
         learn: Callable[[str], None] | None = None,
         on_unknown: Callable[[str], None] | None = None,
@@ -137,7 +136,7 @@ class SendQueue:
         self.learn = learn
         self.on_unknown = on_unknown  # a submit whose outcome is unknown: look for it at the broker soon
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
-        self.workers = max(1, workers)
+        self.workers = max(1, workers or venue.max_in_flight)  # 0: as many as the venue takes
         self.name = name
         self._heap: list[tuple[int, int, Job]] = []  # at most one job per order: the next one it runs
         self._later: dict[str, deque[Job]] = defaultdict(deque)  # an order's jobs behind its queued/running one

@@ -35,6 +35,10 @@ class _Resting:
 
 
 class ShadowExecution:
+    # it answers at once, in the process: every order of a turn gets a slot, so their send marks
+    # join the commit of their intents (server/send_queue.py)
+    max_in_flight = 64
+
     def __init__(self, clock: MarketClock, notify: Callable[[BrokerNotice], None]) -> None:
         self.clock = clock
         self.notify = notify

@@ -16,6 +16,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 
 from common.config import GatewayConfig
@@ -45,6 +46,7 @@ from kis.port import (
 
 class FakeBroker(BrokerPort):
     capabilities = frozenset({Capability.MARKET_CLOCK, Capability.CHARTS})
+    max_in_flight = 64  # it answers at once, in the process (kis.port.BrokerPort.max_in_flight)
 
     def __init__(self, ref_price: int | None = None, state_path: str = "") -> None:
         self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
@@ -66,6 +68,7 @@ class FakeBroker(BrokerPort):
         self.lose_next: set[str] = set()  # "modify" / "cancel": act, then lose the answer (BrokerUnknownOutcome)
         self.lose_before: set[str] = set()  # "modify" / "cancel": lose the request before the broker sees it
         self.mute: set[str] = set()  # "modify": the broker acts but sends no notice of it
+        self._stamp_s, self._stamp = 0, ""
 
     @property
     def session_state(self) -> SessionState:
@@ -82,7 +85,10 @@ class FakeBroker(BrokerPort):
         self._state = SessionState.DISCONNECTED
 
     def _time(self) -> str:
-        return dt.datetime.now().strftime("%H%M%S")
+        now = int(time.time())  # the HHMMSS string once per second: every order's notice and ack carry it
+        if now != self._stamp_s:
+            self._stamp_s, self._stamp = now, dt.datetime.fromtimestamp(now).strftime("%H%M%S")
+        return self._stamp
 
     def _save(self) -> None:
         if self.state_path:

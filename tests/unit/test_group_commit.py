@@ -21,7 +21,7 @@ from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.orders import OrderState
 from common.schema import AgentEvent, NewOrder, OrderUpdate
-from kis.port import BrokerAck, BrokerCancel, BrokerNotice, BrokerOrder, BrokerTemporary
+from kis.port import BrokerAck, BrokerCancel, BrokerNotice, BrokerOrder, BrokerPort, BrokerTemporary
 from server.send_queue import Call, Job
 from server.store import Store, StoreFailed
 from tests.fakes.broker import FakeBroker
@@ -186,7 +186,9 @@ async def test_a_failed_commit_lets_nothing_out_and_the_disk_stays_the_truth(tmp
 
 
 class GateBroker(FakeBroker):
-    """Calls wait at a gate per order; the call log records starts and ends in order."""
+    """Calls wait at a gate per order; the call log records starts and ends in order. Slots as KIS's."""
+
+    max_in_flight = BrokerPort.max_in_flight
 
     def __init__(self) -> None:
         super().__init__(ref_price=70_000)

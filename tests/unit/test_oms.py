@@ -16,7 +16,7 @@ from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import OrderState
 from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
-from kis.port import BrokerAck, BrokerNotice, BrokerOrder, NoticeKind
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerPort, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
 from server import daily_report
 from server.registry import AgentRecord
@@ -371,7 +371,9 @@ async def test_cancel_before_the_acknowledgement_is_sent_once_the_order_has_an_o
 
 
 class SlowBroker(FakeBroker):
-    """A broker call that hangs until released (KIS faults, rate-limit pauses)."""
+    """A broker call that hangs until released (KIS faults, rate-limit pauses). Slots as KIS's."""
+
+    max_in_flight = BrokerPort.max_in_flight
 
     def __init__(self) -> None:
         super().__init__(ref_price=70_000)
