@@ -8,7 +8,9 @@ the same run.
   one commit for the intents and one for the acknowledgements, nothing else: orders/s.
 - The in-process broker (the gateway's own floor): p50/p99 and orders/s with 1 and with N agents at
   once (agents are threads of this process: the client side costs CPU here too). Target with 20:
-  ≥ 4,000 orders/s and ≥ 0.6× the floor.
+  ≥ 4,000 orders/s and ≥ 0.6× the floor. With each run its CPU per order, gateway and agents, and the
+  rate at which the two would keep every core of this machine busy (the ceiling whatever the
+  latency: on 2 cores, ~500 µs of CPU per order in all allows 4,000/s at best).
 - Resting orders: one agent's p50 with 0, 2,500, 5,000 and 10,000 orders resting at the gateway
   (loaded by another agent). Target: flat, every point within ±20 % of the first.
 - The KIS twin through the KIS adapter (real HTTP + websocket): as fast as the REST budget lets
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -185,22 +188,47 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
                 errors.append(f"bench{i}: {e}")
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(agents)]
+        cpu0 = _cpu_s(proc.pid), _own_cpu_s()
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        cpu1 = _cpu_s(proc.pid), _own_cpu_s()
     finally:
         _stop(proc)
     all_ns = sorted(x for xs in lat for x in xs)
     if errors or len(all_ns) != n * agents:
         raise RuntimeError(f"only {len(all_ns)} of {n * agents} orders completed: {errors[:3]}")
+    # CPU per order, every thread of each side: the agents (threads here: their client code) and the
+    # gateway. Together they bound what this machine can do whatever the latency: the ceiling is the
+    # rate at which the two would keep every core busy.
+    gw_us = (cpu1[0] - cpu0[0]) * 1e6 / len(all_ns)
+    agents_us = (cpu1[1] - cpu0[1]) * 1e6 / len(all_ns)
+    cores = os.cpu_count() or 1
     return {
         "p50_us": round(percentile(all_ns, 0.5), 1),
         "p99_us": round(percentile(all_ns, 0.99), 1),
         "orders_per_s": round(len(all_ns) / wall, 1),
+        "gateway_cpu_us_per_order": round(gw_us),
+        "agents_cpu_us_per_order": round(agents_us),
+        "cpu_ceiling_orders_per_s": round(cores * 1e6 / max(gw_us + agents_us, 1e-9)),
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (every thread), from /proc (0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _resting(n: int, tmp: Path, pace_s: float) -> dict:
@@ -324,6 +352,11 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
                     f"{k:>14}: p50 {v['p50_us']:9.1f} µs  p99 {v['p99_us']:9.1f} µs  {v['orders_per_s']:8.1f} orders/s"
                 )
         print(f"{agents} agents / floor: {result['floor_ratio']:.2f}×")
+        print(
+            f"{agents} agents, CPU per order: gateway {many['gateway_cpu_us_per_order']} µs + agents "
+            f"{many['agents_cpu_us_per_order']} µs -> at most {many['cpu_ceiling_orders_per_s']:,} orders/s on "
+            f"{os.cpu_count()} cores ({rate / many['cpu_ceiling_orders_per_s']:.2f}× of that reached)"
+        )
         pts = resting["points"]
         print(
             "resting orders → p50: "
