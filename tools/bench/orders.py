@@ -10,7 +10,8 @@ the same run.
   once (agents are threads of this process: the client side costs CPU here too). Target with 20:
   ≥ 4,000 orders/s and ≥ 0.6× the floor. With each run its CPU per order, gateway and agents, and the
   rate at which the two would keep every core of this machine busy (the ceiling whatever the
-  latency: on 2 cores, ~500 µs of CPU per order in all allows 4,000/s at best).
+  latency: on 2 cores, ~500 µs of CPU per order in all allows 4,000/s at best). N agents: the
+  median of three runs of n/2 orders per agent.
 - Resting orders: one agent's p50 with 0, 2,500, 5,000 and 10,000 orders resting at the gateway
   (loaded by another agent). Target: flat, every point within ±20 % of the first.
 - The KIS twin through the KIS adapter (real HTTP + websocket): as fast as the REST budget lets
@@ -50,6 +51,7 @@ TARGET_FLAT = 0.2  # ± of the first point
 RESTING = (0, 2_500, 5_000, 10_000)
 COLD_GAP_S = 0.2
 LOAD_AHEAD = 1_000  # resting orders sent ahead of the broker's acknowledgements
+MANY_RUNS = 3  # runs with N agents at once, the median reported
 
 
 def _agent(run: Path, agent_id: str) -> tuple[GatewayClient, int]:
@@ -320,7 +322,12 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
         floor = store_floor(tmp)
         result["store_floor"] = floor
         result["inproc_1"] = _measure(INPROC, n1, 1, tmp, pace)
-        many = _measure(INPROC, max(1, n // agents * 4), agents, tmp, pace)
+        # the median of a few runs of some thousand orders each: one short run is at this VM's mercy
+        runs = sorted(
+            (_measure(INPROC, max(1, n // 2), agents, tmp, pace) for _ in range(MANY_RUNS)),
+            key=lambda r: float(r["orders_per_s"]),
+        )
+        many = {**runs[len(runs) // 2], "runs_orders_per_s": [r["orders_per_s"] for r in runs]}
         result[f"inproc_{agents}"] = many
         result["resting"] = _resting(20 if cold else 200, tmp, pace)
         if twin:
@@ -351,7 +358,10 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
                 print(
                     f"{k:>14}: p50 {v['p50_us']:9.1f} µs  p99 {v['p99_us']:9.1f} µs  {v['orders_per_s']:8.1f} orders/s"
                 )
-        print(f"{agents} agents / floor: {result['floor_ratio']:.2f}×")
+        print(
+            f"{agents} agents / floor: {result['floor_ratio']:.2f}× (median of runs at "
+            f"{', '.join(f'{r:,.0f}' for r in many['runs_orders_per_s'])} orders/s)"
+        )
         print(
             f"{agents} agents, CPU per order: gateway {many['gateway_cpu_us_per_order']} µs + agents "
             f"{many['agents_cpu_us_per_order']} µs -> at most {many['cpu_ceiling_orders_per_s']:,} orders/s on "
