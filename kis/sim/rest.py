@@ -171,7 +171,7 @@ class RestApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         faults = self.twin.faults
-        path = request.path
+        path = request.path_qs  # a fault may name a query too (CCLD_DVSN=00: only the whole order list)
         if faults.latency_ms > 0:
             await asyncio.sleep(faults.latency_ms / 1000)
         if faults.take_disconnect(path, "before"):
@@ -190,7 +190,7 @@ class RestApi:
         except asyncio.CancelledError:
             raise
         except Exception:  # the twin must answer, never crash
-            log.exception("unhandled error on %s", path)
+            log.exception("unhandled error on %s", request.path)
             resp = error_response(KisError("EGW00500", "시스템 오류가 발생했습니다."))
         if faults.take_disconnect(path, "after"):
             _abort(request)  # the call acted; the client never sees the answer

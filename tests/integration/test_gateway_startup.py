@@ -308,21 +308,22 @@ def _start_paper(
     return run, gw
 
 
-def _registered(run: Path, card: AgentCard) -> tuple[GatewayClient, int]:
-    """A client speaking as `card`'s agent, registered: (client, its next order number)."""
+def _registered(run: Path, card: AgentCard) -> tuple[GatewayClient, int, dt.date]:
+    """A client speaking as `card`'s agent, registered: (client, its next order number, the gateway's
+    trading day: its order numbers' day)."""
     client = agent_client(run, card)
     reg = client.request(Register(h=client.headers(), card=card, pid=os.getpid(), host="test"), 10)
     assert isinstance(reg, Registered), reg
-    return client, reg.snapshot.next_order_n
+    return client, reg.snapshot.next_order_n, dt.datetime.strptime(reg.snapshot.day, "%Y%m%d").date()
 
 
-def _order(client: GatewayClient, agent: str, n: int, code: str, price: int) -> OrderResult:
+def _order(client: GatewayClient, agent: str, n: int, code: str, price: int, day: dt.date) -> OrderResult:
     reply = client.request(
         SubmitOrders(
             h=client.headers(),
             orders=[
                 NewOrder(
-                    client_order_id=make_client_order_id(agent, today_kst(), n),
+                    client_order_id=make_client_order_id(agent, day, n),
                     code=code,
                     side=Side.BUY,
                     qty=1,
@@ -344,12 +345,12 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
     assert st.stock_master.startswith(f"KIS master of {today_kst().isoformat()}"), st.stock_master
     assert (run / "master" / "kospi_code.mst").exists() and "stock master downloaded" in procs.log(gw)
     card = AgentCard(id="etf", name="etf", strategy="x:Y", codes=["069500", "005930"], budget=10_000_000)
-    client, n = _registered(run, card)
+    client, n, day = _registered(run, card)
     # KODEX 200 at 35,105: the ETF's 5-won grid (a stock there has a 50-won tick); judged as a stock
     # without the master, it was DENIED_TICK
-    etf = _order(client, "etf", n, "069500", 35_105)
+    etf = _order(client, "etf", n, "069500", 35_105, day)
     assert etf.accepted, etf
-    stock = _order(client, "etf", n + 1, "005930", 70_050)  # the stock grid is still enforced
+    stock = _order(client, "etf", n + 1, "005930", 70_050, day)  # the stock grid is still enforced
     assert not stock.accepted and stock.code is ErrorCode.DENIED_TICK, stock
     client.close()
     stop_groups([gw], grace_s=10)
@@ -392,8 +393,10 @@ def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_li
         admin.post("/admin/orders", json=body).raise_for_status()
     run, gw = _start_paper(procs, tmp_path, info, f"{info['paper_rest_url']}/common/master")
     wait_for(lambda: fetch_status(run).synced, 30, what="the first (open orders) pass")
-    client, n = _registered(run, AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10**7))
-    res = _order(client, "early", n, "005930", lower)
+    client, n, day = _registered(
+        run, AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10**7)
+    )
+    res = _order(client, "early", n, "005930", lower, day)
     assert res.accepted, res
     log = procs.log(gw)
     assert "reconciled (start): 8 open orders at the broker" in log, log
@@ -421,9 +424,9 @@ def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: P
     wait_for(lambda: fetch_status(run).reconciled_whole, 60, what="the whole list read once")
     wait_for(lambda: fetch_status(run).counters.get("reconcile_stretched"), 30, what="whole passes spaced out")
     admin.post("/admin/faults/notices", json={"lose_fills": True}).raise_for_status()
-    client, n = _registered(run, AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10**7))
+    client, n, day = _registered(run, AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10**7))
     new = NewOrder(
-        client_order_id=make_client_order_id("lost", today_kst(), n),
+        client_order_id=make_client_order_id("lost", day, n),
         code="005930",
         side=Side.BUY,
         qty=1,
@@ -439,4 +442,45 @@ def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: P
     st = wait_for(filled, 30, what="the lost fill repaired (the next spaced-out whole pass is ~36 s away)")
     assert st.counters.get("reconcile_brought_forward", 0) >= 1, st.counters  # type: ignore[union-attr]
     assert "left the open list unheard" in procs.log(gw)
+    client.close()
+
+
+def test_a_whole_order_list_still_unread_two_minutes_after_the_start_reaches_a_person(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """KIS answers the unfilled list but every read of the day's whole list fails (HTTP 500 on
+    CCLD_DVSN=00): orders flow on books that know only the open orders, and two minutes of market
+    time after the start a person is told what that means; once KIS answers, the whole pass runs."""
+    log = open(tmp_path / "twin.err", "wb")
+    twin = subprocess.Popen(  # a replay clock at 300x: two market minutes pass in 0.4 s
+        ktrader_cmd(*twin_args(5, "--tick-interval", "0", "--clock", "replay", "--speed", "300")),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=child_env(),
+        start_new_session=True,
+    )
+    procs.procs.append(twin)
+    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    admin = httpx.Client(base_url=info["admin_url"], timeout=10)
+    fault = {"kind": "500", "count": 100_000, "path_contains": "CCLD_DVSN=00"}
+    admin.post("/admin/faults/rest-error", json=fault).raise_for_status()
+    run, gw = start_gateway_on_twin(procs, tmp_path, info)
+    wait_for(lambda: fetch_status(run).synced, 30, what="the first (open orders) pass")
+    client, n, day = _registered(
+        run, AgentCard(id="early", name="early", strategy="x:Y", codes=["005930"], budget=10**7)
+    )
+    lower = admin.get("/admin/book/005930").json()["lower"]
+    assert _order(client, "early", n, "005930", lower, day).accepted  # trading goes on meanwhile
+
+    def alerted() -> StatusReply | None:
+        st = fetch_status(run)
+        return st if any("whole order list could not be read since the start" in a for a in st.alerts) else None
+
+    st = wait_for(alerted, 30, what="the alert about the unread whole list")
+    assert not st.reconciled_whole and "open orders only" in recon_line(st)  # type: ignore[union-attr,arg-type]
+    assert st.counters["reconcile_errors"] >= 1  # type: ignore[union-attr]
+    admin.post("/admin/faults/reset").raise_for_status()
+    wait_for(lambda: fetch_status(run).reconciled_whole, 45, what="the whole list read once KIS answers")
+    assert sum("could not be read since the start" in a for a in fetch_status(run).alerts) == 1  # told once
     client.close()
