@@ -379,3 +379,31 @@ def test_the_gateway_store_starts_on_a_wal_written_out_and_loses_nothing_to_it(t
     assert reader.execute("select value from meta where key='k299'").get == "v" * 3000
     s.close()
     reader.close()
+
+
+class KisSlots(FakeBroker):
+    """The in-process broker with KIS's number of send slots."""
+
+    max_in_flight = BrokerPort.max_in_flight
+
+
+@pytest.mark.parametrize(("broker_cls", "most_commits"), [(FakeBroker, 3), (KisSlots, 11)])
+async def test_a_venue_in_the_process_sends_a_turns_orders_after_one_commit(
+    tmp_path: Path, broker_cls: type[FakeBroker], most_commits: int
+) -> None:
+    """A venue that answers at once (the shadow market, an in-process broker) takes more calls at once
+    than KIS's four slots (kis.port.BrokerPort.max_in_flight): every order of a turn gets a slot, so
+    its send mark joins its intent's commit, and twenty orders take one commit to go out and one for
+    their acknowledgements (and their notices'), where four slots take one per four orders each way."""
+    c = Core(tmp_path / "gw.sqlite", broker_cls(ref_price=70_000))
+    await c.start()
+    await c.store.durable()
+    before = c.store.commits
+    for n in range(1, 21):  # one loop turn
+        assert c.desk.submit(CARD, order(n)).accepted
+    await c.until(lambda: all(c.state(n) is OrderState.ACCEPTED for n in range(1, 21)))
+    await c.store.durable()
+    assert c.store.commits - before <= most_commits
+    if broker_cls is KisSlots:  # (what the in-process venue's slots save)
+        assert c.store.commits - before > 3
+    await c.close()
