@@ -35,6 +35,7 @@ from common.orders import (
     Order,
     OrderState,
     Reject,
+    ReplaceRefused,
     RequestCancel,
     RequestReplace,
     Submit,
@@ -110,6 +111,7 @@ class OrderDesk:
         saved = self.book.store.get_meta(SHADOW_KEY)
         for agent in msgspec.json.decode(saved) if saved else []:
             self.book.portfolio.set_virtual(agent, True)
+        self._recover_shadow_calls()
         for o in self.book.orders.values():
             if o.agent in self.book.portfolio.virtual and o.broker_order_id and o.state in CANCELLABLE:
                 # the line as it was: its fills so far (their numbers, q<filled>, go on from there; from 0
@@ -118,6 +120,40 @@ class OrderDesk:
                 filled = sum(f.qty for f in o.fills if f.fill_id.startswith(line))
                 self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled)
         self._recover_in_flight()
+
+    def _recover_shadow_calls(self) -> None:
+        """The shadow market lived in the previous process: it is rebuilt from the books (the resting
+        lines it acknowledged), so a call to it that was in flight when that process died did not
+        happen, whatever its send mark says. A submit was never placed: it goes out again while fresh
+        (below, as one never sent), else it is refused NOT_SENT; a cancel completes (its line is not
+        rebuilt); a revise is refused and the order rests at its old terms. An order left in doubt by
+        an older version (UNKNOWN: nothing resolves a shadow order's doubt) was never placed."""
+        book, ts = self.book, self.book.now_ns()
+        virtual = book.portfolio.virtual
+        for coid, o in list(book.orders.items()):
+            if o.agent not in virtual:
+                continue
+            if o.state is OrderState.PENDING_CANCEL:
+                book.trace(coid, "shadow.restart", call="cancel")
+                book.try_apply(coid, Cancelled(ts_ns=ts))
+            elif o.state is OrderState.PENDING_REPLACE:
+                book.try_apply(
+                    coid,
+                    ReplaceRefused(
+                        ts_ns=ts,
+                        code=ErrorCode.RESTARTED.value,
+                        reason="the gateway restarted before the revise reached the shadow market: send it again",
+                    ),
+                )
+            elif o.state is OrderState.UNKNOWN and not o.broker_order_id:
+                book.try_apply(
+                    coid,
+                    Reject(
+                        ts_ns=ts,
+                        code=ErrorCode.NOT_SENT.value,
+                        reason="the gateway restarted before the shadow market took it: never placed",
+                    ),
+                )
 
     def _recover_in_flight(self) -> None:
         """Broker calls that were queued or in flight when the previous process died are gone.
@@ -135,9 +171,12 @@ class OrderDesk:
             with book.store.transaction():
                 book.store.set_meta(SEND_MARKS_KEY, str(ts))
             marks_since = ts
+        virtual = book.portfolio.virtual
         for coid, o in list(book.orders.items()):
             if o.state is OrderState.PENDING_SUBMIT:
-                if o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request"):
+                # (a shadow submit was never placed, marked or not: _recover_shadow_calls)
+                never_sent = o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request")
+                if o.agent in virtual or never_sent:
                     queue = self.queue_for(o.agent)
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     halted = (

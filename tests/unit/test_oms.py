@@ -551,6 +551,47 @@ async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> Non
     await h2.close()
 
 
+async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_left_in_doubt(db: Path) -> None:
+    """The shadow market lives in the gateway's process and is rebuilt from the books at a restart,
+    so whatever was on its way to it when the gateway died did not happen there: the submits whose
+    send marks were already on disk are placed once after the restart (before, they stayed UNKNOWN
+    for good: nothing resolves a shadow order's doubt), a cancel completes, a revise is refused and
+    the order rests at its old terms, filling on as before."""
+    h = Harness(db)
+    await h.start()
+    h.desk.set_mode("alpha", True)
+    for n in (1, 2):
+        assert h.desk.submit(CARD, order(n, qty=10, price=69_000)).accepted
+    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
+    # one loop turn: a revise, a cancel and a burst of submits, their intents and send marks made
+    # durable, then kill -9 before any of the calls runs
+    assert h.desk.modify(CARD, coid(1), 68_500)[0] is None
+    assert h.desk.cancel("alpha", coid(2))[0] is None
+    for n in range(3, 6):  # (the card allows five open orders)
+        assert h.desk.submit(CARD, order(n, qty=1, price=69_000)).accepted
+    assert all(h.store.has_trace(coid(n), "broker.request") for n in range(3, 6))
+    h.store.gc.sync()  # type: ignore[union-attr]
+    for t in list(h.core.shadow_queue._running):
+        t.cancel()
+    h.store.abandon()
+    h._pump.cancel()
+    await asyncio.sleep(0)
+
+    h2 = Harness(db)
+    assert h2.book.orders[coid(1)].state is OrderState.ACCEPTED and h2.book.orders[coid(1)].price == 69_000
+    assert h2.book.orders[coid(1)].reason_code == ErrorCode.RESTARTED.value
+    assert h2.book.orders[coid(2)].state is OrderState.CANCELLED
+    await h2.start()
+    await h2.settle(lambda: all(h2.book.orders[coid(n)].state is OrderState.ACCEPTED for n in range(3, 6)))
+    assert not [o for o in h2.book.orders.values() if o.state is OrderState.UNKNOWN]
+    market = h2.core.shadow_venue
+    assert sorted(r.qty for r in market.resting.values()) == [1] * 3 + [10]  # 1 at its old terms, 2 gone
+    market.on_trade("005930", 69_000, 100)
+    assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, *range(3, 6)))
+    assert h2.portfolio.positions["alpha"]["005930"].qty == 13
+    await h2.close()
+
+
 async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path) -> None:
     """Fetched at midnight, when KIS may not have rolled its day yet (UNCONFIRMED), the band's base is
     fetched again once between 08:00 and 09:00, before held orders are released, and replaces the night's."""
