@@ -11,7 +11,7 @@ the same run.
   ≥ 4,000 orders/s and ≥ 0.6× the floor. With each run its CPU per order, gateway and agents, and the
   rate at which the two would keep every core of this machine busy (the ceiling whatever the
   latency: on 2 cores, ~500 µs of CPU per order in all allows 4,000/s at best). N agents: the
-  median of three runs of n/2 orders per agent.
+  median of three runs of n/2 orders per agent (30 with --cold), timed from when all are registered.
 - Resting orders: one agent's p50 with 0, 2,500, 5,000 and 10,000 orders resting at the gateway
   (loaded by another agent). Target: flat, every point within ±20 % of the first.
 - The KIS twin through the KIS adapter (real HTTP + websocket): as fast as the REST budget lets
@@ -62,9 +62,14 @@ def _agent(run: Path, agent_id: str) -> tuple[GatewayClient, int]:
     return client, reply.snapshot.next_order_n
 
 
-def _round_trips(run: Path, agent_id: str, n: int, out: list[int], pace_s: float = 0.0) -> None:
+def _round_trips(
+    run: Path, agent_id: str, n: int, out: list[int], pace_s: float = 0.0, start: threading.Barrier | None = None
+) -> None:
+    """`n` orders one after the other; `start`: registered first, then wait there for the others."""
     client, next_n = _agent(run, agent_id)
     try:
+        if start is not None:
+            start.wait(60)
         for i in range(n):
             if pace_s and i:
                 time.sleep(pace_s)  # pacing (the REST budget, --cold): a benchmark knob, not a hot path
@@ -182,18 +187,24 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
     try:
         lat: list[list[int]] = [[] for _ in range(agents)]
         errors: list[str] = []
+        start = threading.Barrier(agents + 1)  # every agent registered before the clock starts
 
         def worker(i: int) -> None:
             try:
-                _round_trips(run, f"bench{i}", n, lat[i], pace_s)
+                _round_trips(run, f"bench{i}", n, lat[i], pace_s, start)
             except Exception as e:  # reported below: a benchmark must not hide failed orders
                 errors.append(f"bench{i}: {e}")
+                start.abort()
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(agents)]
-        cpu0 = _cpu_s(proc.pid), _own_cpu_s()
-        t0 = time.perf_counter()
         for t in threads:
             t.start()
+        try:
+            start.wait(60)
+        except threading.BrokenBarrierError:
+            pass  # an agent failed: reported below
+        cpu0 = _cpu_s(proc.pid), _own_cpu_s()
+        t0 = time.perf_counter()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
@@ -203,20 +214,21 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
     all_ns = sorted(x for xs in lat for x in xs)
     if errors or len(all_ns) != n * agents:
         raise RuntimeError(f"only {len(all_ns)} of {n * agents} orders completed: {errors[:3]}")
-    # CPU per order, every thread of each side: the agents (threads here: their client code) and the
-    # gateway. Together they bound what this machine can do whatever the latency: the ceiling is the
-    # rate at which the two would keep every core busy.
-    gw_us = (cpu1[0] - cpu0[0]) * 1e6 / len(all_ns)
-    agents_us = (cpu1[1] - cpu0[1]) * 1e6 / len(all_ns)
-    cores = os.cpu_count() or 1
-    return {
+    out: dict[str, float] = {
         "p50_us": round(percentile(all_ns, 0.5), 1),
         "p99_us": round(percentile(all_ns, 0.99), 1),
         "orders_per_s": round(len(all_ns) / wall, 1),
-        "gateway_cpu_us_per_order": round(gw_us),
-        "agents_cpu_us_per_order": round(agents_us),
-        "cpu_ceiling_orders_per_s": round(cores * 1e6 / max(gw_us + agents_us, 1e-9)),
     }
+    if broker_args == INPROC:  # (with the twin, the gateway's process runs the twin too)
+        # CPU per order, every thread of each side: the agents (threads here: their client code) and
+        # the gateway. Together they bound what this machine can do whatever the latency: the ceiling
+        # is the rate at which the two would keep every core busy.
+        gw_us = (cpu1[0] - cpu0[0]) * 1e6 / len(all_ns)
+        agents_us = (cpu1[1] - cpu0[1]) * 1e6 / len(all_ns)
+        out["gateway_cpu_us_per_order"] = round(gw_us)
+        out["agents_cpu_us_per_order"] = round(agents_us)
+        out["cpu_ceiling_orders_per_s"] = round(len(os.sched_getaffinity(0)) * 1e6 / max(gw_us + agents_us, 1e-9))
+    return out
 
 
 def _cpu_s(pid: int) -> float:
@@ -324,7 +336,7 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
         result["inproc_1"] = _measure(INPROC, n1, 1, tmp, pace)
         # the median of a few runs of some thousand orders each: one short run is at this VM's mercy
         runs = sorted(
-            (_measure(INPROC, max(1, n // 2), agents, tmp, pace) for _ in range(MANY_RUNS)),
+            (_measure(INPROC, n1 if cold else max(1, n // 2), agents, tmp, pace) for _ in range(MANY_RUNS)),
             key=lambda r: float(r["orders_per_s"]),
         )
         many = {**runs[len(runs) // 2], "runs_orders_per_s": [r["orders_per_s"] for r in runs]}
@@ -365,7 +377,7 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
         print(
             f"{agents} agents, CPU per order: gateway {many['gateway_cpu_us_per_order']} µs + agents "
             f"{many['agents_cpu_us_per_order']} µs -> at most {many['cpu_ceiling_orders_per_s']:,} orders/s on "
-            f"{os.cpu_count()} cores ({rate / many['cpu_ceiling_orders_per_s']:.2f}× of that reached)"
+            f"{len(os.sched_getaffinity(0))} cores ({rate / many['cpu_ceiling_orders_per_s']:.2f}× of that reached)"
         )
         pts = resting["points"]
         print(
