@@ -111,6 +111,13 @@ class OrderDesk:
         saved = self.book.store.get_meta(SHADOW_KEY)
         for agent in msgspec.json.decode(saved) if saved else []:
             self.book.portfolio.set_virtual(agent, True)
+        for coid, o in self.book.orders.items():
+            # a cancel asked for before the order had its line (its cancel.queued step is durable
+            # with the answer "cancel queued"): still wanted, whatever happened to the process
+            if (o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE) and self.book.store.has_trace(
+                coid, "cancel.queued"
+            ):
+                self._cancel_on_accept.add(coid)
         self._recover_shadow_calls()
         for o in self.book.orders.values():
             if o.agent in self.book.portfolio.virtual and o.broker_order_id and o.state in CANCELLABLE:
@@ -133,10 +140,14 @@ class OrderDesk:
         for coid, o in list(book.orders.items()):
             if o.agent not in virtual:
                 continue
-            if o.state is OrderState.PENDING_CANCEL:
+            if o.state is OrderState.PENDING_CANCEL or (
+                o.state is OrderState.PENDING_REPLACE and coid in self._cancel_on_accept
+            ):
                 book.trace(coid, "shadow.restart", call="cancel")
+                self._cancel_on_accept.discard(coid)
                 book.try_apply(coid, Cancelled(ts_ns=ts))
             elif o.state is OrderState.PENDING_REPLACE:
+                book.trace(coid, "shadow.restart", call="revise")
                 book.try_apply(
                     coid,
                     ReplaceRefused(
@@ -146,6 +157,8 @@ class OrderDesk:
                     ),
                 )
             elif o.state is OrderState.UNKNOWN and not o.broker_order_id:
+                book.trace(coid, "shadow.restart", call="submit")
+                self._cancel_on_accept.discard(coid)
                 book.try_apply(
                     coid,
                     Reject(
@@ -178,18 +191,28 @@ class OrderDesk:
                 never_sent = o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request")
                 if o.agent in virtual or never_sent:
                     queue = self.queue_for(o.agent)
+                    # fresh as a live order would be (the shadow queue itself never refuses a late one)
+                    wait_ns = self.live.max_send_wait_ns
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     halted = (
                         self.risk.global_state is TradingState.HALTED
                         or self.risk.agent_state(o.agent) is TradingState.HALTED
                     )
-                    if (not queue.max_send_wait_ns or age < queue.max_send_wait_ns) and not halted:
+                    cancelled = coid in self._cancel_on_accept
+                    if (not wait_ns or age < wait_ns) and not halted and not cancelled:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;
                         # the queue's own max_send_wait still applies from when it was first queued)
                         book.trace(coid, "requeued", after_restart=True, age_ms=age // 1_000_000)
                         self._requeued.append((queue, Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9)))
                     else:
-                        why = "trading is halted" if halted else f"queued {age / 1e9:.1f}s ago, too late to send"
+                        self._cancel_on_accept.discard(coid)
+                        why = (
+                            "its cancel was asked for first"
+                            if cancelled
+                            else "trading is halted"
+                            if halted
+                            else f"queued {age / 1e9:.1f}s ago, too late to send"
+                        )
                         book.try_apply(
                             coid,
                             Reject(
@@ -362,7 +385,8 @@ class OrderDesk:
             # no ODNO yet, or a revise is moving it to a new one: the cancel goes out the moment the
             # broker's answer (or the repair that reads its order list) says which line is live
             self._cancel_on_accept.add(coid)
-            book.trace(coid, "cancel.queued", state=o.state.value)
+            # durable with this turn (the answer waits for it): a restart still knows it is wanted
+            book.trace(coid, "cancel.queued", durable=True, state=o.state.value)
             return None, (
                 "cancel queued until the revise is settled"
                 if o.state is OrderState.PENDING_REPLACE

@@ -14,7 +14,7 @@ import pytest
 from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.errors import ErrorCode
-from common.orders import OrderState
+from common.orders import MarkUnknown, OrderState
 from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerPort, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
@@ -551,24 +551,21 @@ async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> Non
     await h2.close()
 
 
-async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_left_in_doubt(db: Path) -> None:
-    """The shadow market lives in the gateway's process and is rebuilt from the books at a restart,
-    so whatever was on its way to it when the gateway died did not happen there: the submits whose
-    send marks were already on disk are placed once after the restart (before, they stayed UNKNOWN
-    for good: nothing resolves a shadow order's doubt), a cancel completes, a revise is refused and
-    the order rests at its old terms, filling on as before."""
+async def _shadow_crash_turn(db: Path) -> None:
+    """A shadow agent's loop turn cut by a kill -9 once its writes were durable, before any call of it
+    reached the shadow market: a revise of order 1 and a cancel of order 2 (both resting), submits 3
+    and 4, and submit 5 with its cancel (queued: it had no line yet)."""
     h = Harness(db)
     await h.start()
     h.desk.set_mode("alpha", True)
     for n in (1, 2):
         assert h.desk.submit(CARD, order(n, qty=10, price=69_000)).accepted
     await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
-    # one loop turn: a revise, a cancel and a burst of submits, their intents and send marks made
-    # durable, then kill -9 before any of the calls runs
     assert h.desk.modify(CARD, coid(1), 68_500)[0] is None
     assert h.desk.cancel("alpha", coid(2))[0] is None
     for n in range(3, 6):  # (the card allows five open orders)
         assert h.desk.submit(CARD, order(n, qty=1, price=69_000)).accepted
+    assert h.desk.cancel("alpha", coid(5)) == (None, "cancel queued until the broker acknowledges the order")
     assert all(h.store.has_trace(coid(n), "broker.request") for n in range(3, 6))
     h.store.gc.sync()  # type: ignore[union-attr]
     for t in list(h.core.shadow_queue._running):
@@ -577,18 +574,114 @@ async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_l
     h._pump.cancel()
     await asyncio.sleep(0)
 
+
+async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_left_in_doubt(db: Path) -> None:
+    """The shadow market lives in the gateway's process and is rebuilt from the books at a restart,
+    so whatever was on its way to it when the gateway died did not happen there: the submits whose
+    send marks were already on disk are placed once after the restart (before, they stayed UNKNOWN
+    for good: nothing resolves a shadow order's doubt), a cancel completes, a revise is refused and
+    the order rests at its old terms, filling on as before; a submit whose cancel was queued is not
+    placed at all."""
+    await _shadow_crash_turn(db)
     h2 = Harness(db)
     assert h2.book.orders[coid(1)].state is OrderState.ACCEPTED and h2.book.orders[coid(1)].price == 69_000
     assert h2.book.orders[coid(1)].reason_code == ErrorCode.RESTARTED.value
     assert h2.book.orders[coid(2)].state is OrderState.CANCELLED
+    five = h2.book.orders[coid(5)]
+    assert five.state is OrderState.REJECTED and five.reason_code == "NOT_SENT" and "cancel" in five.reason
     await h2.start()
-    await h2.settle(lambda: all(h2.book.orders[coid(n)].state is OrderState.ACCEPTED for n in range(3, 6)))
+    await h2.settle(lambda: all(h2.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (3, 4)))
     assert not [o for o in h2.book.orders.values() if o.state is OrderState.UNKNOWN]
     market = h2.core.shadow_venue
-    assert sorted(r.qty for r in market.resting.values()) == [1] * 3 + [10]  # 1 at its old terms, 2 gone
+    assert sorted(r.qty for r in market.resting.values()) == [1, 1, 10]  # 1 at its old terms; 2 and 5 none
     market.on_trade("005930", 69_000, 100)
-    assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, *range(3, 6)))
-    assert h2.portfolio.positions["alpha"]["005930"].qty == 13
+    assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, 3, 4))
+    assert h2.portfolio.positions["alpha"]["005930"].qty == 12
+    await h2.close()
+
+
+async def test_shadow_submits_cut_by_a_crash_are_judged_fresh_as_live_ones(db: Path) -> None:
+    """Back a day later (or after max_send_wait), the shadow submits of the cut turn are refused
+    NOT_SENT as live ones would be, not placed in another session; a shadow order an older version
+    left UNKNOWN is refused too (it was never placed)."""
+    await _shadow_crash_turn(db)
+    later = trading_clock()
+    later.set(dt.datetime(2026, 11, 23, 9, 30))  # Monday
+    h2 = Harness(db, clock=later)
+    for n in (3, 4, 5):
+        o = h2.book.orders[coid(n)]
+        assert o.state is OrderState.REJECTED and o.reason_code == "NOT_SENT", o
+    assert "too late" in h2.book.orders[coid(3)].reason
+    h2.store.close()
+    # an older version's leftover: a shadow submit left UNKNOWN at its restart
+    h3 = Harness(db.with_name("old.sqlite"))
+    await h3.start()
+    h3.desk.set_mode("alpha", True)
+    assert h3.desk.submit(CARD, order(7, qty=1, price=69_000)).accepted
+    for t in list(h3.core.shadow_queue._running):  # its call never runs
+        t.cancel()
+    h3.book.try_apply(coid(7), MarkUnknown(ts_ns=h3.book.now_ns(), code="RESTARTED", reason="old version"))
+    await h3.close()
+    h4 = Harness(db.with_name("old.sqlite"))
+    assert h4.book.orders[coid(7)].state is OrderState.REJECTED
+    assert h4.book.orders[coid(7)].reason_code == "NOT_SENT"
+    h4.store.close()
+
+
+async def test_a_cancel_queued_before_the_broker_had_the_order_survives_a_restart(db: Path) -> None:
+    """An order still waiting for a send slot when its agent cancels it ("cancel queued") and the
+    gateway dies: the restarted gateway does not send it (before, it was sent as never sent and then
+    rested at KIS, its cancel forgotten)."""
+    h = Harness(db, SlowBroker())
+    await h.start()
+    slots = h.core.live_queue.workers
+    for n in range(1, slots + 1):  # the broker calls hang
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    queued_n = slots + 1
+    assert h.desk.submit(CARD, order(queued_n, qty=1, price=60_000)).accepted  # waits for a slot
+    assert h.desk.cancel("alpha", coid(queued_n))[1].startswith("cancel queued")
+    await h.settle(lambda: all(h.store.has_trace(coid(n), "broker.request") for n in range(1, slots + 1)))
+    await h.store.durable()
+    h.store.abandon()
+    h._pump.cancel()
+
+    h2 = Harness(db)
+    late = h2.book.orders[coid(queued_n)]
+    assert late.state is OrderState.REJECTED and late.reason_code == "NOT_SENT" and "cancel" in late.reason
+    await h2.start()
+    await h2.settle(lambda: h2.recon.synced)
+    assert h2.broker.submits == 0  # neither the cancelled one nor (never resent) the ones in doubt
+    await h2.close()
+
+
+class PlacesThenHangs(FakeBroker):
+    """The order reaches the broker, its answer never comes back (the process dies meanwhile)."""
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        await super().submit(order)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_queued_cancel_of_an_order_in_doubt_goes_out_once_a_restart_finds_it(db: Path) -> None:
+    """The order was at KIS, its answer lost with the gateway, its cancel queued meanwhile: the
+    restarted gateway holds it in doubt (never resent), finds it in KIS's list, and cancels it."""
+    state = str(db.with_name("broker.json"))
+    h = Harness(db, PlacesThenHangs(ref_price=70_000, state_path=state))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
+    await h.settle(lambda: len(h.broker.orders) == 1)  # placed at the broker, no answer
+    assert h.desk.cancel("alpha", coid(1))[1].startswith("cancel queued")
+    await h.store.durable()
+    h.store.abandon()
+    h._pump.cancel()
+
+    h2 = Harness(db, FakeBroker(ref_price=70_000, state_path=state))
+    assert h2.book.orders[coid(1)].state is OrderState.UNKNOWN
+    await h2.start()
+    await h2.settle(lambda: h2.book.orders[coid(1)].state is OrderState.CANCELLED)
+    assert not any(o["open"] for o in h2.broker.orders.values())  # gone at the broker too
+    assert h2.broker.submits == 0
     await h2.close()
 
 
