@@ -112,11 +112,7 @@ class OrderDesk:
         for agent in msgspec.json.decode(saved) if saved else []:
             self.book.portfolio.set_virtual(agent, True)
         for coid, o in self.book.orders.items():
-            # a cancel asked for before the order had its line (its cancel.queued step is durable
-            # with the answer "cancel queued"): still wanted, whatever happened to the process
-            if (o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE) and self.book.store.has_trace(
-                coid, "cancel.queued"
-            ):
+            if (o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE) and self._cancel_queued(coid):
                 self._cancel_on_accept.add(coid)
         self._recover_shadow_calls()
         for o in self.book.orders.values():
@@ -127,6 +123,17 @@ class OrderDesk:
                 filled = sum(f.qty for f in o.fills if f.fill_id.startswith(line))
                 self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled)
         self._recover_in_flight()
+
+    def _cancel_queued(self, coid: str) -> bool:
+        """A cancel asked for before the order had its line (its cancel.queued step is durable with
+        the answer "cancel queued") and not sent since: still wanted, whatever happened to the process."""
+        if not self.book.store.has_trace(coid, "cancel.queued"):
+            return False
+        steps = self.book.store.trace(coid)
+        last = max(i for i, (_, kind, _) in enumerate(steps) if kind == "cancel.queued")
+        return not any(
+            kind == "broker.request" and body.get("call") == Call.CANCEL.value for _, kind, body in steps[last:]
+        )
 
     def _recover_shadow_calls(self) -> None:
         """The shadow market lived in the previous process: it is rebuilt from the books (the resting

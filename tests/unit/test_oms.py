@@ -685,6 +685,23 @@ async def test_a_queued_cancel_of_an_order_in_doubt_goes_out_once_a_restart_find
     await h2.close()
 
 
+async def test_a_queued_cancel_already_sent_is_not_taken_up_again(db: Path) -> None:
+    """Only a queued cancel that never went out is still wanted after a restart: one sent (and, say,
+    refused, the order resting and later revised) is not sent again by the next process."""
+    h = Harness(db)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    desk, book = h.desk, h.book
+    book.trace(coid(1), "cancel.queued", durable=True, state="pending_submit")
+    assert desk._cancel_queued(coid(1))
+    book.trace(coid(1), "broker.request", durable=True, call="cancel", odno="1", qty=1)
+    assert not desk._cancel_queued(coid(1))
+    book.trace(coid(1), "cancel.queued", durable=True, state="pending_replace")  # asked for again
+    assert desk._cancel_queued(coid(1))
+    await h.close()
+
+
 async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path) -> None:
     """Fetched at midnight, when KIS may not have rolled its day yet (UNCONFIRMED), the band's base is
     fetched again once between 08:00 and 09:00, before held orders are released, and replaces the night's."""
