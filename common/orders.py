@@ -304,6 +304,9 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.UNKNOWN, "cancelled"): S.CANCELLED,
     (S.UNKNOWN, "expire"): S.EXPIRED,
     (S.ACCEPTED, "accept"): _SAME,  # a late duplicate acknowledgement is harmless
+    # KIS took it (its ODNO), the exchange refused it (a 거부 notice, RFUS_YN 1; the order list's
+    # rejected quantity): nothing filled, nothing rests
+    (S.ACCEPTED, "reject"): S.REJECTED,
     (S.ACCEPTED, "fill"): _RESTING,
     (S.ACCEPTED, "req_cancel"): S.PENDING_CANCEL,
     (S.ACCEPTED, "req_replace"): S.PENDING_REPLACE,

@@ -374,6 +374,12 @@ class SendQueue:
         decides); any other refusal → back to resting with the reason."""
         book, coid = self.book, o.client_order_id
         await book.durable()  # the request to cancel/revise is on disk before the broker hears it
+        now = book.orders.get(coid)
+        if now is None or now.is_terminal:
+            # it ended meanwhile (a fill, a cancel or an expiry the same reconciliation pass applied
+            # after the acknowledgement that sent this): nothing left to ask the broker
+            book.trace(coid, "broker.skipped", call=call.value, state=now.state.value if now else "gone")
+            return None
         try:
             ack = await request()
         except BrokerError as e:

@@ -16,7 +16,7 @@ from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import MarkUnknown, OrderState
 from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
-from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerPort, NoticeKind
+from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerPort, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
 from server import daily_report
 from server.registry import AgentRecord
@@ -553,20 +553,23 @@ async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> Non
 
 async def _shadow_crash_turn(db: Path) -> None:
     """A shadow agent's loop turn cut by a kill -9 once its writes were durable, before any call of it
-    reached the shadow market: a revise of order 1 and a cancel of order 2 (both resting), submits 3
-    and 4, and submit 5 with its cancel (queued: it had no line yet)."""
+    reached the shadow market: a revise of order 1, a cancel of order 2, a revise of order 4 and its
+    cancel (queued behind the revise) (1, 2 and 4 resting), submit 3, and submit 5 with its cancel
+    (queued: it had no line yet)."""
     h = Harness(db)
     await h.start()
     h.desk.set_mode("alpha", True)
-    for n in (1, 2):
+    for n in (1, 2, 4):
         assert h.desk.submit(CARD, order(n, qty=10, price=69_000)).accepted
-    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2)))
+    await h.settle(lambda: all(h.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (1, 2, 4)))
     assert h.desk.modify(CARD, coid(1), 68_500)[0] is None
     assert h.desk.cancel("alpha", coid(2))[0] is None
-    for n in range(3, 6):  # (the card allows five open orders)
+    assert h.desk.modify(CARD, coid(4), 68_500)[0] is None
+    assert h.desk.cancel("alpha", coid(4)) == (None, "cancel queued until the revise is settled")
+    for n in (3, 5):  # (the card allows five open orders)
         assert h.desk.submit(CARD, order(n, qty=1, price=69_000)).accepted
     assert h.desk.cancel("alpha", coid(5)) == (None, "cancel queued until the broker acknowledges the order")
-    assert all(h.store.has_trace(coid(n), "broker.request") for n in range(3, 6))
+    assert all(h.store.has_trace(coid(n), "broker.request") for n in (3, 5))
     h.store.gc.sync()  # type: ignore[union-attr]
     for t in list(h.core.shadow_queue._running):
         t.cancel()
@@ -587,16 +590,17 @@ async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_l
     assert h2.book.orders[coid(1)].state is OrderState.ACCEPTED and h2.book.orders[coid(1)].price == 69_000
     assert h2.book.orders[coid(1)].reason_code == ErrorCode.RESTARTED.value
     assert h2.book.orders[coid(2)].state is OrderState.CANCELLED
+    assert h2.book.orders[coid(4)].state is OrderState.CANCELLED  # its cancel, queued behind the revise
     five = h2.book.orders[coid(5)]
     assert five.state is OrderState.REJECTED and five.reason_code == "NOT_SENT" and "cancel" in five.reason
     await h2.start()
-    await h2.settle(lambda: all(h2.book.orders[coid(n)].state is OrderState.ACCEPTED for n in (3, 4)))
+    await h2.settle(lambda: h2.book.orders[coid(3)].state is OrderState.ACCEPTED)
     assert not [o for o in h2.book.orders.values() if o.state is OrderState.UNKNOWN]
     market = h2.core.shadow_venue
-    assert sorted(r.qty for r in market.resting.values()) == [1, 1, 10]  # 1 at its old terms; 2 and 5 none
+    assert sorted(r.qty for r in market.resting.values()) == [1, 10]  # 1 at its old terms; 2, 4 and 5 none
     market.on_trade("005930", 69_000, 100)
-    assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, 3, 4))
-    assert h2.portfolio.positions["alpha"]["005930"].qty == 12
+    assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, 3))
+    assert h2.portfolio.positions["alpha"]["005930"].qty == 11
     await h2.close()
 
 
@@ -608,7 +612,7 @@ async def test_shadow_submits_cut_by_a_crash_are_judged_fresh_as_live_ones(db: P
     later = trading_clock()
     later.set(dt.datetime(2026, 11, 23, 9, 30))  # Monday
     h2 = Harness(db, clock=later)
-    for n in (3, 4, 5):
+    for n in (3, 5):
         o = h2.book.orders[coid(n)]
         assert o.state is OrderState.REJECTED and o.reason_code == "NOT_SENT", o
     assert "too late" in h2.book.orders[coid(3)].reason
@@ -639,8 +643,9 @@ async def test_a_cancel_queued_before_the_broker_had_the_order_survives_a_restar
         assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
     queued_n = slots + 1
     assert h.desk.submit(CARD, order(queued_n, qty=1, price=60_000)).accepted  # waits for a slot
-    assert h.desk.cancel("alpha", coid(queued_n))[1].startswith("cancel queued")
     await h.settle(lambda: all(h.store.has_trace(coid(n), "broker.request") for n in range(1, slots + 1)))
+    await h.store.durable()
+    assert h.desk.cancel("alpha", coid(queued_n))[1].startswith("cancel queued")  # a turn of its own
     await h.store.durable()
     h.store.abandon()
     h._pump.cancel()
@@ -671,6 +676,7 @@ async def test_a_queued_cancel_of_an_order_in_doubt_goes_out_once_a_restart_find
     await h.start()
     assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
     await h.settle(lambda: len(h.broker.orders) == 1)  # placed at the broker, no answer
+    await asyncio.sleep(0.01)  # a later turn: the cancel's step is made durable by itself
     assert h.desk.cancel("alpha", coid(1))[1].startswith("cancel queued")
     await h.store.durable()
     h.store.abandon()
@@ -685,21 +691,67 @@ async def test_a_queued_cancel_of_an_order_in_doubt_goes_out_once_a_restart_find
     await h2.close()
 
 
-async def test_a_queued_cancel_already_sent_is_not_taken_up_again(db: Path) -> None:
-    """Only a queued cancel that never went out is still wanted after a restart: one sent (and, say,
-    refused, the order resting and later revised) is not sent again by the next process."""
-    h = Harness(db)
+class CountsCancels(FakeBroker):
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.cancels = 0
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        self.cancels += 1
+        return await super().cancel(req)
+
+
+async def test_a_queued_cancel_of_an_order_that_filled_meanwhile_asks_the_broker_nothing(db: Path) -> None:
+    """The order in doubt filled at KIS while no gateway ran: the pass that finds it acknowledges
+    and fills it at once, and the cancel its acknowledgement set off never reaches the broker."""
+    state = str(db.with_name("broker.json"))
+    h = Harness(db, PlacesThenHangs(ref_price=70_000, state_path=state))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=1, price=70_000)).accepted  # marketable: fills at the broker
+    await h.settle(lambda: len(h.broker.orders) == 1)
+    await asyncio.sleep(0.01)  # a later turn: the cancel's step is made durable by itself
+    assert h.desk.cancel("alpha", coid(1))[1].startswith("cancel queued")
+    await h.store.durable()
+    h.store.abandon()
+    h._pump.cancel()
+
+    h2 = Harness(db, CountsCancels(ref_price=70_000, state_path=state))
+    await h2.start()
+    await h2.settle(lambda: h2.book.orders[coid(1)].state is OrderState.FILLED)
+    await h2.settle(lambda: h2.core.live_queue.depth == 0)
+    assert h2.broker.cancels == 0
+    await h2.close()
+
+
+class HangsOnRevise(FakeBroker):
+    async def modify(self, req: BrokerModify) -> BrokerAck:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("asked_again", [False, True])
+async def test_a_queued_cancel_already_sent_is_not_taken_up_again(db: Path, asked_again: bool) -> None:
+    """Only a queued cancel that never went out is still wanted after a restart: one that went out
+    (refused, say: the order rested again and was revised, the gateway died during the revise) is not
+    sent again by the next process; one asked for again after it is."""
+    h = Harness(db, HangsOnRevise(ref_price=70_000))
     await h.start()
     assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
     await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
-    desk, book = h.desk, h.book
-    book.trace(coid(1), "cancel.queued", durable=True, state="pending_submit")
-    assert desk._cancel_queued(coid(1))
-    book.trace(coid(1), "broker.request", durable=True, call="cancel", odno="1", qty=1)
-    assert not desk._cancel_queued(coid(1))
-    book.trace(coid(1), "cancel.queued", durable=True, state="pending_replace")  # asked for again
-    assert desk._cancel_queued(coid(1))
-    await h.close()
+    h.book.trace(coid(1), "cancel.queued", durable=True, state="pending_submit")  # the story so far
+    h.book.trace(coid(1), "broker.request", durable=True, call="cancel", odno="1", qty=1)
+    assert h.desk.modify(CARD, coid(1), 60_500)[0] is None  # hangs at the broker
+    await h.settle(
+        lambda: h.store.has_trace(coid(1), "broker.sent") and h.book.orders[coid(1)].state is OrderState.PENDING_REPLACE
+    )
+    if asked_again:
+        assert h.desk.cancel("alpha", coid(1))[1] == "cancel queued until the revise is settled"
+    await h.store.durable()
+    h.store.abandon()
+    h._pump.cancel()
+    h2 = Harness(db)
+    assert (coid(1) in h2.desk._cancel_on_accept) is asked_again
+    h2.store.close()
 
 
 async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path) -> None:

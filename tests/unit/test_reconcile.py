@@ -440,3 +440,59 @@ async def test_an_order_that_left_the_unfilled_list_unheard_is_found_by_the_open
     await h.recon.run("open orders", open_only=True)
     assert h.recon.vanished == []
     await h.close()
+
+
+def test_a_line_the_exchange_refused_rejects_the_order_it_holds_open_here() -> None:
+    """KIS gave the order its ODNO (ACCEPTED here), then the exchange refused it: the order list shows
+    the line with its whole quantity rejected. The order ends REJECTED (before, Reject was no step
+    from ACCEPTED: the order stayed open here, reserving cash, until the day's expiry), and an UNKNOWN
+    order found on such a line goes the same way."""
+    accepted = Order(
+        client_order_id=coid(1),
+        agent="alpha",
+        code="005930",
+        side=Side.BUY,
+        qty=10,
+        price=70_000,
+        state=OrderState.ACCEPTED,
+        broker_order_id="0000000001",
+        broker_chain=("0000000001",),
+    )
+    refused = msgspec.structs.replace(_report("0000000001", 0, 0, 0), side=Side.BUY, remaining_qty=0, rejected_qty=10)
+    res = reconcile([accepted], [refused], now_ns=10**18, grace_ns=0)
+    o = accepted
+    for ev in res.events[coid(1)]:
+        o = apply(o, ev)
+    assert o.state is OrderState.REJECTED and o.reason_code == "BROKER_REJECTED"
+    unknown = msgspec.structs.replace(accepted, state=OrderState.UNKNOWN, broker_order_id="", broker_chain=())
+    res = reconcile([unknown], [refused], now_ns=10**18, grace_ns=0)
+    o = unknown
+    for ev in res.events[coid(1)]:
+        o = apply(o, ev)
+    assert o.state is OrderState.REJECTED
+
+
+async def test_a_refusal_notice_after_the_acknowledgement_rejects_the_order(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db.sqlite", FakeBroker(ref_price=70_000))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    odno = h.book.orders[coid(1)].broker_order_id
+    h.notices.on_notice(
+        BrokerNotice(
+            kind=NoticeKind.REJECTED,
+            broker_order_id=odno,
+            orig_broker_order_id="",
+            code="005930",
+            side=Side.BUY,
+            order_qty=10,
+            order_price=60_000,
+            fill_qty=0,
+            fill_price=0,
+            time="090001",
+        )
+    )
+    o = h.book.orders[coid(1)]
+    assert o.state is OrderState.REJECTED and not o.is_open
+    assert h.portfolio.open_orders("alpha") == 0  # nothing reserved for it any more
+    await h.close()
