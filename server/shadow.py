@@ -35,6 +35,12 @@ class _Resting:
 
 
 class ShadowExecution:
+    """The shadow market's execution side. Its calls never await: a call and the book's record of
+    its answer (Accept, Replaced, the cancel's notice) happen in one step of the send task, so no
+    print fills a line the books have not recorded. A restart relies on that: the market is rebuilt
+    from the books, and a call the books do not show answered did not happen (server/order_desk.py
+    _recover_shadow_calls)."""
+
     # it answers at once, in the process: every order of a turn gets a slot, so their send marks
     # join the commit of their intents (server/send_queue.py)
     max_in_flight = 64
