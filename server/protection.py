@@ -87,6 +87,7 @@ class ProtectionDesk:
         self._dirty: set[str] = set()  # trailing highs not written yet
         self._saved_ns = 0
         self._next_try: dict[str, int] = {}  # protection → market ns of its next exit attempt
+        self._firing: set[str] = set()  # protections being fired now (see _fire)
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -203,9 +204,10 @@ class ProtectionDesk:
             if ended is not None and ended.agent == agent:
                 return ErrorCode.ORDER_NOT_OPEN, f"{pid} is {ended.state}: nothing to cancel"
             return ErrorCode.UNKNOWN_PROTECTION, f"no protective order {pid} of agent {agent}"
-        if p.state is PS.FIRED and p.exits:
-            self.desk.cancel(agent, p.exits[-1])  # its exit is working: it goes too
-        self._end(p, PS.CANCELLED, why)
+        working = p.exits[-1] if p.state is PS.FIRED and p.exits else ""
+        self._end(p, PS.CANCELLED, why)  # first: the exit's end must not look like a reason to place it again
+        if working:
+            self.desk.cancel(agent, working)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
     def _id_ok(self, agent: str, coid: str) -> bool:
@@ -264,8 +266,17 @@ class ProtectionDesk:
     # ---- firing ----------------------------------------------------------------------------------------
 
     def _fire(self, p: Protection) -> None:
-        if p.state is not PS.TRIGGERED:
+        # the cancels it sends call back into it (a held sell ends at once, and its end frees shares):
+        # one firing at a time per protection, the outer one goes on with what they changed
+        if p.state is not PS.TRIGGERED or p.id in self._firing:
             return
+        self._firing.add(p.id)
+        try:
+            self._fire_now(p)
+        finally:
+            self._firing.discard(p.id)
+
+    def _fire_now(self, p: Protection) -> None:
         book, agent, code = self.book, p.agent, p.code
         now = book.now_ns()
         held = self._held(agent, code)
@@ -302,14 +313,21 @@ class ProtectionDesk:
                 ]
                 for o in mine:
                     self.desk.cancel(agent, o.client_order_id)  # a stop is a stop: the agent's own sells go first
-                if mine or sellable <= 0:
+                cur = self.active.get(p.id)
+                if cur is None or cur.state is not PS.TRIGGERED:
+                    return  # the cancels' news settled it meanwhile
+                p = cur
+                # a held sell ends at once (its shares are free now); a live one's cancel is on its way
+                sellable = book.portfolio.exposure(agent, code).sellable_qty
+                cancelling = sum(1 for o in mine if book.orders[o.client_order_id].is_open)
+                if sellable <= 0 or (cancelling and sellable < want):
                     wait = (
-                        f"waiting for {len(mine)} sells of this agent holding the shares to be cancelled"
-                        if mine
+                        f"waiting for {cancelling} sells of this agent holding the shares to be cancelled"
+                        if cancelling
                         else "the shares are held by the gateway's own sells"
                     )
                 else:
-                    want = sellable
+                    want = min(want, sellable)
         if wait:
             self._next_try[p.id] = now + _RETRY_NS
             if wait != p.reason:

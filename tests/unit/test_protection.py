@@ -327,3 +327,55 @@ async def test_an_exit_the_broker_refuses_is_placed_again_then_fails(tmp_path: P
 
 def test_closed_days_are_not_trading_days() -> None:
     assert trading_clock(dt.date(2026, 11, 20)).phase() is Phase.CONTINUOUS
+
+
+async def test_a_stop_that_frees_shares_from_a_held_sell_sells_once_what_it_protects(tmp_path: Path) -> None:
+    """The agent holds 20 and has a next-session sell of all 20 waiting; a stop on 10 of them is met.
+    Its held sell is cancelled at once, and that end calls back into the firing: one exit of 10 goes,
+    not two (the inner firing placed one, the outer, on its old copy, overwrote it and placed another)."""
+    h = Harness(tmp_path / "db")
+    await h.start()
+    assert h.desk.submit(CARD, buy(1, qty=20)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    later = NewOrder(
+        client_order_id="alpha-20261120-2",
+        code="005930",
+        side=Side.SELL,
+        qty=20,
+        price=80_000,
+        tif=TimeInForce.NEXT_SESSION,
+    )
+    assert h.desk.submit(CARD, later).accepted
+    assert h.book.orders["alpha-20261120-2"].state is OrderState.HELD
+    code, _ = h.protection.protect(
+        CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", qty=10, spec=ProtectionSpec(stop=65_000))
+    )
+    assert code is None
+    h.broker.ref_price = 64_000
+    h.print("005930", 64_000)
+    await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
+    for _ in range(3):
+        h.protection.tick()  # a later tick must not place another exit
+    p = h.protection.ended["alpha-20261120-3"]
+    assert p.state is PS.DONE and p.sold == 10 and len(p.exits) == 1
+    assert [(x.qty, x.filled_qty) for x in exits(h)] == [(10, 10)]
+    assert h.portfolio.position("alpha", "005930").qty == 10  # the other ten are still held
+    await h.close()
+
+
+async def test_cancelling_a_protection_whose_exit_waits_for_the_open_leaves_no_sell(tmp_path: Path) -> None:
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", clock=clock)
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, stop=69_000)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    clock.set_phase(Phase.AFTER_HOURS_SINGLE)
+    h.print("005930", 67_000)
+    (x,) = exits(h)
+    assert x.state is OrderState.HELD  # the exit waits for the next open
+    code, _ = h.protection.cancel("alpha", "alpha-20261120-1", "the agent changed its mind")
+    assert code is None
+    assert h.protection.ended["alpha-20261120-1"].state is PS.CANCELLED
+    assert [o.state for o in exits(h)] == [OrderState.CANCELLED]  # no new exit placed in its place
+    assert not [o for o in h.book.orders.values() if o.side is Side.SELL and o.is_open]
+    await h.close()
