@@ -198,19 +198,26 @@ class OrderDesk:
                 never_sent = o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request")
                 if o.agent in virtual or never_sent:
                     queue = self.queue_for(o.agent)
-                    # fresh as a live order would be (the shadow queue itself never refuses a late one)
+                    # fresh as a live order would be (the shadow queue itself never refuses a late one);
+                    # one held for today's session and released is fresh while the session takes orders
                     wait_ns = self.live.max_send_wait_ns
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
+                    released = o.tif in HELD_TIFS
+                    if released:
+                        fresh = o.valid_day == book.day() and book.clock.phase() in REGULAR_ORDER_PHASES
+                    else:
+                        fresh = not wait_ns or age < wait_ns
                     halted = (
                         self.risk.global_state is TradingState.HALTED
                         or self.risk.agent_state(o.agent) is TradingState.HALTED
                     )
                     cancelled = coid in self._cancel_on_accept
-                    if (not wait_ns or age < wait_ns) and not halted and not cancelled:
+                    if fresh and not halted and not cancelled:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;
                         # the queue's own max_send_wait still applies from when it was first queued)
                         book.trace(coid, "requeued", after_restart=True, age_ms=age // 1_000_000)
-                        self._requeued.append((queue, Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9)))
+                        job = Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9, decided_now=not released)
+                        self._requeued.append((queue, job))
                     else:
                         self._cancel_on_accept.discard(coid)
                         why = (
@@ -218,6 +225,8 @@ class OrderDesk:
                             if cancelled
                             else "trading is halted"
                             if halted
+                            else f"its session of {o.valid_day} no longer takes orders"
+                            if released
                             else f"queued {age / 1e9:.1f}s ago, too late to send"
                         )
                         book.try_apply(
@@ -517,8 +526,14 @@ class OrderDesk:
 
     def _release(self, o: Order, card: AgentCard | None) -> int:
         book, coid = self.book, o.client_order_id
-        if o.side is Side.BUY and not o.price and o.code not in book.portfolio.base_prices:
-            return 0  # a market buy is judged at the day's upper limit: wait for the day's base price
+        if o.code not in book.portfolio.base_prices:
+            # the day's base price first: a limit is checked against the day's band (one outside it
+            # is refused by KIS, and its refusal counts towards the kill switch), a market buy is
+            # judged at the day's upper limit
+            if coid not in self._release_waits:
+                self._release_waits.add(coid)
+                book.trace(coid, "held.waiting", reason="the day's base price is not known yet")
+            return 0
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
@@ -540,5 +555,6 @@ class OrderDesk:
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
         gateways = int(coid.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE  # a protective exit held overnight
-        self.queue_for(o.agent).put(Job(Call.SUBMIT, coid, priority=Priority.PROTECT if gateways else Priority.NEW))
+        prio = Priority.PROTECT if gateways else Priority.NEW
+        self.queue_for(o.agent).put(Job(Call.SUBMIT, coid, priority=prio, decided_now=False))
         return 1

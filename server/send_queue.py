@@ -97,6 +97,10 @@ class Job:
     qty: int = 0
     queued: float = field(default_factory=time.monotonic)  # real time: how long the broker kept it waiting
     priority: Priority = Priority.NEW  # a submit's (cancels and revises always go first)
+    # a submit decided now, refused unsent once max_send_wait passed; False: an order held for this
+    # session and released (decided for the session, sent as the REST budget lets it, however long
+    # a burst of them at the open takes)
+    decided_now: bool = True
 
 
 def broker_order(o: Order) -> BrokerOrder:
@@ -298,7 +302,7 @@ class SendQueue:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, state=o.state.value)
             return None
         waited = int((time.monotonic() - job.queued) * 1e9)
-        if self.max_send_wait_ns and waited > self.max_send_wait_ns:
+        if job.decided_now and self.max_send_wait_ns and waited > self.max_send_wait_ns:
             # never sent, so safe to refuse; a late order would trade on a stale decision
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, waited_ms=waited // 1_000_000)
             book.try_apply(

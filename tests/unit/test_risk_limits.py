@@ -17,7 +17,7 @@ from common.enums import AlertKind, Side, SystemEventKind, TimeInForce, TradingS
 from common.errors import ErrorCode
 from common.market_clock import ManualClock
 from common.schema import NewOrder
-from kis.port import BrokerNotice
+from kis.port import BrokerAck, BrokerNotice, BrokerOrder
 from tests.fakes.broker import FakeBroker
 from tests.fakes.core import TODAY, make_core
 
@@ -41,9 +41,11 @@ def order(
 class Desk:
     """The order core on a fake broker, synced, the clock at 10:00 of a trading day."""
 
-    def __init__(self, tmp: Path, cfg: GatewayConfig | None = None, at: dt.datetime = AT_10) -> None:
+    def __init__(
+        self, tmp: Path, cfg: GatewayConfig | None = None, at: dt.datetime = AT_10, broker: FakeBroker | None = None
+    ) -> None:
         self.clock = ManualClock(at)
-        self.broker = FakeBroker(ref_price=70_000)
+        self.broker = broker or FakeBroker(ref_price=70_000)
         self.core, self.store, self.events, self.published = make_core(
             tmp / "gw.sqlite", self.broker, cfg=cfg, clock=self.clock
         )
@@ -201,6 +203,8 @@ def test_a_next_session_order_is_sent_at_the_next_open_and_survives_a_restart(tm
             assert d.core.desk.cancel("alpha", drop.client_order_id) == (None, "held order cancelled")
             assert set(d.core.book.held) == {keep.client_order_id}  # the day tick scans only these
             d.clock.set(monday_auction)
+            assert d.core.desk.release_due() == (0, 0)  # Monday's base price first (the day tick fetches it)
+            d.core.portfolio.base_prices["005930"] = 70_000
             assert d.core.desk.release_due() == (1, 0)
             assert not d.core.book.held
             await asyncio.wait_for(_until(lambda: d.core.book.orders[keep.client_order_id].state.value == "filled"), 5)
@@ -256,6 +260,7 @@ def test_a_held_order_waits_for_the_broker_session_at_its_release(tmp_path: Path
             held = order("alpha", 1, qty=10, price=70_000, tif=TimeInForce.NEXT_SESSION)
             assert d.core.desk.submit(c, held).accepted
             d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST))
+            d.core.portfolio.base_prices["005930"] = 70_000  # Monday's (the day tick fetches it)
             d.broker._state = SessionState.CONNECTING
             assert d.core.desk.release_due() == (0, 0) and d.core.desk.release_due() == (0, 0)
             assert d.core.book.orders[held.client_order_id].state is OrderState.HELD
@@ -307,6 +312,7 @@ def test_held_orders_wait_for_the_whole_order_list_after_a_takeover(tmp_path: Pa
         await d2.broker.start()
         d2.core.start()
         d2.core.desk.card_of = lambda agent: c
+        d2.core.portfolio.base_prices["005930"] = 70_000  # Monday's (the day tick fetches it)
         await d2.core.recon.run("start", open_only=True)
         assert d2.core.recon.synced and not d2.core.recon.complete
         assert d2.broker.report_calls[-1] is True  # the unfilled list only
@@ -320,3 +326,110 @@ def test_held_orders_wait_for_the_whole_order_list_after_a_takeover(tmp_path: Pa
         d2.store.close()
 
     asyncio.run(main())
+
+
+class PacedBroker(FakeBroker):
+    """Each order call takes a while (KIS at its REST budget); `hang` keeps them from returning."""
+
+    def __init__(self, call_s: float = 0.03) -> None:
+        super().__init__(ref_price=70_000)
+        self.call_s = call_s
+        self.hang = False
+        self.max_in_flight = 4  # KIS's slots
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        await asyncio.sleep(self.call_s)
+        while self.hang:
+            await asyncio.sleep(0.01)
+        return await super().submit(order)
+
+
+def _friday_evening(tmp_path: Path, broker: FakeBroker) -> Desk:
+    return Desk(tmp_path, at=dt.datetime.combine(TODAY, dt.time(15, 45), KST), broker=broker)
+
+
+def test_a_burst_of_held_orders_at_the_open_all_go_out_however_long_the_budget_takes(tmp_path: Path) -> None:
+    """Twelve orders decided after Friday's close are released at Monday's opening auction together.
+    Four send slots at a paced broker take longer than max_send_wait for the last of them: they are
+    sent all the same (before, the tail was refused BROKER_BUSY, never sent: a daily strategy's
+    rebalance of a dozen codes on a paper account, 2 requests/s, lost most of its orders)."""
+
+    async def main() -> None:
+        d = _friday_evening(tmp_path, PacedBroker())
+        d.core.live_queue.max_send_wait_ns = 20_000_000  # 20 ms: three waves of 30 ms calls exceed it
+        async with d:
+            c = card(max_open_orders=50)
+            d.core.desk.card_of = lambda agent: c
+            for n in range(1, 13):
+                assert d.submit(c, order("alpha", n, qty=1, tif=TimeInForce.NEXT_SESSION)) is None
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST))
+            d.core.portfolio.base_prices["005930"] = 70_000
+            assert d.core.desk.release_due() == (12, 0)
+            ids = [f"alpha-{TODAY:%Y%m%d}-{n}" for n in range(1, 13)]
+            await asyncio.wait_for(
+                _until(lambda: all(not d.core.book.orders[x].state.value.startswith("pending") for x in ids)), 5
+            )
+            assert [d.core.book.orders[x].state.value for x in ids] == ["accepted"] * 12
+            assert d.broker.submits == 12
+
+    asyncio.run(main())
+
+
+def test_a_held_order_is_checked_against_the_band_of_its_day_at_release(tmp_path: Path) -> None:
+    """A buy at 85,000 held on Friday (band 49,000-91,000) for Monday, whose base is 60,000 (band
+    42,000-78,000): the release waits for Monday's base price, then refuses it at release; it never
+    reaches KIS (where the refusal would have counted towards the kill switch)."""
+
+    async def main() -> None:
+        d = _friday_evening(tmp_path, FakeBroker(ref_price=70_000))
+        async with d:
+            c = card()
+            d.core.desk.card_of = lambda agent: c
+            d.core.portfolio.base_prices["005930"] = 70_000  # Friday's
+            held = order("alpha", 1, qty=1, price=85_000, tif=TimeInForce.NEXT_SESSION)
+            assert d.submit(c, held) is None
+            d.core.portfolio.base_prices.clear()  # the day rolled: Monday's not known yet
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(9, 5), KST))
+            assert d.core.desk.release_due() == (0, 0)  # waits for Monday's base price
+            d.core.portfolio.base_prices["005930"] = 60_000
+            assert d.core.desk.release_due() == (0, 0)
+            o = d.core.book.orders[held.client_order_id]
+            assert o.state.value == "denied" and o.reason_code == ErrorCode.DENIED_PRICE_BAND.value
+            assert d.broker.submits == 0
+
+    asyncio.run(main())
+
+
+def test_a_released_order_not_yet_sent_when_the_gateway_died_goes_out_after_the_restart(tmp_path: Path) -> None:
+    """Released at 08:45 behind four calls that hang, then kill -9; back at 08:47 (past max_send_wait):
+    the order held for this session is sent (before, it was refused NOT_SENT as 'too late')."""
+
+    async def main() -> None:
+        broker = PacedBroker(call_s=0.0)
+        d = await _friday_evening(tmp_path, broker).__aenter__()
+        c = card(max_open_orders=50)
+        d.core.desk.card_of = lambda agent: c
+        for n in range(1, 6):
+            assert d.submit(c, order("alpha", n, qty=1, tif=TimeInForce.NEXT_SESSION)) is None
+        d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST))
+        d.core.portfolio.base_prices["005930"] = 70_000
+        broker.hang = True
+        assert d.core.desk.release_due() == (5, 0)  # four calls hang, the fifth waits for a slot
+        await asyncio.sleep(0.05)
+        await d.store.durable()
+        d.store.abandon()  # kill -9: nothing more is written
+        d._pump.cancel()
+        for t in list(d.core.live_queue._running):
+            t.cancel()
+
+    asyncio.run(main())
+
+    async def after() -> None:
+        d2 = Desk(tmp_path, at=dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 47), KST))
+        fifth = f"alpha-{TODAY:%Y%m%d}-5"
+        assert d2.core.book.orders[fifth].state.value == "pending_submit"  # requeued, not refused
+        async with d2:
+            await asyncio.wait_for(_until(lambda: d2.core.book.orders[fifth].state.value == "accepted"), 5)
+            assert d2.broker.submits == 1  # only it: the four in doubt are never resent
+
+    asyncio.run(after())
