@@ -47,6 +47,7 @@ from common.protection import (
     stop_level,
     validate,
 )
+from common.risk_rules import notional_price
 from common.schema import NewOrder, OrderResult, Protect, ProtectionUpdate
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
@@ -338,6 +339,13 @@ class ProtectionDesk:
         kind, board = pf.kind(code), pf.board(code)
         lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
         price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board)
+        card = self._acting_card(agent, code)
+        if cap := self.risk.order_value_cap(card):
+            # one exit at most worth the order-value limit: the rest goes in the next exits, each placed
+            # once the one before it has filled (a stop denied for its size would never sell)
+            unit = notional_price(Side.SELL, price, base, kind, pf.rules, board)
+            if unit > 0 and want * unit > cap:
+                want = max(1, cap // unit)
         coid = make_client_order_id(
             agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1
         )
@@ -355,7 +363,7 @@ class ProtectionDesk:
             decision_price=p.trigger_price,
         )
         self.by_order[coid] = p.id  # before the submit: its first commit belongs to this protection
-        res = self.desk.submit(self._acting_card(agent, code), new, priority=Priority.PROTECT)
+        res = self.desk.submit(card, new, priority=Priority.PROTECT)
         if not res.accepted:
             self.by_order.pop(coid, None)
             why = f"exit {coid} denied: {res.code}: {res.message}"
@@ -458,7 +466,12 @@ class ProtectionDesk:
                 # refused or expired unsold counts against it; an exit someone cancelled is simply placed again
                 failed = last.state in (OrderState.REJECTED, OrderState.EXPIRED) and last.filled_qty < last.qty
                 attempts = p.attempts + failed
-                why = f"exit {last.client_order_id} ended {last.state.value} with {last.qty - last.filled_qty} unsold"
+                unsold = last.qty - last.filled_qty
+                why = (
+                    f"exit {last.client_order_id} filled, {p.qty - sold} more to sell"  # (sized by max_order_value)
+                    if last.state is OrderState.FILLED
+                    else f"exit {last.client_order_id} ended {last.state.value} with {unsold} unsold"
+                )
                 if attempts >= MAX_ATTEMPTS:
                     self._end(
                         msgspec.structs.replace(p, attempts=attempts),

@@ -159,6 +159,12 @@ class RiskGate:
             agent_state=agent_state,
         )
 
+    def order_value_cap(self, card: AgentCard) -> int:
+        """The most one order of this agent may be worth (its card's limit, scaled, and the account's;
+        0: no limit): what the gateway's own protective exits are sized by, in as many orders as it takes."""
+        caps = [v for v in (scaled(card.risk, self.multiplier).max_order_value, self.limits.max_order_value) if v]
+        return min(caps) if caps else 0
+
     def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
         p = self.portfolio
         exp = p.exposure(card.id, code)

@@ -10,6 +10,8 @@ import datetime as dt
 from collections import Counter
 from pathlib import Path
 
+import msgspec
+
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
@@ -378,4 +380,30 @@ async def test_cancelling_a_protection_whose_exit_waits_for_the_open_leaves_no_s
     assert h.protection.ended["alpha-20261120-1"].state is PS.CANCELLED
     assert [o.state for o in exits(h)] == [OrderState.CANCELLED]  # no new exit placed in its place
     assert not [o for o in h.book.orders.values() if o.side is Side.SELL and o.is_open]
+    await h.close()
+
+
+async def test_a_stop_on_more_than_one_order_may_be_worth_sells_in_as_many_exits_as_it_takes(tmp_path: Path) -> None:
+    """The card allows orders worth 1,000,000; two buys of 12 at 70,000 fit, a stop on all 24 (a market
+    exit judged at the day's lower limit, 49,000: 1,176,000) does not. It sells 20, then the other 4
+    (before, its one exit was denied DENIED_NOTIONAL every five seconds, and the shares stayed held)."""
+    capped = msgspec.structs.replace(CARD, risk=msgspec.structs.replace(CARD.risk, max_order_value=1_000_000))
+    h = Harness(tmp_path / "db")
+    await h.start()
+    h.protection.card_of = lambda agent: capped
+    h.portfolio.base_prices["005930"] = 70_000
+    for n in (1, 2):
+        assert h.desk.submit(capped, buy(n, qty=12)).accepted
+    await h.settle(lambda: (pos := h.portfolio.position("alpha", "005930")) is not None and pos.qty == 24)
+    code, _ = h.protection.protect(
+        capped, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
+    )
+    assert code is None
+    h.broker.ref_price = 64_000
+    h.print("005930", 64_000)
+    await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
+    p = h.protection.ended["alpha-20261120-3"]
+    assert p.state is PS.DONE and p.sold == 24
+    assert [(x.qty, x.state) for x in exits(h)] == [(20, OrderState.FILLED), (4, OrderState.FILLED)]
+    assert not h.portfolio.position("alpha", "005930").qty  # type: ignore[union-attr]
     await h.close()
