@@ -61,6 +61,10 @@ RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY})
 Reply = tuple[ErrorCode | None, str]
 
 
+# held orders still waiting for their code's base price this long into their session: a person is told
+BASE_WAIT_ALERT_NS = 60_000_000_000
+
+
 def session_day(now: dt.datetime, phase: Phase) -> str:
     """The trading day (YYYYMMDD) whose session an order placed now for "the next session" is for
     (common/krx.py next_session_day: the backtester's rule too)."""
@@ -98,10 +102,22 @@ class OrderDesk:
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
+        self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
+        self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a gateway run)
         self._requeued: list[
             tuple[SendQueue, Job]
         ] = []  # never sent before a restart: sent after the first reconciliation
         book.listeners.append(self._after_commit)
+        live.released_refusal = shadow.released_refusal = self._released_refusal
+
+    def _released_refusal(self, o: Order) -> str:
+        """Why an order held for a session and released may no longer be sent ("": it may): its session
+        is over, or trading is halted (a burst at the open is sent however long the budget takes)."""
+        if o.valid_day != self.book.day() or self.book.clock.phase() not in REGULAR_ORDER_PHASES:
+            return f"its session of {o.valid_day} no longer takes orders"
+        if self.risk.global_state is TradingState.HALTED or self.risk.agent_state(o.agent) is TradingState.HALTED:
+            return "trading is halted"
+        return ""
 
     # ---- start-up -----------------------------------------------------------------------------------
 
@@ -203,10 +219,8 @@ class OrderDesk:
                     wait_ns = self.live.max_send_wait_ns
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     released = o.tif in HELD_TIFS
-                    if released:
-                        fresh = o.valid_day == book.day() and book.clock.phase() in REGULAR_ORDER_PHASES
-                    else:
-                        fresh = not wait_ns or age < wait_ns
+                    # (a released one is checked again when a slot takes it: the first reconciliation may be late)
+                    fresh = not self._released_refusal(o) if released else not wait_ns or age < wait_ns
                     halted = (
                         self.risk.global_state is TradingState.HALTED
                         or self.risk.agent_state(o.agent) is TradingState.HALTED
@@ -225,7 +239,7 @@ class OrderDesk:
                             if cancelled
                             else "trading is halted"
                             if halted
-                            else f"its session of {o.valid_day} no longer takes orders"
+                            else self._released_refusal(o)
                             if released
                             else f"queued {age / 1e9:.1f}s ago, too late to send"
                         )
@@ -465,16 +479,22 @@ class OrderDesk:
         card, why = self._flattening.pop(agent)
         day = book.clock.now().date()
         n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
-        sent = 0
+        sent, more = 0, False
+        cap = self.risk.order_value_cap(card)
         for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
                 continue
+            qty = pos.qty
+            unit = book.portfolio.notional_price(Side.SELL, 0, pos.code)  # a market sell: the day's lower limit
+            if cap and unit and qty * unit > cap and cap >= unit:
+                # at most the order-value limit per sell: the rest once these have closed (a step again)
+                qty, more = cap // unit, True
             n += 1
             new = NewOrder(
                 client_order_id=make_client_order_id(agent, day, n),
                 code=pos.code,
                 side=Side.SELL,
-                qty=pos.qty,
+                qty=qty,
                 order_type=OrderType.MARKET,
                 tif=TimeInForce.DAY,
                 reason=why,
@@ -484,7 +504,9 @@ class OrderDesk:
             if res.accepted:
                 sent += 1
             else:
-                self.alert(f"{agent}: {why}: sell of {pos.qty} {pos.code} denied: {res.code} {res.message}")
+                self.alert(f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}")
+        if more and sent:
+            self._flattening[agent] = (card, why)  # the rest once these sells have closed
         return sent
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
@@ -530,10 +552,19 @@ class OrderDesk:
             # the day's base price first: a limit is checked against the day's band (one outside it
             # is refused by KIS, and its refusal counts towards the kill switch), a market buy is
             # judged at the day's upper limit
+            now = book.now_ns()
+            since = self._base_waits.setdefault(o.code, now)
             if coid not in self._release_waits:
                 self._release_waits.add(coid)
                 book.trace(coid, "held.waiting", reason="the day's base price is not known yet")
+            if now - since >= BASE_WAIT_ALERT_NS and o.code not in self._base_alerted:
+                self._base_alerted.add(o.code)
+                self.alert(
+                    f"next-session orders on {o.code} wait for the day's base price, not known "
+                    f"{(now - since) // 1_000_000_000} s into the session: check the broker's price inquiry"
+                )
             return 0
+        self._base_waits.pop(o.code, None)
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())

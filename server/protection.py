@@ -344,8 +344,13 @@ class ProtectionDesk:
             # one exit at most worth the order-value limit: the rest goes in the next exits, each placed
             # once the one before it has filled (a stop denied for its size would never sell)
             unit = notional_price(Side.SELL, price, base, kind, pf.rules, board)
+            if unit > cap:
+                why = f"one share of {code} ({unit:,} KRW) is worth more than the order-value limit {cap:,}"
+                self._end(p, PS.FAILED, f"{why}: sell by hand")
+                self.alert(f"{agent}: protective order {p.id} FAILED: {why}", kind=AlertKind.PROTECTION, agent=agent)
+                return
             if unit > 0 and want * unit > cap:
-                want = max(1, cap // unit)
+                want = cap // unit
         coid = make_client_order_id(
             agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1
         )
@@ -366,7 +371,7 @@ class ProtectionDesk:
         res = self.desk.submit(card, new, priority=Priority.PROTECT)
         if not res.accepted:
             self.by_order.pop(coid, None)
-            why = f"exit {coid} denied: {res.code}: {res.message}"
+            why = f"exit denied: {res.code}: {res.message}"  # (without its number: a repeat is not news)
             self._next_try[p.id] = now + _DENIED_RETRY_NS
             if why != p.reason:
                 self._put(

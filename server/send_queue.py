@@ -149,6 +149,9 @@ class SendQueue:
         self._running: set[asyncio.Task[None]] = set()
         self._started = False
         self._pumping = False
+        # why an order held for its session and released may no longer be sent ("": it may); set by
+        # the order desk, which knows the session and the trading state
+        self.released_refusal: Callable[[Order], str] = lambda o: ""
 
     def put(self, job: Job) -> None:
         if job.coid in self._busy:
@@ -302,6 +305,11 @@ class SendQueue:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, state=o.state.value)
             return None
         waited = int((time.monotonic() - job.queued) * 1e9)
+        if not job.decided_now and (why := self.released_refusal(o)):
+            # sent as the budget allows, but only into its session and while trading is allowed
+            book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=why)
+            book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=f"not sent: {why}"))
+            return None
         if job.decided_now and self.max_send_wait_ns and waited > self.max_send_wait_ns:
             # never sent, so safe to refuse; a late order would trade on a stale decision
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, waited_ms=waited // 1_000_000)

@@ -407,3 +407,28 @@ async def test_a_stop_on_more_than_one_order_may_be_worth_sells_in_as_many_exits
     assert [(x.qty, x.state) for x in exits(h)] == [(20, OrderState.FILLED), (4, OrderState.FILLED)]
     assert not h.portfolio.position("alpha", "005930").qty  # type: ignore[union-attr]
     await h.close()
+
+
+async def test_a_stop_whose_one_share_is_worth_more_than_the_limit_fails_and_says_so_once(tmp_path: Path) -> None:
+    """A limit of 40,000 per order and shares at 70,000 (a market exit judged at 49,000): no exit can
+    pass, so the protection ends FAILED with one alert telling a person to sell by hand (before, an
+    exit was denied every five seconds for good, each denial a new alert)."""
+    capped = msgspec.structs.replace(CARD, risk=msgspec.structs.replace(CARD.risk, max_order_value=40_000))
+    h = Harness(tmp_path / "db")
+    await h.start()
+    h.protection.card_of = lambda agent: capped
+    h.portfolio.base_prices["005930"] = 70_000
+    assert h.desk.submit(CARD, buy(1, qty=2)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    code, _ = h.protection.protect(
+        capped, Protect(h=H(), id="alpha-20261120-2", code="005930", spec=ProtectionSpec(stop=65_000))
+    )
+    assert code is None
+    h.print("005930", 64_000)
+    p = h.protection.ended["alpha-20261120-2"]
+    assert p.state is PS.FAILED and "sell by hand" in p.reason
+    for _ in range(3):
+        h.protection.tick()
+    assert len([t for t in h.core.alerts.texts() if "alpha-20261120-2" in t and "FAILED" in t]) == 1
+    assert not exits(h)
+    await h.close()

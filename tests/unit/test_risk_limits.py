@@ -433,3 +433,79 @@ def test_a_released_order_not_yet_sent_when_the_gateway_died_goes_out_after_the_
             assert d2.broker.submits == 1  # only it: the four in doubt are never resent
 
     asyncio.run(after())
+
+
+@pytest.mark.parametrize("then", ["halted", "closed"])
+def test_a_released_order_still_queued_is_not_sent_into_a_halt_or_after_its_session(tmp_path: Path, then: str) -> None:
+    """Released at 08:45 behind four calls that hang: when a slot frees, the gateway is halted, or
+    the session is over; the queued ones are refused NOT_SENT, never sent (KIS would refuse one after
+    the close, and its refusals count towards the kill switch)."""
+
+    async def main() -> None:
+        broker = PacedBroker(call_s=0.0)
+        async with _friday_evening(tmp_path, broker) as d:
+            c = card(max_open_orders=50)
+            d.core.desk.card_of = lambda agent: c
+            for n in range(1, 7):
+                assert d.submit(c, order("alpha", n, qty=1, tif=TimeInForce.NEXT_SESSION)) is None
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(8, 45), KST))
+            d.core.portfolio.base_prices["005930"] = 70_000
+            broker.hang = True
+            assert d.core.desk.release_due() == (6, 0)
+            await asyncio.sleep(0.05)
+            if then == "halted":
+                d.core.risk.set_state("", TradingState.HALTED, "the operator")
+            else:
+                d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(16, 30), KST))
+            broker.hang = False
+            ids = [f"alpha-{TODAY:%Y%m%d}-{n}" for n in range(1, 7)]
+            await asyncio.wait_for(
+                _until(lambda: all(not d.core.book.orders[x].state.value.startswith("pending") for x in ids)), 5
+            )
+            late = [d.core.book.orders[x] for x in ids[4:]]
+            assert [o.state.value for o in late] == ["rejected", "rejected"] and all(
+                o.reason_code == ErrorCode.NOT_SENT.value for o in late
+            ), late
+            assert broker.submits == 4  # only the four already at the broker
+
+    asyncio.run(main())
+
+
+def test_held_orders_waiting_a_minute_for_their_base_price_reach_a_person(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with _friday_evening(tmp_path, FakeBroker(ref_price=70_000)) as d:
+            c = card()
+            d.core.desk.card_of = lambda agent: c
+            assert d.submit(c, order("alpha", 1, qty=1, tif=TimeInForce.NEXT_SESSION)) is None
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(9, 0), KST))
+            assert d.core.desk.release_due() == (0, 0)
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(9, 0, 30), KST))
+            assert d.core.desk.release_due() == (0, 0)
+            assert not [t for t in d.core.alerts.texts() if "base price" in t]
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(9, 1, 1), KST))
+            d.core.desk.release_due()
+            d.core.desk.release_due()
+            assert len([t for t in d.core.alerts.texts() if "wait for the day's base price" in t]) == 1
+
+    asyncio.run(main())
+
+
+def test_a_flatten_bigger_than_the_order_value_limit_sells_in_as_many_orders_as_it_takes(tmp_path: Path) -> None:
+    """24 shares at 70,000, a limit of 1,000,000 per order (a market sell judged at the day's lower
+    limit, 49,000): the flatten sells 20, then the other 4 (before, its one sell was denied)."""
+
+    async def main() -> None:
+        async with Desk(tmp_path) as d:
+            c = card(max_order_value=1_000_000)
+            d.core.portfolio.base_prices["005930"] = 70_000
+            for n in (1, 2):
+                assert d.submit(c, order("alpha", n, qty=12, price=70_000)) is None  # marketable: fills
+            await asyncio.wait_for(
+                _until(lambda: (p := d.core.portfolio.position("alpha", "005930")) is not None and p.qty == 24), 5
+            )
+            assert d.core.desk.flatten(c) == 1
+            await asyncio.wait_for(_until(lambda: not d.core.portfolio.position("alpha", "005930").qty), 5)  # type: ignore[union-attr]
+            sells = [o for o in d.core.book.orders.values() if o.side is Side.SELL]
+            assert [(o.qty, o.state.value) for o in sells] == [(20, "filled"), (4, "filled")]
+
+    asyncio.run(main())
