@@ -236,14 +236,14 @@ class ProtectionDesk:
                 self._on_price(p, price)
 
     def _on_price(self, p: Protection, price: int) -> None:
+        if p.spec.when_closed is WhenClosed.WAIT and self.book.clock.phase() not in REGULAR_ORDER_PHASES:
+            return  # outside the session the next session's prints decide, a trailing stop's high too
         leg, at, high = check_print(p, price)
         if leg is None:
             if high != p.high:
                 self.active[p.id] = msgspec.structs.replace(p, high=high)
                 self._dirty.add(p.id)
             return
-        if p.spec.when_closed is WhenClosed.WAIT and self.book.clock.phase() not in REGULAR_ORDER_PHASES:
-            return  # outside the session: the next session's prints decide
         held = self._held(p.agent, p.code)
         qty = p.qty or held  # on a position: what is held now
         level = p.spec.take if leg is Leg.TAKE else stop_level(p)

@@ -432,3 +432,21 @@ async def test_a_stop_whose_one_share_is_worth_more_than_the_limit_fails_and_say
     assert len([t for t in h.core.alerts.texts() if "alpha-20261120-2" in t and "FAILED" in t]) == 1
     assert not exits(h)
     await h.close()
+
+
+async def test_a_trailing_stop_that_waits_for_the_session_ignores_after_hours_prints(tmp_path: Path) -> None:
+    """when_closed=wait: prints outside the session decide nothing, a trailing high included (an
+    after-hours print at 90,000 raised it, and the next open's 80,000 then met the trail)."""
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", clock=clock)
+    await h.start()
+    assert h.protection.submit(CARD, buy(1, trail_bp=500, when_closed=WhenClosed.WAIT)).accepted
+    await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+    h.print("005930", 80_000)  # in the session: the high is 80,000
+    clock.set_phase(Phase.AFTER_HOURS_SINGLE)
+    h.print("005930", 90_000)
+    assert h.protection.active["alpha-20261120-1"].high == 80_000
+    clock.set_phase(None)
+    h.print("005930", 79_000)  # above the 76,000 trail of the session's high
+    assert h.protection.active["alpha-20261120-1"].state is PS.ARMED and not exits(h)
+    await h.close()
