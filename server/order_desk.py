@@ -565,6 +565,7 @@ class OrderDesk:
                 )
             return 0
         self._base_waits.pop(o.code, None)
+        self._release_waits.discard(coid)  # (a wait for another reason below is traced of its own)
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
