@@ -291,6 +291,7 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.NEW, "deny"): S.DENIED,
     (S.NEW, "hold"): S.HELD,
     (S.HELD, "submit"): S.PENDING_SUBMIT,  # released: the session it is for takes orders
+    (S.HELD, "hold"): S.HELD,  # its day turned out closed (the exchange's own calendar): the next session
     (S.HELD, "deny"): S.DENIED,  # checked again at release and refused (never sent)
     (S.HELD, "cancelled"): S.CANCELLED,  # cancelled while held: nothing to tell the broker
     (S.HELD, "expire"): S.EXPIRED,  # its session passed without it being sent

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from common.calendar import is_trading_day, next_trading_day
 from common.clock import yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
@@ -533,6 +534,14 @@ class OrderDesk:
         today = book.day()
         released = expired = 0
         for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
+            held_for = dt.datetime.strptime(o.valid_day, "%Y%m%d").date()
+            if o.valid_day < today and not is_trading_day(held_for):
+                # the exchange closed its day after it was held (a holiday the broker's calendar
+                # knew, ours did not): it is for the next session, as it would have been then
+                nxt = yyyymmdd(next_trading_day(held_for))
+                book.try_apply(coid, Hold(ts_ns=book.now_ns(), valid_day=nxt))
+                book.trace(coid, "held.moved", closed_day=o.valid_day, valid_day=nxt)
+                o = book.orders[coid]
             if o.valid_day < today or (
                 o.valid_day == today
                 and phase not in REGULAR_ORDER_PHASES

@@ -509,3 +509,28 @@ def test_a_flatten_bigger_than_the_order_value_limit_sells_in_as_many_orders_as_
             assert [(o.qty, o.state.value) for o in sells] == [(20, "filled"), (4, "filled")]
 
     asyncio.run(main())
+
+
+def test_a_held_order_whose_day_the_exchange_closed_goes_out_at_the_next_session(tmp_path: Path) -> None:
+    """Held on Friday for Monday; on Monday the broker's holiday check closes Monday (a holiday our
+    calendar did not know): the order goes out at Tuesday's session (before, it expired unsent)."""
+    from common import calendar
+
+    async def main() -> None:
+        async with _friday_evening(tmp_path, FakeBroker(ref_price=70_000)) as d:
+            c = card()
+            d.core.desk.card_of = lambda agent: c
+            held = order("alpha", 1, qty=1, tif=TimeInForce.NEXT_SESSION)
+            assert d.submit(c, held) is None
+            assert d.core.book.orders[held.client_order_id].valid_day == "20261123"
+            calendar.close_days([dt.date(2026, 11, 23)])
+            d.clock.set(dt.datetime.combine(dt.date(2026, 11, 24), dt.time(9, 5), KST))
+            d.core.portfolio.base_prices["005930"] = 70_000
+            assert d.core.desk.release_due() == (1, 0)
+            o = d.core.book.orders[held.client_order_id]
+            assert o.valid_day == "20261124" and o.state.value in ("pending_submit", "accepted")
+
+    try:
+        asyncio.run(main())
+    finally:
+        calendar._reopen_all()
