@@ -49,6 +49,9 @@ class DailyReport(msgspec.Struct, kw_only=True):
     cash: CashCheck | None = None  # the day's traded value and costs, books against the broker (None: not checked)
 
 
+DaySpan = tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]
+
+
 def build(
     day: str,
     book: "BookView",
@@ -56,7 +59,10 @@ def build(
     alerts: list[str] | None = None,
     perf: dict[str, AgentPerformance] | None = None,
     protections: list[Protection] | None = None,
+    day_span: DaySpan | None = None,
 ) -> DailyReport:
+    """`day_span`: each agent's (realised, fees) totals at the day's start and end, for a day the
+    portfolio has rolled past (its day totals are the next day's then)."""
     rows: dict[str, AgentDay] = {}
     expired = 0
     for coid, o in book.orders.items():
@@ -76,7 +82,11 @@ def build(
     for agent in portfolio.positions:
         rows.setdefault(agent, AgentDay(agent=agent, by_state={}))
     for agent, r in rows.items():
-        r.realized_pnl, r.fees = portfolio.day_totals(agent)
+        if day_span is not None:  # the day is over and the portfolio counts the next one's
+            (r0, f0), (r1, f1) = day_span[0].get(agent, (0, 0)), day_span[1].get(agent, (0, 0))
+            r.realized_pnl, r.fees = r1 - r0, f1 - f0
+        else:
+            r.realized_pnl, r.fees = portfolio.day_totals(agent)
         r.net_pnl = r.realized_pnl - r.fees
         r.unrealized_pnl = portfolio.unrealized(agent)
         r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)

@@ -94,9 +94,11 @@ class DayCycle:
         self.cleaned.add(agent)
         self.store.set_meta(f"eod:{self.day}", msgspec.json.encode(sorted(self.cleaned)).decode())
 
-    def mark_closed(self) -> None:
-        self.closed = True
-        self.store.set_meta(f"closed:{self.day}", "1")
+    def mark_closed(self, day: str) -> None:
+        """`day` is closed (a close that ran past midnight closes its own day, not the new one)."""
+        if day == self.day:
+            self.closed = True
+        self.store.set_meta(f"closed:{day}", "1")
 
 
 def _settled(now: dt.datetime) -> bool:

@@ -39,6 +39,8 @@ from server.risk import RiskGate
 
 log = logging.getLogger("ktrader.day")
 
+CLOSE_FAILURES_ALERT = 3  # failed closes of a day before a person is told
+
 # the base prices are fetched again in this window of a trading day (before the 08:30 auction)
 MORNING_REFRESH, MORNING_REFRESH_END = dt.time(8, 0), dt.time(9, 0)
 
@@ -147,6 +149,18 @@ class TradingDay:
         self.on_new_day: list[Callable[[str], None]] = []
         self.reports_written = 0
         self.close_errors = 0
+        self._close_failures: dict[str, int] = {}  # day -> failed closes (a person is told at the third)
+
+    def _day_span(self, day: str) -> daily_report.DaySpan | None:
+        """Each agent's (realised, fees) totals at `day`'s start and end, once the book has rolled past
+        it (a close that ran past midnight): the portfolio's day totals are the new day's by then."""
+        if self.book.day() == day:
+            return None
+        saved = self.book.store.get_meta(f"day_start:{day}")
+        if not saved:
+            return None
+        start = {k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()}
+        return start, dict(self.book.portfolio.day_start)  # the new day's start: `day`'s end
 
     def roll_pnl(self, day: str) -> None:
         """Realised P&L and fees count per day from each agent's totals at the day's start
@@ -246,17 +260,25 @@ class TradingDay:
                 self.alerts_of_day(day),
                 self.performance(),
                 self.protections(),
+                day_span=self._day_span(day),
             )
             report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
-                self.cycle.mark_closed()
+                self.cycle.mark_closed(day)
             self.reports_written += 1
             self.publish(SystemEventKind.DAY_CLOSED, "", day)
             log.info("day %s closed: %d orders expired, report %s", day, report.expired_at_close, path)
         except Exception as e:  # retried on the next tick
             self.close_errors += 1
             log.warning("closing day %s failed: %s; will retry", day, e)
+            failed = self._close_failures[day] = self._close_failures.get(day, 0) + 1
+            if failed == CLOSE_FAILURES_ALERT:
+                self.alert(
+                    f"closing day {day} failed {failed} times ({e}): no report, bars or cash check yet; retrying "
+                    "while the day lasts (ktrader status: day_close_errors)",
+                    None,
+                )
         finally:
             self._closing = False
 

@@ -39,7 +39,7 @@ def test_cleanup_at_each_cards_end_then_close(tmp_path: Path) -> None:
     assert not dc.due(at("15:30"), Phase.POST_CLOSE, True, cards).close_day
     due = dc.due(at("15:31"), Phase.POST_CLOSE, True, cards)
     assert due.close_day and due.cleanup == []
-    dc.mark_closed()
+    dc.mark_closed("20261120")
     assert not dc.due(at("16:00"), Phase.POST_OFF_HOURS, True, cards).close_day
     # a restarted gateway knows what was done today
     again = DayCycle(store)

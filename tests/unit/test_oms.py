@@ -754,6 +754,64 @@ async def test_a_queued_cancel_already_sent_is_not_taken_up_again(db: Path, aske
     h2.store.close()
 
 
+def _trading_day(h: Harness, clock, db: Path, **kw: object):  # type: ignore[no-untyped-def]
+    from server.trading_day import TradingDay
+
+    spawned: list = []
+    day = TradingDay(
+        clock, h.book, h.desk, h.core.risk, h.recon, h.base_prices, lambda: [CARD], lambda *a: None,
+        lambda reason: None, spawned.append, db.parent, **kw,
+    )  # fmt: skip
+    return day, spawned
+
+
+async def test_a_close_that_runs_past_midnight_closes_its_own_day_with_its_own_pnl(db: Path) -> None:
+    """Friday's close still running when Saturday's first tick rolls the day: Friday is marked closed
+    (before, Saturday was, and Friday's close was done again by nobody while the next trading day
+    never closed), and Friday's report has Friday's fees (before: the new day's, zero)."""
+    import json
+
+    clock = trading_clock()
+    h = Harness(db, clock=clock)
+    await h.start()
+    day, spawned = _trading_day(h, clock, db)
+    day.tick()
+    for n, side in ((1, Side.BUY), (2, Side.SELL)):
+        assert h.desk.submit(CARD, order(n, qty=10, price=70_000, side=side)).accepted
+        await h.settle(lambda n=n: h.book.orders[coid(n)].state is OrderState.FILLED)  # type: ignore[misc]
+    fees = h.portfolio.day_totals("alpha")[1]
+    assert fees > 0
+    clock.set(dt.datetime(2026, 11, 21, 0, 0, 5))  # Saturday: the day rolls before the close ends
+    day.tick()
+    await day.close_day("20261120")
+    assert h.store.get_meta("closed:20261120") == "1" and h.store.get_meta("closed:20261121") != "1"
+    report = json.loads((db.parent / "reports" / "daily-20261120.json").read_text())
+    (alpha,) = [a for a in report["agents"] if a["agent"] == "alpha"]
+    assert alpha["fees"] == fees and alpha["fills"] == 2
+    for c in spawned:
+        c.close()
+    await h.close()
+
+
+async def test_a_day_whose_close_keeps_failing_reaches_a_person(db: Path) -> None:
+    clock = trading_clock()
+    h = Harness(db, clock=clock)
+    await h.start()
+    told: list[str] = []
+
+    async def disk_full(day: dt.date) -> None:
+        raise OSError("No space left on device")
+
+    day, spawned = _trading_day(h, clock, db, close_bars=disk_full, alert=lambda text, kind: told.append(text))
+    day.tick()
+    for _ in range(5):
+        await day.close_day("20261120")
+    assert day.close_errors == 5 and len(told) == 1 and "closing day 20261120 failed 3 times" in told[0]
+    for c in spawned:
+        c.close()
+    await h.close()
+
+
 async def test_base_prices_are_fetched_again_before_the_opening_auction(db: Path) -> None:
     """Fetched at midnight, when KIS may not have rolled its day yet (UNCONFIRMED), the band's base is
     fetched again once between 08:00 and 09:00, before held orders are released, and replaces the night's."""
