@@ -148,6 +148,11 @@ class AgentRuntime(AgentServicesMixin):
         self.quotes = QuotePoller(card, self._send_id, self.headers, self.log)
         self.last_price: dict[str, int] = {}
         self._outbox: list[NewOrder] = []
+        # sent, no answer yet (no OrdersReply, no event of it): a gateway that died or restarted meanwhile
+        # may never have seen them; sent again after the next registration (the gateway knows an id it
+        # has: a duplicate, not a second order)
+        self._unanswered: dict[str, NewOrder] = {}
+        self._cancel_mids: dict[int, str] = {}  # a cancel's message id -> its order, until answered
         self._stopping = False
         self._timer_s = 0.0
         self._next_timer_ns: int | None = None  # on the market's clock (ctx.now()), like a backtest's timer
@@ -298,7 +303,9 @@ class AgentRuntime(AgentServicesMixin):
         return {k: p for k, p in self._protections.items() if p.is_active}
 
     def cancel(self, client_order_id: str) -> None:
-        self._send(CancelOrder(h=self.headers(), client_order_id=client_order_id))
+        self._cancel_mids[self._send_id(CancelOrder(h=self.headers(), client_order_id=client_order_id))] = (
+            client_order_id
+        )
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
         self._send(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
@@ -509,11 +516,27 @@ class AgentRuntime(AgentServicesMixin):
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
-        self.orders = {o.client_order_id: o for o in snap.open_orders}
+        orders = {o.client_order_id: o for o in snap.open_orders}
+        # what this process sent or is about to send that the gateway's snapshot does not show (it was
+        # taken before them, or the gateway never got them): still on its way here, and sent (again)
+        again = [o for c, o in self._unanswered.items() if c not in orders]
+        self._unanswered = {}
+        self._outbox[:0] = again
+        for o in self._outbox:
+            if o.client_order_id not in orders and (mine := self.orders.get(o.client_order_id)) is not None:
+                orders[o.client_order_id] = mine
+        # a cancel the gateway never answered: asked again if its order is still open there
+        cancels = sorted({c for c in self._cancel_mids.values() if c in orders and orders[c].state in OPEN})
+        self._cancel_mids = {}
+        self.orders = orders
         self._positions = {p.code: p for p in snap.positions}
         self._protections = {p.id: p for p in snap.protections}
         self.last_seq = snap.last_seq
         self._set_day(snap.day, snap.next_order_n)
+        for c in cancels:
+            self.cancel(c)
+        if again:
+            self.log.warning("%d orders unanswered when the gateway was lost: sent again", len(again))
 
     def _set_day(self, yyyymmdd: str, next_n: int = 1) -> None:
         day = dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
@@ -667,6 +690,8 @@ class AgentRuntime(AgentServicesMixin):
         self._flush_state()  # ahead of the orders it may explain
         if self._outbox and self.client is not None:
             batch, self._outbox = self._outbox, []
+            for o in batch:
+                self._unanswered[o.client_order_id] = o
             self._send(SubmitOrders(h=self.headers(), orders=batch))
 
     # ---- incoming -------------------------------------------------------------------------------
@@ -683,8 +708,10 @@ class AgentRuntime(AgentServicesMixin):
             self._ack_seen()
             self._follow_clock(msg.clock_ns, msg.phase)
             self._protect_mids.pop(msg.h.re, None)
+            self._cancel_mids.pop(msg.h.re, None)
         elif isinstance(msg, OrdersReply):
             for r in msg.results:
+                self._unanswered.pop(r.client_order_id, None)
                 if not r.accepted:
                     self._refused(r)
         elif isinstance(msg, SnapshotReply):
@@ -706,6 +733,7 @@ class AgentRuntime(AgentServicesMixin):
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
         elif isinstance(msg, Error):
+            self._cancel_mids.pop(msg.h.re, None)
             pid = self._protect_mids.pop(msg.h.re, None)
             if pid is not None and (mine := self._protections.get(pid)) is not None:
                 # the gateway did not take it: it ends here, and the strategy is told why
@@ -763,6 +791,7 @@ class AgentRuntime(AgentServicesMixin):
         self.last_seq = ev.seq
         body = ev.body
         if isinstance(body, OrderUpdate):
+            self._unanswered.pop(body.order.client_order_id, None)  # the gateway has it
             self.orders[body.order.client_order_id] = body.order
             self.log.info(
                 "EVENT order %s %s filled %d/%d",

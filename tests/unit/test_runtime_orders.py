@@ -6,8 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import msgspec
+
 from agent.runtime import AgentRuntime
 from common.config import AgentCard
+from common.orders import OrderState
 
 
 def test_a_new_order_is_open_before_the_gateway_answers(tmp_path: Path) -> None:
@@ -113,3 +116,74 @@ def test_a_new_day_keeps_the_open_orders_and_lets_the_finished_ones_go(tmp_path:
     assert set(rt.orders) == {done, resting}
     rt._set_day((day + dt.timedelta(days=1)).strftime("%Y%m%d"))
     assert set(rt.orders) == {resting} and set(rt.open_orders) == {resting}
+
+
+def _snapshot(open_orders: list, last_seq: int = 0):  # type: ignore[no-untyped-def]
+    from common.enums import TradingState
+    from common.schema import Snapshot
+
+    return Snapshot(
+        agent="alpha",
+        trading_state=TradingState.ACTIVE,
+        open_orders=open_orders,
+        positions=[],
+        budget=0,
+        reserved_cash=0,
+        spent_cash=0,
+        last_seq=last_seq,
+        next_order_n=1,
+        day="20261120",
+        orders_today=0,
+    )
+
+
+class _Wire:
+    """The gateway connection: what the agent sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, msg: object) -> None:
+        self.sent.append(msg)
+
+
+def test_orders_and_cancels_unanswered_when_the_gateway_was_lost_are_sent_again(tmp_path: Path) -> None:
+    """The gateway died with an order and a cancel of this agent on their way (no reply, no event):
+    after the agent registers with the new gateway, both go out again under the same ids (the gateway
+    knows an id it has: a duplicate, not a second order). Before, the snapshot's view replaced the
+    agent's and the order was silently forgotten, a cancel never answered with it."""
+    from common.schema import CancelOrder, SubmitOrders
+
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    rt._apply_snapshot(_snapshot([]))
+    wire = _Wire()
+    rt.client = wire  # type: ignore[assignment]
+    resting = rt.buy("005930", 1, 60_000)
+    rt._flush()
+    # the gateway took the first (its event came), then died: a new order and a cancel get no answer
+    from common.schema import AgentEvent, HeaderFactory, OrderUpdate
+
+    taken = msgspec.structs.replace(rt.orders[resting], state=OrderState.ACCEPTED)
+    rt._on_event(AgentEvent(h=HeaderFactory("gateway")(), seq=1, body=OrderUpdate(order=taken)))
+    lost = rt.buy("005930", 2, 60_000)
+    rt._flush()
+    rt.cancel(resting)
+    # registered with the new gateway: its snapshot has the resting order, not the lost one
+    wire.sent.clear()
+    rt._apply_snapshot(_snapshot([taken], last_seq=1))
+    assert lost in rt.open_orders and resting in rt.open_orders
+    rt._flush()
+    orders = [o.client_order_id for m in wire.sent if isinstance(m, SubmitOrders) for o in m.orders]
+    cancels = [m.client_order_id for m in wire.sent if isinstance(m, CancelOrder)]
+    assert orders == [lost] and cancels == [resting]
+
+
+def test_an_order_placed_while_re_registering_stays_open_through_the_snapshot(tmp_path: Path) -> None:
+    """Replayed events reach the strategy before the snapshot is applied; an order it places then is
+    not in that snapshot (taken before it), and stays one of its open orders (it dropped out, so a
+    timer in the same pass could place it again)."""
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    rt._apply_snapshot(_snapshot([]))
+    coid = rt.buy("005930", 1, 60_000)  # in the outbox: not sent yet
+    rt._apply_snapshot(_snapshot([]))
+    assert coid in rt.open_orders
