@@ -303,6 +303,7 @@ class AgentRuntime(AgentServicesMixin):
         return {k: p for k, p in self._protections.items() if p.is_active}
 
     def cancel(self, client_order_id: str) -> None:
+        self._flush()  # an order still in the outbox goes first: a cancel must not overtake its order
         self._cancel_mids[self._send_id(CancelOrder(h=self.headers(), client_order_id=client_order_id))] = (
             client_order_id
         )

@@ -158,9 +158,14 @@ class TradingDay:
             return None
         saved = self.book.store.get_meta(f"day_start:{day}")
         if not saved:
+            log.warning("day %s: its start of day totals are not stored: the report's P&L is the new day's", day)
             return None
         start = {k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()}
-        return start, dict(self.book.portfolio.day_start)  # the new day's start: `day`'s end
+        # the end: the totals now, with the fills the close's own reconciliation booked after midnight
+        # (nothing trades overnight); the new day starts from them (see close_day)
+        ps = self.book.portfolio.positions
+        end = {a: (sum(p.realized_pnl for p in v.values()), sum(p.fees for p in v.values())) for a, v in ps.items()}
+        return start, end
 
     def roll_pnl(self, day: str) -> None:
         """Realised P&L and fees count per day from each agent's totals at the day's start
@@ -253,6 +258,7 @@ class TradingDay:
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a
             # close that waited on the broker past midnight) and let this day's finished orders go
             stored = daily_report.StoredDay.read(self.book.store, day)
+            span = self._day_span(day)
             report = daily_report.build(
                 day,
                 stored,
@@ -260,12 +266,16 @@ class TradingDay:
                 self.alerts_of_day(day),
                 self.performance(),
                 self.protections(),
-                day_span=self._day_span(day),
+                day_span=span,
             )
             report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed(day)
+                if span is not None:  # the new day counts from the old one's end (its late fills are not its)
+                    today = self.book.day()
+                    self.book.portfolio.roll_day(span[1])
+                    self.book.store.set_meta(f"day_start:{today}", msgspec.json.encode(span[1]).decode())
             self.reports_written += 1
             self.publish(SystemEventKind.DAY_CLOSED, "", day)
             log.info("day %s closed: %d orders expired, report %s", day, report.expired_at_close, path)

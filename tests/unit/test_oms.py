@@ -779,15 +779,20 @@ async def test_a_close_that_runs_past_midnight_closes_its_own_day_with_its_own_p
     for n, side in ((1, Side.BUY), (2, Side.SELL)):
         assert h.desk.submit(CARD, order(n, qty=10, price=70_000, side=side)).accepted
         await h.settle(lambda n=n: h.book.orders[coid(n)].state is OrderState.FILLED)  # type: ignore[misc]
-    fees = h.portfolio.day_totals("alpha")[1]
-    assert fees > 0
+    assert h.desk.submit(CARD, order(3, qty=10, price=60_000)).accepted  # rests
+    await h.settle(lambda: h.book.orders[coid(3)].state is OrderState.ACCEPTED)
     clock.set(dt.datetime(2026, 11, 21, 0, 0, 5))  # Saturday: the day rolls before the close ends
     day.tick()
+    # the close's own last look at the broker books a Friday fill after midnight
+    h.broker.fill(h.book.orders[coid(3)].broker_order_id, 10)
+    await h.settle(lambda: h.book.orders[coid(3)].state is OrderState.FILLED)
+    fees = sum(p.fees for p in h.portfolio.positions["alpha"].values())  # Friday's: nothing before it
     await day.close_day("20261120")
     assert h.store.get_meta("closed:20261120") == "1" and h.store.get_meta("closed:20261121") != "1"
     report = json.loads((db.parent / "reports" / "daily-20261120.json").read_text())
     (alpha,) = [a for a in report["agents"] if a["agent"] == "alpha"]
-    assert alpha["fees"] == fees and alpha["fills"] == 2
+    assert alpha["fees"] == fees and alpha["fills"] == 3
+    assert h.portfolio.day_totals("alpha") == (0, 0)  # Saturday starts from Friday's end
     for c in spawned:
         c.close()
     await h.close()

@@ -187,3 +187,22 @@ def test_an_order_placed_while_re_registering_stays_open_through_the_snapshot(tm
     coid = rt.buy("005930", 1, 60_000)  # in the outbox: not sent yet
     rt._apply_snapshot(_snapshot([]))
     assert coid in rt.open_orders
+
+
+def test_a_cancel_of_an_order_sent_again_goes_after_it(tmp_path: Path) -> None:
+    """An order and its cancel both unanswered when the gateway was lost: the order goes out again
+    first, then the cancel (the cancel first found no order at the gateway, and the order then went
+    live, cancelled by nobody)."""
+    from common.schema import CancelOrder, SubmitOrders
+
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    rt._apply_snapshot(_snapshot([]))
+    wire = _Wire()
+    rt.client = wire  # type: ignore[assignment]
+    coid = rt.buy("005930", 1, 60_000)
+    rt.cancel(coid)  # (its order, still in the outbox, goes first)
+    wire.sent.clear()
+    rt._apply_snapshot(_snapshot([]))
+    rt._flush()
+    kinds = [type(m).__name__ for m in wire.sent if isinstance(m, (SubmitOrders, CancelOrder))]
+    assert kinds == ["SubmitOrders", "CancelOrder"]
