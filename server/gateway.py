@@ -103,15 +103,15 @@ from server.router import Router
 from server.session_days import check_session_days, new_gaps
 from server.sessions import AgentSessions
 from server.stockmaster import MasterKeeper, downloads, gateway_master
-
-# a start whose first pass read only the open orders alerts a person when the whole list stays unread
-PARTIAL_ALERT_NS = 120_000_000_000
 from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder
 
 log = logging.getLogger("ktrader.gateway")
+
+# a start whose first pass read only the open orders alerts a person when the whole list stays unread
+PARTIAL_ALERT_NS = 120_000_000_000
 
 
 def default_endpoints(run_dir: Path) -> tuple[str, str]:
