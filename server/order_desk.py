@@ -481,15 +481,14 @@ class OrderDesk:
         day = book.clock.now().date()
         n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
         sent, more = 0, False
-        cap = self.risk.order_value_cap(card)
         for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
                 continue
-            qty = pos.qty
-            unit = book.portfolio.notional_price(Side.SELL, 0, pos.code)  # a market sell: the day's lower limit
-            if cap and unit and qty * unit > cap and cap >= unit:
-                # at most the order-value limit per sell: the rest once these have closed (a step again)
-                qty, more = cap // unit, True
+            # at most the order-value limit per sell: the rest once these have closed (a step again); a
+            # market sell is judged at the day's lower limit (one share over the limit: denied, told)
+            fit = self.risk.fitting_qty(card, pos.qty, book.portfolio.notional_price(Side.SELL, 0, pos.code))
+            qty = fit if 0 < fit < pos.qty else pos.qty
+            more = more or qty < pos.qty
             n += 1
             new = NewOrder(
                 client_order_id=make_client_order_id(agent, day, n),

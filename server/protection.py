@@ -340,17 +340,15 @@ class ProtectionDesk:
         lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
         price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board)
         card = self._acting_card(agent, code)
-        if cap := self.risk.order_value_cap(card):
-            # one exit at most worth the order-value limit: the rest goes in the next exits, each placed
-            # once the one before it has filled (a stop denied for its size would never sell)
-            unit = notional_price(Side.SELL, price, base, kind, pf.rules, board)
-            if unit > cap:
-                why = f"one share of {code} ({unit:,} KRW) is worth more than the order-value limit {cap:,}"
-                self._end(p, PS.FAILED, f"{why}: sell by hand")
-                self.alert(f"{agent}: protective order {p.id} FAILED: {why}", kind=AlertKind.PROTECTION, agent=agent)
-                return
-            if unit > 0 and want * unit > cap:
-                want = cap // unit
+        # one exit at most worth the order-value limit: the rest goes in the next exits, each placed once
+        # the one before it has filled (a stop denied for its size would never sell)
+        unit = notional_price(Side.SELL, price, base, kind, pf.rules, board)
+        want = self.risk.fitting_qty(card, want, unit)
+        if not want:
+            why = f"one share of {code} ({unit:,} KRW) is worth more than the order-value limit"
+            self._end(p, PS.FAILED, f"{why}: sell by hand")
+            self.alert(f"{agent}: protective order {p.id} FAILED: {why}", kind=AlertKind.PROTECTION, agent=agent)
+            return
         coid = make_client_order_id(
             agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1
         )

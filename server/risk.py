@@ -159,11 +159,14 @@ class RiskGate:
             agent_state=agent_state,
         )
 
-    def order_value_cap(self, card: AgentCard) -> int:
-        """The most one order of this agent may be worth (its card's limit, scaled, and the account's;
-        0: no limit): what the gateway's own protective exits are sized by, in as many orders as it takes."""
+    def fitting_qty(self, card: AgentCard, qty: int, unit: int) -> int:
+        """Of `qty` shares judged at `unit` KRW each, the most one order of this agent may carry under
+        the order-value limits (its card's, scaled, and the account's); 0: not even one share. What the
+        gateway's own sells (protective exits, flattens) are sized by, in as many orders as it takes."""
         caps = [v for v in (scaled(card.risk, self.multiplier).max_order_value, self.limits.max_order_value) if v]
-        return min(caps) if caps else 0
+        if not caps or unit <= 0 or qty * unit <= min(caps):
+            return qty
+        return min(caps) // unit
 
     def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
         p = self.portfolio
