@@ -333,16 +333,16 @@ class Portfolio:
         """An agent's equity: its budget plus its net P&L (realised − fees + unrealised), 0 without a budget."""
         return budget - self.spent(agent) + self.position_value(agent) if budget else 0
 
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """Each agent's cumulative (realised P&L, fees): a day counts from these at its start."""
+        return {
+            a: (sum(p.realized_pnl for p in ps.values()), sum(p.fees for p in ps.values()))
+            for a, ps in self.positions.items()
+        }
+
     def roll_day(self, day_start: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
         """Start a day: realised P&L and fees count from here (given, when a restart restores them)."""
-        self.day_start = (
-            day_start
-            if day_start is not None
-            else {
-                a: (sum(p.realized_pnl for p in ps.values()), sum(p.fees for p in ps.values()))
-                for a, ps in self.positions.items()
-            }
-        )
+        self.day_start = day_start if day_start is not None else self.totals()
         return self.day_start
 
     def day_totals(self, agent: str) -> tuple[int, int]:

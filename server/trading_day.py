@@ -156,28 +156,32 @@ class TradingDay:
         it (a close that ran past midnight): the portfolio's day totals are the new day's by then."""
         if self.book.day() == day:
             return None
-        saved = self.book.store.get_meta(f"day_start:{day}")
-        if not saved:
+        start = self._day_start(day)
+        if start is None:
             log.warning("day %s: its start of day totals are not stored: the report's P&L is the new day's", day)
             return None
-        start = {k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()}
         # the end: the totals now, with the fills the close's own reconciliation booked after midnight
         # (nothing trades overnight); the new day starts from them (see close_day)
-        ps = self.book.portfolio.positions
-        end = {a: (sum(p.realized_pnl for p in v.values()), sum(p.fees for p in v.values())) for a, v in ps.items()}
-        return start, end
+        return start, self.book.portfolio.totals()
+
+    def _day_start(self, day: str) -> dict[str, tuple[int, int]] | None:
+        """Each agent's (realised, fees) totals at `day`'s start, as stored (None: not stored)."""
+        saved = self.book.store.get_meta(f"day_start:{day}")
+        return {k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()} if saved else None
+
+    def _keep_day_start(self, day: str, start: dict[str, tuple[int, int]]) -> None:
+        self.book.store.set_meta(f"day_start:{day}", msgspec.json.encode(start).decode())
 
     def roll_pnl(self, day: str) -> None:
         """Realised P&L and fees count per day from each agent's totals at the day's start
         (persisted, so a restart in the day keeps them)."""
-        store = self.book.store
-        saved = store.get_meta(f"day_start:{day}")
-        if saved:
-            self.book.portfolio.roll_day({k: (int(v[0]), int(v[1])) for k, v in msgspec.json.decode(saved).items()})
+        saved = self._day_start(day)
+        if saved is not None:
+            self.book.portfolio.roll_day(saved)
             return
         start = self.book.portfolio.roll_day()
-        with store.transaction():
-            store.set_meta(f"day_start:{day}", msgspec.json.encode(start).decode())
+        with self.book.store.transaction():
+            self._keep_day_start(day, start)
 
     def tick(self) -> None:
         now, phase = self.clock.now(), self.clock.phase()
@@ -273,9 +277,7 @@ class TradingDay:
             with self.book.store.transaction():
                 self.cycle.mark_closed(day)
                 if span is not None:  # the new day counts from the old one's end (its late fills are not its)
-                    today = self.book.day()
-                    self.book.portfolio.roll_day(span[1])
-                    self.book.store.set_meta(f"day_start:{today}", msgspec.json.encode(span[1]).decode())
+                    self._keep_day_start(self.book.day(), self.book.portfolio.roll_day(span[1]))
             self.reports_written += 1
             self.publish(SystemEventKind.DAY_CLOSED, "", day)
             log.info("day %s closed: %d orders expired, report %s", day, report.expired_at_close, path)
