@@ -17,7 +17,7 @@ from collections.abc import Callable
 import msgspec
 
 from common.calendar import is_trading_day, next_trading_day
-from common.clock import yyyymmdd
+from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
@@ -533,8 +533,7 @@ class OrderDesk:
         today = book.day()
         released = expired = 0
         for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
-            held_for = dt.datetime.strptime(o.valid_day, "%Y%m%d").date()
-            if o.valid_day < today and not is_trading_day(held_for):
+            if o.valid_day < today and not is_trading_day(held_for := date_of(o.valid_day)):
                 # the exchange closed its day after it was held (a holiday the broker's calendar
                 # knew, ours did not): it is for the next session, as it would have been then
                 nxt = yyyymmdd(next_trading_day(held_for))
