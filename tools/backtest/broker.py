@@ -40,7 +40,7 @@ from common.config import AgentCard, DrawdownPeak, RiskLimits
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.krx import phase_at_ns
-from common.krx_rules import PPM, KrxRules, Market, SecurityKind, rules_for
+from common.krx_rules import PPM, TAX_EXEMPT_KINDS, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
     OPEN,
     RESTING,
@@ -182,8 +182,12 @@ class SimBroker:
         # this agent's, its equity the cash plus the positions at the last price (as live's)
         self._shaped = bool(lim.max_gross_exposure_pct or lim.max_positions or lim.max_code_pct or lim.max_sector_pct)
         self._drawdown = bool(lim.max_drawdown_pct or lim.halt_drawdown_pct)
-        self._peak_day, self._day_peak, self._all_peak = -1, 0, 0
-        self._pnl_day = -1
+        # the day the daily figures count from (P&L, the day's equity peak), keyed by ts_ns // _DAY_NS;
+        # rolled before the day's first fill and at the first look or close mark of a day without one
+        self._daily = bool(lim.max_daily_loss) or self._drawdown
+        self._day = -1
+        self._day_peak, self._all_peak = 0, 0
+        self._close_equity = self.initial_cash  # the last close's equity: where a new day's peak starts
         self._pnl_start = (0, 0)
 
     # ---- views -----------------------------------------------------------------------------------
@@ -353,19 +357,28 @@ class SimBroker:
         last = self.last
         return self.cash + sum(p.qty * last[c] if c in last else p.cost for c, p in self.positions.items() if p.qty)
 
+    def _roll(self) -> None:
+        """A new day, before anything of it moved the book: its P&L counts from here and its equity
+        peak starts at the last close's equity (what live's first sweep of the day sees: the
+        positions at the previous closes), as live's Portfolio.roll_day and Peaks.roll start theirs."""
+        self._day = self.ts_ns // _DAY_NS
+        self._pnl_start = (sum(p.realized_pnl for p in self.positions.values()), self.fees + self.taxes)
+        self._day_peak = self._close_equity
+
     def _peak(self, equity: int) -> int:
-        """The peak the card's drawdown is measured from: the day's (from its first look) or all time."""
-        day = self.ts_ns // _DAY_NS
-        if day != self._peak_day:
-            self._peak_day, self._day_peak = day, 0
+        """The peak the card's drawdown is measured from: the day's (from the previous close) or all time."""
+        if self.ts_ns // _DAY_NS != self._day:
+            self._roll()
         self._day_peak = max(self._day_peak, equity)
         self._all_peak = max(self._all_peak, equity)
         return self._all_peak if self.card.risk.drawdown_peak is DrawdownPeak.ALL_TIME else self._day_peak
 
-    def mark_equity(self, equity: int) -> None:
-        """The engine's equity at a bar time's close: peaks move with it, as live's sweep moves them."""
-        if self._drawdown:
-            self._peak(equity)
+    def mark_equity(self, equity: int, ts_ns: int) -> None:
+        """The engine's equity at a bar time's close (`ts_ns`): peaks move with it, as live's sweep
+        moves them, and the next day's peak starts from it."""
+        self.ts_ns = ts_ns
+        self._peak(equity)
+        self._close_equity = equity
 
     def _shape(self, exp: Exposure, code: str, rules: KrxRules, exclude: str) -> None:
         """The account-shape figures of live's portfolio (common/portfolio.py), summed over this book."""
@@ -405,11 +418,10 @@ class SimBroker:
     def _day_pnl(self) -> int:
         """Realised today net of fees and taxes plus unrealised at the last prices (the live gate's
         definition: positions carried from earlier days count at cost)."""
-        day = self.ts_ns // _DAY_NS
+        if self.ts_ns // _DAY_NS != self._day:
+            self._roll()
         realized = sum(p.realized_pnl for p in self.positions.values())
         paid = self.fees + self.taxes
-        if day != self._pnl_day:
-            self._pnl_day, self._pnl_start = day, (realized, paid)
         r0, f0 = self._pnl_start
         last = self.last
         unreal = sum(last.get(c, 0) * p.qty - p.cost for c, p in self.positions.items() if p.qty and c in last)
@@ -550,10 +562,12 @@ class SimBroker:
             qty = min(qty, p.qty if p else 0)
         if qty <= 0 or (o.tif is _FOK and qty < remaining):
             return
+        ts_ns = self.ts_ns
+        if self._daily and ts_ns // _DAY_NS != self._day:
+            self._roll()  # the day's first fill: its P&L and peak start before it
         self._used[code] = used + qty
         self._fill_n += 1
         fid = f"bt{self._fill_n}"
-        ts_ns = self.ts_ns
         value = qty * price
         if self.quiet and o.state in RESTING:
             # nobody sees the order between events: the table's fill step (ACCEPTED/PARTIALLY_FILLED -fill->
@@ -577,17 +591,17 @@ class SimBroker:
             tax = 0
             cash -= value + commission
         else:
-            ppm = self.flat_sell_tax_ppm
-            if ppm is None:
-                kind, market = self.listing(code)
-                ppm = rules.sell_tax_ppm(market, kind)
+            kind, market = self.listing(code)
+            flat = self.flat_sell_tax_ppm
+            # a flat what-if rate taxes what is taxed (ETF/ETN never are), as live's CostModel.tax_ppm
+            ppm = rules.sell_tax_ppm(market, kind) if flat is None or kind in TAX_EXEMPT_KINDS else flat
             tax = value * ppm // PPM
             cash += value - commission - tax
         self.cash = cash
         self.fees += commission
         self.taxes += tax
         self.traded_value += value
-        pos = apply_fill(positions.get(code), code, side, qty, price)
+        pos = apply_fill(positions.get(code), code, side, qty, price, fee=commission + tax)  # as live's books
         positions[code] = pos
         if pos.qty:
             self.held[code] = pos.qty

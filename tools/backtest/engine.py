@@ -797,7 +797,7 @@ class Backtest:
                 h_append(0)
                 eq_append(broker.cash)
             if mark_equity is not None:
-                mark_equity(equity[-1])
+                mark_equity(equity[-1], _session_ns(t[:10])[1])
         self._call("on_stop")
         broker.step = total
         broker.expire_all(pending)

@@ -24,6 +24,7 @@ import msgspec
 
 from common.errors import ErrorCode, KtraderError
 from common.ids import GATEWAY_ORDER_BASE
+from common.krx_rules import rules_for
 from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
 from common.schema import Bar
 from tools.backtest.broker import Note, SimBroker
@@ -149,6 +150,13 @@ class BacktestProtections:
                 if high != p.high:
                     self.active[p.id] = self.all[p.id] = msgspec.structs.replace(p, high=high)
                 continue
+            if at != bar.open:  # met inside the bar at its level: the print that met it is on the day's grid
+                kind, board = self.broker.listing(p.code)
+                rules = rules_for(day)
+                if leg is Leg.TAKE:
+                    at = min(rules.round_up(at, kind, board), bar.high)
+                else:
+                    at = max(rules.round_down(at, kind, board), bar.low)
             held = self.broker.position(p.code)
             p = msgspec.structs.replace(
                 p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=p.qty or held, updated_ns=self.broker.ts_ns
