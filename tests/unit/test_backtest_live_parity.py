@@ -23,7 +23,9 @@ from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 
 CODE = "005930"
 NXT = TimeInForce.NEXT_SESSION
-PLAN: dict[str, list[tuple[str, int, int, dict[str, object]]]] = {}
+Step = tuple[str, int, int, dict[str, object]]  # side, qty, price (0: market), extra arguments
+Plan_ = dict[str, list[Step]]
+PLAN: Plan_ = {}
 SEEN: list[PositionView] = []
 
 
@@ -42,7 +44,7 @@ class Plan(Strategy):
 
 def run(
     rows: list[tuple[str, int, int, int, int]],
-    plan: dict[str, list[tuple[str, int, int, dict[str, object]]]],
+    plan: Plan_,
     *,
     code: str = CODE,
     kind: SecurityKind = SecurityKind.STOCK,
@@ -73,7 +75,7 @@ def test_a_flat_what_if_tax_leaves_etf_sales_untaxed_as_live() -> None:
         ("2024-01-03", 35_000, 35_500, 34_800, 35_100),
         ("2024-01-04", 35_100, 35_500, 34_800, 35_200),
     ]
-    plan = {"2024-01-02": [("buy", 100, 0, {})], "2024-01-03": [("sell", 100, 0, {})]}
+    plan: Plan_ = {"2024-01-02": [("buy", 100, 0, {})], "2024-01-03": [("sell", 100, 0, {})]}
     r = run(rows, plan, code="069500", kind=SecurityKind.ETF, flat_tax=1_800)
     assert CostModel(150, 1_800).tax_ppm("2024-01-04", Market.KOSPI, SecurityKind.ETF) == 0  # live's books
     (sell,) = [f for f in r.fills if f.side is Side.SELL]
@@ -105,7 +107,7 @@ def test_a_loss_realised_at_the_open_counts_against_that_day() -> None:
         ("2024-01-04", 60_000, 61_000, 59_500, 60_000),  # the sell fills at the open: -1,000,000 and fees
         ("2024-01-05", 60_000, 61_000, 59_500, 60_000),
     ]
-    plan = {
+    plan: Plan_ = {
         "2024-01-02": [("buy", 100, 0, {})],
         "2024-01-03": [("sell", 100, 0, {})],
         "2024-01-04": [("buy", 10, 60_000, {"reason": "after the loss"})],
@@ -136,7 +138,10 @@ def test_a_fall_from_the_previous_close_is_a_day_drawdown() -> None:
         ("2024-01-04", 70_000, 70_000, 62_000, 62_000),  # equity 10.0 M -> 8.88 M: -11 %
         ("2024-01-05", 62_000, 63_000, 61_500, 62_000),
     ]
-    plan = {"2024-01-02": [("buy", 140, 70_000, {})], "2024-01-04": [("buy", 1, 62_000, {"reason": "average down"})]}
+    plan: Plan_ = {
+        "2024-01-02": [("buy", 140, 70_000, {})],
+        "2024-01-04": [("buy", 1, 62_000, {"reason": "average down"})],
+    }
     r = run(rows, plan, risk=RiskLimits(max_drawdown_pct=5.0), budget=10_000_000)
     # live's first sweep of 01-04 sees the 01-03 close's equity; at 15:30 the day is 11 % below it
     assert r.orders[-1].reason_code == ErrorCode.DENIED_DRAWDOWN
