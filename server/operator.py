@@ -73,7 +73,7 @@ from server.protection import ProtectionDesk
 from server.publisher import Publisher
 from server.reconciler import Reconciler
 from server.registry import AgentRecord, Registry
-from server.risk import RiskGate
+from server.risk import GLOBAL, RiskGate
 from server.risk_views import explain_text, parse_order, risk_status
 from server.store import EquityRow, Store
 from server.subscriptions import SubscriptionManager
@@ -149,6 +149,9 @@ class Operator:
         self._trades_day = ""
         self._next_check = 0.0
         self._next_equity = 0.0
+        # agents the books know but that have not registered since this gateway started are checked once,
+        # offline_after_s after the start: one that died with the last gateway is otherwise never alerted
+        self._absent_check_at: float | None = clock() + gw.cfg.offline_after_s
 
     # ---- who is there ----------------------------------------------------------------------------
 
@@ -377,8 +380,18 @@ class Operator:
             n = sum(gw.desk.cancel_all(a) for a in targets)
             return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
         if action is ControlAction.FLATTEN:
+            if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
+                return err(
+                    ErrorCode.DENIED_HALTED,
+                    "the gateway is halted (cancels only): nothing sold; `ktrader control reduce` lets sells "
+                    "through, then flatten again",
+                )
             rec = gw.registry.agents.get(msg.agent)
             on_behalf = rec is None or rec.state is not AgentState.ONLINE
+            # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
+            reduced = gw.risk.agent_state(msg.agent) is TradingState.HALTED
+            if reduced:
+                gw.risk.set_state(msg.agent, TradingState.REDUCING, why=f"flatten by {h.sender}: sells only")
             n = gw.desk.flatten(
                 self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
             )
@@ -390,18 +403,31 @@ class Operator:
                 n,
             )
             return ack(
-                f"{msg.agent}: {n} orders sent to flatten" + (" (on behalf of the offline agent)" if on_behalf else "")
+                f"{msg.agent}: {n} orders sent to flatten"
+                + (" (on behalf of the offline agent)" if on_behalf else "")
+                + ("; it was paused: now reducing (sells only)" if reduced else "")
             )
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)
         state = STATES[action]
+        # a resume accepts what tripped the state automatically, else the next sweep trips it again
+        accepted = (
+            gw.risk.accept(msg.agent, self.card_of(msg.agent) if msg.agent else None)
+            if state is TradingState.ACTIVE
+            else []
+        )
         # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced
         gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
         if not msg.agent and state is TradingState.HALTED:
             self.notifier.alert(
                 AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock))
             )
-        return ack(f"{msg.agent or 'gateway'} is {state}")
+        text = f"{msg.agent or 'gateway'} is {state}" + "".join(f"; {a}" for a in accepted)
+        if not msg.agent and state is TradingState.ACTIVE:  # agents paused one by one stay so: say which
+            held = sorted(f"{a} {s}" for a, s in gw.risk.states.items() if a != GLOBAL and s is not TradingState.ACTIVE)
+            if held:
+                text += f"; still not active: {', '.join(held)} (resume --agent ID)"
+        return ack(text)
 
     def _risk(
         self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]
@@ -551,6 +577,11 @@ class Operator:
         for rec in self.gw.registry.agents.values():
             if rec.state is AgentState.STALE and self.gw.registry.age(rec) >= self.gw.cfg.offline_after_s:
                 self._went_offline(rec)
+        if self._absent_check_at is not None and now >= self._absent_check_at:
+            self._absent_check_at = None
+            for agent in self.known_agents():
+                if agent != EXTERNAL_AGENT and agent not in self.gw.registry.agents:
+                    self._alert_if_holding(agent, "not back since the gateway started")
         if now >= self._next_check:
             self._next_check = now + 1.0
             self._remember_cards()

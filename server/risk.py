@@ -58,7 +58,10 @@ LIMIT_ALERTS = {
     ErrorCode.DENIED_DRAWDOWN: AlertKind.DRAWDOWN,
     ErrorCode.DENIED_CASH_RESERVE: AlertKind.CASH_RESERVE,
 }
-_ALERT_EVERY_NS = 60_000_000_000
+# a limit keeps denying while the agent keeps trying: one page per agent and limit every ten minutes
+# (every minute paged all day and used up the notifier's per-minute budget)
+_ALERT_EVERY_NS = 600_000_000_000
+_ACCEPTED_KEY = "loss_accepted:"  # meta: "<yyyymmdd>|<day P&L>" an operator's resume accepted
 
 Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
@@ -99,6 +102,9 @@ class RiskGate:
         self.peaks = Peaks(store)
         self.multiplier = 1.0  # the operator's scale of every agent's size limits (persisted)
         self._alerted: dict[tuple[str, ErrorCode], int] = {}  # (agent, denial) -> market ns of its last alert
+        # agent (or GLOBAL) -> (day, day P&L) an operator's resume accepted: the daily loss trips again
+        # only after a further loss of the limit that day
+        self.accepted_loss: dict[str, tuple[str, int]] = {}
 
     # ---- trading state ---------------------------------------------------------------------------
 
@@ -107,6 +113,9 @@ class RiskGate:
             self.states[key] = TradingState(value)
         saved = self.store.get_meta(MULTIPLIER_KEY)
         self.multiplier = float(saved) if saved else 1.0
+        for key, value in self.store.meta_prefix(_ACCEPTED_KEY).items():
+            day, _, pnl = value.partition("|")
+            self.accepted_loss[key] = (day, int(pnl))
 
     def set_multiplier(self, factor: float, why: str) -> None:
         """Scale every agent's size limits (order and position value, exposure percentages, budget) by
@@ -117,6 +126,41 @@ class RiskGate:
             self.store.set_meta(MULTIPLIER_KEY, repr(factor))
         self.multiplier = factor
         log.warning("risk multiplier set to %g: %s", factor, why)
+
+    def accept(self, agent: str, card: AgentCard | None) -> list[str]:
+        """An operator resumes `agent` ("" the gateway): what would trip it again at the next sweep
+        (a fifth of a lease later, with a second alert, undoing the resume) is accepted as it stands —
+        the broker errors counted so far (the kill switch), today's loss past the daily limit (a
+        further loss of the limit trips it again), a drawdown past its limit (the peaks start again at
+        the equity now, as reset_peak). Persisted; returns what was accepted, for the operator."""
+        p, notes = self.portfolio, []
+        if agent:
+            lim = card.risk if card is not None else RiskLimits()
+            key, peak_key, pnl = agent, agent, p.day_pnl(agent)
+            equity = p.agent_equity(agent, card.budget) if card is not None and card.budget else 0
+        else:
+            lim, key, peak_key, pnl, equity = self.limits, GLOBAL, ACCOUNT, p.account_day_pnl(), p.equity() or 0
+            if self.broker_errors:
+                notes.append(f"{len(self.broker_errors)} recent broker errors forgiven (kill switch)")
+                self.broker_errors.clear()
+        if lim.max_daily_loss and -pnl >= lim.max_daily_loss:
+            day = market_day(self.clock)
+            with self.store.transaction():
+                self.store.set_meta(_ACCEPTED_KEY + key, f"{day}|{pnl}")
+            self.accepted_loss[key] = (day, pnl)
+            notes.append(f"today's loss {pnl:,} accepted (a further {lim.max_daily_loss:,} reduces again)")
+        level = pct_bp(lim.max_drawdown_pct) or pct_bp(lim.halt_drawdown_pct)
+        if level and equity and drawdown_bp(equity, self.peaks.peak(peak_key, lim.drawdown_peak)) >= level:
+            self.peaks.reset(peak_key, equity)
+            notes.append(f"drawdown accepted: the peak starts again at {equity:,}")
+        return notes
+
+    def _loss_breached(self, key: str, pnl: int, limit: int) -> bool:
+        """`pnl` breaches the daily `limit`, beyond what an operator accepted today."""
+        if not limit or -pnl < limit:
+            return False
+        got = self.accepted_loss.get(key)
+        return got is None or got[0] != market_day(self.clock) or pnl <= got[1] - limit
 
     @property
     def global_state(self) -> TradingState:
@@ -291,7 +335,7 @@ class RiskGate:
         for card in cards:
             limit = card.risk.max_daily_loss
             pnl = p.day_pnl(card.id)
-            if limit and self.agent_state(card.id) is TradingState.ACTIVE and -pnl >= limit:
+            if self.agent_state(card.id) is TradingState.ACTIVE and self._loss_breached(card.id, pnl, limit):
                 self.set_state(
                     card.id,
                     TradingState.REDUCING,
@@ -300,7 +344,8 @@ class RiskGate:
                 )
         self._drawdowns(cards)
         limit = self.limits.max_daily_loss
-        if limit and self.global_state is TradingState.ACTIVE and -(pnl := p.account_day_pnl()) >= limit:
+        pnl = p.account_day_pnl() if limit else 0
+        if self.global_state is TradingState.ACTIVE and self._loss_breached(GLOBAL, pnl, limit):
             self.set_state(
                 "",
                 TradingState.REDUCING,

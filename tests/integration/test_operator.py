@@ -2,7 +2,9 @@
 a kill -9'd agent goes stale, then offline, stays listed with its position across a gateway restart,
 and `ktrader control flatten` sells it on its behalf; control refuses unknown and ambiguous targets
 with a non-zero exit; a reload applies a changed card (journaled) and refuses a bad one; the
-notifier's alerts reach a loopback webhook."""
+notifier's alerts reach a loopback webhook; an agent not back after a gateway restart is alerted; a resume of
+the whole gateway names agents still paused; flatten lets a paused agent's sells through and is refused
+under a gateway halt."""
 
 from __future__ import annotations
 
@@ -104,10 +106,20 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
         )
         a = agent(run, "alpha")
         assert a.known_from == "books" and a.name == "Agent A" and a.open_orders == 1 and a.positions[0].qty == 10
+        # not back offline_after_s after the start: a person is told (it died with the last gateway)
+        wait_for(
+            lambda: sum(b["kind"] == "agent_offline" and b["agent"] == "alpha" for b in sink.bodies) == 2,
+            10,
+            what="the not-back alert at the webhook",
+        )
 
-        # flatten acts on its behalf: the order is cancelled, the shares sold
+        # a resume of the whole gateway says which agents stay paused
+        assert ctl(run, "pause", "--agent", "alpha").returncode == 0
+        r = ctl(run, "resume", "--all")
+        assert r.returncode == 0 and "still not active: alpha halted" in r.stdout, r.stdout
+        # flatten acts on its behalf: the order is cancelled, the shares sold (a paused agent's sells let through)
         r = ctl(run, "flatten", "--agent", "alpha")
-        assert r.returncode == 0 and "on behalf" in r.stdout, r.stderr
+        assert r.returncode == 0 and "on behalf" in r.stdout and "now reducing" in r.stdout, r.stderr
         wait_for(
             lambda: (
                 (a := agent(run, "alpha")) is not None and not [p for p in a.positions if p.qty] and a.open_orders == 0
@@ -117,6 +129,8 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
         )
         r = ctl(run, "halt")
         assert r.returncode == 0
+        r = ctl(run, "flatten", "--agent", "bravo")  # its sells would be denied: refused, not claimed
+        assert r.returncode == 1 and "DENIED_HALTED" in r.stderr and "nothing sold" in r.stderr, r.stderr
         wait_for(lambda: any(b["kind"] == "halt" for b in sink.bodies), 10, what="the halt alert at the webhook")
     finally:
         sink.close()

@@ -134,6 +134,55 @@ def test_daily_loss_agent_and_account_reduce_then_only_sells_pass(tmp_path: Path
     asyncio.run(main())
 
 
+def test_a_resume_accepts_what_tripped_and_holds_until_it_worsens(tmp_path: Path) -> None:
+    """An operator's resume after an automatic state is not undone by the next sweep (it was, a fifth of
+    a lease later, with a second page): the kill switch's errors are forgiven, today's loss is accepted
+    (a further loss of the limit reduces again), a drawdown past its limit restarts the peak."""
+
+    async def main() -> None:
+        cfg = GatewayConfig(kill_errors=3, risk=RiskLimits(max_daily_loss=100_000))
+        async with Desk(tmp_path, cfg) as d:
+            risk, seen = d.core.risk, []
+            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append(kind))
+            risk.broker_errors = [d.core.book.now_ns()] * 3
+            risk.sweep([])
+            assert risk.global_state is TradingState.HALTED
+            assert "3 recent broker errors forgiven" in risk.accept("", None)[0]  # what `resume --all` does
+            risk.set_state("", TradingState.ACTIVE, why="resume")
+            risk.sweep([])
+            assert risk.global_state is TradingState.ACTIVE and seen.count(AlertKind.KILL_SWITCH) == 1
+
+            c = msgspec.structs.replace(card(), risk=RiskLimits(max_daily_loss=100_000, max_drawdown_pct=0.2))
+            assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None
+            await asyncio.wait_for(_until(lambda: d.core.portfolio.position("alpha", "005930") is not None), 5)
+            equity = d.core.portfolio.agent_equity("alpha", c.budget)
+            risk.peaks.reset("alpha", equity + 1_000_000)  # a peak 2 % above: past the 0.2 % drawdown limit
+            d.core.portfolio.marks["005930"] = 55_000  # -150,000 today
+            risk.sweep([c])
+            assert risk.agent_state("alpha") is TradingState.REDUCING
+            assert risk.global_state is TradingState.REDUCING  # the account's limit too
+            notes = risk.accept("alpha", c)  # what `resume --agent alpha` does
+            assert "today's loss -150,105 accepted" in notes[0] and "drawdown accepted" in notes[1], notes
+            assert risk.peaks.peak("alpha", c.risk.drawdown_peak) == equity
+            risk.set_state("alpha", TradingState.ACTIVE, why="resume")
+            risk.accept("", None)
+            risk.set_state("", TradingState.ACTIVE, why="resume")
+            risk.sweep([c])
+            assert (risk.agent_state("alpha"), risk.global_state) == (TradingState.ACTIVE, TradingState.ACTIVE)
+            assert d.submit(c, order("alpha", 2, qty=1, price=55_000)) is ErrorCode.DENIED_DAILY_LOSS  # the gate still
+            d.core.portfolio.marks["005930"] = 44_000  # a further -110,000: past the accepted loss by the limit
+            risk.sweep([c])
+            assert risk.agent_state("alpha") is TradingState.REDUCING
+        # the acceptance is persisted: a restarted gateway does not trip on the accepted loss either
+        _, store, _, _ = make_core(tmp_path / "gw.sqlite", FakeBroker())
+        try:
+            assert store.get_meta("loss_accepted:alpha", "").endswith("|-150105")
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
 def test_automatic_halt_reaches_the_notifier_kind(tmp_path: Path) -> None:
     async def main() -> list[tuple[object, str]]:
         seen: list[tuple[object, str]] = []
