@@ -81,8 +81,13 @@ class ConsoleModel:
         self.on_update = on_update  # called with "status" | "orders" | "market" | "events"
         self.status: StatusReply | None = None
         self.error = ""  # why the gateway cannot be reached ("" when it can)
+        # when `status` was fetched (time.monotonic()): while `error` is set, `status` is the dead
+        # gateway's last word, and a view must say how old it is rather than show it as current
+        self.status_at = 0.0
         self.orders: list[OrderView] = []
         self.fills: list[FillView] = []
+        self.orders_error = ""  # why the last orders query failed ("" when it worked): orders/fills are stale
+        self.orders_at = 0.0  # when orders/fills were fetched (time.monotonic())
         self.market: dict[str, MarketRow] = {}
         self.events: deque[str] = deque(maxlen=200)
         self.rest_rate = 0.0  # REST calls/s between the last two status replies
@@ -117,7 +122,7 @@ class ConsoleModel:
                 k: max(0.0, (v - by0.get(k, 0)) / (now - t0)) for k, v in st.health.rest_calls_by.items()
             }
         self._rest_sample = (now, st.health.rest_calls, dict(st.health.rest_calls_by))
-        self.status = st
+        self.status, self.status_at = st, now
         self._ensure_sub()
         for a in st.agents:
             for code in a.codes:
@@ -129,9 +134,10 @@ class ConsoleModel:
         try:
             ol = await asyncio.to_thread(fetch_orders, self.run_dir, agent, 0, limit, 2.0)
         except (ConnectionFileError, KtraderError) as e:
-            self.error = str(e)
+            self.error = self.orders_error = str(e)
             return
         self.orders, self.fills = ol.orders, ol.fills
+        self.orders_error, self.orders_at = "", time.monotonic()
         self._notify("orders")
 
     # ---- live events (PUB) ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -71,10 +72,22 @@ class Dashboard:
         st = self.model.status
         if st is None:
             return json.dumps({"error": self.model.error or "connecting to the gateway"})
-        return msgspec.json.encode(st).decode()
+        if not self.model.error:
+            return msgspec.json.encode(st).decode()
+        # The gateway crashed or hangs: its last status is all there is. Send it, but with the error
+        # and its age, so the page shows it as stale instead of a dead gateway's figures as live.
+        return _stale(st, self.model.error, self.model.status_at)
 
     def _orders_json(self) -> str:
-        return msgspec.json.encode({"orders": self.model.orders, "fills": self.model.fills}).decode()
+        body = {"orders": self.model.orders, "fills": self.model.fills}
+        if not self.model.orders_error:
+            return msgspec.json.encode(body).decode()
+        return _stale(body, self.model.orders_error, self.model.orders_at)
+
+    async def _refresh_orders(self) -> None:
+        await self.model.refresh_orders()
+        if self.model.orders_error:  # the model notifies only on success: tell the page its orders are stale
+            self.broadcast("orders", self._orders_json())
 
     def _market_json(self) -> str:
         return json.dumps(
@@ -110,7 +123,7 @@ class Dashboard:
     async def start(self, app: web.Application) -> None:
         self._tasks = [
             asyncio.create_task(self._refresh(self.model.refresh_status)),
-            asyncio.create_task(self._refresh(self.model.refresh_orders)),
+            asyncio.create_task(self._refresh(self._refresh_orders)),
         ]
 
     async def stop(self, app: web.Application) -> None:
@@ -215,6 +228,15 @@ class Dashboard:
 
     async def _close_streams(self, app: web.Application) -> None:
         self.clients.clear()
+
+
+def _stale(data: object, error: str, fetched_at: float) -> str:
+    """`data` as JSON with `error` and `age_s` (seconds since it was fetched) added: the page's mark
+    that these are the last figures a gateway gave before it stopped answering, not current ones."""
+    body: dict[str, object] = msgspec.to_builtins(data)
+    body["error"] = error
+    body["age_s"] = round(max(0.0, time.monotonic() - fetched_at), 1) if fetched_at else None
+    return msgspec.json.encode(body).decode()
 
 
 def new_token() -> str:

@@ -50,8 +50,23 @@ async function act(action, agent, all) {
 
 function netPnl(a) { return a.realized_pnl - a.fees + a.unrealized_pnl; }
 
+// How old figures are, for the stale marks ("12s old", "3m 5s old"); null: never fetched.
+function age(s) {
+  if (s == null) return "never fetched";
+  s = Math.round(s);
+  return s < 60 ? `${s}s old` : s < 3600 ? `${Math.floor(s / 60)}m ${s % 60}s old` : `${Math.floor(s / 3600)}h ${Math.floor(s / 60) % 60}m old`;
+}
+
+function setLive(text, klass) { $("live").textContent = text; $("live").className = klass; }
+
 function renderStatus(st) {
-  if (st.error) { $("live").textContent = st.error; return; }
+  // error with figures: the gateway stopped answering and these are its last ones (age_s old).
+  // They stay on screen for the operator, dimmed and labelled stale, never passed off as live.
+  const stale = !!st.error;
+  if (stale && !st.agents) { setLive(st.error, "up"); return; }  // no status ever: nothing to show yet
+  document.body.classList.toggle("stale-status", stale);
+  if (stale) setLive(`STALE (${age(st.age_s)}) gateway unreachable: ${st.error}`, "badge hot");
+  else setLive("live", "online");
   status = st;
   $("phase").textContent = (st.market_phase || "?").replaceAll("_", " ");
   $("session").textContent = st.session_state;
@@ -80,6 +95,7 @@ function renderStatus(st) {
       b.onclick = () => act(action, a.id, false);
       td.appendChild(b);
     }
+    if (stale) return;  // a dead gateway's P&L is not a new point on the equity curve
     const now = Date.now() / 1000;  // this page's intraday equity samples, per agent
     (intraday[a.id] = intraday[a.id] || []).push([now, net]);
     if (intraday[a.id].length > 3600) intraday[a.id].shift();
@@ -162,6 +178,9 @@ function renderMarket(m) {
 }
 
 function renderOrders(o) {
+  // error: the orders query failed; these are the last orders and fills fetched, marked stale
+  document.body.classList.toggle("stale-orders", !!o.error);
+  for (const el of document.querySelectorAll(".orders-stale")) el.textContent = o.error ? `STALE (${age(o.age_s)}): ${o.error}` : "";
   $("fills-n").textContent = `${o.fills.length}`;
   fill("fills", o.fills, (tr, f) => {
     tr.dataset.fill = f.fill_id;
@@ -183,8 +202,9 @@ function renderEvents(lines) {
 
 function connect() {
   const es = new EventSource("/api/stream");
-  es.onopen = () => { $("live").textContent = "live"; $("live").className = "online"; };
-  es.onerror = () => { $("live").textContent = "reconnecting…"; $("live").className = "up"; };
+  // "live" only once a fresh status arrives (renderStatus): an open stream may carry stale figures
+  es.onopen = () => setLive("connected…", "dim");
+  es.onerror = () => setLive("reconnecting…", "up");
   es.addEventListener("status", (e) => renderStatus(JSON.parse(e.data)));
   es.addEventListener("orders", (e) => renderOrders(JSON.parse(e.data)));
   es.addEventListener("market", (e) => renderMarket(JSON.parse(e.data)));
