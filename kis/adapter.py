@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
@@ -91,6 +92,8 @@ ORD_DVSN: dict[tuple[OrderType, TimeInForce], str] = {
 PRICELESS = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
 
 MARKET_TR = {MarketKind.TRADES: TR_TRADES, MarketKind.BOOK: TR_BOOK}
+# capabilities that rest on one TR: not advertised where the environment lacks it (paper)
+CAPABILITY_TR: dict[Capability, Tr] = {Capability.VOLUME_RANK: Tr.VOLUME_RANK, Capability.SESSION_DAYS: Tr.HOLIDAY}
 
 
 def _odno(s: str) -> str:
@@ -135,6 +138,10 @@ class KisBroker(BrokerPort):
     ) -> None:
         self.env = env
         self._creds = creds
+        self.capabilities = frozenset(
+            c for c in type(self).capabilities if c not in CAPABILITY_TR or env.supports(CAPABILITY_TR[c])
+        )
+        self._lots_logged: set[str] = set()  # codes whose per-lot balance rows were merged (logged once)
         for value, label in (
             (creds.app_key, "app key"),
             (creds.app_secret, "app secret"),
@@ -441,7 +448,7 @@ class KisBroker(BrokerPort):
                 qty = krw(r.hldg_qty)
                 if qty <= 0:
                     continue  # sold today: KIS keeps the row with 0 until D+2
-                out[r.pdno] = BrokerPosition(
+                pos = BrokerPosition(
                     code=r.pdno,
                     qty=qty,
                     sellable_qty=krw(r.ord_psbl_qty),
@@ -449,7 +456,28 @@ class KisBroker(BrokerPort):
                     purchase_value=krw(r.pchs_amt),
                     last_price=krw(r.prpr),
                 )
+                had = out.get(r.pdno)
+                out[r.pdno] = pos if had is None else self._merge_lots(had, pos)
         return list(out.values())
+
+    def _merge_lots(self, a: BrokerPosition, b: BrokerPosition) -> BrokerPosition:
+        """One code in several balance rows (per lot: 현금 cash, 자기융자 margin loan, API.md §4.5): one
+        position holding them all, its average the purchase value over the quantity (KIS's 4 decimals)."""
+        if a.code not in self._lots_logged:
+            self._lots_logged.add(a.code)
+            log.warning("balance lists %s in several lots (cash/margin): positions() sums them", a.code)
+        qty, value = a.qty + b.qty, a.purchase_value + b.purchase_value
+        # no purchase amounts reported: weigh the rows' averages (whole won) instead
+        cost = value if value > 0 else krw(a.avg_price) * a.qty + krw(b.avg_price) * b.qty
+        avg = Decimal(cost) / qty
+        return BrokerPosition(
+            code=a.code,
+            qty=qty,
+            sellable_qty=a.sellable_qty + b.sellable_qty,
+            avg_price=str(avg.quantize(Decimal("0.0001"), ROUND_HALF_UP)),
+            purchase_value=value,
+            last_price=b.last_price or a.last_price,
+        )
 
     async def account(self, *, caller: str = DEFAULT_CALLER) -> BrokerAccount:
         pages = await self._balance_pages(caller)

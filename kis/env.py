@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from common.config import BrokerConfig, BrokerEnv
+from kis.port import BrokerUnsupported
 
 REAL_REST_URL = "https://openapi.koreainvestment.com:9443"
 PAPER_REST_URL = "https://openapivts.koreainvestment.com:29443"
@@ -51,6 +52,10 @@ OLD_TR_IDS: dict[Tr, str] = {
 PAPER_UNSUPPORTED: frozenset[Tr] = frozenset({Tr.PSBL_SELL, Tr.VOLUME_RANK, Tr.HOLIDAY})
 
 
+class TrUnsupported(BrokerUnsupported, ValueError):
+    """A TR this environment does not offer: the port's typed refusal (a ValueError as before)."""
+
+
 class Path(StrEnum):
     TOKEN = "/oauth2/tokenP"
     REVOKE = "/oauth2/revokeP"
@@ -85,7 +90,7 @@ class KisEnvironment(msgspec.Struct, frozen=True, kw_only=True):
     def tr_id(self, tr: Tr) -> str:
         if self.paper:
             if tr in PAPER_UNSUPPORTED:
-                raise ValueError(f"{tr.name} ({tr.value}) is not available on paper (모의투자)")
+                raise TrUnsupported(f"{tr.name} ({tr.value}) is not available on paper (모의투자)", code="UNSUPPORTED")
             return paper_tr_id(tr.value)
         return tr.value
 

@@ -10,6 +10,7 @@ what to check. Used by the REST client, the websocket watchdog, start-up and `kt
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from enum import StrEnum
@@ -19,6 +20,7 @@ import aiohttp
 import httpx
 import msgspec
 
+from common.redact import redact
 from kis.port import BrokerTemporary
 
 
@@ -85,13 +87,31 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+# a URL's query string: account inquiries carry the account number there (CANO=...)
+_QUERY = re.compile(r"(\b(?:https?|wss?)://[^\s?'\"]*)\?[^\s'\"]*")
+
+
 def _short(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    if isinstance(e, aiohttp.ClientResponseError):
+        # its str() ends with the request URL, query string included: status and message only
+        text = f"{e.status} {' '.join(str(e.message).split())}".strip()
+    else:
+        text = (str(e).strip() or type(e).__name__).splitlines()[0]
+    return text[:200]
+
+
+def _clean(reason: str) -> str:
+    """A reason is shown in errors, replies and alerts: no query string, no registered secret."""
+    return redact(_QUERY.sub(r"\1", reason))
 
 
 def explain(exc: BaseException, url: str) -> NetProblem:
     """What went wrong reaching `url`, from a transport exception (httpx, websockets, OSError)."""
+    problem = _explain(exc, url)
+    return msgspec.structs.replace(problem, reason=_clean(problem.reason))
+
+
+def _explain(exc: BaseException, url: str) -> NetProblem:
     target = target_of(url)
     chain = _chain(exc)
     for e in chain:

@@ -408,6 +408,7 @@ class KisRest:
         pages: list[T] = []
         tr_cont = ""
         params = dict(params)
+        sent: set[tuple[str, str]] = set()  # continuation keys already asked for
         for _ in range(max_pages):
             page = await self.request(
                 "GET", path, tr_id, type_, params=params, kind=Kind.READ, lane=lane, caller=caller, tr_cont=tr_cont
@@ -418,7 +419,26 @@ class KisRest:
                 return pages
             if not body.ctx_area_nk100.strip():
                 return pages  # nothing to continue from, whatever the header says
-            params["CTX_AREA_FK100"] = body.ctx_area_fk100
-            params["CTX_AREA_NK100"] = body.ctx_area_nk100
+            key = (body.ctx_area_fk100, body.ctx_area_nk100)
+            # a key already sent asks for a page we had: following it only spends the shared budget
+            # (500 pages), so the caller gets the typed error at once and retries later
+            if key in sent:
+                raise BrokerTemporary(f"{path}: KIS repeated a continuation key (page {len(pages)})", code="PAGING")
+            if _rows(body) == 0:
+                # "more" on a page without rows: the end in all but name (an error here would keep a
+                # reconciliation from ever completing on such an answer)
+                log.warning("%s: page %d has no rows but says more: taken as the last", path, len(pages))
+                return pages
+            sent.add(key)
+            params["CTX_AREA_FK100"], params["CTX_AREA_NK100"] = key
             tr_cont = "N"
         raise BrokerTemporary(f"{path}: more than {max_pages} pages", code="PAGING")
+
+
+def _rows(body: Envelope) -> int | None:
+    """Rows a paged reply brought (its list output), None when it has no list output."""
+    for name in ("output1", "output"):
+        rows = getattr(body, name, None)
+        if isinstance(rows, list):
+            return len(rows)
+    return None
