@@ -4,8 +4,9 @@
   `max_registrations` (41) TR+key pairs, the notice slot (H0STCNI0/9, tr_key = HTS id) reserved and
   registered first on every session.
 - Acks are tracked: OPSP0000 success (AES key/iv kept for notices), OPSP0002 ALREADY IN SUBSCRIBE =
-  success, OPSP0008 MAX SUBSCRIBE OVER reported to the caller, OPSP0011/OPSP8996 end the session
-  and the watchdog backs off before trying again.
+  success (a notice slot without key/iv is released and asked for again), OPSP0008 MAX SUBSCRIBE OVER
+  reported to the caller, OPSP0011/OPSP8996 end the session (whoever asked) and the watchdog backs
+  off before trying again. An ack that does not come in time on a live session: asked for again.
 - Frames are received as bytes and decoded with errors='replace': invalid UTF-8 from the server
   must not close the session (API.md §8.2).
 - Watchdog: on silence, error or close the state goes to DEGRADED, then the session is rebuilt with
@@ -43,6 +44,9 @@ Key = tuple[str, str]  # (tr_id, tr_key)
 OK_SUBSCRIBE = codes_with(Verdict.WS_SUBSCRIBED, Verdict.WS_ALREADY)  # success, already in subscribe
 OK_UNSUBSCRIBE = codes_with(Verdict.WS_UNSUBSCRIBED, Verdict.WS_NOT_SUBSCRIBED)  # success, was not subscribed
 SESSION_FATAL = codes_with(Verdict.WS_APPROVAL_INVALID, Verdict.WS_KEY_IN_USE)  # bad approval key, app key in use
+# why a registration has no ack: the session ended, or it lives on and KIS did not answer in time
+LOST = "DISCONNECTED"
+NO_ACK = "NO_ACK"
 _REFUSAL_PROBLEM = {
     Verdict.WS_APPROVAL_INVALID: SessionProblem.APPROVAL_INVALID,
     Verdict.WS_KEY_IN_USE: SessionProblem.KEY_IN_USE,
@@ -90,13 +94,16 @@ class SessionEnded(Exception):
     pass
 
 
+def safe_msg(code: str, message: str) -> str:
+    """KIS's msg1 fit to show: OPSP0011 echoes the approval key ('invalid approval : <key>')."""
+    return "invalid approval key" if code == "OPSP0011" else message
+
+
 class SessionRefused(SessionEnded):
     """KIS refused the session (OPSP8996 app key in use, OPSP0011 bad approval key)."""
 
     def __init__(self, code: str, message: str) -> None:
-        if code == "OPSP0011":
-            message = "invalid approval key"  # KIS echoes the key in msg1: keep it out of logs/events
-        super().__init__(f"{code} {message}")
+        super().__init__(f"{code} {safe_msg(code, message)}")
         self.code = code
 
 
@@ -339,6 +346,8 @@ class KisWebSocket:
                     gap = Gap(since=self._gap_since, until=now_kst(), reason="real-time session interrupted")
                     self._gap_since = None
                     self._emit(gap)
+                if not ok:  # no notices from now until the slot is granted (_register_again repairs then)
+                    self._gap_since = now_kst()
                 await reader
             finally:
                 retry.cancel()
@@ -353,17 +362,43 @@ class KisWebSocket:
         (KIS may have let go of the old session's keys by then), paced, while the session lasts."""
         while True:
             await asyncio.sleep(self.cfg.refused_retry_s)
-            for key in sorted(self._refused):
+            # the notice slot first: orders wait for it
+            for key in sorted(self._refused, key=lambda k: (k != self.notice_key, k)):
                 if key not in self._wanted or key in self._active or key in self._pending:
                     self._refused.discard(key)
                     continue
-                res = await self._register(ws, key)
-                if res.code == "DISCONNECTED":
+                res = await self._register_again(ws, key)
+                if res.code == LOST or res.code in SESSION_FATAL:  # the session is over (see _on_control)
                     return
-                if res.ok:
-                    self._refused.discard(key)
-                    log.info("registration of %s accepted on a later try", key)
                 await asyncio.sleep(self.cfg.batch_pace_s)
+
+    async def _register_again(self, ws: websockets.ClientConnection, key: Key) -> SubscriptionResult:
+        """Ask again for a key refused on this session: kept in the retry set until KIS grants it or
+        says what cannot heal; the notice slot granted ends the DEGRADED it caused."""
+        self._refused.discard(key)
+        res = await self._register(ws, key)
+        if res.ok:
+            log.info("registration of %s accepted on a later try", key)
+            if key == self.notice_key and self.state is SessionState.DEGRADED and ws is self._ws:
+                self._note(SessionProblem.NONE, "")
+                self._set_state(SessionState.READY, "notice slot registered on a later try")
+                if self._gap_since is not None:  # fills meanwhile had no notice
+                    gap = Gap(since=self._gap_since, until=now_kst(), reason="no order notices until now")
+                    self._gap_since = None
+                    self._emit(gap)
+        elif res.code != LOST and res.code not in SESSION_FATAL:
+            if key != self.notice_key or self._notice_refused(res):
+                self._refused.add(key)
+        return res
+
+    def _notice_refused(self, res: SubscriptionResult) -> bool:
+        """Note why the notice slot is unusable; True when asking again may help (not a wrong HTS id)."""
+        hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
+        self._note(
+            SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED,
+            f"{res.code} {res.message}".strip(),
+        )
+        return not hts_refused
 
     @property
     def refused(self) -> frozenset[Key]:
@@ -372,23 +407,20 @@ class KisWebSocket:
 
     async def _sync(self, ws: websockets.ClientConnection) -> tuple[bool, str]:
         """Register the notice slot, then everything in the ledger in paced batches."""
+        self._refused.clear()  # a new session tries every wanted key again
         res = await self._register(ws, self.notice_key)
-        if res.code == "DISCONNECTED":
+        if res.code == LOST:
             await self._raise_reader_error()
             raise SessionEnded("session lost while registering the notice slot")
         if not res.ok:
             if res.code in SESSION_FATAL:
                 raise SessionRefused(res.code, res.message)
             notice_problem = f"notice slot refused: {res.code} {res.message}"
-            hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
-            self._note(
-                SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED,
-                f"{res.code} {res.message}".strip(),
-            )
+            if self._notice_refused(res):
+                self._refused.add(self.notice_key)  # DEGRADED until a later try gets it (_retry_refused)
         else:
             notice_problem = ""
         first = True
-        self._refused.clear()  # a new session tries every wanted key again
         while True:
             todo = [
                 k
@@ -406,7 +438,7 @@ class KisWebSocket:
                 for k, r in zip(batch, results, strict=True):
                     if r.code in SESSION_FATAL:
                         raise SessionRefused(r.code, r.message)
-                    if r.code == "DISCONNECTED":
+                    if r.code == LOST:
                         await self._raise_reader_error()
                         raise SessionEnded("session lost while re-registering")
                     if not r.ok:
@@ -435,26 +467,35 @@ class KisWebSocket:
         key = (tr_id, tr_key)
         if key in self._wanted:
             self._wanted[key] += 1
-            if key in self._refused and (ws := self._ws) is not None:  # refused at the session's sync: ask again
-                self._refused.discard(key)
-                res = await self._register(ws, key)
-                if not res.ok and res.code != "DISCONNECTED":
-                    self._refused.add(key)
-                return res
-            return SubscriptionResult(ok=True, code="", message="already registered (shared)")
-        if len(self._wanted) >= self.cfg.max_registrations:
-            return SubscriptionResult(
-                ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use"
-            )
-        self._wanted[key] = 1
-        ws = self._ws
-        if self.state not in (SessionState.READY, SessionState.DEGRADED) or ws is None:
-            return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is ready")
-        res = await self._register(ws, key)
-        if not res.ok and res.code not in ("DISCONNECTED",):
-            self._wanted.pop(key, None)
-        if res.code == "DISCONNECTED":
+            if key not in self._refused or (ws := self._ws) is None:
+                return SubscriptionResult(ok=True, code="", message="already registered (shared)")
+            res = await self._register_again(ws, key)  # refused on this session: ask again
+        else:
+            if len(self._wanted) >= self.cfg.max_registrations:
+                return SubscriptionResult(
+                    ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use"
+                )
+            self._wanted[key] = 1
+            ws = self._ws
+            if self.state not in (SessionState.READY, SessionState.DEGRADED) or ws is None:
+                return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is ready")
+            res = await self._register(ws, key)
+            if res.code == NO_ACK:
+                self._refused.add(key)  # KIS may have taken it: asking again settles it (OPSP0002 = success)
+            elif not res.ok and res.code != LOST and res.code not in SESSION_FATAL:
+                self._wanted.pop(key, None)
+        # kept wanted in these cases: reported ok, so the caller releases it one day
+        if res.code == LOST:
             return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is back")
+        if res.code in SESSION_FATAL:  # the reader ends the session (_on_control); the next one registers it
+            why = f"KIS ended the session ({res.code} {res.message}); registered on the next"
+            return SubscriptionResult(ok=True, code="QUEUED", message=why)
+        if res.code == NO_ACK:
+            return SubscriptionResult(
+                ok=True,
+                code=NO_ACK,
+                message=f"no ack in {self.cfg.ack_timeout_s:g}s; asked again every {self.cfg.refused_retry_s:g}s",
+            )
         return res
 
     async def unsubscribe(self, tr_id: str, tr_key: str) -> SubscriptionResult:
@@ -473,23 +514,45 @@ class KisWebSocket:
             return SubscriptionResult(ok=True)
         self._active.discard(key)
         ctl = await self._send_and_wait(ws, key, "2")
-        if ctl is None:
-            return SubscriptionResult(ok=True, code="DISCONNECTED", message="session gone; nothing registered")
+        if ctl == LOST:
+            return SubscriptionResult(ok=True, code=LOST, message="session gone; nothing registered")
+        if isinstance(ctl, str):
+            return SubscriptionResult(ok=True, code=ctl, message="released here; KIS did not ack in time")
         body = ctl.body
         code = body.msg_cd if body else ""
         return SubscriptionResult(
             ok=code in OK_UNSUBSCRIBE or (body is not None and body.rt_cd == "0"),
             code=code,
-            message=(body.msg1 if body else ""),
+            message=safe_msg(code, body.msg1 if body else ""),
         )
 
     async def _register(self, ws: websockets.ClientConnection, key: Key) -> SubscriptionResult:
+        res = await self._register_once(ws, key)
+        if not (res.ok and key[0] in NOTICE_TRS and key[0] not in self.parser.ciphers):
+            return res
+        # Registered without AES key/iv (OPSP0002 after a fast reconnect): every notice of the session
+        # would be lost. Released and asked again, KIS answers SUBSCRIBE SUCCESS with them.
+        log.warning("%s registered (%s) without AES key/iv: releasing it to ask again", key[0], res.code)
+        self._active.discard(key)
+        released = await self._send_and_wait(ws, key, "2")
+        if released == LOST:
+            return SubscriptionResult(ok=False, code=LOST, message="session lost while releasing the notice slot")
+        res = await self._register_once(ws, key)
+        if res.ok and key[0] not in self.parser.ciphers:
+            self._active.discard(key)  # not usable: retried as refused
+            why = f"{res.message} without AES key/iv: notices cannot be decrypted".strip()
+            return SubscriptionResult(ok=False, code=res.code, message=why)
+        return res
+
+    async def _register_once(self, ws: websockets.ClientConnection, key: Key) -> SubscriptionResult:
         self.sent_registrations.append((self.sessions, key))
         ctl = await self._send_and_wait(ws, key, "1")
-        if ctl is None:
-            return SubscriptionResult(ok=False, code="DISCONNECTED", message="no ack (session lost or ack timeout)")
+        if ctl == LOST:
+            return SubscriptionResult(ok=False, code=LOST, message="no ack: session lost")
+        if isinstance(ctl, str):
+            return SubscriptionResult(ok=False, code=ctl, message=f"no ack in {self.cfg.ack_timeout_s:g}s")
         body = ctl.body
-        code, msg = (body.msg_cd, body.msg1.strip()) if body else ("", "")
+        code, msg = (body.msg_cd, safe_msg(body.msg_cd, body.msg1.strip())) if body else ("", "")
         if code in OK_SUBSCRIBE or (body is not None and body.rt_cd == "0"):
             self._active.add(key)
             out = body.output if body else None
@@ -498,12 +561,11 @@ class KisWebSocket:
                     self.parser.set_cipher(key[0], out.key, out.iv)
                 except ValueError as e:
                     log.error("notice key from the ack unusable: %s", e)
-            elif key[0] in NOTICE_TRS and key[0] not in self.parser.ciphers:
-                log.warning("%s registered (%s) without AES key/iv: notices cannot be decrypted", key[0], code)
             return SubscriptionResult(ok=True, code=code, message=msg)
         return SubscriptionResult(ok=False, code=code, message=msg)
 
-    async def _send_and_wait(self, ws: websockets.ClientConnection, key: Key, tr_type: str) -> Control | None:
+    async def _send_and_wait(self, ws: websockets.ClientConnection, key: Key, tr_type: str) -> Control | str:
+        """The ack, or why there is none: LOST (the session ended) or NO_ACK (it lives on)."""
         fut: asyncio.Future[Control] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         msg = {
@@ -524,9 +586,10 @@ class KisWebSocket:
             await asyncio.wait(waiters, timeout=self.cfg.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             if fut.done() and not fut.exception():
                 return fut.result()
-            return None
+            live = not fut.done() and ws is self._ws and self._reader is not None and not self._reader.done()
+            return NO_ACK if live else LOST
         except (ConnectionClosed, ConnectionError, OSError):
-            return None
+            return LOST
         finally:
             if self._pending.get(key) is fut:
                 del self._pending[key]
@@ -590,6 +653,10 @@ class KisWebSocket:
             events = []
             if p.errors <= 5 or p.errors % 100 == 0:
                 log.warning("real-time frame dropped (%d so far): %s", p.errors, str(e)[:200])
+            parts = text.split("|", 2)
+            if len(parts) > 1 and parts[1] in NOTICE_TRS:  # a whole notice frame lost (no key, wrong key, cut)
+                now = now_kst()
+                events.append(Gap(since=now, until=now, reason=f"an order notice frame did not read ({str(e)[:200]})"))
         if p.bad_records != bad_before:
             n = sum(p.bad_records.values())
             if n <= 5 or n % 100 == 0:
@@ -614,12 +681,13 @@ class KisWebSocket:
             return
         key = (ctl.header.tr_id, ctl.header.tr_key)
         fut = self._pending.get(key)
-        if fut is None and self._pending:
-            # error acks may not name the TR (OPSP0017 has tr_id "(null)"): give it to the oldest waiter
+        if fut is None and self._pending and ctl.header.tr_id in ("(null)", ""):
+            # error acks may not name the TR (OPSP0017 has tr_id "(null)"): give it to the oldest waiter.
+            # An ack naming another key is a late one (its wait timed out): never someone else's answer.
             fut = next(iter(self._pending.values()))
         if fut is not None and not fut.done():
             fut.set_result(ctl)
-        elif body.msg_cd in SESSION_FATAL:
+        if body.msg_cd in SESSION_FATAL:  # the session is over whoever asked; the waiter has the code
             raise SessionRefused(body.msg_cd, body.msg1.strip())
-        elif body.rt_cd not in ("0", ""):
+        if fut is None and body.rt_cd not in ("0", ""):
             log.warning("unsolicited KIS control reply %s %s", body.msg_cd, body.msg1.strip())
