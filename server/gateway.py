@@ -53,6 +53,7 @@ from common.schema import (
     HeaderFactory,
     Heartbeat,
     Message,
+    Notice,
     ModifyOrder,
     OrdersList,
     OrdersReply,
@@ -198,7 +199,7 @@ class Gateway:
             self.broker.account if cfg.daily_cash_check else None,
             self.alerts,
         )
-        self.subs = SubscriptionManager(broker)
+        self.subs = SubscriptionManager(broker, on_refused=self._subscription_refused)
         self.master: StockMaster | None = None  # installed below, once the sessions exist
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
@@ -707,6 +708,17 @@ class Gateway:
         for code in sorted(self._protected - want):
             self.subs.release(protection_room.HOLDER, MarketKind.TRADES, code)
             self._protected.discard(code)
+
+    def _subscription_refused(self, agent: str, notice: Notice) -> None:
+        """The broker refused a registration want() had granted: an agent is told (its runtime polls
+        quotes and asks again); the protections' watch asks again at its next look, alerted once."""
+        if agent != protection_room.HOLDER:
+            self.book.notify(agent, notice)
+            return
+        self._protected.discard(notice.code)
+        if notice.code not in self._refused_protected:
+            self._refused_protected.add(notice.code)
+            self.alerts(f"protective orders on {notice.code} cannot watch its prints: {notice.text}")
 
     def _new_day(self, day: str) -> None:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again

@@ -1,7 +1,14 @@
 """The gateway's market-data fan-out: trade and book prints → PUB topics, candles built from the
 prints (server.bars) → PUB bar topics and the bar store, the last state per code for snapshots
 (`GetMarket`), and warm-up history (`GetBars`) from the store, back-filled from the broker's chart
-API when the store has too few bars.
+API when the store has too few bars, or (daily bars, KRX sessions) when a trading day of the window
+is missing from the store.
+
+A restart (or a code first heard mid-session) leaves the first intraday bucket of each code partial:
+built only from the prints heard since (the first print heard carries more day volume than its own).
+Such a bucket is not published nor stored: an agent sees no bar for it (its next bar is the first one)
+rather than a wrong one (open/high/low off, volume tiny). Daily bars are exempt: the day close replaces
+them with the broker's daily bar (`close_daily`).
 
 Exchange time: KIS prints carry HHMMSS only. We date them with the gateway's KST date and keep the
 offset between the latest print's time and the wall clock, so `flush()` (a 1 s timer) closes bars on
@@ -14,6 +21,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 
+from common.calendar import previous_trading_day
 from common.clock import KST, now_kst
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
@@ -57,6 +65,14 @@ class MarketData:
         self.hold_daily = rule is SessionRule.KRX
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
         self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
+        # code -> exchange time (naive KST) of the first print heard of it: an intraday bucket that started
+        # before it was not heard whole (a gateway restart, a code first subscribed mid-bucket)
+        self.heard_since: dict[str, dt.datetime] = {}
+        self.bars_partial = 0  # first buckets not published for being partial
+        # (code, first day, last day) of a daily window with a hole -> the day the broker was asked to fill
+        # it: its answer is the truth for that day (a halted code has no bar on a trading day), so the same
+        # hole is not asked about on every GetBars
+        self._hole_asked: dict[tuple[str, str, str], dt.date] = {}
 
     def new_day(self, day: str = "") -> None:
         """A new trading day: the last print and book of a code are yesterday's, not news for an agent
@@ -64,6 +80,7 @@ class MarketData:
         closed bars stay (history), and so do the topics' sequence numbers (gap detection)."""
         self.trades.clear()
         self.books.clear()
+        self._hole_asked.clear()
 
     def counters(self) -> dict[str, int]:
         return {
@@ -73,6 +90,7 @@ class MarketData:
             "prints_unusable": self.bad_prints,
             "daily_bars_corrected": self.daily_corrected,
             "daily_bars_unconfirmed": self.daily_unconfirmed,
+            "bars_partial_dropped": self.bars_partial,
         }
 
     # ---- clock ---------------------------------------------------------------------------------
@@ -129,6 +147,10 @@ class MarketData:
         wall = wall or self.wall()
         try:
             when = self._date_print(ev.time, wall, ev.date)
+            if ev.code not in self.heard_since:
+                # the day's first print (its quantity is all the day's volume) follows nothing we missed; a
+                # later one does: prints before it were not heard (a print outside the session counts)
+                self.heard_since[ev.code] = when.replace(tzinfo=None) if ev.cum_volume > ev.qty else dt.datetime.min
             closed = self.builder.on_trade(ev.code, when.date(), ev.time, ev.price, ev.qty)
         except (BarError, ValueError) as e:
             self.bad_prints += 1
@@ -217,7 +239,21 @@ class MarketData:
         out.sort(key=bar_order)
         return out
 
+    def _partial(self, b: Bar) -> bool:
+        """An intraday bar whose bucket began before the first print we heard of its code: prints of it
+        were missed (before a restart), so its open/high/low/volume are not the exchange's."""
+        if b.interval not in MINUTES:
+            return False
+        since = self.heard_since.get(b.code)
+        return since is not None and dt.datetime.fromisoformat(b.start) < since
+
     def _emit(self, bars: list[Bar]) -> None:
+        partial = [b for b in bars if self._partial(b)]
+        if partial:
+            # dropped, not sent as final: the agent gets no bar for the bucket rather than a wrong one
+            self.bars_partial += len(partial)
+            log.info("not publishing partial first bars (heard from mid-bucket): %s", partial)
+            bars = [b for b in bars if not self._partial(b)]
         if not bars:
             return
         for b in bars:
@@ -257,7 +293,10 @@ class MarketData:
         now = self.exchange_now()
         before = self.builder.open_start(code, interval) or _bucket_label(now, interval)
         have = self.store.last(code, interval, n, before)
-        if len(have) >= n or Capability.CHARTS not in broker.capabilities:
+        if Capability.CHARTS not in broker.capabilities:
+            return have, 0
+        hole = self._daily_hole(code, interval, n, before, have, now.date()) if len(have) >= n else None
+        if len(have) >= n and hole is None:
             return have, 0
         if interval == DAILY:
             # today's bar is the builder's, complete only after the close
@@ -273,7 +312,32 @@ class MarketData:
         fetched = [b for b in fetched if b.start < before]
         if fetched:
             self.store.add(fetched)
+        if hole is not None:  # answered (an error propagated above and leaves the hole to ask again)
+            self._hole_asked[hole] = now.date()
         return self.store.last(code, interval, n, before), len(fetched)
+
+    def _daily_hole(
+        self, code: str, interval: str, n: int, before: str, have: list[Bar], today: dt.date
+    ) -> tuple[str, str, str] | None:
+        """The window's key when a full-count daily window misses a trading day of the KRX calendar and the
+        broker was not yet asked to fill it today; else None. A day nobody subscribed the code, or a
+        gateway down over a close, leaves no bar: served as is, an n-day SMA would span the wrong days.
+        The window is the `n` trading days before `before` (today's session, open or not yet closed by
+        the day cycle, is never in it). Cheap when nothing is missing: calendar arithmetic only."""
+        if interval != DAILY or not self.hold_daily or n <= 0:
+            return None  # the calendar means nothing to the twin's all-day clock (its days are synthetic)
+        day = dt.date.fromisoformat(before[:10])
+        days: list[str] = []
+        for _ in range(n):
+            day = previous_trading_day(day)
+            days.append(day.isoformat())
+        if not set(days) - {b.start for b in have}:
+            return None
+        key = (code, days[-1], days[0])
+        if self._hole_asked.get(key) == today:
+            return None  # asked already today: what the broker has not got did not trade (a halt)
+        log.info("daily history of %s %s..%s misses trading days: back-filled from the broker", code, days[-1], days[0])
+        return key
 
 
 def _ohlcv(b: Bar) -> tuple[int, int, int, int, int]:

@@ -1,7 +1,8 @@
 """Market-data sanity: every print and book from the broker is checked before anything uses it.
 
 A print must have a positive price on the day's tick grid, inside the day's band (when the base price
-is known), a quantity that is not negative and a cumulative volume that does not run backwards. A book
+is known), a quantity that is not negative and a cumulative volume that does not run backwards (and
+that moves: a print with a quantity at the last cumulative volume is a duplicate). A book
 must have its levels in order (asks up, bids down, not crossed), on the grid, inside the band. What
 fails is dropped — not published, not marked, not filled against, not in bars — counted by reason, and
 alerted once per code and reason a day. A feed that ran backwards because of one outlier re-anchors
@@ -43,6 +44,7 @@ class Bad(StrEnum):
     GRID = "off_grid"
     BAND = "outside_band"
     VOLUME = "volume_backwards"
+    DUPLICATE = "print_duplicated"  # a print with a quantity that did not move the cumulative volume
     DATE = "date_implausible"  # a business day that is neither the market day nor the next session
     BOOK = "book_out_of_order"
 
@@ -139,6 +141,10 @@ class MarketSanity:
             elif t.date < seen:
                 return Bad.VOLUME  # a print of a past day: its volume counts for nothing today
         last = self._cum.get(t.code, 0)
+        if t.qty > 0 and t.code in self._cum and t.cum_volume == last:
+            # a real print always moves the day's cumulative volume: one that does not is the same print
+            # delivered again (a re-sent frame); taken, it would count twice in every bar and in on_trade
+            return Bad.DUPLICATE
         if t.cum_volume >= last:
             self._cum[t.code] = t.cum_volume
             self._behind.pop(t.code, None)

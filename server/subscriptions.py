@@ -3,13 +3,19 @@
 KIS allows 41 real-time registrations per app key; the fill-notice slot is the broker adapter's and
 comes first, so agents share at most 40. Two agents on 005930 cost one registration. The last
 agent leaving releases it after a debounce, so a restarting agent does not cause an
-unsubscribe/subscribe storm."""
+unsubscribe/subscribe storm.
+
+`want()` answers before the broker does; when the broker then refuses (KIS MAX SUBSCRIBE OVER, the
+ws ledger's LIMIT, an error), each holder is sent the same refusal notice as for the slot limit
+(`on_refused`), so its runtime polls quotes and asks again, and stops being a holder."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from common.errors import ErrorCode
 from common.schema import Notice
@@ -29,13 +35,23 @@ def refusal_notice(err: ErrorCode, text: str, kind: MarketKind, code: str) -> No
 
 
 class SubscriptionManager:
-    def __init__(self, broker: BrokerPort, slots: int = MARKET_DATA_SLOTS, debounce_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        broker: BrokerPort,
+        slots: int = MARKET_DATA_SLOTS,
+        debounce_s: float = 2.0,
+        on_refused: Callable[[str, Notice], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.slots = slots
         self.debounce_s = debounce_s
         self.holders: dict[Key, set[str]] = defaultdict(set)
         self.active: set[Key] = set()  # registered at the broker (or being registered)
         self.failed: dict[Key, str] = {}
+        # (agent, notice) for each holder of a registration the broker refused after want() said
+        # "subscribed" (the gateway wires its order book's notify: sequenced, persisted, delivered)
+        self.on_refused = on_refused
+        self._attempt: dict[Key, int] = {}  # key -> the number of its latest registration attempt
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -55,7 +71,8 @@ class SubscriptionManager:
             timer.cancel()  # someone came back before the debounced release
         if key not in self.active:
             self.active.add(key)
-            self._spawn(self._subscribe(key))
+            self._attempt[key] = self._attempt.get(key, 0) + 1
+            self._spawn(self._subscribe(key, self._attempt[key]))
         return None, "subscribed"
 
     def leave(self, agent: str) -> None:
@@ -82,12 +99,12 @@ class SubscriptionManager:
             self.active.discard(key)
             self._spawn(self._unsubscribe(key))
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _subscribe(self, key: Key) -> None:
+    async def _subscribe(self, key: Key, attempt: int) -> None:
         kind, code = key
         try:
             res = await self.broker.subscribe(kind, code)
@@ -95,6 +112,8 @@ class SubscriptionManager:
             res_ok, msg = False, str(e)
         else:
             res_ok, msg = res.ok, f"{res.code} {res.message}".strip()
+        if self._attempt.get(key) != attempt:
+            return  # released and asked again meanwhile: the newer attempt's answer is the one that counts
         if res_ok:
             self.failed.pop(key, None)
             log.info("registered %s %s", kind.value, code)
@@ -102,6 +121,27 @@ class SubscriptionManager:
             self.failed[key] = msg
             self.active.discard(key)
             log.warning("registration of %s %s failed: %s", kind.value, code, msg)
+            self._refused(key, msg)
+
+    def _refused(self, key: Key, msg: str) -> None:
+        """The broker refused a registration its holders were told they had: tell each of them as
+        want() tells a refusal (their runtimes poll quotes and ask again), and drop them as holders
+        (a later want() registers afresh)."""
+        kind, code = key
+        timer = self._release.pop(key, None)
+        if timer is not None:
+            timer.cancel()  # nothing registered to release
+        who = sorted(self.holders.pop(key, set()))
+        if self.on_refused is None:
+            if who:
+                log.error("refusal of %s %s not delivered to %s: no notice hook", kind.value, code, ", ".join(who))
+            return
+        text = f"the broker refused the registration of {kind.value} {code}: {msg}"
+        for agent in who:
+            try:
+                self.on_refused(agent, refusal_notice(ErrorCode.SUBSCRIPTION_LIMIT, text, kind, code))
+            except Exception:  # one agent's notice must not keep the others from theirs
+                log.exception("refusal notice of %s %s to %s failed", kind.value, code, agent)
 
     async def _unsubscribe(self, key: Key) -> None:
         kind, code = key

@@ -104,6 +104,7 @@ class AdminApi:
         r.add_post("/admin/faults/reset", self.faults_reset)
         r.add_post("/admin/faults/ws-drop", self.ws_drop)
         r.add_post("/admin/faults/ws-refuse", self.ws_refuse)
+        r.add_post("/admin/faults/sub-refuse", self.sub_refuse)
         r.add_post("/admin/faults/ws-invalid-utf8", self.ws_invalid_utf8)
         r.add_post("/admin/faults/rest-disconnect", self.rest_disconnect)
         r.add_post("/admin/faults/rest-error", self.rest_error)
@@ -298,6 +299,14 @@ class AdminApi:
     async def ws_refuse(self, request: web.Request) -> web.Response:
         b = await self._body(request)
         self.twin.faults.ws_refuse_until = time.monotonic() + float(b.get("seconds", 10))
+        return _json({"ok": True})
+
+    async def sub_refuse(self, request: web.Request) -> web.Response:
+        """{"code": "005930", "count": 1}: the code's next N market-data registrations are answered
+        OPSP0008 (MAX SUBSCRIBE OVER) though slots are free, as KIS does when it still counts an old
+        session's registrations."""
+        b = await self._body(request)
+        self.twin.faults.sub_refusals[str(b["code"])] = int(b.get("count", 1))
         return _json({"ok": True})
 
     async def ws_invalid_utf8(self, request: web.Request) -> web.Response:

@@ -49,6 +49,8 @@ class Faults:
     latency_ms: float = 0.0
     notices: NoticeFaults = field(default_factory=NoticeFaults)
     ws_refuse_until: float = 0.0  # monotonic deadline: new sessions get OPSP8996
+    # code -> how many of its next market-data registrations are answered OPSP0008 (MAX SUBSCRIBE OVER)
+    sub_refusals: dict[str, int] = field(default_factory=dict)
     batch_records: int = 1  # realtime price/book records per frame (>1 = batched frames)
     legacy_notice: bool = False  # 23-field notice layout
 
@@ -89,6 +91,12 @@ class Faults:
     def ws_refusing(self) -> bool:
         return time.monotonic() < self.ws_refuse_until
 
+    def take_sub_refusal(self, code: str) -> bool:
+        left = self.sub_refusals.get(code, 0)
+        if left > 0:
+            self.sub_refusals[code] = left - 1
+        return left > 0
+
     def reset(self) -> None:
         self.disconnects.clear()
         self.errors.clear()
@@ -96,6 +104,7 @@ class Faults:
         self.latency_ms = 0.0
         self.notices = NoticeFaults()
         self.ws_refuse_until = 0.0
+        self.sub_refusals.clear()
         self.batch_records = 1
         self.legacy_notice = False
 
@@ -117,6 +126,7 @@ class Faults:
                 "lose_fills": self.notices.lose_fills,
             },
             "ws_refusing": self.ws_refusing(),
+            "sub_refusals": {c: n for c, n in self.sub_refusals.items() if n},
             "batch_records": self.batch_records,
             "legacy_notice": self.legacy_notice,
         }

@@ -168,6 +168,8 @@ class WsHub:
         if base is None:
             raise ValueError(f"no print of {code} sent yet")
         record = list(base)
+        # a new print (its quantity added to the day's volume), not a re-sent one, unless told otherwise
+        record[13] = str(int(base[13]) + int(base[12]))
         for i, v in fields.items():
             record[i] = v
         sessions = self.subs.get((TR_PRICE, code), set())
@@ -355,7 +357,7 @@ class WsHub:
         if reg in s.regs:
             await self._reply(s, control(tr_id, tr_key, "1", "OPSP0002", "ALREADY IN SUBSCRIBE", encrypt=encrypt))
             return
-        if len(s.regs) >= MAX_REGISTRATIONS:
+        if len(s.regs) >= MAX_REGISTRATIONS or (tr_id not in notices and self.twin.faults.take_sub_refusal(tr_key)):
             await self._reply(s, control(tr_id, tr_key, "1", "OPSP0008", "MAX SUBSCRIBE OVER", encrypt=encrypt))
             return
         s.regs.add(reg)

@@ -146,3 +146,27 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
     late.send_signal(signal.SIGTERM)
     assert late.wait(10) == 0
     assert "Traceback" not in stack.log(late), stack.log(late)[-3000:]
+
+
+def test_a_registration_the_broker_refuses_after_it_was_granted_falls_back_to_polling(stack: Stack) -> None:  # noqa: F811
+    """KIS answers MAX SUBSCRIBE OVER though the gateway's ledger had a free slot (it still counts an old
+    session's registrations): the gateway said "subscribed" before KIS answered, so it now tells the
+    agent (the same SUBSCRIPTION_LIMIT notice), which polls quotes and asks again; the retry is granted."""
+    code = twin_codes()[0]
+    r = stack.admin.post("/admin/faults/sub-refuse", json={"code": code, "count": 1})
+    assert r.status_code == 200, r.text
+    card = stack.tmp / "late.toml"
+    card.write_text(LATE_CARD.format(code=code, poll=POLL_S, retry=RETRY_S))
+    approve(stack.run, card)
+    late = stack.procs.start("agent", "run", str(card), "--run-dir", str(stack.run), log_name="late")
+    refusal = wait_for(
+        lambda: re.search(r"NOTICE error SUBSCRIPTION_LIMIT: (.*)", stack.log(late)),
+        15,
+        what="the late agent to be told the broker refused its registration",
+    )
+    assert f"refused the registration of trades {code}" in refusal.group(1) and "OPSP0008" in refusal.group(1)  # type: ignore[union-attr]
+    wait_for(lambda: polled_lines(stack.log(late), code), 10, what="on_trade from polled quotes")
+    wait_for(lambda: (TR["trades"], code) in stack.regs(), RETRY_S + 10, what="the retried registration at the twin")
+    wait_for(lambda: stack.table().get(f"trades:{code}") == ["late"], 5, what="the gateway's table to list late")
+    wait_for(lambda: trades_after(stack.log(late), 0, code), 15, what="stream trades at the late agent")
+    assert late.poll() is None and stack.gateway.poll() is None
