@@ -1,12 +1,16 @@
 """Alerts that reach a person: webhooks (generic JSON, Telegram bot API, Slack) and e-mail (SMTP),
 configured in the gateway config's `[notify]`.
 
-`Notifier.alert()` is called on the gateway's loop and never blocks or raises: it filters the kind,
-suppresses a repeat of the same alert (kind, agent, subject) within `dedup_s`, and puts the alert on
-a bounded queue (full: dropped and counted). One sender task sends each alert to every channel;
-each channel takes at most `max_per_minute`, and what the limit held back is summarised in the
-channel's next message. A channel that fails is counted and logged (without its URL or password),
-never retried in a loop; the gateway goes on."""
+`Notifier.alert()` is called on the gateway's loop and never blocks or raises: it filters the kind and
+puts the alert on each channel's bounded queue, unless that channel has it pending already or
+delivered it within `dedup_s` (kind, agent, subject). Each channel has its own sender task, so a slow
+or failing channel delays only itself. A failed send is retried with back-off (1, 2, 4 ... 60 s) and
+given up after `GIVE_UP_S` with one log line; errors are logged without the URL or password. Each
+channel sends at most `max_per_minute` messages: what the limit holds back stays queued and rides,
+listed, on the channel's next message, sent at the latest when the minute reopens. Critical kinds
+(a person must act now: `CRITICAL`) bypass the limit and go first. A full queue drops its oldest
+non-critical alert, counted and noted in the channel's next message. At stop, what is queued gets
+`STOP_GRACE_S` to go out; then the senders are cancelled."""
 
 from __future__ import annotations
 
@@ -154,22 +158,246 @@ def channels_for(cfg: NotifyConfig, gateway: str = "") -> list[Channel]:
     return [*(WebhookChannel(w, gateway) for w in cfg.webhooks), *(SmtpChannel(m, gateway) for m in cfg.smtp)]
 
 
+# Kinds that mean "a person must act now": they bypass the rate limit and are sent before anything
+# else queued on a channel. UNKNOWN_ORDER and the exposure limits come in bursts (one per order or per
+# agent a minute) and their cause is announced by one of these (session down, kill switch), so they
+# stay rate-limited.
+CRITICAL: frozenset[AlertKind] = frozenset(
+    {
+        AlertKind.KILL_SWITCH,
+        AlertKind.HALT,
+        AlertKind.DAILY_LOSS,
+        AlertKind.SESSION_DOWN,
+        AlertKind.RECONCILE_DIFF,
+        AlertKind.DRAWDOWN,
+    }
+)
+
+BACKOFF_FIRST_S = 1.0  # a failed send is tried again after 1, 2, 4 ... s
+BACKOFF_MAX_S = 60.0
+GIVE_UP_S = 900.0  # an alert not delivered this long after it was raised is stale: given up (one log line)
+STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
+POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
+LIST_MAX = 20  # alerts listed in one summary message; beyond it they are counted
+SEEN_MAX = 10_000  # delivered-alert stamps kept per channel for dedup
+
+_Key = tuple[str, str, str]
+
+
+def backoff_s(failures: int) -> float:
+    """The wait before the next try after `failures` failed tries in a row: 1, 2, 4 ... capped at 60 s."""
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** min(max(failures - 1, 0), 30))
+
+
+@dataclass(eq=False)
+class _Item:
+    alert: Alert
+    key: _Key
+    seq: int  # raising order: a failed batch goes back in its place
+    raised_at: float  # notifier clock
+    held: bool = False  # refused by the rate limit (counted once): rides on the channel's next message
+
+
 class _Limit:
-    """At most `n` sends per rolling minute; what it refuses is counted for the next message."""
+    """At most `n` messages per rolling minute (delivered ones: a failed try does not use the budget)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.stamps: deque[float] = deque()
-        self.held_back = 0
 
-    def take(self, now: float) -> bool:
+    def room(self, now: float) -> int:
         while self.stamps and now - self.stamps[0] >= 60.0:
             self.stamps.popleft()
-        if len(self.stamps) >= self.n:
-            self.held_back += 1
-            return False
+        return self.n - len(self.stamps)
+
+    def reopens_in(self, now: float) -> float:
+        return 60.0 - (now - self.stamps[0]) if self.stamps else 0.0
+
+    def take(self, now: float) -> None:
         self.stamps.append(now)
-        return True
+
+
+class _Lane:
+    """One channel's bounded queue and its own sender task: a slow or failing channel delays only itself."""
+
+    def __init__(self, owner: Notifier, ch: Channel) -> None:
+        self.owner = owner
+        self.ch = ch
+        self.cap = owner.cfg.queue_size
+        self.queue: deque[_Item] = deque()
+        self.inflight: list[_Item] = []
+        # Dedup is per channel and stamped on delivery: a repeat is suppressed only where the alert is
+        # still pending or was delivered within dedup_s, so a failed or given-up alert can be raised again
+        # and one channel's success never hides another channel's failure.
+        self.delivered: dict[_Key, float] = {}
+        self.limit = _Limit(owner.cfg.max_per_minute)
+        self.failures = 0  # failed tries in a row
+        self.retry_at = 0.0
+        self.dropped = 0  # dropped for a full queue since the last delivered message: noted in the next one
+        self.wake = asyncio.Event()
+        self.draining = False
+
+    # ---- on the caller's side (Notifier.alert): never blocks ---------------------------------------------
+
+    def wants(self, key: _Key, now: float) -> bool:
+        t = self.delivered.get(key)
+        if t is not None and now - t < self.owner.cfg.dedup_s:
+            return False
+        return not any(it.key == key for it in (*self.queue, *self.inflight))
+
+    def put(self, item: _Item) -> bool:
+        self.queue.append(item)
+        ok = item in self._trim()
+        self.wake.set()
+        return ok
+
+    def _trim(self) -> deque[_Item]:
+        """Full: drop the oldest non-critical alert (the newest critical one is refused only when every
+        queued alert is critical), counted and noted in the channel's next message."""
+        while len(self.queue) > self.cap:
+            victim = next((it for it in self.queue if it.alert.kind not in CRITICAL), self.queue[-1])
+            self.queue.remove(victim)
+            self.owner.counters["dropped"] += 1
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("alert queue of %s full: dropping the oldest (%s)", self.ch.name, victim.alert.kind.value)
+        return self.queue
+
+    # ---- the sender task ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self.wake.clear()  # before looking: an alert raised while we wait sets it again
+            now = self.owner.clock()
+            self._give_up(now)
+            if self.draining:
+                await self._drain()
+                return
+            nxt = self._next(now)
+            if isinstance(nxt, list):
+                await self._send(nxt, "held back by the rate limit")
+            else:
+                await self._sleep(nxt)
+
+    def _next(self, now: float) -> list[_Item] | float | None:
+        """The next message (a primary alert and the held-back ones riding on it), or how long to wait
+        (None: until an alert is raised)."""
+        if not self.queue:
+            return None
+        if now < self.retry_at:
+            return self.retry_at - now
+        room = self.limit.room(now)
+        if room <= 0:
+            for it in self.queue:
+                if not it.held and it.alert.kind not in CRITICAL:
+                    it.held = True
+                    self.owner.counters["limited"] += 1
+        primary = next((it for it in self.queue if it.alert.kind in CRITICAL), None)
+        if primary is None:
+            if room <= 0:
+                return self.limit.reopens_in(now)
+            primary = self.queue[0]
+        return [primary, *(it for it in self.queue if it.held and it is not primary)]
+
+    async def _sleep(self, timeout: float | None) -> None:
+        t = None if timeout is None else max(0.01, min(timeout, POLL_S))
+        try:
+            await asyncio.wait_for(self.wake.wait(), t)
+        except TimeoutError:
+            pass
+
+    def _text(self, batch: list[_Item], why: str) -> str:
+        primary, riders = batch[0], batch[1:]
+        text = primary.alert.line(self.owner.gateway)
+        if riders:
+            text += f"\n(+{len(riders)} more alerts {why}, oldest first:"
+            text += "".join(f"\n- {it.alert.line()[:200]}" for it in riders[:LIST_MAX])
+            if len(riders) > LIST_MAX:
+                text += f"\n- ... and {len(riders) - LIST_MAX} more: see the console"
+            text += ")"
+        if self.dropped:
+            text += f"\n(+{self.dropped} alerts dropped: the queue of this channel was full; see the console)"
+        return text
+
+    async def _send(self, batch: list[_Item], why: str) -> bool:
+        for it in batch:
+            self.queue.remove(it)
+        self.inflight = batch
+        try:
+            await self.ch.send(batch[0].alert, self._text(batch, why))
+        except asyncio.CancelledError:  # stopping: counted as not delivered
+            self.queue.extend(batch)
+            raise
+        except Exception as e:
+            self._failed(batch, e)
+            return False
+        else:
+            self._delivered(batch)
+            return True
+        finally:
+            self.inflight = []
+
+    def _failed(self, batch: list[_Item], e: Exception) -> None:
+        self.owner.counters["failed"] += 1
+        self.failures += 1
+        delay = backoff_s(self.failures)
+        self.retry_at = self.owner.clock() + delay
+        # one warning per outage (the error only: never the URL or password); the retries at debug
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "alert %s not delivered by %s: %s (retry in %.0f s)",
+            batch[0].alert.kind.value,
+            self.ch.name,
+            e,
+            delay,
+        )
+        self.queue.extend(batch)  # back in raising order, to be tried again
+        self.queue = deque(sorted(self.queue, key=lambda it: it.seq))
+        self._trim()
+
+    def _delivered(self, batch: list[_Item]) -> None:
+        now = self.owner.clock()
+        if self.failures:
+            log.info("%s delivers again after %d failed tries", self.ch.name, self.failures)
+        self.failures, self.retry_at, self.dropped = 0, 0.0, 0
+        if batch[0].alert.kind not in CRITICAL:
+            self.limit.take(now)
+        for it in batch:
+            self.delivered[it.key] = now
+        self.owner.counters["sent"] += len(batch)
+        if len(self.delivered) > SEEN_MAX:  # forget the expired, then the oldest half: memory stays bounded
+            self.delivered = {k: t for k, t in self.delivered.items() if now - t < self.owner.cfg.dedup_s}
+            if len(self.delivered) > SEEN_MAX:
+                keep = sorted(self.delivered.items(), key=lambda kv: kv[1])[SEEN_MAX // 2 :]
+                self.delivered = dict(keep)
+
+    def _give_up(self, now: float) -> None:
+        old = [it for it in self.queue if now - it.raised_at >= GIVE_UP_S]
+        if not old:
+            return
+        for it in old:
+            self.queue.remove(it)
+        self.owner.counters["given_up"] += len(old)
+        log.error(
+            "%s: gave up on %d alerts not delivered within %.0f s (%s)",
+            self.ch.name,
+            len(old),
+            GIVE_UP_S,
+            ", ".join(sorted({it.alert.kind.value for it in old})),
+        )
+
+    async def _drain(self) -> None:
+        """At stop: one try to send everything still queued (critical first), as one message."""
+        if not self.queue:
+            return
+        batch = sorted(self.queue, key=lambda it: (it.alert.kind not in CRITICAL, it.seq))
+        batch = [batch[0], *sorted(batch[1:], key=lambda it: it.seq)]
+        if not await self._send(batch, "still queued at the gateway's stop"):
+            log.warning("%s: %d alerts not delivered at stop", self.ch.name, len(batch))
+
+    def pending(self) -> int:
+        return len(self.queue) + len(self.inflight)
 
 
 class Notifier:
@@ -185,10 +413,17 @@ class Notifier:
         self.channels = list(channels if channels is not None else channels_for(cfg, gateway))
         self.clock = clock
         self.kinds = frozenset(cfg.kinds) if cfg.kinds else frozenset(AlertKind)
-        self.counters: dict[str, int] = {"sent": 0, "failed": 0, "suppressed": 0, "limited": 0, "dropped": 0}
-        self._queue: asyncio.Queue[Alert] = asyncio.Queue(cfg.queue_size)
-        self._seen: dict[tuple[str, str, str], float] = {}
-        self._limits = {id(c): _Limit(cfg.max_per_minute) for c in self.channels}
+        self.counters: dict[str, int] = {
+            "sent": 0,  # alerts delivered, per channel (those summarised in one message included)
+            "failed": 0,  # failed tries (each is retried until given up)
+            "suppressed": 0,
+            "limited": 0,  # alerts held back by the rate limit (sent later, summarised)
+            "dropped": 0,  # alerts dropped from a full channel queue
+            "given_up": 0,  # alerts not delivered within GIVE_UP_S
+        }
+        self.stop_grace_s = STOP_GRACE_S
+        self._lanes = [_Lane(self, c) for c in self.channels]
+        self._seq = 0
         self.recent: deque[Alert] = deque(maxlen=50)  # what was raised (sent or not), for the status
 
     @property
@@ -196,59 +431,60 @@ class Notifier:
         return bool(self.channels)
 
     def alert(self, kind: AlertKind, text: str, agent: str = "", subject: str = "") -> bool:
-        """Queue an alert for every channel; False when filtered, a repeat, or the queue is full."""
+        """Queue an alert for every channel that has not got it already (pending, or delivered within
+        `dedup_s`); False when filtered, a repeat, no channel is configured or every queue refused it."""
         if kind not in self.kinds:
             return False
         now = self.clock()
         key = (kind.value, agent, subject or text)
-        last = self._seen.get(key)
-        if last is not None and now - last < self.cfg.dedup_s:
+        takers = [lane for lane in self._lanes if lane.wants(key, now)]
+        if self._lanes and not takers:
             self.counters["suppressed"] += 1
             return False
-        self._seen[key] = now
-        if len(self._seen) > 10_000:  # forget the oldest half: memory stays bounded
-            for k, _ in sorted(self._seen.items(), key=lambda kv: kv[1])[:5_000]:
-                del self._seen[k]
         a = Alert(kind=kind, text=text, agent=agent, subject=subject)
         self.recent.append(a)
-        if not self.channels:
-            return False
-        try:
-            self._queue.put_nowait(a)
-        except asyncio.QueueFull:
-            self.counters["dropped"] += 1
-            log.warning("alert queue full: %s dropped", kind.value)
-            return False
-        return True
+        self._seq += 1
+        accepted = False
+        for lane in takers:
+            accepted = lane.put(_Item(a, key, self._seq, now)) or accepted
+        return accepted
 
     def status(self) -> dict[str, int]:
-        return {**self.counters, "queued": self._queue.qsize(), "channels": len(self.channels)}
+        return {
+            **self.counters,
+            "queued": max((lane.pending() for lane in self._lanes), default=0),
+            "retrying": sum(1 for lane in self._lanes if lane.failures),
+            "channels": len(self.channels),
+        }
 
     async def run(self) -> None:
+        """The channels' senders, until cancelled; then what is queued gets `stop_grace_s` to go out."""
+        tasks = [asyncio.create_task(lane.run(), name=f"notifier:{lane.ch.name}") for lane in self._lanes]
         try:
-            while True:
-                a = await self._queue.get()
-                await asyncio.gather(*(self._send_one(c, a) for c in self.channels))
+            if not tasks:
+                await asyncio.Event().wait()
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()  # a sender only ends on a bug: raise it
         finally:
+            await self._stop(tasks)
+
+    async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        for lane in self._lanes:
+            lane.draining = True
+            lane.wake.set()
+        try:
+            if any(not t.done() for t in tasks):
+                await asyncio.wait(tasks, timeout=self.stop_grace_s)
+        finally:  # bounded even if the stop itself is cancelled: no sender outlives run()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            left = sum(lane.pending() for lane in self._lanes)
+            if left:
+                log.warning("notifier stopped with %d alerts not delivered", left)
             for c in self.channels:
                 try:
-                    await c.close()
+                    await asyncio.wait_for(c.close(), 1.0)
                 except Exception:
                     pass
-
-    async def _send_one(self, ch: Channel, a: Alert) -> None:
-        lim = self._limits[id(ch)]
-        if not lim.take(self.clock()):
-            self.counters["limited"] += 1
-            return
-        text = a.line(self.gateway)
-        if lim.held_back:
-            text += f"\n(+{lim.held_back} more alerts held back by the rate limit: see the console)"
-        try:
-            await ch.send(a, text)
-        except Exception as e:
-            self.counters["failed"] += 1
-            log.warning("alert %s not delivered by %s: %s", a.kind.value, ch.name, e)
-            return
-        lim.held_back = 0
-        self.counters["sent"] += 1
