@@ -199,10 +199,12 @@ def test_cancel_before_the_next_bar() -> None:
     assert states("20240102-1") == ["pending_submit", "accepted", "pending_cancel", "cancelled"]
 
 
-def test_modify_reprices_the_order() -> None:
+def test_an_order_placed_at_the_close_is_held_and_not_revised_as_live() -> None:
+    """At a daily bar's close an order is for the next session: live holds it (HELD) and refuses a
+    revise (ORDER_NOT_OPEN); the backtest keeps it as placed (revises: tests/unit/test_backtest_intraday.py)."""
     r = run({"2024-01-02": [("buy", 1, 60_000, L, DAY), ("modify", 70_100)]})
-    assert [(f.day, f.price) for f in r.fills] == [("2024-01-03", 70_100)]
-    assert "pending_replace" in states("20240102-1")
+    (o,) = r.orders
+    assert r.fills == [] and o.price == 60_000 and "pending_replace" not in states("20240102-1")
 
 
 def test_cost_model_rounding() -> None:
@@ -231,14 +233,3 @@ def test_on_start_orders_live_in_the_first_bar_only() -> None:
     warm = run_backtest(card, series(rows), replace(cfg, date_from=dt.date(2024, 1, 2)))
     # 69,000 is not reached on 01-02 (low 69,500): expired after that one bar, never filled on 01-04 (low 69,000)
     assert warm.fills == [] and warm.order_states == {"expired": 1}
-
-
-def test_a_revise_of_the_quantity_is_refused_as_live() -> None:
-    """The gateway revises prices only (a KIS revise of part of the remainder splits the order:
-    common/orders.py revise_refusal); so does the backtest: the order keeps its quantity and price."""
-    r = run({"2024-01-02": [("buy", 10, 60_000, L, DAY), ("modify", 70_100, 20)]})
-    (o,) = r.orders
-    assert (o.qty, o.price, str(o.state)) == (10, 60_000, "expired")  # neither revised nor filled
-    assert r.fills == [] and "pending_replace" not in states("20240102-1")
-    r = run({"2024-01-02": [("buy", 10, 60_000, L, DAY), ("modify", 70_100, 10)]})  # the same quantity: a price revise
-    assert [(f.qty, f.price) for f in r.fills] == [(10, 70_100)]

@@ -166,3 +166,25 @@ def test_a_protective_exit_met_inside_a_bar_fills_on_the_tick_grid() -> None:
     )
     (sell,) = [f for f in take.fills if f.side is Side.SELL]
     assert sell.price == 72_100  # a take-profit: the grid's price at or above its level
+
+
+class ReviseHeld(Strategy):
+    """Places a next-session limit buy and revises it at once (live: HELD, not revisable)."""
+
+    def on_bar(self, bar: Bar) -> None:
+        if bar.start == "2024-01-02":
+            coid = self.ctx.buy(bar.code, 5, 69_000, tif=NXT)
+            self.ctx.modify(coid, 69_500)
+
+
+def test_an_order_held_for_the_next_session_cannot_be_revised_as_live() -> None:
+    rows = [("2024-01-02", 70_000, 70_500, 69_500, 70_000), ("2024-01-03", 70_000, 70_500, 68_500, 70_000)]
+    card = AgentCard(id="held", name="held", strategy=f"{__name__}:ReviseHeld", codes=[CODE])
+    bars = [
+        Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=100_000)
+        for d, o, h, lo, c in rows
+    ]
+    cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000)
+    r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+    (o,) = r.orders
+    assert o.price == 69_000 and [(f.day, f.price) for f in r.fills] == [("2024-01-03", 69_000)]

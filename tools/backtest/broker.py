@@ -64,7 +64,16 @@ from common.orders import (
     Submit,
     apply,
 )
-from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, RateWindow, check_order, notional_price
+from common.risk_rules import (
+    HELD_TIFS,
+    AccountExposure,
+    Exposure,
+    Mandate,
+    MarketView,
+    RateWindow,
+    check_order,
+    notional_price,
+)
 from common.schema import Bar, PositionView
 from common.views import order_view
 from tools.backtest.costs import CostModel
@@ -436,11 +445,14 @@ class SimBroker:
         self.open_ids.remove(coid)
         return True
 
-    def modify(self, coid: str, price: int, notes: list[Note]) -> bool:
+    def modify(self, coid: str, price: int, notes: list[Note], today: str = "") -> bool:
         """A revise of the price (only the price: the context refuses a quantity change, as live does,
-        common/orders.py revise_refusal). Checked like a new order's price."""
+        common/orders.py revise_refusal). Checked like a new order's price. An order held for a later
+        session (`today` is before it) cannot be revised, as live's HELD order cannot (ORDER_NOT_OPEN)."""
         o = self.orders.get(coid)
         if o is None or not o.is_open:
+            return False
+        if o.tif in HELD_TIFS and today and self.meta[coid][_SESSION] > today:
             return False
         total = o.qty
         try:

@@ -287,11 +287,12 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             self.log.warning("cancel %s: not an open order", client_order_id)
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
-        b = self._e.broker
+        e = self._e
+        b = e.broker
         o = b.orders.get(client_order_id)
         if o is not None and (why := revise_refusal(o, qty)):
             self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
-        elif not b.modify(client_order_id, price, self._e.pending):
+        elif not b.modify(client_order_id, price, e.pending, today=e.times[e.step][:10] if e._running else ""):
             self.log.warning("modify %s: refused", client_order_id)
 
     def cancel_all(self, code: str = "") -> None:
