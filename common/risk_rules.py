@@ -113,6 +113,10 @@ class MarketView(msgspec.Struct, frozen=True, kw_only=True):
     kind: SecurityKind = SecurityKind.STOCK
     board: Market = Market.KOSPI
     rules: KrxRules = CURRENT
+    # False: the centre of the band of the order's session is not known yet (a next-session order
+    # placed before the close it is based on): no band check, its release checks it; base_price then
+    # only values a market order
+    band: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +273,7 @@ def _gates(
                 f"price {price} is off the tick grid in force since {rules.since} "
                 f"(tick {rules.tick_size(price, kind, board)})"
             )
-        if market.base_price:
+        if market.base_price and market.band:
             try:
                 rules.check_price(price, market.base_price, kind, board)
             except PriceRuleError as e:

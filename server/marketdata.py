@@ -74,6 +74,17 @@ class MarketData:
         # hole is not asked about on every GetBars
         self._hole_asked: dict[tuple[str, str, str], dt.date] = {}
 
+    def day_close(self, code: str, day: dt.date) -> int:
+        """The official close of `code` on `day` (0: not known): its daily bar's, which goes out only
+        once the day cycle closed the day (close_daily, the broker's bar when it answered) and holds
+        the regular session's prints only, so an after-hours print never moves it. The next session's
+        band is centred on it (server/risk.py). KRX sessions only: the twin's all-day bars take every print."""
+        if not self.hold_daily:
+            return 0
+        label = day.isoformat()
+        got = self.store.last(code, DAILY, 1, (day + dt.timedelta(days=1)).isoformat())
+        return got[0].close if got and got[0].start == label else 0
+
     def new_day(self, day: str = "") -> None:
         """A new trading day: the last print and book of a code are yesterday's, not news for an agent
         that subscribes before today's first print (a snapshot would hand them over as live); the last

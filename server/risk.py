@@ -15,12 +15,16 @@ A denial by an account limit is alerted once a minute per agent and limit.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Container
 
+from common.calendar import previous_trading_day
 from common.config import AgentCard, RiskLimits
-from common.enums import AlertKind, SessionState, Side, SystemEventKind, TradingState
+from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState
 from common.errors import ErrorCode
+from common.krx import next_session_day
+from common.krx_rules import rules_for
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order
 from common.portfolio import Portfolio
@@ -105,6 +109,9 @@ class RiskGate:
         # agent (or GLOBAL) -> (day, day P&L) an operator's resume accepted: the daily loss trips again
         # only after a further loss of the limit that day
         self.accepted_loss: dict[str, tuple[str, int]] = {}
+        # (code, trading day) -> that day's official close (its regular session's, never an after-hours
+        # print), 0 unknown: the base of the next session's band. The gateway wires it to its daily bars.
+        self.day_close: Callable[[str, dt.date], int] = lambda code, day: 0
 
     # ---- trading state ---------------------------------------------------------------------------
 
@@ -225,16 +232,34 @@ class RiskGate:
             account.has_code, account.virtual, account.peak = False, True, 0
         return exp, account
 
-    def _market(self, code: str, session: SessionView) -> MarketView:
+    def _market(self, code: str, session: SessionView, tif: TimeInForce = TimeInForce.DAY) -> MarketView:
+        """The market an order placed now lives in: today's, or for a held order (HELD_TIFS) placed for a
+        later session, that session's rules and band, centred on the close before it (the band is left to
+        the release when that close is not known yet)."""
         p = self.portfolio
+        phase = self.clock.phase()
+        base, rules, band = p.base_prices.get(code, 0), p.rules, True
+        if tif in HELD_TIFS:
+            now = self.clock.now()
+            day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
+            if day != now.date():
+                rules = rules_for(day)
+                close = self.day_close(code, previous_trading_day(day))
+                if close > 0:
+                    base = close
+                else:
+                    # placed in the session (or before its close is known): today's base only values a
+                    # market buy (at today's upper limit, the best known); _release re-checks the band
+                    band = False
         return MarketView(
             session=session[0],
             session_detail=session[1],
-            phase=self.clock.phase(),
-            base_price=p.base_prices.get(code, 0),
+            phase=phase,
+            base_price=base,
             kind=p.kind(code),
             board=p.board(code),
-            rules=p.rules,
+            rules=rules,
+            band=band,
         )
 
     def check(
@@ -261,7 +286,7 @@ class RiskGate:
             order_type=order.order_type,
             tif=order.tif,
             mandate=self._mandate(card, state),
-            market=self._market(order.code, session),
+            market=self._market(order.code, session, order.tif),
             exp=exp,
             account=account,
             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)),
@@ -287,7 +312,9 @@ class RiskGate:
             )
 
     def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
-        """A revise must pass as if new, with the order's own reservation released."""
+        """A revise must pass as if new, with the order's own reservation released. Also a held order's
+        check at its release (order_desk._release): it lives in today's session then, so it meets
+        today's rules and band (a held order is not revisable before)."""
         exp, account = self._exposures(card, o.code, o.agent in self.portfolio.virtual)
         exp.open_orders -= 1
         account.open_orders -= 1

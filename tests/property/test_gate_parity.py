@@ -122,6 +122,9 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
         portfolio.set_mark("005930", 69_000 - mark_drop)  # as the gateway moves it: holdings valued at it
         portfolio.roll_day()
         gate = RiskGate(RiskLimits(), store, portfolio, clock)
+        # after the close the day's bars are out: a next-session order's band is centred on the day's
+        # close, which the backtest's base is after a daily bar (here the same prices)
+        gate.day_close = lambda code, day: BASE[code] if when == "after the close" and day == DAY else 0
 
         # the backtest gate over its own book, in the same state: cash = budget less what is spent
         cash = budget or 100_000_000
@@ -143,6 +146,12 @@ def test_live_and_backtest_gates_decide_alike(stream, lim, budget, held, mark_dr
 
         for n, (code, side, qty, steps, otype, tif, up) in enumerate(stream, 1):
             price = price_of(code, steps, up, otype)
+            lower, upper = rules.price_limits(BASE[code])
+            if when == "continuous" and tif is TimeInForce.NEXT_SESSION and price and not lower <= price <= upper:
+                # live leaves the band of a next-session order placed in the session to its release (the
+                # next session's base is not known yet: tests/unit/test_held_order_band.py); the backtest
+                # checks it against today's base. Neither lets it trade outside the next session's band.
+                continue
             new = NewOrder(
                 client_order_id=f"alpha-{DAY:%Y%m%d}-{n}",
                 code=code,
