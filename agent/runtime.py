@@ -162,6 +162,7 @@ class AgentRuntime(AgentServicesMixin):
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._last_daily = ""  # the newest daily bar handed to the strategy (reported in heartbeats)
+        self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
 
     # ---- Context API (called by the strategy) ------------------------------------------------
@@ -369,18 +370,28 @@ class AgentRuntime(AgentServicesMixin):
         # a few REST calls under this agent's quota, hence the long timeout; the wait heartbeats, so
         # the lease and the agent's market-data registrations survive it). Warm-up must not kill the
         # agent: on any failure it starts cold.
-        if self.client is None:
+        #
+        # Inside on_bar(bar), bars of bar's interval stop before bar.start, whatever the code: the
+        # gateway's store already holds the bar being delivered (and maybe other codes' bars of the same
+        # time), so `history + [bar]` would count it twice; a backtest serves only bars before the bar
+        # time. Filtered here, not in the gateway: outside on_bar (on_trade, on_timer, on_start) the
+        # latest closed bars are the right answer, and only the agent knows what it is delivering.
+        if self.client is None or n <= 0:
             return []
+        cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
+        ask = n + 1 if cut else n  # the delivered bar may be among the newest: one more, so n remain
         try:
-            reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=n), timeout_s=15.0)
+            reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=15.0)
         except (KtraderError, msgspec.ValidationError) as e:
             self.log.warning("history %s %s x%d failed: %s", code, interval, n, e)
             return []
         if not isinstance(reply, BarsReply):
             self.log.warning("history %s %s x%d: unexpected reply %s", code, interval, n, type(reply).__name__)
             return []
-        self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(reply.bars), reply.backfilled)
-        return list(reply.bars)
+        bars = [b for b in reply.bars if b.start < cut] if cut else list(reply.bars)
+        bars = bars[-n:]
+        self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(bars), reply.backfilled)
+        return bars
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -466,6 +477,11 @@ class AgentRuntime(AgentServicesMixin):
             self.client = None
             raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
         takeover_wait = self.takeover_wait_s if self.takeover_wait_s is not None else 4.0
+        # A crashed copy holds the id until the gateway's lease runs out: a fixed wait shorter than
+        # the lease made a restart after a crash exit 'duplicate' (and a supervisor not restart it).
+        # (+2 s: the gateway's own delays and the last heartbeat's flight)
+        if self.info.lease_s > 0:
+            takeover_wait = max(takeover_wait, self.info.lease_s + 2.0)
         deadline = time.monotonic() + takeover_wait
         while True:
             msg = Register(
@@ -872,7 +888,11 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(body, Bar):
             if body.interval == BarInterval.D1 and body.start > self._last_daily:
                 self._last_daily = body.start
-            self._call("on_bar", body)
+            self._delivering = body
+            try:
+                self._call("on_bar", body)
+            finally:
+                self._delivering = None
 
     def _on_pub(self, pub: Published) -> None:
         # sequence checks, de-duplication and conflation happened in MarketFeed.drain

@@ -22,6 +22,9 @@ class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
     session: str
     started_ns: int
     curve_key: str = ""  # the gateway's CURVE public key (z85) when its endpoints cross a network
+    # the gateway's agent lease (s): how long a crashed copy's registration may still be held, which a
+    # restarted agent must outwait before "duplicate" means another live copy (0: not said, an older file)
+    lease_s: float = 0.0
 
     @property
     def key_bytes(self) -> bytes:

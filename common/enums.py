@@ -126,6 +126,8 @@ class AlertKind(StrEnum):
     )
     CALENDAR = "calendar"  # the KRX calendar lacks this year's (or next year's) holidays or exam day: update
     STOCK_MASTER = "stock_master"  # the gateway's copy of KIS's stock master is days old and cannot be renewed
+    # the gateway cannot keep its books: a store commit failed (it stops), or a day keeps failing to close
+    GATEWAY_FAULT = "gateway_fault"
 
 
 class BarInterval(StrEnum):

@@ -240,6 +240,7 @@ class Gateway:
         )
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(self.clock))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
+        self.risk.day_close = self.md.day_close  # the base of a next-session order's band
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
@@ -471,6 +472,7 @@ class Gateway:
             session=self.headers.sid,
             started_ns=self.started_ns,
             curve_key=self.zap.public_key,
+            lease_s=self.cfg.lease_s,  # a restarted agent waits out its crashed copy's lease (agent/runtime.py)
         )
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
@@ -539,7 +541,11 @@ class Gateway:
         process (events, replies and broker calls wait for the commit), so the store is the truth:
         stop, and let a restart (or the standby) load it."""
         self._store_failure = e
-        self.alerts(f"the store could not commit ({e}): the gateway stops; a restart reloads the books from disk")
+        # kinded: a person must know the gateway is down (the notifier drains its queue at the stop)
+        self.alerts(
+            f"the store could not commit ({e}): the gateway stops; a restart reloads the books from disk",
+            AlertKind.GATEWAY_FAULT,
+        )
         self._stop.set()
 
     async def _shutdown(self) -> None:

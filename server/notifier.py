@@ -53,6 +53,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.BAD_MARKET_DATA: "BAD MARKET DATA DROPPED",
     AlertKind.CALENDAR: "KRX CALENDAR OUT OF DATE",
     AlertKind.STOCK_MASTER: "STOCK MASTER OUT OF DATE",
+    AlertKind.GATEWAY_FAULT: "GATEWAY FAULT",
 }
 
 
@@ -170,6 +171,7 @@ CRITICAL: frozenset[AlertKind] = frozenset(
         AlertKind.SESSION_DOWN,
         AlertKind.RECONCILE_DIFF,
         AlertKind.DRAWDOWN,
+        AlertKind.GATEWAY_FAULT,  # the gateway stopped on a store failure, or cannot close the day
     }
 )
 

@@ -35,11 +35,11 @@ import msgspec
 from common import approvals
 from common.clock import KST
 from common.config import AgentCard, GatewayConfig
-from common.enums import AgentMode, AgentState, AlertKind, ControlAction, SystemEventKind, TradingState
+from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
 from common.market_clock import MarketClock, market_ns
-from common.orders import OrderState
+from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.schema import (
     Ack,
@@ -609,7 +609,6 @@ class Operator:
     def _facts(self, now: float) -> Facts:
         gw = self.gw
         last = gw.recon.last
-        n = last[2] if last else 0
         return Facts(
             now=now,
             session=gw.broker.session_state,
@@ -617,30 +616,40 @@ class Operator:
             subscribed=bool(gw.subs.active),
             ws_age_s=gw.broker.health().ws_last_message_age_s,
             reconcile=last,
-            reconcile_texts=[t for _, t in gw.alerts.recent[-n:]] if n else [],
+            reconcile_texts=list(gw.recon.last_texts) if last else [],  # the pass's own texts, not the ring's
             unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},
         )
 
     # ---- performance -----------------------------------------------------------------------------
 
     def _count_trades(self) -> None:
-        """A change of an agent's realised P&L on a code is a closing trade: a win or a loss."""
-        day = self.gw.book.day()
+        """Today's wins and losses: one per closing order (a sell of the day that ended having filled),
+        by the sign of the P&L it realised. Counting each change of realised P&L this once-a-second check
+        happened to see made one sell filled in three parts one to three trades, depending on timing;
+        counting from the book's orders is also the same after a restart (today's orders are reloaded)."""
+        book = self.gw.book
+        day = book.day()
+        counts: dict[str, list[int]] = {}
+        for coid, o in book.orders.items():
+            if o.side is not Side.SELL or not o.is_terminal or not o.filled_qty or book.order_day.get(coid) != day:
+                continue
+            pnl = _realized_by(o)
+            if pnl:  # (break-even, or an order stored without its fills: neither a win nor a loss)
+                wl = counts.setdefault(o.agent, [0, 0])
+                wl[0 if pnl > 0 else 1] += 1
         if day != self._trades_day:
-            self._trades_day = day
-            self._trades = {
-                a: [rows[-1].wins, rows[-1].losses] for a, rows in self.rows.items() if rows and rows[-1].day == day
-            }
-        changed = set()
+            self._trades_day, self._trades = day, {}
+        changed = {
+            a for a in counts.keys() | self._trades.keys() if counts.get(a, [0, 0]) != self._trades.get(a, [0, 0])
+        }
+        self._trades = counts
+        # realised P&L moved (a partial fill of an order still open): today's equity row follows it
         for agent, positions in self.gw.portfolio.positions.items():
             for code, p in positions.items():
                 prev = self._realized.get((agent, code))
                 self._realized[(agent, code)] = p.realized_pnl
-                if prev is None or p.realized_pnl == prev:
-                    continue
-                wl = self._trades.setdefault(agent, [0, 0])
-                wl[0 if p.realized_pnl > prev else 1] += 1
-                changed.add(agent)
+                if prev is not None and p.realized_pnl != prev:
+                    changed.add(agent)
         if changed:
             self.snapshot_equity(changed)
 
@@ -688,6 +697,14 @@ class Operator:
     def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""
         return [self.notifier.run()]
+
+
+def _realized_by(o: Order) -> int:
+    """The gross P&L a sell order realised: what its live fills brought in (after any repricing) less
+    the cost they took out of the position (recorded per fill; 0 for orders stored without fills)."""
+    if not o.fills:
+        return 0
+    return o.filled_value - sum(r.cost_out * r.live_qty // r.qty for r in o.fills if r.qty)
 
 
 def _plain(v: object) -> object:

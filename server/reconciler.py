@@ -96,6 +96,9 @@ class Reconciler:
         # open orders here that the last open-orders pass did not find in KIS's unfilled list
         self.vanished: list[str] = []
         self.last: tuple[int, str, int] | None = None  # (market ns, reason, alerts) of the last pass
+        # the last pass's difference texts, as alerted: what a page about that pass quotes (the alert
+        # ring's newest entries may be anything raised since)
+        self.last_texts: list[str] = []
         self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
@@ -165,9 +168,10 @@ class Reconciler:
                 self.partial_since_ns = self.partial_since_ns or book.now_ns()
         else:
             self.complete, self.partial_since_ns = True, 0
-        self.last = (book.now_ns(), reason, len(res.alerts))
-        for text in res.alerts:
-            self.alert(f"reconcile ({reason}): {text}")
+        texts = [f"reconcile ({reason}): {text}" for text in res.alerts]
+        self.last, self.last_texts = (book.now_ns(), reason, len(texts)), texts
+        for text in texts:
+            self.alert(text)
         log.info(
             "reconciled (%s): %d %sorders at the broker, %d repaired, %d external, %d alerts",
             reason,

@@ -289,7 +289,7 @@ class TradingDay:
                 self.alert(
                     f"closing day {day} failed {failed} times ({e}): no report, bars or cash check yet; retrying "
                     "while the day lasts (ktrader status: day_close_errors)",
-                    None,
+                    AlertKind.GATEWAY_FAULT,  # a person must look: it was only on the screen
                 )
         finally:
             self._closing = False

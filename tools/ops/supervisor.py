@@ -4,7 +4,11 @@ Each agent (`ktrader agent run CARD`) runs in its own process and process group.
 per agent blocks in `wait()` (no polling); when the process ends on its own it is restarted after
 an exponential back-off with a cap, unless:
 - it exited with a "do not restart" code (bad card, duplicate id, another local copy holds the
-  lock, or a clean exit 0): restarting cannot help, or would fight another copy;
+  lock, or a clean exit 0): restarting cannot help, or would fight another copy. The exception is
+  "duplicate" right after its own crash: the gateway may still hold the crashed copy's lease (the agent
+  outwaits the lease gateway.json states; an exported gateway.json does not state it), so that is
+  restarted with back-off, at most `ghost_retries` times in a row: a copy started by hand elsewhere
+  is still not fought for long;
 - it already restarted `max_restarts` times within `window_s`: the supervisor gives up and says so.
 A run that lasted `stable_s` resets the back-off. `stop()` ends an agent (SIGTERM, then SIGKILL
 after a grace period) without restarting it; `restart()` restarts it at once, without back-off.
@@ -51,6 +55,7 @@ class RestartPolicy:
     window_s: float = 60.0
     stable_s: float = 30.0  # a run this long resets the back-off
     stop_grace_s: float = 8.0  # SIGTERM → SIGKILL
+    ghost_retries: int = 3  # "duplicate" exits in a row restarted after a crash (the ghost's lease)
 
     def delay(self, attempt: int) -> float:
         return min(self.cap_s, self.base_s * self.factor ** max(0, attempt))
@@ -196,6 +201,8 @@ class Supervisor:
 
     def _watch(self, sup: Supervised) -> None:
         attempt = 0
+        crashed = False  # the run before this one crashed: the gateway may still hold its lease
+        ghost_tries = 0  # "duplicate" exits in a row since that crash
         while True:
             p = sup._proc
             assert p is not None
@@ -205,16 +212,24 @@ class Supervisor:
             if sup._restart_now:  # operator restart: at once, not counted
                 sup._restart_now = False
                 sup._stop.clear()
-                attempt = 0
+                attempt, ghost_tries = 0, 0
+                crashed = rc == -signal.SIGKILL  # (a copy that would not stop in the grace was killed)
                 self._spawn(sup)
                 continue
             if sup._stop.is_set():
                 sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
                 break
-            if rc in NO_RESTART_CODES:
+            # (a run that lasted stable_s registered: its "duplicate" is not about the crash before it)
+            short = time.monotonic() - started < self.policy.stable_s
+            if rc == EXIT_DUPLICATE and crashed and short and ghost_tries < self.policy.ghost_retries:
+                ghost_tries += 1
+                log.warning("agent %s exit %d after a crash: its crashed copy's lease may still be live", sup.id, rc)
+            elif rc in NO_RESTART_CODES:
                 sup.state, sup.reason = ProcState.EXITED, f"exit {rc}: {NO_RESTART_CODES[rc]}"
                 log.warning("agent %s %s: not restarting", sup.id, sup.reason)
                 break
+            else:
+                crashed, ghost_tries = True, 0
             now = time.monotonic()
             if now - started >= self.policy.stable_s:
                 attempt = 0
@@ -240,7 +255,7 @@ class Supervisor:
                     break
                 sup._restart_now = False
                 sup._stop.clear()
-                attempt = 0
+                attempt = 0  # (the crashed copy's lease is no shorter for it: `crashed` stands)
             else:
                 sup._recent.append(time.monotonic())
                 sup.restarts += 1
