@@ -181,6 +181,9 @@ GIVE_UP_S = 900.0  # an alert not delivered this long after it was raised is sta
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
 POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
 LIST_MAX = 20  # alerts listed in one summary message; beyond it they are counted
+# one message's text at most (Telegram refuses more than 4096 characters with HTTP 400, and a refused
+# message would be retried with the same text until given up, the critical alert at its head with it)
+TEXT_MAX = 3500
 SEEN_MAX = 10_000  # delivered-alert stamps kept per channel for dedup
 
 _Key = tuple[str, str, str]
@@ -299,6 +302,8 @@ class _Lane:
             if room <= 0:
                 return self.limit.reopens_in(now)
             primary = self.queue[0]
+        if self.failures:  # after a failed try the alert goes alone: whatever the channel refused, not it
+            return [primary]
         return [primary, *(it for it in self.queue if it.held and it is not primary)]
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -310,16 +315,21 @@ class _Lane:
 
     def _text(self, batch: list[_Item], why: str) -> str:
         primary, riders = batch[0], batch[1:]
-        text = primary.alert.line(self.owner.gateway)
+        tail = f"\n(+{self.dropped} alerts dropped: the queue of this channel was full; see the console)"
+        tail = tail if self.dropped else ""
+        text = primary.alert.line(self.owner.gateway)[: TEXT_MAX - 400]  # room for the list's head and tail
         if riders:
             text += f"\n(+{len(riders)} more alerts {why}, oldest first:"
-            text += "".join(f"\n- {it.alert.line()[:200]}" for it in riders[:LIST_MAX])
-            if len(riders) > LIST_MAX:
-                text += f"\n- ... and {len(riders) - LIST_MAX} more: see the console"
+            listed = 0
+            for it in riders[:LIST_MAX]:
+                line = f"\n- {it.alert.line()[:200]}"
+                if len(text) + len(line) + len(tail) + 80 > TEXT_MAX:
+                    break
+                text, listed = text + line, listed + 1
+            if listed < len(riders):
+                text += f"\n- ... and {len(riders) - listed} more: see the console"
             text += ")"
-        if self.dropped:
-            text += f"\n(+{self.dropped} alerts dropped: the queue of this channel was full; see the console)"
-        return text
+        return text + tail
 
     async def _send(self, batch: list[_Item], why: str) -> bool:
         for it in batch:

@@ -142,6 +142,59 @@ async def test_kill_switch_after_a_burst_bypasses_the_rate_limit() -> None:
         await asyncio.wait([task], timeout=5)
 
 
+class ShortOnly(FakeChannel):
+    """Refuses a text over 4096 characters, every time (Telegram's sendMessage: HTTP 400)."""
+
+    async def send(self, alert: Alert, text: str) -> None:
+        self.tries += 1
+        if len(text) > 4096:
+            raise RuntimeError("HTTP 400")
+        self.sent.append(text)
+
+
+async def test_a_kill_switch_after_a_storm_fits_one_message_and_arrives() -> None:
+    clock = FakeClock()
+    ch = ShortOnly()
+    n = Notifier(NotifyConfig(), channels=[ch], clock=clock)  # max_per_minute = 6
+    task = asyncio.create_task(n.run())
+    try:
+        held = ", ".join(f"{10 + k} 00{k}000" for k in range(6))
+        for i in range(30):  # agents offline with holdings: long lines, 24 held back by the limit
+            n.alert(AlertKind.AGENT_OFFLINE, f"silent for 31s; it holds {held} and 2 open orders", agent=f"a{i:02d}")
+        await until(lambda: len(ch.sent) == 6 and n.counters["limited"] == 24)
+        n.alert(AlertKind.KILL_SWITCH, "kill switch: 5 broker errors in 60s: trading halted (cancels only)")
+        await until(lambda: any("KILL SWITCH" in t for t in ch.sent))  # the clock has not moved: no retry
+        text = next(t for t in ch.sent if "KILL SWITCH" in t)
+        assert len(text) <= notifier_mod.TEXT_MAX and "more: see the console" in text
+        assert ch.tries == 7  # it fitted at once: nothing was refused
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+
+
+async def test_after_a_refused_message_the_alert_goes_alone() -> None:
+    clock = FakeClock()
+    ch = FakeChannel()
+    n = Notifier(NotifyConfig(max_per_minute=1), channels=[ch], clock=clock)
+    task = asyncio.create_task(n.run())
+    try:
+        n.alert(AlertKind.UNKNOWN_ORDER, "order 0", subject="0")
+        await until(lambda: len(ch.sent) == 1)
+        n.alert(AlertKind.UNKNOWN_ORDER, "order 1", subject="1")  # held back by the limit
+        await until(lambda: n.counters["limited"] == 1)
+        ch.fail_left = 1
+        n.alert(AlertKind.KILL_SWITCH, "kill switch", subject="k")  # with order 1 riding on it: refused
+        await until(lambda: ch.tries == 2)
+        clock.advance(notifier_mod.backoff_s(1))
+        await until(lambda: len(ch.sent) == 2)
+        assert "KILL SWITCH" in ch.sent[1] and "order 1" not in ch.sent[1]  # alone: the rider waits its turn
+        clock.advance(61.0)
+        await until(lambda: len(ch.sent) == 3 and "order 1" in ch.sent[2])
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+
+
 async def test_held_back_alerts_are_sent_when_the_minute_reopens() -> None:
     clock = FakeClock()
     ch = FakeChannel()
