@@ -202,7 +202,10 @@ class Gateway:
         self.subs = SubscriptionManager(broker, on_refused=self._subscription_refused)
         self.master: StockMaster | None = None  # installed below, once the sessions exist
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
-        self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once
+        self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once a day
+        # code -> (monotonic time of the next ask, refusals in a row): the broker refused the registration;
+        # asked again with back-off, never at every lease tick (KIS blocks subscribe storms)
+        self._protected_retry: dict[str, tuple[float, int]] = {}
         self.sessions = AgentSessions(
             self.registry,
             self.book,
@@ -703,11 +706,13 @@ class Gateway:
     def _watch_protected(self) -> None:
         """Hold the trade registrations of protected codes (and only those) in the protections' name."""
         want = self.protection.codes()
+        now = time.monotonic()
         for code in sorted(want - self._protected):
+            if self._protected_retry.get(code, (0.0, 0))[0] > now:
+                continue  # the broker refused it lately: asked again after the back-off
             err, text = self.subs.want(protection_room.HOLDER, MarketKind.TRADES, code)
             if err is None:
                 self._protected.add(code)
-                self._refused_protected.discard(code)  # a later refusal is news again
             elif code not in self._refused_protected:
                 self._refused_protected.add(code)
                 self.alerts(f"protective orders on {code} cannot watch its prints: {text}")
@@ -722,12 +727,15 @@ class Gateway:
             self.book.notify(agent, notice)
             return
         self._protected.discard(notice.code)
+        n = self._protected_retry.get(notice.code, (0.0, 0))[1] + 1
+        self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
         if notice.code not in self._refused_protected:
             self._refused_protected.add(notice.code)
             self.alerts(f"protective orders on {notice.code} cannot watch its prints: {notice.text}")
 
     def _new_day(self, day: str) -> None:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
+        self._protected_retry.clear()
         self._check_calendar(day)
 
     def _set_meta(self, key: str, value: str) -> None:

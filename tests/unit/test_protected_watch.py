@@ -1,0 +1,54 @@
+"""The protections' trade registration of a code the broker keeps refusing is asked again with
+back-off and alerted once a day — not a KIS subscribe and an alert at every lease tick (0.2 s: the
+subscribe storm KIS blocks app keys for, API.md). Drives the gateway's own two methods."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+from kis.port import MarketKind, SubscriptionResult
+from server.gateway import Gateway
+from server.subscriptions import SubscriptionManager
+
+
+class RefusingBroker:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.refuse = True
+
+    async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        self.calls += 1
+        if self.refuse:
+            return SubscriptionResult(ok=False, code="OPSP0008", message="MAX SUBSCRIBE OVER")
+        return SubscriptionResult(ok=True)
+
+    async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+        return SubscriptionResult(ok=True)
+
+
+def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once() -> None:
+    async def main() -> None:
+        broker = RefusingBroker()
+        alerts: list[str] = []
+        gw = SimpleNamespace(
+            protection=SimpleNamespace(codes=lambda: {"005930"}),
+            _protected=set(),
+            _refused_protected=set(),
+            _protected_retry={},
+            alerts=alerts.append,
+        )
+        gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        for _ in range(25):  # 5 s of the lease loop (a tick every lease_s / 5 = 0.2 s)
+            Gateway._watch_protected(gw)  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)
+        assert broker.calls == 1 and len(alerts) == 1 and "cannot watch its prints" in alerts[0]
+        # the back-off passes: asked again (granted now), no second alert the same day
+        gw._protected_retry["005930"] = (time.monotonic() - 1, 1)
+        broker.refuse = False
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert broker.calls == 2 and gw._protected == {"005930"} and len(alerts) == 1
+
+    asyncio.run(main())
