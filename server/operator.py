@@ -390,7 +390,12 @@ class Operator:
             on_behalf = rec is None or rec.state is not AgentState.ONLINE
             # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
             reduced = gw.risk.agent_state(msg.agent) is TradingState.HALTED
+            accepted: list[str] = []
             if reduced:
+                # a drawdown past its halt level lets nothing pass, sells included, and the next sweep
+                # would halt it again: the operator's word to sell accepts it (as a resume does); the
+                # agent stays reducing, so nothing is bought on the restarted peak
+                accepted = gw.risk.accept(msg.agent, self.card_of(msg.agent))
                 gw.risk.set_state(msg.agent, TradingState.REDUCING, why=f"flatten by {h.sender}: sells only")
             n = gw.desk.flatten(
                 self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
@@ -406,6 +411,7 @@ class Operator:
                 f"{msg.agent}: {n} orders sent to flatten"
                 + (" (on behalf of the offline agent)" if on_behalf else "")
                 + ("; it was paused: now reducing (sells only)" if reduced else "")
+                + "".join(f"; {a}" for a in accepted)
             )
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)

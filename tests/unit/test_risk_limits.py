@@ -183,6 +183,32 @@ def test_a_resume_accepts_what_tripped_and_holds_until_it_worsens(tmp_path: Path
     asyncio.run(main())
 
 
+def test_a_flatten_of_an_agent_past_its_drawdown_halt_level_sells(tmp_path: Path) -> None:
+    """What the operator's flatten does for a halted agent (server/operator.py): accept what halted it,
+    reduce, flatten. Past the halt level nothing passes, sells included, so without the acceptance the
+    sells were denied (DENIED_DRAWDOWN) and the next sweep halted it again with a second page."""
+
+    async def main() -> None:
+        async with Desk(tmp_path) as d:
+            risk, seen = d.core.risk, []
+            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append(kind))
+            c = msgspec.structs.replace(card(), risk=RiskLimits(halt_drawdown_pct=1.0))
+            assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None
+            await asyncio.wait_for(_until(lambda: d.core.portfolio.position("alpha", "005930") is not None), 5)
+            risk.sweep([c])
+            risk.peaks.reset("alpha", d.core.portfolio.agent_equity("alpha", c.budget) + 1_000_000)  # 2 % down
+            risk.sweep([c])
+            assert risk.agent_state("alpha") is TradingState.HALTED and seen.count(AlertKind.DRAWDOWN) == 1
+            assert any("drawdown accepted" in a for a in risk.accept("alpha", c))
+            risk.set_state("alpha", TradingState.REDUCING, why="flatten: sells only")
+            assert d.core.desk.flatten(c, "flatten by ops") == 1  # the sell of the 10 shares goes out
+            risk.sweep([c])
+            assert risk.agent_state("alpha") is TradingState.REDUCING and seen.count(AlertKind.DRAWDOWN) == 1
+            assert d.submit(c, order("alpha", 9, qty=1, price=70_000)) is ErrorCode.DENIED_REDUCING  # no buys
+
+    asyncio.run(main())
+
+
 def test_automatic_halt_reaches_the_notifier_kind(tmp_path: Path) -> None:
     async def main() -> list[tuple[object, str]]:
         seen: list[tuple[object, str]] = []
