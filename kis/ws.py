@@ -6,7 +6,9 @@
 - Acks are tracked: OPSP0000 success (AES key/iv kept for notices), OPSP0002 ALREADY IN SUBSCRIBE =
   success (a notice slot without key/iv is released and asked for again), OPSP0008 MAX SUBSCRIBE OVER
   reported to the caller, OPSP0011/OPSP8996 end the session (whoever asked) and the watchdog backs
-  off before trying again. An ack that does not come in time on a live session: asked for again.
+  off before trying again. A new registration whose ack does not come in time on a live session is
+  reported refused (NO_ACK) and released, so a late success cannot hold a slot nobody counts; one
+  kept wanted (refused at a sync, shared) is asked for again.
 - Frames are received as bytes and decoded with errors='replace': invalid UTF-8 from the server
   must not close the session (API.md §8.2).
 - Watchdog: on silence, error or close the state goes to DEGRADED, then the session is rebuilt with
@@ -43,6 +45,9 @@ Key = tuple[str, str]  # (tr_id, tr_key)
 
 OK_SUBSCRIBE = codes_with(Verdict.WS_SUBSCRIBED, Verdict.WS_ALREADY)  # success, already in subscribe
 OK_UNSUBSCRIBE = codes_with(Verdict.WS_UNSUBSCRIBED, Verdict.WS_NOT_SUBSCRIBED)  # success, was not subscribed
+# acks that answer only a subscribe (tr_type 1) or only a release (tr_type 2): a late ack of the other
+# request for the same key is never taken as this one's answer
+SUBSCRIBE_ONLY = OK_SUBSCRIBE | codes_with(Verdict.WS_CAP)
 SESSION_FATAL = codes_with(Verdict.WS_APPROVAL_INVALID, Verdict.WS_KEY_IN_USE)  # bad approval key, app key in use
 # why a registration has no ack: the session ended, or it lives on and KIS did not answer in time
 LOST = "DISCONNECTED"
@@ -130,6 +135,15 @@ def in_use_delay(refusals: int, cfg: WsConfig) -> float:
     return max(cfg.in_use_backoff_s, d / 2 + random.uniform(0.0, d / 2))
 
 
+def _answers(tr_type: str, code: str) -> bool:
+    """Whether an ack with `code` can answer a request of `tr_type` ("1" subscribe, "2" release)."""
+    if code in SUBSCRIBE_ONLY:
+        return tr_type == "1"
+    if code in OK_UNSUBSCRIBE:
+        return tr_type == "2"
+    return True
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Equal jitter: half fixed (never a tight loop), half random (no thundering herd)."""
     d = min(cap, base * (2**attempt))
@@ -156,9 +170,15 @@ class KisWebSocket:
         self.notice_key: Key = (notice_tr, hts_id)
         self.parser = FrameParser()
         self._wanted: dict[Key, int] = {self.notice_key: 1}  # ledger: key → reference count
+        # key → which wanting it is (a counter): a caller told no gives back its own reference only, not
+        # that of a later holder who wanted the key afresh after it was released meanwhile
+        self._wanted_as: dict[Key, int] = {self.notice_key: 0}
+        self._wants = 0
         self._active: set[Key] = set()  # registered on the current session
         self._refused: set[Key] = set()  # wanted, but refused on re-registration this session: tried again
         self._pending: dict[Key, asyncio.Future[Control]] = {}
+        self._pending_type: dict[Key, str] = {}  # key → tr_type ("1" subscribe, "2" release) of its waiter
+        self._background: set[asyncio.Task[None]] = set()  # releases sent without a waiting caller
         self._ws: websockets.ClientConnection | None = None
         self._approval_key = ""
         self._approval_at = 0.0  # loop time the approval key was issued
@@ -194,6 +214,8 @@ class KisWebSocket:
 
     async def close(self) -> None:
         self._closing = True
+        for task in list(self._background):  # releases in flight: the session they were for ends now
+            task.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._task is not None:
@@ -232,6 +254,8 @@ class KisWebSocket:
 
     def _note(self, problem: SessionProblem, detail: str) -> None:
         """Record why the session is not READY; a new problem is logged once, with what to check."""
+        if self._closing:  # a stop we asked for (e.g. ConnectionClosedOK 1000) is no drop: nothing reconnects
+            return
         changed = problem is not self.problem
         self.problem, self.problem_detail = problem, detail
         if changed and problem is not SessionProblem.NONE:
@@ -391,6 +415,10 @@ class KisWebSocket:
                 self._refused.add(key)
         return res
 
+    def _notice_usable(self) -> bool:
+        """The notice slot is registered on this session with the AES key/iv its notices need."""
+        return self.notice_key in self._active and self.notice_key[0] in self.parser.ciphers
+
     def _notice_refused(self, res: SubscriptionResult) -> bool:
         """Note why the notice slot is unusable; True when asking again may help (not a wrong HTS id)."""
         hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
@@ -428,7 +456,12 @@ class KisWebSocket:
                 if k not in self._active and k not in self._pending and k not in self._refused and k != self.notice_key
             ]
             if not todo:
-                return (not notice_problem, notice_problem)
+                # the notice slot as it is now, not as it was at the start: _retry_refused may have got it
+                # while the data keys registered (the session is still SYNCING then, so _register_again
+                # does not switch to READY: a stale refusal here left it DEGRADED for good)
+                if self._notice_usable():
+                    return True, ""
+                return False, notice_problem or self.problem_detail or "notice slot not registered"
             for i in range(0, len(todo), max(1, self.cfg.batch_size)):
                 if not first:
                     await asyncio.sleep(self.cfg.batch_pace_s)  # KIS blocks subscribe storms
@@ -469,34 +502,84 @@ class KisWebSocket:
             self._wanted[key] += 1
             if key not in self._refused or (ws := self._ws) is None:
                 return SubscriptionResult(ok=True, code="", message="already registered (shared)")
+            gen = self._wanted_as.get(key, 0)
             res = await self._register_again(ws, key)  # refused on this session: ask again
+            if not res.ok and res.code not in (LOST, NO_ACK) and res.code not in SESSION_FATAL:
+                self._give_back(ws, key, gen, release=False)  # the others keep it (retried)
         else:
             if len(self._wanted) >= self.cfg.max_registrations:
                 return SubscriptionResult(
                     ok=False, code="LIMIT", message=f"{self.cfg.max_registrations} registrations in use"
                 )
             self._wanted[key] = 1
+            self._wants += 1
+            gen = self._wanted_as[key] = self._wants
             ws = self._ws
             if self.state not in (SessionState.READY, SessionState.DEGRADED) or ws is None:
                 return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is ready")
             res = await self._register(ws, key)
             if res.code == NO_ACK:
-                self._refused.add(key)  # KIS may have taken it: asking again settles it (OPSP0002 = success)
-            elif not res.ok and res.code != LOST and res.code not in SESSION_FATAL:
-                self._wanted.pop(key, None)
+                # Reported ok and kept wanted, it leaked: the holder leaving sent no release (not
+                # active) while KIS's late SUBSCRIBE SUCCESS kept the slot, and a later refusal reached
+                # nobody. Now the caller is told no (the SubscriptionManager tells its holders, who poll
+                # and ask again) and KIS is asked to let go of whatever it may have taken.
+                wait = f"no ack in {self.cfg.ack_timeout_s:g}s"
+                if self._give_back(ws, key, gen, release=True):
+                    return SubscriptionResult(ok=False, code=NO_ACK, message=f"{wait}: released; asked again later")
+                return SubscriptionResult(ok=False, code=NO_ACK, message=f"{wait}; asked again for its other holders")
+            if not res.ok and res.code != LOST and res.code not in SESSION_FATAL:
+                self._give_back(ws, key, gen, release=False)
         # kept wanted in these cases: reported ok, so the caller releases it one day
         if res.code == LOST:
             return SubscriptionResult(ok=True, code="QUEUED", message="registered when the session is back")
         if res.code in SESSION_FATAL:  # the reader ends the session (_on_control); the next one registers it
             why = f"KIS ended the session ({res.code} {res.message}); registered on the next"
             return SubscriptionResult(ok=True, code="QUEUED", message=why)
-        if res.code == NO_ACK:
+        if res.code == NO_ACK:  # a shared key refused at a sync: the others keep it, asked again
             return SubscriptionResult(
                 ok=True,
                 code=NO_ACK,
                 message=f"no ack in {self.cfg.ack_timeout_s:g}s; asked again every {self.cfg.refused_retry_s:g}s",
             )
         return res
+
+    def _give_back(self, ws: websockets.ClientConnection, key: Key, gen: int, *, release: bool) -> bool:
+        """Drop the reference of a caller told no (it will never release it). True when nobody wants the
+        key any more (released at KIS if `release`: a late ack may have given it a slot); otherwise the
+        others, told ok while it waited, keep it and it is asked again for them (_retry_refused)."""
+        if self._wanted_as.get(key) == gen:  # else its holder released it meanwhile (unsubscribe took the ref)
+            refs = self._wanted[key] - 1
+            if refs > 0:
+                self._wanted[key] = refs
+            else:
+                self._forget(key)
+        if key in self._wanted:
+            if self._wanted_as.get(key) == gen:
+                self._refused.add(key)
+            # else wanted afresh meanwhile: that registration is under way and decides
+            return False
+        if release:
+            self._release_later(ws, key)
+        return True
+
+    def _forget(self, key: Key) -> None:
+        self._wanted.pop(key, None)
+        self._wanted_as.pop(key, None)
+        self._refused.discard(key)
+
+    def _release_later(self, ws: websockets.ClientConnection, key: Key) -> None:
+        """Release in the background a key nobody wants that KIS may hold (its ack came late or never):
+        otherwise the slot stays taken at KIS, uncounted here, and a later code gets MAX SUBSCRIBE OVER.
+        OPSP0003 (not found) is fine: KIS had not taken it."""
+
+        async def release() -> None:
+            ctl = await self._send_and_wait(ws, key, "2")
+            code = ctl if isinstance(ctl, str) else (ctl.body.msg_cd if ctl.body else "")
+            log.info("released %s (no longer wanted, KIS may have held it): %s", key, code)
+
+        task = asyncio.get_running_loop().create_task(release(), name="kis-ws-release")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def unsubscribe(self, tr_id: str, tr_key: str) -> SubscriptionResult:
         key = (tr_id, tr_key)
@@ -509,8 +592,13 @@ class KisWebSocket:
             self._wanted[key] = refs - 1
             return SubscriptionResult(ok=True, message="still used by others")
         del self._wanted[key]
+        self._wanted_as.pop(key, None)
+        # a key refused or unanswered (NO_ACK) at a sync was kept wanted: KIS may hold it all the same
+        # (a late SUBSCRIBE SUCCESS), so it is released like an active one
+        held = key in self._active or key in self._refused
+        self._refused.discard(key)
         ws = self._ws
-        if key not in self._active or ws is None:
+        if not held or ws is None:
             return SubscriptionResult(ok=True)
         self._active.discard(key)
         ctl = await self._send_and_wait(ws, key, "2")
@@ -554,6 +642,11 @@ class KisWebSocket:
         body = ctl.body
         code, msg = (body.msg_cd, safe_msg(body.msg_cd, body.msg1.strip())) if body else ("", "")
         if code in OK_SUBSCRIBE or (body is not None and body.rt_cd == "0"):
+            if key not in self._wanted:
+                # its holder left while the ack was on its way (unsubscribe saw it not active and sent
+                # no release): KIS holds a slot nobody counts unless it is released now
+                self._release_later(ws, key)
+                return SubscriptionResult(ok=True, code=code, message=f"{msg}; no longer wanted: released".strip())
             self._active.add(key)
             out = body.output if body else None
             if out is not None and out.key and out.iv and (ctl.header.encrypt == "Y" or key[0] in NOTICE_TRS):
@@ -568,6 +661,7 @@ class KisWebSocket:
         """The ack, or why there is none: LOST (the session ended) or NO_ACK (it lives on)."""
         fut: asyncio.Future[Control] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
+        self._pending_type[key] = tr_type
         msg = {
             "header": {
                 "approval_key": self._approval_key,
@@ -593,6 +687,7 @@ class KisWebSocket:
         finally:
             if self._pending.get(key) is fut:
                 del self._pending[key]
+                self._pending_type.pop(key, None)
 
     async def _raise_reader_error(self) -> None:
         """The session is gone: if the reader ended on a refusal (OPSP8996/OPSP0011), surface that
@@ -611,6 +706,7 @@ class KisWebSocket:
             if not fut.done():
                 fut.set_exception(ConnectionError("websocket session ended"))
         self._pending.clear()
+        self._pending_type.clear()
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -681,6 +777,11 @@ class KisWebSocket:
             return
         key = (ctl.header.tr_id, ctl.header.tr_key)
         fut = self._pending.get(key)
+        if fut is not None and not _answers(self._pending_type.get(key, ""), body.msg_cd):
+            # the late ack of the key's other request (a SUBSCRIBE SUCCESS whose wait ended, while its
+            # release waits; or the other way round): taken as this answer it marked a released key
+            # active, or a refused one released
+            fut = None
         if fut is None and self._pending and ctl.header.tr_id in ("(null)", ""):
             # error acks may not name the TR (OPSP0017 has tr_id "(null)"): give it to the oldest waiter.
             # An ack naming another key is a late one (its wait timed out): never someone else's answer.

@@ -6,8 +6,9 @@ agent leaving releases it after a debounce, so a restarting agent does not cause
 unsubscribe/subscribe storm.
 
 `want()` answers before the broker does; when the broker then refuses (KIS MAX SUBSCRIBE OVER, the
-ws ledger's LIMIT, an error), each holder is sent the same refusal notice as for the slot limit
-(`on_refused`), so its runtime polls quotes and asks again, and stops being a holder."""
+ws ledger's LIMIT, no ack in time (NO_ACK: the KIS session released it), an error), each holder is
+sent the same refusal notice as for the slot limit (`on_refused`), so its runtime polls quotes and
+asks again, and stops being a holder."""
 
 from __future__ import annotations
 

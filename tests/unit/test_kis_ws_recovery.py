@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import websockets
@@ -250,34 +251,43 @@ async def test_a_late_ack_is_never_taken_as_another_registrations_answer() -> No
     """A's SUBSCRIBE SUCCESS came after A's wait timed out, while B waited: B was handed it and
     reported registered though KIS refused B (MAX SUBSCRIBE OVER)."""
     a, b = ("H0STCNT0", "00000A"), ("H0STASP0", "00000B")
+
+    class RefusesB(LateAcks):  # A, unanswered in time, is released (NO_ACK): B is refused all the same
+        def answer(self, conn: int, tr_type: str, key: Key) -> Body | None:
+            return CAP if key == b and tr_type == "1" else None
+
     # ack timeout 1.0 s; A's ack at 1.4 s, while B (sent at 1.0 s) waits for its own at 1.8 s
-    kis = LateAcks({a: 1.4, b: 0.8}, cap=2)  # the notice slot and A: B is over the cap
+    kis = RefusesB({a: 1.4, b: 0.8}, cap=2)
     async with rigged(kis, ack_timeout_s=1.0) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         await rig.ws.subscribe(*a)
         rb = await rig.ws.subscribe(*b)
-        assert a in kis.registered[0] and b not in kis.registered[0]
+        assert b not in kis.registered[0]
         assert not rb.ok and rb.code == "OPSP0008", f"B reported {rb.code} though KIS refused it"
         assert b not in rig.ws.active and b not in rig.ws.registrations
 
 
 @aio
-async def test_an_ack_timeout_on_a_live_session_is_asked_again_not_reported_as_waiting_for_a_reconnect() -> None:
+async def test_an_ack_timeout_on_a_live_session_is_reported_not_as_waiting_for_a_reconnect() -> None:
     """A registration whose ack does not come in time was reported QUEUED 'registered when the session
-    is back' though the session never went away (nothing would register it). Now it is kept and asked
-    again on the same session; KIS's ALREADY IN SUBSCRIBE settles it."""
+    is back' though the session never went away (nothing would register it). Then it was reported ok
+    and asked again, which leaked KIS slots (see test_no_ack_on_subscribe_...). Now the caller is told
+    NO_ACK (not ok: the holder polls and asks again) and KIS is asked to let go of it."""
     a = ("H0STCNT0", "00000A")
     kis = LateAcks({a: 0.6})
     async with rigged(kis, ack_timeout_s=0.3, refused_retry_s=0.2) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         ra = await rig.ws.subscribe(*a)
-        assert ra.ok and ra.code == "NO_ACK", f"reported {ra.code} {ra.message!r}"
-        assert a in rig.ws.refused and a in rig.ws.registrations
-        await rig.until(lambda: a in rig.ws.active and not rig.ws.refused)
-        assert kis.requests[0].count(("1", a)) == 2 and rig.ws.sessions == 1
+        assert not ra.ok and ra.code == "NO_ACK", f"reported {ra.code} {ra.message!r}"
+        assert "released" in ra.message and "QUEUED" not in ra.message
+        assert a not in rig.ws.refused and a not in rig.ws.registrations
+        await rig.until(lambda: ("2", a) in kis.requests[0] and a not in kis.registered[0])
+        assert a not in rig.ws.active and rig.ws.sessions == 1
         assert rig.ws.state is SessionState.READY
+        assert (await rig.ws.subscribe(*a)).ok  # asked again by its holder: registered
+        assert a in rig.ws.active and a in kis.registered[0]
 
 
 @aio
@@ -300,3 +310,121 @@ async def test_an_approval_key_refused_mid_session_is_renewed_and_the_registrati
         assert (await rig.ws.subscribe("H0STCNT0", "000660")).ok
         reasons = [e.reason for e in rig.events if isinstance(e, SessionChange)]
         assert any("OPSP0011" in r for r in reasons) and not any("approval-1" in r for r in reasons)
+
+
+class NoticeRefusedOnceSlowSync(ScriptedKis):
+    """The second connection's first notice registration is refused (OPSP0008) and the data keys' acks
+    are slow (KIS busy): the sync outlasts refused_retry_s, so the slot is granted while it runs."""
+
+    def answer(self, conn: int, tr_type: str, key: Key) -> Body | None:
+        if conn == 1 and key == NOTICE and self.requests[1].count(("1", NOTICE)) == 1:
+            return CAP
+        return None
+
+    def delay(self, conn: int, tr_type: str, key: Key, nth: int) -> float:
+        return 0.5 if conn == 1 and key != NOTICE else 0.0
+
+
+@aio
+async def test_a_notice_slot_granted_while_the_sync_still_runs_makes_the_session_ready() -> None:
+    """The retry loop got the refused notice slot while the data keys were still registering (SYNCING,
+    so it did not switch to READY) and the sync then ended on the refusal it saw at its start: DEGRADED
+    for good with notices working, every order denied SESSION_NOT_READY."""
+    kis = NoticeRefusedOnceSlowSync()
+    async with rigged(kis, refused_retry_s=0.1, ack_timeout_s=2.0) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        for code in ("000001", "000002", "000003", "000004"):
+            assert (await rig.ws.subscribe("H0STCNT0", code)).ok
+        kis.conns[0].transport.abort()
+        await rig.until(lambda: rig.ws.sessions == 2 and rig.ws.state is SessionState.SYNCING)
+        assert await rig.ws.wait_state(SessionState.READY, 5), f"{rig.ws.state} {rig.ws.problem}"
+        assert rig.ws.problem is SessionProblem.NONE and "H0STCNI0" in rig.ws.parser.ciphers
+        assert kis.requests[1].count(("1", NOTICE)) == 2 and rig.ws.sessions == 2 and not rig.ws.refused
+        last_ready = max(i for i, e in enumerate(rig.events) if isinstance(e, SessionChange))
+        assert any(isinstance(e, Gap) for e in rig.events[last_ready:])  # the reconnect's gap is repaired
+
+
+@aio
+async def test_no_ack_on_subscribe_is_reported_and_released_so_a_late_success_holds_no_slot() -> None:
+    """NO_ACK was reported ok with the key wanted but not active: its holder leaving sent no release,
+    KIS's late SUBSCRIBE SUCCESS kept the slot, and the next code got MAX SUBSCRIBE OVER with the ledger
+    empty. Now the caller is told no, the key is forgotten and released, and the late ack marks nothing."""
+    a, b = ("H0STCNT0", "00000A"), ("H0STCNT0", "00000B")
+    kis = LateAcks({a: 0.6}, cap=2)  # the notice slot and one more
+    async with rigged(kis, ack_timeout_s=0.3, refused_retry_s=5.0) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        ra = await rig.ws.subscribe(*a)
+        assert not ra.ok and ra.code == "NO_ACK" and "released" in ra.message
+        assert a not in rig.ws.registrations and a not in rig.ws.refused
+        assert (await rig.ws.unsubscribe(*a)).code == "NOT_SUBSCRIBED"  # nothing left for a holder to release
+        await asyncio.sleep(0.8)  # KIS's late SUBSCRIBE SUCCESS for A, then its release's answer, arrive
+        assert ("2", a) in kis.requests[0] and a not in kis.registered[0]
+        assert a not in rig.ws.active and a not in rig.ws.registrations  # the late ack marked nothing
+        rb = await rig.ws.subscribe(*b)
+        assert rb.ok and rb.code == "OPSP0000", f"B: {rb.code} {rb.message}"
+        assert b in rig.ws.active and rig.ws.state is SessionState.READY and rig.ws.sessions == 1
+
+
+@aio
+async def test_no_ack_then_a_refusal_is_reported_to_the_caller_not_kept_for_good() -> None:
+    """A NO_ACK then refused (OPSP0008) on every retry stayed 'wanted', never reported: nothing but the
+    health page reads `refused`, so the holders waited for prints that never came."""
+    a = ("H0STCNT0", "00000A")
+    kis = LateAcks({a: 0.6}, cap=1)  # only the notice slot fits: KIS refuses A
+    async with rigged(kis, ack_timeout_s=0.3, refused_retry_s=0.2) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        ra = await rig.ws.subscribe(*a)
+        assert not ra.ok and ra.code == "NO_ACK"  # the SubscriptionManager tells the holders
+        await asyncio.sleep(0.8)  # several retry periods
+        assert a not in rig.ws.refused and a not in rig.ws.registrations and a not in rig.ws.active
+        assert kis.requests[0].count(("1", a)) == 1  # nothing asks again behind the caller's back
+
+
+class SlowAtSync(ScriptedKis):
+    """On the second connection KIS takes A but its ack comes after the ack timeout (NO_ACK at sync)."""
+
+    def __init__(self, a: Key) -> None:
+        super().__init__()
+        self.a = a
+
+    def delay(self, conn: int, tr_type: str, key: Key, nth: int) -> float:
+        return 0.6 if conn == 1 and key == self.a and tr_type == "1" else 0.0
+
+
+@aio
+async def test_unsubscribe_releases_a_key_unanswered_at_the_sync() -> None:
+    """A key without an ack at a reconnect's sync is kept wanted (retried) though KIS may hold it; its
+    last holder leaving sent no release (it was not active): the slot stayed taken at KIS."""
+    a = ("H0STCNT0", "00000A")
+    kis = SlowAtSync(a)
+    async with rigged(kis, ack_timeout_s=0.3, refused_retry_s=30.0) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert (await rig.ws.subscribe(*a)).ok
+        kis.conns[0].transport.abort()
+        await rig.until(lambda: rig.ws.sessions == 2 and rig.ws.state is SessionState.READY)
+        assert a in rig.ws.refused and a not in rig.ws.active
+        await rig.until(lambda: a in kis.registered[1])  # KIS took it all the same
+        ru = await rig.ws.unsubscribe(*a)
+        assert ru.ok, f"{ru.code} {ru.message}"
+        assert ("2", a) in kis.requests[1] and a not in kis.registered[1]
+        assert a not in rig.ws.refused and a not in rig.ws.registrations and a not in rig.ws.active
+
+
+@aio
+async def test_a_clean_stop_logs_no_drop_and_no_reconnect(caplog: Any) -> None:
+    """close() logged 'the KIS websocket dropped (ConnectionClosedOK: sent 1000 (OK)); reconnecting'."""
+    kis = ScriptedKis()
+    async with rigged(kis) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="kis.ws")
+        await rig.ws.close()
+        assert rig.ws.state is SessionState.DISCONNECTED
+        said = [r.getMessage() for r in caplog.records if r.name == "kis.ws" and r.levelno >= logging.WARNING]
+        assert not said, said
+        assert rig.ws.problem is not SessionProblem.DROPPED

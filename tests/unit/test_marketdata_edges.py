@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.calendar import trading_days
 from common.clock import KST
+from common.enums import SessionState
 from common.errors import ErrorCode
 from common.krx import SecurityKind
 from common.schema import Bar, Notice
@@ -275,3 +276,55 @@ def test_a_feed_heard_from_the_bucket_start_keeps_its_first_bar(tmp_path: Path) 
     md2 = MarketData(BarStore(tmp_path / "b2.sqlite"), SessionRule.KRX, ("1d",))
     md2.on_trade(trade(C, "110000", 70_000, 1, 1, date=D), at(11, 0, 0))
     assert [b.start for b in asyncio.run(md2.close_daily(DAY))] == ["2024-03-04"]
+
+
+# ---- 5. a registration KIS did not answer in time (NO_ACK) ---------------------------------------
+
+
+def test_a_registration_without_an_ack_tells_every_holder_and_leaks_nothing() -> None:
+    """The KIS session reported NO_ACK as ok: the manager counted the key active, its holders waited
+    for prints, and KIS's late answer (a refusal, or a slot nobody counted) reached no one. Now NO_ACK
+    is a refusal: each holder is told (SUBSCRIPTION_LIMIT: poll quotes, ask again), the key leaves
+    `active` and the ledger, and asking again registers it afresh."""
+    from kis.adapter import MARKET_TR
+    from tests.unit.test_kis_ws import rigged
+    from tests.unit.test_kis_ws_recovery import LateAcks
+
+    tr = MARKET_TR[MarketKind.TRADES]
+    key = (tr, C)
+
+    class WsBroker:  # the adapter's subscribe/unsubscribe, straight to the KIS session
+        def __init__(self, ws: object) -> None:
+            self.ws = ws
+
+        async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+            return await self.ws.subscribe(MARKET_TR[kind], code)  # type: ignore[attr-defined]
+
+        async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+            return await self.ws.unsubscribe(MARKET_TR[kind], code)  # type: ignore[attr-defined]
+
+    async def go() -> None:
+        kis = LateAcks({key: 0.6}, cap=2)  # KIS takes it, answers after the ack timeout
+        async with rigged(kis, ack_timeout_s=0.3) as rig:
+            rig.ws.start()
+            assert await rig.ws.wait_state(SessionState.READY, 5)
+            told: list[tuple[str, Notice]] = []
+            m = SubscriptionManager(WsBroker(rig.ws), slots=40, on_refused=lambda a, n: told.append((a, n)))  # type: ignore[arg-type]
+            assert m.want("a1", MarketKind.TRADES, C) == (None, "subscribed")
+            assert m.want("a2", MarketKind.TRADES, C) == (None, "subscribed")
+            await rig.until(lambda: len(told) == 2)
+            assert sorted(a for a, _ in told) == ["a1", "a2"]
+            n = told[0][1]
+            assert (n.error, n.kind, n.code) == (ErrorCode.SUBSCRIPTION_LIMIT, "trades", C) and "NO_ACK" in n.text
+            assert (MarketKind.TRADES, C) not in m.active and not m.holders.get((MarketKind.TRADES, C))
+            assert key not in rig.ws.registrations and key not in rig.ws.refused  # no reference left behind
+            await rig.until(lambda: ("2", key) in kis.requests[0] and key not in kis.registered[0])
+            await asyncio.sleep(0.4)  # the late SUBSCRIBE SUCCESS arrives: nothing counts it
+            assert key not in rig.ws.active
+            # asked again (the runtime's Subscribe): registered afresh, once
+            assert m.want("a1", MarketKind.TRADES, C) == (None, "subscribed")
+            await rig.until(lambda: key in rig.ws.active)
+            assert len(told) == 2 and m.holders[(MarketKind.TRADES, C)] == {"a1"}
+            assert rig.ws.registrations[key] == 1 and kis.registered[0].count(key) == 1
+
+    asyncio.run(asyncio.wait_for(go(), 20))
