@@ -221,7 +221,7 @@ def status(
     """One-shot view of the gateway: session, agents, orders."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
-    from tools.ops.status import fetch_status, render_status, status_json
+    from tools.ops.status import fetch_status, render_status, status_json, wall_started_ns
 
     try:
         st = fetch_status(run_dir)
@@ -231,7 +231,7 @@ def status(
     if json_out:
         sys.stdout.write(status_json(st).decode() + "\n")
     else:
-        render_status(st)
+        render_status(st, started_wall_ns=wall_started_ns(run_dir, st))  # started_ns is market time
 
 
 @app.command()
@@ -318,12 +318,14 @@ def top(
 
 @app.command()
 def web(
-    run_dir: Path = typer.Option(Path("run"), "--run-dir"),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="the gateway's run folder (default: the config's, run/)"
+    ),
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="gateway TOML: its [web] section (host, port, token)"
+        None, "--config", "-c", help="gateway TOML: its run_dir and [web] section (host, port, token)"
     ),
     host: str = typer.Option("", help="address to bind (default 127.0.0.1, from [web])"),
-    port: int = typer.Option(-1, help="port (default 8765, from [web])"),
+    port: int = typer.Option(-1, help="port, 0: any free one (default 8765, from [web])"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="where the reload action finds cards"),
 ) -> None:
     """The web dashboard: agents, orders, positions, charts, alerts, live; actions behind a confirmation."""
@@ -331,10 +333,16 @@ def web(
     from tools.web.server import new_token, run_web
 
     try:
-        cfg = load_gateway_config(config).web
+        gw_cfg = load_gateway_config(config)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    cfg = gw_cfg.web
+    if port > 65535 or port < -1:  # -1: not given; a port out of range would end in an OverflowError
+        typer.echo(f"error: --port {port}: a port is 0..65535 (0: any free one)", err=True)
+        raise typer.Exit(2)
+    # the dashboard watches the gateway of that config: its run_dir, unless --run-dir says otherwise
+    run_dir = run_dir or Path(gw_cfg.run_dir)
     host = host or cfg.host
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(
@@ -343,11 +351,12 @@ def web(
             err=True,
         )
     token = os.environ.get("KTRADER_WEB_TOKEN") or cfg.token or new_token()
+    port = port if port >= 0 else cfg.port
     _logging("warning")
     try:
-        run_web(run_dir, host, port if port >= 0 else cfg.port, token, cards, print_fn=typer.echo)
+        run_web(run_dir, host, port, token, cards, print_fn=typer.echo)
     except OSError as e:  # e.g. the port is taken
-        typer.echo(f"error: cannot serve on {host}:{port if port >= 0 else cfg.port}: {e.strerror or e}", err=True)
+        typer.echo(f"error: cannot serve on {host}:{port}: {e.strerror or e}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -397,7 +406,7 @@ def reset(
 
 @cards_app.command("check")
 def cards_check(
-    folder: Path = typer.Argument(Path("cards"), help="folder of *.toml cards"),
+    folder: Path = typer.Argument(Path("cards"), help="a folder of *.toml cards, or one card file"),
     master: Optional[Path] = typer.Option(
         None, help="folder with the KIS master files kospi_code.mst / kosdaq_code.mst"
     ),
@@ -409,25 +418,50 @@ def cards_check(
     raise typer.Exit(check(folder, master, account_budget))
 
 
+def _gateway_run_dir(run_dir: Optional[Path], config: Optional[Path]) -> Path:
+    """--run-dir, else the run_dir of the gateway's --config, else run/ (exit 2 on a bad config)."""
+    from common.config import ConfigError, load_gateway_config
+
+    if run_dir is not None:
+        return run_dir
+    try:
+        return Path(load_gateway_config(config).run_dir)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @cards_app.command("approve")
 def cards_approve(
     cards: list[Path] = typer.Argument(..., help="card files (or folders of *.toml cards) to approve"),
-    run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run folder"),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="the gateway's run folder (default: the config's, run/)"
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the gateway's TOML: its run_dir"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="approve into a run folder no gateway has used yet (refused without it)"
+    ),
 ) -> None:
     """The operator approves cards: the gateway trades each agent under its approved card only (money,
     limits, codes) and issues the agent's credential. Run it on the gateway's host; a running gateway
-    takes it at the agent's next registration (a running agent: `ktrader control reload`)."""
+    takes it at the agent's next registration (a running agent: `ktrader control reload`). A card
+    that `ktrader cards check` finds errors in is not approved."""
     from tools.ops.approve import main as approve
 
-    raise typer.Exit(approve(cards, run_dir))
+    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh))
 
 
 @cards_app.command("approved")
-def cards_approved(run_dir: Path = typer.Option(Path("run"), "--run-dir", help="the gateway's run folder")) -> None:
+def cards_approved(
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="the gateway's run folder (default: the config's, run/)"
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the gateway's TOML: its run_dir"),
+) -> None:
     """List the approved cards: id, budget, limits, who approved them and when."""
     from tools.ops.approve import listing
 
-    raise typer.Exit(listing(run_dir))
+    raise typer.Exit(listing(_gateway_run_dir(run_dir, config)))
 
 
 @cards_app.command("schema")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,17 +13,48 @@ import typer
 
 from common import approvals, credentials
 from common.config import AgentCard, ConfigError, load_card
+from common.curve import gateway_secret_path
 
 if TYPE_CHECKING:
     from agent.client import GatewayClient
 
 
-def _cards(paths: list[Path]) -> list[AgentCard]:
+def _cards(paths: list[Path]) -> list[tuple[Path, AgentCard]]:
     cards = []
     for p in paths:
         files = sorted(p.glob("*.toml")) if p.is_dir() else [p]
-        cards += [load_card(f) for f in files]
+        cards += [(f, load_card(f)) for f in files]
     return cards
+
+
+def gateway_was_here(run_dir: Path) -> bool:
+    """Whether a gateway has used `run_dir` (or it was set up for one): its connection file, store,
+    run lock or operator credential, or the keys of `ktrader keys init`. Approving into a folder
+    with none of these is most likely the wrong folder (the gateway runs with another --run-dir or
+    config), and the approval file it creates stops a first start there from approving cards_dir."""
+    return any(
+        p.exists()
+        for p in (
+            run_dir / "gateway.json",
+            run_dir / "db" / "gateway.sqlite",
+            run_dir / "gateway.lock",
+            credentials.credential_path(run_dir, credentials.OPERATOR),
+            gateway_secret_path(run_dir),
+        )
+    )
+
+
+def _card_errors(cards: list[tuple[Path, AgentCard]]) -> tuple[list[str], int]:
+    """The one-card rules of `ktrader cards check` (strategy loads, params valid, limits that can
+    work, ...): an agent whose card breaks them fails after it registers, so it is not approved.
+    (errors, number of warnings)."""
+    from kis.master import load_stock_master
+    from tools.ops.cards_check import card_problems
+
+    sys.path.insert(0, str(Path.cwd()))  # strategies may live in the working tree, as for cards check
+    sm = load_stock_master(None)
+    problems = [p for f, card in cards for p in card_problems(f, card, sm)]
+    return [str(p) for p in problems if not p.warning], sum(p.warning for p in problems)
 
 
 def _limits(card: AgentCard) -> str:
@@ -39,17 +71,38 @@ def _limits(card: AgentCard) -> str:
     return ", ".join(x for x in parts if x) + note
 
 
-def main(paths: list[Path], run_dir: Path) -> int:
+def main(paths: list[Path], run_dir: Path, fresh: bool = False) -> int:
+    """`fresh`: approve into a run folder no gateway has used yet (refused otherwise)."""
+    if not fresh and not gateway_was_here(run_dir):
+        typer.echo(
+            f"error: no gateway has run on {run_dir}/ (no gateway.json, no store): pass the gateway's "
+            "--run-dir or --config; approving here would not reach it",
+            err=True,
+        )
+        typer.echo(
+            f"  (--fresh approves into {run_dir}/ anyway; its gateway's first start then approves only the "
+            "cards approved here, not [trust] cards_dir)",
+            err=True,
+        )
+        return 2
     try:
         cards = _cards(paths)
         if not cards:
             typer.echo("error: no cards found", err=True)
             return 2
-        ids = [c.id for c in cards]
+        ids = [c.id for _, c in cards]
         if len(set(ids)) != len(ids):
             typer.echo(f"error: an id is approved twice in one go: {sorted(ids)}", err=True)
             return 2
-        done = approvals.approve(run_dir, cards, by=f"ktrader cards approve ({getpass.getuser()})")
+        errors, warnings = _card_errors(cards)
+        if errors:
+            for line in errors:
+                typer.echo(line, err=True)
+            typer.echo(f"error: not approved ({len(errors)} errors): fix the card, then approve it again", err=True)
+            return 2
+        if warnings:
+            typer.echo(f"note: {warnings} warnings (ktrader cards check CARD shows them)", err=True)
+        done = approvals.approve(run_dir, [c for _, c in cards], by=f"ktrader cards approve ({getpass.getuser()})")
     except (ConfigError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         return 2

@@ -1,4 +1,4 @@
-"""`ktrader cards check [DIR]`: every card in a folder checked before anything runs.
+"""`ktrader cards check [DIR|CARD]`: every card in a folder (or one card file) checked before anything runs.
 
 Rules: the card decodes (unknown keys refused, fields valid); ids unique; codes real (KIS stock
 master when given, else the twin's list, which only warns); the strategy imports and its params
@@ -37,7 +37,7 @@ class Problem:
 
 def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, account_budget: int = 0) -> list[Problem]:
     problems: list[Problem] = []
-    files = sorted(folder.glob("*.toml"))
+    files = card_files(folder)
     if not files:
         return [Problem(str(folder), "-", "no *.toml cards here")]
     cards: list[tuple[Path, AgentCard]] = []
@@ -83,6 +83,11 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
             )
         )
     return problems
+
+
+def card_files(path: Path) -> list[Path]:
+    """The cards a path names: a file is one card (as `cards approve` takes it), a folder its *.toml."""
+    return [path] if path.is_file() else sorted(path.glob("*.toml"))
 
 
 def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
@@ -171,6 +176,6 @@ def main(folder: Path, master_dir: Path | None, account_budget: int) -> int:
     for p in problems:
         print(p)
     errors = [p for p in problems if not p.warning]
-    n = len(list(folder.glob("*.toml")))
+    n = len(card_files(folder))
     print(f"{n} cards checked: {len(errors)} errors, {len(problems) - len(errors)} warnings")
     return 1 if errors else 0

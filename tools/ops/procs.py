@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from tools.paths import ROOT
 
@@ -70,3 +73,22 @@ def stop_groups(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 5.0) 
         except subprocess.TimeoutExpired:
             signal_group(p, signal.SIGKILL)
             p.wait(5)
+
+
+def run_lock_held(run_dir: str | Path) -> bool | None:
+    """Whether a gateway holds the run lock of `run_dir` now (server/app.py lock_run_dir). The OS
+    drops the lock when its process dies, so this, not gateway.json's pid (which a crash leaves
+    behind and the OS may give to another process), says whether the gateway runs. None: no gateway
+    ever took the lock here (no lock file), or it cannot be probed: the caller cannot tell."""
+    path = Path(run_dir) / "gateway.lock"
+    if not path.is_file():
+        return None
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # e.g. another user's lock file: no way to tell from here
+        return None
+    lock.release()
+    return False

@@ -2,8 +2,8 @@
 the CURVE keys (run/keys) stay.
 
 Refuses while a gateway holds the run lock of run/ or of a folder under it (a demo or a replay
-gateway), or while the gateway named in run/gateway.json is alive; moves run/ aside to
-run.archive/<timestamp>/ (nothing is deleted)."""
+gateway), or, where no gateway ever took the run lock, while the pid in run/gateway.json is alive;
+moves run/ aside to run.archive/<timestamp>/ (nothing is deleted)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from common.connection import ConnectionFileError, read_info
+from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
+from tools.ops.procs import run_lock_held
 
 
 class ResetRefused(RuntimeError):
@@ -37,12 +38,20 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     None when there was nothing to archive."""
     for folder, pid in held_run_locks(run_dir):
         raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
-    try:
-        info = read_info(run_dir)
-        if _alive(info.pid):
-            raise ResetRefused(f"the gateway (pid {info.pid}) is running: stop it first")
-    except ConnectionFileError:
-        pass
+    # The run lock is the authority (its probe above found it free): a crash leaves gateway.json
+    # behind, and its pid may now be another process's. Only a folder where no gateway ever took the
+    # lock (no lock file) falls back to that pid.
+    if run_lock_held(run_dir) is None:
+        try:
+            info = read_info(run_dir)
+            if _alive(info.pid):
+                path = connection_path(run_dir)
+                raise ResetRefused(
+                    f"{path} names pid {info.pid}, which is running, and no gateway ever took the run lock "
+                    f"here: stop that gateway first, or if pid {info.pid} is not a gateway, remove {path}"
+                )
+        except ConnectionFileError:
+            pass
     keep = ("README.md", "keys")  # keys/ is identity, not state: remote agents' bundles stay valid (issue 18b)
     items = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.exists() else []
     if not items:

@@ -16,9 +16,10 @@ from rich.text import Text
 
 from agent.client import GatewayClient
 from common.config import AgentCard
-from common.connection import ConnectionFileError, read_info
+from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.credentials import OPERATOR, CredentialError, load as load_credential
 from common.curve import TOOLS, CurveError, client_pair_for
+from common.errors import ErrorCode, KtraderError
 from common.schema import (
     Ack,
     Control,
@@ -30,6 +31,7 @@ from common.schema import (
     StatusQuery,
     StatusReply,
 )
+from tools.ops.procs import run_lock_held
 
 
 def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
@@ -50,8 +52,31 @@ def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Messag
         raise ConnectionFileError(str(e)) from None
     try:
         return client.call(make(client.headers()), timeout_s)
+    except KtraderError as e:
+        if e.code is ErrorCode.TIMEOUT:
+            raise _timeout_explained(run_dir, info, e) from None
+        raise
     finally:
         client.close()
+
+
+def _timeout_explained(run_dir: str | Path, info: GatewayInfo, e: KtraderError) -> Exception:
+    """A request that timed out, with what the run lock says: a crashed (kill -9) gateway leaves
+    gateway.json behind, and "no reply" alone hides that nothing watches its orders at KIS. The lock
+    is released by the OS when the gateway dies (tools/ops/procs.py run_lock_held)."""
+    held = run_lock_held(run_dir)
+    if held is False:
+        return ConnectionFileError(
+            f"the gateway (pid {info.pid}) is not running (stale {connection_path(run_dir)}): start it again "
+            f"(ktrader gateway --run-dir {run_dir} ...); until then nothing watches its orders at KIS"
+        )
+    if held:
+        return KtraderError(
+            ErrorCode.TIMEOUT,
+            f"{e.message}; the gateway (pid {info.pid}) is running (it holds the run lock) but did not answer: "
+            "busy or stuck? see its log",
+        )
+    return e  # no lock file here (e.g. an exported gateway.json on an agent's host): cannot tell
 
 
 def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
@@ -209,11 +234,25 @@ def protection_rows(st: StatusReply) -> list[list[str]]:
     return rows
 
 
-def render_status(st: StatusReply, console: Console | None = None) -> None:
+def wall_started_ns(run_dir: str | Path, st: StatusReply) -> int | None:
+    """When the gateway that sent `st` got ready, by the wall clock (ns), or None if unknown.
+    StatusReply.started_ns is market time (the twin's clock on the twin: server/gateway.py), so it
+    cannot give an uptime; gateway.json is written once, when the gateway is ready, so its mtime
+    can, if it is that gateway's file (same session)."""
+    try:
+        if read_info(run_dir).session != st.gateway_session:
+            return None
+        return connection_path(run_dir).stat().st_mtime_ns
+    except (ConnectionFileError, OSError):
+        return None
+
+
+def render_status(st: StatusReply, console: Console | None = None, started_wall_ns: int | None = None) -> None:
+    """`started_wall_ns`: the gateway's wall-clock start (wall_started_ns); None: uptime unknown."""
     console = console or Console(width=None if sys.stdout.isatty() else 200)
-    up = time.time() - st.started_ns / 1e9
+    up = f"{max(0.0, time.time() - started_wall_ns / 1e9):.0f}s" if started_wall_ns else "?"
     console.print(
-        f"[bold]gateway[/] pid {st.gateway_pid}  up {up:.0f}s  broker {st.broker}  session "
+        f"[bold]gateway[/] pid {st.gateway_pid}  up {up}  broker {st.broker}  session "
         f"[bold]{st.session_state}[/]  "
         f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
         f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"

@@ -29,7 +29,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Log, Static, Tabbed
 from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
 from common.schema import AgentStatus, StatusReply
-from tools.ops.status import fmt_age, health_lines, protection_rows, recon_line, risk_line
+from tools.ops.status import fmt_age, health_lines, protection_rows, recon_line, risk_line, wall_started_ns
 from tools.ops.supervisor import Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel
@@ -261,9 +261,10 @@ class TopApp(App[None]):
             "  ",
             (f"alerts {alerts}", "bold white on red" if alerts else "dim"),
         )
-        up = time.time() - st.started_ns / 1e9
+        started = wall_started_ns(self.model.run_dir, st)  # started_ns is market time (the twin's clock)
+        up = fmt_age(max(0.0, time.time() - started / 1e9)) if started else "?"
         line2 = Text(
-            f"gateway pid {st.gateway_pid} up {fmt_age(up)}  orders {st.orders_today}  open {st.open_orders}  "
+            f"gateway pid {st.gateway_pid} up {up}  orders {st.orders_today}  open {st.open_orders}  "
             f"fills {st.fills_today}  agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} "
             "online"
         )

@@ -246,12 +246,31 @@ def new_token() -> str:
 def run_web(
     run_dir: Path, host: str, port: int, token: str, cards_dir: Path, print_fn: Callable[[str], None] = print
 ) -> None:
+    """Serve until SIGINT/SIGTERM. The URL is printed once the socket is bound, with the port it got
+    (port 0: the OS picks one, and printing the 0 asked for would give a URL that goes nowhere).
+    OSError when the address cannot be bound (e.g. the port is taken)."""
     dash = Dashboard(run_dir, token, cards_dir)
-
-    async def ready(app: web.Application) -> None:
-        print_fn(f"ktrader web: http://{host}:{port}/?token={token}")
-        print_fn("  (open it in a browser on this machine; the token is required; Ctrl-C stops)")
-
     app = dash.app()
-    app.on_startup.append(ready)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+
+    async def serve() -> None:
+        # web.run_app, spelled out: it binds after on_startup, so nothing there can know the port
+        runner = web.AppRunner(app, handle_signals=True, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = next((a[1] for a in runner.addresses if isinstance(a, tuple)), port)
+            print_fn(f"ktrader web: http://{_url_host(host)}:{bound}/?token={token}")
+            print_fn("  (open it in a browser on this machine; the token is required; Ctrl-C stops)")
+            await asyncio.Event().wait()  # until a signal raises GracefulExit
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is bracketed
