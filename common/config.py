@@ -1,12 +1,15 @@
 """Config types: one Struct per thing, decoded from TOML with unknown fields refused.
 
-`GatewayConfig` (run/gateway.toml or --config) and `AgentCard` (cards/<id>.toml). JSON Schema
-for editors: `ktrader cards schema` / `json_schema()`.
+`GatewayConfig` (the file given with `ktrader gateway --config`; no file is looked for otherwise:
+without --config the gateway runs on the defaults, the embedded KIS twin) and `AgentCard`
+(cards/<id>.toml). JSON Schema for editors: `ktrader cards schema` / `json_schema()`.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +22,9 @@ from common.ids import AgentId, StockCode
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=1000, description="percent (5 = 5 %)")]
+# intervals a loop sleeps: 0 would busy-loop a core (day_tick_s = 0 ran at 100 % CPU)
+Interval = Annotated[float, msgspec.Meta(ge=0.1, description="seconds, at least 0.1")]
+Timeout = Annotated[float, msgspec.Meta(gt=0, description="seconds, more than 0")]
 HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM KST")]
 
 
@@ -32,6 +38,20 @@ class BrokerEnv(StrEnum):
     REAL = "real"  # 실전투자
 
 
+class SimClock(StrEnum):
+    """The embedded twin's clock (the values of kis.sim.clock.ClockMode that a config may name;
+    `common` imports nothing of ours, so the twin's enum is mirrored here and converted there)."""
+
+    KST = "kst"  # KST wall time: the market is open only in KRX hours
+    OPEN = "open"  # always in the continuous session, whatever the hour
+    REPLAY = "replay"
+
+
+# What KIS enforces per app key (API.md §1: 20 REST calls/s real, 2/s paper); a configured rate above
+# it is refused at load (kis/env.py uses the same numbers for its defaults).
+KIS_LIMIT_PER_S: dict[BrokerEnv, float] = {BrokerEnv.REAL: 20.0, BrokerEnv.PAPER: 2.0}
+
+
 class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     env: BrokerEnv = BrokerEnv.SIM
     # TOML file outside the repo with app_key, app_secret, account (CANO-ACNT_PRDT_CD), hts_id.
@@ -39,8 +59,10 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     credentials_file: str = ""
     rest_url: str = ""  # override the environment's base URL (the embedded twin sets this)
     ws_url: str = ""
-    rate_per_s: float = 0.0  # 0: environment default (18/s real, 1.8/s paper, 18/s sim)
-    request_timeout_s: float = 5.0
+    # 0: environment default (18/s real, 1.8/s paper, 18/s sim); above KIS's limit (20/s real, 2/s paper)
+    # is refused at load: KIS would answer the excess with EGW00201 errors, which count to the kill switch
+    rate_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    request_timeout_s: Timeout = 5.0
     # A PEM file of extra CA certificates trusted for KIS's TLS (e.g. a company proxy that inspects
     # TLS), added to the default store. "" = the default store only.
     ca_bundle: str = ""
@@ -50,12 +72,12 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     start_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # How long the gateway's start waits for the real-time session before serving anyway (orders
     # wait for it; the first READY triggers a reconciliation). Short, so a restart is quick.
-    start_wait_s: float = 0.5
+    start_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     # env = "sim" with rest_url/ws_url (a twin in another process, `ktrader sim`): its admin API, so the
     # gateway follows the twin's market clock (an `open` twin trades whatever the hour); "" = KST wall time
     admin_url: str = ""
     sim_seed: int = 7  # embedded twin only
-    sim_clock: str = "open"  # embedded twin only: kst | open | replay
+    sim_clock: SimClock = SimClock.OPEN  # embedded twin only: kst | open | replay
 
 
 class DrawdownPeak(StrEnum):
@@ -133,7 +155,7 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     url_env: str = ""
     shape: WebhookShape = WebhookShape.JSON
     chat_id: str = ""  # telegram only
-    timeout_s: float = 5.0
+    timeout_s: Timeout = 5.0
 
 
 class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -145,7 +167,7 @@ class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     ssl: bool = False  # SMTPS (usually port 465)
     username: str = ""
     password_env: str = ""  # the name of the environment variable holding the password (never in the file)
-    timeout_s: float = 10.0
+    timeout_s: Timeout = 10.0
 
 
 class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -204,19 +226,21 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # Endpoints: ipc by default (under run_dir/ipc); tcp://127.0.0.1:PORT for other hosts.
     router_endpoint: str = ""
     pub_endpoint: str = ""
-    lease_s: float = 1.0  # a silent agent loses its lease after this long (4 missed heartbeats)
-    heartbeat_s: float = 0.25  # agents heartbeat at this interval (told at registration)
-    max_frame_bytes: int = 1 << 20
+    # a silent agent loses its lease after this long (4 missed heartbeats); more than heartbeat_s
+    lease_s: Interval = 1.0
+    heartbeat_s: Interval = 0.25  # agents heartbeat at this interval (told at registration)
+    max_frame_bytes: PositiveInt = 1 << 20
     # periodic reconciliation with the broker (also at start, after gaps, on demand); stretched so that
     # whole passes take at most a tenth of the time (server/reconciler.py periodic_wait), and then the
     # unfilled list alone is read this often between them (a lost fill notice shows at once)
-    reconcile_s: float = 30.0
+    # (at least 1 s: 0 ran 151 whole passes in 10 s, each several KIS calls)
+    reconcile_s: Annotated[float, msgspec.Meta(ge=1)] = 30.0
     # After the close, the day's bought/sold/costs are compared with KIS's own figures (inquire-balance
     # thdt_*, server/cash_check.py; their meaning on a real account is UNCONFIRMED): false turns it off
     daily_cash_check: bool = True
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
-    unknown_grace_s: float = 600.0
+    unknown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
     # A revise or cancel whose answer was lost is looked up in the broker's order list at once; one the
     # list still does not show after this long never reached the broker (the order keeps its terms).
     amend_grace_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
@@ -225,22 +249,24 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     fill_confirm_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # An order still queued for the broker after this long is refused, never sent (BROKER_BUSY): a
     # decision made on prices this old is not the one the agent made (0 = send however late).
-    max_send_wait_s: float = 5.0
-    day_tick_s: float = 1.0  # how often the day cycle looks at the market clock (end of day, close, new day)
-    kill_errors: int = 10  # automatic kill switch: this many broker errors/rejections ...
-    kill_window_s: float = 60.0  # ... within this window halt all trading (0 errors = off)
+    max_send_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    day_tick_s: Interval = 1.0  # how often the day cycle looks at the market clock (end of day, close, new day)
+    # automatic kill switch: this many broker errors/rejections ...
+    kill_errors: Annotated[int, msgspec.Meta(ge=0)] = 10
+    kill_window_s: Timeout = 60.0  # ... within this window halt all trading (0 errors = off)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: AccountLimits = msgspec.field(default_factory=AccountLimits)  # across the account
     account_budget: Krw = 0  # 0: whatever the account holds
     record_market_data: bool = True  # every KIS websocket frame to run_dir/data/<YYYYMMDD>/ (server/recorder.py)
-    data_retention_days: int = 30  # recorded days older than this are deleted (0: keep all)
+    # recorded days older than this are deleted (0: keep all)
+    data_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 30
     master_dir: str = ""  # folder with kospi_code.mst / kosdaq_code.mst (kept by you); "" = see master_url
     # KIS's download folder of kospi_code.mst.zip / kosdaq_code.mst.zip (the official sample
     # stocks_info/kis_kospi_code_mst.py): with master_dir empty, a paper/real gateway keeps its own copy
     # in run_dir/master, downloaded at its first start and again each day; "" = never (no stock master:
     # every code counts as a KOSPI stock). The twin (env sim) uses its own stock list.
     master_url: str = "https://new.real.download.dws.co.kr/common/master"
-    universe_refresh_s: float = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
+    universe_refresh_s: Interval = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
     universe_fallback: list[StockCode] = []  # used while the volume-rank call fails
     costs: Costs = msgspec.field(default_factory=Costs)
     # an agent silent this long after its lease ran out is offline (listed as such while it holds
@@ -310,9 +336,20 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
 T = TypeVar("T")
 
 
+def decode_text(data: bytes, source: str) -> str:
+    """The text of a config/card file: UTF-8, a leading BOM (Windows Notepad) dropped. Anything else
+    (a file saved as CP949/EUC-KR with Korean comments) is a ConfigError saying how to fix it."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{source}: not UTF-8 (byte {e.start}; CP949/EUC-KR?): save it as UTF-8 and start again"
+        ) from None
+
+
 def decode_toml(data: bytes | str, type_: type[T], source: str = "<string>") -> T:
     """Decode TOML into a config Struct; every problem becomes a ConfigError naming source and field."""
-    text = data.decode() if isinstance(data, bytes) else data
+    text = decode_text(data, source) if isinstance(data, bytes) else data.removeprefix("\ufeff")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -343,10 +380,81 @@ def load_gateway_config(path: str | Path | None) -> GatewayConfig:
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
-    cfg = decode_toml(data, GatewayConfig, str(p))
-    for field, why in limit_problems(cfg.risk):
+    cfg = expand_paths(decode_toml(data, GatewayConfig, str(p)))
+    problems = [*limit_problems(cfg.risk), *gateway_problems(cfg), *notify_problems(cfg.notify, os.environ)]
+    for field, why in problems:
         raise ConfigError(f"{p}: `{field}`: {why}")
     return cfg
+
+
+def expand_paths(cfg: GatewayConfig) -> GatewayConfig:
+    """`~` in every path field, once at load: nothing downstream expands it (run_dir = "~/kt" made a
+    folder named `~` in the working directory)."""
+
+    def ex(path: str) -> str:
+        return os.path.expanduser(path) if path else path
+
+    broker = msgspec.structs.replace(
+        cfg.broker, credentials_file=ex(cfg.broker.credentials_file), ca_bundle=ex(cfg.broker.ca_bundle)
+    )
+    trust = msgspec.structs.replace(cfg.trust, cards_dir=ex(cfg.trust.cards_dir))
+    return msgspec.structs.replace(
+        cfg, run_dir=ex(cfg.run_dir), master_dir=ex(cfg.master_dir), broker=broker, trust=trust
+    )
+
+
+def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
+    """(field, why) for settings that pass their own bounds but cannot work together."""
+    out = []
+    if cfg.heartbeat_s >= cfg.lease_s:
+        out.append(
+            (
+                "heartbeat_s",
+                f"{cfg.heartbeat_s:g} s is not shorter than lease_s {cfg.lease_s:g} s: every agent would lose "
+                "its lease between two heartbeats (keep heartbeat_s at most a quarter of lease_s)",
+            )
+        )
+    limit = KIS_LIMIT_PER_S.get(cfg.broker.env)
+    if limit is not None and cfg.broker.rate_per_s > limit:
+        out.append(
+            (
+                "broker.rate_per_s",
+                f"{cfg.broker.rate_per_s:g}/s is above KIS's limit of {limit:g}/s (REST calls) on "
+                f"{cfg.broker.env.value} "
+                "(KIS refuses the excess, and the refusals count towards the kill switch): set at most "
+                f"{limit:g}, or 0 for the default",
+            )
+        )
+    return out
+
+
+def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(field, why) for alert channels that could never deliver (they would pass the start, and the
+    first alert a person needs would be lost). `environ` is where url_env/password_env are read."""
+    out = []
+    for i, w in enumerate(cfg.webhooks):
+        where = f"notify.webhooks[{i}]"
+        if w.url and w.url_env:
+            out.append((where, "give url or url_env, not both"))
+        elif w.url_env and not environ.get(w.url_env):
+            out.append((f"{where}.url_env", f"the environment variable {w.url_env} is not set (it holds the URL)"))
+        elif not w.url and not w.url_env:
+            out.append((where, f"a {w.shape.value} webhook needs url_env (the name of a variable holding the URL)"))
+        if w.shape is WebhookShape.TELEGRAM and not w.chat_id:
+            out.append((f"{where}.chat_id", "a telegram webhook needs chat_id (the chat the bot writes to)"))
+    for i, m in enumerate(cfg.smtp):
+        where = f"notify.smtp[{i}]"
+        if not m.to:
+            out.append((f"{where}.to", "no recipient"))
+        if m.username and not m.password_env:
+            out.append((f"{where}.password_env", "username is set: give password_env (a variable holding it)"))
+        elif m.password_env and not environ.get(m.password_env):
+            out.append(
+                (f"{where}.password_env", f"the environment variable {m.password_env} (the password) is not set")
+            )
+        if m.ssl and m.starttls:
+            out.append((where, "ssl and starttls together: pick one (ssl for port 465, starttls for 587)"))
+    return out
 
 
 def json_schema(type_: type = AgentCard) -> dict[str, Any]:

@@ -93,9 +93,12 @@ def load_credentials(credentials_file: str | os.PathLike[str] | None = None) -> 
     if credentials_file:
         path = Path(credentials_file).expanduser()
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a BOM (Windows Notepad) is dropped, not read as part of the first key
+            raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
         except OSError as e:
             raise CredentialsError(f"{path}: cannot read credentials file: {e.strerror}") from None
+        except UnicodeDecodeError:  # e.g. CP949 with Korean comments; no details: they may quote a secret
+            raise CredentialsError(f"{path}: not UTF-8 (CP949/EUC-KR?): save it as UTF-8") from None
         except tomllib.TOMLDecodeError:
             raise CredentialsError(f"{path}: not valid TOML") from None  # no details: they may quote a secret
         values = {k: str(v) for k, v in raw.items() if k in ("app_key", "app_secret", "account", "hts_id")}

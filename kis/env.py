@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from common.config import BrokerConfig, BrokerEnv
+from common.config import KIS_LIMIT_PER_S, BrokerConfig, BrokerEnv
 from kis.port import BrokerUnsupported
 
 REAL_REST_URL = "https://openapi.koreainvestment.com:9443"
@@ -122,7 +122,8 @@ def environment_for(cfg: BrokerConfig, *, sim_paper: bool = False) -> KisEnviron
         paper, rest, ws, name = sim_paper, cfg.rest_url, cfg.ws_url, "sim"
     rest = (cfg.rest_url or rest).rstrip("/")
     ws = _with_ws_path(cfg.ws_url or ws)
-    kis_limit = 2.0 if paper else 20.0
+    # one table of KIS's limits; a configured rate above it is refused at load (common/config.py)
+    kis_limit = KIS_LIMIT_PER_S[BrokerEnv.PAPER if paper else BrokerEnv.REAL]
     default_rate = 1.8 if paper else 18.0
     return KisEnvironment(
         name=name,

@@ -25,7 +25,15 @@ import msgspec
 
 from common.config import BrokerEnv, GatewayConfig
 from kis.adapter import KisBroker, broker_options, make_broker
-from kis.credentials import Credentials, CredentialsError, load_credentials
+from kis.credentials import (
+    ENV_ACCOUNT,
+    ENV_APP_KEY,
+    ENV_APP_SECRET,
+    ENV_HTS_ID,
+    Credentials,
+    CredentialsError,
+    load_credentials,
+)
 from kis.env import environment_for
 from kis.startup import StartExit, StartupError
 from kis.tls import TlsConfigError
@@ -115,7 +123,11 @@ class EmbeddedTwinBroker(KisBroker):
         run = Path(cfg.run_dir)
         self.token_dir = run / "twin-session"
         self.twin = TwinServer(
-            TwinConfig(seed=cfg.broker.sim_seed, clock=cfg.broker.sim_clock, state_file=run / "db" / "twin-state.json")
+            TwinConfig(
+                seed=cfg.broker.sim_seed,
+                clock=ClockMode(cfg.broker.sim_clock.value).value,  # the config's mirror of the twin's enum
+                state_file=run / "db" / "twin-state.json",
+            )
         )
         demo = self.twin.demo
         # the twin's ports are known once it listens (start); until then these say so
@@ -192,6 +204,14 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
     b = cfg.broker
     broker: EmbeddedTwinBroker | KisBroker
     if b.env is BrokerEnv.SIM and not b.rest_url:
+        ignored = [v for v in (ENV_APP_KEY, ENV_APP_SECRET, ENV_ACCOUNT, ENV_HTS_ID) if os.environ.get(v)]
+        if b.credentials_file or ignored:
+            # the embedded twin has its own demo account: a user who meant paper/real must not think it trades
+            log.warning(
+                'broker.env is sim (the embedded KIS twin): %s ignored; set [broker] env = "paper" or "real" '
+                "to trade on KIS",
+                "broker.credentials_file" if b.credentials_file else ", ".join(ignored),
+            )
         broker = EmbeddedTwinBroker(cfg)
     else:
         try:

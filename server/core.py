@@ -9,15 +9,17 @@ exercise is what runs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.config import AgentCard, GatewayConfig
+from common.config import AgentCard, BrokerEnv, GatewayConfig
 from common.costs import CostModel
 from common.enums import SessionState, SystemEventKind
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
 from common.schema import HeaderFactory
+from kis.credentials import Credentials
 from kis.port import BrokerPort
 from server.alerts import Alerts
 from server.chain_repair import ChainRepair
@@ -174,3 +176,18 @@ def build_order_core(
         repair=repair,
         inquiry=inquiry,
     )
+
+
+def run_owner(cfg: GatewayConfig, broker: BrokerPort) -> dict[str, str]:
+    """Whose books a run folder holds (server/store.py Store.claim_owner): the environment, and on
+    paper/real the account as doctor and the logs show it (masked), a fingerprint of the whole account
+    (two accounts can share a masked form) and the app key's fingerprint. Nothing secret. The twin
+    (sim) is one owner whatever its seed or demo account: its money is play money, and tests and
+    `make demo` reuse run/."""
+    owner = {"env": cfg.broker.env.value}
+    creds = getattr(broker, "_creds", None)  # KisBroker's; a --broker factory's port may have none
+    if cfg.broker.env is not BrokerEnv.SIM and isinstance(creds, Credentials):
+        owner["account"] = creds.masked_account
+        owner["account_id"] = hashlib.sha256(f"ktrader-account:{creds.account}".encode()).hexdigest()[:16]
+        owner["app_key"] = creds.key_fingerprint
+    return owner

@@ -14,6 +14,7 @@ talk through the callables they are given here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ import zmq
 from common import approvals, credentials
 from common.calendar import calendar_gaps
 from common.clock import date_of
-from common.config import AgentCard, ConfigError, GatewayConfig, load_card
+from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
 from common.freshness import Freshness
 from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
@@ -86,7 +87,7 @@ from kis.port import (
 )
 from server import console_views, trace_views
 from common.errors import ErrorCode
-from server.core import build_order_core
+from server.core import build_order_core, run_owner
 from server.equity import AccountReader
 from server import protection as protection_room
 from server.agent_services import AgentServices, GetSummary
@@ -396,31 +397,74 @@ class Gateway:
         self.md.publisher = self.pub
         self._xpub = xpub
 
+    def _bind_at_start(self) -> None:
+        """`_bind`, a failure told in the operator's words (exit 2) with everything opened so far closed."""
+        try:
+            self._bind()
+        except zmq.ZMQError as e:
+            self._unbind()
+            if self.recorder is not None:
+                self.recorder.close()
+            self.store.close()
+            self.md.store.close()
+            if e.errno == errno.EADDRINUSE:
+                why, hint = "the port is in use (another gateway or program?)", "use another --router/--pub port"
+            elif e.errno == errno.ENAMETOOLONG:
+                why = f"the ipc path is too long (at most {getattr(zmq, 'IPC_PATH_MAX_LEN', 107)} characters)"
+                hint = "use a shorter --run-dir, or --router/--pub with a short ipc:// path or tcp://"
+            else:
+                why, hint = e.strerror, "check --router/--pub (router_endpoint/pub_endpoint)"
+            raise StartupError("gateway endpoints", f"cannot bind: {why}", hint, StartExit.CONFIG) from None
+
+    def _unbind(self) -> None:
+        """Close what `_bind` opened (a failed start: the sockets of a process that exits anyway, but
+        closed so the context can terminate)."""
+        self.zap.stop()  # before the watched sockets close
+        self.router.close(asyncio.get_running_loop())
+        if self._xpub is not None:
+            self._xpub.close(0)
+            self._xpub = None
+
     @property
     def router_endpoint(self) -> str:
         return self.router.endpoint
 
     def _trust(self) -> None:
-        """The operator's credential, and on the first start on this run folder the approval of the
-        cards in `trust.cards_dir` (whoever starts the gateway is its operator); every approved agent
-        gets its credential."""
+        """The operator's credential, and on the first start on this run folder on the twin (env sim)
+        the approval of the cards in `trust.cards_dir` (whoever starts the gateway is its operator; the
+        demo relies on it); every approved agent gets its credential. On paper/real nothing is approved
+        but by the operator's `ktrader cards approve`: the sample cards are live, and their budgets add up
+        to tens of millions of KRW."""
         credentials.issue(self.run_dir, credentials.OPERATOR)
         if not approvals.exists(self.run_dir):
             folder = Path(self.cfg.trust.cards_dir)
-            cards = []
+            cards: list[tuple[Path, AgentCard]] = []
             for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
                 try:
-                    cards.append(load_card(path))
+                    cards.append((path, load_card(path)))
                 except ConfigError as e:
                     log.warning("first start: card not approved: %s", e)
-            approvals.approve(self.run_dir, cards, by=f"first start of the gateway ({folder})")
-            log.info(
-                "first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
-                self.run_dir,
-                len(cards),
-                folder,
-                ", ".join(c.id for c in cards) or "none",
-            )
+            if self.cfg.broker.env is BrokerEnv.SIM:
+                approvals.approve(self.run_dir, [c for _, c in cards], by=f"first start of the gateway ({folder})")
+                log.info(
+                    "first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
+                    self.run_dir,
+                    len(cards),
+                    folder,
+                    ", ".join(c.id for _, c in cards) or "none",
+                )
+            else:  # nothing written: every start says it again until the operator has approved a card
+                # one line (a start's output is read whole): the cards found and the command
+                log.warning(
+                    "%s account: no card is approved on %s, so no agent may trade; cards in %s: %s. Approve each "
+                    "one to trade with: ktrader cards approve --run-dir %s %s",
+                    self.cfg.broker.env.value,
+                    self.run_dir,
+                    folder,
+                    ", ".join(p.name for p, _ in cards) or "none",
+                    self.run_dir,
+                    folder / "CARD.toml",
+                )
         try:
             for agent in approvals.load(self.run_dir).cards:
                 credentials.issue(self.run_dir, agent)
@@ -430,6 +474,12 @@ class Gateway:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        try:  # one folder's books are one environment's and account's (server/store.py claim_owner)
+            self.store.claim_owner(run_owner(self.cfg, self.broker), self.run_dir)
+        except ConfigError:
+            self.store.close()
+            self.md.store.close()
+            raise
         self._trust()
         self.core.load()
         self.recorder = attach_recorder(
@@ -438,9 +488,20 @@ class Gateway:
         clock_driven = Capability.CLOCK_MARKS in self.broker.capabilities
         if not clock_driven and self.recorder is not None:
             self.md.on_clock = self.recorder.record_clock  # where bars closed by time, for replay
-        await self.broker.start()
-        await self._master_at_start()
-        self._bind()
+        # the endpoints before the broker: a port in use or an ipc path too long is the operator's to
+        # fix, told before a KIS token is issued (one a minute, each a KakaoTalk message) and a websocket opened
+        self._bind_at_start()
+        try:
+            await self.broker.start()
+        except BaseException:
+            self._unbind()
+            await self._close_failed_start()  # no unclosed HTTP session or websocket behind the message
+            raise
+        try:
+            await self._master_at_start()  # closes the broker itself when it fails
+        except BaseException:
+            self._unbind()
+            raise
         assert self._xpub is not None
         self.router.attach(loop)
         loop.add_reader(self._xpub.fileno(), self._drain_xpub)

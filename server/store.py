@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 import contextlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +23,13 @@ from pathlib import Path
 import apsw
 import msgspec
 
+from common.config import ConfigError
 from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
 from server.group_commit import GroupCommit, StoreFailed, prewrite_wal
 
-__all__ = ["EquityRow", "Store", "StoreFailed"]
+__all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "describe_owner"]
 
 log = logging.getLogger("ktrader.store")
 
@@ -473,7 +474,54 @@ class Store:
             (key, value),
         )
 
+    def claim_owner(self, owner: Mapping[str, str], run_dir: str | Path) -> None:
+        """The broker environment and account this store's orders, fills, budgets and halts belong to
+        (keys env, and for KIS accounts account = masked, account_id and app_key = fingerprints: no
+        secret). Kept at the first start; a later start for another environment or account raises
+        OwnerMismatch, since nothing of one account's books may carry over to another. A new app key
+        on the same account (KIS keys are reissued yearly) is taken, with a log line."""
+        held = self.meta_prefix(OWNER)
+        if held:
+            other = held.get("env") != owner.get("env") or (
+                "account_id" in held and "account_id" in owner and held["account_id"] != owner["account_id"]
+            )
+            if other:
+                raise OwnerMismatch(
+                    f"{run_dir} holds the books of {describe_owner(held)}, and this start is for "
+                    f"{describe_owner(owner)}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
+                    "--run-dir"
+                )
+            if held.get("app_key", "") not in ("", owner.get("app_key", "")):
+                log.warning(
+                    "run folder %s: app key #%s replaces #%s on the same account",
+                    run_dir,
+                    owner["app_key"],
+                    held["app_key"],
+                )
+        if all(held.get(k) == v for k, v in owner.items()):
+            return
+        with self.transaction():  # first start (or a folder from before owners were kept): this one's
+            for k, v in owner.items():
+                self.set_meta(OWNER + k, v)
+
     def meta_prefix(self, prefix: str) -> dict[str, str]:
         """Every meta key starting with `prefix` (without it) -> value."""
         rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
         return {k[len(prefix) :]: v for k, v in rows}
+
+
+OWNER = "owner."  # meta keys of the store's broker environment and account (Store.claim_owner)
+
+
+class OwnerMismatch(ConfigError):
+    """A run folder started for another broker environment or account than the one whose books it holds."""
+
+
+def describe_owner(owner: Mapping[str, str]) -> str:
+    """'the KIS twin (sim)' / 'the paper account 50******-01 (app key #1a2b...)': no secret."""
+    env = owner.get("env", "?")
+    if env == "sim":
+        return "the KIS twin (env sim)"
+    if "account" not in owner:
+        return f"env {env}"
+    return f"the {env} account {owner['account']} (app key #{owner.get('app_key', '?')})"
