@@ -7,10 +7,11 @@ Pure: no I/O, no clock of its own. The broker is authoritative for what happened
 An order is a chain of broker lines: the original and each revise (a revise gets a new ODNO that
 names the one it revised). Per chain:
 - revise lines we do not know yet are adopted (RequestReplace + Replaced, or Replaced when the
-  revise was already pending here);
+  revise was already pending here); a partial revise leaves part open on the earlier line, which
+  stays in the chain and counts toward the order's total;
 - the chain's cumulative fill (the sum over its lines) is taken: missing fills are synthesised with
   the broker's value;
-- when the chain's latest line has nothing left and the order is open here, it is closed the way
+- when no line of the chain has anything left and the order is open here, it is closed the way
   the broker closed it (rejected, cancelled or expired);
 - fills we booked from notices that the broker's cumulative fill does not cover are taken back
   (ReverseFill), newest first, once they are older than `fill_grace_ns` (the broker's list can lag
@@ -21,8 +22,9 @@ names the one it revised). Per chain:
   is brought to the broker's (Reprice), once its notice fills are past the grace: cash and P&L follow
   the broker's money, not only its shares.
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
-side, quantity and price; if none appears within `grace_ns` it never reached the exchange and is
-rejected here. A broker original that nobody claims is external (HTS app, another program).
+side, quantity and price, placed (its ord_tmd) no earlier than the order was created here (less a
+skew); if none appears within `grace_ns` it never reached the exchange and is rejected here. A
+broker original that nobody claims is external (HTS app, another program).
 
 `partial`: the reports are only some of the day's lines (KIS's unfilled list, read first at a takeover
 so that trading resumes in a page or two instead of the whole day's list). A line missing from them
@@ -35,8 +37,10 @@ a fill back, closes, reprices or rejects an order; the whole pass that follows d
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
+from common.clock import KST
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
@@ -60,6 +64,11 @@ from kis.port import BrokerOrderReport
 NOT_AT_BROKER = ErrorCode.NOT_AT_BROKER.value
 FILL_NOT_AT_BROKER = ErrorCode.FILL_NOT_AT_BROKER.value
 RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its send may never have happened
+# An UNKNOWN submit never claims a line KIS says was placed (ord_tmd, whole seconds, KST) more than this
+# before the order was created here: such a line is somebody else's (the KIS app), not our send. The
+# margin covers the clocks' skew and the truncation of ord_tmd to the second.
+SEND_SKEW_NS = 2_000_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -84,8 +93,13 @@ def reconcile(
     grace_ns: int = 600_000_000_000,
     fill_grace_ns: int = 60_000_000_000,
     partial: bool = False,
+    day: dt.date | None = None,
 ) -> ReconcileResult:
+    """`day`: the trading day the reports are of (their ord_tmd is a time of that day); by default
+    the KST date of `now_ns`."""
     res = ReconcileResult()
+    if day is None:
+        day = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, KST).date()
     owner_of: dict[str, Order] = {}  # ODNO → local order (its whole chain)
     for o in local:
         for odno in o.broker_chain:
@@ -115,16 +129,16 @@ def reconcile(
                 f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
                 "of another agent: attribution by send order, check"
             )
-        match = next(
-            (
-                r
-                for r in originals
-                if r.broker_order_id not in owner_of
-                and r.broker_order_id not in claimed
-                and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
-            ),
-            None,
-        )
+        candidates = [
+            r
+            for r in originals
+            if r.broker_order_id not in owner_of
+            and r.broker_order_id not in claimed
+            and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
+        ]
+        # a line placed before this order existed here cannot be its send (the KIS app's, same terms)
+        before_send = [r for r in candidates if _placed_before(r, o.created_ns, day)]
+        match = next((r for r in candidates if r not in before_send), None)
         if match is not None:
             claimed.add(match.broker_order_id)
             owner_of[match.broker_order_id] = o
@@ -142,6 +156,12 @@ def reconcile(
             )
             res.alerts.append(
                 f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected"
+                + (
+                    f" (line(s) {[r.broker_order_id for r in before_send]} with its terms were placed at "
+                    f"{[r.time for r in before_send]}, before it was sent: not taken as its; check)"
+                    if before_send
+                    else ""
+                )
             )
 
     # 1b. An order KIS refused in its REST reply carries no ODNO here, but KIS lists it among the
@@ -180,8 +200,11 @@ def reconcile(
             if partial and any(x not in by_odno for x in earlier):
                 continue  # the fills on a line the list does not show decide the total: the full pass
             # a revise carries the remainder it moves: the new total is what the earlier lines filled
-            # (the broker's count, or the books' when notices are ahead of the list) plus that remainder
-            done = max(owner.filled_qty, sum(by_odno[x].filled_qty for x in earlier if x in by_odno))
+            # (the broker's count, or the books' when notices are ahead of the list) plus that remainder,
+            # plus what the earlier lines still have open: a partial revise (QTY_ALL_ORD_YN=N, e.g. from
+            # the KIS app) moves only part of it, and the original line keeps the rest, which can fill too
+            shown = [by_odno[x] for x in earlier if x in by_odno]
+            done = max(owner.filled_qty, sum(x.filled_qty + x.remaining_qty for x in shown))
             chain[owner.client_order_id].append(r.broker_order_id)
             owner_of[r.broker_order_id] = owner
             new_total = done + r.qty
@@ -264,7 +287,9 @@ def reconcile(
         pending = res.events.get(coid, [])
         reopened = o.state is OrderState.FILLED and any(isinstance(e, ReverseFill) for e in pending)
         open_here = o.state in OPEN or reopened or any(isinstance(e, Accept) for e in pending)
-        if open_here and latest.remaining_qty == 0 and filled < total_qty:
+        # closed only when no line of the chain has anything left (after a partial revise the earlier
+        # line keeps an open part of its own)
+        if open_here and all(r.remaining_qty == 0 for r in lines) and filled < total_qty:
             if latest.rejected_qty and not filled:
                 res.add(
                     coid, Reject(ts_ns=now_ns, code=ErrorCode.BROKER_REJECTED.value, reason="rejected at the exchange")
@@ -291,6 +316,20 @@ def reconcile(
                 continue
             res.external.append(r)
     return res
+
+
+def _placed_before(r: BrokerOrderReport, created_ns: int, day: dt.date) -> bool:
+    """The line's order time (ord_tmd, HHMMSS KST of `day`) is more than SEND_SKEW_NS before
+    `created_ns`. False when either is unknown (no time, an order without a creation time)."""
+    t = r.time.strip()
+    if not created_ns or len(t) != 6 or not t.isdigit():
+        return False
+    try:
+        placed = dt.datetime(day.year, day.month, day.day, int(t[:2]), int(t[2:4]), int(t[4:]), tzinfo=KST)
+    except ValueError:
+        return False
+    placed_ns = (placed - _EPOCH) // dt.timedelta(seconds=1) * 1_000_000_000
+    return placed_ns < created_ns - SEND_SKEW_NS
 
 
 def _value_plausible(lines: list[BrokerOrderReport]) -> bool:

@@ -10,12 +10,15 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from decimal import Decimal
 from typing import Protocol
 
+from common.clock import date_of
 from common.ids import EXTERNAL_AGENT
 from common.orders import (
+    AMENDING,
+    AWAITING_ACK,
     RESTING,
     Accept,
     Cancelled,
@@ -51,6 +54,17 @@ START_WHOLE = f"{START}, the whole day"
 # that left the list unheard (its fill notice lost: KIS paper, API.md) brings the whole pass forward
 OPEN_CHECK = "open orders"
 VANISH_GRACE_NS = 3_000_000_000  # an order this recently changed may have a notice on its way
+# An order still open from an earlier day (the gateway was down at that day's close) is checked against
+# that day's order list before it is expired: it may have filled (the closing auction) with nobody
+# listening. KIS answers inquire-daily-ccld for the last 3 months (API.md §1); days further back are
+# expired unchecked (alerted). 88 days is inside 3 calendar months whatever the month.
+EARLIER_DAYS_MAX = 88
+# States in which an order's shares may be at the broker before the books know (a send or a revise
+# whose answer is outstanding): no account difference on its code is given to 'external' meanwhile.
+IN_FLIGHT = AWAITING_ACK | AMENDING | {OrderState.NEW}
+# meta key (+ code): shares 'external' holds because the position check gave it an account difference;
+# only these can be taken back when the books later turn out ahead of the account on that code
+EXTERNAL_ADJUSTED_META = "recon.external_adjusted:"
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
@@ -99,7 +113,12 @@ class Reconciler:
         # the last pass's difference texts, as alerted: what a page about that pass quotes (the alert
         # ring's newest entries may be anything raised since)
         self.last_texts: list[str] = []
-        self._unexplained: dict[str, int] = {}  # code -> shares the account holds beyond the books (last pass)
+        # code -> (account minus books, market ns it was first seen) as of the last pass: a difference is
+        # acted on only once it stayed the same for fill_grace_ns (the day's list can lag the balance)
+        self._unexplained: dict[str, tuple[int, int]] = {}
+        self._external_adjusted: dict[str, int] | None = None  # code -> shares (EXTERNAL_ADJUSTED_META), lazily
+        self._short_alerted: set[tuple[str, str]] = set()  # (day, code): 'external' short under an agent's shares
+        self._earlier_failed: set[str] = set()  # earlier days whose list could not be read (alerted once)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
         self.unconfirmed = 0  # orders whose notice fills the broker's list did not show yet at the last pass
@@ -114,7 +133,12 @@ class Reconciler:
 
     async def _run(self, reason: str, open_only: bool = False) -> ReconcileResult:
         book = self.book
-        self.expire_previous_days()
+        # Earlier days' open orders: their own day's list first (fills while no gateway ran), then expiry
+        # of what is still open; orders of a day whose list could not be read stay open (they keep
+        # reserving cash and counting against risk: the safe side) and are tried again next pass.
+        kept, earlier_alerts, settled = await self._settle_earlier_days(open_only)
+        if not self.expire_previous_days(keep=kept) and settled:
+            book.forget_before(book.day())  # (orders those lists closed: let go as expired ones are)
         today = book.clock.now().date()
         # The balance first, then the orders: a fill landing between the two calls then shows in
         # the orders (and the books) but not yet in the balance, which reads as "books ahead" (an
@@ -127,7 +151,12 @@ class Reconciler:
                 balance = e
         reports = await self.broker.order_reports(today, open_only=open_only)
         virtual = book.portfolio.virtual
-        local = [o for c, o in book.orders.items() if (o.is_open or book.is_today(c)) and o.agent not in virtual]
+        # (an earlier day's order kept open is never matched against today's list: its lines are not there)
+        local = [
+            o
+            for c, o in book.orders.items()
+            if (o.is_open or book.is_today(c)) and o.agent not in virtual and c not in kept
+        ]
         res = reconcile(
             local,
             reports,
@@ -135,7 +164,9 @@ class Reconciler:
             grace_ns=self.unknown_grace_ns,
             fill_grace_ns=self.fill_grace_ns,
             partial=open_only,
+            day=today,
         )
+        res.alerts[:0] = earlier_alerts
         self._apply(res)
         if not open_only:
             self.unconfirmed = len(res.held)
@@ -233,22 +264,89 @@ class Reconciler:
 
     # ---- expiry ------------------------------------------------------------------------------------
 
-    def expire_previous_days(self) -> int:
+    async def _settle_earlier_days(self, open_only: bool) -> tuple[set[str], list[str], int]:
+        """Before earlier days' open orders are expired, each such day's own order list is read and
+        those orders are reconciled against it (as `resolve` does): a resting order that filled at
+        that day's close while no gateway ran is booked for its agent instead of expiring with nothing
+        filled (its shares would otherwise go to 'external'). Returns the client order ids to keep
+        open (their day's list could not be read, or this is an open-orders pass, which reads only
+        today's unfilled list: the whole pass that follows settles them), the alerts, and how many
+        orders were checked against their day's list."""
+        book = self.book
+        today = book.day()
+        virtual = book.portfolio.virtual
+        by_day: dict[str, list[Order]] = defaultdict(list)
+        for coid, o in book.orders.items():
+            d = book.order_day.get(coid, today)
+            if d < today and o.is_open and o.state is not OrderState.HELD and o.agent not in virtual:
+                by_day[d].append(o)
+        kept: set[str] = set()
+        alerts: list[str] = []
+        settled = 0
+        for d, orders in sorted(by_day.items()):
+            coids = [o.client_order_id for o in orders]
+            if open_only:
+                kept.update(coids)
+                continue
+            try:
+                day = date_of(d)
+            except ValueError:
+                continue  # not a day key: expired as before
+            if (book.clock.now().date() - day).days > EARLIER_DAYS_MAX:
+                alerts.append(
+                    f"{coids} of {d}: still open, older than the broker's order inquiry reaches: expired "
+                    "without checking their fills (check the account)"
+                )
+                continue
+            try:
+                reports = await self.broker.order_reports(day)
+            except Exception as e:
+                kept.update(coids)
+                if d not in self._earlier_failed:  # once; every pass tries again
+                    self._earlier_failed.add(d)
+                    alerts.append(
+                        f"{coids} of {d}: still open, and that day's order list could not be read ({e}): "
+                        "not expired, tried again next pass"
+                    )
+                log.warning("reading the orders of %s failed: %s", d, e)
+                continue
+            self._earlier_failed.discard(d)
+            res = reconcile(
+                orders,
+                reports,
+                now_ns=book.now_ns(),
+                grace_ns=self.unknown_grace_ns,
+                fill_grace_ns=self.fill_grace_ns,
+                day=day,
+            )
+            # only these orders are repaired: that day's lines of nobody's are not adopted now (their
+            # shares, if any, show in the position check)
+            res.events = {c: evs for c, evs in res.events.items() if c in coids}
+            self._apply(res)
+            settled += len(coids)
+            alerts.extend(f"day {d}: {text}" for text in res.alerts if any(text.startswith(c) for c in coids))
+        return kept, alerts, settled
+
+    def expire_previous_days(self, keep: Collection[str] = ()) -> int:
         """KRX orders are day orders: whatever is still open from an earlier day has expired (and, now
-        finished, is let go from memory as the day's roll let the others go)."""
+        finished, is let go from memory as the day's roll let the others go); `keep`: client order ids
+        left open (their day's fills are not known yet)."""
         today = self.book.day()
-        n = self.expire_through(today, inclusive=False)
+        n = self.expire_through(today, inclusive=False, keep=keep)
         if n:
             self.book.forget_before(today)
         return n
 
-    def expire_through(self, day: str, inclusive: bool = True) -> int:
-        """Expire the open orders of `day` (and earlier); after the close they are gone at KRX. A fill
-        that still arrives for one is applied (late fills are legal on EXPIRED). Orders held for a
-        later session are not day orders of their decision day (server.held decides about them)."""
+    def expire_through(self, day: str, inclusive: bool = True, keep: Collection[str] = ()) -> int:
+        """Expire the open orders of `day` (and earlier), except those in `keep`; after the close they
+        are gone at KRX. A fill that still arrives for one is applied (late fills are legal on EXPIRED).
+        Orders held for a later session are not day orders of their decision day (server.held decides
+        about them)."""
         book, n = self.book, 0
         for coid, o in list(book.orders.items()):
             d = book.order_day.get(coid, day)
+            if coid in keep:
+                continue
             if o.is_open and o.state is not OrderState.HELD and (d < day or (inclusive and d == day)):
                 if book.try_apply(coid, Expire(ts_ns=book.now_ns())) is not None:
                     n += 1
@@ -298,9 +396,19 @@ class Reconciler:
     def _check_positions(self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None) -> list[str]:
         """The account's holdings against the books. Shares the books hold from fills the broker's list
         does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
-        with such fills is never attributed to 'external' (its difference may be that fill)."""
+        with such fills is never attributed to 'external' (its difference may be that fill).
+
+        A difference is acted on only when no order on its code is in flight or filled within the
+        grace, and it stayed the same over passes for at least fill_grace_ns of market time: the day's
+        order list can lag the balance (API.md §8.15) and early-inquiry passes come seconds apart, so
+        'seen twice' alone would give an agent's fresh shares to 'external'. Shares the account holds
+        beyond the books then go to 'external'; books ahead of the account are taken back from
+        'external' only as far as it holds shares such an attribution gave it (the orders' own fills
+        were booked since); anything else is alerted, never papered over."""
         unconfirmed = unconfirmed or {}
-        portfolio = self.book.portfolio
+        book = self.book
+        portfolio = book.portfolio
+        now = book.now_ns()
         broker = {p.code: p for p in balance}
         ours: dict[str, int] = defaultdict(int)
         for agent, agent_pos in portfolio.positions.items():
@@ -310,37 +418,143 @@ class Reconciler:
                 ours[code] += p.qty
         for code, q in unconfirmed.items():
             ours[code] -= q
+        busy = self._busy_codes(now)
+        self._clamp_external_adjusted()
         alerts = []
         previous, self._unexplained = self._unexplained, {}
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
-            diff = theirs - ours.get(code, 0)
+            books = ours.get(code, 0)
+            diff = theirs - books
             if diff and unconfirmed.get(code):
                 alerts.append(
-                    f"{code}: account holds {theirs}, books have {ours.get(code, 0) + unconfirmed[code]} of which "
+                    f"{code}: account holds {theirs}, books have {books + unconfirmed[code]} of which "
                     f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting"
                 )
                 continue
-            if diff > 0:
-                self._unexplained[code] = diff
+            if not diff:
+                continue
+            settled = False
+            if code not in busy:  # (while an order on it is in flight, the difference's age starts over)
+                prev = previous.get(code)
+                since = prev[1] if prev is not None and prev[0] == diff else now
+                self._unexplained[code] = (diff, since)
+                settled = prev is not None and prev[0] == diff and now - since >= self.fill_grace_ns
             if diff < 0:
-                # the books hold more than the account: an error somewhere, never papered over
+                # the books hold more than the account: an error somewhere, never papered over, except
+                # when 'external' holds shares an earlier attribution gave it (the list lagged, then
+                # showed the orders those shares were from): those are taken back
+                ahead = f"{code}: account holds {theirs}, books have {books}: books are ahead of the account"
+                take = min(-diff, self._external_adjusted_held(code))
+                if take and settled:
+                    self._take_back_external(code, take)
+                    alerts.append(
+                        f"{code}: account holds {theirs}, books had {books}: {take} taken back from external "
+                        "(given to it by an earlier position check; the orders they were from are booked since)"
+                    )
+                    if take < -diff:
+                        alerts.append(f"{code}: account holds {theirs}, books have {books + take}: still ahead")
+                elif take:
+                    alerts.append(f"{ahead}; {take} that external was given earlier are taken back if it persists")
+                else:
+                    alerts.append(ahead)
+            elif code in busy:
                 alerts.append(
-                    f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: books are ahead of the account"
+                    f"{code}: account holds {theirs}, books have {books}: an order on it is in flight or "
+                    "just filled: waiting"
                 )
-            elif diff and previous.get(code) == diff:
-                # The broker is authoritative for what the account holds; a difference seen twice in
-                # a row is nobody's here (held before ktrader, or traded elsewhere): external's.
+            elif settled:
+                # The broker is authoritative for what the account holds; a difference that persisted
+                # past the grace with nothing of ours in flight is nobody's here (held before ktrader,
+                # or traded elsewhere): external's.
                 self._adjust_external(code, diff, broker.get(code))
+                alerts.append(f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external")
+            else:
                 alerts.append(
-                    f"{code}: account holds {theirs}, books had {ours.get(code, 0)}: {diff:+d} attributed to external"
-                )
-            elif diff:
-                alerts.append(
-                    f"{code}: account holds {theirs}, books have {ours.get(code, 0)}: attributed to external "
+                    f"{code}: account holds {theirs}, books have {books}: attributed to external "
                     f"if it persists (a notice may be on its way)"
                 )
+        alerts.extend(self._external_short_alerts(broker, ours, unconfirmed))
         return alerts
+
+    def _busy_codes(self, now_ns: int) -> set[str]:
+        """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before
+        the books or the list show them: a send or revise in flight (UNKNOWN, PENDING_*), a fill
+        booked within fill_grace_ns, or an earlier day's order still open (its day's list could not
+        be read: it may have filled)."""
+        book = self.book
+        virtual, today = book.portfolio.virtual, book.day()
+        busy: set[str] = set()
+        for coid, o in book.orders.items():
+            if o.agent in virtual or o.agent == EXTERNAL_AGENT or o.code in busy:
+                continue  # (an order of 'external' is adopted from the list: its fills are the list's)
+            if (
+                o.state in IN_FLIGHT
+                or any(f.live_qty and now_ns - f.ts_ns < self.fill_grace_ns for f in o.fills)
+                or (o.is_open and o.state is not OrderState.HELD and book.order_day.get(coid, today) < today)
+            ):
+                busy.add(o.code)
+        return busy
+
+    def _external_short_alerts(
+        self, broker: dict[str, BrokerPosition], ours: dict[str, int], unconfirmed: dict[str, int]
+    ) -> list[str]:
+        """'external' short on a code an agent holds: shares sold outside ktrader (the KIS app) that
+        were most likely the agent's; the books' total nets to the account, so the comparison above
+        sees nothing. Told once per code and day; nothing is moved between owners (who sold whose
+        shares is not known here). A short that an account surplus on the code covers (shares held
+        before ktrader, sold outside it: attributed to 'external' once it persists) is not told."""
+        portfolio = self.book.portfolio
+        day = self.book.day()
+        out = []
+        for code, ext in sorted(portfolio.positions.get(EXTERNAL_AGENT, {}).items()):
+            if ext.qty >= 0 or (day, code) in self._short_alerted:
+                continue
+            theirs = broker[code].qty if code in broker else 0
+            surplus = 0 if unconfirmed.get(code) else max(0, theirs - ours.get(code, 0))
+            if ext.qty + surplus >= 0:
+                continue
+            holders = {
+                agent: pos[code].qty
+                for agent, pos in portfolio.positions.items()
+                if agent != EXTERNAL_AGENT and agent not in portfolio.virtual and code in pos and pos[code].qty > 0
+            }
+            if not holders:
+                continue
+            self._short_alerted.add((day, code))
+            names = ", ".join(f"{a} ({q})" for a, q in sorted(holders.items()))
+            out.append(
+                f"{code}: external is short {-ext.qty} (sold outside ktrader) while {names} hold(s) it: the "
+                f"account holds {theirs}; the agents' shares may have been sold in the KIS app: check "
+                "(nothing moved between owners)"
+            )
+        return out
+
+    # ---- 'external' adjustments ----------------------------------------------------------------------
+
+    def _adjusted(self) -> dict[str, int]:
+        if self._external_adjusted is None:
+            raw = self.book.store.meta_prefix(EXTERNAL_ADJUSTED_META)
+            self._external_adjusted = {c: int(v) for c, v in raw.items() if v.lstrip("-").isdigit() and int(v) > 0}
+        return self._external_adjusted
+
+    def _save_adjusted(self, code: str, qty: int) -> None:
+        """(inside the caller's transaction)"""
+        self.book.store.set_meta(EXTERNAL_ADJUSTED_META + code, str(max(0, qty)))
+        self._adjusted()[code] = max(0, qty)
+
+    def _external_adjusted_held(self, code: str) -> int:
+        """Shares 'external' holds on `code` that position checks gave it (at most what it holds)."""
+        ext = self.book.portfolio.position(EXTERNAL_AGENT, code)
+        return min(self._adjusted().get(code, 0), max(0, ext.qty if ext is not None else 0))
+
+    def _clamp_external_adjusted(self) -> None:
+        """What 'external' sold since is no longer there to take back: the count never exceeds its holding."""
+        for code, n in list(self._adjusted().items()):
+            held = self._external_adjusted_held(code)
+            if held < n:
+                with self.book.store.transaction():
+                    self._save_adjusted(code, held)
 
     def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
         portfolio = self.book.portfolio
@@ -349,8 +563,27 @@ class Reconciler:
         qty = cur.qty + diff
         cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
         pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
+        # the shares this gives 'external' (of a short, only what lifts it above zero) may be taken back
+        # later, should the books turn out ahead of the account on this code
+        given = max(0, qty) - max(0, cur.qty)
         with self.book.store.transaction():
             self.book.store.save_position(EXTERNAL_AGENT, pos)
+            if given > 0:
+                self._save_adjusted(code, self._adjusted().get(code, 0) + given)
+        portfolio.set_position(EXTERNAL_AGENT, pos)
+
+    def _take_back_external(self, code: str, qty: int) -> None:
+        """`qty` shares out of 'external' (that an earlier attribution gave it), at its average cost."""
+        portfolio = self.book.portfolio
+        cur = portfolio.position(EXTERNAL_AGENT, code)
+        if cur is None or not 0 < qty <= cur.qty:
+            return  # (never: the caller bounds qty by what 'external' holds)
+        left = cur.qty - qty
+        cost = cur.cost - cur.cost * qty // cur.qty if left else 0
+        pos = PositionView(code=code, qty=left, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
+        with self.book.store.transaction():
+            self.book.store.save_position(EXTERNAL_AGENT, pos)
+            self._save_adjusted(code, self._adjusted().get(code, 0) - qty)
         portfolio.set_position(EXTERNAL_AGENT, pos)
 
 

@@ -1,0 +1,402 @@
+"""Reconciliation across days, list lag, partial revises, early lines and 'external' shorts
+(server/reconciler.py, server/reconcile.py):
+
+- an order left open by a gateway stopped before the close is checked against its own day's list
+  before it is expired (it may have filled in the closing auction with nobody listening);
+- an account difference goes to 'external' only once it persisted for the fill grace with nothing of
+  ours in flight (the day's list lags the balance, API.md §8.15); shares such an attribution gave
+  'external' are taken back when the orders' own fills show up later;
+- a partial revise from the KIS app (QTY_ALL_ORD_YN=N) keeps the original line's open part;
+- an UNKNOWN submit never claims a line placed before it was sent;
+- 'external' going short on a code an agent holds is told.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import msgspec
+
+from common.clock import KST
+from common.enums import Side
+from common.market_clock import ManualClock
+from common.orders import Accept, Order, OrderState, apply
+from kis.port import BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
+from server.reconcile import reconcile
+from tests.unit.test_oms import CARD, Harness, coid, order
+from tests.unit.test_reconcile import LossyBroker
+
+CODE = "005930"
+
+
+def kst(day: dt.date, h: int, m: int = 0, s: int = 0) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, h, m, s, tzinfo=KST)
+
+
+FRI, MON = dt.date(2026, 11, 20), dt.date(2026, 11, 23)
+
+
+def qty(h: Harness, agent: str) -> int:
+    p = h.portfolio.position(agent, CODE)
+    return p.qty if p is not None else 0
+
+
+def books(h: Harness) -> int:
+    return sum(p[CODE].qty for p in h.portfolio.positions.values() if CODE in p)
+
+
+class DayBroker(LossyBroker):
+    """order_reports(day) answers only that day's orders, as inquire-daily-ccld does; a day in `fail`
+    cannot be read; ODNOs in `lag` show no fills yet (the list behind the balance)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.day_of: dict[str, dt.date] = {}
+        self.fail: set[dt.date] = set()
+        self.lag: set[str] = set()
+        self.hide = False  # the list shows nothing yet
+        self.days_read: list[dt.date] = []
+
+    async def submit(self, o: BrokerOrder) -> BrokerAck:
+        try:
+            return await super().submit(o)
+        finally:  # (also when the reply is lost after placing)
+            for odno in self.orders:
+                self.day_of.setdefault(odno, self.clock.now().date())
+
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
+        self.days_read.append(day)
+        if day in self.fail:
+            raise RuntimeError("EGW00201 too many requests")
+        out = await super().order_reports(day, open_only=open_only)
+        if self.hide:
+            return []
+        return [
+            msgspec.structs.replace(r, filled_qty=0, filled_value=0, avg_fill_price=0, remaining_qty=r.qty)
+            if r.broker_order_id in self.lag
+            else r
+            for r in out
+            if self.day_of.get(r.broker_order_id, day) == day
+        ]
+
+
+async def _rest_then_stop(db: Path, clock: ManualClock) -> tuple[DayBroker, str]:
+    """Friday: alpha's buy of 10 rests; the gateway stops at 15:00; the order fills at the close."""
+    b = DayBroker(clock)
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted  # rests (ref 70,000)
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    odno = h.book.orders[coid(1)].broker_order_id
+    await h.close()
+    b.fill(odno, 10)  # the closing auction, nobody listening
+    while not b._queue.empty():
+        b._queue.get_nowait()
+    return b, odno
+
+
+# ---- 1. fills of a day the gateway was down --------------------------------------------------------
+
+
+async def test_fill_while_gateway_down_is_booked_from_its_days_list(tmp_path: Path) -> None:
+    clock = ManualClock(kst(FRI, 15))
+    db = tmp_path / "db.sqlite"
+    b, _ = await _rest_then_stop(db, clock)
+    clock.set(kst(MON, 8, 30))  # the next trading day
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    assert FRI in b.days_read  # Friday's own list was read
+    o = h.store.order(coid(1))
+    assert o is not None and o.state is OrderState.FILLED and o.filled_qty == 10 and o.filled_value == 600_000
+    assert qty(h, "alpha") == 10
+    for _ in range(3):
+        clock.advance(61)
+        res = await h.recon.run("periodic")
+        assert not any("attributed to external" in a for a in res.alerts)
+    assert qty(h, "external") == 0 and books(h) == 10
+    assert coid(1) not in h.book.orders  # finished, let go from memory as before
+    await h.close()
+
+
+async def test_earlier_day_not_readable_keeps_its_orders_open_and_retries(tmp_path: Path) -> None:
+    clock = ManualClock(kst(FRI, 15))
+    db = tmp_path / "db.sqlite"
+    b, _ = await _rest_then_stop(db, clock)
+    clock.set(kst(MON, 8, 30))
+    b.fail.add(FRI)
+    alerts: list[str] = []
+    h = Harness(db, b, clock=clock)
+    h.recon.alert = alerts.append
+    await h.start()
+    clock.advance(30)
+    await h.recon.run("periodic")
+    o = h.book.orders[coid(1)]
+    assert o.state is OrderState.ACCEPTED  # not expired: it may have filled (it still reserves cash)
+    assert h.portfolio.exposure("alpha", CODE).open_orders == 1
+    for _ in range(2):  # the account's 10 are not given to 'external' while the order may be theirs
+        clock.advance(61)
+        await h.recon.run("periodic")
+    assert qty(h, "external") == 0 and h.book.orders[coid(1)].state is OrderState.ACCEPTED
+    told = [a for a in alerts if "20261120" in a and "could not be read" in a]
+    assert len(told) == 1, alerts  # once, though every pass tries again
+    b.fail.clear()
+    clock.advance(30)
+    await h.recon.run("periodic")
+    o2 = h.store.order(coid(1))
+    assert o2 is not None and o2.state is OrderState.FILLED and qty(h, "alpha") == 10
+    await h.close()
+
+
+# ---- 2. a lagging list and 'external' ----------------------------------------------------------------
+
+
+async def test_lagging_list_does_not_give_agent_shares_to_external(tmp_path: Path) -> None:
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    odno = h.book.orders[coid(1)].broker_order_id
+    b.lose = True
+    b.fill(odno, 10)  # notice lost, and the list does not show the fill yet (the balance does)
+    b.lag.add(odno)
+    for _ in range(3):  # passes seconds apart: the difference is young
+        clock.advance(10)
+        res = await h.recon.run("periodic")
+        assert any("if it persists" in a for a in res.alerts)
+    assert qty(h, "external") == 0
+    b.lag.clear()
+    clock.advance(10)
+    await h.recon.run("periodic")
+    clock.advance(61)
+    res = await h.recon.run("periodic")
+    assert qty(h, "alpha") == 10 and qty(h, "external") == 0 and books(h) == 10
+    assert not res.alerts
+    await h.close()
+
+
+async def test_unknown_submit_that_filled_keeps_its_shares_for_its_agent(tmp_path: Path) -> None:
+    """The REST reply of a marketable buy is lost (UNKNOWN) and the list shows the line only at the
+    third early look: the account's new shares are not given to 'external' meanwhile."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    b.unknown_after_placing = True
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills at once
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN)
+    b.hide = True
+    h.recon.fill_grace_ns = 0  # even without the persistence rule: an UNKNOWN on the code holds it
+    for dt_s in (1, 2, 7):
+        clock.advance(dt_s)
+        await h.recon.run(f"unknown outcome of {coid(1)}")
+    assert qty(h, "external") == 0
+    b.hide = False
+    await h.recon.run(f"unknown outcome of {coid(1)}")
+    clock.advance(30)
+    await h.recon.run("periodic")
+    o = h.book.orders[coid(1)]
+    assert o.state is OrderState.FILLED and o.filled_qty == 10
+    assert qty(h, "alpha") == 10 and qty(h, "external") == 0 and books(h) == 10
+    await h.close()
+
+
+async def test_difference_is_attributed_only_after_the_grace(tmp_path: Path) -> None:
+    """Shares held before ktrader, sold in the KIS app: 'external' is short until the account's
+    difference persisted for the grace, then it is given the shares (and no agent is named)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    await b.submit(BrokerOrder(client_order_id="-", code=CODE, side=Side.SELL, qty=3, price=60_000))
+    alerts: list[str] = []
+    res = await h.recon.run("periodic")
+    alerts += res.alerts
+    assert qty(h, "external") == -3
+    clock.advance(30)
+    alerts += (await h.recon.run("periodic")).alerts
+    assert qty(h, "external") == -3  # seen twice, but only 30 s: a notice or the list may be on its way
+    clock.advance(31)
+    alerts += (await h.recon.run("periodic")).alerts
+    assert qty(h, "external") == 0 and any("+3 attributed to external" in a for a in alerts)
+    assert not any("short" in a for a in alerts)  # nobody's shares were sold
+    clock.advance(61)
+    assert not (await h.recon.run("periodic")).alerts
+    await h.close()
+
+
+async def test_books_ahead_after_an_attribution_is_taken_back_from_external(tmp_path: Path) -> None:
+    """The list lagged past the grace: the agent's shares went to 'external'; when the list shows the
+    fill, the agent books them and the books are ahead: 'external' gives back what it was given."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    odno = h.book.orders[coid(1)].broker_order_id
+    b.lose = True
+    b.fill(odno, 10)
+    b.lag.add(odno)
+    await h.recon.run("periodic")
+    clock.advance(61)
+    await h.recon.run("periodic")
+    assert qty(h, "external") == 10  # a long lag: attributed
+    b.lag.clear()
+    clock.advance(30)
+    res = await h.recon.run("periodic")  # alpha's fill from the list: the books are ahead
+    assert qty(h, "alpha") == 10 and books(h) == 20
+    assert any("taken back if it persists" in a for a in res.alerts)
+    clock.advance(30)
+    await h.recon.run("periodic")
+    assert books(h) == 20  # still inside the grace (alpha's fill is young)
+    clock.advance(61)
+    await h.recon.run("periodic")
+    clock.advance(61)
+    res = await h.recon.run("periodic")
+    assert any("10 taken back from external" in a for a in res.alerts), res.alerts
+    assert qty(h, "alpha") == 10 and qty(h, "external") == 0 and books(h) == 10
+    ext = h.portfolio.position("external", CODE)
+    assert ext is not None and ext.cost == 0
+    assert h.store.get_meta("recon.external_adjusted:" + CODE) == "0"
+    clock.advance(61)
+    assert not (await h.recon.run("periodic")).alerts
+    await h.close()
+
+
+async def test_books_ahead_is_not_taken_from_external_shares_of_its_own_orders(tmp_path: Path) -> None:
+    """'external' holds shares of an order it placed (adopted from the list), not of an attribution:
+    books ahead of the account on that code stay an alert; nothing moves."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    await b.submit(BrokerOrder(client_order_id="-", code=CODE, side=Side.BUY, qty=5, price=70_000))  # the app
+    await h.recon.run("periodic")
+    assert qty(h, "external") == 5
+    real = b.positions
+
+    async def fewer() -> list[BrokerPosition]:
+        return [msgspec.structs.replace(p, qty=p.qty - 2) for p in await real()]
+
+    b.positions = fewer  # type: ignore[method-assign]
+    alerts: list[str] = []
+    for _ in range(4):
+        clock.advance(61)
+        alerts += (await h.recon.run("periodic")).alerts
+    assert qty(h, "external") == 5
+    assert any("books are ahead of the account" in a for a in alerts)
+    assert not any("taken back" in a for a in alerts)
+    await h.close()
+
+
+# ---- 3. a partial revise from the KIS app ------------------------------------------------------------
+
+
+def line(odno: str, qty: int, price: int, filled: int, remaining: int, orig: str = "") -> BrokerOrderReport:
+    return BrokerOrderReport(
+        broker_order_id=odno,
+        orig_broker_order_id=orig,
+        org_no="06010",
+        code=CODE,
+        side=Side.BUY,
+        qty=qty,
+        price=price,
+        filled_qty=filled,
+        avg_fill_price=price if filled else 0,
+        filled_value=filled * price,
+        remaining_qty=remaining,
+        cancelled_qty=0,
+        rejected_qty=0,
+        is_modify=bool(orig),
+    )
+
+
+def test_partial_revise_from_the_app_keeps_the_original_lines_open_part() -> None:
+    now = 10**18
+    o = Order(
+        client_order_id="alpha-20261120-1",
+        agent="alpha",
+        code=CODE,
+        side=Side.BUY,
+        qty=10,
+        price=60_000,
+        state=OrderState.ACCEPTED,
+        broker_order_id="0000000001",
+        broker_chain=("0000000001",),
+    )
+    # 3 of the 10 open moved to 61,000 (QTY_ALL_ORD_YN=N): the original line keeps 7 open
+    res = reconcile(
+        [o], [line("0000000001", 10, 60_000, 0, 7), line("0000000002", 3, 61_000, 0, 3, "0000000001")], now_ns=now
+    )
+    for ev in res.events[o.client_order_id]:
+        o = apply(o, ev)
+    assert o.qty == 10 and o.broker_chain == ("0000000001", "0000000002") and o.is_open
+    # the revise line fills first: the original's 7 still rest, the order stays open
+    reports = [line("0000000001", 10, 60_000, 0, 7), line("0000000002", 3, 61_000, 3, 0, "0000000001")]
+    res = reconcile([o], reports, now_ns=now)
+    for ev in res.events[o.client_order_id]:
+        o = apply(o, ev)
+    assert o.filled_qty == 3 and o.is_open and o.remaining == 7
+    # then the original's 7: all 10 are the order's
+    reports = [line("0000000001", 10, 60_000, 7, 0), line("0000000002", 3, 61_000, 3, 0, "0000000001")]
+    res = reconcile([o], reports, now_ns=now)
+    for ev in res.events[o.client_order_id]:
+        o = apply(o, ev)
+    assert o.state is OrderState.FILLED and o.filled_qty == 10 and o.filled_value == 7 * 60_000 + 3 * 61_000
+    assert not res.external
+
+
+# ---- 4. an UNKNOWN submit and a line placed before it ----------------------------------------------
+
+
+def _ns(h: int, m: int, s: int) -> int:
+    return int(kst(FRI, h, m, s).timestamp()) * 1_000_000_000
+
+
+def test_unknown_submit_does_not_claim_a_line_placed_before_it() -> None:
+    o = Order(
+        client_order_id="alpha-20261120-7",
+        agent="alpha",
+        code=CODE,
+        side=Side.BUY,
+        qty=10,
+        price=70_000,
+        state=OrderState.UNKNOWN,
+        created_ns=_ns(10, 0, 5),
+        updated_ns=_ns(10, 0, 5),
+    )
+    app = msgspec.structs.replace(line("0000000042", 10, 70_000, 10, 0), time="100000")  # 5 s before
+    res = reconcile([o], [app], now_ns=_ns(10, 0, 10))
+    assert not any(isinstance(e, Accept) for e in res.events.get(o.client_order_id, []))
+    assert [r.broker_order_id for r in res.external] == ["0000000042"]
+    # its own line (placed a second after it was created, or within the skew) is claimed
+    ours = msgspec.structs.replace(line("0000000043", 10, 70_000, 10, 0), time="100004")
+    res = reconcile([o], [app, ours], now_ns=_ns(10, 0, 10))
+    accepts = [e for e in res.events[o.client_order_id] if isinstance(e, Accept)]
+    assert [e.broker_order_id for e in accepts] == ["0000000043"]
+    assert [r.broker_order_id for r in res.external] == ["0000000042"]
+
+
+# ---- 5. an agent's shares sold in the KIS app ------------------------------------------------------
+
+
+async def test_app_sell_of_an_agents_shares_is_told_once(tmp_path: Path) -> None:
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills at once
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    await b.submit(BrokerOrder(client_order_id="-", code=CODE, side=Side.SELL, qty=10, price=70_000))  # the app
+    alerts: list[str] = []
+    for _ in range(3):
+        clock.advance(61)
+        alerts += (await h.recon.run("periodic")).alerts
+    short = [a for a in alerts if "external is short 10" in a]
+    assert len(short) == 1 and "alpha (10)" in short[0] and CODE in short[0] and "account holds 0" in short[0]
+    assert qty(h, "alpha") == 10 and qty(h, "external") == -10  # nothing moved between owners
+    await h.close()
