@@ -41,18 +41,6 @@ from tools.backtest.sweep import (
 DEFAULT_OUT = Path("run/backtests/{card}")
 
 
-def _under_cli() -> bool:
-    """True when typer/click is running us as a command (typer >= 0.29 vendors click privately)."""
-    try:
-        from click import get_current_context
-    except ImportError:
-        try:
-            from typer._click.globals import get_current_context  # type: ignore[no-redef]
-        except ImportError:
-            return False
-    return get_current_context(silent=True) is not None
-
-
 @contextmanager
 def _progress(console: Console, what: str) -> Iterator[Callable[[int, int], None] | None]:
     if not console.is_terminal:  # no bar in pipes, logs and tests
@@ -183,8 +171,11 @@ def backtest_command(
         run_dir if twin_replay else None,
         opts,
     )
-    if rc and _under_cli():
-        raise typer.Exit(rc)  # under typer/click a returned int is ignored: make it the exit code
+    if rc:
+        # typer/click ignore a command's return value (and typer >= 0.29 runs on its own vendored click, so
+        # probing click's context misses it): a non-zero code always leaves as typer.Exit, which both
+        # `ktrader backtest` and main() below turn into the exit code.
+        raise typer.Exit(rc)
     return rc
 
 
@@ -347,7 +338,11 @@ def _backtest(
                     opts.address,
                     codes if opts.universe else None,
                 )
-            return _report_sweep(res, folder, json_out, console, wf is not None, roll is not None)
+            try:
+                return _report_sweep(res, folder, json_out, console, wf is not None, roll is not None)
+            except OSError as e:  # an unwritable --out: one line, not a traceback
+                _error(console, f"backtest: cannot write to {folder}: {e.strerror or e}")
+                return 2
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
     except BacktestError as e:
@@ -389,7 +384,11 @@ def _backtest(
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
     bench_pts = [(day.isoformat(), v) for day, v in bench[1]] if bench else None
-    paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot, extra=extra)
+    try:
+        paths = write_outputs(folder, result, metrics, trades, bench_pts, plot=not no_plot, extra=extra)
+    except OSError as e:  # an unwritable --out is the user's to fix: one line, not a traceback
+        _error(console, f"backtest: cannot write to {folder}: {e.strerror or e}")
+        return 2
     if json_out:
         print(
             json.dumps(
@@ -502,7 +501,8 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
     def short(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else _fmt(v)
 
-    chosen = set(res.get("best_per_code", {}).values()) or {res["best"]}
+    # a failed cell is never marked as chosen (every cell failed: nothing is; sweep gives None then)
+    chosen = {i for i in (set(res.get("best_per_code", {}).values()) or {res["best"]}) if i is not None}
     for i, row in enumerate(res["rows"][:200]):
         rs = row if wf else [row]
         cells = ["*" if i in chosen else ""]
@@ -543,38 +543,65 @@ def _report_rolling(res: dict[str, Any], folder: Path, json_out: bool, console: 
                 "test_return",
                 "test_rank",
                 "cells",
+                "error",
             ]
         )
         for code, r in res["codes"].items():
-            for win in r["windows"]:
+            rows = sorted([*r["windows"], *r.get("failed_windows", [])], key=lambda x: x["window"])
+            for win in rows:
+                ok = "error" not in win
                 w.writerow(
                     [
                         code,
                         win["window"],
                         *win["train_range"],
                         *win["test_range"],
-                        json.dumps(win["chosen"], sort_keys=True),
-                        win["train"]["sharpe"],
-                        win["test"]["sharpe"],
-                        win["test"]["total_return"],
-                        win["test_rank"],
+                        json.dumps(win["chosen"], sort_keys=True) if "chosen" in win else "",
+                        win["train"]["sharpe"] if ok else "",
+                        win["test"]["sharpe"] if ok else "",
+                        win["test"]["total_return"] if ok else "",
+                        win["test_rank"] if ok else "",
                         win["cells"],
+                        win.get("error", ""),
                     ]
                 )
+    # every window of every code failed: nothing was measured (exit 1, as a sweep whose cells all failed)
+    rc = 0 if any(r["oos_windows"] for r in res["codes"].values()) else 1
     if json_out:
         print(json.dumps(res, indent=1, default=str, ensure_ascii=False))
-        return 0
+        return rc
     t = Table(title=f"rolling walk-forward {res['rolling']}: out of sample")
-    for col in ("code", "windows", "oos return", "mean test rank", "stability (changes / share of the most chosen)"):
+    for col in (
+        "code",
+        "windows",
+        "failed windows",
+        "oos return",
+        "mean test rank",
+        "stability (changes / share of the most chosen)",
+    ):
         t.add_column(col)
     for code, r in res["codes"].items():
         stab = ", ".join(
             f"{n}: {s['changes']} / {s['share']:.0%} {s['most_chosen']}" for n, s in r["stability"].items()
         )
-        t.add_row(code, str(r["oos_windows"]), f"{r['oos_return']:.3%}", f"{r['mean_test_rank']:.1f}", stab)
+        oos, rank = r["oos_return"], r["mean_test_rank"]
+        t.add_row(
+            code,
+            str(r["oos_windows"]),
+            str(len(r.get("failed_windows", []))),
+            "-" if oos is None else f"{oos:.3%}",
+            "-" if rank is None else f"{rank:.1f}",
+            stab,
+        )
     Console().print(t)
+    Console().print(f"out-of-sample return: compounded over {res.get('oos_days', 'all days of each test window')}")
+    failed_windows = sum(len(r.get("failed_windows", [])) for r in res["codes"].values())
+    if failed_windows:
+        Console().print(
+            f"{failed_windows:,} failed window(s) left out of the out-of-sample figures (walk_forward.csv says why)"
+        )
     Console().print(f"files in {folder}/ (walk_forward.csv, sweep.json)")
-    return 0
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ _ALIASES = {
     "date": "date",
     "날짜": "date",
     "datetime": "date",
+    "time": "time",  # a separate time of day (backtrader's Date,Time,...): joined to the date
     "open": "open",
     "시가": "open",
     "high": "high",
@@ -330,11 +331,18 @@ def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
         )
     has_volume = "volume" in cols
     di, oi, hi, li, ci = (cols[k] for k in ("date", "open", "high", "low", "close"))
-    vi, ai = cols.get("volume", -1), cols.get("adj_close", -1)
+    vi, ai, ti = cols.get("volume", -1), cols.get("adj_close", -1), cols.get("time", -1)
     name = ""
     if "name" in cols:
         name = next((r[cols["name"]] for r in rows if len(r) > cols["name"] and r[cols["name"]]), "")
-    width = max(di, oi, hi, li, ci, vi, ai) + 1
+    width = max(di, oi, hi, li, ci, vi, ai, ti) + 1
+
+    def when(r: list[str]) -> str:
+        # Date and Time in two columns are one bar time: read alone, the dates would repeat and each
+        # day keep only its last intraday bar as a wrong daily bar
+        if ti < 0 or not r[ti].strip():
+            return r[di]
+        return f"{r[di].strip()[:10]} {r[ti].strip()}"
 
     def cells() -> Iterable[Row]:
         for n, r in enumerate(rows, start=first_line):
@@ -343,7 +351,7 @@ def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
                     raise DataError(f"{path}:{n}: short row ({len(r)} cells)")
                 yield n, "", "", "", "", "", "", ""  # counted as unreadable
                 continue
-            yield n, r[di], r[oi], r[hi], r[li], r[ci], r[vi] if vi >= 0 else 0, r[ai] if ai >= 0 else None
+            yield n, when(r), r[oi], r[hi], r[li], r[ci], r[vi] if vi >= 0 else 0, r[ai] if ai >= 0 else None
 
     return _parse(path, cells(), strict, name, has_volume, adjusted)
 
@@ -352,7 +360,7 @@ def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
 _PARQUET_COLS = ("date", "open", "high", "low", "close", "volume")
 
 
-def _parquet_columns(path: Path, strict: bool) -> _Columns:
+def _parquet_columns(path: Path, strict: bool, adjusted: bool = False) -> _Columns:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -366,12 +374,22 @@ def _parquet_columns(path: Path, strict: bool) -> _Columns:
         key = _ALIASES.get(n.strip().lower())
         if key in _PARQUET_COLS and key not in names:
             names[key] = n
+        if key == "adj_close" and key not in names:
+            names[key] = n
     missing = [k for k in _PARQUET_COLS if k not in names]
     if missing:
         raise DataError(f"{path}: not an OHLCV parquet file (missing {missing} in {pf.schema_arrow.names})")
-    table = pf.read(columns=[names[k] for k in _PARQUET_COLS])
-    cols = [table.column(names[k]).to_pylist() for k in _PARQUET_COLS]
-    return _parse(path, ((i + 1, *row, None) for i, row in enumerate(zip(*cols))), strict, "", True, False)
+    # --prices adjusted is honoured as for a CSV (an Adj Close column) or refused, never ignored
+    if adjusted and "adj_close" not in names:
+        raise DataError(
+            f"{path}: no Adj Close column for adjusted prices (these files hold one series; use them as they are)"
+        )
+    wanted = [*_PARQUET_COLS, "adj_close"] if adjusted else list(_PARQUET_COLS)
+    table = pf.read(columns=[names[k] for k in wanted])
+    cols = [table.column(names[k]).to_pylist() for k in wanted]
+    if not adjusted:
+        cols.append([None] * table.num_rows)
+    return _parse(path, ((i + 1, *row) for i, row in enumerate(zip(*cols))), strict, "", True, adjusted)
 
 
 def _file(path: Path, strict: bool, prices: str) -> _Columns:
@@ -386,7 +404,7 @@ def _file(path: Path, strict: bool, prices: str) -> _Columns:
     got = _FILES.get(key)
     if got is None:
         got = (
-            _parquet_columns(path, strict)
+            _parquet_columns(path, strict, prices == ADJUSTED)
             if path.suffix == ".parquet"
             else _csv_columns(path, strict, prices == ADJUSTED)
         )
@@ -523,10 +541,25 @@ def load_codes(
     listings: dict[str, Listing] | None = None,
 ) -> dict[str, Series]:
     listings = listings or {}
+    codes = list(codes)
+    if data.is_file() and len(codes) > 1:
+        # one file holds one series: fed to every code it would trade each of them at that file's prices
+        other = [c for c in codes if not file_is_for(data, c)]
+        if other:
+            raise DataError(
+                f"--data {data} is one file but the card trades {len(codes)} codes ({', '.join(codes)}); "
+                f"it is not {', '.join(other)}'s: give the folder with a file per code"
+            )
     return {
         c: load_bars(find_code_file(data, c), c, date_to, strict=strict, prices=prices, listing=listings.get(c))
         for c in codes
     }
+
+
+def file_is_for(path: Path, code: str) -> bool:
+    """Does the file's name say it holds `code` (`<code>.csv`, `<code>_D.csv`, the intraday company name)?"""
+    stem = path.name.split(".")[0].removesuffix("_D")
+    return stem == code or stem == INTRADAY_FILE_NAMES.get(code)
 
 
 def load_closes(path: Path) -> list[tuple[dt.date, float]]:

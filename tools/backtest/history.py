@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,10 @@ class CompanyHistory:
 
 def _num(text: str) -> float:
     t = text.strip().replace(",", "")
-    return float(t) if t else 0.0
+    v = float(t) if t else 0.0
+    if not math.isfinite(v):  # 1e400, inf, nan: int() would raise OverflowError, or nan flow into PER/PBR
+        raise ValueError(f"not a finite number: {text.strip()!r}")
+    return v
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -21,13 +21,16 @@ Engines:
 Rolling walk-forward (`--rolling TRAIN,TEST[,STEP]`, trading days): windows of TRAIN days to choose
 the parameters (best train Sharpe) followed by TEST days to judge them, moved by STEP (default TEST).
 Output per window: the chosen parameters, their train and test metrics, the rank of the chosen cell
-on the test days; overall: the out-of-sample return compounded over the test windows, and
-parameter stability: for each parameter, how often the choice changed between windows and how
-often the most chosen value won.
+on the test days; overall: the out-of-sample return compounded over the test windows (with STEP <
+TEST they overlap: only each window's first STEP days count, all days of the last), and parameter
+stability: for each parameter, how often the choice changed between windows and how often the most
+chosen value won. A window whose training failed in every cell, or whose chosen cell failed on the
+test days, is a failed window: listed, and left out of those figures.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import itertools
@@ -142,6 +145,11 @@ class _SeriesData(msgspec.Struct, array_like=True):
     kind: str
     market: str
     has_volume: bool
+    # the rest of Series, so a cell runs on what a single run gets (the sector decides max_sector_pct)
+    sector: str = ""
+    source: str = ""
+    adjustment: str = ""
+    notes: list[str] = []
 
 
 class _HistoryData(msgspec.Struct, array_like=True):
@@ -169,6 +177,8 @@ class Cell(msgspec.Struct, frozen=True):
     segment: str = "all"
     window: int = -1
     code: str = ""  # universe sweeps: the code this cell trades
+    # rolling test cells whose window overlaps the next one: the out-of-sample return is read at this day
+    oos_to: dt.date | None = None
 
 
 def encode_payload(series: dict[str, Series], history: CompanyHistory | None) -> bytes:
@@ -185,6 +195,10 @@ def encode_payload(series: dict[str, Series], history: CompanyHistory | None) ->
             kind=str(s.kind),
             market=str(s.market),
             has_volume=s.has_volume,
+            sector=s.sector,
+            source=s.source,
+            adjustment=s.adjustment,
+            notes=list(s.notes),
         )
         for s in series.values()
     ]
@@ -225,6 +239,10 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
                 market=Market(s.market),
                 has_volume=s.has_volume,
                 starts=s.starts,
+                sector=s.sector,
+                source=s.source,
+                adjustment=s.adjustment,
+                notes=tuple(s.notes),
             )
         history = None
         if p.history is not None:
@@ -277,7 +295,17 @@ def run_cell(cell: Cell, payload: bytes | None = None) -> dict[str, Any]:
         return row
     m = compute(result)
     row.update({"from": result.date_from, "to": result.date_to, **{k: m[k] for k in KEYS}})
+    if cell.oos_to is not None:
+        row.update(_return_until(result.dates, result.equity, result.initial_cash, cell.oos_to))
     return row
+
+
+def _return_until(dates: list[str], equity: list[int], cash: int, day: dt.date) -> dict[str, Any]:
+    """The return from the start to the close of `day` (the last equity point on or before it)."""
+    i = bisect.bisect_right(dates, day.isoformat()) - 1
+    if i < 0 or not cash:
+        return {"oos_return": 0.0, "oos_to": day.isoformat()}
+    return {"oos_return": equity[i] / cash - 1.0, "oos_to": dates[i]}
 
 
 def _run_cell_bytes(cell: bytes, payload: bytes) -> bytes:
@@ -377,8 +405,15 @@ def _score(row: dict[str, Any]) -> float:
     return -math.inf if s is None or row.get("error") else float(s)
 
 
-def _best(rows: list[dict[str, Any]]) -> int:
+def _best(rows: list[dict[str, Any]]) -> int | None:
+    """The best cell by score (ties: grid order); None when every cell failed (nothing to choose)."""
+    if all(r.get("error") for r in rows):
+        return None
     return max(range(len(rows)), key=lambda i: (_score(rows[i]), -i))
+
+
+def _offset(i: int | None, k: int) -> int | None:
+    return None if i is None else i + k
 
 
 def _cards(card: AgentCard, universe: list[str] | None) -> list[tuple[str, AgentCard]]:
@@ -448,7 +483,8 @@ def sweep(
     out["best"] = _best([r[0] for r in triples[:per]])
     if len(cards) > 1:
         out["best_per_code"] = {
-            code: _best([r[0] for r in triples[k * per : (k + 1) * per]]) + k * per for k, (code, _) in enumerate(cards)
+            code: _offset(_best([r[0] for r in triples[k * per : (k + 1) * per]]), k * per)
+            for k, (code, _) in enumerate(cards)
         }
     out["failed"] = [
         {"cell": i, "params": r[0]["params"], "error": e["error"]}
@@ -463,7 +499,7 @@ def _summary(rows: list[dict[str, Any]], per: int, cards: list[tuple[str, AgentC
     res: dict[str, Any] = {"rows": rows, "best": _best(rows[:per])}
     if len(cards) > 1:
         res["best_per_code"] = {
-            code: _best(rows[k * per : (k + 1) * per]) + k * per for k, (code, _) in enumerate(cards)
+            code: _offset(_best(rows[k * per : (k + 1) * per]), k * per) for k, (code, _) in enumerate(cards)
         }
     res["failed"] = [
         {"cell": i, "params": r["params"], **({"code": r["code"]} if "code" in r else {}), "error": r["error"]}
@@ -487,6 +523,14 @@ def _rolling(
 ) -> dict[str, Any]:
     windows = rolling_windows(days, *spec)
     d = dt.date.fromisoformat
+    _, test_days, step = spec
+    # STEP < TEST: consecutive test windows overlap; compounding them whole would count the shared days
+    # several times. The out-of-sample return takes each window's first STEP days (until the next
+    # window's test days begin) and all the days of the last window.
+    oos_to: list[dt.date | None] = [None] * len(windows)
+    if step < test_days:
+        for w in range(len(windows) - 1):
+            oos_to[w] = d(days[bisect.bisect_left(days, windows[w + 1][1][0]) - 1])
     cells = []
     for code, c in cards:
         for w, ((tr_lo, tr_hi), (te_lo, te_hi)) in enumerate(windows):
@@ -513,6 +557,7 @@ def _rolling(
                         window=w,
                         date_from=d(te_lo),
                         date_to=d(te_hi),
+                        oos_to=oos_to[w],
                     )
                 )
     flat = run_cells(cells, payload, workers, engine, address, progress)
@@ -520,6 +565,12 @@ def _rolling(
     out: dict[str, Any] = {
         "chosen_by": "train sharpe (rolling)",
         "rolling": {"train": spec[0], "test": spec[1], "step": spec[2]},
+        "oos_days": (
+            f"the first {step} days of each test window (they overlap: STEP {step} < TEST {test_days}), "
+            "all days of the last"
+            if step < test_days
+            else "all days of each test window"
+        ),
         "codes": {},
     }
     failed = [
@@ -535,35 +586,44 @@ def _rolling(
     ]
     k = 0
     for code, _ in cards:
-        wins = []
+        wins, bad = [], []
         for w, (tr, te) in enumerate(windows):
             block = flat[k : k + 2 * per]
             k += 2 * per
             train, test = block[0::2], block[1::2]
             best = _best(train)
+            where = {"window": w, "train_range": list(tr), "test_range": list(te), "cells": per}
+            # a window whose training failed in every cell (no bars yet, say) chose nothing, and one whose
+            # choice failed on the test days measured nothing: neither is out-of-sample evidence
+            if best is None:
+                bad.append({**where, "error": f"every cell failed on the train days: {train[0]['error']}"})
+                continue
+            if test[best].get("error"):
+                error = f"failed on the test days: {test[best]['error']}"
+                bad.append({**where, "chosen": train[best]["params"], "error": error})
+                continue
             order = sorted(range(per), key=lambda i: (-_score(test[i]), i))
             wins.append(
                 {
-                    "window": w,
-                    "train_range": list(tr),
-                    "test_range": list(te),
+                    **where,
                     "chosen": train[best]["params"],
                     "train": train[best],
                     "test": test[best],
                     "test_rank": order.index(best) + 1,
-                    "cells": per,
                 }
             )
-        out["codes"][code or "card"] = {"windows": wins, **_oos(wins, grid)}
+        out["codes"][code or "card"] = {"windows": wins, "failed_windows": bad, **_oos(wins, grid)}
     out["failed"] = failed
     return out
 
 
 def _oos(wins: list[dict[str, Any]], grid: list[dict[str, Any]]) -> dict[str, Any]:
     """Out-of-sample return compounded over the test windows, and how stable the choices were."""
+    if not wins:  # every window failed: no out-of-sample figures at all
+        return {"oos_return": None, "oos_windows": 0, "mean_test_rank": None, "stability": {}}
     total = 1.0
     for w in wins:
-        r = w["test"].get("total_return")
+        r = w["test"].get("oos_return", w["test"].get("total_return"))  # oos_return: overlapping windows
         total *= 1.0 + (r or 0.0)
     names = list(dict.fromkeys(n for p in grid for n in p))
     stability: dict[str, Any] = {}
