@@ -76,7 +76,9 @@ class PairSpread(Strategy):
             sd = math.sqrt(math.fsum((x - mean) ** 2 for x in window) / (len(window) - 1))
             z = (ratio - mean) / sd if sd > 0 else None
         window.append(ratio)
-        if z is None or self.ctx.open_orders:
+        # the pair is one decision: an open order of either leg (a switch half done) holds it back, an
+        # order of a code outside the pair (a card listing more codes) does not
+        if z is None or any(o.code in (p.common, p.pref) for o in self.ctx.open_orders.values()):
             return
         held = {code: self.ctx.position(code) for code in (p.common, p.pref)}
         target = p.pref if z <= -p.entry_z else p.common if z >= p.entry_z else None if abs(z) <= p.exit_z else ""

@@ -6,6 +6,8 @@ next open. Exit (at the next open): the close falls below the lowest low of the 
 days, or `stop_pct` below the entry fill. Integer KRW; the volume test is done in integers
 (volume * lookback * 100 >= sum * vol_mult_pct).
 Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+The entry is the held position's average cost, read from the gateway's books at each decision (not
+remembered from `on_fill`, which a restarted agent never hears for fills made while it was down).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import msgspec
 
 from agent.strategy import Strategy
 from common.enums import BarInterval, OrderType, TimeInForce
-from common.schema import Bar, FillView, PositionView
+from common.schema import Bar
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,13 +41,6 @@ class VolumeBreakout(Strategy):
 
     def on_start(self) -> None:
         self.bars: dict[str, deque[Bar]] = {}
-        self.entry: dict[str, int] = {}  # code -> average entry price
-
-    def on_fill(self, fill: FillView, position: PositionView) -> None:
-        if position.qty:
-            self.entry[fill.code] = position.cost // position.qty
-        else:
-            self.entry.pop(fill.code, None)
 
     def on_bar(self, bar: Bar) -> None:
         p: Params = self.params
@@ -57,12 +52,17 @@ class VolumeBreakout(Strategy):
             hist = self.bars[bar.code] = deque(self.ctx.history(bar.code, "1d", n), maxlen=n)
         prev = list(hist)
         hist.append(bar)
-        if len(prev) < max(p.lookback, p.exit_lookback) or self.ctx.open_orders:
+        # only this code's orders hold its decision back: another code's order for the next session
+        # must not swallow this one's entry or exit
+        if len(prev) < max(p.lookback, p.exit_lookback) or any(
+            o.code == bar.code for o in self.ctx.open_orders.values()
+        ):
             return
         held = self.ctx.position(bar.code)
         if held:
             floor = min(b.low for b in prev[-p.exit_lookback :])
-            entry = self.entry.get(bar.code, 0)
+            pos = self.ctx.positions.get(bar.code)  # the average cost: the gateway's, right after a restart too
+            entry = pos.cost // pos.qty if pos is not None and pos.qty else 0
             stopped = entry and bar.close * 100 <= entry * (100 - p.stop_pct)
             if bar.close < floor or stopped:
                 why = "stop loss" if stopped else f"close below the {p.exit_lookback}-day low"

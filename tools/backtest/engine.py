@@ -60,6 +60,13 @@ class BacktestError(RuntimeError):
     """The backtest cannot run or the strategy failed; the message says where."""
 
 
+def decides_on_prints_only(cls: type[Strategy]) -> bool:
+    """True for a strategy that decides in on_trade / on_book (never called in a backtest) and has
+    neither on_bar nor on_timer, the only decision hooks a backtest drives."""
+    live_only = cls.on_trade is not Strategy.on_trade or cls.on_book is not Strategy.on_book
+    return live_only and cls.on_bar is Strategy.on_bar and cls.on_timer is Strategy.on_timer
+
+
 @dataclass(frozen=True, slots=True)
 class BacktestConfig:
     date_from: dt.date
@@ -428,6 +435,14 @@ class Backtest:
         raw.update(config.params or {})
         self.params = raw
         cls = load_strategy_class(card.strategy)
+        if decides_on_prints_only(cls):
+            # bars cannot be turned back into the prints (or books) it decides on: run, it would trade
+            # nothing and look like a flat strategy
+            hooks = " / ".join(h for h in ("on_trade", "on_book") if getattr(cls, h) is not getattr(Strategy, h))
+            raise BacktestError(
+                f"{card.strategy} decides on live prints only ({hooks}), which {self.interval} bars cannot "
+                "replay: a backtest of it would trade nothing (it needs on_bar or on_timer to be backtested)"
+            )
         self.ctx = BacktestContext(self)
         try:
             self.strategy: Strategy = cls(self.ctx, cls.parse_params(raw))
