@@ -372,7 +372,10 @@ def load_card(path: str | Path) -> AgentCard:
     return card
 
 
-def load_gateway_config(path: str | Path | None) -> GatewayConfig:
+def load_gateway_config(path: str | Path | None, check_env: bool = False) -> GatewayConfig:
+    """The gateway config at `path` (None: the defaults). `check_env`: also that the variables its alert
+    channels read (url_env, password_env) are set — for the gateway and doctor; the operator's other
+    tools read the config for its run_dir and run where those secrets are not."""
     if path is None:
         return GatewayConfig()
     p = Path(path)
@@ -381,7 +384,11 @@ def load_gateway_config(path: str | Path | None) -> GatewayConfig:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
     cfg = expand_paths(decode_toml(data, GatewayConfig, str(p)))
-    problems = [*limit_problems(cfg.risk), *gateway_problems(cfg), *notify_problems(cfg.notify, os.environ)]
+    problems = [
+        *limit_problems(cfg.risk),
+        *gateway_problems(cfg),
+        *notify_problems(cfg.notify, os.environ if check_env else None),
+    ]
     for field, why in problems:
         raise ConfigError(f"{p}: `{field}`: {why}")
     return cfg
@@ -428,15 +435,16 @@ def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
     return out
 
 
-def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str] | None) -> list[tuple[str, str]]:
     """(field, why) for alert channels that could never deliver (they would pass the start, and the
-    first alert a person needs would be lost). `environ` is where url_env/password_env are read."""
+    first alert a person needs would be lost). `environ` is where url_env/password_env are read (None:
+    not checked)."""
     out = []
     for i, w in enumerate(cfg.webhooks):
         where = f"notify.webhooks[{i}]"
         if w.url and w.url_env:
             out.append((where, "give url or url_env, not both"))
-        elif w.url_env and not environ.get(w.url_env):
+        elif w.url_env and environ is not None and not environ.get(w.url_env):
             out.append((f"{where}.url_env", f"the environment variable {w.url_env} is not set (it holds the URL)"))
         elif not w.url and not w.url_env:
             out.append((where, f"a {w.shape.value} webhook needs url_env (the name of a variable holding the URL)"))
@@ -448,7 +456,7 @@ def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str]) -> list[tuple
             out.append((f"{where}.to", "no recipient"))
         if m.username and not m.password_env:
             out.append((f"{where}.password_env", "username is set: give password_env (a variable holding it)"))
-        elif m.password_env and not environ.get(m.password_env):
+        elif m.password_env and environ is not None and not environ.get(m.password_env):
             out.append(
                 (f"{where}.password_env", f"the environment variable {m.password_env} (the password) is not set")
             )

@@ -475,7 +475,7 @@ class Gateway:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:  # one folder's books are one environment's and account's (server/store.py claim_owner)
-            self.store.claim_owner(run_owner(self.cfg, self.broker), self.run_dir)
+            self.store.claim_owner(run_owner(self.cfg, self.broker, self.run_dir), self.run_dir)
         except ConfigError:
             self.store.close()
             self.md.store.close()

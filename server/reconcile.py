@@ -66,8 +66,10 @@ FILL_NOT_AT_BROKER = ErrorCode.FILL_NOT_AT_BROKER.value
 RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its send may never have happened
 # An UNKNOWN submit never claims a line KIS says was placed (ord_tmd, whole seconds, KST) more than this
 # before the order was created here: such a line is somebody else's (the KIS app), not our send. The
-# margin covers the clocks' skew and the truncation of ord_tmd to the second.
-SEND_SKEW_NS = 2_000_000_000
+# margin covers the clocks' skew (this machine's against KIS's: a few seconds would otherwise make our
+# own filled line look older than the order, reject the order and give its shares to 'external') and
+# the truncation of ord_tmd to the second; an app order of the same terms inside it is still claimed.
+SEND_SKEW_NS = 60_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -300,6 +302,20 @@ def reconcile(
                 res.add(coid, Cancelled(ts_ns=now_ns))
             else:
                 res.add(coid, Expire(ts_ns=now_ns))
+        elif (
+            o.state is OrderState.CANCELLED
+            and now_ns - o.updated_ns > fill_grace_ns  # (the list may lag the cancel's confirmation)
+            and (live := [r for r in lines if r.remaining_qty])
+        ):
+            # cancelled here, while a line of its chain still rests at KIS (a cancel reaches the latest
+            # line only; after a partial revise from the KIS app the earlier one keeps its own open
+            # part): its shares can still fill with nobody's cash reserved for them. (EXPIRED is not
+            # asked: after the close KIS may list what the exchange expired as still open.)
+            res.alerts.append(
+                f"{coid}: {o.state.value} here, but at KIS "
+                + ", ".join(f"line {r.broker_order_id} still has {r.remaining_qty} open" for r in live)
+                + ": cancel it in the KIS app"
+            )
 
     # 4. broker originals nobody claims: placed outside ktrader
     # A line with the terms of a submit of ours whose ODNO is not known yet is not taken for an order

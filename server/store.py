@@ -481,7 +481,19 @@ class Store:
         OwnerMismatch, since nothing of one account's books may carry over to another. A new app key
         on the same account (KIS keys are reissued yearly) is taken, with a log line."""
         held = self.meta_prefix(OWNER)
+        owner = dict(owner)
+        new_key = owner.pop(NEW_KEY, "") == "1"
         if held:
+            if new_key and "account_id" in held:
+                # the owner key (run/keys) was lost: the fingerprint kept cannot be compared; the masked
+                # form can, and the fingerprint is kept anew under the new key
+                log.warning(
+                    "run folder %s: its owner key was missing: the account is checked by its masked form", run_dir
+                )
+                held.pop("account_id")
+                held_masked = held.get("account")
+                if held_masked is not None and held_masked != owner.get("account"):
+                    held["account_id"] = "?"  # another masked account: refused below
             other = held.get("env") != owner.get("env") or (
                 "account_id" in held and "account_id" in owner and held["account_id"] != owner["account_id"]
             )
@@ -511,6 +523,7 @@ class Store:
 
 
 OWNER = "owner."  # meta keys of the store's broker environment and account (Store.claim_owner)
+NEW_KEY = "new_key"  # in an owner from server/core.py run_owner, not kept: its fingerprint key was made now
 
 
 class OwnerMismatch(ConfigError):

@@ -113,7 +113,7 @@ def gateway(
     _logging("debug" if debug and log_level == "info" else log_level)
     sys.path.insert(0, os.getcwd())  # --broker factories may live in the working tree
     try:
-        cfg = load_gateway_config(config)
+        cfg = load_gateway_config(config, check_env=True)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -187,7 +187,7 @@ def doctor(
 
     _logging("debug" if debug else "error")
     try:
-        cfg = load_gateway_config(config)
+        cfg = load_gateway_config(config, check_env=True)
         if run_dir:
             cfg = msgspec.structs.replace(cfg, run_dir=str(run_dir))
         report = asyncio.run(diagnose(cfg))

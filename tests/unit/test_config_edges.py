@@ -5,6 +5,8 @@ refused at load (or start) with a line that names the field and says what to do.
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "gateway.toml") -> Path
 
 def refused(tmp_path: Path, text: str | bytes) -> str:
     with pytest.raises(ConfigError) as e:
-        load_gateway_config(write(tmp_path, text))
+        load_gateway_config(write(tmp_path, text), check_env=True)  # as the gateway and doctor load it
     msg = str(e.value)
     assert "\n" not in msg  # one line
     return msg
@@ -53,12 +55,16 @@ class FakeKis:
         self._creds = Credentials(app_key, "s" * 180, account, "someone")
 
 
+OWNER_DIR: list[Path] = []  # the run folder whose owner key fingerprints the account (set by the test)
+
+
 def owner(env: BrokerEnv, account: str = "", app_key: str = "PS" + "k" * 34) -> dict[str, str]:
     cfg = GatewayConfig(broker=BrokerConfig(env=env))
-    return run_owner(cfg, FakeKis(account or "50123456-01", app_key))  # type: ignore[arg-type]
+    return run_owner(cfg, FakeKis(account or "50123456-01", app_key), OWNER_DIR[-1])  # type: ignore[arg-type]
 
 
 def test_a_run_folder_of_the_twin_is_refused_for_paper_and_another_account(tmp_path: Path) -> None:
+    OWNER_DIR[:] = [tmp_path]
     store = Store(tmp_path / "db" / "gateway.sqlite")
     sim = owner(BrokerEnv.SIM)
     assert sim == {"env": "sim"}  # the twin's demo account is play money: any twin may reuse run/
@@ -72,6 +78,7 @@ def test_a_run_folder_of_the_twin_is_refused_for_paper_and_another_account(tmp_p
     store.close()
 
     other = tmp_path / "paper"
+    OWNER_DIR[:] = [other]
     store = Store(other / "db" / "gateway.sqlite")
     store.claim_owner(owner(BrokerEnv.PAPER, "50123456-01"), other)
     # a new app key on the same account (KIS reissues them yearly) keeps the books
@@ -86,6 +93,17 @@ def test_a_run_folder_of_the_twin_is_refused_for_paper_and_another_account(tmp_p
     store = Store(other / "db" / "gateway.sqlite")
     with pytest.raises(OwnerMismatch):
         store.claim_owner(owner(BrokerEnv.SIM), other)
+    # the store alone does not give the account back: its fingerprint is keyed by run/keys/owner.key
+    held = store.meta_prefix("owner.")
+    plain = hashlib.sha256(b"ktrader-account:50123456-01").hexdigest()[:16]
+    assert held["account_id"] not in (plain, hashlib.sha256(b"50123456-01").hexdigest()[:16])
+    assert (other / "keys" / "owner.key").stat().st_mode & 0o077 == 0
+    # the key lost: checked by the masked form (the same one passes, another is refused)
+    (other / "keys" / "owner.key").unlink()
+    store.claim_owner(owner(BrokerEnv.PAPER, "50123456-01"), other)
+    (other / "keys" / "owner.key").unlink()
+    with pytest.raises(OwnerMismatch):
+        store.claim_owner(owner(BrokerEnv.PAPER, "64123456-01"), other)
     store.close()
 
 
@@ -234,6 +252,8 @@ def test_alert_channels_that_cannot_deliver_are_refused(
     monkeypatch.delenv("KT_TEST_UNSET", raising=False)
     msg = refused(tmp_path, text)
     assert needle in msg and "SECRET" not in msg, msg
+    if "UNSET" in needle:  # the operator's other tools read the config where the secrets are not set
+        assert load_gateway_config(write(tmp_path, text)).notify is not None
 
 
 def test_alert_channels_that_can_deliver_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -369,16 +369,42 @@ def test_unknown_submit_does_not_claim_a_line_placed_before_it() -> None:
         created_ns=_ns(10, 0, 5),
         updated_ns=_ns(10, 0, 5),
     )
-    app = msgspec.structs.replace(line("0000000042", 10, 70_000, 10, 0), time="100000")  # 5 s before
+    app = msgspec.structs.replace(line("0000000042", 10, 70_000, 10, 0), time="095830")  # 95 s before
     res = reconcile([o], [app], now_ns=_ns(10, 0, 10))
     assert not any(isinstance(e, Accept) for e in res.events.get(o.client_order_id, []))
     assert [r.broker_order_id for r in res.external] == ["0000000042"]
-    # its own line (placed a second after it was created, or within the skew) is claimed
-    ours = msgspec.structs.replace(line("0000000043", 10, 70_000, 10, 0), time="100004")
+    # its own line is claimed, also stamped seconds before the order was created here (this machine's
+    # clock a few seconds ahead of KIS's: rejecting it gave a filled order's shares to 'external')
+    ours = msgspec.structs.replace(line("0000000043", 10, 70_000, 10, 0), time="100001")
     res = reconcile([o], [app, ours], now_ns=_ns(10, 0, 10))
     accepts = [e for e in res.events[o.client_order_id] if isinstance(e, Accept)]
     assert [e.broker_order_id for e in accepts] == ["0000000043"]
     assert [r.broker_order_id for r in res.external] == ["0000000042"]
+
+
+def test_an_order_ended_here_with_a_line_still_open_at_kis_is_told() -> None:
+    """After a partial revise from the KIS app an agent's cancel reaches the latest line only: the order
+    is CANCELLED here while the original line's open part still rests at KIS (its fill would land on a
+    cancelled order with no cash reserved for it). Each pass says so until the line is gone."""
+    o = Order(
+        client_order_id="alpha-20261120-1",
+        agent="alpha",
+        code=CODE,
+        side=Side.BUY,
+        qty=10,
+        price=60_000,
+        state=OrderState.CANCELLED,
+        broker_order_id="0000000002",
+        broker_chain=("0000000001", "0000000002"),
+        updated_ns=_ns(10, 0, 0),
+    )
+    cancelled = msgspec.structs.replace(line("0000000002", 3, 61_000, 0, 0, "0000000001"), cancelled_qty=3)
+    lines = [line("0000000001", 10, 60_000, 0, 7), cancelled]
+    assert not [a for a in reconcile([o], lines, now_ns=_ns(10, 0, 20)).alerts if "still has" in a]  # list lag
+    res = reconcile([o], lines, now_ns=_ns(10, 5, 0))
+    assert [a for a in res.alerts if "line 0000000001 still has 7 open" in a and "cancelled here" in a]
+    res = reconcile([o], [line("0000000001", 10, 60_000, 0, 0), cancelled], now_ns=_ns(10, 6, 0))
+    assert not [a for a in res.alerts if "still has" in a]
 
 
 # ---- 5. an agent's shares sold in the KIS app ------------------------------------------------------
