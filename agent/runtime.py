@@ -24,7 +24,7 @@ from agent.client import GatewayClient
 from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
-from agent.services import AgentServicesMixin
+from agent.services import AgentServicesMixin, StateMap
 from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
@@ -78,7 +78,7 @@ from common.schema import (
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
 from common.schema import UniverseUpdate
 from agent.universe import UniverseFollower
-from common.schema import BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot
+from common.schema import STATE_MAX_KEYS, BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot, PutState
 
 log = logging.getLogger("ktrader.agent")
 
@@ -88,6 +88,20 @@ EXIT_DUPLICATE = 4  # the gateway says another live session holds this id
 EXIT_NO_GATEWAY = 5
 EXIT_BAD_CARD = 2
 EXIT_STRATEGY = 6
+
+# Daily catch-up: a daily bar published while the agent was down (crash at the close, an evening reboot,
+# an operator restart) is delivered after on_start, like the close would have. Up to this many sessions:
+# each caught-up on_bar decides without the fills of the ones before it (their orders wait for the next
+# session), so the further back, the further from what the backtest did; away longer, the agent starts
+# as on its first start (the missed bars are warm-up history) and says so.
+CATCH_UP_MAX_SESSIONS = 1  # two missed closes: an up-cross then a down-cross would leave it long
+# ctx.state keys starting with this are the runtime's: hidden from the strategy, refused to it
+RESERVED_STATE_PREFIX = "__ktrader__."
+# {code: start of the newest daily bar handed to on_bar (or seen as history at a first start)}
+DAILY_SEEN_KEY = RESERVED_STATE_PREFIX + "daily_seen"
+DAILY_SEEN_MAX_CODES = 1000  # a universe rotating for years: the oldest markers go (~20 bytes each)
+_enc = msgspec.msgpack.Encoder()
+_seen_dec = msgspec.msgpack.Decoder(dict[str, str])
 
 
 class AgentExit(Exception):
@@ -103,6 +117,32 @@ def load_strategy_class(spec: str) -> type[Strategy]:
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{spec} is not a Strategy subclass")
     return cls
+
+
+class _StrategyState(StateMap):
+    """`ctx.state` as the strategy sees it: the runtime's own keys (RESERVED_STATE_PREFIX) are kept
+    aside (not listed, not writable by the strategy), yet count against the gateway's limits and go back
+    with the whole state when a running agent re-registers (`raw()`)."""
+
+    def __init__(self, raw: dict[str, bytes] | None = None) -> None:
+        mine = dict(raw or {})
+        self.reserved: dict[str, bytes] = {k: mine.pop(k) for k in list(mine) if k.startswith(RESERVED_STATE_PREFIX)}
+        super().__init__(mine)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(key, str) and key.startswith(RESERVED_STATE_PREFIX):
+            raise KtraderError(
+                ErrorCode.STATE_LIMIT, f"state keys starting {RESERVED_STATE_PREFIX!r} are the runtime's"
+            )
+        if key not in self and len(self) + len(self.reserved) >= STATE_MAX_KEYS:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
+        super().__setitem__(key, value)
+
+    def size_bytes(self) -> int:
+        return super().size_bytes() + sum(len(k.encode()) + len(v) for k, v in self.reserved.items())
+
+    def raw(self) -> dict[str, bytes]:
+        return {**super().raw(), **self.reserved}
 
 
 class AgentRuntime(AgentServicesMixin):
@@ -164,6 +204,11 @@ class AgentRuntime(AgentServicesMixin):
         self._last_daily = ""  # the newest daily bar handed to the strategy (reported in heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
+        self._kv = _StrategyState()
+        # per code, the newest daily bar handed to on_bar: written (durably, before the bar's on_bar) to
+        # the reserved state key, read back at a restart to deliver what was published meanwhile
+        self._daily_seen: dict[str, str] = {}
+        self._catch_up: dict[str, list[Bar]] = {}  # code -> its missed daily bars not delivered yet
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -376,10 +421,18 @@ class AgentRuntime(AgentServicesMixin):
         # time), so `history + [bar]` would count it twice; a backtest serves only bars before the bar
         # time. Filtered here, not in the gateway: outside on_bar (on_trade, on_timer, on_start) the
         # latest closed bars are the right answer, and only the agent knows what it is delivering.
+        #
+        # While missed daily bars wait to be caught up (on_start, then their delivery), a code's daily
+        # history stops before the first of them: the warm-up must not already hold the bars it is about
+        # to be given in on_bar.
         if self.client is None or n <= 0:
             return []
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
-        ask = n + 1 if cut else n  # the delivered bar may be among the newest: one more, so n remain
+        waiting = self._catch_up.get(code, []) if interval == BarInterval.D1 else []
+        if not cut and waiting:
+            cut = waiting[0].start
+        # the delivered bar (and the code's missed ones) may be among the newest: ask more, so n remain
+        ask = min(5000, n + len(waiting) + 1) if cut else n
         try:
             reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=15.0)
         except (KtraderError, msgspec.ValidationError) as e:
@@ -579,7 +632,120 @@ class AgentRuntime(AgentServicesMixin):
                 f"add them to `bars` under [subscriptions] in its card",
             )
         self.strategy = cls(self, params)
+        missed = self._plan_catch_up()  # before on_start: its warm-up history stops before them
         self._call("on_start")
+        self._deliver_catch_up(missed)
+
+    # ---- daily catch-up ----------------------------------------------------------------------------
+    # The gateway publishes each code's daily bar once, after the close; the feed treats the last bar at
+    # subscribe time as history (agent/marketfeed.py). An agent that was down then would never decide on
+    # that day, which a backtest always does. The runtime keeps, per code, the newest daily bar it handed
+    # to on_bar (reserved ctx.state key, written before the on_bar runs) and at start delivers the
+    # sessions closed since, oldest first, through the usual on_bar path.
+
+    def _state_after_register(self, fresh: bool) -> None:
+        super()._state_after_register(fresh)
+        if fresh:  # the runtime's keys leave what the strategy sees; a running agent's go back with raw()
+            self._kv = kv = _StrategyState(self.state.raw())
+            raw = kv.reserved.get(DAILY_SEEN_KEY)
+            try:
+                self._daily_seen = _seen_dec.decode(raw) if raw is not None else {}
+            except msgspec.DecodeError as e:
+                self.log.warning("daily catch-up: unreadable marker (%s); starting as on a first start", e)
+                self._daily_seen = {}
+
+    def _save_daily_seen(self) -> None:
+        """Durable before whatever is sent after it (same socket, the gateway commits each PutState in
+        order): a bar marked here is never handed to on_bar again, even if its callback never ends."""
+        if len(self._daily_seen) > DAILY_SEEN_MAX_CODES:
+            keep = sorted(self._daily_seen.items(), key=lambda kv: kv[1])[-DAILY_SEEN_MAX_CODES:]
+            self._daily_seen = dict(keep)
+        raw = _enc.encode(self._daily_seen)
+        if isinstance(self._kv, _StrategyState):
+            self._kv.reserved[DAILY_SEEN_KEY] = raw  # re-sent with the whole state after a re-registration
+        # its own message, not the callback's state batch: a strategy batch refused over a limit, or a
+        # modify/cancel_all sent mid-callback, must not leave orders at the gateway with the bar unmarked
+        self._send(PutState(h=self.headers(), items={DAILY_SEEN_KEY: raw}))
+
+    def _plan_catch_up(self) -> list[Bar]:
+        """The daily bars closed since each code's marker, in the gateway's publishing order (bar time,
+        then code). Codes without a marker (a first start) or missed for more than
+        CATCH_UP_MAX_SESSIONS sessions get none: their marker becomes the newest closed bar (history)."""
+        self._catch_up = {}
+        if BarInterval.D1 not in self.card.subscriptions.bars or self.client is None or self._stopping:
+            return []
+        codes = list(dict.fromkeys([*self.card.codes, *self.universe.codes]))
+        latest = self._closed_daily(codes)
+        missed: list[Bar] = []
+        as_history: dict[str, str] = {}
+        for code in codes:
+            bars = self._newest_daily(code, latest.get(code))
+            if not bars:
+                continue  # nothing known (or the gateway did not answer: said): the marker stays as it is
+            seen = self._daily_seen.get(code)
+            newer = [b for b in bars if seen is not None and b.start > seen]
+            if seen is None:
+                as_history[code] = bars[-1].start  # first start: nothing decided on bars closed before it
+            elif len(newer) > CATCH_UP_MAX_SESSIONS:
+                self.log.warning(
+                    "CATCH-UP %s 1d: away since %s, more than %d sessions: too long to catch up safely; "
+                    "none delivered, the strategy starts from history",
+                    code,
+                    seen,
+                    CATCH_UP_MAX_SESSIONS,
+                )
+                as_history[code] = bars[-1].start
+            elif newer:
+                self._catch_up[code] = newer
+                missed += newer
+        if as_history:
+            self._daily_seen.update(as_history)
+            self._save_daily_seen()
+        missed.sort(key=lambda b: (b.start, b.code))  # server/bars.py bar_order for one interval
+        return missed
+
+    def _closed_daily(self, codes: list[str]) -> dict[str, Bar]:
+        """The gateway's last published daily bar per code: between the close and midnight GetBars stops
+        before today's, so the day's bar is only there (in memory: gone after a gateway restart)."""
+        try:
+            reply = self.call_gateway(GetMarket(h=self.headers(), codes=codes), timeout_s=10.0)
+        except (KtraderError, msgspec.ValidationError) as e:
+            self.log.warning("daily catch-up: market snapshot failed: %s", e)
+            return {}
+        if not isinstance(reply, MarketSnapshot):
+            return {}
+        return {st.code: b for st in reply.markets for b in st.closed if b.interval == BarInterval.D1}
+
+    def _newest_daily(self, code: str, latest: Bar | None) -> list[Bar]:
+        """The code's newest closed daily bars (one more than catch-up takes, to tell 'too long'),
+        oldest first, one per session."""
+        try:
+            reply = self.call_gateway(
+                GetBars(h=self.headers(), code=code, interval=BarInterval.D1, n=CATCH_UP_MAX_SESSIONS + 1),
+                timeout_s=15.0,
+            )
+        except (KtraderError, msgspec.ValidationError) as e:
+            self.log.warning("daily catch-up of %s: history failed: %s; nothing caught up", code, e)
+            return []
+        if not isinstance(reply, BarsReply):
+            self.log.warning("daily catch-up of %s: unexpected reply %s", code, type(reply).__name__)
+            return []
+        by_start = {b.start: b for b in reply.bars if b.code == code}
+        if latest is not None:
+            by_start.setdefault(latest.start, latest)
+        return [by_start[s] for s in sorted(by_start)]
+
+    def _deliver_catch_up(self, missed: list[Bar]) -> None:
+        """After on_start: each missed bar through the usual on_bar path (marked before, orders after)."""
+        try:
+            for bar in missed:
+                if self._stopping or self.strategy is None:
+                    break  # the ones not delivered stay unmarked: the next start catches them up
+                self.log.info("CATCH-UP %s %s %s", bar.code, bar.interval, bar.start)
+                self._deliver(bar)
+                self._catch_up[bar.code].remove(bar)
+        finally:
+            self._catch_up = {}
 
     def _shutdown(self) -> None:
         if self.strategy is not None:
@@ -886,8 +1052,18 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(body, BookTick):
             self._call("on_book", body)
         elif isinstance(body, Bar):
-            if body.interval == BarInterval.D1 and body.start > self._last_daily:
-                self._last_daily = body.start
+            if body.interval == BarInterval.D1:
+                if self._daily_seen.get(body.code) == body.start:
+                    # handed over already (caught up at start, then also streamed; or a heal's snapshot)
+                    self.log.info("daily bar %s %s delivered already: not again", body.code, body.start)
+                    return
+                # at most once: marked before on_bar runs. A crash inside it then loses this decision
+                # rather than repeating it on the restart with new order ids (orders it placed may have
+                # reached the gateway: a second copy would be a second order, with real money)
+                self._daily_seen[body.code] = body.start
+                self._save_daily_seen()
+                if body.start > self._last_daily:
+                    self._last_daily = body.start
             self._delivering = body
             try:
                 self._call("on_bar", body)
