@@ -35,7 +35,7 @@ from server.reconciler import EarlyInquiry, Reconciler
 from server.risk import RiskGate, SessionView
 from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
-from server.store import NEW_KEY, Store
+from server.store import Store
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -185,21 +185,21 @@ def build_order_core(
 OWNER_KEY = "owner.key"  # in run/keys: the key of the account's fingerprint in the store
 
 
-def _owner_key(run_dir: Path) -> tuple[bytes, bool]:
-    """(the run folder's owner key, whether it was made now). Random, 0600 beside the credentials, never
-    in the store: a plain hash of the account would give it back to anyone holding a copy of the store
-    (its masked form leaves a million candidates)."""
+def _owner_key(run_dir: Path) -> bytes:
+    """The run folder's owner key: random, 0600 beside the credentials, never in the store (a plain hash
+    of the account would give it back to anyone holding a copy of the store: its masked form leaves a
+    million candidates)."""
     path = run_dir / "keys" / OWNER_KEY
     try:
         key = path.read_bytes()
         if len(key) >= 32:
-            return key, False
+            return key
     except FileNotFoundError:
         pass
     private_dir(path.parent)
     key = secrets.token_bytes(32)
     write_atomic(path, key)
-    return key, True
+    return key
 
 
 def run_owner(cfg: GatewayConfig, broker: BrokerPort, run_dir: str | Path) -> dict[str, str]:
@@ -208,15 +208,14 @@ def run_owner(cfg: GatewayConfig, broker: BrokerPort, run_dir: str | Path) -> di
     account (two accounts can share a masked form; keyed by the folder's owner key, so the store alone
     does not give the account back) and the app key's fingerprint. Nothing secret. The twin (sim) is
     one owner whatever its seed or demo account: its money is play money, and tests and `make demo`
-    reuse run/. `new_key` = "1": the owner key was made now, so an account fingerprint kept before it
-    cannot be compared (claim_owner falls back to the masked form)."""
+    reuse run/. `key_id` names the owner key: a fingerprint kept under another key (the key file was
+    lost) cannot be compared, and claim_owner falls back to the masked form."""
     owner = {"env": cfg.broker.env.value}
     creds = getattr(broker, "_creds", None)  # KisBroker's; a --broker factory's port may have none
     if cfg.broker.env is not BrokerEnv.SIM and isinstance(creds, Credentials):
-        key, made = _owner_key(Path(run_dir))
+        key = _owner_key(Path(run_dir))
         owner["account"] = creds.masked_account
         owner["account_id"] = hmac.new(key, creds.account.encode(), hashlib.sha256).hexdigest()[:16]
+        owner["key_id"] = hashlib.sha256(key).hexdigest()[:8]
         owner["app_key"] = creds.key_fingerprint
-        if made:
-            owner[NEW_KEY] = "1"
     return owner

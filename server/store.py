@@ -481,12 +481,10 @@ class Store:
         OwnerMismatch, since nothing of one account's books may carry over to another. A new app key
         on the same account (KIS keys are reissued yearly) is taken, with a log line."""
         held = self.meta_prefix(OWNER)
-        owner = dict(owner)
-        new_key = owner.pop(NEW_KEY, "") == "1"
         if held:
-            if new_key and "account_id" in held:
-                # the owner key (run/keys) was lost: the fingerprint kept cannot be compared; the masked
-                # form can, and the fingerprint is kept anew under the new key
+            if "account_id" in held and held.get("key_id") != owner.get("key_id", held.get("key_id")):
+                # kept under another owner key (run/keys/owner.key was lost, or the folder's fingerprint
+                # predates the key): not comparable; the masked form is, and the fingerprint is kept anew
                 log.warning(
                     "run folder %s: its owner key was missing: the account is checked by its masked form", run_dir
                 )
@@ -523,7 +521,6 @@ class Store:
 
 
 OWNER = "owner."  # meta keys of the store's broker environment and account (Store.claim_owner)
-NEW_KEY = "new_key"  # in an owner from server/core.py run_owner, not kept: its fingerprint key was made now
 
 
 class OwnerMismatch(ConfigError):

@@ -268,3 +268,21 @@ def test_alert_channels_that_can_deliver_load(tmp_path: Path, monkeypatch: pytes
         )
     )
     assert len(cfg.notify.webhooks) == 2 and len(cfg.notify.smtp) == 1
+
+
+def test_a_refused_start_does_not_lock_the_folder_out_of_its_own_account(tmp_path: Path) -> None:
+    """The owner key is made before the owner is judged: after one refused start (the wrong credentials
+    file) on a folder whose fingerprint predates the key, its own account must still be taken."""
+    run = tmp_path / "run"
+    OWNER_DIR[:] = [run]
+    store = Store(run / "db" / "gateway.sqlite")
+    with store.transaction():  # a fingerprint kept without the key (its key_id unknown)
+        for k, v in (("env", "paper"), ("account", "50******-01"), ("account_id", "0123456789abcdef")):
+            store.set_meta("owner." + k, v)
+    with pytest.raises(OwnerMismatch):
+        store.claim_owner(owner(BrokerEnv.PAPER, "64123456-01"), run)
+    store.claim_owner(owner(BrokerEnv.PAPER, "50123456-01"), run)  # taken, and kept under the key now
+    store.claim_owner(owner(BrokerEnv.PAPER, "50123456-01"), run)
+    with pytest.raises(OwnerMismatch):
+        store.claim_owner(owner(BrokerEnv.PAPER, "50999999-01"), run)  # same masked form: the key tells
+    store.close()
