@@ -338,3 +338,20 @@ def test_adjusted_prices_on_parquet_are_refused_or_honoured(shared_data: Path, t
     )
     assert [b.close for b in load_bars(p, "005930").bars] == [1000, 1000]
     assert [b.close for b in load_bars(p, "005930", prices="adjusted").bars] == [500, 500]
+
+
+def test_a_time_column_never_lets_an_unread_date_through(tmp_path: Path) -> None:
+    """Dates the loader does not read (2024/01/02) are skipped as unreadable with or without a Time
+    column: joined to the time as text they made bar starts like '2024/01/02T09:00' that sort after
+    every ISO date (a --to then dropped every bar)."""
+    from tools.backtest.data import clear_cache, load_bars
+
+    clear_cache()
+    p = tmp_path / "005930.csv"
+    p.write_text(
+        "Date,Time,Open,High,Low,Close,Volume\n"
+        "2024/01/02,09:00,100,101,99,100,10\n2024-01-02,09:05,100,101,99,100,10\n2024-01-02,09:10,100,101,99,100,10\n"
+        "20240103,09:00,100,101,99,100,10\n"
+    )
+    s = load_bars(p, "005930")
+    assert [b.start for b in s.bars] == ["2024-01-02T09:05", "2024-01-02T09:10", "2024-01-03T09:00"]

@@ -342,7 +342,11 @@ def _csv_columns(path: Path, strict: bool, adjusted: bool) -> _Columns:
         # day keep only its last intraday bar as a wrong daily bar
         if ti < 0 or not r[ti].strip():
             return r[di]
-        return f"{r[di].strip()[:10]} {r[ti].strip()}"
+        try:  # the date as parse_date reads it (YYYYMMDD, YYYY-MM-DD): 2024/01/02 would pass unread
+            day = parse_date(r[di]).isoformat()
+        except DataError:
+            return ""  # counted as unreadable, as a date that does not read without a Time column
+        return f"{day} {r[ti].strip()}"
 
     def cells() -> Iterable[Row]:
         for n, r in enumerate(rows, start=first_line):
