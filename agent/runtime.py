@@ -34,7 +34,8 @@ from common.curve import CurveError, client_pair_for
 from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
-from common.krx import Phase
+from common import calendar
+from common.krx import Phase, next_session_day
 from common.orders import OPEN, OrderState
 from common.schema import (
     Ack,
@@ -78,7 +79,16 @@ from common.schema import (
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
 from common.schema import UniverseUpdate
 from agent.universe import UniverseFollower
-from common.schema import STATE_MAX_KEYS, BarsReply, BookTick, GetBars, GetMarket, MarketSnapshot, PutState
+from common.schema import (
+    STATE_RESERVED_MAX_BYTES,
+    STATE_RESERVED_PREFIX,
+    BarsReply,
+    BookTick,
+    GetBars,
+    GetMarket,
+    MarketSnapshot,
+    PutState,
+)
 
 log = logging.getLogger("ktrader.agent")
 
@@ -95,13 +105,28 @@ EXIT_STRATEGY = 6
 # session), so the further back, the further from what the backtest did; away longer, the agent starts
 # as on its first start (the missed bars are warm-up history) and says so.
 CATCH_UP_MAX_SESSIONS = 1  # two missed closes: an up-cross then a down-cross would leave it long
-# ctx.state keys starting with this are the runtime's: hidden from the strategy, refused to it
-RESERVED_STATE_PREFIX = "__ktrader__."
+# The whole catch-up's requests (snapshot, then history per code) share one deadline: a gateway gone
+# silent after the registration must not hold the agent's start for minutes (10 s + 15 s per code).
+CATCH_UP_DEADLINE_S = 15.0
+CATCH_UP_MARK_TIMEOUT_S = 5.0  # a caught-up bar's marker is committed (waited for) before its on_bar
+# ctx.state keys starting with this are the runtime's: hidden from the strategy, refused to it; the
+# gateway counts them apart from the strategy's (common/schema.py STATE_RESERVED_*)
+RESERVED_STATE_PREFIX = STATE_RESERVED_PREFIX
 # {code: start of the newest daily bar handed to on_bar (or seen as history at a first start)}
 DAILY_SEEN_KEY = RESERVED_STATE_PREFIX + "daily_seen"
 DAILY_SEEN_MAX_CODES = 1000  # a universe rotating for years: the oldest markers go (~20 bytes each)
 _enc = msgspec.msgpack.Encoder()
 _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
+# today's session is over: its daily bar is due from the gateway's day cycle
+_AFTER_SESSION = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END})
+
+
+def _session_after(day: str) -> dt.date | None:
+    """The trading day after a daily bar's ("YYYY-MM-DD"): where the close's next-session orders go."""
+    try:
+        return calendar.next_trading_day(dt.date.fromisoformat(day[:10]))
+    except ValueError:
+        return None
 
 
 class AgentExit(Exception):
@@ -119,10 +144,15 @@ def load_strategy_class(spec: str) -> type[Strategy]:
     return cls
 
 
+class _CatchUpTimeout(Exception):
+    """The gateway did not answer a catch-up request within the catch-up's deadline."""
+
+
 class _StrategyState(StateMap):
     """`ctx.state` as the strategy sees it: the runtime's own keys (RESERVED_STATE_PREFIX) are kept
-    aside (not listed, not writable by the strategy), yet count against the gateway's limits and go back
-    with the whole state when a running agent re-registers (`raw()`)."""
+    aside (not listed, not writable by the strategy, not counted against the strategy's limits: the
+    gateway gives them their own allowance) and go back with the whole state when a running agent
+    re-registers (`raw()`)."""
 
     def __init__(self, raw: dict[str, bytes] | None = None) -> None:
         mine = dict(raw or {})
@@ -134,12 +164,7 @@ class _StrategyState(StateMap):
             raise KtraderError(
                 ErrorCode.STATE_LIMIT, f"state keys starting {RESERVED_STATE_PREFIX!r} are the runtime's"
             )
-        if key not in self and len(self) + len(self.reserved) >= STATE_MAX_KEYS:
-            raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
-        super().__setitem__(key, value)
-
-    def size_bytes(self) -> int:
-        return super().size_bytes() + sum(len(k.encode()) + len(v) for k, v in self.reserved.items())
+        super().__setitem__(key, value)  # the strategy's own limits (size_bytes: its keys only)
 
     def raw(self) -> dict[str, bytes]:
         return {**super().raw(), **self.reserved}
@@ -209,6 +234,8 @@ class AgentRuntime(AgentServicesMixin):
         # the reserved state key, read back at a restart to deliver what was published meanwhile
         self._daily_seen: dict[str, str] = {}
         self._catch_up: dict[str, list[Bar]] = {}  # code -> its missed daily bars not delivered yet
+        # fire-and-forget marker writes (streamed bars) awaiting their reply: mid -> the bars it marks
+        self._marker_mids: dict[int, str] = {}
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -583,6 +610,14 @@ class AgentRuntime(AgentServicesMixin):
         self._last_ack = now
         self._hb_sent_at = 0.0
         self.log.info("SNAPSHOT %s", msgspec.json.encode(reply.snapshot).decode())
+        if not fresh:
+            self._catch_up_after_reregister()
+
+    def _catch_up_after_reregister(self) -> None:
+        """A running agent that re-registered (its gateway restarted while it ran) may have missed a
+        daily bar published before its SUB reconnected (the feed takes the bar in the snapshot after
+        subscribing as history), as a restarted process would have: caught up by the same rules."""
+        self._deliver_catch_up(self._plan_catch_up())
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
@@ -645,6 +680,8 @@ class AgentRuntime(AgentServicesMixin):
 
     def _state_after_register(self, fresh: bool) -> None:
         super()._state_after_register(fresh)
+        if not fresh:
+            self._marker_mids = {}  # the whole-state push just sent carries the marker again
         if fresh:  # the runtime's keys leave what the strategy sees; a running agent's go back with raw()
             self._kv = kv = _StrategyState(self.state.raw())
             raw = kv.reserved.get(DAILY_SEEN_KEY)
@@ -654,35 +691,87 @@ class AgentRuntime(AgentServicesMixin):
                 self.log.warning("daily catch-up: unreadable marker (%s); starting as on a first start", e)
                 self._daily_seen = {}
 
-    def _save_daily_seen(self) -> None:
-        """Durable before whatever is sent after it (same socket, the gateway commits each PutState in
-        order): a bar marked here is never handed to on_bar again, even if its callback never ends."""
+    def _daily_seen_raw(self) -> bytes:
+        """The marker as stored, trimmed to its allowance (the oldest markers go: codes long gone)."""
         if len(self._daily_seen) > DAILY_SEEN_MAX_CODES:
             keep = sorted(self._daily_seen.items(), key=lambda kv: kv[1])[-DAILY_SEEN_MAX_CODES:]
             self._daily_seen = dict(keep)
         raw = _enc.encode(self._daily_seen)
+        while len(raw) + len(DAILY_SEEN_KEY) > STATE_RESERVED_MAX_BYTES:  # very long codes only
+            keep = sorted(self._daily_seen.items(), key=lambda kv: kv[1])[len(self._daily_seen) // 10 + 1 :]
+            self._daily_seen = dict(keep)
+            raw = _enc.encode(self._daily_seen)
         if isinstance(self._kv, _StrategyState):
             self._kv.reserved[DAILY_SEEN_KEY] = raw  # re-sent with the whole state after a re-registration
-        # its own message, not the callback's state batch: a strategy batch refused over a limit, or a
-        # modify/cancel_all sent mid-callback, must not leave orders at the gateway with the bar unmarked
-        self._send(PutState(h=self.headers(), items={DAILY_SEEN_KEY: raw}))
+        return raw
+
+    def _save_daily_seen(self, what: str = "") -> None:
+        """Sent now, not waited for: the gateway commits each PutState in order, so it is stored before
+        whatever is sent after it. Its own message, not the callback's state batch: a strategy batch
+        refused over a limit, or a modify/cancel_all sent mid-callback, must not leave orders at the
+        gateway with the bar unmarked. A refusal comes back as an Error and is logged (`what`)."""
+        msg = PutState(h=self.headers(), items={DAILY_SEEN_KEY: self._daily_seen_raw()})
+        if what:
+            if len(self._marker_mids) >= 64:  # replies lost with a gateway: forget the oldest
+                self._marker_mids.pop(next(iter(self._marker_mids)))
+            self._marker_mids[msg.h.mid] = what
+        self._send(msg)
+
+    def _mark_durably(self, bar: Bar) -> str:
+        """Mark a caught-up bar and wait for the gateway's commit: "" when stored, else why not. Its
+        on_bar runs only after this: a marker lost here would hand the bar over again at the next restart."""
+        self._daily_seen[bar.code] = bar.start
+        msg = PutState(h=self.headers(), items={DAILY_SEEN_KEY: self._daily_seen_raw()})
+        try:
+            self.call_gateway(msg, timeout_s=CATCH_UP_MARK_TIMEOUT_S)
+        except (KtraderError, msgspec.ValidationError) as e:
+            return str(e)
+        return ""
 
     def _plan_catch_up(self) -> list[Bar]:
         """The daily bars closed since each code's marker, in the gateway's publishing order (bar time,
-        then code). Codes without a marker (a first start) or missed for more than
-        CATCH_UP_MAX_SESSIONS sessions get none: their marker becomes the newest closed bar (history)."""
+        then code). Codes without a marker (a first start), missed for more than CATCH_UP_MAX_SESSIONS
+        sessions, or whose next session has opened already get none: their marker becomes the newest
+        closed bar (history). A gateway that does not answer within the catch-up's deadline ends the
+        planning there: the codes not checked keep their marker and get nothing this time."""
         self._catch_up = {}
         if BarInterval.D1 not in self.card.subscriptions.bars or self.client is None or self._stopping:
             return []
+        deadline = time.monotonic() + CATCH_UP_DEADLINE_S
         codes = list(dict.fromkeys([*self.card.codes, *self.universe.codes]))
-        latest = self._closed_daily(codes)
+        try:
+            latest = self._closed_daily(codes, deadline)
+        except _CatchUpTimeout as e:
+            self.log.warning("daily catch-up skipped: %s; starting without it", e)
+            return []
+        # A caught-up bar decides now what the close would have decided: its orders must go to the
+        # session after the bar, as at the close. Once that session opened (a restart mid-session), an
+        # order would go one session later and the day's close would decide again without its fills.
+        now_session = next_session_day(self.now(), self._phase)
         missed: list[Bar] = []
         as_history: dict[str, str] = {}
-        for code in codes:
-            bars = self._newest_daily(code, latest.get(code))
+        late: list[str] = []
+        newest: dict[str, str] = {}
+        for i, code in enumerate(codes):
+            seen = self._daily_seen.get(code)
+            known = latest.get(code)
+            if known is not None and (seen is None or seen >= known.start):
+                bars = [known]  # the snapshot's bar is the newest published: no history needed
+            else:
+                try:
+                    bars = self._newest_daily(code, known, deadline)
+                except _CatchUpTimeout as e:
+                    self.log.warning(
+                        "daily catch-up stopped: %s; %d of %d codes not checked (%s...), nothing caught up for them",
+                        e,
+                        len(codes) - i,
+                        len(codes),
+                        code,
+                    )
+                    break
             if not bars:
                 continue  # nothing known (or the gateway did not answer: said): the marker stays as it is
-            seen = self._daily_seen.get(code)
+            newest[code] = bars[-1].start
             newer = [b for b in bars if seen is not None and b.start > seen]
             if seen is None:
                 as_history[code] = bars[-1].start  # first start: nothing decided on bars closed before it
@@ -695,20 +784,60 @@ class AgentRuntime(AgentServicesMixin):
                     CATCH_UP_MAX_SESSIONS,
                 )
                 as_history[code] = bars[-1].start
+            elif newer and _session_after(newer[-1].start) != now_session:
+                late.append(f"{code} {newer[-1].start}")
+                as_history[code] = newer[-1].start  # not asked again at the next restart
             elif newer:
                 self._catch_up[code] = newer
                 missed += newer
+        if late:
+            self.log.warning(
+                "daily catch-up: %s missed, their next session has opened already (an order now would be "
+                "for the one after): not delivered, that decision is skipped",
+                ", ".join(late),
+            )
+        self._say_days_bar_unknown(newest)
         if as_history:
             self._daily_seen.update(as_history)
-            self._save_daily_seen()
+            self._save_daily_seen()  # a refusal here hands nothing over twice: said as a gateway error
         missed.sort(key=lambda b: (b.start, b.code))  # server/bars.py bar_order for one interval
         return missed
 
-    def _closed_daily(self, codes: list[str]) -> dict[str, Bar]:
+    def _say_days_bar_unknown(self, newest: dict[str, str]) -> None:
+        """After today's session, codes already marked whose newest known daily bar is older than today:
+        the gateway has not published today's bar yet (it then streams it), or it restarted after
+        publishing it (its snapshot is in memory and its history stops before today's until midnight):
+        then today's decision is lost. Said once, not guessed."""
+        now = self.now()
+        if self._phase not in _AFTER_SESSION or not calendar.is_trading_day(now.date()):
+            return
+        today = now.date().isoformat()
+        behind = [c for c, s in newest.items() if s < today and self._daily_seen.get(c, today) < today]
+        if behind:
+            self.log.warning(
+                "daily catch-up: the gateway has no daily bar of %s for %s: if it was published before a "
+                "gateway restart, that day's decision is not caught up (the bar is history after midnight)",
+                today,
+                " ".join(behind[:10]) + (f" (+{len(behind) - 10})" if len(behind) > 10 else ""),
+            )
+
+    def _catch_up_call(self, msg: Any, timeout_s: float, deadline: float) -> Any:
+        """call_gateway within the catch-up's deadline; a timeout (or none left) ends the catch-up."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _CatchUpTimeout(f"over its {CATCH_UP_DEADLINE_S:.0f} s deadline")
+        try:
+            return self.call_gateway(msg, timeout_s=min(timeout_s, left))
+        except KtraderError as e:
+            if e.code is ErrorCode.TIMEOUT:
+                raise _CatchUpTimeout(str(e)) from None
+            raise
+
+    def _closed_daily(self, codes: list[str], deadline: float) -> dict[str, Bar]:
         """The gateway's last published daily bar per code: between the close and midnight GetBars stops
         before today's, so the day's bar is only there (in memory: gone after a gateway restart)."""
         try:
-            reply = self.call_gateway(GetMarket(h=self.headers(), codes=codes), timeout_s=10.0)
+            reply = self._catch_up_call(GetMarket(h=self.headers(), codes=codes), 10.0, deadline)
         except (KtraderError, msgspec.ValidationError) as e:
             self.log.warning("daily catch-up: market snapshot failed: %s", e)
             return {}
@@ -716,13 +845,14 @@ class AgentRuntime(AgentServicesMixin):
             return {}
         return {st.code: b for st in reply.markets for b in st.closed if b.interval == BarInterval.D1}
 
-    def _newest_daily(self, code: str, latest: Bar | None) -> list[Bar]:
+    def _newest_daily(self, code: str, latest: Bar | None, deadline: float) -> list[Bar]:
         """The code's newest closed daily bars (one more than catch-up takes, to tell 'too long'),
         oldest first, one per session."""
         try:
-            reply = self.call_gateway(
+            reply = self._catch_up_call(
                 GetBars(h=self.headers(), code=code, interval=BarInterval.D1, n=CATCH_UP_MAX_SESSIONS + 1),
-                timeout_s=15.0,
+                15.0,
+                deadline,
             )
         except (KtraderError, msgspec.ValidationError) as e:
             self.log.warning("daily catch-up of %s: history failed: %s; nothing caught up", code, e)
@@ -736,13 +866,26 @@ class AgentRuntime(AgentServicesMixin):
         return [by_start[s] for s in sorted(by_start)]
 
     def _deliver_catch_up(self, missed: list[Bar]) -> None:
-        """After on_start: each missed bar through the usual on_bar path (marked before, orders after)."""
+        """After on_start: each missed bar through the usual on_bar path, once its marker is committed
+        (waited for). A marker the gateway refuses or does not confirm: that bar and the ones after it
+        are not delivered (and marked here): a skipped decision rather than one risked twice."""
         try:
-            for bar in missed:
+            for i, bar in enumerate(missed):
                 if self._stopping or self.strategy is None:
                     break  # the ones not delivered stay unmarked: the next start catches them up
+                why = self._mark_durably(bar)
+                if why:
+                    for b in missed[i:]:
+                        self._daily_seen[b.code] = max(self._daily_seen.get(b.code, ""), b.start)
+                    self.log.warning(
+                        "daily catch-up: marker not stored (%s): %s not delivered; that day's decision is "
+                        "skipped rather than risked twice",
+                        why,
+                        ", ".join(f"{b.code} {b.start}" for b in missed[i:]),
+                    )
+                    break
                 self.log.info("CATCH-UP %s %s %s", bar.code, bar.interval, bar.start)
-                self._deliver(bar)
+                self._hand_bar(bar)
                 self._catch_up[bar.code].remove(bar)
         finally:
             self._catch_up = {}
@@ -892,6 +1035,7 @@ class AgentRuntime(AgentServicesMixin):
             self._follow_clock(msg.clock_ns, msg.phase)
             self._protect_mids.pop(msg.h.re, None)
             self._cancel_mids.pop(msg.h.re, None)
+            self._marker_mids.pop(msg.h.re, None)
         elif isinstance(msg, OrdersReply):
             for r in msg.results:
                 self._unanswered.pop(r.client_order_id, None)
@@ -917,6 +1061,14 @@ class AgentRuntime(AgentServicesMixin):
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
         elif isinstance(msg, Error):
             self._cancel_mids.pop(msg.h.re, None)
+            if (marked := self._marker_mids.pop(msg.h.re, None)) is not None:
+                self.log.warning(
+                    "daily marker of %s refused by the gateway (%s: %s): a restart before the next session "
+                    "could hand it to on_bar again",
+                    marked,
+                    msg.code,
+                    msg.message,
+                )
             pid = self._protect_mids.pop(msg.h.re, None)
             if pid is not None and (mine := self._protections.get(pid)) is not None:
                 # the gateway did not take it: it ends here, and the strategy is told why
@@ -1059,16 +1211,21 @@ class AgentRuntime(AgentServicesMixin):
                     return
                 # at most once: marked before on_bar runs. A crash inside it then loses this decision
                 # rather than repeating it on the restart with new order ids (orders it placed may have
-                # reached the gateway: a second copy would be a second order, with real money)
+                # reached the gateway: a second copy would be a second order, with real money). Not
+                # waited for: the live close is not held back (a refusal is logged when it comes back)
                 self._daily_seen[body.code] = body.start
-                self._save_daily_seen()
-                if body.start > self._last_daily:
-                    self._last_daily = body.start
-            self._delivering = body
-            try:
-                self._call("on_bar", body)
-            finally:
-                self._delivering = None
+                self._save_daily_seen(f"{body.code} {body.start}")
+            self._hand_bar(body)
+
+    def _hand_bar(self, body: Bar) -> None:
+        """on_bar for a bar already marked (daily) or not needing it, with history stopping before it."""
+        if body.interval == BarInterval.D1 and body.start > self._last_daily:
+            self._last_daily = body.start
+        self._delivering = body
+        try:
+            self._call("on_bar", body)
+        finally:
+            self._delivering = None
 
     def _on_pub(self, pub: Published) -> None:
         # sequence checks, de-duplication and conflation happened in MarketFeed.drain

@@ -638,6 +638,12 @@ STATE_MAX_KEY_CHARS = 128
 STATE_MAX_VALUE_BYTES = 64 * 1024
 STATE_MAX_KEYS = 256
 STATE_MAX_TOTAL_BYTES = 512 * 1024  # a whole state fits in one reply frame (1 MiB by default)
+# Keys starting with this are the agent runtime's own (e.g. its daily catch-up marker), never the
+# strategy's: they do not count against the limits above (a strategy at its limit must not make the
+# runtime's bookkeeping fail) but against their own small allowance, checked apart on both sides.
+STATE_RESERVED_PREFIX = "__ktrader__."
+STATE_RESERVED_MAX_KEYS = 8
+STATE_RESERVED_MAX_BYTES = 32 * 1024  # the daily marker of 1,000 codes is ~18 KB (msgpack code -> date)
 
 
 class PutState(_Msg, tag="put_state", frozen=True):

@@ -3,8 +3,9 @@ run on its own REST quota, and the summary of its order book across days.
 
 - State (`PutState`/`GetState`): rows of `agent_state` in the gateway's store, written in one durable
   commit per message (all or nothing). Limits (common/schema.py STATE_*): key 1..128 chars, value
-  ≤ 64 KiB, ≤ 256 keys and ≤ 512 KiB per agent (so a whole state fits in one reply frame). Over a
-  limit → Error(STATE_LIMIT), nothing written.
+  ≤ 64 KiB, ≤ 256 keys and ≤ 512 KiB per agent (so a whole state fits in one reply frame). Keys
+  starting `__ktrader__.` are the agent runtime's (its daily catch-up marker): they count against their
+  own allowance (8 keys, 32 KiB), not the strategy's. Over a limit → Error(STATE_LIMIT), nothing written.
 - Queries (`Query(kind="price"|"investor")`): the broker call runs as a task with `caller=<agent id>`,
   so the KIS adapter's budget charges it to the agent's quota (`card.rate_quota_per_s`, set at
   registration). Over its quota a query *waits* in the budget; an agent may have at most
@@ -36,6 +37,9 @@ from common.schema import (
     STATE_MAX_KEYS,
     STATE_MAX_TOTAL_BYTES,
     STATE_MAX_VALUE_BYTES,
+    STATE_RESERVED_MAX_BYTES,
+    STATE_RESERVED_MAX_KEYS,
+    STATE_RESERVED_PREFIX,
     Ack,
     AgentSummary,
     CodeSummary,
@@ -100,11 +104,21 @@ class StateTable:
         for key in msg.delete:
             sizes.pop(key, None)
         sizes.update({k: len(v) for k, v in msg.items.items()})
+        # the runtime's reserved keys have their own allowance: a strategy at its limit must not get the
+        # runtime's marker refused (a daily bar decided twice after a restart), nor the reverse
+        reserved = {k: n for k, n in sizes.items() if k.startswith(STATE_RESERVED_PREFIX)}
+        for k in reserved:
+            del sizes[k]
         if len(sizes) > STATE_MAX_KEYS:
             return f"{len(sizes)} keys is over {STATE_MAX_KEYS}"
         total = sum(len(k.encode()) + n for k, n in sizes.items())
         if total > STATE_MAX_TOTAL_BYTES:
             return f"state of {total:,} bytes is over {STATE_MAX_TOTAL_BYTES:,}"
+        if len(reserved) > STATE_RESERVED_MAX_KEYS:
+            return f"{len(reserved)} runtime keys is over {STATE_RESERVED_MAX_KEYS}"
+        total = sum(len(k.encode()) + n for k, n in reserved.items())
+        if total > STATE_RESERVED_MAX_BYTES:
+            return f"runtime keys of {total:,} bytes are over {STATE_RESERVED_MAX_BYTES:,}"
         return ""
 
     def put(self, agent: str, msg: PutState) -> None:
