@@ -142,6 +142,9 @@ class KisBroker(BrokerPort):
             c for c in type(self).capabilities if c not in CAPABILITY_TR or env.supports(CAPABILITY_TR[c])
         )
         self._lots_logged: set[str] = set()  # codes whose per-lot balance rows were merged (logged once)
+        # ktrader's code -> KIS's spelling where they differ (ETNs: '500061' -> 'Q500061': API.md §4.1
+        # PDNO "ETN 7 chars", §5.2 tr_key "ETN Q..."), from the stock master (set_wire_codes)
+        self.wire_codes: dict[str, str] = {}
         for value, label in (
             (creds.app_key, "app key"),
             (creds.app_secret, "app secret"),
@@ -355,7 +358,7 @@ class KisBroker(BrokerPort):
         req = wire.OrderCashRequest(
             CANO=self._creds.cano,
             ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
-            PDNO=order.code,
+            PDNO=self.wire_codes.get(order.code, order.code),
             SLL_TYPE="01" if order.side == Side.SELL else "",
             ORD_DVSN=dvsn,
             ORD_QTY=str(order.qty),
@@ -448,16 +451,17 @@ class KisBroker(BrokerPort):
                 qty = krw(r.hldg_qty)
                 if qty <= 0:
                     continue  # sold today: KIS keeps the row with 0 until D+2
+                code = reference.normalise_code(r.pdno)  # ETNs come back as 'Q500061'
                 pos = BrokerPosition(
-                    code=r.pdno,
+                    code=code,
                     qty=qty,
                     sellable_qty=krw(r.ord_psbl_qty),
                     avg_price=r.pchs_avg_pric.strip() or "0",
                     purchase_value=krw(r.pchs_amt),
                     last_price=krw(r.prpr),
                 )
-                had = out.get(r.pdno)
-                out[r.pdno] = pos if had is None else self._merge_lots(had, pos)
+                had = out.get(code)
+                out[code] = pos if had is None else self._merge_lots(had, pos)
         return list(out.values())
 
     def _merge_lots(self, a: BrokerPosition, b: BrokerPosition) -> BrokerPosition:
@@ -512,7 +516,9 @@ class KisBroker(BrokerPort):
 
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
         """inquire-psbl-sell (real only; on paper use positions())."""
-        req = wire.PsblSellRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=code)
+        req = wire.PsblSellRequest(
+            CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=self.wire_codes.get(code, code)
+        )
         page = await self.rest.request(
             "GET",
             Path.PSBL_SELL,
@@ -659,11 +665,15 @@ class KisBroker(BrokerPort):
 
     # --- real-time -----------------------------------------------------------------------------
 
+    def set_wire_codes(self, wire_codes: dict[str, str]) -> None:
+        """KIS's spelling of the codes that differ from ktrader's (the stock master's ETNs)."""
+        self.wire_codes = dict(wire_codes)
+
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self.ws.subscribe(MARKET_TR[kind], code)
+        return await self.ws.subscribe(MARKET_TR[kind], self.wire_codes.get(code, code))
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self.ws.unsubscribe(MARKET_TR[kind], code)
+        return await self.ws.unsubscribe(MARKET_TR[kind], self.wire_codes.get(code, code))
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         """Notices, trades, books, session changes and gaps in arrival order. One consumer."""
@@ -684,7 +694,7 @@ def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
         broker_order_id=r.odno.strip(),
         orig_broker_order_id=orig,
         org_no=(r.ord_gno_brno or r.ord_orgno).strip(),
-        code=r.pdno.strip(),
+        code=reference.normalise_code(r.pdno),  # ETNs come back as 'Q500061': ktrader's key is '500061'
         side=Side.SELL if r.sll_buy_dvsn_cd.strip() == "01" else Side.BUY,
         qty=krw(r.ord_qty),
         price=krw(r.ord_unpr),

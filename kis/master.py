@@ -32,12 +32,20 @@ STAMP = "downloaded.json"  # beside a downloaded copy: the day it was fetched an
 
 
 class MasterEntry(msgspec.Struct, frozen=True):
-    code: str
+    code: str  # the key ktrader uses everywhere: 6 characters for a KRX short code (ETN 'Q' stripped)
     isin: str
     name: str
     market: str
     group: str  # ST, EF, EN, BC, RT, ...
     sector: str = ""  # "KOSPI 0013" (index sector codes), the twin's sector name; "" unknown
+    # the code exactly as the master file spells it when that differs from `code` (ETNs: 'Q500061');
+    # API.md says KIS's order PDNO, quote FID_INPUT_ISCD and websocket tr_key take ETNs in that form
+    raw_code: str = ""
+
+    @property
+    def wire_code(self) -> str:
+        """The code as KIS's own master spells it (what API.md says its order/quote endpoints take)."""
+        return self.raw_code or self.code
 
     @property
     def kind(self) -> SecurityKind:
@@ -62,10 +70,14 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
             continue
         if len(line) <= 21 + tail:
             raise MasterError(f"{market} master line {n}: {len(line)} characters, too short for the layout")
-        code = line[0:9].strip()
+        raw = line[0:9].strip()
+        # ETNs are listed as 'Q500061': ktrader keys every code by the 6-character short code (the
+        # wire's StockCode, volume-rank's normalise_code, the twin), so the master does too
+        code = short_code(raw)
         rest = line[len(line) - tail :]
         out[code] = MasterEntry(
             code=code,
+            raw_code=raw if raw != code else "",
             isin=line[9:21].strip(),
             name=line[21 : len(line) - tail].strip(),
             market=market,
@@ -73,6 +85,12 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
             sector=sector_of(market, rest[3:7], rest[7:11]),
         )
     return out
+
+
+def short_code(raw: str) -> str:
+    """The 6-character short code of a master code: KIS prefixes ETNs with 'Q' (and some replies any
+    code with 'A'); other codes (9-character funds 'F70100030', ...) are kept as they are."""
+    return raw[1:] if len(raw) == 7 and raw[0] in "AQ" else raw
 
 
 def sector_of(market: str, large: str, medium: str) -> str:
@@ -107,6 +125,11 @@ class StockMaster(msgspec.Struct, frozen=True):
 
     def __contains__(self, code: object) -> bool:
         return code in self.entries
+
+    def wire_code(self, code: str) -> str:
+        """The form of `code` KIS's order/quote endpoints take (API.md §4.1: PDNO "ETN 7 chars")."""
+        e = self.entries.get(code)
+        return e.wire_code if e is not None else code
 
     def name(self, code: str) -> str:
         e = self.entries.get(code)

@@ -20,6 +20,7 @@ from common.enums import Side
 from kis.numbers import krw
 from kis.crypto import DecryptError, NoticeCipher
 from kis.port import Book, BrokerNotice, NoticeKind, Trade
+from kis.reference import normalise_code  # a registration by KIS's ETN spelling ('Q500061') comes back in it
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def record_width(tr_id: str, n_fields: int, count: int, known: tuple[int, ...]) 
 
 def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:
     return Trade(
-        code=f[o],
+        code=normalise_code(f[o]),
         time=f[o + 1],
         price=num(f[o + 2]),
         qty=num(f[o + 12]),
@@ -94,7 +95,12 @@ def _book(f: list[str], o: int) -> Book:
     asks = tuple((_int(f[o + 3 + i]), _int(f[o + 23 + i])) for i in range(10))
     bids = tuple((_int(f[o + 13 + i]), _int(f[o + 33 + i])) for i in range(10))
     return Book(
-        code=f[o], time=f[o + 1], asks=asks, bids=bids, total_ask_qty=_int(f[o + 43]), total_bid_qty=_int(f[o + 44])
+        code=normalise_code(f[o]),
+        time=f[o + 1],
+        asks=asks,
+        bids=bids,
+        total_ask_qty=_int(f[o + 43]),
+        total_bid_qty=_int(f[o + 44]),
     )
 
 
@@ -125,7 +131,7 @@ def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
         kind=kind,
         broker_order_id=f[o + 2].strip(),
         orig_broker_order_id="" if not orig.strip("0") else orig,
-        code=f[o + 8],
+        code=normalise_code(f[o + 8]),
         side=Side.SELL if f[o + 4] == "01" else Side.BUY,
         order_qty=oder_qty or (0 if filled else slot_qty),
         order_price=oder_prc or (0 if filled else slot_price),

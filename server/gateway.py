@@ -566,6 +566,9 @@ class Gateway:
         self.portfolio.kinds.update(master.kinds())
         self.portfolio.boards.clear()
         self.portfolio.boards.update(master.boards())
+        set_wire = getattr(self.broker, "set_wire_codes", None)  # KIS spells ETNs 'Q500061' on the wire
+        if set_wire is not None:
+            set_wire({c: e.wire_code for c, e in master.entries.items() if e.wire_code != c})
 
     async def _close_io(self) -> None:
         """The broker session, the recorder (it may hold decrypted notices) and the stores: the last

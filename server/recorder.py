@@ -8,12 +8,16 @@ it) written in sync-flushed blocks. Uncompressed, it is a sequence of records
 256 KB block, off the gateway's event loop) and writes it to the OS in order, so a kill -9 loses at
 most the block being filled and the block being compressed (`frames_written` says how many frames
 are safe); the reader returns every complete record before a truncated tail. One file per gateway
-start (a crashed file is never appended to) and per day.
+start (a crashed file is never appended to) and per day. A block whose write fails (disk full) is
+lost, and so is that file's gzip stream (its compressor has taken in the lost block): the file is
+abandoned as it is and the next block starts a fresh file, so the rest of the day stays readable.
 
 Kinds: `WS` a frame exactly as received (bytes); `PLAIN` the decrypted plaintext of an encrypted
 notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire); `CLOCK` the exchange time
 (ISO 8601) at which the gateway's 1 s timer closed bars: a replay closes them at the same point of
 the stream, so it makes the same bars even for prints that arrived after their bar had closed.
+A reader skips (and counts) records of a kind it does not know: the length field says where the
+next one starts.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class FrameKind(IntEnum):
     CLOCK = 3  # the gateway closed bars by time at this exchange time (ISO 8601), for replay
 
 
+_KINDS = frozenset(int(k) for k in FrameKind)
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     recv_ns: int
@@ -59,6 +66,18 @@ class Frame:
 
 class RecordingError(ValueError):
     """A recording that cannot be read (no such day, not a recording)."""
+
+
+@dataclass(slots=True)
+class _Sink:
+    """The file a day's blocks go to and its gzip stream. Only the writer thread touches `file`/`z`
+    once blocks are queued: after a failed write it drops them (`file is None`) and the next block
+    opens a fresh file in `folder`."""
+
+    folder: Path
+    path: Path
+    file: BinaryIO | None
+    z: zlib._Compress | None
 
 
 def day_dir(data_dir: Path, day: dt.date) -> Path:
@@ -100,12 +119,13 @@ class Recorder:
         self.level = level
         self.clock = clock
         self._buf = bytearray()
-        self._file: BinaryIO | None = None
-        self._z: zlib._Compress | None = None
+        self._buf_frames = 0  # frames in _buf
+        self._sink: _Sink | None = None
         self._day_end_ns = 0  # receive times at/after this belong to a new day's file
         self.path: Path | None = None
         self.frames = 0
-        self.frames_written = 0  # frames in blocks the OS has (they survive a kill -9)
+        self.frames_written = 0  # frames in blocks the OS has (they survive a kill -9); a lost block's are not
+        self.frames_lost = 0  # frames of blocks whose write failed
         self.raw_bytes = 0
         self.written_bytes = 0
         self.errors = 0
@@ -138,6 +158,7 @@ class Recorder:
         buf += REC.pack(recv_ns, kind, len(data))
         buf += data
         self.frames += 1
+        self._buf_frames += 1
         if len(buf) >= self.block_bytes:
             self.flush()
 
@@ -147,53 +168,98 @@ class Recorder:
         private_dir(self.data_dir)  # decrypted notices inside: the user's eyes only
         folder = private_dir(day_dir(self.data_dir, day))
         self.path = folder / f"frames-{recv_ns:020d}-{os.getpid()}{SUFFIX}"
-        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
-        self._z = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip wrapper
+        file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
+        self._sink = _Sink(folder, self.path, file, self._compressor())
         next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
         self._day_end_ns = int(next_day.timestamp()) * 10**9
         log.info("recording market data to %s", self.path)
 
+    def _compressor(self) -> zlib._Compress:
+        return zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip wrapper
+
     def flush(self) -> None:
         """Hand the current block to the writer thread (sync-flushed: decodable on its own, up to here)."""
-        if not self._buf or self._file is None or self._z is None:
+        if not self._buf or self._sink is None:
             return
         raw = bytes(self._buf)
+        frames = self._buf_frames
         self._buf.clear()
-        self._submit(self._write_block, self._file, self._z, raw, self.frames)
+        self._buf_frames = 0
+        self._submit(self._write_block, self._sink, raw, frames)
 
     def _submit(self, fn: Callable[..., None], *args: object) -> None:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self._writer.submit(fn, *args)
 
-    def _write_block(self, file, z, raw: bytes, frames: int) -> None:
-        """In the writer thread."""
+    def _write_block(self, sink: _Sink, raw: bytes, frames: int) -> None:
+        """In the writer thread. A full disk must not stop trading: count, log, keep going."""
+        if sink.file is None or sink.z is None:  # an earlier block of this file failed: a fresh file
+            try:
+                self._reopen(sink, REC.unpack_from(raw)[0])
+            except OSError as e:
+                self.errors += 1
+                self.frames_lost += frames
+                log.error("recording write failed: cannot open a new file under %s: %s", sink.folder, e)
+                return
+            assert sink.file is not None and sink.z is not None
         try:
-            out = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
-            file.write(out)
-            file.flush()  # in the OS now: survives a kill -9 of this process
-        except (OSError, ValueError) as e:  # a full disk must not stop trading: count, log, keep going
+            out = sink.z.compress(raw) + sink.z.flush(zlib.Z_SYNC_FLUSH)
+            sink.file.write(out)
+            sink.file.flush()  # in the OS now: survives a kill -9 of this process
+        except (OSError, ValueError) as e:
             self.errors += 1
-            log.error("recording write failed: %s", e)
+            self.frames_lost += frames
+            # the stream is broken (the compressor took in a block the file does not have: later blocks
+            # would decode to garbage): abandon the file as it is, the next block starts a new one
+            log.error("recording write failed, %d frames lost; the next block starts a new file: %s", frames, e)
+            self._abandon(sink)
             return
         self.raw_bytes += len(raw)
         self.written_bytes += len(out)
-        self.frames_written = frames
+        self.frames_written += frames
 
-    def _close_file(self, file, z) -> None:
+    def _reopen(self, sink: _Sink, first_ns: int) -> None:
+        """In the writer thread: a new file (named after the block's first frame, so it sorts after the
+        abandoned one) with a new gzip stream."""
+        ns = first_ns
+        while True:
+            path = sink.folder / f"frames-{ns:020d}-{os.getpid()}{SUFFIX}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+                break
+            except FileExistsError:  # the abandoned file's own name (the clock stood still): the next one
+                ns += 1
+        sink.file, sink.z, sink.path = os.fdopen(fd, "ab"), self._compressor(), path
+        self.path = path
+        log.warning("recording market data to %s (after a failed write)", path)
+
+    @staticmethod
+    def _abandon(sink: _Sink) -> None:
+        file, sink.file, sink.z = sink.file, None, None
+        if file is not None:
+            try:
+                file.close()
+            except (OSError, ValueError):  # its buffered bytes could not go either: nothing more to lose
+                pass
+
+    def _close_file(self, sink: _Sink) -> None:
         """In the writer thread, after the file's last block."""
+        if sink.file is None or sink.z is None:  # abandoned after a failed write (and no block since)
+            return
         try:
-            file.write(z.flush(zlib.Z_FINISH))
-            file.close()
+            sink.file.write(sink.z.flush(zlib.Z_FINISH))
+            sink.file.close()
         except (OSError, ValueError) as e:
             self.errors += 1
             log.error("closing the recording failed: %s", e)
+            self._abandon(sink)
 
     def _finish_file(self) -> None:
         self.flush()
-        if self._file is not None and self._z is not None:
-            self._submit(self._close_file, self._file, self._z)
-        self._file, self._z = None, None
+        if self._sink is not None:
+            self._submit(self._close_file, self._sink)
+        self._sink = None
 
     def close(self) -> None:
         """Finish the file and wait for the writer thread to write everything."""
@@ -250,26 +316,50 @@ class FileStats:
     frames: int = 0
     raw_bytes: int = 0
     disk_bytes: int = 0
-    truncated: bool = False  # ended inside a block or record (a crash while writing)
+    truncated: bool = False  # ended inside a block or record (a crash while writing), or unreadable from some point
+    unknown: int = 0  # records of a kind this reader does not know (a newer ktrader's, or garbled): skipped
+
+
+def _decode_until_error(d: zlib._Decompress, chunk: bytes) -> bytes:
+    """What `d` decodes of `chunk` before the point where it fails (zlib's decompress raises and
+    drops the whole call's output): the longest prefix that decodes, found by bisection from copies
+    of the state (about log2(len(chunk)) retries; only ever on a damaged file)."""
+    out = bytearray()
+    lo, hi = 0, len(chunk)  # chunk[:lo] decodes, chunk[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        trial = d.copy()
+        try:
+            part = trial.decompress(chunk[lo:mid])
+        except zlib.error:
+            hi = mid
+            continue
+        out += part
+        d, lo = trial, mid
+    return bytes(out)
 
 
 def iter_file(path: Path, stats: FileStats | None = None) -> Iterator[Frame]:
-    """The complete records of one file, in order; a truncated tail ends the iteration quietly
-    (recorded in `stats.truncated`)."""
+    """The complete records of one file, in order; a truncated tail or an unreadable rest ends the
+    iteration quietly (recorded in `stats.truncated`), after every record decoded before it."""
     st = stats or FileStats(path)
     d = zlib.decompressobj(31)
     pending = bytearray()
     pos = 0
     ended_clean = False
+    broken = False
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
+        while not broken and (chunk := f.read(1 << 16)):
             st.disk_bytes += len(chunk)
             while chunk:
+                before = d.copy()  # the state to decode the chunk again from when it fails part-way
                 try:
                     pending += d.decompress(chunk)
                 except zlib.error as e:
-                    log.warning("%s: unreadable after %d frames (%s)", path, st.frames, e)
-                    st.truncated = True
+                    # what decoded before the damage: its complete records are handed out below
+                    pending += _decode_until_error(before, chunk)
+                    log.warning("%s: unreadable from byte %d on (%s)", path, st.disk_bytes - len(chunk), e)
+                    st.truncated = broken = True
                     chunk = b""
                     break
                 chunk = b""
@@ -286,9 +376,14 @@ def iter_file(path: Path, stats: FileStats | None = None) -> Iterator[Frame]:
                 end = pos + REC.size + length
                 if end > n:
                     break
-                st.frames += 1
                 st.raw_bytes += REC.size + length
-                yield Frame(ns, FrameKind(kind), bytes(pending[pos + REC.size : end]))
+                if kind in _KINDS:
+                    st.frames += 1
+                    yield Frame(ns, FrameKind(kind), bytes(pending[pos + REC.size : end]))
+                else:  # not ours to read (a newer recorder's kind, or a garbled record): skip it whole
+                    if not st.unknown:
+                        log.warning("%s: skipping records of unknown kind %d", path, kind)
+                    st.unknown += 1
                 pos = end
             if pos:
                 del pending[:pos]
@@ -322,6 +417,7 @@ class DayStats:
     first_ns: int
     last_ns: int
     truncated_files: int
+    unknown_records: int = 0  # records of a kind the reader does not know, skipped
 
     @property
     def ratio(self) -> float:
@@ -350,6 +446,7 @@ def list_days(run_dir: str | Path) -> list[DayStats]:
             ds.raw_bytes += st.raw_bytes
             ds.disk_bytes += p.stat().st_size
             ds.truncated_files += st.truncated
+            ds.unknown_records += st.unknown
         out.append(ds)
     return out
 

@@ -28,7 +28,10 @@ import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
+
 from common.clock import kst_from_ns, now_kst
+from common.config import GatewayConfig
 from common.krx import Phase
 from common.enums import SessionState
 from kis.port import (
@@ -50,6 +53,7 @@ from kis.port import (
     SubscriptionResult,
     Trade,
 )
+from kis.master import read_copy
 from kis.realtime import NOTICE_TRS, TR_TRADES, FrameError, FrameParser, parse_control
 from server.recorder import FrameKind, RecordingError, day_files, iter_frames, parse_day
 
@@ -289,15 +293,34 @@ class ReplayBroker(BrokerPort):
             yield await self._events.get()
 
 
+def replay_config(cfg: GatewayConfig, source_run_dir: Path) -> GatewayConfig:
+    """The replay gateway's config: it never downloads KIS's stock master (a replay places no orders
+    and must start offline). A paper/real config that would download it (master_dir empty,
+    master_url set) reads the copy the recording gateway kept in its run_dir instead, or, without
+    one, runs with no master (master_url ''): codes unchecked, every code a KOSPI stock, and the
+    market-data sanity check does not judge prices by a grid (server/stockmaster.py)."""
+    from server.stockmaster import FOLDER, downloads
+
+    if not downloads(cfg):  # master_dir given, the twin's list, or no master already
+        return cfg
+    source_copy = Path(source_run_dir) / FOLDER
+    if read_copy(source_copy) is not None:
+        log.info("replay: the stock master copy of the recording gateway, %s", source_copy)
+        return msgspec.structs.replace(cfg, master_dir=str(source_copy))
+    log.info("replay: no stock master copy in %s: replaying without a stock master (no download)", source_run_dir)
+    return msgspec.structs.replace(cfg, master_url="")
+
+
 async def run_replay_gateway(
-    cfg: object, source_run_dir: Path, day: str | dt.date, speed: float, wait_s: float
+    cfg: GatewayConfig, source_run_dir: Path, day: str | dt.date, speed: float, wait_s: float
 ) -> None:
     """A gateway (runtime folder `cfg.run_dir`) on a ReplayBroker of `source_run_dir`'s recording."""
     from common.schema import trade_topic
     from server.gateway import Gateway
 
+    cfg = replay_config(cfg, source_run_dir)
     broker = ReplayBroker(source_run_dir, day, speed=speed, wait_s=wait_s)
-    gw = Gateway(cfg, broker, f"replay:{broker.day:%Y%m%d}")  # type: ignore[arg-type]
+    gw = Gateway(cfg, broker, f"replay:{broker.day:%Y%m%d}")
 
     def subscribed() -> bool:
         if getattr(gw, "_xpub", None) is None:

@@ -2,13 +2,17 @@
 
 Cards opt in with `universe_top = N`; the gateway keeps one ranked list (as long as the largest N
 asked for), refreshed every `universe_refresh_s` while some agent wants it. The call goes through
-the broker's REST budget (quotation lane). When it fails, or returns nothing, the configured
-fallback list is used, so agents always get a list. Changes are pushed to `on_change`."""
+the broker's REST budget (quotation lane). When it fails, or returns nothing, the last good
+ranking stays (one failed call must not flip every agent's list and churn its subscriptions); the
+configured fallback list is used only when there never was a good ranking or the last one is older
+than `stale_s` (a trading day by default), so agents always get a list. Changes are pushed to
+`on_change`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ktrader.universe")
 
+# how long the last good ranking stands in for a failing volume-rank call: the 09:00-15:30 session
+# with room to spare, shorter than overnight (yesterday's ranking is not today's)
+STALE_S = 12 * 3600.0
+
 
 class Universe:
     def __init__(
@@ -28,17 +36,26 @@ class Universe:
         refresh_s: float,
         fallback: list[str],
         on_change: Callable[[list[str]], None] | None = None,
+        stale_s: float = STALE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
         self.refresh_s = refresh_s
         self.fallback = list(dict.fromkeys(fallback))
         self.on_change = on_change
+        self.stale_s = stale_s
+        self.clock = clock
         self.size = 0  # the largest universe_top of the agents that want it
         self.codes: list[str] = []
         self.names: dict[str, str] = {}
         self.source = ""  # "volume_rank" | "fallback"
         self.refreshes = 0
-        self.failures = 0
+        self.failures = 0  # failed volume-rank calls (whether the last ranking or the fallback stood in)
+        self.run_errors = 0  # refreshes that raised out of refresh() (on_change/apply), survived by run()
+        self.last_error = ""
+        self._ranked: list[str] = []  # the last good ranking, whole (a later, larger `size` is served from it)
+        self._ranked_at: float | None = None  # self.clock() when it arrived
+        self._notify_pending = False  # on_change raised: tell the list again at the next refresh
         self._wanted = asyncio.Event()
 
     def want(self, n: int) -> None:
@@ -64,18 +81,30 @@ class Universe:
             ranked = await self.fetch()
             if not ranked:
                 raise RuntimeError("volume-rank returned no rows")
+            self._ranked, self._ranked_at = ranked, self.clock()
             codes, source = ranked[: self.size], "volume_rank"
         except Exception as e:  # any failure: the list must still exist
             self.failures += 1
-            log.warning("universe refresh failed (%s); using the fallback list", e)
-            codes, source = self.fallback[: self.size], "fallback"
+            self.last_error = f"{type(e).__name__}: {e}"
+            age = None if self._ranked_at is None else self.clock() - self._ranked_at
+            if age is not None and age <= self.stale_s:
+                # keep the last good ranking: replacing it (with [] by default) would release every
+                # universe agent's subscriptions only to register them again at the next refresh
+                log.warning("universe refresh failed (%s); keeping the ranking of %.0fs ago", e, age)
+                codes, source = self._ranked[: self.size], "volume_rank"
+            else:
+                why = "no ranking yet" if age is None else f"the last ranking is {age:.0f}s old"
+                log.warning("universe refresh failed (%s); %s, using the fallback list", e, why)
+                codes, source = self.fallback[: self.size], "fallback"
         self.refreshes += 1
-        changed = codes != self.codes or source != self.source
+        changed = codes != self.codes or source != self.source or self._notify_pending
         self.codes, self.source = codes, source
         if changed:
             log.info("universe (%s): %s", source, " ".join(codes))
             if self.on_change is not None:
+                self._notify_pending = True  # until on_change returns: a raise is told again next time
                 self.on_change(codes)
+                self._notify_pending = False
         return codes
 
     async def run(self) -> None:
@@ -83,7 +112,12 @@ class Universe:
             if self.size <= 0:
                 await self._wanted.wait()
             self._wanted.clear()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as e:  # an on_change/apply error never ends the refreshes (nor goes unseen)
+                self.run_errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("universe refresh failed")
             try:
                 await asyncio.wait_for(self._wanted.wait(), self.refresh_s)
             except TimeoutError:

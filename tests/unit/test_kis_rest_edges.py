@@ -283,3 +283,31 @@ async def test_paper_does_not_offer_volume_ranking_or_sellable_and_says_so(tmp_p
     finally:
         await paper.rest.aclose()
         await real.rest.aclose()
+
+
+@aio
+async def test_an_etn_goes_to_kis_as_its_q_code_and_comes_back_as_ktraders(tmp_path: Path) -> None:
+    """The stock master keys ETNs by their 6-character code, as the rest of ktrader does; KIS takes and
+    answers them as 'Q500061' (API.md §4.1 PDNO "ETN 7 chars"): the adapter spells them both ways."""
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/oauth2/tokenP":
+            return httpx.Response(200, json=TOKEN)
+        seen.append(req.url.params.get("PDNO", ""))
+        if "psbl-sell" in req.url.path:
+            return kis_reply({"output": {"pdno": "Q500061", "ord_psbl_qty": "7"}}, "D")
+        rows = [{**lot("현금", 7, "10000.0000", 70_000), "pdno": "Q500061"}]
+        return kis_reply(
+            {"output1": rows, "output2": [{"dnca_tot_amt": "1"}], "ctx_area_fk100": "", "ctx_area_nk100": ""}, "D"
+        )
+
+    b = broker(tmp_path, LoopbackKis(handler).url)
+    b.set_wire_codes({"500061": "Q500061"})
+    try:
+        await b.sellable("500061")
+        positions = await b.positions()
+    finally:
+        await b.rest.aclose()
+    assert seen[0] == "Q500061"  # the wire form KIS takes
+    assert [(p.code, p.qty) for p in positions] == [("500061", 7)]  # ktrader's key, as the master's

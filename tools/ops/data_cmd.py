@@ -29,6 +29,8 @@ def render_days(days: list[DayStats]) -> str:
             t1 = dt.datetime.fromtimestamp(d.last_ns / 1e9, dt.timezone(dt.timedelta(hours=9)))
             span = f"{t0:%H:%M:%S}-{t1:%H:%M:%S}"
         note = f"  ({d.truncated_files} unfinished)" if d.truncated_files else ""
+        if d.unknown_records:  # a newer recorder's kind (or garbled records): skipped, not fatal
+            note += f"  ({d.unknown_records:,} records of unknown kind skipped)"
         lines.append(
             f"{d.day:8}  {d.files:>5}  {d.frames:>10,}  {fmt_bytes(d.raw_bytes, ' '):>10}  "
             f"{fmt_bytes(d.disk_bytes, ' '):>10}  "
