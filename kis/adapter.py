@@ -145,6 +145,9 @@ class KisBroker(BrokerPort):
         # ktrader's code -> KIS's spelling where they differ (ETNs: '500061' -> 'Q500061': API.md §4.1
         # PDNO "ETN 7 chars", §5.2 tr_key "ETN Q..."), from the stock master (set_wire_codes)
         self.wire_codes: dict[str, str] = {}
+        # (kind, code) -> the tr_key it was registered under: released under the same key, whatever the
+        # mapping says by then (a master refresh may add an ETN's 'Q' spelling in between)
+        self._sub_keys: dict[tuple[MarketKind, str], str] = {}
         for value, label in (
             (creds.app_key, "app key"),
             (creds.app_secret, "app secret"),
@@ -540,8 +543,9 @@ class KisBroker(BrokerPort):
         return page.body  # type: ignore[return-value]
 
     async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:
+        iscd = self.wire_codes.get(code, code)  # API.md §4.8: "6-digit; ETN prefixed Q"
         return await self._quote(
-            Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller
+            Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=iscd), caller
         )
 
     async def base_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> int:
@@ -550,8 +554,9 @@ class KisBroker(BrokerPort):
         return krw(out.stck_sdpr) if out is not None else 0
 
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
+        iscd = self.wire_codes.get(code, code)  # the same quotation family as inquire-price (§4.8/§4.9)
         return await self._quote(
-            Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=code), caller
+            Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=iscd), caller
         )
 
     async def daily_chart(
@@ -670,10 +675,15 @@ class KisBroker(BrokerPort):
         self.wire_codes = dict(wire_codes)
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self.ws.subscribe(MARKET_TR[kind], self.wire_codes.get(code, code))
+        key = self._sub_keys.setdefault((kind, code), self.wire_codes.get(code, code))
+        return await self.ws.subscribe(MARKET_TR[kind], key)
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        return await self.ws.unsubscribe(MARKET_TR[kind], self.wire_codes.get(code, code))
+        key = self._sub_keys.get((kind, code), self.wire_codes.get(code, code))
+        res = await self.ws.unsubscribe(MARKET_TR[kind], key)
+        if (MARKET_TR[kind], key) not in self.ws.registrations:
+            self._sub_keys.pop((kind, code), None)  # the last holder's release: the next one reads the mapping
+        return res
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         """Notices, trades, books, session changes and gaps in arrival order. One consumer."""

@@ -311,3 +311,43 @@ async def test_an_etn_goes_to_kis_as_its_q_code_and_comes_back_as_ktraders(tmp_p
         await b.rest.aclose()
     assert seen[0] == "Q500061"  # the wire form KIS takes
     assert [(p.code, p.qty) for p in positions] == [("500061", 7)]  # ktrader's key, as the master's
+
+
+@aio
+async def test_an_etn_quote_asks_kis_by_its_q_code(tmp_path: Path) -> None:
+    """API.md §4.8 inquire-price: FID_INPUT_ISCD "6-digit; ETN prefixed Q" (a 6-digit ETN got no data,
+    and with it no base price for the band)."""
+    seen: list[tuple[str, str]] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/oauth2/tokenP":
+            return httpx.Response(200, json=TOKEN)
+        seen.append((req.url.path.rsplit("/", 1)[-1], req.url.params.get("FID_INPUT_ISCD", "")))
+        return kis_reply({"output": {"stck_prpr": "10000", "stck_sdpr": "10000"}}, "D")
+
+    b = broker(tmp_path, LoopbackKis(handler).url)
+    b.set_wire_codes({"500061": "Q500061"})
+    try:
+        assert await b.base_price("500061") == 10_000
+        await b.price("005930")
+    finally:
+        await b.rest.aclose()
+    assert seen == [("inquire-price", "Q500061"), ("inquire-price", "005930")]  # a stock keeps its code
+
+
+@aio
+async def test_a_registration_is_released_under_the_key_it_was_made_with(tmp_path: Path) -> None:
+    """A master refresh can add an ETN's 'Q' spelling between a registration and its release: the
+    release must name the registration KIS holds, or the slot stays taken until a restart."""
+    from kis.port import MarketKind
+
+    b = broker(tmp_path, "http://127.0.0.1:9")
+    try:
+        assert (await b.subscribe(MarketKind.TRADES, "500061")).ok  # (queued: no session yet)
+        b.set_wire_codes({"500061": "Q500061"})
+        await b.unsubscribe(MarketKind.TRADES, "500061")
+        assert not [k for k in b.ws.registrations if k[0] == "H0STCNT0"]  # (the notice slot stays)
+        assert (await b.subscribe(MarketKind.TRADES, "500061")).ok  # the next one reads the mapping
+        assert ("H0STCNT0", "Q500061") in b.ws.registrations
+    finally:
+        await b.rest.aclose()
