@@ -23,6 +23,7 @@ import msgspec
 
 from common.krx_rules import Market, SecurityKind
 from common.private import private_dir, write_atomic
+from kis.reference import normalise_code
 
 TAIL = {"KOSPI": 227, "KOSDAQ": 221}
 FILES = {"KOSPI": "kospi_code.mst", "KOSDAQ": "kosdaq_code.mst"}
@@ -73,7 +74,7 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
         raw = line[0:9].strip()
         # ETNs are listed as 'Q500061': ktrader keys every code by the 6-character short code (the
         # wire's StockCode, volume-rank's normalise_code, the twin), so the master does too
-        code = short_code(raw)
+        code = normalise_code(raw)  # (9-character fund codes 'F70100030' are kept as they are)
         rest = line[len(line) - tail :]
         out[code] = MasterEntry(
             code=code,
@@ -85,12 +86,6 @@ def parse_master(data: bytes, market: str) -> dict[str, MasterEntry]:
             sector=sector_of(market, rest[3:7], rest[7:11]),
         )
     return out
-
-
-def short_code(raw: str) -> str:
-    """The 6-character short code of a master code: KIS prefixes ETNs with 'Q' (and some replies any
-    code with 'A'); other codes (9-character funds 'F70100030', ...) are kept as they are."""
-    return raw[1:] if len(raw) == 7 and raw[0] in "AQ" else raw
 
 
 def sector_of(market: str, large: str, medium: str) -> str:
