@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -109,11 +109,10 @@ CATCH_UP_MAX_SESSIONS = 1  # two missed closes: an up-cross then a down-cross wo
 # silent after the registration must not hold the agent's start for minutes (10 s + 15 s per code).
 CATCH_UP_DEADLINE_S = 15.0
 CATCH_UP_MARK_TIMEOUT_S = 5.0  # a caught-up bar's marker is committed (waited for) before its on_bar
-# ctx.state keys starting with this are the runtime's: hidden from the strategy, refused to it; the
-# gateway counts them apart from the strategy's (common/schema.py STATE_RESERVED_*)
-RESERVED_STATE_PREFIX = STATE_RESERVED_PREFIX
+# ctx.state keys starting with STATE_RESERVED_PREFIX are the runtime's: hidden from the strategy,
+# refused to it; the gateway counts them apart from the strategy's (common/schema.py STATE_RESERVED_*)
 # {code: start of the newest daily bar handed to on_bar (or seen as history at a first start)}
-DAILY_SEEN_KEY = RESERVED_STATE_PREFIX + "daily_seen"
+DAILY_SEEN_KEY = STATE_RESERVED_PREFIX + "daily_seen"
 DAILY_SEEN_MAX_CODES = 1000  # a universe rotating for years: the oldest markers go (~20 bytes each)
 _enc = msgspec.msgpack.Encoder()
 _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
@@ -149,20 +148,20 @@ class _CatchUpTimeout(Exception):
 
 
 class _StrategyState(StateMap):
-    """`ctx.state` as the strategy sees it: the runtime's own keys (RESERVED_STATE_PREFIX) are kept
+    """`ctx.state` as the strategy sees it: the runtime's own keys (STATE_RESERVED_PREFIX) are kept
     aside (not listed, not writable by the strategy, not counted against the strategy's limits: the
     gateway gives them their own allowance) and go back with the whole state when a running agent
     re-registers (`raw()`)."""
 
     def __init__(self, raw: dict[str, bytes] | None = None) -> None:
         mine = dict(raw or {})
-        self.reserved: dict[str, bytes] = {k: mine.pop(k) for k in list(mine) if k.startswith(RESERVED_STATE_PREFIX)}
+        self.reserved: dict[str, bytes] = {k: mine.pop(k) for k in list(mine) if k.startswith(STATE_RESERVED_PREFIX)}
         super().__init__(mine)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if isinstance(key, str) and key.startswith(RESERVED_STATE_PREFIX):
+        if isinstance(key, str) and key.startswith(STATE_RESERVED_PREFIX):
             raise KtraderError(
-                ErrorCode.STATE_LIMIT, f"state keys starting {RESERVED_STATE_PREFIX!r} are the runtime's"
+                ErrorCode.STATE_LIMIT, f"state keys starting {STATE_RESERVED_PREFIX!r} are the runtime's"
             )
         super().__setitem__(key, value)  # the strategy's own limits (size_bytes: its keys only)
 
@@ -678,18 +677,22 @@ class AgentRuntime(AgentServicesMixin):
     # to on_bar (reserved ctx.state key, written before the on_bar runs) and at start delivers the
     # sessions closed since, oldest first, through the usual on_bar path.
 
+    _state_type = _StrategyState  # ctx.state keeps the runtime's keys aside (AgentServicesMixin builds it)
+
+    def _reserved_state(self) -> dict[str, bytes]:
+        return cast(_StrategyState, self.state).reserved
+
     def _state_after_register(self, fresh: bool) -> None:
         super()._state_after_register(fresh)
         if not fresh:
-            self._marker_mids = {}  # the whole-state push just sent carries the marker again
-        if fresh:  # the runtime's keys leave what the strategy sees; a running agent's go back with raw()
-            self._kv = kv = _StrategyState(self.state.raw())
-            raw = kv.reserved.get(DAILY_SEEN_KEY)
-            try:
-                self._daily_seen = _seen_dec.decode(raw) if raw is not None else {}
-            except msgspec.DecodeError as e:
-                self.log.warning("daily catch-up: unreadable marker (%s); starting as on a first start", e)
-                self._daily_seen = {}
+            self._marker_mids = {}  # the whole-state push just sent carries the marker again (raw())
+            return
+        raw = self._reserved_state().get(DAILY_SEEN_KEY)
+        try:
+            self._daily_seen = _seen_dec.decode(raw) if raw is not None else {}
+        except msgspec.DecodeError as e:
+            self.log.warning("daily catch-up: unreadable marker (%s); starting as on a first start", e)
+            self._daily_seen = {}
 
     def _daily_seen_raw(self) -> bytes:
         """The marker as stored, trimmed to its allowance (the oldest markers go: codes long gone)."""
@@ -701,29 +704,29 @@ class AgentRuntime(AgentServicesMixin):
             keep = sorted(self._daily_seen.items(), key=lambda kv: kv[1])[len(self._daily_seen) // 10 + 1 :]
             self._daily_seen = dict(keep)
             raw = _enc.encode(self._daily_seen)
-        if isinstance(self._kv, _StrategyState):
-            self._kv.reserved[DAILY_SEEN_KEY] = raw  # re-sent with the whole state after a re-registration
+        self._reserved_state()[DAILY_SEEN_KEY] = raw  # re-sent with the whole state after a re-registration
         return raw
+
+    def _marker_put(self) -> PutState:
+        return PutState(h=self.headers(), items={DAILY_SEEN_KEY: self._daily_seen_raw()})
 
     def _save_daily_seen(self, what: str = "") -> None:
         """Sent now, not waited for: the gateway commits each PutState in order, so it is stored before
         whatever is sent after it. Its own message, not the callback's state batch: a strategy batch
         refused over a limit, or a modify/cancel_all sent mid-callback, must not leave orders at the
         gateway with the bar unmarked. A refusal comes back as an Error and is logged (`what`)."""
-        msg = PutState(h=self.headers(), items={DAILY_SEEN_KEY: self._daily_seen_raw()})
+        mid = self._send_id(self._marker_put())
         if what:
             if len(self._marker_mids) >= 64:  # replies lost with a gateway: forget the oldest
                 self._marker_mids.pop(next(iter(self._marker_mids)))
-            self._marker_mids[msg.h.mid] = what
-        self._send(msg)
+            self._marker_mids[mid] = what
 
     def _mark_durably(self, bar: Bar) -> str:
         """Mark a caught-up bar and wait for the gateway's commit: "" when stored, else why not. Its
         on_bar runs only after this: a marker lost here would hand the bar over again at the next restart."""
         self._daily_seen[bar.code] = bar.start
-        msg = PutState(h=self.headers(), items={DAILY_SEEN_KEY: self._daily_seen_raw()})
         try:
-            self.call_gateway(msg, timeout_s=CATCH_UP_MARK_TIMEOUT_S)
+            self.call_gateway(self._marker_put(), timeout_s=CATCH_UP_MARK_TIMEOUT_S)
         except (KtraderError, msgspec.ValidationError) as e:
             return str(e)
         return ""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 import zmq
@@ -130,13 +130,16 @@ class AgentServicesMixin:
     _hb_sent_at: float
     _max_ack_gap: float
     _kv: StateMap | None = None
+    _state_type: ClassVar[type[StateMap]] = (
+        StateMap  # what ctx.state is built as (the runtime's keeps its own keys aside)
+    )
 
     # ---- key-value state -------------------------------------------------------------------------
 
     @property
     def state(self) -> StateMap:
         if self._kv is None:
-            self._kv = StateMap()
+            self._kv = self._state_type()
         return self._kv
 
     def save_state(self, timeout_s: float = 5.0) -> None:
@@ -176,7 +179,7 @@ class AgentServicesMixin:
         if not isinstance(reply, StateReply):
             # starting without its state could make the strategy repeat what it already did
             raise AgentExit(EXIT_NO_GATEWAY, f"could not load the agent's state from the gateway: {reply}")
-        self._kv = StateMap(reply.items)
+        self._kv = self._state_type(reply.items)
 
     # ---- market queries and the book summary ---------------------------------------------------------
 
