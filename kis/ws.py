@@ -366,10 +366,7 @@ class KisWebSocket:
                 else:
                     self._set_state(SessionState.DEGRADED, why)
                 self._was_ready = True
-                if self._gap_since is not None:
-                    gap = Gap(since=self._gap_since, until=now_kst(), reason="real-time session interrupted")
-                    self._gap_since = None
-                    self._emit(gap)
+                self._close_gap("real-time session interrupted")
                 if not ok:  # no notices from now until the slot is granted (_register_again repairs then)
                     self._gap_since = now_kst()
                 await reader
@@ -406,10 +403,7 @@ class KisWebSocket:
             if key == self.notice_key and self.state is SessionState.DEGRADED and ws is self._ws:
                 self._note(SessionProblem.NONE, "")
                 self._set_state(SessionState.READY, "notice slot registered on a later try")
-                if self._gap_since is not None:  # fills meanwhile had no notice
-                    gap = Gap(since=self._gap_since, until=now_kst(), reason="no order notices until now")
-                    self._gap_since = None
-                    self._emit(gap)
+                self._close_gap("no order notices until now")  # fills meanwhile had no notice
         elif res.code != LOST and res.code not in SESSION_FATAL:
             if key != self.notice_key or self._notice_refused(res):
                 self._refused.add(key)
@@ -562,6 +556,13 @@ class KisWebSocket:
             self._release_later(ws, key)
         return True
 
+    def _close_gap(self, reason: str) -> None:
+        """The open gap (since _gap_since) ends now: the gateway reconciles over it."""
+        if self._gap_since is not None:
+            gap = Gap(since=self._gap_since, until=now_kst(), reason=reason)
+            self._gap_since = None
+            self._emit(gap)
+
     def _forget(self, key: Key) -> None:
         self._wanted.pop(key, None)
         self._wanted_as.pop(key, None)
@@ -591,12 +592,10 @@ class KisWebSocket:
         if refs > 1:
             self._wanted[key] = refs - 1
             return SubscriptionResult(ok=True, message="still used by others")
-        del self._wanted[key]
-        self._wanted_as.pop(key, None)
         # a key refused or unanswered (NO_ACK) at a sync was kept wanted: KIS may hold it all the same
         # (a late SUBSCRIBE SUCCESS), so it is released like an active one
         held = key in self._active or key in self._refused
-        self._refused.discard(key)
+        self._forget(key)
         ws = self._ws
         if not held or ws is None:
             return SubscriptionResult(ok=True)
