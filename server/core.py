@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common.config import AgentCard, BrokerEnv, GatewayConfig
 from common.costs import CostModel
+from common.curve import keys_dir
 from common.enums import SessionState, SystemEventKind
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
@@ -189,7 +190,7 @@ def _owner_key(run_dir: Path) -> bytes:
     """The run folder's owner key: random, 0600 beside the credentials, never in the store (a plain hash
     of the account would give it back to anyone holding a copy of the store: its masked form leaves a
     million candidates)."""
-    path = run_dir / "keys" / OWNER_KEY
+    path = keys_dir(run_dir) / OWNER_KEY
     try:
         key = path.read_bytes()
         if len(key) >= 32:

@@ -403,10 +403,7 @@ class Gateway:
             self._bind()
         except zmq.ZMQError as e:
             self._unbind()
-            if self.recorder is not None:
-                self.recorder.close()
-            self.store.close()
-            self.md.store.close()
+            self._close_stores()
             if e.errno == errno.EADDRINUSE:
                 why, hint = "the port is in use (another gateway or program?)", "use another --router/--pub port"
             elif e.errno == errno.ENAMETOOLONG:
@@ -477,8 +474,7 @@ class Gateway:
         try:  # one folder's books are one environment's and account's (server/store.py claim_owner)
             self.store.claim_owner(run_owner(self.cfg, self.broker, self.run_dir), self.run_dir)
         except ConfigError:
-            self.store.close()
-            self.md.store.close()
+            self._close_stores()
             raise
         self._trust()
         self.core.load()
@@ -576,10 +572,14 @@ class Gateway:
         try:
             await self.broker.close()
         finally:
-            if self.recorder is not None:
-                self.recorder.close()
-            self.store.close()
-            self.md.store.close()
+            self._close_stores()
+
+    def _close_stores(self) -> None:
+        """The recorder (it may hold decrypted notices) and the stores."""
+        if self.recorder is not None:
+            self.recorder.close()
+        self.store.close()
+        self.md.store.close()
 
     async def _close_failed_start(self) -> None:
         try:
@@ -777,9 +777,8 @@ class Gateway:
             err, text = self.subs.want(protection_room.HOLDER, MarketKind.TRADES, code)
             if err is None:
                 self._protected.add(code)
-            elif code not in self._refused_protected:
-                self._refused_protected.add(code)
-                self.alerts(f"protective orders on {code} cannot watch its prints: {text}")
+            else:
+                self._protected_refused(code, text)
         for code in sorted(self._protected - want):
             self.subs.release(protection_room.HOLDER, MarketKind.TRADES, code)
             self._protected.discard(code)
@@ -793,9 +792,13 @@ class Gateway:
         self._protected.discard(notice.code)
         n = self._protected_retry.get(notice.code, (0.0, 0))[1] + 1
         self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
-        if notice.code not in self._refused_protected:
-            self._refused_protected.add(notice.code)
-            self.alerts(f"protective orders on {notice.code} cannot watch its prints: {notice.text}")
+        self._protected_refused(notice.code, notice.text)
+
+    def _protected_refused(self, code: str, why: str) -> None:
+        """Alerted once a day per code (_new_day clears the set)."""
+        if code not in self._refused_protected:
+            self._refused_protected.add(code)
+            self.alerts(f"protective orders on {code} cannot watch its prints: {why}")
 
     def _new_day(self, day: str) -> None:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again

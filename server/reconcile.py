@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from common.clock import KST
+from common.clock import KST, kst_from_ns
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
@@ -60,6 +60,7 @@ from common.orders import (
     ReverseFill,
 )
 from kis.port import BrokerOrderReport
+from server.bars import BarError, parse_hhmmss
 
 NOT_AT_BROKER = ErrorCode.NOT_AT_BROKER.value
 FILL_NOT_AT_BROKER = ErrorCode.FILL_NOT_AT_BROKER.value
@@ -70,7 +71,6 @@ RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its
 # own filled line look older than the order, reject the order and give its shares to 'external') and
 # the truncation of ord_tmd to the second; an app order of the same terms inside it is still claimed.
 SEND_SKEW_NS = 60_000_000_000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -101,7 +101,7 @@ def reconcile(
     the KST date of `now_ns`."""
     res = ReconcileResult()
     if day is None:
-        day = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, KST).date()
+        day = kst_from_ns(now_ns).date()
     owner_of: dict[str, Order] = {}  # ODNO → local order (its whole chain)
     for o in local:
         for odno in o.broker_chain:
@@ -337,14 +337,13 @@ def reconcile(
 def _placed_before(r: BrokerOrderReport, created_ns: int, day: dt.date) -> bool:
     """The line's order time (ord_tmd, HHMMSS KST of `day`) is more than SEND_SKEW_NS before
     `created_ns`. False when either is unknown (no time, an order without a creation time)."""
-    t = r.time.strip()
-    if not created_ns or len(t) != 6 or not t.isdigit():
+    if not created_ns:
         return False
     try:
-        placed = dt.datetime(day.year, day.month, day.day, int(t[:2]), int(t[2:4]), int(t[4:]), tzinfo=KST)
-    except ValueError:
+        sec = parse_hhmmss(r.time.strip())
+    except BarError:
         return False
-    placed_ns = (placed - _EPOCH) // dt.timedelta(seconds=1) * 1_000_000_000
+    placed_ns = (int(dt.datetime.combine(day, dt.time(), KST).timestamp()) + sec) * 1_000_000_000
     return placed_ns < created_ns - SEND_SKEW_NS
 
 

@@ -319,9 +319,8 @@ class Reconciler:
                 fill_grace_ns=self.fill_grace_ns,
                 day=day,
             )
-            # only these orders are repaired: that day's lines of nobody's are not adopted now (their
-            # shares, if any, show in the position check)
-            res.events = {c: evs for c, evs in res.events.items() if c in coids}
+            # (its events are these orders' only; that day's lines of nobody's, res.external, are not
+            # adopted now: their shares, if any, show in the position check)
             self._apply(res)
             settled += len(coids)
             alerts.extend(f"day {d}: {text}" for text in res.alerts if any(text.startswith(c) for c in coids))

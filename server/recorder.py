@@ -68,6 +68,11 @@ class RecordingError(ValueError):
     """A recording that cannot be read (no such day, not a recording)."""
 
 
+def _frames_path(folder: Path, first_ns: int) -> Path:
+    """A recording file's name: its first frame's receive time (files sort in time) and this process."""
+    return folder / f"frames-{first_ns:020d}-{os.getpid()}{SUFFIX}"
+
+
 @dataclass(slots=True)
 class _Sink:
     """The file a day's blocks go to and its gzip stream. Only the writer thread touches `file`/`z`
@@ -75,7 +80,6 @@ class _Sink:
     opens a fresh file in `folder`."""
 
     folder: Path
-    path: Path
     file: BinaryIO | None
     z: zlib._Compress | None
 
@@ -167,9 +171,9 @@ class Recorder:
         day = kst_from_ns(recv_ns).date()
         private_dir(self.data_dir)  # decrypted notices inside: the user's eyes only
         folder = private_dir(day_dir(self.data_dir, day))
-        self.path = folder / f"frames-{recv_ns:020d}-{os.getpid()}{SUFFIX}"
+        self.path = _frames_path(folder, recv_ns)
         file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
-        self._sink = _Sink(folder, self.path, file, self._compressor())
+        self._sink = _Sink(folder, file, self._compressor())
         next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
         self._day_end_ns = int(next_day.timestamp()) * 10**9
         log.info("recording market data to %s", self.path)
@@ -224,13 +228,13 @@ class Recorder:
         abandoned one) with a new gzip stream."""
         ns = first_ns
         while True:
-            path = sink.folder / f"frames-{ns:020d}-{os.getpid()}{SUFFIX}"
+            path = _frames_path(sink.folder, ns)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
                 break
             except FileExistsError:  # the abandoned file's own name (the clock stood still): the next one
                 ns += 1
-        sink.file, sink.z, sink.path = os.fdopen(fd, "ab"), self._compressor(), path
+        sink.file, sink.z = os.fdopen(fd, "ab"), self._compressor()
         self.path = path
         log.warning("recording market data to %s (after a failed write)", path)
 

@@ -39,6 +39,7 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
             _protected_retry={},
             alerts=alerts.append,
         )
+        gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
         for _ in range(25):  # 5 s of the lease loop (a tick every lease_s / 5 = 0.2 s)
             Gateway._watch_protected(gw)  # type: ignore[arg-type]
