@@ -361,7 +361,7 @@ class KisBroker(BrokerPort):
         req = wire.OrderCashRequest(
             CANO=self._creds.cano,
             ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
-            PDNO=self.wire_codes.get(order.code, order.code),
+            PDNO=self._wire(order.code),
             SLL_TYPE="01" if order.side == Side.SELL else "",
             ORD_DVSN=dvsn,
             ORD_QTY=str(order.qty),
@@ -519,9 +519,7 @@ class KisBroker(BrokerPort):
 
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
         """inquire-psbl-sell (real only; on paper use positions())."""
-        req = wire.PsblSellRequest(
-            CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=self.wire_codes.get(code, code)
-        )
+        req = wire.PsblSellRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd, PDNO=self._wire(code))
         page = await self.rest.request(
             "GET",
             Path.PSBL_SELL,
@@ -543,7 +541,7 @@ class KisBroker(BrokerPort):
         return page.body  # type: ignore[return-value]
 
     async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:
-        iscd = self.wire_codes.get(code, code)  # API.md §4.8: "6-digit; ETN prefixed Q"
+        iscd = self._wire(code)  # API.md §4.8: "6-digit; ETN prefixed Q"
         return await self._quote(
             Path.PRICE, Tr.PRICE, wire.PriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=iscd), caller
         )
@@ -554,7 +552,7 @@ class KisBroker(BrokerPort):
         return krw(out.stck_sdpr) if out is not None else 0
 
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
-        iscd = self.wire_codes.get(code, code)  # the same quotation family as inquire-price (§4.8/§4.9)
+        iscd = self._wire(code)  # the same quotation family as inquire-price (§4.8/§4.9)
         return await self._quote(
             Path.ASKING_PRICE, Tr.ASKING_PRICE, wire.AskingPriceResponse, wire.QuoteRequest(FID_INPUT_ISCD=iscd), caller
         )
@@ -670,16 +668,20 @@ class KisBroker(BrokerPort):
 
     # --- real-time -----------------------------------------------------------------------------
 
+    def _wire(self, code: str) -> str:
+        """`code` as KIS takes it on the wire (an ETN's 'Q' spelling, from the stock master)."""
+        return self.wire_codes.get(code, code)
+
     def set_wire_codes(self, wire_codes: dict[str, str]) -> None:
         """KIS's spelling of the codes that differ from ktrader's (the stock master's ETNs)."""
         self.wire_codes = dict(wire_codes)
 
     async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        key = self._sub_keys.setdefault((kind, code), self.wire_codes.get(code, code))
+        key = self._sub_keys.setdefault((kind, code), self._wire(code))
         return await self.ws.subscribe(MARKET_TR[kind], key)
 
     async def unsubscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
-        key = self._sub_keys.get((kind, code), self.wire_codes.get(code, code))
+        key = self._sub_keys.get((kind, code), self._wire(code))
         res = await self.ws.unsubscribe(MARKET_TR[kind], key)
         if (MARKET_TR[kind], key) not in self.ws.registrations:
             self._sub_keys.pop((kind, code), None)  # the last holder's release: the next one reads the mapping

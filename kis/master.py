@@ -121,11 +121,6 @@ class StockMaster(msgspec.Struct, frozen=True):
     def __contains__(self, code: object) -> bool:
         return code in self.entries
 
-    def wire_code(self, code: str) -> str:
-        """The form of `code` KIS's order/quote endpoints take (API.md §4.1: PDNO "ETN 7 chars")."""
-        e = self.entries.get(code)
-        return e.wire_code if e is not None else code
-
     def name(self, code: str) -> str:
         e = self.entries.get(code)
         return e.name if e is not None else ""

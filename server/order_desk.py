@@ -116,9 +116,12 @@ class OrderDesk:
         is over, or trading is halted (a burst at the open is sent however long the budget takes)."""
         if o.valid_day != self.book.day() or self.book.clock.phase() not in REGULAR_ORDER_PHASES:
             return f"its session of {o.valid_day} no longer takes orders"
-        if self.risk.global_state is TradingState.HALTED or self.risk.agent_state(o.agent) is TradingState.HALTED:
+        if self._halted(o.agent):
             return "trading is halted"
         return ""
+
+    def _halted(self, agent: str) -> bool:
+        return self.risk.global_state is TradingState.HALTED or self.risk.agent_state(agent) is TradingState.HALTED
 
     # ---- start-up -----------------------------------------------------------------------------------
 
@@ -221,11 +224,9 @@ class OrderDesk:
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     released = o.tif in HELD_TIFS
                     # (a released one is checked again when a slot takes it: the first reconciliation may be late)
-                    fresh = not self._released_refusal(o) if released else not wait_ns or age < wait_ns
-                    halted = (
-                        self.risk.global_state is TradingState.HALTED
-                        or self.risk.agent_state(o.agent) is TradingState.HALTED
-                    )
+                    refusal = self._released_refusal(o) if released else ""
+                    fresh = not refusal if released else not wait_ns or age < wait_ns
+                    halted = self._halted(o.agent)
                     cancelled = coid in self._cancel_on_accept
                     if fresh and not halted and not cancelled:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;
@@ -240,7 +241,7 @@ class OrderDesk:
                             if cancelled
                             else "trading is halted"
                             if halted
-                            else self._released_refusal(o)
+                            else refusal
                             if released
                             else f"queued {age / 1e9:.1f}s ago, too late to send"
                         )

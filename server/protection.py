@@ -47,7 +47,6 @@ from common.protection import (
     stop_level,
     validate,
 )
-from common.risk_rules import notional_price
 from common.schema import NewOrder, OrderResult, Protect, ProtectionUpdate
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
@@ -342,7 +341,7 @@ class ProtectionDesk:
         card = self._acting_card(agent, code)
         # one exit at most worth the order-value limit: the rest goes in the next exits, each placed once
         # the one before it has filled (a stop denied for its size would never sell)
-        unit = notional_price(Side.SELL, price, base, kind, pf.rules, board)
+        unit = pf.notional_price(Side.SELL, price, code)
         want = self.risk.fitting_qty(card, want, unit)
         if not want:
             why = f"one share of {code} ({unit:,} KRW) is worth more than the order-value limit"

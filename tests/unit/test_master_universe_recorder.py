@@ -45,11 +45,11 @@ def test_etn_master_codes_are_the_short_codes_the_rest_of_ktrader_uses() -> None
     assert len(etns) > 300
     for code, e in etns.items():
         assert check_stock_code(code) == code == e.code  # the order path's StockCode
-        assert e.wire_code == "Q" + code and m.wire_code(code) == "Q" + code  # as KIS's master spells it
+        assert e.wire_code == "Q" + code and m.entries[code].wire_code == "Q" + code  # as KIS's master spells it
         assert normalise_code(e.wire_code) in m  # volume-rank's code is a listed code
     kinds = m.kinds()
     assert all(kinds[c] is SecurityKind.ETF for c in etns)  # the ETF/ETN grid, no sell tax
-    assert m.wire_code("005930") == "005930" and m.entries["005930"].raw_code == ""  # stocks unchanged
+    assert m.entries["005930"].wire_code == "005930" and m.entries["005930"].raw_code == ""  # stocks unchanged
 
 
 @needs_master

@@ -522,12 +522,10 @@ def universe(data: Path) -> list[str]:
     if not data.is_dir():
         raise DataError(f"{data}: not a data folder")
     codes: set[str] = set()
-    by_name = {v: k for k, v in INTRADAY_FILE_NAMES.items()}
     for p in data.iterdir():
         if p.suffix not in (".csv", ".parquet") or not p.is_file():
             continue
-        stem = p.name.split(".")[0].removesuffix("_D")
-        stem = by_name.get(stem, stem)
+        stem = code_of_file(p)
         if len(stem) == 6 and stem.isalnum() and stem[0].isdigit():
             codes.add(stem)
     if not codes:
@@ -560,10 +558,19 @@ def load_codes(
     }
 
 
-def file_is_for(path: Path, code: str) -> bool:
-    """Does the file's name say it holds `code` (`<code>.csv`, `<code>_D.csv`, the intraday company name)?"""
+_CODE_OF_NAME = {v: k for k, v in INTRADAY_FILE_NAMES.items()}
+
+
+def code_of_file(path: Path) -> str:
+    """The code a price file's name says it holds (`<code>.csv`, `<code>_D.csv`, the intraday company
+    name); a name of no code comes back as it is."""
     stem = path.name.split(".")[0].removesuffix("_D")
-    return stem == code or stem == INTRADAY_FILE_NAMES.get(code)
+    return _CODE_OF_NAME.get(stem, stem)
+
+
+def file_is_for(path: Path, code: str) -> bool:
+    """Does the file's name say it holds `code`?"""
+    return code_of_file(path) == code
 
 
 def load_closes(path: Path) -> list[tuple[dt.date, float]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
-from tools.ops.procs import run_lock_held
 
 
 class ResetRefused(RuntimeError):
@@ -41,7 +40,7 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     # The run lock is the authority (its probe above found it free): a crash leaves gateway.json
     # behind, and its pid may now be another process's. Only a folder where no gateway ever took the
     # lock (no lock file) falls back to that pid.
-    if run_lock_held(run_dir) is None:
+    if not (run_dir / "gateway.lock").is_file():
         try:
             info = read_info(run_dir)
             if _alive(info.pid):
