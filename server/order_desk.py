@@ -64,6 +64,12 @@ Reply = tuple[ErrorCode | None, str]
 
 # held orders still waiting for their code's base price this long into their session: a person is told
 BASE_WAIT_ALERT_NS = 60_000_000_000
+# the orders a revise can reprice (API.md §4.2: a revise changes price or type): a market, best or
+# priority order has no price of its own (KIS fills or rests it at a price it chooses), and repricing
+# it would make it a limit order our book still calls market: cancel it and send a new one instead
+REPRICEABLE_TYPES = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
+# only resting orders are revised: an IOC/FOK order is filled or killed the moment it arrives
+REVISABLE_TIFS = frozenset({TimeInForce.DAY, TimeInForce.NEXT_SESSION})
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
@@ -110,12 +116,22 @@ class OrderDesk:
         ] = []  # never sent before a restart: sent after the first reconciliation
         book.listeners.append(self._after_commit)
         live.released_refusal = shadow.released_refusal = self._released_refusal
+        live.send_refusal = shadow.send_refusal = self._send_refusal
 
     def _released_refusal(self, o: Order) -> str:
         """Why an order held for a session and released may no longer be sent ("": it may): its session
-        is over, or trading is halted (a burst at the open is sent however long the budget takes)."""
+        is over (a burst at the open is sent however long the budget takes). A halt: `_send_refusal`."""
         if o.valid_day != self.book.day() or self.book.clock.phase() not in REGULAR_ORDER_PHASES:
             return f"its session of {o.valid_day} no longer takes orders"
+        return ""
+
+    def _send_refusal(self, o: Order) -> str:
+        """Why a queued submit may no longer be sent when a slot takes it ("": it may). It may have
+        waited long (an opening burst waits as long as the REST budget takes): a cancel asked for
+        meanwhile is done by not sending it (KIS would only be told to cancel an order it never needed),
+        and a halt since it passed the gate stops it as the gate would now."""
+        if o.client_order_id in self._cancel_on_accept:
+            return "its cancel was asked for before it was sent"
         if self._halted(o.agent):
             return "trading is halted"
         return ""
@@ -431,8 +447,10 @@ class OrderDesk:
         return None, "cancel sent"
 
     def modify(self, card: AgentCard, coid: str, price: int, qty: int = 0) -> Reply:
-        """Revise the price of an open order (KIS gives the remainder a new ODNO). Quantity changes
-        are refused: a revise of part of the remainder splits the order at KIS; cancel and send anew."""
+        """Revise the price of an open order (KIS gives the remainder a new ODNO); the revise keeps the
+        order's type (a conditional order stays conditional). Quantity changes are refused: a revise of
+        part of the remainder splits the order at KIS; cancel and send anew. So are revises of market,
+        best and priority orders (no price of their own) and of IOC/FOK orders (they never rest)."""
         book = self.book
         o = book.orders.get(coid)
         if o is None or o.agent != card.id:
@@ -441,6 +459,12 @@ class OrderDesk:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
         if refusal := revise_refusal(o, qty):
             return ErrorCode.BAD_ORDER, refusal
+        if o.order_type not in REPRICEABLE_TYPES:
+            return ErrorCode.BAD_ORDER, (
+                f"a {o.order_type.value} order has no price to revise; cancel it and send a new order"
+            )
+        if o.tif not in REVISABLE_TIFS:
+            return ErrorCode.BAD_ORDER, f"an {o.tif.value.upper()} order does not rest: nothing to revise"
         denial = self.risk.check_revise(card, o, price, self.session())
         if denial is not None:
             book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])

@@ -8,7 +8,10 @@ Rules kept here:
   commit that holds its intent (Submit, RequestCancel, RequestReplace);
 - a submit still queued after `max_send_wait_ns` is refused unsent (BROKER_BUSY): a decision made on
   prices that old is not the one the agent made; a submit for an order that is no longer waiting to
-  be sent (reconciliation found it, the gateway refused it) is never sent;
+  be sent (reconciliation found it, the gateway refused it) is never sent; nor is one whose cancel was
+  asked for while it waited, or whose agent (or the gateway) was halted meanwhile (NOT_SENT: the send
+  is decided when a slot takes it, so the broker never hears of an order it would only be told to
+  cancel; one already taken is cancelled after its acknowledgement);
 - calls for one order go out one at a time, in the order they were asked for (a cancel never
   overtakes its submit): an order has at most one job in the priority queue, the rest wait behind it;
 - up to `workers` calls for different orders are in flight at once (as many as the venue takes:
@@ -150,8 +153,11 @@ class SendQueue:
         self._started = False
         self._pumping = False
         # why an order held for its session and released may no longer be sent ("": it may); set by
-        # the order desk, which knows the session and the trading state
+        # the order desk, which knows the session
         self.released_refusal: Callable[[Order], str] = lambda o: ""
+        # why any submit may no longer be sent when a slot takes it ("": it may): its cancel was asked
+        # for while it waited, trading was halted meanwhile; set by the order desk, which knows both
+        self.send_refusal: Callable[[Order], str] = lambda o: ""
 
     def put(self, job: Job) -> None:
         if job.coid in self._busy:
@@ -275,6 +281,9 @@ class SendQueue:
             qty=job.qty - o.filled_qty,
             price=job.price,
             all_qty=True,
+            # its own ORD_DVSN again (a conditional order stays conditional); only DAY orders are
+            # revised (order_desk.modify), so the type is all the adapter needs
+            order_type=o.order_type,
         )
         self.book.trace(
             o.client_order_id,
@@ -284,6 +293,7 @@ class SendQueue:
             odno=o.broker_order_id,
             price=job.price,
             qty=job.qty,
+            order_type=o.order_type.value,
         )
         return lambda: self._modify(o, job, mreq)
 
@@ -305,8 +315,10 @@ class SendQueue:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, state=o.state.value)
             return None
         waited = int((time.monotonic() - job.queued) * 1e9)
-        if not job.decided_now and (why := self.released_refusal(o)):
-            # sent as the budget allows, but only into its session and while trading is allowed
+        # decided here, before its send mark: nothing reached the broker, so "not sent" is the truth (a
+        # cancel waiting for the order is done by this; a released order goes only into its session)
+        why = self.send_refusal(o) or ("" if job.decided_now else self.released_refusal(o))
+        if why:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=why)
             book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=f"not sent: {why}"))
             return None
