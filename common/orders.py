@@ -15,7 +15,8 @@ States (DESIGN.md §5), with the choices we made:
                  its client id and continues under the new ODNO, so there is no separate REPLACED
                  end state: a confirmed revise returns to ACCEPTED/PARTIALLY_FILLED with the new terms.
 - DENIED         our risk gate said no; never sent
-- REJECTED       the broker said no
+- REJECTED       the broker said no (reconciliation reopens it, `Reopen`, should the broker's order list
+                 show it live or filled after all: the refusal was of another of its lines)
 - EXPIRED        the day ended with the order open
 - UNKNOWN        sent, outcome not known (timeout, dropped connection); still counts against risk and
                  is resolved by reconciliation (accept, reject, fills) before anything else is sent.
@@ -195,6 +196,16 @@ class Expire(_Ev, tag="expire", frozen=True):
     pass
 
 
+class Reopen(_Ev, tag="reopen", frozen=True):
+    """Reconciliation: the broker's order list has this order open or filled beyond what its state here
+    allows (REJECTED on a notice about another of its lines; FILLED at a total the books understate).
+    It rests again, so that its fills are booked to its agent, never to 'external'. `qty`: the order's
+    total as the broker's lines show it (0: unchanged)."""
+
+    reason: str
+    qty: int = 0
+
+
 OrderEvent = Union[
     Submit,
     Hold,
@@ -213,6 +224,7 @@ OrderEvent = Union[
     ReverseFill,
     ResendCancel,
     Reprice,
+    Reopen,
 ]
 
 
@@ -353,6 +365,10 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.PENDING_REPLACE, "reprice"): _SAME,
     (S.CANCELLED, "reprice"): _SAME,
     (S.EXPIRED, "reprice"): _SAME,
+    # The broker's list shows the order live or filled after all (a REJECTED order whose refusal was
+    # of another line; a FILLED order whose total was understated): it rests again and takes its fills.
+    (S.REJECTED, "reopen"): _RESTING,
+    (S.FILLED, "reopen"): _RESTING,
 }
 
 # A revise or cancel is on its way (or in doubt) in these states.
@@ -452,6 +468,11 @@ def apply(order: Order, event: OrderEvent) -> Order:
         # nothing filled is worth nothing (a Reprice since may have moved the value off the fill log)
         value = max(filled, order.filled_value - back) if filled else 0  # and a share at least 1 KRW
         changes.update(filled_qty=filled, filled_value=value, fills=tuple(recs), reason=event.reason)
+    elif isinstance(event, Reopen):
+        qty = event.qty or qty
+        if qty < filled or (order.state is S.FILLED and qty <= filled) or not event.reason:
+            raise IllegalTransition(f"{order.client_order_id}: reopen at total {qty} with {filled} filled")
+        changes.update(qty=qty, reason_code="", reason=event.reason)
     elif isinstance(event, Reprice):
         if not filled or event.qty != filled or event.value < filled or event.value == order.filled_value:
             raise IllegalTransition(

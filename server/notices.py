@@ -10,6 +10,12 @@ is in doubt) or there was none (a revise from the HTS app, or one sent before a 
 itself says where the order lives now: a revise acceptance naming the live line moves the order to
 the new line at once. A notice naming a line of a chain we cannot place asks the chain repair
 (`learn`) to read the broker's list for that order now.
+
+A rejection notice (거부, RFUS_YN 1) rejects the order only when it names the order's original line
+while that line is the live one. A rejection of a revise or cancel line (RCTF_CLS 1/2, an OODER_NO, or
+any line after the original) is a refused revise or cancel: the order stays live on the line it had
+before; a revise KIS had already acknowledged over REST is undone (the order goes back to the line it
+revised, at that line's terms). A duplicated rejection changes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from common.orders import (
     Cancelled,
     CancelRefused,
     Fill,
+    Order,
     OrderState,
     Reject,
     Replaced,
@@ -48,6 +55,11 @@ class NoticeRouter:
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
         self.learn = learn  # read the broker's list for this order now (server/chain_repair.py)
         self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)
+        self.refused: set[str] = set()  # ODNOs whose rejection notice was applied: a duplicate changes nothing
+        # revise line -> (the line it moved the order from, the order's price there): where the order goes
+        # back to should the exchange refuse a revise that KIS had already acknowledged
+        self.moved_from: dict[str, tuple[str, int]] = {}
+        book.listeners.append(self._moved)
 
     def new_day(self, day: str = "") -> None:
         """Notices still waiting for an order of theirs (an acknowledgement that never came, an ODNO of
@@ -55,6 +67,20 @@ class NoticeRouter:
         if self.unmatched:
             log.info("new day: %d ODNOs' unmatched notices let go", len(self.unmatched))
             self.unmatched.clear()
+        self.refused.clear()  # (ODNOs are numbered per day)
+        self.moved_from.clear()
+
+    def _moved(self, old: Order | None, new: Order) -> None:
+        """Every move of an order to a new line (a revise acknowledged over REST, a revise notice,
+        reconciliation) is remembered with the terms it left."""
+        if (
+            old is not None
+            and old.broker_order_id
+            and new.broker_order_id != old.broker_order_id
+            and new.broker_order_id not in old.broker_chain
+            and len(self.moved_from) < MAX_UNMATCHED
+        ):
+            self.moved_from[new.broker_order_id] = (old.broker_order_id, old.price)
 
     def claim(self, odno: str, coid: str) -> None:
         """`odno` is `coid`'s (a REST reply or reconciliation said so): apply what waited for it."""
@@ -123,19 +149,69 @@ class NoticeRouter:
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             book.try_apply(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
         elif n.kind is NoticeKind.REJECTED:
+            if n.broker_order_id in self.refused:
+                return  # a duplicated notice: its line's refusal was applied (and counted) already
+            self.refused.add(n.broker_order_id)
             self.on_broker_error(ts)
-            o = book.orders[coid]
-            code = ErrorCode.BROKER_REJECTED.value
-            if o.state is OrderState.PENDING_CANCEL:
-                book.try_apply(coid, CancelRefused(ts_ns=ts, code=code, reason="cancel rejected"))
-            elif o.state is OrderState.PENDING_REPLACE:
-                book.try_apply(coid, ReplaceRefused(ts_ns=ts, code=code, reason="revise rejected"))
-            else:
-                book.try_apply(coid, Reject(ts_ns=ts, code=code, reason="rejected by the exchange"))
+            self._rejected(coid, n, ts)
         elif n.kind is NoticeKind.CANCELLED:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
             book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
+
+    def _rejected(self, coid: str, n: BrokerNotice, ts: int) -> None:
+        """A line of this order was refused at the exchange. Only a refusal of the order's original
+        line, while that line is the live one, rejects the order; any other line's refusal is that of
+        a revise or cancel, and the order stays live (a REJECTED order would free its cash and refuse
+        the fills still to come on its live line)."""
+        book = self.book
+        o = book.orders[coid]
+        code = ErrorCode.BROKER_REJECTED.value
+        odno = n.broker_order_id
+        marked_amend = n.is_cancel or n.is_modify or bool(n.orig_broker_order_id)
+        original = o.broker_chain[0] if o.broker_chain else odno  # (unacknowledged: the submit's own line)
+        if not marked_amend and odno == original and o.state not in AMENDING:
+            if odno == (o.broker_order_id or odno):
+                book.try_apply(coid, Reject(ts_ns=ts, code=code, reason="rejected by the exchange"))
+            else:
+                self.learn(coid)  # the original refused after a revise of it moved on: only the list can tell
+            return
+        if o.state in AMENDING and not marked_amend and odno == original:
+            # unmarked, at the live number, with our revise/cancel in flight: taken as the refusal of that
+            # (the order rests), while the broker's list tells whether the order itself was refused
+            self.learn(coid)
+        if n.is_cancel or (not n.is_modify and o.state is OrderState.PENDING_CANCEL):
+            if o.state is OrderState.PENDING_CANCEL:
+                book.try_apply(coid, CancelRefused(ts_ns=ts, code=code, reason="cancel refused by the exchange"))
+            return  # (a cancel no longer pending here, or one sent from the KIS app: nothing changed)
+        if o.state is OrderState.PENDING_REPLACE and (
+            odno not in o.broker_chain or odno == original == o.broker_order_id
+        ):
+            # our revise (its REST answer lost or still to come): refused, the old terms stand
+            book.try_apply(coid, ReplaceRefused(ts_ns=ts, code=code, reason="revise refused by the exchange"))
+        elif odno == o.broker_order_id and odno != original:
+            self._move_back(coid, o, odno, ts)
+        # else a revise line that is not live here (refused before it moved the order, a revise from the KIS
+        # app, a refusal already undone): nothing changed
+
+    def _move_back(self, coid: str, o: Order, odno: str, ts: int) -> None:
+        """KIS acknowledged a revise (the order moved to its line `odno`), then the exchange refused it:
+        the line it revised is still live at KIS, at its old terms. The order goes back there."""
+        book = self.book
+        prev = self.moved_from.get(odno)
+        if prev is None or prev[0] not in o.broker_chain or o.state not in REVISABLE | {OrderState.PENDING_CANCEL}:
+            # its earlier terms are not known here (moved before a restart), or a revise of the refused line
+            # is in flight: the broker's list says which line is live (server/reconcile.py moves it back)
+            self.learn(coid)
+            return
+        line, price = prev
+        book.trace(coid, "revise.undone", odno=odno, back_to=line, price=price)
+        back = Replaced(ts_ns=ts, broker_order_id=line, price=price, qty=o.qty)  # a refused revise changed nothing
+        if o.state in REVISABLE:  # (a cancel pending takes the move as it is: it must reach the live line)
+            if book.try_apply(coid, RequestReplace(ts_ns=ts, price=price, qty=o.qty)) is None:
+                self.learn(coid)
+                return
+        book.try_apply(coid, back)
 
     def _revised(self, coid: str, n: BrokerNotice, ts: int) -> None:
         """A revise line of this order was accepted at the broker. When it names the order's live line
@@ -147,9 +223,18 @@ class NoticeRouter:
         if n.orig_broker_order_id != o.broker_order_id or n.order_qty <= 0:
             self.learn(coid)  # it revises an older line: only the broker's list can tell what is live
             return
-        moved = Replaced(
-            ts_ns=ts, broker_order_id=n.broker_order_id, price=n.order_price, qty=o.filled_qty + n.order_qty
-        )
+        # The total stays what the order had, or what our revise in flight asked for (pending_qty); never
+        # our filled count plus the notice's quantity. API.md §5.8 only names the notice's ODER_QTY
+        # 주문수량 (the revise order's quantity; CNTG_QTY "order qty in an acceptance notice"); §4.2 says a
+        # revise moves the unfilled remainder to the new line and cannot raise the quantity. That it is
+        # the remainder as KIS counted it when it revised is UNCONFIRMED, and our filled count may lag it
+        # (the old line's fill notices can come after the revise's), which understated the total and
+        # refused the new line's fills as overfills. A revise changes no total (only the price is
+        # revisable, server/order_desk.py; a partial one leaves the rest on the earlier line), so the
+        # notice's quantity is not used here; reconciliation corrects a total the broker's lines disagree
+        # with.
+        total = o.pending_qty if o.state in AMENDING and o.pending_qty else o.qty
+        moved = Replaced(ts_ns=ts, broker_order_id=n.broker_order_id, price=n.order_price, qty=max(total, o.filled_qty))
         if o.state in AMENDING:
             book.try_apply(coid, moved)
         elif o.state in REVISABLE:  # a revise we did not send (HTS), or one sent before a restart

@@ -11,6 +11,11 @@ names the one it revised). Per chain:
   stays in the chain and counts toward the order's total;
 - the chain's cumulative fill (the sum over its lines) is taken: missing fills are synthesised with
   the broker's value;
+- before its fills are taken, the order is made able to take them on the line that is live (see
+  `_live_line_and_total`): an order REJECTED here whose lines the broker shows filled or open is
+  reopened (the refusal was of a revise or cancel line); one whose live line is a revise the
+  exchange refused goes back to the earlier line that is open; a total the broker's lines disagree
+  with is corrected;
 - when no line of the chain has anything left and the order is open here, it is closed the way
   the broker closed it (rejected, cancelled or expired);
 - fills we booked from notices that the broker's cumulative fill does not cover are taken back
@@ -45,6 +50,7 @@ from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import (
     AMENDING,
+    RESTING,
     Accept,
     Cancelled,
     Expire,
@@ -54,10 +60,13 @@ from common.orders import (
     OrderEvent,
     OrderState,
     Reject,
+    Reopen,
     Replaced,
     Reprice,
     RequestReplace,
     ReverseFill,
+    StateError,
+    apply,
 )
 from kis.port import BrokerOrderReport
 from server.bars import BarError, parse_hhmmss
@@ -226,6 +235,8 @@ def reconcile(
         claimed.update(r.broker_order_id for r in lines)
         filled = sum(r.filled_qty for r in lines)
         value = sum(r.filled_value for r in lines)
+        whole = not partial and len(lines) == len(chain[coid])  # every line of the chain shown
+        _live_line_and_total(res, o, lines, filled, now_ns, fill_grace_ns, whole)
         books_value = o.filled_value  # what the books' fills are worth once this pass's repairs apply
         if filled > o.filled_qty:
             qty, add_value = filled - o.filled_qty, value - o.filled_value
@@ -284,10 +295,12 @@ def reconcile(
         latest = lines[-1]
         total_qty = max(o.qty, filled)
         for ev in res.events.get(coid, []):
-            if isinstance(ev, Replaced):
+            if isinstance(ev, Replaced) or (isinstance(ev, Reopen) and ev.qty):
                 total_qty = ev.qty
         pending = res.events.get(coid, [])
-        reopened = o.state is OrderState.FILLED and any(isinstance(e, ReverseFill) for e in pending)
+        reopened = (o.state is OrderState.FILLED and any(isinstance(e, ReverseFill) for e in pending)) or any(
+            isinstance(e, Reopen) for e in pending
+        )
         open_here = o.state in OPEN or reopened or any(isinstance(e, Accept) for e in pending)
         # closed only when no line of the chain has anything left (after a partial revise the earlier
         # line keeps an open part of its own)
@@ -332,6 +345,102 @@ def reconcile(
                 continue
             res.external.append(r)
     return res
+
+
+def _preview(o: Order, events: list[OrderEvent]) -> Order:
+    """The order as the events of this pass so far would leave it (those the machine refuses skipped)."""
+    for ev in events:
+        try:
+            o = apply(o, ev)
+        except StateError:
+            continue
+    return o
+
+
+def _live_line_and_total(
+    res: ReconcileResult,
+    o: Order,
+    lines: list[BrokerOrderReport],
+    filled: int,
+    now_ns: int,
+    grace_ns: int,
+    whole: bool,
+) -> None:
+    """Before the chain's fills are taken (`lines`: the chain's lines the broker shows, `filled`: their
+    cumulative fill), the order is made able to take them on the line that is live:
+    - REJECTED here, while the broker's lines have fills, or are still open past the grace (the list
+      may lag a refusal): the refusal was of another line (a notice about a revise or cancel), so the
+      order is reopened, and its fills are its agent's rather than refused and left to 'external';
+    - its live line is a revise the exchange refused (nothing filled or open there) while an earlier
+      line of the chain is open: the order goes back to that line, at its price;
+    - its total is not the broker's (what the lines filled plus what they still hold open; with
+      nothing open, at least what they filled): corrected at once when the broker filled more than the
+      total (the fill would be refused as an overfill), otherwise only by a whole pass that shows
+      every line of the chain, on an order nothing happened to within the grace (the list can lag a
+      revise), while a line is open."""
+    coid = o.client_order_id
+    cur = _preview(o, res.events.get(coid, []))
+    open_qty = sum(r.remaining_qty for r in lines)
+    broker_total = filled + open_qty if open_qty else max(cur.qty, filled)
+    settled = now_ns - o.updated_ns > grace_ns
+    if cur.state is OrderState.REJECTED and (filled or (open_qty and settled)):
+        what = f"{filled} filled" + (f", {open_qty} open" if open_qty else "") if filled else f"{open_qty} open"
+        res.add(
+            coid,
+            Reopen(
+                ts_ns=now_ns,
+                qty=broker_total if broker_total != cur.qty else 0,
+                reason=f"rejected here, but {what} at the broker: reopened",
+            ),
+        )
+        res.alerts.append(
+            f"{coid}: rejected here, but {what} at the broker (the refusal was of another line): reopened, "
+            f"its fills are {o.agent}'s"
+        )
+        cur = _preview(o, res.events[coid])
+    by_odno = {r.broker_order_id: r for r in lines}
+    live = by_odno.get(cur.broker_order_id)
+    moving = any(isinstance(e, Replaced) for e in res.events.get(coid, []))  # (step 2 adopted a revise)
+    if (
+        not moving
+        and (cur.state in RESTING or cur.state is OrderState.PENDING_CANCEL)
+        and live is not None
+        and live.is_modify
+        and live.rejected_qty
+        and not live.filled_qty
+        and not live.remaining_qty
+        and (back := next((r for r in reversed(lines) if r.remaining_qty), None)) is not None
+    ):
+        if cur.state in RESTING:  # (a cancel pending takes the move as it is: it must reach the live line)
+            res.add(coid, RequestReplace(ts_ns=now_ns, price=back.price, qty=cur.qty))
+        res.add(coid, Replaced(ts_ns=now_ns, broker_order_id=back.broker_order_id, price=back.price, qty=cur.qty))
+        res.alerts.append(
+            f"{coid}: its revise {live.broker_order_id} was refused at the exchange; live at the broker as "
+            f"{back.broker_order_id} at {back.price}: moved back"
+        )
+        cur, moving = _preview(o, res.events[coid]), True
+    if broker_total == cur.qty or not (filled > cur.qty or (open_qty and settled and whole and not moving)):
+        return
+    if cur.state in RESTING:
+        res.add(coid, RequestReplace(ts_ns=now_ns, price=cur.price, qty=broker_total))
+        res.add(coid, Replaced(ts_ns=now_ns, broker_order_id=cur.broker_order_id, price=cur.price, qty=broker_total))
+    elif cur.state is OrderState.PENDING_CANCEL:
+        res.add(coid, Replaced(ts_ns=now_ns, broker_order_id=cur.broker_order_id, price=cur.price, qty=broker_total))
+    elif cur.state is OrderState.FILLED:
+        res.add(
+            coid,
+            Reopen(ts_ns=now_ns, qty=broker_total, reason=f"the broker's lines hold {broker_total} in all: reopened"),
+        )
+    else:  # a revise in flight (the repair settles it), or closed here: told (of a fill it refuses), not changed
+        if filled > cur.qty:
+            res.alerts.append(
+                f"{coid}: {cur.qty} in all here ({cur.state.value}), {filled} filled in the broker's lines: check"
+            )
+        return
+    res.alerts.append(
+        f"{coid}: {cur.qty} in all here, the broker's lines hold {broker_total} ({filled} filled, {open_qty} "
+        "open): total corrected"
+    )
 
 
 def _placed_before(r: BrokerOrderReport, created_ns: int, day: dt.date) -> bool:
