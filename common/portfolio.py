@@ -18,11 +18,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 from common.books import apply_fill_value
-from common.enums import Side
+from common.costs import CostModel
+from common.enums import OrderType, Side
 from common.ids import EXTERNAL_AGENT
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 from common.orders import OPEN, Order
-from common.risk_rules import AccountExposure, Exposure, notional_price
+from common.risk_rules import MARKET_LIKE, AccountExposure, Exposure, notional_price
 from common.schema import PositionView
 
 
@@ -50,7 +51,7 @@ class _Book:
         self.open = 0  # open orders
         self.limit_buys = 0  # Σ remaining × limit over open limit buys
         self.buy_value: dict[str, int] = defaultdict(int)  # code → Σ remaining × limit of open limit buys
-        self.market_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open market buys
+        self.market_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open market(-like) buys
         self.buy_n: dict[str, int] = defaultdict(int)  # code → open buy orders
         self.sell_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open sells
         self.qty: dict[str, int] = defaultdict(int)  # code → shares held
@@ -76,7 +77,9 @@ def _bump(d: dict[str, int], key: str, delta: int) -> None:
 
 
 class Portfolio:
-    def __init__(self) -> None:
+    def __init__(self, costs: CostModel | None = None) -> None:
+        # the account's costs (the gateway's [costs]): an open buy holds its buy commission in cash too
+        self.costs = costs or CostModel()
         self.positions: dict[str, dict[str, PositionView]] = {}
         self.marks: dict[str, int] = {}  # code → last trade price (read freely; written by set_mark)
         self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
@@ -120,11 +123,11 @@ class Portfolio:
                 _bump(bk.sell_qty, code, rem)
             else:
                 _bump(bk.buy_n, code, sign)
-                if o.price:
+                if o.price and o.order_type not in MARKET_LIKE:
                     bk.limit_buys += rem * o.price
                     _bump(bk.buy_value, code, rem * o.price)
                     _bump(bk.sector_buys, self.sectors.get(code, ""), rem * o.price)
-                else:
+                else:  # it executes at the market whatever price it carries: valued as a market buy
                     _bump(bk.market_qty, code, rem)
             bk.active += bk.is_active(code) - was
 
@@ -134,8 +137,18 @@ class Portfolio:
     def board(self, code: str) -> Market:
         return self.boards.get(code, Market.KOSPI)
 
-    def notional_price(self, side: Side, price: int, code: str) -> int:
-        return notional_price(side, price, self.base_prices.get(code, 0), self.kind(code), self.rules, self.board(code))
+    def notional_price(self, side: Side, price: int, code: str, order_type: OrderType | None = None) -> int:
+        return notional_price(
+            side, price, self.base_prices.get(code, 0), self.kind(code), self.rules, self.board(code), order_type
+        )
+
+    def order_value(self, o: Order) -> int:
+        """An open order's remainder as the reservations value it (a market-like one at the band's edge)."""
+        return o.remaining * self.notional_price(o.side, o.price, o.code, o.order_type)
+
+    def held_cash(self, value: int) -> int:
+        """The cash open buys worth `value` hold: the value and its buy commission."""
+        return value + self.costs.commission(value)
 
     def _market_buys(self, bk: _Book, code: str | None = None, sector: str | None = None) -> int:
         """Open market buys, valued at today's upper limit (0 while the base price is unknown)."""
@@ -161,7 +174,7 @@ class Portfolio:
             sellable_qty=qty - bk.sell_qty.get(code, 0),
             open_buy_value=bk.buy_value.get(code, 0) + market_code,
             open_orders=bk.open,
-            reserved_cash=bk.limit_buys + market_all,
+            reserved_cash=self.held_cash(bk.limit_buys + market_all),
             spent_cash=bk.spent,
             day_pnl=self.day_pnl(agent),
             gross_value=bk.total + bk.limit_buys + market_all,
@@ -193,7 +206,7 @@ class Portfolio:
             + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
             equity=self.equity() or 0,
-            free_cash=None if cash is None else cash - bk.limit_buys - market_all,
+            free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
         )
 
     def open_orders(self, agent: str) -> int:
@@ -202,7 +215,7 @@ class Portfolio:
 
     def reserved_cash(self, agent: str) -> int:
         bk = self._books.get(agent)
-        return bk.limit_buys + self._market_buys(bk) if bk else 0
+        return self.held_cash(bk.limit_buys + self._market_buys(bk)) if bk else 0
 
     # ---- positions and prices ----------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ apply across the whole account (every agent's orders and positions together). 0 
 that kind. The checks run in a fixed order and the first failing one is the answer:
 shape → codes → trading state → session and market phase → price grid and band → daily loss →
 drawdown → shares → notional / open orders / position value → positions / gross exposure / code /
-sector → budget → cash reserve → order rate.
+sector → budget → cash reserve → account cash → order rate. A buy needs its commission too (budget
+and cash); the shape check refuses an order type and time in force KIS has no order division for.
 
 Percent limits are of the account's equity (the agent's versions too: its share of the same
 account); an agent's drawdown is of its own equity (budget + net P&L). `explain` lists every
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import msgspec
 
 from common.config import DrawdownPeak, RiskLimits
+from common.costs import CostModel
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.krx import REGULAR_ORDER_PHASES, Phase
@@ -41,8 +43,30 @@ AUCTION_REFUSED_TIFS = frozenset({TimeInForce.IOC, TimeInForce.FOK})
 AUCTION_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION})
 # Enum members the per-order checks compare with, as module constants: on Python 3.11 `Side.BUY` is an
 # unspecialised class-attribute lookup (~65 ns), a global ~6 ns, and a backtest checks every order.
-_BUY, _SELL, _MARKET = Side.BUY, Side.SELL, OrderType.MARKET
+_BUY, _SELL = Side.BUY, Side.SELL
 _PRICED = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
+# The order types that execute at the market: KIS takes them with ORD_UNPR "0" and fills them at whatever
+# the book offers (최유리/최우선 are priced by the exchange at the best quote, not by us), so they carry no
+# price and every valuation (notional, reservations, exposure) judges them as a market order. The one
+# predicate: kis/adapter.py sends these with price "0".
+MARKET_LIKE = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
+# (order type, time in force) → KIS's ORD_DVSN (shared/kis/API.md §4.1): the only pairs the broker can
+# be sent. kis/adapter.py sends by this table and the gate refuses any other pair, so the two cannot
+# drift (common/ imports nothing of ours, so the table lives here and kis/ reads it). A held order
+# (HELD_TIFS) is sent as a DAY order at its release.
+ORDER_DIVISIONS: dict[tuple[OrderType, TimeInForce], str] = {
+    (OrderType.LIMIT, TimeInForce.DAY): "00",
+    (OrderType.MARKET, TimeInForce.DAY): "01",
+    (OrderType.CONDITIONAL, TimeInForce.DAY): "02",
+    (OrderType.BEST, TimeInForce.DAY): "03",
+    (OrderType.PRIORITY, TimeInForce.DAY): "04",
+    (OrderType.LIMIT, TimeInForce.IOC): "11",
+    (OrderType.LIMIT, TimeInForce.FOK): "12",
+    (OrderType.MARKET, TimeInForce.IOC): "13",
+    (OrderType.MARKET, TimeInForce.FOK): "14",
+    (OrderType.BEST, TimeInForce.IOC): "15",
+    (OrderType.BEST, TimeInForce.FOK): "16",
+}
 _ACTIVE, _HALTED, _REDUCING, _READY = (
     TradingState.ACTIVE,
     TradingState.HALTED,
@@ -71,7 +95,7 @@ class Exposure(msgspec.Struct, kw_only=True):
     sellable_qty: int = 0  # position minus shares held by open sells
     open_buy_value: int = 0  # open buys of the order's code (their remaining notional)
     open_orders: int = 0
-    reserved_cash: int = 0  # every open buy's remaining notional
+    reserved_cash: int = 0  # every open buy's remaining notional and its buy commission
     spent_cash: int = 0  # net cash used by fills, fees included
     day_pnl: int = 0  # realised today net of fees + unrealised at the last marks
     gross_value: int = 0  # positions at the last price (cost without one) + open buys
@@ -98,7 +122,7 @@ class AccountExposure(msgspec.Struct, kw_only=True):
     sector_value: int = 0
     equity: int = 0  # the account's equity (0: not known yet: percent limits deny buys)
     peak: int = 0  # the highest equity of the period the gateway's drawdown_peak names
-    free_cash: int | None = None  # cash not held by open buys (None: not known yet)
+    free_cash: int | None = None  # cash not held by open buys, their commission included (None: not known yet)
     virtual: bool = False  # a shadow agent's order: the account's totals and cash are not its own
 
 
@@ -131,6 +155,8 @@ class Mandate:
     listed_source: str = ""
     gateway_state: TradingState = TradingState.ACTIVE
     agent_state: TradingState = TradingState.ACTIVE
+    # the account's costs: a buy needs its commission in cash as well (the gateway's [costs]; the backtest's)
+    costs: CostModel = CostModel()
 
 
 @dataclass(slots=True)
@@ -171,15 +197,26 @@ def notional_price(
     kind: SecurityKind = SecurityKind.STOCK,
     rules: KrxRules = CURRENT,
     board: Market = Market.KOSPI,
+    order_type: OrderType | None = None,
 ) -> int:
-    """What one share of an order is judged at: its limit; a market buy at the day's upper limit (KIS
-    reserves cash there too), a market sell at the lower; 0 when unknown."""
-    if price:
+    """What one share of an order is judged at: its limit; an order that executes at the market
+    (MARKET_LIKE, whatever price it carries; or no price) a buy at the day's upper limit (KIS reserves
+    cash there too), a sell at the lower; 0 when unknown."""
+    if price and order_type not in MARKET_LIKE:
         return price
     if not base_price:
         return 0
     lower, upper = rules.price_limits(base_price, kind, board)
     return upper if side is _BUY else lower
+
+
+def unsendable(order_type: OrderType, tif: TimeInForce) -> str:
+    """Why KIS cannot be sent this pair (no ORDER_DIVISIONS entry), or "". A held order goes as a DAY order."""
+    sent = TimeInForce.DAY if tif in HELD_TIFS else tif
+    if (order_type, sent) in ORDER_DIVISIONS:
+        return ""
+    tifs = "/".join(t.value for o, t in ORDER_DIVISIONS if o is order_type)
+    return f"{order_type.value}/{tif.value}: KIS has no order division for it (a {order_type.value} order takes {tifs})"
 
 
 def is_reducing(side: Side, qty: int, exp: Exposure) -> bool:
@@ -206,11 +243,11 @@ def check_order(
     first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp)
     if first is not None and (explain is None or qty <= 0):
         return first
-    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board)
+    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board, order_type)
     if side is _BUY and unit <= 0:
         return first or (
             ErrorCode.BAD_ORDER,
-            "a market buy needs today's base price, which is not known yet: send a limit order",
+            f"a {order_type.value} buy needs today's base price, which is not known yet: send a limit order",
         )
     for chk in _limits(code, side, qty, qty * unit, mandate, exp, account, rates, explain is not None):
         if explain is not None:
@@ -236,10 +273,15 @@ def _gates(
     """What the order must be before any limit is weighed: its shape, code, state, session, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
+    if (order_type, tif) not in ORDER_DIVISIONS and (why := unsendable(order_type, tif)):
+        # refused here, not by the adapter after the intent is written (a local refusal there counted as
+        # a broker error toward the kill switch)
+        return ErrorCode.BAD_ORDER, why
     if order_type in _PRICED and price <= 0:
         return ErrorCode.BAD_ORDER, "a limit order needs a positive price"
-    if order_type is _MARKET and price != 0:
-        return ErrorCode.BAD_ORDER, "a market order carries no price (send price=0)"
+    if order_type in MARKET_LIKE and price != 0:
+        # KIS executes it at the market (ORD_UNPR "0"): a price would only misstate its size to the limits
+        return ErrorCode.BAD_ORDER, f"a {order_type.value} order carries no price (send price=0)"
     if mandate.listed is not None and code not in mandate.listed:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
     if code not in mandate.codes and not is_reducing(side, qty, exp):
@@ -484,60 +526,70 @@ def _limits(
                         f"{after:,} = "
                         f"{_pct(after, equity)} of equity {equity:,} > limit {pct:g} %",
                     )
+    # cash: a buy needs its value and its buy commission (the account's CostModel, as the books charge it)
+    need = notional + mandate.costs.commission(notional) if buy else 0
     if buy and mandate.budget:
         used = exp.spent_cash + exp.reserved_cash
-        hit = used + notional > mandate.budget
+        hit = used + need > mandate.budget
         if hit or explaining:
             yield Check(
                 "budget",
                 "agent",
                 used,
-                used + notional,
+                used + need,
                 mandate.budget,
                 Unit.KRW,
                 ErrorCode.DENIED_BUDGET if hit else None,
-                f"order needs {notional:,} KRW, budget left {mandate.budget - used:,}",
+                f"order needs {need:,} KRW with its commission, budget left {mandate.budget - used:,}",
             )
     # cash reserve: what no buy may use (the agent's of its budget, the account's of its cash)
     if buy and agent_lim.cash_reserve and mandate.budget:
         left = mandate.budget - exp.spent_cash - exp.reserved_cash
-        hit = left - notional < agent_lim.cash_reserve
+        hit = left - need < agent_lim.cash_reserve
         if hit or explaining:
             yield Check(
                 "cash reserve",
                 "agent",
                 left,
-                left - notional,
+                left - need,
                 agent_lim.cash_reserve,
                 Unit.KRW,
                 ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                f"budget left after the buy {left - notional:,} < the agent's reserve {agent_lim.cash_reserve:,}",
+                f"budget left after the buy {left - need:,} < the agent's reserve {agent_lim.cash_reserve:,}",
             )
-    if buy and acct_lim.cash_reserve and not account.virtual:
+    # the account's cash, whenever it is known: agents' budgets may add up to more than the account holds,
+    # and KIS would take the excess on credit (미수, sold by force when unpaid). A shadow order (virtual)
+    # spends no account cash. Before the first account read (free_cash None) buys wait only when the
+    # operator set a reserve: without one the gateway trades as it always has until the read answers (a
+    # gateway whose account query is slow or failing would otherwise refuse every buy), and KIS still
+    # checks its own orderable cash.
+    reserve = acct_lim.cash_reserve
+    if buy and not account.virtual and (reserve or account.free_cash is not None):
         if account.free_cash is None:
             yield Check(
-                "cash reserve",
+                "account cash",
                 "account",
                 0,
                 0,
-                acct_lim.cash_reserve,
+                reserve,
                 Unit.KRW,
                 ErrorCode.DENIED_CASH_RESERVE,
                 "the account's cash is not known yet (no account query has answered): buys wait for it",
             )
         else:
-            left = account.free_cash
-            hit = left - notional < acct_lim.cash_reserve
+            cash = account.free_cash
+            hit = cash - need < reserve
             if hit or explaining:
+                kept = f" after the reserve {reserve:,}" if reserve else ""
                 yield Check(
-                    "cash reserve",
+                    "account cash",
                     "account",
-                    left,
-                    left - notional,
-                    acct_lim.cash_reserve,
+                    cash,
+                    cash - need,
+                    reserve,
                     Unit.KRW,
                     ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                    f"account cash after the buy {left - notional:,} < the reserve {acct_lim.cash_reserve:,}",
+                    f"account cash {cash - reserve:,}{kept} < order {need:,} (with its commission)",
                 )
     # rate last: a denied order does not use up the rate
     for scope, lim, n in (

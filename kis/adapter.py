@@ -30,6 +30,7 @@ import msgspec
 from common.clock import date_of, yyyymmdd
 from common.config import BrokerConfig
 from common.enums import OrderType, SessionProblem, SessionState, Side, TimeInForce
+from common.risk_rules import MARKET_LIKE, ORDER_DIVISIONS
 from common.schema import BrokerHealth
 from kis.budget import Lane, RestBudget
 from kis.credentials import Credentials
@@ -75,21 +76,10 @@ MINUTE_PAGES_MAX = 14  # 30 bars a page; a 390-minute session is 13 pages
 BY_TRADING_VALUE = "3"  # volume-rank FID_BLNG_CLS_CODE: ranked by trading value (거래금액순)
 Q = TypeVar("Q", bound=wire.Envelope)
 
-# (order type, time in force) → ORD_DVSN (API.md §4.1, KRX)
-ORD_DVSN: dict[tuple[OrderType, TimeInForce], str] = {
-    (OrderType.LIMIT, TimeInForce.DAY): "00",
-    (OrderType.MARKET, TimeInForce.DAY): "01",
-    (OrderType.CONDITIONAL, TimeInForce.DAY): "02",
-    (OrderType.BEST, TimeInForce.DAY): "03",
-    (OrderType.PRIORITY, TimeInForce.DAY): "04",
-    (OrderType.LIMIT, TimeInForce.IOC): "11",
-    (OrderType.LIMIT, TimeInForce.FOK): "12",
-    (OrderType.MARKET, TimeInForce.IOC): "13",
-    (OrderType.MARKET, TimeInForce.FOK): "14",
-    (OrderType.BEST, TimeInForce.IOC): "15",
-    (OrderType.BEST, TimeInForce.FOK): "16",
-}
-PRICELESS = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
+# (order type, time in force) → ORD_DVSN (API.md §4.1, KRX) and the types sent with price "0": the risk
+# gate's own tables (common/risk_rules.py), so the gate refuses exactly the pairs this cannot send
+ORD_DVSN = ORDER_DIVISIONS
+PRICELESS = MARKET_LIKE
 
 MARKET_TR = {MarketKind.TRADES: TR_TRADES, MarketKind.BOOK: TR_BOOK}
 # capabilities that rest on one TR: not advertised where the environment lacks it (paper)
@@ -379,6 +369,9 @@ class KisBroker(BrokerPort):
             ACNT_PRDT_CD=self._creds.acnt_prdt_cd,
             KRX_FWDG_ORD_ORGNO=req.org_no,
             ORGN_ODNO=req.broker_order_id,
+            # the order's own type, mapped by the submit's table (a conditional order stays 02: a
+            # revise sent as 00 drops its switch to market at the close); only resting DAY orders
+            # are revised (server/order_desk.py modify)
             ORD_DVSN=ord_dvsn(req.order_type, TimeInForce.DAY),
             RVSE_CNCL_DVSN_CD="01",
             ORD_QTY="0" if req.all_qty else str(req.qty),

@@ -102,14 +102,13 @@ def build_order_core(
 ) -> OrderCore:
     """`request_reconcile`: asks the gateway's reconcile loop for a pass (coalesced); without one (a
     core built by a test) an early look runs a pass of its own."""
-    portfolio = Portfolio()
+    costs = CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm)  # one for the books and the gate
+    portfolio = Portfolio(costs)
     alerts = Alerts(publish, lambda: market_ns(clock))
     risk = RiskGate(
         cfg.risk, store, portfolio, clock, publish, alerts, kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s
     )
-    book = OrderBook(
-        store, portfolio, headers, sink, clock, CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm)
-    )
+    book = OrderBook(store, portfolio, headers, sink, clock, costs)
 
     # the chain repair is built after the rooms it calls; they reach it through these callables
     def learn(coid: str) -> None:

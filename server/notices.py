@@ -49,7 +49,10 @@ MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are lef
 
 class NoticeRouter:
     def __init__(
-        self, book: OrderBook, on_broker_error: Callable[[int], None], learn: Callable[[str], None] = lambda coid: None
+        self,
+        book: OrderBook,
+        on_broker_error: Callable[[int, str, bool], None],
+        learn: Callable[[str], None] = lambda coid: None,
     ) -> None:
         self.book = book
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
@@ -152,7 +155,7 @@ class NoticeRouter:
             if n.broker_order_id in self.refused:
                 return  # a duplicated notice: its line's refusal was applied (and counted) already
             self.refused.add(n.broker_order_id)
-            self.on_broker_error(ts)
+            self.on_broker_error(ts, book.orders[coid].agent, True)  # the exchange refused one order: its agent's
             self._rejected(coid, n, ts)
         elif n.kind is NoticeKind.CANCELLED:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a

@@ -5,7 +5,8 @@ The checks themselves are the shared pure rules (`common.risk_rules.check_order`
 the same); this room supplies what they read — the agent's mandate, the market, the exposure kept by
 the portfolio, the order rate — and owns the states: every change, by an operator or automatic (an
 agent's or the account's daily loss → REDUCING, a drawdown from the equity peak → REDUCING then
-HALTED, a burst of broker errors → HALTED), is persisted, so a restarted gateway keeps it, published
+HALTED, a burst of broker errors → the gateway HALTED, a burst of the broker's refusals of one agent's
+orders → that agent HALTED), is persisted, so a restarted gateway keeps it, published
 as a system event, and alerted when it was automatic.
 
 The operator's risk multiplier (persisted) scales every agent's size limits and budget at once
@@ -26,7 +27,7 @@ from common.errors import ErrorCode
 from common.krx import next_session_day
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock, market_day, market_ns
-from common.orders import Order
+from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.risk_rules import (
     HELD_TIFS,
@@ -98,7 +99,10 @@ class RiskGate:
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._rates: dict[str, RateWindow] = {}
-        self.broker_errors: list[int] = []  # market ns of recent broker errors/rejections (kill switch)
+        self.broker_errors: list[int] = []  # market ns of recent session-level broker errors (kill switch)
+        # agent -> market ns of its recent business refusals by the broker (halted stock, no cash, ...):
+        # the agent's own kill switch, which halts that agent, never the gateway
+        self.agent_rejections: dict[str, list[int]] = {}
         # the stock master (None: not checked) and codes an agent may trade beyond its card (universe)
         self.known_codes: Container[str] | None = None
         self.master_source = ""
@@ -137,14 +141,17 @@ class RiskGate:
     def accept(self, agent: str, card: AgentCard | None) -> list[str]:
         """An operator resumes `agent` ("" the gateway): what would trip it again at the next sweep
         (a fifth of a lease later, with a second alert, undoing the resume) is accepted as it stands —
-        the broker errors counted so far (the kill switch), today's loss past the daily limit (a
-        further loss of the limit trips it again), a drawdown past its limit (the peaks start again at
-        the equity now, as reset_peak). Persisted; returns what was accepted, for the operator."""
+        the broker errors (an agent's: the broker's refusals of its orders) counted so far (the kill
+        switch), today's loss past the daily limit (a further loss of the limit trips it again), a
+        drawdown past its limit (the peaks start again at the equity now, as reset_peak). Persisted;
+        returns what was accepted, for the operator."""
         p, notes = self.portfolio, []
         if agent:
             lim = card.risk if card is not None else RiskLimits()
             key, peak_key, pnl = agent, agent, p.day_pnl(agent)
             equity = p.agent_equity(agent, card.budget) if card is not None and card.budget else 0
+            if refused := self.agent_rejections.pop(agent, None):
+                notes.append(f"{len(refused)} recent broker refusals of {agent}'s orders forgiven (kill switch)")
         else:
             lim, key, peak_key, pnl, equity = self.limits, GLOBAL, ACCOUNT, p.account_day_pnl(), p.equity() or 0
             if self.broker_errors:
@@ -208,6 +215,7 @@ class RiskGate:
             listed_source=self.master_source,
             gateway_state=self.global_state,
             agent_state=agent_state,
+            costs=self.portfolio.costs,
         )
 
     def fitting_qty(self, card: AgentCard, qty: int, unit: int) -> int:
@@ -312,25 +320,35 @@ class RiskGate:
             )
 
     def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
-        """A revise must pass as if new, with the order's own reservation released. Also a held order's
+        """A revise must pass as if new, with the order's own reservation released; it counts in the
+        order rate as a new order does (KIS counts each revise as an order request). Also a held order's
         check at its release (order_desk._release): it lives in today's session then, so it meets
-        today's rules and band (a held order is not revisable before)."""
-        exp, account = self._exposures(card, o.code, o.agent in self.portfolio.virtual)
+        today's rules and band (a held order is not revisable before); a release weighs no rate (the
+        order was counted when it was placed, and a morning's held orders all go at the open)."""
+        shadow = o.agent in self.portfolio.virtual
+        exp, account = self._exposures(card, o.code, shadow)
         exp.open_orders -= 1
         account.open_orders -= 1
         if o.side is Side.BUY:
-            held = o.remaining * self.portfolio.notional_price(o.side, o.price, o.code)
-            exp.reserved_cash -= held
+            held = self.portfolio.order_value(o)
+            exp.reserved_cash -= self.portfolio.held_cash(held)
             for x in (exp, account):
                 x.open_buy_value -= held
                 x.gross_value -= held
                 x.code_value -= held
                 x.sector_value -= held
             if account.free_cash is not None:
-                account.free_cash += held
+                account.free_cash += self.portfolio.held_cash(held)
         else:
             exp.sellable_qty += o.remaining
-        return check_order(
+        revise = o.state is not OrderState.HELD
+        now = market_ns(self.clock) / 1e9
+        agent_win = self._rates.setdefault(card.id, RateWindow())
+        account_win = self._rates.setdefault(GLOBAL, RateWindow())
+        # (cancels never come here and weigh no rate: they only reduce risk, and no limit may keep an agent
+        # from pulling its orders)
+        rates = (agent_win.count(now), 0 if shadow else account_win.count(now)) if revise else (0, 0)
+        denial = check_order(
             code=o.code,
             side=o.side,
             qty=o.remaining,
@@ -341,11 +359,28 @@ class RiskGate:
             market=self._market(o.code, session),
             exp=exp,
             account=account,
+            rates=rates,
         )
+        if denial is None and revise:
+            agent_win.stamps.append(now)
+            if not shadow:
+                account_win.stamps.append(now)
+        return denial
 
     # ---- automatic transitions ---------------------------------------------------------------------
 
-    def broker_error(self, ts_ns: int) -> None:
+    def broker_error(self, ts_ns: int, agent: str = "", rejected: bool = False) -> None:
+        """A broker call failed at `ts_ns`. `rejected`: a business refusal of one order (a halted or
+        warning-designated stock, not enough cash at KIS, ...), counted against `agent`: a burst halts
+        that agent alone, since the session is sound and every other agent's orders (and protective
+        stops) must still go. Otherwise (server errors, unknown outcomes, auth; or a refusal nobody owns)
+        it counts toward the gateway's kill switch."""
+        if rejected and agent:
+            got = self.agent_rejections.setdefault(agent, [])
+            got.append(ts_ns)
+            if len(got) > 1024:
+                self.recent_rejections(agent)
+            return
         self.broker_errors.append(ts_ns)
         if len(self.broker_errors) > 1024:  # only the kill window's count (pruned here too when the switch is off)
             self.recent_broker_errors()
@@ -355,9 +390,20 @@ class RiskGate:
         self.broker_errors = [t for t in self.broker_errors if t >= cutoff]
         return len(self.broker_errors)
 
+    def recent_rejections(self, agent: str) -> int:
+        """The agent's business refusals in the kill window (an agent with none left is forgotten)."""
+        cutoff = market_ns(self.clock) - self.kill_window_ns
+        got = [t for t in self.agent_rejections.get(agent, ()) if t >= cutoff]
+        if got:
+            self.agent_rejections[agent] = got
+        else:
+            self.agent_rejections.pop(agent, None)
+        return len(got)
+
     def sweep(self, cards: list[AgentCard]) -> None:
         """Daily-loss breaches put an agent (or the account) in REDUCING; a burst of broker errors
-        halts everything. Called about every lease period."""
+        halts everything, a burst of refusals of one agent's orders halts that agent. Called about every
+        lease period."""
         p = self.portfolio
         for card in cards:
             limit = card.risk.max_daily_loss
@@ -388,6 +434,16 @@ class RiskGate:
                     automatic=AlertKind.KILL_SWITCH,
                     why=f"kill switch: {n} broker errors in {self.kill_window_ns / 1e9:.0f}s: "
                     "trading halted (cancels only)",
+                )
+        for agent in list(self.agent_rejections):
+            n = self.recent_rejections(agent)
+            if self.kill_errors and n >= self.kill_errors and self.agent_state(agent) is not TradingState.HALTED:
+                self.set_state(
+                    agent,
+                    TradingState.HALTED,
+                    automatic=AlertKind.KILL_SWITCH,
+                    why=f"kill switch: {n} of {agent}'s orders refused by the broker in "
+                    f"{self.kill_window_ns / 1e9:.0f}s: {agent} halted (cancels only); the gateway trades on",
                 )
 
     def _drawdowns(self, cards: list[AgentCard]) -> None:

@@ -126,7 +126,7 @@ class SendQueue:
         book: OrderBook,
         notices: NoticeRouter,
         venue: Execution,
-        on_broker_error: Callable[[int], None],
+        on_broker_error: Callable[[int, str, bool], None],
         *,
         max_send_wait_ns: int = 5_000_000_000,
         workers: int = 0,
@@ -370,7 +370,9 @@ class SendQueue:
 
     def _submit_failed(self, o: Order, e: BrokerError) -> None:
         book, ts = self.book, self.book.now_ns()
-        self.on_broker_error(ts)
+        # the kill switch: a refusal of this order is its agent's (a halted stock halts no one else);
+        # a failed call (server error, unknown outcome, auth) is the session's
+        self.on_broker_error(ts, o.agent, isinstance(e, BrokerRejected))
         if isinstance(e, BrokerUnknownOutcome):
             # maybe placed: never resend; reconciliation (soon, not only the periodic pass) and the
             # notice stream will tell

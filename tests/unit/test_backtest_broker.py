@@ -181,15 +181,15 @@ def test_halted_bar_fills_nothing() -> None:
     assert r.fills == []
 
 
-def test_a_buy_is_cut_to_the_cash() -> None:
-    # a market buy is judged at the upper limit (as live), so it cannot outrun the cash; a limit buy is
-    # judged at its limit: 14 x 70,800 = 991,200 passes with 991,300 cash, but at the 70,800 open the
-    # commission (148) makes 14 shares cost 991,348: cut to 13
+def test_a_buy_cannot_outrun_the_cash() -> None:
+    # a market buy is judged at the upper limit (as live), a limit buy at its limit with its commission
+    # (as live): 14 x 70,800 = 991,200 + 148 commission = 991,348, so 991,300 of cash is 48 short
     assert run({"2024-01-02": [("buy", 14, 0, M, DAY)]}, cash=990_000).order_states == {"denied": 1}
-    r = run({"2024-01-02": [("buy", 14, 70_800, L, DAY)]}, cash=991_300)
-    assert [(f.qty, f.price) for f in r.fills] == [(13, 70_800)]
-    assert r.fills[0].cash_after == 991_300 - 13 * 70_800 - 138
-    assert min(r.equity) > 0
+    assert run({"2024-01-02": [("buy", 14, 70_800, L, DAY)]}, cash=991_300).order_states == {"denied": 1}
+    r = run({"2024-01-02": [("buy", 14, 70_800, L, DAY)]}, cash=991_348)
+    assert [(f.qty, f.price) for f in r.fills] == [(14, 70_800)]
+    assert r.fills[0].cash_after == 0
+    assert min(r.equity) >= 0
 
 
 def test_cancel_before_the_next_bar() -> None:

@@ -124,7 +124,8 @@ async def test_submit_fill_dedup_and_restart(db: Path) -> None:
     snap = h2.snapshot(CARD)
     assert [o.client_order_id for o in snap.open_orders] == [coid(2)]
     assert snap.positions[0].qty == 10 and snap.next_order_n == 3 and snap.last_seq == seqs[-1]
-    assert snap.reserved_cash == 5 * 60_000 and snap.spent_cash == 700_000 + 105
+    # the open buy holds its commission too (0.015 % of 300,000)
+    assert snap.reserved_cash == 5 * 60_000 + 45 and snap.spent_cash == 700_000 + 105
     assert snap.positions[0].fees == 105  # fees survive the restart (store v3)
     assert h2.store.order_events(coid(1))  # the log holds the order's story
     h2.store.close()

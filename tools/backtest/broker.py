@@ -184,6 +184,7 @@ class SimBroker:
             account_limits=RiskLimits(),
             budget=self.initial_cash,
             codes=frozenset(self.card.codes),
+            costs=self.costs,
         )
         self._rate = RateWindow()
         lim = self.card.risk
@@ -319,7 +320,8 @@ class SimBroker:
             ),
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
         )
-        if denial is None and not exclude and lim.max_orders_per_minute:
+        # a revise (`exclude`) counts as live's does: KIS takes each as an order request
+        if denial is None and lim.max_orders_per_minute:
             self._rate.stamps.append(now_s)
         return denial
 
@@ -338,7 +340,7 @@ class SimBroker:
                     held_sells += x.remaining
                 continue
             kind, board = self.listing(x.code)
-            v = x.remaining * notional_price(_BUY, x.price, base.get(x.code, 0), kind, rules, board)
+            v = x.remaining * notional_price(_BUY, x.price, base.get(x.code, 0), kind, rules, board, x.order_type)
             reserved += v
             if x.code == code:
                 buy_value += v
@@ -350,7 +352,7 @@ class SimBroker:
             sellable_qty=qty - held_sells,
             open_buy_value=buy_value,
             open_orders=n,
-            reserved_cash=reserved,
+            reserved_cash=reserved + self.costs.commission(reserved),  # as live's Portfolio.held_cash
             spent_cash=self.initial_cash - self.cash,
             day_pnl=self._day_pnl() if self.card.risk.max_daily_loss else 0,
         )
@@ -403,7 +405,7 @@ class SimBroker:
                 continue
             kind, board = self.listing(x.code)
             value[x.code] = value.get(x.code, 0) + x.remaining * notional_price(
-                _BUY, x.price, base.get(x.code, 0), kind, rules, board
+                _BUY, x.price, base.get(x.code, 0), kind, rules, board, x.order_type
             )
         exp.gross_value = sum(value.values())
         exp.positions = len(value)
