@@ -357,6 +357,10 @@ class OrderDesk:
         # held orders are sent later: the session only has to be ready then (their release checks it)
         session = (SessionState.READY, "") if held and self.synced() else self.session()
         denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
+        if denial is None and priority is not Priority.PROTECT and card.id in self._flattening:
+            # its flatten sells wait for every open order of the agent to close: a new one (a strategy
+            # still running re-quotes its bid) would hold them off for good, and a buy undo them
+            denial = ErrorCode.DENIED_REDUCING, f"{card.id} is being flattened: no new orders until it is flat"
         intent: dict[str, object] = {
             "reason": new.reason,
             "context": new.context,
