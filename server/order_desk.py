@@ -307,6 +307,16 @@ class OrderDesk:
             return
         if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
             raise ValueError(f"{agent} has open orders: cancel them before switching between shadow and live")
+        held = sorted(code for code, p in self.book.portfolio.positions.get(agent, {}).items() if p.qty)
+        if held:
+            # a shadow agent's shares are virtual and a live one's are the account's: switched, the books
+            # would claim virtual shares as real (a real sell of shares the agent never bought) or hide
+            # real ones from reconciliation
+            kind = "virtual (shadow)" if shadow is False else "real"
+            raise ValueError(
+                f"{agent} holds {kind} shares of {', '.join(held)}: flatten it before switching between shadow "
+                "and live, or give the card a new id"
+            )
         self.book.portfolio.set_virtual(agent, shadow)
         with self.book.store.transaction():
             self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())

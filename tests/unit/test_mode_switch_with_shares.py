@@ -1,0 +1,43 @@
+"""An agent holding shares cannot switch between shadow and live: its virtual shares would become the
+account's (a real sell of shares it never bought), or its real ones would leave reconciliation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.orders import OrderState
+from tests.unit.test_oms import CARD, Harness, coid, order
+
+
+async def test_shadow_shares_block_the_switch_to_live(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "gw.sqlite")
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        h.desk.set_mode("alpha", True)  # approved as shadow
+        assert h.desk.submit(CARD, order(1, qty=40, price=70_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade("005930", 69_000, 100)  # a virtual fill
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+        with pytest.raises(ValueError, match="virtual .shadow. shares of 005930: flatten it"):
+            h.desk.set_mode("alpha", False)
+        assert "alpha" in h.portfolio.virtual and h.portfolio.account_positions() == {}
+        assert h.broker.submits == 0
+    finally:
+        await h.close()
+
+
+async def test_real_shares_block_the_switch_to_shadow(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "gw.sqlite")
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # fills at the broker
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+        with pytest.raises(ValueError, match="real shares of 005930"):
+            h.desk.set_mode("alpha", True)
+        assert "alpha" not in h.portfolio.virtual
+    finally:
+        await h.close()
