@@ -200,6 +200,16 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
     return NORMAL_HOURS
 
 
+def close_delay(day: dt.date) -> dt.timedelta:
+    """How much later than on a normal day `day`'s regular session closes (an hour on the CSAT day, nothing
+    on the year's first day, which only opens late; nothing on a closed day). Wall-clock times that mean
+    "before the close" (a card's `[schedule] end`) move by it, as the exchange's own schedule does."""
+    hours = session_hours(day)
+    if hours is None or hours[1] == NORMAL_HOURS[1]:
+        return dt.timedelta()
+    return dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, NORMAL_HOURS[1])
+
+
 @lru_cache(maxsize=None)
 def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
     """The year's sessions whose hours are not NORMAL_HOURS, by YYYY-MM-DD (session_hours as a table:

@@ -3,13 +3,18 @@
 - Before the close, at each card's `schedule.end` (or as soon as the closing auction starts, for
   clocks without a meaningful time of day), the agent's end-of-day policy runs once: cancel its
   open orders, flatten (cancel, then sell at market) or hold. From then on the agent may only
-  reduce risk for the rest of the day.
+  reduce risk for the rest of the day. `schedule.end` is a time of a normal day: on a day whose
+  session closes late (the CSAT day closes at 16:30) it moves by as much, so the policy still runs
+  the same time before the close. A card whose end passed while no gateway ran (restarted after the
+  close) is reported as `missed`: the caller alerts it and does what can still be done.
 - After the close the day is closed once: the broker's final view is reconciled, orders still
   open are expired (KRX day orders do not survive the close) and the daily report is written. On a
   clock with a meaningful time of day this waits CLOSE_SETTLE past the regular close: KRX ends the
   closing auction at a random moment up to 30 s after it (random end), and its print and fills must
   be in before the broker's final view and the day's bars are taken.
-- A new date starts a new day: numbering, day P&L and base prices roll; positions carry over.
+- A new date starts a new day: numbering, day P&L and base prices roll; positions carry over. The
+  most recent earlier trading day this gateway ran that was never closed (down over its close, or a
+  close that failed until midnight) is closed then, late (`unclosed_before`).
 
 Progress is kept in the store's meta table so a gateway restarted in the afternoon neither
 repeats a flatten nor forgets to close the day.
@@ -19,14 +24,20 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 
+from common.calendar import close_delay, previous_trading_day
+from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
 from common.krx import Phase, SessionTimes
 
 CLOSE_SETTLE = dt.timedelta(minutes=1)  # past the closing auction's random end (<= 30 s)
+# how far back a start (or a new day) looks for a trading day it ran but never closed (a gateway down
+# over a long weekend plus a holiday is a handful of days; older ones are left: their reports are stale)
+UNCLOSED_LOOKBACK = 10
 
 # Phases in trading-day order; CLOSED (holidays) is outside the cycle.
 _ORDER = [
@@ -45,6 +56,8 @@ RANK = {p: i for i, p in enumerate(_ORDER)}
 @dataclass
 class DueActions:
     cleanup: list[AgentCard] = field(default_factory=list)  # run their end-of-day policy now
+    # the session is over and their policy never ran today (no gateway at their end): alert, do what still can be
+    missed: list[AgentCard] = field(default_factory=list)
     close_day: bool = False
 
 
@@ -78,12 +91,19 @@ class DayCycle:
         if not self.closed and rank >= RANK[Phase.POST_CLOSE] and (not timed or _settled(now)):
             out.close_day = True
         if rank > RANK[Phase.CLOSING_AUCTION]:
-            return out  # too late to clean up: the close takes care of what is left
+            # too late for the policy itself (the close expires the day orders): a card whose policy never
+            # ran today was not seen at its end (no gateway then), which a person must hear of, and a
+            # flatten's sells still go out at the next session
+            out.missed = [card for card in cards if card.id not in self.cleaned]
+            return out
+        # the card's end is a time of a normal day: a session that closes late moves it as much (CSAT day)
+        shift = close_delay(now.date()) if timed else dt.timedelta()
         for card in cards:
             if card.id in self.cleaned:
                 continue
             if timed:
-                due = rank >= RANK[Phase.CONTINUOUS] and now.time() >= dt.time.fromisoformat(card.schedule.end)
+                end = dt.datetime.combine(now.date(), dt.time.fromisoformat(card.schedule.end), now.tzinfo) + shift
+                due = rank >= RANK[Phase.CONTINUOUS] and now >= end
             else:  # the time of day means nothing: the closing call is the signal
                 due = rank == RANK[Phase.CLOSING_AUCTION]
             if due:
@@ -93,6 +113,24 @@ class DayCycle:
     def mark_cleaned(self, agent: str) -> None:
         self.cleaned.add(agent)
         self.store.set_meta(f"eod:{self.day}", msgspec.json.encode(sorted(self.cleaned)).decode())
+
+    def is_closed(self, day: str) -> bool:
+        return self.closed if day == self.day else self.store.get_meta(f"closed:{day}") == "1"
+
+    def unclosed_before(self, day: str, ran: Callable[[str], bool]) -> str:
+        """The most recent trading day before `day` that this gateway ran (`ran`: its books hold the
+        day's start) and never closed, or "" (the nearest day it ran was closed, or none within
+        UNCLOSED_LOOKBACK trading days). A fresh run folder has no such day: nothing to close."""
+        try:
+            d = date_of(day)
+        except ValueError:
+            return ""
+        for _ in range(UNCLOSED_LOOKBACK):
+            d = previous_trading_day(d)
+            key = yyyymmdd(d)
+            if ran(key):
+                return "" if self.is_closed(key) else key
+        return ""
 
     def mark_closed(self, day: str) -> None:
         """`day` is closed (a close that ran past midnight closes its own day, not the new one)."""

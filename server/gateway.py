@@ -102,7 +102,7 @@ from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
-from server.session_days import check_session_days, new_gaps
+from server.session_days import SessionDays, new_gaps
 from server.sessions import AgentSessions
 from server.stockmaster import MasterKeeper, downloads, gateway_master
 from server.store import Store, StoreFailed
@@ -199,7 +199,20 @@ class Gateway:
             self.protection.of,
             self.broker.account if cfg.daily_cash_check else None,
             self.alerts,
+            counters=self.counters,
         )
+        # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
+        # "not a business day" close the day (server/session_days.py)
+        self.session_days = SessionDays(
+            broker,
+            self.alerts,
+            (self.store.get_meta, self._set_meta),
+            lambda: self.clock.now().date(),
+            self.counters,
+            phase=self.clock.phase,
+        )
+        self.day.on_tick.append(self.session_days.watch)
+        self.book.listeners.append(self.session_days.on_order)
         self.subs = SubscriptionManager(broker, on_refused=self._subscription_refused)
         self.master: StockMaster | None = None  # installed below, once the sessions exist
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
@@ -244,6 +257,8 @@ class Gateway:
         )
         self.md = MarketData(BarStore(self.run_dir / "data" / "bars.sqlite"), session_rule(self.clock))
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
+        if isinstance(self.clock, WallClock):  # the host's clock is the market's: its skew reaches a person
+            self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
@@ -818,14 +833,7 @@ class Gateway:
         to_person = new_gaps(date, gaps, (self.store.get_meta, self._set_meta))  # once a day, restarts or not
         for text in gaps:
             self.alerts(text, AlertKind.CALENDAR if to_person else None)
-        self._spawn(
-            check_session_days(
-                self.broker,
-                date,
-                lambda text: self.alerts(text, AlertKind.CALENDAR),
-                (self.store.get_meta, self._set_meta),
-            )
-        )
+        self._spawn(self.session_days.check(date))  # asked again with back-off until it answers
 
     def _drain_xpub(self) -> None:
         # Subscription messages from SUB sockets; we only need to consume them (counted for status).

@@ -12,13 +12,18 @@ them with the broker's daily bar (`close_daily`).
 
 Exchange time: KIS prints carry HHMMSS only. We date them with the gateway's KST date and keep the
 offset between the latest print's time and the wall clock, so `flush()` (a 1 s timer) closes bars on
-the exchange's clock, not ours (a twin replaying a day runs on its own clock)."""
+the exchange's clock, not ours (a twin replaying a day runs on its own clock). The offset is watched:
+a host clock more than SKEW_ALERT_S off the exchange's (the median of the latest prints' offsets, so one
+late print moves nothing) sends orders into the wrong phase and closes the day early; it is told once
+(`on_skew`) and shown in status (clock_skew_ms); the clock itself is never moved."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
+import statistics
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from common.calendar import previous_trading_day
@@ -34,6 +39,10 @@ log = logging.getLogger("ktrader.marketdata")
 
 CHART_CALLS = 4  # daily-chart calls in flight at the day close (the REST budget paces them)
 CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prints goes out
+# the host clock against the exchange's: prints carry whole seconds and arrive some ms late, so a right
+# clock reads 0 to -1 s; beyond 2 s (the median of the latest SKEW_PRINTS prints) it is told, and told again
+# only after it came back within SKEW_REARM_S
+SKEW_PRINTS, SKEW_ALERT_S, SKEW_REARM_S = 9, 2.0, 1.5
 
 
 def session_rule(clock: MarketClock) -> SessionRule:
@@ -55,6 +64,10 @@ class MarketData:
         self.closed: dict[tuple[str, str], Bar] = {}
         self.seqs: dict[str, int] = {}
         self.skew = dt.timedelta()  # exchange clock - wall clock, from the latest print
+        self._skews: deque[float] = deque(maxlen=SKEW_PRINTS)  # the latest prints' skews, s
+        self.skew_off = False  # the median skew is beyond SKEW_ALERT_S (told; re-armed within SKEW_REARM_S)
+        self.skew_alerts = 0
+        self.on_skew: Callable[[str], None] | None = None  # a person is told (the live gateway on KST wall time)
         self.bad_prints = 0
         self.feed_health: dict[str, FeedHealth] = {}  # agent -> from its current session's latest heartbeat
         self.bars_closed = 0
@@ -102,6 +115,8 @@ class MarketData:
             "daily_bars_corrected": self.daily_corrected,
             "daily_bars_unconfirmed": self.daily_unconfirmed,
             "bars_partial_dropped": self.bars_partial,
+            "clock_skew_ms": round(statistics.median(self._skews) * 1000) if self._skews else 0,
+            "clock_skew_alerts": self.skew_alerts,
         }
 
     # ---- clock ---------------------------------------------------------------------------------
@@ -168,7 +183,33 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
+        self._watch_skew(self.skew.total_seconds())
         self._emit(closed)
+
+    def _watch_skew(self, latest: float) -> None:
+        """Tell once when the median of the latest prints' skews passes SKEW_ALERT_S. The median is only
+        worked out when the latest print could change the verdict: it can pass the limit only when the
+        latest one is past it too, and come back only when the latest one is back (a print's hot path)."""
+        self._skews.append(latest)
+        if len(self._skews) < SKEW_PRINTS:
+            return
+        if not self.skew_off and abs(latest) > SKEW_ALERT_S:
+            median = statistics.median(self._skews)
+            if abs(median) > SKEW_ALERT_S:
+                self.skew_off = True
+                self.skew_alerts += 1
+                text = (
+                    f"the host clock is {abs(median):.1f} s {'behind' if median > 0 else 'ahead of'} the exchange's "
+                    f"(median of the last {SKEW_PRINTS} prints): session phases, order timing and the day's close "
+                    "follow the host clock; fix its time sync (NTP/chrony). ktrader does not move the clock "
+                    "(status: clock_skew_ms)"
+                )
+                log.warning("%s", text)
+                if self.on_skew is not None:
+                    self.on_skew(text)
+        elif self.skew_off and abs(latest) < SKEW_REARM_S and abs(statistics.median(self._skews)) < SKEW_REARM_S:
+            self.skew_off = False
+            log.info("the host clock agrees with the exchange's again")
 
     def on_book(self, ev: Book) -> None:
         tick = BookTick(

@@ -6,17 +6,28 @@ market and rejected (ten rejections trip the kill switch, which persists). At st
 live gateway asks the broker (KIS: 국내휴장일조회, about a month ahead, at most one call a day); a day
 KIS says is closed is closed here too (the safe direction), and alerted; a day KIS says opens but the
 table has closed is only alerted (ktrader does not trade it: update ktrader).
+
+A question that fails is asked again with back-off (30 s doubling to 10 min) until it is answered, never
+only the next day; if a day the table has as a session is still unverified at 08:00 (held orders go out
+at 08:30) a person is told. A broker without the holiday calendar (a paper account) is said once at start
+(log and status): the table alone decides there. An order KIS refuses because the day is not a business
+day (`40100000 모의투자 영업일이 아닙니다.`, paper, API.md §6.3/§7.5; the real accounts' code and text are
+UNCONFIRMED) is the exchange's word too: a second such refusal of the day closes it (`SessionDays.on_order`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 
 import msgspec
 
 from common import calendar
+from common.enums import AlertKind
+from common.krx import Phase
+from common.orders import Order, OrderState
 from kis.port import BrokerError, BrokerPort, BrokerUnsupported, Capability
 
 log = logging.getLogger("ktrader.calendar")
@@ -72,9 +83,23 @@ async def check_session_days(
     broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None = None
 ) -> list[dt.date]:
     """Ask the broker (once a market day: KIS asks for no more; a restart reuses the answer kept in
-    `meta`), close what it says is closed, alert every difference; returns the days closed."""
-    if Capability.SESSION_DAYS not in broker.capabilities:
+    `meta`), close what it says is closed, alert every difference; returns the days closed. A failure
+    is logged and returns [] (the gateway asks through SessionDays, which asks again)."""
+    try:
+        return await _check(broker, today, alert, meta)
+    except BrokerUnsupported:
+        return []  # a paper account: KIS offers no holiday calendar there
+    except BrokerError as e:
+        log.warning("the broker's holiday calendar is unavailable (%s): ktrader's own table holds", e)
         return []
+
+
+async def _check(
+    broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None
+) -> list[dt.date]:
+    """check_session_days, its failures raised (BrokerUnsupported: the broker has no holiday calendar)."""
+    if Capability.SESSION_DAYS not in broker.capabilities:
+        raise BrokerUnsupported("session days", code="UNSUPPORTED")
     kept: list[dt.date] = []
     if meta is not None:
         # a restarted gateway closes again the days the broker said were closed (from today on)
@@ -82,13 +107,7 @@ async def check_session_days(
         calendar.close_days(kept)
         if meta[0](CHECKED_KEY) == today.isoformat():
             return []
-    try:
-        days = await broker.session_days(today)
-    except BrokerUnsupported:
-        return []  # a paper account: KIS offers no holiday calendar there
-    except BrokerError as e:
-        log.warning("the broker's holiday calendar is unavailable (%s): ktrader's own table holds", e)
-        return []
+    days = await broker.session_days(today)
     close, texts = differences(days)
     closed = calendar.close_days(close)
     if meta is not None:
@@ -102,3 +121,142 @@ async def check_session_days(
             "holiday calendar: %d days from %s checked with the broker, %d differences", len(days), today, len(texts)
         )
     return closed
+
+
+RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a failed holiday question is asked again 30 s, 1, 2 ... 10 min later
+UNVERIFIED_BY = dt.time(8, 0)  # a session day still unverified then reaches a person (held orders go at 08:30)
+# an order refused as "not a business day": paper's 40100000 (API.md §6.3, §7.5; the twin sends it too). The
+# real accounts' refusal for a closed day is UNCONFIRMED (APBK0919 is also read as "market not open" or as
+# "exceeds the orderable amount"), so only this text is taken
+NOT_A_BUSINESS_DAY_CODE, NOT_A_BUSINESS_DAY_TEXT = "40100000", "영업일이 아닙니다"
+REFUSALS_TO_CLOSE = 2  # distinct orders refused so before the day is closed (one odd reply closes nothing)
+
+
+def not_a_business_day(reason: str) -> bool:
+    """Whether a broker refusal (an order's reason: "<msg_cd> <msg1>") says the day is not a business day."""
+    return reason.startswith(NOT_A_BUSINESS_DAY_CODE) or NOT_A_BUSINESS_DAY_TEXT in reason
+
+
+class SessionDays:
+    """The gateway's holiday check: asks the broker at start and each new day until it answers (with
+    back-off), watches for a session day still unverified at 08:00, and closes a day its orders are
+    refused for as not a business day. `counters` go to `ktrader status`: calendar_unverified (1: the
+    table alone decides: no answer yet today, or a broker without the holiday calendar),
+    calendar_check_failures, calendar_closed_by_refusals."""
+
+    def __init__(
+        self,
+        broker: BrokerPort,
+        alert: Callable[[str, AlertKind | None], None],
+        meta: MetaStore,
+        today: Callable[[], dt.date],
+        counters: MutableMapping[str, int] | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        phase: Callable[[], Phase] | None = None,
+    ) -> None:
+        """`phase`: the market clock's phase; refusals count only in the continuous session (paper
+        answers orders outside its hours with the same code, API.md §6.3: an early order must not close
+        a trading day)."""
+        self.broker = broker
+        self.phase = phase
+        self.alert = alert
+        self.meta = meta
+        self.today = today  # the market clock's date
+        self.counters: MutableMapping[str, int] = counters if counters is not None else {}
+        self.sleep = sleep
+        self.offered = Capability.SESSION_DAYS in broker.capabilities
+        self.verified = ""  # ISO day the broker last answered on (its word covers about a month from it)
+        self.asking = ""  # ISO day of the question in progress (a newer day's question ends an older one's)
+        self.last_error = ""
+        self._said_unoffered = False
+        self._alerted = ""  # ISO day the unverified calendar reached a person
+        self._refused: dict[str, set[str]] = {}  # ISO day -> orders refused as "not a business day"
+        self.counters["calendar_unverified"] = 1
+        self.counters.setdefault("calendar_check_failures", 0)
+
+    async def check(self, today: dt.date) -> list[dt.date]:
+        """Ask about `today` on, until answered (or a newer day's check starts); returns the days closed."""
+        key = self.asking = today.isoformat()
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                closed = await _check(self.broker, today, lambda text: self.alert(text, AlertKind.CALENDAR), self.meta)
+            except BrokerUnsupported:
+                self._unoffered()
+                return []
+            except BrokerError as e:
+                self.last_error = str(e)
+                self.counters["calendar_check_failures"] += 1
+                log.warning(
+                    "the broker's holiday calendar is unavailable (%s): ktrader's own table holds; asking again in "
+                    "%.0f s",
+                    e,
+                    wait,
+                )
+                await self.sleep(wait)
+                if self.asking != key:
+                    return []  # a newer day's question took over
+                wait = min(wait * 2, RETRY_MAX_S)
+                continue
+            self.verified = key
+            if self.today().isoformat() == key:
+                self.counters["calendar_unverified"] = 0
+            return closed
+
+    def _unoffered(self) -> None:
+        """Said once a gateway run, in the log and in status (calendar_not_verified_by_kis): nothing to do
+        about it but know it (no page: it is so every day on paper)."""
+        self.offered = False
+        self.counters["calendar_unverified"] = 1
+        self.counters["calendar_not_verified_by_kis"] = 1
+        if not self._said_unoffered:
+            self._said_unoffered = True
+            log.warning(
+                "the KRX calendar is not verified by KIS: this account has no holiday calendar (국내휴장일조회 is "
+                "real-only); a holiday declared after ktrader's table was written would be traded as a session"
+            )
+
+    def watch(self, now: dt.datetime) -> None:
+        """Each day tick: a day the table has as a session, still unverified at 08:00, reaches a person
+        (once a day); the status counter follows the day."""
+        today = now.date().isoformat()
+        if not self.offered:
+            return
+        verified = self.verified == today
+        self.counters["calendar_unverified"] = 0 if verified else 1
+        if verified or self._alerted == today or now.time() < UNVERIFIED_BY or not calendar.is_trading_day(now.date()):
+            return
+        self._alerted = today
+        tries = self.counters["calendar_check_failures"]
+        self.alert(
+            f"KIS's holiday calendar (국내휴장일조회) has not answered today ({tries} failed tries, last: "
+            f"{self.last_error or 'none yet'}; asking again): today {today} is a session by "
+            "ktrader's own table only. If KRX declared it a holiday, next-session orders released at the open are "
+            "rejected (and count towards the kill switch): check KRX's notices; `ktrader control halt --all` if so",
+            AlertKind.CALENDAR,
+        )
+
+    def on_order(self, old: Order | None, new: Order) -> None:
+        """A book listener: an order KIS refused as "not a business day" (a second one today) closes today
+        here too, as a holiday answer from the broker would (kept across restarts), and is alerted."""
+        if new.state is not OrderState.REJECTED or (old is not None and old.state is OrderState.REJECTED):
+            return
+        if not not_a_business_day(new.reason):
+            return
+        if self.phase is not None and self.phase() is not Phase.CONTINUOUS:
+            return
+        today = self.today()
+        refused = self._refused.setdefault(today.isoformat(), set())
+        refused.add(new.client_order_id)
+        if len(refused) != REFUSALS_TO_CLOSE or not calendar.is_trading_day(today):
+            return
+        calendar.close_days([today])
+        kept = {d for d in _stored(self.meta[0]) if d >= today} | {today}
+        self.meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in kept)).decode())
+        self.counters["calendar_closed_by_refusals"] = self.counters.get("calendar_closed_by_refusals", 0) + 1
+        self.alert(
+            f"KIS refused {len(refused)} orders today as not a business day ({new.reason}): {today} is treated as "
+            "closed (no more orders sent; next-session orders wait for the next session); update ktrader "
+            "(common/calendar.py) if it is a holiday the table lacks",
+            AlertKind.CALENDAR,
+        )

@@ -4,8 +4,12 @@
   what earlier days left open; agents are told the day (they number orders by it);
 - while the session takes orders: held next-session orders are released (or expired unsent);
 - at each card's `schedule.end`: the agent's end-of-day policy (cancel / flatten / hold), then
-  reduce-only for the rest of the day;
-- after the close: the broker's final word (reconcile), expiry of what is left, the daily report.
+  reduce-only for the rest of the day; a policy whose time passed while no gateway ran is alerted, its
+  cancels still sent and a flatten's sells held for the next session's open;
+- after the close: the broker's final word (reconcile), expiry of what is left, the daily report. A
+  close that fails is tried again with back-off (never every tick: each try is a reconciliation pass);
+  a trading day the gateway ran but never closed (down over its close, or failing until midnight) is
+  closed late at the next start or day.
 """
 
 from __future__ import annotations
@@ -13,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from common.calendar import is_trading_day
 from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, EndOfDay
-from common.enums import AlertKind, SystemEventKind
+from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForce
+from common.ids import GATEWAY_ORDER_BASE, make_client_order_id
+from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
+from common.orders import OrderState
 from common.protection import Protection
-from common.schema import AgentPerformance, Notice
+from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
 from server import cash_check, daily_report
 from server.cash_check import CashCheck
@@ -36,13 +43,19 @@ from server.order_desk import OrderDesk
 from server.reconcile import ReconcileResult
 from server.reconciler import Reconciler
 from server.risk import RiskGate
+from server.send_queue import Priority
 
 log = logging.getLogger("ktrader.day")
 
 CLOSE_FAILURES_ALERT = 3  # failed closes of a day before a person is told
+# a failed close is tried again after 5 s, 10 s, 20 s ... at most 5 min apart: each try is a whole
+# reconciliation pass (and KIS blocks keys that call in a tight loop), and the day stays closable
+CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 
-# the base prices are fetched again in this window of a trading day (before the 08:30 auction)
-MORNING_REFRESH, MORNING_REFRESH_END = dt.time(8, 0), dt.time(9, 0)
+# the base prices are fetched again from this time of a trading day until its opening auction (08:30 on a
+# normal day), where held orders are released; a fetch that failed is tried again 15 s, 30 s ... 2 min later
+MORNING_REFRESH = dt.time(8, 0)
+MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -77,11 +90,13 @@ class BasePrices:
             return 0
         return price if price > 0 and self.book.day() == self._day else 0
 
-    async def refresh(self, codes: list[str]) -> None:
+    async def refresh(self, codes: list[str]) -> list[str]:
         """Fetch again and replace (the morning's second look: see TradingDay.tick). A value that
-        changed since the night's fetch is logged: the broker had not rolled its day yet then."""
+        changed since the night's fetch is logged: the broker had not rolled its day yet then.
+        Returns the codes whose fetch failed (their night's value, if any, stays)."""
         self._roll()
         prices = self.book.portfolio.base_prices
+        failed: list[str] = []
         for code in codes:
             if price := await self._today(code):
                 old = prices.get(code)
@@ -90,6 +105,9 @@ class BasePrices:
                         "base price of %s was %s at the night's fetch, %s now: the morning's holds", code, old, price
                     )
                 prices[code] = price
+            else:
+                failed.append(code)
+        return failed
 
     async def ensure(self, codes: list[str]) -> None:
         prices = self.book.portfolio.base_prices
@@ -123,7 +141,10 @@ class TradingDay:
         protections: Callable[[], list[Protection]] = list,
         account: Callable[[], Awaitable[BrokerAccount]] | None = None,
         alert: Callable[[str, AlertKind | None], None] = lambda text, kind: None,
+        counters: MutableMapping[str, int] | None = None,
     ) -> None:
+        # status counters (ktrader status): end_of_day_missed, days_closed_late
+        self.counters: MutableMapping[str, int] = counters if counters is not None else {}
         self.account = account  # the broker's account summary (the day's money: server/cash_check.py)
         self._cash_checked: dict[str, CashCheck | None] = {}
         self.alert = alert
@@ -144,25 +165,45 @@ class TradingDay:
         self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
-        self._morning = ""  # the day whose base prices were fetched again in the morning
+        self.monotonic: Callable[[], float] = time.monotonic  # back-off waits are real time (tests move it)
+        self._close_retry_at: dict[str, float] = {}  # day -> monotonic time its close may be tried again
+        self._late = ""  # an earlier trading day this gateway ran and never closed: closed before today's business
+        self._morning = ""  # the day whose base prices were fetched again in the morning (all of them)
+        self._morning_busy = False  # a morning fetch in flight
+        self._morning_day = ""  # the day the retry state below is of
+        self._morning_todo: list[str] = []  # codes whose morning fetch failed (empty: all of them, not tried yet)
+        self._morning_at = 0.0  # monotonic time of the next morning try
+        self._morning_wait = MORNING_RETRY_FIRST_S
+        # agents whose flatten was missed: their next-session sells wait for their open orders to end
+        self._missed_flatten: dict[str, AgentCard] = {}
+        self.missed_policies = 0  # end-of-day policies that never ran at their time (alerted)
+        # called with the market time at every tick, synced or not (the calendar's own watch)
+        self.on_tick: list[Callable[[dt.datetime], None]] = []
         # what else starts the day afresh, as a gateway started that day would (market data, notices...)
         self.on_new_day: list[Callable[[str], None]] = []
         self.reports_written = 0
         self.close_errors = 0
         self._close_failures: dict[str, int] = {}  # day -> failed closes (a person is told at the third)
 
-    def _day_span(self, day: str) -> daily_report.DaySpan | None:
+    def _day_span(self, day: str) -> tuple[daily_report.DaySpan | None, bool]:
         """Each agent's (realised, fees) totals at `day`'s start and end, once the book has rolled past
-        it (a close that ran past midnight): the portfolio's day totals are the new day's by then."""
+        it (a close that ran past midnight, or a day closed late): the portfolio's day totals are the
+        new day's by then. The flag: the new day starts from that end (see close_day)."""
         if self.book.day() == day:
-            return None
+            return None, False
         start = self._day_start(day)
         if start is None:
             log.warning("day %s: its start of day totals are not stored: the report's P&L is the new day's", day)
-            return None
+            return None, False
+        if self.book.fills_today and self.clock.phase() not in (Phase.PRE_OPEN, Phase.CLOSED):
+            # the new day traded already (a late close after a restart in its session): its fills are not
+            # this day's; this day ends where the new one started (its own fills booked since count there)
+            end = self._day_start(self.book.day())
+            if end is not None:
+                return (start, end), False
         # the end: the totals now, with the fills the close's own reconciliation booked after midnight
-        # (nothing trades overnight); the new day starts from them (see close_day)
-        return start, self.book.portfolio.totals()
+        # (nothing traded since); the new day starts from them
+        return (start, self.book.portfolio.totals()), True
 
     def _day_start(self, day: str) -> dict[str, tuple[int, int]] | None:
         """Each agent's (realised, fees) totals at `day`'s start, as stored (None: not stored)."""
@@ -203,30 +244,99 @@ class TradingDay:
                         except Exception:  # one part's bug must not keep the others from the new day
                             log.exception("new day %s: %s failed", day, getattr(fn, "__qualname__", fn))
                 self.spawn(self.base_prices.ensure(self._tradable_codes()))
-        if (
-            self.clock.timed
-            and self._morning != day
-            and MORNING_REFRESH <= now.time() < MORNING_REFRESH_END
-            and is_trading_day(now.date())
-        ):
-            # fetched at midnight, when the broker may not have rolled its day yet (when it does is
-            # UNCONFIRMED): again before the opening auction, where held orders are released
-            self._morning = day
-            self.spawn(self.base_prices.refresh(self._tradable_codes()))
+            # a day this gateway ran but never closed (down over its close, or its close failed until
+            # midnight): closed now, before the new day's business (tried below once the books agree)
+            self._late = self.cycle.unclosed_before(day, lambda d: self._day_start(d) is not None)
+            if self._late:
+                log.warning("day %s was never closed: closing it now (report, daily bars, its orders)", self._late)
+        for watch in self.on_tick:
+            try:
+                watch(now)
+            except Exception:  # a watch's bug must not stop the day
+                log.exception("day tick %s failed", getattr(watch, "__qualname__", watch))
+        self._morning_refresh(now, day)
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
+        if self._late and self.cycle.is_closed(self._late):
+            self._late = ""
+        if self._late:
+            self._start_close(self._late)
         held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})
         if held and (missing := self.base_prices.missing(held)):
             self.spawn(self.base_prices.ensure(missing))  # market buys are valued at the day's upper limit
-        released, expired = self.desk.release_due()
-        if released or expired:
-            log.info("next-session orders: %d released, %d expired unsent", released, expired)
+        if not (self._late and self._closing):  # (an earlier day's late close in flight ends first)
+            released, expired = self.desk.release_due()
+            if released or expired:
+                log.info("next-session orders: %d released, %d expired unsent", released, expired)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards())
+        for card in due.missed:
+            self.missed_end_of_day(card)
+        if self._missed_flatten:
+            self._queue_missed_sells()
         for card in due.cleanup:
             self.end_of_day(card)
-        if due.close_day and not self._closing:
-            self._closing = True
-            self.spawn(self.close_day(day))
+        if due.close_day:
+            self._start_close(day)
+
+    def _morning_refresh(self, now: dt.datetime, day: str) -> None:
+        """Base prices fetched at midnight, when the broker may not have rolled its day yet (when it does
+        is UNCONFIRMED), are fetched again from 08:00 until the day's opening auction, where held orders
+        are released; the day counts as refreshed only once every code's fetch succeeded, and what failed
+        is asked again with back-off meanwhile."""
+        if not self.clock.timed or self._morning == day or self._morning_busy or now.time() < MORNING_REFRESH:
+            return
+        try:
+            if now >= SessionTimes(now.date()).auction_open:
+                return  # the auction took the night's values (or the start's, fetched after the roll)
+        except ValueError:  # not a trading day
+            return
+        if self._morning_day != day:
+            self._morning_day, self._morning_todo = day, []
+            self._morning_at, self._morning_wait = 0.0, MORNING_RETRY_FIRST_S
+        if self.monotonic() < self._morning_at:
+            return
+        self._morning_busy = True
+        self.spawn(self._refresh_bases(day, self._morning_todo or self._tradable_codes()))
+
+    async def _refresh_bases(self, day: str, codes: list[str]) -> None:
+        try:
+            failed = await self.base_prices.refresh(codes)
+        except Exception as e:  # (refresh logs each code's failure; anything else is one too)
+            log.warning("morning base prices: %s", e)
+            failed = codes
+        finally:
+            self._morning_busy = False
+        if not failed:
+            self._morning = day
+            return
+        self._morning_todo = failed
+        self._morning_at = self.monotonic() + self._morning_wait
+        log.warning(
+            "morning base prices of %d codes unavailable (%s...): asked again in %.0f s",
+            len(failed),
+            ", ".join(failed[:3]),
+            self._morning_wait,
+        )
+        self._morning_wait = min(self._morning_wait * 2, MORNING_RETRY_MAX_S)
+
+    def _start_close(self, day: str) -> None:
+        """Close `day` now unless a close is in flight or its last failure's back-off has not passed."""
+        if self._closing or self.monotonic() < self._close_retry_at.get(day, 0.0):
+            return
+        self._closing = True
+        self.spawn(self._close_with_back_off(day))
+
+    async def _close_with_back_off(self, day: str) -> None:
+        await self.close_day(day)
+        if self.cycle.is_closed(day):
+            self._close_retry_at.pop(day, None)
+            if day < self.book.day():  # (past midnight, or at a later start)
+                self.counters["days_closed_late"] = self.counters.get("days_closed_late", 0) + 1
+            return
+        failed = max(self._close_failures.get(day, 1), 1)
+        wait = min(CLOSE_RETRY_FIRST_S * 2 ** (failed - 1), CLOSE_RETRY_MAX_S)
+        self._close_retry_at[day] = self.monotonic() + wait
+        log.info("closing day %s: tried again in %.0f s", day, wait)
 
     def _tradable_codes(self) -> list[str]:
         """The band's base is needed for every code an agent may trade today: its card's and its universe's."""
@@ -251,18 +361,114 @@ class TradingDay:
         self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
         log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)
 
+    def missed_end_of_day(self, card: AgentCard) -> None:
+        """The session ended and `card`'s end-of-day policy never ran (no gateway at its `schedule.end`):
+        a cancel still cancels what is open (cancels are taken after hours), a flatten cancels and holds
+        market sells of the agent's positions for the next session's open; a person is told when it
+        mattered (open orders or positions). The agent reduces only until tomorrow, as after its policy."""
+        policy = card.schedule.end_of_day
+        cancels = self.desk.cancel_all(card.id) if policy is not EndOfDay.HOLD else 0
+        held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
+        flatten = policy is EndOfDay.FLATTEN and bool(held)
+        if flatten:
+            self._missed_flatten[card.id] = card  # sized once its cancels have ended (as the desk's flatten)
+        with self.book.store.transaction():
+            self.cycle.mark_cleaned(card.id)
+        self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
+        if not cancels and not flatten:
+            log.info("end of day for %s: %s missed, nothing to do", card.id, policy.value)
+            return
+        self.missed_policies += 1
+        self.counters["end_of_day_missed"] = self.missed_policies
+        what = [f"{cancels} open orders cancelled now"] if cancels else []
+        if flatten:
+            shares = ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
+            what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
+        text = (
+            f"{card.id}: end-of-day policy '{policy.value}' (schedule.end {card.schedule.end}) did not run at its "
+            f"time (no gateway, or the agent not registered, then); {'; '.join(what)}"
+        )
+        self.alert(text, AlertKind.GATEWAY_FAULT)  # a person must know what the card promised did not happen
+        self.book.notify(card.id, Notice(level="warning", text=f"end of day missed: {'; '.join(what)}"))
+
+    def _queue_missed_sells(self) -> None:
+        for agent, card in list(self._missed_flatten.items()):
+            if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
+                continue  # its cancels first (a cancel can lose the race to a fill): the sells are sized after
+            del self._missed_flatten[agent]
+            n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
+            log.info("end of day for %s: flatten missed, %d sells held for the next session", agent, n)
+
+    def _sell_next_session(self, card: AgentCard, why: str) -> int:
+        """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
+        the desk releases them at the open): the desk's flatten, for a market that is closed. Numbered
+        as the gateway's own orders (sent first at the release), each at most the order-value limit."""
+        book, agent = self.book, card.id
+        positions = sorted(
+            (p for p in book.portfolio.positions.get(agent, {}).values() if p.qty > 0), key=lambda p: p.code
+        )
+        missing = [p.code for p in positions if p.code not in card.codes]
+        acting = msgspec.structs.replace(card, codes=[*card.codes, *missing]) if missing else card
+        day = book.clock.now().date()
+        n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
+        sent = 0
+        for pos in positions:
+            unit = book.portfolio.notional_price(Side.SELL, 0, pos.code)
+            fit = self.risk.fitting_qty(card, pos.qty, unit)
+            if fit <= 0:
+                self.alert(
+                    f"{agent}: {why}: one share of {pos.code} is worth more than the order-value limit: sell by hand",
+                    AlertKind.GATEWAY_FAULT,
+                )
+                continue
+            left = pos.qty
+            while left > 0:
+                n += 1
+                qty = min(fit, left)
+                new = NewOrder(
+                    client_order_id=make_client_order_id(agent, day, n),
+                    code=pos.code,
+                    side=Side.SELL,
+                    qty=qty,
+                    order_type=OrderType.MARKET,
+                    tif=TimeInForce.NEXT_SESSION,
+                    reason=why,
+                    decision_price=book.portfolio.marks.get(pos.code, 0),
+                )
+                res = self.desk.submit(acting, new, priority=Priority.PROTECT)
+                if not res.accepted:
+                    self.alert(
+                        f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}: sell by hand",
+                        AlertKind.GATEWAY_FAULT,
+                    )
+                    break
+                left -= qty
+                sent += 1
+        return sent
+
     async def close_day(self, day: str) -> None:
-        """After the close: the broker's final word, then expiry of what is left, then the report."""
+        """After the close: the broker's final word, then expiry of what is left, then the report. For
+        an earlier day (closed past midnight, or late at a start) the pass settles that day's open
+        orders against that day's own order list and expires them (Reconciler._settle_earlier_days);
+        one whose list could not be read stays open, so the close fails and is tried again."""
         try:
             close = await self.recon.run("close")
-            self.recon.expire_through(day)
-            self.desk.release_due()  # held orders for today that never went out expire now
+            if day == self.book.day():
+                self.recon.expire_through(day)
+                self.desk.release_due()  # held orders for today that never went out expire now
+            elif left := [
+                c
+                for c, o in self.book.orders.items()
+                if o.is_open and o.state is not OrderState.HELD and self.book.order_day.get(c) == day
+            ]:
+                # (not expired unchecked: they may have filled at that day's close while nobody listened)
+                raise RuntimeError(f"{len(left)} orders of {day} still open: that day's order list was not read")
             if self.close_bars is not None:
                 await self.close_bars(date_of(day))
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a
             # close that waited on the broker past midnight) and let this day's finished orders go
             stored = daily_report.StoredDay.read(self.book.store, day)
-            span = self._day_span(day)
+            span, reroll = self._day_span(day)
             report = daily_report.build(
                 day,
                 stored,
@@ -276,7 +482,8 @@ class TradingDay:
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed(day)
-                if span is not None:  # the new day counts from the old one's end (its late fills are not its)
+                # the new day counts from the old one's end (its late fills are not its)
+                if span is not None and reroll:
                     self._keep_day_start(self.book.day(), self.book.portfolio.roll_day(span[1]))
             self.reports_written += 1
             self.publish(SystemEventKind.DAY_CLOSED, "", day)
@@ -288,7 +495,7 @@ class TradingDay:
             if failed == CLOSE_FAILURES_ALERT:
                 self.alert(
                     f"closing day {day} failed {failed} times ({e}): no report, bars or cash check yet; retrying "
-                    "while the day lasts (ktrader status: day_close_errors)",
+                    f"with back-off, at most {CLOSE_RETRY_MAX_S / 60:.0f} min apart (ktrader status: day_close_errors)",
                     AlertKind.GATEWAY_FAULT,  # a person must look: it was only on the screen
                 )
         finally:

@@ -1,0 +1,83 @@
+"""A TradingDay (server/trading_day.py) around the order core harness, on a clock the test moves: what
+the day-cycle tests (missed end-of-day policy, unclosed days, close back-off, morning base prices) drive.
+Spawned coroutines are kept (the test runs them, or they are closed at the end); alerts and the real-time
+back-off clock (`TradingDay.monotonic`) are the test's."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from common.clock import KST
+from common.config import AgentCard
+from common.enums import AlertKind
+from common.market_clock import ManualClock
+from server.trading_day import BasePrices, TradingDay
+from tests.fakes.broker import FakeBroker
+from tests.fakes.harness import Harness
+
+
+class Rig:
+    def __init__(
+        self,
+        db: Path,
+        start: dt.datetime,
+        cards: list[AgentCard],
+        *,
+        broker: FakeBroker | None = None,
+        close_bars: Callable[[dt.date], Awaitable[object]] | None = None,
+    ) -> None:
+        self.clock = ManualClock(start.replace(tzinfo=KST) if start.tzinfo is None else start)
+        self.h = Harness(db, broker=broker, clock=self.clock, cards={c.id: c for c in cards})
+        self.cards = cards
+        self.db = db
+        self.close_bars = close_bars
+        self.alerts: list[tuple[str, AlertKind | None]] = []
+        self.spawned: list[Coroutine[Any, Any, None]] = []
+        self.mono = [1000.0]  # the back-off clock (real time in the gateway)
+        self.day = self.new_day()
+
+    def new_day(self) -> TradingDay:
+        """A TradingDay on the same store (a restarted gateway's, when called again)."""
+        h = self.h
+        day = TradingDay(
+            self.clock,
+            h.book,
+            h.desk,
+            h.risk,
+            h.core.recon,
+            BasePrices(h.book, h.broker.base_price),
+            lambda: self.cards,
+            lambda *a: None,
+            lambda reason: None,
+            self.spawned.append,
+            self.db.parent,
+            close_bars=self.close_bars,
+            alert=lambda text, kind: self.alerts.append((text, kind)),
+        )
+        day.monotonic = lambda: self.mono[0]
+        return day
+
+    async def start(self) -> None:
+        await self.h.start(read_account=False)
+
+    def at(self, when: dt.datetime) -> None:
+        self.clock.set(when.replace(tzinfo=KST) if when.tzinfo is None else when)
+
+    async def run_spawned(self) -> int:
+        """Run what the ticks spawned so far (in order); returns how many."""
+        n = 0
+        while self.spawned:
+            await self.spawned.pop(0)
+            n += 1
+        return n
+
+    def alerted(self, kind: AlertKind | None) -> list[str]:
+        return [text for text, k in self.alerts if k is kind]
+
+    async def close(self) -> None:
+        for c in self.spawned:
+            c.close()
+        await self.h.close()

@@ -1,0 +1,55 @@
+"""On the CSAT day (2026-11-19: 10:00-16:30) a card's `[schedule] end` moves with the close: the default
+15:20 end runs at 16:20, ten minutes before the closing call ends, not 70 minutes before the close."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from common import calendar
+from common.calendar import first_trading_day_of_year
+from common.clock import KST
+from common.config import AgentCard, EndOfDay, Schedule
+from common.krx import phase_at
+from server.daycycle import DayCycle
+from server.store import Store
+
+CSAT = dt.date(2026, 11, 19)
+NORMAL = dt.date(2026, 11, 20)
+
+
+def card(agent: str, end: str = "15:20") -> AgentCard:
+    return AgentCard(id=agent, name=agent, strategy="x:Y", schedule=Schedule(end=end, end_of_day=EndOfDay.FLATTEN))
+
+
+def due_ids(dc: DayCycle, when: dt.datetime, cards: list[AgentCard]) -> list[str]:
+    return [c.id for c in dc.due(when, phase_at(when), True, cards).cleanup]
+
+
+def test_the_end_moves_with_a_late_close(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite")
+    try:
+        dc = DayCycle(store)
+        dc.roll("20261119")
+        cards = [card("dflt"), card("early", "14:00")]
+        at = lambda hhmm: dt.datetime.combine(CSAT, dt.time.fromisoformat(hhmm), KST)  # noqa: E731
+        assert due_ids(dc, at("14:59"), cards) == []
+        assert due_ids(dc, at("15:00"), cards) == ["early"]  # 14:00 of a normal day, an hour on
+        assert due_ids(dc, at("15:20"), cards) == ["early"]  # the wall clock's 15:20 is 70 min before this close
+        assert due_ids(dc, at("16:19"), cards) == ["early"]
+        assert due_ids(dc, at("16:20"), cards) == ["dflt", "early"]
+        # a normal day is as before
+        dc.roll("20261120")
+        at = lambda hhmm: dt.datetime.combine(NORMAL, dt.time.fromisoformat(hhmm), KST)  # noqa: E731
+        assert due_ids(dc, at("15:19"), cards) == ["early"]
+        assert due_ids(dc, at("15:20"), cards) == ["dflt", "early"]
+    finally:
+        store.close()
+
+
+def test_close_delay_is_the_late_close_only() -> None:
+    close_delay = calendar.close_delay
+    assert close_delay(CSAT) == dt.timedelta(hours=1)
+    assert close_delay(NORMAL) == dt.timedelta()
+    assert close_delay(first_trading_day_of_year(2027)) == dt.timedelta()  # opens late, closes as usual
+    assert close_delay(dt.date(2026, 11, 21)) == dt.timedelta()  # a Saturday

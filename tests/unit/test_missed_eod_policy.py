@@ -1,0 +1,115 @@
+"""A card's end-of-day policy whose time passed while no gateway ran (restarted at 15:32): it is not
+silently skipped. A missed flatten holds market sells for the next session's open, a missed cancel still
+cancels what is open, and a person is told."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.enums import AlertKind, OrderType, Side, TimeInForce
+from common.krx import Phase
+from common.orders import OrderState
+from common.schema import NewOrder
+from server.daycycle import DayCycle
+from server.store import Store
+from tests.fakes.trading_day_rig import Rig
+
+FRIDAY = dt.date(2026, 12, 4)
+CODE = "005930"
+
+
+def card(agent: str, policy: EndOfDay) -> AgentCard:
+    return AgentCard(
+        id=agent,
+        name=agent,
+        strategy="x:Y",
+        codes=[CODE],
+        budget=10_000_000,
+        risk=RiskLimits(max_order_value=5_000_000),
+        schedule=Schedule(end="15:20", end_of_day=policy),
+    )
+
+
+def at(hhmm: str, day: dt.date = FRIDAY) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
+
+
+def buy(agent: str, n: int, qty: int, price: int) -> NewOrder:
+    return NewOrder(client_order_id=f"{agent}-20261204-{n}", code=CODE, side=Side.BUY, qty=qty, price=price)
+
+
+def test_due_after_the_close_reports_a_card_not_cleaned_up_as_missed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite")
+    dc = DayCycle(store)
+    dc.roll("20261204")
+    flat, done = card("flat", EndOfDay.FLATTEN), card("done", EndOfDay.CANCEL)
+    dc.mark_cleaned("done")
+    due = dc.due(at("15:32").replace(tzinfo=dt.timezone(dt.timedelta(hours=9))), Phase.POST_CLOSE, True, [flat, done])
+    assert [c.id for c in due.missed] == ["flat"] and due.cleanup == []
+    store.close()
+
+
+async def test_a_flatten_missed_over_a_restart_holds_next_session_sells_and_is_alerted(tmp_path: Path) -> None:
+    flat = card("flat", EndOfDay.FLATTEN)
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [flat])
+    await rig.start()
+    try:
+        rig.day.tick()
+        assert rig.h.desk.submit(flat, buy("flat", 1, 30, 70_000)).accepted  # marketable: fills at once
+        await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+        # the gateway went down at 15:15 and is back at 15:32: its end (15:20) passed unseen
+        rig.at(at("15:32"))
+        rig.day = rig.new_day()
+        rig.day.tick()
+        sells = [o for o in rig.h.book.held.values() if o.agent == "flat"]
+        assert sum(o.qty for o in sells) == 30
+        assert all(
+            o.side is Side.SELL
+            and o.order_type is OrderType.MARKET
+            and o.tif is TimeInForce.NEXT_SESSION
+            and o.valid_day == "20261207"  # Monday's open
+            for o in sells
+        )
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "flat" in text and "flatten" in text and "did not run" in text and "30 005930" in text
+        assert rig.day.counters["end_of_day_missed"] == 1
+        # once: the next ticks neither sell again nor alert again (a restart neither: it is stored)
+        rig.day.tick()
+        rig.day = rig.new_day()
+        rig.day.tick()
+        assert sum(o.qty for o in rig.h.book.held.values() if o.agent == "flat") == 30
+        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+    finally:
+        await rig.close()
+
+
+async def test_a_missed_cancel_still_cancels_what_is_open_and_is_alerted(tmp_path: Path) -> None:
+    canc = card("canc", EndOfDay.CANCEL)
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [canc])
+    await rig.start()
+    try:
+        rig.day.tick()
+        assert rig.h.desk.submit(canc, buy("canc", 1, 10, 60_000)).accepted  # below the market: rests
+        await rig.h.settle(lambda: rig.h.book.orders["canc-20261204-1"].state is OrderState.ACCEPTED)
+        rig.at(at("15:32"))
+        rig.day = rig.new_day()
+        rig.day.tick()
+        await rig.h.settle(lambda: rig.h.book.orders["canc-20261204-1"].state is OrderState.CANCELLED)
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "canc" in text and "cancel" in text and "1 open orders cancelled" in text
+    finally:
+        await rig.close()
+
+
+async def test_a_card_with_nothing_to_do_is_not_alerted(tmp_path: Path) -> None:
+    """An agent registered only after the close with no orders or positions: nothing was missed."""
+    flat = card("flat", EndOfDay.FLATTEN)
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("15:32"), [flat])
+    await rig.start()
+    try:
+        rig.day.tick()
+        assert rig.alerts == [] and not rig.h.book.held
+    finally:
+        await rig.close()
