@@ -90,7 +90,7 @@ class ControlAction(StrEnum):
     PAUSE = "pause"  # an agent (or, with all, the gateway): cancels only
     RESUME = "resume"
     REDUCE = "reduce"  # only risk-reducing orders
-    HALT = "halt"  # the kill switch: the whole gateway, cancels only
+    HALT = "halt"  # the kill switch: the whole gateway (or one agent), its open orders cancelled; then cancels only
     CANCEL_ALL = "cancel_all"
     FLATTEN = "flatten"  # cancel an agent's orders, then sell its positions
     RECONCILE = "reconcile"  # compare the books with the broker now
@@ -128,6 +128,13 @@ class AlertKind(StrEnum):
     STOCK_MASTER = "stock_master"  # the gateway's copy of KIS's stock master is days old and cannot be renewed
     # the gateway cannot keep its books: a store commit failed (it stops), or a day keeps failing to close
     GATEWAY_FAULT = "gateway_fault"
+    # an operator changed what trades or how much: resume / pause / reduce, a card reloaded (its changes
+    # listed), an equity peak reset, the risk multiplier set (who did it is in the text)
+    OPERATOR = "operator"
+    # orders the gateway was told to send did not go out: flatten sells the risk gate denied (the
+    # operator's or an end-of-day flatten: the shares are still held), next-session orders still
+    # waiting for their code's base price into the session
+    NOT_SENT = "not_sent"
 
 
 class BarInterval(StrEnum):

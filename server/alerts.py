@@ -1,6 +1,7 @@
 """Alerts: things a person must look at (reconciliation differences, external orders, automatic halts,
 refused flatten sells...). Logged, kept (the newest 200, for status and the console), published on the
-system topic, and handed to any extra sink (e.g. a notifier that reaches a person)."""
+system topic, and handed to any extra sink (e.g. a notifier that reaches a person). The kinds are
+common.enums.AlertKind (each needs its title in server/notifier.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class Alerts:
                 sink(kind, text, agent)
             except Exception:  # a sink's trouble never stops the gateway
                 log.exception("alert sink failed")
+
+    def to_person(self, kind: AlertKind) -> Callable[[str], None]:
+        """A text-only alert (what the order desk calls) raised with `kind`: it reaches a person."""
+        return lambda text: self(text, kind)
 
     def texts(self, n: int = 20) -> list[str]:
         return [text for _, text in self.recent[-n:]]

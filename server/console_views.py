@@ -42,9 +42,14 @@ def agent_positions(portfolio: Portfolio, agent: str) -> list[PositionMark]:
 
 
 def account_positions(portfolio: Portfolio) -> list[PositionMark]:
-    """Every agent's book summed per code (the "virtual sub-accounts" put back together)."""
+    """Every live agent's book summed per code (the "virtual sub-accounts" put back together): what
+    the broker account holds. Shadow agents' books are virtual (their orders never reach the broker)
+    and stay out, as they do of the risk gate's account view (Portfolio.account_positions)."""
+    virtual = getattr(portfolio, "virtual", ())  # (a bare books view, without shadow agents, has none)
     total: dict[str, list[int]] = {}
-    for book in portfolio.positions.values():
+    for agent, book in portfolio.positions.items():
+        if agent in virtual:
+            continue
         for p in book.values():
             t = total.setdefault(p.code, [0, 0, 0, 0])
             t[0] += p.qty

@@ -54,6 +54,8 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.CALENDAR: "KRX CALENDAR OUT OF DATE",
     AlertKind.STOCK_MASTER: "STOCK MASTER OUT OF DATE",
     AlertKind.GATEWAY_FAULT: "GATEWAY FAULT",
+    AlertKind.OPERATOR: "OPERATOR ACTION",
+    AlertKind.NOT_SENT: "ORDERS NOT SENT",
 }
 
 

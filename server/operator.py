@@ -12,6 +12,23 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   gets a CardUpdate event for its params) and keeps the old card when the new one is refused. It is
   the operator's approval of the new card (common/approvals.py). Only the operator's credential
   reaches this room (server/router.py): an agent cannot pause, flatten or halt another.
+- Halt is the kill switch: it stops new orders AND cancels every open order at the broker (the
+  gateway's halt: every agent's; `halt --agent ID`: that agent's), through the order desk's own cancel
+  path, and cancels the orders held for the next session before they are ever sent. A kill switch
+  that leaves working orders at KIS is not one: a resting buy can fill after it. Orders placed
+  outside ktrader are left to whoever placed them. Protective orders held by the gateway
+  (server/protection.py) are not fired by it: they stay armed, and a level met while halted waits for
+  the resume (a fired exit the halt cancels is placed again then). Pause only stops new orders (the
+  agent's working orders stay): the soft stop.
+- Flatten says what it did: the cancels and sells sent, and the sells the risk gate refused. When it
+  cannot sell anything (e.g. the market is closed) it is refused with that denial's code and what to do,
+  never "0 orders sent" as a success. The order desk's alerts (flatten sells denied — the operator's or
+  the end of day's — and next-session orders waiting for a base price) are given a kind that reaches a
+  person (AlertKind.NOT_SENT).
+- Every action that changes what trades reaches a person (the notifier), naming who did it and what
+  changed: halt (HALT), pause/reduce/resume, reload (each changed field, old → new), reset_peak,
+  risk_scale (OPERATOR). A reload's reply lists each change as old → new; `value="preview"` asks for
+  that list without applying anything (the console and the web page show it before asking to confirm).
 - Risk: the operator's multiplier of every agent's size limits (risk_scale), an order's what-if
   against every limit (risk_explain), a drawdown accepted (reset_peak: the equity peak starts again),
   a protective order cancelled on an agent's behalf (cancel_protection).
@@ -22,6 +39,7 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -39,7 +57,7 @@ from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, 
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
 from common.market_clock import MarketClock, market_ns
-from common.orders import Order, OrderState
+from common.orders import OrderState
 from common.portfolio import Portfolio
 from common.schema import (
     Ack,
@@ -61,14 +79,14 @@ from server import console_views
 from server.alert_watch import AlertWatch, Facts
 from server.alerts import Alerts
 from server.core import OrderCore
-from server.equity import AccountReader
+from server.equity import ACCOUNT, AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
 from server.notifier import Notifier
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
-from server.performance import performance
+from server.performance import closing_result, performance
 from server.protection import ProtectionDesk
 from server.publisher import Publisher
 from server.reconciler import Reconciler
@@ -92,6 +110,14 @@ STATES = {
     ControlAction.RESUME: TradingState.ACTIVE,
 }
 CARD_META = "card:"  # meta key prefix: the last card each agent registered (or was reloaded) with
+PREVIEW = "preview"  # Control.value of a reload that only asks what would change
+# what an operator can do when the risk gate refused every sell of a flatten (the denial's code)
+FLATTEN_ADVICE = {
+    ErrorCode.DENIED_MARKET_CLOSED: "the market is closed: the gateway will not sell until the session opens; "
+    "use flatten again then",
+    ErrorCode.SESSION_NOT_READY: "the broker session is not ready: use flatten again once status shows it ready",
+    ErrorCode.DENIED_REDUCING: "the agent may only reduce and these sells were not taken as reducing: sell by hand",
+}
 
 
 class GatewayParts(Protocol):
@@ -152,6 +178,13 @@ class Operator:
         # agents the books know but that have not registered since this gateway started are checked once,
         # offline_after_s after the start: one that died with the last gateway is otherwise never alerted
         self._absent_check_at: float | None = clock() + gw.cfg.offline_after_s
+        # The order desk's alerts are orders a person expected to go out that did not (flatten sells
+        # denied, the operator's or the end of day's; next-session orders still waiting for a base
+        # price). The desk takes a text only: the kind that makes them reach a person is given here,
+        # where the notifier is wired. (A test's partial gateway may have no desk.)
+        desk = getattr(gw, "desk", None)
+        if desk is not None:
+            desk.alert = gw.alerts.to_person(AlertKind.NOT_SENT)
 
     # ---- who is there ----------------------------------------------------------------------------
 
@@ -212,7 +245,8 @@ class Operator:
                     name=card.name if card else ("placed outside ktrader" if agent == EXTERNAL_AGENT else agent),
                     strategy=card.strategy if card else "",
                     state=rec.state if rec else AgentState.OFFLINE,
-                    mode=card.mode if card else AgentMode.LIVE,
+                    # the books decide: a shadow agent's books are virtual (left out of the account)
+                    mode=AgentMode.SHADOW if agent in portfolio.virtual else AgentMode.LIVE,
                     trading_state=gw.risk.effective(agent),
                     pid=rec.pid if rec else 0,
                     host=rec.host if rec else "",
@@ -316,8 +350,9 @@ class Operator:
         detail: dict[str, object] = {"all": msg.all, "result": text}
         if isinstance(reply, Error):
             detail["code"] = reply.code.value
+        action = msg.action + (".preview" if _is_preview(msg) else "")  # a look is not a reload
         with self.gw.store.transaction():
-            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, msg.action, msg.agent, ok, detail)
+            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, action, msg.agent, ok, detail)
         return reply
 
     def _control(self, msg: Control) -> Message:
@@ -380,39 +415,7 @@ class Operator:
             n = sum(gw.desk.cancel_all(a) for a in targets)
             return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
         if action is ControlAction.FLATTEN:
-            if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
-                return err(
-                    ErrorCode.DENIED_HALTED,
-                    "the gateway is halted (cancels only): nothing sold; `ktrader control reduce` lets sells "
-                    "through, then flatten again",
-                )
-            rec = gw.registry.agents.get(msg.agent)
-            on_behalf = rec is None or rec.state is not AgentState.ONLINE
-            # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
-            reduced = gw.risk.agent_state(msg.agent) is TradingState.HALTED
-            accepted: list[str] = []
-            if reduced:
-                # a drawdown past its halt level lets nothing pass, sells included, and the next sweep
-                # would halt it again: the operator's word to sell accepts it (as a resume does); the
-                # agent stays reducing, so nothing is bought on the restarted peak
-                accepted = gw.risk.accept(msg.agent, self.card_of(msg.agent))
-                gw.risk.set_state(msg.agent, TradingState.REDUCING, why=f"flatten by {h.sender}: sells only")
-            n = gw.desk.flatten(
-                self._acting_card(msg.agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
-            )
-            log.warning(
-                "agent %s flattened by %s%s: %d orders started",
-                msg.agent,
-                h.sender,
-                " on its behalf" if on_behalf else "",
-                n,
-            )
-            return ack(
-                f"{msg.agent}: {n} orders sent to flatten"
-                + (" (on behalf of the offline agent)" if on_behalf else "")
-                + ("; it was paused: now reducing (sells only)" if reduced else "")
-                + "".join(f"; {a}" for a in accepted)
-            )
+            return self._flatten(msg, err, ack)
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)
         state = STATES[action]
@@ -422,18 +425,132 @@ class Operator:
             if state is TradingState.ACTIVE
             else []
         )
-        # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced
+        # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced;
+        # set before a halt's cancels, so nothing they set off (a protective exit placed again) goes out
         gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
-        if not msg.agent and state is TradingState.HALTED:
-            self.notifier.alert(
-                AlertKind.HALT, f"trading halted by {h.sender} (cancels only)", subject=str(market_ns(gw.clock))
+        who = msg.agent or "gateway"
+        text = f"{who} is {state}"
+        if action is ControlAction.HALT:
+            text = f"{who} is halted: {self._halt_cancels(msg.agent)}"
+            self._tell(AlertKind.HALT, h.sender, text, msg.agent)
+        text += "".join(f"; {a}" for a in accepted)
+        glob = gw.risk.global_state
+        if msg.agent and state is not TradingState.HALTED and glob is not TradingState.ACTIVE:
+            # the agent's own state changed, the gateway's did not: the gate checks both (server/risk.py)
+            text = (
+                f"{msg.agent} is {'resumed (active)' if state is TradingState.ACTIVE else state}, but the gateway "
+                f"is {glob}: {'nothing trades' if glob is TradingState.HALTED else 'only sells go out'} until the "
+                "gateway is resumed (resume --all)" + "".join(f"; {a}" for a in accepted)
             )
-        text = f"{msg.agent or 'gateway'} is {state}" + "".join(f"; {a}" for a in accepted)
         if not msg.agent and state is TradingState.ACTIVE:  # agents paused one by one stay so: say which
             held = sorted(f"{a} {s}" for a, s in gw.risk.states.items() if a != GLOBAL and s is not TradingState.ACTIVE)
             if held:
                 text += f"; still not active: {', '.join(held)} (resume --agent ID)"
+        if action is not ControlAction.HALT:
+            self._tell(AlertKind.OPERATOR, h.sender, f"{action.value}: {text}", msg.agent)
         return ack(text)
+
+    def _halt_cancels(self, agent: str) -> str:
+        """The kill switch's cancels: every open order of `agent` ("" every agent's) through the order
+        desk's cancel path (the one the operator's cancel_all and the agents' cancels take), held
+        next-session orders included (cancelled here: they were never sent). What was done, in words."""
+        book, desk = self.gw.book, self.gw.desk
+        open_orders = [o for o in book.orders.values() if o.is_open and (not agent or o.agent == agent)]
+        outside = sum(1 for o in open_orders if o.agent == EXTERNAL_AGENT)
+        targets = sorted({o.agent for o in open_orders} - {EXTERNAL_AGENT})
+        held = sum(1 for o in open_orders if o.state is OrderState.HELD and o.agent != EXTERNAL_AGENT)
+        n = sum(desk.cancel_all(a) for a in targets)
+        if n:
+            text = f"{n} cancels sent" + ("" if agent else f" for {len(targets)} agents") + " (every open order)"
+        else:
+            text = "no open orders to cancel"
+        if held:
+            text += f", {held} of them orders held for the next session (cancelled here, never sent)"
+        if outside:
+            text += f"; {outside} orders placed outside ktrader left alone"
+        if self.gw.protection.active:
+            text += "; protective orders stay armed: a level met waits for the resume"
+        log.warning("halt of %s: %s", agent or "the gateway", text)
+        return text
+
+    def _tell(self, kind: AlertKind, who: str, text: str, agent: str = "") -> None:
+        """An operator's action, to a person, naming who did it (subject: the moment, so a repeat of the
+        same action is news again)."""
+        self.notifier.alert(kind, f"{text} (by {who})", agent, subject=str(market_ns(self.gw.clock)))
+
+    def _flatten(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+        """Cancel the agent's orders, then sell what it holds (server/order_desk.py flatten). The reply
+        is what happened: a flatten that could sell nothing of what the agent holds is refused with
+        the sells' denial and what to do, not acknowledged as "0 orders sent"."""
+        gw, h = self.gw, msg.h
+        if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
+            return err(
+                ErrorCode.DENIED_HALTED,
+                "the gateway is halted (cancels only): nothing sold; `ktrader control reduce` lets sells "
+                "through, then flatten again",
+            )
+        agent = msg.agent
+        rec = gw.registry.agents.get(agent)
+        on_behalf = rec is None or rec.state is not AgentState.ONLINE
+        # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
+        reduced = gw.risk.agent_state(agent) is TradingState.HALTED
+        accepted: list[str] = []
+        if reduced:
+            # a drawdown past its halt level lets nothing pass, sells included, and the next sweep
+            # would halt it again: the operator's word to sell accepts it (as a resume does); the
+            # agent stays reducing, so nothing is bought on the restarted peak
+            accepted = gw.risk.accept(agent, self.card_of(agent))
+            gw.risk.set_state(agent, TradingState.REDUCING, why=f"flatten by {h.sender}: sells only")
+        holding = {c: p.qty for c, p in gw.portfolio.positions.get(agent, {}).items() if p.qty > 0}
+        before = set(gw.book.orders)
+        n = gw.desk.flatten(
+            self._acting_card(agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
+        )
+        # the sells it placed now (accepted or denied: a denied order is in the book with its reason)
+        mine = [o for c, o in gw.book.orders.items() if c not in before and o.agent == agent and o.side is Side.SELL]
+        sent = [o for o in mine if o.state is not OrderState.DENIED]
+        denied = [o for o in mine if o.state is OrderState.DENIED]
+        cancels = n - len(sent)
+        # no sell placed yet while its orders are open: the sells wait for the cancels (a cancel can lose
+        # the race to a fill, so they are sized after)
+        waiting = bool(holding) and not mine and any(o.is_open for o in gw.book.orders.values() if o.agent == agent)
+        # a position worth more than the order-value limit is sold in parts, each once the one before closed
+        rest = sum(holding.values()) - sum(o.qty for o in mine)
+        log.warning(
+            "agent %s flattened by %s%s: %d cancels, %d sells sent, %d denied",
+            agent,
+            h.sender,
+            " on its behalf" if on_behalf else "",
+            cancels,
+            len(sent),
+            len(denied),
+        )
+        notes = (" (on behalf of the offline agent)" if on_behalf else "") + (
+            "; it was paused: now reducing (sells only)" if reduced else ""
+        )
+        notes += "".join(f"; {a}" for a in accepted)
+        refused = ", ".join(f"{o.qty} {o.code}" for o in denied)
+        if holding and not sent and denied and not waiting:
+            first = denied[0]
+            code = ErrorCode(first.reason_code) if first.reason_code in ErrorCode.__members__ else ErrorCode.BAD_ORDER
+            advice = FLATTEN_ADVICE.get(code, f"the risk gate refused the sells: {first.reason}")
+            did = f" ({cancels} cancels sent)" if cancels else ""
+            return err(code, f"{agent}: nothing sold{did}: {advice}; still held: {refused}{notes}")
+        if not holding and not cancels:
+            return ack(f"{agent}: nothing to flatten (no shares, no open orders){notes}")
+        parts = [f"{cancels} cancels sent"] if cancels else []
+        if sent:
+            parts.append(f"{len(sent)} market sells sent ({', '.join(f'{o.qty} {o.code}' for o in sent)})")
+            if rest > 0:
+                parts.append(f"{rest} more shares once these have filled (the order-value limit)")
+        if waiting:
+            parts.append(
+                f"the sells of {', '.join(f'{q} {c}' for c, q in sorted(holding.items()))} go out once its open "
+                "orders are closed (a refused sell is alerted)"
+            )
+        if denied:
+            parts.append(f"NOT sold: {refused} ({denied[0].reason_code}: {denied[0].reason})")
+        return ack(f"{agent}: flatten: {'; '.join(parts) or 'nothing sent'}{notes}")
 
     def _risk(
         self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]
@@ -442,25 +559,34 @@ class Operator:
         if action is ControlAction.RISK_SCALE:
             if msg.agent:
                 return err(ErrorCode.AMBIGUOUS_TARGET, "the risk multiplier scales every agent: no --agent")
+            was = gw.risk.multiplier
             try:
                 factor = float(msg.value)
                 gw.risk.set_multiplier(factor, why=f"by {who}")
             except ValueError as e:
                 return err(ErrorCode.BAD_MESSAGE, f"risk_scale needs a multiplier in (0, 1] ({e})")
-            return ack(
-                f"risk multiplier {factor:g}: every agent's order and position values, exposure limits and "
-                f"budget are scaled by it"
+            text = (
+                f"risk multiplier {factor:g} (was {was:g}): every agent's order and position values, exposure "
+                f"limits and budget are scaled by it"
                 if factor != 1
-                else "risk multiplier 1: the cards' own limits"
+                else f"risk multiplier 1 (was {was:g}): the cards' own limits"
             )
+            self._tell(AlertKind.OPERATOR, who, text)
+            return ack(text)
         if action is ControlAction.RESET_PEAK:
             if not msg.agent and not msg.all:
                 return err(ErrorCode.AMBIGUOUS_TARGET, "reset_peak needs --agent ID, or --all for the account's peak")
+            card = self.card_of(msg.agent)
+            limits = card.risk if card is not None else gw.risk.limits
+            was = gw.risk.peaks.peak(msg.agent or ACCOUNT, limits.drawdown_peak)
             try:
-                eq = gw.risk.reset_peak(msg.agent, self.card_of(msg.agent))
+                eq = gw.risk.reset_peak(msg.agent, card)
             except ValueError as e:
                 return err(ErrorCode.BAD_MESSAGE, str(e))
-            return ack(f"{msg.agent or 'account'}: equity peak reset to {eq:,}")
+            # the drawdown it accepts lifts what a drawdown limit held back: a person must know
+            text = f"{msg.agent or 'account'}: equity peak reset {was:,} → {eq:,} (the drawdown from it is accepted)"
+            self._tell(AlertKind.OPERATOR, who, f"reset_peak: {text}", msg.agent)
+            return ack(text)
         if action is ControlAction.CANCEL_PROTECTION:
             p = gw.protection.active.get(msg.value) or gw.protection.ended.get(msg.value)
             agent = msg.agent or (p.agent if p is not None else "")
@@ -497,6 +623,9 @@ class Operator:
         return "market-data messages skipped: each of the next 8 follows a lost one"
 
     def _reload(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+        """Apply a changed card (or, with value "preview", only say what would change). The reply, the
+        agent's notice and the alert list every change as old → new: a reload is the operator's approval
+        of the card, and "budget" alone would let a raised budget pass as a routine click."""
         new = msg.card
         if new is None:
             return err(
@@ -507,7 +636,7 @@ class Operator:
         old = self.card_of(msg.agent)
         if old is None:
             return err(ErrorCode.UNKNOWN_AGENT, f"no card known for {msg.agent!r}: start it once before reloading")
-        a, b = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
+        a, b = msgspec.to_builtins(old), msgspec.to_builtins(new)
         changed = sorted(k for k in b if a.get(k) != b[k])
         fixed = [k for k in changed if k not in RELOADABLE]
         if fixed:
@@ -517,6 +646,9 @@ class Operator:
             )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
+        diff = "; ".join(card_diff(a, b))
+        if _is_preview(msg):
+            return ack(f"{msg.agent}: a reload would change {diff}")
         # the operator's reload is an approval: the agent registers with this card from now on
         approvals.approve(self.gw.cfg.run_dir, [new], by=f"reload by {msg.h.sender}")
         rec = self.gw.registry.agents.get(msg.agent)
@@ -531,19 +663,14 @@ class Operator:
                 "reload.applied",
                 msg.agent,
                 True,
-                {
-                    "changed": changed,
-                    "old": {k: _plain(a[k]) for k in changed},
-                    "new": {k: _plain(b[k]) for k in changed},
-                },
+                {"changed": changed, "old": {k: a.get(k) for k in changed}, "new": {k: b[k] for k in changed}},
             )
         self.gw.book.notify(msg.agent, CardUpdate(card=new, changed=changed))
-        self.gw.book.notify(
-            msg.agent, Notice(level="info", text=f"card reloaded by {msg.h.sender}: {', '.join(changed)}")
-        )
+        self.gw.book.notify(msg.agent, Notice(level="info", text=f"card reloaded by {msg.h.sender}: {diff}"))
         self.publish(SystemEventKind.CARD_RELOADED, msg.agent, ",".join(changed))
-        log.warning("card of %s reloaded by %s: %s", msg.agent, msg.h.sender, ", ".join(changed))
-        return ack(f"{msg.agent}: reloaded {', '.join(changed)}")
+        log.warning("card of %s reloaded by %s: %s", msg.agent, msg.h.sender, diff)
+        self._tell(AlertKind.OPERATOR, msg.h.sender, f"card of {msg.agent} reloaded: {diff}", msg.agent)
+        return ack(f"{msg.agent}: reloaded {diff}")
 
     # ---- events from the gateway -----------------------------------------------------------------
 
@@ -630,7 +757,8 @@ class Operator:
 
     def _count_trades(self) -> None:
         """Today's wins and losses: one per closing order (a sell of the day that ended having filled),
-        by the sign of the P&L it realised. Counting each change of realised P&L this once-a-second check
+        by the sign of the P&L it realised net of its costs (a +1,000 sale that paid 2,302 in commission
+        and tax is a loss). Counting each change of realised P&L this once-a-second check
         happened to see made one sell filled in three parts one to three trades, depending on timing;
         counting from the book's orders is also the same after a restart (today's orders are reloaded)."""
         book = self.gw.book
@@ -639,10 +767,11 @@ class Operator:
         for coid, o in book.orders.items():
             if o.side is not Side.SELL or not o.is_terminal or not o.filled_qty or book.order_day.get(coid) != day:
                 continue
-            pnl = _realized_by(o)
-            if pnl:  # (break-even, or an order stored without its fills: neither a win nor a loss)
+            # net of its commission and tax (server/performance.py: the one rule for a win)
+            result = closing_result(o, book)
+            if result:  # (break-even after costs, or an order stored without its fills: neither)
                 wl = counts.setdefault(o.agent, [0, 0])
-                wl[0 if pnl > 0 else 1] += 1
+                wl[0 if result > 0 else 1] += 1
         if day != self._trades_day:
             self._trades_day, self._trades = day, {}
         changed = {
@@ -705,13 +834,32 @@ class Operator:
         return [self.notifier.run()]
 
 
-def _realized_by(o: Order) -> int:
-    """The gross P&L a sell order realised: what its live fills brought in (after any repricing) less
-    the cost they took out of the position (recorded per fill; 0 for orders stored without fills)."""
-    if not o.fills:
-        return 0
-    return o.filled_value - sum(r.cost_out * r.live_qty // r.qty for r in o.fills if r.qty)
+def _is_preview(msg: Control) -> bool:
+    return msg.action == ControlAction.RELOAD.value and msg.value == PREVIEW
 
 
-def _plain(v: object) -> object:
-    return msgspec.to_builtins(v)
+def _shown(v: object) -> str:
+    """A card value as a person reads it: integers (money, counts) with thousands separators."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v, ensure_ascii=False)
+
+
+def card_diff(old: dict[str, object], new: dict[str, object], prefix: str = "") -> list[str]:
+    """Each changed field of a card (as builtins) as "field old → new", nested tables as dotted names
+    ("risk.max_order_value 1,000,000 → 2,000,000", "params.qty 1 → 3"); a field one side lacks is "none"."""
+    out: list[str] = []
+    for k in sorted(old.keys() | new.keys()):
+        x, y = old.get(k), new.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += card_diff(x, y, f"{prefix}{k}.")
+        else:
+            was = "none" if k not in old else _shown(x)
+            out.append(f"{prefix}{k} {was} → {'none' if k not in new else _shown(y)}")
+    return out

@@ -44,11 +44,16 @@ ACTIONS: dict[str, tuple[str, bool, str]] = {
     "resume": ("resume", True, ""),
     "cancel_all": ("cancel_all", True, "Cancel every open order of {agent}?"),
     "flatten": ("flatten", True, "Flatten {agent}: cancel its orders and SELL all its positions{behalf}?"),
-    "halt": ("halt", False, "KILL SWITCH: halt trading for the whole gateway (cancels still go out)?"),
+    "halt": (
+        "halt",
+        False,
+        "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the "
+        "broker (orders held for the next session too)?",
+    ),
     "global_resume": ("resume_all", False, "Resume trading for the whole gateway?"),
     "stop": ("stop", True, "Stop agent {agent} (its process ends, no restart)?"),
     "restart": ("restart", True, "Restart agent {agent}?"),
-    "reload": ("reload", True, "Reload {agent}'s card from {card}: its limits and params change now?"),
+    "reload": ("reload", True, "Reload {agent}'s card from {card}: {changes}. Apply these changes now?"),
 }
 
 
@@ -151,7 +156,7 @@ class TopApp(App[None]):
             "agent", "code", "name", "qty", "avg price", "last", "unrealised", "realised", "fees"
         )
         self.main.query_one("#account", DataTable).add_columns(
-            "account", "name", "qty", "avg price", "last", "unrealised", "realised"
+            "account (live agents)", "name", "qty", "avg price", "last", "unrealised", "realised"
         )
         self.main.query_one("#protections", DataTable).add_columns(
             "protection", "agent", "code", "qty", "levels", "state", "detail"
@@ -354,7 +359,7 @@ class TopApp(App[None]):
         for a in st.agents:
             for p in a.positions:
                 rows[f"{a.id}/{p.code}"] = [
-                    a.id,
+                    f"{a.id} (shadow)" if a.mode is AgentMode.SHADOW else a.id,  # virtual: not in the account
                     p.code,
                     st.names.get(p.code, ""),
                     f"{p.qty:,}",
@@ -495,13 +500,22 @@ class TopApp(App[None]):
         if needs_agent and not agent:
             self.say("select an agent first", error=True)
             return
-        card = ""
+        card = changes = ""
         if verb == "reload":
             path = self.model.card_for(agent)
             if path is None:
                 self.say(f"reload {agent}: no card with that id in {self.model.cards_dir}/", error=True)
                 return
             card = str(path)
+            # what would change, old → new, asked of the gateway: a raised budget must not pass as a routine "y"
+            try:
+                changes = await self.model.reload_preview(agent)
+            except ActionError as e:
+                self.say(f"reload {agent}: {e}", error=True)
+                return
+            if changes.endswith("the card is unchanged"):
+                self.say(changes)
+                return
         a = self.model.agent_status(agent) if agent else None
         behalf = (
             " (it is offline: the gateway acts on its behalf)" if a is not None and a.state.value != "online" else ""
@@ -510,22 +524,25 @@ class TopApp(App[None]):
 
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.run_worker(self._do(verb, agent), group="action")
+                    self.run_worker(self._do(verb, agent, changes), group="action")
                 else:
                     self.say("cancelled")
 
-            self.push_screen(ConfirmScreen(question.format(agent=agent, behalf=behalf, card=card)), answered)
+            self.push_screen(
+                ConfirmScreen(question.format(agent=agent, behalf=behalf, card=card, changes=changes)), answered
+            )
             return
         await self._do(verb, agent)
 
-    async def _do(self, verb: str, agent: str) -> None:
+    async def _do(self, verb: str, agent: str, confirmed: str = "") -> None:
+        """`confirmed`: for a reload, the changes the operator said yes to (applied only if still so)."""
         try:
             if verb == "stop":
                 text = await asyncio.to_thread(self.model.stop_agent, agent)
             elif verb == "restart":
                 text = await asyncio.to_thread(self.model.restart_agent, agent)
             elif verb == "reload":
-                text = await self.model.reload(agent)
+                text = await self.model.reload(agent, expect=confirmed or None)
             elif verb == "resume_all":
                 text = await self.model.control("resume", all_=True)
             else:

@@ -2,6 +2,11 @@
 (id, state, P&L, position value, open orders and last fill fit in 80 columns; more appear as the
 terminal widens), cells as plain text plus a style, a sort key per column, and a totals row.
 
+The totals are the live agents' (what the broker account holds and earns): a shadow agent's orders
+never reach the broker, so its virtual P&L and positions are shown on its row (mode "shadow") and left
+out of the totals ("TOTAL (2 live)" says so). The trading column says when the gateway's state stops an
+agent more than its own ("gw:halted": resumed, but nothing trades until the gateway is).
+
 P&L is coloured the Korean way: red up, blue down."""
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.clock import kst_from_ns
+from common.enums import AgentMode, TradingState
 from common.schema import AgentStatus, StatusReply
 
 CELL_PAD = 2  # a DataTable/rich column pads one space each side
@@ -47,6 +53,18 @@ class Column:
     numeric: bool = False
     total: Callable[[Sequence[AgentStatus]], str] | None = None
     style: Callable[[AgentStatus], str] | None = None
+    # text from the whole status where the agent's row alone does not say it (the gateway's state)
+    status_text: Callable[[AgentStatus, StatusReply], str] | None = None
+
+
+def trading_label(own: TradingState, gateway: TradingState) -> str:
+    """An agent's trading state as the grid shows it: its own (what the operator set for it, or a
+    limit did), unless the gateway's stops it more: an agent resumed while the gateway is halted is
+    not trading, and reads "gw:halted" (the risk gate checks both; the web page's desk.js
+    tradingLabel is the same rule, spelled out)."""
+    if gateway is TradingState.ACTIVE or gateway is own or own is TradingState.HALTED:
+        return own.value
+    return f"gw:{gateway.value}"
 
 
 def _sum(fn: Callable[[AgentStatus], int], money: bool = True) -> Callable[[Sequence[AgentStatus]], str]:
@@ -97,13 +115,23 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column("fill", "last fill", 16, 1, fmt_fill, lambda a: a.last_fill.ts_ns if a.last_fill else 0),
     Column(
+        "mode",
+        "mode",
+        6,
+        3,  # (from ~130 columns; the TOTAL row says "(n live)" at any width)
+        lambda a, n: a.mode.value,
+        lambda a: a.mode.value,
+        style=lambda a: "bold magenta" if a.mode is AgentMode.SHADOW else "",
+    ),
+    Column(
         "trading",
         "trading",
-        8,
+        11,  # "gw:reducing"
         2,
         lambda a, n: a.trading_state.value,
         lambda a: a.trading_state.value,
         style=lambda a: "" if a.trading_state.value == "active" else "bold yellow",
+        status_text=lambda a, st: trading_label(a.trading_state, st.trading_state),
     ),
     Column(
         "realised",
@@ -127,17 +155,6 @@ COLUMNS: tuple[Column, ...] = (
         _sum(lambda a: a.unrealized_pnl),
         style=lambda a: pnl_style(a.unrealized_pnl),
     ),
-    Column("fees", "fees", 8, 3, lambda a, n: f"{a.fees:,}", lambda a: a.fees, True, _sum(lambda a: a.fees)),
-    Column(
-        "today",
-        "today",
-        5,
-        3,
-        lambda a, n: str(a.orders_today),
-        lambda a: a.orders_today,
-        True,
-        _sum(lambda a: a.orders_today, money=False),
-    ),
     Column("dd", "drawdown", 10, 3, lambda a, n: f"{a.performance.drawdown:,}", lambda a: a.performance.drawdown, True),
     Column("sharpe", "Sharpe", 6, 3, lambda a, n: f"{a.performance.sharpe:.2f}", lambda a: a.performance.sharpe, True),
     Column(
@@ -149,6 +166,17 @@ COLUMNS: tuple[Column, ...] = (
         lambda a: a.performance.win_rate,
         True,
     ),
+    Column("fees", "fees", 8, 3, lambda a, n: f"{a.fees:,}", lambda a: a.fees, True, _sum(lambda a: a.fees)),
+    Column(
+        "today",
+        "today",
+        5,
+        3,
+        lambda a, n: str(a.orders_today),
+        lambda a: a.orders_today,
+        True,
+        _sum(lambda a: a.orders_today, money=False),
+    ),
     Column(
         "hb",
         "hb age",
@@ -159,7 +187,7 @@ COLUMNS: tuple[Column, ...] = (
         True,
     ),
     Column("strategy", "strategy", 14, 4, lambda a, n: a.strategy.rsplit(":", 1)[-1], lambda a: a.strategy),
-    Column("codes", "codes", 22, 4, fmt_codes, lambda a: ",".join(a.codes)),
+    Column("codes", "codes", 14, 4, fmt_codes, lambda a: ",".join(a.codes)),
     Column(
         "turnover",
         "turnover",
@@ -198,12 +226,20 @@ def sort_agents(agents: Sequence[AgentStatus], key: str, reverse: bool = False) 
     return sorted(agents, key=lambda a: (col.sort(a), a.id), reverse=reverse)
 
 
+def live(agents: Sequence[AgentStatus]) -> list[AgentStatus]:
+    """The agents whose books are the account's (shadow agents' are virtual)."""
+    return [a for a in agents if a.mode is not AgentMode.SHADOW]
+
+
 def totals(cols: Sequence[Column], agents: Sequence[AgentStatus]) -> list[tuple[str, str]]:
-    """(text, style) per column of the totals row."""
+    """(text, style) per column of the totals row: the live agents' sums (shadow agents left out)."""
+    counted = live(agents)
+    label = f"TOTAL ({len(counted)})" if len(counted) == len(agents) else f"TOTAL ({len(counted)} live)"
+    agents = counted
     out = []
     for c in cols:
         if c.key == "agent":
-            out.append((f"TOTAL ({len(agents)})", "bold"))
+            out.append((label, "bold"))
         elif c.total is not None:
             text = c.total(agents)
             style = (
@@ -218,4 +254,11 @@ def totals(cols: Sequence[Column], agents: Sequence[AgentStatus]) -> list[tuple[
 
 
 def cells(cols: Sequence[Column], a: AgentStatus, st: StatusReply) -> list[tuple[str, str]]:
-    return [(c.text(a, st.names), c.style(a) if c.style else "") for c in cols]
+    out = []
+    for c in cols:
+        text = c.status_text(a, st) if c.status_text else c.text(a, st.names)
+        style = c.style(a) if c.style else ""
+        if c.status_text and text != c.text(a, st.names):
+            style = "bold red"  # the gateway stops it, not its own state
+        out.append((text, style))
+    return out

@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from common.clock import now_kst
+from common.config import ConfigError, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.curve import TOOLS, CurveError, dial_gateway
 from common.errors import KtraderError
@@ -35,11 +36,14 @@ from common.schema import (
     TradeTick,
     trade_topic,
 )
+from kis.master import load_stock_master
+from tools.ops.cards_check import card_problems
 from tools.ops.reload import ReloadError, find_card, reload_card
 from tools.ops.status import fetch_orders, fetch_status, send_control
 from tools.ops.supervisor import Supervisor, SupervisorError
 
 SPARK_POINTS = 40
+PREVIEW = "preview"  # Control.value of a reload that only asks what would change (server/operator.py PREVIEW)
 
 
 @dataclass
@@ -74,8 +78,10 @@ class ConsoleModel:
         supervisor: Supervisor | None = None,
         cards_dir: Path = Path("cards"),
         on_update: Callable[[str], None] | None = None,
+        sender: str = "ktrader-top",
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.sender = sender  # who the gateway journals (and alerts) the actions as
         self.supervisor = supervisor
         self.cards_dir = Path(cards_dir)
         self.on_update = on_update  # called with "status" | "orders" | "market" | "events"
@@ -224,18 +230,45 @@ class ConsoleModel:
     async def control(self, action: str, agent: str = "", all_: bool = False) -> str:
         try:
             text = await asyncio.to_thread(
-                lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender="ktrader-top")
+                lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender=self.sender)
             )
         except (ConnectionFileError, KtraderError) as e:
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: {action} {agent or 'gateway'}: {text}")
         return text
 
-    async def reload(self, agent: str) -> str:
-        """The agent's card from cards_dir, checked, sent; the gateway applies or refuses it."""
+    async def reload_preview(self, agent: str) -> str:
+        """What reloading the agent's card would change, each field old → new, as the gateway compares it
+        with the card in force (nothing is applied): what the operator is asked to confirm."""
+        try:
+            return await asyncio.to_thread(self._preview, agent)
+        except (ConnectionFileError, KtraderError, ReloadError) as e:
+            raise ActionError(str(e)) from None
+
+    def _preview(self, agent: str) -> str:
+        # the checks tools/ops/reload.py makes before a reload, so the preview refuses what it would
+        path = self.card_for(agent)
+        if path is None:
+            raise ReloadError(f"no card with id {agent!r} in {self.cards_dir}/")
+        try:
+            card = load_card(path)
+        except ConfigError as e:
+            raise ReloadError(f"{e}: nothing changed") from None
+        if card.id != agent:
+            raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
+        errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
+        if errors:
+            raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
+        return send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=PREVIEW)
+
+    async def reload(self, agent: str, expect: str | None = None) -> str:
+        """The agent's card from cards_dir, checked, sent; the gateway applies or refuses it. `expect`:
+        the preview the operator confirmed: if the card file says something else now, nothing is applied."""
+        if expect is not None and (now := await self.reload_preview(agent)) != expect:
+            raise ActionError(f"the card changed since you confirmed: nothing applied. Now: {now}")
         card = self.card_for(agent)
         try:
-            text = await asyncio.to_thread(reload_card, self.run_dir, agent, card, self.cards_dir, "ktrader-top")
+            text = await asyncio.to_thread(reload_card, self.run_dir, agent, card, self.cards_dir, self.sender)
         except (ConnectionFileError, KtraderError, ReloadError) as e:
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: reload {agent}: {text}")

@@ -8,7 +8,10 @@ Bound to 127.0.0.1 by default. A token is required: the URL printed at start car
 the page then keeps it in an HttpOnly, SameSite=Strict cookie (or send `Authorization: Bearer`).
 Operator actions are POSTs that need JSON and the `X-Ktrader` header (a cross-site form can send
 neither) and are confirmed in the page; they go to the gateway as Control, journaled there as
-`ktrader-web`. The signing key in run/gateway.json never leaves this process."""
+`ktrader-web`. A reload is confirmed on what it changes: the page first asks for the preview (each
+changed field, old → new, as the gateway compares the card file with the card in force), shows it in
+the confirmation, and sends it back with the reload; if the card file says something else by then,
+nothing is applied. The signing key in run/gateway.json never leaves this process."""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ from aiohttp import web
 
 from common.connection import ConnectionFileError
 from common.errors import KtraderError
-from tools.ops.reload import ReloadError, reload_card
+from tools.ops.reload import ReloadError
 from tools.ops.status import send_control
-from tools.top.model import ConsoleModel
+from tools.top.model import ActionError, ConsoleModel
 
 log = logging.getLogger("ktrader.web")
 
@@ -44,7 +47,9 @@ class Dashboard:
         self.token = token
         self.cards_dir = Path(cards_dir)
         self.refresh_s = refresh_s
-        self.model = ConsoleModel(self.run_dir, cards_dir=self.cards_dir, on_update=self._on_model)
+        self.model = ConsoleModel(
+            self.run_dir, cards_dir=self.cards_dir, on_update=self._on_model, sender="ktrader-web"
+        )
         self.clients: set[asyncio.Queue[str]] = set()
         self._market_pending = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,18 +204,22 @@ class Dashboard:
         try:
             body = await request.json()
             action, agent, all_ = str(body.get("action", "")), str(body.get("agent", "")), bool(body.get("all", False))
+            preview, expect = bool(body.get("preview", False)), body.get("expect")
         except (ValueError, AttributeError):
             return web.json_response({"ok": False, "error": "bad JSON"}, status=400)
         if action not in ACTIONS:
             return web.json_response({"ok": False, "error": f"unknown action {action!r}"}, status=400)
         try:
+            if action == "reload" and preview:  # what it would change: nothing applied, nothing to refresh
+                return web.json_response({"ok": True, "message": await self.model.reload_preview(agent)})
             if action == "reload":
-                text = await asyncio.to_thread(reload_card, self.run_dir, agent, None, self.cards_dir, "ktrader-web")
+                # the changes the operator confirmed (the page always sends them): applied only if still so
+                text = await self.model.reload(agent, expect=str(expect) if expect is not None else None)
             else:
                 text = await asyncio.to_thread(
                     lambda: send_control(self.run_dir, action, agent, 5.0, all_=all_, sender="ktrader-web")
                 )
-        except (ConnectionFileError, KtraderError, ReloadError) as e:
+        except (ConnectionFileError, KtraderError, ReloadError, ActionError) as e:
             return web.json_response({"ok": False, "error": str(e)}, status=409)
         asyncio.create_task(self.model.refresh_status())
         return web.json_response({"ok": True, "message": text})

@@ -27,25 +27,46 @@ function toast(text, err) {
 }
 
 const QUESTIONS = {
-  pause: "Pause {a}: cancels only until resumed?", resume: "Resume {a}?",
+  pause: "Pause {a}: no new orders until resumed (its working orders stay)?", resume: "Resume {a}?",
   cancel_all: "Cancel every open order of {a}?",
   flatten: "Flatten {a}: cancel its orders and SELL all its positions{b}?",
-  reload: "Reload {a}'s card from the cards folder: its limits and params change now?",
-  halt: "KILL SWITCH: halt trading for the whole gateway (cancels still go out)?",
+  reload: "Reload {a}'s card from the cards folder?\n\n{c}\n\nApply these changes now?",
+  halt: "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the broker (orders held for the next session too)?",
   resume_all: "Resume trading for the whole gateway?",
 };
+
+async function post(body) {
+  const r = await fetch("/api/control", { method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-Ktrader": "1" }, body: JSON.stringify(body) });
+  return r.json();
+}
 
 async function act(action, agent, all) {
   const a = (status?.agents || []).find((x) => x.id === agent);
   const behalf = a && a.state !== "online" ? " (it is offline: the gateway acts on its behalf)" : "";
-  const q = QUESTIONS[all ? "resume_all" : action].replace("{a}", agent).replace("{b}", behalf);
+  let q = QUESTIONS[all ? "resume_all" : action].replace("{a}", agent).replace("{b}", behalf);
+  const extra = {};
+  if (action === "reload") {
+    // confirmed on what changes (old → new), not on a field name: a raised budget is not a routine click
+    try {
+      const p = await post({ action, agent, preview: true });
+      if (!p.ok) { toast("refused: " + p.error, true); return; }
+      if (p.message.endsWith("the card is unchanged")) { toast(p.message); return; }
+      q = q.replace("{c}", p.message);
+      extra.expect = p.message;  // applied only if the card file still says this
+    } catch (e) { toast("not sent: " + e, true); return; }
+  }
   if (!window.confirm(q)) return;
   try {
-    const r = await fetch("/api/control", { method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-Ktrader": "1" }, body: JSON.stringify({ action, agent, all: !!all }) });
-    const j = await r.json();
+    const j = await post({ action, agent, all: !!all, ...extra });
     toast(j.ok ? j.message : "refused: " + j.error, !j.ok);
   } catch (e) { toast("not sent: " + e, true); }
+}
+
+// An agent's own trading state, and the gateway's when that stops it more: an agent resumed while
+// the gateway is halted trades nothing (as tools/top/grid.py trading_label).
+function tradingLabel(own, gw) {
+  return gw === "active" || gw === own || own === "halted" ? own : `${own}, gateway ${gw}`;
 }
 
 function netPnl(a) { return a.realized_pnl - a.fees + a.unrealized_pnl; }
@@ -74,15 +95,22 @@ function renderStatus(st) {
   $("trading").textContent = st.trading_state;
   $("alerts").textContent = "alerts " + st.alerts_today;
   $("alerts").className = "badge" + (st.alerts_today ? " hot" : "");
-  const tot = { pnl: 0, r: 0, u: 0, v: 0, o: 0 };
+  // totals of the live agents: a shadow agent's books are virtual, not the account's
+  const tot = { pnl: 0, r: 0, u: 0, v: 0, o: 0, n: 0 };
   fill("agents", st.agents, (tr, a) => {
     tr.dataset.agent = a.id;
-    const p = a.performance, net = netPnl(a);
-    tot.pnl += net; tot.r += a.realized_pnl; tot.u += a.unrealized_pnl; tot.v += a.position_value; tot.o += a.open_orders;
-    cell(tr, a.id); cell(tr, a.state, a.state); cell(tr, a.trading_state);
+    const p = a.performance, net = netPnl(a), shadow = a.mode === "shadow";
+    if (!shadow) {
+      tot.n += 1; tot.pnl += net; tot.r += a.realized_pnl; tot.u += a.unrealized_pnl; tot.v += a.position_value; tot.o += a.open_orders;
+    }
+    const trading = tradingLabel(a.trading_state, st.trading_state);
+    if (shadow) tr.className = "shadow";  // virtual books: dimmed, and left out of the totals
+    cell(tr, a.id); cell(tr, a.state, a.state);
+    cell(tr, trading, trading === a.trading_state ? "" : "up").dataset.col = "trading";
     cell(tr, fmt(net), "n " + cls(net)); cell(tr, fmt(a.realized_pnl), "n " + cls(a.realized_pnl));
     cell(tr, fmt(a.unrealized_pnl), "n " + cls(a.unrealized_pnl)); cell(tr, fmt(a.position_value), "n");
     cell(tr, a.open_orders, "n");
+    cell(tr, a.mode).dataset.col = "mode";
     const f = a.last_fill;
     cell(tr, f ? `${kst(f.ts_ns)} ${f.side === "buy" ? "B" : "S"}${f.qty}@${fmt(f.price)}` : "-");
     cell(tr, fmt(p.drawdown), "n"); cell(tr, p.sharpe.toFixed(2), "n");
@@ -102,7 +130,7 @@ function renderStatus(st) {
   });
   const foot = $("agents").tFoot;
   const tr = document.createElement("tr");
-  cell(tr, `TOTAL (${st.agents.length})`); cell(tr, ""); cell(tr, "");
+  cell(tr, tot.n === st.agents.length ? `TOTAL (${tot.n})` : `TOTAL (${tot.n} live)`); cell(tr, ""); cell(tr, "");
   cell(tr, fmt(tot.pnl), "n " + cls(tot.pnl)); cell(tr, fmt(tot.r), "n " + cls(tot.r)); cell(tr, fmt(tot.u), "n " + cls(tot.u));
   cell(tr, fmt(tot.v), "n"); cell(tr, tot.o, "n");
   foot.replaceChildren(tr);
@@ -110,7 +138,7 @@ function renderStatus(st) {
     cell(tr, p.code); cell(tr, st.names[p.code] || ""); cell(tr, fmt(p.qty), "n"); cell(tr, fmt(p.avg_price), "n");
     cell(tr, fmt(p.mark), "n"); cell(tr, fmt(p.unrealized_pnl), "n " + cls(p.unrealized_pnl)); cell(tr, fmt(p.realized_pnl), "n " + cls(p.realized_pnl));
   });
-  fill("positions", st.agents.flatMap((a) => a.positions.filter((p) => p.qty).map((p) => [a.id, p])), (tr, [id, p]) => {
+  fill("positions", st.agents.flatMap((a) => a.positions.filter((p) => p.qty).map((p) => [a.mode === "shadow" ? `${a.id} (shadow)` : a.id, p])), (tr, [id, p]) => {
     cell(tr, id); cell(tr, `${p.code} ${st.names[p.code] || ""}`); cell(tr, fmt(p.qty), "n"); cell(tr, fmt(p.avg_price), "n");
     cell(tr, fmt(p.mark), "n"); cell(tr, fmt(p.unrealized_pnl), "n " + cls(p.unrealized_pnl));
   });

@@ -1,0 +1,82 @@
+"""A reload shows what it changes, old → new, before (the preview the console and the web page ask to
+confirm) and after (the reply, the agent's notice, the alert): "budget 1,000,000 → 5,000,000", not just
+"budget". The operator's resume, reload, reset_peak and risk_scale reach a person (OPERATOR ACTION),
+naming who did it and what changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from common.config import AgentCard, RiskLimits
+from common.enums import AlertKind
+from common.schema import Notice
+from tests.fakes.core import trading_clock
+from tests.fakes.harness import Harness
+from server import operator
+from tests.fakes.operator_desk import Desk
+from tools.top import model
+
+ALPHA = AgentCard(
+    id="alpha",
+    name="A",
+    strategy="x:Y",
+    codes=["005930"],
+    budget=1_000_000,
+    params={"qty": 1},
+    risk=RiskLimits(max_order_value=500_000),
+)
+RAISED = msgspec.structs.replace(
+    ALPHA, budget=5_000_000, params={"qty": 3, "fast": 5}, risk=RiskLimits(max_order_value=2_000_000)
+)
+
+
+async def _desk(tmp_path: Path) -> tuple[Harness, Desk]:
+    h = Harness(tmp_path / "db", clock=trading_clock(), cards={"alpha": ALPHA})
+    await h.start()
+    return h, Desk(h, tmp_path / "run", [ALPHA])
+
+
+async def test_reload_preview_and_reply_show_old_and_new_values(tmp_path: Path) -> None:
+    h, d = await _desk(tmp_path)
+    try:
+        changes = (
+            "budget 1,000,000 → 5,000,000; params.fast none → 5; params.qty 1 → 3; "
+            "risk.max_order_value 500,000 → 2,000,000"
+        )
+        # the preview: what the confirmation shows; nothing is applied
+        assert d.ack("reload", "alpha", card=RAISED, value="preview") == f"alpha: a reload would change {changes}"
+        assert d.op.card_of("alpha") == ALPHA and not d.to_person(AlertKind.OPERATOR)
+
+        text = d.ack("reload", "alpha", card=RAISED)
+
+        assert text == f"alpha: reloaded {changes}", text
+        assert d.op.card_of("alpha") == RAISED
+        (line,) = d.to_person(AlertKind.OPERATOR)
+        assert "OPERATOR ACTION" in line and "budget 1,000,000 → 5,000,000" in line and "by ktrader-web" in line, line
+        notices = [e.body.text for a, e in h.events if a == "alpha" and isinstance(e.body, Notice)]
+        assert any("budget 1,000,000 → 5,000,000" in t for t in notices), notices
+        actions = [(action, ok) for _, _, action, _, ok, _ in h.store.operator_log(limit=10)]
+        assert ("reload.preview", True) in actions and ("reload.applied", True) in actions, actions
+        assert d.ack("reload", "alpha", card=RAISED) == "alpha: the card is unchanged"
+        assert model.PREVIEW == operator.PREVIEW  # what the console and the web page send
+    finally:
+        await h.close()
+
+
+async def test_resume_reset_peak_and_risk_scale_reach_a_person(tmp_path: Path) -> None:
+    h, d = await _desk(tmp_path)
+    try:
+        d.ack("pause", "alpha", sender="ktrader-top")
+        assert d.ack("resume", "alpha", sender="ktrader-top") == "alpha is active"
+        text = d.ack("risk_scale", value="0.5", sender="ktrader-top")
+        assert text.startswith("risk multiplier 0.5 (was 1)"), text
+        text = d.ack("reset_peak", "alpha", sender="ktrader-top")
+        assert text.startswith("alpha: equity peak reset") and "1,000,000" in text, text
+        lines = d.to_person(AlertKind.OPERATOR)
+        assert len(lines) == 4 and all("by ktrader-top" in line for line in lines), lines
+        assert "resume: alpha is active" in lines[1] and "risk multiplier 0.5 (was 1)" in lines[2], lines
+        assert "reset_peak: alpha: equity peak reset" in lines[3], lines
+    finally:
+        await h.close()
