@@ -41,6 +41,7 @@ class FeedStats:
     conflated: int = 0  # trade/book messages skipped because a newer one was in the same drain
     stale: int = 0  # stream messages dropped as already covered (duplicate or older than a snapshot)
     snapshots: int = 0
+    system_gaps: int = 0  # gaps on the system topic (each answered with a GetSnapshot by the runtime)
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
@@ -54,6 +55,7 @@ class MarketFeed:
         self._pending: dict[int, bool] = {}  # GetMarket mid -> asked because of a gap
         self._healing: set[str] = set()  # codes with a gap snapshot on the way
         self._conflation_logged = float("-inf")
+        self._system_gap = False  # a system event was missed since the runtime last asked
 
     def reset(self) -> None:
         """A new gateway session numbers its topics from 1 again."""
@@ -100,11 +102,21 @@ class MarketFeed:
                 if code and code not in self._healing and code not in heal:
                     heal.append(code)
             elif missed:
-                self.log.warning("FEED gap on %s: %d system events missed", pub.topic, missed)
+                # a day change, a trading state or the session may be among them: the runtime asks the
+                # gateway for its snapshot (take_system_gap)
+                self.stats.system_gaps += 1
+                self._system_gap = True
+                self.log.warning("FEED gap on %s: %d system events missed; asking for a snapshot", pub.topic, missed)
             fresh.append(pub)
         if self.card.subscriptions.conflate and len(fresh) > 1:
             fresh = self._conflate(fresh)
         return fresh, heal
+
+    def take_system_gap(self) -> bool:
+        """Whether system events were missed since the last call (then the runtime refreshes its day,
+        session and trading state from a gateway snapshot)."""
+        gap, self._system_gap = self._system_gap, False
+        return gap
 
     def _conflate(self, batch: list[Published]) -> list[Published]:
         newest: dict[str, int] = {}

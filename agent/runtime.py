@@ -7,14 +7,17 @@ gateway's snapshot; client order numbers continue from it, so no id is reused an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
+import itertools
 import logging
 import os
 import signal
 import socket
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, cast
 
 import msgspec
@@ -31,7 +34,7 @@ from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.credentials import CredentialError, load as load_credential
 from common.curve import CurveError, client_pair_for
-from common.enums import BarInterval, OrderType, Side, SystemEventKind, TimeInForce
+from common.enums import BarInterval, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common import calendar
@@ -116,6 +119,38 @@ DAILY_SEEN_KEY = STATE_RESERVED_PREFIX + "daily_seen"
 DAILY_SEEN_MAX_CODES = 1000  # a universe rotating for years: the oldest markers go (~20 bytes each)
 _enc = msgspec.msgpack.Encoder()
 _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
+
+
+def _batch_limit() -> int:
+    """The most orders one SubmitOrders may carry: the schema's own bound (a bigger batch is refused whole)."""
+    info = msgspec.inspect.type_info(SubmitOrders)
+    assert isinstance(info, msgspec.inspect.StructType)
+    field = next(f for f in info.fields if f.name == "orders")
+    assert isinstance(field.type, msgspec.inspect.ListType) and field.type.max_length is not None
+    return field.type.max_length
+
+
+MAX_BATCH = _batch_limit()
+# What the gateway never acted on: a request it did not take because this agent's registration was gone (or
+# the request looked too old); it is sent again after the agent registers again.
+_NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
+# KtraderErrors from the runtime's own services (a gateway query timing out, no connection, the agent's own
+# pause): a callback they end is not a strategy bug, so it neither counts as an error nor pauses the agent.
+_SERVICE_ERRORS = frozenset(
+    {
+        ErrorCode.TIMEOUT,
+        ErrorCode.NOT_REGISTERED,
+        ErrorCode.STALE_MESSAGE,
+        ErrorCode.QUERY_QUOTA,
+        ErrorCode.BROKER_BUSY,
+        ErrorCode.BROKER_ERROR,
+        ErrorCode.SESSION_NOT_READY,
+        ErrorCode.DENIED_HALTED,
+    }
+)
+_STATE_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+# Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
+Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
 # today's session is over: its daily bar is due from the gateway's day cycle
 _AFTER_SESSION = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END})
 
@@ -126,6 +161,13 @@ def _session_after(day: str) -> dt.date | None:
         return calendar.next_trading_day(dt.date.fromisoformat(day[:10]))
     except ValueError:
         return None
+
+
+def _describe(item: NewOrder | Command) -> str:
+    if isinstance(item, NewOrder):
+        return f"{item.side} {item.qty} {item.code} @ {item.price} ({item.client_order_id})"
+    what = getattr(item, "client_order_id", "") or getattr(item, "id", "") or getattr(item, "code", "")
+    return f"{type(item).__name__} {what}"
 
 
 class AgentExit(Exception):
@@ -205,18 +247,37 @@ class AgentRuntime(AgentServicesMixin):
         self.heartbeat_s = 0.25
         self.lease_s = 1.0
         self.errors = 0
-        self.paused = False
+        self.paused = False  # after a strategy error with on_error = "pause": nothing is sent until resumed
+        self._pause_why = ""
+        # the gateway has had us out of ACTIVE since we paused (it puts a pausing agent in REDUCING): its next
+        # ACTIVE for us is the operator's resume
+        self._pause_seen = False
+        self._agent_state = TradingState.ACTIVE  # this agent's trading state at the gateway
+        self._gateway_state = TradingState.ACTIVE  # the gateway-wide one
+        self._session_state: SessionState | None = None  # the broker session (None: not said yet)
         self.universe = UniverseFollower(card)  # codes the gateway adds (card.universe_top)
         self.feed = MarketFeed(card, self.log)  # market-data topics, gaps, heals, conflation
         # refused registrations: ask again, poll quotes meanwhile (card.subscriptions.poll_quotes_s)
         self.quotes = QuotePoller(card, self._send_id, self.headers, self.log)
         self.last_price: dict[str, int] = {}
-        self._outbox: list[NewOrder] = []
+        # orders and commands in the order they were decided; a callback's leave when it ends (none if it raised)
+        self._outbox: list[NewOrder | Command] = []
         # sent, no answer yet (no OrdersReply, no event of it): a gateway that died or restarted meanwhile
         # may never have seen them; sent again after the next registration (the gateway knows an id it
         # has: a duplicate, not a second order)
         self._unanswered: dict[str, NewOrder] = {}
-        self._cancel_mids: dict[int, str] = {}  # a cancel's message id -> its order, until answered
+        self._ticks = itertools.count(1)  # the order orders and commands were decided in (kept when sent again)
+        # order id -> (tick, monotonic time it was decided): one decided too long before the gateway came back
+        # is not sent late (card resend_within_s)
+        self._decided: dict[str, tuple[int, float]] = {}
+        # cancels, modifies, cancel-alls, protective orders and their cancels, by message id -> (tick, message),
+        # until the gateway answers: sent again after a re-registration, like orders
+        self._commands: dict[int, tuple[int, Command]] = {}
+        self._submit_mids: dict[int, list[str]] = {}  # a SubmitOrders' message id -> its order ids, until answered
+        self._callbacks = 0  # strategy callbacks running: what they queue waits for the end of the outermost
+        # the latest registration snapshot's sequence and what it showed: older events never overwrite it
+        self._snap_seq = 0
+        self._snap_ids: frozenset[str] = frozenset()
         self._stopping = False
         self._timer_s = 0.0
         self._next_timer_ns: int | None = None  # on the market's clock (ctx.now()), like a backtest's timer
@@ -300,6 +361,7 @@ class AgentRuntime(AgentServicesMixin):
         protect: ProtectionSpec | None = None,
     ) -> str:
         coid = self._next_id()
+        self._decided[coid] = (next(self._ticks), time.monotonic())
         # the quote at decision time: the last print this agent saw, else its own limit price
         decision = self.last_price.get(code) or price
         self._outbox.append(
@@ -362,12 +424,11 @@ class AgentRuntime(AgentServicesMixin):
         msg = Protect(h=self.headers(), id=pid, code=code, qty=qty, spec=ps)
         self._protections[pid] = Protection(id=pid, agent=self.agent_id, code=code, spec=ps, qty=qty)
         self._protect_mids[msg.h.mid] = pid
-        self._flush()  # orders placed before it go first (the shares it protects may be bought by them)
-        self._send(msg)
+        self._command(msg)  # behind the orders placed before it (the shares it protects may be bought by them)
         return pid
 
     def cancel_protection(self, protection_id: str) -> None:
-        self._send(CancelProtection(h=self.headers(), id=protection_id))
+        self._command(CancelProtection(h=self.headers(), id=protection_id))
 
     @property
     def protections(self) -> dict[str, Protection]:
@@ -375,16 +436,33 @@ class AgentRuntime(AgentServicesMixin):
         return {k: p for k, p in self._protections.items() if p.is_active}
 
     def cancel(self, client_order_id: str) -> None:
-        self._flush()  # an order still in the outbox goes first: a cancel must not overtake its order
-        self._cancel_mids[self._send_id(CancelOrder(h=self.headers(), client_order_id=client_order_id))] = (
-            client_order_id
-        )
+        self._command(CancelOrder(h=self.headers(), client_order_id=client_order_id))
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
-        self._send(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
+        self._command(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
 
     def cancel_all(self, code: str = "") -> None:
-        self._send(CancelAll(h=self.headers(), code=code))
+        self._command(CancelAll(h=self.headers(), code=code))
+
+    def _command(self, msg: Command) -> None:
+        """Queued behind the orders decided before it (a cancel must not overtake its order) and kept until
+        the gateway answers (sent again after a re-registration). In a callback it leaves with the
+        callback's orders when it ends (not at all if it raises); outside one, now."""
+        self._commands[msg.h.mid] = (next(self._ticks), msg)
+        self._outbox.append(msg)
+        if not self._callbacks:
+            self._flush()
+
+    @property
+    def trading_state(self) -> TradingState:
+        """This agent's trading state at the gateway (the worse of its own and the gateway-wide one):
+        ACTIVE, REDUCING (risk-reducing orders only) or HALTED (cancels only)."""
+        return max(self._agent_state, self._gateway_state, key=_STATE_RANK.__getitem__)
+
+    @property
+    def session_state(self) -> SessionState | None:
+        """The broker session as the gateway's orders see it (READY: orders go out; None: not said yet)."""
+        return self._session_state
 
     @property
     def open_orders(self) -> dict[str, OrderView]:
@@ -592,15 +670,18 @@ class AgentRuntime(AgentServicesMixin):
         # A running process that re-registers gets what it missed delivered as usual.
         fresh = self.strategy is None
         self.quotes.reset()  # this registration's notices say again what is refused
-        for ev in reply.events:
-            self._on_event(ev, replay=True, notify=not fresh)
-        seen = self.last_seq
-        self._apply_snapshot(reply.snapshot)
-        if not fresh and seen < reply.snapshot.last_seq:
-            # the replay was capped: fetch the rest (they are delivered in order by the gap logic)
-            self.last_seq = seen
-            self._send(GetEvents(h=self.headers(), after_seq=seen))
-        self._state_after_register(fresh)  # kv state back before on_start
+        with self._held():  # nothing leaves before the snapshot is applied and the state is back
+            for ev in reply.events:
+                self._on_event(ev, replay=True, notify=not fresh)
+            seen = self.last_seq
+            self._apply_snapshot(reply.snapshot)
+            if not fresh and seen < reply.snapshot.last_seq:
+                # the replay was capped: fetch the rest (delivered to the strategy, but older than the
+                # snapshot: they never overwrite its orders and positions; see _on_event)
+                self.last_seq = seen
+                self._send(GetEvents(h=self.headers(), after_seq=seen))
+            self._state_after_register(fresh)  # kv state back before on_start
+        self._flush()  # what was unanswered when the gateway was lost, in the order it was decided
         assert self.client.sub is not None
         for topic in self.feed.topics():
             self.client.subscribe(topic)
@@ -619,28 +700,130 @@ class AgentRuntime(AgentServicesMixin):
         self._deliver_catch_up(self._plan_catch_up())
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
+        """The gateway's view replaces this process's; what this process sent (or is about to send) that
+        the gateway never answered goes out again after it, in the order it was decided: orders, cancels,
+        modifies, cancel-alls, protective orders and their cancels (the gateway knows an id it has: a
+        duplicate, not a second order). An order decided longer than the card's `resend_within_s` ago is
+        not sent late: it ends DENIED here and the strategy is told (on_order)."""
         self.snapshot = snap
         orders = {o.client_order_id: o for o in snap.open_orders}
-        # what this process sent or is about to send that the gateway's snapshot does not show (it was
-        # taken before them, or the gateway never got them): still on its way here, and sent (again)
-        again = [o for c, o in self._unanswered.items() if c not in orders]
-        self._unanswered = {}
-        self._outbox[:0] = again
-        for o in self._outbox:
-            if o.client_order_id not in orders and (mine := self.orders.get(o.client_order_id)) is not None:
-                orders[o.client_order_id] = mine
-        # a cancel the gateway never answered: asked again if its order is still open there
-        cancels = sorted({c for c in self._cancel_mids.values() if c in orders and orders[c].state in OPEN})
-        self._cancel_mids = {}
+        known = {p.id: p for p in snap.protections}
+        now = time.monotonic()
+        waiting = [*self._unanswered.values(), *(o for o in self._outbox if isinstance(o, NewOrder))]
+        again: list[NewOrder] = []
+        late: list[OrderView] = []
+        for o in waiting:
+            c = o.client_order_id
+            if c in orders:
+                self._decided.pop(c, None)
+                continue  # the gateway has it
+            tick, decided = self._decided.get(c, (0, now))
+            mine = self.orders.get(c)
+            if now - decided > self.card.resend_within_s and mine is not None:
+                late.append(
+                    msgspec.structs.replace(
+                        mine,
+                        state=OrderState.DENIED,
+                        reason_code=ErrorCode.NOT_SENT.value,
+                        reason=f"not sent: decided {now - decided:.0f}s ago, before the gateway was lost "
+                        f"(older than resend_within_s = {self.card.resend_within_s:g}s)",
+                    )
+                )
+                continue
+            again.append(o)
+            if mine is not None:
+                orders[c] = mine
+        plan: list[tuple[int, NewOrder | Command]] = [
+            (self._decided.get(o.client_order_id, (0, 0.0))[0], o) for o in again
+        ]
+        for tick, cmd in self._commands.values():
+            if self._still_wanted(tick, cmd, orders, known, again):
+                plan.append((tick, cmd))
+        plan.sort(key=lambda x: x[0])
+        self._outbox, self._commands, self._unanswered, self._submit_mids = [], {}, {}, {}
+        protect_mids, self._protect_mids = self._protect_mids, {}
+        for tick, item in plan:
+            if not isinstance(item, NewOrder):
+                fresh = msgspec.structs.replace(item, h=self.headers())  # a fresh timestamp: it waited
+                self._commands[fresh.h.mid] = (tick, fresh)
+                if isinstance(fresh, Protect):
+                    self._protect_mids[fresh.h.mid] = protect_mids.get(item.h.mid, fresh.id)
+                item = fresh
+            self._outbox.append(item)
+        for v in late:
+            orders[v.client_order_id] = v
+            self._decided.pop(v.client_order_id, None)
+        # protective orders on their way (a Protect sent again, a buy carrying one) stay as this process sees them
+        on_way = {c.id for _, c in self._commands.values() if isinstance(c, Protect)}
+        on_way |= {o.client_order_id for o in again}
+        protections = {k: p for k, p in self._protections.items() if k in on_way and k not in known}
         self.orders = orders
         self._positions = {p.code: p for p in snap.positions}
-        self._protections = {p.id: p for p in snap.protections}
-        self.last_seq = snap.last_seq
+        self._protections = {**known, **protections}
+        for v in late:
+            if (prot := self._protections.get(v.client_order_id)) is not None:
+                self._protections[v.client_order_id] = msgspec.structs.replace(
+                    prot, state=ProtectionState.CANCELLED, reason=f"its buy was not sent: {v.reason}"
+                )
+        self.last_seq = self._snap_seq = snap.last_seq
+        self._snap_ids = frozenset(orders) | frozenset(known)
         self._set_day(snap.day, snap.next_order_n)
-        for c in cancels:
-            self.cancel(c)
-        if again:
-            self.log.warning("%d orders unanswered when the gateway was lost: sent again", len(again))
+        self._follow_states(snap)
+        if self._outbox:
+            self.log.warning(
+                "%d orders and %d other requests unanswered when the gateway was lost: sent again",
+                len(again),
+                len(self._outbox) - len(again),
+            )
+        for v in late:
+            self.log.warning("order %s %s", v.client_order_id, v.reason)
+            self._call("on_order", v)
+
+    def _still_wanted(
+        self,
+        tick: int,
+        cmd: Command,
+        orders: dict[str, OrderView],
+        known: dict[str, Protection],
+        again: list[NewOrder],
+    ) -> bool:
+        """Whether an unanswered command still has something to do by the gateway's snapshot (sending one
+        again that was done is harmless: the gateway answers it with an error, nothing more)."""
+        if isinstance(cmd, (CancelOrder, ModifyOrder)):
+            o = orders.get(cmd.client_order_id)
+            if o is None or o.state not in OPEN:
+                return False
+            return isinstance(cmd, CancelOrder) or o.price != cmd.price or bool(cmd.qty and cmd.qty != o.qty)
+        if isinstance(cmd, CancelAll):  # orders decided after it are not its business (ticks; the gateway's: 0)
+            return any(
+                o.state in OPEN and (not cmd.code or o.code == cmd.code) and self._decided.get(c, (0, 0.0))[0] < tick
+                for c, o in orders.items()
+            )
+        if isinstance(cmd, Protect):
+            return cmd.id not in known  # the gateway never got it
+        p = known.get(cmd.id)  # CancelProtection
+        return (
+            (p is not None and p.is_active)
+            or any(isinstance(c, Protect) and c.id == cmd.id for _, c in self._commands.values())
+            or any(o.client_order_id == cmd.id for o in again)
+        )
+
+    def _follow_states(self, snap: Snapshot) -> None:
+        """The trading states and the broker session a snapshot says."""
+        if snap.session_state:
+            self._session_state = SessionState(snap.session_state)
+        if snap.gateway_state:
+            self._gateway_state = TradingState(snap.gateway_state)
+        self._own_state(snap.trading_state)
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Callbacks run inside send nothing until it ends (the caller flushes)."""
+        self._callbacks += 1
+        try:
+            yield
+        finally:
+            self._callbacks -= 1
 
     def _set_day(self, yyyymmdd: str, next_n: int = 1) -> None:
         day = dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
@@ -938,11 +1121,7 @@ class AgentRuntime(AgentServicesMixin):
                 # backtest would
                 while (msg := self.client.recv_nowait()) is not None:
                     self._on_message(msg)
-                fresh, heal = self.feed.drain(batch)
-                if heal:
-                    self._ask_market(heal, gap=True)
-                for pub in fresh:
-                    self._on_pub(pub)
+                self._on_sub(batch)
             now = time.monotonic()
             if self._next_timer_ns is not None:
                 market, interval_ns = self._market_ns(), int(self._timer_s * 1e9)
@@ -975,20 +1154,23 @@ class AgentRuntime(AgentServicesMixin):
             self._gateway_lost(silent, f"no reply from the gateway for {silent:.1f}s")
             return
         self._hb_sent_at = now
-        self._send(
-            Heartbeat(
-                h=self.headers(),
-                max_ack_gap_ms=int(self._max_ack_gap * 1000),
-                errors=self.errors,
-                feed=FeedHealth(
-                    gaps=self.feed.stats.gaps,
-                    heals=self.feed.stats.heals,
-                    conflated=self.feed.stats.conflated,
-                    bad=self.client.bad_frames if self.client is not None else 0,
-                    last_daily=self._last_daily,
-                    **self.quotes.report(),
-                ),
-            )
+        self._send(self._heartbeat_msg())
+
+    def _heartbeat_msg(self) -> Heartbeat:
+        """Also sent while a callback waits on the gateway (agent/services.py): the same health, the pause too."""
+        return Heartbeat(
+            h=self.headers(),
+            max_ack_gap_ms=int(self._max_ack_gap * 1000),
+            errors=self.errors,
+            feed=FeedHealth(
+                gaps=self.feed.stats.gaps,
+                heals=self.feed.stats.heals,
+                conflated=self.feed.stats.conflated,
+                bad=self.client.bad_frames if self.client is not None else 0,
+                last_daily=self._last_daily,
+                paused=self._pause_why if self.paused else "",
+                **self.quotes.report(),
+            ),
         )
 
     def _gateway_lost(self, silent: float, why: str) -> None:
@@ -1002,6 +1184,8 @@ class AgentRuntime(AgentServicesMixin):
         except (ConnectionFileError, AgentExit) as e:
             if isinstance(e, AgentExit) and e.code == EXIT_DUPLICATE:
                 raise  # another live copy took our id while we were away: we must not trade
+            if isinstance(e, AgentExit) and self.client is None:
+                raise  # its credential or CURVE keys are unusable: nothing to wait for (exits with why)
             self.log.warning("gateway not back yet (%s); retrying", e)
             self._hb_sent_at = time.monotonic() + min(5.0, 0.5 + silent / 4) - self.heartbeat_s  # back-off
 
@@ -1017,11 +1201,32 @@ class AgentRuntime(AgentServicesMixin):
 
     def _flush(self) -> None:
         self._flush_state()  # ahead of the orders it may explain
-        if self._outbox and self.client is not None:
-            batch, self._outbox = self._outbox, []
-            for o in batch:
+        if not self._outbox or self.client is None:
+            return
+        items, self._outbox = self._outbox, []
+        batch: list[NewOrder] = []
+        for item in items:  # in the order decided: orders in batches, each command after the orders before it
+            if isinstance(item, NewOrder):
+                batch.append(item)
+                continue
+            self._submit(batch)
+            batch = []
+            self._send(item)
+        self._submit(batch)
+
+    def _submit(self, orders: list[NewOrder]) -> None:
+        """In batches the schema takes (one over its bound is refused whole, and none of its orders placed)."""
+        for i in range(0, len(orders), MAX_BATCH):
+            chunk = orders[i : i + MAX_BATCH]
+            msg = SubmitOrders(h=self.headers(), orders=chunk)
+            self._submit_mids[msg.h.mid] = [o.client_order_id for o in chunk]
+            for o in chunk:
                 self._unanswered[o.client_order_id] = o
-            self._send(SubmitOrders(h=self.headers(), orders=batch))
+            self._send(msg)
+
+    def _answered(self, client_order_id: str) -> None:
+        self._unanswered.pop(client_order_id, None)
+        self._decided.pop(client_order_id, None)
 
     # ---- incoming -------------------------------------------------------------------------------
 
@@ -1037,16 +1242,19 @@ class AgentRuntime(AgentServicesMixin):
             self._ack_seen()
             self._follow_clock(msg.clock_ns, msg.phase)
             self._protect_mids.pop(msg.h.re, None)
-            self._cancel_mids.pop(msg.h.re, None)
+            self._commands.pop(msg.h.re, None)
             self._marker_mids.pop(msg.h.re, None)
         elif isinstance(msg, OrdersReply):
+            self._submit_mids.pop(msg.h.re, None)
             for r in msg.results:
-                self._unanswered.pop(r.client_order_id, None)
+                self._answered(r.client_order_id)
                 if not r.accepted:
                     self._refused(r)
         elif isinstance(msg, SnapshotReply):
+            # asked after a day change it missed, or a gap on the system topic: the day, clock and states now
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
             self._follow_clock(msg.snapshot.clock_ns, msg.snapshot.phase)
+            self._follow_states(msg.snapshot)
         elif isinstance(msg, MarketSnapshot):
             for st in msg.markets:
                 self.log.info(
@@ -1060,10 +1268,17 @@ class AgentRuntime(AgentServicesMixin):
             for body in self.feed.on_snapshot(msg):
                 self._deliver(body)
         elif isinstance(msg, EventBatch):
+            before = self.last_seq
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
+            if before < self.last_seq < msg.last_seq:
+                # a batch stops at its limit: ask on until the gateway's last (no progress: nothing to ask)
+                self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
         elif isinstance(msg, Error):
-            self._cancel_mids.pop(msg.h.re, None)
+            acted_on = msg.code not in _NOT_ACTED_ON  # else kept: sent again once registered again
+            if acted_on:
+                self._commands.pop(msg.h.re, None)
+                self._batch_refused(msg)
             if (marked := self._marker_mids.pop(msg.h.re, None)) is not None:
                 self.log.warning(
                     "daily marker of %s refused by the gateway (%s: %s): a restart before the next session "
@@ -1072,7 +1287,7 @@ class AgentRuntime(AgentServicesMixin):
                     msg.code,
                     msg.message,
                 )
-            pid = self._protect_mids.pop(msg.h.re, None)
+            pid = self._protect_mids.pop(msg.h.re, None) if acted_on else None
             if pid is not None and (mine := self._protections.get(pid)) is not None:
                 # the gateway did not take it: it ends here, and the strategy is told why
                 refused = msgspec.structs.replace(
@@ -1093,6 +1308,20 @@ class AgentRuntime(AgentServicesMixin):
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)
+
+    def _batch_refused(self, msg: Error) -> None:
+        """A SubmitOrders the gateway refused whole (it did not decode, ...): none of its orders exists
+        there; each ends DENIED here and the strategy is told (a ghost 'on its way' blocks a strategy)."""
+        for c in self._submit_mids.pop(msg.h.re, []):
+            self._answered(c)
+            self._refused(
+                OrderResult(
+                    client_order_id=c,
+                    accepted=False,
+                    code=msg.code,
+                    message=f"the gateway refused its batch: {msg.message}",
+                )
+            )
 
     def _refused(self, r: OrderResult) -> None:
         """The gateway did not take an order. Its own copy here must not stay 'on its way' (a ghost
@@ -1128,9 +1357,13 @@ class AgentRuntime(AgentServicesMixin):
             return
         self.last_seq = ev.seq
         body = ev.body
+        # an event the registration snapshot already covers (a capped replay fetched after it): the strategy
+        # hears it, but it never takes the view back behind the snapshot's
+        older = ev.seq <= self._snap_seq
         if isinstance(body, OrderUpdate):
-            self._unanswered.pop(body.order.client_order_id, None)  # the gateway has it
-            self.orders[body.order.client_order_id] = body.order
+            self._answered(body.order.client_order_id)  # the gateway has it
+            if not (older and body.order.client_order_id in self._snap_ids):
+                self.orders[body.order.client_order_id] = body.order
             self.log.info(
                 "EVENT order %s %s filled %d/%d",
                 body.order.client_order_id,
@@ -1141,7 +1374,8 @@ class AgentRuntime(AgentServicesMixin):
             if notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):
-            self._positions[body.position.code] = body.position
+            if not older:
+                self._positions[body.position.code] = body.position
             self.log.info(
                 "EVENT fill %s %s %d@%d position %d",
                 body.fill.client_order_id,
@@ -1155,7 +1389,8 @@ class AgentRuntime(AgentServicesMixin):
         elif isinstance(body, PositionUpdate):
             # reconciliation took back a fill the broker does not have, or brought a fill's value to the
             # broker's: the gateway's books are the truth
-            self._positions[body.position.code] = body.position
+            if not older:
+                self._positions[body.position.code] = body.position
             self.log.warning("POSITION %s now %d (%s)", body.position.code, body.position.qty, body.reason)
         elif isinstance(body, Notice):
             self.log.info("NOTICE %s %s", body.level, body.text)
@@ -1164,7 +1399,8 @@ class AgentRuntime(AgentServicesMixin):
             self._reload(body)
         elif isinstance(body, ProtectionUpdate):
             p = body.protection
-            self._protections[p.id] = p
+            if not (older and p.id in self._snap_ids):
+                self._protections[p.id] = p
             self.log.info("EVENT protection %s %s %s%s", p.id, p.state, p.code, f" ({p.reason})" if p.reason else "")
             if notify:
                 self._call("on_protection", p)
@@ -1230,25 +1466,118 @@ class AgentRuntime(AgentServicesMixin):
         finally:
             self._delivering = None
 
+    def _on_sub(self, batch: list[Published]) -> None:
+        """One drain of the SUB socket."""
+        fresh, heal = self.feed.drain(batch)
+        if heal:
+            self._ask_market(heal, gap=True)
+        if self.feed.take_system_gap():
+            # a missed system event (a new trading day, a trading state, the session): ask the gateway
+            self._send(GetSnapshot(h=self.headers()))
+        for pub in fresh:
+            self._on_pub(pub)
+
     def _on_pub(self, pub: Published) -> None:
         # sequence checks, de-duplication and conflation happened in MarketFeed.drain
         if isinstance(pub.body, (TradeTick, BookTick, Bar)):
             self._deliver(pub.body)
-        elif isinstance(pub.body, SystemEvent) and pub.body.kind is SystemEventKind.TRADING_DAY and pub.body.text:
-            self._set_day(pub.body.text)
+        elif isinstance(pub.body, SystemEvent):
+            self._on_system(pub.body)
+
+    def _on_system(self, ev: SystemEvent) -> None:
+        try:
+            if ev.kind is SystemEventKind.TRADING_DAY and ev.text:
+                self._set_day(ev.text)
+            elif ev.kind is SystemEventKind.TRADING_STATE and ev.agent == self.agent_id:
+                self._own_state(TradingState(ev.text))
+            elif ev.kind is SystemEventKind.TRADING_STATE and not ev.agent:
+                self._gateway_state = TradingState(ev.text)
+            elif ev.kind is SystemEventKind.SESSION_STATE:
+                self._session_state = SessionState(ev.text)
+            elif ev.kind is SystemEventKind.AGENT_OFFLINE and ev.agent == self.agent_id and not self._stopping:
+                # the gateway let our lease go (this process stalled): heartbeat now; answered NOT_REGISTERED,
+                # it registers again, which brings back its market data and what it missed
+                self.log.warning("the gateway says this agent is offline (%s): checking its registration", ev.text)
+                self._hb_sent_at = 0.0
+        except ValueError:
+            self.log.warning("system event %s with an unknown value %r: ignored", ev.kind, ev.text)
+
+    def _own_state(self, state: TradingState) -> None:
+        """This agent's trading state at the gateway; the operator's resume (ACTIVE after the gateway had us
+        out of it since we paused) ends a pause after a strategy error."""
+        self._agent_state = state
+        if not self.paused:
+            return
+        if state is not TradingState.ACTIVE:
+            self._pause_seen = True
+        elif self._pause_seen:
+            self.paused, self._pause_why, self._pause_seen = False, "", False
+            self.log.warning("RESUMED by the operator: orders are sent again")
+
+    def _pause(self, why: str) -> None:
+        if self.paused:
+            return
+        self.paused, self._pause_why = True, why[:200]
+        self._pause_seen = self._agent_state is not TradingState.ACTIVE  # an operator's resume will announce
+        self.log.error(
+            "PAUSED after a strategy error: no orders until the operator resumes it (ktrader control resume "
+            "--agent %s)",
+            self.agent_id,
+        )
+        self._hb_sent_at = 0.0  # the gateway hears it with the next loop's heartbeat
 
     def _call(self, name: str, *args: Any) -> None:
         if self.strategy is None:
             return
+        mark = len(self._outbox)
+        self._callbacks += 1
         try:
             getattr(self.strategy, name)(*args)
         except Exception as e:
-            self.errors += 1
-            self.log.exception("strategy error in %s", name)
-            if self.card.on_error is OnError.PAUSE:
-                self.paused = True
-            elif self.card.on_error is OnError.STOP:
-                self._stopping = True
-            if isinstance(e, KtraderError):
-                return
-        self._flush()
+            halted = isinstance(e, KtraderError) and e.code is ErrorCode.DENIED_HALTED and self.paused
+            if not halted:  # (paused: an order it tried was refused; the cancels it queued before still go)
+                # a callback that raised decided half of something (leg 1 of a pair): none of it leaves
+                self._drop_outbox(mark, name)
+            if isinstance(e, KtraderError) and e.code in _SERVICE_ERRORS:
+                # the runtime's services (a query timing out, no connection, the agent's own pause): not a bug
+                level = logging.DEBUG if halted else logging.WARNING
+                self.log.log(level, "%s ended by %s: %s (not counted as a strategy error)", name, e.code, e)
+            else:
+                self.errors += 1
+                self.log.exception("strategy error in %s", name)
+                if self.card.on_error is OnError.PAUSE:
+                    self._pause(f"{type(e).__name__} in {name}: {e}")
+                elif self.card.on_error is OnError.STOP:
+                    self._stopping = True
+        finally:
+            self._callbacks -= 1
+        if not self._callbacks:
+            self._flush()
+
+    def _drop_outbox(self, mark: int, name: str) -> None:
+        """What the callback that raised queued never leaves; its orders end DENIED here (not open)."""
+        dropped, self._outbox = self._outbox[mark:], self._outbox[:mark]
+        if not dropped:
+            return
+        for item in dropped:
+            if isinstance(item, NewOrder):
+                c = item.client_order_id
+                self._decided.pop(c, None)
+                if (mine := self.orders.get(c)) is not None:
+                    self.orders[c] = msgspec.structs.replace(
+                        mine,
+                        state=OrderState.DENIED,
+                        reason_code=ErrorCode.NOT_SENT.value,
+                        reason=f"not sent: {name} raised before it ended",
+                    )
+                self._protections.pop(c, None)
+            else:
+                self._commands.pop(item.h.mid, None)
+                if isinstance(item, Protect):
+                    self._protect_mids.pop(item.h.mid, None)
+                    self._protections.pop(item.id, None)
+        self.log.warning(
+            "%s raised: not sent what it queued: %s",
+            name,
+            ", ".join(_describe(i) for i in dropped),
+        )

@@ -181,6 +181,10 @@ class AgentServicesMixin:
             raise AgentExit(EXIT_NO_GATEWAY, f"could not load the agent's state from the gateway: {reply}")
         self._kv = self._state_type(reply.items)
 
+    def _heartbeat_msg(self) -> Heartbeat:
+        """The heartbeat sent while waiting (the runtime's carries its feed health and pause too)."""
+        return Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors)
+
     # ---- market queries and the book summary ---------------------------------------------------------
 
     def quote(self, code: str, timeout_s: float = 10.0) -> PriceQuote:
@@ -215,9 +219,7 @@ class AgentServicesMixin:
                 raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s")
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._hb_sent_at = now
-                client.send(
-                    Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors)
-                )
+                client.send(self._heartbeat_msg())
             wait = min(deadline, self._hb_sent_at + self.heartbeat_s) - now
             if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
                 continue

@@ -50,8 +50,33 @@ class Registry(msgspec.Struct, kw_only=True):
 
 
 def checksum(card: AgentCard) -> str:
-    """sha256 of the card's canonical JSON (keys sorted: the same card in any TOML order is the same)."""
-    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(card), order="sorted")).hexdigest()
+    """sha256 of the card's canonical JSON: keys sorted (the same card in any TOML order is the same) and
+    fields at their default left out, so that a version of ktrader adding a card field (with a default)
+    does not change the checksum of every card approved before it."""
+    return _sha(_canonical(card))
+
+
+def _sha(builtins: object) -> str:
+    return hashlib.sha256(msgspec.json.encode(builtins, order="sorted")).hexdigest()
+
+
+def _canonical(value: object) -> object:
+    """`value` as JSON builtins, every struct field whose value is its default left out (nested too)."""
+    if isinstance(value, msgspec.Struct):
+        out: dict[str, object] = {}
+        for f in msgspec.structs.fields(value):
+            v = getattr(value, f.name)
+            if f.default is not msgspec.NODEFAULT and v == f.default:
+                continue
+            if f.default_factory is not msgspec.NODEFAULT and v == f.default_factory():
+                continue
+            out[f.encode_name] = _canonical(v)
+        return out
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return msgspec.to_builtins(value)
 
 
 def registry_path(run_dir: str | Path) -> Path:
@@ -70,12 +95,20 @@ def load(run_dir: str | Path) -> Registry:
         return Registry()
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ConfigError(f"{path}: unreadable ({e})") from None
+    raw: dict[str, dict[str, object]] = {}
     for agent, a in reg.cards.items():
-        if a.card.id != agent or checksum(a.card) != a.sha256:
+        if a.card.id == agent and checksum(a.card) == a.sha256:
+            continue
+        # written by an older ktrader: its checksum covered every field the card had then, as stored
+        if not raw:
+            raw = msgspec.json.decode(path.read_bytes()).get("cards", {})
+        stored = raw.get(agent, {}).get("card")
+        if a.card.id != agent or stored is None or _sha(stored) != a.sha256:
             raise ConfigError(
                 f"{path}: the entry of {agent!r} does not match its checksum (edited by hand?); "
                 f"approve the card again: ktrader cards approve CARD"
             )
+        reg.cards[agent] = msgspec.structs.replace(a, sha256=checksum(a.card))  # what registrations compare
     return reg
 
 

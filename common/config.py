@@ -327,6 +327,9 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     schedule: Schedule = msgspec.field(default_factory=Schedule)
     mode: AgentMode = AgentMode.LIVE
     on_error: OnError = OnError.CONTINUE
+    # an order decided longer ago than this when the gateway was lost is not sent once it is back (it
+    # ends DENIED in the agent, the strategy is told): a decision minutes old is not the strategy's any more
+    resend_within_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     description: str = ""
     # > 0: the agent trades the gateway's universe, the top N by trading value (refreshed during the
     # session), besides its `codes`

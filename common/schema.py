@@ -144,6 +144,8 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     clock_ns: int = 0  # the gateway's market clock when the snapshot was taken
     phase: str = ""  # the market's phase then (common.krx.Phase value)
     protections: list[Protection] = []  # active, and those that ended today (a fired stop, a cancelled one)
+    session_state: str = ""  # the broker session as orders see it (SessionState value; "": not said)
+    gateway_state: str = ""  # the gateway-wide trading state (TradingState value; "": not said)
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------
@@ -157,7 +159,8 @@ class Register(_Msg, tag="register", frozen=True):
 
 
 class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
-    """An agent's market data as it sees it: sent in its heartbeats, shown in its AgentStatus."""
+    """An agent's health as it sees it (its market data, and whether it paused itself): sent in its
+    heartbeats, shown in its AgentStatus."""
 
     gaps: int = 0  # market-data sequence gaps this agent detected
     heals: int = 0  # ... and healed with a fresh market snapshot
@@ -170,6 +173,9 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
     polled_n: int = 0
     last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given
+    # why the agent paused itself after a strategy error (card on_error = "pause"); "": not paused.
+    # Here, not in Heartbeat itself, because the operator's AgentStatus shows the latest FeedHealth.
+    paused: str = ""
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

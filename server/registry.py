@@ -28,6 +28,7 @@ class AgentRecord:
     errors: int = 0
     codes: list[str] = field(default_factory=list)
     feed: FeedHealth = field(default_factory=FeedHealth)  # from this session's latest heartbeat
+    paused: bool = False  # its heartbeats say it paused itself after a strategy error (card on_error)
 
     @property
     def id(self) -> str:
@@ -86,9 +87,11 @@ class Registry:
         return self.agents.get(agent) if agent else None
 
     def touch(self, rec: AgentRecord) -> None:
-        rec.last_seen = self.clock()
-        if rec.state is not AgentState.ONLINE:
-            rec.state = AgentState.ONLINE
+        """A request from the lease holder keeps its lease. A lease that ran out (STALE, OFFLINE) is not
+        revived here: its market data was released when it expired, so the agent must register again
+        (its heartbeat is answered NOT_REGISTERED, server/sessions.py), which restores them."""
+        if rec.state is AgentState.ONLINE:
+            rec.last_seen = self.clock()
 
     def unregister(self, rec: AgentRecord) -> None:
         rec.state = AgentState.OFFLINE

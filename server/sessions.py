@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.approvals import Approval, checksum, differences
-from common.enums import AgentMode, AgentState, SystemEventKind
+from common.enums import AgentMode, AgentState, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
 from common.market_clock import market_ns
@@ -115,6 +115,8 @@ class AgentSessions:
             clock_ns=market_ns(book.clock),
             phase=book.clock.phase().value,
             protections=prot.of(agent) if prot is not None else [],
+            session_state=self.desk.session()[0].value,
+            gateway_state=self.risk.global_state.value,
         )
 
     # ---- requests -----------------------------------------------------------------------------------
@@ -199,11 +201,38 @@ class AgentSessions:
         )
 
     def heartbeat(self, rec: AgentRecord, route: bytes, msg: Heartbeat) -> Message:
+        if rec.state is not AgentState.ONLINE:
+            # Its lease ran out (a stall: a slow callback, a GC pause, SIGSTOP) and its market data went
+            # with it (offline). Accepting the heartbeat would make it online again without them: it must
+            # register again, which restores them and replays what it missed (one path for "it came back").
+            self.counters["heartbeats_after_expiry"] += 1
+            return Error(
+                h=self.headers(msg.h.mid),
+                code=ErrorCode.NOT_REGISTERED,
+                message=f"your lease expired ({rec.state.value}): register again",
+            )
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
         rec.errors = msg.errors
         rec.feed = msg.feed
+        self._note_pause(rec, msg.feed.paused)
         clock = self.book.clock
         return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(clock), phase=clock.phase().value)
+
+    def _note_pause(self, rec: AgentRecord, why: str) -> None:
+        """An agent that paused itself after a strategy error (card on_error = "pause") is put in REDUCING
+        once, when it says so: the operator sees it (status, log), and `ktrader control resume --agent ID`
+        then sets it ACTIVE, whose TRADING_STATE event is what clears the agent's pause (a resume of an
+        agent already ACTIVE announces nothing). REDUCING, not HALTED: its protective exits keep working."""
+        if why and not rec.paused:
+            log.warning("agent %s paused itself after a strategy error: %s", rec.id, why)
+            if self.risk.agent_state(rec.id) is TradingState.ACTIVE:
+                self.risk.set_state(
+                    rec.id,
+                    TradingState.REDUCING,
+                    why=f"the agent paused itself after a strategy error ({why}); "
+                    f"ktrader control resume --agent {rec.id} resumes it",
+                )
+        rec.paused = bool(why)
 
     def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
         self.registry.unregister(rec)

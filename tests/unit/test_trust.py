@@ -126,3 +126,22 @@ def test_approved_cards_registry_and_checksum(tmp_path: Path) -> None:
     assert seen.get("alpha") is None and "checksum" in seen.error  # nothing is approved then
     with pytest.raises(ConfigError, match="reserved"):
         approvals.approve(tmp_path, [card("external")], by="test")
+
+
+def test_an_approval_from_an_older_version_survives_a_new_card_field(tmp_path: Path) -> None:
+    """Approved by a ktrader whose cards had fewer fields (its checksum covered every field then): the
+    upgrade neither refuses the registry nor the agent's unchanged card; a hand edit is still caught."""
+    import hashlib
+
+    old_card = msgspec.to_builtins(card())
+    del old_card["resend_within_s"]  # a field this version added, with its default
+    sha = hashlib.sha256(msgspec.json.encode(old_card, order="sorted")).hexdigest()
+    path = approvals.registry_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"card": old_card, "sha256": sha, "by": "older", "ts_ns": 1}
+    path.write_bytes(msgspec.json.encode({"version": 1, "cards": {"alpha": entry}}))
+    a = approvals.load(tmp_path).cards["alpha"]
+    assert a.card == card() and a.sha256 == approvals.checksum(card())  # what a registration compares
+    path.write_text(path.read_text().replace('"budget":1000000', '"budget":65000000'))
+    with pytest.raises(ConfigError, match="checksum"):
+        approvals.load(tmp_path)

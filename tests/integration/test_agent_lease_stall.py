@@ -1,0 +1,95 @@
+"""An agent process that stalls longer than its lease (a slow callback, a GC pause, SIGSTOP) but shorter
+than its own "gateway lost" threshold: the gateway lets its lease go and releases its market data at the
+broker. When the agent runs again it must get them back (it registers again: the gateway answers its
+next heartbeat NOT_REGISTERED), not carry on "online" with frozen prices and no warning.
+
+Real processes on loopback: the KIS twin, the gateway on it, one agent; read from the twin's own view of
+its websocket registrations, the gateway's status and the agent's log."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.enums import AgentState
+from server.subscriptions import SubscriptionManager
+from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
+from tools.ops.status import fetch_status
+
+pytestmark = pytest.mark.integration
+
+# the gateway builds SubscriptionManager(broker): a released registration goes after this debounce
+DEBOUNCE_S = inspect.signature(SubscriptionManager).parameters["debounce_s"].default
+
+CODE = "000660"
+TRADES = ("H0STCNT0", CODE)
+CARD = f"""
+id = "stall"
+name = "stall"
+strategy = "tests.strategies.subprobe:SubProbe"
+codes = ["{CODE}"]
+[subscriptions]
+trades = true
+[params]
+every_s = 0.2
+"""
+
+
+def test_an_agent_that_stalled_past_its_lease_gets_its_market_data_back(tmp_path: Path, procs: Procs) -> None:
+    twin = subprocess.Popen(
+        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "twin.err", "wb"),
+        env=child_env(),
+        start_new_session=True,
+    )
+    procs.procs.append(twin)
+    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    admin = httpx.Client(base_url=info["admin_url"], timeout=5)
+    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
+    card = tmp_path / "stall.toml"
+    card.write_text(CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="stall")
+
+    def registered_at_twin() -> bool:
+        doc = admin.get("/admin/ws/registrations").json()
+        return any(TRADES in {tuple(r) for r in s["registrations"]} for s in doc["sessions"])
+
+    def trades_since(offset: int) -> bool:
+        return re.search(rf"SUBPROBE trade {CODE} \d+", procs.log(agent)[offset:]) is not None
+
+    try:
+        wait_for(lambda: trades_since(0), 30, what="trades reach the agent")
+        assert registered_at_twin()
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            # stalled until the gateway let the lease go (1 s): about 1-1.5 s, under the agent's own
+            # "gateway lost" threshold (3 leases), so only the gateway's answer can tell it
+            wait_for(
+                lambda: "agent stall lease expired" in procs.log(gateway), 10, what="the gateway expires the lease"
+            )
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        wait_for(lambda: "registered (same" in procs.log(gateway), 10, what="the agent registers again")
+        # the registration released with the lease (after the debounce) must be back, and stay
+        wait_for(registered_at_twin, 10, interval=0.1, what="the agent's trade registration at the twin")
+        holds_for(registered_at_twin, DEBOUNCE_S + 1.0, interval=0.1, what="the trade registration at the twin")
+        resumed_at = len(procs.log(agent))
+        wait_for(lambda: trades_since(resumed_at), 15, what="trades reach the agent again")
+        status = fetch_status(run, 3.0)
+        assert [(a.id, a.state) for a in status.agents] == [("stall", AgentState.ONLINE)]
+        assert status.subscriptions.get(f"trades:{CODE}") == ["stall"]
+        assert agent.poll() is None
+    finally:
+        admin.close()

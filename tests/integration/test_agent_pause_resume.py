@@ -1,0 +1,60 @@
+"""on_error = "pause" end to end: a callback that raised after queueing leg 1 of a pair sends nothing; the
+agent pauses, says so in its heartbeats (the operator's status shows why, and the agent REDUCING); the
+operator's `ktrader control resume --agent ID` reaches it (a TRADING_STATE event) and it trades again.
+Real processes: a gateway on the in-process fake broker and one agent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.schema import AgentStatus
+from tests.conftest import ROOT, Procs, approve, wait_for
+from tools.ops.status import fetch_status
+
+pytestmark = pytest.mark.integration
+
+CARD = """
+id = "pp"
+name = "pp"
+strategy = "tests.strategies.pause_probe:PauseProbe"
+codes = ["005930"]
+budget = 10_000_000
+on_error = "pause"
+"""
+
+
+def _agent(run: Path) -> AgentStatus:
+    return next(a for a in fetch_status(run, 3.0).agents if a.id == "pp")
+
+
+def test_a_paused_agent_sends_nothing_until_the_operator_resumes_it(tmp_path: Path, procs: Procs) -> None:
+    run = tmp_path / "run"
+    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    card = tmp_path / "pp.toml"
+    card.write_text(CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="pp")
+    wait_for(lambda: "PAUSED after a strategy error" in procs.log(agent), 20, what="the agent pauses")
+    assert "PAUSEPROBE leg1" in procs.log(agent)
+    wait_for(lambda: _agent(run).feed.paused, 10, what="the pause in the operator's status")
+    status = _agent(run)
+    assert "bug computing leg 2" in status.feed.paused and status.trading_state == "reducing"
+    assert status.orders_today == 0 and status.open_orders == 0  # leg 1 never left the agent
+    assert "PAUSEPROBE placed" not in procs.log(agent)
+    resume = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "control", "resume", "--agent", "pp", "--run-dir", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert resume.returncode == 0, resume.stderr
+    wait_for(lambda: "RESUMED by the operator" in procs.log(agent), 10, what="the resume reaches the agent")
+    wait_for(lambda: "PAUSEPROBE placed" in procs.log(agent), 10, what="the agent trades again")
+    wait_for(lambda: _agent(run).orders_today == 1 and not _agent(run).feed.paused, 10, what="status after resume")
+    assert _agent(run).trading_state == "active" and agent.poll() is None

@@ -1,0 +1,200 @@
+"""A running agent that registers again after missing more events than the registration carries (500):
+the snapshot comes first, then the rest of the missed events. Those are older than the snapshot: the
+strategy hears them, but they never take its orders and positions back behind the snapshot's (an order
+filled by then looked open again, a position showed an older size). The agent asks on until it has the
+gateway's last event, however many batches that takes."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import agent.runtime as runtime
+from agent.runtime import AgentRuntime
+from agent.strategy import Strategy
+from common.config import AgentCard
+from common.enums import OrderType, Side, TimeInForce, TradingState
+from common.orders import OrderState
+from common.schema import (
+    AgentEvent,
+    EventBatch,
+    FillUpdate,
+    FillView,
+    GetEvents,
+    HeaderFactory,
+    OrderUpdate,
+    OrderView,
+    PositionView,
+    Registered,
+    Snapshot,
+)
+
+GATEWAY = HeaderFactory("gateway")
+
+
+class _Gateway:
+    """Stands in for agent.client.GatewayClient: answers Register with `registered`."""
+
+    registered: Registered | None = None
+    sent: list[object] = []
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        self.sub = object()
+        self.inbox: deque[object] = deque()
+        self.bad_frames = 0
+
+    def request(self, msg: object, timeout_s: float = 5.0) -> object:
+        assert self.registered is not None
+        return Registered(
+            h=GATEWAY(msg.h.mid),  # type: ignore[attr-defined]
+            snapshot=self.registered.snapshot,
+            events=self.registered.events,
+            heartbeat_s=0.25,
+            lease_s=1.0,
+            pub_endpoint="",
+        )
+
+    def send(self, msg: object) -> int:
+        _Gateway.sent.append(msg)
+        return msg.h.mid  # type: ignore[attr-defined]
+
+    def subscribe(self, topic: str) -> None: ...
+
+    def close(self, linger_ms: int = 0) -> None: ...
+
+    def expect_gateway(self, session: str) -> None: ...
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> type[_Gateway]:
+    info = SimpleNamespace(session="gw", router="ipc://x", pub="ipc://y", lease_s=1.0)
+    monkeypatch.setattr(runtime, "read_info", lambda run_dir: info)
+    monkeypatch.setattr(runtime, "load_credential", lambda run_dir, agent: None)
+    monkeypatch.setattr(runtime, "client_pair_for", lambda *a: None)
+    monkeypatch.setattr(runtime, "GatewayClient", _Gateway)
+    _Gateway.sent = []
+    return _Gateway
+
+
+class _Told(Strategy):
+    def on_start(self) -> None:
+        self.orders: list[tuple[str, str]] = []
+        self.fills: list[int] = []
+
+    def on_order(self, order: OrderView) -> None:
+        self.orders.append((order.client_order_id, order.state.value))
+
+    def on_fill(self, fill: FillView, position: PositionView) -> None:
+        self.fills.append(position.qty)
+
+
+def _order(rt: AgentRuntime, n: int, state: OrderState, filled: int) -> OrderView:
+    return OrderView(
+        client_order_id=f"alpha-{rt.day:%Y%m%d}-{n}",
+        agent="alpha",
+        code="005930",
+        side=Side.BUY,
+        qty=10,
+        price=60_000,
+        order_type=OrderType.LIMIT,
+        tif=TimeInForce.DAY,
+        state=state,
+        filled_qty=filled,
+        filled_value=filled * 60_000,
+    )
+
+
+def _event(seq: int, order: OrderView) -> AgentEvent:
+    return AgentEvent(h=GATEWAY(), seq=seq, body=OrderUpdate(order=order))
+
+
+def _fill(rt: AgentRuntime, seq: int, qty: int, held: int) -> AgentEvent:
+    coid = f"alpha-{rt.day:%Y%m%d}-1"
+    fill = FillView(
+        client_order_id=coid, fill_id=f"f{seq}", code="005930", side=Side.BUY, qty=qty, price=60_000, ts_ns=0
+    )
+    position = PositionView(code="005930", qty=held, cost=held * 60_000, realized_pnl=0)
+    return AgentEvent(h=GATEWAY(), seq=seq, body=FillUpdate(fill=fill, position=position))
+
+
+def _snapshot(rt: AgentRuntime, orders: list[OrderView], held: int, last_seq: int) -> Snapshot:
+    return Snapshot(
+        agent="alpha",
+        trading_state=TradingState.ACTIVE,
+        open_orders=orders,
+        positions=[PositionView(code="005930", qty=held, cost=held * 60_000, realized_pnl=0)],
+        budget=0,
+        reserved_cash=0,
+        spent_cash=0,
+        last_seq=last_seq,
+        next_order_n=3,
+        day=rt.day.strftime("%Y%m%d"),
+        orders_today=2,
+    )
+
+
+def test_events_older_than_the_snapshot_never_take_the_view_back(tmp_path: Path, gateway: type[_Gateway]) -> None:
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Told(rt, None)
+    s.on_start()
+    rt.strategy = s  # a running agent: missed events reach the strategy
+    rt.last_seq = 10
+    # while it was away: its order filled in two parts (seq 11..700); the registration carries 11..510
+    capped = [_event(n, _order(rt, 1, OrderState.ACCEPTED, 0)) for n in range(11, 511)]
+    done = _order(rt, 1, OrderState.FILLED, 10)
+    other = _order(rt, 2, OrderState.ACCEPTED, 0)
+    gateway.registered = Registered(
+        h=GATEWAY(),
+        snapshot=_snapshot(rt, [other], held=10, last_seq=700),
+        events=capped,
+        heartbeat_s=0.25,
+        lease_s=1.0,
+        pub_endpoint="",
+    )
+    rt._connect_and_register()
+    assert rt.positions["005930"].qty == 10 and set(rt.open_orders) == {other.client_order_id}
+    (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
+    assert ask.after_seq == 510
+    # the rest, in two batches (the gateway's limit): older than the snapshot
+    first = [
+        _fill(rt, 600, 5, 5),
+        _event(601, _order(rt, 1, OrderState.PARTIALLY_FILLED, 5)),
+        _event(602, _order(rt, 2, OrderState.PENDING_SUBMIT, 0)),
+    ]
+    rt._on_message(EventBatch(h=GATEWAY(ask.h.mid), events=first, last_seq=700))
+    again = [m for m in gateway.sent if isinstance(m, GetEvents)][-1]
+    assert again.after_seq == 602  # not at the gateway's last yet: asked on
+    rest = [_fill(rt, 650, 5, 10), _event(700, done)]
+    rt._on_message(EventBatch(h=GATEWAY(again.h.mid), events=rest, last_seq=700))
+    assert len([m for m in gateway.sent if isinstance(m, GetEvents)]) == 2  # done asking
+    # the strategy heard everything, in order...
+    assert s.fills == [5, 10] and s.orders[-1] == (done.client_order_id, "filled")
+    # ...and the views never went back behind the snapshot's
+    assert rt.positions["005930"].qty == 10
+    assert rt.open_orders[other.client_order_id].state is OrderState.ACCEPTED
+    assert done.client_order_id not in rt.open_orders and rt.last_seq == 700
+
+
+def test_a_partial_fill_older_than_the_snapshot_does_not_shrink_the_position(
+    tmp_path: Path, gateway: type[_Gateway]
+) -> None:
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Told(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt.last_seq = 10
+    gateway.registered = Registered(
+        h=GATEWAY(),
+        snapshot=_snapshot(rt, [], held=10, last_seq=520),
+        events=[_fill(rt, n, 1, n - 10) for n in range(11, 16)],  # capped after 15
+        heartbeat_s=0.25,
+        lease_s=1.0,
+        pub_endpoint="",
+    )
+    rt._connect_and_register()
+    (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
+    rt._on_message(EventBatch(h=GATEWAY(ask.h.mid), events=[_fill(rt, 16, 1, 6)], last_seq=16))
+    assert rt.positions["005930"].qty == 10
