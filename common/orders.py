@@ -375,12 +375,24 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
 AMENDING = frozenset({S.PENDING_REPLACE, S.PENDING_CANCEL})
 
 
+# the orders a revise can reprice (API.md §4.2: a revise changes price or type): a market, best or
+# priority order has no price of its own (KIS fills or rests it at a price it chooses), and repricing
+# it would make it a limit order our book still calls market: cancel it and send a new one instead
+REPRICEABLE_TYPES = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
+# only resting orders are revised: an IOC/FOK order is filled or killed the moment it arrives
+REVISABLE_TIFS = frozenset({TimeInForce.DAY, TimeInForce.NEXT_SESSION})
+
+
 def revise_refusal(order: Order, qty: int) -> str:
     """Why a revise to total quantity `qty` (0: unchanged) is refused, or "": only the price can be
-    revised (a KIS revise of part of the remainder splits the order); cancel and send anew instead.
-    One rule for the gateway and the backtester."""
+    revised (a KIS revise of part of the remainder splits the order), of an order that has a price and
+    rests; cancel and send anew instead. One rule for the gateway and the backtester."""
     if qty and qty != order.qty:
         return "only the price can be revised; cancel and send a new order to change the quantity"
+    if order.order_type not in REPRICEABLE_TYPES:
+        return f"a {order.order_type.value} order has no price to revise; cancel it and send a new order"
+    if order.tif not in REVISABLE_TIFS:
+        return f"an {order.tif.value.upper()} order does not rest: nothing to revise"
     return ""
 
 

@@ -42,7 +42,7 @@ from common.orders import (
     Submit,
     revise_refusal,
 )
-from common.risk_rules import HELD_TIFS
+from common.risk_rules import HELD_TIFS, Denial
 from common.schema import NewOrder, OrderResult
 from server.order_book import OrderBook
 from server.risk import RiskGate, SessionView
@@ -64,12 +64,7 @@ Reply = tuple[ErrorCode | None, str]
 
 # held orders still waiting for their code's base price this long into their session: a person is told
 BASE_WAIT_ALERT_NS = 60_000_000_000
-# the orders a revise can reprice (API.md §4.2: a revise changes price or type): a market, best or
-# priority order has no price of its own (KIS fills or rests it at a price it chooses), and repricing
-# it would make it a limit order our book still calls market: cancel it and send a new one instead
-REPRICEABLE_TYPES = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
-# only resting orders are revised: an IOC/FOK order is filled or killed the moment it arrives
-REVISABLE_TIFS = frozenset({TimeInForce.DAY, TimeInForce.NEXT_SESSION})
+FLATTEN_RECANCELS = 3  # a flatten's cancel refused this often is left to the operator (alerted)
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
@@ -108,6 +103,7 @@ class OrderDesk:
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        self._flatten_recancels: dict[str, int] = {}  # coid -> cancels asked again after a refusal (flatten)
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
         self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a gateway run)
@@ -317,7 +313,14 @@ class OrderDesk:
                 f"{agent} holds {kind} shares of {', '.join(held)}: flatten it before switching between shadow "
                 "and live, or give the card a new id"
             )
+        if any(o.agent == agent and o.filled_qty for o in self.book.orders.values()):
+            # today's P&L and fees would move with it: a real loss out of the account's daily-loss
+            # count, or a virtual gain into the account's equity and drawdown peak
+            raise ValueError(f"{agent} traded today: switch between shadow and live from the next trading day")
+        cash = self.book.portfolio.cash()
         self.book.portfolio.set_virtual(agent, shadow)
+        if cash is not None:  # the agent's past books change sides, the account's cash does not
+            self.book.portfolio.set_account_cash(cash)
         with self.book.store.transaction():
             self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())
 
@@ -366,11 +369,16 @@ class OrderDesk:
         held = new.tif in HELD_TIFS
         # held orders are sent later: the session only has to be ready then (their release checks it)
         session = (SessionState.READY, "") if held and self.synced() else self.session()
-        denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
-        if denial is None and priority is not Priority.PROTECT and card.id in self._flattening:
+        if priority is not Priority.PROTECT and card.id in self._flattening:
             # its flatten sells wait for every open order of the agent to close: a new one (a strategy
-            # still running re-quotes its bid) would hold them off for good, and a buy undo them
-            denial = ErrorCode.DENIED_REDUCING, f"{card.id} is being flattened: no new orders until it is flat"
+            # still running re-quotes its bid) would hold them off for good, and a buy undo them. Asked
+            # before the gate, whose pass counts against the orders-per-minute windows the sells need
+            denial: Denial | None = (
+                ErrorCode.DENIED_REDUCING,
+                f"{card.id} is being flattened: no new orders until it is flat",
+            )
+        else:
+            denial = self.risk.check(card, new, session, shadow=self.is_shadow(card.id))
         intent: dict[str, object] = {
             "reason": new.reason,
             "context": new.context,
@@ -473,12 +481,6 @@ class OrderDesk:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
         if refusal := revise_refusal(o, qty):
             return ErrorCode.BAD_ORDER, refusal
-        if o.order_type not in REPRICEABLE_TYPES:
-            return ErrorCode.BAD_ORDER, (
-                f"a {o.order_type.value} order has no price to revise; cancel it and send a new order"
-            )
-        if o.tif not in REVISABLE_TIFS:
-            return ErrorCode.BAD_ORDER, f"an {o.tif.value.upper()} order does not rest: nothing to revise"
         denial = self.risk.check_revise(card, o, price, self.session())
         if denial is not None:
             book.trace(coid, "risk", result="revise denied", code=denial[0].value, reason=denial[1])
@@ -560,6 +562,23 @@ class OrderDesk:
                 self.cancel(new.agent, coid)
         if new.agent in self._flattening and not new.is_open:
             self._flatten_step(new.agent)
+        elif (
+            new.agent in self._flattening
+            and old is not None
+            and old.state is OrderState.PENDING_CANCEL
+            and new.state in CANCELLABLE
+        ):
+            # the flatten's cancel was refused (the exchange said no, the order rests again): asked again,
+            # a few times, or its sells would wait for good with the agent's own orders refused meanwhile
+            tries = self._flatten_recancels.get(coid, 0)
+            if tries < FLATTEN_RECANCELS:
+                self._flatten_recancels[coid] = tries + 1
+                self.cancel(new.agent, coid)
+            else:
+                self.alert(
+                    f"{new.agent}: flatten waits: the cancel of {coid} was refused {tries + 1} times; cancel it "
+                    "or flatten again (the agent's new orders are refused until it is flat)"
+                )
 
     # ---- orders held for a session ---------------------------------------------------------------------
 

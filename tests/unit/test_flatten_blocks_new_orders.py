@@ -3,11 +3,15 @@ flatten's sells go out (a re-quoted bid kept them waiting for good, and the oper
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from common.config import AccountLimits, GatewayConfig
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import OrderState
+from kis.port import BrokerAck, BrokerCancel, NoticeKind
+from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, coid, order
 
 
@@ -34,5 +38,73 @@ async def test_an_agent_being_flattened_cannot_order_and_its_shares_are_sold(tmp
         assert "alpha" not in h.desk._flattening
         # flat again: the agent orders as before
         assert h.desk.submit(CARD, order(4, qty=1, price=60_000)).accepted
+    finally:
+        await h.close()
+
+
+class RefusingCancel(FakeBroker):
+    """KIS takes the cancel (접수 over REST), the exchange refuses it (거부 notice of the cancel line)."""
+
+    def __init__(self, refusals: int, **kw: int) -> None:
+        super().__init__(**kw)
+        self.refusals = refusals
+        self.cancels = 0
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        self.cancels += 1
+        if self.cancels > self.refusals:
+            return await super().cancel(req)
+        o = self.orders[req.broker_order_id]
+        odno = f"{next(self._odno):010d}"
+        self._notice(NoticeKind.ACCEPTED, odno, o, orig=req.broker_order_id, is_cancel=True)
+        self._notice(NoticeKind.REJECTED, odno, o, orig=req.broker_order_id, is_cancel=True)
+        return BrokerAck(broker_order_id=odno, org_no="06010", time=self._time())
+
+
+async def test_a_refused_flatten_cancel_is_asked_again_and_the_flatten_completes(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "gw.sqlite", broker=RefusingCancel(refusals=2, ref_price=70_000))
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+        assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.ACCEPTED)
+        h.desk.flatten(CARD, "operator flatten")
+        await h.settle(lambda: h.portfolio.positions["alpha"]["005930"].qty == 0)
+        assert h.book.orders[coid(2)].state is OrderState.CANCELLED and h.broker.cancels == 3
+        assert "alpha" not in h.desk._flattening
+    finally:
+        await h.close()
+
+
+class SlowCancel(FakeBroker):
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.gate = asyncio.Event()
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        await self.gate.wait()
+        return await super().cancel(req)
+
+
+async def test_orders_refused_during_a_flatten_do_not_use_up_its_rate(tmp_path: Path) -> None:
+    """The refusal comes before the gate, whose pass counts in the orders-per-minute windows: a strategy
+    re-quoting while the flatten's cancels wait must not leave its sells DENIED_RATE."""
+    broker = SlowCancel()
+    cfg = GatewayConfig(risk=AccountLimits(max_orders_per_minute=8))
+    h = Harness(tmp_path / "gw.sqlite", broker=broker, cfg=cfg)
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+        assert h.desk.submit(CARD, order(2, qty=5, price=60_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.ACCEPTED)
+        h.desk.flatten(CARD, "operator flatten")
+        for n in range(3, 9):  # the strategy keeps re-quoting: each refused 'being flattened'
+            assert not h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+        broker.gate.set()
+        await h.settle(lambda: h.portfolio.positions["alpha"]["005930"].qty == 0)
     finally:
         await h.close()

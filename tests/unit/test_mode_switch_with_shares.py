@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from common.enums import Side
 from common.orders import OrderState
 from tests.unit.test_oms import CARD, Harness, coid, order
 
@@ -39,5 +40,29 @@ async def test_real_shares_block_the_switch_to_shadow(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="real shares of 005930"):
             h.desk.set_mode("alpha", True)
         assert "alpha" not in h.portfolio.virtual
+    finally:
+        await h.close()
+
+
+async def test_an_agent_that_traded_today_cannot_switch_and_a_switch_keeps_the_cash(tmp_path: Path) -> None:
+    """Today's P&L would change sides with the agent (a real loss out of the account's daily-loss count);
+    a switch on a later day leaves the account's cash where it was (its past books change sides)."""
+    h = Harness(tmp_path / "gw.sqlite")
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+        await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+        sell = order(2, qty=10, price=70_000, side=Side.SELL)
+        assert h.desk.submit(CARD, sell).accepted
+        await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.FILLED)
+        with pytest.raises(ValueError, match="traded today"):
+            h.desk.set_mode("alpha", True)
+        h.portfolio.set_account_cash(10_000_000)
+        for c in (coid(1), coid(2)):  # a later day: today's book no longer holds them
+            del h.book.orders[c]
+        before = h.portfolio.cash()
+        h.desk.set_mode("alpha", True)
+        assert "alpha" in h.portfolio.virtual and h.portfolio.cash() == before
     finally:
         await h.close()
