@@ -598,7 +598,9 @@ def _limits(
         else ()
     ):
         if lim.max_orders_per_minute:
-            hit = n >= lim.max_orders_per_minute
+            # the account's window never refuses a sell of held shares: one agent's burst (its orders,
+            # its revises) must not keep another's stop-loss from going out (its own window still does)
+            hit = n >= lim.max_orders_per_minute and not (scope == "account" and is_reducing(side, qty, exp))
             if hit or explaining:
                 yield Check(
                     "orders per minute",

@@ -92,3 +92,26 @@ def test_backtest_revises_count_against_the_rate_as_live() -> None:
     assert sim.modify("alpha-20240305-1", 59_900, notes)  # 2 of 2
     assert not sim.modify("alpha-20240305-1", 59_800, notes)  # the third request of the minute
     assert sim.orders["alpha-20240305-1"].reason_code == ErrorCode.DENIED_RATE
+
+
+async def test_one_agents_revises_never_hold_back_anothers_sell_of_held_shares(tmp_path: Path) -> None:
+    """The account's window refuses no sell of held shares: alpha re-quoting by revise fills it, and
+    beta's stop-loss sell still goes out (its own window would still count)."""
+    h = Harness(tmp_path / "gw.sqlite", cfg=GatewayConfig(risk=AccountLimits(max_orders_per_minute=4)))
+    await h.start()
+    beta = msgspec.structs.replace(card(), id="beta", name="B")
+    held = NewOrder(client_order_id="beta-20261120-1", code=CODE, side=Side.BUY, qty=10, price=70_000)
+    assert h.desk.submit(beta, held).accepted
+    await h.settle(lambda: h.book.orders["beta-20261120-1"].state is OrderState.FILLED)
+    c = card()
+    assert h.desk.submit(c, buy(1)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.ACCEPTED)
+    for price in (60_100, 60_200):
+        assert h.desk.modify(c, "alpha-20261120-1", price)[0] is None
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.ACCEPTED)
+    assert h.desk.submit(c, buy(2)).code is ErrorCode.DENIED_RATE  # the account's minute is used up ...
+    stop = NewOrder(
+        client_order_id="beta-20261120-2", code=CODE, side=Side.SELL, qty=10, price=0, order_type=OrderType.MARKET
+    )
+    assert h.desk.submit(beta, stop).accepted  # ... but not for a sell of held shares
+    await h.close()
