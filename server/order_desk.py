@@ -438,6 +438,7 @@ class OrderDesk:
             duplicate=True,
             code=code,
             message=f"already known, state {known.state}",
+            state=known.state,  # the agent takes it (its reply may have been lost with the order's events)
         )
 
     def cancel(self, agent: str, coid: str) -> Reply:
@@ -560,7 +561,20 @@ class OrderDesk:
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
                 self.cancel(new.agent, coid)
-        if new.agent in self._flattening and not new.is_open:
+        if (
+            new.agent in self._flattening
+            and new.state is OrderState.REJECTED
+            and new.side is Side.SELL
+            and int(coid.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE
+        ):
+            # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
+            # sell again at once, and again (a tight loop of refusals): stop and tell the operator
+            self._flattening.pop(new.agent, None)
+            self.alert(
+                f"{new.agent}: flatten stopped: the broker refused the sell {coid} ({new.reason}); "
+                "flatten again once it can sell"
+            )
+        elif new.agent in self._flattening and not new.is_open:
             self._flatten_step(new.agent)
         elif (
             new.agent in self._flattening

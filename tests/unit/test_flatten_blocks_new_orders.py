@@ -10,7 +10,7 @@ from common.config import AccountLimits, GatewayConfig
 from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import OrderState
-from kis.port import BrokerAck, BrokerCancel, NoticeKind
+from kis.port import BrokerAck, BrokerCancel, BrokerOrder, BrokerRejected, NoticeKind
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, coid, order
 
@@ -106,5 +106,38 @@ async def test_orders_refused_during_a_flatten_do_not_use_up_its_rate(tmp_path: 
             assert not h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
         broker.gate.set()
         await h.settle(lambda: h.portfolio.positions["alpha"]["005930"].qty == 0)
+    finally:
+        await h.close()
+
+
+class RefuseSells(FakeBroker):
+    refuse = False
+
+    async def submit(self, o: BrokerOrder) -> BrokerAck:
+        if self.refuse and o.side is Side.SELL:
+            self.submits += 1
+            raise BrokerRejected("매매정지 종목입니다", code="APBK1234")
+        return await super().submit(o)
+
+
+async def test_a_flatten_sell_the_broker_refuses_stops_the_flatten_and_is_told(tmp_path: Path) -> None:
+    """Sold in parts (over the order-value limit), each refused sell closed and the next step sent the
+    same sell again at once: a tight loop of refusals. One refusal stops it, alerted."""
+    broker = RefuseSells(ref_price=70_000)
+    h = Harness(tmp_path / "gw.sqlite", broker=broker)
+    await h.start()
+    alerts: list[str] = []
+    h.desk.alert = alerts.append
+    try:
+        await h.base_prices.ensure(["005930"])
+        for n in (1, 2):
+            assert h.desk.submit(CARD, order(n, qty=35, price=70_000)).accepted
+            await h.settle(lambda n=n: h.book.orders[coid(n)].state is OrderState.FILLED)  # type: ignore[misc]
+        broker.refuse = True
+        before = broker.submits
+        h.desk.flatten(CARD, "operator flatten")
+        await h.settle(lambda: any("flatten stopped" in a for a in alerts))
+        assert broker.submits - before == 1 and "alpha" not in h.desk._flattening
+        assert h.desk.submit(CARD, order(3, qty=1, price=60_000)).accepted  # no longer refused as flattening
     finally:
         await h.close()
