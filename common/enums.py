@@ -100,6 +100,7 @@ class ControlAction(StrEnum):
     RISK_EXPLAIN = "risk_explain"  # value: an order ("buy 10 005930 @ 70000" or an order id): the limits it meets
     RESET_PEAK = "reset_peak"  # the all-time equity peak (an agent's, or with all the account's) starts again now
     CANCEL_PROTECTION = "cancel_protection"  # value: a protective order's id (the agent's own, or on its behalf)
+    APPLY_SPLIT = "apply_split"  # value: "CODE RATIO" (10: 1 share → 10; 1/10: 10 → 1): a split the balance shows
 
 
 class AlertKind(StrEnum):

@@ -2,10 +2,16 @@
 
 Pure bookkeeping (no I/O): the live gateway and the backtester both keep one. Every new version of an
 order is passed to `order_changed(old, new)`, which takes the old version's contribution out and puts
-the new one's in; positions change only through `set_position`, prices through `set_mark`. Each keeps
+the new one's in; positions change only through `set_position`, prices through `set_mark` (a print)
+or `seed_mark` (a reference price: the broker balance's, today's base price, the last close, a fill's —
+taken only where no print was seen, so a restart does not value a carried position at cost). Each keeps
 the totals the risk rules read — per agent and for the whole account: open orders and buys, shares
-and their value at the last price (at cost before a price is seen), per code and per sector, the
-cash used — so an exposure is a few dictionary reads however many orders rest or codes are held.
+and their value at the last price (at cost before a price is seen: `unpriced` lists those codes),
+per code and per sector, the cash used — so an exposure is a few dictionary reads however many
+orders rest or codes are held.
+
+A split the broker's balance shows before the operator applied it to the books (`set_split`) values
+the holders' shares at the quoted price times the ratio, so the split alone moves no P&L.
 
 Virtual agents (shadow mode) have books like anyone else but count nowhere in the account's totals.
 Shares held outside ktrader ('external') are the account's exposure and equity, but not its daily
@@ -15,7 +21,8 @@ P&L (nobody trades them here).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from common.books import apply_fill_value
 from common.costs import CostModel
@@ -25,6 +32,28 @@ from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 from common.orders import OPEN, Order
 from common.risk_rules import MARKET_LIKE, AccountExposure, Exposure, notional_price
 from common.schema import PositionView
+
+
+@dataclass(frozen=True)
+class PendingSplit:
+    """A split (num > den) or reverse split (num < den) of a code that the broker's balance shows and
+    the books have not taken yet: each of `holders`' shares is num/den shares as quoted now."""
+
+    num: int
+    den: int
+    holders: frozenset[str]
+
+    def scaled(self, qty: int) -> int:
+        return qty * self.num // self.den
+
+    @property
+    def ratio(self) -> str:
+        """As `ktrader control apply_split` takes it: "10" (1 → 10 shares), "1/10" (10 → 1)."""
+        return str(self.num) if self.den == 1 else f"1/{self.den}"
+
+    @property
+    def text(self) -> str:
+        return f"1:{self.num} split" if self.den == 1 else f"{self.den}:1 reverse split"
 
 
 class _Book:
@@ -82,6 +111,8 @@ class Portfolio:
         self.costs = costs or CostModel()
         self.positions: dict[str, dict[str, PositionView]] = {}
         self.marks: dict[str, int] = {}  # code → last trade price (read freely; written by set_mark)
+        self._seeded: set[str] = set()  # codes whose mark is a reference price (seed_mark), not a print
+        self.splits: dict[str, PendingSplit] = {}  # code → a split not in the books yet (set_split)
         self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
@@ -226,12 +257,20 @@ class Portfolio:
         self, agent: str, code: str, side: Side, qty: int, value: int, fee: int, allow_short: bool = False
     ) -> PositionView:
         """The agent's position in `code` after fills of `qty` shares worth `value` (not stored yet:
-        the caller persists it, then `set_position`)."""
+        the caller persists it, then `set_position`). A code with no price at all takes the fill's:
+        a trade at it happened."""
+        if qty > 0 and value > 0:
+            self.seed_mark(code, value // qty, replace=False)
         return apply_fill_value(self.position(agent, code), code, side, qty, value, allow_short=allow_short, fee=fee)
 
-    def _value(self, qty: int, cost: int, code: str) -> int:
+    def _worth(self, agent: str, code: str, qty: int, price: int) -> int:
+        """`qty` of the agent's shares at `price` (a pending split's holders: at the ratio)."""
+        sp = self.splits.get(code)
+        return sp.scaled(qty * price) if sp is not None and agent in sp.holders else qty * price
+
+    def _value(self, agent: str, qty: int, cost: int, code: str) -> int:
         mark = self.marks.get(code)
-        return qty * mark if mark else cost
+        return self._worth(agent, code, qty, mark) if mark else cost
 
     def set_position(self, agent: str, pos: PositionView) -> None:
         book = self.positions.setdefault(agent, {})
@@ -240,7 +279,7 @@ class Portfolio:
         code, sector = pos.code, self.sectors.get(pos.code, "")
         oq, oc, ospent = (old.qty, old.cost, old.cost - old.realized_pnl + old.fees) if old else (0, 0, 0)
         dq, dc = pos.qty - oq, pos.cost - oc
-        dv = self._value(pos.qty, pos.cost, code) - self._value(oq, oc, code)
+        dv = self._value(agent, pos.qty, pos.cost, code) - self._value(agent, oq, oc, code)
         dspent = pos.cost - pos.realized_pnl + pos.fees - ospent
         for bk in self._scopes(agent):
             was = bk.is_active(code)
@@ -258,9 +297,14 @@ class Portfolio:
 
     def set_mark(self, code: str, price: int) -> None:
         """A new last price: the positions in `code` are worth it now (a few adds per holder)."""
-        old = self.marks.get(code)
-        if old == price or price <= 0:
+        if price <= 0:
             return
+        self._seeded.discard(code)  # a print: no reference price replaces it any more
+        old = self.marks.get(code)
+        if old != price:
+            self._move_mark(code, old, price)
+
+    def _move_mark(self, code: str, old: int | None, price: int) -> None:
         self.marks[code] = price
         holders = self._holders.get(code)
         if not holders:
@@ -268,11 +312,60 @@ class Portfolio:
         sector = self.sectors.get(code, "")
         for agent in holders:
             p = self.positions[agent][code]
-            dv = p.qty * price - (p.qty * old if old else p.cost)
+            dv = self._worth(agent, code, p.qty, price) - (self._worth(agent, code, p.qty, old) if old else p.cost)
             for bk in self._scopes(agent):
                 _bump(bk.value, code, dv)
                 _bump(bk.sector_value, sector, dv)
                 bk.total += dv
+
+    def seed_mark(self, code: str, price: int, replace: bool = True) -> bool:
+        """A reference price (the broker balance's last price, today's base price, a close) for a code
+        with no print seen, or whose mark is itself a reference price (a newer one replaces it; not with
+        `replace` False): never over a print, which is fresher. True when it became the mark."""
+        if price <= 0 or (code in self.marks and (not replace or code not in self._seeded)):
+            return False
+        self._seeded.add(code)
+        old = self.marks.get(code)
+        if old != price:
+            self._move_mark(code, old, price)
+        return True
+
+    def set_split(self, code: str, split: PendingSplit | None) -> None:
+        """A split the broker shows and the books have not taken yet (None: taken, or gone): its holders'
+        shares are valued at the ratio meanwhile."""
+        if self.splits.get(code) == split:
+            return
+        self._revalue(code, lambda: self.splits.__setitem__(code, split) if split else self.splits.pop(code, None))
+
+    def _revalue(self, code: str, change: Callable[[], object]) -> None:
+        """Apply `change` (a split's) and move each holder's value of `code` by what it did."""
+        holders = self._holders.get(code) or ()
+        before = {a: self._value(a, self.positions[a][code].qty, self.positions[a][code].cost, code) for a in holders}
+        change()
+        sector = self.sectors.get(code, "")
+        for agent, was in before.items():
+            p = self.positions[agent][code]
+            dv = self._value(agent, p.qty, p.cost, code) - was
+            if not dv:
+                continue
+            for bk in self._scopes(agent):
+                _bump(bk.value, code, dv)
+                _bump(bk.sector_value, sector, dv)
+                bk.total += dv
+
+    def unpriced(self, agent: str | None = None) -> list[str]:
+        """Codes the agent (None: the account, shadow books left out) holds with no price at all: valued
+        at cost, so its equity is not known (no peak is raised on it, no snapshot written)."""
+        bk = self._account if agent is None else self._books.get(agent)
+        return sorted(c for c, q in bk.qty.items() if q and c not in self.marks) if bk else []
+
+    def agent_marks(self, agent: str) -> dict[str, int]:
+        """The marks as a share in the agent's books is worth (a pending split's ratio applied to its
+        holders): for views that value positions from marks themselves."""
+        held = [c for c, sp in self.splits.items() if agent in sp.holders and c in self.marks]
+        if not held:
+            return self.marks
+        return {**self.marks, **{c: self.splits[c].scaled(self.marks[c]) for c in held}}
 
     def set_sectors(self, sectors: dict[str, str]) -> None:
         """The codes' sectors (the stock master's); the sector totals are rebuilt from the codes'."""
@@ -367,7 +460,9 @@ class Portfolio:
     def unrealized(self, agent: str) -> int:
         marks = self.marks
         return sum(
-            marks[p.code] * p.qty - p.cost for p in self.positions.get(agent, {}).values() if p.qty and p.code in marks
+            self._worth(agent, p.code, p.qty, marks[p.code]) - p.cost
+            for p in self.positions.get(agent, {}).values()
+            if p.qty and p.code in marks
         )
 
     def day_pnl(self, agent: str) -> int:

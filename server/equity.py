@@ -6,7 +6,10 @@ Equity, as the risk gate sees it (our choice, and why):
   `account_every_s` over the account lane of the REST budget; between reads, every fill the books
   record moves it by the cash it took or gave (fees included), so a buy never looks free for 30 s;
 - the positions are every share the account holds (agents' and 'external'), at the last trade price
-  the gateway saw (at cost before one is seen), kept tick by tick by the portfolio.
+  the gateway saw, kept tick by tick by the portfolio; a code with no print yet (after a restart, or
+  never traded today) takes a reference price: the broker balance's last price at each position check
+  (server/reconciler.py), else today's base price or the last close (server/risk.py seed_prices). Never
+  over a print.
 The broker's own total (`tot_evlu_amt`) is priced by KIS's last read of its prices, refreshed only
 when asked; ours moves with every print and costs no REST call. A fill the broker counted before a
 read and the books record after it is counted twice until the next read (at most `account_every_s`).
@@ -15,7 +18,9 @@ An agent's equity is its budget plus its net P&L (realised − fees + unrealised
 
 Peaks (per agent, and `*` for the account): the day's (from the day's first look) and the all-time
 one, raised by the risk gate's sweep, persisted at most once a second (a restart keeps them), reset by
-the operator (`ktrader control reset_peak`).
+the operator (`ktrader control reset_peak`). A scope holding a code with no price at all is valued at
+cost: its peaks are not raised (nor its drawdown judged) until every code has a price — a carried loss
+at cost would be recorded as the day's peak and read as a drawdown at the first print.
 """
 
 from __future__ import annotations

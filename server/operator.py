@@ -32,9 +32,14 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
 - Risk: the operator's multiplier of every agent's size limits (risk_scale), an order's what-if
   against every limit (risk_explain), a drawdown accepted (reset_peak: the equity peak starts again),
   a protective order cancelled on an agent's behalf (cancel_protection).
+- A split the reconciler found in the broker's balance (server/reconciler.py) is applied to the books
+  by apply_split ("CODE RATIO"): every holder's shares scaled, its cost unchanged; its holders' orders
+  on the code, held meanwhile, go again (OPERATOR alert; the agents get a PositionUpdate).
 - `tick()` (from the gateway's lease loop): a silent (stale) agent becomes offline after
   `offline_after_s`; alerts for conditions that last (server/alert_watch.py) go to the notifier;
-  closing trades are counted and daily equity snapshots written (server/performance.py)."""
+  closing trades are counted and daily equity snapshots written (server/performance.py): on trading
+  days only, and for an agent only while every code it holds has a price (a snapshot at cost would
+  store its unrealised P&L as 0)."""
 
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ from typing import Protocol
 import msgspec
 
 from common import approvals
+from common.calendar import is_trading_day
 from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, SystemEventKind, TradingState
@@ -71,6 +77,8 @@ from common.schema import (
     HeaderFactory,
     Message,
     Notice,
+    PositionUpdate,
+    PositionView,
     StatusReply,
 )
 from kis.master import StockMaster
@@ -236,7 +244,16 @@ class Operator:
             card = self.card_of(agent)
             open_n, today_n = book.agent_counts(agent)
             held = list(portfolio.positions.get(agent, {}).values())
-            marked = console_views.agent_positions(portfolio, agent)
+            marks = portfolio.agent_marks(agent)  # (a pending split's holders: at its ratio)
+            marked = (
+                console_views.agent_positions(portfolio, agent)
+                if marks is portfolio.marks
+                else [
+                    console_views.mark_position(p, marks)
+                    for p in sorted(held, key=lambda p: p.code)
+                    if p.qty or p.realized_pnl
+                ]
+            )
             budget = card.budget if card is not None else 0
             live = self._live_row(agent, day, traded.get(agent, 0), budget)
             agents.append(
@@ -286,6 +303,9 @@ class Operator:
         counters["protections_active"] = len(gw.protection.active)
         counters["protections_fired"] = gw.protection.fired
         counters["account_read_failures"] = gw.account.failures
+        # codes held with no price at all (valued at cost: peaks and equity snapshots wait for one);
+        # their rows show mark 0
+        counters["positions_unpriced"] = len({c for a in portfolio.positions for c in portfolio.unpriced(a)})
         if gw.pub is not None:
             counters["pub_sent"] = gw.pub.sent
             counters["pub_dropped"] = gw.pub.dropped
@@ -381,6 +401,8 @@ class Operator:
             return ack("reconciliation started")
         if action is ControlAction.FEED_GAP:
             return ack(self._feed_gap())
+        if action is ControlAction.APPLY_SPLIT:
+            return self._apply_split(msg, err, ack)
         if action in (
             ControlAction.RISK_SCALE,
             ControlAction.RISK_EXPLAIN,
@@ -585,6 +607,8 @@ class Operator:
                 return err(ErrorCode.BAD_MESSAGE, str(e))
             # the drawdown it accepts lifts what a drawdown limit held back: a person must know
             text = f"{msg.agent or 'account'}: equity peak reset {was:,} → {eq:,} (the drawdown from it is accepted)"
+            if unpriced := gw.portfolio.unpriced(msg.agent or None):  # the operator's word stands; say what it is
+                text += f"; {', '.join(unpriced)} had no price yet: valued at cost in it"
             self._tell(AlertKind.OPERATOR, who, f"reset_peak: {text}", msg.agent)
             return ack(text)
         if action is ControlAction.CANCEL_PROTECTION:
@@ -593,6 +617,45 @@ class Operator:
             code, text = gw.protection.cancel(agent, msg.value, f"cancelled by {who}")
             return err(code, text) if code is not None else ack(text)
         return self._explain(msg, err, ack)
+
+    def _apply_split(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+        """A split the balance shows goes into the books: each holder's shares × ratio, cost unchanged
+        (server/reconciler.py apply_split), its orders on the code released."""
+        gw, who = self.gw, msg.h.sender
+        if msg.agent or msg.all:
+            return err(ErrorCode.AMBIGUOUS_TARGET, "apply_split acts on every holder of the code: no --agent / --all")
+        try:
+            code, num, den = parse_split(msg.value)
+        except ValueError as e:
+            return err(ErrorCode.BAD_MESSAGE, f"apply_split needs 'CODE RATIO' (10: 1 share → 10; 1/10: 10 → 1): {e}")
+        sp = gw.portfolio.splits.get(code)
+        if sp is not None:
+            # an order placed before the split is in the old shares' terms: the operator decides what to place anew
+            working = sorted(
+                c for c, o in gw.book.orders.items() if o.is_open and o.code == code and o.agent in sp.holders
+            )
+            if working:
+                return err(
+                    ErrorCode.BAD_MESSAGE,
+                    f"{code}: open orders of its holders ({', '.join(working)}) are in the old shares' terms: "
+                    "cancel them first (ktrader control cancel_all --agent ID); nothing changed",
+                )
+        try:
+            changes = gw.recon.apply_split(code, num, den)
+        except ValueError as e:
+            return err(ErrorCode.BAD_MESSAGE, str(e))
+        what = sp.text if sp is not None else "split"  # (apply_split refuses a code with none pending)
+        parts = [f"{a} {_split_line(old, new)}" for a, old, new in changes]
+        text = f"{code}: {what} applied: {'; '.join(parts) or 'nobody holds it'}; orders on it go again"
+        for a, old, new in changes:
+            if a == EXTERNAL_AGENT:
+                continue
+            why = f"{code}: {what} applied by {who}: {_split_line(old, new)}"
+            gw.book.notify(a, PositionUpdate(position=new, reason=why))
+            gw.book.notify(a, Notice(level="warning", text=why))
+        log.warning("split of %s applied by %s: %s", code, who, text)
+        self._tell(AlertKind.OPERATOR, who, f"apply_split: {text}")
+        return ack(text)
 
     def _explain(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
         """What-if: every limit the order (a spec, or a known order's terms) would meet now."""
@@ -807,12 +870,16 @@ class Operator:
         """Today's row of each agent (registered, or holding something), upserted: the last one of a
         day is that day's close."""
         book = self.gw.book
+        if not is_trading_day(self.gw.clock.now().date()):
+            return  # no market, no day: a weekend's row would be a flat day in drawdown, Sharpe and today's P&L
         day = book.day()
         traded: dict[str, int] = {}
         for coid, o in book.orders.items():
             if o.filled_qty and book.order_day.get(coid) == day:
                 traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
         who = agents if agents is not None else set(self.gw.registry.agents) | set(self.gw.portfolio.positions)
+        # an agent holding a code with no price is valued at cost: its row waits for the price
+        who = {a for a in who if not self.gw.portfolio.unpriced(a)}
         with self.gw.store.transaction():
             for agent in sorted(who):
                 card = self.card_of(agent)
@@ -832,6 +899,38 @@ class Operator:
     def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""
         return [self.notifier.run()]
+
+
+def parse_split(value: str) -> tuple[str, int, int]:
+    """(code, num, den) of apply_split's value "CODE RATIO": "005930 10" (or "1:10") is 1 share → 10,
+    "005930 1/10" (or "10:1") is 10 shares → 1."""
+    parts = value.split()
+    if len(parts) != 2:
+        raise ValueError(f"got {value!r}")
+    code, ratio = parts
+    if "/" in ratio:
+        a, b = ratio.split("/", 1)
+        num, den = int(a), int(b)
+    elif ":" in ratio:  # old shares : new shares
+        a, b = ratio.split(":", 1)
+        num, den = int(b), int(a)
+    else:
+        num, den = int(ratio), 1
+    if min(num, den) != 1 or max(num, den) < 2:
+        raise ValueError(f"{ratio!r}: a split turns 1 share into k, or k into 1, k an integer of at least 2")
+    if not code.isalnum():
+        raise ValueError(f"{code!r} is not a stock code")
+    return code, num, den
+
+
+def _split_line(old: PositionView, new: PositionView) -> str:
+    """A holder's shares before → after, its cost and average price. The books keep the cost, never the
+    average: what a whole-won average leaves over is said, not lost."""
+    avg, rem = divmod(new.cost, new.qty) if new.qty else (0, 0)
+    was = old.cost // old.qty if old.qty else 0
+    return f"{old.qty:,} → {new.qty:,} shares, cost {new.cost:,} unchanged, average {was:,} → {avg:,}" + (
+        f" (and {rem:,} KRW of the cost beyond {avg:,} a share, kept in the cost)" if rem else ""
+    )
 
 
 def _is_preview(msg: Control) -> bool:

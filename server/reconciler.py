@@ -2,20 +2,29 @@
 (orders, fills, positions) using the pure `server.reconcile.reconcile`, adopts orders placed outside
 ktrader (owned by the pseudo-agent 'external'), checks what the account holds against the books, and
 expires what the close left open.
+
+The position check also gives every code the balance quotes a reference price (BrokerPosition.last_price)
+where no print was seen, and recognises a stock split: the account holding k times the books' shares
+(or 1/k of them) at the books' cost is a split, not shares of nobody's. Its holders' orders on the code
+are held (server/risk.py) and a person is told, until the operator applies it (`apply_split`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from decimal import Decimal
 from typing import Protocol
 
+import msgspec
+
 from common.clock import date_of
 from common.ids import EXTERNAL_AGENT
+from common.portfolio import PendingSplit
 from common.orders import (
     AMENDING,
     AWAITING_ACK,
@@ -65,6 +74,11 @@ IN_FLIGHT = AWAITING_ACK | AMENDING | {OrderState.NEW}
 # meta key (+ code): shares 'external' holds because the position check gave it an account difference;
 # only these can be taken back when the books later turn out ahead of the account on that code
 EXTERNAL_ADJUSTED_META = "recon.external_adjusted:"
+# meta key (+ code): a split the balance shows and the books have not taken yet (JSON: num, den, holders)
+SPLIT_META = "recon.split_pending:"
+# how far the account's purchase value may be from the books' cost for a quantity ratio to read as a split
+# (KIS recomputes its average price after one: a won a share of rounding, and 0.5 % besides)
+SPLIT_COST_TOLERANCE_BP = 50
 
 
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
@@ -122,6 +136,7 @@ class Reconciler:
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
         self.unconfirmed = 0  # orders whose notice fills the broker's list did not show yet at the last pass
+        self._load_splits()
 
     async def run(self, reason: str, *, open_only: bool = False) -> ReconcileResult:
         """A pass over the day's whole order list; `open_only`: over KIS's unfilled list alone (the
@@ -409,6 +424,8 @@ class Reconciler:
         portfolio = book.portfolio
         now = book.now_ns()
         broker = {p.code: p for p in balance}
+        for bp in balance:  # the balance's prices, where no print was seen (never over a print)
+            portfolio.seed_mark(bp.code, bp.last_price)
         ours: dict[str, int] = defaultdict(int)
         for agent, agent_pos in portfolio.positions.items():
             if agent in portfolio.virtual:
@@ -424,7 +441,28 @@ class Reconciler:
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
             books = ours.get(code, 0)
+            split = portfolio.splits.get(code)
+            if split is not None:
+                if theirs == books and not unconfirmed.get(code):
+                    self._drop_split(code)
+                    alerts.append(
+                        f"{code}: account holds {theirs}, as the books do: the {split.text} seen earlier is no "
+                        "longer shown; orders on it are released"
+                    )
+                    continue
+                # compared as the books will be once the operator applies it: only what differs beyond is
+                held = sum(self._held(a, code) for a in split.holders)
+                books += split.scaled(held) - held
             diff = theirs - books
+            if split is not None and not diff:
+                alerts.append(self._split_text(code, split, theirs, books))
+                continue
+            if split is None and diff and code not in busy and not unconfirmed.get(code):
+                found = self._split_of(code, theirs, books, broker.get(code))
+                if found is not None:
+                    self._hold_split(code, found)
+                    alerts.append(self._split_text(code, found, theirs, books))
+                    continue
             if diff and unconfirmed.get(code):
                 alerts.append(
                     f"{code}: account holds {theirs}, books have {books + unconfirmed[code]} of which "
@@ -475,6 +513,105 @@ class Reconciler:
                 )
         alerts.extend(self._external_short_alerts(broker, ours, unconfirmed))
         return alerts
+
+    # ---- splits --------------------------------------------------------------------------------------
+
+    def _held(self, agent: str, code: str) -> int:
+        p = self.book.portfolio.position(agent, code)
+        return p.qty if p is not None else 0
+
+    def _split_of(self, code: str, theirs: int, books: int, bp: BrokerPosition | None) -> PendingSplit | None:
+        """The split the account's holding of `code` reads as, if any: k (≥ 2, an integer) times the
+        books' shares, or 1/k of them, with the purchase value the books' cost (within the tolerance)."""
+        portfolio = self.book.portfolio
+        if bp is None or theirs <= 0 or books <= 0 or bp.purchase_value <= 0:
+            return None
+        holders = {
+            a: pos[code]
+            for a, pos in portfolio.positions.items()
+            if a not in portfolio.virtual and code in pos and pos[code].qty
+        }
+        if any(p.qty < 0 for p in holders.values()):
+            return None  # ('external' short: the shares' owners are not known)
+        cost = sum(p.cost for p in holders.values())
+        if abs(bp.purchase_value - cost) > max(cost * SPLIT_COST_TOLERANCE_BP // 10_000, theirs):
+            return None
+        if theirs > books and theirs % books == 0:
+            num, den = theirs // books, 1
+        elif books > theirs and books % theirs == 0:
+            num, den = 1, books // theirs
+        else:
+            return None
+        return PendingSplit(num=num, den=den, holders=frozenset(holders))
+
+    def _split_text(self, code: str, sp: PendingSplit, theirs: int, books: int) -> str:
+        held = ", ".join(f"{a} {self._held(a, code)}" for a in sorted(sp.holders))
+        return (
+            f"{code}: account holds {theirs} at the books' cost, the books {held}: a {sp.text}, not applied "
+            f"to the books: nothing moved to or from external, orders of its holders on it are held until "
+            f"the operator applies it (ktrader control apply_split --split '{code} {sp.ratio}')"
+        )
+
+    def _load_splits(self) -> None:
+        for code, raw in self.book.store.meta_prefix(SPLIT_META).items():
+            if not raw:
+                continue  # (applied, or gone)
+            try:
+                d = json.loads(raw)
+                sp = PendingSplit(num=int(d["num"]), den=int(d["den"]), holders=frozenset(d["holders"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("stored pending split of %s unreadable: ignored (the next position check finds it)", code)
+                continue
+            self.book.portfolio.set_split(code, sp)
+
+    def _hold_split(self, code: str, sp: PendingSplit) -> None:
+        """Persisted before it holds orders: a restart keeps the hold (and the valuation at the ratio)."""
+        raw = json.dumps({"num": sp.num, "den": sp.den, "holders": sorted(sp.holders)})
+        with self.book.store.transaction():
+            self.book.store.set_meta(SPLIT_META + code, raw)
+        self.book.portfolio.set_split(code, sp)
+        log.warning(
+            "%s: %s found in the balance: orders of %s on it held", code, sp.text, ", ".join(sorted(sp.holders))
+        )
+
+    def _drop_split(self, code: str) -> None:
+        with self.book.store.transaction():
+            self.book.store.set_meta(SPLIT_META + code, "")
+        self.book.portfolio.set_split(code, None)
+
+    def apply_split(self, code: str, num: int, den: int) -> list[tuple[str, PositionView, PositionView]]:
+        """The operator's word: the pending split of `code` goes into the books. Every holder's shares are
+        scaled (qty × num / den), its cost, realised P&L and fees unchanged (the average price follows);
+        the shares 'external' was given by position checks are scaled with it. Durable in one
+        transaction. Raises ValueError (nothing changed) when no such split is pending, or when a
+        holder's shares do not divide by a reverse split's ratio (its fraction is the broker's to settle
+        in cash: the books cannot say whose). Returns (holder, before, after)."""
+        portfolio = self.book.portfolio
+        sp = portfolio.splits.get(code)
+        if sp is None:
+            raise ValueError(f"no split is pending on {code}: the account's balance showed none to apply")
+        if (sp.num, sp.den) != (num, den):
+            raise ValueError(f"the balance shows a {sp.text} of {code}, not {PendingSplit(num, den, sp.holders).text}")
+        before = {a: p for a in sorted(sp.holders) if (p := portfolio.position(a, code)) is not None and p.qty}
+        odd = {a: p.qty for a, p in before.items() if p.qty * num % den}
+        if odd:
+            raise ValueError(
+                f"{', '.join(f'{a} holds {q}' for a, q in odd.items())}: not a multiple of {den}; nothing changed "
+                f"(the fraction of a share is settled in cash by the broker: whose it is, the books cannot say)"
+            )
+        changes = [(a, p, msgspec.structs.replace(p, qty=p.qty * num // den)) for a, p in before.items()]
+        adjusted = self._adjusted().get(code, 0)
+        with self.book.store.transaction():
+            for a, _, new in changes:
+                self.book.store.save_position(a, new)
+            self.book.store.set_meta(SPLIT_META + code, "")
+            if adjusted:
+                self._save_adjusted(code, adjusted * num // den)
+        portfolio.set_split(code, None)
+        for a, _, new in changes:
+            portfolio.set_position(a, new)
+        self._unexplained.pop(code, None)
+        return changes
 
     def _busy_codes(self, now_ns: int) -> set[str]:
         """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before

@@ -12,6 +12,13 @@ as a system event, and alerted when it was automatic.
 The operator's risk multiplier (persisted) scales every agent's size limits and budget at once
 (`common.risk_rules.scaled`); `explain` shows every limit an order would meet, with the numbers.
 A denial by an account limit is alerted once a minute per agent and limit.
+
+A held code with no print yet is given a reference price by the sweep (today's base price, else the
+last close; the reconciler gives the broker balance's); while one is still unpriced (valued at cost),
+the scope's peaks are not raised: a restart must not record a carried loss at cost as the day's peak,
+to read as a drawdown at the first print (the drawdown itself is still judged against the peaks
+there are). A split the reconciler found on a code (server/reconciler.py) holds every new order of
+the agents holding it until the operator applies it (`ktrader control apply_split`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Container
 
-from common.calendar import previous_trading_day
+from common.calendar import is_trading_day, previous_trading_day
 from common.config import AgentCard, RiskLimits
 from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState
 from common.errors import ErrorCode
@@ -116,6 +123,7 @@ class RiskGate:
         # (code, trading day) -> that day's official close (its regular session's, never an after-hours
         # print), 0 unknown: the base of the next session's band. The gateway wires it to its daily bars.
         self.day_close: Callable[[str, dt.date], int] = lambda code, day: 0
+        self._no_close: tuple[str, set[str]] = ("", set())  # (day, codes whose close was not found that day)
 
     # ---- trading state ---------------------------------------------------------------------------
 
@@ -280,6 +288,9 @@ class RiskGate:
         explain: list[Check] | None = None,
     ) -> Denial | None:
         """A new order; on success it counts in the order rate (not when only explained)."""
+        hold = self.split_hold(card.id, order.code)
+        if hold is not None and explain is None:
+            return hold
         exp, account = self._exposures(card, order.code, shadow)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
@@ -301,7 +312,7 @@ class RiskGate:
             explain=explain,
         )
         if explain is not None:
-            return denial
+            return hold or denial
         if denial is None:
             agent_win.stamps.append(now)
             if not shadow:
@@ -309,6 +320,19 @@ class RiskGate:
         elif denial[0] in LIMIT_ALERTS:
             self._limit_alert(card.id, denial)
         return denial
+
+    def split_hold(self, agent: str, code: str) -> Denial | None:
+        """Orders of an agent holding `code` while a split the broker shows is not in the books yet: its
+        shares and their price are off by the ratio until the operator applies it."""
+        sp = self.portfolio.splits.get(code)
+        if sp is None or agent not in sp.holders:
+            return None
+        return (
+            ErrorCode.DENIED_HALTED,
+            f"{code}: the broker's balance shows a {sp.text} the books have not taken yet: orders of its "
+            f"holders on it are held until the operator applies it (ktrader control apply_split --split "
+            f"'{code} {sp.ratio}')",
+        )
 
     def _limit_alert(self, agent: str, denial: Denial) -> None:
         now = market_ns(self.clock)
@@ -326,6 +350,8 @@ class RiskGate:
         today's rules and band (a held order is not revisable before); a release weighs no rate (the
         order was counted when it was placed, and a morning's held orders all go at the open)."""
         shadow = o.agent in self.portfolio.virtual
+        if (hold := self.split_hold(card.id, o.code)) is not None:
+            return hold
         exp, account = self._exposures(card, o.code, shadow)
         exp.open_orders -= 1
         account.open_orders -= 1
@@ -451,6 +477,7 @@ class RiskGate:
         agent (the gateway) in REDUCING, past the second in HALTED."""
         p, peaks = self.portfolio, self.peaks
         peaks.roll(market_day(self.clock))
+        self.seed_prices()
         scopes: list[tuple[str, str, RiskLimits, int]] = [
             (card.id, card.id, card.risk, p.agent_equity(card.id, card.budget)) for card in cards if card.budget
         ]
@@ -458,7 +485,8 @@ class RiskGate:
         if equity is not None:
             scopes.append((ACCOUNT, "", self.limits, equity))
         for key, agent, lim, eq in scopes:
-            peaks.observe(key, eq)
+            if not p.unpriced(agent or None):  # valued at cost, it is no peak (see the module's docstring)
+                peaks.observe(key, eq)
             if not (lim.max_drawdown_pct or lim.halt_drawdown_pct):
                 continue
             peak = peaks.peak(key, lim.drawdown_peak)
@@ -485,6 +513,30 @@ class RiskGate:
                     why=f"{text} (limit {lim.max_drawdown_pct:g} %): reducing only",
                 )
         peaks.save(market_ns(self.clock))
+
+    def seed_prices(self) -> int:
+        """Give each held code with no price yet a reference one: today's base price, else the last
+        official close (today's once the day closed, else the trading day's before). Returns how many."""
+        p = self.portfolio
+        missing = {c for a in p.positions for c in p.unpriced(a)}
+        if not missing:
+            return 0
+        today = self.clock.now().date()
+        day = today.isoformat()
+        if self._no_close[0] != day:
+            self._no_close = (day, set())
+        tried = self._no_close[1]
+        days = ([today] if is_trading_day(today) else []) + [previous_trading_day(today)]
+        n = 0
+        for code in sorted(missing):
+            price = p.base_prices.get(code, 0)
+            if not price and code not in tried:
+                price = next((c for d in days if (c := self.day_close(code, d)) > 0), 0)
+                if not price:
+                    tried.add(code)  # (one store look per code and day)
+            if price and p.seed_mark(code, price):
+                n += 1
+        return n
 
     def reset_peak(self, agent: str, card: AgentCard | None) -> int:
         """The operator accepts a drawdown: the peaks of `agent` ("" the account) start again at its

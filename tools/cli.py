@@ -238,7 +238,8 @@ def status(
 def control(
     action: str = typer.Argument(
         ...,
-        help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | risk | cancel_protection",
+        help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | risk | cancel_protection"
+        " | apply_split",
     ),
     agent: str = typer.Option("", help="the agent to act on"),
     all_: bool = typer.Option(
@@ -267,12 +268,18 @@ def control(
         help="risk: accept a drawdown, the equity peak starts again (--agent ID, or --all for the account)",
     ),
     protection: str = typer.Option("", "--protection", help="cancel_protection: the protective order's id"),
+    split: str = typer.Option(
+        "",
+        "--split",
+        help="apply_split: 'CODE RATIO', the split the broker's balance shows ('005930 10': 1 share became 10; "
+        "'005930 1/10': 10 became 1)",
+    ),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
     """Operator actions: pause/resume/reduce an agent (or --all), halt everything (kill switch), cancel
     an agent's orders, flatten it (also when it is offline), reconcile, reload its card; risk: an
     order's what-if (--explain), the risk multiplier (--scale), a drawdown accepted (--reset-peak);
-    cancel a protective order."""
+    cancel a protective order; apply a stock split the reconciliation found (--split)."""
     from common.connection import ConnectionFileError
     from common.errors import KtraderError
     from tools.ops.reload import ReloadError, reload_card
@@ -292,6 +299,8 @@ def control(
         value = explain or (repr(scale) if scale is not None else "")
     elif action == "cancel_protection":
         value = protection
+    elif action == "apply_split":
+        value = split
     try:
         if action == "reload":
             text = (
