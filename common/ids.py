@@ -55,3 +55,9 @@ def parse_client_order_id(value: str) -> tuple[str, dt.date, int]:
         return agent, date_of(day), int(n)
     except ValueError:
         raise IdError(f"bad client order id {value!r}: {day} is not a date") from None
+
+
+def placed_by_gateway(client_order_id: str) -> bool:
+    """An order the gateway placed on an agent's behalf (a protective exit, a flatten sell): numbered
+    from GATEWAY_ORDER_BASE up, apart from the agent's own."""
+    return int(client_order_id.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE

@@ -20,6 +20,7 @@ from common.config import AgentCard, BrokerEnv, GatewayConfig
 from common.costs import CostModel
 from common.curve import keys_dir
 from common.enums import SessionState, SystemEventKind
+from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
 from common.private import private_dir, write_atomic
@@ -148,6 +149,14 @@ def build_order_core(
         lambda: recon.complete,
     )
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
+
+    def halt_cancels(agent: str) -> int:
+        """An automatic halt's cancels: the agent's open orders, or every agent's ("" the gateway's halt),
+        sparing the exits the gateway placed (they only reduce what is held)."""
+        agents = {agent} if agent else {o.agent for o in book.orders.values() if o.is_open} - {EXTERNAL_AGENT}
+        return sum(desk.cancel_all(a, spare_exits=True) for a in sorted(agents))
+
+    risk.on_halt = halt_cancels
     repair = ChainRepair(
         book,
         notices,

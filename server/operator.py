@@ -61,7 +61,7 @@ from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, SystemEventKind, TradingState
 from common.errors import ErrorCode
-from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
+from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id, placed_by_gateway
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio
@@ -475,17 +475,27 @@ class Operator:
     def _halt_cancels(self, agent: str) -> str:
         """The kill switch's cancels: every open order of `agent` ("" every agent's) through the order
         desk's cancel path (the one the operator's cancel_all and the agents' cancels take), held
-        next-session orders included (cancelled here: they were never sent). What was done, in words."""
-        book, desk = self.gw.book, self.gw.desk
+        next-session orders included (cancelled here: they were never sent). The sells the gateway placed
+        for an agent (a stop's exit, a flatten) keep working: they only reduce what it holds, and a
+        cancelled exit would leave the position unprotected with its stop already spent. What was done,
+        in words."""
+        book = self.gw.book
         open_orders = [o for o in book.orders.values() if o.is_open and (not agent or o.agent == agent)]
         outside = sum(1 for o in open_orders if o.agent == EXTERNAL_AGENT)
         targets = sorted({o.agent for o in open_orders} - {EXTERNAL_AGENT})
         held = sum(1 for o in open_orders if o.state is OrderState.HELD and o.agent != EXTERNAL_AGENT)
-        n = sum(desk.cancel_all(a) for a in targets)
+        exits = sum(
+            1
+            for o in open_orders
+            if o.agent != EXTERNAL_AGENT and o.side is Side.SELL and placed_by_gateway(o.client_order_id)
+        )
+        n = self.gw.risk.on_halt(agent)  # the cancels an automatic halt makes too (server/core.py)
         if n:
             text = f"{n} cancels sent" + ("" if agent else f" for {len(targets)} agents") + " (every open order)"
         else:
             text = "no open orders to cancel"
+        if exits:
+            text += f"; {exits} exit sells the gateway placed (stops, flatten) keep working"
         if held:
             text += f", {held} of them orders held for the next session (cancelled here, never sent)"
         if outside:

@@ -21,7 +21,7 @@ from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
+from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES, Phase, next_session_day
 from common.orders import (
     AMEND_UNKNOWN,
@@ -490,12 +490,15 @@ class OrderDesk:
         self.queue_for(card.id).put(Job(Call.MODIFY, coid, price, o.qty))
         return None, "revise sent"
 
-    def cancel_all(self, agent: str, code: str = "") -> int:
+    def cancel_all(self, agent: str, code: str = "", *, spare_exits: bool = False) -> int:
+        """Cancel the agent's open orders (of `code`); `spare_exits`: not the sells the gateway placed
+        for it (protective exits, flatten sells: they only reduce what it holds)."""
         n = 0
         for o in list(self.book.orders.values()):
             if (
                 o.agent == agent
                 and (not code or o.code == code)
+                and not (spare_exits and o.side is Side.SELL and placed_by_gateway(o.client_order_id))
                 and (
                     o.state in CANCELLABLE
                     or o.state in AWAITING_ACK
@@ -565,7 +568,7 @@ class OrderDesk:
             new.agent in self._flattening
             and new.state is OrderState.REJECTED
             and new.side is Side.SELL
-            and int(coid.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE
+            and placed_by_gateway(coid)
         ):
             # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
             # sell again at once, and again (a tight loop of refusals): stop and tell the operator
@@ -665,7 +668,7 @@ class OrderDesk:
             book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
-        gateways = int(coid.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE  # a protective exit held overnight
+        gateways = placed_by_gateway(coid)  # a protective exit held overnight
         prio = Priority.PROTECT if gateways else Priority.NEW
         self.queue_for(o.agent).put(Job(Call.SUBMIT, coid, priority=prio, decided_now=False))
         return 1

@@ -101,6 +101,9 @@ class RiskGate:
         self.clock = clock
         self.publish = publish or (lambda kind, agent, text: None)
         self.alert = alert or (lambda text, kind=None, agent="": None)
+        # an automatic halt (kill switch, drawdown) cancels the open orders it covers ("" every agent's):
+        # set by the gateway's core to the order desk's cancels, as the operator's halt does
+        self.on_halt: Callable[[str], int] = lambda agent: 0
         self.kill_errors = kill_errors
         self.kill_window_ns = int(kill_window_s * 1e9)
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
@@ -207,6 +210,10 @@ class RiskGate:
         self.publish(SystemEventKind.TRADING_STATE, agent, state.value)
         log.warning("trading state of %s set to %s: %s", agent or "gateway", state, why)
         if automatic is not None:
+            if state is TradingState.HALTED:
+                # a halt that leaves orders working is not one: a resting buy would still fill
+                n = self.on_halt(agent)
+                why += f"; {n} open orders cancelled" if n else ""
             self.alert(why, kind=automatic, agent=agent)
 
     # ---- checks ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 from common.config import AgentCard
 from common.enums import AlertKind, Side, TimeInForce, TradingState
 from common.orders import OrderState
-from common.protection import ProtectionSpec, ProtectionState
+from common.protection import ExitType, ProtectionSpec, ProtectionState
 from common.schema import HeaderFactory, NewOrder, Protect
 from tests.fakes.core import trading_clock
 from tests.fakes.harness import Harness
@@ -101,5 +101,36 @@ async def test_a_halt_of_one_agent_cancels_its_orders_only_and_pause_cancels_non
         assert not at_broker(h, "alpha-20261120-1")
         assert at_broker(h, "bravo-20261120-1")  # not alpha's: untouched
         assert any("alpha is halted: 1 cancels sent" in line for line in d.to_person(AlertKind.HALT))
+    finally:
+        await h.close()
+
+
+async def test_a_halt_leaves_a_working_stop_exit_alone(tmp_path: Path) -> None:
+    """A stop fired in a gapping market: its limit exit rests. The kill switch cancels the agent's own
+    orders but not that exit (the stop is spent: cancelled, the position would be left unprotected)."""
+    alpha = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=50_000_000)
+    h = Harness(tmp_path / "db", clock=trading_clock(), cards={"alpha": alpha})
+    await h.start()
+    d = Desk(h, tmp_path / "run", [alpha])
+    try:
+        buy = NewOrder(client_order_id="alpha-20261120-1", code="005930", side=Side.BUY, qty=10, price=70_000)
+        assert h.desk.submit(alpha, buy).accepted
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+        spec = ProtectionSpec(stop=65_000, exit=ExitType.LIMIT)
+        code, why = h.protection.protect(
+            alpha, Protect(h=HeaderFactory("alpha")(), id="alpha-20261120-2", code="005930", spec=spec)
+        )
+        assert code is None, why
+        bid = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=50_000)
+        assert h.desk.submit(alpha, bid).accepted  # the agent's own resting bid
+        h.broker.ref_price = 60_000  # the market gapped down
+        h.print("005930", 64_000)  # the stop is met: its limit exit rests
+        sells = lambda: [o for o in h.book.orders.values() if o.side is Side.SELL]  # noqa: E731
+        await h.settle(lambda: any(o.state is OrderState.ACCEPTED for o in sells()))
+        (exit_,) = sells()
+        text = d.ack("halt")
+        assert "keep working" in text
+        await h.settle(lambda: h.book.orders["alpha-20261120-3"].state is OrderState.CANCELLED)
+        assert h.book.orders[exit_.client_order_id].state is OrderState.ACCEPTED
     finally:
         await h.close()

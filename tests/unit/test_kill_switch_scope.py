@@ -70,3 +70,28 @@ async def test_session_failures_still_halt_the_gateway(tmp_path: Path) -> None:
     (text,) = h.alerted(AlertKind.KILL_SWITCH)
     assert "3 broker errors" in text and "trading halted" in text
     await h.close()
+
+
+async def test_an_automatic_halt_cancels_the_open_orders_it_covers(tmp_path: Path) -> None:
+    """A halt that leaves orders working is not one: the agent's kill switch cancels its resting orders
+    (another agent's stay), the gateway's cancels every agent's."""
+    from common.orders import OrderState
+
+    h = Harness(tmp_path / "gw.sqlite", cfg=GatewayConfig(kill_errors=3))
+    await h.start()
+    assert h.desk.submit(ALPHA, buy("alpha", 1)).accepted and h.desk.submit(BRAVO, buy("bravo", 1)).accepted
+    await h.settle(lambda: all(o.state is OrderState.ACCEPTED for o in h.book.orders.values()))
+    risk, now = h.risk, market_ns(h.core.book.clock)
+    for i in range(3):
+        risk.broker_error(now + i, agent="alpha", rejected=True)
+    risk.sweep([ALPHA, BRAVO])
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.CANCELLED)
+    assert h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED
+    (text,) = h.alerted(AlertKind.KILL_SWITCH)
+    assert "1 open orders cancelled" in text
+    for i in range(3):  # session failures: the gateway's kill switch
+        risk.broker_error(now + 10 + i)
+    risk.sweep([ALPHA, BRAVO])
+    await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.CANCELLED)
+    assert risk.global_state is TradingState.HALTED
+    await h.close()
