@@ -97,7 +97,7 @@ from server.marketdata import MarketData, session_rule
 from server.md_sanity import MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
-from server.publisher import Publisher
+from server.publisher import Publisher, pub_socket
 from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
@@ -400,10 +400,7 @@ class Gateway:
             d_r, d_p = default_endpoints(self.run_dir)
             r_ep, p_ep = r_ep or d_r, p_ep or d_p
         self.router.bind(self.ctx, r_ep, self.cfg.max_frame_bytes, secure=self.zap.secure)
-        xpub = self.ctx.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.LINGER, 0)
-        xpub.setsockopt(zmq.XPUB_NODROP, 1)  # HWM reached -> EAGAIN, so drops are counted, not silent
-        xpub.setsockopt(zmq.SNDHWM, 100_000)
+        xpub = pub_socket(self.ctx)
         self.zap.secure(xpub, p_ep)
         xpub.bind(p_ep)
         self.pub_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -1,8 +1,11 @@
 """PUB side: market data and public system events with per-topic sequence numbers.
 
-ZMQ PUB drops silently at the high-water mark; we send with NOBLOCK and count what could not be
-queued, and XPUB tells us how many subscribers each topic has. Every frame carries this gateway
-process's publisher token (common/framing.py: how subscribers know it is ours)."""
+ZMQ PUB drops at a subscriber's high-water mark for that subscriber alone (no XPUB_NODROP: one stuck
+subscriber must not take the market from all, server/gateway.py); every frame carries its topic's
+sequence number, so a subscriber that lost some sees the gap and heals with a snapshot. We send with
+NOBLOCK (a send never waits on the loop) and count what could not be queued at all; XPUB tells us how
+many subscribers each topic has. Every frame carries this gateway process's publisher token
+(common/framing.py: how subscribers know it is ours)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,20 @@ import zmq
 
 from common.framing import MAX_TOPIC, Codec
 from common.schema import PubBody, Published
+
+
+SNDHWM = 100_000  # messages queued per subscriber before ZMQ drops for it
+
+
+def pub_socket(ctx: zmq.Context) -> zmq.Socket:
+    """The gateway's XPUB socket (not bound). No XPUB_NODROP: with it one subscriber at its high-water
+    mark (an agent hung in its strategy, alive, still connected) makes every send fail and every agent
+    loses the market with it; without it ZMQ drops for that subscriber alone, which sees the gap in its
+    topic's sequence and heals."""
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.SNDHWM, SNDHWM)  # read at call time (a test lowers it)
+    return xpub
 
 
 class Publisher:

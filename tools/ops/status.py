@@ -176,7 +176,7 @@ def market_data_lines(st: StatusReply) -> list[str]:
     gaps, heals = sum(a.feed.gaps for a in st.agents), sum(a.feed.heals for a in st.agents)
     bad = sum(a.feed.bad for a in st.agents)
     lines = [
-        f"market data published {c.get('pub_sent', 0):,}  dropped at high-water mark {c.get('pub_dropped', 0):,}  "
+        f"market data published {c.get('pub_sent', 0):,}  not queued {c.get('pub_dropped', 0):,}  "
         f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed.conflated for a in st.agents):,}"
         + (f"  UNREADABLE {bad:,}" if bad else "")
     ]
