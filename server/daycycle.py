@@ -14,7 +14,8 @@
   be in before the broker's final view and the day's bars are taken.
 - A new date starts a new day: numbering, day P&L and base prices roll; positions carry over. The
   most recent earlier trading day this gateway ran that was never closed (down over its close, or a
-  close that failed until midnight) is closed then, late (`unclosed_before`).
+  close that failed until midnight) is closed then, late (`unclosed_before`), and the policies of that
+  day that never ran are worked out against that day's own stored set (`cleaned_on`, `policy_time`).
 
 Progress is kept in the store's meta table so a gateway restarted in the afternoon neither
 repeats a flatten nor forgets to close the day.
@@ -30,7 +31,7 @@ from typing import Protocol
 import msgspec
 
 from common.calendar import close_delay, previous_trading_day
-from common.clock import date_of, yyyymmdd
+from common.clock import KST, date_of, yyyymmdd
 from common.config import AgentCard
 from common.krx import Phase, SessionTimes
 
@@ -72,12 +73,14 @@ class DayCycle:
         self.day = ""
         self.cleaned: set[str] = set()  # agents whose end-of-day policy ran today
         self.closed = False
+        self._past: dict[str, set[str]] = {}  # earlier days' stored sets (a late day's, read every tick)
 
     def roll(self, day: str) -> bool:
         """Switch to `day` (YYYYMMDD); True if it is a new day for this process."""
         if day == self.day:
             return False
         self.day = day
+        self._past.clear()
         raw = self.store.get_meta(f"eod:{day}")
         self.cleaned = set(msgspec.json.decode(raw)) if raw else set()
         self.closed = self.store.get_meta(f"closed:{day}") == "1"
@@ -114,6 +117,25 @@ class DayCycle:
         self.cleaned.add(agent)
         self.store.set_meta(f"eod:{self.day}", msgspec.json.encode(sorted(self.cleaned)).decode())
 
+    def cleaned_on(self, day: str) -> set[str]:
+        """The agents whose end-of-day policy of `day` ran (or was worked out as missed), as stored."""
+        if day == self.day:
+            return self.cleaned
+        if day not in self._past:
+            raw = self.store.get_meta(f"eod:{day}")
+            self._past[day] = set(msgspec.json.decode(raw)) if raw else set()
+        return self._past[day]
+
+    def mark_cleaned_on(self, day: str, agent: str) -> None:
+        """`agent`'s policy of `day` is done (an earlier day's, closed late): today's set is not touched
+        (the agent trades today as usual; the gate reads today's set)."""
+        if day == self.day:
+            self.mark_cleaned(agent)
+            return
+        done = self.cleaned_on(day)
+        done.add(agent)
+        self.store.set_meta(f"eod:{day}", msgspec.json.encode(sorted(done)).decode())
+
     def is_closed(self, day: str) -> bool:
         return self.closed if day == self.day else self.store.get_meta(f"closed:{day}") == "1"
 
@@ -137,6 +159,21 @@ class DayCycle:
         if day == self.day:
             self.closed = True
         self.store.set_meta(f"closed:{day}", "1")
+
+
+def policy_time(card: AgentCard, day: dt.date, timed: bool) -> dt.datetime:
+    """When `card`'s end-of-day policy was due on `day` (KST): its `schedule.end`, moved as the close is
+    (see `DayCycle.due`), never after the close; on a clock without a meaningful time of day, the closing
+    call. What an agent decided after it (a next-session order placed in the evening) is not the day's
+    business: a missed policy leaves it alone."""
+    try:
+        times = SessionTimes(day)
+    except ValueError:  # not a trading day by the calendar: nothing of it was due before its end
+        return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
+    if not timed:
+        return times.closing_call
+    end = dt.datetime.combine(day, dt.time.fromisoformat(card.schedule.end), KST) + close_delay(day)
+    return min(end, times.close)
 
 
 def _settled(now: dt.datetime) -> bool:

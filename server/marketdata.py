@@ -14,8 +14,11 @@ Exchange time: KIS prints carry HHMMSS only. We date them with the gateway's KST
 offset between the latest print's time and the wall clock, so `flush()` (a 1 s timer) closes bars on
 the exchange's clock, not ours (a twin replaying a day runs on its own clock). The offset is watched:
 a host clock more than SKEW_ALERT_S off the exchange's (the median of the latest prints' offsets, so one
-late print moves nothing) sends orders into the wrong phase and closes the day early; it is told once
-(`on_skew`) and shown in status (clock_skew_ms); the clock itself is never moved."""
+late print moves nothing) sends orders into the wrong phase and closes the day early. Only an offset that
+lasts is the host's clock: a burst of delayed prints (KIS at 09:00) is feed lag, and nine prints can come
+within a second, so it must hold for SKEW_PERSIST of market time and SKEW_PRINTS prints; it is told then
+(`on_skew`, at most once a market day), told again only after it stayed within SKEW_REARM_S for
+SKEW_REARM_AFTER, and shown in status (clock_skew_ms); the clock itself is never moved."""
 
 from __future__ import annotations
 
@@ -40,9 +43,11 @@ log = logging.getLogger("ktrader.marketdata")
 CHART_CALLS = 4  # daily-chart calls in flight at the day close (the REST budget paces them)
 CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prints goes out
 # the host clock against the exchange's: prints carry whole seconds and arrive some ms late, so a right
-# clock reads 0 to -1 s; beyond 2 s (the median of the latest SKEW_PRINTS prints) it is told, and told again
-# only after it came back within SKEW_REARM_S
+# clock reads 0 to -1 s; beyond 2 s (the median of the latest SKEW_PRINTS prints) for SKEW_PERSIST of market
+# time and as many prints it is told (feed lag comes in bursts; a host clock stays off), and told again only
+# after it stayed within SKEW_REARM_S for SKEW_REARM_AFTER; a person is paged at most once a market day
 SKEW_PRINTS, SKEW_ALERT_S, SKEW_REARM_S = 9, 2.0, 1.5
+SKEW_PERSIST, SKEW_REARM_AFTER = dt.timedelta(seconds=60), dt.timedelta(minutes=10)
 
 
 def session_rule(clock: MarketClock) -> SessionRule:
@@ -67,6 +72,10 @@ class MarketData:
         self._skews: deque[float] = deque(maxlen=SKEW_PRINTS)  # the latest prints' skews, s
         self.skew_off = False  # the median skew is beyond SKEW_ALERT_S (told; re-armed within SKEW_REARM_S)
         self.skew_alerts = 0
+        self._skew_since: dt.datetime | None = None  # market time the median went beyond SKEW_ALERT_S
+        self._skew_seen = 0  # prints since then
+        self._skew_back: dt.datetime | None = None  # market time it came back within SKEW_REARM_S (told)
+        self._skew_told: dt.date | None = None  # the market day a person was last paged on
         self.on_skew: Callable[[str], None] | None = None  # a person is told (the live gateway on KST wall time)
         self.bad_prints = 0
         self.feed_health: dict[str, FeedHealth] = {}  # agent -> from its current session's latest heartbeat
@@ -183,33 +192,51 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
-        self._watch_skew(self.skew.total_seconds())
+        self._watch_skew(self.skew.total_seconds(), when)
         self._emit(closed)
 
-    def _watch_skew(self, latest: float) -> None:
-        """Tell once when the median of the latest prints' skews passes SKEW_ALERT_S. The median is only
-        worked out when the latest print could change the verdict: it can pass the limit only when the
-        latest one is past it too, and come back only when the latest one is back (a print's hot path)."""
+    def _watch_skew(self, latest: float, at: dt.datetime) -> None:
+        """Tell when the median of the latest prints' skews stayed beyond SKEW_ALERT_S for SKEW_PERSIST of
+        market time (`at`: the print's exchange time) and SKEW_PRINTS prints; re-armed once it stayed within
+        SKEW_REARM_S for SKEW_REARM_AFTER. The median is only worked out when the latest print could change
+        the verdict (a print's hot path): a right clock with no offset pending costs a comparison."""
         self._skews.append(latest)
         if len(self._skews) < SKEW_PRINTS:
             return
-        if not self.skew_off and abs(latest) > SKEW_ALERT_S:
-            median = statistics.median(self._skews)
-            if abs(median) > SKEW_ALERT_S:
-                self.skew_off = True
-                self.skew_alerts += 1
-                text = (
-                    f"the host clock is {abs(median):.1f} s {'behind' if median > 0 else 'ahead of'} the exchange's "
-                    f"(median of the last {SKEW_PRINTS} prints): session phases, order timing and the day's close "
-                    "follow the host clock; fix its time sync (NTP/chrony). ktrader does not move the clock "
-                    "(status: clock_skew_ms)"
-                )
-                log.warning("%s", text)
-                if self.on_skew is not None:
-                    self.on_skew(text)
-        elif self.skew_off and abs(latest) < SKEW_REARM_S and abs(statistics.median(self._skews)) < SKEW_REARM_S:
-            self.skew_off = False
-            log.info("the host clock agrees with the exchange's again")
+        if self.skew_off:
+            if abs(latest) >= SKEW_REARM_S or abs(statistics.median(self._skews)) >= SKEW_REARM_S:
+                self._skew_back = None  # not back (yet): the wait starts again
+            elif self._skew_back is None:
+                self._skew_back = at
+            elif at - self._skew_back >= SKEW_REARM_AFTER:
+                self.skew_off, self._skew_back = False, None
+                log.info("the host clock agrees with the exchange's again")
+            return
+        if self._skew_since is None and abs(latest) <= SKEW_ALERT_S:
+            return
+        median = statistics.median(self._skews)
+        if abs(median) <= SKEW_ALERT_S:
+            self._skew_since = None  # back within the limit: a lag burst, not the host's clock
+            return
+        if self._skew_since is None:
+            self._skew_since, self._skew_seen = at, 0
+        self._skew_seen += 1
+        if at - self._skew_since < SKEW_PERSIST or self._skew_seen < SKEW_PRINTS:
+            return
+        self.skew_off, self._skew_since = True, None
+        text = (
+            f"the host clock is {abs(median):.1f} s {'behind' if median > 0 else 'ahead of'} the exchange's "
+            f"(median of the last {SKEW_PRINTS} prints, for {SKEW_PERSIST.seconds} s): session phases, order "
+            "timing and the day's close follow the host clock; fix its time sync (NTP/chrony). ktrader does not "
+            "move the clock (status: clock_skew_ms)"
+        )
+        log.warning("%s", text)
+        if self._skew_told == at.date():
+            return  # a person was paged today already (it came back and went off again): the log has it
+        self._skew_told = at.date()
+        self.skew_alerts += 1
+        if self.on_skew is not None:
+            self.on_skew(text)
 
     def on_book(self, ev: Book) -> None:
         tick = BookTick(

@@ -9,10 +9,14 @@ table has closed is only alerted (ktrader does not trade it: update ktrader).
 
 A question that fails is asked again with back-off (30 s doubling to 10 min) until it is answered, never
 only the next day; if a day the table has as a session is still unverified at 08:00 (held orders go out
-at 08:30) a person is told. A broker without the holiday calendar (a paper account) is said once at start
-(log and status): the table alone decides there. An order KIS refuses because the day is not a business
-day (`40100000 모의투자 영업일이 아닙니다.`, paper, API.md §6.3/§7.5; the real accounts' code and text are
-UNCONFIRMED) is the exchange's word too: a second such refusal of the day closes it (`SessionDays.on_order`).
+at 08:30) a person is told. A day inside the range of the last answer (KIS answers for about a month from
+the day asked) is verified: Sunday's answer covers Monday while Monday's own question still fails. A
+broker without the holiday calendar (a paper account) is said once at start (log and status): the table
+alone decides there. An order KIS refuses because the day is not a business day (`40100000 모의투자
+영업일이 아닙니다.`, paper, API.md §6.3/§7.5; the real accounts' code and text are UNCONFIRMED) is the
+exchange's word too: a second such refusal of the day closes it (`SessionDays.on_order`), counted only for
+orders sent well inside the continuous session (paper refuses orders outside its hours with the same
+code). Days closed so are closed again at a restart, whatever the broker offers.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 import msgspec
 
 from common import calendar
+from common.clock import KST
 from common.enums import AlertKind
-from common.krx import Phase
+from common.krx import Phase, phase_at
 from common.orders import Order, OrderState
 from kis.port import BrokerError, BrokerPort, BrokerUnsupported, Capability
 
@@ -57,6 +62,7 @@ def differences(days: dict[dt.date, bool]) -> tuple[list[dt.date], list[str]]:
 MetaStore = tuple[Callable[[str], str], Callable[[str, str], None]]  # (get_meta, set_meta that persists)
 CHECKED_KEY = "session_days:checked"  # the market day the broker was last asked on
 CLOSED_KEY = "session_days:closed"  # the days it said are closed that the table has open (JSON list)
+VERIFIED_KEY = "session_days:verified"  # the days its last answer covers: "<first ISO day>/<last ISO day>"
 
 
 GAPS_KEY = "calendar_gaps:alerted"  # the market day and the calendar's gaps a person was last told of
@@ -98,15 +104,16 @@ async def _check(
     broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None
 ) -> list[dt.date]:
     """check_session_days, its failures raised (BrokerUnsupported: the broker has no holiday calendar)."""
-    if Capability.SESSION_DAYS not in broker.capabilities:
-        raise BrokerUnsupported("session days", code="UNSUPPORTED")
     kept: list[dt.date] = []
     if meta is not None:
-        # a restarted gateway closes again the days the broker said were closed (from today on)
+        # a restarted gateway closes again the days the broker said were closed (from today on), the days
+        # paper's refusals closed (SessionDays.on_order) too: before asking whether it has a calendar
         kept = [d for d in _stored(meta[0]) if d >= today]
         calendar.close_days(kept)
-        if meta[0](CHECKED_KEY) == today.isoformat():
-            return []
+    if Capability.SESSION_DAYS not in broker.capabilities:
+        raise BrokerUnsupported("session days", code="UNSUPPORTED")
+    if meta is not None and meta[0](CHECKED_KEY) == today.isoformat():
+        return []
     days = await broker.session_days(today)
     close, texts = differences(days)
     closed = calendar.close_days(close)
@@ -114,6 +121,7 @@ async def _check(
         now_closed = {d for d in close if d >= today} | set(kept)
         meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in now_closed)).decode())
         meta[1](CHECKED_KEY, today.isoformat())
+        meta[1](VERIFIED_KEY, f"{today.isoformat()}/{max([today, *days]).isoformat()}")
     for text in texts:
         alert(text)
     if days:
@@ -130,6 +138,9 @@ UNVERIFIED_BY = dt.time(8, 0)  # a session day still unverified then reaches a p
 # "exceeds the orderable amount"), so only this text is taken
 NOT_A_BUSINESS_DAY_CODE, NOT_A_BUSINESS_DAY_TEXT = "40100000", "영업일이 아닙니다"
 REFUSALS_TO_CLOSE = 2  # distinct orders refused so before the day is closed (one odd reply closes nothing)
+# a refusal counts only for an order sent at least this far inside the continuous session: one sent just
+# after 09:00 or just before its end may have reached KIS in a call auction (host clock vs KIS's, the send)
+REFUSAL_MARGIN = dt.timedelta(seconds=10)
 
 
 def not_a_business_day(reason: str) -> bool:
@@ -153,12 +164,17 @@ class SessionDays:
         counters: MutableMapping[str, int] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         phase: Callable[[], Phase] | None = None,
+        phase_at: Callable[[dt.datetime], Phase] | None = None,
     ) -> None:
-        """`phase`: the market clock's phase; refusals count only in the continuous session (paper
-        answers orders outside its hours with the same code, API.md §6.3: an early order must not close
-        a trading day)."""
+        """`phase`: the market clock's phase; refusals count only for orders sent in the continuous
+        session (paper answers orders outside its hours with the same code, API.md §6.3: an early order
+        must not close a trading day). `phase_at`: the market clock's phase at a time, to judge an order
+        by when it was sent, not when its refusal arrived; by default KRX's table (the phase a clock with
+        a meaningful time of day reports), or, for a clock whose time of day means nothing (`timed`
+        False: the twin's open clock), its phase now."""
         self.broker = broker
         self.phase = phase
+        self.phase_at = phase_at if phase_at is not None else _phase_at_of(phase)
         self.alert = alert
         self.meta = meta
         self.today = today  # the market clock's date
@@ -166,6 +182,7 @@ class SessionDays:
         self.sleep = sleep
         self.offered = Capability.SESSION_DAYS in broker.capabilities
         self.verified = ""  # ISO day the broker last answered on (its word covers about a month from it)
+        self.covered = _covered(meta[0](VERIFIED_KEY))  # the days its last answer covers (kept across restarts)
         self.asking = ""  # ISO day of the question in progress (a newer day's question ends an older one's)
         self.last_error = ""
         self._said_unoffered = False
@@ -199,9 +216,15 @@ class SessionDays:
                 wait = min(wait * 2, RETRY_MAX_S)
                 continue
             self.verified = key
-            if self.today().isoformat() == key:
+            self.covered = _covered(self.meta[0](VERIFIED_KEY)) or (today, today)
+            if self._is_verified(self.today()):
                 self.counters["calendar_unverified"] = 0
             return closed
+
+    def _is_verified(self, day: dt.date) -> bool:
+        """`day` is inside the days the broker's last answer covers (asked on an earlier day, it still
+        holds: a failing question on the day itself is no reason to page)."""
+        return self.covered is not None and self.covered[0] <= day <= self.covered[1]
 
     def _unoffered(self) -> None:
         """Said once a gateway run, in the log and in status (calendar_not_verified_by_kis): nothing to do
@@ -222,7 +245,7 @@ class SessionDays:
         today = now.date().isoformat()
         if not self.offered:
             return
-        verified = self.verified == today
+        verified = self._is_verified(now.date())
         self.counters["calendar_unverified"] = 0 if verified else 1
         if verified or self._alerted == today or now.time() < UNVERIFIED_BY or not calendar.is_trading_day(now.date()):
             return
@@ -243,7 +266,7 @@ class SessionDays:
             return
         if not not_a_business_day(new.reason):
             return
-        if self.phase is not None and self.phase() is not Phase.CONTINUOUS:
+        if self.phase is not None and not self._sent_in_session(old, new):
             return
         today = self.today()
         refused = self._refused.setdefault(today.isoformat(), set())
@@ -260,3 +283,33 @@ class SessionDays:
             "(common/calendar.py) if it is a holiday the table lacks",
             AlertKind.CALENDAR,
         )
+
+    def _sent_in_session(self, old: Order | None, new: Order) -> bool:
+        """Whether the refused order was sent well inside the continuous session: judged at its send (the
+        refusal can arrive after 09:00 for an order sent into the opening call), at least REFUSAL_MARGIN
+        from either end of it. The send: when it went to PENDING_SUBMIT (a held order's release, too);
+        otherwise its creation (a refusal resolved later: the order's own time, never the refusal's)."""
+        sent_ns = old.updated_ns if old is not None and old.state is OrderState.PENDING_SUBMIT else new.created_ns
+        if not sent_ns:
+            return False  # (no time kept: not counted)
+        secs, ns = divmod(sent_ns, 1_000_000_000)
+        sent = dt.datetime.fromtimestamp(secs, KST) + dt.timedelta(microseconds=ns // 1000)
+        return all(self.phase_at(t) is Phase.CONTINUOUS for t in (sent - REFUSAL_MARGIN, sent, sent + REFUSAL_MARGIN))
+
+
+def _phase_at_of(phase: Callable[[], Phase] | None) -> Callable[[dt.datetime], Phase]:
+    """The default `phase_at` (see SessionDays): KRX's table on a clock whose time of day means something,
+    else the clock's phase now (its `timed` flag, read from the clock `phase` belongs to)."""
+    clock = getattr(phase, "__self__", None)
+    if phase is not None and not getattr(clock, "timed", True):
+        return lambda when: phase()
+    return phase_at
+
+
+def _covered(raw: str) -> tuple[dt.date, dt.date] | None:
+    """The (first, last) day of VERIFIED_KEY's value, None when absent or unreadable."""
+    try:
+        first, last = raw.split("/")
+        return dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    except ValueError:
+        return None

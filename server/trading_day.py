@@ -5,11 +5,13 @@
 - while the session takes orders: held next-session orders are released (or expired unsent);
 - at each card's `schedule.end`: the agent's end-of-day policy (cancel / flatten / hold), then
   reduce-only for the rest of the day; a policy whose time passed while no gateway ran is alerted, its
-  cancels still sent and a flatten's sells held for the next session's open;
-- after the close: the broker's final word (reconcile), expiry of what is left, the daily report. A
-  close that fails is tried again with back-off (never every tick: each try is a reconciliation pass);
-  a trading day the gateway ran but never closed (down over its close, or failing until midnight) is
-  closed late at the next start or day.
+  cancels still sent (the day's own orders: not the next-session orders placed after its time) and a
+  flatten's sells held for the next session's open (promised sells are kept in the store until queued);
+- after the close: the broker's final word (reconcile), expiry of what is left of the day, the daily
+  report. A close that fails is tried again with back-off (never every tick: each try is a reconciliation
+  pass); a trading day the gateway ran but never closed (down over its close, or failing until midnight)
+  is closed late at the next start or day: its missed policies are worked out too, and the held orders of
+  agents with an order of that day still open wait for it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from common.ids import GATEWAY_ORDER_BASE, make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
-from common.orders import OrderState
+from common.orders import AWAITING_ACK, CANCELLABLE, Order, OrderState
 from common.protection import Protection
 from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
 from server import cash_check, daily_report
 from server.cash_check import CashCheck
-from server.daycycle import DayCycle
+from server.daycycle import RANK, DayCycle, policy_time
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
 from server.reconcile import ReconcileResult
@@ -56,6 +58,12 @@ CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 # normal day), where held orders are released; a fetch that failed is tried again 15 s, 30 s ... 2 min later
 MORNING_REFRESH = dt.time(8, 0)
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
+
+# agent -> the day of its missed flatten whose next-session sells are not queued yet (they wait for its
+# cancels): kept in the store with the policy's mark, so a restart meanwhile still queues them
+MISSED_FLATTEN_KEY = "eod:missed_flatten"
+# the states a missed policy cancels (OrderDesk.cancel_all's)
+_CANCELS = CANCELLABLE | AWAITING_ACK | {OrderState.HELD, OrderState.PENDING_REPLACE}
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -168,14 +176,19 @@ class TradingDay:
         self.monotonic: Callable[[], float] = time.monotonic  # back-off waits are real time (tests move it)
         self._close_retry_at: dict[str, float] = {}  # day -> monotonic time its close may be tried again
         self._late = ""  # an earlier trading day this gateway ran and never closed: closed before today's business
+        # the earlier day closed late today (or being closed): its policies missed are worked out for agents
+        # seen today before today's own end-of-day takes over (kept in the store: `eod_late:<today>`)
+        self._late_policies = ""
         self._morning = ""  # the day whose base prices were fetched again in the morning (all of them)
         self._morning_busy = False  # a morning fetch in flight
         self._morning_day = ""  # the day the retry state below is of
         self._morning_todo: list[str] = []  # codes whose morning fetch failed (empty: all of them, not tried yet)
         self._morning_at = 0.0  # monotonic time of the next morning try
         self._morning_wait = MORNING_RETRY_FIRST_S
-        # agents whose flatten was missed: their next-session sells wait for their open orders to end
-        self._missed_flatten: dict[str, AgentCard] = {}
+        # agents whose flatten was missed -> its day: their next-session sells wait for that day's open
+        # orders to end (in the store too: MISSED_FLATTEN_KEY)
+        raw = book.store.get_meta(MISSED_FLATTEN_KEY)
+        self._missed_flatten: dict[str, str] = msgspec.json.decode(raw, type=dict[str, str]) if raw else {}
         self.missed_policies = 0  # end-of-day policies that never ran at their time (alerted)
         # called with the market time at every tick, synced or not (the calendar's own watch)
         self.on_tick: list[Callable[[dt.datetime], None]] = []
@@ -245,10 +258,16 @@ class TradingDay:
                             log.exception("new day %s: %s failed", day, getattr(fn, "__qualname__", fn))
                 self.spawn(self.base_prices.ensure(self._tradable_codes()))
             # a day this gateway ran but never closed (down over its close, or its close failed until
-            # midnight): closed now, before the new day's business (tried below once the books agree)
-            self._late = self.cycle.unclosed_before(day, lambda d: self._day_start(d) is not None)
+            # midnight): closed now, before the new day's business (tried below once the books agree). One
+            # still failing at this roll is kept (today's close leaves its orders open: it is not closed)
+            if not self._late or self._late >= day or self.cycle.is_closed(self._late):
+                self._late = self.cycle.unclosed_before(day, lambda d: self._day_start(d) is not None)
+            self._late_policies = self._late or self.book.store.get_meta(f"eod_late:{day}")
             if self._late:
                 log.warning("day %s was never closed: closing it now (report, daily bars, its orders)", self._late)
+                if self.book.store.get_meta(f"eod_late:{day}") != self._late:
+                    with self.book.store.transaction():  # (a restart today still knows whose policies to see to)
+                        self.book.store.set_meta(f"eod_late:{day}", self._late)
         for watch in self.on_tick:
             try:
                 watch(now)
@@ -261,13 +280,14 @@ class TradingDay:
             self._late = ""
         if self._late:
             self._start_close(self._late)
+        if self._late_policies:
+            self._late_missed(phase)
         held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})
         if held and (missing := self.base_prices.missing(held)):
             self.spawn(self.base_prices.ensure(missing))  # market buys are valued at the day's upper limit
-        if not (self._late and self._closing):  # (an earlier day's late close in flight ends first)
-            released, expired = self.desk.release_due()
-            if released or expired:
-                log.info("next-session orders: %d released, %d expired unsent", released, expired)
+        released, expired = self._release_due()
+        if released or expired:
+            log.info("next-session orders: %d released, %d expired unsent", released, expired)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards())
         for card in due.missed:
             self.missed_end_of_day(card)
@@ -319,6 +339,53 @@ class TradingDay:
         )
         self._morning_wait = min(self._morning_wait * 2, MORNING_RETRY_MAX_S)
 
+    def _open_of(self, day: str) -> set[str]:
+        """The agents with an order of `day` (or earlier) still open at the broker, as far as we know
+        (held orders are not: they were never sent)."""
+        book = self.book
+        return {
+            o.agent
+            for c, o in book.orders.items()
+            if o.is_open and o.state is not OrderState.HELD and book.order_day.get(c, day) <= day
+        }
+
+    def _release_due(self) -> tuple[int, int]:
+        """The desk's release of held orders, except those of agents with an order of an unclosed earlier
+        day still open (in flight or in the close's back-off): it may have filled at that day's close while
+        nobody listened, so their next-session orders wait for that day's list to be read (others go)."""
+        if not self._late:
+            return self.desk.release_due()
+        waiting = self._open_of(self._late)
+        held = self.book.held
+        aside = {c: o for c, o in held.items() if o.agent in waiting}
+        if not aside:
+            return self.desk.release_due()
+        for c in aside:  # out of the desk's sight for this pass only (OrderDesk.release_due scans book.held)
+            del held[c]
+        try:
+            return self.desk.release_due()
+        finally:
+            for c in aside:
+                cur = self.book.orders.get(c)
+                if cur is not None and cur.state is OrderState.HELD:
+                    held[c] = cur
+
+    def _late_missed(self, phase: Phase) -> None:
+        """The late day's end-of-day policies that never ran (its stored set), worked out for each agent
+        seen once that day's orders of the agent have ended (what filled at that day's close is known): at
+        the late close, or when it registers later, until today's own end of day takes over."""
+        late = self._late_policies
+        if phase is not Phase.CLOSED and RANK[phase] > RANK[Phase.CLOSING_AUCTION]:
+            return  # today's own missed policy covers an agent seen from now on (sells at the next session)
+        done, today = self.cycle.cleaned_on(late), self.cycle.cleaned
+        todo = [card for card in self.cards() if card.id not in done and card.id not in today]
+        if not todo:
+            return
+        waiting = self._open_of(late)
+        for card in todo:
+            if card.id not in waiting:
+                self.missed_end_of_day(card, late)
+
     def _start_close(self, day: str) -> None:
         """Close `day` now unless a close is in flight or its last failure's back-off has not passed."""
         if self._closing or self.monotonic() < self._close_retry_at.get(day, 0.0):
@@ -361,22 +428,29 @@ class TradingDay:
         self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
         log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)
 
-    def missed_end_of_day(self, card: AgentCard) -> None:
-        """The session ended and `card`'s end-of-day policy never ran (no gateway at its `schedule.end`):
-        a cancel still cancels what is open (cancels are taken after hours), a flatten cancels and holds
-        market sells of the agent's positions for the next session's open; a person is told when it
-        mattered (open orders or positions). The agent reduces only until tomorrow, as after its policy."""
+    def missed_end_of_day(self, card: AgentCard, day: str = "") -> None:
+        """The session of `day` (today's by default; an earlier day's closed late) ended and `card`'s
+        end-of-day policy never ran (no gateway at its `schedule.end`): a cancel still cancels the day's
+        own orders (cancels are taken after hours) and the next-session orders placed before its time, a
+        flatten cancels so and holds market sells of the agent's positions for the next session's open; a
+        person is told when it mattered (open orders or positions). Today's: the agent reduces only until
+        tomorrow, as after its policy."""
         policy = card.schedule.end_of_day
-        cancels = self.desk.cancel_all(card.id) if policy is not EndOfDay.HOLD else 0
+        day = day or self.cycle.day
+        cancels = self._missed_cancels(card, day) if policy is not EndOfDay.HOLD else 0
         held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
         flatten = policy is EndOfDay.FLATTEN and bool(held)
-        if flatten:
-            self._missed_flatten[card.id] = card  # sized once its cancels have ended (as the desk's flatten)
         with self.book.store.transaction():
-            self.cycle.mark_cleaned(card.id)
-        self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
+            # the promised sells are stored with the mark: sized once its cancels have ended (as the
+            # desk's flatten), and a restart meanwhile must not lose them (the mark says it was done)
+            if flatten:
+                self._missed_flatten[card.id] = day
+                self._save_missed_flatten()
+            self.cycle.mark_cleaned_on(day, card.id)
+        if day == self.cycle.day:  # (an earlier day's: today is not the agent's end of day)
+            self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
         if not cancels and not flatten:
-            log.info("end of day for %s: %s missed, nothing to do", card.id, policy.value)
+            log.info("end of day %s for %s: %s missed, nothing to do", day, card.id, policy.value)
             return
         self.missed_policies += 1
         self.counters["end_of_day_missed"] = self.missed_policies
@@ -384,20 +458,60 @@ class TradingDay:
         if flatten:
             shares = ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
             what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
+        of = "" if day == self.cycle.day else f" of {day}"
         text = (
-            f"{card.id}: end-of-day policy '{policy.value}' (schedule.end {card.schedule.end}) did not run at its "
-            f"time (no gateway, or the agent not registered, then); {'; '.join(what)}"
+            f"{card.id}: end-of-day policy '{policy.value}'{of} (schedule.end {card.schedule.end}) did not run at "
+            f"its time (no gateway, or the agent not registered, then); {'; '.join(what)}"
         )
         self.alert(text, AlertKind.GATEWAY_FAULT)  # a person must know what the card promised did not happen
         self.book.notify(card.id, Notice(level="warning", text=f"end of day missed: {'; '.join(what)}"))
 
+    def _missed_cancels(self, card: AgentCard, day: str) -> int:
+        """A missed policy's cancels: the agent's working orders of `day` and its held orders placed
+        before the policy's time (what `cancel_all` at its end would have cancelled). A held order placed
+        after it (an agent registering in the evening places tomorrow's buy) is a decision for the next
+        session, and another day's working order (today's, at a late close) is not that day's business."""
+        book = self.book
+        cutoff_ns = int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000  # (whole s)
+        n = 0
+        for c, o in list(book.orders.items()):
+            if o.agent != card.id or o.state not in _CANCELS:
+                continue
+            if o.state is OrderState.HELD:
+                if o.created_ns >= cutoff_ns:
+                    continue
+            elif book.order_day.get(c) != day:
+                continue
+            if self.desk.cancel(card.id, c)[0] is None:
+                n += 1
+        return n
+
+    def _save_missed_flatten(self) -> None:
+        self.book.store.set_meta(MISSED_FLATTEN_KEY, msgspec.json.encode(self._missed_flatten).decode())
+
     def _queue_missed_sells(self) -> None:
-        for agent, card in list(self._missed_flatten.items()):
-            if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
+        cards = {card.id: card for card in self.cards()}
+        for agent, day in list(self._missed_flatten.items()):
+            card = cards.get(agent)
+            if card is None:
+                continue  # (restored at a start before the agent registered: its card's limits size them)
+            if any(self._blocks_sells(c, o, agent, day) for c, o in self.book.orders.items()):
                 continue  # its cancels first (a cancel can lose the race to a fill): the sells are sized after
-            del self._missed_flatten[agent]
-            n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
-            log.info("end of day for %s: flatten missed, %d sells held for the next session", agent, n)
+            with self.book.store.transaction():  # queued and no longer promised, durable together
+                del self._missed_flatten[agent]
+                self._save_missed_flatten()
+                n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
+            log.info("end of day %s for %s: flatten missed, %d sells held for the next session", day, agent, n)
+
+    def _blocks_sells(self, coid: str, o: Order, agent: str, day: str) -> bool:
+        """An order of the agent's that its missed flatten's sells wait for: one of that day (or earlier)
+        still open at the broker. Held orders were never sent, and a later day's are not that day's."""
+        return (
+            o.agent == agent
+            and o.is_open
+            and o.state is not OrderState.HELD
+            and self.book.order_day.get(coid, day) <= day
+        )
 
     def _sell_next_session(self, card: AgentCard, why: str) -> int:
         """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
@@ -454,7 +568,12 @@ class TradingDay:
         try:
             close = await self.recon.run("close")
             if day == self.book.day():
-                self.recon.expire_through(day)
+                # the day's own orders only: an earlier day's kept open (its list unread: the close pass
+                # keeps them) is settled by that day's late close, never expired unchecked by this one
+                earlier = {
+                    c for c, o in self.book.orders.items() if o.is_open and self.book.order_day.get(c, day) < day
+                }
+                self.recon.expire_through(day, keep=earlier)
                 self.desk.release_due()  # held orders for today that never went out expire now
             elif left := [
                 c

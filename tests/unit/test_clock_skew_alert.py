@@ -58,14 +58,21 @@ def test_a_host_clock_off_is_told_once_with_the_figure(tmp_path: Path) -> None:
         # a right clock (prints carry whole seconds, a little late), with one very late print among them
         wall = feed(md, wall, [-0.4] * 5 + [-40.0] + [-0.4] * 5)
         assert told == [] and -1000 <= md.counters()["clock_skew_ms"] <= 0
-        # the host clock falls 5 s behind the exchange's: the prints read 5 s ahead
+        # the host clock falls 5 s behind the exchange's: the prints read 5 s ahead; told once it lasted a
+        # minute of market time (a print a second here)
         wall = feed(md, wall, [5.0] * (SKEW_PRINTS + 20))
+        assert told == []
+        wall = feed(md, wall, [5.0] * 60)
         [text] = told  # once, however many prints follow
         assert "4.5 s behind" in text and "NTP" in text  # (prints carry whole seconds)
         assert md.counters()["clock_skew_ms"] == 4500 and md.counters()["clock_skew_alerts"] == 1
-        # fixed; then off again the other way: told again
-        wall = feed(md, wall, [-0.3] * SKEW_PRINTS)
-        wall = feed(md, wall, [-3.0] * SKEW_PRINTS)
+        # fixed for 10 min; then off again the other way the same day: not paged twice a day
+        wall = feed(md, wall, [-0.3] * 620)
+        wall = feed(md, wall, [-3.0] * 80)
+        assert len(told) == 1
+        # the next market day it is paged again
+        wall = feed(md, wall + dt.timedelta(days=3), [-0.3] * 620)  # (Monday)
+        feed(md, wall, [-3.0] * 80)
         assert len(told) == 2 and "3.5 s ahead of" in told[1]
     finally:
         md.store.close()
