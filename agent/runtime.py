@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import zmq
@@ -151,6 +151,19 @@ _SERVICE_ERRORS = frozenset(
 _STATE_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
 Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
+
+
+class _Pending(NamedTuple):
+    """A command sent (or queued) and not answered yet."""
+
+    tick: int  # its place in the order orders and commands were decided in
+    at: float  # monotonic time it was decided (a revise decided too long ago is not sent late)
+    msg: Command
+    # a cancel-all: the orders it covered when decided (open then, of its code). Sent again, it becomes
+    # cancels of those still open: the gateway's cancel-all has no cut-off and would cancel later orders too
+    covers: tuple[str, ...] = ()
+
+
 # today's session is over: its daily bar is due from the gateway's day cycle
 _AFTER_SESSION = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END})
 
@@ -159,6 +172,15 @@ def _session_after(day: str) -> dt.date | None:
     """The trading day after a daily bar's ("YYYY-MM-DD"): where the close's next-session orders go."""
     try:
         return calendar.next_trading_day(dt.date.fromisoformat(day[:10]))
+    except ValueError:
+        return None
+
+
+def _state_in(message: str) -> OrderState | None:
+    """An older gateway's duplicate reply says the state only in words ("already known, state filled")."""
+    _, sep, word = message.rpartition("state ")
+    try:
+        return OrderState(word.strip()) if sep else None
     except ValueError:
         return None
 
@@ -247,11 +269,13 @@ class AgentRuntime(AgentServicesMixin):
         self.heartbeat_s = 0.25
         self.lease_s = 1.0
         self.errors = 0
-        self.paused = False  # after a strategy error with on_error = "pause": nothing is sent until resumed
+        # after a strategy error with on_error = "pause": no new orders (but sells of held shares, protective
+        # orders and cancels) until the operator resumes it
+        self.paused = False
         self._pause_why = ""
-        # the gateway has had us out of ACTIVE since we paused (it puts a pausing agent in REDUCING): its next
-        # ACTIVE for us is the operator's resume
-        self._pause_seen = False
+        # each pause has its number (said in heartbeats): the gateway takes each new one, and its heartbeat
+        # reply names the one the operator's resume lifted, so a resume never ends a later pause
+        self._pause_n = 0
         self._agent_state = TradingState.ACTIVE  # this agent's trading state at the gateway
         self._gateway_state = TradingState.ACTIVE  # the gateway-wide one
         self._session_state: SessionState | None = None  # the broker session (None: not said yet)
@@ -270,9 +294,13 @@ class AgentRuntime(AgentServicesMixin):
         # order id -> (tick, monotonic time it was decided): one decided too long before the gateway came back
         # is not sent late (card resend_within_s)
         self._decided: dict[str, tuple[int, float]] = {}
-        # cancels, modifies, cancel-alls, protective orders and their cancels, by message id -> (tick, message),
-        # until the gateway answers: sent again after a re-registration, like orders
-        self._commands: dict[int, tuple[int, Command]] = {}
+        # cancels, modifies, cancel-alls, protective orders and their cancels, by message id, until the gateway
+        # answers: sent again after a re-registration, like orders (see _apply_snapshot)
+        self._commands: dict[int, _Pending] = {}
+        # orders sent, unanswered and decided longer than resend_within_s ago, at a registration whose event
+        # replay stopped short of its snapshot: the gateway may have them (its events will say) or not (not
+        # sent late): decided once the events up to the snapshot's are read (_settle_doubts)
+        self._doubt: set[str] = set()
         self._submit_mids: dict[int, list[str]] = {}  # a SubmitOrders' message id -> its order ids, until answered
         self._callbacks = 0  # strategy callbacks running: what they queue waits for the end of the outermost
         # the latest registration snapshot's sequence and what it showed: older events never overwrite it
@@ -339,9 +367,12 @@ class AgentRuntime(AgentServicesMixin):
     ) -> str:
         return self._order(Side.SELL, code, qty, price, order_type, tif, reason, context)
 
-    def _next_id(self) -> str:
-        if self.paused:
-            raise KtraderError(ErrorCode.DENIED_HALTED, "agent is paused after a strategy error")
+    def _next_id(self, reducing: bool = False) -> str:
+        if self.paused and not reducing:
+            raise KtraderError(
+                ErrorCode.DENIED_HALTED,
+                "agent is paused after a strategy error (sells of held shares, protective orders and cancels still go)",
+            )
         # numbering restarts each day; the day is the gateway's (snapshot, `trading_day` events),
         # which follows the market's clock, not this machine's
         coid = make_client_order_id(self.agent_id, self.day, self.next_n)
@@ -360,7 +391,8 @@ class AgentRuntime(AgentServicesMixin):
         context: dict[str, Any] | None,
         protect: ProtectionSpec | None = None,
     ) -> str:
-        coid = self._next_id()
+        # paused: a sell of shares held still goes (the gateway holds a paused agent REDUCING: its gate decides)
+        coid = self._next_id(reducing=side is Side.SELL and self.position(code) > 0)
         self._decided[coid] = (next(self._ticks), time.monotonic())
         # the quote at decision time: the last print this agent saw, else its own limit price
         decision = self.last_price.get(code) or price
@@ -420,7 +452,7 @@ class AgentRuntime(AgentServicesMixin):
             raise KtraderError(
                 ErrorCode.BAD_PROTECTION, "a protective order needs a stop, a take-profit or a trailing stop"
             )
-        pid = self._next_id()
+        pid = self._next_id(reducing=True)  # takes risk off: a paused agent may still protect what it holds
         msg = Protect(h=self.headers(), id=pid, code=code, qty=qty, spec=ps)
         self._protections[pid] = Protection(id=pid, agent=self.agent_id, code=code, spec=ps, qty=qty)
         self._protect_mids[msg.h.mid] = pid
@@ -442,13 +474,15 @@ class AgentRuntime(AgentServicesMixin):
         self._command(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
 
     def cancel_all(self, code: str = "") -> None:
-        self._command(CancelAll(h=self.headers(), code=code))
+        # what it covers is fixed now: sent again after a gateway loss, it must not cancel orders decided later
+        covers = tuple(c for c, o in self.orders.items() if o.state in OPEN and (not code or o.code == code))
+        self._command(CancelAll(h=self.headers(), code=code), covers)
 
-    def _command(self, msg: Command) -> None:
+    def _command(self, msg: Command, covers: tuple[str, ...] = ()) -> None:
         """Queued behind the orders decided before it (a cancel must not overtake its order) and kept until
         the gateway answers (sent again after a re-registration). In a callback it leaves with the
-        callback's orders when it ends (not at all if it raises); outside one, now."""
-        self._commands[msg.h.mid] = (next(self._ticks), msg)
+        callback's orders when it ends (if it raises: see _drop_outbox); outside one, now."""
+        self._commands[msg.h.mid] = _Pending(next(self._ticks), time.monotonic(), msg, covers)
         self._outbox.append(msg)
         if not self._callbacks:
             self._flush()
@@ -702,50 +736,81 @@ class AgentRuntime(AgentServicesMixin):
     def _apply_snapshot(self, snap: Snapshot) -> None:
         """The gateway's view replaces this process's; what this process sent (or is about to send) that
         the gateway never answered goes out again after it, in the order it was decided: orders, cancels,
-        modifies, cancel-alls, protective orders and their cancels (the gateway knows an id it has: a
-        duplicate, not a second order). An order decided longer than the card's `resend_within_s` ago is
-        not sent late: it ends DENIED here and the strategy is told (on_order)."""
+        the latest revise of each order, cancel-alls (as cancels of the orders they covered that are still
+        open), protective orders and their cancels (the gateway knows an id it has: a duplicate, answered with
+        its state, not a second order). An order or revise decided longer than the card's `resend_within_s`
+        ago is not sent late: such an order ends DENIED here (the strategy is told, on_order) once the
+        gateway's snapshot and events show it never got it; until its events are read it stays as it is."""
         self.snapshot = snap
+        # every event up to the snapshot's was read here (the registration's replay was not cut short): an
+        # order sent that has no event and is not open there never reached the gateway
+        complete = self.last_seq >= snap.last_seq
         orders = {o.client_order_id: o for o in snap.open_orders}
         known = {p.id: p for p in snap.protections}
         now = time.monotonic()
-        waiting = [*self._unanswered.values(), *(o for o in self._outbox if isinstance(o, NewOrder))]
+        sent = dict(self._unanswered)
+        waiting = [
+            *sent.values(),
+            *(o for o in self._outbox if isinstance(o, NewOrder) and o.client_order_id not in sent),
+        ]
         again: list[NewOrder] = []
         late: list[OrderView] = []
+        doubt: set[str] = set()
         for o in waiting:
             c = o.client_order_id
             if c in orders:
                 self._decided.pop(c, None)
                 continue  # the gateway has it
-            tick, decided = self._decided.get(c, (0, now))
+            _, decided = self._decided.get(c, (0, now))
             mine = self.orders.get(c)
             if now - decided > self.card.resend_within_s and mine is not None:
-                late.append(
-                    msgspec.structs.replace(
-                        mine,
-                        state=OrderState.DENIED,
-                        reason_code=ErrorCode.NOT_SENT.value,
-                        reason=f"not sent: decided {now - decided:.0f}s ago, before the gateway was lost "
-                        f"(older than resend_within_s = {self.card.resend_within_s:g}s)",
-                    )
-                )
+                if c in sent and not complete:
+                    doubt.add(c)  # the events still to read say whether the gateway has it (_settle_doubts)
+                    orders[c] = mine
+                else:
+                    late.append(self._not_sent(mine, now - decided, "before the gateway was lost"))
                 continue
-            again.append(o)
+            again.append(o)  # the gateway never got it, or answers it as a duplicate with its state
             if mine is not None:
                 orders[c] = mine
-        plan: list[tuple[int, NewOrder | Command]] = [
-            (self._decided.get(o.client_order_id, (0, 0.0))[0], o) for o in again
+        plan: list[tuple[int, float, NewOrder | Command]] = [
+            (self._decided.get(o.client_order_id, (0, 0.0))[0], 0.0, o) for o in again
         ]
-        for tick, cmd in self._commands.values():
-            if self._still_wanted(tick, cmd, orders, known, again):
-                plan.append((tick, cmd))
+        # per order, the strategy's last revise only: an older one sent after it would undo it
+        latest: dict[str, int] = {}
+        for p in self._commands.values():
+            if isinstance(p.msg, ModifyOrder):
+                latest[p.msg.client_order_id] = max(latest.get(p.msg.client_order_id, 0), p.tick)
+        for p in self._commands.values():
+            cmd = p.msg
+            if isinstance(cmd, CancelAll):
+                # the orders it covered that are still open, each cancelled: never a cancel-all again
+                for c in p.covers:
+                    if (view := orders.get(c)) is not None and view.state in OPEN:
+                        plan.append((p.tick, p.at, CancelOrder(h=cmd.h, client_order_id=c)))
+            elif isinstance(cmd, ModifyOrder) and p.tick < latest[cmd.client_order_id]:
+                continue
+            elif isinstance(cmd, ModifyOrder) and now - p.at > self.card.resend_within_s:
+                self.log.warning(
+                    "revise of %s to %d not sent again: decided %.0fs ago, before the gateway was lost (older "
+                    "than resend_within_s = %gs)",
+                    cmd.client_order_id,
+                    cmd.price,
+                    now - p.at,
+                    self.card.resend_within_s,
+                )
+            elif self._still_wanted(cmd, orders, known, again):
+                plan.append((p.tick, p.at, cmd))
         plan.sort(key=lambda x: x[0])
-        self._outbox, self._commands, self._unanswered, self._submit_mids = [], {}, {}, {}
+        # what is sent again stays unanswered until it is answered (a second loss before it leaves: the same)
+        again_ids = {o.client_order_id for o in again}
+        self._unanswered = {c: o for c, o in sent.items() if c in doubt or c in again_ids}
+        self._outbox, self._commands, self._submit_mids, self._doubt = [], {}, {}, doubt
         protect_mids, self._protect_mids = self._protect_mids, {}
-        for tick, item in plan:
+        for tick, at, item in plan:
             if not isinstance(item, NewOrder):
                 fresh = msgspec.structs.replace(item, h=self.headers())  # a fresh timestamp: it waited
-                self._commands[fresh.h.mid] = (tick, fresh)
+                self._commands[fresh.h.mid] = _Pending(tick, at, fresh)
                 if isinstance(fresh, Protect):
                     self._protect_mids[fresh.h.mid] = protect_mids.get(item.h.mid, fresh.id)
                 item = fresh
@@ -754,19 +819,18 @@ class AgentRuntime(AgentServicesMixin):
             orders[v.client_order_id] = v
             self._decided.pop(v.client_order_id, None)
         # protective orders on their way (a Protect sent again, a buy carrying one) stay as this process sees them
-        on_way = {c.id for _, c in self._commands.values() if isinstance(c, Protect)}
-        on_way |= {o.client_order_id for o in again}
+        on_way = {p.msg.id for p in self._commands.values() if isinstance(p.msg, Protect)}
+        on_way |= {o.client_order_id for o in again} | doubt
         protections = {k: p for k, p in self._protections.items() if k in on_way and k not in known}
         self.orders = orders
         self._positions = {p.code: p for p in snap.positions}
         self._protections = {**known, **protections}
         for v in late:
-            if (prot := self._protections.get(v.client_order_id)) is not None:
-                self._protections[v.client_order_id] = msgspec.structs.replace(
-                    prot, state=ProtectionState.CANCELLED, reason=f"its buy was not sent: {v.reason}"
-                )
+            self._end_protection(v)
         self.last_seq = self._snap_seq = snap.last_seq
-        self._snap_ids = frozenset(orders) | frozenset(known)
+        # the gateway's own view only: an event older than the snapshot never overwrites it, but it does
+        # correct this process's view of an order the snapshot does not show (filled meanwhile, say)
+        self._snap_ids = frozenset(o.client_order_id for o in snap.open_orders) | frozenset(known)
         self._set_day(snap.day, snap.next_order_n)
         self._follow_states(snap)
         if self._outbox:
@@ -775,36 +839,78 @@ class AgentRuntime(AgentServicesMixin):
                 len(again),
                 len(self._outbox) - len(again),
             )
+        if doubt:
+            self.log.warning(
+                "%d orders decided over %gs ago and unanswered: not sent again; the gateway's events say whether "
+                "it has them (%s)",
+                len(doubt),
+                self.card.resend_within_s,
+                ", ".join(sorted(doubt)),
+            )
         for v in late:
             self.log.warning("order %s %s", v.client_order_id, v.reason)
             self._call("on_order", v)
 
+    def _not_sent(self, mine: OrderView, age: float, when: str) -> OrderView:
+        """An order not sent late (card resend_within_s): DENIED here, with why."""
+        return msgspec.structs.replace(
+            mine,
+            state=OrderState.DENIED,
+            reason_code=ErrorCode.NOT_SENT.value,
+            reason=f"not sent: decided {age:.0f}s ago, {when} (older than resend_within_s = "
+            f"{self.card.resend_within_s:g}s)",
+        )
+
+    def _end_protection(self, v: OrderView) -> None:
+        """The protective order a buy not sent carried ends with it."""
+        if (prot := self._protections.get(v.client_order_id)) is not None:
+            self._protections[v.client_order_id] = msgspec.structs.replace(
+                prot, state=ProtectionState.CANCELLED, reason=f"its buy was not sent: {v.reason}"
+            )
+
+    def _settle_doubts(self) -> None:
+        """Once the events up to the registration snapshot's are read: an order in doubt with no event (and not
+        open in the snapshot) never reached the gateway, and being older than resend_within_s, is not sent."""
+        if not self._doubt or self.last_seq < self._snap_seq:
+            return
+        doubt, self._doubt = self._doubt, set()
+        now = time.monotonic()
+        for c in sorted(doubt):
+            if self._unanswered.pop(c, None) is None:
+                continue  # an event (or a reply) of it came: the gateway has it, its view is the gateway's
+            _, decided = self._decided.pop(c, (0, now))
+            mine = self.orders.get(c)
+            if mine is None or mine.state is not OrderState.PENDING_SUBMIT:
+                continue
+            v = self._not_sent(mine, now - decided, "and the gateway's snapshot and events show it never got it")
+            self.orders[c] = v
+            self._end_protection(v)
+            self.log.warning("order %s %s", c, v.reason)
+            self._call("on_order", v)
+
     def _still_wanted(
         self,
-        tick: int,
         cmd: Command,
         orders: dict[str, OrderView],
         known: dict[str, Protection],
         again: list[NewOrder],
     ) -> bool:
         """Whether an unanswered command still has something to do by the gateway's snapshot (sending one
-        again that was done is harmless: the gateway answers it with an error, nothing more)."""
+        again that was done is harmless: the gateway answers it with an error, nothing more). Cancel-alls
+        are handled by the caller."""
         if isinstance(cmd, (CancelOrder, ModifyOrder)):
             o = orders.get(cmd.client_order_id)
             if o is None or o.state not in OPEN:
                 return False
             return isinstance(cmd, CancelOrder) or o.price != cmd.price or bool(cmd.qty and cmd.qty != o.qty)
-        if isinstance(cmd, CancelAll):  # orders decided after it are not its business (ticks; the gateway's: 0)
-            return any(
-                o.state in OPEN and (not cmd.code or o.code == cmd.code) and self._decided.get(c, (0, 0.0))[0] < tick
-                for c, o in orders.items()
-            )
         if isinstance(cmd, Protect):
             return cmd.id not in known  # the gateway never got it
+        if isinstance(cmd, CancelAll):
+            return False
         p = known.get(cmd.id)  # CancelProtection
         return (
             (p is not None and p.is_active)
-            or any(isinstance(c, Protect) and c.id == cmd.id for _, c in self._commands.values())
+            or any(isinstance(q.msg, Protect) and q.msg.id == cmd.id for q in self._commands.values())
             or any(o.client_order_id == cmd.id for o in again)
         )
 
@@ -1169,6 +1275,7 @@ class AgentRuntime(AgentServicesMixin):
                 bad=self.client.bad_frames if self.client is not None else 0,
                 last_daily=self._last_daily,
                 paused=self._pause_why if self.paused else "",
+                pause_n=self._pause_n if self.paused else 0,
                 **self.quotes.report(),
             ),
         )
@@ -1238,17 +1345,22 @@ class AgentRuntime(AgentServicesMixin):
             return
         if isinstance(msg, AgentEvent):
             self._on_event(msg)
+            self._settle_doubts()
         elif isinstance(msg, Ack):
             self._ack_seen()
             self._follow_clock(msg.clock_ns, msg.phase)
             self._protect_mids.pop(msg.h.re, None)
             self._commands.pop(msg.h.re, None)
             self._marker_mids.pop(msg.h.re, None)
+            if msg.pause_lifted:
+                self._lifted(msg.pause_lifted)
         elif isinstance(msg, OrdersReply):
             self._submit_mids.pop(msg.h.re, None)
             for r in msg.results:
                 self._answered(r.client_order_id)
-                if not r.accepted:
+                if r.duplicate:
+                    self._known_already(r)
+                elif not r.accepted:
                     self._refused(r)
         elif isinstance(msg, SnapshotReply):
             # asked after a day change it missed, or a gap on the system topic: the day, clock and states now
@@ -1274,6 +1386,7 @@ class AgentRuntime(AgentServicesMixin):
             if before < self.last_seq < msg.last_seq:
                 # a batch stops at its limit: ask on until the gateway's last (no progress: nothing to ask)
                 self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
+            self._settle_doubts()
         elif isinstance(msg, Error):
             acted_on = msg.code not in _NOT_ACTED_ON  # else kept: sent again once registered again
             if acted_on:
@@ -1322,6 +1435,24 @@ class AgentRuntime(AgentServicesMixin):
                     message=f"the gateway refused its batch: {msg.message}",
                 )
             )
+
+    def _known_already(self, r: OrderResult) -> None:
+        """An order sent again that the gateway had already (its reply and events were lost with it): never
+        DENIED here (a strategy placing a DENIED order again would buy twice); it takes the gateway's state,
+        and the gateway's events (read after a registration) bring the rest."""
+        c = r.client_order_id
+        state = r.state or _state_in(r.message)
+        self.log.info("order %s known to the gateway already (%s)", c, state or r.message)
+        mine = self.orders.get(c)
+        if mine is None or state is None or mine.state is not OrderState.PENDING_SUBMIT:
+            return  # an event of it came first: the newer view
+        refused = not r.accepted
+        self.orders[c] = msgspec.structs.replace(
+            mine,
+            state=state,
+            reason_code=(r.code or ErrorCode.BAD_ORDER).value if refused else mine.reason_code,
+            reason=r.message if refused else mine.reason,
+        )
 
     def _refused(self, r: OrderResult) -> None:
         """The gateway did not take an order. Its own copy here must not stay 'on its way' (a ghost
@@ -1503,25 +1634,27 @@ class AgentRuntime(AgentServicesMixin):
             self.log.warning("system event %s with an unknown value %r: ignored", ev.kind, ev.text)
 
     def _own_state(self, state: TradingState) -> None:
-        """This agent's trading state at the gateway; the operator's resume (ACTIVE after the gateway had us
-        out of it since we paused) ends a pause after a strategy error."""
+        """This agent's trading state at the gateway (a pause after a strategy error ends only by _lifted)."""
         self._agent_state = state
-        if not self.paused:
+
+    def _lifted(self, n: int) -> None:
+        """The gateway's heartbeat reply: the operator resumed this agent after the gateway took its pause `n`
+        (it publishes ACTIVE then too). Only the pause of that number ends: a later one waits for its own
+        resume (a TRADING_STATE event alone cannot tell which pause a resume was for, nor when it was sent)."""
+        if not self.paused or n != self._pause_n:
             return
-        if state is not TradingState.ACTIVE:
-            self._pause_seen = True
-        elif self._pause_seen:
-            self.paused, self._pause_why, self._pause_seen = False, "", False
-            self.log.warning("RESUMED by the operator: orders are sent again")
+        self._agent_state = TradingState.ACTIVE  # what the gateway says now (its event may still be on its way)
+        self.paused, self._pause_why = False, ""
+        self.log.warning("RESUMED by the operator: orders are sent again")
 
     def _pause(self, why: str) -> None:
         if self.paused:
             return
         self.paused, self._pause_why = True, why[:200]
-        self._pause_seen = self._agent_state is not TradingState.ACTIVE  # an operator's resume will announce
+        self._pause_n += 1
         self.log.error(
-            "PAUSED after a strategy error: no orders until the operator resumes it (ktrader control resume "
-            "--agent %s)",
+            "PAUSED after a strategy error: no new orders (sells of held shares, protective orders and cancels "
+            "still go) until the operator resumes it (ktrader control resume --agent %s)",
             self.agent_id,
         )
         self._hb_sent_at = 0.0  # the gateway hears it with the next loop's heartbeat
@@ -1555,11 +1688,26 @@ class AgentRuntime(AgentServicesMixin):
             self._flush()
 
     def _drop_outbox(self, mark: int, name: str) -> None:
-        """What the callback that raised queued never leaves; its orders end DENIED here (not open)."""
-        dropped, self._outbox = self._outbox[mark:], self._outbox[:mark]
-        if not dropped:
+        """A callback that raised decided half of something (leg 1 of a pair): what it queued that adds risk
+        (new orders, revises) never leaves, its orders ending DENIED here (not open); what takes risk off
+        (cancels, cancel-alls, protective orders and their cancels) still goes."""
+        queued = self._outbox[mark:]
+        gone = {i.client_order_id for i in queued if isinstance(i, NewOrder)}
+
+        def dropped(i: NewOrder | Command) -> bool:
+            if isinstance(i, (NewOrder, ModifyOrder)):
+                return True
+            # a cancel of an order not sent has nothing to cancel (nor a cancel of the protection it carried)
+            return (isinstance(i, CancelOrder) and i.client_order_id in gone) or (
+                isinstance(i, CancelProtection) and i.id in gone
+            )
+
+        drop = [i for i in queued if dropped(i)]
+        if not drop:
             return
-        for item in dropped:
+        kept = [i for i in queued if not dropped(i)]
+        self._outbox = self._outbox[:mark] + kept
+        for item in drop:
             if isinstance(item, NewOrder):
                 c = item.client_order_id
                 self._decided.pop(c, None)
@@ -1573,11 +1721,9 @@ class AgentRuntime(AgentServicesMixin):
                 self._protections.pop(c, None)
             else:
                 self._commands.pop(item.h.mid, None)
-                if isinstance(item, Protect):
-                    self._protect_mids.pop(item.h.mid, None)
-                    self._protections.pop(item.id, None)
         self.log.warning(
-            "%s raised: not sent what it queued: %s",
+            "%s raised: not sent (they add risk): %s%s",
             name,
-            ", ".join(_describe(i) for i in dropped),
+            ", ".join(_describe(i) for i in drop),
+            f"; sent all the same (they take risk off): {', '.join(_describe(i) for i in kept)}" if kept else "",
         )

@@ -176,6 +176,8 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     # why the agent paused itself after a strategy error (card on_error = "pause"); "": not paused.
     # Here, not in Heartbeat itself, because the operator's AgentStatus shows the latest FeedHealth.
     paused: str = ""
+    # which of the agent's self-pauses that is (1, 2, ...): the gateway acts on each new one (0: an older agent)
+    pause_n: int = 0
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):
@@ -281,6 +283,8 @@ class Ack(_Msg, tag="ack", frozen=True):
     message: str = ""
     clock_ns: int = 0  # heartbeat replies: the gateway's market clock (an agent's ctx.now() follows it)
     phase: str = ""  # ... and the market's phase then (common.krx.Phase value; "" when not a heartbeat reply)
+    # heartbeat replies: the agent's self-pause (FeedHealth.pause_n) the operator resumed since the gateway took it
+    pause_lifted: int = 0
 
 
 class Error(_Msg, tag="error", frozen=True):
@@ -302,6 +306,8 @@ class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
     code: ErrorCode | None = None  # why not
     message: str = ""
     duplicate: bool = False  # this id was already known: the earlier outcome is reported
+    # a duplicate: the order's state at the gateway now (None from an older gateway: see `message`)
+    state: OrderState | None = None
 
 
 class OrdersReply(_Msg, tag="orders_reply", frozen=True):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.approvals import Approval, checksum, differences
-from common.enums import AgentMode, AgentState, SystemEventKind, TradingState
+from common.enums import AgentMode, AgentState, AlertKind, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
 from common.market_clock import market_ns
@@ -26,6 +26,7 @@ from common.schema import (
     Ack,
     Error,
     EventBatch,
+    FeedHealth,
     GetEvents,
     GetSnapshot,
     Heartbeat,
@@ -90,6 +91,9 @@ class AgentSessions:
         self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
         self.on_offline: list[Callable[[str, str], None]] = []  # (agent, why): feed health, the operator
         self.counters = counters
+        # agent -> (process session, number) of the self-pause this gateway took (FeedHealth.pause_n), while the
+        # agent says it is paused
+        self._pauses: dict[str, tuple[str, int]] = {}
 
     # ---- what an agent gets back -------------------------------------------------------------------
 
@@ -214,25 +218,48 @@ class AgentSessions:
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
         rec.errors = msg.errors
         rec.feed = msg.feed
-        self._note_pause(rec, msg.feed.paused)
+        lifted = self._note_pause(rec, msg.feed, msg.h.sid)
         clock = self.book.clock
-        return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(clock), phase=clock.phase().value)
+        return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(clock), phase=clock.phase().value, pause_lifted=lifted)
 
-    def _note_pause(self, rec: AgentRecord, why: str) -> None:
-        """An agent that paused itself after a strategy error (card on_error = "pause") is put in REDUCING
-        once, when it says so: the operator sees it (status, log), and `ktrader control resume --agent ID`
-        then sets it ACTIVE, whose TRADING_STATE event is what clears the agent's pause (a resume of an
-        agent already ACTIVE announces nothing). REDUCING, not HALTED: its protective exits keep working."""
-        if why and not rec.paused:
-            log.warning("agent %s paused itself after a strategy error: %s", rec.id, why)
-            if self.risk.agent_state(rec.id) is TradingState.ACTIVE:
+    def _note_pause(self, rec: AgentRecord, feed: FeedHealth, sid: str) -> int:
+        """An agent that paused itself after a strategy error (card on_error = "pause") numbers its pauses; a
+        pause is known by the agent process's session and that number (a restarted agent counts from 1 again).
+        The gateway takes each new pause once: the agent goes to REDUCING if it was ACTIVE (not HALTED: its
+        protective exits keep working) and a person is told (OPERATOR: their resume is what lifts it).
+        `ktrader control resume --agent ID` sets it ACTIVE; a heartbeat still saying a pause the gateway took
+        while the agent is ACTIVE means the operator resumed it since (only an operator sets ACTIVE): the
+        reply names that pause lifted, which ends it in the agent, and ACTIVE is published again (a resume of
+        an agent already ACTIVE publishes nothing; the agent may have missed it). Returns the pause lifted
+        (0: none)."""
+        why, pause = feed.paused, (sid, feed.pause_n)
+        rec.paused = bool(why)
+        if not why:
+            self._pauses.pop(rec.id, None)
+            return 0
+        if self._pauses.get(rec.id) != pause:
+            self._pauses[rec.id] = pause
+            log.warning("agent %s paused itself after a strategy error (pause %d): %s", rec.id, pause[1], why)
+            state = self.risk.agent_state(rec.id)
+            if state is TradingState.ACTIVE:
                 self.risk.set_state(
                     rec.id,
                     TradingState.REDUCING,
                     why=f"the agent paused itself after a strategy error ({why}); "
                     f"ktrader control resume --agent {rec.id} resumes it",
                 )
-        rec.paused = bool(why)
+            self.risk.alert(
+                f"{rec.id} paused itself after a strategy error ({why}): "
+                f"{'now reducing' if state is TradingState.ACTIVE else f'it stays {state}'}, no new orders until "
+                f"ktrader control resume --agent {rec.id}",
+                kind=AlertKind.OPERATOR,
+                agent=rec.id,
+            )
+            return 0
+        if pause[1] and self.risk.agent_state(rec.id) is TradingState.ACTIVE:
+            self.publish(SystemEventKind.TRADING_STATE, rec.id, TradingState.ACTIVE.value)
+            return pause[1]
+        return 0
 
     def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
         self.registry.unregister(rec)

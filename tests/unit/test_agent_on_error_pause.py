@@ -21,6 +21,7 @@ from common.market_clock import WallClock
 from common.orders import OrderState
 from common.schema import (
     SYSTEM_TOPIC,
+    Ack,
     Error,
     FeedHealth,
     HeaderFactory,
@@ -90,14 +91,18 @@ def test_the_pause_is_reported_and_the_operators_resume_ends_it(tmp_path: Path) 
     with pytest.raises(KtraderError) as e:
         rt.buy("005930", 1, 70_000)
     assert e.value.code is ErrorCode.DENIED_HALTED
+    assert hb.feed.pause_n == 1
     # an ACTIVE said before the gateway heard of the pause is not a resume
     _system(rt, 1, SystemEventKind.TRADING_STATE, "alpha", "active")
     assert rt.paused
-    # the gateway heard it (REDUCING), then the operator resumes the agent (ACTIVE)
+    # the gateway heard it (REDUCING), then the operator resumes the agent (ACTIVE): the gateway's heartbeat
+    # reply names the pause lifted (an ACTIVE event alone cannot tell which pause a resume was for)
     _system(rt, 2, SystemEventKind.TRADING_STATE, "other", "active")  # someone else's: not ours
     _system(rt, 3, SystemEventKind.TRADING_STATE, "alpha", "reducing")
     assert rt.paused and rt.trading_state is TradingState.REDUCING
     _system(rt, 4, SystemEventKind.TRADING_STATE, "alpha", "active")
+    assert rt.paused
+    rt._on_message(Ack(h=HeaderFactory("gateway")(hb.h.mid), pause_lifted=1))
     assert not rt.paused and rt._heartbeat_msg().feed.paused == ""
     rt.strategy = Strategy(rt, None)
     rt.buy("005930", 1, 70_000)
@@ -131,6 +136,9 @@ class _Risk:
         self.states[agent] = state
         self.calls.append((agent, state))
 
+    def alert(self, text: str, kind: object = None, agent: str = "") -> None:
+        pass
+
 
 def test_the_gateway_puts_a_paused_agent_in_reducing_once(tmp_path: Path) -> None:
     registry = Registry(lease_s=1.0)
@@ -152,7 +160,7 @@ def test_the_gateway_puts_a_paused_agent_in_reducing_once(tmp_path: Path) -> Non
     agent = HeaderFactory("alpha", "sid")
 
     def beat(paused: str) -> object:
-        return sessions.heartbeat(rec, b"r", Heartbeat(h=agent(), feed=FeedHealth(paused=paused)))
+        return sessions.heartbeat(rec, b"r", Heartbeat(h=agent(), feed=FeedHealth(paused=paused, pause_n=1)))
 
     beat("ValueError in on_timer: bug")
     beat("ValueError in on_timer: bug")

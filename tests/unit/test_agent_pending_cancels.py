@@ -126,7 +126,8 @@ def test_modify_cancel_all_and_cancel_protection_are_sent_again_in_their_order(t
     wire.sent.clear()
     rt._apply_snapshot(_snapshot(rt, [a, b], [guard]))  # the gateway was lost: none of them happened
     rt._flush()
-    assert wire.kinds() == ["ModifyOrder", "CancelProtection", "CancelAll"]
+    # the cancel-all goes again as cancels of the orders it covered (test_agent_resend_cancel_all_cutoff)
+    assert wire.kinds() == ["ModifyOrder", "CancelProtection", "CancelOrder", "CancelOrder"]
     assert _last(wire, ModifyOrder).price == 61_000  # type: ignore[attr-defined]
     # answered this time: a later re-registration has nothing to send
     for m in list(wire.sent):
@@ -167,4 +168,5 @@ def test_a_cancel_all_goes_before_the_orders_decided_after_it(tmp_path: Path) ->
     wire.sent.clear()
     rt._apply_snapshot(_snapshot(rt, [old]))
     rt._flush()
-    assert wire.kinds() == ["CancelAll", "SubmitOrders"]
+    assert wire.kinds() == ["CancelOrder", "SubmitOrders"]  # the orders it covered, not a cancel-all again
+    assert _last(wire, CancelOrder).client_order_id == old.client_order_id  # type: ignore[attr-defined]
