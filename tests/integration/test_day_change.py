@@ -79,20 +79,25 @@ def test_after_the_close_orders_wait_for_the_next_session(replay_desk) -> None: 
     agent.client.close()
 
 
-def test_an_order_kis_refuses_is_ours_at_reconciliation(replay_desk) -> None:  # type: ignore[no-untyped-def]
+def test_an_order_the_account_cannot_pay_is_refused_and_never_external(replay_desk) -> None:  # type: ignore[no-untyped-def]
+    """Three buys, each within its card's budget (50 M), together over the account's 100 M: once the
+    account's cash is known the gateway's own gate refuses the third (KIS would, or would lend it on
+    margin), and no refused order of ours ever turns up as an external one at reconciliation."""
     run, admin = replay_desk
     admin.post("/admin/clock/move", json={"to": "10:00:00"})
+    wait_for(lambda: fetch_status(run).risk.account_reads > 0, 20, what="the account's first read")
     day = admin.get("/admin/state").json()["day"].replace("-", "")
     lower = admin.get("/admin/book/005930").json()["lower"]
-    qty = 45_000_000 // lower  # within each card's budget (50 M); three of them exceed the account's 100 M
+    qty = 45_000_000 // lower
     agents = [Agent(run, name, ["005930"]) for name in ("spender_a", "spender_b", "spender_c")]
     coids = [submit(a, day, {"code": "005930", "side": Side.BUY, "qty": qty, "price": lower}) for a in agents]
-    assert all(r.accepted for _, r in coids)  # type: ignore[attr-defined]  # our gate passes each...
+    assert [r.accepted for _, r in coids] == [True, True, False]  # type: ignore[attr-defined]
+    assert coids[2][1].code is ErrorCode.DENIED_CASH_RESERVE  # type: ignore[attr-defined]
     wait_for(
-        lambda: [a.state(c) for a, (c, _) in zip(agents, coids)] == ["accepted", "accepted", "rejected"],
+        lambda: [a.state(c) for a, (c, _) in zip(agents, coids)] == ["accepted", "accepted", "denied"],
         20,
-        what="KIS to refuse the third in its reply (insufficient cash)",
-    )  # ...the broker not the third
+        what="two resting, the third denied",
+    )
     reconcile_and_wait(run)
     st = fetch_status(run)
     assert not [a for a in st.agents if a.id == "external"], "a refused order of ours became an external one"
