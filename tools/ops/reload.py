@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.approvals import checksum
 from common.config import ConfigError, load_card
 from kis.master import load_stock_master
 from tools.ops.cards_check import card_problems
@@ -33,7 +34,11 @@ def reload_card(
     card_path: Path | None = None,
     cards_dir: Path = Path("cards"),
     sender: str = "ktrader-control",
+    *,
+    expect_sha: str | None = None,
 ) -> str:
+    """`expect_sha`: the checksum of the card a preview showed (common/approvals.checksum): a card file
+    changed since is refused, not applied unseen."""
     path = card_path or find_card(cards_dir, agent)
     if path is None:
         raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")
@@ -46,4 +51,6 @@ def reload_card(
     errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
     if errors:
         raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
+    if expect_sha is not None and checksum(card) != expect_sha:
+        raise ReloadError(f"{path} changed since the preview you confirmed: nothing applied; preview it again")
     return send_control(run_dir, "reload", agent, card=card, sender=sender)

@@ -20,6 +20,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from common.approvals import checksum
 from common.clock import now_kst
 from common.config import ConfigError, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info
@@ -96,6 +97,7 @@ class ConsoleModel:
         self.orders_at = 0.0  # when orders/fills were fetched (time.monotonic())
         self.market: dict[str, MarketRow] = {}
         self.events: deque[str] = deque(maxlen=200)
+        self._previewed: dict[str, tuple[str, str]] = {}  # agent -> (the reload preview shown, its card's checksum)
         self.rest_rate = 0.0  # REST calls/s between the last two status replies
         self.agent_rest_rate: dict[str, float] = {}  # the same per agent (its share of the budget)
         self._rest_sample: tuple[float, int, dict[str, int]] | None = None
@@ -259,16 +261,24 @@ class ConsoleModel:
         errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
         if errors:
             raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
-        return send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=PREVIEW)
+        text = send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=PREVIEW)
+        self._previewed[agent] = (text, checksum(card))  # what a confirmation of this text applies, exactly
+        return text
 
     async def reload(self, agent: str, expect: str | None = None) -> str:
         """The agent's card from cards_dir, checked, sent; the gateway applies or refuses it. `expect`:
         the preview the operator confirmed: if the card file says something else now, nothing is applied."""
-        if expect is not None and (now := await self.reload_preview(agent)) != expect:
-            raise ActionError(f"the card changed since you confirmed: nothing applied. Now: {now}")
+        sha = None
+        if expect is not None:
+            shown, sha = self._previewed.get(agent, ("", ""))
+            if shown != expect:
+                raise ActionError("that is not the preview shown last for this agent: nothing applied; ask again")
         card = self.card_for(agent)
         try:
-            text = await asyncio.to_thread(reload_card, self.run_dir, agent, card, self.cards_dir, self.sender)
+            # the card sent is checked against the one previewed (its checksum: every field, every digit)
+            text = await asyncio.to_thread(
+                reload_card, self.run_dir, agent, card, self.cards_dir, self.sender, expect_sha=sha
+            )
         except (ConnectionFileError, KtraderError, ReloadError) as e:
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: reload {agent}: {text}")
