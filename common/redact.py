@@ -11,7 +11,11 @@ import threading
 
 _lock = threading.Lock()
 _secrets: dict[str, str] = {}  # value -> label
+_by_label: dict[str, list[str]] = {}  # label -> its values, oldest first
 MIN_LEN = 6  # shorter strings would redact ordinary words and numbers
+# values kept per label: a token or approval key renewed every day would otherwise pile up for weeks
+# (each scanned for every log line); the last few still cover an error quoting the one just replaced
+KEEP_PER_LABEL = 4
 
 
 def register(value: str, label: str) -> None:
@@ -19,6 +23,14 @@ def register(value: str, label: str) -> None:
     if value and len(value) >= MIN_LEN:
         with _lock:
             _secrets[value] = label
+            kept = _by_label.setdefault(label, [])
+            if value in kept:
+                kept.remove(value)
+            kept.append(value)
+            while len(kept) > KEEP_PER_LABEL:
+                old = kept.pop(0)
+                if _secrets.get(old) == label:
+                    del _secrets[old]
 
 
 def redact(text: str) -> str:

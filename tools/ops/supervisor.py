@@ -29,6 +29,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
 from common.config import ConfigError, load_card
+from common.logs import rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
 
 log = logging.getLogger("ktrader.supervisor")
@@ -173,7 +174,9 @@ class Supervisor:
 
     def _spawn(self, sup: Supervised) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"agent-{sup.id}.log", "ab") as logf:
+        path = self.log_dir / f"agent-{sup.id}.log"
+        rotate_if_large(path)  # the agent appends to it for as long as it runs: bounded at each (re)start
+        with open(path, "ab") as logf:
             # own session: a Ctrl-C in the console's terminal does not reach the agents
             sup._proc = subprocess.Popen(
                 list(self.command(sup.card, self.run_dir)),

@@ -28,6 +28,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Log, Static, Tabbed
 
 from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
+from common.logs import file_handler
 from common.schema import AgentStatus, StatusReply
 from tools.ops.status import fmt_age, health_lines, protection_rows, recon_line, risk_line, wall_started_ns
 from tools.ops.supervisor import Supervised, Supervisor
@@ -596,7 +597,7 @@ def log_to_file(run_dir: Path) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.FileHandler(path)
+    handler = file_handler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -1,0 +1,28 @@
+"""Decision prices (slippage) read one step kind of every order: by index, not a scan of every step a
+year of trading holds; a store of the previous version gets the index when the gateway opens it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.store import Store
+
+
+def test_decision_prices_are_read_by_index_and_an_older_store_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    s = Store(path)
+    s.db.execute("DROP INDEX trace_kind")  # as a v6 store was
+    s.db.execute("PRAGMA user_version=6")
+    s.close()
+    s = Store(path)
+    try:
+        plan = " ".join(
+            str(r)
+            for r in s.db.execute("EXPLAIN QUERY PLAN SELECT client_order_id, body FROM trace WHERE kind='intent'")
+        )
+        assert "trace_kind" in plan, plan
+        s.add_trace("alpha-20261120-1", 1, "intent", {"decision_price": 70_000})
+        s.add_trace("alpha-20261120-1", 2, "risk", {"result": "passed"})
+        assert s.decision_prices() == [("alpha-20261120-1", 70_000)]
+    finally:
+        s.close()
