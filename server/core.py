@@ -151,8 +151,9 @@ def build_order_core(
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
 
     def halt_cancels(agent: str) -> int:
-        """An automatic halt's cancels: the agent's open orders, or every agent's ("" the gateway's halt),
-        sparing the exits the gateway placed (they only reduce what is held)."""
+        """A halt's cancels, the one rule (an automatic halt, the operator's kill switch, the start's sweep of
+        halted scopes: RiskGate.set_state / cancel_halted): the agent's open orders, or every agent's ("" the
+        gateway's halt), sparing the exits the gateway placed (they only reduce what is held)."""
         agents = {agent} if agent else {o.agent for o in book.orders.values() if o.is_open} - {EXTERNAL_AGENT}
         return sum(desk.cancel_all(a, spare_exits=True) for a in sorted(agents))
 
@@ -165,7 +166,13 @@ def build_order_core(
         alerts,
         grace_ns=int(cfg.amend_grace_s * 1e9),
     )
-    recon.on_synced += [repair.start, desk.release_requeued]
+
+    # once the books agree with the broker: the chain repair, the orders a crash left unsent, the open orders
+    # of halted scopes (a halt's cancels a crash kept from the broker), the flattens a restart interrupted
+    def cancel_halted() -> None:
+        risk.cancel_halted()
+
+    recon.on_synced += [repair.start, desk.release_requeued, cancel_halted, desk.resume_flattens]
     passes: set[asyncio.Task[object]] = set()
 
     def own_pass(reason: str) -> None:

@@ -449,12 +449,13 @@ class Operator:
         )
         # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced;
         # set before a halt's cancels, so nothing they set off (a protective exit placed again) goes out
-        gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
         who = msg.agent or "gateway"
         text = f"{who} is {state}"
-        if action is ControlAction.HALT:
-            text = f"{who} is halted: {self._halt_cancels(msg.agent)}"
+        if action is ControlAction.HALT:  # the state and its cancels in one durable write (_halt_cancels)
+            text = f"{who} is halted: {self._halt_cancels(msg.agent, f'{action.value} by {h.sender}')}"
             self._tell(AlertKind.HALT, h.sender, text, msg.agent)
+        else:
+            gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
         text += "".join(f"; {a}" for a in accepted)
         glob = gw.risk.global_state
         if msg.agent and state is not TradingState.HALTED and glob is not TradingState.ACTIVE:
@@ -472,13 +473,14 @@ class Operator:
             self._tell(AlertKind.OPERATOR, h.sender, f"{action.value}: {text}", msg.agent)
         return ack(text)
 
-    def _halt_cancels(self, agent: str) -> str:
-        """The kill switch's cancels: every open order of `agent` ("" every agent's) through the order
-        desk's cancel path (the one the operator's cancel_all and the agents' cancels take), held
-        next-session orders included (cancelled here: they were never sent). The sells the gateway placed
-        for an agent (a stop's exit, a flatten) keep working: they only reduce what it holds, and a
-        cancelled exit would leave the position unprotected with its stop already spent. What was done,
-        in words."""
+    def _halt_cancels(self, agent: str, why: str) -> str:
+        """The kill switch: `agent` ("" the gateway) HALTED with its cancels, in one transaction
+        (RiskGate.set_state): every open order of `agent` ("" every agent's) through the order desk's cancel
+        path (the one the operator's cancel_all and the agents' cancels take; server/core.py halt_cancels, the
+        one rule of a halt's cancels), held next-session orders included (cancelled here: they were never
+        sent). The sells the gateway placed for an agent (a stop's exit, a flatten) keep working: they only
+        reduce what it holds, and a cancelled exit would leave the position unprotected with its stop already
+        spent. What was done, in words."""
         book = self.gw.book
         open_orders = [o for o in book.orders.values() if o.is_open and (not agent or o.agent == agent)]
         outside = sum(1 for o in open_orders if o.agent == EXTERNAL_AGENT)
@@ -489,7 +491,9 @@ class Operator:
             for o in open_orders
             if o.agent != EXTERNAL_AGENT and o.side is Side.SELL and placed_by_gateway(o.client_order_id)
         )
-        n = self.gw.risk.on_halt(agent)  # the cancels an automatic halt makes too (server/core.py)
+        # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a
+        # crash between the two left the scope halted with its resting orders working
+        n = self.gw.risk.set_state(agent, TradingState.HALTED, why=why, cancel=True)
         if n:
             text = f"{n} cancels sent" + ("" if agent else f" for {len(targets)} agents") + " (every open order)"
         else:

@@ -53,6 +53,10 @@ log = logging.getLogger("ktrader.orders")
 
 SEND_MARKS_KEY = "send_marks_since"  # meta: ns from which submits are marked durably before the call
 SHADOW_KEY = "shadow_agents"
+# meta: the flattens in progress ({agent: Flattening}), written in the same unit as the cancels that start one
+# and the sells that end it: a restart goes on with them (a flatten kept in memory alone was marked done by
+# the end of day and never sold after a crash)
+FLATTEN_KEY = "flattening"
 # denials at a held order's release that pass by themselves: it stays held and is tried at the next day
 # tick (a broker session still connecting at 08:30, e.g. a gateway restarted just before the open while
 # KIS holds the old socket's slot), until its session has passed and it expires. (The orders-per-minute
@@ -65,6 +69,15 @@ Reply = tuple[ErrorCode | None, str]
 # held orders still waiting for their code's base price this long into their session: a person is told
 BASE_WAIT_ALERT_NS = 60_000_000_000
 FLATTEN_RECANCELS = 3  # a flatten's cancel refused this often is left to the operator (alerted)
+
+
+class Flattening(msgspec.Struct, frozen=True, kw_only=True):
+    """A flatten in progress as the store keeps it (FLATTEN_KEY): the card it sells under (the agent's, or
+    the operator's acting card for an offline agent), why, and its cancels asked again after a refusal."""
+
+    card: AgentCard
+    why: str
+    recancels: dict[str, int] = {}
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
@@ -104,6 +117,8 @@ class OrderDesk:
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
         self._flatten_recancels: dict[str, int] = {}  # coid -> cancels asked again after a refusal (flatten)
+        # flattens restored at a start: stepped once the first reconciliation has settled their orders
+        self._flatten_resumes: set[str] = set()
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
         self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a gateway run)
@@ -155,6 +170,44 @@ class OrderDesk:
                 filled = sum(f.qty for f in o.fills if f.fill_id.startswith(line))
                 self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled)
         self._recover_in_flight()
+        self._restore_flattens()
+
+    def _restore_flattens(self) -> None:
+        """The flattens the last process left in progress: the agent's new orders are refused again at once,
+        and its sells go out after the first reconciliation (resume_flattens)."""
+        raw = self.book.store.get_meta(FLATTEN_KEY)
+        if not raw:
+            return
+        try:
+            kept = msgspec.json.decode(raw, type=dict[str, Flattening])
+        except msgspec.MsgspecError as e:  # (never written so): a person must sell by hand
+            self.alert(f"the flattens in progress before the restart are unreadable ({e}): check and flatten again")
+            return
+        for agent, f in kept.items():
+            self._flattening[agent] = (f.card, f.why)
+            self._flatten_recancels.update(f.recancels)
+            self._flatten_resumes.add(agent)
+            log.warning("flatten of %s (%s) was in progress at the last stop: it goes on", agent, f.why)
+
+    def resume_flattens(self) -> None:
+        """The first reconciliation is done: the restored flattens go on (their sells once the agent's orders
+        have closed; the cancels a crash left in doubt are the chain repair's)."""
+        agents, self._flatten_resumes = sorted(self._flatten_resumes), set()
+        for agent in agents:
+            self._flatten_step(agent)
+
+    def _save_flattening(self) -> None:
+        """The flattens in progress, into the store (inside the write of what changed them)."""
+        recancels: dict[str, dict[str, int]] = {}
+        for coid, n in self._flatten_recancels.items():
+            o = self.book.orders.get(coid)
+            if o is not None and o.agent in self._flattening:
+                recancels.setdefault(o.agent, {})[coid] = n
+        kept = {
+            agent: Flattening(card=card, why=why, recancels=recancels.get(agent, {}))
+            for agent, (card, why) in self._flattening.items()
+        }
+        self.book.store.set_meta(FLATTEN_KEY, msgspec.json.encode(kept).decode())
 
     def _cancel_queued(self, coid: str) -> bool:
         """A cancel asked for before the order had its line (its cancel.queued step is durable with
@@ -514,14 +567,27 @@ class OrderDesk:
         of them is closed (a cancel can lose the race to a fill, so the sells are sized after).
         The sells go through the risk gate as reducing orders: a global halt still stops them.
         Returns the number of cancels and sells started now."""
-        n = self.cancel_all(card.id)
-        self._flattening[card.id] = (card, why)
-        return n + self._flatten_step(card.id)
+        # one write: the flatten is kept in the store with its cancels (and with its sells when they go at once),
+        # so a crash cannot keep the cancels (or the end of day's mark) and lose the sells that wait for them
+        with self.book.store.write():
+            n = self.cancel_all(card.id)
+            self._flattening[card.id] = (card, why)
+            self._save_flattening()
+            return n + self._flatten_step(card.id)
 
     def _flatten_step(self, agent: str) -> int:
         book = self.book
-        if agent not in self._flattening or any(o.agent == agent and o.is_open for o in book.orders.values()):
+        if (
+            agent not in self._flattening
+            or agent in self._flatten_resumes  # restored: the first reconciliation settles its orders first
+            or any(o.agent == agent and o.is_open for o in book.orders.values())
+        ):
             return 0
+        with book.store.write():  # the flatten leaves the store with its last sells' Submit, in one write
+            return self._flatten_sells(agent)
+
+    def _flatten_sells(self, agent: str) -> int:
+        book = self.book
         card, why = self._flattening.pop(agent)
         day = book.clock.now().date()
         n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
@@ -552,6 +618,7 @@ class OrderDesk:
                 self.alert(f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}")
         if more and sent:
             self._flattening[agent] = (card, why)  # the rest once these sells have closed
+        self._save_flattening()
         return sent
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
@@ -573,6 +640,8 @@ class OrderDesk:
             # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
             # sell again at once, and again (a tight loop of refusals): stop and tell the operator
             self._flattening.pop(new.agent, None)
+            with self.book.store.transaction():  # stopped for good before it is told (a restart must not resume it)
+                self._save_flattening()
             self.alert(
                 f"{new.agent}: flatten stopped: the broker refused the sell {coid} ({new.reason}); "
                 "flatten again once it can sell"
@@ -589,8 +658,10 @@ class OrderDesk:
             # a few times, or its sells would wait for good with the agent's own orders refused meanwhile
             tries = self._flatten_recancels.get(coid, 0)
             if tries < FLATTEN_RECANCELS:
-                self._flatten_recancels[coid] = tries + 1
-                self.cancel(new.agent, coid)
+                with self.book.store.write():  # counted with the cancel it asks again (a restart goes on counting)
+                    self._flatten_recancels[coid] = tries + 1
+                    self._save_flattening()
+                    self.cancel(new.agent, coid)
             else:
                 self.alert(
                     f"{new.agent}: flatten waits: the cancel of {coid} was refused {tries + 1} times; cancel it "

@@ -59,6 +59,10 @@ log = logging.getLogger("ktrader.risk")
 
 GLOBAL = "*"  # the key of the gateway-wide state
 _STATE_KEY = "trading_state:"
+# meta: how a HALTED scope was halted: with cancels (a kill switch, automatic or the operator's) or soft (a
+# pause: its working orders stay); the start's safety net (cancel_halted) cancels only the former's
+_HALT_KIND_KEY = "halt_kind:"
+HALT_CANCELS, HALT_SOFT = "cancels", "soft"
 _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 MULTIPLIER_KEY = "risk_multiplier"
 # a denial by one of these limits must reach a person (once a minute per agent and limit)
@@ -199,22 +203,70 @@ class RiskGate:
         own = self.agent_state(agent)
         return worst(own, TradingState.REDUCING) if agent in self.end_of_day else own
 
-    def set_state(self, agent: str, state: TradingState, why: str, *, automatic: AlertKind | None = None) -> None:
-        """`agent` = "" for the whole gateway. Persisted before it is announced."""
+    def set_state(
+        self,
+        agent: str,
+        state: TradingState,
+        why: str,
+        *,
+        automatic: AlertKind | None = None,
+        cancel: bool = False,
+    ) -> int:
+        """`agent` = "" for the whole gateway. Persisted before it is announced. A halt that cancels (an
+        automatic one, or `cancel`: the operator's kill switch, even of a scope already halted) writes its
+        cancels in the same transaction as the state: a crash between the two left the scope HALTED with
+        its resting buy working. Returns the cancels sent."""
         key = agent or GLOBAL
-        if self.states.get(key, TradingState.ACTIVE) is state:
-            return
+        was = self.states.get(key, TradingState.ACTIVE)
+        cancels = state is TradingState.HALTED and (automatic is not None or cancel)
+        if was is state and not (cancel and cancels):
+            return 0
+        n = 0
         with self.store.transaction():
             self.store.set_meta(_STATE_KEY + key, state.value)
-        self.states[key] = state
-        self.publish(SystemEventKind.TRADING_STATE, agent, state.value)
-        log.warning("trading state of %s set to %s: %s", agent or "gateway", state, why)
-        if automatic is not None:
-            if state is TradingState.HALTED:
+            if state is TradingState.HALTED:  # a pause keeps its orders working, also after a restart
+                self.store.set_meta(_HALT_KIND_KEY + key, HALT_CANCELS if cancels else HALT_SOFT)
+            # in memory before the cancels: nothing they set off (a protective exit placed again) goes out
+            self.states[key] = state
+            if cancels:
                 # a halt that leaves orders working is not one: a resting buy would still fill
                 n = self.on_halt(agent)
-                why += f"; {n} open orders cancelled" if n else ""
+        if was is not state:
+            self.publish(SystemEventKind.TRADING_STATE, agent, state.value)
+            log.warning("trading state of %s set to %s: %s", agent or "gateway", state, why)
+        if automatic is not None:
+            if cancels and n:
+                why += f"; {n} open orders cancelled"
             self.alert(why, kind=automatic, agent=agent)
+        return n
+
+    def cancel_halted(self) -> int:
+        """After the first reconciliation at a start: the open orders of every scope halted with cancels
+        (the gateway's: every agent's; an agent's: its own) are cancelled, through the same rule as the
+        halt's own (`on_halt`: the gateway's exit sells spared). A safety net for cancels a crash kept
+        from the broker (a halt written by an older version before its cancels). A pause (HALTED, soft)
+        keeps its working orders. Returns the cancels sent; a person is told when there were any."""
+        scopes = sorted(
+            key
+            for key, s in self.states.items()
+            if s is TradingState.HALTED and self.store.get_meta(_HALT_KIND_KEY + key) != HALT_SOFT
+        )
+        if GLOBAL in scopes:
+            scopes = [GLOBAL]  # every agent's
+        total = 0
+        for key in scopes:
+            agent = "" if key == GLOBAL else key
+            with self.store.transaction():  # the cancels durable before the alert that tells them
+                n = self.on_halt(agent)
+            total += n
+            if n:
+                self.alert(
+                    f"{agent or 'the gateway'} is halted and had open orders at the start: {n} cancels sent now "
+                    "(a halt's cancels had not all reached the broker before the last stop)",
+                    kind=AlertKind.GATEWAY_FAULT,
+                    agent=agent,
+                )
+        return total
 
     # ---- checks ----------------------------------------------------------------------------------
 

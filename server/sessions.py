@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from common.approvals import Approval, checksum, differences
 from common.enums import AgentMode, AgentState, AlertKind, SystemEventKind, TradingState
 from common.errors import ErrorCode
@@ -46,11 +48,15 @@ from server.order_desk import OrderDesk
 from server.protection import ProtectionDesk
 from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
+from server.store import Store
 from server.subscriptions import SubscriptionManager, refusal_notice
 
 log = logging.getLogger("ktrader.gateway")
 
 MAX_REPLAY = 500  # events sent back with a registration (well under a frame); more via GetEvents
+# meta: {agent: [process session, pause number]} of the self-pauses the gateway took, written with the REDUCING
+# state they set: after a restart the same pause is not taken as a new one (REDUCING again, a person paged)
+PAUSES_KEY = "self_pauses"
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -94,6 +100,15 @@ class AgentSessions:
         # agent -> (process session, number) of the self-pause this gateway took (FeedHealth.pause_n), while the
         # agent says it is paused
         self._pauses: dict[str, tuple[str, int]] = {}
+        store = self._store()
+        raw = store.get_meta(PAUSES_KEY) if store is not None else ""
+        if store is not None and raw:
+            try:
+                saved = msgspec.json.decode(raw, type=dict[str, tuple[str, int]])
+            except msgspec.MsgspecError as e:  # (never written so): each pause is taken again, and told
+                log.error("the self-pauses taken before the restart are unreadable: %s", e)
+            else:
+                self._pauses.update(saved)
 
     # ---- what an agent gets back -------------------------------------------------------------------
 
@@ -234,20 +249,32 @@ class AgentSessions:
         (0: none)."""
         why, pause = feed.paused, (sid, feed.pause_n)
         rec.paused = bool(why)
+        store = self._store()
         if not why:
-            self._pauses.pop(rec.id, None)
+            if self._pauses.pop(rec.id, None) is not None and store is not None:
+                with store.write(atomic=False):  # (batched: a pause ended is nobody's news)
+                    self._save_pauses(store)
             return 0
         if self._pauses.get(rec.id) != pause:
             self._pauses[rec.id] = pause
             log.warning("agent %s paused itself after a strategy error (pause %d): %s", rec.id, pause[1], why)
             state = self.risk.agent_state(rec.id)
             if state is TradingState.ACTIVE:
+                if store is not None:
+                    # into the loop turn's batch, which the state's transaction below commits and syncs: the
+                    # pause taken is durable with its REDUCING (a pause kept without it would read, after a
+                    # restart, as one the operator resumed; one lost, as a new pause: paged again)
+                    with store.write(atomic=False):
+                        self._save_pauses(store)
                 self.risk.set_state(
                     rec.id,
                     TradingState.REDUCING,
                     why=f"the agent paused itself after a strategy error ({why}); "
                     f"ktrader control resume --agent {rec.id} resumes it",
                 )
+            elif store is not None:
+                with store.transaction():  # durable before a person is told
+                    self._save_pauses(store)
             self.risk.alert(
                 f"{rec.id} paused itself after a strategy error ({why}): "
                 f"{'now reducing' if state is TradingState.ACTIVE else f'it stays {state}'}, no new orders until "
@@ -260,6 +287,14 @@ class AgentSessions:
             self.publish(SystemEventKind.TRADING_STATE, rec.id, TradingState.ACTIVE.value)
             return pause[1]
         return 0
+
+    def _store(self) -> Store | None:
+        """The store the pauses taken are kept in (a test's partial gateway may give a book without one:
+        then they are kept in memory only)."""
+        return getattr(self.book, "store", None)
+
+    def _save_pauses(self, store: Store) -> None:
+        store.set_meta(PAUSES_KEY, msgspec.json.encode(self._pauses).decode())
 
     def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
         self.registry.unregister(rec)

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from common import approvals
 from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForce
@@ -62,6 +63,9 @@ MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 # agent -> the day of its missed flatten whose next-session sells are not queued yet (they wait for its
 # cancels): kept in the store with the policy's mark, so a restart meanwhile still queues them
 MISSED_FLATTEN_KEY = "eod:missed_flatten"
+# a missed flatten's sells still not queued this long before the next session's opening call (08:25 on a
+# normal day) reach a person: they would not be sold at the open as the alert promised
+MISSED_SELLS_ALERT_BEFORE = dt.timedelta(minutes=5)
 # the states a missed policy cancels (OrderDesk.cancel_all's)
 _CANCELS = CANCELLABLE | AWAITING_ACK | {OrderState.HELD, OrderState.PENDING_REPLACE}
 
@@ -189,6 +193,10 @@ class TradingDay:
         # orders to end (in the store too: MISSED_FLATTEN_KEY)
         raw = book.store.get_meta(MISSED_FLATTEN_KEY)
         self._missed_flatten: dict[str, str] = msgspec.json.decode(raw, type=dict[str, str]) if raw else {}
+        self._missed_told: set[tuple[str, str]] = set()  # (agent, day) whose sells not queued at pre-open were told
+        # the operator's approved cards (common/approvals.py): a missed flatten's sells are sized by the card the
+        # agent would trade under, without waiting for it to register again (the registry is empty after a start)
+        self._approved = approvals.ApprovedCards(run_dir)
         self.missed_policies = 0  # end-of-day policies that never ran at their time (alerted)
         # called with the market time at every tick, synced or not (the calendar's own watch)
         self.on_tick: list[Callable[[dt.datetime], None]] = []
@@ -293,6 +301,7 @@ class TradingDay:
             self.missed_end_of_day(card)
         if self._missed_flatten:
             self._queue_missed_sells()
+            self._missed_sells_due(now)
         for card in due.cleanup:
             self.end_of_day(card)
         if due.close_day:
@@ -489,12 +498,48 @@ class TradingDay:
     def _save_missed_flatten(self) -> None:
         self.book.store.set_meta(MISSED_FLATTEN_KEY, msgspec.json.encode(self._missed_flatten).decode())
 
+    def _sells_card(self, agent: str, registered: dict[str, AgentCard]) -> AgentCard | None:
+        """The card a missed flatten's sells are sized by: the registered agent's, else its approved card (the
+        one it would trade under), else the last card the gateway kept for it (the desk's card_of)."""
+        card = registered.get(agent)
+        if card is None and (approval := self._approved.get(agent)) is not None:
+            card = approval.card
+        return card if card is not None else self.desk.card_of(agent)
+
+    def _missed_sells_due(self, now: dt.datetime) -> None:
+        """Sells a missed flatten promised for the next session's open, still not queued shortly before its
+        opening call (no card for the agent anywhere, or its orders of that day still open): a person is told,
+        once a day per agent, while there is time to sell by hand. (A broker still down then is alerted as such.)"""
+        if not self._missed_flatten or not self.clock.timed:
+            return
+        try:
+            call = SessionTimes(now.date()).auction_open
+        except ValueError:  # not a trading day
+            return
+        today = yyyymmdd(now.date())
+        if now < call - MISSED_SELLS_ALERT_BEFORE:
+            return
+        registered = {card.id: card for card in self.cards()}
+        for agent, day in sorted(self._missed_flatten.items()):
+            if day >= today or (agent, today) in self._missed_told:
+                continue
+            self._missed_told.add((agent, today))
+            if self._sells_card(agent, registered) is None:
+                why = "no card is known for the agent: not approved, never registered"
+            else:
+                why = f"its orders of {day} are still open at the broker"
+            self.alert(
+                f"{agent}: the sells its missed flatten of {day} promised for the next session's open are not "
+                f"queued ({why}): sell by hand, or flatten it once the session opens",
+                AlertKind.GATEWAY_FAULT,
+            )
+
     def _queue_missed_sells(self) -> None:
-        cards = {card.id: card for card in self.cards()}
+        registered = {card.id: card for card in self.cards()}
         for agent, day in list(self._missed_flatten.items()):
-            card = cards.get(agent)
+            card = self._sells_card(agent, registered)
             if card is None:
-                continue  # (restored at a start before the agent registered: its card's limits size them)
+                continue  # (no card anywhere: told before the next session's open, _missed_sells_due)
             if any(self._blocks_sells(c, o, agent, day) for c, o in self.book.orders.items()):
                 continue  # its cancels first (a cancel can lose the race to a fill): the sells are sized after
             with self.book.store.transaction():  # queued and no longer promised, durable together
