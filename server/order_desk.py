@@ -121,7 +121,8 @@ class OrderDesk:
         self._flatten_resumes: set[str] = set()
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
-        self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a gateway run)
+        self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a day)
+        self._base_day = ""  # the trading day the two above are of (a new day starts them again)
         self._requeued: list[
             tuple[SendQueue, Job]
         ] = []  # never sent before a restart: sent after the first reconciliation
@@ -706,6 +707,10 @@ class OrderDesk:
             # is refused by KIS, and its refusal counts towards the kill switch), a market buy is
             # judged at the day's upper limit
             now = book.now_ns()
+            if self._base_day != book.day():  # yesterday's waits and alerts are not today's
+                self._base_day = book.day()
+                self._base_waits.clear()
+                self._base_alerted.clear()
             since = self._base_waits.setdefault(o.code, now)
             if coid not in self._release_waits:
                 self._release_waits.add(coid)
