@@ -33,7 +33,7 @@ import msgspec
 
 from common.config import DrawdownPeak
 from common.portfolio import Portfolio
-from kis.port import BrokerAccount
+from kis.port import BrokerAccount, BrokerUnsupported
 from server.store import Store
 
 log = logging.getLogger("ktrader.equity")
@@ -106,10 +106,16 @@ class AccountReader:
         self.reads = 0
         self.failures = 0
         self.last: BrokerAccount | None = None
+        self.unsupported = False  # the broker has no account at all (a replay)
 
     async def read_once(self) -> bool:
         try:
             acct = await self.read()
+        except BrokerUnsupported as e:  # a broker with no account (a replay): nothing to wait for
+            if not self.unsupported:
+                log.info("the broker has no account to read (%s): cash stays unknown", e)
+            self.unsupported = True
+            return False
         except Exception as e:  # the session may be reconnecting; the limits wait (they deny, never guess)
             self.failures += 1
             log.warning("account read failed: %s", e)
@@ -122,4 +128,6 @@ class AccountReader:
     async def run(self) -> None:
         while True:
             ok = await self.read_once()
+            if self.unsupported:
+                return
             await asyncio.sleep(self.every_s if ok else min(self.every_s, 5.0))

@@ -3,9 +3,9 @@ receive times, through the same KIS parsers as the live session (`kis.realtime`)
 
 Agents connected to a gateway on a `ReplayBroker` see the recorded trades in the recorded order.
 Replay is read-only: orders are refused with `ReplayReadOnly` (a BrokerRejected, code
-REPLAY_READ_ONLY), inquiries answer an empty account. Fill notices are parsed (so a recording
-of the replay holds the same decrypted plaintext) but not emitted: they belong to orders of the
-recorded account that this gateway never placed.
+REPLAY_READ_ONLY), inquiries answer no positions and no account (its cash is unknown). Fill notices
+are parsed (so a recording of the replay holds the same decrypted plaintext) but not emitted: they
+belong to orders of the recorded account that this gateway never placed.
 
 Bars: the replay gateway has no bar timer. The recording's CLOCK marks (where the live gateway
 closed bars by time) come through as `MarketClock` events, in stream order, and prints are dated by
@@ -47,6 +47,7 @@ from kis.port import (
     BrokerOrderReport,
     BrokerPosition,
     BrokerRejected,
+    BrokerUnsupported,
     MarketClock,
     MarketKind,
     SessionChange,
@@ -277,7 +278,9 @@ class ReplayBroker(BrokerPort):
         return []
 
     async def account(self) -> BrokerAccount:
-        return BrokerAccount(cash=0, orderable_cash=0, settlement_cash=0, total_eval=0, positions_eval=0)
+        # no account: a cash of 0 would have the gate refuse every buy for want of cash, where the
+        # replay's own answer (REPLAY_READ_ONLY: nothing is sent anywhere) is the one to hear
+        raise BrokerUnsupported("replay has no account", code="REPLAY_READ_ONLY")
 
     async def base_price(self, code: str) -> int:
         return self.base.get(code, 0)
