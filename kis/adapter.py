@@ -576,7 +576,9 @@ class KisBroker(BrokerPort):
 
     async def quote(self, code: str, *, caller: str = DEFAULT_CALLER) -> PriceQuote:
         out = (await self.price(code, caller=caller)).output
-        if out is None or not out.stck_prpr.strip():
+        # an unknown code may come back rt_cd 0 with every field zero: python-kis reads stck_prpr "0" as
+        # "no such symbol" (API.md §4.12); no traded stock has a current price of 0
+        if out is None or not out.stck_prpr.strip() or krw(out.stck_prpr) <= 0:
             raise BrokerNoData(f"no quote for {code}", code="NO_DATA")
         return reference.price_quote(code, out)
 

@@ -114,6 +114,9 @@ class AdminApi:
         r.add_post("/admin/faults/notices", self.notices)
         r.add_post("/admin/faults/batch", self.batch)
         r.add_post("/admin/faults/legacy-notice", self.legacy_notice)
+        r.add_post("/admin/faults/ccld-lag", self.ccld_lag)
+        r.add_post("/admin/faults/cancel-confirm", self.cancel_confirm)
+        r.add_post("/admin/faults/unknown-quote", self.unknown_quote)
         r.add_post("/admin/faults/bad-print", self.bad_print)
         r.add_post("/admin/faults/forged-notice", self.forged_notice)
         r.add_post("/admin/ws/pingpong", self.pingpong)
@@ -289,6 +292,9 @@ class AdminApi:
 
     async def faults_reset(self, request: web.Request) -> web.Response:
         self.twin.faults.reset()
+        # and the one-tokenP-a-minute window of every key (kis/sim/auth.py): a test that resets the twin
+        # between brokers starts clean; the throttle itself stays on (API.md §9)
+        self.twin.auth.reset_throttle()
         if self.server.ws_hub:
             self.server.ws_hub.flush_held_notices()
         return _json({"ok": True})
@@ -369,6 +375,34 @@ class AdminApi:
     async def legacy_notice(self, request: web.Request) -> web.Response:
         b = await self._body(request)
         self.twin.faults.legacy_notice = bool(b.get("on", True))
+        return _json({"ok": True})
+
+    async def ccld_lag(self, request: web.Request) -> web.Response:
+        """{"ms": 3000}: inquire-daily-ccld leaves out order lines younger than that (0 = off)."""
+        b = await self._body(request)
+        ms = float(b.get("ms", 0))
+        if ms < 0:
+            return _err("ms must be >= 0")
+        self.twin.faults.ccld_lag_ms = ms
+        return _json({"ok": True})
+
+    async def cancel_confirm(self, request: web.Request) -> web.Response:
+        """{"mode": "single"}: a cancel gets its 접수 notice only; "two" (default): 접수 then 확인."""
+        b = await self._body(request)
+        mode = str(b.get("mode", "single"))
+        if mode not in ("single", "two"):
+            return _err("mode is 'single' or 'two'")
+        self.twin.faults.cancel_confirm_single = mode == "single"
+        return _json({"ok": True})
+
+    async def unknown_quote(self, request: web.Request) -> web.Response:
+        """{"mode": "zero"}: inquire-price answers an unknown code rt_cd 0, every field zero or blank;
+        "refuse" (default): APBK0656."""
+        b = await self._body(request)
+        mode = str(b.get("mode", "zero"))
+        if mode not in ("zero", "refuse"):
+            return _err("mode is 'zero' or 'refuse'")
+        self.twin.faults.unknown_quote_zero = mode == "zero"
         return _json({"ok": True})
 
     async def bad_print(self, request: web.Request) -> web.Response:

@@ -1,10 +1,11 @@
 """App keys, access tokens, websocket approval keys and the per-key REST rate limit.
 
-Token policy (API.md §2.1, made precise for the twin):
-- A token lives 24 h. `tokenP` returns the key's current token unchanged while it is valid and was
-  issued less than 6 h ago ("reuse").
-- Otherwise a *new* token is issued, unless the previous new issuance for that key was less than
-  60 s ago: then EGW00133. Reuse answers are never throttled.
+Token policy (API.md §2.1, §9, made precise for the twin):
+- One `tokenP` call per key a minute: a call less than 60 s after the key's previous answered call is
+  refused with EGW00133, whatever it would have answered (§9: "EGW00133 when called twice within
+  60 s"; §2.1: 1분당 1회). The throttle runs by call time; a refused call does not restart the minute.
+- Otherwise a token lives 24 h: `tokenP` returns the key's current token unchanged while it is valid
+  and was issued less than 6 h ago ("reuse"), else issues a new one.
 - Revoked or admin-expired tokens are not reused. Admin "expire tokens" also clears the 60 s
   throttle unless asked not to, so a client can re-issue at once.
 """
@@ -23,13 +24,13 @@ from dataclasses import dataclass, field
 from common.clock import KST
 from kis.sim.wire import (
     E_BAD_APPKEY,
+    E_BAD_APPSECRET,
     E_PAPER_KEY_ON_REAL,
     E_RATE,
     E_REAL_KEY_ON_PAPER,
     E_TOKEN_EXPIRED,
     E_TOKEN_INVALID,
     TOKEN_THROTTLE,
-    KisError,
     OAuthError,
 )
 
@@ -80,7 +81,7 @@ class AuthRegistry:
         self.keys: dict[str, AppKey] = {}
         self.tokens: dict[str, Token] = {}
         self._current: dict[str, Token] = {}
-        self._last_new: dict[str, float] = {}
+        self._last_call: dict[str, float] = {}  # app key -> wall time of its last answered tokenP call
         self.approvals: dict[str, tuple[str, float]] = {}
         self.rate_real = rate_real
         self.rate_paper = rate_paper
@@ -113,12 +114,13 @@ class AuthRegistry:
         """(token, reused). Raises OAuthError/KisError."""
         k = self._lookup_for_oauth(appkey, secret, paper_domain)
         now = time.time()
+        last = self._last_call.get(k.key)
+        if last is not None and now - last < TOKEN_THROTTLE_S:
+            raise OAuthError(*TOKEN_THROTTLE)  # a second call within the minute, reuse or not (§9)
+        self._last_call[k.key] = now
         cur = self._current.get(k.key)
         if cur is not None and cur.valid(now) and now - cur.issued < TOKEN_REUSE_S:
             return cur, True
-        last = self._last_new.get(k.key)
-        if last is not None and now - last < TOKEN_THROTTLE_S:
-            raise OAuthError(*TOKEN_THROTTLE)
         self._jti += 1
         header = _b64url(json.dumps({"typ": "JWT", "alg": "HS512"}, separators=(",", ":")).encode())
         payload = _b64url(
@@ -139,7 +141,6 @@ class AuthRegistry:
         tok = Token(f"{header}.{payload}.{sig}", k.key, now, now + TOKEN_LIFETIME_S)
         self.tokens[tok.value] = tok
         self._current[k.key] = tok
-        self._last_new[k.key] = now
         return tok, False
 
     @staticmethod
@@ -164,11 +165,15 @@ class AuthRegistry:
                 tok.expires = now - 1
                 n += 1
         if reset_throttle:
-            if app_key is None:
-                self._last_new.clear()
-            else:
-                self._last_new.pop(app_key, None)
+            self.reset_throttle(app_key)
         return n
+
+    def reset_throttle(self, app_key: str | None = None) -> None:
+        """Forget the last tokenP call (of one key, or of every key): the next call is answered."""
+        if app_key is None:
+            self._last_call.clear()
+        else:
+            self._last_call.pop(app_key, None)
 
     # ------------------------------------------------------------------ per-call checks
     def check_key(self, appkey: str, paper_domain: bool) -> AppKey:
@@ -181,8 +186,12 @@ class AuthRegistry:
             raise E_REAL_KEY_ON_PAPER
         return k
 
-    def check_call(self, appkey: str, authorization: str, paper_domain: bool) -> AppKey:
+    def check_call(self, appkey: str, authorization: str, paper_domain: bool, appsecret: str) -> AppKey:
         k = self.check_key(appkey, paper_domain)
+        if appsecret != k.secret:
+            # appkey and appsecret go with every call (API.md §3.1): a missing or wrong secret is refused
+            # as on the oauth endpoints (EGW00105; code and text UNCONFIRMED, see kis/sim/README.md)
+            raise E_BAD_APPSECRET
         parts = authorization.split(None, 1)
         value = parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""
         tok = self.tokens.get(value)
@@ -195,7 +204,7 @@ class AuthRegistry:
     def check_secret(self, appkey: str, secret: str, paper_domain: bool) -> AppKey:
         k = self.check_key(appkey, paper_domain)
         if k.secret != secret:
-            raise KisError("EGW00105", "유효하지 않은 AppSecret입니다.")
+            raise E_BAD_APPSECRET
         return k
 
     def take_rate(self, k: AppKey) -> None:

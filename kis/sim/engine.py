@@ -2,7 +2,8 @@
 
 Owners are opaque strings (the twin uses the order number); `None` marks the twin's own synthetic
 liquidity. Prices must be on the KRX grid and inside the day's band: the book refuses anything else,
-so no trade can ever print off the grid or outside the band.
+so no trade can ever print off the grid or outside the band. The grid and band are the rules of the
+book's trading day and market (common/krx_rules.py, API.md §7.2-7.3), today's unless told otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from common.krx import SecurityKind, check_price, price_limits
+from common.krx_rules import CURRENT, KrxRules, Market, PriceRuleError, SecurityKind
 
 
 class BookSide(IntEnum):
@@ -60,9 +61,18 @@ class PriceRejected(ValueError):
 
 
 class OrderBook:
-    def __init__(self, code: str, base_price: int, kind: SecurityKind) -> None:
+    def __init__(
+        self,
+        code: str,
+        base_price: int,
+        kind: SecurityKind,
+        market: Market = Market.KOSPI,
+        rules: KrxRules = CURRENT,
+    ) -> None:
         self.code = code
         self.kind = kind
+        self.market = market
+        self.rules = rules  # the trading day's grid and band
         self._seq = 0
         self._next_oid = 1
         self.bids: dict[int, deque[Resting]] = {}
@@ -71,7 +81,7 @@ class OrderBook:
         self._ask_px: list[int] = []  # ascending; best ask is the first
         self.orders: dict[int, Resting] = {}
         self.base = base_price
-        self.lower, self.upper = price_limits(base_price, kind)
+        self.lower, self.upper = rules.price_limits(base_price, kind, market)
 
     # ------------------------------------------------------------------------ bookkeeping
     def new_oid(self) -> int:
@@ -79,8 +89,11 @@ class OrderBook:
         self._next_oid += 1
         return oid
 
-    def reset_day(self, base_price: int) -> list[Resting]:
-        """New trading day: everything left is expired; limits move to the new base."""
+    def reset_day(self, base_price: int, rules: KrxRules | None = None) -> list[Resting]:
+        """New trading day: everything left is expired; limits move to the new base (and to the new
+        day's `rules`, when given)."""
+        if rules is not None:
+            self.rules = rules
         expired = list(self.orders.values())
         self.bids.clear()
         self.asks.clear()
@@ -88,7 +101,7 @@ class OrderBook:
         self._ask_px.clear()
         self.orders.clear()
         self.base = base_price
-        self.lower, self.upper = price_limits(base_price, self.kind)
+        self.lower, self.upper = self.rules.price_limits(base_price, self.kind, self.market)
         return expired
 
     def best_bid(self) -> int | None:
@@ -127,8 +140,8 @@ class OrderBook:
 
     def check(self, price: int) -> None:
         try:
-            check_price(price, self.base, self.kind)
-        except ValueError as exc:
+            self.rules.check_price(price, self.base, self.kind, self.market)
+        except PriceRuleError as exc:
             raise PriceRejected(str(exc)) from exc
 
     # ------------------------------------------------------------------------ orders

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,16 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from common.calendar import is_trading_day
-from common.krx import (
-    REGULAR_ORDER_PHASES,
-    Phase,
-    next_tick_down,
-    next_tick_up,
-    round_down,
-    tick_size,
-)
+from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.costs import PPM
-from common.krx_rules import Market
+from common.krx_rules import KrxRules, Market, rules_for
 from kis.sim import history, universe
 from kis.sim.clock import TwinClock
 from kis.sim.engine import BookSide, Fill, OrderBook, PriceRejected, Tif
@@ -37,6 +31,8 @@ from kis.sim.wire import KisError, reject
 BRANCH = "06010"  # KRX_FWDG_ORD_ORGNO / BRNC_NO (API.md example)
 SUPPORTED_DVSN = {"00", "01", "02", "03", "04", "11", "12", "13", "14", "15", "16"}
 AFTER_CLOSE = frozenset({Phase.POST_CLOSE, Phase.POST_OFF_HOURS, Phase.AFTER_HOURS_SINGLE, Phase.AFTER_HOURS_END})
+# phases that are not later than the opening call (a clock moved back stays before the open)
+_NOT_PAST_OPENING = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION})
 
 # Business rejections (codes UNCONFIRMED unless noted in README).
 R_NO_STOCK = ("APBK0656", "해당 종목정보가 없습니다.")
@@ -206,9 +202,13 @@ class Exchange:
         self.listeners: list[Callable[[Event], None]] = []
         self.accounts: dict[str, Account] = {}
         self.orders: dict[str, OrderRecord] = {}
+        self.stored_at: dict[str, float] = {}  # odno -> time.monotonic() when the line was stored
         self._by_oid: dict[tuple[str, int], OrderRecord] = {}
         self._odno_seq = 0
         self.day = clock.today()
+        # the KRX rules (tick grid, price band) of the twin's trading day, per stock market: the same
+        # source the gateway uses (common/krx_rules.rules_for, API.md §7.2-7.3)
+        self.rules: KrxRules = rules_for(self.day)
         self.phase = clock.phase()
         self._closed_day: dt.date | None = None
         # Conservation bookkeeping for the synthetic counterparty.
@@ -225,7 +225,8 @@ class Exchange:
                 past = [b for b in bars if b.day < self.day]
                 base = past[-1].close if past else base
                 bars = past[-config.history_days :]
-            st = StockState(info, OrderBook(info.code, base, info.kind), base, base, bars)
+            book = OrderBook(info.code, base, info.kind, Market(info.market), self.rules)
+            st = StockState(info, book, base, base, bars)
             self.stocks[info.code] = st
         self.process = PriceProcess(stocks, config.seed, config.step_sigma)
         for st in self.stocks.values():
@@ -242,7 +243,7 @@ class Exchange:
             if path.exists():
                 return history.load_csv(path)
         return history.synthetic_history(
-            info.base_price, self.day, self.config.history_days, info.daily_volume, info.kind, rng
+            info.base_price, self.day, self.config.history_days, info.daily_volume, info.kind, rng, Market(info.market)
         )
 
     def _set_replay_targets(self) -> None:
@@ -284,8 +285,12 @@ class Exchange:
 
     def _clamp_grid(self, st: StockState, price: float) -> int:
         book = st.book
-        p = round_down(max(int(price), 1), st.info.kind)
+        p = book.rules.round_down(max(int(price), 1), st.info.kind, book.market)
         return min(max(p, book.lower), book.upper)
+
+    def tick_size(self, st: StockState, price: int) -> int:
+        """The tick at `price` on the stock's grid of the twin's trading day (its market's ladder)."""
+        return st.book.rules.tick_size(price, st.info.kind, st.book.market)
 
     # ------------------------------------------------------------------ orders
     def place(
@@ -349,7 +354,7 @@ class Exchange:
         if acct.paper and (limit if limit is not None else st.last) < 1_000:
             raise reject(*R_PAPER_PRICE)
         if limit is not None:
-            if limit <= 0 or limit % tick_size(limit, st.info.kind) != 0:
+            if limit <= 0 or limit % self.tick_size(st, limit) != 0:
                 raise reject(*R_GRID)
             if not book.lower <= limit <= book.upper:
                 raise reject(*R_BAND)
@@ -376,6 +381,7 @@ class Exchange:
 
     def _store(self, rec: OrderRecord) -> None:
         self.orders[rec.odno] = rec
+        self.stored_at[rec.odno] = time.monotonic()  # wall age of the line (the ccld-lag fault)
         if rec.oid:
             self._by_oid[(rec.code, rec.oid)] = rec
 
@@ -416,18 +422,18 @@ class Exchange:
         )
         if rec.ord_dvsn not in SUPPORTED_DVSN:
             raise reject(*R_DVSN)
-        # the moved quantity's reserve is released first so the revised order can use it
-        st.book.cancel(orig.oid, n)
+        # Validate (session, grid, band, cash, shares) before the book is touched: a refused revise
+        # changes nothing, the original keeps its place in the queue. Only the accounts see the moved
+        # quantity during the check (its reserve is released so the revised order can use it).
         orig.moved_qty += n
         self._reserve(acct, orig)
         try:
             limit = self._validate(acct, st, rec, price)
         except KisError:
-            # undo: the original keeps its quantity (it loses its time priority, as a re-entry)
             orig.moved_qty -= n
             self._reserve(acct, orig)
-            self._reenter(st, orig)
             raise
+        st.book.cancel(orig.oid, n)
         return self._enter(acct, st, rec, limit, rctf="1")
 
     def _enter(self, acct: Account, st: StockState, rec: OrderRecord, limit: int | None, rctf: str) -> OrderRecord:
@@ -439,12 +445,6 @@ class Exchange:
         self._notify(acct, rec, cntg_yn="1", acpt="1", rctf=rctf)
         self._submit(acct, st, rec, limit)
         return rec
-
-    def _reenter(self, st: StockState, rec: OrderRecord) -> None:
-        q = rec.open_qty - st.book.remaining(rec.oid)
-        if q > 0:
-            st.book.cancel(rec.oid)
-            st.book.submit(rec.oid, rec.side, rec.unit if rec.price else None, rec.open_qty, rec.odno, match=False)
 
     def cancel(self, acct: Account, orgn_odno: str, qty: int | None) -> OrderRecord:
         orig, st = self._open_order(acct, orgn_odno)
@@ -759,18 +759,19 @@ class Exchange:
         book = st.book
         for oid in [o.oid for o in book.orders.values() if o.owner is None]:
             book.cancel(oid)
-        kind = st.info.kind
+        kind, market, rules = st.info.kind, book.market, book.rules
+        center = rules.round_down(max(center, 1), kind, market)  # a base from another day's grid
         base_qty = max(1, st.info.daily_volume // 3000)
         ask = center
         bid = center
         for i in range(self.config.levels):
-            ask = next_tick_up(ask, kind)
+            ask = rules.next_tick_up(ask, kind, market)
             if ask <= book.upper:
                 self._synthetic_rest(
                     st, BookSide.SELL, ask, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match
                 )
             if bid > 1:
-                bid = next_tick_down(bid, kind)
+                bid = rules.next_tick_down(bid, kind, market)
                 if bid >= book.lower:
                     self._synthetic_rest(
                         st, BookSide.BUY, bid, int(base_qty * (1 + 0.15 * i) * self.rng.uniform(0.5, 1.5)) + 1, match
@@ -816,7 +817,9 @@ class Exchange:
             self._roll_day(day)
         if phase != self.phase:
             prev, self.phase = self.phase, phase
-            if prev is Phase.OPENING_AUCTION and phase is Phase.CONTINUOUS:
+            if prev is Phase.OPENING_AUCTION and phase not in _NOT_PAST_OPENING:
+                # the opening call uncrosses at the open however the clock got past it: a tick that
+                # lands in the continuous session, or a jump straight to the closing call or the close
                 self._uncross_all()
             if phase in AFTER_CLOSE and self._closed_day != self.day:
                 self.close_day()
@@ -831,11 +834,15 @@ class Exchange:
             self._emit_book(st)
 
     def _kill(self, st: StockState, oid: int) -> None:
+        """A market order's remainder left after a call auction is cancelled: notified as in continuous
+        trading (`_submit`), an acceptance-type notice with ACPT_YN 3 (취소), RCTF_CLS 2 (API.md §5.8)."""
         rec = self._by_oid.get((st.code, oid))
         n = st.book.cancel(oid)
         if rec is not None and n:
             rec.cancelled_qty += n
-            self._reserve(self.accounts[rec.account_id], rec)
+            acct = self.accounts[rec.account_id]
+            self._reserve(acct, rec)
+            self._notify(acct, rec, cntg_yn="1", acpt="3", rctf="2", qty=n, tmd=self.now_tmd())
 
     def close_day(self) -> None:
         """Closing call uncross, then every unfilled order expires."""
@@ -853,10 +860,11 @@ class Exchange:
         self._closed_day = self.day
 
     def _roll_day(self, day: dt.date) -> None:
+        self.rules = rules_for(day)
         for st in self.stocks.values():
             if st.acml_vol:
                 st.history.append(history.DailyBar(self.day, st.open, st.high, st.low, st.last, st.acml_vol))
-            st.book.reset_day(st.last)
+            st.book.reset_day(st.last, self.rules)
             st.reset_day(st.last)
             self.process.reanchor(st.code, st.last)
         for acct in self.accounts.values():

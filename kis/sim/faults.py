@@ -53,6 +53,15 @@ class Faults:
     sub_refusals: dict[str, int] = field(default_factory=dict)
     batch_records: int = 1  # realtime price/book records per frame (>1 = batched frames)
     legacy_notice: bool = False  # 23-field notice layout
+    # inquire-daily-ccld hides rows younger than this (API.md §4.4/§8.15: same-day orders "may be delayed"
+    # in the daily query); 0 = every row at once
+    ccld_lag_ms: float = 0.0
+    # a cancel gets one acceptance notice (접수, ACPT_YN 1) and no 확인 (ACPT_YN 2): API.md §11 reads "one
+    # acceptance notice per order/revise/cancel"; which KIS sends is UNCONFIRMED (§5.8, §11)
+    cancel_confirm_single: bool = False
+    # inquire-price of an unknown code: rt_cd 0 and a zero-filled output (stck_prpr "0", what python-kis
+    # reads as unknown, API.md §4.12) instead of the twin's APBK0656 refusal; which KIS does is UNCONFIRMED
+    unknown_quote_zero: bool = False
 
     def take_disconnect(self, path: str, when: str) -> bool:
         for d in self.disconnects:
@@ -107,6 +116,9 @@ class Faults:
         self.sub_refusals.clear()
         self.batch_records = 1
         self.legacy_notice = False
+        self.ccld_lag_ms = 0.0
+        self.cancel_confirm_single = False
+        self.unknown_quote_zero = False
 
     def describe(self) -> dict[str, object]:
         return {
@@ -129,4 +141,7 @@ class Faults:
             "sub_refusals": {c: n for c, n in self.sub_refusals.items() if n},
             "batch_records": self.batch_records,
             "legacy_notice": self.legacy_notice,
+            "ccld_lag_ms": self.ccld_lag_ms,
+            "cancel_confirm": "single" if self.cancel_confirm_single else "two",
+            "unknown_quote": "zero" if self.unknown_quote_zero else "refuse",
         }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.calendar import previous_trading_day
-from common.krx import SecurityKind, price_limits, round_down
+from common.krx_rules import KrxRules, Market, SecurityKind, rules_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,30 +30,39 @@ class DailyBar:
         return self.volume * (self.open + self.high + self.low + self.close) // 4
 
 
-def _grid(price: float, kind: SecurityKind) -> int:
-    return max(round_down(max(int(price), 1), kind), 1)
+def _grid(rules: KrxRules, price: float, kind: SecurityKind, market: Market) -> int:
+    return max(rules.round_down(max(int(price), 1), kind, market), 1)
 
 
 def synthetic_history(
-    last_close: int, before: dt.date, days: int, daily_volume: int, kind: SecurityKind, rng: random.Random
+    last_close: int,
+    before: dt.date,
+    days: int,
+    daily_volume: int,
+    kind: SecurityKind,
+    rng: random.Random,
+    market: Market = Market.KOSPI,
 ) -> list[DailyBar]:
-    """`days` trading days ending the trading day before `before`, oldest first, closing at `last_close`."""
+    """`days` trading days ending the trading day before `before`, oldest first, closing at `last_close`;
+    each bar on its own day's grid and band for `market` (common/krx_rules.rules_for, API.md §7.2-7.3)."""
     bars: list[DailyBar] = []
     close = float(last_close)
     day = before
     for _ in range(days):
         day = previous_trading_day(day)
+        rules = rules_for(day)
         prev = close / math.exp(rng.gauss(0.0, 0.018))
-        lo_lim, hi_lim = price_limits(_grid(prev, kind), kind)
+        lo_lim, hi_lim = rules.price_limits(_grid(rules, prev, kind, market), kind, market)
         o = min(max(prev * math.exp(rng.gauss(0.0, 0.006)), lo_lim), hi_lim)
         hi = max(o, close) * math.exp(abs(rng.gauss(0.0, 0.006)))
         lo = min(o, close) / math.exp(abs(rng.gauss(0.0, 0.006)))
-        c = _grid(close, kind)
+        c = _grid(rules, close, kind, market)
+        go = _grid(rules, o, kind, market)
         bar = DailyBar(
             day,
-            _grid(o, kind),
-            max(_grid(hi, kind), c, _grid(o, kind)),
-            min(_grid(lo, kind), c, _grid(o, kind)),
+            go,
+            max(_grid(rules, hi, kind, market), c, go),
+            min(_grid(rules, lo, kind, market), c, go),
             c,
             int(daily_volume * rng.uniform(0.6, 1.5)),
         )

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from common.calendar import is_trading_day, next_trading_day
 from common.clock import KST
-from common.krx import Phase, SessionTimes, tick_size
+from common.krx import Phase, SessionTimes
 from kis.sim import history, universe
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.engine import BookSide, Fill, Tif
@@ -178,12 +178,12 @@ class HistoryExchange(Exchange):
             st = self.stocks[code]
             bar = self.data.row(code, day) if trading else None
             base = self.data.base(code, day) or (bar.open if bar is not None and tradable(bar) else st.prev_close)
-            st.book.reset_day(base)
+            st.book.reset_day(base, self.rules)
             st.reset_day(base)
             st.last = base
             st.history = self.data.past_bars(code, day, self.history_days)
             self.process.reanchor(code, base)
-            plan = day_plan(bar, st.info.kind)
+            plan = day_plan(bar, st.info.kind, market=st.book.market)
             self._bar[code] = bar if plan else None
             self._left[code] = len(plan)
             self._resting[code] = []
@@ -359,14 +359,6 @@ class HistoryExchange(Exchange):
         self._seq += 1
         self._resting[st.code].append(_Resting(rec, limit, self._seq))
 
-    def _reenter(self, st: StockState, rec: OrderRecord) -> None:
-        if st.code not in self.driven:
-            super()._reenter(st, rec)
-        elif all(r.rec is not rec for r in self._resting[st.code]):
-            # a refused revise gives the quantity back; it waits again (time priority lost)
-            self._seq += 1
-            self._resting[st.code].append(_Resting(rec, rec.price or None, self._seq))
-
     # ---- what driven codes do not have ----------------------------------------------------------
 
     def _load_history(self, info: universe.StockInfo, rng: random.Random) -> list[history.DailyBar]:
@@ -397,8 +389,8 @@ class HistoryExchange(Exchange):
         rec = super()._price_record(st, f, tmd)
         if st.code in self.driven:
             # no book: quote one tick around the trade (the side that was hit is at the price)
-            p, kind = f.price, st.info.kind
-            ask, bid = (p, p - tick_size(p, kind)) if f.aggressor is BookSide.BUY else (p + tick_size(p, kind), p)
+            p = f.price
+            ask, bid = (p, p - self.tick_size(st, p)) if f.aggressor is BookSide.BUY else (p + self.tick_size(st, p), p)
             rec[10], rec[11] = str(ask), str(max(bid, 1))
         return rec
 

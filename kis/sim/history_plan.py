@@ -22,7 +22,8 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
-from common.krx import SecurityKind, SessionTimes, tick_size
+from common.krx import SecurityKind, SessionTimes
+from common.krx_rules import CURRENT, KrxRules, Market, rules_for
 from kis.sim.history import DailyBar
 from kis.sim.pricing import volume_profile
 
@@ -50,16 +51,26 @@ def tradable(bar: DailyBar | None) -> bool:
     return bar is not None and bar.volume > 0 and min(bar.open, bar.high, bar.low, bar.close) > 0
 
 
-def nearest_grid(value: float, kind: SecurityKind) -> int:
-    """The KRX grid price nearest `value` (ties go down). The grid is `common.krx.tick_size`'s; the
-    price one tick above a grid price is on the grid too (band edges are multiples of the larger tick)."""
+def nearest_grid(value: float, kind: SecurityKind, market: Market = Market.KOSPI, rules: KrxRules = CURRENT) -> int:
+    """The KRX grid price nearest `value` (ties go down), on the grid of `rules` (a day's, from
+    common/krx_rules.py) for `market`; the price one tick above a grid price is on the grid too (ladder
+    steps are multiples of the larger tick)."""
     p = max(int(value), 1)
-    down = p - p % tick_size(p, kind)
-    up = down + tick_size(down, kind)
+    down = rules.round_down(p, kind, market)
+    up = down + rules.tick_size(down, kind, market)
     return up if up - value < value - down else down
 
 
-def path(o: int, h: int, lo: int, c: int, n: int, kind: SecurityKind) -> list[int]:
+def path(
+    o: int,
+    h: int,
+    lo: int,
+    c: int,
+    n: int,
+    kind: SecurityKind,
+    market: Market = Market.KOSPI,
+    rules: KrxRules = CURRENT,
+) -> list[int]:
     """The `n` continuous prices after the opening price `o`: O → E1 → E2 → C, extremes exact."""
     if n <= 0:
         return []
@@ -83,7 +94,7 @@ def path(o: int, h: int, lo: int, c: int, n: int, kind: SecurityKind) -> list[in
             out.append(vb)
             continue
         v = va + (vb - va) * (i - ia) / (ib - ia)
-        out.append(min(max(nearest_grid(v, kind), lo), h))
+        out.append(min(max(nearest_grid(v, kind, market, rules), lo), h))
     return out
 
 
@@ -103,15 +114,19 @@ def allocate(total: int, weights: list[float]) -> list[int]:
     return [1 + q for q in out]
 
 
-def day_plan(bar: DailyBar | None, kind: SecurityKind, prints: int = CONTINUOUS_PRINTS) -> list[PlannedPrint]:
-    """The day's prints in time order (empty for a halted or missing day)."""
+def day_plan(
+    bar: DailyBar | None, kind: SecurityKind, prints: int = CONTINUOUS_PRINTS, *, market: Market = Market.KOSPI
+) -> list[PlannedPrint]:
+    """The day's prints in time order (empty for a halted or missing day); prices between the
+    extremes are on the grid of the bar's own day and `market` (common/krx_rules.rules_for, API.md §7.2:
+    before 2023-01-25 KOSPI and KOSDAQ had other ladders)."""
     if bar is None or not tradable(bar):
         return []
     times = SessionTimes(bar.day)
     o, c, v = bar.open, bar.close, bar.volume
     h, lo = max(bar.high, o, c), min(bar.low, o, c)
     n = max(2, min(prints, v - 2))
-    prices = path(o, h, lo, c, n, kind)
+    prices = path(o, h, lo, c, n, kind, market, rules_for(bar.day))
     span = (times.closing_call - times.open).total_seconds() - 60  # the last one a minute before the call
     at = [times.open + dt.timedelta(seconds=round(i * span / n)) for i in range(1, n + 1)]
     profile = [volume_profile(i / n) for i in range(1, n + 1)]

@@ -5,13 +5,13 @@ Field names and order are verbatim from API.md; fields the twin has no model for
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import random
 from typing import TYPE_CHECKING
 
 from common.calendar import is_trading_day
-from common.krx import tick_size
 from kis.sim import universe
 from kis.sim.exchange import AFTER_CLOSE, StockState
 from kis.sim.history import DailyBar
@@ -35,15 +35,39 @@ def _ok() -> dict[str, str]:
     return {"rt_cd": "0", "msg_cd": OK_QUERY[0], "msg1": OK_QUERY[1]}
 
 
-def _stock(call: Call) -> StockState:
+def _code(call: Call) -> str:
     code = call.params.get("FID_INPUT_ISCD", "").strip()
     if not code:
         raise bad_input("FID_INPUT_ISCD")
-    st = call.twin.exchange.stock(code)
+    return code
+
+
+def _stock(call: Call) -> StockState:
+    st = call.twin.exchange.stock(_code(call))
     if st is None:
         # KIS answers an unknown symbol with an empty/zero output; the twin refuses it clearly
         raise KisError("APBK0656", "해당 종목정보가 없습니다.", http_status=200)
     return st
+
+
+def _zero_price(call: Call) -> Reply:
+    """Fault unknown-quote zero: an unknown code answered rt_cd 0 with every field of the 82 zero
+    ("0", "0.00") or blank, as python-kis expects of KIS (it reads stck_prpr "0" as an unknown symbol,
+    API.md §4.12); whether inquire-price answers so, or refuses (APBK0656), is UNCONFIRMED."""
+    known = dict(call.params, FID_INPUT_ISCD=universe.STOCKS[0].code)
+    body = inquire_price(dataclasses.replace(call, params=known)).body
+    template = body["output"]
+    assert isinstance(template, dict)
+    out = {k: _zeroed(str(v)) for k, v in template.items()}
+    return _reply({"output": out, **_ok()})
+
+
+def _zeroed(value: str) -> str:
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return "0.00" if "." in value else "0"
 
 
 def _sign(diff: int, price: int, st: StockState) -> str:
@@ -74,6 +98,8 @@ def _bars(call: Call, st: StockState) -> list[DailyBar]:
 
 
 def inquire_price(call: Call) -> Reply:
+    if call.twin.faults.unknown_quote_zero and call.twin.exchange.stock(_code(call)) is None:
+        return _zero_price(call)
     st = _stock(call)
     info = st.info
     last = st.last
@@ -134,7 +160,7 @@ def inquire_price(call: Call) -> Reply:
         "rstc_wdth_prc": str(st.book.upper - st.prev_close),
         "stck_fcam": str(info.par_value),
         "stck_sspr": str(last * 80 // 100),
-        "aspr_unit": str(tick_size(last, info.kind)),
+        "aspr_unit": str(call.twin.exchange.tick_size(st, last)),  # the day's grid (API.md §7.2)
         "hts_deal_qty_unit_val": "1",
         "lstn_stcn": str(info.listed_shares),
         "hts_avls": str(cap),

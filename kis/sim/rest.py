@@ -275,7 +275,10 @@ class RestApi:
             return error_response(E_NO_SERVICE, tr_id=tr_id, gt_uid=gt_uid)
         try:
             key = self.twin.auth.check_call(
-                request.headers.get("appkey", ""), request.headers.get("authorization", ""), self.paper
+                request.headers.get("appkey", ""),
+                request.headers.get("authorization", ""),
+                self.paper,
+                request.headers.get("appsecret", ""),
             )
             self.twin.auth.take_rate(key)
             allowed = ep.paper if self.paper else ep.real

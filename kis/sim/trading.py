@@ -4,12 +4,13 @@ inquire-psbl-order, inquire-psbl-sell, inquire-psbl-rvsecncl. Output names/order
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from kis.sim.engine import BookSide, Tif
-from kis.sim.exchange import BRANCH, OrderKind, OrderRecord
+from kis.sim.exchange import BRANCH, R_NO_STOCK, R_NOT_FOUND, R_QTY, OrderKind, OrderRecord
 from kis.sim.ledger import Account
-from kis.sim.wire import OK_BALANCE, OK_CCLD, OK_ORDER, OK_PSBL_SELL, OK_QUERY, bad_input
+from kis.sim.wire import OK_BALANCE, OK_CCLD, OK_ORDER, OK_PSBL_SELL, OK_QUERY, bad_input, reject
 
 if TYPE_CHECKING:
     from kis.sim.rest import Call, Reply
@@ -78,6 +79,11 @@ def order_cash(call: Call) -> Reply:
     code = p.get("PDNO", "").strip()
     if not code:
         raise bad_input("PDNO")
+    if code not in call.twin.exchange.stocks:
+        # PDNO is the 6-digit code (ETNs 7 chars, API.md §4.1): "A005930" names no product here; the
+        # quotation endpoints' lenient spelling does not apply to orders. APBK0656 "product not found"
+        # (§6.3) is the closest documented refusal; that KIS answers a prefixed code so is UNCONFIRMED.
+        raise reject(*R_NO_STOCK)
     dvsn = p.get("ORD_DVSN", "").strip() or "00"
     qty = _int(p, "ORD_QTY")
     price = _int(p, "ORD_UNPR", 0)
@@ -98,8 +104,23 @@ def order_rvsecncl(call: Call) -> Reply:
     kind = p.get("RVSE_CNCL_DVSN_CD", "").strip()
     if kind not in ("01", "02"):
         raise bad_input("RVSE_CNCL_DVSN_CD")
-    all_qty = p.get("QTY_ALL_ORD_YN", "Y").strip().upper() != "N"
+    # KRX_FWDG_ORD_ORGNO is the ORIGINAL order's branch (API.md §4.2); every twin order has BRANCH.
+    # Blank: the field is missing (the twin's OPSQ2002 input refusal, code UNCONFIRMED). Another branch:
+    # no such original under it (APBK0625, the twin's UNCONFIRMED "original not found" refusal).
+    org_no = p.get("KRX_FWDG_ORD_ORGNO", "").strip()
+    if not org_no:
+        raise bad_input("KRX_FWDG_ORD_ORGNO")
+    if org_no != BRANCH:
+        raise reject(*R_NOT_FOUND)
+    yn = p.get("QTY_ALL_ORD_YN", "Y").strip().upper() or "Y"
+    if yn not in ("Y", "N"):
+        raise bad_input("QTY_ALL_ORD_YN")
+    all_qty = yn == "Y"
     qty = None if all_qty else _int(p, "ORD_QTY", 0)
+    if qty == 0:
+        # all-remaining is QTY_ALL_ORD_YN=Y with ORD_QTY "0" (API.md §4.2 conventions); N asks for a part,
+        # and a part of 0 shares is no order. APBK0915 (the twin's quantity refusal) is UNCONFIRMED.
+        raise reject(*R_QTY)
     ex = call.twin.exchange
     if kind == "02":
         rec = ex.cancel(acct, orgn, qty)
@@ -175,6 +196,11 @@ def _page(call: Call, rows: list[dict[str, str]], size: int, fk: str) -> tuple[l
     start = 0
     nk_in = call.params.get("CTX_AREA_NK100", "").strip()
     if call.tr_cont.upper() == "N" and nk_in:
+        # a next page continues the query CTX_AREA_FK100 names: the next request sends back both ctx
+        # strings of the previous body (API.md §3.3). Another (or no) fk100 is no continuation of this
+        # query: refused with the twin's OPSQ2002 input error (what KIS answers is UNCONFIRMED).
+        if call.params.get("CTX_AREA_FK100", "").strip() != fk.strip():
+            raise bad_input("CTX_AREA_FK100")
         try:
             start = max(int(nk_in.split("^")[-1]), 0)
         except ValueError:
@@ -201,8 +227,13 @@ def inquire_daily_ccld(call: Call) -> Reply:
     pdno = p.get("PDNO", "").strip()
     odno = p.get("ODNO", "").strip()
     ccld = p.get("CCLD_DVSN", "00").strip() or "00"
+    # fault ccld-lag: same-day lines "may be delayed" in this daily query (API.md §4.4, §8.15)
+    lag_s = call.twin.faults.ccld_lag_ms / 1000
+    seen_before = time.monotonic() - lag_s
     recs = []
     for rec in ex.account_orders(acct.account_id):
+        if lag_s > 0 and ex.stored_at.get(rec.odno, 0.0) > seen_before:
+            continue
         d = rec.day.strftime("%Y%m%d")
         if not start <= d <= end:
             continue

@@ -51,6 +51,7 @@ TOKEN_THROTTLE = ("EGW00133", "접근토큰발급 잠시후 다시 시도하세�
 # Twin choices (UNCONFIRMED codes; the texts are the twin's own).
 E_REAL_KEY_ON_PAPER = KisError("EGW02004", "모의투자 도메인은 실전투자 앱키로 호출하실 수 없습니다.")
 E_BAD_APPKEY = KisError("EGW00103", "유효하지 않은 AppKey입니다.")
+E_BAD_APPSECRET = KisError("EGW00105", "유효하지 않은 AppSecret입니다.")
 E_BAD_TR_ID = KisError("EGW00203", "TR_ID가 올바르지 않습니다.")  # UNCONFIRMED
 E_INJECTED_500 = KisError("EGW00500", "일시적인 오류가 발생했습니다.")  # fault injection only
 

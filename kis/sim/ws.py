@@ -39,6 +39,15 @@ from kis.sim.wire import (
 
 log = logging.getLogger("kis.sim.ws")
 _CNTG_YN = NOTICE_FIELDS.index("CNTG_YN")
+_ACPT_YN = NOTICE_FIELDS.index("ACPT_YN")
+_RCTF_CLS = NOTICE_FIELDS.index("RCTF_CLS")
+_CANCEL_CONFIRMED = ("1", "2", "2")  # (CNTG_YN, ACPT_YN, RCTF_CLS) of a cancel's 확인 notice (API.md §5.8)
+
+
+def _kind(record: list[str]) -> tuple[str, str, str]:
+    return record[_CNTG_YN], record[_ACPT_YN], record[_RCTF_CLS]
+
+
 QUEUE_LIMIT = 100_000  # frames per session before the session is considered dead
 
 
@@ -117,6 +126,8 @@ class WsHub:
         faults = self.twin.faults
         if faults.notices.lose_fills and ev.record[_CNTG_YN] == "2":
             return  # a fill notice that never arrives (the order list still has the fill)
+        if faults.cancel_confirm_single and _kind(ev.record) == _CANCEL_CONFIRMED:
+            return  # a cancel's 확인 (confirmed) notice is not sent: its 접수 was the only one
         for s in list(self.sessions):
             if s.key is None or ev.account_id not in s.key.account_ids:
                 continue

@@ -20,7 +20,7 @@ from kis.credentials import ENV_ACCOUNT, ENV_APP_KEY, ENV_APP_SECRET, ENV_HTS_ID
 from kis.sim.testing import TwinThread
 from kis.sim.twin import TwinConfig
 from tests.conftest import ROOT
-from tools.ops.doctor import Doctor, Report, Status, diagnose
+from tools.ops.doctor import Check, Doctor, Report, Status, diagnose
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def run_doctor(
     return asyncio.run(diagnose(cfg))
 
 
-def by_name(report: Report) -> dict[str, object]:
+def by_name(report: Report) -> dict[str, Check]:
     return {c.name: c for c in report.checks}
 
 
@@ -176,6 +176,43 @@ def test_expired_token_is_named_and_replaced(tmp_path: Path, twin, monkeypatch: 
     assert report.ok
 
 
+def test_token_throttle_next_to_a_gateway(tmp_path: Path, twin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KIS answers one tokenP call per app key a minute (API.md §9, EGW00133, reuse or not). A gateway
+    took its token a moment ago: `ktrader doctor` on the gateway's run dir reads the gateway's token
+    cache (kis/token.py) and makes no tokenP call; on another run dir (no cache) it says plainly that
+    KIS allows one a minute and when to run again, instead of a misleading failure."""
+    from kis.adapter import make_broker
+    from kis.credentials import load_credentials
+
+    httpx.post(f"{twin.admin_url}/admin/faults/reset", timeout=10).raise_for_status()
+    for k, v in credentials_env(twin.info).items():
+        monkeypatch.setenv(k, v)
+    broker_cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=twin.rest_url, ws_url=twin.ws_url)
+
+    async def gateway_token() -> None:  # what the gateway does at start (server/brokers.py)
+        broker = make_broker(broker_cfg, tmp_path / "run" / "kis", load_credentials(None))
+        try:
+            await broker.tokens.get()
+            assert broker.tokens.issued_count == 1
+        finally:
+            await broker.rest.aclose()
+
+    asyncio.run(gateway_token())
+    issued = twin.run(lambda: len(twin.server.twin.auth.tokens))
+    report = run_doctor(tmp_path, twin, monkeypatch)  # within the minute, on the gateway's run dir
+    checks = by_name(report)
+    assert report.ok and checks["token"].status is Status.OK, checks["token"]
+    assert "from the cache (no new issuance)" in checks["token"].detail
+    assert checks["token accepted"].status is Status.OK
+    assert twin.run(lambda: len(twin.server.twin.auth.tokens)) == issued
+
+    other = by_name(run_doctor(tmp_path / "elsewhere", twin, monkeypatch))  # no cache: a tokenP call, refused
+    tok = other["token"]
+    assert (tok.status, tok.code) == (Status.WARN, "EGW00133"), tok
+    assert "KIS allows one a minute" in tok.detail and "run again in" in tok.hint, tok
+    assert other["account"].status is Status.SKIP  # not guessed
+
+
 def test_set_up_mistakes_are_named(tmp_path: Path, twin, monkeypatch: pytest.MonkeyPatch) -> None:
     demo = credentials_env(twin.info)
     cases = [
@@ -195,6 +232,10 @@ def test_set_up_mistakes_are_named(tmp_path: Path, twin, monkeypatch: pytest.Mon
         (demo, {"ws_url": f"ws://127.0.0.1:{closed_port()}"}, "websocket TCP", "refused", "firewall"),
     ]
     for i, (creds, urls, name, code, hint) in enumerate(cases):
+        # each case is a fresh set-up (its own run dir, so no token cache): the demo key's tokenP call of
+        # the case before is less than a minute old, and KIS answers one a minute (API.md §9, EGW00133;
+        # test_token_throttle_* below): the twin's minute is cleared between the cases
+        httpx.post(f"{twin.admin_url}/admin/faults/reset", timeout=10).raise_for_status()
         report = run_doctor(tmp_path / str(i), twin, monkeypatch, creds=creds, **urls)
         c = by_name(report)[name]
         expected = Status.WARN if name == "credentials" else Status.FAIL  # sim: lengths only warned

@@ -89,24 +89,36 @@ def test_demo_credentials_have_kis_lengths(twin: TwinThread) -> None:
 
 
 def test_token_reuse_throttle_and_errors(twin: TwinThread) -> None:
+    """One tokenP call per app key a minute (API.md §9): a second call inside the minute is refused
+    with EGW00133 even when it would only re-return the same token; after a throttle reset the key's
+    current token comes back unchanged (reused within 6 h). (The 60 s window itself: test_sim_units.)"""
     k = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account)
+    admin(twin, "/admin/faults/reset")  # start clean of earlier tests' calls with this key
     r1 = k.issue()
-    r2 = k.issue()
-    assert r1.status_code == r2.status_code == 200
+    assert r1.status_code == 200
     body = r1.json()
     assert list(body) == ["access_token", "access_token_token_expired", "token_type", "expires_in"]
     assert body["token_type"] == "Bearer"
-    assert r2.json()["access_token"] == body["access_token"]  # re-returned within 6 h
-    # expire without resetting the throttle: a *new* issuance within 60 s is refused
+    r2 = k.issue()  # within the minute: refused, although it would be a reuse answer
+    assert r2.status_code == 403 and r2.json() == {
+        "error_description": "접근토큰발급 잠시후 다시 시도하세요(1분당 1회)",
+        "error_code": "EGW00133",
+    }
+    assert k.token == body["access_token"] and k.price("005930").json()["rt_cd"] == "0"  # the first still works
+    admin(twin, "/admin/faults/reset")  # clears the minute
+    r3 = k.issue()
+    assert r3.status_code == 200 and r3.json()["access_token"] == body["access_token"]  # re-returned within 6 h
+    # expire without resetting the throttle: a call within 60 s of the last one is refused
     admin(twin, "/admin/faults/expire-tokens", {"reset_throttle": False})
     r = k.price("005930")
     assert r.status_code == 500 and r.json()["msg_cd"] == "EGW00123"
-    r3 = k.issue()
-    assert r3.status_code == 403 and r3.json()["error_code"] == "EGW00133"
-    admin(twin, "/admin/faults/expire-tokens", {"reset_throttle": True})
     r4 = k.issue()
-    assert r4.status_code == 200 and r4.json()["access_token"] != body["access_token"]
+    assert r4.status_code == 403 and r4.json()["error_code"] == "EGW00133"
+    admin(twin, "/admin/faults/expire-tokens", {"reset_throttle": True})
+    r5 = k.issue()
+    assert r5.status_code == 200 and r5.json()["access_token"] != body["access_token"]  # expired: a new one
     assert k.price("005930").json()["rt_cd"] == "0"
+    admin(twin, "/admin/faults/reset")  # let later tests issue again
     # invalid token
     bad = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account, token="nope")
     r = bad.price("005930")
@@ -284,6 +296,7 @@ def test_cancel_only_unfilled_part(twin: TwinThread, kis: Kis) -> None:
 
 def test_daily_ccld_paging(twin: TwinThread) -> None:
     paper = Kis(twin.paper_rest_url, twin.paper_app_key, twin.paper_app_secret, twin.paper_account)
+    admin(twin, "/admin/faults/reset")  # an earlier test took this key's token less than a minute ago (§9)
     assert paper.issue().status_code == 200
     low = best_bid(twin, "005930") - 1000
     placed = [paper.order("VTTC0012U", "005930", 1, low).json()["output"]["ODNO"] for _ in range(20)]

@@ -96,18 +96,32 @@ def test_fok_all_or_nothing_and_ioc_remainder() -> None:
     assert sum(f.qty for f in res.fills) == 5 and res.cancelled == 1 and book.remaining(3) == 0
 
 
-def test_token_policy_unit() -> None:
+def test_token_policy_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tokenP call per key a minute (API.md §9, EGW00133), reuse answer or not; after the minute
+    (or a throttle reset) the key's current token is returned again, a revoked one is replaced."""
+    from kis.sim import auth as auth_mod
+
+    now = [1_700_000_000.0]
+    monkeypatch.setattr(auth_mod.time, "time", lambda: now[0])
     auth = AuthRegistry(1)
     t1, reused = auth.issue_token("k" * 36, "s" * 180, False)
     assert not reused
+    with pytest.raises(OAuthError) as exc:
+        auth.issue_token("k" * 36, "s" * 180, False)  # within the minute: refused, even as a reuse
+    assert exc.value.code == "EGW00133"
+    now[0] += 61
     t2, reused = auth.issue_token("k" * 36, "s" * 180, False)
-    assert reused and t2 is t1
+    assert reused and t2 is t1  # after the minute: the same token (valid, issued < 6 h ago)
     auth.revoke("k" * 36, "s" * 180, t1.value)
     with pytest.raises(OAuthError) as exc:
-        auth.issue_token("k" * 36, "s" * 180, False)
+        auth.issue_token("k" * 36, "s" * 180, False)  # still one call a minute
     assert exc.value.code == "EGW00133"
-    with pytest.raises(OAuthError):
+    auth.reset_throttle("k" * 36)  # what /admin/faults/reset does
+    t3, reused = auth.issue_token("k" * 36, "s" * 180, False)
+    assert not reused and t3.value != t1.value  # a revoked token is not reused
+    with pytest.raises(OAuthError) as exc:
         auth.issue_token("k" * 36, "wrong", False)
+    assert exc.value.code == "EGW00105"  # a wrong secret is refused before the throttle
 
 
 def _exchange(clock: TwinClock, **kw: object) -> tuple[Exchange, Account, list[Notice]]:

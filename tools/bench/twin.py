@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import queue
 import signal
 import statistics
@@ -218,7 +217,9 @@ async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, tmp: 
     cfg = BrokerConfig(
         env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info.get("ws_url", "ws://127.0.0.1:9"), rate_per_s=100_000
     )
-    b = make_broker(cfg, tmp / f"kis-{os.getpid()}-{time.monotonic_ns()}", creds, min_token_interval_s=0)
+    # one token cache for every round (as the gateway keeps one): a fresh cache each round took a new
+    # token each time, which KIS (and the twin) refuse within a minute of the last (EGW00133)
+    b = make_broker(cfg, tmp / "kis-bench", creds, min_token_interval_s=0)
     out = []
     try:
         order = BrokerOrder(client_order_id="bench-20260101-1", code="005930", side=Side.BUY, qty=1, price=price)

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from common import approvals
@@ -47,6 +47,9 @@ from tools.bench.rtt import quantile
 from tools.ops.procs import ktrader_cmd, signal_group, stop_groups, twin_args, wait_until
 from tools.ops.status import fetch_status, send_control
 from tools.paths import ROOT
+
+if TYPE_CHECKING:
+    from kis.adapter import KisBroker
 
 CODES = ["005930", "000660", "035420", "005380"]
 # kind -> weight (gateway kills are scheduled separately, every `gateway_every` faults)
@@ -144,6 +147,23 @@ class Stack:
         stop_groups([*self.agents.values(), *self.gateways, *([self.twin] if self.twin else [])], grace_s=8.0)
         for log in self.logs:
             log.close()
+
+
+def audit_broker(info: dict[str, Any], run: Path) -> KisBroker:
+    """The audit's KIS client for the twin `info`, next to the gateway on `run` (same app key).
+
+    KIS answers one tokenP call per app key a minute (API.md §9: EGW00133, even for a call that would
+    return the same token), so a second process on the gateway's key must not take a token of its own:
+    it shares the gateway's token cache (RUN_DIR/kis, as server/brokers.py, with the same one-a-minute
+    accounting across processes). The gateway started just after the first read then finds the token
+    there and issues none (it used to wait out the minute, past the campaign's 30 s start limit), and
+    the audit at the end uses the gateway's current token."""
+    from kis.adapter import make_broker
+    from kis.credentials import Credentials
+
+    creds = Credentials(info["app_key"], info["app_secret"], info["account"], info["hts_id"])
+    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info["ws_url"])
+    return make_broker(cfg, run / "kis", creds)
 
 
 def _primary_pid(run: Path) -> int:
@@ -743,20 +763,12 @@ class Campaign:
         return out
 
     def read_twin(self) -> tuple[list[Any], list[Any], Any, dt.date]:
-        """The twin's orders, holdings and cash, over the KIS REST API (our client, its own token)."""
-        from kis.adapter import make_broker
-        from kis.credentials import Credentials
-
+        """The twin's orders, holdings and cash, over the KIS REST API (our client, the gateway's token:
+        see `audit_broker`)."""
         info = self.stack.twin_info
 
         async def read() -> tuple[list[Any], list[Any], Any, dt.date]:
-            creds = Credentials(info["app_key"], info["app_secret"], info["account"], info["hts_id"])
-            broker = make_broker(
-                BrokerConfig(env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info["ws_url"]),
-                self.workdir / "audit-kis",
-                creds,
-                min_token_interval_s=0,
-            )
+            broker = audit_broker(info, self.stack.run)
             day = dt.date.fromisoformat(self.admin.get("/admin/state").json()["day"])  # type: ignore[union-attr]
             try:
                 return await broker.order_reports(day), await broker.positions(), await broker.account(), day
