@@ -116,7 +116,11 @@ def build_order_core(
         if coid in book.orders and book.orders[coid].agent not in portfolio.virtual:
             repair.learn(coid)
 
-    notices = NoticeRouter(book, risk.broker_error, learn)
+    def cancel_unconfirmed(coid: str, line: str) -> None:
+        if coid in book.orders and book.orders[coid].agent not in portfolio.virtual:
+            inquiry.watch_cancel(coid, line)  # (a shadow agent's venue confirms every cancel)
+
+    notices = NoticeRouter(book, risk.broker_error, learn, cancel_unconfirmed)
     shadow_venue = ShadowExecution(clock, notices.on_notice)
     book.listeners.append(shadow_venue.on_order)
 
@@ -180,7 +184,9 @@ def build_order_core(
         passes.add(task)
         task.add_done_callback(passes.discard)
 
-    inquiry = EarlyInquiry(book, request_reconcile or own_pass)
+    # early looks at the broker's list: a whole pass for an UNKNOWN submit, the chain repair's targeted read
+    # for an acknowledged cancel not confirmed
+    inquiry = EarlyInquiry(book, request_reconcile or own_pass, repair.learn)
     return OrderCore(
         portfolio=portfolio,
         alerts=alerts,

@@ -11,6 +11,13 @@ itself says where the order lives now: a revise acceptance naming the live line 
 the new line at once. A notice naming a line of a chain we cannot place asks the chain repair
 (`learn`) to read the broker's list for that order now.
 
+A cancel of ours that KIS acknowledged (its REST reply, `cancel_acked`, or its 접수 notice, ACPT_YN 1)
+is final only on its 확인 (ACPT_YN 2) or an IOC/FOK kill (ACPT_YN 3): a fill can still come first.
+Whether KIS sends a 확인 for a cancel at all is UNCONFIRMED (API.md §5.8, §11: one acceptance notice
+per order, revise or cancel), so an acknowledged cancel without it is handed to `cancel_unconfirmed`:
+the broker's order list is read for that order within seconds (server/reconciler.py EarlyInquiry), not
+only at the next periodic pass (its cash and risk stay held, its agent waits, meanwhile).
+
 A rejection notice (거부, RFUS_YN 1) rejects the order only when it names the order's original line
 while that line is the live one. A rejection of a revise or cancel line (RCTF_CLS 1/2, an OODER_NO, or
 any line after the original) is a refused revise or cancel: the order stays live on the line it had
@@ -53,10 +60,14 @@ class NoticeRouter:
         book: OrderBook,
         on_broker_error: Callable[[int, str, bool], None],
         learn: Callable[[str], None] = lambda coid: None,
+        cancel_unconfirmed: Callable[[str, str], None] = lambda coid, line: None,
     ) -> None:
         self.book = book
         self.on_broker_error = on_broker_error  # the kill switch counts rejections
         self.learn = learn  # read the broker's list for this order now (server/chain_repair.py)
+        # (order, its cancel's line): the cancel was acknowledged and not confirmed: read the broker's list
+        # for the order soon (server/reconciler.py EarlyInquiry.watch_cancel)
+        self.cancel_unconfirmed = cancel_unconfirmed
         self.unmatched: dict[str, list[BrokerNotice]] = defaultdict(list)
         self.refused: set[str] = set()  # ODNOs whose rejection notice was applied: a duplicate changes nothing
         # revise line -> (the line it moved the order from, the order's price there): where the order goes
@@ -93,6 +104,18 @@ class NoticeRouter:
     def drain(self, odno: str) -> None:
         for notice in self.unmatched.pop(odno, []):
             self.on_notice(notice)
+
+    def cancel_acked(self, coid: str, odno: str) -> None:
+        """KIS acknowledged our cancel of `coid` over REST, as its line `odno`: the notices that waited
+        for that line apply now; unless one of them confirmed it, the order list is asked soon."""
+        self.drain(odno)
+        self._unconfirmed(coid, odno)
+
+    def _unconfirmed(self, coid: str, odno: str) -> None:
+        o = self.book.orders.get(coid)
+        # (in doubt: the chain repair reads the list already; ended: the 확인 or a fill came first)
+        if o is not None and o.state is OrderState.PENDING_CANCEL and not o.in_doubt:
+            self.cancel_unconfirmed(coid, odno)
 
     def replay_chain(self, coid: str) -> None:
         """The order went into doubt: buffered notices of lines that name its chain apply now."""
@@ -151,6 +174,8 @@ class NoticeRouter:
             self._revised(coid, n, ts)
         elif n.kind is NoticeKind.ACCEPTED and not n.is_cancel and not n.is_modify:
             book.try_apply(coid, Accept(ts_ns=ts, broker_order_id=n.broker_order_id))
+        elif n.kind is NoticeKind.ACCEPTED and n.is_cancel:
+            self._unconfirmed(coid, n.broker_order_id)  # 접수: final on its 확인 (below), or the list's word
         elif n.kind is NoticeKind.REJECTED:
             if n.broker_order_id in self.refused:
                 return  # a duplicated notice: its line's refusal was applied (and counted) already
@@ -159,7 +184,8 @@ class NoticeRouter:
             self._rejected(coid, n, ts)
         elif n.kind is NoticeKind.CANCELLED:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
-            # fill can still come first, so the order stays PENDING_CANCEL until confirmation.
+            # fill can still come first, so the order stays PENDING_CANCEL until confirmation, or until
+            # the broker's order list, read soon after the 접수 (above), closes it.
             book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
 
     def _rejected(self, coid: str, n: BrokerNotice, ts: int) -> None:

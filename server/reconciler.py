@@ -729,14 +729,30 @@ class EarlyInquiry:
     for it is not blocked for the reconciliation period. Each look is a whole reconciliation pass,
     asked of the gateway's reconcile loop (which coalesces requests): an UNKNOWN is matched among all
     of the day's orders, never paired with another of ours of the same terms. An order that does not
-    appear stays UNKNOWN until the grace (server/reconcile.py): a late KIS may still list it."""
+    appear stays UNKNOWN until the grace (server/reconcile.py): a late KIS may still list it.
+
+    A cancel the broker acknowledged (its REST reply or its 접수 notice) and did not confirm (no 확인:
+    whether KIS sends one for a cancel is UNCONFIRMED, API.md §5.8/§11) is looked for likewise
+    (CANCEL_LOOKS_S, `watch_cancel`): the order has a line, so each look is the chain repair's targeted
+    read of the order list for it (`learn`; the orders due at once share one read), which closes it as
+    the list does (CANCELLED, or the fills it shows) instead of leaving it PENDING_CANCEL (cash and risk
+    held, its agent not told) until the periodic pass. A cancel confirmed (or an order ended) before a
+    look costs nothing; one the list does not show closed yet waits for the next look, then the
+    periodic pass."""
 
     EARLY_LOOKS_S = (1.0, 3.0, 10.0)
+    CANCEL_LOOKS_S = (2.0, 6.0)
 
-    def __init__(self, book: OrderBook, request: Callable[[str], None]) -> None:
+    def __init__(
+        self, book: OrderBook, request: Callable[[str], None], learn: Callable[[str], None] | None = None
+    ) -> None:
         self.book = book
         self.request = request
-        self.looks = 0  # passes asked for (status)
+        # the chain repair's targeted read of the order list for one order (without one: a whole pass)
+        self.learn = learn
+        self.looks = 0  # passes asked for UNKNOWN submits (status: early_inquiries)
+        self.cancel_looks = 0  # reads of the order list asked for unconfirmed cancels
+        self._cancels: set[tuple[str, str]] = set()  # (order, cancel line) with looks to come
 
     def watch(self, coid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -748,3 +764,31 @@ class EarlyInquiry:
         if o is not None and o.state is OrderState.UNKNOWN and not o.broker_chain:
             self.looks += 1
             self.request(f"unknown outcome of {coid}")
+
+    def watch_cancel(self, coid: str, line: str) -> None:
+        """`coid`'s cancel (its line `line`) was acknowledged, not confirmed: the order list is read for it
+        at CANCEL_LOOKS_S while it stays so. Its REST reply and its 접수 notice arm the looks once."""
+        key = (coid, line)
+        if key in self._cancels:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (a notice applied outside the gateway's loop: the periodic pass settles it)
+            return
+        self._cancels.add(key)
+        for n, delay in enumerate(self.CANCEL_LOOKS_S, 1):
+            loop.call_later(delay, self._look_cancel, key, n)
+
+    def _look_cancel(self, key: tuple[str, str], n: int) -> None:
+        if n == len(self.CANCEL_LOOKS_S):
+            self._cancels.discard(key)
+        coid, line = key
+        o = self.book.orders.get(coid)
+        if o is None or o.state is not OrderState.PENDING_CANCEL or o.in_doubt:
+            return  # confirmed, filled or refused meanwhile; in doubt: the chain repair is on it
+        self.cancel_looks += 1
+        self.book.trace(coid, "cancel.unconfirmed", line=line, look=n)
+        if self.learn is not None:
+            self.learn(coid)
+        else:
+            self.request(f"cancel of {coid} not confirmed")

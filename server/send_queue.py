@@ -437,5 +437,6 @@ class SendQueue:
         book.trace(coid, "broker.ack", call=call.value, odno=ack.broker_order_id, time=ack.time)
         book.by_broker_id[ack.broker_order_id] = coid
         if call is Call.CANCEL:
-            self.notices.drain(ack.broker_order_id)
+            # its notices that waited for the line apply; without its 확인, the order list is asked soon
+            self.notices.cancel_acked(coid, ack.broker_order_id)
         return ack
