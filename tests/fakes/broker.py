@@ -60,6 +60,8 @@ class FakeBroker(BrokerPort):
         self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
         self.tick_s = float(os.environ.get("KTRADER_FAKE_TICK_S", "0"))
         self.chart_delay_s = float(os.environ.get("KTRADER_FAKE_CHART_DELAY_S", "0"))
+        # the account's cash (a bench resting thousands of buys measures the path, not the cash limit)
+        self.cash = int(os.environ.get("KTRADER_FAKE_CASH", "100000000"))
         self.subscribed: set[str] = set()
         self._ticks = 0
         self.submits = 0
@@ -262,10 +264,10 @@ class FakeBroker(BrokerPort):
 
     async def account(self) -> BrokerAccount:
         return BrokerAccount(
-            cash=100_000_000,
-            orderable_cash=100_000_000,
-            settlement_cash=100_000_000,
-            total_eval=100_000_000,
+            cash=self.cash,
+            orderable_cash=self.cash,
+            settlement_cash=self.cash,
+            total_eval=self.cash,
             positions_eval=0,
         )
 

@@ -157,7 +157,8 @@ def _gateway(broker_args: list[str], run: Path) -> subprocess.Popen[bytes]:
         "max_orders_per_minute = 0\nmax_daily_loss = 0\n"
     )
     cmd = ktrader_cmd("gateway", "--config", str(cfg), "--run-dir", str(run), "--log-level", "error", *broker_args)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env())
+    # the account's cash too: 10,000 resting buys of 50,000 KRW are 500 M, over the fake account's 100 M
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(KTRADER_FAKE_CASH=str(10**13)))
     try:
         _wait_file(run / "gateway.json", 30, proc)
         from tools.ops.status import fetch_status
