@@ -158,6 +158,8 @@ def build_order_core(
         """A halt's cancels, the one rule (an automatic halt, the operator's kill switch, the start's sweep of
         halted scopes: RiskGate.set_state / cancel_halted): the agent's open orders, or every agent's ("" the
         gateway's halt), sparing the exits the gateway placed (they only reduce what is held)."""
+        if agent == EXTERNAL_AGENT:  # the account owner's own orders (the KIS app): never ktrader's to cancel
+            return 0
         agents = {agent} if agent else {o.agent for o in book.orders.values() if o.is_open} - {EXTERNAL_AGENT}
         return sum(desk.cancel_all(a, spare_exits=True) for a in sorted(agents))
 

@@ -447,6 +447,10 @@ class Operator:
             if state is TradingState.ACTIVE
             else []
         )
+        if state is TradingState.ACTIVE:  # ... and ends a flatten in progress (the operator's way to stop one)
+            for a in [msg.agent] if msg.agent else gw.desk.flattening:
+                if gw.desk.stop_flatten(a):
+                    accepted = [*accepted, f"{a}'s flatten stopped (its sells already sent keep working)"]
         # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced;
         # set before a halt's cancels, so nothing they set off (a protective exit placed again) goes out
         who = msg.agent or "gateway"

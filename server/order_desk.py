@@ -197,6 +197,22 @@ class OrderDesk:
         for agent in agents:
             self._flatten_step(agent)
 
+    def stop_flatten(self, agent: str) -> bool:
+        """The operator's resume ends a flatten in progress (its sells already sent keep working): else it
+        went on selling, a restart restored it, and the agent's own orders stayed refused."""
+        if agent not in self._flattening:
+            return False
+        with self.book.store.write():
+            del self._flattening[agent]
+            self._flatten_resumes.discard(agent)
+            self._save_flattening()
+        return True
+
+    @property
+    def flattening(self) -> list[str]:
+        """The agents being flattened now."""
+        return sorted(self._flattening)
+
     def _save_flattening(self) -> None:
         """The flattens in progress, into the store (inside the write of what changed them)."""
         recancels: dict[str, dict[str, int]] = {}
@@ -553,6 +569,7 @@ class OrderDesk:
                 o.agent == agent
                 and (not code or o.code == code)
                 and not (spare_exits and o.side is Side.SELL and placed_by_gateway(o.client_order_id))
+                and o.state is not OrderState.PENDING_CANCEL  # its cancel is on its way: none is sent
                 and (
                     o.state in CANCELLABLE
                     or o.state in AWAITING_ACK

@@ -219,7 +219,9 @@ class RiskGate:
         key = agent or GLOBAL
         was = self.states.get(key, TradingState.ACTIVE)
         cancels = state is TradingState.HALTED and (automatic is not None or cancel)
-        if was is state and not (cancel and cancels):
+        # the same state again changes nothing, unless a cancelling halt meets a pause (paused, then the
+        # kill switch or a drawdown: its cancels are due) or the operator asks for the cancels again
+        if was is state and (not cancels or (self.hard_halted(key) and not cancel)):
             return 0
         n = 0
         with self.store.transaction():
@@ -240,17 +242,21 @@ class RiskGate:
             self.alert(why, kind=automatic, agent=agent)
         return n
 
+    def hard_halted(self, key: str) -> bool:
+        """HALTED with cancels (a kill switch, a drawdown halt, the operator's halt), not a pause. A halt
+        stored by a version that did not say which is taken as that version did it: its orders kept."""
+        return (
+            self.states.get(key, TradingState.ACTIVE) is TradingState.HALTED
+            and self.store.get_meta(_HALT_KIND_KEY + key) == HALT_CANCELS
+        )
+
     def cancel_halted(self) -> int:
         """After the first reconciliation at a start: the open orders of every scope halted with cancels
         (the gateway's: every agent's; an agent's: its own) are cancelled, through the same rule as the
         halt's own (`on_halt`: the gateway's exit sells spared). A safety net for cancels a crash kept
         from the broker (a halt written by an older version before its cancels). A pause (HALTED, soft)
         keeps its working orders. Returns the cancels sent; a person is told when there were any."""
-        scopes = sorted(
-            key
-            for key, s in self.states.items()
-            if s is TradingState.HALTED and self.store.get_meta(_HALT_KIND_KEY + key) != HALT_SOFT
-        )
+        scopes = sorted(key for key in self.states if self.hard_halted(key))
         if GLOBAL in scopes:
             scopes = [GLOBAL]  # every agent's
         total = 0
@@ -510,7 +516,7 @@ class RiskGate:
                 automatic=AlertKind.DAILY_LOSS,
                 why=f"account day P&L {pnl:,} breached the gateway's loss limit {limit:,}: reducing only",
             )
-        if self.kill_errors and self.global_state is not TradingState.HALTED:
+        if self.kill_errors and not self.hard_halted(GLOBAL):
             n = self.recent_broker_errors()
             if n >= self.kill_errors:
                 self.set_state(
@@ -522,7 +528,7 @@ class RiskGate:
                 )
         for agent in list(self.agent_rejections):
             n = self.recent_rejections(agent)
-            if self.kill_errors and n >= self.kill_errors and self.agent_state(agent) is not TradingState.HALTED:
+            if self.kill_errors and n >= self.kill_errors and not self.hard_halted(agent):
                 self.set_state(
                     agent,
                     TradingState.HALTED,
@@ -557,7 +563,7 @@ class RiskGate:
                 f"{who} equity {eq:,} is {dd / 100:.2f} % below its {lim.drawdown_peak.value.replace('_', '-')} "
                 f"peak {peak:,}"
             )
-            if halt and dd >= halt and state is not TradingState.HALTED:
+            if halt and dd >= halt and not self.hard_halted(agent or GLOBAL):
                 self.set_state(
                     agent,
                     TradingState.HALTED,

@@ -18,6 +18,7 @@ from common.orders import OrderState
 from common.schema import NewOrder
 from tests.fakes.broker import FakeBroker
 from tests.fakes.core import trading_clock
+from server.risk import HALT_CANCELS
 from tests.fakes.harness import Harness
 from tests.fakes.operator_desk import Desk
 
@@ -107,12 +108,14 @@ async def test_the_operators_halt_killed_as_it_pages_still_cancels_after_the_res
 
 
 async def test_a_halted_scope_left_with_working_orders_is_cancelled_at_the_start(tmp_path: Path) -> None:
-    """A store an older version left HALTED (written before its cancels, which a crash lost): the first
-    reconciliation is followed by the halt's cancels, and a person is told."""
+    """A store left HALTED by a cancelling halt whose cancels never reached the broker: the first
+    reconciliation is followed by the halt's cancels, and a person is told. (A HALTED scope stored by a
+    version that did not say which kind keeps its orders: tests/unit/test_halt_kind_legacy_pause.py.)"""
     h = await resting(tmp_path)
     broker = h.broker
     with h.store.transaction():
-        h.store.set_meta("trading_state:alpha", TradingState.HALTED.value)  # (no cancels, no halt kind)
+        h.store.set_meta("trading_state:alpha", TradingState.HALTED.value)  # (its cancels lost)
+        h.store.set_meta("halt_kind:alpha", HALT_CANCELS)
     await h.close()
 
     h2 = await restart(tmp_path, broker)
