@@ -93,7 +93,7 @@ from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
 from server.notifier import Notifier
 from server.order_book import OrderBook
-from server.order_desk import OrderDesk
+from server.order_desk import OPERATOR_FLATTEN, OrderDesk
 from server.performance import closing_result, performance
 from server.protection import ProtectionDesk
 from server.publisher import Publisher
@@ -447,10 +447,9 @@ class Operator:
             if state is TradingState.ACTIVE
             else []
         )
-        if state is TradingState.ACTIVE:  # ... and ends a flatten in progress (the operator's way to stop one)
-            for a in [msg.agent] if msg.agent else gw.desk.flattening:
-                if gw.desk.stop_flatten(a):
-                    accepted = [*accepted, f"{a}'s flatten stopped (its sells already sent keep working)"]
+        if state is TradingState.ACTIVE and msg.agent and gw.desk.stop_flatten(msg.agent):
+            # the operator's way to stop his own flatten of this agent (never by --all, never the end of day's)
+            accepted = [*accepted, f"{msg.agent}'s flatten stopped (its sells already sent keep working)"]
         # the risk gate owns trading state: persisted (an operator's halt survives a restart) and announced;
         # set before a halt's cancels, so nothing they set off (a protective exit placed again) goes out
         who = msg.agent or "gateway"
@@ -544,7 +543,7 @@ class Operator:
         holding = {c: p.qty for c, p in gw.portfolio.positions.get(agent, {}).items() if p.qty > 0}
         before = set(gw.book.orders)
         n = gw.desk.flatten(
-            self._acting_card(agent), f"flatten by {h.sender}" + (" (agent offline)" if on_behalf else "")
+            self._acting_card(agent), f"{OPERATOR_FLATTEN}{h.sender}" + (" (agent offline)" if on_behalf else "")
         )
         # the sells it placed now (accepted or denied: a denied order is in the book with its reason)
         mine = [o for c, o in gw.book.orders.items() if c not in before and o.agent == agent and o.side is Side.SELL]

@@ -68,6 +68,7 @@ Reply = tuple[ErrorCode | None, str]
 
 # held orders still waiting for their code's base price this long into their session: a person is told
 BASE_WAIT_ALERT_NS = 60_000_000_000
+OPERATOR_FLATTEN = "flatten by "  # how the operator's flatten names itself (server/operator.py)
 FLATTEN_RECANCELS = 3  # a flatten's cancel refused this often is left to the operator (alerted)
 
 
@@ -198,9 +199,10 @@ class OrderDesk:
             self._flatten_step(agent)
 
     def stop_flatten(self, agent: str) -> bool:
-        """The operator's resume ends a flatten in progress (its sells already sent keep working): else it
-        went on selling, a restart restored it, and the agent's own orders stayed refused."""
-        if agent not in self._flattening:
+        """The operator's resume of the agent ends the operator's flatten in progress (its sells already
+        sent keep working): else it went on selling, a restart restored it, and the agent's own orders
+        stayed refused. Never a flatten the card's end-of-day policy started (the gateway's, not his)."""
+        if agent not in self._flattening or not self._flattening[agent][1].startswith(OPERATOR_FLATTEN):
             return False
         with self.book.store.write():
             del self._flattening[agent]

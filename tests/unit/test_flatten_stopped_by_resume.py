@@ -68,3 +68,25 @@ async def test_resume_stops_a_flatten_for_good(tmp_path: Path) -> None:
         assert h2.desk.flattening == []
     finally:
         await h2.close()
+
+
+async def test_resume_all_never_stops_an_end_of_day_flatten(tmp_path: Path) -> None:
+    """The card's end-of-day flatten is the gateway's: a resume (of all, after a kill switch, or of the
+    agent) leaves it selling."""
+    broker = AuctionBroker(ref_price=70_000)
+    h = Harness(tmp_path / "g.sqlite", broker=broker, clock=trading_clock(), cards={"alpha": SPLIT})
+    await h.start()
+    try:
+        await BasePrices(h.book, h.broker.base_price).ensure([CODE])
+        buy = NewOrder(client_order_id="alpha-20261120-1", code=CODE, side=Side.BUY, qty=70, price=70_000)
+        assert h.desk.submit(msgspec.structs.replace(SPLIT, risk=RiskLimits()), buy).accepted
+        await h.settle(lambda: h.portfolio.positions.get("alpha", {}).get(CODE) is not None)
+        broker.rest_market = True
+        h.desk.flatten(SPLIT, "end of day: flatten")
+        d = Desk(h, tmp_path / "run", [SPLIT])
+        d.ack("pause", all=True)
+        assert "flatten stopped" not in d.ack("resume", all=True)
+        assert "flatten stopped" not in d.ack("resume", "alpha")
+        assert h.desk.flattening == ["alpha"]
+    finally:
+        await h.close()
