@@ -205,7 +205,7 @@ async def _httpx(base: str, order: _Order, n: int, gap_s: float) -> list[float]:
     return out
 
 
-async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, tmp: Path) -> list[float]:
+async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, cache: Path) -> list[float]:
     """ktrader's own path to KIS for an order: the adapter's submit (budget, token, envelope, rules)."""
     from common.config import BrokerConfig, BrokerEnv
     from common.enums import Side
@@ -217,9 +217,12 @@ async def _ktrader(info: dict[str, Any], price: int, n: int, gap_s: float, tmp: 
     cfg = BrokerConfig(
         env=BrokerEnv.SIM, rest_url=info["rest_url"], ws_url=info.get("ws_url", "ws://127.0.0.1:9"), rate_per_s=100_000
     )
-    # one token cache for every round (as the gateway keeps one): a fresh cache each round took a new
-    # token each time, which KIS (and the twin) refuse within a minute of the last (EGW00133)
-    b = make_broker(cfg, tmp / "kis-bench", creds, min_token_interval_s=0)
+    # one token cache per server for every round (as the gateway keeps one): a fresh cache each round took
+    # a new token each time, which KIS (and the twin) refuse within a minute of the last (EGW00133); the
+    # bench's own first token was taken seconds ago: a bench may clear the twin's window (its admin)
+    if not cache.exists() and "admin_url" in info:
+        httpx.post(f"{info['admin_url']}/admin/faults/reset", timeout=10).raise_for_status()
+    b = make_broker(cfg, cache, creds, min_token_interval_s=0)
     out = []
     try:
         order = BrokerOrder(client_order_id="bench-20260101-1", code="005930", side=Side.BUY, qty=1, price=price)
@@ -253,11 +256,11 @@ def _rest(
     for _ in range(rounds):  # alternate, so the box's noise falls on every client alike
         for name, fn in (
             ("http_client_twin", lambda: _http_client(twin["rest_url"], order, per, gap_s)),
-            ("ktrader_twin", lambda: asyncio.run(_ktrader(twin, price, per, gap_s, tmp))),
+            ("ktrader_twin", lambda: asyncio.run(_ktrader(twin, price, per, gap_s, tmp / "kis-twin"))),
             ("aiohttp_twin", lambda: asyncio.run(_aiohttp_bare(twin["rest_url"], order, per, gap_s))),
             ("httpx_twin", lambda: asyncio.run(_httpx(twin["rest_url"], order, per, gap_s))),
             ("http_client_bare", lambda: _http_client(bare["rest_url"], order, per, gap_s)),
-            ("ktrader_bare", lambda: asyncio.run(_ktrader(bare_info, price, per, gap_s, tmp))),
+            ("ktrader_bare", lambda: asyncio.run(_ktrader(bare_info, price, per, gap_s, tmp / "kis-bare"))),
         ):
             runs.setdefault(name, []).extend(fn())
     out: dict[str, Any] = {k: _stats(v) for k, v in runs.items()}
