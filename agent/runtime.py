@@ -314,7 +314,7 @@ class AgentRuntime(AgentServicesMixin):
         self._hb_sent_at = 0.0
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
-        self._last_daily = ""  # the newest daily bar handed to the strategy (reported in heartbeats)
+        self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
         self._kv = _StrategyState()
@@ -1589,13 +1589,15 @@ class AgentRuntime(AgentServicesMixin):
 
     def _hand_bar(self, body: Bar) -> None:
         """on_bar for a bar already marked (daily) or not needing it, with history stopping before it."""
-        if body.interval == BarInterval.D1 and body.start > self._last_daily:
-            self._last_daily = body.start
         self._delivering = body
         try:
             self._call("on_bar", body)
         finally:
             self._delivering = None
+            # reported once the strategy is done with it (its history calls heartbeat meanwhile): "given
+            # the day's bar" then means decided on it, what a desk waiting for the day's decisions needs
+            if body.interval == BarInterval.D1 and body.start > self._last_daily:
+                self._last_daily = body.start
 
     def _on_sub(self, batch: list[Published]) -> None:
         """One drain of the SUB socket."""

@@ -172,7 +172,7 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     refused_n: int = 0
     polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
     polled_n: int = 0
-    last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given
+    last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given and returned from
     # why the agent paused itself after a strategy error (card on_error = "pause"); "": not paused.
     # Here, not in Heartbeat itself, because the operator's AgentStatus shows the latest FeedHealth.
     paused: str = ""
