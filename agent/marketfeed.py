@@ -41,7 +41,6 @@ class FeedStats:
     conflated: int = 0  # trade/book messages skipped because a newer one was in the same drain
     stale: int = 0  # stream messages dropped as already covered (duplicate or older than a snapshot)
     snapshots: int = 0
-    system_gaps: int = 0  # gaps on the system topic (each answered with a GetSnapshot by the runtime)
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
@@ -104,7 +103,6 @@ class MarketFeed:
             elif missed:
                 # a day change, a trading state or the session may be among them: the runtime asks the
                 # gateway for its snapshot (take_system_gap)
-                self.stats.system_gaps += 1
                 self._system_gap = True
                 self.log.warning("FEED gap on %s: %d system events missed; asking for a snapshot", pub.topic, missed)
             fresh.append(pub)

@@ -34,13 +34,23 @@ from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.credentials import CredentialError, load as load_credential
 from common.curve import CurveError, client_pair_for
-from common.enums import BarInterval, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState
+from common.enums import (
+    BarInterval,
+    OrderType,
+    SessionState,
+    Side,
+    SystemEventKind,
+    TimeInForce,
+    TradingState,
+    worst,
+)
 from common.errors import ErrorCode, KtraderError
 from common.ids import make_client_order_id
 from common import calendar
 from common.krx import Phase, next_session_day
 from common.orders import OPEN, OrderState
 from common.schema import (
+    SUBMIT_MAX_ORDERS,
     Ack,
     AgentEvent,
     Bar,
@@ -121,16 +131,7 @@ _enc = msgspec.msgpack.Encoder()
 _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
 
 
-def _batch_limit() -> int:
-    """The most orders one SubmitOrders may carry: the schema's own bound (a bigger batch is refused whole)."""
-    info = msgspec.inspect.type_info(SubmitOrders)
-    assert isinstance(info, msgspec.inspect.StructType)
-    field = next(f for f in info.fields if f.name == "orders")
-    assert isinstance(field.type, msgspec.inspect.ListType) and field.type.max_length is not None
-    return field.type.max_length
-
-
-MAX_BATCH = _batch_limit()
+MAX_BATCH = SUBMIT_MAX_ORDERS  # the most orders one SubmitOrders may carry (a bigger batch is refused whole)
 # What the gateway never acted on: a request it did not take because this agent's registration was gone (or
 # the request looked too old); it is sent again after the agent registers again.
 _NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
@@ -148,7 +149,6 @@ _SERVICE_ERRORS = frozenset(
         ErrorCode.DENIED_HALTED,
     }
 )
-_STATE_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
 Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
 
@@ -491,7 +491,7 @@ class AgentRuntime(AgentServicesMixin):
     def trading_state(self) -> TradingState:
         """This agent's trading state at the gateway (the worse of its own and the gateway-wide one):
         ACTIVE, REDUCING (risk-reducing orders only) or HALTED (cancels only)."""
-        return max(self._agent_state, self._gateway_state, key=_STATE_RANK.__getitem__)
+        return worst(self._agent_state, self._gateway_state)
 
     @property
     def session_state(self) -> SessionState | None:
@@ -820,7 +820,7 @@ class AgentRuntime(AgentServicesMixin):
             self._decided.pop(v.client_order_id, None)
         # protective orders on their way (a Protect sent again, a buy carrying one) stay as this process sees them
         on_way = {p.msg.id for p in self._commands.values() if isinstance(p.msg, Protect)}
-        on_way |= {o.client_order_id for o in again} | doubt
+        on_way |= again_ids | doubt
         protections = {k: p for k, p in self._protections.items() if k in on_way and k not in known}
         self.orders = orders
         self._positions = {p.code: p for p in snap.positions}

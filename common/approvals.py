@@ -90,25 +90,27 @@ def exists(run_dir: str | Path) -> bool:
 def load(run_dir: str | Path) -> Registry:
     path = registry_path(run_dir)
     try:
-        reg = msgspec.json.decode(path.read_bytes(), type=Registry)
+        data = path.read_bytes()
+        reg = msgspec.json.decode(data, type=Registry)
     except FileNotFoundError:
         return Registry()
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ConfigError(f"{path}: unreadable ({e})") from None
     raw: dict[str, dict[str, object]] = {}
     for agent, a in reg.cards.items():
-        if a.card.id == agent and checksum(a.card) == a.sha256:
+        sha = checksum(a.card)
+        if a.card.id == agent and sha == a.sha256:
             continue
         # written by an older ktrader: its checksum covered every field the card had then, as stored
         if not raw:
-            raw = msgspec.json.decode(path.read_bytes()).get("cards", {})
+            raw = msgspec.json.decode(data).get("cards", {})
         stored = raw.get(agent, {}).get("card")
         if a.card.id != agent or stored is None or _sha(stored) != a.sha256:
             raise ConfigError(
                 f"{path}: the entry of {agent!r} does not match its checksum (edited by hand?); "
                 f"approve the card again: ktrader cards approve CARD"
             )
-        reg.cards[agent] = msgspec.structs.replace(a, sha256=checksum(a.card))  # what registrations compare
+        reg.cards[agent] = msgspec.structs.replace(a, sha256=sha)  # what registrations compare
     return reg
 
 

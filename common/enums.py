@@ -39,6 +39,14 @@ class TradingState(StrEnum):
     HALTED = "halted"  # cancels only
 
 
+_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+def worst(*states: TradingState) -> TradingState:
+    """The most restrictive of these trading states (HALTED over REDUCING over ACTIVE)."""
+    return max(states, key=_SEVERITY.__getitem__)
+
+
 class AgentState(StrEnum):
     ONLINE = "online"  # registered, heartbeats arriving
     STALE = "stale"  # lease expired, not yet taken over

@@ -39,6 +39,7 @@ SCHEMA_VERSION = 3  # v2: a PUB message is one frame (common/framing.py encode_p
 # publisher's token instead of a per-message MAC
 
 MAX_LISTED = 100  # codes listed in a heartbeat / status row; more are counted, not listed
+SUBMIT_MAX_ORDERS = 100  # orders in one SubmitOrders (a bigger batch is refused whole)
 RefusedKey = Annotated[
     str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))
 ]  # "trades:005930"
@@ -193,7 +194,7 @@ class Unregister(_Msg, tag="unregister", frozen=True):
 class SubmitOrders(_Msg, tag="submit", frozen=True):
     """A batch travels as one message; the gateway still sends the orders to the broker one by one."""
 
-    orders: Annotated[list[NewOrder], msgspec.Meta(min_length=1, max_length=100)]
+    orders: Annotated[list[NewOrder], msgspec.Meta(min_length=1, max_length=SUBMIT_MAX_ORDERS)]
 
 
 class CancelOrder(_Msg, tag="cancel", frozen=True):

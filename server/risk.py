@@ -29,7 +29,7 @@ from collections.abc import Callable, Container
 
 from common.calendar import is_trading_day, previous_trading_day
 from common.config import AgentCard, RiskLimits
-from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState
+from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState, worst
 from common.errors import ErrorCode
 from common.krx import next_session_day
 from common.krx_rules import rules_for
@@ -63,7 +63,6 @@ _STATE_KEY = "trading_state:"
 # pause: its working orders stay); the start's safety net (cancel_halted) cancels only the former's
 _HALT_KIND_KEY = "halt_kind:"
 HALT_CANCELS, HALT_SOFT = "cancels", "soft"
-_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 MULTIPLIER_KEY = "risk_multiplier"
 # a denial by one of these limits must reach a person (once a minute per agent and limit)
 LIMIT_ALERTS = {
@@ -81,10 +80,6 @@ _ACCEPTED_KEY = "loss_accepted:"  # meta: "<yyyymmdd>|<day P&L>" an operator's r
 
 Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
-
-
-def worst(*states: TradingState) -> TradingState:
-    return max(states, key=_SEVERITY.__getitem__)
 
 
 class RiskGate:
