@@ -160,8 +160,7 @@ def build_order_core(
         gateway's halt), sparing the exits the gateway placed (they only reduce what is held)."""
         if agent == EXTERNAL_AGENT:  # the account owner's own orders (the KIS app): never ktrader's to cancel
             return 0
-        agents = {agent} if agent else {o.agent for o in book.orders.values() if o.is_open} - {EXTERNAL_AGENT}
-        return sum(desk.cancel_all(a, spare_exits=True) for a in sorted(agents))
+        return sum(desk.cancel_all(a, spare_exits=True) for a in ([agent] if agent else book.open_agents()))
 
     risk.on_halt = halt_cancels
     repair = ChainRepair(

@@ -61,7 +61,7 @@ from common.clock import KST
 from common.config import AgentCard, GatewayConfig
 from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, SystemEventKind, TradingState
 from common.errors import ErrorCode
-from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id, placed_by_gateway
+from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio
@@ -93,7 +93,7 @@ from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
 from server.notifier import Notifier
 from server.order_book import OrderBook
-from server.order_desk import OPERATOR_FLATTEN, OrderDesk
+from server.order_desk import OPERATOR_FLATTEN, OrderDesk, is_gateway_exit
 from server.performance import closing_result, performance
 from server.protection import ProtectionDesk
 from server.publisher import Publisher
@@ -429,11 +429,7 @@ class Operator:
                 f"{EXTERNAL_AGENT!r} holds what was traded outside ktrader: act on it where it was placed",
             )
         if action is ControlAction.CANCEL_ALL:
-            targets = (
-                [msg.agent]
-                if msg.agent
-                else sorted({o.agent for o in gw.book.orders.values() if o.is_open} - {EXTERNAL_AGENT})
-            )
+            targets = [msg.agent] if msg.agent else gw.book.open_agents()
             n = sum(gw.desk.cancel_all(a) for a in targets)
             return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
         if action is ControlAction.FLATTEN:
@@ -487,13 +483,9 @@ class Operator:
         book = self.gw.book
         open_orders = [o for o in book.orders.values() if o.is_open and (not agent or o.agent == agent)]
         outside = sum(1 for o in open_orders if o.agent == EXTERNAL_AGENT)
-        targets = sorted({o.agent for o in open_orders} - {EXTERNAL_AGENT})
+        targets = [agent] if agent else book.open_agents()
         held = sum(1 for o in open_orders if o.state is OrderState.HELD and o.agent != EXTERNAL_AGENT)
-        exits = sum(
-            1
-            for o in open_orders
-            if o.agent != EXTERNAL_AGENT and o.side is Side.SELL and placed_by_gateway(o.client_order_id)
-        )
+        exits = sum(1 for o in open_orders if o.agent != EXTERNAL_AGENT and is_gateway_exit(o))
         # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a
         # crash between the two left the scope halted with its resting orders working
         n = self.gw.risk.set_state(agent, TradingState.HALTED, why=why, cancel=True)

@@ -23,7 +23,7 @@ from common.books import reprice_value, reverse_fill_value
 from common.clock import date_of
 from common.costs import CostModel
 from common.enums import Side
-from common.ids import EXTERNAL_AGENT
+from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Fill, Order, OrderEvent, OrderState, Reprice, ReverseFill, StateError, apply
 from common.portfolio import Portfolio
@@ -353,6 +353,15 @@ class OrderBook:
         """The n of each of the agent's client order ids today (all of today's orders are in
         memory: loaded at start, indexed on every commit)."""
         return [int(o.client_order_id.rsplit("-", 1)[1]) for o in self.of_day(agent)]
+
+    def last_gateway_number(self, agent: str) -> int:
+        """The highest n the gateway used today for an order of its own on the agent's behalf (from
+        GATEWAY_ORDER_BASE up, apart from the agent's own counter; GATEWAY_ORDER_BASE - 1: none yet)."""
+        return max([GATEWAY_ORDER_BASE - 1, *self.numbers_today(agent)])
+
+    def open_agents(self) -> list[str]:
+        """The agents with an open order (not 'external': the account owner's own orders)."""
+        return sorted({o.agent for o in self.orders.values() if o.is_open} - {EXTERNAL_AGENT})
 
     def counts(self) -> tuple[int, int, int]:
         today = self.day()

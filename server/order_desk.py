@@ -21,7 +21,7 @@ from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
+from common.ids import IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES, Phase, next_session_day
 from common.orders import (
     AMEND_UNKNOWN,
@@ -79,6 +79,11 @@ class Flattening(msgspec.Struct, frozen=True, kw_only=True):
     card: AgentCard
     why: str
     recancels: dict[str, int] = {}
+
+
+def is_gateway_exit(o: Order) -> bool:
+    """A sell the gateway placed for the agent (a protective exit, a flatten): it only reduces what is held."""
+    return o.side is Side.SELL and placed_by_gateway(o.client_order_id)
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
@@ -570,8 +575,7 @@ class OrderDesk:
             if (
                 o.agent == agent
                 and (not code or o.code == code)
-                and not (spare_exits and o.side is Side.SELL and placed_by_gateway(o.client_order_id))
-                and o.state is not OrderState.PENDING_CANCEL  # its cancel is on its way: none is sent
+                and not (spare_exits and is_gateway_exit(o))
                 and (
                     o.state in CANCELLABLE
                     or o.state in AWAITING_ACK
@@ -610,7 +614,7 @@ class OrderDesk:
         book = self.book
         card, why = self._flattening.pop(agent)
         day = book.clock.now().date()
-        n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
+        n = book.last_gateway_number(agent)
         sent, more = 0, False
         for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
@@ -651,12 +655,7 @@ class OrderDesk:
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
                 self.cancel(new.agent, coid)
-        if (
-            new.agent in self._flattening
-            and new.state is OrderState.REJECTED
-            and new.side is Side.SELL
-            and placed_by_gateway(coid)
-        ):
+        if new.agent in self._flattening and new.state is OrderState.REJECTED and is_gateway_exit(new):
             # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
             # sell again at once, and again (a tight loop of refusals): stop and tell the operator
             self._flattening.pop(new.agent, None)

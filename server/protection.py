@@ -30,7 +30,7 @@ import msgspec
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id
+from common.ids import IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES
 from common.market_clock import market_ns
 from common.orders import Order, OrderState
@@ -309,7 +309,7 @@ class ProtectionDesk:
                     and o.code == code
                     and o.side is Side.SELL
                     and o.is_open
-                    and _n(o.client_order_id) < GATEWAY_ORDER_BASE
+                    and not placed_by_gateway(o.client_order_id)
                 ]
                 for o in mine:
                     self.desk.cancel(agent, o.client_order_id)  # a stop is a stop: the agent's own sells go first
@@ -348,9 +348,7 @@ class ProtectionDesk:
             self._end(p, PS.FAILED, f"{why}: sell by hand")
             self.alert(f"{agent}: protective order {p.id} FAILED: {why}", kind=AlertKind.PROTECTION, agent=agent)
             return
-        coid = make_client_order_id(
-            agent, book.clock.now().date(), max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)]) + 1
-        )
+        coid = make_client_order_id(agent, book.clock.now().date(), book.last_gateway_number(agent) + 1)
         level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
         new = NewOrder(
             client_order_id=coid,

@@ -743,13 +743,10 @@ class EarlyInquiry:
     EARLY_LOOKS_S = (1.0, 3.0, 10.0)
     CANCEL_LOOKS_S = (2.0, 6.0)
 
-    def __init__(
-        self, book: OrderBook, request: Callable[[str], None], learn: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, book: OrderBook, request: Callable[[str], None], learn: Callable[[str], None]) -> None:
         self.book = book
         self.request = request
-        # the chain repair's targeted read of the order list for one order (without one: a whole pass)
-        self.learn = learn
+        self.learn = learn  # the chain repair's targeted read of the order list for one order
         self.looks = 0  # passes asked for UNKNOWN submits (status: early_inquiries)
         self.cancel_looks = 0  # reads of the order list asked for unconfirmed cancels
         self._cancels: set[tuple[str, str]] = set()  # (order, cancel line) with looks to come
@@ -788,7 +785,4 @@ class EarlyInquiry:
             return  # confirmed, filled or refused meanwhile; in doubt: the chain repair is on it
         self.cancel_looks += 1
         self.book.trace(coid, "cancel.unconfirmed", line=line, look=n)
-        if self.learn is not None:
-            self.learn(coid)
-        else:
-            self.request(f"cancel of {coid} not confirmed")
+        self.learn(coid)

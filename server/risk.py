@@ -105,6 +105,7 @@ class RiskGate:
         self.on_halt: Callable[[str], int] = lambda agent: 0
         self.kill_errors = kill_errors
         self.kill_window_ns = int(kill_window_s * 1e9)
+        self.halt_kinds: dict[str, str] = {}  # agent (or GLOBAL) → HALT_CANCELS / HALT_SOFT of its HALTED (stored)
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._rates: dict[str, RateWindow] = {}
@@ -132,6 +133,7 @@ class RiskGate:
     def load(self) -> None:
         for key, value in self.store.meta_prefix(_STATE_KEY).items():
             self.states[key] = TradingState(value)
+        self.halt_kinds.update(self.store.meta_prefix(_HALT_KIND_KEY))
         saved = self.store.get_meta(MULTIPLIER_KEY)
         self.multiplier = float(saved) if saved else 1.0
         for key, value in self.store.meta_prefix(_ACCEPTED_KEY).items():
@@ -222,7 +224,8 @@ class RiskGate:
         with self.store.transaction():
             self.store.set_meta(_STATE_KEY + key, state.value)
             if state is TradingState.HALTED:  # a pause keeps its orders working, also after a restart
-                self.store.set_meta(_HALT_KIND_KEY + key, HALT_CANCELS if cancels else HALT_SOFT)
+                self.halt_kinds[key] = HALT_CANCELS if cancels else HALT_SOFT
+                self.store.set_meta(_HALT_KIND_KEY + key, self.halt_kinds[key])
             # in memory before the cancels: nothing they set off (a protective exit placed again) goes out
             self.states[key] = state
             if cancels:
@@ -242,7 +245,7 @@ class RiskGate:
         stored by a version that did not say which is taken as that version did it: its orders kept."""
         return (
             self.states.get(key, TradingState.ACTIVE) is TradingState.HALTED
-            and self.store.get_meta(_HALT_KIND_KEY + key) == HALT_CANCELS
+            and self.halt_kinds.get(key) == HALT_CANCELS
         )
 
     def cancel_halted(self) -> int:

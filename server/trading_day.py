@@ -30,7 +30,7 @@ from common import approvals
 from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForce
-from common.ids import GATEWAY_ORDER_BASE, make_client_order_id
+from common.ids import make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
@@ -569,7 +569,7 @@ class TradingDay:
         missing = [p.code for p in positions if p.code not in card.codes]
         acting = msgspec.structs.replace(card, codes=[*card.codes, *missing]) if missing else card
         day = book.clock.now().date()
-        n = max([GATEWAY_ORDER_BASE - 1, *book.numbers_today(agent)])
+        n = book.last_gateway_number(agent)
         sent = 0
         for pos in positions:
             unit = book.portfolio.notional_price(Side.SELL, 0, pos.code)
