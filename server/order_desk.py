@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 
@@ -689,15 +689,18 @@ class OrderDesk:
 
     # ---- orders held for a session ---------------------------------------------------------------------
 
-    def release_due(self) -> tuple[int, int]:
+    def release_due(self, wait: Collection[str] = ()) -> tuple[int, int]:
         """Send the held orders whose session takes orders now (checked again first: the state, the
         band and the account may have changed overnight); expire those whose session has passed.
-        Returns (released, expired)."""
+        `wait`: agents whose held orders are left as they are this time (neither moved, expired nor
+        sent: server/trading_day.py, an unclosed earlier day). Returns (released, expired)."""
         book = self.book
         phase = book.clock.phase()
         today = book.day()
         released = expired = 0
         for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
+            if o.agent in wait:
+                continue
             if o.valid_day < today and not is_trading_day(held_for := date_of(o.valid_day)):
                 # the exchange closed its day after it was held (a holiday the broker's calendar
                 # knew, ours did not): it is for the next session, as it would have been then

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
 import msgspec
 
@@ -85,6 +85,10 @@ def _stored(get_meta: Callable[[str], str]) -> list[dt.date]:
     return [dt.date.fromisoformat(d) for d in msgspec.json.decode(raw, type=list[str])] if raw else []
 
 
+def _store_closed(set_meta: Callable[[str, str], None], days: Iterable[dt.date]) -> None:
+    set_meta(CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in days)).decode())
+
+
 async def check_session_days(
     broker: BrokerPort, today: dt.date, alert: Callable[[str], None], meta: MetaStore | None = None
 ) -> list[dt.date]:
@@ -119,7 +123,7 @@ async def _check(
     closed = calendar.close_days(close)
     if meta is not None:
         now_closed = {d for d in close if d >= today} | set(kept)
-        meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in now_closed)).decode())
+        _store_closed(meta[1], now_closed)
         meta[1](CHECKED_KEY, today.isoformat())
         meta[1](VERIFIED_KEY, f"{today.isoformat()}/{max([today, *days]).isoformat()}")
     for text in texts:
@@ -164,24 +168,21 @@ class SessionDays:
         counters: MutableMapping[str, int] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         phase: Callable[[], Phase] | None = None,
-        phase_at: Callable[[dt.datetime], Phase] | None = None,
     ) -> None:
         """`phase`: the market clock's phase; refusals count only for orders sent in the continuous
         session (paper answers orders outside its hours with the same code, API.md §6.3: an early order
-        must not close a trading day). `phase_at`: the market clock's phase at a time, to judge an order
-        by when it was sent, not when its refusal arrived; by default KRX's table (the phase a clock with
-        a meaningful time of day reports), or, for a clock whose time of day means nothing (`timed`
-        False: the twin's open clock), its phase now."""
+        must not close a trading day), judged by when the order was sent, not when its refusal arrived: by
+        KRX's table (the phase a clock with a meaningful time of day reports), or, for a clock whose time of
+        day means nothing (`timed` False: the twin's open clock), its phase now."""
         self.broker = broker
         self.phase = phase
-        self.phase_at = phase_at if phase_at is not None else _phase_at_of(phase)
+        self.phase_at = _phase_at_of(phase)
         self.alert = alert
         self.meta = meta
         self.today = today  # the market clock's date
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
         self.sleep = sleep
         self.offered = Capability.SESSION_DAYS in broker.capabilities
-        self.verified = ""  # ISO day the broker last answered on (its word covers about a month from it)
         self.covered = _covered(meta[0](VERIFIED_KEY))  # the days its last answer covers (kept across restarts)
         self.asking = ""  # ISO day of the question in progress (a newer day's question ends an older one's)
         self.last_error = ""
@@ -215,7 +216,6 @@ class SessionDays:
                     return []  # a newer day's question took over
                 wait = min(wait * 2, RETRY_MAX_S)
                 continue
-            self.verified = key
             self.covered = _covered(self.meta[0](VERIFIED_KEY)) or (today, today)
             if self._is_verified(self.today()):
                 self.counters["calendar_unverified"] = 0
@@ -275,7 +275,7 @@ class SessionDays:
             return
         calendar.close_days([today])
         kept = {d for d in _stored(self.meta[0]) if d >= today} | {today}
-        self.meta[1](CLOSED_KEY, msgspec.json.encode(sorted(d.isoformat() for d in kept)).decode())
+        _store_closed(self.meta[1], kept)
         self.counters["calendar_closed_by_refusals"] = self.counters.get("calendar_closed_by_refusals", 0) + 1
         self.alert(
             f"KIS refused {len(refused)} orders today as not a business day ({new.reason}): {today} is treated as "

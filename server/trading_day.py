@@ -34,7 +34,7 @@ from common.ids import make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
-from common.orders import AWAITING_ACK, CANCELLABLE, Order, OrderState
+from common.orders import AWAITING_ACK, CANCELLABLE, OrderState
 from common.protection import Protection
 from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
@@ -362,22 +362,7 @@ class TradingDay:
         """The desk's release of held orders, except those of agents with an order of an unclosed earlier
         day still open (in flight or in the close's back-off): it may have filled at that day's close while
         nobody listened, so their next-session orders wait for that day's list to be read (others go)."""
-        if not self._late:
-            return self.desk.release_due()
-        waiting = self._open_of(self._late)
-        held = self.book.held
-        aside = {c: o for c, o in held.items() if o.agent in waiting}
-        if not aside:
-            return self.desk.release_due()
-        for c in aside:  # out of the desk's sight for this pass only (OrderDesk.release_due scans book.held)
-            del held[c]
-        try:
-            return self.desk.release_due()
-        finally:
-            for c in aside:
-                cur = self.book.orders.get(c)
-                if cur is not None and cur.state is OrderState.HELD:
-                    held[c] = cur
+        return self.desk.release_due(self._open_of(self._late) if self._late else ())
 
     def _late_missed(self, phase: Phase) -> None:
         """The late day's end-of-day policies that never ran (its stored set), worked out for each agent
@@ -540,23 +525,13 @@ class TradingDay:
             card = self._sells_card(agent, registered)
             if card is None:
                 continue  # (no card anywhere: told before the next session's open, _missed_sells_due)
-            if any(self._blocks_sells(c, o, agent, day) for c, o in self.book.orders.items()):
+            if agent in self._open_of(day):
                 continue  # its cancels first (a cancel can lose the race to a fill): the sells are sized after
             with self.book.store.transaction():  # queued and no longer promised, durable together
                 del self._missed_flatten[agent]
                 self._save_missed_flatten()
                 n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
             log.info("end of day %s for %s: flatten missed, %d sells held for the next session", day, agent, n)
-
-    def _blocks_sells(self, coid: str, o: Order, agent: str, day: str) -> bool:
-        """An order of the agent's that its missed flatten's sells wait for: one of that day (or earlier)
-        still open at the broker. Held orders were never sent, and a later day's are not that day's."""
-        return (
-            o.agent == agent
-            and o.is_open
-            and o.state is not OrderState.HELD
-            and self.book.order_day.get(coid, day) <= day
-        )
 
     def _sell_next_session(self, card: AgentCard, why: str) -> int:
         """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
