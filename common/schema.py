@@ -259,6 +259,9 @@ class Control(_Msg, tag="control", frozen=True):
     value: str = ""  # risk_scale: the multiplier; risk_explain: the order; cancel_protection: its id
 
 
+RELOAD_PREVIEW = "preview"  # Control.value of a reload that only asks what would change (nothing applied)
+
+
 class Subscribe(_Msg, tag="subscribe", frozen=True):
     """Ask again for a market-data registration the gateway refused (a `Notice` with
     error=SUBSCRIPTION_LIMIT). `code` must be one of the agent's codes (card or universe) and `kind`

@@ -66,6 +66,7 @@ from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio
 from common.schema import (
+    RELOAD_PREVIEW,
     Ack,
     AgentPerformance,
     AgentStatus,
@@ -118,7 +119,6 @@ STATES = {
     ControlAction.RESUME: TradingState.ACTIVE,
 }
 CARD_META = "card:"  # meta key prefix: the last card each agent registered (or was reloaded) with
-PREVIEW = "preview"  # Control.value of a reload that only asks what would change
 # what an operator can do when the risk gate refused every sell of a flatten (the denial's code)
 FLATTEN_ADVICE = {
     ErrorCode.DENIED_MARKET_CLOSED: "the market is closed: the gateway will not sell until the session opens; "
@@ -943,7 +943,7 @@ def _split_line(old: PositionView, new: PositionView) -> str:
 
 
 def _is_preview(msg: Control) -> bool:
-    return msg.action == ControlAction.RELOAD.value and msg.value == PREVIEW
+    return msg.action == ControlAction.RELOAD.value and msg.value == RELOAD_PREVIEW
 
 
 def _shown(v: object) -> str:

@@ -390,10 +390,7 @@ class Exchange:
         res = st.book.submit(rec.oid, rec.side, limit, rec.open_qty, rec.odno, rec.tif, match=not auction)
         self._process_fills(st, res.fills)
         if res.cancelled:
-            rec.cancelled_qty += res.cancelled
-            self._reserve(acct, rec)
-            # IOC/FOK/market remainder: an acceptance-type notice with ACPT_YN 3 (취소)
-            self._notify(acct, rec, cntg_yn="1", acpt="3", rctf="2", qty=res.cancelled)
+            self._cancel_remainder(acct, rec, res.cancelled)
         self._emit_book(st)
 
     def revise(self, acct: Account, orgn_odno: str, ord_dvsn: str, qty: int | None, price: int) -> OrderRecord:
@@ -839,10 +836,14 @@ class Exchange:
         rec = self._by_oid.get((st.code, oid))
         n = st.book.cancel(oid)
         if rec is not None and n:
-            rec.cancelled_qty += n
-            acct = self.accounts[rec.account_id]
-            self._reserve(acct, rec)
-            self._notify(acct, rec, cntg_yn="1", acpt="3", rctf="2", qty=n, tmd=self.now_tmd())
+            self._cancel_remainder(self.accounts[rec.account_id], rec, n, tmd=self.now_tmd())
+
+    def _cancel_remainder(self, acct: Account, rec: OrderRecord, n: int, tmd: str | None = None) -> None:
+        """`n` shares of `rec` cancelled by the exchange (an IOC/FOK/market remainder): its cash freed, and
+        an acceptance-type notice with ACPT_YN 3 (취소), RCTF_CLS 2 (API.md §5.8)."""
+        rec.cancelled_qty += n
+        self._reserve(acct, rec)
+        self._notify(acct, rec, cntg_yn="1", acpt="3", rctf="2", qty=n, tmd=tmd)
 
     def close_day(self) -> None:
         """Closing call uncross, then every unfilled order expires."""

@@ -60,7 +60,7 @@ async def test_reload_preview_and_reply_show_old_and_new_values(tmp_path: Path) 
         actions = [(action, ok) for _, _, action, _, ok, _ in h.store.operator_log(limit=10)]
         assert ("reload.preview", True) in actions and ("reload.applied", True) in actions, actions
         assert d.ack("reload", "alpha", card=RAISED) == "alpha: the card is unchanged"
-        assert model.PREVIEW == operator.PREVIEW  # what the console and the web page send
+        assert model.RELOAD_PREVIEW == operator.RELOAD_PREVIEW  # what the console and the web page send
     finally:
         await h.close()
 

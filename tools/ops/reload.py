@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.approvals import checksum
-from common.config import ConfigError, load_card
+from common.config import AgentCard, ConfigError, load_card
 from kis.master import load_stock_master
 from tools.ops.cards_check import card_problems
 from tools.ops.status import send_control
@@ -28,6 +28,20 @@ def find_card(cards_dir: Path, agent: str) -> Path | None:
     return None
 
 
+def checked_card(path: Path, agent: str) -> AgentCard:
+    """`agent`'s card at `path`, checked with the card checker's rules (a reload's, and its preview's)."""
+    try:
+        card = load_card(path)
+    except ConfigError as e:
+        raise ReloadError(f"{e}: nothing changed") from None
+    if card.id != agent:
+        raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
+    errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
+    if errors:
+        raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
+    return card
+
+
 def reload_card(
     run_dir: str | Path,
     agent: str,
@@ -42,15 +56,7 @@ def reload_card(
     path = card_path or find_card(cards_dir, agent)
     if path is None:
         raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")
-    try:
-        card = load_card(path)
-    except ConfigError as e:
-        raise ReloadError(f"{e}: nothing changed") from None
-    if card.id != agent:
-        raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
-    errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
-    if errors:
-        raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
+    card = checked_card(path, agent)
     if expect_sha is not None and checksum(card) != expect_sha:
         raise ReloadError(f"{path} changed since the preview you confirmed: nothing applied; preview it again")
     return send_control(run_dir, "reload", agent, card=card, sender=sender)

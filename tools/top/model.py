@@ -22,12 +22,12 @@ import zmq.asyncio
 
 from common.approvals import checksum
 from common.clock import now_kst
-from common.config import ConfigError, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.curve import TOOLS, CurveError, dial_gateway
 from common.errors import KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
+    RELOAD_PREVIEW,
     FillView,
     OrderView,
     Published,
@@ -37,14 +37,11 @@ from common.schema import (
     TradeTick,
     trade_topic,
 )
-from kis.master import load_stock_master
-from tools.ops.cards_check import card_problems
-from tools.ops.reload import ReloadError, find_card, reload_card
+from tools.ops.reload import ReloadError, checked_card, find_card, reload_card
 from tools.ops.status import fetch_orders, fetch_status, send_control
 from tools.ops.supervisor import Supervisor, SupervisorError
 
 SPARK_POINTS = 40
-PREVIEW = "preview"  # Control.value of a reload that only asks what would change (server/operator.py PREVIEW)
 
 
 @dataclass
@@ -252,16 +249,8 @@ class ConsoleModel:
         path = self.card_for(agent)
         if path is None:
             raise ReloadError(f"no card with id {agent!r} in {self.cards_dir}/")
-        try:
-            card = load_card(path)
-        except ConfigError as e:
-            raise ReloadError(f"{e}: nothing changed") from None
-        if card.id != agent:
-            raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
-        errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
-        if errors:
-            raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
-        text = send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=PREVIEW)
+        card = checked_card(path, agent)
+        text = send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=RELOAD_PREVIEW)
         self._previewed[agent] = (text, checksum(card))  # what a confirmation of this text applies, exactly
         return text
 
