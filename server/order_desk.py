@@ -126,6 +126,9 @@ class OrderDesk:
         # flattens restored at a start: stepped once the first reconciliation has settled their orders
         self._flatten_resumes: set[str] = set()
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
+        # agents whose held orders no release may touch now (server/trading_day.py: an unclosed earlier
+        # day's orders still open): every release_due asks it, also the one an agent's own held order starts
+        self.held_back: Callable[[], Collection[str]] = tuple
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
         self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a day)
         self._base_day = ""  # the trading day the two above are of (a new day starts them again)
@@ -689,11 +692,13 @@ class OrderDesk:
 
     # ---- orders held for a session ---------------------------------------------------------------------
 
-    def release_due(self, wait: Collection[str] = ()) -> tuple[int, int]:
+    def release_due(self, wait: Collection[str] | None = None) -> tuple[int, int]:
         """Send the held orders whose session takes orders now (checked again first: the state, the
         band and the account may have changed overnight); expire those whose session has passed.
         `wait`: agents whose held orders are left as they are this time (neither moved, expired nor
-        sent: server/trading_day.py, an unclosed earlier day). Returns (released, expired)."""
+        sent); None: those `held_back` names. Returns (released, expired)."""
+        if wait is None:
+            wait = self.held_back()
         book = self.book
         phase = book.clock.phase()
         today = book.day()

@@ -163,6 +163,7 @@ class TradingDay:
         self.clock = clock
         self.book = book
         self.desk = desk
+        desk.held_back = self._held_back  # (also the release an agent's own held order starts)
         self.risk = risk
         self.recon = recon
         self.base_prices = base_prices
@@ -293,7 +294,7 @@ class TradingDay:
         held = sorted({o.code for o in self.book.held.values() if o.valid_day == day})
         if held and (missing := self.base_prices.missing(held)):
             self.spawn(self.base_prices.ensure(missing))  # market buys are valued at the day's upper limit
-        released, expired = self._release_due()
+        released, expired = self.desk.release_due()
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards())
@@ -358,11 +359,11 @@ class TradingDay:
             if o.is_open and o.state is not OrderState.HELD and book.order_day.get(c, day) <= day
         }
 
-    def _release_due(self) -> tuple[int, int]:
-        """The desk's release of held orders, except those of agents with an order of an unclosed earlier
+    def _held_back(self) -> set[str]:
+        """The agents whose held orders no release touches now: those with an order of an unclosed earlier
         day still open (in flight or in the close's back-off): it may have filled at that day's close while
         nobody listened, so their next-session orders wait for that day's list to be read (others go)."""
-        return self.desk.release_due(self._open_of(self._late) if self._late else ())
+        return self._open_of(self._late) if self._late else set()
 
     def _late_missed(self, phase: Phase) -> None:
         """The late day's end-of-day policies that never ran (its stored set), worked out for each agent
@@ -594,7 +595,7 @@ class TradingDay:
                     c for c, o in self.book.orders.items() if o.is_open and self.book.order_day.get(c, day) < day
                 }
                 self.recon.expire_through(day, keep=earlier)
-                self.desk.release_due()  # held orders for today that never went out expire now
+                self.desk.release_due(wait=())  # held orders for today that never went out expire now
             elif left := [
                 c
                 for c, o in self.book.orders.items()

@@ -87,3 +87,39 @@ async def test_held_orders_wait_for_their_agents_open_orders_of_the_unclosed_day
         assert rig.h.book.orders["alpha-20261204-2"].state in SENT
     finally:
         await rig.close()
+
+
+async def test_an_agents_own_held_order_does_not_release_the_held_orders_that_wait(tmp_path: Path) -> None:
+    """The release an agent's new next-session order starts (its session may be taking orders) leaves the
+    waiting agents' held orders as the day tick does."""
+    broker = ListDown(ref_price=70_000)
+    rig = Rig(tmp_path / "db" / "g.sqlite", at(FRIDAY, "10:00"), [ALPHA, BETA], broker=broker)
+    await rig.start()
+    try:
+        rig.day.tick()
+        d = rig.h.desk
+        assert d.submit(ALPHA, buy("alpha", 1, 60_000)).accepted
+        assert d.submit(ALPHA, buy("alpha", 2, 69_000, TimeInForce.NEXT_SESSION)).accepted
+        await rig.h.settle(lambda: rig.h.book.orders["alpha-20261204-1"].state is OrderState.ACCEPTED)
+        rig.spawned.clear()
+        broker.down = True
+        rig.at(at(MONDAY, "08:31"))
+        rig.day = rig.new_day()
+        rig.day.tick()
+        await rig.run_spawned()  # Friday's late close fails: back-off
+        assert "20261204" in rig.day._close_retry_at
+        assert rig.h.book.orders["alpha-20261204-2"].state is OrderState.HELD
+        monday = NewOrder(
+            client_order_id="beta-20261207-1",
+            code=CODE,
+            side=Side.BUY,
+            qty=10,
+            price=69_000,
+            tif=TimeInForce.NEXT_SESSION,
+        )
+        assert d.submit(BETA, monday).accepted
+        await rig.run_spawned()
+        assert rig.h.book.orders["beta-20261207-1"].state in SENT  # its own goes out in the opening call
+        assert rig.h.book.orders["alpha-20261204-2"].state is OrderState.HELD  # still waits for Friday's close
+    finally:
+        await rig.close()
