@@ -30,6 +30,7 @@ import msgspec
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from common.aio import within
 from common.clock import now_kst
 from common.enums import SessionProblem, SessionState
 from common import redact
@@ -237,7 +238,7 @@ class KisWebSocket:
                 await self._state_changed.wait()
 
         try:
-            await asyncio.wait_for(_wait(), timeout)
+            await within(_wait(), timeout)
             return True
         except TimeoutError:
             return False

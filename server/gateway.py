@@ -28,6 +28,7 @@ from typing import Any, cast
 import zmq
 
 from common import approvals, credentials
+from common.aio import wait_set
 from common.calendar import calendar_gaps
 from common.clock import date_of
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
@@ -767,10 +768,9 @@ class Gateway:
                         "check KIS (ktrader status: reconciliation)",
                         AlertKind.RECONCILE_DIFF,
                     )
-            try:
-                await asyncio.wait_for(self._reconcile_wanted.wait(), timeout)
+            if await wait_set(self._reconcile_wanted, timeout):
                 reason = self._reconcile_reason
-            except asyncio.TimeoutError:
+            else:
                 # (a whole pass after the open-orders one that failed and is tried again is still the
                 # start's recovery, not a periodic pass: the rehearsal audit tells the two apart)
                 if whole_due and time.monotonic() < whole_due:

@@ -28,6 +28,7 @@ from typing import Protocol
 
 import httpx
 
+from common.aio import wait_set
 from common.clock import kst_from_ns, now_ns
 from common.config import NotifyConfig, SmtpConfig, WebhookConfig, WebhookShape
 from common.enums import AlertKind
@@ -310,10 +311,7 @@ class _Lane:
 
     async def _sleep(self, timeout: float | None) -> None:
         t = None if timeout is None else max(0.01, min(timeout, POLL_S))
-        try:
-            await asyncio.wait_for(self.wake.wait(), t)
-        except TimeoutError:
-            pass
+        await wait_set(self.wake, t)
 
     def _text(self, batch: list[_Item], why: str) -> str:
         primary, riders = batch[0], batch[1:]

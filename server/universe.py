@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from common.aio import wait_set
 from kis.port import BrokerPort, Capability
 
 if TYPE_CHECKING:
@@ -118,10 +119,7 @@ class Universe:
                 self.run_errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("universe refresh failed")
-            try:
-                await asyncio.wait_for(self._wanted.wait(), self.refresh_s)
-            except TimeoutError:
-                pass
+            await wait_set(self._wanted, self.refresh_s)
 
 
 class UniverseBinder:

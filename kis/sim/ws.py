@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from common.aio import within
 from common.clock import KST
 from kis.sim.auth import AppKey
 from kis.sim.exchange import BookChange, Event, Notice, TradePrint
@@ -274,7 +275,7 @@ class WsHub:
                     s.last_sent = time.monotonic()
                     continue
                 try:
-                    tr_id, frame, record = await asyncio.wait_for(s.queue.get(), None if due == math.inf else due - now)
+                    tr_id, frame, record = await within(s.queue.get(), None if due == math.inf else due - now)
                 except TimeoutError:
                     continue
                 n = batch.batch_records
