@@ -31,7 +31,7 @@ import msgspec
 
 from common.clock import now_ns
 from common.errors import ErrorCode
-from common.orders import OPEN, Order
+from common.orders import Order
 from common.schema import (
     STATE_MAX_KEY_CHARS,
     STATE_MAX_KEYS,
@@ -55,7 +55,6 @@ from common.schema import (
     StateReply,
     SummaryReply,
 )
-from common.enums import Side
 from common.market_clock import MarketClock, WallClock
 from kis.port import BrokerError, BrokerNoData, BrokerPort, BrokerRejected, Capability
 from common.portfolio import Portfolio
@@ -138,21 +137,18 @@ class StateTable:
 
 
 def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) -> AgentSummary:
-    """Every order of `agent` in the store (all days) with totals; books (position, realised P&L,
-    fees) from the portfolio; unrealised P&L at its last trade prices."""
-    rows = [
-        (day, _order_dec.decode(body))
-        for day, body in store.db.execute("SELECT day, body FROM orders WHERE agent=?", (agent,))
-    ]
-    rows.sort(key=lambda r: (r[0], r[1].created_ns, r[1].client_order_id))
+    """Every order of `agent` in the store (all days) with totals, summed by SQLite (a year of orders
+    is not decoded on the gateway's loop); books (position, realised P&L, fees) from the portfolio;
+    unrealised P&L at its last trade prices."""
     per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for _, o in rows:
-        c = per[o.code]
-        c["orders"] += 1
-        c["fills"] += len(o.fill_ids)
-        side = "buy" if o.side is Side.BUY else "sell"
-        c[f"{side}_qty"] += o.filled_qty
-        c[f"{side}_value"] += o.filled_value
+    orders = open_orders = filled_orders = 0
+    for code, side, n, n_open, n_filled, fills, qty, value in store.order_totals(agent):
+        orders, open_orders, filled_orders = orders + n, open_orders + n_open, filled_orders + n_filled
+        c = per[code]
+        c["orders"] += n
+        c["fills"] += fills
+        c[f"{side}_qty"] += qty
+        c[f"{side}_value"] += value
     books = portfolio.positions.get(agent, {})
     codes: list[CodeSummary] = []
     unmarked: list[str] = []
@@ -193,16 +189,16 @@ def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) 
         total("sell_value"),
     )
     realized, unrealized, fees = total("realized_pnl"), total("unrealized_pnl"), total("fees")
-    days = sorted({d for d, _ in rows})
-    recent = [o for _, o in reversed(rows)][:limit]
+    days, first_day, last_day = store.order_days(agent)
+    recent = store.recent_orders(agent, limit)
     return AgentSummary(
         agent=agent,
-        first_day=days[0] if days else "",
-        last_day=days[-1] if days else "",
-        days=len(days),
-        orders=len(rows),
-        open_orders=sum(1 for _, o in rows if o.state in OPEN),
-        filled_orders=sum(1 for _, o in rows if o.filled_qty),
+        first_day=first_day,
+        last_day=last_day,
+        days=days,
+        orders=orders,
+        open_orders=open_orders,
+        filled_orders=filled_orders,
         fills=total("fills"),
         buy_qty=buy_qty,
         buy_value=buy_value,
@@ -217,7 +213,7 @@ def summarize(agent: str, store: Store, portfolio: Portfolio, limit: int = 200) 
         unmarked=unmarked,
         codes=codes,
         recent=[order_view(o) for o in recent],
-        truncated=len(rows) > limit,
+        truncated=orders > limit,
     )
 
 

@@ -42,7 +42,7 @@ from server import agent_services
 from kis.reference import investor_days, price_quote
 from server.agent_services import AgentServices, StateTable, summarize
 from tests.fakes.core import make_core
-from server.store import SCHEMA_VERSION, Store
+from server.store import ORDER_TOTAL_COLUMNS, SCHEMA_VERSION, Store
 from tests.fakes.broker import FakeBroker
 from tools.backtest.services import BacktestServices
 
@@ -60,15 +60,74 @@ def test_v3_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     s.close()
     db = apsw.Connection(str(p))  # make it look like a v3 store (before agent_state existed)
     db.execute("DROP TABLE agent_state; PRAGMA user_version=3")
+    for col in ORDER_TOTAL_COLUMNS:  # (v8's)
+        db.execute(f"ALTER TABLE orders DROP COLUMN {col}")
     db.close()
     s = Store(p)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     assert s.equity_rows() == {} and s.operator_log() == []  # v5's tables came with the migration
     assert s.load_protections("20261120") == []  # and v6's
     assert s.load_positions()["alpha"]["005930"].fees == 30
     t = StateTable(s)
     t.put("alpha", PutState(h=H(), items={"k": b"v"}))
     assert t.load("alpha") == {"k": b"v"}
+
+
+def test_a_v7_store_gets_its_orders_totals_and_the_summary_sums_them(tmp_path: Path) -> None:
+    """v8 keeps an order's totals in columns (the summary sums them in SQL, not by decoding a year of
+    orders on the gateway's loop); a v7 store's orders get theirs from their bodies when it opens."""
+    p = tmp_path / "g.sqlite"
+    s = Store(p)
+
+    def order(n: int, day: str, side: Side, qty: int, filled: int, state: OrderState) -> Order:
+        return Order(
+            client_order_id=f"alpha-{day}-{n}",
+            agent="alpha",
+            code="005930" if n % 2 else "000660",
+            side=side,
+            qty=qty,
+            price=70_000,
+            created_ns=n,
+            updated_ns=n,
+            state=state,
+            filled_qty=filled,
+            filled_value=filled * 70_000,
+            fill_ids=tuple(f"f{n}-{i}" for i in range(filled // 5)),
+        )
+
+    kept = [
+        order(1, "20261119", Side.BUY, 10, 10, OrderState.FILLED),
+        order(2, "20261119", Side.SELL, 10, 5, OrderState.CANCELLED),
+        order(3, "20261120", Side.BUY, 10, 0, OrderState.ACCEPTED),
+        order(4, "20261120", Side.BUY, 20, 15, OrderState.PARTIALLY_FILLED),
+    ]
+    for o in kept:
+        s.record_order(o, None, o.client_order_id.split("-")[1])
+    s.record_order(order(9, "20261120", Side.BUY, 5, 5, OrderState.FILLED).__replace__(agent="bravo"), None, "20261120")
+    s.close()
+    db = apsw.Connection(str(p))  # as v7 left it: no total columns
+    for col in ORDER_TOTAL_COLUMNS:
+        db.execute(f"ALTER TABLE orders DROP COLUMN {col}")
+    db.execute("PRAGMA user_version=7")
+    db.close()
+    s = Store(p)
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == 8
+    from common.portfolio import Portfolio
+
+    got = summarize("alpha", s, Portfolio(), limit=3)
+    assert (got.orders, got.open_orders, got.filled_orders, got.fills) == (4, 2, 3, 2 + 1 + 3)
+    assert (got.days, got.first_day, got.last_day) == (2, "20261119", "20261120")
+    assert (got.buy_qty, got.buy_value, got.sell_qty, got.sell_value) == (25, 25 * 70_000, 5, 5 * 70_000)
+    assert {c.code: (c.orders, c.buy_qty, c.sell_qty) for c in got.codes} == {
+        "005930": (2, 10, 0),
+        "000660": (2, 15, 5),
+    }
+    assert [o.client_order_id for o in got.recent] == ["alpha-20261120-4", "alpha-20261120-3", "alpha-20261119-2"]
+    assert got.truncated
+    # a later fill moves the columns too
+    s.record_order(order(3, "20261120", Side.BUY, 10, 10, OrderState.FILLED), None, "20261120")
+    got = summarize("alpha", s, Portfolio(), limit=10)
+    assert (got.open_orders, got.filled_orders, got.buy_qty, got.fills) == (1, 4, 35, 8) and not got.truncated
 
 
 def test_state_table_limits_are_all_or_nothing(tmp_path: Path) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.store import Store
+from server.store import ORDER_TOTAL_COLUMNS, Store
 
 
 def test_decision_prices_are_read_by_index_and_an_older_store_gets_it(tmp_path: Path) -> None:
     path = tmp_path / "gw.sqlite"
     s = Store(path)
     s.db.execute("DROP INDEX trace_kind")  # as a v6 store was
+    for col in ORDER_TOTAL_COLUMNS:  # (v8's)
+        s.db.execute(f"ALTER TABLE orders DROP COLUMN {col}")
     s.db.execute("PRAGMA user_version=6")
     s.close()
     s = Store(path)
