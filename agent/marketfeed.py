@@ -37,7 +37,7 @@ CONFLATABLE = (TradeTick, BookTick)  # bars and system events are never conflate
 class FeedStats:
     gaps: int = 0  # gaps detected on market-data topics
     missed: int = 0  # messages lost in those gaps
-    heals: int = 0  # snapshots applied after a gap
+    heals: int = 0  # codes healed by a snapshot after a gap (it carried their topics)
     conflated: int = 0  # trade/book messages skipped because a newer one was in the same drain
     stale: int = 0  # stream messages dropped as already covered (duplicate or older than a snapshot)
     snapshots: int = 0
@@ -55,6 +55,8 @@ class MarketFeed:
         self._healing: set[str] = set()  # codes with a gap snapshot on the way
         self._conflation_logged = float("-inf")
         self._system_gap = False  # a system event was missed since the runtime last asked
+        # topics subscribed besides the card's: its universe codes' (agent/universe.py), set by the runtime
+        self.followed: set[str] = set()
 
     def reset(self) -> None:
         """A new gateway session numbers its topics from 1 again."""
@@ -74,6 +76,18 @@ class MarketFeed:
                 out.append(book_topic(code))
             out += [bar_topic(code, iv) for iv in subs.bars]
         return out
+
+    def follow(self, topics: set[str]) -> None:
+        """The topics subscribed besides the card's (the universe's codes, at each UniverseUpdate): a
+        snapshot delivers them as it does the card's. A topic that left is forgotten: a code that joins
+        again later starts a new baseline rather than a gap as long as its absence."""
+        for topic in self.followed - topics:
+            self.tracker.last.pop(topic, None)
+        self.followed = set(topics)
+
+    def wanted(self) -> set[str]:
+        """Every market-data topic this agent follows: its card's and its universe's."""
+        return set(self.topics()) | self.followed
 
     def asked(self, mid: int, gap: bool, codes: list[str]) -> None:
         self._pending[mid] = gap
@@ -137,15 +151,17 @@ class MarketFeed:
         """Apply a snapshot; returns what the strategy has not seen yet, to deliver in order."""
         gap = self._pending.pop(snap.h.re, False)
         self.stats.snapshots += 1
-        wanted = set(self.topics())
+        wanted = self.wanted()
         out: list[PubBody] = []
         for st in snap.markets:
             self.market[st.code] = st
             healed = st.code in self._healing
             self._healing.discard(st.code)
+            covered = False  # the snapshot carries a topic of ours for the code: we are level with it
             for topic, seq in st.seqs.items():
                 if topic not in wanted:
                     continue
+                covered = True
                 last = self.tracker.last.get(topic)
                 if last is not None and seq <= last:
                     continue  # we are ahead of (or level with) the snapshot
@@ -154,11 +170,13 @@ class MarketFeed:
                 # on subscribe the last bar is history, not news; after a gap it is one we missed
                 if item is not None and (not isinstance(item, Bar) or gap or healed):
                     out.append(item)
-            if gap or healed:
+            if (gap or healed) and covered:
                 self.stats.heals += 1
                 self.log.info(
                     "FEED healed %s from a snapshot (gaps %d, heals %d)", st.code, self.stats.gaps, self.stats.heals
                 )
+            elif gap or healed:  # nothing of ours in it: the gap stays unhealed (the next one asks again)
+                self.log.warning("FEED snapshot of %s carries none of our topics: gap not healed", st.code)
         return out
 
 

@@ -1537,6 +1537,7 @@ class AgentRuntime(AgentServicesMixin):
                 self._call("on_protection", p)
         elif isinstance(body, UniverseUpdate) and self.client is not None:
             joined = self.universe.update(self.client, body.codes)
+            self.feed.follow(self.universe.topics_for(body.codes))  # their snapshots are delivered too
             self.quotes.keep(set(self.card.codes) | set(body.codes))
             self.log.info("UNIVERSE %s (%s)", " ".join(body.codes), body.source)
             self._ask_market(joined, gap=False)

@@ -358,8 +358,15 @@ class Gateway:
         return [rec.card for rec in self.registry.agents.values()]
 
     def _daily_codes(self) -> set[str]:
-        """The codes whose day bars a registered agent subscribes to."""
-        return {c for card in self._cards() if BarInterval.D1 in card.subscriptions.bars for c in card.codes}
+        """The codes whose day bars a registered agent subscribes to: its card's and its universe's (the
+        binder's current list; a code whose registration was refused has no prints to build a bar from,
+        yet the agent decides on its official one, as the backtester does)."""
+        out: set[str] = set()
+        for rec in self.registry.agents.values():
+            if BarInterval.D1 in rec.card.subscriptions.bars:
+                out.update(rec.card.codes)
+                out.update(self.universe_binder.current.get(rec.id, ()))
+        return out
 
     def _forget_feed(self, agent: str, why: str) -> None:
         from common.schema import FeedHealth

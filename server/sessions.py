@@ -50,6 +50,7 @@ from server.registry import AgentRecord, RegisterOutcome, Registry
 from server.risk import RiskGate
 from server.store import Store
 from server.subscriptions import SubscriptionManager, refusal_notice
+from server.universe import market_kinds
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -314,8 +315,7 @@ class AgentSessions:
         h = msg.h
         subs = rec.card.subscriptions
         kind = MarketKind(msg.kind)
-        wanted = subs.book if kind is MarketKind.BOOK else (subs.trades or bool(subs.bars))
-        if msg.code not in rec.codes or not wanted:
+        if msg.code not in rec.codes or kind not in market_kinds(subs):
             return Error(
                 h=self.headers(h.mid),
                 code=ErrorCode.BAD_MESSAGE,
@@ -338,7 +338,7 @@ class AgentSessions:
 
     def _subscribe_card(self, rec: AgentRecord) -> None:
         subs = rec.card.subscriptions
-        kinds = ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
+        kinds = market_kinds(subs)
         for code in rec.card.codes:
             if self.listed is not None and not self.listed(code):  # no registration slot for a typo
                 self.book.notify(

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.aio import wait_set
-from kis.port import BrokerPort, Capability
+from kis.port import BrokerPort, Capability, MarketKind
 
 if TYPE_CHECKING:
+    from common.config import Subscriptions
     from common.schema import EventBody
 
 log = logging.getLogger("ktrader.universe")
@@ -27,6 +28,13 @@ log = logging.getLogger("ktrader.universe")
 # how long the last good ranking stands in for a failing volume-rank call: the 09:00-15:30 session
 # with room to spare, shorter than overnight (yesterday's ranking is not today's)
 STALE_S = 12 * 3600.0
+
+
+def market_kinds(subs: Subscriptions) -> list[MarketKind]:
+    """The broker registrations each code of a card needs: its prints for trades, and for bars too (the
+    gateway builds bars from the trade stream: a bars-only card without them gets no bar), its book
+    for books. Its universe codes get what its own codes get (server/sessions.py _subscribe_card)."""
+    return ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
 
 
 class Universe:
@@ -178,7 +186,6 @@ class UniverseBinder:
 
     def apply(self, rec) -> None:
         from common.schema import UniverseUpdate
-        from kis.port import MarketKind
         from server.subscriptions import refusal_notice
 
         card = rec.card
@@ -186,8 +193,7 @@ class UniverseBinder:
         prev = self.current.get(rec.id)
         if prev == top:
             return
-        subs = card.subscriptions
-        kinds = ([MarketKind.TRADES] if subs.trades else []) + ([MarketKind.BOOK] if subs.book else [])
+        kinds = market_kinds(card.subscriptions)
         own = set(card.codes)
         for code in top:
             if code not in own:
