@@ -43,7 +43,7 @@ def result(
 def test_drawdown_depth_and_duration() -> None:
     mdd, bars, longest, series = drawdown([120, 90, 95, 130, 125], start=100)
     assert mdd == pytest.approx(0.25)  # 120 -> 90
-    assert bars == 3  # from the 120 peak (index 0) back above it at index 3
+    assert bars == 2  # under water after the 120 peak (index 0) until back above it at index 3
     assert longest == 2  # two bars under water; then 125 < 130 for the last bar (1)
     assert series[1] == pytest.approx(-0.25)
 

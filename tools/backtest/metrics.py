@@ -2,11 +2,16 @@
 (they are statistics, not money). Daily bars: 252 trading days a year, risk-free rate 0.
 
 Conventions:
+- years = the KRX sessions from the first to the last equity date (both counted; common/calendar.py)
+  / 252: the equity has a point only on days the data has a bar (a one-code run skips the code's halts),
+  and 252 sessions are a year whether or not each had a bar. In a year the calendar does not know, the
+  equity points count. Annual return, annual turnover and the benchmark's annual return divide by it;
 - returns are close-to-close of the equity curve; the first one is against the initial cash;
-- volatility, Sharpe, Sortino are annualised with sqrt(252); Sortino's downside deviation is
-  sqrt(mean(min(r, 0)^2)) over all days;
+- volatility, Sharpe, Sortino are annualised with sqrt(252) per equity point (a return over a skipped
+  session counts as one day's); Sortino's downside deviation is sqrt(mean(min(r, 0)^2)) over all days;
 - max drawdown is the largest peak-to-trough fall of equity as a fraction of the peak; its duration
-  counts bars from that peak until equity is back at the peak (or the end of the data);
+  counts the bars under water after that peak (until equity is back at the peak, or to the end of the
+  data); the longest drawdown counts the same for the longest such stretch, so it is never shorter;
 - a trade is a round trip in one code, from flat to flat; its P&L includes fees and taxes;
 - turnover = traded value / average equity (and per year); exposure = share of days with a position,
   avg_exposure = mean of holdings / equity;
@@ -20,12 +25,38 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
+from common.calendar import known_year, on_closures, trading_days
 from common.enums import Side
 from tools.backtest.broker import FillRecord
 from tools.backtest.engine import BacktestResult
 
 YEAR = 252
+
+
+@lru_cache(maxsize=64)
+def _sessions(first: str, last: str) -> frozenset[str]:
+    """The KRX sessions (YYYY-MM-DD) from `first` to `last`, both included, in the years the calendar knows."""
+    lo, hi = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    out: set[str] = set()
+    for y in range(lo.year, hi.year + 1):
+        if known_year(y):
+            out.update(d.isoformat() for d in trading_days(max(lo, dt.date(y, 1, 1)), min(hi, dt.date(y, 12, 31))))
+    return frozenset(out)
+
+
+on_closures(_sessions.cache_clear)
+
+
+def years_of(dates: list[str]) -> float:
+    """The years `dates` (ascending YYYY-MM-DD, one per equity point) span: the KRX sessions from the first
+    to the last, days without a point included, / YEAR; a year the calendar does not know counts its dates
+    (as does a date the calendar has no session on)."""
+    if not dates:
+        return 0.0
+    sessions = _sessions(dates[0], dates[-1])
+    return (len(sessions) + sum(1 for d in dates if d not in sessions)) / YEAR
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +154,8 @@ def returns_of(values: list[float], start: float | None = None) -> list[float]:
 
 
 def drawdown(equity: list[int], start: int) -> tuple[float, int, int, list[float]]:
-    """(max drawdown fraction, its duration in bars, longest drawdown in bars, drawdown series)."""
+    """(max drawdown fraction, its duration in bars, longest drawdown in bars, drawdown series). Both
+    durations count the bars under water after the peak: neither the peak's bar nor the one back at it."""
     peak, peak_i = start, -1
     worst, worst_peak_i = 0.0, -1
     series: list[float] = []
@@ -140,8 +172,8 @@ def drawdown(equity: list[int], start: int) -> tuple[float, int, int, list[float
     duration = 0
     if worst > 0:
         peak_v = equity[worst_peak_i] if worst_peak_i >= 0 else start
-        recovered = next((i for i in range(worst_peak_i + 1, len(equity)) if equity[i] >= peak_v), len(equity) - 1)
-        duration = recovered - worst_peak_i
+        recovered = next((i for i in range(worst_peak_i + 1, len(equity)) if equity[i] >= peak_v), len(equity))
+        duration = recovered - worst_peak_i - 1
     return worst, duration, longest, series
 
 
@@ -153,7 +185,7 @@ def compute(
     rets = returns_of([float(e) for e in eq], float(result.initial_cash))
     final = eq[-1] if eq else result.initial_cash
     total = final / result.initial_cash - 1.0 if result.initial_cash else 0.0
-    years = n / YEAR
+    years = years_of(result.dates) if len(result.dates) == n else n / YEAR
     cagr = (1.0 + total) ** (1.0 / years) - 1.0 if years > 0 and total > -1.0 else -1.0
     sd = _std(rets)
     downside = math.sqrt(math.fsum(min(r, 0.0) ** 2 for r in rets) / len(rets)) if rets else 0.0
@@ -229,7 +261,7 @@ def benchmark_stats(
     up = [(x, y) for x, y in zip(r, b) if y > 0]
     down = [(x, y) for x, y in zip(r, b) if y < 0]
     btotal = bm_a[-1] / bm_a[0] - 1.0
-    years = len(bm_a) / YEAR
+    years = years_of(common)
     out.update(
         {
             "benchmark_return": btotal,

@@ -12,7 +12,9 @@ same trigger rules applied to bars.
   of the code are cancelled first so the shares are free (as live). `exit = limit` fills the same way
   (the price the rule names is at or above its limit).
 - A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
-  bar's open.
+  bar's open. So does a halted bar (volume 0, the last price repeated: no trades to sell into), as the
+  broker fills nothing in one; the exit sells at the open of the code's next bar with trades. (Data
+  without volume cannot show a halt: its bars sell as they come.)
 - `when_closed` does not arise: bars are sessions. The exit's order id is in the gateway's range of the
   agent's numbers, as live.
 - Ends as live: the buy unfilled (CANCELLED), the position sold by the agent (CANCELLED), sold (DONE).
@@ -28,6 +30,9 @@ from common.krx_rules import rules_for
 from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
 from common.schema import Bar
 from tools.backtest.broker import Note, SimBroker
+
+
+_HALTED = "halted (no trades): sells at the next traded open"
 
 
 class BacktestProtections:
@@ -182,6 +187,10 @@ class BacktestProtections:
             return
         if b.locked_down(bar, day):
             self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
+            return
+        if bar.volume == 0 and p.code not in b.uncapped:  # halted: no trades, nothing fills (broker.py)
+            if p.reason != _HALTED:
+                self._put(msgspec.structs.replace(p, reason=_HALTED), notes)
             return
         n = self._exit_n[day] = self._exit_n.get(day, GATEWAY_ORDER_BASE - 1) + 1
         coid = f"{self.agent}-{day.replace('-', '')}-{n}"

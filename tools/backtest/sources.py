@@ -80,13 +80,16 @@ def load_series(
     listings: dict[str, Listing] | None = None,
 ) -> dict[str, Series]:
     """From `data` (a folder or file) or, when `run_dir` is given, from the gateway's bar store there.
-    `listings`: each code's market and kind where known (the rest: KOSPI, kind from the file's name)."""
+    `listings`: each code's market, kind and sector where known (the rest: KOSPI, kind from the file's name,
+    no sector)."""
     check_interval(bars)
     if run_dir is not None:
         got = load_store(run_dir, codes, bars, date_to)
         listings = listings or {}
         return {
-            c: replace(s, market=listings[c].market, kind=listings[c].kind) if c in listings else s
+            c: replace(s, market=listings[c].market, kind=listings[c].kind, sector=listings[c].sector)
+            if c in listings
+            else s
             for c, s in got.items()
         }
     if data is None:

@@ -1,0 +1,238 @@
+"""Halts and skipped sessions in a backtest: annual figures count the KRX sessions the run spans (not the
+equity points, which skip a code's halts); the max drawdown's duration and the longest drawdown count
+the same way (bars under water); a protective exit waits out a halted bar (volume 0) as it waits out a
+locked one; the twin replay keeps each code's sector as the data loader does."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from agent.strategy import Strategy, session_tif
+from common.calendar import trading_days
+from common.config import AgentCard
+from common.enums import OrderType
+from common.protection import Protection, ProtectionState as PS
+from common.schema import Bar
+from server.barstore import BarStore
+from tools.backtest.data import Listing, Series, load_codes
+from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
+from tools.backtest import metrics
+from tools.backtest.metrics import compute, drawdown, years_of
+from tools.backtest.sources import load_series
+
+# ---- annual figures over the calendar's sessions -------------------------------------------------
+
+
+def result(dates: list[str], equity: list[int], traded_value: int = 0) -> BacktestResult:
+    return BacktestResult(
+        card_id="x",
+        strategy="m:C",
+        params={},
+        date_from=dates[0],
+        date_to=dates[-1],
+        initial_cash=100,
+        dates=dates,
+        equity=equity,
+        holdings=[0] * len(equity),
+        fills=[],
+        orders=[],
+        order_states={},
+        fees=0,
+        taxes=0,
+        traded_value=traded_value,
+        positions={},
+        closes={},
+        bars=len(equity),
+    )
+
+
+# 2024-01-02 .. 2024-01-10 are 7 KRX sessions; the data skips 01-04 and 01-05 (a halt)
+SESSIONS = [d.isoformat() for d in trading_days(dt.date(2024, 1, 2), dt.date(2024, 1, 10))]
+SKIPPING = [d for d in SESSIONS if d not in ("2024-01-04", "2024-01-05")]
+
+
+def test_annual_return_and_turnover_count_the_sessions_not_the_points() -> None:
+    assert len(SESSIONS) == 7 and len(SKIPPING) == 5
+    m = compute(result(SKIPPING, [100, 101, 102, 103, 110], traded_value=1_000))
+    years = 7 / 252
+    assert m["days"] == 5
+    assert m["annual_return"] == pytest.approx(1.1 ** (1 / years) - 1)
+    avg = (100 + 101 + 102 + 103 + 110) / 5
+    assert m["annual_turnover"] == pytest.approx(1_000 / avg / years)
+    # without a gap the figures are those of the points, as before
+    full = compute(result(SESSIONS, [100, 101, 101, 101, 102, 103, 110]))
+    assert full["annual_return"] == pytest.approx(1.1 ** (252 / 7) - 1)
+
+
+def test_a_year_the_calendar_does_not_know_counts_its_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as if the calendar knew no year after 2024 (without holidays every weekday would count)
+    monkeypatch.setattr(metrics, "known_year", lambda y: y <= 2024)
+    metrics._sessions.cache_clear()
+    try:
+        assert years_of(["2025-01-02", "2025-01-03", "2025-01-09"]) == pytest.approx(3 / 252)
+        # 2024's sessions from 12-27 (12-27, 12-30; 12-31 is a holiday), then 2025's points
+        assert years_of(["2024-12-27", "2025-01-03"]) == pytest.approx((2 + 1) / 252)
+    finally:
+        metrics._sessions.cache_clear()
+
+
+def test_the_benchmarks_annual_return_counts_the_sessions_too() -> None:
+    eq = [100, 101, 102, 103, 110]
+    bench = [(dt.date.fromisoformat(d), float(v)) for d, v in zip(SKIPPING, eq)]
+    m = compute(result(SKIPPING, eq), bench, "self")
+    assert m["benchmark_annual_return"] == pytest.approx(1.1 ** (252 / 7) - 1)
+
+
+class BuyAndHold(Strategy):
+    def on_bar(self, bar: Bar) -> None:
+        if not self.ctx.position(bar.code) and not self.ctx.open_orders:
+            self.ctx.buy(bar.code, 100, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx), reason="hold")
+
+
+def test_buy_and_hold_over_a_halt_annualises_over_the_years_sessions(shared_data: Path) -> None:
+    # 017670 (SK Telecom) was halted 24 sessions in 2021 (its split): the loader drops those rows
+    code = "017670"
+    series = load_codes(shared_data / "krx_daily_fdr_2020_2026", [code], dt.date(2021, 12, 30))
+    card = AgentCard(id="hold", name="hold", strategy=f"{__name__}:BuyAndHold", codes=[code])
+    cfg = BacktestConfig(date_from=dt.date(2021, 1, 4), date_to=dt.date(2021, 12, 30), cash=100_000_000)
+    r = run_backtest(card, series, cfg)
+    m = compute(r)
+    sessions = len(trading_days(dt.date.fromisoformat(r.dates[0]), dt.date.fromisoformat(r.dates[-1])))
+    assert sessions == 248 and m["days"] == len(r.dates) < sessions
+    total = float(m["total_return"])  # type: ignore[arg-type]
+    assert total > 0
+    assert m["annual_return"] == pytest.approx((1 + total) ** (252 / 248) - 1)
+    assert m["annual_return"] != pytest.approx((1 + total) ** (252 / len(r.dates)) - 1)
+
+
+# ---- drawdown durations: bars under water, both ----------------------------------------------------
+
+
+def test_the_max_drawdowns_duration_counts_the_bars_under_water() -> None:
+    mdd, bars, longest, _ = drawdown([100, 90, 100, 101], 100)
+    assert mdd == pytest.approx(0.1) and (bars, longest) == (1, 1)  # one bar (90) under water
+    mdd, bars, longest, _ = drawdown([120, 90, 95, 130, 125], 100)
+    assert mdd == pytest.approx(0.25) and (bars, longest) == (2, 2)
+    _, bars, longest, _ = drawdown([100, 90, 95], 100)  # not back by the end: to the last bar
+    assert (bars, longest) == (2, 2)
+    _, bars, longest, _ = drawdown([90, 95, 99], 100)  # under the initial cash from the first bar
+    assert (bars, longest) == (3, 3)
+
+
+def _under_water(equity: list[int], start: int) -> list[int]:
+    """The lengths of the stretches under the running peak (initial cash included), by brute force."""
+    out, peak, run = [], start, 0
+    for e in equity:
+        if e >= peak:
+            out.append(run)
+            peak, run = e, 0
+        else:
+            run += 1
+    return [*out, run]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=40), st.integers(1, 200))
+def test_the_max_drawdown_never_lasts_longer_than_the_longest(equity: list[int], start: int) -> None:
+    mdd, bars, longest, _ = drawdown(equity, start)
+    assert bars <= longest
+    assert longest == max(_under_water(equity, start))
+    if mdd == 0:
+        assert bars == 0
+    else:
+        assert bars in _under_water(equity, start) and bars >= 1
+
+
+# ---- a protective exit on a halted bar -----------------------------------------------------------
+
+PLAN: dict[str, list[tuple[Any, ...]]] = {}
+SEEN: list[Protection] = []
+
+
+class Probe(Strategy):
+    def on_bar(self, bar: Bar) -> None:
+        for qty, spec in PLAN.get(bar.start, []):
+            self.ctx.buy(
+                bar.code, qty, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx), reason="plan", **spec
+            )
+
+    def on_protection(self, p: Protection) -> None:
+        SEEN.append(p)
+
+
+def run_probe(series: dict[str, Series], plan: dict[str, list[tuple[Any, ...]]], lo: dt.date, hi: dt.date) -> Any:
+    PLAN.clear()
+    PLAN.update(plan)
+    SEEN.clear()
+    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=list(series))
+    return run_backtest(card, series, BacktestConfig(date_from=lo, date_to=hi, cash=100_000_000))
+
+
+def exits(r: BacktestResult) -> list[tuple[str, int, int]]:
+    return [(f.day, f.qty, f.price) for f in r.fills if f.side.value == "sell"]
+
+
+CODE = "005930"
+D = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]
+
+
+def synthetic(has_volume: bool = True) -> dict[str, Series]:
+    rows = [
+        (D[0], 70_000, 71_000, 69_500, 70_500, 10_000),
+        (D[1], 70_800, 71_000, 67_500, 67_500, 10_000),  # the buy fills at the open; closes under the stop
+        (D[2], 67_500, 67_500, 67_500, 67_500, 0),  # halted: the last price repeated, no trades
+        (D[3], 67_500, 67_500, 67_500, 67_500, 0),
+        (D[4], 69_000, 69_500, 66_000, 66_500, 10_000),  # trades again
+    ]
+    bars = [
+        Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=v if has_volume else 0)
+        for d, o, h, lo, c, v in rows
+    ]
+    return {CODE: Series(CODE, bars, has_volume=has_volume)}
+
+
+def test_a_stop_met_on_a_halted_bar_sells_at_the_next_traded_open() -> None:
+    r = run_probe(synthetic(), {D[0]: [(10, {"stop": 68_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31))
+    assert exits(r) == [(D[4], 10, 69_000)]  # not on the halted D[2] at its repeated 67,500
+    (p,) = r.protections
+    assert p.state is PS.DONE and p.sold == 10
+    waits = [s for s in SEEN if s.state is PS.TRIGGERED and "halted" in s.reason]
+    assert len(waits) == 1  # said once, not on every halted bar
+
+
+def test_data_without_volume_cannot_show_a_halt_and_sells_on_the_bar() -> None:
+    r = run_probe(
+        synthetic(has_volume=False), {D[0]: [(10, {"stop": 68_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31)
+    )
+    assert exits(r) == [(D[2], 10, 67_500)]
+
+
+def test_samsung_biologics_stop_waits_out_its_2025_suspension(shared_data: Path) -> None:
+    # 207940's bars of 2025-10-30 .. 2025-11-21 repeat 1,797,000 with volume 0 (trading suspended)
+    code = "207940"
+    series = load_codes(shared_data / "krx_daily_fdr_2020_2026", [code], dt.date(2025, 12, 31))
+    halted = [b.start for b in series[code].bars if "2025-10-30" <= b.start <= "2025-11-21"]
+    assert halted and all(b.volume == 0 for b in series[code].bars if b.start in halted)
+    r = run_probe(series, {"2025-10-28": [(5, {"stop": 1_800_000})]}, dt.date(2025, 10, 1), dt.date(2025, 12, 31))
+    buys = [(f.day, f.qty) for f in r.fills if f.side.value == "buy"]
+    assert buys == [("2025-10-29", 5)]
+    assert exits(r) == [("2025-11-24", 5, 1_797_000)]  # the open of the first traded day after the halt
+    assert not any(f.day in halted for f in r.fills)
+
+
+# ---- the twin replay keeps the sector --------------------------------------------------------------
+
+
+def test_twin_replay_keeps_each_codes_sector(tmp_path: Path) -> None:
+    bar = Bar(code=CODE, interval="1d", start="2024-01-02", open=100, high=110, low=90, close=105, volume=10)
+    store = BarStore(tmp_path / "data" / "bars.sqlite")
+    store.add([bar])
+    store.close()
+    listings = {CODE: Listing(name="Samsung Electronics", known=True, sector="electronics")}
+    got = load_series([CODE], "1d", dt.date(2024, 1, 2), run_dir=tmp_path, listings=listings)[CODE]
+    assert got.sector == "electronics"
