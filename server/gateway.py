@@ -299,9 +299,11 @@ class Gateway:
         r.agent(SubmitOrders, self._submit)
         r.agent(CancelOrder, self._cancel)
         r.agent(ModifyOrder, self._modify)
-        r.agent(
+        r.agent(  # the agent's own: the sells the gateway placed for it stay (the operator's cancel_all takes them)
             CancelAll,
-            lambda rec, route, m: Ack(h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code)} cancels sent"),
+            lambda rec, route, m: Ack(
+                h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code, spare_exits=True)} cancels sent"
+            ),
         )
         r.agent(Protect, lambda rec, route, m: self._answer(m.h.mid, self.protection.protect(rec.card, m)))
         r.agent(

@@ -21,7 +21,7 @@ from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
+from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES, Phase, next_session_day
 from common.orders import (
     AMEND_UNKNOWN,
@@ -68,6 +68,12 @@ Reply = tuple[ErrorCode | None, str]
 
 # held orders still waiting for their code's base price this long into their session: a person is told
 BASE_WAIT_ALERT_NS = 60_000_000_000
+# an agent's order or protective order numbered in the gateway's range (common/ids.py): it would pass for an exit the
+# gateway placed (spared by halts and the kill switch) or push the gateway's next number past the id's 9 digits
+GATEWAY_NUMBERS = (
+    f"order numbers from {GATEWAY_ORDER_BASE} up are the gateway's own (its exits for the agent): "
+    f"number the agent's orders below {GATEWAY_ORDER_BASE}"
+)
 OPERATOR_FLATTEN = "flatten by "  # how the operator's flatten names itself (server/operator.py)
 FLATTEN_RECANCELS = 3  # a flatten's cancel refused this often is left to the operator (alerted)
 
@@ -408,11 +414,11 @@ class OrderDesk:
 
     def submit(self, card: AgentCard, new: NewOrder, *, priority: Priority = Priority.NEW) -> OrderResult:
         """An agent's order (or the gateway's on its behalf: `priority` PROTECT for its protective and
-        flattening sells, which go out before new orders)."""
+        flattening sells, which go out before new orders; only those are numbered from GATEWAY_ORDER_BASE up)."""
         book = self.book
         coid = new.client_order_id
         try:
-            owner, day, _ = parse_client_order_id(coid)
+            owner, day, n = parse_client_order_id(coid)
         except IdError as e:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER, message=str(e))
         if owner != card.id:
@@ -422,6 +428,9 @@ class OrderDesk:
                 code=ErrorCode.WRONG_AGENT,
                 message=f"order id belongs to {owner!r}, not {card.id!r}",
             )
+        if n >= GATEWAY_ORDER_BASE and priority is not Priority.PROTECT:
+            # the gateway's range: asked before a resend's answer too (the agent never placed an order there)
+            return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_ORDER, message=GATEWAY_NUMBERS)
         known = book.orders.get(coid)
         if known is not None:
             return self._again(known, new)
@@ -521,11 +530,19 @@ class OrderDesk:
             state=known.state,  # the agent takes it (its reply may have been lost with the order's events)
         )
 
-    def cancel(self, agent: str, coid: str) -> Reply:
+    def cancel(self, agent: str, coid: str, *, exits: bool = False) -> Reply:
+        """Cancel one of the agent's orders. `exits`: the sells the gateway placed for it (protective exits,
+        flatten sells) may go too: the gateway's and the operator's cancels; the agent's own may not (a
+        flatten would end with the position still open, a protective exit be undone)."""
         book = self.book
         o = book.orders.get(coid)
         if o is None or o.agent != agent:
             return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {agent}"
+        if not exits and is_gateway_exit(o):
+            return ErrorCode.FORBIDDEN, (
+                f"{coid} is a sell the gateway placed for {agent} (a protective exit or a flatten): the agent may "
+                "not cancel it (cancel its protective order, or ask the operator)"
+            )
         if o.state is OrderState.PENDING_CANCEL:
             return None, "cancel already in progress"
         if o.state is OrderState.HELD:
@@ -558,6 +575,11 @@ class OrderDesk:
         o = book.orders.get(coid)
         if o is None or o.agent != card.id:
             return ErrorCode.UNKNOWN_ORDER, f"no order {coid} of agent {card.id}"
+        if is_gateway_exit(o):  # (only agents revise: a repriced exit may never sell)
+            return (
+                ErrorCode.FORBIDDEN,
+                f"{coid} is a sell the gateway placed for {card.id}: the agent may not revise it",
+            )
         if o.state not in REVISABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
         if refusal := revise_refusal(o, qty):
@@ -585,7 +607,7 @@ class OrderDesk:
                     or o.state in (OrderState.HELD, OrderState.PENDING_REPLACE)
                 )
             ):
-                if self.cancel(agent, o.client_order_id)[0] is None:
+                if self.cancel(agent, o.client_order_id, exits=True)[0] is None:
                     n += 1
         return n
 
@@ -657,7 +679,7 @@ class OrderDesk:
         ):
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
-                self.cancel(new.agent, coid)
+                self.cancel(new.agent, coid, exits=True)  # (asked for when it was allowed)
         if new.agent in self._flattening and new.state is OrderState.REJECTED and is_gateway_exit(new):
             # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
             # sell again at once, and again (a tight loop of refusals): stop and tell the operator
@@ -683,7 +705,7 @@ class OrderDesk:
                 with self.book.store.write():  # counted with the cancel it asks again (a restart goes on counting)
                     self._flatten_recancels[coid] = tries + 1
                     self._save_flattening()
-                    self.cancel(new.agent, coid)
+                    self.cancel(new.agent, coid, exits=True)
             else:
                 self.alert(
                     f"{new.agent}: flatten waits: the cancel of {coid} was refused {tries + 1} times; cancel it "

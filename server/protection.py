@@ -30,7 +30,7 @@ import msgspec
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
+from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES
 from common.market_clock import market_ns
 from common.orders import Order, OrderState
@@ -49,7 +49,7 @@ from common.protection import (
 )
 from common.schema import NewOrder, OrderResult, Protect, ProtectionUpdate
 from server.order_book import OrderBook
-from server.order_desk import OrderDesk
+from server.order_desk import GATEWAY_NUMBERS, OrderDesk
 from server.risk import RiskGate
 from server.send_queue import Priority
 
@@ -156,11 +156,13 @@ class ProtectionDesk:
     def protect(self, card: AgentCard, msg: Protect) -> Reply:
         pid, agent = msg.id, card.id
         try:
-            owner, day, _ = parse_client_order_id(pid)
+            owner, day, n = parse_client_order_id(pid)
         except IdError as e:
             return ErrorCode.BAD_ORDER, str(e)
         if owner != agent:
             return ErrorCode.WRONG_AGENT, f"id belongs to {owner!r}, not {agent!r}"
+        if n >= GATEWAY_ORDER_BASE:  # (the agent's numbering, shared with its orders)
+            return ErrorCode.BAD_ORDER, GATEWAY_NUMBERS
         known = self.active.get(pid) or self.ended.get(pid) or self.book.store.protection(pid)
         if known is not None:
             if (known.agent, known.code, known.spec, known.entry) == (agent, msg.code, msg.spec, "") and known.qty in (
@@ -207,15 +209,17 @@ class ProtectionDesk:
         working = p.exits[-1] if p.state is PS.FIRED and p.exits else ""
         self._end(p, PS.CANCELLED, why)  # first: the exit's end must not look like a reason to place it again
         if working:
-            self.desk.cancel(agent, working)  # its exit is working: it goes too
+            self.desk.cancel(agent, working, exits=True)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
     def _id_ok(self, agent: str, coid: str) -> bool:
+        """An id the agent may give a buy and its protection (else the desk answers: a bad id, another
+        agent's, another day's, a number in the gateway's range)."""
         try:
-            owner, day, _ = parse_client_order_id(coid)
+            owner, day, n = parse_client_order_id(coid)
         except IdError:
             return False
-        return owner == agent and day.strftime("%Y%m%d") == self.book.day()
+        return owner == agent and day.strftime("%Y%m%d") == self.book.day() and n < GATEWAY_ORDER_BASE
 
     def _refusal(self, agent: str, spec: ProtectionSpec) -> str | None:
         err = validate(spec)

@@ -477,7 +477,7 @@ class TradingDay:
                     continue
             elif book.order_day.get(c) != day:
                 continue
-            if self.desk.cancel(card.id, c)[0] is None:
+            if self.desk.cancel(card.id, c, exits=True)[0] is None:
                 n += 1
         return n
 
