@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from common.config import BrokerEnv, GatewayConfig
+from common.config import BrokerConfig, BrokerEnv, GatewayConfig
 from kis.adapter import KisBroker, broker_options, make_broker
 from kis.credentials import (
     ENV_ACCOUNT,
@@ -198,20 +198,30 @@ CREDENTIALS_HINT = (
 )
 
 
+def sim_ignores(b: BrokerConfig) -> str:
+    """The user's KIS credentials that the embedded twin (broker.env sim, no URLs) ignores: it has its own
+    demo account. "" when none is set, or this is not the embedded twin. Said by the gateway's start and
+    `ktrader doctor`: a user who meant paper/real must not think it trades, or was checked."""
+    if b.env is not BrokerEnv.SIM or b.rest_url:
+        return ""
+    names = (ENV_APP_KEY, ENV_APP_SECRET, ENV_ACCOUNT, ENV_HTS_ID)
+    return ", ".join([*(["broker.credentials_file"] if b.credentials_file else []), *filter(os.environ.get, names)])
+
+
+def sim_ignores_text(ignored: str) -> str:
+    """The line that says it (sim_ignores)."""
+    return f"broker.env is sim (the embedded KIS twin): {ignored} ignored"
+
+
 def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
     """The broker for `cfg`; its first log lines say which KIS, hosts, account (masked), HTS id. A
     set-up that cannot work raises StartupError (missing credentials, an unusable CA bundle)."""
     b = cfg.broker
     broker: EmbeddedTwinBroker | KisBroker
     if b.env is BrokerEnv.SIM and not b.rest_url:
-        ignored = [v for v in (ENV_APP_KEY, ENV_APP_SECRET, ENV_ACCOUNT, ENV_HTS_ID) if os.environ.get(v)]
-        if b.credentials_file or ignored:
-            # the embedded twin has its own demo account: a user who meant paper/real must not think it trades
-            log.warning(
-                'broker.env is sim (the embedded KIS twin): %s ignored; set [broker] env = "paper" or "real" '
-                "to trade on KIS",
-                "broker.credentials_file" if b.credentials_file else ", ".join(ignored),
-            )
+        ignored = sim_ignores(b)
+        if ignored:
+            log.warning('%s; set [broker] env = "paper" or "real" to trade on KIS', sim_ignores_text(ignored))
         broker = EmbeddedTwinBroker(cfg)
     else:
         try:

@@ -493,8 +493,11 @@ class Gateway:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        try:  # one folder's books are one environment's and account's (server/store.py claim_owner)
-            self.store.claim_owner(run_owner(self.cfg, self.broker, self.run_dir), self.run_dir)
+        # one folder's books are one environment's and account's (server/store.py claim_owner): another's
+        # folder is refused before any KIS call; this one's owner is kept once KIS has proven it (below)
+        try:
+            owner = run_owner(self.cfg, self.broker, self.run_dir)
+            self.store.check_owner(owner, self.run_dir)
         except ConfigError:
             self._close_stores()
             raise
@@ -511,6 +514,9 @@ class Gateway:
         self._bind_at_start()
         try:
             await self.broker.start()
+            # proven (the token and an account inquiry passed): a start KIS refused kept no owner, so the
+            # corrected start (broker.env, the account) is not refused as another account's folder
+            self.store.record_owner(owner)
         except BaseException:
             self._unbind()
             await self._close_failed_start()  # no unclosed HTTP session or websocket behind the message

@@ -548,38 +548,54 @@ class Store:
         (keys env, and for KIS accounts account = masked, account_id and app_key = fingerprints: no
         secret). Kept at the first start; a later start for another environment or account raises
         OwnerMismatch, since nothing of one account's books may carry over to another. A new app key
-        on the same account (KIS keys are reissued yearly) is taken, with a log line."""
+        on the same account (KIS keys are reissued yearly) is taken, with a log line.
+
+        `check_owner` then `record_owner`: the gateway calls them apart, the check before the broker
+        starts and the record once the broker has proven the owner (KIS took the key and the account)."""
+        self.check_owner(owner, run_dir)
+        self.record_owner(owner)
+
+    def check_owner(self, owner: Mapping[str, str], run_dir: str | Path) -> None:
+        """claim_owner's judgement, writing nothing: OwnerMismatch when this store holds the books of
+        another environment or account. A folder with no owner kept passes: its owner is recorded only
+        once a start has proven it (record_owner), so a start KIS refuses (a paper key on env real, a
+        mistyped account) leaves the folder free for the corrected one."""
         held = self.meta_prefix(OWNER)
-        if held:
-            if "account_id" in held and held.get("key_id") != owner.get("key_id", held.get("key_id")):
-                # kept under another owner key (run/keys/owner.key was lost, or the folder's fingerprint
-                # predates the key): not comparable; the masked form is, and the fingerprint is kept anew
-                log.warning(
-                    "run folder %s: its owner key was missing: the account is checked by its masked form", run_dir
-                )
-                held.pop("account_id")
-                held_masked = held.get("account")
-                if held_masked is not None and held_masked != owner.get("account"):
-                    held["account_id"] = "?"  # another masked account: refused below
-            other = held.get("env") != owner.get("env") or (
-                "account_id" in held and "account_id" in owner and held["account_id"] != owner["account_id"]
+        if not held:
+            return
+        if "account_id" in held and held.get("key_id") != owner.get("key_id", held.get("key_id")):
+            # kept under another owner key (run/keys/owner.key was lost, or the folder's fingerprint
+            # predates the key): not comparable; the masked form is, and the fingerprint is kept anew
+            log.warning("run folder %s: its owner key was missing: the account is checked by its masked form", run_dir)
+            held.pop("account_id")
+            held_masked = held.get("account")
+            if held_masked is not None and held_masked != owner.get("account"):
+                held["account_id"] = "?"  # another masked account: refused below
+        other = held.get("env") != owner.get("env") or (
+            "account_id" in held and "account_id" in owner and held["account_id"] != owner["account_id"]
+        )
+        if other:
+            raise OwnerMismatch(
+                f"{run_dir} holds the books of {describe_owner(held)}, and this start is for "
+                f"{describe_owner(owner)}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
+                "--run-dir"
             )
-            if other:
-                raise OwnerMismatch(
-                    f"{run_dir} holds the books of {describe_owner(held)}, and this start is for "
-                    f"{describe_owner(owner)}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
-                    "--run-dir"
-                )
-            if held.get("app_key", "") not in ("", owner.get("app_key", "")):
-                log.warning(
-                    "run folder %s: app key #%s replaces #%s on the same account",
-                    run_dir,
-                    owner["app_key"],
-                    held["app_key"],
-                )
+        if held.get("app_key", "") not in ("", owner.get("app_key", "")):
+            log.warning(
+                "run folder %s: app key #%s replaces #%s on the same account",
+                run_dir,
+                owner["app_key"],
+                held["app_key"],
+            )
+
+    def record_owner(self, owner: Mapping[str, str]) -> None:
+        """Keep `owner` as this store's (after check_owner passed and the broker proved it): the first
+        proven start, a new app key on the same account, a fingerprint kept anew under the owner key, or
+        a folder from before owners were kept."""
+        held = self.meta_prefix(OWNER)
         if all(held.get(k) == v for k, v in owner.items()):
             return
-        with self.transaction():  # first start (or a folder from before owners were kept): this one's
+        with self.transaction():
             for k, v in owner.items():
                 self.set_meta(OWNER + k, v)
 

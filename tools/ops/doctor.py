@@ -8,7 +8,8 @@ token · the websocket approval key · the notice feed for the HTS id (a running
 session is asked instead: a second websocket would be refused) · an account query · the market
 (KRX phase now, a quote) · the stock master.
 
-With `broker.env = "sim"` and no URLs, the checks run against a twin started for the purpose.
+With `broker.env = "sim"` and no URLs, the checks run against a twin started for the purpose (and its
+demo account: KTRADER_KIS_* or a credentials file set are ignored, as by the gateway, and a WARN says so).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import websockets
 
 from common.calendar import is_trading_day
 from common.clock import KST, now_kst
-from common.config import BrokerEnv, GatewayConfig
+from common.config import BrokerConfig, BrokerEnv, GatewayConfig
 from common.krx import phase_at
 from kis.adapter import KisBroker, make_broker
 from kis.codes import Verdict, lookup
@@ -47,6 +48,7 @@ from kis.tls import TlsConfigError, tls_context
 from kis.token import TokenManager
 
 APP_KEY_LENGTH, APP_SECRET_LENGTH = 36, 180  # API.md §2.1
+SIM_IGNORES = "your credentials"  # the check that says env sim ignored them (Doctor._sim_ignores)
 
 
 class Status(StrEnum):
@@ -163,12 +165,31 @@ class Doctor:
                     detail=f"env sim: a KIS twin started for the checks ({twin.rest_url})",
                 )
             )
+            self._sim_ignores(b)
             return msgspec.structs.replace(
                 self.cfg, broker=msgspec.structs.replace(b, rest_url=twin.rest_url, ws_url=twin.ws_url)
             )
         self._embedded_dir = ""
         self.add(Check(name="config", status=Status.OK, detail=f"env {b.env.value}, run dir {self.cfg.run_dir}"))
         return self.cfg
+
+    def _sim_ignores(self, b: BrokerConfig) -> None:
+        """The user's KTRADER_KIS_* variables or credentials file, ignored on the embedded twin (as the
+        gateway warns): said, or "all checks passed" reads as if their KIS account had been checked."""
+        from server.brokers import sim_ignores, sim_ignores_text
+
+        ignored = sim_ignores(b)
+        if ignored:
+            self.add(
+                Check(
+                    name=SIM_IGNORES,
+                    status=Status.WARN,
+                    detail=f"{sim_ignores_text(ignored)}: the checks below are of the twin's demo account, not "
+                    "of your KIS account",
+                    hint='to check your KIS account: `ktrader doctor --config FILE` with [broker] env = "paper" or '
+                    '"real" in FILE',
+                )
+            )
 
     def _token_dir(self, cfg: GatewayConfig) -> Path:
         # the gateway's own token cache (server/brokers.py): a token found there is reused, one issued is kept
@@ -604,11 +625,13 @@ def render(report: Report) -> list[str]:
             lines.append(f"  {'':6} {'':<16} fix: {c.hint}")
     fails = sum(c.status is Status.FAIL for c in report.checks)
     warns = sum(c.status is Status.WARN for c in report.checks)
-    lines.append(
-        "all checks passed" + (f" ({warns} warning(s))" if warns else "")
-        if not fails
-        else f"{fails} check(s) failed" + (f", {warns} warning(s)" if warns else "")
-    )
+    if fails:
+        lines.append(f"{fails} check(s) failed" + (f", {warns} warning(s)" if warns else ""))
+    elif any(c.name == SIM_IGNORES and c.status is Status.WARN for c in report.checks):
+        # the twin passed; the user's own credentials were never tried: not "all checks passed"
+        lines.append(f"your KIS credentials were not checked (env sim: the KIS twin was), {warns} warning(s)")
+    else:
+        lines.append("all checks passed" + (f" ({warns} warning(s))" if warns else ""))
     return lines
 
 
