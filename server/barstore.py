@@ -3,7 +3,8 @@
 the earlier one (a REST back-fill corrects a bar the gateway built from a partial minute).
 
 API (the backtester reads it too): `add(bars)`, `bars(code, interval, start, end, limit)`,
-`last(code, interval, n)`. Times compare as the `Bar.start` strings, which sort chronologically."""
+`last(code, interval, n)`, `delete(code)` (a split: the code's series is back-filled adjusted).
+Times compare as the `Bar.start` strings, which sort chronologically."""
 
 from __future__ import annotations
 
@@ -64,6 +65,17 @@ class BarStore:
             with self.db:
                 self.db.executemany(f"INSERT OR REPLACE INTO bars ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
         return len(rows)
+
+    def delete(self, code: str, interval: str = "") -> int:
+        """Remove the bars of `code` (of every interval, or of `interval` only); returns how many went."""
+        sql, args = "DELETE FROM bars WHERE code=?", [code]
+        if interval:
+            sql += " AND interval=?"
+            args.append(interval)
+        with self.db:
+            self.db.execute(sql, args)
+            gone = int(self.db.changes())
+        return gone
 
     def bars(self, code: str, interval: str, start: str = "", end: str = "", limit: int = 0) -> list[Bar]:
         """Bars of `code`/`interval` with start <= Bar.start <= end (either bound optional), oldest

@@ -6,9 +6,15 @@ is missing from the store.
 
 A restart (or a code first heard mid-session) leaves the first intraday bucket of each code partial:
 built only from the prints heard since (the first print heard carries more day volume than its own).
-Such a bucket is not published nor stored: an agent sees no bar for it (its next bar is the first one)
-rather than a wrong one (open/high/low off, volume tiny). Daily bars are exempt: the day close replaces
-them with the broker's daily bar (`close_daily`).
+So does a websocket gap (a reconnect) or a registration released and taken again: the first print heard
+after it carries more day volume (H0STCNT0 ACML_VOL) than the last one heard plus its own, and every
+bucket open across the gap misses prints. Such a bucket is not published nor stored: an agent sees no bar
+for it (its next bar is the first one) rather than a wrong one (open/high/low off, volume short). Daily
+bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`).
+
+A stock split makes the stored history of its code a different price scale from today's prints: the
+code's stored bars are dropped (`forget_history`) and the next history request back-fills the broker's
+split-adjusted series.
 
 Exchange time: KIS prints carry HHMMSS only. We date them with the gateway's KST date and keep the
 offset between the latest print's time and the wall clock, so `flush()` (a 1 s timer) closes bars on
@@ -87,10 +93,16 @@ class MarketData:
         self.hold_daily = rule is SessionRule.KRX
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
         self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
-        # code -> exchange time (naive KST) of the first print heard of it: an intraday bucket that started
-        # before it was not heard whole (a gateway restart, a code first subscribed mid-bucket)
+        # code -> exchange time (naive KST) from which every print of it was heard: an intraday bucket that
+        # started before it was not heard whole (a gateway restart, a code first subscribed mid-bucket, a
+        # websocket gap, a registration released and taken again)
         self.heard_since: dict[str, dt.datetime] = {}
-        self.bars_partial = 0  # first buckets not published for being partial
+        # code -> (business day, its cumulative volume at the latest print heard): a print whose cumulative
+        # volume before it is more than that follows prints we did not hear
+        self._cum: dict[str, tuple[dt.date, int]] = {}
+        self.bars_partial = 0  # buckets not published for being partial (prints of them missed)
+        self.feed_gaps = 0  # prints heard after prints of the same code were missed (a reconnect, a release)
+        self.bars_forgotten = 0  # stored bars dropped for a split (back-filled adjusted from the broker)
         # (code, first day, last day) of a daily window with a hole -> the day the broker was asked to fill
         # it: its answer is the truth for that day (a halted code has no bar on a trading day), so the same
         # hole is not asked about on every GetBars
@@ -114,6 +126,7 @@ class MarketData:
         self.trades.clear()
         self.books.clear()
         self._hole_asked.clear()
+        self._cum.clear()  # the day's cumulative volumes start again from zero
 
     def counters(self) -> dict[str, int]:
         return {
@@ -124,6 +137,8 @@ class MarketData:
             "daily_bars_corrected": self.daily_corrected,
             "daily_bars_unconfirmed": self.daily_unconfirmed,
             "bars_partial_dropped": self.bars_partial,
+            "feed_gaps_seen": self.feed_gaps,
+            "bars_forgotten": self.bars_forgotten,
             "clock_skew_ms": round(statistics.median(self._skews) * 1000) if self._skews else 0,
             "clock_skew_alerts": self.skew_alerts,
         }
@@ -182,10 +197,7 @@ class MarketData:
         wall = wall or self.wall()
         try:
             when = self._date_print(ev.time, wall, ev.date)
-            if ev.code not in self.heard_since:
-                # the day's first print (its quantity is all the day's volume) follows nothing we missed; a
-                # later one does: prints before it were not heard (a print outside the session counts)
-                self.heard_since[ev.code] = when.replace(tzinfo=None) if ev.cum_volume > ev.qty else dt.datetime.min
+            self._heard(ev, when)
             closed = self.builder.on_trade(ev.code, when.date(), ev.time, ev.price, ev.qty)
         except (BarError, ValueError) as e:
             self.bad_prints += 1
@@ -194,6 +206,65 @@ class MarketData:
         self.skew = when - wall
         self._watch_skew(self.skew.total_seconds(), when)
         self._emit(closed)
+
+    def _heard(self, ev: Trade, when: dt.datetime) -> None:
+        """Keep `heard_since` of the print's code: moved to the print when prints before it were missed.
+        The first print heard of a business day missed the day's earlier ones if its cumulative volume is
+        more than its own quantity (a restart, a code first registered mid-day); a later one missed some
+        if its cumulative volume before it is more than the last one heard (a websocket gap, a registration
+        released and taken again). Missed prints may share this print's second: a bucket starting in it is
+        not whole either. A print without a cumulative volume (0) tells nothing."""
+        code, day = ev.code, when.date()
+        known = self._cum.get(code)
+        if known is not None and day < known[0]:
+            return  # a print of an earlier business day: today's count is not its
+        last = known[1] if known is not None and known[0] == day else None
+        missed = False
+        if ev.cum_volume > 0:
+            missed = ev.cum_volume - ev.qty > last if last is not None else ev.cum_volume > ev.qty
+            self._cum[code] = (day, ev.cum_volume)
+        if missed:
+            since = when.replace(tzinfo=None) + dt.timedelta(seconds=1)
+            if last is not None:
+                self.feed_gaps += 1
+                log.info(
+                    "%s: print at %s follows %d shares not heard (cumulative volume %d after %d): buckets "
+                    "open across the gap are partial, not published",
+                    code,
+                    ev.time,
+                    ev.cum_volume - ev.qty - last,
+                    ev.cum_volume,
+                    last,
+                )
+            self.heard_since[code] = max(since, self.heard_since.get(code, dt.datetime.min))
+        elif code not in self.heard_since:
+            self.heard_since[code] = dt.datetime.min  # the day's first print: nothing before it to miss
+
+    def released(self, code: str) -> None:
+        """The code's print registration was released (its last holder left): prints are no longer heard.
+        Its cumulative volume is forgotten (the first print heard after a new registration is judged as a
+        first print: it missed what traded meanwhile if it carries more than its own quantity), and the
+        buckets open now are partial (they close by time missing the prints after this): not published."""
+        self._cum.pop(code, None)
+        now = self.exchange_now().replace(tzinfo=None)
+        self.heard_since[code] = max(now, self.heard_since.get(code, dt.datetime.min))
+
+    def forget_history(self, code: str, why: str) -> int:
+        """A split (`why`): the stored bars of `code` (every interval) are in the old shares' prices, so a
+        history mixing them with today's prints would cross at the ratio. They are dropped, with the last
+        closed bars and the daily-hole answers of the code: the next history request back-fills the
+        broker's split-adjusted series (FID_ORG_ADJ_PRC 0). Bars in progress (today's prints) stay.
+        Returns how many stored bars went."""
+        gone = self.store.delete(code)
+        for key in [k for k in self.closed if k[0] == code]:
+            del self.closed[key]
+        for hole in [k for k in self._hole_asked if k[0] == code]:
+            del self._hole_asked[hole]
+        self.bars_forgotten += gone
+        log.warning(
+            "%s: %s: its %d stored bars dropped; history is back-filled split-adjusted from the broker", code, why, gone
+        )
+        return gone
 
     def _watch_skew(self, latest: float, at: dt.datetime) -> None:
         """Tell when the median of the latest prints' skews stayed beyond SKEW_ALERT_S for SKEW_PERSIST of
@@ -319,8 +390,9 @@ class MarketData:
         return out
 
     def _partial(self, b: Bar) -> bool:
-        """An intraday bar whose bucket began before the first print we heard of its code: prints of it
-        were missed (before a restart), so its open/high/low/volume are not the exchange's."""
+        """An intraday bar whose bucket began before its code's `heard_since`: prints of it were missed
+        (before a restart, in a websocket gap, while unregistered), so its open/high/low/volume are not the
+        exchange's."""
         if b.interval not in MINUTES:
             return False
         since = self.heard_since.get(b.code)
@@ -331,7 +403,7 @@ class MarketData:
         if partial:
             # dropped, not sent as final: the agent gets no bar for the bucket rather than a wrong one
             self.bars_partial += len(partial)
-            log.info("not publishing partial first bars (heard from mid-bucket): %s", partial)
+            log.info("not publishing partial bars (prints of their buckets were missed): %s", partial)
             bars = [b for b in bars if not self._partial(b)]
         if not bars:
             return

@@ -42,6 +42,7 @@ class SubscriptionManager:
         slots: int = MARKET_DATA_SLOTS,
         debounce_s: float = 2.0,
         on_refused: Callable[[str, Notice], None] | None = None,
+        on_released: Callable[[MarketKind, str], None] | None = None,
     ) -> None:
         self.broker = broker
         self.slots = slots
@@ -52,6 +53,9 @@ class SubscriptionManager:
         # (agent, notice) for each holder of a registration the broker refused after want() said
         # "subscribed" (the gateway wires its order book's notify: sequenced, persisted, delivered)
         self.on_refused = on_refused
+        # (kind, code) whose prints stop reaching us (released, or refused by the broker): the bars built from
+        # them miss what trades meanwhile (the gateway wires server/marketdata.py MarketData.released)
+        self.on_released = on_released
         self._attempt: dict[Key, int] = {}  # key -> the number of its latest registration attempt
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -98,7 +102,15 @@ class SubscriptionManager:
         self._release.pop(key, None)
         if not self.holders[key] and key in self.active:
             self.active.discard(key)
+            self._stopped(key)
             self._spawn(self._unsubscribe(key))
+
+    def _stopped(self, key: Key) -> None:
+        if self.on_released is not None:
+            try:
+                self.on_released(*key)
+            except Exception:  # the market data's bookkeeping must not keep the registration held
+                log.exception("release of %s %s not told to the market data", key[0].value, key[1])
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -122,6 +134,7 @@ class SubscriptionManager:
             self.failed[key] = msg
             self.active.discard(key)
             log.warning("registration of %s %s failed: %s", kind.value, code, msg)
+            self._stopped(key)
             self._refused(key, msg)
 
     def _refused(self, key: Key, msg: str) -> None:
