@@ -8,8 +8,15 @@ the gateway's first start on a run folder, which approves the cards of its `trus
 developer's path: `ktrader gateway` then `ktrader agent run cards/x.toml`). Approving a card issues
 the agent's credential (common/credentials.py) when it has none.
 
+An approval is for one broker environment and account: its `owner`, the same mapping the store keeps
+for the books (server/core.py run_owner: env, and on paper/real the masked account and keyed
+fingerprints; no secret). A gateway honours only the approvals made for its own owner, so cards the twin
+approved on a first start never trade on the paper or real account the folder later serves.
+`ktrader reset` archives this file with the books (tools/ops/reset.py).
+
 File: run/keys/approved.json (0600, written atomically under a lock):
-    {"version": 1, "cards": {"<id>": {"card": {...}, "sha256": "...", "by": "...", "ts_ns": ...}}}
+    {"version": 1, "owner": {...}, "cards": {"<id>": {"card": {...}, "sha256": "...", "by": "...", "ts_ns": ...,
+     "owner": {...}}}}
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -42,11 +50,46 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     by: str = ""  # who approved it (a tool, the gateway's first start, a reload)
     ts_ns: int = 0  # wall clock
+    # the environment and account it was approved for (run_owner's mapping). None: written by a ktrader
+    # from before owners were kept, or approved into a folder no gateway had started on yet; honoured by
+    # any gateway (upgrade compatibility: an upgrade does not take an operator's approvals away), and
+    # bound to the owner of the next gateway that starts on the folder (bind_owner)
+    owner: dict[str, str] | None = None
 
 
 class Registry(msgspec.Struct, kw_only=True):
     version: int = 1
+    owner: dict[str, str] | None = None  # the folder's owner as its gateway last started: what approve() records
     cards: dict[str, Approval] = {}
+
+
+def same_owner(approved_for: Mapping[str, str] | None, owner: Mapping[str, str] | None) -> bool:
+    """Whether an approval made for `approved_for` holds for a gateway of `owner`: the store's rule for
+    whose books a folder holds (server/store.py claim_owner): the same environment, and where both name
+    an account by its keyed fingerprint, the same account (compared by its masked form when the owner
+    key changed in between). A new app key on the same account is the same owner. No owner on either
+    side (an approval from an older ktrader, a view that was given none): honoured."""
+    if approved_for is None or owner is None:
+        return True
+    if approved_for.get("env") != owner.get("env"):
+        return False
+    if "account_id" in approved_for and "account_id" in owner:
+        if approved_for.get("key_id") == owner.get("key_id"):
+            return approved_for["account_id"] == owner["account_id"]
+        return approved_for.get("account") == owner.get("account")
+    return True
+
+
+def describe(owner: Mapping[str, str] | None) -> str:
+    """'the KIS twin (env sim)' / 'the paper account 50******-01': no secret (server/store.py describe_owner)."""
+    if owner is None:
+        return "any account"
+    env = owner.get("env", "?")
+    if env == "sim":
+        return "the KIS twin (env sim)"
+    if "account" not in owner:
+        return f"env {env}"
+    return f"the {env} account {owner['account']}"
 
 
 def checksum(card: AgentCard) -> str:
@@ -125,17 +168,21 @@ def _lock(run_dir: str | Path) -> FileLock:
     return FileLock(str(registry_path(run_dir)) + ".lock", timeout=10)
 
 
-def approve(run_dir: str | Path, cards: list[AgentCard], by: str) -> list[Approval]:
-    """Record `cards` as approved (replacing earlier approvals of the same ids) and issue the
+def approve(
+    run_dir: str | Path, cards: list[AgentCard], by: str, owner: Mapping[str, str] | None = None
+) -> list[Approval]:
+    """Record `cards` as approved (replacing earlier approvals of the same ids) for `owner` (default: the
+    folder's, as its gateway last started; none before a gateway has started here) and issue the
     credentials the agents do not have yet."""
     for card in cards:
         if card.id in RESERVED:
             raise ConfigError(f"{card.id!r} is reserved ({RESERVED[card.id]}): choose another agent id")
     with _lock(run_dir):
         reg = load(run_dir)
+        held = dict(owner) if owner is not None else reg.owner
         done = []
         for card in cards:
-            a = Approval(card=card, sha256=checksum(card), by=by, ts_ns=time.time_ns())
+            a = Approval(card=card, sha256=checksum(card), by=by, ts_ns=time.time_ns(), owner=held)
             reg.cards[card.id] = a
             done.append(a)
         _save(run_dir, reg)
@@ -144,7 +191,25 @@ def approve(run_dir: str | Path, cards: list[AgentCard], by: str) -> list[Approv
     return done
 
 
+def bind_owner(run_dir: str | Path, owner: Mapping[str, str]) -> Registry:
+    """A gateway's start: record `owner` as the folder's (what later approvals are made for) and bind the
+    approvals that name no owner to it (approved before this folder's first start, e.g. by `ktrader
+    demo`, or by an older ktrader: honoured, now for this owner only). Returns the registry."""
+    with _lock(run_dir):
+        reg = load(run_dir)
+        changed = reg.owner != owner
+        reg.owner = dict(owner)
+        for agent, a in reg.cards.items():
+            if a.owner is None:
+                reg.cards[agent] = msgspec.structs.replace(a, owner=dict(owner))
+                changed = True
+        if changed:
+            _save(run_dir, reg)
+        return reg
+
+
 def withdraw(run_dir: str | Path, agent: str) -> bool:
+    """Take an agent's approval back: it may not register until its card is approved again."""
     with _lock(run_dir):
         reg = load(run_dir)
         if reg.cards.pop(agent, None) is None:
@@ -164,13 +229,20 @@ def differences(approved: AgentCard, declared: AgentCard) -> list[str]:
 
 
 class ApprovedCards:
-    """The gateway's view of the registry, re-read when the file changes."""
+    """The gateway's view of the registry, re-read when the file changes. Given the gateway's owner
+    (bind), it holds only the approvals made for that owner (same_owner)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, owner: Mapping[str, str] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self._stamp: int | None = -1
         self.cards: dict[str, Approval] = {}
         self.error = ""  # why the file could not be read (then nothing is approved)
+        self.owner: dict[str, str] | None = dict(owner) if owner is not None else None
+        self._told: set[tuple[str, int]] = set()  # refusals for another owner already logged (agent, ts_ns)
+
+    def bind(self, owner: Mapping[str, str]) -> None:
+        """The gateway's owner, once known at its start: from now on an approval for another owner is none."""
+        self.owner = dict(owner)
 
     def refresh(self) -> None:
         try:
@@ -188,4 +260,18 @@ class ApprovedCards:
 
     def get(self, agent: str) -> Approval | None:
         self.refresh()
-        return self.cards.get(agent)
+        a = self.cards.get(agent)
+        if a is None or same_owner(a.owner, self.owner):
+            return a
+        if (agent, a.ts_ns) not in self._told:  # one line per approval, not one per retry
+            self._told.add((agent, a.ts_ns))
+            log.warning(
+                "agent %s refused: its card was approved for %s, not for this gateway's %s; to let it trade on "
+                "this account, approve it again: ktrader cards approve --run-dir %s CARD (the card of %s)",
+                agent,
+                describe(a.owner),
+                describe(self.owner),
+                self.run_dir,
+                agent,
+            )
+        return None

@@ -451,29 +451,56 @@ class Gateway:
     def _trust(self) -> None:
         """The operator's credential, and on the first start on this run folder on the twin (env sim)
         the approval of the cards in `trust.cards_dir` (whoever starts the gateway is its operator; the
-        demo relies on it); every approved agent gets its credential. On paper/real nothing is approved
-        but by the operator's `ktrader cards approve`: the sample cards are live, and their budgets add up
-        to tens of millions of KRW."""
+        demo relies on it); every agent approved for this gateway's environment and account gets its
+        credential. On paper/real nothing is approved but by the operator's `ktrader cards approve`: the
+        sample cards are live, and their budgets add up to tens of millions of KRW. An approval made for
+        another environment or account (the twin's first start, before `ktrader reset` and a real
+        account) is not honoured: its agent is refused at registration (common/approvals.py)."""
         credentials.issue(self.run_dir, credentials.OPERATOR)
-        if not approvals.exists(self.run_dir):
-            folder = Path(self.cfg.trust.cards_dir)
-            cards: list[tuple[Path, AgentCard]] = []
-            for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
-                try:
-                    cards.append((path, load_card(path)))
-                except ConfigError as e:
+        owner = run_owner(self.cfg, self.broker, self.run_dir)  # the one run() checked the store's against
+        first = not approvals.exists(self.run_dir)
+        folder = Path(self.cfg.trust.cards_dir)
+        cards: list[tuple[Path, AgentCard]] = []
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            try:
+                cards.append((path, load_card(path)))
+            except ConfigError as e:
+                if first:
                     log.warning("first start: card not approved: %s", e)
-            if self.cfg.broker.env is BrokerEnv.SIM:
-                approvals.approve(self.run_dir, [c for _, c in cards], by=f"first start of the gateway ({folder})")
-                log.info(
-                    "first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
+        if first and self.cfg.broker.env is BrokerEnv.SIM:
+            approvals.approve(
+                self.run_dir, [c for _, c in cards], by=f"first start of the gateway ({folder})", owner=owner
+            )
+            log.info(
+                "first start on %s: approved %d cards from %s (%s); later: ktrader cards approve CARD",
+                self.run_dir,
+                len(cards),
+                folder,
+                ", ".join(c.id for _, c in cards) or "none",
+            )
+        self.approved.bind(owner)  # registrations: only the approvals for this owner
+        try:
+            # (read only: the owner is written into the approvals once KIS proved it, run(); approvals that
+            # name no owner are this owner's until then)
+            reg = approvals.load(self.run_dir)
+        except ConfigError as e:
+            log.error("%s", e)
+        else:
+            honoured = [a for a, ap in sorted(reg.cards.items()) if approvals.same_owner(ap.owner, owner)]
+            others = sorted(set(reg.cards) - set(honoured))
+            if others:
+                log.warning(
+                    "%s: %d cards were approved for another environment or account (%s), so they may not trade on "
+                    "%s; approve each one to trade with here again: ktrader cards approve --run-dir %s CARD",
                     self.run_dir,
-                    len(cards),
-                    folder,
-                    ", ".join(c.id for _, c in cards) or "none",
+                    len(others),
+                    ", ".join(f"{a} for {approvals.describe(reg.cards[a].owner)}" for a in others),
+                    approvals.describe(owner),
+                    self.run_dir,
                 )
-            else:  # nothing written: every start says it again until the operator has approved a card
-                # one line (a start's output is read whole): the cards found and the command
+            if not honoured and self.cfg.broker.env is not BrokerEnv.SIM:
+                # every start says it again until the operator has approved a card for this account; one
+                # line (a start's output is read whole): the cards found and the command
                 log.warning(
                     "%s account: no card is approved on %s, so no agent may trade; cards in %s: %s. Approve each "
                     "one to trade with: ktrader cards approve --run-dir %s %s",
@@ -484,12 +511,18 @@ class Gateway:
                     self.run_dir,
                     folder / "CARD.toml",
                 )
-        try:
-            for agent in approvals.load(self.run_dir).cards:
+            for agent in honoured:
                 credentials.issue(self.run_dir, agent)
+        self.keyring.refresh(force=True)
+
+    def _bind_approvals(self, owner: dict[str, str]) -> None:
+        """The folder's owner, proven, recorded in the approvals (later approvals are for it), and those made
+        before any gateway started here (`ktrader demo`, an older ktrader) bound to it. Not before KIS
+        proved it: a start refused for a wrong env or account would bind them to that one."""
+        try:
+            approvals.bind_owner(self.run_dir, owner)
         except ConfigError as e:
             log.error("%s", e)
-        self.keyring.refresh(force=True)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -517,6 +550,7 @@ class Gateway:
             # proven (the token and an account inquiry passed): a start KIS refused kept no owner, so the
             # corrected start (broker.env, the account) is not refused as another account's folder
             self.store.record_owner(owner)
+            self._bind_approvals(owner)
         except BaseException:
             self._unbind()
             await self._close_failed_start()  # no unclosed HTTP session or websocket behind the message

@@ -3,7 +3,7 @@
 ktrader keys init                      the gateway's pair, the signing key, the tools' pair
 ktrader keys agent ID                  a pair for agent ID (and its signing credential); the gateway accepts it
 ktrader keys export ID --to DIR        DIR becomes the agent host's run folder (gateway.json, its key, its credential)
-ktrader keys revoke ID                 the gateway refuses ID's key and credential from now on
+ktrader keys revoke ID                 the gateway refuses ID's key and credential, and its card is no longer approved
 ktrader keys list                      what is there
 """
 
@@ -16,7 +16,8 @@ from typing import NoReturn, Optional
 
 import typer
 
-from common import credentials, curve
+from common import approvals, credentials, curve
+from common.config import ConfigError
 from common.connection import ConnectionFileError, GatewayInfo, read_info, write_info
 
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for agents and tools on other hosts (tcp endpoints).")
@@ -75,18 +76,26 @@ def agent(
 
 @keys_app.command("revoke")
 def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
-    """Forget an agent's key: new connections with it are refused (a connected agent stays until it
-    disconnects; restart the gateway to drop it at once)."""
+    """Forget an agent's key and credential and withdraw its card's approval: new connections and
+    registrations with it are refused (a connected agent stays until it disconnects; restart the gateway
+    to drop it at once). The approval goes too, or the gateway's next start would issue the agent a
+    fresh credential (it issues one to every approved agent)."""
     try:
         gone = curve.revoke_client(run_dir, agent_id)
         if credentials.revoke(run_dir, agent_id):
             gone.append(credentials.credential_path(run_dir, agent_id))
-    except curve.CurveError as e:
+        withdrawn = approvals.exists(run_dir) and approvals.withdraw(run_dir, agent_id)
+    except (curve.CurveError, ConfigError, OSError) as e:
         _fail(e)
     for path in gone:
         typer.echo(f"removed {path}")
-    if not gone:
-        typer.echo(f"no key for {agent_id} in {curve.clients_dir(run_dir)}")
+    if withdrawn:
+        typer.echo(
+            f"withdrew the approval of {agent_id} ({approvals.registry_path(run_dir)}): its card must be approved "
+            f"again before it may trade: ktrader cards approve --run-dir {run_dir} CARD"
+        )
+    if not gone and not withdrawn:
+        typer.echo(f"no key, credential or approval for {agent_id} in {curve.keys_dir(run_dir)}")
 
 
 @keys_app.command("list")

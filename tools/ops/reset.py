@@ -1,5 +1,7 @@
 """`ktrader reset`: archive the runtime state (store, logs, locks, recorded data) for a clean start;
-the CURVE keys (run/keys) stay.
+the CURVE keys and credentials (run/keys) stay, but not the approved cards (run/keys/approved.json): a
+reset folder starts with none, since its next gateway may serve another account (the twin's demo
+approved every card in cards/; those approvals must not trade on a paper or real account).
 
 Refuses while a gateway holds the run lock of run/ or of a folder under it (a demo or a replay
 gateway), or, where no gateway ever took the run lock, while the pid in run/gateway.json is alive;
@@ -12,6 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+import typer
+
+from common import approvals
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
 
@@ -33,8 +38,8 @@ def _alive(pid: int) -> bool:
 
 
 def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | None:
-    """Move the contents of run_dir (except its README) into an archive folder; returns it, or
-    None when there was nothing to archive."""
+    """Move the contents of run_dir (except its README and keys/, but with keys/approved.json) into an
+    archive folder; returns it, or None when there was nothing to archive. Says so when approvals went."""
     for folder, pid in held_run_locks(run_dir):
         raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
     # The run lock is the authority (its probe above found it free): a crash leaves gateway.json
@@ -53,11 +58,21 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
             pass
     keep = ("README.md", "keys")  # keys/ is identity, not state: remote agents' bundles stay valid (issue 18b)
     items = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.exists() else []
-    if not items:
+    # ... but the approvals are the account's, not the folder's identity: they go with its books
+    approved = approvals.registry_path(run_dir)
+    if not items and not approved.exists():
         return None
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     dest = run_dir.parent / f"{run_dir.name}.archive" / stamp
     dest.mkdir(parents=True, exist_ok=False)
     for p in items:
         shutil.move(str(p), dest / p.name)
+    if approved.exists():
+        kept = dest / approved.parent.name / approved.name
+        kept.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.move(str(approved), kept)
+        typer.echo(
+            f"archived the approved cards ({kept}): no card is approved on {run_dir}/ now; approve each one to "
+            f"trade with on the account its next gateway serves: ktrader cards approve --run-dir {run_dir} CARD"
+        )
     return dest
