@@ -22,7 +22,15 @@ from common.config import ConfigError, load_card
 from common.protection import Protection
 from tools.backtest.costs import CostModel
 from tools.backtest.data import DataError, Listing, load_benchmark, parse_date, universe as universe_of
-from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest, unconfirmed_rules
+from tools.backtest.engine import (
+    BacktestConfig,
+    BacktestError,
+    BacktestInputError,
+    no_bars,
+    run_backtest,
+    strategy_class,
+    unconfirmed_rules,
+)
 from tools.backtest.history import CompanyHistory, load_history
 from tools.backtest.logs import summarise_repeats
 from tools.backtest.metrics import compute, round_trips
@@ -272,6 +280,7 @@ def _backtest(
         if opts.walk_forward and opts.rolling:
             raise ValueError("give one of --walk-forward and --rolling")
         c = load_card(card)
+        strategy_class(c)  # a strategy that does not load: said once, before any data is read or sweep starts
         d_from, d_to = parse_date(date_from), parse_date(date_to)
         if d_from > d_to:
             raise ValueError(f"--from {d_from} is after --to {d_to}")
@@ -295,14 +304,17 @@ def _backtest(
             codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
         )
         bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
-        grid = parse_sweep(opts.sweep) if opts.sweep else []
+        grid = parse_sweep(opts.sweep, c.params) if opts.sweep else []
         wf = parse_walk_forward(opts.walk_forward) if opts.walk_forward else None
         roll = parse_rolling(opts.rolling) if opts.rolling else None
         if (wf or roll or opts.universe) and not grid:
             grid = [{}]
-    except (ConfigError, DataError, ValueError, OSError) as e:
+    except (ConfigError, DataError, ValueError, OSError, BacktestInputError) as e:
         _error(console, f"backtest: {e}")
         return 2
+    except BacktestError as e:  # the strategy's module fails to import
+        _error(console, f"backtest failed: {e}")
+        return 1
     for s in series.values():  # one line per file: what the loader repaired or skipped
         for note in s.notes:
             _warn(console, note)
@@ -323,6 +335,8 @@ def _backtest(
                     if d_from.isoformat() <= b.start[:10] <= d_to.isoformat()
                 }
             )
+            if not days:  # every cell would fail alike: the dates are wrong, not the params
+                raise no_bars(codes, series, d_from, d_to)
             with _progress(console, "sweep") as prog:
                 res = run_sweep(
                     c,
@@ -345,6 +359,9 @@ def _backtest(
                 return 2
         with _progress(console, f"backtest {c.id}") as prog:
             result = run_backtest(c, series, config, prog)
+    except BacktestInputError as e:
+        _error(console, f"backtest: {e}")
+        return 2
     except BacktestError as e:
         _error(console, f"backtest failed: {e}")
         return 1

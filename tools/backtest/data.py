@@ -186,33 +186,37 @@ def read_rows(path: Path) -> tuple[dict[str, int], list[list[str]], int]:
 
 
 def parse_time(text: str) -> tuple[str, bool]:
-    """(Bar.start, intraday?) of a date or datetime cell: "YYYY-MM-DD" for a date (or a midnight
-    timestamp), "YYYY-MM-DDTHH:MM" in KST for a time of day (an offset other than +09:00 is converted)."""
+    """(Bar.start, intraday?) of a date or datetime cell: "YYYY-MM-DD" for a date (or a timestamp at
+    midnight KST: yfinance writes its daily bars as "2024-01-02 00:00:00+09:00"), "YYYY-MM-DDTHH:MM" in
+    KST for a time of day (an offset other than +09:00 is converted first; no KRX bar starts at midnight)."""
     s = text.strip()
     if len(s) <= 10:
         return parse_date(s).isoformat(), False
     if s[10] in " T" and (len(s) == 16 or s[16:] in (":00", ":00+09:00")):  # the common KST forms, no parsing
         hm = s[11:16]
-        return (s[:10], False) if hm == "00:00" and len(s) <= 19 else (f"{s[:10]}T{hm}", True)
+        return (s[:10], False) if hm == "00:00" else (f"{s[:10]}T{hm}", True)
     try:
         t = dt.datetime.fromisoformat(s)
     except ValueError:
         raise DataError(f"not a date or time: {text!r}") from None
     if t.tzinfo is not None:
         t = t.astimezone(KST)
-    elif (t.hour, t.minute, t.second) == (0, 0, 0):
+    if (t.hour, t.minute, t.second) == (0, 0, 0):
         return t.date().isoformat(), False
     return t.strftime("%Y-%m-%dT%H:%M"), True
 
 
-def _interval_of(starts: Sequence[str]) -> str:
+def _interval_of(starts: Sequence[str], path: Path) -> str:
     """The most common gap in minutes between consecutive bars of the same day, as "5m"."""
     gaps: Counter[int] = Counter()
     for a, b in zip(starts, starts[1:]):
         if a[:10] == b[:10]:
             gaps[(int(b[11:13]) * 60 + int(b[14:16])) - (int(a[11:13]) * 60 + int(a[14:16]))] += 1
     if not gaps:
-        raise DataError("intraday data with no two bars in one day: cannot tell the bar interval")
+        raise DataError(
+            f"{path}: intraday times ({starts[0]} ..) but no two bars in one day: cannot tell the bar interval "
+            "(daily data needs dates, or times at midnight KST)"
+        )
     return f"{gaps.most_common(1)[0][0]}m"
 
 
@@ -302,7 +306,7 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             problem("duplicates dropped", n, f"a second row for {start}")
         by_time[start] = (o, h, lo, c, vol)
     starts = sorted(by_time)
-    interval = _interval_of(starts) if intraday and starts else "1d"
+    interval = _interval_of(starts, path) if intraday and starts else "1d"
     vals = [by_time[t] for t in starts]
     return _Columns(
         starts=starts,

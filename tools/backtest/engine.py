@@ -28,6 +28,8 @@ import bisect
 import datetime as dt
 import functools
 import logging
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +60,52 @@ INTERVAL_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "60m": 60}
 
 class BacktestError(RuntimeError):
     """The backtest cannot run or the strategy failed; the message says where."""
+
+
+class BacktestInputError(BacktestError):
+    """What the backtest was given cannot make a run (the card's strategy or params, dates without bars,
+    bars of mixed intervals): bad input, which the command line exits with 2 for; nothing ran."""
+
+
+def no_bars(codes: list[str], series: dict[str, Series], lo: dt.date, hi: dt.date) -> BacktestInputError:
+    """The error for dates outside the data: it says where the data is."""
+    held = [series[c].bars for c in codes if c in series and series[c].bars]
+    span = (
+        f"the data runs {min(b[0].start[:10] for b in held)}..{max(b[-1].start[:10] for b in held)}"
+        if held
+        else f"the data has none up to {hi}"
+    )
+    return BacktestInputError(f"no bars for {codes} between {lo} and {hi} ({span}): give --from/--to within the data")
+
+
+def strategy_class(card: AgentCard) -> type[Strategy]:
+    """The card's Strategy class. A strategy that cannot be loaded is one line naming it and what is
+    wrong: BacktestInputError when the card names no class (no such module, no such class, not a
+    Strategy subclass), BacktestError when its module fails while being imported."""
+    spec = card.strategy
+    module_name, _, cls_name = spec.partition(":")
+    what = f"strategy {spec!r} of card {card.id}"
+    try:
+        return load_strategy_class(spec)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise BacktestInputError(
+                f"{what}: no module named {e.name!r} "
+                '(strategy = "package.module:Class", importable from the current folder or PYTHONPATH)'
+            ) from None
+        failure: Exception = e
+    except Exception as e:  # noqa: BLE001 - the strategy module's own failure, said in one line below
+        failure = e
+    module = sys.modules.get(module_name)
+    if module is not None:  # imported: the class is missing or is not a strategy
+        cls = getattr(module, cls_name, None)
+        if cls is None:
+            raise BacktestInputError(f"{what}: module {module_name} has no {cls_name!r}") from None
+        kind = "a class but" if isinstance(cls, type) else f"a {type(cls).__name__},"
+        raise BacktestInputError(f"{what}: {cls_name} is {kind} not a Strategy subclass") from None
+    where = traceback.extract_tb(failure.__traceback__)[-1] if failure.__traceback__ else None
+    at = f" ({where.filename}:{where.lineno})" if where and not where.filename.startswith("<") else ""
+    raise BacktestError(f"{what}: importing {module_name} failed: {type(failure).__name__}: {failure}{at}") from None
 
 
 def decides_on_prints_only(cls: type[Strategy]) -> bool:
@@ -353,15 +401,17 @@ class Backtest:
     def __init__(self, card: AgentCard, series: dict[str, Series], config: BacktestConfig) -> None:
         missing = [c for c in card.codes if c not in series]
         if missing:
-            raise BacktestError(f"no data for {missing}")
+            raise BacktestInputError(f"no data for {missing}")
         if config.date_from > config.date_to:
-            raise BacktestError(f"--from {config.date_from} is after --to {config.date_to}")
+            raise BacktestInputError(f"--from {config.date_from} is after --to {config.date_to}")
         intervals = {series[c].bars[0].interval for c in card.codes if series[c].bars}
         if len(intervals) > 1:
-            raise BacktestError(f"the codes' bars have different intervals {sorted(intervals)}")
+            raise BacktestInputError(f"the codes' bars have different intervals {sorted(intervals)}")
         self.interval = intervals.pop() if intervals else "1d"
         if self.interval != "1d" and self.interval not in INTERVAL_MINUTES:
-            raise BacktestError(f"bar interval {self.interval!r} is not supported (1d, {', '.join(INTERVAL_MINUTES)})")
+            raise BacktestInputError(
+                f"bar interval {self.interval!r} is not supported (1d, {', '.join(INTERVAL_MINUTES)})"
+            )
         self.intraday = self.interval != "1d"
         self.minutes = INTERVAL_MINUTES.get(self.interval, 0)
         self.card = card
@@ -414,7 +464,7 @@ class Backtest:
             self.times = sorted(by_time)
             self.at = [by_time[t] for t in self.times]
         if not self.times:
-            raise BacktestError(f"no bars for {card.codes} between {lo} and {hi[:-1]}")
+            raise no_bars(card.codes, series, config.date_from, config.date_to)
         # the KRX session an order placed at each bar time lives in: intraday the same day; daily the
         # next calendar session, or the data's next day if that comes first (the pre-1999 calendar has
         # gaps where the data shows trading)
@@ -434,7 +484,7 @@ class Backtest:
         raw = dict(card.params)
         raw.update(config.params or {})
         self.params = raw
-        cls = load_strategy_class(card.strategy)
+        cls = strategy_class(card)
         if decides_on_prints_only(cls):
             # bars cannot be turned back into the prints (or books) it decides on: run, it would trade
             # nothing and look like a flat strategy
@@ -444,10 +494,13 @@ class Backtest:
                 "replay: a backtest of it would trade nothing (it needs on_bar or on_timer to be backtested)"
             )
         self.ctx = BacktestContext(self)
-        try:
-            self.strategy: Strategy = cls(self.ctx, cls.parse_params(raw))
+        try:  # params the strategy refuses (its Params' types and checks, or a ValueError when it starts)
+            params = cls.parse_params(raw)
+            self.strategy: Strategy = cls(self.ctx, params)
+        except (ValueError, TypeError) as e:
+            raise BacktestInputError(f"{card.strategy}: bad params {raw}: {e}") from e
         except Exception as e:
-            raise BacktestError(f"{card.strategy}: bad params {raw}: {e}") from e
+            raise BacktestError(f"{card.strategy}: failed to start with params {raw}: {type(e).__name__}: {e}") from e
         self.pending: list[Note] = []
         self.history = config.history
         self.missing: list[str] = []  # what the strategy asked for that this backtest cannot answer

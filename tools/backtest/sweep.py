@@ -51,6 +51,7 @@ from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
 from tools.backtest.history import CompanyDay, CompanyHistory
+from tools.backtest.logs import RepeatSummary, merge_taken, summarise_repeats
 from tools.backtest.metrics import compute
 
 SEGMENTS = ("train", "validate", "test")
@@ -63,25 +64,44 @@ class Engine(StrEnum):
     DASK = "dask"
 
 
-def _value(text: str) -> Any:
+def _value(text: str, like: Any = None) -> Any:
+    """A --sweep value: of the type of `like` (the card's value for that param) when the text reads as
+    one, else a bool, an int, a float or the text. Text that a number would change stays text: a code
+    such as "005935" is not the number 5935."""
     t = text.strip()
-    if t.lower() in ("true", "false"):
-        return t.lower() == "true"
-    for conv in (int, float):
+    if isinstance(like, str):
+        return t
+    if isinstance(like, bool):
+        if t.lower() in ("true", "false"):
+            return t.lower() == "true"
+    elif isinstance(like, (int, float)):
         try:
-            return conv(t)
+            return type(like)(t)
         except ValueError:
             pass
-    return t
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        i = int(t)
+    except ValueError:
+        pass
+    else:
+        return i if str(i) == t else t  # "005935", "1_000": kept as written
+    try:
+        return float(t)
+    except ValueError:
+        return t
 
 
-def parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
-    """['short=3,5', 'long=20,40'] -> the grid [{'short': 3, 'long': 20}, {'short': 3, 'long': 40}, ...]."""
+def parse_sweep(specs: list[str], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """['short=3,5', 'long=20,40'] -> the grid [{'short': 3, 'long': 20}, {'short': 3, 'long': 40}, ...].
+    `params` (the card's) give each named param's type: its values are read as that type when they can be."""
     axes: list[tuple[str, list[Any]]] = []
     for spec in specs:
         name, sep, values = spec.partition("=")
         name = name.strip()
-        vals = [_value(v) for v in values.split(",") if v.strip()]
+        like = (params or {}).get(name)
+        vals = [_value(v, like) for v in values.split(",") if v.strip()]
         if not sep or not name or not vals:
             raise ValueError(f"bad --sweep {spec!r}: expected name=v1,v2,...")
         if any(name == n for n, _ in axes):
@@ -91,7 +111,10 @@ def parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
 
 
 def parse_walk_forward(spec: str) -> tuple[float, float, float]:
-    parts = [float(x) for x in spec.split(",")]
+    try:
+        parts = [float(x) for x in spec.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 3 or any(p <= 0 for p in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-9):
         raise ValueError(f"bad --walk-forward {spec!r}: three positive fractions summing to 1, e.g. 0.6,0.2,0.2")
     return parts[0], parts[1], parts[2]
@@ -257,16 +280,44 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
 
 
 _WORKER_PAYLOAD: bytes = b""
+# in a worker process: the strategies' log, counted per cell and sent back with its row (logs.py)
+_WORKER_LOG: RepeatSummary | None = None
 
 
 def _init_worker(payload: bytes) -> None:
     global _WORKER_PAYLOAD
     _WORKER_PAYLOAD = payload
     _decode_payload(payload)
+    _capture_log()
+
+
+def _capture_log() -> None:
+    """In a worker: the strategies' lines are not printed here but kept for the parent (`_logged`)."""
+    global _WORKER_LOG
+    if _WORKER_LOG is None:
+        _WORKER_LOG = summarise_repeats(None)
+
+
+def _logged(row: dict[str, Any]) -> dict[str, Any]:
+    """A worker's row without its log, whose lines go to this process's summary (as with one worker)."""
+    taken = row.pop("log", None)
+    if taken:
+        merge_taken(taken)
+    return row
 
 
 def run_cell(cell: Cell, payload: bytes | None = None) -> dict[str, Any]:
-    """One cell's row; never raises for the strategy's or the data's problems (the error is the row)."""
+    """One cell's row; never raises for the strategy's or the data's problems (the error is the row).
+    In a worker process the row also carries what the strategy logged ("log", taken off by `_logged`)."""
+    row = _run_cell(cell, payload)
+    if _WORKER_LOG is not None:
+        taken = _WORKER_LOG.take()
+        if taken:
+            row["log"] = taken
+    return row
+
+
+def _run_cell(cell: Cell, payload: bytes | None) -> dict[str, Any]:
     series, history = _decode_payload(payload if payload is not None else _WORKER_PAYLOAD)
     row: dict[str, Any] = {
         "segment": cell.segment,
@@ -310,6 +361,7 @@ def _return_until(dates: list[str], equity: list[int], cash: int, day: dt.date) 
 
 def _run_cell_bytes(cell: bytes, payload: bytes) -> bytes:
     """The Dask task: msgpack in, msgpack out."""
+    _capture_log()
     return msgspec.msgpack.encode(run_cell(msgspec.msgpack.decode(cell, type=Cell), payload))
 
 
@@ -344,7 +396,7 @@ def run_cells(
     ) as pool:
         out = []
         for i, r in enumerate(pool.map(run_cell, cells, chunksize=max(1, total // (workers * 8)))):
-            out.append(r)
+            out.append(_logged(r))
             if progress:
                 progress(i + 1, total)
         return out
@@ -386,7 +438,7 @@ def _run_dask(
             out[index[fut.key]] = msgspec.msgpack.decode(fut.result())
             if progress:
                 progress(n, len(cells))
-        return [r for r in out if r is not None]
+        return [_logged(r) for r in out if r is not None]  # the log lines in grid order, as the rows
     finally:
         client.close()
         if cluster is not None:
