@@ -261,6 +261,10 @@ class Gateway:
         if isinstance(self.clock, WallClock):  # the host's clock is the market's: its skew reaches a person
             self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
+        # bars built from prints that stopped (a released registration) are partial; a split makes the stored
+        # bars of its code the old shares' prices (server/marketdata.py)
+        self.subs.on_released = self._prints_stopped
+        self.recon.on_split_found = self.md.forget_history
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
@@ -358,6 +362,10 @@ class Gateway:
 
     def _cards(self) -> list[AgentCard]:
         return [rec.card for rec in self.registry.agents.values()]
+
+    def _prints_stopped(self, kind: MarketKind, code: str) -> None:
+        if kind is MarketKind.TRADES:
+            self.md.released(code)
 
     def _daily_codes(self) -> set[str]:
         """The codes whose day bars a registered agent subscribes to: its card's and its universe's (the

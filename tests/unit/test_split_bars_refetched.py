@@ -121,3 +121,28 @@ async def test_a_split_found_in_the_balance_drops_the_codes_stored_bars(tmp_path
     finally:
         await h.close()
     await asyncio.to_thread(assert_adjusted, md)
+
+
+async def test_the_gateway_wires_released_prints_and_found_splits_to_its_market_data(tmp_path: Path) -> None:
+    """A released registration marks the code's open bars partial; a split the reconciler finds drops its bars."""
+    from common.config import GatewayConfig
+    from kis.port import MarketKind
+    from server.gateway import Gateway
+    from tests.fakes.broker import FakeBroker
+
+    gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "run"), master_url=""), FakeBroker(ref_price=70_000))
+    try:
+        gw.subs.debounce_s = 0.0
+        assert gw.subs.want("alpha", MarketKind.TRADES, "005930")[0] is None
+        gw.subs.release("alpha", MarketKind.TRADES, "005930")
+        for _ in range(250):  # the release is debounced on the loop
+            if "005930" in gw.md.heard_since:
+                break
+            await asyncio.sleep(0.02)
+        assert "005930" in gw.md.heard_since
+        assert gw.recon.on_split_found is not None
+        gw.md.store.add([bar("005930", SPLIT_DAY, 2_500_000)])
+        gw.recon.on_split_found("005930", "a 50:1 split found in the balance")
+        assert gw.md.store.last("005930", "1d", 5) == []
+    finally:
+        gw._close_stores()
