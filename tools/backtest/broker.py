@@ -17,7 +17,18 @@ Fill rules (an order never sees the bar it was decided on):
   the day's band (±15 % before 2015-06-15, ...: common/krx_rules.py); adjusted history rounds prices,
   so a bar without range within half a percentage point of the band edge counts as locked too;
 - buys never take cash below zero: a buy is cut to what the cash (with commission) pays for;
-- orders fill in the order they were sent, across codes (cash and volume go to the earlier order);
+- at each bar, the orders that execute at its open (market orders, IOC/FOK, limits the open crosses)
+  are matched first, then the rest: in the order they were sent, across codes, within each of the two
+  (cash and volume go to the earlier order); the engine checks the protective orders between the two
+  (`match`'s `phase`), as a stop sees the prints that follow the opening auction;
+- a CONDITIONAL order's rest fills at the close only while the card's end of day leaves it working
+  (`closing_call`: off under `end_of_day = cancel / flatten` on daily bars: live cancels it at
+  `schedule.end`, before the closing call);
+- the end of day (the engine's, tools/backtest/engine.py): `reducing` after the card's `schedule.end`
+  on intraday bars (only sells of held shares for the day's session, as live's gate after its
+  clean-up; next-session orders are not restricted); `flatten` places market sells of every
+  position (the gateway's numbers, sized by the order-value limit as live) that fill at the close of the
+  code's last bar of the day (the closing call), whole, not in a bar locked at the lower limit or halted;
 - DAY orders live in one KRX session (the next one after a daily bar's close; the same day for intraday
   bars) and expire at its close, whether or not the data has a bar for their code that day: a code
   without a bar on a calendar session is halted and fills nothing.
@@ -30,15 +41,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import msgspec
 
 from common.books import apply_fill
 from common.config import AgentCard, DrawdownPeak, RiskLimits
-from common.enums import OrderType, Side, TimeInForce
+from common.enums import OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
+from common.ids import GATEWAY_ORDER_BASE
 from common.krx import phase_at_ns
 from common.krx_rules import PPM, TAX_EXEMPT_KINDS, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
@@ -96,6 +108,8 @@ _BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
 _NEW, _ACCEPTED, _FILLED, _PARTLY = OrderState.NEW, OrderState.ACCEPTED, OrderState.FILLED, OrderState.PARTIALLY_FILLED
 _NO_ACCOUNT = AccountExposure()  # a backtest trades one agent's book: no account-wide limits here
+# match()'s phases: both (the open's orders, then the rest), the orders that execute at the open, the rest
+BOTH, AT_OPEN, REST = 0, 1, 2
 
 
 def _close_ns(day: str) -> int:
@@ -186,6 +200,11 @@ class SimBroker:
             codes=frozenset(self.card.codes),
             costs=self.costs,
         )
+        self._reducing_mandate = replace(self._mandate, agent_state=TradingState.REDUCING)
+        self.reducing = False  # after the card's schedule.end (cancel / flatten): only reducing orders today
+        self.closing_call = True  # False: a CONDITIONAL's rest does not reach the close (see the docstring)
+        self.closing: set[str] = set()  # flatten sells: filled at the day's last close, not by match()
+        self._gateway_n: dict[str, int] = {}  # day -> the last of the gateway's numbers used that day
         self._rate = RateWindow()
         lim = self.card.risk
         # the account's shape (gross, codes, one code, one sector) and drawdown: the backtest's account is
@@ -312,7 +331,8 @@ class SimBroker:
             price=price,
             order_type=order_type,
             tif=tif,
-            mandate=self._mandate,
+            # the end of day's clean-up restricts the day's session, not orders for the next one (as live)
+            mandate=self._reducing_mandate if self.reducing and tif not in HELD_TIFS else self._mandate,
             exp=exp,
             account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
             market=MarketView(
@@ -478,48 +498,69 @@ class SimBroker:
     def has_open(self) -> bool:
         return bool(self.open_ids)
 
-    def match(self, bars: dict[str, Bar] | Bar, day: str, notes: list[Note]) -> None:
+    def match(self, bars: dict[str, Bar] | Bar, day: str, notes: list[Note], phase: int = BOTH) -> None:
         """A KRX session's bars (code -> the bar of this bar time, or the one Bar of a one-code card):
-        fill the open orders in the order they were sent, each against its code's bar. An order whose
-        code has no bar here does not fill (a halted code, or a bar time without it). The engine calls
-        this before the strategy sees the bars, so every open order was decided on an earlier bar."""
+        fill the open orders, each against its code's bar: first those that execute at the bar's open
+        (market orders, IOC/FOK, limits the open crosses), then the rest, each group in the order the
+        orders were sent. `phase`: BOTH, or AT_OPEN then REST in two calls (the engine checks the
+        protective orders between them). An order whose code has no bar here does not fill (a halted
+        code, or a bar time without it); a flatten sell waits for the close (`fill_closing`). The
+        engine calls this before the strategy sees the bars, so every open order was decided on an
+        earlier bar."""
         rules = rules_for(day)
         locks: dict[str, tuple[bool, bool]] = {}
-        used = self._used
         one = bars if isinstance(bars, Bar) else None
-        if one is not None:
-            used[one.code] = 0
-        else:
-            for code in bars:  # type: ignore[union-attr]
-                used[code] = 0
-        orders, meta = self.orders, self.meta
-        survivors: list[str] = []
+        if phase != REST:  # the bar's volume is shared by everything we fill in it
+            used = self._used
+            if one is not None:
+                used[one.code] = 0
+            else:
+                for code in bars:  # type: ignore[union-attr]
+                    used[code] = 0
+        orders, meta, closing = self.orders, self.meta, self.closing
+        later: list[tuple[Order, Bar]] = []
+        ended = False
         for coid in self.open_ids:
             o = orders[coid]
-            code = o.code
             if one is not None:
-                bar = one if code == one.code else None
+                bar = one if o.code == one.code else None
             else:
-                bar = bars.get(code)  # type: ignore[union-attr]
-            if bar is None or meta[coid][_SESSION] > day:
-                survivors.append(coid)
+                bar = bars.get(o.code)  # type: ignore[union-attr]
+            if bar is None or meta[coid][_SESSION] > day or (closing and coid in closing):
                 continue
-            if bar.low == bar.high:
-                lock = locks.get(code)
-                if lock is None:
-                    lock = locks[code] = self._locked(bar, rules)
-            else:
-                lock = _UNLOCKED
-            if not lock[0 if o.side is _BUY else 1]:
-                self._fill_order(o, bar, day, rules, notes)
-                o = orders[coid]
+            if (
+                o.order_type is _MARKET
+                or o.tif in _AT_OPEN_ONLY
+                or (bar.open <= o.price if o.side is _BUY else bar.open >= o.price)
+            ):  # it executes at the open: in the opening auction (the session's first bar) or at the open's print
+                if phase != REST:
+                    ended = self._match_one(o, bar, day, rules, locks, notes) or ended
+            elif phase != AT_OPEN:
+                later.append((o, bar))
+        for o, bar in later:
+            ended = self._match_one(o, bar, day, rules, locks, notes) or ended
+        if ended:
+            self.open_ids[:] = [c for c in self.open_ids if orders[c].state not in _TERMINAL]
+
+    def _match_one(
+        self, o: Order, bar: Bar, day: str, rules: KrxRules, locks: dict[str, tuple[bool, bool]], notes: list[Note]
+    ) -> bool:
+        """One order against its code's bar; True when it ended (filled, or an IOC/FOK's rest cancelled)."""
+        coid = o.client_order_id
+        if bar.low == bar.high:
+            lock = locks.get(o.code)
+            if lock is None:
+                lock = locks[o.code] = self._locked(bar, rules)
+        else:
+            lock = _UNLOCKED
+        if not lock[0 if o.side is _BUY else 1]:
+            self._fill_order(o, bar, day, rules, notes)
+            o = self.orders[coid]
+        state = o.state
+        if o.tif in _AT_OPEN_ONLY and state in _OPEN:
+            o = self._step(coid, Cancelled(ts_ns=self.ts_ns), notes)  # IOC/FOK rest: gone after the open
             state = o.state
-            if o.tif in _AT_OPEN_ONLY and state in _OPEN:
-                o = self._step(coid, Cancelled(ts_ns=self.ts_ns), notes)  # IOC/FOK rest: gone after the open
-                state = o.state
-            if state not in _TERMINAL:
-                survivors.append(coid)
-        self.open_ids[:] = survivors
+        return state in _TERMINAL
 
     def _locked(self, bar: Bar, rules: KrxRules) -> tuple[bool, bool]:
         """(locked up, locked down): a bar without range at the day's limit (or within half a percentage
@@ -548,7 +589,7 @@ class SimBroker:
             return min(bar.open, o.price)
         if not buy and bar.high >= o.price:
             return max(bar.open, o.price)
-        if o.order_type is _CONDITIONAL:
+        if o.order_type is _CONDITIONAL and self.closing_call:
             return bar.close
         return 0
 
@@ -640,6 +681,63 @@ class SimBroker:
         )
         self.fills.append(rec)
         notes.append(("fill", rec, fid, ts_ns, pos))
+
+    def gateway_coid(self, day: str) -> str:
+        """The next of the gateway's own numbers of the agent's orders on `day` (protective exits and
+        flatten sells share them, from GATEWAY_ORDER_BASE up, as live's OrderBook.last_gateway_number)."""
+        n = self._gateway_n[day] = self._gateway_n.get(day, GATEWAY_ORDER_BASE - 1) + 1
+        return f"{self.card.id}-{day.replace('-', '')}-{n}"
+
+    def cancel_all(self, notes: list[Note]) -> int:
+        """Every open order of the agent cancelled (next-session orders too, as live's cancel_all)."""
+        n = 0
+        for coid in list(self.open_ids):
+            n += self.cancel(coid, notes)
+        self.closing.clear()
+        return n
+
+    def flatten(self, day: str, reason: str, notes: list[Note]) -> list[str]:
+        """The end of day's flatten after its cancels (server/order_desk.py flatten): a market sell of each
+        position (in code order) for `day`'s session, at most what the order-value limit fits (judged at
+        the day's lower limit, as live sizes it), through the gate; each waits for the close
+        (`fill_closing`). Returns the sells placed."""
+        rules = rules_for(day)
+        if day != self.entry_session:
+            self.entry_session, self.entry_rules = day, rules  # (the engine sets its own back at its next order)
+        cap = self.card.risk.max_order_value
+        placed: list[str] = []
+        for code, p in sorted(self.positions.items()):
+            if p.qty <= 0:
+                continue
+            qty = p.qty
+            if cap:
+                kind, board = self.listing(code)
+                unit = notional_price(_SELL, 0, self.base.get(code, 0), kind, rules, board, _MARKET)
+                fit = cap // unit if unit > 0 and qty * unit > cap else qty
+                qty = fit if 0 < fit < qty else qty  # (not one share fits: the whole, which the gate denies)
+            coid = self.gateway_coid(day)
+            self.submit(coid, code, _SELL, qty, 0, _MARKET, TimeInForce.DAY, reason, notes)
+            if self.orders[coid].is_open:
+                self.closing.add(coid)
+                placed.append(coid)
+        return placed
+
+    def fill_closing(self, bars: dict[str, Bar], day: str, notes: list[Note]) -> None:
+        """The flatten sells at the close: each at the close of its code's last bar of the day (`bars`),
+        whole; none in a bar locked at the lower limit, in a halted one (volume 0), or without a bar.
+        What does not fill stays open until the session's expiry."""
+        rules = rules_for(day)
+        for coid in [c for c in self.open_ids if c in self.closing]:
+            o = self.orders[coid]
+            bar = bars.get(o.code)
+            if bar is None or (bar.low == bar.high and self._locked(bar, rules)[1]):
+                continue
+            if bar.volume == 0 and o.code not in self.uncapped:
+                continue
+            self._fill_order(o, bar, day, rules, notes, price=bar.close, capped=False)
+            if self.orders[coid].state in _TERMINAL:
+                self.open_ids.remove(coid)
+        self.closing.clear()
 
     def exit(
         self, coid: str, code: str, qty: int, price: int, bar: Bar, day: str, reason: str, notes: list[Note]

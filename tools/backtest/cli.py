@@ -381,6 +381,8 @@ def _backtest(
         )
     for what, n in sorted(result.unanswered.items()):
         _warn(console, f"{n:,} × {what} (the history does not reach back that far)")
+    for w in result.warnings:  # what the run could not model as live does it (the card's end of day)
+        _warn(console, w)
     data_info = {
         code: {
             "source": s.source,

@@ -2,21 +2,39 @@
 
 Daily bars (`1d`), per bar time t (a trading day), in this order:
 1. orders that lived in a KRX session before t without a bar for their code (a halted code, or a day
-   the data lacks) expire; the simulated broker matches the orders of session t against t's bars, in
-   the order they were sent, and expires the session's leftovers; the strategy hears about it through
-   `on_order` / `on_fill` (now() = t's open, 09:00);
-2. the strategy gets `on_bar` for every code with a bar at t, in code order (as the gateway closes them) (now() = t's
+   the data lacks) expire; the simulated broker matches the orders of session t against t's bars: first
+   those that execute at the open (the opening auction: market orders, IOC/FOK, limits the open
+   crosses), then the protective orders are checked against the bar (tools/backtest/protection.py: a
+   stop sees the prints after the auction), then the rest; each group in the order sent; the session's
+   leftovers expire; the strategy hears about it through `on_order` / `on_fill` / `on_protection`
+   (now() = t's open, 09:00);
+2. the card's end of day (`[schedule] end_of_day`, at `end`, 15:20 by default): `flatten` cancels what
+   is still open (orders placed while t's fills were delivered) and sells every position at t's close
+   (the closing call; server/trading_day.py); `cancel` cannot be told from a daily bar (it does not say
+   whether a fill inside it came before `end`): fills stay as they are and the result warns once when
+   a fill inside a bar (not at its open) may have come after it; under both, a CONDITIONAL's rest no
+   longer fills at the close (live cancels it at `end`, before the closing call); `hold`: nothing;
+3. the strategy gets `on_bar` for every code with a bar at t, in code order (as the gateway closes them) (now() = t's
    close, 15:30); orders it places go to the broker at once and live in the next KRX session (the
    calendar's, or the data's next day when the calendar has it closed), checked against that
    session's tick grid and band (common/krx_rules.py);
-3. equity is marked at t's closes.
+4. equity is marked at t's closes.
 
-Intraday bars (`1m`, `5m`, ...), per bar time t: the same steps 1-2 (now() = t's start while matching,
+Intraday bars (`1m`, `5m`, ...), per bar time t: the same steps 1 and 3 (now() = t's start while matching,
 t's end in `on_bar`), but DAY orders live until the close of the day they were placed on: after the
 day's last bar they expire (an order placed on that last bar never fills: the data has no later bar
-that day). The price band's base is the previous day's last close (the data's stand-in for the
-official close); equity is marked once a day, at the day's last bar, so returns and their
-annualisation are daily whatever the bar size.
+that day). The end of day (step 2) comes after the matching of the day's first bar whose end reaches
+`end` (moved as the session's close on a late-closing day), before its `on_bar`: `cancel` and
+`flatten` cancel every open order of the agent (its next-session orders too, as live) and leave it
+reducing for the rest of the day's session (buys refused, as live's gate after its clean-up;
+next-session orders are not restricted); `flatten` also places market sells of every position, filled
+at the close of the code's last bar of the day (the closing call). A bar that spans `end` (15m, 60m)
+has its fills counted as before it. A day whose bars stop before `end` (data without the session's
+last minutes: shared/data/krx_intraday_5min_2020 stops at 15:00) is warned of once per run: `flatten`
+sells after its last bar at that bar's close, `cancel` is not applied (its orders expire at the
+close). `hold`: nothing (orders expire at the close). The price band's base is the previous day's last close
+(the data's stand-in for the official close); equity is marked once a day, at the day's last bar, so
+returns and their annualisation are daily whatever the bar size.
 
 `ctx.history(code, interval)` returns only bars before t — never the bar being delivered or a later one;
 on intraday data `history(code, "1d")` gives the completed days, aggregated from the bars.
@@ -36,17 +54,18 @@ from typing import Any
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import NORMAL_HOURS, known_year, late_hours_of, next_trading_day
+from common.calendar import NORMAL_HOURS, close_delay, known_year, late_hours_of, next_trading_day
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
+from common.ids import placed_by_gateway
 from common.krx_rules import rules_for
-from common.config import AgentCard
+from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, revise_refusal
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
-from tools.backtest.broker import FillRecord, Note, SimBroker
+from tools.backtest.broker import AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
@@ -153,6 +172,7 @@ class BacktestResult:
     interval: str = "1d"
     unanswered: dict[str, int] = field(default_factory=dict)  # ctx.quote/investor asked before the history began
     protections: list[Protection] = field(default_factory=list)  # every protective order, in its final state
+    warnings: list[str] = field(default_factory=list)  # what the run could not model as live (for the report)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -169,6 +189,7 @@ _KST_OFFSET_S = 9 * 3600
 
 
 _TIF_NEXT = TimeInForce.NEXT_SESSION
+EOD_BEFORE_BAR, EOD_AFTER_BAR = 1, 2  # Backtest.eod_at: the end of day before the bar's on_bar, or after it
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
 _NEXT_SESSION: dict[str, str] = {}
@@ -480,6 +501,16 @@ class Backtest:
             elif self.intraday and first < len(self.bars[code]):
                 # no earlier day: the first bar's open stands in for the previous close (the band's base)
                 self.broker.set_close(code, self.bars[code][first].open)
+        # the card's end of day (module docstring): intraday, per bar time 0, or when it runs there
+        self.end_of_day = EndOfDay(card.schedule.end_of_day)  # (a card built in code may carry the plain string)
+        self._end_minute = int(card.schedule.end[:2]) * 60 + int(card.schedule.end[3:5])
+        self.eod_at: list[int] = []
+        self._short_days: list[str] = []  # intraday: the last bar of each day whose bars stop before `end`
+        if self.end_of_day is not EndOfDay.HOLD:
+            if self.intraday:
+                self.eod_at = self._eod_steps()
+            else:
+                self.broker.closing_call = False  # live cancels a CONDITIONAL at `end`, before the closing call
         self._daily: dict[str, tuple[list[Bar], list[str]]] = {}
         raw = dict(card.params)
         raw.update(config.params or {})
@@ -523,6 +554,119 @@ class Backtest:
         self._id_head = card.id + "-"
         self._order_n = 0
         self._running = False
+
+    # ---- the end of day ---------------------------------------------------------------------------
+
+    def _end_minute_of(self, day: str) -> int:
+        """The card's `end` on `day` in minutes after midnight, moved as the session's close (the CSAT day)."""
+        shift = close_delay(dt.date.fromisoformat(day)) if known_year(int(day[:4])) else dt.timedelta()
+        return self._end_minute + int(shift.total_seconds()) // 60
+
+    def _eod_steps(self) -> list[int]:
+        """Intraday: per bar time, EOD_BEFORE_BAR at each day's first bar whose end reaches the card's
+        `end` (after its matching, before its on_bar), else 0. A day whose bars stop before `end` (data
+        without the session's last minutes) is counted in `_short_days`; under `flatten` its end of day
+        comes after its last bar (EOD_AFTER_BAR: sold at that bar's close, the data's stand-in for the
+        closing call), under `cancel` not at all (its orders expire at the close)."""
+        out = [0] * len(self.times)
+        day, end, done = "", 0, False
+        flatten = self.end_of_day is EndOfDay.FLATTEN
+        for i, t in enumerate(self.times):
+            if t[:10] != day:
+                day, done = t[:10], False
+                end = self._end_minute_of(day)
+            if done:
+                continue
+            if int(t[11:13]) * 60 + int(t[14:16]) + self.minutes >= end:
+                out[i], done = EOD_BEFORE_BAR, True
+            elif self.day_end[i]:
+                self._short_days.append(t)
+                if flatten:
+                    out[i] = EOD_AFTER_BAR
+        return out
+
+    def _end_of_day(self, step: int, bars: Any) -> None:
+        """The card's end-of-day policy at its `end` (server/trading_day.py end_of_day): the agent's open
+        orders cancelled, and for `flatten` a market sell of every position for the closing call (daily
+        bars: filled here at the bar's close; intraday at the day's last close, `_closing_call`).
+        Intraday the agent is reducing until the day's close."""
+        broker, pending = self.broker, self.pending
+        day = self.times[step][:10]
+        broker.step = step
+        broker.ts_ns = _day_ns(day) + self._end_minute_of(day) * 60_000_000_000
+        broker.cancel_all(pending)
+        if self.end_of_day is EndOfDay.FLATTEN:
+            broker.flatten(day, "end of day: flatten", pending)
+            if not self.intraday:
+                broker.ts_ns = _session_ns(day)[1]
+                broker.fill_closing({bars.code: bars} if self.single else bars, day, pending)
+                broker.expire_sessions(day, pending)  # a sell that did not fill (locked, halted) ends with the day
+        if self.intraday:
+            broker.reducing = True
+        if self.protections.active:
+            self.protections.settle(pending)  # a position sold ends its protection
+        if pending:
+            self._deliver()
+
+    def _closing_call(self, step: int) -> None:
+        """Intraday, at the day's last bar: the flatten sells at the close of their code's last bar of the day."""
+        broker, t = self.broker, self.times[step]
+        day = t[:10]
+        last: dict[str, Bar] = {}
+        for coid in broker.closing:
+            code = broker.orders[coid].code
+            starts = self.starts[code]
+            i = bisect.bisect_right(starts, t) - 1
+            if i >= 0 and starts[i][:10] == day:
+                last[code] = self.bars[code][i]
+        broker.step = step
+        broker.ts_ns = _session_ns(day)[1]
+        broker.fill_closing(last, day, self.pending)
+        if self.protections.active:
+            self.protections.settle(self.pending)
+        if self.pending:
+            self._deliver()
+
+    def _eod_warnings(self) -> list[str]:
+        """Under `cancel` / `flatten`: on daily bars, the agent's fills inside a bar (not at its open), which
+        may have come after `end`, where live cancels the order; on intraday bars, the days whose bars
+        stop before `end`."""
+        if self.end_of_day is EndOfDay.HOLD:
+            return []
+        policy, end = self.end_of_day.value, self.card.schedule.end
+        if self.intraday:
+            short = self._short_days
+            if not short:
+                return []
+            days = sum(self.day_end)
+            what = (
+                "their positions are sold at the day's last close instead (the data's stand-in for the closing call)"
+                if self.end_of_day is EndOfDay.FLATTEN
+                else "not applied on them: their orders expire at the close (live cancels them at "
+                f"{end}, next-session orders placed before it too)"
+            )
+            last = max(int(t[11:13]) * 60 + int(t[14:16]) for t in short) + self.minutes
+            return [
+                f"end_of_day = {policy} at {end}: the bars of {len(short):,} of {days:,} days stop before it (by "
+                f"{last // 60:02d}:{last % 60:02d}): {what}"
+            ]
+        inside = []
+        for f in self.broker.fills:
+            if placed_by_gateway(f.client_order_id):
+                continue
+            starts = self.starts[f.code]
+            i = bisect.bisect_left(starts, f.at)
+            if i < len(starts) and starts[i] == f.at and f.price != self.bars[f.code][i].open:
+                inside.append(f)
+        if not inside:
+            return []
+        first = inside[0]
+        return [
+            f"end_of_day = {policy} at {end}: a daily bar cannot tell fills "
+            f"after it; live cancels the order then ({len(inside):,} fills inside a bar kept as filled, the first "
+            f"{first.day} {first.code} {first.side.value} {first.qty:,} at {first.price:,}; "
+            '[schedule] end_of_day = "hold" for orders meant to work the whole session)'
+        ]
 
     # ---- company data and flows (tools/backtest/services.py) ---------------------------------------
 
@@ -758,6 +902,8 @@ class Backtest:
         prot = self.protections
         protected = prot.active
         missing = self.missing
+        eod_at = self.eod_at
+        flatten_daily = not intraday and self.end_of_day is EndOfDay.FLATTEN  # (daily cancel: see the docstring)
         self._call("on_start")
         self._deliver()
         self.in_bar = True
@@ -765,36 +911,31 @@ class Backtest:
         for step, t in enumerate(times):
             self.step = step
             bars = at[step]
-            if protected or prot._pending_notes:  # stops and take-profits first (common/protection.py)
-                prot.step = step
-                self.in_bar = False
-                broker.step = step
-                broker.ts_ns = _time_ns(t, minutes, False) if intraday else _time_ns(t[:10], 0, False)
-                prot.check(step, bars, t[:10], pending)
-                if pending:
-                    if listening:
-                        self._deliver()
-                    else:
-                        pending.clear()
-                self.in_bar = True
+            check = protected or prot._pending_notes
             prot.step = step
-            if open_ids:
+            if open_ids or check:
                 self.in_bar = False
                 broker.step = step
                 day = t[:10]
-                if intraday:
-                    broker.ts_ns = _time_ns(t, minutes, False)
-                    if day != broker.day:  # a new day: next-session orders whose session had no bar expired then
-                        broker.day = day
-                        broker.expire_sessions(day, pending, before=True)
-                    broker.match(bars, day, pending)
-                else:
-                    if meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
+                start_ns = _time_ns(t, minutes, False) if intraday else _session_ns(day)[0]
+                broker.ts_ns = start_ns
+                if open_ids:
+                    if intraday:
+                        if day != broker.day:  # a new day: next-session orders whose session had no bar expired then
+                            broker.day = day
+                            broker.expire_sessions(day, pending, before=True)
+                    elif meta[open_ids[0]][2] < day:  # sessions that passed without a bar of any listed code
                         broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
-                    session_open, session_close = _session_ns(day)
-                    broker.ts_ns = session_open
-                    broker.match(bars, day, pending)
-                    broker.ts_ns = session_close
+                    # the orders that execute at the open first: they fill in the opening auction (or at
+                    # the open's print), before any print a stop or a take-profit sees
+                    broker.match(bars, day, pending, AT_OPEN if check else BOTH)
+                if check:  # then the stops and take-profits (common/protection.py), then the rest of the bar
+                    broker.ts_ns = start_ns
+                    prot.check(step, bars, day, pending)
+                    if open_ids:
+                        broker.match(bars, day, pending, REST)
+                if open_ids and not intraday:
+                    broker.ts_ns = _session_ns(day)[1]
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if protected:
                     prot.settle(pending)  # buys that filled arm theirs (checked from the next bar), unfilled ones end
@@ -804,6 +945,11 @@ class Backtest:
                     else:
                         pending.clear()
                 self.in_bar = True
+            if eod_at:
+                if eod_at[step] == EOD_BEFORE_BAR:
+                    self._end_of_day(step, bars)
+            elif flatten_daily and (open_ids or held):
+                self._end_of_day(step, bars)
             if single:  # one code: the same steps without the loops over a bar time's bars
                 bar = bars
                 last[bar.code] = bar.close
@@ -846,6 +992,12 @@ class Backtest:
             if intraday:
                 if not day_end[step]:
                     continue
+                if eod_at:
+                    if eod_at[step] == EOD_AFTER_BAR:  # no bar of the day reached the card's end
+                        self._end_of_day(step, bars)
+                    if broker.closing:
+                        self._closing_call(step)
+                    broker.reducing = False  # (the next day's session is its own)
                 if broker.open_ids:  # the close: DAY orders end with their day
                     broker.step = step
                     broker.ts_ns = _time_ns(t[:10], 0, True)
@@ -921,6 +1073,7 @@ class Backtest:
             interval=self.interval,
             unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
+            warnings=self._eod_warnings(),
         )
 
 

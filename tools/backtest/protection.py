@@ -4,19 +4,30 @@ same trigger rules applied to bars.
 - A buy's protection arms with the buy's fills, for the shares they bought, and is checked from the
   bar AFTER the one the buy filled in (a bar does not say whether its low came before or after the
   fill). A protection on a position (`ctx.protect`) is checked from the next bar.
-- At each bar time, before the bar's resting orders are matched (a stop is assumed to come first), each
+- At each bar time, after the orders that execute at the bar's open (the agent's market orders due
+  this session, IOC/FOK, limits the open crosses: live they fill in the opening auction, or at the
+  open's print, before any print a protection sees; tools/backtest/broker.py `match`) and before the
+  bar's other resting orders (a stop met inside the bar is assumed to come before their fills), each
   armed protection with a bar of its code is checked (`common.protection.check` on open, high, low).
-  Met, it sells what it protects (at most what is held) at once, at the price the rule names: the open
-  when the bar gapped through the level, else the level itself — whole, not capped by the bar's volume,
-  with the day's fees and taxes. The rest of its buy (if open) is cancelled; the agent's own open sells
-  of the code are cancelled first so the shares are free (as live). `exit = limit` fills the same way
-  (the price the rule names is at or above its limit).
+  Met, it sells what it protects (at most what is still held) at once, at the price the rule names: the
+  open when the bar gapped through the level, else the level itself — whole, not capped by the bar's
+  volume (its shares count against the volume the bar's later fills may take), with the day's fees and
+  taxes. The rest of its buy (if open) is cancelled; the agent's own open sells of the code are
+  cancelled first so the shares are free (as live). `exit = limit` fills the same way (the price the
+  rule names is at or above its limit). A protection that finds the position sold at the open ends
+  CANCELLED (the position was closed), as live's finds nothing held.
 - A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
   bar's open. So does a halted bar (volume 0, the last price repeated: no trades to sell into), as the
   broker fills nothing in one; the exit sells at the open of the code's next bar with trades. (Data
   without volume cannot show a halt: its bars sell as they come.)
-- `when_closed` does not arise: bars are sessions. The exit's order id is in the gateway's range of the
-  agent's numbers, as live.
+- `when_closed` is not modelled. Live, a level met while the exchange takes no regular orders fires per
+  `when_closed` (server/protection.py `_fire_now`): NEXT_OPEN places a next-session exit that sells at
+  the next open, WAIT ignores the prints until the next session. The closing print (the closing call's
+  single price, at 15:30: the phase is post-close by then) is such a print: a level it alone reaches
+  exits at the next open live. A bar cannot say that its low (or high) was only the closing print, so
+  here the level is met inside the bar and sold at the level that day (daily bars always; intraday bars
+  too unless the data has no bar at the closing call). The exit's order id is in the gateway's range of
+  the agent's numbers, as live (shared with the end-of-day flatten's sells: broker.gateway_coid).
 - Ends as live: the buy unfilled (CANCELLED), the position sold by the agent (CANCELLED), sold (DONE).
 """
 
@@ -25,7 +36,6 @@ from __future__ import annotations
 import msgspec
 
 from common.errors import ErrorCode, KtraderError
-from common.ids import GATEWAY_ORDER_BASE
 from common.krx_rules import rules_for
 from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
 from common.schema import Bar
@@ -43,7 +53,6 @@ class BacktestProtections:
         self.active: dict[str, Protection] = {}
         self.by_entry: dict[str, str] = {}
         self._from_step: dict[str, int] = {}  # protection → the first bar time it is checked at
-        self._exit_n: dict[str, int] = {}  # day → exits numbered that day
         self.step = 0  # the engine's current bar time (set before order entry and checks)
         self._pending_notes: list[Note] = []  # arming seen inside a fill, delivered at the next settle
         broker.on_fill = self._on_fill
@@ -192,8 +201,7 @@ class BacktestProtections:
             if p.reason != _HALTED:
                 self._put(msgspec.structs.replace(p, reason=_HALTED), notes)
             return
-        n = self._exit_n[day] = self._exit_n.get(day, GATEWAY_ORDER_BASE - 1) + 1
-        coid = f"{self.agent}-{day.replace('-', '')}-{n}"
+        coid = b.gateway_coid(day)  # the gateway's numbers of the agent's orders (shared with flatten sells)
         level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
         reason = f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})"
         o = b.exit(coid, p.code, want, price, bar, day, reason, notes)

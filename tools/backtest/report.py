@@ -54,6 +54,8 @@ def write_outputs(
         "positions": {c: asdict_pos(p) for c, p in result.positions.items()},
         **(extra or {}),
     }
+    if result.warnings:  # what the run could not model as live (the card's end of day on these bars)
+        summary["warnings"] = list(result.warnings)
     _dump(out / "summary.json", summary)
     paths["summary"] = out / "summary.json"
     _, _, _, dd = drawdown(result.equity, result.initial_cash)
@@ -191,6 +193,8 @@ def write_html(path: Path, summary: dict[str, Any], trades: list[Trade], png: Pa
         "<tr>" + "".join(f"<td>{html.escape(_fmt(getattr(t, c)))}</td>" for c in cols) + "</tr>" for t in trades
     )
     title = html.escape(f"Backtest {summary['card']} {summary['from']}..{summary['to']}")
+    warned = "".join(f"<li>{html.escape(w)}</li>" for w in summary.get("warnings", []))
+    warnings = f'<h2>Warnings</h2><ul class="warnings">{warned}</ul>' if warned else ""
     params = html.escape(json.dumps(summary["params"], ensure_ascii=False))
     path.write_text(
         f"""<!doctype html>
@@ -198,6 +202,7 @@ def write_html(path: Path, summary: dict[str, Any], trades: list[Trade], png: Pa
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:2px 8px;text-align:right}}th{{text-align:left}}</style></head>
 <body><h1>{title}</h1><p>strategy <code>{html.escape(summary["strategy"])}</code>, params <code>{params}</code></p>
+{warnings}
 <img alt="equity, drawdown and trades" src="data:image/png;base64,{img}">
 <h2>Metrics</h2><table>{rows}</table>
 <h2>Trades</h2><table><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{trs}</table>

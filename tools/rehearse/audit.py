@@ -52,8 +52,9 @@ class ParityRow(msgspec.Struct):
     only_backtest: list[Decision] = []
     reason: str = ""  # why they may differ; "" = they must not
     # the orders placed on the agent's behalf (protective exits, end-of-day flattens: the gateway's live,
-    # the engine's in the backtest), compared apart from its decisions: equal when each protective level
-    # was met on the same day
+    # the engine's in the backtest, which sells at the card's schedule.end for the day's close as live's
+    # flatten does: tools/backtest/engine.py), compared apart from its decisions: equal when each
+    # protective level was met, and each flatten sold, on the same day
     exits_live: list[Decision] = []
     exits_backtest: list[Decision] = []
     exits_equal: bool = True
@@ -131,7 +132,8 @@ def own_decisions(orders: Iterable[Order]) -> list[Decision]:
 
 def gateway_orders(orders: Iterable[Order]) -> list[Decision]:
     """The orders the gateway (or the backtest engine) placed on the agent's behalf: protective exits,
-    end-of-day flattens."""
+    end-of-day flattens (`[schedule] end_of_day = "flatten"`: a market sell of each position for the
+    day's closing call, live and in the backtest)."""
     return sorted(decision_of(o) for o in orders if not _own(o))
 
 
