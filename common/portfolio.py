@@ -8,7 +8,9 @@ taken only where no print was seen, so a restart does not value a carried positi
 the totals the risk rules read — per agent and for the whole account: open orders and buys, shares
 and their value at the last price (at cost before a price is seen: `unpriced` lists those codes),
 per code and per sector, the cash used — so an exposure is a few dictionary reads however many
-orders rest or codes are held.
+orders rest or codes are held. A market buy held for a later session (HELD) is valued in the band the
+gate judged it in, that session's (`session_band`, wired by server/risk.py), as a backtest values it;
+released, it is valued as today's orders are.
 
 A split the broker's balance shows before the operator applied it to the books (`set_split`) values
 the holders' shares at the quoted price times the ratio, so the split alone moves no P&L.
@@ -23,13 +25,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from common.books import apply_fill_value
 from common.costs import CostModel
 from common.enums import OrderType, Side
 from common.ids import EXTERNAL_AGENT
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
-from common.orders import OPEN, Order
+from common.orders import OPEN, Order, OrderState
 from common.risk_rules import MARKET_LIKE, AccountExposure, Exposure, notional_price
 from common.schema import PositionView
 
@@ -64,6 +67,7 @@ class _Book:
         "limit_buys",
         "buy_value",
         "market_qty",
+        "held_market",
         "buy_n",
         "sell_qty",
         "qty",
@@ -81,6 +85,9 @@ class _Book:
         self.limit_buys = 0  # Σ remaining × limit over open limit buys
         self.buy_value: dict[str, int] = defaultdict(int)  # code → Σ remaining × limit of open limit buys
         self.market_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open market(-like) buys
+        # (code, session day YYYYMMDD) → Σ remaining of market(-like) buys HELD for that session: valued in
+        # its band (Portfolio.session_band), not today's, until released
+        self.held_market: dict[tuple[str, str], int] = defaultdict(int)
         self.buy_n: dict[str, int] = defaultdict(int)  # code → open buy orders
         self.sell_qty: dict[str, int] = defaultdict(int)  # code → Σ remaining of open sells
         self.qty: dict[str, int] = defaultdict(int)  # code → shares held
@@ -96,7 +103,10 @@ class _Book:
         return self.qty.get(code, 0) > 0 or self.buy_n.get(code, 0) > 0
 
 
-def _bump(d: dict[str, int], key: str, delta: int) -> None:
+_K = TypeVar("_K")
+
+
+def _bump(d: dict[_K, int], key: _K, delta: int) -> None:
     """Add to a counter, dropping it at zero (so totals never scan dead entries)."""
     v = d.get(key, 0) + delta
     if v:
@@ -117,6 +127,14 @@ class Portfolio:
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
+        # (code, session day YYYYMMDD) → (base, rules) of the band a market buy held for that session is
+        # valued in: what the gate judged it in (server/risk.py RiskGate.session_band wires it: a later
+        # session's band centred on the close before it; today's session: today's base and rules).
+        # Unwired: today's.
+        self.session_band: Callable[[str, str], tuple[int, KrxRules]] = lambda code, day: (
+            self.base_prices.get(code, 0),
+            self.rules,
+        )
         self.sectors: dict[str, str] = {}  # code → sector (the stock master's; "" unknown)
         self.virtual: set[str] = set()  # agents whose books are not the account's (shadow): set_virtual
         self.day_start: dict[str, tuple[int, int]] = {}  # agent → (realised, fees) at the day's start
@@ -158,6 +176,8 @@ class Portfolio:
                     bk.limit_buys += rem * o.price
                     _bump(bk.buy_value, code, rem * o.price)
                     _bump(bk.sector_buys, self.sectors.get(code, ""), rem * o.price)
+                elif o.state is OrderState.HELD and o.valid_day:  # in the band of the session it is held for
+                    _bump(bk.held_market, (code, o.valid_day), rem)
                 else:  # it executes at the market whatever price it carries: valued as a market buy
                     _bump(bk.market_qty, code, rem)
             bk.active += bk.is_active(code) - was
@@ -174,19 +194,54 @@ class Portfolio:
         )
 
     def order_value(self, o: Order) -> int:
-        """An open order's remainder as the reservations value it (a market-like one at the band's edge)."""
+        """An open order's remainder as the reservations value it (a market-like one at the band's edge:
+        a held buy's, of the session it is held for)."""
+        if o.side is Side.BUY and o.state is OrderState.HELD and o.valid_day and not self._priced(o):
+            return o.remaining * self._held_unit(o.code, o.valid_day)
         return o.remaining * self.notional_price(o.side, o.price, o.code, o.order_type)
+
+    @staticmethod
+    def _priced(o: Order) -> bool:
+        return bool(o.price) and o.order_type not in MARKET_LIKE
+
+    def _held_unit(self, code: str, day: str) -> int:
+        """One share of a market buy held for the session of `day`: that session's upper limit."""
+        base, rules = self.session_band(code, day)
+        return notional_price(Side.BUY, 0, base, self.kind(code), rules, self.board(code))
 
     def held_cash(self, value: int) -> int:
         """The cash open buys worth `value` hold: the value and its buy commission."""
         return value + self.costs.commission(value)
 
-    def _market_buys(self, bk: _Book, code: str | None = None, sector: str | None = None) -> int:
-        """Open market buys, valued at today's upper limit (0 while the base price is unknown)."""
+    def _held_buys(self, bk: _Book) -> list[tuple[str, int]]:
+        """(code, value) of the book's market buys held for a session, each at that session's upper limit
+        (valued once per exposure: each asks `session_band`)."""
+        return [(c, n * self._held_unit(c, day)) for (c, day), n in bk.held_market.items()] if bk.held_market else []
+
+    def _market_buys(
+        self,
+        bk: _Book,
+        code: str | None = None,
+        sector: str | None = None,
+        held: list[tuple[str, int]] | None = None,
+    ) -> int:
+        """Open market buys, valued at today's upper limit (0 while the base price is unknown); those held
+        for a session at that session's (`held`: the book's `_held_buys`, when already valued)."""
+        if held is None:
+            held = self._held_buys(bk)
+        total = (
+            sum(
+                v
+                for c, v in held
+                if (code is None or c == code) and (sector is None or self.sectors.get(c, "") == sector)
+            )
+            if held
+            else 0
+        )
         if code is not None:
             n = bk.market_qty.get(code, 0)
-            return n * self.notional_price(Side.BUY, 0, code) if n else 0
-        return sum(
+            return total + (n * self.notional_price(Side.BUY, 0, code) if n else 0)
+        return total + sum(
             n * self.notional_price(Side.BUY, 0, c)
             for c, n in bk.market_qty.items()
             if sector is None or self.sectors.get(c, "") == sector
@@ -197,8 +252,9 @@ class Portfolio:
         pos = self.positions.get(agent, {}).get(code)
         qty, cost = (pos.qty, pos.cost) if pos else (0, 0)
         sector = self.sectors.get(code, "")
-        market_code = self._market_buys(bk, code)
-        market_all = self._market_buys(bk)
+        held = self._held_buys(bk)
+        market_code = self._market_buys(bk, code, held=held)
+        market_all = self._market_buys(bk, held=held)
         return Exposure(
             position_qty=qty,
             position_cost=cost,
@@ -215,14 +271,15 @@ class Portfolio:
             sector=sector,
             sector_value=bk.sector_value.get(sector, 0)
             + bk.sector_buys.get(sector, 0)
-            + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
+            + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
         )
 
     def account_exposure(self, code: str) -> AccountExposure:
         bk = self._account
         sector = self.sectors.get(code, "")
-        market_code = self._market_buys(bk, code)
-        market_all = self._market_buys(bk)
+        held = self._held_buys(bk)
+        market_code = self._market_buys(bk, code, held=held)
+        market_all = self._market_buys(bk, held=held)
         cash = self.cash()
         return AccountExposure(
             open_orders=bk.open,
@@ -235,7 +292,7 @@ class Portfolio:
             code_value=bk.value.get(code, 0) + bk.buy_value.get(code, 0) + market_code,
             sector_value=bk.sector_value.get(sector, 0)
             + bk.sector_buys.get(sector, 0)
-            + (self._market_buys(bk, sector=sector) if bk.market_qty else 0),
+            + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
             equity=self.equity() or 0,
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
         )
@@ -392,6 +449,7 @@ class Portfolio:
         for name in (
             "buy_value",
             "market_qty",
+            "held_market",
             "buy_n",
             "sell_qty",
             "qty",

@@ -28,11 +28,12 @@ import logging
 from collections.abc import Callable, Container
 
 from common.calendar import is_trading_day, previous_trading_day
+from common.clock import date_of
 from common.config import AgentCard, RiskLimits
 from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState, worst
 from common.errors import ErrorCode
 from common.krx import next_session_day
-from common.krx_rules import rules_for
+from common.krx_rules import KrxRules, rules_for
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
@@ -77,6 +78,9 @@ LIMIT_ALERTS = {
 # (every minute paged all day and used up the notifier's per-minute budget)
 _ALERT_EVERY_NS = 600_000_000_000
 _ACCEPTED_KEY = "loss_accepted:"  # meta: "<yyyymmdd>|<day P&L>" an operator's resume accepted
+# a day's close looked up for the valuation of held market buys is asked again after this long (market
+# time, s): every exposure values them, and a look is a store read
+_CLOSE_TTL_S = 1.0
 
 Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
@@ -127,6 +131,10 @@ class RiskGate:
         # print), 0 unknown: the base of the next session's band. The gateway wires it to its daily bars.
         self.day_close: Callable[[str, dt.date], int] = lambda code, day: 0
         self._no_close: tuple[str, set[str]] = ("", set())  # (day, codes whose close was not found that day)
+        # (code, session day) -> (the close its band is centred on, 0 unknown; market time it was read, s)
+        self._closes: dict[tuple[str, dt.date], tuple[int, float]] = {}
+        # a market buy held for a later session is reserved in the band it was judged in, not today's
+        portfolio.session_band = self.session_band
 
     # ---- trading state ---------------------------------------------------------------------------
 
@@ -322,14 +330,7 @@ class RiskGate:
             now = self.clock.now()
             day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
             if day != now.date():
-                rules = rules_for(day)
-                close = self.day_close(code, previous_trading_day(day))
-                if close > 0:
-                    base = close
-                else:
-                    # placed in the session (or before its close is known): today's base only values a
-                    # market buy (at today's upper limit, the best known); _release re-checks the band
-                    band = False
+                base, rules, band = self._session(code, day, fresh=True)
         return MarketView(
             session=session[0],
             session_detail=session[1],
@@ -340,6 +341,43 @@ class RiskGate:
             rules=rules,
             band=band,
         )
+
+    def _session(self, code: str, day: dt.date, fresh: bool = False, now: float = 0.0) -> tuple[int, KrxRules, bool]:
+        """(base, rules, band known) of a later session `day` for `code`: its rules, its band centred on
+        the close before it; while that close is not known (in the session, or before the day's bar is
+        out) today's base values a market buy (at today's upper limit, the best known) and the band is
+        left to the release (_release re-checks it)."""
+        rules = rules_for(day)
+        close = self._close_before(code, day, fresh, now)
+        return (close, rules, True) if close > 0 else (self.portfolio.base_prices.get(code, 0), rules, False)
+
+    def _close_before(self, code: str, day: dt.date, fresh: bool = False, now: float = 0.0) -> int:
+        """The official close of the trading day before `day` (0: not known): the base of `day`'s band.
+        A look is kept a second (`fresh`: read now, the gate's own for a new order). `now`: the market
+        time (s), when the caller has it."""
+        now = now or self.clock.now().timestamp()
+        key = (code, day)
+        got = self._closes.get(key)
+        if fresh or got is None or not 0 <= now - got[1] < _CLOSE_TTL_S:
+            if len(self._closes) > 4096:
+                self._closes.clear()
+            got = self._closes[key] = (self.day_close(code, previous_trading_day(day)), now)
+        return got[0]
+
+    def session_band(self, code: str, valid_day: str) -> tuple[int, KrxRules]:
+        """The base and rules of the band a market buy held for the session of `valid_day` (YYYYMMDD) is
+        reserved in (Portfolio.session_band): a later session's, as the gate judged it (`_session`: its
+        rules, centred on the close before it; today's base while that close is not known, as at its
+        check), so it holds what a backtest holds for it; once its session is today, today's base and
+        rules, as today's orders (before today's base is fetched — the morning, a restart — the close
+        before today, the base it was judged at)."""
+        now = self.clock.now()
+        today, day = now.date(), date_of(valid_day)
+        if day > today:
+            base, rules, _ = self._session(code, day, now=now.timestamp())
+            return base, rules
+        p = self.portfolio
+        return p.base_prices.get(code, 0) or self._close_before(code, today, now=now.timestamp()), p.rules
 
     def check(
         self,
@@ -354,6 +392,8 @@ class RiskGate:
         hold = self.split_hold(card.id, order.code)
         if hold is not None and explain is None:
             return hold
+        # (the market first: its close, read afresh, is the one the exposure values held market buys at)
+        market = self._market(order.code, session, order.tif)
         exp, account = self._exposures(card, order.code, shadow)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
@@ -368,7 +408,7 @@ class RiskGate:
             order_type=order.order_type,
             tif=order.tif,
             mandate=self._mandate(card, state),
-            market=self._market(order.code, session, order.tif),
+            market=market,
             exp=exp,
             account=account,
             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)),
