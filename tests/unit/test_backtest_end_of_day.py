@@ -111,9 +111,19 @@ def test_intraday_cancel_cancels_at_the_end_and_the_closing_call_fills_nothing()
     assert "the bars of 1 of 2 days stop before it" in w
 
 
-def test_intraday_hold_keeps_todays_behaviour() -> None:
-    r = run(DAY, {"2024-01-03T09:00": [("buy", 10, 69_000, L)]}, EndOfDay.HOLD)
+def test_intraday_hold_keeps_its_orders_and_reduces_after_the_end() -> None:
+    """hold leaves the orders working (the closing call's low fills the limit buy) but, as live's gate after
+    the card's end whatever its policy, takes only sells of held shares for the rest of the day."""
+    r = run(
+        DAY,
+        {"2024-01-03T09:00": [("buy", 10, 69_000, L)], "2024-01-03T15:20": [("buy", 5, 0, M)]},
+        EndOfDay.HOLD,
+    )
     assert fills(r) == [("2024-01-03T15:20", "buy", 10, 69_000)]  # the closing call's low, as before
+    (late,) = PLACED["2024-01-03T15:20"]
+    denied = next(o for o in r.orders if o.client_order_id == late)
+    assert denied.state is OrderState.DENIED and denied.reason_code == ErrorCode.DENIED_REDUCING
+    assert r.warnings == []
 
 
 def test_intraday_after_the_end_the_agent_only_reduces() -> None:

@@ -506,11 +506,10 @@ class Backtest:
         self._end_minute = int(card.schedule.end[:2]) * 60 + int(card.schedule.end[3:5])
         self.eod_at: list[int] = []
         self._short_days: list[str] = []  # intraday: the last bar of each day whose bars stop before `end`
-        if self.end_of_day is not EndOfDay.HOLD:
-            if self.intraday:
-                self.eod_at = self._eod_steps()
-            else:
-                self.broker.closing_call = False  # live cancels a CONDITIONAL at `end`, before the closing call
+        if self.intraday:  # every policy, hold too: after `end` the agent only reduces, as live's gate has it
+            self.eod_at = self._eod_steps()
+        elif self.end_of_day is not EndOfDay.HOLD:
+            self.broker.closing_call = False  # live cancels a CONDITIONAL at `end`, before the closing call
         self._daily: dict[str, tuple[list[Bar], list[str]]] = {}
         raw = dict(card.params)
         raw.update(config.params or {})
@@ -594,7 +593,8 @@ class Backtest:
         day = self.times[step][:10]
         broker.step = step
         broker.ts_ns = _day_ns(day) + self._end_minute_of(day) * 60_000_000_000
-        broker.cancel_all(pending)
+        if self.end_of_day is not EndOfDay.HOLD:
+            broker.cancel_all(pending)
         if self.end_of_day is EndOfDay.FLATTEN:
             broker.flatten(day, "end of day: flatten", pending)
             if not self.intraday:
