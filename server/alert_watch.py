@@ -1,21 +1,29 @@
 """Conditions that raise an alert by lasting or by appearing, checked about once a second by the
 operator (server/operator.py) from facts the gateway already has: the broker session down too
 long, stale real-time data in the continuous session, differences found by a reconciliation,
-orders whose outcome at the broker is unknown. Each episode is raised once (the notifier also
-suppresses repeats). Events that are alerts the moment they happen (kill switch, halt, daily loss,
-an agent going offline with positions) are raised where they happen."""
+orders whose outcome at the broker is unknown. Each episode is raised once, under a subject of its
+own (its start): the notifier suppresses repeats of one subject, so a second outage is news however
+alike its text. The end of an alerted outage (the session ready again, real-time data again) is told
+too, with a kind that is not critical (`ended()`). Events that are alerts the moment they happen (kill
+switch, halt, daily loss, an agent going offline with positions) are raised where they happen."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from common.clock import kst_from_ns
 from common.config import NotifyConfig
 from common.enums import AlertKind, SessionState
 from common.krx import Phase
 
 # the phases in which prints are expected every few seconds on a registered code
 LIVE_PHASES = frozenset({Phase.CONTINUOUS})
+# The end of an alerted outage is good news: it must not jump the queue or bypass the rate limit as the
+# critical kinds do (server/notifier.py CRITICAL). common.enums has no kind of its own for it:
+# STALE_MARKET_DATA, the watch's kind that is not critical, carries it (a session down stops the
+# real-time data too).
+RECOVERED = AlertKind.STALE_MARKET_DATA
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class Raised:
     text: str
     agent: str = ""
     subject: str = ""
+    # its substance is on the console already (the reconciler raised each difference there): it goes to
+    # the notifier alone; the others go through the gateway's alerts (console, status, the day's report)
+    on_screen: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,51 +47,97 @@ class Facts:
     reconcile: tuple[int, str, int] | None  # (ts_ns, reason, differences) of the last pass
     reconcile_texts: list[str]  # that pass's differences
     unknown: dict[str, str]  # client order id -> agent, orders in UNKNOWN now
+    market_ns: int = 0  # market time of the check (names an episode by its start; 0: by `now`)
+
+
+@dataclass
+class _Episode:
+    """A condition that lasts: since when, and whether it was alerted (under `subject`)."""
+
+    since: float
+    when: str  # its start, as a person reads it (market time)
+    subject: str
+    raised: bool = False
+    worst: float = 0.0  # (stale data: the longest silence seen)
+
+
+def _episode(f: Facts, what: str) -> _Episode:
+    when = kst_from_ns(f.market_ns).strftime("%Y-%m-%d %H:%M:%S") if f.market_ns else f"t={f.now:.0f}s"
+    return _Episode(since=f.now, when=when, subject=f"{what} since {when}")
 
 
 class AlertWatch:
     def __init__(self, cfg: NotifyConfig) -> None:
         self.cfg = cfg
-        self._down_since: float | None = None
-        self._down_raised = False
-        self._stale_raised = False
+        self._down: _Episode | None = None
+        self._stale: _Episode | None = None
         self._reconcile_seen: tuple[int, str, int] | None = None
         self._unknown_seen: set[str] = set()
+        self._ended: list[Raised] = []
 
     def check(self, f: Facts) -> list[Raised]:
-        return [*self._session(f), *self._stale(f), *self._reconcile(f), *self._unknown(f)]
+        """The alerts this check raises; the ends of alerted outages it saw are kept for `ended()`."""
+        return [*self._session(f), *self._stale_data(f), *self._reconcile(f), *self._unknown(f)]
+
+    def ended(self) -> list[Raised]:
+        """The ends of alerted outages seen since the last call (kind RECOVERED, not critical), oldest first."""
+        out, self._ended = self._ended, []
+        return out
 
     def _session(self, f: Facts) -> Iterable[Raised]:
         if f.session is SessionState.READY:
-            self._down_since, self._down_raised = None, False
+            ep, self._down = self._down, None
+            if ep is not None and ep.raised:
+                self._ended.append(
+                    Raised(
+                        RECOVERED,
+                        f"the broker session is ready again after {f.now - ep.since:.0f}s down "
+                        f"(since {ep.when}): new orders are accepted again",
+                        subject=f"{ep.subject}: over",
+                    )
+                )
             return
-        if self._down_since is None:
-            self._down_since = f.now
-        down = f.now - self._down_since
-        if not self._down_raised and down >= self.cfg.session_down_s:
-            self._down_raised = True
+        if self._down is None:
+            self._down = _episode(f, "broker session down")
+        ep = self._down
+        down = f.now - ep.since
+        if not ep.raised and down >= self.cfg.session_down_s:
+            ep.raised = True
             yield Raised(
                 AlertKind.SESSION_DOWN,
-                f"the broker session has been {f.session.value} for {down:.0f}s: "
+                f"the broker session has been {f.session.value} for {down:.0f}s (since {ep.when}): "
                 "new orders are denied until it is ready",
+                subject=ep.subject,
             )
 
-    def _stale(self, f: Facts) -> Iterable[Raised]:
-        stale = (
-            f.session is SessionState.READY
-            and f.phase in LIVE_PHASES
-            and f.subscribed
-            and f.ws_age_s >= self.cfg.stale_data_s
-        )
+    def _stale_data(self, f: Facts) -> Iterable[Raised]:
+        watched = f.session is SessionState.READY and f.phase in LIVE_PHASES and f.subscribed
+        stale = watched and f.ws_age_s >= self.cfg.stale_data_s
         if not stale:
-            self._stale_raised = False
+            ep, self._stale = self._stale, None
+            # told only when real-time data flows again (not when the session ends or the session drops:
+            # a dropped session is an outage of its own)
+            if ep is not None and ep.raised and watched and 0 <= f.ws_age_s:
+                self._ended.append(
+                    Raised(
+                        RECOVERED,
+                        f"real-time data is fresh again after {ep.worst:.0f}s without a message "
+                        f"(stale since {ep.when}): prices and strategies are current",
+                        subject=f"{ep.subject}: over",
+                    )
+                )
             return
-        if not self._stale_raised:
-            self._stale_raised = True
+        if self._stale is None:
+            self._stale = _episode(f, "no real-time data")
+        ep = self._stale
+        ep.worst = max(ep.worst, f.ws_age_s)
+        if not ep.raised:
+            ep.raised = True
             yield Raised(
                 AlertKind.STALE_MARKET_DATA,
                 f"no real-time message for {f.ws_age_s:.0f}s in the continuous "
                 "session: prices and strategies are working on old data",
+                subject=ep.subject,
             )
 
     def _reconcile(self, f: Facts) -> Iterable[Raised]:
@@ -91,7 +148,10 @@ class AlertWatch:
         if n:
             shown = "; ".join(f.reconcile_texts[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
             yield Raised(
-                AlertKind.RECONCILE_DIFF, f"{n} differences with the broker ({reason}): {shown}", subject=shown
+                AlertKind.RECONCILE_DIFF,
+                f"{n} differences with the broker ({reason}): {shown}",
+                subject=shown,
+                on_screen=True,
             )
 
     def _unknown(self, f: Facts) -> Iterable[Raised]:

@@ -36,7 +36,8 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   by apply_split ("CODE RATIO"): every holder's shares scaled, its cost unchanged; its holders' orders
   on the code, held meanwhile, go again (OPERATOR alert; the agents get a PositionUpdate).
 - `tick()` (from the gateway's lease loop): a silent (stale) agent becomes offline after
-  `offline_after_s`; alerts for conditions that last (server/alert_watch.py) go to the notifier;
+  `offline_after_s`; alerts for conditions that last (server/alert_watch.py) and offline agents go
+  through the gateway's alerts (the console, status, the day's report) and from there to the notifier;
   closing trades are counted and daily equity snapshots written (server/performance.py): on trading
   days only, and for an agent only while every code it holds has a price (a snapshot at cost would
   store its unrealised P&L as 0)."""
@@ -759,10 +760,11 @@ class Operator:
     def alert(self, kind: AlertKind, text: str, agent: str = "", subject: str = "") -> None:
         self.notifier.alert(kind, text, agent, subject)
 
-    def on_alert(self, kind: AlertKind | None, text: str, agent: str) -> None:
-        """The gateway's alerts (server/alerts.py): those with a kind must reach a person."""
+    def on_alert(self, kind: AlertKind | None, text: str, agent: str, subject: str = "") -> None:
+        """The gateway's alerts (server/alerts.py): those with a kind must reach a person. Repeats of a
+        subject are suppressed by the notifier; an alert without one is news each time (its moment)."""
         if kind is not None:
-            self.notifier.alert(kind, text, agent, subject=str(market_ns(self.gw.clock)))
+            self.notifier.alert(kind, text, agent, subject=subject or str(market_ns(self.gw.clock)))
 
     def on_agent_offline(self, agent: str, why: str) -> None:
         """Left cleanly (unregistered): alert now if it leaves positions or orders behind. A lease
@@ -776,11 +778,13 @@ class Operator:
         open_n = sum(1 for o in self.gw.book.orders.values() if o.agent == agent and o.is_open)
         if held or open_n:
             what = ", ".join(held) or "no shares"
-            self.notifier.alert(
-                AlertKind.AGENT_OFFLINE,
-                f"{why}; it holds {what} and {open_n} open orders "
+            # through the gateway's alerts: on the console, the web page, status and the day's report,
+            # and to a person (on_alert hands it to the notifier, once)
+            self.gw.alerts(
+                f"agent {agent} {why}; it holds {what} and {open_n} open orders "
                 f"(ktrader control flatten --agent {agent} acts for it)",
-                agent=agent,
+                AlertKind.AGENT_OFFLINE,
+                agent,
                 subject=str(market_ns(self.gw.clock)),
             )
 
@@ -801,8 +805,14 @@ class Operator:
             self._next_check = now + 1.0
             self._remember_cards()
             self._count_trades()
-            for r in self.watch.check(self._facts(now)):
-                self.notifier.alert(r.kind, r.text, r.agent, r.subject)
+            # through the gateway's alerts (the console, status, the day's report; on_alert: the notifier),
+            # or to the notifier alone when the console has it already (a reconciliation's differences)
+            raised = self.watch.check(self._facts(now))
+            for r in [*raised, *self.watch.ended()]:
+                if r.on_screen:
+                    self.notifier.alert(r.kind, r.text, r.agent, r.subject)
+                else:
+                    self.gw.alerts(r.text, r.kind, r.agent, subject=r.subject)
         if now >= self._next_equity:
             self._next_equity = now + self.gw.cfg.equity_every_s
             self.snapshot_equity()
@@ -833,6 +843,7 @@ class Operator:
             reconcile=last,
             reconcile_texts=list(gw.recon.last_texts) if last else [],  # the pass's own texts, not the ring's
             unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},
+            market_ns=market_ns(gw.clock),
         )
 
     # ---- performance -----------------------------------------------------------------------------

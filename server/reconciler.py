@@ -17,6 +17,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
@@ -81,6 +82,17 @@ SPLIT_META = "recon.split_pending:"
 SPLIT_COST_TOLERANCE_BP = 50
 
 
+@dataclass(frozen=True)
+class Note:
+    """A difference of the position check that is expected to settle by itself (fills not yet in the
+    broker's list, an order on the code in flight or just filled, a difference too young to act on): shown
+    on the console, not a difference a person is paged about, unless the code keeps one past the grace
+    (`Reconciler.note_grace_ns`)."""
+
+    code: str
+    text: str
+
+
 def periodic_wait(period_s: float, last_pass_s: float) -> float:
     """Seconds until the next periodic pass: the configured period, stretched when the last pass took
     long enough that passes would use more than PERIODIC_SHARE of the time (passes asked for, after
@@ -130,6 +142,11 @@ class Reconciler:
         # the last pass's difference texts, as alerted: what a page about that pass quotes (the alert
         # ring's newest entries may be anything raised since)
         self.last_texts: list[str] = []
+        # the last pass's notes (differences expected to settle by themselves: Note), shown only
+        self.last_notes: list[str] = []
+        # code -> (market ns of the first pass that noted it, told as a difference already): a code noted at
+        # every position check since; one past note_grace_ns is told once as a difference
+        self._noted: dict[str, tuple[int, bool]] = {}
         # code -> (account minus books, market ns it was first seen) as of the last pass: a difference is
         # acted on only once it stayed the same for fill_grace_ns (the day's list can lag the balance)
         self._unexplained: dict[str, tuple[int, int]] = {}
@@ -206,10 +223,15 @@ class Reconciler:
             except Exception as e:
                 res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
                 log.exception("adopting external order %s failed", r.broker_order_id)
+        notes: list[str] = []  # differences expected to settle by themselves: shown, not told
         if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
             res.alerts.append(f"position check failed: {balance}")
         elif balance is not None:
-            res.alerts.extend(self._check_positions(balance, res.unconfirmed))
+            found, pending = self._check_positions(balance, res.unconfirmed)
+            persisted, notes = self._persisting(pending)
+            res.alerts.extend([*found, *persisted])
+        differences = list(res.alerts)
+        res.alerts.extend(notes)  # (the pass's result lists everything it found, its notes last)
         first = not self.synced
         self.synced = True
         if open_only:
@@ -217,9 +239,11 @@ class Reconciler:
                 self.partial_since_ns = self.partial_since_ns or book.now_ns()
         else:
             self.complete, self.partial_since_ns = True, 0
-        texts = [f"reconcile ({reason}): {text}" for text in res.alerts]
-        self.last, self.last_texts = (book.now_ns(), reason, len(texts)), texts
-        for text in texts:
+        # the differences (a person is told: server/alert_watch.py), then the notes (shown only)
+        texts = [f"reconcile ({reason}): {text}" for text in differences]
+        noted = [f"reconcile ({reason}): {text}" for text in notes]
+        self.last, self.last_texts, self.last_notes = (book.now_ns(), reason, len(texts)), texts, noted
+        for text in [*texts, *noted]:
             self.alert(text)
         log.info(
             "reconciled (%s): %d %sorders at the broker, %d repaired, %d external, %d alerts",
@@ -410,7 +434,9 @@ class Reconciler:
             f"external order {r.broker_order_id}: {r.side} {r.qty} {r.code} @ {r.price} (placed outside ktrader)"
         )
 
-    def _check_positions(self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None) -> list[str]:
+    def _check_positions(
+        self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None
+    ) -> tuple[list[str], list[Note]]:
         """The account's holdings against the books. Shares the books hold from fills the broker's list
         does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
         with such fills is never attributed to 'external' (its difference may be that fill).
@@ -421,7 +447,8 @@ class Reconciler:
         'seen twice' alone would give an agent's fresh shares to 'external'. Shares the account holds
         beyond the books then go to 'external'; books ahead of the account are taken back from
         'external' only as far as it holds shares such an attribution gave it (the orders' own fills
-        were booked since); anything else is alerted, never papered over."""
+        were booked since); anything else is alerted, never papered over. Returns the differences and
+        the notes: what waits for the list, an order in flight or the grace (Note), shown only."""
         unconfirmed = unconfirmed or {}
         book = self.book
         portfolio = book.portfolio
@@ -440,6 +467,7 @@ class Reconciler:
         busy = self._busy_codes(now)
         self._clamp_external_adjusted()
         alerts = []
+        notes: list[Note] = []
         previous, self._unexplained = self._unexplained, {}
         for code in sorted(set(broker) | set(ours)):
             theirs = broker[code].qty if code in broker else 0
@@ -467,9 +495,12 @@ class Reconciler:
                     alerts.append(self._split_text(code, found, theirs, books))
                     continue
             if diff and unconfirmed.get(code):
-                alerts.append(
-                    f"{code}: account holds {theirs}, books have {books + unconfirmed[code]} of which "
-                    f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting"
+                notes.append(
+                    Note(
+                        code,
+                        f"{code}: account holds {theirs}, books have {books + unconfirmed[code]} of which "
+                        f"{unconfirmed[code]:+d} from fills not yet in the broker's list: waiting",
+                    )
                 )
                 continue
             if not diff:
@@ -495,13 +526,18 @@ class Reconciler:
                     if take < -diff:
                         alerts.append(f"{code}: account holds {theirs}, books have {books + take}: still ahead")
                 elif take:
-                    alerts.append(f"{ahead}; {take} that external was given earlier are taken back if it persists")
+                    notes.append(
+                        Note(code, f"{ahead}; {take} that external was given earlier are taken back if it persists")
+                    )
                 else:
                     alerts.append(ahead)
             elif code in busy:
-                alerts.append(
-                    f"{code}: account holds {theirs}, books have {books}: an order on it is in flight or "
-                    "just filled: waiting"
+                notes.append(
+                    Note(
+                        code,
+                        f"{code}: account holds {theirs}, books have {books}: an order on it is in flight or "
+                        "just filled: waiting",
+                    )
                 )
             elif settled:
                 # The broker is authoritative for what the account holds; a difference that persisted
@@ -510,12 +546,42 @@ class Reconciler:
                 self._adjust_external(code, diff, broker.get(code))
                 alerts.append(f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external")
             else:
-                alerts.append(
-                    f"{code}: account holds {theirs}, books have {books}: attributed to external "
-                    f"if it persists (a notice may be on its way)"
+                notes.append(
+                    Note(
+                        code,
+                        f"{code}: account holds {theirs}, books have {books}: attributed to external "
+                        f"if it persists (a notice may be on its way)",
+                    )
                 )
         alerts.extend(self._external_short_alerts(broker, ours, unconfirmed))
-        return alerts
+        return alerts, notes
+
+    @property
+    def note_grace_ns(self) -> int:
+        """How long a code may keep a note before it is told as a difference: an order's shares may be in
+        flight until its unknown outcome is settled (unknown_grace_ns), and a fill is confirmed within
+        fill_grace_ns after that."""
+        return self.unknown_grace_ns + self.fill_grace_ns
+
+    def _persisting(self, notes: list[Note]) -> tuple[list[str], list[str]]:
+        """A position check's notes, split: those of a code noted at every check for longer than
+        note_grace_ns, told once (a difference that did not settle), and the rest (shown only). A code
+        without a note at a check starts over."""
+        now, grace = self.book.now_ns(), self.note_grace_ns
+        previous, self._noted = self._noted, {}
+        told: list[str] = []
+        shown: list[str] = []
+        for n in notes:
+            since, done = previous.get(n.code, (now, False))
+            if not done and now - since >= grace:
+                told.append(
+                    f"{n.text} (unsettled for {(now - since) / 1e9:.0f}s, past the {grace / 1e9:.0f}s grace: check)"
+                )
+                done = True
+            else:
+                shown.append(n.text)
+            self._noted[n.code] = (since, done)
+        return told, shown
 
     # ---- splits --------------------------------------------------------------------------------------
 
