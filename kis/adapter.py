@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CALLER = "gateway"
 DAILY_PAGES_MAX = 20  # 100 bars a page
 MINUTE_PAGES_MAX = 14  # 30 bars a page; a 390-minute session is 13 pages
+BAD_ROW = "BAD_ROW"  # code of the error for an inquiry row with a field that is not a number
 BY_TRADING_VALUE = "3"  # volume-rank FID_BLNG_CLS_CODE: ranked by trading value (거래금액순)
 Q = TypeVar("Q", bound=wire.Envelope)
 
@@ -426,7 +427,7 @@ class KisBroker(BrokerPort):
                 if not r.odno or r.odno in seen:
                     continue  # a row repeated across pages is one order
                 seen.add(r.odno)
-                out.append(report_from_row(r))
+                out.append(_report(r))
         return out
 
     async def _balance_pages(self, caller: str) -> list[wire.BalanceResponse]:
@@ -444,18 +445,21 @@ class KisBroker(BrokerPort):
         out: dict[str, BrokerPosition] = {}
         for p in await self._balance_pages(caller):
             for r in p.output1:
-                qty = krw(r.hldg_qty)
-                if qty <= 0:
-                    continue  # sold today: KIS keeps the row with 0 until D+2
-                code = reference.normalise_code(r.pdno)  # ETNs come back as 'Q500061'
-                pos = BrokerPosition(
-                    code=code,
-                    qty=qty,
-                    sellable_qty=krw(r.ord_psbl_qty),
-                    avg_price=r.pchs_avg_pric.strip() or "0",
-                    purchase_value=krw(r.pchs_amt),
-                    last_price=krw(r.prpr),
-                )
+                try:
+                    qty = krw(r.hldg_qty)
+                    if qty <= 0:
+                        continue  # sold today: KIS keeps the row with 0 until D+2
+                    code = reference.normalise_code(r.pdno)  # ETNs come back as 'Q500061'
+                    pos = BrokerPosition(
+                        code=code,
+                        qty=qty,
+                        sellable_qty=krw(r.ord_psbl_qty),
+                        avg_price=r.pchs_avg_pric.strip() or "0",
+                        purchase_value=krw(r.pchs_amt),
+                        last_price=krw(r.prpr),
+                    )
+                except ValueError as e:
+                    raise BrokerTemporary(f"KIS balance row of {r.pdno.strip()!r} unreadable: {e}", code=BAD_ROW) from e
                 had = out.get(code)
                 out[code] = pos if had is None else self._merge_lots(had, pos)
         return list(out.values())
@@ -493,22 +497,25 @@ class KisBroker(BrokerPort):
             caller=caller,
         )
         psbl: wire.PsblOrderResponse = page.body  # type: ignore[assignment]
-        cash = krw(summary.dnca_tot_amt)
-        orderable = (
-            krw(psbl.output.ord_psbl_cash)
-            if psbl.output and psbl.output.ord_psbl_cash.strip()
-            else krw(summary.prvs_rcdl_excc_amt)
-        )
-        return BrokerAccount(
-            cash=cash,
-            orderable_cash=orderable,
-            settlement_cash=krw(summary.prvs_rcdl_excc_amt),
-            total_eval=krw(summary.tot_evlu_amt),
-            positions_eval=krw(summary.scts_evlu_amt),
-            today_bought=_reported(summary.thdt_buy_amt),
-            today_sold=_reported(summary.thdt_sll_amt),
-            today_costs=_reported(summary.thdt_tlex_amt),
-        )
+        try:
+            cash = krw(summary.dnca_tot_amt)
+            orderable = (
+                krw(psbl.output.ord_psbl_cash)
+                if psbl.output and psbl.output.ord_psbl_cash.strip()
+                else krw(summary.prvs_rcdl_excc_amt)
+            )
+            return BrokerAccount(
+                cash=cash,
+                orderable_cash=orderable,
+                settlement_cash=krw(summary.prvs_rcdl_excc_amt),
+                total_eval=krw(summary.tot_evlu_amt),
+                positions_eval=krw(summary.scts_evlu_amt),
+                today_bought=_reported(summary.thdt_buy_amt),
+                today_sold=_reported(summary.thdt_sll_amt),
+                today_costs=_reported(summary.thdt_tlex_amt),
+            )
+        except ValueError as e:
+            raise BrokerTemporary(f"KIS account summary unreadable: {e}", code=BAD_ROW) from e
 
     async def sellable(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PsblSellOutput | None:
         """inquire-psbl-sell (real only; on paper use positions())."""
@@ -686,6 +693,18 @@ class KisBroker(BrokerPort):
         """Notices, trades, books, session changes and gaps in arrival order. One consumer."""
         while True:
             yield await self._events.get()
+
+
+def _report(r: wire.DailyCcldRow) -> BrokerOrderReport:
+    """One row of KIS's order list; a row that cannot be read fails the inquiry as a temporary broker
+    error naming the order (reconciliation retries it, and says which order when it persists), never
+    a bare ValueError, and never a row skipped (its fills would go missing)."""
+    try:
+        return report_from_row(r)
+    except ValueError as e:
+        raise BrokerTemporary(
+            f"KIS order list row ODNO {r.odno.strip()!r} ({r.pdno.strip()}) unreadable: {e}", code=BAD_ROW
+        ) from e
 
 
 def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:

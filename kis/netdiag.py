@@ -5,6 +5,11 @@ certificate alike as a "connect error"; the cause sits in the exception chain. `
 `NetProblem`: which host:port, what happened (closed vocabulary), the underlying reason
 (CERTIFICATE_VERIFY_FAILED kept verbatim), whether the request may have reached the server, and
 what to check. Used by the REST client, the websocket watchdog, start-up and `ktrader doctor`.
+
+The phase decides "sent" before the cause does: only a failure of the connect phase (aiohttp's
+ClientConnectorError family, its connect timeout) proves nothing was written. An SSLError, a reset
+or a refusal found in the chain of a later failure (aiohttp's ClientOSError from a TLS record that
+did not decrypt while reading the reply) says how the stream broke, not that the request stayed here.
 """
 
 from __future__ import annotations
@@ -111,9 +116,44 @@ def explain(exc: BaseException, url: str) -> NetProblem:
     return msgspec.structs.replace(problem, reason=_clean(problem.reason))
 
 
+# aiohttp's failures of the connect phase (DNS, refused, connect timeout, the TLS handshake, a proxy, a
+# URL it cannot use): raised before a byte of the request is written, so the request was surely not sent.
+# Every other aiohttp error comes from writing the request or reading its answer: it may have arrived.
+_AIOHTTP_CONNECT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,  # incl. ClientConnectorSSLError/CertificateError/DNSError, proxy, unix
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+)
+# httpx's failures after the connection was made (the request written, or being written)
+_HTTPX_AFTER_CONNECT: tuple[type[BaseException], ...] = (
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+)
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """True only when aiohttp says the request failed in its connect phase: nothing of it was written.
+    The REST client resends an order or a cancel only then (any later failure may have placed it)."""
+    return isinstance(exc, _AIOHTTP_CONNECT) and not isinstance(exc, aiohttp.RedirectClientError)
+
+
+def _after_connect(exc: BaseException) -> bool:
+    """An HTTP client's failure from after the connection was made (the request may have reached
+    the server), whatever its cause: a TLS error while reading the answer is not a failed handshake."""
+    if isinstance(exc, aiohttp.ClientError):
+        return not connect_failed(exc)
+    return isinstance(exc, _HTTPX_AFTER_CONNECT)
+
+
 def _explain(exc: BaseException, url: str) -> NetProblem:
     target = target_of(url)
     chain = _chain(exc)
+    if _after_connect(exc):
+        return _explain_after_connect(exc, chain, target)
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
             detail = getattr(e, "verify_message", "") or _short(e)
@@ -149,6 +189,24 @@ def _explain(exc: BaseException, url: str) -> NetProblem:
         )
     if "Connection refused" in text or "Connect call failed" in text:
         return NetProblem(fault=NetFault.REFUSED, target=target, reason="connection refused", sent=False)
+    return _by_type(exc, chain, target)
+
+
+def _explain_after_connect(exc: BaseException, chain: list[BaseException], target: str) -> NetProblem:
+    """The connection was made and the request written (or being written): whatever broke after
+    that, the server may have it. A TLS error here broke the stream, it is no failed handshake."""
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return NetProblem(
+                fault=NetFault.CUT,
+                target=target,
+                reason=f"TLS stream broken after the request was sent ({_short(e)})",
+                sent=True,
+            )
+    return msgspec.structs.replace(_by_type(exc, chain, target), sent=True)
+
+
+def _by_type(exc: BaseException, chain: list[BaseException], target: str) -> NetProblem:
     # aiohttp (the KIS REST client): the connect phase never sent anything; after it, it may have
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return NetProblem(fault=NetFault.TIMEOUT, target=target, reason="no connection within the timeout", sent=False)

@@ -7,14 +7,19 @@ run); the order path pays it on every submit, cancel and revise. aiohttp was alr
 (the twin serves with it).
 
 What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). Mapping (see kis.port):
-- transport failure before the request could be sent (DNS, refused, connect timeout, TLS)
-  → BrokerUnreachable (a BrokerTemporary that says where and why); reads retry.
+- transport failure before the request could be sent (DNS, refused, connect timeout, the TLS
+  handshake) → BrokerUnreachable (a BrokerTemporary that says where and why); reads retry.
 - transport failure after the request may have been sent (read timeout, server disconnected,
-  broken connection, a malformed answer) → for order writes BrokerUnknownOutcome (never resent);
-  reads retry. Which is which: kis.netdiag.explain().
+  broken connection, a TLS record that fails while the reply is read, a malformed answer) → for
+  orders and cancels BrokerUnknownOutcome (an order is never resent; a cancel is, its ambiguity
+  kept); reads retry. For orders and cancels only aiohttp's connect-phase errors count as not sent
+  (kis.netdiag.connect_failed); kis.netdiag.explain() says what happened.
 - RATE_LIMITED (EGW00201) → the budget backs off; the request was not processed, so it is retried
-  (orders too); finally BrokerRateLimited.
-- TOKEN_INVALID (EGW00123/EGW00121) → one token refresh and one retry; then BrokerAuthError.
+  (orders too); finally BrokerRateLimited, or BrokerUnknownOutcome when an earlier attempt of the
+  same cancel/order may have reached KIS.
+- TOKEN_INVALID (EGW00123/EGW00121) → one token refresh and one retry; then BrokerAuthError. An order
+  is retried only when the new token came at once; when KIS's one-a-minute issuance made the refresh
+  wait, BrokerTemporary (the order was not placed; sent a minute late it would not be the decision).
 - CREDENTIALS / WRONG_DOMAIN → BrokerAuthError; REJECTED / NOT_SUPPORTED / ACCOUNT → BrokerRejected,
   whatever the HTTP status (a 5xx whose KIS body proves a refusal is a refusal).
 - SERVER (EGW00002, EGW00500, unknown EGW*, unknown codes on HTTP 5xx) and replies without a KIS
@@ -42,7 +47,7 @@ from kis.budget import Lane, RestBudget
 from kis.codes import PROVES_NOT_PLACED, Verdict, lookup
 from kis.credentials import Credentials
 from kis.env import KisEnvironment, Path
-from kis.netdiag import BrokerUnreachable, explain
+from kis.netdiag import BrokerUnreachable, connect_failed, explain
 from kis.tls import tls_context
 from kis.port import (
     BrokerAuthError,
@@ -129,7 +134,10 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 def _transport_error(exc: BaseException, kind: Kind, url: str) -> BrokerError:
     problem = explain(exc, url)
-    if problem.sent and kind is not Kind.READ:
+    # an order or a cancel is "not sent" only when aiohttp failed to connect: once the request may
+    # have been written (a TLS record that does not decrypt while the reply is read included), the
+    # outcome is unknown and an order is never resent
+    if kind is not Kind.READ and (problem.sent or not connect_failed(exc)):
         return BrokerUnknownOutcome(problem.text(), code="TRANSPORT")
     return BrokerUnreachable("KIS REST", problem)
 
@@ -159,6 +167,7 @@ class KisRest:
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tls: ssl.SSLContext | None = None,
+        write_refresh_max_s: float = 5.0,
     ) -> None:
         self.env = env
         self._creds = creds
@@ -173,6 +182,11 @@ class KisRest:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # requests sent (for tests/metrics)
         self._repairs_logged: set[tuple[str, str]] = set()
+        # an order refused for its token (EGW00123) is resent only if the new token came within this,
+        # without KIS's one-a-minute wait (GatewayConfig.max_send_wait_s's default: the send queue's
+        # freshness bound for an order's decision)
+        self.write_refresh_max_s = write_refresh_max_s
+        self._background: set[asyncio.Task[str]] = set()  # token refreshes an order stopped waiting for
 
     def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -217,6 +231,8 @@ class KisRest:
         self._base = env.rest_url.rstrip("/")
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -317,7 +333,17 @@ class KisRest:
             raise RuntimeError("KisRest.attach_tokens() was not called")
         content = msgspec.json.encode(body) if body is not None else None
         refreshed = False
-        ambiguous = False  # a cancel attempt may have reached KIS
+        ambiguous = False  # an earlier attempt of this cancel (or write) may have reached KIS
+        call = "cancel" if kind is Kind.CANCEL else "order"
+
+        def doubt(err: BrokerError, status: int | None = None) -> BrokerError:
+            # once an attempt may have reached KIS, no later refusal proves "not processed"
+            if not ambiguous or isinstance(err, BrokerUnknownOutcome):
+                return err
+            return BrokerUnknownOutcome(
+                f"{call} retried after an ambiguous failure, then: {err}", code=err.code, http_status=status
+            )
+
         attempt = 0
         while True:
             await self.budget.acquire(lane, caller)
@@ -355,7 +381,9 @@ class KisRest:
                 pause = min(self.retry.rate_limit_backoff_s, 2.0 / self.budget.rate_per_s)
                 self.budget.penalize(pause * random.uniform(0.8, 1.2))
                 if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
-                    raise refused
+                    # this attempt was not processed, but an earlier one (a cancel whose answer was
+                    # lost) may have been: then the outcome is unknown, never "refused"
+                    raise doubt(refused, resp.status)
                 attempt += 1
                 continue
             if (
@@ -365,11 +393,11 @@ class KisRest:
             ):
                 refreshed = True
                 log.info("KIS rejected the token (%s); refreshing once", refused.code)
-                await self.tokens.invalidate_and_get(token, refused.code)
+                await self._refresh_token(token, refused.code, kind, doubt)
                 continue
             if kind is Kind.WRITE:
                 if proves_not_processed(refused):
-                    raise refused
+                    raise doubt(refused, resp.status)
                 # A server error, a reply without an envelope or a code we cannot place: the order
                 # may be at KIS. Only a reply that proves it was not processed says "not placed".
                 log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, refused)
@@ -380,9 +408,7 @@ class KisRest:
                 ambiguous = True  # a server error on a cancel: it may have been processed
             if isinstance(refused, BrokerRejected) and ambiguous:
                 # the earlier attempt may have cancelled it already; let the caller reconcile
-                raise BrokerUnknownOutcome(
-                    f"cancel retried after an ambiguous failure, then: {refused}", code=refused.code
-                ) from None
+                raise doubt(refused) from None
             if isinstance(refused, BrokerTemporary) and attempt + 1 < self.retry.attempts:
                 attempt += 1
                 await self._sleep(self.retry.delay(attempt))
@@ -392,6 +418,50 @@ class KisRest:
                     f"cancel outcome unknown after {refused}", code=refused.code, http_status=resp.status
                 )
             raise refused
+
+    async def _refresh_token(
+        self, rejected: str, code: str, kind: Kind, doubt: Callable[[BrokerError], BrokerError]
+    ) -> None:
+        """KIS refused the token (EGW00123/EGW00121): get another. A read or a cancel waits for it
+        however long KIS's one-issuance-a-minute makes that (a late cancel still helps); an order is
+        resent only when the new token came at once. EGW00123 proves the order was not placed, and one
+        sent a minute after its decision is not the agent's decision (the send queue refuses an order
+        that waited `max_send_wait_s` before it left): BrokerTemporary, so the queue refuses it and
+        the agent decides again. The refresh itself goes on for the calls that follow."""
+        assert self.tokens is not None
+        if kind is not Kind.WRITE:
+            await self.tokens.invalidate_and_get(rejected, code)
+            return
+        waited = self.tokens.waited_s
+        task = asyncio.ensure_future(self.tokens.invalidate_and_get(rejected, code))
+        self._background.add(task)  # (it outlives this call when the order stops waiting for it)
+        task.add_done_callback(self._refresh_done)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.write_refresh_max_s)
+        except TimeoutError:
+            late = f"is still running after {self.write_refresh_max_s:.1f}s"
+        else:
+            late = (
+                f"had to wait {self.tokens.waited_s - waited:.0f}s (KIS issues one token a minute)"
+                if self.tokens.waited_s > waited
+                else ""
+            )
+        if late:
+            log.warning(
+                "KIS refused the token (%s) on an order and its refresh %s: the order is not resent", code, late
+            )
+            raise doubt(
+                BrokerTemporary(
+                    f"KIS refused the token ({code}): the order was not placed, and it is not sent late "
+                    f"(the token refresh {late})",
+                    code=code,
+                )
+            )
+
+    def _refresh_done(self, task: asyncio.Task[str]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:  # (retrieved: no asyncio warning)
+            log.info("KIS token refresh after an order's token refusal failed: %s", e)
 
     async def paged(
         self,

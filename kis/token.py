@@ -104,6 +104,7 @@ class TokenManager:
         self._retry_at = 0.0  # a refresh of a still valid token failed: not again before this
         self.rejections = 0  # tokens KIS refused (expired/invalid) in this process
         self.last_rejection = ""  # the KIS code of the last refusal
+        self.waited_s = 0.0  # seconds this manager waited out KIS's one-issuance-a-minute, in all
 
     @property
     def expires_at(self) -> float:
@@ -179,12 +180,17 @@ class TokenManager:
                             self._min_interval - wait,
                             wait,
                         )
-                        await self._sleep(wait)
+                        await self._wait(wait)
                 if usable:
                     return await self._refresh_early(cache, cached)  # type: ignore[arg-type]
                 tok = await self._issue_once(cache)
                 self._token = tok
                 return tok.access_token
+
+    async def _wait(self, seconds: float) -> None:
+        """Wait out the issuance throttle (counted: an order's caller refuses to be sent that late)."""
+        self.waited_s += seconds
+        await self._sleep(seconds)
 
     async def _refresh_early(self, cache: _CacheFile, valid: IssuedToken) -> str:
         """Replace a token that is still valid (within the refresh margin of its expiry): one attempt.
@@ -218,7 +224,7 @@ class TokenManager:
             if attempt == 1:
                 raise BrokerTemporary("token issuance throttled by KIS", code="EGW00133")
             log.warning("KIS says a token was issued less than a minute ago (EGW00133); waiting")
-            await self._sleep(self._min_interval)
+            await self._wait(self._min_interval)
         raise BrokerAuthError("token issuance failed")  # unreachable
 
     async def _attempt(self, cache: _CacheFile) -> IssuedToken | None:

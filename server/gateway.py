@@ -785,6 +785,8 @@ class Gateway:
         backoff = 0.2
         reason = START
         partial_alerted = False
+        start_failing_since = 0  # market ns of the first failed pass while none has succeeded (0: none)
+        start_alerted = False
         whole_due = 0.0  # monotonic time of the next whole pass while they are spaced out (0: none)
         period = self.cfg.reconcile_s
         while True:
@@ -816,6 +818,18 @@ class Gateway:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
                 timeout, backoff = backoff, min(backoff * 2, 30.0)  # 0.2, 0.4, ... a blip costs little
+                if not self.recon.synced:
+                    # no pass has succeeded: every new order is denied; after the same delay as the
+                    # partial alert below, a person is told (once), with what KIS keeps answering
+                    now_ns = self.book.now_ns()
+                    start_failing_since = start_failing_since or now_ns
+                    if not start_alerted and now_ns - start_failing_since > PARTIAL_ALERT_NS:
+                        start_alerted = True
+                        self.alerts(
+                            f"reconciliation with KIS has failed since the start ({e}): every new order is denied "
+                            "until it succeeds (it is retried); check KIS (ktrader status: reconciliation)",
+                            AlertKind.RECONCILE_DIFF,
+                        )
                 since = self.recon.partial_since_ns
                 if since and not partial_alerted and self.book.now_ns() - since > PARTIAL_ALERT_NS:
                     partial_alerted = True  # trading goes on, on books that only know the open orders

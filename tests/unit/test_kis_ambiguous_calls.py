@@ -1,0 +1,600 @@
+"""KIS calls whose outcome is in doubt must never be booked as "not placed", nor resent late.
+
+1. A TLS error while the reply of an order is read (after the request was written) is an unknown
+   outcome, sent once; only the connect phase (handshake included) proves nothing was sent.
+2. A cancel that may have reached KIS, then refused for the rate limit on its retry, is in doubt,
+   not "refused".
+3. One figure written "130,000" in the order list does not stop reconciliation; a row that still
+   cannot be read is a temporary broker error naming its ODNO, and a start that keeps failing
+   reaches a person.
+4. An order refused for an expired token (EGW00123) is not resent a minute later, after KIS's
+   one-token-a-minute wait: the queue refuses it and the agent decides again.
+
+KIS is served on real loopback sockets (127.0.0.1): tests/fakes/kis_http.py, or a threaded TLS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from common.config import BrokerConfig, BrokerEnv
+from common.enums import AlertKind, Side
+from kis.adapter import KisBroker
+from kis.budget import Lane, RestBudget
+from kis.credentials import Credentials
+from kis.env import environment_for
+from kis import netdiag
+from kis.netdiag import BrokerUnreachable, NetFault, explain
+from kis.port import (
+    BrokerCancel,
+    BrokerOrder,
+    BrokerRateLimited,
+    BrokerTemporary,
+    BrokerUnknownOutcome,
+)
+from kis.rest import Kind, KisRest, RetryPolicy
+from kis.token import IssuedToken, TokenManager, TokenThrottled
+from kis.wire import OrderResponse
+from server import gateway as gateway_mod
+from tests.fakes.kis_http import LoopbackKis, close_all
+
+CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
+TOKEN = {
+    "access_token": "tok-first",
+    "token_type": "Bearer",
+    "expires_in": 86400,
+    "access_token_token_expired": "2099-01-01 00:00:00",
+}
+ORDER_PATH = "/uapi/domestic-stock/v1/trading/order-cash"
+CANCEL_PATH = "/uapi/domestic-stock/v1/trading/order-rvsecncl"
+RATE_LIMITED = {"rt_cd": "1", "msg_cd": "EGW00201", "msg1": "초당 거래건수를 초과하였습니다."}
+EXPIRED = {"rt_cd": "1", "msg_cd": "EGW00123", "msg1": "기간이 만료된 token 입니다."}
+PLACED = {
+    "rt_cd": "0",
+    "msg_cd": "APBK0013",
+    "msg1": "주문 전송 완료 되었습니다.",
+    "output": {"KRX_FWDG_ORD_ORGNO": "06010", "ODNO": "0000000007", "ORD_TMD": "100000"},
+}
+ORDER = BrokerOrder(client_order_id="a-20260601-1", code="005930", side=Side.BUY, qty=10, price=70_000)
+CANCEL = BrokerCancel(
+    client_order_id="a-20260601-1", broker_order_id="0000000007", org_no="06010", code="005930", qty=10
+)
+
+
+@pytest.fixture(autouse=True)
+def _servers() -> Iterator[None]:
+    yield
+    close_all()
+
+
+def _broker(tmp_path: Path, url: str, **kw: Any) -> KisBroker:
+    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=url, ws_url="ws://127.0.0.1:1", rate_per_s=1000)
+    kw.setdefault("retry", RetryPolicy(base_s=0.0, max_s=0.0, rate_limit_backoff_s=0.0))
+    return KisBroker(environment_for(cfg), CREDS, tmp_path, **kw)
+
+
+# --- 1. a TLS failure after the order was written ----------------------------------------------------
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem, key_pem = tmp / "kis.pem", tmp / "kis.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_pem, key_pem
+
+
+class BrokenTlsKis:
+    """A TLS KIS on 127.0.0.1 that issues tokens, and reads every other request whole (KIS has it)
+    and then, instead of answering, writes a TLS record that does not decrypt on the raw socket."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.cert, key = _self_signed(tmp)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(self.cert, key)
+        self.requests: list[str] = []  # request lines read whole, token requests excepted
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = tls.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, body = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            n = next((int(h.split(":", 1)[1]) for h in lines if h.lower().startswith("content-length:")), 0)
+            while len(body) < n:
+                body += tls.recv(65536)
+            if "/oauth2/tokenP" in lines[0]:
+                reply = json.dumps(TOKEN).encode()
+                tls.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    + f"content-length: {len(reply)}\r\n\r\n".encode()
+                    + reply
+                )
+                time.sleep(0.2)
+                return
+            self.requests.append(lines[0])
+            raw = socket.socket(fileno=os.dup(tls.fileno()))
+            raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # application data that does not decrypt
+            raw.close()
+            time.sleep(0.5)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def broken_tls(tmp_path: Path) -> Iterator[BrokenTlsKis]:
+    kis = BrokenTlsKis(tmp_path)
+    yield kis
+    kis.close()
+
+
+async def test_a_tls_error_reading_an_orders_reply_is_an_unknown_outcome_sent_once(
+    tmp_path: Path, broken_tls: BrokenTlsKis
+) -> None:
+    b = _broker(tmp_path / "run", broken_tls.url, ca_bundle=str(broken_tls.cert), timeout_s=2.0)
+    try:
+        with pytest.raises(BrokerUnknownOutcome) as err:
+            await b.submit(ORDER)
+    finally:
+        await b.close()
+    # KIS read it once: resent it would be placed again, and booked as "not placed" (before: 4, Unreachable)
+    assert len(broken_tls.requests) == 1 and broken_tls.requests[0].startswith(f"POST {ORDER_PATH}")
+    assert "TLS stream broken after the request was sent" in str(err.value)
+
+
+async def test_a_cancel_whose_reply_breaks_in_tls_is_in_doubt_and_a_read_retries(
+    tmp_path: Path, broken_tls: BrokenTlsKis
+) -> None:
+    b = _broker(tmp_path / "run", broken_tls.url, ca_bundle=str(broken_tls.cert), timeout_s=2.0)
+    try:
+        with pytest.raises(BrokerUnknownOutcome):  # resent (harmless), but never "refused"
+            await b.cancel(CANCEL)
+        cancels = len(broken_tls.requests)
+        with pytest.raises(BrokerUnreachable) as err:  # an inquiry is retried, then told as a cut
+            await b.order_reports(dt.date(2026, 6, 1))
+    finally:
+        await b.close()
+    assert cancels == b.rest.retry.attempts
+    # (aiohttp itself sends an idempotent GET once more on a broken persistent connection)
+    assert len(broken_tls.requests) - cancels >= b.rest.retry.attempts
+    assert err.value.problem.sent and err.value.problem.fault is NetFault.CUT
+
+
+async def test_a_failed_tls_handshake_still_proves_the_order_was_not_sent(
+    tmp_path: Path, broken_tls: BrokenTlsKis
+) -> None:
+    # no CA bundle: the certificate is not trusted, the handshake fails in the connect phase
+    b = _broker(tmp_path / "run", broken_tls.url, timeout_s=2.0)
+    b.rest.attach_tokens(_FixedToken())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BrokerUnreachable) as err:
+            await b.submit(ORDER)
+    finally:
+        await b.close()
+    assert err.value.problem.fault is NetFault.TLS_VERIFY and not err.value.problem.sent
+    assert broken_tls.requests == []
+
+
+async def test_explain_tells_the_phase_before_the_cause(tmp_path: Path, broken_tls: BrokenTlsKis) -> None:
+    ctx = ssl.create_default_context(cafile=str(broken_tls.cert))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+        try:
+            async with s.post(broken_tls.url + ORDER_PATH, data=b"{}") as r:
+                await r.read()
+        except aiohttp.ClientError as e:
+            read_phase: BaseException = e
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl.create_default_context())) as s:
+        try:
+            async with s.post(broken_tls.url + ORDER_PATH, data=b"{}") as r:
+                await r.read()
+        except aiohttp.ClientError as e:
+            handshake: BaseException = e
+    assert isinstance(read_phase, aiohttp.ClientOSError) and isinstance(read_phase.__cause__, ssl.SSLError)
+    p = explain(read_phase, broken_tls.url)
+    assert p.sent and p.fault is NetFault.CUT and not netdiag.connect_failed(read_phase)
+    assert isinstance(handshake, aiohttp.ClientConnectorCertificateError) and netdiag.connect_failed(handshake)
+    p = explain(handshake, broken_tls.url)
+    assert not p.sent and p.fault is NetFault.TLS_VERIFY
+
+
+class _FixedToken:
+    waited_s = 0.0
+
+    async def get(self) -> str:
+        return "tok"
+
+
+# --- 2. a cancel in doubt, then rate-limited ---------------------------------------------------------
+
+
+async def test_a_cancel_in_doubt_then_rate_limited_is_not_refused(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            return httpx.Response(200, json=TOKEN)
+        seen.append(req.url.path)
+        if len(seen) == 1:
+            raise httpx.ReadTimeout("KIS took the cancel and did not answer in time")
+        return httpx.Response(500, json=RATE_LIMITED)
+
+    kis = LoopbackKis(handler, hang_s=1.0)
+    b = _broker(tmp_path, kis.url, timeout_s=0.3)
+    try:
+        with pytest.raises(BrokerUnknownOutcome) as err:  # before: BrokerRateLimited, "cancel refused"
+            await b.cancel(CANCEL)
+    finally:
+        await b.close()
+    assert len(seen) > 1 and set(seen) == {CANCEL_PATH}
+    assert err.value.code == "EGW00201"
+
+
+async def test_an_order_only_ever_rate_limited_is_still_refused(tmp_path: Path) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            return httpx.Response(200, json=TOKEN)
+        return httpx.Response(500, json=RATE_LIMITED)
+
+    b = _broker(tmp_path, LoopbackKis(handler).url)
+    try:
+        with pytest.raises(BrokerRateLimited):  # no attempt was processed: surely not placed
+            await b.submit(ORDER)
+    finally:
+        await b.close()
+
+
+# --- 3. one odd figure in the order list ----------------------------------------------------------
+
+
+def _ccld_kis(price: str) -> LoopbackKis:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            return httpx.Response(200, json=TOKEN)
+        if req.url.path.endswith("inquire-daily-ccld"):
+            rows = [
+                {"odno": "0000000001", "pdno": "005930", "sll_buy_dvsn_cd": "02", "ord_qty": "10",
+                 "ord_unpr": "70000", "tot_ccld_qty": "10", "tot_ccld_amt": "700000", "avg_prvs": "70000",
+                 "rmn_qty": "0", "ord_tmd": "090001"},
+                # an order the account owner placed in the HTS app, one figure written by a person
+                {"odno": "0000000002", "pdno": "000660", "sll_buy_dvsn_cd": "02", "ord_qty": "1",
+                 "ord_unpr": price, "tot_ccld_qty": "0", "tot_ccld_amt": "0", "avg_prvs": "0",
+                 "rmn_qty": "1", "ord_tmd": "090002"},
+            ]  # fmt: skip
+            body = {"rt_cd": "0", "msg_cd": "KIOK0510", "msg1": "", "output1": rows, "output2": {}}
+            return httpx.Response(200, json=body, headers={"tr_cont": "D"})
+        return httpx.Response(500, json={"rt_cd": "1", "msg_cd": "MCA00124", "msg1": "?"})
+
+    return LoopbackKis(handler)
+
+
+async def test_an_order_list_figure_with_thousands_separators_is_read(tmp_path: Path) -> None:
+    b = _broker(tmp_path, _ccld_kis("130,000").url)
+    try:
+        reports = await b.order_reports(dt.date(2026, 6, 1))
+    finally:
+        await b.close()
+    assert [(r.broker_order_id, r.price) for r in reports] == [("0000000001", 70_000), ("0000000002", 130_000)]
+
+
+async def test_an_unreadable_row_is_a_temporary_broker_error_naming_its_order(tmp_path: Path) -> None:
+    b = _broker(tmp_path, _ccld_kis("13O,000").url)
+    try:
+        with pytest.raises(BrokerTemporary) as err:
+            await b.order_reports(dt.date(2026, 6, 1))
+    finally:
+        await b.close()
+    assert err.value.code == "BAD_ROW" and "0000000002" in str(err.value) and "13O,000" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["1,30,000", "13,0000", ",100", "100,", "1,,000", "1,000e3", "1_000", "1.000,5"])
+def test_what_only_looks_grouped_is_still_refused(text: str) -> None:
+    from kis.numbers import NumberError, krw
+
+    with pytest.raises(NumberError):
+        krw(text)
+
+
+def test_grouped_figures() -> None:
+    from kis.numbers import krw, ratio
+
+    assert (krw("130,000"), krw("-1,234,567"), krw(" +1,000 "), krw("1,234.5")) == (130_000, -1_234_567, 1_000, 1_235)
+    assert ratio("1,234.56") == 1234.56
+
+
+class _Book:
+    def __init__(self, step_ns: int) -> None:
+        self.t, self.step = 1_000_000_000_000, step_ns
+
+    def now_ns(self) -> int:
+        self.t += self.step
+        return self.t
+
+
+class _Alerts:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, AlertKind | None]] = []
+
+    def __call__(self, text: str, kind: AlertKind | None = None) -> None:
+        self.sent.append((text, kind))
+
+
+async def _run_reconcile_loop(
+    monkeypatch: pytest.MonkeyPatch, broker: KisBroker, passes: int, step_ns: int
+) -> tuple[_Alerts, Any]:
+    """Gateway._reconcile_loop over a reconciler whose every pass reads the broker's order list."""
+    done = asyncio.Event()
+
+    async def no_wait(event: asyncio.Event, timeout: float | None) -> bool:
+        await asyncio.sleep(0)
+        return False
+
+    monkeypatch.setattr(gateway_mod, "wait_set", no_wait)
+    recon = SimpleNamespace(synced=False, complete=False, partial_since_ns=0, vanished=[], passes=0)
+
+    async def run(reason: str, *, open_only: bool) -> None:
+        if recon.passes >= passes:
+            done.set()
+            await asyncio.Event().wait()  # no pass after these
+        recon.passes += 1
+        await broker.order_reports(dt.date(2026, 6, 1), open_only=open_only)
+        recon.synced = True
+
+    recon.run = run
+    alerts = _Alerts()
+    gw = SimpleNamespace(
+        recon=recon,
+        counters=Counter(),
+        cfg=SimpleNamespace(reconcile_s=30.0),
+        book=_Book(step_ns),
+        alerts=alerts,
+        _reconcile_wanted=asyncio.Event(),
+        _reconcile_reason="",
+    )
+    task = asyncio.create_task(gateway_mod.Gateway._reconcile_loop(gw))  # type: ignore[arg-type]
+    await asyncio.wait_for(done.wait(), 20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return alerts, gw
+
+
+async def test_a_start_pass_that_keeps_failing_reaches_a_person_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = _broker(tmp_path, _ccld_kis("13O,000").url)
+    try:  # 40 s of market time between looks: the two minutes pass after a few failed passes
+        alerts, gw = await _run_reconcile_loop(monkeypatch, b, passes=12, step_ns=40_000_000_000)
+    finally:
+        await b.close()
+    assert not gw.recon.synced and gw.counters["reconcile_errors"] == 12
+    assert len(alerts.sent) == 1, alerts.sent  # told once, however long it lasts (before: never)
+    text, kind = alerts.sent[0]
+    assert kind is AlertKind.RECONCILE_DIFF
+    assert "failed since the start" in text and "0000000002" in text and "denied" in text
+
+
+async def test_a_start_pass_failing_briefly_alerts_no_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _broker(tmp_path, _ccld_kis("13O,000").url)
+    try:  # failing for less than the two minutes
+        alerts, _ = await _run_reconcile_loop(monkeypatch, b, passes=4, step_ns=10_000_000_000)
+    finally:
+        await b.close()
+    assert alerts.sent == []
+
+
+# --- 4. an expired token on an order ------------------------------------------------------------
+
+
+class _Clock:
+    """A token manager's clock and sleep: KIS's one-issuance-a-minute costs no real time."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.t += s
+
+
+def _token_kis(throttle_refresh: bool, *, slow_s: float = 0.0) -> tuple[LoopbackKis, list[str], list[str]]:
+    """KIS that refuses the first token on the first order (EGW00123) and answers EGW00133 to the
+    first refresh when `throttle_refresh` (another program issued one less than a minute ago)."""
+    issued: list[str] = []
+    orders: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            if slow_s and issued:
+                time.sleep(slow_s)
+            issued.append("x")
+            if throttle_refresh and len(issued) == 2:
+                return httpx.Response(
+                    403,
+                    json={
+                        "error_code": "EGW00133",
+                        "error_description": "접근토큰발급 잠시후 다시 시도하세요(1분당 1회)",
+                    },
+                )
+            return httpx.Response(200, json={**TOKEN, "access_token": f"tok-{len(issued)}"})
+        orders.append(req.headers["authorization"])
+        return httpx.Response(500, json=EXPIRED) if len(orders) == 1 else httpx.Response(200, json=PLACED)
+
+    return LoopbackKis(handler), issued, orders
+
+
+def _token_rest(tmp_path: Path, url: str, clock: _Clock, **kw: Any) -> tuple[KisRest, TokenManager]:
+    env = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=url, ws_url="ws://127.0.0.1:1", rate_per_s=1000))
+    rest = KisRest(env, CREDS, RestBudget(1000.0), **kw)
+    tm = TokenManager(
+        issue=rest.issue_token,
+        run_dir=tmp_path,
+        env_name="sim",
+        key_fingerprint="x",
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    rest.attach_tokens(tm)
+    return rest, tm
+
+
+async def _place(rest: KisRest) -> Any:
+    return await rest.request(
+        "POST", ORDER_PATH, "TTTC0012U", OrderResponse, body={"ORD_QTY": "1"}, kind=Kind.WRITE, lane=Lane.ORDER
+    )
+
+
+async def test_an_order_with_an_expired_token_is_not_resent_after_the_one_a_minute_wait(tmp_path: Path) -> None:
+    kis, issued, orders = _token_kis(throttle_refresh=True)
+    clock = _Clock()
+    rest, tm = _token_rest(tmp_path, kis.url, clock)
+    try:
+        await tm.get()
+        clock.t += 3600  # the token on disk is an hour old: a refresh may issue at once ... but KIS says EGW00133
+        with pytest.raises(BrokerTemporary) as err:  # before: resent with the new token a minute later, placed
+            await _place(rest)
+        for _ in range(50):  # the refresh goes on for the calls that follow
+            if tm.expires_at and len(issued) == 3:
+                break
+            await asyncio.sleep(0.01)
+        token = await tm.get()
+    finally:
+        await rest.aclose()
+    assert len(orders) == 1 and orders[0] == "Bearer tok-1"
+    assert err.value.code == "EGW00123" and "not placed" in str(err.value) and "wait" in str(err.value)
+    assert sum(clock.slept) >= 60 and token == "tok-3"
+
+
+async def test_an_order_with_an_expired_token_is_resent_once_when_the_new_token_comes_at_once(tmp_path: Path) -> None:
+    kis, issued, orders = _token_kis(throttle_refresh=False)
+    clock = _Clock()
+    rest, tm = _token_rest(tmp_path, kis.url, clock)
+    try:
+        await tm.get()
+        clock.t += 3600
+        page = await _place(rest)
+    finally:
+        await rest.aclose()
+    assert orders == ["Bearer tok-1", "Bearer tok-2"] and clock.slept == []
+    assert page.body.output["ODNO"] == "0000000007"
+
+
+async def test_an_order_whose_token_refresh_is_slow_is_not_resent(tmp_path: Path) -> None:
+    kis, issued, orders = _token_kis(throttle_refresh=False, slow_s=0.8)
+    clock = _Clock()
+    rest, tm = _token_rest(tmp_path, kis.url, clock, write_refresh_max_s=0.2)
+    try:
+        await tm.get()
+        clock.t += 3600
+        t0 = time.monotonic()
+        with pytest.raises(BrokerTemporary) as err:
+            await _place(rest)
+        took = time.monotonic() - t0
+        for _ in range(200):  # the refresh the order stopped waiting for still lands
+            if tm.expires_at and await tm.get() == "tok-2":
+                break
+            await asyncio.sleep(0.01)
+        token = await tm.get()
+    finally:
+        await rest.aclose()
+    assert took < 0.7 and len(orders) == 1 and "still running" in str(err.value)
+    assert token == "tok-2"
+
+
+async def test_a_cancel_with_an_expired_token_waits_for_the_new_one(tmp_path: Path) -> None:
+    # a cancel sent late still helps: it waits out the minute and is resent, as before
+    issued = 0
+
+    async def issue() -> IssuedToken:
+        nonlocal issued
+        issued += 1
+        if issued == 2:
+            raise TokenThrottled()
+        return IssuedToken(access_token=f"tok-{issued}", expires_at=time.time() + 86400)
+
+    clock = _Clock()
+    tm = TokenManager(
+        issue=issue, run_dir=tmp_path, env_name="sim", key_fingerprint="y", clock=clock, sleep=clock.sleep
+    )
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.headers["authorization"])
+        return httpx.Response(500, json=EXPIRED) if len(seen) == 1 else httpx.Response(200, json=PLACED)
+
+    kis = LoopbackKis(handler)
+    env = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=kis.url, ws_url="ws://127.0.0.1:1", rate_per_s=1000))
+    rest = KisRest(env, CREDS, RestBudget(1000.0))
+    rest.attach_tokens(tm)
+    try:
+        await tm.get()
+        clock.t += 3600
+        await rest.request(
+            "POST", CANCEL_PATH, "TTTC0013U", OrderResponse, body={"ORD_QTY": "0"}, kind=Kind.CANCEL, lane=Lane.CANCEL
+        )
+    finally:
+        await rest.aclose()
+    assert seen == ["Bearer tok-1", "Bearer tok-3"] and sum(clock.slept) >= 60
