@@ -188,6 +188,15 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = (
         60.0  # no real-time message this long in the continuous session
     )
+    # The dead-man's switch: a healthchecks.io-style URL pinged every heartbeat_s from the gateway's lease
+    # loop, so a gateway that died or hangs stops pinging and that service pages someone (set its period to
+    # heartbeat_s and a grace of a few periods). "GET" (the default) or "POST" (the body names the gateway and
+    # its pid). The URL is a secret (the check's id): give the name of an environment variable that holds it
+    # (heartbeat_url_env) rather than the URL itself. It is never logged. "": no heartbeat.
+    heartbeat_url: str = ""
+    heartbeat_url_env: str = ""
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    heartbeat_method: Annotated[str, msgspec.Meta(pattern="^(GET|POST)$")] = "GET"
 
 
 class WebConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

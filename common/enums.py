@@ -144,6 +144,11 @@ class AlertKind(StrEnum):
     # operator's or an end-of-day flatten: the shares are still held), next-session orders still
     # waiting for their code's base price into the session
     NOT_SENT = "not_sent"
+    # the gateway's life, told to a person (information, not critical): started (host, pid, run folder,
+    # broker environment) and stopping (why); a gateway that dies without a word is the heartbeat's to tell
+    # (notify.heartbeat_url)
+    GATEWAY_STARTED = "gateway_started"
+    GATEWAY_STOPPING = "gateway_stopping"
 
 
 class BarInterval(StrEnum):

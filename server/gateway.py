@@ -606,6 +606,14 @@ class Gateway:
         )
         write_info(self.run_dir, info)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
+        # told to a person (not on the screen: a start is no alert); the heartbeat pings from the lease loop
+        self._started_mono = time.monotonic()
+        self.operator.notifier.alert(
+            AlertKind.GATEWAY_STARTED,
+            f"gateway started on {os.uname().nodename} (pid {os.getpid()}), run dir {self.run_dir.resolve()}, "
+            f"broker {self.broker_name} env {self.cfg.broker.env.value}",
+            subject=self.headers.sid,
+        )
         self._check_calendar(self.book.day())
         self.router.drain()  # anything that arrived before the reader was armed
         try:
@@ -688,6 +696,20 @@ class Gateway:
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
         log.info("gateway stopping")
+        # told to a person before the tasks are cancelled: the notifier's stop sends what is queued
+        me = asyncio.current_task()
+        if self._store_failure is not None:
+            why = f"the store could not commit ({self._store_failure}); a restart reloads the books from disk"
+        elif me is not None and me.cancelling():
+            why = "its task was cancelled (the process that runs it is ending)"
+        else:
+            why = "asked to stop (SIGTERM or SIGINT: ktrader stop, Ctrl-C, the service manager)"
+        up = time.monotonic() - getattr(self, "_started_mono", time.monotonic())
+        self.operator.notifier.alert(
+            AlertKind.GATEWAY_STOPPING,
+            f"gateway stopping on {os.uname().nodename} (pid {os.getpid()}, up {up:.0f} s): {why}",
+            subject=self.headers.sid,
+        )
         remove_info(self.run_dir, self.headers.sid)
         for t in self._tasks:
             t.cancel()
@@ -712,6 +734,14 @@ class Gateway:
         period = max(0.05, self.cfg.lease_s / 5)
         while True:
             await asyncio.sleep(period)
+            try:
+                # the dead-man's switch pings from here (a hung loop stops them); a channel failing for a
+                # minute is told on the screen only (a kind would queue it on the failing channel)
+                for text in self.operator.notifier.tick():
+                    self.alerts(text)
+            except Exception:
+                self.counters["notifier_errors"] += 1
+                log.exception("notifier tick failed")
             self.sessions.expire_leases()
             self.keyring.refresh()  # approvals and revocations take effect without a restart
             try:

@@ -4,23 +4,37 @@ configured in the gateway config's `[notify]`.
 `Notifier.alert()` is called on the gateway's loop and never blocks or raises: it filters the kind and
 puts the alert on each channel's bounded queue, unless that channel has it pending already or
 delivered it within `dedup_s` (kind, agent, subject). Each channel has its own sender task, so a slow
-or failing channel delays only itself. A failed send is retried with back-off (1, 2, 4 ... 60 s) and
-given up after `GIVE_UP_S` with one log line; errors are logged without the URL or password. Each
-channel sends at most `max_per_minute` messages: what the limit holds back stays queued and rides,
-listed, on the channel's next message, sent at the latest when the minute reopens. Critical kinds
-(a person must act now: `CRITICAL`) bypass the limit and go first. A full queue drops its oldest
-non-critical alert, counted and noted in the channel's next message. At stop, what is queued gets
-`STOP_GRACE_S` to go out; then the senders are cancelled."""
+or failing channel delays only itself. A failed send is retried with back-off (1, 2, 4 ... 60 s), or
+after the wait the receiver asked for (HTTP 429/503 `Retry-After`, Telegram's `retry_after`; at most
+`RETRY_AFTER_MAX_S`); a refusal that retrying will not heal (HTTP 400/401/403/404: a revoked token, a
+wrong chat id or URL) is logged at ERROR at once as a configuration problem. Critical kinds are never
+given up: they stay at the head and are retried until they go out; any other alert not delivered
+within `GIVE_UP_S` is given up (one log line), counted per channel with its kind, and noted in the
+channel's next delivered message. Errors are logged without the URL or password. Each channel sends at
+most `max_per_minute` messages: what the limit holds back stays queued and rides, listed, on the
+channel's next message, sent at the latest when the minute reopens. Critical kinds (a person must act
+now: `CRITICAL`) bypass the limit and go first. A full queue drops its oldest non-critical alert,
+counted and noted in the channel's next message. At stop, what is queued gets `STOP_GRACE_S` to go
+out; then the senders are cancelled.
+
+`Notifier.tick()` is called from the gateway's lease loop: it pings the dead-man's switch
+(`heartbeat_url`, `Heartbeat`: a gateway that died or whose loop hangs stops pinging, and that service
+pages someone) and returns screen-only texts for a channel (or the heartbeat) failing for more than
+`OUTAGE_ALERT_S`, once per outage (a kinded alert would queue on the failing channel itself).
+`status()` gives the counters, and per channel and for the heartbeat the keys it documents."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email.utils
 import logging
+import math
 import os
 import smtplib
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -57,6 +71,8 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.GATEWAY_FAULT: "GATEWAY FAULT",
     AlertKind.OPERATOR: "OPERATOR ACTION",
     AlertKind.NOT_SENT: "ORDERS NOT SENT",
+    AlertKind.GATEWAY_STARTED: "GATEWAY STARTED",
+    AlertKind.GATEWAY_STOPPING: "GATEWAY STOPPING",
 }
 
 
@@ -84,6 +100,51 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
+# Refusals that retrying will not heal: a wrong URL, a revoked token, a wrong chat id (Telegram answers 400
+# "chat not found" and 403 "bot was blocked"). Still retried with back-off (the operator may fix the
+# receiver's side), but logged at ERROR at once as a configuration problem.
+CONFIG_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 405, 410})
+RETRY_AFTER_MAX_S = 600.0  # a receiver's Retry-After is honoured up to this long (a bad value never parks a channel)
+
+
+class SendError(RuntimeError):
+    """A failed delivery, told without the URL or password. `kind` names it for the status and the logs
+    ("HTTP 429", "ConnectError", "SMTPAuthenticationError"...); `retry_after` is the wait the receiver asked
+    for (seconds, already bounded), None if it asked none; `config` marks a refusal that retrying will not
+    heal."""
+
+    def __init__(self, kind: str, detail: str = "", *, retry_after: float | None = None, config: bool = False) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.retry_after = retry_after
+        self.config = config
+
+
+def retry_after_s(value: object, now: float | None = None) -> float | None:
+    """A Retry-After value (delay seconds, or an HTTP date; Telegram's `retry_after` number) as seconds from
+    `now` (wall clock, time.time()), bounded to [0, RETRY_AFTER_MAX_S]; None when absent or unreadable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        s = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            s = float(value.strip())
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value.strip())
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            s = when.timestamp() - (time.time() if now is None else now)
+    else:
+        return None
+    if math.isnan(s):
+        return None
+    return min(max(s, 0.0), RETRY_AFTER_MAX_S)
+
+
 class WebhookChannel:
     def __init__(self, cfg: WebhookConfig, gateway: str = "") -> None:
         self.cfg = cfg
@@ -108,15 +169,35 @@ class WebhookChannel:
 
     async def send(self, alert: Alert, text: str) -> None:
         if not self.url:
-            raise RuntimeError(f"no URL (environment variable {self.cfg.url_env!r} is empty)")
+            raise SendError("no URL", f"environment variable {self.cfg.url_env!r} is empty", config=True)
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s)
         try:
             r = await self._client.post(self.url, json=self.body(alert, text))
         except httpx.HTTPError as e:  # the message only: an httpx error can quote the URL (a secret)
-            raise RuntimeError(f"{type(e).__name__}") from None
+            raise SendError(type(e).__name__) from None
         if r.status_code >= 300:
-            raise RuntimeError(f"HTTP {r.status_code}")
+            raise self.refused(r)
+
+    def refused(self, r: httpx.Response) -> SendError:
+        """What a refusal says: its status, the wait asked for (429/503 Retry-After; Telegram's JSON
+        `parameters.retry_after`) and, from Telegram, its description (never the URL)."""
+        wait = retry_after_s(r.headers.get("Retry-After")) if r.status_code in (429, 503) else None
+        detail = ""
+        if self.cfg.shape is WebhookShape.TELEGRAM:
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                params = body.get("parameters")
+                asked = retry_after_s(params.get("retry_after")) if isinstance(params, dict) else None
+                if asked is not None:
+                    wait = asked if wait is None else max(wait, asked)
+                desc = body.get("description")
+                if isinstance(desc, str):
+                    detail = desc[:160].replace(self.url, "<url>") if self.url else desc[:160]
+        return SendError(f"HTTP {r.status_code}", detail, retry_after=wait, config=r.status_code in CONFIG_STATUSES)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -152,7 +233,11 @@ class SmtpChannel:
         try:
             await asyncio.to_thread(self._send_blocking, self.message(alert, text))  # smtplib blocks: off the loop
         except (OSError, smtplib.SMTPException) as e:
-            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+            # refused credentials or addresses do not heal by retrying: a configuration problem
+            config = isinstance(
+                e, (smtplib.SMTPAuthenticationError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused)
+            )
+            raise SendError(type(e).__name__, str(e), config=config) from None
 
     async def close(self) -> None:
         pass
@@ -180,7 +265,11 @@ CRITICAL: frozenset[AlertKind] = frozenset(
 
 BACKOFF_FIRST_S = 1.0  # a failed send is tried again after 1, 2, 4 ... s
 BACKOFF_MAX_S = 60.0
-GIVE_UP_S = 900.0  # an alert not delivered this long after it was raised is stale: given up (one log line)
+# a non-critical alert not delivered this long after it was raised is stale: given up (one log line), and
+# noted in the channel's next delivered message; a critical one is never given up
+GIVE_UP_S = 900.0
+OUTAGE_ALERT_S = 60.0  # a channel (or the heartbeat) failing this long: told on the screen, once per outage
+HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
 POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
 LIST_MAX = 20  # alerts listed in one summary message; beyond it they are counted
@@ -190,6 +279,10 @@ TEXT_MAX = 3500
 SEEN_MAX = 10_000  # delivered-alert stamps kept per channel for dedup
 
 _Key = tuple[str, str, str]
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def backoff_s(failures: int) -> float:
@@ -204,6 +297,7 @@ class _Item:
     seq: int  # raising order: a failed batch goes back in its place
     raised_at: float  # notifier clock
     held: bool = False  # refused by the rate limit (counted once): rides on the channel's next message
+    overdue: bool = False  # a critical alert past GIVE_UP_S, kept (logged once)
 
 
 class _Limit:
@@ -228,9 +322,10 @@ class _Limit:
 class _Lane:
     """One channel's bounded queue and its own sender task: a slow or failing channel delays only itself."""
 
-    def __init__(self, owner: Notifier, ch: Channel) -> None:
+    def __init__(self, owner: Notifier, ch: Channel, name: str = "") -> None:
         self.owner = owner
         self.ch = ch
+        self.name = name or ch.name  # unique among the notifier's channels (the status is keyed by it)
         self.cap = owner.cfg.queue_size
         self.queue: deque[_Item] = deque()
         self.inflight: list[_Item] = []
@@ -242,6 +337,15 @@ class _Lane:
         self.failures = 0  # failed tries in a row
         self.retry_at = 0.0
         self.dropped = 0  # dropped for a full queue since the last delivered message: noted in the next one
+        # given up (not delivered within GIVE_UP_S) since the last delivered message, by kind: noted in the next one
+        self.given_up: Counter[str] = Counter()
+        self.given_up_total = 0
+        self.sent = 0  # alerts delivered (those summarised in one message included)
+        self.failing_since: float | None = None  # notifier clock of the first failed try of this outage
+        self.last_error = ""  # what the last failed try was ("HTTP 401", "ConnectError"...), kept after recovery
+        self.last_error_at = 0.0
+        self.last_error_config = False  # ... a refusal that retrying will not heal
+        self.outage_told = False  # the screen was told of this outage (OUTAGE_ALERT_S)
         self.wake = asyncio.Event()
         self.draining = False
 
@@ -268,7 +372,7 @@ class _Lane:
             self.owner.counters["dropped"] += 1
             self.dropped += 1
             if self.dropped == 1:
-                log.warning("alert queue of %s full: dropping the oldest (%s)", self.ch.name, victim.alert.kind.value)
+                log.warning("alert queue of %s full: dropping the oldest (%s)", self.name, victim.alert.kind.value)
         return self.queue
 
     # ---- the sender task ----------------------------------------------------------------------------------
@@ -313,10 +417,22 @@ class _Lane:
         t = None if timeout is None else max(0.01, min(timeout, POLL_S))
         await wait_set(self.wake, t)
 
+    def _tail(self) -> str:
+        """What this channel lost since its last delivered message: dropped for a full queue, given up."""
+        lost = []
+        if self.dropped:
+            lost.append(f"+{self.dropped} alerts dropped: the queue of this channel was full")
+        if self.given_up:
+            kinds = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(self.given_up.items()))
+            lost.append(
+                f"+{sum(self.given_up.values())} alerts given up: not delivered within {GIVE_UP_S / 60:.0f} min "
+                f"({kinds})"
+            )
+        return f"\n({'; '.join(lost)}; see the console)" if lost else ""
+
     def _text(self, batch: list[_Item], why: str) -> str:
         primary, riders = batch[0], batch[1:]
-        tail = f"\n(+{self.dropped} alerts dropped: the queue of this channel was full; see the console)"
-        tail = tail if self.dropped else ""
+        tail = self._tail()
         text = primary.alert.line(self.owner.gateway)[: TEXT_MAX - 400]  # room for the list's head and tail
         if riders:
             text += f"\n(+{len(riders)} more alerts {why}, oldest first:"
@@ -350,20 +466,41 @@ class _Lane:
             self.inflight = []
 
     def _failed(self, batch: list[_Item], e: Exception) -> None:
+        now = self.owner.clock()
         self.owner.counters["failed"] += 1
         self.failures += 1
         delay = backoff_s(self.failures)
-        self.retry_at = self.owner.clock() + delay
-        # one warning per outage (the error only: never the URL or password); the retries at debug
-        level = logging.WARNING if self.failures == 1 else logging.DEBUG
-        log.log(
-            level,
-            "alert %s not delivered by %s: %s (retry in %.0f s)",
-            batch[0].alert.kind.value,
-            self.ch.name,
-            e,
-            delay,
-        )
+        asked = getattr(e, "retry_after", None)  # the receiver's Retry-After (429/503), bounded
+        if isinstance(asked, (int, float)) and asked > delay:
+            delay = min(float(asked), RETRY_AFTER_MAX_S)
+        self.retry_at = now + delay
+        config = bool(getattr(e, "config", False))
+        was_config = self.last_error_config and self.failures > 1
+        self.last_error = (getattr(e, "kind", "") or str(e) or type(e).__name__)[:80].replace("|", "/")
+        self.last_error_at, self.last_error_config = now, config
+        if self.failing_since is None:
+            self.failing_since = now
+        # one line per outage (the error only: never the URL or password); the retries at debug. A refusal
+        # that will not heal by retrying is an ERROR at once: the operator must fix the configuration.
+        if config and not was_config:
+            log.error(
+                "alert %s not delivered by %s: %s: a configuration problem (a wrong URL, a revoked token, a wrong "
+                "chat id?), retrying will not heal it: fix [notify] or the receiver (retry in %.0f s)",
+                batch[0].alert.kind.value,
+                self.name,
+                e,
+                delay,
+            )
+        else:
+            log.log(
+                logging.WARNING if self.failures == 1 else logging.DEBUG,
+                "alert %s not delivered by %s: %s (retry in %.0f s%s)",
+                batch[0].alert.kind.value,
+                self.name,
+                e,
+                delay,
+                ", as the receiver asked" if asked is not None and delay > backoff_s(self.failures) else "",
+            )
         self.queue.extend(batch)  # back in raising order, to be tried again
         self.queue = deque(sorted(self.queue, key=lambda it: it.seq))
         self._trim()
@@ -371,8 +508,15 @@ class _Lane:
     def _delivered(self, batch: list[_Item]) -> None:
         now = self.owner.clock()
         if self.failures:
-            log.info("%s delivers again after %d failed tries", self.ch.name, self.failures)
+            log.info("%s delivers again after %d failed tries", self.name, self.failures)
+        if self.outage_told and self.failing_since is not None:
+            self.owner.screen.append(
+                f"notifier: {self.name} delivers again (it failed for {_dur(now - self.failing_since)})"
+            )
         self.failures, self.retry_at, self.dropped = 0, 0.0, 0
+        self.failing_since, self.outage_told = None, False
+        self.given_up.clear()
+        self.sent += len(batch)
         if batch[0].alert.kind not in CRITICAL:
             self.limit.take(now)
         for it in batch:
@@ -385,19 +529,64 @@ class _Lane:
                 self.delivered = dict(keep)
 
     def _give_up(self, now: float) -> None:
+        """Non-critical alerts not delivered within GIVE_UP_S are dropped, counted by kind for the next
+        delivered message; a critical one is kept at the head and retried (said once per alert)."""
         old = [it for it in self.queue if now - it.raised_at >= GIVE_UP_S]
+        if not old:
+            return
+        kept = [it for it in old if it.alert.kind in CRITICAL]
+        for it in kept:
+            if not it.overdue:
+                it.overdue = True
+                log.error(
+                    "%s: critical alert %s not delivered for %.0f s: kept, retried until it goes out (%s)",
+                    self.name,
+                    it.alert.kind.value,
+                    now - it.raised_at,
+                    self.last_error or "no error yet",
+                )
+        old = [it for it in old if it.alert.kind not in CRITICAL]
         if not old:
             return
         for it in old:
             self.queue.remove(it)
+            self.given_up[it.alert.kind.value] += 1
+        self.given_up_total += len(old)
         self.owner.counters["given_up"] += len(old)
         log.error(
-            "%s: gave up on %d alerts not delivered within %.0f s (%s)",
-            self.ch.name,
+            "%s: gave up on %d alerts not delivered within %.0f s (%s); the next message delivered says so",
+            self.name,
             len(old),
             GIVE_UP_S,
             ", ".join(sorted({it.alert.kind.value for it in old})),
         )
+
+    def check_outage(self, now: float) -> None:
+        """Failing for OUTAGE_ALERT_S: told on the screen once per outage (not as a kinded alert: that
+        would queue on this very channel)."""
+        if self.failing_since is None or self.outage_told or now - self.failing_since < OUTAGE_ALERT_S:
+            return
+        self.outage_told = True
+        hint = ": a configuration problem, fix [notify] or the receiver" if self.last_error_config else ""
+        self.owner.screen.append(
+            f"notifier: {self.name} has not delivered for {_dur(now - self.failing_since)} "
+            f"({self.last_error}{hint}): what it carries reaches no one ({self.pending()} alerts waiting)"
+        )
+
+    def status(self, now: float) -> dict[str, int]:
+        p = f"ch|{self.name}|"
+        out = {
+            p + "delivered": self.sent,
+            p + "queued": self.pending(),
+            p + "retrying": self.failures,  # failed tries in a row (0: delivering)
+            p + "given_up": self.given_up_total,
+            p + "failing_s": -1 if self.failing_since is None else int(now - self.failing_since),
+        }
+        if self.last_error:
+            out[f"{p}error|{self.last_error}"] = int(now - self.last_error_at)
+            if self.last_error_config:
+                out[p + "config_error"] = 1
+        return out
 
     async def _drain(self) -> None:
         """At stop: one try to send everything still queued (critical first), as one message."""
@@ -406,10 +595,154 @@ class _Lane:
         batch = sorted(self.queue, key=lambda it: (it.alert.kind not in CRITICAL, it.seq))
         batch = [batch[0], *sorted(batch[1:], key=lambda it: it.seq)]
         if not await self._send(batch, "still queued at the gateway's stop"):
-            log.warning("%s: %d alerts not delivered at stop", self.ch.name, len(batch))
+            log.warning("%s: %d alerts not delivered at stop", self.name, len(batch))
 
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
+
+
+class Heartbeat:
+    """The dead-man's switch: a GET (or a POST, `heartbeat_method`) to a healthchecks.io-style URL every
+    `heartbeat_s`, started from the gateway's lease loop (`tick`): a gateway that died, or whose event loop
+    hangs, stops pinging, and that service pages someone. Each ping is its own task with a timeout (the loop
+    never waits for it), one at a time; a ping still in flight at the next period skips it. Failures are
+    counted and logged once per outage (an ERROR at once for a refusal that will not heal). The URL holds a
+    secret (the check's id): never logged."""
+
+    def __init__(self, cfg: NotifyConfig, clock: Callable[[], float], gateway: str = "") -> None:
+        self.configured = bool(cfg.heartbeat_url or cfg.heartbeat_url_env)
+        self.url = os.environ.get(cfg.heartbeat_url_env, "") if cfg.heartbeat_url_env else cfg.heartbeat_url
+        self.url_env = cfg.heartbeat_url_env
+        self.method = cfg.heartbeat_method.upper()
+        self.every_s = cfg.heartbeat_s
+        self.timeout_s = min(HEARTBEAT_TIMEOUT_S, cfg.heartbeat_s)
+        self.clock = clock
+        self.body = f"ktrader gateway {gateway} pid {os.getpid()}".encode()
+        self.next_at = 0.0  # the first ping at the first tick: the service hears of the start at once
+        self.pings = 0
+        self.failed = 0
+        self.failures = 0  # failed pings in a row
+        self.failing_since: float | None = None
+        self.last_error = ""
+        self.last_error_at = 0.0
+        self.last_error_config = False
+        self.outage_told = False
+        self.closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def tick(self, now: float) -> None:
+        """From the gateway's lease loop: starts a ping when one is due; never waits for it."""
+        if not self.configured or self.closed or now < self.next_at:
+            return
+        if self._task is not None and not self._task.done():
+            return  # the last one has not answered yet (its timeout ends it)
+        self.next_at = now + self.every_s
+        if not self.url:
+            self._failed(SendError("no URL", f"environment variable {self.url_env!r} is empty", config=True))
+            return
+        self._task = asyncio.get_running_loop().create_task(self._ping(), name="notifier:heartbeat")
+
+    async def _ping(self) -> None:
+        try:
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=self.timeout_s)
+            send = (
+                self._client.post(self.url, content=self.body) if self.method == "POST" else self._client.get(self.url)
+            )
+            r = await asyncio.wait_for(send, self.timeout_s + 1.0)  # a receiver dripping bytes is cut too
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self._failed(SendError("Timeout"))
+        except httpx.HTTPError as e:  # its name only: an httpx error can quote the URL
+            self._failed(SendError(type(e).__name__))
+        except Exception as e:  # never an unhandled task error; never the URL
+            self._failed(SendError(type(e).__name__))
+        else:
+            if r.status_code >= 300:
+                self._failed(SendError(f"HTTP {r.status_code}", config=r.status_code in CONFIG_STATUSES))
+            else:
+                self._ok()
+
+    def _failed(self, e: SendError) -> None:
+        now = self.clock()
+        self.failed += 1
+        self.failures += 1
+        was_config = self.last_error_config and self.failures > 1
+        self.last_error, self.last_error_at, self.last_error_config = e.kind.replace("|", "/"), now, e.config
+        if self.failing_since is None:
+            self.failing_since = now
+        if e.config and not was_config:
+            log.error(
+                "heartbeat ping (%s to heartbeat_url) refused: %s: a configuration problem (a wrong or deleted "
+                "check?): fix [notify] heartbeat_url; the dead-man's switch will page as if the gateway were down",
+                self.method,
+                e,
+            )
+        else:
+            log.log(
+                logging.WARNING if self.failures == 1 else logging.DEBUG,
+                "heartbeat ping (%s to heartbeat_url) failed: %s; tried again every %.0f s (the dead-man's switch "
+                "pages if it lasts)",
+                self.method,
+                e,
+                self.every_s,
+            )
+
+    def _ok(self) -> None:
+        self.pings += 1
+        if self.failures:
+            log.info("heartbeat pings again after %d failed pings", self.failures)
+        self.failures, self.failing_since = 0, None
+        self.outage_told = False
+
+    def check_outage(self, now: float, screen: list[str]) -> None:
+        if self.failing_since is None or self.outage_told or now - self.failing_since < OUTAGE_ALERT_S:
+            return
+        self.outage_told = True
+        screen.append(
+            f"notifier: the heartbeat pings have failed for {_dur(now - self.failing_since)} ({self.last_error}): "
+            "the dead-man's switch will page as if this gateway were down"
+            + (": fix [notify] heartbeat_url" if self.last_error_config else "")
+        )
+
+    def status(self, now: float) -> dict[str, int]:
+        if not self.configured:
+            return {}
+        out = {
+            "hb|every_s": int(self.every_s),
+            "hb|pings": self.pings,
+            "hb|failed": self.failed,
+            "hb|failing_s": -1 if self.failing_since is None else int(now - self.failing_since),
+        }
+        if self.last_error:
+            out[f"hb|error|{self.last_error}"] = int(now - self.last_error_at)
+            if self.last_error_config:
+                out["hb|config_error"] = 1
+        return out
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.aclose(), 1.0)
+            except Exception:
+                pass
+
+
+def _unique_names(channels: Sequence[Channel]) -> list[str]:
+    """The channels' names, a second one of the same name numbered (two Slack hooks: webhook:slack, webhook:slack#2)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for c in channels:
+        seen[c.name] += 1
+        name = c.name.replace("|", "/")
+        out.append(name if seen[c.name] == 1 else f"{name}#{seen[c.name]}")
+    return out
 
 
 class Notifier:
@@ -434,9 +767,13 @@ class Notifier:
             "given_up": 0,  # alerts not delivered within GIVE_UP_S
         }
         self.stop_grace_s = STOP_GRACE_S
-        self._lanes = [_Lane(self, c) for c in self.channels]
+        self._lanes = [
+            _Lane(self, c, name) for c, name in zip(self.channels, _unique_names(self.channels), strict=True)
+        ]
         self._seq = 0
         self.recent: deque[Alert] = deque(maxlen=50)  # what was raised (sent or not), for the status
+        self.heartbeat = Heartbeat(cfg, clock, gateway)
+        self.screen: list[str] = []  # screen-only texts for the gateway's alerts, taken by tick()
 
     @property
     def enabled(self) -> bool:
@@ -461,13 +798,35 @@ class Notifier:
             accepted = lane.put(_Item(a, key, self._seq, now)) or accepted
         return accepted
 
+    def tick(self) -> list[str]:
+        """From the gateway's lease loop (a few times a second): pings the dead-man's switch when due, and
+        returns screen-only texts (a channel or the heartbeat failing for OUTAGE_ALERT_S, once per outage;
+        a channel delivering again after that). Never blocks."""
+        now = self.clock()
+        self.heartbeat.tick(now)
+        for lane in self._lanes:
+            lane.check_outage(now)
+        self.heartbeat.check_outage(now, self.screen)
+        out, self.screen = self.screen, []
+        return out
+
     def status(self) -> dict[str, int]:
-        return {
+        """The counters, then per channel `ch|<name>|<field>`: delivered, queued, retrying (failed tries in
+        a row), given_up, failing_s (-1: delivering), config_error (1: the last failure will not heal by
+        retrying) and `ch|<name>|error|<last error>` = seconds since it; for the heartbeat (when configured)
+        `hb|<field>`: every_s, pings, failed, failing_s, config_error and `hb|error|<last error>`.
+        (StatusReply.notify is dict[str, int]: the strings ride in the keys.)"""
+        now = self.clock()
+        out = {
             **self.counters,
             "queued": max((lane.pending() for lane in self._lanes), default=0),
             "retrying": sum(1 for lane in self._lanes if lane.failures),
             "channels": len(self.channels),
         }
+        for lane in self._lanes:
+            out.update(lane.status(now))
+        out.update(self.heartbeat.status(now))
+        return out
 
     async def run(self) -> None:
         """The channels' senders, until cancelled; then what is queued gets `stop_grace_s` to go out."""
@@ -495,6 +854,7 @@ class Notifier:
             left = sum(lane.pending() for lane in self._lanes)
             if left:
                 log.warning("notifier stopped with %d alerts not delivered", left)
+            await self.heartbeat.close()
             for c in self.channels:
                 try:
                     await asyncio.wait_for(c.close(), 1.0)

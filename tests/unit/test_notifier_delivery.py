@@ -68,6 +68,7 @@ def notifier_tasks() -> list[asyncio.Task[object]]:
 
 
 SESSION = "the broker session has been disconnected for 60s"
+STALE = "no real-time data for 60s in the continuous session"
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -98,13 +99,14 @@ async def test_failed_send_arrives_on_retry_and_dedup_counts_only_delivery() -> 
 
 
 async def test_undelivered_alert_is_given_up_once_and_may_be_raised_again(caplog: pytest.LogCaptureFixture) -> None:
+    # (a non-critical kind: a critical one is never given up, tests/unit/test_notifier_delivery_more.py)
     caplog.set_level(logging.INFO, logger="ktrader.notifier")
     clock = FakeClock()
     ch = FakeChannel(fail_first=10**6)  # down for good
     n = Notifier(NotifyConfig(dedup_s=3600), channels=[ch], clock=clock)
     task = asyncio.create_task(n.run())
     try:
-        assert n.alert(AlertKind.SESSION_DOWN, SESSION)
+        assert n.alert(AlertKind.STALE_MARKET_DATA, STALE)
         await until(lambda: ch.tries == 1)
         for _ in range(4):  # retries while it is down: still queued
             clock.advance(60.0)
@@ -117,9 +119,9 @@ async def test_undelivered_alert_is_given_up_once_and_may_be_raised_again(caplog
         loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(loud) == 2 and "ConnectError" in loud[0] and "gave up on 1 alerts" in loud[1]
         ch.fail_left = 0  # back; within dedup_s, but it never reached anyone: raised again, it goes out
-        assert n.alert(AlertKind.SESSION_DOWN, SESSION)
+        assert n.alert(AlertKind.STALE_MARKET_DATA, STALE)
         await until(lambda: len(ch.sent) == 1)
-        assert SESSION in ch.sent[0]
+        assert STALE in ch.sent[0]
     finally:
         task.cancel()
         await asyncio.wait([task], timeout=5)

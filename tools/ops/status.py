@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.client import GatewayClient
+from common.clock import kst_from_ns
 from common.config import AgentCard
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.credentials import OPERATOR, CredentialError, load as load_credential
@@ -155,6 +156,66 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
     ]
 
 
+def notifier_parts(notify: dict[str, int]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """StatusReply.notify split (server/notifier.py Notifier.status): per channel name its fields, and the
+    heartbeat's; a last error rides in its key ("error|HTTP 401" -> seconds since it)."""
+    channels: dict[str, dict[str, int]] = {}
+    heartbeat: dict[str, int] = {}
+    for key, value in notify.items():
+        if key.startswith("ch|"):
+            name, _, field = key[3:].partition("|")
+            channels.setdefault(name, {})[field] = value
+        elif key.startswith("hb|"):
+            heartbeat[key[3:]] = value
+    return channels, heartbeat
+
+
+def _failing(fields: dict[str, int], now_ns: int) -> str:
+    failing_s = fields.get("failing_s", -1)
+    if failing_s < 0:
+        return "OK"
+    since = kst_from_ns(now_ns - failing_s * 1_000_000_000).strftime("%H:%M:%S")
+    return f"FAILING since {since} KST ({fmt_age(failing_s)})"
+
+
+def _last_error(fields: dict[str, int]) -> str:
+    errors = [(age, key[6:]) for key, age in fields.items() if key.startswith("error|")]
+    if not errors:
+        return ""
+    age, what = min(errors)
+    hint = " (a configuration problem: fix [notify])" if fields.get("config_error") else ""
+    return f"  last error {what}{hint} {fmt_age(age)} ago"
+
+
+def notifier_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
+    """The notifier as plain lines (`ktrader status` and the console): the totals, one `notifier:` line per
+    channel (delivered, queued, retrying, given up, its last error, failing since) and the heartbeat."""
+    n = st.notify
+    now_ns = now_ns or time.time_ns()
+    channels, hb = notifier_parts(n)
+    if not n.get("channels"):
+        lines = ["notifier: no channel configured ([notify] in the gateway config): alerts stay on screen"]
+    else:
+        lines = [
+            f"notifier: {n.get('channels', 0)} channels  sent {n.get('sent', 0)}  failed tries {n.get('failed', 0)}  "
+            f"suppressed {n.get('suppressed', 0)}  rate-limited {n.get('limited', 0)}  dropped "
+            f"{n.get('dropped', 0)}  given up {n.get('given_up', 0)}"
+        ]
+    for name, f in sorted(channels.items()):
+        lines.append(
+            f"notifier: {name}  {_failing(f, now_ns)}  delivered {f.get('delivered', 0)}  queued "
+            f"{f.get('queued', 0)}  retrying {f.get('retrying', 0)}  given up {f.get('given_up', 0)}" + _last_error(f)
+        )
+    if hb:
+        lines.append(
+            f"notifier: heartbeat every {fmt_age(hb.get('every_s', 0))}  {_failing(hb, now_ns)}  pings "
+            f"{hb.get('pings', 0)}  failed {hb.get('failed', 0)}" + _last_error(hb)
+        )
+    elif n.get("channels"):
+        lines.append("notifier: no heartbeat ([notify] heartbeat_url): a dead gateway tells no one")
+    return lines
+
+
 def integrity_line(st: StatusReply) -> str:
     """The order path's and the ROUTER's trust checks (issue 21): what they caught, never silent."""
     c = st.counters
@@ -257,7 +318,7 @@ def render_status(st: StatusReply, console: Console | None = None, started_wall_
         f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
         f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
     )
-    for line in [*health_lines(st)[1:], risk_line(st)]:
+    for line in [*health_lines(st)[1:], risk_line(st), *notifier_lines(st)]:
         console.print(f"  {line}", markup=False, highlight=False)  # agent ids and texts are data, not markup
     from tools.top import grid  # the console's grid: the same columns by priority for the width
 

@@ -30,7 +30,15 @@ from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
 from common.logs import file_handler
 from common.schema import AgentStatus, StatusReply
-from tools.ops.status import fmt_age, health_lines, protection_rows, recon_line, risk_line, wall_started_ns
+from tools.ops.status import (
+    fmt_age,
+    health_lines,
+    notifier_lines,
+    protection_rows,
+    recon_line,
+    risk_line,
+    wall_started_ns,
+)
 from tools.ops.supervisor import Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel
@@ -397,15 +405,7 @@ class TopApp(App[None]):
         lines.insert(3, f"REST use {self.model.rest_rate:.1f}/s  [{'#' * int(gauge * 20):<20}] {gauge:.0%}")
         regs = ", ".join(f"{k}×{n}" for k, n in sorted(h.registrations.items())) or "-"
         lines.append(f"registration map: {regs}")
-        n = st.notify
-        if n.get("channels"):
-            lines.append(
-                f"notifier: {n.get('channels', 0)} channels  sent {n.get('sent', 0)}  failed {n.get('failed', 0)}  "
-                f"suppressed {n.get('suppressed', 0)}  rate-limited {n.get('limited', 0)}  dropped "
-                f"{n.get('dropped', 0)}"
-            )
-        else:
-            lines.append("notifier: no channel configured ([notify] in the gateway config): alerts stay on screen")
+        lines.extend(notifier_lines(st))  # per channel: delivered, queued, retrying, given up, failing since
         for text in st.alerts[-8:]:
             lines.append(f"ALERT {text}")
         self.main.query_one("#health", Static).update(Text("\n".join(lines)))  # plain text: alerts may hold "[...]"

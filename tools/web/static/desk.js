@@ -78,6 +78,33 @@ function age(s) {
   return s < 60 ? `${s}s old` : s < 3600 ? `${Math.floor(s / 60)}m ${s % 60}s old` : `${Math.floor(s / 3600)}h ${Math.floor(s / 60) % 60}m old`;
 }
 
+// StatusReply.notify (server/notifier.py Notifier.status): the totals; per channel "ch|<name>|<field>" and
+// "ch|<name>|error|<last error>" (seconds since it); the heartbeat's "hb|<field>" (the same as `ktrader status`)
+function notifierLines(n) {
+  const chans = {}, hb = {};
+  for (const [k, v] of Object.entries(n || {})) {
+    if (k.startsWith("ch|")) { const i = k.indexOf("|", 3); (chans[k.slice(3, i)] ??= {})[k.slice(i + 1)] = v; }
+    else if (k.startsWith("hb|")) hb[k.slice(3)] = v;
+  }
+  const dur = (s) => s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${(s / 3600).toFixed(1)}h`;
+  const state = (f) => (f.failing_s ?? -1) < 0 ? "OK"
+    : `FAILING since ${kst(Date.now() * 1e6 - f.failing_s * 1e9)} KST (${dur(f.failing_s)})`;
+  const err = (f) => {
+    const e = Object.entries(f).filter(([k]) => k.startsWith("error|")).sort((a, b) => a[1] - b[1])[0];
+    return e ? `  last error ${e[0].slice(6)}${f.config_error ? " (a configuration problem: fix [notify])" : ""} ${dur(e[1])} ago` : "";
+  };
+  const lines = [n.channels
+    ? `notifier: ${n.channels} channels  sent ${n.sent ?? 0}  failed tries ${n.failed ?? 0}  suppressed ${n.suppressed ?? 0}  rate-limited ${n.limited ?? 0}  dropped ${n.dropped ?? 0}  given up ${n.given_up ?? 0}`
+    : "notifier: no channel configured ([notify] in the gateway config): alerts stay on screen"];
+  for (const name of Object.keys(chans).sort()) {
+    const f = chans[name];
+    lines.push(`notifier: ${name}  ${state(f)}  delivered ${f.delivered ?? 0}  queued ${f.queued ?? 0}  retrying ${f.retrying ?? 0}  given up ${f.given_up ?? 0}${err(f)}`);
+  }
+  if (Object.keys(hb).length) lines.push(`notifier: heartbeat every ${dur(hb.every_s ?? 0)}  ${state(hb)}  pings ${hb.pings ?? 0}  failed ${hb.failed ?? 0}${err(hb)}`);
+  else if (n.channels) lines.push("notifier: no heartbeat ([notify] heartbeat_url): a dead gateway tells no one");
+  return lines;
+}
+
 function setLive(text, klass) { $("live").textContent = text; $("live").className = klass; }
 
 function renderStatus(st) {
@@ -149,7 +176,7 @@ function renderStatus(st) {
     `REST ${h.rest_limit_per_s}/s  calls ${h.rest_calls}  queued ${h.rest_waiting}  penalties ${h.rest_penalties}`,
     `registrations ${Object.keys(h.registrations).length}/${h.max_registrations}  ws last message ${h.ws_last_message_age_s}s ago`,
     `market data published ${fmt(c.pub_sent)}  dropped ${fmt(c.pub_dropped)}`,
-    `notifier: ${st.notify.channels ? `${st.notify.channels} channels, sent ${st.notify.sent}, failed ${st.notify.failed}` : "no channel configured"}`,
+    ...notifierLines(st.notify),
   ].join("\n");
   $("alert-list").replaceChildren(...st.alerts.slice().reverse().map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
   syncSelect($("equity-agent"), st.agents.map((a) => a.id));
