@@ -462,6 +462,15 @@ def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str] | None) -> lis
             out.append((where, f"a {w.shape.value} webhook needs url_env (the name of a variable holding the URL)"))
         if w.shape is WebhookShape.TELEGRAM and not w.chat_id:
             out.append((f"{where}.chat_id", "a telegram webhook needs chat_id (the chat the bot writes to)"))
+    if cfg.heartbeat_url and cfg.heartbeat_url_env:
+        out.append(("notify.heartbeat_url", "give heartbeat_url or heartbeat_url_env, not both"))
+    elif cfg.heartbeat_url_env and environ is not None and not environ.get(cfg.heartbeat_url_env):
+        out.append(
+            (
+                "notify.heartbeat_url_env",
+                f"the environment variable {cfg.heartbeat_url_env} is not set (it holds the heartbeat URL)",
+            )
+        )
     for i, m in enumerate(cfg.smtp):
         where = f"notify.smtp[{i}]"
         if not m.to:

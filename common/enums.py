@@ -149,6 +149,9 @@ class AlertKind(StrEnum):
     # (notify.heartbeat_url)
     GATEWAY_STARTED = "gateway_started"
     GATEWAY_STOPPING = "gateway_stopping"
+    # an alerted outage ended: the broker session is ready again, real-time data fresh again (not critical:
+    # good news does not jump the queue)
+    RECOVERED = "recovered"
 
 
 class BarInterval(StrEnum):

@@ -20,10 +20,8 @@ from common.krx import Phase
 # the phases in which prints are expected every few seconds on a registered code
 LIVE_PHASES = frozenset({Phase.CONTINUOUS})
 # The end of an alerted outage is good news: it must not jump the queue or bypass the rate limit as the
-# critical kinds do (server/notifier.py CRITICAL). common.enums has no kind of its own for it:
-# STALE_MARKET_DATA, the watch's kind that is not critical, carries it (a session down stops the
-# real-time data too).
-RECOVERED = AlertKind.STALE_MARKET_DATA
+# critical kinds do (server/notifier.py CRITICAL)
+RECOVERED = AlertKind.RECOVERED
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ TITLES: dict[AlertKind, str] = {
     AlertKind.NOT_SENT: "ORDERS NOT SENT",
     AlertKind.GATEWAY_STARTED: "GATEWAY STARTED",
     AlertKind.GATEWAY_STOPPING: "GATEWAY STOPPING",
+    AlertKind.RECOVERED: "RECOVERED",
 }
 
 

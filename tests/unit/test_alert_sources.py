@@ -308,3 +308,11 @@ def test_market_time_names_the_episode() -> None:
     assert w.check(facts(0, session=SessionState.DEGRADED, market_ns=ns)) == []
     [r] = w.check(facts(1, session=SessionState.DEGRADED, market_ns=ns + 10**9))
     assert r.subject == "broker session down since 2026-11-20 10:02:03"  # KST, the start of the outage
+
+
+def test_the_end_of_an_outage_has_its_own_kind() -> None:
+    """Good news is kind RECOVERED: not critical, and not filtered out with stale-data alerts."""
+    from server.alert_watch import RECOVERED
+    from server.notifier import CRITICAL, TITLES
+
+    assert RECOVERED is AlertKind.RECOVERED and RECOVERED not in CRITICAL and TITLES[RECOVERED] == "RECOVERED"

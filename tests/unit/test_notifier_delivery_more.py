@@ -646,3 +646,15 @@ async def test_webhook_refusal_carries_no_url() -> None:
     finally:
         await ch.close()
         sink.close()
+
+
+def test_a_heartbeat_url_that_cannot_be_read_is_refused_at_load() -> None:
+    """A heartbeat whose variable is unset would start, then fail every period: refused as a channel is."""
+    from common.config import NotifyConfig, notify_problems
+
+    assert notify_problems(NotifyConfig(heartbeat_url_env="KT_HB"), {}) == [
+        ("notify.heartbeat_url_env", "the environment variable KT_HB is not set (it holds the heartbeat URL)")
+    ]
+    assert notify_problems(NotifyConfig(heartbeat_url_env="KT_HB"), {"KT_HB": "https://hc.example/x"}) == []
+    both = notify_problems(NotifyConfig(heartbeat_url="https://hc.example/x", heartbeat_url_env="KT_HB"), {})
+    assert both and both[0][0] == "notify.heartbeat_url"
