@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+import traceback
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
@@ -28,6 +29,7 @@ from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
+import agent.services as _services_module
 from agent.strategy import Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
@@ -110,7 +112,12 @@ EXIT_LOCKED = 3  # another local copy holds the lock
 EXIT_DUPLICATE = 4  # the gateway says another live session holds this id
 EXIT_NO_GATEWAY = 5
 EXIT_BAD_CARD = 2
-EXIT_STRATEGY = 6
+EXIT_STRATEGY = 6  # stopped after a strategy error (card on_error = "stop"), or its on_start failed
+# The card this process registered with refused when it registers again (the operator approved another version
+# of it, or withdrew it, while it ran; then its gateway restarted or lost its lease): asking again with it never
+# succeeds, so it ends and a restart loads the card on disk. A fresh process refused the same way exits
+# EXIT_BAD_CARD (the supervisor leaves it down: no restart loop).
+EXIT_CARD_REFUSED = 7
 
 # Daily catch-up: a daily bar published while the agent was down (crash at the close, an evening reboot,
 # an operator restart) is delivered after on_start, like the close would have. Up to this many sessions:
@@ -149,6 +156,8 @@ _SERVICE_ERRORS = frozenset(
         ErrorCode.DENIED_HALTED,
     }
 )
+# A registration refused for the card itself (not the operator's approved one, or none approved)
+_CARD_REFUSALS = frozenset({ErrorCode.BAD_CARD, ErrorCode.NOT_APPROVED})
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
 Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
 
@@ -190,6 +199,17 @@ def _describe(item: NewOrder | Command) -> str:
         return f"{item.side} {item.qty} {item.code} @ {item.price} ({item.client_order_id})"
     what = getattr(item, "client_order_id", "") or getattr(item, "id", "") or getattr(item, "code", "")
     return f"{type(item).__name__} {what}"
+
+
+def _where(e: BaseException) -> str:
+    """Where an error in a strategy callback was raised (its innermost frame outside the runtime's own files)."""
+    own = {os.path.abspath(__file__), os.path.abspath(_services_module.__file__)}
+    frames = traceback.extract_tb(e.__traceback__)
+    mine = [f for f in frames if os.path.abspath(f.filename) not in own] or frames
+    if not mine:
+        return ""
+    f = mine[-1]
+    return f" (at {f.filename}:{f.lineno}, in {f.name})"
 
 
 class AgentExit(Exception):
@@ -257,6 +277,7 @@ class AgentRuntime(AgentServicesMixin):
         self.client: GatewayClient | None = None
         self.info: GatewayInfo | None = None
         self._gateway_sid = ""  # the gateway process session we registered with (its replies' header sid)
+        self._card_taken = False  # a gateway took this process's card (a refusal after that: it changed since)
         self.strategy: Strategy | None = None
         self.orders: dict[str, OrderView] = {}
         self._positions: dict[str, PositionView] = {}
@@ -307,6 +328,9 @@ class AgentRuntime(AgentServicesMixin):
         self._snap_seq = 0
         self._snap_ids: frozenset[str] = frozenset()
         self._stopping = False
+        # why a strategy error stopped the agent (card on_error = "stop"; "": it did not): it exits EXIT_STRATEGY
+        self._strategy_stop = ""
+        self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._timer_s = 0.0
         self._next_timer_ns: int | None = None  # on the market's clock (ctx.now()), like a backtest's timer
         self._last_ack = 0.0
@@ -601,9 +625,14 @@ class AgentRuntime(AgentServicesMixin):
             self._first_registration()
             self._start_strategy()
             self._loop(wake_r)
+            if self._strategy_stop:
+                self._leaving = f"stopped after a strategy error (on_error = stop): {self._strategy_stop}"
+                self.log.error("%s: exit %d", self._leaving, EXIT_STRATEGY)
+                return EXIT_STRATEGY
             return EXIT_OK
         except AgentExit as e:
             self.log.error("%s", e)
+            self._leaving = str(e)[:300]
             return e.code
         finally:
             self._shutdown()
@@ -690,9 +719,17 @@ class AgentRuntime(AgentServicesMixin):
                     raise AgentExit(EXIT_DUPLICATE, f"refused: {reply.message}")
                 time.sleep(0.1)
                 continue
+            if isinstance(reply, Error) and reply.code in _CARD_REFUSALS and self._card_taken:
+                # approved again (another version) or withdrawn since this process registered with it
+                raise AgentExit(
+                    EXIT_CARD_REFUSED,
+                    f"registration refused ({reply.code}): {reply.message}; the card this agent runs with is no "
+                    f"longer the approved one: exiting, a restart loads the card on disk",
+                )
             if isinstance(reply, Error):
                 raise AgentExit(EXIT_BAD_CARD, f"registration refused ({reply.code}): {reply.message}")
             raise AgentExit(EXIT_BAD_CARD, f"registration refused: {reply}")
+        self._card_taken = True
         self.heartbeat_s, self.lease_s = reply.heartbeat_s, reply.lease_s
         self._follow_clock(reply.snapshot.clock_ns, reply.snapshot.phase)
         if self._gateway_sid and reply.h.sid != self._gateway_sid:
@@ -956,7 +993,27 @@ class AgentRuntime(AgentServicesMixin):
             )
         self.strategy = cls(self, params)
         missed = self._plan_catch_up()  # before on_start: its warm-up history stops before them
-        self._call("on_start")
+        failed = self._call("on_start")
+        if failed is not None:
+            # A strategy whose on_start did not finish is not set up: handing it the missed daily bars would
+            # spend them (each marked before its on_bar) on callbacks that fail. They stay unmarked, and the
+            # next start catches them up.
+            self.strategy = None  # never started: no on_stop, nothing else is called
+            self._catch_up = {}
+            where = _where(failed)
+            waiting = f"; {len(missed)} missed daily bars are left for the next start" if missed else ""
+            if isinstance(failed, KtraderError) and failed.code in _SERVICE_ERRORS:
+                # a gateway request it made failed (a timeout, its quota): a restart may well succeed
+                raise AgentExit(
+                    EXIT_NO_GATEWAY,
+                    f"strategy {self.card.strategy}: on_start ended by {failed.code} ({failed}){where}: "
+                    f"not started{waiting}",
+                )
+            raise AgentExit(
+                EXIT_STRATEGY,
+                f"strategy {self.card.strategy}: on_start failed: {type(failed).__name__}: {failed}{where}: "
+                f"not started{waiting}",
+            )
         self._deliver_catch_up(missed)
 
     # ---- daily catch-up ----------------------------------------------------------------------------
@@ -1030,7 +1087,10 @@ class AgentRuntime(AgentServicesMixin):
         if BarInterval.D1 not in self.card.subscriptions.bars or self.client is None or self._stopping:
             return []
         deadline = time.monotonic() + CATCH_UP_DEADLINE_S
-        codes = list(dict.fromkeys([*self.card.codes, *self.universe.codes]))
+        # the universe's codes too: a fresh process has not heard this session's UniverseUpdate yet (it comes
+        # after the registration), the registration snapshot says the ones the gateway last gave this agent
+        given = self.snapshot.universe_codes if self.snapshot is not None and self.card.universe_top > 0 else []
+        codes = list(dict.fromkeys([*self.card.codes, *self.universe.codes, *given]))
         try:
             latest = self._closed_daily(codes, deadline)
         except _CatchUpTimeout as e:
@@ -1039,7 +1099,7 @@ class AgentRuntime(AgentServicesMixin):
         # A caught-up bar decides now what the close would have decided: its orders must go to the
         # session after the bar, as at the close. Once that session opened (a restart mid-session), an
         # order would go one session later and the day's close would decide again without its fills.
-        now_session = next_session_day(self.now(), self._phase)
+        now_session = self._now_session()
         missed: list[Bar] = []
         as_history: dict[str, str] = {}
         late: list[str] = []
@@ -1094,6 +1154,10 @@ class AgentRuntime(AgentServicesMixin):
             self._save_daily_seen()  # a refusal here hands nothing over twice: said as a gateway error
         missed.sort(key=lambda b: (b.start, b.code))  # server/bars.py bar_order for one interval
         return missed
+
+    def _now_session(self) -> dt.date:
+        """The session an order placed now for the next session goes to, by the gateway's clock as last heard."""
+        return next_session_day(self.now(), self._phase)
 
     def _say_days_bar_unknown(self, newest: dict[str, str]) -> None:
         """After today's session, codes already marked whose newest known daily bar is older than today:
@@ -1160,11 +1224,16 @@ class AgentRuntime(AgentServicesMixin):
     def _deliver_catch_up(self, missed: list[Bar]) -> None:
         """After on_start: each missed bar through the usual on_bar path, once its marker is committed
         (waited for). A marker the gateway refuses or does not confirm: that bar and the ones after it
-        are not delivered (and marked here): a skipped decision rather than one risked twice."""
+        are not delivered (and marked here): a skipped decision rather than one risked twice. A bar whose
+        next session opened meanwhile (a warm-up that ran past 09:00, a slow on_bar before it) is marked and
+        not delivered, as the plan does: its orders would go one session late."""
         try:
             for i, bar in enumerate(missed):
                 if self._stopping or self.strategy is None:
                     break  # the ones not delivered stay unmarked: the next start catches them up
+                # the gateway's clock now: the marker's wait heartbeats first, and reads that reply before the
+                # marker's (same socket, in order: agent/services.py call_gateway)
+                self._hb_sent_at = 0.0
                 why = self._mark_durably(bar)
                 if why:
                     for b in missed[i:]:
@@ -1176,9 +1245,21 @@ class AgentRuntime(AgentServicesMixin):
                         ", ".join(f"{b.code} {b.start}" for b in missed[i:]),
                     )
                     break
+                self._catch_up[bar.code].remove(bar)
+                now_session = self._now_session()
+                if _session_after(bar.start) != now_session:
+                    self.log.warning(
+                        "daily catch-up: %s %s not delivered: its next session opened meanwhile (now %s, %s; an "
+                        "order now would be for the session of %s): marked as history, that decision is skipped",
+                        bar.code,
+                        bar.start,
+                        self.now().strftime("%Y-%m-%d %H:%M:%S"),
+                        self._phase,
+                        now_session,
+                    )
+                    continue
                 self.log.info("CATCH-UP %s %s %s", bar.code, bar.interval, bar.start)
                 self._hand_bar(bar)
-                self._catch_up[bar.code].remove(bar)
         finally:
             self._catch_up = {}
 
@@ -1188,7 +1269,7 @@ class AgentRuntime(AgentServicesMixin):
             self.strategy = None
         if self.client is not None:
             try:
-                self.client.request(Unregister(h=self.headers(), reason="stopped"), timeout_s=1.0)
+                self.client.request(Unregister(h=self.headers(), reason=self._leaving), timeout_s=1.0)
             except KtraderError:
                 pass
             self.client.close()
@@ -1293,6 +1374,8 @@ class AgentRuntime(AgentServicesMixin):
                 raise  # another live copy took our id while we were away: we must not trade
             if isinstance(e, AgentExit) and self.client is None:
                 raise  # its credential or CURVE keys are unusable: nothing to wait for (exits with why)
+            if isinstance(e, AgentExit) and e.code == EXIT_CARD_REFUSED:
+                raise  # its card is refused now: asking again with it never succeeds (a restart loads the one on disk)
             self.log.warning("gateway not back yet (%s); retrying", e)
             self._hb_sent_at = time.monotonic() + min(5.0, 0.5 + silent / 4) - self.heartbeat_s  # back-off
 
@@ -1662,14 +1745,17 @@ class AgentRuntime(AgentServicesMixin):
         )
         self._hb_sent_at = 0.0  # the gateway hears it with the next loop's heartbeat
 
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: str, *args: Any) -> Exception | None:
+        """Run a strategy callback; returns the error that ended it (None: it returned)."""
         if self.strategy is None:
-            return
+            return None
         mark = len(self._outbox)
         self._callbacks += 1
+        failed: Exception | None = None
         try:
             getattr(self.strategy, name)(*args)
         except Exception as e:
+            failed = e
             halted = isinstance(e, KtraderError) and e.code is ErrorCode.DENIED_HALTED and self.paused
             if not halted:  # (paused: an order it tried was refused; the cancels it queued before still go)
                 # a callback that raised decided half of something (leg 1 of a pair): none of it leaves
@@ -1685,10 +1771,12 @@ class AgentRuntime(AgentServicesMixin):
                     self._pause(f"{type(e).__name__} in {name}: {e}")
                 elif self.card.on_error is OnError.STOP:
                     self._stopping = True
+                    self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
         finally:
             self._callbacks -= 1
         if not self._callbacks:
             self._flush()
+        return failed
 
     def _drop_outbox(self, mark: int, name: str) -> None:
         """A callback that raised decided half of something (leg 1 of a pair): what it queued that adds risk

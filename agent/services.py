@@ -11,7 +11,8 @@ blocks until the gateway committed it (durable). A restarted agent gets its stat
 a key after changing a mutable value, mutation in place is not seen.
 
 Blocking calls keep the agent's lease alive (they heartbeat while waiting); replies and events that
-arrive meanwhile are queued and handled after the callback returns.
+arrive meanwhile are queued and handled after the callback returns, except the market clock and phase the
+heartbeat replies carry: followed at once (`ctx.now()`, `ctx.market_phase()` during a long warm-up).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common.schema import (
     STATE_MAX_KEYS,
     STATE_MAX_TOTAL_BYTES,
     STATE_MAX_VALUE_BYTES,
+    Ack,
     AgentSummary,
     Error,
     GetState,
@@ -181,6 +183,9 @@ class AgentServicesMixin:
             raise AgentExit(EXIT_NO_GATEWAY, f"could not load the agent's state from the gateway: {reply}")
         self._kv = self._state_type(reply.items)
 
+    def _follow_clock(self, clock_ns: int, phase: str = "") -> None:
+        """The gateway's market clock and phase from a heartbeat reply (the runtime keeps them)."""
+
     def _heartbeat_msg(self) -> Heartbeat:
         """The heartbeat sent while waiting (the runtime's carries its feed health and pause too)."""
         return Heartbeat(h=self.headers(), max_ack_gap_ms=int(self._max_ack_gap * 1000), errors=self.errors)
@@ -211,8 +216,13 @@ class AgentServicesMixin:
         client = self.client
         if client is None:
             raise KtraderError(ErrorCode.NOT_REGISTERED, "not connected to a gateway")
+        now = time.monotonic()
+        if now >= self._hb_sent_at + self.heartbeat_s:
+            # one is due: sent first, so its reply (the gateway's clock now) is read before this one's
+            self._hb_sent_at = now
+            client.send(self._heartbeat_msg())
         mid = client.send(msg)
-        deadline = time.monotonic() + timeout_s
+        deadline = now + timeout_s
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -224,6 +234,11 @@ class AgentServicesMixin:
             if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
                 continue
             while (reply := client.recv_nowait()) is not None:
+                if isinstance(reply, Ack) and (reply.clock_ns or reply.phase):
+                    # a heartbeat's reply: the market's clock and phase now (a warm-up that runs past the open
+                    # sees the open), not when the loop reads it after this callback (by then an older one)
+                    self._follow_clock(reply.clock_ns, reply.phase)
+                    reply = msgspec.structs.replace(reply, clock_ns=0, phase="")
                 if reply.h.re == mid:
                     if isinstance(reply, Error):
                         raise KtraderError(reply.code, reply.message)

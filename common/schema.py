@@ -147,6 +147,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     protections: list[Protection] = []  # active, and those that ended today (a fired stop, a cancelled one)
     session_state: str = ""  # the broker session as orders see it (SessionState value; "": not said)
     gateway_state: str = ""  # the gateway-wide trading state (TradingState value; "": not said)
+    # the codes the gateway's universe gave this agent (card universe_top) beyond its card's, as it last gave
+    # them (at a registration: before this session's own UniverseUpdate): a restarted agent catches up their
+    # missed daily bars too. [] from an older gateway, or when it gave none since it started
+    universe_codes: list[str] = []
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------

@@ -113,7 +113,8 @@ class AgentSessions:
 
     # ---- what an agent gets back -------------------------------------------------------------------
 
-    def snapshot(self, rec: AgentRecord) -> Snapshot:
+    def snapshot(self, rec: AgentRecord, universe: list[str] | None = None) -> Snapshot:
+        """`universe`: the codes the universe gave the agent beyond its card's (default: its record's now)."""
         book, p = self.book, self.book.portfolio
         agent = rec.id
         numbers = book.numbers_today(agent)
@@ -137,6 +138,7 @@ class AgentSessions:
             protections=prot.of(agent) if prot is not None else [],
             session_state=self.desk.session()[0].value,
             gateway_state=self.risk.global_state.value,
+            universe_codes=[c for c in rec.codes if c not in rec.card.codes] if universe is None else universe,
         )
 
     # ---- requests -----------------------------------------------------------------------------------
@@ -189,6 +191,10 @@ class AgentSessions:
                 self.desk.set_mode(msg.card.id, msg.card.mode is AgentMode.SHADOW)
             except ValueError as e:
                 return Error(h=self.headers(h.mid), code=ErrorCode.BAD_CARD, message=str(e))
+        # the codes the universe binder last gave this id beyond its card's (server/universe.py apply keeps them
+        # in the record's codes); the registration resets them, and the binder tells this session its list
+        # after the snapshot: a restarted agent plans its daily catch-up over them
+        given = [c for c in live.codes if c not in live.card.codes] if live is not None else []
         outcome, rec = self.registry.register(msg.card, route, h.sid, msg.pid, msg.host)
         if outcome == RegisterOutcome.DUPLICATE:
             self.counters["duplicate_agents"] += 1
@@ -200,7 +206,7 @@ class AgentSessions:
                     f"last heartbeat {self.registry.age(rec):.1f}s ago"
                 ),
             )
-        snap = self.snapshot(rec)
+        snap = self.snapshot(rec, given if rec.card.universe_top > 0 else [])
         # A fresh process (last_seq 0) rebuilds from the snapshot; a running one that re-registers
         # gets what it missed, capped (it fetches the rest with GetEvents).
         events = (

@@ -4,14 +4,19 @@ Each agent (`ktrader agent run CARD`) runs in its own process and process group.
 per agent blocks in `wait()` (no polling); when the process ends on its own it is restarted after
 an exponential back-off with a cap, unless:
 - it exited with a "do not restart" code (bad card, duplicate id, another local copy holds the
-  lock, or a clean exit 0): restarting cannot help, or would fight another copy. The exception is
+  lock, a strategy error that stopped it, or a clean exit 0): restarting cannot help, or would fight
+  another copy. The exception is
   "duplicate" right after its own crash: the gateway may still hold the crashed copy's lease (the agent
   outwaits the lease gateway.json states; an exported gateway.json does not state it), so that is
   restarted with back-off, at most `ghost_retries` times in a row: a copy started by hand elsewhere
   is still not fought for long;
-- it already restarted `max_restarts` times within `window_s`: the supervisor gives up and says so.
-A run that lasted `stable_s` resets the back-off. `stop()` ends an agent (SIGTERM, then SIGKILL
-after a grace period) without restarting it; `restart()` restarts it at once, without back-off.
+- it already restarted `max_restarts` times within `window_s`, or `max_restarts` times in a row without
+  a run that lasted `stable_s` (a crash loop whose runs outlast the window's pace): the supervisor gives
+  up and says so.
+A run that lasted `stable_s` resets the back-off and that count. An agent whose card the gateway refused
+while it ran (EXIT_CARD_REFUSED: approved again, or withdrawn) is restarted: the card on disk is loaded.
+`stop()` ends an agent (SIGTERM, then SIGKILL after a grace period) without restarting it; `restart()`
+restarts it at once, without back-off.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK
+from agent.runtime import EXIT_BAD_CARD, EXIT_CARD_REFUSED, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK, EXIT_STRATEGY
 from common.config import ConfigError, load_card
 from common.logs import rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
@@ -40,6 +45,13 @@ NO_RESTART_CODES: dict[int, str] = {
     EXIT_BAD_CARD: "bad card or strategy",
     EXIT_DUPLICATE: "the gateway says another live copy holds this id",
     EXIT_LOCKED: "another local copy holds the agent lock",
+    # a restart would run the same failing code (its on_start failed, or card on_error = "stop" asked to stop)
+    EXIT_STRATEGY: "stopped after a strategy error (on_error = stop) or a failed on_start",
+}
+# Restarted, and why (said in the status while it backs off)
+RESTART_REASONS: dict[int, str] = {
+    EXIT_CARD_REFUSED: "the gateway refused the card it ran with (approved again or withdrawn): the card on disk "
+    "is loaded",
 }
 
 
@@ -52,7 +64,7 @@ class RestartPolicy:
     base_s: float = 0.5
     factor: float = 2.0
     cap_s: float = 30.0
-    max_restarts: int = 5  # within window_s; then give up
+    max_restarts: int = 5  # within window_s, or in a row without a run of stable_s; then give up
     window_s: float = 60.0
     stable_s: float = 30.0  # a run this long resets the back-off
     stop_grace_s: float = 8.0  # SIGTERM → SIGKILL
@@ -206,6 +218,9 @@ class Supervisor:
         attempt = 0
         crashed = False  # the run before this one crashed: the gateway may still hold its lease
         ghost_tries = 0  # "duplicate" exits in a row since that crash
+        # automatic restarts since the last run that lasted stable_s: a crash loop whose runs are longer than
+        # the window's pace (back-off capped at cap_s) never fills the window, yet never stays up either
+        unstable = 0
         while True:
             p = sup._proc
             assert p is not None
@@ -215,7 +230,7 @@ class Supervisor:
             if sup._restart_now:  # operator restart: at once, not counted
                 sup._restart_now = False
                 sup._stop.clear()
-                attempt, ghost_tries = 0, 0
+                attempt, ghost_tries, unstable = 0, 0, 0
                 crashed = rc == -signal.SIGKILL  # (a copy that would not stop in the grace was killed)
                 self._spawn(sup)
                 continue
@@ -235,7 +250,7 @@ class Supervisor:
                 crashed, ghost_tries = True, 0
             now = time.monotonic()
             if now - started >= self.policy.stable_s:
-                attempt = 0
+                attempt, unstable = 0, 0
             while sup._recent and now - sup._recent[0] > self.policy.window_s:
                 sup._recent.popleft()
             if len(sup._recent) >= self.policy.max_restarts:
@@ -243,11 +258,19 @@ class Supervisor:
                 sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
                 log.error("agent %s %s", sup.id, sup.reason)
                 break
+            if unstable >= self.policy.max_restarts:
+                sup.state = ProcState.GAVE_UP
+                sup.reason = (
+                    f"exit {rc}; {unstable} restarts in a row, none of them up for {self.policy.stable_s:.0f}s: gave up"
+                )
+                log.error("agent %s %s", sup.id, sup.reason)
+                break
             delay = self.policy.delay(attempt)
             attempt += 1
+            why = f" ({RESTART_REASONS[rc]})" if rc in RESTART_REASONS else ""
             sup.state, sup.reason, sup.next_start_s = (
                 ProcState.BACKOFF,
-                f"exit {rc}: restarting in {delay:.1f}s",
+                f"exit {rc}{why}: restarting in {delay:.1f}s",
                 now + delay,
             )
             log.warning("agent %s %s", sup.id, sup.reason)
@@ -258,10 +281,11 @@ class Supervisor:
                     break
                 sup._restart_now = False
                 sup._stop.clear()
-                attempt = 0  # (the crashed copy's lease is no shorter for it: `crashed` stands)
+                attempt, unstable = 0, 0  # (the crashed copy's lease is no shorter for it: `crashed` stands)
             else:
                 sup._recent.append(time.monotonic())
                 sup.restarts += 1
+                unstable += 1
             self._spawn(sup)
         self._changed(sup)
 
