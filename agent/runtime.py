@@ -991,7 +991,12 @@ class AgentRuntime(AgentServicesMixin):
                 f"{self.card.id}: {self.card.strategy} decides on {', '.join(missing)} bars: "
                 f"add them to `bars` under [subscriptions] in its card",
             )
-        self.strategy = cls(self, params)
+        try:
+            self.strategy = cls(self, params)
+        except Exception as e:  # its constructor: the strategy's own bug, one line (a traceback restarted it)
+            raise AgentExit(
+                EXIT_STRATEGY, f"strategy {self.card.strategy}: could not be built: {type(e).__name__}: {e}{_where(e)}"
+            ) from None
         missed = self._plan_catch_up()  # before on_start: its warm-up history stops before them
         failed = self._call("on_start")
         if failed is not None:

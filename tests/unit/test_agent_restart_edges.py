@@ -355,6 +355,23 @@ def test_on_start_ended_by_a_gateway_request_is_restartable(tmp_path: Path, monk
     assert "on_start ended by TIMEOUT" in str(e.value) and rt.strategy is None
 
 
+def test_a_strategy_whose_constructor_raises_exits_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its own bug, said where, not a traceback: exit 6, which the supervisor does not restart in a loop."""
+    from tools.ops.supervisor import NO_RESTART_CODES
+
+    wire = _wire_after_a_missed_close()
+    rt = _registered(tmp_path, wire, _card())
+
+    def broken(self: Any, ctx: Any, params: Any) -> None:
+        raise KeyError("lookback")
+
+    monkeypatch.setattr(Probe, "__init__", broken)
+    with pytest.raises(AgentExit) as e:
+        rt._start_strategy()
+    assert e.value.code == EXIT_STRATEGY and EXIT_STRATEGY in NO_RESTART_CODES
+    assert "could not be built: KeyError: 'lookback'" in str(e.value) and "in broken" in str(e.value)
+
+
 # ---- 3. a catch-up decided after the next session opened ---------------------------------------------------
 
 
