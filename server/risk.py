@@ -79,8 +79,11 @@ LIMIT_ALERTS = {
 _ALERT_EVERY_NS = 600_000_000_000
 _ACCEPTED_KEY = "loss_accepted:"  # meta: "<yyyymmdd>|<day P&L>" an operator's resume accepted
 # a day's close looked up for the valuation of held market buys is asked again after this long (market
-# time, s): every exposure values them, and a look is a store read
+# time, s): every exposure values them, and a look is a store read. Not known yet (0): asked again after
+# a second (the day's bar goes out at the close); known: a minute (it only moves when the broker's bar
+# corrects the one built from prints, or a split drops it: a held buy is then valued off it that long)
 _CLOSE_TTL_S = 1.0
+_KNOWN_CLOSE_TTL_S = 60.0
 
 Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
@@ -358,7 +361,7 @@ class RiskGate:
         now = now or self.clock.now().timestamp()
         key = (code, day)
         got = self._closes.get(key)
-        if fresh or got is None or not 0 <= now - got[1] < _CLOSE_TTL_S:
+        if fresh or got is None or not 0 <= now - got[1] < (_KNOWN_CLOSE_TTL_S if got[0] > 0 else _CLOSE_TTL_S):
             if len(self._closes) > 4096:
                 self._closes.clear()
             got = self._closes[key] = (self.day_close(code, previous_trading_day(day)), now)

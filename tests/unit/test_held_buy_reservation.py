@@ -152,6 +152,33 @@ def test_a_close_that_becomes_known_revalues_the_held_buy(tmp_path: Path) -> Non
     gate.store.close()
 
 
+def test_a_known_close_is_not_read_again_on_every_exposure(tmp_path: Path) -> None:
+    """Held buys are valued on every exposure: a known close (a store read) is kept a minute, not a second
+    (30 held codes cost ~0.8 ms per check when each one was read again)."""
+    reads: list[tuple[str, dt.date]] = []
+    closes = closes_of(FELL)
+    gate = friday_gate(tmp_path, closes)
+
+    def day_close(code: str, day: dt.date) -> int:
+        reads.append((code, day))
+        return closes.get((code, day), 0)
+
+    gate.day_close = day_close
+    first = new(1, KIA, 30)
+    assert gate.check(card(), first, READY) is None
+    gate.portfolio.order_changed(None, apply(as_order(first), Hold(valid_day="20261123")))
+    assert gate.portfolio.reserved_cash("alpha") == AT_MONDAY_BAND[FELL]
+    before = len(reads)
+    for _ in range(5):  # checks seconds apart in market time
+        gate.clock.advance(5)  # type: ignore[attr-defined]
+        assert gate.portfolio.reserved_cash("alpha") == AT_MONDAY_BAND[FELL]
+    assert len(reads) == before
+    gate.clock.advance(61)  # type: ignore[attr-defined]
+    gate.portfolio.reserved_cash("alpha")
+    assert len(reads) == before + 1  # asked again after a minute
+    gate.store.close()
+
+
 def test_the_reservation_follows_the_order_through_its_states() -> None:
     """Held, moved to another session, cancelled; shadow books out of the account and back."""
     p = Portfolio()
