@@ -63,21 +63,32 @@ class Registry(msgspec.Struct, kw_only=True):
     cards: dict[str, Approval] = {}
 
 
-def same_owner(approved_for: Mapping[str, str] | None, owner: Mapping[str, str] | None) -> bool:
-    """Whether an approval made for `approved_for` holds for a gateway of `owner`: the store's rule for
-    whose books a folder holds (server/store.py claim_owner): the same environment, and where both name
-    an account by its keyed fingerprint, the same account (compared by its masked form when the owner
-    key changed in between). A new app key on the same account is the same owner. No owner on either
-    side (an approval from an older ktrader, a view that was given none): honoured."""
-    if approved_for is None or owner is None:
+def owner_key_changed(held: Mapping[str, str], owner: Mapping[str, str]) -> bool:
+    """Whether the account fingerprint in `held` was made under another owner key than `owner`'s
+    (run/keys/owner.key was lost, or the fingerprint predates the key): then the two fingerprints cannot
+    be compared, and same_owner compares the masked accounts instead."""
+    return "account_id" in held and held.get("key_id") != owner.get("key_id", held.get("key_id"))
+
+
+def same_owner(held: Mapping[str, str] | None, owner: Mapping[str, str] | None) -> bool:
+    """Whether what was kept for `held` (a run folder's books: server/store.py Store.check_owner; an
+    approval: ApprovedCards) belongs to `owner` (server/core.py run_owner), the one rule for both: the
+    same environment, and where both name an account by its keyed fingerprint, the same account; a
+    fingerprint made under another owner key (owner_key_changed) is compared by its masked form, and
+    where `held` has none, nothing more can be compared. A new app key on the same account is the same
+    owner. What names no owner (a folder before its first proven start, an approval from an older
+    ktrader, a view that was given none) or no account (a broker port without KIS credentials) is not
+    refused: there is nothing to compare."""
+    if not held or owner is None:
         return True
-    if approved_for.get("env") != owner.get("env"):
+    if held.get("env") != owner.get("env"):
         return False
-    if "account_id" in approved_for and "account_id" in owner:
-        if approved_for.get("key_id") == owner.get("key_id"):
-            return approved_for["account_id"] == owner["account_id"]
-        return approved_for.get("account") == owner.get("account")
-    return True
+    if "account_id" not in held or "account_id" not in owner:
+        return True
+    if not owner_key_changed(held, owner):
+        return held["account_id"] == owner["account_id"]
+    held_masked = held.get("account")
+    return held_masked is None or held_masked == owner.get("account")
 
 
 def describe(owner: Mapping[str, str] | None) -> str:

@@ -112,6 +112,8 @@ class KisBroker(BrokerPort):
             Capability.SESSION_DAYS,
         }
     )
+    # set by _check_rest once KIS answered the account inquiry (kis/port.py BrokerPort.account_proven)
+    account_proven: bool = False
 
     def __init__(
         self,
@@ -231,7 +233,10 @@ class KisBroker(BrokerPort):
         A refusal (credentials, domain, account) or a KIS that cannot be reached at all stops the
         start (explained, retried while transient). A KIS that answers but is having a bad moment
         (server error, rate limit, a connection cut mid-reply) does not: the token is good, and the
-        gateway's reconciliation retries the inquiry — a restart must not wait for KIS's hiccups."""
+        gateway's reconciliation retries the inquiry — a restart must not wait for KIS's hiccups. Only
+        the inquiry's answer proves the account (`account_proven`): a start past a hiccup did not, and
+        the gateway keeps the folder's owner at its first successful reconciliation instead."""
+        self.account_proven = False
         await self.tokens.get()
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
         try:
@@ -252,6 +257,7 @@ class KisBroker(BrokerPort):
         except BrokerTemporary as e:
             log.warning("KIS REST account check: %s; starting anyway (reconciliation retries)", e)
             return
+        self.account_proven = True
         log.info("KIS REST ready: token valid, account %s accepted", self._creds.masked_account)
 
     @property

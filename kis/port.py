@@ -273,6 +273,12 @@ class BrokerPort(Protocol):
     # timeout, retries back off) so that they hold nobody else. A broker that answers at once (in the
     # process) sets more: each call's send mark then joins the commit of its intent.
     max_in_flight: int = 4
+    # Whether start() proved the account: the broker took the credentials and answered an inquiry of this
+    # account. False after a start that went on past a broker's bad moment (a 5xx, a rate limit) without
+    # that answer: the gateway then keeps the run folder's owner only at its first successful
+    # reconciliation (it reads the account's orders), never for an account the broker never accepted. A
+    # broker with no account to prove (in-process, a replay) leaves it True.
+    account_proven: bool = True
 
     # ---- execution ----------------------------------------------------------------------------
 

@@ -201,6 +201,7 @@ class Gateway:
             self.broker.account if cfg.daily_cash_check else None,
             self.alerts,
             counters=self.counters,
+            approved=self.approved,  # the gateway's, bound to its owner at the start (_trust)
         )
         # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
         # "not a business day" close the day (server/session_days.py)
@@ -555,10 +556,28 @@ class Gateway:
         self._bind_at_start()
         try:
             await self.broker.start()
-            # proven (the token and an account inquiry passed): a start KIS refused kept no owner, so the
-            # corrected start (broker.env, the account) is not refused as another account's folder
-            self.store.record_owner(owner)
-            self._bind_approvals(owner)
+            # kept once proven (the token and an account inquiry passed): a start KIS refused kept no owner,
+            # so the corrected start (broker.env, the account) is not refused as another account's folder
+            if self.broker.account_proven:
+                self.store.record_owner(owner)
+                self._bind_approvals(owner)
+            else:
+                # the start went on past a KIS hiccup (a 5xx, a rate limit) before KIS answered for the
+                # account: a mistyped one must not lock the folder and its approvals to it. Kept at the first
+                # successful reconciliation instead (it reads the account's orders: KIS accepted it); orders
+                # wait for that pass anyway
+                log.info("the run folder's owner is kept once KIS has answered for the account (reconciliation)")
+
+                def proven() -> None:  # (once: on_synced is called at the first successful pass only)
+                    try:
+                        self.store.record_owner(owner)
+                    except Exception:  # the pass stands; the next start records it
+                        log.exception("keeping the run folder's owner failed")
+                        return
+                    self._bind_approvals(owner)
+                    log.info("KIS answered for account %s: the run folder's owner is kept", owner.get("account", "-"))
+
+                self.recon.on_synced.append(proven)
         except BaseException:
             self._unbind()
             await self._close_failed_start()  # no unclosed HTTP session or websocket behind the message

@@ -23,6 +23,7 @@ from pathlib import Path
 import apsw
 import msgspec
 
+from common.approvals import owner_key_changed, same_owner
 from common.config import ConfigError
 from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
@@ -563,24 +564,17 @@ class Store:
         held = self.meta_prefix(OWNER)
         if not held:
             return
-        if "account_id" in held and held.get("key_id") != owner.get("key_id", held.get("key_id")):
-            # kept under another owner key (run/keys/owner.key was lost, or the folder's fingerprint
-            # predates the key): not comparable; the masked form is, and the fingerprint is kept anew
+        if owner_key_changed(held, owner):
+            # not comparable by fingerprint: the masked form is, and the fingerprint is kept anew
             log.warning("run folder %s: its owner key was missing: the account is checked by its masked form", run_dir)
-            held.pop("account_id")
-            held_masked = held.get("account")
-            if held_masked is not None and held_masked != owner.get("account"):
-                held["account_id"] = "?"  # another masked account: refused below
-        other = held.get("env") != owner.get("env") or (
-            "account_id" in held and "account_id" in owner and held["account_id"] != owner["account_id"]
-        )
-        if other:
+        if not same_owner(held, owner):  # the rule approvals are held to as well (common/approvals.py)
             raise OwnerMismatch(
                 f"{run_dir} holds the books of {describe_owner(held)}, and this start is for "
                 f"{describe_owner(owner)}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
                 "--run-dir"
             )
-        if held.get("app_key", "") not in ("", owner.get("app_key", "")):
+        # (an owner with no app key, a broker port without KIS credentials: nothing replaced)
+        if owner.get("app_key") and held.get("app_key", "") not in ("", owner["app_key"]):
             log.warning(
                 "run folder %s: app key #%s replaces #%s on the same account",
                 run_dir,

@@ -154,6 +154,7 @@ class TradingDay:
         account: Callable[[], Awaitable[BrokerAccount]] | None = None,
         alert: Callable[[str, AlertKind | None], None] = lambda text, kind: None,
         counters: MutableMapping[str, int] | None = None,
+        approved: approvals.ApprovedCards | None = None,
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -196,8 +197,10 @@ class TradingDay:
         self._missed_flatten: dict[str, str] = msgspec.json.decode(raw, type=dict[str, str]) if raw else {}
         self._missed_told: set[tuple[str, str]] = set()  # (agent, day) whose sells not queued at pre-open were told
         # the operator's approved cards (common/approvals.py): a missed flatten's sells are sized by the card the
-        # agent would trade under, without waiting for it to register again (the registry is empty after a start)
-        self._approved = approvals.ApprovedCards(run_dir)
+        # agent would trade under, without waiting for it to register again (the registry is empty after a start).
+        # The gateway's own view, bound to its environment and account: a card approved for another account never
+        # sizes sells on this one (a view of its own, for tests without a gateway, holds every approval)
+        self._approved = approved if approved is not None else approvals.ApprovedCards(run_dir)
         self.missed_policies = 0  # end-of-day policies that never ran at their time (alerted)
         # called with the market time at every tick, synced or not (the calendar's own watch)
         self.on_tick: list[Callable[[dt.datetime], None]] = []

@@ -47,6 +47,7 @@ from kis.port import (
 class FakeBroker(BrokerPort):
     capabilities = frozenset({Capability.MARKET_CLOCK, Capability.CHARTS})
     max_in_flight = 64  # it answers at once, in the process (kis.port.BrokerPort.max_in_flight)
+    account_proven = True  # no account to prove (kis.port.BrokerPort.account_proven)
 
     def __init__(self, ref_price: int | None = None, state_path: str = "") -> None:
         self.ref_price = ref_price or int(os.environ.get("KTRADER_FAKE_PRICE", "70000"))
