@@ -834,8 +834,8 @@ class Gateway:
         backoff = 0.2
         reason = START
         partial_alerted = False
-        start_failing_since = 0  # market ns of the first failed pass while none has succeeded (0: none)
-        start_alerted = False
+        failing_since = 0  # market ns of the first failed pass since the last one that succeeded (0: none)
+        failing_alerted = False
         whole_due = 0.0  # monotonic time of the next whole pass while they are spaced out (0: none)
         period = self.cfg.reconcile_s
         while True:
@@ -846,6 +846,9 @@ class Gateway:
                 took = time.monotonic() - t0
                 self.counters["reconciles"] += 1
                 backoff = 0.2
+                if failing_alerted:
+                    log.warning("reconciliation with KIS succeeds again")
+                failing_since, failing_alerted = 0, False
                 if reason == OPEN_CHECK:
                     self.counters["reconcile_open_checks"] += 1
                     timeout = max(0.0, min(period, whole_due - time.monotonic()))
@@ -867,18 +870,23 @@ class Gateway:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
                 timeout, backoff = backoff, min(backoff * 2, 30.0)  # 0.2, 0.4, ... a blip costs little
-                if not self.recon.synced:
-                    # no pass has succeeded: every new order is denied; after the same delay as the
-                    # partial alert below, a person is told (once), with what KIS keeps answering
-                    now_ns = self.book.now_ns()
-                    start_failing_since = start_failing_since or now_ns
-                    if not start_alerted and now_ns - start_failing_since > PARTIAL_ALERT_NS:
-                        start_alerted = True
-                        self.alerts(
-                            f"reconciliation with KIS has failed since the start ({e}): every new order is denied "
-                            "until it succeeds (it is retried); check KIS (ktrader status: reconciliation)",
-                            AlertKind.RECONCILE_DIFF,
-                        )
+                # passes that keep failing (KIS down, a row of the order list it cannot read) are told to a
+                # person once per episode, after the same delay as the partial alert below: at the start every
+                # new order is denied; later, UNKNOWN orders and fills whose notices were lost stay unresolved
+                now_ns = self.book.now_ns()
+                failing_since = failing_since or now_ns
+                if not failing_alerted and now_ns - failing_since > PARTIAL_ALERT_NS:
+                    failing_alerted = True
+                    what = (
+                        "since the start: every new order is denied until it succeeds"
+                        if not self.recon.synced
+                        else "for minutes: orders in doubt (UNKNOWN) and fills whose notices were lost stay unresolved"
+                    )
+                    self.alerts(
+                        f"reconciliation with KIS has failed {what} ({e}); it is retried; check KIS (ktrader status: "
+                        "reconciliation)",
+                        AlertKind.RECONCILE_DIFF,
+                    )
                 since = self.recon.partial_since_ns
                 if since and not partial_alerted and self.book.now_ns() - since > PARTIAL_ALERT_NS:
                     partial_alerted = True  # trading goes on, on books that only know the open orders

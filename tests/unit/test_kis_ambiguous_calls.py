@@ -379,7 +379,7 @@ class _Alerts:
 
 
 async def _run_reconcile_loop(
-    monkeypatch: pytest.MonkeyPatch, broker: KisBroker, passes: int, step_ns: int
+    monkeypatch: pytest.MonkeyPatch, broker: KisBroker, passes: int, step_ns: int, synced: bool = False
 ) -> tuple[_Alerts, Any]:
     """Gateway._reconcile_loop over a reconciler whose every pass reads the broker's order list."""
     done = asyncio.Event()
@@ -389,7 +389,7 @@ async def _run_reconcile_loop(
         return False
 
     monkeypatch.setattr(gateway_mod, "wait_set", no_wait)
-    recon = SimpleNamespace(synced=False, complete=False, partial_since_ns=0, vanished=[], passes=0)
+    recon = SimpleNamespace(synced=synced, complete=synced, partial_since_ns=0, vanished=[], passes=0)
 
     async def run(reason: str, *, open_only: bool) -> None:
         if recon.passes >= passes:
@@ -440,6 +440,22 @@ async def test_a_start_pass_failing_briefly_alerts_no_one(tmp_path: Path, monkey
     finally:
         await b.close()
     assert alerts.sent == []
+
+
+async def test_passes_that_keep_failing_mid_day_reach_a_person_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row KIS lists after the start that cannot be read fails every pass for the rest of the day: orders in
+    doubt stay unresolved. Told once (it was told only while no pass had succeeded since the start)."""
+    b = _broker(tmp_path, _ccld_kis("13O,000").url)
+    try:
+        alerts, gw = await _run_reconcile_loop(monkeypatch, b, passes=12, step_ns=40_000_000_000, synced=True)
+    finally:
+        await b.close()
+    assert gw.counters["reconcile_errors"] == 12
+    assert len(alerts.sent) == 1, alerts.sent
+    text, kind = alerts.sent[0]
+    assert kind is AlertKind.RECONCILE_DIFF and "UNKNOWN" in text and "0000000002" in text
 
 
 # --- 4. an expired token on an order ------------------------------------------------------------
