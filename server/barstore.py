@@ -3,7 +3,9 @@
 the earlier one (a REST back-fill corrects a bar the gateway built from a partial minute).
 
 API (the backtester reads it too): `add(bars)`, `bars(code, interval, start, end, limit)`,
-`last(code, interval, n)`, `delete(code)` (a split: the code's series is back-filled adjusted).
+`last(code, interval, n)`, `day_closes(code, intervals)`; for a stock split, `delete(code, interval)` (a
+series the broker back-fills split-adjusted: daily bars) and `split(...)` (the daily bars dropped and the
+intraday bars before the split rescaled, in one transaction: the broker cannot give those again).
 Times compare as the `Bar.start` strings, which sort chronologically."""
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ CREATE TABLE IF NOT EXISTS bars (
 """
 
 _COLS = "code, interval, start, open, high, low, close, volume, value"
+
+
+def split_price(price: int, num: int, den: int) -> int:
+    """A price of the old shares in the new ones' after a split of 1 old share → num/den new ones:
+    price × den / num, rounded to the nearest won, a half won up (integer arithmetic, no float), and at
+    least 1 won. Rounding is monotone, so a bar's low <= open, close <= high still holds after it."""
+    return max(1, (price * 2 * den + num) // (2 * num))
+
+
+def split_volume(volume: int, num: int, den: int) -> int:
+    """A volume of the old shares in new ones: volume × num / den, to the nearest share, a half up."""
+    return (volume * 2 * num + den) // (2 * den)
 
 
 def _bar(row: tuple) -> Bar:
@@ -66,16 +80,57 @@ class BarStore:
                 self.db.executemany(f"INSERT OR REPLACE INTO bars ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
         return len(rows)
 
-    def delete(self, code: str, interval: str = "") -> int:
-        """Remove the bars of `code` (of every interval, or of `interval` only); returns how many went."""
-        sql, args = "DELETE FROM bars WHERE code=?", [code]
-        if interval:
-            sql += " AND interval=?"
-            args.append(interval)
+    def delete(self, code: str, interval: str) -> int:
+        """Remove the bars of `code` of `interval` (one interval: there is no "every interval", since
+        intraday bars cannot be fetched again); returns how many went."""
+        if not interval:
+            raise ValueError("delete needs an interval")
         with self.db:
-            self.db.execute(sql, args)
+            self.db.execute("DELETE FROM bars WHERE code=? AND interval=?", (code, interval))
             gone = int(self.db.changes())
         return gone
+
+    def split(self, code: str, num: int, den: int, before: str, drop: str, rescale: Iterable[str]) -> tuple[int, int]:
+        """A split of `code` (1 old share → num/den new ones), in one transaction: its bars of interval
+        `drop` are removed (the daily bars: the broker back-fills them split-adjusted), and its bars of
+        the `rescale` intervals starting before `before` (the split's first session, "YYYY-MM-DD") are
+        rescaled to the new shares (`split_price`, `split_volume`; the traded value stays). Returns
+        (bars removed, bars rescaled)."""
+        if num <= 0 or den <= 0:
+            raise ValueError(f"split ratio {num}/{den}: both must be positive")
+        intervals = sorted(set(rescale) - {drop})
+        with self.db:
+            self.db.execute("DELETE FROM bars WHERE code=? AND interval=?", (code, drop))
+            dropped = int(self.db.changes())
+            rescaled = 0
+            if intervals:
+                # the same arithmetic as split_price / split_volume (SQLite's integer division truncates:
+                # floor for these non-negative operands)
+                price = "max(1, ({0} * 2 * :den + :num) / (2 * :num))"
+                cols = ", ".join(f"{c} = {price.format(c)}" for c in ("open", "high", "low", "close"))
+                marks = ",".join(f":iv{i}" for i in range(len(intervals)))
+                args: dict[str, object] = {"code": code, "before": before, "num": num, "den": den}
+                args.update({f"iv{i}": iv for i, iv in enumerate(intervals)})
+                self.db.execute(
+                    f"UPDATE bars SET {cols}, volume = (volume * 2 * :num + :den) / (2 * :den) "
+                    f"WHERE code = :code AND start < :before AND interval IN ({marks})",
+                    args,
+                )
+                rescaled = int(self.db.changes())
+        return dropped, rescaled
+
+    def day_closes(self, code: str, intervals: Iterable[str]) -> list[tuple[str, int]]:
+        """(day "YYYY-MM-DD", the close of its latest bar among `intervals`) for every day `code` has bars
+        of them, oldest first: the price level of each recorded day (a split's first session shows in it)."""
+        ivs = sorted(set(intervals))
+        if not ivs:
+            return []
+        rows = self.db.execute(
+            "SELECT substr(start, 1, 10) AS day, close, max(start) FROM bars "
+            f"WHERE code=? AND interval IN ({','.join('?' * len(ivs))}) GROUP BY day ORDER BY day",
+            (code, *ivs),
+        ).fetchall()
+        return [(str(day), int(close)) for day, close, _ in rows]  # type: ignore[arg-type]
 
     def bars(self, code: str, interval: str, start: str = "", end: str = "", limit: int = 0) -> list[Bar]:
         """Bars of `code`/`interval` with start <= Bar.start <= end (either bound optional), oldest

@@ -262,8 +262,8 @@ class Gateway:
         if isinstance(self.clock, WallClock):  # the host's clock is the market's: its skew reaches a person
             self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
-        # bars built from prints that stopped (a released registration) are partial; a split makes the stored
-        # bars of its code the old shares' prices (server/marketdata.py)
+        # bars built from prints that stopped (a released registration) are partial; a suspected split drops the
+        # stored daily bars of its code (the old shares' prices; server/marketdata.py forget_history)
         self.subs.on_released = self._prints_stopped
         self.recon.on_split_found = self.md.forget_history
         # every print and book is checked before anything uses it; marks move only on confirmed prints

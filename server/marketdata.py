@@ -12,9 +12,12 @@ bucket open across the gap misses prints. Such a bucket is not published nor sto
 for it (its next bar is the first one) rather than a wrong one (open/high/low off, volume short). Daily
 bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`).
 
-A stock split makes the stored history of its code a different price scale from today's prints: the
-code's stored bars are dropped (`forget_history`) and the next history request back-fills the broker's
-split-adjusted series.
+A stock split makes the stored history of its code a different price scale from today's prints. Daily
+bars can be fetched again: they are dropped and the next history request back-fills the broker's
+split-adjusted series, when the reconciler suspects a split in the balance (`forget_history`) and again
+when the operator applies it (`split_applied`). Intraday bars cannot (the broker's minute chart gives
+today's minutes only): they are never dropped; the operator's confirmation, which knows the ratio,
+rescales those before the split's first session to the new shares (`split_applied`).
 
 Exchange time: KIS prints carry HHMMSS only. We date them with the gateway's KST date and keep the
 offset between the latest print's time and the wall clock, so `flush()` (a 1 s timer) closes bars on
@@ -31,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from common.calendar import previous_trading_day
 from common.clock import KST, now_kst
@@ -41,7 +46,7 @@ from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis.port import Book, BrokerPort, Capability, Trade
 from server.bars import DAILY, INTERVALS, MINUTES, BarBuilder, BarError, SessionRule, aggregate, bar_order
-from server.barstore import BarStore
+from server.barstore import BarStore, split_price, split_volume
 from server.publisher import Publisher
 
 log = logging.getLogger("ktrader.marketdata")
@@ -54,6 +59,23 @@ CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prin
 # after it stayed within SKEW_REARM_S for SKEW_REARM_AFTER; a person is paged at most once a market day
 SKEW_PRINTS, SKEW_ALERT_S, SKEW_REARM_S = 9, 2.0, 1.5
 SKEW_PERSIST, SKEW_REARM_AFTER = dt.timedelta(seconds=60), dt.timedelta(minutes=10)
+
+
+class SplitAdjusted(NamedTuple):
+    """What `MarketData.split_applied` did to the stored bars of a code."""
+
+    daily_dropped: int  # daily bars removed (back-filled split-adjusted from the broker on the next request)
+    intraday_rescaled: int  # intraday bars (every minute interval) before `first_session` rescaled
+    first_session: str  # "YYYY-MM-DD": the split's first session, as found (`basis`)
+    basis: str  # how the first session was found
+
+    @property
+    def text(self) -> str:
+        return (
+            f"its {self.daily_dropped} stored daily bars dropped (back-filled split-adjusted from the broker) and "
+            f"its {self.intraday_rescaled} stored intraday bars before {self.first_session} rescaled to the new "
+            f"shares (first session: {self.basis})"
+        )
 
 
 def session_rule(clock: MarketClock) -> SessionRule:
@@ -98,11 +120,15 @@ class MarketData:
         # websocket gap, a registration released and taken again)
         self.heard_since: dict[str, dt.datetime] = {}
         # code -> (business day, its cumulative volume at the latest print heard): a print whose cumulative
-        # volume before it is more than that follows prints we did not hear
-        self._cum: dict[str, tuple[dt.date, int]] = {}
+        # volume before it is more than that follows prints we did not hear. None: prints of it were heard
+        # that day, but its registration was released since (the count is forgotten: `released`)
+        self._cum: dict[str, tuple[dt.date, int | None]] = {}
         self.bars_partial = 0  # buckets not published for being partial (prints of them missed)
         self.feed_gaps = 0  # prints heard after prints of the same code were missed (a reconnect, a release)
-        self.bars_forgotten = 0  # stored bars dropped for a split (back-filled adjusted from the broker)
+        self.bars_forgotten = 0  # stored daily bars dropped for a split (back-filled adjusted from the broker)
+        self.bars_rescaled = 0  # stored intraday bars rescaled to the new shares by an applied split
+        # code -> the exchange day a split of it was suspected (the reconciler's hook, `forget_history`)
+        self._split_seen: dict[str, dt.date] = {}
         # (code, first day, last day) of a daily window with a hole -> the day the broker was asked to fill
         # it: its answer is the truth for that day (a halted code has no bar on a trading day), so the same
         # hole is not asked about on every GetBars
@@ -139,6 +165,7 @@ class MarketData:
             "bars_partial_dropped": self.bars_partial,
             "feed_gaps_seen": self.feed_gaps,
             "bars_forgotten": self.bars_forgotten,
+            "bars_rescaled": self.bars_rescaled,
             "clock_skew_ms": round(statistics.median(self._skews) * 1000) if self._skews else 0,
             "clock_skew_alerts": self.skew_alerts,
         }
@@ -210,21 +237,25 @@ class MarketData:
     def _heard(self, ev: Trade, when: dt.datetime) -> None:
         """Keep `heard_since` of the print's code: moved to the print when prints before it were missed.
         The first print heard of a business day missed the day's earlier ones if its cumulative volume is
-        more than its own quantity (a restart, a code first registered mid-day); a later one missed some
-        if its cumulative volume before it is more than the last one heard (a websocket gap, a registration
-        released and taken again). Missed prints may share this print's second: a bucket starting in it is
-        not whole either. A print without a cumulative volume (0) tells nothing."""
+        more than its own quantity (a restart, a code first registered mid-day; or volume it never missed:
+        ACML_VOL may count the 08:30-08:40 pre-market close-price session): `heard_since` is then its own
+        time, so the bucket that starts in its second (09:00:00: the opening bars) is whole. A later print
+        missed some if its cumulative volume before it is more than the last one heard (a websocket gap),
+        or, after a registration released and taken again, if it carries more than its own quantity: the
+        missed prints may share its second, so a bucket starting in it is not whole either (`heard_since`
+        is the next second). A print without a cumulative volume (0) tells nothing."""
         code, day = ev.code, when.date()
         known = self._cum.get(code)
         if known is not None and day < known[0]:
             return  # a print of an earlier business day: today's count is not its
-        last = known[1] if known is not None and known[0] == day else None
+        earlier = known is not None and known[0] == day  # prints of the code were heard before it today
+        last = known[1] if known is not None and earlier else None
         missed = False
         if ev.cum_volume > 0:
             missed = ev.cum_volume - ev.qty > last if last is not None else ev.cum_volume > ev.qty
             self._cum[code] = (day, ev.cum_volume)
         if missed:
-            since = when.replace(tzinfo=None) + dt.timedelta(seconds=1)
+            since = when.replace(tzinfo=None) + (dt.timedelta(seconds=1) if earlier else dt.timedelta())
             if last is not None:
                 self.feed_gaps += 1
                 log.info(
@@ -242,29 +273,95 @@ class MarketData:
 
     def released(self, code: str) -> None:
         """The code's print registration was released (its last holder left): prints are no longer heard.
-        Its cumulative volume is forgotten (the first print heard after a new registration is judged as a
-        first print: it missed what traded meanwhile if it carries more than its own quantity), and the
-        buckets open now are partial (they close by time missing the prints after this): not published."""
-        self._cum.pop(code, None)
+        Its cumulative volume is forgotten (the first print heard after a new registration missed what
+        traded meanwhile if it carries more than its own quantity; it is still not the day's first), and
+        the buckets open now are partial (they close by time missing the prints after this): not published."""
+        known = self._cum.get(code)
+        if known is not None:
+            self._cum[code] = (known[0], None)
         now = self.exchange_now().replace(tzinfo=None)
         self.heard_since[code] = max(now, self.heard_since.get(code, dt.datetime.min))
 
     def forget_history(self, code: str, why: str) -> int:
-        """A split (`why`): the stored bars of `code` (every interval) are in the old shares' prices, so a
-        history mixing them with today's prints would cross at the ratio. They are dropped, with the last
-        closed bars and the daily-hole answers of the code: the next history request back-fills the
-        broker's split-adjusted series (FID_ORG_ADJ_PRC 0). Bars in progress (today's prints) stay.
-        Returns how many stored bars went."""
-        gone = self.store.delete(code)
-        for key in [k for k in self.closed if k[0] == code]:
-            del self.closed[key]
-        for hole in [k for k in self._hole_asked if k[0] == code]:
-            del self._hole_asked[hole]
-        self.bars_forgotten += gone
+        """A split of `code` is suspected (`why`: the reconciler found one in the balance; it may drop the
+        suspicion later). Only its stored DAILY bars are dropped, with its last closed daily bar and its
+        daily-hole answers: the next daily history request back-fills the broker's split-adjusted series
+        (which, were there no split after all, is the same series), so a strategy on daily bars does not read
+        the split as a crash while the operator has not applied it. Intraday bars are kept whole: the broker
+        cannot give them again, and they are rescaled only when the operator confirms the split and its
+        ratio (`split_applied`). The day is kept: the split's first session is not after it, unless the
+        recorded prices show otherwise. Returns how many stored bars went."""
+        self._split_seen[code] = self.exchange_now().date()
+        gone = self._drop_daily(code)
         log.warning(
-            "%s: %s: its %d stored bars dropped; history is back-filled split-adjusted from the broker", code, why, gone
+            "%s: %s: its %d stored daily bars dropped (back-filled split-adjusted from the broker); its intraday "
+            "bars are kept until the split is applied",
+            code,
+            why,
+            gone,
         )
         return gone
+
+    def split_applied(self, code: str, num: int, den: int, why: str) -> SplitAdjusted:
+        """The operator applied a split of `code` (`why`): 1 old share is num/den new ones. In one store
+        transaction its daily bars are dropped (back-filled split-adjusted from the broker) and its intraday
+        bars (every minute interval) dated before the split's first session are rescaled to the new shares:
+        prices × den / num rounded to the nearest won (a half won up, at least 1 won), volumes × num / den
+        rounded to the nearest share (a half up), the traded value unchanged (`server.barstore.split_price`
+        and `split_volume`). No intraday bar is removed. The last closed bars of the code follow the store.
+        The first session is found from the recorded prices (`_first_session`). Logged; returns what was done."""
+        if num <= 0 or den <= 0 or num == den:
+            raise ValueError(f"a split turns 1 share into num/den shares, not {num}/{den}")
+        first, basis = self._first_session(code, num, den)
+        dropped, rescaled = self.store.split(code, num, den, first, DAILY, MINUTES)
+        self.closed.pop((code, DAILY), None)
+        for key, b in list(self.closed.items()):
+            if key[0] == code and b.interval in MINUTES and b.start < first:
+                self.closed[key] = _split_bar(b, num, den)
+        self._forget_holes(code)
+        self._split_seen.pop(code, None)
+        self.bars_forgotten += dropped
+        self.bars_rescaled += rescaled
+        done = SplitAdjusted(dropped, rescaled, first, basis)
+        log.warning("%s: %s (%s → %s shares): %s", code, why, den, num, done.text)
+        return done
+
+    def _first_session(self, code: str, num: int, den: int) -> tuple[str, str]:
+        """The split's first session ("YYYY-MM-DD") and how it was found. The price level of each day the
+        code's intraday bars were recorded (the close of its latest bar; today's bars in progress too) is
+        compared with the day before it recorded: the newest step nearer the ratio (old ÷ new = num / den,
+        at least 2 or at most 1/2) than no change on a log scale is the split (the daily price limit is
+        ±30 %, and a split halts trading: the step is of the ratio give or take a session's move). Without
+        such a step the recorded days are one scale: the old shares' if every one is before the day the
+        split was suspected (today, if not known: a restart), else the new shares' (nothing rescaled)."""
+        levels = self.store.day_closes(code, MINUTES)
+        live = [b for b in self.builder.current(code) if b.interval in MINUTES]
+        if live:
+            now = max(live, key=lambda b: b.start)
+            day = now.start[:10]
+            levels = [x for x in levels if x[0] < day] + [(day, now.close)]
+        ratio = math.log(num / den)
+        for (d0, p0), (d1, p1) in reversed(list(zip(levels, levels[1:]))):
+            if p0 <= 0 or p1 <= 0:
+                continue
+            step = math.log(p0 / p1)
+            if abs(step - ratio) < abs(step):
+                return d1, f"the recorded closes step from {p0:,} on {d0} to {p1:,} on {d1}"
+        seen = self._split_seen.get(code) or self.exchange_now().date()
+        if not levels or levels[-1][0] < seen.isoformat():
+            return seen.isoformat(), f"no recorded day at the new shares' prices; the split was seen on {seen}"
+        return levels[0][0], f"no step of the ratio in the recorded closes: all at the new shares' prices (seen {seen})"
+
+    def _drop_daily(self, code: str) -> int:
+        gone = self.store.delete(code, DAILY)
+        self.closed.pop((code, DAILY), None)
+        self._forget_holes(code)
+        self.bars_forgotten += gone
+        return gone
+
+    def _forget_holes(self, code: str) -> None:
+        for hole in [k for k in self._hole_asked if k[0] == code]:
+            del self._hole_asked[hole]
 
     def _watch_skew(self, latest: float, at: dt.datetime) -> None:
         """Tell when the median of the latest prints' skews stayed beyond SKEW_ALERT_S for SKEW_PERSIST of
@@ -489,6 +586,21 @@ class MarketData:
             return None  # asked already today: what the broker has not got did not trade (a halt)
         log.info("daily history of %s %s..%s misses trading days: back-filled from the broker", code, days[-1], days[0])
         return key
+
+
+def _split_bar(b: Bar, num: int, den: int) -> Bar:
+    """`b` in the new shares after a split of 1 old share → num/den (as BarStore.split rescales it)."""
+    return Bar(
+        code=b.code,
+        interval=b.interval,
+        start=b.start,
+        open=split_price(b.open, num, den),
+        high=split_price(b.high, num, den),
+        low=split_price(b.low, num, den),
+        close=split_price(b.close, num, den),
+        volume=split_volume(b.volume, num, den),
+        value=b.value,
+    )
 
 
 def _ohlcv(b: Bar) -> tuple[int, int, int, int, int]:

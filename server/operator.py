@@ -657,16 +657,16 @@ class Operator:
         what = sp.text if sp is not None else "split"  # (apply_split refuses a code with none pending)
         parts = [f"{a} {_split_line(old, new)}" for a, old, new in changes]
         text = f"{code}: {what} applied: {'; '.join(parts) or 'nobody holds it'}; orders on it go again"
-        # the stored bars are in the old shares' prices: dropped, history is back-filled split-adjusted (the
-        # books changed durably above: a failure here is told, never turned into a refusal)
+        # the stored bars are in the old shares' prices: the daily ones are dropped (back-filled split-adjusted),
+        # the intraday ones before the split rescaled by its ratio (never dropped: the broker cannot give them
+        # again). The books changed durably above: a failure here is told, never turned into a refusal
         md: MarketData | None = getattr(gw, "md", None)
         if md is not None:
             try:
-                gone = md.forget_history(code, f"{what} applied by {who}")
-                text += f"; its {gone} stored bars dropped (history is back-filled split-adjusted from the broker)"
+                text += f"; {md.split_applied(code, num, den, f'{what} applied by {who}').text}"
             except Exception as e:
-                log.exception("stored bars of %s not dropped after its split", code)
-                text += f"; its stored bars could NOT be dropped ({e}): history may mix the old prices"
+                log.exception("stored bars of %s not adjusted after its split", code)
+                text += f"; its stored bars could NOT be adjusted ({e}): history may mix the old prices"
         for a, old, new in changes:
             if a == EXTERNAL_AGENT:
                 continue

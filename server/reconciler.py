@@ -125,8 +125,9 @@ class Reconciler:
         # The day's order list can lag (API.md §8.15): an UNKNOWN submit missing from it is only
         # declared never-placed after this long; until then it counts against risk.
         self.unknown_grace_ns = unknown_grace_ns
-        # (code, why) of a split found in the balance: the gateway wires MarketData.forget_history (its stored
-        # bars are in the old shares' prices)
+        # (code, why) of a split suspected from the balance: the gateway wires MarketData.forget_history (its
+        # stored daily bars are in the old shares' prices: dropped, back-filled adjusted; intraday bars are
+        # rescaled only when the operator applies the split)
         self.on_split_found: Callable[[str, str], object] | None = None
         # A fill booked from a notice that the list does not show is held as unconfirmed this long,
         # then taken back (a forged or misreported notice must not stay in the books).
@@ -642,13 +643,14 @@ class Reconciler:
         log.warning(
             "%s: %s found in the balance: orders of %s on it held", code, sp.text, ", ".join(sorted(sp.holders))
         )
-        # the stored bars of the code are in the old shares' prices from now: the market data drops them (the
-        # broker's history is split-adjusted already); a failure there must not stop the position check
+        # the stored daily bars of the code are in the old shares' prices from now: the market data drops them
+        # (the broker's daily history is split-adjusted already) and keeps its intraday bars (only a suspicion:
+        # they are rescaled when the operator applies it); a failure there must not stop the position check
         if self.on_split_found is not None:
             try:
-                self.on_split_found(code, f"{sp.text} found in the balance")
+                self.on_split_found(code, f"{sp.text} suspected from the balance")
             except Exception:
-                log.exception("%s: stored bars not dropped after its %s", code, sp.text)
+                log.exception("%s: stored daily bars not dropped after its suspected %s", code, sp.text)
 
     def _drop_split(self, code: str) -> None:
         with self.book.store.transaction():

@@ -86,6 +86,33 @@ def test_consecutive_prints_and_the_days_first_print_lose_nothing(tmp_path: Path
     assert md0.counters()["bars_partial_dropped"] == 0
 
 
+def test_the_days_opening_print_with_volume_before_it_keeps_the_opening_bars(tmp_path: Path) -> None:
+    """The day's first print heard is the 09:00:00 opening print, and its cumulative volume is more than
+    its own: trades we could not hear (ACML_VOL may count the 08:30-08:40 pre-market close-price session).
+    Nothing of the 09:00 buckets was missed: heard from the print's own time (no + 1 s), the 09:00 1m and 5m
+    bars are published and stored. A gap between two heard prints at a minute's first second still leaves
+    that minute's bucket partial (missed prints may share its second)."""
+    md = new_md(tmp_path)
+    feed(
+        md,
+        [
+            (at(9, 0, 0), 70_000, 10, 1_510),  # 1,500 shares before it (the pre-market session)
+            (at(9, 1, 10), 70_100, 5, 1_515),
+            (at(9, 2, 30), 70_200, 5, 1_520),
+            (at(9, 5, 2), 70_300, 5, 1_525),  # closes the 09:02 1m bar and the 09:00 5m bar
+        ],
+    )
+    got = stored(md)
+    assert {("1m", "2024-03-04T09:00"), ("1m", "2024-03-04T09:01"), ("5m", "2024-03-04T09:00")} <= got, got
+    assert md.closed[(C, "5m")].start == "2024-03-04T09:00" and md.closed[(C, "5m")].volume == 20
+    assert md.counters()["bars_partial_dropped"] == 0 and md.counters()["feed_gaps_seen"] == 0
+    # a websocket gap: the next print heard, at 09:07:00, follows 30 shares not heard
+    feed(md, [(at(9, 7, 0), 70_400, 5, 1_560), (at(9, 8, 1), 70_400, 5, 1_565), (at(9, 10, 3), 70_500, 5, 1_570)])
+    got = stored(md)
+    assert ("1m", "2024-03-04T09:07") not in got and ("5m", "2024-03-04T09:05") not in got
+    assert ("1m", "2024-03-04T09:08") in got and md.counters()["feed_gaps_seen"] == 1
+
+
 def test_the_day_roll_starts_the_cumulative_volume_again(tmp_path: Path) -> None:
     md = new_md(tmp_path)
     feed(md, [(at(9, 0, 0), 70_000, 1_000, 1_000), (at(15, 20, 0), 70_000, 5, 900_000)])  # (a gap mid-day)
