@@ -137,23 +137,31 @@ _HTTPX_AFTER_CONNECT: tuple[type[BaseException], ...] = (
 
 def connect_failed(exc: BaseException) -> bool:
     """True only when aiohttp says the request failed in its connect phase: nothing of it was written.
-    The REST client resends an order or a cancel only then (any later failure may have placed it)."""
+    The REST client resends an order or a cancel only then (any later failure may have placed it).
+
+    The one source of "sent" for aiohttp's errors: `explain(exc).sent` is `not connect_failed(exc)`
+    for them. For anything else (httpx, websockets, a bare OSError) `explain` can only guess the phase
+    from the type and the cause; that guess is good enough to word a problem or to retry a read, but
+    it proves nothing, so an order or a cancel asks this function, never `explain(...).sent`."""
     return isinstance(exc, _AIOHTTP_CONNECT) and not isinstance(exc, aiohttp.RedirectClientError)
-
-
-def _after_connect(exc: BaseException) -> bool:
-    """An HTTP client's failure from after the connection was made (the request may have reached
-    the server), whatever its cause: a TLS error while reading the answer is not a failed handshake."""
-    if isinstance(exc, aiohttp.ClientError):
-        return not connect_failed(exc)
-    return isinstance(exc, _HTTPX_AFTER_CONNECT)
 
 
 def _explain(exc: BaseException, url: str) -> NetProblem:
     target = target_of(url)
     chain = _chain(exc)
-    if _after_connect(exc):
+    if isinstance(exc, aiohttp.ClientError):
+        # aiohttp: its phase (connect_failed) says whether anything was sent, the cause only what broke
+        if not connect_failed(exc):
+            return _explain_after_connect(exc, chain, target)
+        return msgspec.structs.replace(_explain_cause(exc, chain, target), sent=False)
+    if isinstance(exc, _HTTPX_AFTER_CONNECT):
+        # httpx's failures after the connection was made: a TLS error while reading is no handshake
         return _explain_after_connect(exc, chain, target)
+    return _explain_cause(exc, chain, target)
+
+
+def _explain_cause(exc: BaseException, chain: list[BaseException], target: str) -> NetProblem:
+    """A failure before the request was written, or one whose phase is not known: the cause decides."""
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
             detail = getattr(e, "verify_message", "") or _short(e)

@@ -25,6 +25,12 @@ What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). M
 - SERVER (EGW00002, EGW00500, unknown EGW*, unknown codes on HTTP 5xx) and replies without a KIS
   envelope → BrokerTemporary, retried for reads; for an order write BrokerUnknownOutcome: only a
   reply that proves the order was not processed may say "not placed".
+- Once an attempt of a cancel or an order may have reached KIS, every later failure of the same call
+  (a refusal, the rate limit, a token refresh that KIS throttles or that cannot reach it) is
+  BrokerUnknownOutcome: nothing after that attempt proves it was not processed.
+- An order or a revise is sent again (after a failure that proves it was not processed) only within
+  `write_deadline_s` of its first attempt, a retry's connect included; past it BrokerTemporary (not
+  placed: sent later it would not be its decision). A cancel keeps its retries (a late cancel helps).
 Replies are decoded leniently (kis.lenient): null/numeric fields are repaired and logged.
 """
 
@@ -134,12 +140,24 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 def _transport_error(exc: BaseException, kind: Kind, url: str) -> BrokerError:
     problem = explain(exc, url)
-    # an order or a cancel is "not sent" only when aiohttp failed to connect: once the request may
-    # have been written (a TLS record that does not decrypt while the reply is read included), the
-    # outcome is unknown and an order is never resent
-    if kind is not Kind.READ and (problem.sent or not connect_failed(exc)):
+    # an order or a cancel is "not sent" only when aiohttp failed to connect (connect_failed, which
+    # problem.sent follows for aiohttp's errors): once the request may have been written (a TLS record
+    # that does not decrypt while the reply is read included), or when the error is not aiohttp's and
+    # its phase only a guess, the outcome is unknown and an order is never resent
+    if kind is not Kind.READ and not connect_failed(exc):
         return BrokerUnknownOutcome(problem.text(), code="TRANSPORT")
     return BrokerUnreachable("KIS REST", problem)
+
+
+def _too_late(last: BrokerError, elapsed: float, deadline: float) -> BrokerTemporary:
+    """An order (or revise) whose attempts so far were surely not processed, past its deadline: it is
+    not sent again (sent late it would not be the decision that made it). A temporary error of the
+    kind of its last failure: the send queue books it as not placed."""
+    why = f"not sent again {elapsed:.1f}s after its first attempt (deadline {deadline:.1f}s)"
+    if isinstance(last, BrokerUnreachable):
+        return BrokerUnreachable(f"KIS REST, order {why}", last.problem)
+    cls = BrokerRateLimited if isinstance(last, BrokerRateLimited) else BrokerTemporary
+    return cls(f"{last.message}; order {why}", code=last.code, http_status=last.http_status)
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -167,7 +185,7 @@ class KisRest:
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tls: ssl.SSLContext | None = None,
-        write_refresh_max_s: float = 5.0,
+        write_deadline_s: float = 5.0,
     ) -> None:
         self.env = env
         self._creds = creds
@@ -182,10 +200,13 @@ class KisRest:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # requests sent (for tests/metrics)
         self._repairs_logged: set[tuple[str, str]] = set()
-        # an order refused for its token (EGW00123) is resent only if the new token came within this,
-        # without KIS's one-a-minute wait (GatewayConfig.max_send_wait_s's default: the send queue's
-        # freshness bound for an order's decision)
-        self.write_refresh_max_s = write_refresh_max_s
+        # an order or a revise is sent again (after a failure that proves it was not processed: no
+        # connection, the rate limit, a refused token) only within this many seconds of its first
+        # attempt, the connect of a retry included; past it the call fails as not placed. A refused
+        # token is renewed for it only within the same time, and without KIS's one-a-minute wait.
+        # (GatewayConfig.max_send_wait_s's default: the send queue's freshness bound for a decision.)
+        # Cancels are not bound: a late cancel still helps.
+        self.write_deadline_s = write_deadline_s
         self._background: set[asyncio.Task[str]] = set()  # token refreshes an order stopped waiting for
 
     def _client(self) -> aiohttp.ClientSession:
@@ -214,10 +235,23 @@ class KisRest:
         params: dict[str, str] | None = None,
         content: bytes | None = None,
         headers: dict[str, str],
+        connect_s: float | None = None,
     ) -> Reply:
-        """One HTTP exchange; raises one of TRANSPORT_ERRORS when it did not complete."""
+        """One HTTP exchange; raises one of TRANSPORT_ERRORS when it did not complete. `connect_s`
+        shortens the connect phase (a connection from the pool or a new one) below the session's."""
+        timeout = self._timeout
+        if connect_s is not None and (timeout.connect is None or connect_s < timeout.connect):
+            timeout = aiohttp.ClientTimeout(
+                total=timeout.total, connect=connect_s, sock_read=timeout.sock_read, sock_connect=timeout.sock_connect
+            )
         async with self._client().request(
-            method, self._base + path, params=params, data=content, headers=headers, allow_redirects=False
+            method,
+            self._base + path,
+            params=params,
+            data=content,
+            headers=headers,
+            allow_redirects=False,
+            timeout=timeout,
         ) as resp:
             body = await resp.read()
             return Reply(resp.status, resp.headers.get("tr_cont", ""), body)
@@ -333,101 +367,143 @@ class KisRest:
             raise RuntimeError("KisRest.attach_tokens() was not called")
         content = msgspec.json.encode(body) if body is not None else None
         refreshed = False
-        ambiguous = False  # an earlier attempt of this cancel (or write) may have reached KIS
+        # an earlier attempt of this call may have reached KIS (a cancel whose answer was lost; an order
+        # in that state is never sent again, its call ends at once as an unknown outcome)
+        ambiguous = False
         call = "cancel" if kind is Kind.CANCEL else "order"
+        # an order or a revise: when its first attempt left, and what ended the last attempt, which
+        # proved it was not processed; it is sent again only within write_deadline_s of that first one
+        first_sent: float | None = None
+        last: BrokerError | None = None
 
-        def doubt(err: BrokerError, status: int | None = None) -> BrokerError:
-            # once an attempt may have reached KIS, no later refusal proves "not processed"
+        def doubt(err: BrokerError) -> BrokerError:
+            # once an attempt may have reached KIS, nothing that happens after it (a refusal, the rate
+            # limit, a token that cannot be had, a connection that cannot be made) proves "not processed"
             if not ambiguous or isinstance(err, BrokerUnknownOutcome):
                 return err
             return BrokerUnknownOutcome(
-                f"{call} retried after an ambiguous failure, then: {err}", code=err.code, http_status=status
+                f"{call} retried after an ambiguous failure, then: {err}", code=err.code, http_status=err.http_status
             )
 
-        attempt = 0
-        while True:
-            await self.budget.acquire(lane, caller)
-            token = await self.tokens.get()
-            self.calls += 1
-            try:
-                resp = await self._send(
-                    method, path, params=params, content=content, headers=self._headers(token, tr_id, tr_cont)
-                )
-            except TRANSPORT_ERRORS as e:
-                err = _transport_error(e, kind, self.env.rest_url + path)
-                if isinstance(err, BrokerUnknownOutcome) and kind is Kind.CANCEL:
-                    ambiguous = True
-                    err = BrokerTemporary(str(err), code="TRANSPORT")
-                if isinstance(err, BrokerUnknownOutcome) or attempt + 1 >= self.retry.attempts:
-                    log.warning("%s %s (%s): %s", method, path, tr_id, err)
-                    raise (BrokerUnknownOutcome(str(err), code="TRANSPORT") if ambiguous else err) from None
-                attempt += 1
-                await self._sleep(self.retry.delay(attempt))
-                continue
-            env, repairs = self._decode(resp, type_, path)
-            refused = classify(resp.status, env)
-            if refused is None:
-                return Page(tr_cont=resp.tr_cont.strip(), body=env, repairs=repairs)  # type: ignore[arg-type]
-            if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
-                return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
-            if isinstance(refused, BrokerRateLimited):
-                # KIS counts calls per second and our budget already paces below its limit, so an
-                # EGW00201 means the window rolled unluckily (or another program shares the key):
-                # everyone pauses two token intervals (~0.1 s real, ~1 s paper; python-kis waits
-                # 0.1 s), flat. Pauses that grow per request added up to seconds for a burst of
-                # refusals and held every order and cancel behind the shared budget; a refusal that
-                # persists ends this request after a few tries (BrokerRateLimited, counted by the
-                # kill switch) instead.
-                pause = min(self.retry.rate_limit_backoff_s, 2.0 / self.budget.rate_per_s)
-                self.budget.penalize(pause * random.uniform(0.8, 1.2))
-                if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
-                    # this attempt was not processed, but an earlier one (a cancel whose answer was
-                    # lost) may have been: then the outcome is unknown, never "refused"
-                    raise doubt(refused, resp.status)
-                attempt += 1
-                continue
-            if (
-                isinstance(refused, BrokerAuthError)
-                and lookup(refused.code).verdict is Verdict.TOKEN_INVALID
-                and not refreshed
-            ):
-                refreshed = True
-                log.info("KIS rejected the token (%s); refreshing once", refused.code)
-                await self._refresh_token(token, refused.code, kind, doubt)
-                continue
-            if kind is Kind.WRITE:
-                if proves_not_processed(refused):
-                    raise doubt(refused, resp.status)
-                # A server error, a reply without an envelope or a code we cannot place: the order
-                # may be at KIS. Only a reply that proves it was not processed says "not placed".
-                log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, refused)
-                raise BrokerUnknownOutcome(
-                    f"order outcome unknown after {refused}", code=refused.code, http_status=resp.status
-                )
-            if kind is Kind.CANCEL and not proves_not_processed(refused) and not isinstance(refused, BrokerRejected):
-                ambiguous = True  # a server error on a cancel: it may have been processed
-            if isinstance(refused, BrokerRejected) and ambiguous:
-                # the earlier attempt may have cancelled it already; let the caller reconcile
-                raise doubt(refused) from None
-            if isinstance(refused, BrokerTemporary) and attempt + 1 < self.retry.attempts:
-                attempt += 1
-                await self._sleep(self.retry.delay(attempt))
-                continue
-            if ambiguous:
-                raise BrokerUnknownOutcome(
-                    f"cancel outcome unknown after {refused}", code=refused.code, http_status=resp.status
-                )
-            raise refused
+        def overdue() -> BrokerTemporary | None:
+            if first_sent is None or last is None:
+                return None
+            elapsed = time.monotonic() - first_sent
+            return _too_late(last, elapsed, self.write_deadline_s) if elapsed >= self.write_deadline_s else None
 
-    async def _refresh_token(
-        self, rejected: str, code: str, kind: Kind, doubt: Callable[[BrokerError], BrokerError]
-    ) -> None:
+        attempt = 0
+        try:
+            while True:
+                if (late := overdue()) is not None:  # (no wait for the budget or a token to learn it)
+                    raise late
+                await self.budget.acquire(lane, caller)
+                token = await self.tokens.get()
+                connect_s: float | None = None
+                if kind is Kind.WRITE:
+                    if first_sent is None:
+                        first_sent = time.monotonic()
+                    elif (late := overdue()) is not None:  # the budget or the token took what was left
+                        raise late
+                    else:  # a retry connects within what is left, or is not sent
+                        connect_s = max(first_sent + self.write_deadline_s - time.monotonic(), 0.001)
+                self.calls += 1
+                try:
+                    resp = await self._send(
+                        method,
+                        path,
+                        params=params,
+                        content=content,
+                        headers=self._headers(token, tr_id, tr_cont),
+                        connect_s=connect_s,
+                    )
+                except TRANSPORT_ERRORS as e:
+                    err = _transport_error(e, kind, self.env.rest_url + path)
+                    if isinstance(err, BrokerUnknownOutcome):
+                        ambiguous = True
+                        if kind is Kind.CANCEL:  # resent: a second cancel does no harm
+                            err = BrokerTemporary(str(err), code="TRANSPORT")
+                    if isinstance(err, BrokerUnknownOutcome) or attempt + 1 >= self.retry.attempts:
+                        log.warning("%s %s (%s): %s", method, path, tr_id, err)
+                        raise (BrokerUnknownOutcome(str(err), code="TRANSPORT") if ambiguous else err) from None
+                    last = err
+                    attempt += 1
+                    await self._sleep(self.retry.delay(attempt))
+                    continue
+                env, repairs = self._decode(resp, type_, path)
+                refused = classify(resp.status, env)
+                if refused is None:
+                    return Page(tr_cont=resp.tr_cont.strip(), body=env, repairs=repairs)  # type: ignore[arg-type]
+                if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
+                    return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
+                if isinstance(refused, BrokerRateLimited):
+                    # KIS counts calls per second and our budget already paces below its limit, so an
+                    # EGW00201 means the window rolled unluckily (or another program shares the key):
+                    # everyone pauses two token intervals (~0.1 s real, ~1 s paper; python-kis waits
+                    # 0.1 s), flat. Pauses that grow per request added up to seconds for a burst of
+                    # refusals and held every order and cancel behind the shared budget; a refusal that
+                    # persists ends this request after a few tries (BrokerRateLimited, counted by the
+                    # kill switch) instead.
+                    pause = min(self.retry.rate_limit_backoff_s, 2.0 / self.budget.rate_per_s)
+                    self.budget.penalize(pause * random.uniform(0.8, 1.2))
+                    if attempt + 1 >= self.retry.attempts + 2:  # not processed by KIS: a few more tries are safe
+                        raise refused  # (in doubt when an earlier attempt may have been processed)
+                    last = refused
+                    attempt += 1
+                    continue
+                if (
+                    isinstance(refused, BrokerAuthError)
+                    and lookup(refused.code).verdict is Verdict.TOKEN_INVALID
+                    and not refreshed
+                ):
+                    refreshed = True
+                    last = refused
+                    log.info("KIS rejected the token (%s); refreshing once", refused.code)
+                    await self._refresh_token(token, refused.code, kind, first_sent)
+                    continue
+                if kind is Kind.WRITE:
+                    if proves_not_processed(refused):
+                        raise refused
+                    # A server error, a reply without an envelope or a code we cannot place: the order
+                    # may be at KIS. Only a reply that proves it was not processed says "not placed".
+                    log.warning("%s %s (%s): outcome unknown: %s", method, path, tr_id, refused)
+                    raise BrokerUnknownOutcome(
+                        f"order outcome unknown after {refused}", code=refused.code, http_status=resp.status
+                    )
+                if (
+                    kind is Kind.CANCEL
+                    and not proves_not_processed(refused)
+                    and not isinstance(refused, BrokerRejected)
+                ):
+                    ambiguous = True  # a server error on a cancel: it may have been processed
+                if isinstance(refused, BrokerRejected) and ambiguous:
+                    raise refused  # the earlier attempt may have cancelled it already: in doubt, reconciled
+                if isinstance(refused, BrokerTemporary) and attempt + 1 < self.retry.attempts:
+                    attempt += 1
+                    await self._sleep(self.retry.delay(attempt))
+                    continue
+                if ambiguous:
+                    raise BrokerUnknownOutcome(
+                        f"cancel outcome unknown after {refused}", code=refused.code, http_status=resp.status
+                    )
+                raise refused
+        except BrokerError as e:
+            # every failure of a call that may already have reached KIS, wherever it arose in the loop
+            # (the reply, the budget, a token refresh that KIS throttles or cannot be reached for), is
+            # an unknown outcome: booked as "refused", a cancel KIS did would leave the order live here
+            doubted = doubt(e)
+            if doubted is e:
+                raise
+            log.warning("%s %s (%s): %s", method, path, tr_id, doubted)
+            raise doubted from None
+
+    async def _refresh_token(self, rejected: str, code: str, kind: Kind, first_sent: float | None) -> None:
         """KIS refused the token (EGW00123/EGW00121): get another. A read or a cancel waits for it
         however long KIS's one-issuance-a-minute makes that (a late cancel still helps); an order is
-        resent only when the new token came at once. EGW00123 proves the order was not placed, and one
-        sent a minute after its decision is not the agent's decision (the send queue refuses an order
-        that waited `max_send_wait_s` before it left): BrokerTemporary, so the queue refuses it and
-        the agent decides again. The refresh itself goes on for the calls that follow."""
+        resent only when the new token came at once, within its deadline (write_deadline_s from its
+        first attempt, `first_sent`). EGW00123 proves the order was not placed, and one sent a minute
+        after its decision is not the agent's decision (the send queue refuses an order that waited
+        `max_send_wait_s` before it left): BrokerTemporary, so the queue refuses it and the agent
+        decides again. The refresh itself goes on for the calls that follow."""
         assert self.tokens is not None
         if kind is not Kind.WRITE:
             await self.tokens.invalidate_and_get(rejected, code)
@@ -436,10 +512,15 @@ class KisRest:
         task = asyncio.ensure_future(self.tokens.invalidate_and_get(rejected, code))
         self._background.add(task)  # (it outlives this call when the order stops waiting for it)
         task.add_done_callback(self._refresh_done)
+        start = time.monotonic()
+        left = self.write_deadline_s - (start - first_sent) if first_sent is not None else self.write_deadline_s
         try:
-            await asyncio.wait_for(asyncio.shield(task), self.write_refresh_max_s)
+            await asyncio.wait_for(asyncio.shield(task), max(left, 0.0))
         except TimeoutError:
-            late = f"is still running after {self.write_refresh_max_s:.1f}s"
+            late = (
+                f"is still running {time.monotonic() - start:.1f}s later, past the order's "
+                f"{self.write_deadline_s:.1f}s deadline"
+            )
         else:
             late = (
                 f"had to wait {self.tokens.waited_s - waited:.0f}s (KIS issues one token a minute)"
@@ -450,12 +531,10 @@ class KisRest:
             log.warning(
                 "KIS refused the token (%s) on an order and its refresh %s: the order is not resent", code, late
             )
-            raise doubt(
-                BrokerTemporary(
-                    f"KIS refused the token ({code}): the order was not placed, and it is not sent late "
-                    f"(the token refresh {late})",
-                    code=code,
-                )
+            raise BrokerTemporary(
+                f"KIS refused the token ({code}): the order was not placed, and it is not sent late "
+                f"(the token refresh {late})",
+                code=code,
             )
 
     def _refresh_done(self, task: asyncio.Task[str]) -> None:

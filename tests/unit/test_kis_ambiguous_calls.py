@@ -9,6 +9,12 @@
    reaches a person.
 4. An order refused for an expired token (EGW00123) is not resent a minute later, after KIS's
    one-token-a-minute wait: the queue refuses it and the agent decides again.
+5. A cancel that may have reached KIS stays in doubt whatever fails after it: a token that cannot be
+   had for its retry (KIS throttles the refresh, or cannot be reached for it) is no "cancel refused".
+6. An order is sent again after a failure that proves it was not sent only within one deadline from
+   its first attempt (a KIS host that does not answer SYNs placed it 10 s late); a cancel keeps trying.
+7. Whether a request may have been sent is decided once, by aiohttp's phase (netdiag.connect_failed):
+   explain().sent follows it for every aiohttp error.
 
 KIS is served on real loopback sockets (127.0.0.1): tests/fakes/kis_http.py, or a threaded TLS server.
 """
@@ -45,7 +51,7 @@ from kis.budget import Lane, RestBudget
 from kis.credentials import Credentials
 from kis.env import environment_for
 from kis import netdiag
-from kis.netdiag import BrokerUnreachable, NetFault, explain
+from kis.netdiag import BrokerUnreachable, NetFault, NetProblem, explain
 from kis.port import (
     BrokerCancel,
     BrokerOrder,
@@ -53,11 +59,11 @@ from kis.port import (
     BrokerTemporary,
     BrokerUnknownOutcome,
 )
-from kis.rest import Kind, KisRest, RetryPolicy
+from kis.rest import Kind, KisRest, RetryPolicy, _transport_error
 from kis.token import IssuedToken, TokenManager, TokenThrottled
 from kis.wire import OrderResponse
 from server import gateway as gateway_mod
-from tests.fakes.kis_http import LoopbackKis, close_all
+from tests.fakes.kis_http import LoopbackKis, close_all, closed_port_url
 
 CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
 TOKEN = {
@@ -561,7 +567,7 @@ async def test_an_order_with_an_expired_token_is_resent_once_when_the_new_token_
 async def test_an_order_whose_token_refresh_is_slow_is_not_resent(tmp_path: Path) -> None:
     kis, issued, orders = _token_kis(throttle_refresh=False, slow_s=0.8)
     clock = _Clock()
-    rest, tm = _token_rest(tmp_path, kis.url, clock, write_refresh_max_s=0.2)
+    rest, tm = _token_rest(tmp_path, kis.url, clock, write_deadline_s=0.2)
     try:
         await tm.get()
         clock.t += 3600
@@ -614,3 +620,280 @@ async def test_a_cancel_with_an_expired_token_waits_for_the_new_one(tmp_path: Pa
     finally:
         await rest.aclose()
     assert seen == ["Bearer tok-1", "Bearer tok-3"] and sum(clock.slept) >= 60
+
+
+# --- 5. a cancel in doubt, then no token for its retry ---------------------------------------------
+
+
+NO_TOKEN_HOST = NetProblem(fault=NetFault.REFUSED, target="127.0.0.1:1", reason="connection refused", sent=False)
+
+
+class _TokensThatFail:
+    """Token 'tok-1' for the first request; then the token host fails as `how` says: on the next
+    get(), or on the refresh after KIS refused the token (EGW00123)."""
+
+    waited_s = 0.0
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.gets = 0
+
+    async def get(self) -> str:
+        self.gets += 1
+        if self.how == "get" and self.gets > 1:
+            raise BrokerUnreachable("token request", NO_TOKEN_HOST)
+        return "tok-1"
+
+    async def invalidate_and_get(self, rejected: str, code: str = "") -> str:
+        raise BrokerUnreachable("token request", NO_TOKEN_HOST)
+
+
+def _throttled_tokens(tmp_path: Path, clock: _Clock) -> TokenManager:
+    """A real token manager whose refresh KIS answers EGW00133 (another program issued one)."""
+    issued = 0
+
+    async def issue() -> IssuedToken:
+        nonlocal issued
+        issued += 1
+        if issued >= 2:
+            raise TokenThrottled()
+        return IssuedToken(access_token=f"tok-{issued}", expires_at=time.time() + 86400)
+
+    return TokenManager(
+        issue=issue, run_dir=tmp_path, env_name="sim", key_fingerprint="y", clock=clock, sleep=clock.sleep
+    )
+
+
+async def _cancel(rest: KisRest) -> Any:
+    return await rest.request(
+        "POST", CANCEL_PATH, "TTTC0013U", OrderResponse, body={"ORD_QTY": "0"}, kind=Kind.CANCEL, lane=Lane.CANCEL
+    )
+
+
+@pytest.mark.parametrize("how", ["refresh throttled", "refresh unreachable", "get"])
+async def test_a_cancel_in_doubt_whose_retry_gets_no_token_is_not_refused(tmp_path: Path, how: str) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.headers["authorization"])
+        if len(seen) == 1:
+            raise httpx.ReadTimeout("KIS took the cancel and did not answer in time")
+        return httpx.Response(500, json=EXPIRED)
+
+    kis = LoopbackKis(handler, hang_s=1.0)
+    env = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=kis.url, ws_url="ws://127.0.0.1:1", rate_per_s=1000))
+    rest = KisRest(env, CREDS, RestBudget(1000.0), timeout_s=0.3, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    clock = _Clock()
+    if how == "refresh throttled":
+        tm = _throttled_tokens(tmp_path, clock)
+        rest.attach_tokens(tm)
+        await tm.get()
+        clock.t += 3600  # the token on disk is an hour old: a refresh may issue at once ... but KIS says EGW00133
+    else:
+        rest.attach_tokens(_TokensThatFail(how))  # type: ignore[arg-type]
+    try:
+        # before: BrokerTemporary, which the send queue books as CancelRefused (the order stays live
+        # in the book while KIS may have cancelled it)
+        with pytest.raises(BrokerUnknownOutcome) as err:
+            await _cancel(rest)
+    finally:
+        await rest.aclose()
+    assert seen == (["Bearer tok-1"] if how == "get" else ["Bearer tok-1", "Bearer tok-1"])
+    assert err.value.code == ("EGW00133" if how == "refresh throttled" else "TRANSPORT")
+    assert "cancel retried after an ambiguous failure" in str(err.value)
+
+
+async def test_a_cancel_refused_for_its_token_and_never_in_doubt_is_still_temporary(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.headers["authorization"])
+        return httpx.Response(500, json=EXPIRED)
+
+    kis = LoopbackKis(handler)
+    env = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=kis.url, ws_url="ws://127.0.0.1:1", rate_per_s=1000))
+    rest = KisRest(env, CREDS, RestBudget(1000.0), retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    rest.attach_tokens(_TokensThatFail("refresh unreachable"))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BrokerTemporary) as err:  # EGW00123 proves KIS did nothing with it
+            await _cancel(rest)
+    finally:
+        await rest.aclose()
+    assert not isinstance(err.value, BrokerUnknownOutcome) and seen == ["Bearer tok-1"]
+
+
+# --- 6. one deadline for an order's retries -------------------------------------------------------
+
+
+class SynDroppingKis:
+    """KIS on 127.0.0.1 whose host does not answer SYNs until `open_after` seconds have passed (its
+    accept queue is kept full: Linux drops the SYNs, a connect times out as with a host that is
+    down), then answers every request PLACED. `requests` holds the request lines it read."""
+
+    def __init__(self, open_after: float) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.requests: list[str] = []
+        self.fillers: list[socket.socket] = []
+        for _ in range(4):  # connected but never accepted: the accept queue is full
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(c)
+        self.closed = False
+        threading.Timer(open_after, self._accept).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, body = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            n = next((int(h.split(":", 1)[1]) for h in lines if h.lower().startswith("content-length:")), 0)
+            while len(body) < n:
+                body += conn.recv(65536)
+            self.requests.append(lines[0])
+            reply = json.dumps(PLACED).encode()
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                + f"content-length: {len(reply)}\r\n\r\n".encode()
+                + reply
+            )
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+        for c in self.fillers:
+            c.close()
+
+
+@pytest.fixture
+def syn_dropping() -> Iterator[SynDroppingKis]:
+    kis = SynDroppingKis(open_after=1.0)
+    yield kis
+    kis.close()
+
+
+def _blackholed_rest(url: str) -> KisRest:
+    env = environment_for(BrokerConfig(env=BrokerEnv.SIM, rest_url=url, ws_url="ws://127.0.0.1:1", rate_per_s=1000))
+    # connect timeout 0.4 s (min(timeout_s, 3.0)), retried at once: four attempts span 1.6 s
+    rest = KisRest(env, CREDS, RestBudget(1000.0), timeout_s=0.4, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    rest.attach_tokens(_FixedToken())  # type: ignore[arg-type]
+    return rest
+
+
+async def test_an_order_whose_host_does_not_answer_is_not_sent_past_its_deadline(
+    syn_dropping: SynDroppingKis,
+) -> None:
+    rest = _blackholed_rest(syn_dropping.url)
+    rest.write_deadline_s = 0.6
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrokerTemporary) as err:  # before: placed on attempt 4, 1.2 s after the call
+            await _place(rest)
+        took = time.monotonic() - t0
+        await asyncio.sleep(1.4 - took)  # the host answers from 1.0 s: nothing was sent late
+    finally:
+        await rest.aclose()
+    assert syn_dropping.requests == []
+    # the second attempt connected within what was left (0.2 s), not its own 0.4 s
+    assert took < 0.75, took
+    assert isinstance(err.value, BrokerUnreachable) and err.value.problem.fault is NetFault.TIMEOUT
+    assert not err.value.problem.sent and "deadline 0.6s" in str(err.value)
+    assert KisRest(rest.env, CREDS, RestBudget(1000.0)).write_deadline_s == 5.0
+
+
+async def test_a_cancel_whose_host_does_not_answer_keeps_trying(syn_dropping: SynDroppingKis) -> None:
+    rest = _blackholed_rest(syn_dropping.url)
+    rest.write_deadline_s = 0.6  # an order's: a late cancel still helps
+    try:
+        t0 = time.monotonic()
+        page = await _cancel(rest)
+        took = time.monotonic() - t0
+    finally:
+        await rest.aclose()
+    assert took > 1.0 and page.body.output["ODNO"] == "0000000007"
+    assert [r.split()[1] for r in syn_dropping.requests] == [CANCEL_PATH]
+
+
+async def test_an_order_rate_limited_past_its_deadline_is_not_sent_again(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.url.path)
+        time.sleep(0.15)
+        return httpx.Response(500, json=RATE_LIMITED)
+
+    env = environment_for(
+        BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=1000)
+    )
+    rest = KisRest(env, CREDS, RestBudget(1000.0), retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    rest.write_deadline_s = 0.2
+    rest.attach_tokens(_FixedToken())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BrokerRateLimited) as err:  # before: all six attempts, 0.9 s
+            await _place(rest)
+    finally:
+        await rest.aclose()
+    assert 1 <= len(seen) <= 2 and "deadline 0.2s" in str(err.value) and err.value.code == "EGW00201"
+
+
+# --- 7. "sent" decided once -----------------------------------------------------------------------
+
+
+async def test_explain_sent_follows_connect_failed_for_every_aiohttp_error() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/cut":
+            raise httpx.RemoteProtocolError("closed without an answer")
+        raise httpx.ReadTimeout("no answer")
+
+    kis = LoopbackKis(handler, hang_s=1.0)
+    errors: list[BaseException] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=0.3, sock_read=0.3)) as s:
+        for url in (closed_port_url(), "ftp://127.0.0.1/x", "http:///x", kis.url + "/cut", kis.url + "/slow"):
+            try:
+                async with s.post(url, data=b"{}") as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                errors.append(e)
+    errors.append(aiohttp.ConnectionTimeoutError("Connection timeout to host"))
+    kinds = [type(e).__name__ for e in errors]
+    assert kinds == [
+        "ClientConnectorError",
+        "NonHttpUrlClientError",
+        "InvalidUrlClientError",
+        "ServerDisconnectedError",
+        "SocketTimeoutError",
+        "ConnectionTimeoutError",
+    ], kinds
+    # before: a URL aiohttp refuses to connect to (ftp://) was "not sent" for the REST client's rule,
+    # yet "may have reached the server" for explain(); the rule ORed both
+    assert [explain(e, "http://127.0.0.1:1").sent for e in errors] == [not netdiag.connect_failed(e) for e in errors]
+    assert [netdiag.connect_failed(e) for e in errors] == [True, True, True, False, False, True]
+    # an error that is not aiohttp's proves no phase: explain() guesses "not sent", a write does not
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert not explain(refused, "http://127.0.0.1:1").sent
+    assert isinstance(_transport_error(refused, Kind.WRITE, "http://127.0.0.1:1"), BrokerUnknownOutcome)
