@@ -6,16 +6,19 @@ puts the alert on each channel's bounded queue, unless that channel has it pendi
 delivered it within `dedup_s` (kind, agent, subject). Each channel has its own sender task, so a slow
 or failing channel delays only itself. A failed send is retried with back-off (1, 2, 4 ... 60 s), or
 after the wait the receiver asked for (HTTP 429/503 `Retry-After`, Telegram's `retry_after`; at most
-`RETRY_AFTER_MAX_S`); a refusal that retrying will not heal (HTTP 400/401/403/404: a revoked token, a
-wrong chat id or URL) is logged at ERROR at once as a configuration problem. Critical kinds are never
-given up: they stay at the head and are retried until they go out; any other alert not delivered
-within `GIVE_UP_S` is given up (one log line), counted per channel with its kind, and noted in the
-channel's next delivered message. Errors are logged without the URL or password. Each channel sends at
-most `max_per_minute` messages: what the limit holds back stays queued and rides, listed, on the
-channel's next message, sent at the latest when the minute reopens. Critical kinds (a person must act
-now: `CRITICAL`) bypass the limit and go first. A full queue drops its oldest non-critical alert,
-counted and noted in the channel's next message. At stop, what is queued gets `STOP_GRACE_S` to go
-out; then the senders are cancelled.
+`RETRY_AFTER_MAX_S`); a refusal that retrying will not heal (HTTP 4xx but 408/429: a revoked token, a
+wrong chat id or URL, a text the receiver cannot take) is logged at ERROR at once as a configuration
+problem. After a failed try the next one rotates: its primary is the queued alert first by (critical,
+fewest failed tries, oldest), so one alert the receiver keeps refusing never holds back the others.
+Critical kinds are not given up for time: they are retried until they go out, unless the receiver has
+refused one for good for `GIVE_UP_S` while it delivered others (`_Lane._give_up` says why); any other
+alert not delivered within `GIVE_UP_S` is given up (one log line); both are counted per channel with
+their kind and noted in the channel's next delivered message. Errors are logged without the URL or
+password. Each channel sends at most `max_per_minute` messages: what the limit holds back stays queued
+and rides, listed, on the channel's next message, sent at the latest when the minute reopens. Critical
+kinds (a person must act now: `CRITICAL`) bypass the limit and go first. A full queue drops its oldest
+non-critical alert, counted and noted in the channel's next message. At stop, what is queued gets
+`STOP_GRACE_S` to go out; then the senders are cancelled.
 
 `Notifier.tick()` is called from the gateway's lease loop: it pings the dead-man's switch
 (`heartbeat_url`, `Heartbeat`: a gateway that died or whose loop hangs stops pinging, and that service
@@ -101,10 +104,15 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
-# Refusals that retrying will not heal: a wrong URL, a revoked token, a wrong chat id (Telegram answers 400
-# "chat not found" and 403 "bot was blocked"). Still retried with back-off (the operator may fix the
-# receiver's side), but logged at ERROR at once as a configuration problem.
-CONFIG_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 405, 410})
+def refused_for_good(status: int) -> bool:
+    """A refusal that retrying will not heal: any 4xx but 408 (a timeout) and 429 (too many requests). A wrong
+    URL, a revoked token, a wrong chat id (Telegram answers 400 "chat not found" and 403 "bot was blocked"),
+    or a text the receiver cannot take (a JSON receiver's 422, Telegram's 400 "can't parse entities"). Still
+    retried (the operator may fix the receiver's side), but logged at ERROR at once as a configuration
+    problem; a critical alert refused so for GIVE_UP_S while the channel delivers others is given up."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 RETRY_AFTER_MAX_S = 600.0  # a receiver's Retry-After is honoured up to this long (a bad value never parks a channel)
 
 
@@ -198,7 +206,7 @@ class WebhookChannel:
                 desc = body.get("description")
                 if isinstance(desc, str):
                     detail = desc[:160].replace(self.url, "<url>") if self.url else desc[:160]
-        return SendError(f"HTTP {r.status_code}", detail, retry_after=wait, config=r.status_code in CONFIG_STATUSES)
+        return SendError(f"HTTP {r.status_code}", detail, retry_after=wait, config=refused_for_good(r.status_code))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -267,7 +275,8 @@ CRITICAL: frozenset[AlertKind] = frozenset(
 BACKOFF_FIRST_S = 1.0  # a failed send is tried again after 1, 2, 4 ... s
 BACKOFF_MAX_S = 60.0
 # a non-critical alert not delivered this long after it was raised is stale: given up (one log line), and
-# noted in the channel's next delivered message; a critical one is never given up
+# noted in the channel's next delivered message; a critical one only when the receiver has refused it for good
+# this long while it delivered others (_Lane._give_up)
 GIVE_UP_S = 900.0
 OUTAGE_ALERT_S = 60.0  # a channel (or the heartbeat) failing this long: told on the screen, once per outage
 HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
@@ -299,6 +308,16 @@ class _Item:
     raised_at: float  # notifier clock
     held: bool = False  # refused by the rate limit (counted once): rides on the channel's next message
     overdue: bool = False  # a critical alert past GIVE_UP_S, kept (logged once)
+    tries: int = 0  # failed tries of a message carrying it: after a failure the fewest-tried goes first
+    # notifier clock of the first try of it alone refused for good (refused_for_good: a 4xx but 408/429), every
+    # try of it alone refused so since (another failure resets it); None: not refused so
+    refused_at: float | None = None
+    refused_mark: int = 0  # the channel's delivered messages then
+    # refused so again after the channel delivered another message since its first refusal: the receiver takes
+    # the others, it is this alert it refuses (not the channel: a revoked token refuses them all)
+    refused_amid: bool = False
+    refused_told: bool = False  # refused for GIVE_UP_S while the channel delivered nothing else: logged once
+    error: str = ""  # what the last failed try of it alone was ("HTTP 422"...)
 
 
 class _Limit:
@@ -340,7 +359,13 @@ class _Lane:
         self.dropped = 0  # dropped for a full queue since the last delivered message: noted in the next one
         # given up (not delivered within GIVE_UP_S) since the last delivered message, by kind: noted in the next one
         self.given_up: Counter[str] = Counter()
+        # critical ones given up since the last delivered message (refused for good, _give_up), by kind: ditto
+        self.refused_up: Counter[str] = Counter()
         self.given_up_total = 0
+        self.messages = 0  # messages delivered
+        # the last failed try was an alert alone the receiver refuses for good while it delivered others since
+        # that alert's first refusal: an alert not tried yet need not wait for the back-off
+        self.content_refused = False
         self.sent = 0  # alerts delivered (those summarised in one message included)
         self.failing_since: float | None = None  # notifier clock of the first failed try of this outage
         self.last_error = ""  # what the last failed try was ("HTTP 401", "ConnectError"...), kept after recovery
@@ -392,12 +417,31 @@ class _Lane:
             else:
                 await self._sleep(nxt)
 
+    def _rank(self, it: _Item, now: float) -> tuple[int, int, int]:
+        """Which alert is the next primary: critical first, then the fewest failed tries, then the oldest.
+
+        A critical alert the receiver refuses for good ranks with the non-critical ones (still tried in its
+        turn) once the refusal is known to be of it (`refused_amid`: refused again after the receiver took
+        another message), so it holds back no one until it is given up; and once refused so for GIVE_UP_S
+        with no such sign (kept: the refusal may be the channel's, a revoked token; `_give_up`), so that the
+        non-critical ones are tried and the sign can come. Until then critical alerts go first."""
+        demoted = it.refused_at is not None and (it.refused_amid or now - it.refused_at >= GIVE_UP_S)
+        return (0 if it.alert.kind in CRITICAL and not demoted else 1, it.tries, it.seq)
+
     def _next(self, now: float) -> list[_Item] | float | None:
         """The next message (a primary alert and the held-back ones riding on it), or how long to wait
-        (None: until an alert is raised)."""
+        (None: until an alert is raised).
+
+        The primary is the queued alert first by `_rank` (critical, fewest failed tries, oldest): with no
+        failure yet it is the oldest critical alert, else the oldest one (as before); after a failed try the
+        fewest-tried goes next, so the tries rotate among the queued alerts and one alert the receiver keeps
+        refusing (a 422 for its text) never holds back a halt or a daily loss raised after it (it held them
+        for good when the oldest critical alert was always the primary). A non-critical primary needs room in
+        the rate limit. When the receiver refuses one alert for good while it delivers others, an alert not
+        tried yet goes without waiting for the back-off."""
         if not self.queue:
             return None
-        if now < self.retry_at:
+        if now < self.retry_at and not self.content_refused:
             return self.retry_at - now
         room = self.limit.room(now)
         if room <= 0:
@@ -405,14 +449,17 @@ class _Lane:
                 if not it.held and it.alert.kind not in CRITICAL:
                     it.held = True
                     self.owner.counters["limited"] += 1
-        primary = next((it for it in self.queue if it.alert.kind in CRITICAL), None)
-        if primary is None:
-            if room <= 0:
-                return self.limit.reopens_in(now)
-            primary = self.queue[0]
-        if self.failures:  # after a failed try the alert goes alone: whatever the channel refused, not it
+        can = [it for it in self.queue if room > 0 or it.alert.kind in CRITICAL]
+        if not can:
+            return max(self.limit.reopens_in(now), self.retry_at - now)
+        primary = min(can, key=lambda it: self._rank(it, now))
+        if now < self.retry_at and primary.tries:  # the back-off is skipped for an alert not tried yet only
+            return self.retry_at - now
+        # after a failed try the alert goes alone: whatever the channel refused, not it; nothing rides on an
+        # alert the receiver refuses for good, and one it refuses so rides on none (it would sink them)
+        if self.failures or primary.refused_at is not None:
             return [primary]
-        return [primary, *(it for it in self.queue if it.held and it is not primary)]
+        return [primary, *(it for it in self.queue if it.held and it is not primary and it.refused_at is None)]
 
     async def _sleep(self, timeout: float | None) -> None:
         t = None if timeout is None else max(0.01, min(timeout, POLL_S))
@@ -428,6 +475,12 @@ class _Lane:
             lost.append(
                 f"+{sum(self.given_up.values())} alerts given up: not delivered within {GIVE_UP_S / 60:.0f} min "
                 f"({kinds})"
+            )
+        if self.refused_up:
+            kinds = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(self.refused_up.items()))
+            lost.append(
+                f"+{sum(self.refused_up.values())} critical alerts given up: the receiver refused them for "
+                f"{GIVE_UP_S / 60:.0f} min while it took others ({kinds})"
             )
         return f"\n({'; '.join(lost)}; see the console)" if lost else ""
 
@@ -477,16 +530,31 @@ class _Lane:
         self.retry_at = now + delay
         config = bool(getattr(e, "config", False))
         was_config = self.last_error_config and self.failures > 1
+        for it in batch:
+            it.tries += 1
+        alone = batch[0] if len(batch) == 1 else None  # a refusal of a message with riders is of none of them
+        again = alone is not None and alone.tries > 1  # an alert already tried and told of
+        if alone is not None and config:
+            again = alone.refused_at is not None
+            if not again:
+                alone.refused_at, alone.refused_mark = now, self.messages
+            alone.refused_amid = alone.refused_amid or self.messages > alone.refused_mark
+        elif alone is not None:  # refused for another reason: not refused for good (yet)
+            alone.refused_at, alone.refused_amid = None, False
+        self.content_refused = alone is not None and alone.refused_amid
         self.last_error = (getattr(e, "kind", "") or str(e) or type(e).__name__)[:80].replace("|", "/")
+        if alone is not None:
+            alone.error = self.last_error
         self.last_error_at, self.last_error_config = now, config
         if self.failing_since is None:
             self.failing_since = now
         # one line per outage (the error only: never the URL or password); the retries at debug. A refusal
         # that will not heal by retrying is an ERROR at once: the operator must fix the configuration.
-        if config and not was_config:
+        if config and not was_config and not again:
             log.error(
                 "alert %s not delivered by %s: %s: a configuration problem (a wrong URL, a revoked token, a wrong "
-                "chat id?), retrying will not heal it: fix [notify] or the receiver (retry in %.0f s)",
+                "chat id, a text the receiver cannot take?), retrying will not heal it: fix [notify] or the "
+                "receiver (retry in %.0f s)",
                 batch[0].alert.kind.value,
                 self.name,
                 e,
@@ -494,7 +562,7 @@ class _Lane:
             )
         else:
             log.log(
-                logging.WARNING if self.failures == 1 else logging.DEBUG,
+                logging.WARNING if self.failures == 1 and not again else logging.DEBUG,
                 "alert %s not delivered by %s: %s (retry in %.0f s%s)",
                 batch[0].alert.kind.value,
                 self.name,
@@ -515,9 +583,11 @@ class _Lane:
                 f"notifier: {self.name} delivers again (it failed for {_dur(now - self.failing_since)})"
             )
         self.failures, self.retry_at, self.dropped = 0, 0.0, 0
-        self.failing_since, self.outage_told = None, False
+        self.failing_since, self.outage_told, self.content_refused = None, False, False
         self.given_up.clear()
+        self.refused_up.clear()
         self.sent += len(batch)
+        self.messages += 1
         if batch[0].alert.kind not in CRITICAL:
             self.limit.take(now)
         for it in batch:
@@ -531,7 +601,48 @@ class _Lane:
 
     def _give_up(self, now: float) -> None:
         """Non-critical alerts not delivered within GIVE_UP_S are dropped, counted by kind for the next
-        delivered message; a critical one is kept at the head and retried (said once per alert)."""
+        delivered message. A critical one is kept and retried (its lateness said once per alert), with one
+        exception: the receiver has refused it for good (a 4xx but 408/429, `refused_for_good`) on every try
+        of it alone for GIVE_UP_S, and refused it again after the channel delivered another message.
+
+        Why this choice: keeping it for good retried an alert the receiver refuses for its text (a JSON
+        receiver's 422, Telegram's 400 on a text it cannot parse) for ever, a dead weight on the channel's
+        tries and back-off, never delivered; giving it up after refusals alone would lose a kill switch to
+        a channel-wide refusal (a revoked token: every alert refused, which the operator fixes), the very loss
+        critical alerts are kept for. That the receiver took another message and still refuses this one
+        tells the two apart: the refusal is of this alert. (After a fixed token the first message delivered
+        is no such sign for an alert not tried since: it is tried first.) It is counted with the given-up
+        ones and told, with its kind, in the tail of the next delivered message (the alert itself stays on
+        the console). One refused for GIVE_UP_S without that sign is kept, logged once, and ranks after the
+        non-critical alerts (`_rank`) so that they are tried and the sign can come."""
+        for it in [it for it in self.queue if it.alert.kind in CRITICAL and it.refused_at is not None]:
+            since = now - (it.refused_at or now)
+            if since < GIVE_UP_S:
+                continue
+            if it.refused_amid:  # refused after the channel delivered another: it is this alert it refuses
+                self.queue.remove(it)
+                self.refused_up[it.alert.kind.value] += 1
+                self.given_up_total += 1
+                self.owner.counters["given_up"] += 1
+                log.error(
+                    "%s: gave up on critical alert %s: the receiver refused it for good for %.0f s (%s) while it "
+                    "took %d other messages; the next message delivered says so",
+                    self.name,
+                    it.alert.kind.value,
+                    since,
+                    it.error,
+                    self.messages - it.refused_mark,
+                )
+            elif not it.refused_told:
+                it.refused_told = True
+                log.error(
+                    "%s: critical alert %s refused for good (%s) for %.0f s while the channel delivered nothing "
+                    "else: kept (the refusal may be the channel's), tried after the other alerts",
+                    self.name,
+                    it.alert.kind.value,
+                    it.error,
+                    since,
+                )
         old = [it for it in self.queue if now - it.raised_at >= GIVE_UP_S]
         if not old:
             return
@@ -590,10 +701,13 @@ class _Lane:
         return out
 
     async def _drain(self) -> None:
-        """At stop: one try to send everything still queued (critical first), as one message."""
+        """At stop: one try to send everything still queued (critical first), as one message; an alert the
+        receiver is known to refuse (`refused_amid`) is left out unless all are (it would sink the message)."""
         if not self.queue:
             return
-        batch = sorted(self.queue, key=lambda it: (it.alert.kind not in CRITICAL, it.seq))
+        now = self.owner.clock()
+        batch = [it for it in self.queue if not it.refused_amid] or list(self.queue)
+        batch.sort(key=lambda it: self._rank(it, now))
         batch = [batch[0], *sorted(batch[1:], key=lambda it: it.seq)]
         if not await self._send(batch, "still queued at the gateway's stop"):
             log.warning("%s: %d alerts not delivered at stop", self.name, len(batch))
@@ -662,7 +776,7 @@ class Heartbeat:
             self._failed(SendError(type(e).__name__))
         else:
             if r.status_code >= 300:
-                self._failed(SendError(f"HTTP {r.status_code}", config=r.status_code in CONFIG_STATUSES))
+                self._failed(SendError(f"HTTP {r.status_code}", config=refused_for_good(r.status_code)))
             else:
                 self._ok()
 
@@ -765,7 +879,7 @@ class Notifier:
             "suppressed": 0,
             "limited": 0,  # alerts held back by the rate limit (sent later, summarised)
             "dropped": 0,  # alerts dropped from a full channel queue
-            "given_up": 0,  # alerts not delivered within GIVE_UP_S
+            "given_up": 0,  # alerts not delivered within GIVE_UP_S (critical: refused for good that long)
         }
         self.stop_grace_s = STOP_GRACE_S
         self._lanes = [

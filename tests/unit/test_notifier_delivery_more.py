@@ -3,8 +3,12 @@
 - a dead or hung gateway is not silent: `[notify] heartbeat_url` is pinged from the lease loop (GET or
   POST, its URL never logged, failures counted and logged once per outage, the loop never waits), and
   the gateway tells a person it started (host, pid, run dir, broker env) and that it is stopping (why);
-- a critical alert is never given up (kept at the head, retried); a non-critical one given up after
+- a critical alert is not given up for time (kept, retried); a non-critical one given up after
   GIVE_UP_S is counted per channel, by kind, and said in the channel's next delivered message;
+- after a failed try the primary rotates (critical first, fewest tries, oldest): one alert the receiver
+  refuses for its text never holds back the halt and the daily loss raised after it; refused for good
+  for GIVE_UP_S while the channel delivers others, it is given up and said in the next message, while a
+  channel-wide refusal (a revoked token) keeps it;
 - a receiver's Retry-After (seconds or HTTP date; Telegram's `parameters.retry_after`) is honoured,
   bounded; a refusal that retrying will not heal (400/401/403/404) is an ERROR at once;
 - a dead channel is visible: per-channel figures in the status (`ktrader status`, the console, the
@@ -49,15 +53,25 @@ class Sink:
     """An HTTP receiver on loopback: answers each request with the next of `replies` (status, headers,
     JSON body), then `default`; records (monotonic time, method, path, body)."""
 
-    def __init__(self, replies: list[tuple[int, dict[str, str], object]] | None = None, default: int = 200) -> None:
+    def __init__(
+        self,
+        replies: list[tuple[int, dict[str, str], object]] | None = None,
+        default: int = 200,
+        refuse: Callable[[Any], int | None] | None = None,
+    ) -> None:
         self.replies = list(replies or [])
         self.default = default
+        self.refuse = refuse  # the status for a POST body it refuses (its content), None: answered as above
         self.hits: list[tuple[float, str, str, Any]] = []
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, body: Any) -> None:
-                status, headers, payload = sink.replies.pop(0) if sink.replies else (sink.default, {}, {})
+                refused = sink.refuse(body) if sink.refuse is not None and body is not None else None
+                if refused is not None:
+                    status, headers, payload = refused, {}, {"error": "unprocessable"}
+                else:
+                    status, headers, payload = sink.replies.pop(0) if sink.replies else (sink.default, {}, {})
                 sink.hits.append((time.monotonic(), self.command, self.path, body))
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -307,6 +321,132 @@ async def test_what_was_given_up_is_said_in_the_next_message() -> None:
         assert n.status()["ch|hook|given_up"] == 3  # the total stays in the status
     finally:
         await stop(task)
+
+
+def refuses(word: str) -> Callable[[Any], int | None]:
+    """A JSON receiver that answers 422 to a text holding `word` (one it cannot take), 200 to the rest."""
+    return lambda body: 422 if word in body.get("text", "") else None
+
+
+async def advance_until(clock: FakeClock, cond: Callable[[], object], step: float = 1.0, steps: int = 20) -> bool:
+    """Moves the fake clock `step` at a time (real time between for the sender to act) until `cond`."""
+    for _ in range(steps):
+        if cond():
+            return True
+        clock.advance(step)
+        await settle(0.25)
+    return bool(cond())
+
+
+async def test_one_alert_the_receiver_refuses_does_not_hold_back_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """The reviewer's case: the receiver refuses one kill switch's text for good (a JSON receiver's 422);
+    the oldest critical alert was always the primary, so the daily loss and the halt raised after it were
+    never delivered (66 minutes, 72 failed tries). The tries rotate: they go out within seconds; the kill
+    switch is tried on, then given up once refused for GIVE_UP_S while the channel took the others, and
+    the next delivered message says so."""
+    caplog.set_level(logging.DEBUG, logger="ktrader.notifier")
+    sink = Sink(refuse=refuses("UNPARSABLE"))
+    clock = FakeClock()
+    n = Notifier(NotifyConfig(webhooks=[WebhookConfig(url=sink.url)]), clock=clock)  # the JSON shape
+    task = asyncio.create_task(n.run())
+    delivered = lambda: [b["kind"] for b in sink.posts() if "UNPARSABLE" not in b["text"]]  # noqa: E731
+    try:
+        n.alert(AlertKind.KILL_SWITCH, "kill switch: 5 broker errors in 60s <UNPARSABLE>")
+        await until(lambda: n.counters["failed"] == 1)
+        n.alert(AlertKind.DAILY_LOSS, "daily loss -2.1% past the -2.0% limit: trading halted")
+        n.alert(AlertKind.HALT, "halted by op")
+        assert await advance_until(clock, lambda: len(delivered()) == 2, steps=10), (
+            f"held back behind the refused kill switch: {n.counters['failed']} failed tries, delivered {delivered()}"
+        )
+        assert sorted(delivered()) == ["daily_loss", "halt"]  # both critical
+        assert n.status()["ch|webhook:json|queued"] == 1  # the kill switch: still tried
+        # the refusal is an ERROR once (not again at each retry between the others)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "HTTP 422" in errors[0] and "kill_switch" in errors[0], errors
+        # refused again after the receiver took others: it is this alert it refuses, it holds back no
+        # non-critical alert either
+        await advance_until(clock, lambda: n.counters["failed"] >= 2, steps=5)
+        n.alert(AlertKind.STALE_MARKET_DATA, "no real-time data for 60s")
+        assert await advance_until(clock, lambda: len(delivered()) == 3, steps=5), delivered()
+        # a critical alert is not given up for its refusals alone: tried on for GIVE_UP_S ...
+        tries = n.counters["failed"]
+        clock.advance(nm.GIVE_UP_S - 30)
+        await grows(lambda: n.counters["failed"])
+        assert n.counters["failed"] > tries and n.counters["given_up"] == 0
+        # ... then given up (the channel took others meanwhile: it is this alert it refuses), counted
+        clock.advance(31)
+        await until(lambda: n.counters["given_up"] == 1)
+        st = n.status()
+        assert st["ch|webhook:json|given_up"] == 1 and st["ch|webhook:json|queued"] == 0
+        assert "gave up on critical alert kill_switch: the receiver refused it for good" in log_text(caplog)
+        # ... and said in the next message delivered (once), which is not held back by the last back-off
+        hits = len(sink.hits)
+        n.alert(AlertKind.OPERATOR, "pause: a1 is halted (by op)", subject="x")
+        await until(lambda: len(sink.hits) == hits + 1)
+        text = sink.hits[-1][3]["text"]
+        assert "OPERATOR ACTION" in text and "+1 critical alerts given up" in text and "kill_switch" in text, text
+        n.alert(AlertKind.OPERATOR, "resume: a1 (by op)", subject="y")
+        await until(lambda: len(sink.hits) == hits + 2)
+        assert "given up" not in sink.hits[-1][3]["text"]
+    finally:
+        await stop(task)
+        sink.close()
+
+
+async def test_a_channel_wide_refusal_keeps_the_critical_alerts(caplog: pytest.LogCaptureFixture) -> None:
+    """A revoked token refuses every alert (401): nothing tells that one alert is refused, so a critical
+    alert is kept past GIVE_UP_S (said once) and goes out when the operator fixes the token."""
+    caplog.set_level(logging.INFO, logger="ktrader.notifier")
+    sink = Sink(default=401)
+    clock = FakeClock()
+    n = Notifier(telegram(sink), clock=clock)
+    task = asyncio.create_task(n.run())
+    try:
+        n.alert(AlertKind.KILL_SWITCH, "kill switch: 5 broker errors in 60s")
+        n.alert(AlertKind.HALT, "halted by op")
+        await until(lambda: n.counters["failed"] == 1)
+        for _ in range(20):  # 20 minutes refused
+            clock.advance(60)
+            await grows(lambda: n.counters["failed"])
+        assert n.counters["given_up"] == 0 and n.status()["queued"] == 2
+        texts = {b["text"] for b in sink.posts()}
+        assert any("KILL SWITCH" in t for t in texts) and any("HALTED" in t for t in texts)  # both tried
+        assert "critical alert kill_switch refused for good (HTTP 401)" in log_text(caplog)
+        sink.default = 200
+        clock.advance(61)
+        await until(lambda: n.status()["queued"] == 0)
+        assert n.status()["ch|webhook:telegram|delivered"] == 2 and n.counters["given_up"] == 0
+    finally:
+        await stop(task)
+        sink.close()
+
+
+async def test_a_refused_critical_alert_alone_is_given_up_once_another_goes_out() -> None:
+    """Refused for its text with only a non-critical alert beside it: critical first, so that one waits;
+    refused for GIVE_UP_S, the kill switch ranks after it, it goes out (the channel works: the refusal is
+    of the kill switch), and the kill switch is given up and said in the next message."""
+    sink = Sink(refuse=refuses("UNPARSABLE"))
+    clock = FakeClock()
+    n = Notifier(NotifyConfig(webhooks=[WebhookConfig(url=sink.url)]), clock=clock)
+    task = asyncio.create_task(n.run())
+    delivered = lambda: [b["text"] for b in sink.posts() if "UNPARSABLE" not in b["text"]]  # noqa: E731
+    try:
+        n.alert(AlertKind.KILL_SWITCH, "kill switch <UNPARSABLE>")
+        await until(lambda: n.counters["failed"] == 1)
+        clock.advance(300)
+        await grows(lambda: n.counters["failed"])
+        n.alert(AlertKind.STALE_MARKET_DATA, "no real-time data for 60s")
+        for _ in range(11):  # to the kill switch's GIVE_UP_S
+            clock.advance(60)
+            await settle(0.25)
+        await until(lambda: n.counters["given_up"] == 1 and len(delivered()) == 1)
+        assert "STALE" in delivered()[0].upper() and n.status()["queued"] == 0
+        n.alert(AlertKind.OPERATOR, "pause: a1 (by op)", subject="x")
+        await until(lambda: len(delivered()) == 2)
+        assert "+1 critical alerts given up" in delivered()[1] and "kill_switch" in delivered()[1], delivered()
+    finally:
+        await stop(task)
+        sink.close()
 
 
 # ---- 4. a dead channel is visible -------------------------------------------------------------------
