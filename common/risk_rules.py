@@ -636,6 +636,17 @@ def scaled(lim: RiskLimits, factor: float) -> RiskLimits:
     )
 
 
+def fitting_qty(qty: int, unit: int, *limits: RiskLimits) -> int:
+    """Of `qty` shares judged at `unit` KRW each, the most one order may carry under the order-value
+    limits of `limits` (the agent's, scaled, and the account's); 0: not even one share. What the gateway's
+    own sells (protective exits, flattens) are sized by, in as many orders as it takes: live
+    (server/risk.py RiskGate.fitting_qty) and the backtest's flatten (tools/backtest/broker.py) alike."""
+    caps = [v for v in (lim.max_order_value for lim in limits) if v]
+    if not caps or unit <= 0 or qty * unit <= min(caps):
+        return qty
+    return min(caps) // unit
+
+
 def peak_of(lim: RiskLimits, day_peak: int, all_time_peak: int) -> int:
     """The peak `lim`'s drawdown is measured from."""
     return all_time_peak if lim.drawdown_peak is DrawdownPeak.ALL_TIME else day_peak

@@ -48,6 +48,7 @@ from common.risk_rules import (
     RateWindow,
     check_order,
     drawdown_bp,
+    fitting_qty,
     pct_bp,
     scale_krw,
     scaled,
@@ -303,11 +304,9 @@ class RiskGate:
     def fitting_qty(self, card: AgentCard, qty: int, unit: int) -> int:
         """Of `qty` shares judged at `unit` KRW each, the most one order of this agent may carry under
         the order-value limits (its card's, scaled, and the account's); 0: not even one share. What the
-        gateway's own sells (protective exits, flattens) are sized by, in as many orders as it takes."""
-        caps = [v for v in (scaled(card.risk, self.multiplier).max_order_value, self.limits.max_order_value) if v]
-        if not caps or unit <= 0 or qty * unit <= min(caps):
-            return qty
-        return min(caps) // unit
+        gateway's own sells (protective exits, flattens) are sized by, in as many orders as it takes
+        (common/risk_rules.py fitting_qty: the backtest's flatten sizes by it too)."""
+        return fitting_qty(qty, unit, scaled(card.risk, self.multiplier), self.limits)
 
     def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
         p = self.portfolio

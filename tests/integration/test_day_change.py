@@ -55,7 +55,9 @@ def test_after_the_close_orders_wait_for_the_next_session(replay_desk) -> None: 
     agent = Agent(run, "nightowl", ["005930"])
     ask = admin.get("/admin/book/005930").json()["upper"]  # marketable tomorrow whatever the open
     coid1, r1 = submit(agent, day, {"code": "005930", "side": Side.BUY, "qty": 1, "price": ask})
-    assert not r1.accepted and r1.code is ErrorCode.DENIED_MARKET_CLOSED  # type: ignore[attr-defined]
+    # a DAY order is refused: the market is closed, or (once the day cycle ran the end of day of an agent
+    # first seen after it) the agent only reduces until tomorrow: whichever the gate meets first
+    assert not r1.accepted and r1.code in (ErrorCode.DENIED_MARKET_CLOSED, ErrorCode.DENIED_REDUCING)  # type: ignore[attr-defined]
     keep, r2 = submit(
         agent, day, {"code": "005930", "side": Side.BUY, "qty": 2, "price": ask, "tif": TimeInForce.NEXT_SESSION}
     )

@@ -177,6 +177,33 @@ def test_bad_card_params_are_bad_input(shared_data: Path, tmp_path: Path, capsys
     assert "bad params" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        ["--sweep", "short=30,40"],
+        ["--sweep", "short=30,40", "--workers", "2"],
+        ["--sweep", "short=30,40", "--walk-forward", "0.6,0.2,0.2"],
+        ["--sweep", "short=30,40", "--rolling", "20,10"],
+    ],
+)
+def test_a_sweep_whose_every_cell_has_bad_params_is_bad_input(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sweep: list[str]
+) -> None:
+    """The mistake a single run gives one line and exit 2 for (bad params) does the same in a sweep whose
+    every cell makes it (it exited 1 after a table of failed cells); nothing is written."""
+    args = _args(_card(tmp_path), shared_data / FDR, tmp_path)
+    assert main([*args, *sweep]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "bad params {'short': 30, 'long': 20, 'value': 3000000}: need 0 < short < long" in line
+    assert not (tmp_path / "o").exists()
+    # one good cell: the sweep ran (its failed cell is warned of), exit 0
+    assert main([*args, "--sweep", "short=5,30"]) == 0
+    err = capsys.readouterr().err
+    assert "failed: " in err and "bad params" in err
+    rows = json.loads((tmp_path / "o" / "sweep.json").read_text())["rows"]
+    assert [bool(r.get("input_error")) for r in rows] == [False, True]
+
+
 @pytest.mark.parametrize("sweep", [[], ["--sweep", "short=3,5"]])
 @pytest.mark.parametrize(
     ("date_from", "date_to", "says"),

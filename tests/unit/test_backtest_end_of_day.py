@@ -48,13 +48,23 @@ def run(
     policy: EndOfDay = EndOfDay.CANCEL,
     interval: str = "5m",
     max_order_value: int = 0,
+    volumes: dict[str, int] | None = None,
 ) -> BacktestResult:
     PLAN.clear()
     PLAN.update(plan)
     PLACED.clear()
     SEEN.clear()
     bars = [
-        Bar(code=CODE, interval=interval, start=s, open=o, high=h, low=lo, close=c, volume=100_000)
+        Bar(
+            code=CODE,
+            interval=interval,
+            start=s,
+            open=o,
+            high=h,
+            low=lo,
+            close=c,
+            volume=(volumes or {}).get(s, 100_000),
+        )
         for s, o, h, lo, c in rows
     ]
     card = AgentCard(
@@ -163,6 +173,20 @@ def test_intraday_flatten_sells_every_position_at_the_days_last_close() -> None:
     assert flat.client_order_id == f"probe-20240103-{GATEWAY_ORDER_BASE}" and flat.reason == "end of day: flatten"
     assert state(r, PLACED["2024-01-03T09:05"][0]) is OrderState.CANCELLED
     assert not r.positions and r.equity[0] == r.fills[-1].cash_after
+
+
+def test_intraday_flatten_sells_into_a_closing_bar_whose_volume_was_not_recorded() -> None:
+    """A last bar with a range traded, whatever its volume says (volume 0: not recorded): the flatten sells
+    at its close (it waited for a bar 'with trades' that never came, the position held overnight). A last
+    bar without range and volume 0 is a halt: nothing sells, the sell expires with the day."""
+    plan = {"2024-01-03T09:00": [("buy", 10, 0, M)]}
+    r = run(DAY, plan, EndOfDay.FLATTEN, volumes={"2024-01-03T15:25": 0})
+    assert fills(r) == [("2024-01-03T09:05", "buy", 10, 70_200), ("2024-01-03T15:25", "sell", 10, 69_400)]
+    assert not r.positions
+    halted = [*DAY[:4], ("2024-01-03T15:25", 69_200, 69_200, 69_200, 69_200), *DAY[5:]]
+    r = run(halted, plan, EndOfDay.FLATTEN, volumes={"2024-01-03T15:25": 0})
+    assert fills(r)[:2] == [("2024-01-03T09:05", "buy", 10, 70_200), ("2024-01-04T09:05", "sell", 10, 71_100)]
+    assert r.holdings[0] == 10 * 69_200  # held overnight, sold by the next day's flatten
 
 
 def test_intraday_flatten_is_sized_by_the_order_value_limit_as_live() -> None:

@@ -14,12 +14,14 @@ from hypothesis import given, settings, strategies as st
 
 from agent.strategy import Strategy, session_tif
 from common.calendar import trading_days
-from common.config import AgentCard
-from common.enums import OrderType
+from common.config import AgentCard, EndOfDay, Schedule
+from common.enums import OrderType, TimeInForce
 from common.protection import Protection, ProtectionState as PS
 from common.schema import Bar
 from server.barstore import BarStore
-from tools.backtest.data import Listing, Series, load_codes
+from tools.backtest.broker import SimBroker
+from tools.backtest.data import Listing, Series, load_bars, load_codes
+from tools.backtest import engine
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from tools.backtest import metrics
 from tools.backtest.metrics import compute, drawdown, years_of
@@ -157,19 +159,31 @@ SEEN: list[Protection] = []
 class Probe(Strategy):
     def on_bar(self, bar: Bar) -> None:
         for qty, spec in PLAN.get(bar.start, []):
-            self.ctx.buy(
-                bar.code, qty, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx), reason="plan", **spec
-            )
+            tif = spec.get("tif") or session_tif(self.ctx)
+            stops = {k: v for k, v in spec.items() if k != "tif"}
+            self.ctx.buy(bar.code, qty, 0, order_type=OrderType.MARKET, tif=tif, reason="plan", **stops)
 
     def on_protection(self, p: Protection) -> None:
         SEEN.append(p)
 
 
-def run_probe(series: dict[str, Series], plan: dict[str, list[tuple[Any, ...]]], lo: dt.date, hi: dt.date) -> Any:
+def run_probe(
+    series: dict[str, Series],
+    plan: dict[str, list[tuple[Any, ...]]],
+    lo: dt.date,
+    hi: dt.date,
+    end_of_day: EndOfDay = EndOfDay.CANCEL,
+) -> Any:
     PLAN.clear()
     PLAN.update(plan)
     SEEN.clear()
-    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=list(series))
+    card = AgentCard(
+        id="probe",
+        name="probe",
+        strategy=f"{__name__}:Probe",
+        codes=list(series),
+        schedule=Schedule(end_of_day=end_of_day),
+    )
     return run_backtest(card, series, BacktestConfig(date_from=lo, date_to=hi, cash=100_000_000))
 
 
@@ -223,6 +237,120 @@ def test_samsung_biologics_stop_waits_out_its_2025_suspension(shared_data: Path)
     assert buys == [("2025-10-29", 5)]
     assert exits(r) == [("2025-11-24", 5, 1_797_000)]  # the open of the first traded day after the halt
     assert not any(f.day in halted for f in r.fills)
+
+
+# ---- volume 0 with a range: traded, its volume not recorded (krx_intraday_5min_2020's 09:00 bars) --------
+
+
+def five_minute(days: list[tuple[str, int, int, int, int]], first_volume: int = 0) -> dict[str, Series]:
+    """Per day (day, 09:00 open, its high, its low, its close): a 09:00 bar with `first_volume` (0: as
+    krx_intraday_5min_2020's, which record none there) and a range, then 09:05 and 09:10 with volume."""
+    bars = []
+    for d, o, h, lo, c in days:
+        bars.append(
+            Bar(code=CODE, interval="5m", start=f"{d}T09:00", open=o, high=h, low=lo, close=c, volume=first_volume)
+        )
+        for t in ("09:05", "09:10"):
+            bars.append(
+                Bar(
+                    code=CODE, interval="5m", start=f"{d}T{t}", open=c, high=c + 500, low=c - 500, close=c, volume=5_000
+                )
+            )
+    return {CODE: Series(CODE, bars)}
+
+
+def test_a_stop_gapped_through_at_a_first_bar_without_recorded_volume_sells_at_its_open() -> None:
+    """The reviewer's probe: a 09:00 bar with volume 0 but a range traded (the opening auction); the stop it
+    gaps through sells at its open, 64,000 at 09:00, as before the halted rule (it sold at 09:05's 63,000)."""
+    series = five_minute(
+        [("2024-01-02", 70_000, 70_500, 69_500, 69_000), ("2024-01-03", 64_000, 64_500, 63_500, 63_000)]
+    )
+    r = run_probe(series, {"2024-01-02T09:05": [(10, {"stop": 66_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31))
+    assert [(f.at, f.qty, f.price) for f in r.fills if f.side.value == "sell"] == [("2024-01-03T09:00", 10, 64_000)]
+    (p,) = r.protections
+    assert p.state is PS.DONE and not any("halted" in s.reason for s in SEEN)
+
+
+def test_samsung_stop_gapped_through_on_the_2020_03_13_open_sells_at_the_open(shared_data: Path) -> None:
+    """Real 5-minute data (every 09:00 bar has volume 0, shared/data/README.md): bought at 14:50 on
+    2020-03-12 at 50,500 with a stop at 50,000, the 03-13 open of 47,450 gaps through it: sold there, at
+    09:00 (the halted rule sold at 09:05's 47,350)."""
+    series = load_codes(shared_data / "krx_intraday_5min_2020", [CODE], dt.date(2020, 3, 13))
+    first = next(b for b in series[CODE].bars if b.start == "2020-03-13T09:00")
+    assert first.volume == 0 and first.low < first.high and first.open == 47_450
+    r = run_probe(series, {"2020-03-12T14:45": [(10, {"stop": 50_000})]}, dt.date(2020, 3, 12), dt.date(2020, 3, 13))
+    assert [(f.at, f.side.value, f.qty, f.price) for f in r.fills] == [
+        ("2020-03-12T14:50", "buy", 10, 50_500),
+        ("2020-03-13T09:00", "sell", 10, 47_450),
+    ]
+
+
+def test_samsung_market_order_fills_in_the_opening_auction_of_the_five_minute_data(shared_data: Path) -> None:
+    """The 09:00 bar's volume 0 in krx_intraday_5min_2020 is volume not recorded (its README: the 09:00 bar
+    has Volume = 0, the bars' volumes add up to ~80 % of the day's, the first open is the official open):
+    a next-session market buy fills at the 09:00 open (the opening auction), 47,450, not at 09:05's 47,350."""
+    series = load_codes(shared_data / "krx_intraday_5min_2020", [CODE], dt.date(2020, 3, 13))
+    plan = {"2020-03-12T14:55": [(10, {"tif": TimeInForce.NEXT_SESSION})]}
+    r = run_probe(series, plan, dt.date(2020, 3, 2), dt.date(2020, 3, 13))
+    assert [(f.at, f.qty, f.price) for f in r.fills] == [("2020-03-13T09:00", 10, 47_450)]
+
+
+def test_every_shipped_five_minute_file_leaves_the_opens_volume_out(shared_data: Path) -> None:
+    folder = shared_data / "krx_intraday_5min_2020"
+    files = sorted(folder.glob("*.csv"))
+    assert len(files) == 10
+    for f in files:
+        bars = load_bars(f, "X").bars
+        assert engine.open_volume_unrecorded(bars, [b.start for b in bars]), f.name
+
+
+def test_a_few_first_bars_without_volume_keep_the_volume_rule() -> None:
+    """Four days whose 09:00 bar shows volume 0 cannot tell a source that leaves the open's volume out:
+    the agent's orders are capped by the volume there (nothing), as the property tests have it; with a
+    week of such days the data is read as leaving it out. A bar whose 09:00 volume was recorded is as ever."""
+    days = [(f"2024-01-{d:02d}", 70_000, 70_500, 69_500, 70_000) for d in (3, 4, 5, 8, 9)]
+    plan = {"2024-01-03T09:10": [(10, {"tif": TimeInForce.NEXT_SESSION})]}
+    lo, hi = dt.date(2024, 1, 1), dt.date(2024, 1, 31)
+    few = run_probe(five_minute(days[:4]), plan, lo, hi)
+    assert [(f.at, f.price) for f in few.fills] == [("2024-01-04T09:05", 70_000)]
+    week = run_probe(five_minute(days), plan, lo, hi)
+    assert [(f.at, f.price) for f in week.fills] == [("2024-01-04T09:00", 70_000)]
+    recorded = run_probe(five_minute(days[:4], first_volume=5_000), plan, lo, hi)
+    assert [(f.at, f.price) for f in recorded.fills] == [("2024-01-04T09:00", 70_000)]
+
+
+def test_halted_is_one_rule_for_the_matching_the_exits_and_the_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """broker.py `halted` decides for every fill: the bars it is made to call halted fill neither the agent's
+    market buy, nor a stop's exit, nor a flatten sell."""
+    halt: set[str] = set()
+    real = SimBroker.halted
+    monkeypatch.setattr(SimBroker, "halted", lambda self, bar: bar.start in halt or real(self, bar))
+    days = [
+        ("2024-01-03", 70_000, 70_500, 69_500, 69_000),
+        ("2024-01-04", 64_000, 64_500, 63_500, 63_000),
+        ("2024-01-05", 62_000, 62_500, 61_500, 61_000),
+    ]
+    series, lo, hi = five_minute(days, first_volume=5_000), dt.date(2024, 1, 1), dt.date(2024, 1, 31)
+    halt.update(f"2024-01-04T{t}" for t in ("09:00", "09:05", "09:10"))
+    plan: dict[str, list[tuple[Any, ...]]] = {
+        "2024-01-03T09:05": [(10, {"stop": 66_000})],
+        "2024-01-03T09:10": [(5, {"tif": TimeInForce.NEXT_SESSION})],
+    }
+    r = run_probe(series, plan, lo, hi)
+    # the stop met at 01-04's open waits out the day; the next-session buy for 01-04 expires unfilled
+    assert [(f.at, f.side.value, f.qty, f.price) for f in r.fills] == [
+        ("2024-01-03T09:10", "buy", 10, 69_000),
+        ("2024-01-05T09:00", "sell", 10, 62_000),
+    ]
+    assert r.order_states["expired"] == 1
+    # flatten (the bars stop before the card's end: it sells at the day's last close): not into a halted one
+    halt.clear()
+    halt.add("2024-01-03T09:10")
+    r = run_probe(series, {"2024-01-03T09:00": [(10, {})]}, lo, hi, EndOfDay.FLATTEN)
+    assert [(f.at, f.side.value, f.qty, f.price) for f in r.fills] == [
+        ("2024-01-03T09:05", "buy", 10, 69_000),
+        ("2024-01-04T09:10", "sell", 10, 63_000),
+    ]
 
 
 # ---- the twin replay keeps the sector --------------------------------------------------------------

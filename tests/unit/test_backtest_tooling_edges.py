@@ -14,6 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -76,9 +77,9 @@ def test_entry_point_exits_non_zero_on_errors(shared_data: Path, tmp_path: Path)
     assert r.returncode == 2 and "is after --to" in _one_line(r.stderr)
     r = _cli(str(card), "--data", "/nonexistent", "--from", "2021-01-04", "--to", "2021-06-01", *common)
     assert r.returncode == 2 and "no such data folder" in _one_line(r.stderr)
-    # every cell fails (short >= long): exit 1
+    # every cell fails on its params (short >= long): bad input, one line and exit 2 as a single run
     r = _cli(str(card), "--data", data, "--from", "2021-01-04", "--to", "2021-06-01", "--sweep", "short=30", *common)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2 and "bad params" in _one_line(r.stderr)
     r = _cli(str(card), "--data", data, "--from", "2021-01-04", "--to", "2021-03-02", *common)
     assert r.returncode == 0, r.stderr
 
@@ -211,11 +212,25 @@ def test_failed_rolling_windows_are_left_out(shared_data: Path, tmp_path: Path) 
     assert sum("every cell failed" in ln for ln in csv_lines) == len(lg["failed_windows"])
 
 
+class FailParams(msgspec.Struct, forbid_unknown_fields=True):
+    x: int = 0
+
+
+class FailOnBar(Strategy):
+    """Fails while it runs (not on its input): a sweep of it fails in every cell."""
+
+    Params = FailParams
+
+    def on_bar(self, bar: Bar) -> None:
+        raise RuntimeError("boom")
+
+
 def test_a_sweep_whose_cells_all_failed_marks_none_chosen(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # (cells that all fail on their params are bad input instead: one line, exit 2, test_backtest_cli_inputs.py)
     args = [
-        str(_card(tmp_path, ["005930"])),
+        str(_card(tmp_path, ["005930"], strategy=f"{__name__}:FailOnBar")),
         "--data",
         str(shared_data / FDR),
         "--from",
@@ -223,7 +238,7 @@ def test_a_sweep_whose_cells_all_failed_marks_none_chosen(
         "--to",
         "2021-06-01",
         "--sweep",
-        "short=30,40",
+        "x=1,2",
         "--out",
         str(tmp_path / "o"),
         "--no-plot",

@@ -11,11 +11,20 @@ Fill rules (an order never sees the bar it was decided on):
 - CONDITIONAL: the limit rule, else the rest at the close (it turns into a market order at the call);
 - IOC / FOK: only the opening price counts; the rest (IOC) or all of it (FOK) is cancelled;
 - volume: our fills in one bar take at most `max_participation_bp` of its volume (1 bp = 0.01 %);
-  a halted bar (volume 0) fills nothing;
+  a halted bar fills nothing (`halted`: volume 0 and no range, the last price repeated: how the data
+  shows a suspended code's session; data without volume, `uncapped`, shows no halt). A bar with a range
+  traded, whatever its volume says: the gateway's sells (protective exits, flatten sells: not capped)
+  sell in it; the agent's orders fill in one with volume 0 only where the data is known not to record
+  that volume (`unrecorded`: intraday data that leaves most sessions' first bar at volume 0, as
+  krx_intraday_5min_2020 does, shared/data/README.md "The 09:00 bar has Volume = 0": the opening
+  auction traded, its volume is missing), whole, as data without volume; elsewhere the cap leaves
+  them nothing in it;
 - a bar locked at the upper limit (low == high at the day's upper limit) fills no buys, one locked at
-  the lower limit no sells: the queue at a locked limit is long and we would not be first. The limit is
-  the day's band (±15 % before 2015-06-15, ...: common/krx_rules.py); adjusted history rounds prices,
-  so a bar without range within half a percentage point of the band edge counts as locked too;
+  the lower limit no sells (`locked`): the queue at a locked limit is long and we would not be first. The
+  limit is the day's band (±15 % before 2015-06-15, ...: common/krx_rules.py); adjusted history rounds
+  prices, so a bar without range within half a percentage point of the band edge counts as locked too;
+- `halted` and `locked` are the one rule for every fill: the matching, the flatten's closing call, the
+  protective exits (tools/backtest/protection.py);
 - buys never take cash below zero: a buy is cut to what the cash (with commission) pays for;
 - at each bar, the orders that execute at its open (market orders, IOC/FOK, limits the open crosses)
   are matched first, then the rest: in the order they were sent, across codes, within each of the two
@@ -84,6 +93,7 @@ from common.risk_rules import (
     MarketView,
     RateWindow,
     check_order,
+    fitting_qty,
     notional_price,
 )
 from common.schema import Bar, PositionView
@@ -95,6 +105,7 @@ BP = 10_000
 # of the session after its decision, which is the next bar here) rest through their day
 _AT_OPEN_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})
 _UNLOCKED = (False, False)
+_HALTED_BAR = (True, True)  # `halted`: neither side fills
 _OPEN, _TERMINAL = OPEN, TERMINAL
 # the states whose fill the quiet path takes: the table sends them to the resting state by filled qty
 assert all(TRANSITIONS[(st, "fill")] == "resting" for st in RESTING)
@@ -160,6 +171,9 @@ class SimBroker:
     sectors: dict[str, str] = field(default_factory=dict)  # code → the master's sector (account sector limits)
     flat_sell_tax_ppm: int | None = None  # None: each trading day's KRX rate (common/krx_rules.py)
     uncapped: frozenset[str] = frozenset()  # codes whose data has no volume: fills not capped by it
+    # codes whose data leaves traded bars at volume 0 (volume not recorded: the engine's
+    # `open_volume_unrecorded`): such a bar fills the agent's orders uncapped
+    unrecorded: frozenset[str] = frozenset()
     quiet: bool = False  # True: the strategy has no on_order (intermediate order states unseen)
     on_fill: Callable[[str, int], None] | None = None  # (order, qty) of every fill: protections arm on their buy's
 
@@ -547,12 +561,9 @@ class SimBroker:
     ) -> bool:
         """One order against its code's bar; True when it ended (filled, or an IOC/FOK's rest cancelled)."""
         coid = o.client_order_id
-        if bar.low == bar.high:
-            lock = locks.get(o.code)
-            if lock is None:
-                lock = locks[o.code] = self._locked(bar, rules)
-        else:
-            lock = _UNLOCKED
+        lock = locks.get(o.code)  # (buys, sells) this bar fills none of: `halted`, `locked` (once per code and bar)
+        if lock is None:
+            lock = locks[o.code] = _HALTED_BAR if self.halted(bar) else self._locked(bar, rules)
         if not lock[0 if o.side is _BUY else 1]:
             self._fill_order(o, bar, day, rules, notes)
             o = self.orders[coid]
@@ -562,17 +573,27 @@ class SimBroker:
             state = o.state
         return state in _TERMINAL
 
+    def halted(self, bar: Bar) -> bool:
+        """A bar with no trades to fill into: volume 0 and no range (the last price repeated, as the data
+        shows a suspended code's session). A bar with a range traded, whatever its volume says (volume 0
+        there is not recorded: `unrecorded`); data without volume (`uncapped`) cannot show a halt."""
+        return bar.volume == 0 and bar.low == bar.high and bar.code not in self.uncapped
+
+    def locked(self, bar: Bar, rules: KrxRules, side: Side) -> bool:
+        """`bar` locked at the limit `side` cannot fill at (the upper for a buy, the lower for a sell)."""
+        return bar.low == bar.high and self._locked(bar, rules)[0 if side is _BUY else 1]
+
     def _locked(self, bar: Bar, rules: KrxRules) -> tuple[bool, bool]:
         """(locked up, locked down): a bar without range at the day's limit (or within half a percentage
         point of it: adjusted history rounds prices)."""
         base = self.base.get(bar.code, 0)
         if bar.low != bar.high or not base:  # only a bar without a range can be locked at a limit
-            return False, False
+            return _UNLOCKED
         kind, market = self.listing(bar.code)
         lower, upper = rules.price_limits(base, kind, market)
         pct = rules.band_pct(market)
         if pct is None:
-            return False, False
+            return _UNLOCKED
         near = (pct * 10 - 5) * base  # 1000 x the move that counts as at the limit
         return bar.high >= upper or (bar.high - base) * 1000 >= near, bar.low <= lower or (
             base - bar.low
@@ -602,8 +623,8 @@ class SimBroker:
         code, side, coid = o.code, o.side, o.client_order_id
         used = self._used.get(code, 0)
         remaining = o.qty - o.filled_qty
-        if code in self.uncapped or not capped:
-            qty = remaining
+        if code in self.uncapped or not capped or (not bar.volume and code in self.unrecorded):
+            qty = remaining  # (a halted bar never gets here: `halted`)
         else:
             qty = min(remaining, bar.volume * self.max_participation_bp // BP - used)
         costs = self.costs
@@ -700,21 +721,20 @@ class SimBroker:
         """The end of day's flatten after its cancels (server/order_desk.py flatten): a market sell of each
         position (in code order) for `day`'s session, at most what the order-value limit fits (judged at
         the day's lower limit, as live sizes it), through the gate; each waits for the close
-        (`fill_closing`). Returns the sells placed."""
+        (`fill_closing`). The size is live's (common/risk_rules.py fitting_qty, server/order_desk.py's
+        flatten). Returns the sells placed."""
         rules = rules_for(day)
         if day != self.entry_session:
             self.entry_session, self.entry_rules = day, rules  # (the engine sets its own back at its next order)
-        cap = self.card.risk.max_order_value
+        limits = (self._mandate.agent_limits, self._mandate.account_limits)
         placed: list[str] = []
         for code, p in sorted(self.positions.items()):
             if p.qty <= 0:
                 continue
-            qty = p.qty
-            if cap:
-                kind, board = self.listing(code)
-                unit = notional_price(_SELL, 0, self.base.get(code, 0), kind, rules, board, _MARKET)
-                fit = cap // unit if unit > 0 and qty * unit > cap else qty
-                qty = fit if 0 < fit < qty else qty  # (not one share fits: the whole, which the gate denies)
+            kind, board = self.listing(code)
+            unit = notional_price(_SELL, 0, self.base.get(code, 0), kind, rules, board, _MARKET)
+            fit = fitting_qty(p.qty, unit, *limits)
+            qty = fit if 0 < fit < p.qty else p.qty  # (not one share fits: the whole, which the gate denies; as live)
             coid = self.gateway_coid(day)
             self.submit(coid, code, _SELL, qty, 0, _MARKET, TimeInForce.DAY, reason, notes)
             if self.orders[coid].is_open:
@@ -724,15 +744,13 @@ class SimBroker:
 
     def fill_closing(self, bars: dict[str, Bar], day: str, notes: list[Note]) -> None:
         """The flatten sells at the close: each at the close of its code's last bar of the day (`bars`),
-        whole; none in a bar locked at the lower limit, in a halted one (volume 0), or without a bar.
+        whole; none in a bar locked at the lower limit, in a halted one (`halted`), or without a bar.
         What does not fill stays open until the session's expiry."""
         rules = rules_for(day)
         for coid in [c for c in self.open_ids if c in self.closing]:
             o = self.orders[coid]
             bar = bars.get(o.code)
-            if bar is None or (bar.low == bar.high and self._locked(bar, rules)[1]):
-                continue
-            if bar.volume == 0 and o.code not in self.uncapped:
+            if bar is None or self.halted(bar) or self.locked(bar, rules, _SELL):
                 continue
             self._fill_order(o, bar, day, rules, notes, price=bar.close, capped=False)
             if self.orders[coid].state in _TERMINAL:
@@ -764,10 +782,6 @@ class SimBroker:
         if self.orders[coid].is_open:  # fewer shares than asked: the rest has nothing to sell
             self._step(coid, Cancelled(ts_ns=ts), notes)
         return self.orders[coid]
-
-    def locked_down(self, bar: Bar, day: str) -> bool:
-        """A bar without range at the day's lower limit: no sell fills in it."""
-        return bar.low == bar.high and self._locked(bar, rules_for(day))[1]
 
     def expire_sessions(self, day: str, notes: list[Note], before: bool = False) -> None:
         """The close of the KRX sessions up to `day` (inclusive; `before`: only those before it): every

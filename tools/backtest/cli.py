@@ -470,6 +470,9 @@ def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory 
 
 
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:
+    if res.get("input_error"):  # every cell failed on its input: one line and exit 2, as a single run with it
+        _error(console, f"backtest: {res['input_error']}")
+        return 2
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sweep.json").write_text(
         json.dumps(res, indent=1, default=str, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -34,7 +34,9 @@ last minutes: shared/data/krx_intraday_5min_2020 stops at 15:00) is warned of on
 sells after its last bar at that bar's close, `cancel` is not applied (its orders expire at the
 close). `hold`: nothing (orders expire at the close). The price band's base is the previous day's last close
 (the data's stand-in for the official close); equity is marked once a day, at the day's last bar, so
-returns and their annualisation are daily whatever the bar size.
+returns and their annualisation are daily whatever the bar size. Data that leaves the session's first
+bar at volume 0 though it traded (krx_intraday_5min_2020's 09:00 bars: `open_volume_unrecorded`) fills
+there as data without volume does: the opening auction happened, its volume is not recorded.
 
 `ctx.history(code, interval)` returns only bars before t — never the bar being delivered or a later one;
 on intraday data `history(code, "1d")` gives the completed days, aggregated from the bars.
@@ -276,6 +278,49 @@ def _daily_bars(bars: list[Bar]) -> list[Bar]:
     return out
 
 
+# sessions of evidence before intraday data counts as leaving the open's volume out (open_volume_unrecorded)
+UNRECORDED_SESSIONS = 5
+
+
+def open_volume_unrecorded(bars: list[Bar], starts: list[str]) -> bool:
+    """Intraday bars (`starts`: their starts) that leave the opening's volume out: on most days (more than
+    half, UNRECORDED_SESSIONS or more) the day's first bar traded (it has a range) yet shows volume 0, while
+    other bars have volume. So do shared/data/krx_intraday_5min_2020's (yfinance 5-minute bars; its README:
+    "The 09:00 bar has Volume = 0", the bars' volumes add up to about 80 % of the day's, the first bar's
+    open is the official open on 41 of 42 days): volume 0 there is not recorded, not no trades, and the
+    broker fills such bars (broker.py `unrecorded`). A few days cannot tell a source's habit from bars
+    that happened to record none: the broker's rule for those (a volume-0 bar leaves the agent's orders
+    nothing) stays."""
+    unrecorded = recorded = i = 0
+    traded = False
+    n = len(bars)
+    while i < n:  # day by day: the first bar of each
+        first = bars[i]
+        j = bisect.bisect_left(starts, first.start[:10] + "~", i)  # "~" sorts after "THH:MM": the next day
+        if first.volume:
+            recorded += 1
+        elif first.low != first.high:
+            unrecorded += 1
+            traded = traded or any(bars[k].volume for k in range(i + 1, j))
+        i = j
+    return traded and unrecorded >= UNRECORDED_SESSIONS and unrecorded > recorded
+
+
+def _gateway_exit(o: Order) -> bool:
+    """A sell the gateway placed for the agent (a protective exit, a flatten sell): the agent may not
+    cancel or revise it (live's server/order_desk.py is_gateway_exit; the engine's own end-of-day and
+    protection paths cancel it through the broker)."""
+    return o.side is _SELL and placed_by_gateway(o.client_order_id)
+
+
+def _forbidden(o: Order, what: str) -> str:
+    """What live's desk answers the agent's cancel or revise of a gateway exit with."""
+    return (
+        f"{ErrorCode.FORBIDDEN}: {o.client_order_id} is a sell the gateway placed for {o.agent} (a protective "
+        f"exit or a flatten): the agent may not {what} it"
+    )
+
+
 class BacktestContext(BacktestServices):  # state in memory; quote/investor from the history (services.py)
     """The strategy's Context in a backtest (agent.strategy.Context): same calls, simulated broker."""
 
@@ -359,22 +404,30 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         return self._e.order(_SELL, code, qty, price, order_type, tif, reason)
 
     def cancel(self, client_order_id: str) -> None:
-        if not self._e.broker.cancel(client_order_id, self._e.pending):
+        o = self._e.broker.orders.get(client_order_id)
+        if o is not None and _gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py cancel)
+            self.log.warning("cancel %s: refused: %s", client_order_id, _forbidden(o, "cancel"))
+        elif not self._e.broker.cancel(client_order_id, self._e.pending):
             self.log.warning("cancel %s: not an open order", client_order_id)
 
     def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
         e = self._e
         b = e.broker
         o = b.orders.get(client_order_id)
-        if o is not None and (why := revise_refusal(o, qty)):
+        if o is not None and _gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py modify)
+            self.log.warning("modify %s: refused: %s", client_order_id, _forbidden(o, "revise"))
+        elif o is not None and (why := revise_refusal(o, qty)):
             self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
         elif not b.modify(client_order_id, price, e.pending, today=e.times[e.step][:10] if e._running else ""):
             self.log.warning("modify %s: refused", client_order_id)
 
     def cancel_all(self, code: str = "") -> None:
+        """The agent's own open orders (of `code`): the sells the gateway placed for it stay, as live's
+        CancelAll spares them (server/gateway.py, spare_exits)."""
         b = self._e.broker
         for coid in list(b.open_ids):
-            if not code or b.orders[coid].code == code:
+            o = b.orders[coid]
+            if (not code or o.code == code) and not _gateway_exit(o):
                 b.cancel(coid, self._e.pending)
 
     @property
@@ -470,6 +523,10 @@ class Backtest:
             self.bars[code] = all_bars[:end]
             self.starts[code] = starts[:end]
             firsts[code] = bisect.bisect_left(starts, lo, 0, end)
+        if self.intraday:  # data that leaves the open's volume out (broker.py `unrecorded`)
+            self.broker.unrecorded = frozenset(
+                c for c, b in self.bars.items() if open_volume_unrecorded(b, self.starts[c])
+            )
         # the timeline: bar times, and per time its bars (one code: the Bar itself, no per-step container)
         self.single = len(card.codes) == 1
         self.at: list[Any]

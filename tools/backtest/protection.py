@@ -17,9 +17,11 @@ same trigger rules applied to bars.
   rule names is at or above its limit). A protection that finds the position sold at the open ends
   CANCELLED (the position was closed), as live's finds nothing held.
 - A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
-  bar's open. So does a halted bar (volume 0, the last price repeated: no trades to sell into), as the
-  broker fills nothing in one; the exit sells at the open of the code's next bar with trades. (Data
-  without volume cannot show a halt: its bars sell as they come.)
+  bar's open. So does a halted bar (volume 0 and no range, the last price repeated: no trades to sell
+  into; broker.py `halted`, the rule every fill follows), as the broker fills nothing in one; the exit
+  sells at the open of the code's next bar with trades. A bar with a range and volume 0 traded (its
+  volume was not recorded: krx_intraday_5min_2020's 09:00 bars): the exit sells in it. (Data without
+  volume cannot show a halt: its bars sell as they come.)
 - `when_closed` is not modelled. Live, a level met while the exchange takes no regular orders fires per
   `when_closed` (server/protection.py `_fire_now`): NEXT_OPEN places a next-session exit that sells at
   the next open, WAIT ignores the prints until the next session. The closing print (the closing call's
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import msgspec
 
+from common.enums import Side
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
@@ -43,6 +46,7 @@ from tools.backtest.broker import Note, SimBroker
 
 
 _HALTED = "halted (no trades): sells at the next traded open"
+_SELL = Side.SELL
 
 
 class BacktestProtections:
@@ -194,10 +198,10 @@ class BacktestProtections:
                 notes,
             )
             return
-        if b.locked_down(bar, day):
+        if b.locked(bar, rules_for(day), _SELL):
             self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
             return
-        if bar.volume == 0 and p.code not in b.uncapped:  # halted: no trades, nothing fills (broker.py)
+        if b.halted(bar):  # no trades, nothing fills (the broker's one rule: broker.py `halted`)
             if p.reason != _HALTED:
                 self._put(msgspec.structs.replace(p, reason=_HALTED), notes)
             return

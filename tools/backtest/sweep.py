@@ -4,7 +4,10 @@ with a fractional or a rolling walk-forward.
 Deterministic: every cell is a pure function of (card, bars, dates, params); results come back in
 grid order whatever the engine and the number of workers, and the selection breaks ties by grid
 order. A cell that fails (bad params, a strategy error) is reported with its error and the sweep
-goes on: the other cells keep their results.
+goes on: the other cells keep their results. A cell that failed on its input (BacktestInputError or
+ValueError: bad params, dates without bars; what a single run exits 2 for) is marked `input_error`;
+when every cell failed so, the result says the first such error (`input_error`): the command line
+gives that one line and exits 2, as a single run with the same mistake does.
 
 Engines:
 - `local` (default): a process pool on this machine. Workers start from a forkserver that has
@@ -49,7 +52,7 @@ from common.krx_rules import Market, SecurityKind
 from common.schema import Bar, InvestorDay
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
-from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+from tools.backtest.engine import BacktestConfig, BacktestError, BacktestInputError, run_backtest
 from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.logs import RepeatSummary, merge_taken, summarise_repeats
 from tools.backtest.metrics import compute
@@ -343,6 +346,8 @@ def _run_cell(cell: Cell, payload: bytes | None) -> dict[str, Any]:
         result = run_backtest(cell.card, series, cfg)
     except (BacktestError, ValueError) as e:
         row.update({k: None for k in KEYS}, error=str(e))
+        if isinstance(e, (BacktestInputError, ValueError)):  # the single run's exit 2 (tools/backtest/cli.py)
+            row["input_error"] = True
         return row
     m = compute(result)
     row.update({"from": result.date_from, "to": result.date_to, **{k: m[k] for k in KEYS}})
@@ -452,6 +457,17 @@ def _digest(cell: Cell) -> str:
 # ---- sweeps ----------------------------------------------------------------------------------------------
 
 
+def input_error(rows: list[dict[str, Any]]) -> str | None:
+    """The first cell's error when every cell failed on its input (`input_error` rows), else None."""
+    return rows[0]["error"] if rows and all(r.get("input_error") for r in rows) else None
+
+
+def _mark_input_error(res: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if (err := input_error(rows)) is not None:
+        res["input_error"] = err
+    return res
+
+
 def _score(row: dict[str, Any]) -> float:
     s = row.get("sharpe")
     return -math.inf if s is None or row.get("error") else float(s)
@@ -516,7 +532,7 @@ def sweep(
         rows = run_cells(cells, payload, workers, engine, address, progress)
         res = _summary(rows, len(grid), cards)
         res["chosen_by"] = "sharpe"
-        return res
+        return _mark_input_error(res, rows)
     ranges = split_dates(days, walk_forward)
     cells = [
         msgspec.structs.replace(base, card=c, code=code, params=p, segment=seg, date_from=lo, date_to=hi)
@@ -544,7 +560,7 @@ def sweep(
         for e in r
         if e.get("error")
     ][:1000]
-    return out
+    return _mark_input_error(out, flat)
 
 
 def _summary(rows: list[dict[str, Any]], per: int, cards: list[tuple[str, AgentCard]]) -> dict[str, Any]:
@@ -666,7 +682,7 @@ def _rolling(
             )
         out["codes"][code or "card"] = {"windows": wins, "failed_windows": bad, **_oos(wins, grid)}
     out["failed"] = failed
-    return out
+    return _mark_input_error(out, flat)
 
 
 def _oos(wins: list[dict[str, Any]], grid: list[dict[str, Any]]) -> dict[str, Any]:
