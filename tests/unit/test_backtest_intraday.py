@@ -156,7 +156,7 @@ def test_real_five_minute_data_runs(shared_data: Path) -> None:
     card = AgentCard(id="buyer", name="buyer", strategy=f"{__name__}:EveryBarBuyer", codes=[CODE])
     r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2020, 2, 18), date_to=dt.date(2020, 2, 20)))
     assert r.dates == ["2020-02-18", "2020-02-19", "2020-02-20"] and r.bars == 72 * 3
-    # decided on the 09:00 bar (volume 0 in this data: nothing could fill in it), filled at 09:05's open
+    # decided at the end of the 09:00 bar (the decision's bar never fills its own order), filled at 09:05's open
     (fill,) = r.fills
     assert (fill.at, fill.price, fill.qty) == ("2020-02-18T09:05", 60_800, 1)
     last_5m_close = [b.close for b in series[CODE].bars if b.start.startswith("2020-02-20")][-1]
