@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from common.calendar import previous_trading_day
+from common.calendar import previous_trading_day, session_hours
 from common.clock import KST, now_kst
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
@@ -82,6 +82,17 @@ def session_rule(clock: MarketClock) -> SessionRule:
     """Bars follow KRX sessions on a clock whose time of day means something; on one whose does not
     (the twin's `open` clock trades all day on its synthetic session day) every print makes bars."""
     return SessionRule.KRX if clock.timed else SessionRule.ALL_DAY
+
+
+# the most one session moves a price (the daily limit, ±30 %): a step between two recorded days within it is
+# no split
+SESSION_MOVE = (0.7, 1.3)
+
+
+def _at_or_before_open(when: dt.datetime) -> bool:
+    """`when` (exchange time) is at or before its day's regular open (09:00; later on a late-opening day)."""
+    hours = session_hours(when.date())
+    return hours is not None and when.time() <= hours[0]
 
 
 class MarketData:
@@ -237,9 +248,10 @@ class MarketData:
     def _heard(self, ev: Trade, when: dt.datetime) -> None:
         """Keep `heard_since` of the print's code: moved to the print when prints before it were missed.
         The first print heard of a business day missed the day's earlier ones if its cumulative volume is
-        more than its own quantity (a restart, a code first registered mid-day; or volume it never missed:
-        ACML_VOL may count the 08:30-08:40 pre-market close-price session): `heard_since` is then its own
-        time, so the bucket that starts in its second (09:00:00: the opening bars) is whole. A later print
+        more than its own quantity (a restart, a code first registered mid-day; or, at the open, volume it
+        never missed: ACML_VOL may count the 08:30-08:40 pre-market close-price session): `heard_since` is
+        then its own time at or before the session's open, so the opening bars are whole, else the next
+        second (prints earlier in its second were missed). A later print
         missed some if its cumulative volume before it is more than the last one heard (a websocket gap),
         or, after a registration released and taken again, if it carries more than its own quantity: the
         missed prints may share its second, so a bucket starting in it is not whole either (`heard_since`
@@ -255,7 +267,10 @@ class MarketData:
             missed = ev.cum_volume - ev.qty > last if last is not None else ev.cum_volume > ev.qty
             self._cum[code] = (day, ev.cum_volume)
         if missed:
-            since = when.replace(tzinfo=None) + (dt.timedelta(seconds=1) if earlier else dt.timedelta())
+            # the day's first print at the open (its second holds nothing before it but the pre-market
+            # session's volume) starts whole buckets; any other print after missed volume starts the next second
+            at_open = not earlier and _at_or_before_open(when)
+            since = when.replace(tzinfo=None) + (dt.timedelta() if at_open else dt.timedelta(seconds=1))
             if last is not None:
                 self.feed_gaps += 1
                 log.info(
@@ -329,9 +344,10 @@ class MarketData:
     def _first_session(self, code: str, num: int, den: int) -> tuple[str, str]:
         """The split's first session ("YYYY-MM-DD") and how it was found. The price level of each day the
         code's intraday bars were recorded (the close of its latest bar; today's bars in progress too) is
-        compared with the day before it recorded: the newest step nearer the ratio (old ÷ new = num / den,
-        at least 2 or at most 1/2) than no change on a log scale is the split (the daily price limit is
-        ±30 %, and a split halts trading: the step is of the ratio give or take a session's move). Without
+        compared with the day before it recorded: of the steps no session's price limit allows (beyond ±30 %:
+        SESSION_MOVE) and nearer the ratio (old ÷ new = num / den) than no change on a log scale, the one
+        nearest the ratio is the split (a split halts trading: the step is of the ratio give or take a
+        session's move). Without
         such a step the recorded days are one scale: the old shares' if every one is before the day the
         split was suspected (today, if not known: a restart), else the new shares' (nothing rescaled)."""
         levels = self.store.day_closes(code, MINUTES)
@@ -341,12 +357,16 @@ class MarketData:
             day = now.start[:10]
             levels = [x for x in levels if x[0] < day] + [(day, now.close)]
         ratio = math.log(num / den)
+        best: tuple[float, str, str] | None = None  # (distance from the ratio, first session, how)
         for (d0, p0), (d1, p1) in reversed(list(zip(levels, levels[1:]))):
-            if p0 <= 0 or p1 <= 0:
-                continue
+            if p0 <= 0 or p1 <= 0 or SESSION_MOVE[0] * p0 <= p1 <= SESSION_MOVE[1] * p0:
+                continue  # a move one session's price limit allows (a limit-down day is no split)
             step = math.log(p0 / p1)
-            if abs(step - ratio) < abs(step):
-                return d1, f"the recorded closes step from {p0:,} on {d0} to {p1:,} on {d1}"
+            off = abs(step - ratio)
+            if off < abs(step) and (best is None or off < best[0]):  # the step nearest the ratio, newest first
+                best = (off, d1, f"the recorded closes step from {p0:,} on {d0} to {p1:,} on {d1}")
+        if best is not None:
+            return best[1], best[2]
         seen = self._split_seen.get(code) or self.exchange_now().date()
         if not levels or levels[-1][0] < seen.isoformat():
             return seen.isoformat(), f"no recorded day at the new shares' prices; the split was seen on {seen}"

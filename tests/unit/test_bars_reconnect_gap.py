@@ -174,3 +174,20 @@ def test_a_released_registration_forgets_what_it_heard(tmp_path: Path) -> None:
     feed(md, [(at(10, 23, 0), 70_800, 5, 100_530)])
     got = stored(md)
     assert ("1m", "2024-03-04T10:21") not in got and ("1m", "2024-03-04T10:22") in got
+
+
+def test_a_first_print_mid_day_after_missed_volume_starts_the_next_second(tmp_path: Path) -> None:
+    """A gateway restarted mid-day hears its first print at 10:15:00 with 500,000 shares traded before it today,
+    some maybe in that same second: the 10:15 bars are partial (only the open's first print starts whole ones)."""
+    md = new_md(tmp_path)
+    feed(
+        md,
+        [
+            (at(10, 15, 0), 70_000, 10, 500_010),
+            (at(10, 16, 5), 70_100, 5, 500_015),
+            (at(10, 20, 3), 70_200, 5, 500_020),
+        ],
+    )
+    got = stored(md)
+    assert ("1m", f"{DAY}T10:15") not in got and ("5m", f"{DAY}T10:15") not in got
+    assert ("1m", f"{DAY}T10:16") in got

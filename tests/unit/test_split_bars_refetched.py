@@ -254,3 +254,33 @@ async def test_the_gateway_wires_released_prints_and_found_splits_to_its_market_
         assert [b.close for b in gw.md.store.last("005930", "1m", 5)] == [2_500_000]
     finally:
         gw._close_stores()
+
+
+def test_a_limit_down_day_is_not_taken_for_the_split(tmp_path: Path) -> None:
+    """A 1:2 split applied before its first session's open: no recorded day is at the new price yet. A -30 %
+    day among the old-price days is a move one session allows, not the split: every recorded day is halved."""
+    md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m", "60m", "1d"))
+    md.wall = lambda: dt.datetime(2024, 3, 11, 8, 0, tzinfo=KST)
+    days = [
+        ("2024-03-04", 10_000),
+        ("2024-03-05", 10_000),
+        ("2024-03-06", 7_000),
+        ("2024-03-07", 7_100),
+        ("2024-03-08", 7_200),
+    ]
+    md.store.add([bar(CODE, dt.date.fromisoformat(d), c, "1m") for d, c in days])
+    done = md.split_applied(CODE, 2, 1, "a 1:2 split applied")
+    assert done.first_session == "2024-03-11"
+    assert [x.close for x in md.store.bars(CODE, "1m")] == [5_000, 5_000, 3_500, 3_550, 3_600]
+
+
+def test_the_split_is_the_step_nearest_its_ratio_not_the_newest(tmp_path: Path) -> None:
+    """The split's first session recorded at 5,000 (from 10,000), the next day a limit-down close: the split is
+    the first step; the day already at the new price is not halved again."""
+    md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m", "60m", "1d"))
+    md.wall = lambda: dt.datetime(2024, 3, 13, 8, 0, tzinfo=KST)
+    days = [("2024-03-07", 10_000), ("2024-03-08", 10_000), ("2024-03-11", 5_000), ("2024-03-12", 3_500)]
+    md.store.add([bar(CODE, dt.date.fromisoformat(d), c, "1m") for d, c in days])
+    done = md.split_applied(CODE, 2, 1, "a 1:2 split applied")
+    assert done.first_session == "2024-03-11"
+    assert [x.close for x in md.store.bars(CODE, "1m")] == [5_000, 5_000, 5_000, 3_500]
