@@ -213,6 +213,9 @@ def sim_ignores_text(ignored: str) -> str:
     return f"broker.env is sim (the embedded KIS twin): {ignored} ignored"
 
 
+WRITE_DEADLINE_UNBOUNDED_S = 60.0
+
+
 def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
     """The broker for `cfg`; its first log lines say which KIS, hosts, account (masked), HTS id. A
     set-up that cannot work raises StartupError (missing credentials, an unusable CA bundle)."""
@@ -234,6 +237,9 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
             broker = make_broker(b, Path(cfg.run_dir) / "kis", creds)
         except TlsConfigError as e:
             raise StartupError("configuration", str(e), "fix or remove broker.ca_bundle", StartExit.CONFIG) from None
+    # an order's retries stop where the send queue stops waiting for it: a decision older than that is not
+    # sent (max_send_wait_s 0, "however late": a minute, the retries' own bound)
+    broker.rest.write_deadline_s = cfg.max_send_wait_s or WRITE_DEADLINE_UNBOUNDED_S
     for line in broker.describe():
         log.info("%s", line)
     return broker

@@ -223,6 +223,17 @@ def test_credentials_on_sim_are_said_to_be_ignored(
     assert any("broker.credentials_file ignored" in r.getMessage() for r in caplog.records)
 
 
+def test_an_orders_retries_stop_where_the_send_queue_stops_waiting(tmp_path: Path) -> None:
+    """KIS write retries end at the gateway's max_send_wait_s (a decision that old is not sent), not at a
+    default of their own."""
+    from server.brokers import WRITE_DEADLINE_UNBOUNDED_S, make_gateway_broker
+
+    cfg = GatewayConfig(run_dir=str(tmp_path / "run"), max_send_wait_s=2.5)
+    assert make_gateway_broker(cfg).rest.write_deadline_s == 2.5  # type: ignore[attr-defined]
+    unbounded = msgspec.structs.replace(cfg, max_send_wait_s=0.0)
+    assert make_gateway_broker(unbounded).rest.write_deadline_s == WRITE_DEADLINE_UNBOUNDED_S  # type: ignore[attr-defined]
+
+
 # ---- 10. alert channels that could never deliver --------------------------------------------------------------
 
 
