@@ -269,6 +269,15 @@ class ApprovedCards:
             self.cards, self.error = {}, str(e)
             log.error("no agent may register: %s", e)
 
+    def refusal(self, agent: str) -> str:
+        """Why `agent`'s approval is not honoured here ("" when it is, or when there is none): approved for
+        another environment or account (what the agent is told at its refused registration)."""
+        self.refresh()
+        a = self.cards.get(agent)
+        if a is None or same_owner(a.owner, self.owner):
+            return ""
+        return f"its card was approved for {describe(a.owner)}, not for this gateway's {describe(self.owner)}"
+
     def get(self, agent: str) -> Approval | None:
         self.refresh()
         a = self.cards.get(agent)

@@ -235,6 +235,7 @@ class Gateway:
             heartbeat_s=cfg.heartbeat_s,
             protection=self.protection,
             approved=self.approved.get,
+            approval_refusal=self.approved.refusal,
         )
         master = gateway_master(cfg)  # unknown codes are denied by the risk gate
         if master is not None:

@@ -80,6 +80,7 @@ class AgentSessions:
         listed_source: str = "",
         protection: ProtectionDesk | None = None,
         approved: Callable[[str], Approval | None] = lambda agent: None,
+        approval_refusal: Callable[[str], str] = lambda agent: "",
     ) -> None:
         self.registry = registry
         self.book = book
@@ -94,6 +95,7 @@ class AgentSessions:
         self.listed_source = listed_source
         self.protection = protection  # protective orders: in the snapshot, and their ids in the numbering
         self.approved = approved  # the operator's approved card of an agent id
+        self.approval_refusal = approval_refusal  # why an approval is not honoured here ("": none to say)
         self.pub_endpoint = ""
         self.on_registered: list[Callable[[AgentRecord], None]] = []  # services, universe, base prices
         self.on_offline: list[Callable[[str, str], None]] = []  # (agent, why): feed health, the operator
@@ -160,11 +162,12 @@ class AgentSessions:
         approval = self.approved(msg.card.id)
         if approval is None:
             self.counters["unapproved_registrations"] += 1
+            why = self.approval_refusal(msg.card.id) or "no approved card"
             return Error(
                 h=self.headers(h.mid),
                 code=ErrorCode.NOT_APPROVED,
                 message=(
-                    f"no approved card for {msg.card.id!r}: the operator approves it on the gateway's host "
+                    f"{msg.card.id!r}: {why}: the operator approves it on the gateway's host "
                     f"(ktrader cards approve CARD)"
                 ),
             )

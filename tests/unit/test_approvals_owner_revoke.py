@@ -116,6 +116,8 @@ def test_the_twins_first_start_approvals_do_not_trade_on_a_paper_account(
         assert paper.approved.get("alpha") is None
         refused = register(paper, card())
     assert isinstance(refused, Error) and refused.code is ErrorCode.NOT_APPROVED
+    # the agent is told why (it said only "no approved card")
+    assert "approved for the KIS twin (env sim)" in refused.message and "paper account" in refused.message
     assert not credentials.credential_path(gateways.run, "alpha").exists()  # no credential for it either
     [a] = approvals.load(gateways.run).cards.values()
     assert a.owner == {"env": "sim"}  # what it was approved for
