@@ -98,7 +98,7 @@ def test_missing_history_stops_the_backtest_with_one_clear_message(
         str(tmp_path / "o"),
         "--no-plot",
     ]
-    assert main(args) == 1
+    assert main(args) == 2  # bad input: what the backtest was given cannot make a run
     err = capsys.readouterr().err
     assert "needs investor flows for 005930, 000660 (give --history PATH" in err
     assert err.count("\n") <= 3  # one message, not one line per day

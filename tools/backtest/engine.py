@@ -576,7 +576,7 @@ class Backtest:
             # bars cannot be turned back into the prints (or books) it decides on: run, it would trade
             # nothing and look like a flat strategy
             hooks = " / ".join(h for h in ("on_trade", "on_book") if getattr(cls, h) is not getattr(Strategy, h))
-            raise BacktestError(
+            raise BacktestInputError(
                 f"{card.strategy} decides on live prints only ({hooks}), which {self.interval} bars cannot "
                 "replay: a backtest of it would trade nothing (it needs on_bar or on_timer to be backtested)"
             )
@@ -805,7 +805,7 @@ class Backtest:
                 lacking.append(f"{what} for {', '.join(codes)}")
         if lacking:
             where = f"{h.source} has none" if h is not None else "give --history PATH"
-            raise BacktestError(
+            raise BacktestInputError(
                 f"{self.card.strategy} needs {'; '.join(lacking)} ({where}: a run directory whose "
                 f"gateway recorded them, or files in the layout of tools/backtest/history.py)"
             )
