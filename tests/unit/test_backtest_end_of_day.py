@@ -303,3 +303,36 @@ def test_the_warning_is_in_the_reports_summary(tmp_path: Any) -> None:
     r = run(DAILY, {D1: [("buy", 10, 70_000, L)]}, EndOfDay.HOLD, interval="1d")
     write_outputs(tmp_path, r, {}, [], plot=False)
     assert "warnings" not in json.loads((tmp_path / "summary.json").read_text())
+
+
+class StopBuyer(Strategy):
+    """Buys 10 at the first bar's close with a protective stop at 69,500."""
+
+    def on_bar(self, bar: Bar) -> None:
+        if bar.start.endswith("T09:00"):
+            self.ctx.buy(bar.code, 10, 0, order_type=M, tif=TimeInForce.DAY, stop=69_500)
+
+
+def test_a_stop_met_after_the_end_leaves_the_flatten_sell_working() -> None:
+    """Live's protection never cancels the gateway's own sells (server/protection.py): a stop met in the closing
+    call after the end-of-day flatten waits for the flatten's sell, which sells at the close (it cancelled it
+    and sold at the stop)."""
+    bars = [
+        Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
+        for s, o, h, lo, c in DAY
+    ]
+    card = AgentCard(
+        id="stops",
+        name="stops",
+        strategy=f"{__name__}:StopBuyer",
+        codes=[CODE],
+        schedule=Schedule(end_of_day=EndOfDay.FLATTEN),
+    )
+    cfg = BacktestConfig(
+        date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
+    )
+    r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+    sells = [(f.at, f.qty, f.price) for f in r.fills if f.side is Side.SELL and f.day == "2024-01-03"]
+    assert sells == [("2024-01-03T15:25", 10, 69_400)]  # the flatten's, at the closing call's price
+    first = r.protections[0]
+    assert first.sold == 0 and first.state.value == "cancelled"  # it had nothing left to sell

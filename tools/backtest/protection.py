@@ -39,6 +39,7 @@ import msgspec
 
 from common.enums import Side
 from common.errors import ErrorCode, KtraderError
+from common.ids import placed_by_gateway
 from common.krx_rules import rules_for
 from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
 from common.schema import Bar
@@ -46,6 +47,7 @@ from tools.backtest.broker import Note, SimBroker
 
 
 _HALTED = "halted (no trades): sells at the next traded open"
+_GATEWAY_SELLS = "the shares are held by the gateway's own sells"  # (live's words: server/protection.py)
 _SELL = Side.SELL
 
 
@@ -187,11 +189,19 @@ class BacktestProtections:
 
     def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note]) -> None:
         b = self.broker
+        held = 0  # shares the gateway's own sells hold (a flatten's): they stay, as live (server/protection.py)
         for coid in list(b.open_ids):  # the agent's own sells of the code free their shares first
             o = b.orders[coid]
-            if o.code == p.code and o.side.value == "sell":
-                b.cancel(coid, notes)
-        want = min(p.qty - p.sold, b.position(p.code))
+            if o.code == p.code and o.side is Side.SELL:
+                if placed_by_gateway(coid):
+                    held += o.qty - o.filled_qty
+                else:
+                    b.cancel(coid, notes)
+        want = min(p.qty - p.sold, b.position(p.code) - held)
+        if want <= 0 and held:
+            if p.reason != _GATEWAY_SELLS:
+                self._put(msgspec.structs.replace(p, reason=_GATEWAY_SELLS), notes)
+            return
         if want <= 0:
             self._put(
                 msgspec.structs.replace(p, state=PS.DONE if p.sold else PS.CANCELLED, reason="nothing left to sell"),
