@@ -129,16 +129,17 @@ def test_the_agents_cancel_or_revise_of_the_flatten_is_refused(act: str, caplog:
     assert f"the agent may not {verb} it" in line
 
 
-def test_the_engines_own_paths_still_cancel_the_gateways_sells() -> None:
-    """A stop met after the flatten was placed (15:20's low 69,600 under 69,700) sells at once: its exit
-    cancels the flatten sell first, as live's protection desk takes the shares (the engine's path, not the
-    agent's)."""
+def test_a_stop_met_after_the_flatten_leaves_the_flatten_selling() -> None:
+    """A stop met after the flatten was placed (15:20's low 69,600 under 69,700) does not cancel it: live's
+    protection desk never cancels the gateway's own sells and waits while they hold the shares
+    (server/protection.py); the flatten sells at the closing call and the protection ends with nothing to
+    sell. Neither does the agent's cancel_all take it."""
     r = run({"2024-01-03T09:00": [("buy", 10, {"stop": 69_700})], "2024-01-03T15:20": [("cancel_all",)]})
-    assert fills(r) == [BOUGHT, ("2024-01-03T15:20", "sell", 10, 69_700, f"probe-20240103-{GATEWAY_ORDER_BASE + 1}")]
+    assert fills(r) == [BOUGHT, ("2024-01-03T15:25", "sell", 10, 69_400, FLATTEN)]
     flatten = next(o for o in r.orders if o.client_order_id == FLATTEN)
-    assert flatten.state is OrderState.CANCELLED
+    assert flatten.state is OrderState.FILLED
     (p,) = r.protections
-    assert p.state is PS.DONE
+    assert p.state is PS.CANCELLED and p.sold == 0
 
 
 # ---- the flatten's size: live's function --------------------------------------------------------------------

@@ -7,9 +7,9 @@ open crosses), then checks the protections, then matches the rest of the bar."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
-import pytest
 
 from agent.strategy import Strategy, session_tif
 from common.config import AgentCard
@@ -20,7 +20,6 @@ from common.protection import Leg, ProtectionState as PS
 from common.schema import Bar
 from tools.backtest.data import Series
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
-from tools.paths import SHARED
 
 CODE = "005930"
 PLAN: dict[str, list[tuple[Any, ...]]] = {}
@@ -129,13 +128,10 @@ def test_intraday_the_bars_open_orders_come_before_the_stop() -> None:
     assert r.protections[0].state is PS.CANCELLED
 
 
-def test_sma_bracket_on_real_history() -> None:
+def test_sma_bracket_on_real_history(shared_data: Path) -> None:
     """The case seen: sma_bracket on FinanceDataReader's 2020-2026 history, SK hynix on 2021-04-21 (open
     138,000, low 132,000): 21 shares sold at the open by the agent's sell, not at the stop's 133,500."""
-    data = SHARED / "data" / "krx_daily_fdr_2020_2026"
-    if not (data / "000660.csv").is_file():
-        pytest.skip("shared/data/krx_daily_fdr_2020_2026 not found")
-    from pathlib import Path
+    data = shared_data / "krx_daily_fdr_2020_2026"
 
     from common.config import load_card
     from tools.backtest.data import load_codes
