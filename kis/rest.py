@@ -49,6 +49,7 @@ import aiohttp
 import msgspec
 
 from kis import lenient
+from common.aio import within
 from kis.budget import Lane, RestBudget
 from kis.codes import PROVES_NOT_PLACED, Verdict, lookup
 from kis.credentials import Credentials
@@ -515,7 +516,7 @@ class KisRest:
         start = time.monotonic()
         left = self.write_deadline_s - (start - first_sent) if first_sent is not None else self.write_deadline_s
         try:
-            await asyncio.wait_for(asyncio.shield(task), max(left, 0.0))
+            await within(asyncio.shield(task), max(left, 0.0))  # (common.aio: a cancel of the call is kept)
         except TimeoutError:
             late = (
                 f"is still running {time.monotonic() - start:.1f}s later, past the order's "
