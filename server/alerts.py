@@ -2,15 +2,14 @@
 refused flatten sells...). Logged, kept (the newest 200, for status and the console), published on the
 system topic, and handed to any extra sink (e.g. a notifier that reaches a person). The kinds are
 common.enums.AlertKind (each needs its title in server/notifier.py). An alert may name its subject (what it is
-about: an order id, an outage's start): a sink that takes a `subject` keyword (the operator's, which hands
-alerts to the notifier) is given it, so that repeats of one subject are suppressed and a new one is news."""
+about: an order id, an outage's start): every sink is given it (the operator's hands it to the notifier), so
+that repeats of one subject are suppressed and a new one is news."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 from common.clock import kst_from_ns
 from common.enums import AlertKind, SystemEventKind
@@ -19,19 +18,11 @@ log = logging.getLogger("ktrader.alerts")
 
 KEEP = 200
 
-Sink = Callable[[AlertKind | None, str, str], None]
 
+class Sink(Protocol):
+    """(kind or None, text, agent, subject): a kind marks an alert that must reach a person."""
 
-class SubjectSink(Protocol):
-    def __call__(self, kind: AlertKind | None, text: str, agent: str, *, subject: str) -> None: ...
-
-
-def takes_subject(sink: Sink) -> bool:
-    """Whether `sink` has a `subject` parameter (it is then given the alert's subject)."""
-    try:
-        return "subject" in inspect.signature(sink).parameters
-    except (TypeError, ValueError):  # (a builtin without a signature)
-        return False
+    def __call__(self, kind: AlertKind | None, text: str, agent: str, subject: str = "") -> None: ...
 
 
 class Alerts:
@@ -39,8 +30,8 @@ class Alerts:
         self.publish = publish
         self.now_ns = now_ns
         self.recent: list[tuple[int, str]] = []
-        # extra sinks, e.g. the notifier: (kind or None, text, agent); a kind marks an alert that must
-        # reach a person (common.enums.AlertKind), the rest are for the screen
+        # extra sinks, e.g. the notifier (Sink); a kind marks an alert that must reach a person
+        # (common.enums.AlertKind), the rest are for the screen
         self.sinks: list[Sink] = []
 
     def __call__(self, text: str, kind: AlertKind | None = None, agent: str = "", subject: str = "") -> None:
@@ -50,10 +41,7 @@ class Alerts:
         self.publish(SystemEventKind.ALERT, agent, text)
         for sink in self.sinks:
             try:
-                if subject and takes_subject(sink):
-                    cast(SubjectSink, sink)(kind, text, agent, subject=subject)
-                else:
-                    sink(kind, text, agent)
+                sink(kind, text, agent, subject)
             except Exception:  # a sink's trouble never stops the gateway
                 log.exception("alert sink failed")
 

@@ -458,7 +458,7 @@ class Gateway:
     def router_endpoint(self) -> str:
         return self.router.endpoint
 
-    def _trust(self) -> None:
+    def _trust(self, owner: dict[str, str] | None = None) -> None:
         """The operator's credential, and on the first start on this run folder on the twin (env sim)
         the approval of the cards in `trust.cards_dir` (whoever starts the gateway is its operator; the
         demo relies on it); every agent approved for this gateway's environment and account gets its
@@ -467,7 +467,8 @@ class Gateway:
         another environment or account (the twin's first start, before `ktrader reset` and a real
         account) is not honoured: its agent is refused at registration (common/approvals.py)."""
         credentials.issue(self.run_dir, credentials.OPERATOR)
-        owner = run_owner(self.cfg, self.broker, self.run_dir)  # the one run() checked the store's against
+        # the one run() checked the store's against (run() hands it over: the owner key file read once)
+        owner = owner or run_owner(self.cfg, self.broker, self.run_dir)
         first = not approvals.exists(self.run_dir)
         folder = Path(self.cfg.trust.cards_dir)
         cards: list[tuple[Path, AgentCard]] = []
@@ -544,7 +545,7 @@ class Gateway:
         except ConfigError:
             self._close_stores()
             raise
-        self._trust()
+        self._trust(owner)
         self.core.load()
         self.recorder = attach_recorder(
             self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker

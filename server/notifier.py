@@ -38,7 +38,7 @@ import smtplib
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Protocol
@@ -339,6 +339,11 @@ class _Limit:
         self.stamps.append(now)
 
 
+def _kinds(counts: Mapping[str, int]) -> str:
+    """Alert kinds with how many of each: "kill_switch, unknown_order x2"."""
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(counts.items()))
+
+
 class _Lane:
     """One channel's bounded queue and its own sender task: a slow or failing channel delays only itself."""
 
@@ -471,16 +476,14 @@ class _Lane:
         if self.dropped:
             lost.append(f"+{self.dropped} alerts dropped: the queue of this channel was full")
         if self.given_up:
-            kinds = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(self.given_up.items()))
             lost.append(
                 f"+{sum(self.given_up.values())} alerts given up: not delivered within {GIVE_UP_S / 60:.0f} min "
-                f"({kinds})"
+                f"({_kinds(self.given_up)})"
             )
         if self.refused_up:
-            kinds = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(self.refused_up.items()))
             lost.append(
                 f"+{sum(self.refused_up.values())} critical alerts given up: the receiver refused them for "
-                f"{GIVE_UP_S / 60:.0f} min while it took others ({kinds})"
+                f"{GIVE_UP_S / 60:.0f} min while it took others ({_kinds(self.refused_up)})"
             )
         return f"\n({'; '.join(lost)}; see the console)" if lost else ""
 

@@ -43,7 +43,7 @@ class Harness:
         )
         self.account = AccountReader(self.portfolio, self.broker.account, 30.0)
         self.alerts: list[tuple[AlertKind | None, str, str]] = []
-        c.alerts.sinks.append(lambda kind, text, agent: self.alerts.append((kind, text, agent)))
+        c.alerts.sinks.append(lambda kind, text, agent, subject="": self.alerts.append((kind, text, agent)))
         self._pump: asyncio.Task[None] | None = None
 
     async def start(self, read_account: bool = True) -> None:

@@ -83,7 +83,7 @@ def test_the_live_gateway_sends_it_to_a_person(tmp_path: Path) -> None:
     live = Gateway(cfg, FakeBroker(ref_price=70_000), clock=WallClock())
     twin = Gateway(GatewayConfig(run_dir=str(tmp_path / "run2")), FakeBroker(ref_price=70_000))  # its own clock
     kinds: list[tuple[AlertKind | None, str]] = []
-    live.alerts.sinks.append(lambda kind, text, agent: kinds.append((kind, text)))
+    live.alerts.sinks.append(lambda kind, text, agent, subject="": kinds.append((kind, text)))
     try:
         assert twin.md.on_skew is None  # a replay's prints run on the twin's clock: nothing to compare
         assert live.md.on_skew is not None

@@ -43,7 +43,7 @@ async def test_a_holiday_check_that_fails_at_midnight_is_asked_again(
     broker = HolidayBroker(failures=2)
     gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "run")), broker)
     kinds: list[tuple[AlertKind | None, str]] = []
-    gw.alerts.sinks.append(lambda kind, text, agent: kinds.append((kind, text)))
+    gw.alerts.sinks.append(lambda kind, text, agent, subject="": kinds.append((kind, text)))
     try:
         gw._check_calendar("20270719")  # the new day's check, at midnight
 

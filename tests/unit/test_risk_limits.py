@@ -143,7 +143,7 @@ def test_a_resume_accepts_what_tripped_and_holds_until_it_worsens(tmp_path: Path
         cfg = GatewayConfig(kill_errors=3, risk=RiskLimits(max_daily_loss=100_000))
         async with Desk(tmp_path, cfg) as d:
             risk, seen = d.core.risk, []
-            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append(kind))
+            d.core.alerts.sinks.append(lambda kind, text, agent, subject="": seen.append(kind))
             risk.broker_errors = [d.core.book.now_ns()] * 3
             risk.sweep([])
             assert risk.global_state is TradingState.HALTED
@@ -191,7 +191,7 @@ def test_a_flatten_of_an_agent_past_its_drawdown_halt_level_sells(tmp_path: Path
     async def main() -> None:
         async with Desk(tmp_path) as d:
             risk, seen = d.core.risk, []
-            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append(kind))
+            d.core.alerts.sinks.append(lambda kind, text, agent, subject="": seen.append(kind))
             c = msgspec.structs.replace(card(), risk=RiskLimits(halt_drawdown_pct=1.0))
             assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None
             await asyncio.wait_for(_until(lambda: d.core.portfolio.position("alpha", "005930") is not None), 5)
@@ -213,7 +213,7 @@ def test_automatic_halt_reaches_the_notifier_kind(tmp_path: Path) -> None:
     async def main() -> list[tuple[object, str]]:
         seen: list[tuple[object, str]] = []
         async with Desk(tmp_path, GatewayConfig(kill_errors=2)) as d:
-            d.core.alerts.sinks.append(lambda kind, text, agent: seen.append((kind, text)))
+            d.core.alerts.sinks.append(lambda kind, text, agent, subject="": seen.append((kind, text)))
             d.core.risk.broker_error(0)
             d.core.risk.broker_errors = [d.core.book.now_ns()] * 2
             d.core.risk.sweep([])
