@@ -36,6 +36,7 @@ from typing import Union
 import msgspec
 
 from common.enums import OrderType, Side, TimeInForce
+from common.ids import placed_by_gateway
 
 
 class OrderState(StrEnum):
@@ -381,6 +382,12 @@ AMENDING = frozenset({S.PENDING_REPLACE, S.PENDING_CANCEL})
 REPRICEABLE_TYPES = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
 # only resting orders are revised: an IOC/FOK order is filled or killed the moment it arrives
 REVISABLE_TIFS = frozenset({TimeInForce.DAY, TimeInForce.NEXT_SESSION})
+
+
+def is_gateway_exit(o: Order) -> bool:
+    """A sell the gateway placed for the agent (a protective exit, a flatten sell): it only reduces what is
+    held, and the agent may not cancel or revise it (live's desk and the backtest's context alike)."""
+    return o.side is Side.SELL and placed_by_gateway(o.client_order_id)
 
 
 def revise_refusal(order: Order, qty: int) -> str:

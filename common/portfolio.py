@@ -172,11 +172,11 @@ class Portfolio:
                 _bump(bk.sell_qty, code, rem)
             else:
                 _bump(bk.buy_n, code, sign)
-                if o.price and o.order_type not in MARKET_LIKE:
+                if self._priced(o):
                     bk.limit_buys += rem * o.price
                     _bump(bk.buy_value, code, rem * o.price)
                     _bump(bk.sector_buys, self.sectors.get(code, ""), rem * o.price)
-                elif o.state is OrderState.HELD and o.valid_day:  # in the band of the session it is held for
+                elif self._held_day(o):  # in the band of the session it is held for
                     _bump(bk.held_market, (code, o.valid_day), rem)
                 else:  # it executes at the market whatever price it carries: valued as a market buy
                     _bump(bk.market_qty, code, rem)
@@ -196,13 +196,20 @@ class Portfolio:
     def order_value(self, o: Order) -> int:
         """An open order's remainder as the reservations value it (a market-like one at the band's edge:
         a held buy's, of the session it is held for)."""
-        if o.side is Side.BUY and o.state is OrderState.HELD and o.valid_day and not self._priced(o):
+        if o.side is Side.BUY and not self._priced(o) and self._held_day(o):
             return o.remaining * self._held_unit(o.code, o.valid_day)
         return o.remaining * self.notional_price(o.side, o.price, o.code, o.order_type)
 
     @staticmethod
     def _priced(o: Order) -> bool:
+        """A buy valued at its own price (a limit); else at the band's edge (market-like, or no price)."""
         return bool(o.price) and o.order_type not in MARKET_LIKE
+
+    @staticmethod
+    def _held_day(o: Order) -> str:
+        """The session an order is held for ("" when it is not held): an unpriced buy's band is that one's
+        (_count and order_value ask this one test, so a reservation is what the gate values)."""
+        return o.valid_day if o.state is OrderState.HELD else ""
 
     def _held_unit(self, code: str, day: str) -> int:
         """One share of a market buy held for the session of `day`: that session's upper limit."""

@@ -95,7 +95,8 @@ from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
 from server.notifier import Notifier
 from server.order_book import OrderBook
-from server.order_desk import OPERATOR_FLATTEN, OrderDesk, is_gateway_exit
+from common.orders import is_gateway_exit
+from server.order_desk import OPERATOR_FLATTEN, OrderDesk
 from server.performance import closing_result, performance
 from server.protection import ProtectionDesk
 from server.publisher import Publisher

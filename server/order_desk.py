@@ -40,6 +40,7 @@ from common.orders import (
     RequestCancel,
     RequestReplace,
     Submit,
+    is_gateway_exit,
     revise_refusal,
 )
 from common.risk_rules import HELD_TIFS, Denial
@@ -85,11 +86,6 @@ class Flattening(msgspec.Struct, frozen=True, kw_only=True):
     card: AgentCard
     why: str
     recancels: dict[str, int] = {}
-
-
-def is_gateway_exit(o: Order) -> bool:
-    """A sell the gateway placed for the agent (a protective exit, a flatten): it only reduces what is held."""
-    return o.side is Side.SELL and placed_by_gateway(o.client_order_id)
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:

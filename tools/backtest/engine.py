@@ -64,7 +64,7 @@ from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
-from common.orders import Order, revise_refusal
+from common.orders import Order, is_gateway_exit, revise_refusal
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
@@ -306,13 +306,6 @@ def open_volume_unrecorded(bars: list[Bar], starts: list[str]) -> bool:
     return traded and unrecorded >= UNRECORDED_SESSIONS and unrecorded > recorded
 
 
-def _gateway_exit(o: Order) -> bool:
-    """A sell the gateway placed for the agent (a protective exit, a flatten sell): the agent may not
-    cancel or revise it (live's server/order_desk.py is_gateway_exit; the engine's own end-of-day and
-    protection paths cancel it through the broker)."""
-    return o.side is _SELL and placed_by_gateway(o.client_order_id)
-
-
 def _forbidden(o: Order, what: str) -> str:
     """What live's desk answers the agent's cancel or revise of a gateway exit with."""
     return (
@@ -405,7 +398,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
 
     def cancel(self, client_order_id: str) -> None:
         o = self._e.broker.orders.get(client_order_id)
-        if o is not None and _gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py cancel)
+        if o is not None and is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py cancel)
             self.log.warning("cancel %s: refused: %s", client_order_id, _forbidden(o, "cancel"))
         elif not self._e.broker.cancel(client_order_id, self._e.pending):
             self.log.warning("cancel %s: not an open order", client_order_id)
@@ -414,7 +407,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         e = self._e
         b = e.broker
         o = b.orders.get(client_order_id)
-        if o is not None and _gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py modify)
+        if o is not None and is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py modify)
             self.log.warning("modify %s: refused: %s", client_order_id, _forbidden(o, "revise"))
         elif o is not None and (why := revise_refusal(o, qty)):
             self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
@@ -427,7 +420,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         b = self._e.broker
         for coid in list(b.open_ids):
             o = b.orders[coid]
-            if (not code or o.code == code) and not _gateway_exit(o):
+            if (not code or o.code == code) and not is_gateway_exit(o):
                 b.cancel(coid, self._e.pending)
 
     @property

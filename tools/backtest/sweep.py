@@ -74,10 +74,7 @@ def _value(text: str, like: Any = None) -> Any:
     t = text.strip()
     if isinstance(like, str):
         return t
-    if isinstance(like, bool):
-        if t.lower() in ("true", "false"):
-            return t.lower() == "true"
-    elif isinstance(like, (int, float)):
+    if isinstance(like, (int, float)) and not isinstance(like, bool):  # (a bool reads as one below)
         try:
             return type(like)(t)
         except ValueError:
