@@ -344,6 +344,50 @@ def _kinds(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(counts.items()))
 
 
+@dataclass(eq=False)
+class _Health:
+    """A run of failed tries, a channel's or the heartbeat's: one bookkeeping for both (what failed last,
+    since when, whether the screen was told of the outage, the status keys)."""
+
+    failures: int = 0  # failed tries in a row (0: delivering)
+    failing_since: float | None = None  # notifier clock of the first failed try of this outage
+    last_error: str = ""  # what the last failed try was ("HTTP 401", "ConnectError"...), kept after recovery
+    last_error_at: float = 0.0
+    last_error_config: bool = False  # ... a refusal that retrying will not heal
+    outage_told: bool = False  # the screen was told of this outage (OUTAGE_ALERT_S)
+
+    def failed(self, now: float, error: str, config: bool) -> bool:
+        """Count a failed try; returns whether the one before was already a configuration refusal (so the
+        ERROR that asks for a fix is logged once per outage)."""
+        was_config = self.last_error_config and self.failures > 0
+        self.failures += 1
+        self.last_error, self.last_error_at, self.last_error_config = error.replace("|", "/"), now, config
+        if self.failing_since is None:
+            self.failing_since = now
+        return was_config
+
+    def recovered(self) -> float | None:
+        """A try went through: the outage ends. Returns when it began if the screen was told of it."""
+        told = self.failing_since if self.outage_told else None
+        self.failures, self.failing_since, self.outage_told = 0, None, False
+        return told
+
+    def outage_due(self, now: float) -> bool:
+        """Failing for OUTAGE_ALERT_S and not told yet: True once per outage (the caller tells)."""
+        if self.failing_since is None or self.outage_told or now - self.failing_since < OUTAGE_ALERT_S:
+            return False
+        self.outage_told = True
+        return True
+
+    def status(self, prefix: str, now: float) -> dict[str, int]:
+        out = {prefix + "failing_s": -1 if self.failing_since is None else int(now - self.failing_since)}
+        if self.last_error:
+            out[f"{prefix}error|{self.last_error}"] = int(now - self.last_error_at)
+            if self.last_error_config:
+                out[prefix + "config_error"] = 1
+        return out
+
+
 class _Lane:
     """One channel's bounded queue and its own sender task: a slow or failing channel delays only itself."""
 
@@ -359,7 +403,7 @@ class _Lane:
         # and one channel's success never hides another channel's failure.
         self.delivered: dict[_Key, float] = {}
         self.limit = _Limit(owner.cfg.max_per_minute)
-        self.failures = 0  # failed tries in a row
+        self.health = _Health()
         self.retry_at = 0.0
         self.dropped = 0  # dropped for a full queue since the last delivered message: noted in the next one
         # given up (not delivered within GIVE_UP_S) since the last delivered message, by kind: noted in the next one
@@ -372,11 +416,6 @@ class _Lane:
         # that alert's first refusal: an alert not tried yet need not wait for the back-off
         self.content_refused = False
         self.sent = 0  # alerts delivered (those summarised in one message included)
-        self.failing_since: float | None = None  # notifier clock of the first failed try of this outage
-        self.last_error = ""  # what the last failed try was ("HTTP 401", "ConnectError"...), kept after recovery
-        self.last_error_at = 0.0
-        self.last_error_config = False  # ... a refusal that retrying will not heal
-        self.outage_told = False  # the screen was told of this outage (OUTAGE_ALERT_S)
         self.wake = asyncio.Event()
         self.draining = False
 
@@ -462,7 +501,7 @@ class _Lane:
             return self.retry_at - now
         # after a failed try the alert goes alone: whatever the channel refused, not it; nothing rides on an
         # alert the receiver refuses for good, and one it refuses so rides on none (it would sink them)
-        if self.failures or primary.refused_at is not None:
+        if self.health.failures or primary.refused_at is not None:
             return [primary]
         return [primary, *(it for it in self.queue if it.held and it is not primary and it.refused_at is None)]
 
@@ -525,14 +564,15 @@ class _Lane:
     def _failed(self, batch: list[_Item], e: Exception) -> None:
         now = self.owner.clock()
         self.owner.counters["failed"] += 1
-        self.failures += 1
-        delay = backoff_s(self.failures)
+        config = bool(getattr(e, "config", False))
+        error = (getattr(e, "kind", "") or str(e) or type(e).__name__)[:80]
+        was_config = self.health.failed(now, error, config)
+        failures = self.health.failures
+        delay = backoff_s(failures)
         asked = getattr(e, "retry_after", None)  # the receiver's Retry-After (429/503), bounded
         if isinstance(asked, (int, float)) and asked > delay:
             delay = min(float(asked), RETRY_AFTER_MAX_S)
         self.retry_at = now + delay
-        config = bool(getattr(e, "config", False))
-        was_config = self.last_error_config and self.failures > 1
         for it in batch:
             it.tries += 1
         alone = batch[0] if len(batch) == 1 else None  # a refusal of a message with riders is of none of them
@@ -545,12 +585,8 @@ class _Lane:
         elif alone is not None:  # refused for another reason: not refused for good (yet)
             alone.refused_at, alone.refused_amid = None, False
         self.content_refused = alone is not None and alone.refused_amid
-        self.last_error = (getattr(e, "kind", "") or str(e) or type(e).__name__)[:80].replace("|", "/")
         if alone is not None:
-            alone.error = self.last_error
-        self.last_error_at, self.last_error_config = now, config
-        if self.failing_since is None:
-            self.failing_since = now
+            alone.error = self.health.last_error
         # one line per outage (the error only: never the URL or password); the retries at debug. A refusal
         # that will not heal by retrying is an ERROR at once: the operator must fix the configuration.
         if config and not was_config and not again:
@@ -565,13 +601,13 @@ class _Lane:
             )
         else:
             log.log(
-                logging.WARNING if self.failures == 1 and not again else logging.DEBUG,
+                logging.WARNING if failures == 1 and not again else logging.DEBUG,
                 "alert %s not delivered by %s: %s (retry in %.0f s%s)",
                 batch[0].alert.kind.value,
                 self.name,
                 e,
                 delay,
-                ", as the receiver asked" if asked is not None and delay > backoff_s(self.failures) else "",
+                ", as the receiver asked" if asked is not None and delay > backoff_s(failures) else "",
             )
         self.queue.extend(batch)  # back in raising order, to be tried again
         self.queue = deque(sorted(self.queue, key=lambda it: it.seq))
@@ -579,14 +615,12 @@ class _Lane:
 
     def _delivered(self, batch: list[_Item]) -> None:
         now = self.owner.clock()
-        if self.failures:
-            log.info("%s delivers again after %d failed tries", self.name, self.failures)
-        if self.outage_told and self.failing_since is not None:
-            self.owner.screen.append(
-                f"notifier: {self.name} delivers again (it failed for {_dur(now - self.failing_since)})"
-            )
-        self.failures, self.retry_at, self.dropped = 0, 0.0, 0
-        self.failing_since, self.outage_told, self.content_refused = None, False, False
+        if self.health.failures:
+            log.info("%s delivers again after %d failed tries", self.name, self.health.failures)
+        told_since = self.health.recovered()
+        if told_since is not None:
+            self.owner.screen.append(f"notifier: {self.name} delivers again (it failed for {_dur(now - told_since)})")
+        self.retry_at, self.dropped, self.content_refused = 0.0, 0, False
         self.given_up.clear()
         self.refused_up.clear()
         self.sent += len(batch)
@@ -658,7 +692,7 @@ class _Lane:
                     self.name,
                     it.alert.kind.value,
                     now - it.raised_at,
-                    self.last_error or "no error yet",
+                    self.health.last_error or "no error yet",
                 )
         old = [it for it in old if it.alert.kind not in CRITICAL]
         if not old:
@@ -679,13 +713,13 @@ class _Lane:
     def check_outage(self, now: float) -> None:
         """Failing for OUTAGE_ALERT_S: told on the screen once per outage (not as a kinded alert: that
         would queue on this very channel)."""
-        if self.failing_since is None or self.outage_told or now - self.failing_since < OUTAGE_ALERT_S:
+        h = self.health
+        if not h.outage_due(now):
             return
-        self.outage_told = True
-        hint = ": a configuration problem, fix [notify] or the receiver" if self.last_error_config else ""
+        hint = ": a configuration problem, fix [notify] or the receiver" if h.last_error_config else ""
         self.owner.screen.append(
-            f"notifier: {self.name} has not delivered for {_dur(now - self.failing_since)} "
-            f"({self.last_error}{hint}): what it carries reaches no one ({self.pending()} alerts waiting)"
+            f"notifier: {self.name} has not delivered for {_dur(now - (h.failing_since or now))} "
+            f"({h.last_error}{hint}): what it carries reaches no one ({self.pending()} alerts waiting)"
         )
 
     def status(self, now: float) -> dict[str, int]:
@@ -693,15 +727,10 @@ class _Lane:
         out = {
             p + "delivered": self.sent,
             p + "queued": self.pending(),
-            p + "retrying": self.failures,  # failed tries in a row (0: delivering)
+            p + "retrying": self.health.failures,  # failed tries in a row (0: delivering)
             p + "given_up": self.given_up_total,
-            p + "failing_s": -1 if self.failing_since is None else int(now - self.failing_since),
         }
-        if self.last_error:
-            out[f"{p}error|{self.last_error}"] = int(now - self.last_error_at)
-            if self.last_error_config:
-                out[p + "config_error"] = 1
-        return out
+        return out | self.health.status(p, now)
 
     async def _drain(self) -> None:
         """At stop: one try to send everything still queued (critical first), as one message; an alert the
@@ -739,12 +768,7 @@ class Heartbeat:
         self.next_at = 0.0  # the first ping at the first tick: the service hears of the start at once
         self.pings = 0
         self.failed = 0
-        self.failures = 0  # failed pings in a row
-        self.failing_since: float | None = None
-        self.last_error = ""
-        self.last_error_at = 0.0
-        self.last_error_config = False
-        self.outage_told = False
+        self.health = _Health()  # failed pings in a row
         self.closed = False
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -786,11 +810,7 @@ class Heartbeat:
     def _failed(self, e: SendError) -> None:
         now = self.clock()
         self.failed += 1
-        self.failures += 1
-        was_config = self.last_error_config and self.failures > 1
-        self.last_error, self.last_error_at, self.last_error_config = e.kind.replace("|", "/"), now, e.config
-        if self.failing_since is None:
-            self.failing_since = now
+        was_config = self.health.failed(now, e.kind, e.config)
         if e.config and not was_config:
             log.error(
                 "heartbeat ping (%s to heartbeat_url) refused: %s: a configuration problem (a wrong or deleted "
@@ -800,7 +820,7 @@ class Heartbeat:
             )
         else:
             log.log(
-                logging.WARNING if self.failures == 1 else logging.DEBUG,
+                logging.WARNING if self.health.failures == 1 else logging.DEBUG,
                 "heartbeat ping (%s to heartbeat_url) failed: %s; tried again every %.0f s (the dead-man's switch "
                 "pages if it lasts)",
                 self.method,
@@ -810,19 +830,18 @@ class Heartbeat:
 
     def _ok(self) -> None:
         self.pings += 1
-        if self.failures:
-            log.info("heartbeat pings again after %d failed pings", self.failures)
-        self.failures, self.failing_since = 0, None
-        self.outage_told = False
+        if self.health.failures:
+            log.info("heartbeat pings again after %d failed pings", self.health.failures)
+        self.health.recovered()
 
     def check_outage(self, now: float, screen: list[str]) -> None:
-        if self.failing_since is None or self.outage_told or now - self.failing_since < OUTAGE_ALERT_S:
+        h = self.health
+        if not h.outage_due(now):
             return
-        self.outage_told = True
         screen.append(
-            f"notifier: the heartbeat pings have failed for {_dur(now - self.failing_since)} ({self.last_error}): "
+            f"notifier: the heartbeat pings have failed for {_dur(now - (h.failing_since or now))} ({h.last_error}): "
             "the dead-man's switch will page as if this gateway were down"
-            + (": fix [notify] heartbeat_url" if self.last_error_config else "")
+            + (": fix [notify] heartbeat_url" if h.last_error_config else "")
         )
 
     def status(self, now: float) -> dict[str, int]:
@@ -832,13 +851,8 @@ class Heartbeat:
             "hb|every_s": int(self.every_s),
             "hb|pings": self.pings,
             "hb|failed": self.failed,
-            "hb|failing_s": -1 if self.failing_since is None else int(now - self.failing_since),
         }
-        if self.last_error:
-            out[f"hb|error|{self.last_error}"] = int(now - self.last_error_at)
-            if self.last_error_config:
-                out["hb|config_error"] = 1
-        return out
+        return out | self.health.status("hb|", now)
 
     async def close(self) -> None:
         self.closed = True
@@ -938,7 +952,7 @@ class Notifier:
         out = {
             **self.counters,
             "queued": max((lane.pending() for lane in self._lanes), default=0),
-            "retrying": sum(1 for lane in self._lanes if lane.failures),
+            "retrying": sum(1 for lane in self._lanes if lane.health.failures),
             "channels": len(self.channels),
         }
         for lane in self._lanes:
