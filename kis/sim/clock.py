@@ -8,7 +8,10 @@ jump to the close or to the next trading day.
 `open` is a synthetic session day: its date is the configured one (or today), and its time of day
 starts at that day's opening (09:00) when the twin starts or moves to a day, then runs with the wall
 clock, so order, fill and print times read like KRX session times whatever the hour outside. A twin
-left open longer than the session (6 h 20 min) keeps trading with later times, up to 23:59:59.
+left open longer than the session (6 h 20 min) keeps trading with later times, up to 23:59:59; past
+it the next trading day opens, as the admin's next-day move does (the exchange closes the day and
+rolls its books on its next tick). A clock that stood still there instead froze every window measured
+on market time in a gateway left running (order rates, kill-switch and grace windows, retries, bars).
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class TwinClock:
 
     def now(self) -> dt.datetime:
         t = self._virtual0 + dt.timedelta(seconds=(time.monotonic() - self._real0) * self.speed)
-        if self.mode is ClockMode.OPEN:
-            return min(t, dt.datetime.combine(self._day, OPEN_MODE_LAST, tzinfo=KST))  # never the next day
+        if self.mode is ClockMode.OPEN and t > dt.datetime.combine(self._day, OPEN_MODE_LAST, tzinfo=KST):
+            self._open_day(next_trading_day(self._day))  # the synthetic day is over: the next one opens
+            return self._virtual0
         return t
 
     def today(self) -> dt.date:

@@ -191,9 +191,33 @@ def test_open_clock_is_a_synthetic_session_day() -> None:
     assert dt.time(10, 0) <= clock.now().time() < dt.time(10, 1)
     assert clock.move_to_next_day() == dt.date(2026, 3, 5)
     assert dt.time(9, 0) <= clock.now().time() < dt.time(9, 1)
-    clock._real0 -= 20 * 3600  # left open all night: still the same day, at its last second
-    assert clock.now() == dt.datetime.combine(dt.date(2026, 3, 5), dt.time(23, 59, 59), tzinfo=clock.now().tzinfo)
+    clock._real0 -= 14 * 3600 + 59 * 60  # 23:59 and some seconds: still the same day
+    assert clock.now().date() == dt.date(2026, 3, 5) and clock.now().time() >= dt.time(23, 59)
+    clock._real0 -= 60  # left open past midnight: the next trading day opens (time moves on, never stands still)
+    assert clock.now().date() == dt.date(2026, 3, 6) and dt.time(9, 0) <= clock.now().time() < dt.time(9, 1)
+    clock._real0 -= 3 * 24 * 3600  # a weekend later: Friday's day ended, Monday opened
+    assert clock.now().date() == dt.date(2026, 3, 9)
     from common.krx import Phase
 
     assert clock.phase() is Phase.CONTINUOUS
     assert TwinClock(ClockMode.OPEN, dt.date(2026, 3, 7)).now().time() >= dt.time(9, 0)  # a Saturday: 09:00 too
+
+
+def test_an_open_clock_left_running_past_midnight_closes_the_day_and_rolls_the_books() -> None:
+    """A twin left open (the default) past the synthetic day's 23:59:59: the day's DAY orders expire at
+    the exchange's next tick and it trades the next session; a clock that stood still at 23:59:59 froze
+    every window a gateway measures on market time."""
+    day = dt.date(2026, 3, 4)
+    clock = TwinClock(ClockMode.OPEN, day)
+    ex, acct, notices = _exchange(clock)
+    ex.on_clock()
+    st = ex.stocks["005930"]
+    bid = st.book.best_bid()
+    assert bid is not None
+    rec = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 10 * 100)  # rests
+    assert rec.open_qty == 1
+    clock._real0 -= 15 * 3600 + 1  # past 23:59:59
+    ex.on_clock()
+    assert ex.day == dt.date(2026, 3, 5) and rec.open_qty == 0 and clock.phase() is Phase.CONTINUOUS
+    later = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 10 * 100)
+    assert later.open_qty == 1  # the next session takes orders
