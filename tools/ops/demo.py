@@ -20,6 +20,7 @@ from common import approvals
 from common.config import ConfigError, load_card
 from common.connection import ConnectionFileError, read_info
 from common.errors import KtraderError
+from common.logs import rotate_if_large
 from common.schema import StatusReply
 from server.app import held_run_locks
 from tools.ops.procs import ktrader_cmd
@@ -32,6 +33,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
+    rotate_if_large(log)
     return subprocess.Popen(
         ktrader_cmd(*args), stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -116,6 +118,7 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     gw = _spawn(["gateway", "--run-dir", str(run_dir)], logs / "gateway.log")
     procs = [gw]
     supervisor = Supervisor(run_dir, log_dir=logs)
+    supervisor.logs.watch(logs / "gateway.log")  # the gateway appends to it for as long as the demo runs
     # children run in their own sessions: a closed terminal or a kill must still stop them (finally)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from agent.runtime import EXIT_BAD_CARD, EXIT_CARD_REFUSED, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK, EXIT_STRATEGY
 from common.config import ConfigError, load_card
-from common.logs import rotate_if_large
+from common.logs import LogKeeper, rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
 
 log = logging.getLogger("ktrader.supervisor")
@@ -122,6 +122,7 @@ class Supervisor:
         self.env = env
         self._lock = threading.Lock()
         self.agents: dict[str, Supervised] = {}
+        self.logs = LogKeeper()  # an agent appends to its log for as long as it runs: kept bounded meanwhile
 
     # ---- operator requests ------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class Supervisor:
             self._terminate(s)
             if s._thread is not None:
                 s._thread.join(self.policy.stop_grace_s + 5)
+        self.logs.close()
 
     def is_supervised(self, agent_id: str) -> bool:
         s = self.agents.get(agent_id)
@@ -187,7 +189,8 @@ class Supervisor:
     def _spawn(self, sup: Supervised) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"agent-{sup.id}.log"
-        rotate_if_large(path)  # the agent appends to it for as long as it runs: bounded at each (re)start
+        rotate_if_large(path)  # bounded at each (re)start, and by self.logs while it runs
+        self.logs.watch(path)
         with open(path, "ab") as logf:
             # own session: a Ctrl-C in the console's terminal does not reach the agents
             sup._proc = subprocess.Popen(
