@@ -169,13 +169,17 @@ class Reconciler:
 
     async def _run(self, reason: str, open_only: bool = False) -> ReconcileResult:
         book = self.book
+        # One day for the whole pass, taken at its start: every "today" below is this one, never the
+        # clock read again (a pass that awaits the broker across midnight would otherwise read the
+        # day's list as its own and match it against the next day's orders: see the check below).
+        day = book.day()
+        today = date_of(day)
         # Earlier days' open orders: their own day's list first (fills while no gateway ran), then expiry
         # of what is still open; orders of a day whose list could not be read stay open (they keep
         # reserving cash and counting against risk: the safe side) and are tried again next pass.
-        kept, earlier_alerts, settled = await self._settle_earlier_days(open_only)
-        if not self.expire_previous_days(keep=kept) and settled:
-            book.forget_before(book.day())  # (orders those lists closed: let go as expired ones are)
-        today = book.clock.now().date()
+        kept, earlier_alerts, settled = await self._settle_earlier_days(open_only, day)
+        if not self.expire_previous_days(keep=kept, day=day) and settled:
+            book.forget_before(day)  # (orders those lists closed: let go as expired ones are)
         # The balance first, then the orders: a fill landing between the two calls then shows in
         # the orders (and the books) but not yet in the balance, which reads as "books ahead" (an
         # alert) — never as shares of nobody's that would be wrongly given to 'external'.
@@ -186,12 +190,23 @@ class Reconciler:
             except Exception as e:
                 balance = e
         reports = await self.broker.order_reports(today, open_only=open_only)
+        if book.day() != day:
+            # The market day turned while the pass awaited the broker (a pass begun at 23:59:59). The day's
+            # roll may have let that day's finished orders go from memory meanwhile (OrderBook.roll_day), so
+            # its list can no longer be matched against the books: its lines would read as nobody's and be
+            # adopted as 'external' (phantom shares, "books ahead" for good). Nothing of it is applied: the
+            # pass is dropped and the next one (the roll asks for it) settles the day turned from through
+            # _settle_earlier_days. Dropping is simplest and obviously safe; nothing is marked synced.
+            log.info("reconcile (%s): the day turned from %s to %s during the pass: dropped", reason, day, book.day())
+            for text in earlier_alerts:  # (what the earlier days' lists showed was applied: told as usual)
+                self.alert(f"reconcile ({reason}): {text}")
+            return ReconcileResult(alerts=earlier_alerts)
         virtual = book.portfolio.virtual
         # (an earlier day's order kept open is never matched against today's list: its lines are not there)
         local = [
             o
             for c, o in book.orders.items()
-            if (o.is_open or book.is_today(c)) and o.agent not in virtual and c not in kept
+            if (o.is_open or book.order_day.get(c) == day) and o.agent not in virtual and c not in kept
         ]
         res = reconcile(
             local,
@@ -219,7 +234,7 @@ class Reconciler:
             ]
         for r in res.external:
             try:
-                self._adopt_external(r)
+                self._adopt_external(r, day)
                 self.notices.drain(r.broker_order_id)
             except Exception as e:
                 res.alerts.append(f"external order {r.broker_order_id}: adoption failed: {e}")
@@ -228,7 +243,7 @@ class Reconciler:
         if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
             res.alerts.append(f"position check failed: {balance}")
         elif balance is not None:
-            found, pending = self._check_positions(balance, res.unconfirmed)
+            found, pending = self._check_positions(balance, res.unconfirmed, day)
             persisted, notes = self._persisting(pending)
             res.alerts.extend([*found, *persisted])
         differences = list(res.alerts)
@@ -292,10 +307,17 @@ class Reconciler:
         lines adopted, fills, how the broker closed them). Returns the list it read."""
         async with self._lock:
             book = self.book
-            reports = await self.broker.order_reports(book.clock.now().date())
+            # the day whose list is read is the day its lines' times are of (not the clock's after the await)
+            day = date_of(book.day())
+            reports = await self.broker.order_reports(day)
             local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
             res = reconcile(
-                local, reports, now_ns=book.now_ns(), grace_ns=self.unknown_grace_ns, fill_grace_ns=self.fill_grace_ns
+                local,
+                reports,
+                now_ns=book.now_ns(),
+                grace_ns=self.unknown_grace_ns,
+                fill_grace_ns=self.fill_grace_ns,
+                day=day,
             )
             res.events = {c: evs for c, evs in res.events.items() if c in coids}
             self._apply(res)
@@ -307,16 +329,16 @@ class Reconciler:
 
     # ---- expiry ------------------------------------------------------------------------------------
 
-    async def _settle_earlier_days(self, open_only: bool) -> tuple[set[str], list[str], int]:
+    async def _settle_earlier_days(self, open_only: bool, today: str) -> tuple[set[str], list[str], int]:
         """Before earlier days' open orders are expired, each such day's own order list is read and
         those orders are reconciled against it (as `resolve` does): a resting order that filled at
         that day's close while no gateway ran is booked for its agent instead of expiring with nothing
         filled (its shares would otherwise go to 'external'). Returns the client order ids to keep
         open (their day's list could not be read, or this is an open-orders pass, which reads only
         today's unfilled list: the whole pass that follows settles them), the alerts, and how many
-        orders were checked against their day's list."""
+        orders were checked against their day's list. `today`: the pass's day (not the clock's: these
+        reads may take until after midnight)."""
         book = self.book
-        today = book.day()
         virtual = book.portfolio.virtual
         by_day: dict[str, list[Order]] = defaultdict(list)
         for coid, o in book.orders.items():
@@ -335,7 +357,7 @@ class Reconciler:
                 day = date_of(d)
             except ValueError:
                 continue  # not a day key: expired as before
-            if (book.clock.now().date() - day).days > EARLIER_DAYS_MAX:
+            if (date_of(today) - day).days > EARLIER_DAYS_MAX:
                 alerts.append(
                     f"{coids} of {d}: still open, older than the broker's order inquiry reaches: expired "
                     "without checking their fills (check the account)"
@@ -369,11 +391,11 @@ class Reconciler:
             alerts.extend(f"day {d}: {text}" for text in res.alerts if any(text.startswith(c) for c in coids))
         return kept, alerts, settled
 
-    def expire_previous_days(self, keep: Collection[str] = ()) -> int:
+    def expire_previous_days(self, keep: Collection[str] = (), day: str | None = None) -> int:
         """KRX orders are day orders: whatever is still open from an earlier day has expired (and, now
         finished, is let go from memory as the day's roll let the others go); `keep`: client order ids
-        left open (their day's fills are not known yet)."""
-        today = self.book.day()
+        left open (their day's fills are not known yet); `day`: the pass's day (by default the clock's)."""
+        today = day or self.book.day()
         n = self.expire_through(today, inclusive=False, keep=keep)
         if n:
             self.book.forget_before(today)
@@ -396,10 +418,10 @@ class Reconciler:
 
     # ---- orders and shares of nobody's --------------------------------------------------------------
 
-    def _adopt_external(self, r: BrokerOrderReport) -> None:
-        """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed."""
+    def _adopt_external(self, r: BrokerOrderReport, day: str) -> None:
+        """An order placed outside ktrader: keep it, owned by `external`, so its shares are attributed;
+        `day`: the day of the list it is from (the pass's)."""
         book = self.book
-        day = book.day()
         coid = f"{EXTERNAL_AGENT}-{day}-{int(r.broker_order_id)}"
         if coid in book.orders:
             return
@@ -436,7 +458,7 @@ class Reconciler:
         )
 
     def _check_positions(
-        self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None
+        self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None, day: str | None = None
     ) -> tuple[list[str], list[Note]]:
         """The account's holdings against the books. Shares the books hold from fills the broker's list
         does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
@@ -449,9 +471,11 @@ class Reconciler:
         beyond the books then go to 'external'; books ahead of the account are taken back from
         'external' only as far as it holds shares such an attribution gave it (the orders' own fills
         were booked since); anything else is alerted, never papered over. Returns the differences and
-        the notes: what waits for the list, an order in flight or the grace (Note), shown only."""
+        the notes: what waits for the list, an order in flight or the grace (Note), shown only. `day`:
+        the pass's day (by default the clock's)."""
         unconfirmed = unconfirmed or {}
         book = self.book
+        day = day or book.day()
         portfolio = book.portfolio
         now = book.now_ns()
         broker = {p.code: p for p in balance}
@@ -465,7 +489,7 @@ class Reconciler:
                 ours[code] += p.qty
         for code, q in unconfirmed.items():
             ours[code] -= q
-        busy = self._busy_codes(now)
+        busy = self._busy_codes(now, day)
         self._clamp_external_adjusted()
         alerts = []
         notes: list[Note] = []
@@ -554,7 +578,7 @@ class Reconciler:
                         f"if it persists (a notice may be on its way)",
                     )
                 )
-        alerts.extend(self._external_short_alerts(broker, ours, unconfirmed))
+        alerts.extend(self._external_short_alerts(broker, ours, unconfirmed, day))
         return alerts, notes
 
     @property
@@ -691,13 +715,13 @@ class Reconciler:
         self._unexplained.pop(code, None)
         return changes
 
-    def _busy_codes(self, now_ns: int) -> set[str]:
+    def _busy_codes(self, now_ns: int, today: str) -> set[str]:
         """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before
         the books or the list show them: a send or revise in flight (UNKNOWN, PENDING_*), a fill
         booked within fill_grace_ns, or an earlier day's order still open (its day's list could not
         be read: it may have filled)."""
         book = self.book
-        virtual, today = book.portfolio.virtual, book.day()
+        virtual = book.portfolio.virtual
         busy: set[str] = set()
         for coid, o in book.orders.items():
             if o.agent in virtual or o.agent == EXTERNAL_AGENT or o.code in busy:
@@ -711,7 +735,7 @@ class Reconciler:
         return busy
 
     def _external_short_alerts(
-        self, broker: dict[str, BrokerPosition], ours: dict[str, int], unconfirmed: dict[str, int]
+        self, broker: dict[str, BrokerPosition], ours: dict[str, int], unconfirmed: dict[str, int], day: str
     ) -> list[str]:
         """'external' short on a code an agent holds: shares sold outside ktrader (the KIS app) that
         were most likely the agent's; the books' total nets to the account, so the comparison above
@@ -719,7 +743,6 @@ class Reconciler:
         shares is not known here). A short that an account surplus on the code covers (shares held
         before ktrader, sold outside it: attributed to 'external' once it persists) is not told."""
         portfolio = self.book.portfolio
-        day = self.book.day()
         out = []
         for code, ext in sorted(portfolio.positions.get(EXTERNAL_AGENT, {}).items()):
             if ext.qty >= 0 or (day, code) in self._short_alerted:
