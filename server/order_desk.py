@@ -61,7 +61,8 @@ FLATTEN_KEY = "flattening"
 # denials at a held order's release that pass by themselves: it stays held and is tried at the next day
 # tick (a broker session still connecting at 08:30, e.g. a gateway restarted just before the open while
 # KIS holds the old socket's slot), until its session has passed and it expires. (The orders-per-minute
-# limit is not applied at release: check_revise weighs no rates.)
+# limit is not applied at release: check_revise weighs no rates.) An end-of-day flatten's sell denied so leaves
+# the flatten pending, stepped again at each day tick (OrderDesk.flatten `keep`).
 RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY})
 
 Reply = tuple[ErrorCode | None, str]
@@ -86,6 +87,9 @@ class Flattening(msgspec.Struct, frozen=True, kw_only=True):
     card: AgentCard
     why: str
     recancels: dict[str, int] = {}
+    # the end of day's (its card's promise): kept through a broker session that is not ready (stepped again at
+    # each day tick) and, once the market is closed, its sells held for the next session; never dropped so
+    keep: bool = False
 
 
 def session_day(now: dt.datetime, phase: Phase) -> str:
@@ -123,7 +127,12 @@ class OrderDesk:
         self.complete = complete or synced
         self.alert = alert
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
-        self._flattening: dict[str, tuple[AgentCard, str]] = {}  # agent -> (card, why): sells wait for its cancels
+        # agent -> (card, why, keep: see Flattening): its sells wait for its cancels
+        self._flattening: dict[str, tuple[AgentCard, str, bool]] = {}
+        self._flatten_waits: set[str] = set()  # kept flattens whose sells wait for the broker session (logged once)
+        # the end of day's flatten whose sells come after the close: held for the next session (server/trading_day.py
+        # _sell_next_session, the missed flatten's), their number returned; None (no trading day): sold as any flatten
+        self.sell_next_session: Callable[[AgentCard, str], int] | None = None
         self._flatten_recancels: dict[str, int] = {}  # coid -> cancels asked again after a refusal (flatten)
         # flattens restored at a start: stepped once the first reconciliation has settled their orders
         self._flatten_resumes: set[str] = set()
@@ -196,7 +205,7 @@ class OrderDesk:
             self.alert(f"the flattens in progress before the restart are unreadable ({e}): check and flatten again")
             return
         for agent, f in kept.items():
-            self._flattening[agent] = (f.card, f.why)
+            self._flattening[agent] = (f.card, f.why, f.keep)
             self._flatten_recancels.update(f.recancels)
             self._flatten_resumes.add(agent)
             log.warning("flatten of %s (%s) was in progress at the last stop: it goes on", agent, f.why)
@@ -233,8 +242,8 @@ class OrderDesk:
             if o is not None and o.agent in self._flattening:
                 recancels.setdefault(o.agent, {})[coid] = n
         kept = {
-            agent: Flattening(card=card, why=why, recancels=recancels.get(agent, {}))
-            for agent, (card, why) in self._flattening.items()
+            agent: Flattening(card=card, why=why, recancels=recancels.get(agent, {}), keep=keep)
+            for agent, (card, why, keep) in self._flattening.items()
         }
         self.book.store.set_meta(FLATTEN_KEY, msgspec.json.encode(kept).decode())
 
@@ -607,18 +616,28 @@ class OrderDesk:
                     n += 1
         return n
 
-    def flatten(self, card: AgentCard, why: str = "flatten") -> int:
+    def flatten(self, card: AgentCard, why: str = "flatten", *, keep: bool = False) -> int:
         """Cancel all of the agent's open orders, then sell what it holds at market once every one
         of them is closed (a cancel can lose the race to a fill, so the sells are sized after).
         The sells go through the risk gate as reducing orders: a global halt still stops them.
+        `keep` (the end of day's): a sell denied for a reason that passes (RELEASE_WAITS: a broker session not
+        ready) leaves the flatten pending, stepped again at each day tick (step_flattens); sells that come after
+        the close are held for the next session (`sell_next_session`). Else a denied sell is alerted and the
+        flatten ends (the operator's: he is told and flattens again).
         Returns the number of cancels and sells started now."""
         # one write: the flatten is kept in the store with its cancels (and with its sells when they go at once),
         # so a crash cannot keep the cancels (or the end of day's mark) and lose the sells that wait for them
         with self.book.store.write():
             n = self.cancel_all(card.id)
-            self._flattening[card.id] = (card, why)
+            self._flattening[card.id] = (card, why, keep)
             self._save_flattening()
             return n + self._flatten_step(card.id)
+
+    def step_flattens(self) -> None:
+        """Each day tick: the kept flattens (the end of day's) go on: their sells waited for the broker session
+        (a reconnect, a gateway started just before the policy's time), or for the close to hold them."""
+        for agent in sorted(a for a, (_, _, keep) in self._flattening.items() if keep):
+            self._flatten_step(agent)
 
     def _flatten_step(self, agent: str) -> int:
         book = self.book
@@ -628,15 +647,40 @@ class OrderDesk:
             or any(o.agent == agent and o.is_open for o in book.orders.values())
         ):
             return 0
+        if self._flattening[agent][2] and book.clock.phase() in REGULAR_ORDER_PHASES:
+            state = self.session()[0]
+            if state is not SessionState.READY:
+                # its sells would be denied SESSION_NOT_READY (a reconnect, a gateway started just before its
+                # time): they wait, as a protective exit does, and go at a day tick once it is ready (no denied
+                # order booked each tick meanwhile); past the close they are held for the next session
+                if agent not in self._flatten_waits:
+                    self._flatten_waits.add(agent)
+                    log.warning("flatten of %s: the broker session is %s: its sells wait for it", agent, state)
+                return 0
+        self._flatten_waits.discard(agent)
         with book.store.write():  # the flatten leaves the store with its last sells' Submit, in one write
             return self._flatten_sells(agent)
 
     def _flatten_sells(self, agent: str) -> int:
         book = self.book
-        card, why = self._flattening.pop(agent)
+        card, why, keep = self._flattening.pop(agent)
+        if keep and self.sell_next_session is not None and book.clock.phase() not in REGULAR_ORDER_PHASES:
+            # the market closed before its sells could go (its cancels ended after the close, a session down
+            # until then): held for the next session's open, as a missed flatten's; a person is told (the card
+            # promised no position overnight)
+            held = {p.code: p.qty for p in book.portfolio.positions.get(agent, {}).values() if p.qty > 0}
+            n = self.sell_next_session(card, why) if held else 0
+            self._save_flattening()
+            if held:
+                shares = ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
+                self.alert(
+                    f"{agent}: {why}: the market closed before its sells could go: its positions ({shares}) are "
+                    f"held overnight, {n} market sells held for the next session's open"
+                )
+            return n
         day = book.clock.now().date()
         n = book.last_gateway_number(agent)
-        sent, more = 0, False
+        sent, more, wait = 0, False, False
         for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
                 continue
@@ -659,10 +703,12 @@ class OrderDesk:
             res = self.submit(card, new, priority=Priority.PROTECT)
             if res.accepted:
                 sent += 1
+            elif keep and res.code in RELEASE_WAITS:
+                wait = True  # passes by itself: tried again at a day tick (step_flattens)
             else:
                 self.alert(f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}")
-        if more and sent:
-            self._flattening[agent] = (card, why)  # the rest once these sells have closed
+        if (more and sent) or wait:
+            self._flattening[agent] = (card, why, keep)  # the rest once these sells have closed, or the wait ends
         self._save_flattening()
         return sent
 

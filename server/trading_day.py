@@ -4,9 +4,11 @@
   what earlier days left open; agents are told the day (they number orders by it);
 - while the session takes orders: held next-session orders are released (or expired unsent);
 - at each card's `schedule.end`: the agent's end-of-day policy (cancel / flatten / hold), then
-  reduce-only for the rest of the day; a policy whose time passed while no gateway ran is alerted, its
-  cancels still sent (the day's own orders: not the next-session orders placed after its time) and a
-  flatten's sells held for the next session's open (promised sells are kept in the store until queued);
+  reduce-only for the rest of the day (a flatten's sells wait for a broker session that is not ready,
+  stepped at each tick, and are held for the next session if the market closes first: never dropped); a
+  policy whose time passed while no gateway ran is alerted, its cancels still sent (the day's own orders:
+  not the next-session orders placed after its time) and a flatten's sells held for the next session's
+  open (promised sells are kept in the store until queued);
 - after the close: the broker's final word (reconcile), expiry of what is left of the day, the daily
   report. A close that fails is tried again with back-off (never every tick: each try is a reconciliation
   pass); a trading day the gateway ran but never closed (down over its close, or failing until midnight)
@@ -165,6 +167,7 @@ class TradingDay:
         self.book = book
         self.desk = desk
         desk.held_back = self._held_back  # (also the release an agent's own held order starts)
+        desk.sell_next_session = self._sell_next_session  # an end-of-day flatten whose sells come after the close
         self.risk = risk
         self.recon = recon
         self.base_prices = base_prices
@@ -300,6 +303,7 @@ class TradingDay:
         released, expired = self.desk.release_due()
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
+        self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards())
         for card in due.missed:
             self.missed_end_of_day(card)
@@ -415,13 +419,22 @@ class TradingDay:
         if policy is EndOfDay.CANCEL:
             n = self.desk.cancel_all(card.id)
         elif policy is EndOfDay.FLATTEN:
-            n = self.desk.flatten(card, "end of day: flatten")
+            # kept until its sells are out (a broker session not ready: they wait) or held for the next session (the
+            # market closed first): the desk keeps it in the store, so the policy's mark below never loses it
+            n = self.desk.flatten(card, "end of day: flatten", keep=True)
         else:
             n = 0
         with self.book.store.transaction():
             self.cycle.mark_cleaned(card.id)
+        pending = policy is EndOfDay.FLATTEN and card.id in self.desk.flattening
+        what = (
+            f"{n} orders so far; its sells go once its orders are closed and the broker session takes them, or are "
+            "held for the next session if the market closes first"
+            if pending
+            else f"{n} orders"
+        )
         self.book.notify(
-            card.id, Notice(level="info", text=f"end of day: {policy.value} ({n} orders); reducing only until tomorrow")
+            card.id, Notice(level="info", text=f"end of day: {policy.value} ({what}); reducing only until tomorrow")
         )
         self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
         log.info("end of day for %s: %s (%d orders)", card.id, policy.value, n)

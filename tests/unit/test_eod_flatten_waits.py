@@ -1,0 +1,217 @@
+"""An end-of-day flatten whose sells are denied for a reason that passes is not dropped. At the card's
+`schedule.end` the broker session may be reconnecting (DEGRADED), or a gateway restarted a minute before may
+still be connecting: the sells wait and go at a day tick once the session is READY. Its cancels may end only
+after the close (queued while the session was down, expired by the close): the sells are held for the next
+session's open, as a missed flatten's are, and a person is told. (Both were denied — SESSION_NOT_READY,
+DENIED_MARKET_CLOSED — the flatten dropped and the day's policy counted as done: positions carried overnight,
+nobody told.) A denial that does not pass still ends the flatten and reaches a person."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce
+from common.ids import placed_by_gateway
+from common.orders import OrderState
+from common.schema import NewOrder, Notice
+from kis.port import BrokerCancel
+from tests.fakes.harness import Harness
+from tests.fakes.operator_desk import Desk
+from tests.fakes.trading_day_rig import Rig
+from tests.unit.test_crash_flatten import crash
+
+FRIDAY = dt.date(2026, 12, 4)
+CODE = "005930"
+FLAT = AgentCard(
+    id="flat",
+    name="flat",
+    strategy="x:Y",
+    codes=[CODE],
+    budget=10_000_000,
+    risk=RiskLimits(max_order_value=5_000_000),
+    schedule=Schedule(end="15:20", end_of_day=EndOfDay.FLATTEN),
+)
+
+
+def at(hhmm: str) -> dt.datetime:
+    return dt.datetime.combine(FRIDAY, dt.time.fromisoformat(hhmm))
+
+
+def sells(h: Harness) -> list[tuple[int, OrderState, TimeInForce]]:
+    """The flatten's sells (the gateway's own orders for the agent), denied ones too."""
+    return [
+        (o.qty, o.state, o.tif)
+        for c, o in h.book.orders.items()
+        if o.agent == "flat" and o.side is Side.SELL and placed_by_gateway(c)
+    ]
+
+
+def notices(h: Harness) -> list[str]:
+    return [e.body.text for a, e in h.events if a == "flat" and isinstance(e.body, Notice)]
+
+
+async def holding(rig: Rig, qty: int = 10) -> Harness:
+    """`flat` bought `qty` 005930 at 70,000 in the morning session."""
+    await rig.start()
+    rig.day.tick()
+    h = rig.h
+    buy = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=qty, price=70_000)
+    assert h.desk.submit(FLAT, buy).accepted  # marketable: fills at once
+    await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+    assert h.portfolio.position("flat", CODE).qty == qty  # type: ignore[union-attr]
+    return h
+
+
+async def tick(rig: Rig, hhmm: str) -> None:
+    rig.at(at(hhmm))
+    rig.day.tick()
+    await rig.run_spawned()
+    await asyncio.sleep(0.05)
+
+
+async def test_an_end_of_day_flatten_while_the_session_reconnects_sells_once_it_is_ready(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker._state = SessionState.DEGRADED  # a websocket reconnect at 15:19:59
+        await tick(rig, "15:20")
+        assert h.desk.flattening == ["flat"]  # pending, not dropped
+        assert sells(h) == []  # no sell denied (nor one booked each tick while it waits)
+        assert "flat" in rig.day.cycle.cleaned  # the policy ran: the agent reduces only
+        [text] = notices(h)[-1:]
+        assert "end of day: flatten" in text and "its sells go once" in text, text
+        await tick(rig, "15:20:01")
+        assert sells(h) == [] and h.desk.flattening == ["flat"]
+
+        h.broker._state = SessionState.READY  # back two seconds later
+        await tick(rig, "15:20:02")
+        await h.settle(lambda: h.portfolio.position("flat", CODE).qty == 0)  # type: ignore[union-attr]
+        assert sells(h) == [(10, OrderState.FILLED, TimeInForce.DAY)]
+        assert h.desk.flattening == []
+        await tick(rig, "15:20:03")
+        assert len(sells(h)) == 1  # done: not again
+        assert not [a for a in h.alerts if "denied" in a[1]], h.alerts
+    finally:
+        await rig.close()
+
+
+async def test_an_end_of_day_flatten_waiting_for_the_session_goes_on_after_a_restart(tmp_path: Path) -> None:
+    """A gateway restarted at 15:19 whose broker session is still connecting at 15:20 (the day tick waits for
+    the books, not for the session): the flatten waits, is kept in the store as the end of day's, and a
+    gateway restarted again meanwhile sells once the session is ready."""
+    db = tmp_path / "db" / "g.sqlite"
+    rig = Rig(db, at("10:00"), [FLAT])
+    h = await holding(rig)
+    h.broker._state = SessionState.CONNECTING
+    await tick(rig, "15:20")
+    assert h.desk.flattening == ["flat"] and sells(h) == []
+    await h.store.durable()
+    broker = h.broker
+    await crash(h)
+    for c in rig.spawned:
+        c.close()
+
+    async def connecting() -> None:  # REST answers, the websocket session is not ready yet
+        broker._state = SessionState.CONNECTING
+
+    broker.start = connecting  # type: ignore[method-assign]
+    again = Rig(db, at("15:21"), [FLAT], broker=broker)
+    await again.start()  # the first reconciliation resumes the flatten: its sells wait
+    try:
+        h2 = again.h
+        assert h2.desk.flattening == ["flat"] and sells(h2) == []
+        await tick(again, "15:21")
+        assert h2.desk.flattening == ["flat"] and sells(h2) == []
+        broker._state = SessionState.READY
+        await tick(again, "15:21:05")
+        await h2.settle(lambda: h2.portfolio.position("flat", CODE).qty == 0)  # type: ignore[union-attr]
+        assert sells(h2) == [(10, OrderState.FILLED, TimeInForce.DAY)] and h2.desk.flattening == []
+    finally:
+        await again.close()
+
+
+async def test_an_end_of_day_flatten_whose_cancel_ends_after_the_close_holds_next_session_sells(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    d = Desk(h, tmp_path / "run", [FLAT])  # the gateway's wiring: the desk's alerts reach a person
+    try:
+        rest = NewOrder(client_order_id="flat-20261204-2", code=CODE, side=Side.BUY, qty=5, price=60_000)
+        assert h.desk.submit(FLAT, rest).accepted
+        await h.settle(lambda: h.book.orders["flat-20261204-2"].state is OrderState.ACCEPTED)
+        never = asyncio.Event()
+
+        async def stuck(req: BrokerCancel) -> None:  # the cancel's call hangs until after the close
+            await never.wait()
+
+        h.broker.cancel = stuck  # type: ignore[method-assign,assignment]
+        await tick(rig, "15:20")
+        assert h.book.orders["flat-20261204-2"].state is OrderState.PENDING_CANCEL
+        assert h.desk.flattening == ["flat"] and sells(h) == []
+        await tick(rig, "15:25")
+        # the close expires the buy: its sells come now, with the market closed
+        await tick(rig, "15:31:30")
+        assert rig.day.cycle.is_closed("20261204")
+        assert h.book.orders["flat-20261204-2"].state is OrderState.EXPIRED
+        assert sells(h) == [(10, OrderState.HELD, TimeInForce.NEXT_SESSION)]
+        [held] = [o for o in h.book.held.values() if o.agent == "flat"]
+        assert held.order_type is OrderType.MARKET and held.valid_day == "20261207"  # Monday's open
+        assert h.desk.flattening == []
+        [told] = [t for t in d.to_person(AlertKind.NOT_SENT) if "held for the next session" in t]
+        assert "10 005930" in told, told
+        assert not [a for a in h.alerts if "denied" in a[1]], h.alerts
+        await tick(rig, "15:40")
+        assert len(sells(h)) == 1  # not again
+    finally:
+        await rig.close()
+
+
+async def test_an_end_of_day_flatten_waiting_for_the_session_past_the_close_holds_next_session_sells(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker._state = SessionState.DEGRADED  # down from 15:19 until after the close
+        for t in ("15:20", "15:25", "15:29:59"):
+            await tick(rig, t)
+            assert h.desk.flattening == ["flat"] and sells(h) == []
+        await tick(rig, "15:30:05")
+        assert sells(h) == [(10, OrderState.HELD, TimeInForce.NEXT_SESSION)]
+        assert h.desk.flattening == []
+    finally:
+        await rig.close()
+
+
+async def test_an_end_of_day_flatten_denied_for_good_ends_and_reaches_a_person(tmp_path: Path) -> None:
+    """A denial that does not pass (a share worth more than the order-value limit): nothing waits, the flatten
+    ends, and the denied sell reaches a person with a kind (ORDERS NOT SENT), once."""
+    small = AgentCard(
+        id="flat",
+        name="flat",
+        strategy="x:Y",
+        codes=[CODE],
+        budget=10_000_000,
+        risk=RiskLimits(max_order_value=40_000),  # a market sell is valued at the lower limit (49,000 a share)
+        schedule=Schedule(end="15:20", end_of_day=EndOfDay.FLATTEN),
+    )
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [small])
+    h = await holding(rig)  # (bought under FLAT's limits)
+    await rig.day.base_prices.ensure([CODE])  # the day's band: the sell is valued at its lower limit
+    d = Desk(h, tmp_path / "run", [small])
+    try:
+        await tick(rig, "15:20")
+        assert [s[1] for s in sells(h)] == [OrderState.DENIED]
+        assert h.desk.flattening == []  # ended: not pending
+        [text] = h.alerted(AlertKind.NOT_SENT)
+        assert "end of day: flatten: sell of 10 005930 denied" in text, text
+        assert d.to_person(AlertKind.NOT_SENT)
+        await tick(rig, "15:21")
+        assert len(sells(h)) == 1 and len(h.alerted(AlertKind.NOT_SENT)) == 1  # not again each tick
+        assert h.portfolio.position("flat", CODE).qty == 10  # type: ignore[union-attr]
+    finally:
+        await rig.close()
