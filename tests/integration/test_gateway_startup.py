@@ -372,6 +372,9 @@ def test_paper_gateway_downloads_the_stock_master_and_judges_etfs_by_it(tmp_path
     stop_groups([gw], grace_s=10)
     # a first start (no copy) that cannot download: two plain lines, exit 5, nothing served
     (tmp_path / "fresh").mkdir()
+    # (a new folder holds no token, and the twin, as KIS, answers one a minute per key: the starts above
+    # took this minute's; without this the start waited ~60 s for it)
+    httpx.post(f"{info['admin_url']}/admin/faults/expire-tokens", json={"reset_throttle": True}, timeout=10)
     out = gateway(tmp_path / "fresh", *_paper(info, dead))
     # (after KIS itself answered: its session's lines come first)
     assert_explained(out, StartExit.UNREACHABLE, "KIS stock master", "cannot download", "master_dir", max_lines=20)
