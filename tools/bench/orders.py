@@ -5,7 +5,11 @@ the same run.
 - The store's group-commit floor: the same Store on the same disk writing the rows the gateway
   writes for an order from submit to ACCEPTED (intent, risk and request steps, the order twice, its
   event log, the acknowledgement and the notice, two agent events), 20 orders per durable commit,
-  one commit for the intents and one for the acknowledgements, nothing else: orders/s.
+  one commit for the intents and one for the acknowledgements, nothing else: orders/s. Reported beside
+  it (for reference, not a target): the same floor in the gateway's own shape, its agents' orders
+  interleaved (each agent's rows are apart in every index: more pages per commit) and as many orders
+  per commit as the N-agent run achieved (from the store's commit counter): what the gateway's writes
+  alone cost at its batching; the gap to the N-agent rate is everything else the gateway does.
 - The in-process broker (the gateway's own floor): p50/p99 and orders/s with 1 and with N agents at
   once (agents are threads of this process: the client side costs CPU here too). Target with 20:
   ≥ 4,000 orders/s and ≥ 0.6× the floor. With each run its CPU per order, gateway and agents, and the
@@ -204,12 +208,14 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
             start.wait(60)
         except threading.BrokenBarrierError:
             pass  # an agent failed: reported below
+        commits0 = _commits(run)
         cpu0 = _cpu_s(proc.pid), _own_cpu_s()
         t0 = time.perf_counter()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
         cpu1 = _cpu_s(proc.pid), _own_cpu_s()
+        commits = _commits(run) - commits0
     finally:
         _stop(proc)
     all_ns = sorted(x for xs in lat for x in xs)
@@ -229,7 +235,16 @@ def _measure(broker_args: list[str], n: int, agents: int, tmp: Path, pace_s: flo
         out["gateway_cpu_us_per_order"] = round(gw_us)
         out["agents_cpu_us_per_order"] = round(agents_us)
         out["cpu_ceiling_orders_per_s"] = round(len(os.sched_getaffinity(0)) * 1e6 / max(gw_us + agents_us, 1e-9))
+        # the store's transactions (each made durable by an fsync it shares) per order: the batching reached
+        out["orders_per_commit"] = round(len(all_ns) / max(commits, 1), 2)
     return out
+
+
+def _commits(run: Path) -> int:
+    """The gateway's store commits so far (its status counters)."""
+    from tools.ops.status import fetch_status
+
+    return int(fetch_status(run, timeout_s=10).counters.get("store_commits", 0))
 
 
 def _cpu_s(pid: int) -> float:
@@ -272,9 +287,10 @@ def _resting(n: int, tmp: Path, pace_s: float) -> dict:
     }
 
 
-def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
+def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20, agents: int = 1) -> dict:
     """The same store, the same rows per order, `per_commit` orders per durable commit (commit and
-    fsync inline, nothing else running): what the disk and SQLite allow."""
+    fsync inline, nothing else running): what the disk and SQLite allow. `agents`: the orders'
+    owners in turn (the gateway's shape: their rows interleave in every index)."""
     from common.orders import Accept, Order, Submit, apply
     from common.schema import HeaderFactory
     from common.views import order_view
@@ -283,15 +299,17 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
     store = Store(tmp / f"floor-{time.monotonic_ns()}.sqlite", prewrite=True)  # as the gateway's
     h = HeaderFactory("gateway")
     day = today_kst().strftime("%Y%m%d")
+    seq: dict[str, int] = {}
     step = {"call": "submit", "code": "005930", "side": "buy", "qty": 1, "price": 50_000}
     t0 = time.perf_counter()
     for base in range(0, orders, per_commit):
         batch = []
         with store.transaction():  # the intents and their send marks
             for i in range(base, base + per_commit):
+                agent = f"floor{i % agents}"
                 o = Order(
-                    client_order_id=f"floor-{day}-{i + 1}",
-                    agent="floor",
+                    client_order_id=f"{agent}-{day}-{i + 1}",
+                    agent=agent,
                     code="005930",
                     side=Side.BUY,
                     qty=1,
@@ -303,8 +321,9 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
                 store.record_order(new, Submit(ts_ns=i), day)
                 for kind in ("intent", "risk", "broker.request"):
                     store.add_trace(new.client_order_id, i, kind, step)
+                seq[agent] = seq.get(agent, 0) + 1
                 store.append_agent_event(
-                    "floor", AgentEvent(h=h(), seq=2 * i + 1, body=OrderUpdate(order=order_view(new)))
+                    agent, AgentEvent(h=h(), seq=seq[agent], body=OrderUpdate(order=order_view(new)))
                 )
                 batch.append(new)
         with store.transaction():  # their acknowledgements
@@ -312,15 +331,21 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20) -> dict:
                 i = base + k
                 acc = Accept(ts_ns=i, broker_order_id=f"{i + 1:010d}", org_no="06010")
                 done = apply(new, acc)
-                for kind in ("broker.ack", "notice"):
+                for kind in ("broker.sent", "broker.ack", "notice"):
                     store.add_trace(new.client_order_id, i, kind, step)
                 store.record_order(done, acc, day)
+                seq[new.agent] += 1
                 store.append_agent_event(
-                    "floor", AgentEvent(h=h(), seq=2 * i + 2, body=OrderUpdate(order=order_view(done)))
+                    new.agent, AgentEvent(h=h(), seq=seq[new.agent], body=OrderUpdate(order=order_view(done)))
                 )
     wall = time.perf_counter() - t0
     store.close()
-    return {"orders": orders, "orders_per_commit": per_commit, "orders_per_s": round(orders / wall, 1)}
+    return {
+        "orders": orders,
+        "orders_per_commit": per_commit,
+        "agents": agents,
+        "orders_per_s": round(orders / wall, 1),
+    }
 
 
 def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = False, twin: bool = True) -> dict:
@@ -349,6 +374,12 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
             result[f"twin_{agents}_paced"] = _measure([], 5, agents, tmp, pace_s=agents / 12)
     rate = float(many["orders_per_s"])
     result["floor_ratio"] = round(rate / float(floor["orders_per_s"]), 2)
+    if "orders_per_commit" in many:  # the floor in the gateway's shape, at the batching it reached (reference)
+        with tempfile.TemporaryDirectory(prefix="ktrader-bench-orders-") as d:
+            per = max(1, round(float(many["orders_per_commit"])))
+            shaped = store_floor(Path(d), orders=max(per, 4000 // per * per), per_commit=per, agents=agents)
+        result["store_floor_gateway_shape"] = shaped
+        result["gateway_shape_ratio"] = round(rate / float(shaped["orders_per_s"]), 2)
     resting = result["resting"]
     assert isinstance(resting, dict)
     targets: dict[str, bool] = {
@@ -375,6 +406,14 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
             f"{agents} agents / floor: {result['floor_ratio']:.2f}× (median of runs at "
             f"{', '.join(f'{r:,.0f}' for r in many['runs_orders_per_s'])} orders/s)"
         )
+        shaped_floor = result.get("store_floor_gateway_shape")
+        if isinstance(shaped_floor, dict):
+            print(
+                f"  for reference, the store alone in the gateway's shape ({agents} agents' rows interleaved, "
+                f"{shaped_floor['orders_per_commit']} orders a commit as reached): "
+                f"{shaped_floor['orders_per_s']:,.0f} orders/s; "
+                f"the gateway reaches {result['gateway_shape_ratio']:.2f}× of it"
+            )
         print(
             f"{agents} agents, CPU per order: gateway {many['gateway_cpu_us_per_order']} µs + agents "
             f"{many['agents_cpu_us_per_order']} µs -> at most {many['cpu_ceiling_orders_per_s']:,} orders/s on "
