@@ -149,7 +149,9 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         await pilot.press("p")
         await until(pilot, blocking(lambda: agent(run, "alpha").trading_state == "halted"), what="alpha paused")
         await until(pilot, lambda: row(app, "alpha")["trading"] == "halted", what="grid shows paused")
-        await pilot.press("r")
+        await pilot.press("r")  # asks first: resuming accepts the day's loss and clears the kill-switch count
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+        await pilot.press("y")
         await until(pilot, blocking(lambda: agent(run, "alpha").trading_state == "active"), what="alpha resumed")
 
         # cancel all: asks first; "n" leaves the order alone

@@ -14,6 +14,7 @@ ages and figures, 2 s for the blotter). Dangerous actions ask first."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -41,8 +42,10 @@ from tools.ops.status import (
 )
 from tools.ops.supervisor import Supervised, Supervisor
 from tools.top import grid
-from tools.top.model import ActionError, ConsoleModel
+from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
+
+log = logging.getLogger("ktrader.top")
 
 SUPERVISOR_W = 16
 TOTAL_KEY = "__total__"
@@ -50,7 +53,13 @@ TOTAL_KEY = "__total__"
 # action -> (Control action or local verb, needs an agent, question when dangerous)
 ACTIONS: dict[str, tuple[str, bool, str]] = {
     "pause": ("pause", True, ""),
-    "resume": ("resume", True, ""),
+    # a resume accepts what tripped the agent (server/risk.py RiskGate.accept): the operator is told so
+    "resume": (
+        "resume",
+        True,
+        "Resume {agent}? This accepts its loss today and its drawdown as they stand (the peak restarts at its "
+        "equity now) and clears its kill-switch count.",
+    ),
     "cancel_all": ("cancel_all", True, "Cancel every open order of {agent}?"),
     "flatten": ("flatten", True, "Flatten {agent}: cancel its orders and SELL all its positions{behalf}?"),
     "halt": (
@@ -59,7 +68,12 @@ ACTIONS: dict[str, tuple[str, bool, str]] = {
         "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the "
         "broker (orders held for the next session too)?",
     ),
-    "global_resume": ("resume_all", False, "Resume trading for the whole gateway?"),
+    "global_resume": (
+        "resume_all",
+        False,
+        "Resume trading for the whole gateway? This accepts the account's loss today and its drawdown as they "
+        "stand (the peak restarts at the equity now) and clears the kill-switch count.",
+    ),
     "stop": ("stop", True, "Stop agent {agent} (its process ends, no restart)?"),
     "restart": ("restart", True, "Restart agent {agent}?"),
     "reload": ("reload", True, "Reload {agent}'s card from {card}: {changes}. Apply these changes now?"),
@@ -130,7 +144,7 @@ class TopApp(App[None]):
             with TabPane("Blotter", id="tab-blotter"):
                 yield Input(placeholder="filter orders/fills: agent, code, side or state", id="filter")
                 with Vertical():
-                    yield Label("Orders (newest first)", classes="title")
+                    yield Label("Orders (newest first)", classes="title", id="orders-title")
                     yield DataTable(id="orders", cursor_type="row")
                     yield Label("Fills (newest first)", classes="title", id="fills-title")
                     yield DataTable(id="fills", cursor_type="row")
@@ -331,7 +345,7 @@ class TopApp(App[None]):
             row: list[object] = [Text(t, style=s) for t, s in grid.cells(self._cols, a, st)]
             if self._with_supervisor:
                 sup = self.supervisor.agents.get(a.id) if self.supervisor else None
-                row.append(f"{sup.state} r{sup.restarts}" if sup else ("by hand" if a.pid else "-"))
+                row.append(Text(f"{sup.state} r{sup.restarts}" if sup else ("by hand" if a.pid else "-")))
             rows[a.id] = row
         total: list[object] = [Text(t, style=s) for t, s in grid.totals(self._cols, st.agents)]
         rows[TOTAL_KEY] = total + ([""] if self._with_supervisor else [])
@@ -367,34 +381,37 @@ class TopApp(App[None]):
         rows: dict[str, list[object]] = {}
         for a in st.agents:
             for p in a.positions:
-                rows[f"{a.id}/{p.code}"] = [
-                    f"{a.id} (shadow)" if a.mode is AgentMode.SHADOW else a.id,  # virtual: not in the account
-                    p.code,
-                    st.names.get(p.code, ""),
-                    f"{p.qty:,}",
-                    f"{p.avg_price:,}",
-                    f"{p.mark:,}",
+                rows[f"{a.id}/{p.code}"] = [  # Text, not markup: a name may hold "[...]"
+                    Text(f"{a.id} (shadow)" if a.mode is AgentMode.SHADOW else a.id),  # virtual: not in the account
+                    Text(p.code),
+                    Text(st.names.get(p.code, "")),
+                    Text(f"{p.qty:,}"),
+                    Text(f"{p.avg_price:,}"),
+                    Text(f"{p.mark:,}"),
                     Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
                     Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)),
-                    f"{p.fees:,}",
+                    Text(f"{p.fees:,}"),
                 ]
         sync_table(self.main.query_one("#positions", DataTable), rows)
         sync_table(
             self.main.query_one("#account", DataTable),
             {
                 p.code: [
-                    p.code,
-                    st.names.get(p.code, ""),
-                    f"{p.qty:,}",
-                    f"{p.avg_price:,}",
-                    f"{p.mark:,}",
+                    Text(p.code),
+                    Text(st.names.get(p.code, "")),
+                    Text(f"{p.qty:,}"),
+                    Text(f"{p.avg_price:,}"),
+                    Text(f"{p.mark:,}"),
                     Text(f"{p.unrealized_pnl:,}", style=grid.pnl_style(p.unrealized_pnl)),
                     Text(f"{p.realized_pnl:,}", style=grid.pnl_style(p.realized_pnl)),
                 ]
                 for p in st.account
             },
         )
-        sync_table(self.main.query_one("#protections", DataTable), {row[0]: row for row in protection_rows(st)})
+        sync_table(
+            self.main.query_one("#protections", DataTable),
+            {row[0]: [Text(str(c)) for c in row] for row in protection_rows(st)},
+        )
         recon = f"{recon_line(st)}\n{risk_line(st)}"
         self.main.query_one("#recon", Static).update(Text(recon, style="green" if st.synced else "bold red"))
 
@@ -416,20 +433,22 @@ class TopApp(App[None]):
         def keep(*fields: str) -> bool:
             return not needle or any(needle in f.lower() for f in fields)
 
+        today = now_kst().date()
+        # every cell a Text: a str cell is Rich markup to the DataTable (a reason with "[/x]" raised)
         sync_table(
             self.main.query_one("#orders", DataTable),
             {
                 o.client_order_id: [
-                    f"{kst_from_ns(o.updated_ns):%H:%M:%S}",
-                    o.client_order_id,
-                    o.agent,
-                    o.code,
-                    o.side.value,
-                    f"{o.qty:,}",
-                    f"{o.price:,}",
-                    o.state.value,
-                    f"{o.filled_qty:,}",
-                    (f"{o.reason_code} {o.reason}".strip())[:40],
+                    Text(stamp(o.updated_ns, today)),
+                    Text(o.client_order_id),
+                    Text(o.agent),
+                    Text(o.code),
+                    Text(o.side.value),
+                    Text(f"{o.qty:,}"),
+                    Text(f"{o.price:,}"),
+                    Text(o.state.value),
+                    Text(f"{o.filled_qty:,}"),
+                    Text((f"{o.reason_code} {o.reason}".strip())[:40]),
                 ]
                 for o in self.model.orders
                 if keep(o.agent, o.code, o.side.value, o.state.value, o.client_order_id)
@@ -437,19 +456,25 @@ class TopApp(App[None]):
         )
         fills = {
             f.fill_id: [
-                f"{kst_from_ns(f.ts_ns):%H:%M:%S}",
-                f.client_order_id,
-                f.client_order_id.rsplit("-", 2)[0],
-                f.code,
+                Text(stamp(f.ts_ns, today)),
+                Text(f.client_order_id),
+                Text(f.client_order_id.rsplit("-", 2)[0]),
+                Text(f.code),
                 Text(f.side.value, style="red" if f.side.value == "buy" else "blue"),
-                f"{f.qty:,}",
-                f"{f.price:,}",
+                Text(f"{f.qty:,}"),
+                Text(f"{f.price:,}"),
             ]
             for f in self.model.fills
             if keep(f.client_order_id, f.code, f.side.value)
         }
         sync_table(self.main.query_one("#fills", DataTable), fills)
-        self.main.query_one("#fills-title", Label).update(f"Fills (newest first): {len(fills)}")
+        # what the blotter's limit left out, said in the titles (Label: plain text, no markup)
+        cut = self.model.orders_cut
+        self.main.query_one("#orders-title", Label).update(
+            Text("Orders (newest first)" + (f": {cut:,} older finished orders not listed (the limit)" if cut else ""))
+        )
+        more = ": the newest only, older ones not listed (the limit)" if self.model.fills_cut else ""
+        self.main.query_one("#fills-title", Label).update(Text(f"Fills (newest first): {len(fills)}{more}"))
 
     def render_market(self) -> None:
         names = self.model.status.names if self.model.status is not None else {}
@@ -458,7 +483,7 @@ class TopApp(App[None]):
             {
                 m.code: [
                     m.code,
-                    names.get(m.code, ""),
+                    Text(names.get(m.code, "")),  # not markup
                     f"{m.last:,}",
                     Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
                     f"{m.volume:,}",
@@ -491,9 +516,17 @@ class TopApp(App[None]):
         key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
         return "" if key == TOTAL_KEY else key
 
-    def say(self, text: str, error: bool = False) -> None:
+    def say(self, text: str, error: bool = False, warn: bool = False) -> None:
+        """One line under the tabs: green, red for an error, yellow for a warning (an outcome unknown)."""
         self.last_message = text
-        self.main.query_one("#message", Static).update(Text(text, style="bold red" if error else "green"))
+        style = "bold red" if error else "bold yellow" if warn else "green"
+        self.main.query_one("#message", Static).update(Text(text, style=style))
+
+    def failed(self, what: str, e: BaseException) -> None:
+        """An unexpected exception in an operator action: one line on screen, the traceback in the log
+        (RUN_DIR/logs/top.log). The console stays up: its end would stop every agent it supervises."""
+        log.error("%s failed", what, exc_info=e)
+        self.say(f"{what}: failed: {one_line(e)} (details in logs/top.log)", error=True)
 
     async def action_act(self, name: str) -> None:
         verb, needs_agent, question = ACTIONS[name]
@@ -512,7 +545,10 @@ class TopApp(App[None]):
             try:
                 changes = await self.model.reload_preview(agent)
             except ActionError as e:
-                self.say(f"reload {agent}: {e}", error=True)
+                self.say(f"reload {agent}: {one_line(e)}", error=True)
+                return
+            except Exception as e:  # shown, logged: the console stays up
+                self.failed(f"reload {agent}", e)
                 return
             if changes.endswith("the card is unchanged"):
                 self.say(changes)
@@ -536,7 +572,10 @@ class TopApp(App[None]):
         await self._do(verb, agent)
 
     async def _do(self, verb: str, agent: str, confirmed: str = "") -> None:
-        """`confirmed`: for a reload, the changes the operator said yes to (applied only if still so)."""
+        """`confirmed`: for a reload, the changes the operator said yes to (applied only if still so).
+        Whatever goes wrong is said on one line: an exception out of here would end the console, and
+        with it every agent it supervises."""
+        what = f"{verb} {agent}".strip()
         try:
             if verb == "stop":
                 text = await asyncio.to_thread(self.model.stop_agent, agent)
@@ -548,11 +587,25 @@ class TopApp(App[None]):
                 text = await self.model.control("resume", all_=True)
             else:
                 text = await self.model.control(verb, agent)
+        except OutcomeUnknown as e:  # sent, not answered: not refused, the gateway may still apply it
+            log.warning("%s: %s (%s)", what, e, e.__cause__)
+            self.say(f"{what}: {e}", warn=True)
+            await self._refresh_after(what)
+            return
         except ActionError as e:
-            self.say(f"{verb} {agent}: {e}", error=True)
+            self.say(f"{what}: {one_line(e)}", error=True)
+            return
+        except Exception as e:  # shown, logged: the console stays up
+            self.failed(what, e)
             return
         self.say(text)
-        await self.model.refresh_status()
+        await self._refresh_after(what)
+
+    async def _refresh_after(self, what: str) -> None:
+        try:
+            await self.model.refresh_status()
+        except Exception:  # the action's answer stays on screen; the next tick refreshes again
+            log.exception("status refresh after %s failed", what)
 
     def action_start_card(self) -> None:
         def got(path: str | None) -> None:
@@ -571,7 +624,10 @@ class TopApp(App[None]):
         try:
             text = await asyncio.to_thread(self.model.start_agent, self.model.resolve_card(path))
         except ActionError as e:
-            self.say(f"start: {e}", error=True)
+            self.say(f"start: {one_line(e)}", error=True)
+            return
+        except Exception as e:  # shown, logged: the console stays up
+            self.failed(f"start {path}", e)
             return
         self.say(text)
 
@@ -588,6 +644,18 @@ class TopApp(App[None]):
             ConfirmScreen(f"Quit? The {len(running)} agents this console supervises will be stopped."),
             lambda yes: self.exit() if yes else None,
         )
+
+
+def stamp(ns: int, today: dt.date) -> str:
+    """A blotter time in KST: HH:MM:SS on the current market day (KST date), with its date on any other,
+    so an earlier day's fill or order is never read as today's."""
+    t = kst_from_ns(ns)
+    return f"{t:%H:%M:%S}" if t.date() == today else f"{t:%Y-%m-%d %H:%M:%S}"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line of the message bar (it is one line high)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def log_to_file(run_dir: Path) -> None:

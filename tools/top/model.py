@@ -22,9 +22,10 @@ import zmq.asyncio
 
 from common.approvals import checksum
 from common.clock import now_kst
+from common.config import ConfigError, TrustConfig, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.curve import TOOLS, CurveError, dial_gateway
-from common.errors import KtraderError
+from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
     RELOAD_PREVIEW,
@@ -42,6 +43,10 @@ from tools.ops.status import fetch_orders, fetch_status, send_control
 from tools.ops.supervisor import Supervisor, SupervisorError
 
 SPARK_POINTS = 40
+CONTROL_TIMEOUT_S = 3.0  # how long an action waits for the gateway's answer
+# how long after it was sent the gateway still takes a request ([trust] freshness_s; gateway.json does not
+# state it): a control that was not answered in time may still be applied until then
+FRESHNESS_S = TrustConfig().freshness_s
 
 
 @dataclass
@@ -68,6 +73,24 @@ class ActionError(Exception):
     """An operator action that could not be done; the message says why (shown in the console)."""
 
 
+class OutcomeUnknown(ActionError):
+    """An action sent that the gateway did not answer in time: not refused, it may still be applied
+    (until the request is older than the gateway's freshness window); the operator must check the status."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(unknown_outcome_text(timeout_s))
+
+
+def unknown_outcome_text(timeout_s: float) -> str:
+    return (
+        f"no answer within {timeout_s:g} s: outcome unknown, it may still apply within {FRESHNESS_S:g} s — check status"
+    )
+
+
+def is_timeout(e: BaseException) -> bool:
+    return isinstance(e, KtraderError) and e.code is ErrorCode.TIMEOUT
+
+
 class ConsoleModel:
     def __init__(
         self,
@@ -92,6 +115,10 @@ class ConsoleModel:
         self.fills: list[FillView] = []
         self.orders_error = ""  # why the last orders query failed ("" when it worked): orders/fills are stale
         self.orders_at = 0.0  # when orders/fills were fetched (time.monotonic())
+        # what the blotter's limit left out: orders (not open) the gateway counted (OrdersList.truncated; 0 from
+        # a gateway that does not count them), and whether the fills filled the limit (older ones not listed)
+        self.orders_cut = 0
+        self.fills_cut = False
         self.market: dict[str, MarketRow] = {}
         self.events: deque[str] = deque(maxlen=200)
         self._previewed: dict[str, tuple[str, str]] = {}  # agent -> (the reload preview shown, its card's checksum)
@@ -142,6 +169,8 @@ class ConsoleModel:
             self.error = self.orders_error = str(e)
             return
         self.orders, self.fills = ol.orders, ol.fills
+        self.orders_cut = int(getattr(ol, "truncated", 0) or 0)  # (a gateway without the field: not said)
+        self.fills_cut = 0 < limit <= len(ol.fills)
         self.orders_error, self.orders_at = "", time.monotonic()
         self._notify("orders")
 
@@ -229,9 +258,11 @@ class ConsoleModel:
     async def control(self, action: str, agent: str = "", all_: bool = False) -> str:
         try:
             text = await asyncio.to_thread(
-                lambda: send_control(self.run_dir, action, agent, 3.0, all_=all_, sender=self.sender)
+                lambda: send_control(self.run_dir, action, agent, CONTROL_TIMEOUT_S, all_=all_, sender=self.sender)
             )
         except (ConnectionFileError, KtraderError) as e:
+            if is_timeout(e):  # sent, not refused: the gateway may still apply it
+                raise OutcomeUnknown(CONTROL_TIMEOUT_S) from e
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: {action} {agent or 'gateway'}: {text}")
         return text
@@ -250,7 +281,9 @@ class ConsoleModel:
         if path is None:
             raise ReloadError(f"no card with id {agent!r} in {self.cards_dir}/")
         card = checked_card(path, agent)
-        text = send_control(self.run_dir, "reload", agent, 3.0, card=card, sender=self.sender, value=RELOAD_PREVIEW)
+        text = send_control(
+            self.run_dir, "reload", agent, CONTROL_TIMEOUT_S, card=card, sender=self.sender, value=RELOAD_PREVIEW
+        )
         self._previewed[agent] = (text, checksum(card))  # what a confirmation of this text applies, exactly
         return text
 
@@ -269,6 +302,8 @@ class ConsoleModel:
                 reload_card, self.run_dir, agent, card, self.cards_dir, self.sender, expect_sha=sha
             )
         except (ConnectionFileError, KtraderError, ReloadError) as e:
+            if is_timeout(e):  # (reload_card waits send_control's default, CONTROL_TIMEOUT_S)
+                raise OutcomeUnknown(CONTROL_TIMEOUT_S) from e
             raise ActionError(str(e)) from None
         self.events.append(f"{now_kst():%H:%M:%S} you: reload {agent}: {text}")
         return text
@@ -299,7 +334,7 @@ class ConsoleModel:
             raise ActionError("this console has no supervisor")
         try:
             sup = self.supervisor.start(Path(card))
-        except SupervisorError as e:
+        except (SupervisorError, OSError) as e:  # a bad card; a command that cannot be run
             raise ActionError(str(e)) from None
         return f"{sup.id} started (pid {sup.pid})"
 
@@ -324,21 +359,33 @@ class ConsoleModel:
 
     def restart_agent(self, agent: str) -> str:
         """Supervised: restarted at once. Started by hand: stopped, then started from its card under
-        the supervisor once its process is gone (its lock is free)."""
+        the supervisor once its process is gone (its lock is free). A card that cannot be loaded (unreadable,
+        invalid TOML, ...) stops nothing: the running copy is left alone, and the ActionError says why."""
         if self.supervisor is None:
             raise ActionError("this console has no supervisor")
-        if agent in self.supervisor.agents:
-            self.supervisor.restart(agent)
-            return f"{agent} restarting"
         card = self.card_for(agent)
         if card is None:
             raise ActionError(f"no card for {agent} in {self.cards_dir}")
+        try:
+            load_card(card)  # what the restarted agent (and Supervisor.start) load: checked before anything stops
+        except ConfigError as e:
+            raise ActionError(f"not restarted (nothing stopped): {e}") from None
+        if agent in self.supervisor.agents:
+            try:
+                self.supervisor.restart(agent)
+            except (SupervisorError, OSError) as e:
+                raise ActionError(f"not restarted: {e}") from None
+            return f"{agent} restarting"
         a = self.agent_status(agent)
+        stopped = ""
         if a is not None and a.state.value != "offline":
-            self.stop_agent(agent)
+            stopped = self.stop_agent(agent)
             if a.host == socket.gethostname():
                 _wait_gone(a.pid, 10.0)
-        sup = self.supervisor.start(card)
+        try:
+            sup = self.supervisor.start(card)
+        except (SupervisorError, OSError) as e:
+            raise ActionError(f"{stopped}, but not started again: {e}" if stopped else str(e)) from None
         return f"{agent} restarted under the supervisor (pid {sup.pid})"
 
 

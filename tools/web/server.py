@@ -31,13 +31,14 @@ from common.connection import ConnectionFileError
 from common.errors import KtraderError
 from tools.ops.reload import ReloadError
 from tools.ops.status import send_control
-from tools.top.model import ActionError, ConsoleModel
+from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown, is_timeout, unknown_outcome_text
 
 log = logging.getLogger("ktrader.web")
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "ktrader_web"
 ACTIONS = frozenset({"pause", "resume", "reduce", "halt", "cancel_all", "flatten", "reconcile", "reload"})
+CONTROL_TIMEOUT_S = 5.0  # how long an action waits for the gateway's answer
 MAX_CLIENTS = 32
 
 
@@ -84,7 +85,12 @@ class Dashboard:
         return _stale(st, self.model.error, self.model.status_at)
 
     def _orders_json(self) -> str:
-        body = {"orders": self.model.orders, "fills": self.model.fills}
+        body = {
+            "orders": self.model.orders,
+            "fills": self.model.fills,
+            "truncated": self.model.orders_cut,  # orders (not open) the limit left out
+            "fills_cut": self.model.fills_cut,  # the fills filled the limit: older ones not listed
+        }
         if not self.model.orders_error:
             return msgspec.json.encode(body).decode()
         return _stale(body, self.model.orders_error, self.model.orders_at)
@@ -217,9 +223,16 @@ class Dashboard:
                 text = await self.model.reload(agent, expect=str(expect) if expect is not None else None)
             else:
                 text = await asyncio.to_thread(
-                    lambda: send_control(self.run_dir, action, agent, 5.0, all_=all_, sender="ktrader-web")
+                    lambda: send_control(
+                        self.run_dir, action, agent, CONTROL_TIMEOUT_S, all_=all_, sender="ktrader-web"
+                    )
                 )
+        except OutcomeUnknown as e:  # (a reload, through the model)
+            return _unknown(str(e))
         except (ConnectionFileError, KtraderError, ReloadError, ActionError) as e:
+            if is_timeout(e) and not preview:  # sent, not answered: not refused, the gateway may still apply it
+                log.warning("%s %s: %s", action, agent, e)
+                return _unknown(unknown_outcome_text(CONTROL_TIMEOUT_S))
             return web.json_response({"ok": False, "error": str(e)}, status=409)
         asyncio.create_task(self.model.refresh_status())
         return web.json_response({"ok": True, "message": text})
@@ -237,6 +250,12 @@ class Dashboard:
 
     async def _close_streams(self, app: web.Application) -> None:
         self.clients.clear()
+
+
+def _unknown(text: str) -> web.Response:
+    """A control the gateway did not answer in time: neither done nor refused (the page says "outcome
+    unknown", not "refused"); 504 as a gateway that did not answer, `outcome` for the page."""
+    return web.json_response({"ok": False, "outcome": "unknown", "error": text}, status=504)
 
 
 def _stale(data: object, error: str, fetched_at: float) -> str:

@@ -4,7 +4,14 @@
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => (n ?? 0).toLocaleString("en-US");
 const cls = (n) => (n > 0 ? "up" : n < 0 ? "down" : "");  // Korean colours: red up, blue down
-const kst = (ns) => new Date(ns / 1e6).toLocaleTimeString("en-GB", { timeZone: "Asia/Seoul", hour12: false });
+const kstDay = (d) => d.toLocaleDateString("en-CA", { timeZone: "Asia/Seoul" });  // YYYY-MM-DD in KST
+// A time in KST: HH:MM:SS on the current market day (its KST date), with the date on any other day,
+// so an earlier day's fill or order is never read as today's (as tools/top/app.py stamp).
+const kst = (ns) => {
+  const d = new Date(ns / 1e6);
+  const t = d.toLocaleTimeString("en-GB", { timeZone: "Asia/Seoul", hour12: false });
+  return kstDay(d) === kstDay(new Date()) ? t : `${kstDay(d)} ${t}`;
+};
 let status = null, market = {}, intraday = {}, equityPlot = null, pricePlot = null;
 
 function cell(tr, text, klass) {
@@ -20,19 +27,29 @@ function fill(tbody, rows, build) {
   body.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); build(tr, r); return tr; }));
 }
 
-function toast(text, err) {
+function toast(text, err) {  // err: true (an error), "warn" (an outcome unknown), falsy
   const t = $("toast");
-  t.textContent = text; t.className = err ? "err" : ""; t.style.display = "block";
-  clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.style.display = "none"), 6000);
+  t.textContent = text; t.className = err === "warn" ? "warn" : err ? "err" : ""; t.style.display = "block";
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.style.display = "none"), err === "warn" ? 15000 : 6000);
+}
+
+// The gateway's answer to an action. outcome "unknown": sent but not answered in time (server.py _unknown):
+// not refused, it may still be applied; never shown as "refused".
+function answer(j) {
+  if (j.ok) toast(j.message);
+  else if (j.outcome === "unknown") toast("outcome unknown: " + j.error, "warn");
+  else toast("refused: " + j.error, true);
 }
 
 const QUESTIONS = {
-  pause: "Pause {a}: no new orders until resumed (its working orders stay)?", resume: "Resume {a}?",
+  pause: "Pause {a}: no new orders until resumed (its working orders stay)?",
+  // a resume accepts what tripped the agent (server/risk.py RiskGate.accept): as the console asks it
+  resume: "Resume {a}? This accepts its loss today and its drawdown as they stand (the peak restarts at its equity now) and clears its kill-switch count.",
   cancel_all: "Cancel every open order of {a}?",
   flatten: "Flatten {a}: cancel its orders and SELL all its positions{b}?",
   reload: "Reload {a}'s card from the cards folder?\n\n{c}\n\nApply these changes now?",
   halt: "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the broker (orders held for the next session too)?",
-  resume_all: "Resume trading for the whole gateway?",
+  resume_all: "Resume trading for the whole gateway? This accepts the account's loss today and its drawdown as they stand (the peak restarts at the equity now) and clears the kill-switch count.",
 };
 
 async function post(body) {
@@ -50,7 +67,7 @@ async function act(action, agent, all) {
     // confirmed on what changes (old → new), not on a field name: a raised budget is not a routine click
     try {
       const p = await post({ action, agent, preview: true });
-      if (!p.ok) { toast("refused: " + p.error, true); return; }
+      if (!p.ok) { answer(p); return; }
       if (p.message.endsWith("the card is unchanged")) { toast(p.message); return; }
       q = q.replace("{c}", p.message);
       extra.expect = p.message;  // applied only if the card file still says this
@@ -59,7 +76,7 @@ async function act(action, agent, all) {
   if (!window.confirm(q)) return;
   try {
     const j = await post({ action, agent, all: !!all, ...extra });
-    toast(j.ok ? j.message : "refused: " + j.error, !j.ok);
+    answer(j);
   } catch (e) { toast("not sent: " + e, true); }
 }
 
@@ -236,7 +253,9 @@ function renderOrders(o) {
   // error: the orders query failed; these are the last orders and fills fetched, marked stale
   document.body.classList.toggle("stale-orders", !!o.error);
   for (const el of document.querySelectorAll(".orders-stale")) el.textContent = o.error ? `STALE (${age(o.age_s)}): ${o.error}` : "";
-  $("fills-n").textContent = `${o.fills.length}`;
+  // what the blotter's limit left out (server.py _orders_json; absent: not said)
+  $("fills-n").textContent = `${o.fills.length}` + (o.fills_cut ? " (the newest only: older ones not listed)" : "");
+  $("orders-cut").textContent = o.truncated ? `${fmt(o.truncated)} older finished orders not listed (the limit)` : "";
   fill("fills", o.fills, (tr, f) => {
     tr.dataset.fill = f.fill_id;
     cell(tr, kst(f.ts_ns)); cell(tr, f.client_order_id); cell(tr, f.code); cell(tr, f.side, f.side === "buy" ? "up" : "down");
