@@ -277,7 +277,8 @@ class Subscribe(_Msg, tag="subscribe", frozen=True):
 
 
 class GetOrders(_Msg, tag="get_orders", frozen=True):
-    """The blotter (console, CLI): orders updated and fills made since `since_ns`, newest first."""
+    """The blotter (console, CLI): orders updated and fills made since `since_ns` (0: the gateway's
+    market day), every open order included, newest first (server/console_views.py read_blotter)."""
 
     agent: str = ""  # "" = every agent
     since_ns: NonNegInt = 0
@@ -336,8 +337,9 @@ class Pong(_Msg, tag="pong", frozen=True):
 
 
 class OrdersList(_Msg, tag="orders_list", frozen=True):
-    orders: list[OrderView]
-    fills: list[FillView]
+    orders: list[OrderView]  # every open order, then the newest others up to the limit
+    fills: list[FillView]  # newest first (`limit` of them: there may be more)
+    truncated: int = 0  # orders (not open) left out for the limit; 0 from an older gateway too
 
 
 class AgentPerformance(msgspec.Struct, frozen=True, kw_only=True):

@@ -57,7 +57,6 @@ from common.schema import (
     Message,
     Notice,
     ModifyOrder,
-    OrdersList,
     OrdersReply,
     Ping,
     Pong,
@@ -86,7 +85,7 @@ from kis.port import (
     SessionChange,
     Trade,
 )
-from server import console_views, trace_views
+from server import trace_views
 from common.errors import ErrorCode
 from server.core import build_order_core, run_owner
 from server.equity import AccountReader
@@ -336,10 +335,7 @@ class Gateway:
         return self._answer(msg.h.mid, self.desk.modify(rec.card, msg.client_order_id, msg.price, msg.qty))
 
     def _get_orders(self, route: bytes, msg: GetOrders) -> Message:
-        orders, fills = console_views.blotter(
-            self.book.orders, self.store, self.book.seq, msg.agent, msg.since_ns, msg.limit
-        )
-        return OrdersList(h=self.headers(msg.h.mid), orders=orders, fills=fills)
+        return self.operator.orders(msg)  # the market day of the gateway's clock; every open order; what was cut
 
     def _get_trace(self, route: bytes, msg: GetTrace) -> Message:
         h = self.headers(msg.h.mid)

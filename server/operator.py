@@ -22,9 +22,11 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
   agent's working orders stay): the soft stop.
 - Flatten says what it did: the cancels and sells sent, and the sells the risk gate refused. When it
   cannot sell anything (e.g. the market is closed) it is refused with that denial's code and what to do,
-  never "0 orders sent" as a success. The order desk's alerts (flatten sells denied — the operator's or
-  the end of day's — and next-session orders waiting for a base price) are given a kind that reaches a
-  person (AlertKind.NOT_SENT).
+  never "0 orders sent" as a success, and the agent's state is left as it was (a paused agent stays
+  paused, no loss is accepted for it). A flatten that sells leaves the agent reducing (sells only) until
+  the operator resumes it, as the end of day's flatten does: a running strategy does not buy back. The
+  order desk's alerts (flatten sells denied — the operator's or the end of day's — and next-session
+  orders waiting for a base price) are given a kind that reaches a person (AlertKind.NOT_SENT).
 - Every action that changes what trades reaches a person (the notifier), naming who did it and what
   changed: halt (HALT), pause/reduce/resume, reload (each changed field, old → new), reset_peak,
   risk_scale (OPERATOR). A reload's reply lists each change as old → new; `value="preview"` asks for
@@ -60,9 +62,19 @@ from common import approvals
 from common.calendar import is_trading_day
 from common.clock import KST
 from common.config import AgentCard, GatewayConfig
-from common.enums import AgentMode, AgentState, AlertKind, ControlAction, Side, SystemEventKind, TradingState
+from common.enums import (
+    AgentMode,
+    AgentState,
+    AlertKind,
+    ControlAction,
+    SessionState,
+    Side,
+    SystemEventKind,
+    TradingState,
+)
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
+from common.krx import REGULAR_ORDER_PHASES
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio
@@ -76,9 +88,11 @@ from common.schema import (
     Error,
     FeedHealth,
     FillView,
+    GetOrders,
     HeaderFactory,
     Message,
     Notice,
+    OrdersList,
     PositionUpdate,
     PositionView,
     StatusReply,
@@ -246,16 +260,7 @@ class Operator:
             card = self.card_of(agent)
             open_n, today_n = book.agent_counts(agent)
             held = list(portfolio.positions.get(agent, {}).values())
-            marks = portfolio.agent_marks(agent)  # (a pending split's holders: at its ratio)
-            marked = (
-                console_views.agent_positions(portfolio, agent)
-                if marks is portfolio.marks
-                else [
-                    console_views.mark_position(p, marks)
-                    for p in sorted(held, key=lambda p: p.code)
-                    if p.qty or p.realized_pnl
-                ]
-            )
+            marked = console_views.agent_positions(portfolio, agent)  # (a pending split's holders: at its ratio)
             budget = card.budget if card is not None else 0
             live = self._live_row(agent, day, traded.get(agent, 0), budget)
             agents.append(
@@ -362,6 +367,23 @@ class Operator:
             protections=gw.protection.of(),
             stock_master=master_line(master, gw.master_keeper),
         )
+
+    # ---- the blotter -----------------------------------------------------------------------------
+
+    def orders(self, msg: GetOrders) -> OrdersList:
+        """GetOrders: the blotter (server/console_views.py read_blotter): `since_ns` 0 is the gateway's
+        market day (its market clock's), every open order is listed, and what the limit left out is counted."""
+        gw = self.gw
+        b = console_views.read_blotter(
+            gw.book.orders,
+            gw.store,
+            gw.book.seq,
+            msg.agent,
+            msg.since_ns,
+            msg.limit,
+            day_start_ns=console_views.day_start_ns(gw.clock),
+        )
+        return OrdersList(h=gw.headers(msg.h.mid), orders=b.orders, fills=b.fills, truncated=b.truncated)
 
     # ---- control ---------------------------------------------------------------------------------
 
@@ -514,7 +536,12 @@ class Operator:
     def _flatten(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
         """Cancel the agent's orders, then sell what it holds (server/order_desk.py flatten). The reply
         is what happened: a flatten that could sell nothing of what the agent holds is refused with
-        the sells' denial and what to do, not acknowledged as "0 orders sent"."""
+        the sells' denial and what to do, not acknowledged as "0 orders sent".
+
+        A flatten that sells (or has its sells waiting for its cancels) leaves the agent REDUCING (sells
+        only) until the operator resumes it, whatever it was (a running agent's strategy would buy straight
+        back), as the end of day's flatten leaves it. A refused one changes nothing of the agent's state:
+        a paused agent stays paused and no loss is accepted for it."""
         gw, h = self.gw, msg.h
         if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
             return err(
@@ -525,17 +552,22 @@ class Operator:
         agent = msg.agent
         rec = gw.registry.agents.get(agent)
         on_behalf = rec is None or rec.state is not AgentState.ONLINE
-        # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
-        reduced = gw.risk.agent_state(agent) is TradingState.HALTED
+        was = gw.risk.agent_state(agent)
+        hard = gw.risk.hard_halted(agent)  # (a kill switch's halt, not a pause: restored as it was)
+        shut = self._market_refusal()  # the session or the market takes no sell now, whatever the agent's state
+        reducing = f"flatten by {h.sender}: sells only until resume"
         accepted: list[str] = []
-        if reduced:
-            # a drawdown past its halt level lets nothing pass, sells included, and the next sweep
-            # would halt it again: the operator's word to sell accepts it (as a resume does); the
-            # agent stays reducing, so nothing is bought on the restarted peak
-            accepted = gw.risk.accept(agent, self.card_of(agent))
-            gw.risk.set_state(agent, TradingState.REDUCING, why=f"flatten by {h.sender}: sells only")
+        if was is TradingState.HALTED:
+            # a paused (halted) agent takes cancels only: the operator asking to sell lets its sells through
+            # (reducing, set before they are placed). A drawdown past its halt level lets nothing pass, sells
+            # included, and the next sweep would halt it again: the operator's word to sell accepts it (as a
+            # resume does), when the market takes sells at all (else nothing is sold: nothing accepted)
+            if shut is None:
+                accepted = gw.risk.accept(agent, self.card_of(agent))
+            gw.risk.set_state(agent, TradingState.REDUCING, why=reducing)
         holding = {c: p.qty for c, p in gw.portfolio.positions.get(agent, {}).items() if p.qty > 0}
         before = set(gw.book.orders)
+        flattening = agent in gw.desk.flattening  # (the end of day's, say: not the operator's to end)
         n = gw.desk.flatten(
             self._acting_card(agent), f"{OPERATOR_FLATTEN}{h.sender}" + (" (agent offline)" if on_behalf else "")
         )
@@ -558,17 +590,34 @@ class Operator:
             len(sent),
             len(denied),
         )
-        notes = (" (on behalf of the offline agent)" if on_behalf else "") + (
-            "; it was paused: now reducing (sells only)" if reduced else ""
-        )
-        notes += "".join(f"; {a}" for a in accepted)
+        behalf = " (on behalf of the offline agent)" if on_behalf else ""
+        did = f" ({cancels} cancels sent)" if cancels else ""
         refused = ", ".join(f"{o.qty} {o.code}" for o in denied)
+        denial: tuple[ErrorCode, str] | None = None
         if holding and not sent and denied and not waiting:
             first = denied[0]
             code = ErrorCode(first.reason_code) if first.reason_code in ErrorCode.__members__ else ErrorCode.BAD_ORDER
-            advice = FLATTEN_ADVICE.get(code, f"the risk gate refused the sells: {first.reason}")
-            did = f" ({cancels} cancels sent)" if cancels else ""
-            return err(code, f"{agent}: nothing sold{did}: {advice}; still held: {refused}{notes}")
+            denial = code, FLATTEN_ADVICE.get(code, f"the risk gate refused the sells: {first.reason}")
+        elif waiting and shut is not None:
+            # its sells would wait for the cancels only to be refused: the flatten ends here (its cancels go on)
+            if not flattening:
+                gw.desk.stop_flatten(agent)
+            denial = shut[0], FLATTEN_ADVICE.get(shut[0], shut[1])
+            refused = ", ".join(f"{q} {c}" for c, q in sorted(holding.items()))
+        if denial is not None:
+            # nothing sold: the agent is as it was (a paused agent paused, with its open orders' cancels)
+            if was is TradingState.HALTED:
+                gw.risk.set_state(agent, was, why=f"flatten by {h.sender} sold nothing: paused again", cancel=hard)
+            notes = behalf + "".join(f"; {a}" for a in accepted)
+            notes += f"; {agent} stays {'paused' if was is TradingState.HALTED else was}"
+            return err(denial[0], f"{agent}: nothing sold{did}: {denial[1]}; still held: {refused}{notes}")
+        if was is not TradingState.HALTED:  # (a paused agent's was set before its sells)
+            gw.risk.set_state(agent, TradingState.REDUCING, why=reducing)
+        notes = behalf + {
+            TradingState.HALTED: "; it was paused: now reducing (sells only) until resume",
+            TradingState.ACTIVE: "; now reducing (sells only) until resume",
+        }.get(was, "; still reducing (sells only) until resume")
+        notes += "".join(f"; {a}" for a in accepted)
         if not holding and not cancels:
             return ack(f"{agent}: nothing to flatten (no shares, no open orders){notes}")
         parts = [f"{cancels} cancels sent"] if cancels else []
@@ -584,6 +633,18 @@ class Operator:
         if denied:
             parts.append(f"NOT sold: {refused} ({denied[0].reason_code}: {denied[0].reason})")
         return ack(f"{agent}: flatten: {'; '.join(parts) or 'nothing sent'}{notes}")
+
+    def _market_refusal(self) -> tuple[ErrorCode, str] | None:
+        """Why no sell of today's session can go now, whoever places it: the broker session is not ready, or
+        the market takes no plain (DAY) orders — the risk gate's first rules that no agent's state passes
+        (common/risk_rules.py _gates). None: they may go (the gate still judges each)."""
+        session, detail = self.gw.desk.session()
+        if session is not SessionState.READY:
+            return ErrorCode.SESSION_NOT_READY, f"the broker session is {session}{f': {detail}' if detail else ''}"
+        phase = self.gw.clock.phase()
+        if phase not in REGULAR_ORDER_PHASES:
+            return ErrorCode.DENIED_MARKET_CLOSED, f"the market is {phase.value.replace('_', ' ')}"
+        return None
 
     def _risk(
         self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]

@@ -116,7 +116,7 @@ async def test_an_agent_numbering_at_the_top_of_the_range_leaves_its_flatten_wor
         assert not r.accepted and r.code is ErrorCode.BAD_ORDER, r
         assert coid(h, 999_999_999) not in h.book.orders
         text = d.ack("flatten", "alpha")
-        assert text == "alpha: flatten: 1 market sells sent (10 005930)", text
+        assert text == "alpha: flatten: 1 market sells sent (10 005930); now reducing (sells only) until resume", text
         await h.settle(lambda: h.portfolio.position("alpha", "005930").qty == 0)  # type: ignore[union-attr]
         assert gateway_sells(h) == [coid(h, GATEWAY_ORDER_BASE)]  # the gateway's own number: taken
     finally:
@@ -153,7 +153,10 @@ async def test_an_agent_cannot_give_a_protective_order_a_gateway_number(tmp_path
 async def test_an_agent_cannot_cancel_the_operators_flatten_sell(tmp_path: Path) -> None:
     h, d = await _holding(tmp_path, RestingSells(ref_price=70_000))
     try:
-        assert d.ack("flatten", "alpha") == "alpha: flatten: 1 market sells sent (10 005930)"
+        assert (
+            d.ack("flatten", "alpha")
+            == "alpha: flatten: 1 market sells sent (10 005930); now reducing (sells only) until resume"
+        )
         await h.settle(lambda: exit_resting(h))
         x = open_exit(h)
         code, text = h.desk.cancel("alpha", x)  # what server/gateway.py CancelOrder asks for the agent
@@ -234,7 +237,10 @@ async def test_an_agent_cannot_revise_a_sell_the_gateway_placed(tmp_path: Path) 
     """A revise from the agent could price the gateway's sell out of the market: refused as the gateway's."""
     h, d = await _holding(tmp_path, RestingSells(ref_price=70_000))
     try:
-        assert d.ack("flatten", "alpha") == "alpha: flatten: 1 market sells sent (10 005930)"
+        assert (
+            d.ack("flatten", "alpha")
+            == "alpha: flatten: 1 market sells sent (10 005930); now reducing (sells only) until resume"
+        )
         await h.settle(lambda: exit_resting(h))
         x = open_exit(h)
         code, text = h.desk.modify(ALPHA, x, 80_000)  # what server/gateway.py ModifyOrder asks for the agent

@@ -99,7 +99,7 @@ def test_the_blotter_reads_fills_newest_first_across_agents_without_sorting_the_
 
     from common.enums import Side
     from common.schema import AgentEvent, FillUpdate, FillView, HeaderFactory, Notice
-    from server.console_views import blotter
+    from server.console_views import read_blotter
     from server.store import Store
 
     store = Store(tmp_path / "gw.sqlite")
@@ -130,7 +130,7 @@ def test_the_blotter_reads_fills_newest_first_across_agents_without_sorting_the_
     newest = sorted(expected, reverse=True)
 
     def got(agent: str, since: int, limit: int) -> list[tuple[int, str]]:
-        _, fills = blotter({}, store, ["a", "b", "c"], agent, since, limit)
+        fills = read_blotter({}, store, ["a", "b", "c"], agent, since, limit).fills
         return [(f.ts_ns, f.client_order_id.split("-")[0]) for f in fills]
 
     assert got("", 0, 500) == newest

@@ -78,9 +78,12 @@ async def test_flatten_in_the_session_says_what_it_sent(tmp_path: Path) -> None:
     h, d, _ = await _holding(tmp_path)
     try:
         text = d.ack("flatten", "alpha")
-        assert text == "alpha: flatten: 1 market sells sent (10 005930)", text
+        assert text == "alpha: flatten: 1 market sells sent (10 005930); now reducing (sells only) until resume", text
         await h.settle(lambda: h.portfolio.position("alpha", "005930").qty == 0)  # type: ignore[union-attr]
-        assert d.ack("flatten", "alpha") == "alpha: nothing to flatten (no shares, no open orders)"
+        assert (
+            d.ack("flatten", "alpha")
+            == "alpha: nothing to flatten (no shares, no open orders); still reducing (sells only) until resume"
+        )
         assert not h.alerted(AlertKind.NOT_SENT)
     finally:
         await h.close()
