@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.runtime import EXIT_BAD_CARD, EXIT_DUPLICATE
 from tests.conftest import holds_for, wait_for
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
@@ -92,3 +94,20 @@ def _gone(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
         return True
+
+
+def test_an_agent_whose_process_cannot_start_is_exited_with_why_and_can_be_started_again(tmp_path: Path) -> None:
+    """Popen failing (no such interpreter, no file descriptors left) leaves the agent EXITED with the
+    reason, not listed as running with no process (every later start was refused 'already supervised')."""
+    from tools.ops.supervisor import SupervisorError
+
+    card = tmp_path / "alpha.toml"
+    card.write_text('id = "alpha"\nname = "alpha"\nstrategy = "x:Y"\ncodes = ["005930"]\n')
+    broken = Supervisor(tmp_path / "run", command=lambda c, r: [str(tmp_path / "no-such-python")])
+    with pytest.raises(SupervisorError, match="could not start its process"):
+        broken.start(card)
+    sup = broken.agents["alpha"]
+    assert sup.state is ProcState.EXITED and "could not start" in sup.reason and not broken.is_supervised("alpha")
+    with pytest.raises(SupervisorError, match="could not start its process"):  # asked again: tried again, said again
+        broken.start(card)
+    broken.stop_all()

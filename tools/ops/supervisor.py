@@ -139,7 +139,8 @@ class Supervisor:
             sup = Supervised(id=agent_id, card=card)
             self.agents[agent_id] = sup
         sup._thread = threading.Thread(target=self._watch, args=(sup,), name=f"supervise-{agent_id}", daemon=True)
-        self._spawn(sup)
+        if not self._try_spawn(sup):  # (it stays listed, EXITED with why: a later start is not refused)
+            raise SupervisorError(f"{agent_id}: {sup.reason}")
         sup._thread.start()
         return sup
 
@@ -147,7 +148,7 @@ class Supervisor:
         sup = self._get(agent_id)
         sup._stop.set()
         self._terminate(sup)
-        if sup._thread is not None:
+        if sup._thread is not None and sup._thread.ident is not None:
             sup._thread.join(self.policy.stop_grace_s + 5)
         return sup
 
@@ -170,7 +171,7 @@ class Supervisor:
                 signal_group(p, signal.SIGTERM)
         for s in sups:
             self._terminate(s)
-            if s._thread is not None:
+            if s._thread is not None and s._thread.ident is not None:  # (one whose process never started: none)
                 s._thread.join(self.policy.stop_grace_s + 5)
         self.logs.close()
 
@@ -205,6 +206,18 @@ class Supervisor:
         log.info("agent %s started (pid %d)", sup.id, sup.pid)
         self._changed(sup)
 
+    def _try_spawn(self, sup: Supervised) -> bool:
+        """_spawn; a process that cannot be started (no such interpreter, out of file descriptors or memory)
+        leaves the agent EXITED with why, never listed as running with no process (or its watcher dead)."""
+        try:
+            self._spawn(sup)
+        except OSError as e:
+            sup.state, sup.reason, sup._proc = ProcState.EXITED, f"could not start its process: {e}", None
+            log.error("agent %s %s", sup.id, sup.reason)
+            self._changed(sup)
+            return False
+        return True
+
     def _terminate(self, sup: Supervised) -> None:
         p = sup._proc
         if p is None or p.poll() is not None:
@@ -235,7 +248,8 @@ class Supervisor:
                 sup._stop.clear()
                 attempt, ghost_tries, unstable = 0, 0, 0
                 crashed = rc == -signal.SIGKILL  # (a copy that would not stop in the grace was killed)
-                self._spawn(sup)
+                if not self._try_spawn(sup):
+                    return
                 continue
             if sup._stop.is_set():
                 sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
@@ -289,7 +303,8 @@ class Supervisor:
                 sup._recent.append(time.monotonic())
                 sup.restarts += 1
                 unstable += 1
-            self._spawn(sup)
+            if not self._try_spawn(sup):
+                return
         self._changed(sup)
 
     def _changed(self, sup: Supervised) -> None:
