@@ -174,7 +174,16 @@ class ResendCancel(_Ev, tag="resend_cancel", frozen=True):
 
 
 class Cancelled(_Ev, tag="cancelled", frozen=True):
+    """The unfilled remainder is cancelled. `qty`: how much the broker says it cancelled (a cancel's
+    확인 notice, its ODER_QTY); 0: not known, the whole remainder. A confirmation of fewer than the
+    remainder we count, of a cancel we asked for (PENDING_CANCEL), does not end the order: the
+    difference filled at the exchange before the cancel reached it, and its fill notices are still on
+    their way (notices can come out of order). The order stays PENDING_CANCEL with that difference
+    open (reserved) until those fills make filled + cancelled the whole order, or reconciliation
+    closes it (a Cancelled without a quantity: the broker's list has the final word)."""
+
     broker_order_id: str = ""  # ODNO of the cancel order
+    qty: int = 0
 
 
 class RequestReplace(_Ev, tag="req_replace", frozen=True):
@@ -274,10 +283,14 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     created_ns: int = 0
     updated_ns: int = 0
     valid_day: str = ""  # HELD orders: the trading day (YYYYMMDD) whose session they are for
+    # PENDING_CANCEL only (0 in every other state): what the broker confirmed cancelled while fills of
+    # ours are still to come (Cancelled); filled_qty + cancelled_qty < qty always
+    cancelled_qty: int = 0
 
     @property
     def remaining(self) -> int:
-        return self.qty - self.filled_qty
+        """What may still fill: the quantity neither filled nor confirmed cancelled."""
+        return self.qty - self.filled_qty - self.cancelled_qty
 
     @property
     def is_open(self) -> bool:
@@ -436,7 +449,7 @@ def apply(order: Order, event: OrderEvent) -> Order:
     if target is None:
         raise IllegalTransition(f"{order.client_order_id}: {tag} is not allowed in state {order.state}")
     changes: dict[str, object] = {"updated_ns": event.ts_ns or order.updated_ns}
-    qty, filled = order.qty, order.filled_qty
+    qty, filled, cancelled = order.qty, order.filled_qty, order.cancelled_qty
 
     if isinstance(event, Fill):
         if event.fill_id in order.fill_ids:
@@ -502,6 +515,14 @@ def apply(order: Order, event: OrderEvent) -> Order:
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")
         changes.update(pending_price=event.price, pending_qty=event.qty)
+    elif isinstance(event, Cancelled):
+        if order.state is S.PENDING_CANCEL and 0 < event.qty and filled + event.qty < qty:
+            # confirmed for fewer than our remainder: the rest filled, its notices on their way. A repeat
+            # of the confirmation changes nothing; of two, the larger stands (never more is taken as
+            # cancelled than one confirmation says: what is reserved is never too little)
+            target, cancelled = _SAME, max(cancelled, event.qty)
+            if order.reason_code == AMEND_UNKNOWN:
+                changes.update(reason_code="", reason="")  # the cancel's outcome is known: it was taken
     elif isinstance(event, Replaced):
         if event.qty < filled:
             raise Overfill(f"{order.client_order_id}: replaced qty {event.qty} below filled {filled}")
@@ -519,14 +540,21 @@ def apply(order: Order, event: OrderEvent) -> Order:
             pending_price=0,
             pending_qty=0,
         )
+        cancelled = 0  # the new total is what the broker's lines hold: no confirmed cancel is in it
 
     if target == _RESTING:
         state = _resting(filled, qty)
     elif target == _SAME:
         state = S.FILLED if filled >= qty and order.state not in (S.CANCELLED, S.EXPIRED) else order.state
+        if state is S.PENDING_CANCEL and cancelled and filled + cancelled >= qty:
+            state = S.CANCELLED  # the fills a partial cancel confirmation waited for have all come
     else:
         state = OrderState(target)
     changes["state"] = state
+    if state is not S.PENDING_CANCEL:
+        cancelled = 0  # ended (or resting again): no confirmed cancel waits for fills
+    if cancelled != order.cancelled_qty:
+        changes.update(cancelled_qty=cancelled)
     if changes.get("reason_code", order.reason_code) == AMEND_UNKNOWN and state not in AMENDING:
         changes.update(reason_code="", reason="")  # resolved (replaced, cancelled, filled, expired)
     return msgspec.structs.replace(order, **changes)

@@ -12,7 +12,8 @@ the new line at once. A notice naming a line of a chain we cannot place asks the
 (`learn`) to read the broker's list for that order now.
 
 A cancel of ours that KIS acknowledged (its REST reply, `cancel_acked`, or its 접수 notice, ACPT_YN 1)
-is final only on its 확인 (ACPT_YN 2) or an IOC/FOK kill (ACPT_YN 3): a fill can still come first.
+is final only on its 확인 (ACPT_YN 2) or an IOC/FOK kill (ACPT_YN 3): a fill can still come first. A 확인
+of fewer shares than the remainder we count is not final either: the rest filled, its notices still to come.
 Whether KIS sends a 확인 for a cancel at all is UNCONFIRMED (API.md §5.8, §11: one acceptance notice
 per order, revise or cancel), so an acknowledged cancel without it is handed to `cancel_unconfirmed`:
 the broker's order list is read for that order within seconds (server/reconciler.py EarlyInquiry), not
@@ -148,6 +149,7 @@ class NoticeRouter:
             orig=n.orig_broker_order_id,
             fill_qty=n.fill_qty,
             fill_price=n.fill_price,
+            order_qty=n.order_qty,
             time=n.time,
             is_cancel=n.is_cancel,
             is_modify=n.is_modify,
@@ -185,8 +187,13 @@ class NoticeRouter:
         elif n.kind is NoticeKind.CANCELLED:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation, or until
-            # the broker's order list, read soon after the 접수 (above), closes it.
-            book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id))
+            # the broker's order list, read soon after the 접수 (above), closes it. A confirmation of
+            # fewer than the remainder we count (its quantity, ODER_QTY) is not final either: the
+            # difference filled before the cancel reached the exchange and its fill notices are still
+            # to come (common/orders.py Cancelled); it stays reserved until they do, or until the
+            # broker's list, read soon, closes the order. (No quantity: the whole remainder, as before.)
+            book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id, qty=max(n.order_qty, 0)))
+            self._unconfirmed(coid, n.broker_order_id)  # partly confirmed: the list is read soon (ended: nothing)
 
     def _rejected(self, coid: str, n: BrokerNotice, ts: int) -> None:
         """A line of this order was refused at the exchange. Only a refusal of the order's original
