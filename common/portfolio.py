@@ -18,6 +18,15 @@ the holders' shares at the quoted price times the ratio, so the split alone move
 Virtual agents (shadow mode) have books like anyone else but count nowhere in the account's totals.
 Shares held outside ktrader ('external') are the account's exposure and equity, but not its daily
 P&L (nobody trades them here).
+
+A day's P&L (what the daily-loss limits read) is what the day made: realised today − fees today +
+unrealised now − unrealised at the day's start. `roll_day` takes the start: each agent's realised P&L and
+fees, and the value of each position it carries into the day at the close before it (the official close
+`last_close` gives, else the mark then; with neither, today's base price once known, else at cost as if
+bought today). So a carried position counts from yesterday's close, not from its cost: a carried loss on a
+flat day is no day loss, a fall today from a carried gain is one, and carried shares sold today count
+sale − yesterday's close. The start's values are kept by the `keep_day_open` / `stored_day_open` hooks
+(server/risk.py keeps them in the store), so a restart in the day counts from the same start.
 """
 
 from __future__ import annotations
@@ -33,8 +42,12 @@ from common.enums import OrderType, Side
 from common.ids import EXTERNAL_AGENT
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 from common.orders import OPEN, Order, OrderState
-from common.risk_rules import MARKET_LIKE, AccountExposure, Exposure, notional_price
+from common.risk_rules import AccountExposure, Exposure, at_limit, notional_price
 from common.schema import PositionView
+
+
+# (shares, cost, value at the day's start; 0: no price then) of a position carried into the day
+DayOpen = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,16 @@ class Portfolio:
         self.sectors: dict[str, str] = {}  # code → sector (the stock master's; "" unknown)
         self.virtual: set[str] = set()  # agents whose books are not the account's (shadow): set_virtual
         self.day_start: dict[str, tuple[int, int]] = {}  # agent → (realised, fees) at the day's start
+        # agent → code → (shares, cost, value) of each position carried into the day, at the close before it
+        # (value 0: no price then; valued at today's base price once known, else at cost): see roll_day
+        self.day_open: dict[str, dict[str, DayOpen]] = {}
+        # the official close of the trading day before today (0: not known): what a carried position is
+        # worth at the day's start (server/risk.py wires it to the daily bars; unwired: the marks then)
+        self.last_close: Callable[[str], int] = lambda code: 0
+        # where the day's start values are kept and found again by a restart in the day (server/risk.py:
+        # the store, under today's date). Unwired: kept in memory only (a backtest, a test).
+        self.keep_day_open: Callable[[dict[str, dict[str, DayOpen]]], None] = lambda day_open: None
+        self.stored_day_open: Callable[[], dict[str, dict[str, DayOpen]] | None] = lambda: None
         self._books: dict[str, _Book] = defaultdict(_Book)
         self._account = _Book()
         self._holders: dict[str, set[str]] = defaultdict(set)  # code → agents holding shares
@@ -173,9 +196,10 @@ class Portfolio:
             else:
                 _bump(bk.buy_n, code, sign)
                 if self._priced(o):
-                    bk.limit_buys += rem * o.price
-                    _bump(bk.buy_value, code, rem * o.price)
-                    _bump(bk.sector_buys, self.sectors.get(code, ""), rem * o.price)
+                    value = rem * self._limit(o)
+                    bk.limit_buys += value
+                    _bump(bk.buy_value, code, value)
+                    _bump(bk.sector_buys, self.sectors.get(code, ""), value)
                 elif self._held_day(o):  # in the band of the session it is held for
                     _bump(bk.held_market, (code, o.valid_day), rem)
                 else:  # it executes at the market whatever price it carries: valued as a market buy
@@ -196,14 +220,26 @@ class Portfolio:
     def order_value(self, o: Order) -> int:
         """An open order's remainder as the reservations value it (a market-like one at the band's edge:
         a held buy's, of the session it is held for)."""
-        if o.side is Side.BUY and not self._priced(o) and self._held_day(o):
-            return o.remaining * self._held_unit(o.code, o.valid_day)
+        if o.side is Side.BUY:
+            if self._priced(o):
+                return o.remaining * self._limit(o)
+            if self._held_day(o):
+                return o.remaining * self._held_unit(o.code, o.valid_day)
         return o.remaining * self.notional_price(o.side, o.price, o.code, o.order_type)
 
     @staticmethod
     def _priced(o: Order) -> bool:
-        """A buy valued at its own price (a limit); else at the band's edge (market-like, or no price)."""
-        return bool(o.price) and o.order_type not in MARKET_LIKE
+        """A buy valued at its own price (a limit); else at the band's edge (market-like, no price, or a
+        CONDITIONAL buy, which may buy at the market in the closing call: risk_rules.at_limit)."""
+        return at_limit(o.side, o.price, o.order_type)
+
+    @staticmethod
+    def _limit(o: Order) -> int:
+        """The price a limit buy holds: with a revise in flight (PENDING_REPLACE, until KIS answers) the
+        higher of its price and the one asked for, since KIS may take the revise at any moment (the order
+        then rests at the new price) or refuse it. `order_changed` takes the old version's value out and
+        puts the new one's in, so Replaced / ReplaceRefused (which clear pending_price) release it."""
+        return max(o.price, o.pending_price)
 
     @staticmethod
     def _held_day(o: Order) -> str:
@@ -358,6 +394,19 @@ class Portfolio:
             self._holders[code].add(agent)
         else:
             self._holders[code].discard(agent)
+        if old is not None and oq and dq and not dc and (pos.realized_pnl, pos.fees) == (old.realized_pnl, old.fees):
+            self._rescale_day_open(agent, code, old.qty, pos.qty)
+
+    def _rescale_day_open(self, agent: str, code: str, was: int, now: int) -> None:
+        """Shares that changed without a trade (a split applied: apply_split scales them, cost unchanged):
+        the shares the agent carried into the day are counted alike, so a start still to be valued at
+        today's base price (quoted in the new shares) is valued right. A start value is money: it stays."""
+        opened = self.day_open.get(agent, {})
+        got = opened.get(code)
+        if got is None or got[2]:
+            return
+        opened[code] = (got[0] * now // was, got[1], 0)
+        self.keep_day_open(self.day_open)
 
     def set_mark(self, code: str, price: int) -> None:
         """A new last price: the positions in `code` are worth it now (a few adds per holder)."""
@@ -512,9 +561,36 @@ class Portfolio:
         }
 
     def roll_day(self, day_start: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
-        """Start a day: realised P&L and fees count from here (given, when a restart restores them)."""
-        self.day_start = day_start if day_start is not None else self.totals()
+        """Start a day: realised P&L and fees count from here, and each carried position from its value
+        now (at the close before the day). Given `day_start` (a restart restoring the day's totals; a day
+        closed past midnight starting the new one from its end), the carried positions' start values are
+        the stored ones (`stored_day_open`); none stored (a day started by an older version), their value
+        now, kept. Returns the totals (the caller keeps them)."""
+        if day_start is None:
+            self.day_start = self.totals()
+        else:
+            self.day_start = day_start
+            saved = self.stored_day_open()
+            if saved is not None:
+                self.day_open = saved
+                return self.day_start
+        self.day_open = self._open_values()
+        self.keep_day_open(self.day_open)
         return self.day_start
+
+    def _open_values(self) -> dict[str, dict[str, DayOpen]]:
+        """Each agent's positions now and their value at the close before the day (the official one,
+        else the mark now; 0: neither known)."""
+        got: dict[str, dict[str, DayOpen]] = {}
+        for agent, ps in self.positions.items():
+            book: dict[str, DayOpen] = {}
+            for p in ps.values():
+                if p.qty:
+                    price = self.last_close(p.code) or self.marks.get(p.code, 0)
+                    book[p.code] = (p.qty, p.cost, self._worth(agent, p.code, p.qty, price) if price > 0 else 0)
+            if book:
+                got[agent] = book
+        return got
 
     def day_totals(self, agent: str) -> tuple[int, int]:
         """(gross realised P&L, fees) of the agent today."""
@@ -530,11 +606,27 @@ class Portfolio:
             if p.qty and p.code in marks
         )
 
+    def day_unrealized(self, agent: str) -> int:
+        """Unrealised P&L made today: now against the day's start (positions carried into the day at their
+        value then: see roll_day)."""
+        held, marks, start = self.positions.get(agent, {}), self.marks, 0
+        for code, (qty, cost, value) in self.day_open.get(agent, {}).items():
+            p = held.get(code)
+            if p is not None and p.qty and code not in marks:
+                continue  # held with no price now: at cost now (unrealized), so at its start too
+            if not value:  # no price at the start: today's base price (yesterday's close) once known
+                base = self.base_prices.get(code, 0)
+                if not base:
+                    continue  # at cost, as if bought today
+                value = self._worth(agent, code, qty, base)
+            start += value - cost
+        return self.unrealized(agent) - start
+
     def day_pnl(self, agent: str) -> int:
-        """Realised today net of fees plus unrealised against the last marks (positions carried from
-        earlier days count at cost: conservative, a carried loss shows as today's)."""
+        """Realised today net of fees plus unrealised made today: a position carried from earlier days
+        counts from its value at the day's start (the close before it), not from its cost."""
         realized, fees = self.day_totals(agent)
-        return realized - fees + self.unrealized(agent)
+        return realized - fees + self.day_unrealized(agent)
 
     def account_day_pnl(self) -> int:
         """ktrader's agents together; shares held outside ktrader ('external') move with the market

@@ -50,6 +50,11 @@ _PRICED = frozenset({OrderType.LIMIT, OrderType.CONDITIONAL})
 # price and every valuation (notional, reservations, exposure) judges them as a market order. The one
 # predicate: kis/adapter.py sends these with price "0".
 MARKET_LIKE = frozenset({OrderType.MARKET, OrderType.BEST, OrderType.PRIORITY})
+# A 조건부지정가 (CONDITIONAL) order rests at its limit but, unfilled at the closing call, turns into a market
+# order (shared/kis/API.md §7.4): a buy may then fill anywhere up to the day's upper limit, so a buy is valued
+# as a market buy is (reservations, budget, cash, position and exposure limits); a sell at its limit (the
+# lower limit would only overstate a sell, which reserves no cash).
+_CONDITIONAL = OrderType.CONDITIONAL
 # (order type, time in force) → KIS's ORD_DVSN (shared/kis/API.md §4.1): the only pairs the broker can
 # be sent. kis/adapter.py sends by this table and the gate refuses any other pair, so the two cannot
 # drift (common/ imports nothing of ours, so the table lives here and kis/ reads it). A held order
@@ -97,7 +102,7 @@ class Exposure(msgspec.Struct, kw_only=True):
     open_orders: int = 0
     reserved_cash: int = 0  # every open buy's remaining notional and its buy commission
     spent_cash: int = 0  # net cash used by fills, fees included
-    day_pnl: int = 0  # realised today net of fees + unrealised at the last marks
+    day_pnl: int = 0  # realised today net of fees + unrealised made today (carried positions from the last close)
     gross_value: int = 0  # positions at the last price (cost without one) + open buys
     positions: int = 0  # codes held or being bought
     has_code: bool = False  # the order's code is one of them
@@ -190,6 +195,13 @@ class Check(NamedTuple):
     text: str = ""  # the denial's reason (or, explaining, the limit's)
 
 
+def at_limit(side: Side, price: int, order_type: OrderType | None) -> bool:
+    """An order valued at its own price (a limit), not at the band's edge: the one predicate of
+    `notional_price` and the portfolio's reservations (common/portfolio.py). A market(-like) order or one
+    with no price is not; nor is a CONDITIONAL buy (it may buy at the market in the closing call)."""
+    return bool(price) and order_type not in MARKET_LIKE and (side is _SELL or order_type is not _CONDITIONAL)
+
+
 def notional_price(
     side: Side,
     price: int,
@@ -200,9 +212,10 @@ def notional_price(
     order_type: OrderType | None = None,
 ) -> int:
     """What one share of an order is judged at: its limit; an order that executes at the market
-    (MARKET_LIKE, whatever price it carries; or no price) a buy at the day's upper limit (KIS reserves
-    cash there too), a sell at the lower; 0 when unknown."""
-    if price and order_type not in MARKET_LIKE:
+    (MARKET_LIKE, whatever price it carries; or no price) and a CONDITIONAL buy (a market buy if the
+    closing call finds it unfilled) a buy at the day's upper limit (KIS reserves cash there too), a sell
+    at the lower; 0 when unknown."""
+    if at_limit(side, price, order_type):
         return price
     if not base_price:
         return 0

@@ -27,6 +27,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Container
 
+import msgspec
+
 from common.calendar import is_trading_day, previous_trading_day
 from common.clock import date_of
 from common.config import AgentCard, RiskLimits
@@ -36,7 +38,7 @@ from common.krx import next_session_day
 from common.krx_rules import KrxRules, rules_for
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order, OrderState
-from common.portfolio import Portfolio
+from common.portfolio import DayOpen, Portfolio
 from common.risk_rules import (
     HELD_TIFS,
     AccountExposure,
@@ -79,6 +81,9 @@ LIMIT_ALERTS = {
 # (every minute paged all day and used up the notifier's per-minute budget)
 _ALERT_EVERY_NS = 600_000_000_000
 _ACCEPTED_KEY = "loss_accepted:"  # meta: "<yyyymmdd>|<day P&L>" an operator's resume accepted
+# meta: the day's start values of the positions carried into it (Portfolio.day_open, JSON), per day: a
+# restart in the day counts the day's P&L from the same start (as trading_day keeps its day_start:<day>)
+_DAY_OPEN_KEY = "day_open:"
 # a day's close looked up for the valuation of held market buys is asked again after this long (market
 # time, s): every exposure values them, and a look is a store read. Not known yet (0): asked again after
 # a second (the day's bar goes out at the close); known: a minute (it only moves when the broker's bar
@@ -139,6 +144,25 @@ class RiskGate:
         self._closes: dict[tuple[str, dt.date], tuple[int, float]] = {}
         # a market buy held for a later session is reserved in the band it was judged in, not today's
         portfolio.session_band = self.session_band
+        # the day's P&L counts a carried position from the close before the day (the daily bars'), from the
+        # same start after a restart in the day (kept in the store)
+        portfolio.last_close = lambda code: self._close_before(code, self.clock.now().date())
+        portfolio.keep_day_open = self._keep_day_open
+        portfolio.stored_day_open = self._stored_day_open
+
+    def _keep_day_open(self, day_open: dict[str, dict[str, DayOpen]]) -> None:
+        with self.store.transaction():
+            self.store.set_meta(_DAY_OPEN_KEY + market_day(self.clock), msgspec.json.encode(day_open).decode())
+
+    def _stored_day_open(self) -> dict[str, dict[str, DayOpen]] | None:
+        raw = self.store.get_meta(_DAY_OPEN_KEY + market_day(self.clock))
+        if not raw:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=dict[str, dict[str, DayOpen]])
+        except msgspec.DecodeError:
+            log.warning("the day's stored start values are unreadable: the positions' values now are taken")
+            return None
 
     # ---- trading state ---------------------------------------------------------------------------
 

@@ -232,6 +232,7 @@ class SimBroker:
         self._day_peak, self._all_peak = 0, 0
         self._close_equity = self.initial_cash  # the last close's equity: where a new day's peak starts
         self._pnl_start = (0, 0)
+        self._unreal_start = 0  # the positions' unrealised P&L at the day's start (the close before it)
 
     # ---- views -----------------------------------------------------------------------------------
 
@@ -408,7 +409,12 @@ class SimBroker:
         positions at the previous closes), as live's Portfolio.roll_day and Peaks.roll start theirs."""
         self._day = self.ts_ns // _DAY_NS
         self._pnl_start = (sum(p.realized_pnl for p in self.positions.values()), self.fees + self.taxes)
+        self._unreal_start = self._unrealized()
         self._day_peak = self._close_equity
+
+    def _unrealized(self) -> int:
+        last = self.last
+        return sum(last[c] * p.qty - p.cost for c, p in self.positions.items() if p.qty and c in last)
 
     def _peak(self, equity: int) -> int:
         """The peak the card's drawdown is measured from: the day's (from the previous close) or all time."""
@@ -461,16 +467,14 @@ class SimBroker:
         )
 
     def _day_pnl(self) -> int:
-        """Realised today net of fees and taxes plus unrealised at the last prices (the live gate's
-        definition: positions carried from earlier days count at cost)."""
+        """Realised today net of fees and taxes plus unrealised made today (the live gate's definition,
+        common/portfolio.py day_pnl: positions carried from earlier days count from the close before it)."""
         if self.ts_ns // _DAY_NS != self._day:
             self._roll()
         realized = sum(p.realized_pnl for p in self.positions.values())
         paid = self.fees + self.taxes
         r0, f0 = self._pnl_start
-        last = self.last
-        unreal = sum(last.get(c, 0) * p.qty - p.cost for c, p in self.positions.items() if p.qty and c in last)
-        return realized - r0 - (paid - f0) + unreal
+        return realized - r0 - (paid - f0) + self._unrealized() - self._unreal_start
 
     def cancel(self, coid: str, notes: list[Note]) -> bool:
         o = self.orders.get(coid)

@@ -67,7 +67,7 @@ from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, is_gateway_exit, revise_refusal
 from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
-from tools.backtest.broker import AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
+from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import CostModel
 from tools.backtest.data import Series
@@ -958,9 +958,15 @@ class Backtest:
         self._deliver()
         self.in_bar = True
         self._running = True
+        daily, rolled = broker._daily, ""
         for step, t in enumerate(times):
             self.step = step
             bars = at[step]
+            if daily and t[:10] != rolled:  # a new day starts from the close before it, before its bars move it
+                rolled = t[:10]
+                broker.ts_ns = _session_ns(rolled)[0]
+                if broker.ts_ns // _DAY_NS != broker._day:
+                    broker._roll()
             check = protected or prot._pending_notes
             prot.step = step
             if open_ids or check:
