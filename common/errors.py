@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     DENIED_HALTED = "DENIED_HALTED"
     DENIED_REDUCING = "DENIED_REDUCING"
     DENIED_SHADOW = "DENIED_SHADOW"
+    DENIED_SELF_TRADE = "DENIED_SELF_TRADE"  # it would trade with another agent's open order on the same account
     # account limits (common.config.RiskLimits; a card's are the agent's share of the same)
     DENIED_GROSS_EXPOSURE = "DENIED_GROSS_EXPOSURE"  # positions + open buys over a % of equity
     DENIED_MAX_POSITIONS = "DENIED_MAX_POSITIONS"  # one code too many

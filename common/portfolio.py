@@ -27,6 +27,11 @@ bought today). So a carried position counts from yesterday's close, not from its
 flat day is no day loss, a fall today from a carried gain is one, and carried shares sold today count
 sale − yesterday's close. The start's values are kept by the `keep_day_open` / `stored_day_open` hooks
 (server/risk.py keeps them in the store), so a restart in the day counts from the same start.
+
+The account's cash is the broker's settlement cash at its last read, moved since by the books' fills;
+a read is lined up with the fills the broker counted (`set_account_cash`), so it errs low, never high.
+Open orders are also indexed per code (`opposite`): what another agent's new order would trade with
+(the risk gate's self-trade check), a few reads per open order of the code.
 """
 
 from __future__ import annotations
@@ -42,12 +47,21 @@ from common.enums import OrderType, Side
 from common.ids import EXTERNAL_AGENT
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 from common.orders import OPEN, Order, OrderState
-from common.risk_rules import AccountExposure, Exposure, at_limit, notional_price
+from common.risk_rules import AccountExposure, Exposure, RestingOrder, at_limit, notional_price
 from common.schema import PositionView
 
 
 # (shares, cost, value at the day's start; 0: no price then) of a position carried into the day
 DayOpen = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CashMark:
+    """The books' cash counters when an account read is sent (Portfolio.cash_mark): what was booked
+    while the read was on its way is told apart from what was booked before it."""
+
+    paid: int  # Σ of every rise of the account's spending (buys and their fees) booked so far
+    traded: int  # Σ |traded value| of the account's fills booked so far
 
 
 @dataclass(frozen=True)
@@ -165,9 +179,21 @@ class Portfolio:
         self._account = _Book()
         self._holders: dict[str, set[str]] = defaultdict(set)  # code → agents holding shares
         # the account's cash: the broker's settlement cash at its last read, moved since by the cash the
-        # books' fills used (None until the first read)
+        # books' fills used (None until the first read): see set_account_cash
         self.cash_base: int | None = None
         self._spent_at_base = 0
+        self._credit = 0  # fills the read counted that the books have not booked: kept out of cash()
+        # (up, down): how far the equity may be over / under its value by the last read's cash base (an
+        # unexplained jump of it): the sweep raises peaks on the low end and judges drawdowns on the high one
+        self.cash_doubt: tuple[int, int] = (0, 0)
+        self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
+        self._traded = 0  # Σ |value| of the account's fills (CashMark.traded)
+        self._bought = self._sold = 0  # the account's traded value today (since the day's start)
+        self._day_started = False  # roll_day has run: the books' "today" is known
+        self._last_mark: CashMark | None = None  # the last read's
+        # code → client order id → open order of an agent (not 'external'): what a new order of another agent
+        # on the code would trade with (the self-trade check: opposite)
+        self._resting: dict[str, dict[str, Order]] = {}
 
     def _scopes(self, agent: str) -> Iterator[_Book]:
         yield self._books[agent]
@@ -179,8 +205,57 @@ class Portfolio:
     def order_changed(self, old: Order | None, new: Order | None) -> None:
         if old is not None and old.state in OPEN:
             self._count(old, -1)
+            self._rest(old, False)
         if new is not None and new.state in OPEN:
             self._count(new, +1)
+            self._rest(new, True)
+        o = new if new is not None else old
+        if o is not None and o.agent not in self.virtual:
+            dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
+            if dv:
+                self._traded += abs(dv)
+                if o.side is Side.BUY:
+                    self._bought += dv
+                else:
+                    self._sold += dv
+
+    def _rest(self, o: Order, add: bool) -> None:
+        if o.agent == EXTERNAL_AGENT:  # placed outside ktrader: not ours to reason about
+            return
+        if add:
+            self._resting.setdefault(o.code, {})[o.client_order_id] = o
+            return
+        got = self._resting.get(o.code)
+        if got is not None and got.pop(o.client_order_id, None) is not None and not got:
+            del self._resting[o.code]
+
+    def opposite(self, agent: str, code: str, side: Side, day: str, today: str) -> tuple[RestingOrder, ...]:
+        """Other agents' open orders on `code` (not 'external', not shadow) of the side opposite `side`, in
+        the session of `day` (YYYYMMDD; a HELD order is in its valid day's, every other in `today`'s):
+        what an order of `agent` would trade with on this account (risk_rules self_trade). A few dictionary
+        reads per open order of the code."""
+        got = self._resting.get(code)
+        if not got:
+            return ()
+        return tuple(
+            RestingOrder(o.client_order_id, o.agent, o.side, self._crossing_price(o))
+            for o in got.values()
+            if o.agent != agent
+            and o.side is not side
+            and o.agent not in self.virtual
+            and (o.valid_day if o.state is OrderState.HELD else today) == day
+        )
+
+    @staticmethod
+    def _crossing_price(o: Order) -> int:
+        """The most marketable price an open order may trade at (0: any price: a market-like order, or a
+        CONDITIONAL one, which turns into a market order at the closing call); with a revise in flight,
+        the more marketable of its price and the one asked for (KIS may take the revise at any moment)."""
+        if o.order_type is not OrderType.LIMIT:
+            return 0
+        if not o.pending_price:
+            return o.price
+        return max(o.price, o.pending_price) if o.side is Side.BUY else min(o.price, o.pending_price)
 
     def load_orders(self, orders: Iterable[Order]) -> None:
         for o in orders:
@@ -337,6 +412,7 @@ class Portfolio:
             + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
             equity=self.equity() or 0,
+            equity_doubt=self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
         )
 
@@ -381,6 +457,8 @@ class Portfolio:
         dq, dc = pos.qty - oq, pos.cost - oc
         dv = self._value(agent, pos.qty, pos.cost, code) - self._value(agent, oq, oc, code)
         dspent = pos.cost - pos.realized_pnl + pos.fees - ospent
+        if dspent > 0 and agent not in self.virtual:
+            self._paid += dspent
         for bk in self._scopes(agent):
             was = bk.is_active(code)
             _bump(bk.qty, code, dq)
@@ -533,21 +611,104 @@ class Portfolio:
         bk = self._account if agent is None else self._books.get(agent)
         return bk.total if bk else 0
 
-    def set_account_cash(self, cash: int) -> None:
-        """The broker's settlement cash, read now: the books' fills move it from here."""
-        self.cash_base = cash
-        self._spent_at_base = self._account.spent
+    def cash_mark(self) -> CashMark:
+        """The books' cash counters now: taken before an account read is sent, passed to set_account_cash."""
+        return CashMark(paid=self._paid, traded=self._traded)
 
-    def cash(self) -> int | None:
-        """The account's cash now (None before the broker's account was read)."""
+    def set_account_cash(self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1) -> None:
+        """The broker's settlement cash `cash`: the books' fills move it from here.
+
+        Without `mark`: the account's cash is `cash` now (an operator's re-base, a test).
+
+        With `mark` (a read, sent when the books stood at `mark`): the broker answered from its state at
+        some moment while the read was on its way, and the books may have booked fills meanwhile that it
+        did or did not count. With the broker's traded value today (`bought`, `sold`: KIS thdt_buy_amt,
+        thdt_sll_amt; -1 not reported) the base is lined up with the fills it counted: what the books
+        traded today beyond them (at the books' own cost rate of the day) is taken off, what it counted
+        that the books have not booked yet (a notice still to come) is added to the equity but kept out of
+        `cash()` until the next read (cash errs low, never high). Totals that cannot be lined up — not
+        reported, the books' day not started yet, all zero while the books traded (a paper account), or
+        apart by more than everything traded since the last read and still open could explain (another
+        day's figures, books missing fills) — are not used: then every spending the books booked after
+        `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
+        so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
+        can only be under its value.
+
+        Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
+        change of the cash estimate at the read beyond what the last read's doubt explains is held as
+        doubt (`cash_doubt`) until the next read: the sweep raises no peak on it and judges no drawdown on
+        it (`equity_bounds`)."""
+        spent = self._account.spent
+        if mark is None:
+            self.cash_base = cash + self._credit  # cash() is `cash`; what a read credited stays credited
+            self._spent_at_base = spent
+            return
+        before = self._exact()
+        uncounted = self._uncounted(bought, sold)
+        if uncounted is None:
+            uncounted = self._paid - mark.paid
+            self._credit = 0
+        else:
+            self._credit = max(0, -uncounted)
+        self.cash_base = cash
+        self._spent_at_base = spent - uncounted
+        self._last_mark = mark
+        if before is not None:
+            jump = cash - uncounted - before
+            up, down = self.cash_doubt
+            self.cash_doubt = (max(0, jump - down), max(0, -jump - up))
+
+    def _uncounted(self, bought: int, sold: int) -> int | None:
+        """The spending of the books' fills today the broker's totals do not have (negative: the broker has
+        fills the books have not booked yet), or None when the totals cannot be lined up (see
+        set_account_cash)."""
+        if bought < 0 or sold < 0 or not self._day_started:
+            return None
+        bb, bs = self._bought, self._sold
+        if bought == sold == 0 and (bb or bs):
+            return None  # fills here, none at all there: the broker does not keep these figures
+        ub, us = bb - bought, bs - sold
+        last = self._last_mark
+        bound = self._traded - (last.traded if last is not None else 0) + self._open_value()
+        if abs(ub) > bound or abs(us) > bound:
+            return None
+        fees = sum(self.day_totals(a)[1] for a in self.positions if a not in self.virtual)
+        fee = -(-fees * (ub + us) // (bb + bs)) if bb + bs else 0  # (rounded up: the cash errs low)
+        return ub - us + fee
+
+    def _open_value(self) -> int:
+        """What the account's open orders could still trade: buys as reserved, sells at today's upper limit
+        (their mark when the base price is unknown)."""
+        bk = self._account
+        sells = sum(q * (self.notional_price(Side.BUY, 0, c) or self.marks.get(c, 0)) for c, q in bk.sell_qty.items())
+        return bk.limit_buys + self._market_buys(bk) + sells
+
+    def _exact(self) -> int | None:
+        """The account's cash by the last read's base (a read's credit included)."""
         if self.cash_base is None:
             return None
         return self.cash_base - (self._account.spent - self._spent_at_base)
 
+    def cash(self) -> int | None:
+        """The account's cash now (None before the broker's account was read): never what the broker
+        counted and the books have not booked yet (see set_account_cash)."""
+        exact = self._exact()
+        return None if exact is None else exact - self._credit
+
     def equity(self) -> int | None:
-        """The account's equity now: its cash plus every position at the last price."""
-        cash = self.cash()
-        return None if cash is None else cash + self._account.total
+        """The account's equity now: its cash plus every position at the last price (a fill the last read
+        counted and the books have not booked yet: in the cash, as its shares are not in the positions)."""
+        exact = self._exact()
+        return None if exact is None else exact + self._account.total
+
+    def equity_bounds(self) -> tuple[int, int] | None:
+        """(low, high): the account's equity less and plus the doubt its cash base is held in (cash_doubt):
+        a peak is raised on the low one, a drawdown judged on the high one."""
+        eq = self.equity()
+        if eq is None:
+            return None
+        up, down = self.cash_doubt
+        return eq - up, eq + down
 
     def agent_equity(self, agent: str, budget: int) -> int:
         """An agent's equity: its budget plus its net P&L (realised − fees + unrealised), 0 without a budget."""
@@ -566,8 +727,10 @@ class Portfolio:
         closed past midnight starting the new one from its end), the carried positions' start values are
         the stored ones (`stored_day_open`); none stored (a day started by an older version), their value
         now, kept. Returns the totals (the caller keeps them)."""
+        self._day_started = True
         if day_start is None:
             self.day_start = self.totals()
+            self._bought = self._sold = 0  # (a restart restoring the day keeps the loaded orders' fills)
         else:
             self.day_start = day_start
             saved = self.stored_day_open()

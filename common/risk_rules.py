@@ -4,7 +4,8 @@ risk gate and by the backtester, so a strategy meets the same refusals with the 
 Limits: an agent's own (its card; the operator's registry in production) and the gateway's, which
 apply across the whole account (every agent's orders and positions together). 0 means no limit of
 that kind. The checks run in a fixed order and the first failing one is the answer:
-shape → codes → trading state → session and market phase → price grid and band → daily loss →
+shape → codes → trading state → session and market phase → price grid and band → self-trade (another
+agent's open order on the account it would trade with) → daily loss →
 drawdown → shares → notional / open orders / position value → positions / gross exposure / code /
 sector → budget → cash reserve → account cash → order rate. A buy needs its commission too (budget
 and cash); the shape check refuses an order type and time in force KIS has no order division for.
@@ -17,7 +18,7 @@ configured limit the order meets, with the numbers (`ktrader control risk_explai
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -113,6 +114,15 @@ class Exposure(msgspec.Struct, kw_only=True):
     peak: int = 0  # the highest equity of the period the card's drawdown_peak names
 
 
+class RestingOrder(NamedTuple):
+    """Another agent's open order on the same account (the self-trade check)."""
+
+    client_order_id: str
+    agent: str
+    side: Side
+    price: int  # the most marketable price it may trade at; 0: any (market-like, or CONDITIONAL: see crosses)
+
+
 class AccountExposure(msgspec.Struct, kw_only=True):
     """The same across every agent of the account (the gateway-wide limits)."""
 
@@ -126,9 +136,15 @@ class AccountExposure(msgspec.Struct, kw_only=True):
     code_value: int = 0
     sector_value: int = 0
     equity: int = 0  # the account's equity (0: not known yet: percent limits deny buys)
+    # how far the equity may be above `equity` (its cash base held in doubt by the last account read:
+    # server/equity.py): the drawdown is judged on equity + this
+    equity_doubt: int = 0
     peak: int = 0  # the highest equity of the period the gateway's drawdown_peak names
     free_cash: int | None = None  # cash not held by open buys, their commission included (None: not known yet)
     virtual: bool = False  # a shadow agent's order: the account's totals and cash are not its own
+    # other agents' open orders of the opposite side on the order's code in its session (the self-trade
+    # check; empty: none, a shadow order, an exit the gateway places, a backtest's single agent)
+    opposite: tuple[RestingOrder, ...] = ()
 
 
 class MarketView(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,6 +248,40 @@ def unsendable(order_type: OrderType, tif: TimeInForce) -> str:
     return f"{order_type.value}/{tif.value}: KIS has no order division for it (a {order_type.value} order takes {tifs})"
 
 
+def crosses(side: Side, price: int, order_type: OrderType, other: RestingOrder) -> bool:
+    """Whether an order would trade with `other` (of the opposite side) at once or later in its session: a
+    buy at or above a sell's price, a sell at or below a buy's; an order with no price of its own to
+    rest at — market-like, or CONDITIONAL, which turns into a market order at the closing call — meets
+    any, as `other` at price 0 does."""
+    if order_type is not OrderType.LIMIT or not price or not other.price:
+        return True
+    return price >= other.price if side is _BUY else price <= other.price
+
+
+def self_trade(
+    code: str, side: Side, price: int, order_type: OrderType, opposite: Iterable[RestingOrder]
+) -> Denial | None:
+    """A BUY that would trade with another agent's open sell on the same account (`opposite`): one account
+    on both sides pays commission and the sell tax for nothing, and a print with the same owner on both
+    sides is what market surveillance reads as a wash trade (가장매매). A sell is never denied by this rule:
+    it only reduces a position held (KRX has no retail short selling), and an exit — a strategy's own
+    stop-loss at the market — must get out whatever another agent bids; the buy side alone is where a
+    self-trade can be refused without risk (the buyer may price below the sell or wait)."""
+    if side is _SELL:
+        return None
+    for other in opposite:
+        if crosses(side, price, order_type, other):
+            at = f"at {other.price:,}" if other.price else "at any price"
+            mine = f"at {price:,}" if price and order_type is OrderType.LIMIT else f"as a {order_type.value} order"
+            return ErrorCode.DENIED_SELF_TRADE, (
+                f"{code}: this {side.value} {mine} would trade with {other.agent}'s open {other.side.value} "
+                f"{other.client_order_id} ({at}) on the same account: a self-trade pays fees and tax for "
+                "nothing and looks like a wash trade (가장매매) to market surveillance; price it away from that "
+                "order, or wait until it is filled or cancelled"
+            )
+    return None
+
+
 def is_reducing(side: Side, qty: int, exp: Exposure) -> bool:
     return side is _SELL and qty <= exp.sellable_qty
 
@@ -254,6 +304,8 @@ def check_order(
     """The first rule the order breaks, or None. `rates`: orders the agent and the account sent in the
     last minute (see RateWindow). With `explain`, every limit is evaluated and appended to it."""
     first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp)
+    if first is None and account.opposite:
+        first = self_trade(code, side, price, order_type, account.opposite)
     if first is not None and (explain is None or qty <= 0):
         return first
     unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board, order_type)
@@ -392,7 +444,7 @@ def _limits(
     for scope, lim, equity, peak in (
         (
             ("agent", agent_lim, exp.equity, exp.peak),
-            ("account", acct_lim, account.equity, account.peak),
+            ("account", acct_lim, account.equity + account.equity_doubt if account.equity > 0 else 0, account.peak),
         )
         if _drawdowns(agent_lim) or _drawdowns(acct_lim)
         else ()

@@ -4,15 +4,28 @@ Equity, as the risk gate sees it (our choice, and why):
 - the cash is the broker's settlement cash (KIS `prvs_rcdl_excc_amt`, D+2: today's trades count at
   once, where the deposit `dnca_tot_amt` only catches up after settlement), read every
   `account_every_s` over the account lane of the REST budget; between reads, every fill the books
-  record moves it by the cash it took or gave (fees included), so a buy never looks free for 30 s;
+  record moves it by the cash it took or gave (fees included), so a buy never looks free for 30 s.
+  The broker answers from its state at some moment of the read's flight, and fill notices keep being
+  booked meanwhile: the read is lined up with the fills the broker counted by its traded value today
+  (`thdt_buy_amt` / `thdt_sll_amt`, as server/cash_check.py compares them at the close); where those
+  cannot be used, every buy booked after the read was sent counts against the cash and no sell booked
+  after it is credited until the next read. Either way the cash errs low, never high
+  (common/portfolio.py set_account_cash);
 - the positions are every share the account holds (agents' and 'external'), at the last trade price
   the gateway saw, kept tick by tick by the portfolio; a code with no print yet (after a restart, or
   never traded today) takes a reference price: the broker balance's last price at each position check
   (server/reconciler.py), else today's base price or the last close (server/risk.py seed_prices). Never
   over a print.
 The broker's own total (`tot_evlu_amt`) is priced by KIS's last read of its prices, refreshed only
-when asked; ours moves with every print and costs no REST call. A fill the broker counted before a
-read and the books record after it is counted twice until the next read (at most `account_every_s`).
+when asked; ours moves with every print and costs no REST call. Without the broker's traded totals, a
+fill the broker counted before a read and the books record after it is counted twice until the next
+read (at most `account_every_s`): the cash is then low by it, and so is the equity.
+
+A read moves no equity by a trade of its own (a fill swaps cash for shares): a change of the cash
+estimate at a read that the last read's doubt does not explain (a fill counted twice or not at all, a
+deposit) is held as doubt until the next read; the account's peaks are raised on the equity less the
+doubt upward, and its drawdown is judged on the equity plus the doubt downward (server/risk.py), so a
+cash base that errs for one read neither records a peak nor halts the account.
 
 An agent's equity is its budget plus its net P&L (realised − fees + unrealised).
 
@@ -109,6 +122,9 @@ class AccountReader:
         self.unsupported = False  # the broker has no account at all (a replay)
 
     async def read_once(self) -> bool:
+        # the books as the read leaves: what they book while it is on its way may or may not be in the
+        # broker's answer (Portfolio.set_account_cash)
+        mark = self.portfolio.cash_mark()
         try:
             acct = await self.read()
         except BrokerUnsupported as e:  # a broker with no account (a replay): nothing to wait for
@@ -121,7 +137,7 @@ class AccountReader:
             log.warning("account read failed: %s", e)
             return False
         self.last = acct
-        self.portfolio.set_account_cash(acct.settlement_cash)
+        self.portfolio.set_account_cash(acct.settlement_cash, mark, acct.today_bought, acct.today_sold)
         self.reads += 1
         return True
 

@@ -18,7 +18,15 @@ last close; the reconciler gives the broker balance's); while one is still unpri
 the scope's peaks are not raised: a restart must not record a carried loss at cost as the day's peak,
 to read as a drawdown at the first print (the drawdown itself is still judged against the peaks
 there are). A split the reconciler found on a code (server/reconciler.py) holds every new order of
-the agents holding it until the operator applies it (`ktrader control apply_split`).
+the agents holding it until the operator applies it (`ktrader control apply_split`). The account's
+peaks are raised on its equity less, and its drawdown judged on its equity plus, the doubt the last
+account read left on its cash base (server/equity.py).
+
+Agents share one account: an order (new, revised, or a held one released) that would trade with
+another agent's open order of the opposite side on the same code and session is denied
+(DENIED_SELF_TRADE, common/risk_rules.py self_trade), except the sells the gateway places for an agent
+(protective exits, flattens: they must get out). Orders of 'external' are not weighed, nor an agent's
+own (the gate does not check an agent against itself).
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from collections.abc import Callable, Container
 import msgspec
 
 from common.calendar import is_trading_day, previous_trading_day
-from common.clock import date_of
+from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, RiskLimits
 from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState, worst
 from common.errors import ErrorCode
+from common.ids import placed_by_gateway
 from common.krx import next_session_day
 from common.krx_rules import KrxRules, rules_for
 from common.market_clock import MarketClock, market_day, market_ns
@@ -48,6 +57,7 @@ from common.risk_rules import (
     Mandate,
     MarketView,
     RateWindow,
+    RestingOrder,
     check_order,
     drawdown_bp,
     fitting_qty,
@@ -345,6 +355,13 @@ class RiskGate:
             account.has_code, account.virtual, account.peak = False, True, 0
         return exp, account
 
+    def _opposite(self, agent: str, code: str, side: Side, tif: TimeInForce) -> tuple[RestingOrder, ...]:
+        """Other agents' open orders an order of `agent` would meet in its session (today's; a held
+        order's, the session it is held for): the self-trade check (common/risk_rules.py self_trade)."""
+        today = market_day(self.clock)
+        day = yyyymmdd(next_session_day(self.clock.now(), self.clock.phase())) if tif in HELD_TIFS else today
+        return self.portfolio.opposite(agent, code, side, day, today)
+
     def _market(self, code: str, session: SessionView, tif: TimeInForce = TimeInForce.DAY) -> MarketView:
         """The market an order placed now lives in: today's, or for a held order (HELD_TIFS) placed for a
         later session, that session's rules and band, centred on the close before it (the band is left to
@@ -421,6 +438,9 @@ class RiskGate:
         # (the market first: its close, read afresh, is the one the exposure values held market buys at)
         market = self._market(order.code, session, order.tif)
         exp, account = self._exposures(card, order.code, shadow)
+        if not shadow and not (order.side is Side.SELL and placed_by_gateway(order.client_order_id)):
+            # (an exit the gateway places for the agent — a protective exit, a flatten sell — must get out)
+            account.opposite = self._opposite(card.id, order.code, order.side, order.tif)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
@@ -497,6 +517,8 @@ class RiskGate:
         else:
             exp.sellable_qty += o.remaining
         revise = o.state is not OrderState.HELD
+        if not shadow:  # (revised, or released into today's session: it trades in today's)
+            account.opposite = self._opposite(card.id, o.code, o.side, TimeInForce.DAY)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
@@ -607,15 +629,20 @@ class RiskGate:
         p, peaks = self.portfolio, self.peaks
         peaks.roll(market_day(self.clock))
         self.seed_prices()
-        scopes: list[tuple[str, str, RiskLimits, int]] = [
-            (card.id, card.id, card.risk, p.agent_equity(card.id, card.budget)) for card in cards if card.budget
-        ]
-        equity = p.equity()
-        if equity is not None:
-            scopes.append((ACCOUNT, "", self.limits, equity))
-        for key, agent, lim, eq in scopes:
+        # (key, agent, limits, equity a peak is raised on, equity a drawdown is judged on)
+        scopes: list[tuple[str, str, RiskLimits, int, int]] = []
+        for card in cards:
+            if card.budget:
+                eq = p.agent_equity(card.id, card.budget)
+                scopes.append((card.id, card.id, card.risk, eq, eq))
+        bounds = p.equity_bounds()
+        if bounds is not None:
+            # the account's cash base may be held in doubt (an unexplained jump at the last account read: a
+            # fill counted twice or not at all): no peak on its high side, no drawdown on its low side
+            scopes.append((ACCOUNT, "", self.limits, *bounds))
+        for key, agent, lim, low, eq in scopes:
             if not p.unpriced(agent or None):  # valued at cost, it is no peak (see the module's docstring)
-                peaks.observe(key, eq)
+                peaks.observe(key, low)
             if not (lim.max_drawdown_pct or lim.halt_drawdown_pct):
                 continue
             peak = peaks.peak(key, lim.drawdown_peak)

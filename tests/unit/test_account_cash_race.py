@@ -1,0 +1,285 @@
+"""The account's cash read against fill notices (server/equity.py AccountReader, common/portfolio.py
+set_account_cash): KIS answers from its state at some moment of the read's flight while the books keep
+booking fills. A fill booked between KIS's snapshot and the answer's landing must count against the
+cash once (never overstated: the account-cash check would pass buys KIS takes on credit, 미수), and a
+cash base that errs for one read must neither raise the equity peak nor halt the account on a false
+drawdown. With KIS's traded value today (thdt_buy_amt / thdt_sll_amt) the base is lined up with the
+fills KIS counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from common.config import AgentCard, DrawdownPeak, GatewayConfig, RiskLimits
+from common.enums import Side, TradingState
+from common.orders import Order, OrderState
+from common.portfolio import Portfolio
+from common.schema import NewOrder
+from kis.port import BrokerAccount
+from server.equity import AccountReader
+from tests.fakes.harness import Harness
+
+CODE = "005930"
+
+
+def snapshot(cash: int, bought: int = -1, sold: int = -1) -> BrokerAccount:
+    return BrokerAccount(
+        cash=cash,
+        orderable_cash=cash,
+        settlement_cash=cash,
+        total_eval=cash,
+        positions_eval=0,
+        today_bought=bought,
+        today_sold=sold,
+    )
+
+
+class Books:
+    """A portfolio whose fills are booked as the gateway's order book books them: the order's new version
+    (order_changed), then the position (set_position)."""
+
+    def __init__(self) -> None:
+        self.p = Portfolio()
+        self.p.roll_day()  # (the gateway's day cycle starts the day before the first read lands)
+        self.n = 0
+
+    def place(self, side: Side, qty: int, price: int, agent: str = "alpha") -> Order:
+        self.n += 1
+        o = Order(
+            client_order_id=f"{agent}-20261120-{self.n}",
+            agent=agent,
+            code=CODE,
+            side=side,
+            qty=qty,
+            price=price,
+            state=OrderState.ACCEPTED,
+        )
+        self.p.order_changed(None, o)
+        return o
+
+    def fill_order(self, o: Order) -> int:
+        """Its notice: the whole order fills at its price; returns the cash it took (+) or gave (−)."""
+        spent = self.p.spent(o.agent)
+        value = o.qty * o.price
+        self.p.order_changed(
+            o, msgspec.structs.replace(o, state=OrderState.FILLED, filled_qty=o.qty, filled_value=value)
+        )
+        fee = self.p.costs.commission(value) + (value * 1_800 // 1_000_000 if o.side is Side.SELL else 0)
+        self.p.set_position(o.agent, self.p.after_fill(o.agent, CODE, o.side, o.qty, value, fee))
+        return self.p.spent(o.agent) - spent
+
+    def fill(self, side: Side, qty: int, price: int, agent: str = "alpha") -> int:
+        """A limit order that fills at once."""
+        return self.fill_order(self.place(side, qty, price, agent))
+
+
+def read_with(books: Books, answer: BrokerAccount, during: object = None) -> AccountReader:
+    """A reader whose broker answers `answer` (its state when the request reached it) while `during`
+    (a fill, booked as the answer travels back) happens."""
+
+    async def read() -> BrokerAccount:
+        await asyncio.sleep(0)
+        if callable(during):
+            during()
+        return answer
+
+    return AccountReader(books.p, read, 30.0)
+
+
+def test_the_reviewers_timing_a_fill_booked_while_the_answer_travels_counts_once() -> None:
+    """KIS answered 10,000,000 before the buy of 6,000,000 (+900 fees) reached it; the notice was booked
+    before the answer landed. Before: the base was taken at the landing, so the buy never counted
+    (10,000,000 for up to 30 s, equity 16,000,000: a false peak, then a 37.5 % 'drawdown')."""
+    b = Books()
+    b.p.set_account_cash(10_000_000)
+    asyncio.run(read_with(b, snapshot(10_000_000), lambda: b.fill(Side.BUY, 100, 60_000)).read_once())
+    assert b.p.cash() == 3_999_100  # the true cash: never above it
+    b.p.set_mark(CODE, 60_000)
+    assert b.p.equity() == 9_999_100
+    assert b.p.equity_bounds() == (9_999_100, 9_999_100)  # nothing in doubt: the estimate did not jump
+    # the next read (KIS has counted it now): the same cash, no jump
+    asyncio.run(read_with(b, snapshot(3_999_100)).read_once())
+    assert b.p.cash() == 3_999_100 and b.p.cash_doubt == (0, 0)
+
+
+def test_the_same_fill_when_kis_had_counted_it_errs_low_and_is_held_in_doubt() -> None:
+    """Without KIS's traded totals the read cannot tell whether its answer counted the buy booked during
+    its flight: it counts it against the cash (low by it, never high), and the drawdown is not judged on
+    the jump down that this made."""
+    b = Books()
+    b.p.set_account_cash(10_000_000)
+    asyncio.run(read_with(b, snapshot(3_999_100), lambda: b.fill(Side.BUY, 100, 60_000)).read_once())
+    assert b.p.cash() == 3_999_100 - 6_000_900 <= 3_999_100
+    b.p.set_mark(CODE, 60_000)
+    low, high = b.p.equity_bounds()  # type: ignore[misc]
+    assert low == b.p.equity() and high == 9_999_100  # the drawdown is judged on the true equity
+    asyncio.run(read_with(b, snapshot(3_999_100)).read_once())  # the next read puts it right
+    assert b.p.cash() == 3_999_100 and b.p.cash_doubt == (0, 0)
+
+
+def test_a_sell_booked_while_the_answer_travels_is_never_credited_twice() -> None:
+    """A sell booked during the flight: KIS's answer may already have its proceeds, so it is not added on
+    top (were the base taken before the send, a sell KIS counted would be credited twice); when KIS had
+    not counted it, the proceeds wait for the next read (low, never high)."""
+    b = Books()
+    b.p.set_account_cash(10_000_000)
+    b.fill(Side.BUY, 100, 60_000)
+    asyncio.run(read_with(b, snapshot(3_999_100)).read_once())
+    assert b.p.cash() == 3_999_100
+    proceeds = 6_000_000 - 900 - 10_800
+    asyncio.run(read_with(b, snapshot(3_999_100 + proceeds), lambda: b.fill(Side.SELL, 100, 60_000)).read_once())
+    assert b.p.cash() == 3_999_100 + proceeds  # KIS counted it: once
+    b.fill(Side.BUY, 100, 60_000)
+    asyncio.run(read_with(b, snapshot(3_986_500)).read_once())
+    asyncio.run(read_with(b, snapshot(3_986_500), lambda: b.fill(Side.SELL, 100, 60_000)).read_once())
+    assert b.p.cash() == 3_986_500 < 3_986_500 + proceeds  # KIS had not: not yet
+
+
+def test_with_kis_traded_totals_the_base_lines_up_with_the_fills_it_counted() -> None:
+    """KIS reports what it counted as traded today: a fill booked during the flight is taken off when KIS
+    had not counted it, not when it had; a buy KIS counted whose notice comes after the read is in the
+    equity at once (its shares are not in the books yet) but never in the cash (KIS has spent it)."""
+    b = Books()
+    b.p.set_account_cash(10_000_000)
+    b.fill(Side.BUY, 10, 60_000)  # 600,090 spent: counted by both
+    asyncio.run(read_with(b, snapshot(9_399_910, bought=600_000, sold=0)).read_once())
+    assert b.p.cash() == 9_399_910
+    # the reviewer's timing, with totals: KIS had not counted the buy booked during the flight
+    asyncio.run(
+        read_with(b, snapshot(9_399_910, bought=600_000, sold=0), lambda: b.fill(Side.BUY, 100, 60_000)).read_once()
+    )
+    assert b.p.cash() == 9_399_910 - 6_000_900
+    # KIS had counted it: the same cash, not twice
+    asyncio.run(read_with(b, snapshot(3_399_010, bought=6_600_000, sold=0)).read_once())
+    assert b.p.cash() == 3_399_010 and b.p.cash_doubt == (0, 0)
+    b.p.set_mark(CODE, 60_000)
+    eq = b.p.equity()
+    assert eq == 3_399_010 + 110 * 60_000
+    # the other order: a buy of 600,000 (+90) rests, fills at KIS, and KIS's answer counts it; its notice
+    # is booked after the answer landed
+    o = b.place(Side.BUY, 10, 60_000)
+    asyncio.run(read_with(b, snapshot(2_798_920, bought=7_200_000, sold=0)).read_once())
+    assert b.p.cash() == 2_798_920  # never the 3,399,010 KIS no longer has
+    assert b.p.equity() == eq  # its shares are not booked yet: what they cost is in the equity's cash
+    b.fill_order(o)  # the notice
+    assert b.p.equity() == eq - 90  # (its commission) not counted twice: before, 600,090 below
+    assert b.p.cash() == 2_798_920 - 600_090  # the cash errs low until the next read
+    asyncio.run(read_with(b, snapshot(2_798_920, bought=7_200_000, sold=0)).read_once())
+    assert b.p.cash() == 2_798_920 and b.p.equity() == eq - 90
+    assert b.p.cash_doubt == (0, 0)
+
+
+def test_kis_totals_that_cannot_be_lined_up_are_not_used() -> None:
+    """Another day's totals (KIS's 'today' not rolled yet while the books' has), or all zero while the
+    books traded (a paper account that leaves them blank): they say nothing of the fills in flight."""
+    b = Books()
+    b.p.set_account_cash(10_000_000)
+    asyncio.run(read_with(b, snapshot(10_000_000, bought=50_000_000, sold=20_000_000)).read_once())
+    assert b.p.cash() == 10_000_000  # not 10,000,000 + 30,000,000
+    b.fill(Side.BUY, 10, 60_000)
+    asyncio.run(read_with(b, snapshot(9_399_910, bought=0, sold=0)).read_once())
+    assert b.p.cash() == 9_399_910
+
+
+def test_an_unexplained_jump_of_the_cash_raises_no_peak_until_a_second_read_agrees() -> None:
+    """A deposit (or a read that counted a fill the books never had) moves the equity at a read, which no
+    trade does: the peak is raised on the equity less that jump until the next read confirms it."""
+    b = Books()
+    asyncio.run(read_with(b, snapshot(10_000_000)).read_once())  # the first read: nothing to compare
+    assert b.p.equity_bounds() == (10_000_000, 10_000_000)
+    asyncio.run(read_with(b, snapshot(15_000_000)).read_once())
+    assert b.p.equity_bounds() == (10_000_000, 15_000_000)
+    asyncio.run(read_with(b, snapshot(15_000_000)).read_once())
+    assert b.p.equity_bounds() == (15_000_000, 15_000_000)
+
+
+# ---- the sweep: peaks and drawdown halts on the gateway's own core ---------------------------------
+
+
+def card() -> AgentCard:
+    return AgentCard(id="alpha", name="alpha", strategy="x:Y", codes=[CODE], budget=90_000_000)
+
+
+def buy(n: int, qty: int, price: int) -> NewOrder:
+    return NewOrder(client_order_id=f"alpha-20261120-{n}", code=CODE, side=Side.BUY, qty=qty, price=price)
+
+
+def gateway() -> GatewayConfig:
+    limits = RiskLimits(max_drawdown_pct=5, halt_drawdown_pct=10, drawdown_peak=DrawdownPeak.DAY)
+    return GatewayConfig(risk=limits)  # type: ignore[arg-type]  # (as tests/unit/test_account_limits.py: no other limit)
+
+
+async def _bought(h: Harness) -> None:
+    await h.settle(lambda: (p := h.portfolio.position("alpha", CODE)) is not None and p.qty == 1_000)
+
+
+def test_a_fill_booked_during_the_read_makes_no_false_peak_and_no_halt(tmp_path: Path) -> None:
+    """The reviewer's run on the gateway's core: 100,000,000 read; a buy of 70,000,000 fills while the
+    next read's answer (from before it) travels. Before: equity 170,000,000 became the day's peak and
+    the read after it showed a 41 % drawdown: the sweep halted the account and cancelled everything."""
+
+    async def main() -> None:
+        h = Harness(tmp_path / "db", cfg=gateway())
+        await h.start()  # 100,000,000
+        a = card()
+
+        async def racing() -> BrokerAccount:
+            answer = await h.broker.account()  # KIS's state when the request reached it
+            assert h.desk.submit(a, buy(1, 1_000, 70_000)).accepted  # fills at once; its notice is booked ...
+            await _bought(h)  # ... before the answer lands
+            return answer
+
+        await AccountReader(h.portfolio, racing, 30.0).read_once()
+        true_cash = 100_000_000 - 70_000_000 - 10_500
+        assert h.portfolio.cash() == true_cash
+        h.print(CODE, 70_000)
+        h.risk.sweep([a])
+        assert h.risk.peaks.day_peaks["*"] == 100_000_000 - 10_500
+        h.broker.cash = true_cash  # KIS has it now
+        await h.account.read_once()
+        h.risk.sweep([a])
+        assert h.risk.global_state is TradingState.ACTIVE
+        assert h.portfolio.equity() == h.risk.peaks.day_peaks["*"]
+        await h.close()
+
+    asyncio.run(main())
+
+
+def test_a_notice_booked_after_the_read_that_counted_it_does_not_halt(tmp_path: Path) -> None:
+    """The other order (common on paper): KIS's answer counted the buy, its notice is booked after the
+    answer landed; without KIS's traded totals the buy counts twice until the next read. Before: equity
+    30,000,000 against the day's peak of 100,000,000 — halted; now the drawdown is judged on the equity
+    plus what the read's jump holds in doubt, and the next read puts the cash right."""
+
+    async def main() -> None:
+        h = Harness(tmp_path / "db", cfg=gateway())
+        await h.start()
+        a = card()
+        h.print(CODE, 70_000)
+        h.risk.sweep([a])
+        true_cash = 100_000_000 - 70_000_000 - 10_500
+        assert h.desk.submit(a, buy(1, 1_000, 70_000)).accepted  # it fills; KIS's next answer counts it ...
+        await AccountReader(h.portfolio, lambda: _ready(snapshot(true_cash)), 30.0).read_once()
+        assert h.portfolio.position("alpha", CODE) is None  # ... and lands before its notice is booked
+        await _bought(h)
+        # (the gate's own drawdown rule judges the same equity as the sweep: a sell passes meanwhile)
+        sell = NewOrder(client_order_id="alpha-20261120-2", code=CODE, side=Side.SELL, qty=1, price=80_000)
+        assert h.desk.submit(a, sell).accepted
+        h.risk.sweep([a])
+        assert h.risk.global_state is TradingState.ACTIVE
+        assert h.portfolio.cash() == true_cash - 70_010_500  # (low by the buy until the next read)
+        h.broker.cash = true_cash
+        await h.account.read_once()
+        assert h.portfolio.cash() == true_cash and h.portfolio.cash_doubt == (0, 0)
+        h.risk.sweep([a])
+        assert h.risk.global_state is TradingState.ACTIVE
+        await h.close()
+
+    asyncio.run(main())
+
+
+async def _ready(value: BrokerAccount) -> BrokerAccount:
+    return value
