@@ -30,7 +30,7 @@ from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
 import agent.services as _services_module
-from agent.strategy import Strategy, unsubscribed_bars
+from agent.strategy import HistoryUnavailable, Strategy, unsubscribed_bars
 from common.clock import kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
@@ -156,6 +156,9 @@ _SERVICE_ERRORS = frozenset(
         ErrorCode.DENIED_HALTED,
     }
 )
+# ctx.history() failing (HistoryUnavailable) skips the callback it ends: one warning per run of failures, and
+# again every this many seconds while it lasts (a gateway gone for minutes is not one line per bar)
+HISTORY_WARN_EVERY_S = 60.0
 # A registration refused for the card itself (not the operator's approved one, or none approved)
 _CARD_REFUSALS = frozenset({ErrorCode.BAD_CARD, ErrorCode.NOT_APPROVED})
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
@@ -348,6 +351,9 @@ class AgentRuntime(AgentServicesMixin):
         self._catch_up: dict[str, list[Bar]] = {}  # code -> its missed daily bars not delivered yet
         # fire-and-forget marker writes (streamed bars) awaiting their reply: mid -> the bars it marks
         self._marker_mids: dict[int, str] = {}
+        # ctx.history() failures: callbacks skipped since it last answered, and when that run was last warned of
+        self._history_skips = 0
+        self._history_warned: float | None = None
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -494,8 +500,10 @@ class AgentRuntime(AgentServicesMixin):
     def cancel(self, client_order_id: str) -> None:
         self._command(CancelOrder(h=self.headers(), client_order_id=client_order_id))
 
-    def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
-        self._command(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price, qty=qty))
+    def modify(self, client_order_id: str, price: int) -> None:
+        """A revise of the price only (agent.strategy.Context.modify): the gateway refuses any other
+        quantity than the order's own, so there is none to give. A refusal comes back through on_order."""
+        self._command(ModifyOrder(h=self.headers(), client_order_id=client_order_id, price=price))
 
     def cancel_all(self, code: str = "") -> None:
         # what it covers is fixed now: sent again after a gateway loss, it must not cancel orders decided later
@@ -587,8 +595,14 @@ class AgentRuntime(AgentServicesMixin):
         # While missed daily bars wait to be caught up (on_start, then their delivery), a code's daily
         # history stops before the first of them: the warm-up must not already hold the bars it is about
         # to be given in on_bar.
-        if self.client is None or n <= 0:
+        #
+        # [] is "no data" only (a code without bars, n <= 0). A failure to get them raises HistoryUnavailable:
+        # returned as [], a timeout would look like a code without history and a strategy would decide on a
+        # fallback (value_vol's volatility filter on today's range alone). _call skips the callback it ends.
+        if n <= 0:
             return []
+        if self.client is None:
+            raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
         waiting = self._catch_up.get(code, []) if interval == BarInterval.D1 else []
         if not cut and waiting:
@@ -597,12 +611,18 @@ class AgentRuntime(AgentServicesMixin):
         ask = min(5000, n + len(waiting) + 1) if cut else n
         try:
             reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=15.0)
-        except (KtraderError, msgspec.ValidationError) as e:
-            self.log.warning("history %s %s x%d failed: %s", code, interval, n, e)
-            return []
+        except KtraderError as e:
+            self.log.debug("history %s %s x%d failed: %s", code, interval, n, e)
+            raise HistoryUnavailable(e.code, f"history {code} {interval} x{n}: {e.message or e}") from None
+        except msgspec.ValidationError as e:
+            raise HistoryUnavailable(ErrorCode.BAD_MESSAGE, f"history {code} {interval} x{n}: {e}") from None
         if not isinstance(reply, BarsReply):
-            self.log.warning("history %s %s x%d: unexpected reply %s", code, interval, n, type(reply).__name__)
-            return []
+            raise HistoryUnavailable(
+                ErrorCode.BAD_MESSAGE, f"history {code} {interval} x{n}: unexpected reply {type(reply).__name__}"
+            )
+        if self._history_warned is not None:
+            self.log.info("history answers again: %d callback(s) were skipped while it failed", self._history_skips)
+        self._history_skips, self._history_warned = 0, None
         bars = [b for b in reply.bars if b.start < cut] if cut else list(reply.bars)
         bars = bars[-n:]
         self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(bars), reply.backfilled)
@@ -1007,7 +1027,9 @@ class AgentRuntime(AgentServicesMixin):
             self._catch_up = {}
             where = _where(failed)
             waiting = f"; {len(missed)} missed daily bars are left for the next start" if missed else ""
-            if isinstance(failed, KtraderError) and failed.code in _SERVICE_ERRORS:
+            if isinstance(failed, HistoryUnavailable) or (
+                isinstance(failed, KtraderError) and failed.code in _SERVICE_ERRORS
+            ):
                 # a gateway request it made failed (a timeout, its quota): a restart may well succeed
                 raise AgentExit(
                     EXIT_NO_GATEWAY,
@@ -1477,8 +1499,9 @@ class AgentRuntime(AgentServicesMixin):
             self._settle_doubts()
         elif isinstance(msg, Error):
             acted_on = msg.code not in _NOT_ACTED_ON  # else kept: sent again once registered again
+            amend: _Pending | None = None
             if acted_on:
-                self._commands.pop(msg.h.re, None)
+                amend = self._commands.pop(msg.h.re, None)
                 self._batch_refused(msg)
             if (marked := self._marker_mids.pop(msg.h.re, None)) is not None:
                 self.log.warning(
@@ -1498,6 +1521,10 @@ class AgentRuntime(AgentServicesMixin):
                 self.log.warning("protective order %s refused: %s %s", pid, msg.code, msg.message)
                 self._call("on_protection", refused)
                 return
+            if amend is not None and isinstance(amend.msg, (ModifyOrder, CancelOrder)):
+                self._ack_seen()
+                self._amend_refused(amend.msg, msg)
+                return
             if msg.code is ErrorCode.NOT_REGISTERED:
                 self.log.warning("gateway says not registered: %s; registering again", msg.message)
                 self._gateway_lost(0.0, "registration lost")
@@ -1509,6 +1536,23 @@ class AgentRuntime(AgentServicesMixin):
             else:
                 self._ack_seen()
                 self.log.warning("gateway error %s: %s", msg.code, msg.message)
+
+    def _amend_refused(self, cmd: ModifyOrder | CancelOrder, err: Error) -> None:
+        """The gateway refused a revise or a cancel (its risk gate, an order no longer open, a sell it placed
+        for this agent ...): nothing changed there. The strategy hears it through on_order, like a revise
+        KIS refused: the order as this agent knows it (the gateway's view: not stored with the refusal, the
+        order itself did not change), with the refusal's code and why. A strategy that repriced must not
+        believe it did."""
+        c = cmd.client_order_id
+        what = f"revise to {cmd.price:,}" if isinstance(cmd, ModifyOrder) else "cancel"
+        self.log.warning("%s of %s refused: %s %s", what, c, err.code, err.message)
+        mine = self.orders.get(c)
+        if mine is None:
+            return  # an order this agent does not know (UNKNOWN_ORDER): no order to tell of
+        self._call(
+            "on_order",
+            msgspec.structs.replace(mine, reason_code=err.code.value, reason=f"{what} refused: {err.message}"),
+        )
 
     def _batch_refused(self, msg: Error) -> None:
         """A SubmitOrders the gateway refused whole (it did not decode, ...): none of its orders exists
@@ -1646,6 +1690,8 @@ class AgentRuntime(AgentServicesMixin):
         self.card = upd.card
         self.log.info("RELOAD %s", ", ".join(upd.changed))
         if self.strategy is not None:
+            # the default on_reload runs on_start again when the params changed (agent/strategy.py): what the
+            # strategy built from the old ones (its windows) is built anew; ctx.state and the books stay
             self.strategy.params = params
             self._call("on_reload", list(upd.changed))
 
@@ -1765,7 +1811,9 @@ class AgentRuntime(AgentServicesMixin):
             if not halted:  # (paused: an order it tried was refused; the cancels it queued before still go)
                 # a callback that raised decided half of something (leg 1 of a pair): none of it leaves
                 self._drop_outbox(mark, name)
-            if isinstance(e, KtraderError) and e.code in _SERVICE_ERRORS:
+            if isinstance(e, HistoryUnavailable):
+                self._history_skipped(name, e)  # a decision without its data: skipped, not a bug
+            elif isinstance(e, KtraderError) and e.code in _SERVICE_ERRORS:
                 # the runtime's services (a query timing out, no connection, the agent's own pause): not a bug
                 level = logging.DEBUG if halted else logging.WARNING
                 self.log.log(level, "%s ended by %s: %s (not counted as a strategy error)", name, e.code, e)
@@ -1782,6 +1830,23 @@ class AgentRuntime(AgentServicesMixin):
         if not self._callbacks:
             self._flush()
         return failed
+
+    def _history_skipped(self, name: str, e: HistoryUnavailable) -> None:
+        """A callback ended by ctx.history() failing: that decision is skipped (its new orders and revises
+        were dropped), not counted as a strategy error. Said once per run of failures (and again every
+        HISTORY_WARN_EVERY_S while it lasts); the first history that answers again says how many were skipped."""
+        self._history_skips += 1
+        now = time.monotonic()
+        if self._history_warned is None or now - self._history_warned >= HISTORY_WARN_EVERY_S:
+            self.log.warning(
+                "%s skipped: %s (history unavailable; not counted as a strategy error%s)",
+                name,
+                e,
+                f"; {self._history_skips} skipped so far" if self._history_warned is not None else "",
+            )
+            self._history_warned = now
+        else:
+            self.log.debug("%s skipped: %s", name, e)
 
     def _drop_outbox(self, mark: int, name: str) -> None:
         """A callback that raised decided half of something (leg 1 of a pair): what it queued that adds risk

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from common.enums import BarInterval, OrderType, TimeInForce
+from common.errors import KtraderError
 from common.krx import REGULAR_ORDER_PHASES, Phase
 import datetime as dt
 
@@ -30,6 +31,19 @@ from common.schema import (
     PriceQuote,
     TradeTick,
 )
+
+
+class HistoryUnavailable(KtraderError):
+    """`ctx.history()` could not get the bars (the gateway did not answer in time, its broker back-fill
+    failed with nothing stored, this agent is not connected ...): not "no data". `code` is the cause's
+    (TIMEOUT, BROKER_ERROR, QUERY_QUOTA, NOT_REGISTERED ...), `message` says why.
+
+    A callback it ends is a decision skipped, not a strategy error: the runtime logs it (one warning per
+    run of failures), drops the new orders and revises that callback queued (its cancels still go, as for
+    any callback that raises), does not count it toward the card's `on_error`, and the next callback asks
+    again. A strategy that catches it (or any KtraderError) decides for itself; one that caught it to go on
+    with fewer bars would decide on data it does not have. An on_start it ends ends the start like a
+    gateway that does not answer (the agent exits to be started again)."""
 
 
 class Context(Protocol):
@@ -69,7 +83,10 @@ class Context(Protocol):
         context: dict[str, Any] | None = None,
     ) -> str: ...
 
-    def cancel(self, client_order_id: str) -> None: ...
+    def cancel(self, client_order_id: str) -> None:
+        """Cancel an open order. A cancel the gateway refuses (the order is filled or gone already, a sell
+        the gateway placed for this agent, ...) comes back through `on_order`: see `modify`."""
+        ...
 
     def protect(
         self,
@@ -93,7 +110,18 @@ class Context(Protocol):
         """Active protective orders (pending, armed, triggered, fired) by id."""
         ...
 
-    def modify(self, client_order_id: str, price: int, qty: int = 0) -> None: ...
+    def modify(self, client_order_id: str, price: int) -> None:
+        """Revise the price of an open limit (or conditional) DAY / NEXT_SESSION order; its quantity stays
+        (to change it, cancel and send a new order: a KIS revise of part of the remainder splits the
+        order, so the gateway revises prices only).
+
+        Nothing comes back when the revise is taken (the order's events follow: PENDING_REPLACE, then
+        its new price). A revise the gateway refuses (the risk gate: tick grid, price band, the revise
+        rate; an order not open any more, a market order, a sell the gateway placed ...), like one KIS
+        refuses, comes back through `on_order`: the order as it stands (its state and price unchanged),
+        with `reason_code` / `reason` saying why. A price-chasing strategy compares `order.price` with
+        the price it asked for; it must not assume a revise it sent took effect."""
+        ...
 
     def cancel_all(self, code: str = "") -> None: ...
 
@@ -121,7 +149,11 @@ class Context(Protocol):
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
         """Up to `n` completed bars before now, oldest first (warm-up). Never includes the future.
         Live: the gateway's bar store, back-filled from KIS charts (1d, 1m/5m/15m/60m of today);
-        blocks up to 15 s and returns [] on failure (logged)."""
+        blocks up to 15 s. [] means there is no data (a code without bars, `n` <= 0); a failure to get
+        them (no answer in time, a back-fill that failed with nothing stored, no connection) raises
+        `HistoryUnavailable` with why, never []: a strategy must not mistake it for "no history" and
+        decide on a fallback (the callback it ends is skipped, not counted as a strategy error; see
+        HistoryUnavailable). A backtest's history never fails."""
         ...
 
     # ---- gateway services (agent/services.py; the backtester's choices are in tools/backtest/engine.py)
@@ -226,7 +258,10 @@ class Strategy:
         """A 10-level order book when the card sets `subscriptions.book = true`. With
         `subscriptions.conflate`, only the newest book (and trade) per code of each burst arrives."""
 
-    def on_order(self, order: OrderView) -> None: ...
+    def on_order(self, order: OrderView) -> None:
+        """An order changed (its events from the gateway), or was not taken: DENIED with `reason_code`.
+        A revise or cancel refused (`ctx.modify` / `ctx.cancel`) comes here too, as the order stands
+        (its state and price unchanged) with `reason_code` / `reason` of the refusal."""
 
     def on_fill(self, fill: FillView, position: PositionView) -> None: ...
 
@@ -238,6 +273,22 @@ class Strategy:
 
     def on_reload(self, changed: list[str]) -> None:
         """The operator reloaded the card (`ktrader control reload`): `self.params` already holds
-        the new params; `changed` names the card fields that changed."""
+        the new params; `changed` names the card fields that changed ("params", "risk", "budget" ...).
+
+        Default: when "params" changed, the strategy starts afresh on them: `on_start` runs again, so
+        what it builds from its params (indicator windows sized by a lookback, a timer's interval) is
+        built anew; the shipped daily strategies then warm up from `ctx.history` on their next bar, as
+        after a restart (ma_cross, on prints, refills its window from the next prints). What on_start
+        resets is lost as at a restart; `ctx.state`, positions, open orders and protective orders are untouched, and
+        attributes set in `__init__` (e.g. orders in flight) stay. A reload of other fields only
+        leaves the strategy as it is (the gateway applies limits and budget itself).
+
+        So an `on_start` must be safe to run again on a running strategy (the shipped ones are: they
+        reset their windows, set their timer, and the query-driven ones poll at once, guarded by their
+        open orders and orders in flight). One that is not (it places orders unconditionally, keeps
+        counts it must not lose), or one that adapts in place, overrides this: the override has full
+        control and `on_start` is not called again unless it calls it."""
+        if "params" in changed:
+            self.on_start()
 
     def on_stop(self) -> None: ...

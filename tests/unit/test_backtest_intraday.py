@@ -38,8 +38,8 @@ class Probe(Strategy):
         days = self.ctx.history(bar.code, "1d", 10)
         LOG.append(("bar", bar.start, self.ctx.now(), [b.start for b in hist], days))
         for side, qty, price, otype in PLAN.get(bar.start, []):
-            if side == "modify":  # the first open order: to `price`, asking for `qty` shares (0: as is)
-                self.ctx.modify(next(iter(self.ctx.open_orders)), price, qty)
+            if side == "modify":  # the first open order: to `price` (a revise changes the price only)
+                self.ctx.modify(next(iter(self.ctx.open_orders)), price)
                 continue
             fn = self.ctx.buy if side == "buy" else self.ctx.sell
             LOG.append(("placed", bar.start, fn(bar.code, qty, price, order_type=otype, tif=session_tif(self.ctx))))
@@ -206,14 +206,18 @@ def test_a_next_session_order_on_intraday_bars_waits_for_the_next_session_as_liv
     assert dt.datetime.fromtimestamp(expired_at / 1e9, KST).date() == dt.date(2024, 1, 3)  # today's close
 
 
-def test_modify_reprices_a_day_order_and_refuses_a_quantity_change_as_live() -> None:
+def test_modify_reprices_a_day_order_and_takes_no_quantity_as_live() -> None:
     """A DAY order of today's session revises its price (checked as new); the gateway revises prices only
-    (a KIS revise of part of the remainder splits the order: common/orders.py revise_refusal), so the
-    backtest refuses a quantity change and the order keeps its quantity and price."""
+    (a KIS revise of part of the remainder splits the order: common/orders.py revise_refusal), so modify
+    takes no quantity at all, live and in the backtest."""
     r = run({"2024-01-02T09:00": [("buy", 10, 60_000, L)], "2024-01-02T09:05": [("modify", 0, 70_500, L)]})
     assert [(f.day, f.qty, f.price) for f in r.fills] == [("2024-01-02", 10, 70_500)]  # 09:10 bar: open 70,500
     assert "pending_replace" in states("probe-20240102-1")
-    r = run({"2024-01-02T09:00": [("buy", 10, 60_000, L)], "2024-01-02T09:05": [("modify", 20, 70_500, L)]})
-    (o,) = r.orders
-    assert (o.qty, o.price, str(o.state)) == (10, 60_000, "expired") and r.fills == []
-    assert "pending_replace" not in states("probe-20240102-1")
+    import inspect
+
+    from agent.runtime import AgentRuntime
+    from agent.strategy import Context
+    from tools.backtest.engine import BacktestContext
+
+    for ctx in (Context, AgentRuntime, BacktestContext):
+        assert list(inspect.signature(ctx.modify).parameters) == ["self", "client_order_id", "price"], ctx

@@ -54,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
 from common.calendar import NORMAL_HOURS, close_delay, known_year, late_hours_of, next_trading_day
@@ -307,9 +309,9 @@ def open_volume_unrecorded(bars: list[Bar], starts: list[str]) -> bool:
 
 
 def _forbidden(o: Order, what: str) -> str:
-    """What live's desk answers the agent's cancel or revise of a gateway exit with."""
+    """What live's desk answers the agent's cancel or revise of a gateway exit with (code FORBIDDEN)."""
     return (
-        f"{ErrorCode.FORBIDDEN}: {o.client_order_id} is a sell the gateway placed for {o.agent} (a protective "
+        f"{o.client_order_id} is a sell the gateway placed for {o.agent} (a protective "
         f"exit or a flatten): the agent may not {what} it"
     )
 
@@ -396,23 +398,52 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
     ) -> str:
         return self._e.order(_SELL, code, qty, price, order_type, tif, reason)
 
+    def _refused(self, o: Order, verb: str, what: str, code: ErrorCode, why: str) -> None:
+        """A revise or cancel refused, as live's desk refuses it: the strategy hears it through on_order (the
+        order as it stands, with the refusal's code and why; the order itself does not change), as the live
+        runtime delivers the gateway's Error (agent/runtime.py _amend_refused)."""
+        self.log.warning("%s %s: refused: %s: %s", verb, o.client_order_id, code, why)
+        told = msgspec.structs.replace(o, reason_code=code.value, reason=f"{what} refused: {why}")
+        self._e.pending.append(("order", told))
+
     def cancel(self, client_order_id: str) -> None:
         o = self._e.broker.orders.get(client_order_id)
-        if o is not None and is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py cancel)
-            self.log.warning("cancel %s: refused: %s", client_order_id, _forbidden(o, "cancel"))
+        if o is None:
+            self.log.warning("cancel %s: refused: %s: no such order", client_order_id, ErrorCode.UNKNOWN_ORDER)
+        elif is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py cancel)
+            self._refused(o, "cancel", "cancel", ErrorCode.FORBIDDEN, _forbidden(o, "cancel"))
         elif not self._e.broker.cancel(client_order_id, self._e.pending):
-            self.log.warning("cancel %s: not an open order", client_order_id)
+            self._refused(
+                o,
+                "cancel",
+                "cancel",
+                ErrorCode.ORDER_NOT_OPEN,
+                f"{client_order_id} is {o.state}: nothing to cancel now",
+            )
 
-    def modify(self, client_order_id: str, price: int, qty: int = 0) -> None:
+    def modify(self, client_order_id: str, price: int) -> None:
+        """The price only, as live (agent.strategy.Context.modify); a refusal comes back through on_order."""
         e = self._e
         b = e.broker
         o = b.orders.get(client_order_id)
-        if o is not None and is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py modify)
-            self.log.warning("modify %s: refused: %s", client_order_id, _forbidden(o, "revise"))
-        elif o is not None and (why := revise_refusal(o, qty)):
-            self.log.warning("modify %s: refused: %s", client_order_id, why)  # as the gateway refuses it
-        elif not b.modify(client_order_id, price, e.pending, today=e.times[e.step][:10] if e._running else ""):
-            self.log.warning("modify %s: refused", client_order_id)
+        what = f"revise to {price:,}"
+        if o is None:
+            self.log.warning("modify %s: refused: %s: no such order", client_order_id, ErrorCode.UNKNOWN_ORDER)
+        elif is_gateway_exit(o):  # live's desk answers FORBIDDEN (server/order_desk.py modify)
+            self._refused(o, "modify", what, ErrorCode.FORBIDDEN, _forbidden(o, "revise"))
+        elif not o.is_open:  # then, as the desk checks: not open, a revise it refuses, the gate
+            self._refused(
+                o, "modify", what, ErrorCode.ORDER_NOT_OPEN, f"{client_order_id} is {o.state}: cannot revise now"
+            )
+        elif why := revise_refusal(o, 0):
+            self._refused(o, "modify", what, ErrorCode.BAD_ORDER, why)  # as the gateway refuses it
+        else:
+            told = len(e.pending)
+            if b.modify(client_order_id, price, e.pending, today=e.times[e.step][:10] if e._running else ""):
+                return
+            if len(e.pending) == told:  # (else the gate refused it: its ReplaceRefused note tells on_order)
+                why = f"{client_order_id} is held for a later session: cannot revise now"  # live: HELD
+                self._refused(b.orders[client_order_id], "modify", what, ErrorCode.ORDER_NOT_OPEN, why)
 
     def cancel_all(self, code: str = "") -> None:
         """The agent's own open orders (of `code`): the sells the gateway placed for it stay, as live's
@@ -448,6 +479,8 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         return phase_at_ns(self._e.now_ns())  # the KRX calendar's phase at the bar's time (as the gate judges it)
 
     def history(self, code: str, interval: str = "1d", n: int = 100) -> list[Bar]:
+        """The bars before the current bar time (agent.strategy.Context.history). It never fails (never
+        raises HistoryUnavailable, as live may): no data, or an interval the data cannot give, is []."""
         e = self._e
         if n <= 0 or code not in e.bars:
             return []
