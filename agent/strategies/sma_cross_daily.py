@@ -78,10 +78,13 @@ class SmaCrossDaily(Strategy):
         self.windows: dict[str, _Window] = {}
 
     def _warm_up(self, code: str) -> _Window:
-        # the first bar of a code: seed from the bars before it (a backtest's warm-up; [] live for now)
-        w = self.windows[code] = _Window(self.params.short, self.params.long)
+        # the first bar of a code: seed from the bars before it (a backtest's warm-up; [] live for now).
+        # Kept only once seeded: history that fails (HistoryUnavailable) skips this bar and the next bar
+        # seeds again, never an empty window that would then miss this bar for good
+        w = _Window(self.params.short, self.params.long)
         for bar in self.ctx.history(code, "1d", self.params.long + 1):
             w.cross(bar.close)
+        self.windows[code] = w
         return w
 
     def on_bar(self, bar: Bar) -> None:
