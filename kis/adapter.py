@@ -722,6 +722,7 @@ def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
     is_modify = bool(orig) and not is_cancel
     filled_qty = krw(r.tot_ccld_qty)
     cancelled = krw(r.cnc_cfrm_qty) or krw(r.cncl_cfrm_qty)
+    division = r.ord_dvsn_cd.strip()
     return BrokerOrderReport(
         broker_order_id=r.odno.strip(),
         orig_broker_order_id=orig,
@@ -739,6 +740,7 @@ def report_from_row(r: wire.DailyCcldRow) -> BrokerOrderReport:
         is_cancel=is_cancel,
         is_modify=is_modify,
         time=r.ord_tmd.strip(),
+        order_division=division.zfill(2) if division else "",  # ORD_DVSN, two digits ("3" read as "03")
     )
 
 

@@ -117,6 +117,11 @@ class BrokerOrderReport(msgspec.Struct, frozen=True, kw_only=True):
     is_cancel: bool = False  # this line is a cancel order
     is_modify: bool = False  # this line is a revise order
     time: str = ""  # HHMMSS
+    # the order division it was placed with (KIS: ord_dvsn_cd, the ORD_DVSN codes of order-cash, e.g. "00"
+    # limit, "01" market, "03" 최유리); "" when the broker does not report it. Reconciliation matches an
+    # order of ours whose outcome is unknown by it: a market-like order is listed at the price the exchange
+    # gave it (최유리/최우선), never at the 0 it was sent with
+    order_division: str = ""
 
 
 class BrokerPosition(msgspec.Struct, frozen=True, kw_only=True):

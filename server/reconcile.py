@@ -29,7 +29,12 @@ names the one it revised). Per chain:
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
 side, quantity and price, placed (its ord_tmd) no earlier than the order was created here (less a
 skew); if none appears within `grace_ns` it never reached the exchange and is rejected here. A
-broker original that nobody claims is external (HTS app, another program).
+market-like order (MARKET, BEST, PRIORITY: sent with price 0) is matched without the price: KIS lists a
+최유리/최우선 order at the price the exchange gave it, not at the 0 it was sent with; its order division
+(ord_dvsn_cd) must be the one it was sent with when the broker reports one. Lines whose division
+agrees with an order's are claimed before any line matched without it. A broker original that
+nobody claims is external (HTS app, another program), except one that a submit of ours still in
+flight (PENDING_SUBMIT; on a partial list an UNKNOWN too) could be (`_plausible`): the next pass decides.
 
 `partial`: the reports are only some of the day's lines (KIS's unfilled list, read first at a takeover
 so that trading resumes in a page or two instead of the whole day's list). A line missing from them
@@ -46,7 +51,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from common.clock import KST, kst_from_ns
-from common.enums import Side
+from common.enums import Side, TimeInForce
 from common.errors import ErrorCode
 from common.orders import (
     AMENDING,
@@ -68,6 +73,7 @@ from common.orders import (
     StateError,
     apply,
 )
+from common.risk_rules import HELD_TIFS, MARKET_LIKE, ORDER_DIVISIONS
 from kis.port import BrokerOrderReport
 from server.bars import BarError, parse_hhmmss
 
@@ -127,53 +133,80 @@ def reconcile(
     unresolved = [] if partial else [o for o in local if not o.broker_chain and o.state is OrderState.UNKNOWN]
     # Orders whose send surely happened claim first; crash-recovered ones (maybe never sent) after;
     # oldest first within each. Identical terms from different agents are ambiguous: alerted.
-    for o in sorted(unresolved, key=lambda x: (x.reason_code == RESTARTED, x.created_ns)):
-        twins = [
-            u
-            for u in unresolved
-            if u is not o
-            and u.agent != o.agent
-            and (u.code, u.side, u.qty, u.price) == (o.code, o.side, o.qty, o.price)
-        ]
+    unresolved.sort(key=lambda x: (x.reason_code == RESTARTED, x.created_ns))
+    for o in unresolved:
+        twins = [u for u in unresolved if u is not o and u.agent != o.agent and _same_terms(u, o)]
         if twins:
             res.alerts.append(
                 f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
                 "of another agent: attribution by send order, check"
             )
-        candidates = [
+    # Two rounds: first every order takes a line whose order division is the one it was sent with (the
+    # broker reports it), then what is left by the terms alone. So a limit order of ours never takes the
+    # line of a 최유리 order of ours that the exchange priced at the limit's price, nor the other way round.
+    matched: set[str] = set()
+    for agreeing in (True, False):
+        for o in unresolved:
+            if o.client_order_id in matched:
+                continue
+            candidates = [
+                r
+                for r in originals
+                if r.broker_order_id not in owner_of
+                and r.broker_order_id not in claimed
+                and _plausible(r, o)
+                and (not agreeing or _agrees(r, o))
+            ]
+            if not agreeing and _market_like(o):
+                # matched without the price: a line with the exact terms of a priced order of ours still
+                # unmatched is taken last (it is more likely that one's)
+                wanted = {
+                    (u.code, u.side, u.qty, u.price)
+                    for u in unresolved
+                    if u.client_order_id not in matched and not _market_like(u)
+                }
+                candidates.sort(key=lambda r: (r.code, r.side, r.qty, r.price) in wanted)
+            # a line placed before this order existed here cannot be its send (the KIS app's, same terms)
+            match = next((r for r in candidates if not _placed_before(r, o.created_ns, day)), None)
+            if match is not None:
+                matched.add(o.client_order_id)
+                claimed.add(match.broker_order_id)
+                owner_of[match.broker_order_id] = o
+                chain[o.client_order_id] = [match.broker_order_id]
+                res.add(
+                    o.client_order_id, Accept(ts_ns=now_ns, broker_order_id=match.broker_order_id, org_no=match.org_no)
+                )
+                res.alerts.append(
+                    f"{o.client_order_id}: outcome was unknown; the broker has it as {match.broker_order_id}"
+                )
+    for o in unresolved:
+        if o.client_order_id in matched or partial or now_ns - o.updated_ns <= grace_ns:
+            continue
+        before_send = [
             r
             for r in originals
             if r.broker_order_id not in owner_of
             and r.broker_order_id not in claimed
-            and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
+            and _plausible(r, o)
+            and _placed_before(r, o.created_ns, day)
         ]
-        # a line placed before this order existed here cannot be its send (the KIS app's, same terms)
-        before_send = [r for r in candidates if _placed_before(r, o.created_ns, day)]
-        match = next((r for r in candidates if r not in before_send), None)
-        if match is not None:
-            claimed.add(match.broker_order_id)
-            owner_of[match.broker_order_id] = o
-            chain[o.client_order_id] = [match.broker_order_id]
-            res.add(o.client_order_id, Accept(ts_ns=now_ns, broker_order_id=match.broker_order_id, org_no=match.org_no))
-            res.alerts.append(f"{o.client_order_id}: outcome was unknown; the broker has it as {match.broker_order_id}")
-        elif not partial and o.state is OrderState.UNKNOWN and now_ns - o.updated_ns > grace_ns:
-            res.add(
-                o.client_order_id,
-                Reject(
-                    ts_ns=now_ns,
-                    code=NOT_AT_BROKER,
-                    reason="sent but never reached the exchange (not in the day's orders)",
-                ),
+        res.add(
+            o.client_order_id,
+            Reject(
+                ts_ns=now_ns,
+                code=NOT_AT_BROKER,
+                reason="sent but never reached the exchange (not in the day's orders)",
+            ),
+        )
+        res.alerts.append(
+            f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected"
+            + (
+                f" (line(s) {[r.broker_order_id for r in before_send]} with its terms were placed at "
+                f"{[r.time for r in before_send]}, before it was sent: not taken as its; check)"
+                if before_send
+                else ""
             )
-            res.alerts.append(
-                f"{o.client_order_id}: outcome was unknown; not at the broker after the grace period: rejected"
-                + (
-                    f" (line(s) {[r.broker_order_id for r in before_send]} with its terms were placed at "
-                    f"{[r.time for r in before_send]}, before it was sent: not taken as its; check)"
-                    if before_send
-                    else ""
-                )
-            )
+        )
 
     # 1b. An order KIS refused in its REST reply carries no ODNO here, but KIS lists it among the
     # day's orders as a refused line: it is ours (already REJECTED), never an external order.
@@ -183,18 +216,16 @@ def reconcile(
         if not o.broker_chain and o.state is OrderState.REJECTED and o.reason_code == ErrorCode.BROKER_REJECTED.value
     ]
     for o in sorted(refused, key=lambda x: x.created_ns):
-        match = next(
-            (
-                r
-                for r in originals
-                if r.broker_order_id not in owner_of
-                and r.broker_order_id not in claimed
-                and not r.filled_qty
-                and not r.remaining_qty
-                and (r.code, r.side, r.qty, r.price) == (o.code, o.side, o.qty, o.price)
-            ),
-            None,
-        )
+        lines = [
+            r
+            for r in originals
+            if r.broker_order_id not in owner_of
+            and r.broker_order_id not in claimed
+            and not r.filled_qty
+            and not r.remaining_qty
+            and _plausible(r, o)
+        ]
+        match = next((r for r in lines if _agrees(r, o)), lines[0] if lines else None)
         if match is not None:
             claimed.add(match.broker_order_id)
 
@@ -334,17 +365,55 @@ def reconcile(
     # A line with the terms of a submit of ours whose ODNO is not known yet is not taken for an order
     # of somebody else's: the submit's REST reply may still be on its way (PENDING_SUBMIT), or, on a
     # partial list, an UNKNOWN was not matched; the next (whole) pass decides
-    in_flight = {
-        (o.code, o.side, o.qty, o.price)
+    # (a market-like one's line is listed at the price the exchange gave it: matched without the price)
+    in_flight = [
+        o
         for o in local
         if not o.broker_chain and (o.state is OrderState.PENDING_SUBMIT or (partial and o.state is OrderState.UNKNOWN))
-    }
+    ]
     for r in originals:
         if r.broker_order_id not in claimed and r.broker_order_id not in owner_of:
-            if (r.code, r.side, r.qty, r.price) in in_flight:
+            if any(_plausible(r, o) for o in in_flight):
                 continue
             res.external.append(r)
     return res
+
+
+def _market_like(o: Order) -> bool:
+    """Sent with price 0 (ORD_UNPR "0"): executed at the market, or priced by the exchange (최유리, 최우선)."""
+    return o.order_type in MARKET_LIKE or not o.price
+
+
+def _division(o: Order) -> str:
+    """The order division (KIS ORD_DVSN) the order was sent with; "" for a pair KIS has none for (never
+    sent). A held order (HELD_TIFS) is sent as a DAY order."""
+    tif = TimeInForce.DAY if o.tif in HELD_TIFS else o.tif
+    return ORDER_DIVISIONS.get((o.order_type, tif), "")
+
+
+def _plausible(r: BrokerOrderReport, o: Order) -> bool:
+    """The broker line `r` may be the send of `o` (an order of ours whose ODNO is not known): the same
+    code, side and quantity, and the same price for a priced order. A market-like order is listed at the
+    price the exchange gave it (최유리/최우선 at the best quote; a market order at 0 or at its price),
+    so its price is not compared; its division is, when the broker reports one."""
+    if r.code != o.code or r.side != o.side or r.qty != o.qty:
+        return False
+    if not _market_like(o):
+        return r.price == o.price
+    want = _division(o)
+    return not r.order_division or not want or r.order_division == want
+
+
+def _agrees(r: BrokerOrderReport, o: Order) -> bool:
+    """The broker reports the line's division and it is the one `o` was sent with."""
+    return bool(r.order_division) and r.order_division == _division(o)
+
+
+def _same_terms(a: Order, b: Order) -> bool:
+    """Two orders of ours one broker line could be the send of (the ambiguity alerted in step 1)."""
+    if (a.code, a.side, a.qty) != (b.code, b.side, b.qty) or _market_like(a) != _market_like(b):
+        return False
+    return _division(a) == _division(b) if _market_like(a) else a.price == b.price
 
 
 def _preview(o: Order, events: list[OrderEvent]) -> Order:
