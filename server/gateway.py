@@ -265,6 +265,7 @@ class Gateway:
         # bars built from prints that stopped (a released registration) are partial; a suspected split drops the
         # stored daily bars of its code (the old shares' prices; server/marketdata.py forget_history)
         self.subs.on_released = self._prints_stopped
+        self.subs.on_registered = self._prints_heard  # (with feed_gap at every Gap below: one needs the other)
         self.recon.on_split_found = self.md.forget_history
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
@@ -364,6 +365,10 @@ class Gateway:
     def _prints_stopped(self, kind: MarketKind, code: str) -> None:
         if kind is MarketKind.TRADES:
             self.md.released(code)
+
+    def _prints_heard(self, kind: MarketKind, code: str) -> None:
+        if kind is MarketKind.TRADES:
+            self.md.listening(code)
 
     def _daily_codes(self) -> set[str]:
         """The codes whose day bars a registered agent subscribes to: its card's and its universe's (the
@@ -803,6 +808,7 @@ class Gateway:
                 elif isinstance(ev, ClockMark):
                     self.md.flush_at(ev.exchange)
                 elif isinstance(ev, Gap):
+                    self.md.feed_gap()  # no registration was heard without a gap across it
                     self.alerts(
                         f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing"
                     )

@@ -12,6 +12,13 @@ bucket open across the gap misses prints. Such a bucket is not published nor sto
 for it (its next bar is the first one) rather than a wrong one (open/high/low off, volume short). Daily
 bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`).
 
+The day's first print always carries more day volume than its own: KIS's ACML_VOL counts the 08:30-08:40
+pre-market close-price session, which no bar holds. That is no missed print when the code's registration
+was live, with no websocket gap, since before it (`listening`, `feed_gap`, ended by `released`): every print
+of it since then was heard, so the first one starts whole buckets wherever it lands (an opening uncross the
+call's random end (임의종료) or a VI pushed past 09:00). Without that knowledge only a first print stamped at
+or before the open is excused.
+
 A stock split makes the stored history of its code a different price scale from today's prints. Daily
 bars can be fetched again: they are dropped and the next history request back-fills the broker's
 split-adjusted series, when the reconciler suspects a split in the balance (`forget_history`) and again
@@ -59,6 +66,10 @@ CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prin
 # after it stayed within SKEW_REARM_S for SKEW_REARM_AFTER; a person is paged at most once a market day
 SKEW_PRINTS, SKEW_ALERT_S, SKEW_REARM_S = 9, 2.0, 1.5
 SKEW_PERSIST, SKEW_REARM_AFTER = dt.timedelta(seconds=60), dt.timedelta(minutes=10)
+# a registration's start or a stream's return is dated by the exchange clock as we know it (the host clock
+# plus the prints' skew), which runs up to a second or so behind the exchange's (prints carry whole seconds and
+# arrive late): it counts from this much later, so a bucket it may have missed the start of is never whole
+LIVE_SLACK = dt.timedelta(seconds=SKEW_ALERT_S)
 
 
 class SplitAdjusted(NamedTuple):
@@ -134,6 +145,10 @@ class MarketData:
         # volume before it is more than that follows prints we did not hear. None: prints of it were heard
         # that day, but its registration was released since (the count is forgotten: `released`)
         self._cum: dict[str, tuple[dt.date, int | None]] = {}
+        # code -> exchange time (naive KST) since which its print registration has been live with no websocket
+        # gap (`listening`, `feed_gap`; `released` ends it): every print of it since was heard, so the volume
+        # the first print heard carries before its own traded before then
+        self._live: dict[str, dt.datetime] = {}
         self.bars_partial = 0  # buckets not published for being partial (prints of them missed)
         self.feed_gaps = 0  # prints heard after prints of the same code were missed (a reconnect, a release)
         self.bars_forgotten = 0  # stored daily bars dropped for a split (back-filled adjusted from the broker)
@@ -249,9 +264,13 @@ class MarketData:
         """Keep `heard_since` of the print's code: moved to the print when prints before it were missed.
         The first print heard of a business day missed the day's earlier ones if its cumulative volume is
         more than its own quantity (a restart, a code first registered mid-day; or, at the open, volume it
-        never missed: ACML_VOL may count the 08:30-08:40 pre-market close-price session): `heard_since` is
-        then its own time at or before the session's open, so the opening bars are whole, else the next
-        second (prints earlier in its second were missed). A later print
+        never missed: ACML_VOL may count the 08:30-08:40 pre-market close-price session). When its
+        registration is known live with no gap since a time at or before the print (`listening`), nothing of
+        it was missed since then: `heard_since` is that time (before the open: every bucket of the session is
+        whole, wherever the opening uncross lands; after it, the buckets that began before the registration
+        are partial). Otherwise `heard_since` is the print's own time at or before the session's open, so the
+        opening bars are whole, else the next second (prints earlier in its second were missed). The first
+        print heard after a registration released and taken again is judged the same way. A later print
         missed some if its cumulative volume before it is more than the last one heard (a websocket gap),
         or, after a registration released and taken again, if it carries more than its own quantity: the
         missed prints may share its second, so a bucket starting in it is not whole either (`heard_since`
@@ -267,10 +286,17 @@ class MarketData:
             missed = ev.cum_volume - ev.qty > last if last is not None else ev.cum_volume > ev.qty
             self._cum[code] = (day, ev.cum_volume)
         if missed:
-            # the day's first print at the open (its second holds nothing before it but the pre-market
-            # session's volume) starts whole buckets; any other print after missed volume starts the next second
-            at_open = not earlier and _at_or_before_open(when)
-            since = when.replace(tzinfo=None) + (dt.timedelta() if at_open else dt.timedelta(seconds=1))
+            live = self._live.get(code)
+            if last is None and live is not None and live <= when.replace(tzinfo=None):
+                # the first print heard since a registration live with no gap: what it carries before its own
+                # traded before the registration (before the open: the pre-market session and the call)
+                since = live
+            else:
+                # the day's first print at the open (its second holds nothing before it but the pre-market
+                # session's volume) starts whole buckets; any other print after missed volume starts the next
+                # second
+                at_open = not earlier and _at_or_before_open(when)
+                since = when.replace(tzinfo=None) + (dt.timedelta() if at_open else dt.timedelta(seconds=1))
             if last is not None:
                 self.feed_gaps += 1
                 log.info(
@@ -286,11 +312,31 @@ class MarketData:
         elif code not in self.heard_since:
             self.heard_since[code] = dt.datetime.min  # the day's first print: nothing before it to miss
 
+    def listening(self, code: str, wall: dt.datetime | None = None) -> None:
+        """The code's print registration took effect (the broker acknowledged it) at `wall` (now): every
+        print of it from then on is heard, until `released` or a websocket gap (`feed_gap`). The first print
+        heard after it starts whole buckets from then (`_heard`): a registration live before the open keeps
+        the opening bars whole wherever the uncross lands. Its time counts from LIVE_SLACK later (the
+        exchange clock as we know it lags the exchange's). Only a caller that also tells every `feed_gap`
+        may tell this: a gap nobody told would be read as the pre-market session's volume."""
+        at = (self.exchange_now(wall) + LIVE_SLACK).replace(tzinfo=None)
+        self._live[code] = max(at, self._live.get(code, at))  # taken again: live from the newer one only
+
+    def feed_gap(self, wall: dt.datetime | None = None) -> None:
+        """The real-time stream was down (the broker's Gap): no registration is known to be heard without a
+        gap any more. The session registers its ledger again by itself after a reconnect, and a key it fails
+        to register then and gets on a later retry comes back untold: taking every code as live again from
+        the reconnect could read a missed stretch as the pre-market session's volume and publish a wrong
+        opening bar. So each code is live again only from its next acknowledged registration (`listening`);
+        until then its day's first print leaves its buckets partial, as before a registration was known."""
+        self._live.clear()
+
     def released(self, code: str) -> None:
         """The code's print registration was released (its last holder left): prints are no longer heard.
         Its cumulative volume is forgotten (the first print heard after a new registration missed what
         traded meanwhile if it carries more than its own quantity; it is still not the day's first), and
         the buckets open now are partial (they close by time missing the prints after this): not published."""
+        self._live.pop(code, None)  # not live until registered again (`listening`)
         known = self._cum.get(code)
         if known is not None:
             self._cum[code] = (known[0], None)

@@ -3,7 +3,10 @@
 A print must have a positive price on the day's tick grid, inside the day's band (when the base price
 is known), a quantity that is not negative and a cumulative volume that does not run backwards (and
 that moves: a print with a quantity at the last cumulative volume is a duplicate). A book
-must have its levels in order (asks up, bids down, not crossed), on the grid, inside the band. What
+must have its levels in order (asks up, bids down, not crossed), on the grid, inside the band. A call
+auction (the 08:30-09:00 opening call, the 15:20-15:30 closing call: `CALL_PHASES`, by the book's own
+time and common.krx's phases) matches nothing until its single-price uncross, so bids above asks are its
+normal state there: a crossed book is kept then, and only then. What
 fails is dropped — not published, not marked, not filled against, not in bars — counted by reason, and
 alerted once per code and reason a day. A feed that ran backwards because of one outlier re-anchors
 after a few consistent prints.
@@ -24,7 +27,8 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from common.calendar import next_trading_day
-from common.krx import PriceRuleError, SecurityKind
+from common.clock import KST
+from common.krx import Phase, PriceRuleError, SecurityKind, phase_at
 from common.krx_rules import KrxRules, Market, rules_for
 from kis.port import Book, Trade
 
@@ -36,6 +40,11 @@ MARKETS = (Market.KOSPI, Market.KOSDAQ)  # a code's market is not known here: a 
 KINDS = (SecurityKind.STOCK, SecurityKind.ETF)
 REANCHOR_AFTER = 3  # consecutive consistent prints below a cumulative volume that one outlier pushed up
 QUOTE_SPREAD_TICKS = 10  # a print's own quote confirms it only when the spread is sane
+# call auctions: orders are collected and nothing matches until the single-price uncross, so a book whose best
+# bid is at or above its best ask is the call's state, not bad data. (A VI's single-price period and a call
+# the exchange's random end (임의종료) runs past 09:00 are calls too, but no phase says so: the book does not
+# carry HOUR_CLS_CODE; a crossed book then is still dropped.)
+CALL_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION})
 
 
 class Bad(StrEnum):
@@ -172,20 +181,33 @@ class MarketSanity:
             if bad is None:
                 bad = self._price(b.code, p, rules)
         ap, bp = [p for p, _ in asks], [p for p, _ in bids]
+        crossed = bool(ap and bp and ap[0] <= bp[0])
         if bad is None and (
             ap != sorted(ap)
             or bp != sorted(bp, reverse=True)
             or len(set(ap)) < len(ap)
             or len(set(bp)) < len(bp)
-            or (ap and bp and ap[0] <= bp[0])
+            or (crossed and not self._in_call(b.time))
         ):
             bad = Bad.BOOK
         if bad is not None:
             self._drop(b.code, bad, f"book at {b.time} (best bid {bp[:1]}, best ask {ap[:1]})")
             return bad
-        if ap and bp:
+        if crossed:
+            self._quote.pop(b.code, None)  # a call's book: no bid/ask spread a print could be inside
+        elif ap and bp:
             self._quote[b.code] = (bp[0], ap[0])
         return None
+
+    def _in_call(self, hhmmss: str) -> bool:
+        """Whether a book stamped `hhmmss` on the market day is in a call auction (`CALL_PHASES`), by
+        common.krx's phases (late-opening days shift them). A time that does not read is no call's."""
+        day = self._day
+        try:
+            t = dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:6]))
+        except ValueError:
+            return False
+        return day is not None and phase_at(dt.datetime.combine(day, t, KST)) in CALL_PHASES
 
     def _drop(self, code: str, bad: Bad, what: str) -> None:
         self.dropped[bad.value] += 1

@@ -56,6 +56,9 @@ class SubscriptionManager:
         # (kind, code) whose prints stop reaching us (released, or refused by the broker): the bars built from
         # them miss what trades meanwhile (the gateway wires server/marketdata.py MarketData.released)
         self.on_released = on_released
+        # (kind, code) whose registration the broker acknowledged: its prints are heard from now on (the
+        # gateway wires server/marketdata.py MarketData.listening: opening bars whole when live before the open)
+        self.on_registered: Callable[[MarketKind, str], None] | None = None
         self._attempt: dict[Key, int] = {}  # key -> the number of its latest registration attempt
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,6 +133,11 @@ class SubscriptionManager:
         if res_ok:
             self.failed.pop(key, None)
             log.info("registered %s %s", kind.value, code)
+            if self.on_registered is not None:
+                try:
+                    self.on_registered(kind, code)
+                except Exception:  # a listener's bug must not undo the registration
+                    log.exception("on_registered of %s %s failed", kind.value, code)
         else:
             self.failed[key] = msg
             self.active.discard(key)

@@ -50,3 +50,21 @@ async def test_shared_limited_and_debounced() -> None:
     await asyncio.sleep(0.1)
     assert ("unsub", "trades", "000660") in b.calls
     assert m.want("c", MarketKind.TRADES, "035420")[0] is None  # the freed slot is usable
+
+
+async def test_an_acknowledged_registration_is_told_and_a_refused_one_is_not() -> None:
+    """The gateway learns when a code's prints are heard (MarketData.listening: opening bars whole when
+    the registration was live before the open); a registration the broker refused is not heard."""
+
+    class Refusing(RecordingBroker):
+        async def subscribe(self, kind: MarketKind, code: str) -> SubscriptionResult:
+            await super().subscribe(kind, code)
+            return SubscriptionResult(ok=code != "000660", code="OPSP0008")
+
+    m = SubscriptionManager(Refusing(), slots=5, debounce_s=0.05)  # type: ignore[arg-type]
+    heard: list[tuple[MarketKind, str]] = []
+    m.on_registered = lambda kind, code: heard.append((kind, code))
+    m.want("a", MarketKind.TRADES, "005930")
+    m.want("a", MarketKind.TRADES, "000660")
+    await settle()
+    assert heard == [(MarketKind.TRADES, "005930")]
