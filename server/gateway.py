@@ -94,7 +94,7 @@ from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
-from server.md_sanity import MarketSanity
+from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
@@ -787,7 +787,9 @@ class Gateway:
         async for ev in self.broker.events():
             try:
                 if isinstance(ev, Trade):
-                    if self.sanity.trade(ev) is not None:
+                    if (bad := self.sanity.trade(ev)) is not None:
+                        if bad is Bad.BAND:  # outside the band we hold: maybe the band is stale (the night's)
+                            self.day.outside_band(ev.code)
                         continue  # dropped, counted and alerted: nobody trades, marks or builds bars on it
                     if self.sanity.confirmed(ev):  # one outlier never moves P&L (nor the daily-loss state)...
                         self.portfolio.set_mark(ev.code, ev.price)
@@ -795,8 +797,10 @@ class Gateway:
                     self.shadow_venue.on_trade(ev.code, ev.price, ev.qty)
                     self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
                 elif isinstance(ev, Book):
-                    if self.sanity.book(ev) is None:
+                    if (bad := self.sanity.book(ev)) is None:
                         self.md.on_book(ev)
+                    elif bad is Bad.BAND:
+                        self.day.outside_band(ev.code)
                 elif isinstance(ev, BrokerNotice):
                     self.notices.on_notice(ev)
                 elif isinstance(ev, SessionChange):

@@ -22,7 +22,8 @@ from common.config import AgentCard
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
-from common.krx import REGULAR_ORDER_PHASES, Phase, next_session_day
+from common.krx import REGULAR_ORDER_PHASES, Phase, SessionTimes, next_session_day
+from common.market_clock import WallClock
 from common.orders import (
     AMEND_UNKNOWN,
     AWAITING_ACK,
@@ -45,6 +46,7 @@ from common.orders import (
 )
 from common.risk_rules import HELD_TIFS, Denial
 from common.schema import NewOrder, OrderResult
+from server.marketdata import SKEW_ALERT_S
 from server.order_book import OrderBook
 from server.risk import RiskGate, SessionView
 from server.send_queue import Call, Job, Priority, SendQueue
@@ -64,6 +66,13 @@ FLATTEN_KEY = "flattening"
 # limit is not applied at release: check_revise weighs no rates.) An end-of-day flatten's sell denied so leaves
 # the flatten pending, stepped again at each day tick (OrderDesk.flatten `keep`).
 RELEASE_WAITS = frozenset({ErrorCode.SESSION_NOT_READY})
+# held orders go this long after their session's opening call starts (08:30 on a normal day), not at its first
+# tick: the host's clock may run up to SKEW_ALERT_S ahead of the exchange's before a person is told
+# (server/marketdata.py), and an order KIS gets before its 08:30 is refused (APBK0919 at the twin) — a refusal of
+# a released order is final and counts towards the kill switch. One second more covers the tick and the latency
+# jitter around it. Only on the host's own clock (WallClock): a venue's clock (the twin, a replay) is the
+# exchange's, with no skew to cover.
+RELEASE_MARGIN = dt.timedelta(seconds=SKEW_ALERT_S + 1.0)
 
 Reply = tuple[ErrorCode | None, str]
 
@@ -143,6 +152,8 @@ class OrderDesk:
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
         self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a day)
         self._base_day = ""  # the trading day the two above are of (a new day starts them again)
+        # how long after the opening call starts held orders wait (RELEASE_MARGIN): the host's clock may run ahead
+        self.release_margin = RELEASE_MARGIN if isinstance(book.clock, WallClock) else dt.timedelta(0)
         self._requeued: list[
             tuple[SendQueue, Job]
         ] = []  # never sent before a restart: sent after the first reconciliation
@@ -767,6 +778,7 @@ class OrderDesk:
         phase = book.clock.phase()
         today = book.day()
         released = expired = 0
+        early: bool | None = None  # within the release margin of the opening call (worked out once, if needed)
         for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
             if o.agent in wait:
                 continue
@@ -787,8 +799,22 @@ class OrderDesk:
                 self._release_waits.discard(coid)
                 expired += 1
             elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.complete():
-                released += self._release(o, self.card_of(o.agent))
+                if early is None:
+                    early = self._before_release(phase)
+                if not early:
+                    released += self._release(o, self.card_of(o.agent))
         return released, expired
+
+    def _before_release(self, phase: Phase) -> bool:
+        """Whether the opening call started less than `release_margin` ago (held orders wait: RELEASE_MARGIN)."""
+        if not self.release_margin or phase is not Phase.OPENING_AUCTION:
+            return False
+        now = self.book.clock.now()
+        try:
+            call = SessionTimes(now.date()).auction_open
+        except ValueError:  # not a trading day by our calendar (the phase says otherwise): no margin to keep
+            return False
+        return now < call + self.release_margin
 
     def _release(self, o: Order, card: AgentCard | None) -> int:
         book, coid = self.book, o.client_order_id

@@ -57,10 +57,17 @@ CLOSE_FAILURES_ALERT = 3  # failed closes of a day before a person is told
 # reconciliation pass (and KIS blocks keys that call in a tight loop), and the day stays closable
 CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 
-# the base prices are fetched again from this time of a trading day until its opening auction (08:30 on a
-# normal day), where held orders are released; a fetch that failed is tried again 15 s, 30 s ... 2 min later
+# the base prices are fetched again from this time of a trading day (before its opening auction, 08:30 on a
+# normal day, where held orders are released), and a code's value counts as the day's once fetched from then
+# on; what failed is tried again 15 s, 30 s ... 2 min later, past the auction too, until every code the day
+# trades has its confirmed value (or the day's trading is over): a night's value kept all day bands today's
+# prints and orders around yesterday's base (after a limit-up day every print above yesterday's close dropped)
 MORNING_REFRESH = dt.time(8, 0)
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
+# a code whose prints (or books) land outside its band (server/md_sanity.py drops them as outside_band) has its
+# base price fetched again, at most this often: its base may be stale; a feed sending bad prices all day must not
+# turn into a fetch per print (KIS blocks keys that call in a tight loop)
+BAND_RECHECK_S = 300.0
 
 # agent -> the day of its missed flatten whose next-session sells are not queued yet (they wait for its
 # cancels): kept in the store with the policy's mark, so a restart meanwhile still queues them
@@ -75,24 +82,41 @@ Publish = Callable[[SystemEventKind, str, str], None]
 
 
 class BasePrices:
-    """Today's base price (band centre) per code, fetched once a day from the broker."""
+    """Today's base price (band centre) per code, fetched from the broker: once a day (`ensure`), again from
+    the morning on until each value is confirmed (`refresh`, TradingDay._morning_refresh), and again for a
+    code whose prints land outside its band (TradingDay.outside_band)."""
 
     def __init__(self, book: OrderBook, fetch: Callable[[str], Coroutine[Any, Any, int]]) -> None:
         self.book = book
         self.fetch = fetch
         self._day = ""
         self._asking: set[str] = set()  # codes with a fetch in flight
+        # codes whose value was fetched from MORNING_REFRESH of the day on: the broker has rolled its day by
+        # then (a fetch at midnight may still get yesterday's base: when KIS rolls is UNCONFIRMED)
+        self._confirmed: set[str] = set()
 
     def missing(self, codes: list[str]) -> list[str]:
         self._roll()
         prices = self.book.portfolio.base_prices
         return [c for c in codes if c not in prices and c not in self._asking]
 
+    def unconfirmed(self, codes: list[str]) -> list[str]:
+        """The codes whose value is not confirmed for today (missing, or fetched before the morning), none
+        with a fetch in flight."""
+        self._roll()
+        return [c for c in codes if c not in self._confirmed and c not in self._asking]
+
     def _roll(self) -> None:
         day = self.book.day()
         if day != self._day:
             self._day = day
             self.book.portfolio.base_prices.clear()
+            self._confirmed.clear()
+
+    def _settled(self) -> bool:
+        """Whether a value fetched now is the day's for sure (a clock whose time of day means nothing: it is)."""
+        clock = self.book.clock
+        return not clock.timed or clock.now().time() >= MORNING_REFRESH
 
     async def _today(self, code: str) -> int:
         """The broker's base price of `code`, 0 when unavailable or when the day rolled meanwhile (the
@@ -105,34 +129,47 @@ class BasePrices:
         return price if price > 0 and self.book.day() == self._day else 0
 
     async def refresh(self, codes: list[str]) -> list[str]:
-        """Fetch again and replace (the morning's second look: see TradingDay.tick). A value that
-        changed since the night's fetch is logged: the broker had not rolled its day yet then.
-        Returns the codes whose fetch failed (their night's value, if any, stays)."""
+        """Fetch again and replace (the morning's second look: see TradingDay.tick; a code whose prints land
+        outside its band). A value that changed since the last fetch is logged: the broker had not rolled its
+        day yet then. Returns the codes whose fetch failed (their earlier value, if any, stays)."""
         self._roll()
         prices = self.book.portfolio.base_prices
         failed: list[str] = []
         for code in codes:
-            if price := await self._today(code):
-                old = prices.get(code)
-                if old is not None and old != price:
-                    log.warning(
-                        "base price of %s was %s at the night's fetch, %s now: the morning's holds", code, old, price
-                    )
-                prices[code] = price
-            else:
-                failed.append(code)
-        return failed
-
-    async def ensure(self, codes: list[str]) -> None:
-        prices = self.book.portfolio.base_prices
-        for code in self.missing(codes):
+            settled = self._settled()
             self._asking.add(code)
             try:
                 price = await self._today(code)
             finally:
                 self._asking.discard(code)
             if price:
+                old = prices.get(code)
+                if old is not None and old != price:
+                    log.warning(
+                        "base price of %s was %s at the last fetch, %s now: the new one holds", code, old, price
+                    )
                 prices[code] = price
+                if settled:
+                    self._confirmed.add(code)
+            else:
+                failed.append(code)
+        return failed
+
+    async def ensure(self, codes: list[str]) -> None:
+        prices = self.book.portfolio.base_prices
+        todo = self.missing(codes)
+        self._asking.update(todo)  # all of them at once: the morning's fetch does not ask again what waits here
+        try:
+            for code in todo:
+                settled = self._settled()
+                price = await self._today(code)
+                self._asking.discard(code)
+                if price:
+                    prices[code] = price
+                    if settled:
+                        self._confirmed.add(code)
+        finally:
+            self._asking.difference_update(todo)
 
 
 class TradingDay:
@@ -188,12 +225,11 @@ class TradingDay:
         # the earlier day closed late today (or being closed): its policies missed are worked out for agents
         # seen today before today's own end-of-day takes over (kept in the store: `eod_late:<today>`)
         self._late_policies = ""
-        self._morning = ""  # the day whose base prices were fetched again in the morning (all of them)
         self._morning_busy = False  # a morning fetch in flight
         self._morning_day = ""  # the day the retry state below is of
-        self._morning_todo: list[str] = []  # codes whose morning fetch failed (empty: all of them, not tried yet)
-        self._morning_at = 0.0  # monotonic time of the next morning try
+        self._morning_at = 0.0  # monotonic time of the next morning try (after a failure)
         self._morning_wait = MORNING_RETRY_FIRST_S
+        self._band_recheck_at: dict[str, float] = {}  # code -> monotonic time its base may be fetched again (band)
         # agents whose flatten was missed -> its day: their next-session sells wait for that day's open
         # orders to end (in the store too: MISSED_FLATTEN_KEY)
         raw = book.store.get_meta(MISSED_FLATTEN_KEY)
@@ -256,6 +292,7 @@ class TradingDay:
         now, phase = self.clock.now(), self.clock.phase()
         day = yyyymmdd(now.date())
         first, previous = not self.cycle.day, self.cycle.day
+        ensuring = False
         if self.cycle.roll(day):
             self.book.roll_day(day)  # earlier days' finished orders let go, today's fills counted afresh
             self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
@@ -272,6 +309,7 @@ class TradingDay:
                         except Exception:  # one part's bug must not keep the others from the new day
                             log.exception("new day %s: %s failed", day, getattr(fn, "__qualname__", fn))
                 self.spawn(self.base_prices.ensure(self._tradable_codes()))
+                ensuring = True  # (the morning's fetch waits a tick: it would ask for the same codes again)
             # a day this gateway ran but never closed (down over its close, or its close failed until
             # midnight): closed now, before the new day's business (tried below once the books agree). One
             # still failing at this roll is kept (today's close leaves its orders open: it is not closed)
@@ -288,7 +326,8 @@ class TradingDay:
                 watch(now)
             except Exception:  # a watch's bug must not stop the day
                 log.exception("day tick %s failed", getattr(watch, "__qualname__", watch))
-        self._morning_refresh(now, day)
+        if not ensuring:
+            self._morning_refresh(now, day)
         if not self.recon.synced:
             return  # nothing is decided before the books agree with the broker
         if self._late and self.cycle.is_closed(self._late):
@@ -317,25 +356,29 @@ class TradingDay:
 
     def _morning_refresh(self, now: dt.datetime, day: str) -> None:
         """Base prices fetched at midnight, when the broker may not have rolled its day yet (when it does
-        is UNCONFIRMED), are fetched again from 08:00 until the day's opening auction, where held orders
-        are released; the day counts as refreshed only once every code's fetch succeeded, and what failed
-        is asked again with back-off meanwhile."""
-        if not self.clock.timed or self._morning == day or self._morning_busy or now.time() < MORNING_REFRESH:
+        is UNCONFIRMED), are fetched again from 08:00, before the day's opening auction where held orders
+        are released; what failed is asked again with back-off, past the auction too (the night's value is
+        not kept all day), until every code the day trades has a value fetched from 08:00 on. A code added
+        later (a registration, a universe) is fetched then, so confirmed at once unless that fails."""
+        if not self.clock.timed or self._morning_busy or now.time() < MORNING_REFRESH:
             return
         try:
-            if now >= SessionTimes(now.date()).auction_open:
-                return  # the auction took the night's values (or the start's, fetched after the roll)
+            if now >= SessionTimes(now.date()).end:
+                return  # the day's trading is over
         except ValueError:  # not a trading day
             return
         if self._morning_day != day:
-            self._morning_day, self._morning_todo = day, []
+            self._morning_day = day
             self._morning_at, self._morning_wait = 0.0, MORNING_RETRY_FIRST_S
         if self.monotonic() < self._morning_at:
             return
+        codes = self.base_prices.unconfirmed(self._tradable_codes())
+        if not codes:
+            return
         self._morning_busy = True
-        self.spawn(self._refresh_bases(day, self._morning_todo or self._tradable_codes()))
+        self.spawn(self._refresh_bases(codes))
 
-    async def _refresh_bases(self, day: str, codes: list[str]) -> None:
+    async def _refresh_bases(self, codes: list[str]) -> None:
         try:
             failed = await self.base_prices.refresh(codes)
         except Exception as e:  # (refresh logs each code's failure; anything else is one too)
@@ -344,17 +387,32 @@ class TradingDay:
         finally:
             self._morning_busy = False
         if not failed:
-            self._morning = day
+            self._morning_at, self._morning_wait = 0.0, MORNING_RETRY_FIRST_S
             return
-        self._morning_todo = failed
         self._morning_at = self.monotonic() + self._morning_wait
         log.warning(
-            "morning base prices of %d codes unavailable (%s...): asked again in %.0f s",
+            "base prices of %d codes not confirmed for today (%s...): asked again in %.0f s",
             len(failed),
             ", ".join(failed[:3]),
             self._morning_wait,
         )
         self._morning_wait = min(self._morning_wait * 2, MORNING_RETRY_MAX_S)
+
+    def outside_band(self, code: str) -> None:
+        """A print or book of `code` landed outside the band of its base price (server/md_sanity.py drops it
+        as outside_band): the base may be stale (the night's, fetched before the broker rolled its day), so it
+        is fetched again, at most once per BAND_RECHECK_S per code (the gateway's market-data loop calls this)."""
+        if code not in self.book.portfolio.base_prices:
+            return  # no base: no band was checked
+        now = self.monotonic()
+        if now < self._band_recheck_at.get(code, 0.0):
+            return
+        self._band_recheck_at[code] = now + BAND_RECHECK_S
+        self.spawn(self._recheck_base(code))
+
+    async def _recheck_base(self, code: str) -> None:
+        if await self.base_prices.refresh([code]):
+            log.warning("base price of %s (prints outside its band) unavailable: asked again later", code)
 
     def _open_of(self, day: str) -> set[str]:
         """The agents with an order of `day` (or earlier) still open at the broker, as far as we know

@@ -1,6 +1,7 @@
 """The morning's second look at the base prices (fetched at midnight, maybe before KIS rolled its day) is
 not given up after one failed fetch: the day counts as refreshed only once it succeeded, and it is asked
-again with back-off until the opening auction (08:30), where held orders are released."""
+again with back-off, before the opening auction (08:30, where held orders are released) and past it too: the
+night's value is not kept all day (tests/unit/test_base_refresh_after_open.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ async def test_a_failed_morning_fetch_is_tried_again_until_it_succeeds(tmp_path:
         await rig.close()
 
 
-async def test_no_morning_fetch_once_the_auction_has_started(tmp_path: Path) -> None:
+async def test_the_morning_fetch_goes_on_past_the_auction_with_back_off(tmp_path: Path) -> None:
     broker = Flaky()
     rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(FRIDAY, dt.time(7, 59)), [CARD], broker=broker)
     await rig.start()
@@ -77,9 +78,11 @@ async def test_no_morning_fetch_once_the_auction_has_started(tmp_path: Path) -> 
         rig.at(dt.datetime.combine(FRIDAY, dt.time(8, 29, 50)))
         rig.day.tick()
         assert await rig.run_spawned() == 1
-        rig.at(dt.datetime.combine(FRIDAY, dt.time(8, 30)))  # the auction took the values it had
-        rig.mono[0] += 3600
+        rig.at(dt.datetime.combine(FRIDAY, dt.time(8, 30)))  # the auction has started: still not the day's value
         rig.day.tick()
-        assert not rig.spawned
+        assert not rig.spawned  # not at every tick...
+        rig.mono[0] += MORNING_RETRY_FIRST_S
+        rig.day.tick()
+        assert await rig.run_spawned() == 1  # ...but after the back-off
     finally:
         await rig.close()
