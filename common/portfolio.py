@@ -25,8 +25,12 @@ fees, and the value of each position it carries into the day at the close before
 `last_close` gives, else the mark then; with neither, today's base price once known, else at cost as if
 bought today). So a carried position counts from yesterday's close, not from its cost: a carried loss on a
 flat day is no day loss, a fall today from a carried gain is one, and carried shares sold today count
-sale − yesterday's close. The start's values are kept by the `keep_day_open` / `stored_day_open` hooks
-(server/risk.py keeps them in the store), so a restart in the day counts from the same start.
+sale − yesterday's close. Once today's base price of the code is known to be today's (`base_is_today`: a
+value fetched in the night may still be the day before's), the carried shares count from it instead: on an
+ex-rights or ex-dividend day (권리락/배당락) KRX's base is below the close, and the adjustment is no loss of
+the day (it read as one at the open, and tripped daily-loss limits). The start's values are kept by the
+`keep_day_open` / `stored_day_open` hooks (server/risk.py keeps them in the store), so a restart in the
+day counts from the same start; the base's valuation is taken when the day's P&L is read, not stored.
 
 The account's cash is the broker's settlement cash at its last read, moved since by the books' fills;
 a read is lined up with the fills the broker counted (`set_account_cash`), so it errs low, never high.
@@ -151,6 +155,10 @@ class Portfolio:
         self._seeded: set[str] = set()  # codes whose mark is a reference price (seed_mark), not a print
         self.splits: dict[str, PendingSplit] = {}  # code → a split not in the books yet (set_split)
         self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
+        # whether base_prices[code] is known to be today's, fetched once the broker rolled its day (a value
+        # fetched in the night may be the day before's): a carried position's day start is then valued at it
+        # (day_unrealized). Unwired: never (the start stays at the close before the day).
+        self.base_is_today: Callable[[str], bool] = lambda code: False
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
@@ -477,13 +485,13 @@ class Portfolio:
 
     def _rescale_day_open(self, agent: str, code: str, was: int, now: int) -> None:
         """Shares that changed without a trade (a split applied: apply_split scales them, cost unchanged):
-        the shares the agent carried into the day are counted alike, so a start still to be valued at
-        today's base price (quoted in the new shares) is valued right. A start value is money: it stays."""
+        the shares the agent carried into the day are counted alike, so a start valued at today's base
+        price (quoted in the new shares) is valued right. A start value is money: it stays."""
         opened = self.day_open.get(agent, {})
         got = opened.get(code)
-        if got is None or got[2]:
+        if got is None:
             return
-        opened[code] = (got[0] * now // was, got[1], 0)
+        opened[code] = (got[0] * now // was, got[1], got[2])
         self.keep_day_open(self.day_open)
 
     def set_mark(self, code: str, price: int) -> None:
@@ -771,17 +779,19 @@ class Portfolio:
 
     def day_unrealized(self, agent: str) -> int:
         """Unrealised P&L made today: now against the day's start (positions carried into the day at their
-        value then: see roll_day)."""
-        held, marks, start = self.positions.get(agent, {}), self.marks, 0
+        value then, or at today's base price once it is known to be today's: see roll_day)."""
+        held, marks, start, bases = self.positions.get(agent, {}), self.marks, 0, self.base_prices
         for code, (qty, cost, value) in self.day_open.get(agent, {}).items():
             p = held.get(code)
             if p is not None and p.qty and code not in marks:
                 continue  # held with no price now: at cost now (unrealized), so at its start too
-            if not value:  # no price at the start: today's base price (yesterday's close) once known
-                base = self.base_prices.get(code, 0)
-                if not base:
-                    continue  # at cost, as if bought today
+            base = bases.get(code, 0)
+            # today's base over the close before the day (an ex-rights/ex-dividend day's is below it); with
+            # no price at the start, the base (yesterday's close) once known at all
+            if base and (not value or self.base_is_today(code)):
                 value = self._worth(agent, code, qty, base)
+            elif not value:
+                continue  # at cost, as if bought today
             start += value - cost
         return self.unrealized(agent) - start
 

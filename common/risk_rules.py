@@ -4,8 +4,9 @@ risk gate and by the backtester, so a strategy meets the same refusals with the 
 Limits: an agent's own (its card; the operator's registry in production) and the gateway's, which
 apply across the whole account (every agent's orders and positions together). 0 means no limit of
 that kind. The checks run in a fixed order and the first failing one is the answer:
-shape → codes → trading state → session and market phase → price grid and band → self-trade (another
-agent's open order on the account it would trade with) → daily loss →
+shape → codes → trading state → session and market phase → the card's start (`[schedule] start`: the
+agent's own orders wait for it; the gateway's exits and next-session orders do not) → price grid and
+band → self-trade (another agent's open order on the account it would trade with) → daily loss →
 drawdown → shares → notional / open orders / position value → positions / gross exposure / code /
 sector → budget → cash reserve → account cash → order rate. A buy needs its commission too (budget
 and cash); the shape check refuses an order type and time in force KIS has no order division for.
@@ -17,14 +18,17 @@ configured limit the order meets, with the numbers (`ktrader control risk_explai
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 import msgspec
 
+from common.calendar import NORMAL_HOURS, session_hours
 from common.config import DrawdownPeak, RiskLimits
 from common.costs import CostModel
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
@@ -162,6 +166,9 @@ class MarketView(msgspec.Struct, frozen=True, kw_only=True):
     # placed before the close it is based on): no band check, its release checks it; base_price then
     # only values a market order
     band: bool = True
+    # the market time the order is judged at (ns since the epoch), for the card's start (before_start);
+    # 0: no time of day (a backtest on daily bars: its orders meet the market at the open or the close)
+    at_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,9 @@ class Mandate:
     agent_state: TradingState = TradingState.ACTIVE
     # the account's costs: a buy needs its commission in cash as well (the gateway's [costs]; the backtest's)
     costs: CostModel = CostModel()
+    # the card's `[schedule] start` (HH:MM of a normal day; "" none): the agent's own orders wait for it
+    # (before_start)
+    start: str = ""
 
 
 @dataclass(slots=True)
@@ -282,6 +292,47 @@ def self_trade(
     return None
 
 
+_NORMAL_OPEN = NORMAL_HOURS[0].hour * 60 + NORMAL_HOURS[0].minute  # minutes after midnight KST
+_KST_S = 9 * 3600
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=64)
+def _minutes(hhmm: str) -> int:
+    hours, _, minutes = hhmm.partition(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def before_start(start: str, at_ns: int) -> str:
+    """Why an agent's own order judged at `at_ns` (market time, ns since the epoch) waits for its card's
+    `[schedule] start` (HH:MM), or "". The caller asks only for orders of today's session the agent
+    places itself: not a next-session order (released at the open by the desk), not a gateway's exit,
+    not a cancel. `start` is a time of a normal day (open 09:00), moved as the session opens late (the
+    CSAT day, the year's first), as `[schedule] end` moves with a late close.
+
+    A start at or before the open (the default "09:00") holds nothing back, the opening call included:
+    an order placed in it (08:30-09:00) trades at the open, not before, and an explicit "09:00" cannot be
+    told from the default (the approvals' checksum leaves default values out: a new default would turn
+    every approved card's stored "09:00" into a change). A later start ("09:30"; "09:01" sits out the
+    opening auction) refuses them until then."""
+    minute = _minutes(start)
+    if minute <= _NORMAL_OPEN or not at_ns:
+        return ""
+    day, second = divmod(at_ns // 1_000_000_000 + _KST_S, 86_400)
+    hours = session_hours(dt.date.fromordinal(day + _EPOCH_ORDINAL))
+    if hours is None:
+        return ""
+    late = hours[0].hour * 60 + hours[0].minute - _NORMAL_OPEN
+    since = minute + late
+    if second >= since * 60:
+        return ""
+    moved = f" today ({start} moved by the session's {late}-minute late open)" if late else ""
+    return (
+        f"before this agent's [schedule] start: it may trade from {since // 60:02d}:{since % 60:02d}{moved}; "
+        "its own orders for today's session wait until then (the gateway's exits and next-session orders do not)"
+    )
+
+
 def is_reducing(side: Side, qty: int, exp: Exposure) -> bool:
     return side is _SELL and qty <= exp.sellable_qty
 
@@ -300,10 +351,13 @@ def check_order(
     account: AccountExposure,
     rates: tuple[int, int] = (0, 0),
     explain: list[Check] | None = None,
+    by_gateway: bool = False,
 ) -> Denial | None:
     """The first rule the order breaks, or None. `rates`: orders the agent and the account sent in the
-    last minute (see RateWindow). With `explain`, every limit is evaluated and appended to it."""
-    first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp)
+    last minute (see RateWindow). With `explain`, every limit is evaluated and appended to it.
+    `by_gateway`: a sell the gateway places for the agent (a protective exit, a flatten sell:
+    common/orders.py is_gateway_exit), which the agent's schedule does not hold back."""
+    first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp, by_gateway)
     if first is None and account.opposite:
         first = self_trade(code, side, price, order_type, account.opposite)
     if first is not None and (explain is None or qty <= 0):
@@ -334,8 +388,10 @@ def _gates(
     mandate: Mandate,
     market: MarketView,
     exp: Exposure,
+    by_gateway: bool = False,
 ) -> Denial | None:
-    """What the order must be before any limit is weighed: its shape, code, state, session, price."""
+    """What the order must be before any limit is weighed: its shape, code, state, session, the card's
+    start, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
     if (order_type, tif) not in ORDER_DIVISIONS and (why := unsendable(order_type, tif)):
@@ -368,6 +424,9 @@ def _gates(
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
             "next open"
         )
+    if mandate.start and market.at_ns and tif not in HELD_TIFS and not by_gateway:
+        if why := before_start(mandate.start, market.at_ns):
+            return ErrorCode.DENIED_SCHEDULE, why
     if tif in AUCTION_REFUSED_TIFS and market.phase in AUCTION_PHASES:
         return ErrorCode.DENIED_AUCTION_TIF, (
             f"the market is in its {market.phase.value.replace('_', ' ')} (a single-price auction): KRX takes no "

@@ -27,6 +27,10 @@ another agent's open order of the opposite side on the same code and session is 
 (DENIED_SELF_TRADE, common/risk_rules.py self_trade), except the sells the gateway places for an agent
 (protective exits, flattens: they must get out). Orders of 'external' are not weighed, nor an agent's
 own (the gate does not check an agent against itself).
+
+A card's `[schedule] start` after the open holds the agent's own orders for today's session back until
+then (DENIED_SCHEDULE, common/risk_rules.py before_start), revises too; not the gateway's exits, nor
+next-session orders (placed at any time, released at the open by the desk).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from common.ids import placed_by_gateway
 from common.krx import next_session_day
 from common.krx_rules import KrxRules, rules_for
 from common.market_clock import MarketClock, market_day, market_ns
-from common.orders import Order, OrderState
+from common.orders import Order, OrderState, is_gateway_exit
 from common.portfolio import DayOpen, Portfolio
 from common.risk_rules import (
     HELD_TIFS,
@@ -333,6 +337,7 @@ class RiskGate:
             gateway_state=self.global_state,
             agent_state=agent_state,
             costs=self.portfolio.costs,
+            start=card.schedule.start,
         )
 
     def fitting_qty(self, card: AgentCard, qty: int, unit: int) -> int:
@@ -383,6 +388,8 @@ class RiskGate:
             board=p.board(code),
             rules=rules,
             band=band,
+            # (a clock whose time of day means nothing — the twin's open clock — has no start to wait for)
+            at_ns=market_ns(self.clock) if self.clock.timed else 0,
         )
 
     def _session(self, code: str, day: dt.date, fresh: bool = False, now: float = 0.0) -> tuple[int, KrxRules, bool]:
@@ -438,8 +445,10 @@ class RiskGate:
         # (the market first: its close, read afresh, is the one the exposure values held market buys at)
         market = self._market(order.code, session, order.tif)
         exp, account = self._exposures(card, order.code, shadow)
-        if not shadow and not (order.side is Side.SELL and placed_by_gateway(order.client_order_id)):
-            # (an exit the gateway places for the agent — a protective exit, a flatten sell — must get out)
+        # an exit the gateway places for the agent (a protective exit, a flatten sell) must get out: no
+        # self-trade check, and the agent's [schedule] start does not hold it back
+        by_gateway = order.side is Side.SELL and placed_by_gateway(order.client_order_id)
+        if not shadow and not by_gateway:
             account.opposite = self._opposite(card.id, order.code, order.side, order.tif)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
@@ -459,6 +468,7 @@ class RiskGate:
             account=account,
             rates=(agent_win.count(now), 0 if shadow else account_win.count(now)),
             explain=explain,
+            by_gateway=by_gateway,
         )
         if explain is not None:
             return hold or denial
@@ -537,6 +547,7 @@ class RiskGate:
             exp=exp,
             account=account,
             rates=rates,
+            by_gateway=is_gateway_exit(o),
         )
         if denial is None and revise:
             agent_win.stamps.append(now)

@@ -94,6 +94,13 @@ class BasePrices:
         # codes whose value was fetched from MORNING_REFRESH of the day on: the broker has rolled its day by
         # then (a fetch at midnight may still get yesterday's base: when KIS rolls is UNCONFIRMED)
         self._confirmed: set[str] = set()
+        # the day's P&L values a carried position at today's base once it is known to be today's (an ex-rights
+        # or ex-dividend day's base is below yesterday's close: common/portfolio.py day_unrealized)
+        book.portfolio.base_is_today = self.is_today
+
+    def is_today(self, code: str) -> bool:
+        """`code`'s base price is today's (fetched this morning, this market day)."""
+        return self._day == self.book.day() and code in self._confirmed
 
     def missing(self, codes: list[str]) -> list[str]:
         self._roll()

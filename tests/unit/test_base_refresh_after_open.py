@@ -69,7 +69,7 @@ async def test_a_morning_refresh_failing_past_the_open_is_asked_again_until_toda
         rig.day.tick()
         await rig.day.base_prices.ensure([CODE])  # the night's fetch (before KIS rolled its day)
         prices = rig.h.portfolio.base_prices
-        assert prices[CODE] == NIGHT
+        assert prices[CODE] == NIGHT and not rig.h.portfolio.base_is_today(CODE)  # not known to be today's
         broker.calls.clear()
         rig.at(dt.datetime.combine(FRIDAY, dt.time(8, 0)))
         while rig.clock.now().time() < dt.time(8, 50):  # a day tick a second, the back-off clock with it
@@ -78,6 +78,7 @@ async def test_a_morning_refresh_failing_past_the_open_is_asked_again_until_toda
             rig.day.tick()
             await rig.run_spawned()
         assert prices[CODE] == TODAY_BASE  # today's value replaced the night's
+        assert rig.h.portfolio.base_is_today(CODE)  # (the day's P&L values a carried position at it now)
         after_open = [t for t, _ in broker.calls if t >= dt.time(8, 30)]
         assert after_open, "asked again after the opening call"
         ok = [t for t, _ in broker.calls if t >= dt.time(8, 40)]

@@ -38,6 +38,9 @@ Fill rules (an order never sees the bar it was decided on):
   clean-up; next-session orders are not restricted); `flatten` places market sells of every
   position (the gateway's numbers, sized by the order-value limit as live) that fill at the close of the
   code's last bar of the day (the closing call), whole, not in a bar locked at the lower limit or halted;
+- the card's `schedule.start` after the open holds the agent's own orders for the day's session back
+  until then (DENIED_SCHEDULE, live's rule) on intraday bars (`timed`); daily bars have no time of day
+  (orders meet the market at the open or the close), so nothing is held back by it there;
 - DAY orders live in one KRX session (the next one after a daily bar's close; the same day for intraday
   bars) and expire at its close, whether or not the data has a bar for their code that day: a code
   without a bar on a calendar session is halted and fills nothing.
@@ -59,7 +62,7 @@ from common.books import apply_fill
 from common.config import AgentCard, DrawdownPeak, RiskLimits
 from common.enums import OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import GATEWAY_ORDER_BASE
+from common.ids import GATEWAY_ORDER_BASE, placed_by_gateway
 from common.krx import phase_at_ns
 from common.krx_rules import PPM, TAX_EXEMPT_KINDS, KrxRules, Market, SecurityKind, rules_for
 from common.orders import (
@@ -175,6 +178,9 @@ class SimBroker:
     # `open_volume_unrecorded`): such a bar fills the agent's orders uncapped
     unrecorded: frozenset[str] = frozenset()
     quiet: bool = False  # True: the strategy has no on_order (intermediate order states unseen)
+    # True (intraday bars): orders are judged at a time of day, so the card's `[schedule] start` holds the
+    # agent's own back as live's gate does; False (daily bars): no time of day, nothing is held back by it
+    timed: bool = False
     on_fill: Callable[[str, int], None] | None = None  # (order, qty) of every fill: protections arm on their buy's
 
     def __post_init__(self) -> None:
@@ -213,6 +219,7 @@ class SimBroker:
             budget=self.initial_cash,
             codes=frozenset(self.card.codes),
             costs=self.costs,
+            start=self.card.schedule.start,
         )
         self._reducing_mandate = replace(self._mandate, agent_state=TradingState.REDUCING)
         self.reducing = False  # after the card's schedule.end (cancel / flatten): only reducing orders today
@@ -274,7 +281,9 @@ class SimBroker:
         ts = self.ts_ns
         qty = max(qty, 0)
         self.meta[coid] = (reason, self.last.get(code, 0), self.entry_session)
-        denial = refuse or self._gate(code, side, qty, price, order_type, tif, self.entry_rules)
+        # (a flatten's sells carry the gateway's numbers: the agent's schedule does not hold them back, as live)
+        by_gateway = side is _SELL and self.timed and placed_by_gateway(coid)
+        denial = refuse or self._gate(code, side, qty, price, order_type, tif, self.entry_rules, by_gateway=by_gateway)
         # nobody sees NEW or PENDING_SUBMIT of a quiet order: it is made ACCEPTED, the table's submit and
         # accept in one step (asserted above; tests/property/test_backtest_properties.py keeps it equal to apply())
         accept_now = self.quiet and denial is None and order_type not in _QUOTE_PEGGED
@@ -330,11 +339,12 @@ class SimBroker:
         tif: TimeInForce,
         rules: KrxRules,
         exclude: str = "",
+        by_gateway: bool = False,
     ) -> tuple[str, str] | None:
         """The live gate's rules (common/risk_rules.py check_order, the very function the gateway's risk
         gate calls) over this book's exposure; the card's budget is the backtest's cash. `rules`: the
         KRX rules of the session the order will live in; `exclude`: an order whose own reservation is
-        released (a revise is judged as if new)."""
+        released (a revise is judged as if new); `by_gateway`: a sell the gateway places (a flatten's)."""
         kind, board = self.listing(code)
         lim = self.card.risk
         exp = self._exposure(code, rules, exclude)
@@ -351,9 +361,15 @@ class SimBroker:
             exp=exp,
             account=self._account(exp) if self._shaped or self._drawdown else _NO_ACCOUNT,
             market=MarketView(
-                phase=phase_at_ns(self.ts_ns), base_price=self.base.get(code, 0), kind=kind, board=board, rules=rules
+                phase=phase_at_ns(self.ts_ns),
+                base_price=self.base.get(code, 0),
+                kind=kind,
+                board=board,
+                rules=rules,
+                at_ns=self.ts_ns if self.timed else 0,
             ),
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
+            by_gateway=by_gateway,
         )
         # a revise (`exclude`) counts as live's does: KIS takes each as an order request
         if denial is None and lim.max_orders_per_minute:
@@ -406,7 +422,12 @@ class SimBroker:
     def _roll(self) -> None:
         """A new day, before anything of it moved the book: its P&L counts from here and its equity
         peak starts at the last close's equity (what live's first sweep of the day sees: the
-        positions at the previous closes), as live's Portfolio.roll_day and Peaks.roll start theirs."""
+        positions at the previous closes), as live's Portfolio.roll_day and Peaks.roll start theirs.
+        Live counts a carried position from today's base once it is known (an ex-rights or ex-dividend
+        day's is below the close: common/portfolio.py day_unrealized); here the day's base is the
+        previous close, the data carrying no other: a split is in split-adjusted history's earlier
+        closes already, a dividend's ex-day drop (history not adjusted for dividends) reads as the day's
+        loss, as live before today's base is known."""
         self._day = self.ts_ns // _DAY_NS
         self._pnl_start = (sum(p.realized_pnl for p in self.positions.values()), self.fees + self.taxes)
         self._unreal_start = self._unrealized()

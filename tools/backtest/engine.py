@@ -531,6 +531,7 @@ class Backtest:
         if self.intraday:  # marks follow every bar; the band's base moves once a day
             self.broker.last = {}
             self.broker.monotonic = False  # a next-session order may precede a day order of today
+            self.broker.timed = True  # orders at a time of day: the card's [schedule] start is judged, as live
         self.initial_cash = cash
         lo, hi = config.date_from.isoformat(), config.date_to.isoformat() + "~"  # "~" sorts after "T..": whole day
         self.bars: dict[str, list[Bar]] = {}
