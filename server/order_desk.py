@@ -638,6 +638,12 @@ class OrderDesk:
         Returns the number of cancels and sells started now."""
         # one write: the flatten is kept in the store with its cancels (and with its sells when they go at once),
         # so a crash cannot keep the cancels (or the end of day's mark) and lose the sells that wait for them
+        prior = self._flattening.get(card.id)
+        if prior is not None and prior[2]:
+            # the end of day's flatten is pending (its sells wait for the session, or to be held after the close):
+            # a second flatten (the operator's) goes on as that one, never in its place — it would drop the wait
+            # and the hold, and the operator's resume (stop_flatten) could end what the card's policy started
+            why, keep = prior[1], True
         with self.book.store.write():
             n = self.cancel_all(card.id)
             self._flattening[card.id] = (card, why, keep)
