@@ -21,7 +21,7 @@ from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.costs import PPM
 from common.krx_rules import KrxRules, Market, rules_for
 from kis.sim import history, universe
-from kis.sim.clock import TwinClock
+from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.engine import BookSide, Fill, OrderBook, PriceRejected, Tif
 from kis.sim.ledger import Account, FeeSchedule
 from kis.sim.pricing import PriceProcess, volume_profile
@@ -297,6 +297,10 @@ class Exchange:
         self, acct: Account, code: str, side: BookSide, ord_dvsn: str, qty: int, price: int, *, external: bool = False
     ) -> OrderRecord:
         """Validate and place a new cash order. Raises KisError (business rejection) on refusal."""
+        if getattr(self.clock, "mode", None) is ClockMode.OPEN and self.clock.today() != self.day:
+            # the clock turned the day (an open clock past 23:59:59) before the market loop's next tick: the
+            # exchange rolls first, so the order belongs to the day it is placed on (else the roll expired it)
+            self.on_clock()
         st = self.stock(code)
         if st is None:
             raise reject(*R_NO_STOCK)

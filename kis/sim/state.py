@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kis.sim.auth import AppKey
+from kis.sim.clock import ClockMode
 from kis.sim.engine import BookSide, Tif
 from kis.sim.exchange import OrderKind, OrderRecord
 from kis.sim.ledger import Account, Holding
@@ -60,6 +61,13 @@ def restore(twin: Twin, path: Path) -> None:
     if doc.get("version") != VERSION:
         return
     ex = twin.exchange
+    ahead = dt.date.fromisoformat(doc["day"])
+    if getattr(twin.clock, "mode", None) is ClockMode.OPEN and ahead > ex.day:
+        # an open clock left running rolls its synthetic days faster than the calendar (one is ~15 h): a restart
+        # goes on from the day it had reached, never back to a day already traded and closed (the gateway's
+        # books of that day, its end-of-day marks and reports, would be met again)
+        twin.clock.move_to(dt.datetime.combine(ahead, dt.time(9, 0)))
+        ex._roll_day(ahead)
     for k in doc.get("keys", []):
         twin.auth.keys[k["key"]] = AppKey(**k)
     ex.accounts.clear()

@@ -221,3 +221,35 @@ def test_an_open_clock_left_running_past_midnight_closes_the_day_and_rolls_the_b
     assert ex.day == dt.date(2026, 3, 5) and rec.open_qty == 0 and clock.phase() is Phase.CONTINUOUS
     later = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 10 * 100)
     assert later.open_qty == 1  # the next session takes orders
+
+
+def test_a_restarted_open_twin_goes_on_from_the_day_it_had_reached(tmp_path: Path) -> None:
+    """An open clock left running is days ahead of the calendar (a synthetic day lasts ~15 h): a twin
+    restarted on its state file goes on from that day, never back to one already traded and closed."""
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "twin-state.json"
+    first = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    for _ in range(2):  # two synthetic days later: Friday 03-06
+        first.clock._real0 -= 15 * 3600 + 1
+        first.exchange.on_clock()
+    assert first.exchange.day == dt.date(2026, 3, 6)
+    save(first, state)
+    again = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    assert again.exchange.day == dt.date(2026, 3, 6) and again.clock.today() == dt.date(2026, 3, 6)
+
+
+def test_an_order_placed_as_the_open_clock_turns_the_day_belongs_to_the_new_day() -> None:
+    """The clock turns the day for whoever reads it first (the gateway): an order placed before the
+    market loop's next tick is the new day's, not expired by that tick's roll with no notice."""
+    clock = TwinClock(ClockMode.OPEN, dt.date(2026, 3, 4))
+    ex, acct, notices = _exchange(clock)
+    ex.on_clock()
+    clock._real0 -= 15 * 3600 + 1  # past 23:59:59
+    assert clock.today() == dt.date(2026, 3, 5)  # the gateway read the clock first
+    bid = ex.stocks["005930"].book.best_bid()
+    assert bid is not None
+    rec = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000)
+    ex.on_clock()  # the market loop's tick
+    assert rec.day == dt.date(2026, 3, 5) and rec.open_qty == 1 and rec.expired_qty == 0
