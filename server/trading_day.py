@@ -481,15 +481,17 @@ class TradingDay:
 
     def end_of_day(self, card: AgentCard) -> None:
         policy = card.schedule.end_of_day
-        if policy is EndOfDay.CANCEL:
-            n = self.desk.cancel_all(card.id)
-        elif policy is EndOfDay.FLATTEN:
-            # kept until its sells are out (a broker session not ready: they wait) or held for the next session (the
-            # market closed first): the desk keeps it in the store, so the policy's mark below never loses it
-            n = self.desk.flatten(card, "end of day: flatten", keep=True)
-        else:
-            n = 0
+        # the policy and its mark in one durable write: a crash between a kept flatten and its mark restored the
+        # flatten AND ran the policy as missed, holding two sets of next-session sells
         with self.book.store.transaction():
+            if policy is EndOfDay.CANCEL:
+                n = self.desk.cancel_all(card.id)
+            elif policy is EndOfDay.FLATTEN:
+                # kept until its sells are out (a broker session not ready: they wait) or held for the next session
+                # (the market closed first): the desk keeps it in the store with the policy's mark
+                n = self.desk.flatten(card, "end of day: flatten", keep=True)
+            else:
+                n = 0
             self.cycle.mark_cleaned(card.id)
         pending = policy is EndOfDay.FLATTEN and card.id in self.desk.flattening
         what = (
