@@ -7,9 +7,14 @@ Every `poll_s` seconds, per code with nothing open:
   → buy `notional // last` at a limit `limit_ticks` above the last price;
 - holding and the newest `sell_days` days all show foreign net selling → sell everything at a limit
   `limit_ticks` below the last price.
-A signal is acted on once per investor day: `ctx.state["acted:<code>"]` holds the newest day already
-traded on, so a restarted copy (or one whose sell filled the same day) does not trade the same
-signal twice. Backtest: `ctx.investor` is not available there (no investor flows in history).
+An entry signal is acted on once per investor day: `ctx.state["acted:<code>"]` holds the newest day
+already traded on, so a restarted copy (or one whose buy filled and was sold the same day) does not buy
+the same signal twice; an entry that did not fill is not chased (flat, nothing is at risk).
+An exit stands until the position is closed: `ctx.state["exit:<code>"]` holds the day of the selling
+signal from the moment the sell is decided until nothing is held. A sell that expired (a limit the
+price ran away from), was cancelled or refused, or sold only part is placed again at the next poll
+with nothing open, `limit_ticks` below the last price then, whatever the newer flows say.
+Backtest: needs investor flows (`--history`); it decides at each daily close, for the next session.
 """
 
 from __future__ import annotations
@@ -104,13 +109,20 @@ class ForeignFlow(Strategy):
                 code, again.qty, again.price, tif=session_tif(self.ctx), reason="sent again after a day change"
             )
             return
+        held = self.ctx.position(code)
+        exit_day = self.ctx.state.get(f"exit:{code}")
+        if exit_day is not None:
+            if not held:
+                del self.ctx.state[f"exit:{code}"]  # the exit is done (sold, or sold otherwise)
+            else:  # the exit decided earlier did not sell everything: again, at today's price
+                self._exit(code, held, f"foreign selling (signal of {exit_day}; the last exit did not fill)")
+                return
         days = self.ctx.investor(code)
         if not days:
             return
         newest = days[0].day
         if self.ctx.state.get(f"acted:{code}") == newest:
             return  # already traded on this day's signal
-        held = self.ctx.position(code)
         buys, sells = streak(days, True, p.min_foreign_value), streak(days, False)
         self.ctx.log.info("%s %s foreign buy streak %d sell streak %d held %d", code, newest, buys, sells, held)
         if not held and buys >= p.buy_days:
@@ -127,13 +139,19 @@ class ForeignFlow(Strategy):
                     context={"streak": buys, "day": newest},
                 )
         elif held and sells >= p.sell_days:
-            q = self.ctx.quote(code)
+            # the exit stands until nothing is held (retried while a sell does not fill): state first,
+            # so a restarted copy finishes it
             self.ctx.state[f"acted:{code}"] = newest
-            self.inflight[code] = self.ctx.sell(
-                code,
-                held,
-                rules_for(self.ctx.now().date()).ticks_away(q.last, -p.limit_ticks, q.lower_limit),
-                tif=session_tif(self.ctx),
-                reason=f"foreign selling {sells}d",
-                context={"streak": sells, "day": newest},
-            )
+            self.ctx.state[f"exit:{code}"] = newest
+            self._exit(code, held, f"foreign selling {sells}d", {"streak": sells, "day": newest})
+
+    def _exit(self, code: str, held: int, reason: str, context: dict[str, Any] | None = None) -> None:
+        q = self.ctx.quote(code)
+        self.inflight[code] = self.ctx.sell(
+            code,
+            held,
+            rules_for(self.ctx.now().date()).ticks_away(q.last, -self.params.limit_ticks, q.lower_limit),
+            tif=session_tif(self.ctx),
+            reason=reason,
+            context=context,
+        )

@@ -3,28 +3,41 @@ inside a band; exit at a target (a resting limit sell placed as soon as the entr
 stop (the target is cancelled, then the position sold at market).
 
 Every `poll_s` seconds, per code (`ctx.quote` runs on the agent's REST quota):
-- flat, nothing open: buy `notional // last` shares with a limit `limit_ticks` above the last price
-  when 0 < PER ≤ max_per, 0 < PBR ≤ max_pbr, EPS > 0 and volatility_pct within [vol_min, vol_max];
-- holding without an exit order: place the target sell (entry average × (1 + target_pct %), on the tick grid);
-- holding: last ≤ entry × (1 - stop_pct %) → cancel the target, sell at market once it is cancelled.
+- flat, nothing open, not cooling down after a stop: buy `notional // last` shares with a limit
+  `limit_ticks` above the last price when 0 < PER ≤ max_per, 0 < PBR ≤ max_pbr, EPS > 0 and
+  volatility_pct within [vol_min, vol_max];
+- holding, first of all, whatever is open: last ≤ entry × (1 - stop_pct %) → the stop: cancel the
+  resting target sell (and an entry buy still open), sell the position at market (at once when no sell
+  rests, else as soon as the target's cancel is confirmed);
+- holding, stop not met, nothing open: place the target sell (entry average × (1 + target_pct %), on
+  the tick grid). Day and next-session orders end at the close, so the target is placed again each
+  session; the stop is checked at every poll all the same.
+
+After a stop, the code is not bought again before the `cooldown_days`-th trading day after the day of
+the stop (`ctx.state["cooldown:<code>"]`: the first day it may be bought again; 0 turns it off): the
+cheap-and-calm signal that bought it usually still holds the next day, and buying straight back into a
+falling stock repeats the loss.
 
 Volatility: standard deviation of daily close-to-close returns (%) over `vol_days` completed days when
 `ctx.history` has them, else today's range (high - low) / base price (%) from the quote (a live agent
 may start without history).
 
 Restart-safe: decisions come from the gateway's snapshot (positions, open orders) plus `ctx.state`
-("entry:<code>": entry average, target and stop prices), so a restarted copy neither re-buys nor
-places a second target. Backtest: `ctx.quote` is not available there (no fundamentals in history).
+("entry:<code>": entry average, target and stop prices; "cooldown:<code>"), so a restarted copy neither
+re-buys nor places a second target. Backtest: it needs company data (`--history`: PER/PBR/EPS/BPS by day);
+it decides at each daily close, for the next session.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
 import msgspec
 
 from agent.strategy import Context, DataNeed, Strategy, session_tif
+from common.calendar import add_trading_days
 from common.enums import OrderType, Side
 from common.errors import KtraderError
 from common.krx_rules import rules_for
@@ -44,6 +57,9 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
     notional: int = 3_000_000  # KRW per entry
     limit_ticks: int = 2  # buy limit this many ticks above the last price (marketable)
     poll_s: float = 30.0
+    # after a stop, no new entry of the code before the cooldown_days-th trading day after the stop's
+    # day (0: none); 20 ≈ a month: a whole vol_days window of new closes before it may be bought again
+    cooldown_days: int = 20
 
     def __post_init__(self) -> None:
         if not self.codes:
@@ -56,6 +72,8 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("target_pct and stop_pct must be in (0, 100)")
         if self.notional <= 0 or self.vol_days < 2 or self.limit_ticks < 0 or self.poll_s <= 0:
             raise ValueError("notional > 0, vol_days >= 2, limit_ticks >= 0, poll_s > 0")
+        if self.cooldown_days < 0:
+            raise ValueError("cooldown_days >= 0")
 
 
 def volatility_pct(closes: list[int]) -> float:
@@ -116,6 +134,8 @@ class ValueVol(Strategy):
             if self._open(code):
                 return  # an entry is working
             self.ctx.state.pop(f"entry:{code}", None)
+            if self._cooling(code):
+                return
             q = self.ctx.quote(code)
             ok, why = self.signal(q)
             self.ctx.log.info("%s per %.2f pbr %.2f eps %d last %d: %s", code, q.per, q.pbr, q.eps, q.last, why)
@@ -142,17 +162,42 @@ class ValueVol(Strategy):
             if not sells:
                 self._sell(code, held, order_type=OrderType.MARKET, reason="stop")
             return
-        if not sells and not self._open(code, Side.BUY):
-            self._sell(code, held, entry["target"], reason="target")
-            return
-        q = self.ctx.quote(code)
-        if q.last <= entry["stop"]:
-            self.ctx.log.info("%s stop: last %d <= %d", code, q.last, entry["stop"])
+        # the stop first, whatever is open: a target sell does not rest between sessions (day and
+        # next-session orders end at the close), and the stop must not wait for one
+        try:
+            last = self.ctx.quote(code).last
+        except KtraderError as e:  # no price: the stop is checked at the next poll; the target may still go
+            self.ctx.log.warning("%s: no quote for the stop check: %s", code, e)
+            last = 0
+        if last and last <= entry["stop"]:
+            self.ctx.log.info("%s stop: last %d <= %d", code, last, entry["stop"])
             self.ctx.state[f"entry:{code}"] = {**entry, "stopping": True}
-            for o in sells:
+            self._start_cooldown(code)
+            for o in self._open(code):  # the target, and an entry buy still working: the trade is over
                 self.ctx.cancel(o.client_order_id)
             if not sells:
                 self._sell(code, held, order_type=OrderType.MARKET, reason="stop")
+            return  # else: sold at market once the target's cancel is confirmed (on_order)
+        if not sells and not self._open(code, Side.BUY):
+            self._sell(code, held, entry["target"], reason="target")
+
+    def _start_cooldown(self, code: str) -> None:
+        days = self.params.cooldown_days
+        if days > 0:
+            until = add_trading_days(self.ctx.now().date(), days)
+            self.ctx.state[f"cooldown:{code}"] = until.isoformat()
+
+    def _cooling(self, code: str) -> bool:
+        """True while `code` may not be bought again after a stop."""
+        until = self.ctx.state.get(f"cooldown:{code}")
+        if until is None:
+            return False
+        today = self.ctx.now().date()
+        if today < dt.date.fromisoformat(until):
+            self.ctx.log.debug("%s: stopped out, no entry before %s", code, until)
+            return True
+        del self.ctx.state[f"cooldown:{code}"]
+        return False
 
     def signal(self, q: PriceQuote) -> tuple[bool, str]:
         p: Params = self.params
