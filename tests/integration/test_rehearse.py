@@ -3,8 +3,8 @@ three real KRX days with an agent and the gateway killed -9 mid-day; the audit m
 reconcile difference outside a restart's recovery, no false external order, nothing lost, duplicated
 or unresolved, books equal to the account) and every daily-bar sample must decide what a backtest of
 the same days decides. The days are chosen so that sma_bracket's SMAs cross up on the first (SK hynix,
-2026-03-16): its buy goes out at the next open with a bracket, and the take-profit is met on the third,
-sold by the gateway live and on the same day in the backtest."""
+2026-03-16): its buy fills at the next open and gets its bracket from the fill, and the stop is met later
+that day, sold by the gateway live and on the same day in the backtest."""
 
 from __future__ import annotations
 
@@ -61,11 +61,12 @@ def test_three_days_with_kills_audit_clean_and_daily_samples_match_the_backtest(
     for agent in ("pair_spread", "pullback", "sma_cross_daily", "volume_breakout"):  # the daily-bar samples
         assert parity[agent]["equal"], parity[agent]
     assert all(r["equal"] or r["reason"] for r in parity.values())
-    # the protected sample: its own buy decided on the 16th, and its take-profit exit on the 18th, the
-    # same live (the gateway's protective order) and in the backtest
+    # the protected sample: its own buy decided on the 16th, bought at the 17th's open (1,009,000) with its
+    # bracket from the fill, and its stop (978,000) met by that day's low (969,000): sold the same day live
+    # (the gateway's protective order) and in the backtest (a fill at the open: checked against its own bar)
     bracket = parity["sma_bracket"]
     assert bracket["equal"] and bracket["live"] == 1, bracket
-    assert bracket["exits_equal"] and [(e["day"], e["side"]) for e in bracket["exits_live"]] == [("20260318", "sell")]
-    report = json.loads((tmp_path / "r" / "run" / "reports" / "daily-20260318.json").read_text())
-    assert [(p["agent"], p["leg"], p["state"]) for p in report["protections"]] == [("sma_bracket", "take", "done")]
+    assert bracket["exits_equal"] and [(e["day"], e["side"]) for e in bracket["exits_live"]] == [("20260317", "sell")]
+    report = json.loads((tmp_path / "r" / "run" / "reports" / "daily-20260317.json").read_text())
+    assert [(p["agent"], p["leg"], p["state"]) for p in report["protections"]] == [("sma_bracket", "stop", "done")]
     assert sum(sum(d["orders"].values()) for d in audit["days"]) > 0

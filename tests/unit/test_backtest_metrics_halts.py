@@ -160,8 +160,10 @@ class Probe(Strategy):
     def on_bar(self, bar: Bar) -> None:
         for qty, spec in PLAN.get(bar.start, []):
             tif = spec.get("tif") or session_tif(self.ctx)
-            stops = {k: v for k, v in spec.items() if k != "tif"}
-            self.ctx.buy(bar.code, qty, 0, order_type=OrderType.MARKET, tif=tif, reason="plan", **stops)
+            price = spec.get("price", 0)  # a limit buy (else at the market)
+            stops = {k: v for k, v in spec.items() if k not in ("tif", "price")}
+            otype = OrderType.LIMIT if price else OrderType.MARKET
+            self.ctx.buy(bar.code, qty, price, order_type=otype, tif=tif, reason="plan", **stops)
 
     def on_protection(self, p: Protection) -> None:
         SEEN.append(p)
@@ -198,7 +200,7 @@ D = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]
 def synthetic(has_volume: bool = True) -> dict[str, Series]:
     rows = [
         (D[0], 70_000, 71_000, 69_500, 70_500, 10_000),
-        (D[1], 70_800, 71_000, 67_500, 67_500, 10_000),  # the buy fills at the open; closes under the stop
+        (D[1], 70_800, 71_000, 67_500, 67_500, 10_000),  # the limit buy fills inside (70,000); closes under the stop
         (D[2], 67_500, 67_500, 67_500, 67_500, 0),  # halted: the last price repeated, no trades
         (D[3], 67_500, 67_500, 67_500, 67_500, 0),
         (D[4], 69_000, 69_500, 66_000, 66_500, 10_000),  # trades again
@@ -211,7 +213,9 @@ def synthetic(has_volume: bool = True) -> dict[str, Series]:
 
 
 def test_a_stop_met_on_a_halted_bar_sells_at_the_next_traded_open() -> None:
-    r = run_probe(synthetic(), {D[0]: [(10, {"stop": 68_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31))
+    r = run_probe(
+        synthetic(), {D[0]: [(10, {"stop": 68_000, "price": 70_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31)
+    )
     assert exits(r) == [(D[4], 10, 69_000)]  # not on the halted D[2] at its repeated 67,500
     (p,) = r.protections
     assert p.state is PS.DONE and p.sold == 10
@@ -221,7 +225,10 @@ def test_a_stop_met_on_a_halted_bar_sells_at_the_next_traded_open() -> None:
 
 def test_data_without_volume_cannot_show_a_halt_and_sells_on_the_bar() -> None:
     r = run_probe(
-        synthetic(has_volume=False), {D[0]: [(10, {"stop": 68_000})]}, dt.date(2024, 1, 1), dt.date(2024, 1, 31)
+        synthetic(has_volume=False),
+        {D[0]: [(10, {"stop": 68_000, "price": 70_000})]},
+        dt.date(2024, 1, 1),
+        dt.date(2024, 1, 31),
     )
     assert exits(r) == [(D[2], 10, 67_500)]
 
@@ -232,7 +239,10 @@ def test_samsung_biologics_stop_waits_out_its_2025_suspension(shared_data: Path)
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", [code], dt.date(2025, 12, 31))
     halted = [b.start for b in series[code].bars if "2025-10-30" <= b.start <= "2025-11-21"]
     assert halted and all(b.volume == 0 for b in series[code].bars if b.start in halted)
-    r = run_probe(series, {"2025-10-28": [(5, {"stop": 1_800_000})]}, dt.date(2025, 10, 1), dt.date(2025, 12, 31))
+    # a limit below 10-29's open (1,835,265) fills inside the bar: the stop is checked from the next bar,
+    # the first of the suspension (at the market, bought at the open, that day's low 1,780,810 sells it)
+    plan = {"2025-10-28": [(5, {"stop": 1_800_000, "price": 1_820_000})]}
+    r = run_probe(series, plan, dt.date(2025, 10, 1), dt.date(2025, 12, 31))
     buys = [(f.day, f.qty) for f in r.fills if f.side.value == "buy"]
     assert buys == [("2025-10-29", 5)]
     assert exits(r) == [("2025-11-24", 5, 1_797_000)]  # the open of the first traded day after the halt

@@ -1,7 +1,8 @@
 """Protective orders in a backtest (tools/backtest/protection.py): hand-computed fills on a few bars —
 a stop inside a bar fills at the stop, a gap through it at the open, a take-profit at the take, a
 bracket reaching both in one bar takes the stop, a trailing stop ratchets on the highs, a bar locked
-at the lower limit sells nothing until the next open; checked from the bar after the buy's fill."""
+at the lower limit sells nothing until the next open. A buy filled at the open is checked against its
+own bar from then on (test_backtest_protection_same_bar.py has the rule and its cases)."""
 
 from __future__ import annotations
 
@@ -71,11 +72,11 @@ def exits(r: BacktestResult) -> list[tuple[str, int, int]]:
     return [(f.day, f.qty, f.price) for f in r.fills if f.side.value == "sell"]
 
 
-def test_a_stop_inside_a_bar_fills_at_the_stop_and_not_on_the_buys_own_bar() -> None:
+def test_a_stop_inside_a_bar_fills_at_the_stop() -> None:
     r = run(
         [
             (D1, 70_000, 71_000, 69_500, 70_500),
-            (D2, 70_800, 71_000, 67_000, 70_000),  # the buy fills at this open; its low is not checked
+            (D2, 70_800, 71_000, 68_500, 70_000),  # the buy fills at this open; its low stays above the stop
             (D3, 69_000, 69_500, 67_500, 68_000),
         ],  # low 67,500 through the stop: sold at 68,000
         {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},

@@ -28,8 +28,9 @@ Fill rules (an order never sees the bar it was decided on):
 - buys never take cash below zero: a buy is cut to what the cash (with commission) pays for;
 - at each bar, the orders that execute at its open (market orders, IOC/FOK, limits the open crosses)
   are matched first, then the rest: in the order they were sent, across codes, within each of the two
-  (cash and volume go to the earlier order); the engine checks the protective orders between the two
-  (`match`'s `phase`), as a stop sees the prints that follow the opening auction;
+  (cash and volume go to the earlier order); the engine tells the strategy of the open's fills and
+  checks the protective orders between the two (`match`'s `phase`), as a stop sees the prints that
+  follow the opening auction (a protection armed by a fill at the open sees the rest of its bar);
 - a CONDITIONAL order's rest fills at the close only while the card's end of day leaves it working
   (`closing_call`: off under `end_of_day = cancel / flatten` on daily bars: live cancels it at
   `schedule.end`, before the closing call);
@@ -206,6 +207,12 @@ class SimBroker:
         self._used: dict[str, int] = {}  # volume we took from the current bar, per code
         self.ts_ns = 0
         self.step = 0  # the engine's current bar-time index
+        # True while `match` fills the orders that execute at the bar's open (its first print: every print
+        # of the bar's range came after such a fill; a protection it arms is checked against that bar)
+        self.at_open = False
+        # orders the agent placed on hearing of the open's fills (the engine's delivery between the two
+        # phases): matched from the next bar, as every order placed at a bar time, not in this one's REST
+        self.hold: set[str] = set()
         # set by the engine: the session new orders will live in, and its rules (grid, band)
         self.entry_session = ""
         self.day = ""  # the day of the bars matched last (intraday: a new day expires earlier sessions first)
@@ -541,11 +548,12 @@ class SimBroker:
         """A KRX session's bars (code -> the bar of this bar time, or the one Bar of a one-code card):
         fill the open orders, each against its code's bar: first those that execute at the bar's open
         (market orders, IOC/FOK, limits the open crosses), then the rest, each group in the order the
-        orders were sent. `phase`: BOTH, or AT_OPEN then REST in two calls (the engine checks the
-        protective orders between them). An order whose code has no bar here does not fill (a halted
-        code, or a bar time without it); a flatten sell waits for the close (`fill_closing`). The
-        engine calls this before the strategy sees the bars, so every open order was decided on an
-        earlier bar."""
+        orders were sent. `phase`: BOTH, or AT_OPEN then REST in two calls (the engine tells the strategy
+        of the open's fills and checks the protective orders between them; `hold`: orders placed then,
+        left to the next bar). `at_open` is True while the open's orders fill. An order whose code has no
+        bar here does not fill (a halted code, or a bar time without it); a flatten sell waits for the
+        close (`fill_closing`). The engine calls this before the strategy sees the bars, so every open
+        order was decided on an earlier bar."""
         rules = rules_for(day)
         locks: dict[str, tuple[bool, bool]] = {}
         one = bars if isinstance(bars, Bar) else None
@@ -556,9 +564,10 @@ class SimBroker:
             else:
                 for code in bars:  # type: ignore[union-attr]
                     used[code] = 0
-        orders, meta, closing = self.orders, self.meta, self.closing
+        orders, meta, closing, hold = self.orders, self.meta, self.closing, self.hold
         later: list[tuple[Order, Bar]] = []
         ended = False
+        self.at_open = phase != REST
         for coid in self.open_ids:
             o = orders[coid]
             if one is not None:
@@ -574,8 +583,9 @@ class SimBroker:
             ):  # it executes at the open: in the opening auction (the session's first bar) or at the open's print
                 if phase != REST:
                     ended = self._match_one(o, bar, day, rules, locks, notes) or ended
-            elif phase != AT_OPEN:
+            elif phase != AT_OPEN and not (hold and coid in hold):
                 later.append((o, bar))
+        self.at_open = False
         for o, bar in later:
             ended = self._match_one(o, bar, day, rules, locks, notes) or ended
         if ended:

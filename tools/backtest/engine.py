@@ -4,10 +4,13 @@ Daily bars (`1d`), per bar time t (a trading day), in this order:
 1. orders that lived in a KRX session before t without a bar for their code (a halted code, or a day
    the data lacks) expire; the simulated broker matches the orders of session t against t's bars: first
    those that execute at the open (the opening auction: market orders, IOC/FOK, limits the open
-   crosses), then the protective orders are checked against the bar (tools/backtest/protection.py: a
-   stop sees the prints after the auction), then the rest; each group in the order sent; the session's
-   leftovers expire; the strategy hears about it through `on_order` / `on_fill` / `on_protection`
-   (now() = t's open, 09:00);
+   crosses) — a strategy that listens hears of their fills at once (`on_order` / `on_fill` /
+   `on_protection`, as live's come at the open's print: a protection it places then is checked against
+   t's bar, as the buy's own; an order it places then is matched from the next bar) —, then the
+   protective orders are checked against the bar (tools/backtest/protection.py: a stop sees the prints
+   after the auction; one armed by a fill at the open sees t's whole range, one armed by a fill inside
+   the bar only the next bar's), then the rest; each group in the order sent; the session's leftovers
+   expire; the strategy hears about the rest through the same hooks (now() = t's open, 09:00);
 2. the card's end of day (`[schedule] end_of_day`, at `end`, 15:20 by default): `flatten` cancels what
    is still open (orders placed while t's fills were delivered) and sells every position at t's close
    (the closing call; server/trading_day.py); `cancel` cannot be told from a daily bar (it does not say
@@ -967,6 +970,23 @@ class Backtest:
                 )
         pending.clear()
 
+    def _heard_at_open(self, bars: dict[str, Bar] | Bar) -> None:
+        """The fills at the bar's open reach the strategy before the bar's protections are checked and its
+        other orders matched, as live's on_fill comes at the open's print: a protection it places now
+        (`ctx.protect` in on_fill) is placed at the open and checked against this bar
+        (tools/backtest/protection.py). Orders it places now are matched from the next bar, as every
+        order placed at a bar time (broker `hold`: a daily bar's already live in the next session)."""
+        broker, prot, pending = self.broker, self.protections, self.pending
+        if prot.active or prot._pending_notes:
+            prot.settle(pending)  # the buys that filled at the open armed theirs: heard with the fills
+        before = set(broker.open_ids)
+        prot.opening = bars
+        try:
+            self._deliver()
+        finally:
+            prot.opening = None
+        broker.hold.update(c for c in broker.open_ids if c not in before)
+
     def run(self, progress: Callable[[int, int], None] | None = None) -> BacktestResult:
         # The hot loop: per bar one on_bar call; broker work only when orders are open, position
         # marking only while shares are held.
@@ -1005,6 +1025,7 @@ class Backtest:
             prot.step = step
             if open_ids or check:
                 self.in_bar = False
+                split = False
                 broker.step = step
                 day = t[:10]
                 start_ns = _time_ns(t, minutes, False) if intraday else _session_ns(day)[0]
@@ -1018,17 +1039,27 @@ class Backtest:
                         broker.expire_sessions(day, pending, before=True)  # (halted): expired at their close
                     # the orders that execute at the open first: they fill in the opening auction (or at
                     # the open's print), before any print a stop or a take-profit sees
-                    broker.match(bars, day, pending, AT_OPEN if check else BOTH)
+                    if check or listening:
+                        split, fills = True, broker._fill_n
+                        broker.match(bars, day, pending, AT_OPEN)
+                        if listening and broker._fill_n != fills:  # the strategy hears of them at the open
+                            self._heard_at_open(bars)
+                            check = protected or prot._pending_notes
+                    else:
+                        broker.match(bars, day, pending, BOTH)
                 if check:  # then the stops and take-profits (common/protection.py), then the rest of the bar
                     broker.ts_ns = start_ns
                     prot.check(step, bars, day, pending)
+                if split:
                     if open_ids:
                         broker.match(bars, day, pending, REST)
+                    if broker.hold:
+                        broker.hold.clear()  # (orders placed at the open: from the next bar on, as any)
                 if open_ids and not intraday:
                     broker.ts_ns = _session_ns(day)[1]
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
                 if protected:
-                    prot.settle(pending)  # buys that filled arm theirs (checked from the next bar), unfilled ones end
+                    prot.settle(pending)  # buys filled in the bar arm theirs (see protection.py), unfilled ones end
                 if pending:
                     if listening:
                         self._deliver()

@@ -1,9 +1,24 @@
 """Protective orders in a backtest: the same orders as the gateway's (common/protection.py), with the
 same trigger rules applied to bars.
 
-- A buy's protection arms with the buy's fills, for the shares they bought, and is checked from the
-  bar AFTER the one the buy filled in (a bar does not say whether its low came before or after the
-  fill). A protection on a position (`ctx.protect`) is checked from the next bar.
+- A buy's protection arms with the buy's fills, for the shares they bought. Live, the gateway checks it
+  on every print from the moment it is armed, so when it is first checked here depends on where in its
+  bar the fill was:
+  - a fill AT THE BAR'S OPEN (the orders `match` executes at the open: a market or next-session order
+    in the opening auction, a limit the open crossed, IOC/FOK; broker.py `at_open`) is the bar's first
+    print: every print of the bar's range came after it, so the protection is checked against that
+    same bar (`check` on its open, high, low: the open is the fill's own print, so only an open at or
+    beyond a level fires at the open, as live's "a level already met fires at once"; otherwise the
+    level itself when the range reaches it);
+  - a fill INSIDE the bar (a limit below the open that the range met) does not say whether the bar's
+    low (or high) came before or after it: checked from the bar AFTER the one it filled in.
+  Daily and intraday bars alike (on intraday bars, per bar).
+- A protection on a position (`ctx.protect`) is checked from the next bar, but one placed while the
+  strategy hears of the fills at a bar's open (the engine tells it of them between the open's orders
+  and the protections, as live's on_fill comes at the open's print: engine.py `_heard_at_open`) is
+  placed at that open and checked against the same bar, from the open's price (its trailing high
+  starts there, as live's starts from the last print): sma_bracket_daily's bracket placed in `on_fill`
+  from the price the buy filled at.
 - At each bar time, after the orders that execute at the bar's open (the agent's market orders due
   this session, IOC/FOK, limits the open crosses: live they fill in the opening auction, or at the
   open's print, before any print a protection sees; tools/backtest/broker.py `match`) and before the
@@ -60,6 +75,9 @@ class BacktestProtections:
         self.by_entry: dict[str, str] = {}
         self._from_step: dict[str, int] = {}  # protection → the first bar time it is checked at
         self.step = 0  # the engine's current bar time (set before order entry and checks)
+        # the bar time's bars while the strategy hears of the fills at their open (set by the engine):
+        # a protection placed then is placed at the open and checked against that bar
+        self.opening: dict[str, Bar] | Bar | None = None
         self._pending_notes: list[Note] = []  # arming seen inside a fill, delivered at the next settle
         broker.on_fill = self._on_fill
 
@@ -86,20 +104,24 @@ class BacktestProtections:
             if qty > held
             else None
         )
+        opening = self.opening
+        bar = None if opening is None else opening.get(code) if isinstance(opening, dict) else opening
+        if bar is not None and bar.code != code:
+            bar = None
         p = Protection(
             id=pid,
             agent=self.agent,
             code=code,
             spec=spec,
             qty=qty,
-            high=self.broker.last.get(code, 0),
+            high=self.broker.last.get(code, 0) if bar is None else bar.open,  # the last print: the open's
             created_ns=ts,
             updated_ns=ts,
         )
         if err:
             p = msgspec.structs.replace(p, state=PS.CANCELLED, reason=f"{ErrorCode.BAD_PROTECTION}: {err}")
-        else:
-            self._from_step[pid] = self.step + 1
+        else:  # placed at the bar's open (on hearing of its fills): this bar's prints all come after it
+            self._from_step[pid] = self.step if bar is not None else self.step + 1
         self._put(p, notes)
 
     def cancel(self, pid: str, notes: list[Note]) -> None:
@@ -125,7 +147,9 @@ class BacktestProtections:
             updated_ns=self.broker.ts_ns,
         )
         self.active[p.id] = self.all[p.id] = p
-        self._from_step[p.id] = self.step + 1  # checked from the next bar
+        # a fill at the bar's open came before every print of the bar: checked against this bar (the check
+        # follows the open's orders); a fill inside the bar: from the next bar
+        self._from_step[p.id] = self.step if self.broker.at_open else self.step + 1
         self._pending_notes.append(("protection", p))
 
     def settle(self, notes: list[Note]) -> None:
