@@ -306,7 +306,7 @@ class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     # from when the agent's own orders for the day's session are taken (a time of a normal day, open 09:00;
     # moved as the session opens late): before it the risk gate refuses them (DENIED_SCHEDULE), live and in
     # a backtest on intraday bars (daily bars have no time of day). The gateway's exits (protective,
-    # flatten), cancels and next-session orders are not held back. An order placed in the opening call
+    # flatten), cancels and next-session orders for a later day are not held back. An order placed in the opening call
     # (08:30-09:00) trades at the open: a start at or before 09:00 (the default) takes orders from the
     # opening call on; "09:01" or later sits out the opening auction (common/risk_rules.py before_start)
     start: HHMM = "09:00"

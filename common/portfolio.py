@@ -30,10 +30,16 @@ value fetched in the night may still be the day before's), the carried shares co
 ex-rights or ex-dividend day (권리락/배당락) KRX's base is below the close, and the adjustment is no loss of
 the day (it read as one at the open, and tripped daily-loss limits). The start's values are kept by the
 `keep_day_open` / `stored_day_open` hooks (server/risk.py keeps them in the store), so a restart in the
-day counts from the same start; the base's valuation is taken when the day's P&L is read, not stored.
+day counts from the same start (none stored: every position from its cost, as a version that kept none
+counted them); the base's valuation is not stored. A day closed past midnight starts the new one again
+from its end, and its carried positions from what they are then (its late fills changed them). Each
+agent's start is worked out once and kept until something it depends on moves (day_unrealized), so the
+day's P&L an order check reads costs the unrealised P&L and a lookup.
 
 The account's cash is the broker's settlement cash at its last read, moved since by the books' fills;
 a read is lined up with the fills the broker counted (`set_account_cash`), so it errs low, never high.
+The day's traded value it is lined up by is that of the orders of the books' today (`order_day`: the
+day a fill counts in at the broker, whenever the books book it).
 Open orders are also indexed per code (`opposite`): what another agent's new order would trade with
 (the risk gate's self-trade check), a few reads per open order of the code.
 """
@@ -43,7 +49,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from common.books import apply_fill_value
 from common.costs import CostModel
@@ -146,6 +152,53 @@ def _bump(d: dict[_K, int], key: _K, delta: int) -> None:
         d.pop(key, None)
 
 
+class _Prices(dict[str, int]):
+    """code → price, telling `moved(code)` of every write (None: any code): the base prices, which the
+    day's start values of carried positions are taken at (Portfolio.day_unrealized keeps their sum)."""
+
+    __slots__ = ("moved",)
+
+    def __init__(self, moved: Callable[[str | None], None], *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.moved = moved
+
+    def __setitem__(self, code: str, price: int) -> None:
+        if self.get(code) != price:
+            super().__setitem__(code, price)
+            self.moved(code)
+
+    def __delitem__(self, code: str) -> None:
+        super().__delitem__(code)
+        self.moved(code)
+
+    def pop(self, code: str, *default: Any) -> Any:
+        got = super().pop(code, *default)
+        self.moved(code)
+        return got
+
+    def popitem(self) -> tuple[str, int]:
+        got = super().popitem()
+        self.moved(got[0])
+        return got
+
+    def setdefault(self, code: str, price: int = 0) -> int:
+        if code not in self:
+            self[code] = price
+        return self[code]
+
+    def clear(self) -> None:
+        super().clear()
+        self.moved(None)
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        super().update(*args, **kw)
+        self.moved(None)
+
+    def __ior__(self, other: Any) -> _Prices:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+
 class Portfolio:
     def __init__(self, costs: CostModel | None = None) -> None:
         # the account's costs (the gateway's [costs]): an open buy holds its buy commission in cash too
@@ -154,10 +207,19 @@ class Portfolio:
         self.marks: dict[str, int] = {}  # code → last trade price (read freely; written by set_mark)
         self._seeded: set[str] = set()  # codes whose mark is a reference price (seed_mark), not a print
         self.splits: dict[str, PendingSplit] = {}  # code → a split not in the books yet (set_split)
-        self.base_prices: dict[str, int] = {}  # code → today's base price (band centre), when known
+        # agent → the day's start value of its carried positions less their cost (day_unrealized), worked
+        # out once and kept until something it depends on moves: the day's start (roll_day, a split's
+        # rescale), a base price (written, or confirmed today's: base_confirmed), a split pending, the code's
+        # first price, the agent's position in a carried code. `_starts_of`: the day_open they are of.
+        self._starts: dict[str, int] = {}
+        self._starts_of: object = None
+        # code → today's base price (band centre), when known (written: the day's start sums move with it)
+        self.base_prices = {}
         # whether base_prices[code] is known to be today's, fetched once the broker rolled its day (a value
         # fetched in the night may be the day before's): a carried position's day start is then valued at it
-        # (day_unrealized). Unwired: never (the start stays at the close before the day).
+        # (day_unrealized). Unwired: never (the start stays at the close before the day). Asked only when
+        # an agent's start is worked out again: whoever wires it calls `base_confirmed(code)` when its answer
+        # for a code turns (server/trading_day.py BasePrices does).
         self.base_is_today: Callable[[str], bool] = lambda code: False
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
@@ -195,8 +257,16 @@ class Portfolio:
         # unexplained jump of it): the sweep raises peaks on the low end and judges drawdowns on the high one
         self.cash_doubt: tuple[int, int] = (0, 0)
         self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
-        self._traded = 0  # Σ |value| of the account's fills (CashMark.traded)
-        self._bought = self._sold = 0  # the account's traded value today (since the day's start)
+        self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
+        # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
+        # day the broker counts their fills in whenever the books book them (a late close's fills booked after
+        # midnight are the day before's); today's is `_day`'s (_bought, _sold)
+        self._traded_on: dict[str, list[int]] = {}
+        self._day = ""  # the books' today (roll_day's `day`; "" unwired: every order is of today)
+        # the trading day an order's fills are of (server/trading_day.py wires the order book's: the day it
+        # was sent; "": the books' today)
+        self.order_day: Callable[[Order], str] = lambda o: ""
+        self._open: dict[str, Order] = {}  # client order id → open order (what a read may meet: _open_value)
         self._day_started = False  # roll_day has run: the books' "today" is known
         self._last_mark: CashMark | None = None  # the last read's
         # code → client order id → open order of an agent (not 'external'): what a new order of another agent
@@ -214,18 +284,40 @@ class Portfolio:
         if old is not None and old.state in OPEN:
             self._count(old, -1)
             self._rest(old, False)
+            self._open.pop(old.client_order_id, None)
         if new is not None and new.state in OPEN:
             self._count(new, +1)
             self._rest(new, True)
+            self._open[new.client_order_id] = new
         o = new if new is not None else old
         if o is not None and o.agent not in self.virtual:
             dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
             if dv:
-                self._traded += abs(dv)
-                if o.side is Side.BUY:
-                    self._bought += dv
-                else:
-                    self._sold += dv
+                day = self.order_day(o) or self._day
+                if day == self._day:
+                    self._traded += abs(dv)
+                got = self._traded_on.get(day)
+                if got is None:
+                    got = self._traded_on[day] = [0, 0]
+                got[o.side is not Side.BUY] += dv
+
+    @property
+    def _bought(self) -> int:
+        """The account's traded value of today's orders: bought."""
+        return self._traded_on.get(self._day, (0, 0))[0]
+
+    @_bought.setter
+    def _bought(self, value: int) -> None:
+        self._traded_on.setdefault(self._day, [0, 0])[0] = value
+
+    @property
+    def _sold(self) -> int:
+        """The account's traded value of today's orders: sold."""
+        return self._traded_on.get(self._day, (0, 0))[1]
+
+    @_sold.setter
+    def _sold(self, value: int) -> None:
+        self._traded_on.setdefault(self._day, [0, 0])[1] = value
 
     def _rest(self, o: Order, add: bool) -> None:
         if o.agent == EXTERNAL_AGENT:  # placed outside ktrader: not ours to reason about
@@ -480,6 +572,8 @@ class Portfolio:
             self._holders[code].add(agent)
         else:
             self._holders[code].discard(agent)
+        if self._starts and code in self.day_open.get(agent, ()):
+            self._starts.pop(agent, None)  # (held or not, with no price now: its start counts or not)
         if old is not None and oq and dq and not dc and (pos.realized_pnl, pos.fees) == (old.realized_pnl, old.fees):
             self._rescale_day_open(agent, code, old.qty, pos.qty)
 
@@ -492,6 +586,7 @@ class Portfolio:
         if got is None:
             return
         opened[code] = (got[0] * now // was, got[1], got[2])
+        self._forget_starts(agent=agent)
         self.keep_day_open(self.day_open)
 
     def set_mark(self, code: str, price: int) -> None:
@@ -505,6 +600,8 @@ class Portfolio:
 
     def _move_mark(self, code: str, old: int | None, price: int) -> None:
         self.marks[code] = price
+        if old is None:  # the code's first price: a carried position held with none counted from cost
+            self._forget_starts(code)
         holders = self._holders.get(code)
         if not holders:
             return
@@ -541,6 +638,7 @@ class Portfolio:
         holders = self._holders.get(code) or ()
         before = {a: self._value(a, self.positions[a][code].qty, self.positions[a][code].cost, code) for a in holders}
         change()
+        self._forget_starts(code)  # (a start valued at the base: at the ratio, or not)
         sector = self.sectors.get(code, "")
         for agent, was in before.items():
             p = self.positions[agent][code]
@@ -634,10 +732,14 @@ class Portfolio:
         thdt_sll_amt; -1 not reported) the base is lined up with the fills it counted: what the books
         traded today beyond them (at the books' own cost rate of the day) is taken off, what it counted
         that the books have not booked yet (a notice still to come) is added to the equity but kept out of
-        `cash()` until the next read (cash errs low, never high). Totals that cannot be lined up — not
-        reported, the books' day not started yet, all zero while the books traded (a paper account), or
-        apart by more than everything traded since the last read and still open could explain (another
-        day's figures, books missing fills) — are not used: then every spending the books booked after
+        `cash()` until the next read (cash errs low, never high). The books' traded value is that of
+        today's orders (by the day they were sent, whenever a fill is booked: a late close's fills after
+        midnight are the day before's). Totals that cannot be lined up — not reported, the books' day not
+        started yet, all zero while the books traded (a paper account), any while the books traded nothing
+        today and nothing could be in flight, or apart by more than what today's orders traded since the
+        last read and could still trade at the broker explain (orders HELD for a session are not there;
+        another day's figures: KIS answers the day before's until it rolls its day in the morning; books
+        missing fills) — are not used: then every spending the books booked after
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
         can only be under its value.
@@ -678,6 +780,8 @@ class Portfolio:
         ub, us = bb - bought, bs - sold
         last = self._last_mark
         bound = self._traded - (last.traded if last is not None else 0) + self._open_value()
+        if (bought or sold) and not (bb or bs) and not bound:
+            return None  # trades there, none here and none that could be in flight: another day's figures
         if abs(ub) > bound or abs(us) > bound:
             return None
         fees = sum(self.day_totals(a)[1] for a in self.positions if a not in self.virtual)
@@ -685,11 +789,20 @@ class Portfolio:
         return ub - us + fee
 
     def _open_value(self) -> int:
-        """What the account's open orders could still trade: buys as reserved, sells at today's upper limit
-        (their mark when the base price is unknown)."""
-        bk = self._account
-        sells = sum(q * (self.notional_price(Side.BUY, 0, c) or self.marks.get(c, 0)) for c, q in bk.sell_qty.items())
-        return bk.limit_buys + self._market_buys(bk) + sells
+        """What the account's open orders could have traded while a read was on its way, in the broker's
+        totals of today: today's orders at the broker, buys as reserved, sells at today's upper limit (their
+        mark when the base price is unknown). Not an order HELD for a session (never sent: a next-session
+        sell valued at the upper limit made room for the day before's totals overnight), nor an earlier
+        day's still open (what it traded is that day's)."""
+        total = 0
+        for o in self._open.values():
+            if o.state is OrderState.HELD or o.agent in self.virtual or (self.order_day(o) or self._day) != self._day:
+                continue
+            if o.side is Side.BUY:
+                total += self.order_value(o)
+            else:
+                total += o.remaining * (self.notional_price(Side.BUY, 0, o.code) or self.marks.get(o.code, 0))
+        return total
 
     def _exact(self) -> int | None:
         """The account's cash by the last read's base (a read's credit included)."""
@@ -729,23 +842,44 @@ class Portfolio:
             for a, ps in self.positions.items()
         }
 
-    def roll_day(self, day_start: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
-        """Start a day: realised P&L and fees count from here, and each carried position from its value
-        now (at the close before the day). Given `day_start` (a restart restoring the day's totals; a day
-        closed past midnight starting the new one from its end), the carried positions' start values are
-        the stored ones (`stored_day_open`); none stored (a day started by an older version), their value
-        now, kept. Returns the totals (the caller keeps them)."""
+    def roll_day(
+        self, day_start: dict[str, tuple[int, int]] | None = None, *, day: str = "", afresh: bool | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """Start a day (`day`, YYYYMMDD: the books' today, whose orders' fills are the day's traded value;
+        "" unwired): realised P&L and fees count from here, and each carried position from its value now
+        (at the close before the day), kept (`keep_day_open`).
+
+        Given `day_start` (the day's totals as stored): a restart in the day takes the carried positions'
+        start values stored with them (`stored_day_open`); none stored (a day started by a version that
+        kept none, or unreadable), every position counts from its cost, as it did then, and that is kept
+        (the positions now may hold shares bought today: valued at the close before the day, today's
+        buys read the gap up to it as the day's gain). `afresh`: the day starts again from the end of the
+        one before it, closed past midnight (its late fills changed what is carried into this one): the
+        start values are taken from the positions now, and kept (the stored ones are of the positions
+        before those fills: a flattened position's start read as the day's loss). None: afresh when these
+        books started a day already (a restart's have not). Returns the totals (the caller keeps them)."""
+        if afresh is None:
+            afresh = self._day_started
         self._day_started = True
+        self._forget_starts()
+        if day:
+            self._day = day
+        if day or day_start is not None:
+            # the traded value of today's orders only (a restart's loaded orders of earlier days, a late
+            # close's fills are their days')
+            self._traded_on = {d: v for d, v in self._traded_on.items() if d == self._day}
+        else:  # (unwired, every order is of the books' today: a new day counts from nothing)
+            self._traded_on = {}
         if day_start is None:
             self.day_start = self.totals()
-            self._bought = self._sold = 0  # (a restart restoring the day keeps the loaded orders' fills)
+            self.day_open = self._open_values()
         else:
             self.day_start = day_start
-            saved = self.stored_day_open()
+            saved = None if afresh else self.stored_day_open()
             if saved is not None:
                 self.day_open = saved
                 return self.day_start
-        self.day_open = self._open_values()
+            self.day_open = self._open_values() if afresh else {}
         self.keep_day_open(self.day_open)
         return self.day_start
 
@@ -779,7 +913,19 @@ class Portfolio:
 
     def day_unrealized(self, agent: str) -> int:
         """Unrealised P&L made today: now against the day's start (positions carried into the day at their
-        value then, or at today's base price once it is known to be today's: see roll_day)."""
+        value then, or at today's base price once it is known to be today's: see roll_day). The start is
+        worked out once per agent and kept until something it depends on moves (see `_starts`): a read
+        costs `unrealized` and a lookup, however many positions the agent carries."""
+        if self._starts_of is not self.day_open:  # (a new start: every sum is of the old one)
+            self._starts.clear()
+            self._starts_of = self.day_open
+        start = self._starts.get(agent)
+        if start is None:
+            start = self._starts[agent] = self._start_unrealized(agent)
+        return self.unrealized(agent) - start
+
+    def _start_unrealized(self, agent: str) -> int:
+        """The agent's carried positions at the day's start less their cost."""
         held, marks, start, bases = self.positions.get(agent, {}), self.marks, 0, self.base_prices
         for code, (qty, cost, value) in self.day_open.get(agent, {}).items():
             p = held.get(code)
@@ -793,7 +939,38 @@ class Portfolio:
             elif not value:
                 continue  # at cost, as if bought today
             start += value - cost
-        return self.unrealized(agent) - start
+        return start
+
+    def base_confirmed(self, code: str | None = None) -> None:
+        """`base_is_today` turned for `code` (None: for any): the day's start of its carriers is worked out
+        again (server/trading_day.py BasePrices calls it when a fetch confirms a code's base as today's)."""
+        self._forget_starts(code)
+
+    def _forget_starts(self, code: str | None = None, agent: str | None = None) -> None:
+        """The kept day-start sums (day_unrealized) of `agent`, else of every agent carrying `code` into the
+        day, else all, are worked out again at the next read."""
+        starts = self._starts
+        if not starts:
+            return
+        if agent is not None:
+            starts.pop(agent, None)
+        elif code is None:
+            starts.clear()
+        else:
+            for a, carried in self.day_open.items():
+                if code in carried:
+                    starts.pop(a, None)
+
+    @property
+    def base_prices(self) -> dict[str, int]:
+        """code → today's base price (band centre), when known. A write moves the day's start of the
+        code's carriers (day_unrealized); so does replacing the whole mapping."""
+        return self._bases
+
+    @base_prices.setter
+    def base_prices(self, prices: dict[str, int]) -> None:
+        self._bases = _Prices(self._forget_starts, prices)
+        self._forget_starts()
 
     def day_pnl(self, agent: str) -> int:
         """Realised today net of fees plus unrealised made today: a position carried from earlier days

@@ -5,7 +5,8 @@ Limits: an agent's own (its card; the operator's registry in production) and the
 apply across the whole account (every agent's orders and positions together). 0 means no limit of
 that kind. The checks run in a fixed order and the first failing one is the answer:
 shape → codes → trading state → session and market phase → the card's start (`[schedule] start`: the
-agent's own orders wait for it; the gateway's exits and next-session orders do not) → price grid and
+agent's own orders wait for it, a next-session order placed on the day it is for too; the gateway's exits
+and next-session orders for a later day do not) → price grid and
 band → self-trade (another agent's open order on the account it would trade with) → daily loss →
 drawdown → shares → notional / open orders / position value → positions / gross exposure / code /
 sector → budget → cash reserve → account cash → order rate. A buy needs its commission too (budget
@@ -42,6 +43,9 @@ BP = 10_000  # basis points in one
 # Orders held for the next session may be placed in any phase; plain orders need a phase in which the
 # exchange takes regular orders.
 HELD_TIFS = frozenset({TimeInForce.NEXT_SESSION})
+# The phases in which an order held for the next session is for today's (common/krx.py next_session_day: on
+# a trading day, until its opening auction ends; from then on, the next trading day's)
+TODAYS_SESSION_PHASES = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION})
 # KRX takes IOC/FOK only in the continuous session, never in a single-price auction (the opening and the
 # closing call; KIS answers APBK0923, and each such rejection counts toward the kill switch)
 AUCTION_REFUSED_TIFS = frozenset({TimeInForce.IOC, TimeInForce.FOK})
@@ -306,9 +310,11 @@ def _minutes(hhmm: str) -> int:
 def before_start(start: str, at_ns: int) -> str:
     """Why an agent's own order judged at `at_ns` (market time, ns since the epoch) waits for its card's
     `[schedule] start` (HH:MM), or "". The caller asks only for orders of today's session the agent
-    places itself: not a next-session order (released at the open by the desk), not a gateway's exit,
-    not a cancel. `start` is a time of a normal day (open 09:00), moved as the session opens late (the
-    CSAT day, the year's first), as `[schedule] end` moves with a late close.
+    places itself: a DAY order, or a next-session order placed on the day it is for (before the opening
+    auction ends: it goes into the same opening call), not one for a later day (the desk releases it at
+    that day's open: a decision of the evening before), not a gateway's exit, not a cancel. `start` is a
+    time of a normal day (open 09:00), moved as the session opens late (the CSAT day, the year's first),
+    as `[schedule] end` moves with a late close.
 
     A start at or before the open (the default "09:00") holds nothing back, the opening call included:
     an order placed in it (08:30-09:00) trades at the open, not before, and an explicit "09:00" cannot be
@@ -329,7 +335,8 @@ def before_start(start: str, at_ns: int) -> str:
     moved = f" today ({start} moved by the session's {late}-minute late open)" if late else ""
     return (
         f"before this agent's [schedule] start: it may trade from {since // 60:02d}:{since % 60:02d}{moved}; "
-        "its own orders for today's session wait until then (the gateway's exits and next-session orders do not)"
+        "its own orders for today's session wait until then, next-session ones placed today included (the "
+        "gateway's exits and next-session orders for a later day do not)"
     )
 
 
@@ -424,7 +431,14 @@ def _gates(
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
             "next open"
         )
-    if mandate.start and market.at_ns and tif not in HELD_TIFS and not by_gateway:
+    # (a next-session order for a later day is released at that day's open: the evening's decision for the
+    # next session; one placed on the day it is for trades in the same opening call as a DAY order: judged so)
+    if (
+        mandate.start
+        and market.at_ns
+        and not by_gateway
+        and (tif not in HELD_TIFS or market.phase in TODAYS_SESSION_PHASES)
+    ):
         if why := before_start(mandate.start, market.at_ns):
             return ErrorCode.DENIED_SCHEDULE, why
     if tif in AUCTION_REFUSED_TIFS and market.phase in AUCTION_PHASES:

@@ -547,7 +547,9 @@ class RiskGate:
             exp=exp,
             account=account,
             rates=rates,
-            by_gateway=is_gateway_exit(o),
+            # (a held order's release: the card's start was judged when it was placed, for its day; one for a
+            # later day is not held back at that day's open)
+            by_gateway=is_gateway_exit(o) or not revise,
         )
         if denial is None and revise:
             agent_win.stamps.append(now)

@@ -95,30 +95,37 @@ class BasePrices:
         # then (a fetch at midnight may still get yesterday's base: when KIS rolls is UNCONFIRMED)
         self._confirmed: set[str] = set()
         # the day's P&L values a carried position at today's base once it is known to be today's (an ex-rights
-        # or ex-dividend day's base is below yesterday's close: common/portfolio.py day_unrealized)
+        # or ex-dividend day's base is below yesterday's close: common/portfolio.py day_unrealized); it keeps
+        # what it worked out, told of each code confirmed (_confirm) and of the day's roll (the prices cleared)
         book.portfolio.base_is_today = self.is_today
 
     def is_today(self, code: str) -> bool:
-        """`code`'s base price is today's (fetched this morning, this market day)."""
-        return self._day == self.book.day() and code in self._confirmed
+        """`code`'s base price is today's (fetched this morning, this market day): one set lookup, the set
+        emptied when the day rolls (`roll`, at every day tick and before every fetch)."""
+        return code in self._confirmed
 
     def missing(self, codes: list[str]) -> list[str]:
-        self._roll()
+        self.roll()
         prices = self.book.portfolio.base_prices
         return [c for c in codes if c not in prices and c not in self._asking]
 
     def unconfirmed(self, codes: list[str]) -> list[str]:
         """The codes whose value is not confirmed for today (missing, or fetched before the morning), none
         with a fetch in flight."""
-        self._roll()
+        self.roll()
         return [c for c in codes if c not in self._confirmed and c not in self._asking]
 
-    def _roll(self) -> None:
+    def roll(self) -> None:
+        """A new market day: yesterday's values and confirmations go (TradingDay.tick asks at every tick)."""
         day = self.book.day()
         if day != self._day:
             self._day = day
-            self.book.portfolio.base_prices.clear()
             self._confirmed.clear()
+            self.book.portfolio.base_prices.clear()  # (the day's P&L starts of carried positions move with it)
+
+    def _confirm(self, code: str) -> None:
+        self._confirmed.add(code)
+        self.book.portfolio.base_confirmed(code)
 
     def _settled(self) -> bool:
         """Whether a value fetched now is the day's for sure (a clock whose time of day means nothing: it is)."""
@@ -139,7 +146,7 @@ class BasePrices:
         """Fetch again and replace (the morning's second look: see TradingDay.tick; a code whose prints land
         outside its band). A value that changed since the last fetch is logged: the broker had not rolled its
         day yet then. Returns the codes whose fetch failed (their earlier value, if any, stays)."""
-        self._roll()
+        self.roll()
         prices = self.book.portfolio.base_prices
         failed: list[str] = []
         for code in codes:
@@ -157,7 +164,7 @@ class BasePrices:
                     )
                 prices[code] = price
                 if settled:
-                    self._confirmed.add(code)
+                    self._confirm(code)
             else:
                 failed.append(code)
         return failed
@@ -174,7 +181,7 @@ class BasePrices:
                 if price:
                     prices[code] = price
                     if settled:
-                        self._confirmed.add(code)
+                        self._confirm(code)
         finally:
             self._asking.difference_update(todo)
 
@@ -210,6 +217,9 @@ class TradingDay:
         self.clock = clock
         self.book = book
         self.desk = desk
+        # the day a fill counts in (the account's traded value of the day, lined up with the broker's: common/
+        # portfolio.py set_account_cash): its order's, the day it was sent, whenever the fill is booked
+        book.portfolio.order_day = lambda o: book.order_day.get(o.client_order_id, "")
         desk.held_back = self._held_back  # (also the release an agent's own held order starts)
         desk.sell_next_session = self._sell_next_session  # an end-of-day flatten whose sells come after the close
         self.risk = risk
@@ -289,9 +299,9 @@ class TradingDay:
         (persisted, so a restart in the day keeps them)."""
         saved = self._day_start(day)
         if saved is not None:
-            self.book.portfolio.roll_day(saved)
+            self.book.portfolio.roll_day(saved, day=day, afresh=False)  # (the day's start as stored)
             return
-        start = self.book.portfolio.roll_day()
+        start = self.book.portfolio.roll_day(day=day)
         with self.book.store.transaction():
             self._keep_day_start(day, start)
 
@@ -300,6 +310,7 @@ class TradingDay:
         day = yyyymmdd(now.date())
         first, previous = not self.cycle.day, self.cycle.day
         ensuring = False
+        self.base_prices.roll()  # (whether a base is today's is a set lookup: the set goes with the day, here)
         if self.cycle.roll(day):
             self.book.roll_day(day)  # earlier days' finished orders let go, today's fills counted afresh
             self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
@@ -705,9 +716,11 @@ class TradingDay:
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed(day)
-                # the new day counts from the old one's end (its late fills are not its)
+                # the new day counts from the old one's end (its late fills are not its), and its carried
+                # positions from what they are now (the late fills changed them): taken afresh, kept
                 if span is not None and reroll:
-                    self._keep_day_start(self.book.day(), self.book.portfolio.roll_day(span[1]))
+                    today = self.book.day()
+                    self._keep_day_start(today, self.book.portfolio.roll_day(span[1], day=today, afresh=True))
             self.reports_written += 1
             self.publish(SystemEventKind.DAY_CLOSED, "", day)
             log.info("day %s closed: %d orders expired, report %s", day, report.expired_at_close, path)

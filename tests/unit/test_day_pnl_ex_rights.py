@@ -47,6 +47,7 @@ def test_a_carried_position_counts_from_todays_base_once_known() -> None:
     p.set_mark(CODE, EX_BASE)
     assert p.day_pnl("alpha") == -100_000  # from the close, as before
     today.add(CODE)  # the morning's fetch: today's base
+    p.base_confirmed(CODE)  # (what BasePrices tells the portfolio when it confirms a code)
     assert p.day_pnl("alpha") == 0
     assert p.account_day_pnl() == 0 and p.exposure("alpha", CODE).day_pnl == 0
     p.set_mark(CODE, 8_800)
@@ -119,6 +120,7 @@ def test_the_gate_and_the_sweep_read_no_loss_at_the_open(tmp_path: Path) -> None
         denial = gate.check(card, buy, (SessionState.READY, ""))
         assert denial is not None and denial[0] is ErrorCode.DENIED_DAILY_LOSS  # the night's base: not trusted
         today.add(CODE)
+        gate.portfolio.base_confirmed(CODE)
         assert gate.check(card, buy, (SessionState.READY, "")) is None
         gate.sweep([card])
         assert gate.agent_state("alpha") is TradingState.ACTIVE

@@ -1,7 +1,7 @@
 """A card's `[schedule] start` holds the agent's own orders for the day's session back until then, live
 and in a backtest on intraday bars (common/risk_rules.py before_start, the one rule both gates call). It
 was read by nothing: a card with start = "09:30" traded from the opening call. The gateway's exits and
-next-session orders are not held back; a start at or before the open (the default "09:00") takes orders
+next-session orders for a later day are not held back; a start at or before the open (the default "09:00") takes orders
 from the opening call on, as the gate always did; daily bars have no time of day and nothing changes there."""
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ def test_a_gateway_flatten_sell_before_the_start_is_not_blocked(live: Live) -> N
     assert live.order(c, n=GATEWAY_ORDER_BASE + 1, **sell) is None  # type: ignore[arg-type]
 
 
-def test_a_next_session_order_is_not_held_back(live: Live) -> None:
+def test_a_next_session_order_for_a_later_day_is_not_held_back(live: Live) -> None:
     c = card("09:30")
-    live.at("08:10")  # before the opening call: held for today's session, released at its open by the desk
-    assert live.order(c, tif=TimeInForce.NEXT_SESSION) is None
+    live.at("08:10")  # before the opening call: it is for today's session, whose opening auction start sits out
+    assert live.order(c, tif=TimeInForce.NEXT_SESSION) is not None
     live.at("09:10")  # in the session: held for tomorrow's
     assert live.order(c, tif=TimeInForce.NEXT_SESSION) is None
 
@@ -237,7 +237,7 @@ def test_the_backtests_gate_decides_as_live(live: Live) -> None:
             got = live.order(c, order_type=otype, price=price, tif=tif)
             bt = sim._gate(CODE, Side.BUY, 1, price, otype, tif, rules_for(DAY))
             assert (got[0] if got else None) == (bt[0] if bt else None), (t, otype, tif, got, bt)
-            held_back = t < "09:30" and tif is TimeInForce.DAY
+            held_back = t < "09:30" and (tif is TimeInForce.DAY or t < "09:00")
             assert (got is not None and got[0] is ErrorCode.DENIED_SCHEDULE) is held_back, (t, got)
 
 
