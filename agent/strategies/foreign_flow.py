@@ -12,8 +12,11 @@ already traded on, so a restarted copy (or one whose buy filled and was sold the
 the same signal twice; an entry that did not fill is not chased (flat, nothing is at risk).
 An exit stands until the position is closed: `ctx.state["exit:<code>"]` holds the day of the selling
 signal from the moment the sell is decided until nothing is held. A sell that expired (a limit the
-price ran away from), was cancelled or refused, or sold only part is placed again at the next poll
-with nothing open, `limit_ticks` below the last price then, whatever the newer flows say.
+price ran away from), was cancelled (the gateway's end-of-day cancel) or sold only part is placed again
+at the next poll with nothing open, `limit_ticks` below the last price then, whatever the newer flows
+say. A sell refused (BROKER_REJECTED, DENIED_*) is not sent again that session (a refusal that stands
+would come back every poll, each one counting toward the agent's kill switch): logged once, the exit
+is tried again at the first poll of the next session.
 Backtest: needs investor flows (`--history`); it decides at each daily close, for the next session.
 """
 
@@ -26,6 +29,7 @@ import msgspec
 from agent.strategy import Context, DataNeed, Strategy, session_tif
 from common.enums import Side
 from common.errors import ErrorCode, KtraderError
+from common.orders import OrderState
 from common.krx_rules import rules_for
 from common.schema import InvestorDay, OrderView
 
@@ -72,6 +76,8 @@ class ForeignFlow(Strategy):
         self.inflight: dict[str, str] = {}
         # code -> an order refused only because it crossed a day change: placed again at the next poll
         self.redo: dict[str, OrderView] = {}
+        # code -> the session day an exit sell was refused on: not sent again before the next session
+        self.refused: dict[str, str] = {}
 
     def on_start(self) -> None:
         self.ctx.log.info(
@@ -91,6 +97,21 @@ class ForeignFlow(Strategy):
             # backtest takes it at the next open), so the next poll sends it again, numbered by the new
             # day; any other refusal stands (no order every poll)
             self.redo[order.code] = order
+        elif (
+            order.side is Side.SELL
+            and order.state in (OrderState.DENIED, OrderState.REJECTED)
+            and f"exit:{order.code}" in self.ctx.state
+        ):
+            today = self.ctx.now().date().isoformat()
+            if self.refused.get(order.code) != today:
+                self.ctx.log.warning(
+                    "%s: exit sell %s refused (%s %s): not sent again before the next session",
+                    order.code,
+                    order.client_order_id,
+                    order.reason_code,
+                    order.reason,
+                )
+            self.refused[order.code] = today
 
     def on_timer(self) -> None:
         for code in self.params.codes:
@@ -114,7 +135,10 @@ class ForeignFlow(Strategy):
         if exit_day is not None:
             if not held:
                 del self.ctx.state[f"exit:{code}"]  # the exit is done (sold, or sold otherwise)
+            elif self.refused.get(code) == self.ctx.now().date().isoformat():
+                return  # refused this session: the next session tries again
             else:  # the exit decided earlier did not sell everything: again, at today's price
+                self.refused.pop(code, None)
                 self._exit(code, held, f"foreign selling (signal of {exit_day}; the last exit did not fill)")
                 return
         days = self.ctx.investor(code)

@@ -11,10 +11,11 @@ filled after the averages had turned (nor flat because a sell did)."""
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import msgspec
 
-from agent.strategy import Strategy
+from agent.strategy import Context, Strategy
 from common.enums import Side
 from common.krx import round_down, round_up
 from common.schema import TradeTick
@@ -35,13 +36,18 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 class MaCross(Strategy):
     Params = Params
 
+    def __init__(self, ctx: Context, params: Any) -> None:
+        super().__init__(ctx, params)
+        # codes whose resting order a reverse cross cancelled: decided again at each print once nothing
+        # of them is open, until an order goes out or the next cross decides afresh. Made here, not in
+        # on_start: a params reload runs on_start again (the windows are rebuilt) while a cancel may be
+        # in flight, and the filled part of the cancelled buy must still be sold afterwards
+        self.redecide: set[str] = set()
+        self.cancelling: set[str] = set()  # client order ids whose cancel was sent
+
     def on_start(self) -> None:
         self.prices: dict[str, deque[int]] = {}
         self.state: dict[str, int] = {}  # code -> +1 short above long, -1 below
-        # codes whose resting order a reverse cross cancelled: decided again at each print once nothing
-        # of them is open, until an order goes out or the next cross decides afresh
-        self.redecide: set[str] = set()
-        self.cancelling: set[str] = set()  # client order ids whose cancel was sent
 
     def on_trade(self, tick: TradeTick) -> None:
         p: Params = self.params

@@ -207,9 +207,11 @@ def test_foreign_flow_sells_again_when_its_exit_did_not_fill() -> None:
     ctx.quotes["005930"] = quote("005930", last=66_000, per=20.0)
     s.on_timer()
     assert [(o["side"], o["qty"], o["price"]) for o in ctx.orders[1:]] == [(Side.SELL, 14, 65_800)]
-    # it sold 4 and was refused the rest: the next poll sells the 10 left, even on newer flows of buying
+    # it sold 4 and the rest was cancelled (the end-of-day cancel): the next poll sells the 10 left, even
+    # on newer flows of buying
     ctx.hold("005930", 10, 10 * 70_200)
-    s.on_order(ctx.rest(ctx.orders[1], OrderState.DENIED))
+    part = ctx.rest(ctx.orders[1], OrderState.CANCELLED)
+    s.on_order(msgspec.structs.replace(part, filled_qty=4, filled_value=4 * 65_800))
     ctx._open.clear()
     ctx.flows["005930"] = [msgspec.structs.replace(d, day="20261121") for d in days(50)] + days(-3, -7, 10, 20)
     s.on_timer()

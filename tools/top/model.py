@@ -20,9 +20,11 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from common.approvals import checksum
+from common.approvals import ApprovedCards, checksum, differences
+from common.approvals import exists as approvals_exist
+from common.approvals import load as load_approvals
 from common.clock import now_kst
-from common.config import ConfigError, TrustConfig, load_card
+from common.config import AgentCard, ConfigError, TrustConfig
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.curve import TOOLS, CurveError, dial_gateway
 from common.errors import ErrorCode, KtraderError
@@ -359,17 +361,25 @@ class ConsoleModel:
 
     def restart_agent(self, agent: str) -> str:
         """Supervised: restarted at once. Started by hand: stopped, then started from its card under
-        the supervisor once its process is gone (its lock is free). A card that cannot be loaded (unreadable,
-        invalid TOML, ...) stops nothing: the running copy is left alone, and the ActionError says why."""
+        the supervisor once its process is gone (its lock is free). A card the restarted agent could not
+        trade under stops nothing: the running copy is left alone, and the ActionError says why and what to
+        do. Checked first: the card loads (TOML, duplicate codes), passes the card checker (its params, as a
+        reload checks them: tools/ops/reload.checked_card) and is the card the operator approved (the
+        gateway's check at registration: a differing card is refused, and the fresh agent then exits
+        EXIT_BAD_CARD, which the supervisor does not restart)."""
         if self.supervisor is None:
             raise ActionError("this console has no supervisor")
         card = self.card_for(agent)
         if card is None:
             raise ActionError(f"no card for {agent} in {self.cards_dir}")
         try:
-            load_card(card)  # what the restarted agent (and Supervisor.start) load: checked before anything stops
-        except ConfigError as e:
-            raise ActionError(f"not restarted (nothing stopped): {e}") from None
+            # what the restarted agent (and Supervisor.start) load, with the card checker's rules: checked
+            # before anything stops
+            loaded = checked_card(card, agent)
+        except ReloadError as e:
+            raise ActionError(f"not restarted (nothing stopped): {str(e).removesuffix(': nothing changed')}") from None
+        if why := self._approval_problem(agent, loaded):
+            raise ActionError(f"not restarted (nothing stopped): {card}: {why}")
         if agent in self.supervisor.agents:
             try:
                 self.supervisor.restart(agent)
@@ -387,6 +397,32 @@ class ConsoleModel:
         except (SupervisorError, OSError) as e:
             raise ActionError(f"{stopped}, but not started again: {e}" if stopped else str(e)) from None
         return f"{agent} restarted under the supervisor (pid {sup.pid})"
+
+    def _approval_problem(self, agent: str, card: AgentCard) -> str:
+        """Why the gateway would refuse `card` at the restarted agent's registration ("" when it would
+        not): the check of server/sessions.py against the run folder's approvals (common/approvals.py).
+        A folder with no approvals yet is not checked: the gateway's first start approves its cards."""
+        if not approvals_exist(self.run_dir):
+            return ""
+        try:
+            owner = load_approvals(self.run_dir).owner  # the owner its gateway last started for
+        except ConfigError as e:
+            return str(e)
+        registry = ApprovedCards(self.run_dir, owner)
+        approval = registry.get(agent)
+        if approval is None:
+            why = registry.error or registry.refusal(agent) or "no approved card"
+            return f"{why}: approve it first (ktrader cards approve {self._card_arg(agent)})"
+        if approval.sha256 != checksum(card):
+            return (
+                f"the card differs from the one the operator approved ({'; '.join(differences(approval.card, card))}): "
+                f"approve it first (ktrader cards approve {self._card_arg(agent)}), or put the approved card back"
+            )
+        return ""
+
+    def _card_arg(self, agent: str) -> str:
+        card = self.card_for(agent)
+        return f"--run-dir {self.run_dir} {card if card is not None else 'CARD'}"
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
