@@ -159,6 +159,10 @@ _SERVICE_ERRORS = frozenset(
 # ctx.history() failing (HistoryUnavailable) skips the callback it ends: one warning per run of failures, and
 # again every this many seconds while it lasts (a gateway gone for minutes is not one line per bar)
 HISTORY_WARN_EVERY_S = 60.0
+# A daily bar whose on_bar ctx.history() failing ended is unmarked and handed over again (nothing of its decision
+# was sent): tried again after this many seconds, twice as long after each new failure, at most DAILY_RETRY_MAX_S
+DAILY_RETRY_FIRST_S = 2.0
+DAILY_RETRY_MAX_S = 60.0
 # A registration refused for the card itself (not the operator's approved one, or none approved)
 _CARD_REFUSALS = frozenset({ErrorCode.BAD_CARD, ErrorCode.NOT_APPROVED})
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
@@ -354,6 +358,11 @@ class AgentRuntime(AgentServicesMixin):
         # ctx.history() failures: callbacks skipped since it last answered, and when that run was last warned of
         self._history_skips = 0
         self._history_warned: float | None = None
+        # daily bars whose on_bar HistoryUnavailable ended, unmarked again: code -> its bars to hand over again,
+        # oldest first (a later bar of the code waits behind them); when they are next tried, and the back-off
+        self._daily_retry: dict[str, list[Bar]] = {}
+        self._daily_retry_at = 0.0
+        self._daily_retry_s = DAILY_RETRY_FIRST_S
 
     # ---- Context API (called by the strategy) ------------------------------------------------
 
@@ -604,9 +613,12 @@ class AgentRuntime(AgentServicesMixin):
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
-        waiting = self._catch_up.get(code, []) if interval == BarInterval.D1 else []
+        # (and the bars waiting to be handed over again after a history failure: the same, _keep_daily)
+        waiting = (
+            [*self._daily_retry.get(code, []), *self._catch_up.get(code, [])] if interval == BarInterval.D1 else []
+        )
         if not cut and waiting:
-            cut = waiting[0].start
+            cut = min(b.start for b in waiting)
         # the delivered bar (and the code's missed ones) may be among the newest: ask more, so n remain
         ask = min(5000, n + len(waiting) + 1) if cut else n
         try:
@@ -1258,6 +1270,10 @@ class AgentRuntime(AgentServicesMixin):
             for i, bar in enumerate(missed):
                 if self._stopping or self.strategy is None:
                     break  # the ones not delivered stay unmarked: the next start catches them up
+                if self._daily_waits(bar) or self._daily_seen.get(bar.code, "") >= bar.start:
+                    self._catch_up[bar.code].remove(bar)  # behind an earlier bar of its code, or handed over just now
+                    continue
+                prev = self._daily_seen.get(bar.code)
                 # the gateway's clock now: the marker's wait heartbeats first, and reads that reply before the
                 # marker's (same socket, in order: agent/services.py call_gateway)
                 self._hb_sent_at = 0.0
@@ -1286,11 +1302,16 @@ class AgentRuntime(AgentServicesMixin):
                     )
                     continue
                 self.log.info("CATCH-UP %s %s %s", bar.code, bar.interval, bar.start)
-                self._hand_bar(bar)
+                self._hand_bar(bar, prev)
         finally:
             self._catch_up = {}
 
     def _shutdown(self) -> None:
+        if self._daily_retry:
+            self.log.warning(
+                "daily bars not decided (history unavailable): %s: left unmarked for the next start's catch-up",
+                ", ".join(f"{b.code} {b.start}" for bars in self._daily_retry.values() for b in bars),
+            )
         if self.strategy is not None:
             self._call("on_stop")
             self.strategy = None
@@ -1314,7 +1335,8 @@ class AgentRuntime(AgentServicesMixin):
         while not self._stopping:
             now = time.monotonic()
             next_hb = self._hb_sent_at + self.heartbeat_s
-            timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now))
+            retry = self._daily_retry_at - now if self._daily_retry else float("inf")
+            timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now, retry))
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wake.fileno() in ready or wake in ready:
                 try:
@@ -1344,6 +1366,8 @@ class AgentRuntime(AgentServicesMixin):
                     self._call("on_timer")
                 elif self._next_timer_ns - market > interval_ns:  # the clock moved back (another gateway)
                     self._next_timer_ns = market + interval_ns
+            if self._daily_retry and now >= self._daily_retry_at:
+                self._retry_daily()
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._heartbeat(now)
             if now >= self.quotes.next_due():
@@ -1710,6 +1734,8 @@ class AgentRuntime(AgentServicesMixin):
             self._call("on_book", body)
         elif isinstance(body, Bar):
             if body.interval == BarInterval.D1:
+                if self._daily_waits(body):
+                    return
                 if self._daily_seen.get(body.code) == body.start:
                     # handed over already (caught up at start, then also streamed; or a heal's snapshot)
                     self.log.info("daily bar %s %s delivered already: not again", body.code, body.start)
@@ -1717,22 +1743,113 @@ class AgentRuntime(AgentServicesMixin):
                 # at most once: marked before on_bar runs. A crash inside it then loses this decision
                 # rather than repeating it on the restart with new order ids (orders it placed may have
                 # reached the gateway: a second copy would be a second order, with real money). Not
-                # waited for: the live close is not held back (a refusal is logged when it comes back)
+                # waited for: the live close is not held back (a refusal is logged when it comes back).
+                # Not a history failure (HistoryUnavailable): nothing of that decision leaves, and the bar is
+                # unmarked and handed over again (_keep_daily)
+                prev = self._daily_seen.get(body.code)
                 self._daily_seen[body.code] = body.start
                 self._save_daily_seen(f"{body.code} {body.start}")
+                self._hand_bar(body, prev)
+                return
             self._hand_bar(body)
 
-    def _hand_bar(self, body: Bar) -> None:
-        """on_bar for a bar already marked (daily) or not needing it, with history stopping before it."""
+    def _hand_bar(self, body: Bar, prev: str | None = None) -> bool:
+        """on_bar for a bar already marked (daily: `prev` is its code's marker before) or not needing it, with
+        history stopping before it. False: a daily bar whose on_bar HistoryUnavailable ended, kept to hand over
+        again (_keep_daily)."""
         self._delivering = body
         try:
-            self._call("on_bar", body)
+            failed = self._call("on_bar", body)
         finally:
             self._delivering = None
-            # reported once the strategy is done with it (its history calls heartbeat meanwhile): "given
-            # the day's bar" then means decided on it, what a desk waiting for the day's decisions needs
-            if body.interval == BarInterval.D1 and body.start > self._last_daily:
-                self._last_daily = body.start
+        if body.interval != BarInterval.D1:
+            return True
+        if isinstance(failed, HistoryUnavailable):
+            self._keep_daily(body, prev)
+            return False
+        # reported once the strategy is done with it (its history calls heartbeat meanwhile): "given
+        # the day's bar" then means decided on it, what a desk waiting for the day's decisions needs
+        if body.start > self._last_daily:
+            self._last_daily = body.start
+        return True
+
+    # ---- daily bars handed over again after a history failure -------------------------------------------
+    # A daily bar is marked before its on_bar runs (at most once: a crash inside it must not repeat orders
+    # that may have reached the gateway). A history failure (HistoryUnavailable) is not such a crash: _call
+    # skips the callback whole, its new orders and revises dropped before anything was sent (cancels it queued
+    # do go: they take risk off), so handing the bar over again cannot double an order. Left marked, that day's
+    # decision would be lost for good ("delivered already", and the next day's warm-up holds the bar as history).
+
+    def _keep_daily(self, bar: Bar, prev: str | None) -> None:
+        """Unmark `bar` (back to `prev`, in memory and at the gateway: a stop before it is handed over again
+        leaves it to the next start's catch-up) and keep it to hand over again once history answers."""
+        if self._daily_seen.get(bar.code) == bar.start:
+            if prev is None:
+                self._daily_seen.pop(bar.code, None)
+            else:
+                self._daily_seen[bar.code] = prev
+            # sent after the mark: the gateway commits writes in order, so this is what stays stored
+            self._save_daily_seen(f"{bar.code} back to {prev or 'no marker'} ({bar.start} not decided yet)")
+        waiting = self._daily_retry.setdefault(bar.code, [])
+        if all(b.start != bar.start for b in waiting):
+            waiting.append(bar)
+            waiting.sort(key=lambda b: b.start)
+        level = logging.WARNING if self._daily_retry_s == DAILY_RETRY_FIRST_S else logging.DEBUG
+        self.log.log(
+            level,
+            "daily bar %s %s not decided (history unavailable): unmarked, handed over again in %.0f s or later",
+            bar.code,
+            bar.start,
+            self._daily_retry_s,
+        )
+        self._daily_retry_at = time.monotonic() + self._daily_retry_s
+        self._daily_retry_s = min(2 * self._daily_retry_s, DAILY_RETRY_MAX_S)
+
+    def _daily_waits(self, bar: Bar) -> bool:
+        """A code's daily bars are handed over in order: while an earlier one waits (_keep_daily), it goes first
+        (now, if its retry is due and history answers); if one still waits, `bar` waits behind it, unmarked.
+        True: `bar` is not to be handed over now."""
+        if not self._daily_retry.get(bar.code):
+            return False
+        if time.monotonic() >= self._daily_retry_at:
+            self._retry_daily(bar.code)
+        waiting = self._daily_retry.get(bar.code)
+        if not waiting:
+            return False
+        if bar.start > waiting[-1].start:
+            waiting.append(bar)
+            self.log.info(
+                "daily bar %s %s waits behind %s (history unavailable)", bar.code, bar.start, waiting[0].start
+            )
+        return True
+
+    def _retry_daily(self, code: str | None = None) -> None:
+        """Hand the waiting daily bars over again (of `code`, else of all codes), each code's oldest first and
+        marked first, as at the close. A history failure again stops this round (the back-off grows). One
+        whose next session opened meanwhile is marked and not handed over: its orders would go a session late."""
+        for c in [code] if code is not None else list(self._daily_retry):
+            while (waiting := self._daily_retry.get(c)) and not self._stopping and self.strategy is not None:
+                bar = waiting.pop(0)
+                if not waiting:
+                    del self._daily_retry[c]
+                prev = self._daily_seen.get(c)
+                if prev is not None and prev >= bar.start:
+                    continue  # marked meanwhile (a catch-up's plan took it as history)
+                self._daily_seen[c] = bar.start
+                self._save_daily_seen(f"{c} {bar.start}")
+                if _session_after(bar.start) != self._now_session():
+                    self.log.warning(
+                        "daily bar %s %s not decided: its next session opened before history answered (an order "
+                        "now would be for the session of %s): marked as history, that decision is skipped",
+                        c,
+                        bar.start,
+                        self._now_session(),
+                    )
+                    continue
+                self.log.info("DAILY AGAIN %s %s %s", c, bar.interval, bar.start)
+                if not self._hand_bar(bar, prev):
+                    return  # history fails still: the rest wait for the next try
+                self._daily_retry_s = DAILY_RETRY_FIRST_S
 
     def _on_sub(self, batch: list[Published]) -> None:
         """One drain of the SUB socket."""
@@ -1807,7 +1924,12 @@ class AgentRuntime(AgentServicesMixin):
             getattr(self.strategy, name)(*args)
         except Exception as e:
             failed = e
-            halted = isinstance(e, KtraderError) and e.code is ErrorCode.DENIED_HALTED and self.paused
+            halted = (
+                isinstance(e, KtraderError)
+                and e.code is ErrorCode.DENIED_HALTED
+                and self.paused
+                and not isinstance(e, HistoryUnavailable)  # skipped whole: a daily bar is handed over again
+            )
             if not halted:  # (paused: an order it tried was refused; the cancels it queued before still go)
                 # a callback that raised decided half of something (leg 1 of a pair): none of it leaves
                 self._drop_outbox(mark, name)
