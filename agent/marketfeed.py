@@ -163,8 +163,12 @@ class MarketFeed:
                     continue
                 covered = True
                 last = self.tracker.last.get(topic)
-                if last is not None and seq <= last:
-                    continue  # we are ahead of (or level with) the snapshot
+                if last is not None and (seq <= last or not (gap or healed)):
+                    # ahead of (or level with) the snapshot; or, asked on subscribe, already following the
+                    # topic's stream: the stream delivers what the snapshot is ahead by, in order (its messages
+                    # were published before the snapshot's reply and may still wait in the SUB queue: jumping
+                    # the sequence to the snapshot's dropped them as stale); a real gap is the tracker's to heal
+                    continue
                 self.tracker.last[topic] = seq
                 item = _item(st, topic)
                 # on subscribe the last bar is history, not news; after a gap it is one we missed

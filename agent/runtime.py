@@ -1502,6 +1502,15 @@ class AgentRuntime(AgentServicesMixin):
             self._follow_clock(msg.snapshot.clock_ns, msg.snapshot.phase)
             self._follow_states(msg.snapshot)
         elif isinstance(msg, MarketSnapshot):
+            # the stream's messages published before this reply may still wait in the SUB queue (the loop reads
+            # the DEALER first): delivered first, they are what the snapshot is ahead by, in order; applied
+            # after it, they were dropped as older than it (an agent starting on a busy code lost those prints)
+            if self.client is not None:
+                queued = []
+                while (pub := self.client.recv_pub_nowait()) is not None:
+                    queued.append(pub)
+                if queued:
+                    self._on_sub(queued)
             for st in msg.markets:
                 self.log.info(
                     "MARKET %s trade=%s book=%s bars=%s seqs=%s",

@@ -107,6 +107,20 @@ def test_snapshot_on_subscribe_is_not_newer_than_the_stream() -> None:
     assert seqs(out) == [(bar_topic(C, "1m"), 7)]
 
 
+def test_a_snapshot_on_subscribe_behind_the_queued_stream_drops_none_of_it() -> None:
+    """The agent already follows a topic's stream when its subscribe-time snapshot arrives, ahead of
+    stream messages still waiting in the SUB queue (published before the snapshot's reply; the runtime reads
+    the DEALER first): those messages are delivered in order, not dropped as older than the snapshot (an
+    agent starting on a busy code lost the prints between, and the record/replay test saw it)."""
+    f = MarketFeed(card(), logging.getLogger("t"))
+    f.asked(1, False, [C])
+    out, _ = f.drain([tick(1), tick(2)])
+    snap = MarketSnapshot(h=H(1), markets=[MarketState(code=C, trade=tick(5).body, seqs={trade_topic(C): 5})])
+    assert f.on_snapshot(snap) == []  # the stream will deliver 3..5 itself
+    out, heal = f.drain([tick(3), tick(4), tick(5), tick(6)])
+    assert [p.seq for p in out] == [3, 4, 5, 6] and heal == [] and f.stats.stale == 0 and f.stats.gaps == 0
+
+
 def test_conflation_keeps_newest_trade_and_book_and_every_bar() -> None:
     f = MarketFeed(card(book=True, bars=["1m"], conflate=True), logging.getLogger("t"))
     batch = [tick(1), book(1), tick(2), bar(1, "a"), book(2), tick(3), bar(2, "b")]
