@@ -40,7 +40,7 @@ The account's cash is the broker's settlement cash at its last read, moved since
 a read is lined up with the fills the broker counted (`set_account_cash`), so it errs low, never high.
 The day's traded value it is lined up by is that of the orders of the books' today (`order_day`: the
 day a fill counts in at the broker, whenever the books book it).
-Open orders are also indexed per code (`opposite`): what another agent's new order would trade with
+Open sells are also indexed per code (`opposite`): what another agent's new buy would trade with
 (the risk gate's self-trade check), a few reads per open order of the code.
 """
 
@@ -320,7 +320,10 @@ class Portfolio:
         self._traded_on.setdefault(self._day, [0, 0])[1] = value
 
     def _rest(self, o: Order, add: bool) -> None:
-        if o.agent == EXTERNAL_AGENT:  # placed outside ktrader: not ours to reason about
+        # sells only: the self-trade rule weighs a buy against other agents' resting sells (a sell is never
+        # held back by it), so a buy's check reads the code's sells, not every resting buy (10,000 resting
+        # buys on one code made each order's check 300 us)
+        if o.agent == EXTERNAL_AGENT or o.side is not Side.SELL:  # (external: not ours to reason about)
             return
         if add:
             self._resting.setdefault(o.code, {})[o.client_order_id] = o
@@ -334,7 +337,7 @@ class Portfolio:
         the session of `day` (YYYYMMDD; a HELD order is in its valid day's, every other in `today`'s):
         what an order of `agent` would trade with on this account (risk_rules self_trade). A few dictionary
         reads per open order of the code."""
-        got = self._resting.get(code)
+        got = self._resting.get(code) if side is Side.BUY else None
         if not got:
             return ()
         return tuple(

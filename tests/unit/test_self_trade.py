@@ -189,23 +189,26 @@ def _order(agent: str, n: int, side: Side, price: int, state: OrderState = Order
 
 
 def test_the_portfolio_keeps_a_small_index_of_open_orders_per_code() -> None:
-    """What the gate reads: other agents' open orders of the opposite side on the code, kept as orders
-    change (no scan of every open order); 'external' and shadow orders are not in it, a closed one leaves."""
+    """What the gate reads for a buy: other agents' open sells on the code, kept as orders change (no scan of
+    every open order: resting buys are not in it at all, a sell is never held back by the rule); 'external'
+    and shadow orders are not weighed, a closed one leaves."""
     p = Portfolio()
-    buy = _order("alpha", 1, Side.BUY, 50_000)
-    p.order_changed(None, buy)
-    p.order_changed(None, _order(EXTERNAL_AGENT, 1, Side.BUY, 55_000))
-    p.order_changed(None, _order("ghost", 1, Side.BUY, 56_000))
+    sell = _order("alpha", 1, Side.SELL, 50_000)
+    p.order_changed(None, sell)
+    p.order_changed(None, _order(EXTERNAL_AGENT, 1, Side.SELL, 45_000))
+    p.order_changed(None, _order("ghost", 1, Side.SELL, 44_000))
     p.set_virtual("ghost", True)
-    got = p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120")
+    for n in range(2, 1_000):  # resting buys: never read by a buy's check
+        p.order_changed(None, _order("alpha", n, Side.BUY, 40_000))
+    got = p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")
     assert [(o.client_order_id, o.price) for o in got] == [("alpha-20261120-1", 50_000)]
-    assert p.opposite("alpha", CODE, Side.SELL, "20261120", "20261120") == ()  # its own
-    assert p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120") == ()  # same side
-    # a revise in flight: the order may rest at either price, the more marketable counts
-    revising = msgspec.structs.replace(buy, state=OrderState.PENDING_REPLACE, pending_price=52_000)
-    p.order_changed(buy, revising)
-    assert [o.price for o in p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120")] == [52_000]
+    assert p.opposite("alpha", CODE, Side.BUY, "20261120", "20261120") == ()  # its own
+    assert p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120") == ()  # a sell is not weighed
+    # a revise in flight: the order may rest at either price, the more marketable (the lower) counts
+    revising = msgspec.structs.replace(sell, state=OrderState.PENDING_REPLACE, pending_price=48_000)
+    p.order_changed(sell, revising)
+    assert [o.price for o in p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")] == [48_000]
     done = msgspec.structs.replace(revising, state=OrderState.CANCELLED)
     p.order_changed(revising, done)
-    assert p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120") == ()
-    assert list(p._resting[CODE]) == ["ghost-20261120-1"]  # (a shadow order stays indexed, never weighed)
+    assert p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120") == ()
+    assert list(p._resting[CODE]) == ["ghost-20261120-1"]  # (a shadow sell stays indexed, never weighed)
