@@ -1349,9 +1349,7 @@ class AgentRuntime(AgentServicesMixin):
             while self.client.inbox:
                 self._on_message(self.client.inbox.popleft())
             if self.client.sub in ready:
-                batch = []
-                while (pub := self.client.recv_pub_nowait()) is not None:
-                    batch.append(pub)
+                batch = self._queued_pubs()
                 # order events the gateway sent before this market data (e.g. the day's expiries, sent
                 # before its daily bars) are handled first, so the strategy sees the same book a
                 # backtest would
@@ -1505,12 +1503,8 @@ class AgentRuntime(AgentServicesMixin):
             # the stream's messages published before this reply may still wait in the SUB queue (the loop reads
             # the DEALER first): delivered first, they are what the snapshot is ahead by, in order; applied
             # after it, they were dropped as older than it (an agent starting on a busy code lost those prints)
-            if self.client is not None:
-                queued = []
-                while (pub := self.client.recv_pub_nowait()) is not None:
-                    queued.append(pub)
-                if queued:
-                    self._on_sub(queued)
+            if self.client is not None and (queued := self._queued_pubs()):
+                self._on_sub(queued)
             for st in msg.markets:
                 self.log.info(
                     "MARKET %s trade=%s book=%s bars=%s seqs=%s",
@@ -1859,6 +1853,14 @@ class AgentRuntime(AgentServicesMixin):
                 if not self._hand_bar(bar, prev):
                     return  # history fails still: the rest wait for the next try
                 self._daily_retry_s = DAILY_RETRY_FIRST_S
+
+    def _queued_pubs(self) -> list[Published]:
+        """Everything waiting on the SUB socket now (one drain)."""
+        assert self.client is not None
+        batch = []
+        while (pub := self.client.recv_pub_nowait()) is not None:
+            batch.append(pub)
+        return batch
 
     def _on_sub(self, batch: list[Published]) -> None:
         """One drain of the SUB socket."""
