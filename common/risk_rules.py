@@ -385,6 +385,20 @@ def check_order(
     return first
 
 
+def market_refusal(market: MarketView, tif: TimeInForce) -> Denial | None:
+    """The gate's rules that no agent's state passes: the broker session not ready, or the market taking no
+    order of `tif` now (the operator's flatten asks them before it changes anything: server/operator.py)."""
+    if market.session is not _READY:
+        why = f": {market.session_detail}" if market.session_detail else ""
+        return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
+    if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
+        return ErrorCode.DENIED_MARKET_CLOSED, (
+            f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
+            "next open"
+        )
+    return None
+
+
 def _gates(
     code: str,
     side: Side,
@@ -423,14 +437,8 @@ def _gates(
                 return ErrorCode.DENIED_HALTED, f"{who} is halted: cancels only"
             if state is _REDUCING and not reducing:
                 return ErrorCode.DENIED_REDUCING, f"{who} is reducing: only sells of held shares"
-    if market.session is not _READY:
-        why = f": {market.session_detail}" if market.session_detail else ""
-        return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
-    if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
-        return ErrorCode.DENIED_MARKET_CLOSED, (
-            f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
-            "next open"
-        )
+    if shut := market_refusal(market, tif):
+        return shut
     # (a next-session order for a later day is released at that day's open: the evening's decision for the
     # next session; one placed on the day it is for trades in the same opening call as a DAY order: judged so)
     if (

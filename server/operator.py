@@ -67,17 +67,17 @@ from common.enums import (
     AgentState,
     AlertKind,
     ControlAction,
-    SessionState,
     Side,
     SystemEventKind,
+    TimeInForce,
     TradingState,
 )
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
-from common.krx import REGULAR_ORDER_PHASES
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio
+from common.risk_rules import MarketView, market_refusal
 from common.schema import (
     RELOAD_PREVIEW,
     Ack,
@@ -635,16 +635,11 @@ class Operator:
         return ack(f"{agent}: flatten: {'; '.join(parts) or 'nothing sent'}{notes}")
 
     def _market_refusal(self) -> tuple[ErrorCode, str] | None:
-        """Why no sell of today's session can go now, whoever places it: the broker session is not ready, or
-        the market takes no plain (DAY) orders — the risk gate's first rules that no agent's state passes
-        (common/risk_rules.py _gates). None: they may go (the gate still judges each)."""
+        """Why no sell of today's session can go now, whoever places it (the risk gate's own rules:
+        common/risk_rules.py market_refusal). None: they may go (the gate still judges each)."""
         session, detail = self.gw.desk.session()
-        if session is not SessionState.READY:
-            return ErrorCode.SESSION_NOT_READY, f"the broker session is {session}{f': {detail}' if detail else ''}"
-        phase = self.gw.clock.phase()
-        if phase not in REGULAR_ORDER_PHASES:
-            return ErrorCode.DENIED_MARKET_CLOSED, f"the market is {phase.value.replace('_', ' ')}"
-        return None
+        view = MarketView(session=session, session_detail=detail, phase=self.gw.clock.phase())
+        return market_refusal(view, TimeInForce.DAY)
 
     def _risk(
         self, action: ControlAction, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]
