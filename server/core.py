@@ -178,6 +178,8 @@ def build_order_core(
         risk.cancel_halted()
 
     recon.on_synced += [repair.start, desk.release_requeued, cancel_halted, desk.resume_flattens]
+    # after every pass: what a halt or a flatten must see closed and still rests (a refused cancel) is asked again
+    recon.on_pass.append(desk.keep_cancelling)
     passes: set[asyncio.Task[object]] = set()
 
     def own_pass(reason: str) -> None:

@@ -455,9 +455,16 @@ class Operator:
         if action is ControlAction.CANCEL_ALL:
             targets = [msg.agent] if msg.agent else gw.book.open_agents()
             n = sum(gw.desk.cancel_all(a) for a in targets)
-            return ack(f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents"))
+            text = f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents")
+            if n:  # (asking to cancel nothing changed nothing)
+                self._tell(AlertKind.OPERATOR, h.sender, f"cancel_all: {text}", msg.agent)
+            return ack(text)
         if action is ControlAction.FLATTEN:
-            return self._flatten(msg, err, ack)
+            # it sells what the agent holds and leaves it reducing: a person hears of it, done or refused
+            reply = self._flatten(msg, err, ack)
+            told = reply.message if isinstance(reply, Ack) else f"refused: {reply.message}"
+            self._tell(AlertKind.OPERATOR, h.sender, f"flatten: {told}", msg.agent)
+            return reply
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)
         state = STATES[action]
@@ -533,7 +540,7 @@ class Operator:
         same action is news again)."""
         self.notifier.alert(kind, f"{text} (by {who})", agent, subject=str(market_ns(self.gw.clock)))
 
-    def _flatten(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
+    def _flatten(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Ack | Error:
         """Cancel the agent's orders, then sell what it holds (server/order_desk.py flatten). The reply
         is what happened: a flatten that could sell nothing of what the agent holds is refused with
         the sells' denial and what to do, not acknowledged as "0 orders sent".

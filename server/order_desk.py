@@ -19,9 +19,16 @@ import msgspec
 from common.calendar import is_trading_day, next_trading_day
 from common.clock import date_of, yyyymmdd
 from common.config import AgentCard
-from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
+from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
-from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
+from common.ids import (
+    EXTERNAL_AGENT,
+    GATEWAY_ORDER_BASE,
+    IdError,
+    make_client_order_id,
+    parse_client_order_id,
+    placed_by_gateway,
+)
 from common.krx import REGULAR_ORDER_PHASES, Phase, SessionTimes, next_session_day
 from common.market_clock import WallClock
 from common.orders import (
@@ -48,7 +55,7 @@ from common.risk_rules import HELD_TIFS, Denial
 from common.schema import NewOrder, OrderResult
 from server.marketdata import SKEW_ALERT_S
 from server.order_book import OrderBook
-from server.risk import RiskGate, SessionView
+from server.risk import GLOBAL, RiskGate, SessionView
 from server.send_queue import Call, Job, Priority, SendQueue
 from server.shadow import ShadowExecution
 
@@ -86,7 +93,7 @@ GATEWAY_NUMBERS = (
     f"number the agent's orders below {GATEWAY_ORDER_BASE}"
 )
 OPERATOR_FLATTEN = "flatten by "  # how the operator's flatten names itself (server/operator.py)
-FLATTEN_RECANCELS = 3  # a flatten's cancel refused this often is left to the operator (alerted)
+FLATTEN_RECANCELS = 3  # a flatten's (or a halt's) cancel refused this often is alerted; asked again after each pass
 
 
 class Flattening(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +150,8 @@ class OrderDesk:
         # _sell_next_session, the missed flatten's), their number returned; None (no trading day): sold as any flatten
         self.sell_next_session: Callable[[AgentCard, str], int] | None = None
         self._flatten_recancels: dict[str, int] = {}  # coid -> cancels asked again after a refusal (flatten)
+        self._halt_recancels: dict[str, int] = {}  # coid -> ditto, a halt's (in memory: a start cancels them again)
+        self._recancel_alerted: set[str] = set()  # orders whose refused cancels reached a person (once each)
         # flattens restored at a start: stepped once the first reconciliation has settled their orders
         self._flatten_resumes: set[str] = set()
         self._release_waits: set[str] = set()  # held orders whose release waits (RELEASE_WAITS), traced once
@@ -765,11 +774,74 @@ class OrderDesk:
                     self._flatten_recancels[coid] = tries + 1
                     self._save_flattening()
                     self.cancel(new.agent, coid, exits=True)
-            else:
+            elif coid not in self._recancel_alerted:
+                self._recancel_alerted.add(coid)
                 self.alert(
                     f"{new.agent}: flatten waits: the cancel of {coid} was refused {tries + 1} times; cancel it "
-                    "or flatten again (the agent's new orders are refused until it is flat)"
+                    "or flatten again (the agent's new orders are refused until it is flat; the gateway asks "
+                    "again after each reconciliation)"
                 )
+        elif (
+            old is not None
+            and old.state is OrderState.PENDING_CANCEL
+            and new.state in CANCELLABLE
+            and self._halted_over(new)
+        ):
+            # a halt's cancel refused (a rate limit, a dropped connection): the order works on at the broker
+            # while the screen reads halted. Asked again a few times at once, then after each reconciliation
+            # pass (keep_cancelling), and a person is told: he may have to cancel it in the KIS app
+            tries = self._halt_recancels.get(coid, 0)
+            if tries < FLATTEN_RECANCELS:
+                self._halt_recancels[coid] = tries + 1
+                self.cancel(new.agent, coid, exits=True)
+            else:
+                self._tell_still_working(new, f"its cancel was refused {tries + 1} times ({new.reason})")
+        if not new.is_open:
+            self._halt_recancels.pop(coid, None)
+            self._recancel_alerted.discard(coid)
+
+    def _halted_over(self, o: Order) -> bool:
+        """A halt with cancels (the kill switch, a drawdown halt: RiskGate.hard_halted) covers `o`: its scope is
+        the gateway or o's agent; the gateway's exits are spared, as the halt's own cancels spare them, and the
+        orders placed outside ktrader are never ours to cancel."""
+        if o.agent == EXTERNAL_AGENT or is_gateway_exit(o):
+            return False
+        return self.risk.hard_halted(GLOBAL) or self.risk.hard_halted(o.agent)
+
+    def _tell_still_working(self, o: Order, why: str) -> None:
+        """A halted scope's order still working at the broker: critical, once per order."""
+        if o.client_order_id in self._recancel_alerted:
+            return
+        self._recancel_alerted.add(o.client_order_id)
+        price = f" at {o.price:,}" if o.price else " at market"
+        who = "the gateway" if self.risk.hard_halted(GLOBAL) else o.agent
+        self.risk.alert(
+            f"{who} is halted, but {o.agent}'s order {o.client_order_id} ({o.side} {o.remaining} {o.code}{price}) is "
+            f"still working at the broker: {why}. The gateway asks again after each reconciliation; if it stays, "
+            "cancel it in the KIS app",
+            kind=AlertKind.HALT,
+            agent=o.agent,
+            subject=o.client_order_id,
+        )
+
+    def keep_cancelling(self) -> int:
+        """After each reconciliation pass (the books agree with the broker's list): an order still resting
+        where the gateway must see it closed -- a scope halted with cancels, an agent being flattened -- had
+        its cancel refused (or never reached the broker): asked again. A halt's tells a person (once per
+        order). Returns the cancels sent."""
+        n = 0
+        for o in list(self.book.orders.values()):
+            if o.state not in CANCELLABLE:
+                continue
+            halted = self._halted_over(o)
+            if not halted and o.agent not in self._flattening:
+                continue
+            if self.cancel(o.agent, o.client_order_id, exits=True)[0] is None:
+                n += 1
+                log.warning("%s rests, its agent halted or flattened: cancel asked again", o.client_order_id)
+                if halted:
+                    self._tell_still_working(o, "found resting after its halt's cancel")
+        return n
 
     # ---- orders held for a session ---------------------------------------------------------------------
 

@@ -134,6 +134,7 @@ class Reconciler:
         self.fill_grace_ns = fill_grace_ns
         self.resolves = 0  # targeted passes (chain repair), for status
         self.on_synced: list[Callable[[], None]] = []  # once, after the first pass (orders wait for it)
+        self.on_pass: list[Callable[[], object]] = []  # after every pass (the first after on_synced)
         self.synced = False  # no orders before the first reconciliation with the broker
         self.complete = False  # a pass over the day's whole order list has succeeded (not only the open ones)
         self.partial_since_ns = 0  # market ns of the first partial pass, while no whole pass followed
@@ -273,6 +274,11 @@ class Reconciler:
         if first:
             for fn in self.on_synced:
                 fn()
+        for after in self.on_pass:
+            try:
+                after()
+            except Exception:  # the pass is done and its result stands; a step after it is its own failure
+                log.exception("after the reconciliation pass: %s failed", getattr(after, "__qualname__", after))
         return res
 
     def _apply(self, res: ReconcileResult) -> None:

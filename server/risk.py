@@ -126,7 +126,7 @@ class RiskGate:
         self.portfolio = portfolio
         self.clock = clock
         self.publish = publish or (lambda kind, agent, text: None)
-        self.alert = alert or (lambda text, kind=None, agent="": None)
+        self.alert = alert or (lambda text, kind=None, agent="", subject="": None)
         # an automatic halt (kill switch, drawdown) cancels the open orders it covers ("" every agent's):
         # set by the gateway's core to the order desk's cancels, as the operator's halt does
         self.on_halt: Callable[[str], int] = lambda agent: 0

@@ -1,0 +1,101 @@
+"""The kill switch's cancels must get through: a halt whose cancel KIS refuses for a passing reason (its rate
+limit, a dropped connection) left the buy working at the broker while every screen read "halted", nothing
+asked again until a restart, and nobody was told. Now a refused cancel of a halted scope is asked again a few
+times at once, a person is told (critical: HALT) that the order is still working, and every reconciliation
+pass asks again until the order is closed. The operator's cancel_all and flatten reach a person too (they
+were told on the screen only, where pause and halt reached a person)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.enums import AlertKind, Side
+from common.orders import OrderState
+from common.schema import NewOrder
+from kis.port import BrokerAck, BrokerCancel, BrokerRateLimited
+from tests.unit.test_flatten_refused_reply import ALPHA, _holding
+
+RESTING = "alpha-20261120-2"
+
+
+async def test_a_refused_halt_cancel_is_asked_again_told_and_swept_by_reconciliation(tmp_path: Path) -> None:
+    h, d, _ = await _holding(tmp_path)
+    try:
+        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(ALPHA, buy).accepted
+        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        odno = h.book.orders[RESTING].broker_order_id
+        cancel = h.broker.cancel
+        asked: list[str] = []
+
+        async def refuse(req: BrokerCancel) -> BrokerAck:
+            asked.append(req.broker_order_id)
+            raise BrokerRateLimited("초당 거래건수를 초과하였습니다.", code="EGW00201")
+
+        h.broker.cancel = refuse  # type: ignore[method-assign]
+        d.ack("halt", all=True)
+
+        # asked again at once, a few times, then a person is told the order still works at the broker
+        await h.settle(lambda: d.to_person(AlertKind.HALT)[1:])
+        (halted, still) = d.to_person(AlertKind.HALT)
+        assert "cancels sent" in halted, halted
+        assert RESTING in still and "still working at the broker" in still and "KIS app" in still, still
+        assert len(asked) == 4, asked  # the halt's cancel and three more
+        assert h.book.orders[RESTING].is_open and h.broker.orders[odno]["open"]
+
+        # a reconciliation pass with the broker still refusing: asked again, not told again
+        await h.core.recon.run("periodic")
+        await h.settle(lambda: len(asked) == 5 and h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        assert len(d.to_person(AlertKind.HALT)) == 2
+
+        # the broker takes cancels again: the next pass closes it
+        h.broker.cancel = cancel  # type: ignore[method-assign]
+        await h.core.recon.run("periodic")
+        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.CANCELLED)
+        assert not h.broker.orders[odno]["open"]
+        assert h.risk.global_state.value == "halted"
+    finally:
+        await h.close()
+
+
+async def test_a_resumed_agent_s_refused_cancel_is_not_asked_again(tmp_path: Path) -> None:
+    """Only a halt with cancels (or a flatten) keeps asking: an agent's own cancel refused is its business."""
+    h, d, _ = await _holding(tmp_path)
+    try:
+        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(ALPHA, buy).accepted
+        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        asked: list[str] = []
+
+        async def refuse(req: BrokerCancel) -> BrokerAck:
+            asked.append(req.broker_order_id)
+            raise BrokerRateLimited("초당 거래건수를 초과하였습니다.", code="EGW00201")
+
+        h.broker.cancel = refuse  # type: ignore[method-assign]
+        assert h.desk.cancel("alpha", RESTING)[0] is None
+        await h.settle(lambda: asked and h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        await h.core.recon.run("periodic")
+        assert len(asked) == 1 and h.book.orders[RESTING].state is OrderState.ACCEPTED
+        assert not d.to_person(AlertKind.HALT)
+    finally:
+        await h.close()
+
+
+async def test_cancel_all_and_flatten_by_the_operator_reach_a_person(tmp_path: Path) -> None:
+    h, d, _ = await _holding(tmp_path)
+    try:
+        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(ALPHA, buy).accepted
+        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+
+        assert "1 cancels sent for alpha" in d.ack("cancel_all", "alpha")
+        (told,) = d.to_person(AlertKind.OPERATOR)
+        assert "cancel_all: 1 cancels sent for alpha" in told and "ktrader-web" in told, told
+        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.CANCELLED)
+
+        reply = d.ack("flatten", "alpha")
+        assert "market sells sent (10 005930)" in reply, reply
+        told = d.to_person(AlertKind.OPERATOR)[-1]
+        assert "flatten: alpha: flatten: " in told and "10 005930" in told and "ktrader-web" in told, told
+    finally:
+        await h.close()
