@@ -834,8 +834,8 @@ class OrderDesk:
             if o.state not in CANCELLABLE:
                 continue
             halted = self._halted_over(o)
-            if not halted and o.agent not in self._flattening:
-                continue
+            if not halted and (o.agent not in self._flattening or is_gateway_exit(o)):
+                continue  # (a flatten's own sells rest in a call, or in parts: never its to cancel)
             if self.cancel(o.agent, o.client_order_id, exits=True)[0] is None:
                 n += 1
                 log.warning("%s rests, its agent halted or flattened: cancel asked again", o.client_order_id)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.enums import AlertKind, Side
+import msgspec
+
+from common.config import RiskLimits
+from common.enums import AlertKind, OrderType, Side
 from common.orders import OrderState
 from common.schema import NewOrder
-from kis.port import BrokerAck, BrokerCancel, BrokerRateLimited
+from kis.port import BrokerAck, BrokerCancel, BrokerOrder, BrokerRateLimited
+from tests.fakes.core import trading_clock
+from tests.fakes.harness import Harness
 from tests.unit.test_flatten_refused_reply import ALPHA, _holding
 
 RESTING = "alpha-20261120-2"
@@ -97,5 +102,40 @@ async def test_cancel_all_and_flatten_by_the_operator_reach_a_person(tmp_path: P
         assert "market sells sent (10 005930)" in reply, reply
         told = d.to_person(AlertKind.OPERATOR)[-1]
         assert "flatten: alpha: flatten: " in told and "10 005930" in told and "ktrader-web" in told, told
+    finally:
+        await h.close()
+
+
+async def test_the_sweep_never_cancels_a_flatten_s_own_resting_sell(tmp_path: Path) -> None:
+    """A flatten in parts (the order-value limit) stays in progress while its first sell rests (a call, a
+    slow market): the sweep after each reconciliation asks only the agent's own resting orders again."""
+    card = msgspec.structs.replace(ALPHA, risk=RiskLimits(max_order_value=300_000))
+    h = Harness(tmp_path / "db", clock=trading_clock(), cards={"alpha": card})
+    await h.start()
+    try:
+        h.portfolio.base_prices["005930"] = 70_000  # a market sell is judged at the day's lower limit (49,000)
+        for n in (1, 2):
+            buy = NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930", side=Side.BUY, qty=4, price=70_000)
+            assert h.desk.submit(card, buy).accepted
+        await h.settle(lambda: getattr(h.portfolio.position("alpha", "005930"), "qty", 0) == 8)
+        submit = h.broker.submit
+
+        async def resting_sells(order: BrokerOrder) -> BrokerAck:
+            if order.side is Side.SELL:
+                ack = await submit(msgspec.structs.replace(order, order_type=OrderType.LIMIT, price=10**9))
+                return ack  # (rests: priced where nobody buys)
+            return await submit(order)
+
+        h.broker.submit = resting_sells  # type: ignore[method-assign]
+        h.desk.flatten(card, "flatten by test")
+        await h.settle(
+            lambda: any(o.side is Side.SELL and o.state is OrderState.ACCEPTED for o in h.book.orders.values())
+        )
+        (sell,) = [o for o in h.book.orders.values() if o.side is Side.SELL]
+        assert sell.qty < 8 and h.desk.flattening == ["alpha"]  # the rest once this one has filled
+
+        await h.core.recon.run("periodic")
+
+        assert h.book.orders[sell.client_order_id].state is OrderState.ACCEPTED  # not cancelled by the sweep
     finally:
         await h.close()
