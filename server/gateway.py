@@ -37,6 +37,7 @@ from common.freshness import Freshness
 from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
+from common.protection import Protection
 from common.schema import (
     AgentEvent,
     CancelAll,
@@ -127,6 +128,18 @@ def clock_of(broker: BrokerPort) -> MarketClock:
     if Capability.MARKET_CLOCK in broker.capabilities:
         return broker.market_clock  # type: ignore[attr-defined]  # declared by the capability
     return WallClock()
+
+
+def blind_text(code: str, blind: list[Protection], why: str) -> str:
+    """The alert for protections whose code's trades the gateway cannot watch: which, why, what to do."""
+    which = "; ".join(f"{p.agent}'s {p.id} ({p.spec.levels()})" for p in blind) or "none active now"
+    return (
+        f"protective orders on {code} are BLIND and will not fire: the broker stream of {code}'s trades could "
+        f"not be registered ({why}). Affected: {which}. Nothing else feeds them (quotes an agent polls reach only "
+        "its strategy); the gateway asks for the registration again by itself. Until then the position is "
+        "unprotected: free a registration (stop an agent that holds some, or take codes out of its card's "
+        f"subscriptions and restart it) or place a stop for these {code} shares at the broker by hand"
+    )
 
 
 class Gateway:
@@ -943,10 +956,20 @@ class Gateway:
         self._protected_refused(notice.code, notice.text)
 
     def _protected_refused(self, code: str, why: str) -> None:
-        """Alerted once a day per code (_new_day clears the set)."""
-        if code not in self._refused_protected:
-            self._refused_protected.add(code)
-            self.alerts(f"protective orders on {code} cannot watch its prints: {why}")
+        """A protected code's trade registration refused: its protections see no prints and cannot fire
+        (nothing else feeds them: the quotes an agent polls reach only its strategy), so a person is
+        told, once a day per code (_new_day clears the set)."""
+        if code in self._refused_protected:
+            return
+        self._refused_protected.add(code)
+        blind = [p for p in self.protection.of() if p.is_active and p.code == code]
+        agents = sorted({p.agent for p in blind})
+        self.alerts(
+            blind_text(code, blind, why),
+            AlertKind.PROTECTION,
+            agents[0] if len(agents) == 1 else "",
+            subject=f"{code} trades refused",
+        )
 
     def _new_day(self, day: str) -> None:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again

@@ -33,18 +33,18 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
         broker = RefusingBroker()
         alerts: list[str] = []
         gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=lambda: {"005930"}),
+            protection=SimpleNamespace(codes=lambda: {"005930"}, of=lambda: []),
             _protected=set(),
             _refused_protected=set(),
             _protected_retry={},
-            alerts=alerts.append,
+            alerts=lambda text, *kind_agent, **subject: alerts.append(text),
         )
         gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
         for _ in range(25):  # 5 s of the lease loop (a tick every lease_s / 5 = 0.2 s)
             Gateway._watch_protected(gw)  # type: ignore[arg-type]
             await asyncio.sleep(0.01)
-        assert broker.calls == 1 and len(alerts) == 1 and "cannot watch its prints" in alerts[0]
+        assert broker.calls == 1 and len(alerts) == 1 and "will not fire" in alerts[0]
         # the back-off passes: asked again (granted now), no second alert the same day
         gw._protected_retry["005930"] = (time.monotonic() - 1, 1)
         broker.refuse = False

@@ -55,6 +55,7 @@ const QUESTIONS = {
 async function post(body) {
   const r = await fetch("/api/control", { method: "POST", credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-Ktrader": "1" }, body: JSON.stringify(body) });
+  if (r.status === 401) throw new Error(KEY_GONE);  // not sent: ktrader web was restarted with a new key
   return r.json();
 }
 
@@ -274,15 +275,66 @@ function renderEvents(lines) {
   while (ul.children.length > 200) ul.lastChild.remove();
 }
 
+// The stream itself lost (ktrader web stopped or restarted, the network): every figure on the page is as
+// old as the stream's last message. All of it is dimmed and that age shown, counting each second, until a
+// status comes again (renderStatus then says what it is). lost: the reason shown, null while the stream is up.
+const KEY_GONE = "this page's key is no longer valid: open the URL ktrader web printed";
+const RETRY_MS = 5000;  // the browser gave up on the stream for another reason (e.g. too many pages): try again
+let lastMessageAt = null, lost = null, lostTimer = null, checkingKey = false;
+
+function showLost() {
+  const a = age(lastMessageAt == null ? null : (Date.now() - lastMessageAt) / 1000);
+  setLive(`STALE: last message ${a}; ${lost}`, "badge hot");
+  for (const el of document.querySelectorAll(".orders-stale")) el.textContent = `STALE (last message ${a})`;
+}
+
+function streamLost(why) {
+  lost = why;
+  document.body.classList.add("stale-status", "stale-orders");
+  showLost();
+  lostTimer ??= setInterval(showLost, 1000);
+}
+
+function streamBack() {
+  clearInterval(lostTimer);
+  lostTimer = lost = null;
+}
+
+// false: ktrader web answers 401 (it was restarted with a new key: EventSource never says why it failed);
+// null: it does not answer at all; true: the key is still good.
+async function keyValid() {
+  try {
+    const r = await fetch("/", { method: "HEAD", credentials: "same-origin", cache: "no-store" });
+    return r.status !== 401;
+  } catch (e) { return null; }
+}
+
+async function onStreamError(es) {
+  streamLost("the stream from ktrader web is lost: reconnecting…");
+  if (checkingKey) return;
+  checkingKey = true;
+  const valid = await keyValid();
+  checkingKey = false;
+  if (!lost) return;  // a status came meanwhile: the stream is back
+  if (valid === false) { es.close(); streamLost(KEY_GONE); return; }  // retrying cannot help
+  if (valid === null) streamLost("ktrader web does not answer: reconnecting…");  // the browser keeps trying
+  if (es.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_MS);
+}
+
 function connect() {
   const es = new EventSource("/api/stream");
+  const on = (event, render) => es.addEventListener(event, (e) => {
+    lastMessageAt = Date.now();
+    if (event === "status") streamBack();
+    render(JSON.parse(e.data));
+  });
   // "live" only once a fresh status arrives (renderStatus): an open stream may carry stale figures
-  es.onopen = () => setLive("connected…", "dim");
-  es.onerror = () => setLive("reconnecting…", "up");
-  es.addEventListener("status", (e) => renderStatus(JSON.parse(e.data)));
-  es.addEventListener("orders", (e) => renderOrders(JSON.parse(e.data)));
-  es.addEventListener("market", (e) => renderMarket(JSON.parse(e.data)));
-  es.addEventListener("events", (e) => renderEvents(JSON.parse(e.data)));
+  es.onopen = () => { if (!lost) setLive("connected…", "dim"); };
+  es.onerror = () => onStreamError(es);
+  on("status", renderStatus);
+  on("orders", renderOrders);
+  on("market", renderMarket);
+  on("events", renderEvents);
 }
 
 $("halt").onclick = () => act("halt", "", false);
