@@ -3,9 +3,12 @@ operator (server/operator.py) from facts the gateway already has: the broker ses
 long, stale real-time data in the continuous session, differences found by a reconciliation,
 orders whose outcome at the broker is unknown. Each episode is raised once, under a subject of its
 own (its start): the notifier suppresses repeats of one subject, so a second outage is news however
-alike its text. The end of an alerted outage (the session ready again, real-time data again) is told
-too, with a kind that is not critical (`ended()`). Events that are alerts the moment they happen (kill
-switch, halt, daily loss, an agent going offline with positions) are raised where they happen."""
+alike its text. A broker session still down when the market enters the opening auction or the regular
+session is raised again then, once per such phase change (`OPENING_PHASES`): a night outage told at
+02:00 to a person asleep is told again when orders start being refused. The end of an alerted outage
+(the session ready again, real-time data again) is told too, with a kind that is not critical
+(`ended()`). Events that are alerts the moment they happen (kill switch, halt, daily loss, an agent
+going offline with positions) are raised where they happen."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from common.krx import Phase
 
 # the phases in which prints are expected every few seconds on a registered code
 LIVE_PHASES = frozenset({Phase.CONTINUOUS})
+# a session still down when the market enters one of these is told again: orders are refused from then on
+OPENING_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CONTINUOUS})
+_AT_PHASE = {Phase.OPENING_AUCTION: "as the opening auction starts", Phase.CONTINUOUS: "at the open"}
 # The end of an alerted outage is good news: it must not jump the queue or bypass the rate limit as the
 # critical kinds do (server/notifier.py CRITICAL)
 RECOVERED = AlertKind.RECOVERED
@@ -57,11 +63,20 @@ class _Episode:
     subject: str
     raised: bool = False
     worst: float = 0.0  # (stale data: the longest silence seen)
+    phase: Phase | None = None  # the market phase at the last check (session down: a change into the open re-raises)
+
+
+def _when(f: Facts) -> str:
+    return kst_from_ns(f.market_ns).strftime("%Y-%m-%d %H:%M:%S") if f.market_ns else f"t={f.now:.0f}s"
 
 
 def _episode(f: Facts, what: str) -> _Episode:
-    when = kst_from_ns(f.market_ns).strftime("%Y-%m-%d %H:%M:%S") if f.market_ns else f"t={f.now:.0f}s"
-    return _Episode(since=f.now, when=when, subject=f"{what} since {when}")
+    when = _when(f)
+    return _Episode(since=f.now, when=when, subject=f"{what} since {when}", phase=f.phase)
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 class AlertWatch:
@@ -99,6 +114,8 @@ class AlertWatch:
             self._down = _episode(f, "broker session down")
         ep = self._down
         down = f.now - ep.since
+        entered = f.phase if f.phase != ep.phase and f.phase in OPENING_PHASES else None
+        ep.phase = f.phase
         if not ep.raised and down >= self.cfg.session_down_s:
             ep.raised = True
             yield Raised(
@@ -106,6 +123,16 @@ class AlertWatch:
                 f"the broker session has been {f.session.value} for {down:.0f}s (since {ep.when}): "
                 "new orders are denied until it is ready",
                 subject=ep.subject,
+            )
+        elif ep.raised and entered is not None:
+            # told once already, maybe at night: the open is when orders are refused (a subject of its own, or
+            # the notifier would take it for a repeat)
+            yield Raised(
+                AlertKind.SESSION_DOWN,
+                f"the broker session is still {f.session.value} {_AT_PHASE[entered]} (down since {ep.when}, "
+                f"{_dur(down)}): orders are refused; check KIS's service status, and restart the gateway if KIS "
+                "is up",
+                subject=f"{ep.subject}: still down at {_when(f)}",
             )
 
     def _stale_data(self, f: Facts) -> Iterable[Raised]:

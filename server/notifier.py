@@ -23,7 +23,14 @@ non-critical alert, counted and noted in the channel's next message. At stop, wh
 `Notifier.tick()` is called from the gateway's lease loop: it pings the dead-man's switch
 (`heartbeat_url`, `Heartbeat`: a gateway that died or whose loop hangs stops pinging, and that service
 pages someone) and returns screen-only texts for a channel (or the heartbeat) failing for more than
-`OUTAGE_ALERT_S`, once per outage (a kinded alert would queue on the failing channel itself).
+`OUTAGE_ALERT_S`, once per outage (a kinded alert would queue on the failing channel itself). While
+another channel has failed that long, each message a channel delivers says so in a line of its tail
+(whoever reads only the failing one has not seen it). When a critical alert has reached no channel for
+`OUTAGE_ALERT_S` (every channel that took it failing), the heartbeat pings the service's failure URL
+instead (healthchecks.io's convention: `heartbeat_url` + `/fail`; a POST names the alert's kind) at once
+and every `heartbeat_s` until a channel delivers it, then the success URL again at once: the
+dead-man's switch pages though the gateway is alive, since nobody was told (a service without `/fail`
+refuses it, gets no success ping, and pages when its grace runs out).
 `status()` gives the counters, and per channel and for the heartbeat the keys it documents."""
 
 from __future__ import annotations
@@ -278,7 +285,9 @@ BACKOFF_MAX_S = 60.0
 # noted in the channel's next delivered message; a critical one only when the receiver has refused it for good
 # this long while it delivered others (_Lane._give_up)
 GIVE_UP_S = 900.0
-OUTAGE_ALERT_S = 60.0  # a channel (or the heartbeat) failing this long: told on the screen, once per outage
+# a channel (or the heartbeat) failing this long: told on the screen, once per outage, and in the other channels'
+# messages; a critical alert delivered by no channel this long: the heartbeat pings its failure URL
+OUTAGE_ALERT_S = 60.0
 HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
 POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
@@ -510,7 +519,12 @@ class _Lane:
         await wait_set(self.wake, t)
 
     def _tail(self) -> str:
-        """What this channel lost since its last delivered message: dropped for a full queue, given up."""
+        """What this channel lost since its last delivered message (dropped for a full queue, given up), and
+        the other channels failing for OUTAGE_ALERT_S (what they carry reaches no one who reads only them)."""
+        down = self.owner.others_down(self, self.owner.clock())
+        return self._lost() + (f"\n({'; '.join(down)})" if down else "")
+
+    def _lost(self) -> str:
         lost = []
         if self.dropped:
             lost.append(f"+{self.dropped} alerts dropped: the queue of this channel was full")
@@ -629,6 +643,7 @@ class _Lane:
             self.limit.take(now)
         for it in batch:
             self.delivered[it.key] = now
+            self.owner.reached(it.key)
         self.owner.counters["sent"] += len(batch)
         if len(self.delivered) > SEEN_MAX:  # forget the expired, then the oldest half: memory stays bounded
             self.delivered = {k: t for k, t in self.delivered.items() if now - t < self.owner.cfg.dedup_s}
@@ -747,6 +762,15 @@ class _Lane:
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
 
+    def holds(self, key: _Key) -> _Item | None:
+        """The alert of `key` queued or in flight here, if any."""
+        return next((it for it in (*self.inflight, *self.queue) if it.key == key), None)
+
+    def down_for(self, now: float) -> float:
+        """How long this channel has been failing (0: delivering)."""
+        since = self.health.failing_since
+        return 0.0 if since is None else now - since
+
 
 class Heartbeat:
     """The dead-man's switch: a GET (or a POST, `heartbeat_method`) to a healthchecks.io-style URL every
@@ -754,7 +778,12 @@ class Heartbeat:
     hangs, stops pinging, and that service pages someone. Each ping is its own task with a timeout (the loop
     never waits for it), one at a time; a ping still in flight at the next period skips it. Failures are
     counted and logged once per outage (an ERROR at once for a refusal that will not heal). The URL holds a
-    secret (the check's id): never logged."""
+    secret (the check's id): never logged.
+
+    While the notifier says a critical alert has reached no channel (`tick(now, fail=why)`), the ping goes to
+    the failure URL instead (`fail_url`: healthchecks.io's `<ping URL>/fail`), at once and then every period:
+    the gateway is alive, but nobody was told, and the service pages. The success URL is pinged again at once
+    when that ends."""
 
     def __init__(self, cfg: NotifyConfig, clock: Callable[[], float], gateway: str = "") -> None:
         self.configured = bool(cfg.heartbeat_url or cfg.heartbeat_url_env)
@@ -766,52 +795,67 @@ class Heartbeat:
         self.clock = clock
         self.body = f"ktrader gateway {gateway} pid {os.getpid()}".encode()
         self.next_at = 0.0  # the first ping at the first tick: the service hears of the start at once
-        self.pings = 0
+        self.pings = 0  # pings answered (the failure ones included)
+        self.fail_pings = 0  # ... of them to the failure URL
         self.failed = 0
+        self.signalling = False  # the last ping started went to the failure URL
         self.health = _Health()  # failed pings in a row
         self.closed = False
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
-    def tick(self, now: float) -> None:
-        """From the gateway's lease loop: starts a ping when one is due; never waits for it."""
-        if not self.configured or self.closed or now < self.next_at:
+    def tick(self, now: float, fail: str = "") -> None:
+        """From the gateway's lease loop: starts a ping when one is due, to the failure URL while `fail` says
+        why (at once when that starts or ends); never waits for it."""
+        if not self.configured or self.closed:
+            return
+        if now < self.next_at and bool(fail) == self.signalling:
             return
         if self._task is not None and not self._task.done():
             return  # the last one has not answered yet (its timeout ends it)
         self.next_at = now + self.every_s
+        self.signalling = bool(fail)
         if not self.url:
             self._failed(SendError("no URL", f"environment variable {self.url_env!r} is empty", config=True))
             return
-        self._task = asyncio.get_running_loop().create_task(self._ping(), name="notifier:heartbeat")
+        self._task = asyncio.get_running_loop().create_task(self._ping(fail), name="notifier:heartbeat")
 
-    async def _ping(self) -> None:
+    async def _ping(self, fail: str) -> None:
         try:
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=self.timeout_s)
-            send = (
-                self._client.post(self.url, content=self.body) if self.method == "POST" else self._client.get(self.url)
-            )
+            url = fail_url(self.url) if fail else self.url
+            body = self.body + (f": {fail}".encode() if fail else b"")
+            send = self._client.post(url, content=body) if self.method == "POST" else self._client.get(url)
             r = await asyncio.wait_for(send, self.timeout_s + 1.0)  # a receiver dripping bytes is cut too
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            self._failed(SendError("Timeout"))
+            self._failed(SendError("Timeout"), fail)
         except httpx.HTTPError as e:  # its name only: an httpx error can quote the URL
-            self._failed(SendError(type(e).__name__))
+            self._failed(SendError(type(e).__name__), fail)
         except Exception as e:  # never an unhandled task error; never the URL
-            self._failed(SendError(type(e).__name__))
+            self._failed(SendError(type(e).__name__), fail)
         else:
             if r.status_code >= 300:
-                self._failed(SendError(f"HTTP {r.status_code}", config=refused_for_good(r.status_code)))
+                self._failed(SendError(f"HTTP {r.status_code}", config=refused_for_good(r.status_code)), fail)
             else:
-                self._ok()
+                self._ok(fail)
 
-    def _failed(self, e: SendError) -> None:
+    def _failed(self, e: SendError, fail: str = "") -> None:
         now = self.clock()
         self.failed += 1
         was_config = self.health.failed(now, e.kind, e.config)
-        if e.config and not was_config:
+        if e.config and not was_config and fail:
+            log.error(
+                "heartbeat failure ping (%s to heartbeat_url + /fail) refused: %s: does the service take "
+                "healthchecks.io's /fail? No success ping goes out while %s, so the dead-man's switch pages "
+                "when its grace runs out",
+                self.method,
+                e,
+                fail,
+            )
+        elif e.config and not was_config:
             log.error(
                 "heartbeat ping (%s to heartbeat_url) refused: %s: a configuration problem (a wrong or deleted "
                 "check?): fix [notify] heartbeat_url; the dead-man's switch will page as if the gateway were down",
@@ -828,8 +872,9 @@ class Heartbeat:
                 self.every_s,
             )
 
-    def _ok(self) -> None:
+    def _ok(self, fail: str = "") -> None:
         self.pings += 1
+        self.fail_pings += bool(fail)
         if self.health.failures:
             log.info("heartbeat pings again after %d failed pings", self.health.failures)
         self.health.recovered()
@@ -851,6 +896,8 @@ class Heartbeat:
             "hb|every_s": int(self.every_s),
             "hb|pings": self.pings,
             "hb|failed": self.failed,
+            "hb|fail_pings": self.fail_pings,
+            "hb|signals_fail": int(self.signalling),  # 1: pinging the failure URL (a critical alert reaches no one)
         }
         return out | self.health.status("hb|", now)
 
@@ -864,6 +911,12 @@ class Heartbeat:
                 await asyncio.wait_for(self._client.aclose(), 1.0)
             except Exception:
                 pass
+
+
+def fail_url(url: str) -> str:
+    """The failure URL of a healthchecks.io-style ping URL: its path + "/fail" (its query kept)."""
+    u = httpx.URL(url)
+    return str(u.copy_with(path=u.path.rstrip("/") + "/fail"))
 
 
 def _unique_names(channels: Sequence[Channel]) -> list[str]:
@@ -906,6 +959,9 @@ class Notifier:
         self.recent: deque[Alert] = deque(maxlen=50)  # what was raised (sent or not), for the status
         self.heartbeat = Heartbeat(cfg, clock, gateway)
         self.screen: list[str] = []  # screen-only texts for the gateway's alerts, taken by tick()
+        # critical alerts raised that no channel has delivered yet (not sent, or sent within dedup_s): since when
+        self._unreached: dict[_Key, float] = {}
+        self._stranded = False  # one of them has reached no channel for OUTAGE_ALERT_S (told once, until it ends)
 
     @property
     def enabled(self) -> bool:
@@ -928,16 +984,71 @@ class Notifier:
         accepted = False
         for lane in takers:
             accepted = lane.put(_Item(a, key, self._seq, now)) or accepted
+        told = any(now - lane.delivered.get(key, -math.inf) < self.cfg.dedup_s for lane in self._lanes)
+        if accepted and kind in CRITICAL and not told:
+            self._unreached.setdefault(key, now)
         return accepted
+
+    def reached(self, key: _Key) -> None:
+        """A channel delivered the alert of `key`: someone has been told."""
+        self._unreached.pop(key, None)
+
+    def others_down(self, lane: _Lane, now: float) -> list[str]:
+        """The lines a message of `lane` carries about the other channels failing for OUTAGE_ALERT_S."""
+        return [
+            f"{o.name} could not deliver for {_dur(d)} ({o.health.last_error}): {o.pending()} alerts waiting "
+            "there, unseen by whoever reads only it"
+            for o in self._lanes
+            if o is not lane and (d := o.down_for(now)) >= OUTAGE_ALERT_S
+        ]
+
+    def _stranded_alert(self, now: float) -> tuple[_Item, float] | None:
+        """The oldest critical alert that has reached no channel for OUTAGE_ALERT_S, and since when."""
+        oldest: tuple[_Item, float] | None = None
+        for key, since in list(self._unreached.items()):
+            held = [it for lane in self._lanes if (it := lane.holds(key)) is not None]
+            if not held:  # given up or dropped everywhere: nothing left to deliver (the next message says so)
+                del self._unreached[key]
+            elif now - since >= OUTAGE_ALERT_S and (oldest is None or since < oldest[1]):
+                oldest = (held[0], since)
+        return oldest
+
+    def _undelivered(self, now: float) -> str:
+        """Why the heartbeat must page though the gateway is alive ("": it need not): a critical alert has
+        reached no channel for OUTAGE_ALERT_S. Told on the screen and logged once, when it starts and ends."""
+        stranded = self._stranded_alert(now)
+        was, self._stranded = self._stranded, stranded is not None
+        if stranded is None:
+            if was:
+                log.info("no critical alert is stuck on failing channels any more: the heartbeat pings as usual")
+                if self.heartbeat.configured:
+                    self.screen.append("notifier: no critical alert is stuck any more: the heartbeat pings as usual")
+            return ""
+        it, since = stranded
+        errors = ", ".join(
+            f"{lane.name}: {lane.health.last_error or 'no answer yet'}" for lane in self._lanes if lane.holds(it.key)
+        )
+        why = f"a critical alert ({it.alert.kind.value}) has reached no channel for {_dur(now - since)} ({errors})"
+        if not was:
+            then = (
+                "the heartbeat pings its failure URL (heartbeat_url + /fail) until a channel delivers it, so the "
+                "dead-man's switch pages"
+                if self.heartbeat.configured
+                else "no heartbeat is set ([notify] heartbeat_url): no one is told; check the channels"
+            )
+            log.error("%s: %s", why, then)
+            self.screen.append(f"notifier: {why}: {then}")
+        return why
 
     def tick(self) -> list[str]:
         """From the gateway's lease loop (a few times a second): pings the dead-man's switch when due, and
         returns screen-only texts (a channel or the heartbeat failing for OUTAGE_ALERT_S, once per outage;
-        a channel delivering again after that). Never blocks."""
+        a channel delivering again after that; a critical alert that has reached no channel for OUTAGE_ALERT_S,
+        when the heartbeat pings its failure URL instead, and the end of that). Never blocks."""
         now = self.clock()
-        self.heartbeat.tick(now)
         for lane in self._lanes:
             lane.check_outage(now)
+        self.heartbeat.tick(now, fail=self._undelivered(now))
         self.heartbeat.check_outage(now, self.screen)
         out, self.screen = self.screen, []
         return out
@@ -946,7 +1057,8 @@ class Notifier:
         """The counters, then per channel `ch|<name>|<field>`: delivered, queued, retrying (failed tries in
         a row), given_up, failing_s (-1: delivering), config_error (1: the last failure will not heal by
         retrying) and `ch|<name>|error|<last error>` = seconds since it; for the heartbeat (when configured)
-        `hb|<field>`: every_s, pings, failed, failing_s, config_error and `hb|error|<last error>`.
+        `hb|<field>`: every_s, pings, failed, fail_pings, signals_fail (1: pinging the failure URL), failing_s,
+        config_error and `hb|error|<last error>`.
         (StatusReply.notify is dict[str, int]: the strings ride in the keys.)"""
         now = self.clock()
         out = {
