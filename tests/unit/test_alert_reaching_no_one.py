@@ -24,6 +24,8 @@ import server.notifier as nm
 from common.config import NotifyConfig
 from common.enums import AlertKind
 from server.notifier import Alert, Notifier
+from tests.fakes.status import status_reply
+from tools.ops.status import notifier_lines
 
 SECRET = "check-uuid-SECRET"
 
@@ -136,6 +138,9 @@ async def test_a_halt_no_channel_delivers_makes_the_dead_mans_switch_page(
             assert "halt" in hc.pings[-1][2] and "reached no channel" in hc.pings[-1][2]
         await until(lambda: n.status()["hb|fail_pings"] == 1)
         assert n.status()["hb|signals_fail"] == 1
+        # `ktrader status` and the console say so (the pings are answered: not a failing heartbeat)
+        (hb_line,) = [ln for ln in notifier_lines(status_reply([], notify=n.status())) if "heartbeat" in ln]
+        assert "SIGNALLING FAILURE" in hb_line, hb_line
         clock.advance(300)  # still undelivered: every period, the failure URL again
         n.tick()
         await until(lambda: hc.paths() == [OK, FAIL, FAIL])

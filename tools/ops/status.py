@@ -207,8 +207,10 @@ def notifier_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
             f"{f.get('queued', 0)}  retrying {f.get('retrying', 0)}  given up {f.get('given_up', 0)}" + _last_error(f)
         )
     if hb:
+        # pinging the failure URL: the pings are answered, but they say a critical alert reached no one
+        state = "SIGNALLING FAILURE (a critical alert reached no channel)" if hb.get("signals_fail") else ""
         lines.append(
-            f"notifier: heartbeat every {fmt_age(hb.get('every_s', 0))}  {_failing(hb, now_ns)}  pings "
+            f"notifier: heartbeat every {fmt_age(hb.get('every_s', 0))}  {state or _failing(hb, now_ns)}  pings "
             f"{hb.get('pings', 0)}  failed {hb.get('failed', 0)}" + _last_error(hb)
         )
     elif n.get("channels"):
