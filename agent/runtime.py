@@ -192,6 +192,17 @@ def _session_after(day: str) -> dt.date | None:
         return None
 
 
+def _decided_too_late(day: str, now_session: dt.date) -> bool:
+    """The one rule for a daily bar handed over after its close (caught up, handed over again, or published late):
+    its decision is for the session after `day`, as at the close. Once that session opened (`now_session`, where
+    a next-session order placed now goes, is later), an order would go one session late and that day's close
+    would decide again without its fills: the bar is taken as history, its decision skipped. A clock still
+    before that session (one not heard since before the close) is no reason to skip: the gateway holds a
+    next-session order for the session its own clock says."""
+    after = _session_after(day)
+    return after is None or now_session > after
+
+
 def _state_in(message: str) -> OrderState | None:
     """An older gateway's duplicate reply says the state only in words ("already known, state filled")."""
     _, sep, word = message.rpartition("state ")
@@ -345,6 +356,7 @@ class AgentRuntime(AgentServicesMixin):
         self._hb_sent_at = 0.0
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
+        self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
         self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
@@ -578,6 +590,7 @@ class AgentRuntime(AgentServicesMixin):
     def _follow_clock(self, clock_ns: int, phase: str = "") -> None:
         if clock_ns:
             self._clock_offset_ns = clock_ns - time.time_ns()
+            self._clock_heard = True
         if phase:
             self._phase = Phase(phase)
 
@@ -1175,7 +1188,7 @@ class AgentRuntime(AgentServicesMixin):
                     CATCH_UP_MAX_SESSIONS,
                 )
                 as_history[code] = bars[-1].start
-            elif newer and _session_after(newer[-1].start) != now_session:
+            elif newer and _decided_too_late(newer[-1].start, now_session):
                 late.append(f"{code} {newer[-1].start}")
                 as_history[code] = newer[-1].start  # not asked again at the next restart
             elif newer:
@@ -1289,17 +1302,7 @@ class AgentRuntime(AgentServicesMixin):
                     )
                     break
                 self._catch_up[bar.code].remove(bar)
-                now_session = self._now_session()
-                if _session_after(bar.start) != now_session:
-                    self.log.warning(
-                        "daily catch-up: %s %s not delivered: its next session opened meanwhile (now %s, %s; an "
-                        "order now would be for the session of %s): marked as history, that decision is skipped",
-                        bar.code,
-                        bar.start,
-                        self.now().strftime("%Y-%m-%d %H:%M:%S"),
-                        self._phase,
-                        now_session,
-                    )
+                if self._too_late(bar, f"daily catch-up: {bar.code} {bar.start} not delivered", "meanwhile"):
                     continue
                 self.log.info("CATCH-UP %s %s %s", bar.code, bar.interval, bar.start)
                 self._hand_bar(bar, prev)
@@ -1752,9 +1755,31 @@ class AgentRuntime(AgentServicesMixin):
                 prev = self._daily_seen.get(body.code)
                 self._daily_seen[body.code] = body.start
                 self._save_daily_seen(f"{body.code} {body.start}")
+                # a day the gateway closed late (it was down over that close and came back in the next session):
+                # marked, so history holds it, and not decided, as a catch-up at that time would not be
+                if self._too_late(body, f"daily bar {body.code} {body.start} not delivered", "before it was published"):
+                    return
                 self._hand_bar(body, prev)
                 return
             self._hand_bar(body)
+
+    def _too_late(self, bar: Bar, what: str, when: str) -> bool:
+        """True (and said, `what` and `when` it was found) when `bar`'s next session opened already
+        (_decided_too_late): the caller has marked it and does not hand it to on_bar. Never before the gateway's
+        clock was heard: this machine's clock and a default phase cannot tell the market's session."""
+        now_session = self._now_session()
+        if not self._clock_heard or not _decided_too_late(bar.start, now_session):
+            return False
+        self.log.warning(
+            "%s: its next session opened %s (now %s, %s; an order now would be for the session of %s): marked as "
+            "history, that decision is skipped",
+            what,
+            when,
+            self.now().strftime("%Y-%m-%d %H:%M:%S"),
+            self._phase,
+            now_session,
+        )
+        return True
 
     def _hand_bar(self, body: Bar, prev: str | None = None) -> bool:
         """on_bar for a bar already marked (daily: `prev` is its code's marker before) or not needing it, with
@@ -1840,14 +1865,7 @@ class AgentRuntime(AgentServicesMixin):
                     continue  # marked meanwhile (a catch-up's plan took it as history)
                 self._daily_seen[c] = bar.start
                 self._save_daily_seen(f"{c} {bar.start}")
-                if _session_after(bar.start) != self._now_session():
-                    self.log.warning(
-                        "daily bar %s %s not decided: its next session opened before history answered (an order "
-                        "now would be for the session of %s): marked as history, that decision is skipped",
-                        c,
-                        bar.start,
-                        self._now_session(),
-                    )
+                if self._too_late(bar, f"daily bar {c} {bar.start} not decided", "before history answered"):
                     continue
                 self.log.info("DAILY AGAIN %s %s %s", c, bar.interval, bar.start)
                 if not self._hand_bar(bar, prev):

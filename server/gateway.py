@@ -274,6 +274,7 @@ class Gateway:
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         if isinstance(self.clock, WallClock):  # the host's clock is the market's: its skew reaches a person
             self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
+        self.md.on_alert = lambda text, kind: self.alerts(text, kind)  # (a day's bar the broker never gave: lost)
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
         # bars built from prints that stopped (a released registration) are partial; a suspected split drops the
         # stored daily bars of its code (the old shares' prices; server/marketdata.py forget_history)
@@ -749,6 +750,7 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.md.stop()  # (its retries of daily bars the broker did not give at the close)
         await self.core.stop()
         self.zap.stop()
         self.router.close(loop)

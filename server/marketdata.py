@@ -47,8 +47,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from common.calendar import previous_trading_day, session_hours
+from common.calendar import next_trading_day, previous_trading_day, session_hours
 from common.clock import KST, now_kst
+from common.enums import AlertKind
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis.port import Book, BrokerPort, Capability, Trade
@@ -60,6 +61,10 @@ log = logging.getLogger("ktrader.marketdata")
 
 CHART_CALLS = 4  # daily-chart calls in flight at the day close (the REST budget paces them)
 CHART_TIMEOUT_S = 10.0  # one code's daily bar; then the bar built from our prints goes out
+# a code with no prints of ours (its registration refused, a polled code, a restart after its last print) whose
+# chart call failed at the day close has no bar to send: asked again 15 s, 30 s ... at most 5 min apart, until its
+# next session opens (an agent then takes the bar as history, not as a decision: agent/runtime.py _too_late)
+DAILY_RETRY_FIRST_S, DAILY_RETRY_MAX_S = 15.0, 300.0
 # the host clock against the exchange's: prints carry whole seconds and arrive some ms late, so a right
 # clock reads 0 to -1 s; beyond 2 s (the median of the latest SKEW_PRINTS prints) for SKEW_PERSIST of market
 # time and as many prints it is told (feed lag comes in bursts; a host clock stays off), and told again only
@@ -137,6 +142,13 @@ class MarketData:
         self.hold_daily = rule is SessionRule.KRX
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
         self.daily_unconfirmed = 0  # day bars sent as built: the broker had no bar of the day for them
+        # day bars neither the broker gave (an error, silence) nor our prints built: none sent at the close, asked
+        # again until their next session opens (`_retry_daily`); lost: still none by then (that decision is gone)
+        self.daily_missing = 0
+        self.daily_lost = 0
+        self._missing: dict[dt.date, set[str]] = {}  # day -> codes whose daily bar is asked again
+        self._retries: dict[dt.date, asyncio.Task[None]] = {}  # day -> its task asking them (cancelled at `stop`)
+        self.on_alert: Callable[[str, AlertKind], None] | None = None  # a person is told (the gateway's alerts)
         # code -> exchange time (naive KST) from which every print of it was heard: an intraday bucket that
         # started before it was not heard whole (a gateway restart, a code first subscribed mid-bucket, a
         # websocket gap, a registration released and taken again)
@@ -188,6 +200,8 @@ class MarketData:
             "prints_unusable": self.bad_prints,
             "daily_bars_corrected": self.daily_corrected,
             "daily_bars_unconfirmed": self.daily_unconfirmed,
+            "daily_bars_missing": self.daily_missing,
+            "daily_bars_lost": self.daily_lost,
             "bars_partial_dropped": self.bars_partial,
             "feed_gaps_seen": self.feed_gaps,
             "bars_forgotten": self.bars_forgotten,
@@ -524,33 +538,140 @@ class MarketData:
             for c in sorted(codes | set(ours))
             if not any(b.start == label for b in self.store.last(c, DAILY, 1, after))
         ]
+        # a broker error or silence must not hold the day back: ours go out (an error is returned, not raised)
+        answers = await self._chart_bars(broker, day, todo)
+        missing: list[str] = []
+        for code, official in zip(todo, answers):
+            mine = ours.get(code)
+            if isinstance(official, Exception):
+                if mine is None:
+                    log.warning(
+                        "daily bar of %s %s: no answer from the broker (%r) and none built from our prints (none "
+                        "heard): nothing sent",
+                        code,
+                        label,
+                        official,
+                    )
+                    missing.append(code)
+                    continue
+                log.warning("daily bar of %s %s: no answer from the broker (%r); sending ours", code, label, official)
+                official = None
+            if official is None:
+                if mine is not None:
+                    self.daily_unconfirmed += 1
+                    out.append(mine)
+                continue  # the broker has none (halted that day) and we heard nothing: nothing to send
+            if mine is not None and _ohlcv(mine) != _ohlcv(official):
+                self.daily_corrected += 1
+                log.info("daily bar of %s %s: the exchange's %s replaces ours %s", code, label, official, mine)
+            out.append(official)
+        if missing:
+            self._ask_later(day, broker, missing)
+        out.sort(key=bar_order)
+        return out
+
+    async def _chart_bars(self, broker: BrokerPort, day: dt.date, codes: list[str]) -> list[Bar | None | Exception]:
+        """The broker's daily bar of `day` for each of `codes`, CHART_CALLS at a time: None when it answered
+        without one (the code did not trade: halted), the error when it failed or stayed silent (CHART_TIMEOUT_S)."""
         limit = asyncio.Semaphore(CHART_CALLS)
 
-        async def ask(code: str) -> Bar | None:
+        async def ask(code: str) -> Bar | None | Exception:
             async with limit:
                 try:
                     got = await asyncio.wait_for(
                         broker.daily_bars(code, 1, day + dt.timedelta(days=1), caller="gateway"), CHART_TIMEOUT_S
                     )
-                except Exception as e:  # a broker error or silence must not hold the day back: ours go out
-                    log.warning("daily bar of %s %s: no answer from the broker (%r); sending ours", code, label, e)
-                    return None
-            return next((b for b in got if b.start == label), None)
+                except Exception as e:
+                    return e
+            return next((b for b in got if b.start == day.isoformat()), None)
 
-        answers = await asyncio.gather(*(ask(c) for c in todo))
-        for code, official in zip(todo, answers):
-            mine = ours.get(code)
-            if official is None:
-                if mine is not None:
-                    self.daily_unconfirmed += 1
-                    out.append(mine)
-                continue  # nothing traded that day (halted), or nothing to send
-            if mine is not None and _ohlcv(mine) != _ohlcv(official):
-                self.daily_corrected += 1
-                log.info("daily bar of %s %s: the exchange's %s replaces ours %s", code, label, official, mine)
-            out.append(official)
-        out.sort(key=bar_order)
-        return out
+        return list(await asyncio.gather(*(ask(c) for c in codes)))
+
+    # ---- daily bars the close could not send ----------------------------------------------------------
+
+    def _ask_later(self, day: dt.date, broker: BrokerPort, codes: list[str]) -> None:
+        """`codes` have no bar of `day` to send (no answer from the broker, no prints of ours): counted, and asked
+        again by one task per day while its next session has not opened (`_retry_daily`)."""
+        waiting = self._missing.setdefault(day, set())
+        self.daily_missing += len(set(codes) - waiting)  # a close run again counts a code once
+        waiting.update(codes)
+        opens = self._next_open(day)
+        if self.exchange_now() >= opens:
+            self._give_up(day, opens)  # a day closed late, in its next session: too late for any decision on it
+            return
+        log.warning(
+            "daily bars of %s not sent (%s): asked again until the next session opens at %s (ktrader status: "
+            "daily_bars_missing)",
+            day,
+            " ".join(codes),
+            f"{opens:%Y-%m-%d %H:%M}",
+        )
+        task = self._retries.get(day)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._retry_daily(day, broker), name=f"daily-bars-{day}")
+            self._retries[day] = task
+            task.add_done_callback(lambda t: self._retries.pop(day, None) if self._retries.get(day) is t else None)
+
+    def _next_open(self, day: dt.date) -> dt.datetime:
+        """When the session after `day` opens (its opening auction ends): from then an agent's next-session order
+        goes a session later than the close's would, so a bar of `day` is history to it, no decision."""
+        nxt = next_trading_day(day)
+        hours = session_hours(nxt)
+        return dt.datetime.combine(nxt, hours[0] if hours is not None else dt.time(9, 0), KST)
+
+    async def _retry_daily(self, day: dt.date, broker: BrokerPort) -> None:
+        """Ask the broker again for the daily bars of `day` still missing, with back-off; each one it gives goes
+        out (published and stored) as at the close, one it answers without (halted) is dropped. Past the next
+        session's open it gives up on the rest: told once, the decision on them is lost."""
+        opens, wait = self._next_open(day), DAILY_RETRY_FIRST_S
+        while self._missing.get(day) and (left := (opens - self.exchange_now()).total_seconds()) > 0:
+            await asyncio.sleep(min(wait, left))
+            wait = min(2 * wait, DAILY_RETRY_MAX_S)
+            if self.exchange_now() < opens:
+                await self._ask_again(day, broker)
+        self._give_up(day, opens)
+
+    async def _ask_again(self, day: dt.date, broker: BrokerPort) -> None:
+        """One round of `_retry_daily`: what the broker answers is no longer missing."""
+        waiting = self._missing.get(day, set())
+        label, after = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
+        codes = sorted(waiting)
+        sent: list[Bar] = []
+        for code, got in zip(codes, await self._chart_bars(broker, day, codes)):
+            if isinstance(got, Exception):
+                log.debug("daily bar of %s %s: still no answer from the broker (%r)", code, label, got)
+                continue
+            waiting.discard(code)
+            if got is None:
+                log.info("daily bar of %s %s: the broker has none (it did not trade): nothing to send", code, label)
+            elif not any(b.start == label for b in self.store.last(code, DAILY, 1, after)):
+                sent.append(got)  # (not one a close run again sent meanwhile)
+        if sent:
+            log.info("daily bars of %s sent late (the broker answered again): %s", label, sent)
+            self._emit(sorted(sent, key=bar_order))
+
+    def _give_up(self, day: dt.date, opens: dt.datetime) -> None:
+        lost = sorted(self._missing.pop(day, set()))
+        if not lost:
+            return
+        self.daily_lost += len(lost)
+        more = f" (+{len(lost) - 10})" if len(lost) > 10 else ""
+        text = (
+            f"no daily bar of {day} went out for {' '.join(lost[:10])}{more}: the broker's daily chart gave "
+            f"none for them before the next session opened ({opens:%Y-%m-%d %H:%M}), so agents deciding on daily "
+            "bars lost that day's decision for these codes (history back-fills the bar later). Check the broker's "
+            "REST access, and whether a position should change by hand (ktrader status: daily_bars_lost)"
+        )
+        log.warning("%s", text)
+        if self.on_alert is not None:
+            self.on_alert(text, AlertKind.STALE_MARKET_DATA)
+
+    async def stop(self) -> None:
+        """Cancel the daily bars still asked again (a stopping gateway)."""
+        tasks = list(self._retries.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _partial(self, b: Bar) -> bool:
         """An intraday bar whose bucket began before its code's `heard_since`: prints of it were missed
