@@ -1779,6 +1779,8 @@ class AgentRuntime(AgentServicesMixin):
             self._phase,
             now_session,
         )
+        # windows built bar by bar miss it (a backtest's hold every day): rebuilt from history, which holds it
+        self._call("on_history_changed", bar.code)
         return True
 
     def _hand_bar(self, body: Bar, prev: str | None = None) -> bool:
@@ -1908,6 +1910,15 @@ class AgentRuntime(AgentServicesMixin):
                 self._gateway_state = TradingState(ev.text)
             elif ev.kind is SystemEventKind.SESSION_STATE:
                 self._session_state = SessionState(ev.text)
+            elif ev.kind is SystemEventKind.HISTORY_CHANGED and (
+                ev.text in self.card.codes or ev.text in self.universe.codes
+            ):
+                self.log.warning(
+                    "the price history of %s changed scale (a split, a rights or bonus issue): the strategy rebuilds "
+                    "what it built from it (on_history_changed)",
+                    ev.text,
+                )
+                self._call("on_history_changed", ev.text)
             elif ev.kind is SystemEventKind.AGENT_OFFLINE and ev.agent == self.agent_id and not self._stopping:
                 # the gateway let our lease go (this process stalled): heartbeat now; answered NOT_REGISTERED,
                 # it registers again, which brings back its market data and what it missed

@@ -291,4 +291,16 @@ class Strategy:
         if "params" in changed:
             self.on_start()
 
+    def on_history_changed(self, code: str) -> None:
+        """The price history of `code` changed under the running strategy: its scale, by a split, a rights or a
+        bonus issue (the gateway found today's base price unlike the last close, or a split in the balance, or
+        the operator applied one): the history `ctx.history` gives is adjusted to today's prices (as a
+        backtest's data is), windows built from yesterday's prices are not and read a 1:5 split as an 80 %
+        crash; or a day's bar went into history without its on_bar (it came after its next session opened: too
+        late to decide on), and windows built bar by bar lack that day.
+
+        Default: the strategy starts afresh (`on_start` runs again, as `on_reload` does for new params), so its
+        windows are rebuilt from history on their next bar. Override to rebuild only what was built from `code`."""
+        self.on_start()
+
     def on_stop(self) -> None: ...

@@ -90,6 +90,9 @@ class SystemEventKind(StrEnum):
     END_OF_DAY = "end_of_day"
     DAY_CLOSED = "day_closed"
     CARD_RELOADED = "card_reloaded"  # text: the fields that changed
+    # text: a code whose stored price history changed scale (a split, a rights or bonus issue): the agents
+    # following it rebuild what they built from it (Strategy.on_history_changed)
+    HISTORY_CHANGED = "history_changed"
 
 
 class ControlAction(StrEnum):

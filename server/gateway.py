@@ -280,7 +280,8 @@ class Gateway:
         # stored daily bars of its code (the old shares' prices; server/marketdata.py forget_history)
         self.subs.on_released = self._prints_stopped
         self.subs.on_registered = self._prints_heard  # (with feed_gap at every Gap below: one needs the other)
-        self.recon.on_split_found = self.md.forget_history
+        self.recon.on_split_found = self._history_changed
+        self.base_prices.on_confirmed = self._base_vs_close
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
@@ -956,6 +957,30 @@ class Gateway:
         n = self._protected_retry.get(notice.code, (0.0, 0))[1] + 1
         self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
         self._protected_refused(notice.code, notice.text)
+
+    def _history_changed(self, code: str, why: str) -> None:
+        """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the
+        balance, a base price unlike the last close): dropped (back-filled adjusted from the broker, as a backtest's
+        data is) and the agents told, so that they rebuild their windows from it (Strategy.on_history_changed):
+        windows of the old prices read a 1:5 split as an 80 % crash and sold."""
+        self.md.forget_history(code, why)
+        self.publish(SystemEventKind.HISTORY_CHANGED, "", code)
+
+    def _base_vs_close(self, code: str, base: int) -> None:
+        """Today's base price, confirmed, against the code's last stored close: KRX sets the base at the last
+        close, adjusted for a split, a rights or a bonus issue on its first session; one unlike it means the
+        history before today is on another scale (codes nobody holds too: the reconciler sees splits only in the
+        balance)."""
+        if not self.md.hold_daily:  # (the twin's all-day sessions: bars take every print, no official close)
+            return
+        last = self.md.store.last(code, BarInterval.D1.value, 1, self.clock.now().date().isoformat())
+        if not last or last[0].close == base:
+            return
+        self._history_changed(
+            code,
+            f"today's base price {base:,} is not the last close {last[0].close:,} ({last[0].start}): a corporate "
+            "action (a split, a rights or bonus issue) changed its price scale",
+        )
 
     def _protected_refused(self, code: str, why: str) -> None:
         """A protected code's trade registration refused: its protections see no prints and cannot fire

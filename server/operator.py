@@ -728,6 +728,7 @@ class Operator:
         if md is not None:
             try:
                 text += f"; {md.split_applied(code, num, den, f'{what} applied by {who}').text}"
+                self.publish(SystemEventKind.HISTORY_CHANGED, "", code)  # the agents rebuild their windows
             except Exception as e:
                 log.exception("stored bars of %s not adjusted after its split", code)
                 text += f"; its stored bars could NOT be adjusted ({e}): history may mix the old prices"

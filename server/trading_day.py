@@ -98,6 +98,9 @@ class BasePrices:
         # or ex-dividend day's base is below yesterday's close: common/portfolio.py day_unrealized); it keeps
         # what it worked out, told of each code confirmed (_confirm) and of the day's roll (the prices cleared)
         book.portfolio.base_is_today = self.is_today
+        # (code, base): a value confirmed as today's (the gateway compares it with the last close: a corporate
+        # action changes the price scale of the code's history)
+        self.on_confirmed: Callable[[str, int], None] | None = None
 
     def is_today(self, code: str) -> bool:
         """`code`'s base price is today's (fetched this morning, this market day): one set lookup, the set
@@ -124,8 +127,15 @@ class BasePrices:
             self.book.portfolio.base_prices.clear()  # (the day's P&L starts of carried positions move with it)
 
     def _confirm(self, code: str) -> None:
+        first = code not in self._confirmed
         self._confirmed.add(code)
         self.book.portfolio.base_confirmed(code)
+        base = self.book.portfolio.base_prices.get(code, 0)
+        if first and base and self.on_confirmed is not None:
+            try:
+                self.on_confirmed(code, base)
+            except Exception:  # the base stands whatever a listener makes of it
+                log.exception("base price of %s: its listener failed", code)
 
     def _settled(self) -> bool:
         """Whether a value fetched now is the day's for sure (a clock whose time of day means nothing: it is)."""

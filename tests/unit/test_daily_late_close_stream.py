@@ -78,6 +78,9 @@ def test_a_day_closed_late_in_its_next_session_is_history_not_a_decision(
     # taken as history: marked at the gateway (a restart does not catch it up) and served by ctx.history
     assert msgspec.msgpack.decode(gw.state[DAILY_SEEN_KEY]) == {A: DAYS[3]}
     assert [b.start for b in rt.history(A, "1d", 3)] == DAYS[1:4]
+    # the strategy starts afresh (on_history_changed): windows it built bar by bar would lack DAYS[3]
+    assert EVENTS == [("start", A, DAYS[1:4])]
+    EVENTS.clear()
     rt._deliver(late)  # a heal's copy: not again, not a second warning
     assert bars_seen() == [] and caplog.text.count("not delivered: its next session opened") == 1
     # DAYS[4]'s own close is decided as usual, with DAYS[3] in its history
