@@ -72,6 +72,8 @@ EARLIER_DAYS_MAX = 88
 # States in which an order's shares may be at the broker before the books know (a send or a revise
 # whose answer is outstanding): no account difference on its code is given to 'external' meanwhile.
 IN_FLIGHT = AWAITING_ACK | AMENDING | {OrderState.NEW}
+# States of an order that never went to the broker (unless it has a line there): it has no fills to come
+NEVER_SENT = frozenset({OrderState.NEW, OrderState.DENIED, OrderState.HELD})
 # meta key (+ code): shares 'external' holds because the position check gave it an account difference;
 # only these can be taken back when the books later turn out ahead of the account on that code
 EXTERNAL_ADJUSTED_META = "recon.external_adjusted:"
@@ -474,7 +476,9 @@ class Reconciler:
         grace, and it stayed the same over passes for at least fill_grace_ns of market time: the day's
         order list can lag the balance (API.md §8.15) and early-inquiry passes come seconds apart, so
         'seen twice' alone would give an agent's fresh shares to 'external'. Shares the account holds
-        beyond the books then go to 'external'; books ahead of the account are taken back from
+        beyond the books then go to 'external' -- at once, on the first pass too, where no order in the
+        books could explain them (`_explainable_codes`: shares held before ktrader, bought outside it),
+        so that the limits count them from the start; books ahead of the account are taken back from
         'external' only as far as it holds shares such an attribution gave it (the orders' own fills
         were booked since); anything else is alerted, never papered over. Returns the differences and
         the notes: what waits for the list, an order in flight or the grace (Note), shown only. `day`:
@@ -496,6 +500,7 @@ class Reconciler:
         for code, q in unconfirmed.items():
             ours[code] -= q
         busy = self._busy_codes(now, day)
+        explainable = self._explainable_codes(day)
         self._clamp_external_adjusted()
         alerts = []
         notes: list[Note] = []
@@ -569,6 +574,17 @@ class Reconciler:
                         f"{code}: account holds {theirs}, books have {books}: an order on it is in flight or "
                         "just filled: waiting",
                     )
+                )
+            elif code not in explainable:
+                # No order in the books could bring these shares (none open, none of today): no notice or
+                # list line can be on its way for them, so waiting the grace would only leave the limits
+                # blind to them meanwhile (a first start on an account with holdings).
+                self._adjust_external(code, diff, broker.get(code))
+                self._unexplained.pop(code, None)
+                alerts.append(
+                    f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external (held "
+                    "before ktrader or bought outside it: no order of ours on it could explain them; they count "
+                    "toward the account's limits)"
                 )
             elif settled:
                 # The broker is authoritative for what the account holds; a difference that persisted
@@ -739,6 +755,24 @@ class Reconciler:
             ):
                 busy.add(o.code)
         return busy
+
+    def _explainable_codes(self, today: str) -> set[str]:
+        """Codes on which an order in the books may bring shares the books do not have yet: its fill notice
+        on its way, or its fills in a list line not read yet (the list lags the balance). Such an order is
+        one still open (any day's) or one of today (a cancelled or expired one may have filled before it
+        ended; a balance read before a sell's fill was booked still shows those shares), of any non-virtual
+        agent ('external' too: its fills come from the list), that may have reached the broker (has a line
+        there, or is in a state other than never sent). A finished order of an earlier day has no notice to come (KRX
+        orders end with their day) and no line in the list this pass reads."""
+        book = self.book
+        virtual = book.portfolio.virtual
+        return {
+            o.code
+            for coid, o in book.orders.items()
+            if o.agent not in virtual
+            and (o.is_open or book.order_day.get(coid, today) >= today)
+            and (o.broker_chain or o.state not in NEVER_SENT)
+        }
 
     def _external_short_alerts(
         self, broker: dict[str, BrokerPosition], ours: dict[str, int], unconfirmed: dict[str, int], day: str
