@@ -802,6 +802,9 @@ class Operator:
         rec = self.gw.registry.agents.get(msg.agent)
         if rec is not None:
             rec.card = new  # the risk gate, the day cycle and the quotas read the record's card
+            services = getattr(self.gw, "services", None)
+            if "rate_quota_per_s" in changed and services is not None:
+                services.on_register(rec)  # the broker's per-caller rate is set from the card at registration
         self.cards[msg.agent] = new
         with self.gw.store.transaction():
             self.gw.store.set_meta(CARD_META + msg.agent, msgspec.json.encode(new).decode())

@@ -80,3 +80,26 @@ async def test_resume_reset_peak_and_risk_scale_reach_a_person(tmp_path: Path) -
         assert "reset_peak: alpha: equity peak reset" in lines[3], lines
     finally:
         await h.close()
+
+
+async def test_a_reloaded_rate_quota_reaches_the_broker_s_budget(tmp_path: Path) -> None:
+    """rate_quota_per_s is reloadable: the reply said "reloaded rate_quota_per_s 1 -> 5" while the broker kept
+    the quota set at registration (only the in-flight cap moved)."""
+    from common.schema import HeaderFactory
+    from server.agent_services import AgentServices
+    from tests.unit.test_agent_services import QuoteBroker
+
+    h, d = await _desk(tmp_path)
+    try:
+        broker = QuoteBroker()
+        d.gw.services = AgentServices(
+            h.store, None, broker, HeaderFactory("gateway"), lambda r, m: True, lambda c: None
+        )  # type: ignore[arg-type]
+        d.gw.services.on_register(d.registry.agents["alpha"])
+        assert broker.budget._quotas["alpha"].rate == ALPHA.rate_quota_per_s
+
+        d.ack("reload", "alpha", card=msgspec.structs.replace(ALPHA, rate_quota_per_s=5.0))
+
+        assert broker.budget._quotas["alpha"].rate == 5.0  # what the broker's queries for alpha wait on
+    finally:
+        await h.close()
