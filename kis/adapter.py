@@ -218,12 +218,12 @@ class KisBroker(BrokerPort):
 
     def describe(self) -> list[str]:
         """Which KIS this is (the first lines of a gateway's log): environment, hosts, the account
-        (masked), the HTS id, the app key's fingerprint and the TLS trust."""
+        (masked), the HTS id (masked too), the app key's fingerprint and the TLS trust."""
         self._described = True
         c = self._creds
         return [
             f"KIS {self.env.name}: REST {self.env.rest_url}, websocket {self.env.ws_url}",
-            f"KIS account {c.masked_account}, HTS id {c.hts_id}, app key #{c.key_fingerprint}, TLS trust: "
+            f"KIS account {c.masked_account}, HTS id {c.masked_hts_id}, app key #{c.key_fingerprint}, TLS trust: "
             + (f"default + {self._ca_bundle}" if self._ca_bundle else "default"),
         ]
 

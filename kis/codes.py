@@ -96,7 +96,7 @@ _TABLE: tuple[KisCode, ...] = (
     KisCode(
         code="EGW02004",
         verdict=Verdict.WRONG_DOMAIN,
-        meaning="paper (모의투자) app key on the real domain",
+        meaning="app key of the other environment (paper key on the real domain, or real key on paper)",
         hint='the key is for the other environment: set broker.env = "paper" or "real" to match the key',
         source="§1.2, §6.2",
     ),

@@ -34,12 +34,23 @@ def credentials_env(info: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+KEYS = ("app_key", "app_secret", "account", "hts_id")
+ENV_OF = {"app_key": ENV_APP_KEY, "app_secret": ENV_APP_SECRET, "account": ENV_ACCOUNT, "hts_id": ENV_HTS_ID}
+
+
 class CredentialsError(ValueError):
     """Missing or malformed credentials; the message never contains a secret."""
 
 
+def mask(text: str) -> str:
+    """What logs and screens may show of an identifier (the account number, the HTS id): its first two
+    characters (at most half of it), the rest starred."""
+    keep = min(2, len(text) // 2)
+    return text[:keep] + "*" * (len(text) - keep)
+
+
 class Credentials:
-    __slots__ = ("_app_key", "_app_secret", "cano", "acnt_prdt_cd", "hts_id")
+    __slots__ = ("_app_key", "_app_secret", "cano", "acnt_prdt_cd", "hts_id", "sources")
 
     def __init__(self, app_key: str, app_secret: str, account: str, hts_id: str) -> None:
         if not app_key or not app_secret:
@@ -55,6 +66,8 @@ class Credentials:
         self.acnt_prdt_cd = prdt
         # HTS ids are used verbatim: a leading '$' or the case matters to KIS (API.md §8.16).
         self.hts_id = hts_id
+        # where each value came from (key -> "$VARIABLE" or the file's path; never a value): load_credentials
+        self.sources: dict[str, str] = {}
 
     @property
     def app_key(self) -> str:
@@ -71,7 +84,12 @@ class Credentials:
     @property
     def masked_account(self) -> str:
         """The account as logs may show it: the first two and the product code."""
-        return f"{self.cano[:2]}******-{self.acnt_prdt_cd}"
+        return f"{mask(self.cano)}-{self.acnt_prdt_cd}"
+
+    @property
+    def masked_hts_id(self) -> str:
+        """The HTS id as logs may show it (masked like the account: it is the notice feed's key)."""
+        return mask(self.hts_id)
 
     @property
     def key_fingerprint(self) -> str:
@@ -88,37 +106,76 @@ class Credentials:
 
 
 def load_credentials(credentials_file: str | os.PathLike[str] | None = None) -> Credentials:
-    """Environment variables win over the TOML file (keys app_key, app_secret, account, hts_id)."""
-    values: dict[str, str] = {}
+    """Environment variables win over the TOML file (keys app_key, app_secret, account, hts_id). Logs
+    where each value came from (the file's path or the variable's name, never a value), and warns when
+    a variable overrides a different value in the file: a leftover `export` otherwise looks like a wrong
+    file (e.g. KIS's EGW02004 for a paper key the file does not hold)."""
+    from_file: dict[str, str] = {}
+    path: Path | None = None
     if credentials_file:
         path = Path(credentials_file).expanduser()
-        try:
-            # utf-8-sig: a BOM (Windows Notepad) is dropped, not read as part of the first key
-            raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
-        except OSError as e:
-            raise CredentialsError(f"{path}: cannot read credentials file: {e.strerror}") from None
-        except UnicodeDecodeError:  # e.g. CP949 with Korean comments; no details: they may quote a secret
-            raise CredentialsError(f"{path}: not UTF-8 (CP949/EUC-KR?): save it as UTF-8") from None
-        except tomllib.TOMLDecodeError:
-            raise CredentialsError(f"{path}: not valid TOML") from None  # no details: they may quote a secret
-        values = {k: str(v) for k, v in raw.items() if k in ("app_key", "app_secret", "account", "hts_id")}
+        from_file = _read_file(path)
         _warn_if_exposed(path)
-    for key, var in (
-        ("app_key", ENV_APP_KEY),
-        ("app_secret", ENV_APP_SECRET),
-        ("account", ENV_ACCOUNT),
-        ("hts_id", ENV_HTS_ID),
-    ):
+    values = dict(from_file)
+    sources = {k: str(path) for k in from_file if from_file[k]}
+    for key in KEYS:
+        var = ENV_OF[key]
         if os.environ.get(var):
             values[key] = os.environ[var]
-    env_of = {"app_key": ENV_APP_KEY, "app_secret": ENV_APP_SECRET, "account": ENV_ACCOUNT, "hts_id": ENV_HTS_ID}
-    missing = [k for k in ("app_key", "app_secret", "account", "hts_id") if not values.get(k)]
+            sources[key] = f"${var}"
+    missing = [k for k in KEYS if not values.get(k)]
     if missing:
         where = f" in {credentials_file} or" if credentials_file else ""
         raise CredentialsError(
-            f"missing {', '.join(missing)} (not set{where} in {', '.join(env_of[k] for k in missing)})"
+            f"missing {', '.join(missing)} (not set{where} in {', '.join(ENV_OF[k] for k in missing)})"
         )
-    return Credentials(values["app_key"], values["app_secret"], values["account"], values["hts_id"])
+    creds = Credentials(values["app_key"], values["app_secret"], values["account"], values["hts_id"])
+    creds.sources = sources
+    _log_sources(sources, from_file, values, path)
+    return creds
+
+
+def _read_file(path: Path) -> dict[str, str]:
+    try:
+        # utf-8-sig: a BOM (Windows Notepad) is dropped, not read as part of the first key
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise CredentialsError(f"{path}: cannot read credentials file: {e.strerror}") from None
+    except UnicodeDecodeError:  # e.g. CP949 with Korean comments; no details: they may quote a secret
+        raise CredentialsError(f"{path}: not UTF-8 (CP949/EUC-KR?): save it as UTF-8") from None
+    except tomllib.TOMLDecodeError:
+        raise CredentialsError(f"{path}: not valid TOML") from None  # no details: they may quote a secret
+    return {k: str(v) for k, v in raw.items() if k in KEYS}
+
+
+def _log_sources(sources: dict[str, str], from_file: dict[str, str], values: dict[str, str], path: Path | None) -> None:
+    """One line: where each value came from; a warning per variable that overrides a different file value."""
+    if all(sources[k].startswith("$") for k in KEYS):
+        said = "from the variables " + ", ".join(ENV_OF[k] for k in KEYS)
+    elif len(set(sources.values())) == 1:
+        said = f"from credentials_file {path}"
+    else:
+        said = ", ".join(f"{k} from {sources[k]}" for k in KEYS)
+    log.info("KIS credentials %s", said)
+    for key in KEYS:
+        if path is not None and from_file.get(key) and sources[key].startswith("$") and from_file[key] != values[key]:
+            log.warning(
+                "%s is set and overrides a different %s in credentials_file %s: `unset %s` to use the file's",
+                ENV_OF[key],
+                key,
+                path,
+                ENV_OF[key],
+            )
+
+
+def env_override_note(key: str = "app_key") -> str:
+    """Said with a refusal KIS blames on a credential: when the environment variable for `key` is set, the
+    value came from it, not from credentials_file ("" when it is not set)."""
+    var = ENV_OF[key]
+    if not os.environ.get(var):
+        return ""
+    what = key.replace("_", " ")
+    return f"the {what} came from ${var}, which overrides credentials_file (unset {var} to use the file's)"
 
 
 def _warn_if_exposed(path: Path) -> None:

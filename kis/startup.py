@@ -17,6 +17,7 @@ from enum import IntEnum
 from typing import TypeVar
 
 from kis.codes import Verdict, lookup
+from kis.credentials import env_override_note
 from kis.netdiag import BrokerUnreachable, NetFault
 from kis.port import BrokerAuthError, BrokerError, BrokerRejected, BrokerTemporary
 from kis.tls import TlsConfigError
@@ -60,11 +61,17 @@ _TRANSIENT_NET = frozenset({NetFault.DNS, NetFault.REFUSED, NetFault.TIMEOUT, Ne
 
 
 def wrong_domain_hint(env_name: str) -> str:
+    """EGW02004's hint: the key is for the other environment. When the app key came from
+    $KTRADER_KIS_APP_KEY, that is said first: a leftover export overrides credentials_file, and changing
+    broker.env would then be the wrong fix."""
     if env_name == "real":
-        return 'KIS says this is a paper (모의투자) app key: set broker.env = "paper", or use the real-account key'
-    if env_name == "paper":
-        return 'KIS says this app key is not a paper (모의투자) key: set broker.env = "real", or use the paper key'
-    return lookup("EGW02004").hint
+        hint = 'KIS says this is a paper (모의투자) app key: set broker.env = "paper", or use the real-account key'
+    elif env_name == "paper":
+        hint = 'KIS says this app key is not a paper (모의투자) key: set broker.env = "real", or use the paper key'
+    else:
+        hint = lookup("EGW02004").hint
+    note = env_override_note("app_key")
+    return f"{note}; {hint}" if note else hint
 
 
 def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupError | None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from collections.abc import Callable
 
 from filelock import FileLock, Timeout
 
-from common.config import BrokerEnv, GatewayConfig
+from common.config import BrokerEnv, ConfigError, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
-from common.private import private_process, tighten  # issue-18a
+from common.private import private_dir, private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -58,6 +60,36 @@ async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None =
             follow.cancel()
 
 
+def run_dir_problem(run_dir: str | os.PathLike[str]) -> str:
+    """Why the run folder cannot be created or written ("" when it can), in one line that says what to fix.
+    Creates it (as the gateway's start would) and a temporary file in it: a file in its place, a parent
+    that cannot hold it or a folder this user may not write are told here, not as an unexpected error."""
+    path = Path(run_dir).expanduser()
+    try:
+        with tempfile.TemporaryFile(dir=private_dir(path)):
+            pass
+    except OSError as e:
+        return f"run_dir {path}: {_blocked_because(path, e)}: set run_dir (or --run-dir) to a folder you can write"
+    return ""
+
+
+def _blocked_because(path: Path, e: OSError) -> str:
+    """The reason in words: the first part of the path that exists decides it."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), path)
+    if not existing.is_dir():
+        return "a file, not a folder" if existing == path else f"{existing} is a file, not a folder"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{existing} is not writable by this user ({e.strerror})"
+    return f"cannot be created in {existing} ({e.strerror})"
+
+
+def check_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """ConfigError (exit 2, one line) when the run folder cannot be created or written."""
+    problem = run_dir_problem(run_dir)
+    if problem:
+        raise ConfigError(problem)
+
+
 class RunDirLocked(RuntimeError):
     pass
 
@@ -98,6 +130,7 @@ def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> No
     """Run the gateway until stopped. A start-up failure raises kis.startup.StartupError (the
     operator's lines and exit code). Every file it creates is private (common.private)."""
     private_process()
+    check_run_dir(cfg.run_dir)  # a file in its place or an unwritable parent: told as the config error it is
     tighten(cfg.run_dir)
     factory = load_factory(broker_spec) if broker_spec else None
     if factory is None:

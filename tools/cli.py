@@ -177,7 +177,8 @@ def doctor(
     debug: bool = typer.Option(False, "--debug", help="log what the checks do"),
 ) -> None:
     """Check that this machine can trade on KIS: config, credentials, DNS/TCP/TLS, token (cached, never
-    wasted), approval key, notice feed for the HTS id, account, market, stock master. Exit 1 if any fails."""
+    wasted), approval key, notice feed for the HTS id, account, market, stock master. Exit 1 if any fails,
+    or could not run yet (KIS's one token a minute: it says when to run it again)."""
     import asyncio
 
     import msgspec
@@ -450,14 +451,18 @@ def cards_approve(
     fresh: bool = typer.Option(
         False, "--fresh", help="approve into a run folder no gateway has used yet (refused without it)"
     ),
+    yes: bool = typer.Option(
+        False, "--yes", help="no question for a folder of a REAL account (needed when not at a terminal)"
+    ),
 ) -> None:
     """The operator approves cards: the gateway trades each agent under its approved card only (money,
     limits, codes) and issues the agent's credential. Run it on the gateway's host; a running gateway
     takes it at the agent's next registration (a running agent: `ktrader control reload`). A card
-    that `ktrader cards check` finds errors in is not approved."""
+    that `ktrader cards check` finds errors in is not approved. For a run folder of a REAL account it
+    says so (account masked, the budgets' total) and asks first, or takes --yes."""
     from tools.ops.approve import main as approve
 
-    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh))
+    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh, yes))
 
 
 @cards_app.command("approved")

@@ -114,9 +114,10 @@ def test_refused_connection_is_retried_then_explained(tmp_path: Path) -> None:
     )
     # the retries were visible while they happened, and the first lines said which KIS this is
     assert "retry 1 of 2 in 0.2 s" in out.stderr and "retry 2 of 2 in 0.4 s" in out.stderr
-    head = "\n".join(out.stderr.splitlines()[:3])
+    head = "\n".join(out.stderr.splitlines()[:4])
     assert "broker environment: paper" in head and f"KIS paper: REST https://127.0.0.1:{port}" in head, head
-    assert "account 12******-01, HTS id someone" in head and "12345678" not in out.stderr, head
+    assert "account 12******-01, HTS id so*****" in head and "12345678" not in out.stderr, head
+    assert "someone" not in out.stderr  # (the HTS id is masked as the account is)
 
 
 # --- TLS: a local HTTPS server whose certificate comes from a CA nobody trusts --------------------

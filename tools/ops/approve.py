@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from common import approvals, credentials
-from common.config import AgentCard, ConfigError, load_card
+from common.config import AgentCard, BrokerEnv, ConfigError, load_card
+from common.enums import AgentMode
 from common.curve import gateway_secret_path
 
 if TYPE_CHECKING:
@@ -71,8 +73,82 @@ def _limits(card: AgentCard) -> str:
     return ", ".join(x for x in parts if x) + note
 
 
-def main(paths: list[Path], run_dir: Path, fresh: bool = False) -> int:
-    """`fresh`: approve into a run folder no gateway has used yet (refused otherwise)."""
+def folder_owner(run_dir: Path) -> dict[str, str] | None:
+    """The broker environment and account whose books the folder holds: the store's (server/store.py
+    claim_owner, kept once KIS proved it), else the one its gateway last recorded in the approvals; None
+    when neither says (no gateway proved one yet)."""
+    import apsw
+
+    from server.store import OWNER, Store
+
+    db = run_dir / "db" / "gateway.sqlite"
+    if db.exists():
+        try:
+            store = Store(db, readonly=True)  # (WAL: read beside a running gateway)
+            try:
+                held = store.meta_prefix(OWNER)
+            finally:
+                store.close()
+            if held:
+                return held
+        except apsw.Error:  # an empty or foreign file: the registry may still say
+            pass
+    try:
+        return approvals.load(run_dir).owner
+    except ConfigError:
+        return None
+
+
+def _tty_answer(question: str) -> str | None:
+    """The operator's answer at a terminal; None when stdin is not one (a script, a pipe)."""
+    if not sys.stdin.isatty():
+        return None
+    try:
+        return input(question)
+    except EOFError:
+        return ""
+
+
+def confirm_real(
+    run_dir: Path, cards: list[AgentCard], yes: bool, ask: Callable[[str], str | None] = _tty_answer
+) -> int:
+    """Cards approved into a folder whose owner is a REAL account trade real money: said, with the masked
+    account and the money, and asked (or --yes). 0 to go on, else the exit code. Paper and twin folders,
+    and cards that only shadow (never send an order), are not asked about."""
+    owner = folder_owner(run_dir)
+    live = [c for c in cards if c.mode is AgentMode.LIVE]
+    if owner is None or owner.get("env") != BrokerEnv.REAL.value or not live:
+        return 0
+    total = sum(c.budget for c in live)
+    unbudgeted = sum(not c.budget for c in live)
+    typer.echo(
+        f"approving {len(live)} card{'s' if len(live) != 1 else ''} to trade LIVE on the REAL account "
+        f"{owner.get('account', '(account not recorded)')} (budgets total {total:,} KRW"
+        + (f"; {unbudgeted} with no budget: only the account-wide limits" if unbudgeted else "")
+        + ")"
+    )
+    # the store keeps no account cash: a budget total above the account's cash is not told here
+    if yes:
+        return 0
+    answer = ask("approve them for real money? [y/N] ")
+    if answer is None:
+        typer.echo("error: not approved: the folder trades on a REAL account; add --yes to approve", err=True)
+        return 2
+    if answer.strip().lower() not in ("y", "yes"):
+        typer.echo("not approved (nothing changed)", err=True)
+        return 1
+    return 0
+
+
+def main(
+    paths: list[Path],
+    run_dir: Path,
+    fresh: bool = False,
+    yes: bool = False,
+    ask: Callable[[str], str | None] = _tty_answer,
+) -> int:
+    """`fresh`: approve into a run folder no gateway has used yet (refused otherwise). `yes`: no question for
+    a folder of a REAL account (confirm_real); `ask` puts that question (None: no terminal to ask at)."""
     if not fresh and not gateway_was_here(run_dir):
         typer.echo(
             f"error: no gateway has run on {run_dir}/ (no gateway.json, no store): pass the gateway's "
@@ -102,6 +178,9 @@ def main(paths: list[Path], run_dir: Path, fresh: bool = False) -> int:
             return 2
         if warnings:
             typer.echo(f"note: {warnings} warnings (ktrader cards check CARD shows them)", err=True)
+        refused = confirm_real(run_dir, [c for _, c in cards], yes, ask)
+        if refused:
+            return refused
         done = approvals.approve(run_dir, [c for _, c in cards], by=f"ktrader cards approve ({getpass.getuser()})")
     except (ConfigError, OSError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -48,6 +48,7 @@ from kis.tls import TlsConfigError, tls_context
 from kis.token import TokenManager
 
 APP_KEY_LENGTH, APP_SECRET_LENGTH = 36, 180  # API.md §2.1
+THROTTLED = "EGW00133"  # the code of a check not run for KIS's one-token-a-minute (a later run does it)
 SIM_IGNORES = "your credentials"  # the check that says env sim ignored them (Doctor._sim_ignores)
 
 
@@ -67,9 +68,13 @@ class Check(msgspec.Struct, kw_only=True):
 
 
 class Report(msgspec.Struct, kw_only=True):
-    ok: bool  # no check failed
+    ok: bool  # no check failed, and none was left not run (not_run)
     env: str
     checks: list[Check]
+    # checks not run for KIS's one-token-a-minute (code EGW00133): the account was not checked; run doctor
+    # again in rerun_in_s seconds (exit 1 until then: "all checks passed" would be a guess)
+    not_run: int = 0
+    rerun_in_s: int = 0
 
 
 class _WouldWait(Exception):
@@ -118,6 +123,7 @@ class Doctor:
         self.env_name = cfg.broker.env.value
         self._demo: Credentials | None = None  # the embedded twin's demo account
         self._embedded_dir = ""
+        self._rerun_in_s = 0  # KIS's one-token-a-minute: when a run of doctor can do what this one could not
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
@@ -132,16 +138,33 @@ class Doctor:
             creds = self._credentials(cfg)
             env = environment_for(cfg.broker)
             hosts_ok = await self._network(env.rest_url, env.ws_url, cfg.broker.ca_bundle)
-            if creds is not None and hosts_ok:
+            run_ok = not self.failed("config")  # the token cache lives in the run folder
+            if creds is not None and hosts_ok and run_ok:
                 broker = make_broker(cfg.broker, self._token_dir(cfg), creds)
                 stack.push_async_callback(broker.rest.aclose)
                 await self._session_checks(cfg, broker, creds)
             else:
-                why = "needs credentials" if creds is None else "KIS REST is not reachable"
+                why = (
+                    "needs credentials"
+                    if creds is None
+                    else "KIS REST is not reachable"
+                    if not hosts_ok
+                    else "the run folder is unusable"
+                )
                 for name in ("token", "token accepted", "approval key", "notice feed", "account", "market"):
                     self.add(Check(name=name, status=Status.SKIP, detail=f"skipped: {why}"))
-            await self._stock_master(cfg)
-        return Report(ok=not any(c.status is Status.FAIL for c in self.checks), env=self.env_name, checks=self.checks)
+            if run_ok:
+                await self._stock_master(cfg)
+            else:
+                self.add(Check(name="stock master", status=Status.SKIP, detail="skipped: the run folder is unusable"))
+        not_run = sum(c.code == THROTTLED and c.status in (Status.WARN, Status.SKIP) for c in self.checks)
+        return Report(
+            ok=not any(c.status is Status.FAIL for c in self.checks) and not not_run,
+            env=self.env_name,
+            checks=self.checks,
+            not_run=not_run,
+            rerun_in_s=self._rerun_in_s if not_run else 0,
+        )
 
     # --- target and credentials ------------------------------------------------------------------
 
@@ -158,20 +181,29 @@ class Doctor:
             d = twin.demo
             self._demo = Credentials(d.app_key, d.app_secret, d.account, d.hts_id)  # as the gateway uses it
             self._embedded_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ktrader-doctor-"))
-            self.add(
-                Check(
-                    name="config",
-                    status=Status.OK,
-                    detail=f"env sim: a KIS twin started for the checks ({twin.rest_url})",
-                )
-            )
+            self.add(self._config_check(f"env sim: a KIS twin started for the checks ({twin.rest_url})"))
             self._sim_ignores(b)
             return msgspec.structs.replace(
                 self.cfg, broker=msgspec.structs.replace(b, rest_url=twin.rest_url, ws_url=twin.ws_url)
             )
         self._embedded_dir = ""
-        self.add(Check(name="config", status=Status.OK, detail=f"env {b.env.value}, run dir {self.cfg.run_dir}"))
+        self.add(self._config_check(f"env {b.env.value}, run dir {self.cfg.run_dir}"))
         return self.cfg
+
+    def _config_check(self, detail: str) -> Check:
+        """OK, or FAIL when the run folder cannot be created or written (the gateway's start exits 2 on it)."""
+        from server.app import run_dir_problem
+
+        problem = run_dir_problem(self.cfg.run_dir)
+        if problem:
+            return Check(
+                name="config",
+                status=Status.FAIL,
+                detail=problem,
+                hint="set run_dir (or --run-dir) to a folder you can write",
+                code="CONFIG",
+            )
+        return Check(name="config", status=Status.OK, detail=detail)
 
     def _sim_ignores(self, b: BrokerConfig) -> None:
         """The user's KTRADER_KIS_* variables or credentials file, ignored on the embedded twin (as the
@@ -217,7 +249,11 @@ class Doctor:
             problems.append(f"app secret has {len(creds.app_secret)} characters, KIS issues {APP_SECRET_LENGTH}")
         if creds.hts_id != creds.hts_id.strip():
             problems.append("HTS id has surrounding spaces")
-        detail = f"app key #{creds.key_fingerprint}, account {creds.masked_account}, HTS id {creds.hts_id}"
+        detail = f"app key #{creds.key_fingerprint}, account {creds.masked_account}, HTS id {creds.masked_hts_id}"
+        overriding = sorted({src for src in creds.sources.values() if src.startswith("$")})
+        if cfg.broker.credentials_file and overriding and self._demo is None:
+            # a leftover export wins over the file: said, or the file looks wrong (e.g. EGW02004)
+            detail += f" ({', '.join(overriding)} set: overrides credentials_file)"
         if problems:
             strict = cfg.broker.env is not BrokerEnv.SIM
             self.add(
@@ -345,11 +381,12 @@ class Doctor:
         try:
             return self.add(await asyncio.wait_for(fn(), self.timeout_s * 4))
         except _WouldWait as w:
+            self._rerun_in_s = max(self._rerun_in_s, round(min(61.0, w.seconds)))
             return self.add(
                 Check(
                     name=name,
                     status=Status.WARN,
-                    code="EGW00133",
+                    code=THROTTLED,
                     detail="no valid token cached, and a token was issued less than a minute ago (KIS allows one a "
                     "minute)",
                     hint=f"run again in {min(61.0, w.seconds):.0f} s; nothing is wrong",
@@ -394,8 +431,13 @@ class Doctor:
 
         tok = await self._step("token", token)
         if tok.status is Status.FAIL or tok.status is Status.WARN:
+            # after a throttled issuance the checks are not run, not passed: a later run does them (Report.not_run)
+            wait = tok.code == THROTTLED
             for name in ("token accepted", "approval key", "notice feed", "account", "market"):
-                self.add(Check(name=name, status=Status.SKIP, detail="skipped: no token"))
+                why = (
+                    f"not run: no token yet (run doctor again in {self._rerun_in_s} s)" if wait else "skipped: no token"
+                )
+                self.add(Check(name=name, status=Status.SKIP, detail=why, code=tok.code if wait else ""))
             return
 
         async def accepted() -> Check:
@@ -627,6 +669,10 @@ def render(report: Report) -> list[str]:
     warns = sum(c.status is Status.WARN for c in report.checks)
     if fails:
         lines.append(f"{fails} check(s) failed" + (f", {warns} warning(s)" if warns else ""))
+    elif report.not_run:
+        # not "all checks passed": the account (and the rest after the token) was never checked
+        n = report.not_run
+        lines.append(f"{n} check{'s' if n != 1 else ''} not run: run doctor again in {report.rerun_in_s} s")
     elif any(c.name == SIM_IGNORES and c.status is Status.WARN for c in report.checks):
         # the twin passed; the user's own credentials were never tried: not "all checks passed"
         lines.append(f"your KIS credentials were not checked (env sim: the KIS twin was), {warns} warning(s)")
