@@ -1698,13 +1698,16 @@ class AgentRuntime(AgentServicesMixin):
             if notify:
                 self._call("on_protection", p)
         elif isinstance(body, UniverseUpdate) and self.client is not None:
-            joined = self.universe.update(self.client, body.codes)
+            # (its codes: the ranked ones, then those held over, followed until the agent is flat in them)
+            joined = self.universe.update(self.client, body.codes, body.held)
             self.feed.follow(self.universe.topics_for(body.codes))  # their snapshots are delivered too
             self.quotes.keep(set(self.card.codes) | set(body.codes))
-            self.log.info("UNIVERSE %s (%s)", " ".join(body.codes), body.source)
+            held = f"; held over: {' '.join(body.held)}" if body.held else ""
+            self.log.info("UNIVERSE %s (%s%s)", " ".join(body.codes), body.source, held)
             self._ask_market(joined, gap=False)
             if hasattr(self.strategy, "on_universe"):
-                self._call("on_universe", list(body.codes))
+                # the ranked codes: a held-over one is not in the universe (no new buys), its data only goes on
+                self._call("on_universe", [c for c in body.codes if c not in body.held])
 
     def _reload(self, upd: CardUpdate) -> None:
         """The operator reloaded our card: the gateway already applies its limits; the strategy

@@ -1,5 +1,6 @@
 """The agent side of the gateway's universe (cards with `universe_top > 0`): follow the market data
-of the codes the gateway sends in `UniverseUpdate` events."""
+of the codes the gateway sends in `UniverseUpdate` events (the ranked ones, then those held over: codes
+that left the ranking while the agent holds shares or open orders in them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ log = logging.getLogger("ktrader.agent.universe")
 class UniverseFollower:
     def __init__(self, card: AgentCard) -> None:
         self.card = card
-        self.codes: list[str] = []  # the current universe, ranked
+        self.codes: list[str] = []  # the current universe: ranked, then held over
+        self.held: list[str] = []  # the held-over codes (the last of `codes`): watched until the agent is flat
         self._client: object | None = None
         self._topics: set[str] = set()
 
@@ -26,7 +28,7 @@ class UniverseFollower:
         card = msgspec.structs.replace(self.card, codes=extra)
         return {t for t in MarketFeed(card, log).topics() if t != SYSTEM_TOPIC}
 
-    def update(self, client: object, codes: list[str]) -> list[str]:
+    def update(self, client: object, codes: list[str], held: list[str] | None = None) -> list[str]:
         """Subscribe what is new, unsubscribe what left; returns the codes that joined."""
         if client is not self._client:  # a new connection starts with no subscriptions
             self._client, self._topics = client, set()
@@ -39,4 +41,5 @@ class UniverseFollower:
         self._topics = want
         joined = [c for c in codes if c not in self.codes]
         self.codes = list(codes)
+        self.held = list(held or [])
         return joined

@@ -511,10 +511,13 @@ class Notice(msgspec.Struct, frozen=True, tag="notice", kw_only=True):
 
 
 class UniverseUpdate(msgspec.Struct, frozen=True, tag="universe", kw_only=True):
-    """The gateway's current universe for an agent with `universe_top` (ranked, best first)."""
+    """The gateway's current universe for an agent with `universe_top` (ranked, best first), then the codes
+    that left the ranking while the agent still holds shares or open orders in them (`held`): their market
+    data goes on until it is flat in them."""
 
     codes: list[str]
     source: str = ""  # volume_rank | fallback
+    held: list[str] = []  # the held-over codes, last in `codes`
 
 
 class CardUpdate(msgspec.Struct, frozen=True, tag="card", kw_only=True):

@@ -109,7 +109,7 @@ from server.stockmaster import MasterKeeper, downloads, gateway_master
 from server.store import Store, StoreFailed
 from server.subscriptions import SubscriptionManager
 from server.trading_day import BasePrices, TradingDay
-from server.universe import Universe, UniverseBinder
+from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -264,6 +264,7 @@ class Gateway:
             self.risk,
             self.book.notify,
             lambda codes: self._spawn(self.base_prices.ensure(codes)),
+            held=lambda agent: held_codes(self.book, agent),  # a held code stays watched after it leaves the top
         )
         self.recorder: Recorder | None = None
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
@@ -387,8 +388,9 @@ class Gateway:
 
     def _daily_codes(self) -> set[str]:
         """The codes whose day bars a registered agent subscribes to: its card's and its universe's (the
-        binder's current list; a code whose registration was refused has no prints to build a bar from,
-        yet the agent decides on its official one, as the backtester does)."""
+        binder's current list, with the codes it holds that left the ranking; a code whose registration was
+        refused has no prints to build a bar from, yet the agent decides on its official one, as the
+        backtester does)."""
         out: set[str] = set()
         for rec in self.registry.agents.values():
             if BarInterval.D1 in rec.card.subscriptions.bars:

@@ -67,7 +67,7 @@ class SubscriptionManager:
         key = (kind, code)
         if agent in self.holders[key] and key in self.active:
             return None, "already subscribed"
-        if key not in self.active and len(self.active) >= self.slots:
+        if key not in self.active and len(self.active) >= self.slots and not self._free_pending():
             who = sorted({a for k in self.active for a in self.holders[k]})
             return ErrorCode.SUBSCRIPTION_LIMIT, (
                 f"all {self.slots} market-data registrations are in use (held by {', '.join(who)}); "
@@ -82,6 +82,16 @@ class SubscriptionManager:
             self._attempt[key] = self._attempt.get(key, 0) + 1
             self._spawn(self._subscribe(key, self._attempt[key]))
         return None, "subscribed"
+
+    def _free_pending(self) -> bool:
+        """At full slots, a registration nobody holds any more (its debounced release pending) gives its slot
+        up now: a universe swapping one code for another must not be refused for the one it lets go."""
+        for key in list(self._release):  # the longest pending first
+            if not self.holders[key] and key in self.active:
+                self._release.pop(key).cancel()
+                self._release_now(key)  # (its release goes to the broker before the new registration)
+                return True
+        return False
 
     def leave(self, agent: str) -> None:
         """The agent left or died: release what only it held, after the debounce."""

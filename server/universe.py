@@ -6,7 +6,8 @@ the broker's REST budget (quotation lane). When it fails, or returns nothing, th
 ranking stays (one failed call must not flip every agent's list and churn its subscriptions); the
 configured fallback list is used only when there never was a good ranking or the last one is older
 than `stale_s` (a trading day by default), so agents always get a list. Changes are pushed to
-`on_change`."""
+`on_change`; a refresh that changes nothing calls `on_refresh` (the binder lets go of held-over codes
+once the agent is flat in them)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from kis.port import BrokerPort, Capability, MarketKind
 if TYPE_CHECKING:
     from common.config import Subscriptions
     from common.schema import EventBody
+    from server.order_book import OrderBook
 
 log = logging.getLogger("ktrader.universe")
 
@@ -37,6 +39,14 @@ def market_kinds(subs: Subscriptions) -> list[MarketKind]:
     return ([MarketKind.TRADES] if subs.trades or subs.bars else []) + ([MarketKind.BOOK] if subs.book else [])
 
 
+def held_codes(book: OrderBook, agent: str) -> set[str]:
+    """The codes `agent` holds shares in or has an open order in: the universe keeps watching them for
+    it after they leave its ranking (UniverseBinder), or its exits and the marks would see no price."""
+    held = {code for code, p in book.portfolio.positions.get(agent, {}).items() if p.qty}
+    held.update(o.code for o in book.orders.values() if o.agent == agent and o.is_open)
+    return held
+
+
 class Universe:
     def __init__(
         self,
@@ -45,6 +55,7 @@ class Universe:
         refresh_s: float,
         fallback: list[str],
         on_change: Callable[[list[str]], None] | None = None,
+        on_refresh: Callable[[], None] | None = None,
         stale_s: float = STALE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,6 +63,7 @@ class Universe:
         self.refresh_s = refresh_s
         self.fallback = list(dict.fromkeys(fallback))
         self.on_change = on_change
+        self.on_refresh = on_refresh  # every refresh that changed nothing
         self.stale_s = stale_s
         self.clock = clock
         self.size = 0  # the largest universe_top of the agents that want it
@@ -114,6 +126,8 @@ class Universe:
                 self._notify_pending = True  # until on_change returns: a raise is told again next time
                 self.on_change(codes)
                 self._notify_pending = False
+        elif self.on_refresh is not None:
+            self.on_refresh()
         return codes
 
     async def run(self) -> None:
@@ -139,7 +153,9 @@ class UniverseBinder:
     fallback list, does not take back a code in the middle of the day: an order decided on it may still
     go), and from a new day only its current list (not every code it was ever given: that widened its
     mandate day after day); shares it holds in a code that left the list it may still sell (the gate
-    lets a reducing order through in any code held). Market data follows the current list."""
+    lets a reducing order through in any code held). Market data follows the current list, and the codes
+    the agent still holds shares or open orders in (`held`): those stay in its list, after the ranked ones
+    (UniverseUpdate.held names them), until it is flat in them with no open order; checked at each refresh."""
 
     def __init__(
         self,
@@ -149,22 +165,26 @@ class UniverseBinder:
         risk: object,
         notify: Callable[[str, EventBody], None],
         new_codes: Callable[[list[str]], None] | None = None,
+        held: Callable[[str], set[str]] | None = None,
     ) -> None:
         self.new_codes = new_codes  # e.g. fetch base prices for the price-band check
+        self.held = held  # agent -> the codes it holds or has open orders in (held_codes)
         self.universe = universe
         self.registry = registry
         self.subs = subs
         self.risk = risk
         self.notify = notify
-        self.current: dict[str, list[str]] = {}
+        self.current: dict[str, list[str]] = {}  # agent -> the codes it is given: ranked, then held over
+        self.ranked: dict[str, list[str]] = {}  # agent -> its ranked codes (its mandate from a new day)
         universe.on_change = self.on_change
+        universe.on_refresh = self.reconsider
 
     def new_day(self, day: str = "") -> None:
         """Each agent's mandate from its universe starts again from its current list."""
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
         for agent in list(extra):
-            if agent in self.current:
-                extra[agent] = frozenset(self.current[agent])
+            if agent in self.ranked:
+                extra[agent] = frozenset(self.ranked[agent])
             else:
                 del extra[agent]
 
@@ -184,31 +204,45 @@ class UniverseBinder:
             if rec.card.universe_top > 0 and rec.state is not AgentState.OFFLINE:
                 self.apply(rec)
 
+    def reconsider(self) -> None:
+        """The ranking did not change: let go of held-over codes the agents are now flat in (and keep a code
+        an order was placed in after it left the ranking)."""
+        self.on_change(self.universe.codes)
+
+    def held_over(self, rec, top: list[str]) -> list[str]:
+        """The codes beyond the card's and the ranking's the agent holds shares or open orders in."""
+        if self.held is None:
+            return []
+        return sorted(c for c in self.held(rec.id) if c not in rec.card.codes and c not in top)
+
     def apply(self, rec) -> None:
         from common.schema import UniverseUpdate
         from server.subscriptions import refusal_notice
 
         card = rec.card
         top = self.universe.top(card.universe_top)
+        kept = self.held_over(rec, top)
+        codes = top + kept
         prev = self.current.get(rec.id)
-        if prev == top:
+        if prev == codes and self.ranked.get(rec.id) == top:
             return
         kinds = market_kinds(card.subscriptions)
         own = set(card.codes)
-        for code in top:
+        # the leaving codes first: at full slots their pending release frees the slot a joining code takes
+        for code in prev or []:
+            if code not in own and code not in codes:
+                for kind in kinds:
+                    self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
+        for code in codes:
             if code not in own:
                 for kind in kinds:
                     err, text = self.subs.want(rec.id, kind, code)  # type: ignore[attr-defined]
                     if err is not None:
                         self.notify(rec.id, refusal_notice(err, text, kind, code))
-        for code in prev or []:
-            if code not in own and code not in top:
-                for kind in kinds:
-                    self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
         extra[rec.id] = extra.get(rec.id, frozenset()) | frozenset(top)
-        rec.codes = list(card.codes) + [c for c in top if c not in own]
-        self.current[rec.id] = top
+        rec.codes = list(card.codes) + [c for c in codes if c not in own]
+        self.current[rec.id], self.ranked[rec.id] = codes, top
         if self.new_codes is not None:
-            self.new_codes([c for c in top if c not in own])
-        self.notify(rec.id, UniverseUpdate(codes=top, source=self.universe.source))
+            self.new_codes([c for c in codes if c not in own])
+        self.notify(rec.id, UniverseUpdate(codes=codes, held=kept, source=self.universe.source))
