@@ -49,7 +49,7 @@ class ErrorCode(StrEnum):
     DENIED_PRICE_BAND = "DENIED_PRICE_BAND"
     DENIED_MARKET_CLOSED = "DENIED_MARKET_CLOSED"
     DENIED_SCHEDULE = "DENIED_SCHEDULE"  # before the card's [schedule] start: the agent's own orders wait for it
-    DENIED_AUCTION_TIF = "DENIED_AUCTION_TIF"  # IOC/FOK in a single-price auction (KRX takes them only continuous)
+    DENIED_AUCTION_TIF = "DENIED_AUCTION_TIF"  # an order KRX takes only in the continuous session
     DENIED_NOTIONAL = "DENIED_NOTIONAL"
     DENIED_POSITION_LIMIT = "DENIED_POSITION_LIMIT"
     DENIED_OPEN_ORDERS = "DENIED_OPEN_ORDERS"

@@ -49,6 +49,13 @@ TODAYS_SESSION_PHASES = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION})
 # KRX takes IOC/FOK only in the continuous session, never in a single-price auction (the opening and the
 # closing call; KIS answers APBK0923, and each such rejection counts toward the kill switch)
 AUCTION_REFUSED_TIFS = frozenset({TimeInForce.IOC, TimeInForce.FOK})
+# Nor does it take 최유리 (BEST, ORD_DVSN 03) or 최우선 (PRIORITY, 04) in a call: they are priced at a best
+# quote, which a call does not have (UNCONFIRMED: shared/kis/API.md does not say it; third-party sources do,
+# nejooso.com and monstock.tistory.com/47 '동시호가 접수 시간중 해당 호가 지정불가'). A refusal by KIS is final
+# and counts toward the kill switch, so the gate refuses them in a call, and held for the next session
+# (HELD_TIFS: released at 08:30 into the opening call) at placement.
+AUCTION_REFUSED_TYPES = frozenset({OrderType.BEST, OrderType.PRIORITY})
+_KRX_NAMES = {OrderType.BEST: "최유리", OrderType.PRIORITY: "최우선"}
 AUCTION_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION})
 # Enum members the per-order checks compare with, as module constants: on Python 3.11 `Side.BUY` is an
 # unspecialised class-attribute lookup (~65 ns), a global ~6 ns, and a backtest checks every order.
@@ -399,6 +406,28 @@ def market_refusal(market: MarketView, tif: TimeInForce) -> Denial | None:
     return None
 
 
+def auction_refusal(order_type: OrderType, tif: TimeInForce, phase: Phase) -> str:
+    """Why KRX would refuse this order as one it takes only in the continuous session, or "": IOC/FOK
+    (AUCTION_REFUSED_TIFS) or 최유리/최우선 (AUCTION_REFUSED_TYPES) in a single-price auction, and
+    최유리/최우선 held for the next session, which is released into its opening call."""
+    if order_type in AUCTION_REFUSED_TYPES and tif in HELD_TIFS:
+        return (
+            "a 최유리/최우선 order cannot join the opening call: send MARKET or LIMIT for the next session, "
+            "or place it as DAY after 09:00"
+        )
+    if phase not in AUCTION_PHASES:
+        return ""
+    call = f"the market is in its {phase.value.replace('_', ' ')} (a single-price auction)"
+    if tif in AUCTION_REFUSED_TIFS:
+        what = f"{tif.value.upper()} orders then; send a DAY order, or wait for the continuous session"
+        return f"{call}: KRX takes no {what}"
+    if order_type in AUCTION_REFUSED_TYPES:
+        wait = "wait for 09:00" if phase is Phase.OPENING_AUCTION else "wait for the next session's 09:00"
+        name = f"{order_type.value} ({_KRX_NAMES[order_type]})"
+        return f"{call}: KRX takes no {name} orders then; send a LIMIT or MARKET order, or {wait}"
+    return ""
+
+
 def _gates(
     code: str,
     side: Side,
@@ -449,11 +478,9 @@ def _gates(
     ):
         if why := before_start(mandate.start, market.at_ns):
             return ErrorCode.DENIED_SCHEDULE, why
-    if tif in AUCTION_REFUSED_TIFS and market.phase in AUCTION_PHASES:
-        return ErrorCode.DENIED_AUCTION_TIF, (
-            f"the market is in its {market.phase.value.replace('_', ' ')} (a single-price auction): KRX takes no "
-            f"{tif.value.upper()} orders then; send a DAY order, or wait for the continuous session"
-        )
+    if tif in AUCTION_REFUSED_TIFS or order_type in AUCTION_REFUSED_TYPES:
+        if why := auction_refusal(order_type, tif, market.phase):
+            return ErrorCode.DENIED_AUCTION_TIF, why
     if price > 0:
         rules, kind, board = market.rules, market.kind, market.board
         if not rules.on_grid(price, kind, board):

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from kis.sim.engine import BookSide
 from kis.sim.exchange import OrderRecord
-from kis.sim.faults import ReplyMangle, RestDisconnect, RestError
+from kis.sim.faults import EXCHANGE_REFUSAL_KINDS, ExchangeRefusal, ReplyMangle, RestDisconnect, RestError
 from kis.sim.history_admin import HistoryAdmin
 from kis.sim.ledger import Account
 from kis.sim.wire import KisError
@@ -109,6 +109,7 @@ class AdminApi:
         r.add_post("/admin/faults/rest-disconnect", self.rest_disconnect)
         r.add_post("/admin/faults/rest-error", self.rest_error)
         r.add_post("/admin/faults/rest-mangle", self.rest_mangle)
+        r.add_post("/admin/faults/exchange-refuse", self.exchange_refuse)
         r.add_post("/admin/faults/latency", self.latency)
         r.add_post("/admin/faults/expire-tokens", self.expire_tokens)
         r.add_post("/admin/faults/notices", self.notices)
@@ -344,6 +345,18 @@ class AdminApi:
         self.twin.faults.mangles.append(
             ReplyMangle(int(b.get("count", 1)), b["field"], b.get("value"), str(b.get("path_contains", "")))
         )
+        return _json({"ok": True})
+
+    async def exchange_refuse(self, request: web.Request) -> web.Response:
+        """{"count": 1, "kind": "new"|"revise"}: the next N such lines placed over REST are acknowledged
+        (APBK0013, ODNO, acceptance notice), then refused by the exchange (RFUS_YN 1 for that ODNO, rjct_qty)."""
+        b = await self._body(request)
+        kind = str(b.get("kind", "new"))
+        if kind not in EXCHANGE_REFUSAL_KINDS:
+            return _err("kind must be new|revise")
+        faults = self.twin.faults
+        self.twin.exchange.refuse_after_ack = faults.take_exchange_refusal
+        faults.exchange_refusals.append(ExchangeRefusal(int(b.get("count", 1)), kind))
         return _json({"ok": True})
 
     async def latency(self, request: web.Request) -> web.Response:

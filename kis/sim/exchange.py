@@ -47,6 +47,11 @@ R_CASH = ("APBK0952", "주문가능금액을 초과 했습니다")
 R_SHARES = ("APBK0400", "주문 가능한 수량을 초과하였습니다.")
 R_PAPER_PRICE = ("40310000", "모의투자 1000원 미만 종목은 주문이 불가합니다.")
 R_AUCTION_TIF = ("APBK0923", "동시호가 시간에는 IOC/FOK 주문이 불가합니다.")
+# 최유리 (03) and 최우선 (04) are taken only in the continuous session, not in a call (UNCONFIRMED: API.md does not
+# say it; third-party sources do, nejooso.com and monstock.tistory.com/47 '동시호가 접수 시간중 해당 호가 지정불가').
+# 15/16 (IOC/FOK 최유리) meet R_AUCTION_TIF first. Code and text are twin choices, as R_AUCTION_TIF's.
+R_AUCTION_PEGGED = ("APBK0923", "동시호가 시간에는 최유리/최우선 주문이 불가합니다.")
+AUCTION_REFUSED_DVSN = frozenset({"03", "04"})
 R_NO_QUOTE = ("APBK0924", "상대호가가 없습니다.")
 R_NOT_FOUND = ("APBK0625", "원주문번호가 존재하지 않습니다.")
 R_NOTHING_LEFT = ("APBK0635", "정정/취소 가능수량이 없습니다.")
@@ -91,7 +96,7 @@ class OrderRecord:
     def open_qty(self) -> int:
         if self.kind in (OrderKind.CANCEL, OrderKind.REJECT):
             return 0
-        return self.qty - self.filled_qty - self.cancelled_qty - self.moved_qty - self.expired_qty
+        return self.qty - self.filled_qty - self.cancelled_qty - self.moved_qty - self.expired_qty - self.rejected_qty
 
     @property
     def avg_price(self) -> int:
@@ -190,6 +195,10 @@ class MarketConfig:
     replay_csv_dir: Path | None = None
 
 
+def _never(kind: OrderKind) -> bool:
+    return False
+
+
 def hhmmss(t: dt.datetime) -> str:
     return t.strftime("%H%M%S")
 
@@ -211,6 +220,9 @@ class Exchange:
         self.rules: KrxRules = rules_for(self.day)
         self.phase = clock.phase()
         self._closed_day: dt.date | None = None
+        # the fault exchange-refuse (kis/sim/faults.py ExchangeRefusal; the admin route sets it): whether the
+        # next accepted line of this kind is refused by the exchange after KIS acknowledged it
+        self.refuse_after_ack: Callable[[OrderKind], bool] = _never
         # Conservation bookkeeping for the synthetic counterparty.
         self.synthetic_cash_in = 0  # cash our accounts paid to the market (buys − sells)
         self.synthetic_shares_out: dict[str, int] = {}  # shares the market delivered to us
@@ -328,6 +340,8 @@ class Exchange:
         except KisError as err:
             self._record_reject(acct, rec, err)
             raise
+        if not external and self.refuse_after_ack(OrderKind.NEW):
+            return self._refused_after_ack(acct, rec, rctf="0")
         return self._enter(acct, st, rec, limit, rctf="0")
 
     def _validate(self, acct: Account, st: StockState, rec: OrderRecord, price: int) -> int | None:
@@ -340,6 +354,8 @@ class Exchange:
         auction = phase is not Phase.CONTINUOUS
         if auction and rec.tif is not Tif.DAY:
             raise reject(*R_AUCTION_TIF)
+        if auction and rec.ord_dvsn in AUCTION_REFUSED_DVSN:
+            raise reject(*R_AUCTION_PEGGED)
         book = st.book
         d = rec.ord_dvsn
         limit: int | None
@@ -434,6 +450,11 @@ class Exchange:
             orig.moved_qty -= n
             self._reserve(acct, orig)
             raise
+        if self.refuse_after_ack(OrderKind.REVISE):
+            # the revise's line is acknowledged, then refused: the original keeps its terms and queue place
+            orig.moved_qty -= n
+            self._reserve(acct, orig)
+            return self._refused_after_ack(acct, rec, rctf="1")
         st.book.cancel(orig.oid, n)
         return self._enter(acct, st, rec, limit, rctf="1")
 
@@ -445,6 +466,18 @@ class Exchange:
         self._reserve(acct, rec)
         self._notify(acct, rec, cntg_yn="1", acpt="1", rctf=rctf)
         self._submit(acct, st, rec, limit)
+        return rec
+
+    def _refused_after_ack(self, acct: Account, rec: OrderRecord, rctf: str) -> OrderRecord:
+        """The fault exchange-refuse: KIS answers APBK0013 with the line's ODNO and sends its acceptance
+        notice, then the exchange refuses the line: a notice with RFUS_YN 1 for that ODNO, and the order list
+        shows the line's whole quantity refused (rjct_qty, rmn_qty 0). It never reaches the book; what it
+        held is free again (the caller has put a revised original back)."""
+        self._store(rec)
+        self._notify(acct, rec, cntg_yn="1", acpt="1", rctf=rctf)
+        rec.rejected_qty = rec.qty
+        rec.reject_reason = "거래소 거부"  # (the twin's text: what KIS lists for it is UNCONFIRMED)
+        self._notify(acct, rec, cntg_yn="1", acpt="1", rctf=rctf, refused=True)
         return rec
 
     def cancel(self, acct: Account, orgn_odno: str, qty: int | None) -> OrderRecord:

@@ -34,6 +34,21 @@ class ReplyMangle:
 
 
 @dataclass(slots=True)
+class ExchangeRefusal:
+    """The next `count` lines of `kind` ("new": an order placed over REST; "revise") that pass every check
+    are acknowledged (APBK0013 with their ODNO, the acceptance notice), then refused by the exchange: a
+    notice with RFUS_YN 1 for that ODNO and the line's rjct_qty in the order list (kis/sim/exchange.py
+    _refused_after_ack). A real KIS order can end so; the refused line holds nothing, a revised original
+    keeps its terms."""
+
+    count: int
+    kind: str  # "new" | "revise" (kis/sim/exchange.py OrderKind)
+
+
+EXCHANGE_REFUSAL_KINDS = ("new", "revise")
+
+
+@dataclass(slots=True)
 class NoticeFaults:
     delay_ms: float = 0.0
     duplicate: bool = False
@@ -46,6 +61,7 @@ class Faults:
     disconnects: list[RestDisconnect] = field(default_factory=list)
     errors: list[RestError] = field(default_factory=list)
     mangles: list[ReplyMangle] = field(default_factory=list)
+    exchange_refusals: list[ExchangeRefusal] = field(default_factory=list)
     latency_ms: float = 0.0
     notices: NoticeFaults = field(default_factory=NoticeFaults)
     ws_refuse_until: float = 0.0  # monotonic deadline: new sessions get OPSP8996
@@ -97,6 +113,16 @@ class Faults:
                 return m
         return None
 
+    def take_exchange_refusal(self, kind: str) -> bool:
+        """Whether the exchange refuses this acknowledged line of `kind` (one of the next N)."""
+        for r in self.exchange_refusals:
+            if r.kind == kind and r.count > 0:
+                r.count -= 1
+                if r.count == 0:
+                    self.exchange_refusals.remove(r)
+                return True
+        return False
+
     def ws_refusing(self) -> bool:
         return time.monotonic() < self.ws_refuse_until
 
@@ -110,6 +136,7 @@ class Faults:
         self.disconnects.clear()
         self.errors.clear()
         self.mangles.clear()
+        self.exchange_refusals.clear()
         self.latency_ms = 0.0
         self.notices = NoticeFaults()
         self.ws_refuse_until = 0.0
@@ -130,6 +157,7 @@ class Faults:
                 {"count": m.count, "field": m.field, "value": m.value, "path_contains": m.path_contains}
                 for m in self.mangles
             ],
+            "exchange_refusals": [{"count": r.count, "kind": r.kind} for r in self.exchange_refusals],
             "latency_ms": self.latency_ms,
             "notices": {
                 "delay_ms": self.notices.delay_ms,

@@ -26,6 +26,9 @@ def test_a_best_buy_whose_reply_is_lost_is_found_not_external(tmp_path: Path, pr
     wait_for(lambda: fetch_status(run).synced, 20, what="first reconciliation")
     agent = Agent(run, "bester", ["005930"])
     try:
+        # (the twin's open clock is in the continuous session: KRX takes no 최유리 order in a call, and the gate
+        # refuses one there, common/risk_rules.py AUCTION_REFUSED_TYPES)
+        assert twin.admin.get("/admin/state").json()["phase"] == "continuous"
         ask = twin.book("005930")["asks"][0][0]
         # KIS places the order, then the connection drops before its reply (UNKNOWN here)
         twin.admin.post(

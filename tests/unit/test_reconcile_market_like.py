@@ -108,7 +108,10 @@ def _after(o: Order, events: list[OrderEvent]) -> Order:
         (OrderType.MARKET, TimeInForce.DAY, "01", EXCHANGE_PRICE),  # a market order listed at its fill price
         (OrderType.MARKET, TimeInForce.IOC, "13", EXCHANGE_PRICE),
         (OrderType.MARKET, TimeInForce.FOK, "14", EXCHANGE_PRICE),
-        (OrderType.BEST, TimeInForce.NEXT_SESSION, "03", EXCHANGE_PRICE),  # held, then sent as a DAY order
+        (OrderType.MARKET, TimeInForce.NEXT_SESSION, "01", EXCHANGE_PRICE),  # held, then sent as a DAY order
+        # (the gate now refuses a held 최유리 order, common/risk_rules.py AUCTION_REFUSED_TYPES; one an earlier
+        # version released may still be in a book, and reconciliation, which no gate stands before, finds it)
+        (OrderType.BEST, TimeInForce.NEXT_SESSION, "03", EXCHANGE_PRICE),
     ],
 )
 def test_an_unknown_market_like_buy_is_found_at_the_price_the_exchange_gave_it(
