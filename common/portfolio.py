@@ -580,6 +580,17 @@ class Portfolio:
         if old is not None and oq and dq and not dc and (pos.realized_pnl, pos.fees) == (old.realized_pnl, old.fees):
             self._rescale_day_open(agent, code, old.qty, pos.qty)
 
+    def carried_in(self, agent: str, code: str) -> None:
+        """`agent`'s position in `code` was carried into the day though no day start has it (shares found held
+        before ktrader, given to 'external'): its day's P&L counts from today's base price (yesterday's close),
+        not from its cost (years of P&L read as today's). A start it has already stays."""
+        p = self.positions.get(agent, {}).get(code)
+        if p is None or p.qty <= 0 or code in self.day_open.get(agent, {}):
+            return
+        self.day_open.setdefault(agent, {})[code] = (p.qty, p.cost, 0)  # (value 0: at the base once known)
+        self._forget_starts(agent=agent)
+        self.keep_day_open(self.day_open)
+
     def _rescale_day_open(self, agent: str, code: str, was: int, now: int) -> None:
         """Shares that changed without a trade (a split applied: apply_split scales them, cost unchanged):
         the shares the agent carried into the day are counted alike, so a start valued at today's base

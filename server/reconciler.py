@@ -580,6 +580,8 @@ class Reconciler:
                 # list line can be on its way for them, so waiting the grace would only leave the limits
                 # blind to them meanwhile (a first start on an account with holdings).
                 self._adjust_external(code, diff, broker.get(code))
+                if not books:  # (all of them carried into the day: its P&L from today's base, not their cost)
+                    self.book.portfolio.carried_in(EXTERNAL_AGENT, code)
                 self._unexplained.pop(code, None)
                 alerts.append(
                     f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external (held "

@@ -154,3 +154,18 @@ async def test_a_code_with_an_order_of_ours_today_keeps_the_grace_others_do_not(
         await h.core.recon.run("periodic")
     assert qty(h, EXTERNAL_AGENT) == 5 and qty(h, EXTERNAL_AGENT, HYNIX) == 7  # past the grace, as before
     await h.close()
+
+
+async def test_shares_held_before_ktrader_count_today_s_move_only_in_the_day_s_p_and_l(tmp_path: Path) -> None:
+    """Bought at 65,000 long ago, 70,000 at yesterday's close, 71,000 now: today made 1,000 a share for
+    'external', not the 6,000 since it was bought (`ktrader status` showed years of P&L as today's)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = HeldBroker(clock, {SAMSUNG: 300}, cash=5_000_000)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    h.portfolio.base_prices[SAMSUNG] = 70_000  # today's base: yesterday's close
+    await h.start()
+    h.portfolio.set_mark(SAMSUNG, 71_000)
+    assert qty(h, EXTERNAL_AGENT) == 300
+    assert h.portfolio.unrealized(EXTERNAL_AGENT) == 300 * (71_000 - HELD_AVG)
+    assert h.portfolio.day_unrealized(EXTERNAL_AGENT) == 300 * 1_000
+    await h.close()
