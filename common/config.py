@@ -7,6 +7,7 @@ without --config the gateway runs on the defaults, the embedded KIS twin) and `A
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,7 +60,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     credentials_file: str = ""
     rest_url: str = ""  # override the environment's base URL (the embedded twin sets this)
     ws_url: str = ""
-    # 0: environment default (18/s real, 1.8/s paper, 18/s sim); above KIS's limit (20/s real, 2/s paper)
+    # 0: environment default (18/s real, 1.8/s paper, 18/s sim); KIS's limit (20/s real, 2/s paper) or more
     # is refused at load: KIS would answer the excess with EGW00201 errors, which count to the kill switch
     rate_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     request_timeout_s: Timeout = 5.0
@@ -440,14 +441,17 @@ def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
             )
         )
     limit = KIS_LIMIT_PER_S.get(cfg.broker.env)
-    if limit is not None and cfg.broker.rate_per_s > limit:
+    rate = cfg.broker.rate_per_s
+    # kis/budget.py spaces calls 1/rate apart, so one second can hold floor(rate)+1 of them: the rate
+    # must stay below the limit (20/s would put 21 calls into some second)
+    if limit is not None and math.floor(rate) + 1 > limit:
         out.append(
             (
                 "broker.rate_per_s",
-                f"{cfg.broker.rate_per_s:g}/s is above KIS's limit of {limit:g}/s (REST calls) on "
-                f"{cfg.broker.env.value} "
-                "(KIS refuses the excess, and the refusals count towards the kill switch): set at most "
-                f"{limit:g}, or 0 for the default",
+                f"{rate:g}/s is not below KIS's limit of {limit:g}/s (REST calls) on {cfg.broker.env.value}: "
+                f"calls spaced 1/{rate:g} s apart put {math.floor(rate) + 1} into some second, and KIS refuses the "
+                f"excess (the refusals count towards the kill switch). Set it below {math.floor(limit):g} "
+                f"(e.g. {math.floor(limit) - 0.1:g}), or 0 for the default",
             )
         )
     return out

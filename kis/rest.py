@@ -28,9 +28,13 @@ What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). M
 - Once an attempt of a cancel or an order may have reached KIS, every later failure of the same call
   (a refusal, the rate limit, a token refresh that KIS throttles or that cannot reach it) is
   BrokerUnknownOutcome: nothing after that attempt proves it was not processed.
-- An order or a revise is sent again (after a failure that proves it was not processed) only within
-  `write_deadline_s` of its first attempt, a retry's connect included; past it BrokerTemporary (not
-  placed: sent later it would not be its decision). A cancel keeps its retries (a late cancel helps).
+- An order or a revise is sent (first, or again after a failure that proves it was not processed)
+  only within `write_deadline_s` of the call, the waits for a token (KIS's one issuance a minute, an
+  early refresh) and for a rate slot and each connect included; past it BrokerTemporary (not placed:
+  sent later it would not be its decision; only waits before anything left count). A cancel keeps
+  its retries and waits (a late cancel helps).
+- rt_cd 7 on an inquiry is "no data" (an empty answer) only with no msg_cd or a no-data code
+  (KIOK0560); with any other code (API.md §4.2: a refusal) it is classified as rt_cd 1 would be.
 Replies are decoded leniently (kis.lenient): null/numeric fields are repaired and logged.
 """
 
@@ -73,6 +77,7 @@ T = TypeVar("T", bound=Envelope)
 
 NO_DATA_RT_CD = "7"
 NO_ENVELOPE = "NO_ENVELOPE"  # code of an error built from a reply that is not a KIS envelope
+NOT_SENT = "NOT_SENT"  # code of an order not sent: its token or rate slot came past its deadline
 
 
 class Kind(Enum):
@@ -154,7 +159,7 @@ def _too_late(last: BrokerError, elapsed: float, deadline: float) -> BrokerTempo
     """An order (or revise) whose attempts so far were surely not processed, past its deadline: it is
     not sent again (sent late it would not be the decision that made it). A temporary error of the
     kind of its last failure: the send queue books it as not placed."""
-    why = f"not sent again {elapsed:.1f}s after its first attempt (deadline {deadline:.1f}s)"
+    why = f"not sent again {elapsed:.1f}s after it was asked for (deadline {deadline:.1f}s)"
     if isinstance(last, BrokerUnreachable):
         return BrokerUnreachable(f"KIS REST, order {why}", last.problem)
     cls = BrokerRateLimited if isinstance(last, BrokerRateLimited) else BrokerTemporary
@@ -201,14 +206,14 @@ class KisRest:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # requests sent (for tests/metrics)
         self._repairs_logged: set[tuple[str, str]] = set()
-        # an order or a revise is sent again (after a failure that proves it was not processed: no
-        # connection, the rate limit, a refused token) only within this many seconds of its first
-        # attempt, the connect of a retry included; past it the call fails as not placed. A refused
-        # token is renewed for it only within the same time, and without KIS's one-a-minute wait.
+        # an order or a revise is sent (first, or again after a failure that proves it was not
+        # processed: no connection, the rate limit, a refused token) only within this many seconds of
+        # the call, its waits for a token and a rate slot and its connects included; past it the call
+        # fails as not placed. A token is waited for only within the same time.
         # (GatewayConfig.max_send_wait_s's default: the send queue's freshness bound for a decision.)
         # Cancels are not bound: a late cancel still helps.
         self.write_deadline_s = write_deadline_s
-        self._background: set[asyncio.Task[str]] = set()  # token refreshes an order stopped waiting for
+        self._background: set[asyncio.Task[str]] = set()  # token requests an order stopped waiting for
 
     def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -372,9 +377,11 @@ class KisRest:
         # in that state is never sent again, its call ends at once as an unknown outcome)
         ambiguous = False
         call = "cancel" if kind is Kind.CANCEL else "order"
-        # an order or a revise: when its first attempt left, and what ended the last attempt, which
-        # proved it was not processed; it is sent again only within write_deadline_s of that first one
-        first_sent: float | None = None
+        # an order or a revise is sent (first or again) only within write_deadline_s of this call:
+        # every wait before an attempt leaves (a token, a rate slot, a connect) counts
+        started = time.monotonic()
+        deadline = started + self.write_deadline_s if kind is Kind.WRITE else None
+        # what ended the last attempt of an order: a failure that proved it was not processed
         last: BrokerError | None = None
 
         def doubt(err: BrokerError) -> BrokerError:
@@ -386,27 +393,25 @@ class KisRest:
                 f"{call} retried after an ambiguous failure, then: {err}", code=err.code, http_status=err.http_status
             )
 
-        def overdue() -> BrokerTemporary | None:
-            if first_sent is None or last is None:
+        def overdue(waited_for: str) -> BrokerTemporary | None:
+            if deadline is None or time.monotonic() < deadline:
                 return None
-            elapsed = time.monotonic() - first_sent
-            return _too_late(last, elapsed, self.write_deadline_s) if elapsed >= self.write_deadline_s else None
+            return self._not_sent(started, last, waited_for)
 
         attempt = 0
         try:
             while True:
-                if (late := overdue()) is not None:  # (no wait for the budget or a token to learn it)
+                if (late := overdue("a retry")) is not None:  # (no wait for a token or the budget to learn it)
                     raise late
-                await self.budget.acquire(lane, caller)
-                token = await self.tokens.get()
+                # the token first, then the slot: the slot is spent when the call leaves, not a minute
+                # before it (KIS's one-a-minute issuance)
+                token = await self._token(deadline, started, last)
+                await self._slot(lane, caller, deadline, started, last)
                 connect_s: float | None = None
-                if kind is Kind.WRITE:
-                    if first_sent is None:
-                        first_sent = time.monotonic()
-                    elif (late := overdue()) is not None:  # the budget or the token took what was left
+                if deadline is not None:  # connects within what is left, or is not sent
+                    if (late := overdue("a KIS token and a rate slot")) is not None:
                         raise late
-                    else:  # a retry connects within what is left, or is not sent
-                        connect_s = max(first_sent + self.write_deadline_s - time.monotonic(), 0.001)
+                    connect_s = max(deadline - time.monotonic(), 0.001)
                 self.calls += 1
                 try:
                     resp = await self._send(
@@ -434,7 +439,7 @@ class KisRest:
                 refused = classify(resp.status, env)
                 if refused is None:
                     return Page(tr_cont=resp.tr_cont.strip(), body=env, repairs=repairs)  # type: ignore[arg-type]
-                if env is not None and env.rt_cd.strip() == NO_DATA_RT_CD and kind is Kind.READ:
+                if kind is Kind.READ and env is not None and _no_data(env, resp.status):
                     return Page(tr_cont="D", body=env, repairs=repairs)  # "no data" on an inquiry is an empty result
                 if isinstance(refused, BrokerRateLimited):
                     # KIS counts calls per second and our budget already paces below its limit, so an
@@ -459,7 +464,7 @@ class KisRest:
                     refreshed = True
                     last = refused
                     log.info("KIS rejected the token (%s); refreshing once", refused.code)
-                    await self._refresh_token(token, refused.code, kind, first_sent)
+                    await self._refresh_token(token, refused.code, kind, deadline)
                     continue
                 if kind is Kind.WRITE:
                     if proves_not_processed(refused):
@@ -497,12 +502,58 @@ class KisRest:
             log.warning("%s %s (%s): %s", method, path, tr_id, doubted)
             raise doubted from None
 
-    async def _refresh_token(self, rejected: str, code: str, kind: Kind, first_sent: float | None) -> None:
+    def _not_sent(self, started: float, last: BrokerError | None, waited_for: str) -> BrokerTemporary:
+        """An order past its deadline before an attempt left: not placed, not sent late. After a
+        refused attempt, the error of that refusal; before any, what it waited for."""
+        elapsed = time.monotonic() - started
+        if last is not None:
+            return _too_late(last, elapsed, self.write_deadline_s)
+        return BrokerTemporary(
+            f"order not sent: waited {elapsed:.1f}s for {waited_for} (deadline {self.write_deadline_s:.1f}s: "
+            "sent later it would not be the decision that made it); decide again",
+            code=NOT_SENT,
+        )
+
+    async def _token(self, deadline: float | None, started: float, last: BrokerError | None) -> str:
+        """The token for a call. An order waits for it only until its `deadline`: KIS's one issuance
+        a minute (and a second minute after EGW00133), an early refresh or another process holding the
+        cache must not send it late. The token request itself goes on for the calls that follow:
+        cancelled mid-issuance, a token KIS may have issued would be lost and the next wait a minute."""
+        assert self.tokens is not None
+        if deadline is None:
+            return await self.tokens.get()
+        task = asyncio.ensure_future(self.tokens.get())
+        try:
+            return await within(asyncio.shield(task), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise self._not_sent(started, last, "a KIS access token") from None
+        finally:
+            if not task.done():
+                self._keep(task)
+
+    async def _slot(
+        self, lane: Lane, caller: str, deadline: float | None, started: float, last: BrokerError | None
+    ) -> None:
+        """A slot of the shared budget. An order waits for it only until its `deadline` (a waiter that
+        gives up leaves nothing behind in the budget)."""
+        if deadline is None:
+            await self.budget.acquire(lane, caller)
+            return
+        try:
+            await within(self.budget.acquire(lane, caller), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise self._not_sent(started, last, "a slot under KIS's rate limit") from None
+
+    def _keep(self, task: asyncio.Task[str]) -> None:
+        self._background.add(task)  # (it outlives the call that stopped waiting for it)
+        task.add_done_callback(self._refresh_done)
+
+    async def _refresh_token(self, rejected: str, code: str, kind: Kind, deadline: float | None) -> None:
         """KIS refused the token (EGW00123/EGW00121): get another. A read or a cancel waits for it
         however long KIS's one-issuance-a-minute makes that (a late cancel still helps); an order is
-        resent only when the new token came at once, within its deadline (write_deadline_s from its
-        first attempt, `first_sent`). EGW00123 proves the order was not placed, and one sent a minute
-        after its decision is not the agent's decision (the send queue refuses an order that waited
+        resent only when the new token came at once, within its `deadline` (write_deadline_s from the
+        call). EGW00123 proves the order was not placed, and one sent a minute after its decision is
+        not the agent's decision (the send queue refuses an order that waited
         `max_send_wait_s` before it left): BrokerTemporary, so the queue refuses it and the agent
         decides again. The refresh itself goes on for the calls that follow."""
         assert self.tokens is not None
@@ -511,10 +562,9 @@ class KisRest:
             return
         waited = self.tokens.waited_s
         task = asyncio.ensure_future(self.tokens.invalidate_and_get(rejected, code))
-        self._background.add(task)  # (it outlives this call when the order stops waiting for it)
-        task.add_done_callback(self._refresh_done)
+        self._keep(task)
         start = time.monotonic()
-        left = self.write_deadline_s - (start - first_sent) if first_sent is not None else self.write_deadline_s
+        left = deadline - start if deadline is not None else self.write_deadline_s
         try:
             await within(asyncio.shield(task), max(left, 0.0))  # (common.aio: a cancel of the call is kept)
         except TimeoutError:
@@ -541,7 +591,7 @@ class KisRest:
     def _refresh_done(self, task: asyncio.Task[str]) -> None:
         self._background.discard(task)
         if not task.cancelled() and (e := task.exception()) is not None:  # (retrieved: no asyncio warning)
-            log.info("KIS token refresh after an order's token refusal failed: %s", e)
+            log.info("KIS token request an order stopped waiting for failed: %s", e)
 
     async def paged(
         self,
@@ -583,6 +633,16 @@ class KisRest:
             params["CTX_AREA_FK100"], params["CTX_AREA_NK100"] = key
             tr_cont = "N"
         raise BrokerTemporary(f"{path}: more than {max_pages} pages", code="PAGING")
+
+
+def _no_data(env: Envelope, http_status: int) -> bool:
+    """rt_cd 7 that says "nothing to report": without a msg_cd, or with a no-data one (KIOK0560). KIS
+    also answers refusals with rt_cd 7 (API.md §4.2); taken as an empty page, an empty order list
+    would let reconciliation call an order in doubt NOT_AT_BROKER."""
+    if env.rt_cd.strip() != NO_DATA_RT_CD:
+        return False
+    code = env.msg_cd.strip()
+    return not code or lookup(code, http_status).verdict is Verdict.NO_DATA
 
 
 def _rows(body: Envelope) -> int | None:

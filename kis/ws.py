@@ -77,10 +77,16 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # notices it is gone): wait, then take over. The pause starts short and doubles while KIS keeps
     # refusing (jittered, never under the first pause, capped): a tight ~1 s loop is what makes KIS
     # lock a key for long (API.md §6.4, §8.2), a fixed long pause is what keeps orders waiting.
+    # (§8.2 advises 15-60 s after such a loop: the pause is 12-24 s at the fifth refusal in a row, then more.)
     in_use_backoff_s: float = 1.5
     in_use_backoff_max_s: float = 60.0
     stable_after_s: float = 2.0  # a session READY this long resets the back-off (a later drop is a new incident)
     quick_retries: int = 3  # shorter READY sessions in a row that still reconnect at once (then: back off)
+    # A session that never got READY because KIS refused the notice feed (OPSP0017 wrong HTS id, or
+    # another refusal) is not retried sooner than this: KIS recycles such a socket seconds later
+    # (API.md §8.1), and reconnecting at once was ~1,200 connects an hour, each a Gap and a
+    # reconciliation, the connect/close loop that can get the app key blocked (API.md §6.4).
+    notice_refused_backoff_s: float = 30.0
     # the approval-key call failed (rate limit, HTTP 500, unreachable): the first retry soon (KIS may be
     # up), then doubling up to backoff_max_s while it keeps failing (an outage overnight was ~3,600
     # approval requests and warnings an hour at a flat 1 s)
@@ -116,7 +122,8 @@ class SessionRefused(SessionEnded):
 def after_session(attempt: int, short: int, ready_for: float | None, cfg: WsConfig) -> tuple[int, int]:
     """(attempt, short) after a session ends. A session that reached READY proves KIS takes us, so
     its drop is a new incident retried at the base delay — unless sessions keep dying young
-    (more than `quick_retries` in a row under `stable_after_s`): that is a loop to back off from."""
+    (more than `quick_retries` in a row under `stable_after_s`): that is a loop to back off from.
+    `ready_for` is None for a session that never got READY (a DEGRADED one included)."""
     if ready_for is None:  # never got through: keep escalating
         return attempt, short
     short = 0 if ready_for >= cfg.stable_after_s else short + 1
@@ -192,7 +199,8 @@ class KisWebSocket:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._was_ready = False
-        self._ready_at: float | None = None
+        self._ready_at: float | None = None  # loop time the current session got READY (None: not yet)
+        self._notice_problem: SessionProblem | None = None  # the current session's notice slot was refused
         self._reader: asyncio.Task[None] | None = None
         self._gap_since: dt.datetime | None = None
         self._last_rx = now_kst()
@@ -263,17 +271,25 @@ class KisWebSocket:
             level = logging.WARNING if problem in (SessionProblem.DROPPED, SessionProblem.STARTING) else logging.ERROR
             log.log(level, "KIS real-time session: %s", session_why(self.state, problem, detail))
 
+    def _note_drop(self, reason: str) -> None:
+        """The session dropped. One that never got READY because KIS refused its notice feed keeps that
+        refusal as the problem: KIS recycles such a socket (API.md §8.1), and the refusal is what to fix."""
+        if self._ready_at is None and self._notice_problem is not None:
+            return
+        self._note(SessionProblem.DROPPED, reason)
+
     async def _run(self) -> None:
         attempt = short = refusals = rest_failures = 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
+            self._notice_problem = None
             self._opened = False
             refused = rest_failed = False
             try:
                 await self._session()
                 reason = "closed by server"
-                self._note(SessionProblem.DROPPED, reason)
+                self._note_drop(reason)
             except asyncio.CancelledError:
                 raise
             except SessionRefused as e:
@@ -296,7 +312,7 @@ class KisWebSocket:
             ) as e:
                 if self._opened or isinstance(e, (ConnectionClosed, SessionEnded)):
                     reason = f"{type(e).__name__}: {e}"
-                    self._note(SessionProblem.DROPPED, reason)
+                    self._note_drop(reason)
                 else:  # the websocket could not be opened at all
                     reason = explain(e, self._url).text()
                     self._note(SessionProblem.WS_UNREACHABLE, reason)
@@ -319,6 +335,8 @@ class KisWebSocket:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
             delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
+            if ready_for is None and self._notice_problem is not None:
+                delay = max(delay, self.cfg.notice_refused_backoff_s)  # KIS refuses the feed: no connect loop
             if refused:
                 delay = in_use_delay(refusals, self.cfg)
                 refusals += 1
@@ -360,8 +378,8 @@ class KisWebSocket:
             retry = asyncio.get_running_loop().create_task(self._retry_refused(ws), name="kis-ws-refused")
             try:
                 ok, why = await self._sync(ws)
-                self._ready_at = asyncio.get_running_loop().time()
-                if ok:
+                if ok:  # (only READY resets the back-off: a DEGRADED session proves nothing)
+                    self._ready_at = asyncio.get_running_loop().time()
                     self._note(SessionProblem.NONE, "")
                     self._set_state(SessionState.READY)
                 else:
@@ -402,6 +420,7 @@ class KisWebSocket:
         if res.ok:
             log.info("registration of %s accepted on a later try", key)
             if key == self.notice_key and self.state is SessionState.DEGRADED and ws is self._ws:
+                self._ready_at = asyncio.get_running_loop().time()
                 self._note(SessionProblem.NONE, "")
                 self._set_state(SessionState.READY, "notice slot registered on a later try")
                 self._close_gap("no order notices until now")  # fills meanwhile had no notice
@@ -417,10 +436,8 @@ class KisWebSocket:
     def _notice_refused(self, res: SubscriptionResult) -> bool:
         """Note why the notice slot is unusable; True when asking again may help (not a wrong HTS id)."""
         hts_refused = lookup(res.code).verdict is Verdict.WS_HTS_ID_REFUSED
-        self._note(
-            SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED,
-            f"{res.code} {res.message}".strip(),
-        )
+        self._notice_problem = SessionProblem.HTS_ID_REFUSED if hts_refused else SessionProblem.NOTICE_REFUSED
+        self._note(self._notice_problem, f"{res.code} {res.message}".strip())
         return not hts_refused
 
     @property

@@ -192,8 +192,10 @@ def test_rate_above_the_kis_limit_is_refused(tmp_path: Path) -> None:
     msg = refused(tmp_path, '[broker]\nenv = "paper"\nrate_per_s = 5\n')
     assert "broker.rate_per_s" in msg and "limit of 2/s" in msg, msg
     assert "limit of 20/s" in refused(tmp_path, '[broker]\nenv = "real"\nrate_per_s = 25\n')
-    ok = load_gateway_config(write(tmp_path, '[broker]\nenv = "real"\nrate_per_s = 20\n'))
-    assert environment_for(ok.broker).rate_per_s == 20
+    # at the limit itself too: calls spaced 1/20 s apart put 21 into some second
+    assert "limit of 20/s" in refused(tmp_path, '[broker]\nenv = "real"\nrate_per_s = 20\n')
+    ok = load_gateway_config(write(tmp_path, '[broker]\nenv = "real"\nrate_per_s = 19.9\n'))
+    assert environment_for(ok.broker).rate_per_s == 19.9
     # the twin enforces nothing: tests and benches run it fast
     sim = load_gateway_config(
         write(tmp_path, '[broker]\nrate_per_s = 1000\nrest_url = "http://h"\nws_url = "ws://h"\n')
