@@ -348,8 +348,9 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     resend_within_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     description: str = ""
     # > 0: the agent trades the gateway's universe, the top N by trading value (refreshed during the
-    # session), besides its `codes`
-    universe_top: Annotated[int, msgspec.Meta(ge=0, le=40)] = 0
+    # session), besides its `codes`; at most 30: KIS's volume ranking returns 30 rows and cannot page (API.md
+    # volume-rank), so a card asking for more got 30 without a word
+    universe_top: Annotated[int, msgspec.Meta(ge=0, le=30)] = 0
 
 
 T = TypeVar("T")
