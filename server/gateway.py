@@ -313,8 +313,8 @@ class Gateway:
         r.tool(GetOrders, self._get_orders)
         r.tool(GetSummary, lambda route, m: self.services.summary_reply(m))  # tools: any agent's book
         r.tool(GetTrace, self._get_trace)
-        r.agent(Heartbeat, s.heartbeat)
-        r.agent(Unregister, s.unregister)
+        r.agent(Heartbeat, s.heartbeat, lapsed=True)
+        r.agent(Unregister, s.unregister, lapsed=True)
         r.agent(GetSnapshot, s.get_snapshot)
         r.agent(GetEvents, s.get_events)
         r.agent(Subscribe, s.subscribe)

@@ -32,6 +32,7 @@ from common.credentials import OPERATOR
 from common.errors import ErrorCode
 from common.framing import Codec, FrameError
 from common.schema import Error, HeaderFactory, Message
+from common.enums import AgentState
 from server.registry import AgentRecord, Registry
 
 log = logging.getLogger("ktrader.gateway")
@@ -62,6 +63,7 @@ class Router:
         self._open: dict[type, ToolHandler] = {}
         self._enroll: dict[type, ToolHandler] = {}
         self._agents: dict[type, AgentHandler] = {}
+        self._lapsed_ok: set[type] = set()  # agent requests served after the lease ran out (see `agent`)
         self._recheck_scheduled = False
         self._zap = False  # the endpoint is CURVE-secured: frames carry the peer's key name (User-Id)
 
@@ -79,8 +81,12 @@ class Router:
         """Requests of an agent's credential on a connection not registered yet (Register)."""
         self._enroll[msg_type] = fn
 
-    def agent(self, msg_type: type, fn: AgentHandler) -> None:
+    def agent(self, msg_type: type, fn: AgentHandler, *, lapsed: bool = False) -> None:
+        """`lapsed`: served for an agent whose lease ran out too (its heartbeat, answered NOT_REGISTERED by
+        the sessions; its unregister); every other request of such an agent is refused NOT_REGISTERED."""
         self._agents[msg_type] = fn
+        if lapsed:
+            self._lapsed_ok.add(msg_type)
 
     # ---- socket ------------------------------------------------------------------------------------
 
@@ -227,6 +233,21 @@ class Router:
             return
         if rec.id != signer:
             refuse(ErrorCode.WRONG_AGENT, f"this connection is registered as {rec.id!r}")
+            return
+        if rec.state is not AgentState.ONLINE and t not in self._lapsed_ok:
+            # its lease ran out (a stalled process: a slow callback, SIGSTOP): it is offline to the gateway, its
+            # market data released, the operator told it crashed. An order decided meanwhile, on prices seconds
+            # old, waits for it to register again (the agent keeps it and sends it then: NOT_REGISTERED is not
+            # acted on), where the risk gate sees it as it is now (paused, flattened, reducing)
+            self.counters["refused_lapsed"] += 1
+            self.reply(
+                route,
+                Error(
+                    h=self.headers(h.mid),
+                    code=ErrorCode.NOT_REGISTERED,
+                    message=f"your lease expired ({rec.state}): nothing of this request was done; register again",
+                ),
+            )
             return
         self.registry.touch(rec)
         out = self._agents[t](rec, route, msg)
