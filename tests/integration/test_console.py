@@ -112,7 +112,7 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         timeout=30,
         env={**os.environ, "COLUMNS": "250"},
     ).stdout
-    assert "reconciliation synced" in table and "account (all agents)" in table and "70,000" in table
+    assert "reconciliation synced" in table and "account (live agents)" in table and "70,000" in table
 
     app = TopApp(run, supervisor=sup, cards_dir=cards)
     async with app.run_test(size=(250, 50)) as pilot:

@@ -336,7 +336,7 @@ def render_status(st: StatusReply, console: Console | None = None, started_wall_
         table.add_row(*(Text(t, style=sty) for t, sty in grid.totals(cols, st.agents)), end_section=True)
     console.print(table)
     if st.account:
-        acc = Table(title="account (all agents)")
+        acc = Table(title="account (live agents)")  # the gateway leaves shadow agents out of it
         for col in ("code", "name", "qty", "avg", "last", "unrealised", "realised"):
             acc.add_column(
                 col, justify="left" if col in ("code", "name") else "right", no_wrap=True, overflow="ellipsis"

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.text import Text
@@ -40,7 +41,7 @@ from tools.ops.status import (
     risk_line,
     wall_started_ns,
 )
-from tools.ops.supervisor import Supervised, Supervisor
+from tools.ops.supervisor import ProcState, Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
@@ -49,6 +50,15 @@ log = logging.getLogger("ktrader.top")
 
 SUPERVISOR_W = 16
 TOTAL_KEY = "__total__"
+# the state cell of a supervising console grows (from the width left over, no column dropped for it) to hold
+# the supervisor's word for an agent that is not online: "backoff r12"
+STATE_W = 11
+# supervisor states that say more than the gateway's "offline": (text, style)
+SUPERVISOR_STATES: dict[ProcState, tuple[str, str]] = {
+    ProcState.BACKOFF: ("backoff", "bold yellow"),
+    ProcState.GAVE_UP: ("gave up", "bold red"),
+    ProcState.EXITED: ("exited", "bold red"),
+}
 
 # action -> (Control action or local verb, needs an agent, question when dangerous)
 ACTIONS: dict[str, tuple[str, bool, str]] = {
@@ -105,6 +115,9 @@ class TopApp(App[None]):
         Binding("o", "sort(False)", "sort"),
         Binding("O", "sort(True)", "sort back", show=False),
         Binding("q", "quit_console", "quit"),
+        # textual's own quit keys, which it suggests: they ask too (the console's end stops its agents)
+        Binding("ctrl+q", "quit_console", "quit", show=False, priority=True),
+        Binding("ctrl+c", "quit_console", "quit", show=False),
         *(
             Binding(str(i), f"tab('{tab}')", tab, show=False)
             for i, tab in enumerate(("blotter", "positions", "market", "health", "events"), 1)
@@ -132,6 +145,9 @@ class TopApp(App[None]):
         self.sort_reverse = False
         self._cols: list[grid.Column] = []
         self._with_supervisor = False
+        self._reselect: str | None = None  # the agents grid's selected row, kept across a re-layout
+        self._asking_quit = False
+        self._ended: set[str] = set()  # supervised agents whose end (gave up, exited) was said
         if supervisor is not None:
             supervisor.on_change = self._on_supervisor
 
@@ -205,6 +221,8 @@ class TopApp(App[None]):
 
     async def _refresh_orders(self) -> None:
         await self.model.refresh_orders()
+        if self.model.orders_error:  # the model notifies only on success: say the blotter is stale
+            self.render_orders()
 
     def _on_model(self, what: str) -> None:
         if what == "status":
@@ -232,11 +250,34 @@ class TopApp(App[None]):
     def _on_supervisor(self, sup: Supervised) -> None:
         # called from the supervisor's watcher threads
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._render_if_mounted)
+            self._loop.call_soon_threadsafe(self._supervisor_changed, sup.id)
 
-    def _render_if_mounted(self) -> None:
+    def _supervisor_changed(self, agent: str) -> None:
         if self.is_running and self.screen_stack and self.main.query("#banner"):
+            self._say_if_ended(agent)
             self.render_status()
+
+    def _say_if_ended(self, agent: str) -> None:
+        """A supervised agent that will not be restarted (gave up on a crash loop, or exited for good): said
+        once, in the message line and the events, with why and its last error."""
+        if self.supervisor is None or (sup := self.supervisor.agents.get(agent)) is None:
+            return
+        if sup.state not in (ProcState.GAVE_UP, ProcState.EXITED):
+            self._ended.discard(agent)
+            return
+        if agent in self._ended:
+            return
+        self._ended.add(agent)
+        path = self.supervisor.log_dir / f"agent-{agent}.log"
+        a = self.model.agent_status(agent)
+        last = flat(a.last_error if a is not None else "") or last_log_line(path)
+        text = (
+            f"{agent} {sup.state.value}: {sup.reason}{f'; last error: {last}' if last else ''}. It is not restarted: "
+            f"see {path}, then restart it (t)"
+        )
+        self.model.events.append(f"{now_kst():%H:%M:%S} supervisor {text}")
+        self.render_events()
+        self.say(text, error=sup.last_exit != 0, warn=sup.last_exit == 0)
 
     def on_resize(self, event: events.Resize) -> None:
         self._layout_agents(event.size.width)
@@ -244,15 +285,23 @@ class TopApp(App[None]):
             self._render_agents(self.model.status)
 
     def _layout_agents(self, width: int = 0) -> None:
-        """The grid's columns for the terminal's width (rebuilt when it changes)."""
+        """The grid's columns for the terminal's width (rebuilt when it changes; the selected row kept)."""
         width = width or self.size.width or 80
         cols = grid.visible(width)
         left = width - 2 - sum(c.width + grid.CELL_PAD for c in cols)
+        if self.supervisor is not None:
+            grow = max(0, min(left, STATE_W - grid.BY_KEY["state"].width))
+            cols = [replace(c, width=c.width + grow) if c.key == "state" else c for c in cols]
+            left -= grow
         with_sup = self.supervisor is not None and left >= SUPERVISOR_W + grid.CELL_PAD
-        if [c.key for c in cols] == [c.key for c in self._cols] and with_sup == self._with_supervisor:
+        if [(c.key, c.width) for c in cols] == [(c.key, c.width) for c in self._cols] and (
+            with_sup == self._with_supervisor
+        ):
             return
         self._cols, self._with_supervisor = cols, with_sup
         table = self.main.query_one("#agents", DataTable)
+        if table.row_count:  # cleared below: the next render puts the cursor back on this row
+            self._reselect = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
         table.clear(columns=True)
         for c in cols:
             table.add_column(c.label, width=c.width, key=c.key)
@@ -342,14 +391,33 @@ class TopApp(App[None]):
         agents = grid.sort_agents(self._agents_with_supervised(st), self.sort_key, self.sort_reverse)
         rows: dict[str, list[object]] = {}
         for a in agents:
-            row: list[object] = [Text(t, style=s) for t, s in grid.cells(self._cols, a, st)]
+            sup = self.supervisor.agents.get(a.id) if self.supervisor else None
+            row: list[object] = [
+                Text(*self._state_cell(a, sup, c.width) if c.key == "state" else cell)
+                for c, cell in zip(self._cols, grid.cells(self._cols, a, st))
+            ]
             if self._with_supervisor:
-                sup = self.supervisor.agents.get(a.id) if self.supervisor else None
                 row.append(Text(f"{sup.state} r{sup.restarts}" if sup else ("by hand" if a.pid else "-")))
             rows[a.id] = row
         total: list[object] = [Text(t, style=s) for t, s in grid.totals(self._cols, st.agents)]
         rows[TOTAL_KEY] = total + ([""] if self._with_supervisor else [])
-        sync_table(self.main.query_one("#agents", DataTable), rows)
+        # a row that left (or a re-layout) must not move the selection onto another agent: the TOTAL row
+        # then, on which no action key acts
+        keep, self._reselect = self._reselect, None
+        sync_table(self.main.query_one("#agents", DataTable), rows, keep=keep, gone=TOTAL_KEY)
+
+    @staticmethod
+    def _state_cell(a: AgentStatus, sup: Supervised | None, width: int) -> tuple[str, str]:
+        """The state cell: the gateway's, or for a supervised agent that is not online the supervisor's word
+        when it says more (crash loop given up, exited for good, restarting): at any width, not only in
+        the supervisor column of a wide terminal."""
+        text, style = a.state.value, grid.STATE_STYLE.get(a.state.value, "")
+        if sup is None or a.state is AgentState.ONLINE or sup.state not in SUPERVISOR_STATES:
+            return text, style
+        text, style = SUPERVISOR_STATES[sup.state]
+        if sup.state is ProcState.BACKOFF and len(f"{text} r{sup.restarts}") <= width:
+            text = f"{text} r{sup.restarts}"
+        return text, style
 
     def action_sort(self, reverse: bool) -> None:
         """o: sort by the next column; O: reverse the order."""
@@ -471,10 +539,24 @@ class TopApp(App[None]):
         # what the blotter's limit left out, said in the titles (Label: plain text, no markup)
         cut = self.model.orders_cut
         self.main.query_one("#orders-title", Label).update(
-            Text("Orders (newest first)" + (f": {cut:,} older finished orders not listed (the limit)" if cut else ""))
+            Text(
+                "Orders (newest first)" + (f": {cut:,} older finished orders not listed (the limit)" if cut else "")
+            ).append(self._orders_stale(), style="bold red")
         )
         more = ": the newest only, older ones not listed (the limit)" if self.model.fills_cut else ""
-        self.main.query_one("#fills-title", Label).update(Text(f"Fills (newest first): {len(fills)}{more}"))
+        self.main.query_one("#fills-title", Label).update(
+            Text(f"Fills (newest first): {len(fills)}{more}").append(self._orders_stale(), style="bold red")
+        )
+
+    def _orders_stale(self) -> str:
+        """For the blotter's titles while the orders query fails: the lists shown are the last fetched."""
+        err = self.model.orders_error
+        if not err:
+            return ""
+        if not self.model.orders_at:
+            return f"  (not loaded: {flat(err)})"
+        since = now_kst() - dt.timedelta(seconds=time.monotonic() - self.model.orders_at)
+        return f"  (stale since {since:%H:%M:%S}: {flat(err)})"
 
     def render_market(self) -> None:
         names = self.model.status.names if self.model.status is not None else {}
@@ -482,7 +564,7 @@ class TopApp(App[None]):
             self.main.query_one("#market", DataTable),
             {
                 m.code: [
-                    m.code,
+                    Text(m.code),  # every cell from data a Text: a str cell is markup to the DataTable
                     Text(names.get(m.code, "")),  # not markup
                     f"{m.last:,}",
                     Text(f"{m.change:+,}", style="red" if m.change > 0 else "blue" if m.change < 0 else ""),
@@ -631,18 +713,30 @@ class TopApp(App[None]):
             return
         self.say(text)
 
+    async def action_quit(self) -> None:
+        """textual's quit (its command palette's "Quit"): asks as q does."""
+        self.action_quit_console()
+
     def action_quit_console(self) -> None:
         running = [
             s
             for s in (self.supervisor.agents.values() if self.supervisor else [])
-            if s.state.value in ("running", "backoff")
+            if s.state in (ProcState.RUNNING, ProcState.BACKOFF)
         ]
         if not running:
             self.exit()
             return
+        if self._asking_quit:  # (Ctrl+Q again while asked)
+            return
+        self._asking_quit = True
+
+        def answered(yes: bool | None) -> None:
+            self._asking_quit = False
+            if yes:
+                self.exit()
+
         self.push_screen(
-            ConfirmScreen(f"Quit? The {len(running)} agents this console supervises will be stopped."),
-            lambda yes: self.exit() if yes else None,
+            ConfirmScreen(f"Quit? The {len(running)} agents this console supervises will be stopped."), answered
         )
 
 
@@ -655,7 +749,23 @@ def stamp(ns: int, today: dt.date) -> str:
 
 def one_line(e: BaseException) -> str:
     """An exception as one line of the message bar (it is one line high)."""
-    return " ".join(str(e).split()) or type(e).__name__
+    return flat(str(e)) or type(e).__name__
+
+
+def flat(text: str) -> str:
+    """A text on one line."""
+    return " ".join(text.split())
+
+
+def last_log_line(path: Path, tail: int = 4096) -> str:
+    """The last line of an agent's log (what it said before it ended), "" when there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - tail))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((flat(line) for line in reversed(lines) if line.strip()), "")[:200]
 
 
 def log_to_file(run_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -23,15 +24,23 @@ def sparkline(values: Iterable[int], width: int = 24) -> str:
     return "".join(BARS[(v - lo) * (len(BARS) - 1) // (hi - lo)] for v in pts)
 
 
-def sync_table(table: DataTable, rows: Mapping[str, Sequence[object]]) -> None:
-    """Make `table` show exactly `rows` (key -> cells), in order, keeping the cursor on its row."""
-    keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
+def sync_table(
+    table: DataTable, rows: Mapping[str, Sequence[object]], *, keep: str | None = None, gone: str | None = None
+) -> None:
+    """Make `table` show exactly `rows` (key -> cells), in order, keeping the cursor on its row.
+
+    `keep`: the row the cursor was on before the caller cleared the table (e.g. for new columns); by default
+    the row under the cursor. When that row is gone the cursor goes to `gone` (a row that selects nothing),
+    else to the first row: a key acting on the selected row must not silently act on another one."""
+    if keep is None and table.row_count:
+        keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
     if [k.value for k in table.rows] != list(rows):
         table.clear()
         for key, cells in rows.items():
             table.add_row(*cells, key=key)
-        if keep is not None and keep in rows:
-            table.move_cursor(row=list(rows).index(keep))
+        target = keep if keep in rows else gone if keep is not None and gone in rows else None
+        if target is not None:
+            table.move_cursor(row=list(rows).index(target))
         return
     cols = list(table.columns)
     for key, cells in rows.items():
@@ -58,7 +67,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, id="question")
+            # plain text, not markup: a reload preview or a card path may hold "[/x]" (that raised, and the
+            # console's end stops every agent it supervises) or "[word]" (that vanished from the question)
+            yield Label(Text(self.question), id="question", markup=False)
             with Horizontal():
                 yield Button("Yes (y)", variant="error", id="yes")
                 yield Button("No (n)", variant="primary", id="no")
@@ -90,7 +101,7 @@ class AskScreen(ModalScreen[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.prompt)
+            yield Label(Text(self.prompt), markup=False)  # plain text: it names a folder
             # a hint, not a value: typing must not replace a pre-filled folder (it used to)
             yield Input(value=self.value, placeholder=self.placeholder, id="answer")
 
