@@ -248,7 +248,9 @@ class OrderBook:
             return [FillUpdate(fill=fv, position=pos)]
 
         new = self.try_apply(coid, ev, fill_extra)
-        if new is not None and new.filled_qty > o.filled_qty:
+        if new is not None and new.filled_qty > o.filled_qty and self.order_day.get(coid, self.day()) >= self.day():
+            # today's trading only (as _count_fills counts at a start): an earlier day's order filled in its
+            # close, booked late (a day closed in the next session), is that day's fill, not a trade of today
             self.fills_today += 1
             self.fills_by_agent[new.agent] += 1
         return new
