@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 
 import zmq
 
@@ -24,12 +25,22 @@ from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import REPLY_TO, Error, HeaderFactory, Message, Published
 
+# how often a request's wait looks whether a new gateway replaced the one it asked (see GatewayClient.request)
+REPLACED_CHECK_S = 0.1
+
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+
+
+class GatewayReplaced(KtraderError):
+    """A request's gateway was replaced by a new one (another connection file) before it answered."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.TIMEOUT, message)
 
 
 class GatewayClient:
@@ -43,11 +54,14 @@ class GatewayClient:
         keys: KeyPair | None = None,
         *,
         credential: Credential,
+        replaced: Callable[[], bool] | None = None,
     ) -> None:
         """`credential`: whom this client signs as (common.credentials.load: an agent's own, or the
         operator's). `keys`: this client's CURVE pair, needed when the gateway's endpoints cross a
-        network (common.curve.client_pair_for gives it, or None on ipc)."""
+        network (common.curve.client_pair_for gives it, or None on ipc). `replaced`: True once a new
+        gateway wrote its connection file (`info` is stale): a request waiting then ends with GatewayReplaced."""
         self.info = info
+        self.replaced = replaced
         self.ctx = ctx or zmq.Context.instance()
         self.codec = Codec(info.key_bytes, credential=credential)
         self.codec.expect_publisher(info.session)  # PUB frames of this gateway only (see expect_gateway)
@@ -156,7 +170,9 @@ class GatewayClient:
 
     def request(self, msg: Message, timeout_s: float = 5.0) -> Message:
         """Send and wait for the reply to this message; other messages are kept in `inbox`.
-        Raises KtraderError(TIMEOUT) when no reply arrives in time."""
+        Raises KtraderError(TIMEOUT) when no reply arrives in time, GatewayReplaced (a TIMEOUT) as soon as
+        `replaced` says a new gateway took over: a request queued while the gateway was down reaches the new
+        one, whose reply, signed with its new key, is dropped here as a bad frame (waiting on is pointless)."""
         mid = self.send(msg)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -167,12 +183,15 @@ class GatewayClient:
                     ErrorCode.TIMEOUT,
                     f"no reply to {type(msg).__name__} within {timeout_s}s" + (f"; {why}" if why else ""),
                 )
-            if not self.dealer.poll(int(left * 1000) + 1, zmq.POLLIN):
-                continue
-            while (reply := self.recv_nowait()) is not None:
-                if reply.h.re == mid:
-                    return reply
-                self.inbox.append(reply)
+            step = left if self.replaced is None else min(left, REPLACED_CHECK_S)
+            if self.dealer.poll(int(step * 1000) + 1, zmq.POLLIN):
+                while (reply := self.recv_nowait()) is not None:
+                    if reply.h.re == mid:
+                        return reply
+                    self.inbox.append(reply)
+            if self.replaced is not None and self.replaced():
+                what = type(msg).__name__
+                raise GatewayReplaced(f"a new gateway wrote its connection file before {what} was answered")
 
     def call(self, msg: Message, timeout_s: float = 5.0) -> Message:
         """request() that raises KtraderError for an Error reply, or for a reply of another type than

@@ -20,6 +20,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--takeover-wait", type=float, default=4.0, help="seconds to wait for a crashed copy's lease to run out"
     )
+    p.add_argument(
+        "--gateway-wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a gateway that is down or starting before exiting 5 (a supervisor starts it again)",
+    )
     p.add_argument("--profile", default=None, help="write a cProfile of the run to this file")
     p.add_argument("--log-level", default="info")
     return p
@@ -38,7 +44,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CARD
     sys.path.insert(0, os.getcwd())  # strategies may live in the working tree
-    rt = AgentRuntime(card, args.run_dir, lock_dir=args.lock_dir, takeover_wait_s=args.takeover_wait)
+    rt = AgentRuntime(
+        card,
+        args.run_dir,
+        lock_dir=args.lock_dir,
+        gateway_wait_s=args.gateway_wait,
+        takeover_wait_s=args.takeover_wait,
+    )
     if args.profile:
         import cProfile
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, cast
 import msgspec
 import zmq
 
-from agent.client import GatewayClient
+from agent.client import GatewayClient, GatewayReplaced
 from agent.marketfeed import MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
@@ -722,6 +722,11 @@ class AgentRuntime(AgentServicesMixin):
             return None
         return st.st_ino, st.st_mtime_ns
 
+    def _info_replaced(self) -> bool:
+        """A new gateway wrote its connection file since this agent read it (not: the file is gone)."""
+        stamp = self._info_stamp()
+        return stamp is not None and stamp != self._stamp
+
     def _connect_and_register(self) -> None:
         self._stamp = self._info_stamp()
         previous = self.info.session if self.info is not None else None
@@ -737,7 +742,9 @@ class AgentRuntime(AgentServicesMixin):
             raise AgentExit(EXIT_BAD_CARD, f"{self.agent_id} has no credential: {e}") from None
         try:
             keys = client_pair_for(self.run_dir, self.agent_id, self.info.router, self.info.pub)
-            self.client = GatewayClient(self.info, self.agent_id, self.headers, keys=keys, credential=credential)
+            self.client = GatewayClient(
+                self.info, self.agent_id, self.headers, keys=keys, credential=credential, replaced=self._info_replaced
+            )
         except CurveError as e:
             self.client = None
             raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
@@ -754,6 +761,11 @@ class AgentRuntime(AgentServicesMixin):
             )
             try:
                 reply = self.client.request(msg, timeout_s=3.0)
+            except GatewayReplaced as e:
+                # a Register queued while the gateway was down reached its successor, which took it (its lease
+                # runs) and answered with its new key: register again with the new file, within that lease
+                self.log.warning("%s; reconnecting", e.message)
+                return self._connect_and_register()
             except KtraderError as e:
                 raise AgentExit(EXIT_NO_GATEWAY, f"gateway at {self.info.router} did not answer: {e}") from None
             if isinstance(reply, Registered):

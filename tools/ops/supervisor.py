@@ -12,7 +12,9 @@ an exponential back-off with a cap, unless:
   is still not fought for long;
 - it already restarted `max_restarts` times within `window_s`, or `max_restarts` times in a row without
   a run that lasted `stable_s` (a crash loop whose runs outlast the window's pace): the supervisor gives
-  up and says so.
+  up and says so. An agent that exited because no gateway answered (EXIT_NO_GATEWAY: it is down, or slow
+  to start) is no crash loop: it is restarted at the back-off (up to its cap) until the gateway is back, never
+  given up, and shown as NO_GATEWAY meanwhile.
 A run that lasted `stable_s` resets the back-off and that count. An agent whose card the gateway refused
 while it ran (EXIT_CARD_REFUSED: approved again, or withdrawn) is restarted: the card on disk is loaded.
 `stop()` ends an agent (SIGTERM, then SIGKILL after a grace period) without restarting it; `restart()`
@@ -32,7 +34,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from agent.runtime import EXIT_BAD_CARD, EXIT_CARD_REFUSED, EXIT_DUPLICATE, EXIT_LOCKED, EXIT_OK, EXIT_STRATEGY
+from agent.runtime import (
+    EXIT_BAD_CARD,
+    EXIT_CARD_REFUSED,
+    EXIT_DUPLICATE,
+    EXIT_LOCKED,
+    EXIT_NO_GATEWAY,
+    EXIT_OK,
+    EXIT_STRATEGY,
+)
 from common.config import ConfigError, load_card
 from common.logs import LogKeeper, rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
@@ -52,6 +62,7 @@ NO_RESTART_CODES: dict[int, str] = {
 RESTART_REASONS: dict[int, str] = {
     EXIT_CARD_REFUSED: "the gateway refused the card it ran with (approved again or withdrawn): the card on disk "
     "is loaded",
+    EXIT_NO_GATEWAY: "no gateway answered: it is down or starting; started again until it is back",
 }
 
 
@@ -80,6 +91,12 @@ class ProcState(StrEnum):
     STOPPED = "stopped"  # stopped by the operator
     EXITED = "exited"  # ended with a do-not-restart code
     GAVE_UP = "gave up"  # too many restarts in the window
+    # exited as no gateway answered: waiting to restart, until the gateway is back (short: the console's column)
+    NO_GATEWAY = "no gateway"
+
+
+# states whose agent the supervisor keeps (re)starting
+SUPERVISED_STATES = frozenset({ProcState.RUNNING, ProcState.BACKOFF, ProcState.NO_GATEWAY})
 
 
 @dataclass
@@ -134,7 +151,7 @@ class Supervisor:
             raise SupervisorError(str(e)) from None
         with self._lock:
             cur = self.agents.get(agent_id)
-            if cur is not None and cur.state in (ProcState.RUNNING, ProcState.BACKOFF):
+            if cur is not None and cur.state in SUPERVISED_STATES:
                 raise SupervisorError(f"{agent_id} is already supervised ({cur.state}, pid {cur.pid})")
             sup = Supervised(id=agent_id, card=card)
             self.agents[agent_id] = sup
@@ -155,7 +172,7 @@ class Supervisor:
     def restart(self, agent_id: str) -> Supervised:
         """Restart now (no back-off); an agent that had stopped or given up starts again."""
         sup = self._get(agent_id)
-        if sup.state in (ProcState.RUNNING, ProcState.BACKOFF) and sup._thread is not None and sup._thread.is_alive():
+        if sup.state in SUPERVISED_STATES and sup._thread is not None and sup._thread.is_alive():
             sup._restart_now = True
             sup._stop.set()  # wakes a back-off wait; the watcher clears it for a restart
             self._terminate(sup)
@@ -177,7 +194,7 @@ class Supervisor:
 
     def is_supervised(self, agent_id: str) -> bool:
         s = self.agents.get(agent_id)
-        return s is not None and s.state in (ProcState.RUNNING, ProcState.BACKOFF)
+        return s is not None and s.state in SUPERVISED_STATES
 
     def _get(self, agent_id: str) -> Supervised:
         sup = self.agents.get(agent_id)
@@ -270,12 +287,15 @@ class Supervisor:
                 attempt, unstable = 0, 0
             while sup._recent and now - sup._recent[0] > self.policy.window_s:
                 sup._recent.popleft()
-            if len(sup._recent) >= self.policy.max_restarts:
+            # the gateway is down or slow to start: restarts wait for it, counted toward no give-up (it used to
+            # give up after max_restarts and stay down once the gateway was back)
+            waiting = rc == EXIT_NO_GATEWAY
+            if not waiting and len(sup._recent) >= self.policy.max_restarts:
                 sup.state = ProcState.GAVE_UP
                 sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
                 log.error("agent %s %s", sup.id, sup.reason)
                 break
-            if unstable >= self.policy.max_restarts:
+            if not waiting and unstable >= self.policy.max_restarts:
                 sup.state = ProcState.GAVE_UP
                 sup.reason = (
                     f"exit {rc}; {unstable} restarts in a row, none of them up for {self.policy.stable_s:.0f}s: gave up"
@@ -286,7 +306,7 @@ class Supervisor:
             attempt += 1
             why = f" ({RESTART_REASONS[rc]})" if rc in RESTART_REASONS else ""
             sup.state, sup.reason, sup.next_start_s = (
-                ProcState.BACKOFF,
+                ProcState.NO_GATEWAY if waiting else ProcState.BACKOFF,
                 f"exit {rc}{why}: restarting in {delay:.1f}s",
                 now + delay,
             )
@@ -300,9 +320,10 @@ class Supervisor:
                 sup._stop.clear()
                 attempt, unstable = 0, 0  # (the crashed copy's lease is no shorter for it: `crashed` stands)
             else:
-                sup._recent.append(time.monotonic())
                 sup.restarts += 1
-                unstable += 1
+                if not waiting:
+                    sup._recent.append(time.monotonic())
+                    unstable += 1
             if not self._try_spawn(sup):
                 return
         self._changed(sup)

@@ -41,7 +41,7 @@ from tools.ops.status import (
     risk_line,
     wall_started_ns,
 )
-from tools.ops.supervisor import ProcState, Supervised, Supervisor
+from tools.ops.supervisor import SUPERVISED_STATES, ProcState, Supervised, Supervisor
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
@@ -56,6 +56,7 @@ STATE_W = 11
 # supervisor states that say more than the gateway's "offline": (text, style)
 SUPERVISOR_STATES: dict[ProcState, tuple[str, str]] = {
     ProcState.BACKOFF: ("backoff", "bold yellow"),
+    ProcState.NO_GATEWAY: ("no gateway", "bold yellow"),  # (restarted until the gateway answers)
     ProcState.GAVE_UP: ("gave up", "bold red"),
     ProcState.EXITED: ("exited", "bold red"),
 }
@@ -719,9 +720,7 @@ class TopApp(App[None]):
 
     def action_quit_console(self) -> None:
         running = [
-            s
-            for s in (self.supervisor.agents.values() if self.supervisor else [])
-            if s.state in (ProcState.RUNNING, ProcState.BACKOFF)
+            s for s in (self.supervisor.agents.values() if self.supervisor else []) if s.state in SUPERVISED_STATES
         ]
         if not running:
             self.exit()

@@ -1,0 +1,78 @@
+"""An agent that exits because no gateway answered (EXIT_NO_GATEWAY: the gateway is down, or slow to start) is
+restarted until the gateway is back, shown as waiting for it: it used to count toward the crash-loop limit, so
+the supervisor gave up (GAVE_UP after ~77 s with the default policy) and the agent stayed down once the gateway
+was back. Crashes around such exits still count (real child processes stand in for `ktrader agent run`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from agent.runtime import EXIT_NO_GATEWAY
+from tests.conftest import wait_for
+from tools.ops.supervisor import ProcState, RestartPolicy, Supervised, Supervisor
+
+CARD = 'id = "{id}"\nname = "t"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
+POLICY = RestartPolicy(base_s=0.02, cap_s=0.1, max_restarts=3, window_s=60, stable_s=30, stop_grace_s=2)
+
+
+def _card(tmp_path: Path, agent_id: str) -> Path:
+    p = tmp_path / f"{agent_id}.toml"
+    p.write_text(CARD.format(id=agent_id))
+    return p
+
+
+def _scripted(runs: list[tuple[float, int]], starts: Path):
+    """A command whose n-th run sleeps runs[n][0] seconds, then exits runs[n][1] (the last one repeats)."""
+    prog = (
+        "import sys, time\n"
+        f"p = {str(starts)!r}\n"
+        "try:\n    n = len(open(p).read().split())\nexcept FileNotFoundError:\n    n = 0\n"
+        "open(p, 'a').write(f'{time.monotonic()}\\n')\n"
+        f"runs = {runs!r}\n"
+        "s, rc = runs[min(n, len(runs) - 1)]\n"
+        "time.sleep(s)\n"
+        "sys.exit(rc)\n"
+    )
+    return lambda card, run_dir: [sys.executable, "-c", prog]
+
+
+def _starts(starts: Path) -> int:
+    return len(starts.read_text().split()) if starts.exists() else 0
+
+
+def test_an_agent_without_a_gateway_is_restarted_until_the_gateway_is_back(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    # twice max_restarts runs find no gateway; then it is back: the agent runs
+    runs = [(0.0, EXIT_NO_GATEWAY)] * (2 * POLICY.max_restarts) + [(60.0, 0)]
+    seen: list[tuple[ProcState, str]] = []
+
+    def changed(s: Supervised) -> None:
+        seen.append((s.state, s.reason))
+
+    sup = Supervisor(tmp_path / "run", policy=POLICY, command=_scripted(runs, starts), on_change=changed)
+    try:
+        s = sup.start(_card(tmp_path, "patient"))
+        wait_for(lambda: _starts(starts) == len(runs) or s.state is ProcState.GAVE_UP, 20, what="the gateway's return")
+        assert s.state is ProcState.RUNNING, (s.state, s.reason)
+        assert s.restarts == len(runs) - 1 and sup.is_supervised("patient")
+        waiting = [r for st, r in seen if st is ProcState.NO_GATEWAY]
+        assert len(waiting) == len(runs) - 1, seen
+        assert waiting[0].startswith(f"exit {EXIT_NO_GATEWAY} (no gateway answered: it is down or starting"), waiting
+        assert str(ProcState.NO_GATEWAY) == "no gateway"  # what the console's supervisor column shows
+    finally:
+        sup.stop_all()
+
+
+def test_a_crash_loop_around_exits_without_a_gateway_still_gives_up(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    runs = [(0.0, 1), (0.0, 1)] + [(0.0, EXIT_NO_GATEWAY)] * 4 + [(0.0, 1)]  # crashes, no gateway, crashes again
+    sup = Supervisor(tmp_path / "run", policy=POLICY, command=_scripted(runs, starts))
+    try:
+        s = sup.start(_card(tmp_path, "crashy"))
+        wait_for(lambda: s.state is ProcState.GAVE_UP, 20, what="the supervisor gave up")
+        # 2 crash restarts, 4 that waited for the gateway, the third crash restart, then the give-up
+        assert _starts(starts) == 8, (_starts(starts), s.reason)
+        assert s.last_exit == 1 and "3 restarts" in s.reason and "gave up" in s.reason, s.reason
+    finally:
+        sup.stop_all()
