@@ -55,7 +55,7 @@ from common.schema import (
     StateReply,
     SummaryReply,
 )
-from common.market_clock import MarketClock, WallClock
+from common.market_clock import MarketClock, WallClock, market_ns
 from kis.port import BrokerError, BrokerNoData, BrokerPort, BrokerRejected, Capability
 from common.portfolio import Portfolio
 from common.views import order_view
@@ -321,7 +321,8 @@ class AgentServices:
                 quote = await asyncio.wait_for(self.broker.quote(msg.code, caller=agent), QUERY_TIMEOUT_S)
                 reply = PriceReply(h=self.headers(h.mid), quote=quote)
                 if self.history is not None:
-                    self.history.quote(self._market_day(), quote, now_ns())
+                    # read at the market's time (a twin replaying a past day: its clock, not the host's)
+                    self.history.quote(self._market_day(), quote, market_ns(self.clock))
             else:
                 days = await asyncio.wait_for(self.broker.investor_days(msg.code, caller=agent), QUERY_TIMEOUT_S)
                 reply = InvestorReply(h=self.headers(h.mid), code=msg.code, days=days)

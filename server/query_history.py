@@ -3,7 +3,13 @@ shares) and the investor flows of inquire-investor, kept at `run/data/queries.sq
 synchronous=NORMAL: market data, not orders) so that strategies using them can be backtested on what
 was really seen (tools/backtest/history.py reads it; `ktrader data export` writes it as CSV).
 
-- `quotes`: one row per (code, day): the last quote read that market day (a later read replaces it);
+- `quotes`: one row per (code, day, read time `ts_ns`): the day's first read, then each read whose
+  company data (EPS, BPS, listed shares, 250-day high/low: CHANGE_COLS) differs from the day's newest
+  row. A backtest takes the newest row read at or before its decision time (tools/backtest/history.py),
+  so an EPS revision or a new 250-day high read at 15:20 never reaches a 09:05 decision. An agent polling
+  every few seconds would otherwise write ~8,000 rows per code and day; the fields left out of the
+  comparison follow the price (last, base, PER, PBR, market cap) and the backtest recomputes them from
+  its bars, so a read that only moved them says nothing new: one row, not one per poll;
 - `investor`: one row per (code, day) of completed days: the newest answer for that day wins (KIS
   fills today's row only after the close; rows with empty fields never reach here).
 Writes are best effort: a failure is logged and counted, never passed to the agent that asked.
@@ -21,7 +27,7 @@ import apsw
 from common.schema import InvestorDay, PriceQuote
 
 log = logging.getLogger("ktrader.gateway.history")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: quotes keep every read that changed the company data, keyed by its time
 QUOTE_COLS = ("per", "pbr", "eps", "bps", "market_cap", "listed_shares", "last", "base", "high_250d", "low_250d")
 INVESTOR_COLS = (
     "close",
@@ -32,6 +38,7 @@ INVESTOR_COLS = (
     "institution_value",
     "individual_value",
 )
+CHANGE_COLS = ("eps", "bps", "listed_shares", "high_250d", "low_250d")  # a read that changes one: a new row
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS quotes (
@@ -46,10 +53,27 @@ CREATE TABLE IF NOT EXISTS investor (
 ) WITHOUT ROWID;
 """
 
+# Changes after the v1 baseline (_DDL), applied in order to a database at an older version (a new one
+# too: it starts from the baseline). Add the next one as {N: "SQL"} and bump SCHEMA_VERSION.
+_QUOTES_V2 = f"""CREATE TABLE quotes_v2 (
+    code TEXT NOT NULL, day TEXT NOT NULL, ts_ns INTEGER NOT NULL,
+    per REAL NOT NULL, pbr REAL NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in QUOTE_COLS[2:])},
+    PRIMARY KEY (code, day, ts_ns)
+) WITHOUT ROWID"""
+_MIGRATIONS: dict[int, str] = {
+    # v1 kept the day's last read only (an evening read replaced the morning's); its rows keep their read time
+    2: f"{_QUOTES_V2};"
+    f"INSERT INTO quotes_v2 (code, day, ts_ns, {', '.join(QUOTE_COLS)}) "
+    f"SELECT code, day, ts_ns, {', '.join(QUOTE_COLS)} FROM quotes;"
+    "DROP TABLE quotes;"
+    "ALTER TABLE quotes_v2 RENAME TO quotes",
+}
+
 
 class QueryHistory:
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._latest: dict[str, tuple[str, tuple[Any, ...]]] = {}  # code -> (day, CHANGE_COLS) of its newest row
         if readonly:
             self.db = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
             self.db.setbusytimeout(5000)
@@ -64,6 +88,8 @@ class QueryHistory:
             raise RuntimeError(f"{self.path}: schema version {version} is newer than this ktrader ({SCHEMA_VERSION})")
         with self.db:
             self.db.execute(_DDL)
+            for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                self.db.execute(_MIGRATIONS[v])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -72,7 +98,11 @@ class QueryHistory:
     # ---- writes (the gateway) ------------------------------------------------------------------
 
     def record_quote(self, day: str, q: PriceQuote, ts_ns: int) -> None:
-        """`day` YYYY-MM-DD: the market day the quote was read on."""
+        """`day` YYYY-MM-DD: the market day the quote was read on; `ts_ns`: when (KST is the market's
+        time). Written when it is the day's first read of the code or its company data changed."""
+        change = tuple(getattr(q, c) for c in CHANGE_COLS)
+        if self._newest(q.code, day) == change:
+            return  # the same company data as the day's newest row: a poll that says nothing new
         vals = [getattr(q, c) for c in QUOTE_COLS]
         with self.db:
             self.db.execute(
@@ -80,6 +110,22 @@ class QueryHistory:
                 f"VALUES (?, ?, ?, {', '.join('?' * len(QUOTE_COLS))})",
                 (q.code, day, ts_ns, *vals),
             )
+        self._latest[q.code] = (day, change)
+
+    def _newest(self, code: str, day: str) -> tuple[Any, ...] | None:
+        """CHANGE_COLS of the newest row of `code` on `day` (remembered: one read of the table per code
+        and gateway start, not one per poll)."""
+        got = self._latest.get(code)
+        if got is not None and got[0] == day:
+            return got[1]
+        row = self.db.execute(
+            f"SELECT {', '.join(CHANGE_COLS)} FROM quotes WHERE code = ? AND day = ? ORDER BY ts_ns DESC LIMIT 1",
+            (code, day),
+        ).fetchone()
+        if row is None:
+            return None
+        self._latest[code] = (day, tuple(row))
+        return tuple(row)
 
     def record_investor(self, code: str, days: Iterable[InvestorDay], ts_ns: int) -> None:
         rows = [
@@ -103,9 +149,10 @@ class QueryHistory:
         return [str(r[0]) for r in rows]
 
     def quotes(self, code: str) -> list[tuple[Any, ...]]:  # (day text, then REAL/INTEGER columns)
-        """(day, per, pbr, eps, bps, ...) oldest first, in QUOTE_COLS order after the day."""
+        """(day, per, pbr, eps, bps, ..., ts_ns) oldest first: QUOTE_COLS after the day, then the read
+        time (a v1 database, open read-only, has the same columns: its day's last read)."""
         return self.db.execute(
-            f"SELECT day, {', '.join(QUOTE_COLS)} FROM quotes WHERE code = ? ORDER BY day", (code,)
+            f"SELECT day, {', '.join(QUOTE_COLS)}, ts_ns FROM quotes WHERE code = ? ORDER BY day, ts_ns", (code,)
         ).fetchall()
 
     def investor(self, code: str) -> list[tuple[Any, ...]]:

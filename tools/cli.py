@@ -548,7 +548,7 @@ def data_export(
         Path("run"), "--run-dir", help="the gateway's run directory (RUN_DIR/data/queries.sqlite)"
     ),
 ) -> None:
-    """What agents read (company data, investor flows), by day, as CSV for `ktrader backtest --history`."""
+    """What agents read (company data with each read's time, investor flows) as CSV for `ktrader backtest --history`."""
     from tools.backtest.data import DataError
     from tools.backtest.history import export
 

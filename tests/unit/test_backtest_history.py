@@ -67,8 +67,9 @@ def test_value_vol_uses_per_recomputed_at_each_close(shared_data: Path, tmp_path
     from msgspec import structs
 
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["105560"])  # KB Financial
-    # one EPS all year: PER = close / 8,000; cheap (<= 10) only while the close is <= 80,000
-    (tmp_path / "105560.quotes.csv").write_text("date,per,pbr,eps,bps\n2023-01-02,0,0,8000,200000\n")
+    # one EPS all year: PER = close / 8,000; cheap (<= 10) only while the close is <= 80,000 (a row without
+    # its read time answers from the next day on: dated before the first session)
+    (tmp_path / "105560.quotes.csv").write_text("date,per,pbr,eps,bps\n2022-12-29,0,0,8000,200000\n")
     base = load_card(ROOT / "cards" / "value_vol.toml")
     card = structs.replace(base, codes=["105560"], params={**base.params, "codes": ["105560"], "vol_max_pct": 5.0})
     r = run_backtest(
@@ -160,7 +161,8 @@ def test_export_of_recorded_queries_round_trips(tmp_path: Path) -> None:
         market_cap=10**14,
         listed_shares=5_969_782_550,
     )
-    db.record_quote("2026-11-20", q, 1)
+    read = int(dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=9))).timestamp()) * 10**9
+    db.record_quote("2026-11-20", q, read)
     db.record_investor(
         "005930",
         [
@@ -182,7 +184,8 @@ def test_export_of_recorded_queries_round_trips(tmp_path: Path) -> None:
     assert sorted(p.name for p in files) == ["005930.investor.csv", "005930.quotes.csv"]
     a, b = load_history(tmp_path / "run"), load_history(tmp_path / "out")
     assert a.quotes == b.quotes and a.flows == b.flows
-    assert a.quote_row("005930", "2026-11-20").eps == 5_600 and a.quote_row("005930", "2026-11-19") is None
+    close = read + (5 * 60 + 30) * 60 * 10**9  # 15:30, the session's close
+    assert a.quote_row("005930", close).eps == 5_600 and a.quote_row("005930", read - 1) is None
     assert [d.day for d in a.investor_days("005930", "2026-11-20")] == ["20261119"]
     assert a.investor_days("005930", "2026-11-19") == []  # not before its own day is over
 

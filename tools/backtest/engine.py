@@ -769,14 +769,15 @@ class Backtest:
         return KtraderError(ErrorCode.UNSUPPORTED, message)
 
     def quote(self, code: str) -> PriceQuote:
-        """inquire-price as of the current bar: prices from the bars, company data from the history
-        (PER/PBR/EPS/BPS 0 without it, counted)."""
+        """inquire-price as of the current bar: prices from the bars, company data from the history as
+        read by now (the bar's end in on_bar, the session's close for a daily bar: never a later read of
+        the day); PER/PBR/EPS/BPS 0 without it, counted."""
         day = self.times[self.step][:10]
         i, bars = self._bar_now(code)
         if i < 0:
             raise self._unanswered("quote before the first bar", f"no price for {code} before {day}")
         h = self.history
-        row = h.quote_row(code, day) if h is not None and code in h.quotes else None
+        row = h.quote_row(code, self.now_ns()) if h is not None and code in h.quotes else None
         if row is None:
             self.unanswered["quote without company data"] = self.unanswered.get("quote without company data", 0) + 1
             row = _NO_COMPANY

@@ -7,9 +7,14 @@ Sources (`--history PATH`):
   (server/query_history.py);
 - a folder in this layout (also what `ktrader data export` writes), CSV or parquet, one file per code:
 
-  `<code>.quotes.csv`    date,per,pbr,eps,bps[,market_cap,listed_shares,high_250d,low_250d]
-                         one row per day: the company data as read that day. Money in integer KRW
-                         (eps, bps per share; market_cap in KRW), per/pbr as decimals.
+  `<code>.quotes.csv`    date,[read_at,]per,pbr,eps,bps[,market_cap,listed_shares,high_250d,low_250d]
+                         the company data as read on that market day, one row per read (several a day
+                         when it changed during the day). Money in integer KRW (eps, bps per share;
+                         market_cap in KRW), per/pbr as decimals. `read_at`: when it was read, ISO 8601
+                         (`2026-05-21T09:05:00.123456789+09:00`; no offset: KST; on `date`'s day).
+                         Without it (an older export, a file of your own, an empty cell) a row counts
+                         as read at the END of its day: it answers only the next day's decisions, never
+                         its own day's (a value read in the evening must not reach that day's close).
   `<code>.investor.csv`  date,close,foreign_qty,institution_qty,individual_qty,foreign_value,
                          institution_value,individual_value
                          one row per completed day: net buying (buy - sell) by investor type, shares
@@ -18,9 +23,13 @@ Sources (`--history PATH`):
 
 What a backtest answers at a bar's close on day D (never later information):
 - `ctx.quote(code)`: the day's bar gives last/open/high/low/volume, the previous bar the base, the
-  day's rules the limits and tick; EPS/BPS/shares come from the newest row dated D or earlier, and
-  PER/PBR are recomputed at the day's close from them (what inquire-price would have said then).
-  No row yet: KtraderError(UNSUPPORTED) as a failed query live (counted in the summary).
+  day's rules the limits and tick; EPS/BPS/shares/250-day high and low come from the newest row READ at
+  or before the decision time (the end of the bar being decided on: 09:05 for the 09:00 5-minute bar,
+  the session's close for a daily bar), and PER/PBR are recomputed at the bar's close from them (what
+  inquire-price would have said then). A row read at 15:20 or in the evening of D is unseen at 09:05,
+  and an evening read of D is unseen at D's close (it answers D+1).
+  No row read by then: the prices with PER/PBR/EPS/BPS 0, as KIS without company data (counted in the
+  summary as "quote without company data").
 - `ctx.investor(code)`: the completed days before D, newest first, at most 30 (inquire-investor's
   page; today's figures appear only after the close).
 A code the strategy asks about with no history at all stops the backtest (BacktestError): its
@@ -31,7 +40,10 @@ from __future__ import annotations
 
 import bisect
 import csv
+import datetime as dt
+import functools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,9 +63,29 @@ INVESTOR_FIELDS = (
 INVESTOR_PAGE = 30  # rows one inquire-investor call returns (shared/kis/API.md §12.1)
 
 
+KST = dt.timezone(dt.timedelta(hours=9), "KST")
+_END_OF_DAY = " 24:00:00.000000000"  # the read time of a row whose time is unknown: after the whole day
+_READ_AT = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d{1,9}))?\s*(Z|[+-]\d{2}:?\d{2})?")
+
+
+@functools.lru_cache(maxsize=4096)  # a backtest asks with each bar's time, for every code it quotes
+def read_key(ns: int) -> str:
+    """A time in ns since the epoch as a row's `day`: 'YYYY-MM-DD HH:MM:SS.nnnnnnnnn' KST (sorts as time)."""
+    s, frac = divmod(ns, 1_000_000_000)
+    return f"{dt.datetime.fromtimestamp(s, KST):%Y-%m-%d %H:%M:%S}.{frac:09d}"
+
+
+def end_of_day_key(day: str) -> str:
+    """The `day` of a row read on `day` at a time not known: after every decision of that day."""
+    return day + _END_OF_DAY
+
+
 @dataclass(frozen=True, slots=True)
 class CompanyDay:
-    day: str  # YYYY-MM-DD
+    # when it was read, KST: 'YYYY-MM-DD HH:MM:SS.nnnnnnnnn' (read_key), or 'YYYY-MM-DD 24:00:00.000000000'
+    # (end_of_day_key) when only the day is known. A string that sorts as time, carried as is by the
+    # sweep's payload to its workers (tools/backtest/sweep.py).
+    day: str
     per: float
     pbr: float
     eps: int
@@ -70,10 +102,11 @@ class CompanyHistory:
     quotes: dict[str, tuple[list[str], list[CompanyDay]]] = field(default_factory=dict)  # code -> (days, rows)
     flows: dict[str, tuple[list[str], list[InvestorDay]]] = field(default_factory=dict)  # days YYYY-MM-DD
 
-    def quote_row(self, code: str, day: str) -> CompanyDay | None:
-        """The newest row dated `day` or earlier; KeyError for a code without history."""
-        days, rows = self.quotes[code]
-        i = bisect.bisect_right(days, day)
+    def quote_row(self, code: str, at_ns: int) -> CompanyDay | None:
+        """The newest row read at or before `at_ns` (ns since the epoch: the decision's time); None when
+        none was read by then; KeyError for a code without history."""
+        keys, rows = self.quotes[code]
+        i = bisect.bisect_right(keys, read_key(at_ns))
         return rows[i - 1] if i else None
 
     def investor_days(self, code: str, day: str, n: int = INVESTOR_PAGE) -> list[InvestorDay]:
@@ -83,8 +116,8 @@ class CompanyHistory:
         return rows[max(0, i - n) : i][::-1]
 
     def span(self) -> str:
-        firsts = [d[0] for d, _ in (*self.quotes.values(), *self.flows.values()) if d]
-        lasts = [d[-1] for d, _ in (*self.quotes.values(), *self.flows.values()) if d]
+        firsts = [d[0][:10] for d, _ in (*self.quotes.values(), *self.flows.values()) if d]
+        lasts = [d[-1][:10] for d, _ in (*self.quotes.values(), *self.flows.values()) if d]
         return f"{min(firsts)}..{max(lasts)}" if firsts else "empty"
 
 
@@ -123,15 +156,35 @@ def _day(text: str, path: Path, n: int) -> str:
         raise DataError(f"{path}:{n}: not a date: {text!r}") from None
 
 
+def _read_at(text: str, day: str, path: Path, n: int) -> str:
+    """A `read_at` cell as a row's read key; empty: the end of `day` (an export without read times)."""
+    t = text.strip()
+    if not t:
+        return end_of_day_key(day)
+    m = _READ_AT.fullmatch(t)
+    try:
+        if m is None:
+            raise ValueError
+        date, hms, frac, tz = m.groups()
+        offset = "+00:00" if tz == "Z" else tz or "+09:00"
+        when = dt.datetime.fromisoformat(f"{date}T{hms}{offset}")
+    except ValueError:
+        raise DataError(f"{path}:{n}: read_at is not a time such as 2026-05-21T09:05:00+09:00: {t!r}") from None
+    key = read_key(int(when.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0")))
+    if key[:10] != day:  # a time in another zone written without its offset reads as another day
+        raise DataError(f"{path}:{n}: read_at {t!r} is not on its date {day} (KST)")
+    return key
+
+
 def _read_quotes(path: Path) -> tuple[list[str], list[CompanyDay]]:
     out: dict[str, CompanyDay] = {}
     for n, r in enumerate(_rows(path), start=2):
         if "date" not in r or not {"eps", "bps"} <= r.keys():
             raise DataError(f"{path}: expected columns date,per,pbr,eps,bps (got {sorted(r)})")
         try:
-            day = _day(r["date"], path, n)
-            out[day] = CompanyDay(
-                day=day,
+            key = _read_at(r.get("read_at", ""), _day(r["date"], path, n), path, n)
+            out[key] = CompanyDay(
+                day=key,
                 per=_num(r.get("per", "")),
                 pbr=_num(r.get("pbr", "")),
                 **{k: int(_num(r.get(k, ""))) for k in QUOTE_FIELDS[2:]},
@@ -157,6 +210,14 @@ def _read_flows(path: Path) -> tuple[list[str], list[InvestorDay]]:
     return days, [out[d] for d in days]
 
 
+def _stored_key(day: str, ts_ns: int) -> str:
+    """A recorded row's read key: its read time, when that is on its market day. A gateway whose market
+    clock is not the wall clock (the KIS twin on past days) stamps wall time: the time of day is then
+    unknown and the row counts as read at the end of its day (late rather than early)."""
+    key = read_key(ts_ns)
+    return key if key[:10] == day else end_of_day_key(day)
+
+
 def _from_store(path: Path) -> CompanyHistory:
     import apsw
 
@@ -171,11 +232,13 @@ def _from_store(path: Path) -> CompanyHistory:
         for code in db.codes():
             q = db.quotes(code)
             if q:
-                rows = []
+                by_key: dict[str, CompanyDay] = {}  # rows of a day without their time: its newest stands
                 for row in q:
                     v = dict(zip(QUOTE_COLS, row[1:]))
-                    rows.append(CompanyDay(day=row[0], **{k: v[k] for k in QUOTE_FIELDS}))
-                h.quotes[code] = ([r.day for r in rows], rows)
+                    key = _stored_key(row[0], row[-1])
+                    by_key[key] = CompanyDay(day=key, **{k: v[k] for k in QUOTE_FIELDS})
+                keys = sorted(by_key)
+                h.quotes[code] = (keys, [by_key[k] for k in keys])
             f = db.investor(code)
             if f:
                 days = [row[0] for row in f]
@@ -213,6 +276,11 @@ def load_history(path: Path) -> CompanyHistory:
     return h
 
 
+def _format_read_at(key: str) -> str:
+    """A read key as the `read_at` cell: ISO 8601 with KST's offset; empty when only the day is known."""
+    return "" if key.endswith(_END_OF_DAY) else f"{key[:10]}T{key[11:]}+09:00"
+
+
 def export(db_path: Path, out: Path) -> list[Path]:
     """The gateway's recorded queries as the CSV layout above, one file per code and kind."""
     h = _from_store(db_path)
@@ -222,8 +290,8 @@ def export(db_path: Path, out: Path) -> list[Path]:
         p = out / f"{code}.quotes.csv"
         with p.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["date", *QUOTE_FIELDS])
-            w.writerows([r.day, *(getattr(r, k) for k in QUOTE_FIELDS)] for r in rows)
+            w.writerow(["date", "read_at", *QUOTE_FIELDS])
+            w.writerows([r.day[:10], _format_read_at(r.day), *(getattr(r, k) for k in QUOTE_FIELDS)] for r in rows)
         written.append(p)
     for code, (_, flows) in sorted(h.flows.items()):
         p = out / f"{code}.investor.csv"
