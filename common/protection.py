@@ -24,10 +24,15 @@ halted, shares held by the agent's own sells being cancelled) → FIRED (the exi
 next session when met while the market is closed and `when_closed = next_open`) → DONE. CANCELLED: by
 the agent or operator, the buy ended unfilled, the position was closed. FAILED: the exit could not be
 placed after MAX_ATTEMPTS tries (alerted).
+
+A split the operator applies (`ktrader control apply_split`) puts an active protection in the new shares'
+terms (`split`): its levels ÷ the ratio, its shares × the ratio, never less protective than before.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
@@ -36,7 +41,8 @@ import msgspec
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 
 BP = 10_000
-MAX_ATTEMPTS = 3  # exit orders that end without selling everything, before a protection fails
+MAX_ATTEMPTS = 3  # exit orders refused (by the gate or the broker) before a protection fails; one that expires
+# unsold (the stock locked at its lower limit all session) is no failure: it is placed again for the next session
 
 
 class ProtectionState(StrEnum):
@@ -107,10 +113,13 @@ class Protection(msgspec.Struct, frozen=True, kw_only=True):
     exits: tuple[str, ...] = ()  # exit orders placed, oldest first
     sold: int = 0  # shares the exits sold
     sold_value: int = 0  # KRW
-    attempts: int = 0  # exits that ended without selling everything
+    attempts: int = 0  # exits refused (MAX_ATTEMPTS)
     reason: str = ""  # why it ended, or what it waits for
     created_ns: int = 0
     updated_ns: int = 0
+    # (num, den): shares now per share its buy bought, after the splits applied since (1:10 → (10, 1)); its
+    # buy's fills are in the old shares
+    split: tuple[int, int] = (1, 1)
 
     @property
     def is_active(self) -> bool:
@@ -172,6 +181,41 @@ def check(p: Protection, open_: int, high: int, low: int) -> tuple[Leg | None, i
 
 def check_print(p: Protection, price: int) -> tuple[Leg | None, int, int]:
     return check(p, price, price, price)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def split(p: Protection, num: int, den: int, round_up: Callable[[int], int]) -> Protection:
+    """`p` in the terms of a split's new shares (num new shares per den old; `round_up`: the smallest price
+    on the code's tick grid at or above one). Never less protective than before:
+    - the stop goes UP to the grid: it is met by every print the old level was met by (prints are on the
+      grid), and by at most one tick more; the trail's high goes up with it (the trail level follows);
+    - the take goes UP to the grid too: exactly the prints at or above the old level's value meet it (the
+      smallest grid price at or above the exact level) — never a sale under the person's target, never one
+      missed (down, a print worth less than the target would sell);
+    - the print that met it (a waiting exit's limit is worked out from it) goes DOWN: a limit exit's limit
+      is never higher than before;
+    - the shares to sell: what is left of them × the ratio (UP for a reverse split's fraction: the exit is
+      capped by what is held); those its exits sold before stay as sold (they are counted from those orders).
+    A bracket whose two levels meet on the grid keeps its take a tick above its stop."""
+    s = p.spec
+    stop = round_up(_ceil_div(s.stop * den, num)) if s.stop else 0
+    take = round_up(_ceil_div(s.take * den, num)) if s.take else 0
+    if stop and take and take <= stop:
+        take = round_up(stop + 1)
+    qty = p.sold + _ceil_div((p.qty - p.sold) * num, den) if p.qty else 0
+    n, d = p.split[0] * num, p.split[1] * den
+    g = math.gcd(n, d)
+    return msgspec.structs.replace(
+        p,
+        spec=msgspec.structs.replace(s, stop=stop, take=take),
+        qty=qty,
+        high=_ceil_div(p.high * den, num),
+        trigger_price=p.trigger_price * den // num,
+        split=(n // g, d // g),
+    )
 
 
 def exit_limit(

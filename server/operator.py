@@ -454,8 +454,10 @@ class Operator:
             )
         if action is ControlAction.CANCEL_ALL:
             targets = [msg.agent] if msg.agent else gw.book.open_agents()
-            n = sum(gw.desk.cancel_all(a) for a in targets)
+            n, spared = self._cancel_all(targets)
             text = f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents")
+            if spared:
+                text += f"; {spared} protective exits keep working: cancel_protection stops one"
             if n:  # (asking to cancel nothing changed nothing)
                 self._tell(AlertKind.OPERATOR, h.sender, f"cancel_all: {text}", msg.agent)
             return ack(text)
@@ -692,6 +694,23 @@ class Operator:
             return err(code, text) if code is not None else ack(text)
         return self._explain(msg, err, ack)
 
+    def _cancel_all(self, agents: list[str]) -> tuple[int, int]:
+        """The operator's cancel_all of `agents`' open orders: (cancels sent, protective exits spared). An active
+        protection's exit stays, as a halt's cancels leave it: cancelled, its protection would place it again at
+        once under a new id (cancel_protection stops one). A flatten's sells already sent go: the operator's way
+        to pull them (a resume stops the flatten itself)."""
+        gw = self.gw
+        n = sum(gw.desk.cancel_all(a, spare_exits=True) for a in agents)
+        spared = 0
+        for o in list(gw.book.orders.values()):
+            if o.agent not in agents or not o.is_open or not is_gateway_exit(o):
+                continue
+            if o.client_order_id in gw.protection.by_order:
+                spared += 1
+            elif gw.desk.cancel(o.agent, o.client_order_id, exits=True)[0] is None:
+                n += 1
+        return n, spared
+
     def _apply_split(self, msg: Control, err: Callable[[ErrorCode, str], Error], ack: Callable[[str], Ack]) -> Message:
         """A split the balance shows goes into the books: each holder's shares × ratio, cost unchanged
         (server/reconciler.py apply_split), its orders on the code released."""
@@ -709,18 +728,30 @@ class Operator:
                 c for c, o in gw.book.orders.items() if o.is_open and o.code == code and o.agent in sp.holders
             )
             if working:
+                exits = sorted(p for c in working if (p := gw.protection.by_order.get(c)))
+                stop = (
+                    f"; a protective exit is selling: let it end, or ktrader control cancel_protection --protection "
+                    f"{exits[0]}"
+                    if exits
+                    else ""
+                )
                 return err(
                     ErrorCode.BAD_MESSAGE,
                     f"{code}: open orders of its holders ({', '.join(working)}) are in the old shares' terms: "
-                    "cancel them first (ktrader control cancel_all --agent ID); nothing changed",
+                    f"cancel them first (ktrader control cancel_all --agent ID{stop}); nothing changed",
                 )
         try:
-            changes = gw.recon.apply_split(code, num, den)
+            # the books' shares and their protections' levels in one durable write: a stop left in the old
+            # shares' prices would sell at the first print (7,000 after a 1:10 split is under a 63,000 stop)
+            with gw.store.transaction():
+                changes = gw.recon.apply_split(code, num, den)
+                rescaled = gw.protection.apply_split(code, num, den, {a for a, _, _ in changes})
         except ValueError as e:
             return err(ErrorCode.BAD_MESSAGE, str(e))
         what = sp.text if sp is not None else "split"  # (apply_split refuses a code with none pending)
         parts = [f"{a} {_split_line(old, new)}" for a, old, new in changes]
         text = f"{code}: {what} applied: {'; '.join(parts) or 'nobody holds it'}; orders on it go again"
+        text += "".join(f"; {line}" for line in rescaled)
         # the stored bars are in the old shares' prices: the daily ones are dropped (back-filled split-adjusted),
         # the intraday ones before the split rescaled by its ratio (never dropped: the broker cannot give them
         # again). The books changed durably above: a failure here is told, never turned into a refusal

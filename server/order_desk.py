@@ -184,12 +184,14 @@ class OrderDesk:
         and a halt since it passed the gate stops it as the gate would now."""
         if o.client_order_id in self._cancel_on_accept:
             return "its cancel was asked for before it was sent"
-        if self._halted(o.agent):
+        if self._halted(o):
             return "trading is halted"
         return ""
 
-    def _halted(self, agent: str) -> bool:
-        return self.risk.global_state is TradingState.HALTED or self.risk.agent_state(agent) is TradingState.HALTED
+    def _halted(self, o: Order) -> bool:
+        """As the gate: the gateway's halt, or the agent's (not over the exits the gateway places: order_state)."""
+        state = self.risk.order_state(o.agent, is_gateway_exit(o), held=True)
+        return self.risk.global_state is TradingState.HALTED or state is TradingState.HALTED
 
     # ---- start-up -----------------------------------------------------------------------------------
 
@@ -349,7 +351,7 @@ class OrderDesk:
                     # (a released one is checked again when a slot takes it: the first reconciliation may be late)
                     refusal = self._released_refusal(o) if released else ""
                     fresh = not refusal if released else not wait_ns or age < wait_ns
-                    halted = self._halted(o.agent)
+                    halted = self._halted(o)
                     cancelled = coid in self._cancel_on_accept
                     if fresh and not halted and not cancelled:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;

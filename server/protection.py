@@ -11,8 +11,15 @@
   open buy is cancelled. Shares the agent's own open sells hold are freed by cancelling those first.
 - While the exchange takes no regular orders, a level met fires per `when_closed`: NEXT_OPEN places a
   next-session order (held, released at the next opening auction), WAIT ignores prints until the
-  session. A halted gateway or agent, or a broker session that is not ready, makes the exit wait
-  (retried each second); an exit that ends unsold is placed again, MAX_ATTEMPTS times, then FAILED.
+  session. The gateway's halt (the kill switch) or a broker session that is not ready makes the exit
+  wait (retried each second; the alert of the level met says so); an agent's own pause or halt does not:
+  the gate passes the gateway's exits of a halted agent as a reducing agent's sells (server/risk.py
+  `order_state`). An exit refused is placed again, MAX_ATTEMPTS times, then FAILED; one that expired
+  unsold (a stock locked at its lower limit all session) is placed again for the next session, no failure
+  (as the backtest's waits for the next open), a person told each time.
+- A split the operator applies (`apply_split`, in the books' own transaction) puts the protections of
+  its holders in the new shares' terms (common/protection.py `split`); while one is pending (found in
+  the balance, not applied), a print is judged in the books' shares' terms, as the portfolio values them.
 - Every change is written (table `protections`, journal in `trace` under the protection's id) before
   the agent is told (`ProtectionUpdate`, sequenced and replayable); a restarted gateway reloads them
   and settles them against the book (fills that came while it was down). The highest print of a
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 
@@ -44,6 +51,7 @@ from common.protection import (
     WhenClosed,
     check_print,
     exit_limit,
+    split,
     stop_level,
     validate,
 )
@@ -186,7 +194,7 @@ class ProtectionDesk:
             err = f"{msg.qty} shares to protect, {held} held"
         if err:
             return ErrorCode.BAD_PROTECTION, err
-        mark = self.book.portfolio.marks.get(msg.code, 0)
+        mark = self._books_price(agent, msg.code, self.book.portfolio.marks.get(msg.code, 0))
         p = self._put(
             Protection(
                 id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark, created_ns=self.book.now_ns()
@@ -212,6 +220,36 @@ class ProtectionDesk:
             self.desk.cancel(agent, working, exits=True)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
+    def apply_split(self, code: str, num: int, den: int, agents: Collection[str]) -> list[str]:
+        """A split of `code` the operator applied to the books (server/operator.py, in the same transaction):
+        each active protection of `agents` on it in the new shares' terms (common/protection.py `split`: levels
+        ÷ the ratio on the tick grid, shares × the ratio), journaled and told to its agent. Returns a line each
+        (old → new) for the operator's reply. A working exit of theirs was refused before (open orders)."""
+        pf = self.book.portfolio
+        kind, board = pf.kind(code), pf.board(code)
+
+        def round_up(price: int) -> int:
+            return pf.rules.round_up(max(price, 1), kind, board)
+
+        out: list[str] = []
+        for pid in sorted(self.by_code.get(code, ())):
+            p = self.active.get(pid)
+            if p is None or p.agent not in agents:
+                continue
+            new = split(p, num, den, round_up)
+            self._put(
+                new,
+                "split",
+                ratio=f"{num}/{den}",
+                qty=new.qty,
+                high=new.high,
+                **_levels(new.spec),
+            )
+            was = p.spec.levels() + (f" on {p.qty}" if p.qty else "")
+            now = new.spec.levels() + (f" on {new.qty}" if new.qty else "")
+            out.append(f"{p.agent}'s protective order {pid}: {was} → {now}")
+        return out
+
     def _id_ok(self, agent: str, coid: str) -> bool:
         """An id the agent may give a buy and its protection (else the desk answers: a bad id, another
         agent's, another day's, a number in the gateway's range)."""
@@ -236,7 +274,14 @@ class ProtectionDesk:
         for pid in list(ids):
             p = self.active.get(pid)
             if p is not None and p.state is PS.ARMED:
-                self._on_price(p, price)
+                self._on_price(p, self._books_price(p.agent, code, price))
+
+    def _books_price(self, agent: str, code: str, price: int) -> int:
+        """A print in the terms of the agent's shares in the books: while a split of the code is pending for it
+        (the balance shows it, the operator has not applied it), the print is of the new shares and its levels
+        of the old ones (a 1:10 split's first print, 7,000, is 70,000 to them; the portfolio values them so)."""
+        sp = self.book.portfolio.splits.get(code)
+        return sp.scaled(price) if sp is not None and agent in sp.holders else price
 
     def _on_price(self, p: Protection, price: int) -> None:
         if p.spec.when_closed is WhenClosed.WAIT and self.book.clock.phase() not in REGULAR_ORDER_PHASES:
@@ -258,8 +303,15 @@ class ProtectionDesk:
             price=at,
             qty=qty,
         )
+        closed = self.book.clock.phase() not in REGULAR_ORDER_PHASES
+        wait = self._hold(p, closed)
+        what = (
+            f"the exit WAITS: {wait}"
+            if wait
+            else f"selling {min(qty, held)}" + (" at the next session's open" if closed else "")
+        )
         self.alert(
-            f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: selling {min(qty, held)}",
+            f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: {what}",
             kind=AlertKind.PROTECTION,
             agent=p.agent,
         )
@@ -293,17 +345,8 @@ class ProtectionDesk:
             )
             return
         closed = book.clock.phase() not in REGULAR_ORDER_PHASES
-        state = self.risk.effective(agent) if not closed else self.risk.agent_state(agent)
-        wait = ""
-        if self.risk.global_state is TradingState.HALTED or state is TradingState.HALTED:
-            wait = "trading is halted: the exit waits"
-        elif closed and p.spec.when_closed is WhenClosed.WAIT:
-            wait = "the market is closed: the exit waits for the session"
-        elif not closed and self.desk.session()[0] is not SessionState.READY:
-            wait = f"the broker session is {self.desk.session()[0]}: the exit waits"
-        elif closed and not self.desk.synced():
-            wait = "waiting for the first reconciliation"
-        else:
+        wait = self._hold(p, closed)
+        if not wait:
             sellable = book.portfolio.exposure(agent, code).sellable_qty
             if sellable < want:
                 mine = [
@@ -397,6 +440,21 @@ class ProtectionDesk:
             tif=new.tif.value,
         )
 
+    def _hold(self, p: Protection, closed: bool) -> str:
+        """Why the exit may not be placed now ("": it may). Only the gateway's halt holds it: an agent's own
+        pause or halt does not (the gate passes the exits the gateway places for it as reducing sells)."""
+        if self.risk.global_state is TradingState.HALTED:
+            return "the gateway is halted (kill switch): it sells once resumed (ktrader control resume --all)"
+        if (held := self.risk.split_hold(p.agent, p.code)) is not None:
+            return held[1]  # (its levels are judged in the old shares' terms meanwhile: _books_price)
+        if closed and p.spec.when_closed is WhenClosed.WAIT:
+            return "the market is closed: the exit waits for the session"
+        if not closed and (session := self.desk.session()[0]) is not SessionState.READY:
+            return f"the broker session is {session}: the exit waits for it"
+        if closed and not self.desk.synced():
+            return "waiting for the first reconciliation"
+        return ""
+
     def _acting_card(self, agent: str, code: str) -> AgentCard:
         card = self.card_of(agent) or AgentCard(id=agent, name=agent, strategy="server.protection:OnBehalf")
         return card if code in card.codes else msgspec.structs.replace(card, codes=[*card.codes, code])
@@ -437,15 +495,14 @@ class ProtectionDesk:
             if e is None:
                 self._end(p, PS.CANCELLED, "its buy was never placed")
                 return
-            if e.filled_qty > p.qty:
+            bought = e.filled_qty * p.split[0] // p.split[1]  # (its buy's fills, in the shares held now)
+            if bought > p.qty:
                 armed = p.state is PS.PENDING
-                avg = e.filled_value // e.filled_qty
+                avg = e.filled_value // bought
                 p = self._put(
-                    msgspec.structs.replace(
-                        p, qty=e.filled_qty, state=PS.ARMED if armed else p.state, high=max(p.high, avg)
-                    ),
+                    msgspec.structs.replace(p, qty=bought, state=PS.ARMED if armed else p.state, high=max(p.high, avg)),
                     "armed" if armed else "qty",
-                    qty=e.filled_qty,
+                    qty=bought,
                     entry_price=avg,
                 )
             elif p.state is PS.PENDING and not e.is_open:
@@ -467,10 +524,14 @@ class ProtectionDesk:
                 if self._held(p.agent, p.code) <= 0:
                     self._end(p, PS.DONE if sold else PS.CANCELLED, "nothing left to sell")
                     return
-                # refused or expired unsold counts against it; an exit someone cancelled is simply placed again
-                failed = last.state in (OrderState.REJECTED, OrderState.EXPIRED) and last.filled_qty < last.qty
+                # a refusal counts against it; an exit that expired unsold (locked at the lower limit all session:
+                # no buyers) is placed again for the next session, as the backtest's waits for the next open; one
+                # someone cancelled is simply placed again
+                failed = last.state is OrderState.REJECTED and last.filled_qty < last.qty
                 attempts = p.attempts + failed
                 unsold = last.qty - last.filled_qty
+                if last.state is OrderState.EXPIRED and unsold:
+                    self._tell_expired(p, last, unsold)
                 why = (
                     f"exit {last.client_order_id} filled, {p.qty - sold} more to sell"  # (sized by max_order_value)
                     if last.state is OrderState.FILLED
@@ -502,6 +563,21 @@ class ProtectionDesk:
                     self._next_try[p.id] = self.book.now_ns() + _RETRY_NS  # refused: a pause before the next try
         elif p.state is PS.ARMED and (not p.entry or not self._entry_open(p)) and self._held(p.agent, p.code) <= 0:
             self._end(p, PS.CANCELLED, "the position was closed")
+
+    def _tell_expired(self, p: Protection, last: Order, unsold: int) -> None:
+        """A person hears of each exit that expired unsold (once: the protection leaves FIRED with it)."""
+        why = (
+            "locked at the lower limit?"
+            if last.order_type is OrderType.MARKET
+            else f"its limit {last.price:,} was not reached"
+        )
+        closed = self.book.clock.phase() not in REGULAR_ORDER_PHASES
+        self.alert(
+            f"{p.agent}: protective exit of {unsold} {p.code} expired unsold ({why}): "
+            + ("re-placed for the next session's open" if closed else "placed again now"),
+            kind=AlertKind.PROTECTION,
+            agent=p.agent,
+        )
 
     def _entry_open(self, p: Protection) -> bool:
         e = self.book.orders.get(p.entry)

@@ -250,6 +250,16 @@ class RiskGate:
         own = self.agent_state(agent)
         return worst(own, TradingState.REDUCING) if agent in self.end_of_day else own
 
+    def order_state(self, agent: str, gateway_exit: bool, *, held: bool = False) -> TradingState:
+        """The agent's state as an order of it is weighed (the gate, and the desk before it sends one): a sell
+        the gateway places for the agent (`gateway_exit`: a protective exit, a flatten sell; common/orders.py
+        is_gateway_exit) passes the agent's OWN halt -- a pause, its drawdown halt, the operator's halt of it --
+        as a reducing agent's sell (of shares held only): a paused agent's stop still sells. The gateway's
+        halt (the kill switch) holds them all (its own check). `held`: an order for a later session (the
+        end-of-day clean-up restricts today's only)."""
+        own = self.agent_state(agent) if held else self.effective(agent)
+        return TradingState.REDUCING if gateway_exit and own is TradingState.HALTED else own
+
     def set_state(
         self,
         agent: str,
@@ -454,7 +464,7 @@ class RiskGate:
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
         # the end-of-day clean-up restricts today's session, not orders for the next one
-        state = self.agent_state(card.id) if order.tif in HELD_TIFS else self.effective(card.id)
+        state = self.order_state(card.id, by_gateway, held=order.tif in HELD_TIFS)
         denial = check_order(
             code=order.code,
             side=order.side,
@@ -542,7 +552,7 @@ class RiskGate:
             price=price,
             order_type=o.order_type,
             tif=o.tif,
-            mandate=self._mandate(card, self.effective(card.id)),
+            mandate=self._mandate(card, self.order_state(card.id, is_gateway_exit(o))),
             market=self._market(o.code, session),
             exp=exp,
             account=account,
