@@ -205,7 +205,7 @@ def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
 class KrxRules:
     """The KRX rules of one trading day. Prices are integer KRW; taxes are ppm of the sale value."""
 
-    __slots__ = ("since", "_bands", "_tax", "unconfirmed", "_limits", "_steps")
+    __slots__ = ("since", "_bands", "_tax", "unconfirmed", "_limits", "_steps", "_grid_since")
 
     def __init__(
         self, day: dt.date, ticks: dict[Market, TickRow], bands: dict[Market, BandRow], taxes: dict[Market, TaxRow]
@@ -213,6 +213,7 @@ class KrxRules:
         self.since = day  # the first day of this set of rows (later days with the same rows share it)
         # each ladder as (bounds, ticks) for a bisect: a backtest asks a tick size per order and per day
         self._steps = {m: _steps(r.ladder) for m, r in ticks.items()}
+        self._grid_since = {m: r.since for m, r in ticks.items()}  # (a set of rows also turns with the taxes)
         self._bands = {m: r.pct for m, r in bands.items()}
         self._tax = {m: r.total_ppm for m, r in taxes.items()}
         notes = [
@@ -235,6 +236,11 @@ class KrxRules:
             raise PriceRuleError(f"price must be positive, got {price}")
         bounds, sizes = _ETF_STEPS if kind is _ETF else self._steps[market]
         return sizes[bisect.bisect_right(bounds, price)]
+
+    def grid_since(self, market: Market = Market.KOSPI) -> dt.date:
+        """The first day of the tick grid in force for `market` (not `since`: a new tax year starts a new set
+        of rows under the same grid)."""
+        return self._grid_since[market]
 
     def on_grid(self, price: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI) -> bool:
         return price > 0 and price % self.tick_size(price, kind, market) == 0

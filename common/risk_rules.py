@@ -485,7 +485,7 @@ def _gates(
         rules, kind, board = market.rules, market.kind, market.board
         if not rules.on_grid(price, kind, board):
             return ErrorCode.DENIED_TICK, (
-                f"price {price} is off the tick grid in force since {rules.since} "
+                f"price {price} is off the tick grid in force since {rules.grid_since(board)} "
                 f"(tick {rules.tick_size(price, kind, board)})"
             )
         if market.base_price and market.band:
