@@ -13,7 +13,7 @@ import msgspec
 
 from typing import Protocol
 
-from common.enums import Side
+from common.enums import AgentMode, Side
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.protection import Protection
@@ -25,6 +25,8 @@ from server.store import Store
 
 class AgentDay(msgspec.Struct, kw_only=True):
     agent: str
+    # shadow: virtual books (orders journaled, never sent, filled by the shadow market): not the account's
+    mode: AgentMode = AgentMode.LIVE
     orders: int = 0
     by_state: dict[str, int] = {}
     fills: int = 0
@@ -82,6 +84,8 @@ def build(
     for agent in portfolio.positions:
         rows.setdefault(agent, AgentDay(agent=agent, by_state={}))
     for agent, r in rows.items():
+        # (an agent cannot switch modes on a day it traded: its mode now is the day's)
+        r.mode = AgentMode.SHADOW if agent in portfolio.virtual else AgentMode.LIVE
         if day_span is not None:  # the day is over and the portfolio counts the next one's
             (r0, f0), (r1, f1) = day_span[0].get(agent, (0, 0)), day_span[1].get(agent, (0, 0))
             r.realized_pnl, r.fees = r1 - r0, f1 - f0
@@ -112,12 +116,18 @@ def render(rep: DailyReport) -> str:
         "-" * len(head),
     ]
     for r in rep.agents:
+        name = f"{r.agent} (shadow)" if r.mode is AgentMode.SHADOW else r.agent
         lines.append(
-            f"{r.agent:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
+            f"{name:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
             f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}"
         )
         for p in r.positions:
             lines.append(f"{'':<4}carried {p.code}: {p.qty} shares at cost {p.cost:,}")
+    if any(r.mode is AgentMode.SHADOW for r in rep.agents):
+        lines.append(
+            "(shadow) rows are virtual, not the account's: their orders were never sent, their fills are the "
+            "shadow market's conservative estimate"
+        )
     if rep.protections:
         lines += ["", "protective orders"]
         for pr in rep.protections:

@@ -812,7 +812,9 @@ class Gateway:
                     if self.sanity.confirmed(ev):  # one outlier never moves P&L (nor the daily-loss state)...
                         self.portfolio.set_mark(ev.code, ev.price)
                         self.protection.on_trade(ev.code, ev.price)  # ...nor fires a stop (agent alive or not)
-                    self.shadow_venue.on_trade(ev.code, ev.price, ev.qty)
+                        self.shadow_venue.on_trade(  # ...nor fills a shadow order
+                            ev.code, ev.price, ev.qty, bid1=ev.bid1, ask1=ev.ask1, change=ev.change, time=ev.time
+                        )
                     self.md.on_trade(ev)  # publishes the TradeTick, builds and publishes bars
                 elif isinstance(ev, Book):
                     if (bad := self.sanity.book(ev)) is None:

@@ -211,7 +211,10 @@ class OrderDesk:
                 # the next fill could repeat an earlier one's id and be dropped as a duplicate)
                 line = f"{o.broker_order_id}:"
                 filled = sum(f.qty for f in o.fills if f.fill_id.startswith(line))
-                self.shadow_venue.restore(o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled)
+                tif = TimeInForce.DAY if o.tif in HELD_TIFS else o.tif  # (a released held order went as DAY)
+                self.shadow_venue.restore(
+                    o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled, o.order_type, tif
+                )
         self._recover_in_flight()
         self._restore_flattens()
 

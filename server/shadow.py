@@ -1,24 +1,53 @@
 """The shadow market: an execution venue for agents in shadow mode (card `mode = "shadow"`).
 
 Their orders take the same path as live ones — risk gate, book of record, send queue — but the venue
-is this one instead of the broker: it acknowledges at once and fills resting orders against the
-market's prints (a buy whose limit is at or above a print, a sell at or below, or any market order,
-up to the print's size at the print's price), reporting through the same notices a broker sends.
-Nothing reaches KIS; reconciliation leaves these books out (they are virtual).
+is this one instead of the broker: it acknowledges at once and fills orders against the market's
+prints (only those the gateway's market-data checks confirm: server/gateway.py), reporting through the
+same notices a broker sends. Nothing reaches KIS; reconciliation leaves these books out (they are virtual).
+
+The fill model is conservative: a shadow fill is never better than live would have been (weeks of shadow
+trading are what a user judges a strategy by before real money).
+- A resting limit order fills only on a print that trades THROUGH its price (strictly below a buy's
+  limit, above a sell's), at its own limit, at most the print's size: a print at the limit says nothing
+  of the queue ahead of it, and a resting order gets no price improvement.
+- An order's first print is its arrival: a limit order that print's quote shows marketable (a buy's limit
+  at or above ask1, a sell's at or below bid1) takes at ask1 (bid1), or at the print when that is worse,
+  at most the print's size; its rest rests as above. A print without a quote makes no limit order
+  marketable.
+- A market order takes on each print at no better than ask1 (buy) / bid1 (sell), the print's price when
+  the print carries no quote.
+- Nothing is taken against an empty side: no buy while the print shows bids and no ask (locked at the
+  upper limit), nor, on a print without a quote, at the day's upper limit; no sell alike at the lower.
+- IOC / FOK see their first print only: IOC takes what that print allows (the taking rules above) and its
+  rest is cancelled with the notice a live IOC's remainder gets; FOK takes all of it against that print or
+  nothing.
+- CONDITIONAL (조건부지정가): a limit order until the closing call, whose print fills its rest at the
+  call's price (it turns into a market order there): the backtester's rule (tools/backtest/broker.py:
+  the limit rule, else the close). The card's end of day cancels it before the call as live.
+- BEST / PRIORITY (최유리 / 최우선) are refused: their price is the exchange's best quote at arrival,
+  from an order book this market does not hold (the backtester refuses them too).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.enums import Side
+from common.enums import OrderType, Side, TimeInForce
+from common.krx import Phase, phase_at
+from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.orders import TERMINAL, Order
 from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerRejected, NoticeKind
+from server.md_sanity import KINDS, MARKETS
 
 SHADOW_PREFIX = "shadow-"
+_AT_ARRIVAL_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})  # they never rest
+_QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
+# the closing call matches nothing until its single-price uncross at the close: its print comes then
+_CLOSING_CALL = frozenset({Phase.CLOSING_AUCTION, Phase.POST_CLOSE})
 
 
 @dataclass(slots=True)
@@ -28,10 +57,71 @@ class _Resting:
     qty: int
     price: int  # 0: market
     filled: int = 0
+    order_type: OrderType = OrderType.LIMIT
+    tif: TimeInForce = TimeInForce.DAY
+    arriving: bool = True  # no print of its code seen since it was placed (or revised)
 
     @property
     def remaining(self) -> int:
         return self.qty - self.filled
+
+    @property
+    def market(self) -> bool:
+        return self.order_type is OrderType.MARKET or not self.price
+
+
+@dataclass(frozen=True, slots=True)
+class _Print:
+    price: int
+    bid1: int  # 0: not carried (or that side is empty)
+    ask1: int
+    change: int  # vs the day's base price: the day's limits
+    closing_call: bool
+    day: dt.date
+
+    @property
+    def quoted(self) -> bool:
+        return self.bid1 > 0 or self.ask1 > 0
+
+    def at_limit(self, side: Side) -> bool:
+        """At (or past) the day's limit `side` cannot take at: the upper for a buy, the lower for a sell
+        (of any kind and market: the code's are not known here, the nearest limit counts)."""
+        base = self.price - self.change
+        if base <= 0:
+            return False
+        rules = rules_for(self.day)
+        limits = [rules.price_limits(base, k, m) for k in KINDS for m in MARKETS]
+        if side is Side.BUY:
+            return self.price >= min(hi for _, hi in limits)
+        return self.price <= max(lo for lo, _ in limits)
+
+    def taking_price(self, side: Side) -> int:
+        """What an order that takes liquidity now pays (buy) or gets (sell), or 0: none to take (that side
+        of the book empty: locked at the limit)."""
+        if side is Side.BUY:
+            if self.ask1 > 0:
+                return max(self.price, self.ask1)
+            return 0 if self.bid1 > 0 or self.at_limit(side) else self.price
+        if self.bid1 > 0:
+            return min(self.price, self.bid1)
+        return 0 if self.ask1 > 0 or self.at_limit(side) else self.price
+
+
+def _fill_price(line: _Resting, p: _Print, arriving: bool) -> int:
+    """The price `line` fills at on print `p`, or 0 (the model in the module's docstring)."""
+    buy = line.side is Side.BUY
+    if line.order_type is OrderType.CONDITIONAL and p.closing_call:
+        return p.price if p.taking_price(line.side) else 0  # a market order in the call: its single price
+    if line.market:
+        return p.taking_price(line.side)
+    if arriving and p.quoted:
+        took = p.taking_price(line.side)
+        if took and (took <= line.price if buy else took >= line.price):
+            return took
+    if line.tif in _AT_ARRIVAL_ONLY:
+        return 0  # it never rests: no later seller hits it
+    through = p.price < line.price if buy else p.price > line.price
+    return line.price if through else 0
 
 
 class ShadowExecution:
@@ -59,9 +149,22 @@ class ShadowExecution:
             for odno in new.broker_chain:
                 self.resting.pop(odno, None)
 
-    def restore(self, odno: str, code: str, side: Side, qty: int, price: int, filled: int) -> None:
-        """An open shadow order from before a restart keeps resting."""
-        self.resting[odno] = _Resting(code, side, qty, price, filled)
+    def restore(
+        self,
+        odno: str,
+        code: str,
+        side: Side,
+        qty: int,
+        price: int,
+        filled: int,
+        order_type: OrderType = OrderType.LIMIT,
+        tif: TimeInForce = TimeInForce.DAY,
+    ) -> None:
+        """An open shadow order from before a restart keeps resting (arrived long ago: it takes no more); an
+        IOC/FOK still open (the restart came before its first print) is settled by the next print, as it would
+        have been."""
+        arriving = tif in _AT_ARRIVAL_ONLY
+        self.resting[odno] = _Resting(code, side, qty, price, filled, order_type, tif, arriving=arriving)
 
     def _time(self) -> str:
         return self.clock.now().strftime("%H%M%S")
@@ -70,8 +173,16 @@ class ShadowExecution:
         return BrokerAck(broker_order_id=odno, org_no="", time=self._time(), message="shadow: journaled, not sent")
 
     async def submit(self, order: BrokerOrder) -> BrokerAck:
+        if order.order_type in _QUOTE_PEGGED:
+            raise BrokerRejected(
+                f"shadow mode does not model {order.order_type.value} orders (priced from the exchange's order "
+                "book at arrival, which the shadow market does not hold): send a limit or market order",
+                code="SHADOW",
+            )
         odno = f"{SHADOW_PREFIX}{order.client_order_id}"
-        self.resting[odno] = _Resting(order.code, order.side, order.qty, order.price)
+        self.resting[odno] = _Resting(
+            order.code, order.side, order.qty, order.price, order_type=order.order_type, tif=order.tif
+        )
         return self._ack(odno)
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
@@ -87,24 +198,51 @@ class ShadowExecution:
         if line is None:
             raise BrokerRejected("no such shadow order", code="SHADOW")
         odno = f"{req.broker_order_id}-r{next(self._ids)}"
-        # the revise moves the remainder to the new line at the new price
-        self.resting[odno] = _Resting(line.code, line.side, line.remaining, req.price)
+        # the revise moves the remainder to the new line at the new price: a new arrival (its place in the
+        # queue is lost, as at the exchange)
+        self.resting[odno] = _Resting(
+            line.code, line.side, line.remaining, req.price, order_type=line.order_type, tif=line.tif
+        )
         return self._ack(odno)
 
-    def on_trade(self, code: str, price: int, qty: int) -> None:
-        for odno, line in list(self.resting.items()):
-            if qty <= 0:
-                break
-            if line.code != code:
-                continue
-            crosses = not line.price or (price <= line.price if line.side is Side.BUY else price >= line.price)
+    def on_trade(
+        self, code: str, price: int, qty: int, *, bid1: int = 0, ask1: int = 0, change: int = 0, time: str = ""
+    ) -> None:
+        """A confirmed print: `bid1`/`ask1` its quote (0: not carried), `change` its price against the day's
+        base, `time` HHMMSS (the clock's now when absent)."""
+        lines = [(odno, line) for odno, line in self.resting.items() if line.code == code]
+        if not lines:
+            return
+        p = self._print(price, bid1, ask1, change, time)
+        for odno, line in lines:
+            if self.resting.get(odno) is not line:
+                continue  # ended by the book while this print filled another line
+            arriving, line.arriving = line.arriving, False
             take = min(line.remaining, qty)
-            if crosses and take > 0:
+            at = _fill_price(line, p, arriving) if take > 0 else 0
+            if line.tif is TimeInForce.FOK and take < line.remaining:
+                at = 0  # all or nothing
+            if at:
                 qty -= take
                 line.filled += take
-                self._notice(NoticeKind.FILLED, odno, line, fill_qty=take, fill_price=price)
-                if not line.remaining:
-                    self.resting.pop(odno, None)  # (the book's listener may have ended it already)
+                self._notice(NoticeKind.FILLED, odno, line, fill_qty=take, fill_price=at)
+            if not line.remaining:
+                self.resting.pop(odno, None)  # (the book's listener may have ended it already)
+            elif arriving and line.tif in _AT_ARRIVAL_ONLY:
+                self._kill(odno, line)
+
+    def _kill(self, odno: str, line: _Resting) -> None:
+        """An IOC/FOK's rest: cancelled by the exchange on arrival, as live KIS tells it (a cancel-type
+        notice on the order's own line, ACPT_YN 3: kis/realtime.py)."""
+        if self.resting.pop(odno, None) is not None:
+            self._notice(NoticeKind.CANCELLED, odno, line, is_cancel=True)
+
+    def _print(self, price: int, bid1: int, ask1: int, change: int, time: str) -> _Print:
+        now = self.clock.now()
+        when = now
+        if len(time) == 6 and time.isdigit():
+            when = now.replace(hour=int(time[:2]), minute=int(time[2:4]), second=int(time[4:]), microsecond=0)
+        return _Print(price, bid1, ask1, change, phase_at(when) in _CLOSING_CALL, now.date())
 
     def _notice(
         self,

@@ -47,7 +47,7 @@ async def _status(tmp_path: Path) -> StatusReply:
         virtual = NewOrder(client_order_id="shadow_bot-20261120-1", code="005930", side=Side.BUY, qty=600, price=70_000)
         assert h.desk.submit(SHADOW, virtual).accepted
         await h.settle(lambda: h.book.orders["shadow_bot-20261120-1"].state is OrderState.ACCEPTED)
-        h.core.shadow_venue.on_trade("005930", 70_000, 5_000)
+        h.core.shadow_venue.on_trade("005930", 69_900, 5_000)  # through the limit: 600 at 70,000
         await h.settle(
             lambda: all(o.state is OrderState.FILLED for o in h.book.orders.values()) and len(h.book.orders) == 2
         )

@@ -329,10 +329,12 @@ async def test_shadow_orders_are_journaled_not_sent_and_fill_on_prints(db: Path)
     market = h.core.shadow_venue
     market.on_trade("005930", 69_500, 100)  # above the limit: no fill
     assert h.book.orders[coid(1)].filled_qty == 0
-    market.on_trade("005930", 68_900, 4)  # through the limit: 4 at the print
-    market.on_trade("005930", 69_000, 50)
+    market.on_trade("005930", 69_000, 50)  # at the limit: the queue ahead of it takes that (server/shadow.py)
+    assert h.book.orders[coid(1)].filled_qty == 0
+    market.on_trade("005930", 68_900, 4)  # through the limit: 4, at the limit (a resting order gets no better)
+    market.on_trade("005930", 68_800, 50)
     o = h.book.orders[coid(1)]
-    assert o.state is OrderState.FILLED and o.filled_value == 4 * 68_900 + 6 * 69_000
+    assert o.state is OrderState.FILLED and o.filled_value == 10 * 69_000
     pos = h.portfolio.positions["alpha"]["005930"]
     assert pos.qty == 10 and pos.fees > 0
     # a resting shadow order cancels through the shadow market; nothing reaches the broker
@@ -537,15 +539,15 @@ async def test_a_shadow_order_resting_across_a_restart_fills_on(db: Path) -> Non
     h.desk.set_mode("alpha", True)
     assert h.desk.submit(CARD, order(1, qty=10, price=69_000)).accepted
     await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
-    h.core.shadow_venue.on_trade("005930", 69_000, 4)
+    h.core.shadow_venue.on_trade("005930", 68_900, 4)  # (a resting order fills on prints through its limit)
     assert h.book.orders[coid(1)].filled_qty == 4
     await h.close()
 
     h2 = Harness(db)
     await h2.start()
     market = h2.core.shadow_venue
-    market.on_trade("005930", 69_000, 4)  # the same size as the first fill: a new fill all the same
-    market.on_trade("005930", 69_000, 50)
+    market.on_trade("005930", 68_900, 4)  # the same size as the first fill: a new fill all the same
+    market.on_trade("005930", 68_900, 50)
     o = h2.book.orders[coid(1)]
     assert o.state is OrderState.FILLED and o.filled_qty == 10 and not market.resting
     assert h2.portfolio.positions["alpha"]["005930"].qty == 10
@@ -599,7 +601,7 @@ async def test_shadow_calls_in_flight_at_a_crash_did_not_happen_and_nothing_is_l
     assert not [o for o in h2.book.orders.values() if o.state is OrderState.UNKNOWN]
     market = h2.core.shadow_venue
     assert sorted(r.qty for r in market.resting.values()) == [1, 10]  # 1 at its old terms; 2, 4 and 5 none
-    market.on_trade("005930", 69_000, 100)
+    market.on_trade("005930", 68_900, 100)  # through both limits
     assert all(h2.book.orders[coid(n)].state is OrderState.FILLED for n in (1, 3))
     assert h2.portfolio.positions["alpha"]["005930"].qty == 11
     await h2.close()
