@@ -141,7 +141,9 @@ def test_intraday_metrics_are_annualised_on_daily_equity() -> None:
     r2 = r.equity[1] / r.equity[0] - 1
     mean = (r1 + r2) / 2
     sd = ((r1 - mean) ** 2 + (r2 - mean) ** 2) ** 0.5  # sample std of two values (n - 1 = 1)
-    assert m["sharpe"] == pytest.approx(mean / sd * 252**0.5)
+    # annualised with the daily points per calendar year: 2 from 2023-12-28 (the close before 01-02) to 01-03
+    assert r.dates == ["2024-01-02", "2024-01-03"]
+    assert m["sharpe"] == pytest.approx(mean / sd * (2 / (6 / 365.25)) ** 0.5)
 
 
 class EveryBarBuyer(Strategy):

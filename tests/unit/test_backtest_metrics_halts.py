@@ -1,7 +1,7 @@
-"""Halts and skipped sessions in a backtest: annual figures count the KRX sessions the run spans (not the
-equity points, which skip a code's halts); the max drawdown's duration and the longest drawdown count
-the same way (bars under water); a protective exit waits out a halted bar (volume 0) as it waits out a
-locked one; the twin replay keeps each code's sector as the data loader does."""
+"""Halts and skipped sessions in a backtest: annual figures run on calendar time (the days from the close
+before the first session to the last equity date / 365.25), which a code's halts do not change; the max
+drawdown's duration and the longest drawdown count bars under water; a protective exit waits out a halted
+bar (volume 0) as it waits out a locked one; the twin replay keeps each code's sector as the data loader does."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tools.backtest.broker import SimBroker
 from tools.backtest.data import Listing, Series, load_bars, load_codes
 from tools.backtest import engine
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
-from tools.backtest import metrics
 from tools.backtest.metrics import compute, drawdown, years_of
 from tools.backtest.sources import load_series
 
@@ -58,36 +57,33 @@ SESSIONS = [d.isoformat() for d in trading_days(dt.date(2024, 1, 2), dt.date(202
 SKIPPING = [d for d in SESSIONS if d not in ("2024-01-04", "2024-01-05")]
 
 
-def test_annual_return_and_turnover_count_the_sessions_not_the_points() -> None:
+def test_annual_return_and_turnover_count_calendar_time_not_the_points() -> None:
     assert len(SESSIONS) == 7 and len(SKIPPING) == 5
     m = compute(result(SKIPPING, [100, 101, 102, 103, 110], traded_value=1_000))
-    years = 7 / 252
+    # from 2023-12-28 (the session before 2024-01-02; 12-29 is the year-end closing day) to 2024-01-10
+    years = 13 / 365.25
     assert m["days"] == 5
     assert m["annual_return"] == pytest.approx(1.1 ** (1 / years) - 1)
     avg = (100 + 101 + 102 + 103 + 110) / 5
     assert m["annual_turnover"] == pytest.approx(1_000 / avg / years)
-    # without a gap the figures are those of the points, as before
+    # without the halt: the same calendar time, so the same annual return
     full = compute(result(SESSIONS, [100, 101, 101, 101, 102, 103, 110]))
-    assert full["annual_return"] == pytest.approx(1.1 ** (252 / 7) - 1)
+    assert full["annual_return"] == pytest.approx(m["annual_return"])
 
 
-def test_a_year_the_calendar_does_not_know_counts_its_points(monkeypatch: pytest.MonkeyPatch) -> None:
-    # as if the calendar knew no year after 2024 (without holidays every weekday would count)
-    monkeypatch.setattr(metrics, "known_year", lambda y: y <= 2024)
-    metrics._sessions.cache_clear()
-    try:
-        assert years_of(["2025-01-02", "2025-01-03", "2025-01-09"]) == pytest.approx(3 / 252)
-        # 2024's sessions from 12-27 (12-27, 12-30; 12-31 is a holiday), then 2025's points
-        assert years_of(["2024-12-27", "2025-01-03"]) == pytest.approx((2 + 1) / 252)
-    finally:
-        metrics._sessions.cache_clear()
+def test_a_year_the_calendar_does_not_know_starts_at_the_weekday_before() -> None:
+    # the calendar knows no holidays after 2027: the close before 2030-01-02 is the weekday before it
+    assert years_of(["2030-01-02", "2030-01-03", "2030-01-09"]) == pytest.approx(8 / 365.25)
+    # 1990s Saturday sessions: the close before Monday 1991-01-14 is Saturday 01-12
+    assert years_of(["1991-01-14", "1998-12-28"]) == pytest.approx(2907 / 365.25)
 
 
-def test_the_benchmarks_annual_return_counts_the_sessions_too() -> None:
+def test_the_benchmarks_annual_return_runs_over_its_own_calendar_days() -> None:
     eq = [100, 101, 102, 103, 110]
     bench = [(dt.date.fromisoformat(d), float(v)) for d, v in zip(SKIPPING, eq)]
     m = compute(result(SKIPPING, eq), bench, "self")
-    assert m["benchmark_annual_return"] == pytest.approx(1.1 ** (252 / 7) - 1)
+    # its total return runs from its first aligned close (2024-01-02) to its last (01-10): 8 days
+    assert m["benchmark_annual_return"] == pytest.approx(1.1 ** (365.25 / 8) - 1)
 
 
 class BuyAndHold(Strategy):
@@ -96,7 +92,7 @@ class BuyAndHold(Strategy):
             self.ctx.buy(bar.code, 100, 0, order_type=OrderType.MARKET, tif=session_tif(self.ctx), reason="hold")
 
 
-def test_buy_and_hold_over_a_halt_annualises_over_the_years_sessions(shared_data: Path) -> None:
+def test_buy_and_hold_over_a_halt_annualises_over_calendar_time(shared_data: Path) -> None:
     # 017670 (SK Telecom) was halted 24 sessions in 2021 (its split): the loader drops those rows
     code = "017670"
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", [code], dt.date(2021, 12, 30))
@@ -108,7 +104,8 @@ def test_buy_and_hold_over_a_halt_annualises_over_the_years_sessions(shared_data
     assert sessions == 248 and m["days"] == len(r.dates) < sessions
     total = float(m["total_return"])  # type: ignore[arg-type]
     assert total > 0
-    assert m["annual_return"] == pytest.approx((1 + total) ** (252 / 248) - 1)
+    # 2020-12-30 (the session before 2021-01-04) to 2021-12-30: 365 days, halted or not
+    assert m["annual_return"] == pytest.approx((1 + total) ** (365.25 / 365) - 1)
     assert m["annual_return"] != pytest.approx((1 + total) ** (252 / len(r.dates)) - 1)
 
 

@@ -5,6 +5,7 @@ Exit codes: 0 done, 1 the strategy or the run failed, 2 bad input (card, data, d
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +22,15 @@ from rich.table import Table
 from common.config import ConfigError, load_card
 from common.protection import Protection
 from tools.backtest.costs import CostModel
-from tools.backtest.data import DataError, Listing, load_benchmark, parse_date, universe as universe_of
+from tools.backtest.data import (
+    DataError,
+    Listing,
+    Series,
+    load_benchmark,
+    looks_like_path,
+    parse_date,
+    universe as universe_of,
+)
 from tools.backtest.engine import (
     BacktestConfig,
     BacktestError,
@@ -206,11 +215,32 @@ def _benchmark(
     spec: str, data: Path | None, run_dir: Path | None, date_to: object
 ) -> tuple[str, list[tuple[Any, float]]]:
     """A code in --data, a CSV with Date,Close, or (twin replay without --data) a code in the bar store."""
-    if data is not None or Path(spec).is_file():
+    if data is not None or Path(spec).is_file() or looks_like_path(spec):
         return load_benchmark(spec, data or Path(spec).parent)
     assert run_dir is not None
     s = load_store(run_dir, [spec], "1d", date_to)[spec]  # type: ignore[arg-type]
     return spec, [(parse_date(b.start), float(b.close)) for b in s.bars]
+
+
+# fewer common days than this give no benchmark statistics (returns, beta): the benchmark is refused
+MIN_BENCHMARK_DAYS = 3
+
+
+def _days_in(series: dict[str, Series], d_from: dt.date, d_to: dt.date) -> list[str]:
+    """The days (YYYY-MM-DD) any code has a bar on from `d_from` to `d_to`: the run's days."""
+    lo, hi = d_from.isoformat(), d_to.isoformat()
+    return sorted({b.start[:10] for s in series.values() for b in s.bars if lo <= b.start[:10] <= hi})
+
+
+def _check_overlap(bench: tuple[str, list[tuple[dt.date, float]]], days: list[str]) -> None:
+    """Refuse a benchmark that shares too few days with the run: its statistics would be empty."""
+    if not days:  # no bars in the dates: the run says so itself
+        return
+    theirs = {d.isoformat() for d, _ in bench[1]}
+    if sum(1 for d in days if d in theirs) >= MIN_BENCHMARK_DAYS:
+        return
+    span = f"{bench[1][0][0]}..{bench[1][-1][0]}" if bench[1] else "none"
+    raise DataError(f"the benchmark does not overlap the run (its days {span}, the run's {days[0]}..{days[-1]})")
 
 
 def _error(console: Console, message: str) -> None:
@@ -309,6 +339,9 @@ def _backtest(
         roll = parse_rolling(opts.rolling) if opts.rolling else None
         if (wf or roll or opts.universe) and not grid:
             grid = [{}]
+        days = _days_in(series, d_from, d_to) if grid or bench is not None else []  # (one pass over the bars)
+        if bench is not None and not grid:  # (a sweep has no benchmark statistics)
+            _check_overlap(bench, days)
     except (ConfigError, DataError, ValueError, OSError, BacktestInputError) as e:
         _error(console, f"backtest: {e}")
         return 2
@@ -327,14 +360,6 @@ def _backtest(
     folder = Path(str(out).replace("{card}", c.id))
     try:
         if grid:
-            days = sorted(
-                {
-                    b.start[:10]
-                    for s in series.values()
-                    for b in s.bars
-                    if d_from.isoformat() <= b.start[:10] <= d_to.isoformat()
-                }
-            )
             if not days:  # every cell would fail alike: the dates are wrong, not the params
                 raise no_bars(codes, series, d_from, d_to)
             with _progress(console, "sweep") as prog:
@@ -480,7 +505,8 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
     failed = res.get("failed", [])
     for f in failed[:5]:
         where = f" {f['code']}" if "code" in f else ""
-        _warn(console, f"cell {f['cell']}{where} {f['params']} failed: {f['error']}")
+        on = f" on {', '.join(f['segments'])}" if f.get("segments") else ""  # walk-forward: once per cell
+        _warn(console, f"cell {f['cell']}{where} {f['params']} failed{on}: {f['error']}")
     if len(failed) > 5:
         _warn(console, f"... and {len(failed) - 5:,} more failed cells (sweep.json lists them)")
     if rolling:

@@ -40,6 +40,7 @@ import bisect
 import csv
 import datetime as dt
 import math
+import os
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -600,6 +601,14 @@ def load_closes(path: Path) -> list[tuple[dt.date, float]]:
     return sorted(out.items())
 
 
+_FILE_SUFFIXES = (".csv", ".parquet", ".txt")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Does a --benchmark read as a file (a folder in it, or a file's suffix) rather than a code?"""
+    return "/" in spec or os.sep in spec or spec.lower().endswith(_FILE_SUFFIXES)
+
+
 def load_benchmark(spec: str, data: Path) -> tuple[str, list[tuple[dt.date, float]]]:
     """A benchmark is a code (its close from the data folder) or a path to a CSV with Date,Close."""
     p = Path(spec)
@@ -609,4 +618,7 @@ def load_benchmark(spec: str, data: Path) -> tuple[str, list[tuple[dt.date, floa
         for cand in (data / spec, data.parent / spec):
             if cand.is_file():
                 return cand.stem, load_closes(cand)
+    if looks_like_path(spec):  # a mistyped path is no code to look for (nor a glob pattern)
+        folder = "it is a folder; " if p.is_dir() else ""
+        raise DataError(f"--benchmark {spec}: no such file ({folder}give a CSV with Date,Close, or a code in --data)")
     return spec, load_closes(find_code_file(data if data.is_dir() else data.parent, spec))

@@ -1,14 +1,15 @@
 """Performance statistics from a backtest result. Money stays integer KRW; ratios are floats
-(they are statistics, not money). Daily bars: 252 trading days a year, risk-free rate 0.
+(they are statistics, not money). Risk-free rate 0.
 
-Conventions:
-- years = the KRX sessions from the first to the last equity date (both counted; common/calendar.py)
-  / 252: the equity has a point only on days the data has a bar (a one-code run skips the code's halts),
-  and 252 sessions are a year whether or not each had a bar. In a year the calendar does not know, the
-  equity points count. Annual return, annual turnover and the benchmark's annual return divide by it;
+Conventions (calendar time, so that years with Saturday sessions or with halts read true):
+- years = calendar days / 365.25 from the close before the run's first session (the KRX calendar's
+  previous session: the initial cash stands there, and the first return is against it) to the last
+  equity date. Annual return and annual turnover divide by it; the benchmark's annual return by its
+  own years (from its first to its last close aligned to our dates: its return starts at a close);
 - returns are close-to-close of the equity curve; the first one is against the initial cash;
-- volatility, Sharpe, Sortino are annualised with sqrt(252) per equity point (a return over a skipped
-  session counts as one day's); Sortino's downside deviation is sqrt(mean(min(r, 0)^2)) over all days;
+- volatility, Sharpe, Sortino are annualised with sqrt(the observed points per calendar year) =
+  sqrt(equity points / years), not sqrt(252): more in the 1990s' Saturday sessions, fewer for a code
+  with halts; Sortino's downside deviation is sqrt(mean(min(r, 0)^2)) over all days;
 - max drawdown is the largest peak-to-trough fall of equity as a fraction of the peak; its duration
   counts the bars under water after that peak (until equity is back at the peak, or to the end of the
   data); the longest drawdown counts the same for the longest such stretch, so it is never shorter;
@@ -16,8 +17,8 @@ Conventions:
 - turnover = traded value / average equity (and per year); exposure = share of days with a position,
   avg_exposure = mean of holdings / equity;
 - against a benchmark (its closes aligned to our dates): beta = cov/var of daily returns, alpha =
-  annualised mean(r - beta*b) * 252, information ratio = mean(r-b)/std(r-b)*sqrt(252), up/down
-  capture = mean(r)/mean(b) over the days the benchmark rose / fell.
+  mean(r - beta*b) * the aligned returns per calendar year, information ratio = mean(r-b)/std(r-b) *
+  sqrt(the same), up/down capture = mean(r)/mean(b) over the days the benchmark rose / fell.
 """
 
 from __future__ import annotations
@@ -25,38 +26,27 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
-from common.calendar import known_year, on_closures, trading_days
+from common.calendar import previous_trading_day
 from common.enums import Side
 from tools.backtest.broker import FillRecord
 from tools.backtest.engine import BacktestResult
 
-YEAR = 252
-
-
-@lru_cache(maxsize=64)
-def _sessions(first: str, last: str) -> frozenset[str]:
-    """The KRX sessions (YYYY-MM-DD) from `first` to `last`, both included, in the years the calendar knows."""
-    lo, hi = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
-    out: set[str] = set()
-    for y in range(lo.year, hi.year + 1):
-        if known_year(y):
-            out.update(d.isoformat() for d in trading_days(max(lo, dt.date(y, 1, 1)), min(hi, dt.date(y, 12, 31))))
-    return frozenset(out)
-
-
-on_closures(_sessions.cache_clear)
+DAYS_PER_YEAR = 365.25
 
 
 def years_of(dates: list[str]) -> float:
-    """The years `dates` (ascending YYYY-MM-DD, one per equity point) span: the KRX sessions from the first
-    to the last, days without a point included, / YEAR; a year the calendar does not know counts its dates
-    (as does a date the calendar has no session on)."""
+    """The calendar years an equity curve over `dates` (ascending YYYY-MM-DD) spans: from the close before
+    its first session (where the initial cash stands) to its last date."""
     if not dates:
         return 0.0
-    sessions = _sessions(dates[0], dates[-1])
-    return (len(sessions) + sum(1 for d in dates if d not in sessions)) / YEAR
+    start = previous_trading_day(dt.date.fromisoformat(dates[0]))
+    return (dt.date.fromisoformat(dates[-1]) - start).days / DAYS_PER_YEAR
+
+
+def per_year(points: int, years: float) -> float:
+    """The observed points (returns) per calendar year: what volatility and ratios annualise with."""
+    return points / years if years > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +175,8 @@ def compute(
     rets = returns_of([float(e) for e in eq], float(result.initial_cash))
     final = eq[-1] if eq else result.initial_cash
     total = final / result.initial_cash - 1.0 if result.initial_cash else 0.0
-    years = years_of(result.dates) if len(result.dates) == n else n / YEAR
+    years = years_of(result.dates)
+    root = math.sqrt(per_year(len(rets), years))
     cagr = (1.0 + total) ** (1.0 / years) - 1.0 if years > 0 and total > -1.0 else -1.0
     sd = _std(rets)
     downside = math.sqrt(math.fsum(min(r, 0.0) ** 2 for r in rets) / len(rets)) if rets else 0.0
@@ -202,9 +193,9 @@ def compute(
         "pnl": final - result.initial_cash,
         "total_return": total,
         "annual_return": cagr,
-        "volatility": sd * math.sqrt(YEAR),
-        "sharpe": _ratio(_mean(rets) * math.sqrt(YEAR), sd),
-        "sortino": _ratio(_mean(rets) * math.sqrt(YEAR), downside),
+        "volatility": sd * root,
+        "sharpe": _ratio(_mean(rets) * root, sd),
+        "sortino": _ratio(_mean(rets) * root, downside),
         "max_drawdown": mdd,
         "max_drawdown_bars": mdd_bars,
         "longest_drawdown_bars": longest,
@@ -223,6 +214,9 @@ def compute(
         "avg_exposure": _mean([h / e for h, e in zip(result.holdings, eq) if e > 0]),
         "bars": result.bars,
         "days": n,
+        # the calendar time the annual figures divide by, and the points a year the ratios annualise with
+        "years": round(years, 4),
+        "points_per_year": round(per_year(len(rets), years), 1),
     }
     if benchmark:
         m.update(benchmark_stats(result, rets, benchmark, benchmark_name))
@@ -261,14 +255,16 @@ def benchmark_stats(
     up = [(x, y) for x, y in zip(r, b) if y > 0]
     down = [(x, y) for x, y in zip(r, b) if y < 0]
     btotal = bm_a[-1] / bm_a[0] - 1.0
-    years = years_of(common)
+    # the benchmark's total return runs from its first aligned close (not from the close before it)
+    years = (dt.date.fromisoformat(common[-1]) - dt.date.fromisoformat(common[0])).days / DAYS_PER_YEAR
+    n_year = per_year(len(b), years)
     out.update(
         {
             "benchmark_return": btotal,
-            "benchmark_annual_return": (1.0 + btotal) ** (1.0 / years) - 1.0 if btotal > -1.0 else -1.0,
-            "alpha": (mr - beta * mb) * YEAR,
+            "benchmark_annual_return": (1.0 + btotal) ** (1.0 / years) - 1.0 if btotal > -1.0 and years else -1.0,
+            "alpha": (mr - beta * mb) * n_year,
             "beta": beta,
-            "information_ratio": _ratio(_mean(active) * math.sqrt(YEAR), _std(active)),
+            "information_ratio": _ratio(_mean(active) * math.sqrt(n_year), _std(active)),
             "up_capture": _ratio(_mean([x for x, _ in up]), _mean([y for _, y in up])) if up else None,
             "down_capture": _ratio(_mean([x for x, _ in down]), _mean([y for _, y in down])) if down else None,
         }

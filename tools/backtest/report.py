@@ -183,6 +183,14 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# how the annual figures are made (tools/backtest/metrics.py)
+CONVENTION = (
+    "Annual figures on calendar time: years = days from the close before the first session to the last "
+    "equity date / 365.25; volatility, Sharpe and Sortino annualised with the points observed per calendar "
+    "year (points_per_year), not a fixed 252."
+)
+
+
 def write_html(path: Path, summary: dict[str, Any], trades: list[Trade], png: Path) -> None:
     img = base64.b64encode(png.read_bytes()).decode()
     rows = "".join(
@@ -204,7 +212,7 @@ padding:2px 8px;text-align:right}}th{{text-align:left}}</style></head>
 <body><h1>{title}</h1><p>strategy <code>{html.escape(summary["strategy"])}</code>, params <code>{params}</code></p>
 {warnings}
 <img alt="equity, drawdown and trades" src="data:image/png;base64,{img}">
-<h2>Metrics</h2><table>{rows}</table>
+<h2>Metrics</h2><p>{CONVENTION}</p><table>{rows}</table>
 <h2>Trades</h2><table><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{trs}</table>
 </body></html>
 """,

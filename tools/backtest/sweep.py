@@ -21,6 +21,11 @@ Engines:
   (our payloads are msgpack bytes; nothing of the trading wire goes through it); a cluster address
   should be a private network or TLS.
 
+Fractional walk-forward (`--walk-forward TRAIN,VALIDATE,TEST`, fractions of the trading days): every cell
+runs on each of the three consecutive segments; the chosen cell is the one with the best validate Sharpe
+(ties: train Sharpe, then grid order), so its test figures are out of sample. A cell that failed on any
+segment is listed once, with the segments it failed on.
+
 Rolling walk-forward (`--rolling TRAIN,TEST[,STEP]`, trading days): windows of TRAIN days to choose
 the parameters (best train Sharpe) followed by TEST days to judge them, moved by STEP (default TEST).
 Output per window: the chosen parameters, their train and test metrics, the rank of the chosen cell
@@ -58,6 +63,7 @@ from tools.backtest.logs import RepeatSummary, merge_taken, summarise_repeats
 from tools.backtest.metrics import compute
 
 SEGMENTS = ("train", "validate", "test")
+CHOSEN_BY_VALIDATE = "validate sharpe, ties by train sharpe"
 # the columns of the results table
 KEYS = ("total_return", "annual_return", "sharpe", "max_drawdown", "trades", "win_rate", "fees", "taxes")
 
@@ -541,23 +547,37 @@ def sweep(
     triples = [flat[i : i + 3] for i in range(0, len(flat), 3)]  # per grid point: train, validate, test
     out: dict[str, Any] = {
         "rows": triples,
-        "chosen_by": "train sharpe",
+        "chosen_by": CHOSEN_BY_VALIDATE,
         "segments": {s: [lo.isoformat(), hi.isoformat()] for s, (lo, hi) in zip(SEGMENTS, ranges)},
     }
     per = len(grid)
-    out["best"] = _best([r[0] for r in triples[:per]])
+    out["best"] = _best_validated(triples[:per])
     if len(cards) > 1:
         out["best_per_code"] = {
-            code: _offset(_best([r[0] for r in triples[k * per : (k + 1) * per]]), k * per)
+            code: _offset(_best_validated(triples[k * per : (k + 1) * per]), k * per)
             for k, (code, _) in enumerate(cards)
         }
-    out["failed"] = [
-        {"cell": i, "params": r[0]["params"], "error": e["error"]}
-        for i, r in enumerate(triples)
-        for e in r
-        if e.get("error")
-    ][:1000]
+    out["failed"] = [f for i, r in enumerate(triples) if (f := _failed_cell(i, r)) is not None][:1000]
     return _mark_input_error(out, flat)
+
+
+def _best_validated(triples: list[list[dict[str, Any]]]) -> int | None:
+    """The cell with the best validate Sharpe (ties: train Sharpe, then grid order); the test days stay out of
+    the choice. None when every cell failed on the validate days."""
+    val = [r[1] for r in triples]
+    if all(v.get("error") for v in val):
+        return None
+    return max(range(len(triples)), key=lambda i: (_score(val[i]), _score(triples[i][0]), -i))
+
+
+def _failed_cell(i: int, segs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One entry for a walk-forward cell that failed on any segment: the segments and their errors."""
+    bad = [(s, r) for s, r in zip(SEGMENTS, segs) if r.get("error")]
+    if not bad:
+        return None
+    errors = list(dict.fromkeys(str(r["error"]) for _, r in bad))  # one error said once for all its segments
+    code = {"code": segs[0]["code"]} if "code" in segs[0] else {}
+    return {"cell": i, "params": segs[0]["params"], **code, "segments": [s for s, _ in bad], "error": "; ".join(errors)}
 
 
 def _summary(rows: list[dict[str, Any]], per: int, cards: list[tuple[str, AgentCard]]) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""A --benchmark the run cannot use is one plain line and exit 2: a mistyped path (absolute, relative, or a
+folder) says there is no such file instead of a traceback or a search for a code named like a path; a
+benchmark whose days do not overlap the run's says both spans instead of passing with empty statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.backtest.cli import main
+
+FDR = "krx_daily_fdr_2020_2026"
+OLD = "krx_daily_1990_2023"
+
+
+def _card(tmp_path: Path) -> Path:
+    card = tmp_path / "card.toml"
+    card.write_text(
+        'id = "bench"\nname = "bench"\nstrategy = "agent.strategies.sma_cross_daily:SmaCrossDaily"\n'
+        'codes = ["005930"]\n[params]\nshort = 5\nlong = 20\nvalue = 3000000\n'
+    )
+    return card
+
+
+def _run(shared_data: Path, tmp_path: Path, benchmark: str, *extra: str) -> int:
+    return main(
+        [
+            str(_card(tmp_path)),
+            "--data",
+            str(shared_data / FDR),
+            "--from",
+            "2021-01-04",
+            "--to",
+            "2021-03-31",
+            "--benchmark",
+            benchmark,
+            "--out",
+            str(tmp_path / "o"),
+            "--no-plot",
+            *extra,
+        ]
+    )
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "{data}/krx_daily_1990_2023/kospi_200.csv",  # absolute, a typo of kospi200.csv: crashed in Path.glob
+        "{data}/krx_daily_1990_2023",  # a folder: crashed alike
+        "krx_daily_1990_2023/kospi_200.csv",  # relative: was "no kospi_200.csv.csv / kospi_200.csv_D.csv / ..."
+        "kospi_200.csv",
+    ],
+)
+def test_a_mistyped_benchmark_path_is_no_such_file(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    spec = spec.format(data=shared_data)
+    assert _run(shared_data, tmp_path, spec) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"backtest: --benchmark {spec}: no such file"), line
+    assert ".csv.csv" not in line and "_D.csv" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_benchmark_folder_says_it_is_a_folder(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(shared_data, tmp_path, str(shared_data / OLD)) == 2
+    assert "no such file (it is a folder;" in _one_line(capsys.readouterr().err)
+
+
+def test_a_benchmark_path_or_code_that_exists_still_works(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for spec in (str(shared_data / OLD / "kospi200.csv"), f"{OLD}/kospi200.csv", "000660"):
+        assert _run(shared_data, tmp_path, spec, "--json") == 0, spec
+        m = json.loads(capsys.readouterr().out)["metrics"]
+        assert m["benchmark_days"] == m["run_days"] > 0, spec
+
+
+def _closes(tmp_path: Path, days: list[str]) -> Path:
+    f = tmp_path / "index.csv"
+    f.write_text("Date,Close\n" + "".join(f"{d},{100 + i}\n" for i, d in enumerate(days)))
+    return f
+
+
+def test_a_benchmark_that_does_not_overlap_the_run_is_refused(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it passed with exit 0 and "covers 0 of the run's ... days (None..None)"
+    bench = _closes(tmp_path, ["2019-01-02", "2019-01-03", "2019-01-04", "2019-01-07"])
+    assert _run(shared_data, tmp_path, str(bench)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (
+        "backtest: the benchmark does not overlap the run "
+        "(its days 2019-01-02..2019-01-07, the run's 2021-01-04..2021-03-31)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_common_days_are_too_few_three_are_enough(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _closes(tmp_path, ["2020-12-29", "2020-12-30", "2021-01-04", "2021-01-05"])
+    assert _run(shared_data, tmp_path, str(bench)) == 2
+    assert "its days 2020-12-29..2021-01-05, the run's 2021-01-04..2021-03-31" in _one_line(capsys.readouterr().err)
+    bench = _closes(tmp_path, ["2020-12-30", "2021-01-04", "2021-01-05", "2021-01-06"])
+    assert _run(shared_data, tmp_path, str(bench), "--json") == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["metrics"]["benchmark_days"] == 3
+    assert "benchmark index covers 3 of the run's" in out.err  # partial cover: warned, as before
