@@ -176,6 +176,46 @@ class BrokerNotice(msgspec.Struct, frozen=True, kw_only=True, tag="notice"):
     fill_ref: str = ""  # a broker that numbers its fills says which one this is (KIS does not)
 
 
+class HourClass(StrEnum):
+    """HOUR_CLS_CODE of an H0STCNT0 print or an H0STASP0 book (API.md §5.6-5.7): the regular session, or
+    which single-price call's *expected* (indicative) state the record shows."""
+
+    UNSAID = ""  # a record that does not carry it (an older message, a test's)
+    REGULAR = "0"  # 장중: continuous trading
+    AFTER_CLOSE_EXPECTED = "A"  # 장후예상: the closing call
+    PRE_OPEN_EXPECTED = "B"  # 장전예상: the opening call
+    LATE_OR_VI_EXPECTED = "C"  # 9시 이후 예상가 / VI 발동: an opening call run past 09:00, a VI's 2-minute call
+    AFTER_HOURS_EXPECTED = "D"  # 시간외 단일가 예상: the after-hours single-price call
+    OTHER = "?"  # a code API.md does not list: not the regular session, not known to be an expected price
+
+    @classmethod
+    def of(cls, code: str) -> HourClass:
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.OTHER
+
+    @property
+    def in_call(self) -> bool:
+        """A single-price call is running (its book may be crossed): any code the broker says but '0'."""
+        return self not in (HourClass.UNSAID, HourClass.REGULAR)
+
+    @property
+    def expected(self) -> bool:
+        """The record shows a call's expected price (API.md: codes A-D), not a trade."""
+        return self in _EXPECTED
+
+
+_EXPECTED = frozenset(
+    {
+        HourClass.AFTER_CLOSE_EXPECTED,
+        HourClass.PRE_OPEN_EXPECTED,
+        HourClass.LATE_OR_VI_EXPECTED,
+        HourClass.AFTER_HOURS_EXPECTED,
+    }
+)
+
+
 class Trade(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):
     """A real-time execution print (H0STCNT0), the fields the system uses."""
 
@@ -193,6 +233,9 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True, tag="trade"):
     ask1: int
     bid1: int
     date: str = ""  # BSOP_DATE (YYYYMMDD), the exchange's business day of the print; "" when absent
+    hour_cls: HourClass = HourClass.UNSAID  # HOUR_CLS_CODE: A-D mark an expected price, not a trade
+    market_op: str = ""  # NEW_MKOP_CLS_CODE, 2 chars (API.md §5.6): session (1st) and kind (2nd), e.g. "20"
+    halted: bool = False  # TRHT_YN == "Y": trading in the code is halted (carried, not acted on)
 
 
 class Book(msgspec.Struct, frozen=True, kw_only=True, tag="book"):
@@ -204,6 +247,7 @@ class Book(msgspec.Struct, frozen=True, kw_only=True, tag="book"):
     bids: tuple[tuple[int, int], ...]
     total_ask_qty: int
     total_bid_qty: int
+    hour_cls: HourClass = HourClass.UNSAID  # HOUR_CLS_CODE: any but "0" is a single-price call (crossed is normal)
 
 
 class SessionChange(msgspec.Struct, frozen=True, kw_only=True, tag="session"):

@@ -19,7 +19,7 @@ import msgspec
 from common.enums import Side
 from kis.numbers import krw
 from kis.crypto import DecryptError, NoticeCipher
-from kis.port import Book, BrokerNotice, NoticeKind, Trade
+from kis.port import Book, BrokerNotice, HourClass, NoticeKind, Trade
 from kis.reference import normalise_code  # a registration by KIS's ETN spelling ('Q500061') comes back in it
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:
         ask1=num(f[o + 10]),
         bid1=num(f[o + 11]),
         date=f[o + 33] if len(f) > o + 33 else "",
+        market_op=f[o + 34],
+        halted=f[o + 35] == "Y",
+        hour_cls=HourClass.of(f[o + 43]),  # an expected price (A-D) is dropped by server/md_sanity.py
     )
 
 
@@ -101,6 +104,7 @@ def _book(f: list[str], o: int) -> Book:
         bids=bids,
         total_ask_qty=_int(f[o + 43]),
         total_bid_qty=_int(f[o + 44]),
+        hour_cls=HourClass.of(f[o + 2]),  # a call's book (a VI's too) is crossed by nature
     )
 
 

@@ -1,15 +1,17 @@
 """Market-data sanity: every print and book from the broker is checked before anything uses it.
 
-A print must have a positive price on the day's tick grid, inside the day's band (when the base price
-is known), a quantity that is not negative and a cumulative volume that does not run backwards (and
-that moves: a print with a quantity at the last cumulative volume is a duplicate). A book
-must have its levels in order (asks up, bids down, not crossed), on the grid, inside the band. A call
-auction (the 08:30-09:00 opening call, the 15:20-15:30 closing call: `CALL_PHASES`, by the book's own
-time and common.krx's phases) matches nothing until its single-price uncross, so bids above asks are its
-normal state there: a crossed book is kept then, and only then. What
-fails is dropped — not published, not marked, not filled against, not in bars — counted by reason, and
-alerted once per code and reason a day. A feed that ran backwards because of one outlier re-anchors
-after a few consistent prints.
+A print must be a trade: not a call's expected price (HOUR_CLS_CODE A-D) and not of zero shares; such a
+record is dropped and counted, never alerted (it is not bad data, it is no trade). A print must have a
+positive price on the day's tick grid, inside the day's band (when the base price is known), a quantity
+that is not negative and a cumulative volume that does not run backwards (and that moves: a print with a
+quantity at the last cumulative volume is a duplicate). A book must have its levels in order (asks up, bids
+down, not crossed), on the grid, inside the band. A call auction (the 08:30-09:00 opening call, the
+15:20-15:30 closing call: `CALL_PHASES`, by the book's own time and common.krx's phases; or any call the
+book's own HOUR_CLS_CODE names: a VI's 2-minute single-price period, an opening call run past 09:00)
+matches nothing until its single-price uncross, so bids above asks are its normal state there: a crossed
+book is kept then, and only then. What else fails is dropped — not published, not marked, not filled
+against, not in bars — counted by reason, and alerted once per code and reason a day. A feed that ran
+backwards because of one outlier re-anchors after a few consistent prints.
 
 One outlier must not move trading state: a print moves the marks that P&L (and the daily-loss
 transition to REDUCING) is computed from only once it is *confirmed* — by the quote (inside the best
@@ -41,9 +43,9 @@ KINDS = (SecurityKind.STOCK, SecurityKind.ETF)
 REANCHOR_AFTER = 3  # consecutive consistent prints below a cumulative volume that one outlier pushed up
 QUOTE_SPREAD_TICKS = 10  # a print's own quote confirms it only when the spread is sane
 # call auctions: orders are collected and nothing matches until the single-price uncross, so a book whose best
-# bid is at or above its best ask is the call's state, not bad data. (A VI's single-price period and a call
-# the exchange's random end (임의종료) runs past 09:00 are calls too, but no phase says so: the book does not
-# carry HOUR_CLS_CODE; a crossed book then is still dropped.)
+# bid is at or above its best ask is the call's state, not bad data. A VI's single-price period and a call the
+# exchange's random end (임의종료) runs past 09:00 are calls too that no phase names: the book's HOUR_CLS_CODE
+# (Book.hour_cls, anything but "0") says so, and the phases cover a book that does not carry it.
 CALL_PHASES = frozenset({Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION})
 
 
@@ -56,6 +58,13 @@ class Bad(StrEnum):
     DUPLICATE = "print_duplicated"  # a print with a quantity that did not move the cumulative volume
     DATE = "date_implausible"  # a business day that is neither the market day nor the next session
     BOOK = "book_out_of_order"
+    # not trades (counted, not alerted). Whether KIS sends either on H0STCNT0 is UNCONFIRMED (API.md lists the
+    # HOUR_CLS_CODE values, not when they come); taken, one would move marks, fire stops and fill shadow orders.
+    EXPECTED = "print_expected_price"  # HOUR_CLS_CODE A-D: a call's indicative price, nothing traded
+    QTY_ZERO = "qty_zero"  # no shares changed hands
+
+
+NOT_TRADES = frozenset({Bad.EXPECTED, Bad.QTY_ZERO})
 
 
 class MarketSanity:
@@ -124,9 +133,11 @@ class MarketSanity:
         return None
 
     def trade(self, t: Trade) -> Bad | None:
-        """None when the print may be used; else why it is dropped (counted and alerted here)."""
+        """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
         rules = self._roll()
-        bad = self._price(t.code, t.price, rules)
+        bad = self._not_a_trade(t)
+        if bad is None:
+            bad = self._price(t.code, t.price, rules)
         if bad is None and t.qty < 0:
             bad = Bad.QTY
         if bad is None:
@@ -134,6 +145,16 @@ class MarketSanity:
         if bad is not None:
             self._drop(t.code, bad, f"print {t.price:,} x{t.qty} at {t.time}, cumulative volume {t.cum_volume:,}")
             return bad
+        return None
+
+    @staticmethod
+    def _not_a_trade(t: Trade) -> Bad | None:
+        """A record that shows no trade: no shares. One of shares is kept whatever its HOUR_CLS_CODE: which code
+        KIS stamps on a real trade made in a call (the opening uncross, the print that set off a VI: 'C' reads
+        '9시 이후 예상가/VI 발동') is UNCONFIRMED, and dropping a real print would blind stops and bars, where an
+        indicative price of no shares moves nothing."""
+        if t.qty == 0:
+            return Bad.EXPECTED if t.hour_cls.expected else Bad.QTY_ZERO
         return None
 
     def _volume(self, t: Trade) -> Bad | None:
@@ -187,7 +208,7 @@ class MarketSanity:
             or bp != sorted(bp, reverse=True)
             or len(set(ap)) < len(ap)
             or len(set(bp)) < len(bp)
-            or (crossed and not self._in_call(b.time))
+            or (crossed and not (b.hour_cls.in_call or self._in_call(b.time)))
         ):
             bad = Bad.BOOK
         if bad is not None:
@@ -211,7 +232,7 @@ class MarketSanity:
 
     def _drop(self, code: str, bad: Bad, what: str) -> None:
         self.dropped[bad.value] += 1
-        if (code, bad.value) not in self._alerted:
+        if bad not in NOT_TRADES and (code, bad.value) not in self._alerted:
             self._alerted.add((code, bad.value))
             self.alert(f"market data {code}: {what} dropped ({bad.value}); further ones today are counted, not alerted")
 

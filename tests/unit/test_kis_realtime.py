@@ -6,7 +6,7 @@ import pytest
 
 from common.enums import Side
 from kis.crypto import DecryptError, NoticeCipher
-from kis.port import Book, BrokerNotice, NoticeKind, Trade
+from kis.port import Book, BrokerNotice, HourClass, NoticeKind, Trade
 from kis.realtime import FrameError, FrameParser, parse_control
 from kis.framebuild import NOTICE23_ACCEPT, NOTICE23_FILL, TRADE_FIELDS_EXAMPLE, book_fields, frame, notice26
 
@@ -32,6 +32,9 @@ def test_official_trade_example() -> None:
         ask1=71900,
         bid1=71800,
         date="20230612",  # BSOP_DATE
+        hour_cls=HourClass.REGULAR,  # HOUR_CLS_CODE 0
+        market_op="20",  # NEW_MKOP_CLS_CODE: in session, normal
+        halted=False,  # TRHT_YN N
     )
 
 
