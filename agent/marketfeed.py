@@ -6,6 +6,13 @@ How a heal works: the gateway's snapshot carries the last message and the last s
 each topic. Whatever the snapshot holds that is newer than what the strategy has seen is delivered
 (the last trade/book; after a gap also the last closed bar of each subscribed interval), and the
 topic's baseline moves up to the snapshot's sequence, so stream messages at or below it are dropped.
+
+A snapshot holds one bar per interval: it cannot give back the bars a gap on a bar topic lost (a slow agent
+at the PUB high-water mark), and a strategy whose windows skipped them would decide on a window with a hole.
+A gap on a bar topic is therefore a `BarGap`: the bars between the last one seen on the topic and the one
+that showed the gap (or the snapshot's, when a heal's snapshot is ahead by more than one), which the runtime
+fetches from the gateway's bar store (`GetBars`) and hands over in order before it; when it cannot, it says
+the bars are lost and has the strategy rebuild its windows from history (`on_history_changed`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,22 @@ from common.schema import (
 CONFLATABLE = (TradeTick, BookTick)  # bars and system events are never conflated
 
 
+@dataclass(frozen=True, slots=True)
+class BarGap:
+    """Bars a bar topic lost: `missed` of them, after `after` (the start of the last bar seen on the topic;
+    "" when none was) and before `before` (the start of the bar that showed the gap)."""
+
+    code: str
+    interval: str
+    after: str
+    before: str
+    missed: int
+
+    def text(self) -> str:
+        since = f"after {self.after} " if self.after else ""
+        return f"{self.missed} {self.interval} bars of {self.code} {since}before {self.before}"
+
+
 @dataclass
 class FeedStats:
     gaps: int = 0  # gaps detected on market-data topics
@@ -41,6 +64,8 @@ class FeedStats:
     conflated: int = 0  # trade/book messages skipped because a newer one was in the same drain
     stale: int = 0  # stream messages dropped as already covered (duplicate or older than a snapshot)
     snapshots: int = 0
+    bars_fetched: int = 0  # bars a gap lost, fetched from the gateway's bar store and handed over
+    bars_lost: int = 0  # bars a gap lost that could not be fetched (the strategy rebuilt from history)
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
@@ -57,12 +82,15 @@ class MarketFeed:
         self._system_gap = False  # a system event was missed since the runtime last asked
         # topics subscribed besides the card's: its universe codes' (agent/universe.py), set by the runtime
         self.followed: set[str] = set()
+        self._last_bar: dict[str, str] = {}  # bar topic -> start of the newest bar seen on it (stream or snapshot)
+        self._bar_gaps: dict[tuple[str, str], BarGap] = {}  # (bar topic, start of the bar after the gap) -> gap
 
     def reset(self) -> None:
         """A new gateway session numbers its topics from 1 again."""
         self.tracker = SequenceTracker()
         self._pending.clear()
         self._healing.clear()
+        self._bar_gaps.clear()
 
     # ---- subscriptions ---------------------------------------------------------------------------
 
@@ -83,6 +111,7 @@ class MarketFeed:
         again later starts a new baseline rather than a gap as long as its absence."""
         for topic in self.followed - topics:
             self.tracker.last.pop(topic, None)
+            self._last_bar.pop(topic, None)
         self.followed = set(topics)
 
     def wanted(self) -> set[str]:
@@ -106,10 +135,15 @@ class MarketFeed:
             if missed < 0:
                 self.stats.stale += 1
                 continue
-            if missed and pub.topic != SYSTEM_TOPIC:
-                self.stats.gaps += 1
-                self.stats.missed += missed
-                self.stats.by_topic[pub.topic] = self.stats.by_topic.get(pub.topic, 0) + missed
+            if missed and isinstance(pub.body, Bar):
+                # a snapshot has only the newest bar: the lost ones come from the gateway's bar store
+                self._count_gap(pub.topic, missed)
+                self._bar_gap(pub.topic, pub.body, missed)
+                self.log.warning(
+                    "FEED gap on %s: %d bars missed; fetching them from the gateway's bar store", pub.topic, missed
+                )
+            elif missed and pub.topic != SYSTEM_TOPIC:
+                self._count_gap(pub.topic, missed)
                 code = _code(pub.body)
                 self.log.warning("FEED gap on %s: %d messages missed; asking for a snapshot", pub.topic, missed)
                 if code and code not in self._healing and code not in heal:
@@ -119,10 +153,29 @@ class MarketFeed:
                 # gateway for its snapshot (take_system_gap)
                 self._system_gap = True
                 self.log.warning("FEED gap on %s: %d system events missed; asking for a snapshot", pub.topic, missed)
+            if isinstance(pub.body, Bar):
+                self._last_bar[pub.topic] = pub.body.start
             fresh.append(pub)
         if self.card.subscriptions.conflate and len(fresh) > 1:
             fresh = self._conflate(fresh)
         return fresh, heal
+
+    def _count_gap(self, topic: str, missed: int) -> None:
+        self.stats.gaps += 1
+        self.stats.missed += missed
+        self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + missed
+
+    def _bar_gap(self, topic: str, bar: Bar, missed: int) -> None:
+        """`missed` bars of `topic` were lost before `bar`: to fetch before it is handed over (`take_bar_gap`)."""
+        gap = BarGap(bar.code, bar.interval, self._last_bar.get(topic, ""), bar.start, missed)
+        self._bar_gaps[(topic, bar.start)] = gap
+
+    def take_bar_gap(self, bar: Bar) -> BarGap | None:
+        """The bars lost just before `bar` on its topic, when a gap showed them (once: the caller fetches them
+        and hands them over before `bar`)."""
+        if not self._bar_gaps:
+            return None
+        return self._bar_gaps.pop((bar_topic(bar.code, bar.interval), bar.start), None)
 
     def take_system_gap(self) -> bool:
         """Whether system events were missed since the last call (then the runtime refreshes its day,
@@ -171,6 +224,11 @@ class MarketFeed:
                     continue
                 self.tracker.last[topic] = seq
                 item = _item(st, topic)
+                if isinstance(item, Bar):
+                    if last is not None and seq > last + 1:  # the snapshot is ahead by more bars than its own
+                        self._count_gap(topic, seq - last - 1)
+                        self._bar_gap(topic, item, seq - last - 1)
+                    self._last_bar[topic] = item.start
                 # on subscribe the last bar is history, not news; after a gap it is one we missed
                 if item is not None and (not isinstance(item, Bar) or gap or healed):
                     out.append(item)

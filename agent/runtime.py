@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from agent.client import GatewayClient, GatewayReplaced
-from agent.marketfeed import MarketFeed
+from agent.marketfeed import BarGap, MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
@@ -139,6 +139,10 @@ _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
 
 
 MAX_BATCH = SUBMIT_MAX_ORDERS  # the most orders one SubmitOrders may carry (a bigger batch is refused whole)
+# bars a gap on a bar topic lost are fetched with GetBars (newest first in the store): asked with this many more
+# than lost, for bars published after the gap meanwhile (×4 while the answer does not reach back), at most the
+# most one request gives
+BAR_GAP_EXTRA, MAX_GET_BARS = 8, 5000
 # What the gateway never acted on: a request it did not take because this agent's registration was gone (or
 # the request looked too old); it is sent again after the agent registers again.
 _NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
@@ -1530,6 +1534,8 @@ class AgentRuntime(AgentServicesMixin):
                     st.seqs,
                 )
             for body in self.feed.on_snapshot(msg):
+                if isinstance(body, Bar):
+                    self._fill_bar_gap(body)  # bars the snapshot is ahead by besides its own go first
                 self._deliver(body)
         elif isinstance(msg, EventBatch):
             before = self.last_seq
@@ -1906,7 +1912,64 @@ class AgentRuntime(AgentServicesMixin):
             # a missed system event (a new trading day, a trading state, the session): ask the gateway
             self._send(GetSnapshot(h=self.headers()))
         for pub in fresh:
+            if isinstance(pub.body, Bar):
+                self._fill_bar_gap(pub.body)  # the bars a gap lost before it go first
             self._on_pub(pub)
+
+    def _fill_bar_gap(self, bar: Bar) -> None:
+        """The bars a gap on `bar`'s topic lost just before it (agent/marketfeed.py BarGap), if any: fetched from the
+        gateway's bar store and handed over in order, before `bar`. When they cannot be, the log says they are lost
+        and the strategy is told (on_history_changed: by default it rebuilds its windows from history, which stops
+        before `bar` as inside its on_bar), so its windows have no silent hole."""
+        gap = self.feed.take_bar_gap(bar)
+        if gap is None:
+            return
+        got = self._missed_bars(gap)
+        if isinstance(got, list):
+            self.feed.stats.bars_fetched += len(got)
+            self.log.info("FEED %s fetched from the gateway's bar store: handed over in order", gap.text())
+            for b in got:
+                self._deliver(b)
+            return
+        self.feed.stats.bars_lost += gap.missed
+        self.log.warning(
+            "FEED bars lost: %s (%s); the strategy rebuilds its windows from history (on_history_changed)",
+            gap.text(),
+            got,
+        )
+        before, self._delivering = self._delivering, bar  # (its history stops before `bar`, as inside its on_bar)
+        try:
+            self._call("on_history_changed", bar.code)
+        finally:
+            self._delivering = before
+
+    def _missed_bars(self, gap: BarGap) -> list[Bar] | str:
+        """The bars `gap` lost, oldest first, from the gateway's bar store; else why not. GetBars gives the newest
+        bars: some newer than the gap may be stored already, so a window that did not reach back past the gap is
+        asked again, larger."""
+        if gap.missed >= MAX_GET_BARS:
+            return f"more than the {MAX_GET_BARS} bars one request gives"
+        extra = BAR_GAP_EXTRA
+        while True:
+            n = min(MAX_GET_BARS, gap.missed + 1 + extra)
+            try:
+                reply = self.call_gateway(
+                    GetBars(h=self.headers(), code=gap.code, interval=gap.interval, n=n), timeout_s=15.0
+                )
+            except KtraderError as e:
+                return f"the gateway did not give them: {e.message or e}"
+            except msgspec.ValidationError as e:
+                return f"the gateway's answer did not read: {e}"
+            if not isinstance(reply, BarsReply):
+                return f"unexpected reply {type(reply).__name__}"
+            older = [b for b in reply.bars if b.start < gap.before]
+            between = [b for b in older if b.start > gap.after] if gap.after else older[-gap.missed :]
+            if len(between) >= gap.missed:
+                return between
+            # it holds no more, or the answer reached back past the gap: the missing ones are not in the store
+            if len(reply.bars) < n or len(older) > len(between) or n == MAX_GET_BARS:
+                return f"the gateway's bar store holds {len(between)} of them"
+            extra *= 4
 
     def _on_pub(self, pub: Published) -> None:
         # sequence checks, de-duplication and conflation happened in MarketFeed.drain

@@ -223,6 +223,17 @@ class BarBuilder:
         acc = self._open.get((code, interval))
         return _label(acc.start, interval == DAILY) if acc is not None else ""
 
+    def open_at(self, when: dt.datetime) -> list[Bar]:
+        """The intraday bars in progress whose bucket had begun by `when` (exchange time, KST) and was not
+        closed by time then (its end plus the grace period after `when`): prints of them from `when` on
+        belong to them."""
+        t = when.toordinal() * _DAY_S + when.hour * 3600 + when.minute * 60 + when.second
+        return [
+            acc.bar(*key)
+            for key, acc in self._open.items()
+            if key[1] != DAILY and acc.start <= t < acc.end + self.grace_s
+        ]
+
 
 def aggregate(bars: list[Bar], interval: str) -> list[Bar]:
     """Roll 1-minute bars (oldest first, one code) up into `interval` bars aligned like the builder's."""

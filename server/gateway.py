@@ -832,7 +832,8 @@ class Gateway:
                 elif isinstance(ev, ClockMark):
                     self.md.flush_at(ev.exchange)
                 elif isinstance(ev, Gap):
-                    self.md.feed_gap()  # no registration was heard without a gap across it
+                    # no registration was heard without a gap across it; buckets open across it are partial
+                    self.md.feed_gap(since=ev.since, until=ev.until)
                     self.alerts(
                         f"real-time stream gap {ev.since:%H:%M:%S}-{ev.until:%H:%M:%S} ({ev.reason}): repairing"
                     )
@@ -842,11 +843,12 @@ class Gateway:
                 log.exception("broker event %r failed", ev)
 
     async def _bar_clock(self) -> None:
-        # bars close by time even when no later print arrives
+        # bars close by time even when no later print arrives; only as far as the stream is known live (the
+        # session's state: a bucket closed while the websocket is down would go out without the outage's prints)
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.md.flush()
+                self.md.flush(stream=self.broker.session_state)
             except Exception:
                 self.counters["bar_flush_errors"] += 1
                 log.exception("bar flush failed")

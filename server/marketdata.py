@@ -10,7 +10,11 @@ So does a websocket gap (a reconnect) or a registration released and taken again
 after it carries more day volume (H0STCNT0 ACML_VOL) than the last one heard plus its own, and every
 bucket open across the gap misses prints. Such a bucket is not published nor stored: an agent sees no bar
 for it (its next bar is the first one) rather than a wrong one (open/high/low off, volume short). Daily
-bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`).
+bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`). The first print
+after a reconnect tells only for its own code, and only when it comes: so the live bar clock closes no bucket
+by time past the last moment the stream is known to have been live (`flush`: held while the websocket is
+down, or silent), and the broker's Gap marks every bucket open at the outage's start, of a code not heard
+since, partial (`feed_gap`).
 
 The day's first print always carries more day volume than its own: KIS's ACML_VOL counts the 08:30-08:40
 pre-market close-price session, which no bar holds. That is no missed print when the code's registration
@@ -49,7 +53,7 @@ from typing import NamedTuple
 
 from common.calendar import next_trading_day, previous_trading_day, session_hours
 from common.clock import KST, now_kst
-from common.enums import AlertKind
+from common.enums import AlertKind, SessionState
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
 from kis.port import Book, BrokerPort, Capability, Trade
@@ -75,6 +79,20 @@ SKEW_PERSIST, SKEW_REARM_AFTER = dt.timedelta(seconds=60), dt.timedelta(minutes=
 # plus the prints' skew), which runs up to a second or so behind the exchange's (prints carry whole seconds and
 # arrive late): it counts from this much later, so a bucket it may have missed the start of is never whole
 LIVE_SLACK = dt.timedelta(seconds=SKEW_ALERT_S)
+# The live bar clock (`flush` told the broker session's state) closes bars by time only as far as the stream is
+# known to have been live: until the latest frame (print or book) heard, or, the session READY, until
+# STREAM_SILENCE ago: the KIS session drops a stream silent for 150 s (kis/ws.py silence_timeout_s; a dead TCP
+# connection sooner, by its pings), so a READY session had its stream live then. Keep it above that timeout.
+STREAM_SILENCE = dt.timedelta(seconds=160)
+# after the session was seen down, bars close by time again only once the Gap that follows its reconnect was
+# handled (it marks the buckets open across the outage: `feed_gap`), or this long after it was seen up again
+UP_SETTLE = dt.timedelta(seconds=3)
+# a print handled this long after an outage's last frame came after the reconnect (one from before it is not
+# handled that late): its code's cumulative volume was checked across the outage (`feed_gap`)
+HEARD_AFTER = dt.timedelta(seconds=5)
+# states with the websocket open and its registrations made (DEGRADED: the notice feed refused, prints flow;
+# or just dropped, when no frame comes and only the frames heard before count)
+_STREAM_UP = frozenset({SessionState.READY, SessionState.DEGRADED})
 
 
 class SplitAdjusted(NamedTuple):
@@ -161,6 +179,14 @@ class MarketData:
         # gap (`listening`, `feed_gap`; `released` ends it): every print of it since was heard, so the volume
         # the first print heard carries before its own traded before then
         self._live: dict[str, dt.datetime] = {}
+        # the stream's liveness, for bars closed by time (`flush` with the session's state): the wall time of the
+        # latest frame (print or book) heard, and of each code's latest print
+        self._frame_at: dt.datetime | None = None
+        self._print_at: dict[str, dt.datetime] = {}
+        self._awaiting_gap = False  # the session was seen down: its reconnect's Gap is awaited (`feed_gap`)
+        self._up_at: dt.datetime | None = None  # when it was seen up again meanwhile
+        # (code, interval, start) of intraday buckets open across a websocket outage (`feed_gap`): partial
+        self._gapped: set[tuple[str, str, str]] = set()
         self.bars_partial = 0  # buckets not published for being partial (prints of them missed)
         self.feed_gaps = 0  # prints heard after prints of the same code were missed (a reconnect, a release)
         self.bars_forgotten = 0  # stored daily bars dropped for a split (back-filled adjusted from the broker)
@@ -262,6 +288,7 @@ class MarketData:
         self.trades[ev.code] = tick
         self._pub(trade_topic(ev.code), tick)
         wall = wall or self.wall()
+        self._frame_at = self._print_at[ev.code] = wall
         try:
             when = self._date_print(ev.time, wall, ev.date)
             self._heard(ev, when)
@@ -336,14 +363,41 @@ class MarketData:
         at = (self.exchange_now(wall) + LIVE_SLACK).replace(tzinfo=None)
         self._live[code] = max(at, self._live.get(code, at))  # taken again: live from the newer one only
 
-    def feed_gap(self, wall: dt.datetime | None = None) -> None:
+    def feed_gap(
+        self, wall: dt.datetime | None = None, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> None:
         """The real-time stream was down (the broker's Gap): no registration is known to be heard without a
         gap any more. The session registers its ledger again by itself after a reconnect, and a key it fails
         to register then and gets on a later retry comes back untold: taking every code as live again from
         the reconnect could read a missed stretch as the pre-market session's volume and publish a wrong
         opening bar. So each code is live again only from its next acknowledged registration (`listening`);
-        until then its day's first print leaves its buckets partial, as before a registration was known."""
+        until then its day's first print leaves its buckets partial, as before a registration was known.
+
+        With the outage's wall times (`since`: its last frame heard, `until`: the reconnect), every intraday
+        bucket open at `since` is partial (not published when it closes, counted in bars_partial_dropped):
+        prints of it may have traded in the outage, and no print of its code after the reconnect told whether
+        yet. A code with a print handled more than HEARD_AFTER after `since` (after the reconnect, or while
+        prints flowed through an outage of the notice feed only) is left to its cumulative volume (`_heard`).
+        A gap of no length (an order notice that did not read) missed no print."""
         self._live.clear()
+        self._awaiting_gap, self._up_at = False, None  # its buckets are marked now: bars close by time again
+        if since is None or until is None or until <= since:
+            return
+        heard = since + HEARD_AFTER
+        gone = [
+            b
+            for b in self.builder.open_at(self.exchange_now(since))
+            if b.code not in self._print_at or self._print_at[b.code] <= heard
+        ]
+        self._gapped.update((b.code, b.interval, b.start) for b in gone)
+        if gone:
+            log.info(
+                "websocket outage %s-%s: %d bars open across it are partial (not published): %s",
+                f"{since:%H:%M:%S}",
+                f"{until:%H:%M:%S}",
+                len(gone),
+                " ".join(sorted({f"{b.code}/{b.interval}@{b.start[11:]}" for b in gone})),
+            )
 
     def released(self, code: str) -> None:
         """The code's print registration was released (its last holder left): prints are no longer heard.
@@ -486,7 +540,8 @@ class MarketData:
         if self.on_skew is not None:
             self.on_skew(text)
 
-    def on_book(self, ev: Book) -> None:
+    def on_book(self, ev: Book, wall: dt.datetime | None = None) -> None:
+        self._frame_at = wall or self.wall()  # a frame: the stream was live then (`flush`)
         tick = BookTick(
             code=ev.code,
             time=ev.time,
@@ -498,13 +553,43 @@ class MarketData:
         self.books[ev.code] = tick
         self._pub(book_topic(ev.code), tick)
 
-    def flush(self, wall: dt.datetime | None = None) -> list[Bar]:
-        """Close bars by time (called every second)."""
+    def flush(self, wall: dt.datetime | None = None, stream: SessionState | None = None) -> list[Bar]:
+        """Close bars by time (called every second). With `stream`, the broker session's state now (the live
+        gateway's bar clock), only as far as the stream is known to have been live (`_live_through`): a bucket
+        closed by time while the websocket is down would go out final without the outage's prints, and the
+        first print after the reconnect, which tells they were missed, comes too late for it. The point
+        bars were closed at is what a recording marks (a replay closes the same ones there)."""
+        wall = wall or self.wall()
         exchange = self.exchange_now(wall)
+        if stream is not None:
+            through = self._live_through(wall, stream)
+            if through is None:
+                return []
+            exchange = min(exchange, self.exchange_now(through))
         closed = self.flush_at(exchange)
         if closed and self.on_clock is not None:
             self.on_clock(exchange)
         return closed
+
+    def _live_through(self, wall: dt.datetime, stream: SessionState) -> dt.datetime | None:
+        """The latest wall time the stream is known to have been live at (None: nothing closes by time now).
+        Down (not connected, or its registrations being made again): none. Seen down, then up again: none
+        until the Gap of the reconnect was handled (`feed_gap`: it marks the buckets open across the outage;
+        a bar closed before that would go out whole), at most UP_SETTLE. Up: the latest frame heard; READY,
+        also STREAM_SILENCE ago (a quiet stream: one dead since then would have been dropped by now)."""
+        if stream not in _STREAM_UP:
+            self._awaiting_gap, self._up_at = True, None
+            return None
+        if self._awaiting_gap:
+            self._up_at = self._up_at or wall
+            if wall - self._up_at < UP_SETTLE:
+                return None
+            self._awaiting_gap, self._up_at = False, None
+        through = self._frame_at
+        if stream is SessionState.READY:
+            quiet = wall - STREAM_SILENCE
+            through = quiet if through is None else max(through, quiet)
+        return through
 
     def flush_at(self, exchange: dt.datetime) -> list[Bar]:
         """Close bars as of `exchange` time: a replay, at a recorded MarketClock mark."""
@@ -679,6 +764,8 @@ class MarketData:
         exchange's."""
         if b.interval not in MINUTES:
             return False
+        if (b.code, b.interval, b.start) in self._gapped:
+            return True
         since = self.heard_since.get(b.code)
         return since is not None and dt.datetime.fromisoformat(b.start) < since
 
@@ -688,7 +775,9 @@ class MarketData:
             # dropped, not sent as final: the agent gets no bar for the bucket rather than a wrong one
             self.bars_partial += len(partial)
             log.info("not publishing partial bars (prints of their buckets were missed): %s", partial)
-            bars = [b for b in bars if not self._partial(b)]
+            bars = [b for b in bars if b not in partial]
+        for b in partial:
+            self._gapped.discard((b.code, b.interval, b.start))  # judged: the mark is not needed any more
         if not bars:
             return
         for b in bars:
