@@ -313,24 +313,28 @@ class Gateway:
         r.tool(GetOrders, self._get_orders)
         r.tool(GetSummary, lambda route, m: self.services.summary_reply(m))  # tools: any agent's book
         r.tool(GetTrace, self._get_trace)
-        r.agent(Heartbeat, s.heartbeat, lapsed=True)
-        r.agent(Unregister, s.unregister, lapsed=True)
+        r.agent(Heartbeat, s.heartbeat)
+        r.agent(Unregister, s.unregister)
         r.agent(GetSnapshot, s.get_snapshot)
         r.agent(GetEvents, s.get_events)
         r.agent(Subscribe, s.subscribe)
-        r.agent(SubmitOrders, self._submit)
-        r.agent(CancelOrder, self._cancel)
-        r.agent(ModifyOrder, self._modify)
+        # (acts: refused while the agent's lease has run out: decided by a stalled process, maybe after the
+        # operator flattened it; the agent registers again and sends them then, through the gate as it is now)
+        r.agent(SubmitOrders, self._submit, acts=True)
+        r.agent(CancelOrder, self._cancel, acts=True)
+        r.agent(ModifyOrder, self._modify, acts=True)
         r.agent(  # the agent's own: the sells the gateway placed for it stay (the operator's cancel_all takes them)
             CancelAll,
             lambda rec, route, m: Ack(
                 h=h(m.h.mid), message=f"{self.desk.cancel_all(rec.id, m.code, spare_exits=True)} cancels sent"
             ),
+            acts=True,
         )
-        r.agent(Protect, lambda rec, route, m: self._answer(m.h.mid, self.protection.protect(rec.card, m)))
+        r.agent(Protect, lambda rec, route, m: self._answer(m.h.mid, self.protection.protect(rec.card, m)), acts=True)
         r.agent(
             CancelProtection,
             lambda rec, route, m: self._answer(m.h.mid, self.protection.cancel(rec.id, m.id, "cancelled by the agent")),
+            acts=True,
         )
         r.agent(GetMarket, lambda rec, route, m: serve_market(self, m))
         r.agent(GetBars, self._get_bars)

@@ -63,7 +63,7 @@ class Router:
         self._open: dict[type, ToolHandler] = {}
         self._enroll: dict[type, ToolHandler] = {}
         self._agents: dict[type, AgentHandler] = {}
-        self._lapsed_ok: set[type] = set()  # agent requests served after the lease ran out (see `agent`)
+        self._acts: set[type] = set()  # agent requests refused once the lease ran out (see `agent`)
         self._recheck_scheduled = False
         self._zap = False  # the endpoint is CURVE-secured: frames carry the peer's key name (User-Id)
 
@@ -81,12 +81,13 @@ class Router:
         """Requests of an agent's credential on a connection not registered yet (Register)."""
         self._enroll[msg_type] = fn
 
-    def agent(self, msg_type: type, fn: AgentHandler, *, lapsed: bool = False) -> None:
-        """`lapsed`: served for an agent whose lease ran out too (its heartbeat, answered NOT_REGISTERED by
-        the sessions; its unregister); every other request of such an agent is refused NOT_REGISTERED."""
+    def agent(self, msg_type: type, fn: AgentHandler, *, acts: bool = False) -> None:
+        """`acts`: the request places, changes or cancels orders (or protective orders): refused NOT_REGISTERED
+        while the agent's lease has run out (its heartbeat is answered so too, server/sessions.py); what only
+        reads is served."""
         self._agents[msg_type] = fn
-        if lapsed:
-            self._lapsed_ok.add(msg_type)
+        if acts:
+            self._acts.add(msg_type)
 
     # ---- socket ------------------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class Router:
         if rec.id != signer:
             refuse(ErrorCode.WRONG_AGENT, f"this connection is registered as {rec.id!r}")
             return
-        if rec.state is not AgentState.ONLINE and t not in self._lapsed_ok:
+        if rec.state is not AgentState.ONLINE and t in self._acts:
             # its lease ran out (a stalled process: a slow callback, SIGSTOP): it is offline to the gateway, its
             # market data released, the operator told it crashed. An order decided meanwhile, on prices seconds
             # old, waits for it to register again (the agent keeps it and sends it then: NOT_REGISTERED is not

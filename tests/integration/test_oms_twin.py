@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,13 +21,16 @@ import pytest
 from common.clock import today_kst
 from common.config import AgentCard, RiskLimits
 from common.enums import Side
+from common.errors import ErrorCode
 from common.ids import make_client_order_id
 from common.schema import (
     Ack,
     AgentEvent,
     CancelOrder,
+    Error,
     FillUpdate,
     GetSnapshot,
+    Message,
     ModifyOrder,
     NewOrder,
     OrdersReply,
@@ -79,11 +83,24 @@ class Agent:
         )
         self.client = agent_client(run, card)  # the operator approved its card; it signs with its own credential
         self.id = agent_id
-        reply = self.client.request(Register(h=self.client.headers(), card=card, pid=os.getpid(), host="test"), 10)
-        assert isinstance(reply, Registered), reply
-        self.n = reply.snapshot.next_order_n
+        self.card = card
+        self.n = self._register().snapshot.next_order_n
         self.orders: dict[str, object] = {}
         self.positions: dict[str, object] = {}
+
+    def _register(self) -> Registered:
+        reply = self.client.request(Register(h=self.client.headers(), card=self.card, pid=os.getpid(), host="test"), 10)
+        assert isinstance(reply, Registered), reply
+        return reply
+
+    def _act(self, make: Callable[[], Message]) -> Message:
+        """An order request, as the agent runtime sends it: refused NOT_REGISTERED when this test idled past
+        its lease (it sends no heartbeats), it registers again and sends it again."""
+        r = self.client.request(make(), 10)
+        if isinstance(r, Error) and r.code is ErrorCode.NOT_REGISTERED:
+            self._register()
+            r = self.client.request(make(), 10)
+        return r
 
     def pump(self) -> None:
         while (m := self.client.recv_nowait()) is not None:
@@ -104,8 +121,8 @@ class Agent:
     def submit(self, code: str, side: Side, qty: int, price: int) -> str:
         coid = make_client_order_id(self.id, today_kst(), self.n)
         self.n += 1
-        r = self.client.request(
-            SubmitOrders(
+        r = self._act(
+            lambda: SubmitOrders(
                 h=self.client.headers(),
                 orders=[
                     NewOrder(
@@ -119,17 +136,16 @@ class Agent:
                         context={"signal": 1.5},
                     )
                 ],
-            ),
-            10,
+            )
         )
         assert isinstance(r, OrdersReply) and r.results[0].accepted, r
         return coid
 
     def cancel(self, coid: str) -> object:
-        return self.client.request(CancelOrder(h=self.client.headers(), client_order_id=coid), 10)
+        return self._act(lambda: CancelOrder(h=self.client.headers(), client_order_id=coid))
 
     def modify(self, coid: str, price: int) -> object:
-        return self.client.request(ModifyOrder(h=self.client.headers(), client_order_id=coid, price=price), 10)
+        return self._act(lambda: ModifyOrder(h=self.client.headers(), client_order_id=coid, price=price))
 
     def snapshot(self):
         r = self.client.request(GetSnapshot(h=self.client.headers()), 10)
