@@ -524,13 +524,18 @@ class ProtectionDesk:
                 if self._held(p.agent, p.code) <= 0:
                     self._end(p, PS.DONE if sold else PS.CANCELLED, "nothing left to sell")
                     return
-                # a refusal counts against it; an exit that expired unsold (locked at the lower limit all session:
-                # no buyers) is placed again for the next session, as the backtest's waits for the next open; one
-                # someone cancelled is simply placed again
-                failed = last.state is OrderState.REJECTED and last.filled_qty < last.qty
-                attempts = p.attempts + failed
+                # a refusal counts against it; a MARKET exit that expired unsold (locked at the lower limit all
+                # session: no buyers) is placed again for the next session without counting, as the backtest's
+                # waits for the next open; a LIMIT exit that expired unsold counts (the price ran away from its
+                # limit: placed again at the same limit for ever it would never sell); one someone cancelled is
+                # simply placed again
                 unsold = last.qty - last.filled_qty
-                if last.state is OrderState.EXPIRED and unsold:
+                expired = last.state is OrderState.EXPIRED and unsold > 0
+                failed = (last.state is OrderState.REJECTED and unsold > 0) or (
+                    expired and last.order_type is not OrderType.MARKET
+                )
+                attempts = p.attempts + failed
+                if expired and not failed:
                     self._tell_expired(p, last, unsold)
                 why = (
                     f"exit {last.client_order_id} filled, {p.qty - sold} more to sell"  # (sized by max_order_value)

@@ -60,3 +60,33 @@ async def test_a_locked_exit_is_placed_again_each_session_until_it_sells(tmp_pat
         assert h.portfolio.position("alpha", "005930").qty == 0  # type: ignore[union-attr]
     finally:
         await h.close()
+
+
+async def test_a_limit_exit_the_price_ran_away_from_fails_after_its_attempts(tmp_path: Path) -> None:
+    """Only a MARKET exit that expired unsold (no buyers at the lower limit) is placed again without counting:
+    a LIMIT exit whose price ran away would be placed at the same limit every session for ever, the position
+    unprotected; after MAX_ATTEMPTS it FAILS and a person is told to sell by hand, as before."""
+    from common.protection import ExitType
+    from common.protection import ProtectionState as PS2
+    from tests.fakes.broker import FakeBroker
+    from tests.unit.test_protection import CARD as CARD2
+    from tests.unit.test_protection import buy as buy2
+    from tests.unit.test_protection import exits as exits2
+
+    pid = "alpha-20261120-1"
+    broker = FakeBroker(ref_price=70_000)
+    h = Harness(tmp_path / "db2", broker=broker)
+    await h.start()
+    try:
+        assert h.protection.submit(CARD2, buy2(1, stop=69_000, exit=ExitType.LIMIT, slip_bp=100)).accepted
+        await h.settle(lambda: h.protection.active[pid].state is PS2.ARMED)
+        h.print("005930", 68_900)  # the stop is met: a limit exit ~1 % below
+        broker.ref_price = 50_000  # the stock falls through the limit and stays there
+        h.print("005930", 50_000)
+        for _ in range(3):
+            await h.settle(lambda: any(x.is_open and x.broker_order_id for x in exits2(h)))
+            h.core.recon.expire_through(h.book.day())
+        await h.settle(lambda: pid not in h.protection.active)
+        assert any(f"protective order {pid} on 005930 FAILED" in t for t in h.alerted(AlertKind.PROTECTION))
+    finally:
+        await h.close()
