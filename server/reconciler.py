@@ -246,7 +246,9 @@ class Reconciler:
         if isinstance(balance, Exception):  # a failed balance query must not undo the order repair above
             res.alerts.append(f"position check failed: {balance}")
         elif balance is not None:
-            found, pending = self._check_positions(balance, res.unconfirmed, day)
+            # (the start's first whole pass: holdings no order of ours explains were there before ktrader)
+            start = not open_only and not self.complete
+            found, pending = self._check_positions(balance, res.unconfirmed, day, start=start)
             persisted, notes = self._persisting(pending)
             res.alerts.extend([*found, *persisted])
         differences = list(res.alerts)
@@ -466,7 +468,11 @@ class Reconciler:
         )
 
     def _check_positions(
-        self, balance: list[BrokerPosition], unconfirmed: dict[str, int] | None = None, day: str | None = None
+        self,
+        balance: list[BrokerPosition],
+        unconfirmed: dict[str, int] | None = None,
+        day: str | None = None,
+        start: bool = False,
     ) -> tuple[list[str], list[Note]]:
         """The account's holdings against the books. Shares the books hold from fills the broker's list
         does not show yet (`unconfirmed`, inside the grace) are left out of the comparison, and a code
@@ -476,9 +482,9 @@ class Reconciler:
         grace, and it stayed the same over passes for at least fill_grace_ns of market time: the day's
         order list can lag the balance (API.md §8.15) and early-inquiry passes come seconds apart, so
         'seen twice' alone would give an agent's fresh shares to 'external'. Shares the account holds
-        beyond the books then go to 'external' -- at once, on the first pass too, where no order in the
-        books could explain them (`_explainable_codes`: shares held before ktrader, bought outside it),
-        so that the limits count them from the start; books ahead of the account are taken back from
+        beyond the books then go to 'external' -- at once on the start's first whole pass (`start`) where
+        no order in the books could explain them (`_explainable_codes`: shares held before ktrader), so
+        that the limits count them from the start; books ahead of the account are taken back from
         'external' only as far as it holds shares such an attribution gave it (the orders' own fills
         were booked since); anything else is alerted, never papered over. Returns the differences and
         the notes: what waits for the list, an order in flight or the grace (Note), shown only. `day`:
@@ -575,10 +581,12 @@ class Reconciler:
                         "just filled: waiting",
                     )
                 )
-            elif code not in explainable:
-                # No order in the books could bring these shares (none open, none of today): no notice or
-                # list line can be on its way for them, so waiting the grace would only leave the limits
-                # blind to them meanwhile (a first start on an account with holdings).
+            elif start and code not in explainable:
+                # The start's first whole pass (`start`): no order in the books could bring these shares (none
+                # open, none of today) and the day's whole list was read, so they were held before ktrader:
+                # waiting the grace would only leave the limits blind to them meanwhile (a first start on an
+                # account with holdings). Later, a difference may be a buy in the KIS app whose list line lags
+                # the balance (API.md §8.15): it waits the grace, or it would be counted twice.
                 self._adjust_external(code, diff, broker.get(code))
                 if not books:  # (all of them carried into the day: its P&L from today's base, not their cost)
                     self.book.portfolio.carried_in(EXTERNAL_AGENT, code)
