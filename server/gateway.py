@@ -14,6 +14,7 @@ talk through the callables they are given here.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import errno
 import logging
 import os
@@ -29,7 +30,7 @@ import zmq
 
 from common import approvals, credentials
 from common.aio import wait_set
-from common.calendar import calendar_gaps
+from common.calendar import calendar_gaps, previous_trading_day
 from common.clock import date_of
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
@@ -40,6 +41,7 @@ from common.market_clock import MarketClock, WallClock, market_ns
 from common.protection import Protection
 from common.schema import (
     AgentEvent,
+    Bar,
     CancelAll,
     CancelOrder,
     CancelProtection,
@@ -983,14 +985,37 @@ class Gateway:
         balance)."""
         if not self.md.hold_daily:  # (the twin's all-day sessions: bars take every print, no official close)
             return
-        last = self.md.store.last(code, BarInterval.D1.value, 1, self.clock.now().date().isoformat())
-        if not last or last[0].close == base:
+        today = self.clock.now().date()
+        last = self.md.store.last(code, BarInterval.D1.value, 1, today.isoformat())
+        if not last:
             return
-        self._history_changed(
-            code,
-            f"today's base price {base:,} is not the last close {last[0].close:,} ({last[0].start}): a corporate "
-            "action (a split, a rights or bonus issue) changed its price scale",
-        )
+        bar = last[0]
+        if bar.start == previous_trading_day(today).isoformat():
+            if bar.close != base:
+                self._history_changed(
+                    code,
+                    f"today's base price {base:,} is not the last close {bar.close:,} ({bar.start}): a corporate "
+                    "action (a split, a rights or bonus issue) changed its price scale",
+                )
+            return
+        # an older stored close (the stock halted for its split, a code back in the universe after weeks, a close
+        # the gateway missed) differs from today's base by the market's own moves too: the broker's adjusted close
+        # of that same day says whether the history changed scale since
+        if Capability.CHARTS in self.broker.capabilities:
+            self._spawn(self._stored_close_checked(code, bar))
+
+    async def _stored_close_checked(self, code: str, bar: Bar) -> None:
+        try:
+            got = await self.broker.daily_bars(code, 1, dt.date.fromisoformat(bar.start) + dt.timedelta(days=1))
+        except Exception as e:  # (checked again at the next morning's confirmation)
+            log.info("stored close of %s %s not checked against the broker: %s", code, bar.start, e)
+            return
+        if got and got[-1].start == bar.start and got[-1].close != bar.close:
+            self._history_changed(
+                code,
+                f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: a corporate "
+                "action (a split, a rights or bonus issue) changed its price scale since",
+            )
 
     def _protected_refused(self, code: str, why: str) -> None:
         """A protected code's trade registration refused: its protections see no prints and cannot fire

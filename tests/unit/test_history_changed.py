@@ -8,6 +8,7 @@ rebuilds its windows from the adjusted history on the next bar."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from typing import Any
 
 from agent.strategies.sma_cross_daily import Params, SmaCrossDaily
 from common.enums import SystemEventKind
+from kis.port import Capability
 from common.schema import Bar, SystemEvent
 from server.barstore import BarStore
 from server.gateway import Gateway
@@ -40,28 +42,77 @@ def daily(code: str, day: str, close: int) -> Bar:
     return Bar(code=code, interval="1d", start=day, open=close, high=close, low=close, close=close, volume=1_000)
 
 
-def gateway_of(tmp_path: Path, today: dt.date) -> tuple[SimpleNamespace, list[tuple[SystemEventKind, str, str]]]:
+class ChartBroker:
+    """The broker's adjusted daily series: `scale` divides the stored (old shares') closes."""
+
+    capabilities = frozenset({Capability.CHARTS})
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+        self.asked: list[tuple[str, dt.date]] = []
+
+    async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
+        self.asked.append((code, before))
+        stored = {"2021-04-08": 560_000, "2021-04-09": 560_000}
+        return [daily(code, d, c // self.scale) for d, c in stored.items() if d < before.isoformat()][-n:]
+
+
+def gateway_of(
+    tmp_path: Path, today: dt.date, scale: int = 5
+) -> tuple[SimpleNamespace, list[tuple[SystemEventKind, str, str]]]:
     """The parts of the gateway its base-price check works on: a real MarketData over a real bar store."""
     published: list[tuple[SystemEventKind, str, str]] = []
     md = MarketData(BarStore(tmp_path / "bars.sqlite"))
     md.store.add([daily(CODE, "2021-04-08", 560_000), daily(CODE, "2021-04-09", 560_000)])  # the old shares
+    tasks: list[Any] = []
     gw = SimpleNamespace(
         md=md,
         clock=SimpleNamespace(now=lambda: dt.datetime.combine(today, dt.time(8, 1))),
         publish=lambda kind, agent, text: published.append((kind, agent, text)),
+        broker=ChartBroker(scale),
+        tasks=tasks,
     )
     gw._history_changed = lambda code, why: Gateway._history_changed(gw, code, why)  # type: ignore[arg-type]
+    gw._stored_close_checked = lambda code, bar: Gateway._stored_close_checked(gw, code, bar)  # type: ignore[arg-type]
+    gw._spawn = lambda coro: tasks.append(asyncio.ensure_future(coro))
     return gw, published
 
 
-def test_a_base_unlike_the_last_close_drops_the_history_and_tells_the_agents(tmp_path: Path) -> None:
-    gw, published = gateway_of(tmp_path, dt.date(2021, 4, 15))  # first session after the 1:5 split (a halt between)
+async def test_a_base_unlike_the_previous_session_s_close_drops_the_history_and_tells_the_agents(
+    tmp_path: Path,
+) -> None:
+    gw, published = gateway_of(tmp_path, dt.date(2021, 4, 12))  # the session right after the stored 04-09
 
     Gateway._base_vs_close(gw, CODE, 112_000)  # type: ignore[arg-type]
 
     assert published == [(SystemEventKind.HISTORY_CHANGED, "", CODE)]
     assert gw.md.store.last(CODE, "1d", 5) == []  # back-filled adjusted from the broker on the next request
-    assert gw.md.bars_forgotten == 2
+    assert gw.md.bars_forgotten == 2 and gw.broker.asked == []  # (no need to ask)
+
+
+async def test_after_the_split_s_halt_the_broker_s_adjusted_close_tells(tmp_path: Path) -> None:
+    """A split halts the stock for days: the last stored close is not the previous session's; the broker's
+    adjusted close of that same day (112,000 for the stored 560,000) says the history changed scale."""
+    gw, published = gateway_of(tmp_path, dt.date(2021, 4, 15))  # first session after the 1:5 split (04-12..14)
+
+    Gateway._base_vs_close(gw, CODE, 112_000)  # type: ignore[arg-type]
+    await asyncio.gather(*gw.tasks)
+
+    assert gw.broker.asked == [(CODE, dt.date(2021, 4, 10))]
+    assert published == [(SystemEventKind.HISTORY_CHANGED, "", CODE)]
+    assert gw.md.store.last(CODE, "1d", 5) == []
+
+
+async def test_an_old_stored_close_the_broker_still_agrees_with_changes_nothing(tmp_path: Path) -> None:
+    """A code back after weeks, or a close the gateway missed: today's base differs by the market's own
+    moves; the broker's close of the stored day is the stored one: nothing changed (it dropped the history
+    and restarted every agent on the code)."""
+    gw, published = gateway_of(tmp_path, dt.date(2021, 5, 3), scale=1)
+
+    Gateway._base_vs_close(gw, CODE, 601_000)  # type: ignore[arg-type]
+    await asyncio.gather(*gw.tasks)
+
+    assert published == [] and len(gw.md.store.last(CODE, "1d", 5)) == 2
 
 
 def test_a_base_equal_to_the_last_close_changes_nothing(tmp_path: Path) -> None:
