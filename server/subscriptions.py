@@ -3,7 +3,9 @@
 KIS allows 41 real-time registrations per app key; the fill-notice slot is the broker adapter's and
 comes first, so agents share at most 40. Two agents on 005930 cost one registration. The last
 agent leaving releases it after a debounce, so a restarting agent does not cause an
-unsubscribe/subscribe storm.
+unsubscribe/subscribe storm; its slot stays its own meanwhile (a waiting request is refused). Only a
+universe swap reuses a slot at once: the codes it let go in the same apply (`release()` returns their
+keys) are passed to `want(swapping=...)`, which may free one of them for the joining code.
 
 `want()` answers before the broker does; when the broker then refuses (KIS MAX SUBSCRIBE OVER, the
 ws ledger's LIMIT, no ack in time (NO_ACK: the KIS session released it), an error), each holder is
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from common.errors import ErrorCode
@@ -63,11 +65,15 @@ class SubscriptionManager:
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def want(self, agent: str, kind: MarketKind, code: str) -> tuple[ErrorCode | None, str]:
+    def want(
+        self, agent: str, kind: MarketKind, code: str, swapping: Collection[Key] = ()
+    ) -> tuple[ErrorCode | None, str]:
+        """`swapping`: the keys the caller let go of in the same swap (what `release()` returned); at full slots
+        one of them still pending release gives its slot up now. Any other pending slot keeps its debounce."""
         key = (kind, code)
         if agent in self.holders[key] and key in self.active:
             return None, "already subscribed"
-        if key not in self.active and len(self.active) >= self.slots and not self._free_pending():
+        if key not in self.active and len(self.active) >= self.slots and not self._free_pending(swapping):
             who = sorted({a for k in self.active for a in self.holders[k]})
             return ErrorCode.SUBSCRIPTION_LIMIT, (
                 f"all {self.slots} market-data registrations are in use (held by {', '.join(who)}); "
@@ -83,11 +89,12 @@ class SubscriptionManager:
             self._spawn(self._subscribe(key, self._attempt[key]))
         return None, "subscribed"
 
-    def _free_pending(self) -> bool:
-        """At full slots, a registration nobody holds any more (its debounced release pending) gives its slot
-        up now: a universe swapping one code for another must not be refused for the one it lets go."""
-        for key in list(self._release):  # the longest pending first
-            if not self.holders[key] and key in self.active:
+    def _free_pending(self, swapping: Collection[Key]) -> bool:
+        """At full slots, a code a universe swap let go of (its debounced release pending) gives its slot up
+        now: the swap must not be refused for the one it lets go. A slot pending from `leave` is not taken: its
+        agent may be restarting, and would come back to find its slot gone (refused, its protections blind)."""
+        for key in swapping:
+            if key in self._release and not self.holders.get(key) and key in self.active:
                 self._release.pop(key).cancel()
                 self._release_now(key)  # (its release goes to the broker before the new registration)
                 return True
@@ -102,14 +109,19 @@ class SubscriptionManager:
                     loop = asyncio.get_running_loop()
                     self._release[key] = loop.call_later(self.debounce_s, self._release_now, key)
 
-    def release(self, agent: str, kind: MarketKind, code: str) -> None:
-        """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave."""
+    def release(self, agent: str, kind: MarketKind, code: str) -> Key | None:
+        """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave. Returns the
+        key when nobody holds it now (its release pending): a swap passes it to `want(swapping=...)`."""
         key = (kind, code)
         who = self.holders.get(key)
-        if who and agent in who:
-            who.discard(agent)
-            if not who and key in self.active and key not in self._release:
-                self._release[key] = asyncio.get_running_loop().call_later(self.debounce_s, self._release_now, key)
+        if not who or agent not in who:
+            return None
+        who.discard(agent)
+        if who or key not in self.active:
+            return None
+        if key not in self._release:
+            self._release[key] = asyncio.get_running_loop().call_later(self.debounce_s, self._release_now, key)
+        return key
 
     def _release_now(self, key: Key) -> None:
         self._release.pop(key, None)

@@ -215,6 +215,16 @@ class UniverseBinder:
             return []
         return sorted(c for c in self.held(rec.id) if c not in rec.card.codes and c not in top)
 
+    def _release_leaving(self, rec, codes: list[str], kinds: list[MarketKind]) -> list[tuple[MarketKind, str]]:
+        """Let go of `codes` for the agent; the registrations nobody holds any more (their release pending)."""
+        freed = []
+        for code in codes:
+            for kind in kinds:
+                key = self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
+                if key is not None:
+                    freed.append(key)
+        return freed
+
     def apply(self, rec) -> None:
         from common.schema import UniverseUpdate
         from server.subscriptions import refusal_notice
@@ -228,15 +238,13 @@ class UniverseBinder:
             return
         kinds = market_kinds(card.subscriptions)
         own = set(card.codes)
-        # the leaving codes first: at full slots their pending release frees the slot a joining code takes
-        for code in prev or []:
-            if code not in own and code not in codes:
-                for kind in kinds:
-                    self.subs.release(rec.id, kind, code)  # type: ignore[attr-defined]
+        # the leaving codes first: at full slots the slots this swap lets go are the ones a joining code may take
+        # at once (only these: a slot pending because another agent is restarting stays that agent's)
+        freed = self._release_leaving(rec, [c for c in prev or [] if c not in own and c not in codes], kinds)
         for code in codes:
             if code not in own:
                 for kind in kinds:
-                    err, text = self.subs.want(rec.id, kind, code)  # type: ignore[attr-defined]
+                    err, text = self.subs.want(rec.id, kind, code, freed)  # type: ignore[attr-defined]
                     if err is not None:
                         self.notify(rec.id, refusal_notice(err, text, kind, code))
         extra = self.risk.extra_codes  # type: ignore[attr-defined]

@@ -105,8 +105,7 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
         lambda: shown in health_lines(fetch_status(stack.run, timeout_s=3.0)), 5, what="the refusal in the health lines"
     )
 
-    # ---- 3. f2 stops cleanly: late's next retry takes one of its slots (a slot whose release waits out the
-    # debounce is free for a waiting registration: server/subscriptions.py _free_pending) ---
+    # ---- 3. f2 stops cleanly: its slots are released after the debounce, late's retry takes one ---
     stopped_at = time.monotonic()
     f2.send_signal(signal.SIGTERM)
     assert f2.wait(10) == 0
@@ -116,10 +115,9 @@ def test_refused_trades_are_polled_then_streamed_once_a_slot_frees(stack: Stack)
         what="the late agent's registration at the twin",
     )
     took = time.monotonic() - stopped_at
-    assert took <= RETRY_S + 5, f"took {took:.1f}s, retry period {RETRY_S}s"
-    # f2's other registrations go once their debounce has passed
-    want = regs_for(fill1, book=True) | {(TR["trades"], extra), stack.notice}
-    wait_for(lambda: stack.regs() == want, DEBOUNCE_S + 10, what="f2's registrations released")
+    assert took >= DEBOUNCE_S, "registered before f2's slots were released"
+    assert took <= DEBOUNCE_S + RETRY_S + 5, f"took {took:.1f}s, retry period {RETRY_S}s + debounce {DEBOUNCE_S}s"
+    assert stack.regs() == regs_for(fill1, book=True) | {(TR["trades"], extra), stack.notice}
     wait_for(lambda: stack.table().get(f"trades:{extra}") == ["late"], 5, what="the gateway's table to list late")
     assert f"SUBSCRIPTION granted trades {extra}" in stack.log(late)
 
