@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
         "--gateway-wait",
         type=float,
         default=10.0,
-        help="seconds to wait for a gateway that is down or starting before exiting 5 (a supervisor starts it again)",
+        help="seconds to wait for a gateway that is down or starting before exiting 8 (a supervisor starts it again)",
     )
     p.add_argument("--profile", default=None, help="write a cProfile of the run to this file")
     p.add_argument("--log-level", default="info")

@@ -110,6 +110,8 @@ log = logging.getLogger("ktrader.agent")
 EXIT_OK = 0
 EXIT_LOCKED = 3  # another local copy holds the lock
 EXIT_DUPLICATE = 4  # the gateway says another live session holds this id
+# The gateway did not serve the agent's start (its saved state, on_start's history: a timeout, the query quota,
+# a broker error) or refused its CURVE key: restarted, counted toward a crash loop like any failure.
 EXIT_NO_GATEWAY = 5
 EXIT_BAD_CARD = 2
 EXIT_STRATEGY = 6  # stopped after a strategy error (card on_error = "stop"), or its on_start failed
@@ -118,6 +120,9 @@ EXIT_STRATEGY = 6  # stopped after a strategy error (card on_error = "stop"), or
 # succeeds, so it ends and a restart loads the card on disk. A fresh process refused the same way exits
 # EXIT_BAD_CARD (the supervisor leaves it down: no restart loop).
 EXIT_CARD_REFUSED = 7
+# No gateway found (no readable gateway.json) or answering Register within `gateway_wait_s`: it is down or
+# starting. Only that: the supervisor restarts it until the gateway is back, never gives up, shows 'no gateway'.
+EXIT_GATEWAY_ABSENT = 8
 
 # Daily catch-up: a daily bar published while the agent was down (crash at the close, an evening reboot,
 # an operator restart) is delivered after on_start, like the close would have. Up to this many sessions:
@@ -363,6 +368,7 @@ class AgentRuntime(AgentServicesMixin):
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
         self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
+        self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
         self._kv = _StrategyState()
         # per code, the newest daily bar handed to on_bar: written (durably, before the bar's on_bar) to
@@ -701,7 +707,7 @@ class AgentRuntime(AgentServicesMixin):
                 self._connect_and_register()
                 return
             except AgentExit as e:
-                if e.code != EXIT_NO_GATEWAY or time.monotonic() >= deadline or self._stopping:
+                if e.code != EXIT_GATEWAY_ABSENT or time.monotonic() >= deadline or self._stopping:
                     raise
                 self.log.warning("%s; trying again", e)
                 time.sleep(0.2)  # start-up only: waiting for another process, not a hot path
@@ -716,7 +722,7 @@ class AgentRuntime(AgentServicesMixin):
                 return read_info(self.run_dir)
             except ConnectionFileError as e:
                 if time.monotonic() >= deadline or self._stopping:
-                    raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
+                    raise AgentExit(EXIT_GATEWAY_ABSENT, str(e)) from None
             time.sleep(0.1)  # waiting for a file to appear at start-up, not a hot path
 
     def _info_stamp(self) -> tuple[int, int] | None:
@@ -749,9 +755,9 @@ class AgentRuntime(AgentServicesMixin):
             self.client = GatewayClient(
                 self.info, self.agent_id, self.headers, keys=keys, credential=credential, replaced=self._info_replaced
             )
-        except CurveError as e:
+        except CurveError as e:  # its key files (missing, unreadable, not private): to fix, as its credential
             self.client = None
-            raise AgentExit(EXIT_NO_GATEWAY, str(e)) from None
+            raise AgentExit(EXIT_BAD_CARD, str(e)) from None
         takeover_wait = self.takeover_wait_s if self.takeover_wait_s is not None else 4.0
         # A crashed copy holds the id until the gateway's lease runs out: a fixed wait shorter than
         # the lease made a restart after a crash exit 'duplicate' (and a supervisor not restart it).
@@ -771,7 +777,9 @@ class AgentRuntime(AgentServicesMixin):
                 self.log.warning("%s; reconnecting", e.message)
                 return self._connect_and_register()
             except KtraderError as e:
-                raise AgentExit(EXIT_NO_GATEWAY, f"gateway at {self.info.router} did not answer: {e}") from None
+                # a failed CURVE handshake: a gateway is there and refuses this key (revoked, stale gateway.json)
+                code = EXIT_NO_GATEWAY if self.client.handshake_trouble() else EXIT_GATEWAY_ABSENT
+                raise AgentExit(code, f"gateway at {self.info.router} did not answer: {e}") from None
             if isinstance(reply, Registered):
                 break
             if isinstance(reply, Error) and reply.code is ErrorCode.DUPLICATE_AGENT:
@@ -1389,6 +1397,7 @@ class AgentRuntime(AgentServicesMixin):
                 self._heartbeat(now)
             if now >= self.quotes.next_due():
                 self.quotes.run_due()
+            self._history_told()
             self._flush()
             if self.client is not None and self.client.dealer not in dict(poller.sockets):
                 # reconnected to a new gateway: re-arm the poller with the new sockets
@@ -1801,8 +1810,20 @@ class AgentRuntime(AgentServicesMixin):
             now_session,
         )
         # windows built bar by bar miss it (a backtest's hold every day): rebuilt from history, which holds it
-        self._call("on_history_changed", bar.code)
+        self._history_changed(bar.code)
         return True
+
+    def _history_changed(self, code: str) -> None:
+        """`code`'s history changed under the strategy: told once for every code changed meanwhile, before the
+        next bar is handed over or at the end of the loop's turn (`_history_told`), not once per code: a late
+        close of N codes re-ran on_start N times, each warming up every code (N^2 history requests)."""
+        if code not in self._history_pending:
+            self._history_pending.append(code)
+
+    def _history_told(self) -> None:
+        if self._history_pending:
+            codes, self._history_pending = self._history_pending, []
+            self._call("on_history_changed", codes)
 
     def _hand_bar(self, body: Bar, prev: str | None = None) -> bool:
         """on_bar for a bar already marked (daily: `prev` is its code's marker before) or not needing it, with
@@ -1810,6 +1831,7 @@ class AgentRuntime(AgentServicesMixin):
         again (_keep_daily)."""
         self._delivering = body
         try:
+            self._history_told()  # (history stops before this bar, as inside its on_bar)
             failed = self._call("on_bar", body)
         finally:
             self._delivering = None
@@ -1937,11 +1959,7 @@ class AgentRuntime(AgentServicesMixin):
             gap.text(),
             got,
         )
-        before, self._delivering = self._delivering, bar  # (its history stops before `bar`, as inside its on_bar)
-        try:
-            self._call("on_history_changed", bar.code)
-        finally:
-            self._delivering = before
+        self._history_changed(bar.code)  # (told as `bar` is handed over: history stops before it)
 
     def _missed_bars(self, gap: BarGap) -> list[Bar] | str:
         """The bars `gap` lost, oldest first, from the gateway's bar store; else why not. GetBars gives the newest
@@ -1996,7 +2014,7 @@ class AgentRuntime(AgentServicesMixin):
                     "what it built from it (on_history_changed)",
                     ev.text,
                 )
-                self._call("on_history_changed", ev.text)
+                self._history_changed(ev.text)
             elif ev.kind is SystemEventKind.AGENT_OFFLINE and ev.agent == self.agent_id and not self._stopping:
                 # the gateway let our lease go (this process stalled): heartbeat now; answered NOT_REGISTERED,
                 # it registers again, which brings back its market data and what it missed

@@ -291,7 +291,7 @@ class Strategy:
         if "params" in changed:
             self.on_start()
 
-    def on_history_changed(self, code: str) -> None:
+    def on_history_changed(self, codes: list[str]) -> None:
         """The price history of `code` changed under the running strategy: its scale, by a split, a rights or a
         bonus issue (the gateway found today's base price unlike the last close, or a split in the balance, or
         the operator applied one): the history `ctx.history` gives is adjusted to today's prices (as a
@@ -300,7 +300,8 @@ class Strategy:
         late to decide on), and windows built bar by bar lack that day.
 
         Default: the strategy starts afresh (`on_start` runs again, as `on_reload` does for new params), so its
-        windows are rebuilt from history on their next bar. Override to rebuild only what was built from `code`."""
+        windows are rebuilt from history on their next bar (once for every code changed meanwhile). Override to
+        rebuild only what was built from `codes`."""
         self.on_start()
 
     def on_stop(self) -> None: ...

@@ -1,5 +1,5 @@
 """A supervised agent started while its gateway is down (real processes: `ktrader agent run --gateway-wait`, a
-gateway on the fake broker): each run waits `--gateway-wait` seconds and exits EXIT_NO_GATEWAY; the supervisor
+gateway on the fake broker): each run waits `--gateway-wait` seconds and exits EXIT_GATEWAY_ABSENT; the supervisor
 starts it again, past its crash-loop limit, shown as waiting for the gateway, and the agent registers once the
 gateway is up. It used to give up after `max_restarts` such exits and stay down for good."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import EXIT_NO_GATEWAY
+from agent.runtime import EXIT_GATEWAY_ABSENT
 from tests.conftest import Procs, approve, wait_for
 from tools.ops.procs import child_env, ktrader_cmd
 from tools.ops.status import fetch_status
@@ -48,7 +48,7 @@ def test_a_supervised_agent_started_before_its_gateway_joins_it_when_it_is_up(tm
             what="restarts while the gateway is down",
         )
         assert s.state is not ProcState.GAVE_UP, s.reason
-        assert s.last_exit == EXIT_NO_GATEWAY and sup.is_supervised("early"), (s.last_exit, s.reason)
+        assert s.last_exit == EXIT_GATEWAY_ABSENT and sup.is_supervised("early"), (s.last_exit, s.reason)
         wait_for(lambda: s.state is ProcState.NO_GATEWAY, 10, what="shown waiting for the gateway")
         procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
         wait_for(lambda: _online(run, "early"), 30, interval=0.1, what="the agent registered with the gateway")

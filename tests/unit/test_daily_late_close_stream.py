@@ -70,6 +70,7 @@ def test_a_day_closed_late_in_its_next_session_is_history_not_a_decision(
     _clock(rt, gw)
     with caplog.at_level(logging.INFO, logger="ktrader.agent"):
         rt._deliver(late)
+        rt._history_told()  # (the end of the loop's turn)
         rt._flush()
     # no decision: a MARKET/NEXT_SESSION buy now would be held for the session after DAYS[4]
     assert bars_seen() == [] and not any(isinstance(m, SubmitOrders) for m in gw.sent[sent:])

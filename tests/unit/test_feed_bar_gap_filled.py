@@ -84,9 +84,10 @@ class _Bars(Strategy):
     def on_bar(self, b: Bar) -> None:
         self.seen.append(b.start[11:])
 
-    def on_history_changed(self, code: str) -> None:
+    def on_history_changed(self, codes: list[str]) -> None:
         # windows rebuilt from history: it stops before the bar handed over next
-        self.rebuilt.append([b.start[11:] for b in self.ctx.history(code, "1m", 3)])
+        for code in codes:
+            self.rebuilt.append([b.start[11:] for b in self.ctx.history(code, "1m", 3)])
 
 
 def _runtime(tmp_path: Path, store: _Store) -> tuple[AgentRuntime, _Wire, _Bars]:

@@ -148,8 +148,11 @@ def test_an_agent_following_the_code_starts_afresh_one_not_following_it_does_not
     EVENTS.clear()
 
     rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, agent="", text=B))  # (the card lists A only)
+    rt._history_told()
     assert EVENTS == []
     rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, agent="", text=A))
+    rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, agent="", text=A))  # (told twice: one re-run)
+    rt._history_told()  # (the end of the loop's turn)
     assert [e[:2] for e in EVENTS] == [("start", A)]  # on_start again: its warm-up from the history as it is now
 
 
@@ -191,7 +194,29 @@ def test_the_default_hook_rebuilds_a_shipped_strategy_s_windows_from_adjusted_hi
     exday = daily(CODE, "2021-04-15", 113_000)  # +1.2 % on the day, in the new shares
 
     ctx.hist = [daily(b.code, b.start, b.close // 5) for b in old]  # the broker's adjusted series
-    s.on_history_changed(CODE)
+    s.on_history_changed([CODE])
     s.on_bar(exday)
 
     assert ctx.orders == []  # without the hook: [('sell', '035720', 250)]
+
+
+def test_many_codes_changed_at_once_restart_the_strategy_once(tmp_path: Path) -> None:
+    """A late close publishing N codes' bars (each too late to decide on), or N codes' HISTORY_CHANGED: the
+    strategy is told once with every code, not once per code (on_start warming up every code each time: N^2
+    history requests)."""
+    gw = FakeGateway(codes=(A, B))
+    for d in DAYS[:3]:
+        gw.close_day(d)
+    rt = start(tmp_path, gw)
+    EVENTS.clear()
+    told: list[list[str]] = []
+    assert rt.strategy is not None
+    on_start = rt.strategy.on_start
+    rt.strategy.on_history_changed = lambda codes: (told.append(codes), on_start())  # type: ignore[method-assign]
+
+    for code in (A, B, A):
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, agent="", text=code))
+    rt._history_told()
+
+    assert told == [[A, B]]
+    assert [e[:2] for e in EVENTS] == [("start", A), ("start", B)]  # one warm-up of each code

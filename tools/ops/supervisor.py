@@ -12,9 +12,10 @@ an exponential back-off with a cap, unless:
   is still not fought for long;
 - it already restarted `max_restarts` times within `window_s`, or `max_restarts` times in a row without
   a run that lasted `stable_s` (a crash loop whose runs outlast the window's pace): the supervisor gives
-  up and says so. An agent that exited because no gateway answered (EXIT_NO_GATEWAY: it is down, or slow
-  to start) is no crash loop: it is restarted at the back-off (up to its cap) until the gateway is back, never
-  given up, and shown as NO_GATEWAY meanwhile.
+  up and says so. An agent that exited because no gateway was there or answered (EXIT_GATEWAY_ABSENT: it is
+  down, or slow to start) is no crash loop: it is restarted at the back-off (up to its cap) until the gateway is
+  back, never given up, and shown as NO_GATEWAY meanwhile. Only that code: EXIT_NO_GATEWAY (a gateway that did
+  not serve the start, or refused the agent's key) counts like any failure.
 A run that lasted `stable_s` resets the back-off and that count. An agent whose card the gateway refused
 while it ran (EXIT_CARD_REFUSED: approved again, or withdrawn) is restarted: the card on disk is loaded.
 `stop()` ends an agent (SIGTERM, then SIGKILL after a grace period) without restarting it; `restart()`
@@ -38,6 +39,7 @@ from agent.runtime import (
     EXIT_BAD_CARD,
     EXIT_CARD_REFUSED,
     EXIT_DUPLICATE,
+    EXIT_GATEWAY_ABSENT,
     EXIT_LOCKED,
     EXIT_NO_GATEWAY,
     EXIT_OK,
@@ -62,7 +64,8 @@ NO_RESTART_CODES: dict[int, str] = {
 RESTART_REASONS: dict[int, str] = {
     EXIT_CARD_REFUSED: "the gateway refused the card it ran with (approved again or withdrawn): the card on disk "
     "is loaded",
-    EXIT_NO_GATEWAY: "no gateway answered: it is down or starting; started again until it is back",
+    EXIT_GATEWAY_ABSENT: "no gateway answered: it is down or starting; started again until it is back",
+    EXIT_NO_GATEWAY: "the gateway did not serve its start or refused its key: see its log",
 }
 
 
@@ -288,8 +291,9 @@ class Supervisor:
             while sup._recent and now - sup._recent[0] > self.policy.window_s:
                 sup._recent.popleft()
             # the gateway is down or slow to start: restarts wait for it, counted toward no give-up (it used to
-            # give up after max_restarts and stay down once the gateway was back)
-            waiting = rc == EXIT_NO_GATEWAY
+            # give up after max_restarts and stay down once the gateway was back). Only that code: a start the
+            # gateway failed otherwise (exit 5) may never succeed, and would restart forever shown 'no gateway'.
+            waiting = rc == EXIT_GATEWAY_ABSENT
             if not waiting and len(sup._recent) >= self.policy.max_restarts:
                 sup.state = ProcState.GAVE_UP
                 sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
