@@ -18,6 +18,11 @@ Rules kept here:
   KIS 4, a venue in the process more), cancels and revises first, then the gateway's protective
   sells, then new orders; the broker's REST budget paces them, and a call that hangs or fails (a
   cut connection, its retries, a timeout) holds only its own slot;
+- a submit the broker adapter did not send (kis.rest NOT_SENT: its token or rate slot came past its
+  deadline) proves nothing about the broker and never counts toward the kill switch: an order decided
+  now is refused NOT_SENT (the agent decides again); one that must go however late (a held order
+  released into its session, the gateway's own exits) is queued again `RESEND_AFTER_S` later, until
+  it is sent or the checks at the slot refuse it (cancelled, halted, its session over);
 - a revise or cancel whose answer is lost is in doubt, never "refused": its notices and the broker's
   order list decide (server/chain_repair.py). So is a cancel the broker refuses at the number we
   know: the order may live at another number now (a revise we did not see), which the repair
@@ -32,7 +37,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Protocol
 
@@ -48,6 +53,7 @@ from common.orders import (
     Reject,
     Replaced,
     ReplaceRefused,
+    is_gateway_exit,
 )
 from kis.port import (
     BrokerAck,
@@ -56,12 +62,24 @@ from kis.port import (
     BrokerModify,
     BrokerOrder,
     BrokerRejected,
+    BrokerTemporary,
     BrokerUnknownOutcome,
 )
+from kis.rest import NOT_SENT as KIS_NOT_SENT
 from server.notices import NoticeRouter
 from server.order_book import OrderBook
 
 log = logging.getLogger("ktrader.send")
+
+# an order that must go, not sent by the adapter: queued again this long after (each try waits up to the
+# adapter's write deadline first; this bounds the tries of one whose deadline is spent at once)
+RESEND_AFTER_S = 1.0
+
+
+def not_sent(e: BrokerError) -> bool:
+    """The adapter gave up before the request left (its token or rate slot came too late): nothing
+    reached the broker, and nothing is known of it."""
+    return isinstance(e, BrokerTemporary) and e.code == KIS_NOT_SENT
 
 
 class Execution(Protocol):
@@ -150,6 +168,9 @@ class SendQueue:
         self._busy: set[str] = set()  # orders with a job in the heap or in flight
         self._n = 0
         self._running: set[asyncio.Task[None]] = set()
+        # submits to send again (not sent by the adapter): the job, then its timer; the order stays busy
+        self._resend: dict[str, Job] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._pumping = False
         # why an order held for its session and released may no longer be sent ("": it may); set by
@@ -174,11 +195,13 @@ class SendQueue:
 
     @property
     def depth(self) -> int:
-        return len(self._heap) + sum(len(v) for v in self._later.values()) + len(self._running)
+        waiting = sum(len(v) for v in self._later.values()) + len(self._timers)
+        return len(self._heap) + waiting + len(self._running)
 
     def queued(self) -> list[Job]:
         """Jobs not taken by a slot yet (in no particular order)."""
-        return [job for _, _, job in self._heap] + [j for v in self._later.values() for j in v]
+        resends = [self._resend[c] for c in self._timers]
+        return [job for _, _, job in self._heap] + [j for v in self._later.values() for j in v] + resends
 
     def take(self) -> Job | None:
         """The next job to run: the highest priority, oldest first. The caller runs it with `run()`
@@ -191,6 +214,9 @@ class SendQueue:
 
     async def stop(self) -> None:
         self._started = False
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
         for t in list(self._running):
             t.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -231,14 +257,27 @@ class SendQueue:
         except Exception:  # a bug must not stop the sender; the order stays as it is, visibly
             log.exception("job %s failed", job)
         finally:
-            later = self._later.get(job.coid)
-            if later:
+            if job.coid in self._resend:
+                self._resend_later(job.coid)  # still its order's first job: a cancel asked meanwhile waits behind
+            elif later := self._later.get(job.coid):
                 self._push(later.popleft())
                 if not later:
                     del self._later[job.coid]
             else:
                 self._busy.discard(job.coid)
                 self._later.pop(job.coid, None)
+
+    def _resend_later(self, coid: str) -> None:
+        self._timers[coid] = asyncio.get_running_loop().call_later(RESEND_AFTER_S, self._requeue, coid)
+
+    def _requeue(self, coid: str) -> None:
+        """A submit's turn again: queued anew (a gateway exit is not refused as a stale decision for
+        the time it waited; the checks at the slot decide whether it still goes)."""
+        self._timers.pop(coid, None)
+        job = self._resend.pop(coid, None)
+        if job is not None:
+            self._push(replace(job, queued=time.monotonic()))
+            self._pump()
 
     def _safe_begin(self, job: Job) -> Rest | None:
         try:
@@ -347,9 +386,9 @@ class SendQueue:
             order_type=o.order_type.value,
             tif=req.tif.value,
         )
-        return lambda: self._send_submit(o, req)
+        return lambda: self._send_submit(o, job, req)
 
-    async def _send_submit(self, o: Order, req: BrokerOrder) -> None:
+    async def _send_submit(self, o: Order, job: Job, req: BrokerOrder) -> None:
         book, coid = self.book, o.client_order_id
         await book.durable()  # the send mark: after a crash, "no request" means never sent
         book.trace(coid, "broker.sent")  # the mark was on disk: the call leaves now (the story's timing)
@@ -359,6 +398,11 @@ class SendQueue:
             book.trace(
                 coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
             )
+            if not_sent(e) and (not job.decided_now or is_gateway_exit(o)):
+                # it must go however late (a held order released into its session, the gateway's exit)
+                book.trace(coid, "broker.resend", after_s=RESEND_AFTER_S, why=e.message)
+                self._resend[coid] = job
+                return
             self._submit_failed(o, e)
             return
         book.trace(
@@ -370,6 +414,11 @@ class SendQueue:
 
     def _submit_failed(self, o: Order, e: BrokerError) -> None:
         book, ts = self.book, self.book.now_ns()
+        if not_sent(e):
+            # nothing reached the broker, and a token or a rate slot that came late proves nothing about
+            # it (as BROKER_BUSY): no count toward the kill switch; the agent decides again
+            book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value, reason=e.message))
+            return
         # the kill switch: a refusal of this order is its agent's (a halted stock halts no one else);
         # a failed call (server error, unknown outcome, auth) is the session's
         self.on_broker_error(ts, o.agent, isinstance(e, BrokerRejected))
