@@ -460,9 +460,17 @@ def cards_approve(
     takes it at the agent's next registration (a running agent: `ktrader control reload`). A card
     that `ktrader cards check` finds errors in is not approved. For a run folder of a REAL account it
     says so (account masked, the budgets' total) and asks first, or takes --yes."""
+    from common.config import ConfigError, load_gateway_config
     from tools.ops.approve import main as approve
 
-    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh, yes))
+    env = None
+    if config is not None:  # (a folder no gateway proved an account of yet: the config says real or not)
+        try:
+            env = load_gateway_config(config).broker.env
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh, yes, env=env))
 
 
 @cards_app.command("approved")

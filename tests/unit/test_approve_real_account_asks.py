@@ -115,3 +115,21 @@ def test_the_cli_without_a_terminal_needs_yes(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "to trade LIVE on the REAL account 60******-01 (budgets total 1,000,000 KRW)" in out.stdout
     assert "alpha" in approvals.load(run).cards
+
+
+def test_a_fresh_folder_of_a_real_config_is_asked_too(tmp_path: Path) -> None:
+    """No gateway has proven the folder's account yet (--fresh, or a first real start that failed): the
+    config says real, so the question comes all the same (it approved LIVE cards without a word)."""
+    path = card(tmp_path, "alpha")
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nenv = "real"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "cards", "approve", str(path), "--config", str(cfg), "--fresh"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "add --yes" in out.stderr, (out.stdout, out.stderr)
+    assert "to trade LIVE on the REAL account (account not recorded)" in out.stdout

@@ -110,12 +110,18 @@ def _tty_answer(question: str) -> str | None:
 
 
 def confirm_real(
-    run_dir: Path, cards: list[AgentCard], yes: bool, ask: Callable[[str], str | None] = _tty_answer
+    run_dir: Path,
+    cards: list[AgentCard],
+    yes: bool,
+    ask: Callable[[str], str | None] = _tty_answer,
+    env: BrokerEnv | None = None,
 ) -> int:
     """Cards approved into a folder whose owner is a REAL account trade real money: said, with the masked
     account and the money, and asked (or --yes). 0 to go on, else the exit code. Paper and twin folders,
-    and cards that only shadow (never send an order), are not asked about."""
-    owner = folder_owner(run_dir)
+    and cards that only shadow (never send an order), are not asked about. `env`: the gateway config's
+    broker environment, for a folder no gateway has proven an account of yet (--fresh, a first start that
+    failed): a real config is asked about too."""
+    owner = folder_owner(run_dir) or ({"env": env.value} if env is not None else None)
     live = [c for c in cards if c.mode is AgentMode.LIVE]
     if owner is None or owner.get("env") != BrokerEnv.REAL.value or not live:
         return 0
@@ -146,6 +152,7 @@ def main(
     fresh: bool = False,
     yes: bool = False,
     ask: Callable[[str], str | None] = _tty_answer,
+    env: BrokerEnv | None = None,
 ) -> int:
     """`fresh`: approve into a run folder no gateway has used yet (refused otherwise). `yes`: no question for
     a folder of a REAL account (confirm_real); `ask` puts that question (None: no terminal to ask at)."""
@@ -178,7 +185,7 @@ def main(
             return 2
         if warnings:
             typer.echo(f"note: {warnings} warnings (ktrader cards check CARD shows them)", err=True)
-        refused = confirm_real(run_dir, [c for _, c in cards], yes, ask)
+        refused = confirm_real(run_dir, [c for _, c in cards], yes, ask, env)
         if refused:
             return refused
         done = approvals.approve(run_dir, [c for _, c in cards], by=f"ktrader cards approve ({getpass.getuser()})")
