@@ -284,6 +284,11 @@ class KisBroker(BrokerPort):
         """Per-caller share of the REST budget (e.g. an agent's `rate_quota_per_s`)."""
         self.budget.set_quota(caller, rate_per_s)
 
+    def stream_frame_age_s(self) -> float | None:
+        """Seconds since the real-time websocket last received a frame of any kind, keepalive pongs and PINGPONG
+        included (None: none yet): the stream was live then. The gateway's bar clock closes bars up to it."""
+        return self.ws.frame_age_s()
+
     def health(self) -> BrokerHealth:
         """Token expiry, REST budget, websocket age/reconnects and the registration map."""
         from kis.health import kis_health

@@ -28,7 +28,9 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import Event
 
 from common.aio import within
 from common.clock import now_kst
@@ -104,6 +106,18 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class SessionEnded(Exception):
     pass
+
+
+class _FrameClock(ClientConnection):
+    """The client connection, noting the loop time of every frame it receives: data, acks, KIS PINGPONG, and the
+    control frames the library handles by itself (the pong to its keepalive ping every ping_interval_s). Any
+    frame proves the socket delivered everything sent before it (`KisWebSocket.frame_age_s`)."""
+
+    rx_at: float | None = None
+
+    def process_event(self, event: Event) -> None:
+        super().process_event(event)
+        self.rx_at = self.loop.time()
 
 
 def safe_msg(code: str, message: str) -> str:
@@ -204,6 +218,7 @@ class KisWebSocket:
         self._reader: asyncio.Task[None] | None = None
         self._gap_since: dt.datetime | None = None
         self._last_rx = now_kst()
+        self._rx_before: float | None = None  # loop time of the last frame on an earlier socket (`frame_age_s`)
         self.sessions = 0  # websocket sessions opened
         # (session, key), for audits and tests: the latest ones (every reconnect adds a round)
         self.sent_registrations: deque[tuple[int, Key]] = deque(maxlen=4096)
@@ -321,6 +336,7 @@ class KisWebSocket:
                 reason = f"{type(e).__name__}: {e}"
                 self._note(SessionProblem.DROPPED, reason)
             finally:
+                self._rx_before = self._last_frame()
                 self._ws = None
                 self._active.clear()
                 self._fail_pending()
@@ -364,6 +380,7 @@ class KisWebSocket:
             close_timeout=1.0,
             max_size=1 << 22,
             compression=None,
+            create_connection=_FrameClock,
             ssl=(self._tls or True) if self._url.startswith("wss:") else None,  # wss: a context or True; ws: None
         ) as ws:
             self._opened = True
@@ -497,6 +514,20 @@ class KisWebSocket:
                             r.message,
                         )
                         self._refused.add(k)
+
+    def frame_age_s(self) -> float | None:
+        """Seconds since the websocket last received a frame of any kind (data, an ack, KIS PINGPONG, a pong to the
+        keepalive ping), on this socket or an earlier one; None before the first. Everything KIS sent before that
+        frame has arrived: the stream was live then (the bar clock closes bars by time up to it). Unlike
+        `_last_rx` (messages only: the stale-data alert's), it counts the keepalive pongs of a quiet stream."""
+        last = self._last_frame()
+        return None if last is None else max(0.0, asyncio.get_running_loop().time() - last)
+
+    def _last_frame(self) -> float | None:
+        ws = self._ws
+        now = ws.rx_at if isinstance(ws, _FrameClock) else None
+        before = self._rx_before
+        return before if now is None else now if before is None else max(now, before)
 
     # --- registrations -----------------------------------------------------------------------
 

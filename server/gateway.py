@@ -850,11 +850,14 @@ class Gateway:
 
     async def _bar_clock(self) -> None:
         # bars close by time even when no later print arrives; only as far as the stream is known live (the
-        # session's state: a bucket closed while the websocket is down would go out without the outage's prints)
+        # session's state and its websocket's last frame of any kind, keepalive pongs included: a bucket closed
+        # while the websocket is down would go out without the outage's prints)
+        frame_age = getattr(self.broker, "stream_frame_age_s", None)  # KIS; another broker does not tell
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.md.flush(stream=self.broker.session_state)
+                age = frame_age() if frame_age is not None else None
+                self.md.flush(stream=self.broker.session_state, frame_age_s=age)
             except Exception:
                 self.counters["bar_flush_errors"] += 1
                 log.exception("bar flush failed")

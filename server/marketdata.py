@@ -12,9 +12,10 @@ bucket open across the gap misses prints. Such a bucket is not published nor sto
 for it (its next bar is the first one) rather than a wrong one (open/high/low off, volume short). Daily
 bars are exempt: the day close replaces them with the broker's daily bar (`close_daily`). The first print
 after a reconnect tells only for its own code, and only when it comes: so the live bar clock closes no bucket
-by time past the last moment the stream is known to have been live (`flush`: held while the websocket is
-down, or silent), and the broker's Gap marks every bucket open at the outage's start, of a code not heard
-since, partial (`feed_gap`).
+by time past the last moment the stream is known to have been live (`flush`: up to the websocket's last
+received frame of any kind, keepalive pongs included; held while the websocket is down, or silent), and
+the broker's Gap marks every bucket open at the outage's start, of a code not heard since, partial
+(`feed_gap`).
 
 The day's first print always carries more day volume than its own: KIS's ACML_VOL counts the 08:30-08:40
 pre-market close-price session, which no bar holds. That is no missed print when the code's registration
@@ -80,9 +81,11 @@ SKEW_PERSIST, SKEW_REARM_AFTER = dt.timedelta(seconds=60), dt.timedelta(minutes=
 # arrive late): it counts from this much later, so a bucket it may have missed the start of is never whole
 LIVE_SLACK = dt.timedelta(seconds=SKEW_ALERT_S)
 # The live bar clock (`flush` told the broker session's state) closes bars by time only as far as the stream is
-# known to have been live: until the latest frame (print or book) heard, or, the session READY, until
-# STREAM_SILENCE ago: the KIS session drops a stream silent for 150 s (kis/ws.py silence_timeout_s; a dead TCP
-# connection sooner, by its pings), so a READY session had its stream live then. Keep it above that timeout.
+# known to have been live: until the websocket's last received frame of any kind (told by the broker: a print, a
+# KIS PINGPONG, the pong to the keepalive ping every 30 s, so a quiet stream is live to within that), its socket
+# up (READY, or DEGRADED with the notice feed refused). A broker that does not tell it: until the latest frame
+# (print or book) heard, or, the session READY, until STREAM_SILENCE ago: the KIS session drops a stream silent
+# for 150 s (kis/ws.py silence_timeout_s), so a READY session had its stream live then. Keep it above that.
 STREAM_SILENCE = dt.timedelta(seconds=160)
 # after the session was seen down, bars close by time again only once the Gap that follows its reconnect was
 # handled (it marks the buckets open across the outage: `feed_gap`), or this long after it was seen up again
@@ -553,16 +556,19 @@ class MarketData:
         self.books[ev.code] = tick
         self._pub(book_topic(ev.code), tick)
 
-    def flush(self, wall: dt.datetime | None = None, stream: SessionState | None = None) -> list[Bar]:
+    def flush(
+        self, wall: dt.datetime | None = None, stream: SessionState | None = None, frame_age_s: float | None = None
+    ) -> list[Bar]:
         """Close bars by time (called every second). With `stream`, the broker session's state now (the live
-        gateway's bar clock), only as far as the stream is known to have been live (`_live_through`): a bucket
-        closed by time while the websocket is down would go out final without the outage's prints, and the
-        first print after the reconnect, which tells they were missed, comes too late for it. The point
+        gateway's bar clock), and `frame_age_s`, the seconds since its websocket last received a frame of any kind
+        (None: the broker does not tell), only as far as the stream is known to have been live (`_live_through`):
+        a bucket closed by time while the websocket is down would go out final without the outage's prints, and
+        the first print after the reconnect, which tells they were missed, comes too late for it. The point
         bars were closed at is what a recording marks (a replay closes the same ones there)."""
         wall = wall or self.wall()
         exchange = self.exchange_now(wall)
         if stream is not None:
-            through = self._live_through(wall, stream)
+            through = self._live_through(wall, stream, frame_age_s)
             if through is None:
                 return []
             exchange = min(exchange, self.exchange_now(through))
@@ -571,12 +577,14 @@ class MarketData:
             self.on_clock(exchange)
         return closed
 
-    def _live_through(self, wall: dt.datetime, stream: SessionState) -> dt.datetime | None:
+    def _live_through(self, wall: dt.datetime, stream: SessionState, frame_age_s: float | None) -> dt.datetime | None:
         """The latest wall time the stream is known to have been live at (None: nothing closes by time now).
         Down (not connected, or its registrations being made again): none. Seen down, then up again: none
         until the Gap of the reconnect was handled (`feed_gap`: it marks the buckets open across the outage;
-        a bar closed before that would go out whole), at most UP_SETTLE. Up: the latest frame heard; READY,
-        also STREAM_SILENCE ago (a quiet stream: one dead since then would have been dropped by now)."""
+        a bar closed before that would go out whole), at most UP_SETTLE. Up (READY or DEGRADED): the
+        websocket's last received frame of any kind (`frame_age_s` ago: everything sent before it arrived; a
+        socket dead without a close frame receives none, so the buckets open then wait for the Gap); not told,
+        the latest frame heard, and READY, also STREAM_SILENCE ago (a stream dead since then was dropped)."""
         if stream not in _STREAM_UP:
             self._awaiting_gap, self._up_at = True, None
             return None
@@ -586,6 +594,9 @@ class MarketData:
                 return None
             self._awaiting_gap, self._up_at = False, None
         through = self._frame_at
+        if frame_age_s is not None:
+            heard = wall - dt.timedelta(seconds=frame_age_s)
+            return heard if through is None else max(through, heard)
         if stream is SessionState.READY:
             quiet = wall - STREAM_SILENCE
             through = quiet if through is None else max(through, quiet)

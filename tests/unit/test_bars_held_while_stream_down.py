@@ -15,6 +15,8 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from common.clock import KST
 from common.config import GatewayConfig
 from common.enums import SessionState
@@ -49,9 +51,12 @@ class _Pub:
 
 class _Rig:
     """MarketData as the live gateway drives it: prints dated by their wall time, the 1 s bar clock told the
-    session's state, a Gap after the reconnect."""
+    session's state (and, `tells`, the age of the websocket's last received frame of any kind, as the KIS
+    broker tells it), a Gap after the reconnect."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, tells: bool = False) -> None:
+        self.tells = tells
+        self.rx: dt.datetime | None = None  # the websocket's last received frame (a print, a ping's pong)
         self.md = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX, ("1m",))
         self.pub = _Pub()
         self.md.publisher = self.pub  # type: ignore[assignment]
@@ -63,15 +68,24 @@ class _Rig:
 
     def print(self, code: str, at: dt.datetime, price: int, qty: int) -> None:
         self.cum[code] += qty
+        self.rx = at
         ev = trade(code, f"{at:%H%M%S}", price, qty, self.cum[code], date=f"{DAY:%Y%m%d}")
         self.md.on_trade(ev, at)
 
     def unheard(self, code: str, qty: int) -> None:
         self.cum[code] += qty  # traded at the exchange in the outage, never delivered
 
-    def clock(self, start: dt.datetime, seconds: int, state: SessionState) -> None:
+    def clock(self, start: dt.datetime, seconds: int, state: SessionState, ping_every: int = 0) -> list[Bar]:
+        """The bar clock each second from `start`; with `ping_every`, the socket receives a frame that often (a
+        keepalive pong, a KIS PINGPONG): an open socket. Returns the bars closed by time."""
+        out: list[Bar] = []
         for i in range(seconds):
-            self.md.flush(start + dt.timedelta(seconds=i), stream=state)
+            t = start + dt.timedelta(seconds=i)
+            if ping_every and i % ping_every == 0:
+                self.rx = t
+            age = (t - self.rx).total_seconds() if self.tells and self.rx is not None else None
+            out += self.md.flush(t, stream=state, frame_age_s=age) if self.tells else self.md.flush(t, stream=state)
+        return out
 
     def bars(self, code: str = C) -> list[str]:
         return [b.start[11:] for b in self.pub.out if isinstance(b, Bar) and b.code == code]
@@ -177,9 +191,11 @@ async def test_the_gateway_holds_the_minute_over_an_outage_and_drops_it_after(tm
     ticks = [0]
     flush = gw.md.flush
 
-    def counted(wall: dt.datetime | None = None, stream: SessionState | None = None) -> list[Bar]:
+    def counted(
+        wall: dt.datetime | None = None, stream: SessionState | None = None, frame_age_s: float | None = None
+    ) -> list[Bar]:
         ticks[0] += 1
-        return flush(wall, stream) if stream is not None else flush(wall)
+        return flush(wall, stream) if frame_age_s is None else flush(wall, stream, frame_age_s)
 
     gw.md.flush = counted  # type: ignore[method-assign]
     cum = [0]
@@ -210,6 +226,97 @@ async def test_the_gateway_holds_the_minute_over_an_outage_and_drops_it_after(tm
         await clock_runs(w(10, 2, 10))
         assert [b for b in gw.md.store.bars(C, "1m")] == []  # 10:00 and 10:01: open across the outage
         assert gw.md.counters()["bars_partial_dropped"] == 2
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        gw._close_stores()
+
+
+# ---- liveness from the websocket's last received frame of any kind (keepalive pongs, KIS PINGPONG) --------------
+
+
+def _quiet_close(r: _Rig, state: SessionState, ping_every: int) -> dict[str, dt.datetime]:
+    """A quiet end of day: the last continuous print at 15:19:50, nothing in the closing call, the closing
+    print at 15:30:00, nothing after; the socket open (a frame every `ping_every` s). When each 1m bar closed."""
+    r.print(C, w(15, 19, 50), 70_000, 10)
+    closed: dict[str, dt.datetime] = {}
+    t = w(15, 20, 0, 0)
+    for _ in range(40 * 60):  # to 16:00
+        if t == w(15, 30, 0, 0):
+            r.print(C, t, 70_500, 500)
+        for b in r.clock(t, 1, state, ping_every=1 if (t - w(15, 20, 0, 0)).seconds % ping_every == 0 else 0):
+            closed.setdefault(b.start[11:], t)
+        t += dt.timedelta(seconds=1)
+    return closed
+
+
+@pytest.mark.parametrize("ping_every", [3, 30])  # a frame every few seconds; the keepalive pong every 30 s
+def test_a_quiet_close_with_the_socket_up_closes_the_last_bars_on_time(tmp_path: Path, ping_every: int) -> None:
+    """READY and quiet (nothing prints in the closing call): the 15:30 bar closes at its end plus the grace,
+    15:31:02, or at the socket's next frame after that; not STREAM_SILENCE later (15:33:42), after the daily bar."""
+    r = _Rig(tmp_path, tells=True)
+    closed = _quiet_close(r, READY, ping_every)
+    assert set(closed) == {"15:19", "15:30"}
+    assert w(15, 31, 2, 0) <= closed["15:30"] < w(15, 31, 2, 0) + dt.timedelta(seconds=ping_every)
+    assert w(15, 20, 2, 0) <= closed["15:19"] < w(15, 20, 2, 0) + dt.timedelta(seconds=ping_every)
+    assert r.bars() == ["15:19", "15:30"] and r.md.counters()["bars_partial_dropped"] == 0
+
+
+def test_a_session_degraded_with_its_socket_open_closes_bars_on_time(tmp_path: Path) -> None:
+    """DEGRADED all day (the notice feed refused: a wrong HTS id), prints and pings flow on an open socket: bars
+    close on time, not only when the next print comes (after hours, or the next morning)."""
+    r = _Rig(tmp_path, tells=True)
+    closed = _quiet_close(r, DEGRADED, 3)
+    assert w(15, 31, 2, 0) <= closed["15:30"] < w(15, 31, 5, 0)
+    assert r.bars() == ["15:19", "15:30"]
+
+
+def test_a_socket_dead_without_a_close_frame_holds_the_minute_though_frames_came_seconds_before(tmp_path: Path) -> None:
+    """Frames every 3 s until the socket dies silently at 10:00:58, four seconds before the minute would close
+    by time: the session stays READY for a while, the minute is not published; the Gap drops it."""
+    r = _Rig(tmp_path, tells=True)
+    for s in range(0, 51, 5):
+        r.print(C, w(10, 0, s), 70_000, 10)
+    r.clock(w(10, 0, 50), 8, READY, ping_every=3)  # frames up to 10:00:56
+    r.unheard(C, 45_000)  # 10:00:58 on: traded, never delivered
+    assert r.clock(w(10, 0, 58), 60, READY) == []  # no frame: to 10:01:57, held
+    assert r.bars() == [] and r.stored() == [] and r.marks == []
+    r.clock(w(10, 1, 58), 3, DEGRADED)  # dropped (no socket: nothing received)
+    r.clock(w(10, 2, 1), 3, CONNECTING)
+    r.md.listening(C, w(10, 2, 4))
+    r.print(C, w(10, 2, 5), 68_000, 10)
+    r.md.feed_gap(since=w(10, 0, 56), until=w(10, 2, 5))
+    r.clock(w(10, 2, 5), 60, READY, ping_every=3)
+    r.print(C, w(10, 3, 10), 68_100, 10)
+    r.clock(w(10, 3, 10), 60, READY, ping_every=3)
+    assert r.bars() == ["10:03"]  # 10:00 open across the outage; 10:02 begun where 45,000 shares went unheard
+    assert r.md.counters()["bars_partial_dropped"] == 2
+
+
+@pytest.mark.parametrize("state", [READY, DEGRADED])
+async def test_the_gateway_closes_a_quiet_minute_by_the_websockets_last_frame(
+    tmp_path: Path, state: SessionState
+) -> None:
+    """The gateway's bar clock asks the broker how long ago its websocket last received a frame (KIS: a
+    keepalive pong, a PINGPONG): the closing bar goes out at 15:31:02, not 160 s later."""
+    from server.gateway import Gateway
+
+    broker = FakeBroker(ref_price=70_000)
+    broker._state = state
+    age = [0.5]
+    broker.stream_frame_age_s = lambda: age[0]  # type: ignore[attr-defined]
+    gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "gwrun")), broker)
+    now = [w(15, 29, 58)]
+    gw.md.wall = lambda: now[0]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(gw._broker_events()), loop.create_task(gw._bar_clock())]
+    try:
+        now[0] = w(15, 30, 0)
+        broker._queue.put_nowait(trade(C, "153000", 70_500, 500, 500, bid=70_500, ask=70_600))
+        await _until(lambda: C in gw.md.trades, "the closing print")
+        now[0] = w(15, 31, 3)  # quiet since: the last print 63 s ago, a frame half a second ago
+        await _until(lambda: [b.start[11:] for b in gw.md.store.bars(C, "1m")] == ["15:30"], "the 15:30 bar")
     finally:
         for t in tasks:
             t.cancel()

@@ -1,0 +1,38 @@
+"""The websocket's last received frame of any kind, as the bar clock reads it (`KisWebSocket.frame_age_s`, the
+broker's `stream_frame_age_s`): a quiet stream with its socket up still receives the pongs to the keepalive ping,
+so its age stays under the ping interval though no message came; a closed socket receives nothing, so it grows."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.clock import now_kst
+from common.enums import SessionState
+from tests.unit.test_kis_ws import FakeKis, aio, rigged
+
+
+@aio
+async def test_a_quiet_socket_is_live_to_its_last_keepalive_pong() -> None:
+    kis = FakeKis()
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=30.0) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await asyncio.sleep(1.0)  # no message from the server: only pongs to the client's pings
+        age = rig.ws.frame_age_s()
+        assert age is not None and age < 0.45
+        # the stale-data alert's message age (BrokerHealth.ws_last_message_age_s) is not moved by pongs
+        assert (now_kst() - rig.ws._last_rx).total_seconds() >= 0.9
+
+
+@aio
+async def test_a_dropped_socket_ages_from_its_last_frame() -> None:
+    kis = FakeKis()
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=30.0, backoff_base_s=5.0, backoff_max_s=5.0) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await asyncio.sleep(0.3)
+        kis.conns[0].transport.abort()  # dropped: the client reconnects only seconds later
+        await rig.until(lambda: rig.ws.state is not SessionState.READY)
+        await asyncio.sleep(1.0)
+        age = rig.ws.frame_age_s()
+        assert age is not None and age >= 1.0  # nothing received since the drop: bars wait
