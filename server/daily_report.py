@@ -183,9 +183,10 @@ def write(rep: DailyReport, run_dir: Path) -> Path:
     out = run_dir / "reports"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"daily-{rep.day}.json"
+    # the text first: the JSON's appearance says the report is written (a reader waiting for it found no text)
     for p, data in (
-        (path, msgspec.json.format(msgspec.json.encode(rep))),
         (out / f"daily-{rep.day}.txt", render(rep).encode()),
+        (path, msgspec.json.format(msgspec.json.encode(rep))),
     ):
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_bytes(data)
