@@ -23,21 +23,32 @@ from tests.unit.test_flatten_refused_reply import ALPHA, _holding
 RESTING = "alpha-20261120-2"
 
 
+async def _resting_buy(h: Harness) -> None:
+    """alpha's buy of 1 005930 at 60,000, resting at the broker."""
+    buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
+    assert h.desk.submit(ALPHA, buy).accepted
+    await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+
+
+def _refuse_cancels(h: Harness) -> list[str]:
+    """From now on the broker refuses every cancel for a passing reason (its rate limit); the ODNOs asked."""
+    asked: list[str] = []
+
+    async def refuse(req: BrokerCancel) -> BrokerAck:
+        asked.append(req.broker_order_id)
+        raise BrokerRateLimited("초당 거래건수를 초과하였습니다.", code="EGW00201")
+
+    h.broker.cancel = refuse  # type: ignore[method-assign]
+    return asked
+
+
 async def test_a_refused_halt_cancel_is_asked_again_told_and_swept_by_reconciliation(tmp_path: Path) -> None:
     h, d, _ = await _holding(tmp_path)
     try:
-        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, buy).accepted
-        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        await _resting_buy(h)
         odno = h.book.orders[RESTING].broker_order_id
         cancel = h.broker.cancel
-        asked: list[str] = []
-
-        async def refuse(req: BrokerCancel) -> BrokerAck:
-            asked.append(req.broker_order_id)
-            raise BrokerRateLimited("초당 거래건수를 초과하였습니다.", code="EGW00201")
-
-        h.broker.cancel = refuse  # type: ignore[method-assign]
+        asked = _refuse_cancels(h)
         d.ack("halt", all=True)
 
         # asked again at once, a few times, then a person is told the order still works at the broker
@@ -67,16 +78,8 @@ async def test_a_resumed_agent_s_refused_cancel_is_not_asked_again(tmp_path: Pat
     """Only a halt with cancels (or a flatten) keeps asking: an agent's own cancel refused is its business."""
     h, d, _ = await _holding(tmp_path)
     try:
-        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, buy).accepted
-        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
-        asked: list[str] = []
-
-        async def refuse(req: BrokerCancel) -> BrokerAck:
-            asked.append(req.broker_order_id)
-            raise BrokerRateLimited("초당 거래건수를 초과하였습니다.", code="EGW00201")
-
-        h.broker.cancel = refuse  # type: ignore[method-assign]
+        await _resting_buy(h)
+        asked = _refuse_cancels(h)
         assert h.desk.cancel("alpha", RESTING)[0] is None
         await h.settle(lambda: asked and h.book.orders[RESTING].state is OrderState.ACCEPTED)
         await h.core.recon.run("periodic")
@@ -89,9 +92,7 @@ async def test_a_resumed_agent_s_refused_cancel_is_not_asked_again(tmp_path: Pat
 async def test_cancel_all_and_flatten_by_the_operator_reach_a_person(tmp_path: Path) -> None:
     h, d, _ = await _holding(tmp_path)
     try:
-        buy = NewOrder(client_order_id=RESTING, code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, buy).accepted
-        await h.settle(lambda: h.book.orders[RESTING].state is OrderState.ACCEPTED)
+        await _resting_buy(h)
 
         assert "1 cancels sent for alpha" in d.ack("cancel_all", "alpha")
         (told,) = d.to_person(AlertKind.OPERATOR)
