@@ -506,7 +506,7 @@ class Reconciler:
         for code, q in unconfirmed.items():
             ours[code] -= q
         busy = self._busy_codes(now, day)
-        explainable = self._explainable_codes(day)
+        explainable = self._explainable_codes(day) if start else set()  # (asked only on the start's pass)
         self._clamp_external_adjusted()
         alerts = []
         notes: list[Note] = []
