@@ -27,12 +27,20 @@ from common.enums import OrderType, SessionState, Side, TimeInForce
 from common.schema import Bar, BrokerHealth, InvestorDay, PriceQuote
 
 
+# code of an order the adapter did not send: its token or rate slot came past its deadline
+NOT_SENT = "NOT_SENT"
+
+
 class BrokerError(Exception):
-    def __init__(self, message: str, *, code: str = "", http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str = "", http_status: int | None = None, not_sent: bool = False) -> None:
         super().__init__(f"{code} {message}".strip())
         self.code = code
         self.message = message
         self.http_status = http_status
+        # the adapter gave up on an order before any attempt that may have reached the broker (a
+        # token, a rate slot or a retry came past its deadline): nothing was placed, and nothing is
+        # known of the broker (never counted toward the kill switch; resent if it must go)
+        self.not_sent = not_sent or code == NOT_SENT
 
 
 class BrokerRejected(BrokerError):

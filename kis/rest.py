@@ -31,8 +31,9 @@ What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). M
 - An order or a revise is sent (first, or again after a failure that proves it was not processed)
   only within `write_deadline_s` of the call, the waits for a token (KIS's one issuance a minute, an
   early refresh) and for a rate slot and each connect included; past it BrokerTemporary (not placed:
-  sent later it would not be its decision; only waits before anything left count). A cancel keeps
-  its retries and waits (a late cancel helps).
+  sent later it would not be its decision; only waits before anything left count), marked
+  `not_sent` (as is a token refusal whose refresh came late): the send queue never counts it toward
+  the kill switch. A cancel keeps its retries and waits (a late cancel helps).
 - rt_cd 7 on an inquiry is "no data" (an empty answer) only with no msg_cd or a no-data code
   (KIOK0560); with any other code (API.md §4.2: a refusal) it is classified as rt_cd 1 would be.
 Replies are decoded leniently (kis.lenient): null/numeric fields are repaired and logged.
@@ -62,6 +63,7 @@ from kis.netdiag import BrokerUnreachable, connect_failed, explain
 from kis.tls import tls_context
 from kis.port import (
     BrokerAuthError,
+    NOT_SENT,
     BrokerError,
     BrokerRateLimited,
     BrokerRejected,
@@ -77,7 +79,6 @@ T = TypeVar("T", bound=Envelope)
 
 NO_DATA_RT_CD = "7"
 NO_ENVELOPE = "NO_ENVELOPE"  # code of an error built from a reply that is not a KIS envelope
-NOT_SENT = "NOT_SENT"  # code of an order not sent: its token or rate slot came past its deadline
 
 
 class Kind(Enum):
@@ -160,10 +161,13 @@ def _too_late(last: BrokerError, elapsed: float, deadline: float) -> BrokerTempo
     not sent again (sent late it would not be the decision that made it). A temporary error of the
     kind of its last failure: the send queue books it as not placed."""
     why = f"not sent again {elapsed:.1f}s after it was asked for (deadline {deadline:.1f}s)"
+    err: BrokerTemporary
     if isinstance(last, BrokerUnreachable):
-        return BrokerUnreachable(f"KIS REST, order {why}", last.problem)
+        err = BrokerUnreachable(f"KIS REST, order {why}", last.problem)
+        err.not_sent = True
+        return err
     cls = BrokerRateLimited if isinstance(last, BrokerRateLimited) else BrokerTemporary
-    return cls(f"{last.message}; order {why}", code=last.code, http_status=last.http_status)
+    return cls(f"{last.message}; order {why}", code=last.code, http_status=last.http_status, not_sent=True)
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -586,6 +590,7 @@ class KisRest:
                 f"KIS refused the token ({code}): the order was not placed, and it is not sent late "
                 f"(the token refresh {late})",
                 code=code,
+                not_sent=True,
             )
 
     def _refresh_done(self, task: asyncio.Task[str]) -> None:

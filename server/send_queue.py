@@ -18,8 +18,8 @@ Rules kept here:
   KIS 4, a venue in the process more), cancels and revises first, then the gateway's protective
   sells, then new orders; the broker's REST budget paces them, and a call that hangs or fails (a
   cut connection, its retries, a timeout) holds only its own slot;
-- a submit the broker adapter did not send (kis.rest NOT_SENT: its token or rate slot came past its
-  deadline) proves nothing about the broker and never counts toward the kill switch: an order decided
+- a submit the broker adapter did not send (BrokerError.not_sent: its token, a rate slot or a retry
+  came past its deadline) proves nothing about the broker and never counts toward the kill switch: an order decided
   now is refused NOT_SENT (the agent decides again); one that must go however late (a held order
   released into its session, the gateway's own exits) is queued again `RESEND_AFTER_S` later, until
   it is sent or the checks at the slot refuse it (cancelled, halted, its session over);
@@ -62,10 +62,8 @@ from kis.port import (
     BrokerModify,
     BrokerOrder,
     BrokerRejected,
-    BrokerTemporary,
     BrokerUnknownOutcome,
 )
-from kis.rest import NOT_SENT as KIS_NOT_SENT
 from server.notices import NoticeRouter
 from server.order_book import OrderBook
 
@@ -77,9 +75,9 @@ RESEND_AFTER_S = 1.0
 
 
 def not_sent(e: BrokerError) -> bool:
-    """The adapter gave up before the request left (its token or rate slot came too late): nothing
-    reached the broker, and nothing is known of it."""
-    return isinstance(e, BrokerTemporary) and e.code == KIS_NOT_SENT
+    """The adapter gave up before the request left (its token, a rate slot or a retry came past the
+    order's deadline): nothing reached the broker, and nothing is known of it."""
+    return e.not_sent
 
 
 class Execution(Protocol):

@@ -547,6 +547,7 @@ async def test_an_order_with_an_expired_token_is_not_resent_after_the_one_a_minu
         await rest.aclose()
     assert len(orders) == 1 and orders[0] == "Bearer tok-1"
     assert err.value.code == "EGW00123" and "not placed" in str(err.value) and "wait" in str(err.value)
+    assert err.value.not_sent  # (the send queue: not counted toward the kill switch, resent if it must go)
     assert sum(clock.slept) >= 60 and token == "tok-3"
 
 
@@ -582,7 +583,7 @@ async def test_an_order_whose_token_refresh_is_slow_is_not_resent(tmp_path: Path
         token = await tm.get()
     finally:
         await rest.aclose()
-    assert took < 0.7 and len(orders) == 1 and "still running" in str(err.value)
+    assert took < 0.7 and len(orders) == 1 and "still running" in str(err.value) and err.value.not_sent
     assert token == "tok-2"
 
 
@@ -822,7 +823,7 @@ async def test_an_order_whose_host_does_not_answer_is_not_sent_past_its_deadline
     # the second attempt connected within what was left (0.2 s), not its own 0.4 s
     assert took < 0.75, took
     assert isinstance(err.value, BrokerUnreachable) and err.value.problem.fault is NetFault.TIMEOUT
-    assert not err.value.problem.sent and "deadline 0.6s" in str(err.value)
+    assert not err.value.problem.sent and "deadline 0.6s" in str(err.value) and err.value.not_sent
     assert KisRest(rest.env, CREDS, RestBudget(1000.0)).write_deadline_s == 5.0
 
 
@@ -859,6 +860,7 @@ async def test_an_order_rate_limited_past_its_deadline_is_not_sent_again(tmp_pat
     finally:
         await rest.aclose()
     assert 1 <= len(seen) <= 2 and "deadline 0.2s" in str(err.value) and err.value.code == "EGW00201"
+    assert err.value.not_sent  # refused, then too late to try again: nothing placed, no kill-switch count
 
 
 # --- 7. "sent" decided once -----------------------------------------------------------------------

@@ -23,8 +23,9 @@ from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE
 from common.orders import OrderState
 from common.schema import NewOrder
-from kis.port import BrokerAck, BrokerOrder, BrokerTemporary
-from kis.rest import NOT_SENT
+from kis.netdiag import BrokerUnreachable, NetFault, NetProblem
+from kis.port import NOT_SENT, BrokerAck, BrokerError, BrokerOrder, BrokerRateLimited, BrokerTemporary
+from kis.rest import _too_late
 from server import send_queue
 from server.send_queue import Priority
 from tests.fakes.broker import FakeBroker
@@ -36,21 +37,45 @@ FRIDAY_EVENING = dt.datetime.combine(TODAY, dt.time(15, 45), KST)
 TEXT = "order not sent: waited 5.0s for a KIS access token (deadline 5.0s); decide again"
 
 
-class TokenLate(FakeBroker):
-    """The adapter while KIS's token comes late: the first `fail` tries of each order end NOT_SENT
-    (nothing reached KIS), then the broker answers. Records when each order was tried."""
+def _not_sent_forms() -> dict[str, Callable[[], BrokerError]]:
+    """Every way kis.rest says "not placed, and not sent late": the token or a rate slot came past
+    the order's deadline; KIS refused the token and its refresh came late; a retry after a rate
+    refusal or a failed connect would have gone past the deadline."""
+    unreachable = BrokerUnreachable(
+        "KIS REST", NetProblem(fault=NetFault.TIMEOUT, target="kis:9443", reason="x", sent=False)
+    )
+    return {
+        "token_wait": lambda: BrokerTemporary(TEXT, code=NOT_SENT),
+        "late_refresh": lambda: BrokerTemporary(
+            "KIS refused the token (EGW00123): the order was not placed, and it is not sent late",
+            code="EGW00123",
+            not_sent=True,
+        ),
+        "rate_retry": lambda: _too_late(BrokerRateLimited("초당 거래건수를 초과", code="EGW00201"), 5.2, 5.0),
+        "connect_retry": lambda: _too_late(unreachable, 5.2, 5.0),
+    }
 
-    def __init__(self, fail: int = 0) -> None:
+
+NOT_SENT_FORMS = _not_sent_forms()
+
+
+class TokenLate(FakeBroker):
+    """The adapter while KIS's token comes late: the first `fail` tries of each order end not sent
+    (nothing reached KIS; `form`: which of the adapter's errors says so), then the broker answers.
+    Records when each order was tried."""
+
+    def __init__(self, fail: int = 0, form: str = "token_wait") -> None:
         super().__init__(ref_price=70_000)
         self.max_in_flight = 4  # KIS's slots
         self.fail = fail
+        self.error = NOT_SENT_FORMS[form]
         self.tries: dict[str, list[float]] = defaultdict(list)
 
     async def submit(self, order: BrokerOrder) -> BrokerAck:
         tries = self.tries[order.client_order_id]
         tries.append(time.monotonic())
         if len(tries) <= self.fail:
-            raise BrokerTemporary(TEXT, code=NOT_SENT)
+            raise self.error()
         return await super().submit(order)
 
 
@@ -72,8 +97,11 @@ def quick_resend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(send_queue, "RESEND_AFTER_S", 0.05, raising=False)  # (absent before the resend)
 
 
-async def test_an_agents_order_not_sent_is_refused_not_sent_and_never_trips_the_kill_switch(tmp_path: Path) -> None:
-    broker = TokenLate(fail=1)
+@pytest.mark.parametrize("form", NOT_SENT_FORMS)
+async def test_an_agents_order_not_sent_is_refused_not_sent_and_never_trips_the_kill_switch(
+    tmp_path: Path, form: str
+) -> None:
+    broker = TokenLate(fail=1, form=form)
     async with Desk(tmp_path, broker=broker) as d:
         c = card(max_open_orders=50)
         ids = [order("alpha", n, qty=1).client_order_id for n in range(1, 13)]
@@ -83,7 +111,7 @@ async def test_an_agents_order_not_sent_is_refused_not_sent_and_never_trips_the_
         for x in ids:
             o = d.core.book.orders[x]
             assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
-            assert "decide again" in o.reason
+            assert "not sent" in o.reason
             assert len(broker.tries[x]) == 1  # decided now: never sent late
         assert d.core.risk.recent_broker_errors() == 0
         d.core.risk.sweep([c])
@@ -91,8 +119,11 @@ async def test_an_agents_order_not_sent_is_refused_not_sent_and_never_trips_the_
         assert broker.submits == 0  # nothing reached the broker
 
 
-async def test_a_released_next_session_order_is_sent_once_the_token_comes(tmp_path: Path, quick_resend: None) -> None:
-    broker = TokenLate()
+@pytest.mark.parametrize("form", NOT_SENT_FORMS)
+async def test_a_released_next_session_order_is_sent_once_the_token_comes(
+    tmp_path: Path, quick_resend: None, form: str
+) -> None:
+    broker = TokenLate(form=form)
     async with Desk(tmp_path, at=FRIDAY_EVENING, broker=broker) as d:
         c = card(max_open_orders=50)
         d.core.desk.card_of = lambda agent: c
