@@ -2,7 +2,8 @@
 
 KIS allows one issuance per minute (EGW00133) and sends the user a KakaoTalk message for each, so
 the token is cached on disk (mode 0600, atomic tmp+rename, under a file lock), reused until close
-to expiry, refreshed when < `refresh_margin_s` is left or when KIS says EGW00123/EGW00121.
+to expiry, refreshed when < `refresh_margin_s` is left (beside the calls, which keep the token in hand
+while more than `MIN_LEFT_S` of it is left) or when KIS says EGW00123/EGW00121.
 The cache file name carries a hash of the app key, never the key.
 """
 
@@ -46,6 +47,10 @@ class _CacheFile(msgspec.Struct, kw_only=True):
 
 # issue() asks KIS for a token; raises TokenThrottled on EGW00133.
 IssueFn = Callable[[], Awaitable[IssuedToken]]
+
+# A token with more than this left is used while its early refresh runs beside the calls; closer to
+# its expiry the calls wait for the new one (a call in flight must not outlive its token).
+MIN_LEFT_S = 60.0
 
 
 def issuance_possible(e: BrokerError) -> bool:
@@ -105,6 +110,7 @@ class TokenManager:
         self.rejections = 0  # tokens KIS refused (expired/invalid) in this process
         self.last_rejection = ""  # the KIS code of the last refusal
         self.waited_s = 0.0  # seconds this manager waited out KIS's one-issuance-a-minute, in all
+        self._early: asyncio.Task[str] | None = None  # an early refresh running beside the calls
 
     @property
     def expires_at(self) -> float:
@@ -115,11 +121,31 @@ class TokenManager:
 
     async def get(self) -> str:
         tok = self._token
-        if self._fresh(tok, self._clock()):
+        now = self._clock()
+        if tok is None:  # a process's first call: the token the others left on disk, if still valid
+            cache = self._read()
+            if cache.access_token and cache.expires_at > now:
+                tok = self._token = IssuedToken(access_token=cache.access_token, expires_at=cache.expires_at)
+        if self._fresh(tok, now):
             return tok.access_token  # type: ignore[union-attr]
+        if tok is not None and tok.expires_at - now > MIN_LEFT_S:
+            # within the refresh margin but good for a while yet: the calls go on with it and the
+            # refresh runs beside them (a slow token host, or KIS's one issuance a minute, held every
+            # order and cancel behind the lock for as long, while the token in hand was valid)
+            if now >= self._retry_at and (self._early is None or self._early.done()):
+                self._early = asyncio.ensure_future(self._refresh_registered())
+                self._early.add_done_callback(self._early_done)
+            return tok.access_token
+        return await self._refresh_registered()
+
+    async def _refresh_registered(self) -> str:
         value = await self._refresh(rejected=None)
         redact.register(value, "token")
         return value
+
+    def _early_done(self, task: asyncio.Task[str]) -> None:
+        if not task.cancelled() and (e := task.exception()) is not None:  # (retrieved: no asyncio warning)
+            log.warning("KIS token refresh failed (%s); the current token stays in use", e)
 
     async def invalidate_and_get(self, rejected: str, code: str = "") -> str:
         """KIS said the token `rejected` is expired/invalid (EGW00123/EGW00121, `code`): get another

@@ -133,9 +133,11 @@ async def test_an_order_that_must_wait_out_the_token_minute_is_not_sent_late(tmp
     assert page.body.output["ODNO"] == "0000000007"
 
 
-async def test_an_order_held_by_an_early_token_refresh_is_not_sent_late(tmp_path: Path) -> None:
-    """The token in hand is within 10 minutes of its expiry, so the next call refreshes it first, and
-    the token host is slow to answer."""
+async def test_an_order_is_not_held_by_an_early_token_refresh(tmp_path: Path) -> None:
+    """The token in hand is within 10 minutes of its expiry, so it is refreshed, and the token host is
+    slow to answer: the order goes at once on the token in hand (still valid for minutes), the
+    refresh lands beside it and serves the calls that follow. (It was held 1.5 s behind the refresh,
+    then refused "not sent": an order lost for a token that worked.)"""
     kis = Kis(token_delay_s=1.5)
     rest = _rest(kis)
 
@@ -148,15 +150,15 @@ async def test_an_order_held_by_an_early_token_refresh_is_not_sent_late(tmp_path
     rest.attach_tokens(tm)
     try:
         t0 = time.monotonic()
-        with pytest.raises(BrokerTemporary) as err:  # before: sent 1.5 s after the call
-            await _place(rest)
+        page = await _place(rest)
         took = time.monotonic() - t0
-        await _until(lambda: tm.issued_count == 1)  # the refresh still lands
+        await _until(lambda: tm.issued_count == 1)  # the refresh lands
+        await _place(rest)
     finally:
         await rest.aclose()
-    assert took < DEADLINE_S + 0.4, took
-    assert "not sent" in str(err.value) and "decide again" in str(err.value)
-    assert kis.orders == [] and kis.tokens == ["tok-1"]
+    assert took < DEADLINE_S, took
+    assert page.body.output["ODNO"] == "0000000007"
+    assert kis.orders == ["Bearer tok-old", "Bearer tok-1"] and kis.tokens == ["tok-1"]
 
 
 async def test_an_order_waiting_for_a_rate_slot_is_not_sent_late_but_a_cancel_is(tmp_path: Path) -> None:

@@ -56,6 +56,15 @@ class World:
         )
 
 
+async def _settle(m: TokenManager) -> None:
+    """Until the refresh running beside the calls (if any) is over (the file lock takes a thread)."""
+    for _ in range(400):
+        if m._early is None or m._early.done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the early refresh did not end")
+
+
 @aio
 async def test_cache_shared_between_instances_and_0600(tmp_path: Path) -> None:
     w = World()
@@ -77,9 +86,37 @@ async def test_reuse_until_refresh_margin(tmp_path: Path) -> None:
     await m.get()
     w.now += w.lifetime - 900  # 15 min left: still reused
     assert await m.get() == "tok1"
-    w.now += 400  # < 10 min left: refreshed
+    w.now += 400  # < 10 min left: refreshed beside the calls, which go on with the valid token meanwhile
+    assert await m.get() == "tok1"
+    await _settle(m)
     assert await m.get() == "tok2"
     assert len(w.issued) == 2
+    w.now += w.lifetime - 30  # 30 s left (the refresh had failed all along): the call waits for the new one
+    w.now += 60  # (KIS's minute since the last issuance has passed)
+    assert await m.get() == "tok3"
+
+
+@aio
+async def test_an_early_refresh_never_holds_the_calls_while_the_token_is_valid(tmp_path: Path) -> None:
+    """A slow token host (or KIS's one issuance a minute) held every order and cancel behind the early
+    refresh, though the token in hand had minutes left."""
+    w = World()
+    m = w.manager(tmp_path)
+    await m.get()
+    release = asyncio.Event()
+    issue = w.issue
+
+    async def slow_issue() -> IssuedToken:
+        await release.wait()
+        return await issue()
+
+    m._issue = slow_issue
+    w.now += w.lifetime - 300  # 5 min left
+    got = [await asyncio.wait_for(m.get(), 1.0) for _ in range(5)]  # before: every call waited for the host
+    assert got == ["tok1"] * 5 and len(w.issued) == 1  # one refresh in flight, not one per call
+    release.set()
+    await _settle(m)
+    assert await m.get() == "tok2"
 
 
 @aio
@@ -261,10 +298,18 @@ async def test_a_failed_early_refresh_keeps_the_valid_token_working(tmp_path: Pa
         raise BrokerTemporary("tokenP: connection refused", code="TRANSPORT")
 
     m._issue = down  # KIS's token endpoint down
-    assert await m.get() == "tok1" and await m.get() == "tok1" and len(calls) == 1  # one attempt a minute
+    assert await m.get() == "tok1"
+    await _settle(m)  # (the refresh runs beside the calls)
+    assert await m.get() == "tok1"
+    await _settle(m)
+    assert len(calls) == 1  # one attempt a minute
     assert not w.sleeps  # nobody waited
     w.now += 61
-    assert await m.get() == "tok1" and len(calls) == 2  # tried again after a minute
+    assert await m.get() == "tok1"
+    await _settle(m)
+    assert len(calls) == 2  # tried again after a minute
     m._issue = w.issue  # back
     w.now += 61
+    assert await m.get() == "tok1"
+    await _settle(m)
     assert await m.get() == "tok2"
