@@ -114,6 +114,7 @@ from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
+_RESCALED = "a corporate action (a split, a rights or bonus issue) changed its price scale"
 
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
 PARTIAL_ALERT_NS = 120_000_000_000
@@ -997,8 +998,7 @@ class Gateway:
             if bar.close != base:
                 self._history_changed(
                     code,
-                    f"today's base price {base:,} is not the last close {bar.close:,} ({bar.start}): a corporate "
-                    "action (a split, a rights or bonus issue) changed its price scale",
+                    f"today's base price {base:,} is not the last close {bar.close:,} ({bar.start}): {_RESCALED}",
                 )
             return
         # an older stored close (the stock halted for its split, a code back in the universe after weeks, a close
@@ -1016,8 +1016,8 @@ class Gateway:
         if got and got[-1].start == bar.start and got[-1].close != bar.close:
             self._history_changed(
                 code,
-                f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: a corporate "
-                "action (a split, a rights or bonus issue) changed its price scale since",
+                f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: {_RESCALED} "
+                "since",
             )
 
     def _protected_refused(self, code: str, why: str) -> None:
