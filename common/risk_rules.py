@@ -366,12 +366,16 @@ def check_order(
     rates: tuple[int, int] = (0, 0),
     explain: list[Check] | None = None,
     by_gateway: bool = False,
+    released: bool = False,
 ) -> Denial | None:
     """The first rule the order breaks, or None. `rates`: orders the agent and the account sent in the
     last minute (see RateWindow). With `explain`, every limit is evaluated and appended to it.
     `by_gateway`: a sell the gateway places for the agent (a protective exit, a flatten sell:
-    common/orders.py is_gateway_exit), which the agent's schedule does not hold back."""
-    first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp, by_gateway)
+    common/orders.py is_gateway_exit), which the agent's schedule does not hold back.
+    `released`: an order held for a session, released into it: the agent's codes and the card's start
+    were judged when it was placed (a code that left its universe since is still its order's); every
+    other rule (listed, states, session, band, limits) is judged now."""
+    first = _gates(code, side, qty, price, order_type, tif, mandate, market, exp, by_gateway, released)
     if first is None and account.opposite:
         first = self_trade(code, side, price, order_type, account.opposite)
     if first is not None and (explain is None or qty <= 0):
@@ -439,6 +443,7 @@ def _gates(
     market: MarketView,
     exp: Exposure,
     by_gateway: bool = False,
+    released: bool = False,
 ) -> Denial | None:
     """What the order must be before any limit is weighed: its shape, code, state, session, the card's
     start, price."""
@@ -455,8 +460,10 @@ def _gates(
         return ErrorCode.BAD_ORDER, f"a {order_type.value} order carries no price (send price=0)"
     if mandate.listed is not None and code not in mandate.listed:
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
-    if code not in mandate.codes and not is_reducing(side, qty, exp):
-        # what it holds it may always sell (a code that left its universe, a gateway restarted since)
+    if code not in mandate.codes and not released and not is_reducing(side, qty, exp):
+        # what it holds it may always sell (a code that left its universe, a gateway restarted since); a
+        # released order was judged against the codes it had when it was placed (a re-ranking since, or a new
+        # day's list, must not drop the order its strategy was promised)
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not among this agent's codes"
     # trading state: the gateway's, then the agent's
     if mandate.gateway_state is not _ACTIVE or mandate.agent_state is not _ACTIVE:
@@ -474,6 +481,7 @@ def _gates(
         mandate.start
         and market.at_ns
         and not by_gateway
+        and not released
         and (tif not in HELD_TIFS or market.phase in TODAYS_SESSION_PHASES)
     ):
         if why := before_start(mandate.start, market.at_ns):

@@ -161,6 +161,8 @@ class OrderDesk:
         self._base_waits: dict[str, int] = {}  # code -> market ns its held orders began waiting for its base price
         self._base_alerted: set[str] = set()  # codes whose wait reached a person (once a day)
         self._base_day = ""  # the trading day the two above are of (a new day starts them again)
+        # agent -> the trading day one of its held orders denied at release reached a person (once a day each)
+        self._release_denied_told: dict[str, str] = {}
         # how long after the opening call starts held orders wait (RELEASE_MARGIN): the host's clock may run ahead
         self.release_margin = RELEASE_MARGIN if isinstance(book.clock, WallClock) else dt.timedelta(0)
         self._requeued: list[
@@ -888,6 +890,20 @@ class OrderDesk:
                     released += self._release(o, self.card_of(o.agent))
         return released, expired
 
+    def _tell_release_denied(self, o: Order, why: str) -> None:
+        """A held order denied at its release never reaches the broker, though its strategy counted on it
+        since it was placed: a person is told, once a day per agent (a morning of denials is one alert)."""
+        day = self.book.day()
+        if self._release_denied_told.get(o.agent) == day:
+            return
+        self._release_denied_told[o.agent] = day
+        price = f" at {o.price:,}" if o.price else " at market"
+        self.alert(
+            f"{o.agent}: its next-session order {o.client_order_id} ({o.side} {o.remaining} {o.code}{price}) was "
+            f"denied at its release today and not sent ({why}); check the agent, and place it again if still wanted "
+            "(its other held orders denied today are not told again: see its orders)"
+        )
+
     def _before_release(self, phase: Phase) -> bool:
         """Whether the opening call started less than `release_margin` ago (held orders wait: RELEASE_MARGIN)."""
         if not self.release_margin or phase is not Phase.OPENING_AUCTION:
@@ -938,9 +954,11 @@ class OrderDesk:
                     Deny(ts_ns=ts, code=denial[0].value, reason=f"at release: {denial[1]}"),
                     trace=[("risk", {"result": "denied at release", "code": denial[0].value, "reason": denial[1]})],
                 )
+                self._tell_release_denied(o, f"{denial[0].value}: {denial[1]}")
                 return 0
         elif self.risk.global_state is not TradingState.ACTIVE:
             book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))
+            self._tell_release_denied(o, f"{ErrorCode.DENIED_HALTED.value}: the gateway is not active")
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
         gateways = placed_by_gateway(coid)  # a protective exit held overnight

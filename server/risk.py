@@ -557,9 +557,11 @@ class RiskGate:
             exp=exp,
             account=account,
             rates=rates,
-            # (a held order's release: the card's start was judged when it was placed, for its day; one for a
-            # later day is not held back at that day's open)
-            by_gateway=is_gateway_exit(o) or not revise,
+            by_gateway=is_gateway_exit(o),
+            # a held order's release: its codes and the card's start were judged when it was placed, for its day
+            # (one for a later day is not held back at that day's open, nor dropped because the agent's universe
+            # moved overnight); a revise is a new decision: judged against today's codes (a cancel never is)
+            released=not revise,
         )
         if denial is None and revise:
             agent_win.stamps.append(now)

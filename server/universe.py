@@ -153,9 +153,11 @@ class UniverseBinder:
     fallback list, does not take back a code in the middle of the day: an order decided on it may still
     go), and from a new day only its current list (not every code it was ever given: that widened its
     mandate day after day); shares it holds in a code that left the list it may still sell (the gate
-    lets a reducing order through in any code held). Market data follows the current list, and the codes
-    the agent still holds shares or open orders in (`held`): those stay in its list, after the ranked ones
-    (UniverseUpdate.held names them), until it is flat in them with no open order; checked at each refresh."""
+    lets a reducing order through in any code held), and an order it placed for the next session while the
+    code was its own is released at that open (risk_rules check_order `released`). Market data follows the
+    current list, and the codes the agent still holds shares or open orders in (`held`): those stay in its
+    list, after the ranked ones (UniverseUpdate.held names them), until it is flat in them with no open
+    order; checked at each refresh."""
 
     def __init__(
         self,
