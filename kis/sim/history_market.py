@@ -19,6 +19,11 @@ exactly V shares printed), and our orders fill by rules that match the backteste
 - a day locked at a limit (L == H at the upper limit, or at the lower) fills no buys (no sells);
 - V == 0, a non-positive price or no row that day: the code is halted: no prints, nothing fills, DAY
   orders expire at the close. IOC/FOK that cannot fill at once are cancelled.
+Every price a driven code prints is on its day's KRX tick grid (common/krx_rules.rules_for): a row whose
+prices lie off it (split-adjusted rows, a few extremes such as 000660's low 2,290,500 on 2026-05-29) is
+printed as `on_day_grid` puts it, inside the row's range (the low rounded up, the high down, the open and
+close to the nearest grid price between them). An exchange never prints off its grid, and the gateway
+drops such a print as bad market data: a protective stop would never see that day's low.
 Our fills are trades: each prints at its fill price, and the closing print's quantity makes the day's
 printed volume exactly V. Driven codes have no synthetic book (H0STASP0 is not sent for them; the
 prints carry a one-tick quote around the trade price) and no background price process.
@@ -35,12 +40,13 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.calendar import is_trading_day, next_trading_day
 from common.clock import KST
 from common.krx import Phase, SessionTimes
+from common.krx_rules import Market, SecurityKind, rules_for
 from kis.sim import history, universe
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.engine import BookSide, Fill, Tif
@@ -52,7 +58,7 @@ from kis.sim.exchange import (
     StockState,
     TradePrint,
 )
-from kis.sim.history_plan import PlannedPrint, PrintKind, day_plan, tradable
+from kis.sim.history_plan import PlannedPrint, PrintKind, day_plan, nearest_grid, tradable
 from kis.sim.ledger import Account
 
 DEFAULT_HISTORY_DAYS = 250
@@ -136,6 +142,24 @@ class HistoryData:
         return self._bars[code][max(i - n, 0) : i]
 
 
+def on_day_grid(bar: history.DailyBar, kind: SecurityKind, market: Market) -> history.DailyBar:
+    """`bar` as the twin prints it: every price on its day's tick grid and inside its range (widened to
+    the open and close, as day_plan does). The low rounds up and the high down (a print never beyond the
+    day's real range); the open and close go to the nearest grid price between them, as the path's
+    prices in between do (history_plan.path). A range inside one tick (no grid price in it) becomes
+    the grid price nearest its middle."""
+    rules = rules_for(bar.day)
+    low, high = min(bar.low, bar.open, bar.close), max(bar.high, bar.open, bar.close)
+    lo, hi = rules.round_up(low, kind, market), rules.round_down(high, kind, market)
+    if lo > hi:
+        lo = hi = nearest_grid((low + high) / 2, kind, market, rules)
+
+    def inside(price: int) -> int:
+        return min(max(nearest_grid(price, kind, market, rules), lo), hi)
+
+    return replace(bar, open=inside(bar.open), high=hi, low=lo, close=inside(bar.close))
+
+
 # ------------------------------------------------------------------------------------ the exchange
 
 
@@ -183,7 +207,9 @@ class HistoryExchange(Exchange):
             st.last = base
             st.history = self.data.past_bars(code, day, self.history_days)
             self.process.reanchor(code, base)
-            plan = day_plan(bar, st.info.kind, market=st.book.market)
+            kind, market = st.info.kind, st.book.market
+            printed = on_day_grid(bar, kind, market) if bar is not None and tradable(bar) else None
+            plan = day_plan(printed, kind, market=market)
             self._bar[code] = bar if plan else None
             self._left[code] = len(plan)
             self._resting[code] = []

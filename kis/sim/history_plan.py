@@ -5,7 +5,8 @@ A daily bar (O, H, L, C, V) of day D becomes:
 - `n` (≤ 24) continuous prints on a deterministic piecewise-linear path O → first extreme → second
   extreme → C, evenly spaced from the open to a minute before the closing call (the first extreme is
   H if H - O <= O - L, else L: the nearer one first, like most days trade). The extremes are printed
-  exactly; prices between them are on the KRX tick grid and inside [L, H];
+  exactly (history_market.on_day_grid has put the row on the day's tick grid first); prices between them
+  are on the KRX tick grid and inside [L, H];
 - the closing auction's single price C at the close (15:30:00 on a normal day).
 Planned quantities split V: a share for each auction, the rest by the twin's U-shaped intraday
 profile; every print gets at least one share. The exchange recomputes the closing print's quantity so

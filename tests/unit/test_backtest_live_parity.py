@@ -158,7 +158,9 @@ def test_a_protective_exit_met_inside_a_bar_fills_on_the_tick_grid() -> None:
     ]
     r = run(rows, {"2024-01-02": [("buy", 10, 70_000, {"trail_pct": 3.3})]})
     (sell,) = [f for f in r.fills if f.side is Side.SELL]
-    assert (sell.day, sell.price) == ("2024-01-04", 67_600)  # the grid's price at or below the level
+    # the print that met it is the grid's price at or below the level (67,600); the exit sells a tick
+    # under it, as live's market sell takes the bids under that print
+    assert (sell.day, sell.price) == ("2024-01-04", 67_500)
     assert rules_for(sell.day).on_grid(sell.price)
     take = run(
         rows[:3] + [("2024-01-04", 70_000, 72_500, 69_900, 72_000)],

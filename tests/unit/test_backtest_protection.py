@@ -1,5 +1,5 @@
 """Protective orders in a backtest (tools/backtest/protection.py): hand-computed fills on a few bars —
-a stop inside a bar fills at the stop, a gap through it at the open, a take-profit at the take, a
+a stop inside a bar fills a tick through the stop, a gap through it at the open, a take-profit at the take, a
 bracket reaching both in one bar takes the stop, a trailing stop ratchets on the highs, a bar locked
 at the lower limit sells nothing until the next open. A buy filled at the open is checked against its
 own bar from then on (test_backtest_protection_same_bar.py has the rule and its cases)."""
@@ -78,10 +78,10 @@ def test_a_stop_inside_a_bar_fills_at_the_stop() -> None:
             (D1, 70_000, 71_000, 69_500, 70_500),
             (D2, 70_800, 71_000, 68_500, 70_000),  # the buy fills at this open; its low stays above the stop
             (D3, 69_000, 69_500, 67_500, 68_000),
-        ],  # low 67,500 through the stop: sold at 68,000
+        ],  # low 67,500 through the stop: sold a tick under 68,000
         {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},
     )
-    assert exits(r) == [(D3, 10, 68_000)]
+    assert exits(r) == [(D3, 10, 67_900)]  # a tick through: live's market sell takes the bids under the print
     (p,) = r.protections
     assert p.state is PS.DONE and p.leg is Leg.STOP and p.trigger_price == 68_000 and p.sold == 10
     (x,) = p.exits
@@ -127,7 +127,7 @@ def test_a_bar_reaching_both_legs_takes_the_stop() -> None:
         ],
         {D1: [("buy", 10, {"stop": 68_000, "take": 73_000})]},
     )
-    assert exits(r) == [(D3, 10, 68_000)]
+    assert exits(r) == [(D3, 10, 67_900)]  # a tick through: live's market sell takes the bids under the print
 
 
 def test_a_trailing_stop_ratchets_on_each_bars_high() -> None:
@@ -140,7 +140,7 @@ def test_a_trailing_stop_ratchets_on_each_bars_high() -> None:
         ],  # 75,900 <= 76,000
         {D1: [("buy", 10, {"trail_pct": 5.0})]},
     )
-    assert exits(r) == [(D4, 10, 76_000)]
+    assert exits(r) == [(D4, 10, 75_900)]  # a tick through: live's market sell takes the bids under the print
     assert r.protections[0].leg is Leg.TRAIL and r.protections[0].high == 80_000
 
 

@@ -101,6 +101,8 @@ THROUGH = (D2, 70_800, 71_000, 67_000, 70_000)  # a market buy fills at 70,800; 
 CALM = (D3, 69_500, 70_000, 69_100, 69_500)  # the stop 68,000 is not reached
 LOW_D3 = (D3, 69_000, 69_500, 67_500, 68_000)  # the stop 68,000 is reached
 BRACKET = {"stop": 68_000, "take": 73_000}
+# a stop met inside a bar sells a tick through it (67,900; 68,900 for STOP_69): live's market sell takes
+# the bids under the print that met it (tools/backtest/protection.py)
 
 
 # ---- daily bars ------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ BRACKET = {"stop": 68_000, "take": 73_000}
 def test_a_bracket_attached_to_a_buy_filled_at_the_open_is_checked_against_that_days_low() -> None:
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 0, CODE, BRACKET)]})
     assert buys(r) == [(D2, 10, 70_800)]
-    assert sells(r) == [(D2, 10, 68_000, True)]  # the same day, at the stop
+    assert sells(r) == [(D2, 10, 67_900, True)]  # the same day, a tick through the stop (as live's market sell)
     (p,) = r.protections
     assert p.state is PS.DONE and p.leg is Leg.STOP and p.trigger_price == 68_000 and p.sold == 10
     assert [s for _, s in SEEN] == ["pending", "armed", "triggered", "done"]
@@ -126,7 +128,7 @@ def test_a_protection_placed_in_on_fill_for_an_open_fill_is_checked_against_that
     """sma_bracket_daily's way: the bracket from the fill price, placed when the buy fills."""
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 0)]}, on_fill={"protect": BRACKET})
     assert buys(r) == [(D2, 10, 70_800)]
-    assert sells(r) == [(D2, 10, 68_000, True)]
+    assert sells(r) == [(D2, 10, 67_900, True)]
     (p,) = r.protections
     assert p.state is PS.DONE and p.leg is Leg.STOP and p.entry == "" and p.sold == 10
     assert not r.positions
@@ -149,7 +151,7 @@ def test_a_protection_placed_at_the_open_comes_before_the_rest_of_the_bars_order
         on_fill={"protect": {"stop": 68_000}},
     )
     assert buys(r) == [(D2, 10, 70_800), (D2, 5, 69_000)]
-    assert sells(r) == [(D2, 10, 68_000, True)]
+    assert sells(r) == [(D2, 10, 67_900, True)]
     assert r.positions[CODE].qty == 5
     first, second = r.protections
     assert first.state is PS.DONE and first.sold == 10
@@ -162,10 +164,10 @@ def test_a_limit_buy_filled_inside_the_bar_is_checked_from_the_next_day() -> Non
     rows = [DECIDED, THROUGH, LOW_D3]
     attached = run(rows, {D1: [("buy", 10, 70_000, CODE, BRACKET)]})
     assert buys(attached) == [(D2, 10, 70_000)]
-    assert sells(attached) == [(D3, 10, 68_000, True)]
+    assert sells(attached) == [(D3, 10, 67_900, True)]
     placed = run(rows, {D1: [("buy", 10, 70_000)]}, on_fill={"protect": BRACKET})
     assert buys(placed) == [(D2, 10, 70_000)]
-    assert sells(placed) == [(D3, 10, 68_000, True)]
+    assert sells(placed) == [(D3, 10, 67_900, True)]
     calm = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 70_000, CODE, BRACKET)]})
     assert sells(calm) == [] and calm.positions[CODE].qty == 10
 
@@ -173,17 +175,17 @@ def test_a_limit_buy_filled_inside_the_bar_is_checked_from_the_next_day() -> Non
 def test_a_limit_the_open_crosses_fills_at_the_open_and_is_checked_that_day() -> None:
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 71_000, CODE, BRACKET)]})
     assert buys(r) == [(D2, 10, 70_800)]  # at the open (limit 71,000 >= 70,800)
-    assert sells(r) == [(D2, 10, 68_000, True)]
+    assert sells(r) == [(D2, 10, 67_900, True)]
 
 
 def test_several_codes_the_same_rule() -> None:
     """The bar time's bars of several codes (not the one-code path)."""
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 0, CODE, BRACKET)]}, two_codes=True)
-    assert sells(r) == [(D2, 10, 68_000, True)]
+    assert sells(r) == [(D2, 10, 67_900, True)]
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 0)]}, on_fill={"protect": BRACKET}, two_codes=True)
-    assert sells(r) == [(D2, 10, 68_000, True)]
+    assert sells(r) == [(D2, 10, 67_900, True)]
     r = run([DECIDED, THROUGH, LOW_D3], {D1: [("buy", 10, 70_000, CODE, BRACKET)]}, two_codes=True)
-    assert sells(r) == [(D3, 10, 68_000, True)]
+    assert sells(r) == [(D3, 10, 67_900, True)]
 
 
 # ---- intraday bars: the same rule per bar ---------------------------------------------------------
@@ -199,21 +201,21 @@ STOP_69 = {"stop": 69_000}
 def test_intraday_a_bracket_attached_to_a_buy_filled_at_the_bars_open_is_checked_in_that_bar() -> None:
     r = run([FIRST, BOUGHT_AT_T1, LOW_T2, QUIET_T3], {T0: [("buy", 10, 0, CODE, STOP_69)]})
     assert buys(r) == [(T1, 10, 70_200)]
-    assert sells(r) == [(T1, 10, 69_000, True)]
+    assert sells(r) == [(T1, 10, 68_900, True)]
 
 
 def test_intraday_a_protection_placed_in_on_fill_is_checked_in_the_bar_of_the_open_fill() -> None:
     r = run([FIRST, BOUGHT_AT_T1, LOW_T2, QUIET_T3], {T0: [("buy", 10, 0)]}, on_fill={"protect": STOP_69})
-    assert sells(r) == [(T1, 10, 69_000, True)]
+    assert sells(r) == [(T1, 10, 68_900, True)]
 
 
 def test_intraday_a_limit_buy_filled_inside_the_bar_is_checked_from_the_next_bar() -> None:
     rows = [FIRST, BOUGHT_AT_T1, LOW_T2, QUIET_T3]
     r = run(rows, {T0: [("buy", 10, 70_000, CODE, STOP_69)]})
     assert buys(r) == [(T1, 10, 70_000)]  # 70,000 < the open 70,200: inside the bar
-    assert sells(r) == [(T2, 10, 69_000, True)]
+    assert sells(r) == [(T2, 10, 68_900, True)]
     r = run(rows, {T0: [("buy", 10, 70_000)]}, on_fill={"protect": STOP_69})
-    assert sells(r) == [(T2, 10, 69_000, True)]
+    assert sells(r) == [(T2, 10, 68_900, True)]
 
 
 def test_intraday_an_order_placed_on_hearing_of_the_open_fill_starts_at_the_next_bar() -> None:

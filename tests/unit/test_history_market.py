@@ -14,11 +14,12 @@ from common.clock import KST
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, SecurityKind, on_grid
+from common.krx_rules import rules_for
 from common.schema import Bar, PositionView
 from kis.sim.engine import BookSide
 from kis.sim.exchange import MarketConfig, OrderRecord, TradePrint
 from kis.sim.history import DailyBar, load_csv
-from kis.sim.history_market import HistoryError, HistoryExchange, open_history
+from kis.sim.history_market import HistoryError, HistoryExchange, on_day_grid, open_history
 from kis.sim.history_plan import day_plan
 from kis.sim.ledger import Account, Holding
 from kis.sim.wire import KisError
@@ -75,6 +76,13 @@ def row(d: Desk, code: str) -> DailyBar:
     return r
 
 
+def printed(d: Desk, code: str) -> DailyBar:
+    """The row as the twin prints it: on the day's tick grid (split-adjusted rows are off it; an exchange
+    never prints off its grid and the gateway drops such a print: history_market.on_day_grid)."""
+    st = d.ex.stocks[code]
+    return on_day_grid(row(d, code), st.info.kind, st.book.market)
+
+
 def backtest_fill(
     bar: DailyBar, base: int, side: Side, qty: int, price: int, otype: OrderType
 ) -> tuple[int, int] | None:
@@ -123,7 +131,7 @@ def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(
 ) -> None:
     code, day = case
     d = desk(shared_data, day)
-    bar = row(d, code)
+    bar = printed(d, code)  # the data's row where it is on the grid (BIG_RANGE's is not)
     assert d.ex.clock.phase() is Phase.PRE_OPEN and d.ex.stocks[code].prev_close == d.ex.data.base(code, day)
     d.at("15:45:00")
     prints = d.of(code)
@@ -139,7 +147,7 @@ def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(
     times = [t for t, _, _ in prints]
     assert times == sorted(times) and times[-1] == "153000"
     assert times[0] == ("100000" if day == LATE_OPEN_GAP[1] else "090000")
-    assert all(on_grid(p, SecurityKind.STOCK) or p in (bar.open, bar.high, bar.low, bar.close) for p in prices)
+    assert all(rules_for(day).on_grid(p, SecurityKind.STOCK) for p in prices)  # every print, extremes too
     builder = BarBuilder(("1d",))
     for t, p, q in prints:
         builder.on_trade(code, day, t, p, q)
@@ -254,10 +262,11 @@ def test_a_limit_buy_the_market_trades_through_fills_at_its_limit(shared_data: P
     prints = d.of(code)
     assert (code, 44_300, 9) in [(code, p, q) for _, p, q in prints]
     prices = [p for _, p, _ in prints]
+    grid = printed(d, code)  # the row's off-grid prices as the twin prints them (44,255 -> 44,300 ...)
     assert (min(prices), max(prices), prices[-1], sum(q for *_, q in prints)) == (
-        bar.low,
-        bar.high,
-        bar.close,
+        grid.low,
+        grid.high,
+        grid.close,
         bar.volume,
     )
 
@@ -367,7 +376,7 @@ def test_revise_and_cancel_work_on_driven_codes(shared_data: Path) -> None:
     d.at("15:45:00")
     assert gone.filled_qty == 0 and gone.cancelled_qty == 2 and d.acct.reserved == 0
     prices = [p for _, p, _ in d.of(code)]
-    bar = row(d, code)
+    bar = printed(d, code)  # the row on the day's grid
     assert (min(prices), max(prices), prices[-1]) == (bar.low, bar.high, bar.close)
 
 

@@ -8,8 +8,8 @@ same trigger rules applied to bars.
     in the opening auction, a limit the open crossed, IOC/FOK; broker.py `at_open`) is the bar's first
     print: every print of the bar's range came after it, so the protection is checked against that
     same bar (`check` on its open, high, low: the open is the fill's own print, so only an open at or
-    beyond a level fires at the open, as live's "a level already met fires at once"; otherwise the
-    level itself when the range reaches it);
+    beyond a level fires at the open, as live's "a level already met fires at once"; otherwise at
+    the level when the range reaches it, a stop a tick through it: see below);
   - a fill INSIDE the bar (a limit below the open that the range met) does not say whether the bar's
     low (or high) came before or after it: checked from the bar AFTER the one it filled in.
   Daily and intraday bars alike (on intraday bars, per bar).
@@ -24,12 +24,19 @@ same trigger rules applied to bars.
   open's print, before any print a protection sees; tools/backtest/broker.py `match`) and before the
   bar's other resting orders (a stop met inside the bar is assumed to come before their fills), each
   armed protection with a bar of its code is checked (`common.protection.check` on open, high, low).
-  Met, it sells what it protects (at most what is still held) at once, at the price the rule names: the
-  open when the bar gapped through the level, else the level itself — whole, not capped by the bar's
+  Met, it sells what it protects (at most what is still held) at once — whole, not capped by the bar's
   volume (its shares count against the volume the bar's later fills may take), with the day's fees and
-  taxes. The rest of its buy (if open) is cancelled; the agent's own open sells of the code are
-  cancelled first so the shares are free (as live). `exit = limit` fills the same way (the price the
-  rule names is at or above its limit). A protection that finds the position sold at the open ends
+  taxes — at:
+  - the open, when the bar opened at or through the level (a gap: live's first print meets it);
+  - a take-profit met inside the bar: its level on the day's tick grid (rounded up, at most the high);
+  - a stop (or trail) met inside the bar: ONE TICK THROUGH the print that met it, never under the day's
+    low. The print that met it is the first grid price at or below the level; live, the exit's market
+    sell then takes the bids at or under that print (the twin fills it at that print, kis/sim/
+    history_market.py), so selling at the level itself was better than live (the simulated fills'
+    rule, server/shadow.py: never better than live). An `exit = limit` stop sells no lower than its
+    limit (common.protection.exit_limit of that print): live's limit sell takes no bid under it.
+  The rest of its buy (if open) is cancelled; the agent's own open sells of the code are cancelled
+  first so the shares are free (as live). A protection that finds the position sold at the open ends
   CANCELLED (the position was closed), as live's finds nothing held.
 - A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
   bar's open. So does a halted bar (volume 0 and no range, the last price repeated: no trades to sell
@@ -55,8 +62,17 @@ import msgspec
 from common.enums import Side
 from common.errors import ErrorCode, KtraderError
 from common.ids import placed_by_gateway
-from common.krx_rules import rules_for
-from common.protection import Leg, Protection, ProtectionSpec, ProtectionState as PS, check, stop_level, validate
+from common.krx_rules import KrxRules, Market, SecurityKind, rules_for
+from common.protection import (
+    Leg,
+    Protection,
+    ProtectionSpec,
+    ProtectionState as PS,
+    check,
+    exit_limit,
+    stop_level,
+    validate,
+)
 from common.schema import Bar
 from tools.backtest.broker import Note, SimBroker
 
@@ -64,6 +80,21 @@ from tools.backtest.broker import Note, SimBroker
 _HALTED = "halted (no trades): sells at the next traded open"
 _GATEWAY_SELLS = "the shares are held by the gateway's own sells"  # (live's words: server/protection.py)
 _SELL = Side.SELL
+
+
+def _stop_met_inside(
+    spec: ProtectionSpec, level: int, low: int, rules: KrxRules, kind: SecurityKind, board: Market
+) -> tuple[int, int]:
+    """A stop (or trail) at `level` met inside a bar that opened above it: (the print that met it, the
+    price its exit sells at). The print is the first grid price at or below the level; the exit sells a
+    tick under it (live's market sell takes the bids under the print), never under the day's lowest
+    price, nor under a limit exit's limit."""
+    floor = rules.round_up(low, kind, board)
+    if floor > level:  # no grid price in [low, level] (the data's low is off the grid): the low itself
+        floor = low
+    met = max(rules.round_down(level, kind, board), floor)
+    through = rules.next_tick_down(met, kind, board) if met > floor else floor
+    return met, max(through, floor, exit_limit(spec, met, 0, kind, rules, board))
 
 
 class BacktestProtections:
@@ -194,13 +225,14 @@ class BacktestProtections:
                 if high != p.high:
                     self.active[p.id] = self.all[p.id] = msgspec.structs.replace(p, high=high)
                 continue
+            fill = at
             if at != bar.open:  # met inside the bar at its level: the print that met it is on the day's grid
                 kind, board = self.broker.listing(p.code)
                 rules = rules_for(day)
                 if leg is Leg.TAKE:
-                    at = min(rules.round_up(at, kind, board), bar.high)
+                    at = fill = min(rules.round_up(at, kind, board), bar.high)
                 else:
-                    at = max(rules.round_down(at, kind, board), bar.low)
+                    at, fill = _stop_met_inside(p.spec, at, bar.low, rules, kind, board)
             held = self.broker.position(p.code)
             p = msgspec.structs.replace(
                 p, state=PS.TRIGGERED, leg=leg, trigger_price=at, qty=p.qty or held, updated_ns=self.broker.ts_ns
@@ -208,7 +240,7 @@ class BacktestProtections:
             self._put(p, notes)
             if self._entry_open(p):
                 self.broker.cancel(p.entry, notes)  # the trade is over: the rest of its buy goes
-            self._fire(p, bar, day, at, notes)
+            self._fire(p, bar, day, fill, notes)
         self.settle(notes)
 
     def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note]) -> None:
