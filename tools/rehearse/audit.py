@@ -10,14 +10,19 @@ Failures (each makes `ktrader rehearse` exit non-zero):
 - positions that differ between the agents' books and the twin's account;
 - a day without its daily report;
 - a day whose end-of-day status counted other days' fills as that day's;
-- a parity difference without a reason.
+- a parity difference without a reason that covers its day: a decision placed on one side only, an
+  order placed on the agent's behalf (protective exit, end-of-day flatten) on one side only or filled
+  another quantity, a decision placed on both sides whose filled quantity, value or fees differ.
+  An exit's fill price may differ (the twin fills a stop at the print that met it, the backtest at its
+  level): each gap is reported, not failed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -27,9 +32,11 @@ from common.config import AgentCard
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
 from common.orders import Order, OrderState
+from common.schema import FillUpdate, PositionUpdate
 from server.daily_report import DailyReport
 from server.store import Store
 from server.reconciler import START
+from tools.backtest.broker import FillRecord
 
 
 class Decision(msgspec.Struct, frozen=True, order=True):
@@ -43,6 +50,55 @@ class Decision(msgspec.Struct, frozen=True, order=True):
     order_type: str
 
 
+class Scope(enum.Enum):
+    """How far a parity reason reaches."""
+
+    RUN = "run"  # every day of the run: decisions, exits and fills
+    SINCE = "since"  # from its day (Reason.since) on: decisions, exits and fills
+    # from the first day the exits differ on: decisions and fills, never the exits themselves (a stop met
+    # on another day changes what follows; the stop itself must be met on the same day)
+    AFTER_EXITS = "after_exits"
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """Why a card's live and backtest runs may differ, and from when."""
+
+    text: str
+    scope: Scope = Scope.RUN
+    since: str = ""  # Scope.SINCE: the first day (YYYYMMDD) it covers
+
+
+class Filled(msgspec.Struct, frozen=True):
+    """What an order did."""
+
+    qty: int = 0
+    value: int = 0  # KRW
+    fees: int = 0  # commission and tax, KRW
+    fills: int = 0  # executions (each one's fees are truncated to the won)
+
+    @property
+    def price(self) -> int:
+        """The average fill price (floor), 0 when nothing filled."""
+        return self.value // self.qty if self.qty else 0
+
+
+class Placed(msgspec.Struct, frozen=True):
+    """A decision (or an order on the agent's behalf) and what it did."""
+
+    decision: Decision
+    filled: Filled = msgspec.field(default_factory=Filled)
+
+
+class FillPair(msgspec.Struct, frozen=True):
+    """One decision (or exit) placed live and in the backtest alike, and what it did on each side."""
+
+    decision: Decision
+    live: Filled
+    backtest: Filled
+    price_gap: int = 0  # live's average fill price minus the backtest's, KRW a share (0: a side filled nothing)
+    reason: str = ""  # why the fills may differ; "" = they must not
+
+
 class ParityRow(msgspec.Struct):
     agent: str
     live: int
@@ -50,14 +106,19 @@ class ParityRow(msgspec.Struct):
     equal: bool
     only_live: list[Decision] = []
     only_backtest: list[Decision] = []
-    reason: str = ""  # why they may differ; "" = they must not
+    reason: str = ""  # every reason they may differ, with its reach; "" = they must not
     # the orders placed on the agent's behalf (protective exits, end-of-day flattens: the gateway's live,
     # the engine's in the backtest, which sells at the card's schedule.end for the day's close as live's
     # flatten does: tools/backtest/engine.py), compared apart from its decisions: equal when each
     # protective level was met, and each flatten sold, on the same day
     exits_live: list[Decision] = []
     exits_backtest: list[Decision] = []
-    exits_equal: bool = True
+    exits_equal: bool = True  # each exit placed on both sides: the same day, code, side and quantity
+    reasons: list[Reason] = []
+    fills_compared: int = 0  # decisions placed on both sides, whose fills were compared
+    fill_differences: list[FillPair] = []  # those whose filled quantity, value or fees differ
+    exit_fills: list[FillPair] = []  # exits placed on both sides, each with its fill-price gap
+    unexplained: list[str] = []  # the differences no reason covers: each an audit failure
 
 
 class DayRow(msgspec.Struct):
@@ -137,22 +198,76 @@ def gateway_orders(orders: Iterable[Order]) -> list[Decision]:
     return sorted(decision_of(o) for o in orders if not _own(o))
 
 
-def parity_reason(card: AgentCard) -> str:
-    """Why a strategy's live decisions may legitimately differ from the backtest's ("" if they must not)."""
+def live_fees(run: Path, agents: Iterable[str]) -> dict[str, int]:
+    """Client order id -> the commission and tax the gateway charged its fills: what each fill (or a
+    reconciliation's repair of one) added to its position's cumulative fees, read from the agent's
+    event stream (the store keeps no fees per order)."""
+    store = Store(run / "db" / "gateway.sqlite", readonly=True)
+    out: dict[str, int] = defaultdict(int)
+    try:
+        for agent in sorted(set(agents)):
+            paid: dict[str, int] = {}  # code -> the position's fees so far
+            seq = 0
+            while batch := store.agent_events(agent, seq, 1_000):
+                for ev in batch:
+                    body = ev.body
+                    if isinstance(body, FillUpdate | PositionUpdate):
+                        coid = body.fill.client_order_id if isinstance(body, FillUpdate) else body.client_order_id
+                        if coid:
+                            out[coid] += body.position.fees - paid.get(body.position.code, 0)
+                        paid[body.position.code] = body.position.fees
+                seq = batch[-1].seq
+    finally:
+        store.close()
+    return dict(out)
+
+
+def live_filled(fees: Mapping[str, int]) -> Callable[[Order], Filled]:
+    """What a live order did: its filled quantity and value, `fees` (live_fees) its costs."""
+    return lambda o: Filled(o.filled_qty, o.filled_value, fees.get(o.client_order_id, 0), len(o.fill_ids))
+
+
+def backtest_filled(records: Iterable[FillRecord]) -> Callable[[Order], Filled]:
+    """What a backtest order did: its filled quantity and value, its fills' commission and tax."""
+    fees: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for f in records:
+        fees[f.client_order_id] += f.commission + f.tax
+        count[f.client_order_id] += 1
+    return lambda o: Filled(o.filled_qty, o.filled_value, fees[o.client_order_id], count[o.client_order_id])
+
+
+def placed(orders: Iterable[Order], filled: Callable[[Order], Filled]) -> tuple[list[Placed], list[Placed]]:
+    """(the agent's own decisions, the orders placed on its behalf), each with what it did: sorted, equal
+    decisions in the order they were placed (compare pairs them in that order)."""
+    rows = sorted(((decision_of(o), parse_client_order_id(o.client_order_id)[2], o) for o in orders), key=_first2)
+    own = [Placed(d, filled(o)) for d, n, o in rows if n < GATEWAY_ORDER_BASE]
+    behalf = [Placed(d, filled(o)) for d, n, o in rows if n >= GATEWAY_ORDER_BASE]
+    return own, behalf
+
+
+def _first2(row: tuple[Decision, int, Order]) -> tuple[Decision, int]:
+    return row[0], row[1]
+
+
+def parity_reason(card: AgentCard) -> Reason | None:
+    """Why a strategy's live decisions may legitimately differ from the backtest's, and from when (None
+    if they must not)."""
     cls = load_strategy_class(card.strategy)
     if "on_timer" in vars(cls):
-        return (
+        return Reason(
             "decides on a timer in the session (day orders at intraday quotes); the backtest decides at "
             "each daily close (next-session orders), on the quotes the gateway recorded"
         )
     if not cls.needs_bars:
-        return "decides on intraday prints (on_trade); the backtest sees daily bars only"
+        return Reason("decides on intraday prints (on_trade); the backtest sees daily bars only")
     if getattr(cls, "protective", False):
-        return (
+        return Reason(
             "its protective exits fire on intraday prints live and on whole bars in the backtest "
-            "(common/protection.py): a later decision differs when a level is met on another day"
+            "(common/protection.py): a later decision differs when a level is met on another day",
+            Scope.AFTER_EXITS,
         )
-    return ""
+    return None
 
 
 def restricted_since(orders: Iterable[Order], agent: str) -> str:
@@ -170,16 +285,146 @@ def restricted_since(orders: Iterable[Order], agent: str) -> str:
     return min(days, default="")
 
 
+def _as_placed(items: Iterable[Decision | Placed]) -> list[Placed]:
+    return [x if isinstance(x, Placed) else Placed(x) for x in items]
+
+
+def _exit_key(d: Decision) -> Hashable:
+    """An exit is the same on both sides when it sells the same quantity of the same code on the same day
+    (its terms are each side's own: the twin's market order, the backtest's level)."""
+    return d.day, d.code, d.side, d.qty
+
+
+def _same_decision(d: Decision) -> Hashable:
+    return d
+
+
+def _pair(
+    live: list[Placed], backtest: list[Placed], key: Callable[[Decision], Hashable]
+) -> tuple[list[FillPair], list[Decision], list[Decision]]:
+    """Each live order paired with the first unpaired backtest one of its key; those of each side left over."""
+    waiting: dict[Hashable, list[Placed]] = defaultdict(list)
+    for p in backtest:
+        waiting[key(p.decision)].append(p)
+    pairs: list[FillPair] = []
+    only_live: list[Decision] = []
+    for p in live:
+        queue = waiting.get(key(p.decision))
+        if not queue:
+            only_live.append(p.decision)
+            continue
+        b = queue.pop(0).filled
+        gap = p.filled.price - b.price if p.filled.qty and b.qty else 0
+        pairs.append(FillPair(decision=p.decision, live=p.filled, backtest=b, price_gap=gap))
+    only_backtest = sorted(p.decision for queue in waiting.values() for p in queue)
+    return pairs, sorted(only_live), only_backtest
+
+
+def _start(r: Reason, exits_from: str | None) -> str | None:
+    """The first day (YYYYMMDD) a reason covers, "" every day, None none."""
+    if r.scope is Scope.RUN:
+        return ""
+    if r.scope is Scope.SINCE:
+        return r.since
+    return exits_from
+
+
+def _covering(reasons: list[Reason], exits_from: str | None, day: str, exit_: bool = False) -> str:
+    """The text of the first reason that covers a difference on `day` ("" none); an exit's own difference
+    is never covered by the exits' reason (a level met on another day is what it is there to catch)."""
+    for r in reasons:
+        start = _start(r, exits_from)
+        if start is not None and start <= day and not (exit_ and r.scope is Scope.AFTER_EXITS):
+            return r.text
+    return ""
+
+
+def _rounding(p: FillPair) -> str:
+    """Fees are truncated to the won per fill, commission and tax apart: the same fills split into other
+    executions pay less than 2 won a fill apart."""
+    lv, bt = p.live, p.backtest
+    if (lv.qty, lv.value) != (bt.qty, bt.value) or lv.fills == bt.fills:
+        return ""
+    if abs(lv.fees - bt.fees) >= 2 * max(lv.fills, bt.fills):
+        return ""
+    return f"fees are truncated to the won per fill ({lv.fills} fills live, {bt.fills} in the backtest)"
+
+
+def _reach(r: Reason, exits_from: str | None) -> str:
+    """A reason's text with how far it reaches in this run."""
+    if r.scope is not Scope.AFTER_EXITS:
+        return r.text
+    if exits_from is None:
+        return f"{r.text} (its exits matched: nothing differs by it)"
+    return f"{r.text} (from {exits_from}, the first day its exits differed)"
+
+
+def show_decision(d: Decision) -> str:
+    terms = f"{d.order_type} {d.price:,}" if d.price else d.order_type
+    return f"{d.day} {d.code} {d.side} {d.qty} {terms}"
+
+
+def show_filled(f: Filled) -> str:
+    return f"{f.qty} for {f.value:,} KRW, fees {f.fees:,}"
+
+
+def _listed(items: list[str], n: int = 3) -> str:
+    return "; ".join(items[:n]) + (f"; and {len(items) - n} more" if len(items) > n else "")
+
+
+def _reasons(reasons: Reason | str | Sequence[Reason] | None) -> list[Reason]:
+    if isinstance(reasons, str):
+        return [Reason(reasons)] if reasons else []
+    if isinstance(reasons, Reason):
+        return [reasons]
+    return list(reasons or [])
+
+
 def compare(
     agent: str,
-    live: list[Decision],
-    backtest: list[Decision],
-    reason: str,
-    exits: tuple[list[Decision], list[Decision]] = ([], []),
+    live: Sequence[Decision | Placed],
+    backtest: Sequence[Decision | Placed],
+    reasons: Reason | str | Sequence[Reason] | None = None,
+    exits: tuple[Sequence[Decision | Placed], Sequence[Decision | Placed]] = ((), ()),
 ) -> ParityRow:
-    lc, bc = Counter(live), Counter(backtest)
-    only_live = sorted((lc - bc).elements())
-    only_bt = sorted((bc - lc).elements())
+    """Live against backtest for one agent: its decisions, the orders placed on its behalf (`exits`) and
+    what the decisions placed on both sides did. Each difference no reason covers on its day is listed in
+    `unexplained` (an audit failure)."""
+    why = _reasons(reasons)
+    pairs, only_live, only_bt = _pair(_as_placed(live), _as_placed(backtest), _same_decision)
+    exits_live, exits_bt = _as_placed(exits[0]), _as_placed(exits[1])
+    exit_pairs, exits_only_live, exits_only_bt = _pair(exits_live, exits_bt, _exit_key)
+    short = [p for p in exit_pairs if p.live.qty != p.backtest.qty]
+    exits_from = min([d.day for d in exits_only_live + exits_only_bt] + [p.decision.day for p in short], default=None)
+    unexplained: list[str] = []
+    lone = [f"{show_decision(d)} live only" for d in only_live if not _covering(why, exits_from, d.day)]
+    lone += [f"{show_decision(d)} backtest only" for d in only_bt if not _covering(why, exits_from, d.day)]
+    if lone:
+        unexplained.append(f"{len(lone)} decisions differ, unexplained: {_listed(lone)}")
+    lone = [f"{show_decision(d)} live only" for d in exits_only_live if not _covering(why, exits_from, d.day, True)]
+    lone += [f"{show_decision(d)} backtest only" for d in exits_only_bt if not _covering(why, exits_from, d.day, True)]
+    lone += [
+        f"{show_decision(p.decision)} filled {p.live.qty} live, {p.backtest.qty} in the backtest"
+        for p in short
+        if not _covering(why, exits_from, p.decision.day, True)
+    ]
+    if lone:
+        unexplained.append(
+            f"{len(lone)} orders on its behalf (protective exits, end-of-day flattens) differ, unexplained: "
+            f"{_listed(lone)}"
+        )
+    diffs = [
+        msgspec.structs.replace(p, reason=_covering(why, exits_from, p.decision.day) or _rounding(p))
+        for p in pairs
+        if (p.live.qty, p.live.value, p.live.fees) != (p.backtest.qty, p.backtest.value, p.backtest.fees)
+    ]
+    lone = [
+        f"{show_decision(p.decision)}: live {show_filled(p.live)}, backtest {show_filled(p.backtest)}"
+        for p in diffs
+        if not p.reason
+    ]
+    if lone:
+        unexplained.append(f"{len(lone)} fills differ, unexplained: {_listed(lone)}")
     return ParityRow(
         agent=agent,
         live=len(live),
@@ -187,11 +432,21 @@ def compare(
         equal=not only_live and not only_bt,
         only_live=only_live[:20],
         only_backtest=only_bt[:20],
-        reason=reason,
-        exits_live=exits[0][:20],
-        exits_backtest=exits[1][:20],
-        exits_equal=sorted(exits[0]) == sorted(exits[1]),
+        reason="; ".join(_reach(r, exits_from) for r in why),
+        exits_live=[p.decision for p in exits_live][:20],
+        exits_backtest=[p.decision for p in exits_bt][:20],
+        exits_equal=exits_from is None,
+        reasons=why,
+        fills_compared=len(pairs),
+        fill_differences=diffs[:20],
+        exit_fills=exit_pairs[:50],
+        unexplained=unexplained,
     )
+
+
+def parity_failures(rows: Iterable[ParityRow]) -> list[str]:
+    """The audit's failures from its parity rows: each difference no reason covers on its day."""
+    return [f"{row.agent}: {text}" for row in rows for text in row.unexplained]
 
 
 def audit_run(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import msgspec
 import typer
@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tools.paths import ROOT, SHARED
+
+if TYPE_CHECKING:
+    from tools.rehearse.audit import ParityRow
 
 
 def default_data() -> Path:
@@ -103,21 +106,51 @@ def _print(summary: object, console: Console) -> None:
         )
     console.print(t)
     p = Table(title="parity with the backtest")
-    for col in ("agent", "live", "backtest", "equal", "on its behalf", "reason"):
+    for col in ("agent", "live", "backtest", "equal", "fills", "on its behalf", "reason"):
         p.add_column(col)
     for r in a.parity:
         exits = len(r.exits_live) + len(r.exits_backtest)
+        differ = len(r.fill_differences)
         p.add_row(
             r.agent,
             str(r.live),
             str(r.backtest),
             "yes" if r.equal else "no",
+            (f"{differ} of {r.fills_compared} differ" if differ else f"{r.fills_compared} same")
+            if r.fills_compared
+            else "-",
             ("same" if r.exits_equal else f"{len(r.exits_live)} live, {len(r.exits_backtest)} backtest")
             if exits
             else "-",
-            r.reason or ("-" if r.equal else "UNEXPLAINED"),
+            r.reason or ("UNEXPLAINED" if r.unexplained else "-"),
         )
     console.print(p)
+    for line in _fill_lines(a.parity):
+        console.print(line, markup=False, highlight=False)
     if a.restarts:
         console.print(f"restarts: {a.restarts}", markup=False)
     console.print("audit clean" if not a.failures else "audit FAILED:\n  " + "\n  ".join(a.failures), markup=False)
+
+
+def _fill_lines(rows: list[ParityRow]) -> list[str]:
+    """Each decision whose fills differ (with its reason), and each exit's fill-price gap: the twin fills
+    a stop at the print that met it, the backtest at its level (reported, not failed)."""
+    from tools.rehearse.audit import show_decision, show_filled
+
+    out: list[str] = []
+    for r in rows:
+        for f in r.fill_differences:
+            out.append(
+                f"{r.agent} fills of {show_decision(f.decision)}: live {show_filled(f.live)}, "
+                f"backtest {show_filled(f.backtest)} ({f.reason or 'UNEXPLAINED'})"
+            )
+        for f in r.exit_fills:
+            both = f.live.qty and f.backtest.qty
+            gap = f"{f.price_gap:+,} KRW a share" if both else "one side filled nothing"
+            if both and f.backtest.price:
+                gap += f", {f.price_gap * 10_000 // f.backtest.price:+} bp"
+            out.append(
+                f"{r.agent} exit {show_decision(f.decision)}: live {f.live.qty} at {f.live.price:,}, "
+                f"backtest {f.backtest.qty} at {f.backtest.price:,} ({gap})"
+            )
+    return out

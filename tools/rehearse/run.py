@@ -25,19 +25,25 @@ import msgspec
 from common.calendar import trading_days
 from common.config import AgentCard, load_card
 from common.enums import BarInterval
+from common.orders import Order
+from tools.backtest.cli import _listings
 from tools.backtest.data import Series, load_codes
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
 from tools.backtest.history import load_history
 from tools.rehearse.audit import (
     Audit,
     ParityRow,
+    Reason,
+    Scope,
     _orders,
     audit_run,
+    backtest_filled,
     compare,
-    gateway_orders,
-    live_decisions,
-    own_decisions,
+    live_fees,
+    live_filled,
+    parity_failures,
     parity_reason,
+    placed,
     restricted_since,
 )
 from tools.rehearse.desk import DayStops, Desk, RehearsalError
@@ -74,6 +80,14 @@ def _daily_agents(cards: list[AgentCard], traded: set[str]) -> frozenset[str]:
     return frozenset(c.id for c in cards if BarInterval.D1 in c.subscriptions.bars and set(c.codes) & traded)
 
 
+def load_series(data: Path, codes: list[str]) -> dict[str, Series]:
+    """The cards' daily bars, each code with its market and kind from the twin's master list as
+    `ktrader backtest` reads them (an ETF: the ETF tick grid, no sell tax), so that the parity backtest
+    trades each code as the twin and the gateway do."""
+    listings, _ = _listings(None, codes)  # a code the list lacks: assumed a KOSPI stock, as the twin does
+    return load_codes(data, codes, listings=listings)
+
+
 def rehearse(
     card_paths: list[Path],
     data: Path,
@@ -86,7 +100,7 @@ def rehearse(
     t0 = time.monotonic()
     cards = [(p, load_card(p)) for p in card_paths]
     codes = sorted({c for _, card in cards for c in card.codes})
-    series = load_codes(data, codes)
+    series = load_series(data, codes)
     days = pick_days(series, n_days, start)
     if len(days) < n_days:
         raise RehearsalError(
@@ -142,12 +156,7 @@ def rehearse(
         desk.stop()
     audit = audit_run(desk.run, days, twin_orders, holdings, desk.restarts, day_fills)
     audit.parity = parity(cards, series, days, desk.run)
-    for row in audit.parity:
-        if not row.equal and not row.reason:
-            audit.failures.append(
-                f"{row.agent}: {len(row.only_live)} live and {len(row.only_backtest)} backtest "
-                f"decisions differ, unexplained"
-            )
+    audit.failures += parity_failures(audit.parity)
     if not keep:
         shutil.rmtree(wd, ignore_errors=True)
     return Summary(
@@ -159,40 +168,45 @@ def rehearse(
     )
 
 
-def parity(cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path) -> list:
-    orders = _orders(run)
+def card_reasons(card: AgentCard, orders: list[Order]) -> list[Reason]:
+    """Every reason the card's live run may differ from its backtest, each from when it applies."""
+    reasons = [r] if (r := parity_reason(card)) is not None else []
+    if since := restricted_since(orders, card.id):
+        reasons.append(
+            Reason(
+                f"a trading state restricted it from {since} (reducing or halted by a limit or the "
+                "operator): live it lasts until `ktrader control resume`, a backtest's daily loss limit ends "
+                "with the day",
+                Scope.SINCE,
+                since,
+            )
+        )
+    return reasons
+
+
+def parity(
+    cards: list[tuple[Path, AgentCard]], series: dict[str, Series], days: list[dt.date], run: Path
+) -> list[ParityRow]:
+    orders = [o for _, o in _orders(run)]
+    filled = live_filled(live_fees(run, [c.id for _, c in cards]))
     # what the agents read during the rehearsal (quotes with company data, investor flows), as the
     # gateway recorded it: the backtest of the same cards reads the same
     recorded = run / "data" / "queries.sqlite"
     history = load_history(run) if recorded.exists() else None
     rows = []
     for _, card in cards:
-        live = live_decisions(orders, card.id)
+        live, live_exits = placed((o for o in orders if o.agent == card.id), filled)
+        reasons = card_reasons(card, orders)
         mine = {c: series[c] for c in card.codes}
         try:
             result = run_backtest(card, mine, BacktestConfig(date_from=days[0], date_to=days[-1], history=history))
         except BacktestError as e:  # e.g. a strategy that needs company data or flows the data set lacks
             rows.append(
-                ParityRow(
-                    agent=card.id,
-                    live=len(live),
-                    backtest=0,
-                    equal=False,
-                    only_live=live[:20],
-                    reason=f"no backtest on this data: {e}",
-                )
+                compare(card.id, live, [], [Reason(f"no backtest on this data: {e}"), *reasons], (live_exits, []))
             )
             continue
-        backtest = own_decisions(result.orders)
-        exits = (gateway_orders(o for _, o in orders if o.agent == card.id), gateway_orders(result.orders))
-        reason = parity_reason(card)
-        if not reason and (since := restricted_since((o for _, o in orders), card.id)):
-            reason = (
-                f"a trading state restricted it from {since} (reducing or halted by a limit or the "
-                "operator): live it lasts until `ktrader control resume`, a backtest's daily loss limit ends "
-                "with the day"
-            )
-        rows.append(compare(card.id, live, backtest, reason, exits))
+        backtest, backtest_exits = placed(result.orders, backtest_filled(result.fills))
+        rows.append(compare(card.id, live, backtest, reasons, (live_exits, backtest_exits)))
     return rows
 
 
