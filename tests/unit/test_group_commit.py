@@ -12,6 +12,8 @@ same database file, which sees only committed transactions."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import apsw
@@ -311,6 +313,7 @@ async def test_a_quiet_gateway_keeps_checkpointing_after_a_busy_spell(tmp_path: 
     from server import group_commit
 
     monkeypatch.setattr(group_commit, "CHECKPOINT_PAGES", 50)
+    monkeypatch.setattr(group_commit, "SLOW_SYNC_S", 0.0)  # a slow disk: a busy spell's fsyncs go to the thread
     path = tmp_path / "x.sqlite"
     s = Store(path)
     assert s.gc is not None
@@ -331,6 +334,44 @@ async def test_a_quiet_gateway_keeps_checkpointing_after_a_busy_spell(tmp_path: 
     s.close()
     disk = on_disk(path)
     assert disk.get_meta("quiet599") == "x" * 2000 and disk.get_meta("busy19.9") == "x" * 500
+    disk.close()
+
+
+async def _busy_spell(s: Store) -> None:
+    for turn in range(30):  # many writes a turn, turn after turn (the open)
+        for k in range(10):
+            with s.write():
+                s.set_meta(f"busy{turn}.{k}", "x" * 500)
+        await asyncio.sleep(0)
+    await s.durable()
+
+
+async def test_a_fast_disk_fsyncs_inline_and_a_slow_one_beside_the_loop(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On a fast disk a busy gateway's fsyncs run on the loop (the thread's hand-offs cost more than the
+    fsync: fewer orders a second, measured by `ktrader bench orders`); on a slow one (an fsync of ms, as
+    network storage) they run in the thread, so the loop goes on while the disk works."""
+    from server import group_commit
+
+    fast = Store(tmp_path / "fast.sqlite")
+    assert fast.gc is not None
+    await _busy_spell(fast)
+    assert fast.gc._pool is None and fast.gc.sync_cost_s < group_commit.SLOW_SYNC_S
+    fast.close()
+
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.005)  # (a slow disk: the fsync itself, in whichever thread runs it)
+        real(fd)
+
+    monkeypatch.setattr(group_commit.os, "fdatasync", slow_fdatasync)
+    slow = Store(tmp_path / "slow.sqlite")
+    assert slow.gc is not None
+    await _busy_spell(slow)
+    assert slow.gc._pool is not None and slow.gc.sync_cost_s >= group_commit.SLOW_SYNC_S
+    slow.close()
+    disk = on_disk(tmp_path / "slow.sqlite")
+    assert disk.get_meta("busy29.9") == "x" * 500
     disk.close()
 
 
@@ -389,12 +430,17 @@ class KisSlots(FakeBroker):
 
 @pytest.mark.parametrize(("broker_cls", "most_commits"), [(FakeBroker, 3), (KisSlots, 11)])
 async def test_a_venue_in_the_process_sends_a_turns_orders_after_one_commit(
-    tmp_path: Path, broker_cls: type[FakeBroker], most_commits: int
+    tmp_path: Path, broker_cls: type[FakeBroker], most_commits: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A venue that answers at once (the shadow market, an in-process broker) takes more calls at once
     than KIS's four slots (kis.port.BrokerPort.max_in_flight): every order of a turn gets a slot, so
     its send mark joins its intent's commit, and twenty orders take one commit to go out and one for
-    their acknowledgements (and their notices'), where four slots take one per four orders each way."""
+    their acknowledgements (and their notices'), where four slots take one per four orders each way.
+    (On a slow disk, whose fsyncs run in the thread while the turns go on: on a fast one each fsync runs
+    inline and a turn's writes commit by themselves, a few more commits of ~0.3 ms each.)"""
+    from server import group_commit
+
+    monkeypatch.setattr(group_commit, "SLOW_SYNC_S", 0.0)
     c = Core(tmp_path / "gw.sqlite", broker_cls(ref_price=70_000))
     await c.start()
     await c.store.durable()
