@@ -48,7 +48,9 @@ class BrokerRejected(BrokerError):
 
 
 class BrokerUnknownOutcome(BrokerError):
-    pass
+    def __init__(self, message: str, *, code: str = "", http_status: int | None = None) -> None:
+        super().__init__(message, code=code, http_status=http_status)
+        self.not_sent = False  # it may have been placed, whatever code it carries: never resent
 
 
 class BrokerTemporary(BrokerError):

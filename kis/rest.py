@@ -32,8 +32,10 @@ What a reply means comes from one table, `kis.codes` (API.md §3.2, §6, §8). M
   only within `write_deadline_s` of the call, the waits for a token (KIS's one issuance a minute, an
   early refresh) and for a rate slot and each connect included; past it BrokerTemporary (not placed:
   sent later it would not be its decision; only waits before anything left count), marked
-  `not_sent` (as is a token refusal whose refresh came late): the send queue never counts it toward
-  the kill switch. A cancel keeps its retries and waits (a late cancel helps).
+  `not_sent` (as is a token refusal whose refresh came late) unless its last attempt could not reach
+  the host: the send queue never counts a not_sent order toward the kill switch (our own pacing, KIS's
+  token minute), while an unreachable host still counts (the broker's health, and the kill switch's
+  alert tells a person). A cancel keeps its retries and waits (a late cancel helps).
 - rt_cd 7 on an inquiry is "no data" (an empty answer) only with no msg_cd or a no-data code
   (KIOK0560); with any other code (API.md §4.2: a refusal) it is classified as rt_cd 1 would be.
 Replies are decoded leniently (kis.lenient): null/numeric fields are repaired and logged.
@@ -161,11 +163,10 @@ def _too_late(last: BrokerError, elapsed: float, deadline: float) -> BrokerTempo
     not sent again (sent late it would not be the decision that made it). A temporary error of the
     kind of its last failure: the send queue books it as not placed."""
     why = f"not sent again {elapsed:.1f}s after it was asked for (deadline {deadline:.1f}s)"
-    err: BrokerTemporary
     if isinstance(last, BrokerUnreachable):
-        err = BrokerUnreachable(f"KIS REST, order {why}", last.problem)
-        err.not_sent = True
-        return err
+        # not placed, but not marked not_sent: a host that cannot be reached is the broker's health, counted
+        # toward the kill switch as before (its alert is what tells a person the REST host is down)
+        return BrokerUnreachable(f"KIS REST, order {why}", last.problem)
     cls = BrokerRateLimited if isinstance(last, BrokerRateLimited) else BrokerTemporary
     return cls(f"{last.message}; order {why}", code=last.code, http_status=last.http_status, not_sent=True)
 

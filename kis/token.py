@@ -49,7 +49,8 @@ class _CacheFile(msgspec.Struct, kw_only=True):
 IssueFn = Callable[[], Awaitable[IssuedToken]]
 
 # A token with more than this left is used while its early refresh runs beside the calls; closer to
-# its expiry the calls wait for the new one (a call in flight must not outlive its token).
+# its expiry a call waits for the refresh (at most one attempt a minute: after a failed one, the token
+# in hand serves until it expires, as a refresh KIS cannot answer gives nothing better).
 MIN_LEFT_S = 60.0
 
 
@@ -126,6 +127,7 @@ class TokenManager:
             cache = self._read()
             if cache.access_token and cache.expires_at > now:
                 tok = self._token = IssuedToken(access_token=cache.access_token, expires_at=cache.expires_at)
+                redact.register(tok.access_token, "token")  # (never shown in a log line or an error)
         if self._fresh(tok, now):
             return tok.access_token  # type: ignore[union-attr]
         if tok is not None and tok.expires_at - now > MIN_LEFT_S:

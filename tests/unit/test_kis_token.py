@@ -80,6 +80,26 @@ async def test_cache_shared_between_instances_and_0600(tmp_path: Path) -> None:
 
 
 @aio
+async def test_a_token_read_from_the_shared_cache_is_hidden_in_logs(tmp_path: Path) -> None:
+    """A restarted process takes the token another left on disk: it is never shown in a log line."""
+    from common import redact
+
+    w = World()
+
+    async def secret_issue() -> IssuedToken:
+        return IssuedToken(access_token="eyJSECRET-cached-1", expires_at=w.now + w.lifetime)
+
+    first = TokenManager(
+        issue=secret_issue, run_dir=tmp_path, env_name="paper", key_fingerprint="f1ngerpr1nt", clock=w.clock
+    )
+    await first.get()
+    redact._secrets.pop("eyJSECRET-cached-1", None)  # (a new process: nothing registered yet)
+    again = w.manager(tmp_path)
+    token = await again.get()
+    assert token == "eyJSECRET-cached-1" and token not in redact.redact(f"Authorization: Bearer {token}")
+
+
+@aio
 async def test_reuse_until_refresh_margin(tmp_path: Path) -> None:
     w = World()
     m = w.manager(tmp_path)
@@ -91,7 +111,7 @@ async def test_reuse_until_refresh_margin(tmp_path: Path) -> None:
     await _settle(m)
     assert await m.get() == "tok2"
     assert len(w.issued) == 2
-    w.now += w.lifetime - 30  # 30 s left (the refresh had failed all along): the call waits for the new one
+    w.now += w.lifetime - 30  # tok2 has 30 s left (no refresh ran meanwhile): the call waits for the new one
     w.now += 60  # (KIS's minute since the last issuance has passed)
     assert await m.get() == "tok3"
 

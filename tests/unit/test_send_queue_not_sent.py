@@ -24,7 +24,15 @@ from common.ids import GATEWAY_ORDER_BASE
 from common.orders import OrderState
 from common.schema import NewOrder
 from kis.netdiag import BrokerUnreachable, NetFault, NetProblem
-from kis.port import NOT_SENT, BrokerAck, BrokerError, BrokerOrder, BrokerRateLimited, BrokerTemporary
+from kis.port import (
+    NOT_SENT,
+    BrokerAck,
+    BrokerError,
+    BrokerOrder,
+    BrokerRateLimited,
+    BrokerTemporary,
+    BrokerUnknownOutcome,
+)
 from kis.rest import _too_late
 from server import send_queue
 from server.send_queue import Priority
@@ -40,10 +48,7 @@ TEXT = "order not sent: waited 5.0s for a KIS access token (deadline 5.0s); deci
 def _not_sent_forms() -> dict[str, Callable[[], BrokerError]]:
     """Every way kis.rest says "not placed, and not sent late": the token or a rate slot came past
     the order's deadline; KIS refused the token and its refresh came late; a retry after a rate
-    refusal or a failed connect would have gone past the deadline."""
-    unreachable = BrokerUnreachable(
-        "KIS REST", NetProblem(fault=NetFault.TIMEOUT, target="kis:9443", reason="x", sent=False)
-    )
+    refusal would have gone past the deadline."""
     return {
         "token_wait": lambda: BrokerTemporary(TEXT, code=NOT_SENT),
         "late_refresh": lambda: BrokerTemporary(
@@ -52,7 +57,6 @@ def _not_sent_forms() -> dict[str, Callable[[], BrokerError]]:
             not_sent=True,
         ),
         "rate_retry": lambda: _too_late(BrokerRateLimited("초당 거래건수를 초과", code="EGW00201"), 5.2, 5.0),
-        "connect_retry": lambda: _too_late(unreachable, 5.2, 5.0),
     }
 
 
@@ -117,6 +121,30 @@ async def test_an_agents_order_not_sent_is_refused_not_sent_and_never_trips_the_
         d.core.risk.sweep([c])
         assert d.core.risk.global_state is TradingState.ACTIVE  # no KILL_SWITCH
         assert broker.submits == 0  # nothing reached the broker
+
+
+async def test_an_order_whose_host_never_answered_still_counts_toward_the_kill_switch(tmp_path: Path) -> None:
+    """Not placed either (its connects failed until its deadline), but a REST host that cannot be reached is
+    the broker's health, not our pacing: it counts as before, and the kill switch's alert tells a person."""
+    unreachable = BrokerUnreachable(
+        "KIS REST", NetProblem(fault=NetFault.TIMEOUT, target="kis:9443", reason="x", sent=False)
+    )
+    broker = TokenLate(fail=1)
+    broker.error = lambda: _too_late(unreachable, 5.2, 5.0)
+    async with Desk(tmp_path, broker=broker) as d:
+        c = card(max_open_orders=50)
+        ids = [order("alpha", n, qty=1).client_order_id for n in range(1, 13)]
+        for n in range(1, 13):
+            assert d.submit(c, order("alpha", n, qty=1)) is None
+        await until(lambda: all(d.core.book.orders[x].is_terminal for x in ids))
+        assert d.core.risk.recent_broker_errors() >= 10
+        d.core.risk.sweep([c])
+        assert d.core.risk.global_state is TradingState.HALTED
+
+
+def test_an_unknown_outcome_is_never_not_sent_whatever_its_code() -> None:
+    # (a wrapper that copied a not-sent error's code into an unknown outcome must not make it resendable)
+    assert not BrokerUnknownOutcome("maybe placed", code=NOT_SENT).not_sent
 
 
 @pytest.mark.parametrize("form", NOT_SENT_FORMS)
