@@ -160,3 +160,13 @@ def test_the_parity_backtest_trades_an_etf_as_an_etf(tmp_path: Path) -> None:
     )
     series = load_series(tmp_path, ["069500"])
     assert series["069500"].kind is SecurityKind.ETF
+
+
+def test_the_parity_backtest_trades_each_day_at_the_prices_the_twin_prints(tmp_path: Path) -> None:
+    """Split-adjusted history lies off the tick grid (an open of 41,149 where KRX ticks 50); the twin prints
+    it on the grid, so the parity backtest must trade the same prices, or a fill's value differs."""
+    (tmp_path / "017670.csv").write_text(
+        "Date,Open,High,Low,Close,Volume,Change\n2020-01-02,41149,41623,40675,41433,1000000,0\n"
+    )
+    bar = load_series(tmp_path, ["017670"])["017670"].bars[0]
+    assert (bar.open, bar.high, bar.low, bar.close) == (41_150, 41_600, 40_700, 41_450)

@@ -13,6 +13,7 @@ the KRX calendar: the year's first session opens at 10:00, the CSAT day runs 10:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import tempfile
@@ -26,6 +27,9 @@ from common.calendar import trading_days
 from common.config import AgentCard, load_card
 from common.enums import BarInterval
 from common.orders import Order
+from kis.sim.history import DailyBar
+from kis.sim.history_market import on_day_grid
+from kis.sim.history_plan import tradable
 from tools.backtest.cli import _listings
 from tools.backtest.data import Series, load_codes
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
@@ -82,10 +86,23 @@ def _daily_agents(cards: list[AgentCard], traded: set[str]) -> frozenset[str]:
 
 def load_series(data: Path, codes: list[str]) -> dict[str, Series]:
     """The cards' daily bars, each code with its market and kind from the twin's master list as
-    `ktrader backtest` reads them (an ETF: the ETF tick grid, no sell tax), so that the parity backtest
-    trades each code as the twin and the gateway do."""
+    `ktrader backtest` reads them (an ETF: the ETF tick grid, no sell tax), and each day as the twin
+    prints it (on its tick grid: split-adjusted history lies off it, e.g. 017670's 2020 open 41,149 is
+    printed 41,150), so that the parity backtest trades each code at the prices the gateway saw."""
     listings, _ = _listings(None, codes)  # a code the list lacks: assumed a KOSPI stock, as the twin does
-    return load_codes(data, codes, listings=listings)
+    return {c: _as_printed(s) for c, s in load_codes(data, codes, listings=listings).items()}
+
+
+def _as_printed(s: Series) -> Series:
+    bars = []
+    for b in s.bars:
+        row = DailyBar(dt.date.fromisoformat(b.start[:10]), b.open, b.high, b.low, b.close, b.volume)
+        if tradable(row):
+            g = on_day_grid(row, s.kind, s.market)
+            if (g.open, g.high, g.low, g.close) != (b.open, b.high, b.low, b.close):
+                b = msgspec.structs.replace(b, open=g.open, high=g.high, low=g.low, close=g.close)
+        bars.append(b)
+    return dataclasses.replace(s, bars=bars)
 
 
 def rehearse(
