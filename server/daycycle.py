@@ -6,7 +6,10 @@
   reduce risk for the rest of the day. `schedule.end` is a time of a normal day: on a day whose
   session closes late (the CSAT day closes at 16:30) it moves by as much, so the policy still runs
   the same time before the close. A card whose end passed while no gateway ran (restarted after the
-  close) is reported as `missed`: the caller alerts it and does what can still be done.
+  close), or while its agent was not registered, is reported as `missed` once the session is over (the
+  approved cards of agents not registered that hold positions or orders too, at the close: one
+  registering after midnight would find the day's policy forgotten): the caller alerts it and does
+  what can still be done.
 - After the close the day is closed once: the broker's final view is reconciled, orders still
   open are expired (KRX day orders do not survive the close) and the daily report is written. On a
   clock with a meaningful time of day this waits CLOSE_SETTLE past the regular close: KRX ends the
@@ -86,7 +89,17 @@ class DayCycle:
         self.closed = self.store.get_meta(f"closed:{day}") == "1"
         return True
 
-    def due(self, now: dt.datetime, phase: Phase, timed: bool, cards: list[AgentCard]) -> DueActions:
+    def due(
+        self,
+        now: dt.datetime,
+        phase: Phase,
+        timed: bool,
+        cards: list[AgentCard],
+        absent: Callable[[], list[AgentCard]] = list,
+    ) -> DueActions:
+        """`cards`: the registered agents'. `absent`: the approved cards of agents not registered whose policy
+        has something to do (asked only once the session is over: their policy runs only as missed, the card
+        promised it whether the agent runs or not)."""
         out = DueActions()
         if phase is Phase.CLOSED:
             return out
@@ -96,8 +109,9 @@ class DayCycle:
         if rank > RANK[Phase.CLOSING_AUCTION]:
             # too late for the policy itself (the close expires the day orders): a card whose policy never
             # ran today was not seen at its end (no gateway then), which a person must hear of, and a
-            # flatten's sells still go out at the next session
-            out.missed = [card for card in cards if card.id not in self.cleaned]
+            # flatten's sells still go out at the next session. An agent not registered is seen to now too:
+            # registering after midnight, its day's missed policy would be nobody's business any more
+            out.missed = [card for card in (*cards, *absent()) if card.id not in self.cleaned]
             return out
         # the card's end is a time of a normal day: a session that closes late moves it as much (CSAT day)
         shift = close_delay(now.date()) if timed else dt.timedelta()

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from common.clock import kst_from_ns, yyyymmdd
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
@@ -61,6 +63,9 @@ from server.order_desk import GATEWAY_NUMBERS, OrderDesk
 from server.risk import RiskGate
 from server.send_queue import Priority
 
+if TYPE_CHECKING:
+    from server.store import Store
+
 log = logging.getLogger("ktrader.protection")
 
 MAX_ACTIVE = 100  # active protections per agent
@@ -75,6 +80,24 @@ Alert = Callable[..., None]
 
 def _n(coid: str) -> int:
     return int(coid.rsplit("-", 1)[1])
+
+
+def _by_agent(protections: Iterable[Protection]) -> list[Protection]:
+    return sorted(protections, key=lambda p: (p.agent, p.created_ns, p.id))
+
+
+def of_day(store: Store, day: str) -> list[Protection]:
+    """`day`'s protective orders as its daily report lists them (ProtectionDesk.of on the day itself), read from
+    the store for a day the desk has rolled past (a close that ran past midnight, or one closed late at a later
+    start: the desk keeps only today's ended ones): those last changed on `day` (met, ended) and those active
+    now that existed by its end. The store keeps each one's last version: one active that day that ended since
+    is left out (its state now is not the day's)."""
+    # (the store's read: every active one, and those last written on `day`)
+    return _by_agent(p for p in store.load_protections(day) if not p.is_active or _created_by(p, day))
+
+
+def _created_by(p: Protection, day: str) -> bool:
+    return not p.created_ns or yyyymmdd(kst_from_ns(p.created_ns).date()) <= day
 
 
 class ProtectionDesk:
@@ -120,9 +143,9 @@ class ProtectionDesk:
         return {c for c, ids in self.by_code.items() if ids}
 
     def of(self, agent: str = "") -> list[Protection]:
-        """Active protections and those that ended today (all agents', or one agent's)."""
+        """Active protections and those that ended today (all agents', or one agent's); an earlier day's: of_day."""
         out = [*self.active.values(), *self.ended.values()]
-        return sorted((p for p in out if not agent or p.agent == agent), key=lambda p: (p.agent, p.created_ns, p.id))
+        return _by_agent(p for p in out if not agent or p.agent == agent)
 
     def numbers_today(self, agent: str) -> list[int]:
         """The n of the agent's own protection ids of today (its order numbering continues after them)."""

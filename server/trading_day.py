@@ -13,7 +13,9 @@
   report. A close that fails is tried again with back-off (never every tick: each try is a reconciliation
   pass); a trading day the gateway ran but never closed (down over its close, or failing until midnight)
   is closed late at the next start or day: its missed policies are worked out too, and the held orders of
-  agents with an order of that day still open wait for it.
+  agents with an order of that day still open wait for it. A missed policy is worked out for the operator's
+  approved cards of agents not registered too (shares or orders at the close): registering after midnight
+  (Saturday, Monday morning) an agent would find its day's policy forgotten, its shares carried untold.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from common.orders import AWAITING_ACK, CANCELLABLE, OrderState
 from common.protection import Protection
 from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
-from server import cash_check, daily_report
+from server import cash_check, daily_report, protection
 from server.cash_check import CashCheck
 from server.daycycle import RANK, DayCycle, policy_time
 from server.order_book import OrderBook
@@ -371,7 +373,7 @@ class TradingDay:
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
-        due = self.cycle.due(now, phase, self.clock.timed, self.cards())
+        due = self.cycle.due(now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned))
         for card in due.missed:
             self.missed_end_of_day(card)
         if self._missed_flatten:
@@ -466,13 +468,38 @@ class TradingDay:
         if phase is not Phase.CLOSED and RANK[phase] > RANK[Phase.CLOSING_AUCTION]:
             return  # today's own missed policy covers an agent seen from now on (sells at the next session)
         done, today = self.cycle.cleaned_on(late), self.cycle.cleaned
-        todo = [card for card in self.cards() if card.id not in done and card.id not in today]
+        seen = [*self.cards(), *self._absent_cards(done | today)]
+        todo = [card for card in seen if card.id not in done and card.id not in today]
         if not todo:
             return
         waiting = self._open_of(late)
         for card in todo:
             if card.id not in waiting:
                 self.missed_end_of_day(card, late)
+
+    def _absent_cards(self, done: set[str]) -> list[AgentCard]:
+        """The operator's approved cards of agents not registered, not in `done`, whose end-of-day policy has
+        something to do: shares held, or a held next-session order (its day orders end at the close, as shares if
+        they filled; the held set is small: this is asked at every tick while a late day's policies are seen to).
+        The card promised its policy whether the agent runs or not: worked out as missed at the close (DayCycle.due,
+        _late_missed), it reaches a person and sells at the next open however late the agent registers again
+        (after midnight the day is nobody's)."""
+        registered = {card.id for card in self.cards()}
+        self._approved.refresh()
+        cards: list[AgentCard] = []
+        for agent in sorted(self._approved.cards):
+            if agent in registered or agent in done:
+                continue
+            approval = self._approved.get(agent)  # (None: approved for another account)
+            if approval is not None and approval.card.schedule.end_of_day is not EndOfDay.HOLD:
+                cards.append(approval.card)
+        if not cards:
+            return []
+        positions = self.book.portfolio.positions
+        busy = {c.id for c in cards if any(p.qty > 0 for p in positions.get(c.id, {}).values())}
+        if len(busy) < len(cards):
+            busy.update(o.agent for o in self.book.held.values())
+        return [card for card in cards if card.id in busy]
 
     def _start_close(self, day: str) -> None:
         """Close `day` now unless a close is in flight or its last failure's back-off has not passed."""
@@ -719,7 +746,8 @@ class TradingDay:
                 self.book.portfolio,
                 self.alerts_of_day(day),
                 self.performance(),
-                self.protections(),
+                # (the desk's view is today's: an earlier day's, closed late, is read from the store)
+                self.protections() if day == self.book.day() else protection.of_day(self.book.store, day),
                 day_span=span,
             )
             report.cash = await self._cash_check(day, stored, close)

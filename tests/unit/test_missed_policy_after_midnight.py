@@ -1,0 +1,141 @@
+"""An end-of-day policy missed while the agent was not registered is not lost at midnight: the operator's
+approved card promised it, so a flatten's positions are sold at the next session's open and a person is told,
+whenever (or whether) the agent registers again. The host rebooted Friday 15:00 (gateway and agent down over
+the card's 15:20 end and the close); the operator starts the gateway at 19:00, the agent comes back later."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from common import approvals
+from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.enums import AlertKind, OrderType, Side, TimeInForce
+from common.orders import OrderState
+from common.schema import NewOrder
+from tests.fakes.trading_day_rig import Rig
+
+FRIDAY, SATURDAY, MONDAY = dt.date(2026, 12, 4), dt.date(2026, 12, 5), dt.date(2026, 12, 7)
+CODE = "005930"
+
+
+def card(agent: str, policy: EndOfDay = EndOfDay.FLATTEN) -> AgentCard:
+    return AgentCard(
+        id=agent,
+        name=agent,
+        strategy="x:Y",
+        codes=[CODE],
+        budget=10_000_000,
+        risk=RiskLimits(max_order_value=5_000_000),
+        schedule=Schedule(end="15:20", end_of_day=policy),
+    )
+
+
+FLAT, IDLE = card("flat"), card("idle")  # IDLE: approved too, but holds nothing and has no order
+
+
+def at(day: dt.date, hhmm: str) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
+
+
+async def step(rig: Rig, when: dt.datetime) -> None:
+    rig.at(when)
+    rig.day.tick()
+    await rig.run_spawned()
+    rig.day.tick()
+    await rig.run_spawned()
+
+
+async def friday_bought_then_down(tmp_path: Path, cards: list[AgentCard], back: dt.datetime) -> Rig:
+    """FLAT holds 30 shares bought Friday morning; gateway and agent are down from 15:00 to `back`, where the
+    gateway starts again with no agent registered (the registry is empty after a start)."""
+    db = tmp_path / "db" / "g.sqlite"
+    approvals.approve(db.parent, [FLAT, IDLE], by="test")  # the operator's approved cards (TradingDay.run_dir)
+    cards.append(FLAT)
+    rig = Rig(db, at(FRIDAY, "10:00"), cards)
+    await rig.start()
+    rig.day.tick()
+    new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
+    assert rig.h.desk.submit(FLAT, new).accepted  # marketable: fills
+    await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+    for c in rig.spawned:
+        c.close()
+    rig.spawned.clear()
+    cards.clear()  # the host reboots at 15:00
+    rig.at(back)
+    rig.day = rig.new_day()  # the operator starts the gateway again
+    return rig
+
+
+def monday_sells(rig: Rig) -> list[tuple[Side, OrderType, TimeInForce, str, int]]:
+    return [(o.side, o.order_type, o.tif, o.valid_day, o.qty) for o in rig.h.book.held.values() if o.agent == "flat"]
+
+
+@pytest.mark.parametrize("registers", [at(SATURDAY, "00:30"), at(MONDAY, "08:00")])
+async def test_an_agent_registering_after_midnight_finds_its_missed_flatten_told_and_its_sells_queued(
+    tmp_path: Path, registers: dt.datetime
+) -> None:
+    cards: list[AgentCard] = []
+    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "19:00"))
+    try:
+        await step(rig, at(FRIDAY, "19:00"))
+        assert rig.h.store.get_meta("closed:20261204") == "1"  # Friday closed on time, no agent registered
+        for when in (at(FRIDAY, "23:59"), at(SATURDAY, "00:30"), at(MONDAY, "00:01"), at(MONDAY, "08:00")):
+            if when == registers:
+                cards.append(FLAT)
+            await step(rig, when)
+            if when == registers:
+                break
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "flat" in text and "did not run" in text and "30 005930" in text, text
+        assert "sold at market at the next session's open" in text
+        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
+        assert rig.h.store.get_meta("eod:20261204") == '["flat"]'  # IDLE had nothing to do: not worked out
+        assert "flat" not in rig.day.cycle.cleaned  # today's policy is its own (Monday is not reduce-only)
+        await step(rig, at(MONDAY, "08:26"))  # before the opening call: nothing more to tell, nothing sold twice
+        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+        assert sum(s[-1] for s in monday_sells(rig)) == 30
+    finally:
+        await rig.close()
+
+
+async def test_a_late_close_works_out_the_missed_flatten_of_an_agent_not_registered(tmp_path: Path) -> None:
+    """Down from Friday 15:00 to Monday 07:00: the late close of Friday works the missed flatten out for the
+    approved agent before it registers (it may register after the open, or not at all)."""
+    cards: list[AgentCard] = []
+    rig = await friday_bought_then_down(tmp_path, cards, at(MONDAY, "07:00"))
+    try:
+        await step(rig, at(MONDAY, "07:00"))
+        assert rig.h.store.get_meta("closed:20261204") == "1"
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "flat" in text and "of 20261204" in text and "30 005930" in text, text
+        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
+        cards.append(FLAT)  # registers at 10:00, after the open: nothing missed is left to do
+        await step(rig, at(MONDAY, "10:00"))
+        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+    finally:
+        await rig.close()
+
+
+async def test_an_agent_down_over_the_close_while_the_gateway_runs_is_told_at_the_close(tmp_path: Path) -> None:
+    """The gateway runs all day; the agent is down from 15:00 and comes back Monday: its flatten is worked
+    out as missed once the session is over, not lost at midnight."""
+    cards: list[AgentCard] = []
+    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "15:00"))
+    try:
+        for when in (at(FRIDAY, "15:00"), at(FRIDAY, "15:25")):
+            await step(rig, when)
+        assert rig.alerted(AlertKind.GATEWAY_FAULT) == []  # (the policy of an agent not registered is not run)
+        await step(rig, at(FRIDAY, "15:31:30"))
+        assert rig.h.store.get_meta("closed:20261204") == "1"
+        for when in (at(FRIDAY, "19:00"), at(SATURDAY, "00:30")):
+            await step(rig, when)
+        cards.append(FLAT)  # back Monday morning
+        await step(rig, at(MONDAY, "08:00"))
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "flat" in text and "did not run" in text and "30 005930" in text, text
+        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
+    finally:
+        await rig.close()
