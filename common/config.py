@@ -277,7 +277,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # every code counts as a KOSPI stock). The twin (env sim) uses its own stock list.
     master_url: str = "https://new.real.download.dws.co.kr/common/master"
     universe_refresh_s: Interval = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
-    universe_fallback: list[StockCode] = []  # used while the volume-rank call fails
+    universe_fallback: list[StockCode] = []  # while volume-rank fails, or where none is offered (paper)
     costs: Costs = msgspec.field(default_factory=Costs)
     # an agent silent this long after its lease ran out is offline (listed as such while it holds
     # positions or orders; the gateway acts for it on the operator's request)

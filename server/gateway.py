@@ -268,6 +268,8 @@ class Gateway:
             self.book.notify,
             lambda codes: self._spawn(self.base_prices.ensure(codes)),
             held=lambda agent: held_codes(self.book, agent),  # a held code stays watched after it leaves the top
+            # a card's universe_top on a broker without the ranking (KIS paper): on screen and in status, once
+            alert=lambda text, agent: self.alerts(text, None, agent),
         )
         self.recorder: Recorder | None = None
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)

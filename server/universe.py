@@ -7,7 +7,11 @@ ranking stays (one failed call must not flip every agent's list and churn its su
 configured fallback list is used only when there never was a good ranking or the last one is older
 than `stale_s` (a trading day by default), so agents always get a list. Changes are pushed to
 `on_change`; a refresh that changes nothing calls `on_refresh` (the binder lets go of held-over codes
-once the agent is flat in them)."""
+once the agent is flat in them).
+
+A broker without the ranking at all (KIS paper, 모의투자: no 거래량순위; a replay) is no failure to retry: the
+universe serves the fallback list from the first refresh, says why once (INFO), and the binder tells a person
+once per agent whose card asks for `universe_top` (`unranked_alert`)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,30 @@ log = logging.getLogger("ktrader.universe")
 # how long the last good ranking stands in for a failing volume-rank call: the 09:00-15:30 session
 # with room to spare, shorter than overnight (yesterday's ranking is not today's)
 STALE_S = 12 * 3600.0
+
+
+def no_ranking_broker(broker: BrokerPort) -> str:
+    """Who lacks the ranking, in words a person knows: KIS paper by name, any other broker by its type."""
+    env = getattr(broker, "env", None)
+    if getattr(env, "paper", False):
+        return "KIS paper (모의투자)"
+    return f"this broker ({type(broker).__name__})"
+
+
+def unranked_alert(broker: BrokerPort, agent: str, n: int, own: list[str], fallback: list[str]) -> str:
+    """The alert for an agent whose card asks for the top `n` on a broker without the ranking: what it
+    trades instead and the gateway config key that chooses it (common/config.py GatewayConfig)."""
+    own_text = " ".join(own) or "none"
+    if fallback[:n]:
+        trades = f"its card's codes ({own_text}) and the gateway's universe_fallback list: {' '.join(fallback[:n])}"
+    else:
+        trades = f"only its card's codes ({own_text}): the gateway's universe_fallback list is empty"
+    return (
+        f"agent {agent} asks for the top {n} stocks by trading value (universe_top = {n}), but "
+        f"{no_ranking_broker(broker)} does not offer that ranking; it trades {trades}. To choose the stocks it "
+        'trades, set universe_fallback = ["005930", ...] at the top of the gateway config (a top-level key, before '
+        "any [section]) and restart the gateway"
+    )
 
 
 def market_kinds(subs: Subscriptions) -> list[MarketKind]:
@@ -77,7 +105,13 @@ class Universe:
         self._ranked: list[str] = []  # the last good ranking, whole (a later, larger `size` is served from it)
         self._ranked_at: float | None = None  # self.clock() when it arrived
         self._notify_pending = False  # on_change raised: tell the list again at the next refresh
+        self._unranked_logged = False  # a broker without the ranking: why the fallback is served, said once
         self._wanted = asyncio.Event()
+
+    @property
+    def ranks(self) -> bool:
+        """Whether the broker offers the ranking at all (KIS paper does not: that is no failure)."""
+        return Capability.VOLUME_RANK in self.broker.capabilities
 
     def want(self, n: int) -> None:
         """An agent asks for the top `n`; a larger n than before triggers a refresh."""
@@ -97,7 +131,20 @@ class Universe:
             self.names[code] = name
         return [code for code, _ in ranked]
 
-    async def refresh(self) -> list[str]:
+    def _unranked(self) -> tuple[list[str], str]:
+        """No ranking to ask for: the fallback list, at once and without counting a failure."""
+        if not self._unranked_logged:
+            self._unranked_logged = True
+            served = f"the fallback list: {' '.join(self.fallback)}" if self.fallback else "no codes: it is empty"
+            log.info(
+                "universe: %s offers no trading-value ranking; universe_fallback is served (%s)",
+                no_ranking_broker(self.broker),
+                served,
+            )
+        return self.fallback[: self.size], "fallback"
+
+    async def _ranking(self) -> tuple[list[str], str]:
+        """The broker's ranking; on a failure the last good one while fresh, else the fallback list."""
         try:
             ranked = await self.fetch()
             if not ranked:
@@ -117,6 +164,13 @@ class Universe:
                 why = "no ranking yet" if age is None else f"the last ranking is {age:.0f}s old"
                 log.warning("universe refresh failed (%s); %s, using the fallback list", e, why)
                 codes, source = self.fallback[: self.size], "fallback"
+        return codes, source
+
+    async def refresh(self) -> list[str]:
+        if self.ranks:
+            codes, source = await self._ranking()
+        else:
+            codes, source = self._unranked()
         self.refreshes += 1
         changed = codes != self.codes or source != self.source or self._notify_pending
         self.codes, self.source = codes, source
@@ -168,6 +222,7 @@ class UniverseBinder:
         notify: Callable[[str, EventBody], None],
         new_codes: Callable[[list[str]], None] | None = None,
         held: Callable[[str], set[str]] | None = None,
+        alert: Callable[[str, str], None] | None = None,
     ) -> None:
         self.new_codes = new_codes  # e.g. fetch base prices for the price-band check
         self.held = held  # agent -> the codes it holds or has open orders in (held_codes)
@@ -178,6 +233,8 @@ class UniverseBinder:
         self.notify = notify
         self.current: dict[str, list[str]] = {}  # agent -> the codes it is given: ranked, then held over
         self.ranked: dict[str, list[str]] = {}  # agent -> its ranked codes (its mandate from a new day)
+        self.alert = alert  # (text, agent): the gateway's alerts
+        self._told_unranked: set[str] = set()  # agents told their universe_top has no ranking (once a run)
         universe.on_change = self.on_change
         universe.on_refresh = self.reconsider
 
@@ -196,8 +253,19 @@ class UniverseBinder:
             return
         self.current.pop(rec.id, None)  # a new session: tell it again
         self.universe.want(n)
+        if not self.universe.ranks:
+            self._tell_unranked(rec.id, n, list(rec.card.codes))
         if self.universe.codes:
             self.apply(rec)
+
+    def _tell_unranked(self, agent: str, n: int, own: list[str]) -> None:
+        """The broker has no ranking: a person learns once per agent what it trades instead (a restart of the
+        agent is no news)."""
+        if self.alert is None or agent in self._told_unranked:
+            return
+        self._told_unranked.add(agent)
+        u = self.universe
+        self.alert(unranked_alert(u.broker, agent, n, own, u.fallback), agent)
 
     def on_change(self, codes: list[str]) -> None:
         from common.enums import AgentState
