@@ -7,9 +7,9 @@
   session closes late (the CSAT day closes at 16:30) it moves by as much, so the policy still runs
   the same time before the close. A card whose end passed while no gateway ran (restarted after the
   close), or while its agent was not registered, is reported as `missed` once the session is over (the
-  approved cards of agents not registered that hold positions or orders too, at the close: one
-  registering after midnight would find the day's policy forgotten): the caller alerts it and does
-  what can still be done.
+  approved cards of agents not registered that hold positions or orders too, at the close: the caller
+  tells a person of those, acting for nobody not running): the caller alerts it and does what can still
+  be done.
 - After the close the day is closed once: the broker's final view is reconciled, orders still
   open are expired (KRX day orders do not survive the close) and the daily report is written. On a
   clock with a meaningful time of day this waits CLOSE_SETTLE past the regular close: KRX ends the

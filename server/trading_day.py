@@ -13,9 +13,10 @@
   report. A close that fails is tried again with back-off (never every tick: each try is a reconciliation
   pass); a trading day the gateway ran but never closed (down over its close, or failing until midnight)
   is closed late at the next start or day: its missed policies are worked out too, and the held orders of
-  agents with an order of that day still open wait for it. A missed policy is worked out for the operator's
-  approved cards of agents not registered too (shares or orders at the close): registering after midnight
-  (Saturday, Monday morning) an agent would find its day's policy forgotten, its shares carried untold.
+  agents with an order of that day still open wait for it. An approved agent not registered over the close
+  whose policy had something to do (shares or held orders) is told to a person then, once, and nothing is
+  sold for it (it may have been stopped on purpose): registering after midnight (Saturday, Monday morning)
+  it found its day's policy forgotten, its shares carried untold.
 """
 
 from __future__ import annotations
@@ -478,20 +479,21 @@ class TradingDay:
                 self.missed_end_of_day(card, late)
 
     def _absent_cards(self, done: set[str]) -> list[AgentCard]:
-        """The operator's approved cards of agents not registered, not in `done`, whose end-of-day policy has
-        something to do: shares held, or a held next-session order (its day orders end at the close, as shares if
-        they filled; the held set is small: this is asked at every tick while a late day's policies are seen to).
-        The card promised its policy whether the agent runs or not: worked out as missed at the close (DayCycle.due,
-        _late_missed), it reaches a person and sells at the next open however late the agent registers again
-        (after midnight the day is nobody's)."""
+        """The operator's approved cards of agents not registered (not shadow), not in `done`, whose end-of-day
+        policy had something to do: shares held, or a held next-session order (its day orders end at the close, as
+        shares if they filled; the held set is small: this is asked at every tick while a late day's policies are
+        seen to). Seen to as missed at the close (DayCycle.due, _late_missed): a person is told once, nothing is
+        sold (`_tell_absent`), where an agent registering after midnight found its day's policy forgotten untold."""
         registered = {card.id for card in self.cards()}
+        shadow = self.book.portfolio.virtual  # (their books are not the account's: nothing held overnight)
         self._approved.refresh()
         cards: list[AgentCard] = []
-        for agent in sorted(self._approved.cards):
-            if agent in registered or agent in done:
+        for agent, approval in sorted(self._approved.cards.items()):
+            if agent in registered or agent in done or agent in shadow:
                 continue
-            approval = self._approved.get(agent)  # (None: approved for another account)
-            if approval is not None and approval.card.schedule.end_of_day is not EndOfDay.HOLD:
+            if not approvals.same_owner(approval.owner, self._approved.owner):
+                continue  # approved for another account
+            if approval.card.schedule.end_of_day is not EndOfDay.HOLD:
                 cards.append(approval.card)
         if not cards:
             return []
@@ -563,6 +565,9 @@ class TradingDay:
         tomorrow, as after its policy."""
         policy = card.schedule.end_of_day
         day = day or self.cycle.day
+        if card.id not in {c.id for c in self.cards()}:
+            self._tell_absent(card, day)
+            return
         cancels = self._missed_cancels(card, day) if policy is not EndOfDay.HOLD else 0
         held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
         flatten = policy is EndOfDay.FLATTEN and bool(held)
@@ -591,6 +596,26 @@ class TradingDay:
         )
         self.alert(text, AlertKind.GATEWAY_FAULT)  # a person must know what the card promised did not happen
         self.book.notify(card.id, Notice(level="warning", text=f"end of day missed: {'; '.join(what)}"))
+
+    def _tell_absent(self, card: AgentCard, day: str) -> None:
+        """An approved agent not running over `day`'s close whose policy had something to do: a person is told
+        (once: the mark), nothing is sold or cancelled for it -- it may have been stopped on purpose, and the
+        gateway acts for an agent that is not running only through its protective orders and the operator."""
+        policy = card.schedule.end_of_day
+        held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
+        waiting = sum(1 for o in self.book.held.values() if o.agent == card.id)
+        with self.book.store.transaction():
+            self.cycle.mark_cleaned_on(day, card.id)
+        what = [f"holds {', '.join(f'{q} {c}' for c, q in sorted(held.items()))}"] if held else []
+        if waiting:
+            what.append(f"has {waiting} next-session orders waiting")
+        of = "" if day == self.cycle.day else f" of {day}"
+        self.alert(
+            f"{card.id} was not running at its end of day{of} (schedule.end {card.schedule.end}): its policy "
+            f"'{policy.value}' did not run and it {' and '.join(what)} overnight; nothing was sold or cancelled for "
+            f"it. Start the agent, or flatten it from the console or with: ktrader control flatten --agent {card.id}",
+            AlertKind.AGENT_OFFLINE,
+        )
 
     def _missed_cancels(self, card: AgentCard, day: str) -> int:
         """A missed policy's cancels: the agent's working orders of `day` and its held orders placed

@@ -1,7 +1,9 @@
-"""An end-of-day policy missed while the agent was not registered is not lost at midnight: the operator's
-approved card promised it, so a flatten's positions are sold at the next session's open and a person is told,
-whenever (or whether) the agent registers again. The host rebooted Friday 15:00 (gateway and agent down over
-the card's 15:20 end and the close); the operator starts the gateway at 19:00, the agent comes back later."""
+"""An end-of-day policy missed while the agent was not registered is not lost untold at midnight: a person is
+told once, at the close (or the late close), whenever (or whether) the agent registers again; nothing is sold
+for an agent that is not running (it may have been stopped on purpose: the operator decides, its protective
+orders still work). The host rebooted Friday 15:00 (gateway and agent down over the card's 15:20 end and the
+close); the operator starts the gateway at 19:00, the agent comes back later. (It registered after midnight
+and found its day's flatten forgotten, its shares carried into Monday untold.)"""
 
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def monday_sells(rig: Rig) -> list[tuple[Side, OrderType, TimeInForce, str, int]
 
 
 @pytest.mark.parametrize("registers", [at(SATURDAY, "00:30"), at(MONDAY, "08:00")])
-async def test_an_agent_registering_after_midnight_finds_its_missed_flatten_told_and_its_sells_queued(
+async def test_an_agent_registering_after_midnight_had_its_missed_flatten_told_at_the_close(
     tmp_path: Path, registers: dt.datetime
 ) -> None:
     cards: list[AgentCard] = []
@@ -88,33 +90,32 @@ async def test_an_agent_registering_after_midnight_finds_its_missed_flatten_told
             await step(rig, when)
             if when == registers:
                 break
-        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        [text] = rig.alerted(AlertKind.AGENT_OFFLINE)
         assert "flat" in text and "did not run" in text and "30 005930" in text, text
-        assert "sold at market at the next session's open" in text
-        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
-        assert rig.h.store.get_meta("eod:20261204") == '["flat"]'  # IDLE had nothing to do: not worked out
+        assert "nothing was sold" in text and "ktrader control flatten --agent flat" in text
+        assert monday_sells(rig) == []  # not running: nothing sold for it
+        assert rig.h.store.get_meta("eod:20261204") == '["flat"]'  # IDLE had nothing to do: not told
         assert "flat" not in rig.day.cycle.cleaned  # today's policy is its own (Monday is not reduce-only)
-        await step(rig, at(MONDAY, "08:26"))  # before the opening call: nothing more to tell, nothing sold twice
-        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
-        assert sum(s[-1] for s in monday_sells(rig)) == 30
+        await step(rig, at(MONDAY, "08:26"))  # before the opening call: nothing more to tell
+        assert len(rig.alerted(AlertKind.AGENT_OFFLINE)) == 1 and rig.alerted(AlertKind.GATEWAY_FAULT) == []
     finally:
         await rig.close()
 
 
-async def test_a_late_close_works_out_the_missed_flatten_of_an_agent_not_registered(tmp_path: Path) -> None:
-    """Down from Friday 15:00 to Monday 07:00: the late close of Friday works the missed flatten out for the
-    approved agent before it registers (it may register after the open, or not at all)."""
+async def test_a_late_close_tells_the_missed_flatten_of_an_agent_not_registered(tmp_path: Path) -> None:
+    """Down from Friday 15:00 to Monday 07:00: the late close of Friday tells of the approved agent's missed
+    flatten before it registers (it may register after the open, or not at all)."""
     cards: list[AgentCard] = []
     rig = await friday_bought_then_down(tmp_path, cards, at(MONDAY, "07:00"))
     try:
         await step(rig, at(MONDAY, "07:00"))
         assert rig.h.store.get_meta("closed:20261204") == "1"
-        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        [text] = rig.alerted(AlertKind.AGENT_OFFLINE)
         assert "flat" in text and "of 20261204" in text and "30 005930" in text, text
-        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
-        cards.append(FLAT)  # registers at 10:00, after the open: nothing missed is left to do
+        assert monday_sells(rig) == []
+        cards.append(FLAT)  # registers at 10:00, after the open: nothing missed is left to tell
         await step(rig, at(MONDAY, "10:00"))
-        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+        assert len(rig.alerted(AlertKind.AGENT_OFFLINE)) == 1 and rig.alerted(AlertKind.GATEWAY_FAULT) == []
     finally:
         await rig.close()
 
@@ -134,8 +135,22 @@ async def test_an_agent_down_over_the_close_while_the_gateway_runs_is_told_at_th
             await step(rig, when)
         cards.append(FLAT)  # back Monday morning
         await step(rig, at(MONDAY, "08:00"))
-        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        [text] = rig.alerted(AlertKind.AGENT_OFFLINE)
         assert "flat" in text and "did not run" in text and "30 005930" in text, text
-        assert monday_sells(rig) == [(Side.SELL, OrderType.MARKET, TimeInForce.NEXT_SESSION, "20261207", 30)]
+        assert monday_sells(rig) == [] and rig.alerted(AlertKind.GATEWAY_FAULT) == []
+    finally:
+        await rig.close()
+
+
+async def test_a_shadow_agent_not_running_is_not_told_each_night(tmp_path: Path) -> None:
+    """A shadow agent's books are not the account's: nothing of it is held overnight at the broker, and an
+    absent one would be told every night (its virtual sells never fill with nobody subscribing its codes)."""
+    cards: list[AgentCard] = []
+    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "19:00"))
+    try:
+        rig.h.book.portfolio.virtual.add("flat")
+        for when in (at(FRIDAY, "19:00"), at(SATURDAY, "00:30"), at(MONDAY, "08:00")):
+            await step(rig, when)
+        assert rig.alerted(AlertKind.AGENT_OFFLINE) == [] and monday_sells(rig) == []
     finally:
         await rig.close()
