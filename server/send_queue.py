@@ -55,6 +55,7 @@ from common.orders import (
     ReplaceRefused,
     is_gateway_exit,
 )
+from kis.netdiag import BrokerUnreachable
 from kis.port import (
     BrokerAck,
     BrokerCancel,
@@ -78,6 +79,12 @@ def not_sent(e: BrokerError) -> bool:
     """The adapter gave up before the request left (its token, a rate slot or a retry came past the
     order's deadline): nothing reached the broker, and nothing is known of it."""
     return e.not_sent
+
+
+def unreachable(e: BrokerError) -> bool:
+    """Not placed either (its connects failed, nothing left this machine), but unlike `not_sent` the
+    broker's health: counted toward the kill switch; an order that must go is still sent again."""
+    return isinstance(e, BrokerUnreachable) and not e.problem.sent
 
 
 class Execution(Protocol):
@@ -396,8 +403,12 @@ class SendQueue:
             book.trace(
                 coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
             )
-            if not_sent(e) and (not job.decided_now or is_gateway_exit(o)):
-                # it must go however late (a held order released into its session, the gateway's exit)
+            unreached = unreachable(e)
+            if (not_sent(e) or unreached) and (not job.decided_now or is_gateway_exit(o)):
+                # it must go however late (a held order released into its session, the gateway's exit); a host
+                # that could not be reached is the broker's health too: counted, as a refused call is
+                if unreached:
+                    self.on_broker_error(book.now_ns(), o.agent, False)
                 book.trace(coid, "broker.resend", after_s=RESEND_AFTER_S, why=e.message)
                 self._resend[coid] = job
                 return

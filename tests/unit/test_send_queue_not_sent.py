@@ -172,8 +172,21 @@ async def test_a_released_next_session_order_is_sent_once_the_token_comes(
         assert d.core.risk.global_state is TradingState.ACTIVE
 
 
-async def test_a_protective_exit_is_sent_once_the_token_comes(tmp_path: Path, quick_resend: None) -> None:
+def _unreachable() -> BrokerError:
+    """A connect that failed until the order's deadline (kis.rest _too_late): not placed, not not_sent."""
+    problem = NetProblem(fault=NetFault.TIMEOUT, target="kis:9443", reason="x", sent=False)
+    return _too_late(BrokerUnreachable("KIS REST", problem), 5.2, 5.0)
+
+
+@pytest.mark.parametrize("host_down", [False, True])
+async def test_a_protective_exit_is_sent_once_the_token_comes(
+    tmp_path: Path, quick_resend: None, host_down: bool
+) -> None:
+    """Also when the REST host could not be reached (the stop was rejected and, after three, its protection
+    FAILED "sell by hand"): sent again until the host answers, each miss counted toward the kill switch."""
     broker = TokenLate()
+    if host_down:
+        broker.error = _unreachable
     async with Desk(tmp_path, broker=broker) as d:
         c = card()
         assert d.submit(c, order("alpha", 1, qty=10, price=70_000)) is None  # marketable: bought
@@ -188,7 +201,7 @@ async def test_a_protective_exit_is_sent_once_the_token_comes(tmp_path: Path, qu
         o = d.core.book.orders[exit_id]
         assert o.state is OrderState.FILLED, o  # sold: the position is protected
         assert len(broker.tries[exit_id]) == 3
-        assert d.core.risk.recent_broker_errors() == 0
+        assert d.core.risk.recent_broker_errors() == (2 if host_down else 0)
 
 
 async def test_a_released_order_is_tried_about_once_a_second_until_it_is_cancelled(tmp_path: Path) -> None:
