@@ -19,7 +19,7 @@ from pathlib import Path
 from common.config import AgentCard, BrokerEnv, GatewayConfig
 from common.costs import CostModel
 from common.curve import keys_dir
-from common.enums import SessionState, SystemEventKind
+from common.enums import AlertKind, SessionState, SystemEventKind
 from common.ids import EXTERNAL_AGENT
 from common.market_clock import MarketClock, market_ns
 from common.portfolio import Portfolio
@@ -135,6 +135,7 @@ def build_order_core(
         max_send_wait_ns=int(cfg.max_send_wait_s * 1e9),
         learn=learn,
         on_unknown=unknown,
+        alert=alerts.to_person(AlertKind.RECONCILE_DIFF),
     )
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
     recon = Reconciler(

@@ -28,7 +28,9 @@ names the one it revised). Per chain:
   the broker's money, not only its shares.
 A submit whose outcome is UNKNOWN is matched to an unclaimed broker original with the same code,
 side, quantity and price, placed (its ord_tmd) no earlier than the order was created here (less a
-skew); if none appears within `grace_ns` it never reached the exchange and is rejected here. A
+skew), never to one a submit of ours still waiting for its REST reply (PENDING_SUBMIT, no ODNO) could be
+(its reply names its line; the UNKNOWN waits for a later pass, alerted); if none appears within `grace_ns`
+it never reached the exchange and is rejected here. A
 market-like order (MARKET, BEST, PRIORITY: sent with price 0) is matched without the price: KIS lists a
 최유리/최우선 order at the price the exchange gave it, not at the 0 it was sent with; its order division
 (ord_dvsn_cd) must be the one it was sent with when the broker reports one. Lines whose division
@@ -141,6 +143,11 @@ def reconcile(
                 f"{o.client_order_id}: UNKNOWN with the same terms as {[u.client_order_id for u in twins]} "
                 "of another agent: attribution by send order, check"
             )
+    # A submit of ours still waiting for its REST reply (PENDING_SUBMIT, no ODNO) may own a line with the
+    # same terms: its reply will name it. Such a line is never given to an UNKNOWN (any agent's, the same
+    # agent's too): the claim could not be undone when the reply lands and both books would hold one
+    # line's shares. The UNKNOWN waits; a pass after the reply sees the line claimed by its real owner.
+    awaiting_reply = [o for o in local if not o.broker_chain and o.state is OrderState.PENDING_SUBMIT]
     # Two rounds: first every order takes a line whose order division is the one it was sent with (the
     # broker reports it), then what is left by the terms alone. So a limit order of ours never takes the
     # line of a 최유리 order of ours that the exchange priced at the limit's price, nor the other way round.
@@ -156,6 +163,7 @@ def reconcile(
                 and r.broker_order_id not in claimed
                 and _plausible(r, o)
                 and (not agreeing or _agrees(r, o))
+                and not _awaited(r, awaiting_reply, day)
             ]
             if not agreeing and _market_like(o):
                 # matched without the price: a line with the exact terms of a priced order of ours still
@@ -180,7 +188,11 @@ def reconcile(
                     f"{o.client_order_id}: outcome was unknown; the broker has it as {match.broker_order_id}"
                 )
     for o in unresolved:
-        if o.client_order_id in matched or partial or now_ns - o.updated_ns <= grace_ns:
+        if o.client_order_id in matched or partial:
+            continue
+        if _hold_for_pending(res, o, originals, owner_of, claimed, awaiting_reply, day):
+            continue  # not "never reached the exchange" either: a line with its terms is there
+        if now_ns - o.updated_ns <= grace_ns:
             continue
         before_send = [
             r
@@ -402,6 +414,44 @@ def _plausible(r: BrokerOrderReport, o: Order) -> bool:
         return r.price == o.price
     want = _division(o)
     return not r.order_division or not want or r.order_division == want
+
+
+def _awaited(r: BrokerOrderReport, pending: list[Order], day: dt.date) -> list[Order]:
+    """The submits of ours waiting for their REST reply (`pending`) that the broker line `r` may be the
+    send of: plausible, and not placed before the submit existed here."""
+    return [p for p in pending if _plausible(r, p) and not _placed_before(r, p.created_ns, day)]
+
+
+def _hold_for_pending(
+    res: ReconcileResult,
+    o: Order,
+    originals: list[BrokerOrderReport],
+    owner_of: dict[str, Order],
+    claimed: set[str],
+    pending: list[Order],
+    day: dt.date,
+) -> bool:
+    """An UNKNOWN `o` left unmatched whose only possible lines may be the send of a submit still waiting
+    for its reply: alerted (the ambiguity), True. The next pass decides, once that reply has landed."""
+    lines = [
+        r
+        for r in originals
+        if r.broker_order_id not in owner_of
+        and r.broker_order_id not in claimed
+        and _plausible(r, o)
+        and not _placed_before(r, o.created_ns, day)
+    ]
+    awaited = {r.broker_order_id: _awaited(r, pending, day) for r in lines}
+    twins = {p.client_order_id: p for ps in awaited.values() for p in ps}
+    if not twins:
+        return False
+    lines = [r for r in lines if awaited[r.broker_order_id]]
+    res.alerts.append(
+        f"{o.client_order_id}: outcome was unknown; line(s) {[r.broker_order_id for r in lines]} with its terms "
+        f"may be the send of {sorted(twins)} (agents {sorted({p.agent for p in twins.values()})}), whose broker "
+        "reply is still awaited: not attributed in this pass, the next pass decides"
+    )
+    return True
 
 
 def _agrees(r: BrokerOrderReport, o: Order) -> bool:

@@ -156,6 +156,7 @@ class SendQueue:
         name: str = "broker",
         learn: Callable[[str], None] | None = None,
         on_unknown: Callable[[str], None] | None = None,
+        alert: Callable[[str], None] | None = None,
     ) -> None:
         self.book = book
         self.notices = notices
@@ -165,6 +166,9 @@ class SendQueue:
         # without an order list (the shadow market), whose answers are never in doubt
         self.learn = learn
         self.on_unknown = on_unknown  # a submit whose outcome is unknown: look for it at the broker soon
+        # tells a person (the gateway's alerts); None: logged at ERROR only (and counted)
+        self.alert = alert
+        self.owner_conflicts = 0  # acknowledged order numbers another order of ours already held
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers or venue.max_in_flight)  # 0: as many as the venue takes
         self.name = name
@@ -417,9 +421,30 @@ class SendQueue:
         book.trace(
             coid, "broker.ack", call=Call.SUBMIT.value, odno=ack.broker_order_id, org_no=ack.org_no, time=ack.time
         )
+        self._check_owner(o, ack.broker_order_id)
         book.by_broker_id[ack.broker_order_id] = coid
         book.try_apply(coid, Accept(ts_ns=book.now_ns(), broker_order_id=ack.broker_order_id, org_no=ack.org_no))
         self.notices.drain(ack.broker_order_id)
+
+    def _check_owner(self, o: Order, odno: str) -> None:
+        """The REST reply is authoritative for its own order: `odno` becomes this order's. Another order
+        of ours already holding it (an UNKNOWN matched to it by reconciliation) means two books may hold
+        one line's shares: a person is told, never silently overwritten."""
+        other = self.book.by_broker_id.get(odno)
+        if other is None or other == o.client_order_id:
+            return
+        prev = self.book.orders.get(other)
+        agents = sorted({o.agent, prev.agent if prev is not None else "?"})
+        self.owner_conflicts += 1
+        self.book.trace(o.client_order_id, "broker.owner_conflict", odno=odno, other=other)
+        text = (
+            f"CRITICAL: two orders claim broker order {odno}: {other} and {o.client_order_id} (agents "
+            f"{', '.join(agents)}); it is taken as {o.client_order_id}'s (the broker's reply names it): check "
+            f"both agents' positions against the account and correct the books"
+        )
+        log.error("%s", text)
+        if self.alert is not None:
+            self.alert(text)
 
     def _submit_failed(self, o: Order, e: BrokerError) -> None:
         book, ts = self.book, self.book.now_ns()
