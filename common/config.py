@@ -99,8 +99,9 @@ class RiskLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
 
     max_order_value: Krw = 0  # notional of one order
     max_position_value: Krw = 0  # per code, at cost
-    max_open_orders: int = 0
-    max_orders_per_minute: int = 0
+    # (non-negative: -1 read as "unlimited" passed every check, then denied every order)
+    max_open_orders: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_orders_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_daily_loss: Krw = 0
     max_gross_exposure_pct: Pct = 0.0  # positions at the last price + open buys, % of equity
     max_positions: Annotated[int, msgspec.Meta(ge=0)] = 0  # codes held or being bought

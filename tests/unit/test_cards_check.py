@@ -55,6 +55,13 @@ BROKEN = {
         "risk.cash_reserve",
         "no buy could pass",
     ),
+    # -1 read as "unlimited" passed every check, then denied every order
+    "neg_open_orders": (
+        card("neg_open_orders", extra="[risk]\nmax_open_orders = -1\n"),
+        "card",
+        "risk.max_open_orders",
+    ),
+    "neg_rate": (card("neg_rate", extra="[risk]\nmax_orders_per_minute = -1\n"), "card", "risk.max_orders_per_minute"),
     # a daily-bar strategy whose card does not subscribe to daily bars would never trade
     "no_daily_bars": (
         card("no_daily_bars").replace(
@@ -123,3 +130,23 @@ def test_master_reader(master: dict, tmp_path: Path) -> None:
         load_master_dir(tmp_path)
     with pytest.raises(MasterError, match="too short"):
         parse_master("005930   KR7005930003삼성전자\n".encode("cp949"), "KOSPI")
+
+
+def test_a_strategy_module_that_exits_at_import_is_one_cards_problem(
+    tmp_path: Path, master: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module parsing sys.argv (argparse) or calling sys.exit at import ended the whole check: the other
+    cards were never checked, and the exit code was the module's."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "exits_at_import.py").write_text("import sys\nsys.exit(2)\n")
+    monkeypatch.syspath_prepend(str(mods))
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "a_exits.toml").write_text(
+        card("a_exits").replace("agent.strategies.ma_cross:MaCross", "exits_at_import:X")
+    )
+    (cards / "z_bad.toml").write_text(card("z_bad", codes='["999999"]'))
+    problems = check_cards(cards, master, account_budget=0)
+    assert any(p.field == "strategy" and "exited while being imported" in p.reason for p in problems), problems
+    assert any(p.file.endswith("z_bad.toml") for p in problems)  # the cards after it are checked too

@@ -142,6 +142,10 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
     except Exception as e:
         problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {e}"))
         return problems
+    except SystemExit as e:  # (a module that parses sys.argv or exits at import ended the whole check)
+        why = f"its module exited while being imported (SystemExit {e.code})"
+        problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {why}"))
+        return problems
     try:
         cls.parse_params(card.params)
     except Exception as e:

@@ -209,10 +209,13 @@ class Dashboard:
             return web.json_response({"ok": False, "error": "actions are JSON with the X-Ktrader header"}, status=400)
         try:
             body = await request.json()
-            action, agent, all_ = str(body.get("action", "")), str(body.get("agent", "")), bool(body.get("all", False))
-            preview, expect = bool(body.get("preview", False)), body.get("expect")
+            action, agent = str(body.get("action", "")), str(body.get("agent", ""))
+            all_, preview, expect = body.get("all", False), body.get("preview", False), body.get("expect")
         except (ValueError, AttributeError):
             return web.json_response({"ok": False, "error": "bad JSON"}, status=400)
+        if not isinstance(all_, bool) or not isinstance(preview, bool):
+            # ("all": "false" is a true string: a hand-written request acted on every agent)
+            return web.json_response({"ok": False, "error": "'all' and 'preview' are true or false"}, status=400)
         if action not in ACTIONS:
             return web.json_response({"ok": False, "error": f"unknown action {action!r}"}, status=400)
         try:
