@@ -47,6 +47,7 @@ from common.enums import (
     worst,
 )
 from common.errors import ErrorCode, KtraderError
+from common.framing import SEND_BUDGET
 from common.ids import make_client_order_id
 from common import calendar
 from common.krx import Phase, next_session_day
@@ -144,6 +145,11 @@ _seen_dec = msgspec.msgpack.Decoder(dict[str, str])
 
 
 MAX_BATCH = SUBMIT_MAX_ORDERS  # the most orders one SubmitOrders may carry (a bigger batch is refused whole)
+# ... and the most bytes of orders: a body over the gateway's max_frame_bytes is refused whole (TOO_LARGE); the
+# batch's header and tag take far less than the 1 KiB left
+BATCH_ORDER_BYTES = SEND_BUDGET - 1024
+_order_dec = msgspec.msgpack.Decoder(NewOrder)
+_UNENCODABLE = (TypeError, OverflowError, msgspec.EncodeError, msgspec.ValidationError, msgspec.DecodeError)
 # bars a gap on a bar topic lost are fetched with GetBars (newest first in the store): asked with this many more
 # than lost, for bars published after the gap meanwhile (×4 while the answer does not reach back), at most the
 # most one request gives
@@ -278,6 +284,25 @@ class _StrategyState(StateMap):
 
     def raw(self) -> dict[str, bytes]:
         return {**super().raw(), **self.reserved}
+
+
+def _order_bytes(order: NewOrder) -> int | OrderResult:
+    """The order's size in a SubmitOrders, or why the gateway could not take it (its schema's bounds, as the
+    gateway's decoder applies them, or a size no batch carries): refused here, not sent (sent, its whole batch
+    was refused, and before, its orders were never answered)."""
+    try:
+        body = _enc.encode(order)
+        _order_dec.decode(body)
+    except _UNENCODABLE as e:
+        return _not_taken(order, ErrorCode.BAD_ORDER, f"not sent: the gateway would refuse it: {e}"[:300])
+    if len(body) > BATCH_ORDER_BYTES:
+        why = f"not sent: {len(body):,} bytes, more than one request carries ({BATCH_ORDER_BYTES:,}): a smaller context"
+        return _not_taken(order, ErrorCode.TOO_LARGE, why)
+    return len(body)
+
+
+def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
+    return OrderResult(client_order_id=order.client_order_id, accepted=False, code=code, message=why)
 
 
 class AgentRuntime(AgentServicesMixin):
@@ -1471,25 +1496,43 @@ class AgentRuntime(AgentServicesMixin):
         if not self._outbox or self.client is None:
             return
         items, self._outbox = self._outbox, []
-        batch: list[NewOrder] = []
+        batch: list[tuple[NewOrder, int]] = []
+        unsendable: list[OrderResult] = []
         for item in items:  # in the order decided: orders in batches, each command after the orders before it
             if isinstance(item, NewOrder):
-                batch.append(item)
+                size = _order_bytes(item)
+                if isinstance(size, OrderResult):
+                    unsendable.append(size)
+                else:
+                    batch.append((item, size))
                 continue
             self._submit(batch)
             batch = []
             self._send(item)
         self._submit(batch)
+        for r in unsendable:  # told once all else left: what on_order decides goes behind it
+            self._answered(r.client_order_id)
+            self._refused(r)
 
-    def _submit(self, orders: list[NewOrder]) -> None:
-        """In batches the schema takes (one over its bound is refused whole, and none of its orders placed)."""
-        for i in range(0, len(orders), MAX_BATCH):
-            chunk = orders[i : i + MAX_BATCH]
-            msg = SubmitOrders(h=self.headers(), orders=chunk)
-            self._submit_mids[msg.h.mid] = [o.client_order_id for o in chunk]
-            for o in chunk:
-                self._unanswered[o.client_order_id] = o
-            self._send(msg)
+    def _submit(self, orders: list[tuple[NewOrder, int]]) -> None:
+        """In batches the gateway takes, by count and by size (one over either bound is refused whole)."""
+        chunk: list[NewOrder] = []
+        size = 0
+        for order, n in orders:
+            if chunk and (len(chunk) == MAX_BATCH or size + n > BATCH_ORDER_BYTES):
+                self._send_batch(chunk)
+                chunk, size = [], 0
+            chunk.append(order)
+            size += n
+        if chunk:
+            self._send_batch(chunk)
+
+    def _send_batch(self, chunk: list[NewOrder]) -> None:
+        msg = SubmitOrders(h=self.headers(), orders=chunk)
+        self._submit_mids[msg.h.mid] = [o.client_order_id for o in chunk]
+        for o in chunk:
+            self._unanswered[o.client_order_id] = o
+        self._send(msg)
 
     def _answered(self, client_order_id: str) -> None:
         self._unanswered.pop(client_order_id, None)

@@ -42,6 +42,11 @@ MAX_TOPIC = 128  # bytes before the NUL of a PUB frame
 SIG_BYTES = 16
 TOKEN_BYTES = 16
 DEFAULT_MAX_BODY = 1 << 20
+# What a sender keeps one request's body under (an agent's SubmitOrders batches): a quarter of the gateway's
+# default max_frame_bytes, so a gateway that lowered it still takes what an agent sends
+SEND_BUDGET = DEFAULT_MAX_BODY // 4
+_TAIL = 1024  # an encoded Header (ids, a uuid, four ints) is well under this
+_H_KEY = b"\xa1h"  # msgpack of the field name "h"
 
 
 # msgspec raises UnicodeDecodeError (a ValueError) for invalid UTF-8 in strings, not DecodeError,
@@ -107,6 +112,7 @@ class Codec:
         self._pub_dec = msgspec.msgpack.Decoder(Published)  # SUB sockets carry nothing else
         self._pub_probe = msgspec.msgpack.Decoder(_PubProbe)
         self._probe = msgspec.msgpack.Decoder(_Probe)
+        self._header_dec = msgspec.msgpack.Decoder(Header)
         self.pub_token: bytes | None = None  # the token of the publisher this subscriber trusts
 
     def publisher_token(self, session: str) -> bytes:
@@ -198,8 +204,6 @@ class Codec:
         magic, who, sig, body = frames
         if magic != ROUTER_MAGIC:
             raise FrameError(ErrorCode.BAD_MESSAGE, "bad magic frame (an older ktrader? upgrade it)")
-        if len(body) > self.max_body:
-            raise FrameError(ErrorCode.TOO_LARGE, f"body of {len(body)} bytes exceeds {self.max_body}")
         if len(who) > MAX_SIGNER:
             raise FrameError(ErrorCode.BAD_SIGNATURE, "unknown signer")
         try:
@@ -213,6 +217,11 @@ class Codec:
         mac.update(body)
         if len(sig) != SIG_BYTES or not hmac.compare_digest(sig, mac.digest()):
             raise FrameError(ErrorCode.BAD_SIGNATURE, "signature does not match")
+        if len(body) > self.max_body:
+            # checked once signed (ZMQ's MAXMSGSIZE bounds the hashing), so the reply carries the request's mid
+            # and its sender can tell which request failed; the body itself is never decoded
+            too_large = f"body of {len(body)} bytes exceeds {self.max_body}"
+            raise FrameError(ErrorCode.TOO_LARGE, too_large, self.peek_tail_header(body), signer)
         try:
             msg = self._dec.decode(body)
         except _DECODE_ERRORS as e:
@@ -236,6 +245,18 @@ class Codec:
         if header is not None and header.v != SCHEMA_VERSION:
             return _version_error(header.v, header)
         return FrameError(ErrorCode.BAD_MESSAGE, str(e)[:300], header)
+
+    def peek_tail_header(self, body: bytes) -> Header | None:
+        """The header of a body too large to decode, from its last bytes alone: msgspec writes a message's
+        kw_only `h` after its own fields, so it ends every Message (tests/unit/test_too_large_request_answered.py)."""
+        tail = bytes(body[-_TAIL:])
+        at = len(tail)
+        while (at := tail.rfind(_H_KEY, 0, at)) >= 0:
+            try:
+                return self._header_dec.decode(tail[at + len(_H_KEY) :])
+            except _DECODE_ERRORS:
+                continue  # those bytes inside a string, not the field's name
+        return None
 
     def peek_header(self, body: bytes) -> Header | None:
         try:

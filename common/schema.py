@@ -43,11 +43,21 @@ SUBMIT_MAX_ORDERS = 100  # orders in one SubmitOrders (a bigger batch is refused
 RefusedKey = Annotated[
     str, msgspec.Meta(pattern=r"^(trades|book):" + STOCK_CODE_PATTERN.lstrip("^"))
 ]  # "trades:005930"
-PosInt = Annotated[int, msgspec.Meta(gt=0)]
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+INT64_MAX = 2**63 - 1  # the store's (SQLite's) integers: a bigger one crashed the handler that stored it
+PosInt = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]  # KRW; 0 for market orders
 Qty = Annotated[int, msgspec.Meta(gt=0, le=100_000_000)]
-ContextValue = Union[str, int, float, bool, None]  # trace context only, never money
+# An order's trace context and reason are bounded, so that any order fits a SubmitOrders far below the gateway's
+# max_frame_bytes (an unbounded one made a batch too large to take, and its orders were never answered)
+CONTEXT_MAX_KEYS = 64
+CONTEXT_MAX_CHARS = 256  # a key or a string value
+REASON_MAX_CHARS = 500
+ContextKey = Annotated[str, msgspec.Meta(max_length=CONTEXT_MAX_CHARS)]
+ContextValue = Union[
+    Annotated[str, msgspec.Meta(max_length=CONTEXT_MAX_CHARS)], int, float, bool, None
+]  # trace context only, never money
+Context = Annotated[dict[ContextKey, ContextValue], msgspec.Meta(max_length=CONTEXT_MAX_KEYS)]
 
 
 class Header(msgspec.Struct, frozen=True, array_like=True, gc=False):  # scalars: no cycles to collect
@@ -86,9 +96,9 @@ class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
     price: Price = 0
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.DAY
-    reason: str = ""  # why the strategy wants this (kept in the order's trace)
-    context: dict[str, ContextValue] = {}  # signal / indicator values at decision time
-    decision_price: int = 0  # the price the strategy saw when deciding (slippage baseline)
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX_CHARS)] = ""  # why (kept in the order's trace)
+    context: Context = {}  # signal / indicator values at decision time
+    decision_price: Price = 0  # the price the strategy saw when deciding (slippage baseline; 0: none)
     # a buy only: the protective order (stop / take-profit / trailing stop) the gateway arms with its fills
     protect: ProtectionSpec | None = None
 
@@ -167,27 +177,27 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     """An agent's health as it sees it (its market data, and whether it paused itself): sent in its
     heartbeats, shown in its AgentStatus."""
 
-    gaps: int = 0  # market-data sequence gaps this agent detected
-    heals: int = 0  # ... and healed with a fresh market snapshot
-    conflated: int = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
-    bad: int = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
+    gaps: NonNegInt = 0  # market-data sequence gaps this agent detected
+    heals: NonNegInt = 0  # ... and healed with a fresh market snapshot
+    conflated: NonNegInt = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
+    bad: NonNegInt = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
     # registrations refused (every slot in use) and still asked for, and codes polled over REST
     # meanwhile; the first MAX_LISTED of each (the counts are exact)
     refused: Annotated[list[RefusedKey], msgspec.Meta(max_length=MAX_LISTED)] = []
-    refused_n: int = 0
+    refused_n: NonNegInt = 0
     polled: Annotated[list[StockCode], msgspec.Meta(max_length=MAX_LISTED)] = []
-    polled_n: int = 0
+    polled_n: NonNegInt = 0
     last_daily: str = ""  # start (YYYY-MM-DD) of the newest daily bar the strategy was given and returned from
     # why the agent paused itself after a strategy error (card on_error = "pause"); "": not paused.
     # Here, not in Heartbeat itself, because the operator's AgentStatus shows the latest FeedHealth.
     paused: str = ""
     # which of the agent's self-pauses that is (1, 2, ...): the gateway acts on each new one (0: an older agent)
-    pause_n: int = 0
+    pause_n: NonNegInt = 0
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):
-    max_ack_gap_ms: int = 0  # the worst gap between heartbeat replies this agent has seen
-    errors: int = 0  # strategy errors so far
+    max_ack_gap_ms: NonNegInt = 0  # the worst gap between heartbeat replies this agent has seen
+    errors: NonNegInt = 0  # strategy errors so far
     feed: FeedHealth = msgspec.field(default_factory=FeedHealth)
 
 
