@@ -54,6 +54,9 @@ from server.risk import RiskGate
 from server.send_queue import Priority
 
 log = logging.getLogger("ktrader.day")
+# an approved agent is judged not running over a close only this long (market time) after the gateway began
+# looking: restarted after the close, its agents register within seconds (the operator's offline_after_s is 10 s)
+ABSENT_GRACE = dt.timedelta(seconds=60)
 
 CLOSE_FAILURES_ALERT = 3  # failed closes of a day before a person is told
 # a failed close is tried again after 5 s, 10 s, 20 s ... at most 5 min apart: each try is a whole
@@ -250,6 +253,8 @@ class TradingDay:
         self.cycle = DayCycle(book.store)
         self._closing = False
         self.monotonic: Callable[[], float] = time.monotonic  # back-off waits are real time (tests move it)
+        self._absent_since: dt.datetime | None = None  # the market time absent agents were first looked for
+        self._absent_told: set[tuple[str, str]] = set()  # (day, agent) told as not running over its close
         self._close_retry_at: dict[str, float] = {}  # day -> monotonic time its close may be tried again
         self._late = ""  # an earlier trading day this gateway ran and never closed: closed before today's business
         # the earlier day closed late today (or being closed): its policies missed are worked out for agents
@@ -484,6 +489,11 @@ class TradingDay:
         shares if they filled; the held set is small: this is asked at every tick while a late day's policies are
         seen to). Seen to as missed at the close (DayCycle.due, _late_missed): a person is told once, nothing is
         sold (`_tell_absent`), where an agent registering after midnight found its day's policy forgotten untold."""
+        now = self.clock.now()
+        if self._absent_since is None:
+            self._absent_since = now
+        if now - self._absent_since < ABSENT_GRACE:  # a gateway just started: its agents are coming back
+            return []
         registered = {card.id for card in self.cards()}
         shadow = self.book.portfolio.virtual  # (their books are not the account's: nothing held overnight)
         self._approved.refresh()
@@ -599,13 +609,16 @@ class TradingDay:
 
     def _tell_absent(self, card: AgentCard, day: str) -> None:
         """An approved agent not running over `day`'s close whose policy had something to do: a person is told
-        (once: the mark), nothing is sold or cancelled for it -- it may have been stopped on purpose, and the
-        gateway acts for an agent that is not running only through its protective orders and the operator."""
+        (once a gateway run), nothing is sold or cancelled for it -- it may have been stopped on purpose, and the
+        gateway acts for an agent that is not running only through its protective orders and the operator. Not
+        marked done: if it registers later (a gateway restarted after the close, its agents coming back), its
+        missed policy is worked out then as any registered agent's."""
+        if (day, card.id) in self._absent_told:
+            return
+        self._absent_told.add((day, card.id))  # (not marked done: registering later, its missed policy still runs)
         policy = card.schedule.end_of_day
         held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
         waiting = sum(1 for o in self.book.held.values() if o.agent == card.id)
-        with self.book.store.transaction():
-            self.cycle.mark_cleaned_on(day, card.id)
         what = [f"holds {', '.join(f'{q} {c}' for c, q in sorted(held.items()))}"] if held else []
         if waiting:
             what.append(f"has {waiting} next-session orders waiting")
