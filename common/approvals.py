@@ -145,7 +145,7 @@ def load(run_dir: str | Path) -> Registry:
     path = registry_path(run_dir)
     try:
         data = path.read_bytes()
-        reg = msgspec.json.decode(data, type=Registry)
+        reg = _decode(data, path)
     except FileNotFoundError:
         return Registry()
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -166,6 +166,32 @@ def load(run_dir: str | Path) -> Registry:
             )
         reg.cards[agent] = msgspec.structs.replace(a, sha256=sha)  # what registrations compare
     return reg
+
+
+class _RawRegistry(msgspec.Struct, kw_only=True):
+    version: int = 1
+    owner: dict[str, str] | None = None
+    cards: dict[str, msgspec.Raw] = {}
+
+
+def _decode(data: bytes, path: Path) -> Registry:
+    """The registry, each approval validated on its own: one a newer ktrader's rules refuse (a card approved
+    with max_open_orders = -1 before negative limits were refused) is left out, named in the log, instead of
+    the whole file taking every agent's approval away."""
+    raw = msgspec.json.decode(data, type=_RawRegistry)
+    cards: dict[str, Approval] = {}
+    for agent, entry in raw.cards.items():
+        try:
+            cards[agent] = msgspec.json.decode(entry, type=Approval)
+        except msgspec.ValidationError as e:
+            log.error(
+                "%s: the approval of %r is not valid under this ktrader (%s): it is not honoured; fix its card "
+                "and approve it again: ktrader cards approve CARD",
+                path,
+                agent,
+                e,
+            )
+    return Registry(version=raw.version, owner=raw.owner, cards=cards)
 
 
 def _save(run_dir: str | Path, reg: Registry) -> None:
