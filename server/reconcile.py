@@ -88,6 +88,8 @@ RESTARTED = ErrorCode.RESTARTED.value  # an UNKNOWN recovered after a crash: its
 # own filled line look older than the order, reject the order and give its shares to 'external') and
 # the truncation of ord_tmd to the second; an app order of the same terms inside it is still claimed.
 SEND_SKEW_NS = 60_000_000_000
+# a submit of ours still waiting for its REST reply this long after its intent is not waiting for one any more
+AWAIT_REPLY_NS = 60_000_000_000
 
 
 @dataclass
@@ -147,7 +149,13 @@ def reconcile(
     # same terms: its reply will name it. Such a line is never given to an UNKNOWN (any agent's, the same
     # agent's too): the claim could not be undone when the reply lands and both books would hold one
     # line's shares. The UNKNOWN waits; a pass after the reply sees the line claimed by its real owner.
-    awaiting_reply = [o for o in local if not o.broker_chain and o.state is OrderState.PENDING_SUBMIT]
+    # (a submit's call ends well within AWAIT_REPLY_NS of its intent; one older is queued behind a resend or stuck,
+    # with no reply coming, and must not hold an UNKNOWN back all day)
+    awaiting_reply = [
+        o
+        for o in local
+        if not o.broker_chain and o.state is OrderState.PENDING_SUBMIT and now_ns - o.updated_ns <= AWAIT_REPLY_NS
+    ]
     # Two rounds: first every order takes a line whose order division is the one it was sent with (the
     # broker reports it), then what is left by the terms alone. So a limit order of ours never takes the
     # line of a 최유리 order of ours that the exchange priced at the limit's price, nor the other way round.

@@ -179,6 +179,7 @@ class SendQueue:
         self._running: set[asyncio.Task[None]] = set()
         # submits to send again (not sent by the adapter): the job, then its timer; the order stays busy
         self._resend: dict[str, Job] = {}
+        self._unreached: set[str] = set()  # orders resent whose host could not be reached, counted once each
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._pumping = False
@@ -411,7 +412,10 @@ class SendQueue:
             if (not_sent(e) or unreached) and (not job.decided_now or is_gateway_exit(o)):
                 # it must go however late (a held order released into its session, the gateway's exit); a host
                 # that could not be reached is the broker's health too: counted, as a refused call is
-                if unreached:
+                if unreached and coid not in self._unreached:
+                    # once an order: one exit resent each second must not trip the kill switch by itself (whose
+                    # halt then refused the exit at its slot, a failed attempt of its protection)
+                    self._unreached.add(coid)
                     self.on_broker_error(book.now_ns(), o.agent, False)
                 book.trace(coid, "broker.resend", after_s=RESEND_AFTER_S, why=e.message)
                 self._resend[coid] = job
@@ -434,13 +438,16 @@ class SendQueue:
         if other is None or other == o.client_order_id:
             return
         prev = self.book.orders.get(other)
+        if prev is not None and self.book.order_day.get(other, self.book.day()) != self.book.day():
+            return  # an earlier day's order still open (a late close): KIS may number each day's orders anew
         agents = sorted({o.agent, prev.agent if prev is not None else "?"})
         self.owner_conflicts += 1
         self.book.trace(o.client_order_id, "broker.owner_conflict", odno=odno, other=other)
         text = (
             f"CRITICAL: two orders claim broker order {odno}: {other} and {o.client_order_id} (agents "
-            f"{', '.join(agents)}); it is taken as {o.client_order_id}'s (the broker's reply names it): check "
-            f"both agents' positions against the account and correct the books"
+            f"{', '.join(agents)}); the broker's reply names it {o.client_order_id}'s, and {other} still holds it "
+            f"too (both books may count its shares, and {other}'s agent may cancel or revise it): halt or pause "
+            f"those agents, check both positions against the account and correct the books"
         )
         log.error("%s", text)
         if self.alert is not None:

@@ -183,7 +183,7 @@ async def test_a_protective_exit_is_sent_once_the_token_comes(
     tmp_path: Path, quick_resend: None, host_down: bool
 ) -> None:
     """Also when the REST host could not be reached (the stop was rejected and, after three, its protection
-    FAILED "sell by hand"): sent again until the host answers, each miss counted toward the kill switch."""
+    FAILED "sell by hand"): sent again until the host answers, counted once toward the kill switch."""
     broker = TokenLate()
     if host_down:
         broker.error = _unreachable
@@ -201,7 +201,8 @@ async def test_a_protective_exit_is_sent_once_the_token_comes(
         o = d.core.book.orders[exit_id]
         assert o.state is OrderState.FILLED, o  # sold: the position is protected
         assert len(broker.tries[exit_id]) == 3
-        assert d.core.risk.recent_broker_errors() == (2 if host_down else 0)
+        # (counted once an order: one exit resent each second does not trip the kill switch by itself)
+        assert d.core.risk.recent_broker_errors() == (1 if host_down else 0)
 
 
 async def test_a_released_order_is_tried_about_once_a_second_until_it_is_cancelled(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from common.enums import Side
 from common.errors import ErrorCode
 from common.orders import Accept, Fill, Order, OrderState, Reject
 from kis.port import BrokerAck, BrokerOrder, BrokerOrderReport, BrokerUnknownOutcome
-from server.reconcile import reconcile
+from server.reconcile import AWAIT_REPLY_NS, reconcile
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, coid, order
 
@@ -175,3 +175,12 @@ async def test_a_reply_naming_a_line_another_order_holds_is_alerted(
     assert "positions" in text
     assert any("two orders claim" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     await h.close()
+
+
+def test_a_submit_pending_for_minutes_holds_no_unknown_back() -> None:
+    """A submit still PENDING_SUBMIT long after its intent (queued behind a resend, or stuck) is waiting for no
+    reply: it must not keep an UNKNOWN from its line, or from being rejected past its grace, all day."""
+    a = mk("alpha", OrderState.UNKNOWN, 0)
+    b = mk("beta", OrderState.PENDING_SUBMIT, 6)
+    res = reconcile([a, b], [filled_line()], now_ns=T0 + 6 * S + AWAIT_REPLY_NS + S, grace_ns=0, day=DAY)
+    assert a.client_order_id in res.events  # matched to the line as an UNKNOWN alone with it is
