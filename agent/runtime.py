@@ -148,6 +148,8 @@ MAX_BATCH = SUBMIT_MAX_ORDERS  # the most orders one SubmitOrders may carry (a b
 # ... and the most bytes of orders: a body over the gateway's max_frame_bytes is refused whole (TOO_LARGE); the
 # batch's header and tag take far less than the 1 KiB left
 BATCH_ORDER_BYTES = SEND_BUDGET - 1024
+# an order refused here (it could never be sent) is told at most this long after: the loop's next turn
+LOCAL_REFUSAL_S = 0.05
 _order_dec = msgspec.msgpack.Decoder(NewOrder)
 _UNENCODABLE = (TypeError, OverflowError, msgspec.EncodeError, msgspec.ValidationError, msgspec.DecodeError)
 # bars a gap on a bar topic lost are fetched with GetBars (newest first in the store): asked with this many more
@@ -363,6 +365,7 @@ class AgentRuntime(AgentServicesMixin):
         # may never have seen them; sent again after the next registration (the gateway knows an id it
         # has: a duplicate, not a second order)
         self._unanswered: dict[str, NewOrder] = {}
+        self._local_refusals: list[OrderResult] = []  # orders refused here, told at the loop's next turn
         self._ticks = itertools.count(1)  # the order orders and commands were decided in (kept when sent again)
         # order id -> (tick, monotonic time it was decided): one decided too long before the gateway came back
         # is not sent late (card resend_within_s)
@@ -1389,6 +1392,8 @@ class AgentRuntime(AgentServicesMixin):
             next_hb = self._hb_sent_at + self.heartbeat_s
             retry = self._daily_retry_at - now if self._daily_retry else float("inf")
             timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now, retry))
+            if self._local_refusals:
+                timeout = min(timeout, LOCAL_REFUSAL_S)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wake.fileno() in ready or wake in ready:
                 try:
@@ -1423,6 +1428,8 @@ class AgentRuntime(AgentServicesMixin):
             if now >= self.quotes.next_due():
                 self.quotes.run_due()
             self._history_told()
+            if self._local_refusals:
+                self._tell_local_refusals()
             self._flush()
             if self.client is not None and self.client.dealer not in dict(poller.sockets):
                 # reconnected to a new gateway: re-arm the poller with the new sockets
@@ -1510,8 +1517,16 @@ class AgentRuntime(AgentServicesMixin):
             batch = []
             self._send(item)
         self._submit(batch)
-        for r in unsendable:  # told once all else left: what on_order decides goes behind it
+        for r in unsendable:
             self._answered(r.client_order_id)
+        # told at the loop's next turn (LOCAL_REFUSAL_S), once all else left: a strategy placing the same order
+        # again from on_order would otherwise recurse through _flush until RecursionError (the gateway's answer
+        # to it took a round trip)
+        self._local_refusals.extend(unsendable)
+
+    def _tell_local_refusals(self) -> None:
+        results, self._local_refusals = self._local_refusals, []
+        for r in results:
             self._refused(r)
 
     def _submit(self, orders: list[tuple[NewOrder, int]]) -> None:

@@ -115,6 +115,8 @@ def test_a_context_over_the_bounds_is_refused_here_with_a_typed_reason(tmp_path:
     huge = {f"k{i}": "x" * 100 for i in range(500)}  # ~55 KB
     rt, wire, s = _runtime(tmp_path, [{"z": 1.5}, huge, {"z": 2.5}])
     rt._call("on_timer")
+    assert s.told == []  # told at the loop's next turn (a strategy placing it again must not recurse)
+    rt._tell_local_refusals()
     [denied] = s.told
     assert denied.state is OrderState.DENIED and denied.reason_code == ErrorCode.BAD_ORDER.value
     assert "not sent" in denied.reason
@@ -128,6 +130,7 @@ def test_an_order_too_big_for_any_request_is_refused_here(tmp_path: Path, monkey
     monkeypatch.setattr(runtime, "BATCH_ORDER_BYTES", 2_000)  # a context within the bounds, bigger than this
     rt, wire, s = _runtime(tmp_path, [FULL_CONTEXT])
     rt._call("on_timer")
+    rt._tell_local_refusals()
     [denied] = s.told
     assert denied.state is OrderState.DENIED and denied.reason_code == ErrorCode.TOO_LARGE.value
     assert not [m for m in wire.sent if isinstance(m, SubmitOrders)]
