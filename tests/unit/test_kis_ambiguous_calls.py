@@ -22,6 +22,7 @@ KIS is served on real loopback sockets (127.0.0.1): tests/fakes/kis_http.py, or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -748,7 +749,11 @@ class SynDroppingKis:
                 pass
             self.fillers.append(c)
         self.closed = False
-        threading.Timer(open_after, self._accept).start()
+        # a daemon: an accept blocked past the test (closing the socket does not wake it) kept pytest from
+        # exiting for minutes at the end of a clean-clone run
+        opener = threading.Timer(open_after, self._accept)
+        opener.daemon = True
+        opener.start()
 
     def _accept(self) -> None:
         while not self.closed:
@@ -786,6 +791,8 @@ class SynDroppingKis:
 
     def close(self) -> None:
         self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes an accept in progress (a close alone does not)
         self.sock.close()
         for c in self.fillers:
             c.close()
