@@ -467,7 +467,10 @@ async def test_status_gives_each_channel_and_the_screen_is_told_once_per_outage(
     task = asyncio.create_task(n.run())
     try:
         n.alert(AlertKind.HALT, "halted by op")
-        await until(lambda: len(sink.hits) == 1 and len(good.hits) == 2)
+        # (the sink's hit lands before the channel has read its 401: wait for the channel's own view of it)
+        await until(
+            lambda: len(sink.hits) == 1 and len(good.hits) == 2 and n.status()["ch|webhook:telegram|retrying"] == 1
+        )
         st = n.status()
         assert st["ch|webhook:telegram|retrying"] == 1 and st["ch|webhook:telegram|queued"] == 1
         assert st["ch|webhook:telegram|failing_s"] == 0 and st["ch|webhook:telegram|config_error"] == 1
