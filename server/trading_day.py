@@ -87,6 +87,11 @@ _CANCELS = CANCELLABLE | AWAITING_ACK | {OrderState.HELD, OrderState.PENDING_REP
 Publish = Callable[[SystemEventKind, str, str], None]
 
 
+def _shares(held: dict[str, int]) -> str:
+    """'30 005930, 5 000660': what an alert says is held."""
+    return ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
+
+
 class BasePrices:
     """Today's base price (band centre) per code, fetched from the broker: once a day (`ensure`), again from
     the morning on until each value is confirmed (`refresh`, TradingDay._morning_refresh), and again for a
@@ -579,7 +584,7 @@ class TradingDay:
             self._tell_absent(card, day)
             return
         cancels = self._missed_cancels(card, day) if policy is not EndOfDay.HOLD else 0
-        held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
+        held = self._holding(card.id)
         flatten = policy is EndOfDay.FLATTEN and bool(held)
         with self.book.store.transaction():
             # the promised sells are stored with the mark: sized once its cancels have ended (as the
@@ -597,7 +602,7 @@ class TradingDay:
         self.counters["end_of_day_missed"] = self.missed_policies
         what = [f"{cancels} open orders cancelled now"] if cancels else []
         if flatten:
-            shares = ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
+            shares = _shares(held)
             what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
         of = "" if day == self.cycle.day else f" of {day}"
         text = (
@@ -606,6 +611,10 @@ class TradingDay:
         )
         self.alert(text, AlertKind.GATEWAY_FAULT)  # a person must know what the card promised did not happen
         self.book.notify(card.id, Notice(level="warning", text=f"end of day missed: {'; '.join(what)}"))
+
+    def _holding(self, agent: str) -> dict[str, int]:
+        """code -> shares `agent` holds (codes it holds none of left out)."""
+        return {c: p.qty for c, p in self.book.portfolio.positions.get(agent, {}).items() if p.qty > 0}
 
     def _tell_absent(self, card: AgentCard, day: str) -> None:
         """An approved agent not running over `day`'s close whose policy had something to do: a person is told
@@ -617,9 +626,9 @@ class TradingDay:
             return
         self._absent_told.add((day, card.id))  # (not marked done: registering later, its missed policy still runs)
         policy = card.schedule.end_of_day
-        held = {c: p.qty for c, p in self.book.portfolio.positions.get(card.id, {}).items() if p.qty > 0}
+        held = self._holding(card.id)
         waiting = sum(1 for o in self.book.held.values() if o.agent == card.id)
-        what = [f"holds {', '.join(f'{q} {c}' for c, q in sorted(held.items()))}"] if held else []
+        what = [f"holds {_shares(held)}"] if held else []
         if waiting:
             what.append(f"has {waiting} next-session orders waiting")
         of = "" if day == self.cycle.day else f" of {day}"
