@@ -39,8 +39,8 @@ _HANDSHAKE_EVENTS = (
 class GatewayReplaced(KtraderError):
     """A request's gateway was replaced by a new one (another connection file) before it answered."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.TIMEOUT, message)
+    def __init__(self, request: str) -> None:
+        super().__init__(ErrorCode.TIMEOUT, f"a new gateway wrote its connection file before {request} was answered")
 
 
 class GatewayClient:
@@ -190,8 +190,7 @@ class GatewayClient:
                         return reply
                     self.inbox.append(reply)
             if self.replaced is not None and self.replaced():
-                what = type(msg).__name__
-                raise GatewayReplaced(f"a new gateway wrote its connection file before {what} was answered")
+                raise GatewayReplaced(type(msg).__name__)
 
     def call(self, msg: Message, timeout_s: float = 5.0) -> Message:
         """request() that raises KtraderError for an Error reply, or for a reply of another type than

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 import zmq
 
+from agent.client import REPLACED_CHECK_S, GatewayClient, GatewayReplaced
 from common.errors import ErrorCode, KtraderError
 from common.schema import (
     STATE_MAX_KEY_CHARS,
@@ -47,7 +48,6 @@ from common.schema import (
 )
 
 if TYPE_CHECKING:
-    from agent.client import GatewayClient
     from common.schema import HeaderFactory
 
 _enc = msgspec.msgpack.Encoder()
@@ -230,7 +230,14 @@ class AgentServicesMixin:
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._hb_sent_at = now
                 client.send(self._heartbeat_msg())
+            if client.replaced is not None and client.replaced():
+                # the gateway asked died and a new one is up: no reply will be read (the successor's is signed
+                # with its new key, dropped here as a bad frame); waiting out the timeout kept the agent from
+                # reconnecting for timeout_s per query of the callback (a strategy asking about 4 codes: 40 s)
+                raise GatewayReplaced(type(msg).__name__)
             wait = min(deadline, self._hb_sent_at + self.heartbeat_s) - now
+            if client.replaced is not None:
+                wait = min(wait, REPLACED_CHECK_S)
             if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
                 continue
             while (reply := client.recv_nowait()) is not None:

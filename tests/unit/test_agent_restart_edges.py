@@ -86,6 +86,7 @@ class _Wire:
         self.out: deque[Any] = deque()
         self.inbox: deque[Any] = deque()
         self.bad_frames = 0
+        self.replaced = None  # no new gateway's connection file is watched for
         self.dealer = _Dealer(self)
         self.on_bars: list[Any] = []  # hooks run at each GetBars (time passing during a warm-up)
 

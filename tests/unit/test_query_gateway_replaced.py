@@ -1,0 +1,80 @@
+"""A strategy's query waiting on a gateway that died ends as soon as a new gateway writes its connection
+file (GatewayReplaced, a TIMEOUT), not after its whole timeout: a strategy asking about four codes in one
+callback kept its agent from reconnecting to a restarted gateway for 40 s (seen in `ktrader rehearse`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from agent.client import GatewayClient, GatewayReplaced
+from agent.services import AgentServicesMixin
+from common.connection import GatewayInfo
+from common.credentials import Credential
+from common.errors import ErrorCode, KtraderError
+from common.schema import HeaderFactory
+
+
+class Services(AgentServicesMixin):
+    def __init__(self, client: GatewayClient) -> None:
+        self.client = client
+        self.headers = HeaderFactory("alpha")
+        self.heartbeat_s = 1.0
+        self.errors = 0
+        self._hb_sent_at = time.monotonic()
+        self._max_ack_gap = 0.0
+
+
+@pytest.fixture
+def silent_gateway(tmp_path: Path):
+    """A ROUTER that takes requests and never answers (the gateway killed -9 mid-query)."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    endpoint = f"ipc://{tmp_path}/router"
+    router.bind(endpoint)
+    info = GatewayInfo(router=endpoint, pub=f"ipc://{tmp_path}/pub", key="00" * 32, pid=1, session="g1", started_ns=1)
+    yield info, router
+    router.close(0)
+
+
+def _services(info: GatewayInfo, replaced_at: float) -> Services:
+    client = GatewayClient(
+        info,
+        "alpha",
+        subscribe=False,
+        credential=Credential("alpha", b"k" * 32),
+        replaced=lambda: time.monotonic() >= replaced_at,
+    )
+    return Services(client)
+
+
+def test_a_query_ends_when_a_new_gateway_is_up_not_at_its_timeout(silent_gateway) -> None:
+    info, router = silent_gateway
+    s = _services(info, replaced_at=time.monotonic() + 0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(GatewayReplaced) as e:
+            s.quote("005930", timeout_s=10.0)
+        assert e.value.code is ErrorCode.TIMEOUT and "new gateway" in e.value.message
+        assert time.monotonic() - t0 < 5.0  # ~0.3 s; the timeout (10 s) is not waited out
+        assert router.poll(1000)  # the query did go out (to the gateway that died)
+        # the callback's next query fails at once, so the strategy returns and the agent reconnects
+        with pytest.raises(GatewayReplaced):
+            s.investor("000660", timeout_s=10.0)
+    finally:
+        s.client.close()  # type: ignore[union-attr]
+
+
+def test_without_a_new_gateway_the_query_waits_its_timeout(silent_gateway) -> None:
+    info, _ = silent_gateway
+    s = _services(info, replaced_at=float("inf"))
+    try:
+        with pytest.raises(KtraderError) as e:
+            s.quote("005930", timeout_s=0.5)
+        assert e.value.code is ErrorCode.TIMEOUT and not isinstance(e.value, GatewayReplaced)
+    finally:
+        s.client.close()  # type: ignore[union-attr]
