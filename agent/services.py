@@ -50,6 +50,9 @@ from common.schema import (
 if TYPE_CHECKING:
     from common.schema import HeaderFactory
 
+# how long a request may still wait for its reply once the agent is asked to stop
+STOPPING_REPLY_S = 2.0
+
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 
@@ -131,6 +134,7 @@ class AgentServicesMixin:
     errors: int
     _hb_sent_at: float
     _max_ack_gap: float
+    _stopping: bool = False  # set by the runtime's signal handler
     _kv: StateMap | None = None
     _state_type: ClassVar[type[StateMap]] = (
         StateMap  # what ctx.state is built as (the runtime's keeps its own keys aside)
@@ -223,10 +227,15 @@ class AgentServicesMixin:
             client.send(self._heartbeat_msg())
         mid = client.send(msg)
         deadline = now + timeout_s
+        within = f"within {timeout_s}s"
         while True:
             now = time.monotonic()
+            if self._stopping and deadline > now + STOPPING_REPLY_S:
+                # asked to stop (SIGTERM, Ctrl-C): a live gateway answers in milliseconds (on_stop's save_state
+                # still works), one that is gone held the stop for the whole timeout, query after query
+                deadline, within = now + STOPPING_REPLY_S, f"within {STOPPING_REPLY_S}s of the agent's stop"
             if now >= deadline:
-                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} within {timeout_s}s")
+                raise KtraderError(ErrorCode.TIMEOUT, f"no reply to {type(msg).__name__} {within}")
             if now >= self._hb_sent_at + self.heartbeat_s:
                 self._hb_sent_at = now
                 client.send(self._heartbeat_msg())
@@ -235,9 +244,8 @@ class AgentServicesMixin:
                 # with its new key, dropped here as a bad frame); waiting out the timeout kept the agent from
                 # reconnecting for timeout_s per query of the callback (a strategy asking about 4 codes: 40 s)
                 raise GatewayReplaced(type(msg).__name__)
-            wait = min(deadline, self._hb_sent_at + self.heartbeat_s) - now
-            if client.replaced is not None:
-                wait = min(wait, REPLACED_CHECK_S)
+            # woken every REPLACED_CHECK_S to look for a new gateway and for a stop
+            wait = min(deadline - now, self._hb_sent_at + self.heartbeat_s - now, REPLACED_CHECK_S)
             if not client.dealer.poll(int(wait * 1000) + 1, zmq.POLLIN):
                 continue
             while (reply := client.recv_nowait()) is not None:

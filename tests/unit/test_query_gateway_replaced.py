@@ -1,9 +1,12 @@
 """A strategy's query waiting on a gateway that died ends as soon as a new gateway writes its connection
 file (GatewayReplaced, a TIMEOUT), not after its whole timeout: a strategy asking about four codes in one
-callback kept its agent from reconnecting to a restarted gateway for 40 s (seen in `ktrader rehearse`)."""
+callback kept its agent from reconnecting to a restarted gateway for 40 s (seen in `ktrader rehearse`).
+And an agent asked to stop while a query waits on a gateway that is gone stops within seconds (it held
+SIGTERM for the whole timeout, query after query)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import zmq
 
 from agent.client import GatewayClient, GatewayReplaced
-from agent.services import AgentServicesMixin
+from agent.services import STOPPING_REPLY_S, AgentServicesMixin
 from common.connection import GatewayInfo
 from common.credentials import Credential
 from common.errors import ErrorCode, KtraderError
@@ -77,4 +80,20 @@ def test_without_a_new_gateway_the_query_waits_its_timeout(silent_gateway) -> No
             s.quote("005930", timeout_s=0.5)
         assert e.value.code is ErrorCode.TIMEOUT and not isinstance(e.value, GatewayReplaced)
     finally:
+        s.client.close()  # type: ignore[union-attr]
+
+
+def test_a_stop_cuts_a_query_short_on_a_gateway_that_is_gone(silent_gateway) -> None:
+    info, _ = silent_gateway
+    s = _services(info, replaced_at=float("inf"))
+    stop = threading.Timer(0.3, lambda: setattr(s, "_stopping", True))  # SIGTERM's handler sets it mid-wait
+    stop.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KtraderError) as e:
+            s.quote("005930", timeout_s=30.0)
+        assert e.value.code is ErrorCode.TIMEOUT and "stop" in e.value.message
+        assert time.monotonic() - t0 < 0.3 + STOPPING_REPLY_S + 3.0  # not the query's 30 s
+    finally:
+        stop.cancel()
         s.client.close()  # type: ignore[union-attr]
