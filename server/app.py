@@ -94,6 +94,9 @@ class RunDirLocked(RuntimeError):
     pass
 
 
+LOCK_PROBE_GRACE_S = 0.25
+
+
 def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
     """One gateway per run directory (two would both write the store and both trade). A standby
     waits, fully imported, for the holder to exit or die (the OS releases the lock), then takes over
@@ -102,7 +105,9 @@ def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
     lock = FileLock(str(run_dir / "gateway.lock"))
     pid_file = run_dir / "gateway.pid"
     try:
-        lock.acquire(timeout=-1 if standby else 0, poll_interval=0.01)
+        # not 0 without --standby: a tool probing whether a gateway runs (tools/ops/procs.py run_lock_held, on
+        # every console refresh while one is down) holds the lock for microseconds; a start must not fail on it
+        lock.acquire(timeout=-1 if standby else LOCK_PROBE_GRACE_S, poll_interval=0.01)
     except Timeout:
         holder = pid_file.read_text().strip() if pid_file.exists() else "?"
         raise RunDirLocked(f"another gateway (pid {holder}) runs on {run_dir}; use --standby to wait for it") from None

@@ -78,8 +78,11 @@ async def test_dead_gateway_is_shown_stale_then_live_again(tmp_path: Path, procs
         fetched = time.monotonic()
         gw.send_signal(signal.SIGKILL)  # the gateway crashes
         gw.wait(10)
+        told = time.monotonic()
         assert await dash.model.refresh_status() is None
         await dash.model.refresh_orders()
+        # told at once that it is not running, not after waiting out each query's 2 s (tools/top/model.py)
+        assert time.monotonic() - told < 2.0 and "is not running" in dash.model.error, dash.model.error
 
         body = json.loads(dash._status_json())
         # the last figures are still sent (the operator sees what was), but marked with why and how old

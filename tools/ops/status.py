@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,10 @@ def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Messag
     gateway in run/keys/credentials/); an Error reply raises KtraderError. Over tcp the tools use their
     own CURVE key (run/keys/clients/ktrader-tools.key_secret, from `ktrader keys init`)."""
     info = read_info(run_dir)
+    if _pid_gone(info.pid) and run_lock_held(run_dir) is False:
+        # a crashed gateway's gateway.json (kill -9 leaves it): nothing can answer, so say so now rather
+        # than after waiting timeout_s out (the console's and the web page's every refresh waited it)
+        raise _not_running(run_dir, info)
     try:
         client = GatewayClient(
             info,
@@ -67,10 +72,7 @@ def _timeout_explained(run_dir: str | Path, info: GatewayInfo, e: KtraderError) 
     is released by the OS when the gateway dies (tools/ops/procs.py run_lock_held)."""
     held = run_lock_held(run_dir)
     if held is False:
-        return ConnectionFileError(
-            f"the gateway (pid {info.pid}) is not running (stale {connection_path(run_dir)}): start it again "
-            f"(ktrader gateway --run-dir {run_dir} ...); until then nothing watches its orders at KIS"
-        )
+        return _not_running(run_dir, info)
     if held:
         return KtraderError(
             ErrorCode.TIMEOUT,
@@ -78,6 +80,28 @@ def _timeout_explained(run_dir: str | Path, info: GatewayInfo, e: KtraderError) 
             "busy or stuck? see its log",
         )
     return e  # no lock file here (e.g. an exported gateway.json on an agent's host): cannot tell
+
+
+def _not_running(run_dir: str | Path, info: GatewayInfo) -> ConnectionFileError:
+    return ConnectionFileError(
+        f"the gateway (pid {info.pid}) is not running (stale {connection_path(run_dir)}): start it again "
+        f"(ktrader gateway --run-dir {run_dir} ...); until then nothing watches its orders at KIS"
+    )
+
+
+def _pid_gone(pid: int) -> bool:
+    """No process has gateway.json's pid on this host: the gateway it names is gone. (An alive pid
+    may be another process's now, and an exported gateway.json names none (pid 0): the run lock and
+    the request's timeout decide then.) Only then is the run lock probed before a request."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: it exists
+        return False
+    return False
 
 
 def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
