@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,16 @@ def test_offline_agent_listed_flattened_and_control_refusals(tmp_path: Path, pro
         wait_for(lambda: (a := agent(run, "alpha")) and a.open_orders == 1 and a.positions, 20, what="alpha traded")
         wait_for(lambda: (b := agent(run, "bravo")) and b.state == "online", 20, what="bravo online")
 
-        # refusals: unknown agent, ambiguous target; nothing happens, exit 1, a clear line
-        r = ctl(run, "cancel_all", "--agent", "nosuch")
-        assert r.returncode == 1 and "UNKNOWN_AGENT" in r.stderr and "alpha" in r.stderr and "Traceback" not in r.stderr
-        r = ctl(run, "pause")
-        assert r.returncode == 1 and "AMBIGUOUS_TARGET" in r.stderr
-        r = ctl(run, "cancel_all")
-        assert r.returncode == 1 and "AMBIGUOUS_TARGET" in r.stderr
+        # refusals: unknown agent, ambiguous target; nothing happens, exit 1, a clear line (three
+        # independent commands, run side by side)
+        with ThreadPoolExecutor(3) as pool:
+            unknown, pause, cancel = pool.map(
+                lambda args: ctl(run, *args), [("cancel_all", "--agent", "nosuch"), ("pause",), ("cancel_all",)]
+            )
+        assert unknown.returncode == 1 and "UNKNOWN_AGENT" in unknown.stderr and "alpha" in unknown.stderr
+        assert "Traceback" not in unknown.stderr
+        assert pause.returncode == 1 and "AMBIGUOUS_TARGET" in pause.stderr
+        assert cancel.returncode == 1 and "AMBIGUOUS_TARGET" in cancel.stderr
         st = fetch_status(run, 2.0)
         assert st.trading_state == "active" and agent(run, "alpha").open_orders == 1
         assert ctl(run, "pause", "--all").returncode == 0 and fetch_status(run, 2.0).trading_state == "halted"

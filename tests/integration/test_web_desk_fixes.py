@@ -24,6 +24,7 @@ from aiohttp import web
 
 from common.enums import AgentMode, TradingState
 from common.schema import PositionMark
+from tests.conftest import wait_for
 from tests.fakes.status import agent_status, status_reply
 from tools.web.server import Dashboard
 
@@ -86,6 +87,10 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
         loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
         ready.set()
         loop.run_forever()
+        # as `ktrader web` exits (asyncio.run cancels what still runs): the page's stream handler, idle
+        # between keep-alives, would hold a graceful cleanup for up to 15 s
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
         loop.run_until_complete(runner.cleanup())
 
     server = threading.Thread(target=serve, daemon=True)
@@ -119,7 +124,12 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
 
             page.once("dialog", answer(False))
             page.click("#halt")
-            page.wait_for_timeout(300)
+
+            def asked() -> bool:
+                page.wait_for_timeout(20)  # playwright delivers the dialog to its handler meanwhile
+                return bool(questions)
+
+            wait_for(asked, 10, what="the kill switch's question")
             assert "CANCEL every open order of every agent" in questions[-1], questions
             # reload: confirmed on its changes; the reload carries the preview seen
             page.once("dialog", answer(True))
@@ -134,3 +144,4 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
         shutil.rmtree(profile, ignore_errors=True)
         loop.call_soon_threadsafe(loop.stop)
         server.join(10)
+        assert not server.is_alive(), "the dashboard did not shut down"

@@ -29,13 +29,18 @@ KEY_GONE = "this page's key is no longer valid: open the URL ktrader web printed
 TABLES = ("#agents", "#account", "#positions", "#market", "#fills", "#orders")
 
 
-def start_web(procs: Procs, run: Path, port: int, token: str) -> subprocess.Popen[bytes]:
+def start_web(procs: Procs, run: Path, port: int, token: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
     web = procs.start(
         "web", "--run-dir", str(run), "--port", str(port), log_name="web", env={"KTRADER_WEB_TOKEN": token}
     )
+    if wait:
+        web_up(port)
+    return web
+
+
+def web_up(port: int) -> None:
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _status(base) == 401, 20, interval=0.1, what="ktrader web up")
-    return web
 
 
 def _status(base: str) -> int:
@@ -77,16 +82,17 @@ def test_a_lost_stream_dims_the_page_and_a_new_key_is_told(tmp_path: Path, procs
 
     run = tmp_path / "run"
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
-    wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
     port, token = free_port(), "lost-test-" + os.urandom(6).hex()
     base = f"http://127.0.0.1:{port}"
-    web = start_web(procs, run, port, token)
+    web = start_web(procs, run, port, token, wait=False)  # the gateway, ktrader web and the browser start together
 
     profile = tempfile.mkdtemp(prefix="kt-chromium-")
     try:
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
             page = ctx.new_page()
+            wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
+            web_up(port)
             page.goto(f"{base}/?token={token}")
             wait_live(page)
 
