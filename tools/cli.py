@@ -32,7 +32,7 @@ _mount_sim()
 
 
 def _mount_backtest() -> None:
-    from tools.backtest.cli import backtest_command
+    from tools.backtest.command import backtest_command
 
     app.command("backtest", help="Run a card's strategy on history with KRX costs; metrics, reports, sweeps.")(
         backtest_command

@@ -12,13 +12,12 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from kis.sim.history_market import HistoryError
-from kis.sim.server import TwinServer
-from kis.sim.twin import TwinConfig
+if TYPE_CHECKING:
+    from kis.sim.twin import TwinConfig
 
 app = typer.Typer(add_completion=False, help="Run the KIS twin (a local KIS Open API server).")
 
@@ -63,6 +62,10 @@ def run(
         raise typer.BadParameter("--from only applies with --history DIR")
     if history is not None and (clock != "open" or date or replay_dir):
         raise typer.BadParameter("--history drives its own clock and data: leave --clock, --date and --replay-dir out")
+    # here, not at the top: every `ktrader` command mounts this one (the server and aiohttp are ~0.2 s of import)
+    from kis.sim.history_market import HistoryError
+    from kis.sim.twin import TwinConfig
+
     config = TwinConfig(
         rest_port=rest_port,
         paper_rest_port=paper_rest_port,
@@ -99,6 +102,8 @@ def _date(text: str, option: str) -> dt.date:
 
 
 async def _serve(config: TwinConfig, quiet: bool) -> None:
+    from kis.sim.server import TwinServer
+
     server = TwinServer(config)
     await server.start()
     info = server.connection_info()
