@@ -10,6 +10,7 @@ import http.server
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -387,11 +388,12 @@ def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_li
 ) -> None:
     """A start late in a busy day on a paper account (15 rows a page at 2 requests/s): the first
     reconciliation reads KIS's unfilled list only, so an agent's order is taken while the whole list
-    (150 orders, ~10 pages) is still being read; the whole pass then adopts every order of the day."""
+    (45 orders, 3 pages: with the balance, 2 s or more at that pace) is still being read; the whole
+    pass then adopts every order of the day."""
     info = start_twin(procs, tmp_path)
     admin = httpx.Client(base_url=info["admin_url"], timeout=10)
     lower = admin.get("/admin/book/005930").json()["lower"]
-    for i in range(150):  # placed in the HTS app before the gateway starts: 8 rest, the others fill
+    for i in range(45):  # placed in the HTS app before the gateway starts: 3 rest, the others fill
         body = {"account": info["paper_account"], "code": "005930", "side": "buy", "qty": 1}
         body.update({"price": lower} if i % 20 == 0 else {"ord_dvsn": "01", "price": 0})
         admin.post("/admin/orders", json=body).raise_for_status()
@@ -403,30 +405,35 @@ def test_a_paper_gateway_takes_orders_before_it_has_read_the_days_whole_order_li
     res = _order(client, "early", n, "005930", lower, day)
     assert res.accepted, res
     log = procs.log(gw)
-    assert "reconciled (start): 8 open orders at the broker" in log, log
+    assert "reconciled (start): 3 open orders at the broker" in log, log
     assert "reconciled (start, the whole day)" not in log  # taken before the whole list was read
     assert not fetch_status(run).reconciled_whole
     client.close()
     st = wait_for(lambda: (s := fetch_status(run)).reconciled_whole and s, 60, what="the whole day's list")
-    assert "reconciled (start, the whole day): 150 orders at the broker" in procs.log(gw)
+    assert "reconciled (start, the whole day): 45 orders at the broker" in procs.log(gw)
     assert "synced" in (line := recon_line(st)) and "open orders only" not in line  # type: ignore[arg-type]
 
 
 def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: Path, procs: Procs) -> None:
-    """A busy day on a slow order list (400 orders at 1 request/s: its whole passes are spaced ~36 s
-    apart) and a fill notice that never arrives (KIS paper does that): the unfilled list, read every
-    reconcile_s between whole passes, shows the order gone, and the whole list is read at once."""
+    """A busy day on a slow order list (200 orders, 100 rows a page, at 2 requests/s: a whole pass takes
+    2 s or more, so whole passes are spaced 18 s or more apart) and a fill notice that never arrives (KIS
+    paper does that): the unfilled list, read every reconcile_s between whole passes, shows the order
+    gone, and the whole list is read at once, before the next spaced-out whole pass is due."""
     info = start_twin(procs, tmp_path)
     admin = httpx.Client(base_url=info["admin_url"], timeout=10)
     book = admin.get("/admin/book/005930").json()
-    for _ in range(400):  # the day so far: placed in the HTS app, filled
+    for _ in range(200):  # the day so far: placed in the HTS app, filled
         body = {"account": info["account"], "code": "005930", "side": "buy", "qty": 1, "ord_dvsn": "01", "price": 0}
         admin.post("/admin/orders", json=body).raise_for_status()
     run, gw = start_gateway_on_twin(
-        procs, tmp_path, info, broker_toml="rate_per_s = 1.0\n", gateway_toml="reconcile_s = 1.0\n"
+        procs, tmp_path, info, broker_toml="rate_per_s = 2.0\n", gateway_toml="reconcile_s = 1.0\n"
     )
     wait_for(lambda: fetch_status(run).reconciled_whole, 60, what="the whole list read once")
     wait_for(lambda: fetch_status(run).counters.get("reconcile_stretched"), 30, what="whole passes spaced out")
+    spaced_out = time.monotonic()
+    stretched = re.search(r"reconciliation took [\d.]+s: the next whole pass in (\d+)s", procs.log(gw))
+    assert stretched, procs.log(gw)
+    next_whole_s = int(stretched[1])  # (counted from the end of that pass, before `spaced_out`)
     admin.post("/admin/faults/notices", json={"lose_fills": True}).raise_for_status()
     client, n, day = _registered(run, AgentCard(id="lost", name="lost", strategy="x:Y", codes=["005930"], budget=10**7))
     new = NewOrder(
@@ -443,7 +450,9 @@ def test_a_lost_fill_notice_is_found_before_the_next_slow_whole_pass(tmp_path: P
         st = fetch_status(run)
         return st if any(a.id == "lost" and a.fills for a in st.agents) else None
 
-    st = wait_for(filled, 30, what="the lost fill repaired (the next spaced-out whole pass is ~36 s away)")
+    # repaired before the next spaced-out whole pass is due (a second's slack for its log line's rounding)
+    before_next = next_whole_s - 1 - (time.monotonic() - spaced_out)
+    st = wait_for(filled, before_next, what=f"the lost fill repaired (the next whole pass {next_whole_s} s away)")
     assert st.counters.get("reconcile_brought_forward", 0) >= 1, st.counters  # type: ignore[union-attr]
     assert "left the open list unheard" in procs.log(gw)
     client.close()
