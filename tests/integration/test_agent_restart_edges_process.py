@@ -274,6 +274,10 @@ def test_a_warm_up_past_the_open_skips_the_missed_decision(
     run, card, admin = day_missed
     r = admin.post("/admin/history/advance", json={"to": "2021-03-03T08:59:50"})
     assert r.status_code == 200 and r.json()["phase"] == "opening_auction", r.text
+    # the gateway's clock follows the twin's jump: an agent registering before it does is told the evening before
+    wait_for(
+        lambda: fetch_status(run, 2.0).market_phase == "opening_auction", 20, what="the gateway in the opening auction"
+    )
     # restarted in the opening auction: the plan still holds the bar (its orders would be for today's session)
     second = procs.start(
         "agent", "run", str(card), "--run-dir", str(run), log_name="second", env={"EDGE_MODE": "wait_open"}
