@@ -166,12 +166,8 @@ def reconcile(
                 continue
             candidates = [
                 r
-                for r in originals
-                if r.broker_order_id not in owner_of
-                and r.broker_order_id not in claimed
-                and _plausible(r, o)
-                and (not agreeing or _agrees(r, o))
-                and not _awaited(r, awaiting_reply, day)
+                for r in _free_lines(originals, owner_of, claimed, o)
+                if (not agreeing or _agrees(r, o)) and not _awaited(r, awaiting_reply, day)
             ]
             if not agreeing and _market_like(o):
                 # matched without the price: a line with the exact terms of a priced order of ours still
@@ -202,14 +198,7 @@ def reconcile(
             continue  # not "never reached the exchange" either: a line with its terms is there
         if now_ns - o.updated_ns <= grace_ns:
             continue
-        before_send = [
-            r
-            for r in originals
-            if r.broker_order_id not in owner_of
-            and r.broker_order_id not in claimed
-            and _plausible(r, o)
-            and _placed_before(r, o.created_ns, day)
-        ]
+        before_send = [r for r in _free_lines(originals, owner_of, claimed, o) if _placed_before(r, o.created_ns, day)]
         res.add(
             o.client_order_id,
             Reject(
@@ -430,6 +419,14 @@ def _awaited(r: BrokerOrderReport, pending: list[Order], day: dt.date) -> list[O
     return [p for p in pending if _plausible(r, p) and not _placed_before(r, p.created_ns, day)]
 
 
+def _free_lines(
+    originals: list[BrokerOrderReport], owner_of: dict[str, Order], claimed: set[str], o: Order
+) -> list[BrokerOrderReport]:
+    """The broker's lines nobody owns or claimed in this pass whose terms `o` could have (step 1's candidates)."""
+    free = (r for r in originals if r.broker_order_id not in owner_of and r.broker_order_id not in claimed)
+    return [r for r in free if _plausible(r, o)]
+
+
 def _hold_for_pending(
     res: ReconcileResult,
     o: Order,
@@ -441,14 +438,7 @@ def _hold_for_pending(
 ) -> bool:
     """An UNKNOWN `o` left unmatched whose only possible lines may be the send of a submit still waiting
     for its reply: alerted (the ambiguity), True. The next pass decides, once that reply has landed."""
-    lines = [
-        r
-        for r in originals
-        if r.broker_order_id not in owner_of
-        and r.broker_order_id not in claimed
-        and _plausible(r, o)
-        and not _placed_before(r, o.created_ns, day)
-    ]
+    lines = [r for r in _free_lines(originals, owner_of, claimed, o) if not _placed_before(r, o.created_ns, day)]
     awaited = {r.broker_order_id: _awaited(r, pending, day) for r in lines}
     twins = {p.client_order_id: p for ps in awaited.values() for p in ps}
     if not twins:
