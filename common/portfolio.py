@@ -199,6 +199,11 @@ class _Prices(dict[str, int]):
         return self
 
 
+def shares_text(held: dict[str, int]) -> str:
+    """'5 000660, 30 005930': how a message to a person says what is held (codes in order)."""
+    return ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
+
+
 class Portfolio:
     def __init__(self, costs: CostModel | None = None) -> None:
         # the account's costs (the gateway's [costs]): an open buy holds its buy commission in cash too
@@ -528,6 +533,10 @@ class Portfolio:
         return self.held_cash(bk.limit_buys + self._market_buys(bk)) if bk else 0
 
     # ---- positions and prices ----------------------------------------------------------------------
+
+    def holding(self, agent: str) -> dict[str, int]:
+        """code -> shares `agent` holds (codes it holds none of left out)."""
+        return {c: p.qty for c, p in self.positions.get(agent, {}).items() if p.qty > 0}
 
     def position(self, agent: str, code: str) -> PositionView | None:
         return self.positions.get(agent, {}).get(code)

@@ -76,7 +76,7 @@ from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
-from common.portfolio import Portfolio
+from common.portfolio import Portfolio, shares_text
 from common.risk_rules import MarketView, market_refusal
 from common.schema import (
     RELOAD_PREVIEW,
@@ -574,7 +574,7 @@ class Operator:
             if shut is None:
                 accepted = gw.risk.accept(agent, self.card_of(agent))
             gw.risk.set_state(agent, TradingState.REDUCING, why=reducing)
-        holding = {c: p.qty for c, p in gw.portfolio.positions.get(agent, {}).items() if p.qty > 0}
+        holding = gw.portfolio.holding(agent)
         before = set(gw.book.orders)
         flattening = agent in gw.desk.flattening  # (the end of day's, say: not the operator's to end)
         n = gw.desk.flatten(
@@ -612,7 +612,7 @@ class Operator:
             if not flattening:
                 gw.desk.stop_flatten(agent)
             denial = shut[0], FLATTEN_ADVICE.get(shut[0], shut[1])
-            refused = ", ".join(f"{q} {c}" for c, q in sorted(holding.items()))
+            refused = shares_text(holding)
         if denial is not None:
             # nothing sold: the agent is as it was (a paused agent paused, with its open orders' cancels)
             if was is TradingState.HALTED:
@@ -636,7 +636,7 @@ class Operator:
                 parts.append(f"{rest} more shares once these have filled (the order-value limit)")
         if waiting:
             parts.append(
-                f"the sells of {', '.join(f'{q} {c}' for c, q in sorted(holding.items()))} go out once its open "
+                f"the sells of {shares_text(holding)} go out once its open "
                 "orders are closed (a refused sell is alerted)"
             )
         if denied:

@@ -51,6 +51,7 @@ from common.orders import (
     is_gateway_exit,
     revise_refusal,
 )
+from common.portfolio import shares_text
 from common.risk_rules import HELD_TIFS, Denial
 from common.schema import NewOrder, OrderResult
 from server.marketdata import SKEW_ALERT_S
@@ -701,14 +702,13 @@ class OrderDesk:
             # the market closed before its sells could go (its cancels ended after the close, a session down
             # until then): held for the next session's open, as a missed flatten's; a person is told (the card
             # promised no position overnight)
-            held = {p.code: p.qty for p in book.portfolio.positions.get(agent, {}).values() if p.qty > 0}
+            held = book.portfolio.holding(agent)
             n = self.sell_next_session(card, why) if held else 0
             self._save_flattening()
             if held:
-                shares = ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
                 self.alert(
-                    f"{agent}: {why}: the market closed before its sells could go: its positions ({shares}) are "
-                    f"held overnight, {n} market sells held for the next session's open"
+                    f"{agent}: {why}: the market closed before its sells could go: its positions "
+                    f"({shares_text(held)}) are held overnight, {n} market sells held for the next session's open"
                 )
             return n
         day = book.clock.now().date()

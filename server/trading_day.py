@@ -40,6 +40,7 @@ from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
 from common.orders import AWAITING_ACK, CANCELLABLE, OrderState
+from common.portfolio import shares_text
 from common.protection import Protection
 from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
@@ -85,11 +86,6 @@ MISSED_SELLS_ALERT_BEFORE = dt.timedelta(minutes=5)
 _CANCELS = CANCELLABLE | AWAITING_ACK | {OrderState.HELD, OrderState.PENDING_REPLACE}
 
 Publish = Callable[[SystemEventKind, str, str], None]
-
-
-def _shares(held: dict[str, int]) -> str:
-    """'30 005930, 5 000660': what an alert says is held."""
-    return ", ".join(f"{q} {c}" for c, q in sorted(held.items()))
 
 
 class BasePrices:
@@ -584,7 +580,7 @@ class TradingDay:
             self._tell_absent(card, day)
             return
         cancels = self._missed_cancels(card, day) if policy is not EndOfDay.HOLD else 0
-        held = self._holding(card.id)
+        held = self.book.portfolio.holding(card.id)
         flatten = policy is EndOfDay.FLATTEN and bool(held)
         with self.book.store.transaction():
             # the promised sells are stored with the mark: sized once its cancels have ended (as the
@@ -602,7 +598,7 @@ class TradingDay:
         self.counters["end_of_day_missed"] = self.missed_policies
         what = [f"{cancels} open orders cancelled now"] if cancels else []
         if flatten:
-            shares = _shares(held)
+            shares = shares_text(held)
             what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
         of = "" if day == self.cycle.day else f" of {day}"
         text = (
@@ -611,10 +607,6 @@ class TradingDay:
         )
         self.alert(text, AlertKind.GATEWAY_FAULT)  # a person must know what the card promised did not happen
         self.book.notify(card.id, Notice(level="warning", text=f"end of day missed: {'; '.join(what)}"))
-
-    def _holding(self, agent: str) -> dict[str, int]:
-        """code -> shares `agent` holds (codes it holds none of left out)."""
-        return {c: p.qty for c, p in self.book.portfolio.positions.get(agent, {}).items() if p.qty > 0}
 
     def _tell_absent(self, card: AgentCard, day: str) -> None:
         """An approved agent not running over `day`'s close whose policy had something to do: a person is told
@@ -626,9 +618,9 @@ class TradingDay:
             return
         self._absent_told.add((day, card.id))  # (not marked done: registering later, its missed policy still runs)
         policy = card.schedule.end_of_day
-        held = self._holding(card.id)
+        held = self.book.portfolio.holding(card.id)
         waiting = sum(1 for o in self.book.held.values() if o.agent == card.id)
-        what = [f"holds {_shares(held)}"] if held else []
+        what = [f"holds {shares_text(held)}"] if held else []
         if waiting:
             what.append(f"has {waiting} next-session orders waiting")
         of = "" if day == self.cycle.day else f" of {day}"
