@@ -11,12 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import KST
-from common.config import AgentCard
+from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
 from common.enums import AlertKind
 from common.market_clock import ManualClock
 from server.trading_day import BasePrices, TradingDay
 from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
+
+
+def policy_card(agent: str, policy: EndOfDay, code: str = "005930") -> AgentCard:
+    """A card trading `code` whose day ends at 15:20 with `policy` (orders up to 5,000,000 KRW)."""
+    return AgentCard(
+        id=agent,
+        name=agent,
+        strategy="x:Y",
+        codes=[code],
+        budget=10_000_000,
+        risk=RiskLimits(max_order_value=5_000_000),
+        schedule=Schedule(end="15:20", end_of_day=policy),
+    )
+
+
+def on(day: dt.date, hhmm: str) -> dt.datetime:
+    """`day` at `hhmm` (naive: the rig's clock reads it as KST)."""
+    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
 
 
 class Rig:

@@ -8,30 +8,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, TimeInForce
 from common.orders import OrderState
 from common.schema import NewOrder
-from tests.fakes.trading_day_rig import Rig
+from tests.fakes.trading_day_rig import Rig, on, policy_card
 
 FRIDAY, MONDAY = dt.date(2026, 12, 4), dt.date(2026, 12, 7)
 CODE = "005930"
-
-
-def card(agent: str, policy: EndOfDay) -> AgentCard:
-    return AgentCard(
-        id=agent,
-        name=agent,
-        strategy="x:Y",
-        codes=[CODE],
-        budget=10_000_000,
-        risk=RiskLimits(max_order_value=5_000_000),
-        schedule=Schedule(end="15:20", end_of_day=policy),
-    )
-
-
-def at(day: dt.date, hhmm: str) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
 
 
 def order(agent: str, n: int, qty: int, price: int, tif: TimeInForce = TimeInForce.DAY) -> NewOrder:
@@ -39,15 +23,15 @@ def order(agent: str, n: int, qty: int, price: int, tif: TimeInForce = TimeInFor
 
 
 async def test_a_flatten_missed_before_a_weekend_down_is_alerted_and_sold_at_the_coming_open(tmp_path: Path) -> None:
-    flat = card("flat", EndOfDay.FLATTEN)
-    rig = Rig(tmp_path / "db" / "g.sqlite", at(FRIDAY, "10:00"), [flat])
+    flat = policy_card("flat", EndOfDay.FLATTEN)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [flat])
     await rig.start()
     try:
         rig.day.tick()
         assert rig.h.desk.submit(flat, order("flat", 1, 30, 70_000)).accepted  # marketable: fills
         await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
         rig.spawned.clear()
-        rig.at(at(MONDAY, "07:00"))  # down from Friday 15:00 to Monday 07:00
+        rig.at(on(MONDAY, "07:00"))  # down from Friday 15:00 to Monday 07:00
         rig.day = rig.new_day()
         rig.day.tick()
         await rig.run_spawned()
@@ -77,8 +61,8 @@ async def test_a_flatten_missed_before_a_weekend_down_is_alerted_and_sold_at_the
 
 
 async def test_a_cancel_missed_before_the_down_time_cancels_what_its_end_would_have(tmp_path: Path) -> None:
-    canc = card("canc", EndOfDay.CANCEL)
-    rig = Rig(tmp_path / "db" / "g.sqlite", at(FRIDAY, "10:00"), [canc])
+    canc = policy_card("canc", EndOfDay.CANCEL)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [canc])
     await rig.start()
     try:
         rig.day.tick()
@@ -86,7 +70,7 @@ async def test_a_cancel_missed_before_the_down_time_cancels_what_its_end_would_h
         assert rig.h.desk.submit(canc, order("canc", 1, 10, 69_000, TimeInForce.NEXT_SESSION)).accepted
         assert rig.h.book.orders["canc-20261204-1"].state is OrderState.HELD
         rig.spawned.clear()
-        rig.at(at(MONDAY, "07:00"))
+        rig.at(on(MONDAY, "07:00"))
         rig.day = rig.new_day()
         rig.day.tick()
         await rig.run_spawned()
@@ -101,9 +85,9 @@ async def test_a_cancel_missed_before_the_down_time_cancels_what_its_end_would_h
 async def test_an_agent_registering_after_the_late_close_is_seen_to_before_the_open(tmp_path: Path) -> None:
     """The gateway's late close runs at its first tick, before agents registered again: one registering
     at 08:10 still has Friday's missed flatten worked out (a restart in between keeps that too)."""
-    flat = card("flat", EndOfDay.FLATTEN)
+    flat = policy_card("flat", EndOfDay.FLATTEN)
     cards: list[AgentCard] = [flat]
-    rig = Rig(tmp_path / "db" / "g.sqlite", at(FRIDAY, "10:00"), cards)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), cards)
     await rig.start()
     try:
         rig.day.tick()
@@ -111,16 +95,16 @@ async def test_an_agent_registering_after_the_late_close_is_seen_to_before_the_o
         await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
         rig.spawned.clear()
         cards.clear()  # not registered when the gateway comes back
-        rig.at(at(MONDAY, "07:00"))
+        rig.at(on(MONDAY, "07:00"))
         rig.day = rig.new_day()
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and not rig.h.book.held
-        rig.at(at(MONDAY, "08:00"))
+        rig.at(on(MONDAY, "08:00"))
         rig.day = rig.new_day()  # and a restart meanwhile
         rig.day.tick()
         cards.append(flat)  # registers at 08:10
-        rig.at(at(MONDAY, "08:10"))
+        rig.at(on(MONDAY, "08:10"))
         rig.day.tick()
         assert sum(o.qty for o in rig.h.book.held.values() if o.agent == "flat") == 30
         assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1

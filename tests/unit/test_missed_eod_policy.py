@@ -7,33 +7,21 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.config import EndOfDay
 from common.enums import AlertKind, OrderType, Side, TimeInForce
 from common.krx import Phase
 from common.orders import OrderState
 from common.schema import NewOrder
 from server.daycycle import DayCycle
 from server.store import Store
-from tests.fakes.trading_day_rig import Rig
+from tests.fakes.trading_day_rig import Rig, on, policy_card
 
 FRIDAY = dt.date(2026, 12, 4)
 CODE = "005930"
 
 
-def card(agent: str, policy: EndOfDay) -> AgentCard:
-    return AgentCard(
-        id=agent,
-        name=agent,
-        strategy="x:Y",
-        codes=[CODE],
-        budget=10_000_000,
-        risk=RiskLimits(max_order_value=5_000_000),
-        schedule=Schedule(end="15:20", end_of_day=policy),
-    )
-
-
 def at(hhmm: str, day: dt.date = FRIDAY) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
+    return on(day, hhmm)
 
 
 def buy(agent: str, n: int, qty: int, price: int) -> NewOrder:
@@ -44,7 +32,7 @@ def test_due_after_the_close_reports_a_card_not_cleaned_up_as_missed(tmp_path: P
     store = Store(tmp_path / "g.sqlite")
     dc = DayCycle(store)
     dc.roll("20261204")
-    flat, done = card("flat", EndOfDay.FLATTEN), card("done", EndOfDay.CANCEL)
+    flat, done = policy_card("flat", EndOfDay.FLATTEN), policy_card("done", EndOfDay.CANCEL)
     dc.mark_cleaned("done")
     due = dc.due(at("15:32").replace(tzinfo=dt.timezone(dt.timedelta(hours=9))), Phase.POST_CLOSE, True, [flat, done])
     assert [c.id for c in due.missed] == ["flat"] and due.cleanup == []
@@ -52,7 +40,7 @@ def test_due_after_the_close_reports_a_card_not_cleaned_up_as_missed(tmp_path: P
 
 
 async def test_a_flatten_missed_over_a_restart_holds_next_session_sells_and_is_alerted(tmp_path: Path) -> None:
-    flat = card("flat", EndOfDay.FLATTEN)
+    flat = policy_card("flat", EndOfDay.FLATTEN)
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [flat])
     await rig.start()
     try:
@@ -86,7 +74,7 @@ async def test_a_flatten_missed_over_a_restart_holds_next_session_sells_and_is_a
 
 
 async def test_a_missed_cancel_still_cancels_what_is_open_and_is_alerted(tmp_path: Path) -> None:
-    canc = card("canc", EndOfDay.CANCEL)
+    canc = policy_card("canc", EndOfDay.CANCEL)
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [canc])
     await rig.start()
     try:
@@ -105,7 +93,7 @@ async def test_a_missed_cancel_still_cancels_what_is_open_and_is_alerted(tmp_pat
 
 async def test_a_card_with_nothing_to_do_is_not_alerted(tmp_path: Path) -> None:
     """An agent registered only after the close with no orders or positions: nothing was missed."""
-    flat = card("flat", EndOfDay.FLATTEN)
+    flat = policy_card("flat", EndOfDay.FLATTEN)
     rig = Rig(tmp_path / "db" / "g.sqlite", at("15:32"), [flat])
     await rig.start()
     try:

@@ -13,33 +13,21 @@ from pathlib import Path
 import pytest
 
 from common import approvals
-from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, TimeInForce
 from common.orders import OrderState
 from common.schema import NewOrder
-from tests.fakes.trading_day_rig import Rig
+from tests.fakes.trading_day_rig import Rig, on, policy_card
 
 FRIDAY, SATURDAY, MONDAY = dt.date(2026, 12, 4), dt.date(2026, 12, 5), dt.date(2026, 12, 7)
 CODE = "005930"
 
 
 def card(agent: str, policy: EndOfDay = EndOfDay.FLATTEN) -> AgentCard:
-    return AgentCard(
-        id=agent,
-        name=agent,
-        strategy="x:Y",
-        codes=[CODE],
-        budget=10_000_000,
-        risk=RiskLimits(max_order_value=5_000_000),
-        schedule=Schedule(end="15:20", end_of_day=policy),
-    )
+    return policy_card(agent, policy, CODE)
 
 
 FLAT, IDLE = card("flat"), card("idle")  # IDLE: approved too, but holds nothing and has no order
-
-
-def at(day: dt.date, hhmm: str) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
 
 
 async def step(rig: Rig, when: dt.datetime) -> None:
@@ -56,7 +44,7 @@ async def friday_bought_then_down(tmp_path: Path, cards: list[AgentCard], back: 
     db = tmp_path / "db" / "g.sqlite"
     approvals.approve(db.parent, [FLAT, IDLE], by="test")  # the operator's approved cards (TradingDay.run_dir)
     cards.append(FLAT)
-    rig = Rig(db, at(FRIDAY, "10:00"), cards)
+    rig = Rig(db, on(FRIDAY, "10:00"), cards)
     await rig.start()
     rig.day.tick()
     new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
@@ -75,16 +63,16 @@ def monday_sells(rig: Rig) -> list[tuple[Side, OrderType, TimeInForce, str, int]
     return [(o.side, o.order_type, o.tif, o.valid_day, o.qty) for o in rig.h.book.held.values() if o.agent == "flat"]
 
 
-@pytest.mark.parametrize("registers", [at(SATURDAY, "00:30"), at(MONDAY, "08:00")])
+@pytest.mark.parametrize("registers", [on(SATURDAY, "00:30"), on(MONDAY, "08:00")])
 async def test_an_agent_registering_after_midnight_had_its_missed_flatten_told_at_the_close(
     tmp_path: Path, registers: dt.datetime
 ) -> None:
     cards: list[AgentCard] = []
-    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "19:00"))
+    rig = await friday_bought_then_down(tmp_path, cards, on(FRIDAY, "19:00"))
     try:
-        await step(rig, at(FRIDAY, "19:00"))
+        await step(rig, on(FRIDAY, "19:00"))
         assert rig.h.store.get_meta("closed:20261204") == "1"  # Friday closed on time, no agent registered
-        for when in (at(FRIDAY, "23:59"), at(SATURDAY, "00:30"), at(MONDAY, "00:01"), at(MONDAY, "08:00")):
+        for when in (on(FRIDAY, "23:59"), on(SATURDAY, "00:30"), on(MONDAY, "00:01"), on(MONDAY, "08:00")):
             if when == registers:
                 cards.append(FLAT)
             await step(rig, when)
@@ -96,7 +84,7 @@ async def test_an_agent_registering_after_midnight_had_its_missed_flatten_told_a
         assert monday_sells(rig) == []  # not running: nothing sold for it
         assert all("idle" not in t for t in rig.alerted(AlertKind.AGENT_OFFLINE))  # IDLE had nothing to do
         assert "flat" not in rig.day.cycle.cleaned  # today's policy is its own (Monday is not reduce-only)
-        await step(rig, at(MONDAY, "08:26"))  # before the opening call: nothing more to tell
+        await step(rig, on(MONDAY, "08:26"))  # before the opening call: nothing more to tell
         assert len(rig.alerted(AlertKind.AGENT_OFFLINE)) == 1 and rig.alerted(AlertKind.GATEWAY_FAULT) == []
     finally:
         await rig.close()
@@ -106,17 +94,17 @@ async def test_a_late_close_tells_the_missed_flatten_of_an_agent_not_registered(
     """Down from Friday 15:00 to Monday 07:00: the late close of Friday tells of the approved agent's missed
     flatten before it registers (it may register after the open, or not at all)."""
     cards: list[AgentCard] = []
-    rig = await friday_bought_then_down(tmp_path, cards, at(MONDAY, "07:00"))
+    rig = await friday_bought_then_down(tmp_path, cards, on(MONDAY, "07:00"))
     try:
-        await step(rig, at(MONDAY, "07:00"))
+        await step(rig, on(MONDAY, "07:00"))
         assert rig.h.store.get_meta("closed:20261204") == "1"
         assert rig.alerted(AlertKind.AGENT_OFFLINE) == []  # (a gateway just started: its agents are coming back)
-        await step(rig, at(MONDAY, "07:02"))
+        await step(rig, on(MONDAY, "07:02"))
         [text] = rig.alerted(AlertKind.AGENT_OFFLINE)
         assert "flat" in text and "of 20261204" in text and "30 005930" in text, text
         assert monday_sells(rig) == []
         cards.append(FLAT)  # registers at 10:00, after the open: its missed policy is worked out as it registers
-        await step(rig, at(MONDAY, "10:00"))
+        await step(rig, on(MONDAY, "10:00"))
         assert len(rig.alerted(AlertKind.AGENT_OFFLINE)) == 1 and len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
     finally:
         await rig.close()
@@ -126,17 +114,17 @@ async def test_an_agent_down_over_the_close_while_the_gateway_runs_is_told_at_th
     """The gateway runs all day; the agent is down from 15:00 and comes back Monday: its flatten is worked
     out as missed once the session is over, not lost at midnight."""
     cards: list[AgentCard] = []
-    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "15:00"))
+    rig = await friday_bought_then_down(tmp_path, cards, on(FRIDAY, "15:00"))
     try:
-        for when in (at(FRIDAY, "15:00"), at(FRIDAY, "15:25")):
+        for when in (on(FRIDAY, "15:00"), on(FRIDAY, "15:25")):
             await step(rig, when)
         assert rig.alerted(AlertKind.GATEWAY_FAULT) == []  # (the policy of an agent not registered is not run)
-        await step(rig, at(FRIDAY, "15:31:30"))
+        await step(rig, on(FRIDAY, "15:31:30"))
         assert rig.h.store.get_meta("closed:20261204") == "1"
-        for when in (at(FRIDAY, "19:00"), at(SATURDAY, "00:30")):
+        for when in (on(FRIDAY, "19:00"), on(SATURDAY, "00:30")):
             await step(rig, when)
         cards.append(FLAT)  # back Monday morning
-        await step(rig, at(MONDAY, "08:00"))
+        await step(rig, on(MONDAY, "08:00"))
         [text] = rig.alerted(AlertKind.AGENT_OFFLINE)
         assert "flat" in text and "did not run" in text and "30 005930" in text, text
         assert monday_sells(rig) == [] and rig.alerted(AlertKind.GATEWAY_FAULT) == []
@@ -148,10 +136,10 @@ async def test_a_shadow_agent_not_running_is_not_told_each_night(tmp_path: Path)
     """A shadow agent's books are not the account's: nothing of it is held overnight at the broker, and an
     absent one would be told every night (its virtual sells never fill with nobody subscribing its codes)."""
     cards: list[AgentCard] = []
-    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "19:00"))
+    rig = await friday_bought_then_down(tmp_path, cards, on(FRIDAY, "19:00"))
     try:
         rig.h.book.portfolio.virtual.add("flat")
-        for when in (at(FRIDAY, "19:00"), at(SATURDAY, "00:30"), at(MONDAY, "08:00")):
+        for when in (on(FRIDAY, "19:00"), on(SATURDAY, "00:30"), on(MONDAY, "08:00")):
             await step(rig, when)
         assert rig.alerted(AlertKind.AGENT_OFFLINE) == [] and monday_sells(rig) == []
     finally:
@@ -162,11 +150,11 @@ async def test_agents_registering_just_after_a_restart_after_the_close_get_their
     """The gateway restarted at 19:00 (the host rebooted during the day) and its agent registers seconds later:
     it is not told as 'not running' (nor marked done, which skipped its flatten), its missed flatten runs."""
     cards: list[AgentCard] = []
-    rig = await friday_bought_then_down(tmp_path, cards, at(FRIDAY, "19:00"))
+    rig = await friday_bought_then_down(tmp_path, cards, on(FRIDAY, "19:00"))
     try:
-        await step(rig, at(FRIDAY, "19:00"))
+        await step(rig, on(FRIDAY, "19:00"))
         cards.append(FLAT)  # back 5 s after the gateway
-        await step(rig, at(FRIDAY, "19:00:05"))
+        await step(rig, on(FRIDAY, "19:00:05"))
         assert rig.alerted(AlertKind.AGENT_OFFLINE) == []
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
         assert "flat" in text and "did not run" in text and "30 005930" in text, text
