@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common.connection import read_info
 from tests.conftest import Procs, wait_for
-from tools.web.server import Dashboard
+from tools.web.server import STREAM_RETRY_MS, Dashboard
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,9 @@ async def test_dead_gateway_is_shown_stale_then_live_again(tmp_path: Path, procs
 
         async with TestClient(TestServer(dash.app())) as client:
             resp = await client.get("/api/stream", headers=AUTH)
-            first = await next_frame(resp, "status")  # queued at connect: the very first frame
+            # the browser is told to reconnect a lost stream within a second (its default is 3 s)
+            assert (await resp.content.readuntil(b"\n\n")).decode() == f"retry: {STREAM_RETRY_MS}\n\n"
+            first = await next_frame(resp, "status")  # queued at connect: the first status frame
             assert first["error"] and first["gateway_pid"] == st.gateway_pid and first["age_s"] >= 0
             first_orders = await next_frame(resp, "orders")
             assert first_orders["error"] and first_orders["age_s"] >= 0

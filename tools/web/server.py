@@ -16,6 +16,7 @@ nothing is applied. The signing key in run/gateway.json never leaves this proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -40,6 +41,7 @@ COOKIE = "ktrader_web"
 ACTIONS = frozenset({"pause", "resume", "reduce", "halt", "cancel_all", "flatten", "reconcile", "reload"})
 CONTROL_TIMEOUT_S = 5.0  # how long an action waits for the gateway's answer
 MAX_CLIENTS = 32
+STREAM_RETRY_MS = 1000  # how soon a browser reconnects a lost stream (the SSE retry field)
 
 
 class Dashboard:
@@ -182,6 +184,8 @@ class Dashboard:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await resp.prepare(request)
         q: asyncio.Queue[str] = asyncio.Queue(maxsize=500)
+        # the browser reconnects 1 s after losing the stream (its default, 3 s, left a restarted page dark)
+        q.put_nowait(f"retry: {STREAM_RETRY_MS}\n\n")
         for event, data in (
             ("status", self._status_json()),
             ("orders", self._orders_json()),
@@ -252,7 +256,12 @@ class Dashboard:
         return app
 
     async def _close_streams(self, app: web.Application) -> None:
+        streams = list(self.clients)
         self.clients.clear()
+        for q in streams:
+            # wakes a handler idle between keep-alives: it ends now, not up to 15 s into a graceful stop
+            with contextlib.suppress(asyncio.QueueFull):  # (a full queue: its handler is not idle)
+                q.put_nowait("")
 
 
 def _unknown(text: str) -> web.Response:
