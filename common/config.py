@@ -187,6 +187,9 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
         200  # alerts waiting to be sent; beyond it they are dropped and counted
     )
     session_down_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # broker session not ready this long: an alert
+    # free space on the run folder's disk under this (MB): an alert, long before a full disk stops the gateway
+    # (its store cannot commit); 0: not watched
+    min_free_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
     stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = (
         60.0  # no real-time message this long in the continuous session
     )

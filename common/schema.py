@@ -435,6 +435,7 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)
+    disk_free_bytes: int = -1  # free space on the run folder's disk (-1: unknown)
     # why the session is not READY (the notice feed orders wait for), and what to check
     session_problem: SessionProblem = SessionProblem.NONE
     session_detail: str = ""

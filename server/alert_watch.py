@@ -28,6 +28,7 @@ _AT_PHASE = {Phase.OPENING_AUCTION: "as the opening auction starts", Phase.CONTI
 # The end of an alerted outage is good news: it must not jump the queue or bypass the rate limit as the
 # critical kinds do (server/notifier.py CRITICAL)
 RECOVERED = AlertKind.RECOVERED
+MB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Facts:
     reconcile_texts: list[str]  # that pass's differences
     unknown: dict[str, str]  # client order id -> agent, orders in UNKNOWN now
     market_ns: int = 0  # market time of the check (names an episode by its start; 0: by `now`)
+    disk_free_bytes: int = -1  # free space on the run folder's disk (-1: unknown)
 
 
 @dataclass
@@ -87,10 +89,11 @@ class AlertWatch:
         self._reconcile_seen: tuple[int, str, int] | None = None
         self._unknown_seen: set[str] = set()
         self._ended: list[Raised] = []
+        self._low_disk: _Episode | None = None
 
     def check(self, f: Facts) -> list[Raised]:
         """The alerts this check raises; the ends of alerted outages it saw are kept for `ended()`."""
-        return [*self._session(f), *self._stale_data(f), *self._reconcile(f), *self._unknown(f)]
+        return [*self._session(f), *self._stale_data(f), *self._reconcile(f), *self._unknown(f), *self._disk(f)]
 
     def ended(self) -> list[Raised]:
         """The ends of alerted outages seen since the last call (kind RECOVERED, not critical), oldest first."""
@@ -189,3 +192,31 @@ class AlertWatch:
                 subject=coid,
             )
         self._unknown_seen = set(f.unknown)
+
+    def _disk(self, f: Facts) -> Iterable[Raised]:
+        """Free space on the run folder's disk under notify.min_free_mb: told once an episode, and its end once
+        10 % above the line (a disk hovering at the line is not told every minute)."""
+        line = self.cfg.min_free_mb * MB
+        if not line or f.disk_free_bytes < 0:
+            return
+        if self._low_disk is not None and f.disk_free_bytes >= line + line // 10:
+            ep, self._low_disk = self._low_disk, None
+            self._ended.append(
+                Raised(
+                    RECOVERED,
+                    f"the run folder's disk has {f.disk_free_bytes // MB:,} MB free again (low since {ep.when})",
+                    subject=f"{ep.subject}: over",
+                )
+            )
+            return
+        if self._low_disk is not None or f.disk_free_bytes >= line:
+            return
+        self._low_disk = _episode(f, "low disk space")
+        yield Raised(
+            AlertKind.GATEWAY_FAULT,
+            f"the run folder's disk has {f.disk_free_bytes // MB:,} MB free (under notify.min_free_mb, "
+            f"{self.cfg.min_free_mb:,} MB): when it is full the store cannot commit and the gateway stops, and "
+            "nothing watches its orders and protective stops at KIS; free space now (old recordings under "
+            "run/data, logs) or move the run folder to a larger disk",
+            subject=self._low_disk.subject,
+        )

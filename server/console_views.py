@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -174,6 +175,14 @@ def read_blotter(
         finally:
             events.close()  # its cursors end now, not when collected
     return Blotter([order_view(o) for o in shown], fills, len(done) - len(done[:room]))
+
+
+def disk_free(path: str) -> int:
+    """Free bytes on the disk holding `path` (-1: cannot tell): a statvfs, microseconds."""
+    try:
+        return shutil.disk_usage(os.path.dirname(path) or ".").free
+    except OSError:
+        return -1
 
 
 def db_bytes(store_path: str) -> int:

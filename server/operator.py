@@ -355,7 +355,11 @@ class Operator:
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
             names={c: master.name(c) for c in codes if master is not None and c in master},
-            health=msgspec.structs.replace(gw.broker.health(), db_bytes=console_views.db_bytes(str(gw.store.path))),
+            health=msgspec.structs.replace(
+                gw.broker.health(),
+                db_bytes=console_views.db_bytes(str(gw.store.path)),
+                disk_free_bytes=console_views.disk_free(str(gw.store.path)),
+            ),
             account=console_views.account_positions(portfolio),
             marks=dict(portfolio.marks),
             reconcile_alerts=last[2] if last else 0,
@@ -943,6 +947,7 @@ class Operator:
             reconcile_texts=list(gw.recon.last_texts) if last else [],  # the pass's own texts, not the ring's
             unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},
             market_ns=market_ns(gw.clock),
+            disk_free_bytes=console_views.disk_free(str(gw.store.path)),
         )
 
     # ---- performance -----------------------------------------------------------------------------

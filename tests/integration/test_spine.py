@@ -183,6 +183,7 @@ def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: 
     assert s.pid == a.pid and s.open_orders == 1 and s.orders_today == 2 and s.fills == 1
     st = fetch_status(run)
     assert st.gateway_pid == gw2.pid and st.fills_today == 1
+    assert st.health.disk_free_bytes > 0  # the run folder's disk, watched (server/alert_watch.py _disk)
     assert a.poll() is None
     holds_for(lambda: agent_status(run, "alpha").orders_today == 2, 0.5, what="no order re-sent")
     # the takeover read the unfilled list first (orders flow after a page), then the whole day's list

@@ -74,6 +74,7 @@ async def test_reconcile_page_quotes_the_pass_not_the_newest_alerts(tmp_path: Pa
             ),
             subs=SimpleNamespace(active={}),
             book=SimpleNamespace(orders={}),
+            store=SimpleNamespace(path="/nonexistent/gateway.sqlite"),  # (free space: unknown)
         )
         op = Operator.__new__(Operator)
         op.gw = gw  # type: ignore[assignment]
@@ -100,6 +101,7 @@ def test_reconcile_texts_are_the_pass_own_even_with_alerts_after_it() -> None:
         ),
         subs=SimpleNamespace(active={}),
         book=SimpleNamespace(orders={}),
+        store=SimpleNamespace(path="/nonexistent/gateway.sqlite"),  # (free space: unknown)
     )
     op = Operator.__new__(Operator)
     op.gw = gw  # type: ignore[assignment]

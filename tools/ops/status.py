@@ -292,7 +292,8 @@ def recon_line(st: StatusReply) -> str:
         )
     )
     master = st.stock_master or "none (codes not checked; every code counts as a KOSPI stock)"
-    return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}  stock master {master}"
+    free = f" (disk {fmt_bytes(st.health.disk_free_bytes)} free)" if st.health.disk_free_bytes >= 0 else ""
+    return f"reconciliation {recon}  DB {fmt_bytes(st.health.db_bytes)}{free}  stock master {master}"
 
 
 def risk_line(st: StatusReply) -> str:
