@@ -101,7 +101,7 @@ from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
-from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait
+from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait, retry_after
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
@@ -911,7 +911,7 @@ class Gateway:
             except Exception as e:
                 self.counters["reconcile_errors"] += 1
                 log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
-                timeout, backoff = backoff, min(backoff * 2, 30.0)  # 0.2, 0.4, ... a blip costs little
+                timeout, backoff = retry_after(backoff, self.recon.synced, self.clock.phase())  # a blip costs little
                 # passes that keep failing (KIS down, a row of the order list it cannot read) are told to a
                 # person once per episode, after the same delay as the partial alert below: at the start every
                 # new order is denied; later, UNKNOWN orders and fills whose notices were lost stay unresolved

@@ -25,6 +25,7 @@ import msgspec
 
 from common.clock import date_of
 from common.ids import EXTERNAL_AGENT
+from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.portfolio import PendingSplit
 from common.orders import (
     AMENDING,
@@ -100,6 +101,20 @@ def periodic_wait(period_s: float, last_pass_s: float) -> float:
     long enough that passes would use more than PERIODIC_SHARE of the time (passes asked for, after
     a gap, at a new day or by the operator, are not held back by this)."""
     return max(period_s, min(last_pass_s * (1 - PERIODIC_SHARE) / PERIODIC_SHARE, PERIODIC_MAX_WAIT_S))
+
+
+# a failing pass is retried after a back-off doubling from 0.2 s up to this; until the first pass succeeds in the
+# session every new order is denied, so then it stays short: a pass asleep for 30 s after KIS was back kept
+# the desk shut that long (failures at night may wait the long one: nothing is lost then)
+RETRY_MAX_S = 30.0
+RETRY_MAX_UNSYNCED_S = 3.0
+_RETRY_SOON_PHASES = REGULAR_ORDER_PHASES | {Phase.PRE_OPEN}  # (a long wait begun at 08:29 ran into the auction)
+
+
+def retry_after(backoff_s: float, synced: bool, phase: Phase) -> tuple[float, float]:
+    """(this wait, the next back-off) after a failed reconciliation pass that waited `backoff_s` before."""
+    cap = RETRY_MAX_UNSYNCED_S if not synced and phase in _RETRY_SOON_PHASES else RETRY_MAX_S
+    return min(backoff_s, cap), min(backoff_s * 2, cap)
 
 
 class AccountView(Protocol):
