@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.krx import Phase
 from common.config import BrokerConfig, BrokerEnv
 from common.enums import AlertKind, Side
 from kis.adapter import KisBroker
@@ -412,6 +413,7 @@ async def _run_reconcile_loop(
         recon=recon,
         counters=Counter(),
         cfg=SimpleNamespace(reconcile_s=30.0),
+        clock=SimpleNamespace(phase=lambda: Phase.CONTINUOUS),  # (the retry's back-off depends on it)
         book=_Book(step_ns),
         alerts=alerts,
         _reconcile_wanted=asyncio.Event(),
