@@ -10,7 +10,12 @@ most the block being filled and the block being compressed (`frames_written` say
 are safe); the reader returns every complete record before a truncated tail. One file per gateway
 start (a crashed file is never appended to) and per day. A block whose write fails (disk full) is
 lost, and so is that file's gzip stream (its compressor has taken in the lost block): the file is
-abandoned as it is and the next block starts a fresh file, so the rest of the day stays readable.
+abandoned as it is (removed when no byte of it reached the disk) and the next block starts a
+fresh file, so the rest of the day stays readable; while writes keep failing a fresh file is tried
+only every `retry_s`. A day folder that cannot be made at midnight is likewise retried every
+`retry_s`. Frames meanwhile are dropped and counted in `frames_lost`; recording never stops for good
+and never blocks the caller. For status and alerts: `failing` (recording is not reaching the disk
+now), `last_error`, `errors`, `frames_lost`.
 
 Kinds: `WS` a frame exactly as received (bytes); `PLAIN` the decrypted plaintext of an encrypted
 notice, as `1|TR|count|<plaintext>` (derived by us, never on the wire); `CLOCK` the exchange time
@@ -28,6 +33,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -46,6 +52,7 @@ log = logging.getLogger("ktrader.recorder")
 REC = struct.Struct("<QBI")
 SUFFIX = ".kfr.gz"
 DAY_NS = 86_400 * 10**9
+RETRY_S = 30.0  # a failed roll or write is tried again this often: a full disk costs an attempt per 30 s, not per block
 
 
 class FrameKind(IntEnum):
@@ -55,6 +62,13 @@ class FrameKind(IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)
+
+
+class _Step(IntEnum):
+    """What failed: each clears on its own success (they run in different threads)."""
+
+    ROLL = 1  # opening the day's folder and file (on the caller's loop)
+    WRITE = 2  # writing a block or opening a fresh file for it (in the writer thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,30 @@ def _frames_path(folder: Path, first_ns: int) -> Path:
     return folder / f"frames-{first_ns:020d}-{os.getpid()}{SUFFIX}"
 
 
+def _create_file(folder: Path, first_ns: int) -> tuple[Path, BinaryIO]:
+    """A new file of ours (O_EXCL: never appended to a crashed or abandoned one; a taken name, the
+    clock stood still, moves on by 1 ns so it still sorts after it)."""
+    ns = first_ns
+    while True:
+        path = _frames_path(folder, ns)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        except FileExistsError:
+            ns += 1
+            continue
+        return path, os.fdopen(fd, "ab")
+
+
+def _remove_if_empty(path: Path) -> None:
+    """An abandoned file none of whose bytes reached the disk: nothing to read in it, and left behind
+    it would be one more empty file (listed as truncated) per retry while the disk is full."""
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass  # kept: an empty file is harmless
+
+
 @dataclass(slots=True)
 class _Sink:
     """The file a day's blocks go to and its gzip stream. Only the writer thread touches `file`/`z`
@@ -82,6 +120,7 @@ class _Sink:
     folder: Path
     file: BinaryIO | None
     z: zlib._Compress | None
+    path: Path | None = None  # the open file (ours: created with O_EXCL)
 
 
 def day_dir(data_dir: Path, day: dt.date) -> Path:
@@ -115,6 +154,8 @@ class Recorder:
         flush_s: float = 1.0,
         level: int = 6,
         clock: Callable[[], int] = time.time_ns,
+        retry_s: float = RETRY_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.retention_days = retention_days
@@ -122,19 +163,32 @@ class Recorder:
         self.flush_s = flush_s
         self.level = level
         self.clock = clock
+        self.retry_s = retry_s
+        self.monotonic = monotonic  # paces retries (the receive clock may jump)
         self._buf = bytearray()
         self._buf_frames = 0  # frames in _buf
         self._sink: _Sink | None = None
         self._day_end_ns = 0  # receive times at/after this belong to a new day's file
         self.path: Path | None = None
-        self.frames = 0
+        self.frames = 0  # frames received: once written out, frames_written + frames_lost
         self.frames_written = 0  # frames in blocks the OS has (they survive a kill -9); a lost block's are not
-        self.frames_lost = 0  # frames of blocks whose write failed
+        self.frames_lost = 0  # frames dropped: their block's write failed, or no file could be opened for them
         self.raw_bytes = 0
         self.written_bytes = 0
-        self.errors = 0
+        self.errors = 0  # failed attempts (open, write, close); retries are paced by retry_s
+        self.last_error = ""  # the latest failure, for people ("" until one happens; kept after recovery)
+        self._lock = threading.Lock()  # the failure counters change on the caller's loop and in the writer thread
+        self._failing: set[_Step] = set()
+        self._streak = 0  # failures since recording last worked: logged at the 1st, 10th, 100th, each 1000th
+        self._roll_at = 0.0  # monotonic time before which a failed roll is not tried again (caller's loop)
+        self._reopen_at = 0.0  # the same for a fresh file after a failed write (writer thread)
         self._closed = False
         self._writer: ThreadPoolExecutor | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Recording is not reaching the disk now (frames are being dropped; it retries every retry_s)."""
+        return bool(self._failing)
 
     # the hooks: called on the gateway's loop for each frame
 
@@ -150,14 +204,9 @@ class Recorder:
     def _append(self, kind: FrameKind, data: bytes, recv_ns: int) -> None:
         if self._closed:
             return
-        if recv_ns >= self._day_end_ns:
-            try:
-                self._roll(recv_ns)
-            except OSError as e:  # recording must never stop the market-data stream
-                self.errors += 1
-                self._closed = True
-                log.error("recording stopped: cannot open a file under %s: %s", self.data_dir, e)
-                return
+        if recv_ns >= self._day_end_ns and not self._start_file(recv_ns):
+            self.frames += 1  # and counted lost
+            return
         buf = self._buf
         buf += REC.pack(recv_ns, kind, len(data))
         buf += data
@@ -166,14 +215,29 @@ class Recorder:
         if len(buf) >= self.block_bytes:
             self.flush()
 
+    def _start_file(self, recv_ns: int) -> bool:
+        """Roll to the file of `recv_ns`'s day; False while that fails (tried again every retry_s), the
+        frame at `recv_ns` then counted lost."""
+        now = self.monotonic()
+        if now < self._roll_at:
+            self._lost(1)
+            return False
+        try:
+            self._roll(recv_ns)
+        except OSError as e:  # recording must never stop the market-data stream, nor stay off once it can work
+            self._roll_at = now + self.retry_s
+            self._failed(_Step.ROLL, f"cannot open a file under {self.data_dir}", e, 1)
+            return False
+        self._ok(_Step.ROLL)
+        return True
+
     def _roll(self, recv_ns: int) -> None:
         self._finish_file()
         day = kst_from_ns(recv_ns).date()
         private_dir(self.data_dir)  # decrypted notices inside: the user's eyes only
         folder = private_dir(day_dir(self.data_dir, day))
-        self.path = _frames_path(folder, recv_ns)
-        file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
-        self._sink = _Sink(folder, file, self._compressor())
+        self.path, file = _create_file(folder, recv_ns)
+        self._sink = _Sink(folder, file, self._compressor(), self.path)
         next_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
         self._day_end_ns = int(next_day.timestamp()) * 10**9
         log.info("recording market data to %s", self.path)
@@ -189,22 +253,25 @@ class Recorder:
         frames = self._buf_frames
         self._buf.clear()
         self._buf_frames = 0
-        self._submit(self._write_block, self._sink, raw, frames)
+        self._submit(self._write_block, self._sink, raw, frames, self.monotonic())
 
     def _submit(self, fn: Callable[..., None], *args: object) -> None:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self._writer.submit(fn, *args)
 
-    def _write_block(self, sink: _Sink, raw: bytes, frames: int) -> None:
-        """In the writer thread. A full disk must not stop trading: count, log, keep going."""
+    def _write_block(self, sink: _Sink, raw: bytes, frames: int, at: float) -> None:
+        """In the writer thread; `at`: the monotonic time the block was handed over. A full disk must
+        not stop trading: count, log, try again retry_s later, keep going."""
         if sink.file is None or sink.z is None:  # an earlier block of this file failed: a fresh file
+            if at < self._reopen_at:  # too soon to try again: one attempt per retry_s, not one file per block
+                self._lost(frames)
+                return
             try:
                 self._reopen(sink, REC.unpack_from(raw)[0])
             except OSError as e:
-                self.errors += 1
-                self.frames_lost += frames
-                log.error("recording write failed: cannot open a new file under %s: %s", sink.folder, e)
+                self._reopen_at = at + self.retry_s
+                self._failed(_Step.WRITE, f"cannot open a new file under {sink.folder}", e, frames)
                 return
             assert sink.file is not None and sink.z is not None
         try:
@@ -212,40 +279,77 @@ class Recorder:
             sink.file.write(out)
             sink.file.flush()  # in the OS now: survives a kill -9 of this process
         except (OSError, ValueError) as e:
-            self.errors += 1
-            self.frames_lost += frames
             # the stream is broken (the compressor took in a block the file does not have: later blocks
-            # would decode to garbage): abandon the file as it is, the next block starts a new one
-            log.error("recording write failed, %d frames lost; the next block starts a new file: %s", frames, e)
+            # would decode to garbage): abandon the file as it is, a later block starts a new one. After
+            # a write that worked that is the next block (a one-off error loses one block), else retry_s on.
+            self._reopen_at = at + self.retry_s if _Step.WRITE in self._failing else at
+            self._failed(_Step.WRITE, "write failed", e, frames)
             self._abandon(sink)
             return
         self.raw_bytes += len(raw)
         self.written_bytes += len(out)
         self.frames_written += frames
+        self._ok(_Step.WRITE)
 
     def _reopen(self, sink: _Sink, first_ns: int) -> None:
         """In the writer thread: a new file (named after the block's first frame, so it sorts after the
         abandoned one) with a new gzip stream."""
-        ns = first_ns
-        while True:
-            path = _frames_path(sink.folder, ns)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
-                break
-            except FileExistsError:  # the abandoned file's own name (the clock stood still): the next one
-                ns += 1
-        sink.file, sink.z = os.fdopen(fd, "ab"), self._compressor()
+        path, file = _create_file(sink.folder, first_ns)
+        sink.file, sink.z, sink.path = file, self._compressor(), path
         self.path = path
         log.warning("recording market data to %s (after a failed write)", path)
 
     @staticmethod
     def _abandon(sink: _Sink) -> None:
         file, sink.file, sink.z = sink.file, None, None
+        path, sink.path = sink.path, None
         if file is not None:
             try:
                 file.close()
             except (OSError, ValueError):  # its buffered bytes could not go either: nothing more to lose
                 pass
+        if path is not None:
+            _remove_if_empty(path)
+
+    def _lost(self, frames: int) -> None:
+        with self._lock:
+            self.frames_lost += frames
+
+    def _failed(self, step: _Step, what: str, e: OSError | ValueError, frames: int) -> None:
+        """A failed attempt: counted exactly, logged at the 1st, 10th, 100th and each 1000th in a row."""
+        with self._lock:
+            self.errors += 1
+            self.frames_lost += frames
+            self.last_error = error = f"{what}: {e}"
+            self._failing.add(step)
+            self._streak += 1
+            streak, lost = self._streak, self.frames_lost
+        if streak in (1, 10, 100) or streak % 1000 == 0:
+            log.error(
+                "market-data recording is failing (%d attempts in a row, %d frames lost so far): %s. "
+                "Free disk space under %s; recording tries again every %.0f s by itself",
+                streak,
+                lost,
+                error,
+                self.data_dir,
+                self.retry_s,
+            )
+
+    def _ok(self, step: _Step) -> None:
+        """`step` worked: when nothing else is failing, recording is back (said once)."""
+        if step not in self._failing:  # the common case: no lock
+            return
+        with self._lock:
+            self._failing.discard(step)
+            if self._failing:
+                return
+            streak, self._streak, lost = self._streak, 0, self.frames_lost
+        log.warning(
+            "market-data recording resumed to %s after %d failed attempts (%d frames lost in all)",
+            self.path,
+            streak,
+            lost,
+        )
 
     def _close_file(self, sink: _Sink) -> None:
         """In the writer thread, after the file's last block."""
@@ -254,8 +358,9 @@ class Recorder:
         try:
             sink.file.write(sink.z.flush(zlib.Z_FINISH))
             sink.file.close()
-        except (OSError, ValueError) as e:
-            self.errors += 1
+        except (OSError, ValueError) as e:  # its frames are in the file already: only the gzip trailer is missing
+            with self._lock:
+                self.errors += 1
             log.error("closing the recording failed: %s", e)
             self._abandon(sink)
 
