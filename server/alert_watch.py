@@ -13,7 +13,7 @@ going offline with positions) are raised where they happen."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.clock import kst_from_ns
 from common.config import NotifyConfig
@@ -29,6 +29,7 @@ _AT_PHASE = {Phase.OPENING_AUCTION: "as the opening auction starts", Phase.CONTI
 # critical kinds do (server/notifier.py CRITICAL)
 RECOVERED = AlertKind.RECOVERED
 MB = 1 << 20
+WRITES_QUIET_S = 600.0  # a writer that failed and then stayed quiet this long: its next failure is told again
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Facts:
     unknown: dict[str, str]  # client order id -> agent, orders in UNKNOWN now
     market_ns: int = 0  # market time of the check (names an episode by its start; 0: by `now`)
     disk_free_bytes: int = -1  # free space on the run folder's disk (-1: unknown)
+    # what the gateway writes besides its store (market-data recording, closed bars, query history):
+    # writer -> (failures so far, the latest one's error)
+    write_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,10 +94,19 @@ class AlertWatch:
         self._unknown_seen: set[str] = set()
         self._ended: list[Raised] = []
         self._low_disk: _Episode | None = None
+        # writer -> (its failures when last seen, monotonic time of its last new failure, alerted this episode)
+        self._writes: dict[str, tuple[int, float, bool]] = {}
 
     def check(self, f: Facts) -> list[Raised]:
         """The alerts this check raises; the ends of alerted outages it saw are kept for `ended()`."""
-        return [*self._session(f), *self._stale_data(f), *self._reconcile(f), *self._unknown(f), *self._disk(f)]
+        return [
+            *self._session(f),
+            *self._stale_data(f),
+            *self._reconcile(f),
+            *self._unknown(f),
+            *self._disk(f),
+            *self._write_failed(f),
+        ]
 
     def ended(self) -> list[Raised]:
         """The ends of alerted outages seen since the last call (kind RECOVERED, not critical), oldest first."""
@@ -220,3 +233,23 @@ class AlertWatch:
             "run/data, logs) or move the run folder to a larger disk",
             subject=self._low_disk.subject,
         )
+
+    def _write_failed(self, f: Facts) -> Iterable[Raised]:
+        """A writer beside the store that starts failing (a full disk, a folder it cannot make): told once an
+        episode; the episode ends after WRITES_QUIET_S without a new failure."""
+        for name, (n, error) in sorted(f.write_failures.items()):
+            seen, last, told = self._writes.get(name, (0, 0.0, False))
+            if n <= seen:
+                if told and f.now - last >= WRITES_QUIET_S:
+                    self._writes[name] = (n, last, False)  # quiet long enough: a new failure is news again
+                continue
+            self._writes[name] = (n, f.now, True)
+            if told:
+                continue
+            yield Raised(
+                AlertKind.GATEWAY_FAULT,
+                f"{name} is failing ({n} failures so far; the latest: {error}): what it writes is lost until it "
+                "works (trading goes on); a full disk is the usual cause, and the store comes next: free space "
+                "on the run folder's disk",
+                subject=f"{name} failing since {_when(f)}",
+            )

@@ -156,6 +156,8 @@ class MarketData:
         self.bad_prints = 0
         self.feed_health: dict[str, FeedHealth] = {}  # agent -> from its current session's latest heartbeat
         self.bars_closed = 0
+        self.bar_store_failures = 0  # closed bars the bar store could not keep (published all the same)
+        self.bar_store_error = ""  # the latest such failure, for people
         # where bars were closed by time, for the recording (replay closes them at the same point)
         self.on_clock: Callable[[dt.datetime], None] | None = None
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
@@ -224,6 +226,7 @@ class MarketData:
     def counters(self) -> dict[str, int]:
         return {
             "bars_closed": self.bars_closed,
+            "bar_store_failures": self.bar_store_failures,
             "prints_outside_session": self.builder.excluded,
             "prints_late": self.builder.late,
             "prints_unusable": self.bad_prints,
@@ -798,6 +801,8 @@ class MarketData:
         try:
             self.store.add(bars)
         except Exception as e:  # a full disk must not stop the feed; the bars were published
+            self.bar_store_failures += 1
+            self.bar_store_error = f"{type(e).__name__}: {e}"
             log.error("bar store write failed: %s", e)
 
     # ---- snapshot ------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ from common.schema import (
 from kis.master import StockMaster
 from kis.port import BrokerPort
 from server import console_views
+from server.agent_services import AgentServices
 from server.alert_watch import AlertWatch, Facts
 from server.alerts import Alerts
 from server.core import OrderCore
@@ -115,6 +116,7 @@ from server.performance import closing_result, performance
 from server.protection import ProtectionDesk
 from server.publisher import Publisher
 from server.reconciler import Reconciler
+from server.recorder import Recorder
 from server.registry import AgentRecord, Registry
 from server.risk import GLOBAL, RiskGate
 from server.risk_views import explain_text, parse_order, risk_status
@@ -172,6 +174,8 @@ class GatewayParts(Protocol):
     protection: ProtectionDesk
     account: AccountReader
     day: TradingDay
+    recorder: Recorder | None  # market-data recording (None: off)
+    services: AgentServices
 
     def request_reconcile(self, reason: str) -> None: ...
 
@@ -319,6 +323,11 @@ class Operator:
             counters.update(gw.md.counters())
         counters.update(gw.sanity.counters())
         counters["ws_dropped"] = gw.broker.health().ws_dropped
+        if gw.recorder is not None:
+            counters["recorder_errors"] = gw.recorder.errors
+            counters["recorder_frames_lost"] = gw.recorder.frames_lost
+        if gw.services.history is not None:
+            counters["query_history_failures"] = gw.services.history.failures
         if gw.store.gc is not None:  # group commit: transactions and the fsyncs that made them durable
             counters["store_commits"] = gw.store.gc.commits
             counters["store_syncs"] = gw.store.gc.syncs
@@ -948,7 +957,18 @@ class Operator:
             unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},
             market_ns=market_ns(gw.clock),
             disk_free_bytes=console_views.disk_free(str(gw.store.path)),
+            write_failures=self._write_failures(),
         )
+
+    def _write_failures(self) -> dict[str, tuple[int, str]]:
+        """What the gateway writes beside its store, and how often each write failed (server/alert_watch.py)."""
+        gw = self.gw
+        out: dict[str, tuple[int, str]] = {"the bar store": (gw.md.bar_store_failures, gw.md.bar_store_error)}
+        if gw.recorder is not None:
+            out["market-data recording"] = (gw.recorder.errors, gw.recorder.last_error)
+        if gw.services.history is not None:
+            out["the query history"] = (gw.services.history.failures, gw.services.history.last_error)
+        return out
 
     # ---- performance -----------------------------------------------------------------------------
 

@@ -168,6 +168,7 @@ class Recorder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.failures = 0
+        self.last_error = ""  # the latest failure, for people (kept after recovery)
         self._db: QueryHistory | None = None
 
     def _open(self) -> QueryHistory:
@@ -189,6 +190,7 @@ class Recorder:
 
     def _failed(self, e: Exception) -> None:
         self.failures += 1
+        self.last_error = f"{type(e).__name__}: {e}"
         if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
             log.warning("recording queries to %s failed (%d times): %s", self.path, self.failures, e)
 

@@ -19,6 +19,16 @@ from server.registry import Registry
 from tests.fakes.harness import Harness
 
 
+def no_writers() -> dict[str, object]:
+    """The gateway's writers beside its store as a fake gateway for the Operator has them (server/operator.py
+    _write_failures): the bar store never failing, no market-data recording, no query history."""
+    return {
+        "md": SimpleNamespace(bar_store_failures=0, bar_store_error=""),
+        "recorder": None,
+        "services": SimpleNamespace(history=None),
+    }
+
+
 class Desk:
     """A Harness's gateway parts behind an Operator; `control()` is what `ktrader control` sends."""
 
@@ -54,6 +64,7 @@ class Desk:
             sanity=SimpleNamespace(counters=lambda: {}),
             master=None,
             master_keeper=None,
+            **no_writers(),
         )
         self.notifier = Notifier(NotifyConfig(), channels=[])
         ticks = itertools.count(0.0, 1_000.0)  # every tick is a second check and an equity snapshot

@@ -31,6 +31,7 @@ from tests.fakes.harness import Harness
 from tests.fakes.status import agent_status, status_reply
 from tools.ops.status import render_status
 from tools.top import grid
+from tests.fakes.operator_desk import no_writers
 
 CODE = "005930"
 
@@ -63,6 +64,7 @@ async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(
         subs=SimpleNamespace(active=set()),
         alerts=h.core.alerts,
         publish=lambda *a, **k: None,
+        **no_writers(),
     )
     ticks = itertools.count(0.0, 1_000.0)  # every tick is a second check and an equity snapshot
     op = Operator(gw, clock=lambda: next(ticks))  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.config import NotifyConfig
 from common.enums import AlertKind
-from server.alert_watch import MB, RECOVERED, AlertWatch
+from server.alert_watch import MB, RECOVERED, WRITES_QUIET_S, AlertWatch
 from tests.unit.test_alert_watch_performance import facts
 
 
@@ -43,3 +43,24 @@ def test_the_gateways_status_reports_the_free_space(tmp_path: Path) -> None:
     free = disk_free(str(tmp_path / "gateway.sqlite"))
     assert abs(free - shutil.disk_usage(tmp_path).free) < 64 * MB  # (other writers move it a little)
     assert disk_free("/nonexistent/dir/gateway.sqlite") == -1
+
+
+def test_a_writer_beside_the_store_that_starts_failing_is_told_once_an_episode() -> None:
+    """Market-data recording, the bar store and the query history failed with log lines only (a full disk
+    is heard there first, before the store's commit fails and the gateway stops)."""
+    w = AlertWatch(NotifyConfig())
+    ok = {"market-data recording": (0, ""), "the bar store": (0, "")}
+    assert w.check(facts(0, write_failures=ok)) == []
+    failing = {**ok, "market-data recording": (1, "OSError: [Errno 28] No space left on device")}
+    [told] = w.check(facts(1, write_failures=failing))
+    assert told.kind is AlertKind.GATEWAY_FAULT and "market-data recording is failing" in told.text
+    assert "No space left" in told.text and "free space" in told.text
+    # failing on: not told again; quiet for WRITES_QUIET_S, then failing again: news
+    for now, n in ((30, 31), (300, 301), (301, 301)):
+        assert w.check(facts(now, write_failures={**ok, "market-data recording": (n, "e")})) == []
+    assert w.check(facts(301 + WRITES_QUIET_S, write_failures={**ok, "market-data recording": (301, "e")})) == []
+    [again] = w.check(facts(302 + WRITES_QUIET_S, write_failures={**ok, "market-data recording": (302, "e")}))
+    assert again.subject != told.subject
+    # each writer on its own
+    [bars] = w.check(facts(303 + WRITES_QUIET_S, write_failures={**ok, "the bar store": (1, "apsw.FullError: full")}))
+    assert "the bar store is failing" in bars.text

@@ -35,6 +35,7 @@ from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
 from tests.fakes.sinks import HttpSink
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
+from tests.fakes.operator_desk import no_writers
 
 CODE = "005930"
 
@@ -75,6 +76,7 @@ async def test_reconcile_page_quotes_the_pass_not_the_newest_alerts(tmp_path: Pa
             subs=SimpleNamespace(active={}),
             book=SimpleNamespace(orders={}),
             store=SimpleNamespace(path="/nonexistent/gateway.sqlite"),  # (free space: unknown)
+            **no_writers(),
         )
         op = Operator.__new__(Operator)
         op.gw = gw  # type: ignore[assignment]
@@ -102,6 +104,7 @@ def test_reconcile_texts_are_the_pass_own_even_with_alerts_after_it() -> None:
         subs=SimpleNamespace(active={}),
         book=SimpleNamespace(orders={}),
         store=SimpleNamespace(path="/nonexistent/gateway.sqlite"),  # (free space: unknown)
+        **no_writers(),
     )
     op = Operator.__new__(Operator)
     op.gw = gw  # type: ignore[assignment]
@@ -136,6 +139,7 @@ async def test_one_sell_filled_in_three_parts_is_one_win(tmp_path: Path) -> None
             subs=SimpleNamespace(active=set()),
             alerts=h.core.alerts,
             publish=lambda *a, **k: None,
+            **no_writers(),
         )
         ticks = itertools.count(0.0, 1_000.0)
         op = Operator(gw, clock=lambda: next(ticks))  # type: ignore[arg-type]
