@@ -17,10 +17,14 @@ from server.store import Store
 
 def slippage_bps(o: Order, decision_price: int) -> float | None:
     """Cost of execution against the decision price, in basis points (positive = worse)."""
-    if not o.filled_qty or decision_price <= 0:
+    return _bps(o.side, o.filled_qty, o.filled_value, decision_price)
+
+
+def _bps(side: Side, filled_qty: int, filled_value: int, decision_price: int) -> float | None:
+    if not filled_qty or decision_price <= 0:
         return None
-    avg = o.filled_value / o.filled_qty  # a statistic, not money
-    diff = avg - decision_price if o.side is Side.BUY else decision_price - avg
+    avg = filled_value / filled_qty  # a statistic, not money
+    diff = avg - decision_price if side is Side.BUY else decision_price - avg
     return diff / decision_price * 10_000
 
 
@@ -69,14 +73,13 @@ def protection_story(store: Store, pid: str) -> tuple[Protection, list[TraceStep
 
 
 def slippage_summary(store: Store) -> list[SlippageRow]:
+    """Per agent: filled orders with a decision price, their mean, value-weighted and worst slippage (bps).
+    From the orders' columns in one query (Store.slippage_fills): served on the gateway's loop."""
     per: dict[str, list[tuple[float, int]]] = {}
-    for coid, decision in store.decision_prices():
-        o = store.order(coid)
-        if o is None:
-            continue
-        bps = slippage_bps(o, decision)
+    for agent, side, filled_qty, filled_value, decision in store.slippage_fills():
+        bps = _bps(Side(side), filled_qty, filled_value, decision)
         if bps is not None:
-            per.setdefault(o.agent, []).append((bps, o.filled_value))
+            per.setdefault(agent, []).append((bps, filled_value))
     out = []
     for agent, xs in sorted(per.items()):
         total_value = sum(v for _, v in xs) or 1

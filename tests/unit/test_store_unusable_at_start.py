@@ -1,0 +1,70 @@
+"""A gateway store that is damaged (garbage, truncated) or cannot be opened stops the start with lines that name
+the file and what to do (restore it, move it aside, or `ktrader reset`), a configuration error (exit 2): not
+"unexpected NotADBError" with no file named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from server.store import Store, StoreUnusable
+
+
+def small_store(path: Path) -> None:
+    s = Store(path)
+    with s.write():
+        for i in range(300):
+            s.set_meta(f"k{i}", "x" * 200)
+    s.close()
+
+
+def text(e: StoreUnusable) -> str:
+    return f"error: {e}"  # as the gateway's command prints a configuration error (tools/cli.py)
+
+
+@pytest.mark.parametrize("prewrite", [False, True])
+def test_a_store_of_random_bytes_is_named_with_what_to_do(tmp_path: Path, prewrite: bool) -> None:
+    path = tmp_path / "run" / "db" / "gateway.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreUnusable) as caught:
+        Store(path, prewrite=prewrite)
+    lines = text(caught.value).splitlines()
+    assert lines[0] == f"error: store: {path} is damaged (SQLite: file is not a database)", lines
+    assert "from a backup" in lines[1] and "aside" in lines[1], lines
+    assert f"`ktrader reset --run-dir {tmp_path / 'run'}`" in lines[1], lines
+    assert path.read_bytes() != b""  # (nothing written over what may still be rescued)
+
+
+def test_a_truncated_store_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    small_store(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreUnusable) as caught:
+        Store(path, prewrite=True)
+    msg = text(caught.value)
+    assert f"{path} is damaged (SQLite: database disk image is malformed)" in msg, msg
+    assert "from a backup" in msg and "ktrader reset" not in msg, msg  # (not in a run folder: no reset to name)
+
+
+def test_a_folder_where_the_store_should_be_is_told_as_unopenable(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    path.mkdir()
+    with pytest.raises(StoreUnusable) as caught:
+        Store(path)
+    e = caught.value
+    assert "damaged" not in text(e)
+    assert f"{path} cannot be opened or written" in text(e) and "read and write" in text(e), text(e)
+
+
+def test_a_sound_store_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    small_store(path)
+    s = Store(path, prewrite=True)
+    try:
+        assert s.get_meta("k299") == "x" * 200
+    finally:
+        s.close()
