@@ -14,8 +14,9 @@ an exponential back-off with a cap, unless:
   a run that lasted `stable_s` (a crash loop whose runs outlast the window's pace): the supervisor gives
   up and says so. An agent that exited because no gateway was there or answered (EXIT_GATEWAY_ABSENT: it is
   down, or slow to start) is no crash loop: it is restarted at the back-off (up to its cap) until the gateway is
-  back, never given up, and shown as NO_GATEWAY meanwhile. Only that code: EXIT_NO_GATEWAY (a gateway that did
-  not serve the start, or refused the agent's key) counts like any failure.
+  back, never given up, and shown as NO_GATEWAY meanwhile; its back-off ends as soon as a gateway writes the run
+  dir's gateway.json (it joins the gateway once it is ready, not up to cap_s later). Only that code:
+  EXIT_NO_GATEWAY (a gateway that did not serve the start, or refused the agent's key) counts like any failure.
 A run that lasted `stable_s` resets the back-off and that count. An agent whose card the gateway refused
 while it ran (EXIT_CARD_REFUSED: approved again, or withdrawn) is restarted: the card on disk is loaded.
 `stop()` ends an agent (SIGTERM, then SIGKILL after a grace period) without restarting it; `restart()`
@@ -46,6 +47,7 @@ from agent.runtime import (
     EXIT_STRATEGY,
 )
 from common.config import ConfigError, load_card
+from common.connection import connection_path
 from common.logs import LogKeeper, rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
 
@@ -67,6 +69,19 @@ RESTART_REASONS: dict[int, str] = {
     EXIT_GATEWAY_ABSENT: "no gateway answered: it is down or starting; started again until it is back",
     EXIT_NO_GATEWAY: "the gateway did not serve its start or refused its key: see its log",
 }
+# How often a back-off after "no gateway" looks at gateway.json (a stat: cheap); a new gateway is joined this soon
+GATEWAY_POLL_S = 0.2
+
+# gateway.json's identity: a gateway writes it atomically (a new inode) once it is ready to serve
+InfoStamp = tuple[int, int]
+
+
+def info_stamp(run_dir: Path) -> InfoStamp | None:
+    try:
+        st = connection_path(run_dir).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 class SupervisorError(Exception):
@@ -261,6 +276,7 @@ class Supervisor:
             p = sup._proc
             assert p is not None
             started = time.monotonic()
+            stamp = info_stamp(self.run_dir)  # a gateway that writes gateway.json after this is a new one
             rc = p.wait()
             sup.last_exit = rc
             if sup._restart_now:  # operator restart: at once, not counted
@@ -316,7 +332,7 @@ class Supervisor:
             )
             log.warning("agent %s %s", sup.id, sup.reason)
             self._changed(sup)
-            if sup._stop.wait(delay):  # stop() or restart() during the back-off
+            if self._backoff(sup, delay, stamp, waiting):  # stop() or restart() during it
                 if not sup._restart_now:
                     sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
                     break
@@ -331,6 +347,25 @@ class Supervisor:
             if not self._try_spawn(sup):
                 return
         self._changed(sup)
+
+    def _backoff(self, sup: Supervised, delay: float, stamp: InfoStamp | None, for_gateway: bool) -> bool:
+        """Wait out a back-off; True if stop() or restart() ended it. Waiting for a gateway, it also ends as soon
+        as a gateway writes gateway.json (other than `stamp`, the one the agent's run found): the agent joins it at
+        once instead of sitting out the rest of a back-off of up to cap_s. Any other exit waits it all out: a
+        crash loop backs off whatever gateway.json does."""
+        if not for_gateway:
+            return sup._stop.wait(delay)
+        deadline = time.monotonic() + delay
+        while not sup._stop.is_set():  # (a stop comes first: never a restart after it)
+            now_stamp = info_stamp(self.run_dir)
+            if now_stamp is not None and now_stamp != stamp:
+                log.info("agent %s: a gateway wrote %s: restarting now", sup.id, connection_path(self.run_dir))
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            sup._stop.wait(min(GATEWAY_POLL_S, left))
+        return True
 
     def _changed(self, sup: Supervised) -> None:
         if self.on_change is not None:
