@@ -297,6 +297,11 @@ class KisBroker(BrokerPort):
 
     # --- orders --------------------------------------------------------------------------------
 
+    def _kis_answered(self) -> None:
+        """KIS answered a REST call: it is up. A websocket waiting out its back-off because it could not be
+        reached tries again now (kis/ws.py `wake`), not up to a minute later while every order waits for it."""
+        self.ws.wake()
+
     async def _order_call(
         self, path: Path, tr: Tr, body: msgspec.Struct, kind: Kind, lane: Lane, caller: str, call: str
     ) -> BrokerAck:
@@ -311,6 +316,7 @@ class KisBroker(BrokerPort):
             lane=lane,
             caller=caller,
         )
+        self._kis_answered()
         return self._ack(page, call)
 
     def _ack(self, page: Page, call: str) -> BrokerAck:
@@ -431,6 +437,7 @@ class KisBroker(BrokerPort):
             lane=Lane.ACCOUNT,
             caller=caller,
         )
+        self._kis_answered()
         out: list[BrokerOrderReport] = []
         seen: set[str] = set()
         for p in pages:
@@ -443,7 +450,7 @@ class KisBroker(BrokerPort):
 
     async def _balance_pages(self, caller: str) -> list[wire.BalanceResponse]:
         req = wire.BalanceRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
-        return await self.rest.paged(
+        pages = await self.rest.paged(
             Path.BALANCE,
             self.env.tr_id(Tr.BALANCE),
             wire.BalanceResponse,
@@ -451,6 +458,8 @@ class KisBroker(BrokerPort):
             lane=Lane.ACCOUNT,
             caller=caller,
         )
+        self._kis_answered()
+        return pages
 
     async def positions(self, *, caller: str = DEFAULT_CALLER) -> list[BrokerPosition]:
         out: dict[str, BrokerPosition] = {}
@@ -507,6 +516,7 @@ class KisBroker(BrokerPort):
             lane=Lane.ACCOUNT,
             caller=caller,
         )
+        self._kis_answered()
         psbl: wire.PsblOrderResponse = page.body  # type: ignore[assignment]
         try:
             cash = krw(summary.dnca_tot_amt)
@@ -540,6 +550,7 @@ class KisBroker(BrokerPort):
             lane=Lane.ACCOUNT,
             caller=caller,
         )
+        self._kis_answered()
         body: wire.PsblSellResponse = page.body  # type: ignore[assignment]
         return body.output or body.output1
 
@@ -549,6 +560,7 @@ class KisBroker(BrokerPort):
         page = await self.rest.request(
             "GET", path, self.env.tr_id(tr), type_, params=wire.to_params(req), lane=Lane.QUOTATION, caller=caller
         )
+        self._kis_answered()
         return page.body  # type: ignore[return-value]
 
     async def price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.PriceResponse:

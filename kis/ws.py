@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import Event
 
-from common.aio import within
+from common.aio import wait_set, within
 from common.clock import now_kst
 from common.enums import SessionProblem, SessionState
 from common import redact
@@ -93,6 +93,13 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # up), then doubling up to backoff_max_s while it keeps failing (an outage overnight was ~3,600
     # approval requests and warnings an hour at a flat 1 s)
     rest_error_backoff_max_s: float = 1.0
+    # The websocket could not be reached and the watchdog waits out its back-off (up to backoff_max_s):
+    # a KIS REST answer meanwhile (`wake`) says KIS is back, so it tries again at once, though never
+    # sooner than wake_gap_s after the failed attempt, doubling while woken attempts keep failing up
+    # to wake_gap_max_s (REST answers come many a second; a websocket port blocked for hours must
+    # not become a connect and a session-state broadcast every second).
+    wake_gap_s: float = 1.0
+    wake_gap_max_s: float = 5.0
     silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
@@ -210,6 +217,9 @@ class KisWebSocket:
         self.problem_detail = ""
         self._opened = False  # the current attempt got a websocket (a later failure is a drop)
         self._state_changed = asyncio.Event()
+        # set by `wake` while the watchdog sleeps a back-off that a KIS REST answer may cut short
+        self._wake = asyncio.Event()
+        self._wakeable = False
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._was_ready = False
@@ -250,6 +260,31 @@ class KisWebSocket:
                 pass
             self._task = None
         self._set_state(SessionState.DISCONNECTED, "closed")
+
+    def wake(self) -> None:
+        """KIS answered a REST call. If the watchdog is waiting out its back-off because the websocket could
+        not be reached, it tries again now instead of up to `backoff_max_s` later, while every order waits
+        for the session: once per pause, not sooner than `wake_gap_s` after the failed attempt (a gap that
+        doubles up to `wake_gap_max_s` while woken attempts keep failing). Any other pause is kept: an app
+        key in use (OPSP8996: KIS must let go of it first), a notice feed refused, a session KIS opened and
+        dropped (a connect/close loop gets the app key blocked)."""
+        if self._wakeable:
+            self._wake.set()
+
+    async def _pause(self, delay: float, *, gap: float | None) -> bool:
+        """Sleep the back-off `delay`. With a `gap` (None: not wakeable), `wake` ends it early, though not
+        before `gap` has passed. True when woken."""
+        if gap is None or delay <= gap:
+            await asyncio.sleep(delay)
+            return False
+        self._wake.clear()  # a wake before this pause (while connecting) is no news about the next attempt
+        self._wakeable = True
+        try:
+            await asyncio.sleep(gap)  # a wake meanwhile is kept (the event) and acted on after it
+            woken = await wait_set(self._wake, delay - gap)
+        finally:
+            self._wakeable = False
+        return woken
 
     async def wait_state(self, state: SessionState | frozenset[SessionState], timeout: float) -> bool:
         """Wait (bounded) until the session is in `state` (or any of several states)."""
@@ -295,12 +330,13 @@ class KisWebSocket:
 
     async def _run(self) -> None:
         attempt = short = refusals = rest_failures = 0
+        woken, last_reason, woken_failed = False, "", 0
         while not self._closing:
             self._set_state(SessionState.CONNECTING, f"attempt {attempt + 1}")
             self._ready_at = None
             self._notice_problem = None
             self._opened = False
-            refused = rest_failed = False
+            refused = rest_failed = unreachable = False
             try:
                 await self._session()
                 reason = "closed by server"
@@ -329,6 +365,7 @@ class KisWebSocket:
                     reason = f"{type(e).__name__}: {e}"
                     self._note_drop(reason)
                 else:  # the websocket could not be opened at all
+                    unreachable = isinstance(e, OSError)  # no connection (not KIS refusing the handshake)
                     reason = explain(e, self._url).text()
                     self._note(SessionProblem.WS_UNREACHABLE, reason)
             except Exception as e:
@@ -346,7 +383,9 @@ class KisWebSocket:
             ready_for = None if self._ready_at is None else loop.time() - self._ready_at
             attempt, short = after_session(attempt, short, ready_for, self.cfg)
             if ready_for is not None:
-                refusals = rest_failures = 0  # KIS took us since the last refusal or failed approval
+                refusals = rest_failures = woken_failed = 0  # KIS took us since the last refusal, failure, wake
+            elif woken:
+                woken_failed += 1  # KIS answers REST, yet the websocket still cannot be reached: wake less often
             if self._was_ready and self._gap_since is None:
                 self._gap_since = self._last_rx
             self._set_state(SessionState.DEGRADED if self._was_ready else SessionState.DISCONNECTED, reason)
@@ -360,8 +399,24 @@ class KisWebSocket:
                 delay = min(delay, approval_retry_delay(rest_failures, self.cfg))
                 rest_failures += 1
             attempt += 1
-            log.warning("KIS websocket down (%s); reconnecting in %.2fs", reason, delay)
-            await asyncio.sleep(delay)
+            # a woken attempt that failed as the one before is no news: logged quietly (REST answers come often)
+            quiet = woken and reason == last_reason
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "KIS websocket down (%s); reconnecting in %.2fs",
+                reason,
+                delay,
+            )
+            last_reason = reason
+            # only a websocket that could not even connect is tried again early when REST shows KIS is back: KIS
+            # never saw it (no session, no app key held), unlike a refusal, a handshake or a session KIS dropped
+            gap = min(self.cfg.wake_gap_max_s, self.cfg.wake_gap_s * 2.0 ** min(woken_failed, 16))
+            woken = await self._pause(delay, gap=gap if unreachable else None)
+            if woken:  # said once an incident: while the port stays shut, wakes come every few seconds
+                level = logging.DEBUG if woken_failed else logging.INFO
+                log.log(
+                    level, "KIS answered a REST call: trying the websocket now, not after the %.1fs back-off", delay
+                )
 
     async def _session(self) -> None:
         """One websocket session; returns when the server closes it cleanly, raises otherwise."""
