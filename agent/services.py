@@ -259,3 +259,11 @@ class AgentServicesMixin:
                         raise KtraderError(reply.code, reply.message)
                     return reply
                 client.inbox.append(reply)  # the runtime's loop handles it after this callback
+                if isinstance(reply, Error) and reply.code is ErrorCode.NOT_REGISTERED:
+                    # a heartbeat reached a gateway that does not know this agent (a new one on the same
+                    # endpoint: a remote agent's gateway.json never changes): this request's reply is lost with
+                    # the old one; the runtime registers again (the reply is in its inbox) once this returns
+                    raise KtraderError(
+                        ErrorCode.NOT_REGISTERED,
+                        f"no reply to {type(msg).__name__}: the gateway no longer knows this agent ({reply.message})",
+                    )

@@ -2,7 +2,8 @@
 file (GatewayReplaced, a TIMEOUT), not after its whole timeout: a strategy asking about four codes in one
 callback kept its agent from reconnecting to a restarted gateway for 40 s (seen in `ktrader rehearse`).
 And an agent asked to stop while a query waits on a gateway that is gone stops within seconds (it held
-SIGTERM for the whole timeout, query after query)."""
+SIGTERM for the whole timeout, query after query). A remote agent (its gateway.json never changes) whose
+gateway was replaced on the same endpoint hears it from its heartbeats' NOT_REGISTERED at once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from agent.services import STOPPING_REPLY_S, AgentServicesMixin
 from common.connection import GatewayInfo
 from common.credentials import Credential
 from common.errors import ErrorCode, KtraderError
-from common.schema import HeaderFactory
+from common.framing import Codec
+from common.schema import Error, Heartbeat, HeaderFactory, Query
 
 
 class Services(AgentServicesMixin):
@@ -96,4 +98,40 @@ def test_a_stop_cuts_a_query_short_on_a_gateway_that_is_gone(silent_gateway) -> 
         assert time.monotonic() - t0 < 0.3 + STOPPING_REPLY_S + 3.0  # not the query's 30 s
     finally:
         stop.cancel()
+        s.client.close()  # type: ignore[union-attr]
+
+
+def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_answer(silent_gateway) -> None:
+    """The query went to the gateway that died; the new one (same endpoint, no new connection file to see)
+    answers the agent's heartbeat NOT_REGISTERED: the query ends then, and the runtime finds the answer in
+    its inbox (it registers again), not after the query's whole timeout."""
+    info, router = silent_gateway
+    s = _services(info, replaced_at=float("inf"))
+    s.heartbeat_s = 0.2
+    gateway = Codec(info.key_bytes, keyring={"gateway": info.key_bytes, "alpha": b"k" * 32}.get)
+    answered: list[int] = []
+
+    def new_gateway() -> None:  # drops the query (it never saw it), answers each heartbeat NOT_REGISTERED
+        while router.poll(5000):
+            peer, *frames = router.recv_multipart()
+            msg = gateway.decode(frames)
+            if isinstance(msg, Heartbeat):
+                err = Error(h=HeaderFactory("gateway")(msg.h.mid), code=ErrorCode.NOT_REGISTERED, message="who?")
+                router.send_multipart([peer, *gateway.encode(err)])
+                answered.append(msg.h.mid)
+                return
+            assert isinstance(msg, Query)
+
+    t = threading.Thread(target=new_gateway, daemon=True)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KtraderError) as e:
+            s.quote("005930", timeout_s=10.0)
+        assert e.value.code is ErrorCode.NOT_REGISTERED and "no longer knows this agent" in e.value.message
+        assert time.monotonic() - t0 < 5.0 and answered  # at its heartbeat's answer, not the 10 s timeout
+        [err] = list(s.client.inbox)  # type: ignore[union-attr]
+        assert isinstance(err, Error) and err.code is ErrorCode.NOT_REGISTERED  # for the runtime to act on
+    finally:
+        t.join(6)
         s.client.close()  # type: ignore[union-attr]
