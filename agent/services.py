@@ -135,6 +135,7 @@ class AgentServicesMixin:
     _hb_sent_at: float
     _max_ack_gap: float
     _stopping: bool = False  # set by the runtime's signal handler
+    _gateway_sid: str = ""  # the gateway process registered with (its replies' header sid; "" not yet)
     _kv: StateMap | None = None
     _state_type: ClassVar[type[StateMap]] = (
         StateMap  # what ctx.state is built as (the runtime's keeps its own keys aside)
@@ -259,10 +260,16 @@ class AgentServicesMixin:
                         raise KtraderError(reply.code, reply.message)
                     return reply
                 client.inbox.append(reply)  # the runtime's loop handles it after this callback
-                if isinstance(reply, Error) and reply.code is ErrorCode.NOT_REGISTERED:
-                    # a heartbeat reached a gateway that does not know this agent (a new one on the same
-                    # endpoint: a remote agent's gateway.json never changes): this request's reply is lost with
-                    # the old one; the runtime registers again (the reply is in its inbox) once this returns
+                if (
+                    isinstance(reply, Error)
+                    and reply.code is ErrorCode.NOT_REGISTERED
+                    and self._gateway_sid
+                    and reply.h.sid != self._gateway_sid
+                ):
+                    # a heartbeat reached a new gateway process on the same endpoint (a remote agent's gateway.json
+                    # never changes): this request's reply is lost with the old one; the runtime registers again
+                    # (the answer is in its inbox) once this returns. (The same gateway answering NOT_REGISTERED
+                    # to a lapsed lease still serves this request: its reply is waited for.)
                     raise KtraderError(
                         ErrorCode.NOT_REGISTERED,
                         f"no reply to {type(msg).__name__}: the gateway no longer knows this agent ({reply.message})",

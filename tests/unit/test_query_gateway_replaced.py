@@ -20,7 +20,7 @@ from common.connection import GatewayInfo
 from common.credentials import Credential
 from common.errors import ErrorCode, KtraderError
 from common.framing import Codec
-from common.schema import Error, Heartbeat, HeaderFactory, Query
+from common.schema import Ack, Error, Heartbeat, HeaderFactory, Query
 
 
 class Services(AgentServicesMixin):
@@ -108,6 +108,7 @@ def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_ans
     info, router = silent_gateway
     s = _services(info, replaced_at=float("inf"))
     s.heartbeat_s = 0.2
+    s._gateway_sid = "the-gateway-that-died"  # registered with it; the new one's replies carry another sid
     gateway = Codec(info.key_bytes, keyring={"gateway": info.key_bytes, "alpha": b"k" * 32}.get)
     answered: list[int] = []
 
@@ -132,6 +133,47 @@ def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_ans
         assert time.monotonic() - t0 < 5.0 and answered  # at its heartbeat's answer, not the 10 s timeout
         [err] = list(s.client.inbox)  # type: ignore[union-attr]
         assert isinstance(err, Error) and err.code is ErrorCode.NOT_REGISTERED  # for the runtime to act on
+    finally:
+        t.join(6)
+        s.client.close()  # type: ignore[union-attr]
+
+
+def test_the_same_gateway_answering_a_lapsed_lease_still_serves_the_query(silent_gateway) -> None:
+    """A callback that ran past the lease: the same gateway answers the overdue heartbeat NOT_REGISTERED and
+    still serves the read (server/router.py): the query gets its reply; the runtime registers again after."""
+    info, router = silent_gateway
+    s = _services(info, replaced_at=float("inf"))
+    s.heartbeat_s = 0.2
+    gateway = Codec(info.key_bytes, keyring={"gateway": info.key_bytes, "alpha": b"k" * 32}.get)
+    hf = HeaderFactory("gateway")
+    s._gateway_sid = hf.sid
+
+    def same_gateway() -> None:
+        heartbeats = 0
+        while router.poll(5000):
+            peer, *frames = router.recv_multipart()
+            msg = gateway.decode(frames)
+            if isinstance(msg, Heartbeat):
+                heartbeats += 1
+                reply: object = Error(h=hf(msg.h.mid), code=ErrorCode.NOT_REGISTERED, message="your lease expired")
+            elif heartbeats < 2:  # (the query waits until two heartbeats were refused: the old code's cut)
+                pending.append((peer, msg))
+                continue
+            else:
+                reply = Ack(h=hf(msg.h.mid))
+            router.send_multipart([peer, *gateway.encode(reply)])  # type: ignore[arg-type]
+            if pending and heartbeats >= 2:
+                p_peer, p_msg = pending.pop()
+                router.send_multipart([p_peer, *gateway.encode(Ack(h=hf(p_msg.h.mid)))])  # type: ignore[attr-defined]
+                return
+
+    pending: list[tuple[bytes, object]] = []
+    t = threading.Thread(target=same_gateway, daemon=True)
+    t.start()
+    try:
+        q = Query(h=s.headers(), kind="price", code="005930")
+        assert isinstance(s.call_gateway(q, 10.0), Ack)  # its own reply, after the refused heartbeats
+        assert any(isinstance(m, Error) for m in s.client.inbox)  # type: ignore[union-attr]
     finally:
         t.join(6)
         s.client.close()  # type: ignore[union-attr]
