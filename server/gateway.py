@@ -910,8 +910,8 @@ class Gateway:
                         whole_due, timeout = time.monotonic() + timeout, period
             except Exception as e:
                 self.counters["reconcile_errors"] += 1
-                log.warning("reconciliation (%s) failed: %s; retrying in %.0fs", reason, e, backoff)
-                timeout, backoff = retry_after(backoff, self.recon.synced, self.clock.phase())  # a blip costs little
+                timeout, backoff = retry_after(backoff, self.recon.synced, self.clock.now())  # a blip costs little
+                log.warning("reconciliation (%s) failed: %s; retrying in %.1fs", reason, e, timeout)
                 # passes that keep failing (KIS down, a row of the order list it cannot read) are told to a
                 # person once per episode, after the same delay as the partial alert below: at the start every
                 # new order is denied; later, UNKNOWN orders and fills whose notices were lost stay unresolved

@@ -25,7 +25,7 @@ import msgspec
 
 from common.clock import date_of
 from common.ids import EXTERNAL_AGENT
-from common.krx import REGULAR_ORDER_PHASES, Phase
+from common.krx import REGULAR_ORDER_PHASES, Phase, SessionTimes
 from common.portfolio import PendingSplit
 from common.orders import (
     AMENDING,
@@ -105,16 +105,29 @@ def periodic_wait(period_s: float, last_pass_s: float) -> float:
 
 # a failing pass is retried after a back-off doubling from 0.2 s up to this; until the first pass succeeds in the
 # session every new order is denied, so then it stays short: a pass asleep for 30 s after KIS was back kept
-# the desk shut that long (failures at night may wait the long one: nothing is lost then)
+# the desk shut that long. Failures at night wait the long one (1,200 passes an hour against KIS in its
+# maintenance would be no help): the short cap starts RETRY_SOON_BEFORE_OPEN before the opening auction.
 RETRY_MAX_S = 30.0
 RETRY_MAX_UNSYNCED_S = 3.0
-_RETRY_SOON_PHASES = REGULAR_ORDER_PHASES | {Phase.PRE_OPEN}  # (a long wait begun at 08:29 ran into the auction)
+RETRY_SOON_BEFORE_OPEN = dt.timedelta(minutes=10)
 
 
-def retry_after(backoff_s: float, synced: bool, phase: Phase) -> tuple[float, float]:
-    """(this wait, the next back-off) after a failed reconciliation pass that waited `backoff_s` before."""
-    cap = RETRY_MAX_UNSYNCED_S if not synced and phase in _RETRY_SOON_PHASES else RETRY_MAX_S
+def retry_after(backoff_s: float, synced: bool, now: dt.datetime) -> tuple[float, float]:
+    """(this wait, the next back-off) after a failed reconciliation pass that waited `backoff_s` before;
+    `now`: the market clock (KST)."""
+    cap = RETRY_MAX_UNSYNCED_S if not synced and _orders_soon(now) else RETRY_MAX_S
     return min(backoff_s, cap), min(backoff_s * 2, cap)
+
+
+def _orders_soon(now: dt.datetime) -> bool:
+    """The regular session's phases, or its opening auction minutes away."""
+    try:
+        times = SessionTimes(now.date())
+    except ValueError:  # not a trading day
+        return False
+    phase = times.phase_at(now)
+    soon = phase is Phase.PRE_OPEN and now >= times.auction_open - RETRY_SOON_BEFORE_OPEN
+    return phase in REGULAR_ORDER_PHASES or soon
 
 
 class AccountView(Protocol):

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from common.krx import Phase
+from common.clock import KST
 from common.config import BrokerConfig, BrokerEnv
 from common.enums import AlertKind, Side
 from kis.adapter import KisBroker
@@ -413,7 +413,8 @@ async def _run_reconcile_loop(
         recon=recon,
         counters=Counter(),
         cfg=SimpleNamespace(reconcile_s=30.0),
-        clock=SimpleNamespace(phase=lambda: Phase.CONTINUOUS),  # (the retry's back-off depends on it)
+        # (the retry's back-off depends on the market time: a Monday's session)
+        clock=SimpleNamespace(now=lambda: dt.datetime(2026, 12, 7, 10, 0, tzinfo=KST)),
         book=_Book(step_ns),
         alerts=alerts,
         _reconcile_wanted=asyncio.Event(),
