@@ -97,9 +97,9 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # a KIS REST answer meanwhile (`wake`) says KIS is back, so it tries again at once, though never
     # sooner than wake_gap_s after the failed attempt, doubling while woken attempts keep failing up
     # to wake_gap_max_s (REST answers come many a second; a websocket port blocked for hours must
-    # not become a connect and a session-state broadcast every second).
+    # not become a connect and two session-state broadcasts every few seconds).
     wake_gap_s: float = 1.0
-    wake_gap_max_s: float = 5.0
+    wake_gap_max_s: float = 15.0
     silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
@@ -365,7 +365,9 @@ class KisWebSocket:
                     reason = f"{type(e).__name__}: {e}"
                     self._note_drop(reason)
                 else:  # the websocket could not be opened at all
-                    unreachable = isinstance(e, OSError)  # no connection (not KIS refusing the handshake)
+                    # no connection (not KIS refusing the handshake; not a timeout, which may be a handshake KIS
+                    # saw and did not finish: an overloaded KIS is not retried early)
+                    unreachable = isinstance(e, OSError) and not isinstance(e, TimeoutError)
                     reason = explain(e, self._url).text()
                     self._note(SessionProblem.WS_UNREACHABLE, reason)
             except Exception as e:

@@ -29,7 +29,6 @@ _AT_PHASE = {Phase.OPENING_AUCTION: "as the opening auction starts", Phase.CONTI
 # critical kinds do (server/notifier.py CRITICAL)
 RECOVERED = AlertKind.RECOVERED
 MB = 1 << 20
-WRITES_QUIET_S = 600.0  # a writer that failed and then stayed quiet this long: its next failure is told again
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ class Facts:
     market_ns: int = 0  # market time of the check (names an episode by its start; 0: by `now`)
     disk_free_bytes: int = -1  # free space on the run folder's disk (-1: unknown)
     # what the gateway writes besides its store (market-data recording, closed bars, query history):
-    # writer -> (failures so far, the latest one's error)
-    write_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # writer -> (failures so far, the latest one's error, failing now: its last write failed)
+    write_failures: dict[str, tuple[int, str, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,8 +93,7 @@ class AlertWatch:
         self._unknown_seen: set[str] = set()
         self._ended: list[Raised] = []
         self._low_disk: _Episode | None = None
-        # writer -> (its failures when last seen, monotonic time of its last new failure, alerted this episode)
-        self._writes: dict[str, tuple[int, float, bool]] = {}
+        self._writes: dict[str, _Episode] = {}  # writer -> its failing episode (told at its start)
 
     def check(self, f: Facts) -> list[Raised]:
         """The alerts this check raises; the ends of alerted outages it saw are kept for `ended()`."""
@@ -236,20 +234,23 @@ class AlertWatch:
 
     def _write_failed(self, f: Facts) -> Iterable[Raised]:
         """A writer beside the store that starts failing (a full disk, a folder it cannot make): told once an
-        episode; the episode ends after WRITES_QUIET_S without a new failure."""
-        for name, (n, error) in sorted(f.write_failures.items()):
-            seen, last, told = self._writes.get(name, (0, 0.0, False))
-            if n <= seen:
-                if told and f.now - last >= WRITES_QUIET_S:
-                    self._writes[name] = (n, last, False)  # quiet long enough: a new failure is news again
+        episode; its end, once a write works again, told as RECOVERED (a writer broken for good that fails
+        at each use is one episode, not a page each time)."""
+        for name, (n, error, failing) in sorted(f.write_failures.items()):
+            ep = self._writes.get(name)
+            if not failing:
+                if ep is not None:
+                    del self._writes[name]
+                    over = f"{name} works again (failing since {ep.when})"
+                    self._ended.append(Raised(RECOVERED, over, subject=f"{ep.subject}: over"))
                 continue
-            self._writes[name] = (n, f.now, True)
-            if told:
+            if ep is not None:
                 continue
+            self._writes[name] = ep = _episode(f, f"{name} failing")
             yield Raised(
                 AlertKind.GATEWAY_FAULT,
                 f"{name} is failing ({n} failures so far; the latest: {error}): what it writes is lost until it "
                 "works (trading goes on); a full disk is the usual cause, and the store comes next: free space "
                 "on the run folder's disk",
-                subject=f"{name} failing since {_when(f)}",
+                subject=ep.subject,
             )

@@ -158,6 +158,7 @@ class MarketData:
         self.bars_closed = 0
         self.bar_store_failures = 0  # closed bars the bar store could not keep (published all the same)
         self.bar_store_error = ""  # the latest such failure, for people
+        self.bar_store_failing = False  # the last write failed
         # where bars were closed by time, for the recording (replay closes them at the same point)
         self.on_clock: Callable[[dt.datetime], None] | None = None
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
@@ -800,7 +801,9 @@ class MarketData:
         self.bars_closed += len(bars)
         try:
             self.store.add(bars)
+            self.bar_store_failing = False
         except Exception as e:  # a full disk must not stop the feed; the bars were published
+            self.bar_store_failing = True
             self.bar_store_failures += 1
             self.bar_store_error = f"{type(e).__name__}: {e}"
             log.error("bar store write failed: %s", e)

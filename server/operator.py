@@ -960,14 +960,15 @@ class Operator:
             write_failures=self._write_failures(),
         )
 
-    def _write_failures(self) -> dict[str, tuple[int, str]]:
+    def _write_failures(self) -> dict[str, tuple[int, str, bool]]:
         """What the gateway writes beside its store, and how often each write failed (server/alert_watch.py)."""
         gw = self.gw
-        out: dict[str, tuple[int, str]] = {"the bar store": (gw.md.bar_store_failures, gw.md.bar_store_error)}
-        if gw.recorder is not None:
-            out["market-data recording"] = (gw.recorder.errors, gw.recorder.last_error)
-        if gw.services.history is not None:
-            out["the query history"] = (gw.services.history.failures, gw.services.history.last_error)
+        md, rec, history = gw.md, gw.recorder, gw.services.history
+        out = {"the bar store": (md.bar_store_failures, md.bar_store_error, md.bar_store_failing)}
+        if rec is not None:
+            out["market-data recording"] = (rec.errors, rec.last_error, rec.failing)
+        if history is not None:
+            out["the query history"] = (history.failures, history.last_error, history.failing)
         return out
 
     # ---- performance -----------------------------------------------------------------------------

@@ -169,6 +169,7 @@ class Recorder:
         self.path = path
         self.failures = 0
         self.last_error = ""  # the latest failure, for people (kept after recovery)
+        self.failing = False  # the last write failed (a person is told once until one works again)
         self._db: QueryHistory | None = None
 
     def _open(self) -> QueryHistory:
@@ -181,15 +182,20 @@ class Recorder:
             self._open().record_quote(day, q, ts_ns)
         except (apsw.Error, OSError, RuntimeError) as e:
             self._failed(e)
+        else:
+            self.failing = False
 
     def investor(self, code: str, days: list[InvestorDay], ts_ns: int) -> None:
         try:
             self._open().record_investor(code, days, ts_ns)
         except (apsw.Error, OSError, RuntimeError) as e:
             self._failed(e)
+        else:
+            self.failing = False
 
     def _failed(self, e: Exception) -> None:
         self.failures += 1
+        self.failing = True
         self.last_error = f"{type(e).__name__}: {e}"
         if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
             log.warning("recording queries to %s failed (%d times): %s", self.path, self.failures, e)

@@ -134,10 +134,10 @@ class StoreUnusable(ConfigError):
     that cannot be written). (Not a kis.startup.StartupError: that would import the KIS client, and aiohttp,
     into every tool that reads a store.)"""
 
-    def __init__(self, path: Path, exc: apsw.Error) -> None:
+    def __init__(self, path: Path, exc: apsw.Error | OSError) -> None:
         self.path = path
         self.damaged = isinstance(exc, _DAMAGED)
-        sqlite_says = f"SQLite: {exc}"
+        sqlite_says = f"SQLite: {exc}" if isinstance(exc, apsw.Error) else str(exc)
         if self.damaged:
             reason = f"{path} is damaged ({sqlite_says})"
             hint = _damaged_hint(path)
@@ -205,7 +205,7 @@ class Store:
         p.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._open(p, prewrite)
-        except (*_DAMAGED, *_UNREACHABLE) as e:
+        except (*_DAMAGED, *_UNREACHABLE, OSError) as e:  # (OSError: the WAL's pre-write on a nearly full disk)
             if hasattr(self, "db"):
                 self.db.close()
             raise StoreUnusable(p, e) from e

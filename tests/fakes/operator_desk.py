@@ -19,11 +19,15 @@ from server.registry import Registry
 from tests.fakes.harness import Harness
 
 
+# the alert watch without the free-space check: the test machine's disk must not change what a test sees
+NOTIFY_NO_DISK_WATCH = NotifyConfig(min_free_mb=0)
+
+
 def no_writers() -> dict[str, object]:
     """The gateway's writers beside its store as a fake gateway for the Operator has them (server/operator.py
     _write_failures): the bar store never failing, no market-data recording, no query history."""
     return {
-        "md": SimpleNamespace(bar_store_failures=0, bar_store_error=""),
+        "md": SimpleNamespace(bar_store_failures=0, bar_store_error="", bar_store_failing=False),
         "recorder": None,
         "services": SimpleNamespace(history=None),
     }
@@ -38,7 +42,7 @@ class Desk:
         for c in cards:
             self.registry.register(c, c.id.encode(), "s", 1, "h")
         self.gw = SimpleNamespace(
-            cfg=GatewayConfig(run_dir=str(run_dir)),
+            cfg=GatewayConfig(run_dir=str(run_dir), notify=NOTIFY_NO_DISK_WATCH),
             registry=self.registry,
             core=h.core,
             book=h.book,

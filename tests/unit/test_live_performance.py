@@ -31,7 +31,7 @@ from tests.fakes.harness import Harness
 from tests.fakes.status import agent_status, status_reply
 from tools.ops.status import render_status
 from tools.top import grid
-from tests.fakes.operator_desk import no_writers
+from tests.fakes.operator_desk import NOTIFY_NO_DISK_WATCH, no_writers
 
 CODE = "005930"
 
@@ -52,7 +52,7 @@ async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(
     for c in (alpha, bravo):
         registry.register(c, c.id.encode(), "s", 1, "h")
     gw = SimpleNamespace(
-        cfg=GatewayConfig(run_dir=str(tmp_path / "run")),
+        cfg=GatewayConfig(run_dir=str(tmp_path / "run"), notify=NOTIFY_NO_DISK_WATCH),
         registry=registry,
         core=h.core,
         book=h.book,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.config import NotifyConfig
 from common.enums import AlertKind
-from server.alert_watch import MB, RECOVERED, WRITES_QUIET_S, AlertWatch
+from server.alert_watch import MB, RECOVERED, AlertWatch
 from tests.unit.test_alert_watch_performance import facts
 
 
@@ -47,20 +47,25 @@ def test_the_gateways_status_reports_the_free_space(tmp_path: Path) -> None:
 
 def test_a_writer_beside_the_store_that_starts_failing_is_told_once_an_episode() -> None:
     """Market-data recording, the bar store and the query history failed with log lines only (a full disk
-    is heard there first, before the store's commit fails and the gateway stops)."""
+    is heard there first, before the store's commit fails and the gateway stops). A writer broken for good
+    that fails at each use is one episode (not a critical page at each use), ended when a write works."""
     w = AlertWatch(NotifyConfig())
-    ok = {"market-data recording": (0, ""), "the bar store": (0, "")}
+    ok = {"market-data recording": (0, "", False), "the bar store": (0, "", False)}
     assert w.check(facts(0, write_failures=ok)) == []
-    failing = {**ok, "market-data recording": (1, "OSError: [Errno 28] No space left on device")}
-    [told] = w.check(facts(1, write_failures=failing))
+    full = (1, "OSError: [Errno 28] No space left on device", True)
+    [told] = w.check(facts(1, write_failures={**ok, "market-data recording": full}))
     assert told.kind is AlertKind.GATEWAY_FAULT and "market-data recording is failing" in told.text
     assert "No space left" in told.text and "free space" in told.text
-    # failing on: not told again; quiet for WRITES_QUIET_S, then failing again: news
-    for now, n in ((30, 31), (300, 301), (301, 301)):
-        assert w.check(facts(now, write_failures={**ok, "market-data recording": (n, "e")})) == []
-    assert w.check(facts(301 + WRITES_QUIET_S, write_failures={**ok, "market-data recording": (301, "e")})) == []
-    [again] = w.check(facts(302 + WRITES_QUIET_S, write_failures={**ok, "market-data recording": (302, "e")}))
+    # failing on, for hours, at each use: told once
+    for now in (30, 900, 7_200, 36_000):
+        assert w.check(facts(now, write_failures={**ok, "market-data recording": (now, "e", True)})) == []
+    assert w.ended() == []
+    # a write works again: its end is told (not critical), and a new failure is news
+    assert w.check(facts(36_001, write_failures={**ok, "market-data recording": (36_000, "e", False)})) == []
+    [over] = w.ended()
+    assert over.kind is RECOVERED and "market-data recording works again" in over.text
+    [again] = w.check(facts(36_002, write_failures={**ok, "market-data recording": (36_001, "e", True)}))
     assert again.subject != told.subject
     # each writer on its own
-    [bars] = w.check(facts(303 + WRITES_QUIET_S, write_failures={**ok, "the bar store": (1, "apsw.FullError: full")}))
+    [bars] = w.check(facts(36_003, write_failures={**ok, "the bar store": (1, "apsw.FullError: full", True)}))
     assert "the bar store is failing" in bars.text

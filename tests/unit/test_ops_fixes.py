@@ -35,7 +35,7 @@ from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
 from tests.fakes.sinks import HttpSink
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
-from tests.fakes.operator_desk import no_writers
+from tests.fakes.operator_desk import NOTIFY_NO_DISK_WATCH, no_writers
 
 CODE = "005930"
 
@@ -127,7 +127,7 @@ async def test_one_sell_filled_in_three_parts_is_one_win(tmp_path: Path) -> None
         registry = Registry(30.0)
         registry.register(alpha, b"alpha", "s", 1, "h")
         gw = SimpleNamespace(
-            cfg=GatewayConfig(run_dir=str(tmp_path / "run")),
+            cfg=GatewayConfig(run_dir=str(tmp_path / "run"), notify=NOTIFY_NO_DISK_WATCH),
             registry=registry,
             core=h.core,
             book=h.book,

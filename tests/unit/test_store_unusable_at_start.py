@@ -68,3 +68,19 @@ def test_a_sound_store_still_opens(tmp_path: Path) -> None:
         assert s.get_meta("k299") == "x" * 200
     finally:
         s.close()
+
+
+def test_a_nearly_full_disk_at_the_wal_pre_write_is_told_as_unwritable(tmp_path: Path, monkeypatch) -> None:
+    """Less room than the WAL's pre-write (a few MB): an OSError there, not SQLite's (review)."""
+    import errno
+
+    from server import store as store_module
+
+    def full(*a: object, **k: object) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "prewrite_wal", full)
+    path = tmp_path / "gateway.sqlite"
+    with pytest.raises(StoreUnusable) as caught:
+        Store(path, prewrite=True)
+    assert f"{path} cannot be opened or written" in text(caught.value) and "No space left" in text(caught.value)
