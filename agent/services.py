@@ -50,7 +50,8 @@ from common.schema import (
 if TYPE_CHECKING:
     from common.schema import HeaderFactory
 
-# how long a request may still wait for its reply once the agent is asked to stop
+# how long a request may still wait for its reply once the agent is asked to stop (a quote in on_stop that also
+# waits for the agent's query quota, up to the gateway's QUEUE_S, may time out then; save_state never waits on it)
 STOPPING_REPLY_S = 2.0
 
 _enc = msgspec.msgpack.Encoder()
