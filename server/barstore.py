@@ -16,6 +16,9 @@ from pathlib import Path
 import apsw
 
 from common.schema import Bar
+from server.store_errors import DAMAGED, UNREACHABLE, StoreUnusable
+
+BARS_HOLD = "the bars it recorded"  # (what a damaged bar store moved aside leaves behind)
 
 SCHEMA_VERSION = 1
 
@@ -61,14 +64,20 @@ class BarStore:
             self.db = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = apsw.Connection(str(self.path))
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            if self.db.execute("PRAGMA user_version").get < SCHEMA_VERSION:
-                with self.db:
-                    self.db.execute(_DDL)
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            try:
+                self._open()
+            except (*DAMAGED, *UNREACHABLE, OSError) as e:  # told with the file and what to do, not "unexpected"
+                raise StoreUnusable(self.path, e, BARS_HOLD) from e
         self.db.setbusytimeout(2000)  # a reader (backtester) and the gateway may overlap
+
+    def _open(self) -> None:
+        self.db = apsw.Connection(str(self.path))
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        if self.db.execute("PRAGMA user_version").get < SCHEMA_VERSION:
+            with self.db:
+                self.db.execute(_DDL)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()

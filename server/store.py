@@ -29,6 +29,7 @@ from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
 from server.group_commit import GroupCommit, StoreFailed, prewrite_wal
+from server.store_errors import DAMAGED, UNREACHABLE, StoreUnusable
 
 __all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "StoreUnusable", "describe_owner"]
 
@@ -122,41 +123,6 @@ CREATE INDEX IF NOT EXISTS trace_coid ON trace(client_order_id);
 """
 
 
-# what SQLite says of a file that is not a store any more (garbage, truncated, a torn page)
-_DAMAGED = (apsw.NotADBError, apsw.CorruptError)
-# ... of one it cannot open, read or write (a folder in its place, permissions, a failing or full disk)
-_UNREACHABLE = (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError, apsw.ReadOnlyError, apsw.FullError)
-
-
-class StoreUnusable(ConfigError):
-    """The gateway's store cannot be used at the start: damaged, or a file SQLite cannot open or write. Its
-    text names the file and what to do, without a traceback; exit 2 as a configuration error (a run folder
-    that cannot be written). (Not a kis.startup.StartupError: that would import the KIS client, and aiohttp,
-    into every tool that reads a store.)"""
-
-    def __init__(self, path: Path, exc: apsw.Error | OSError) -> None:
-        self.path = path
-        self.damaged = isinstance(exc, _DAMAGED)
-        sqlite_says = f"SQLite: {exc}" if isinstance(exc, apsw.Error) else str(exc)
-        if self.damaged:
-            reason = f"{path} is damaged ({sqlite_says})"
-            hint = _damaged_hint(path)
-        else:
-            reason = f"{path} cannot be opened or written ({sqlite_says})"
-            hint = "it must be a file this user can read and write, on a disk with room and without errors"
-        super().__init__(f"store: {reason}\n  check: {hint}")
-
-
-def _damaged_hint(path: Path) -> str:
-    hint = (
-        f"restore {path.name} (and its {path.name}-wal, if any) from a backup; or move it and its -wal and -shm "
-        "files aside to start an empty store (its orders, positions and agents' events left behind)"
-    )
-    if path.parent.name == "db":  # the gateway's run folder (<run>/db/gateway.sqlite): reset archives it whole
-        hint += f", or archive the whole run folder with `ktrader reset --run-dir {path.parent.parent}`"
-    return hint
-
-
 class EquityRow(msgspec.Struct, frozen=True, kw_only=True):
     """One agent's day: cumulative books at the snapshot, the day's own activity (KRW)."""
 
@@ -205,7 +171,7 @@ class Store:
         p.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._open(p, prewrite)
-        except (*_DAMAGED, *_UNREACHABLE, OSError) as e:  # (OSError: the WAL's pre-write on a nearly full disk)
+        except (*DAMAGED, *UNREACHABLE, OSError) as e:  # (OSError: the WAL's pre-write on a nearly full disk)
             if hasattr(self, "db"):
                 self.db.close()
             raise StoreUnusable(p, e) from e
