@@ -297,7 +297,8 @@ class Recorder:
         path, file = _create_file(sink.folder, first_ns)
         sink.file, sink.z, sink.path = file, self._compressor(), path
         self.path = path
-        log.warning("recording market data to %s (after a failed write)", path)
+        if self._streak <= 1:  # (each 30 s retry on a disk that stays full is not a line of its own)
+            log.warning("recording market data to %s (after a failed write)", path)
 
     @staticmethod
     def _abandon(sink: _Sink) -> None:
