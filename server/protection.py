@@ -117,7 +117,9 @@ class ProtectionDesk:
         self._day = ""
         self._dirty: set[str] = set()  # trailing highs not written yet
         self._saved_ns = 0
-        self._next_try: dict[str, int] = {}  # protection → market ns of its next exit attempt
+        # protection → (market ns when its exit was put off, market ns of its next attempt): a clock stepped back
+        # past the first (NTP) makes it due at once, not a stop-loss exit stalled for the step's length
+        self._next_try: dict[str, tuple[int, int]] = {}
         self._firing: set[str] = set()  # protections being fired now (see _fire)
         book.listeners.append(self._after_commit)
 
@@ -399,7 +401,7 @@ class ProtectionDesk:
                 else:
                     want = min(want, sellable)
         if wait:
-            self._next_try[p.id] = now + _RETRY_NS
+            self._next_try[p.id] = (now, now + _RETRY_NS)
             if wait != p.reason:
                 self._put(msgspec.structs.replace(p, reason=wait), "waiting", reason=wait)
             return
@@ -437,7 +439,7 @@ class ProtectionDesk:
         if not res.accepted:
             self.by_order.pop(coid, None)
             why = f"exit denied: {res.code}: {res.message}"  # (without its number: a repeat is not news)
-            self._next_try[p.id] = now + _DENIED_RETRY_NS
+            self._next_try[p.id] = (now, now + _DENIED_RETRY_NS)
             if why != p.reason:
                 self._put(
                     msgspec.structs.replace(p, reason=why),
@@ -588,7 +590,8 @@ class ProtectionDesk:
                 if last.filled_qty or last.state is not OrderState.REJECTED:
                     self._fire(p)  # it sold some, or expired: the rest goes now
                 else:
-                    self._next_try[p.id] = self.book.now_ns() + _RETRY_NS  # refused: a pause before the next try
+                    now = self.book.now_ns()
+                    self._next_try[p.id] = (now, now + _RETRY_NS)  # refused: a pause before the next try
         elif p.state is PS.ARMED and (not p.entry or not self._entry_open(p)) and self._held(p.agent, p.code) <= 0:
             self._end(p, PS.CANCELLED, "the position was closed")
 
@@ -659,9 +662,10 @@ class ProtectionDesk:
             self._day, self.ended = day, {}
         now = market_ns(book.clock)
         for p in list(self.active.values()):
-            if p.state is PS.TRIGGERED and now >= self._next_try.get(p.id, 0):
+            put_off, due = self._next_try.get(p.id, (0, 0))
+            if p.state is PS.TRIGGERED and (now >= due or now < put_off):
                 self._fire(p)
-        if self._dirty and now - self._saved_ns >= _SAVE_HIGHS_NS:
+        if self._dirty and (now - self._saved_ns >= _SAVE_HIGHS_NS or now < self._saved_ns):
             with book.store.transaction():
                 for pid in self._dirty:
                     if (dirty := self.active.get(pid)) is not None:
