@@ -114,6 +114,7 @@ EXIT_DUPLICATE = 4  # the gateway says another live session holds this id
 # The gateway did not serve the agent's start (its saved state, on_start's history: a timeout, the query quota,
 # a broker error) or refused its CURVE key: restarted, counted toward a crash loop like any failure.
 EXIT_NO_GATEWAY = 5
+STALE_REGISTER_RETRIES = 2  # a Register refused as stale (a clock step in flight) is sent again this often
 EXIT_BAD_CARD = 2
 EXIT_STRATEGY = 6  # stopped after a strategy error (card on_error = "stop"), or its on_start failed
 # The card this process registered with refused when it registers again (the operator approved another version
@@ -793,6 +794,7 @@ class AgentRuntime(AgentServicesMixin):
         if self.info.lease_s > 0:
             takeover_wait = max(takeover_wait, self.info.lease_s + 2.0)
         deadline = time.monotonic() + takeover_wait
+        stale = 0
         while True:
             msg = Register(
                 h=self.headers(), card=self.card, pid=os.getpid(), host=socket.gethostname(), last_seq=self.last_seq
@@ -822,6 +824,19 @@ class AgentRuntime(AgentServicesMixin):
                     EXIT_CARD_REFUSED,
                     f"registration refused ({reply.code}): {reply.message}; the card this agent runs with is no "
                     f"longer the approved one: exiting, a restart loads the card on disk",
+                )
+            if isinstance(reply, Error) and reply.code is ErrorCode.STALE_MESSAGE:
+                # the clocks disagree (this host's and the gateway's): nothing wrong with the card. A step of the
+                # clock while the request flew passes on a second try; a lasting skew is told as what it is, with
+                # an exit the supervisor restarts (not "bad card", which it leaves down)
+                stale += 1
+                if stale <= STALE_REGISTER_RETRIES and not self._stopping:
+                    time.sleep(0.2)
+                    continue
+                raise AgentExit(
+                    EXIT_NO_GATEWAY,
+                    f"registration refused ({reply.code}): {reply.message}: this machine's clock and the gateway's "
+                    "disagree; synchronise them (NTP)",
                 )
             if isinstance(reply, Error):
                 raise AgentExit(EXIT_BAD_CARD, f"registration refused ({reply.code}): {reply.message}")
