@@ -253,6 +253,7 @@ class TradingDay:
         self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
+        self._clock_back_told = False  # the clock's step back to an earlier day was logged (once per step)
         self.monotonic: Callable[[], float] = time.monotonic  # back-off waits are real time (tests move it)
         self._absent_since: dt.datetime | None = None  # the market time absent agents were first looked for
         self._absent_told: set[tuple[str, str]] = set()  # (day, agent) told as not running over its close
@@ -328,6 +329,8 @@ class TradingDay:
         now, phase = self.clock.now(), self.clock.phase()
         day = yyyymmdd(now.date())
         first, previous = not self.cycle.day, self.cycle.day
+        if self._clock_went_back(day):
+            return
         ensuring = False
         self.base_prices.roll()  # (whether a base is today's is a set lookup: the set goes with the day, here)
         if self.cycle.roll(day):
@@ -390,6 +393,26 @@ class TradingDay:
             self.end_of_day(card)
         if due.close_day:
             self._start_close(day)
+
+    def _clock_went_back(self, day: str) -> bool:
+        """The machine's clock stepped back to an earlier day (NTP over midnight): the trading day never goes
+        backwards. Rolling back would restart the agents' order numbering on a day whose finished orders were
+        let go at midnight (ids reused, stored rows overwritten). Nothing is done until the clock reaches the
+        trading day again; told once per step. A replay's clock (untimed) jumps back to its recorded day."""
+        current = self.cycle.day
+        if not current or day >= current or not self.clock.timed:
+            self._clock_back_told = False
+            return False
+        if not self._clock_back_told:
+            self._clock_back_told = True
+            log.warning(
+                "the machine's clock went back from %s to %s: the trading day stays %s and nothing of the day"
+                " cycle runs until the clock reaches it again; check the machine's time sync (NTP)",
+                current,
+                day,
+                current,
+            )
+        return True
 
     def _morning_refresh(self, now: dt.datetime, day: str) -> None:
         """Base prices fetched at midnight, when the broker may not have rolled its day yet (when it does
