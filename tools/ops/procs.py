@@ -75,6 +75,17 @@ def stop_groups(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 5.0) 
             p.wait(5)
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process of this host has `pid` (another user's counts: it exists). `pid` > 0."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_lock_held(run_dir: str | Path) -> bool | None:
     """Whether a gateway holds the run lock of `run_dir` now (server/app.py lock_run_dir). The OS
     drops the lock when its process dies, so this, not gateway.json's pid (which a crash leaves

@@ -10,7 +10,6 @@ moves run/ aside to run.archive/<timestamp>/ (nothing is deleted)."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import typer
 from common import approvals
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
+from tools.ops.procs import process_exists
 
 
 class ResetRefused(RuntimeError):
@@ -26,15 +26,8 @@ class ResetRefused(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:  # an exported gateway.json (ktrader keys export) names no local process
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # (pid 0: an exported gateway.json (ktrader keys export) names no local process)
+    return pid > 0 and process_exists(pid)
 
 
 def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from common.schema import (
     StatusQuery,
     StatusReply,
 )
-from tools.ops.procs import run_lock_held
+from tools.ops.procs import process_exists, run_lock_held
 
 
 def _tool_call(run_dir: str | Path, sender: str, make: Callable[[Header], Message], timeout_s: float) -> Message:
@@ -93,15 +92,7 @@ def _pid_gone(pid: int) -> bool:
     """No process has gateway.json's pid on this host: the gateway it names is gone. (An alive pid
     may be another process's now, and an exported gateway.json names none (pid 0): the run lock and
     the request's timeout decide then.) Only then is the run lock probed before a request."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. another user's process: it exists
-        return False
-    return False
+    return pid > 0 and not process_exists(pid)
 
 
 def fetch_status(run_dir: str | Path, timeout_s: float = 3.0) -> StatusReply:
