@@ -80,6 +80,11 @@ def slippage_summary(store: Store) -> list[SlippageRow]:
         bps = _bps(Side(side), filled_qty, filled_value, decision)
         if bps is not None:
             per.setdefault(agent, []).append((bps, filled_value))
+    return slippage_rows(per)
+
+
+def slippage_rows(per: dict[str, list[tuple[float, int]]]) -> list[SlippageRow]:
+    """Per agent, from each filled order's (slippage bps, filled value): the summary's rows, by agent."""
     out = []
     for agent, xs in sorted(per.items()):
         total_value = sum(v for _, v in xs) or 1
