@@ -13,37 +13,11 @@ from pathlib import Path
 from agent.runtime import EXIT_GATEWAY_ABSENT
 from common.connection import connection_path
 from tests.conftest import holds_for, wait_for
+from tests.fakes.scripted_agent import card_file, scripted, start_times
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
 
-CARD = 'id = "{id}"\nname = "t"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
 # the first back-off alone is far longer than the test: only the gateway's file can end it early
 LONG = RestartPolicy(base_s=30.0, cap_s=30.0, max_restarts=5, window_s=60, stable_s=30, stop_grace_s=2)
-
-
-def _card(tmp_path: Path, agent_id: str) -> Path:
-    p = tmp_path / f"{agent_id}.toml"
-    p.write_text(CARD.format(id=agent_id))
-    return p
-
-
-def _scripted(runs: list[tuple[float, int]], starts: Path):
-    """A command whose n-th run sleeps runs[n][0] seconds, then exits runs[n][1] (the last one repeats);
-    each start's monotonic time is logged to `starts`."""
-    prog = (
-        "import sys, time\n"
-        f"p = {str(starts)!r}\n"
-        "try:\n    n = len(open(p).read().split())\nexcept FileNotFoundError:\n    n = 0\n"
-        "open(p, 'a').write(f'{time.monotonic()}\\n')\n"
-        f"runs = {runs!r}\n"
-        "s, rc = runs[min(n, len(runs) - 1)]\n"
-        "time.sleep(s)\n"
-        "sys.exit(rc)\n"
-    )
-    return lambda card, run_dir: [sys.executable, "-c", prog]
-
-
-def _starts(starts: Path) -> list[float]:
-    return [float(t) for t in starts.read_text().split()] if starts.exists() else []
 
 
 def _gateway_writes_its_file(run: Path, session: str) -> float:
@@ -58,15 +32,15 @@ def _gateway_writes_its_file(run: Path, session: str) -> float:
 def test_an_agent_waiting_for_its_gateway_restarts_as_soon_as_the_gateway_is_ready(tmp_path: Path) -> None:
     run, starts = tmp_path / "run", tmp_path / "starts"
     # no gateway: exit 8; then the gateway is there: the agent runs
-    sup = Supervisor(run, policy=LONG, command=_scripted([(0.0, EXIT_GATEWAY_ABSENT), (60.0, 0)], starts))
+    sup = Supervisor(run, policy=LONG, command=scripted([(0.0, EXIT_GATEWAY_ABSENT), (60.0, 0)], starts))
     try:
-        s = sup.start(_card(tmp_path, "patient"))
+        s = sup.start(card_file(tmp_path, "patient"))
         wait_for(lambda: s.state is ProcState.NO_GATEWAY, 10, what="the agent found no gateway")
         assert "restarting in 30.0s" in s.reason, s.reason
         time.sleep(0.3)  # (well into its back-off)
         ready = _gateway_writes_its_file(run, "new")
-        wait_for(lambda: len(_starts(starts)) == 2, 3, what="the agent restarted for the new gateway")
-        assert _starts(starts)[1] - ready < 1.0, "joined the gateway promptly, not at the end of its back-off"
+        wait_for(lambda: len(start_times(starts)) == 2, 3, what="the agent restarted for the new gateway")
+        assert start_times(starts)[1] - ready < 1.0, "joined the gateway promptly, not at the end of its back-off"
         assert s.state is ProcState.RUNNING and s.restarts == 1, (s.state, s.reason)
     finally:
         sup.stop_all()
@@ -86,12 +60,12 @@ def test_a_gateway_ready_as_the_agent_gave_up_is_joined_at_once(tmp_path: Path) 
     def command(card: Path, run_dir: Path) -> list[str]:
         nonlocal runs
         runs += 1
-        return [sys.executable, "-c", late] if runs == 1 else _scripted([(60.0, 0)], starts)(card, run_dir)
+        return [sys.executable, "-c", late] if runs == 1 else scripted([(60.0, 0)], starts)(card, run_dir)
 
     sup = Supervisor(run, policy=LONG, command=command)
     try:
-        s = sup.start(_card(tmp_path, "patient"))
-        wait_for(lambda: len(_starts(starts)) == 1, 3, what="the agent restarted for the gateway")
+        s = sup.start(card_file(tmp_path, "patient"))
+        wait_for(lambda: len(start_times(starts)) == 1, 3, what="the agent restarted for the gateway")
         assert s.state is ProcState.RUNNING and s.restarts == 1, (s.state, s.reason)
     finally:
         sup.stop_all()
@@ -101,26 +75,26 @@ def test_a_stale_gateway_file_does_not_end_the_back_off(tmp_path: Path) -> None:
     """gateway.json left by a gateway that died: the agent found it and no gateway answered; it is not news."""
     run, starts = tmp_path / "run", tmp_path / "starts"
     _gateway_writes_its_file(run, "dead")
-    sup = Supervisor(run, policy=LONG, command=_scripted([(0.0, EXIT_GATEWAY_ABSENT)], starts))
+    sup = Supervisor(run, policy=LONG, command=scripted([(0.0, EXIT_GATEWAY_ABSENT)], starts))
     try:
-        s = sup.start(_card(tmp_path, "patient"))
+        s = sup.start(card_file(tmp_path, "patient"))
         wait_for(lambda: s.state is ProcState.NO_GATEWAY, 10, what="the agent found no gateway")
-        holds_for(lambda: len(_starts(starts)) == 1, 0.8, what="the back-off")
+        holds_for(lambda: len(start_times(starts)) == 1, 0.8, what="the back-off")
         assert s.state is ProcState.NO_GATEWAY
         sup.stop("patient")  # a stop still ends the back-off at once
-        assert s.state is ProcState.STOPPED and len(_starts(starts)) == 1, (s.state, s.reason)
+        assert s.state is ProcState.STOPPED and len(start_times(starts)) == 1, (s.state, s.reason)
     finally:
         sup.stop_all()
 
 
 def test_a_new_gateway_does_not_shorten_a_crash_back_off(tmp_path: Path) -> None:
     run, starts = tmp_path / "run", tmp_path / "starts"
-    sup = Supervisor(run, policy=LONG, command=_scripted([(0.0, 1)], starts))
+    sup = Supervisor(run, policy=LONG, command=scripted([(0.0, 1)], starts))
     try:
-        s = sup.start(_card(tmp_path, "crashy"))
+        s = sup.start(card_file(tmp_path, "crashy"))
         wait_for(lambda: s.state is ProcState.BACKOFF, 10, what="the crash's back-off")
         _gateway_writes_its_file(run, "new")
-        holds_for(lambda: len(_starts(starts)) == 1, 0.8, what="the crash's back-off")
+        holds_for(lambda: len(start_times(starts)) == 1, 0.8, what="the crash's back-off")
         assert s.state is ProcState.BACKOFF and s.restarts == 0, (s.state, s.reason)
     finally:
         sup.stop_all()

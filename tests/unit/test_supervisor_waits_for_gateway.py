@@ -7,40 +7,14 @@ the start, or refused the agent's key): it was restarted forever, shown 'no gate
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from agent.runtime import EXIT_GATEWAY_ABSENT, EXIT_NO_GATEWAY
 from tests.conftest import wait_for
+from tests.fakes.scripted_agent import card_file, scripted, start_times
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervised, Supervisor
 
-CARD = 'id = "{id}"\nname = "t"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
 POLICY = RestartPolicy(base_s=0.02, cap_s=0.1, max_restarts=3, window_s=60, stable_s=30, stop_grace_s=2)
-
-
-def _card(tmp_path: Path, agent_id: str) -> Path:
-    p = tmp_path / f"{agent_id}.toml"
-    p.write_text(CARD.format(id=agent_id))
-    return p
-
-
-def _scripted(runs: list[tuple[float, int]], starts: Path):
-    """A command whose n-th run sleeps runs[n][0] seconds, then exits runs[n][1] (the last one repeats)."""
-    prog = (
-        "import sys, time\n"
-        f"p = {str(starts)!r}\n"
-        "try:\n    n = len(open(p).read().split())\nexcept FileNotFoundError:\n    n = 0\n"
-        "open(p, 'a').write(f'{time.monotonic()}\\n')\n"
-        f"runs = {runs!r}\n"
-        "s, rc = runs[min(n, len(runs) - 1)]\n"
-        "time.sleep(s)\n"
-        "sys.exit(rc)\n"
-    )
-    return lambda card, run_dir: [sys.executable, "-c", prog]
-
-
-def _starts(starts: Path) -> int:
-    return len(starts.read_text().split()) if starts.exists() else 0
 
 
 def test_an_agent_without_a_gateway_is_restarted_until_the_gateway_is_back(tmp_path: Path) -> None:
@@ -52,10 +26,14 @@ def test_an_agent_without_a_gateway_is_restarted_until_the_gateway_is_back(tmp_p
     def changed(s: Supervised) -> None:
         seen.append((s.state, s.reason))
 
-    sup = Supervisor(tmp_path / "run", policy=POLICY, command=_scripted(runs, starts), on_change=changed)
+    sup = Supervisor(tmp_path / "run", policy=POLICY, command=scripted(runs, starts), on_change=changed)
     try:
-        s = sup.start(_card(tmp_path, "patient"))
-        wait_for(lambda: _starts(starts) == len(runs) or s.state is ProcState.GAVE_UP, 20, what="the gateway's return")
+        s = sup.start(card_file(tmp_path, "patient"))
+        wait_for(
+            lambda: len(start_times(starts)) == len(runs) or s.state is ProcState.GAVE_UP,
+            20,
+            what="the gateway's return",
+        )
         assert s.state is ProcState.RUNNING, (s.state, s.reason)
         assert s.restarts == len(runs) - 1 and sup.is_supervised("patient")
         waiting = [r for st, r in seen if st is ProcState.NO_GATEWAY]
@@ -71,12 +49,12 @@ def test_an_agent_without_a_gateway_is_restarted_until_the_gateway_is_back(tmp_p
 def test_a_crash_loop_around_exits_without_a_gateway_still_gives_up(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
     runs = [(0.0, 1), (0.0, 1)] + [(0.0, EXIT_GATEWAY_ABSENT)] * 4 + [(0.0, 1)]  # crashes, no gateway, crashes again
-    sup = Supervisor(tmp_path / "run", policy=POLICY, command=_scripted(runs, starts))
+    sup = Supervisor(tmp_path / "run", policy=POLICY, command=scripted(runs, starts))
     try:
-        s = sup.start(_card(tmp_path, "crashy"))
+        s = sup.start(card_file(tmp_path, "crashy"))
         wait_for(lambda: s.state is ProcState.GAVE_UP, 20, what="the supervisor gave up")
         # 2 crash restarts, 4 that waited for the gateway, the third crash restart, then the give-up
-        assert _starts(starts) == 8, (_starts(starts), s.reason)
+        assert len(start_times(starts)) == 8, (len(start_times(starts)), s.reason)
         assert s.last_exit == 1 and "3 restarts" in s.reason and "gave up" in s.reason, s.reason
     finally:
         sup.stop_all()
@@ -92,13 +70,17 @@ def test_exit_5_counts_toward_giving_up_and_is_not_shown_no_gateway(tmp_path: Pa
         seen.append((s.state, s.reason))
 
     sup = Supervisor(
-        tmp_path / "run", policy=POLICY, command=_scripted([(0.0, EXIT_NO_GATEWAY)], starts), on_change=changed
+        tmp_path / "run", policy=POLICY, command=scripted([(0.0, EXIT_NO_GATEWAY)], starts), on_change=changed
     )
     try:
-        s = sup.start(_card(tmp_path, "failing"))
-        wait_for(lambda: s.state is ProcState.GAVE_UP or _starts(starts) > 3 * POLICY.max_restarts, 20, what="give-up")
+        s = sup.start(card_file(tmp_path, "failing"))
+        wait_for(
+            lambda: s.state is ProcState.GAVE_UP or len(start_times(starts)) > 3 * POLICY.max_restarts,
+            20,
+            what="give-up",
+        )
         assert s.state is ProcState.GAVE_UP and not sup.is_supervised("failing"), (s.state, s.reason)
-        assert _starts(starts) == POLICY.max_restarts + 1 and s.last_exit == EXIT_NO_GATEWAY
+        assert len(start_times(starts)) == POLICY.max_restarts + 1 and s.last_exit == EXIT_NO_GATEWAY
         assert "gave up" in s.reason, s.reason
         assert not [r for st, r in seen if st is ProcState.NO_GATEWAY], seen
         backing_off = [r for st, r in seen if st is ProcState.BACKOFF]
