@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from kis_twin import TwinProc, run
+import msgspec
+from kis_twin import FAST_WS, TwinProc, run
 
 from common.config import BrokerConfig, BrokerEnv
 from common.enums import SessionProblem, SessionState
@@ -184,15 +185,7 @@ def test_rest_answering_all_along_does_not_hammer_a_refused_websocket(twin: Twin
 def test_a_rest_answer_does_not_cut_the_key_in_use_pause_short(twin: TwinProc, tmp_path: Path) -> None:
     """OPSP8996: KIS still holds the app key's one websocket. The pause lets it let go; a REST answer says
     nothing about that, and reconnecting sooner is the loop that gets the key locked."""
-    in_use = WsConfig(
-        backoff_base_s=0.05,
-        backoff_max_s=0.5,
-        in_use_backoff_s=3.0,
-        in_use_backoff_max_s=3.0,
-        batch_pace_s=0.01,
-        ack_timeout_s=5.0,
-        ping_interval_s=5.0,
-    )
+    in_use = msgspec.structs.replace(FAST_WS, in_use_backoff_s=3.0, in_use_backoff_max_s=3.0)
 
     async def body() -> None:
         async with broker_on(twin, tmp_path, twin.info["ws_url"], in_use) as (b, tl):
