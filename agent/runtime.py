@@ -396,6 +396,7 @@ class AgentRuntime(AgentServicesMixin):
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
         self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
+        self._started = False  # on_start returned and the missed daily bars were handed over (heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
@@ -1134,6 +1135,8 @@ class AgentRuntime(AgentServicesMixin):
                 f"not started{waiting}",
             )
         self._deliver_catch_up(missed)
+        self._started = True
+        self._hb_sent_at = 0.0  # told at once: a harness waits for it before moving the market on
 
     # ---- daily catch-up ----------------------------------------------------------------------------
     # The gateway publishes each code's daily bar once, after the close; the feed treats the last bar at
@@ -1481,6 +1484,7 @@ class AgentRuntime(AgentServicesMixin):
                 last_daily=self._last_daily,
                 paused=self._pause_why if self.paused else "",
                 pause_n=self._pause_n if self.paused else 0,
+                started=self._started,
                 **self.quotes.report(),
             ),
         )

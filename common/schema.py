@@ -193,6 +193,9 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     paused: str = ""
     # which of the agent's self-pauses that is (1, 2, ...): the gateway acts on each new one (0: an older agent)
     pause_n: NonNegInt = 0
+    # its strategy is set up: on_start returned and the missed daily bars were handed over (False while it
+    # warms up, and after a failed start): what a harness or an operator waits for before moving on
+    started: bool = False
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

@@ -30,7 +30,7 @@ from agent.runtime import EXIT_BAD_CARD, EXIT_STRATEGY
 from agent.strategy import Strategy
 from common.enums import OrderType, TimeInForce
 from common.krx import Phase
-from common.schema import Bar
+from common.schema import AgentStatus, Bar
 from tests.conftest import Procs, approve, start_gateway_on_twin, wait_for
 from tools.ops.procs import child_env
 from tools.ops.status import fetch_status
@@ -86,6 +86,10 @@ def _online(run: Path, agent_id: str, pid: int = 0) -> bool:
     except Exception:  # the gateway is starting or busy: ask again
         return False
     return any(a.id == agent_id and a.state == "online" and (not pid or a.pid == pid) for a in agents)
+
+
+def _agent_status(run: Path, agent_id: str) -> AgentStatus:
+    return next(a for a in fetch_status(run, 3.0).agents if a.id == agent_id)
 
 
 def _gateway(procs: Procs, run: Path, name: str, config: Path | None = None) -> subprocess.Popen[bytes]:
@@ -283,11 +287,15 @@ def test_a_warm_up_past_the_open_skips_the_missed_decision(
         "agent", "run", str(card), "--run-dir", str(run), log_name="second", env={"EDGE_MODE": "wait_open"}
     )
     wait_for(lambda: "EDGE warm-up waiting for the open" in procs.log(second), 60, what="the warm-up")
+    # online while it warms up (its queries keep the lease), and not started: what a harness waits for
+    wait_for(lambda: _online(run, "ed", second.pid), 20, what="the warming-up agent online")
+    assert not _agent_status(run, "ed").feed.started
     assert admin.post("/admin/history/advance", json={"to": "2021-03-03T09:00:03"}).status_code == 200
     said = f"daily catch-up: 000660 {DAY} not delivered: its next session opened"
     wait_for(lambda: said in procs.log(second), 40, what="the missed bar skipped")
     log = procs.log(second)
     assert "EDGE on_start done, phase continuous" in log  # the warm-up saw the open
     assert "EDGE bar" not in log and "EDGE placed" not in log
+    wait_for(lambda: _agent_status(run, "ed").feed.started, 20, what="the agent's status: started")
     second.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0

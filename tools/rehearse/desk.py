@@ -174,10 +174,15 @@ class Desk:
                     )
             st = self.status()
             # this very process is the one registered (a killed copy's record stays online until its
-            # lease runs out)
-            return ids <= {a.id for a in st.agents if a.state.value == "online" and a.pid == self.agents[a.id].pid}
+            # lease runs out), its strategy set up: an order its on_start places (a next-session decision
+            # after a warm-up at its query quota) is at the gateway before the market moves on
+            return ids <= {
+                a.id
+                for a in st.agents
+                if a.state.value == "online" and a.pid == self.agents[a.id].pid and a.feed.started
+            }
 
-        wait_until(online, timeout, "every agent to register")
+        wait_until(online, timeout, "every agent to register and start its strategy")
 
     def kill_gateway(self) -> None:
         """kill -9, then a new gateway on the same run directory (it recovers from its store)."""
