@@ -34,3 +34,49 @@ def yyyymmdd(day: dt.date) -> str:
 @functools.lru_cache(maxsize=64)  # the inverse, per fill and per id: ValueError for what is not a date
 def date_of(yyyymmdd: str) -> dt.date:
     return dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
+
+
+STEP_NS = 2_000_000_000  # wall and monotonic time apart by more than this between two looks: a step
+
+
+class ClockSteps:
+    """Forward steps of the machine's wall clock (NTP correcting a slow clock, an operator setting the date),
+    so that an age measured on wall-clock stamps (an order's last change, a fill notice's time) counts the
+    time that passed, not the step: a grace that looks expired only because the clock jumped ahead would
+    take back a fill the broker's list has not shown yet, or reject an order whose outcome is still coming.
+
+    `look` compares the wall clock with the monotonic one (call it before the ages are used); a stamp taken
+    before a step is moved forward by it. Backward steps are not undone: they make stamps look younger,
+    which only holds a grace longer (and a stamp from before such a step cannot be told from one after it
+    by its value). A machine that slept (a laptop's suspend, a VM paused) shows as a step too: its graces
+    count from its wake then, a delay of what would have been taken back, never an early take-back."""
+
+    __slots__ = ("_last", "steps")
+
+    def __init__(self) -> None:
+        self._last: tuple[int, int] | None = None
+        self.steps: list[tuple[int, int]] = []  # (cutoff, step): stamps below the cutoff predate the step
+
+    def look(self, wall_ns: int, mono_ns: int) -> int:
+        """Note a step since the last look; its size in ns (0: none)."""
+        last, self._last = self._last, (wall_ns, mono_ns)
+        if last is None:
+            return 0
+        elapsed = mono_ns - last[1]
+        step = (wall_ns - last[0]) - elapsed
+        if step <= STEP_NS:
+            return 0
+        # a stamp taken before the step is at most the last look's time plus the time that passed; one taken
+        # after it at least the last look's plus the step (the two ranges apart when looks come more often
+        # than steps are large; otherwise a later stamp is moved too: its grace held longer, never shorter)
+        self.steps.append((last[0] + elapsed, step))
+        del self.steps[:-16]  # (a grace is minutes: older steps moved only stamps long past every grace)
+        return step
+
+    def age(self, now_ns: int, ts_ns: int) -> int:
+        """`now_ns - ts_ns` less the steps taken after `ts_ns`."""
+        age = now_ns - ts_ns
+        for cutoff, step in self.steps:
+            if ts_ns < cutoff:
+                age -= step
+        return age

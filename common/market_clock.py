@@ -50,6 +50,7 @@ class WallClock:
     """KST wall time and the KRX calendar: the clock of a live KIS gateway."""
 
     timed = True
+    machine_wall = True  # its steps are the machine's clock's (common.clock.ClockSteps), not the market's time
 
     def now(self) -> dt.datetime:
         return now_kst()

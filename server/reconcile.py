@@ -50,9 +50,10 @@ a fill back, closes, reprices or rejects an order; the whole pass that follows d
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.clock import KST, kst_from_ns
+from common.clock import KST, ClockSteps, kst_from_ns
 from common.enums import Side, TimeInForce
 from common.errors import ErrorCode
 from common.orders import (
@@ -115,10 +116,16 @@ def reconcile(
     fill_grace_ns: int = 60_000_000_000,
     partial: bool = False,
     day: dt.date | None = None,
+    steps: ClockSteps | None = None,
 ) -> ReconcileResult:
     """`day`: the trading day the reports are of (their ord_tmd is a time of that day); by default
-    the KST date of `now_ns`."""
+    the KST date of `now_ns`. `steps`: the machine clock's steps (common.clock.ClockSteps): every grace
+    counts the time that passed, not a jump of the clock."""
     res = ReconcileResult()
+
+    def age(ts_ns: int) -> int:
+        return steps.age(now_ns, ts_ns) if steps is not None else now_ns - ts_ns
+
     if day is None:
         day = kst_from_ns(now_ns).date()
     owner_of: dict[str, Order] = {}  # ODNO → local order (its whole chain)
@@ -154,7 +161,7 @@ def reconcile(
     awaiting_reply = [
         o
         for o in local
-        if not o.broker_chain and o.state is OrderState.PENDING_SUBMIT and now_ns - o.updated_ns <= AWAIT_REPLY_NS
+        if not o.broker_chain and o.state is OrderState.PENDING_SUBMIT and age(o.updated_ns) <= AWAIT_REPLY_NS
     ]
     # Two rounds: first every order takes a line whose order division is the one it was sent with (the
     # broker reports it), then what is left by the terms alone. So a limit order of ours never takes the
@@ -196,7 +203,7 @@ def reconcile(
             continue
         if _hold_for_pending(res, o, originals, owner_of, claimed, awaiting_reply, day):
             continue  # not "never reached the exchange" either: a line with its terms is there
-        if now_ns - o.updated_ns <= grace_ns:
+        if age(o.updated_ns) <= grace_ns:
             continue
         before_send = [r for r in _free_lines(originals, owner_of, claimed, o) if _placed_before(r, o.created_ns, day)]
         res.add(
@@ -276,7 +283,7 @@ def reconcile(
         filled = sum(r.filled_qty for r in lines)
         value = sum(r.filled_value for r in lines)
         whole = not partial and len(lines) == len(chain[coid])  # every line of the chain shown
-        _live_line_and_total(res, o, lines, filled, now_ns, fill_grace_ns, whole)
+        _live_line_and_total(res, o, lines, filled, now_ns, age(o.updated_ns) > fill_grace_ns, whole)
         books_value = o.filled_value  # what the books' fills are worth once this pass's repairs apply
         if filled > o.filled_qty:
             qty, add_value = filled - o.filled_qty, value - o.filled_value
@@ -302,13 +309,13 @@ def reconcile(
         if partial:
             continue  # fewer fills, other values, a closed chain: only the whole list can tell
         if filled < o.filled_qty:
-            books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns)
+            books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns, age)
         if (
             filled
             and books_value != value
             and filled <= o.filled_qty  # after a synthesised fill: the next pass (if that fill is refused, never)
             and coid not in res.held
-            and not any(r.from_notice and now_ns - r.ts_ns < fill_grace_ns for r in o.fills if r.live_qty)
+            and not any(r.from_notice and age(r.ts_ns) < fill_grace_ns for r in o.fills if r.live_qty)
         ):
             # the same shares at another value (a notice's wrong price, or a forged fill booked where
             # the real one came at another price and was refused as an overfill): the broker's value
@@ -357,7 +364,7 @@ def reconcile(
                 res.add(coid, Expire(ts_ns=now_ns))
         elif (
             o.state is OrderState.CANCELLED
-            and now_ns - o.updated_ns > fill_grace_ns  # (the list may lag the cancel's confirmation)
+            and age(o.updated_ns) > fill_grace_ns  # (the list may lag the cancel's confirmation)
             and (live := [r for r in lines if r.remaining_qty])
         ):
             # cancelled here, while a line of its chain still rests at KIS (a cancel reaches the latest
@@ -480,7 +487,7 @@ def _live_line_and_total(
     lines: list[BrokerOrderReport],
     filled: int,
     now_ns: int,
-    grace_ns: int,
+    settled: bool,
     whole: bool,
 ) -> None:
     """Before the chain's fills are taken (`lines`: the chain's lines the broker shows, `filled`: their
@@ -494,12 +501,11 @@ def _live_line_and_total(
       nothing open, at least what they filled): corrected at once when the broker filled more than the
       total (the fill would be refused as an overfill), otherwise only by a whole pass that shows
       every line of the chain, on an order nothing happened to within the grace (the list can lag a
-      revise), while a line is open."""
+      revise), while a line is open. `settled`: the order's last change is older than that grace."""
     coid = o.client_order_id
     cur = _preview(o, res.events.get(coid, []))
     open_qty = sum(r.remaining_qty for r in lines)
     broker_total = filled + open_qty if open_qty else max(cur.qty, filled)
-    settled = now_ns - o.updated_ns > grace_ns
     if cur.state is OrderState.REJECTED and (filled or (open_qty and settled)):
         what = f"{filled} filled" + (f", {open_qty} open" if open_qty else "") if filled else f"{open_qty} open"
         res.add(
@@ -585,13 +591,21 @@ def _value_plausible(lines: list[BrokerOrderReport]) -> bool:
     )
 
 
-def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, now_ns: int, grace_ns: int) -> int:
+def _take_back(
+    res: ReconcileResult,
+    o: Order,
+    excess: int,
+    broker_filled: int,
+    now_ns: int,
+    grace_ns: int,
+    age: Callable[[int], int],
+) -> int:
     """We booked `excess` more than the broker's cumulative fill. Notice fills younger than the grace
     may be real and not in the (lagging) list yet: held as unconfirmed. The rest is taken back from
     the older notice fills, newest first; reconciled fills are the broker's own numbers, never.
     Returns the value taken back."""
     coid = o.client_order_id
-    young = sum(r.live_qty for r in o.fills if r.from_notice and now_ns - r.ts_ns < grace_ns)
+    young = sum(r.live_qty for r in o.fills if r.from_notice and age(r.ts_ns) < grace_ns)
     held = min(excess, young)
     if held:
         res.unconfirmed[o.code] = res.unconfirmed.get(o.code, 0) + (held if o.side is Side.BUY else -held)
@@ -603,7 +617,7 @@ def _take_back(res: ReconcileResult, o: Order, excess: int, broker_filled: int, 
     for r in reversed(o.fills):
         if due <= 0:
             break
-        if not r.from_notice or r.live_qty <= 0 or now_ns - r.ts_ns < grace_ns:
+        if not r.from_notice or r.live_qty <= 0 or age(r.ts_ns) < grace_ns:
             continue
         q = min(due, r.live_qty)
         taken += r.value * q // r.qty  # at the fill's own price, as the state machine takes it back

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Protocol
 
 import msgspec
 
-from common.clock import date_of
+from common.clock import ClockSteps, date_of
 from common.ids import EXTERNAL_AGENT
 from common.krx import REGULAR_ORDER_PHASES, Phase, SessionTimes
 from common.portfolio import PendingSplit
@@ -188,7 +189,26 @@ class Reconciler:
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
         self.unconfirmed = 0  # orders whose notice fills the broker's list did not show yet at the last pass
+        # the machine clock's steps, when the market clock is the machine's (live): graces count time that
+        # passed, not an NTP jump (a twin's or a replay's clock moving on is the market's time passing)
+        self.steps = ClockSteps()
+        self._wall = bool(getattr(book.clock, "machine_wall", False))
         self._load_splits()
+
+    def _now(self) -> int:
+        """The market clock (ns), a step of the machine's clock since the last look noted (and logged)."""
+        now = self.book.now_ns()
+        if self._wall and (step := self.steps.look(now, time.monotonic_ns())):
+            log.warning(
+                "the machine's clock jumped %.1fs ahead: reconciliation's graces count the time that passed, "
+                "not the jump; check the machine's time sync (NTP)",
+                step / 1e9,
+            )
+        return now
+
+    def age(self, now_ns: int, ts_ns: int) -> int:
+        """How long ago `ts_ns` was (market ns), the machine clock's steps left out."""
+        return self.steps.age(now_ns, ts_ns)
 
     async def run(self, reason: str, *, open_only: bool = False) -> ReconcileResult:
         """A pass over the day's whole order list; `open_only`: over KIS's unfilled list alone (the
@@ -239,14 +259,16 @@ class Reconciler:
             for c, o in book.orders.items()
             if (o.is_open or book.order_day.get(c) == day) and o.agent not in virtual and c not in kept
         ]
+        now = self._now()
         res = reconcile(
             local,
             reports,
-            now_ns=book.now_ns(),
+            now_ns=now,
             grace_ns=self.unknown_grace_ns,
             fill_grace_ns=self.fill_grace_ns,
             partial=open_only,
             day=today,
+            steps=self.steps,
         )
         res.alerts[:0] = earlier_alerts
         self._apply(res)
@@ -254,13 +276,12 @@ class Reconciler:
             self.unconfirmed = len(res.held)
         else:
             shown = {r.broker_order_id for r in reports}
-            cutoff = book.now_ns() - VANISH_GRACE_NS
             self.vanished = [
                 o.client_order_id
                 for o in local
                 if o.state in RESTING
                 and o.broker_chain
-                and o.updated_ns < cutoff
+                and self.age(now, o.updated_ns) > VANISH_GRACE_NS
                 and not any(x in shown for x in o.broker_chain)
             ]
         for r in res.external:
@@ -352,10 +373,11 @@ class Reconciler:
             res = reconcile(
                 local,
                 reports,
-                now_ns=book.now_ns(),
+                now_ns=self._now(),
                 grace_ns=self.unknown_grace_ns,
                 fill_grace_ns=self.fill_grace_ns,
                 day=day,
+                steps=self.steps,
             )
             res.events = {c: evs for c, evs in res.events.items() if c in coids}
             self._apply(res)
@@ -417,10 +439,11 @@ class Reconciler:
             res = reconcile(
                 orders,
                 reports,
-                now_ns=book.now_ns(),
+                now_ns=self._now(),
                 grace_ns=self.unknown_grace_ns,
                 fill_grace_ns=self.fill_grace_ns,
                 day=day,
+                steps=self.steps,
             )
             # (its events are these orders' only; that day's lines of nobody's, res.external, are not
             # adopted now: their shares, if any, show in the position check)
@@ -580,7 +603,7 @@ class Reconciler:
                 prev = previous.get(code)
                 since = prev[1] if prev is not None and prev[0] == diff else now
                 self._unexplained[code] = (diff, since)
-                settled = prev is not None and prev[0] == diff and now - since >= self.fill_grace_ns
+                settled = prev is not None and prev[0] == diff and self.age(now, since) >= self.fill_grace_ns
             if diff < 0:
                 # the books hold more than the account: an error somewhere, never papered over, except
                 # when 'external' holds shares an earlier attribution gave it (the list lagged, then
@@ -658,9 +681,9 @@ class Reconciler:
         shown: list[str] = []
         for n in notes:
             since, done = previous.get(n.code, (now, False))
-            if not done and now - since >= grace:
+            if not done and (unsettled := self.age(now, since)) >= grace:
                 told.append(
-                    f"{n.text} (unsettled for {(now - since) / 1e9:.0f}s, past the {grace / 1e9:.0f}s grace: check)"
+                    f"{n.text} (unsettled for {unsettled / 1e9:.0f}s, past the {grace / 1e9:.0f}s grace: check)"
                 )
                 done = True
             else:
@@ -788,7 +811,7 @@ class Reconciler:
                 continue  # (an order of 'external' is adopted from the list: its fills are the list's)
             if (
                 o.state in IN_FLIGHT
-                or any(f.live_qty and now_ns - f.ts_ns < self.fill_grace_ns for f in o.fills)
+                or any(f.live_qty and self.age(now_ns, f.ts_ns) < self.fill_grace_ns for f in o.fills)
                 or (o.is_open and o.state is not OrderState.HELD and book.order_day.get(coid, today) < today)
             ):
                 busy.add(o.code)
