@@ -280,6 +280,7 @@ class Gateway:
         self.md.wall = self.clock.now  # prints and bars are dated by the market's clock
         if isinstance(self.clock, WallClock):  # the host's clock is the market's: its skew reaches a person
             self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
+            self.md.wall_steps = True  # and a step of it (NTP) is not the exchange's time passing
         self.md.on_alert = lambda text, kind: self.alerts(text, kind)  # (a day's bar the broker never gave: lost)
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
         # bars built from prints that stopped (a released registration) are partial; a suspected split drops the

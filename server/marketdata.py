@@ -48,12 +48,13 @@ import datetime as dt
 import logging
 import math
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from common.calendar import next_trading_day, previous_trading_day, session_hours
-from common.clock import KST, now_kst
+from common.clock import KST, STEP_NS, now_kst
 from common.enums import AlertKind, SessionState
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
@@ -162,6 +163,11 @@ class MarketData:
         # where bars were closed by time, for the recording (replay closes them at the same point)
         self.on_clock: Callable[[dt.datetime], None] | None = None
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
+        # `wall` is the machine's clock (the live gateway on KST wall time): a step of it (NTP) is not the exchange's
+        # time passing (`_follow_step`); `mono` measures the time that did pass
+        self.wall_steps = False
+        self.mono: Callable[[], float] = time.monotonic
+        self._skew_taken: tuple[dt.datetime, float] | None = None  # (wall, mono) when `skew` was last right
         # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
         self.hold_daily = rule is SessionRule.KRX
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
@@ -245,6 +251,25 @@ class MarketData:
 
     # ---- clock ---------------------------------------------------------------------------------
 
+    def _follow_step(self, wall: dt.datetime) -> None:
+        """The machine's clock stepped (NTP, an operator's date) since the skew was last right: the exchange's
+        time did not, so the skew takes the step back until the next print measures it again. Else every
+        open bar would close by the stepped clock, up to the step's length early, its later prints dropped as
+        late (a quiet code's next print may be minutes away)."""
+        mono = self.mono()
+        last, self._skew_taken = self._skew_taken, (wall, mono)
+        if last is None:
+            return
+        step = (wall - last[0]).total_seconds() - (mono - last[1])
+        if abs(step) * 1e9 > STEP_NS:
+            self.skew -= dt.timedelta(seconds=step)
+            log.warning(
+                "the machine's clock jumped %.1fs %s: bars close by the exchange's time (the skew follows it until "
+                "the next print); check the machine's time sync (NTP)",
+                abs(step),
+                "ahead" if step > 0 else "back",
+            )
+
     def exchange_now(self, wall: dt.datetime | None = None) -> dt.datetime:
         return (wall or self.wall()) + self.skew
 
@@ -305,6 +330,8 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
+        if self.wall_steps:
+            self._skew_taken = (wall, self.mono())
         self._watch_skew(self.skew.total_seconds(), when)
         self._emit(closed)
 
@@ -569,7 +596,10 @@ class MarketData:
         a bucket closed by time while the websocket is down would go out final without the outage's prints, and
         the first print after the reconnect, which tells they were missed, comes too late for it. The point
         bars were closed at is what a recording marks (a replay closes the same ones there)."""
-        wall = wall or self.wall()
+        if wall is None:
+            wall = self.wall()
+            if self.wall_steps:
+                self._follow_step(wall)
         exchange = self.exchange_now(wall)
         if stream is not None:
             through = self._live_through(wall, stream, frame_age_s)
