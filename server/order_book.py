@@ -71,11 +71,20 @@ class OrderBook:
         self.fills_by_agent: dict[str, int] = defaultdict(int)
         self.listeners: list[Listener] = []
         self._pending_trace: list[tuple[str, int, str, dict[str, object]]] = []
+        self._latest_day = ""  # the latest day() told (it never goes back on a timed clock)
 
     # ---- time ----------------------------------------------------------------------------------
 
     def day(self) -> str:
-        return market_day(self.clock)
+        """The trading day (YYYYMMDD): the clock's date, never earlier than a day it already was. A machine clock
+        stepped back over midnight (NTP) must not make the day before current again: an agent registering then
+        would number its orders by that day and reuse ids whose finished orders were let go at midnight (a stored
+        row overwritten). A replay's (untimed) clock jumps back to its recorded day."""
+        day = market_day(self.clock)
+        if day < self._latest_day and self.clock.timed:
+            return self._latest_day
+        self._latest_day = day
+        return day
 
     def now_ns(self) -> int:
         return market_ns(self.clock)

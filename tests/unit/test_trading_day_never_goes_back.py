@@ -9,10 +9,11 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from common.config import EndOfDay
-from common.enums import Side, SystemEventKind
+from common.enums import Side, SystemEventKind, TimeInForce
 from common.orders import OrderState
 from common.schema import NewOrder
 from tests.fakes.trading_day_rig import Rig, on, policy_card
@@ -47,6 +48,21 @@ async def test_a_clock_stepped_back_over_midnight_does_not_roll_the_trading_day_
         assert THURSDAYS_ORDER not in rig.h.book.orders
         warned = [r.getMessage() for r in caplog.records if "clock went back" in r.getMessage()]
         assert warned == [warned[0]] and "from 20261120 to 20261119" in warned[0]  # once for the step
+        # an agent registering now is told Friday (its snapshot's day: the book's; numbering by Thursday would
+        # reuse the filled order's id and overwrite its stored row); Thursday's id is refused, Friday's taken
+        assert rig.h.book.day() == "20261120"
+        again = rig.h.desk.submit(CARD, msgspec.structs.replace(new, tif=TimeInForce.NEXT_SESSION))  # (taken at night)
+        assert not again.accepted and again.code == "WRONG_DAY"
+        assert rig.h.store.load_orders(open_or_day="20261119")[0][1].state is OrderState.FILLED
+        fridays = NewOrder(
+            client_order_id="alpha-20261120-1",
+            code="005930",
+            side=Side.BUY,
+            qty=1,
+            price=70_000,
+            tif=TimeInForce.NEXT_SESSION,
+        )
+        assert rig.h.desk.submit(CARD, fridays).accepted
 
         rig.at(dt.datetime.combine(FRIDAY, dt.time(0, 0, 5)))  # the clock passes midnight again
         rig.day.tick()
