@@ -25,6 +25,7 @@ from typing import Any
 import apsw
 
 from common.schema import InvestorDay, PriceQuote
+from server.store_errors import StoreTooNew
 
 log = logging.getLogger("ktrader.gateway.history")
 SCHEMA_VERSION = 2  # v2: quotes keep every read that changed the company data, keyed by its time
@@ -85,7 +86,7 @@ class QueryHistory:
         self.db.execute("PRAGMA synchronous=NORMAL")
         version = self.db.execute("PRAGMA user_version").get
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: schema version {version} is newer than this ktrader ({SCHEMA_VERSION})")
+            raise StoreTooNew(self.path, version, SCHEMA_VERSION)
         with self.db:
             self.db.execute(_DDL)
             for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
@@ -180,7 +181,7 @@ class Recorder:
     def quote(self, day: str, q: PriceQuote, ts_ns: int) -> None:
         try:
             self._open().record_quote(day, q, ts_ns)
-        except (apsw.Error, OSError, RuntimeError) as e:
+        except (apsw.Error, OSError, StoreTooNew) as e:
             self._failed(e)
         else:
             self.failing = False
@@ -188,7 +189,7 @@ class Recorder:
     def investor(self, code: str, days: list[InvestorDay], ts_ns: int) -> None:
         try:
             self._open().record_investor(code, days, ts_ns)
-        except (apsw.Error, OSError, RuntimeError) as e:
+        except (apsw.Error, OSError, StoreTooNew) as e:
             self._failed(e)
         else:
             self.failing = False

@@ -29,7 +29,7 @@ from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
 from server.group_commit import GroupCommit, StoreFailed, prewrite_wal
-from server.store_errors import DAMAGED, UNREACHABLE, StoreUnusable
+from server.store_errors import DAMAGED, UNREACHABLE, StoreTooNew, StoreUnusable
 
 __all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "StoreUnusable", "describe_owner"]
 
@@ -183,7 +183,7 @@ class Store:
         self.db = self._connect(p)
         version = self.db.execute("PRAGMA user_version").get
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{p}: store schema v{version} is newer than this gateway (v{SCHEMA_VERSION})")
+            raise StoreTooNew(p, version, SCHEMA_VERSION)
         with self.db:
             self.db.execute(_DDL)
             for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1):

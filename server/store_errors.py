@@ -42,3 +42,16 @@ def _damaged_hint(path: Path, holds: str) -> str:
     if path.parent.name == "db":  # the gateway's run folder (<run>/db/gateway.sqlite): reset archives it whole
         hint += f", or archive the whole run folder with `ktrader reset --run-dir {path.parent.parent}`"
     return hint
+
+
+class StoreTooNew(ConfigError):
+    """`path` was written by a newer ktrader (schema `version`, beyond the `supported` one here): this one would
+    misread it, so it is refused untouched."""
+
+    def __init__(self, path: Path, version: int, supported: int) -> None:
+        self.path = path
+        super().__init__(
+            f"store: {path} was written by a newer ktrader (schema v{version}; this one reads up to v{supported})\n"
+            "  check: run the ktrader that wrote it (update this checkout and `make install`), or use another run "
+            "folder (--run-dir)"
+        )

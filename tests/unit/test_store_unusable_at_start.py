@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import apsw
 import pytest
 
+from common.config import ConfigError
 from server.store import Store, StoreUnusable
 
 
@@ -84,3 +86,35 @@ def test_a_nearly_full_disk_at_the_wal_pre_write_is_told_as_unwritable(tmp_path:
     with pytest.raises(StoreUnusable) as caught:
         Store(path, prewrite=True)
     assert f"{path} cannot be opened or written" in text(caught.value) and "No space left" in text(caught.value)
+
+
+def test_a_store_a_newer_ktrader_wrote_is_refused_untouched(tmp_path: Path) -> None:
+    """(an older checkout started on a newer one's run folder: it would misread the orders)"""
+    from server.query_history import QueryHistory
+    from server.store import SCHEMA_VERSION
+    from server.store_errors import StoreTooNew
+
+    path = tmp_path / "run" / "db" / "gateway.sqlite"
+    small_store(path)
+    s = Store(path)
+    s.db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    s.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreTooNew) as caught:
+        Store(path, prewrite=True)
+    assert isinstance(caught.value, ConfigError)  # (the gateway's command: two lines, exit 2)
+    lines = f"error: {caught.value}".splitlines()
+    assert lines[0] == (
+        f"error: store: {path} was written by a newer ktrader (schema v{SCHEMA_VERSION + 1}; this one reads up to "
+        f"v{SCHEMA_VERSION})"
+    ), lines
+    assert "run the ktrader that wrote it" in lines[1] and "--run-dir" in lines[1], lines
+    assert path.read_bytes() == before
+    # the query history (opened at the gateway's first recorded query) says the same
+    qh_path = tmp_path / "run" / "data" / "queries.sqlite"
+    QueryHistory(qh_path).close()
+    db = apsw.Connection(str(qh_path))
+    db.execute("PRAGMA user_version=999")
+    db.close()
+    with pytest.raises(StoreTooNew):
+        QueryHistory(qh_path)
