@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def test_headless_demo_is_healthy(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "healthy: every agent online" in out
     assert "sim:EmbeddedTwinBroker" in out and "session ready" in out
+    assert re.search(r"gateway pid \d+  up \d+s", out), out  # its uptime (not "?")
     cards = sorted(p.stem for p in (ROOT / "cards").glob("*.toml"))
     for card in cards:
         assert card[:6] in out  # each sample agent is in the summary

@@ -24,7 +24,7 @@ from common.logs import rotate_if_large
 from common.schema import StatusReply
 from server.app import held_run_locks
 from tools.ops.procs import ktrader_cmd
-from tools.ops.status import fetch_status, render_status
+from tools.ops.status import fetch_status, render_status, wall_started_ns
 from tools.ops.supervisor import Supervisor
 
 # piped output (CI, logs): wide enough that the agent tables are not cut to initials
@@ -153,7 +153,7 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
                 worst = [f"gateway exited with {gw.returncode}"]
                 break
         st = fetch_status(run_dir)
-        render_status(st, console)
+        render_status(st, console, started_wall_ns=wall_started_ns(run_dir, st))
         console.print(summary_table(st))
         final = healthy(st, ids)
         if worst or final:
