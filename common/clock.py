@@ -36,7 +36,15 @@ def date_of(yyyymmdd: str) -> dt.date:
     return dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
 
 
-STEP_NS = 2_000_000_000  # wall and monotonic time apart by more than this between two looks: a step
+STEP_NS = 2_000_000_000  # wall and elapsed time apart by more than this between two looks: a step
+# time that passed, a machine's sleep included (Linux's CLOCK_BOOTTIME): a suspended laptop or a paused VM wakes
+# to a wall clock that is right, and the exchange's time did pass meanwhile; CLOCK_MONOTONIC stops while asleep
+_ELAPSED_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def elapsed_ns() -> int:
+    """A clock that never steps and counts a machine's sleep where the OS tells it (ns, from an arbitrary start)."""
+    return time.clock_gettime_ns(_ELAPSED_CLOCK) if _ELAPSED_CLOCK is not None else time.monotonic_ns()
 
 
 class ClockSteps:
@@ -45,11 +53,11 @@ class ClockSteps:
     time that passed, not the step: a grace that looks expired only because the clock jumped ahead would
     take back a fill the broker's list has not shown yet, or reject an order whose outcome is still coming.
 
-    `look` compares the wall clock with the monotonic one (call it before the ages are used); a stamp taken
-    before a step is moved forward by it. Backward steps are not undone: they make stamps look younger,
-    which only holds a grace longer (and a stamp from before such a step cannot be told from one after it
-    by its value). A machine that slept (a laptop's suspend, a VM paused) shows as a step too: its graces
-    count from its wake then, a delay of what would have been taken back, never an early take-back."""
+    `look` compares the wall clock with `elapsed_ns` (call it before the ages are used); a stamp taken before a
+    step is moved forward by it. Backward steps are not undone: they make stamps look younger, which only holds
+    a grace longer (and a stamp from before such a step cannot be told from one after it by its value). A
+    machine's sleep is no step (the exchange's time passed; where the OS does not count sleep, as macOS's
+    monotonic clock, it shows as one: graces held longer, never shortened)."""
 
     __slots__ = ("_last", "steps")
 

@@ -53,6 +53,7 @@ class ChainRepair:
         grace_ns: int = 10_000_000_000,
         max_cancel_tries: int = 3,
         retry_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0),
+        age: Callable[[int, int], int] = lambda now_ns, ts_ns: now_ns - ts_ns,
     ) -> None:
         self.book = book
         self.notices = notices
@@ -60,6 +61,9 @@ class ChainRepair:
         self.resend_cancel = resend_cancel  # queue a cancel of this order (its live line) for the broker
         self.alert = alert
         self.grace_ns = grace_ns  # market ns an amend may stay invisible in the list before it is judged absent
+        # (now, stamp) -> how long ago: the reconciler's, which leaves a step of the machine's clock out (its
+        # `resolve` notes one): a clock stepped ahead must not judge an amend absent seconds after it was sent
+        self.age = age
         self.max_cancel_tries = max_cancel_tries
         self.retry_s = retry_s
         self.repaired = 0  # orders that left doubt through a repair pass (status)
@@ -174,7 +178,8 @@ class ChainRepair:
                 self._since.pop(coid, None)
                 self._rounds.pop(coid, None)
                 continue
-            aged = book.now_ns() - self._since.get(coid, book.now_ns()) >= self.grace_ns
+            now = book.now_ns()
+            aged = self.age(now, self._since.get(coid, now)) >= self.grace_ns
             if reports is not None and self._decide(o, reports, aged):
                 self._since.pop(coid, None)
                 self._rounds.pop(coid, None)

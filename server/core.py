@@ -171,6 +171,7 @@ def build_order_core(
         lambda coid: live_queue.put(Job(Call.CANCEL, coid)),
         alerts,
         grace_ns=int(cfg.amend_grace_s * 1e9),
+        age=recon.age,
     )
 
     # once the books agree with the broker: the chain repair, the orders a crash left unsent, the open orders

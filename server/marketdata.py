@@ -48,13 +48,12 @@ import datetime as dt
 import logging
 import math
 import statistics
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from common.calendar import next_trading_day, previous_trading_day, session_hours
-from common.clock import KST, STEP_NS, now_kst
+from common.clock import KST, STEP_NS, elapsed_ns, now_kst
 from common.enums import AlertKind, SessionState
 from common.market_clock import MarketClock
 from common.schema import Bar, BookTick, FeedHealth, MarketState, PubBody, TradeTick, bar_topic, book_topic, trade_topic
@@ -164,10 +163,11 @@ class MarketData:
         self.on_clock: Callable[[dt.datetime], None] | None = None
         self.wall: Callable[[], dt.datetime] = now_kst  # a replay dates prints by its recording's clock
         # `wall` is the machine's clock (the live gateway on KST wall time): a step of it (NTP) is not the exchange's
-        # time passing (`_follow_step`); `mono` measures the time that did pass
+        # time passing (`_bar_clock_bound`); `elapsed` (s) measures the time that did pass, a machine's sleep included
         self.wall_steps = False
-        self.mono: Callable[[], float] = time.monotonic
-        self._skew_taken: tuple[dt.datetime, float] | None = None  # (wall, mono) when `skew` was last right
+        self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9
+        self._skew_taken: tuple[dt.datetime, float] | None = None  # (exchange time, elapsed) at the latest print
+        self._step_told = False  # the step since the latest print was logged
         # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
         self.hold_daily = rule is SessionRule.KRX
         self.daily_corrected = 0  # day bars the broker's daily chart corrected (prints we did not hear)
@@ -251,24 +251,27 @@ class MarketData:
 
     # ---- clock ---------------------------------------------------------------------------------
 
-    def _follow_step(self, wall: dt.datetime) -> None:
-        """The machine's clock stepped (NTP, an operator's date) since the skew was last right: the exchange's
-        time did not, so the skew takes the step back until the next print measures it again. Else every
-        open bar would close by the stepped clock, up to the step's length early, its later prints dropped as
-        late (a quiet code's next print may be minutes away)."""
-        mono = self.mono()
-        last, self._skew_taken = self._skew_taken, (wall, mono)
-        if last is None:
-            return
-        step = (wall - last[0]).total_seconds() - (mono - last[1])
-        if abs(step) * 1e9 > STEP_NS:
-            self.skew -= dt.timedelta(seconds=step)
+    def _bar_clock_bound(self, exchange: dt.datetime) -> dt.datetime | None:
+        """The bar clock's time when the machine's clock stepped ahead (NTP, an operator's date) since the latest
+        print measured the skew: that print's exchange time plus the time that passed since (None: no step).
+        Without it every open bar would close by the stepped clock, up to the step's length early, its later
+        prints dropped as late (a quiet code's next print may be minutes away); the next print measures the skew
+        again. A step back only holds bars until then."""
+        if self._skew_taken is None:
+            return None
+        at, elapsed = self._skew_taken
+        bound = at + dt.timedelta(seconds=self.elapsed() - elapsed)
+        ahead = exchange - bound
+        if ahead.total_seconds() * 1e9 <= STEP_NS:
+            return None
+        if not self._step_told:
+            self._step_told = True
             log.warning(
-                "the machine's clock jumped %.1fs %s: bars close by the exchange's time (the skew follows it until "
-                "the next print); check the machine's time sync (NTP)",
-                abs(step),
-                "ahead" if step > 0 else "back",
+                "the machine's clock is %.1fs ahead of the time that passed since the last print: bars close by "
+                "the time that passed until the next print; check the machine's time sync (NTP)",
+                ahead.total_seconds(),
             )
+        return bound
 
     def exchange_now(self, wall: dt.datetime | None = None) -> dt.datetime:
         return (wall or self.wall()) + self.skew
@@ -330,8 +333,9 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
+        self._step_told = False
         if self.wall_steps:
-            self._skew_taken = (wall, self.mono())
+            self._skew_taken = (wall + self.skew, self.elapsed())
         self._watch_skew(self.skew.total_seconds(), when)
         self._emit(closed)
 
@@ -596,16 +600,16 @@ class MarketData:
         a bucket closed by time while the websocket is down would go out final without the outage's prints, and
         the first print after the reconnect, which tells they were missed, comes too late for it. The point
         bars were closed at is what a recording marks (a replay closes the same ones there)."""
-        if wall is None:
-            wall = self.wall()
-            if self.wall_steps:
-                self._follow_step(wall)
+        real = wall is None and self.wall_steps
+        wall = wall or self.wall()
         exchange = self.exchange_now(wall)
         if stream is not None:
             through = self._live_through(wall, stream, frame_age_s)
             if through is None:
                 return []
             exchange = min(exchange, self.exchange_now(through))
+        if real and (bound := self._bar_clock_bound(exchange)) is not None:
+            exchange = bound
         closed = self.flush_at(exchange)
         if closed and self.on_clock is not None:
             self.on_clock(exchange)

@@ -15,7 +15,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Protocol
 
 import msgspec
 
-from common.clock import ClockSteps, date_of
+from common.clock import ClockSteps, date_of, elapsed_ns
 from common.ids import EXTERNAL_AGENT
 from common.krx import REGULAR_ORDER_PHASES, Phase, SessionTimes
 from common.portfolio import PendingSplit
@@ -198,7 +197,7 @@ class Reconciler:
     def _now(self) -> int:
         """The market clock (ns), a step of the machine's clock since the last look noted (and logged)."""
         now = self.book.now_ns()
-        if self._wall and (step := self.steps.look(now, time.monotonic_ns())):
+        if self._wall and (step := self.steps.look(now, elapsed_ns())):
             log.warning(
                 "the machine's clock jumped %.1fs ahead: reconciliation's graces count the time that passed, "
                 "not the jump; check the machine's time sync (NTP)",

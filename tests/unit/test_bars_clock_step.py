@@ -26,7 +26,7 @@ def at(h: int, m: int, s: int) -> dt.datetime:
 def _md(tmp_path: Path, wall_steps: bool) -> tuple[MarketData, list[dt.datetime], list[float]]:
     md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m",))
     wall, mono = [at(10, 0, 10)], [1_000.0]
-    md.wall, md.mono, md.wall_steps = (lambda: wall[0]), (lambda: mono[0]), wall_steps
+    md.wall, md.elapsed, md.wall_steps = (lambda: wall[0]), (lambda: mono[0]), wall_steps
     return md, wall, mono
 
 
@@ -56,3 +56,29 @@ def test_a_market_clock_moving_on_closes_the_minute(tmp_path: Path) -> None:
     the move closes the minute (before the fix a step of the machine's clock did the same)."""
     md, wall, mono = _md(tmp_path, wall_steps=False)
     assert _run_minute(md, wall, mono) == [5]
+
+
+def test_a_step_during_a_websocket_outage_still_drops_the_bar_the_outage_cut(tmp_path: Path) -> None:
+    """A 60 s slow clock stepped ahead by NTP while the websocket was down: the reconnect's gap (its times on the
+    clock before the step) still marks A's open minute partial, so it never goes out as final without the
+    prints of the outage (a first version took the step out of the skew, and the gap missed the minute)."""
+    md, wall, mono = _md(tmp_path, wall_steps=True)
+    wall[0] = at(10, 4, 10)  # the machine is 60 s slow: the exchange's 10:05:10
+    md.on_trade(trade("A", "100510", 70_000, 5, 5, date=D))
+    md.on_trade(trade("B", "100510", 50_000, 5, 5, date=D))
+    wall[0], mono[0] = at(10, 4, 30), mono[0] + 20  # the exchange's 10:05:30: the last frame, then the socket drops
+    md.flush(stream=SessionState.READY, frame_age_s=0.1)
+    since = wall[0]
+    wall[0], mono[0] = at(10, 5, 41), mono[0] + 11  # NTP stepped the clock 60 s ahead at the exchange's 10:05:40
+    md.flush(stream=SessionState.DISCONNECTED, frame_age_s=11)
+    wall[0], mono[0] = at(10, 5, 45), mono[0] + 4
+    md.feed_gap(since=since, until=wall[0])
+    wall[0], mono[0] = at(10, 5, 50), mono[0] + 5
+    md.on_trade(trade("B", "100550", 50_100, 3, 90, date=D))
+    for s in range(51, 60):
+        wall[0], mono[0] = at(10, 5, s), mono[0] + 1
+        md.flush(stream=SessionState.READY, frame_age_s=0.1)
+    wall[0], mono[0] = at(10, 6, 5), mono[0] + 6
+    md.flush(stream=SessionState.READY, frame_age_s=0.1)
+    # A's minute, cut by the outage, dropped as partial: never published (nor stored) as final
+    assert ("A", "1m") not in md.closed and md.bars_partial >= 1

@@ -8,6 +8,8 @@ import datetime as dt
 from pathlib import Path
 
 from common.clock import KST, STEP_NS, ClockSteps
+from common.config import GatewayConfig
+from common.errors import ErrorCode
 from common.market_clock import ManualClock
 from common.orders import OrderState, ReverseFill
 from server.reconcile import reconcile
@@ -98,4 +100,28 @@ async def test_a_market_clock_moving_on_is_time_that_passed(tmp_path: Path) -> N
     await h.recon.run("test")
     o = h.book.orders[coid(1)]
     assert o.state is OrderState.REJECTED and o.reason_code == "NOT_AT_BROKER"
+    await h.close()
+
+
+async def test_a_revise_in_doubt_is_not_judged_absent_because_the_clock_jumped(tmp_path: Path) -> None:
+    """The chain repair's amend grace (how long a revise may stay unseen in the order list) counts the time that
+    passed: a step ahead must not make the old terms stand seconds after the revise was sent."""
+    clock = SteppingWallClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST))
+    h = Harness(tmp_path / "gw.sqlite", cfg=GatewayConfig(amend_grace_s=5.0, fill_confirm_grace_s=0.0), clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=5, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    h.broker.lose_before.add("modify")  # its outcome unknown: in doubt
+    assert h.desk.modify(CARD, coid(1), 61_000)[0] is None
+    await h.settle(lambda: h.book.orders[coid(1)].in_doubt)
+    clock.advance(60)  # NTP steps the clock a minute ahead
+    repair = h.core.repair
+    seen = repair.rounds
+    # two rounds read the order list since (or the order left doubt: judged)
+    await h.settle(lambda: repair.rounds >= seen + 2 or not h.book.orders[coid(1)].in_doubt)
+    o = h.book.orders[coid(1)]
+    assert o.in_doubt and o.reason_code != ErrorCode.NOT_AT_BROKER.value  # still waiting for the list
+    repair.grace_ns = 0  # (the grace passed)
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h.book.orders[coid(1)].reason_code == ErrorCode.NOT_AT_BROKER.value  # then: the old terms stand
     await h.close()
