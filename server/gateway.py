@@ -918,7 +918,7 @@ class Gateway:
                 # new order is denied; later, UNKNOWN orders and fills whose notices were lost stay unresolved
                 now_ns = self.book.now_ns()
                 failing_since = failing_since or now_ns
-                if not failing_alerted and now_ns - failing_since > PARTIAL_ALERT_NS:
+                if not failing_alerted and self.recon.age(now_ns, failing_since) > PARTIAL_ALERT_NS:
                     failing_alerted = True
                     what = (
                         "since the start: every new order is denied until it succeeds"
@@ -931,7 +931,7 @@ class Gateway:
                         AlertKind.RECONCILE_DIFF,
                     )
                 since = self.recon.partial_since_ns
-                if since and not partial_alerted and self.book.now_ns() - since > PARTIAL_ALERT_NS:
+                if since and not partial_alerted and self.recon.age(self.book.now_ns(), since) > PARTIAL_ALERT_NS:
                     partial_alerted = True  # trading goes on, on books that only know the open orders
                     self.alerts(
                         f"the day's whole order list could not be read since the start ({e}): orders that filled or "
