@@ -65,12 +65,12 @@ class ClockSteps:
         self._last: tuple[int, int] | None = None
         self.steps: list[tuple[int, int]] = []  # (cutoff, step): stamps below the cutoff predate the step
 
-    def look(self, wall_ns: int, mono_ns: int) -> int:
-        """Note a step since the last look; its size in ns (0: none)."""
-        last, self._last = self._last, (wall_ns, mono_ns)
+    def look(self, wall_ns: int, since_boot_ns: int) -> int:
+        """Note a step since the last look (`since_boot_ns`: `elapsed_ns()` now); its size in ns (0: none)."""
+        last, self._last = self._last, (wall_ns, since_boot_ns)
         if last is None:
             return 0
-        elapsed = mono_ns - last[1]
+        elapsed = since_boot_ns - last[1]
         step = (wall_ns - last[0]) - elapsed
         if step <= STEP_NS:
             return 0
