@@ -179,6 +179,16 @@ def money(book: BookView, day: str, fee: Callable[[Order], int]) -> tuple[int, i
     return fills, bought, sold, costs
 
 
+def traded_by_agent(book: BookView, day: str) -> dict[str, int]:
+    """KRW each agent bought and sold by `day`'s orders (its equity row's traded value; shadow fills count, as the
+    shadow agent's own figures)."""
+    traded: dict[str, int] = {}
+    for coid, o in book.orders.items():
+        if o.filled_qty and book.order_day.get(coid) == day:
+            traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
+    return traded
+
+
 def write(rep: DailyReport, run_dir: Path) -> Path:
     out = run_dir / "reports"
     out.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,7 @@ class Gateway:
             self._spawn,
             self.run_dir,
             self.alerts.of_day,
-            lambda: self.operator.performance(),
+            lambda day, traded, end: self.operator.performance(day, traded, end),
             lambda day: self.md.close_daily(day, self.broker, self._daily_codes()),
             self.protection.of,
             self.broker.account if cfg.daily_cash_check else None,

@@ -46,6 +46,7 @@ gateway (StatusQuery, Control), and what the gateway does on the operator's beha
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import logging
@@ -99,7 +100,7 @@ from common.schema import (
 )
 from kis.master import StockMaster
 from kis.port import BrokerPort
-from server import console_views
+from server import console_views, daily_report
 from server.agent_services import AgentServices
 from server.alert_watch import AlertWatch, Facts
 from server.alerts import Alerts
@@ -1028,10 +1029,7 @@ class Operator:
         if not is_trading_day(self.gw.clock.now().date()):
             return  # no market, no day: a weekend's row would be a flat day in drawdown, Sharpe and today's P&L
         day = book.day()
-        traded: dict[str, int] = {}
-        for coid, o in book.orders.items():
-            if o.filled_qty and book.order_day.get(coid) == day:
-                traded[o.agent] = traded.get(o.agent, 0) + o.filled_value
+        traded = daily_report.traded_by_agent(book, day)
         who = agents if agents is not None else set(self.gw.registry.agents) | set(self.gw.portfolio.positions)
         # an agent holding a code with no price is valued at cost: its row waits for the price
         who = {a for a in who if not self.gw.portfolio.unpriced(a)}
@@ -1046,10 +1044,49 @@ class Operator:
                 else:
                     rows.append(row)
 
-    def performance(self) -> dict[str, AgentPerformance]:
-        """Per agent, for the daily report (after a final snapshot)."""
-        self.snapshot_equity()
-        return {agent: performance(rows) for agent, rows in self.rows.items()}
+    def performance(
+        self, day: str = "", traded: dict[str, int] | None = None, end: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, AgentPerformance]:
+        """Per agent, for the daily report of `day` (today's by default), after a final snapshot of its row. A day
+        closed once the book has rolled past it (its close ran past midnight, or the gateway was down over it) has
+        its row written from its own figures (`traded`: KRW bought + sold by its orders; `end`: each agent's
+        cumulative (realised, fees) at its end; None: the totals now), not today's, and the figures stop at it:
+        today's row written in its place counted two days' P&L as the new day's and left the old day at 0."""
+        if not day or day == self.gw.book.day():
+            self.snapshot_equity()
+            return {agent: performance(rows) for agent, rows in self.rows.items()}
+        self._late_day_row(day, traded or {}, end)
+        return {agent: performance([r for r in rows if r.day <= day]) for agent, rows in self.rows.items()}
+
+    def _late_day_row(self, day: str, traded: dict[str, int], end: dict[str, tuple[int, int]] | None) -> None:
+        portfolio = self.gw.portfolio
+        totals = portfolio.totals()
+        end = end if end is not None else totals
+        who = set(self.gw.registry.agents) | set(portfolio.positions) | set(traded)
+        who |= {a for a, rows in self.rows.items() if any(r.day == day for r in rows)}
+        with self.gw.store.transaction():
+            for agent in sorted(a for a in who if not portfolio.unpriced(a)):
+                rows = self.rows.setdefault(agent, [])
+                at = next((i for i, r in enumerate(rows) if r.day == day), None)
+                kept = rows[at] if at is not None else None  # its intraday row: its wins and losses
+                realized, fees = end.get(agent, totals.get(agent, (0, 0)))
+                card = self.card_of(agent)
+                row = EquityRow(
+                    day=day,
+                    ts_ns=kept.ts_ns if kept is not None else market_ns(self.gw.clock),
+                    realized=realized,
+                    fees=fees,
+                    unrealized=portfolio.unrealized(agent),
+                    traded_value=traded.get(agent, 0),
+                    wins=kept.wins if kept is not None else 0,
+                    losses=kept.losses if kept is not None else 0,
+                    budget=card.budget if card else 0,
+                )
+                self.gw.store.save_equity(agent, day, row)
+                if at is not None:
+                    rows[at] = row
+                else:
+                    bisect.insort(rows, row, key=lambda r: r.day)
 
     def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""

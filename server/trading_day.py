@@ -218,7 +218,11 @@ class TradingDay:
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         run_dir: Path,
         alerts_of_day: Callable[[str], list[str]] = lambda day: [],
-        performance: Callable[[], dict[str, AgentPerformance]] = dict,
+        # (day, KRW each agent traded that day, each agent's (realised, fees) at its end or None) -> the report's
+        # performance figures, the day's row of each agent written first (server/operator.py)
+        performance: Callable[
+            [str, dict[str, int], dict[str, tuple[int, int]] | None], dict[str, AgentPerformance]
+        ] = lambda day, traded, end: {},
         close_bars: Callable[[dt.date], Awaitable[object]] | None = None,
         protections: Callable[[], list[Protection]] = list,
         account: Callable[[], Awaitable[BrokerAccount]] | None = None,
@@ -807,7 +811,7 @@ class TradingDay:
                 stored,
                 self.book.portfolio,
                 self.alerts_of_day(day),
-                self.performance(),
+                self.performance(day, daily_report.traded_by_agent(stored, day), span[1] if span is not None else None),
                 # (the desk's view is today's: an earlier day's, closed late, is read from the store)
                 self.protections() if day == self.book.day() else protection.of_day(self.book.store, day),
                 day_span=span,

@@ -40,16 +40,12 @@ def _card(agent: str, budget: int) -> AgentCard:
     return AgentCard(id=agent, name=agent, strategy="x:Y", codes=[CODE], budget=budget)
 
 
-async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(tmp_path: Path) -> None:
-    """Three trading days of two agents: one row per agent and day (the day's last snapshot wins)
-    with the books of the moment, the day's traded value, its wins and losses and the card's
-    budget; a new store and operator on the same file read the same rows back."""
-    clock = RunningClock(dt.datetime(2026, 11, 18, 10, 0))
-    alpha, bravo = _card("alpha", 10_000_000), _card("bravo", 5_000_000)
-    h = Harness(tmp_path / "db", clock=clock, cards={"alpha": alpha, "bravo": bravo})
+async def _desk(tmp_path: Path, clock: RunningClock, *cards: AgentCard) -> tuple[Harness, Operator]:
+    """The order core on an in-process broker and an operator over it, the cards' agents registered."""
+    h = Harness(tmp_path / "db", clock=clock, cards={c.id: c for c in cards})
     await h.start()
     registry = Registry(30.0)
-    for c in (alpha, bravo):
+    for c in cards:
         registry.register(c, c.id.encode(), "s", 1, "h")
     gw = SimpleNamespace(
         cfg=GatewayConfig(run_dir=str(tmp_path / "run"), notify=NOTIFY_NO_DISK_WATCH),
@@ -67,12 +63,49 @@ async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(
         **no_writers(),
     )
     ticks = itertools.count(0.0, 1_000.0)  # every tick is a second check and an equity snapshot
-    op = Operator(gw, clock=lambda: next(ticks))  # type: ignore[arg-type]
+    return h, Operator(gw, clock=lambda: next(ticks))  # type: ignore[arg-type]
+
+
+async def _trade(h: Harness, clock: RunningClock, agent: AgentCard, n: int, side: Side, qty: int, price: int) -> None:
+    coid = f"{agent.id}-{clock.now():%Y%m%d}-{n}"
+    assert h.desk.submit(agent, NewOrder(client_order_id=coid, code=CODE, side=side, qty=qty, price=price)).accepted
+    await h.settle(lambda: h.book.orders[coid].filled_qty == qty)
+
+
+async def test_a_day_closed_after_midnight_gets_its_own_row_not_the_new_days(tmp_path: Path) -> None:
+    """The gateway was down over Thursday's close and closes Thursday after midnight: Thursday's row is written
+    from Thursday's own figures (all its traded value, its P&L at its end) and the report's figures stop at it;
+    no Friday row is written in its place (which counted Thursday's P&L as Friday's and left Thursday at 0)."""
+    clock = RunningClock(dt.datetime(2026, 11, 19, 10, 0))
+    alpha = _card("alpha", 10_000_000)
+    h, op = await _desk(tmp_path, clock, alpha)
+    await _trade(h, clock, alpha, 1, Side.BUY, 10, 70_000)
+    op.tick()  # Thursday's row so far: bought 700,000
+    h.broker.ref_price = 72_000
+    await _trade(h, clock, alpha, 2, Side.SELL, 10, 72_000)  # sold at the close: no snapshot saw it
+    clock.set(dt.datetime(2026, 11, 20, 0, 0, 5))  # the gateway is back after midnight: the book is Friday's
+    end = h.portfolio.totals()  # (what the day cycle passes: the totals at Thursday's end)
+    thursday = daily_report.traded_by_agent(daily_report.StoredDay.read(h.store, "20261119"), "20261119")
+    perf = op.performance("20261119", thursday, end)
+    rows = h.store.equity_rows()["alpha"]
+    assert [(r.day, r.realized, r.traded_value) for r in rows] == [("20261119", 20_000, 1_420_000)]
+    assert perf["alpha"].days == 1 and perf["alpha"].traded_value == 1_420_000
+    assert perf["alpha"].today_pnl == 20_000 - end["alpha"][1]  # Thursday's own net P&L
+    op.tick()  # Friday's first snapshot: nothing traded, nothing earned
+    assert op.performance()["alpha"].today_pnl == 0
+    await h.close()
+
+
+async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(tmp_path: Path) -> None:
+    """Three trading days of two agents: one row per agent and day (the day's last snapshot wins)
+    with the books of the moment, the day's traded value, its wins and losses and the card's
+    budget; a new store and operator on the same file read the same rows back."""
+    clock = RunningClock(dt.datetime(2026, 11, 18, 10, 0))
+    alpha, bravo = _card("alpha", 10_000_000), _card("bravo", 5_000_000)
+    h, op = await _desk(tmp_path, clock, alpha, bravo)
 
     async def trade(agent: AgentCard, n: int, side: Side, qty: int, price: int) -> None:
-        coid = f"{agent.id}-{clock.now():%Y%m%d}-{n}"
-        assert h.desk.submit(agent, NewOrder(client_order_id=coid, code=CODE, side=side, qty=qty, price=price)).accepted
-        await h.settle(lambda: h.book.orders[coid].filled_qty == qty)
+        await _trade(h, clock, agent, n, side, qty, price)
 
     def books(agent: str) -> tuple[int, int]:
         p = h.portfolio.positions[agent][CODE]
@@ -124,7 +157,7 @@ async def test_operator_snapshots_each_agents_day_and_a_restart_reads_them_back(
     assert list(store.equity_rows("alpha")) == ["alpha"]
     assert op.rows == rows  # what the running operator's status and report are computed from
     # a restarted gateway's operator starts from them
-    assert Operator(SimpleNamespace(**{**vars(gw), "store": store})).rows == rows  # type: ignore[arg-type]
+    assert Operator(SimpleNamespace(**{**vars(op.gw), "store": store})).rows == rows  # type: ignore[arg-type]
     store.close()
 
 
