@@ -397,6 +397,7 @@ class AgentRuntime(AgentServicesMixin):
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
         self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
         self._started = False  # on_start returned and the missed daily bars were handed over (heartbeats)
+        self._day_decided = ""  # the newest closed day whose daily bars were all handed over (heartbeats)
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
@@ -1136,6 +1137,8 @@ class AgentRuntime(AgentServicesMixin):
             )
         self._deliver_catch_up(missed)
         self._started = True
+        if missed and not self._catch_up_waiting():
+            self._day_decided = max(self._day_decided, max(b.start for b in missed))  # (the closes it was down over)
         self._hb_sent_at = 0.0  # told at once: a harness waits for it before moving the market on
 
     # ---- daily catch-up ----------------------------------------------------------------------------
@@ -1485,6 +1488,7 @@ class AgentRuntime(AgentServicesMixin):
                 paused=self._pause_why if self.paused else "",
                 pause_n=self._pause_n if self.paused else 0,
                 started=self._started,
+                decided=self._day_decided,
                 **self.quotes.report(),
             ),
         )
@@ -1955,6 +1959,11 @@ class AgentRuntime(AgentServicesMixin):
         self._daily_retry_at = time.monotonic() + self._daily_retry_s
         self._daily_retry_s = min(2 * self._daily_retry_s, DAILY_RETRY_MAX_S)
 
+    def _catch_up_waiting(self) -> bool:
+        """A daily bar is still to be handed over: missed ones not delivered yet, or one kept after a history
+        failure (its day is not decided yet)."""
+        return any(self._catch_up.values()) or any(self._daily_retry.values())
+
     def _daily_waits(self, bar: Bar) -> bool:
         """A code's daily bars are handed over in order: while an earlier one waits (_keep_daily), it goes first
         (now, if its retry is due and history answers); if one still waits, `bar` waits behind it, unmarked.
@@ -2083,6 +2092,12 @@ class AgentRuntime(AgentServicesMixin):
                 self._gateway_state = TradingState(ev.text)
             elif ev.kind is SystemEventKind.SESSION_STATE:
                 self._session_state = SessionState(ev.text)
+            elif ev.kind is SystemEventKind.DAY_CLOSED and len(ev.text) == 8 and not self._catch_up_waiting():
+                # after the day's daily bars on the same socket: each of them was handed over and returned from
+                day = f"{ev.text[:4]}-{ev.text[4:6]}-{ev.text[6:]}"
+                if day > self._day_decided:
+                    self._day_decided = day
+                    self._hb_sent_at = 0.0  # told at once: a desk waits for the day's decisions
             elif ev.kind is SystemEventKind.HISTORY_CHANGED and (
                 ev.text in self.card.codes or ev.text in self.universe.codes
             ):

@@ -196,6 +196,10 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     # its strategy is set up: on_start returned and the missed daily bars were handed over (False while it
     # warms up, and after a failed start): what a harness or an operator waits for before moving on
     started: bool = False
+    # the newest closed day (YYYY-MM-DD) whose daily bars the strategy was all given and returned from: the
+    # gateway's DAY_CLOSED, published after that day's bars, was reached with none waiting (last_daily moves with
+    # each code's bar: one of several codes decided on)
+    decided: str = ""
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

@@ -24,7 +24,7 @@ import agent.runtime as runtime_module
 from agent.runtime import CATCH_UP_DEADLINE_S, CATCH_UP_MAX_SESSIONS, DAILY_SEEN_MAX_CODES, AgentRuntime
 from agent.strategy import Strategy
 from common.config import AgentCard
-from common.enums import OrderType, TimeInForce
+from common.enums import OrderType, SystemEventKind, TimeInForce
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx import phase_at
@@ -43,6 +43,7 @@ from common.schema import (
     GetState,
     HeaderFactory,
     MarketSnapshot,
+    SystemEvent,
     MarketState,
     PutState,
     StateReply,
@@ -100,6 +101,8 @@ def at(day: str, hh: int, mm: int = 0) -> dt.datetime:
 
 class FakeGateway:
     """The gateway's side of what the runtime asks at start, and its durable agent state."""
+
+    bad_frames = 0  # (as the runtime's client counts them, for its heartbeats)
 
     def __init__(self, codes: tuple[str, ...] = (A,)) -> None:
         self.hf = HeaderFactory("gateway")
@@ -694,3 +697,26 @@ def _start_with(
         rt._start_strategy()
     rt._flush()
     return rt
+
+
+def test_the_day_is_reported_decided_once_every_code_s_bar_was_handed_over(tmp_path: Path) -> None:
+    """`decided` (the agent's status) moves to a day when the gateway's DAY_CLOSED, published after all of that
+    day's bars, is reached with no daily bar waiting; `last_daily` moves with the first code's bar already (a desk
+    that took it for the day's decisions moved the market on under the second code's on_bar)."""
+    gw = FakeGateway((A, B))
+    for d in DAYS[:3]:
+        gw.close_day(d)
+    gw.next_morning(DAYS[3])
+    rt = start(tmp_path, gw)
+    closed = SystemEvent(kind=SystemEventKind.DAY_CLOSED, agent="", text=DAYS[3].replace("-", ""))
+    first, second = gw.close_day(DAYS[3])
+    rt._deliver(first)
+    feed = rt._heartbeat_msg().feed
+    assert feed.last_daily == DAYS[3] and feed.decided == ""  # one of its two codes decided on
+    rt._deliver(second)
+    rt._on_system(closed)
+    assert rt._heartbeat_msg().feed.decided == DAYS[3]
+    # a restart after a close it was down over: decided once the missed bars were caught up
+    gw.close_day(DAYS[4])
+    rt = start(tmp_path, gw)
+    assert bars_seen()[-2:] == [(A, DAYS[4]), (B, DAYS[4])] and rt._heartbeat_msg().feed.decided == DAYS[4]

@@ -213,12 +213,22 @@ class Desk:
     def status(self) -> StatusReply:
         return fetch_status(self.run, 5.0)
 
-    def advance(self, to: str) -> dict[str, object]:
+    def advance(self, to: str, timeout: float = 10.0) -> dict[str, object]:
+        """Move the twin's clock to `to`, then wait until the gateway's clock has followed (it reads the twin's
+        every 0.5 s): a desk that moved on sooner could take the twin from 15:20 to 15:30 before the gateway ever
+        saw 15:20, and its end-of-day step would be missed, not rehearsed."""
         assert self.admin is not None
         r = self.admin.post("/admin/history/advance", json={"to": to})
         if r.status_code != 200:
             raise RehearsalError(f"the twin refused to advance to {to}: {r.text}")
-        return r.json()
+        moved = r.json()
+        target = dt.datetime.fromisoformat(str(moved["now"]))
+        wait_until(
+            lambda: dt.datetime.fromisoformat(self.status().market_time) >= target.replace(microsecond=0),
+            timeout,
+            f"the gateway's clock to reach {to}",
+        )
+        return moved
 
     def next_day(self) -> dt.date:
         assert self.admin is not None
@@ -270,7 +280,7 @@ class Desk:
             done = (
                 c.get("send_queue", 0) == 0
                 and (not report or (self.run / "reports" / f"daily-{day}.json").exists())
-                and all(a.feed.last_daily >= iso for a in st.agents if a.id in daily)
+                and all(a.feed.decided >= iso for a in st.agents if a.id in daily)
             )
             if done and now - quiet_since >= self.settle_s:
                 return st
@@ -280,6 +290,6 @@ class Desk:
                     f"{c.get('send_queue', 0)}, report "
                     f"{'written' if not report or (self.run / 'reports' / f'daily-{day}.json').exists() else 'missing'}"
                     ", "
-                    f"daily bars {[(a.id, a.feed.last_daily) for a in st.agents if a.id in daily]})"
+                    f"decided {[(a.id, a.feed.decided) for a in st.agents if a.id in daily]})"
                 )
             time.sleep(0.05)  # polling another process's state, not a hot path
