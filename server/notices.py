@@ -125,37 +125,26 @@ class NoticeRouter:
             for notice in self.unmatched.pop(odno, []):
                 self.on_notice(notice)
 
-    def _not_an_earlier_days(self, coid: str | None, n: BrokerNotice) -> str | None:
-        """`coid`, unless it is an earlier day's order (still open here: its day's close not settled yet) while a
-        submit of today's with the notice's code and side awaits its REST reply: KIS numbers each day's orders
-        anew, so the notice is that submit's as likely as the old order's; it waits for the reply (`claim`), and
-        reconciliation settles the old order from its day's list. (A notice of the old order's day coming after
-        midnight, a close that ran late, still finds it.)"""
+    def _of_today(self, coid: str | None) -> str | None:
+        """`coid`, unless it is an earlier day's order (still open here: its day's close not settled yet). KIS
+        numbers each day's orders anew and ends them with their day (after-hours trading ends at 18:00), so a
+        notice today naming its ODNO is of a new order of today's (a submit or a revise whose REST reply has not
+        come, or was lost): it waits for the reply or reconciliation to claim its line (`claim`, `drain`), and
+        reconciliation settles the old order from its own day's list."""
         if coid is None:
             return None
         book = self.book
         today = book.day()
-        if book.order_day.get(coid, today) >= today:
-            return coid
-        for o in book.orders.values():
-            if (
-                o.state is OrderState.PENDING_SUBMIT
-                and not o.broker_chain
-                and o.code == n.code
-                and o.side is n.side
-                and book.order_day.get(o.client_order_id, today) >= today
-            ):
-                return None
-        return coid
+        return coid if book.order_day.get(coid, today) >= today else None
 
     def on_notice(self, n: BrokerNotice) -> None:
         book = self.book
-        coid = self._not_an_earlier_days(book.by_broker_id.get(n.broker_order_id), n)
+        coid = self._of_today(book.by_broker_id.get(n.broker_order_id))
         if coid is None and n.orig_broker_order_id:
             # a cancel/revise line whose REST reply we did not see (lost, or sent before a restart):
             # the ODNO it names tells whose it is. While our own request is in flight, its reply
             # claims the ODNO first (so a revise is applied before the fills of its new line).
-            owner = self._not_an_earlier_days(book.by_broker_id.get(n.orig_broker_order_id), n)
+            owner = self._of_today(book.by_broker_id.get(n.orig_broker_order_id))
             if owner is not None and (book.orders[owner].state not in AMENDING or book.orders[owner].in_doubt):
                 coid = owner
                 book.by_broker_id[n.broker_order_id] = coid

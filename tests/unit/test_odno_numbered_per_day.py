@@ -15,7 +15,7 @@ import msgspec
 from common.market_clock import ManualClock
 from common.orders import OrderState
 from common.schema import NewOrder
-from kis.port import BrokerAck, BrokerOrder
+from kis.port import BrokerAck, BrokerModify, BrokerOrder
 from tests.fakes.broker import FakeBroker
 from tests.unit.test_oms import CARD, Harness, order
 from tests.unit.test_reconcile_days import FRI, MON, DayBroker, kst
@@ -83,5 +83,73 @@ async def test_a_notice_of_todays_order_never_lands_on_an_earlier_days_order_wit
     clock.advance(61)
     await h.recon.run("periodic")
     assert FRIDAYS not in h.book.orders or h.book.orders[FRIDAYS].state is OrderState.EXPIRED
+    assert h.portfolio.position("beta", "005930").qty == 3  # type: ignore[union-attr]
+    await h.close()
+
+
+class RevisingBroker(PerDayBroker):
+    fill_on_modify = 0  # the exchange fills this many of a revise's new line before its REST reply returns
+
+    async def modify(self, req: BrokerModify) -> BrokerAck:
+        ack = await super().modify(req)
+        self.day_of[ack.broker_order_id] = self.clock.now().date()
+        if self.fill_on_modify:
+            self.fill(ack.broker_order_id, self.fill_on_modify)
+            for _ in range(20):
+                await asyncio.sleep(0)  # the notice pump runs before the reply is handled
+        return ack
+
+
+async def _monday(tmp_path: Path, fridays: int) -> tuple[Harness, RevisingBroker]:
+    """alpha's `fridays` orders rest on Friday (numbers 1..n); the gateway is down over the close; Monday's
+    gateway starts with Friday's list unreadable (they stay open) and KIS numbering Monday's orders from 1."""
+    clock = ManualClock(kst(FRI, 15))
+    db = tmp_path / "db.sqlite"
+    b = RevisingBroker(clock)
+    b.archive = {}
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    for n in range(1, fridays + 1):
+        assert h.desk.submit(CARD, order(n, qty=10, price=60_000)).accepted
+    await h.settle(lambda: all(o.state is OrderState.ACCEPTED for o in h.book.orders.values()))
+    await h.close()
+    while not b._queue.empty():
+        b._queue.get_nowait()
+    clock.set(kst(MON, 9, 5))
+    b.fail.add(FRI)
+    b.archive = {FRI: {k: dict(v, open=False) for k, v in b.orders.items()}}
+    b.orders, b._odno = {}, itertools.count(1)
+    b.day_of.clear()
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    return h, b
+
+
+async def test_a_notice_of_a_submit_whose_reply_was_lost_waits_for_reconciliation(tmp_path: Path) -> None:
+    h, b = await _monday(tmp_path, 1)
+    b.unknown_after_placing, b.lose = True, True  # placed and filled at KIS; its reply lost; its notices late
+    new = NewOrder(client_order_id=MONDAYS, code="005930", side=order(1).side, qty=3, price=70_000)
+    assert h.desk.submit(BETA, new).accepted
+    await h.settle(lambda: h.book.orders[MONDAYS].state is OrderState.UNKNOWN)
+    b.unknown_after_placing, b.lose = False, False
+    for n in b.lost:  # the websocket delivers them now
+        h.notices.on_notice(n)
+    assert h.book.orders[FRIDAYS].filled_qty == 0 and h.portfolio.position("alpha", "005930") is None
+    await h.recon.run("periodic")  # today's list names the UNKNOWN's line: its notice applies
+    assert h.book.orders[MONDAYS].filled_qty == 3 and h.portfolio.position("beta", "005930").qty == 3  # type: ignore[union-attr]
+    assert h.book.orders[FRIDAYS].filled_qty == 0
+    await h.close()
+
+
+async def test_a_fill_of_a_revise_line_before_its_reply_lands_on_the_revised_order(tmp_path: Path) -> None:
+    h, b = await _monday(tmp_path, 2)
+    fridays_second = "alpha-20261120-2"
+    new = NewOrder(client_order_id=MONDAYS, code="005930", side=order(1).side, qty=3, price=60_000)
+    assert h.desk.submit(BETA, new).accepted  # rests as number 1 (its reply claims it)
+    await h.settle(lambda: h.book.orders[MONDAYS].state is OrderState.ACCEPTED)
+    b.fill_on_modify = 3  # the revise's new line is number 2, Friday's second order's; it fills before the reply
+    assert h.desk.modify(BETA, MONDAYS, 61_000)[0] is None
+    await h.settle(lambda: h.book.orders[MONDAYS].filled_qty == 3)
+    assert h.book.orders[fridays_second].filled_qty == 0 and h.portfolio.position("alpha", "005930") is None
     assert h.portfolio.position("beta", "005930").qty == 3  # type: ignore[union-attr]
     await h.close()
