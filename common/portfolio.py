@@ -47,7 +47,7 @@ Open sells are also indexed per code (`opposite`): what another agent's new buy 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -926,8 +926,11 @@ class Portfolio:
         r0, f0 = self.day_start.get(agent, (0, 0))
         return sum(p.realized_pnl for p in ps) - r0, sum(p.fees for p in ps) - f0
 
-    def unrealized(self, agent: str) -> int:
+    def unrealized(self, agent: str, prices: Mapping[str, int] | None = None) -> int:
+        """At the marks, or at `prices` (code -> price; a code without one at its mark, else at cost)."""
         marks = self.marks
+        if prices is not None:
+            marks = {**marks, **{c: v for c, v in prices.items() if v > 0}}
         return sum(
             self._worth(agent, p.code, p.qty, marks[p.code]) - p.cost
             for p in self.positions.get(agent, {}).values()

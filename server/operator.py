@@ -61,7 +61,7 @@ import msgspec
 
 from common import approvals
 from common.calendar import is_trading_day
-from common.clock import KST
+from common.clock import KST, date_of
 from common.config import AgentCard, GatewayConfig
 from common.enums import (
     AgentMode,
@@ -1059,13 +1059,21 @@ class Operator:
         return {agent: performance([r for r in rows if r.day <= day]) for agent, rows in self.rows.items()}
 
     def _late_day_row(self, day: str, traded: dict[str, int], end: dict[str, tuple[int, int]] | None) -> None:
+        """Each agent's row of `day`, closed late: positions valued at that day's official closes (its daily
+        bars, just sealed), not at the marks now (a restart before the open has none: its holders were left
+        without a row; one in the next session would count that session's move as the old day's)."""
         portfolio = self.gw.portfolio
         totals = portfolio.totals()
         end = end if end is not None else totals
         who = set(self.gw.registry.agents) | set(portfolio.positions) | set(traded)
         who |= {a for a, rows in self.rows.items() if any(r.day == day for r in rows)}
+        held = {p.code for ps in portfolio.positions.values() for p in ps.values() if p.qty}
+        closes = {code: self.gw.md.day_close(code, date_of(day)) for code in held}
+        priced = {c for c, v in closes.items() if v}
         with self.gw.store.transaction():
-            for agent in sorted(a for a in who if not portfolio.unpriced(a)):
+            for agent in sorted(who):
+                if set(portfolio.unpriced(agent)) - priced:
+                    continue  # a code with no price at all: its equity is not known (as a live snapshot)
                 rows = self.rows.setdefault(agent, [])
                 at = next((i for i, r in enumerate(rows) if r.day == day), None)
                 kept = rows[at] if at is not None else None  # its intraday row: its wins and losses
@@ -1076,7 +1084,7 @@ class Operator:
                     ts_ns=kept.ts_ns if kept is not None else market_ns(self.gw.clock),
                     realized=realized,
                     fees=fees,
-                    unrealized=portfolio.unrealized(agent),
+                    unrealized=portfolio.unrealized(agent, closes),
                     traded_value=traded.get(agent, 0),
                     wins=kept.wins if kept is not None else 0,
                     losses=kept.losses if kept is not None else 0,

@@ -23,11 +23,18 @@ from tests.fakes.harness import Harness
 NOTIFY_NO_DISK_WATCH = NotifyConfig(min_free_mb=0)
 
 
-def no_writers() -> dict[str, object]:
+def no_writers(closes: dict[str, int] | None = None) -> dict[str, object]:
     """The gateway's writers beside its store as a fake gateway for the Operator has them (server/operator.py
-    _write_failures): the bar store never failing, no market-data recording, no query history."""
+    _write_failures): the bar store never failing, no market-data recording, no query history. `closes`: code ->
+    the official close market data gives for a day closed late (MarketData.day_close; none by default)."""
+    official = closes or {}
     return {
-        "md": SimpleNamespace(bar_store_failures=0, bar_store_error="", bar_store_failing=False),
+        "md": SimpleNamespace(
+            bar_store_failures=0,
+            bar_store_error="",
+            bar_store_failing=False,
+            day_close=lambda code, day: official.get(code, 0),
+        ),
         "recorder": None,
         "services": SimpleNamespace(history=None),
     }

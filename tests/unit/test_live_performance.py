@@ -40,8 +40,11 @@ def _card(agent: str, budget: int) -> AgentCard:
     return AgentCard(id=agent, name=agent, strategy="x:Y", codes=[CODE], budget=budget)
 
 
-async def _desk(tmp_path: Path, clock: RunningClock, *cards: AgentCard) -> tuple[Harness, Operator]:
-    """The order core on an in-process broker and an operator over it, the cards' agents registered."""
+async def _desk(
+    tmp_path: Path, clock: RunningClock, *cards: AgentCard, closes: dict[str, int] | None = None
+) -> tuple[Harness, Operator]:
+    """The order core on an in-process broker and an operator over it, the cards' agents registered; `closes`:
+    code -> the official close of the day a late close seals (market data's daily bar)."""
     h = Harness(tmp_path / "db", clock=clock, cards={c.id: c for c in cards})
     await h.start()
     registry = Registry(30.0)
@@ -60,7 +63,7 @@ async def _desk(tmp_path: Path, clock: RunningClock, *cards: AgentCard) -> tuple
         subs=SimpleNamespace(active=set()),
         alerts=h.core.alerts,
         publish=lambda *a, **k: None,
-        **no_writers(),
+        **no_writers(closes),
     )
     ticks = itertools.count(0.0, 1_000.0)  # every tick is a second check and an equity snapshot
     return h, Operator(gw, clock=lambda: next(ticks))  # type: ignore[arg-type]
@@ -93,6 +96,33 @@ async def test_a_day_closed_after_midnight_gets_its_own_row_not_the_new_days(tmp
     assert perf["alpha"].today_pnl == 20_000 - end["alpha"][1]  # Thursday's own net P&L
     op.tick()  # Friday's first snapshot: nothing traded, nothing earned
     assert op.performance()["alpha"].today_pnl == 0
+    await h.close()
+
+
+async def test_a_late_closed_day_is_valued_at_its_own_closes_after_a_restart(tmp_path: Path) -> None:
+    """Down over Thursday's close and restarted on Friday: before the open (no price heard yet) the holder still
+    gets its Thursday row, at Thursday's official close; in Friday's session, Friday's moves are Friday's."""
+    clock = RunningClock(dt.datetime(2026, 11, 19, 10, 0))
+    alpha = _card("alpha", 10_000_000)
+    h, op = await _desk(tmp_path, clock, alpha)
+    await _trade(h, clock, alpha, 1, Side.BUY, 20, 70_000)
+    h.print(CODE, 70_000)
+    op.tick()  # Thursday's row at 10:00: bought 1,400,000
+    h.broker.ref_price = 72_000
+    await _trade(h, clock, alpha, 2, Side.SELL, 10, 72_000)  # half sold later (+20,000); 10 kept
+    await h.close()  # the gateway dies before the close: no snapshot saw the sell
+    clock.set(dt.datetime(2026, 11, 20, 8, 0))  # restarted before Friday's open: no price heard yet
+    h, op = await _desk(tmp_path, clock, alpha, closes={CODE: 71_000})
+    assert h.portfolio.unpriced("alpha") == [CODE]
+    end = h.portfolio.totals()
+    thursday = daily_report.traded_by_agent(daily_report.StoredDay.read(h.store, "20261119"), "20261119")
+    op.performance("20261119", thursday, end)
+    (row,) = [r for r in h.store.equity_rows()["alpha"] if r.day == "20261119"]
+    assert (row.realized, row.traded_value, row.unrealized) == (20_000, 2_120_000, 10_000)  # 10 x (71,000 - 70,000)
+    h.print(CODE, 71_000)  # Friday opens where Thursday closed, then moves to 73,000
+    h.print(CODE, 73_000)
+    op.tick()
+    assert op.performance()["alpha"].today_pnl == 20_000  # Friday's move only: 10 x 2,000
     await h.close()
 
 
