@@ -398,6 +398,7 @@ class AgentRuntime(AgentServicesMixin):
         self._last_daily = ""  # the newest daily bar the strategy was handed and returned from (heartbeats)
         self._started = False  # on_start returned and the missed daily bars were handed over (heartbeats)
         self._day_decided = ""  # the newest closed day whose daily bars were all handed over (heartbeats)
+        self._day_closed = ""  # the newest day the gateway said it closed (DAY_CLOSED), YYYY-MM-DD
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
@@ -1137,8 +1138,9 @@ class AgentRuntime(AgentServicesMixin):
             )
         self._deliver_catch_up(missed)
         self._started = True
-        if missed and not self._catch_up_waiting():
-            self._day_decided = max(self._day_decided, max(b.start for b in missed))  # (the closes it was down over)
+        if missed:
+            self._day_closed = max(self._day_closed, max(b.start for b in missed))  # (the closes it was down over)
+        self._note_decided()
         self._hb_sent_at = 0.0  # told at once: a harness waits for it before moving the market on
 
     # ---- daily catch-up ----------------------------------------------------------------------------
@@ -1959,6 +1961,13 @@ class AgentRuntime(AgentServicesMixin):
         self._daily_retry_at = time.monotonic() + self._daily_retry_s
         self._daily_retry_s = min(2 * self._daily_retry_s, DAILY_RETRY_MAX_S)
 
+    def _note_decided(self) -> None:
+        """The newest closed day is decided once no daily bar waits (a catch-up's, or one kept after a history
+        failure: its retry calls this again)."""
+        if self._day_closed > self._day_decided and not self._catch_up_waiting():
+            self._day_decided = self._day_closed
+            self._hb_sent_at = 0.0  # told at once: a desk waits for the day's decisions
+
     def _catch_up_waiting(self) -> bool:
         """A daily bar is still to be handed over: missed ones not delivered yet, or one kept after a history
         failure (its day is not decided yet)."""
@@ -2002,6 +2011,7 @@ class AgentRuntime(AgentServicesMixin):
                 if not self._hand_bar(bar, prev):
                     return  # history fails still: the rest wait for the next try
                 self._daily_retry_s = DAILY_RETRY_FIRST_S
+        self._note_decided()
 
     def _queued_pubs(self) -> list[Published]:
         """Everything waiting on the SUB socket now (one drain)."""
@@ -2092,12 +2102,10 @@ class AgentRuntime(AgentServicesMixin):
                 self._gateway_state = TradingState(ev.text)
             elif ev.kind is SystemEventKind.SESSION_STATE:
                 self._session_state = SessionState(ev.text)
-            elif ev.kind is SystemEventKind.DAY_CLOSED and len(ev.text) == 8 and not self._catch_up_waiting():
-                # after the day's daily bars on the same socket: each of them was handed over and returned from
-                day = f"{ev.text[:4]}-{ev.text[4:6]}-{ev.text[6:]}"
-                if day > self._day_decided:
-                    self._day_decided = day
-                    self._hb_sent_at = 0.0  # told at once: a desk waits for the day's decisions
+            elif ev.kind is SystemEventKind.DAY_CLOSED and len(ev.text) == 8:
+                # after the day's daily bars on the same socket: each of them was handed over (or waits)
+                self._day_closed = max(self._day_closed, f"{ev.text[:4]}-{ev.text[4:6]}-{ev.text[6:]}")
+                self._note_decided()
             elif ev.kind is SystemEventKind.HISTORY_CHANGED and (
                 ev.text in self.card.codes or ev.text in self.universe.codes
             ):

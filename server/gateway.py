@@ -31,7 +31,7 @@ import zmq
 from common import approvals, credentials
 from common.aio import wait_set
 from common.calendar import calendar_gaps, previous_trading_day
-from common.clock import date_of
+from common.clock import date_of, elapsed_ns
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import GatewayInfo, remove_info, write_info
 from common.freshness import Freshness
@@ -877,7 +877,7 @@ class Gateway:
         backoff = 0.2
         reason = START
         partial_alerted = False
-        failing_since = 0  # market ns of the first failed pass since the last one that succeeded (0: none)
+        failing_since = 0  # elapsed_ns() of the first failed pass since one succeeded (0: none): steps are no time
         failing_alerted = False
         whole_due = 0.0  # monotonic time of the next whole pass while they are spaced out (0: none)
         period = self.cfg.reconcile_s
@@ -916,9 +916,9 @@ class Gateway:
                 # passes that keep failing (KIS down, a row of the order list it cannot read) are told to a
                 # person once per episode, after the same delay as the partial alert below: at the start every
                 # new order is denied; later, UNKNOWN orders and fills whose notices were lost stay unresolved
-                now_ns = self.book.now_ns()
+                now_ns = elapsed_ns()
                 failing_since = failing_since or now_ns
-                if not failing_alerted and self.recon.age(now_ns, failing_since) > PARTIAL_ALERT_NS:
+                if not failing_alerted and now_ns - failing_since > PARTIAL_ALERT_NS:
                     failing_alerted = True
                     what = (
                         "since the start: every new order is denied until it succeeds"

@@ -26,10 +26,10 @@ import agent.runtime as runtime_module
 from agent.runtime import AgentRuntime
 from agent.strategy import Strategy
 from common.config import AgentCard
-from common.enums import OrderType, Side, TimeInForce
+from common.enums import OrderType, Side, SystemEventKind, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.krx import phase_at
-from common.schema import Bar, GetBars, PutState, SubmitOrders
+from common.schema import Bar, GetBars, PutState, SubmitOrders, SystemEvent
 from tests.unit.test_daily_catch_up import DAILY_SEEN_KEY, DAYS, FakeGateway, at
 
 A = "005380"
@@ -274,3 +274,19 @@ def test_another_error_keeps_at_most_once(tmp_path: Path) -> None:
     rt._deliver(d5)
     start(tmp_path, gw, REC)
     assert SEEN == []
+
+
+def test_the_day_is_reported_decided_once_a_bar_handed_over_again_was_decided(tmp_path: Path) -> None:
+    """The gateway's DAY_CLOSED came while the day's bar waited for history: the day is decided (the agent's
+    status) once the retry has handed it over, not before and not never (a desk waiting for it timed out)."""
+    gw = FakeGateway((A,))
+    falling(gw)
+    rt, hist = start(tmp_path, gw, SMA)
+    cross = publish(gw, DAYS[5], 12_000)
+    clock(rt, gw)
+    hist.fails = 1
+    rt._deliver(cross)  # on_bar's history times out: kept for a retry
+    rt._on_system(SystemEvent(kind=SystemEventKind.DAY_CLOSED, agent="", text=DAYS[5].replace("-", "")))
+    assert rt._heartbeat_msg().feed.decided == ""  # its decision is still to come
+    rt._retry_daily()  # history answers: the day's decision is made
+    assert buys(gw) and rt._heartbeat_msg().feed.decided == DAYS[5]

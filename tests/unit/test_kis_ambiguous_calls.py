@@ -369,7 +369,9 @@ def test_grouped_figures() -> None:
     assert ratio("1,234.56") == 1234.56
 
 
-class _Book:
+class _Steps:
+    """A clock that moves `step_ns` at each read (the failing delay is measured on gateway.elapsed_ns)."""
+
     def __init__(self, step_ns: int) -> None:
         self.t, self.step = 1_000_000_000_000, step_ns
 
@@ -387,9 +389,16 @@ class _Alerts:
 
 
 async def _run_reconcile_loop(
-    monkeypatch: pytest.MonkeyPatch, broker: KisBroker, passes: int, step_ns: int, synced: bool = False
+    monkeypatch: pytest.MonkeyPatch,
+    broker: KisBroker,
+    passes: int,
+    step_ns: int,
+    synced: bool = False,
+    wall_step_ns: int | None = None,
 ) -> tuple[_Alerts, Any]:
-    """Gateway._reconcile_loop over a reconciler whose every pass reads the broker's order list."""
+    """Gateway._reconcile_loop over a reconciler whose every pass reads the broker's order list; `step_ns` passes
+    at each read of the clock, the market clock moving `wall_step_ns` (a step of the machine's clock; default the
+    same)."""
     done = asyncio.Event()
 
     async def no_wait(event: asyncio.Event, timeout: float | None) -> bool:
@@ -397,6 +406,7 @@ async def _run_reconcile_loop(
         return False
 
     monkeypatch.setattr(gateway_mod, "wait_set", no_wait)
+    monkeypatch.setattr(gateway_mod, "elapsed_ns", _Steps(step_ns).now_ns)
     recon = SimpleNamespace(synced=synced, complete=synced, partial_since_ns=0, vanished=[], passes=0)
 
     async def run(reason: str, *, open_only: bool) -> None:
@@ -415,7 +425,7 @@ async def _run_reconcile_loop(
         cfg=SimpleNamespace(reconcile_s=30.0),
         # (the retry's back-off depends on the market time: a Monday's session)
         clock=SimpleNamespace(now=lambda: dt.datetime(2026, 12, 7, 10, 0, tzinfo=KST)),
-        book=_Book(step_ns),
+        book=_Steps(step_ns if wall_step_ns is None else wall_step_ns),
         alerts=alerts,
         _reconcile_wanted=asyncio.Event(),
         _reconcile_reason="",
@@ -447,6 +457,16 @@ async def test_a_start_pass_failing_briefly_alerts_no_one(tmp_path: Path, monkey
     b = _broker(tmp_path, _ccld_kis("13O,000").url)
     try:  # failing for less than the two minutes
         alerts, _ = await _run_reconcile_loop(monkeypatch, b, passes=4, step_ns=10_000_000_000)
+    finally:
+        await b.close()
+    assert alerts.sent == []
+
+
+async def test_a_step_of_the_machine_clock_is_no_time_failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four failed passes a second apart while NTP steps the clock minutes ahead: not two minutes of failing."""
+    b = _broker(tmp_path, _ccld_kis("13O,000").url)
+    try:
+        alerts, _ = await _run_reconcile_loop(monkeypatch, b, passes=4, step_ns=1_000_000_000, wall_step_ns=100 * 10**9)
     finally:
         await b.close()
     assert alerts.sent == []
