@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from common.market_clock import MarketClock
@@ -138,6 +138,7 @@ def read_blotter(
     limit: int,
     *,
     day_start_ns: int = 0,
+    day_seq: Mapping[str, int] | None = None,
 ) -> Blotter:
     """The blotter of `agent` ("" every one of `agents`): its orders in memory (today's and the open ones)
     and its fills from the event log, newest first.
@@ -146,8 +147,9 @@ def read_blotter(
     gateway's market day, `day_start_ns(clock)`), not every fill of every earlier day in the event log. Both
     are judged on market time (an order's last change, a fill's own time): the log's rows are stamped with
     the wall clock, which a twin's or a replay's market clock does not follow. The log is read newest first
-    and left at the first fill of an earlier day. A later `since_ns` keeps its old meaning (orders changed,
-    log rows written since then).
+    from each agent's first event of the day (`day_seq`: the last numbers before it, OrderBook.day_seq) and left
+    at the first fill of an earlier day. A later `since_ns` keeps its old meaning (orders changed, log rows
+    written since then).
 
     An open order is always listed, however old and however many newer ones finished since (an order
     resting unseen is one the operator cannot find or cancel); the finished ones fill what `limit` leaves,
@@ -163,7 +165,9 @@ def read_blotter(
     shown.sort(key=lambda o: o.updated_ns, reverse=True)
     fills: list[FillView] = []
     if limit > 0:
-        events = store.events_newest_first([agent] if agent else agents, 0 if day else since_ns)
+        events = store.events_newest_first(
+            [agent] if agent else agents, 0 if day else since_ns, day_seq if day else None
+        )
         try:
             for ev in events:
                 if isinstance(ev.body, FillUpdate):

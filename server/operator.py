@@ -396,6 +396,7 @@ class Operator:
             msg.since_ns,
             msg.limit,
             day_start_ns=console_views.day_start_ns(gw.clock),
+            day_seq=gw.book.day_seq,
         )
         return OrdersList(h=gw.headers(msg.h.mid), orders=b.orders, fills=b.fills, truncated=b.truncated)
 

@@ -72,6 +72,9 @@ class OrderBook:
         self.listeners: list[Listener] = []
         self._pending_trace: list[tuple[str, int, str, dict[str, object]]] = []
         self._latest_day = ""  # the latest day() told (it never goes back on a timed clock)
+        # each agent's last event number before the day began: the day's blotter reads its log from there (a
+        # day's events, not every event of an agent that has not filled since its first day)
+        self.day_seq: dict[str, int] = {}
 
     # ---- time ----------------------------------------------------------------------------------
 
@@ -133,9 +136,17 @@ class OrderBook:
 
     def roll_day(self, day: str) -> None:
         """A new trading day: the earlier days' finished orders go (open ones wait for their expiry,
-        reconciliation's first step) and the fill counts start again, as for a gateway started today."""
+        reconciliation's first step) and the fill counts start again, as for a gateway started today. Each
+        agent's event number at the day's start is kept (stored: a restart in the day finds the same)."""
         n = self.forget_before(day)
         self._count_fills(day)
+        saved = self.store.get_meta(f"day_seq:{day}")
+        if saved:
+            self.day_seq = {a: int(v) for a, v in msgspec.json.decode(saved).items()}
+        else:
+            self.day_seq = dict(self.seq)
+            with self.store.transaction():
+                self.store.set_meta(f"day_seq:{day}", msgspec.json.encode(self.day_seq).decode())
         if n:
             log.info("new day %s: %d finished orders of earlier days let go from memory", day, n)
 

@@ -75,3 +75,42 @@ async def test_the_blotter_is_the_market_day_and_keeps_every_open_order(tmp_path
         assert msgspec.msgpack.decode(old, type=OrdersList).truncated == 0
     finally:
         await h.close()
+
+
+async def test_the_day_blotter_reads_the_days_events_not_an_agents_whole_log(tmp_path: Path) -> None:
+    """An agent that has not filled since its first day: the day's blotter read its whole event log on every
+    refresh (the console asks every 2 s; a year of a busy agent's log: ~0.5 s of the gateway's loop). It reads
+    from the agent's first event of the day (its number kept at the day's roll, and found again after a
+    restart)."""
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", clock=clock, cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        h.book.roll_day(DAY1)  # (as the day cycle rolls it)
+        for n in range(1, 41):  # Friday: 40 orders denied (more than it holds), no fill
+            assert not h.desk.submit(ALPHA, _order(n, DAY1, qty=1_000, side=Side.SELL)).accepted
+        clock.set(dt.datetime(2026, 11, 23, 10, 0))
+        h.book.roll_day(DAY2)
+        for n in range(1, 4):  # Monday: 3 more
+            assert not h.desk.submit(ALPHA, _order(n, DAY2, qty=1_000, side=Side.SELL)).accepted
+        read: list[object] = []
+        every = h.store.events_newest_first
+
+        def counted(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+            for ev in every(*args, **kw):  # type: ignore[arg-type]
+                read.append(ev)
+                yield ev
+
+        h.store.events_newest_first = counted  # type: ignore[method-assign]
+        d = Desk(h, tmp_path / "run", [ALPHA])
+        reply = d.op.orders(GetOrders(h=HeaderFactory("ktrader-blotter")(), since_ns=0, limit=300))
+        assert reply.fills == [] and len(reply.orders) == 3  # Monday's
+        assert 0 < len(read) <= 3  # Monday's events only (before: all 43)
+        # a restart in the day finds the same start
+        h.book.day_seq = {}
+        h.book.roll_day(DAY2)
+        read.clear()
+        d.op.orders(GetOrders(h=HeaderFactory("ktrader-blotter")(), since_ns=0, limit=300))
+        assert 0 < len(read) <= 3
+    finally:
+        await h.close()
