@@ -202,6 +202,9 @@ def _latest(rows: tuple[_Row, ...], day: dt.date, market: Market) -> _Row:
     return best
 
 
+LIMITS_CACHED = 16_384  # price-limit pairs a rules object keeps (~4 MB)
+
+
 class KrxRules:
     """The KRX rules of one trading day. Prices are integer KRW; taxes are ppm of the sale value."""
 
@@ -303,8 +306,11 @@ class KrxRules:
             upper_raw = base * (100 + pct) // 100  # floor is toward the base already
             lower_raw = -(-base * (100 - pct) // 100)  # ceil
             got = (max(self.round_up(max(lower_raw, 1), kind, market), 1), self.round_down(upper_raw, kind, market))
-        if len(self._limits) < 100_000:  # bounded: a long backtest sees many bases
-            self._limits[key] = got
+        if len(self._limits) >= LIMITS_CACHED:
+            # bounded: a long backtest, and a live gateway over months (every code's base each day, shared rules
+            # until KRX changes them), see many bases; the ones in use come back at once
+            self._limits.clear()
+        self._limits[key] = got
         return got
 
     def check_price(

@@ -152,3 +152,16 @@ def test_phase_at_agrees_with_the_days_session_times(day: dt.date, us: int) -> N
     # and the backtest's form, from ns since the epoch
     d = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     assert phase_at_ns((d.days * 86_400 + d.seconds) * 10**9 + d.microseconds * 1000) is phase_at(when)
+
+
+def test_the_price_limit_cache_stays_bounded_and_right() -> None:
+    """A live gateway asks for every code's band each day on rules shared until KRX changes them: the cache of
+    limit pairs is bounded (it held up to 100,000 pairs, ~27 MB), and what it gives after a clear is the same."""
+    from common.krx_rules import LIMITS_CACHED, rules_for
+
+    rules = rules_for("2026-11-20")
+    first = rules.price_limits(70_000)
+    for base in range(1_000, 1_000 + LIMITS_CACHED + 500):
+        rules.price_limits(base)
+    assert len(rules._limits) <= LIMITS_CACHED
+    assert rules.price_limits(70_000) == first == (49_000, 91_000)
