@@ -53,6 +53,7 @@ from server.order_book import OrderBook
 log = logging.getLogger("ktrader.notices")
 
 MAX_UNMATCHED = 10_000  # ODNOs with buffered notices; beyond it notices are left to reconciliation
+EARLIER_SLACK_S = 600  # a notice timed this far past the clock's time of day is of an earlier day
 
 
 class NoticeRouter:
@@ -125,31 +126,53 @@ class NoticeRouter:
             for notice in self.unmatched.pop(odno, []):
                 self.on_notice(notice)
 
-    def _of_today(self, coid: str | None) -> str | None:
-        """`coid`, unless it is an earlier day's order (still open here: its day's close not settled yet). KIS
-        numbers each day's orders anew and ends them with their day (after-hours trading ends at 18:00), so a
-        notice today naming its ODNO is of a new order of today's (a submit or a revise whose REST reply has not
-        come, or was lost): it waits for the reply or reconciliation to claim its line (`claim`, `drain`), and
-        reconciliation settles the old order from its own day's list."""
-        if coid is None:
-            return None
+    def _owner(self, odno: str, earlier: bool) -> str | None:
+        """The order `odno` maps to, if it is of the notice's day: KIS numbers each day's orders anew and ends them
+        with their day (after-hours trading ends at 18:00), so a number an earlier day's order still open here
+        (its close not settled yet) holds is, in a notice of today's, a new order's of today (a submit or a revise
+        whose REST reply has not come, or was lost): that notice waits for the reply or reconciliation to claim
+        the line (`claim`, `drain`), and reconciliation settles the old order from its own day's list. A notice of
+        an earlier day (`earlier`: a close that ran past midnight) finds only an earlier day's order."""
+        coid = self.book.by_broker_id.get(odno)
         book = self.book
-        if not book.clock.timed:
-            return coid  # a market that never closes (an `open` twin, in-process test brokers): orders span midnight
+        if coid is None or not book.clock.timed:
+            return coid  # (a market that never closes, an `open` twin or a test broker: orders span midnight)
         today = book.day()
-        return coid if book.order_day.get(coid, today) >= today else None
+        return coid if (book.order_day.get(coid, today) < today) == earlier else None
+
+    def _of_an_earlier_day(self, n: BrokerNotice) -> bool:
+        """A notice in the night (before 08:00, ahead of the day's first session) timed well after the clock's now
+        (by more than EARLIER_SLACK_S, a clock's skew): of the day before (a close that ran past midnight), not of
+        today. In the day an earlier day's notice cannot come (that day's came by its 18:00)."""
+        if not self.book.clock.timed or len(n.time) < 6 or not n.time[:6].isdigit():
+            return False
+        now = self.book.clock.now()
+        if now.hour >= 8:
+            return False
+        at = int(n.time[:2]) * 3600 + int(n.time[2:4]) * 60 + int(n.time[4:6])
+        return at > now.hour * 3600 + now.minute * 60 + now.second + EARLIER_SLACK_S
 
     def on_notice(self, n: BrokerNotice) -> None:
         book = self.book
-        coid = self._of_today(book.by_broker_id.get(n.broker_order_id))
+        earlier = self._of_an_earlier_day(n)
+        coid = self._owner(n.broker_order_id, earlier)
         if coid is None and n.orig_broker_order_id:
             # a cancel/revise line whose REST reply we did not see (lost, or sent before a restart):
             # the ODNO it names tells whose it is. While our own request is in flight, its reply
             # claims the ODNO first (so a revise is applied before the fills of its new line).
-            owner = self._of_today(book.by_broker_id.get(n.orig_broker_order_id))
+            owner = self._owner(n.orig_broker_order_id, earlier)
             if owner is not None and (book.orders[owner].state not in AMENDING or book.orders[owner].in_doubt):
                 coid = owner
                 book.by_broker_id[n.broker_order_id] = coid
+        if coid is None and earlier:
+            # never a claim of today's to wait for: that day's own list settles its order (reconciliation)
+            log.info(
+                "notice %s %s of an earlier day (at %s) for no open order of that day: left to reconciliation",
+                n.kind.value,
+                n.broker_order_id,
+                n.time,
+            )
+            return
         if coid is None:
             if len(self.unmatched) < MAX_UNMATCHED:
                 self.unmatched[n.broker_order_id].append(n)

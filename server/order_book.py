@@ -20,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 
 from common.books import reprice_value, reverse_fill_value
-from common.clock import date_of
+from common.clock import date_of, kst_from_ns
 from common.costs import CostModel
 from common.enums import Side
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
@@ -75,6 +75,7 @@ class OrderBook:
         # each agent's last event number before the day began: the day's blotter reads its log from there (a
         # day's events, not every event of an agent that has not filled since its first day)
         self.day_seq: dict[str, int] = {}
+        self._rolled = False  # a day was rolled in this process (its seq numbers then are the day's start)
 
     # ---- time ----------------------------------------------------------------------------------
 
@@ -143,10 +144,19 @@ class OrderBook:
         saved = self.store.get_meta(f"day_seq:{day}")
         if saved:
             self.day_seq = {a: int(v) for a, v in msgspec.json.decode(saved).items()}
-        else:
-            self.day_seq = dict(self.seq)
-            with self.store.transaction():
-                self.store.set_meta(f"day_seq:{day}", msgspec.json.encode(self.day_seq).decode())
+            return
+        self.day_seq = dict(self.seq)
+        if not self._rolled and self.clock.timed:
+            # a first start on the day: an agent whose last event is of today already (a gateway of a version that
+            # kept no such mark ran earlier today) has no floor: its whole log is read, as before
+            today = self.clock.now().date()
+            for agent, seq in self.seq.items():
+                ts = self.store.event_ns(agent, seq)
+                if ts is not None and kst_from_ns(ts).date() >= today:
+                    del self.day_seq[agent]
+        self._rolled = True
+        with self.store.transaction():
+            self.store.set_meta(f"day_seq:{day}", msgspec.json.encode(self.day_seq).decode())
         if n:
             log.info("new day %s: %d finished orders of earlier days let go from memory", day, n)
 
@@ -158,6 +168,9 @@ class OrderBook:
             self.held.pop(o.client_order_id, None)
         self.order_day[o.client_order_id] = day
         for odno in o.broker_chain:
+            owner = self.by_broker_id.get(odno)
+            if owner is not None and owner != o.client_order_id and self.order_day.get(owner, day) > day:
+                continue  # a later day's order has this number (KIS numbers each day anew): its notices stay its own
             self.by_broker_id[odno] = o.client_order_id
 
     # ---- the write path ------------------------------------------------------------------------

@@ -474,6 +474,10 @@ class Store:
             for c in cursors:
                 c.close()
 
+    def event_ns(self, agent: str, seq: int) -> int | None:
+        """When the agent's event `seq` was written (wall ns), None if there is none."""
+        return self.db.execute("SELECT ts_ns FROM agent_events WHERE agent=? AND seq=?", (agent, seq)).get
+
     def agent_events(self, agent: str, after_seq: int, limit: int) -> list[AgentEvent]:
         rows = self.db.execute(
             "SELECT body FROM agent_events WHERE agent=? AND seq>? ORDER BY seq LIMIT ?", (agent, after_seq, limit)

@@ -114,3 +114,27 @@ async def test_the_day_blotter_reads_the_days_events_not_an_agents_whole_log(tmp
         assert 0 < len(read) <= 3
     finally:
         await h.close()
+
+
+async def test_a_first_start_on_a_day_without_its_mark_keeps_the_days_fills(tmp_path: Path) -> None:
+    """A gateway that kept no day mark (an older version) ran this morning; the one started at 11:00 finds its
+    agents' latest events written today: their logs are read whole (as before), so the morning's fill stays."""
+    clock = trading_clock()
+    clock.set(dt.datetime(2026, 11, 23, 10, 0))
+    h = Harness(tmp_path / "db", clock=clock, cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        assert h.desk.submit(ALPHA, _order(1, DAY2, qty=2)).accepted
+        await h.settle(lambda: h.book.orders[f"alpha-{DAY2}-1"].state is OrderState.FILLED)
+        d = Desk(h, tmp_path / "run", [ALPHA])
+
+        def fills() -> list[tuple[str, int]]:
+            got = d.op.orders(GetOrders(h=HeaderFactory("ktrader-blotter")(), since_ns=0, limit=300))
+            return [(f.client_order_id, f.qty) for f in got.fills]
+
+        assert fills() == [(f"alpha-{DAY2}-1", 2)]
+        clock.set(dt.datetime(2026, 11, 23, 11, 0))
+        h.book.roll_day(DAY2)  # this process's first roll, no mark stored for the day
+        assert fills() == [(f"alpha-{DAY2}-1", 2)]
+    finally:
+        await h.close()

@@ -7,6 +7,7 @@ agent's expired order (phantom shares it could sell)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import msgspec
 from common.market_clock import ManualClock
 from common.orders import OrderState
 from common.schema import NewOrder
-from kis.port import BrokerAck, BrokerModify, BrokerOrder
+from kis.port import BrokerAck, BrokerModify, BrokerNotice, BrokerOrder, NoticeKind
 from tests.fakes.broker import FakeBroker
-from tests.unit.test_oms import CARD, Harness, order
+from tests.unit.test_oms import CARD, Harness, _trading_day, order
 from tests.unit.test_reconcile_days import FRI, MON, DayBroker, kst
+
+THU = FRI - dt.timedelta(days=1)
 
 BETA = msgspec.structs.replace(CARD, id="beta")
 FRIDAYS = "alpha-20261120-1"
@@ -152,4 +155,67 @@ async def test_a_fill_of_a_revise_line_before_its_reply_lands_on_the_revised_ord
     await h.settle(lambda: h.book.orders[MONDAYS].filled_qty == 3)
     assert h.book.orders[fridays_second].filled_qty == 0 and h.portfolio.position("alpha", "005930") is None
     assert h.portfolio.position("beta", "005930").qty == 3  # type: ignore[union-attr]
+    await h.close()
+
+
+def _fill_notice(odno: str, qty: int, at: str) -> BrokerNotice:
+    return BrokerNotice(
+        kind=NoticeKind.FILLED,
+        broker_order_id=odno,
+        orig_broker_order_id="",
+        code="005930",
+        side=order(1).side,
+        order_qty=10,
+        order_price=60_000,
+        fill_qty=qty,
+        fill_price=60_000,
+        time=at,
+    )
+
+
+async def test_a_closing_fill_notice_after_midnight_finds_its_order_and_never_a_later_one(tmp_path: Path) -> None:
+    """Thursday's closing-call fill, its notice after the day rolled at midnight (the close ran late): it is
+    Thursday's order's (timed 15:25 while the clock says 00:00), not held for a claim of Friday's, where it would
+    have landed on Friday's order given Thursday's number by KIS (a fill KIS never made)."""
+    db = tmp_path / "db.sqlite"
+    clock = ManualClock(kst(THU, 10))
+    h = Harness(db, PerDayBroker(clock), clock=clock)
+    await h.start()
+    day, spawned = _trading_day(h, clock, db)
+    try:
+        day.tick()
+        thursdays = "alpha-20261119-1"
+        rests = NewOrder(client_order_id=thursdays, code="005930", side=order(1).side, qty=10, price=60_000)
+        assert h.desk.submit(CARD, rests).accepted
+        await h.settle(lambda: h.book.orders[thursdays].state is OrderState.ACCEPTED)
+        odno = h.book.orders[thursdays].broker_order_id
+        clock.set(kst(FRI, 0, 0, 5))
+        day.tick()  # Friday rolls before Thursday's close has ended
+        h.notices.on_notice(_fill_notice(odno, 10, "152500"))
+        assert h.book.orders[thursdays].filled_qty == 10 and odno not in h.notices.unmatched
+        # the same number in a notice of today's (timed now): never Thursday's order's
+        h.notices.on_notice(_fill_notice(odno, 3, "000004"))
+        assert h.book.orders[thursdays].filled_qty == 10 and odno in h.notices.unmatched
+    finally:
+        for c in spawned:
+            c.close()
+        await h.close()
+
+
+async def test_settling_an_earlier_days_order_leaves_todays_number_with_todays_order(tmp_path: Path) -> None:
+    """Monday's resting order has Friday's number; Friday's list, read at last, settles Friday's order: the
+    number stays Monday's order's (it was taken back for Friday's and then forgotten: Monday's notices waited
+    for a claim that never came, the books one pass behind all day)."""
+    h, b = await _monday(tmp_path, 1)
+    new = NewOrder(client_order_id=MONDAYS, code="005930", side=order(1).side, qty=10, price=60_000)
+    assert h.desk.submit(BETA, new).accepted  # rests as number 1, Friday's
+    await h.settle(lambda: h.book.orders[MONDAYS].state is OrderState.ACCEPTED)
+    odno = h.book.orders[MONDAYS].broker_order_id
+    assert odno == h.book.orders[FRIDAYS].broker_order_id
+    b.fail.clear()
+    b.clock.advance(61)  # type: ignore[attr-defined]
+    await h.recon.run("periodic")  # Friday's list read: its order expired there
+    assert h.book.by_broker_id.get(odno) == MONDAYS
+    b.fill(odno, 4)
+    await h.settle(lambda: h.book.orders[MONDAYS].filled_qty == 4)
     await h.close()
