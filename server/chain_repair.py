@@ -151,6 +151,12 @@ class ChainRepair:
         book = self.book
         batch = sorted(c for c in self._due if c in book.orders and book.orders[c].broker_chain)
         self._due.clear()
+        # an earlier day's order is settled against its own day's list by the periodic pass, never today's (its
+        # numbers may be today's orders' there: their fills booked as its, a cancel sent to them)
+        for coid in [c for c in batch if book.of_an_earlier_day(c)]:
+            batch.remove(coid)
+            self._since.pop(coid, None)
+            self._rounds.pop(coid, None)
         if not batch:
             return
         doubt: dict[str, bool] = {}

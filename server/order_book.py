@@ -168,10 +168,28 @@ class OrderBook:
             self.held.pop(o.client_order_id, None)
         self.order_day[o.client_order_id] = day
         for odno in o.broker_chain:
-            owner = self.by_broker_id.get(odno)
-            if owner is not None and owner != o.client_order_id and self.order_day.get(owner, day) > day:
-                continue  # a later day's order has this number (KIS numbers each day anew): its notices stay its own
-            self.by_broker_id[odno] = o.client_order_id
+            self.number(odno, o.client_order_id)
+
+    def number(self, odno: str, coid: str) -> bool:
+        """`odno` is `coid`'s line: its notices go to it. Not when a later day's order holds the number (KIS numbers
+        each day's orders anew): an earlier day's order settled from its own day's list never takes today's number
+        from today's order (its notices would wait all day for a claim). False: left to the later day's."""
+        owner = self.by_broker_id.get(odno)
+        if owner is not None and owner != coid:
+            day = self.order_day.get(coid, "")
+            if day and self.order_day.get(owner, day) > day:
+                return False
+        self.by_broker_id[odno] = coid
+        return True
+
+    def of_an_earlier_day(self, coid: str) -> str:
+        """The earlier day (YYYYMMDD) `coid` is of, on a clock whose markets close (KRX ends every order with its
+        day; its number may be a later day's order's), else "": never cancelled or revised, settled from its own
+        day's order list by reconciliation."""
+        if not self.clock.timed:
+            return ""
+        day, today = self.order_day.get(coid, ""), self.day()
+        return day if day and day < today else ""
 
     # ---- the write path ------------------------------------------------------------------------
 

@@ -115,6 +115,14 @@ def session_day(now: dt.datetime, phase: Phase) -> str:
     return yyyymmdd(next_session_day(now, phase))
 
 
+# an earlier day's order still open here: KRX ended it with its day, and KIS may have given its number to an order of
+# today's (each day's orders are numbered anew): a cancel or revise of that number would reach the other order
+_EARLIER_DAY = (
+    "{coid} is of {day}: KRX ended it with that day, and its number may be another order's today, so there is "
+    "nothing to {what}; it is settled from {day}'s order list (reconciliation)"
+)
+
+
 class OrderDesk:
     def __init__(
         self,
@@ -582,6 +590,8 @@ class OrderDesk:
             book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))  # never sent: nothing to tell the broker
             self._release_waits.discard(coid)
             return None, "held order cancelled"
+        if day := book.of_an_earlier_day(coid):
+            return ErrorCode.ORDER_NOT_OPEN, _EARLIER_DAY.format(coid=coid, day=day, what="cancel")
         if o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE:
             # no ODNO yet, or a revise is moving it to a new one: the cancel goes out the moment the
             # broker's answer (or the repair that reads its order list) says which line is live
@@ -615,6 +625,8 @@ class OrderDesk:
             )
         if o.state not in REVISABLE:
             return ErrorCode.ORDER_NOT_OPEN, f"{coid} is {o.state}: cannot revise now"
+        if day := book.of_an_earlier_day(coid):
+            return ErrorCode.ORDER_NOT_OPEN, _EARLIER_DAY.format(coid=coid, day=day, what="revise")
         if refusal := revise_refusal(o, qty):
             return ErrorCode.BAD_ORDER, refusal
         denial = self.risk.check_revise(card, o, price, self.session())

@@ -348,8 +348,7 @@ class Reconciler:
                             self.repriced += 1
                     else:
                         book.try_apply(coid, ev)
-                    if isinstance(ev, (Accept, Replaced)):
-                        book.by_broker_id[ev.broker_order_id] = coid
+                    if isinstance(ev, (Accept, Replaced)) and book.number(ev.broker_order_id, coid):
                         to_drain.append(ev.broker_order_id)
             except Exception as e:  # one order's trouble must not stop the repair of the others
                 res.alerts.append(f"{coid}: repair failed: {e}")
@@ -368,7 +367,13 @@ class Reconciler:
             # the day whose list is read is the day its lines' times are of (not the clock's after the await)
             day = date_of(book.day())
             reports = await self.broker.order_reports(day)
-            local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
+            # (an earlier day's order is settled against its own day's list by the periodic pass: its numbers may be
+            # other orders' in this one)
+            local = [
+                book.orders[c]
+                for c in coids
+                if c in book.orders and book.orders[c].broker_chain and not book.of_an_earlier_day(c)
+            ]
             res = reconcile(
                 local,
                 reports,
@@ -498,7 +503,7 @@ class Reconciler:
             updated_ns=ts,
         )
         book.commit(o, Accept(ts_ns=ts, broker_order_id=r.broker_order_id, org_no=r.org_no), day=day)
-        book.by_broker_id[r.broker_order_id] = coid
+        book.number(r.broker_order_id, coid)
         if r.filled_qty:
             book.apply_fill(
                 coid,

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from common.market_clock import ManualClock
+from common.errors import ErrorCode
 from common.orders import OrderState
 from common.schema import NewOrder
 from kis.port import BrokerAck, BrokerModify, BrokerNotice, BrokerOrder, NoticeKind
@@ -103,9 +104,10 @@ class RevisingBroker(PerDayBroker):
         return ack
 
 
-async def _monday(tmp_path: Path, fridays: int) -> tuple[Harness, RevisingBroker]:
-    """alpha's `fridays` orders rest on Friday (numbers 1..n); the gateway is down over the close; Monday's
-    gateway starts with Friday's list unreadable (they stay open) and KIS numbering Monday's orders from 1."""
+async def _monday(tmp_path: Path, fridays: int, unknown: bool = False) -> tuple[Harness, RevisingBroker]:
+    """alpha's `fridays` orders rest on Friday (numbers 1..n; `unknown`: one submit placed at KIS whose reply and
+    notices were lost, UNKNOWN here); the gateway is down over the close; Monday's gateway starts with Friday's
+    list unreadable (they stay open) and KIS numbering Monday's orders from 1."""
     clock = ManualClock(kst(FRI, 15))
     db = tmp_path / "db.sqlite"
     b = RevisingBroker(clock)
@@ -115,6 +117,11 @@ async def _monday(tmp_path: Path, fridays: int) -> tuple[Harness, RevisingBroker
     for n in range(1, fridays + 1):
         assert h.desk.submit(CARD, order(n, qty=10, price=60_000)).accepted
     await h.settle(lambda: all(o.state is OrderState.ACCEPTED for o in h.book.orders.values()))
+    if unknown:
+        b.unknown_after_placing, b.lose = True, True
+        assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+        await h.settle(lambda: h.book.orders[FRIDAYS].state is OrderState.UNKNOWN)
+        b.unknown_after_placing, b.lose = False, False
     await h.close()
     while not b._queue.empty():
         b._queue.get_nowait()
@@ -215,6 +222,44 @@ async def test_settling_an_earlier_days_order_leaves_todays_number_with_todays_o
     b.fail.clear()
     b.clock.advance(61)  # type: ignore[attr-defined]
     await h.recon.run("periodic")  # Friday's list read: its order expired there
+    assert h.book.by_broker_id.get(odno) == MONDAYS
+    b.fill(odno, 4)
+    await h.settle(lambda: h.book.orders[MONDAYS].filled_qty == 4)
+    await h.close()
+
+
+async def test_an_earlier_days_order_is_never_cancelled_or_revised_by_its_number(tmp_path: Path) -> None:
+    """Monday's order of beta has the number of alpha's Friday order, still open here: a cancel (the agent's, the
+    operator's cancel-all, a flatten's) or a revise of the Friday order went to KIS with that number and hit beta's
+    order. Refused, saying why: KRX ended the Friday order with its day; its day's list settles it."""
+    h, b = await _monday(tmp_path, 1)
+    new = NewOrder(client_order_id=MONDAYS, code="005930", side=order(1).side, qty=10, price=60_000)
+    assert h.desk.submit(BETA, new).accepted  # rests as number 1, Friday's
+    await h.settle(lambda: h.book.orders[MONDAYS].state is OrderState.ACCEPTED)
+    odno = h.book.orders[MONDAYS].broker_order_id
+    code, why = h.desk.cancel("alpha", FRIDAYS)
+    assert code is ErrorCode.ORDER_NOT_OPEN and "of 20261120" in why and "settled from 20261120's order list" in why
+    assert h.desk.cancel_all("alpha") == 0
+    code, _ = h.desk.modify(CARD, FRIDAYS, 61_000)
+    assert code is ErrorCode.ORDER_NOT_OPEN
+    h.core.repair.check(FRIDAYS)  # (a chain repair asked for it reads today's list: never for an earlier day's)
+    await asyncio.sleep(0.3)
+    assert b.orders[odno]["open"] and h.book.orders[MONDAYS].state is OrderState.ACCEPTED  # beta's untouched
+    assert h.book.orders[FRIDAYS].filled_qty == 0
+    await h.close()
+
+
+async def test_an_earlier_days_unknown_settled_from_its_list_leaves_todays_number_alone(tmp_path: Path) -> None:
+    """Friday's submit went UNKNOWN (placed as number 1, its reply lost), the gateway down over the close; Monday's
+    order got number 1. Friday's list, read at last, matches the UNKNOWN to its line: the number stays Monday's."""
+    h, b = await _monday(tmp_path, 0, unknown=True)
+    new = NewOrder(client_order_id=MONDAYS, code="005930", side=order(1).side, qty=10, price=60_000)
+    assert h.desk.submit(BETA, new).accepted
+    await h.settle(lambda: h.book.orders[MONDAYS].state is OrderState.ACCEPTED)
+    odno = h.book.orders[MONDAYS].broker_order_id
+    b.fail.clear()
+    b.clock.advance(61)  # type: ignore[attr-defined]
+    await h.recon.run("periodic")  # Friday's list: its UNKNOWN is line 1, expired there
     assert h.book.by_broker_id.get(odno) == MONDAYS
     b.fill(odno, 4)
     await h.settle(lambda: h.book.orders[MONDAYS].filled_qty == 4)
