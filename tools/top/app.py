@@ -25,6 +25,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Log, Static, TabbedContent, TabPane
 
@@ -226,16 +227,21 @@ class TopApp(App[None]):
             self.render_orders()
 
     def _on_model(self, what: str) -> None:
-        if what == "status":
-            self.render_status()
-        elif what == "orders":
-            self.render_orders()
-        elif what == "market":
-            self._debounce("market", 0.5, self.render_market)
-        elif what == "events":
-            self.render_events()
-            # an agent came or went, a state changed: show it now, not at the next tick
-            self._debounce("status", 0.2, lambda: self.run_worker(self.model.refresh_status(), group="status"))
+        try:
+            if what == "status":
+                self.render_status()
+            elif what == "orders":
+                self.render_orders()
+            elif what == "market":
+                self._debounce("market", 0.5, self.render_market)
+            elif what == "events":
+                self.render_events()
+                # an agent came or went, a state changed: show it now, not at the next tick
+                self._debounce("status", 0.2, lambda: self.run_worker(self.model.refresh_status(), group="status"))
+        except NoMatches:
+            # a refresh that lands while the console closes (its widgets gone): nothing to draw, not a failure of
+            # the refresh worker (which would end the console with a traceback)
+            log.debug("model %s: the console is closing", what)
 
     def _debounce(self, key: str, delay: float, fn) -> None:
         if key in self._pending:
@@ -244,7 +250,10 @@ class TopApp(App[None]):
 
         def fire() -> None:
             self._pending.discard(key)
-            fn()
+            try:
+                fn()
+            except NoMatches:  # (the console closed meanwhile: nothing to draw)
+                pass
 
         self.set_timer(delay, fire)
 
