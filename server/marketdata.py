@@ -333,9 +333,8 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
-        self._step_told = False
         if self.wall_steps:
-            self._skew_taken = (wall + self.skew, self.elapsed())
+            self._skew_taken, self._step_told = (when, self.elapsed()), False
         self._watch_skew(self.skew.total_seconds(), when)
         self._emit(closed)
 

@@ -134,11 +134,8 @@ class NoticeRouter:
         the line (`claim`, `drain`), and reconciliation settles the old order from its own day's list. A notice of
         an earlier day (`earlier`: a close that ran past midnight) finds only an earlier day's order."""
         coid = self.book.by_broker_id.get(odno)
-        book = self.book
-        if coid is None or not book.clock.timed:
-            return coid  # (a market that never closes, an `open` twin or a test broker: orders span midnight)
-        today = book.day()
-        return coid if (book.order_day.get(coid, today) < today) == earlier else None
+        # (a market that never closes, an `open` twin or a test broker: no order is of an earlier day, no notice is)
+        return coid if coid is None or bool(self.book.of_an_earlier_day(coid)) == earlier else None
 
     def _of_an_earlier_day(self, n: BrokerNotice) -> bool:
         """A notice in the night (before 08:00, ahead of the day's first session) timed well after the clock's now

@@ -1037,13 +1037,17 @@ class Operator:
         with self.gw.store.transaction():
             for agent in sorted(who):
                 card = self.card_of(agent)
-                row = self._live_row(agent, day, traded.get(agent, 0), card.budget if card else 0)
-                self.gw.store.save_equity(agent, day, row)
-                rows = self.rows.setdefault(agent, [])
-                if rows and rows[-1].day == day:
-                    rows[-1] = row
-                else:
-                    rows.append(row)
+                self._put_row(agent, self._live_row(agent, day, traded.get(agent, 0), card.budget if card else 0))
+
+    def _put_row(self, agent: str, row: EquityRow) -> None:
+        """`row` is the agent's row of its day: stored (upserted), and kept in day order in memory."""
+        self.gw.store.save_equity(agent, row.day, row)
+        rows = self.rows.setdefault(agent, [])
+        i = bisect.bisect_left(rows, row.day, key=lambda r: r.day)
+        if i < len(rows) and rows[i].day == row.day:
+            rows[i] = row
+        else:
+            rows.insert(i, row)
 
     def performance(
         self, day: str = "", traded: dict[str, int] | None = None, end: dict[str, tuple[int, int]] | None = None
@@ -1075,9 +1079,8 @@ class Operator:
             for agent in sorted(who):
                 if set(portfolio.unpriced(agent)) - priced:
                     continue  # a code with no price at all: its equity is not known (as a live snapshot)
-                rows = self.rows.setdefault(agent, [])
-                at = next((i for i, r in enumerate(rows) if r.day == day), None)
-                kept = rows[at] if at is not None else None  # its intraday row: its wins and losses
+                # its intraday row: its wins and losses
+                kept = next((r for r in self.rows.get(agent, []) if r.day == day), None)
                 realized, fees = end.get(agent, totals.get(agent, (0, 0)))
                 card = self.card_of(agent)
                 row = EquityRow(
@@ -1091,11 +1094,7 @@ class Operator:
                     losses=kept.losses if kept is not None else 0,
                     budget=card.budget if card else 0,
                 )
-                self.gw.store.save_equity(agent, day, row)
-                if at is not None:
-                    rows[at] = row
-                else:
-                    bisect.insort(rows, row, key=lambda r: r.day)
+                self._put_row(agent, row)
 
     def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""

@@ -361,19 +361,15 @@ class Reconciler:
     async def resolve(self, coids: list[str], reason: str) -> list[BrokerOrderReport]:
         """A targeted pass for a few orders whose live line is in question (chain repair): the day's
         order list read now, and only these orders' chains brought in line with it (their revise
-        lines adopted, fills, how the broker closed them). Returns the list it read."""
+        lines adopted, fills, how the broker closed them). Returns the list it read. `coids` are today's orders
+        (ChainRepair leaves an earlier day's to the periodic pass, which reads that day's own list: its numbers may
+        be other orders' in today's)."""
         async with self._lock:
             book = self.book
             # the day whose list is read is the day its lines' times are of (not the clock's after the await)
             day = date_of(book.day())
             reports = await self.broker.order_reports(day)
-            # (an earlier day's order is settled against its own day's list by the periodic pass: its numbers may be
-            # other orders' in this one)
-            local = [
-                book.orders[c]
-                for c in coids
-                if c in book.orders and book.orders[c].broker_chain and not book.of_an_earlier_day(c)
-            ]
+            local = [book.orders[c] for c in coids if c in book.orders and book.orders[c].broker_chain]
             res = reconcile(
                 local,
                 reports,
