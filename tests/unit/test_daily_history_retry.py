@@ -128,13 +128,21 @@ SMA = "agent.strategies.sma_cross_daily:SmaCrossDaily"
 REC = f"{__name__}:Recorder"
 
 
-def test_the_cross_days_buy_is_placed_once_history_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def at_the_cross(tmp_path: Path, fails: int) -> tuple[FakeGateway, AgentRuntime, History, Bar]:
+    """The SMA agent started in DAYS[5]'s session after five falling days (DAYS[4] is history to it), the day's
+    up-cross bar published (not delivered yet), the gateway's clock after the close, and its next `fails`
+    history calls timing out: (gateway, runtime, history, the cross)."""
     gw = FakeGateway((A,))
     falling(gw)
-    rt, hist = start(tmp_path, gw, SMA)  # a first start in the session: DAYS[4] is history
-    cross = publish(gw, DAYS[5], 12_000)  # the up-cross
+    rt, hist = start(tmp_path, gw, SMA)
+    cross = publish(gw, DAYS[5], 12_000)
     clock(rt, gw)
-    hist.fails = 1
+    hist.fails = fails
+    return gw, rt, hist, cross
+
+
+def test_the_cross_days_buy_is_placed_once_history_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gw, rt, hist, cross = at_the_cross(tmp_path, fails=1)
     with caplog.at_level(logging.INFO, logger="ktrader.agent"):
         rt._deliver(cross)  # the stream at the close: its warm-up history times out
     assert buys(gw) == [] and hist.asked == 1
@@ -160,12 +168,7 @@ def test_the_cross_days_buy_is_placed_once_history_answers(tmp_path: Path, caplo
 
 
 def test_the_back_off_grows_bounded_and_the_next_morning_still_decides(tmp_path: Path) -> None:
-    gw = FakeGateway((A,))
-    falling(gw)
-    rt, hist = start(tmp_path, gw, SMA)
-    cross = publish(gw, DAYS[5], 12_000)
-    clock(rt, gw)
-    hist.fails = 10
+    gw, rt, hist, cross = at_the_cross(tmp_path, fails=10)
     rt._deliver(cross)
     waits = []
     for _ in range(7):  # the gateway stays silent: each try fails again, further apart, at most a minute
@@ -279,12 +282,7 @@ def test_another_error_keeps_at_most_once(tmp_path: Path) -> None:
 def test_the_day_is_reported_decided_once_a_bar_handed_over_again_was_decided(tmp_path: Path) -> None:
     """The gateway's DAY_CLOSED came while the day's bar waited for history: the day is decided (the agent's
     status) once the retry has handed it over, not before and not never (a desk waiting for it timed out)."""
-    gw = FakeGateway((A,))
-    falling(gw)
-    rt, hist = start(tmp_path, gw, SMA)
-    cross = publish(gw, DAYS[5], 12_000)
-    clock(rt, gw)
-    hist.fails = 1
+    gw, rt, hist, cross = at_the_cross(tmp_path, fails=1)
     rt._deliver(cross)  # on_bar's history times out: kept for a retry
     rt._on_system(SystemEvent(kind=SystemEventKind.DAY_CLOSED, agent="", text=DAYS[5].replace("-", "")))
     assert rt._heartbeat_msg().feed.decided == ""  # its decision is still to come

@@ -63,8 +63,8 @@ class SteppingWallClock(ManualClock):
     machine_wall = True
 
 
-async def test_an_unknown_order_is_not_declared_never_placed_after_a_step_of_the_machine_clock(tmp_path: Path) -> None:
-    clock = SteppingWallClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST))
+async def _unknown(tmp_path: Path, clock: ManualClock) -> Harness:
+    """A submit on `clock` whose outcome is unknown (it never reached KIS), seen by one pass inside its grace."""
     b = LossyBroker()
     h = Harness(tmp_path / "db.sqlite", b, clock=clock)
     h.recon.unknown_grace_ns = GRACE
@@ -73,6 +73,12 @@ async def test_an_unknown_order_is_not_declared_never_placed_after_a_step_of_the
     h.desk.submit(CARD, order(1, qty=5, price=60_000))
     await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN)
     await h.recon.run("test")
+    return h
+
+
+async def test_an_unknown_order_is_not_declared_never_placed_after_a_step_of_the_machine_clock(tmp_path: Path) -> None:
+    clock = SteppingWallClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST))
+    h = await _unknown(tmp_path, clock)
     clock.advance(600)  # NTP steps the clock 10 minutes ahead within a second
     await h.recon.run("test")
     o = h.book.orders[coid(1)]
@@ -88,14 +94,7 @@ async def test_a_market_clock_moving_on_is_time_that_passed(tmp_path: Path) -> N
     """A twin's or a replay's clock (not the machine's) moving ten minutes on is the market's time: the
     grace is over."""
     clock = ManualClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST))
-    b = LossyBroker()
-    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
-    h.recon.unknown_grace_ns = GRACE
-    await h.start()
-    b.unknown_without_placing = True
-    h.desk.submit(CARD, order(1, qty=5, price=60_000))
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.UNKNOWN)
-    await h.recon.run("test")
+    h = await _unknown(tmp_path, clock)
     clock.advance(600)
     await h.recon.run("test")
     o = h.book.orders[coid(1)]
