@@ -92,6 +92,12 @@ class Rig:
             n += 1
         return n
 
+    def drop_spawned(self) -> None:
+        """Forget what the ticks spawned, unrun (closed: a coroutine dropped unawaited is a warning)."""
+        for c in self.spawned:
+            c.close()
+        self.spawned.clear()
+
     def alerted(self, kind: AlertKind | None) -> list[str]:
         return [text for text, k in self.alerts if k is kind]
 

@@ -51,7 +51,7 @@ async def test_mondays_close_leaves_fridays_unread_order_to_fridays_close(tmp_pa
         new = NewOrder(client_order_id="alpha-20261204-1", code=CODE, side=Side.BUY, qty=10, price=60_000)
         assert rig.h.desk.submit(CARD, new).accepted
         await rig.h.settle(lambda: rig.h.book.orders["alpha-20261204-1"].state is OrderState.ACCEPTED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         broker.down = True  # Friday's list unreadable all Monday
         rig.at(at(MONDAY, "08:00"))
         rig.day = rig.new_day()

@@ -80,7 +80,7 @@ async def test_an_end_of_day_flatten_crashed_before_its_sells_goes_on_after_the_
             and rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED
         )
     )
-    rig.spawned.clear()
+    rig.drop_spawned()
     rig.at(at("15:20:05"))
     rig.day.tick()  # the policy: its cancel goes out, the sells wait for it
     assert rig.h.book.orders["flat-20261204-2"].state is OrderState.PENDING_CANCEL and not sells(rig.h, "flat")

@@ -30,7 +30,7 @@ async def test_a_flatten_missed_before_a_weekend_down_is_alerted_and_sold_at_the
         rig.day.tick()
         assert rig.h.desk.submit(flat, order("flat", 1, 30, 70_000)).accepted  # marketable: fills
         await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         rig.at(on(MONDAY, "07:00"))  # down from Friday 15:00 to Monday 07:00
         rig.day = rig.new_day()
         rig.day.tick()
@@ -69,7 +69,7 @@ async def test_a_cancel_missed_before_the_down_time_cancels_what_its_end_would_h
         # Monday's buy held since Friday morning: the 15:20 cancel would have cancelled it
         assert rig.h.desk.submit(canc, order("canc", 1, 10, 69_000, TimeInForce.NEXT_SESSION)).accepted
         assert rig.h.book.orders["canc-20261204-1"].state is OrderState.HELD
-        rig.spawned.clear()
+        rig.drop_spawned()
         rig.at(on(MONDAY, "07:00"))
         rig.day = rig.new_day()
         rig.day.tick()
@@ -93,7 +93,7 @@ async def test_an_agent_registering_after_the_late_close_is_seen_to_before_the_o
         rig.day.tick()
         assert rig.h.desk.submit(flat, order("flat", 1, 30, 70_000)).accepted
         await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         cards.clear()  # not registered when the gateway comes back
         rig.at(on(MONDAY, "07:00"))
         rig.day = rig.new_day()

@@ -62,7 +62,7 @@ async def test_held_orders_wait_for_their_agents_open_orders_of_the_unclosed_day
         assert d.submit(ALPHA, buy("alpha", 2, 69_000, TimeInForce.NEXT_SESSION)).accepted
         assert d.submit(BETA, buy("beta", 1, 69_000, TimeInForce.NEXT_SESSION)).accepted
         await rig.h.settle(lambda: rig.h.book.orders["alpha-20261204-1"].state is OrderState.ACCEPTED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         broker.down = True
         rig.at(at(MONDAY, "08:31"))  # back in Monday's opening call; Friday's list cannot be read
         rig.day = rig.new_day()
@@ -101,7 +101,7 @@ async def test_an_agents_own_held_order_does_not_release_the_held_orders_that_wa
         assert d.submit(ALPHA, buy("alpha", 1, 60_000)).accepted
         assert d.submit(ALPHA, buy("alpha", 2, 69_000, TimeInForce.NEXT_SESSION)).accepted
         await rig.h.settle(lambda: rig.h.book.orders["alpha-20261204-1"].state is OrderState.ACCEPTED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         broker.down = True
         rig.at(at(MONDAY, "08:31"))
         rig.day = rig.new_day()

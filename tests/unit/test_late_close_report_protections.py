@@ -54,7 +54,7 @@ async def test_a_late_closed_fridays_report_lists_the_stop_met_that_day(tmp_path
         assert h.protection.ended["alpha-20261204-1"].state is PS.DONE
         for c in rig.spawned:
             c.close()
-        rig.spawned.clear()
+        rig.drop_spawned()
         rig.at(at(MONDAY, "07:00"))  # down from Friday 15:00 to Monday 07:00
         rig.day = rig.new_day()
         rig.day.protections = h.protection.of  # (the gateway's: ProtectionDesk.of)

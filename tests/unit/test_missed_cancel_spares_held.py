@@ -64,7 +64,7 @@ async def test_a_missed_cancel_cancels_the_days_orders_and_spares_the_evenings(t
         assert d.submit(CARD, buy(1, 60_000)).accepted  # rests below the market
         assert d.submit(CARD, buy(2, 69_000, TimeInForce.NEXT_SESSION)).accepted  # held before the end
         await rig.h.settle(lambda: rig.h.book.orders["eve-20261204-1"].state is OrderState.ACCEPTED)
-        rig.spawned.clear()
+        rig.drop_spawned()
         # the gateway is down over 15:20 and back at 15:45, where the agent places a next-session buy
         # before the first tick
         rig.at(at("15:45"))

@@ -45,7 +45,7 @@ async def friday(rig: Rig) -> None:
             and rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED
         )
     )
-    rig.spawned.clear()
+    rig.drop_spawned()
     rig.at(at("15:30:10"))
     rig.day = rig.new_day()
     rig.day.tick()

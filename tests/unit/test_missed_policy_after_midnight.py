@@ -52,7 +52,7 @@ async def friday_bought_then_down(tmp_path: Path, cards: list[AgentCard], back: 
     await rig.h.settle(lambda: rig.h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
     for c in rig.spawned:
         c.close()
-    rig.spawned.clear()
+    rig.drop_spawned()
     cards.clear()  # the host reboots at 15:00
     rig.at(back)
     rig.day = rig.new_day()  # the operator starts the gateway again

@@ -64,7 +64,7 @@ async def friday(r: Rig) -> None:
         coid = f"alpha-20261204-{n}"
         assert r.h.desk.submit(CARD, NewOrder(client_order_id=coid, code=CODE, side=side, qty=10, price=price)).accepted
     await r.h.settle(lambda: r.h.book.orders["alpha-20261204-2"].state is OrderState.ACCEPTED)
-    r.spawned.clear()  # (nothing of Friday's session is waited for)
+    r.drop_spawned()  # (nothing of Friday's session is waited for)
 
 
 def stored_state(r: Rig) -> OrderState | None:
