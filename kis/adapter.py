@@ -33,7 +33,7 @@ from common.enums import OrderType, SessionProblem, SessionState, Side, TimeInFo
 from common.risk_rules import MARKET_LIKE, ORDER_DIVISIONS
 from common.schema import BrokerHealth
 from kis.budget import Lane, RestBudget
-from kis.credentials import Credentials
+from kis.credentials import Credentials, mask
 from kis.env import KisEnvironment, Path, Tr, environment_for
 from common.schema import Bar, InvestorDay, PriceQuote
 from kis import reference
@@ -47,6 +47,7 @@ from kis.port import (
     BrokerCancel,
     BrokerEvent,
     BrokerModify,
+    BrokerNotice,
     BrokerOrder,
     BrokerOrderReport,
     BrokerPosition,
@@ -168,14 +169,36 @@ class KisBroker(BrokerPort):
             approval=self.rest.approval_key,
             notice_tr=env.notice_tr,
             hts_id=creds.hts_id,
-            emit=self._events.put_nowait,
+            emit=self._emit,
             config=cfg,
             tls=tls,
         )
+        # the notice slot is the HTS ID's: every account under it is told there (a 위탁 and an ISA account
+        # of one person); if KIS numbers each account's orders on its own (UNCONFIRMED), another account's
+        # notice can carry one of our order numbers. Never ours either way
+        self._accounts = frozenset((creds.cano + creds.acnt_prdt_cd, creds.cano))
+        self.others_notices = 0  # notices of another account under the same HTS ID, dropped
         self._start_timeout_s = start_timeout_s
         self._started = False
         self._extra_logged = False
         self._described = False
+
+    def _emit(self, ev: BrokerEvent) -> None:
+        """An event for the gateway: a notice of another account under our HTS ID is not ours (applied, its
+        fill landed on our order of the same number), dropped and counted; one without an account is kept."""
+        if isinstance(ev, BrokerNotice):
+            account = ev.account.strip().replace("-", "")
+            if account and account not in self._accounts:
+                self.others_notices += 1
+                if self.others_notices == 1:
+                    log.warning(
+                        "order notices of another account under this HTS ID are ignored (account %s; "
+                        "only %s is traded here)",
+                        f"{mask(account[:8])}-{account[8:]}",
+                        self._creds.masked_account,
+                    )
+                return
+        self._events.put_nowait(ev)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

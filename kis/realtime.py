@@ -115,6 +115,10 @@ def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
     acpt_yn = f[o + 14]
     is_cancel = rctf == "2"
     is_modify = rctf == "1"
+    if cntg_yn not in ("1", "2"):
+        # neither an acceptance nor a fill: taken for an acceptance, a fill would go unheard until the next
+        # whole reconciliation (a bad record asks for a repair from the order list at once)
+        raise ValueError(f"CNTG_YN {cntg_yn!r} (1 acceptance, 2 fill)")
     if f[o + 12] == "1":
         kind = NoticeKind.REJECTED
     elif cntg_yn == "2":
@@ -130,6 +134,10 @@ def _notice(f: list[str], o: int, width: int) -> BrokerNotice:
     oder_qty = _int(f[o + 16])
     oder_prc = _int(f[o + (22 if legacy else 25)])
     filled = kind is NoticeKind.FILLED
+    if filled and (slot_qty <= 0 or slot_price <= 0):
+        # a fill of nothing, or at no price, is a record that did not read (the state machine refuses it, and
+        # the real fill waited for the next whole reconciliation): a bad record asks for a repair at once
+        raise ValueError(f"fill of {f[o + 9]!r} shares at {f[o + 10]!r}")
     orig = f[o + 3].strip()
     return BrokerNotice(
         kind=kind,

@@ -308,6 +308,13 @@ def reconcile(
             res.alerts.append(f"{coid}: {qty} filled at the broker but missing here: added at {price}")
         if partial:
             continue  # fewer fills, other values, a closed chain: only the whole list can tell
+        if not whole:
+            # a whole pass without a line of this chain: KIS lists every line of the day, so the list is
+            # short (a continuation page lost, answered "no data") or lags a revise. Fewer fills, another
+            # value or a closed chain judged on part of it took real fills back and expired a live order;
+            # the next list that shows every line decides (the day's close expires what stays open, and the
+            # position check still compares the holdings)
+            continue
         if filled < o.filled_qty:
             books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns, age)
         if (

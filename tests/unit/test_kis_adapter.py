@@ -327,3 +327,35 @@ async def test_order_reports_day_query(tmp_path: Path) -> None:
     )
     assert fake.requests[-1].headers["tr_id"] == "TTTC0081R" and r.broker_order_id == "0000000001"
     await b.rest.aclose()
+
+
+@aio
+async def test_a_notice_of_another_account_under_the_hts_id_is_not_ours(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KIS tells every account of an HTS ID on its one notice slot (a person's 위탁 and ISA accounts) and
+    may number each account's orders on its own: a fill of the other account's order 0000002891 was applied to
+    ours of the same number. Only this account's notices reach the gateway (one without an account too);
+    the others are counted, said once, the account masked."""
+    from kis.framebuild import frame, notice26
+    from kis.realtime import FrameParser
+
+    b = broker(tmp_path, FakeKisRest())
+    p = FrameParser()
+
+    def notice(account: str) -> object:
+        fields = notice26(cntg="2", acpt="2", qty="0000000003", price="000071800")
+        fields[1] = account
+        [n] = p.parse(frame("H0STCNI0", [fields]))
+        return n
+
+    for account in ("1234567801", "9876543201", "1234567802", "", "9876543201"):
+        b._emit(notice(account))  # type: ignore[arg-type]
+    got = []
+    while not b._events.empty():
+        got.append(b._events.get_nowait().account)  # type: ignore[union-attr]
+    assert got == ["1234567801", ""]
+    assert b.others_notices == 3
+    said = [r.getMessage() for r in caplog.records if "another account" in r.getMessage()]
+    assert len(said) == 1 and "98******-01" in said[0] and "9876543201" not in said[0], said
+    await b.rest.aclose()

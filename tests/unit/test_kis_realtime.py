@@ -7,7 +7,7 @@ import pytest
 from common.enums import Side
 from kis.crypto import DecryptError, NoticeCipher
 from kis.port import Book, BrokerNotice, HourClass, NoticeKind, Trade
-from kis.realtime import FrameError, FrameParser, parse_control
+from kis.realtime import BadRecord, FrameError, FrameParser, parse_control
 from kis.framebuild import NOTICE23_ACCEPT, NOTICE23_FILL, TRADE_FIELDS_EXAMPLE, book_fields, frame, notice26
 
 KEY = "abcdefghijklmnopabcdefghijklmnop"
@@ -121,6 +121,29 @@ def test_26_field_notices_kinds() -> None:
     assert (fill.fill_qty, fill.fill_price, fill.order_qty, fill.order_price) == (3, 71800, 10, 71900)
     [cx] = p.parse(f"1|H0STCNI9|001|{c.encrypt('^'.join(cases[3][0]))}")
     assert cx.orig_broker_order_id == "0000002891" and cx.is_cancel
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        notice26(cntg="2", acpt="2", qty="", price="000071800"),  # a fill of no shares
+        notice26(cntg="2", acpt="2", qty="-0000000003", price="000071800"),
+        notice26(cntg="2", acpt="2", qty="0000000003", price=""),  # at no price
+        notice26(cntg="", acpt="2", qty="0000000003", price="000071800"),  # neither acceptance nor fill
+    ],
+    ids=["no-qty", "negative-qty", "no-price", "no-cntg-flag"],
+)
+def test_a_notice_whose_fill_does_not_read_is_a_bad_record(fields: list[str]) -> None:
+    """A fill notice with an empty or negative quantity, no price, or an empty CNTG_YN was delivered as a
+    fill the state machine refused (logged at info) or as an acceptance: the real fill went unheard until the
+    next whole reconciliation. A bad record asks for a repair at once (kis/ws.py: a Gap)."""
+    p = FrameParser()
+    with pytest.raises(BadRecord):
+        p.parse(frame("H0STCNI0", [fields]))
+    assert p.bad_records == {"H0STCNI0": 1}
+    good = notice26(odno="0000002892", cntg="2", acpt="2", qty="0000000003", price="000071800")
+    [n] = p.parse(frame("H0STCNI0", [fields, good]))  # the frame's good record still arrives
+    assert isinstance(n, BrokerNotice) and n.kind == NoticeKind.FILLED and n.broker_order_id == "0000002892"
 
 
 def test_notice_batch_and_extra_fields() -> None:

@@ -10,7 +10,19 @@ import pytest
 
 from common.books import apply_fill_value, reprice_value
 from common.enums import Side
-from common.orders import Fill, Order, OrderState, Reprice, ReverseFill, StateError, apply
+from common.orders import (
+    Cancelled,
+    Expire,
+    Fill,
+    Order,
+    OrderState,
+    Replaced,
+    Reprice,
+    RequestReplace,
+    ReverseFill,
+    StateError,
+    apply,
+)
 from common.schema import PositionView
 from kis.port import BrokerAck, BrokerNotice, BrokerOrder, BrokerOrderReport, BrokerUnknownOutcome, NoticeKind
 from server.reconcile import reconcile
@@ -497,3 +509,39 @@ async def test_a_refusal_notice_after_the_acknowledgement_rejects_the_order(tmp_
     assert o.state is OrderState.REJECTED and not o.is_open
     assert h.portfolio.open_orders("alpha") == 0  # nothing reserved for it any more
     await h.close()
+
+
+def test_a_whole_list_without_a_line_of_the_chain_takes_nothing_back_and_closes_nothing() -> None:
+    """A day's list cut short (a continuation page answered "no data": kis/rest.py takes it for the end)
+    missed the revise line that filled: the pass took the 10 shares back (ReverseFill) and expired the
+    order while the account held them, and the agent could buy them again. KIS lists every line of the
+    day: a chain with a line missing is judged by the next list that shows all of it. A fill the lines
+    shown prove is still booked."""
+    grace = 60_000_000_000
+    now = 10**15
+    o = _bought([])  # buy 10 at 70,000 on line 0000000001, revised to 70,100 on 0000000150, filled there
+    o = apply(o, RequestReplace(ts_ns=now - 10 * grace, price=70_100, qty=10))
+    o = apply(o, Replaced(ts_ns=now - 10 * grace, broker_order_id="0000000150", price=70_100, qty=10))
+    fid = "0000000150:093001:10:70100"
+    o = apply(o, Fill(ts_ns=now - 5 * grace, fill_id=fid, qty=10, price=70_100, broker_order_id="0000000150"))
+    original = msgspec.structs.replace(_report("0000000001", 0, 0, 0), side=Side.BUY, remaining_qty=0)
+    revise = msgspec.structs.replace(
+        _report("0000000150", 10, 701_000, 70_100),
+        side=Side.BUY,
+        orig_broker_order_id="0000000001",
+        is_modify=True,
+        price=70_100,
+        remaining_qty=0,
+    )
+    assert reconcile([o], [original, revise], now_ns=now, fill_grace_ns=grace).events == {}  # the whole list
+    short = reconcile([o], [original], now_ns=now, fill_grace_ns=grace)  # the revise line's page lost
+    assert short.events == {} and short.alerts == []
+    # the same short list with a fill on the line shown that the books lack: booked (what a line proves)
+    o2 = _bought([])
+    o2 = apply(o2, RequestReplace(ts_ns=now - 10 * grace, price=70_100, qty=10))
+    o2 = apply(o2, Replaced(ts_ns=now - 10 * grace, broker_order_id="0000000150", price=70_100, qty=10))
+    shown = msgspec.structs.replace(original, filled_qty=2, filled_value=140_000, avg_fill_price=70_000)
+    res = reconcile([o2], [shown], now_ns=now, fill_grace_ns=grace)
+    (fill,) = res.events[coid(1)]
+    assert isinstance(fill, Fill) and (fill.qty, fill.value) == (2, 140_000)
+    assert not any(isinstance(e, (ReverseFill, Expire, Cancelled)) for e in res.events[coid(1)])
