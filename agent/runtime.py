@@ -392,6 +392,9 @@ class AgentRuntime(AgentServicesMixin):
         self._last_ack = 0.0
         self._max_ack_gap = 0.0
         self._hb_sent_at = 0.0
+        # a registration begun and not completed (its Register timed out): the gateway may still take it late
+        # and answer this process's heartbeats, with no subscription, snapshot or replay made here
+        self._unregistered = False
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
@@ -770,6 +773,7 @@ class AgentRuntime(AgentServicesMixin):
         return stamp is not None and stamp != self._stamp
 
     def _connect_and_register(self) -> None:
+        self._unregistered = True  # until the reply is applied below
         self._stamp = self._info_stamp()
         previous = self.info.session if self.info is not None else None
         self.info = self._read_info()
@@ -875,6 +879,7 @@ class AgentRuntime(AgentServicesMixin):
         now = time.monotonic()
         self._last_ack = now
         self._hb_sent_at = 0.0
+        self._unregistered = False
         self.log.info("SNAPSHOT %s", msgspec.json.encode(reply.snapshot).decode())
         if not fresh:
             self._catch_up_after_reregister()
@@ -1471,6 +1476,12 @@ class AgentRuntime(AgentServicesMixin):
             return
         if silent > max(3 * self.lease_s, 2.0):
             self._gateway_lost(silent, f"no reply from the gateway for {silent:.1f}s")
+            return
+        if self._unregistered:
+            # the last attempt's Register timed out, and the gateway (stalled, not gone) took it late: its replies
+            # to heartbeats kept this check quiet while no market data was subscribed (prints stopped, orders
+            # still decided on the last one, nobody told). Registering again with this session is idempotent
+            self._gateway_lost(silent, "the last registration did not complete")
             return
         self._hb_sent_at = now
         self._send(self._heartbeat_msg())

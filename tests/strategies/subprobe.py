@@ -4,7 +4,9 @@ agent receives data (and receives it again after a reconnect) without a log line
 
 Log lines: `SUBPROBE trade CODE N` (N stream trades of CODE so far), `SUBPROBE book CODE N`,
 `SUBPROBE polled CODE N` (N trades synthesised from REST-polled quotes, `tick.polled`), and with
-`watch_s > 0` `SUBPROBE polled_codes CODE...` whenever `ctx.polled_codes` changes ("-" when empty)."""
+`watch_s > 0` `SUBPROBE polled_codes CODE...` whenever `ctx.polled_codes` changes ("-" when empty).
+With `churn_s > 0` it places a buy of 1 share 10 % under the last print every `churn_s`, and cancels it
+the next time: an agent that keeps talking to the gateway (its cancels are acknowledged)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import time
 import msgspec
 
 from agent.strategy import Strategy
+from common.krx import tick_size
 from common.schema import BookTick, TradeTick
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True):
     every_s: float = 0.5  # per code and kind: at most one log line this often
     watch_s: float = 0.0  # > 0: look at ctx.polled_codes this often and log its changes
+    churn_s: float = 0.0  # > 0: a resting buy placed, then cancelled, this often
 
 
 class SubProbe(Strategy):
@@ -29,14 +33,26 @@ class SubProbe(Strategy):
         self.logged: dict[tuple[str, str], float] = {}
         self.ctx.log.info("SUBPROBE start %s", " ".join(self.ctx.card.codes))  # type: ignore[attr-defined]
         self.polled: frozenset[str] = frozenset()
-        if self.params.watch_s > 0:
-            self.ctx.set_timer(self.params.watch_s)
+        self.last: dict[str, int] = {}
+        if self.params.watch_s > 0 or self.params.churn_s > 0:
+            self.ctx.set_timer(self.params.watch_s or self.params.churn_s)
 
     def on_timer(self) -> None:
+        if self.params.churn_s > 0:
+            self._churn()
         now = self.ctx.polled_codes
         if now != self.polled:
             self.polled = now
             self.ctx.log.info("SUBPROBE polled_codes %s", " ".join(sorted(now)) or "-")
+
+    def _churn(self) -> None:
+        if self.ctx.open_orders:
+            for coid in list(self.ctx.open_orders):
+                self.ctx.cancel(coid)
+            return
+        for code, price in self.last.items():
+            under = price * 9 // 10
+            self.ctx.buy(code, 1, under - under % tick_size(under), reason="churn")
 
     def _seen(self, kind: str, code: str) -> None:
         key = (kind, code)
@@ -47,6 +63,7 @@ class SubProbe(Strategy):
             self.ctx.log.info("SUBPROBE %s %s %d", kind, code, n)
 
     def on_trade(self, tick: TradeTick) -> None:
+        self.last[tick.code] = tick.price
         self._seen("polled" if tick.polled else "trade", tick.code)
 
     def on_book(self, book: BookTick) -> None:

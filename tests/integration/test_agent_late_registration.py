@@ -1,0 +1,74 @@
+"""A gateway that stalls (SIGSTOP, a long GC pause, a disk that hangs) longer than an agent's patience: the
+agent's Register times out after 3 s and stays queued on its socket; the gateway, running again, takes it
+late and answers the agent's heartbeats. The agent then looked healthy (online, heartbeats answered, orders
+taken) with no market data subscribed, no snapshot and no replay: prints stopped and its strategy went on
+deciding on the last one, and nothing told anyone. It must register again and get its prints back.
+
+Real processes on loopback: the KIS twin, the gateway on it, one agent; read from the agent's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
+from tools.ops.procs import child_env, ktrader_cmd, twin_args
+
+pytestmark = pytest.mark.integration
+
+CODE = "000660"
+CARD = f"""
+id = "late"
+name = "late"
+strategy = "tests.strategies.subprobe:SubProbe"
+codes = ["{CODE}"]
+budget = 1_000_000
+[subscriptions]
+trades = true
+[params]
+every_s = 0.2
+churn_s = 0.3
+"""
+
+
+def test_an_agent_whose_registration_the_stalled_gateway_took_late_gets_its_prints_back(
+    tmp_path: Path, procs: Procs
+) -> None:
+    twin = subprocess.Popen(
+        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "twin.err", "wb"),
+        env=child_env(),
+        start_new_session=True,
+    )
+    procs.procs.append(twin)
+    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
+    card = tmp_path / "late.toml"
+    card.write_text(CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="late")
+
+    def trades_since(offset: int) -> bool:
+        return re.search(rf"SUBPROBE trade {CODE} \d+", procs.log(agent)[offset:]) is not None
+
+    wait_for(lambda: trades_since(0), 30, what="trades reach the agent")
+    snapshots = procs.log(agent).count("SNAPSHOT")
+    os.kill(gateway.pid, signal.SIGSTOP)
+    try:
+        # the agent gives up on the gateway (3 leases of silence), registers, and that Register times out
+        wait_for(lambda: "gateway not back yet" in procs.log(agent), 30, what="the agent's Register times out")
+    finally:
+        os.kill(gateway.pid, signal.SIGCONT)  # ... and the gateway takes it late
+    resumed_at = len(procs.log(agent))
+    wait_for(lambda: procs.log(agent).count("SNAPSHOT") > snapshots, 20, what="the agent registers again")
+    wait_for(lambda: trades_since(resumed_at), 20, what="trades reach the agent again")
+    assert "the last registration did not complete" in procs.log(agent)
+    assert agent.poll() is None and gateway.poll() is None
