@@ -308,6 +308,10 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
     return OrderResult(client_order_id=order.client_order_id, accepted=False, code=code, message=why)
 
 
+# run once (a warm-up may take long, asking the gateway for history as it goes): not "slow", whatever they take
+_ONE_OFF_CALLBACKS = frozenset({"on_start", "on_stop"})
+
+
 class AgentRuntime(AgentServicesMixin):
     """Also the strategy's Context (see agent.strategy.Context); kv state, queries and the book
     summary come from AgentServicesMixin (agent/services.py)."""
@@ -395,6 +399,7 @@ class AgentRuntime(AgentServicesMixin):
         # a registration begun and not completed (its Register timed out): the gateway may still take it late
         # and answer this process's heartbeats, with no subscription, snapshot or replay made here
         self._unregistered = False
+        self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
@@ -2044,6 +2049,17 @@ class AgentRuntime(AgentServicesMixin):
             if isinstance(pub.body, Bar):
                 self._fill_bar_gap(pub.body)  # the bars a gap lost before it go first
             self._on_pub(pub)
+            self._keep_lease()
+
+    def _keep_lease(self) -> None:
+        """Between the deliveries of one drain, a heartbeat that fell due goes out: a strategy slower than the
+        prints took a whole batch past the gateway's lease, was let go (its market data released) and registered
+        again, over and over, its log blaming the gateway ("no reply"). Only the heartbeat: the loop's own check
+        (a silent gateway, a registration to complete) runs after the batch."""
+        now = time.monotonic()
+        if now >= self._hb_sent_at + self.heartbeat_s and not self._unregistered:
+            self._hb_sent_at = now
+            self._send(self._heartbeat_msg())
 
     def _fill_bar_gap(self, bar: Bar) -> None:
         """The bars a gap on `bar`'s topic lost just before it (agent/marketfeed.py BarGap), if any: fetched from the
@@ -2167,6 +2183,7 @@ class AgentRuntime(AgentServicesMixin):
         mark = len(self._outbox)
         self._callbacks += 1
         failed: Exception | None = None
+        started = time.monotonic()
         try:
             getattr(self.strategy, name)(*args)
         except Exception as e:
@@ -2196,9 +2213,29 @@ class AgentRuntime(AgentServicesMixin):
                     self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
         finally:
             self._callbacks -= 1
+            self._timed(name, time.monotonic() - started)
         if not self._callbacks:
             self._flush()
         return failed
+
+    def _timed(self, name: str, took: float) -> None:
+        """A callback that ran past half the gateway's lease is said (at most once a minute): the agent is late
+        on its data and, past the whole lease, the gateway lets it go; the log said only "no reply from the
+        gateway". (Gateway calls inside it heartbeat while they wait: agent/services.py.)"""
+        if took <= self.lease_s / 2 or self.lease_s <= 0 or name in _ONE_OFF_CALLBACKS:
+            return
+        self._slow_calls += 1
+        now = time.monotonic()
+        if now >= self._slow_said_at + 60.0:
+            self._slow_said_at = now
+            self.log.warning(
+                "%s took %.1f s (the gateway's lease is %.1f s; %d slow callbacks so far): the strategy falls behind "
+                "its data and the gateway may let the agent go; do less per call, or conflate its subscriptions",
+                name,
+                took,
+                self.lease_s,
+                self._slow_calls,
+            )
 
     def _history_skipped(self, name: str, e: HistoryUnavailable) -> None:
         """A callback ended by ctx.history() failing: that decision is skipped (its new orders and revises

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
+from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
 from tools.ops.procs import child_env, ktrader_cmd, twin_args
 
 pytestmark = pytest.mark.integration
@@ -72,3 +72,44 @@ def test_an_agent_whose_registration_the_stalled_gateway_took_late_gets_its_prin
     wait_for(lambda: trades_since(resumed_at), 20, what="trades reach the agent again")
     assert "the last registration did not complete" in procs.log(agent)
     assert agent.poll() is None and gateway.poll() is None
+
+
+SLOW_CARD = f"""
+id = "slow"
+name = "slow"
+strategy = "tests.strategies.subprobe:SubProbe"
+codes = ["{CODE}"]
+[subscriptions]
+trades = true
+[params]
+every_s = 0.2
+slow_s = 0.7
+"""
+
+
+def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_path: Path, procs: Procs) -> None:
+    """on_trade taking 0.7 s against a 1 s lease, prints every 0.2 s: each drain of the SUB socket took several
+    seconds, the heartbeat went out only after it, and the gateway let the agent go (its market data released)
+    and took it back, over and over, the agent's log blaming the gateway. Heartbeats go between deliveries, and
+    the log says which callback is slow."""
+    twin = subprocess.Popen(
+        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "twin.err", "wb"),
+        env=child_env(),
+        start_new_session=True,
+    )
+    procs.procs.append(twin)
+    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
+    card = tmp_path / "slow.toml"
+    card.write_text(SLOW_CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="slow")
+    wait_for(lambda: "on_trade took" in procs.log(agent), 30, what="the slow callback is said")
+    holds_for(lambda: "lease expired" not in procs.log(gateway), 8.0, interval=0.2, what="the agent's lease")
+    log = procs.log(agent)
+    assert "the gateway's lease is 1.0 s" in log and "conflate" in log
+    assert log.count("on_trade took") == 1  # said once a minute, not per call
+    assert "reconnecting" not in log

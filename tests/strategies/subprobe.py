@@ -6,7 +6,8 @@ Log lines: `SUBPROBE trade CODE N` (N stream trades of CODE so far), `SUBPROBE b
 `SUBPROBE polled CODE N` (N trades synthesised from REST-polled quotes, `tick.polled`), and with
 `watch_s > 0` `SUBPROBE polled_codes CODE...` whenever `ctx.polled_codes` changes ("-" when empty).
 With `churn_s > 0` it places a buy of 1 share 10 % under the last print every `churn_s`, and cancels it
-the next time: an agent that keeps talking to the gateway (its cancels are acknowledged)."""
+the next time: an agent that keeps talking to the gateway (its cancels are acknowledged). With `slow_s > 0`
+each on_trade sleeps that long."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
     every_s: float = 0.5  # per code and kind: at most one log line this often
     watch_s: float = 0.0  # > 0: look at ctx.polled_codes this often and log its changes
     churn_s: float = 0.0  # > 0: a resting buy placed, then cancelled, this often
+    slow_s: float = 0.0  # each on_trade takes this long (a strategy slower than its prints)
 
 
 class SubProbe(Strategy):
@@ -64,6 +66,8 @@ class SubProbe(Strategy):
 
     def on_trade(self, tick: TradeTick) -> None:
         self.last[tick.code] = tick.price
+        if self.params.slow_s:
+            time.sleep(self.params.slow_s)  # the test's slow strategy, not a hot path
         self._seen("polled" if tick.polled else "trade", tick.code)
 
     def on_book(self, book: BookTick) -> None:
