@@ -120,8 +120,8 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
 
     wait_for(alpha_back, 10, interval=0.05, what="alpha re-registered")
     back_after = time.monotonic() - t0
-    # From the restart command to registered, Python's start-up included.
-    assert back_after < 2.0, f"alpha took {back_after:.2f}s to come back"
+    # From the restart command to registered, Python's start-up included (seconds under a loaded CI box).
+    assert back_after < 5.0, f"alpha took {back_after:.2f}s to come back"
     print(f"alpha back {back_after:.2f}s after the restart")
 
     snap = wait_for(lambda: snapshots(procs.log(a2)), 5, what="alpha2 snapshot line")[-1]
@@ -179,7 +179,7 @@ def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: 
         interval=0.05,
         what="alpha back on the new gateway",
     )
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 5.0
     assert s.pid == a.pid and s.open_orders == 1 and s.orders_today == 2 and s.fills == 1
     st = fetch_status(run)
     assert st.gateway_pid == gw2.pid and st.fills_today == 1

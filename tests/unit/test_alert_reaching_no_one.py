@@ -123,6 +123,7 @@ async def test_a_halt_no_channel_delivers_makes_the_dead_mans_switch_page(
     try:
         assert n.tick() == []
         await until(lambda: hc.paths() == [OK])  # alive, all well
+        await until(lambda: n.status()["hb|pings"] == 1)  # (its reply read: the next tick may ping)
         n.alert(AlertKind.HALT, "gateway is halted: 3 cancels sent (by ktrader-web)")
         clock.advance(nm.OUTAGE_ALERT_S - 1)
         n.tick()
@@ -144,6 +145,7 @@ async def test_a_halt_no_channel_delivers_makes_the_dead_mans_switch_page(
         clock.advance(300)  # still undelivered: every period, the failure URL again
         n.tick()
         await until(lambda: hc.paths() == [OK, FAIL, FAIL])
+        await until(lambda: n.status()["hb|fail_pings"] == 2)  # (its reply read: a tick meanwhile skips a ping)
         # delivered at last: the success URL again, at once
         telegram.down = False
         clock.advance(nm.BACKOFF_MAX_S)
@@ -167,10 +169,10 @@ async def test_one_channel_down_the_other_delivers_and_says_so(hc: HealthChecks)
     try:
         n.alert(AlertKind.HALT, "gateway is halted: 3 cancels sent (by ktrader-web)")
         await until(lambda: len(mail.sent) == 1)
-        for _ in range(3):  # 90 s: the halt reached a person by mail, so the dead-man's switch is not paged
+        for i in range(3):  # 90 s: the halt reached a person by mail, so the dead-man's switch is not paged
             clock.advance(30)
             n.tick()
-            await asyncio.sleep(0.3)
+            await until(lambda i=i: n.status()["hb|pings"] == i + 1)  # (a tick while one is in flight skips its ping)
         await until(lambda: len(hc.pings) == 3)
         assert FAIL not in hc.paths()
         n.alert(AlertKind.DAILY_LOSS, "agent-a reached its daily loss limit: reducing only")

@@ -142,7 +142,8 @@ async def test_a_list_that_lags_leaves_it_pending_after_two_looks_without_anothe
     broker.lag = True
     assert h.desk.cancel("alpha", coid(1))[0] is None
     assert h.desk.cancel("alpha", coid(2))[0] is None
-    await asyncio.sleep(1.0)
+    await h.settle(lambda: h.core.inquiry.cancel_looks >= 4)
+    await asyncio.sleep(0.7)  # past the last look's delay (0.6 s): no further look comes
     # the REST reply and the 접수 notice of each cancel armed its looks once: two looks each, the orders due
     # together sharing a read of the list
     assert h.core.inquiry.cancel_looks == 4 and 2 <= h.recon.resolves <= 4

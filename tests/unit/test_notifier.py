@@ -56,6 +56,7 @@ async def test_every_kind_reaches_every_channel_once(sinks, monkeypatch) -> None
                 len(plain.bodies) == k and len(telegram.bodies) == k and len(slack.bodies) == k and len(smtp.mails) == k
             )
         )
+        await until(lambda: n.counters["sent"] == 4 * k)  # (counted once each reply is read: after the sink's hit)
         await asyncio.sleep(0.2)  # nothing more arrives
         assert (len(plain.bodies), len(telegram.bodies), len(slack.bodies), len(smtp.mails)) == (k, k, k, k)
         assert sorted(b["kind"] for b in plain.bodies) == sorted(a.value for a in AlertKind)

@@ -192,7 +192,8 @@ async def test_the_wait_a_receiver_asks_for_is_honoured(status: int, headers: di
     task = asyncio.create_task(n.run())
     try:
         assert n.alert(AlertKind.KILL_SWITCH, "kill switch: 5 broker errors in 60s")
-        await until(lambda: len(sink.hits) == 1)
+        # (the failed try, not the sink's hit: the wait asked is set when the reply is read)
+        await until(lambda: len(sink.hits) == 1 and n.counters["failed"] == 1)
         for _ in range(5):  # 25 s: well past the back-off (1, 2, 4 s), short of the 30 s asked
             clock.advance(5.0)
             await settle(0.25)
@@ -225,7 +226,7 @@ async def test_a_huge_retry_after_is_bounded() -> None:
     task = asyncio.create_task(n.run())
     try:
         n.alert(AlertKind.HALT, "halted by op")
-        await until(lambda: len(sink.hits) == 1)
+        await until(lambda: len(sink.hits) == 1 and n.counters["failed"] == 1)  # (the reply read, its wait set)
         clock.advance(nm.RETRY_AFTER_MAX_S - 5)
         await settle()
         assert len(sink.hits) == 1

@@ -39,8 +39,9 @@ def test_an_agent_waiting_for_its_gateway_restarts_as_soon_as_the_gateway_is_rea
         assert "restarting in 30.0s" in s.reason, s.reason
         time.sleep(0.3)  # (well into its back-off)
         ready = _gateway_writes_its_file(run, "new")
-        wait_for(lambda: len(start_times(starts)) == 2, 3, what="the agent restarted for the new gateway")
-        assert start_times(starts)[1] - ready < 1.0, "joined the gateway promptly, not at the end of its back-off"
+        wait_for(lambda: len(start_times(starts)) == 2, 10, what="the agent restarted for the new gateway")
+        # (a Python start under load takes seconds; the back-off it must not sit out is 30 s)
+        assert start_times(starts)[1] - ready < 5.0, "joined the gateway promptly, not at the end of its back-off"
         assert s.state is ProcState.RUNNING and s.restarts == 1, (s.state, s.reason)
     finally:
         sup.stop_all()
@@ -65,7 +66,7 @@ def test_a_gateway_ready_as_the_agent_gave_up_is_joined_at_once(tmp_path: Path) 
     sup = Supervisor(run, policy=LONG, command=command)
     try:
         s = sup.start(card_file(tmp_path, "patient"))
-        wait_for(lambda: len(start_times(starts)) == 1, 3, what="the agent restarted for the gateway")
+        wait_for(lambda: len(start_times(starts)) == 1, 10, what="the agent restarted for the gateway")
         assert s.state is ProcState.RUNNING and s.restarts == 1, (s.state, s.reason)
     finally:
         sup.stop_all()
