@@ -18,6 +18,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
@@ -308,6 +309,13 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
     return OrderResult(client_order_id=order.client_order_id, accepted=False, code=code, message=why)
 
 
+# a storm of orders the gateway denies (a strategy retrying a refused order on every print: each denial is
+# journaled, ~1.7 KB, and logged twice here) pauses the agent: DENIAL_STORM of them within DENIAL_WINDOW_S. Not the
+# denials that end by themselves with the clock (the card's schedule, a closed market)
+DENIAL_STORM = 100
+DENIAL_WINDOW_S = 60.0
+_WAITING_DENIALS = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED})
+
 # run once (a warm-up may take long, asking the gateway for history as it goes): not "slow", whatever they take
 _ONE_OFF_CALLBACKS = frozenset({"on_start", "on_stop"})
 
@@ -400,6 +408,7 @@ class AgentRuntime(AgentServicesMixin):
         # and answer this process's heartbeats, with no subscription, snapshot or replay made here
         self._unregistered = False
         self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
+        self._denials: deque[float] = deque()  # when the gateway denied orders, within DENIAL_WINDOW_S
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
@@ -1747,6 +1756,8 @@ class AgentRuntime(AgentServicesMixin):
         that blocks a strategy waiting for it): when the gateway made no order of it (e.g. an id of
         another trading day), it ends DENIED here with the gateway's code and the strategy is told."""
         self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
+        if r.code is not None and r.code.value.startswith("DENIED_") and r.code not in _WAITING_DENIALS:
+            self._count_denial(r)
         if r.code is ErrorCode.WRONG_DAY:
             self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
         prot = self._protections.get(r.client_order_id)
@@ -1761,6 +1772,18 @@ class AgentRuntime(AgentServicesMixin):
             )
             self.orders[r.client_order_id] = denied
             self._call("on_order", denied)
+
+    def _count_denial(self, r: OrderResult) -> None:
+        now = time.monotonic()
+        denials = self._denials
+        denials.append(now)
+        while denials and denials[0] < now - DENIAL_WINDOW_S:
+            denials.popleft()
+        if len(denials) >= DENIAL_STORM and not self.paused:
+            self._pause(
+                f"{len(denials)} orders denied within {DENIAL_WINDOW_S:.0f} s, the last {r.code}: {r.message[:80]} "
+                "(a strategy retrying orders the gateway refuses)"
+            )
 
     def _ack_seen(self) -> None:
         now = time.monotonic()
@@ -2170,8 +2193,9 @@ class AgentRuntime(AgentServicesMixin):
         self.paused, self._pause_why = True, why[:200]
         self._pause_n += 1
         self.log.error(
-            "PAUSED after a strategy error: no new orders (sells of held shares, protective orders and cancels "
-            "still go) until the operator resumes it (ktrader control resume --agent %s)",
+            "PAUSED (%s): no new orders (sells of held shares, protective orders and cancels still go) until the "
+            "operator resumes it (ktrader control resume --agent %s)",
+            self._pause_why,
             self.agent_id,
         )
         self._hb_sent_at = 0.0  # the gateway hears it with the next loop's heartbeat

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.schema import AgentStatus
-from tests.conftest import ROOT, Procs, approve, wait_for
+from tests.conftest import ROOT, Procs, approve, holds_for, wait_for
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def test_a_paused_agent_sends_nothing_until_the_operator_resumes_it(tmp_path: Pa
     card.write_text(CARD)
     approve(run, card)
     agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="pp")
-    wait_for(lambda: "PAUSED after a strategy error" in procs.log(agent), 20, what="the agent pauses")
+    wait_for(lambda: "PAUSED (" in procs.log(agent), 20, what="the agent pauses")
     assert "PAUSEPROBE leg1" in procs.log(agent)
     wait_for(lambda: _agent(run).feed.paused, 10, what="the pause in the operator's status")
     status = _agent(run)
@@ -58,3 +58,41 @@ def test_a_paused_agent_sends_nothing_until_the_operator_resumes_it(tmp_path: Pa
     wait_for(lambda: "PAUSEPROBE placed" in procs.log(agent), 10, what="the agent trades again")
     wait_for(lambda: _agent(run).orders_today == 1 and not _agent(run).feed.paused, 10, what="status after resume")
     assert _agent(run).trading_state == "active" and agent.poll() is None
+
+
+STORM_CARD = """
+id = "storm"
+name = "storm"
+strategy = "tests.strategies.deny_storm:DenyStorm"
+codes = ["005930"]
+budget = 100_000
+"""
+
+
+def test_a_strategy_retrying_a_denied_order_on_every_tick_pauses_itself(tmp_path: Path, procs: Procs) -> None:
+    """A buy over the budget retried every 10 ms: each denial was journaled (intent, context, reason) and logged
+    twice, without end (the hunt measured ~5 MB/s of store). After DENIAL_STORM denials in a minute the agent
+    pauses itself, as after a strategy error: its orders stop at the source, a person is told, resume lifts it."""
+    from agent.runtime import DENIAL_STORM
+
+    run = tmp_path / "run"
+    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    card = tmp_path / "storm.toml"
+    card.write_text(STORM_CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="storm")
+    wait_for(lambda: "PAUSED (" in procs.log(agent), 30, what="the agent pauses itself")
+    log = procs.log(agent)
+    assert f"{DENIAL_STORM} orders denied within 60 s, the last DENIED_BUDGET" in log, log[-2000:]
+    wait_for(lambda: "orders denied" in _agent_named(run, "storm").feed.paused, 10, what="the pause in the status")
+    st = _agent_named(run, "storm")
+    assert st.trading_state == "reducing"
+    stored = st.orders_today
+    assert DENIAL_STORM <= stored < DENIAL_STORM + 20  # (the few in flight when it paused)
+    holds_for(lambda: _agent_named(run, "storm").orders_today == stored, 1.0, what="no order reaches the gateway")
+    assert agent.poll() is None
+
+
+def _agent_named(run: Path, agent: str) -> AgentStatus:
+    return next(a for a in fetch_status(run, 3.0).agents if a.id == agent)
