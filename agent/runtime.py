@@ -94,7 +94,7 @@ from common.schema import (
     SystemEvent,
 )
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
-from common.schema import UniverseUpdate
+from common.schema import ERROR_TEXT_MAX_CHARS, UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import (
     STATE_RESERVED_MAX_BYTES,
@@ -409,6 +409,8 @@ class AgentRuntime(AgentServicesMixin):
         self._unregistered = False
         self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
         self._denials: deque[float] = deque()  # when the gateway denied orders, within DENIAL_WINDOW_S
+        self._last_error = ""  # the latest strategy error (the heartbeat tells it)
+        self._errors_seen: dict[str, list[float]] = {}  # error text -> [times, when last said]
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
@@ -1506,6 +1508,7 @@ class AgentRuntime(AgentServicesMixin):
             h=self.headers(),
             max_ack_gap_ms=int(self._max_ack_gap * 1000),
             errors=self.errors,
+            last_error=self._last_error,
             feed=FeedHealth(
                 gaps=self.feed.stats.gaps,
                 heals=self.feed.stats.heals,
@@ -2229,7 +2232,7 @@ class AgentRuntime(AgentServicesMixin):
                 self.log.log(level, "%s ended by %s: %s (not counted as a strategy error)", name, e.code, e)
             else:
                 self.errors += 1
-                self.log.exception("strategy error in %s", name)
+                self._said_error(name, e)
                 if self.card.on_error is OnError.PAUSE:
                     self._pause(f"{type(e).__name__} in {name}: {e}")
                 elif self.card.on_error is OnError.STOP:
@@ -2241,6 +2244,24 @@ class AgentRuntime(AgentServicesMixin):
         if not self._callbacks:
             self._flush()
         return failed
+
+    def _said_error(self, name: str, e: Exception) -> None:
+        """A strategy error: its traceback the first time, then (the same error again, as a callback raising on
+        every print does) one line a minute with the count; the heartbeat tells the operator's status."""
+        text = f"{type(e).__name__} in {name}: {e}"
+        self._last_error = text[:ERROR_TEXT_MAX_CHARS]
+        seen = self._errors_seen.get(text)
+        now = time.monotonic()
+        if seen is None:
+            if len(self._errors_seen) >= 256:
+                self._errors_seen.clear()  # (errors whose text changes each time: each is new)
+            self._errors_seen[text] = [1, now]
+            self.log.exception("strategy error in %s", name)
+            return
+        seen[0] += 1
+        if now >= seen[1] + 60.0:
+            seen[1] = now
+            self.log.error("strategy error again (%d times so far): %s", seen[0], text[:300])
 
     def _timed(self, name: str, took: float) -> None:
         """A callback that ran past half the gateway's lease is said (at most once a minute): the agent is late

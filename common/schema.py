@@ -53,6 +53,7 @@ Qty = Annotated[int, msgspec.Meta(gt=0, le=100_000_000)]
 CONTEXT_MAX_KEYS = 64
 CONTEXT_MAX_CHARS = 256  # a key or a string value
 REASON_MAX_CHARS = 500
+ERROR_TEXT_MAX_CHARS = 200  # a strategy error as an agent's heartbeat tells it
 ContextKey = Annotated[str, msgspec.Meta(max_length=CONTEXT_MAX_CHARS)]
 ContextValue = Union[
     Annotated[str, msgspec.Meta(max_length=CONTEXT_MAX_CHARS)], int, float, bool, None
@@ -206,6 +207,8 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     max_ack_gap_ms: NonNegInt = 0  # the worst gap between heartbeat replies this agent has seen
     errors: NonNegInt = 0  # strategy errors so far
     feed: FeedHealth = msgspec.field(default_factory=FeedHealth)
+    # the latest of them ("ValueError in on_trade: ..."): the operator's status shows it, not only a count
+    last_error: Annotated[str, msgspec.Meta(max_length=ERROR_TEXT_MAX_CHARS)] = ""
 
 
 class Unregister(_Msg, tag="unregister", frozen=True):

@@ -12,12 +12,15 @@ import datetime as dt
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from common.market_clock import MarketClock
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.schema import FillUpdate, FillView, OrderView, PositionMark, PositionView
+
+if TYPE_CHECKING:
+    from server.registry import AgentRecord
 from common.views import order_view
 from server.store import Store
 
@@ -105,12 +108,17 @@ def account_positions(portfolio: Portfolio) -> list[PositionMark]:
     return rows
 
 
-def last_error(orders: dict[str, Order], agent: str) -> str:
-    """The newest denial or rejection among the agent's orders in memory ("" when none)."""
+def last_error(orders: dict[str, Order], agent: str, rec: AgentRecord | None = None) -> str:
+    """The newest denial or rejection among the agent's orders in memory, or its strategy's latest error when
+    that came later (`rec`: its registration; "" when none). A strategy raising on every print showed nothing
+    here (its count only in `status --json`)."""
     worst = None
     for o in orders.values():
         if o.agent == agent and o.state in _REFUSED and (worst is None or o.updated_ns > worst.updated_ns):
             worst = o
+    if rec is not None and rec.last_error and (worst is None or rec.error_ns >= worst.updated_ns):
+        times = f" (x{rec.errors})" if rec.errors > 1 else ""
+        return f"strategy error{times}: {rec.last_error}"[:120]
     if worst is None:
         return ""
     return f"{worst.reason_code or worst.state.value}: {worst.reason}"[:120]

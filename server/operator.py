@@ -297,7 +297,7 @@ class Operator:
                     positions=marked,
                     unrealized_pnl=sum(p.unrealized_pnl for p in marked),
                     rate_quota_per_s=card.rate_quota_per_s if card else 0.0,
-                    last_error=console_views.last_error(book.orders, agent),
+                    last_error=console_views.last_error(book.orders, agent, rec),
                     feed=rec.feed if rec else FeedHealth(),
                     position_value=sum(p.mark * p.qty if p.mark else p.cost for p in marked if p.qty),
                     last_fill=last_fill.get(agent),

@@ -241,7 +241,9 @@ class AgentSessions:
                 message=f"your lease expired ({rec.state.value}): register again",
             )
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
-        rec.errors = msg.errors
+        if msg.errors != rec.errors or msg.last_error != rec.last_error:
+            rec.error_ns = market_ns(self.book.clock) if msg.last_error else 0
+        rec.errors, rec.last_error = msg.errors, msg.last_error
         rec.feed = msg.feed
         lifted = self._note_pause(rec, msg.feed, msg.h.sid)
         clock = self.book.clock

@@ -96,3 +96,33 @@ def test_a_strategy_retrying_a_denied_order_on_every_tick_pauses_itself(tmp_path
 
 def _agent_named(run: Path, agent: str) -> AgentStatus:
     return next(a for a in fetch_status(run, 3.0).agents if a.id == agent)
+
+
+RAISER_CARD = """
+id = "raiser"
+name = "raiser"
+strategy = "tests.strategies.deny_storm:Raiser"
+codes = ["005930"]
+on_error = "continue"
+"""
+
+
+def test_a_strategy_raising_on_every_call_shows_in_the_status_and_logs_one_traceback(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """A callback raising every time: the status and the console's "last error" were empty (the count only in
+    `status --json`), and the agent's log took a full traceback per call. Now the status names the error and
+    how often, and the log has its traceback once, then a line a minute."""
+    run = tmp_path / "run"
+    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    card = tmp_path / "raiser.toml"
+    card.write_text(RAISER_CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="raiser")
+    wait_for(lambda: _agent_named(run, "raiser").errors >= 20, 30, what="the errors counted in the status")
+    last = _agent_named(run, "raiser").last_error
+    assert last.startswith("strategy error (x") and "ValueError in on_timer: my signal divided by a zero" in last
+    log = procs.log(agent)
+    assert log.count("Traceback") == 1 and log.count("strategy error in on_timer") == 1, log[-3000:]
+    assert agent.poll() is None

@@ -1,4 +1,4 @@
-"""A strategy for integration tests with a bug users write: it retries, on every timer tick, a buy the gateway
+"""Strategies for integration tests with the bugs users write. DenyStorm retries, on every timer tick, a buy the gateway
 refuses (over its budget), as fast as the timer goes. Logs `DENYSTORM sent N` every 50 orders."""
 
 from __future__ import annotations
@@ -26,3 +26,13 @@ class DenyStorm(Strategy):
         self.sent += 1
         if self.sent % 50 == 0:
             self.ctx.log.info("DENYSTORM sent %d", self.sent)
+
+
+class Raiser(Strategy):
+    """The other bug: a callback that raises the same error every time (every 20 ms here)."""
+
+    def on_start(self) -> None:
+        self.ctx.set_timer(0.02)
+
+    def on_timer(self) -> None:
+        raise ValueError("my signal divided by a zero volume")
