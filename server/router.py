@@ -41,6 +41,10 @@ ToolHandler = Callable[[bytes, Any], Message | None]
 AgentHandler = Callable[[AgentRecord, bytes, Any], Message | None]
 
 
+# messages one loop turn takes from the ROUTER socket (server/group_commit.py commits once per turn)
+DRAIN_PER_TURN = 512
+
+
 class Router:
     def __init__(
         self,
@@ -127,13 +131,20 @@ class Router:
     # ---- receive -----------------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Read every message the ROUTER holds. ZMQ's FD is edge-triggered, so we loop until
-        EVENTS says there is nothing left (sends can consume the edge, see _schedule_recheck)."""
+        """Read the messages the ROUTER holds. ZMQ's FD is edge-triggered, so we loop until
+        EVENTS says there is nothing left (sends can consume the edge, see _schedule_recheck), at most
+        DRAIN_PER_TURN of them in one loop turn: the rest in the next (one agent's flood of requests, up to
+        the socket's 10,000, held the loop for seconds: broker events, timers and other agents waited)."""
         self._recheck_scheduled = False
         sock = self.sock
         if sock is None:
             return
+        budget = DRAIN_PER_TURN
         while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if budget <= 0:
+                self._schedule_recheck()
+                return
+            budget -= 1
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=not self._zap)
             except zmq.Again:
