@@ -615,11 +615,19 @@ class KisRest:
         tr_cont = ""
         params = dict(params)
         sent: set[tuple[str, str]] = set()  # continuation keys already asked for
+        asked_again = False
         for _ in range(max_pages):
             page = await self.request(
                 "GET", path, tr_id, type_, params=params, kind=Kind.READ, lane=lane, caller=caller, tr_cont=tr_cont
             )
             body = page.body
+            if tr_cont == "N" and not asked_again and not _rows(body):
+                # a continuation answered with nothing ("no data", or no rows): the end, or a page KIS lost on
+                # the way (the list then lacks its lines: server/reconcile.py judges no chain on part of it).
+                # Asked once more: a page lost once is back; an end stays an end
+                asked_again = True
+                log.info("%s: continuation page %d came back empty: asked once more", path, len(pages) + 1)
+                continue
             pages.append(body)  # type: ignore[arg-type]
             if page.tr_cont not in ("F", "M") or not isinstance(body, Paged):
                 return pages

@@ -198,7 +198,39 @@ async def test_order_reports_end_at_a_page_that_says_more_but_brings_no_rows(tmp
         reports = await b.order_reports(dt.date(2024, 1, 2))
     finally:
         await b.rest.aclose()
-    assert len(calls) == 2 and len(reports) == 1  # the empty page ends it: what came is kept
+    assert len(calls) == 3 and len(reports) == 1  # the empty page, asked once more, ends it: what came is kept
+
+
+@aio
+async def test_a_continuation_answered_no_data_once_is_asked_again(tmp_path: Path) -> None:
+    """Page 2 of the day's orders answered rt_cd 7 / KIOK0560 ("no data") once: it was taken for the end,
+    and the list lacked page 2's lines (a reconciliation then judged their orders on part of their chain).
+    Asked once more, the page comes."""
+    calls: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/oauth2/tokenP":
+            return httpx.Response(200, json=TOKEN)
+        calls.append(req.headers.get("tr_cont", ""))
+        if len(calls) == 1:
+            body = {"output1": order_rows(1), "output2": {}, "ctx_area_fk100": "fk".ljust(100)}
+            return kis_reply({**body, "ctx_area_nk100": "0000000001".ljust(100)}, "M")
+        if len(calls) == 2:  # the continuation lost on the way
+            return httpx.Response(
+                200,
+                json={"rt_cd": "7", "msg_cd": "KIOK0560", "msg1": "조회할 내용이 없습니다", "output1": []},
+                headers={"tr_cont": "D"},
+            )
+        rows = [{**r, "odno": "0000000150"} for r in order_rows(1)]
+        return kis_reply({"output1": rows, "output2": {}, "ctx_area_fk100": "fk".ljust(100), "ctx_area_nk100": ""}, "D")
+
+    b = broker(tmp_path, LoopbackKis(handler).url)
+    try:
+        reports = await b.order_reports(dt.date(2024, 1, 2))
+    finally:
+        await b.rest.aclose()
+    assert calls == ["", "N", "N"]
+    assert len(reports) == 2 and reports[1].broker_order_id == "0000000150"
 
 
 # --- positions -------------------------------------------------------------------------------
