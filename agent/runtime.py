@@ -313,6 +313,7 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
 # journaled, ~1.7 KB, and logged twice here) pauses the agent: DENIAL_STORM of them within DENIAL_WINDOW_S. Not the
 # denials that end by themselves with the clock (the card's schedule, a closed market)
 DENIAL_STORM = 100
+EVENTS_ASK_S = 5.0  # a GetEvents unanswered this long is asked again
 DENIAL_WINDOW_S = 60.0
 _WAITING_DENIALS = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED})
 
@@ -410,6 +411,7 @@ class AgentRuntime(AgentServicesMixin):
         self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
         self._denials: deque[float] = deque()  # when the gateway denied orders, within DENIAL_WINDOW_S
         self._last_error = ""  # the latest strategy error (the heartbeat tells it)
+        self._events_asked: tuple[int, float] | None = None  # (after seq, when) of the GetEvents on its way
         self._errors_seen: dict[str, list[float]] = {}  # error text -> [times, when last said]
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
@@ -790,6 +792,7 @@ class AgentRuntime(AgentServicesMixin):
 
     def _connect_and_register(self) -> None:
         self._unregistered = True  # until the reply is applied below
+        self._events_asked = None  # (an ask on its way went with the connection)
         self._stamp = self._info_stamp()
         previous = self.info.session if self.info is not None else None
         self.info = self._read_info()
@@ -885,7 +888,7 @@ class AgentRuntime(AgentServicesMixin):
                 # the replay was capped: fetch the rest (delivered to the strategy, but older than the
                 # snapshot: they never overwrite its orders and positions; see _on_event)
                 self.last_seq = seen
-                self._send(GetEvents(h=self.headers(), after_seq=seen))
+                self._ask_events()
             self._state_after_register(fresh)  # kv state back before on_start
         self._flush()  # what was unanswered when the gateway was lost, in the order it was decided
         assert self.client.sub is not None
@@ -1661,9 +1664,10 @@ class AgentRuntime(AgentServicesMixin):
             before = self.last_seq
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
+            self._events_asked = None  # (answered)
             if before < self.last_seq < msg.last_seq:
                 # a batch stops at its limit: ask on until the gateway's last (no progress: nothing to ask)
-                self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
+                self._ask_events()
             self._settle_doubts()
         elif isinstance(msg, Error):
             acted_on = msg.code not in _NOT_ACTED_ON  # else kept: sent again once registered again
@@ -1788,6 +1792,18 @@ class AgentRuntime(AgentServicesMixin):
                 "(a strategy retrying orders the gateway refuses)"
             )
 
+    def _ask_events(self) -> None:
+        """Ask the gateway for this agent's events after the last one read, once per point: every live event
+        arriving after a gap asked again while the first answer was on its way (a burst of fills after a gap:
+        hundreds of requests, each answered with up to a thousand events). Asked again if no answer came within
+        EVENTS_ASK_S (lost with a gateway)."""
+        now = time.monotonic()
+        asked = self._events_asked
+        if asked is not None and asked[0] == self.last_seq and now - asked[1] < EVENTS_ASK_S:
+            return
+        self._events_asked = (self.last_seq, now)
+        self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
+
     def _ack_seen(self) -> None:
         now = time.monotonic()
         self._max_ack_gap = max(self._max_ack_gap, now - self._last_ack)
@@ -1798,7 +1814,7 @@ class AgentRuntime(AgentServicesMixin):
             return  # already seen
         if ev.seq > self.last_seq + 1 and not replay:
             # missed some (e.g. dropped at the high-water mark): fetch them, then continue
-            self._send(GetEvents(h=self.headers(), after_seq=self.last_seq))
+            self._ask_events()
             return
         self.last_seq = ev.seq
         body = ev.body

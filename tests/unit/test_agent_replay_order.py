@@ -198,3 +198,42 @@ def test_a_partial_fill_older_than_the_snapshot_does_not_shrink_the_position(
     (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
     rt._on_message(EventBatch(h=GATEWAY(ask.h.mid), events=[_fill(rt, 16, 1, 6)], last_seq=16))
     assert rt.positions["005930"].qty == 10
+
+
+def test_live_events_after_a_gap_ask_for_the_missed_ones_once(tmp_path: Path, gateway: type[_Gateway]) -> None:
+    """Every live event arriving after a gap sent another GetEvents while the first was on its way: a burst of
+    fills after a lost event asked hundreds of times, each answered with up to a thousand events (the gateway's
+    load multiplied by the burst). One ask per point; asked again only when it went unanswered."""
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Told(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt.last_seq = 10
+    gateway.registered = Registered(
+        h=GATEWAY(),
+        snapshot=_snapshot(rt, [], held=0, last_seq=10),
+        events=[],
+        heartbeat_s=0.25,
+        lease_s=1.0,
+        pub_endpoint="",
+    )
+    rt._connect_and_register()
+    gateway.sent.clear()
+    # seq 11 lost; 12..300 arrive live
+    for n in range(12, 301):
+        rt._on_message(_event(n, _order(rt, 1, OrderState.ACCEPTED, 0)))
+    asks = [m for m in gateway.sent if isinstance(m, GetEvents)]
+    assert [a.after_seq for a in asks] == [10]
+    rt._on_message(
+        EventBatch(
+            h=GATEWAY(asks[0].h.mid),
+            events=[_event(n, _order(rt, 1, OrderState.ACCEPTED, 0)) for n in range(11, 301)],
+            last_seq=300,
+        )
+    )
+    assert rt.last_seq == 300
+    # unanswered (a gateway lost it): asked again after EVENTS_ASK_S
+    rt._on_message(_event(302, _order(rt, 1, OrderState.ACCEPTED, 0)))
+    rt._events_asked = (rt.last_seq, rt._events_asked[1] - runtime.EVENTS_ASK_S)  # type: ignore[index]
+    rt._on_message(_event(303, _order(rt, 1, OrderState.ACCEPTED, 0)))
+    assert [a.after_seq for a in gateway.sent if isinstance(a, GetEvents)] == [10, 300, 300]
