@@ -125,9 +125,10 @@ class MarketFeed:
 
     # ---- stream --------------------------------------------------------------------------------
 
-    def drain(self, batch: list[Published]) -> tuple[list[Published], list[str]]:
+    def drain(self, batch: list[Published], behind: bool = False) -> tuple[list[Published], list[str]]:
         """Filter one drain of the SUB socket: returns the messages to deliver, in order, and the
-        codes whose gaps need a snapshot (not already being healed)."""
+        codes whose gaps need a snapshot (not already being healed). `behind`: the strategy is not keeping up
+        with its prints (agent/runtime.py): conflated as the card's `subscriptions.conflate` would."""
         fresh: list[Published] = []
         heal: list[str] = []
         for pub in batch:
@@ -156,7 +157,7 @@ class MarketFeed:
             if isinstance(pub.body, Bar):
                 self._last_bar[pub.topic] = pub.body.start
             fresh.append(pub)
-        if self.card.subscriptions.conflate and len(fresh) > 1:
+        if (behind or self.card.subscriptions.conflate) and len(fresh) > 1:
             fresh = self._conflate(fresh)
         return fresh, heal
 

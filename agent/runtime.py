@@ -314,6 +314,7 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
 # denials that end by themselves with the clock (the card's schedule, a closed market)
 DENIAL_STORM = 100
 EVENTS_ASK_S = 5.0  # a GetEvents unanswered this long is asked again
+BEHIND_S = 1.0  # a drain of the SUB socket delivered in this long or more: the strategy is not keeping up
 DENIAL_WINDOW_S = 60.0
 _WAITING_DENIALS = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED})
 
@@ -412,6 +413,7 @@ class AgentRuntime(AgentServicesMixin):
         self._denials: deque[float] = deque()  # when the gateway denied orders, within DENIAL_WINDOW_S
         self._last_error = ""  # the latest strategy error (the heartbeat tells it)
         self._events_asked: tuple[int, float] | None = None  # (after seq, when) of the GetEvents on its way
+        self._behind, self._behind_said_at = False, -60.0  # the strategy is not keeping up with its prints
         self._errors_seen: dict[str, list[float]] = {}  # error text -> [times, when last said]
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
@@ -2080,8 +2082,11 @@ class AgentRuntime(AgentServicesMixin):
         return batch
 
     def _on_sub(self, batch: list[Published]) -> None:
-        """One drain of the SUB socket."""
-        fresh, heal = self.feed.drain(batch)
+        """One drain of the SUB socket. A strategy slower than its prints (its last drain took BEHIND_S or more)
+        gets the newest trade and book of each code of the next one (conflated): delivered one by one, it fell
+        behind without bound, deciding on prints minutes old."""
+        started = time.monotonic()
+        fresh, heal = self.feed.drain(batch, behind=self._behind)
         if heal:
             self._ask_market(heal, gap=True)
         if self.feed.take_system_gap():
@@ -2092,6 +2097,25 @@ class AgentRuntime(AgentServicesMixin):
                 self._fill_bar_gap(pub.body)  # the bars a gap lost before it go first
             self._on_pub(pub)
             self._keep_lease()
+        self._pace(time.monotonic() - started)
+
+    def _pace(self, took: float) -> None:
+        """Whether the strategy keeps up with its prints: a drain that took BEHIND_S has the next conflated (said
+        at most once a minute), one under half of it ends that."""
+        if took >= BEHIND_S:
+            if not self._behind and not self.card.subscriptions.conflate:
+                now = time.monotonic()
+                if now >= self._behind_said_at + 60.0:
+                    self._behind_said_at = now
+                    self.log.warning(
+                        "FEED the strategy falls behind its prints (one drain took %.1f s): the newest trade and "
+                        "book of each code are delivered until it keeps up (conflated %d so far)",
+                        took,
+                        self.feed.stats.conflated,
+                    )
+            self._behind = True
+        elif took < BEHIND_S / 2:
+            self._behind = False
 
     def _keep_lease(self) -> None:
         """Between the deliveries of one drain, a heartbeat that fell due goes out: a strategy slower than the

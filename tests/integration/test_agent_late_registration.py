@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
 from tools.ops.procs import child_env, ktrader_cmd, twin_args
+from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,8 @@ def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_p
     """on_trade taking 0.7 s against a 1 s lease, prints every 0.2 s: each drain of the SUB socket took several
     seconds, the heartbeat went out only after it, and the gateway let the agent go (its market data released)
     and took it back, over and over, the agent's log blaming the gateway. Heartbeats go between deliveries, and
-    the log says which callback is slow."""
+    the log says which callback is slow; behind its prints, it gets the newest of each drain (a lease kept while
+    delivering every print one by one let it fall behind without bound)."""
     twin = subprocess.Popen(
         ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
         cwd=ROOT,
@@ -113,3 +115,6 @@ def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_p
     assert "the gateway's lease is 1.0 s" in log and "conflate" in log
     assert log.count("on_trade took") == 1  # said once a minute, not per call
     assert "reconnecting" not in log
+    # ... and it does not fall behind without bound: once behind, the newest print of each drain is delivered
+    assert log.count("FEED the strategy falls behind its prints") == 1
+    wait_for(lambda: (a := fetch_status(run, 3.0).agents) and a[0].feed.conflated > 0, 10, what="conflated prints")

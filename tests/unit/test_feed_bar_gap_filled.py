@@ -51,6 +51,7 @@ def tick(seq: int) -> Published:
 class _Wire:
     def __init__(self) -> None:
         self.sent: list[object] = []
+        self.bad_frames = 0  # (a heartbeat due between deliveries reports it)
 
     def send(self, msg: Any) -> int:
         self.sent.append(msg)
