@@ -309,12 +309,19 @@ def reconcile(
         if partial:
             continue  # fewer fills, other values, a closed chain: only the whole list can tell
         if not whole:
-            # a whole pass without a line of this chain: KIS lists every line of the day, so the list is
-            # short (a continuation page lost, answered "no data") or lags a revise. Fewer fills, another
-            # value or a closed chain judged on part of it took real fills back and expired a live order;
-            # the next list that shows every line decides (the day's close expires what stays open, and the
-            # position check still compares the holdings)
-            continue
+            # a whole pass without a line of this chain: KIS lists every line of the day, so the list lags a
+            # revise, or it is short (a continuation page lost: kis/rest.py asks an empty one again), or the
+            # number is not KIS's (a garbled notice). Within the grace the next pass decides: fewer fills or a
+            # closed chain judged on part of it took real fills back and expired a live order. Past it the
+            # lines shown decide, as before, and a person is told what they were judged without
+            if age(o.updated_ns) <= fill_grace_ns:
+                continue
+            if filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines)):
+                missing = [x for x in chain[coid] if x not in by_odno]
+                res.alerts.append(
+                    f"{coid}: its line(s) {missing} are not in KIS's order list of the day (a list cut short, or "
+                    "a number KIS never gave): judged on the lines it shows; check it in the KIS app"
+                )
         if filled < o.filled_qty:
             books_value -= _take_back(res, o, o.filled_qty - filled, filled, now_ns, fill_grace_ns, age)
         if (

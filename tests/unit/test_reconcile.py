@@ -11,8 +11,6 @@ import pytest
 from common.books import apply_fill_value, reprice_value
 from common.enums import Side
 from common.orders import (
-    Cancelled,
-    Expire,
     Fill,
     Order,
     OrderState,
@@ -511,19 +509,21 @@ async def test_a_refusal_notice_after_the_acknowledgement_rejects_the_order(tmp_
     await h.close()
 
 
-def test_a_whole_list_without_a_line_of_the_chain_takes_nothing_back_and_closes_nothing() -> None:
-    """A day's list cut short (a continuation page answered "no data": kis/rest.py takes it for the end)
-    missed the revise line that filled: the pass took the 10 shares back (ReverseFill) and expired the
-    order while the account held them, and the agent could buy them again. KIS lists every line of the
-    day: a chain with a line missing is judged by the next list that shows all of it. A fill the lines
-    shown prove is still booked."""
+def test_a_whole_list_without_a_line_of_the_chain_waits_the_grace_then_says_what_it_judged_without() -> None:
+    """A day's list without the revise line that filled (a list lagging the revise, cut short by a lost page,
+    or a number KIS never gave): the pass took the 10 shares back and expired the order at once, silently.
+    Within the fill grace nothing is judged on part of the chain; past it the lines shown decide, as before,
+    and a person is told which lines were missing. A fill the lines shown prove is booked at once."""
     grace = 60_000_000_000
     now = 10**15
-    o = _bought([])  # buy 10 at 70,000 on line 0000000001, revised to 70,100 on 0000000150, filled there
-    o = apply(o, RequestReplace(ts_ns=now - 10 * grace, price=70_100, qty=10))
-    o = apply(o, Replaced(ts_ns=now - 10 * grace, broker_order_id="0000000150", price=70_100, qty=10))
-    fid = "0000000150:093001:10:70100"
-    o = apply(o, Fill(ts_ns=now - 5 * grace, fill_id=fid, qty=10, price=70_100, broker_order_id="0000000150"))
+
+    def revised(filled_at: int) -> Order:
+        o = _bought([])  # buy 10 at 70,000 on line 0000000001, revised to 70,100 on 0000000150, filled there
+        o = apply(o, RequestReplace(ts_ns=now - 10 * grace, price=70_100, qty=10))
+        o = apply(o, Replaced(ts_ns=now - 10 * grace, broker_order_id="0000000150", price=70_100, qty=10))
+        fid = "0000000150:093001:10:70100"
+        return apply(o, Fill(ts_ns=filled_at, fill_id=fid, qty=10, price=70_100, broker_order_id="0000000150"))
+
     original = msgspec.structs.replace(_report("0000000001", 0, 0, 0), side=Side.BUY, remaining_qty=0)
     revise = msgspec.structs.replace(
         _report("0000000150", 10, 701_000, 70_100),
@@ -533,15 +533,20 @@ def test_a_whole_list_without_a_line_of_the_chain_takes_nothing_back_and_closes_
         price=70_100,
         remaining_qty=0,
     )
-    assert reconcile([o], [original, revise], now_ns=now, fill_grace_ns=grace).events == {}  # the whole list
-    short = reconcile([o], [original], now_ns=now, fill_grace_ns=grace)  # the revise line's page lost
+    young = revised(now - grace // 2)
+    assert reconcile([young], [original, revise], now_ns=now, fill_grace_ns=grace).events == {}  # the whole list
+    short = reconcile([young], [original], now_ns=now, fill_grace_ns=grace)  # the revise line not listed
     assert short.events == {} and short.alerts == []
-    # the same short list with a fill on the line shown that the books lack: booked (what a line proves)
+    old = revised(now - 5 * grace)
+    judged = reconcile([old], [original], now_ns=now, fill_grace_ns=grace)
+    assert any(isinstance(e, ReverseFill) for e in judged.events[coid(1)])
+    [said] = [a for a in judged.alerts if "not in KIS's order list" in a]
+    assert "0000000150" in said and "check it in the KIS app" in said
+    # a fill on the line shown that the books lack is booked at once, young or not
     o2 = _bought([])
-    o2 = apply(o2, RequestReplace(ts_ns=now - 10 * grace, price=70_100, qty=10))
-    o2 = apply(o2, Replaced(ts_ns=now - 10 * grace, broker_order_id="0000000150", price=70_100, qty=10))
+    o2 = apply(o2, RequestReplace(ts_ns=now - grace // 2, price=70_100, qty=10))
+    o2 = apply(o2, Replaced(ts_ns=now - grace // 2, broker_order_id="0000000150", price=70_100, qty=10))
     shown = msgspec.structs.replace(original, filled_qty=2, filled_value=140_000, avg_fill_price=70_000)
     res = reconcile([o2], [shown], now_ns=now, fill_grace_ns=grace)
     (fill,) = res.events[coid(1)]
     assert isinstance(fill, Fill) and (fill.qty, fill.value) == (2, 140_000)
-    assert not any(isinstance(e, (ReverseFill, Expire, Cancelled)) for e in res.events[coid(1)])
