@@ -442,6 +442,7 @@ class BrokerHealth(msgspec.Struct, frozen=True, kw_only=True):
     ws_last_message_age_s: float = -1.0  # -1: unknown
     ws_sessions: int = 0  # websocket sessions opened (reconnects = sessions - 1)
     ws_dropped: int = 0  # real-time frames and records dropped because they did not read (never a session kill)
+    others_notices: int = 0  # order notices of another account under the same HTS ID, not ours (dropped)
     registrations: dict[str, int] = {}  # "TR:key" -> reference count (the notice slot included)
     max_registrations: int = 41
     db_bytes: int = 0  # the gateway's store on disk (db + WAL)

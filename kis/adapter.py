@@ -316,7 +316,10 @@ class KisBroker(BrokerPort):
         """Token expiry, REST budget, websocket age/reconnects and the registration map."""
         from kis.health import kis_health
 
-        return kis_health(self.ws, self.tokens, self.budget)
+        health = kis_health(self.ws, self.tokens, self.budget)
+        if self.others_notices:
+            health = msgspec.structs.replace(health, others_notices=self.others_notices)
+        return health
 
     # --- orders --------------------------------------------------------------------------------
 

@@ -355,7 +355,7 @@ async def test_a_notice_of_another_account_under_the_hts_id_is_not_ours(
     while not b._events.empty():
         got.append(b._events.get_nowait().account)  # type: ignore[union-attr]
     assert got == ["1234567801", ""]
-    assert b.others_notices == 3
+    assert b.others_notices == 3 and b.health().others_notices == 3  # (`ktrader status` shows it)
     said = [r.getMessage() for r in caplog.records if "another account" in r.getMessage()]
     assert len(said) == 1 and "98******-01" in said[0] and "9876543201" not in said[0], said
     await b.rest.aclose()

@@ -240,7 +240,9 @@ def integrity_line(st: StatusReply) -> str:
     return (
         f"integrity: in doubt {c.get('orders_in_doubt', 0)}  chain repairs {c.get('chain_repairs', 0)}  "
         f"cancels resent {c.get('cancels_resent', 0)}  bad prints dropped {md} (held {c.get('md_unconfirmed', 0)})  "
-        f"frames dropped {st.health.ws_dropped}  replayed {c.get('bad_replayed', 0)}  stale "
+        f"frames dropped {st.health.ws_dropped}"
+        + (f"  other accounts' notices {st.health.others_notices}" if st.health.others_notices else "")
+        + f"  replayed {c.get('bad_replayed', 0)}  stale "
         f"{c.get('bad_stale_message', 0)}  "
         f"forbidden {c.get('forbidden', 0)}  replies undeliverable "
         f"{c.get('reply_drops', 0) + c.get('reply_unroutable', 0)}"
