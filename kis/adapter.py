@@ -185,10 +185,12 @@ class KisBroker(BrokerPort):
 
     def _emit(self, ev: BrokerEvent) -> None:
         """An event for the gateway: a notice of another account under our HTS ID is not ours (applied, its
-        fill landed on our order of the same number), dropped and counted; one without an account is kept."""
+        fill landed on our order of the same number), dropped and counted. Only an account number of the form
+        API.md gives (CANO + ACNT_PRDT_CD, 10 digits; or CANO alone) is judged: a notice without one, or with a
+        form we do not know, is kept (a format we misread must not silence every notice of ours)."""
         if isinstance(ev, BrokerNotice):
             account = ev.account.strip().replace("-", "")
-            if account and account not in self._accounts:
+            if len(account) in (8, 10) and account.isdigit() and account not in self._accounts:
                 self.others_notices += 1
                 if self.others_notices == 1:
                     log.warning(

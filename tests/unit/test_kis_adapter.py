@@ -349,12 +349,13 @@ async def test_a_notice_of_another_account_under_the_hts_id_is_not_ours(
         [n] = p.parse(frame("H0STCNI0", [fields]))
         return n
 
-    for account in ("1234567801", "9876543201", "1234567802", "", "9876543201"):
+    for account in ("1234567801", "9876543201", "1234567802", "", "9876543201", "12345678", "1234-5678-01", "A1"):
         b._emit(notice(account))  # type: ignore[arg-type]
     got = []
     while not b._events.empty():
         got.append(b._events.get_nowait().account)  # type: ignore[union-attr]
-    assert got == ["1234567801", ""]
+    # ours (also as CANO alone, or with a dash), none, and a form we do not know are kept
+    assert got == ["1234567801", "", "12345678", "1234-5678-01", "A1"]
     assert b.others_notices == 3 and b.health().others_notices == 3  # (`ktrader status` shows it)
     said = [r.getMessage() for r in caplog.records if "another account" in r.getMessage()]
     assert len(said) == 1 and "98******-01" in said[0] and "9876543201" not in said[0], said
