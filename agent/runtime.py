@@ -920,6 +920,7 @@ class AgentRuntime(AgentServicesMixin):
         ago is not sent late: such an order ends DENIED here (the strategy is told, on_order) once the
         gateway's snapshot and events show it never got it; until its events are read it stays as it is."""
         self.snapshot = snap
+        self._follow_closures(snap)
         # every event up to the snapshot's was read here (the registration's replay was not cut short): an
         # order sent that has no event and is not open there never reached the gateway
         complete = self.last_seq >= snap.last_seq
@@ -1091,6 +1092,14 @@ class AgentRuntime(AgentServicesMixin):
             or any(isinstance(q.msg, Protect) and q.msg.id == cmd.id for q in self._commands.values())
             or any(o.client_order_id == cmd.id for o in again)
         )
+
+    def _follow_closures(self, snap: Snapshot) -> None:
+        """Sessions the exchange closed at short notice, as the gateway learned from the broker: this process's
+        calendar closes them too (its daily catch-up judged the day before such a closure's decision "too late"
+        at a restart on it: the next session it counted on was the closed one, and the decision was skipped)."""
+        days = [dt.date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in snap.closed_days if len(d) == 8 and d.isdigit()]
+        if days and (new := calendar.close_days(days)):
+            self.log.info("the exchange closed %s (the gateway's broker calendar): not sessions here either", new)
 
     def _follow_states(self, snap: Snapshot) -> None:
         """The trading states and the broker session a snapshot says."""
@@ -1642,6 +1651,7 @@ class AgentRuntime(AgentServicesMixin):
             # asked after a day change it missed, or a gap on the system topic: the day, clock and states now
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
             self._follow_clock(msg.snapshot.clock_ns, msg.snapshot.phase)
+            self._follow_closures(msg.snapshot)
             self._follow_states(msg.snapshot)
         elif isinstance(msg, MarketSnapshot):
             # the stream's messages published before this reply may still wait in the SUB queue (the loop reads

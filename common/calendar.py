@@ -142,6 +142,11 @@ def close_days(days: Iterable[dt.date]) -> list[dt.date]:
     return new
 
 
+def closed_by_exchange() -> list[dt.date]:
+    """The sessions close_days() closed, oldest first (the gateway tells its agents: their calendar is theirs)."""
+    return sorted(_CLOSED_BY_EXCHANGE)
+
+
 def _reopen_all() -> None:
     """Forget close_days() (tests)."""
     if _CLOSED_BY_EXCHANGE:

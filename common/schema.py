@@ -162,6 +162,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     # them (at a registration: before this session's own UniverseUpdate): a restarted agent catches up their
     # missed daily bars too. [] from an older gateway, or when it gave none since it started
     universe_codes: list[str] = []
+    # sessions of the calendar table the exchange closed (the broker's holiday calendar: server/session_days.py),
+    # YYYYMMDD: the agent closes them in its own calendar, which decides its daily catch-up and next sessions
+    closed_days: list[str] = []
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from common import calendar
 from common.approvals import Approval, checksum, differences
 from common.enums import AgentMode, AgentState, AlertKind, SystemEventKind, TradingState
 from common.errors import ErrorCode
@@ -141,6 +142,7 @@ class AgentSessions:
             session_state=self.desk.session()[0].value,
             gateway_state=self.risk.global_state.value,
             universe_codes=[c for c in rec.codes if c not in rec.card.codes] if universe is None else universe,
+            closed_days=[d.strftime("%Y%m%d") for d in calendar.closed_by_exchange()],
         )
 
     # ---- requests -----------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ gateway's last event, however many batches that takes."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 import agent.runtime as runtime
@@ -237,3 +239,31 @@ def test_live_events_after_a_gap_ask_for_the_missed_ones_once(tmp_path: Path, ga
     rt._events_asked = (rt.last_seq, rt._events_asked[1] - runtime.EVENTS_ASK_S)  # type: ignore[index]
     rt._on_message(_event(303, _order(rt, 1, OrderState.ACCEPTED, 0)))
     assert [a.after_seq for a in gateway.sent if isinstance(a, GetEvents)] == [10, 300, 300]
+
+
+def test_a_closure_the_gateway_learned_reaches_the_agents_calendar(tmp_path: Path, gateway: type[_Gateway]) -> None:
+    """KRX closed 2023-03-03 (a Friday) at short notice; the gateway learned it from KIS's holiday calendar, the
+    agent's own calendar did not: restarted on the closed day, it judged the 03-02 close's decision too late
+    (the session after 03-02 had "opened") and skipped it, with the next session three days away. The snapshot
+    names the closure and the agent's calendar closes it: that decision is still for the next session."""
+    from agent.runtime import _decided_too_late
+    from common import calendar
+
+    closed = dt.date(2023, 3, 3)
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Told(rt, None)
+    s.on_start()
+    rt.strategy = s  # (a running agent re-registering: the registration path is the same)
+    snap = msgspec.structs.replace(_snapshot(rt, [], held=0, last_seq=0), closed_days=["20230303"])
+    gateway.registered = Registered(
+        h=GATEWAY(), snapshot=snap, events=[], heartbeat_s=0.25, lease_s=1.0, pub_endpoint=""
+    )
+    try:
+        assert calendar.is_trading_day(closed)
+        now_session = dt.date(2023, 3, 6)  # where a next-session order placed on the closed day goes
+        assert _decided_too_late("2023-03-02", now_session)  # the agent's calendar alone: skipped
+        rt._connect_and_register()
+        assert not calendar.is_trading_day(closed)
+        assert not _decided_too_late("2023-03-02", now_session)  # decided, for 03-06
+    finally:
+        calendar._reopen_all()
