@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
 import msgspec
@@ -137,6 +138,7 @@ async def _check(
 
 RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a failed holiday question is asked again 30 s, 1, 2 ... 10 min later
 UNVERIFIED_BY = dt.time(8, 0)  # a session day still unverified then reaches a person (held orders go at 08:30)
+FIRST_ANSWER_S = 60.0  # a question on its way this long, nothing failed yet, is not "not answered" (a start at 08:00)
 # an order refused as "not a business day": paper's 40100000 (API.md §6.3, §7.5; the twin sends it too). The
 # real accounts' refusal for a closed day is UNCONFIRMED (APBK0919 is also read as "market not open" or as
 # "exceeds the orderable amount"), so only this text is taken
@@ -185,6 +187,8 @@ class SessionDays:
         self.offered = Capability.SESSION_DAYS in broker.capabilities
         self.covered = _covered(meta[0](VERIFIED_KEY))  # the days its last answer covers (kept across restarts)
         self.asking = ""  # ISO day of the question in progress (a newer day's question ends an older one's)
+        self._asked_at = 0.0  # (monotonic) when it was first asked
+        self._tries = 0  # its failed tries
         self.last_error = ""
         self._said_unoffered = False
         self._alerted = ""  # ISO day the unverified calendar reached a person
@@ -195,6 +199,7 @@ class SessionDays:
     async def check(self, today: dt.date) -> list[dt.date]:
         """Ask about `today` on, until answered (or a newer day's check starts); returns the days closed."""
         key = self.asking = today.isoformat()
+        self._asked_at, self._tries = time.monotonic(), 0
         wait = RETRY_FIRST_S
         while True:
             try:
@@ -204,6 +209,7 @@ class SessionDays:
                 return []
             except BrokerError as e:
                 self.last_error = str(e)
+                self._tries += 1
                 self.counters["calendar_check_failures"] += 1
                 log.warning(
                     "the broker's holiday calendar is unavailable (%s): ktrader's own table holds; asking again in "
@@ -249,6 +255,8 @@ class SessionDays:
         self.counters["calendar_unverified"] = 0 if verified else 1
         if verified or self._alerted == today or now.time() < UNVERIFIED_BY or not calendar.is_trading_day(now.date()):
             return
+        if self.asking == today and not self._tries and time.monotonic() - self._asked_at < FIRST_ANSWER_S:
+            return  # its first question is on its way (a gateway started at 08:00 paged a person 0.3 s before it)
         self._alerted = today
         tries = self.counters["calendar_check_failures"]
         self.alert(

@@ -105,3 +105,31 @@ async def test_no_answer_yet_pages_at_eight() -> None:
     assert alerts == []
     sd.watch(at(MON, "08:00"))
     assert [kind for _, kind in alerts] == [AlertKind.CALENDAR]
+
+
+async def test_a_first_question_on_its_way_at_eight_pages_nobody_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway started at 08:00 with no answer kept (a fresh install) paged "has not answered (0 failed tries,
+    last: none yet)" 0.3 s before the answer came. A first question on its way, nothing failed, is given
+    FIRST_ANSWER_S; one that failed, or is still unanswered after it, pages."""
+    import asyncio
+
+    import server.session_days as sdm
+
+    gate = asyncio.Event()
+
+    class Slow(Broker):
+        async def session_days(self, start: dt.date, *, caller: str = "gateway") -> dict[dt.date, bool]:
+            await gate.wait()
+            return await super().session_days(start, caller=caller)
+
+    meta, today = dict[str, str](), [MON]
+    sd, alerts = rig(Slow(), meta, today)
+    asking = asyncio.create_task(sd.check(MON))
+    await asyncio.sleep(0)  # (the question is on its way)
+    sd.watch(at(MON, "08:00"))
+    assert alerts == [] and sd.counters["calendar_unverified"] == 1
+    monkeypatch.setattr(sdm, "FIRST_ANSWER_S", 0.0)  # ... and unanswered past the grace: a person is told
+    sd.watch(at(MON, "08:01"))
+    assert [kind for _, kind in alerts] == [AlertKind.CALENDAR]
+    gate.set()
+    await asyncio.wait_for(asking, 5)
