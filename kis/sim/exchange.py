@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from common.calendar import is_trading_day
+from common.calendar import NORMAL_HOURS, session_hours
 from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.costs import PPM
 from common.krx_rules import KrxRules, Market, rules_for
@@ -769,9 +770,12 @@ class Exchange:
             self._emit_book(st)
 
     def _session_fraction(self) -> float:
+        """How far into the day's regular session (open to close, by the KRX calendar: 10:00-16:30 on a CSAT
+        day, 10:00 on a year's first) the clock is, 0..1: the intraday volume profile's position."""
         t = self.clock.now()
-        minutes = (t.hour * 60 + t.minute) - 9 * 60
-        return min(max(minutes / 390.0, 0.0), 1.0)
+        hours = session_hours(t.date()) or NORMAL_HOURS  # (a day the table closed: a twin may still run it)
+        start, end = (h.hour * 60 + h.minute for h in hours)
+        return min(max((t.hour * 60 + t.minute - start) / (end - start), 0.0), 1.0)
 
     def _synthetic_take(self, st: StockState, target: int, frac: float) -> None:
         book = st.book

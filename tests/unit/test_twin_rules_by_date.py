@@ -101,3 +101,25 @@ def test_history_mode_prints_lie_on_the_bars_own_grid(day: dt.date, market: Mark
     rules = rules_for(day)
     assert all(rules.on_grid(p.price, SecurityKind.STOCK, market) for p in plan)
     assert any(p.price % 500 for p in plan) == (tick == 100)  # the finer grid is used where it applies
+
+
+def test_the_twins_intraday_volume_follows_the_days_own_hours() -> None:
+    """The twin's synthetic volume placed the session at 09:00-15:30 every day: on the CSAT day (10:00-16:30)
+    the opening surge was missing and the closing surge ran from 15:30 for 50 minutes. The same point of the
+    session gets the same share of the profile whatever the day's hours."""
+    import types
+
+    from common.clock import KST
+    from common.krx import SessionTimes
+    from kis.sim.exchange import Exchange
+
+    def frac(when: dt.datetime) -> float:
+        stub = types.SimpleNamespace(clock=types.SimpleNamespace(now=lambda: when))
+        return Exchange._session_fraction(stub)  # type: ignore[arg-type]
+
+    normal, csat, first = (SessionTimes(d) for d in (dt.date(2023, 11, 15), dt.date(2023, 11, 16), dt.date(2023, 1, 2)))
+    for t in (normal, csat, first):
+        assert frac(t.open) == 0.0 and frac(t.close) == 1.0
+        assert frac(t.open - dt.timedelta(minutes=30)) == 0.0
+    assert frac(csat.open + dt.timedelta(minutes=39)) == frac(normal.open + dt.timedelta(minutes=39)) == 0.1
+    assert frac(dt.datetime(2023, 11, 16, 15, 30, tzinfo=KST)) < 0.85  # an hour before the CSAT day's close
