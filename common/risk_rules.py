@@ -417,7 +417,7 @@ def auction_refusal(order_type: OrderType, tif: TimeInForce, phase: Phase) -> st
     if order_type in AUCTION_REFUSED_TYPES and tif in HELD_TIFS:
         return (
             "a 최유리/최우선 order cannot join the opening call: send MARKET or LIMIT for the next session, "
-            "or place it as DAY after 09:00"
+            "or place it as DAY once the continuous session opened (09:00; 10:00 on a late-open day)"
         )
     if phase not in AUCTION_PHASES:
         return ""
@@ -426,7 +426,8 @@ def auction_refusal(order_type: OrderType, tif: TimeInForce, phase: Phase) -> st
         what = f"{tif.value.upper()} orders then; send a DAY order, or wait for the continuous session"
         return f"{call}: KRX takes no {what}"
     if order_type in AUCTION_REFUSED_TYPES:
-        wait = "wait for 09:00" if phase is Phase.OPENING_AUCTION else "wait for the next session's 09:00"
+        # (the open is 09:00 but on KRX's late-open days: the year's first session, the CSAT day)
+        wait = "wait for the open" if phase is Phase.OPENING_AUCTION else "wait for the next session's open"
         name = f"{order_type.value} ({_KRX_NAMES[order_type]})"
         return f"{call}: KRX takes no {name} orders then; send a LIMIT or MARKET order, or {wait}"
     return ""

@@ -34,7 +34,7 @@ PEGGED = [OrderType.BEST, OrderType.PRIORITY]
 OPENING_CALL, CLOSING_CALL, CONTINUOUS = dt.time(8, 45), dt.time(15, 25), dt.time(10, 0)
 HELD_TEXT = (
     "a 최유리/최우선 order cannot join the opening call: send MARKET or LIMIT for the next session, "
-    "or place it as DAY after 09:00"
+    "or place it as DAY once the continuous session opened (09:00; 10:00 on a late-open day)"
 )
 
 
@@ -48,8 +48,8 @@ def new(n: int, order_type: OrderType, tif: TimeInForce = TimeInForce.DAY) -> Ne
 @pytest.mark.parametrize(
     ("at", "what_to_do"),
     [
-        (OPENING_CALL, "send a LIMIT or MARKET order, or wait for 09:00"),
-        (CLOSING_CALL, "send a LIMIT or MARKET order, or wait for the next session's 09:00"),
+        (OPENING_CALL, "send a LIMIT or MARKET order, or wait for the open"),
+        (CLOSING_CALL, "send a LIMIT or MARKET order, or wait for the next session's open"),
     ],
 )
 def test_a_best_or_priority_order_in_a_call_is_refused_before_it_is_sent(
