@@ -61,7 +61,7 @@ from kis.port import (
 from kis.realtime import TR_BOOK, TR_TRADES
 from kis.netdiag import BrokerUnreachable
 from kis.rest import KisRest, Kind, Page, RetryPolicy
-from common import redact
+from common import calendar, redact
 from kis import wire
 from kis.session_why import session_why
 from kis.startup import StartRetry, StartupError
@@ -667,6 +667,8 @@ class KisBroker(BrokerPort):
         rows: dict[str, wire.MinuteBar] = {}
         until = until_hhmmss
         reached_start = False
+        hours = calendar.session_hours(day)  # (10:00 on the year's first session and the CSAT day)
+        opens = hours[0].strftime("%H%M%S") if hours else "090000"
         for _ in range(MINUTE_PAGES_MAX):
             page = [
                 r
@@ -681,7 +683,7 @@ class KisBroker(BrokerPort):
             oldest = min(r.stck_cntg_hour for r in page)
             if len(rows) >= need:
                 break
-            if oldest <= "090000" or len(page) < 30:
+            if oldest <= opens or len(page) < 30:
                 reached_start = True
                 break
             t = dt.datetime.strptime(oldest, "%H%M%S") - dt.timedelta(minutes=1)

@@ -79,3 +79,14 @@ def test_a_modern_year_is_one_calendar_year(shared_data: Path, tmp_path: Path) -
     sd = _sample_sd(_equity(tmp_path), m["initial_cash"])
     assert m["volatility"] == pytest.approx(sd * math.sqrt(m["days"] / years))
     assert m["volatility"] != pytest.approx(sd * math.sqrt(252))
+
+
+def test_an_earlier_sessions_expiry_is_stamped_at_that_days_own_close() -> None:
+    """A DAY order of an earlier session expired at 15:30 of it, also on a CSAT day (its close is 16:30)."""
+    import datetime as dt
+
+    from common.clock import kst_from_ns
+    from tools.backtest.broker import _close_ns
+
+    assert kst_from_ns(_close_ns("2023-11-15")).time() == dt.time(15, 30)
+    assert kst_from_ns(_close_ns("2023-11-16")).time() == dt.time(16, 30)  # CSAT

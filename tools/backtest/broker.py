@@ -59,6 +59,7 @@ from typing import Final
 
 import msgspec
 
+from common import calendar
 from common.books import apply_fill
 from common.config import AgentCard, DrawdownPeak, RiskLimits
 from common.enums import OrderType, Side, TimeInForce, TradingState
@@ -128,9 +129,11 @@ BOTH, AT_OPEN, REST = 0, 1, 2
 
 
 def _close_ns(day: str) -> int:
-    """15:30 KST of `day` in ns since the epoch (a session's regular close)."""
+    """The regular close of `day` (15:30 KST; 16:30 on a CSAT day) in ns since the epoch."""
     d = dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
-    return ((d.toordinal() - _EPOCH_DAY) * 86_400 + (15 * 60 + 30 - 9 * 60) * 60) * 1_000_000_000
+    hours = calendar.session_hours(d)
+    close = hours[1] if hours is not None else dt.time(15, 30)
+    return ((d.toordinal() - _EPOCH_DAY) * 86_400 + (close.hour * 60 + close.minute - 9 * 60) * 60) * 1_000_000_000
 
 
 class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
