@@ -18,7 +18,6 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from collections import deque
 from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
@@ -26,6 +25,7 @@ import msgspec
 import zmq
 
 from agent.client import GatewayClient, GatewayReplaced
+from agent.denials import DenialStorms
 from agent.marketfeed import BarGap, MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
@@ -309,14 +309,8 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
     return OrderResult(client_order_id=order.client_order_id, accepted=False, code=code, message=why)
 
 
-# a storm of orders the gateway denies (a strategy retrying a refused order on every print: each denial is
-# journaled, ~1.7 KB, and logged twice here) pauses the agent: DENIAL_STORM of them within DENIAL_WINDOW_S. Not the
-# denials that end by themselves with the clock (the card's schedule, a closed market)
-DENIAL_STORM = 100
 EVENTS_ASK_S = 5.0  # a GetEvents unanswered this long is asked again
 BEHIND_S = 1.0  # a drain of the SUB socket delivered in this long or more: the strategy is not keeping up
-DENIAL_WINDOW_S = 60.0
-_WAITING_DENIALS = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED})
 
 # run once (a warm-up may take long, asking the gateway for history as it goes): not "slow", whatever they take
 _ONE_OFF_CALLBACKS = frozenset({"on_start", "on_stop"})
@@ -410,8 +404,9 @@ class AgentRuntime(AgentServicesMixin):
         # and answer this process's heartbeats, with no subscription, snapshot or replay made here
         self._unregistered = False
         self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
-        self._denials: deque[float] = deque()  # when the gateway denied orders, within DENIAL_WINDOW_S
-        self._last_error = ""  # the latest strategy error (the heartbeat tells it)
+        self._storms = DenialStorms(self.log)  # orders of a code and side the gateway keeps denying: held back
+        self._held_back: set[str] = set()  # orders refused here by it, told as denials (not logged one by one)
+        self._last_error, self._last_error_at = "", 0.0  # the latest strategy error, when (the heartbeat tells it)
         self._events_asked: tuple[int, float] | None = None  # (after seq, when) of the GetEvents on its way
         self._behind, self._behind_said_at = False, -60.0  # the strategy is not keeping up with its prints
         self._errors_seen: dict[str, list[float]] = {}  # error text -> [times, when last said]
@@ -1523,6 +1518,7 @@ class AgentRuntime(AgentServicesMixin):
             max_ack_gap_ms=int(self._max_ack_gap * 1000),
             errors=self.errors,
             last_error=self._last_error,
+            last_error_ago_ms=int((time.monotonic() - self._last_error_at) * 1000) if self._last_error else 0,
             feed=FeedHealth(
                 gaps=self.feed.stats.gaps,
                 heals=self.feed.stats.heals,
@@ -1574,6 +1570,11 @@ class AgentRuntime(AgentServicesMixin):
         unsendable: list[OrderResult] = []
         for item in items:  # in the order decided: orders in batches, each command after the orders before it
             if isinstance(item, NewOrder):
+                held = self._storms.hold_back(item.code, item.side)
+                if held is not None:
+                    self._held_back.add(item.client_order_id)
+                    unsendable.append(_not_taken(item, *held))
+                    continue
                 size = _order_bytes(item)
                 if isinstance(size, OrderResult):
                     unsendable.append(size)
@@ -1647,6 +1648,8 @@ class AgentRuntime(AgentServicesMixin):
                     self._known_already(r)
                 elif not r.accepted:
                     self._refused(r)
+                elif (sent := self.orders.get(r.client_order_id)) is not None:
+                    self._storms.taken(sent.code, sent.side)
         elif isinstance(msg, SnapshotReply):
             # asked after a day change it missed, or a gap on the system topic: the day, clock and states now
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
@@ -1774,9 +1777,13 @@ class AgentRuntime(AgentServicesMixin):
         """The gateway did not take an order. Its own copy here must not stay 'on its way' (a ghost
         that blocks a strategy waiting for it): when the gateway made no order of it (e.g. an id of
         another trading day), it ends DENIED here with the gateway's code and the strategy is told."""
-        self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
-        if r.code is not None and r.code.value.startswith("DENIED_") and r.code not in _WAITING_DENIALS:
-            self._count_denial(r)
+        mine = self.orders.get(r.client_order_id)
+        if r.client_order_id in self._held_back:
+            self._held_back.discard(r.client_order_id)  # (said once a minute: agent/denials.py)
+        else:
+            self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
+            if mine is not None and not r.duplicate:
+                self._storms.denied(mine.code, mine.side, r.code, r.message)
         if r.code is ErrorCode.WRONG_DAY:
             self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
         prot = self._protections.get(r.client_order_id)
@@ -1784,25 +1791,12 @@ class AgentRuntime(AgentServicesMixin):
             self._protections[r.client_order_id] = msgspec.structs.replace(
                 prot, state=ProtectionState.CANCELLED, reason=f"its buy was not taken: {r.code}: {r.message}"
             )
-        mine = self.orders.get(r.client_order_id)
         if mine is not None and mine.state is OrderState.PENDING_SUBMIT and not r.duplicate:
             denied = msgspec.structs.replace(
                 mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value, reason=r.message
             )
             self.orders[r.client_order_id] = denied
             self._call("on_order", denied)
-
-    def _count_denial(self, r: OrderResult) -> None:
-        now = time.monotonic()
-        denials = self._denials
-        denials.append(now)
-        while denials and denials[0] < now - DENIAL_WINDOW_S:
-            denials.popleft()
-        if len(denials) >= DENIAL_STORM and not self.paused:
-            self._pause(
-                f"{len(denials)} orders denied within {DENIAL_WINDOW_S:.0f} s, the last {r.code}: {r.message[:80]} "
-                "(a strategy retrying orders the gateway refuses)"
-            )
 
     def _ask_events(self) -> None:
         """Ask the gateway for this agent's events after the last one read, once per point: every live event
@@ -2299,13 +2293,16 @@ class AgentRuntime(AgentServicesMixin):
         """A strategy error: its traceback the first time, then (the same error again, as a callback raising on
         every print does) one line a minute with the count; the heartbeat tells the operator's status."""
         text = f"{type(e).__name__} in {name}: {e}"
-        self._last_error = text[:ERROR_TEXT_MAX_CHARS]
-        seen = self._errors_seen.get(text)
         now = time.monotonic()
+        self._last_error, self._last_error_at = text[:ERROR_TEXT_MAX_CHARS], now
+        # the same error is the same kind raised at the same line of the same callback (its text may carry a price)
+        frames = traceback.extract_tb(e.__traceback__)
+        key = f"{type(e).__name__}:{name}:" + (f"{frames[-1].filename}:{frames[-1].lineno}" if frames else text)
+        seen = self._errors_seen.get(key)
         if seen is None:
             if len(self._errors_seen) >= 256:
-                self._errors_seen.clear()  # (errors whose text changes each time: each is new)
-            self._errors_seen[text] = [1, now]
+                self._errors_seen.clear()
+            self._errors_seen[key] = [1, now]
             self.log.exception("strategy error in %s", name)
             return
         seen[0] += 1

@@ -212,6 +212,7 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     feed: FeedHealth = msgspec.field(default_factory=FeedHealth)
     # the latest of them ("ValueError in on_trade: ..."): the operator's status shows it, not only a count
     last_error: Annotated[str, msgspec.Meta(max_length=ERROR_TEXT_MAX_CHARS)] = ""
+    last_error_ago_ms: NonNegInt = 0  # how long before this heartbeat it happened (a gateway restarted meanwhile)
 
 
 class Unregister(_Msg, tag="unregister", frozen=True):

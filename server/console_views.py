@@ -117,7 +117,7 @@ def last_error(orders: dict[str, Order], agent: str, rec: AgentRecord | None = N
         if o.agent == agent and o.state in _REFUSED and (worst is None or o.updated_ns > worst.updated_ns):
             worst = o
     if rec is not None and rec.last_error and (worst is None or rec.error_ns >= worst.updated_ns):
-        times = f" (x{rec.errors})" if rec.errors > 1 else ""
+        times = f" ({rec.errors} so far)" if rec.errors > 1 else ""
         return f"strategy error{times}: {rec.last_error}"[:120]
     if worst is None:
         return ""

@@ -244,7 +244,8 @@ class AgentSessions:
             )
         rec.max_ack_gap_ms = max(rec.max_ack_gap_ms, msg.max_ack_gap_ms)
         if msg.errors != rec.errors or msg.last_error != rec.last_error:
-            rec.error_ns = market_ns(self.book.clock) if msg.last_error else 0
+            # (when it happened, not when this gateway first heard: one restarted since hears an old error)
+            rec.error_ns = market_ns(self.book.clock) - msg.last_error_ago_ms * 1_000_000 if msg.last_error else 0
         rec.errors, rec.last_error = msg.errors, msg.last_error
         rec.feed = msg.feed
         lifted = self._note_pause(rec, msg.feed, msg.h.sid)

@@ -5,6 +5,7 @@ Real processes: a gateway on the in-process fake broker and one agent."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.schema import AgentStatus
-from tests.conftest import ROOT, Procs, approve, holds_for, wait_for
+from tests.conftest import ROOT, Procs, approve, wait_for
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -69,11 +70,14 @@ budget = 100_000
 """
 
 
-def test_a_strategy_retrying_a_denied_order_on_every_tick_pauses_itself(tmp_path: Path, procs: Procs) -> None:
+def test_a_strategy_retrying_a_denied_order_on_every_tick_is_held_back_at_the_source(
+    tmp_path: Path, procs: Procs
+) -> None:
     """A buy over the budget retried every 10 ms: each denial was journaled (intent, context, reason) and logged
-    twice, without end (the hunt measured ~5 MB/s of store). After DENIAL_STORM denials in a minute the agent
-    pauses itself, as after a strategy error: its orders stop at the source, a person is told, resume lifts it."""
-    from agent.runtime import DENIAL_STORM
+    twice, without end (the hunt measured ~5 MB/s of store). From STORM denials of one code and side the agent
+    refuses such orders itself (the strategy hears them denied) and lets one through every PROBE_S; it is not
+    paused, and its other orders go."""
+    from agent.denials import PROBE_S, STORM
 
     run = tmp_path / "run"
     procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
@@ -82,15 +86,18 @@ def test_a_strategy_retrying_a_denied_order_on_every_tick_pauses_itself(tmp_path
     card.write_text(STORM_CARD)
     approve(run, card)
     agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="storm")
-    wait_for(lambda: "PAUSED (" in procs.log(agent), 30, what="the agent pauses itself")
+    wait_for(lambda: "orders not sent: the gateway denied" in procs.log(agent), 30, what="the storm held back")
     log = procs.log(agent)
-    assert f"{DENIAL_STORM} orders denied within 60 s, the last DENIED_BUDGET" in log, log[-2000:]
-    wait_for(lambda: "orders denied" in _agent_named(run, "storm").feed.paused, 10, what="the pause in the status")
+    said = re.search(r"buy 005930 orders not sent: the gateway denied (\d+) of them within 60 s \(DENIED_BUDGET", log)
+    assert said is not None and int(said.group(1)) >= STORM, log[-2000:]
+    wait_for(lambda: "DENYSTORM sent 300" in procs.log(agent), 30, what="the strategy retrying on")
     st = _agent_named(run, "storm")
-    assert st.trading_state == "reducing"
+    assert st.trading_state == "active" and not st.feed.paused
     stored = st.orders_today
-    assert DENIAL_STORM <= stored < DENIAL_STORM + 20  # (the few in flight when it paused)
-    holds_for(lambda: _agent_named(run, "storm").orders_today == stored, 1.0, what="no order reaches the gateway")
+    assert STORM <= stored < STORM + 10 + 300 * 0.01 / PROBE_S + 2  # (a few in flight, then a probe each PROBE_S)
+    wait_for(lambda: "DENYSTORM sent 600" in procs.log(agent), 30, what="the strategy retrying on")
+    assert _agent_named(run, "storm").orders_today <= stored + 2  # ~3 s of retries: at most a probe or two
+    assert procs.log(agent).count("orders not sent") == 1  # said once a minute, not per order
     assert agent.poll() is None
 
 
@@ -122,7 +129,8 @@ def test_a_strategy_raising_on_every_call_shows_in_the_status_and_logs_one_trace
     agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="raiser")
     wait_for(lambda: _agent_named(run, "raiser").errors >= 20, 30, what="the errors counted in the status")
     last = _agent_named(run, "raiser").last_error
-    assert last.startswith("strategy error (x") and "ValueError in on_timer: my signal divided by a zero" in last
+    assert last.startswith("strategy error (") and "so far)" in last
+    assert "ValueError in on_timer: my signal divided by a zero" in last
     log = procs.log(agent)
     assert log.count("Traceback") == 1 and log.count("strategy error in on_timer") == 1, log[-3000:]
     assert agent.poll() is None
