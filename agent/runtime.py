@@ -26,7 +26,7 @@ import zmq
 
 from agent.client import GatewayClient, GatewayReplaced
 from agent.denials import DenialStorms
-from agent.marketfeed import BarGap, MarketFeed
+from agent.marketfeed import CONFLATABLE, BarGap, MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
@@ -1529,6 +1529,7 @@ class AgentRuntime(AgentServicesMixin):
                 pause_n=self._pause_n if self.paused else 0,
                 started=self._started,
                 decided=self._day_decided,
+                behind=self._behind,
                 **self.quotes.report(),
             ),
         )
@@ -2086,26 +2087,31 @@ class AgentRuntime(AgentServicesMixin):
         return batch
 
     def _on_sub(self, batch: list[Published]) -> None:
-        """One drain of the SUB socket. A strategy slower than its prints (its last drain took BEHIND_S or more)
-        gets the newest trade and book of each code of the next one (conflated): delivered one by one, it fell
-        behind without bound, deciding on prints minutes old."""
-        started = time.monotonic()
+        """One drain of the SUB socket. A strategy slower than its prints (the last drain's trades and books took
+        BEHIND_S) gets the newest trade and book of each code of the next one (conflated): delivered one by one,
+        it fell behind without bound, deciding on prints minutes old."""
         fresh, heal = self.feed.drain(batch, behind=self._behind)
         if heal:
             self._ask_market(heal, gap=True)
         if self.feed.take_system_gap():
             # a missed system event (a new trading day, a trading state, the session): ask the gateway
             self._send(GetSnapshot(h=self.headers()))
+        ticks = 0.0  # time in the trade and book callbacks (a slow bar decision or a fetch is not "behind")
         for pub in fresh:
             if isinstance(pub.body, Bar):
                 self._fill_bar_gap(pub.body)  # the bars a gap lost before it go first
-            self._on_pub(pub)
+            if isinstance(pub.body, CONFLATABLE):
+                started = time.monotonic()
+                self._on_pub(pub)
+                ticks += time.monotonic() - started
+            else:
+                self._on_pub(pub)
             self._keep_lease()
-        self._pace(time.monotonic() - started)
+        self._pace(ticks)
 
     def _pace(self, took: float) -> None:
-        """Whether the strategy keeps up with its prints: a drain that took BEHIND_S has the next conflated (said
-        at most once a minute), one under half of it ends that."""
+        """Whether the strategy keeps up with its prints: a drain whose trades and books took BEHIND_S to deliver
+        has the next conflated (said at most once a minute), one under half of it ends that."""
         if took >= BEHIND_S:
             if not self._behind and not self.card.subscriptions.conflate:
                 now = time.monotonic()

@@ -248,7 +248,10 @@ class Strategy:
         """A print from the stream, or, for a code in `ctx.polled_codes`, a `PolledTrade`
         synthesised from a REST quote (`tick.polled` True): price = last, cum_volume = the day's
         volume, qty = volume since the previous poll (0 on the first), side 0, no ask1/bid1; it comes
-        only when price or volume moved, at most every `poll_quotes_s`, and builds no bars."""
+        only when price or volume moved, at most every `poll_quotes_s`, and builds no bars.
+        A strategy whose on_trade/on_book take longer than the prints leave them (a second or more for one
+        burst) gets only the newest trade and book per code of each burst until it keeps up, as with
+        `subscriptions.conflate` (said in its log, counted in its status): `tick.cum_volume` stays exact."""
 
     def on_bar(self, bar: Bar) -> None:
         """A closed bar of an interval the card lists in `subscriptions.bars` (live), or of the

@@ -183,7 +183,7 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
 
     gaps: NonNegInt = 0  # market-data sequence gaps this agent detected
     heals: NonNegInt = 0  # ... and healed with a fresh market snapshot
-    conflated: NonNegInt = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate)
+    conflated: NonNegInt = 0  # trade/book messages skipped for a newer one (card subscriptions.conflate, `behind`)
     bad: NonNegInt = 0  # PUB messages that did not decode (wrong key, another wire version, corrupt)
     # registrations refused (every slot in use) and still asked for, and codes polled over REST
     # meanwhile; the first MAX_LISTED of each (the counts are exact)
@@ -204,6 +204,9 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     # gateway's DAY_CLOSED, published after that day's bars, was reached with none waiting (last_daily moves with
     # each code's bar: one of several codes decided on)
     decided: str = ""
+    # its strategy is slower than its prints now: each drain's newest trade and book per code are delivered
+    # (agent/runtime.py _pace; counted in `conflated`)
+    behind: bool = False
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

@@ -118,3 +118,10 @@ def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_p
     # ... and it does not fall behind without bound: once behind, the newest print of each drain is delivered
     assert log.count("FEED the strategy falls behind its prints") == 1
     wait_for(lambda: (a := fetch_status(run, 3.0).agents) and a[0].feed.conflated > 0, 10, what="conflated prints")
+    from tools.ops.status import market_data_lines
+
+    wait_for(
+        lambda: any("BEHIND their prints" in ln and "slow" in ln for ln in market_data_lines(fetch_status(run, 3.0))),
+        10,
+        what="the status says it is behind",
+    )

@@ -260,6 +260,9 @@ def market_data_lines(st: StatusReply) -> list[str]:
         f"agents' gaps {gaps:,} (healed {heals:,})  conflated {sum(a.feed.conflated for a in st.agents):,}"
         + (f"  UNREADABLE {bad:,}" if bad else "")
     ]
+    behind = [a.id for a in st.agents if a.feed.behind]
+    if behind:
+        lines.append(f"BEHIND their prints (the newest of each burst delivered): {', '.join(behind)}")
     for a in st.agents:
         f = a.feed
         if f.refused_n or f.polled_n:
