@@ -276,6 +276,16 @@ def reconcile(
     # 3. per chain: cumulative fills and how the broker closed it
     for o in local:
         lines = [by_odno[x] for x in chain[o.client_order_id] if x in by_odno]
+        if foreign := [r for r in lines if r.code != o.code or r.side != o.side]:
+            # a number of its chain is another order's line at the broker (a number reused: a KIS twin that lost
+            # its last seconds to a kill, an earlier day's): its fills were booked as this order's (another
+            # code's shares, another agent's loss). Never merged: a person is told
+            lines = [r for r in lines if r not in foreign]
+            res.alerts.append(
+                f"CRITICAL: {o.client_order_id} ({o.side} {o.code}) holds broker number(s) "
+                + ", ".join(f"{r.broker_order_id} (at the broker: {r.side} {r.qty} {r.code})" for r in foreign)
+                + ": not taken as its; check the order and both positions against the account"
+            )
         if not lines or (partial and len(lines) < len(chain[o.client_order_id])):
             continue  # partial: a line not shown may hold fills (a revised order's original never is)
         coid = o.client_order_id
@@ -317,7 +327,8 @@ def reconcile(
             if age(o.updated_ns) <= fill_grace_ns:
                 continue
             if filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines)):
-                missing = [x for x in chain[coid] if x not in by_odno]
+                listed = {r.broker_order_id for r in lines}
+                missing = [x for x in chain[coid] if x not in listed]
                 res.alerts.append(
                     f"{coid}: its line(s) {missing} are not in KIS's order list of the day (a list cut short, or "
                     "a number KIS never gave): judged on the lines it shows; check it in the KIS app"

@@ -550,3 +550,20 @@ def test_a_whole_list_without_a_line_of_the_chain_waits_the_grace_then_says_what
     res = reconcile([o2], [shown], now_ns=now, fill_grace_ns=grace)
     (fill,) = res.events[coid(1)]
     assert isinstance(fill, Fill) and (fill.qty, fill.value) == (2, 140_000)
+
+
+def test_a_number_that_is_another_orders_line_at_the_broker_is_never_merged() -> None:
+    """The embedded KIS twin, killed with the gateway, forgot its last seconds and gave their numbers again: an
+    order's number became another agent's line of another code, and the pass booked that line's fill as the
+    order's (ma_cross 'bought' SK hynix at 203,000, a false daily-loss alert, then sold shares that were not its).
+    A line whose code or side is not the order's is not taken as its; a person is told."""
+    grace = 60_000_000_000
+    now = 1_000 * grace
+    mine = _bought([])  # buy 10 005930 on 0000000001
+    theirs = msgspec.structs.replace(
+        _report("0000000001", 10, 2_030_000, 203_000), code="000660", side=Side.BUY, price=203_000, remaining_qty=0
+    )
+    res = reconcile([mine], [theirs], now_ns=now, fill_grace_ns=grace)
+    assert coid(1) not in res.events
+    [said] = [a for a in res.alerts if a.startswith("CRITICAL")]
+    assert "0000000001 (at the broker: buy 10 000660)" in said and coid(1) in said
