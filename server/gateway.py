@@ -304,6 +304,7 @@ class Gateway:
             self.services.on_register,
             self.universe_binder.on_register,
             lambda rec: self._spawn(self.base_prices.ensure(list(rec.card.codes))),
+            self.operator.on_agent_back,
         ]
         self.sessions.on_offline += [self._forget_feed, self.operator.on_agent_offline]
         self._routes()
@@ -783,7 +784,15 @@ class Gateway:
     async def _lease_loop(self) -> None:
         period = max(0.05, self.cfg.lease_s / 5)
         while True:
+            slept_at = time.monotonic()
             await asyncio.sleep(period)
+            late = time.monotonic() - slept_at - period
+            if late > max(self.cfg.lease_s / 2, 0.5):
+                # the gateway's own loop was held (a long commit, a swapped-out process, SIGSTOP): the agents'
+                # heartbeats wait in its socket, unread. Their silence meanwhile is the gateway's: not counted
+                # (every lease ran out after a 1.6 s stall, and a 12 s one paged "crashed" for live agents)
+                n = self.registry.forgive(late)
+                log.warning("the gateway's loop was held for %.1f s: %d agents' silence meanwhile not counted", late, n)
             try:
                 # the dead-man's switch pings from here (a hung loop stops them); a channel failing for a
                 # minute is told on the screen only (a kind would queue it on the failing channel)

@@ -109,5 +109,16 @@ class Registry:
                 out.append(rec)
         return out
 
+    def forgive(self, seconds: float) -> int:
+        """Move every live agent's last heartbeat `seconds` later (never past now): a stall of the gateway's own
+        loop is not their silence. Returns how many."""
+        now = self.clock()
+        n = 0
+        for rec in self.agents.values():
+            if rec.state is AgentState.ONLINE:
+                rec.last_seen = min(now, rec.last_seen + seconds)
+                n += 1
+        return n
+
     def age(self, rec: AgentRecord) -> float:
         return self.clock() - rec.last_seen
