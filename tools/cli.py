@@ -10,6 +10,9 @@ from typing import Optional
 
 import typer
 
+# `ktrader control`: no answer in time is not a refusal (exit 1): the action may still apply, or not
+EXIT_OUTCOME_UNKNOWN = 5
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ktrader: Korean stocks on the KIS Open API.")
 agent_app = typer.Typer(no_args_is_help=True, help="Run trading agents.")
 cards_app = typer.Typer(no_args_is_help=True, help="AgentCards.")
@@ -282,7 +285,7 @@ def control(
     order's what-if (--explain), the risk multiplier (--scale), a drawdown accepted (--reset-peak);
     cancel a protective order; apply a stock split the reconciliation found (--split)."""
     from common.connection import ConnectionFileError
-    from common.errors import KtraderError
+    from common.errors import ErrorCode, KtraderError
     from tools.ops.reload import ReloadError, reload_card
     from tools.ops.status import send_control
 
@@ -309,7 +312,14 @@ def control(
             )
         else:
             text = send_control(run_dir, action, agent, all_=all_, value=value)
-    except (ConnectionFileError, KtraderError, ReloadError) as e:
+    except KtraderError as e:
+        if e.code is ErrorCode.TIMEOUT:
+            # not a refusal: the action may have been applied (the gateway was busy), or not (it is gone)
+            typer.echo(f"outcome unknown: {e.message}; check `ktrader status` before acting again", err=True)
+            raise typer.Exit(EXIT_OUTCOME_UNKNOWN) from None
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except (ConnectionFileError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(text)

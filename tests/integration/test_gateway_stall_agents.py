@@ -74,3 +74,32 @@ def test_an_agent_said_offline_is_said_back(tmp_path: Path, procs: Procs) -> Non
         20,
         what="the all-clear",
     )
+
+
+def test_a_control_the_stalled_gateway_answers_late_is_outcome_unknown_not_error(tmp_path: Path, procs: Procs) -> None:
+    """`ktrader control pause` to a stalled gateway printed "error: TIMEOUT" and exited 1 (the README's refusal)
+    while a busy gateway applied the pause once it read it. No answer in time is "outcome unknown", exit 5."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tools.cli import EXIT_OUTCOME_UNKNOWN
+
+    run, gw, agent = _start(tmp_path, procs)
+    os.kill(gw.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tools", "control", "pause", "--agent", "rest", "--run-dir", str(run)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.kill(gw.pid, signal.SIGCONT)  # type: ignore[attr-defined]
+    assert done.returncode == EXIT_OUTCOME_UNKNOWN, (done.returncode, done.stderr)
+    assert done.stderr.startswith("outcome unknown:") and "check `ktrader status`" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # (a stopped process read nothing: here the request died with the tool's socket; a busy one reads it and
+    # applies it late: either way the tool cannot know)
+    assert [a.id for a in fetch_status(run, 5.0).agents] == ["rest"]

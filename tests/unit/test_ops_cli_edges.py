@@ -17,7 +17,7 @@ from rich.console import Console
 
 from common import approvals, credentials
 from common.connection import ConnectionFileError, GatewayInfo, write_info
-from common.errors import KtraderError
+from common.errors import ErrorCode, KtraderError
 from tests.conftest import ROOT
 from tests.fakes.status import status_reply
 
@@ -197,3 +197,20 @@ def test_web_port_out_of_range_is_one_plain_line() -> None:
     out = ktrader("web", "--port", "70000")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip() == "error: --port 70000: a port is 0..65535 (0: any free one)"
+
+
+def test_a_timeout_while_a_standby_took_over_names_the_new_gateway(tmp_path: Path) -> None:
+    """During a takeover the timeout said "the gateway (pid <the killed one>) is running (it holds the run lock)
+    but did not answer" while the standby held the lock and answered: it names the new one and the unknown
+    outcome."""
+    from tools.ops.status import _timeout_explained
+
+    run = tmp_path / "run"
+    old, new = info(dead_pid(), session="o" * 32), info(os.getpid(), session="n" * 32)
+    write_info(run, new)  # the standby wrote its file while the request waited
+    (run / "gateway.lock").touch()
+    lock = FileLock(str(run / "gateway.lock"))
+    with lock:
+        err = _timeout_explained(run, old, KtraderError(ErrorCode.TIMEOUT, "no reply within 3.0s"))
+    assert isinstance(err, KtraderError) and err.code is ErrorCode.TIMEOUT
+    assert f"(pid {old.pid}) was replaced meanwhile by pid {new.pid}" in err.message and "unknown" in err.message

@@ -72,6 +72,17 @@ def _timeout_explained(run_dir: str | Path, info: GatewayInfo, e: KtraderError) 
     held = run_lock_held(run_dir)
     if held is False:
         return _not_running(run_dir, info)
+    try:
+        now = read_info(run_dir)
+    except ConnectionFileError:
+        now = info
+    if now.session != info.session:
+        # a standby (or a restart) took over while the request waited: the one asked is gone
+        return KtraderError(
+            ErrorCode.TIMEOUT,
+            f"{e.message}; the gateway asked (pid {info.pid}) was replaced meanwhile by pid {now.pid}: the request "
+            "reached the old one or none, so its outcome is unknown; check status, then ask again",
+        )
     if held:
         return KtraderError(
             ErrorCode.TIMEOUT,
