@@ -61,8 +61,9 @@ def agent_positions(portfolio: Portfolio, agent: str) -> list[PositionMark]:
 
 def account_positions(portfolio: Portfolio) -> list[PositionMark]:
     """Every live agent's book summed per code (the "virtual sub-accounts" put back together): what
-    the broker account should hold (the books' view; reconciliation compares it with the broker's balance). Shadow agents' books are virtual (their orders never reach the broker)
-    and stay out, as they do of the risk gate's account view (Portfolio.account_positions).
+    the broker account should hold (the books' view; reconciliation compares it with the broker's
+    balance). Shadow agents' books are virtual (their orders never reach the broker) and stay out, as they
+    do of the risk gate's account view (Portfolio.account_positions).
 
     Each holder's position is valued as its own row is (`agent_positions`: its marks, a pending split's
     ratio applied to its holders) and the values summed: a split the quote already shows and the books

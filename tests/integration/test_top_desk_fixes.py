@@ -88,3 +88,27 @@ async def test_console_grid_and_confirmations(tmp_path: Path) -> None:
         await until(pilot, lambda: "reloaded budget" in app.last_message, what="the reply shown")
         await asyncio.sleep(0)
         assert sent == [PREVIEW]
+
+
+async def test_a_gateway_that_stopped_answering_is_shown_stale_with_its_age(tmp_path: Path) -> None:
+    """A stalled gateway's last status stayed green in the banner ("session ready, trading active, agents
+    online") with a small red "(stale: ...)" on the second line: the banner now says STALE and since when,
+    and the states it shows are dimmed (what the gateway last said, not now)."""
+    from textual.widgets import Static
+
+    app = TopApp(tmp_path / "run", cards_dir=tmp_path / "cards")
+    status = status_reply([agent_status("live_bot")])
+    async with app.run_test(size=(250, 50)) as pilot:
+        app.model.status, app.model.status_at = status, time.monotonic() - 12.0
+        app.model.error = "no reply within 2.0s; the gateway (pid 1) is running but did not answer"
+        app.render_status()
+
+        def banner() -> str:
+            return str(app.query_one("#banner", Static).render())
+
+        await until(pilot, lambda: "STALE" in banner(), what="the stale banner")
+        assert "has not answered for 12." in banner() and "as it last said" in banner(), banner()
+        app.model.error = ""
+        app.model.status_at = time.monotonic()
+        app.render_status()
+        await until(pilot, lambda: "STALE" not in banner(), what="the banner live again")

@@ -336,15 +336,28 @@ class TopApp(App[None]):
             return
         ok = st.session_state.value == "ready"
         alerts = st.alerts_today
+        # the gateway stopped answering: what follows is its last answer, not now (a stall showed a green
+        # "session ready, trading active, agents 3/3 online" for as long as it lasted)
+        stale = bool(self.model.error)
         line1 = Text.assemble(
             ("ktrader top  ", "bold"),
             (clock, "bold"),
+            (
+                f"  STALE: the gateway has not answered for {fmt_age(time.monotonic() - self.model.status_at)}; "
+                "as it last said:",
+                "bold white on red",
+            )
+            if stale
+            else "",
             "  market ",
-            (st.market_phase.replace("_", " ") or "?", "bold cyan"),
+            (st.market_phase.replace("_", " ") or "?", "dim" if stale else "bold cyan"),
             "  session ",
-            (st.session_state.value, "bold green" if ok else "bold red"),
+            (st.session_state.value, "dim" if stale else "bold green" if ok else "bold red"),
             "  trading ",
-            (st.trading_state.value, "bold green" if st.trading_state.value == "active" else "bold red"),
+            (
+                st.trading_state.value,
+                "dim" if stale else "bold green" if st.trading_state.value == "active" else "bold red",
+            ),
             "  ",
             (f"alerts {alerts}", "bold white on red" if alerts else "dim"),
         )
