@@ -25,19 +25,41 @@ class Sink(Protocol):
     def __call__(self, kind: AlertKind | None, text: str, agent: str, subject: str = "") -> None: ...
 
 
+class Journal(Protocol):
+    """Where alerts are kept across restarts (the gateway's store)."""
+
+    def add_alert(self, ts_ns: int, text: str) -> None: ...
+
+    def recent_alerts(self, limit: int) -> list[tuple[int, str]]: ...
+
+
 class Alerts:
-    def __init__(self, publish: Callable[[SystemEventKind, str, str], None], now_ns: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[SystemEventKind, str, str], None],
+        now_ns: Callable[[], int],
+        journal: Journal | None = None,
+    ) -> None:
+        """`journal`: alerts are written there (in the loop turn's batch) and the newest KEEP read back at start:
+        a restart no longer blanks the day's alerts on the console, the web page and the day's report."""
         self.publish = publish
         self.now_ns = now_ns
-        self.recent: list[tuple[int, str]] = []
+        self.journal = journal
+        self.recent: list[tuple[int, str]] = journal.recent_alerts(KEEP) if journal is not None else []
         # extra sinks, e.g. the notifier (Sink); a kind marks an alert that must reach a person
         # (common.enums.AlertKind), the rest are for the screen
         self.sinks: list[Sink] = []
 
     def __call__(self, text: str, kind: AlertKind | None = None, agent: str = "", subject: str = "") -> None:
         log.warning("ALERT %s", text)
-        self.recent.append((self.now_ns(), text))
+        ts = self.now_ns()
+        self.recent.append((ts, text))
         del self.recent[:-KEEP]
+        if self.journal is not None:
+            try:
+                self.journal.add_alert(ts, text)
+            except Exception:  # a store that cannot keep it still lets it reach a person (the store says why)
+                log.exception("alert not kept in the store")
         self.publish(SystemEventKind.ALERT, agent, text)
         for sink in self.sinks:
             try:

@@ -105,7 +105,7 @@ def build_order_core(
     core built by a test) an early look runs a pass of its own."""
     costs = CostModel(cfg.costs.commission_ppm, cfg.costs.sell_tax_ppm)  # one for the books and the gate
     portfolio = Portfolio(costs)
-    alerts = Alerts(publish, lambda: market_ns(clock))
+    alerts = Alerts(publish, lambda: market_ns(clock), journal=store)
     risk = RiskGate(
         cfg.risk, store, portfolio, clock, publish, alerts, kill_errors=cfg.kill_errors, kill_window_s=cfg.kill_window_s
     )

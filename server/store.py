@@ -35,10 +35,11 @@ __all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "StoreUnusable"
 
 log = logging.getLogger("ktrader.store")
 
-SCHEMA_VERSION = 9  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
+SCHEMA_VERSION = 10  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
 # v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent);
 # v6: protections (protective orders held by the gateway, server/protection.py); v7: trace by kind;
-# v8: an order's totals as columns (an agent's summary sums them in SQL); v9: the kind index holds intents only
+# v8: an order's totals as columns (an agent's summary sums them in SQL); v9: the kind index holds intents only;
+# v10: alerts (what the console, the web page and the day's report list survives a restart)
 
 # v8's columns of the orders table (name -> its definition)
 ORDER_TOTAL_COLUMNS = {
@@ -49,6 +50,9 @@ ORDER_TOTAL_COLUMNS = {
     "filled_value": "filled_value INTEGER NOT NULL DEFAULT 0",
     "fills": "fills INTEGER NOT NULL DEFAULT 0",
 }
+
+ALERTS_KEPT = 20_000  # the newest alerts kept (months of a normal day's); older ones are deleted ...
+ALERTS_PRUNE_EVERY = 1_000  # ... every so many
 
 # Changes after the v2 baseline (_DDL), applied in order to a store at an older version.
 # Add the next one as {N: "SQL"} and bump SCHEMA_VERSION.
@@ -75,6 +79,10 @@ _MIGRATIONS: dict[int, str] = {
     # (six leaves, one per kind, rewritten in every group commit: ~7 % of the store's time per order)
     9: "DROP INDEX IF EXISTS trace_kind;"
     "CREATE INDEX IF NOT EXISTS trace_intent ON trace(client_order_id) WHERE kind='intent'",
+    # the alerts kept in memory (the newest 200) were lost at each restart: the day's alerts on the console and
+    # the web page went blank, and the day's report lost what came before a restart
+    10: "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, "
+    "text TEXT NOT NULL)",
 }
 
 _DDL = """
@@ -506,6 +514,20 @@ class Store:
                 code=code, qty=qty, cost=cost, realized_pnl=realized, fees=fees
             )
         return out
+
+    # ---- alerts (server/alerts.py) -----------------------------------------------------------------
+
+    def add_alert(self, ts_ns: int, text: str) -> None:
+        """In the loop turn's batch (an alert is told at once; kept with the turn's commit)."""
+        with self.write():
+            self.db.execute("INSERT INTO alerts(ts_ns, text) VALUES (?, ?)", (ts_ns, text))
+            if self.db.last_insert_rowid() % ALERTS_PRUNE_EVERY == 0:  # (a lasting difference re-alerted all day)
+                self.db.execute("DELETE FROM alerts WHERE id <= ?", (self.db.last_insert_rowid() - ALERTS_KEPT,))
+
+    def recent_alerts(self, limit: int) -> list[tuple[int, str]]:
+        """The newest `limit` alerts, oldest first: (ts_ns, text)."""
+        rows = list(self.db.execute("SELECT ts_ns, text FROM alerts ORDER BY id DESC LIMIT ?", (limit,)))
+        return [(ts, text) for ts, text in reversed(rows)]
 
     # ---- the operator's journal and equity snapshots (server/operator.py) -------------------------
 

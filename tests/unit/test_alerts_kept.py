@@ -1,0 +1,47 @@
+"""The day's alerts survive a gateway restart (the store keeps them): a restart blanked the alerts on the
+console and the web page, and the day's report lost what came before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.enums import AlertKind
+from tests.unit.test_oms import Harness
+
+
+async def test_alerts_raised_before_a_restart_are_listed_after_it(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    h = Harness(db)
+    await h.start()
+    h.core.alerts("agent holder silent for 13s (crashed or cut off)", AlertKind.AGENT_OFFLINE, "holder")
+    h.core.alerts("reconcile (periodic): 2 filled at the broker but missing here: added at 70000")
+    day = h.book.day()
+    before = h.core.alerts.of_day(day)
+    await h.store.durable()
+    await h.close()
+
+    again = Harness(db)
+    await again.start()
+    try:
+        assert again.core.alerts.of_day(day)[-2:] == before[-2:]
+        assert "agent holder silent for 13s" in again.core.alerts.texts()[-2]
+    finally:
+        await again.close()
+
+
+def test_the_store_keeps_the_newest_alerts_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.store as store_mod
+    from server.store import Store
+
+    monkeypatch.setattr(store_mod, "ALERTS_KEPT", 50)
+    monkeypatch.setattr(store_mod, "ALERTS_PRUNE_EVERY", 10)
+    s = Store(tmp_path / "gw.sqlite")
+    try:
+        for n in range(1, 101):
+            s.add_alert(n, f"alert {n}")
+        kept = s.recent_alerts(1000)
+        assert kept[-1] == (100, "alert 100") and 50 <= len(kept) < 60 and kept[0][0] > 40
+    finally:
+        s.close()
