@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kis.sim.twin import Twin
 
 VERSION = 1
+ODNO_GAP_AFTER_RESTORE = 100_000  # order numbers skipped at a restore (more than a twin takes between two saves)
 
 
 def save(twin: Twin, path: Path) -> None:
@@ -76,7 +77,10 @@ def restore(twin: Twin, path: Path) -> None:
         acct = Account(**a)
         acct.holdings = holdings
         ex.accounts[acct.account_id] = acct
-    ex._odno_seq = int(doc.get("odno_seq", 0))
+    # the state is saved every few seconds: a twin killed with its gateway (kill -9) lost its last orders, and
+    # numbered the next ones as those were, so the gateway's books took one order's number for another's (KIS
+    # never gives a number twice in a day). Numbers go on from well past any the lost seconds could have used
+    ex._odno_seq = int(doc.get("odno_seq", 0)) + ODNO_GAP_AFTER_RESTORE
     saved_day = dt.date.fromisoformat(doc["day"])
     same_day = saved_day == ex.day
     for code, p in doc.get("prices", {}).items():

@@ -253,3 +253,27 @@ def test_an_order_placed_as_the_open_clock_turns_the_day_belongs_to_the_new_day(
     rec = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000)
     ex.on_clock()  # the market loop's tick
     assert rec.day == dt.date(2026, 3, 5) and rec.open_qty == 1 and rec.expired_qty == 0
+
+
+def test_a_twin_restored_from_its_state_never_gives_a_number_again(tmp_path: Path) -> None:
+    """The state is saved every few seconds: a twin killed with its gateway lost its last orders and gave their
+    numbers to the next ones, so the gateway took one order's number for another's. Restored, it numbers on
+    from well past any number the lost seconds could have used."""
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "twin-state.json"
+    first = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    ex = first.exchange
+    acct = next(iter(ex.accounts.values()))
+    bid = ex.stocks["005930"].book.best_bid()
+    assert bid is not None
+    saved = ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000).odno
+    save(first, state)
+    lost = [ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000).odno for _ in range(3)]  # then kill -9
+    again = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    bid = again.exchange.stocks["005930"].book.best_bid()
+    assert bid is not None
+    acct = next(iter(again.exchange.accounts.values()))
+    new = again.exchange.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000).odno
+    assert new not in lost and int(new) > int(max(lost)) > int(saved)
