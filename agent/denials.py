@@ -2,12 +2,14 @@
 
 A strategy that retries an order the gateway refuses (over its budget, no shares to sell, a halted agent) on
 every print had each denial journaled by the gateway (~1.7 KB: the intent, its context, the reason) and logged
-twice here, without end: the hunt measured ~5 MB/s of store. Counted per code and side: from STORM denials of
-one code and side within WINDOW_S, an order of that code and side is not sent; it is refused here with the
-gateway's last answer (the strategy hears it as a denial, on_order), except one every PROBE_S, whose answer
-decides (taken: the storm is over). Per code and side, so an evening's rebalance of many codes, partly denied
-once, holds nothing back; not the denials that end by themselves with the clock (the card's schedule, a closed
-market). Said in the log once a minute with the count."""
+twice here, without end: the hunt measured ~5 MB/s of store. Counted per order terms but the price (code, side,
+type, quantity: a price following the print is the same order retried): from STORM denials of such orders within
+WINDOW_S, one is not sent; it is refused here (HELD_BACK, the gateway's last reason; the strategy hears it as a
+denial, on_order), except one every PROBE_S, whose answer decides (taken: the storm is over). Never held back: a
+sell of shares the agent holds and a market order (a stop-loss must get out: the gateway decides), an order of
+other terms (an evening's rebalance of many codes, partly denied once), and the denials that end by themselves
+with the clock (the card's schedule, a closed market, the orders-per-minute rate). Said in the log once a minute
+and counted in the agent's status (FeedHealth.held_back)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.enums import Side
+from common.enums import OrderType, Side
 from common.errors import ErrorCode
 
 STORM = 20  # denials of one code and side within WINDOW_S
 WINDOW_S = 60.0
 PROBE_S = 5.0  # while held back, one order of that code and side goes every PROBE_S
 SAY_EVERY_S = 60.0
-_WAITING = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED})
+_WAITING = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED, ErrorCode.DENIED_RATE})
+
+Terms = tuple[str, Side, OrderType, int]  # code, side, type, quantity
 
 
 @dataclass
@@ -40,33 +44,34 @@ class DenialStorms:
     def __init__(self, log: logging.Logger, now: Callable[[], float] = time.monotonic) -> None:
         self.log = log
         self.now = now
-        self._by: dict[tuple[str, Side], _Storm] = {}
+        self._by: dict[Terms, _Storm] = {}
         self._said_at = -SAY_EVERY_S
         self.held = 0  # orders held back in all
 
-    def denied(self, code: str, side: Side, error: ErrorCode | None, why: str) -> None:
-        """The gateway denied an order of `code` and `side`."""
+    def denied(self, terms: Terms, error: ErrorCode | None, why: str) -> None:
+        """The gateway denied an order of these terms."""
         if error is None or not error.value.startswith("DENIED_") or error in _WAITING:
             return
         now = self.now()
-        storm = self._by.setdefault((code, side), _Storm())
+        storm = self._by.setdefault(terms, _Storm())
         storm.stamps.append(now)
         storm.code, storm.why = error, why
         self._prune(storm, now)
 
-    def taken(self, code: str, side: Side) -> None:
-        """The gateway took an order of `code` and `side`: whatever storm there was is over."""
-        self._by.pop((code, side), None)
+    def taken(self, terms: Terms) -> None:
+        """The gateway took an order of these terms: whatever storm there was is over."""
+        self._by.pop(terms, None)
 
-    def hold_back(self, code: str, side: Side) -> tuple[ErrorCode, str] | None:
-        """(error, why) to refuse an order of `code` and `side` with here, or None: send it."""
-        storm = self._by.get((code, side))
-        if storm is None:
+    def hold_back(self, terms: Terms, reducing: bool) -> tuple[ErrorCode, str] | None:
+        """(error, why) to refuse an order of these terms with here, or None: send it. `reducing`: a sell of
+        shares the agent holds (never held back, nor a market order)."""
+        storm = self._by.get(terms)
+        if storm is None or reducing or terms[2] is OrderType.MARKET:
             return None
         now = self.now()
         self._prune(storm, now)
         if not storm.stamps:
-            del self._by[(code, side)]
+            del self._by[terms]
             return None
         if len(storm.stamps) < STORM or now >= storm.probe_at:
             if len(storm.stamps) >= STORM:
@@ -77,10 +82,12 @@ class DenialStorms:
         if now >= self._said_at + SAY_EVERY_S:
             self._said_at = now
             self.log.warning(
-                "%s %s orders not sent: the gateway denied %d of them within %.0f s (%s: %s); one goes every %.0f s "
-                "until it takes one (%d held back here so far)",
-                side,
-                code,
+                "%s %s orders (%s, qty %d) not sent: the gateway denied %d of them within %.0f s (%s: %s); one goes "
+                "every %.0f s until it takes one (%d held back here so far)",
+                terms[1],
+                terms[0],
+                terms[2],
+                terms[3],
                 len(storm.stamps),
                 WINDOW_S,
                 storm.code,
@@ -88,7 +95,9 @@ class DenialStorms:
                 PROBE_S,
                 self.held,
             )
-        return storm.code, f"not sent: the gateway denied the last {len(storm.stamps)} of these ({storm.why})"
+        return ErrorCode.HELD_BACK, (
+            f"not sent: the gateway denied the last {len(storm.stamps)} of these ({storm.code}: {storm.why})"
+        )
 
     @staticmethod
     def _prune(storm: _Storm, now: float) -> None:

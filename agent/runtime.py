@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from agent.client import GatewayClient, GatewayReplaced
-from agent.denials import DenialStorms
+from agent.denials import DenialStorms, Terms
 from agent.marketfeed import CONFLATABLE, BarGap, MarketFeed
 from agent.lock import AgentLock
 from agent.quotepoll import QuotePoller
@@ -303,6 +303,11 @@ def _order_bytes(order: NewOrder) -> int | OrderResult:
         why = f"not sent: {len(body):,} bytes, more than one request carries ({BATCH_ORDER_BYTES:,}): a smaller context"
         return _not_taken(order, ErrorCode.TOO_LARGE, why)
     return len(body)
+
+
+def _terms(order: NewOrder | OrderView) -> Terms:
+    """What makes two orders the same order retried (agent/denials.py): all but the price."""
+    return order.code, order.side, order.order_type, order.qty
 
 
 def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
@@ -1530,6 +1535,7 @@ class AgentRuntime(AgentServicesMixin):
                 started=self._started,
                 decided=self._day_decided,
                 behind=self._behind,
+                held_back=self._storms.held,
                 **self.quotes.report(),
             ),
         )
@@ -1571,7 +1577,8 @@ class AgentRuntime(AgentServicesMixin):
         unsendable: list[OrderResult] = []
         for item in items:  # in the order decided: orders in batches, each command after the orders before it
             if isinstance(item, NewOrder):
-                held = self._storms.hold_back(item.code, item.side)
+                reducing = item.side is Side.SELL and self.position(item.code) > 0
+                held = self._storms.hold_back(_terms(item), reducing)
                 if held is not None:
                     self._held_back.add(item.client_order_id)
                     unsendable.append(_not_taken(item, *held))
@@ -1650,7 +1657,7 @@ class AgentRuntime(AgentServicesMixin):
                 elif not r.accepted:
                     self._refused(r)
                 elif (sent := self.orders.get(r.client_order_id)) is not None:
-                    self._storms.taken(sent.code, sent.side)
+                    self._storms.taken(_terms(sent))
         elif isinstance(msg, SnapshotReply):
             # asked after a day change it missed, or a gap on the system topic: the day, clock and states now
             self._set_day(msg.snapshot.day, msg.snapshot.next_order_n)
@@ -1784,7 +1791,7 @@ class AgentRuntime(AgentServicesMixin):
         else:
             self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
             if mine is not None and not r.duplicate:
-                self._storms.denied(mine.code, mine.side, r.code, r.message)
+                self._storms.denied(_terms(mine), r.code, r.message)
         if r.code is ErrorCode.WRONG_DAY:
             self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
         prot = self._protections.get(r.client_order_id)

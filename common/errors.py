@@ -43,6 +43,8 @@ class ErrorCode(StrEnum):
     AMEND_UNKNOWN = "AMEND_UNKNOWN"  # a revise/cancel whose answer was lost: resolved from notices and the order list
     FILL_NOT_AT_BROKER = "FILL_NOT_AT_BROKER"  # a booked fill the broker's list does not have: taken back
     EXPIRED_UNSENT = "EXPIRED_UNSENT"  # a next-session order the next session never took (not sent)
+    # not sent by its agent: the gateway kept denying orders of these terms (agent/denials.py)
+    HELD_BACK = "HELD_BACK"
     # risk gate denials
     DENIED_UNKNOWN_CODE = "DENIED_UNKNOWN_CODE"
     DENIED_TICK = "DENIED_TICK"

@@ -207,6 +207,8 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     # its strategy is slower than its prints now: each drain's newest trade and book per code are delivered
     # (agent/runtime.py _pace; counted in `conflated`)
     behind: bool = False
+    # orders its agent did not send: the gateway kept denying orders of those terms (agent/denials.py)
+    held_back: NonNegInt = 0
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

@@ -7,11 +7,12 @@ that repeats of one subject are suppressed and a new one is news."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from common.clock import kst_from_ns
+from common.clock import KST, kst_from_ns
 from common.enums import AlertKind, SystemEventKind
 
 log = logging.getLogger("ktrader.alerts")
@@ -31,6 +32,10 @@ class Journal(Protocol):
     def add_alert(self, ts_ns: int, text: str) -> None: ...
 
     def recent_alerts(self, limit: int) -> list[tuple[int, str]]: ...
+
+    def alerts_between(self, start_ns: int, end_ns: int) -> list[str]: ...
+
+    def count_alerts_since(self, start_ns: int) -> int: ...
 
 
 class Alerts:
@@ -75,5 +80,21 @@ class Alerts:
         return [text for _, text in self.recent[-n:]]
 
     def of_day(self, day: str) -> list[str]:
-        """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first."""
+        """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first: all of them (the store's;
+        the newest KEEP in memory cut a busy day's report)."""
+        if self.journal is not None:
+            start = int(dt.datetime.strptime(day, "%Y%m%d").replace(tzinfo=KST).timestamp()) * 1_000_000_000
+            try:
+                return self.journal.alerts_between(start, start + 86_400 * 1_000_000_000)
+            except Exception:  # a failed store: what memory holds
+                log.exception("the day's alerts not read from the store")
         return [text for ts, text in self.recent if kst_from_ns(ts).strftime("%Y%m%d") == day]
+
+    def count_since(self, start_ns: int) -> int:
+        """How many alerts were raised since `start_ns` (all, not only the newest KEEP)."""
+        if self.journal is not None:
+            try:
+                return self.journal.count_alerts_since(start_ns)
+            except Exception:
+                log.exception("the alerts not counted in the store")
+        return sum(1 for ts, _ in self.recent if ts >= start_ns)

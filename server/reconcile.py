@@ -281,8 +281,8 @@ def reconcile(
             # its last seconds to a kill, an earlier day's): its fills were booked as this order's (another
             # code's shares, another agent's loss). Never merged: a person is told
             lines = [r for r in lines if r not in foreign]
-            res.alerts.append(
-                f"CRITICAL: {o.client_order_id} ({o.side} {o.code}) holds broker number(s) "
+            res.alerts.append(  # (led by the order's id: the per-order passes keep the alerts of their orders)
+                f"{o.client_order_id}: CRITICAL: it ({o.side} {o.code}) holds broker number(s) "
                 + ", ".join(f"{r.broker_order_id} (at the broker: {r.side} {r.qty} {r.code})" for r in foreign)
                 + ": not taken as its; check the order and both positions against the account"
             )
@@ -327,8 +327,7 @@ def reconcile(
             if age(o.updated_ns) <= fill_grace_ns:
                 continue
             if filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines)):
-                listed = {r.broker_order_id for r in lines}
-                missing = [x for x in chain[coid] if x not in listed]
+                missing = [x for x in chain[coid] if x not in by_odno]  # (a foreign line is told above)
                 res.alerts.append(
                     f"{coid}: its line(s) {missing} are not in KIS's order list of the day (a list cut short, or "
                     "a number KIS never gave): judged on the lines it shows; check it in the KIS app"

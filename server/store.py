@@ -82,7 +82,8 @@ _MIGRATIONS: dict[int, str] = {
     # the alerts kept in memory (the newest 200) were lost at each restart: the day's alerts on the console and
     # the web page went blank, and the day's report lost what came before a restart
     10: "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, "
-    "text TEXT NOT NULL)",
+    "text TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts(ts_ns)",
 }
 
 _DDL = """
@@ -523,6 +524,15 @@ class Store:
             self.db.execute("INSERT INTO alerts(ts_ns, text) VALUES (?, ?)", (ts_ns, text))
             if self.db.last_insert_rowid() % ALERTS_PRUNE_EVERY == 0:  # (a lasting difference re-alerted all day)
                 self.db.execute("DELETE FROM alerts WHERE id <= ?", (self.db.last_insert_rowid() - ALERTS_KEPT,))
+
+    def alerts_between(self, start_ns: int, end_ns: int) -> list[str]:
+        """The texts of the alerts stamped in [start_ns, end_ns), oldest first."""
+        rows = self.db.execute("SELECT text FROM alerts WHERE ts_ns >= ? AND ts_ns < ? ORDER BY id", (start_ns, end_ns))
+        return [text for (text,) in rows]
+
+    def count_alerts_since(self, start_ns: int) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM alerts WHERE ts_ns >= ?", (start_ns,)).fetchone()
+        return int(row[0]) if row else 0
 
     def recent_alerts(self, limit: int) -> list[tuple[int, str]]:
         """The newest `limit` alerts, oldest first: (ts_ns, text)."""

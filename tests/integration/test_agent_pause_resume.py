@@ -86,9 +86,12 @@ def test_a_strategy_retrying_a_denied_order_on_every_tick_is_held_back_at_the_so
     card.write_text(STORM_CARD)
     approve(run, card)
     agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="storm")
-    wait_for(lambda: "orders not sent: the gateway denied" in procs.log(agent), 30, what="the storm held back")
+    wait_for(lambda: "not sent: the gateway denied" in procs.log(agent), 30, what="the storm held back")
     log = procs.log(agent)
-    said = re.search(r"buy 005930 orders not sent: the gateway denied (\d+) of them within 60 s \(DENIED_BUDGET", log)
+    said = re.search(
+        r"buy 005930 orders \(limit, qty 10\) not sent: the gateway denied (\d+) of them within 60 s \(DENIED_BUDGET",
+        log,
+    )
     assert said is not None and int(said.group(1)) >= STORM, log[-2000:]
     wait_for(lambda: "DENYSTORM sent 300" in procs.log(agent), 30, what="the strategy retrying on")
     st = _agent_named(run, "storm")
@@ -97,7 +100,8 @@ def test_a_strategy_retrying_a_denied_order_on_every_tick_is_held_back_at_the_so
     assert STORM <= stored < STORM + 10 + 300 * 0.01 / PROBE_S + 2  # (a few in flight, then a probe each PROBE_S)
     wait_for(lambda: "DENYSTORM sent 600" in procs.log(agent), 30, what="the strategy retrying on")
     assert _agent_named(run, "storm").orders_today <= stored + 2  # ~3 s of retries: at most a probe or two
-    assert procs.log(agent).count("orders not sent") == 1  # said once a minute, not per order
+    assert procs.log(agent).count("not sent: the gateway denied") == 1  # said once a minute, not per order
+    wait_for(lambda: _agent_named(run, "storm").feed.held_back > 100, 10, what="the count in its status")
     assert agent.poll() is None
 
 

@@ -45,3 +45,21 @@ def test_the_store_keeps_the_newest_alerts_only(tmp_path: Path, monkeypatch: pyt
         assert kept[-1] == (100, "alert 100") and 50 <= len(kept) < 60 and kept[0][0] > 40
     finally:
         s.close()
+
+
+async def test_a_busy_days_report_and_count_have_every_alert_not_the_newest_200(tmp_path: Path) -> None:
+    """350 alerts in a day: the day's report listed the newest 200 (from number 150, no word of the cut) and
+    `alerts_today` stopped at 200. Both read the store."""
+    h = Harness(tmp_path / "gw.sqlite")
+    await h.start()
+    try:
+        day = h.book.day()
+        start = len(h.core.alerts.of_day(day))
+        for n in range(350):
+            h.core.alerts(f"alert {n}")
+        got = h.core.alerts.of_day(day)
+        assert len(got) == start + 350 and got[start] == "alert 0" and got[-1] == "alert 349"
+        assert len(h.core.alerts.recent) == 200  # (memory keeps the newest, for the screens)
+        assert h.core.alerts.count_since(0) >= 350
+    finally:
+        await h.close()

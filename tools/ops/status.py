@@ -274,6 +274,9 @@ def market_data_lines(st: StatusReply) -> list[str]:
     behind = [a.id for a in st.agents if a.feed.behind]
     if behind:
         lines.append(f"BEHIND their prints (the newest of each burst delivered): {', '.join(behind)}")
+    held = [f"{a.id} {a.feed.held_back:,}" for a in st.agents if a.feed.held_back]
+    if held:
+        lines.append(f"orders held back by their agents (the gateway kept denying them): {', '.join(held)}")
     for a in st.agents:
         f = a.feed
         if f.refused_n or f.polled_n:
