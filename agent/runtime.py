@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -2309,8 +2310,11 @@ class AgentRuntime(AgentServicesMixin):
         now = time.monotonic()
         self._last_error, self._last_error_at = text[:ERROR_TEXT_MAX_CHARS], now
         # the same error is the same kind raised at the same line of the same callback (its text may carry a price)
+        # (its deepest line in the strategy's own file: two bugs raising in one library call are two errors)
+        module = sys.modules.get(type(self.strategy).__module__)
         frames = traceback.extract_tb(e.__traceback__)
-        key = f"{type(e).__name__}:{name}:" + (f"{frames[-1].filename}:{frames[-1].lineno}" if frames else text)
+        own = [f for f in frames if f.filename == getattr(module, "__file__", None)] or frames
+        key = f"{type(e).__name__}:{name}:" + (f"{own[-1].filename}:{own[-1].lineno}" if own else text)
         seen = self._errors_seen.get(key)
         if seen is None:
             if len(self._errors_seen) >= 256:
