@@ -110,7 +110,7 @@ def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_p
     approve(run, card)
     agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="slow")
     wait_for(lambda: "on_trade took" in procs.log(agent), 30, what="the slow callback is said")
-    holds_for(lambda: "lease expired" not in procs.log(gateway), 8.0, interval=0.2, what="the agent's lease")
+    holds_for(lambda: "lease expired" not in procs.log(gateway), 5.0, interval=0.2, what="the agent's lease")
     log = procs.log(agent)
     assert "the gateway's lease is 1.0 s" in log and "conflate" in log
     assert log.count("on_trade took") == 1  # said once a minute, not per call
