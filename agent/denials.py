@@ -31,11 +31,16 @@ _WAITING = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED,
 Terms = tuple[str, Side, OrderType, int]  # code, side, type, quantity
 
 
+# denials about the price: a storm of them holds back only orders at a price denied (one on the grid goes)
+_PRICED = frozenset({ErrorCode.DENIED_TICK, ErrorCode.DENIED_PRICE_BAND})
+
+
 @dataclass
 class _Storm:
     stamps: deque[float] = field(default_factory=deque)
     code: ErrorCode = ErrorCode.BAD_ORDER
     why: str = ""
+    prices: set[int] = field(default_factory=set)  # the prices denied (a _PRICED storm's)
     probe_at: float = 0.0
     held: int = 0  # orders held back so far
 
@@ -48,25 +53,32 @@ class DenialStorms:
         self._said_at = -SAY_EVERY_S
         self.held = 0  # orders held back in all
 
-    def denied(self, terms: Terms, error: ErrorCode | None, why: str) -> None:
-        """The gateway denied an order of these terms."""
+    def denied(self, terms: Terms, price: int, error: ErrorCode | None, why: str) -> None:
+        """The gateway denied an order of these terms at `price`."""
         if error is None or not error.value.startswith("DENIED_") or error in _WAITING:
             return
         now = self.now()
         storm = self._by.setdefault(terms, _Storm())
         storm.stamps.append(now)
         storm.code, storm.why = error, why
+        if error in _PRICED and len(storm.prices) < 1024:
+            storm.prices.add(price)
         self._prune(storm, now)
 
     def taken(self, terms: Terms) -> None:
         """The gateway took an order of these terms: whatever storm there was is over."""
         self._by.pop(terms, None)
 
-    def hold_back(self, terms: Terms, reducing: bool) -> tuple[ErrorCode, str] | None:
-        """(error, why) to refuse an order of these terms with here, or None: send it. `reducing`: a sell of
-        shares the agent holds (never held back, nor a market order)."""
+    def hold_back(self, terms: Terms, price: int, reducing: bool) -> tuple[ErrorCode, str] | None:
+        """(error, why) to refuse an order of these terms at `price` with here, or None: send it. `reducing`: a
+        sell of shares the agent holds (never held back, nor a market order; but a storm the gateway denies for
+        no sellable shares: the shares are in the sells already resting)."""
         storm = self._by.get(terms)
-        if storm is None or reducing or terms[2] is OrderType.MARKET:
+        if storm is None or terms[2] is OrderType.MARKET:
+            return None
+        if reducing and storm.code is not ErrorCode.DENIED_NO_SHARES:
+            return None
+        if storm.code in _PRICED and price not in storm.prices:
             return None
         now = self.now()
         self._prune(storm, now)

@@ -380,7 +380,9 @@ class AgentRuntime(AgentServicesMixin):
         # may never have seen them; sent again after the next registration (the gateway knows an id it
         # has: a duplicate, not a second order)
         self._unanswered: dict[str, NewOrder] = {}
-        self._local_refusals: list[OrderResult] = []  # orders refused here, told at the loop's next turn
+        # orders refused here, told at the loop's next turn, with their view then (a registration between may
+        # rebuild the views without them: the strategy is still told)
+        self._local_refusals: list[tuple[OrderResult, OrderView | None]] = []
         self._ticks = itertools.count(1)  # the order orders and commands were decided in (kept when sent again)
         # order id -> (tick, monotonic time it was decided): one decided too long before the gateway came back
         # is not sent late (card resend_within_s)
@@ -1579,7 +1581,9 @@ class AgentRuntime(AgentServicesMixin):
         for item in items:  # in the order decided: orders in batches, each command after the orders before it
             if isinstance(item, NewOrder):
                 reducing = item.side is Side.SELL and self.position(item.code) > 0
-                held = self._storms.hold_back(_terms(item), reducing)
+                # (a resend after a registration is no new decision: the gateway may have it, filled)
+                resend = item.client_order_id in self._unanswered
+                held = None if resend else self._storms.hold_back(_terms(item), item.price, reducing)
                 if held is not None:
                     self._held_back.add(item.client_order_id)
                     unsendable.append(_not_taken(item, *held))
@@ -1599,12 +1603,12 @@ class AgentRuntime(AgentServicesMixin):
         # told at the loop's next turn (LOCAL_REFUSAL_S), once all else left: a strategy placing the same order
         # again from on_order would otherwise recurse through _flush until RecursionError (the gateway's answer
         # to it took a round trip)
-        self._local_refusals.extend(unsendable)
+        self._local_refusals.extend((r, self.orders.get(r.client_order_id)) for r in unsendable)
 
     def _tell_local_refusals(self) -> None:
         results, self._local_refusals = self._local_refusals, []
-        for r in results:
-            self._refused(r)
+        for r, view in results:
+            self._refused(r, view)
 
     def _submit(self, orders: list[tuple[NewOrder, int]]) -> None:
         """In batches the gateway takes, by count and by size (one over either bound is refused whole)."""
@@ -1782,24 +1786,28 @@ class AgentRuntime(AgentServicesMixin):
             reason=r.message if refused else mine.reason,
         )
 
-    def _refused(self, r: OrderResult) -> None:
-        """The gateway did not take an order. Its own copy here must not stay 'on its way' (a ghost
-        that blocks a strategy waiting for it): when the gateway made no order of it (e.g. an id of
-        another trading day), it ends DENIED here with the gateway's code and the strategy is told."""
-        mine = self.orders.get(r.client_order_id)
+    def _refused(self, r: OrderResult, local: OrderView | None = None) -> None:
+        """The gateway did not take an order, or (`local`: its view when refused) this process did not send it.
+        Its own copy here must not stay 'on its way' (a ghost that blocks a strategy waiting for it): when the
+        gateway made no order of it (e.g. an id of another trading day), it ends DENIED here with the gateway's
+        code and the strategy is told."""
+        mine = self.orders.get(r.client_order_id) or local
         if r.client_order_id in self._held_back:
             self._held_back.discard(r.client_order_id)  # (said once a minute: agent/denials.py)
         else:
             self.log.warning("order %s not accepted: %s %s", r.client_order_id, r.code, r.message)
-            if mine is not None and not r.duplicate:
-                self._storms.denied(_terms(mine), r.code, r.message)
+            if mine is not None and not r.duplicate and local is None:
+                self._storms.denied(_terms(mine), mine.price, r.code, r.message)
         if r.code is ErrorCode.WRONG_DAY:
             self._send(GetSnapshot(h=self.headers()))  # we missed a day change: number by the new day
         prot = self._protections.get(r.client_order_id)
         if prot is not None and prot.state is ProtectionState.PENDING and not r.duplicate:
-            self._protections[r.client_order_id] = msgspec.structs.replace(
+            ended = msgspec.structs.replace(
                 prot, state=ProtectionState.CANCELLED, reason=f"its buy was not taken: {r.code}: {r.message}"
             )
+            self._protections[r.client_order_id] = ended
+            if local is not None:  # (the gateway tells a denied buy's protection with an event: on_protection)
+                self._call("on_protection", ended)
         if mine is not None and mine.state is OrderState.PENDING_SUBMIT and not r.duplicate:
             denied = msgspec.structs.replace(
                 mine, state=OrderState.DENIED, reason_code=(r.code or ErrorCode.BAD_ORDER).value, reason=r.message

@@ -35,7 +35,7 @@ class Journal(Protocol):
 
     def alerts_between(self, start_ns: int, end_ns: int) -> list[str]: ...
 
-    def count_alerts_since(self, start_ns: int) -> int: ...
+    def count_alerts_between(self, start_ns: int, end_ns: int) -> int: ...
 
 
 class Alerts:
@@ -90,11 +90,13 @@ class Alerts:
                 log.exception("the day's alerts not read from the store")
         return [text for ts, text in self.recent if kst_from_ns(ts).strftime("%Y%m%d") == day]
 
-    def count_since(self, start_ns: int) -> int:
-        """How many alerts were raised since `start_ns` (all, not only the newest KEEP)."""
+    def count_day(self, start_ns: int) -> int:
+        """How many alerts were raised in the day starting at `start_ns` (all, not only the newest KEEP; not a
+        later day's, a store reused after it or a replay's clock gone back)."""
+        end_ns = start_ns + 86_400 * 1_000_000_000
         if self.journal is not None:
             try:
-                return self.journal.count_alerts_since(start_ns)
+                return self.journal.count_alerts_between(start_ns, end_ns)
             except Exception:
                 log.exception("the alerts not counted in the store")
-        return sum(1 for ts, _ in self.recent if ts >= start_ns)
+        return sum(1 for ts, _ in self.recent if start_ns <= ts < end_ns)

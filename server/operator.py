@@ -376,7 +376,7 @@ class Operator:
             reconcile_alerts=last[2] if last else 0,
             market_phase=gw.clock.phase().value,
             market_time=market_now.astimezone(KST).isoformat(timespec="seconds"),
-            alerts_today=gw.alerts.count_since(day_start),
+            alerts_today=gw.alerts.count_day(day_start),
             notify=self.notifier.status(),
             risk=risk_status(gw.risk, gw.account.reads),
             protections=gw.protection.of(),

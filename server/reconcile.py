@@ -326,8 +326,8 @@ def reconcile(
             # lines shown decide, as before, and a person is told what they were judged without
             if age(o.updated_ns) <= fill_grace_ns:
                 continue
-            if filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines)):
-                missing = [x for x in chain[coid] if x not in by_odno]  # (a foreign line is told above)
+            missing = [x for x in chain[coid] if x not in by_odno]  # (a foreign line is told above)
+            if missing and (filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines))):
                 res.alerts.append(
                     f"{coid}: its line(s) {missing} are not in KIS's order list of the day (a list cut short, or "
                     "a number KIS never gave): judged on the lines it shows; check it in the KIS app"

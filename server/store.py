@@ -129,6 +129,8 @@ CREATE TABLE IF NOT EXISTS trace (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trace_coid ON trace(client_order_id);
+CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alerts_ts ON alerts(ts_ns);
 """
 
 
@@ -530,8 +532,10 @@ class Store:
         rows = self.db.execute("SELECT text FROM alerts WHERE ts_ns >= ? AND ts_ns < ? ORDER BY id", (start_ns, end_ns))
         return [text for (text,) in rows]
 
-    def count_alerts_since(self, start_ns: int) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM alerts WHERE ts_ns >= ?", (start_ns,)).fetchone()
+    def count_alerts_between(self, start_ns: int, end_ns: int) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM alerts WHERE ts_ns >= ? AND ts_ns < ?", (start_ns, end_ns)
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def recent_alerts(self, limit: int) -> list[tuple[int, str]]:

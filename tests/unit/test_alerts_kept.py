@@ -60,6 +60,12 @@ async def test_a_busy_days_report_and_count_have_every_alert_not_the_newest_200(
         got = h.core.alerts.of_day(day)
         assert len(got) == start + 350 and got[start] == "alert 0" and got[-1] == "alert 349"
         assert len(h.core.alerts.recent) == 200  # (memory keeps the newest, for the screens)
-        assert h.core.alerts.count_since(0) >= 350
+        import datetime as dt
+
+        from common.clock import KST
+
+        midnight = int(dt.datetime.strptime(day, "%Y%m%d").replace(tzinfo=KST).timestamp()) * 1_000_000_000
+        assert h.core.alerts.count_day(midnight) == start + 350
+        assert h.core.alerts.count_day(midnight + 86_400 * 1_000_000_000) == 0  # (not the next day's)
     finally:
         await h.close()
