@@ -316,7 +316,7 @@ def _not_taken(order: NewOrder, code: ErrorCode, why: str) -> OrderResult:
 
 
 EVENTS_ASK_S = 5.0  # a GetEvents unanswered this long is asked again
-BEHIND_S = 1.0  # a drain of the SUB socket delivered in this long or more: the strategy is not keeping up
+BEHIND_S = 1.0  # one drain's trade and book callbacks took this long or more: the strategy is not keeping up
 
 # run once (a warm-up may take long, asking the gateway for history as it goes): not "slow", whatever they take
 _ONE_OFF_CALLBACKS = frozenset({"on_start", "on_stop"})
@@ -412,12 +412,12 @@ class AgentRuntime(AgentServicesMixin):
         # and answer this process's heartbeats, with no subscription, snapshot or replay made here
         self._unregistered = False
         self._slow_calls, self._slow_said_at = 0, -60.0  # callbacks past half the lease, when last said
-        self._storms = DenialStorms(self.log)  # orders of a code and side the gateway keeps denying: held back
+        self._storms = DenialStorms(self.log)  # orders of terms the gateway keeps denying: held back
         self._held_back: set[str] = set()  # orders refused here by it, told as denials (not logged one by one)
         self._last_error, self._last_error_at = "", 0.0  # the latest strategy error, when (the heartbeat tells it)
         self._events_asked: tuple[int, float] | None = None  # (after seq, when) of the GetEvents on its way
         self._behind, self._behind_said_at = False, -60.0  # the strategy is not keeping up with its prints
-        self._errors_seen: dict[str, list[float]] = {}  # error text -> [times, when last said]
+        self._errors_seen: dict[str, list[float]] = {}  # an error (kind, callback, line) -> [times, when last said]
         self._stamp: tuple[int, int] | None = None
         self._clock_offset_ns = 0  # the gateway's market clock minus this machine's (heartbeat replies)
         self._clock_heard = False  # the gateway's clock was heard (a registration or heartbeat reply)
