@@ -290,6 +290,9 @@ class Control(_Msg, tag="control", frozen=True):
     all: bool = False  # explicitly the whole gateway
     card: AgentCard | None = None  # reload: the changed card, checked by the tool before it is sent
     value: str = ""  # risk_scale: the multiplier; risk_explain: the order; cancel_protection: its id
+    # who asked: the operator's OS user@host (the web page adds the browser's address); journaled with the tool's
+    # name (two consoles on one desk were one "ktrader-top")
+    by: Annotated[str, msgspec.Meta(max_length=120)] = ""
 
 
 RELOAD_PREVIEW = "preview"  # Control.value of a reload that only asks what would change (nothing applied)
@@ -508,6 +511,8 @@ class StatusReply(_Msg, tag="status_reply", frozen=True):
     risk: RiskStatus = msgspec.field(default_factory=RiskStatus)
     protections: list[Protection] = []  # active, and those that ended today
     stock_master: str = ""  # where the codes' listing comes from ("" none: codes not checked)
+    # the operator's newest actions from the journal (who, when, what, its outcome), newest last
+    operator_actions: list[str] = []
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

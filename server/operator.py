@@ -61,7 +61,7 @@ import msgspec
 
 from common import approvals
 from common.calendar import is_trading_day
-from common.clock import KST, date_of
+from common.clock import KST, date_of, kst_from_ns
 from common.config import AgentCard, GatewayConfig
 from common.enums import (
     AgentMode,
@@ -181,6 +181,14 @@ class GatewayParts(Protocol):
     def request_reconcile(self, reason: str) -> None: ...
 
     def publish(self, kind: SystemEventKind, agent: str = "", text: str = "") -> None: ...  # a system event on PUB
+
+
+OPERATOR_ACTIONS_SHOWN = 10  # the journal's newest actions in every status
+
+
+def _actor(msg: Control) -> str:
+    """Who an action is journaled as: the tool, and the person when the tool said (user@host)."""
+    return f"{msg.h.sender} ({msg.by})" if msg.by else msg.h.sender
 
 
 class Operator:
@@ -365,6 +373,7 @@ class Operator:
             reconciled_whole=gw.recon.complete,
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
             alerts=gw.alerts.texts(20),
+            operator_actions=self._journal(OPERATOR_ACTIONS_SHOWN),
             names={c: master.name(c) for c in codes if master is not None and c in master},
             health=msgspec.structs.replace(
                 gw.broker.health(),
@@ -403,6 +412,21 @@ class Operator:
 
     # ---- control ---------------------------------------------------------------------------------
 
+    def _journal(self, n: int) -> list[str]:
+        """The operator's newest `n` actions as lines, newest last: written to the store (`operator_log`) and
+        shown nowhere before (who flattened the agent at 10:02?)."""
+        try:
+            rows = self.gw.store.operator_log(limit=n)
+        except Exception:  # a failed store: the status still answers
+            return []
+        return [
+            f"{kst_from_ns(ts):%H:%M:%S} {actor} {action}"
+            + (f" {agent}" if agent else "")
+            + (": " if ok else " REFUSED: ")
+            + str(detail.get("result", ""))[:100]
+            for ts, actor, action, agent, ok, detail in reversed(rows)
+        ]
+
     def control(self, msg: Control) -> Message:
         reply = self._control(msg)
         ok = not isinstance(reply, Error)
@@ -412,7 +436,7 @@ class Operator:
             detail["code"] = reply.code.value
         action = msg.action + (".preview" if _is_preview(msg) else "")  # a look is not a reload
         with self.gw.store.transaction():
-            self.gw.store.log_operator(market_ns(self.gw.clock), msg.h.sender, action, msg.agent, ok, detail)
+            self.gw.store.log_operator(market_ns(self.gw.clock), _actor(msg), action, msg.agent, ok, detail)
         return reply
 
     def _control(self, msg: Control) -> Message:
@@ -857,7 +881,7 @@ class Operator:
             self.gw.store.set_meta(CARD_META + msg.agent, msgspec.json.encode(new).decode())
             self.gw.store.log_operator(
                 market_ns(self.gw.clock),
-                msg.h.sender,
+                _actor(msg),
                 "reload.applied",
                 msg.agent,
                 True,

@@ -59,6 +59,11 @@ def test_a_paused_agent_sends_nothing_until_the_operator_resumes_it(tmp_path: Pa
     wait_for(lambda: "PAUSEPROBE placed" in procs.log(agent), 10, what="the agent trades again")
     wait_for(lambda: _agent(run).orders_today == 1 and not _agent(run).feed.paused, 10, what="status after resume")
     assert _agent(run).trading_state == "active" and agent.poll() is None
+    # the operator's journal is shown (it was written only): who did what, when, and its outcome
+    [line] = [a for a in fetch_status(run, 3.0).operator_actions if " resume " in a]
+    from tools.ops.status import operator_id
+
+    assert f"ktrader-control ({operator_id()}) resume pp: " in line, line
 
 
 STORM_CARD = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -122,14 +124,29 @@ def send_control(
     card: AgentCard | None = None,
     sender: str = "ktrader-control",
     value: str = "",
+    by: str = "",
 ) -> str:
     """An operator action; the gateway's refusal (unknown agent, ambiguous target, ...) raises
-    KtraderError with its code."""
+    KtraderError with its code. `by`: who asked (default: this process's user@host)."""
     reply = _tool_call(
-        run_dir, sender, lambda h: Control(h=h, action=action, agent=agent, all=all_, card=card, value=value), timeout_s
+        run_dir,
+        sender,
+        lambda h: Control(
+            h=h, action=action, agent=agent, all=all_, card=card, value=value, by=(by or operator_id())[:120]
+        ),
+        timeout_s,
     )
     assert isinstance(reply, Ack)
     return reply.message
+
+
+def operator_id() -> str:
+    """user@host of this process, for the gateway's journal of operator actions ("" when it cannot tell)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # (no login name in a bare container)
+        user = ""
+    return f"{user}@{socket.gethostname()}" if user else socket.gethostname()
 
 
 def fetch_orders(
@@ -415,3 +432,5 @@ def render_status(st: StatusReply, console: Console | None = None, started_wall_
         console.print(f"[yellow]counters[/] {bad}")
     for text in st.alerts[-5:]:
         console.print(f"[red]alert[/] {escape(text)}")
+    for text in st.operator_actions[-5:]:
+        console.print(f"[cyan]operator[/] {escape(text)}")

@@ -31,7 +31,7 @@ from aiohttp import web
 from common.connection import ConnectionFileError
 from common.errors import KtraderError
 from tools.ops.reload import ReloadError
-from tools.ops.status import send_control
+from tools.ops.status import operator_id, send_control
 from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown, is_timeout, unknown_outcome_text
 
 log = logging.getLogger("ktrader.web")
@@ -231,7 +231,13 @@ class Dashboard:
             else:
                 text = await asyncio.to_thread(
                     lambda: send_control(
-                        self.run_dir, action, agent, CONTROL_TIMEOUT_S, all_=all_, sender="ktrader-web"
+                        self.run_dir,
+                        action,
+                        agent,
+                        CONTROL_TIMEOUT_S,
+                        all_=all_,
+                        sender="ktrader-web",
+                        by=f"{operator_id()} for {request.remote or '?'}",
                     )
                 )
         except OutcomeUnknown as e:  # (a reload, through the model)
