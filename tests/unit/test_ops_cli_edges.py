@@ -214,3 +214,17 @@ def test_a_timeout_while_a_standby_took_over_names_the_new_gateway(tmp_path: Pat
         err = _timeout_explained(run, old, KtraderError(ErrorCode.TIMEOUT, "no reply within 3.0s"))
     assert isinstance(err, KtraderError) and err.code is ErrorCode.TIMEOUT
     assert f"(pid {old.pid}) was replaced meanwhile by pid {new.pid}" in err.message and "unknown" in err.message
+
+
+def test_a_gateway_that_died_while_a_request_waited_leaves_its_outcome_unknown(tmp_path: Path) -> None:
+    """The run lock is free after the timeout: the gateway died while the request waited, and a halt or a
+    flatten it asked for may have gone out. Not 'not running' (exit 1, a refusal): a TIMEOUT that says so."""
+    from tools.ops.status import _timeout_explained
+
+    run = tmp_path / "run"
+    asked = info(os.getpid())
+    write_info(run, asked)
+    (run / "gateway.lock").touch()  # taken by the gateway, released by the OS when it died
+    err = _timeout_explained(run, asked, KtraderError(ErrorCode.TIMEOUT, "no reply within 3.0s"))
+    assert isinstance(err, KtraderError) and err.code is ErrorCode.TIMEOUT
+    assert "no reply within 3.0s" in err.message and "is not running" in err.message

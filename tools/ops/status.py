@@ -73,7 +73,8 @@ def _timeout_explained(run_dir: str | Path, info: GatewayInfo, e: KtraderError) 
     is released by the OS when the gateway dies (tools/ops/procs.py run_lock_held)."""
     held = run_lock_held(run_dir)
     if held is False:
-        return _not_running(run_dir, info)
+        # it died while the request waited: what it did of it before is unknown (a halt may have gone out)
+        return KtraderError(ErrorCode.TIMEOUT, f"{e.message}; {_not_running(run_dir, info)}")
     try:
         now = read_info(run_dir)
     except ConnectionFileError:
