@@ -783,16 +783,9 @@ class Gateway:
 
     async def _lease_loop(self) -> None:
         period = max(0.05, self.cfg.lease_s / 5)
+        checked = time.monotonic()
         while True:
-            slept_at = time.monotonic()
             await asyncio.sleep(period)
-            late = time.monotonic() - slept_at - period
-            if late > max(self.cfg.lease_s / 2, 0.5):
-                # the gateway's own loop was held (a long commit, a swapped-out process, SIGSTOP): the agents'
-                # heartbeats wait in its socket, unread. Their silence meanwhile is the gateway's: not counted
-                # (every lease ran out after a 1.6 s stall, and a 12 s one paged "crashed" for live agents)
-                n = self.registry.forgive(late)
-                log.warning("the gateway's loop was held for %.1f s: %d agents' silence meanwhile not counted", late, n)
             try:
                 # the dead-man's switch pings from here (a hung loop stops them); a channel failing for a
                 # minute is told on the screen only (a kind would queue it on the failing channel)
@@ -801,6 +794,15 @@ class Gateway:
             except Exception:
                 self.counters["notifier_errors"] += 1
                 log.exception("notifier tick failed")
+            # from one expiry check to the next: wherever a stall of the gateway's own loop fell (a long commit, a
+            # swapped-out process, SIGSTOP), the agents' heartbeats waited in its socket, unread. Their silence
+            # meanwhile is the gateway's: not counted (every lease ran out after a 1.6 s stall, and a 12 s one
+            # paged "crashed" for live agents)
+            now = time.monotonic()
+            late, checked = now - checked - period, now
+            if late > max(self.cfg.lease_s / 2, 0.5):
+                n = self.registry.forgive(late)
+                log.warning("the gateway's loop was held for %.1f s: %d agents' silence meanwhile not counted", late, n)
             self.sessions.expire_leases()
             self.keyring.refresh()  # approvals and revocations take effect without a restart
             try:
