@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from common.enums import OrderType, Side
 from common.errors import ErrorCode
 
-STORM = 20  # denials of one code and side within WINDOW_S
+STORM = 20  # denials of orders of one terms within WINDOW_S
 WINDOW_S = 60.0
-PROBE_S = 5.0  # while held back, one order of that code and side goes every PROBE_S
+PROBE_S = 5.0  # while held back, one order of those terms goes every PROBE_S
 SAY_EVERY_S = 60.0
 _WAITING = frozenset({ErrorCode.DENIED_SCHEDULE, ErrorCode.DENIED_MARKET_CLOSED, ErrorCode.DENIED_RATE})
 
@@ -42,7 +42,6 @@ class _Storm:
     why: str = ""
     prices: set[int] = field(default_factory=set)  # the prices denied (a _PRICED storm's)
     probe_at: float = 0.0
-    held: int = 0  # orders held back so far
 
 
 class DenialStorms:
@@ -89,7 +88,6 @@ class DenialStorms:
             if len(storm.stamps) >= STORM:
                 storm.probe_at = now + PROBE_S  # this one goes: the gateway's answer decides
             return None
-        storm.held += 1
         self.held += 1
         if now >= self._said_at + SAY_EVERY_S:
             self._said_at = now

@@ -33,7 +33,7 @@ from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
 import agent.services as _services_module
 from agent.strategy import HistoryUnavailable, Strategy, unsubscribed_bars
-from common.clock import kst_from_ns, today_kst
+from common.clock import date_of, kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
 from common.credentials import CredentialError, load as load_credential
@@ -1100,7 +1100,7 @@ class AgentRuntime(AgentServicesMixin):
         """Sessions the exchange closed at short notice, as the gateway learned from the broker: this process's
         calendar closes them too (its daily catch-up judged the day before such a closure's decision "too late"
         at a restart on it: the next session it counted on was the closed one, and the decision was skipped)."""
-        days = [dt.date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in snap.closed_days if len(d) == 8 and d.isdigit()]
+        days = [date_of(d) for d in snap.closed_days if len(d) == 8 and d.isdigit()]
         if days and (new := calendar.close_days(days)):
             self.log.info("the exchange closed %s (the gateway's broker calendar): not sessions here either", new)
 

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from common.clock import KST, kst_from_ns
+from common.clock import KST, date_of
 from common.enums import AlertKind, SystemEventKind
 
 log = logging.getLogger("ktrader.alerts")
 
 KEEP = 200
+DAY_NS = 86_400 * 1_000_000_000
 
 
 class Sink(Protocol):
@@ -82,18 +83,19 @@ class Alerts:
     def of_day(self, day: str) -> list[str]:
         """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first: all of them (the store's;
         the newest KEEP in memory cut a busy day's report)."""
+        start_ns = int(dt.datetime.combine(date_of(day), dt.time(), KST).timestamp()) * 1_000_000_000
+        end_ns = start_ns + DAY_NS
         if self.journal is not None:
-            start = int(dt.datetime.strptime(day, "%Y%m%d").replace(tzinfo=KST).timestamp()) * 1_000_000_000
             try:
-                return self.journal.alerts_between(start, start + 86_400 * 1_000_000_000)
+                return self.journal.alerts_between(start_ns, end_ns)
             except Exception:  # a failed store: what memory holds
                 log.exception("the day's alerts not read from the store")
-        return [text for ts, text in self.recent if kst_from_ns(ts).strftime("%Y%m%d") == day]
+        return [text for ts, text in self.recent if start_ns <= ts < end_ns]
 
     def count_day(self, start_ns: int) -> int:
         """How many alerts were raised in the day starting at `start_ns` (all, not only the newest KEEP; not a
         later day's, a store reused after it or a replay's clock gone back)."""
-        end_ns = start_ns + 86_400 * 1_000_000_000
+        end_ns = start_ns + DAY_NS
         if self.journal is not None:
             try:
                 return self.journal.count_alerts_between(start_ns, end_ns)

@@ -215,7 +215,7 @@ class Operator:
         # agents the books know but that have not registered since this gateway started are checked once,
         # offline_after_s after the start: one that died with the last gateway is otherwise never alerted
         self._absent_check_at: float | None = clock() + gw.cfg.offline_after_s
-        self._offline_alerted: dict[str, int] = {}  # agent -> when a person was told it is offline (market ns)
+        self._offline_alerted: set[str] = set()  # agents a person was told are offline, not said back yet
         # The order desk's alerts are orders a person expected to go out that did not (flatten sells
         # denied, the operator's or the end of day's; next-session orders still waiting for a base
         # price). The desk takes a text only: the kind that makes them reach a person is given here,
@@ -915,7 +915,8 @@ class Operator:
     def on_agent_back(self, rec: AgentRecord) -> None:
         """An agent a person was told is offline (holding positions or orders) registered again: they are told
         it is back (the offline page had no all-clear: a person paged at night kept looking for a crash)."""
-        if self._offline_alerted.pop(rec.id, None) is not None:
+        if rec.id in self._offline_alerted:
+            self._offline_alerted.discard(rec.id)
             self.gw.alerts(
                 f"agent {rec.id} is back: registered again (pid {rec.pid} on {rec.host})",
                 AlertKind.RECOVERED,
@@ -927,7 +928,7 @@ class Operator:
         held = [f"{p.qty} {p.code}" for p in self.gw.portfolio.positions.get(agent, {}).values() if p.qty]
         open_n = sum(1 for o in self.gw.book.orders.values() if o.agent == agent and o.is_open)
         if held or open_n:
-            self._offline_alerted[agent] = market_ns(self.gw.clock)
+            self._offline_alerted.add(agent)
             what = ", ".join(held) or "no shares"
             # through the gateway's alerts: on the console, the web page, status and the day's report,
             # and to a person (on_alert hands it to the notifier, once)

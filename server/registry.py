@@ -27,7 +27,7 @@ class AgentRecord:
     max_ack_gap_ms: int = 0
     errors: int = 0
     last_error: str = ""  # the latest strategy error its heartbeats told
-    error_ns: int = 0  # when the gateway first heard of it (its market clock: compared with the orders' stamps)
+    error_ns: int = 0  # when it happened, as its heartbeat says (the market clock: compared with the orders' stamps)
     codes: list[str] = field(default_factory=list)
     feed: FeedHealth = field(default_factory=FeedHealth)  # from this session's latest heartbeat
     paused: bool = False  # its heartbeats say it paused itself after a strategy error (card on_error)

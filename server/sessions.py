@@ -24,6 +24,7 @@ from common.approvals import Approval, checksum, differences
 from common.enums import AgentMode, AgentState, AlertKind, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE
+from common.clock import yyyymmdd
 from common.market_clock import market_ns
 from common.schema import (
     Ack,
@@ -142,7 +143,7 @@ class AgentSessions:
             session_state=self.desk.session()[0].value,
             gateway_state=self.risk.global_state.value,
             universe_codes=[c for c in rec.codes if c not in rec.card.codes] if universe is None else universe,
-            closed_days=[d.strftime("%Y%m%d") for d in calendar.closed_by_exchange()],
+            closed_days=[yyyymmdd(d) for d in calendar.closed_by_exchange()],
         )
 
     # ---- requests -----------------------------------------------------------------------------------
