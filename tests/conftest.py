@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from common.connection import read_info
 from common.schema import HeaderFactory
 from kis.credentials import credentials_env
 from tools.ops.approve import approved_client
-from tools.ops.procs import stop_groups, wait_until
+from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -73,6 +74,21 @@ class Procs:
 
     def stop_all(self) -> None:
         stop_groups(self.procs, grace_s=5.0)
+
+
+def start_twin(procs: Procs, tmp: Path, *args: str) -> dict[str, str]:
+    """A KIS twin process (`ktrader sim`, 3 codes, `args` after them), its stderr in tmp/twin.err; returns the
+    JSON line it prints once it listens (its URLs and demo credentials)."""
+    twin = subprocess.Popen(
+        ktrader_cmd(*twin_args(3, *args)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp / "twin.err", "wb"),
+        env=child_env(),
+        start_new_session=True,
+    )
+    procs.procs.append(twin)
+    return json.loads(twin.stdout.readline())  # type: ignore[union-attr,no-any-return]
 
 
 def start_gateway_on_twin(

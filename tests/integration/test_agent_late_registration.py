@@ -8,7 +8,6 @@ Real processes on loopback: the KIS twin, the gateway on it, one agent; read fro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
-from tools.ops.procs import child_env, ktrader_cmd, twin_args
+from tests.conftest import Procs, approve, holds_for, start_gateway_on_twin, start_twin, wait_for
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -38,24 +36,21 @@ churn_s = 0.3
 """
 
 
+def _on_twin(
+    tmp_path: Path, procs: Procs, name: str, card_text: str
+) -> tuple[Path, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """The twin (prints every 0.2 s), the gateway on it, and the agent of `card_text` (approved): run dir, both."""
+    run, gateway = start_gateway_on_twin(procs, tmp_path, start_twin(procs, tmp_path, "--tick-interval", "0.2"))
+    card = tmp_path / f"{name}.toml"
+    card.write_text(card_text)
+    approve(run, card)
+    return run, gateway, procs.start("agent", "run", str(card), "--run-dir", str(run), log_name=name)
+
+
 def test_an_agent_whose_registration_the_stalled_gateway_took_late_gets_its_prints_back(
     tmp_path: Path, procs: Procs
 ) -> None:
-    twin = subprocess.Popen(
-        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "twin.err", "wb"),
-        env=child_env(),
-        start_new_session=True,
-    )
-    procs.procs.append(twin)
-    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
-    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
-    card = tmp_path / "late.toml"
-    card.write_text(CARD)
-    approve(run, card)
-    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="late")
+    run, gateway, agent = _on_twin(tmp_path, procs, "late", CARD)
 
     def trades_since(offset: int) -> bool:
         return re.search(rf"SUBPROBE trade {CODE} \d+", procs.log(agent)[offset:]) is not None
@@ -94,21 +89,7 @@ def test_a_strategy_slower_than_its_prints_keeps_its_lease_and_is_told_why(tmp_p
     and took it back, over and over, the agent's log blaming the gateway. Heartbeats go between deliveries, and
     the log says which callback is slow; behind its prints, it gets the newest of each drain (a lease kept while
     delivering every print one by one let it fall behind without bound)."""
-    twin = subprocess.Popen(
-        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "twin.err", "wb"),
-        env=child_env(),
-        start_new_session=True,
-    )
-    procs.procs.append(twin)
-    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
-    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
-    card = tmp_path / "slow.toml"
-    card.write_text(SLOW_CARD)
-    approve(run, card)
-    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="slow")
+    run, gateway, agent = _on_twin(tmp_path, procs, "slow", SLOW_CARD)
     wait_for(lambda: "on_trade took" in procs.log(agent), 30, what="the slow callback is said")
     holds_for(lambda: "lease expired" not in procs.log(gateway), 5.0, interval=0.2, what="the agent's lease")
     log = procs.log(agent)

@@ -9,11 +9,9 @@ its websocket registrations, the gateway's status and the agent's log."""
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,8 +19,7 @@ import pytest
 
 from common.enums import AgentState
 from server.subscriptions import SubscriptionManager
-from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
-from tools.ops.procs import child_env, ktrader_cmd, twin_args
+from tests.conftest import Procs, approve, holds_for, start_gateway_on_twin, start_twin, wait_for
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -45,16 +42,7 @@ every_s = 0.2
 
 
 def test_an_agent_that_stalled_past_its_lease_gets_its_market_data_back(tmp_path: Path, procs: Procs) -> None:
-    twin = subprocess.Popen(
-        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "twin.err", "wb"),
-        env=child_env(),
-        start_new_session=True,
-    )
-    procs.procs.append(twin)
-    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    info = start_twin(procs, tmp_path, "--tick-interval", "0.2")
     admin = httpx.Client(base_url=info["admin_url"], timeout=5)
     run, gateway = start_gateway_on_twin(procs, tmp_path, info)
     card = tmp_path / "stall.toml"

@@ -28,18 +28,23 @@ on_error = "pause"
 """
 
 
+def _start(tmp_path: Path, procs: Procs, name: str, card_text: str) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A gateway (in-process fake broker) and the agent of `card_text` (approved): its run dir and process."""
+    run = tmp_path / "run"
+    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
+    card = tmp_path / f"{name}.toml"
+    card.write_text(card_text)
+    approve(run, card)
+    return run, procs.start("agent", "run", str(card), "--run-dir", str(run), log_name=name)
+
+
 def _agent(run: Path) -> AgentStatus:
     return next(a for a in fetch_status(run, 3.0).agents if a.id == "pp")
 
 
 def test_a_paused_agent_sends_nothing_until_the_operator_resumes_it(tmp_path: Path, procs: Procs) -> None:
-    run = tmp_path / "run"
-    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
-    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
-    card = tmp_path / "pp.toml"
-    card.write_text(CARD)
-    approve(run, card)
-    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="pp")
+    run, agent = _start(tmp_path, procs, "pp", CARD)
     wait_for(lambda: "PAUSED (" in procs.log(agent), 20, what="the agent pauses")
     assert "PAUSEPROBE leg1" in procs.log(agent)
     wait_for(lambda: _agent(run).feed.paused, 10, what="the pause in the operator's status")
@@ -84,13 +89,7 @@ def test_a_strategy_retrying_a_denied_order_on_every_tick_is_held_back_at_the_so
     paused, and its other orders go."""
     from agent.denials import PROBE_S, STORM
 
-    run = tmp_path / "run"
-    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
-    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
-    card = tmp_path / "storm.toml"
-    card.write_text(STORM_CARD)
-    approve(run, card)
-    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="storm")
+    run, agent = _start(tmp_path, procs, "storm", STORM_CARD)
     wait_for(lambda: "not sent: the gateway denied" in procs.log(agent), 30, what="the storm held back")
     log = procs.log(agent)
     said = re.search(
@@ -129,13 +128,7 @@ def test_a_strategy_raising_on_every_call_shows_in_the_status_and_logs_one_trace
     """A callback raising every time: the status and the console's "last error" were empty (the count only in
     `status --json`), and the agent's log took a full traceback per call. Now the status names the error and
     how often, and the log has its traceback once, then a line a minute."""
-    run = tmp_path / "run"
-    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
-    wait_for(lambda: (run / "gateway.json").exists(), 20, what="gateway.json")
-    card = tmp_path / "raiser.toml"
-    card.write_text(RAISER_CARD)
-    approve(run, card)
-    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="raiser")
+    run, agent = _start(tmp_path, procs, "raiser", RAISER_CARD)
     wait_for(lambda: _agent_named(run, "raiser").errors >= 20, 30, what="the errors counted in the status")
     last = _agent_named(run, "raiser").last_error
     assert last.startswith("strategy error (") and "so far)" in last

@@ -50,14 +50,7 @@ class _Gateway:
 
     def request(self, msg: object, timeout_s: float = 5.0) -> object:
         assert self.registered is not None
-        return Registered(
-            h=GATEWAY(msg.h.mid),  # type: ignore[attr-defined]
-            snapshot=self.registered.snapshot,
-            events=self.registered.events,
-            heartbeat_s=0.25,
-            lease_s=1.0,
-            pub_endpoint="",
-        )
+        return _registered(self.registered.snapshot, self.registered.events, msg.h.mid)  # type: ignore[attr-defined]
 
     def send(self, msg: object) -> int:
         _Gateway.sent.append(msg)
@@ -68,6 +61,11 @@ class _Gateway:
     def close(self, linger_ms: int = 0) -> None: ...
 
     def expect_gateway(self, session: str) -> None: ...
+
+
+def _registered(snapshot: Snapshot, events: list[AgentEvent], re: int = 0) -> Registered:
+    """The gateway's answer to a Register (`re`: the request's mid)."""
+    return Registered(h=GATEWAY(re), snapshot=snapshot, events=events, heartbeat_s=0.25, lease_s=1.0, pub_endpoint="")
 
 
 @pytest.fixture
@@ -148,14 +146,7 @@ def test_events_older_than_the_snapshot_never_take_the_view_back(tmp_path: Path,
     capped = [_event(n, _order(rt, 1, OrderState.ACCEPTED, 0)) for n in range(11, 511)]
     done = _order(rt, 1, OrderState.FILLED, 10)
     other = _order(rt, 2, OrderState.ACCEPTED, 0)
-    gateway.registered = Registered(
-        h=GATEWAY(),
-        snapshot=_snapshot(rt, [other], held=10, last_seq=700),
-        events=capped,
-        heartbeat_s=0.25,
-        lease_s=1.0,
-        pub_endpoint="",
-    )
+    gateway.registered = _registered(_snapshot(rt, [other], held=10, last_seq=700), capped)
     rt._connect_and_register()
     assert rt.positions["005930"].qty == 10 and set(rt.open_orders) == {other.client_order_id}
     (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
@@ -188,13 +179,9 @@ def test_a_partial_fill_older_than_the_snapshot_does_not_shrink_the_position(
     s.on_start()
     rt.strategy = s
     rt.last_seq = 10
-    gateway.registered = Registered(
-        h=GATEWAY(),
-        snapshot=_snapshot(rt, [], held=10, last_seq=520),
-        events=[_fill(rt, n, 1, n - 10) for n in range(11, 16)],  # capped after 15
-        heartbeat_s=0.25,
-        lease_s=1.0,
-        pub_endpoint="",
+    gateway.registered = _registered(
+        _snapshot(rt, [], held=10, last_seq=520),
+        [_fill(rt, n, 1, n - 10) for n in range(11, 16)],  # capped after 15
     )
     rt._connect_and_register()
     (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
@@ -211,14 +198,7 @@ def test_live_events_after_a_gap_ask_for_the_missed_ones_once(tmp_path: Path, ga
     s.on_start()
     rt.strategy = s
     rt.last_seq = 10
-    gateway.registered = Registered(
-        h=GATEWAY(),
-        snapshot=_snapshot(rt, [], held=0, last_seq=10),
-        events=[],
-        heartbeat_s=0.25,
-        lease_s=1.0,
-        pub_endpoint="",
-    )
+    gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
     rt._connect_and_register()
     gateway.sent.clear()
     # seq 11 lost; 12..300 arrive live
@@ -255,9 +235,7 @@ def test_a_closure_the_gateway_learned_reaches_the_agents_calendar(tmp_path: Pat
     s.on_start()
     rt.strategy = s  # (a running agent re-registering: the registration path is the same)
     snap = msgspec.structs.replace(_snapshot(rt, [], held=0, last_seq=0), closed_days=["20230303"])
-    gateway.registered = Registered(
-        h=GATEWAY(), snapshot=snap, events=[], heartbeat_s=0.25, lease_s=1.0, pub_endpoint=""
-    )
+    gateway.registered = _registered(snap, [])
     try:
         assert calendar.is_trading_day(closed)
         now_session = dt.date(2023, 3, 6)  # where a next-session order placed on the closed day goes
