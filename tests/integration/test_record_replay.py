@@ -162,11 +162,17 @@ def test_record_replay_identical_and_codes_checked(tmp_path: Path, procs: Procs)
 
     def saw_every_trade_since_its_first() -> bool:
         # (prints of the first step may be published before the agent's SUB subscription reached the gateway's
-        # PUB socket -- ZeroMQ's slow joiner -- and be recorded unseen: from its first print on, it sees every one)
+        # PUB socket -- ZeroMQ's slow joiner, per subscription: one code's topic can join a print later than
+        # another's (a CI run) -- and be recorded unseen: from its first print of a code on, it sees every one)
         t, rec = ticks(log1), recorded_trades(run)
-        return bool(t) and [{k: x[k] for k in keys} for x in t] == rec[len(rec) - len(t) :]
+        for code in CODES:
+            seen = [{k: x[k] for k in keys} for x in t if x["code"] == code]
+            of_code = [x for x in rec if x["code"] == code]
+            if not seen or seen != of_code[len(of_code) - len(seen) :]:
+                return False
+        return True
 
-    wait_for(saw_every_trade_since_its_first, 15, what="agent saw every recorded trade since its first")
+    wait_for(saw_every_trade_since_its_first, 15, what="agent saw every recorded trade of each code since its first")
     seen1 = ticks(log1)
     every = recorded_trades(run)
     os.killpg(gw.pid, signal.SIGTERM)
