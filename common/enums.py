@@ -152,6 +152,10 @@ class AlertKind(StrEnum):
     # (notify.heartbeat_url)
     GATEWAY_STARTED = "gateway_started"
     GATEWAY_STOPPING = "gateway_stopping"
+    # started where the previous gateway ended without its clean stop (killed, crashed, out of memory, power
+    # lost): a person should learn why from its log, and which orders were in flight (not critical: the
+    # restart recovered them and checks them with the broker by itself)
+    GATEWAY_RESTARTED = "gateway_restarted"
     # an alerted outage ended: the broker session is ready again, real-time data fresh again (not critical:
     # good news does not jump the queue)
     RECOVERED = "recovered"

@@ -31,13 +31,14 @@ import zmq
 from common import approvals, credentials
 from common.aio import wait_set
 from common.calendar import calendar_gaps, previous_trading_day
-from common.clock import date_of, elapsed_ns
+from common.clock import date_of, elapsed_ns, kst_from_ns
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
-from common.connection import GatewayInfo, remove_info, write_info
+from common.connection import ConnectionFileError, GatewayInfo, read_info, remove_info, write_info
 from common.freshness import Freshness
 from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
+from common.orders import OPEN, OrderState
 from common.protection import Protection
 from common.schema import (
     AgentEvent,
@@ -566,6 +567,7 @@ class Gateway:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        previous = self._left_behind()  # (before this start's own file replaces it)
         # one folder's books are one environment's and account's (server/store.py claim_owner): another's
         # folder is refused before any KIS call; this one's owner is kept once KIS has proven it (below)
         try:
@@ -664,6 +666,8 @@ class Gateway:
             f"broker {self.broker_name} env {self.cfg.broker.env.value}",
             subject=self.headers.sid,
         )
+        if previous is not None:
+            self._tell_unclean_stop(previous)
         self._check_calendar(self.book.day())
         self.router.drain()  # anything that arrived before the reader was armed
         try:
@@ -675,6 +679,29 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _left_behind(self) -> GatewayInfo | None:
+        """The connection file of the previous gateway of this folder, when it is still there: a clean stop
+        removes it (_shutdown), so one found at start is that of a gateway that ended without its stop."""
+        try:
+            info = read_info(self.run_dir)
+        except ConnectionFileError:  # none (a clean stop, a first start); an unreadable one tells nothing
+            return None
+        return info if info.session != self.headers.sid else None
+
+    def _tell_unclean_stop(self, previous: GatewayInfo) -> None:
+        """A restart after a crash read like a routine start ("GATEWAY STARTED"): a person learns that the
+        previous gateway died, must find out why from its log, and what this start found in flight."""
+        orders = [o for o in self.book.orders.values() if o.state in OPEN]
+        doubt = sum(1 for o in orders if o.state is OrderState.UNKNOWN or o.in_doubt)
+        started = kst_from_ns(previous.started_ns).strftime("%Y-%m-%d %H:%M:%S")
+        text = (
+            f"the previous gateway of this folder (pid {previous.pid}, started {started}) ended without its clean "
+            f"stop (killed, crashed, out of memory or power lost: its log says which); this start found "
+            f"{len(orders)} open orders, {doubt} of them in doubt (checked with the broker at the first "
+            "reconciliation, never sent again)"
+        )
+        self.alerts(text, AlertKind.GATEWAY_RESTARTED, subject=self.headers.sid)  # on the screens too, kept
 
     def _install_master(self, master: StockMaster) -> None:
         """The stock master the gateway judges codes by (at start, and each newer copy downloaded)."""

@@ -1,0 +1,54 @@
+"""A gateway started where the previous one was killed says so (real processes on the fake broker): the
+restart after a crash read like a routine start ("GATEWAY STARTED", nothing on the screens), so nobody went to
+find out why it died. A clean stop followed by a start says nothing of the kind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from common.connection import read_info
+from tests.conftest import Procs, wait_for
+from tools.ops.status import fetch_status
+
+pytestmark = pytest.mark.integration
+
+UNCLEAN = "ended without its clean stop"
+
+
+def _gateway(procs: Procs, run: Path, name: str, old_session: str = ""):
+    gw = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name=name)
+    wait_for(
+        lambda: (run / "gateway.json").exists() and read_info(run).session != old_session,
+        20,
+        what=f"{name} is up",
+    )
+    return gw
+
+
+def _unclean(run: Path) -> list[str]:
+    return [a for a in fetch_status(run, 5.0).alerts if UNCLEAN in a]
+
+
+def test_a_restart_after_a_kill_is_told_and_a_clean_restart_is_not(tmp_path: Path, procs: Procs) -> None:
+    run = tmp_path / "run"
+    gw = _gateway(procs, run, "gateway")
+    first = read_info(run)
+    assert _unclean(run) == []  # a first start
+
+    os.killpg(gw.pid, signal.SIGKILL)
+    gw.wait(10)
+    gw2 = _gateway(procs, run, "gateway2", first.session)
+    told = wait_for(lambda: _unclean(run), 10, what="the unclean stop told")
+    assert len(told) == 1 and f"pid {first.pid}" in told[0] and "0 open orders" in told[0], told
+    assert UNCLEAN in procs.log(gw2)  # the alert's log line
+
+    second = read_info(run)
+    gw2.send_signal(signal.SIGTERM)
+    assert gw2.wait(20) == 0
+    assert not (run / "gateway.json").exists()  # what a clean stop leaves
+    _gateway(procs, run, "gateway3", second.session)
+    assert len(_unclean(run)) == 1  # the kill's, kept from before; none for the clean stop
