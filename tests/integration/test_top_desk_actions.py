@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Label
+from textual.widgets import DataTable, Label, Static
 
 from common.clock import KST, now_kst
 from common.enums import OrderType, Side, TimeInForce
@@ -299,3 +299,17 @@ async def test_the_model_keeps_what_the_blotter_limit_left_out(tmp_path: Path, m
     monkeypatch.setattr(model_mod, "fetch_orders", lambda *a: SimpleNamespace(orders=[], fills=[]))
     await m.refresh_orders()  # a gateway that does not count them: nothing said
     assert m.orders_cut == 0 and not m.fills_cut
+
+
+async def test_the_health_panel_shows_the_operator_journal(tmp_path: Path) -> None:
+    """Who did what (written by every tool) was printed by `ktrader status` only: the console shows the newest
+    actions beside the alerts."""
+    app = console(tmp_path)
+    actions = [f"10:0{i}:00 ktrader-top ops@desk pause alpha ok" for i in range(7)]
+    app.model.status = status_reply([agent_status("alpha")], operator_actions=actions)
+    async with app.run_test(size=(250, 50)) as pilot:
+        app.render_status()
+        await pilot.pause(0.1)
+        text = str(app.query_one("#health", Static).render())
+        shown = [line for line in text.splitlines() if line.startswith("OPERATOR ")]
+        assert shown == [f"OPERATOR {a}" for a in actions[-5:]], text

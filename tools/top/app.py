@@ -516,6 +516,8 @@ class TopApp(App[None]):
         lines.extend(notifier_lines(st))  # per channel: delivered, queued, retrying, given up, failing since
         for text in st.alerts[-8:]:
             lines.append(f"ALERT {text}")
+        # the operator journal (who did what, as `ktrader status` prints it): written by every tool, shown here too
+        lines.extend(f"OPERATOR {text}" for text in st.operator_actions[-5:])
         self.main.query_one("#health", Static).update(Text("\n".join(lines)))  # plain text: alerts may hold "[...]"
 
     def render_orders(self) -> None:
