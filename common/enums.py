@@ -112,6 +112,9 @@ class ControlAction(StrEnum):
     RESET_PEAK = "reset_peak"  # the all-time equity peak (an agent's, or with all the account's) starts again now
     CANCEL_PROTECTION = "cancel_protection"  # value: a protective order's id (the agent's own, or on its behalf)
     APPLY_SPLIT = "apply_split"  # value: "CODE RATIO" (10: 1 share → 10; 1/10: 10 → 1): a split the balance shows
+    # value: what an operator did outside the gateway (an agent's process started, stopped or restarted from the
+    # console): written to the operator journal, nothing else (the agent need not be registered)
+    NOTE = "note"
 
 
 class AlertKind(StrEnum):

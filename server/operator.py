@@ -186,6 +186,9 @@ class GatewayParts(Protocol):
 OPERATOR_ACTIONS_SHOWN = 10  # the journal's newest actions in every status
 
 
+NOTE_CHARS = 200  # of an operator's note (ControlAction.NOTE) kept in the journal
+
+
 def _actor(msg: Control) -> str:
     """Who an action is journaled as: the tool, and the person when the tool said (user@host)."""
     return f"{msg.h.sender} ({msg.by})" if msg.by else msg.h.sender
@@ -457,6 +460,8 @@ class Operator:
             )
         if msg.agent and msg.all:
             return err(ErrorCode.AMBIGUOUS_TARGET, "name an agent or set all, not both")
+        if action is ControlAction.NOTE:  # journaled by control(), as every action
+            return ack(msg.value[:NOTE_CHARS]) if msg.value else err(ErrorCode.BAD_MESSAGE, "a note needs a text")
         if msg.agent and not self.is_known(msg.agent):
             known = ", ".join(self.known_agents()) or "none"
             return err(ErrorCode.UNKNOWN_AGENT, f"no agent {msg.agent!r} (known: {known})")

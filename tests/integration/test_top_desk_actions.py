@@ -30,7 +30,9 @@ from common.enums import OrderType, Side, TimeInForce
 from common.orders import OrderState
 from common.errors import ErrorCode, KtraderError
 from common.schema import FillView, OrderView, PositionMark
+from tests.conftest import Procs, wait_for
 from tests.fakes.status import agent_status, status_reply
+from tools.ops.status import fetch_status, operator_id
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
 from tools.top import model as model_mod
 from tools.top.app import TopApp
@@ -313,3 +315,25 @@ async def test_the_health_panel_shows_the_operator_journal(tmp_path: Path) -> No
         text = str(app.query_one("#health", Static).render())
         shown = [line for line in text.splitlines() if line.startswith("OPERATOR ")]
         assert shown == [f"OPERATOR {a}" for a in actions[-5:]], text
+
+
+def test_the_console_s_agent_process_actions_are_in_the_operator_journal(
+    tmp_path: Path, supervised: tuple[Supervisor, Path], procs: Procs
+) -> None:
+    """Starting, stopping or restarting an agent's process from the console is no action the gateway sees: it
+    was journaled nowhere (who stopped the agent at 10:02?). The console notes each in the gateway's journal;
+    with no gateway the action stands and says so in the console's log."""
+    sup, cards = supervised
+    run = tmp_path / "run"
+    model = ConsoleModel(run, supervisor=sup, cards_dir=cards)
+    assert model.stop_agent("bad") == "bad stopped"  # no gateway yet: done all the same
+    assert not running(sup, "bad")
+
+    procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: (run / "gateway.json").exists(), 20, what="the gateway is up")
+    assert model.stop_agent("good") == "good stopped"
+    started = model.start_agent(cards / "good.toml")
+    assert running(sup, "good")
+    who = f"ktrader-top ({operator_id()})"
+    journal = [line.split(" ", 1)[1] for line in fetch_status(run, 5.0).operator_actions]
+    assert journal == [f"{who} note good: good stopped", f"{who} note good: {started}"], journal

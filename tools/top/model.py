@@ -8,6 +8,7 @@ tool clients in a worker thread, so a slow gateway never freezes the screen."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from common.clock import now_kst
 from common.config import AgentCard, ConfigError, TrustConfig
 from common.connection import ConnectionFileError, GatewayInfo, read_info
 from common.curve import TOOLS, CurveError, dial_gateway
+from common.enums import ControlAction
 from common.errors import ErrorCode, KtraderError
 from common.framing import Codec, FrameError
 from common.schema import (
@@ -45,7 +47,10 @@ from tools.ops.status import fetch_orders, fetch_status, send_control
 from tools.ops.supervisor import Supervisor, SupervisorError
 
 SPARK_POINTS = 40
+log = logging.getLogger("ktrader.top")
+
 CONTROL_TIMEOUT_S = 3.0  # how long an action waits for the gateway's answer
+NOTE_TIMEOUT_S = 2.0  # ... a note of what the console did itself (the action is done either way)
 # how long after it was sent the gateway still takes a request ([trust] freshness_s; gateway.json does not
 # state it): a control that was not answered in time may still be applied until then
 FRESHNESS_S = TrustConfig().freshness_s
@@ -338,9 +343,22 @@ class ConsoleModel:
             sup = self.supervisor.start(Path(card))
         except (SupervisorError, OSError) as e:  # a bad card; a command that cannot be run
             raise ActionError(str(e)) from None
-        return f"{sup.id} started (pid {sup.pid})"
+        return self.note(sup.id, f"{sup.id} started (pid {sup.pid})")
+
+    def note(self, agent: str, text: str) -> str:
+        """What the console did to an agent's process (started, stopped, restarted: the gateway sees none of it as
+        an action) written to the operator journal, who did it with it. Best effort: a gateway that is down or
+        does not answer leaves the action as done (said in the console's log)."""
+        try:
+            send_control(self.run_dir, ControlAction.NOTE.value, agent, NOTE_TIMEOUT_S, sender=self.sender, value=text)
+        except Exception as e:
+            log.info("%s: not journaled at the gateway (%s)", text, e)
+        return text
 
     def stop_agent(self, agent: str) -> str:
+        return self.note(agent, self._stop(agent))
+
+    def _stop(self, agent: str) -> str:
         """Supervised agents through the supervisor (no restart); agents started by hand on this host
         with SIGTERM to the pid the gateway knows (they unregister and exit cleanly)."""
         if self.supervisor is not None and self.supervisor.is_supervised(agent):
@@ -385,18 +403,18 @@ class ConsoleModel:
                 self.supervisor.restart(agent)
             except (SupervisorError, OSError) as e:
                 raise ActionError(f"not restarted: {e}") from None
-            return f"{agent} restarting"
+            return self.note(agent, f"{agent} restarting")
         a = self.agent_status(agent)
         stopped = ""
         if a is not None and a.state.value != "offline":
-            stopped = self.stop_agent(agent)
+            stopped = self._stop(agent)
             if a.host == socket.gethostname():
                 _wait_gone(a.pid, 10.0)
         try:
             sup = self.supervisor.start(card)
         except (SupervisorError, OSError) as e:
             raise ActionError(f"{stopped}, but not started again: {e}" if stopped else str(e)) from None
-        return f"{agent} restarted under the supervisor (pid {sup.pid})"
+        return self.note(agent, f"{agent} restarted under the supervisor (pid {sup.pid})")
 
     def _approval_problem(self, agent: str, card: AgentCard) -> str:
         """Why the gateway would refuse `card` at the restarted agent's registration ("" when it would
