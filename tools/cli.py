@@ -243,7 +243,7 @@ def control(
     action: str = typer.Argument(
         ...,
         help="pause | resume | reduce | halt | cancel_all | flatten | reconcile | reload | risk | cancel_protection"
-        " | apply_split",
+        " | apply_split | note",
     ),
     agent: str = typer.Option("", help="the agent to act on"),
     all_: bool = typer.Option(
@@ -278,12 +278,16 @@ def control(
         help="apply_split: 'CODE RATIO', the split the broker's balance shows ('005930 10': 1 share became 10; "
         "'005930 1/10': 10 became 1)",
     ),
+    text: str = typer.Option(
+        "", "--text", help="note: what you did outside ktrader, for the operator journal ('sold 005930 in the HTS')"
+    ),
     run_dir: Path = typer.Option(Path("run"), "--run-dir"),
 ) -> None:
     """Operator actions: pause/resume/reduce an agent (or --all), halt everything (kill switch), cancel
     an agent's orders, flatten it (also when it is offline), reconcile, reload its card; risk: an
     order's what-if (--explain), the risk multiplier (--scale), a drawdown accepted (--reset-peak);
-    cancel a protective order; apply a stock split the reconciliation found (--split)."""
+    cancel a protective order; apply a stock split the reconciliation found (--split); a note in the
+    operator journal (--text)."""
     from common.connection import ConnectionFileError
     from common.errors import ErrorCode, KtraderError
     from tools.ops.reload import ReloadError, reload_card
@@ -305,13 +309,15 @@ def control(
         value = protection
     elif action == "apply_split":
         value = split
+    elif action == "note":
+        value = text
     try:
         if action == "reload":
-            text = (
+            answer = (
                 reload_card(run_dir, agent, card, cards) if agent else send_control(run_dir, action, agent, all_=all_)
             )
         else:
-            text = send_control(run_dir, action, agent, all_=all_, value=value)
+            answer = send_control(run_dir, action, agent, all_=all_, value=value)
     except KtraderError as e:
         if e.code is ErrorCode.TIMEOUT:
             # not a refusal: the action may have been applied (the gateway was busy), or not (it is gone)
@@ -322,7 +328,7 @@ def control(
     except (ConnectionFileError, ReloadError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(text)
+    typer.echo(answer)
 
 
 @app.command()

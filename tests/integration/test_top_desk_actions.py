@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -335,5 +336,16 @@ def test_the_console_s_agent_process_actions_are_in_the_operator_journal(
     started = model.start_agent(cards / "good.toml")
     assert running(sup, "good")
     who = f"ktrader-top ({operator_id()})"
+    # and what a person did by hand, from the command line
+    cli = [sys.executable, "-m", "tools", "control", "note", "--run-dir", str(run)]
+    done = subprocess.run([*cli, "--text", "sold 005930 in the HTS"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "sold 005930 in the HTS" in done.stdout, done
+    empty = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert empty.returncode == 1 and "a note needs a text" in empty.stderr, empty
     journal = [line.split(" ", 1)[1] for line in fetch_status(run, 5.0).operator_actions]
-    assert journal == [f"{who} note good: good stopped", f"{who} note good: {started}"], journal
+    assert journal == [
+        f"{who} note good: good stopped",
+        f"{who} note good: {started}",
+        f"ktrader-control ({operator_id()}) note: sold 005930 in the HTS",
+        f"ktrader-control ({operator_id()}) note REFUSED: a note needs a text",
+    ], journal
