@@ -130,6 +130,12 @@ def test_partial_fill_by_volume_share_then_expiry() -> None:
     r = run({"2024-01-02": [("buy", 250, 0, M, DAY)]}, cash=30_000_000, participation_bp=1_000)  # 10 % of 1,000
     assert [(f.qty, f.price) for f in r.fills] == [(100, 70_800)]
     assert states("20240102-1") == ["pending_submit", "accepted", "partially_filled", "expired"]
+    # said in the report: the cap is a modelling choice a deeper (or thinner) market would not share
+    assert r.warnings == [
+        "the volume cap (10 % of a bar's volume, --max-participation) held back 1 order (the first: 2024-01-03 "
+        "005930 buy 100 of 250 filled in that bar): a deeper market could have filled more"
+    ]
+    assert run({"2024-01-02": [("buy", 100, 0, M, DAY)]}, participation_bp=1_000).warnings == []  # not held back
 
 
 def test_an_ioc_after_the_close_is_refused_as_live() -> None:

@@ -103,7 +103,7 @@ from common.risk_rules import (
 )
 from common.schema import Bar, PositionView
 from common.views import order_view
-from tools.backtest.costs import CostModel
+from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
 
 BP = 10_000
 # IOC/FOK see only the opening price; DAY and NEXT_SESSION orders (a next-session order is a day order
@@ -172,7 +172,7 @@ class SimBroker:
     card: AgentCard
     cash: int
     costs: CostModel = field(default_factory=CostModel)
-    max_participation_bp: int = 1_000
+    max_participation_bp: int = MAX_PARTICIPATION_BP
     kinds: dict[str, SecurityKind] = field(default_factory=dict)
     markets: dict[str, Market] = field(default_factory=dict)
     sectors: dict[str, str] = field(default_factory=dict)  # code → the master's sector (account sector limits)
@@ -195,6 +195,9 @@ class SimBroker:
         self.orders: dict[str, Order] = {}
         self.meta: dict[str, _Meta] = {}
         self.open_ids: list[str] = []  # open orders, in submission order (fill priority)
+        # orders the volume cap held back, at the first bar it did: (day, code, side, wanted, got): the report says
+        # so (a live market may be deeper or thinner; the twin's history mode caps alike)
+        self.capped: dict[str, tuple[str, str, Side, int, int]] = {}
         self.positions: dict[str, PositionView] = {}
         self.held: dict[str, int] = {}  # codes with shares, qty: what the engine marks at each close
         self.base: dict[str, int] = {}  # previous close per code: the band's base
@@ -664,7 +667,10 @@ class SimBroker:
         if code in self.uncapped or not capped or (not bar.volume and code in self.unrecorded):
             qty = remaining  # (a halted bar never gets here: `halted`)
         else:
-            qty = min(remaining, bar.volume * self.max_participation_bp // BP - used)
+            room = bar.volume * self.max_participation_bp // BP - used
+            qty = min(remaining, room)
+            if room < remaining and coid not in self.capped:  # (the first bar the cap held it back: told once)
+                self.capped[coid] = (day, code, side, remaining, max(room, 0))
         costs = self.costs
         cash = self.cash
         positions = self.positions

@@ -74,7 +74,7 @@ from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, 
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
-from tools.backtest.costs import CostModel
+from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
 from tools.backtest.data import Series
 from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.services import BacktestServices
@@ -147,7 +147,7 @@ class BacktestConfig:
     date_to: dt.date
     cash: int = 0  # 0: the card's budget (or DEFAULT_CASH when that is 0 too)
     costs: CostModel = field(default_factory=CostModel)
-    max_participation_bp: int = 1_000  # 10 % of a bar's volume
+    max_participation_bp: int = MAX_PARTICIPATION_BP  # 10 % of a bar's volume
     params: dict[str, Any] | None = None  # overrides the card's [params] (sweeps)
     # None: each trading day's securities transaction + rural tax for the code's market and kind
     # (common/krx_rules.py, ETF/ETN none); a number: that flat rate on every sale (costs.sell_tax_ppm
@@ -714,6 +714,19 @@ class Backtest:
         if self.pending:
             self._deliver()
 
+    def _cap_warnings(self) -> list[str]:
+        """Orders the volume cap held back: a fill cut short is a modelling choice the user should see."""
+        capped = self.broker.capped
+        if not capped:
+            return []
+        day, code, side, wanted, got = next(iter(capped.values()))
+        pct = self.broker.max_participation_bp / 100
+        return [
+            f"the volume cap ({pct:g} % of a bar's volume, --max-participation) held back {len(capped):,} "
+            f"order{'' if len(capped) == 1 else 's'} (the first: {day} {code} {side.value} {got:,} of {wanted:,} "
+            "filled in that bar): a deeper market could have filled more"
+        ]
+
     def _eod_warnings(self) -> list[str]:
         """Under `cancel` / `flatten`: on daily bars, the agent's fills inside a bar (not at its open), which
         may have come after `end`, where live cancels the order; on intraday bars, the days whose bars
@@ -1195,7 +1208,7 @@ class Backtest:
             interval=self.interval,
             unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
-            warnings=self._eod_warnings(),
+            warnings=self._eod_warnings() + self._cap_warnings(),
         )
 
 

@@ -55,7 +55,7 @@ import msgspec
 from common.config import AgentCard
 from common.krx_rules import Market, SecurityKind
 from common.schema import Bar, InvestorDay
-from tools.backtest.costs import CostModel
+from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
 from tools.backtest.data import Series
 from tools.backtest.engine import BacktestConfig, BacktestError, BacktestInputError, run_backtest
 from tools.backtest.history import CompanyDay, CompanyHistory
@@ -202,7 +202,7 @@ class Cell(msgspec.Struct, frozen=True):
     cash: int = 0
     commission_ppm: int = 150
     sell_tax_ppm: int | None = None
-    max_participation_bp: int = 1_000
+    max_participation_bp: int = MAX_PARTICIPATION_BP
     segment: str = "all"
     window: int = -1
     code: str = ""  # universe sweeps: the code this cell trades
