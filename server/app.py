@@ -7,6 +7,7 @@ import errno
 import importlib
 import logging
 import os
+import resource
 import tempfile
 from pathlib import Path
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from filelock import FileLock, Timeout
 from common.config import BrokerEnv, ConfigError, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
+from server.run_folder import RunLock, lock_run_dir
 from common.private import private_dir, private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
@@ -39,7 +41,9 @@ def default_broker(cfg: GatewayConfig) -> BrokerPort:
     return make_gateway_broker(cfg)
 
 
-async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None = None) -> None:
+async def run_gateway(
+    cfg: GatewayConfig, broker_factory: BrokerFactory | None = None, run_lock: RunLock | None = None
+) -> None:
     factory = broker_factory or default_broker
     broker = factory(cfg)
     name = f"{cfg.broker.env.value}:{type(broker).__name__}" if broker_factory is None else type(broker).__name__
@@ -53,6 +57,7 @@ async def run_gateway(cfg: GatewayConfig, broker_factory: BrokerFactory | None =
         follow = asyncio.get_running_loop().create_task(remote.follow(), name="twin-clock")
         clock = remote
     gw = Gateway(cfg, broker, name, clock=clock)
+    gw.run_lock = run_lock  # the run folder watch keeps its lock file (server/run_folder.py)
     try:
         await gw.run()
     finally:
@@ -90,31 +95,6 @@ def check_run_dir(run_dir: str | os.PathLike[str]) -> None:
         raise ConfigError(problem)
 
 
-class RunDirLocked(RuntimeError):
-    pass
-
-
-LOCK_PROBE_GRACE_S = 0.25
-
-
-def lock_run_dir(run_dir: Path, standby: bool) -> FileLock:
-    """One gateway per run directory (two would both write the store and both trade). A standby
-    waits, fully imported, for the holder to exit or die (the OS releases the lock), then takes over
-    at once: that is how a crashed gateway is replaced in well under a second."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / "gateway.lock"))
-    pid_file = run_dir / "gateway.pid"
-    try:
-        # not 0 without --standby: a tool probing whether a gateway runs (tools/ops/procs.py run_lock_held, on
-        # every console refresh while one is down) holds the lock for microseconds; a start must not fail on it
-        lock.acquire(timeout=-1 if standby else LOCK_PROBE_GRACE_S, poll_interval=0.01)
-    except Timeout:
-        holder = pid_file.read_text().strip() if pid_file.exists() else "?"
-        raise RunDirLocked(f"another gateway (pid {holder}) runs on {run_dir}; use --standby to wait for it") from None
-    pid_file.write_text(str(os.getpid()))
-    return lock
-
-
 def held_run_locks(root: Path) -> list[tuple[Path, str]]:
     """Run directories at or under `root` whose gateway lock is held now (a gateway, a standby
     that took over, a demo or a replay gateway lives there): (folder, pid as its pid file says)."""
@@ -131,6 +111,18 @@ def held_run_locks(root: Path) -> list[tuple[Path, str]]:
     return held
 
 
+def raise_fd_limit() -> None:
+    """The soft limit of open files up to the hard one: each agent costs the gateway a few descriptors, and
+    libzmq aborts the whole process (no alert, no clean stop) on EMFILE; 1,024 soft is common."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open files stay limited to %d (%s)", soft, e)
+
+
 def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> None:
     """Run the gateway until stopped. A start-up failure raises kis.startup.StartupError (the
     operator's lines and exit code). Every file it creates is private (common.private)."""
@@ -144,8 +136,9 @@ def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> No
         log.info("broker environment: %s", cfg.broker.env.value)
     if standby:
         log.info("standby: waiting for the gateway on %s to exit", cfg.run_dir)
+    raise_fd_limit()
     lock = lock_run_dir(Path(cfg.run_dir), standby)
     try:
-        asyncio.run(run_gateway(cfg, factory))
+        asyncio.run(run_gateway(cfg, factory, lock))
     finally:
         lock.release()

@@ -39,6 +39,7 @@ from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.orders import OPEN, OrderState
+from server.run_folder import RunFolderWatch, RunLock
 from common.protection import Protection
 from common.schema import (
     AgentEvent,
@@ -119,6 +120,7 @@ _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its p
 
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
 PARTIAL_ALERT_NS = 120_000_000_000
+FOLDER_CHECK_S = 1.0  # how often the run folder's files are looked at (server/run_folder.py): three stats
 
 
 def default_endpoints(run_dir: Path) -> tuple[str, str]:
@@ -180,6 +182,9 @@ class Gateway:
         # ---- the rooms ------------------------------------------------------------------------
         self.store = Store(self.run_dir / "db" / "gateway.sqlite", on_failure=self._store_lost, prewrite=True)
         self._store_failure: Exception | None = None
+        self.run_lock: RunLock | None = None  # the run folder's lock, when run as a process (server/app.py)
+        self._folder: RunFolderWatch | None = None
+        self._folder_checked = 0.0
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(
             cfg,
@@ -657,6 +662,7 @@ class Gateway:
             lease_s=self.cfg.lease_s,  # a restarted agent waits out its crashed copy's lease (agent/runtime.py)
         )
         write_info(self.run_dir, info)
+        self._folder = RunFolderWatch(self.run_dir, info, self.run_lock)
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         # told to a person (not on the screen: a start is no alert); the heartbeat pings from the lease loop
         self._started_mono = time.monotonic()
@@ -675,7 +681,7 @@ class Gateway:
         finally:
             await self._shutdown()
         if self._store_failure is not None:
-            raise StoreFailed(f"the store could not commit: {self._store_failure}")
+            raise StoreFailed(f"the store failed: {self._store_failure}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -758,6 +764,19 @@ class Gateway:
                 StartExit.UNREACHABLE,
             ) from None
 
+    def _watch_folder(self) -> None:
+        """The run folder's files a cleanup removed under the running gateway (server/run_folder.py)."""
+        try:
+            for text in self._folder.check() if self._folder is not None else []:
+                self.alerts(text)
+            why = self.store.displaced() if self._store_failure is None else ""
+        except Exception:
+            self.counters["folder_check_errors"] += 1
+            log.exception("run folder check failed")
+            return
+        if why:  # the books reach no file a restart would open: stop now, written back as the store closes
+            self._store_lost(StoreFailed(f"{why} while the gateway ran; its books are written back as it stops"))
+
     def _store_lost(self, e: Exception) -> None:
         """A group commit failed: memory is ahead of the disk. Nothing of the lost batch left the
         process (events, replies and broker calls wait for the commit), so the store is the truth:
@@ -765,8 +784,7 @@ class Gateway:
         self._store_failure = e
         # kinded: a person must know the gateway is down (the notifier drains its queue at the stop)
         self.alerts(
-            f"the store could not commit ({e}): the gateway stops; a restart reloads the books from disk",
-            AlertKind.GATEWAY_FAULT,
+            f"the store failed ({e}): the gateway stops; a restart reloads the books from disk", AlertKind.GATEWAY_FAULT
         )
         self._stop.set()
 
@@ -776,7 +794,7 @@ class Gateway:
         # told to a person before the tasks are cancelled: the notifier's stop sends what is queued
         me = asyncio.current_task()
         if self._store_failure is not None:
-            why = f"the store could not commit ({self._store_failure}); a restart reloads the books from disk"
+            why = f"the store failed ({self._store_failure}); a restart reloads the books from disk"
         elif me is not None and me.cancelling():
             why = "its task was cancelled (the process that runs it is ending)"
         else:
@@ -832,6 +850,9 @@ class Gateway:
                 log.warning("the gateway's loop was held for %.1f s: %d agents' silence meanwhile not counted", late, n)
             self.sessions.expire_leases()
             self.keyring.refresh()  # approvals and revocations take effect without a restart
+            if now - self._folder_checked >= FOLDER_CHECK_S:
+                self._folder_checked = now
+                self._watch_folder()
             try:
                 self.risk.sweep(self._cards())
             except Exception:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 import contextlib
 from contextlib import contextmanager
@@ -173,6 +175,7 @@ class Store:
         self.path = p
         self._on_failure = on_failure or (lambda e: None)
         self.gc: GroupCommit | None = None
+        self._files: dict[Path, tuple[int, int]] = {}
         if readonly:
             # tools read while the gateway writes (WAL allows it); they never write
             self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
@@ -186,6 +189,32 @@ class Store:
                 self.db.close()
             raise StoreUnusable(p, e) from e
         self.gc = GroupCommit(self.db, p, lambda e: self._on_failure(e))
+        self._files = self._identity()  # what the open connection writes: displaced() compares the paths with it
+
+    def _identity(self) -> dict[Path, tuple[int, int]]:
+        out = {}
+        for f in (self.path, Path(f"{self.path}-wal")):
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue  # (no WAL before a first write: nothing to compare)
+            out[f] = (st.st_dev, st.st_ino)
+        return out
+
+    def displaced(self) -> str:
+        """A file of the store removed or replaced under the open connection, in words ("" none): what is
+        written then reaches no file a restart would open (a cleanup that deleted db/ lost every agent's books
+        at the next start, without a word)."""
+        for f, ident in self._files.items():
+            try:
+                st = os.stat(f)
+            except FileNotFoundError:
+                return f"{f} was removed"
+            except OSError as e:
+                return f"{f} cannot be looked at ({e.strerror})"
+            if (st.st_dev, st.st_ino) != ident:
+                return f"{f} was replaced by another file"
+        return ""
 
     def _open(self, p: Path, prewrite: bool) -> None:
         """Connect, bring the schema up to this version and (`prewrite`) lay out the WAL: the first reads and
@@ -222,10 +251,37 @@ class Store:
         return db
 
     def close(self) -> None:
-        """A clean close makes what is written durable (a crash would lose the open batch)."""
+        """A clean close makes what is written durable (a crash would lose the open batch). A database file
+        removed or replaced under the connection is written back from it (the WAL alone removed needs
+        nothing: the close's checkpoint moves it into the database file)."""
         if self.gc is not None:
             self.gc.close()
-        self.db.close()
+        main = self._files.get(self.path)
+        copy = None
+        if main is not None and self.displaced() and self._identity().get(self.path) != main:
+            copy = self.path.with_name(f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                self.db.execute("VACUUM INTO ?", (str(copy),))  # everything the connection sees, WAL included
+            except apsw.Error as e:
+                log.critical("the store's books could not be written back to %s (%s)", copy, e)
+                copy = None
+        self.db.close()  # (deletes the WAL at its path: a removed database's WAL must not meet the copy)
+        if copy is not None:
+            self._put_back(copy)
+
+    def _put_back(self, copy: Path) -> None:
+        wal = Path(f"{self.path}-wal")
+        if self.path.exists() or wal.exists():  # another file took the place: not overwritten
+            log.critical(
+                "the store's books were written to %s: %s is another file now; with the gateway stopped, put the copy "
+                "in its place (and remove %s-wal and -shm) before the next start",
+                copy,
+                self.path,
+                self.path,
+            )
+            return
+        os.replace(copy, self.path)
+        log.critical("the store's books were written back to %s (its file had been removed)", self.path)
 
     def abandon(self) -> None:
         """Close as a kill -9 would: the loop turn's open batch is lost (tests of what survives)."""

@@ -134,7 +134,8 @@ def gateway(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    from server.app import RunDirLocked
+    from server.group_commit import StoreFailed
+    from server.run_folder import RunDirLocked
 
     with profiled(profile):
         try:
@@ -154,6 +155,9 @@ def gateway(
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(StartExit.INTERRUPTED) from None
+        except StoreFailed as e:  # a planned stop: its alert (GATEWAY_FAULT) and log say what happened
+            typer.echo(f"error: {e}; start the gateway again once that is fixed (its log says more)", err=True)
+            raise typer.Exit(StartExit.UNEXPECTED) from None
         except Exception as e:
             if debug:
                 raise

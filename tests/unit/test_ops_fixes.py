@@ -199,7 +199,7 @@ async def test_a_store_failure_stop_is_sent_before_the_gateway_exits(tmp_path: P
         with pytest.raises(StoreFailed):
             await asyncio.wait_for(run, 20)
         kinds = [(b.get("kind"), b.get("text", "")) for b in sink.bodies]
-        assert any(k == AlertKind.GATEWAY_FAULT.value and "store could not commit" in t for k, t in kinds), kinds
+        assert any(k == AlertKind.GATEWAY_FAULT.value and "store failed (disk I/O error)" in t for k, t in kinds), kinds
     finally:
         sink.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from server.app import LOCK_PROBE_GRACE_S, RunDirLocked, lock_run_dir
+from server.run_folder import LOCK_PROBE_GRACE_S, RunDirLocked, lock_run_dir
 
 
 def test_a_start_during_a_probe_takes_the_lock(tmp_path: Path) -> None:

@@ -1,0 +1,188 @@
+"""What the run folder must keep while its gateway runs: one gateway per folder, and the files that tools,
+agents and the next start find it by.
+
+- The lock is two: `gateway.lock` (a FileLock: what a standby waits on and every tool probes, tools/ops) and
+  a lock (flock) on the folder itself. The file alone failed to a cleanup that deleted it: the next gateway
+  created a new file, locked it and ran beside the first on the same books (both trading, both writing the
+  store). No cleanup of the folder's files can remove the folder's own lock.
+- `RunFolderWatch` looks once a second (the lease loop): `gateway.json` and `gateway.lock` removed are written
+  again (tools said "is the gateway running?" of a running gateway, and a restarted agent could not come
+  back); the store's files removed or replaced is a fault: the books are then only in this process, so the
+  gateway stops and the store writes them back as it closes (server/store.py `close`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from common.config import ConfigError
+from common.connection import ConnectionFileError, GatewayInfo, read_info, write_info
+
+log = logging.getLogger("ktrader.gateway")
+
+LOCK_PROBE_GRACE_S = 0.25
+
+
+class RunDirLocked(RuntimeError):
+    pass
+
+
+class RunLock:
+    """The two locks of a run folder, held from the start to the exit (the OS drops both if it dies)."""
+
+    def __init__(self, run_dir: Path, file: FileLock, folder_fd: int) -> None:
+        self.run_dir = run_dir
+        self.file = file
+        self.folder_fd = folder_fd
+        self._ino = self._path_ino()  # the lock file ours names (just taken: nobody replaced it meanwhile)
+
+    def _path_ino(self) -> int:
+        return os.stat(self.path()).st_ino
+
+    @property
+    def is_locked(self) -> bool:
+        return self.file.is_locked
+
+    def path(self) -> Path:
+        return self.run_dir / "gateway.lock"
+
+    def repair(self) -> str:
+        """`gateway.lock` removed (or replaced) under the running gateway: taken again at its path, so that the
+        tools' probes see the gateway again. What was done ("" nothing)."""
+        try:
+            if self._path_ino() == self._ino:
+                return ""
+        except OSError:
+            pass
+        fresh = FileLock(str(self.path()))
+        try:
+            fresh.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=0.01)
+        except (Timeout, OSError) as e:  # (a probe holds it for microseconds: told, tried again next time)
+            return f"{self.path()} was removed while the gateway ran and could not be taken again ({e})"
+        old, self.file = self.file, fresh
+        old.release()
+        self._ino = self._path_ino()
+        write_pid(self.run_dir)
+        return f"{self.path()} was removed while the gateway ran: taken again (the folder's own lock held)"
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self.folder_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.folder_fd)
+            self.file.release()
+
+
+def write_pid(run_dir: Path) -> None:
+    (run_dir / "gateway.pid").write_text(str(os.getpid()))
+
+
+def _holder(run_dir: Path) -> str:
+    """The pid of the gateway holding the folder, as its files say ("?")."""
+    pid_file = run_dir / "gateway.pid"
+    try:
+        return pid_file.read_text().strip() or "?"
+    except OSError:
+        pass
+    try:
+        return str(read_info(run_dir).pid)
+    except ConnectionFileError:
+        return _flock_holder(run_dir) or "?"
+
+
+def _flock_holder(run_dir: Path) -> str:
+    """The pid holding the folder's own lock, as the kernel lists it (/proc/locks, Linux): when a cleanup took
+    the pid file and gateway.json too."""
+    try:
+        st = os.stat(run_dir)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        try:
+            major, minor, ino = parts[5].split(":")
+            if (int(major, 16), int(minor, 16), int(ino)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+                return parts[4]
+        except ValueError:
+            continue
+    return ""
+
+
+def lock_run_dir(run_dir: Path, standby: bool) -> RunLock:
+    """One gateway per run directory (two would both write the store and both trade). A standby
+    waits, fully imported, for the holder to exit or die (the OS releases the locks), then takes over
+    at once: that is how a crashed gateway is replaced in well under a second."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / "gateway.lock"))
+    try:
+        # not 0 without --standby: a tool probing whether a gateway runs (tools/ops/procs.py run_lock_held, on
+        # every console refresh while one is down) holds the lock for microseconds; a start must not fail on it
+        lock.acquire(timeout=-1 if standby else LOCK_PROBE_GRACE_S, poll_interval=0.01)
+    except Timeout:
+        raise RunDirLocked(
+            f"another gateway (pid {_holder(run_dir)}) runs on {run_dir}; use --standby to wait for it"
+        ) from None
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if standby else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        lock.release()
+        raise RunDirLocked(
+            f"another gateway (pid {_holder(run_dir)}) runs on {run_dir} (its gateway.lock was removed); "
+            "use --standby to wait for it"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        lock.release()
+        raise
+    run = RunLock(run_dir, lock, fd)
+    try:
+        write_pid(run_dir)
+    except OSError as e:  # a full disk or a read-only folder: the operator's to fix, in one line
+        run.release()
+        raise ConfigError(
+            f"run_dir {run_dir}: cannot write gateway.pid ({e.strerror}): is the disk full or the folder read-only?"
+        ) from None
+    except BaseException:
+        run.release()
+        raise
+    return run
+
+
+class RunFolderWatch:
+    """The run folder's files, looked at from the lease loop: each problem is returned (to alert) once."""
+
+    def __init__(self, run_dir: Path, info: GatewayInfo, lock: RunLock | None) -> None:
+        self.run_dir = run_dir
+        self.info = info
+        self.lock = lock
+
+    def check(self) -> list[str]:
+        found = []
+        try:
+            mine = read_info(self.run_dir).session == self.info.session
+        except ConnectionFileError:
+            mine = False
+        if not mine:  # (another gateway's cannot be: the folder's lock is ours)
+            try:
+                write_info(self.run_dir, self.info)
+                found.append(
+                    f"{self.run_dir / 'gateway.json'} was removed (or overwritten) while the gateway ran: written "
+                    "again (tools and agents find the gateway by it)"
+                )
+            except OSError as e:
+                found.append(f"{self.run_dir / 'gateway.json'} was removed and cannot be written again ({e})")
+        if self.lock is not None:
+            text = self.lock.repair()
+            if text:
+                found.append(text)
+        return found

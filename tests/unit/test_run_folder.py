@@ -1,0 +1,117 @@
+"""The run folder under a cleanup that removes its files while the gateway runs (server/run_folder.py,
+server/store.py): a second gateway is still refused, the files tools find the gateway by are written again,
+and a removed store is written back from the open connection as it closes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError
+from common.connection import GatewayInfo, read_info, write_info
+from server.run_folder import RunDirLocked, RunFolderWatch, lock_run_dir
+from server.store import Store
+
+
+def info(session: str = "s1") -> GatewayInfo:
+    return GatewayInfo(router="ipc://r", pub="ipc://p", key="00", pid=os.getpid(), session=session, started_ns=1)
+
+
+def test_a_removed_lock_file_does_not_let_a_second_gateway_in(tmp_path: Path) -> None:
+    first = lock_run_dir(tmp_path, standby=False)
+    try:
+        (tmp_path / "gateway.lock").unlink()  # a cleanup cron
+        (tmp_path / "gateway.pid").unlink()
+        with pytest.raises(RunDirLocked, match="gateway.lock was removed"):
+            lock_run_dir(tmp_path, standby=False)
+        # the gateway's watch takes the lock file again: the tools' probes see it, and the next start's refusal is
+        # the usual one
+        watch = RunFolderWatch(tmp_path, info(), first)
+        write_info(tmp_path, info())
+        [said] = watch.check()
+        assert "gateway.lock was removed while the gateway ran: taken again" in said
+        assert watch.check() == []  # said once
+        assert (tmp_path / "gateway.pid").read_text() == str(os.getpid())
+        with pytest.raises(RunDirLocked, match=f"pid {os.getpid()}.*--standby"):
+            lock_run_dir(tmp_path, standby=False)
+    finally:
+        first.release()
+    lock_run_dir(tmp_path, standby=False).release()  # released: the folder is free again
+
+
+def test_a_removed_gateway_json_is_written_again(tmp_path: Path) -> None:
+    watch = RunFolderWatch(tmp_path, info("mine"), None)
+    write_info(tmp_path, info("mine"))
+    assert watch.check() == []
+    (tmp_path / "gateway.json").unlink()
+    [said] = watch.check()
+    assert "gateway.json was removed (or overwritten) while the gateway ran: written again" in said
+    assert read_info(tmp_path).session == "mine" and watch.check() == []
+
+
+def test_a_full_disk_at_the_lock_is_a_one_line_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Path, *a: object, **k: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(ConfigError, match="cannot write gateway.pid \\(No space left on device\\): is the disk full"):
+        lock_run_dir(tmp_path, standby=False)
+    monkeypatch.undo()
+    lock_run_dir(tmp_path, standby=False).release()  # nothing held after the refusal
+
+
+def _store_with_rows(path: Path, n: int) -> Store:
+    store = Store(path, prewrite=True)
+    for i in range(n):
+        with store.transaction():
+            store.log_operator(i + 1, "tool", "note", "", True, {"result": f"row {i}"})
+    return store
+
+
+def test_a_removed_store_is_said_and_written_back_as_it_closes(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "gateway.sqlite"
+    store = _store_with_rows(path, 5)
+    assert store.displaced() == ""
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        f.unlink()
+    assert store.displaced() == f"{path} was removed"
+    with store.transaction():  # it goes on writing meanwhile (until the gateway stops): kept too
+        store.log_operator(6, "tool", "note", "", True, {"result": "row 5"})
+    store.close()
+    again = Store(path)
+    try:
+        assert [d["result"] for *_, d in again.operator_log(limit=10)] == [f"row {i}" for i in range(5, -1, -1)]
+    finally:
+        again.close()
+    assert not list(path.parent.glob("*.rescued-*"))
+
+
+def test_a_store_replaced_by_another_file_is_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    store = _store_with_rows(path, 2)
+    path.unlink()
+    path.write_bytes(b"someone else's file")
+    assert store.displaced() == f"{path} was replaced by another file"
+    store.close()
+    assert path.read_bytes() == b"someone else's file"
+    [copy] = tmp_path.glob("gateway.sqlite.rescued-*")
+    kept = Store(copy)
+    try:
+        assert len(kept.operator_log(limit=10)) == 2
+    finally:
+        kept.close()
+
+
+def test_a_removed_wal_alone_loses_nothing_at_the_close(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    store = _store_with_rows(path, 3)
+    Path(f"{path}-wal").unlink()
+    assert store.displaced() == f"{path}-wal was removed"
+    store.close()  # its checkpoint moves the open (removed) WAL into the database file
+    again = Store(path)
+    try:
+        assert len(again.operator_log(limit=10)) == 3
+    finally:
+        again.close()
