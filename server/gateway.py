@@ -120,6 +120,7 @@ _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its p
 
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
 PARTIAL_ALERT_NS = 120_000_000_000
+WAL_ALERT_BYTES = 256 << 20  # a store WAL this big: a reader keeps its checkpoints from completing (told)
 FOLDER_CHECK_S = 1.0  # how often the run folder's files are looked at (server/run_folder.py): three stats
 
 
@@ -185,6 +186,7 @@ class Gateway:
         self.run_lock: RunLock | None = None  # the run folder's lock, when run as a process (server/app.py)
         self._folder: RunFolderWatch | None = None
         self._folder_checked = 0.0
+        self._wal_alert_bytes = WAL_ALERT_BYTES
         self.registry = Registry(cfg.lease_s)
         self.core = build_order_core(
             cfg,
@@ -770,6 +772,13 @@ class Gateway:
             for text in self._folder.check() if self._folder is not None else []:
                 self.alerts(text)
             why = self.store.displaced() if self._store_failure is None else ""
+            size = self.store.wal_size()
+            if size >= self._wal_alert_bytes:  # said again at each doubling
+                self._wal_alert_bytes = size * 2
+                self.alerts(
+                    f"the store's WAL is {size >> 20} MB and growing: its checkpoints cannot complete while another "
+                    f"program holds a read open on {self.store.path} (a sqlite3 shell, a script): close it"
+                )
         except Exception:
             self.counters["folder_check_errors"] += 1
             log.exception("run folder check failed")

@@ -70,13 +70,19 @@ WAL_FRAME_HEADER, WAL_HEADER = 24, 32
 WAL_SLACK = 1.25  # frames the loop adds while a checkpoint in the thread copies
 
 
+def wal_bytes(page_size: int) -> int:
+    """The WAL's size in a day's run: what it is written out to, and what SQLite cuts it back to after a
+    checkpoint when a reader that held its snapshot made it grow (PRAGMA journal_size_limit)."""
+    return WAL_HEADER + int(CHECKPOINT_PAGES * WAL_SLACK) * (page_size + WAL_FRAME_HEADER)
+
+
 def prewrite_wal(wal: Path, page_size: int) -> bool:
     """Write the WAL file out in full (zeros) before SQLite opens it, so that its frames overwrite
     allocated blocks and an fdatasync has no file size to journal. Only when there is no WAL file:
     one that exists holds frames to recover (a crash) or is another connection's, never touched.
     SQLite reads a WAL whose header is not valid as empty and writes its own header at the start.
     Returns whether it wrote one."""
-    size = WAL_HEADER + int(CHECKPOINT_PAGES * WAL_SLACK) * (page_size + WAL_FRAME_HEADER)
+    size = wal_bytes(page_size)
     try:
         fd = os.open(wal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -30,7 +30,7 @@ from common.config import ConfigError
 from common.orders import OPEN, Order, OrderEvent
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
-from server.group_commit import GroupCommit, StoreFailed, prewrite_wal
+from server.group_commit import GroupCommit, StoreFailed, prewrite_wal, wal_bytes
 from server.store_errors import DAMAGED, UNREACHABLE, StoreTooNew, StoreUnusable
 
 __all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "StoreUnusable", "describe_owner"]
@@ -248,7 +248,16 @@ class Store:
         # the commit is released (FULL's guarantee for all that leaves the process, one fsync a turn)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA temp_store=MEMORY")
+        # a WAL a long read made grow (its checkpoints could not complete) is cut back once one does
+        db.execute(f"PRAGMA journal_size_limit={wal_bytes(db.execute('PRAGMA page_size').get)}")
         return db
+
+    def wal_size(self) -> int:
+        """Bytes of the WAL file now (0 when there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def close(self) -> None:
         """A clean close makes what is written durable (a crash would lose the open batch). A database file

@@ -115,3 +115,30 @@ def test_a_removed_wal_alone_loses_nothing_at_the_close(tmp_path: Path) -> None:
         assert len(again.operator_log(limit=10)) == 3
     finally:
         again.close()
+
+
+def test_a_wal_a_long_read_made_grow_is_cut_back_once_checkpoints_complete(tmp_path: Path) -> None:
+    """A program holding a read open on the store (a sqlite3 shell) keeps checkpoints from completing: the WAL
+    grew to 107 MB in a hunt and stayed so after the reader closed. It is cut back to its day size."""
+    import apsw
+
+    from server.group_commit import wal_bytes
+
+    path = tmp_path / "gateway.sqlite"
+    store = _store_with_rows(path, 1)
+    day_size = wal_bytes(store.db.execute("PRAGMA page_size").get)
+    reader = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM operator_log").get  # its snapshot holds the WAL's frames
+    for i in range(3_000):
+        with store.transaction():
+            store.log_operator(i, "tool", "note", "", True, {"result": "x" * 400})
+    grown = store.wal_size()
+    assert grown > 2 * day_size
+    reader.execute("COMMIT")
+    reader.close()
+    for i in range(2_000):  # checkpoints complete again; a reset cuts the file back
+        with store.transaction():
+            store.log_operator(i, "tool", "note", "", True, {"result": "y"})
+    assert store.wal_size() <= day_size < grown
+    store.close()
