@@ -528,6 +528,9 @@ class OrderDesk:
                 order,
                 Deny(ts_ns=ts, code=code.value, reason=reason),
                 trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})],
+                # a next-session order is its session's, denied or not (a held one moves to it at its release):
+                # one decided after the close was in no day's report (the day's was written at the close)
+                day=session_day(book.clock.now(), book.clock.phase()) if new.tif in HELD_TIFS else "",
             )
             return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
         if held:
@@ -965,11 +968,16 @@ class OrderDesk:
                     o,
                     Deny(ts_ns=ts, code=denial[0].value, reason=f"at release: {denial[1]}"),
                     trace=[("risk", {"result": "denied at release", "code": denial[0].value, "reason": denial[1]})],
+                    day=book.day(),  # its session's, as a released one (in that day's report)
                 )
                 self._tell_release_denied(o, f"{denial[0].value}: {denial[1]}")
                 return 0
         elif self.risk.global_state is not TradingState.ACTIVE:
-            book.commit(o, Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"))
+            book.commit(
+                o,
+                Deny(ts_ns=ts, code=ErrorCode.DENIED_HALTED.value, reason="gateway not active at release"),
+                day=book.day(),
+            )
             self._tell_release_denied(o, f"{ErrorCode.DENIED_HALTED.value}: the gateway is not active")
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
