@@ -1125,6 +1125,7 @@ class Gateway:
         to_person = new_gaps(date, gaps, (self.store.get_meta, self._set_meta))  # once a day, restarts or not
         for text in gaps:
             self.alerts(text, AlertKind.CALENDAR if to_person else None)
+        self.session_days.begin(date)  # (before the task runs: the day tick's watch must see it on its way)
         self._spawn(self.session_days.check(date))  # asked again with back-off until it answers
 
     def _drain_xpub(self) -> None:

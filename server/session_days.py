@@ -196,10 +196,18 @@ class SessionDays:
         self.counters["calendar_unverified"] = 1
         self.counters.setdefault("calendar_check_failures", 0)
 
+    def begin(self, today: dt.date) -> None:
+        """The question about `today` counts as asked from now: called before its task is spawned, since the
+        day tick's `watch` may run first (a gateway started after 08:00 paged "has not answered" 2 ms after it
+        was ready, before the question was asked)."""
+        self.asking = today.isoformat()
+        self._asked_at, self._tries = time.monotonic(), 0
+
     async def check(self, today: dt.date) -> list[dt.date]:
         """Ask about `today` on, until answered (or a newer day's check starts); returns the days closed."""
-        key = self.asking = today.isoformat()
-        self._asked_at, self._tries = time.monotonic(), 0
+        key = today.isoformat()
+        if self.asking != key:
+            self.begin(today)
         wait = RETRY_FIRST_S
         while True:
             try:
