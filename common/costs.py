@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from common.krx_rules import TAX_EXEMPT_KINDS, Market, SecurityKind, rules_for
 
 PPM = 1_000_000
-# The fill model's volume cap, in basis points: our fills in one bar (a day on daily data) take at most this
-# share of its volume -- the backtester's default (tools/backtest/broker.py) and the twin's in history mode
-# (kis/sim/history_market.py), so that a rehearsal's live run and its backtest fill alike
+# The backtester's volume cap by default, in basis points: our fills in one bar (a day on daily data) take at
+# most this share of its volume (tools/backtest/broker.py). The twin's history mode fills whole (it cannot tell
+# the gateway's exits, never capped, from an agent's orders): a rehearsal's backtest fills whole too
 MAX_PARTICIPATION_BP = 1_000
 
 

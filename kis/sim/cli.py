@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from common.costs import MAX_PARTICIPATION_BP
-
 if TYPE_CHECKING:
     from kis.sim.twin import TwinConfig
 
@@ -53,10 +51,6 @@ def run(
     ] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="history mode: the first day YYYY-MM-DD")] = None,
     history_days: Annotated[int, typer.Option(help="history mode: daily rows served before the current day")] = 250,
-    max_participation: Annotated[
-        float,
-        typer.Option(help="history mode: the share of a day's volume our fills of a code may take (the backtester's)"),
-    ] = MAX_PARTICIPATION_BP / 10_000,
     quiet: Annotated[bool, typer.Option(help="print only the JSON line")] = False,
 ) -> None:
     if clock not in ("open", "kst", "replay"):
@@ -66,8 +60,6 @@ def run(
         raise typer.BadParameter("--history needs --from YYYY-MM-DD (the first day to replay)")
     if history is None and start is not None:
         raise typer.BadParameter("--from only applies with --history DIR")
-    if not 0 < max_participation <= 1:
-        raise typer.BadParameter("--max-participation must be in (0, 1]")
     if history is not None and (clock != "open" or date or replay_dir):
         raise typer.BadParameter("--history drives its own clock and data: leave --clock, --date and --replay-dir out")
     # here, not at the top: every `ktrader` command mounts this one (the server and aiohttp are ~0.2 s of import)
@@ -94,7 +86,6 @@ def run(
         history_dir=history,
         history_from=start,
         history_days=history_days,
-        history_participation_bp=round(max_participation * 10_000),
     )
     try:
         asyncio.run(_serve(config, quiet))

@@ -12,12 +12,8 @@ exactly V shares printed), and our orders fill by rules that match the backteste
 - continuous session: an order marketable against the last print (or a market order) fills at once
   at the last print; a resting limit buy fills when a print at or below its limit happens, at its
   limit if the previous print was above it (the market traded through it), else at the print; sells
-  mirrored;
-- volume: our fills of a code in one day take at most `max_participation_bp` of its volume V, both sides
-  together, in the order the fills come (the backtester's cap on a daily bar, common.costs.MAX_PARTICIPATION_BP
-  by default): an order held back rests with what it got (a DAY order expires with the rest at the close; an
-  IOC's rest is cancelled, a FOK that cannot fill whole fills nothing). Without it a 500-share buy of a code
-  trading 2,259 filled whole live and 225 in the rehearsal's backtest, and every later decision differed;
+  mirrored. Whole quantities: the historical market is deep enough for us (the backtester's
+  participation cap is not modelled);
 - closing auction (orders 15:20–15:30), uncrossed at the close at C like the opening one; an unfilled
   `02` (conditional) order converts to a market order there and fills at C;
 - a day locked at a limit (L == H at the upper limit, or at the lower) fills no buys (no sells);
@@ -49,7 +45,6 @@ from pathlib import Path
 
 from common.calendar import is_trading_day, next_trading_day
 from common.clock import KST
-from common.costs import MAX_PARTICIPATION_BP
 from common.krx import Phase, SessionTimes
 from common.krx_rules import Market, SecurityKind, rules_for
 from kis.sim import history, universe
@@ -68,9 +63,6 @@ from kis.sim.ledger import Account
 
 DEFAULT_HISTORY_DAYS = 250
 PRE_OPEN_LEAD = dt.timedelta(minutes=30)  # a history day starts this long before the opening call
-
-
-BP = 10_000  # basis points in one
 
 
 class HistoryError(ValueError):
@@ -182,17 +174,8 @@ class HistoryExchange(Exchange):
     """The twin's exchange with its driven codes replaying history (see the module docstring)."""
 
     def __init__(
-        self,
-        clock: TwinClock,
-        config: MarketConfig,
-        data: HistoryData,
-        days: int = DEFAULT_HISTORY_DAYS,
-        max_participation_bp: int = MAX_PARTICIPATION_BP,
+        self, clock: TwinClock, config: MarketConfig, data: HistoryData, days: int = DEFAULT_HISTORY_DAYS
     ) -> None:
-        if not 0 < max_participation_bp <= BP:
-            raise HistoryError(f"the volume cap must be in (0, 100 %], got {max_participation_bp / 100:g} %")
-        self.max_participation_bp = max_participation_bp
-        self._ours: dict[str, int] = {}  # our filled quantity of each driven code today (the volume cap's use)
         self.data = data
         self.history_days = days
         self.driven = frozenset(c for c in universe.codes() if c in data.codes)
@@ -230,7 +213,6 @@ class HistoryExchange(Exchange):
             self._bar[code] = bar if plan else None
             self._left[code] = len(plan)
             self._resting[code] = []
-            self._ours[code] = 0
             flat = bar is not None and bool(plan) and bar.low == bar.high
             self._locked[code] = (flat and bar.high >= st.book.upper, flat and bar.low <= st.book.lower)  # type: ignore[union-attr]
             events += [(p.at, 1, code, p) for p in plan]
@@ -371,18 +353,8 @@ class HistoryExchange(Exchange):
         self._resting[code] = live
         return live
 
-    def _room(self, code: str) -> int:
-        """What the volume cap leaves of the code's day for our fills."""
-        bar = self._bar[code]
-        return bar.volume * self.max_participation_bp // BP - self._ours[code] if bar is not None else 0
-
     def _fill(self, st: StockState, rec: OrderRecord, price: int, aggressor: BookSide | None) -> None:
-        """As much of the order as the volume cap leaves (all of it, or a part that rests on, or nothing)."""
-        room = self._room(st.code)
-        qty = min(rec.open_qty, room)
-        if qty <= 0 or (rec.tif is Tif.FOK and qty < rec.open_qty):  # a FOK fills whole or not at all
-            return
-        self._ours[st.code] += qty
+        qty = rec.open_qty
         if rec.side is BookSide.BUY:
             fill = Fill(price, qty, rec.oid, 0, rec.odno, None, aggressor)
         else:
@@ -403,10 +375,7 @@ class HistoryExchange(Exchange):
             marketable = limit is None or (limit >= st.last if buy else limit <= st.last)
             if marketable and not (no_buys if buy else no_sells):
                 self._fill(st, rec, st.last, rec.side)
-                if not rec.open_qty:
-                    return
-                # the volume cap held (some of) it back: a DAY order rests with the rest, an IOC's rest and a FOK
-                # are cancelled (below)
+                return
         if continuous and rec.tif is not Tif.DAY:
             n = rec.open_qty  # IOC/FOK that cannot fill now
             rec.cancelled_qty += n
@@ -470,9 +439,7 @@ def require_history_settings(start: dt.date | None, state_file: Path | None) -> 
     return start
 
 
-def open_history(
-    directory: Path, start: dt.date, days: int, config: MarketConfig, max_participation_bp: int = MAX_PARTICIPATION_BP
-) -> tuple[TwinClock, HistoryExchange]:
+def open_history(directory: Path, start: dt.date, days: int, config: MarketConfig) -> tuple[TwinClock, HistoryExchange]:
     """The clock and exchange of a twin in history mode, at the pre-open of the first trading day >= `start`."""
     if days < 1:
         raise HistoryError(f"history days must be at least 1, got {days}")
@@ -482,4 +449,4 @@ def open_history(
         raise HistoryError(f"the data in {directory} ends on {data.last_day}: pick --from on or before it")
     clock = TwinClock(ClockMode.HISTORY, day)
     clock.move_to(pre_open(day))
-    return clock, HistoryExchange(clock, config, data, days, max_participation_bp)
+    return clock, HistoryExchange(clock, config, data, days)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.costs import MAX_PARTICIPATION_BP
 from kis.sim.auth import AppKey, AuthRegistry
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.exchange import Exchange, MarketConfig
@@ -91,7 +90,6 @@ class TwinConfig:
     history_dir: Path | None = None
     history_from: dt.date | None = None  # the first trading day >= this (required with history_dir)
     history_days: int = 250  # daily rows the quotation endpoints serve before the current day
-    history_participation_bp: int = MAX_PARTICIPATION_BP  # the volume cap of our fills (the backtester's default)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -109,9 +107,7 @@ class Twin:
             from kis.sim.history_market import open_history, require_history_settings
 
             start = require_history_settings(config.history_from, config.state_file)
-            self.clock, self.exchange = open_history(
-                config.history_dir, start, config.history_days, market, config.history_participation_bp
-            )
+            self.clock, self.exchange = open_history(config.history_dir, start, config.history_days, market)
         else:
             self.clock = TwinClock(ClockMode(config.clock), config.date, config.speed)
             self.exchange = Exchange(self.clock, market)

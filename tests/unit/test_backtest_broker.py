@@ -70,7 +70,7 @@ def run(
     plan: dict[str, list[tuple[Any, ...]]],
     rows: list[tuple[str, int, int, int, int, int]] = BARS,
     cash: int = 10_000_000,
-    participation_bp: int = 10_000,
+    participation_bp: int | None = 10_000,
     **card_kw: Any,
 ) -> BacktestResult:
     PLAN.clear()
@@ -136,6 +136,17 @@ def test_partial_fill_by_volume_share_then_expiry() -> None:
         "005930 buy 100 of 250 filled in that bar): a deeper market could have filled more"
     ]
     assert run({"2024-01-02": [("buy", 100, 0, M, DAY)]}, participation_bp=1_000).warnings == []  # not held back
+
+
+def test_whole_fills_as_the_twin_s_history_mode_fills() -> None:
+    """A rehearsal's backtest fills as the twin does: whole (a 500-share buy of a code trading 2,259 filled whole
+    live and 225 in the rehearsal's backtest, and every later decision differed); nothing in a bar without
+    volume (the twin's halt)."""
+    r = run({"2024-01-02": [("buy", 250, 0, M, DAY)]}, cash=30_000_000, participation_bp=None)
+    assert [(f.qty, f.price) for f in r.fills] == [(250, 70_800)] and r.warnings == []
+    halted = [BARS[0], ("2024-01-03", 70_800, 72_000, 70_000, 71_500, 0), *BARS[2:]]
+    r = run({"2024-01-02": [("buy", 25, 0, M, DAY)]}, rows=halted, participation_bp=None)
+    assert r.fills == [] and states("20240102-1")[-1] == "expired"
 
 
 def test_an_ioc_after_the_close_is_refused_as_live() -> None:

@@ -12,7 +12,6 @@ import pytest
 
 from common.clock import KST
 from common.config import AgentCard
-from common.costs import MAX_PARTICIPATION_BP
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, SecurityKind, on_grid
 from common.krx_rules import rules_for
@@ -85,14 +84,14 @@ def printed(d: Desk, code: str) -> DailyBar:
 
 
 def backtest_fill(
-    bar: DailyBar, base: int, side: Side, qty: int, price: int, otype: OrderType, cap_bp: int = 10_000
+    bar: DailyBar, base: int, side: Side, qty: int, price: int, otype: OrderType
 ) -> tuple[int, int] | None:
     """What the backtester fills for an order decided before `bar`: (qty, price) or None."""
     code = "000000"
     broker = SimBroker(
         card=AgentCard(id="oracle", name="oracle", strategy="oracle:Oracle", codes=[code]),
         cash=10**13,
-        max_participation_bp=cap_bp,
+        max_participation_bp=10_000,
     )
     broker.base[code] = base
     if side is Side.SELL:
@@ -221,60 +220,6 @@ def test_a_day_locked_at_the_upper_limit_fills_no_buys(tmp_path: Path) -> None:
 
 
 # ---- fills against the backtester's rules ---------------------------------------------------------------
-
-
-def test_our_fills_of_a_day_take_at_most_the_backtesters_share_of_its_volume(tmp_path: Path) -> None:
-    """A 500-share buy of a code trading 2,000 filled whole in the twin and 200 in the backtest (10 % of the
-    day's volume): a rehearsal's live run and its backtest then disagreed on every later decision."""
-    folder = tmp_path / "data" / FDR
-    folder.mkdir(parents=True)
-    (folder / "005930.csv").write_text(
-        "Date,Open,High,Low,Close,Volume,Change\n"
-        "2024-01-02,10000,10200,9900,10100,3000,0\n"
-        "2024-01-03,10100,10300,10000,10200,2000,0\n"
-        "2024-01-04,10200,10400,10100,10300,2000,0\n"
-    )
-    d = desk(tmp_path / "data", dt.date(2024, 1, 3), holdings={"005930": 1_000})
-    assert d.ex.max_participation_bp == MAX_PARTICIPATION_BP == 1_000
-    bar, base = row(d, "005930"), d.ex.stocks["005930"].prev_close
-    d.at("08:50:00")
-    big = d.place("005930", "buy", 500)
-    d.at("09:00:00")
-    assert filled(big) == backtest_fill(bar, base, Side.BUY, 500, 0, OrderType.MARKET, MAX_PARTICIPATION_BP)
-    assert filled(big) == (200, 10_100) and big.open_qty == 300  # the rest rests
-    d.at("12:00:00")
-    later = d.place("005930", "sell", 10)  # marketable, but the day's share is used (both sides count)
-    ioc = d.place("005930", "buy", 10, 10_300, dvsn="11")
-    assert later.filled_qty == 0 and later.open_qty == 10
-    assert ioc.filled_qty == 0 and ioc.cancelled_qty == 10
-    d.at("15:45:00")
-    assert big.expired_qty == 300 and later.expired_qty == 10 and d.acct.reserved == 0
-    assert sum(q for *_, q in d.of("005930")) == 2_000  # the day still prints its volume exactly
-
-    d.ex.next_day()  # a new day, a new share: a FOK fills whole or not at all
-    d.at("12:00:00")
-    fok_big = d.place("005930", "buy", 201, 10_400, dvsn="12")
-    fok = d.place("005930", "buy", 150, 10_400, dvsn="12")
-    ioc = d.place("005930", "buy", 100, 10_400, dvsn="11")
-    assert fok_big.filled_qty == 0 and fok_big.cancelled_qty == 201
-    assert fok.filled_qty == 150 and ioc.filled_qty == 50 and ioc.cancelled_qty == 50
-
-
-def test_a_twin_given_the_whole_volume_fills_a_large_order_whole(tmp_path: Path) -> None:
-    folder = tmp_path / "data" / FDR
-    folder.mkdir(parents=True)
-    (folder / "005930.csv").write_text(
-        "Date,Open,High,Low,Close,Volume,Change\n2024-01-02,10000,10200,9900,10100,3000,0\n"
-        "2024-01-03,10100,10300,10000,10200,2000,0\n"
-    )
-    _, ex = open_history(folder, dt.date(2024, 1, 3), 250, MarketConfig(), max_participation_bp=10_000)
-    acct = ex.add_account(Account("60000001", "01", "key", "hts", "트윈", False, 10**10))
-    ex.advance(dt.datetime.combine(ex.day, dt.time(8, 50), KST))
-    big = ex.place(acct, "005930", BookSide.BUY, "01", 500, 0)
-    ex.advance(dt.datetime.combine(ex.day, dt.time(9, 0), KST))
-    assert filled(big) == (500, 10_100)
-    with pytest.raises(HistoryError, match="volume cap"):
-        open_history(folder, dt.date(2024, 1, 3), 250, MarketConfig(), max_participation_bp=0)
 
 
 def test_opening_auction_orders_fill_at_the_open_like_the_backtest(shared_data: Path) -> None:

@@ -172,7 +172,8 @@ class SimBroker:
     card: AgentCard
     cash: int
     costs: CostModel = field(default_factory=CostModel)
-    max_participation_bp: int = MAX_PARTICIPATION_BP
+    # None: orders fill whole in a bar with volume (the twin's history mode: a rehearsal's backtest)
+    max_participation_bp: int | None = MAX_PARTICIPATION_BP
     kinds: dict[str, SecurityKind] = field(default_factory=dict)
     markets: dict[str, Market] = field(default_factory=dict)
     sectors: dict[str, str] = field(default_factory=dict)  # code → the master's sector (account sector limits)
@@ -190,7 +191,7 @@ class SimBroker:
     def __post_init__(self) -> None:
         if self.cash < 0:
             raise ValueError("initial cash must be >= 0")
-        if not 0 < self.max_participation_bp <= BP:
+        if self.max_participation_bp is not None and not 0 < self.max_participation_bp <= BP:
             raise ValueError("max participation must be in (0, 100 %]")
         self.orders: dict[str, Order] = {}
         self.meta: dict[str, _Meta] = {}
@@ -667,10 +668,14 @@ class SimBroker:
         if code in self.uncapped or not capped or (not bar.volume and code in self.unrecorded):
             qty = remaining  # (a halted bar never gets here: `halted`)
         else:
-            room = bar.volume * self.max_participation_bp // BP - used
-            qty = min(remaining, room)
-            if room < remaining and coid not in self.capped:  # (the first bar the cap held it back: told once)
-                self.capped[coid] = (day, code, side, remaining, max(room, 0))
+            cap = self.max_participation_bp
+            if cap is None:
+                qty = remaining if bar.volume else 0  # (a bar without volume fills nothing, as the twin's)
+            else:
+                room = bar.volume * cap // BP - used
+                qty = min(remaining, room)
+                if room < remaining and coid not in self.capped:  # (the first bar the cap held it back: told once)
+                    self.capped[coid] = (day, code, side, remaining, max(room, 0))
         costs = self.costs
         cash = self.cash
         positions = self.positions

@@ -147,7 +147,8 @@ class BacktestConfig:
     date_to: dt.date
     cash: int = 0  # 0: the card's budget (or DEFAULT_CASH when that is 0 too)
     costs: CostModel = field(default_factory=CostModel)
-    max_participation_bp: int = MAX_PARTICIPATION_BP  # 10 % of a bar's volume
+    # 10 % of a bar's volume; None: orders fill whole in a bar with volume (the twin's history mode fills so)
+    max_participation_bp: int | None = MAX_PARTICIPATION_BP
     params: dict[str, Any] | None = None  # overrides the card's [params] (sweeps)
     # None: each trading day's securities transaction + rural tax for the code's market and kind
     # (common/krx_rules.py, ETF/ETN none); a number: that flat rate on every sale (costs.sell_tax_ppm
@@ -716,11 +717,11 @@ class Backtest:
 
     def _cap_warnings(self) -> list[str]:
         """Orders the volume cap held back: a fill cut short is a modelling choice the user should see."""
-        capped = self.broker.capped
-        if not capped:
+        capped, cap = self.broker.capped, self.broker.max_participation_bp
+        if not capped or cap is None:
             return []
         day, code, side, wanted, got = next(iter(capped.values()))
-        pct = self.broker.max_participation_bp / 100
+        pct = cap / 100
         return [
             f"the volume cap ({pct:g} % of a bar's volume, --max-participation) held back {len(capped):,} "
             f"order{'' if len(capped) == 1 else 's'} (the first: {day} {code} {side.value} {got:,} of {wanted:,} "
