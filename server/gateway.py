@@ -683,7 +683,8 @@ class Gateway:
         finally:
             await self._shutdown()
         if self._store_failure is not None:
-            raise StoreFailed(f"the store failed: {self._store_failure}")
+            where = f"; {self.store.rescued}" if self.store.rescued else ""
+            raise StoreFailed(f"the store failed: {self._store_failure}{where}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -769,9 +770,11 @@ class Gateway:
     def _watch_folder(self) -> None:
         """The run folder's files a cleanup removed under the running gateway (server/run_folder.py)."""
         try:
-            for text in self._folder.check() if self._folder is not None else []:
+            folder = self._folder
+            why = folder.replaced() if folder is not None else ""
+            for text in folder.check() if folder is not None else []:
                 self.alerts(text)
-            why = self.store.displaced() if self._store_failure is None else ""
+            why = why or self.store.displaced()
             size = self.store.wal_size()
             if size >= self._wal_alert_bytes:  # said again at each doubling
                 self._wal_alert_bytes = size * 2
@@ -779,11 +782,15 @@ class Gateway:
                     f"the store's WAL is {size >> 20} MB and growing: its checkpoints cannot complete while another "
                     f"program holds a read open on {self.store.path} (a sqlite3 shell, a script): close it"
                 )
+            elif size < WAL_ALERT_BYTES // 2:
+                self._wal_alert_bytes = WAL_ALERT_BYTES  # (cut back: a later growth is told again)
         except Exception:
             self.counters["folder_check_errors"] += 1
             log.exception("run folder check failed")
             return
-        if why:  # the books reach no file a restart would open: stop now, written back as the store closes
+        if why and self._store_failure is None:
+            # the books reach no file a restart would open (or a folder another gateway may use): stop now; the
+            # store writes them back as it closes (its last words say where)
             self._store_lost(StoreFailed(f"{why} while the gateway ran; its books are written back as it stops"))
 
     def _store_lost(self, e: Exception) -> None:

@@ -59,13 +59,16 @@ class RunLock:
                 return ""
         except OSError:
             pass
+        # the removed file's lock let go first (filelock refuses a second lock of one path in a thread); the
+        # folder's own lock holds the folder meanwhile
+        self.file.release()
         fresh = FileLock(str(self.path()))
         try:
-            fresh.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=0.01)
-        except (Timeout, OSError) as e:  # (a probe holds it for microseconds: told, tried again next time)
+            # never waits: this runs on the gateway's loop (a standby waiting on the new file holds it for good)
+            fresh.acquire(timeout=0)
+        except (Timeout, OSError, RuntimeError) as e:  # (a probe holds it for microseconds: tried again next time)
             return f"{self.path()} was removed while the gateway ran and could not be taken again ({e})"
-        old, self.file = self.file, fresh
-        old.release()
+        self.file = fresh
         self._ino = self._path_ino()
         write_pid(self.run_dir)
         return f"{self.path()} was removed while the gateway ran: taken again (the folder's own lock held)"
@@ -158,21 +161,48 @@ def lock_run_dir(run_dir: Path, standby: bool) -> RunLock:
     return run
 
 
+def _identity(path: Path | int) -> tuple[int, int]:
+    st = os.fstat(path) if isinstance(path, int) else os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class RunFolderWatch:
-    """The run folder's files, looked at from the lease loop: each problem is returned (to alert) once."""
+    """The run folder's files, looked at from the lease loop: each problem is returned (to alert) once, until
+    it clears."""
 
     def __init__(self, run_dir: Path, info: GatewayInfo, lock: RunLock | None) -> None:
         self.run_dir = run_dir
         self.info = info
         self.lock = lock
+        self.folder = _identity(lock.folder_fd) if lock is not None else _identity(run_dir)
+        self._said: set[str] = set()
+
+    def replaced(self) -> str:
+        """The run folder itself removed (or removed and made again: `rm -rf run/`), in words ("" not): its files
+        are then another gateway's to make, never ours to write again."""
+        try:
+            if _identity(self.run_dir) == self.folder:
+                return ""
+        except OSError:
+            return f"the run folder {self.run_dir} was removed"
+        return f"the run folder {self.run_dir} was removed and made again"
 
     def check(self) -> list[str]:
-        found = []
+        """What was found (and repaired) that was not said before."""
+        found = self._problems()
+        new = [text for text in found if text not in self._said]
+        self._said = set(found)
+        return new
+
+    def _problems(self) -> list[str]:
+        found: list[str] = []
+        if self.replaced():  # nothing of ours is written there (the gateway stops: server/gateway.py)
+            return found
         try:
             mine = read_info(self.run_dir).session == self.info.session
         except ConnectionFileError:
             mine = False
-        if not mine:  # (another gateway's cannot be: the folder's lock is ours)
+        if not mine:  # (another gateway's cannot be: the folder's lock is ours, and the folder is the one locked)
             try:
                 write_info(self.run_dir, self.info)
                 found.append(

@@ -13,6 +13,7 @@ is durable when it returns. Schema version in PRAGMA user_version.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import logging
 import os
@@ -28,6 +29,7 @@ import msgspec
 from common.approvals import owner_key_changed, same_owner
 from common.config import ConfigError
 from common.orders import OPEN, Order, OrderEvent
+from common.private import private_dir
 from common.protection import Protection
 from common.schema import AgentEvent, PositionView
 from server.group_commit import GroupCommit, StoreFailed, prewrite_wal, wal_bytes
@@ -176,6 +178,7 @@ class Store:
         self._on_failure = on_failure or (lambda e: None)
         self.gc: GroupCommit | None = None
         self._files: dict[Path, tuple[int, int]] = {}
+        self.rescued = ""  # where a close wrote back the books of a removed store file (close())
         if readonly:
             # tools read while the gateway writes (WAL allows it); they never write
             self.db = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
@@ -268,29 +271,50 @@ class Store:
         main = self._files.get(self.path)
         copy = None
         if main is not None and self.displaced() and self._identity().get(self.path) != main:
-            copy = self.path.with_name(f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}")
-            try:
-                self.db.execute("VACUUM INTO ?", (str(copy),))  # everything the connection sees, WAL included
-            except apsw.Error as e:
-                log.critical("the store's books could not be written back to %s (%s)", copy, e)
-                copy = None
-        self.db.close()  # (deletes the WAL at its path: a removed database's WAL must not meet the copy)
+            copy = self._write_back()
+            # SQLite's close deletes the WAL at its path: another gateway's, in a folder made again, would be lost
+            # (ours, still there, is deleted by _put_back before the copy takes the path)
+            keep = ctypes.c_int(1)
+            self.db.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(keep))
+        self.db.close()
         if copy is not None:
             self._put_back(copy)
 
+    def _write_back(self) -> Path | None:
+        """Everything the open connection sees (WAL included) into a copy: beside the store (its folder made again
+        if a cleanup removed it), else in ~/ktrader-rescued. `rescued` says where, or that it failed."""
+        name = f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        tried = []
+        for folder in (self.path.parent, Path.home() / "ktrader-rescued"):
+            copy = folder / name
+            try:
+                private_dir(folder)
+                self.db.execute("VACUUM INTO ?", (str(copy),))
+                self.rescued = f"its books were written to {copy}"
+                return copy
+            except (apsw.Error, OSError) as e:
+                tried.append(f"{copy}: {e}")
+        self.rescued = f"its books could not be written anywhere ({'; '.join(tried)}): they are lost with this process"
+        log.critical("the store's %s", self.rescued)
+        return None
+
     def _put_back(self, copy: Path) -> None:
-        wal = Path(f"{self.path}-wal")
-        if self.path.exists() or wal.exists():  # another file took the place: not overwritten
-            log.critical(
-                "the store's books were written to %s: %s is another file now; with the gateway stopped, put the copy "
-                "in its place (and remove %s-wal and -shm) before the next start",
-                copy,
-                self.path,
-                self.path,
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        ours = self._files.get(wal)
+        # the removed database's WAL (ours, still at its path) is never applied to the copy
+        if ours is not None and self._identity().get(wal) == ours:
+            wal.unlink(missing_ok=True)
+            shm.unlink(missing_ok=True)
+        if copy.parent != self.path.parent or self.path.exists() or wal.exists():  # never over another file
+            self.rescued = (
+                f"its books were written to {copy}: with the gateway stopped, put that file in place of {self.path} "
+                "(with no -wal or -shm file beside it) before the next start"
             )
+            log.critical("the store's %s", self.rescued)
             return
         os.replace(copy, self.path)
-        log.critical("the store's books were written back to %s (its file had been removed)", self.path)
+        self.rescued = f"its books were written back to {self.path}"
+        log.critical("the store's %s (its file had been removed)", self.rescued)
 
     def abandon(self) -> None:
         """Close as a kill -9 would: the loop turn's open batch is lost (tests of what survives)."""

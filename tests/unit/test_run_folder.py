@@ -5,9 +5,12 @@ and a removed store is written back from the open connection as it closes."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from common.config import ConfigError
 from common.connection import GatewayInfo, read_info, write_info
@@ -142,3 +145,94 @@ def test_a_wal_a_long_read_made_grow_is_cut_back_once_checkpoints_complete(tmp_p
             store.log_operator(i, "tool", "note", "", True, {"result": "y"})
     assert store.wal_size() <= day_size < grown
     store.close()
+
+
+def test_a_removed_store_folder_is_made_again_for_the_books(tmp_path: Path) -> None:
+    """`rm -rf run/db` under the gateway: the write-back failed ("unable to open database") and the next start
+    opened an empty store."""
+    import shutil
+
+    path = tmp_path / "run" / "db" / "gateway.sqlite"
+    store = _store_with_rows(path, 3)
+    shutil.rmtree(path.parent)
+    assert store.displaced() == f"{path} was removed"
+    store.close()
+    assert store.rescued == f"its books were written back to {path}"
+    again = Store(path)
+    try:
+        assert len(again.operator_log(limit=10)) == 3
+    finally:
+        again.close()
+
+
+def test_only_the_database_file_removed_its_old_wal_is_not_applied_to_the_copy(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    store = _store_with_rows(path, 4)
+    path.unlink()  # the WAL and -shm stay: the removed database's, never to meet the copy
+    store.close()
+    assert store.rescued == f"its books were written back to {path}"
+    again = Store(path)
+    try:
+        assert len(again.operator_log(limit=10)) == 4
+        assert again.db.execute("PRAGMA integrity_check").get == "ok"
+    finally:
+        again.close()
+
+
+def test_another_gateway_s_store_in_a_folder_made_again_is_left_alone(tmp_path: Path) -> None:
+    """`rm -rf run/` and a second gateway in the new folder: the first one's close neither overwrites the new store
+    nor deletes its WAL (SQLite's close deletes the WAL at its path)."""
+    import shutil
+
+    path = tmp_path / "run" / "db" / "gateway.sqlite"
+    store = _store_with_rows(path, 2)
+    shutil.rmtree(tmp_path / "run")
+    other = _store_with_rows(path, 5)  # the second gateway's, open
+    wal = Path(f"{path}-wal")
+    assert wal.exists()
+    store.close()
+    assert wal.exists() and "put that file in place of" in store.rescued
+    [copy] = path.parent.glob("gateway.sqlite.rescued-*")
+    assert len(other.operator_log(limit=10)) == 5
+    other.close()
+    kept = Store(copy)
+    try:
+        assert len(kept.operator_log(limit=10)) == 2
+    finally:
+        kept.close()
+
+
+def test_the_folder_made_again_is_seen_and_a_failed_repair_is_said_once(tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    lock = lock_run_dir(run, standby=False)
+    try:
+        watch = RunFolderWatch(run, info(), lock)
+        write_info(run, info())
+        assert watch.replaced() == "" and watch.check() == []
+        (run / "gateway.lock").unlink()
+        # a standby (another process: here a thread, filelock's own check is per thread) that took the new lock
+        # file and waits on the folder's lock
+        waiting = FileLock(str(run / "gateway.lock"), thread_local=False)
+        taker = threading.Thread(target=waiting.acquire)
+        taker.start()
+        taker.join()
+        try:
+            [said] = watch.check()
+            assert "could not be taken again" in said
+            t0 = time.monotonic()
+            assert watch.check() == [] and watch.check() == []  # said once
+            assert time.monotonic() - t0 < 0.1  # and never waits on the gateway's loop (it waited 250 ms a check)
+        finally:
+            releaser = threading.Thread(target=waiting.release)
+            releaser.start()
+            releaser.join()
+        [said] = watch.check()
+        assert "taken again" in said
+        shutil.rmtree(run)
+        run.mkdir()
+        assert watch.replaced() == f"the run folder {run} was removed and made again"
+        assert watch.check() == [] and not (run / "gateway.json").exists()  # nothing of ours written there
+    finally:
+        lock.release()
