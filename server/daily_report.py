@@ -4,6 +4,7 @@ it carries into tomorrow. Written after the close as JSON (for tools) and text (
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import msgspec
 
 from typing import Protocol
 
+from common.calendar import previous_trading_day, session_hours
+from common.clock import KST, date_of, yyyymmdd
 from common.enums import AgentMode, Side
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
@@ -67,8 +70,9 @@ def build(
     portfolio has rolled past (its day totals are the next day's then)."""
     rows: dict[str, AgentDay] = {}
     expired = 0
+    after = decided_after_close(day)
     for coid, o in book.orders.items():
-        if book.order_day.get(coid) != day:
+        if not after(o, book.order_day.get(coid, "")):
             continue
         expired += o.state is OrderState.EXPIRED
         r = rows.setdefault(o.agent, AgentDay(agent=o.agent, by_state={}))
@@ -212,6 +216,31 @@ class BookView(Protocol):  # what build() reads of server.order_book.OrderBook (
     def order_day(self) -> dict[str, str]: ...
 
 
+def close_ns(day: str) -> int | None:
+    """The end of trading day `day`'s regular session (ns), None for a day the exchange is closed."""
+    d = date_of(day)
+    hours = session_hours(d)
+    return None if hours is None else int(dt.datetime.combine(d, hours[1], KST).timestamp()) * 1_000_000_000
+
+
+def decided_after_close(day: str) -> Callable[[Order, str], bool]:
+    """Whether an order (of its order day) is in `day`'s report. An order is its day's until that day's close;
+    one decided after it (a decision on the daily bar) is the next session's: a held one moves there at its
+    release, and one denied then (or held and never released) is counted there too, from the day before's
+    orders. Before, such an order was in no report: the day's was written at its close (24 DENIED_TICK of a
+    daily strategy in a hunt). An order with fills stays its day's."""
+    end = close_ns(day)
+    prev = yyyymmdd(previous_trading_day(date_of(day)))
+    prev_end = close_ns(prev)
+
+    def mine(o: Order, order_day: str) -> bool:
+        if order_day == day:
+            return end is None or o.created_ns < end or o.filled_qty > 0
+        return order_day == prev and prev_end is not None and o.created_ns >= prev_end and not o.filled_qty
+
+    return mine
+
+
 @dataclass(frozen=True)
 class StoredDay:
     """A day's orders as the store holds them (a BookView): the report of a day closed while the book
@@ -222,5 +251,8 @@ class StoredDay:
 
     @classmethod
     def read(cls, store: Store, day: str) -> StoredDay:
-        rows = store.load_orders(day=day)
+        """`day`'s orders, and the day before's decided after its close (decided_after_close)."""
+        mine = decided_after_close(day)
+        prev = yyyymmdd(previous_trading_day(date_of(day)))
+        rows = store.load_orders(day=day) + [(d, o) for d, o in store.load_orders(day=prev) if mine(o, d)]
         return cls({o.client_order_id: o for _, o in rows}, {o.client_order_id: d for d, o in rows})

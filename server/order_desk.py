@@ -528,9 +528,6 @@ class OrderDesk:
                 order,
                 Deny(ts_ns=ts, code=code.value, reason=reason),
                 trace=[("intent", intent), ("risk", {"result": "denied", "code": code.value, "reason": reason})],
-                # a next-session order is its session's, denied or not (a held one moves to it at its release):
-                # one decided after the close was in no day's report (the day's was written at the close)
-                day=session_day(book.clock.now(), book.clock.phase()) if new.tif in HELD_TIFS else "",
             )
             return OrderResult(client_order_id=coid, accepted=False, code=code, message=reason)
         if held:

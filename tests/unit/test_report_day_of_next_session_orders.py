@@ -1,6 +1,7 @@
-"""An order decided after the close for the next session belongs to that session's day, denied or not (a held
-one moves to it at its release): a strategy deciding on the daily bar had its orders refused after the day's
-report was written (DENIED_TICK, 24 of them in a hunt), and they appeared in no day's report."""
+"""An order decided after the close is in the next session's report, denied or not (a held one moves to that day
+at its release): a strategy deciding on the daily bar had its orders refused after the day's report was written
+(DENIED_TICK, 24 of them in a hunt), and they appeared in no day's report. Its numbering stays its decision day's:
+an agent restarted that evening is not given its number again."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ async def test_a_next_session_order_denied_after_the_close_is_in_its_sessions_re
         assert d.submit(c, order(1, 70_050)) is ErrorCode.DENIED_TICK  # off the grid
         assert d.submit(c, order(2, 70_000)) is None  # held for the next session
         today, nxt = yyyymmdd(TODAY), yyyymmdd(next_trading_day(TODAY))
-        assert d.core.book.order_day[f"alpha-{today}-1"] == nxt
+        assert d.core.book.order_day[f"alpha-{today}-1"] == today  # (its number is today's: never given again)
+        assert sorted(d.core.book.numbers_today("alpha")) == [1, 2]
         assert "denied" not in agents_of(d, today).get("alpha", {})  # (written at the close, before it)
         # the next session: the held order is released into it, and that day's report has both
         d.clock.set(dt.datetime.combine(next_trading_day(TODAY), dt.time(9, 0, 5), KST))
