@@ -413,7 +413,9 @@ class ConsoleModel:
         try:
             sup = self.supervisor.start(card)
         except (SupervisorError, OSError) as e:
-            raise ActionError(f"{stopped}, but not started again: {e}" if stopped else str(e)) from None
+            if stopped:  # the stop happened: journaled as any
+                raise ActionError(self.note(agent, f"{stopped}, but not started again: {e}")) from None
+            raise ActionError(str(e)) from None
         return self.note(agent, f"{agent} restarted under the supervisor (pid {sup.pid})")
 
     def _approval_problem(self, agent: str, card: AgentCard) -> str:
