@@ -65,12 +65,14 @@ def build(
     perf: dict[str, AgentPerformance] | None = None,
     protections: list[Protection] | None = None,
     day_span: DaySpan | None = None,
+    timed: bool = True,
 ) -> DailyReport:
     """`day_span`: each agent's (realised, fees) totals at the day's start and end, for a day the
-    portfolio has rolled past (its day totals are the next day's then)."""
+    portfolio has rolled past (its day totals are the next day's then). `timed`: the clock keeps KRX hours
+    (decided_after_close)."""
     rows: dict[str, AgentDay] = {}
     expired = 0
-    after = decided_after_close(day)
+    after = decided_after_close(day, timed)
     for coid, o in book.orders.items():
         if not after(o, book.order_day.get(coid, "")):
             continue
@@ -223,22 +225,31 @@ def close_ns(day: str) -> int | None:
     return None if hours is None else int(dt.datetime.combine(d, hours[1], KST).timestamp()) * 1_000_000_000
 
 
-def decided_after_close(day: str) -> Callable[[Order, str], bool]:
+def decided_after_close(day: str, timed: bool = True) -> Callable[[Order, str], bool]:
     """Whether an order (of its order day) is in `day`'s report. An order is its day's until that day's close;
-    one decided after it (a decision on the daily bar) is the next session's: a held one moves there at its
-    release, and one denied then (or held and never released) is counted there too, from the day before's
-    orders. Before, such an order was in no report: the day's was written at its close (24 DENIED_TICK of a
-    daily strategy in a hunt). An order with fills stays its day's."""
-    end = close_ns(day)
+    one decided after it (a decision on the daily bar), or on a day the exchange was closed since, is the next
+    session's: a held one moves there at its release, and one denied then (or held and never released) is
+    counted there too, from the days before's orders. Before, such an order was in no report: the day's was
+    written at its close (24 DENIED_TICK of a daily strategy in a hunt). An order with fills stays its day's.
+    `timed` False (a clock without KRX hours, the twin's "open" clock): every order is its own day's."""
+    end = close_ns(day) if timed else None
     prev = yyyymmdd(previous_trading_day(date_of(day)))
     prev_end = close_ns(prev)
 
     def mine(o: Order, order_day: str) -> bool:
         if order_day == day:
             return end is None or o.created_ns < end or o.filled_qty > 0
-        return order_day == prev and prev_end is not None and o.created_ns >= prev_end and not o.filled_qty
+        if not timed or o.filled_qty or not prev <= order_day < day:
+            return False
+        return order_day != prev or (prev_end is not None and o.created_ns >= prev_end)
 
     return mine
+
+
+def _days_before(day: str) -> list[str]:
+    """The previous trading day and the closed days after it, up to `day` (their orders may be `day`'s)."""
+    d, prev = date_of(day), previous_trading_day(date_of(day))
+    return [yyyymmdd(prev + dt.timedelta(days=i)) for i in range((d - prev).days)]
 
 
 @dataclass(frozen=True)
@@ -250,9 +261,10 @@ class StoredDay:
     order_day: dict[str, str]
 
     @classmethod
-    def read(cls, store: Store, day: str) -> StoredDay:
-        """`day`'s orders, and the day before's decided after its close (decided_after_close)."""
-        mine = decided_after_close(day)
-        prev = yyyymmdd(previous_trading_day(date_of(day)))
-        rows = store.load_orders(day=day) + [(d, o) for d, o in store.load_orders(day=prev) if mine(o, d)]
+    def read(cls, store: Store, day: str, timed: bool = True) -> StoredDay:
+        """`day`'s orders, and those of the days before it decided for its session (decided_after_close)."""
+        mine = decided_after_close(day, timed)
+        rows = store.load_orders(day=day)
+        for before in _days_before(day) if timed else []:
+            rows += [(d, o) for d, o in store.load_orders(day=before) if mine(o, d)]
         return cls({o.client_order_id: o for _, o in rows}, {o.client_order_id: d for d, o in rows})

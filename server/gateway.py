@@ -681,7 +681,14 @@ class Gateway:
         try:
             await self._stop.wait()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            except Exception:
+                if self._store_failure is None:
+                    raise
+                # (e.g. the embedded twin saving its state into a run folder removed under it): the store's failure
+                # and where its books went are the last words a person needs
+                log.exception("stopping after the store failed")
         if self._store_failure is not None:
             where = f"; {self.store.rescued}" if self.store.rescued else ""
             raise StoreFailed(f"the store failed: {self._store_failure}{where}")

@@ -133,6 +133,11 @@ def lock_run_dir(run_dir: Path, standby: bool) -> RunLock:
         raise RunDirLocked(
             f"another gateway (pid {_holder(run_dir)}) runs on {run_dir}; use --standby to wait for it"
         ) from None
+    except FileNotFoundError:  # (a standby: the folder removed while it waited) never a takeover of an emptied folder
+        raise ConfigError(
+            f"the run folder {run_dir} was removed while this gateway waited for it: not taken over (its books are "
+            "the stopping gateway's to write back; start again once the folder is restored)"
+        ) from None
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if standby else fcntl.LOCK_EX | fcntl.LOCK_NB)

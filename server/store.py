@@ -285,17 +285,17 @@ class Store:
         if a cleanup removed it), else in ~/ktrader-rescued. `rescued` says where, or that it failed."""
         name = f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
         tried = []
-        for folder in (self.path.parent, Path.home() / "ktrader-rescued"):
-            copy = folder / name
+        for folder in (lambda: self.path.parent, lambda: Path.home() / "ktrader-rescued"):
             try:
-                private_dir(folder)
+                copy = folder() / name  # (the home folder only if needed: a process may have none)
+                private_dir(copy.parent)
                 self.db.execute("VACUUM INTO ?", (str(copy),))
                 self.rescued = f"its books were written to {copy}"
                 return copy
-            except (apsw.Error, OSError) as e:
-                tried.append(f"{copy}: {e}")
+            except (apsw.Error, OSError, RuntimeError) as e:
+                tried.append(str(e))
         self.rescued = f"its books could not be written anywhere ({'; '.join(tried)}): they are lost with this process"
-        log.critical("the store's %s", self.rescued)
+        log.critical("the store failed: %s", self.rescued)
         return None
 
     def _put_back(self, copy: Path) -> None:
@@ -310,11 +310,11 @@ class Store:
                 f"its books were written to {copy}: with the gateway stopped, put that file in place of {self.path} "
                 "(with no -wal or -shm file beside it) before the next start"
             )
-            log.critical("the store's %s", self.rescued)
+            log.critical("the store failed: %s", self.rescued)
             return
         os.replace(copy, self.path)
         self.rescued = f"its books were written back to {self.path}"
-        log.critical("the store's %s (its file had been removed)", self.rescued)
+        log.critical("the store failed: %s (its file had been removed)", self.rescued)
 
     def abandon(self) -> None:
         """Close as a kill -9 would: the loop turn's open batch is lost (tests of what survives)."""

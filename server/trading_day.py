@@ -804,7 +804,8 @@ class TradingDay:
                 await self.close_bars(date_of(day))
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a
             # close that waited on the broker past midnight) and let this day's finished orders go
-            stored = daily_report.StoredDay.read(self.book.store, day)
+            timed = self.book.clock.timed  # (the twin's "open" clock has no KRX hours: every order is its day's)
+            stored = daily_report.StoredDay.read(self.book.store, day, timed)
             span, reroll = self._day_span(day)
             report = daily_report.build(
                 day,
@@ -815,6 +816,7 @@ class TradingDay:
                 # (the desk's view is today's: an earlier day's, closed late, is read from the store)
                 self.protections() if day == self.book.day() else protection.of_day(self.book.store, day),
                 day_span=span,
+                timed=timed,
             )
             report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)

@@ -53,3 +53,35 @@ async def test_a_next_session_order_denied_after_the_close_is_in_its_sessions_re
         d.core.desk.release_due()
         states = agents_of(d, nxt)["alpha"]
         assert states["denied"] == 1 and sum(states.values()) == 2, states
+
+
+async def test_an_order_decided_on_a_closed_day_is_in_the_next_sessions_report(tmp_path: Path) -> None:
+    saturday = TODAY + dt.timedelta(days=1)
+    assert TODAY.weekday() == 4  # (a Friday: the next session is Monday's)
+    async with Desk(tmp_path, at=dt.datetime.combine(saturday, dt.time(10, 0), KST)) as d:
+        c = card()
+        d.core.desk.card_of = lambda a: c
+        assert d.submit(c, order(1, 70_050, day=saturday)) is ErrorCode.DENIED_TICK
+        monday = yyyymmdd(next_trading_day(TODAY))
+        assert agents_of(d, monday) == {"alpha": {"denied": 1}}
+        assert agents_of(d, yyyymmdd(TODAY)) == {}
+
+
+def test_on_a_clock_without_krx_hours_every_order_is_its_own_days() -> None:
+    """The twin's "open" clock trades 09:00-23:59: an order at 21:00 is its day's (it expires at that day's close)."""
+    from common.orders import Order
+
+    late = Order(
+        client_order_id="alpha-20261120-1",
+        agent="alpha",
+        code="005930",
+        side=Side.BUY,
+        qty=1,
+        price=70_000,
+        created_ns=int(dt.datetime.combine(TODAY, dt.time(21, 0), KST).timestamp()) * 1_000_000_000,
+        updated_ns=0,
+    )
+    day, nxt = yyyymmdd(TODAY), yyyymmdd(next_trading_day(TODAY))
+    assert daily_report.decided_after_close(day, timed=False)(late, day)
+    assert not daily_report.decided_after_close(nxt, timed=False)(late, day)
+    assert not daily_report.decided_after_close(day)(late, day) and daily_report.decided_after_close(nxt)(late, day)

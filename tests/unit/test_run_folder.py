@@ -5,6 +5,7 @@ and a removed store is written back from the open connection as it closes."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from common.config import ConfigError
 from common.connection import GatewayInfo, read_info, write_info
 from server.run_folder import RunDirLocked, RunFolderWatch, lock_run_dir
 from server.store import Store
+from tests.conftest import wait_for
 
 
 def info(session: str = "s1") -> GatewayInfo:
@@ -236,3 +238,38 @@ def test_the_folder_made_again_is_seen_and_a_failed_repair_is_said_once(tmp_path
         assert watch.check() == [] and not (run / "gateway.json").exists()  # nothing of ours written there
     finally:
         lock.release()
+
+
+def test_a_standby_whose_folder_is_removed_does_not_take_over_an_emptied_folder(tmp_path: Path) -> None:
+    """`rm -rf run/` while a standby waits: it died on an unexpected FileNotFoundError; it must never take over a
+    folder emptied under a gateway that is still writing its books back."""
+    import shutil
+
+    run = tmp_path / "run"
+    first = lock_run_dir(run, standby=False)
+    errors: list[BaseException] = []
+
+    def standby() -> None:
+        try:
+            lock_run_dir(run, standby=True).release()
+        except BaseException as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=standby)
+    waiter.start()
+
+    def waiting() -> bool:  # its stack is in the lock's wait (polling the lock file every 10 ms)
+        frame = sys._current_frames().get(waiter.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == "acquire":
+                return True
+            frame = frame.f_back
+        return False
+
+    wait_for(waiting, 5, interval=0.005, what="the standby waits")
+    shutil.rmtree(run)
+    waiter.join(5)
+    first.release()
+    assert not waiter.is_alive()
+    [e] = errors
+    assert isinstance(e, ConfigError) and "was removed while this gateway waited for it: not taken over" in str(e)
