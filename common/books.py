@@ -26,19 +26,37 @@ def apply_fill_value(
     cur = pos or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
     fees = cur.fees + fee
     if side is _BUY:
+        if cur.qty < 0:  # ('external' only) a buy first covers the short: its proceeds less this cost realised
+            short, proceeds = -cur.qty, -cur.cost
+            cover = min(qty, short)
+            cover_value = value * cover // qty
+            covered = proceeds * cover // short
+            left = proceeds - covered  # of the short still open
+            return PositionView(
+                code=code,
+                qty=cur.qty + qty,
+                cost=-left if qty < short else value - cover_value,
+                realized_pnl=cur.realized_pnl + covered - cover_value,
+                fees=fees,
+            )
         return PositionView(
             code=code, qty=cur.qty + qty, cost=cur.cost + value, realized_pnl=cur.realized_pnl, fees=fees
         )
     if qty > cur.qty:
         if not allow_short:
             raise ValueError(f"sell fill of {qty} {code} exceeds the position of {cur.qty}")
+        # ('external': shares sold outside ktrader beyond what it is known to hold) the shares held are sold at
+        # their average cost; the proceeds of the rest are the short's (negative) cost, so that its P&L at the
+        # sale's price is 0 and what the sale brought in is in the books' cash (it was dropped: a sale of 8 shares
+        # read as a loss of their whole value, 567,200 KRW)
         held = max(cur.qty, 0)
         removed = cur.cost if held else 0
+        held_value = value * held // qty
         return PositionView(
             code=code,
             qty=cur.qty - qty,
-            cost=0,
-            realized_pnl=cur.realized_pnl + (value * held // qty) - removed,
+            cost=(cur.cost if cur.qty < 0 else 0) - (value - held_value),
+            realized_pnl=cur.realized_pnl + held_value - removed,
             fees=fees,
         )
     removed = cur.cost * qty // cur.qty if cur.qty else 0

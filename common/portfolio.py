@@ -522,6 +522,7 @@ class Portfolio:
             equity=self.equity() or 0,
             equity_doubt=self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
+            sellable_qty=bk.qty.get(code, 0) - bk.sell_qty.get(code, 0),
         )
 
     def open_orders(self, agent: str) -> int:

@@ -160,6 +160,9 @@ class AccountExposure(msgspec.Struct, kw_only=True):
     # other agents' open orders of the opposite side on the order's code in its session (the self-trade
     # check; empty: none, a shadow order, an exit the gateway places, a backtest's single agent)
     opposite: tuple[RestingOrder, ...] = ()
+    # shares of the code the account can sell: what every owner holds ('external' short of shares sold outside
+    # ktrader included) less every open sell (None: not known or not the account's: a backtest, a shadow order)
+    sellable_qty: int | None = None
 
 
 class MarketView(msgspec.Struct, frozen=True, kw_only=True):
@@ -598,6 +601,22 @@ def _limits(
                 Unit.COUNT,
                 ErrorCode.DENIED_NO_SHARES if hit else None,
                 f"sell of {qty} {code} but this agent can sell {exp.sellable_qty}",
+            )
+        # the agents' shares add up to more than the account holds once shares were sold outside ktrader
+        # ('external' short): such a sell passed and KIS refused it (APBK0400), each refusal counting towards the
+        # agent's kill switch
+        acct = account.sellable_qty
+        if acct is not None and (qty > acct or explaining):
+            yield Check(
+                "shares",
+                "account",
+                acct,
+                acct - qty,
+                0,
+                Unit.COUNT,
+                ErrorCode.DENIED_NO_SHARES if qty > acct else None,
+                f"sell of {qty} {code} but the account can sell {acct} (shares sold outside ktrader are counted "
+                "against the agents' own: see the 'external is short' alert)",
             )
     # size
     for scope, lim, open_n, cost, pending in (

@@ -368,6 +368,7 @@ class RiskGate:
             account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
             account.gross_value = account.positions = account.code_value = account.sector_value = 0
             account.has_code, account.virtual, account.peak = False, True, 0
+            account.sellable_qty = None
         return exp, account
 
     def _opposite(self, agent: str, code: str, side: Side, tif: TimeInForce) -> tuple[RestingOrder, ...]:
@@ -536,6 +537,8 @@ class RiskGate:
                 account.free_cash += self.portfolio.held_cash(held)
         else:
             exp.sellable_qty += o.remaining
+            if account.sellable_qty is not None:
+                account.sellable_qty += o.remaining
         revise = o.state is not OrderState.HELD
         if not shadow:  # (revised, or released into today's session: it trades in today's)
             account.opposite = self._opposite(card.id, o.code, o.side, TimeInForce.DAY)

@@ -368,6 +368,12 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
                 card, NewOrder(client_order_id=f"alpha-20261120-{n}", code="005930", side=side, qty=qty, price=price)
             )
             assert r.accepted, r
+            if n == 1:  # the shares the sell needs are the account's once this buy's fill is booked (yesterday's
+                # are in the books only: the fake broker never had them, so 'external' is short of them)
+                for _ in range(200):
+                    if core.book.orders[r.client_order_id].filled_qty == qty:
+                        break
+                    await asyncio.sleep(0.01)
         for _ in range(200):
             if sum(o.filled_qty for o in core.book.orders.values()) == 9 and all(
                 o.state is not OrderState.NEW and o.broker_order_id for o in core.book.orders.values()

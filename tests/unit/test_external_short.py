@@ -1,0 +1,52 @@
+"""Shares sold outside ktrader beyond what 'external' is known to hold (a manual sale in the HTS, by an agent's
+shares): 'external' goes short. Two agents on one account, a hunt: the sale of 8 shares read as a loss of their
+whole value (567,200 KRW; the account's average price 213,300 for a price of 70,900), and the agents' sells
+still passed the gate for shares the account no longer held (KIS refused them: APBK0400, each counting towards
+the agent's kill switch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.books import apply_fill_value
+from common.enums import Side
+from common.errors import ErrorCode
+from common.schema import PositionView
+from tests.unit.test_risk_limits import Desk, card, order
+
+CODE = "005930"
+
+
+def test_an_outside_sale_beyond_what_external_holds_is_a_short_at_its_proceeds() -> None:
+    short = apply_fill_value(None, CODE, Side.SELL, 8, 8 * 70_900, allow_short=True)
+    assert (short.qty, short.cost, short.realized_pnl) == (-8, -567_200, 0)  # P&L at the sale's price: 0
+    more = apply_fill_value(short, CODE, Side.SELL, 2, 2 * 71_000, allow_short=True)
+    assert (more.qty, more.cost, more.realized_pnl) == (-10, -709_200, 0)
+    # a sale of more than the shares held: those at their average cost, the rest short
+    mixed = apply_fill_value(
+        PositionView(code=CODE, qty=4, cost=280_000, realized_pnl=0), CODE, Side.SELL, 10, 700_000, allow_short=True
+    )
+    assert (mixed.qty, mixed.cost, mixed.realized_pnl) == (-6, -420_000, 0)
+    # bought back: the short's proceeds less what the buy cost is realised; the rest of the buy is held
+    covered = apply_fill_value(short, CODE, Side.BUY, 8, 8 * 70_000)
+    assert (covered.qty, covered.cost, covered.realized_pnl) == (0, 0, 7_200)
+    partly = apply_fill_value(short, CODE, Side.BUY, 3, 3 * 70_000)
+    assert (partly.qty, partly.cost, partly.realized_pnl) == (-5, -354_500, 2_700)
+    over = apply_fill_value(short, CODE, Side.BUY, 10, 10 * 70_000)
+    assert (over.qty, over.cost, over.realized_pnl) == (2, 140_000, 7_200)
+    # what the fills drew from cash (cost - realised) moves by what the trades did: -567,200 in, +560,000 out
+    assert (covered.cost - covered.realized_pnl) - (short.cost - short.realized_pnl) == 560_000
+
+
+async def test_the_agents_cannot_sell_more_than_the_account_holds(tmp_path: Path) -> None:
+    async with Desk(tmp_path) as d:
+        b = card("bravo")
+        p = d.core.portfolio
+        p.set_position("bravo", PositionView(code=CODE, qty=12, cost=12 * 70_900, realized_pnl=0))
+        p.set_position("external", PositionView(code=CODE, qty=-8, cost=-8 * 70_900, realized_pnl=0))
+        r = d.core.desk.submit(b, order("bravo", 1, qty=12, price=71_000, side=Side.SELL))
+        assert r.code is ErrorCode.DENIED_NO_SHARES and "the account can sell 4" in r.message, r
+        assert d.submit(b, order("bravo", 2, qty=4, price=71_000, side=Side.SELL)) is None
+        assert d.submit(b, order("bravo", 3, qty=1, price=71_000, side=Side.SELL)) is ErrorCode.DENIED_NO_SHARES
+        # the account's figures: external's short at its proceeds (its average price no longer 213,300)
+        assert p.position("external", CODE).cost == -567_200
