@@ -121,7 +121,7 @@ _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its p
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
 PARTIAL_ALERT_NS = 120_000_000_000
 WAL_ALERT_BYTES = 256 << 20  # a store WAL this big: a reader keeps its checkpoints from completing (told)
-FOLDER_CHECK_S = 1.0  # how often the run folder's files are looked at (server/run_folder.py): three stats
+FOLDER_CHECK_S = 1.0  # how often the run folder's files are looked at (server/run_folder.py): a few stats
 
 
 def default_endpoints(run_dir: Path) -> tuple[str, str]:

@@ -14,7 +14,6 @@ agents and the next start find it by.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from filelock import FileLock, Timeout
 
 from common.config import ConfigError
 from common.connection import ConnectionFileError, GatewayInfo, read_info, write_info
-
-log = logging.getLogger("ktrader.gateway")
 
 LOCK_PROBE_GRACE_S = 0.25
 
