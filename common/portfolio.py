@@ -522,8 +522,22 @@ class Portfolio:
             equity=self.equity() or 0,
             equity_doubt=self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
-            sellable_qty=bk.qty.get(code, 0) - bk.sell_qty.get(code, 0),
+            sellable_qty=self.account_sellable(code),
         )
+
+    def account_sellable(self, code: str) -> int:
+        """Shares of `code` the account can sell now: every owner's ('external' short included) less every open
+        sell. The gateway's exits for an agent sell at most this (a sale outside ktrader took the rest)."""
+        bk = self._account
+        return bk.qty.get(code, 0) - bk.sell_qty.get(code, 0)
+
+    def exit_qty(self, agent: str, code: str, want: int) -> int:
+        """How much of `want` an exit of the gateway's for `agent` sells: at most what the account can sell (the
+        rest was sold outside ktrader: 'external' short, alerted by reconciliation); 0: none (the broker would
+        refuse the sell, and its refusals count towards the kill switch)."""
+        if agent in self.virtual:
+            return want
+        return min(want, max(self.account_sellable(code), 0))
 
     def open_orders(self, agent: str) -> int:
         bk = self._books.get(agent)

@@ -733,6 +733,13 @@ class OrderDesk:
             # market sell is judged at the day's lower limit (one share over the limit: denied, told)
             fit = self.risk.fitting_qty(card, pos.qty, book.portfolio.notional_price(Side.SELL, 0, pos.code))
             qty = fit if 0 < fit < pos.qty else pos.qty
+            qty = book.portfolio.exit_qty(agent, pos.code, qty)  # (what the account still holds: see exit_qty)
+            if qty <= 0:
+                self.alert(
+                    f"{agent}: {why}: its {pos.qty} {pos.code} are not in the account (sold outside ktrader: see the "
+                    "'external is short' alert): sell or buy back by hand"
+                )
+                continue
             more = more or qty < pos.qty
             n += 1
             new = NewOrder(

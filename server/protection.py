@@ -400,6 +400,13 @@ class ProtectionDesk:
                     )
                 else:
                     want = min(want, sellable)
+            # shares sold outside ktrader ('external' short): the shares the account still holds are sold
+            want = book.portfolio.exit_qty(agent, code, want)
+            if want <= 0 and not wait:
+                wait = (
+                    f"the account holds no more {code} to sell for it (shares sold outside ktrader: see the "
+                    "'external is short' alert): sell or buy back by hand"
+                )
         if wait:
             self._next_try[p.id] = (now, now + _RETRY_NS)
             if wait != p.reason:

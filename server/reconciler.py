@@ -41,6 +41,8 @@ from common.orders import (
     Reprice,
     ReverseFill,
 )
+from common.books import apply_fill_value
+from common.enums import Side
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
 from server.notices import NoticeRouter
@@ -899,8 +901,16 @@ class Reconciler:
         cur = portfolio.position(EXTERNAL_AGENT, code) or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
         avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0
         qty = cur.qty + diff
-        cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
-        pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
+        if (cur.qty < 0 < diff) or (diff < 0 and qty < 0):
+            # a short (shares sold outside ktrader: held at their proceeds, common/books.py) met or made as by a
+            # trade at the broker's average price: a cover realises its proceeds less that (its cost was set to 0,
+            # and the next buy covering it realised a loss of its whole value)
+            side = Side.BUY if diff > 0 else Side.SELL
+            moved = apply_fill_value(cur, code, side, abs(diff), abs(diff) * avg, allow_short=True)
+            pos = PositionView(code=code, qty=qty, cost=moved.cost, realized_pnl=moved.realized_pnl, fees=cur.fees)
+        else:
+            cost = max(0, cur.cost + diff * avg) if qty > 0 else 0
+            pos = PositionView(code=code, qty=qty, cost=cost, realized_pnl=cur.realized_pnl, fees=cur.fees)
         # the shares this gives 'external' (of a short, only what lifts it above zero) may be taken back
         # later, should the books turn out ahead of the account on this code
         given = max(0, qty) - max(0, cur.qty)

@@ -461,6 +461,8 @@ class RiskGate:
         by_gateway = order.side is Side.SELL and placed_by_gateway(order.client_order_id)
         if not shadow and not by_gateway:
             account.opposite = self._opposite(card.id, order.code, order.side, order.tif)
+        if by_gateway:  # its exits are sized by what the account can sell (exit_qty): never refused whole for it
+            account.sellable_qty = None
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
@@ -539,6 +541,8 @@ class RiskGate:
             exp.sellable_qty += o.remaining
             if account.sellable_qty is not None:
                 account.sellable_qty += o.remaining
+            if is_gateway_exit(o):  # (as in check: an exit of the gateway's is sized, never refused for it)
+                account.sellable_qty = None
         revise = o.state is not OrderState.HELD
         if not shadow:  # (revised, or released into today's session: it trades in today's)
             account.opposite = self._opposite(card.id, o.code, o.side, TimeInForce.DAY)

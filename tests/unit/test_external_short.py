@@ -50,3 +50,65 @@ async def test_the_agents_cannot_sell_more_than_the_account_holds(tmp_path: Path
         assert d.submit(b, order("bravo", 3, qty=1, price=71_000, side=Side.SELL)) is ErrorCode.DENIED_NO_SHARES
         # the account's figures: external's short at its proceeds (its average price no longer 213,300)
         assert p.position("external", CODE).cost == -567_200
+
+
+async def test_the_gateways_exits_sell_what_the_account_still_holds(tmp_path: Path) -> None:
+    """A review of the account shares check: alpha holds 20, 8 were sold by hand ('external' short 8), so the
+    account can sell 12. Its stop and its flatten were denied whole ("the account can sell 12") and sold nothing,
+    the 12 real shares unprotected; they sell the 12."""
+    from common.ids import EXTERNAL_AGENT
+    from common.orders import OrderState
+    from common.protection import ProtectionSpec
+    from common.schema import Protect
+    from tests.fakes.harness import Harness
+    from tests.unit.test_protection import CARD, H, buy, exits
+
+    for how in ("stop", "flatten"):
+        h = Harness(tmp_path / how / "db")
+        await h.start()
+        try:
+            assert h.desk.submit(CARD, buy(1, qty=20)).accepted
+            await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+            short = apply_fill_value(None, CODE, Side.SELL, 8, 8 * 70_000, allow_short=True)
+            h.book.portfolio.set_position(EXTERNAL_AGENT, short)
+            if how == "stop":
+                spec = ProtectionSpec(stop=65_000)
+                code, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code=CODE, spec=spec))
+                assert code is None, text
+                h.broker.ref_price = 64_000
+                h.print(CODE, 64_000)
+            else:
+                h.desk.flatten(CARD, "flatten by operator", keep=True)
+            if how == "stop":  # the 12 sold, it waits for the 8 the account does not hold (never sent: refused)
+                told = lambda: "holds no more 005930" in h.protection.active["alpha-20261120-3"].reason  # noqa: E731
+            else:
+                told = lambda: any("are not in the account" in t for _, t, _ in h.alerts)  # noqa: E731
+            await h.settle(told)
+            assert [o.qty for o in exits(h)] == [12], (how, [(o.qty, o.state, o.reason) for o in exits(h)])
+            assert exits(h)[0].state is OrderState.FILLED
+        finally:
+            await h.close()
+
+
+async def test_a_position_check_on_a_short_external_covers_it_at_the_brokers_average(tmp_path: Path) -> None:
+    """Shares that came in without an order (a transfer, a stock dividend) given to a short 'external': its
+    proceeds were erased (cost 0; the books' cash fell by 560,000 until the next account read) and the next cover
+    realised a loss of its whole value."""
+    from common.ids import EXTERNAL_AGENT
+    from kis.port import BrokerPosition
+    from tests.fakes.harness import Harness
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        p = h.portfolio
+        p.set_position(EXTERNAL_AGENT, apply_fill_value(None, CODE, Side.SELL, 8, 560_000, allow_short=True))
+        bp = BrokerPosition(code=CODE, qty=0, sellable_qty=0, avg_price="70000", purchase_value=0, last_price=70_000)
+        h.core.recon._adjust_external(CODE, +3, bp)
+        pos = p.position(EXTERNAL_AGENT, CODE)
+        assert (pos.qty, pos.cost, pos.realized_pnl) == (-5, -350_000, 0)
+        h.core.recon._adjust_external(CODE, +10, bp)
+        pos = p.position(EXTERNAL_AGENT, CODE)
+        assert (pos.qty, pos.cost, pos.realized_pnl) == (5, 350_000, 0)  # (its average 70,000, not 140,000)
+    finally:
+        await h.close()
