@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from common.books import apply_fill_value
 from common.enums import Side
 from common.errors import ErrorCode
@@ -52,7 +54,8 @@ async def test_the_agents_cannot_sell_more_than_the_account_holds(tmp_path: Path
         assert p.position("external", CODE).cost == -567_200
 
 
-async def test_the_gateways_exits_sell_what_the_account_still_holds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["stop", "flatten"])
+async def test_the_gateways_exits_sell_what_the_account_still_holds(tmp_path: Path, how: str) -> None:
     """A review of the account shares check: alpha holds 20, 8 were sold by hand ('external' short 8), so the
     account can sell 12. Its stop and its flatten were denied whole ("the account can sell 12") and sold nothing,
     the 12 real shares unprotected; they sell the 12."""
@@ -63,31 +66,32 @@ async def test_the_gateways_exits_sell_what_the_account_still_holds(tmp_path: Pa
     from tests.fakes.harness import Harness
     from tests.unit.test_protection import CARD, H, buy, exits
 
-    for how in ("stop", "flatten"):
-        h = Harness(tmp_path / how / "db")
-        await h.start()
-        try:
-            assert h.desk.submit(CARD, buy(1, qty=20)).accepted
-            await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
-            short = apply_fill_value(None, CODE, Side.SELL, 8, 8 * 70_000, allow_short=True)
-            h.book.portfolio.set_position(EXTERNAL_AGENT, short)
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        assert h.desk.submit(CARD, buy(1, qty=20)).accepted
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+        short = apply_fill_value(None, CODE, Side.SELL, 8, 8 * 70_000, allow_short=True)
+        h.book.portfolio.set_position(EXTERNAL_AGENT, short)
+        if how == "stop":
+            spec = ProtectionSpec(stop=65_000)
+            code, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code=CODE, spec=spec))
+            assert code is None, text
+            h.broker.ref_price = 64_000
+            h.print(CODE, 64_000)
+        else:
+            h.desk.flatten(CARD, "flatten by operator", keep=True)
+
+        def told() -> bool:  # the 12 sold, the rest (not in the account: the broker would refuse it) never sent
             if how == "stop":
-                spec = ProtectionSpec(stop=65_000)
-                code, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code=CODE, spec=spec))
-                assert code is None, text
-                h.broker.ref_price = 64_000
-                h.print(CODE, 64_000)
-            else:
-                h.desk.flatten(CARD, "flatten by operator", keep=True)
-            if how == "stop":  # the 12 sold, it waits for the 8 the account does not hold (never sent: refused)
-                told = lambda: "holds no more 005930" in h.protection.active["alpha-20261120-3"].reason  # noqa: E731
-            else:
-                told = lambda: any("are not in the account" in t for _, t, _ in h.alerts)  # noqa: E731
-            await h.settle(told)
-            assert [o.qty for o in exits(h)] == [12], (how, [(o.qty, o.state, o.reason) for o in exits(h)])
-            assert exits(h)[0].state is OrderState.FILLED
-        finally:
-            await h.close()
+                return "holds no more 005930" in h.protection.active["alpha-20261120-3"].reason
+            return any("are not in the account" in t for _, t, _ in h.alerts)
+
+        await h.settle(told)
+        assert [o.qty for o in exits(h)] == [12], [(o.qty, o.state, o.reason) for o in exits(h)]
+        assert exits(h)[0].state is OrderState.FILLED
+    finally:
+        await h.close()
 
 
 async def test_a_position_check_on_a_short_external_covers_it_at_the_brokers_average(tmp_path: Path) -> None:
