@@ -330,10 +330,17 @@ class ProtectionDesk:
         )
         closed = self.book.clock.phase() not in REGULAR_ORDER_PHASES
         wait = self._hold(p, closed)
+        selling = self.book.portfolio.exit_qty(p.agent, p.code, min(qty, held))  # (the account's: see exit_qty)
+        if not wait and selling < min(qty, held):
+            short = min(qty, held) - selling
+            wait = "" if selling else f"the account holds none of its {short} {p.code} (sold outside ktrader)"
+            gone = f"; {short} of its shares are not in the account (sold outside ktrader: sell or buy back by hand)"
+        else:
+            gone = ""
         what = (
             f"the exit WAITS: {wait}"
             if wait
-            else f"selling {min(qty, held)}" + (" at the next session's open" if closed else "")
+            else f"selling {selling}" + (" at the next session's open" if closed else "") + gone
         )
         self.alert(
             f"{p.agent}: protective {leg.value} {level:,} of {p.code} met at {at:,}: {what}",

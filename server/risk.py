@@ -541,8 +541,8 @@ class RiskGate:
             exp.sellable_qty += o.remaining
             if account.sellable_qty is not None:
                 account.sellable_qty += o.remaining
-            if is_gateway_exit(o):  # (as in check: an exit of the gateway's is sized, never refused for it)
-                account.sellable_qty = None
+            # (a held exit of the gateway's is checked at its release: the account may have sold the shares since
+            # it was sized, overnight; denied and told then, never sent for the broker to refuse)
         revise = o.state is not OrderState.HELD
         if not shadow:  # (revised, or released into today's session: it trades in today's)
             account.opposite = self._opposite(card.id, o.code, o.side, TimeInForce.DAY)

@@ -745,15 +745,24 @@ class TradingDay:
         n = book.last_gateway_number(agent)
         sent = 0
         for pos in positions:
+            have = book.portfolio.exit_qty(agent, pos.code, pos.qty)  # what the account still holds (see exit_qty)
+            if have < pos.qty:
+                self.alert(
+                    f"{agent}: {why}: {pos.qty - have} of its {pos.qty} {pos.code} are not in the account (sold "
+                    "outside ktrader: see the 'external is short' alert): sell or buy back by hand",
+                    AlertKind.NOT_SENT,
+                )
+            if have <= 0:
+                continue
             unit = book.portfolio.notional_price(Side.SELL, 0, pos.code)
-            fit = self.risk.fitting_qty(card, pos.qty, unit)
+            fit = self.risk.fitting_qty(card, have, unit)
             if fit <= 0:
                 self.alert(
                     f"{agent}: {why}: one share of {pos.code} is worth more than the order-value limit: sell by hand",
                     AlertKind.GATEWAY_FAULT,
                 )
                 continue
-            left = pos.qty
+            left = have
             while left > 0:
                 n += 1
                 qty = min(fit, left)

@@ -90,6 +90,8 @@ async def test_the_gateways_exits_sell_what_the_account_still_holds(tmp_path: Pa
         await h.settle(told)
         assert [o.qty for o in exits(h)] == [12], [(o.qty, o.state, o.reason) for o in exits(h)]
         assert exits(h)[0].state is OrderState.FILLED
+        if how == "stop":  # the person is told what it sells (it said "selling 20")
+            assert any("selling 12; 8 of its shares are not in the account" in t for _, t, _ in h.alerts), h.alerts
     finally:
         await h.close()
 
@@ -116,3 +118,33 @@ async def test_a_position_check_on_a_short_external_covers_it_at_the_brokers_ave
         assert (pos.qty, pos.cost, pos.realized_pnl) == (5, 350_000, 0)  # (its average 70,000, not 140,000)
     finally:
         await h.close()
+
+
+async def test_a_flatten_held_for_the_next_open_sells_what_the_account_holds(tmp_path: Path) -> None:
+    """A review: the end-of-day flatten that ends after the close holds its sells for the next open; they were sized
+    by the agent's books (10, with 4 sold by hand) and sent whole at the open, for KIS to refuse. They are sized by
+    the account, and one released after the account sold its shares overnight is denied and told, never sent."""
+    from common.enums import SessionState, TimeInForce
+    from common.ids import EXTERNAL_AGENT
+    from common.orders import OrderState
+    from tests.fakes.trading_day_rig import Rig
+    from tests.unit.test_eod_flatten_waits import FLAT, at, holding, sells, tick
+
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        p = h.portfolio
+        p.set_position(EXTERNAL_AGENT, apply_fill_value(None, CODE, Side.SELL, 4, 4 * 70_000, allow_short=True))
+        h.broker._state = SessionState.DEGRADED  # its sells cannot go before the close: held for the next open
+        for t in ("15:20", "15:25", "15:29:59", "15:30:05"):
+            await tick(rig, t)
+        assert sells(h) == [(6, OrderState.HELD, TimeInForce.NEXT_SESSION)], sells(h)
+        assert any("4 of its 10 005930 are not in the account" in t for t, _ in rig.alerts), rig.alerts
+        # overnight the other 6 are sold by hand too: its release (the gate's check of a held order) finds none in
+        # the account: denied and told at the open, never sent for the broker to refuse
+        p.set_position(EXTERNAL_AGENT, apply_fill_value(None, CODE, Side.SELL, 10, 10 * 70_000, allow_short=True))
+        [held] = [o for c, o in h.book.orders.items() if o.state is OrderState.HELD]
+        denial = h.core.risk.check_revise(FLAT, held, held.price, (SessionState.READY, ""))
+        assert denial is not None and denial[0] is ErrorCode.DENIED_NO_SHARES and "the account can sell 0" in denial[1]
+    finally:
+        await rig.close()
