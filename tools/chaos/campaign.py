@@ -228,6 +228,7 @@ class Campaign:
             f'ws_url = "{info["ws_url"]}"\nadmin_url = "{info["admin_url"]}"\n'
         )
         self.start_cash = self.read_twin()[2].settlement_cash  # before anyone trades
+        self.start_fees = self._twin_fees()
         self.gw_args = ["gateway", "--config", str(cfg), "--run-dir", str(st.run), "--log-level", "info"]
         st.gateways.append(st.spawn(self.gw_args, "gateway-0"))
         wait_until(
@@ -334,6 +335,11 @@ class Campaign:
         elif kind in ("replayed_frame", "stale_frame"):
             self._replay(kind)
         self.injected[kind] += 1
+
+    def _twin_fees(self) -> int:
+        """Commission and tax the twin's account has paid since it was made (its own ledger)."""
+        assert self.admin is not None
+        return int(self.admin.get(f"/admin/accounts/{self.stack.twin_info['account']}").json()["fees_total"])
 
     def _open_lines(self) -> list[dict[str, Any]]:
         """Lines of ours open at the twin (new orders and revise lines)."""
@@ -623,6 +629,11 @@ class Campaign:
         twin_moved = self.start_cash - account.settlement_cash
         fills = sum(len(o.fill_ids) for o in orders)
         cash_diff = twin_moved - spent
+        # which side of the fills a cash difference is on: their fees (the twin's ledger against the books') or
+        # what they traded (1 run of 9 once read 492 KRW over 322 fills, positions and values equal)
+        fees_diff = (self._twin_fees() - self.start_fees) - sum(
+            p.fees for agent, agent_pos in positions.items() if agent != EXTERNAL_AGENT for p in agent_pos.values()
+        )
         chains = self._chains(ours, reports)
         return {
             "day": day.isoformat(),
@@ -670,6 +681,7 @@ class Campaign:
             "trust": {k: status.counters.get(k, 0) + self.counted_before_kills[k] for k in TRUST_COUNTERS},
             "cash_mismatch": int(abs(cash_diff) > fills),  # commission/tax floor per fill: ±1 won each
             "cash_diff_krw": cash_diff,
+            "cash_diff_of": {"fees_krw": fees_diff, "traded_krw": cash_diff - fees_diff},
             "unknown_grace_s": UNKNOWN_GRACE_S,
             "gateway_recovery_ms": {
                 "n": len(self.recoveries_ms),
