@@ -270,7 +270,7 @@ class Store:
             self.gc.close()
         main = self._files.get(self.path)
         copy = None
-        if main is not None and self.displaced() and self._identity().get(self.path) != main:
+        if main is not None and self._identity().get(self.path) != main:  # (the database file removed or replaced)
             copy = self._write_back()
             # SQLite's close deletes the WAL at its path: another gateway's, in a folder made again, would be lost
             # (ours, still there, is deleted by _put_back before the copy takes the path)

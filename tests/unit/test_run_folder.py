@@ -75,6 +75,15 @@ def _store_with_rows(path: Path, n: int) -> Store:
     return store
 
 
+def _kept(path: Path) -> list[str]:
+    """The operator journal's results a store file holds, newest first (the file opened, read and closed)."""
+    again = Store(path)
+    try:
+        return [d["result"] for *_, d in again.operator_log(limit=10)]
+    finally:
+        again.close()
+
+
 def test_a_removed_store_is_said_and_written_back_as_it_closes(tmp_path: Path) -> None:
     path = tmp_path / "db" / "gateway.sqlite"
     store = _store_with_rows(path, 5)
@@ -85,11 +94,7 @@ def test_a_removed_store_is_said_and_written_back_as_it_closes(tmp_path: Path) -
     with store.transaction():  # it goes on writing meanwhile (until the gateway stops): kept too
         store.log_operator(6, "tool", "note", "", True, {"result": "row 5"})
     store.close()
-    again = Store(path)
-    try:
-        assert [d["result"] for *_, d in again.operator_log(limit=10)] == [f"row {i}" for i in range(5, -1, -1)]
-    finally:
-        again.close()
+    assert _kept(path) == [f"row {i}" for i in range(5, -1, -1)]
     assert not list(path.parent.glob("*.rescued-*"))
 
 
@@ -102,11 +107,7 @@ def test_a_store_replaced_by_another_file_is_not_overwritten(tmp_path: Path) -> 
     store.close()
     assert path.read_bytes() == b"someone else's file"
     [copy] = tmp_path.glob("gateway.sqlite.rescued-*")
-    kept = Store(copy)
-    try:
-        assert len(kept.operator_log(limit=10)) == 2
-    finally:
-        kept.close()
+    assert len(_kept(copy)) == 2
 
 
 def test_a_removed_wal_alone_loses_nothing_at_the_close(tmp_path: Path) -> None:
@@ -115,11 +116,7 @@ def test_a_removed_wal_alone_loses_nothing_at_the_close(tmp_path: Path) -> None:
     Path(f"{path}-wal").unlink()
     assert store.displaced() == f"{path}-wal was removed"
     store.close()  # its checkpoint moves the open (removed) WAL into the database file
-    again = Store(path)
-    try:
-        assert len(again.operator_log(limit=10)) == 3
-    finally:
-        again.close()
+    assert len(_kept(path)) == 3
 
 
 def test_a_wal_a_long_read_made_grow_is_cut_back_once_checkpoints_complete(tmp_path: Path) -> None:
@@ -160,11 +157,7 @@ def test_a_removed_store_folder_is_made_again_for_the_books(tmp_path: Path) -> N
     assert store.displaced() == f"{path} was removed"
     store.close()
     assert store.rescued == f"its books were written back to {path}"
-    again = Store(path)
-    try:
-        assert len(again.operator_log(limit=10)) == 3
-    finally:
-        again.close()
+    assert len(_kept(path)) == 3
 
 
 def test_only_the_database_file_removed_its_old_wal_is_not_applied_to_the_copy(tmp_path: Path) -> None:
@@ -197,11 +190,7 @@ def test_another_gateway_s_store_in_a_folder_made_again_is_left_alone(tmp_path: 
     [copy] = path.parent.glob("gateway.sqlite.rescued-*")
     assert len(other.operator_log(limit=10)) == 5
     other.close()
-    kept = Store(copy)
-    try:
-        assert len(kept.operator_log(limit=10)) == 2
-    finally:
-        kept.close()
+    assert len(_kept(copy)) == 2
 
 
 def test_the_folder_made_again_is_seen_and_a_failed_repair_is_said_once(tmp_path: Path) -> None:
