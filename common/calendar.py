@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
 
+from common.clock import KST
+
 # year -> MMDD of weekday holidays (Saturday/Sunday are never sessions since 1998-12).
 _HOLIDAYS_MMDD: dict[int, str] = {
     1986: "0101 0102 0103 0310 0505 0516 0606 0717 0815 0918 0919 1001 1003 1009 1225 1229 1230 1231",
@@ -203,6 +205,16 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
     if day == first_trading_day_of_year(day.year):
         return NEW_YEAR_HOURS
     return NORMAL_HOURS
+
+
+def close_ns(day: dt.date, closed: dt.time | None = None) -> int | None:
+    """The end of `day`'s regular session in ns since the epoch; on a day the exchange is closed, `closed` (a
+    stand-in time) or None."""
+    hours = session_hours(day)
+    at = hours[1] if hours is not None else closed
+    if at is None:
+        return None
+    return int(dt.datetime.combine(day, at, KST).timestamp()) * 1_000_000_000
 
 
 def close_delay(day: dt.date) -> dt.timedelta:

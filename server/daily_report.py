@@ -14,8 +14,8 @@ import msgspec
 
 from typing import Protocol
 
-from common.calendar import previous_trading_day, session_hours
-from common.clock import KST, date_of, yyyymmdd
+from common.calendar import close_ns, previous_trading_day
+from common.clock import date_of, yyyymmdd
 from common.enums import AgentMode, Side
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
@@ -218,13 +218,6 @@ class BookView(Protocol):  # what build() reads of server.order_book.OrderBook (
     def order_day(self) -> dict[str, str]: ...
 
 
-def close_ns(day: str) -> int | None:
-    """The end of trading day `day`'s regular session (ns), None for a day the exchange is closed."""
-    d = date_of(day)
-    hours = session_hours(d)
-    return None if hours is None else int(dt.datetime.combine(d, hours[1], KST).timestamp()) * 1_000_000_000
-
-
 def decided_after_close(day: str, timed: bool = True) -> Callable[[Order, str], bool]:
     """Whether an order (of its order day) is in `day`'s report. An order is its day's until that day's close;
     one decided after it (a decision on the daily bar), or on a day the exchange was closed since, is the next
@@ -232,9 +225,9 @@ def decided_after_close(day: str, timed: bool = True) -> Callable[[Order, str], 
     counted there too, from the days before's orders. Before, such an order was in no report: the day's was
     written at its close (24 DENIED_TICK of a daily strategy in a hunt). An order with fills stays its day's.
     `timed` False (a clock without KRX hours, the twin's "open" clock): every order is its own day's."""
-    end = close_ns(day) if timed else None
+    end = close_ns(date_of(day)) if timed else None
     prev = yyyymmdd(previous_trading_day(date_of(day)))
-    prev_end = close_ns(prev)
+    prev_end = close_ns(date_of(prev))
 
     def mine(o: Order, order_day: str) -> bool:
         if order_day == day:

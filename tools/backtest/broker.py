@@ -117,7 +117,6 @@ assert all(TRANSITIONS[(st, "fill")] == "resting" for st in RESTING)
 # the one-step accept of a quiet submit is the table's NEW -submit-> PENDING_SUBMIT -accept-> resting
 assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
-_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 _DAY_NS = 86_400_000_000_000
 # enum members the per-order paths compare with (module globals: see common/risk_rules.py's _BUY)
 _BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET, OrderType.CONDITIONAL, TimeInForce.FOK
@@ -129,11 +128,11 @@ BOTH, AT_OPEN, REST = 0, 1, 2
 
 
 def _close_ns(day: str) -> int:
-    """The regular close of `day` (15:30 KST; 16:30 on a CSAT day) in ns since the epoch."""
-    d = dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
-    hours = calendar.session_hours(d)
-    close = hours[1] if hours is not None else dt.time(15, 30)
-    return ((d.toordinal() - _EPOCH_DAY) * 86_400 + (close.hour * 60 + close.minute - 9 * 60) * 60) * 1_000_000_000
+    """The regular close of `day` (15:30 KST; 16:30 on a CSAT day; 15:30 on a day the calendar has closed) in ns
+    since the epoch."""
+    ns = calendar.close_ns(dt.date(int(day[:4]), int(day[5:7]), int(day[8:10])), closed=dt.time(15, 30))
+    assert ns is not None  # (a stand-in for a closed day is given)
+    return ns
 
 
 class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
