@@ -64,3 +64,19 @@ def test_small_fault_campaign_loses_nothing(tmp_path: Path) -> None:
     # what the tool says when it is not ok is for the full-size campaign (p99 <= 1 s); here we
     # insist on the books; the exit code follows `ok`
     assert out.returncode == (0 if report["ok"] else 1)
+
+
+def test_a_folder_of_an_earlier_campaign_is_refused_in_one_line(tmp_path: Path) -> None:
+    # (its books were audited against the new twin's empty account: every order of the earlier run read "lost",
+    # the cash 36 M KRW off)
+    (tmp_path / "run" / "db").mkdir(parents=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools", "chaos", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert out.returncode == 2 and "holds an earlier campaign" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "twin.log").exists()

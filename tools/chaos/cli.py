@@ -23,6 +23,12 @@ def chaos_command(
 
     from tools.chaos.campaign import run as run_chaos
 
+    if workdir is not None and (workdir / "run").exists():
+        # its books would be audited against a new twin's empty account: every order of the earlier run "lost"
+        typer.echo(
+            f"{workdir} holds an earlier campaign: remove it (or give another --workdir) and run again", err=True
+        )
+        raise typer.Exit(2)
     report = run_chaos(agents, faults, rate, seed, gateway_every, settle, workdir, keep=workdir is not None)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
