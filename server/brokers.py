@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -41,9 +40,10 @@ from kis.port import Capability
 from kis.port import (
     BrokerPort,
 )
-from common.clock import now_kst
+from common.clock import elapsed_ns, now_kst
 from common.krx import Phase, phase_at
 from kis.sim.clock import ClockMode, TwinClock
+from kis.sim.history_admin import FOLLOWER_HEADER
 from kis.sim.server import TwinServer
 from kis.sim.twin import TwinConfig
 
@@ -67,44 +67,93 @@ class TwinMarketClock:
 class RemoteTwinClock:
     """The clock of a twin in another process (`ktrader sim`), followed through its admin API
     (`GET /admin/state`): read once at start, then every `period_s`; between reads it runs on at the
-    twin's speed, so `now()` is a cheap local computation."""
+    twin's speed, so `now()` is a cheap local computation.
 
-    def __init__(self, admin_url: str, period_s: float = 0.5) -> None:
+    A reading older than `stale_s` is read again before `now()` answers (a blocking loopback request, 0.5 s at
+    most): the gateway's loop was held (SIGSTOP, a paused VM, a slow commit) while the twin moved on, and what
+    woke it (the prints in its socket, a protective stop they trigger) would otherwise be handled at the time it
+    fell asleep -- a history twin moved from a Friday 14:50 to Monday 09:20 meanwhile stands still at 14:50 here
+    (speed 0), and the stop's exit went out under Friday's id and date, to be expired by Friday's late close
+    while the broker filled it (a hunt). Time between readings is counted with the clock that counts a machine's
+    sleep (common.clock.elapsed_ns): a wall-clock twin's time did pass while a laptop slept. Its readings name it
+    a follower (FOLLOWER_HEADER): a history twin moved into a new day waits for its followers to read the day
+    before it sends the day's prints (kis/sim/history_admin.py)."""
+
+    def __init__(self, admin_url: str, period_s: float = 0.5, stale_s: float = 1.0) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.period_s = period_s
+        self.stale_ns = int(max(stale_s, 2 * period_s) * 1e9)
         self.timed = True
         self._v0 = now_kst()
-        self._m0 = time.monotonic()
+        self._e0 = elapsed_ns()
+        self._tried = self._e0  # the last reading asked for (a twin that does not answer is asked once a period)
         self._speed = 1.0
         self._phase = Phase.CONTINUOUS
+        self._sync: httpx.Client | None = None
+        # the twin waits (bounded) for its followers to read a new day before it sends the day's prints
+        self._headers = {FOLLOWER_HEADER: f"{os.getpid()}-{id(self):x}"}
+        self._asked = 0  # when the reading applied last was asked for
+        self.stale_reads = 0
 
-    def _apply(self, state: dict[str, object]) -> None:
+    def _apply(self, state: dict[str, object], asked: int) -> None:
+        if asked < self._asked:
+            # an answer to an earlier question, overtaken by a stale reading's (a follow request in flight while
+            # the loop was held): the twin's time it carries is older, and would take the clock back a day
+            return
+        self._asked = asked
         self._v0 = dt.datetime.fromisoformat(str(state["now"]))
-        self._m0 = time.monotonic()
+        self._e0 = self._tried = elapsed_ns()
         self._speed = float(state.get("speed", 1.0))  # type: ignore[arg-type]  # 0: it moves only when moved
         self._phase = Phase(str(state["phase"]))
         self.timed = state.get("clock") != ClockMode.OPEN.value
 
     async def refresh(self, client: httpx.AsyncClient | None = None) -> None:
+        asked = elapsed_ns()
         if client is None:
             async with httpx.AsyncClient(timeout=5.0) as c:
-                r = await c.get(f"{self.admin_url}/admin/state")
+                r = await c.get(f"{self.admin_url}/admin/state", headers=self._headers)
         else:
-            r = await client.get(f"{self.admin_url}/admin/state")
+            r = await client.get(f"{self.admin_url}/admin/state", headers=self._headers)
         r.raise_for_status()
-        self._apply(r.json())
+        self._apply(r.json(), asked)
 
     async def follow(self) -> None:
         async with httpx.AsyncClient(timeout=5.0) as client:
-            while True:
-                await asyncio.sleep(self.period_s)
-                try:
-                    await self.refresh(client)
-                except (httpx.HTTPError, KeyError, ValueError) as e:
-                    log.warning("twin clock at %s unreadable: %s", self.admin_url, e)
+            try:
+                while True:
+                    await asyncio.sleep(self.period_s)
+                    try:
+                        await self.refresh(client)
+                    except (httpx.HTTPError, KeyError, ValueError) as e:
+                        log.warning("twin clock at %s unreadable: %s", self.admin_url, e)
+            finally:
+                if self._sync is not None:
+                    self._sync.close()
+
+    def _read_now(self, at: int) -> None:
+        """The stale reading replaced at once (see the class docstring)."""
+        self._tried = at
+        self.stale_reads += 1
+        try:
+            if self._sync is None:
+                self._sync = httpx.Client(timeout=0.5)
+            r = self._sync.get(f"{self.admin_url}/admin/state", headers=self._headers)
+            r.raise_for_status()
+            self._apply(r.json(), at)
+        except (httpx.HTTPError, KeyError, ValueError) as e:
+            log.warning(
+                "twin clock at %s unreadable after %.1f s without a reading: %s",
+                self.admin_url,
+                (at - self._e0) / 1e9,
+                e,
+            )
 
     def now(self) -> dt.datetime:
-        return self._v0 + dt.timedelta(seconds=(time.monotonic() - self._m0) * self._speed)
+        at = elapsed_ns()
+        if at - self._tried > self.stale_ns:
+            self._read_now(at)
+            at = elapsed_ns()
+        return self._v0 + dt.timedelta(seconds=(at - self._e0) / 1e9 * self._speed)
 
     def phase(self) -> Phase:
         # an `open` twin's time of day means nothing: its phase is what it says

@@ -16,7 +16,7 @@ from aiohttp import web
 from kis.sim.engine import BookSide
 from kis.sim.exchange import OrderRecord
 from kis.sim.faults import EXCHANGE_REFUSAL_KINDS, ExchangeRefusal, ReplyMangle, RestDisconnect, RestError
-from kis.sim.history_admin import HistoryAdmin
+from kis.sim.history_admin import FOLLOWER_HEADER, ClockFollowers, HistoryAdmin
 from kis.sim.ledger import Account
 from kis.sim.wire import KisError
 
@@ -79,6 +79,7 @@ def account_view(acct: Account, last: dict[str, int]) -> dict[str, Any]:
 class AdminApi:
     def __init__(self, server: TwinServer) -> None:
         self.server = server
+        self.followers = ClockFollowers()
 
     @property
     def twin(self):
@@ -94,7 +95,7 @@ class AdminApi:
         r.add_get("/admin/accounts/{account}/orders", self.orders)
         r.add_post("/admin/orders", self.external_order)
         # history mode (kis/sim/history_admin.py) has its own clock moves; the others use these
-        HistoryAdmin(self.server).add_routes(
+        HistoryAdmin(self.server, self.followers).add_routes(
             r, {"close": self.clock_close, "next-day": self.clock_next_day, "move": self.clock_move}
         )
         r.add_post("/admin/price", self.set_price)
@@ -151,6 +152,8 @@ class AdminApi:
     # ------------------------------------------------------------------ reads
     async def state(self, request: web.Request) -> web.Response:
         tw = self.twin
+        if follower := request.headers.get(FOLLOWER_HEADER):
+            self.followers.read(follower, tw.clock.now())
         return _json(
             {
                 "endpoints": self.server.endpoints(),

@@ -9,6 +9,11 @@
 Clock replies: {"day", "phase", "now", "prints", "fills", "seconds"} (prints and fills made by this
 call, seconds spent running it). They return once every websocket frame the move produced has been
 handed to its socket (bounded wait), so a client that reads its socket sees them next.
+
+A move into a new day waits (bounded) at that day's pre-open until every gateway following the clock
+(`ClockFollowers`) has read the new day, before anything of the day is sent: a gateway reads the clock every
+half second, and one that got Monday's prints with Friday's time fired a stop under Friday's id and date (its
+exit expired by Friday's late close while the broker filled it, a hunt).
 """
 
 from __future__ import annotations
@@ -22,12 +27,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from kis.sim.history_market import HistoryError, HistoryExchange
+from common.calendar import next_trading_day
+from common.clock import KST
+from kis.sim.history_market import HistoryError, HistoryExchange, pre_open
 
 if TYPE_CHECKING:
     from kis.sim.server import TwinServer
 
 DRAIN_WAIT_S = 2.0  # at most this long for the websocket writers to take what a move produced
+FOLLOWER_HEADER = "X-Ktrader-Clock-Follower"  # a gateway following the clock says so on its GET /admin/state
+FOLLOWER_TTL_S = 3.0  # a follower not heard from for this long is gone (a stopped gateway, its standby's promotion)
+FOLLOW_WAIT_S = 1.5  # at most this long for the followers to read a new day (3 of their half-second reads)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,9 +57,33 @@ def parse_to(raw: str, today: dt.date) -> dt.datetime:
         raise HistoryError(f"bad time {raw!r}: give HH:MM[:SS] (today) or YYYY-MM-DDTHH:MM:SS") from None
 
 
+class ClockFollowers:
+    """The gateways following the twin's clock (server/brokers.py RemoteTwinClock): when each last read it, and
+    the time it was told."""
+
+    def __init__(self) -> None:
+        self._told: dict[str, tuple[float, dt.datetime]] = {}
+
+    def read(self, follower: str, told: dt.datetime) -> None:
+        self._told[follower] = (time.monotonic(), told)
+
+    def behind(self, day: dt.date) -> list[str]:
+        """Followers heard from lately whose last reading is of a day before `day`."""
+        now = time.monotonic()
+        return [f for f, (at, told) in self._told.items() if now - at < FOLLOWER_TTL_S and told.date() < day]
+
+    async def know(self, day: dt.date) -> None:
+        """Until every live follower has read `day` (bounded: a frozen gateway reads the clock again on waking)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + FOLLOW_WAIT_S
+        while self.behind(day) and loop.time() < end:
+            await asyncio.sleep(0.005)  # bounded, once per day moved into
+
+
 class HistoryAdmin:
-    def __init__(self, server: TwinServer) -> None:
+    def __init__(self, server: TwinServer, followers: ClockFollowers | None = None) -> None:
         self.server = server
+        self.followers = followers or ClockFollowers()
 
     @property
     def exchange(self) -> HistoryExchange | None:
@@ -80,7 +114,7 @@ class HistoryAdmin:
             if not isinstance(doc, dict) or "to" not in doc:
                 raise HistoryError('body must be {"to": "HH:MM[:SS]" or "YYYY-MM-DDTHH:MM:SS"}')
             when = parse_to(str(doc["to"]), ex.day)
-            return await self._run(ex, lambda: ex.advance(when))
+            return await self._run(ex, lambda: self._advance(ex, when))
         except (HistoryError, json.JSONDecodeError, UnicodeDecodeError) as e:
             return _json({"error": str(e)}, 400)
 
@@ -94,11 +128,28 @@ class HistoryAdmin:
         assert ex is not None
         return await self._run(ex, ex.next_day)
 
+    async def _advance(self, ex: HistoryExchange, when: dt.datetime) -> None:
+        """`ex.advance(when)` a day at a time: each new day's pre-open is read by the followers before its prints."""
+        when = when if when.tzinfo is not None else when.replace(tzinfo=KST)  # (naive: KST, as parse_to says)
+        while when.date() > ex.day:
+            ex.advance(min(when, pre_open(next_trading_day(ex.day))))
+            await self._new_day(ex)
+        ex.advance(when)
+
+    async def _new_day(self, ex: HistoryExchange) -> None:
+        await self._drained()  # (the day before's frames first: they are of the time the followers still read)
+        await self.followers.know(ex.day)
+
     async def _run(self, ex: HistoryExchange, move: Callable[[], object]) -> web.Response:
         prints, fills = ex.prints, ex.fills
+        day = ex.day
         t0 = time.perf_counter()
-        move()
+        moved = move()
+        if isinstance(moved, Awaitable):
+            await moved
         seconds = time.perf_counter() - t0
+        if ex.day != day:
+            await self._new_day(ex)  # (a next-day: the caller's next move sends the day's prints)
         await self._drained()
         return _json(
             {
