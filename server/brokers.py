@@ -64,6 +64,9 @@ class TwinMarketClock:
         return self._clock.phase()
 
 
+UNANSWERED_BACKOFF_NS = 10_000_000_000
+
+
 class RemoteTwinClock:
     """The clock of a twin in another process (`ktrader sim`), followed through its admin API
     (`GET /admin/state`): read once at start, then every `period_s`; between reads it runs on at the
@@ -141,6 +144,9 @@ class RemoteTwinClock:
             r.raise_for_status()
             self._apply(r.json(), at)
         except (httpx.HTTPError, KeyError, ValueError) as e:
+            # a twin that does not answer (stopped, hung) is not asked again on the loop for 10 s: each try may
+            # hold the gateway 0.5 s (the follow task keeps asking meanwhile, off the loop's path)
+            self._tried = at + UNANSWERED_BACKOFF_NS - self.stale_ns
             log.warning(
                 "twin clock at %s unreadable after %.1f s without a reading: %s",
                 self.admin_url,
