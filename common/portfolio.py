@@ -531,13 +531,14 @@ class Portfolio:
         bk = self._account
         return bk.qty.get(code, 0) - bk.sell_qty.get(code, 0)
 
-    def exit_qty(self, agent: str, code: str, want: int) -> int:
+    def exit_qty(self, agent: str, code: str, want: int, freed: int = 0) -> int:
         """How much of `want` an exit of the gateway's for `agent` sells: at most what the account can sell (the
         rest was sold outside ktrader: 'external' short, alerted by reconciliation); 0: none (the broker would
-        refuse the sell, and its refusals count towards the kill switch)."""
+        refuse the sell, and its refusals count towards the kill switch). `freed`: shares of open sells about to
+        be cancelled for it (a stop cancels the agent's own)."""
         if agent in self.virtual:
             return want
-        return min(want, max(self.account_sellable(code), 0))
+        return min(want, max(self.account_sellable(code) + freed, 0))
 
     def open_orders(self, agent: str) -> int:
         bk = self._books.get(agent)

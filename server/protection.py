@@ -330,7 +330,10 @@ class ProtectionDesk:
         )
         closed = self.book.clock.phase() not in REGULAR_ORDER_PHASES
         wait = self._hold(p, closed)
-        selling = self.book.portfolio.exit_qty(p.agent, p.code, min(qty, held))  # (the account's: see exit_qty)
+        # (the account's: see exit_qty) the agent's own sells are cancelled for it (_fire_now): their shares are its
+        # to sell, not "sold outside ktrader" (an alert told a person to sell 2 by hand that its exit sold)
+        freed = sum(o.remaining for o in self._own_sells(p.agent, p.code) if o.state is not OrderState.UNKNOWN)
+        selling = self.book.portfolio.exit_qty(p.agent, p.code, min(qty, held), freed=freed)
         if not wait and selling < min(qty, held):
             short = min(qty, held) - selling
             wait = "" if selling else f"the account holds none of its {short} {p.code} (sold outside ktrader)"
@@ -381,25 +384,20 @@ class ProtectionDesk:
         if not wait:
             sellable = book.portfolio.exposure(agent, code).sellable_qty
             if sellable < want:
-                mine = [
-                    o
-                    for o in book.orders.values()
-                    if o.agent == agent
-                    and o.code == code
-                    and o.side is Side.SELL
-                    and o.is_open
-                    and not placed_by_gateway(o.client_order_id)
-                ]
+                mine = self._own_sells(agent, code)
                 for o in mine:
                     self.desk.cancel(agent, o.client_order_id)  # a stop is a stop: the agent's own sells go first
                 cur = self.active.get(p.id)
                 if cur is None or cur.state is not PS.TRIGGERED:
                     return  # the cancels' news settled it meanwhile
                 p = cur
-                # a held sell ends at once (its shares are free now); a live one's cancel is on its way
+                # a held sell ends at once (its shares are free now); a live one's cancel is on its way, and one
+                # whose sending is in doubt (UNKNOWN) cannot be cancelled until its outcome is known: the free shares
+                # go now, the rest once they are free (the next exit: a stop waited all session for a sell of 2 in
+                # doubt with 8 shares free, a hunt)
                 sellable = book.portfolio.exposure(agent, code).sellable_qty
                 cancelling = sum(1 for o in mine if book.orders[o.client_order_id].is_open)
-                if sellable <= 0 or (cancelling and sellable < want):
+                if sellable <= 0:
                     wait = (
                         f"waiting for {cancelling} sells of this agent holding the shares to be cancelled"
                         if cancelling
@@ -519,6 +517,18 @@ class ProtectionDesk:
                 self._sync(p)  # the agent sold: maybe nothing is left to protect
             elif p.state is PS.TRIGGERED and freed:
                 self._fire(p)  # the shares its exit waited for are free
+
+    def _own_sells(self, agent: str, code: str) -> list[Order]:
+        """The agent's own open sells of `code` (not the gateway's exits for it): a stop cancels them to sell."""
+        return [
+            o
+            for o in self.book.orders.values()
+            if o.agent == agent
+            and o.code == code
+            and o.side is Side.SELL
+            and o.is_open
+            and not placed_by_gateway(o.client_order_id)
+        ]
 
     def _order(self, coid: str) -> Order | None:
         return self.book.orders.get(coid) or self.book.store.order(coid)

@@ -20,7 +20,7 @@ from common.krx import Phase
 from common.orders import OrderState
 from common.protection import Leg, ProtectionSpec, ProtectionState as PS, WhenClosed, check, check_print
 from common.schema import HeaderFactory, NewOrder, Protect, ProtectionUpdate
-from kis.port import BrokerAck, BrokerOrder, BrokerRejected
+from kis.port import BrokerAck, BrokerOrder, BrokerRejected, BrokerUnknownOutcome
 from server.registry import AgentRecord
 from server.send_queue import Priority
 from server.sessions import AgentSessions
@@ -449,4 +449,68 @@ async def test_a_trailing_stop_that_waits_for_the_session_ignores_after_hours_pr
     clock.set_phase(None)
     h.print("005930", 79_000)  # above the 76,000 trail of the session's high
     assert h.protection.active["alpha-20261120-1"].state is PS.ARMED and not exits(h)
+    await h.close()
+
+
+async def _holding_10_with_own_sell_of_2(h: Harness) -> NewOrder:
+    await h.start()
+    assert h.desk.submit(CARD, buy(1, qty=10)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    return NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.SELL, qty=2, price=80_000)
+
+
+async def test_a_stop_met_while_the_agents_own_sell_holds_shares_says_it_sells_them_all(tmp_path: Path) -> None:
+    """(an upgrade hunt) The agent holds 10 and rests a sell of 2; its stop is met. The stop cancels that sell and
+    sells the 10: its alert said "2 of its shares are not in the account (sold outside ktrader: sell or buy back by
+    hand)", and a person following it would have left the account short."""
+    h = Harness(tmp_path / "db")
+    sell = await _holding_10_with_own_sell_of_2(h)
+    assert h.desk.submit(CARD, sell).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
+    assert (
+        h.protection.protect(
+            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
+        )[0]
+        is None
+    )
+    h.broker.ref_price = 64_000
+    h.print("005930", 64_000)
+    await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
+    (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
+    assert "selling 10" in said and "not in the account" not in said and "outside ktrader" not in said, said
+    p = h.protection.ended["alpha-20261120-3"]
+    assert p.state is PS.DONE and p.sold == 10
+    assert h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED
+    assert h.portfolio.position("alpha", "005930").qty == 0
+    await h.close()
+
+
+async def test_a_stop_sells_the_free_shares_at_once_while_an_own_sell_is_in_doubt(tmp_path: Path) -> None:
+    """(an upgrade hunt) A sell of 2 whose sending is in doubt (UNKNOWN: the gateway died as it went out) cannot be
+    cancelled until reconciliation learns its outcome; the stop met meanwhile sold nothing, not even the 8 free
+    shares, all session. It sells the 8 now."""
+    h = Harness(tmp_path / "db")
+    sell = await _holding_10_with_own_sell_of_2(h)
+    real_submit = h.broker.submit
+
+    async def lost(order: BrokerOrder) -> BrokerAck:
+        h.broker.submit = real_submit  # type: ignore[method-assign]
+        raise BrokerUnknownOutcome("submit: connection dropped, outcome unknown", code="TRANSPORT")
+
+    h.broker.submit = lost  # type: ignore[method-assign]
+    assert h.desk.submit(CARD, sell).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.UNKNOWN)
+    assert (
+        h.protection.protect(
+            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
+        )[0]
+        is None
+    )
+    h.broker.ref_price = 64_000
+    h.print("005930", 64_000)
+    await h.settle(lambda: [(x.qty, x.filled_qty) for x in exits(h)] == [(8, 8)])
+    (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
+    assert "selling 8" in said, said
+    assert h.portfolio.position("alpha", "005930").qty == 2  # the 2 in doubt: sold by that sell, or by the stop later
+    assert h.book.orders["alpha-20261120-2"].state is OrderState.UNKNOWN  # never resent, never cancelled blind
     await h.close()
