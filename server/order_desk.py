@@ -236,10 +236,20 @@ class OrderDesk:
         if not raw:
             return
         try:
-            kept = msgspec.json.decode(raw, type=dict[str, Flattening])
+            each = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
         except msgspec.MsgspecError as e:  # (never written so): a person must sell by hand
             self.alert(f"the flattens in progress before the restart are unreadable ({e}): check and flatten again")
             return
+        kept: dict[str, Flattening] = {}
+        for agent, one in each.items():
+            try:
+                kept[agent] = msgspec.json.decode(one, type=Flattening)
+            except msgspec.MsgspecError as e:
+                # one agent's only (a card this version's rules refuse, after an upgrade): the others go on
+                self.alert(
+                    f"the flatten of {agent} in progress before the restart cannot be read ({e}): "
+                    f"check its orders and flatten it again (ktrader control flatten --agent {agent})"
+                )
         for agent, f in kept.items():
             self._flattening[agent] = (f.card, f.why, f.keep)
             self._flatten_recancels.update(f.recancels)

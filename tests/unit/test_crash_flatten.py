@@ -17,6 +17,7 @@ from common.errors import ErrorCode
 from common.ids import placed_by_gateway
 from common.orders import OrderState
 from common.schema import NewOrder
+from server.order_desk import Flattening
 from server.trading_day import BasePrices
 from tests.fakes.harness import Harness
 from tests.fakes.trading_day_rig import Rig
@@ -163,3 +164,27 @@ async def test_a_refused_cancel_count_of_a_flatten_survives_a_restart(tmp_path: 
         assert h2.desk._flatten_recancels == {"alpha-20261120-1": 2}
     finally:
         await h2.close()
+
+
+async def test_one_flatten_a_new_version_cannot_read_leaves_the_others_restored_and_is_told(tmp_path: Path) -> None:
+    """(an upgrade hunt) The flattens in progress are kept with their cards; a card this version's rules refuse (an
+    older version took universe_top = 35) made the whole list unreadable: every flatten was dropped at the start."""
+    db = tmp_path / "g.sqlite"
+    h = Harness(db)
+    await h.start()
+    good = msgspec.to_builtins(Flattening(card=FLAT, why="end of day", keep=True))
+    bad = {**good, "card": {**good["card"], "id": "old", "universe_top": 35}}
+    await h.close()
+    raw = msgspec.json.encode({"flat": good, "old": bad}).decode()
+    kept = Harness(db)  # (the store as the last process left it: written before this one's start reads it)
+    with kept.store.transaction():
+        kept.store.set_meta(FLATTEN_KEY, raw)
+    kept.store.close()
+    again = Harness(db)  # (loaded: the flattens restored, before the first reconciliation steps them)
+    try:
+        assert "flat" in again.desk._flattening and "old" not in again.desk._flattening
+        (told,) = [t for _, t in again.core.alerts.recent if "flatten of old" in t]
+        assert "cannot be read" in told and "ktrader control flatten --agent old" in told
+        await again.start()
+    finally:
+        await again.close()
