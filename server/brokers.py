@@ -65,6 +65,7 @@ class TwinMarketClock:
 
 
 UNANSWERED_BACKOFF_NS = 10_000_000_000
+_BACK_KEPT = dt.timedelta(seconds=5)
 
 
 class RemoteTwinClock:
@@ -89,7 +90,7 @@ class RemoteTwinClock:
         self.timed = True
         self._v0 = now_kst()
         self._e0 = elapsed_ns()
-        self._tried = self._e0  # the last reading asked for (a twin that does not answer is asked once a period)
+        self._tried = self._e0  # when a reading was last asked for on the loop (or the backoff after a failed one)
         self._speed = 1.0
         self._phase = Phase.CONTINUOUS
         self._sync: httpx.Client | None = None
@@ -97,6 +98,7 @@ class RemoteTwinClock:
         self._headers = {FOLLOWER_HEADER: f"{os.getpid()}-{id(self):x}"}
         self._asked = 0  # when the reading applied last was asked for
         self.stale_reads = 0
+        self._last = self._v0  # the last time answered: small steps back are not passed on (see now())
 
     def _apply(self, state: dict[str, object], asked: int) -> None:
         if asked < self._asked:
@@ -105,7 +107,10 @@ class RemoteTwinClock:
             return
         self._asked = asked
         self._v0 = dt.datetime.fromisoformat(str(state["now"]))
-        self._e0 = self._tried = elapsed_ns()
+        # the twin read its clock between the question and now: the midpoint (an answer that waited in the socket
+        # behind a busy loop, anchored at its reading, set a wall-clock twin's time back by that wait)
+        self._tried = elapsed_ns()
+        self._e0 = (asked + self._tried) // 2 if asked else self._tried
         self._speed = float(state.get("speed", 1.0))  # type: ignore[arg-type]  # 0: it moves only when moved
         self._phase = Phase(str(state["phase"]))
         self.timed = state.get("clock") != ClockMode.OPEN.value
@@ -159,7 +164,13 @@ class RemoteTwinClock:
         if at - self._tried > self.stale_ns:
             self._read_now(at)
             at = elapsed_ns()
-        return self._v0 + dt.timedelta(seconds=(at - self._e0) / 1e9 * self._speed)
+        t = self._v0 + dt.timedelta(seconds=(at - self._e0) / 1e9 * self._speed)
+        if self._last - _BACK_KEPT < t < self._last:
+            # a reading's uncertainty (its answer waited in the socket): a clock seen at 15:20:01 must not say
+            # 15:20:00 next (a phase boundary crossed back); a twin set back for real (restarted earlier) is followed
+            return self._last
+        self._last = t
+        return t
 
     def phase(self) -> Phase:
         # an `open` twin's time of day means nothing: its phase is what it says

@@ -332,14 +332,28 @@ class ProtectionDesk:
         wait = self._hold(p, closed)
         # (the account's: see exit_qty) the agent's own sells are cancelled for it (_fire_now): their shares are its
         # to sell, not "sold outside ktrader" (an alert told a person to sell 2 by hand that its exit sold)
-        freed = sum(o.remaining for o in self._own_sells(p.agent, p.code) if o.state is not OrderState.UNKNOWN)
+        # to sell, not "sold outside ktrader" (an alert told a person to sell 2 by hand that its exit sold); a sell
+        # whose sending is in doubt (UNKNOWN) cannot be cancelled: its shares wait for its outcome, they are not gone
+        own = self._own_sells(p.agent, p.code)
+        freed = sum(o.remaining for o in own if o.state is not OrderState.UNKNOWN)
+        doubt = sum(o.remaining for o in own if o.state is OrderState.UNKNOWN)
         selling = self.book.portfolio.exit_qty(p.agent, p.code, min(qty, held), freed=freed)
+        gone = ""
         if not wait and selling < min(qty, held):
             short = min(qty, held) - selling
-            wait = "" if selling else f"the account holds none of its {short} {p.code} (sold outside ktrader)"
-            gone = f"; {short} of its shares are not in the account (sold outside ktrader: sell or buy back by hand)"
-        else:
-            gone = ""
+            waiting, outside = min(short, doubt), max(short - doubt, 0)
+            if waiting:
+                gone = f"; {waiting} more once its sells in doubt are settled (they may have sold them)"
+            if outside:
+                gone += (
+                    f"; {outside} of its shares are not in the account (sold outside ktrader: sell or buy back by hand)"
+                )
+            if not selling:
+                wait = (
+                    f"the account holds none of its {outside} {p.code} (sold outside ktrader)"
+                    if outside
+                    else f"its {waiting} {p.code} are in its sells in doubt: sold by them, or by this stop once settled"
+                )
         what = (
             f"the exit WAITS: {wait}"
             if wait
@@ -391,16 +405,19 @@ class ProtectionDesk:
                 if cur is None or cur.state is not PS.TRIGGERED:
                     return  # the cancels' news settled it meanwhile
                 p = cur
-                # a held sell ends at once (its shares are free now); a live one's cancel is on its way, and one
-                # whose sending is in doubt (UNKNOWN) cannot be cancelled until its outcome is known: the free shares
-                # go now, the rest once they are free (the next exit: a stop waited all session for a sell of 2 in
-                # doubt with 8 shares free, a hunt)
+                # a held sell ends at once (its shares are free now); a live one's cancel is on its way: one exit of
+                # them all once it is through. One whose sending is in doubt (UNKNOWN) cannot be cancelled until its
+                # outcome is known: then the free shares go now, the rest in the next exit (a stop waited all session
+                # for a sell of 2 in doubt with 8 shares free, a hunt)
                 sellable = book.portfolio.exposure(agent, code).sellable_qty
-                cancelling = sum(1 for o in mine if book.orders[o.client_order_id].is_open)
-                if sellable <= 0:
+                still = [o for o in mine if book.orders[o.client_order_id].is_open]
+                cancelling = sum(1 for o in still if book.orders[o.client_order_id].state is not OrderState.UNKNOWN)
+                if cancelling and sellable < want:
+                    wait = f"waiting for {cancelling} sells of this agent holding the shares to be cancelled"
+                elif sellable <= 0:
                     wait = (
-                        f"waiting for {cancelling} sells of this agent holding the shares to be cancelled"
-                        if cancelling
+                        f"waiting for the outcome of {len(still)} sells of this agent in doubt holding the shares"
+                        if still
                         else "the shares are held by the gateway's own sells"
                     )
                 else:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 DRAIN_WAIT_S = 2.0  # at most this long for the websocket writers to take what a move produced
 FOLLOWER_HEADER = "X-Ktrader-Clock-Follower"  # a gateway following the clock says so on its GET /admin/state
 FOLLOWER_TTL_S = 3.0  # a follower not heard from for this long is gone (a stopped gateway, its standby's promotion)
-FOLLOW_WAIT_S = 1.5  # at most this long for the followers to read a new day (3 of their half-second reads)
+FOLLOW_WAIT_S = 2.5  # at most this long for the followers to read a new day (two of their half-second reads)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,19 +58,26 @@ def parse_to(raw: str, today: dt.date) -> dt.datetime:
 
 
 class ClockFollowers:
-    """The gateways following the twin's clock (server/brokers.py RemoteTwinClock): when each last read it, and
-    the time it was told."""
+    """The gateways following the twin's clock (server/brokers.py RemoteTwinClock): when each last read it, the
+    time it was told then, and the time it has taken in. A follower asks one reading at a time and takes in each
+    answer before it asks again: the answer to its last question may still wait in its socket behind the day's
+    first prints (a busy loop reads both in one turn), the one before it is its clock's."""
 
     def __init__(self) -> None:
-        self._told: dict[str, tuple[float, dt.datetime]] = {}
+        self._told: dict[str, tuple[float, dt.datetime, dt.datetime | None]] = {}
 
     def read(self, follower: str, told: dt.datetime) -> None:
-        self._told[follower] = (time.monotonic(), told)
+        prev = self._told.get(follower)
+        self._told[follower] = (time.monotonic(), told, prev[1] if prev is not None else None)
 
     def behind(self, day: dt.date) -> list[str]:
-        """Followers heard from lately whose last reading is of a day before `day`."""
+        """Followers heard from lately whose clock is of a day before `day`."""
         now = time.monotonic()
-        return [f for f, (at, told) in self._told.items() if now - at < FOLLOWER_TTL_S and told.date() < day]
+        return [
+            f
+            for f, (at, _, taken) in self._told.items()
+            if now - at < FOLLOWER_TTL_S and (taken is None or taken.date() < day)
+        ]
 
     async def know(self, day: dt.date) -> None:
         """Until every live follower has read `day` (bounded: a frozen gateway reads the clock again on waking)."""
@@ -130,7 +137,7 @@ class HistoryAdmin:
 
     async def _advance(self, ex: HistoryExchange, when: dt.datetime) -> None:
         """`ex.advance(when)` a day at a time: each new day's pre-open is read by the followers before its prints."""
-        when = when if when.tzinfo is not None else when.replace(tzinfo=KST)  # (naive: KST, as parse_to says)
+        when = when.astimezone(KST) if when.tzinfo is not None else when.replace(tzinfo=KST)  # (naive: KST)
         while when.date() > ex.day:
             ex.advance(min(when, pre_open(next_trading_day(ex.day))))
             await self._new_day(ex)

@@ -18,7 +18,7 @@ from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE
 from common.krx import Phase
 from common.orders import OrderState
-from common.protection import Leg, ProtectionSpec, ProtectionState as PS, WhenClosed, check, check_print
+from common.protection import ExitType, Leg, ProtectionSpec, ProtectionState as PS, WhenClosed, check, check_print
 from common.schema import HeaderFactory, NewOrder, Protect, ProtectionUpdate
 from kis.port import BrokerAck, BrokerOrder, BrokerRejected, BrokerUnknownOutcome
 from server.registry import AgentRecord
@@ -510,7 +510,29 @@ async def test_a_stop_sells_the_free_shares_at_once_while_an_own_sell_is_in_doub
     h.print("005930", 64_000)
     await h.settle(lambda: [(x.qty, x.filled_qty) for x in exits(h)] == [(8, 8)])
     (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
-    assert "selling 8" in said, said
+    # the 2 in doubt are not "sold outside ktrader" (a person selling them by hand could leave the account short)
+    assert "selling 8" in said and "2 more once its sells in doubt are settled" in said, said
+    assert "outside ktrader" not in said, said
     assert h.portfolio.position("alpha", "005930").qty == 2  # the 2 in doubt: sold by that sell, or by the stop later
     assert h.book.orders["alpha-20261120-2"].state is OrderState.UNKNOWN  # never resent, never cancelled blind
+    await h.close()
+
+
+async def test_a_limit_exit_waits_for_the_agents_own_sell_to_be_cancelled_and_sells_all_in_one(tmp_path: Path) -> None:
+    """(a review) The own sell's cancel is on its way: the stop waits for it and sells the 10 in one exit. Firing the
+    8 free shares at once left the 2 freed by the cancel unsold behind a resting limit exit (gapped through)."""
+    h = Harness(tmp_path / "db")
+    sell = await _holding_10_with_own_sell_of_2(h)
+    assert h.desk.submit(CARD, sell).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
+    spec = ProtectionSpec(stop=65_000, exit=ExitType.LIMIT)
+    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=spec))[0] is None
+    h.broker.ref_price = 60_000  # gapped through: the limit exit rests
+    h.print("005930", 64_000)
+    await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED and exits(h))
+    for _ in range(3):
+        h.protection.tick()
+    assert [x.qty for x in exits(h)] == [10]
+    (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
+    assert "selling 10" in said, said
     await h.close()

@@ -103,3 +103,21 @@ def test_a_twin_that_does_not_answer_is_not_asked_on_every_look_and_the_clock_ru
     later = clock.now()
     assert later > before  # extrapolated at the twin's speed meanwhile
     assert clock.stale_reads == tried  # not again on every look: a try may hold the loop 0.5 s (then 10 s apart)
+
+
+def test_a_wall_clock_twin_read_late_does_not_step_back_but_a_twin_set_back_is_followed(
+    admin: tuple[AdminState, str],
+) -> None:
+    # (a review) an answer that waited in the socket behind a busy loop read 0.8 s behind what the clock had said:
+    # 15:20:01.2 then 15:20:00.4, a phase boundary crossed back
+    st, url = admin
+    st.state = {"now": FRIDAY.isoformat(), "speed": 1.0, "phase": "continuous", "clock": "kst"}
+    clock = RemoteTwinClock(url, period_s=0.05, stale_s=1.0)
+    asyncio.run(clock.refresh())
+    seen = clock.now()
+    late = {**st.state, "now": (seen - dt.timedelta(seconds=0.8)).isoformat()}
+    clock._apply(late, elapsed_ns())
+    assert clock.now() >= seen
+    earlier = {**st.state, "now": (seen - dt.timedelta(days=1)).isoformat()}  # a twin restarted a day earlier
+    clock._apply(earlier, elapsed_ns())
+    assert clock.now().date() == (seen - dt.timedelta(days=1)).date()
