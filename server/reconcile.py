@@ -53,6 +53,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common.calendar import close_ns
 from common.clock import KST, ClockSteps, kst_from_ns
 from common.enums import Side, TimeInForce
 from common.errors import ErrorCode
@@ -105,6 +106,21 @@ class ReconcileResult:
 
     def add(self, coid: str, ev: OrderEvent) -> None:
         self.events.setdefault(coid, []).append(ev)
+
+
+_IMMEDIATE = frozenset({TimeInForce.IOC, TimeInForce.FOK})  # what is not filled at once ends at once
+
+
+def _may_have_expired(o: Order, pending: list[OrderEvent], now_ns: int, day: dt.date) -> bool:
+    """Whether a chain with nothing open, neither cancelled nor refused, can have been expired by the exchange: not
+    while a revise of ours is out (it moves the remainder to its own line, maybe not listed yet), and a DAY order
+    not before its day's close (an IOC/FOK's rest ends at once)."""
+    if o.state is OrderState.PENDING_REPLACE and not any(isinstance(e, Replaced) for e in pending):
+        return False
+    if o.tif in _IMMEDIATE:
+        return True
+    close = close_ns(day)
+    return close is None or now_ns >= close
 
 
 def reconcile(
@@ -384,6 +400,13 @@ def reconcile(
                 by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]
             ):
                 res.add(coid, Cancelled(ts_ns=now_ns))
+            elif not _may_have_expired(o, pending, now_ns, day):
+                # Nothing open and neither cancelled nor refused, in the session: the exchange expires a DAY order
+                # only at the close, so its remainder was moved -- by a revise whose line the list does not show
+                # yet (API.md §15: the list lags). Expired here, a revise whose REST answer was lost stayed live at
+                # KIS, unreserved, and filled for an agent told its order had expired (a hunt). Our own revise is
+                # the chain repair's (taken up once listed, or refused after its grace); the close settles the rest
+                pass
             else:
                 res.add(coid, Expire(ts_ns=now_ns))
         elif (
