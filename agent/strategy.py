@@ -111,9 +111,10 @@ class Context(Protocol):
         ...
 
     def modify(self, client_order_id: str, price: int) -> None:
-        """Revise the price of an open limit (or conditional) DAY / NEXT_SESSION order; its quantity stays
-        (to change it, cancel and send a new order: a KIS revise of part of the remainder splits the
-        order, so the gateway revises prices only).
+        """Revise the price of an open limit (or conditional) DAY order, or of a NEXT_SESSION one once it is
+        released into its session; its quantity stays (to change it, cancel and send a new order: a KIS revise of
+        part of the remainder splits the order, so the gateway revises prices only). A NEXT_SESSION order still
+        held for its session is refused (ORDER_NOT_OPEN): cancel it and place it again.
 
         Nothing comes back when the revise is taken (the order's events follow: PENDING_REPLACE, then
         its new price). A revise the gateway refuses (the risk gate: tick grid, price band, the revise
