@@ -514,7 +514,11 @@ def apply(order: Order, event: OrderEvent) -> Order:
     elif isinstance(event, RequestReplace):
         if event.qty < filled or event.qty <= 0 or event.price < 0:
             raise IllegalTransition(f"{order.client_order_id}: replace to qty {event.qty} with {filled} filled")
-        changes.update(pending_price=event.price, pending_qty=event.qty)
+        # (an earlier revise's or cancel's refusal no longer says why the order is as it is: a strategy was shown a
+        # cancelled order with "NOT_AT_BROKER: the revise is not in the broker's order list")
+        changes.update(pending_price=event.price, pending_qty=event.qty, reason_code="", reason="")
+    elif isinstance(event, RequestCancel):
+        changes.update(reason_code="", reason="")  # (as a revise's request: the earlier refusal is the past)
     elif isinstance(event, Cancelled):
         if order.state is S.PENDING_CANCEL and 0 < event.qty and filled + event.qty < qty:
             # confirmed for fewer than our remainder: the rest filled, its notices on their way. A repeat

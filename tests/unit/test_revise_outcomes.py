@@ -1,4 +1,6 @@
-"""A chain whose lines have nothing open, neither cancelled nor refused, is not taken for expired while its remainder
+"""What a revise leaves behind when its outcome comes late: the order is not expired, nor shown with a stale reason.
+
+A chain whose lines have nothing open, neither cancelled nor refused, is not taken for expired while its remainder
 may have moved to a revise line the order list does not show yet (API.md §15: the list lags the notices).
 
 A revise whose REST answer was lost (in doubt) was expired ~50 ms later by the chain repair's pass: the original
@@ -15,7 +17,18 @@ import msgspec
 from common.calendar import close_ns
 from common.clock import KST
 from common.enums import Side, TimeInForce
-from common.orders import AMEND_UNKNOWN, Expire, Order, OrderState, Replaced, RequestReplace, apply
+from common.orders import (
+    AMEND_UNKNOWN,
+    Cancelled,
+    Expire,
+    Order,
+    OrderState,
+    Replaced,
+    ReplaceRefused,
+    RequestCancel,
+    RequestReplace,
+    apply,
+)
 from kis.port import BrokerOrderReport
 from server.reconcile import reconcile
 
@@ -89,3 +102,17 @@ def test_a_day_order_with_nothing_open_in_the_session_waits_for_the_close_an_ioc
     assert isinstance(ev, Expire)  # the close: the exchange expired what was left
     (ev,) = reconcile([resting(TimeInForce.IOC)], moved, now_ns=AT_11, day=DAY).events["rev-20261207-1"]
     assert isinstance(ev, Expire)
+
+
+def test_a_refused_revise_s_reason_is_not_shown_on_the_order_after_a_new_request() -> None:
+    # (revise hunt) a strategy was shown its cancelled order with "NOT_AT_BROKER: the revise is not in the broker's
+    # order list", and a pending cancel with a refused revise's APBK0635
+    o = apply(resting(), RequestReplace(ts_ns=AT_11, price=70_600, qty=10))
+    o = apply(o, ReplaceRefused(ts_ns=AT_11, code="NOT_AT_BROKER", reason="the revise is not in the broker's list"))
+    assert o.state is OrderState.ACCEPTED and o.reason_code == "NOT_AT_BROKER"  # told with the refusal
+    cancelling = apply(o, RequestCancel(ts_ns=AT_11))
+    assert (cancelling.reason_code, cancelling.reason) == ("", "")
+    done = apply(cancelling, Cancelled(ts_ns=AT_11))
+    assert done.state is OrderState.CANCELLED and (done.reason_code, done.reason) == ("", "")
+    again = apply(o, RequestReplace(ts_ns=AT_11, price=70_500, qty=10))
+    assert (again.reason_code, again.reason) == ("", "")
