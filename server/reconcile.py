@@ -108,16 +108,22 @@ class ReconcileResult:
         self.events.setdefault(coid, []).append(ev)
 
 
-_IMMEDIATE = frozenset({TimeInForce.IOC, TimeInForce.FOK})  # what is not filled at once ends at once
+# the KIS order divisions that rest in the regular session until its close (limit, conditional, best, priority):
+# KRX ends them early only by a cancel or a refusal, which the list shows; the others (market, IOC/FOK, the
+# after-hours sessions' 05-07: the pre-market one ends at 08:40) may end any time without either
+_RESTING_DIVISIONS = frozenset({"00", "02", "03", "04"})
 
 
-def _may_have_expired(o: Order, pending: list[OrderEvent], now_ns: int, day: dt.date) -> bool:
+def _may_have_expired(
+    o: Order, pending: list[OrderEvent], now_ns: int, day: dt.date, latest: BrokerOrderReport
+) -> bool:
     """Whether a chain with nothing open, neither cancelled nor refused, can have been expired by the exchange: not
-    while a revise of ours is out (it moves the remainder to its own line, maybe not listed yet), and a DAY order
-    not before its day's close (an IOC/FOK's rest ends at once)."""
+    while a revise of ours is out (it moves the remainder to its own line, maybe not listed yet), and a resting
+    regular-session order not before its day's close (judged by its latest line's division: a revise from the KIS
+    app may have changed it)."""
     if o.state is OrderState.PENDING_REPLACE and not any(isinstance(e, Replaced) for e in pending):
         return False
-    if o.tif in _IMMEDIATE:
+    if (latest.order_division or _division(o)) not in _RESTING_DIVISIONS:
         return True
     close = close_ns(day)
     return close is None or now_ns >= close
@@ -343,7 +349,11 @@ def reconcile(
             if age(o.updated_ns) <= fill_grace_ns:
                 continue
             missing = [x for x in chain[coid] if x not in by_odno]  # (a foreign line is told above)
-            if missing and (filled < o.filled_qty or (o.state in OPEN and all(r.remaining_qty == 0 for r in lines))):
+            judged = o.state in OPEN and all(r.remaining_qty == 0 for r in lines)
+            if judged and not (lines[-1].cancelled_qty or lines[-1].rejected_qty):
+                # (kept open for the close or for its revise's line: nothing is judged, nothing to say at each pass)
+                judged = _may_have_expired(o, res.events.get(coid, []), now_ns, day, lines[-1])
+            if missing and (filled < o.filled_qty or judged):
                 res.alerts.append(
                     f"{coid}: its line(s) {missing} are not in KIS's order list of the day (a list cut short, or "
                     "a number KIS never gave): judged on the lines it shows; check it in the KIS app"
@@ -400,7 +410,7 @@ def reconcile(
                 by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]
             ):
                 res.add(coid, Cancelled(ts_ns=now_ns))
-            elif not _may_have_expired(o, pending, now_ns, day):
+            elif not _may_have_expired(o, pending, now_ns, day, latest):
                 # Nothing open and neither cancelled nor refused, in the session: the exchange expires a DAY order
                 # only at the close, so its remainder was moved -- by a revise whose line the list does not show
                 # yet (API.md §15: the list lags). Expired here, a revise whose REST answer was lost stayed live at

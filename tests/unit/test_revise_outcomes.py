@@ -37,7 +37,9 @@ AT_11 = int(dt.datetime.combine(DAY, dt.time(11), KST).timestamp()) * 1_000_000_
 AFTER_CLOSE = (close_ns(DAY) or 0) + 60_000_000_000
 
 
-def line(odno: str, *, qty: int = 10, remaining: int = 0, orig: str = "", price: int = 70_800) -> BrokerOrderReport:
+def line(
+    odno: str, *, qty: int = 10, remaining: int = 0, orig: str = "", price: int = 70_800, division: str = ""
+) -> BrokerOrderReport:
     return BrokerOrderReport(
         broker_order_id=odno,
         orig_broker_order_id=orig,
@@ -53,6 +55,7 @@ def line(odno: str, *, qty: int = 10, remaining: int = 0, orig: str = "", price:
         cancelled_qty=0,
         rejected_qty=0,
         is_modify=bool(orig),
+        order_division=division,
     )
 
 
@@ -102,6 +105,23 @@ def test_a_day_order_with_nothing_open_in_the_session_waits_for_the_close_an_ioc
     assert isinstance(ev, Expire)  # the close: the exchange expired what was left
     (ev,) = reconcile([resting(TimeInForce.IOC)], moved, now_ns=AT_11, day=DAY).events["rev-20261207-1"]
     assert isinstance(ev, Expire)
+    # (a review) what the exchange ends before the close without a cancel: the pre-market after-hours session's
+    # orders (05: it ends at 08:40), a KIS-app revise to IOC -- judged by the latest line's division
+    for division in ("05", "11"):
+        (ev,) = reconcile([resting()], [line("0000000001", division=division)], now_ns=AT_11, day=DAY).events[
+            "rev-20261207-1"
+        ]
+        assert isinstance(ev, Expire), division
+
+
+def test_a_chain_kept_open_for_its_unlisted_line_is_not_alerted_at_every_pass() -> None:
+    # (a review) "its line(s) [...] are not in KIS's order list: judged on the lines it shows" said at each pass of a
+    # chain nothing was judged of
+    asked = apply(resting(), RequestReplace(ts_ns=AT_11 - 600_000_000_000, price=70_600, qty=10))
+    o = apply(asked, Replaced(ts_ns=AT_11 - 600_000_000_000, broker_order_id="0000000002", price=70_600, qty=10))
+    for at in (AT_11, AT_11 + 300_000_000_000):
+        res = reconcile([o], [line("0000000001")], now_ns=at, day=DAY)
+        assert not res.events and not res.alerts, (res.events, res.alerts)
 
 
 def test_a_refused_revise_s_reason_is_not_shown_on_the_order_after_a_new_request() -> None:
