@@ -71,6 +71,8 @@ log = logging.getLogger("ktrader.protection")
 MAX_ACTIVE = 100  # active protections per agent
 HOLDER = "protection"  # who holds the trade registrations of protected codes (server/subscriptions.py)
 _RETRY_NS = 1_000_000_000
+# an exit refused by the gateway itself before it was sent: not an attempt the market refused
+_OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})
 _DENIED_RETRY_NS = 5_000_000_000
 _SAVE_HIGHS_NS = 1_000_000_000
 
@@ -597,9 +599,10 @@ class ProtectionDesk:
                 # simply placed again
                 unsold = last.qty - last.filled_qty
                 expired = last.state is OrderState.EXPIRED and unsold > 0
-                failed = (last.state is OrderState.REJECTED and unsold > 0) or (
-                    expired and last.order_type is not OrderType.MARKET
-                )
+                # (refused here before it was sent -- trading halted meanwhile, the session over -- is not the
+                # market's answer to the exit: placed again without counting, as one someone cancelled)
+                refused = last.state is OrderState.REJECTED and last.reason_code not in _OURS_NOT_SENT
+                failed = (refused and unsold > 0) or (expired and last.order_type is not OrderType.MARKET)
                 attempts = p.attempts + failed
                 if expired and not failed:
                     self._tell_expired(p, last, unsold)

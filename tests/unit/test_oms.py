@@ -14,12 +14,14 @@ import pytest
 from common.config import AgentCard, RiskLimits
 from common.enums import Side
 from common.errors import ErrorCode
+from common.ids import GATEWAY_ORDER_BASE
 from common.orders import MarkUnknown, OrderState
 from common.schema import FillUpdate, HeaderFactory, NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, BrokerOrder, BrokerPort, NoticeKind
 from common.ids import EXTERNAL_AGENT as EXTERNAL
 from server import daily_report
 from server.registry import AgentRecord
+from server.send_queue import Priority
 from server.sessions import AgentSessions
 from server.trading_day import BasePrices
 from tests.fakes.broker import FakeBroker
@@ -415,6 +417,29 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     assert (
         told[-1].state is OrderState.REJECTED and told[-1].reason_code == ErrorCode.BROKER_BUSY.value
     )  # the agent is told
+    await h.close()
+
+
+async def test_the_gateways_exit_queued_too_long_is_still_sent(db: Path) -> None:
+    """A stop's or a flatten's sell must go however late: on a paper account (2 requests/s) a burst of stops had 51
+    exits refused BROKER_BUSY by this queue and 7 protections FAILED with their shares unsold (a hunt)."""
+    h = Harness(db, SlowBroker())
+    h.core.live_queue.max_send_wait_ns = 50_000_000
+    await h.start()
+    h.broker.release.set()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # bought at the market's 70,000
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    h.broker.release.clear()
+    slots = h.core.live_queue.workers
+    for n in range(2, slots + 2):  # every slot holds a call that hangs
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    exit_id = coid(GATEWAY_ORDER_BASE)
+    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
+    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
+    await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
+    h.broker.release.set()
+    await h.settle(lambda: h.book.orders[exit_id].state is OrderState.FILLED)
+    assert h.portfolio.positions["alpha"]["005930"].qty == 0
     await h.close()
 
 
