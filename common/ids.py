@@ -60,4 +60,5 @@ def parse_client_order_id(value: str) -> tuple[str, dt.date, int]:
 def placed_by_gateway(client_order_id: str) -> bool:
     """An order the gateway placed on an agent's behalf (a protective exit, a flatten sell): numbered
     from GATEWAY_ORDER_BASE up, apart from the agent's own."""
-    return int(client_order_id.rsplit("-", 1)[1]) >= GATEWAY_ORDER_BASE
+    _, _, n = client_order_id.rpartition("-")
+    return n.isdigit() and int(n) >= GATEWAY_ORDER_BASE  # (an id not of ours -- a test's, a tool's -- is no exit)

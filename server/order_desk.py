@@ -996,6 +996,6 @@ class OrderDesk:
             return 0
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
         gateways = placed_by_gateway(coid)  # a protective exit held overnight
-        prio = Priority.PROTECT if gateways else Priority.NEW
+        prio = Priority.PROTECT if gateways else Priority.RELEASED
         self.queue_for(o.agent).put(Job(Call.SUBMIT, coid, priority=prio, decided_now=False))
         return 1
