@@ -261,6 +261,7 @@ class Portfolio:
         # (up, down): how far the equity may be over / under its value by the last read's cash base (an
         # unexplained jump of it): the sweep raises peaks on the low end and judges drawdowns on the high one
         self.cash_doubt: tuple[int, int] = (0, 0)
+        self.cash_flows = 0  # money moved in (+) or out (-) seen by the account reads, not yet taken (take_cash_flows)
         self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
         self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
         # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
@@ -806,6 +807,17 @@ class Portfolio:
             jump = cash - uncounted - before
             up, down = self.cash_doubt
             self.cash_doubt = (max(0, jump - down), max(0, -jump - up))
+            # the last read's jump, as far as this one did not take it back, stood over two reads: money moved in
+            # or out of the account (a deposit, a withdrawal, a dividend), not a fill counted twice or not at all
+            held = up - down
+            if held:
+                taken_back = min(abs(held), max(0, -jump if held > 0 else jump))  # an opposite jump, at most it
+                self.cash_flows += held - taken_back if held > 0 else held + taken_back
+
+    def take_cash_flows(self) -> int:
+        """The money moved in (+) or out (-) since the last call (see set_account_cash), taken."""
+        flows, self.cash_flows = self.cash_flows, 0
+        return flows
 
     def _uncounted(self, bought: int, sold: int) -> int | None:
         """The spending of the books' fills today the broker's totals do not have (negative: the broker has

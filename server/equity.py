@@ -93,6 +93,15 @@ class Peaks:
     def peak(self, key: str, which: DrawdownPeak) -> int:
         return (self.all_time if which is DrawdownPeak.ALL_TIME else self.day_peaks).get(key, 0)
 
+    def shift(self, key: str, delta: int) -> None:
+        """Money moved in or out of what `key` measures (a deposit, a withdrawal): its peaks move with it, so that a
+        drawdown is the trading's, not the withdrawal's (a 30 M KRW withdrawal read as a 30 % drawdown and halted the
+        gateway: a hunt)."""
+        for peaks in (self.day_peaks, self.all_time):
+            if key in peaks:
+                peaks[key] = max(1, peaks[key] + delta)
+        self.save(force=True)
+
     def reset(self, key: str, equity: int) -> None:
         """The peaks of `key` start again at `equity` (the operator's word: a drawdown is accepted)."""
         self.day_peaks[key] = self.all_time[key] = equity
@@ -112,10 +121,17 @@ class Peaks:
 class AccountReader:
     """Reads the broker's account every `every_s` (and once at start) for the portfolio's cash."""
 
-    def __init__(self, portfolio: Portfolio, read: Callable[[], Awaitable[BrokerAccount]], every_s: float) -> None:
+    def __init__(
+        self,
+        portfolio: Portfolio,
+        read: Callable[[], Awaitable[BrokerAccount]],
+        every_s: float,
+        on_cash_flow: Callable[[int], None] | None = None,
+    ) -> None:
         self.portfolio = portfolio
         self.read = read
         self.every_s = every_s
+        self.on_cash_flow = on_cash_flow  # money moved in or out of the account, seen over two reads
         self.reads = 0
         self.failures = 0
         self.last: BrokerAccount | None = None
@@ -139,6 +155,8 @@ class AccountReader:
         self.last = acct
         self.portfolio.set_account_cash(acct.settlement_cash, mark, acct.today_bought, acct.today_sold)
         self.reads += 1
+        if (flow := self.portfolio.take_cash_flows()) and self.on_cash_flow is not None:
+            self.on_cash_flow(flow)
         return True
 
     async def run(self) -> None:

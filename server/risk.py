@@ -655,6 +655,21 @@ class RiskGate:
                     f"{self.kill_window_ns / 1e9:.0f}s: {agent} halted (cancels only); the gateway trades on",
                 )
 
+    def cash_moved(self, flow: int) -> None:
+        """Money moved in (+) or out (-) of the account, seen over two account reads (Portfolio.set_account_cash):
+        the account's equity peaks move with it, so that its drawdown limits measure the trading, not a withdrawal
+        (30 M KRW taken out read as a 30 % drawdown and halted the gateway, a hunt) nor a deposit (raised the peak
+        a later withdrawal of it fell from). Agents' equity (budget and P&L) is not the account's cash. Below 0.1 % of
+        the account's peak (and 50,000 KRW) nothing is moved or said: fees' rounding between the books and the broker
+        moves the cash by a won or two at a read, and would be told at every one."""
+        if abs(flow) < max(50_000, self.peaks.all_time.get(ACCOUNT, 0) // 1000):
+            return
+        self.peaks.shift(ACCOUNT, flow)
+        self.alert(
+            f"money moved {'into' if flow > 0 else 'out of'} the account: {flow:+,} KRW not from a trade (a deposit, a "
+            "withdrawal, a dividend): the account's equity peaks moved with it, its drawdown limits measure trading"
+        )
+
     def _drawdowns(self, cards: list[AgentCard]) -> None:
         """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the
         agent (the gateway) in REDUCING, past the second in HALTED."""

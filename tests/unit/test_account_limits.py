@@ -241,3 +241,35 @@ async def test_explain_lists_every_limit_with_its_numbers(tmp_path: Path) -> Non
     assert "DENIED DENIED_NOTIONAL" in text and "1.20 %" in text and "50.00 %" in text
     assert not h.book.orders  # a what-if places nothing
     await h.close()
+
+
+async def test_money_moved_out_of_the_account_is_not_a_drawdown(tmp_path: Path) -> None:
+    """(a hunt) 30,000,000 KRW withdrawn read as a 29.98 % drawdown: two account reads later the gateway HALTED
+    (cancels only) until an operator reset its peaks. Money that moved in or out without a trade, seen over two
+    reads, moves the account's peaks with it; a jump the next read takes back (a fill counted twice) does not."""
+    h = Harness(
+        tmp_path / "db", cfg=gateway(max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
+    )
+    await h.start()
+    a = card()
+    h.risk.sweep([a])
+    assert h.risk.peaks.all_time["*"] == 100_000_000
+    # a jump that the next read takes back: no money moved
+    h.broker.cash -= 30_000_000
+    await h.account.read_once()
+    h.risk.sweep([a])
+    h.broker.cash += 30_000_000
+    await h.account.read_once()
+    h.risk.sweep([a])
+    assert h.risk.global_state is TradingState.ACTIVE and h.risk.peaks.all_time["*"] == 100_000_000
+    assert not [t for _, t, _ in h.alerts if "money moved" in t]
+    # a withdrawal: it stays
+    h.broker.cash -= 30_000_000
+    for _ in range(3):
+        await h.account.read_once()
+        h.risk.sweep([a])
+    assert h.risk.global_state is TradingState.ACTIVE
+    assert h.risk.peaks.all_time["*"] == h.risk.peaks.day_peaks["*"] == 70_000_000
+    (told,) = [t for _, t, _ in h.alerts if "money moved" in t]
+    assert "out of the account: -30,000,000 KRW" in told
+    await h.close()
