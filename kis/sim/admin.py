@@ -69,6 +69,7 @@ def account_view(acct: Account, last: dict[str, int]) -> dict[str, Any]:
         "orderable_cash": acct.orderable_cash,
         "fees_total": acct.fees_total,
         "initial_cash": acct.initial_cash,
+        "moved": acct.moved,
         "holdings": {
             c: {"qty": h.qty, "cost": h.cost, "sellable": h.sellable, "last": last.get(c, 0)}
             for c, h in acct.holdings.items()
@@ -93,6 +94,7 @@ class AdminApi:
         r.add_post("/admin/accounts", self.add_account)
         r.add_get("/admin/accounts/{account}", self.account)
         r.add_get("/admin/accounts/{account}/orders", self.orders)
+        r.add_post("/admin/accounts/{account}/money", self.money)
         r.add_post("/admin/orders", self.external_order)
         # history mode (kis/sim/history_admin.py) has its own clock moves; the others use these
         HistoryAdmin(self.server, self.followers).add_routes(
@@ -219,6 +221,24 @@ class AdminApi:
         )
 
     # ------------------------------------------------------------------ actions
+    async def money(self, request: web.Request) -> web.Response:
+        """{"amount": KRW}: money into (+: a deposit, a dividend) or out of (-: a withdrawal) the account, no trade: the
+        deposit (예수금) and the D+2 cash move at once. A withdrawal takes no more than the orderable cash (what open
+        buys hold stays). The account's `moved` counts it (an audit of trades leaves it out)."""
+        acct = self.twin.exchange.accounts.get(request.match_info["account"])
+        if acct is None:
+            return _err("no such account", 404)
+        b = await self._body(request)
+        amount = b.get("amount")
+        if not isinstance(amount, int) or isinstance(amount, bool) or not amount:
+            return _err('body must be {"amount": KRW} (a non-zero integer: + in, - out)', 400)
+        if -amount > acct.orderable_cash:
+            return _err(f"a withdrawal of {-amount:,} KRW exceeds the orderable cash {acct.orderable_cash:,}", 400)
+        acct.cash += amount
+        acct.dnca += amount
+        acct.moved += amount
+        return _json(account_view(acct, self._last()))
+
     async def add_account(self, request: web.Request) -> web.Response:
         self.twin.load_accounts({"accounts": [await self._body(request)]})
         return _json({"ok": True})

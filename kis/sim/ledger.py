@@ -43,6 +43,7 @@ class Account:
     fees_total: int = 0  # commission + tax since creation (for conservation checks)
     external_flow: int = 0  # net cash that left to the market (buys − sells) since creation
     initial_cash: int = 0
+    moved: int = 0  # money moved in (+) or out (-) without a trade since creation (admin: deposits, withdrawals)
 
     def __post_init__(self) -> None:
         if not self.dnca:
