@@ -93,13 +93,16 @@ class Peaks:
     def peak(self, key: str, which: DrawdownPeak) -> int:
         return (self.all_time if which is DrawdownPeak.ALL_TIME else self.day_peaks).get(key, 0)
 
-    def shift(self, key: str, delta: int) -> None:
-        """Money moved in or out of what `key` measures (a deposit, a withdrawal): its peaks move with it, so that a
-        drawdown is the trading's, not the withdrawal's (a 30 M KRW withdrawal read as a 30 % drawdown and halted the
-        gateway: a hunt)."""
+    def scale(self, key: str, after: int, before: int) -> None:
+        """Money moved in or out of what `key` measures (a deposit, a withdrawal) took its equity from `before` to
+        `after`: its peaks scale with it, so that a drawdown is the trading's, not the withdrawal's (30 M KRW taken
+        out read as a 30 % drawdown and halted the gateway: a hunt), and one already there keeps its size (moved by
+        the amount, a 10 % drawdown read 14.3 % after 30 M of 100 M left: a review)."""
+        if after <= 0 or before <= 0:
+            return
         for peaks in (self.day_peaks, self.all_time):
             if key in peaks:
-                peaks[key] = max(1, peaks[key] + delta)
+                peaks[key] = max(1, peaks[key] * after // before)
         self.save(force=True)
 
     def reset(self, key: str, equity: int) -> None:

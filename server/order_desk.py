@@ -374,14 +374,28 @@ class OrderDesk:
                     released = o.tif in HELD_TIFS
                     # (a released one is checked again when a slot takes it: the first reconciliation may be late)
                     refusal = self._released_refusal(o) if released else ""
-                    fresh = not refusal if released else not wait_ns or age < wait_ns
+                    # (the gateway's exit must go however late, as the send queue sends it: server/send_queue.py)
+                    fresh = not refusal if released else is_gateway_exit(o) or not wait_ns or age < wait_ns
                     halted = self._halted(o)
                     cancelled = coid in self._cancel_on_accept
                     if fresh and not halted and not cancelled:
                         # sent once this gateway has reconciled (its start is not slowed by the backlog;
                         # the queue's own max_send_wait still applies from when it was first queued)
                         book.trace(coid, "requeued", after_restart=True, age_ms=age // 1_000_000)
-                        job = Job(Call.SUBMIT, coid, queued=time.monotonic() - age / 1e9, decided_now=not released)
+                        prio = (
+                            Priority.PROTECT
+                            if placed_by_gateway(coid)
+                            else Priority.RELEASED
+                            if released
+                            else Priority.NEW
+                        )  # (as when it was first queued: a crash in the 08:30 burst must not reorder it)
+                        job = Job(
+                            Call.SUBMIT,
+                            coid,
+                            queued=time.monotonic() - age / 1e9,
+                            priority=prio,
+                            decided_now=not released,
+                        )
                         self._requeued.append((queue, job))
                     else:
                         self._cancel_on_accept.discard(coid)

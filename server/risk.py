@@ -664,10 +664,11 @@ class RiskGate:
         moves the cash by a won or two at a read, and would be told at every one."""
         if abs(flow) < max(50_000, self.peaks.all_time.get(ACCOUNT, 0) // 1000):
             return
-        self.peaks.shift(ACCOUNT, flow)
+        if (equity := self.portfolio.equity()) is not None:
+            self.peaks.scale(ACCOUNT, equity, equity - flow)
         self.alert(
             f"money moved {'into' if flow > 0 else 'out of'} the account: {flow:+,} KRW not from a trade (a deposit, a "
-            "withdrawal, a dividend): the account's equity peaks moved with it, its drawdown limits measure trading"
+            "withdrawal, a dividend): the account's equity peaks moved in step, its drawdown limits measure trades"
         )
 
     def _drawdowns(self, cards: list[AgentCard]) -> None:

@@ -273,3 +273,13 @@ async def test_money_moved_out_of_the_account_is_not_a_drawdown(tmp_path: Path) 
     (told,) = [t for _, t, _ in h.alerts if "money moved" in t]
     assert "out of the account: -30,000,000 KRW" in told
     await h.close()
+
+
+async def test_money_moved_keeps_a_drawdown_its_size(tmp_path: Path) -> None:
+    # (a review) peaks moved by the amount: a 10 % drawdown (90 M of a 100 M peak) read 14.3 % once 30 M left
+    h = Harness(tmp_path / "db")
+    peaks = h.risk.peaks
+    peaks.day_peaks["*"] = peaks.all_time["*"] = 100_000_000
+    peaks.scale("*", 60_000_000, 90_000_000)  # 30 M out of 90 M
+    assert peaks.all_time["*"] == peaks.day_peaks["*"] == 66_666_666  # 60 M is 10 % below it still
+    await h.close()

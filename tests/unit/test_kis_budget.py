@@ -161,3 +161,25 @@ async def test_cancelled_waiter_is_skipped() -> None:
     t.cancel()
     await b.acquire()  # must not hang
     assert b.granted == 2
+
+
+@aio
+async def test_an_order_is_not_held_behind_a_backlog_of_aged_calls() -> None:
+    """(a review) Aged calls that won on their older place kept an order behind 30 quote calls (a start's base
+    prices): 14 s at 1.8/s, sent stale. An aged call and a new order take turns."""
+    ft = FakeTime()
+    b = RestBudget(1.8, clock=ft.clock, sleep=ft.sleep)
+    await b.acquire(Lane.QUOTATION)  # drain the single token so the rest must queue
+    served: dict[str, float] = {}
+
+    async def one(name: str, lane: Lane) -> None:
+        await b.acquire(lane)
+        served[name] = ft.now
+
+    quotes = [asyncio.ensure_future(one(f"q{i}", Lane.QUOTATION)) for i in range(30)]
+    start = ft.now
+    while ft.now < start + 4.1:  # the quotes have aged up to the new orders' lane
+        await ft.sleep(0.1)
+    t0 = ft.now
+    await asyncio.gather(one("order", Lane.ORDER), *quotes)
+    assert served["order"] - t0 < 2.0, served["order"] - t0  # its turn comes within a token or two

@@ -443,6 +443,34 @@ async def test_the_gateways_exit_queued_too_long_is_still_sent(db: Path) -> None
     await h.close()
 
 
+async def test_the_gateways_exit_queued_at_a_crash_is_sent_after_the_restart_however_late(db: Path) -> None:
+    """(a review) A restart 30 s after the crash refused the never-sent exit NOT_SENT 'too late to send'."""
+    h = Harness(db, SlowBroker())
+    await h.start()
+    h.broker.release.set()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    h.broker.release.clear()
+    slots = h.core.live_queue.workers
+    for n in range(2, slots + 2):  # every slot holds a call that hangs
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    exit_id = coid(GATEWAY_ORDER_BASE)
+    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
+    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
+    await h.settle(lambda: all(h.store.has_trace(coid(n), "broker.request") for n in range(2, slots + 2)))
+    await h.store.durable()
+    h.store.abandon()  # kill -9
+    assert h._pump is not None
+    h._pump.cancel()
+    later = trading_clock()
+    later.set(dt.datetime(2026, 11, 20, 10, 0, 30))
+    again = Harness(db, clock=later)
+    try:
+        assert again.book.orders[exit_id].state is OrderState.PENDING_SUBMIT  # requeued, not refused
+    finally:
+        again.store.close()
+
+
 async def _die_with_calls_in_flight_and_one_queued(db: Path) -> int:
     """The gateway dies (kill -9) with a hanging broker call in every send slot and one order still
     queued behind them; returns the queued order's number."""
