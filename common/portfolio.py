@@ -262,6 +262,7 @@ class Portfolio:
         # unexplained jump of it): the sweep raises peaks on the low end and judges drawdowns on the high one
         self.cash_doubt: tuple[int, int] = (0, 0)
         self.cash_flows = 0  # money moved in (+) or out (-) seen by the account reads, not yet taken (take_cash_flows)
+        self._kept: tuple[int, int, tuple[int, int]] | None = None  # the last process's last read (keep_cash)
         self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
         self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
         # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
@@ -794,6 +795,12 @@ class Portfolio:
             self._spent_at_base = spent
             return
         before = self._exact()
+        if before is None and self._kept is not None:
+            # the first read of this process: against the last read of the one before (money moved while the
+            # gateway was down: 30 M withdrawn overnight read as a 30 % drawdown at the start, a review)
+            kept_cash, kept_spent, kept_doubt = self._kept
+            before, self.cash_doubt = kept_cash - (spent - kept_spent), kept_doubt
+        self._kept = None
         uncounted = self._uncounted(bought, sold)
         if uncounted is None:
             uncounted = self._paid - mark.paid
@@ -813,6 +820,17 @@ class Portfolio:
             if held:
                 taken_back = min(abs(held), max(0, -jump if held > 0 else jump))  # an opposite jump, at most it
                 self.cash_flows += held - taken_back if held > 0 else held + taken_back
+
+    def cash_kept(self) -> tuple[int, int, tuple[int, int]] | None:
+        """What the next process needs of the last read (its cash base, the books' spending then, the doubt), to
+        tell money moved while no gateway ran: None before a read."""
+        if self.cash_base is None:
+            return None
+        return self.cash_base, self._spent_at_base, self.cash_doubt
+
+    def keep_cash(self, kept: tuple[int, int, tuple[int, int]]) -> None:
+        """The last process's `cash_kept()`: the first read compares with it (set_account_cash)."""
+        self._kept = kept
 
     def take_cash_flows(self) -> int:
         """The money moved in (+) or out (-) since the last call (see set_account_cash), taken."""

@@ -52,6 +52,7 @@ from server.store import Store
 log = logging.getLogger("ktrader.equity")
 
 ACCOUNT = "*"  # the account's key among the agents' peaks
+_CASH_META = "account_cash"  # the last account read: (cash base, the books' spending then, (doubt up, down))
 _META = "equity_peaks"
 _SAVE_EVERY_NS = 1_000_000_000
 
@@ -130,11 +131,22 @@ class AccountReader:
         read: Callable[[], Awaitable[BrokerAccount]],
         every_s: float,
         on_cash_flow: Callable[[int], None] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.portfolio = portfolio
         self.read = read
         self.every_s = every_s
         self.on_cash_flow = on_cash_flow  # money moved in or out of the account, seen over two reads
+        # the last read kept for the next process (money moved while no gateway ran is told at its first reads)
+        self.store = store
+        self._kept: tuple[int, int, tuple[int, int]] | None = None
+        raw = store.get_meta(_CASH_META) if store is not None else None
+        if raw:
+            try:
+                cash, spent, doubt = msgspec.json.decode(raw, type=tuple[int, int, tuple[int, int]])
+                portfolio.keep_cash((cash, spent, doubt))
+            except msgspec.MsgspecError:
+                log.warning("the last account read kept in the store is unreadable: not compared with")
         self.reads = 0
         self.failures = 0
         self.last: BrokerAccount | None = None
@@ -160,6 +172,11 @@ class AccountReader:
         self.reads += 1
         if (flow := self.portfolio.take_cash_flows()) and self.on_cash_flow is not None:
             self.on_cash_flow(flow)
+        kept = self.portfolio.cash_kept()
+        if self.store is not None and kept is not None and kept != self._kept:
+            with self.store.transaction():
+                self.store.set_meta(_CASH_META, msgspec.json.encode(kept).decode())
+            self._kept = kept
         return True
 
     async def run(self) -> None:

@@ -203,7 +203,9 @@ class Gateway:
         self.portfolio, self.alerts, self.risk, self.book = core.portfolio, core.alerts, core.risk, core.book
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
         self.protection = core.protection
-        self.account = AccountReader(self.portfolio, broker.account, cfg.account_every_s, self.risk.cash_moved)
+        self.account = AccountReader(
+            self.portfolio, broker.account, cfg.account_every_s, self.risk.cash_moved, store=self.book.store
+        )
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(
             self.clock,

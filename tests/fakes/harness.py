@@ -41,7 +41,9 @@ class Harness:
             c.risk,
             c.protection,
         )
-        self.account = AccountReader(self.portfolio, self.broker.account, 30.0, self.core.risk.cash_moved)
+        self.account = AccountReader(
+            self.portfolio, self.broker.account, 30.0, self.core.risk.cash_moved, store=self.store
+        )
         self.alerts: list[tuple[AlertKind | None, str, str]] = []
         c.alerts.sinks.append(lambda kind, text, agent, subject="": self.alerts.append((kind, text, agent)))
         self._pump: asyncio.Task[None] | None = None

@@ -283,3 +283,24 @@ async def test_money_moved_keeps_a_drawdown_its_size(tmp_path: Path) -> None:
     peaks.scale("*", 60_000_000, 90_000_000)  # 30 M out of 90 M
     assert peaks.all_time["*"] == peaks.day_peaks["*"] == 66_666_666  # 60 M is 10 % below it still
     await h.close()
+
+
+async def test_money_moved_while_no_gateway_ran_is_not_a_drawdown(tmp_path: Path) -> None:
+    """(a review) 30 M withdrawn overnight while the gateway was stopped: its first read had nothing to compare with,
+    and the peaks kept in the store HALTED it at the start. The last read is kept in the store with them."""
+    cfg = gateway(max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
+    a = card()
+    h = Harness(tmp_path / "db", cfg=cfg)
+    await h.start()
+    h.risk.sweep([a])
+    assert h.risk.peaks.all_time["*"] == 100_000_000
+    await h.close()
+    h.broker.cash -= 30_000_000  # while no gateway runs
+    again = Harness(tmp_path / "db", broker=h.broker, cfg=cfg)
+    await again.start()  # its first read: the jump held in doubt
+    again.risk.sweep([a])
+    await again.account.read_once()  # it stays: money moved
+    again.risk.sweep([a])
+    assert again.risk.global_state is TradingState.ACTIVE and again.risk.peaks.all_time["*"] == 70_000_000
+    assert [t for _, t, _ in again.alerts if "money moved out of the account: -30,000,000 KRW" in t]
+    await again.close()
