@@ -99,10 +99,12 @@ class Peaks:
         `after`: its peaks scale with it, so that a drawdown is the trading's, not the withdrawal's (30 M KRW taken
         out read as a 30 % drawdown and halted the gateway: a hunt), and one already there keeps its size (moved by
         the amount, a 10 % drawdown read 14.3 % after 30 M of 100 M left: a review)."""
-        if after <= 0 or before <= 0:
-            return
         for peaks in (self.day_peaks, self.all_time):
-            if key in peaks:
+            if after <= 0:
+                peaks.pop(key, None)  # (emptied: the next equity seen starts them again)
+            elif before <= 0:
+                peaks[key] = after  # (an empty account filled: they start here)
+            elif key in peaks:
                 peaks[key] = max(1, peaks[key] * after // before)
         self.save(force=True)
 

@@ -197,6 +197,18 @@ class OrderDesk:
             return "its cancel was asked for before it was sent"
         if self._halted(o):
             return "trading is halted"
+        if (
+            is_gateway_exit(o)
+            and o.tif not in HELD_TIFS
+            and (
+                self.book.order_day.get(o.client_order_id, "") != self.book.day()
+                or self.book.clock.phase() not in REGULAR_ORDER_PHASES
+            )
+        ):
+            # (an exit goes however late, but within its own session: one queued on a Friday and found after a
+            # crash went out on Monday, or on a Saturday, under Friday's id and price -- a review; its protection
+            # places a new one for the session now)
+            return "its session is over"
         return ""
 
     def _halted(self, o: Order) -> bool:
@@ -374,8 +386,11 @@ class OrderDesk:
                     released = o.tif in HELD_TIFS
                     # (a released one is checked again when a slot takes it: the first reconciliation may be late)
                     refusal = self._released_refusal(o) if released else ""
-                    # (the gateway's exit must go however late, as the send queue sends it: server/send_queue.py)
-                    fresh = not refusal if released else is_gateway_exit(o) or not wait_ns or age < wait_ns
+                    # (the gateway's exit must go however late, as the send queue sends it: server/send_queue.py,
+                    # within its session: _send_refusal)
+                    if not released and is_gateway_exit(o):
+                        refusal = self._send_refusal(o)
+                    fresh = not refusal if released or is_gateway_exit(o) else not wait_ns or age < wait_ns
                     halted = self._halted(o)
                     cancelled = coid in self._cancel_on_accept
                     if fresh and not halted and not cancelled:
@@ -405,7 +420,7 @@ class OrderDesk:
                             else "trading is halted"
                             if halted
                             else refusal
-                            if released
+                            if refusal
                             else f"queued {age / 1e9:.1f}s ago, too late to send"
                         )
                         book.try_apply(

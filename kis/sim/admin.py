@@ -77,6 +77,9 @@ def account_view(acct: Account, last: dict[str, int]) -> dict[str, Any]:
     }
 
 
+MAX_MONEY = 10**15  # KRW: far above any account, well inside the int64 the wire and the store carry
+
+
 class AdminApi:
     def __init__(self, server: TwinServer) -> None:
         self.server = server
@@ -230,10 +233,12 @@ class AdminApi:
             return _err("no such account", 404)
         b = await self._body(request)
         amount = b.get("amount")
-        if not isinstance(amount, int) or isinstance(amount, bool) or not amount:
-            return _err('body must be {"amount": KRW} (a non-zero integer: + in, - out)', 400)
-        if -amount > acct.orderable_cash:
-            return _err(f"a withdrawal of {-amount:,} KRW exceeds the orderable cash {acct.orderable_cash:,}", 400)
+        if not isinstance(amount, int) or isinstance(amount, bool) or not amount or abs(amount) > MAX_MONEY:
+            return _err('body must be {"amount": KRW} (a non-zero integer up to 10^15: + in, - out)', 400)
+        # (what may leave: the deposit, less what open buys hold; a sale's proceeds settle at D+2 first)
+        free = min(acct.orderable_cash, acct.dnca - acct.reserved)
+        if -amount > free:
+            return _err(f"a withdrawal of {-amount:,} KRW exceeds what may leave the account, {max(free, 0):,}", 400)
         acct.cash += amount
         acct.dnca += amount
         acct.moved += amount

@@ -304,3 +304,22 @@ async def test_money_moved_while_no_gateway_ran_is_not_a_drawdown(tmp_path: Path
     assert again.risk.global_state is TradingState.ACTIVE and again.risk.peaks.all_time["*"] == 70_000_000
     assert [t for _, t, _ in again.alerts if "money moved out of the account: -30,000,000 KRW" in t]
     await again.close()
+
+
+async def test_an_account_emptied_then_filled_again_is_not_in_drawdown(tmp_path: Path) -> None:
+    # (a review) everything withdrawn: the peaks stood at 100 M (a 100 % drawdown, HALTED), and a deposit of 50 M
+    # after it left a 50 % one, while the alerts said the peaks had moved
+    h = Harness(
+        tmp_path / "db", cfg=gateway(max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
+    )
+    await h.start()
+    a = card()
+    h.risk.sweep([a])
+    for cash in (0, 50_000_000):
+        h.broker.cash = cash
+        for _ in range(3):
+            await h.account.read_once()
+            h.risk.sweep([a])
+        assert h.risk.global_state is TradingState.ACTIVE, cash
+    assert h.risk.peaks.all_time["*"] == h.risk.peaks.day_peaks["*"] == 50_000_000
+    await h.close()

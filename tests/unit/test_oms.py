@@ -471,6 +471,41 @@ async def test_the_gateways_exit_queued_at_a_crash_is_sent_after_the_restart_how
         again.store.close()
 
 
+@pytest.mark.parametrize(
+    "when",
+    [dt.datetime(2026, 11, 23, 9, 30), dt.datetime(2026, 11, 20, 16, 30), dt.datetime(2026, 11, 21, 11, 0)],
+    ids=["monday", "after the close", "saturday"],
+)
+async def test_an_exit_queued_at_a_crash_is_not_sent_outside_its_session(db: Path, when: dt.datetime) -> None:
+    """(a review) However late, within its session: an exit queued at a Friday crash went out on the Monday, the
+    Saturday, or after the close, under Friday's id and price. It is refused unsent (its protection places a new
+    one for the session then)."""
+    h = Harness(db, SlowBroker())
+    await h.start()
+    h.broker.release.set()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    h.broker.release.clear()
+    for n in range(2, h.core.live_queue.workers + 2):  # every slot holds a call that hangs
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    exit_id = coid(GATEWAY_ORDER_BASE)
+    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
+    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
+    await h.store.durable()
+    h.store.abandon()  # kill -9
+    assert h._pump is not None
+    h._pump.cancel()
+    later = trading_clock()
+    later.set(when)
+    again = Harness(db, clock=later)
+    try:
+        o = again.book.orders[exit_id]
+        assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
+        assert "its session is over" in o.reason
+    finally:
+        again.store.close()
+
+
 async def _die_with_calls_in_flight_and_one_queued(db: Path) -> int:
     """The gateway dies (kill -9) with a hanging broker call in every send slot and one order still
     queued behind them; returns the queued order's number."""
