@@ -727,6 +727,9 @@ class Portfolio:
         dst.limit_buys += sign * src.limit_buys
         dst.total += sign * src.total
         dst.spent += sign * src.spent
+        if self._kept is not None:  # (the last process's read counted the account's spending without or with it)
+            cash, spent, doubt = self._kept
+            self._kept = (cash, spent + sign * src.spent, doubt)
         for name in (
             "buy_value",
             "market_qty",

@@ -154,6 +154,7 @@ def build_order_core(
         lambda: recon.complete,
     )
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
+    desk.placed_again = lambda coid: coid in protection.by_order  # a protection places its refused exit again
 
     def halt_cancels(agent: str) -> int:
         """A halt's cancels, the one rule (an automatic halt, the operator's kill switch, the start's sweep of

@@ -151,6 +151,9 @@ class OrderDesk:
         # know what filled or ended while no gateway ran (a refusal at release is final)
         self.complete = complete or synced
         self.alert = alert
+        # whether the gateway's exit `coid` is placed again by its owner once refused unsent (a protection's is:
+        # server/core.py wires it; a flatten's sell is not, and its refusal is told)
+        self.placed_again: Callable[[str], bool] = lambda coid: False
         self._cancel_on_accept: set[str] = set()  # cancels asked for before the order had an ODNO
         # agent -> (card, why, keep: see Flattening): its sells wait for its cancels
         self._flattening: dict[str, tuple[AgentCard, str, bool]] = {}
@@ -207,7 +210,13 @@ class OrderDesk:
         ):
             # (an exit goes however late, but within its own session: one queued on a Friday and found after a
             # crash went out on Monday, or on a Saturday, under Friday's id and price -- a review; its protection
-            # places a new one for the session now)
+            # places a new one for the session now; a flatten's sell is told: nothing else would say it)
+            if not self.placed_again(o.client_order_id):
+                self.alert(
+                    f"{o.agent}: the gateway's sell {o.client_order_id} of {o.qty} {o.code} was not sent: its session "
+                    f"is over (queued when the gateway stopped): flatten again (ktrader control flatten --agent "
+                    f"{o.agent}) or sell by hand"
+                )
             return "its session is over"
         return ""
 

@@ -11,7 +11,7 @@ from common.config import AgentCard, DrawdownPeak, GatewayConfig, RiskLimits
 from common.enums import AlertKind, Side, SystemEventKind, TradingState
 from common.errors import ErrorCode
 from common.orders import OrderState
-from common.schema import NewOrder
+from common.schema import NewOrder, PositionView
 from server.risk_views import explain_text, parse_order
 from tests.fakes.harness import Harness
 
@@ -323,3 +323,29 @@ async def test_an_account_emptied_then_filled_again_is_not_in_drawdown(tmp_path:
         assert h.risk.global_state is TradingState.ACTIVE, cash
     assert h.risk.peaks.all_time["*"] == h.risk.peaks.day_peaks["*"] == 50_000_000
     await h.close()
+
+
+async def test_a_shadow_agent_made_live_before_the_first_read_is_no_money_moved(tmp_path: Path) -> None:
+    """(a review) Its virtual past (a 25 M loss) moved into the account's spending before the first read of the new
+    process, and the comparison with the kept read told '+25,000,000 moved in', raised the peak to 133 M: HALTED."""
+    cfg = gateway(max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
+    a = card()
+    h = Harness(tmp_path / "db", cfg=cfg)
+    await h.start()
+    h.risk.sweep([a])
+    h.desk.set_mode("sh", True)
+    pos = PositionView(code="005930", qty=0, cost=0, realized_pnl=-25_000_000, fees=0)  # a virtual loss of 25 M
+    with h.store.transaction():
+        h.store.save_position("sh", pos)
+    h.portfolio.set_position("sh", pos)
+    await h.account.read_once()
+    await h.close()
+    again = Harness(tmp_path / "db", broker=h.broker, cfg=cfg)
+    again.desk.set_mode("sh", False)  # its card made live while no gateway ran: it registers before the first read
+    await again.start()
+    for _ in range(3):
+        again.risk.sweep([a])
+        await again.account.read_once()
+    assert again.risk.global_state is TradingState.ACTIVE and again.risk.peaks.all_time["*"] == 100_000_000
+    assert not [t for _, t, _ in again.alerts if "money moved" in t]
+    await again.close()

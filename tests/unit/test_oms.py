@@ -502,6 +502,9 @@ async def test_an_exit_queued_at_a_crash_is_not_sent_outside_its_session(db: Pat
         o = again.book.orders[exit_id]
         assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
         assert "its session is over" in o.reason
+        # no protection places it again (a flatten's sell): a person is told (a review: it went silently)
+        (told,) = [t for _, t in again.core.alerts.recent if exit_id in t]
+        assert "not sent: its session is over" in told and "ktrader control flatten --agent alpha" in told
     finally:
         again.store.close()
 
