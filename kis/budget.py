@@ -35,9 +35,8 @@ AGE_S = 2.0  # a waiting call moves up a lane each time this passes (see the mod
 
 
 def _aged(lane: int, waited_s: float) -> int:
-    """The lane a call that waited `waited_s` is served in: up one each AGE_S, never past the new orders'."""
-    if lane <= Lane.ORDER:
-        return lane
+    """The lane a call of a later lane than the new orders' that waited `waited_s` is served in: up one each AGE_S,
+    never past the new orders'."""
     return max(int(Lane.ORDER), lane - int(waited_s / AGE_S))
 
 

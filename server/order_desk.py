@@ -393,13 +393,11 @@ class OrderDesk:
                     wait_ns = self.live.max_send_wait_ns
                     age = max(0, ts - o.updated_ns)  # since it was queued (its Submit), on the market clock
                     released = o.tif in HELD_TIFS
-                    # (a released one is checked again when a slot takes it: the first reconciliation may be late)
-                    refusal = self._released_refusal(o) if released else ""
-                    # (the gateway's exit must go however late, as the send queue sends it: server/send_queue.py,
-                    # within its session: _send_refusal)
-                    if not released and is_gateway_exit(o):
-                        refusal = self._send_refusal(o)
-                    fresh = not refusal if released or is_gateway_exit(o) else not wait_ns or age < wait_ns
+                    gateways = not released and is_gateway_exit(o)
+                    # (a released one is checked again when a slot takes it: the first reconciliation may be late;
+                    # the gateway's exit goes however late, as the send queue sends it, within its session)
+                    refusal = self._released_refusal(o) if released else self._send_refusal(o) if gateways else ""
+                    fresh = not refusal if released or gateways else not wait_ns or age < wait_ns
                     halted = self._halted(o)
                     cancelled = coid in self._cancel_on_accept
                     if fresh and not halted and not cancelled:

@@ -333,7 +333,6 @@ class ProtectionDesk:
         closed = self.book.clock.phase() not in REGULAR_ORDER_PHASES
         wait = self._hold(p, closed)
         # (the account's: see exit_qty) the agent's own sells are cancelled for it (_fire_now): their shares are its
-        # to sell, not "sold outside ktrader" (an alert told a person to sell 2 by hand that its exit sold)
         # to sell, not "sold outside ktrader" (an alert told a person to sell 2 by hand that its exit sold); a sell
         # whose sending is in doubt (UNKNOWN) cannot be cancelled: its shares wait for its outcome, they are not gone
         own = self._own_sells(p.agent, p.code)
@@ -412,8 +411,8 @@ class ProtectionDesk:
                 # outcome is known: then the free shares go now, the rest in the next exit (a stop waited all session
                 # for a sell of 2 in doubt with 8 shares free, a hunt)
                 sellable = book.portfolio.exposure(agent, code).sellable_qty
-                still = [o for o in mine if book.orders[o.client_order_id].is_open]
-                cancelling = sum(1 for o in still if book.orders[o.client_order_id].state is not OrderState.UNKNOWN)
+                still = [now_o for o in mine if (now_o := book.orders[o.client_order_id]).is_open]  # (as they are now)
+                cancelling = sum(1 for o in still if o.state is not OrderState.UNKNOWN)
                 if cancelling and sellable < want:
                     wait = f"waiting for {cancelling} sells of this agent holding the shares to be cancelled"
                 elif sellable <= 0:

@@ -410,14 +410,12 @@ def reconcile(
                 by_odno[x].is_cancel for x in by_odno if by_odno[x].orig_broker_order_id in chain[coid]
             ):
                 res.add(coid, Cancelled(ts_ns=now_ns))
-            elif not _may_have_expired(o, pending, now_ns, day, latest):
-                # Nothing open and neither cancelled nor refused, in the session: the exchange expires a DAY order
-                # only at the close, so its remainder was moved -- by a revise whose line the list does not show
-                # yet (API.md §15: the list lags). Expired here, a revise whose REST answer was lost stayed live at
-                # KIS, unreserved, and filled for an agent told its order had expired (a hunt). Our own revise is
-                # the chain repair's (taken up once listed, or refused after its grace); the close settles the rest
-                pass
-            else:
+            elif _may_have_expired(o, pending, now_ns, day, latest):
+                # (else nothing open and neither cancelled nor refused, in the session: the exchange expires a DAY
+                # order only at the close, so its remainder was moved -- by a revise whose line the list does not
+                # show yet (API.md §15: the list lags). Expired here, a revise whose REST answer was lost stayed live
+                # at KIS, unreserved, and filled for an agent told its order had expired (a hunt). Our own revise is
+                # the chain repair's (taken up once listed, or refused after its grace); the close settles the rest)
                 res.add(coid, Expire(ts_ns=now_ns))
         elif (
             o.state is OrderState.CANCELLED

@@ -133,7 +133,11 @@ class HistoryAdmin:
     async def next_day(self, request: web.Request) -> web.Response:
         ex = self.exchange
         assert ex is not None
-        return await self._run(ex, ex.next_day)
+        return await self._run(ex, lambda: self._next_day(ex))
+
+    async def _next_day(self, ex: HistoryExchange) -> None:
+        ex.next_day()
+        await self._new_day(ex)  # (the caller's next move sends the day's prints)
 
     async def _advance(self, ex: HistoryExchange, when: dt.datetime) -> None:
         """`ex.advance(when)` a day at a time: each new day's pre-open is read by the followers before its prints."""
@@ -148,15 +152,13 @@ class HistoryAdmin:
         await self.followers.know(ex.day)
 
     async def _run(self, ex: HistoryExchange, move: Callable[[], object]) -> web.Response:
+        """`move` the clock (a coroutine where a new day waits for the followers: _advance, _next_day)."""
         prints, fills = ex.prints, ex.fills
-        day = ex.day
         t0 = time.perf_counter()
         moved = move()
         if isinstance(moved, Awaitable):
             await moved
         seconds = time.perf_counter() - t0
-        if ex.day != day:
-            await self._new_day(ex)  # (a next-day: the caller's next move sends the day's prints)
         await self._drained()
         return _json(
             {
