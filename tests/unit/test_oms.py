@@ -420,22 +420,39 @@ async def test_an_order_queued_too_long_is_refused_unsent(db: Path) -> None:
     await h.close()
 
 
+async def _exit_behind_hung_slots(h: Harness) -> str:
+    """The agent bought 10 at the market's 70,000; every send slot then holds a broker call that hangs, and the
+    gateway's exit of the 10 is queued behind them. Returns the exit's id."""
+    h.broker.release.set()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    h.broker.release.clear()
+    for n in range(2, h.core.live_queue.workers + 2):
+        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
+    exit_id = coid(GATEWAY_ORDER_BASE)
+    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
+    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
+    return exit_id
+
+
+async def _killed_and_restarted_at(h: Harness, db: Path, when: dt.datetime) -> Harness:
+    """kill -9 of `h`, its store as it was; a new gateway's books loaded from it at `when`."""
+    await h.store.durable()
+    h.store.abandon()
+    assert h._pump is not None
+    h._pump.cancel()
+    later = trading_clock()
+    later.set(when)
+    return Harness(db, clock=later)
+
+
 async def test_the_gateways_exit_queued_too_long_is_still_sent(db: Path) -> None:
     """A stop's or a flatten's sell must go however late: on a paper account (2 requests/s) a burst of stops had 51
     exits refused BROKER_BUSY by this queue and 7 protections FAILED with their shares unsold (a hunt)."""
     h = Harness(db, SlowBroker())
     h.core.live_queue.max_send_wait_ns = 50_000_000
     await h.start()
-    h.broker.release.set()
-    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted  # bought at the market's 70,000
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
-    h.broker.release.clear()
-    slots = h.core.live_queue.workers
-    for n in range(2, slots + 2):  # every slot holds a call that hangs
-        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
-    exit_id = coid(GATEWAY_ORDER_BASE)
-    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
-    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
+    exit_id = await _exit_behind_hung_slots(h)
     await asyncio.sleep(0.1)  # the broker stays stuck past the 50 ms limit (a fake hang, not a sync)
     h.broker.release.set()
     await h.settle(lambda: h.book.orders[exit_id].state is OrderState.FILLED)
@@ -447,24 +464,10 @@ async def test_the_gateways_exit_queued_at_a_crash_is_sent_after_the_restart_how
     """(a review) A restart 30 s after the crash refused the never-sent exit NOT_SENT 'too late to send'."""
     h = Harness(db, SlowBroker())
     await h.start()
-    h.broker.release.set()
-    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
-    h.broker.release.clear()
+    exit_id = await _exit_behind_hung_slots(h)
     slots = h.core.live_queue.workers
-    for n in range(2, slots + 2):  # every slot holds a call that hangs
-        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
-    exit_id = coid(GATEWAY_ORDER_BASE)
-    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
-    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
     await h.settle(lambda: all(h.store.has_trace(coid(n), "broker.request") for n in range(2, slots + 2)))
-    await h.store.durable()
-    h.store.abandon()  # kill -9
-    assert h._pump is not None
-    h._pump.cancel()
-    later = trading_clock()
-    later.set(dt.datetime(2026, 11, 20, 10, 0, 30))
-    again = Harness(db, clock=later)
+    again = await _killed_and_restarted_at(h, db, dt.datetime(2026, 11, 20, 10, 0, 30))
     try:
         assert again.book.orders[exit_id].state is OrderState.PENDING_SUBMIT  # requeued, not refused
     finally:
@@ -482,22 +485,8 @@ async def test_an_exit_queued_at_a_crash_is_not_sent_outside_its_session(db: Pat
     one for the session then)."""
     h = Harness(db, SlowBroker())
     await h.start()
-    h.broker.release.set()
-    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
-    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
-    h.broker.release.clear()
-    for n in range(2, h.core.live_queue.workers + 2):  # every slot holds a call that hangs
-        assert h.desk.submit(CARD, order(n, qty=1, price=60_000)).accepted
-    exit_id = coid(GATEWAY_ORDER_BASE)
-    sell = NewOrder(client_order_id=exit_id, code="005930", side=Side.SELL, qty=10, price=70_000)
-    assert h.desk.submit(CARD, sell, priority=Priority.PROTECT).accepted
-    await h.store.durable()
-    h.store.abandon()  # kill -9
-    assert h._pump is not None
-    h._pump.cancel()
-    later = trading_clock()
-    later.set(when)
-    again = Harness(db, clock=later)
+    exit_id = await _exit_behind_hung_slots(h)
+    again = await _killed_and_restarted_at(h, db, when)
     try:
         o = again.book.orders[exit_id]
         assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o

@@ -32,6 +32,17 @@ CARD = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930", "000660"
 H = HeaderFactory("alpha")
 
 
+STOP_65K = ProtectionSpec(stop=65_000)
+
+
+def _stop_met(h: Harness, spec: ProtectionSpec = STOP_65K, market: int = 64_000) -> None:
+    """Protection alpha-20261120-3 on the agent's 005930 (placed, or placed again: the same answer), then met by a
+    print of 64,000 with the market at `market`."""
+    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=spec))[0] is None
+    h.broker.ref_price = market
+    h.print("005930", 64_000)
+
+
 def buy(n: int, qty: int = 10, price: int = 70_000, **spec: object) -> NewOrder:
     return NewOrder(
         client_order_id=f"alpha-20261120-{n}",
@@ -204,14 +215,7 @@ async def test_a_position_protection_frees_shares_held_by_the_agents_own_sell(tm
         CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
     )
     assert code is None and "armed on 20 005930" in text
-    assert (
-        h.protection.protect(
-            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
-        )[0]
-        is None
-    )
-    h.broker.ref_price = 64_000
-    h.print("005930", 64_000)
+    _stop_met(h)
     await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
     p = h.protection.ended["alpha-20261120-3"]
     assert p.state is PS.DONE and p.qty == 20 and p.sold == 20
@@ -467,14 +471,7 @@ async def test_a_stop_met_while_the_agents_own_sell_holds_shares_says_it_sells_t
     sell = await _holding_10_with_own_sell_of_2(h)
     assert h.desk.submit(CARD, sell).accepted
     await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
-    assert (
-        h.protection.protect(
-            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
-        )[0]
-        is None
-    )
-    h.broker.ref_price = 64_000
-    h.print("005930", 64_000)
+    _stop_met(h)
     await h.settle(lambda: "alpha-20261120-3" in h.protection.ended)
     (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
     assert "selling 10" in said and "not in the account" not in said and "outside ktrader" not in said, said
@@ -500,14 +497,7 @@ async def test_a_stop_sells_the_free_shares_at_once_while_an_own_sell_is_in_doub
     h.broker.submit = lost  # type: ignore[method-assign]
     assert h.desk.submit(CARD, sell).accepted
     await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.UNKNOWN)
-    assert (
-        h.protection.protect(
-            CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=ProtectionSpec(stop=65_000))
-        )[0]
-        is None
-    )
-    h.broker.ref_price = 64_000
-    h.print("005930", 64_000)
+    _stop_met(h)
     await h.settle(lambda: [(x.qty, x.filled_qty) for x in exits(h)] == [(8, 8)])
     (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
     # the 2 in doubt are not "sold outside ktrader" (a person selling them by hand could leave the account short)
@@ -525,10 +515,7 @@ async def test_a_limit_exit_waits_for_the_agents_own_sell_to_be_cancelled_and_se
     sell = await _holding_10_with_own_sell_of_2(h)
     assert h.desk.submit(CARD, sell).accepted
     await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.ACCEPTED)
-    spec = ProtectionSpec(stop=65_000, exit=ExitType.LIMIT)
-    assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-3", code="005930", spec=spec))[0] is None
-    h.broker.ref_price = 60_000  # gapped through: the limit exit rests
-    h.print("005930", 64_000)
+    _stop_met(h, ProtectionSpec(stop=65_000, exit=ExitType.LIMIT), market=60_000)  # gapped through: the exit rests
     await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED and exits(h))
     for _ in range(3):
         h.protection.tick()
