@@ -154,6 +154,7 @@ class KisBroker(BrokerPort):
         tls = tls_context(ca_bundle)  # TlsConfigError for an unusable bundle: a configuration error
         self._start_retry = start_retry or StartRetry(retries=0, backoff_s=0.0)
         self.budget = RestBudget(env.rate_per_s)
+        self._why_not: Callable[[str], str] = lambda coid: ""  # (withdraw_with)
         self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, tls=tls)
         self.tokens = TokenManager(
             issue=self.rest.issue_token,
@@ -331,8 +332,19 @@ class KisBroker(BrokerPort):
         reached tries again now (kis/ws.py `wake`), not up to a minute later while every order waits for it."""
         self.ws.wake()
 
+    def withdraw_with(self, why_not: Callable[[str], str]) -> None:
+        self._why_not = why_not
+
     async def _order_call(
-        self, path: Path, tr: Tr, body: msgspec.Struct, kind: Kind, lane: Lane, caller: str, call: str
+        self,
+        path: Path,
+        tr: Tr,
+        body: msgspec.Struct,
+        kind: Kind,
+        lane: Lane,
+        caller: str,
+        call: str,
+        withdrawn: Callable[[], str] | None = None,
     ) -> BrokerAck:
         """One order-path POST (a new order, a revise, a cancel) and its reply read as an acknowledgement."""
         page = await self.rest.request(
@@ -344,6 +356,7 @@ class KisBroker(BrokerPort):
             kind=kind,
             lane=lane,
             caller=caller,
+            withdrawn=withdrawn,
         )
         self._kis_answered()
         return self._ack(page, call)
@@ -411,7 +424,10 @@ class KisBroker(BrokerPort):
         # the gateway's own exit (a stop's, a flatten's sell) ahead of new orders in the REST budget too: on a paper
         # account an exit that had its send slot waited ~2.2 s there behind agents' new orders (a hunt)
         lane = Lane.EXIT if placed_by_gateway(order.client_order_id) else Lane.ORDER
-        return await self._order_call(Path.ORDER_CASH, tr, req, Kind.WRITE, lane, caller, "order")
+        coid = order.client_order_id
+        return await self._order_call(
+            Path.ORDER_CASH, tr, req, Kind.WRITE, lane, caller, "order", lambda: self._why_not(coid)
+        )
 
     async def modify(self, req: BrokerModify, *, caller: str = DEFAULT_CALLER) -> BrokerAck:
         body = wire.OrderRvsecnclRequest(

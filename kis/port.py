@@ -355,6 +355,12 @@ class BrokerPort(Protocol):
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck: ...
 
+    def withdraw_with(self, why_not: Callable[[str], str]) -> None:
+        """`why_not(client_order_id)`: why an order handed to submit() may no longer leave ("": it may). A
+        broker that waits before it writes (KIS's REST budget) asks it just before the request leaves, and
+        then refuses the order as not sent; one that sends at once has nothing to ask."""
+        return None
+
     # ---- the account ----------------------------------------------------------------------------
 
     async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:

@@ -372,8 +372,11 @@ class KisRest:
         lane: Lane = Lane.QUOTATION,
         caller: str = "",
         tr_cont: str = "",
+        withdrawn: Callable[[], str] | None = None,
     ) -> Page:
-        """One logical call with the retry rules of `kind`. Returns the decoded envelope and tr_cont."""
+        """One logical call with the retry rules of `kind`. Returns the decoded envelope and tr_cont.
+        `withdrawn` (an order's): why it may no longer leave ("": it may), asked once its token and rate
+        slot came, just before each attempt that no earlier attempt may have preceded at KIS."""
         if self.tokens is None:
             raise RuntimeError("KisRest.attach_tokens() was not called")
         content = msgspec.json.encode(body) if body is not None else None
@@ -412,6 +415,10 @@ class KisRest:
                 # before it (KIS's one-a-minute issuance)
                 token = await self._token(deadline, started, last)
                 await self._slot(lane, caller, deadline, started, last)
+                if withdrawn is not None and not ambiguous and (why := withdrawn()):
+                    # a cancel asked (or a halt) while it waited for the budget: nothing has left, so
+                    # it never does (on a paper account's 2 calls/s it was sent, then cancelled)
+                    raise BrokerTemporary(f"not sent: {why}", code=NOT_SENT)
                 connect_s: float | None = None
                 if deadline is not None:  # connects within what is left, or is not sent
                     if (late := overdue("a KIS token and a rate slot")) is not None:

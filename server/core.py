@@ -137,6 +137,8 @@ def build_order_core(
         on_unknown=unknown,
         alert=alerts.to_person(AlertKind.RECONCILE_DIFF),
     )
+    # a submit the REST budget still holds is not sent when its cancel is asked (or a halt comes) meanwhile
+    broker.withdraw_with(live_queue.why_not)
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
     recon = Reconciler(
         book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9)

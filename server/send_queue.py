@@ -11,7 +11,8 @@ Rules kept here:
   be sent (reconciliation found it, the gateway refused it) is never sent; nor is one whose cancel was
   asked for while it waited, or whose agent (or the gateway) was halted meanwhile (NOT_SENT: the send
   is decided when a slot takes it, so the broker never hears of an order it would only be told to
-  cancel; one already taken is cancelled after its acknowledgement);
+  cancel; the KIS adapter asks again (`why_not`) once the REST budget lets the request leave, which
+  on a paper account is seconds later; one already sent is cancelled after its acknowledgement);
 - calls for one order go out one at a time, in the order they were asked for (a cancel never
   overtakes its submit): an order has at most one job in the priority queue, the rest wait behind it;
 - up to `workers` calls for different orders are in flight at once (as many as the venue takes:
@@ -184,6 +185,7 @@ class SendQueue:
         # submits to send again (not sent by the adapter): the job, then its timer; the order stays busy
         self._resend: dict[str, Job] = {}
         self._unreached: set[str] = set()  # orders resent whose host could not be reached, counted once each
+        self._withdrawn: dict[str, str] = {}  # submits the venue did not send, asked why_not: why
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._pumping = False
@@ -193,6 +195,17 @@ class SendQueue:
         # why any submit may no longer be sent when a slot takes it ("": it may): its cancel was asked
         # for while it waited, trading was halted meanwhile; set by the order desk, which knows both
         self.send_refusal: Callable[[Order], str] = lambda o: ""
+
+    def why_not(self, coid: str) -> str:
+        """Why a submit handed to the venue may no longer leave ("": it may): asked by a venue that waits
+        before it writes (KIS's REST budget: seconds on a paper account), just before the request leaves.
+        The reasons of `send_refusal` (its cancel asked, a halt): a cancel asked while the budget held the
+        submit then needs no call at all, and nothing can fill meanwhile."""
+        o = self.book.orders.get(coid)
+        why = self.send_refusal(o) if o is not None and o.state is OrderState.PENDING_SUBMIT else ""
+        if why:
+            self._withdrawn[coid] = why
+        return why
 
     def put(self, job: Job) -> None:
         if job.coid in self._busy:
@@ -411,6 +424,11 @@ class SendQueue:
         try:
             ack = await self.venue.submit(req)
         except BrokerError as e:
+            withdrawn = self._withdrawn.pop(coid, "")
+            if withdrawn and not_sent(e):  # (told once: never queued again to be refused at its slot)
+                book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=withdrawn)
+                book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=e.message))
+                return
             book.trace(
                 coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
             )
