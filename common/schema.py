@@ -757,6 +757,7 @@ class PriceQuote(msgspec.Struct, frozen=True, kw_only=True):
     high_250d: int = 0
     low_250d: int = 0
     tick: int = 0  # the tick size at `last`
+    halted: bool = False  # trading in the code is suspended (거래정지: temp_stop_yn Y or iscd_stat_cls_code 58)
 
 
 class InvestorDay(msgspec.Struct, frozen=True, kw_only=True):

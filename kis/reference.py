@@ -14,6 +14,9 @@ EOK = 100_000_000  # 억원 in KRW (KIS reports market cap in 억원)
 MILLION = 1_000_000  # KIS reports investor trade values in 백만원 (UNCONFIRMED unit, see kis/sim/quotes.py)
 
 
+HALTED_STATUS = "58"  # iscd_stat_cls_code 거래정지 (API.md §inquire-price)
+
+
 def price_quote(code: str, out: wire.PriceOutput) -> PriceQuote:
     return PriceQuote(
         code=code,
@@ -37,6 +40,7 @@ def price_quote(code: str, out: wire.PriceOutput) -> PriceQuote:
         high_250d=krw(out.d250_hgpr),
         low_250d=krw(out.d250_lwpr),
         tick=krw(out.aspr_unit),
+        halted=out.temp_stop_yn.strip().upper() == "Y" or out.iscd_stat_cls_code.strip() == HALTED_STATUS,
     )
 
 

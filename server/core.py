@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.aio import within
 from common.config import AgentCard, BrokerEnv, GatewayConfig
 from common.costs import CostModel
 from common.curve import keys_dir
@@ -26,7 +27,7 @@ from common.portfolio import Portfolio
 from common.private import private_dir, write_atomic
 from common.schema import HeaderFactory
 from kis.credentials import Credentials
-from kis.port import BrokerPort
+from kis.port import BrokerPort, Capability
 from server.alerts import Alerts
 from server.chain_repair import ChainRepair
 from server.notices import NoticeRouter
@@ -38,6 +39,8 @@ from server.risk import RiskGate, SessionView
 from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
 from server.store import Store
+
+HALT_ASK_S = 10.0  # the quote that says whether a code whose exit failed is halted: no answer sooner, no halt
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -156,6 +159,12 @@ def build_order_core(
         lambda: recon.complete,
     )
     protection = ProtectionDesk(book, desk, risk, card_of, alerts)
+    if Capability.QUOTES in broker.capabilities:
+
+        async def ask_halted(code: str) -> bool:
+            return (await within(broker.quote(code), HALT_ASK_S)).halted
+
+        protection.ask_halted = ask_halted  # (an exit failed: is its code halted?)
     desk.placed_again = lambda coid: coid in protection.by_order  # a protection places its refused exit again
 
     def halt_cancels(agent: str) -> int:

@@ -17,6 +17,12 @@
   `order_state`). An exit refused is placed again, MAX_ATTEMPTS times, then FAILED; one that expired
   unsold (a stock locked at its lower limit all session) is placed again for the next session, no failure
   (as the backtest's waits for the next open), a person told each time.
+- A code whose trading is suspended (거래정지: KIS refuses its orders, nothing prints, for minutes or
+  weeks) must not use up a stop's attempts: an exit refused or expired unsold is judged only once the
+  broker's quote said whether the code is halted (`ask_halted`); if it is, the exit waits, without
+  counting, for the code's next print (or a quote that says it trades again, asked each minute), a
+  person told once a halt. Before, three refusals in 2.5 s ended the stop FAILED on a halt of minutes,
+  and a limit exit of SKT halted for a month FAILED after three days.
 - A split the operator applies (`apply_split`, in the books' own transaction) puts the protections of
   its holders in the new shares' terms (common/protection.py `split`); while one is pending (found in
   the balance, not applied), a print is judged in the books' shares' terms, as the portfolio values them.
@@ -28,9 +34,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -75,6 +82,7 @@ _RETRY_NS = 1_000_000_000
 _OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})
 _DENIED_RETRY_NS = 5_000_000_000
 _SAVE_HIGHS_NS = 1_000_000_000
+_HALT_ASK_AGAIN_NS = 60_000_000_000  # a halted code's quote is asked again this often while an exit waits on it
 
 Reply = tuple[ErrorCode | None, str]
 Alert = Callable[..., None]
@@ -123,6 +131,12 @@ class ProtectionDesk:
         # past the first (NTP) makes it due at once, not a stop-loss exit stalled for the step's length
         self._next_try: dict[str, tuple[int, int]] = {}
         self._firing: set[str] = set()  # protections being fired now (see _fire)
+        # whether a code's trading is suspended, asked of the broker's quote (None: a broker without quotes:
+        # nothing is ever taken for halted); code -> (halted, market ns of the answer); a print says it trades
+        self.ask_halted: Callable[[str], Awaitable[bool]] | None = None
+        self._halts: dict[str, tuple[bool, int]] = {}
+        self._asking: dict[str, asyncio.Task[None]] = {}
+        self._halt_told: set[str] = set()  # codes whose halt reached a person (until they trade again)
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -295,6 +309,8 @@ class ProtectionDesk:
     # ---- the stream ------------------------------------------------------------------------------------
 
     def on_trade(self, code: str, price: int) -> None:
+        if self._halts and code in self._halts:
+            self._trades_again(code)
         ids = self.by_code.get(code)
         if not ids:
             return
@@ -495,6 +511,72 @@ class ProtectionDesk:
             tif=new.tif.value,
         )
 
+    # ---- codes whose trading is suspended ----------------------------------------------------------------
+
+    def halted(self, code: str) -> bool:
+        """Whether the broker's latest word is that `code` is halted (a print since says it is not)."""
+        return self._halts.get(code, (False, 0))[0]
+
+    def _halt_since(self, code: str, since_ns: int) -> bool | None:
+        """Whether `code` is halted, by an answer given at or after `since_ns`; None: asked now (the
+        answer judges again the protections on the code)."""
+        if self.ask_halted is None:
+            return False
+        known = self._halts.get(code)
+        if known is not None and known[1] >= since_ns:
+            return known[0]
+        self._ask(code)
+        return None
+
+    def _ask(self, code: str) -> None:
+        if code in self._asking or self.ask_halted is None:
+            return
+        ask = self.ask_halted
+
+        async def asking() -> None:
+            try:
+                halted = await ask(code)
+            except Exception as e:  # no answer is no halt: the exit is judged as before
+                log.warning("whether %s is halted could not be asked: %s", code, e)
+                halted = False
+            finally:
+                self._asking.pop(code, None)
+            self._answer(code, halted)
+
+        self._asking[code] = asyncio.get_running_loop().create_task(asking())
+
+    def _answer(self, code: str, halted: bool) -> None:
+        was = self.halted(code)
+        self._halts[code] = (halted, self.book.now_ns())
+        if was and not halted:
+            self._halt_told.discard(code)
+        for pid in list(self.by_code.get(code, ())):
+            p = self.active.get(pid)
+            if p is None:
+                continue
+            if p.state is PS.FIRED:
+                self._sync(p)  # an exit that failed waited for this answer
+            elif p.state is PS.TRIGGERED and not halted:
+                self._fire(p)
+
+    def _trades_again(self, code: str) -> None:
+        if self.halted(code):
+            self._answer(code, False)
+        else:
+            self._halts[code] = (False, self.book.now_ns())
+
+    def _tell_halted(self, p: Protection, last: Order) -> None:
+        if p.code in self._halt_told:
+            return
+        self._halt_told.add(p.code)
+        self.alert(
+            f"{p.agent}: {p.code} is halted (trading suspended, says KIS): the protective exit "
+            f"{last.client_order_id} ended {last.state.value} unsold and is placed again when {p.code} trades; "
+            "nothing to do",
+            kind=AlertKind.PROTECTION,
+            agent=p.agent,
+        )
+
     def _hold(self, p: Protection, closed: bool) -> str:
         """Why the exit may not be placed now ("": it may). Only the gateway's halt holds it: an agent's own
         pause or halt does not (the gate passes the exits the gateway places for it as reducing sells)."""
@@ -502,6 +584,10 @@ class ProtectionDesk:
             return "the gateway is halted (kill switch): it sells once resumed (ktrader control resume --all)"
         if (held := self.risk.split_hold(p.agent, p.code)) is not None:
             return held[1]  # (its levels are judged in the old shares' terms meanwhile: _books_price)
+        if (known := self._halts.get(p.code)) is not None and known[0]:
+            if not closed and self.book.now_ns() - known[1] >= _HALT_ASK_AGAIN_NS:
+                self._ask(p.code)  # (a print says so at once; a quote also while none comes yet)
+            return f"{p.code} is halted (trading suspended): the exit is placed when it trades again"
         if closed and p.spec.when_closed is WhenClosed.WAIT:
             return "the market is closed: the exit waits for the session"
         if not closed and (session := self.desk.session()[0]) is not SessionState.READY:
@@ -601,9 +687,19 @@ class ProtectionDesk:
                 # (refused here before it was sent -- trading halted meanwhile, the session over -- is not the
                 # market's answer to the exit: placed again without counting, as one someone cancelled)
                 refused = last.state is OrderState.REJECTED and last.reason_code not in _OURS_NOT_SENT
-                failed = (refused and unsold > 0) or (expired and last.order_type is not OrderType.MARKET)
+                halted = False
+                if (refused and unsold > 0) or expired:
+                    # a halted code refuses orders and prints nothing: not the exit's failure (asked first)
+                    if (answer := self._halt_since(p.code, last.updated_ns)) is None:
+                        return  # judged when the broker answers
+                    halted = answer
+                failed = not halted and (
+                    (refused and unsold > 0) or (expired and last.order_type is not OrderType.MARKET)
+                )
                 attempts = p.attempts + failed
-                if expired and not failed:
+                if halted:
+                    self._tell_halted(p, last)
+                elif expired and not failed:
                     self._tell_expired(p, last, unsold)
                 why = (
                     f"exit {last.client_order_id} filled, {p.qty - sold} more to sell"  # (sized by max_order_value)
@@ -622,15 +718,14 @@ class ProtectionDesk:
                         agent=p.agent,
                     )
                     return
+                again = self._hold(p, False) if halted else f"{why}: placing it again"
                 p = self._put(
-                    msgspec.structs.replace(
-                        p, state=PS.TRIGGERED, attempts=attempts, reason=f"{why}: placing it again"
-                    ),
+                    msgspec.structs.replace(p, state=PS.TRIGGERED, attempts=attempts, reason=again),
                     "retry",
                     order=last.client_order_id,
                     state=last.state.value,
                 )
-                if last.filled_qty or last.state is not OrderState.REJECTED:
+                if (last.filled_qty or last.state is not OrderState.REJECTED) and not halted:
                     self._fire(p)  # it sold some, or expired: the rest goes now
                 else:
                     now = self.book.now_ns()

@@ -485,8 +485,11 @@ class SendQueue:
             book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value, reason=e.message))
             return
         # the kill switch: a refusal of this order is its agent's (a halted stock halts no one else);
-        # a failed call (server error, unknown outcome, auth) is the session's
-        self.on_broker_error(ts, o.agent, isinstance(e, BrokerRejected))
+        # a failed call (server error, unknown outcome, auth) is the session's. A refusal of the gateway's own
+        # exit is not the agent's decision (its protection counts its attempts, and a halted code refuses every one)
+        refused = isinstance(e, BrokerRejected)
+        if not (refused and is_gateway_exit(o)):
+            self.on_broker_error(ts, o.agent, refused)
         if isinstance(e, BrokerUnknownOutcome):
             # maybe placed: never resend; reconciliation (soon, not only the periodic pass) and the
             # notice stream will tell

@@ -104,6 +104,7 @@ class AdminApi:
             r, {"close": self.clock_close, "next-day": self.clock_next_day, "move": self.clock_move}
         )
         r.add_post("/admin/price", self.set_price)
+        r.add_post("/admin/halt", self.halt)
         r.add_get("/admin/book/{code}", self.book)
         r.add_post("/admin/market/step", self.step)
         r.add_get("/admin/faults", self.faults)
@@ -303,6 +304,19 @@ class AdminApi:
         self.twin.exchange.set_price(str(b["code"]), int(b["price"]))
         st = self.twin.exchange.stock(str(b["code"]))
         return _json({"code": st.code if st else b["code"], "last": st.last if st else 0})
+
+    async def halt(self, request: web.Request) -> web.Response:
+        """{"code": "005930", "halted": true} — suspend trading in a code (거래정지) or resume it."""
+        b = await self._body(request)
+        ex = self.twin.exchange
+        st = ex.stock(str(b.get("code", "")))
+        if st is None:
+            raise web.HTTPBadRequest(text=f"unknown code {b.get('code')!r}")
+        if bool(b.get("halted", True)):
+            ex.halted.add(st.code)
+        else:
+            ex.halted.discard(st.code)
+        return _json({"code": st.code, "halted": st.code in ex.halted})
 
     async def step(self, request: web.Request) -> web.Response:
         """{"n": 100, "codes": ["005930"]} — run the price process n times now."""

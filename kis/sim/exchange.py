@@ -37,6 +37,7 @@ _NOT_PAST_OPENING = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION})
 
 # Business rejections (codes UNCONFIRMED unless noted in README).
 R_NO_STOCK = ("APBK0656", "해당 종목정보가 없습니다.")
+R_HALTED = ("APBK0659", "매매거래정지 종목입니다.")  # a suspended code's order (UNCONFIRMED: code and text)
 R_DVSN = ("APBK0922", "주문구분을 확인하여 주십시오.")
 R_QTY = ("APBK0915", "주문수량을 확인하여 주십시오.")
 R_CLOSED = ("APBK0919", "장운영시간이 아닙니다.")
@@ -224,6 +225,9 @@ class Exchange:
         # the fault exchange-refuse (kis/sim/faults.py ExchangeRefusal; the admin route sets it): whether the
         # next accepted line of this kind is refused by the exchange after KIS acknowledged it
         self.refuse_after_ack: Callable[[OrderKind], bool] = _never
+        # codes whose trading is suspended (거래정지, POST /admin/halt): orders refused, nothing prints, the
+        # quote says so (temp_stop_yn Y, iscd_stat_cls_code 58)
+        self.halted: set[str] = set()
         # Conservation bookkeeping for the synthetic counterparty.
         self.synthetic_cash_in = 0  # cash our accounts paid to the market (buys − sells)
         self.synthetic_shares_out: dict[str, int] = {}  # shares the market delivered to us
@@ -345,8 +349,14 @@ class Exchange:
             return self._refused_after_ack(acct, rec, rctf="0")
         return self._enter(acct, st, rec, limit, rctf="0")
 
+    def suspended(self, code: str) -> bool:
+        """Whether trading in `code` is suspended today (what inquire-price says)."""
+        return code in self.halted
+
     def _validate(self, acct: Account, st: StockState, rec: OrderRecord, price: int) -> int | None:
         """Checks every KRX/account rule; returns the book limit (None = market)."""
+        if st.code in self.halted:
+            raise reject(*R_HALTED)
         phase = self.clock.phase()
         if phase not in REGULAR_ORDER_PHASES:
             if acct.paper:
@@ -761,7 +771,7 @@ class Exchange:
         frac = self._session_fraction()
         for code in codes or list(self.stocks):
             st = self.stocks.get(code)
-            if st is None:
+            if st is None or code in self.halted:
                 continue
             target = self._clamp_grid(st, self.process.step(code))
             if phase is Phase.CONTINUOUS:

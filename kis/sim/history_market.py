@@ -228,6 +228,13 @@ class HistoryExchange(Exchange):
         super()._roll_day(day)
         self._start_day(day)
 
+    def suspended(self, code: str) -> bool:
+        # a driven code with no prints on a trading day is halted (the data's V == 0 or missing row); its
+        # orders are still taken and expire unfilled, as the backtest's (a difference from KIS, which refuses them)
+        return super().suspended(code) or (
+            code in self.driven and is_trading_day(self.day) and self._bar.get(code, True) is None
+        )
+
     # ---- driving ---------------------------------------------------------------------------------
 
     def advance(self, to: dt.datetime) -> None:

@@ -120,13 +120,14 @@ def inquire_price(call: Call) -> Reply:
 
     hi_p = hi250.high if hi250 else last
     lo_p = lo250.low if lo250 else last
+    halted = call.twin.exchange.suspended(st.code)
     out = {
-        "iscd_stat_cls_code": "55",
+        "iscd_stat_cls_code": "58" if halted else "55",
         "marg_rate": "20.00",
         "rprs_mrkt_kor_name": "KOSPI200" if info.market == "KOSPI" else "KOSDAQ",
         "new_hgpr_lwpr_cls_code": "",
         "bstp_kor_isnm": info.sector,
-        "temp_stop_yn": "N",
+        "temp_stop_yn": "Y" if halted else "N",
         "oprc_rang_cont_yn": "N",
         "clpr_rang_cont_yn": "N",
         "crdt_able_yn": "Y",

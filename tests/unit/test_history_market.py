@@ -167,6 +167,8 @@ def test_a_halted_day_prints_nothing_and_fills_nothing(shared_data: Path) -> Non
     code, day = HALTED
     d = desk(shared_data, day, holdings={code: 10})
     assert row(d, code).volume == 0 and d.ex.describe()["halted"] == [code]  # type: ignore[comparison-overlap]
+    # inquire-price says so (temp_stop_yn Y, 58): a stop's exit waits for it to trade, not FAILED
+    assert d.ex.suspended(code) and not d.ex.suspended("005930")
     d.at("08:40:00")
     buy = d.place(code, "buy", 5)  # market
     sell = d.place(code, "sell", 5, d.ex.stocks[code].book.lower)
