@@ -462,7 +462,9 @@ def _gates(
     if order_type in MARKET_LIKE and price != 0:
         # KIS executes it at the market (ORD_UNPR "0"): a price would only misstate its size to the limits
         return ErrorCode.BAD_ORDER, f"a {order_type.value} order carries no price (send price=0)"
-    if mandate.listed is not None and code not in mandate.listed:
+    if mandate.listed is not None and code not in mandate.listed and not is_reducing(side, qty, exp):
+        # (shares held are always offered for sale: a code gone from the master file -- a delisting's last days, a
+        # code change, a master read short -- denied every sell, a stop's exit too; KIS says if it cannot trade)
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not a listed code ({mandate.listed_source})"
     if code not in mandate.codes and not released and not is_reducing(side, qty, exp):
         # what it holds it may always sell (a code that left its universe, a gateway restarted since); a

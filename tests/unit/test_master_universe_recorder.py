@@ -19,6 +19,7 @@ import pytest
 from common.clock import KST
 from common.config import AgentCard, BrokerConfig, BrokerEnv, GatewayConfig, RiskLimits
 from common.enums import AgentState, OrderType, Side, TimeInForce
+from common.errors import ErrorCode
 from common.ids import check_stock_code
 from common.krx_rules import SecurityKind
 from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, check_order
@@ -78,6 +79,36 @@ def test_an_etn_order_passes_the_gate_on_the_etn_grid() -> None:
 
     assert order(10_005, kind) is None  # listed, and 10,005 is on the ETN's 5-won grid
     assert order(10_005, SecurityKind.STOCK) is not None  # (as a stock it would be off the 10-won grid)
+
+
+def test_shares_of_a_code_gone_from_the_master_may_still_be_sold() -> None:
+    """A held code missing from the master file (a delisting's last days, a code change, a master read short):
+    buying it is refused, selling what is held is not (a stop's exit was denied every 5 s before)."""
+    m = load_stock_master(MASTER)
+    gone = "999990"
+    assert gone not in m.entries
+    mandate = Mandate(
+        agent_limits=RiskLimits(), account_limits=RiskLimits(), codes={gone}, listed=m.entries, listed_source="KIS"
+    )
+
+    def order(side: Side, qty: int, held: int) -> object:
+        return check_order(
+            code=gone,
+            side=side,
+            qty=qty,
+            price=0,
+            order_type=OrderType.MARKET,
+            tif=TimeInForce.DAY,
+            mandate=mandate,
+            market=MarketView(base_price=10_000),
+            exp=Exposure(position_qty=held, sellable_qty=held),
+            account=AccountExposure(),
+        )
+
+    assert order(Side.SELL, 10, held=10) is None
+    for side, qty, held in ((Side.BUY, 1, 10), (Side.SELL, 11, 10), (Side.SELL, 1, 0)):
+        denial = order(side, qty, held)
+        assert denial is not None and denial[0] is ErrorCode.DENIED_UNKNOWN_CODE, (side, qty, denial)
 
 
 # ---- 2. the universe keeps its last good ranking ----------------------------------------------------
