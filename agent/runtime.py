@@ -366,6 +366,7 @@ class AgentRuntime(AgentServicesMixin):
         # each pause has its number (said in heartbeats): the gateway takes each new one, and its heartbeat
         # reply names the one the operator's resume lifted, so a resume never ends a later pause
         self._pause_n = 0
+        self._skipped, self._skipped_n = "", 0  # daily decisions the catch-up skipped (FeedHealth.skipped)
         self._agent_state = TradingState.ACTIVE  # this agent's trading state at the gateway
         self._gateway_state = TradingState.ACTIVE  # the gateway-wide one
         self._session_state: SessionState | None = None  # the broker session (None: not said yet)
@@ -1313,6 +1314,10 @@ class AgentRuntime(AgentServicesMixin):
                 "for the one after): not delivered, that decision is skipped",
                 ", ".join(late),
             )
+            # a person is told (the gateway, from the heartbeat): a strategy that acts on a cross never sees it again
+            joined = ", ".join(late)
+            self._skipped = joined if len(joined) <= 200 else joined[:190] + f" (+{len(late)})"
+            self._skipped_n += 1
         self._say_days_bar_unknown(newest)
         if as_history:
             self._daily_seen.update(as_history)
@@ -1539,6 +1544,8 @@ class AgentRuntime(AgentServicesMixin):
                 decided=self._day_decided,
                 behind=self._behind,
                 held_back=self._storms.held,
+                skipped=self._skipped,
+                skipped_n=self._skipped_n,
                 **self.quotes.report(),
             ),
         )

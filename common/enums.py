@@ -159,6 +159,8 @@ class AlertKind(StrEnum):
     # lost): a person should learn why from its log, and which orders were in flight (not critical: the
     # restart recovered them and checks them with the broker by itself)
     GATEWAY_RESTARTED = "gateway_restarted"
+    # an agent skipped a daily decision: it was down at that close and came back after the next session opened
+    DECISION_SKIPPED = "decision_skipped"
     # an alerted outage ended: the broker session is ready again, real-time data fresh again (not critical:
     # good news does not jump the queue)
     RECOVERED = "recovered"

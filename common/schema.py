@@ -209,6 +209,10 @@ class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
     behind: bool = False
     # orders its agent did not send: the gateway kept denying orders of those terms (agent/denials.py)
     held_back: NonNegInt = 0
+    # daily decisions its catch-up skipped (down at a close, back after the next session opened): the latest
+    # ("CODE YYYY-MM-DD, ..."), numbered per agent process; the gateway tells a person of each new one
+    skipped: Annotated[str, msgspec.Meta(max_length=ERROR_TEXT_MAX_CHARS)] = ""
+    skipped_n: NonNegInt = 0
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

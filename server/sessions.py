@@ -105,6 +105,9 @@ class AgentSessions:
         # agent -> (process session, number) of the self-pause this gateway took (FeedHealth.pause_n), while the
         # agent says it is paused
         self._pauses: dict[str, tuple[str, int]] = {}
+        # agent -> (process session, number) of the latest skipped daily decision told (FeedHealth.skipped_n); a
+        # restarted gateway tells it again once (a second page beats none)
+        self._skips: dict[str, tuple[str, int]] = {}
         store = self._store()
         raw = store.get_meta(PAUSES_KEY) if store is not None else ""
         if store is not None and raw:
@@ -250,6 +253,15 @@ class AgentSessions:
         rec.errors, rec.last_error = msg.errors, msg.last_error
         rec.feed = msg.feed
         lifted = self._note_pause(rec, msg.feed, msg.h.sid)
+        if msg.feed.skipped_n and self._skips.get(rec.id) != (msg.h.sid, msg.feed.skipped_n):
+            self._skips[rec.id] = (msg.h.sid, msg.feed.skipped_n)
+            self.risk.alert(
+                f"{rec.id} skipped its daily decision on {msg.feed.skipped}: it was down at that close and came back "
+                "after the next session opened (an order now would be for the session after). Check what it holds "
+                f"and would hold (ktrader status); a strategy that acts on a cross may not see it again",
+                kind=AlertKind.DECISION_SKIPPED,
+                agent=rec.id,
+            )
         clock = self.book.clock
         return Ack(h=self.headers(msg.h.mid), clock_ns=market_ns(clock), phase=clock.phase().value, pause_lifted=lifted)
 

@@ -98,3 +98,18 @@ async def test_a_pause_taken_before_a_crash_is_not_paged_again_but_the_next_one_
         assert paused(s2, rec2, 2) == 0 and len(pages(h2)) == 1  # a new pause is news
     finally:
         await h2.close()
+
+
+async def test_a_skipped_daily_decision_reaches_a_person_once(tmp_path: Path) -> None:
+    """An agent back after the next session opened skips the missed close's decision (agent/runtime.py): before,
+    only its own log said so (a cross never seen again: a month's trend missed, a hunt); its heartbeats now carry it
+    and the gateway tells a person once for each new skip."""
+    h = Harness(tmp_path / "db")
+    await h.start()
+    s, rec = sessions(h)
+    for n, what in ((0, ""), (1, "005930 2023-11-03"), (1, "005930 2023-11-03"), (2, "000660 2023-11-03")):
+        s.heartbeat(rec, b"r", Heartbeat(h=AGENT(), feed=FeedHealth(skipped=what, skipped_n=n)))
+    told = h.alerted(AlertKind.DECISION_SKIPPED)
+    assert len(told) == 2 and "005930 2023-11-03" in told[0] and "000660 2023-11-03" in told[1], told
+    assert "came back after the next session opened" in told[0]
+    await h.close()

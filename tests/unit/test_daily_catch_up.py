@@ -493,6 +493,8 @@ def test_a_restart_once_the_next_session_opened_skips_the_missed_bar_and_says_so
         rt = start(tmp_path, gw)
     assert bars_seen() == [] and EVENTS == [("start", A, DAYS[1:4])]  # no cut: history holds it
     assert caplog.text.count("their next session has opened already") == 1
+    feed = rt._heartbeat_msg().feed  # the gateway tells a person (server/sessions.py)
+    assert (feed.skipped, feed.skipped_n) == (f"{A} {DAYS[3]}", 1)
     assert msgspec.msgpack.decode(gw.state[DAILY_SEEN_KEY]) == {A: DAYS[3]}  # not asked again
     for b in gw.close_day(DAYS[4]):  # that day's close is decided as usual
         rt._deliver(b)
