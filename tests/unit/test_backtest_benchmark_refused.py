@@ -118,3 +118,16 @@ def test_two_common_days_are_too_few_three_are_enough(
     out = capsys.readouterr()
     assert json.loads(out.out)["metrics"]["benchmark_days"] == 3
     assert "benchmark index covers 3 of the run's" in out.err  # partial cover: warned, as before
+
+
+def test_data_that_begins_after_from_is_warned_about(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose data begins after --from (a listing, a file that starts late, a bar store whose history a split
+    dropped: a hunt's --twin-replay ran 34 of ~220 days without a word) says where each code's run starts."""
+    args = [str(_card(tmp_path)), "--data", str(shared_data / FDR), "--to", "2020-03-31", "--out", str(tmp_path / "o")]
+    assert main([*args, "--from", "2019-06-03", "--no-plot", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "005930: the data begins 2020-01-02, after --from 2019-06-03: its run starts there" in err, err
+    assert main([*args, "--from", "2020-01-01", "--no-plot", "--json"]) == 0  # a holiday before its first session
+    assert "the data begins" not in capsys.readouterr().err

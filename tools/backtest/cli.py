@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from common import calendar
 from common.config import ConfigError, load_card
 from common.protection import Protection
 from tools.backtest.costs import CostModel
@@ -236,6 +237,8 @@ def _backtest(
     for s in series.values():  # one line per file: what the loader repaired or skipped
         for note in s.notes:
             _warn(console, note)
+    for line in late_starts(series, d_from):
+        _warn(console, line)
     if assumed and not opts.universe:
         _warn(
             console,
@@ -377,6 +380,17 @@ def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory 
     ):
         return load_history(data)
     return None
+
+
+def late_starts(series: dict[str, Series], d_from: dt.date) -> list[str]:
+    """One line per code whose data begins after --from's first session (a listing, a bar store whose history a
+    split dropped, a file that starts late): the run of that code starts there, not at --from."""
+    first = d_from if calendar.is_trading_day(d_from) else calendar.next_trading_day(d_from)
+    out = []
+    for code, s in series.items():
+        if s.bars and (begins := s.bars[0].start[:10]) > first.isoformat():
+            out.append(f"{code}: the data begins {begins}, after --from {d_from}: its run starts there ({s.source})")
+    return out
 
 
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:
