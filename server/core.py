@@ -40,7 +40,9 @@ from server.send_queue import Call, Job, SendQueue
 from server.shadow import ShadowExecution
 from server.store import Store
 
-HALT_ASK_S = 10.0  # the quote that says whether a code whose exit failed is halted: no answer sooner, no halt
+# the quote that says whether a code whose exit failed is halted: no answer sooner, no halt (a paper account's 2
+# calls/s at the open may keep a quote waiting seconds)
+HALT_ASK_S = 30.0
 
 Publish = Callable[[SystemEventKind, str, str], None]
 

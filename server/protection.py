@@ -136,7 +136,8 @@ class ProtectionDesk:
         self.ask_halted: Callable[[str], Awaitable[bool]] | None = None
         self._halts: dict[str, tuple[bool, int]] = {}
         self._asking: dict[str, asyncio.Task[None]] = {}
-        self._halt_told: set[str] = set()  # codes whose halt reached a person (until they trade again)
+        self._need: dict[str, int] = {}  # code -> the latest exit's end (market ns) an answer being awaited is for
+        self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -518,17 +519,20 @@ class ProtectionDesk:
         return self._halts.get(code, (False, 0))[0]
 
     def _halt_since(self, code: str, since_ns: int) -> bool | None:
-        """Whether `code` is halted, by an answer given at or after `since_ns`; None: asked now (the
-        answer judges again the protections on the code)."""
+        """Whether `code` is halted, by an answer to a question asked after `since_ns` (an exit's end); None:
+        asked now (the answer judges again the protections on the code)."""
         if self.ask_halted is None:
             return False
         known = self._halts.get(code)
         if known is not None and known[1] >= since_ns:
             return known[0]
-        self._ask(code)
+        self._ask(code, since_ns)
         return None
 
-    def _ask(self, code: str) -> None:
+    def _ask(self, code: str, since_ns: int = 0) -> None:
+        # the answer is dated no earlier than the latest exit's end it was asked for: a clock stepped back meanwhile
+        # (NTP, a replay) must not make it "too old" and ask again at once, in a loop (a review)
+        self._need[code] = max(self._need.get(code, 0), since_ns)
         if code in self._asking or self.ask_halted is None:
             return
         ask = self.ask_halted
@@ -541,23 +545,29 @@ class ProtectionDesk:
                 halted = False
             finally:
                 self._asking.pop(code, None)
-            self._answer(code, halted)
+            try:
+                self._answer(code, halted)
+            except Exception:  # (tick judges what this left unjudged again)
+                log.exception("the answer whether %s is halted could not be taken", code)
 
         self._asking[code] = asyncio.get_running_loop().create_task(asking())
 
     def _answer(self, code: str, halted: bool) -> None:
         was = self.halted(code)
-        self._halts[code] = (halted, self.book.now_ns())
+        self._halts[code] = (halted, max(self.book.now_ns(), self._need.pop(code, 0)))
         if was and not halted:
-            self._halt_told.discard(code)
+            self._halt_told = {(a, c) for a, c in self._halt_told if c != code}
         for pid in list(self.by_code.get(code, ())):
             p = self.active.get(pid)
             if p is None:
                 continue
-            if p.state is PS.FIRED:
-                self._sync(p)  # an exit that failed waited for this answer
-            elif p.state is PS.TRIGGERED and not halted:
-                self._fire(p)
+            try:
+                if p.state is PS.FIRED:
+                    self._sync(p)  # an exit that failed waited for this answer
+                elif p.state is PS.TRIGGERED and not halted:
+                    self._fire(p)
+            except Exception:  # one protection's failure leaves the others judged
+                log.exception("protection %s on %s: the halt answer could not be applied", pid, code)
 
     def _trades_again(self, code: str) -> None:
         if self.halted(code):
@@ -566,9 +576,10 @@ class ProtectionDesk:
             self._halts[code] = (False, self.book.now_ns())
 
     def _tell_halted(self, p: Protection, last: Order) -> None:
-        if p.code in self._halt_told:
+        # once a halt for each agent (a restart tells it again: its first exit is refused again)
+        if (p.agent, p.code) in self._halt_told:
             return
-        self._halt_told.add(p.code)
+        self._halt_told.add((p.agent, p.code))
         self.alert(
             f"{p.agent}: {p.code} is halted (trading suspended, says KIS): the protective exit "
             f"{last.client_order_id} ended {last.state.value} unsold and is placed again when {p.code} trades; "
@@ -748,6 +759,10 @@ class ProtectionDesk:
             agent=p.agent,
         )
 
+    def _exit_over(self, p: Protection) -> bool:
+        last = self.book.orders.get(p.exits[-1]) if p.exits else None
+        return last is not None and not last.is_open
+
     def _entry_open(self, p: Protection) -> bool:
         e = self.book.orders.get(p.entry)
         return e is not None and e.is_open
@@ -803,6 +818,8 @@ class ProtectionDesk:
             put_off, due = self._next_try.get(p.id, (0, 0))
             if p.state is PS.TRIGGERED and (now >= due or now < put_off):
                 self._fire(p)
+            elif p.state is PS.FIRED and p.code not in self._asking and self._exit_over(p):
+                self._sync(p)  # (an exit's end judged on an answer whose handling failed: judged again)
         if self._dirty and (now - self._saved_ns >= _SAVE_HIGHS_NS or now < self._saved_ns):
             with book.store.transaction():
                 for pid in self._dirty:

@@ -9,16 +9,21 @@ trades) places it again. A refusal of a code that is not halted still counts (MA
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from pathlib import Path
 
 import msgspec
 
+from common.clock import KST
 from common.enums import AlertKind, OrderType, Side, TradingState
+from common.market_clock import ManualClock
 from common.orders import OrderState
-from common.protection import ExitType, ProtectionState as PS
+from common.protection import ExitType, Protection, ProtectionState as PS
 from common.schema import PriceQuote
 from kis.port import BrokerAck, BrokerOrder, BrokerRejected, Capability
 from tests.fakes.broker import FakeBroker
+from tests.fakes.core import TODAY
 from tests.fakes.harness import Harness
 from tests.unit.test_protection import CARD, buy, exits
 
@@ -136,5 +141,59 @@ async def test_a_refusal_of_a_code_that_trades_still_counts(tmp_path: Path) -> N
         p = h.protection.ended[PID]
         assert p.state is PS.FAILED and p.attempts == 3 and len(broker.quotes) == 3  # asked each time: not halted
         assert not any("is halted" in t for t in h.alerted(AlertKind.PROTECTION))
+    finally:
+        await h.close()
+
+
+async def test_a_clock_stepped_back_while_asking_does_not_ask_again_and_again(tmp_path: Path) -> None:
+    """The answer is dated no earlier than the exit's end it was asked for: with the clock stepped back 5 s (NTP, a
+    replay) each answer read as older than the refusal and was asked again at once (96 quotes a second, a review)."""
+    broker = Halting()
+    clock = ManualClock(dt.datetime(TODAY.year, TODAY.month, TODAY.day, 10, 0, 10, tzinfo=KST))
+    h = Harness(tmp_path / "db", broker=broker, clock=clock)
+    await armed(h)
+    try:
+        broker.halted.add("005930")
+        quote = broker.quote
+        gate = asyncio.Event()
+
+        async def held(code: str, *, caller: str = "gateway") -> PriceQuote:
+            await gate.wait()
+            return await quote(code, caller=caller)
+
+        broker.quote = held  # type: ignore[method-assign]
+        h.print("005930", 68_000)
+        await h.settle(lambda: bool(h.protection._asking))
+        clock.set(clock.now() - dt.timedelta(seconds=5))  # the clock steps back while the quote is out
+        gate.set()
+        await h.settle(lambda: h.protection.active[PID].state is PS.TRIGGERED)
+        for _ in range(3):
+            h.protection.tick()
+            await asyncio.sleep(0.01)
+        assert len(broker.quotes) == 1 and "005930 is halted" in h.protection.active[PID].reason
+    finally:
+        await h.close()
+
+
+async def test_an_answer_whose_handling_failed_is_judged_again_at_the_next_tick(tmp_path: Path) -> None:
+    broker = Halting()
+    h = Harness(tmp_path / "db", broker=broker)
+    await armed(h)
+    try:
+        broker.halted.add("005930")
+        sync, failed = h.protection._sync, []
+
+        def failing_once(p: Protection) -> None:
+            if not failed and p.state is PS.FIRED and "005930" in h.protection._halts:
+                failed.append(p.id)
+                raise RuntimeError("a store write failed (injected)")
+            sync(p)
+
+        h.protection._sync = failing_once  # type: ignore[method-assign]
+        h.print("005930", 68_000)
+        await h.settle(lambda: failed and not h.protection._asking)
+        assert h.protection.active[PID].state is PS.FIRED  # left unjudged by the failure...
+        h.protection.tick()  # ...and judged again
+        assert h.protection.active[PID].state is PS.TRIGGERED and h.protection.active[PID].attempts == 0
     finally:
         await h.close()
