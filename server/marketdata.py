@@ -209,6 +209,9 @@ class MarketData:
         # it: its answer is the truth for that day (a halted code has no bar on a trading day), so the same
         # hole is not asked about on every GetBars
         self._hole_asked: dict[tuple[str, str, str], dt.date] = {}
+        # code -> how many daily bars a split dropped (_drop_daily): the next daily window asked fetches that many
+        # back, adjusted, not only its own n (the store kept 34 of 315 bars, and a backtest of it ran 34 days)
+        self._refill: dict[str, int] = {}
 
     def day_close(self, code: str, day: dt.date) -> int:
         """The official close of `code` on `day` (0: not known): its daily bar's, which goes out only
@@ -525,6 +528,8 @@ class MarketData:
 
     def _drop_daily(self, code: str) -> int:
         gone = self.store.delete(code, DAILY)
+        if gone:
+            self._refill[code] = max(self._refill.get(code, 0), gone)
         self.closed.pop((code, DAILY), None)
         self._forget_holes(code)
         self.bars_forgotten += gone
@@ -872,11 +877,13 @@ class MarketData:
         if Capability.CHARTS not in broker.capabilities:
             return have, 0
         hole = self._daily_hole(code, interval, n, before, have, now.date()) if len(have) >= n else None
-        if len(have) >= n and hole is None:
+        refill = self._refill.get(code, 0) if interval == DAILY else 0
+        if len(have) >= n and hole is None and refill <= n:
             return have, 0
         if interval == DAILY:
             # today's bar is the builder's, complete only after the close
-            fetched = await broker.daily_bars(code, n, now.date(), caller=caller)
+            fetched = await broker.daily_bars(code, max(n, refill), now.date(), caller=caller)
+            self._refill.pop(code, None)  # (answered: an error propagated above leaves it to ask again)
         else:
             need = n * MINUTES[interval] + MINUTES[interval]
             ones, reached_start = await broker.minute_bars(

@@ -90,6 +90,12 @@ def assert_adjusted(md: MarketData, kept: list[Bar]) -> None:
     broker = Charts()
     got = closes(md, broker)
     assert broker.calls == 1 and len(got) == 20 and max(got) < 60_000, got
+    # every day dropped came back adjusted, not only the 20 asked (a backtest of the store ran 34 of ~220 days)
+    stored = md.store.bars(CODE, "1d")
+    assert [b.start for b in stored] == [d.isoformat() for d in DAYS if d <= SPLIT_DAY] and max(
+        b.close for b in stored
+    ) < 60_000
+    assert closes(md, broker) == got and broker.calls == 1  # asked once
     assert md.closed.get((CODE, "1d")) is None
     assert intraday(md) == kept
     assert min(closes(md, broker, OTHER)) > 2_000_000 and broker.calls == 1  # untouched, nothing asked
