@@ -105,6 +105,7 @@ class AdminApi:
         )
         r.add_post("/admin/price", self.set_price)
         r.add_post("/admin/halt", self.halt)
+        r.add_post("/admin/split", self.split)
         r.add_get("/admin/book/{code}", self.book)
         r.add_post("/admin/market/step", self.step)
         r.add_get("/admin/faults", self.faults)
@@ -317,6 +318,15 @@ class AdminApi:
         else:
             ex.halted.discard(st.code)
         return _json({"code": st.code, "halted": st.code in ex.halted})
+
+    async def split(self, request: web.Request) -> web.Response:
+        """{"code": "005930", "num": 50, "den": 1} — a split (num new shares for den old) at the next session."""
+        b = await self._body(request)
+        try:
+            st = self.twin.exchange.split(str(b.get("code", "")), int(b.get("num", 0)), int(b.get("den", 1)))
+        except (TypeError, ValueError) as e:
+            raise web.HTTPConflict(text=str(e)) from None
+        return _json({"code": st.code, "last": st.last, "history": len(st.history)})
 
     async def step(self, request: web.Request) -> web.Response:
         """{"n": 100, "codes": ["005930"]} — run the price process n times now."""

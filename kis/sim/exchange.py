@@ -349,6 +349,48 @@ class Exchange:
             return self._refused_after_ack(acct, rec, rctf="0")
         return self._enter(acct, st, rec, limit, rctf="0")
 
+    def split(self, code: str, num: int, den: int) -> StockState:
+        """A stock split (`num` new shares for `den` old: 50:1; 1:10 a reverse split) taking effect at the next
+        session, as KRX's base price and KIS's balance show it on the split's first day: every account's shares x
+        num/den at the same purchase amount, the code's prices (today's, so the base the roll takes, and its daily
+        history, served adjusted as KIS's chart with FID_ORG_ADJ_PRC 0) x den/num. Only between sessions, with none
+        of the code's orders open (KRX suspends trading in the code around a split), and only where every holding
+        comes out whole (no fractional shares: KRX pays those in cash). ValueError says why not."""
+        st = self.stock(code)
+        if st is None:
+            raise ValueError(f"unknown code {code!r}")
+        if num <= 0 or den <= 0 or num == den:
+            raise ValueError(f"a split is N new shares for M old, N != M, both positive (got {num}:{den})")
+        if self.clock.phase() in REGULAR_ORDER_PHASES:
+            raise ValueError("a split takes effect between sessions: move the clock past the close first")
+        if any(r.code == st.code and r.open_qty > 0 for r in self.orders.values()):
+            raise ValueError(f"orders of {st.code} are open: cancel them first (KRX suspends it around a split)")
+        holdings = [a.holdings[st.code] for a in self.accounts.values() if st.code in a.holdings]
+        if any(h.qty * num % den or h.bfdy_qty * num % den for h in holdings):
+            raise ValueError(f"a {num}:{den} split leaves fractional shares in an account: not modelled")
+
+        def price(p: int) -> int:
+            return max(1, (p * den + num // 2) // num)
+
+        for h in holdings:
+            h.qty, h.bfdy_qty = h.qty * num // den, h.bfdy_qty * num // den
+            h.thdt_buy, h.thdt_sell = h.thdt_buy * num // den, h.thdt_sell * num // den
+        st.history = [
+            history.DailyBar(b.day, price(b.open), price(b.high), price(b.low), price(b.close), b.volume * num // den)
+            for b in st.history
+        ]
+        rules, kind, market = st.book.rules, st.info.kind, st.book.market
+        # the new base on the grid (KRX rounds the adjusted close to a tick); today's range with it
+        st.last = rules.round_down(price(st.last), kind, market)
+        st.prev_close = price(st.prev_close)
+        if st.acml_vol:
+            st.open, st.high, st.low = price(st.open), price(st.high), price(st.low)
+            st.acml_vol = st.acml_vol * num // den
+        st.book.reset_day(st.last, self.rules)
+        self.process.reanchor(st.code, st.last)
+        self._refresh_synthetic(st, st.last, match=False)
+        return st
+
     def suspended(self, code: str) -> bool:
         """Whether trading in `code` is suspended today (what inquire-price says)."""
         return code in self.halted
