@@ -578,7 +578,10 @@ class Portfolio:
         mark = self.marks.get(code)
         return self._worth(agent, code, qty, mark) if mark else cost
 
-    def set_position(self, agent: str, pos: PositionView) -> None:
+    def set_position(self, agent: str, pos: PositionView, *, traded: bool = True) -> None:
+        """`traded` False: the change is no trade (shares found held before ktrader, or taken back, by a position
+        check): no cash moved for it, so nothing is spent (a first start's holdings, booked as bought, lowered the
+        cash estimate by their cost, and the next reads called the gap money moved in, a drawdown)."""
         book = self.positions.setdefault(agent, {})
         old = book.get(pos.code)
         book[pos.code] = pos
@@ -586,7 +589,7 @@ class Portfolio:
         oq, oc, ospent = (old.qty, old.cost, old.cost - old.realized_pnl + old.fees) if old else (0, 0, 0)
         dq, dc = pos.qty - oq, pos.cost - oc
         dv = self._value(agent, pos.qty, pos.cost, code) - self._value(agent, oq, oc, code)
-        dspent = pos.cost - pos.realized_pnl + pos.fees - ospent
+        dspent = pos.cost - pos.realized_pnl + pos.fees - ospent if traded else 0
         if dspent > 0 and agent not in self.virtual:
             self._paid += dspent
         for bk in self._scopes(agent):

@@ -13,7 +13,8 @@ from common.ids import EXTERNAL_AGENT
 from common.market_clock import ManualClock
 from common.orders import OrderState
 from common.schema import NewOrder
-from kis.port import BrokerPosition
+from common.enums import Side
+from kis.port import BrokerOrder, BrokerPosition
 from server.risk_views import explain_text, parse_order
 from tests.fakes.harness import Harness
 from tests.unit.test_oms import CARD, coid, order
@@ -166,4 +167,41 @@ async def test_shares_held_before_ktrader_count_today_s_move_only_in_the_day_s_p
     assert qty(h, EXTERNAL_AGENT) == 300
     assert h.portfolio.unrealized(EXTERNAL_AGENT) == 300 * (71_000 - HELD_AVG)
     assert h.portfolio.day_unrealized(EXTERNAL_AGENT) == 300 * 1_000
+    await h.close()
+
+
+async def test_holdings_found_at_the_first_start_move_no_cash(tmp_path: Path) -> None:
+    """The account read before the first pass gives holdings to 'external': they were bought before ktrader, so the
+    broker's cash already excludes them. Booked as spending, they lowered the cash estimate by their cost, and the
+    next two reads called the gap money moved in (+2,881,176 KRW 'not from a trade') and raised the peak a
+    drawdown was then judged from (a first start went REDUCING with nothing traded, a hunt)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = HeldBroker(clock, {SAMSUNG: 30, KAKAO: 20}, cash=19_000_000)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    flows: list[int] = []
+    h.account.on_cash_flow = flows.append
+    await b.start()
+    assert await h.account.read_once()  # the gateway's first read may come before the first pass
+    await h.start(read_account=False)
+    assert qty(h, EXTERNAL_AGENT) == 30 and qty(h, EXTERNAL_AGENT, KAKAO) == 20
+    for _ in range(3):
+        assert await h.account.read_once()
+        assert h.portfolio.cash() == 19_000_000
+    assert flows == [] and h.portfolio.cash_flows == 0
+    await h.close()
+
+
+async def test_holdings_partly_sold_in_the_app_today_are_attributed_at_the_first_start(tmp_path: Path) -> None:
+    """30 held before ktrader, 10 of them sold in the KIS app this morning: the first pass books the app's sell
+    from the day's list ('external' -10) and gives 'external' the 30 at once. Before, the app's ended sell made the
+    code 'explainable' and the shares waited the grace: a short of 10 that does not exist, the equity ~2 M low and
+    the same alert every pass meanwhile (a hunt)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = HeldBroker(clock, {SAMSUNG: 20}, cash=19_000_000)  # the balance after the app sold 10 (the fake shows none)
+    await b.start()
+    await b.submit(BrokerOrder(client_order_id="-", code=SAMSUNG, side=Side.SELL, qty=10, price=60_000))
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert qty(h, EXTERNAL_AGENT) == 20
+    assert any("attributed to external (held before ktrader" in t for t in told(h)), told(h)
     await h.close()
