@@ -61,6 +61,7 @@ class _Saved(msgspec.Struct):
     day: str = ""
     day_peaks: dict[str, int] = {}
     all_time: dict[str, int] = {}
+    budgets: dict[str, int] = {}  # agent -> the card budget its peaks were taken with (an older store: none)
 
 
 class Peaks:
@@ -73,6 +74,7 @@ class Peaks:
             log.warning("stored equity peaks unreadable: starting them again")
             saved = _Saved()
         self.day, self.day_peaks, self.all_time = saved.day, dict(saved.day_peaks), dict(saved.all_time)
+        self.budgets = dict(saved.budgets)
         self._dirty = False
         self._saved_ns = 0
 
@@ -108,6 +110,21 @@ class Peaks:
                 peaks[key] = max(1, peaks[key] * after // before)
         self.save(force=True)
 
+    def rebudget(self, agent: str, budget: int, equity: int) -> int:
+        """The agent's card budget is `budget` now, its equity (budget + P&L) `equity`: the budget its peaks were taken
+        with, if another (a reload, a card edited and approved, then 0: none known), after its peaks moved with the
+        change as money moved (`scale`): a budget cut read as a loss halted the agent and cancelled its orders (a
+        hunt)."""
+        was = self.budgets.get(agent, 0)
+        if was == budget:
+            return 0
+        self.budgets[agent] = budget
+        if was:
+            self.scale(agent, equity, equity - (budget - was))
+        else:
+            self.save(force=True)
+        return was
+
     def reset(self, key: str, equity: int) -> None:
         """The peaks of `key` start again at `equity` (the operator's word: a drawdown is accepted)."""
         self.day_peaks[key] = self.all_time[key] = equity
@@ -119,7 +136,9 @@ class Peaks:
         with self.store.transaction():
             self.store.set_meta(
                 _META,
-                msgspec.json.encode(_Saved(day=self.day, day_peaks=self.day_peaks, all_time=self.all_time)).decode(),
+                msgspec.json.encode(
+                    _Saved(day=self.day, day_peaks=self.day_peaks, all_time=self.all_time, budgets=self.budgets)
+                ).decode(),
             )
         self._dirty, self._saved_ns = False, now_ns
 

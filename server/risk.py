@@ -682,6 +682,13 @@ class RiskGate:
         for card in cards:
             if card.budget:
                 eq = p.agent_equity(card.id, card.budget)
+                if was := peaks.rebudget(card.id, card.budget, eq):
+                    self.alert(
+                        f"{card.id}: budget {was:,} -> {card.budget:,}: its equity peaks moved with it (its drawdown "
+                        "limits measure its trading, not the change)",
+                        kind=AlertKind.OPERATOR,
+                        agent=card.id,
+                    )
                 scopes.append((card.id, card.id, card.risk, eq, eq))
         bounds = p.equity_bounds()
         if bounds is not None:

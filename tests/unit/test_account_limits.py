@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from common.config import AgentCard, DrawdownPeak, GatewayConfig, RiskLimits
 from common.enums import AlertKind, Side, SystemEventKind, TradingState
 from common.errors import ErrorCode
@@ -201,6 +203,37 @@ async def test_an_agents_drawdown_on_its_own_equity(tmp_path: Path) -> None:
     assert h.risk.agent_state("alpha") is TradingState.REDUCING and h.risk.global_state is TradingState.ACTIVE
     assert any(t.startswith("alpha equity") for t in h.alerted(AlertKind.DRAWDOWN))
     await h.close()
+
+
+async def test_a_budget_change_is_not_a_drawdown_and_survives_a_restart(tmp_path: Path) -> None:
+    """An agent's equity is its budget plus its P&L: a budget cut from 20 M to 15 M read as a 25 % drawdown, halted
+    the agent and cancelled its resting sell (a reload, or the card edited and approved before a restart: a hunt).
+    Its peaks move with the budget (a drawdown already there keeps its size), a person is told once."""
+    db = tmp_path / "db"
+    h = Harness(db)
+    await h.start()
+    a = card(budget=20_000_000, max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
+    assert h.desk.submit(a, order("alpha", 1, 10, 70_000)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    h.print("005930", 70_000)
+    h.risk.sweep([a])
+    cut = msgspec.structs.replace(a, budget=15_000_000)
+    h.risk.sweep([cut])
+    h.risk.sweep([cut])
+    assert h.risk.agent_state("alpha") is TradingState.ACTIVE
+    told = [t for t in h.alerted(AlertKind.OPERATOR) if "budget" in t]
+    assert told == ["alpha: budget 20,000,000 -> 15,000,000: its equity peaks moved with it (its drawdown limits "
+                    "measure its trading, not the change)"], told  # fmt: skip
+    assert not h.alerted(AlertKind.DRAWDOWN)
+    await h.close()
+    h2 = Harness(db)  # the card as stored: the peaks were taken with 15 M now
+    await h2.start()
+    h2.print("005930", 70_000)
+    h2.risk.sweep([cut])
+    assert h2.risk.agent_state("alpha") is TradingState.ACTIVE and not h2.alerted(AlertKind.OPERATOR)
+    h2.risk.sweep([msgspec.structs.replace(a, budget=10_000_000)])  # edited while it was down: the same
+    assert h2.risk.agent_state("alpha") is TradingState.ACTIVE
+    await h2.close()
 
 
 async def test_the_operators_multiplier_scales_size_limits_and_persists(tmp_path: Path) -> None:
