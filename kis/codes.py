@@ -246,7 +246,9 @@ def lookup(code: str, http_status: int = 200) -> KisCode:
     if known is not None:
         return known
     if code.startswith("EGW"):
-        verdict = Verdict.SERVER
+        # KIS's gateway answers most of its errors with HTTP 500; a 401/403 with a code not in the table (an IP not
+        # registered for the key?) is a refusal a retry will not change, not a server's bad moment
+        verdict = Verdict.REJECTED if http_status in (401, 403) else Verdict.SERVER
     elif code.startswith(("APBK", "IGW", "OPSQ", "KIOK")) or (len(code) == 8 and code.isdigit()):
         verdict = Verdict.REJECTED
     elif code.startswith("OPSP"):

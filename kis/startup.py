@@ -89,6 +89,12 @@ def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupE
         if isinstance(exc, BrokerAuthError) or (info is not None and info.verdict is Verdict.ACCOUNT):
             if info is not None and info.verdict is Verdict.WRONG_DOMAIN:
                 hint = wrong_domain_hint(env_name)
+            elif info is not None and info.verdict is Verdict.TOKEN_INVALID:
+                # (re-issued already, and refused again: the table's "re-issued automatically" is no step to take)
+                hint = (
+                    "KIS refused a token it had just issued: check the app key's service status in the KIS developer "
+                    "portal (expired or suspended), then start again"
+                )
             elif info is not None and info.hint:
                 hint = info.hint
             else:
@@ -100,7 +106,12 @@ def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupE
             ) or "a KIS-side or network problem; it is retried"
             return StartupError(what, reason, hint, StartExit.UNREACHABLE, transient=True)
         if isinstance(exc, BrokerRejected):
-            hint = (info.hint if info is not None and info.hint else "") or "check the account and environment settings"
+            hint = (info.hint if info is not None and info.hint else "") or (
+                f"KIS refused this machine or key (HTTP {exc.http_status}): if the app key takes only registered IPs, "
+                "register this machine's public IP in the KIS developer portal; else check the key's service status"
+                if exc.http_status in (401, 403)
+                else "check the account and environment settings"
+            )
             return StartupError(what, f"KIS refused: {reason}", hint, StartExit.REFUSED)
     return None
 

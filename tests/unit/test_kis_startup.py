@@ -15,7 +15,8 @@ import pytest
 
 from common.private import private_dir, tighten
 from kis.netdiag import BrokerUnreachable, NetFault, NetProblem, explain
-from kis.port import BrokerAuthError, BrokerTemporary
+from kis.codes import Verdict, lookup
+from kis.port import BrokerAuthError, BrokerRejected, BrokerTemporary
 from common.redact import RedactSecrets, register
 from kis.startup import StartExit, StartRetry, StartupError, explain_failure
 
@@ -75,6 +76,15 @@ def test_failures_map_to_exit_codes_and_hints() -> None:
     server = explain_failure(BrokerTemporary("oops", code="EGW00500", http_status=500), what="w", env_name="paper")
     assert server is not None and server.transient and server.exit_code is StartExit.UNREACHABLE
     assert explain_failure(ValueError("a bug"), what="w", env_name="paper") is None  # not ours to explain
+    # a token refused again right after its re-issue: a step to take, not "re-issued automatically" (a hunt)
+    again = explain_failure(BrokerAuthError("x", code="EGW00121", http_status=500), what="w", env_name="real")
+    assert again is not None and again.exit_code is StartExit.REFUSED and "developer portal" in again.hint
+    # an EGW code the table lacks, on HTTP 403 (an IP not registered?): refused at once, not retried for 90 s
+    assert lookup("EGW00501", 403).verdict is Verdict.REJECTED and lookup("EGW00501", 500).verdict is Verdict.SERVER
+    ip = explain_failure(
+        BrokerRejected("접근이 허용되지 않은 IP입니다", code="EGW00501", http_status=403), what="w", env_name="real"
+    )
+    assert ip is not None and not ip.transient and "register this machine's public IP" in ip.hint
     lines = StartupError(
         "KIS paper REST", "kis:9443: connection refused", "check the port", StartExit.UNREACHABLE
     ).lines()
