@@ -278,7 +278,8 @@ class Portfolio:
         self._last_mark: CashMark | None = None  # the last read's
         # code → client order id → open order of an agent (not 'external'): what a new order of another agent
         # on the code would trade with (the self-trade check: opposite)
-        self._resting: dict[str, dict[str, Order]] = {}
+        # open orders by side and code (the self-trade rule's; every agent's but shadow ones, 'external' too)
+        self._resting: dict[Side, dict[str, dict[str, Order]]] = {Side.BUY: {}, Side.SELL: {}}
 
     def _scopes(self, agent: str) -> Iterator[_Book]:
         yield self._books[agent]
@@ -327,31 +328,28 @@ class Portfolio:
         self._traded_on.setdefault(self._day, [0, 0])[1] = value
 
     def _rest(self, o: Order, add: bool) -> None:
-        # sells only: the self-trade rule weighs a buy against other agents' resting sells (a sell is never
-        # held back by it), so a buy's check reads the code's sells, not every resting buy (10,000 resting
-        # buys on one code made each order's check 300 us)
-        if o.agent == EXTERNAL_AGENT or o.side is not Side.SELL:  # (external: not ours to reason about)
-            return
+        # by side: an order's check reads the code's orders of the other side only (10,000 resting buys on one code
+        # made each buy's check 300 us when it read them all)
+        by_code = self._resting[o.side]
         if add:
-            self._resting.setdefault(o.code, {})[o.client_order_id] = o
+            by_code.setdefault(o.code, {})[o.client_order_id] = o
             return
-        got = self._resting.get(o.code)
+        got = by_code.get(o.code)
         if got is not None and got.pop(o.client_order_id, None) is not None and not got:
-            del self._resting[o.code]
+            del by_code[o.code]
 
     def opposite(self, agent: str, code: str, side: Side, day: str, today: str) -> tuple[RestingOrder, ...]:
-        """Other agents' open orders on `code` (not 'external', not shadow) of the side opposite `side`, in
-        the session of `day` (YYYYMMDD; a HELD order is in its valid day's, every other in `today`'s):
-        what an order of `agent` would trade with on this account (risk_rules self_trade). A few dictionary
-        reads per open order of the code."""
-        got = self._resting.get(code) if side is Side.BUY else None
+        """Other agents' open orders on `code` (not shadow ones; the account owner's own, placed outside ktrader and
+        booked as 'external', too) of the side opposite `side`, in the session of `day` (YYYYMMDD; a HELD order is in
+        its valid day's, every other in `today`'s): what an order of `agent` would trade with on this account
+        (risk_rules self_trade). A few dictionary reads per open order of the code."""
+        got = self._resting[Side.SELL if side is Side.BUY else Side.BUY].get(code)
         if not got:
             return ()
         return tuple(
             RestingOrder(o.client_order_id, o.agent, o.side, self._crossing_price(o))
             for o in got.values()
             if o.agent != agent
-            and o.side is not side
             and o.agent not in self.virtual
             and (o.valid_day if o.state is OrderState.HELD else today) == day
         )

@@ -34,6 +34,7 @@ from common.config import DrawdownPeak, RiskLimits
 from common.costs import CostModel
 from common.enums import OrderType, SessionState, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
+from common.ids import EXTERNAL_AGENT
 from common.krx import REGULAR_ORDER_PHASES, Phase
 from common.krx_rules import CURRENT, KrxRules, Market, PriceRuleError, SecurityKind
 
@@ -285,23 +286,27 @@ def crosses(side: Side, price: int, order_type: OrderType, other: RestingOrder) 
 def self_trade(
     code: str, side: Side, price: int, order_type: OrderType, opposite: Iterable[RestingOrder]
 ) -> Denial | None:
-    """A BUY that would trade with another agent's open sell on the same account (`opposite`): one account
-    on both sides pays commission and the sell tax for nothing, and a print with the same owner on both
-    sides is what market surveillance reads as a wash trade (가장매매). A sell is never denied by this rule:
-    it only reduces a position held (KRX has no retail short selling), and an exit — a strategy's own
-    stop-loss at the market — must get out whatever another agent bids; the buy side alone is where a
-    self-trade can be refused without risk (the buyer may price below the sell or wait)."""
-    if side is _SELL:
+    """An order that would trade with another agent's open order of the other side on the same account
+    (`opposite`; the owner's own orders placed outside ktrader too): one account on both sides pays commission
+    and the sell tax for nothing, and a print with the same owner on both sides is what market surveillance
+    reads as a wash trade (가장매매). A buy or a LIMIT sell is refused (it may be priced away from that order, or
+    wait); a sell at the market (or best, IOC/FOK at the market, conditional) is let through: it is an exit that
+    must get out whatever another agent bids (as the sells the gateway places, which are never checked)."""
+    if side is _SELL and order_type is not OrderType.LIMIT:
         return None
     for other in opposite:
         if crosses(side, price, order_type, other):
             at = f"at {other.price:,}" if other.price else "at any price"
             mine = f"at {price:,}" if price and order_type is OrderType.LIMIT else f"as a {order_type.value} order"
+            whose = (
+                "the order placed outside ktrader (the KIS app)"
+                if other.agent == EXTERNAL_AGENT
+                else f"{other.agent}'s open {other.side.value}"
+            )
             return ErrorCode.DENIED_SELF_TRADE, (
-                f"{code}: this {side.value} {mine} would trade with {other.agent}'s open {other.side.value} "
-                f"{other.client_order_id} ({at}) on the same account: a self-trade pays fees and tax for "
-                "nothing and looks like a wash trade (가장매매) to market surveillance; price it away from that "
-                "order, or wait until it is filled or cancelled"
+                f"{code}: this {side.value} {mine} would trade with {whose} {other.client_order_id} ({at}) on the "
+                "same account: a self-trade pays fees and tax for nothing and looks like a wash trade (가장매매) to "
+                "market surveillance; price it away from that order, or wait until it is filled or cancelled"
             )
     return None
 

@@ -24,9 +24,10 @@ account read left on its cash base (server/equity.py).
 
 Agents share one account: an order (new, revised, or a held one released) that would trade with
 another agent's open order of the opposite side on the same code and session is denied
-(DENIED_SELF_TRADE, common/risk_rules.py self_trade), except the sells the gateway places for an agent
-(protective exits, flattens: they must get out). Orders of 'external' are not weighed, nor an agent's
-own (the gate does not check an agent against itself).
+(DENIED_SELF_TRADE, common/risk_rules.py self_trade), except sells at the market and the sells the gateway
+places for an agent (protective exits, flattens: they must get out). The owner's own orders placed outside
+ktrader ('external') are weighed as another agent's; an agent's own are not (the gate does not check an agent
+against itself).
 
 A card's `[schedule] start` after the open holds the agent's own orders for today's session back until
 then (DENIED_SCHEDULE, common/risk_rules.py before_start), revises too; not the gateway's exits, nor

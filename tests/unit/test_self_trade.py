@@ -1,9 +1,10 @@
 """Two agents on one account must not trade with each other (a self-trade: commission and the sell tax
 for nothing, and a print with the same owner on both sides, which market surveillance reads as a wash
 trade, 가장매매): the risk gate denies a buy that would trade with another agent's open sell on the same
-code and session (DENIED_SELF_TRADE), new, revised or released (a sell, which may be an exit, goes); the gateway's
-own exits for an agent (flatten, protective exits) go whatever rests; 'external' orders and an agent's
-own are not weighed by this rule. On the gateway's order core around the in-process broker (a limit
+code and session (DENIED_SELF_TRADE), new, revised or released, and a limit sell that would trade with another's
+open buy (a sell at the market, which may be an exit, goes); the gateway's own exits for an agent (flatten,
+protective exits) go whatever rests; the owner's orders placed outside ktrader ('external') are weighed, an agent's
+own are not. On the gateway's order core around the in-process broker (a limit
 buy below its 70,000 reference price, or a sell above it, rests)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.ids import EXTERNAL_AGENT
 from common.market_clock import ManualClock
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
+from common.risk_rules import RestingOrder, self_trade
 from common.schema import NewOrder
 from kis.port import BrokerNotice
 from tests.fakes.broker import FakeBroker
@@ -100,17 +102,22 @@ class Desk:
         await self.until(lambda: self.state(new.client_order_id) is OrderState.ACCEPTED)
 
 
-def test_a_sell_that_would_meet_another_agents_resting_buy_is_not_blocked(tmp_path: Path) -> None:
-    """alpha's limit buy 100 @ 50,000 rests; bravo's sell would match it on the same account. A sell only
-    reduces a position held and may be an exit (a strategy's own stop at the market): it goes."""
+def test_a_limit_sell_that_would_meet_another_agents_resting_buy_is_denied_a_market_sell_is_not(
+    tmp_path: Path,
+) -> None:
+    """alpha's limit buy 100 @ 50,000 rests; bravo's limit sell at 50,000 would match it on the same account (a wash
+    trade, fees and tax for nothing: let through before, a hunt): denied, priced above it goes. A sell at the market
+    may be an exit (a strategy's own stop): it goes whatever rests."""
 
     async def main() -> None:
         a, b = card("alpha"), card("bravo")
         async with Desk(tmp_path) as d:
             await d.holding(b, 1, 100)
             await d.resting(a, order("alpha", 1, 100, 50_000))
-            assert d.core.desk.submit(b, order("bravo", 2, 10, 50_000, Side.SELL)).accepted
-            assert d.core.desk.submit(b, order("bravo", 3, 10, 0, Side.SELL, OrderType.MARKET)).accepted
+            r = d.core.desk.submit(b, order("bravo", 2, 10, 50_000, Side.SELL))
+            assert r.code is ErrorCode.DENIED_SELF_TRADE and "alpha's open buy alpha-20261120-1" in r.message, r
+            assert d.core.desk.submit(b, order("bravo", 3, 10, 50_100, Side.SELL)).accepted
+            assert d.core.desk.submit(b, order("bravo", 4, 10, 0, Side.SELL, OrderType.MARKET)).accepted
 
     asyncio.run(main())
 
@@ -189,9 +196,9 @@ def _order(agent: str, n: int, side: Side, price: int, state: OrderState = Order
 
 
 def test_the_portfolio_keeps_a_small_index_of_open_orders_per_code() -> None:
-    """What the gate reads for a buy: other agents' open sells on the code, kept as orders change (no scan of
-    every open order: resting buys are not in it at all, a sell is never held back by the rule); 'external'
-    and shadow orders are not weighed, a closed one leaves."""
+    """What the gate reads for an order: other agents' open orders of the other side on the code, kept as orders
+    change (no scan of every open order: a buy's check never reads the resting buys); the owner's own orders placed
+    outside ktrader ('external') are weighed, shadow orders are not, a closed one leaves."""
     p = Portfolio()
     sell = _order("alpha", 1, Side.SELL, 50_000)
     p.order_changed(None, sell)
@@ -201,14 +208,28 @@ def test_the_portfolio_keeps_a_small_index_of_open_orders_per_code() -> None:
     for n in range(2, 1_000):  # resting buys: never read by a buy's check
         p.order_changed(None, _order("alpha", n, Side.BUY, 40_000))
     got = p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")
-    assert [(o.client_order_id, o.price) for o in got] == [("alpha-20261120-1", 50_000)]
-    assert p.opposite("alpha", CODE, Side.BUY, "20261120", "20261120") == ()  # its own
-    assert p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120") == ()  # a sell is not weighed
+    assert [(o.client_order_id, o.price) for o in got] == [
+        ("alpha-20261120-1", 50_000),
+        ("external-20261120-1", 45_000),
+    ]
+    assert [o.agent for o in p.opposite("alpha", CODE, Side.BUY, "20261120", "20261120")] == [EXTERNAL_AGENT]
+    assert len(p.opposite("bravo", CODE, Side.SELL, "20261120", "20261120")) == 998  # alpha's buys, for a sell
     # a revise in flight: the order may rest at either price, the more marketable (the lower) counts
     revising = msgspec.structs.replace(sell, state=OrderState.PENDING_REPLACE, pending_price=48_000)
     p.order_changed(sell, revising)
-    assert [o.price for o in p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")] == [48_000]
+    assert {o.agent: o.price for o in p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")}["alpha"] == 48_000
     done = msgspec.structs.replace(revising, state=OrderState.CANCELLED)
     p.order_changed(revising, done)
-    assert p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120") == ()
-    assert list(p._resting[CODE]) == ["ghost-20261120-1"]  # (a shadow sell stays indexed, never weighed)
+    assert [o.agent for o in p.opposite("bravo", CODE, Side.BUY, "20261120", "20261120")] == [EXTERNAL_AGENT]
+    # (a shadow sell stays indexed, never weighed)
+    assert list(p._resting[Side.SELL][CODE]) == ["external-20261120-1", "ghost-20261120-1"]
+
+
+def test_an_order_the_owner_placed_in_the_kis_app_is_weighed_too() -> None:
+    """The owner's resting sell, placed in the KIS app and booked as 'external': an agent's buy that would meet it is
+    denied as for another agent's (it matched on the twin before: ~490 KRW of fees and tax for nothing, a hunt)."""
+    app = RestingOrder("external-20261120-1", EXTERNAL_AGENT, Side.SELL, 71_000)
+    denial = self_trade(CODE, Side.BUY, 71_000, OrderType.LIMIT, [app])
+    assert denial is not None and denial[0] is ErrorCode.DENIED_SELF_TRADE
+    assert "the order placed outside ktrader (the KIS app) external-20261120-1 (at 71,000)" in denial[1]
+    assert self_trade(CODE, Side.BUY, 70_900, OrderType.LIMIT, [app]) is None  # priced away from it
