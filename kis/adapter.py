@@ -243,6 +243,11 @@ class KisBroker(BrokerPort):
         elif self.ws.state is SessionState.DEGRADED:
             log.error("KIS real-time session is DEGRADED after start: %s", self.session_reason())
 
+    @property
+    def app_key(self) -> str:
+        """The app key this broker's session is of (for the gateway's per-key lock; never logged)."""
+        return self._creds.app_key
+
     def describe(self) -> list[str]:
         """Which KIS this is (the first lines of a gateway's log): environment, hosts, the account
         (masked), the HTS id (masked too), the app key's fingerprint and the TLS trust."""

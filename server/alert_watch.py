@@ -53,6 +53,7 @@ class Facts:
     reconcile_texts: list[str]  # that pass's differences
     unknown: dict[str, str]  # client order id -> agent, orders in UNKNOWN now
     market_ns: int = 0  # market time of the check (names an episode by its start; 0: by `now`)
+    session_detail: str = ""  # why the session is not ready, as the broker's health says it ("": not said)
     disk_free_bytes: int = -1  # free space on the run folder's disk (-1: unknown)
     # what the gateway writes besides its store (market-data recording, closed bars, query history):
     # writer -> (failures so far, the latest one's error, failing now: its last write failed)
@@ -134,8 +135,9 @@ class AlertWatch:
             ep.raised = True
             yield Raised(
                 AlertKind.SESSION_DOWN,
-                f"the broker session has been {f.session.value} for {down:.0f}s (since {ep.when}): "
-                "new orders are denied until it is ready",
+                f"the broker session has been {f.session.value} for {down:.0f}s (since {ep.when})"
+                + (f": {f.session_detail}" if f.session_detail else "")
+                + ": new orders are denied until it is ready",
                 subject=ep.subject,
             )
         elif ep.raised and entered is not None:
@@ -144,8 +146,9 @@ class AlertWatch:
             yield Raised(
                 AlertKind.SESSION_DOWN,
                 f"the broker session is still {f.session.value} {_AT_PHASE[entered]} (down since {ep.when}, "
-                f"{_dur(down)}): orders are refused; check KIS's service status, and restart the gateway if KIS "
-                "is up",
+                f"{_dur(down)})"
+                + (f": {f.session_detail}" if f.session_detail else "")
+                + ": orders are refused; check KIS's service status, and restart the gateway if KIS is up",
                 subject=f"{ep.subject}: still down at {_when(f)}",
             )
 

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from common.config import BrokerEnv, ConfigError, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
-from server.run_folder import RunLock, lock_run_dir
+from server.run_folder import RunLock, lock_app_key, lock_run_dir
 from common.private import private_dir, private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
@@ -44,8 +44,16 @@ def default_broker(cfg: GatewayConfig) -> BrokerPort:
 async def run_gateway(
     cfg: GatewayConfig, broker_factory: BrokerFactory | None = None, run_lock: RunLock | None = None
 ) -> None:
+    from kis.adapter import KisBroker  # (here: pulls aiohttp, as default_broker's imports)
+
     factory = broker_factory or default_broker
     broker = factory(cfg)
+    # one gateway per app key on this host (KIS gives a key one websocket); the twin's keys are the twin's own
+    key_lock = (
+        lock_app_key(broker.app_key, Path(cfg.run_dir))
+        if cfg.broker.env is not BrokerEnv.SIM and isinstance(broker, KisBroker)
+        else None
+    )
     name = f"{cfg.broker.env.value}:{type(broker).__name__}" if broker_factory is None else type(broker).__name__
     follow: asyncio.Task[None] | None = None
     clock = None
@@ -63,6 +71,8 @@ async def run_gateway(
     finally:
         if follow is not None:
             follow.cancel()
+        if key_lock is not None:
+            key_lock.release()
 
 
 def run_dir_problem(run_dir: str | os.PathLike[str]) -> str:

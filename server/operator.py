@@ -996,7 +996,8 @@ class Operator:
             session=gw.broker.session_state,
             phase=gw.clock.phase(),
             subscribed=bool(gw.subs.active),
-            ws_age_s=gw.broker.health().ws_last_message_age_s,
+            ws_age_s=(health := gw.broker.health()).ws_last_message_age_s,
+            session_detail=health.session_detail,
             reconcile=last,
             reconcile_texts=list(gw.recon.last_texts) if last else [],  # the pass's own texts, not the ring's
             unknown={c: o.agent for c, o in gw.book.orders.items() if o.state is OrderState.UNKNOWN},

@@ -14,6 +14,7 @@ agents and the next start find it by.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,6 +28,40 @@ LOCK_PROBE_GRACE_S = 0.25
 
 class RunDirLocked(RuntimeError):
     pass
+
+
+def key_locks_dir() -> Path:
+    """Where the gateways of this user on this host lock their app keys ($KTRADER_KEY_LOCKS: tests keep theirs)."""
+    return Path(os.environ.get("KTRADER_KEY_LOCKS") or Path.home() / ".ktrader" / "keys")
+
+
+def lock_app_key(app_key: str, run_dir: Path) -> FileLock:
+    """One gateway per KIS app key on this host. KIS gives a key one websocket: a second gateway on it (another run
+    folder by mistake) waited, then took the websocket when the first restarted and kept it, the first's orders and
+    exits refused as 'session not ready' meanwhile and its books read by the second as 'external' (a hunt). The
+    run folder's lock cannot see it; this lock, named by a hash of the key (never the key), can. Released by the OS
+    when the process ends."""
+    folder = key_locks_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(app_key.encode()).hexdigest()[:16]
+    lock = FileLock(str(folder / f"{name}.lock"))
+    owner = folder / f"{name}.owner"
+    try:
+        lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=0.01)
+    except Timeout:
+        try:
+            holder = owner.read_text().strip()
+        except OSError:
+            holder = "its run folder unknown"
+        raise RunDirLocked(
+            f"another gateway on this machine uses this KIS app key ({holder}): KIS gives a key one websocket, the "
+            "two would take it from each other; stop that gateway, or give this one its own key"
+        ) from None
+    try:
+        owner.write_text(f"pid {os.getpid()}, run folder {Path(run_dir).resolve()}\n")
+    except OSError:
+        pass  # (only the message of a second gateway is poorer)
+    return lock
 
 
 class RunLock:

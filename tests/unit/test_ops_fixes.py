@@ -71,7 +71,8 @@ async def test_reconcile_page_quotes_the_pass_not_the_newest_alerts(tmp_path: Pa
             alerts=h.core.alerts,
             clock=ManualClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST)),
             broker=SimpleNamespace(
-                session_state=SessionState.READY, health=lambda: SimpleNamespace(ws_last_message_age_s=0.1)
+                session_state=SessionState.READY,
+                health=lambda: SimpleNamespace(ws_last_message_age_s=0.1, session_detail=""),
             ),
             subs=SimpleNamespace(active={}),
             book=SimpleNamespace(orders={}),
@@ -99,7 +100,8 @@ def test_reconcile_texts_are_the_pass_own_even_with_alerts_after_it() -> None:
         alerts=alerts,
         clock=ManualClock(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST)),
         broker=SimpleNamespace(
-            session_state=SessionState.READY, health=lambda: SimpleNamespace(ws_last_message_age_s=0.1)
+            session_state=SessionState.READY,
+            health=lambda: SimpleNamespace(ws_last_message_age_s=0.1, session_detail=""),
         ),
         subs=SimpleNamespace(active={}),
         book=SimpleNamespace(orders={}),

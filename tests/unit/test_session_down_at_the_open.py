@@ -8,6 +8,7 @@ not every check. The market phase comes from the market clock (common/krx.py pha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -111,3 +112,18 @@ def test_an_outage_over_a_weekend_is_told_at_each_open_and_an_outage_at_the_open
     # dropped in the regular session: once (no phase change into an open)
     day = watch_night(dt.datetime(2026, 11, 20, 10, 0, tzinfo=KST), 5)
     assert [when for when, _ in day] == ["Fri 10:01:00"], day
+
+
+def test_the_alert_says_why_the_session_is_down() -> None:
+    """The broker's own reason goes into the alert: a second gateway holding the app key's websocket (OPSP8996) was
+    told only as 'disconnected for 60s', with 'restart the gateway' (which does not help) at the open (a hunt)."""
+    why = "KIS refused the websocket: the app key is in use by another program (OPSP8996): a second gateway?"
+    w = AlertWatch(NotifyConfig(session_down_s=60))
+    t = dt.datetime(2026, 11, 20, 8, 0, tzinfo=KST)
+    texts = []
+    for i in range(0, 3700, 10):
+        f = dataclasses.replace(
+            facts(t + dt.timedelta(seconds=i), float(i), SessionState.DISCONNECTED), session_detail=why
+        )
+        texts += [r.text for r in w.check(f)]
+    assert len(texts) == 3 and all(why in x for x in texts), texts
