@@ -577,9 +577,11 @@ class Portfolio:
         return self._worth(agent, code, qty, mark) if mark else cost
 
     def set_position(self, agent: str, pos: PositionView, *, traded: bool = True) -> None:
-        """`traded` False: the change is no trade (shares found held before ktrader, or taken back, by a position
-        check): no cash moved for it, so nothing is spent (a first start's holdings, booked as bought, lowered the
-        cash estimate by their cost, and the next reads called the gap money moved in, a drawdown)."""
+        """`traded` False: no cash moved for the change (shares found held before ktrader at a first start): the
+        account's spending moves with the position as always (it is the positions' own sum: a restart recomputes
+        it), and the last read's baseline with it, so the cash estimate stays where the broker said (booked as a
+        spending, a first start's holdings lowered it by their cost, and the next reads called the gap money moved
+        in, a drawdown: a hunt). The caller keeps the store's copy of the baseline in step (`cash_kept`)."""
         book = self.positions.setdefault(agent, {})
         old = book.get(pos.code)
         book[pos.code] = pos
@@ -587,9 +589,15 @@ class Portfolio:
         oq, oc, ospent = (old.qty, old.cost, old.cost - old.realized_pnl + old.fees) if old else (0, 0, 0)
         dq, dc = pos.qty - oq, pos.cost - oc
         dv = self._value(agent, pos.qty, pos.cost, code) - self._value(agent, oq, oc, code)
-        dspent = pos.cost - pos.realized_pnl + pos.fees - ospent if traded else 0
-        if dspent > 0 and agent not in self.virtual:
-            self._paid += dspent
+        dspent = pos.cost - pos.realized_pnl + pos.fees - ospent
+        if agent not in self.virtual:
+            if traded and dspent > 0:
+                self._paid += dspent
+            elif not traded and dspent:
+                self._spent_at_base += dspent
+                if self._kept is not None:  # (the last process's read, for the first read's comparison)
+                    cash, spent, doubt = self._kept
+                    self._kept = (cash, spent + dspent, doubt)
         for bk in self._scopes(agent):
             was = bk.is_active(code)
             _bump(bk.qty, code, dq)
@@ -831,6 +839,12 @@ class Portfolio:
         if self.cash_base is None:
             return None
         return self.cash_base, self._spent_at_base, self.cash_doubt
+
+    def cash_to_keep(self) -> tuple[int, int, tuple[int, int]] | None:
+        """`cash_kept()`, or before this process's first read the last process's, as moved since (set_virtual,
+        set_position untraded): what the store must hold for the next process."""
+        kept = self.cash_kept()
+        return kept if kept is not None else self._kept
 
     def keep_cash(self, kept: tuple[int, int, tuple[int, int]]) -> None:
         """The last process's `cash_kept()`: the first read compares with it (set_account_cash)."""

@@ -247,8 +247,9 @@ def lookup(code: str, http_status: int = 200) -> KisCode:
         return known
     if code.startswith("EGW"):
         # KIS's gateway answers most of its errors with HTTP 500; a 401/403 with a code not in the table (an IP not
-        # registered for the key?) is a refusal a retry will not change, not a server's bad moment
-        verdict = Verdict.REJECTED if http_status in (401, 403) else Verdict.SERVER
+        # registered for the key?) is the key's refusal, every call's (the session's, not one agent's order), and a
+        # retry will not change it: not a server's bad moment
+        verdict = Verdict.CREDENTIALS if http_status in (401, 403) else Verdict.SERVER
     elif code.startswith(("APBK", "IGW", "OPSQ", "KIOK")) or (len(code) == 8 and code.isdigit()):
         verdict = Verdict.REJECTED
     elif code.startswith("OPSP"):

@@ -97,6 +97,11 @@ def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupE
                 )
             elif info is not None and info.hint:
                 hint = info.hint
+            elif exc.http_status in (401, 403):
+                hint = (
+                    f"KIS refused this machine or key (HTTP {exc.http_status}): if the app key takes only registered "
+                    "IPs, register this machine's public IP in the KIS developer portal; else check the key's status"
+                )
             else:
                 hint = "check the app key, secret and account for this environment (KTRADER_KIS_* or credentials_file)"
             return StartupError(what, f"KIS refused: {reason}", hint, StartExit.REFUSED)
@@ -106,12 +111,7 @@ def explain_failure(exc: BaseException, *, what: str, env_name: str) -> StartupE
             ) or "a KIS-side or network problem; it is retried"
             return StartupError(what, reason, hint, StartExit.UNREACHABLE, transient=True)
         if isinstance(exc, BrokerRejected):
-            hint = (info.hint if info is not None and info.hint else "") or (
-                f"KIS refused this machine or key (HTTP {exc.http_status}): if the app key takes only registered IPs, "
-                "register this machine's public IP in the KIS developer portal; else check the key's service status"
-                if exc.http_status in (401, 403)
-                else "check the account and environment settings"
-            )
+            hint = (info.hint if info is not None and info.hint else "") or "check the account and environment settings"
             return StartupError(what, f"KIS refused: {reason}", hint, StartExit.REFUSED)
     return None
 

@@ -143,6 +143,14 @@ class Peaks:
         self._dirty, self._saved_ns = False, now_ns
 
 
+def save_cash_kept(store: Store, portfolio: Portfolio) -> None:
+    """(inside the caller's transaction) The store's copy of the last account read, after the books moved its
+    baseline (shares found held before ktrader: no cash moved): a restart compares its first read with it."""
+    kept = portfolio.cash_to_keep()
+    if kept is not None:
+        store.set_meta(_CASH_META, msgspec.json.encode(kept).decode())
+
+
 class AccountReader:
     """Reads the broker's account every `every_s` (and once at start) for the portfolio's cash."""
 

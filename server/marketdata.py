@@ -96,6 +96,7 @@ HEARD_AFTER = dt.timedelta(seconds=5)
 # states with the websocket open and its registrations made (DEGRADED: the notice feed refused, prints flow;
 # or just dropped, when no frame comes and only the frames heard before count)
 _STREAM_UP = frozenset({SessionState.READY, SessionState.DEGRADED})
+REFILL_MAX = 1_000  # daily bars fetched back after a split dropped a code's (more: asked for as windows need them)
 
 
 class SplitAdjusted(NamedTuple):
@@ -528,8 +529,8 @@ class MarketData:
 
     def _drop_daily(self, code: str) -> int:
         gone = self.store.delete(code, DAILY)
-        if gone:
-            self._refill[code] = max(self._refill.get(code, 0), gone)
+        if gone:  # (at most REFILL_MAX: ten pages of KIS's chart, 5 s at a paper account's 2 calls/s)
+            self._refill[code] = min(REFILL_MAX, max(self._refill.get(code, 0), gone))
         self.closed.pop((code, DAILY), None)
         self._forget_holes(code)
         self.bars_forgotten += gone

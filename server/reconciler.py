@@ -45,6 +45,7 @@ from common.books import apply_fill_value
 from common.enums import Side
 from common.schema import PositionView
 from kis.port import BrokerOrderReport, BrokerPosition
+from server.equity import save_cash_kept
 from server.notices import NoticeRouter
 from server.order_book import OrderBook
 from server.reconcile import ReconcileResult, reconcile
@@ -640,7 +641,7 @@ class Reconciler:
                 # waiting the grace would only leave the limits blind to them meanwhile (a first start on an
                 # account with holdings). Later, a difference may be a buy in the KIS app whose list line lags
                 # the balance (API.md §8.15): it waits the grace, or it would be counted twice.
-                self._adjust_external(code, diff, broker.get(code))
+                self._adjust_external(code, diff, broker.get(code), traded=False)
                 if not books:  # (all of them carried into the day: its P&L from today's base, not their cost)
                     self.book.portfolio.carried_in(EXTERNAL_AGENT, code)
                 self._unexplained.pop(code, None)
@@ -899,7 +900,10 @@ class Reconciler:
                 with self.book.store.transaction():
                     self._save_adjusted(code, held)
 
-    def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None) -> None:
+    def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None, traded: bool = True) -> None:
+        """`diff` shares to (from) 'external' at the broker's average price. `traded` False: held before ktrader
+        (a start's pass): no cash moved for them (the cash estimate's baseline moves with them); else shares traded
+        outside ktrader, or ours whose notice and list line never came: their cash moved at the broker."""
         portfolio = self.book.portfolio
         cur = portfolio.position(EXTERNAL_AGENT, code) or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
         avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0
@@ -917,11 +921,13 @@ class Reconciler:
         # the shares this gives 'external' (of a short, only what lifts it above zero) may be taken back
         # later, should the books turn out ahead of the account on this code
         given = max(0, qty) - max(0, cur.qty)
+        portfolio.set_position(EXTERNAL_AGENT, pos, traded=traded)  # (first: the baseline it moves is saved with it)
         with self.book.store.transaction():
             self.book.store.save_position(EXTERNAL_AGENT, pos)
             if given > 0:
                 self._save_adjusted(code, self._adjusted().get(code, 0) + given)
-        portfolio.set_position(EXTERNAL_AGENT, pos, traded=False)  # (no cash moved)
+            if not traded:
+                save_cash_kept(self.book.store, portfolio)
 
     def _take_back_external(self, code: str, qty: int) -> None:
         """`qty` shares out of 'external' (that an earlier attribution gave it), at its average cost."""
@@ -935,7 +941,7 @@ class Reconciler:
         with self.book.store.transaction():
             self.book.store.save_position(EXTERNAL_AGENT, pos)
             self._save_adjusted(code, self._adjusted().get(code, 0) - qty)
-        portfolio.set_position(EXTERNAL_AGENT, pos, traded=False)  # (no cash moved)
+        portfolio.set_position(EXTERNAL_AGENT, pos)  # (the reverse of an attribution whose cash moved: a traded one)
 
 
 class EarlyInquiry:

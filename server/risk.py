@@ -358,10 +358,22 @@ class RiskGate:
         (common/risk_rules.py fitting_qty: the backtest's flatten sizes by it too)."""
         return fitting_qty(qty, unit, scaled(card.risk, self.multiplier), self.limits)
 
+    def _rebudget(self, card: AgentCard, equity: int) -> None:
+        """The agent's peaks in step with its card's budget (equity is budget + P&L): a reload's, or a card edited
+        and approved while the gateway was down (Peaks.rebudget), at its first order or sweep, told once."""
+        if card.budget and (was := self.peaks.rebudget(card.id, card.budget, equity)):
+            self.alert(
+                f"{card.id}: budget {was:,} -> {card.budget:,}: its equity peaks moved with it (its drawdown "
+                "limits measure its trading, not the change)",
+                kind=AlertKind.OPERATOR,
+                agent=card.id,
+            )
+
     def _exposures(self, card: AgentCard, code: str, shadow: bool) -> tuple[Exposure, AccountExposure]:
         p = self.portfolio
         exp = p.exposure(card.id, code)
         exp.equity = p.agent_equity(card.id, card.budget)
+        self._rebudget(card, exp.equity)
         exp.peak = self.peaks.peak(card.id, card.risk.drawdown_peak)
         account = p.account_exposure(code)
         account.peak = self.peaks.peak(ACCOUNT, self.limits.drawdown_peak)
@@ -683,13 +695,7 @@ class RiskGate:
         for card in cards:
             if card.budget:
                 eq = p.agent_equity(card.id, card.budget)
-                if was := peaks.rebudget(card.id, card.budget, eq):
-                    self.alert(
-                        f"{card.id}: budget {was:,} -> {card.budget:,}: its equity peaks moved with it (its drawdown "
-                        "limits measure its trading, not the change)",
-                        kind=AlertKind.OPERATOR,
-                        agent=card.id,
-                    )
+                self._rebudget(card, eq)
                 scopes.append((card.id, card.id, card.risk, eq, eq))
         bounds = p.equity_bounds()
         if bounds is not None:

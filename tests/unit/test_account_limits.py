@@ -218,6 +218,7 @@ async def test_a_budget_change_is_not_a_drawdown_and_survives_a_restart(tmp_path
     h.print("005930", 70_000)
     h.risk.sweep([a])
     cut = msgspec.structs.replace(a, budget=15_000_000)
+    assert h.desk.submit(cut, order("alpha", 2, 1, 70_000)).accepted  # an order before the next sweep too
     h.risk.sweep([cut])
     h.risk.sweep([cut])
     assert h.risk.agent_state("alpha") is TradingState.ACTIVE

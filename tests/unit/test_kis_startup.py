@@ -16,7 +16,7 @@ import pytest
 from common.private import private_dir, tighten
 from kis.netdiag import BrokerUnreachable, NetFault, NetProblem, explain
 from kis.codes import Verdict, lookup
-from kis.port import BrokerAuthError, BrokerRejected, BrokerTemporary
+from kis.port import BrokerAuthError, BrokerTemporary
 from common.redact import RedactSecrets, register
 from kis.startup import StartExit, StartRetry, StartupError, explain_failure
 
@@ -80,9 +80,10 @@ def test_failures_map_to_exit_codes_and_hints() -> None:
     again = explain_failure(BrokerAuthError("x", code="EGW00121", http_status=500), what="w", env_name="real")
     assert again is not None and again.exit_code is StartExit.REFUSED and "developer portal" in again.hint
     # an EGW code the table lacks, on HTTP 403 (an IP not registered?): refused at once, not retried for 90 s
-    assert lookup("EGW00501", 403).verdict is Verdict.REJECTED and lookup("EGW00501", 500).verdict is Verdict.SERVER
+    # (the key's refusal, every call's: an auth error, the session's kill switch, not one agent's)
+    assert lookup("EGW00501", 403).verdict is Verdict.CREDENTIALS and lookup("EGW00501", 500).verdict is Verdict.SERVER
     ip = explain_failure(
-        BrokerRejected("접근이 허용되지 않은 IP입니다", code="EGW00501", http_status=403), what="w", env_name="real"
+        BrokerAuthError("접근이 허용되지 않은 IP입니다", code="EGW00501", http_status=403), what="w", env_name="real"
     )
     assert ip is not None and not ip.transient and "register this machine's public IP" in ip.hint
     lines = StartupError(

@@ -19,11 +19,13 @@ from pathlib import Path
 import msgspec
 
 from common.clock import KST
-from common.enums import Side
+from common.config import GatewayConfig, RiskLimits
+from common.enums import Side, TradingState
 from common.market_clock import ManualClock
 from common.orders import Accept, Order, OrderState, apply
-from kis.port import BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
+from kis.port import BrokerAccount, BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
 from server.reconcile import reconcile
+from tests.fakes.harness import Harness as CoreHarness
 from tests.unit.test_oms import CARD, Harness, coid, order
 from tests.unit.test_reconcile import LossyBroker
 
@@ -425,4 +427,66 @@ async def test_app_sell_of_an_agents_shares_is_told_once(tmp_path: Path) -> None
     short = [a for a in alerts if "external is short 10" in a]
     assert len(short) == 1 and "alpha (10)" in short[0] and CODE in short[0] and "account holds 0" in short[0]
     assert qty(h, "alpha") == 10 and qty(h, "external") == -10  # nothing moved between owners
+    await h.close()
+
+
+class TotalsBroker(DayBroker):
+    """The account's cash as KIS reports it, with today's traded totals (thdt_buy_amt / thdt_sll_amt)."""
+
+    async def account(self) -> BrokerAccount:
+        bought = sum(o["value"] for o in self.orders.values() if o["side"] is Side.BUY)
+        sold = sum(o["value"] for o in self.orders.values() if o["side"] is not Side.BUY)
+        cash = self.cash - bought + sold
+        return BrokerAccount(
+            cash=cash,
+            orderable_cash=cash,
+            settlement_cash=cash,
+            total_eval=cash,
+            positions_eval=0,
+            today_bought=bought,
+            today_sold=sold,
+        )
+
+
+async def test_shares_given_to_external_then_taken_back_move_no_money(tmp_path: Path) -> None:
+    """alpha's buy of 40 fills with its notice lost and its list line late: past the grace the shares go to
+    'external' (their cash moved at the broker: a spending), then back once the list shows the fill. The cash
+    estimate follows the broker's throughout; no 'money moved' and no drawdown (a review of the change that booked
+    every attribution as no spending: -2,400,000 then +2,400,360 'moved', the gateway HALTED)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = TotalsBroker(clock)
+    cfg = GatewayConfig(risk=RiskLimits(max_drawdown_pct=1, halt_drawdown_pct=2))
+    h = CoreHarness(tmp_path / "db.sqlite", b, clock=clock, cfg=cfg)
+    flows: list[int] = []
+    h.account.on_cash_flow = flows.append
+    await h.start()
+    h.print("005930", 60_000)
+    assert h.desk.submit(CARD, order(1, qty=40, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    odno = h.book.orders[coid(1)].broker_order_id
+    b.lose = True
+    b.fill(odno, 40)
+    b.lag.add(odno)
+    assert await h.account.read_once()
+    await h.core.recon.run("periodic")
+    clock.advance(61)
+    await h.core.recon.run("periodic")  # past the grace: 'external' is given them
+    for _ in range(2):
+        assert await h.account.read_once()
+        h.risk.sweep([])
+    assert qty(h, "external") == 40
+    b.lag.clear()
+    clock.advance(30)
+    await h.core.recon.run("periodic")  # the list shows alpha's fill: the books are ahead
+    assert await h.account.read_once()
+    h.risk.sweep([])
+    for _ in range(3):
+        clock.advance(61)
+        await h.core.recon.run("periodic")  # ... past the grace: taken back from 'external'
+    for _ in range(2):
+        assert await h.account.read_once()
+        h.risk.sweep([])
+    assert qty(h, "alpha") == 40 and qty(h, "external") == 0
+    assert all(abs(f) < 1_000 for f in flows) and h.risk.global_state is TradingState.ACTIVE  # (fees' rounding)
+    assert abs(h.portfolio.cash() - (await b.account()).settlement_cash) < 1_000  # (fees)
     await h.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.config import AgentCard, GatewayConfig, RiskLimits
+from common.enums import TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT
 from common.market_clock import ManualClock
@@ -205,3 +206,30 @@ async def test_holdings_partly_sold_in_the_app_today_are_attributed_at_the_first
     assert qty(h, EXTERNAL_AGENT) == 20
     assert any("attributed to external (held before ktrader" in t for t in told(h)), told(h)
     await h.close()
+
+
+async def test_holdings_found_at_the_first_start_are_no_money_moved_after_a_restart(tmp_path: Path) -> None:
+    """The books' spending is their positions' own sum (a restart recomputes it with the shares found held before
+    ktrader in it): the baseline the last read kept moves with them, in the store too, or the next process's reads
+    called their cost money moved in and halted the gateway on a drawdown from that peak (a review). A restart right
+    after the first pass, before any read since, the same."""
+    clock = ManualClock(kst(FRI, 10))
+    cfg = GatewayConfig(risk=RiskLimits(max_drawdown_pct=5, halt_drawdown_pct=10))
+    for read_after in (True, False):
+        db = tmp_path / f"db-{read_after}.sqlite"
+        b = HeldBroker(clock, {SAMSUNG: 30, KAKAO: 20}, cash=19_000_000)
+        h = Harness(db, b, cfg=cfg, clock=clock)
+        await b.start()
+        assert await h.account.read_once()
+        await h.start(read_account=read_after)
+        await h.close()
+        h2 = Harness(db, HeldBroker(clock, {SAMSUNG: 30, KAKAO: 20}, cash=19_000_000), cfg=cfg, clock=clock)
+        flows: list[int] = []
+        h2.account.on_cash_flow = flows.append
+        await h2.start()
+        for _ in range(3):
+            assert await h2.account.read_once()
+            h2.risk.sweep([])
+        assert flows == [] and h2.portfolio.cash() == 19_000_000, (read_after, flows, h2.portfolio.cash())
+        assert h2.risk.global_state is TradingState.ACTIVE
+        await h2.close()
