@@ -270,6 +270,10 @@ class Portfolio:
         # midnight are the day before's); today's is `_day`'s (_bought, _sold)
         self._traded_on: dict[str, list[int]] = {}
         self._day = ""  # the books' today (roll_day's `day`; "" unwired: every order is of today)
+        # the marks as the day started (roll_day), and the pending splits' codes whose mark is still one of them: a
+        # price of the old shares (a split shows in the balance before its first print), worth what it was, unscaled
+        self._marks_at_roll: dict[str, int] = {}
+        self.split_stale: set[str] = set()
         # the trading day an order's fills are of (server/trading_day.py wires the order book's: the day it
         # was sent; "": the books' today)
         self.order_day: Callable[[Order], str] = lambda o: ""
@@ -570,7 +574,9 @@ class Portfolio:
     def _worth(self, agent: str, code: str, qty: int, price: int) -> int:
         """`qty` of the agent's shares at `price` (a pending split's holders: at the ratio)."""
         sp = self.splits.get(code)
-        return sp.scaled(qty * price) if sp is not None and agent in sp.holders else qty * price
+        if sp is None or agent not in sp.holders or code in self.split_stale:
+            return qty * price
+        return sp.scaled(qty * price)
 
     def _value(self, agent: str, qty: int, cost: int, code: str) -> int:
         mark = self.marks.get(code)
@@ -645,7 +651,14 @@ class Portfolio:
             return
         self._seeded.discard(code)  # a print: no reference price replaces it any more
         old = self.marks.get(code)
-        if old != price:
+        if self.split_stale and code in self.split_stale:
+            # the first print of a split's new shares: its holders' shares are worth the ratio from now
+            def first() -> None:
+                self.split_stale.discard(code)
+                self.marks[code] = price
+
+            self._revalue(code, first)
+        elif old != price:
             self._move_mark(code, old, price)
 
     def _move_mark(self, code: str, old: int | None, price: int) -> None:
@@ -676,12 +689,34 @@ class Portfolio:
             self._move_mark(code, old, price)
         return True
 
-    def set_split(self, code: str, split: PendingSplit | None) -> None:
-        """A split the broker shows and the books have not taken yet (None: taken, or gone): its holders'
-        shares are valued at the ratio meanwhile."""
-        if self.splits.get(code) == split:
+    def close_before_today(self, code: str) -> int:
+        """The code's last price as the books' day started (its close before today; 0: none then)."""
+        return self._marks_at_roll.get(code, 0)
+
+    def set_split(self, code: str, split: PendingSplit | None, *, applied: bool = False) -> None:
+        """A split the broker shows and the books have not taken yet (None: taken (`applied`), or gone): its
+        holders' shares are valued at the ratio meanwhile, once the code printed in the new shares' prices. Until
+        then its mark is the old shares' (the day's first print not come yet: a split shows in the balance before
+        it): worth what it was, not the ratio times it (a 1:5 split read as 28 M of profit, then a 22 % drawdown at
+        the first print, a hunt). Taken while the mark is still the old shares', the mark is put in the new ones'
+        terms (the books hold the new shares now)."""
+        was = self.splits.get(code)
+        if was == split:
             return
-        self._revalue(code, lambda: self.splits.__setitem__(code, split) if split else self.splits.pop(code, None))
+
+        def change() -> None:
+            if split is not None:
+                self.splits[code] = split
+                if was is None and code in self.marks and self.marks[code] == self._marks_at_roll.get(code):
+                    self.split_stale.add(code)  # (no print today: the mark is the close before the split)
+                return
+            self.splits.pop(code, None)
+            if code in self.split_stale:
+                self.split_stale.discard(code)
+                if applied and was is not None:
+                    self.marks[code] = max(1, self.marks[code] * was.den // was.num)
+
+        self._revalue(code, change)
 
     def _revalue(self, code: str, change: Callable[[], object]) -> None:
         """Apply `change` (a split's) and move each holder's value of `code` by what it did."""
@@ -709,7 +744,9 @@ class Portfolio:
     def agent_marks(self, agent: str) -> dict[str, int]:
         """The marks as a share in the agent's books is worth (a pending split's ratio applied to its
         holders): for views that value positions from marks themselves."""
-        held = [c for c, sp in self.splits.items() if agent in sp.holders and c in self.marks]
+        held = [
+            c for c, sp in self.splits.items() if agent in sp.holders and c in self.marks and c not in self.split_stale
+        ]
         if not held:
             return self.marks
         return {**self.marks, **{c: self.splits[c].scaled(self.marks[c]) for c in held}}
@@ -948,6 +985,7 @@ class Portfolio:
         if afresh is None:
             afresh = self._day_started
         self._day_started = True
+        self._marks_at_roll = dict(self.marks)
         self._forget_starts()
         if day:
             self._day = day

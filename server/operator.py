@@ -795,7 +795,10 @@ class Operator:
             return err(ErrorCode.BAD_MESSAGE, str(e))
         what = sp.text if sp is not None else "split"  # (apply_split refuses a code with none pending)
         parts = [f"{a} {_split_line(old, new)}" for a, old, new in changes]
-        text = f"{code}: {what} applied: {'; '.join(parts) or 'nobody holds it'}; orders on it go again"
+        text = (
+            f"{code}: {what} applied: {'; '.join(parts) or 'nobody holds it'}; its holders may place orders on it "
+            "again, in the new shares' prices"
+        )
         text += "".join(f"; {line}" for line in rescaled)
         # the stored bars are in the old shares' prices: the daily ones are dropped (back-filled split-adjusted),
         # the intraday ones before the split rescaled by its ratio (never dropped: the broker cannot give them

@@ -138,6 +138,7 @@ class ProtectionDesk:
         self._asking: dict[str, asyncio.Task[None]] = {}
         self._need: dict[str, int] = {}  # code -> the latest exit's end (market ns) an answer being awaited is for
         self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
+        self._off_told: dict[str, str] = {}  # code -> the day its prints off the close's scale were told
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -230,6 +231,13 @@ class ProtectionDesk:
         if not mine and held <= 0:  # shares held outside its codes it may protect, as it may sell them
             return ErrorCode.DENIED_UNKNOWN_CODE, f"{msg.code} is not among this agent's codes"
         err = self._refusal(agent, msg.spec)
+        if not err and (sp := self.book.portfolio.splits.get(msg.code)) is not None and agent in sp.holders:
+            # (its prices now are the new shares', its levels would be applied the ratio again: a stop at 13,000
+            # became 2,600 at apply_split, the position unprotected meanwhile, a hunt)
+            err = (
+                f"{msg.code}: a {sp.text} the books have not taken yet: protect it once the operator applies it "
+                f"(ktrader control apply_split --split '{msg.code} {sp.ratio}'), in the new shares' prices"
+            )
         if not err and held <= 0:
             err = f"no shares of {msg.code} to protect (attach it to the buy: ctx.buy(..., stop=...))"
         if not err and msg.qty > held:
@@ -313,12 +321,31 @@ class ProtectionDesk:
         if self._halts and code in self._halts:
             self._trades_again(code)
         ids = self.by_code.get(code)
-        if not ids:
+        if not ids or self._off_scale(code, price):
             return
         for pid in list(ids):
             p = self.active.get(pid)
             if p is not None and p.state is PS.ARMED:
                 self._on_price(p, self._books_price(p.agent, code, price))
+
+    def _off_scale(self, code: str, price: int) -> bool:
+        """A print further from the code's close before today than a day's price limit allows (KRX: +-30 % of the
+        base, the close unless a split or a bonus issue adjusted it), while no split is pending in the books: the
+        broker's balance has not been read since (a split's first print came before the new day's reconciliation:
+        a stop at 65,000 sold 10 shares at 14,100, a hunt). Its stops are not judged until the books see it; told
+        once a day."""
+        before = self.book.portfolio.close_before_today(code)
+        if not before or code in self.book.portfolio.splits or before * 6 <= price * 10 <= before * 15:
+            return False
+        if self._off_told.get(code) != self.book.day():
+            self._off_told[code] = self.book.day()
+            self.alert(
+                f"{code} printed {price:,}, {before:,} before today: more than a day's price limit allows (a split, a "
+                "bonus issue?): its stops are not judged until the books agree with the broker's balance "
+                "(reconciliation finds a split; ktrader control apply_split)",
+                kind=AlertKind.PROTECTION,
+            )
+        return True
 
     def _books_price(self, agent: str, code: str, price: int) -> int:
         """A print in the terms of the agent's shares in the books: while a split of the code is pending for it

@@ -574,7 +574,7 @@ class Reconciler:
                     self._drop_split(code)
                     alerts.append(
                         f"{code}: account holds {theirs}, as the books do: the {split.text} seen earlier is no "
-                        "longer shown; orders on it are released"
+                        "longer shown; its holders may place orders on it again"
                     )
                     continue
                 # compared as the books will be once the operator applies it: only what differs beyond is
@@ -795,7 +795,7 @@ class Reconciler:
             self.book.store.set_meta(SPLIT_META + code, "")
             if adjusted:
                 self._save_adjusted(code, adjusted * num // den)
-        portfolio.set_split(code, None)
+        portfolio.set_split(code, None, applied=True)
         for a, _, new in changes:
             portfolio.set_position(a, new)
         self._unexplained.pop(code, None)

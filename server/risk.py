@@ -515,8 +515,8 @@ class RiskGate:
         return (
             ErrorCode.DENIED_HALTED,
             f"{code}: the broker's balance shows a {sp.text} the books have not taken yet: orders of its "
-            f"holders on it are held until the operator applies it (ktrader control apply_split --split "
-            f"'{code} {sp.ratio}')",
+            f"holders on it are refused until the operator applies it (ktrader control apply_split --split "
+            f"'{code} {sp.ratio}'); place them again then, in the new shares' prices",
         )
 
     def _limit_alert(self, agent: str, denial: Denial) -> None:

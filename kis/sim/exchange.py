@@ -228,6 +228,7 @@ class Exchange:
         # codes whose trading is suspended (거래정지, POST /admin/halt): orders refused, nothing prints, the
         # quote says so (temp_stop_yn Y, iscd_stat_cls_code 58)
         self.halted: set[str] = set()
+        self._splits: dict[str, tuple[int, int]] = {}  # code -> (num, den) of a split due at the next session
         # Conservation bookkeeping for the synthetic counterparty.
         self.synthetic_cash_in = 0  # cash our accounts paid to the market (buys − sells)
         self.synthetic_shares_out: dict[str, int] = {}  # shares the market delivered to us
@@ -351,11 +352,12 @@ class Exchange:
 
     def split(self, code: str, num: int, den: int) -> StockState:
         """A stock split (`num` new shares for `den` old: 50:1; 1:10 a reverse split) taking effect at the next
-        session, as KRX's base price and KIS's balance show it on the split's first day: every account's shares x
-        num/den at the same purchase amount, the code's prices (today's, so the base the roll takes, and its daily
-        history, served adjusted as KIS's chart with FID_ORG_ADJ_PRC 0) x den/num. Only between sessions, with none
-        of the code's orders open (KRX suspends trading in the code around a split), and only where every holding
-        comes out whole (no fractional shares: KRX pays those in cash). ValueError says why not."""
+        session, as KRX's base price and KIS's balance show it on the split's first day: at the day's roll, every
+        account's shares x num/den at the same purchase amount, the code's prices (the close the roll takes for
+        the base, and its daily history, served adjusted as KIS's chart with FID_ORG_ADJ_PRC 0) x den/num. Only
+        between sessions, with none of the code's orders open (KRX suspends trading in the code around a split), and
+        only where every holding comes out whole (no fractional shares: KRX pays those in cash). ValueError says
+        why not."""
         st = self.stock(code)
         if st is None:
             raise ValueError(f"unknown code {code!r}")
@@ -365,31 +367,35 @@ class Exchange:
             raise ValueError("a split takes effect between sessions: move the clock past the close first")
         if any(r.code == st.code and r.open_qty > 0 for r in self.orders.values()):
             raise ValueError(f"orders of {st.code} are open: cancel them first (KRX suspends it around a split)")
+        if st.code in self._splits:
+            raise ValueError(f"a split of {st.code} is already due at the next session")
         holdings = [a.holdings[st.code] for a in self.accounts.values() if st.code in a.holdings]
-        if any(h.qty * num % den or h.bfdy_qty * num % den for h in holdings):
+        if any(h.qty * num % den for h in holdings):
             raise ValueError(f"a {num}:{den} split leaves fractional shares in an account: not modelled")
+        self._splits[st.code] = (num, den)
+        return st
+
+    def _split_now(self, st: StockState, num: int, den: int) -> None:
+        """(at the roll, before the day's bar joins the history) the split of `st` due at this session."""
 
         def price(p: int) -> int:
             return max(1, (p * den + num // 2) // num)
 
-        for h in holdings:
-            h.qty, h.bfdy_qty = h.qty * num // den, h.bfdy_qty * num // den
-            h.thdt_buy, h.thdt_sell = h.thdt_buy * num // den, h.thdt_sell * num // den
+        for acct in self.accounts.values():
+            h = acct.holdings.get(st.code)
+            if h is not None:
+                h.qty, h.bfdy_qty = h.qty * num // den, h.bfdy_qty * num // den
+                h.thdt_buy, h.thdt_sell = h.thdt_buy * num // den, h.thdt_sell * num // den
         st.history = [
             history.DailyBar(b.day, price(b.open), price(b.high), price(b.low), price(b.close), b.volume * num // den)
             for b in st.history
         ]
-        rules, kind, market = st.book.rules, st.info.kind, st.book.market
-        # the new base on the grid (KRX rounds the adjusted close to a tick); today's range with it
-        st.last = rules.round_down(price(st.last), kind, market)
+        # the new base on the grid (KRX rounds the adjusted close to a tick); the closed day's bar with it
+        st.last = st.book.rules.round_down(price(st.last), st.info.kind, st.book.market)
         st.prev_close = price(st.prev_close)
         if st.acml_vol:
             st.open, st.high, st.low = price(st.open), price(st.high), price(st.low)
             st.acml_vol = st.acml_vol * num // den
-        st.book.reset_day(st.last, self.rules)
-        self.process.reanchor(st.code, st.last)
-        self._refresh_synthetic(st, st.last, match=False)
-        return st
 
     def suspended(self, code: str) -> bool:
         """Whether trading in `code` is suspended today (what inquire-price says)."""
@@ -955,6 +961,9 @@ class Exchange:
 
     def _roll_day(self, day: dt.date) -> None:
         self.rules = rules_for(day)
+        for code, (num, den) in self._splits.items():
+            self._split_now(self.stocks[code], num, den)
+        self._splits.clear()
         for st in self.stocks.values():
             if st.acml_vol:
                 st.history.append(history.DailyBar(self.day, st.open, st.high, st.low, st.last, st.acml_vol))

@@ -143,3 +143,25 @@ def test_the_levels_round_on_the_grid_never_less_protective() -> None:
     r = split(p, 1, 4, lambda x: -(-x // 500) * 500)  # 4:1 reverse: 252,400 → 252,500; 300,400 → 300,500
     assert (r.spec.stop, r.spec.take, r.qty, r.split) == (252_500, 300_500, 3, (1, 4))
     assert split(r, 4, 1, up).split == (1, 1)
+
+
+async def test_a_print_off_the_closes_scale_before_the_split_is_found_fires_no_stop(tmp_path: Path) -> None:
+    """The split's first print (1:5: 14,100) came before the new day's reconciliation read the balance: the stop at
+    65,000 sold the old 10 shares at 14,100, a false loss, and the account's other 40 were never found (a hunt). A
+    print further from the close before today than a day's limit allows is not judged (told once) until the split
+    is in the books; then the prints are judged at the ratio."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        h.portfolio.roll_day(day=h.book.day())  # the next session: its close before today is 70,000
+        h.print(CODE, 14_100)
+        h.print(CODE, 14_000)
+        assert h.protection.active[PID].state is PS.ARMED and not exits(h)
+        told = [t for t in h.alerted(AlertKind.PROTECTION) if "more than a day's price limit allows" in t]
+        assert len(told) == 1 and "005930 printed 14,100, 70,000 before today" in told[0], told
+        await check(h, balance(50, 14_000, 14_000))  # the reconciliation finds it: 1:5, pending
+        h.print(CODE, 13_500)  # 67,500 to the books: above the stop
+        assert h.protection.active[PID].state is PS.ARMED
+        h.print(CODE, 12_900)  # 64,500: met
+        assert h.protection.active[PID].state is not PS.ARMED
+    finally:
+        await h.close()

@@ -14,7 +14,8 @@ from common.enums import AlertKind, Side, TradingState
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT
 from common.orders import OrderState
-from common.schema import Error, NewOrder, PositionUpdate, PositionView
+from common.protection import ProtectionSpec
+from common.schema import Error, HeaderFactory, NewOrder, PositionUpdate, PositionView, Protect
 from kis.port import BrokerPosition
 from server.store import Store
 from tests.fakes.broker import FakeBroker
@@ -96,11 +97,16 @@ async def test_a_1_to_10_split_moves_nothing_to_external_and_holds_the_agents_or
         # a person is told (RECONCILE_DIFF reaches one)
         d.op.tick()
         assert any("1:10 split" in line for line in d.to_person(AlertKind.RECONCILE_DIFF))
-        # alpha's orders on the code are held until the operator applies it; bravo holds none: it trades on
+        # alpha's orders on the code are refused until the operator applies it; bravo holds none: it trades on
         for n, side in ((2, Side.SELL), (3, Side.BUY)):
             r = h.desk.submit(ALPHA, order("alpha", n, side, 10, 7_000))
             assert r.code is ErrorCode.DENIED_HALTED and "1:10 split" in r.message, r
+            assert "refused until the operator applies it" in r.message and "place them again then" in r.message
         assert h.risk.split_hold("bravo", CODE) is None
+        # nor a new protection: set in the new shares' prices, apply_split would divide it by ten again (a hunt)
+        code, why = h.protection.protect(ALPHA, Protect(h=HeaderFactory("alpha")(), id="alpha-20261120-9", code=CODE,
+                                                       spec=ProtectionSpec(stop=6_500)))  # fmt: skip
+        assert code is ErrorCode.BAD_PROTECTION and "protect it once the operator applies it" in why, why
         # the desk's row values alpha's 10 shares at the ratio, not as a 90 % loss
         [row] = [a for a in d.op.status().agents if a.id == "alpha"]
         assert row.unrealized_pnl == 0 and row.position_value == 700_000

@@ -1,8 +1,9 @@
 """The twin can split a stock between sessions (POST /admin/split {"code", "num", "den"}), as KRX and KIS show a
-split on its first session: the account holds num/den times the shares at the same purchase amount, the code's
-base price is the adjusted close, and its daily chart is adjusted (FID_ORG_ADJ_PRC 0). So the gateway's split
-defence (the balance read as a split, the base price unlike the stored close) can meet a real one on the twin,
-not only hand-built broker answers. Refused while the code trades, with its orders open, or with fractions."""
+split on its first session (from the next day's roll): the account holds num/den times the shares at the same
+purchase amount, the code's base price is the adjusted close, and its daily chart is adjusted (FID_ORG_ADJ_PRC 0).
+So the gateway's split defence (the balance read as a split, the base price unlike the stored close) can meet a
+real one on the twin, not only hand-built broker answers. Refused while the code trades, with its orders open, or
+with fractions."""
 
 from __future__ import annotations
 
@@ -45,10 +46,14 @@ def test_a_split_between_sessions_scales_shares_prices_and_history() -> None:
         assert admin.post("/admin/split", json={"code": CODE, "num": 3, "den": 7}).status_code == 409  # fractions
         r = admin.post("/admin/split", json={"code": CODE, "num": 5, "den": 1})
         assert r.status_code == 200, r.text
-        after = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
-        assert (after["qty"], after["cost"]) == (50, held["cost"])
+        assert admin.post("/admin/split", json={"code": CODE, "num": 5, "den": 1}).status_code == 409  # due already
+        # the balance shows it from the split's first session, as KIS's (not the evening before)
+        assert admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]["qty"] == 10
+        assert closes(kis) == history
         last = int(before["stck_prpr"])
         admin.post("/admin/clock/next-day").raise_for_status()
+        after = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+        assert (after["qty"], after["cost"]) == (50, held["cost"])
         now = kis.price(CODE).json()["output"]
         base = int(now["stck_sdpr"])
         assert abs(base * 5 - last) < 5 * 100, (base, last)  # the adjusted close, on the grid
