@@ -358,6 +358,17 @@ class Portfolio:
             and (o.valid_day if o.state is OrderState.HELD else today) == day
         )
 
+    def first_crossing_buy(self, agent: str, code: str, price: int, day: str, today: str) -> RestingOrder | None:
+        """Another agent's open buy on `code` (as `opposite`) that a limit sell at `price` would trade with, the first
+        found (None: none): a scan of the code's resting buys that builds nothing for those it passes."""
+        for o in self._resting[Side.BUY].get(code, {}).values():
+            if o.agent == agent or o.agent in self.virtual:
+                continue
+            at = self._crossing_price(o)
+            if (not at or at >= price) and (o.valid_day if o.state is OrderState.HELD else today) == day:
+                return RestingOrder(o.client_order_id, o.agent, o.side, at)
+        return None
+
     @staticmethod
     def _crossing_price(o: Order) -> int:
         """The most marketable price an open order may trade at (0: any price: a market-like order, or a
@@ -689,9 +700,20 @@ class Portfolio:
             self._move_mark(code, old, price)
         return True
 
+    def held_codes(self) -> list[str]:
+        """The codes someone in the books holds (or is short of)."""
+        return [c for c, holders in self._holders.items() if holders]
+
     def close_before_today(self, code: str) -> int:
         """The code's last price as the books' day started (its close before today; 0: none then)."""
         return self._marks_at_roll.get(code, 0)
+
+    def fill_closes_before(self, closes: Mapping[str, int]) -> None:
+        """Closes before today (the stored daily bars') of codes the books had no price of as the day started (a
+        gateway started in the morning: its marks come later): `close_before_today` answers with them."""
+        for code, close in closes.items():
+            if close > 0:
+                self._marks_at_roll.setdefault(code, close)
 
     def set_split(self, code: str, split: PendingSplit | None, *, applied: bool = False) -> None:
         """A split the broker shows and the books have not taken yet (None: taken (`applied`), or gone): its
@@ -711,6 +733,8 @@ class Portfolio:
                     self.split_stale.add(code)  # (no print today: the mark is the close before the split)
                 return
             self.splits.pop(code, None)
+            if applied and was is not None and code in self._marks_at_roll:  # (the books' terms are the new shares')
+                self._marks_at_roll[code] = max(1, self._marks_at_roll[code] * was.den // was.num)
             if code in self.split_stale:
                 self.split_stale.discard(code)
                 if applied and was is not None:
@@ -985,7 +1009,8 @@ class Portfolio:
         if afresh is None:
             afresh = self._day_started
         self._day_started = True
-        self._marks_at_roll = dict(self.marks)
+        if not day or day != self._day:  # (a day closed late starts again afresh in-session: not a new close)
+            self._marks_at_roll = dict(self.marks)
         self._forget_starts()
         if day:
             self._day = day

@@ -286,29 +286,51 @@ def crosses(side: Side, price: int, order_type: OrderType, other: RestingOrder) 
 def self_trade(
     code: str, side: Side, price: int, order_type: OrderType, opposite: Iterable[RestingOrder]
 ) -> Denial | None:
-    """An order that would trade with another agent's open order of the other side on the same account
-    (`opposite`; the owner's own orders placed outside ktrader too): one account on both sides pays commission
-    and the sell tax for nothing, and a print with the same owner on both sides is what market surveillance
-    reads as a wash trade (가장매매). A buy or a LIMIT sell is refused (it may be priced away from that order, or
-    wait); a sell at the market (or best, IOC/FOK at the market, conditional) is let through: it is an exit that
-    must get out whatever another agent bids (as the sells the gateway places, which are never checked)."""
-    if side is _SELL and order_type is not OrderType.LIMIT:
+    """A BUY that would trade with another agent's open sell on the same account (`opposite`; the owner's own
+    orders placed outside ktrader too): one account on both sides pays commission and the sell tax for nothing, and
+    a print with the same owner on both sides is what market surveillance reads as a wash trade (가장매매). A sell is
+    never denied by this rule: it only reduces a position held (KRX has no retail short selling), and a strategy's
+    exit must get out whatever another agent bids (refused, a limit exit waited for its next session, a review); the
+    buy side alone is where a self-trade can be refused without risk (the buyer may price below the sell or wait). A
+    limit sell that would meet another's resting buy is told instead (`crossing`, the gate's alert)."""
+    if side is _SELL:
         return None
-    for other in opposite:
-        if crosses(side, price, order_type, other):
-            at = f"at {other.price:,}" if other.price else "at any price"
-            mine = f"at {price:,}" if price and order_type is OrderType.LIMIT else f"as a {order_type.value} order"
-            whose = (
-                "the order placed outside ktrader (the KIS app)"
-                if other.agent == EXTERNAL_AGENT
-                else f"{other.agent}'s open {other.side.value}"
-            )
-            return ErrorCode.DENIED_SELF_TRADE, (
-                f"{code}: this {side.value} {mine} would trade with {whose} {other.client_order_id} ({at}) on the "
-                "same account: a self-trade pays fees and tax for nothing and looks like a wash trade (가장매매) to "
-                "market surveillance; price it away from that order, or wait until it is filled or cancelled"
-            )
-    return None
+    other = crossing(side, price, order_type, opposite)
+    if other is None:
+        return None
+    return ErrorCode.DENIED_SELF_TRADE, (
+        f"{code}: this {side.value} {_priced(price, order_type)} would trade with {_whose(other)} "
+        f"({_at(other)}) on the same account: a self-trade pays fees and tax for nothing and looks like a wash trade "
+        "(가장매매) to market surveillance; price it away from that order, or wait until it is filled or cancelled"
+    )
+
+
+def crossing(side: Side, price: int, order_type: OrderType, opposite: Iterable[RestingOrder]) -> RestingOrder | None:
+    """The first of `opposite` an order would trade with (None: none)."""
+    return next((o for o in opposite if crosses(side, price, order_type, o)), None)
+
+
+def self_trade_text(code: str, side: Side, price: int, order_type: OrderType, other: RestingOrder) -> str:
+    """A sell let through that would meet `other`, as a person is told it."""
+    return (
+        f"{code}: its {side.value} {_priced(price, order_type)} would trade with {_whose(other)} ({_at(other)}) on "
+        "the same account: a self-trade (fees and tax for nothing, a wash trade to market surveillance); let through "
+        "(a sell may be an exit): price the agents' orders apart"
+    )
+
+
+def _priced(price: int, order_type: OrderType) -> str:
+    return f"at {price:,}" if price and order_type is OrderType.LIMIT else f"as a {order_type.value} order"
+
+
+def _whose(other: RestingOrder) -> str:
+    if other.agent == EXTERNAL_AGENT:
+        return f"the order placed outside ktrader (the KIS app) {other.client_order_id}"
+    return f"{other.agent}'s open {other.side.value} {other.client_order_id}"
+
+
+def _at(other: RestingOrder) -> str:
+    return f"at {other.price:,}" if other.price else "at any price"
 
 
 _NORMAL_OPEN = NORMAL_HOURS[0].hour * 60 + NORMAL_HOURS[0].minute  # minutes after midnight KST

@@ -307,6 +307,7 @@ class Gateway:
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
         self.day.on_new_day += [self.md.new_day, self.notices.new_day, self.universe_binder.new_day, self._new_day]
+        self.day.closes_before = self._closes_before
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)
         self.router = Router(self.codec, self.headers, self.registry, self.counters, hold=self.store.after_commit)
@@ -1093,6 +1094,16 @@ class Gateway:
         # of that same day says whether the history changed scale since
         if Capability.CHARTS in self.broker.capabilities:
             self._spawn(self._stored_close_checked(code, bar))
+
+    def _closes_before(self, day: str) -> dict[str, int]:
+        """The stored daily close before `day` (YYYYMMDD) of each code the books hold: a few reads a day."""
+        before = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+        out = {}
+        for code in self.portfolio.held_codes():
+            last = self.md.store.last(code, BarInterval.D1.value, 1, before)
+            if last:
+                out[code] = last[0].close
+        return out
 
     async def _stored_close_checked(self, code: str, bar: Bar) -> None:
         try:

@@ -48,6 +48,7 @@ from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, 
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES
+from common.krx_rules import SecurityKind
 from common.market_clock import market_ns
 from common.orders import Order, OrderState
 from common.protection import (
@@ -334,15 +335,19 @@ class ProtectionDesk:
         broker's balance has not been read since (a split's first print came before the new day's reconciliation:
         a stop at 65,000 sold 10 shares at 14,100, a hunt). Its stops are not judged until the books see it; told
         once a day."""
-        before = self.book.portfolio.close_before_today(code)
-        if not before or code in self.book.portfolio.splits or before * 6 <= price * 10 <= before * 15:
+        pf = self.book.portfolio
+        before = pf.close_before_today(code)
+        if not before or code in pf.splits or before * 6 <= price * 10 <= before * 15:
             return False
+        if pf.kind(code) is not SecurityKind.STOCK:
+            return False  # (ETF/ETN/ELW: a leveraged one's band may be wider than a day's +-30 %)
         if self._off_told.get(code) != self.book.day():
             self._off_told[code] = self.book.day()
             self.alert(
                 f"{code} printed {price:,}, {before:,} before today: more than a day's price limit allows (a split, a "
-                "bonus issue?): its stops are not judged until the books agree with the broker's balance "
-                "(reconciliation finds a split; ktrader control apply_split)",
+                "bonus issue, a spin-off?): its stops are not judged today unless the books take a split "
+                "(reconciliation finds one in the balance; ktrader control apply_split): check its positions and set "
+                "their stops again in today's prices",
                 kind=AlertKind.PROTECTION,
             )
         return True

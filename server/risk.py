@@ -45,7 +45,7 @@ import msgspec
 from common.calendar import is_trading_day, previous_trading_day
 from common.clock import date_of, yyyymmdd
 from common.config import AgentCard, RiskLimits
-from common.enums import AlertKind, SessionState, Side, SystemEventKind, TimeInForce, TradingState, worst
+from common.enums import AlertKind, OrderType, SessionState, Side, SystemEventKind, TimeInForce, TradingState, worst
 from common.errors import ErrorCode
 from common.ids import placed_by_gateway
 from common.krx import next_session_day
@@ -66,6 +66,7 @@ from common.risk_rules import (
     check_order,
     drawdown_bp,
     fitting_qty,
+    self_trade_text,
     pct_bp,
     scale_krw,
     scaled,
@@ -137,6 +138,7 @@ class RiskGate:
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._rates: dict[str, RateWindow] = {}
+        self._crossing_told: dict[tuple[str, str], str] = {}  # (agent, code) -> the day its self-trading sell was told
         self.broker_errors: list[int] = []  # market ns of recent session-level broker errors (kill switch)
         # agent -> market ns of its recent business refusals by the broker (halted stock, no cash, ...):
         # the agent's own kill switch, which halts that agent, never the gateway
@@ -472,7 +474,7 @@ class RiskGate:
         # an exit the gateway places for the agent (a protective exit, a flatten sell) must get out: no
         # self-trade check, and the agent's [schedule] start does not hold it back
         by_gateway = order.side is Side.SELL and placed_by_gateway(order.client_order_id)
-        if not shadow and not by_gateway:
+        if not shadow and not by_gateway and order.side is Side.BUY:
             account.opposite = self._opposite(card.id, order.code, order.side, order.tif)
         if by_gateway:  # its exits are sized by what the account can sell (exit_qty): never refused whole for it
             account.sellable_qty = None
@@ -502,9 +504,29 @@ class RiskGate:
             agent_win.stamps.append(now)
             if not shadow:
                 account_win.stamps.append(now)
+                if not by_gateway and order.side is Side.SELL and order.order_type is OrderType.LIMIT:
+                    self._sell_crossing(card.id, order.code, order.price, order.tif)
         elif denial[0] in LIMIT_ALERTS:
             self._limit_alert(card.id, denial)
         return denial
+
+    def _sell_crossing(self, agent: str, code: str, price: int, tif: TimeInForce) -> None:
+        """An agent's limit sell let through that would meet another agent's resting buy (or the owner's, placed
+        outside ktrader): a self-trade the gate does not refuse (a sell may be an exit), told once a day per agent and
+        code (a wash print passed without a word, a hunt). Only limit sells: their check reads the code's resting
+        buys (10,000 resting buys made each sell's check 9-12 ms when every sell read them, a review)."""
+        today = market_day(self.clock)
+        day = yyyymmdd(next_session_day(self.clock.now(), self.clock.phase())) if tif in HELD_TIFS else today
+        other = self.portfolio.first_crossing_buy(agent, code, price, day, today)
+        if other is None:
+            return
+        key = (agent, code)
+        if self._crossing_told.get(key) == today:
+            return
+        self._crossing_told[key] = today
+        self.alert(
+            self_trade_text(code, Side.SELL, price, OrderType.LIMIT, other), kind=AlertKind.OPERATOR, agent=agent
+        )
 
     def split_hold(self, agent: str, code: str) -> Denial | None:
         """Orders of an agent holding `code` while a split the broker shows is not in the books yet: its
@@ -557,7 +579,7 @@ class RiskGate:
             # (a held exit of the gateway's is checked at its release: the account may have sold the shares since
             # it was sized, overnight; denied and told then, never sent for the broker to refuse)
         revise = o.state is not OrderState.HELD
-        if not shadow:  # (revised, or released into today's session: it trades in today's)
+        if not shadow and o.side is Side.BUY:  # (revised, or released into today's session: it trades in today's)
             account.opposite = self._opposite(card.id, o.code, o.side, TimeInForce.DAY)
         now = market_ns(self.clock) / 1e9
         agent_win = self._rates.setdefault(card.id, RateWindow())

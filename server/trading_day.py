@@ -25,7 +25,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,9 @@ class TradingDay:
         self.on_tick: list[Callable[[dt.datetime], None]] = []
         # what else starts the day afresh, as a gateway started that day would (market data, notices...)
         self.on_new_day: list[Callable[[str], None]] = []
+        # the stored closes before `day` of the codes the books hold (the gateway's bar store): what a price at the
+        # day's start is compared with (Portfolio.close_before_today) where the books had none (a morning's start)
+        self.closes_before: Callable[[str], Mapping[str, int]] | None = None
         self.reports_written = 0
         self.close_errors = 0
         self._close_failures: dict[str, int] = {}  # day -> failed closes (a person is told at the third)
@@ -341,6 +344,11 @@ class TradingDay:
             self.book.roll_day(day)  # earlier days' finished orders let go, today's fills counted afresh
             self.book.portfolio.rules = rules_for(now.date())  # the day's tick grid, band and taxes
             self.roll_pnl(day)
+            if self.closes_before is not None:
+                try:
+                    self.book.portfolio.fill_closes_before(self.closes_before(day))
+                except Exception:  # (only the off-scale check of the day's first prints is poorer)
+                    log.exception("the closes before %s could not be read", day)
             self.risk.end_of_day = self.cycle.cleaned  # one set: the day cycle persists it, the gate reads it
             self.publish(SystemEventKind.TRADING_DAY, "", day)  # agents number their orders by the gateway's day
             if not first:

@@ -372,7 +372,15 @@ class Exchange:
         holdings = [a.holdings[st.code] for a in self.accounts.values() if st.code in a.holdings]
         if any(h.qty * num % den for h in holdings):
             raise ValueError(f"a {num}:{den} split leaves fractional shares in an account: not modelled")
-        self._splits[st.code] = (num, den)
+        if self._closed_day == self.day:
+            self._splits[st.code] = (num, den)  # after today's close: at the next day's roll
+            return st
+        # before today's session (the morning): today's is the split's first session
+        self._split_now(st, num, den)
+        st.book.reset_day(st.last, self.rules)
+        st.reset_day(st.last)
+        self.process.reanchor(st.code, st.last)
+        self._refresh_synthetic(st, st.last, match=False)
         return st
 
     def _split_now(self, st: StockState, num: int, den: int) -> None:

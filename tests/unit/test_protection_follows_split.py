@@ -12,6 +12,7 @@ import msgspec
 
 from common.enums import AlertKind, OrderType, Side
 from common.orders import OrderState
+from common.krx_rules import SecurityKind
 from common.portfolio import PendingSplit
 from common.protection import Protection, ProtectionSpec, ProtectionState as PS
 from common.schema import ProtectionUpdate
@@ -162,6 +163,36 @@ async def test_a_print_off_the_closes_scale_before_the_split_is_found_fires_no_s
         h.print(CODE, 13_500)  # 67,500 to the books: above the stop
         assert h.protection.active[PID].state is PS.ARMED
         h.print(CODE, 12_900)  # 64,500: met
+        assert h.protection.active[PID].state is not PS.ARMED
+    finally:
+        await h.close()
+
+
+async def test_after_the_split_is_applied_the_stops_are_judged_again_the_same_day(tmp_path: Path) -> None:
+    """Applied on its first day, the split puts the close before today in the new shares' terms too: before, every
+    later print was 'off the close's scale' and the rescaled stop never fired on a real fall (a review)."""
+    h, d = await started(tmp_path, stop=65_000)
+    try:
+        h.portfolio.roll_day(day="20261123")  # the split's first session: its close before today is 70,000
+        h.print(CODE, 14_100)
+        await check(h, balance(50, 14_000, 14_000))  # found: 1:5, pending
+        assert "alpha 10 → 50 shares" in d.ack("apply_split", value=f"{CODE} 5", sender="ops")
+        assert h.portfolio.close_before_today(CODE) == 14_000
+        h.print(CODE, 13_500)  # the stop is 13,000 now: not met
+        assert h.protection.active[PID].state is PS.ARMED
+        h.print(CODE, 12_900)  # met
+        assert h.protection.active[PID].state is not PS.ARMED
+    finally:
+        await h.close()
+
+
+async def test_an_etf_is_not_held_off_scale(tmp_path: Path) -> None:
+    """A leveraged ETF's band may be wider than a stock's +-30 %: its stop is judged on any print."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        h.portfolio.kinds[CODE] = SecurityKind.ETF
+        h.portfolio.roll_day(day="20261123")
+        h.print(CODE, 40_000)
         assert h.protection.active[PID].state is not PS.ARMED
     finally:
         await h.close()

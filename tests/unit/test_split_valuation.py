@@ -56,3 +56,15 @@ def test_a_split_no_longer_shown_leaves_the_mark_as_it_is() -> None:
     p.set_split(CODE, SPLIT)
     p.set_split(CODE, None)  # gone (the balance shows the books' shares again): nothing applied
     assert p.marks[CODE] == 70_000 and p.position_value("alpha") == 700_000
+
+
+def test_the_close_before_today_is_the_days_not_a_late_close_restart_nor_none_at_a_morning_start() -> None:
+    p = holding()
+    assert p.close_before_today(CODE) == 70_000
+    p.set_mark(CODE, 88_000)  # in the session (+25 %)
+    p.roll_day(day="20261208", afresh=True)  # the day before closed late: today starts again in-session
+    assert p.close_before_today(CODE) == 70_000  # (not 88,000: a crash to 52,000 is no 'split' to hold stops on)
+    fresh = Portfolio()  # a gateway started in the morning: no price yet as its day starts
+    fresh.roll_day(day="20261208")
+    fresh.fill_closes_before({CODE: 70_000})  # the stored daily bar's close (server/trading_day.py closes_before)
+    assert fresh.close_before_today(CODE) == 70_000
