@@ -20,8 +20,11 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# the in-process suites on two workers (each its own process: they share nothing), then the integration tests one at
+# a time (each starts real gateways, twins and agents: run two at once on two cores, a few timed out waiting)
 test: check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 tests/unit tests/property tests/strategies tests/contract $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/ktrader demo $(DEMO_ARGS)

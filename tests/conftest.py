@@ -22,11 +22,9 @@ from tools.ops.approve import approved_client
 from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-# the gateways' per-app-key locks (server/run_folder.py lock_app_key) of this test run, not the user's: a test's
-# paper/real gateway and one of another checkout on this host may share a fake key (inherited by the processes)
-os.environ.setdefault(
-    "KTRADER_KEY_LOCKS", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"ktrader-key-locks-{os.getpid()}")
-)
+# the gateways' per-app-key locks (server/run_folder.py lock_app_key) of this test process, not the user's nor another
+# worker's (pytest-xdist: each worker's gateways with the tests' one fake key), inherited by the processes it starts
+os.environ["KTRADER_KEY_LOCKS"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"ktrader-key-locks-{os.getpid()}")
 SHARED = ROOT.parent / "shared"
 if not SHARED.exists():  # CI clones main next to shared/
     SHARED = Path(os.environ.get("KTRADER_SHARED", "/work/shared"))
