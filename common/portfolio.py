@@ -280,9 +280,8 @@ class Portfolio:
         self._open: dict[str, Order] = {}  # client order id → open order (what a read may meet: _open_value)
         self._day_started = False  # roll_day has run: the books' "today" is known
         self._last_mark: CashMark | None = None  # the last read's
-        # code → client order id → open order of an agent (not 'external'): what a new order of another agent
-        # on the code would trade with (the self-trade check: opposite)
-        # open orders by side and code (the self-trade rule's; every agent's but shadow ones, 'external' too)
+        # side → code → client order id → open order (every agent's, 'external' too; shadow ones indexed, never
+        # weighed): what a new order of another agent on the code would trade with (the self-trade check: opposite)
         self._resting: dict[Side, dict[str, dict[str, Order]]] = {Side.BUY: {}, Side.SELL: {}}
 
     def _scopes(self, agent: str) -> Iterator[_Book]:

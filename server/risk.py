@@ -22,12 +22,12 @@ the agents holding it until the operator applies it (`ktrader control apply_spli
 peaks are raised on its equity less, and its drawdown judged on its equity plus, the doubt the last
 account read left on its cash base (server/equity.py).
 
-Agents share one account: an order (new, revised, or a held one released) that would trade with
-another agent's open order of the opposite side on the same code and session is denied
-(DENIED_SELF_TRADE, common/risk_rules.py self_trade), except sells at the market and the sells the gateway
-places for an agent (protective exits, flattens: they must get out). The owner's own orders placed outside
-ktrader ('external') are weighed as another agent's; an agent's own are not (the gate does not check an agent
-against itself).
+Agents share one account: a buy (new, revised, or a held one released) that would trade with another
+agent's open sell on the same code and session is denied (DENIED_SELF_TRADE, common/risk_rules.py
+self_trade); a sell is never denied by it (it may be an exit: the gateway's own are never checked), a limit
+one that would meet another's resting buy is told once a day per agent and code. The owner's own orders
+placed outside ktrader ('external') are weighed as another agent's; an agent's own are not (the gate does
+not check an agent against itself).
 
 A card's `[schedule] start` after the open holds the agent's own orders for today's session back until
 then (DENIED_SCHEDULE, common/risk_rules.py before_start), revises too; not the gateway's exits, nor

@@ -352,12 +352,12 @@ class Exchange:
 
     def split(self, code: str, num: int, den: int) -> StockState:
         """A stock split (`num` new shares for `den` old: 50:1; 1:10 a reverse split) taking effect at the next
-        session, as KRX's base price and KIS's balance show it on the split's first day: at the day's roll, every
-        account's shares x num/den at the same purchase amount, the code's prices (the close the roll takes for
-        the base, and its daily history, served adjusted as KIS's chart with FID_ORG_ADJ_PRC 0) x den/num. Only
-        between sessions, with none of the code's orders open (KRX suspends trading in the code around a split), and
-        only where every holding comes out whole (no fractional shares: KRX pays those in cash). ValueError says
-        why not."""
+        session, as KRX's base price and KIS's balance show it on the split's first day (asked after a close: at the
+        next day's roll; before a session: at once): every account's shares x num/den at the same purchase amount,
+        the code's prices (the close the roll takes for the base, and its daily history, served adjusted as KIS's
+        chart with FID_ORG_ADJ_PRC 0) x den/num. Only between sessions, with none of the code's orders open (KRX
+        suspends trading in the code around a split), and only where every holding comes out whole (no fractional
+        shares: KRX pays those in cash). ValueError says why not."""
         st = self.stock(code)
         if st is None:
             raise ValueError(f"unknown code {code!r}")
