@@ -21,10 +21,15 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 # the in-process suites on two workers (each its own process: they share nothing), then the integration tests one at
-# a time (each starts real gateways, twins and agents: run two at once on two cores, a few timed out waiting)
+# a time (each starts real gateways, twins and agents: run two at once on two cores, a few timed out waiting).
+# PYTEST_ARGS="...": one pytest run of those arguments instead (a file, -k NAME)
 test: check
-	$(BIN)/python -m pytest -q -n 2 tests/unit tests/property tests/strategies tests/contract $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(BIN)/python -m pytest -q -n 2 tests/unit tests/property tests/strategies tests/contract
+	$(BIN)/python -m pytest -q tests/integration
+else
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+endif
 
 demo: $(STAMP)
 	$(BIN)/ktrader demo $(DEMO_ARGS)

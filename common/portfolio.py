@@ -46,6 +46,7 @@ Open sells are also indexed per code (`opposite`): what another agent's new buy 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -733,7 +734,13 @@ class Portfolio:
                 return
             self.splits.pop(code, None)
             if applied and was is not None and code in self._marks_at_roll:  # (the books' terms are the new shares')
-                self._marks_at_roll[code] = max(1, self._marks_at_roll[code] * was.den // was.num)
+                before = self._marks_at_roll[code]
+                scaled = max(1, before * was.den // was.num)
+                # (one the stored bars gave may be adjusted already, refilled after the split was found: today's base
+                # price, the new shares', says which of the two it is)
+                base = self.base_prices.get(code, 0)
+                if not base or abs(math.log(scaled / base)) < abs(math.log(before / base)):
+                    self._marks_at_roll[code] = scaled
             if code in self.split_stale:
                 self.split_stale.discard(code)
                 if applied and was is not None:

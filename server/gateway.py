@@ -1096,12 +1096,15 @@ class Gateway:
             self._spawn(self._stored_close_checked(code, bar))
 
     def _closes_before(self, day: str) -> dict[str, int]:
-        """The stored daily close before `day` (YYYYMMDD) of each code the books hold: a few reads a day."""
-        before = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+        """The stored daily close of the trading day before `day` (YYYYMMDD) of each code the books hold: a few reads
+        a day. Only that day's: an older close (the gateway down over yesterday's, off for days) differs from today's
+        prices by more than a day's limit with no split at all, and would hold a stop through a real fall (a review)."""
+        today = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+        previous = previous_trading_day(today).isoformat()
         out = {}
         for code in self.portfolio.held_codes():
-            last = self.md.store.last(code, BarInterval.D1.value, 1, before)
-            if last:
+            last = self.md.store.last(code, BarInterval.D1.value, 1, today.isoformat())
+            if last and last[0].start == previous:
                 out[code] = last[0].close
         return out
 

@@ -139,7 +139,8 @@ class ProtectionDesk:
         self._asking: dict[str, asyncio.Task[None]] = {}
         self._need: dict[str, int] = {}  # code -> the latest exit's end (market ns) an answer being awaited is for
         self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
-        self._off_told: dict[str, str] = {}  # code -> the day its prints off the close's scale were told
+        # code -> (day, market ns) its prints went off the scale of its close before today (told then)
+        self._off_since: dict[str, tuple[str, int]] = {}
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -322,35 +323,39 @@ class ProtectionDesk:
         if self._halts and code in self._halts:
             self._trades_again(code)
         ids = self.by_code.get(code)
-        if not ids or self._off_scale(code, price):
+        if not ids:
             return
+        # (off the close's scale: only a protection set since, in today's prices, is judged)
+        since = self._off_scale(code, price)
         for pid in list(ids):
             p = self.active.get(pid)
-            if p is not None and p.state is PS.ARMED:
+            if p is not None and p.state is PS.ARMED and p.created_ns >= since:
                 self._on_price(p, self._books_price(p.agent, code, price))
 
-    def _off_scale(self, code: str, price: int) -> bool:
-        """A print further from the code's close before today than a day's price limit allows (KRX: +-30 % of the
-        base, the close unless a split or a bonus issue adjusted it), while no split is pending in the books: the
-        broker's balance has not been read since (a split's first print came before the new day's reconciliation:
-        a stop at 65,000 sold 10 shares at 14,100, a hunt). Its stops are not judged until the books see it; told
-        once a day."""
+    def _off_scale(self, code: str, price: int) -> int:
+        """0, or (market ns) since when the code prints further from its close before today than a day's price limit
+        allows (KRX: +-30 % of the base, the close unless a split or a bonus issue adjusted it) while no split is
+        pending in the books: the broker's balance has not been read since (a split's first print came before the new
+        day's reconciliation: a stop at 65,000 sold 10 shares at 14,100, a hunt). The stops set before are not judged
+        on such prints (one set since is in today's prices); told once a day."""
         pf = self.book.portfolio
         before = pf.close_before_today(code)
         if not before or code in pf.splits or before * 6 <= price * 10 <= before * 15:
-            return False
+            return 0
         if pf.kind(code) is not SecurityKind.STOCK:
-            return False  # (ETF/ETN/ELW: a leveraged one's band may be wider than a day's +-30 %)
-        if self._off_told.get(code) != self.book.day():
-            self._off_told[code] = self.book.day()
+            return 0  # (ETF/ETN/ELW: a leveraged one's band may be wider than a day's +-30 %)
+        day = self.book.day()
+        seen = self._off_since.get(code)
+        if seen is None or seen[0] != day:
+            seen = self._off_since[code] = (day, max(1, self.book.now_ns()))
             self.alert(
                 f"{code} printed {price:,}, {before:,} before today: more than a day's price limit allows (a split, a "
-                "bonus issue, a spin-off?): its stops are not judged today unless the books take a split "
-                "(reconciliation finds one in the balance; ktrader control apply_split): check its positions and set "
-                "their stops again in today's prices",
+                "bonus issue, a spin-off?): the stops set before are not judged on its prints today unless the books "
+                "take a split (reconciliation finds one in the balance; ktrader control apply_split); a protection set "
+                "from now on is, in today's prices (cancel and set it again, or sell by hand)",
                 kind=AlertKind.PROTECTION,
             )
-        return True
+        return seen[1]
 
     def _books_price(self, agent: str, code: str, price: int) -> int:
         """A print in the terms of the agent's shares in the books: while a split of the code is pending for it

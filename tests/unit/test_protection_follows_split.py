@@ -6,6 +6,7 @@ While the split is pending (found in the balance, not applied), a print is judge
 from __future__ import annotations
 
 import datetime as dt
+import types
 from pathlib import Path
 
 import msgspec
@@ -15,13 +16,15 @@ from common.orders import OrderState
 from common.krx_rules import SecurityKind
 from common.portfolio import PendingSplit
 from common.protection import Protection, ProtectionSpec, ProtectionState as PS
-from common.schema import ProtectionUpdate
+from common.schema import Bar, Protect, ProtectionUpdate
 from kis.port import BrokerAck, BrokerOrder
 from tests.fakes.broker import FakeBroker
 from tests.fakes.core import trading_clock
 from tests.fakes.harness import Harness
 from tests.fakes.operator_desk import Desk
-from tests.unit.test_protection import CARD, buy, exits
+from server.barstore import BarStore
+from server.gateway import Gateway
+from tests.unit.test_protection import CARD, H, buy, exits
 from tests.unit.test_split_detection import CODE, balance, check
 
 PID = "alpha-20261120-1"
@@ -194,5 +197,45 @@ async def test_an_etf_is_not_held_off_scale(tmp_path: Path) -> None:
         h.portfolio.roll_day(day="20261123")
         h.print(CODE, 40_000)
         assert h.protection.active[PID].state is not PS.ARMED
+    finally:
+        await h.close()
+
+
+async def test_only_the_previous_sessions_stored_close_is_a_reference(tmp_path: Path) -> None:
+    """A gateway started in the morning reads the close before today from its stored daily bars; one older than the
+    previous session (down over yesterday's close, off for days) is no reference: a real 12 % fall under the stop
+    was held as 'off the close's scale' (a review)."""
+    h, _ = await started(tmp_path, stop=63_000)
+    try:
+        bars = BarStore(tmp_path / "bars.sqlite")
+        gw = types.SimpleNamespace(portfolio=h.portfolio, md=types.SimpleNamespace(store=bars))
+        week_old = Bar(code=CODE, interval="1d", start="2026-11-13", open=1, high=1, low=1, close=100_000, volume=1)
+        bars.add([week_old])
+        assert Gateway._closes_before(gw, "20261123") == {}  # type: ignore[arg-type]
+        yesterday = msgspec.structs.replace(week_old, start="2026-11-20", close=66_000)
+        bars.add([yesterday])
+        assert Gateway._closes_before(gw, "20261123") == {CODE: 66_000}  # type: ignore[arg-type]
+        h.portfolio._marks_at_roll.clear()  # (a fresh process's first tick: no price yet)
+        h.portfolio.fill_closes_before(Gateway._closes_before(gw, "20261123"))  # type: ignore[arg-type]
+        h.print(CODE, 58_000)  # -12 %: under the stop
+        assert h.protection.active[PID].state is not PS.ARMED
+    finally:
+        await h.close()
+
+
+async def test_a_protection_set_after_the_prints_went_off_scale_is_judged_in_todays_prices(tmp_path: Path) -> None:
+    """No split found (a spin-off re-listing: no whole ratio): the old stop is held, one the agent sets again now is
+    judged (the alert says so); before, every stop on the code was held all day."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        h.portfolio.roll_day(day="20261123")
+        h.print(CODE, 30_000)  # off the scale of 70,000
+        assert h.protection.active[PID].state is PS.ARMED
+        assert any("a protection set from now on is" in t for t in h.alerted(AlertKind.PROTECTION))
+        assert h.protection.cancel("alpha", PID, "set again in today's prices")[0] is None
+        spec = ProtectionSpec(stop=29_000)
+        assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-7", code=CODE, spec=spec))[0] is None
+        h.print(CODE, 28_500)
+        assert h.protection.active["alpha-20261120-7"].state is not PS.ARMED
     finally:
         await h.close()

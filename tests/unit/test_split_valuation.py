@@ -68,3 +68,22 @@ def test_the_close_before_today_is_the_days_not_a_late_close_restart_nor_none_at
     fresh.roll_day(day="20261208")
     fresh.fill_closes_before({CODE: 70_000})  # the stored daily bar's close (server/trading_day.py closes_before)
     assert fresh.close_before_today(CODE) == 70_000
+
+
+def test_applied_the_close_before_today_is_put_in_the_new_terms_unless_it_is_already() -> None:
+    """apply_split moves the close before today to the new shares' prices, unless it came from stored bars refilled
+    adjusted after the split was found (a restart before apply: 700 'before today' held every stop, a review):
+    today's base price, the new shares', says which it is."""
+    p = holding()  # its close before today: 70,000, the old shares'
+    p.base_prices[CODE] = 14_000
+    p.set_split(CODE, SPLIT)
+    p.set_split(CODE, None, applied=True)
+    assert p.close_before_today(CODE) == 14_000
+    fresh = Portfolio()  # restarted after the split was found: its stored bars were refilled adjusted
+    fresh.set_position("alpha", PositionView(code=CODE, qty=10, cost=700_000, realized_pnl=0))
+    fresh.roll_day(day="20261208")
+    fresh.fill_closes_before({CODE: 14_000})
+    fresh.base_prices[CODE] = 14_100
+    fresh.set_split(CODE, SPLIT)
+    fresh.set_split(CODE, None, applied=True)
+    assert fresh.close_before_today(CODE) == 14_000
