@@ -35,7 +35,7 @@ from common.clock import date_of, elapsed_ns, kst_from_ns
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info, remove_info, write_info
 from common.freshness import Freshness
-from common.enums import AlertKind, BarInterval, SessionState, SystemEventKind
+from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.orders import OPEN, OrderState
@@ -214,7 +214,7 @@ class Gateway:
             self.risk,
             self.recon,
             self.base_prices,
-            self._cards,
+            self._running_cards,
             self.publish,
             self.request_reconcile,
             self._spawn,
@@ -399,6 +399,13 @@ class Gateway:
 
     def _cards(self) -> list[AgentCard]:
         return [rec.card for rec in self.registry.agents.values()]
+
+    def _running_cards(self) -> list[AgentCard]:
+        """The cards of agents running now (online, or silent within their lease): whose end-of-day policy the day
+        cycle carries out. One stopped (unregistered) is as one never registered: told at the close, nothing sold for
+        it (it may have been stopped on purpose); before, a stopped agent was flattened at its end while one stopped
+        across a gateway restart was not (a hunt). Coming back, its missed policy is worked out then."""
+        return [rec.card for rec in self.registry.agents.values() if rec.state is not AgentState.OFFLINE]
 
     def _prints_stopped(self, kind: MarketKind, code: str) -> None:
         if kind is MarketKind.TRADES:

@@ -39,7 +39,7 @@ from common.ids import make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock
-from common.orders import AWAITING_ACK, CANCELLABLE, OrderState
+from common.orders import AWAITING_ACK, CANCELLABLE, OrderState, is_gateway_exit
 from common.portfolio import shares_text
 from common.protection import Protection
 from common.schema import AgentPerformance, NewOrder, Notice
@@ -688,6 +688,12 @@ class TradingDay:
 
     def _save_missed_flatten(self) -> None:
         self.book.store.set_meta(MISSED_FLATTEN_KEY, msgspec.json.encode(self._missed_flatten).decode())
+
+    def flatten_sells_pending(self, agent: str) -> int:
+        """The sells a flatten of the agent's promised for the next session and has not placed yet (a missed one's,
+        still to be queued), and those it placed there (held): what a reload away from 'flatten' leaves in force."""
+        held = sum(1 for o in self.book.held.values() if o.agent == agent and is_gateway_exit(o))
+        return held + (1 if agent in self._missed_flatten and not held else 0)
 
     def _sells_card(self, agent: str, registered: dict[str, AgentCard]) -> AgentCard | None:
         """The card a missed flatten's sells are sized by: the registered agent's, else its approved card (the

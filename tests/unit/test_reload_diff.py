@@ -9,9 +9,9 @@ from pathlib import Path
 
 import msgspec
 
-from common.config import AgentCard, RiskLimits
-from common.enums import AlertKind
-from common.schema import Notice
+from common.config import AgentCard, EndOfDay, RiskLimits
+from common.enums import AlertKind, Side
+from common.schema import NewOrder, Notice
 from tests.fakes.core import trading_clock
 from tests.fakes.harness import Harness
 from server import operator
@@ -101,5 +101,26 @@ async def test_a_reloaded_rate_quota_reaches_the_broker_s_budget(tmp_path: Path)
         d.ack("reload", "alpha", card=msgspec.structs.replace(ALPHA, rate_quota_per_s=5.0))
 
         assert broker.budget._quotas["alpha"].rate == 5.0  # what the broker's queries for alpha wait on
+    finally:
+        await h.close()
+
+
+async def test_a_reload_says_what_its_schedule_does_at_once(tmp_path: Path) -> None:
+    """An end moved to a time already past (10:00, end 09:30, flatten) sold everything 0.1 s after a reply that only
+    listed the fields (a hunt): the preview and the reply say it runs now and what it sells; once today's end of day
+    ran, a new schedule is said to leave the agent selling only until tomorrow."""
+    h, d = await _desk(tmp_path)
+    try:
+        assert h.desk.submit(ALPHA, NewOrder(client_order_id="alpha-20261120-1", code="005930", side=Side.BUY,
+                                             qty=5, price=70_000)).accepted  # fmt: skip
+        await h.settle(lambda: (p := h.portfolio.position("alpha", "005930")) is not None and p.qty == 5)
+        early = msgspec.structs.replace(
+            ALPHA, schedule=msgspec.structs.replace(ALPHA.schedule, end="09:30", end_of_day=EndOfDay.FLATTEN)
+        )
+        text = d.ack("reload", "alpha", card=early, value="preview")
+        assert "its new end 09:30 has passed: its end of day (flatten) runs now: sells 5 005930 at market" in text, text
+        h.risk.end_of_day = {"alpha"}  # (today's already ran)
+        text = d.ack("reload", "alpha", card=early, value="preview")
+        assert "today's end of day already ran: it sells only until tomorrow" in text, text
     finally:
         await h.close()
