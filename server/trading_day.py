@@ -573,6 +573,8 @@ class TradingDay:
         codes = {c for card in self.cards() for c in card.codes}
         codes.update(c for listed in self.risk.extra_codes.values() for c in listed)
         codes.update(o.code for o in self.book.held.values())  # (a protective exit, a code that left a universe)
+        # what is held, by an agent not running too (its stops' exits are priced in the day's band)
+        codes.update(self.book.portfolio.held_codes())
         return sorted(codes)
 
     def end_of_day(self, card: AgentCard) -> None:
