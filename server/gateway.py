@@ -401,11 +401,11 @@ class Gateway:
         return [rec.card for rec in self.registry.agents.values()]
 
     def _running_cards(self) -> list[AgentCard]:
-        """The cards of agents running now (online, or silent within their lease): whose end-of-day policy the day
-        cycle carries out. One stopped (unregistered) is as one never registered: told at the close, nothing sold for
-        it (it may have been stopped on purpose); before, a stopped agent was flattened at its end while one stopped
-        across a gateway restart was not (a hunt). Coming back, its missed policy is worked out then."""
-        return [rec.card for rec in self.registry.agents.values() if rec.state is not AgentState.OFFLINE]
+        """The cards of agents running now (online): whose end-of-day policy the day cycle carries out. One stopped,
+        or silent past its lease, is as one never registered: told at the close, nothing sold for it (it may have been
+        stopped on purpose); before, a stopped agent was flattened at its end while one stopped across a gateway
+        restart was not (a hunt). Coming back, its missed policy is worked out then."""
+        return [rec.card for rec in self.registry.agents.values() if rec.state is AgentState.ONLINE]
 
     def _prints_stopped(self, kind: MarketKind, code: str) -> None:
         if kind is MarketKind.TRADES:

@@ -75,7 +75,7 @@ from common.enums import (
 )
 from common.errors import ErrorCode
 from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
-from common.krx import REGULAR_ORDER_PHASES
+from common.krx import Phase
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio, shares_text
@@ -875,7 +875,7 @@ class Operator:
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
         diff = "; ".join(card_diff(a, b))
-        effects = self._reload_effects(msg.agent, old, new)
+        effects = self._reload_effects(msg.agent, old, new, apply=not _is_preview(msg))
         if effects:
             diff += "; " + "; ".join(effects)
         if _is_preview(msg):
@@ -906,33 +906,39 @@ class Operator:
         self._tell(AlertKind.OPERATOR, msg.h.sender, f"card of {msg.agent} reloaded: {diff}", msg.agent)
         return ack(f"{msg.agent}: reloaded {diff}")
 
-    def _reload_effects(self, agent: str, old: AgentCard, new: AgentCard) -> list[str]:
+    def _reload_effects(self, agent: str, old: AgentCard, new: AgentCard, apply: bool) -> list[str]:
         """What a changed schedule does at once, said with the reload (a hunt: an end moved to 09:30 at 10:00 sold
         everything 0.1 s after a reply that said only the fields; a flatten switched to hold left its queued sells to
-        go out at the next open; a policy already run left the agent sells-only, untold)."""
+        go out at the next open; a policy already run left the agent sells-only, untold). `apply`: the reload is
+        applied (not a preview): a missed flatten's promise of sells, not queued yet, is dropped with it."""
         out: list[str] = []
         was, now_policy = old.schedule.end_of_day, new.schedule.end_of_day
         if new.schedule != old.schedule:
             clock = self.gw.clock
+            rec = self.gw.registry.agents.get(agent)
             if agent in self.gw.risk.end_of_day:
                 out.append("today's end of day already ran: it sells only until tomorrow, whatever the new schedule")
             elif now_policy is not EndOfDay.HOLD and clock.timed and is_trading_day(clock.now().date()):
                 now = clock.now()
                 end = dt.datetime.combine(now.date(), dt.time.fromisoformat(new.schedule.end), now.tzinfo)
-                if now >= end + close_delay(now.date()) and clock.phase() in REGULAR_ORDER_PHASES:
+                if now >= end + close_delay(now.date()) and clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION):
                     held = self.gw.portfolio.holding(agent)
-                    sells = f": sells {shares_text(held)} at market" if now_policy is EndOfDay.FLATTEN and held else ""
-                    runs = f"its end of day ({now_policy.value}) runs now{sells}"
+                    if rec is None or rec.state is not AgentState.ONLINE:
+                        runs = "it is not running: its end of day runs when it comes back (told at the close)"
+                    else:
+                        sells = (
+                            f": sells {shares_text(held)} at market" if now_policy is EndOfDay.FLATTEN and held else ""
+                        )
+                        runs = f"its end of day ({now_policy.value}) runs now{sells}"
                     out.append(f"its new end {new.schedule.end} has passed: {runs}")
-        if (
-            was is EndOfDay.FLATTEN
-            and now_policy is not EndOfDay.FLATTEN
-            and (n := self.gw.day.flatten_sells_pending(agent))
-        ):
-            out.append(
-                f"the sells its flatten already queued for the next session ({n}) stay: ktrader control cancel_all "
-                f"--agent {agent} cancels them"
-            )
+        if was is EndOfDay.FLATTEN and now_policy is not EndOfDay.FLATTEN:
+            if n := self.gw.day.flatten_sells_held(agent):
+                out.append(
+                    f"the {n} sells its flatten placed for the next session stay: ktrader control cancel_all --agent "
+                    f"{agent} cancels them"
+                )
+            if apply and self.gw.day.drop_missed_flatten(agent):
+                out.append("the sells its missed flatten promised for the next session are dropped")
         return out
 
     # ---- events from the gateway -----------------------------------------------------------------

@@ -691,11 +691,24 @@ class TradingDay:
     def _save_missed_flatten(self) -> None:
         self.book.store.set_meta(MISSED_FLATTEN_KEY, msgspec.json.encode(self._missed_flatten).decode())
 
-    def flatten_sells_pending(self, agent: str) -> int:
-        """The sells a flatten of the agent's promised for the next session and has not placed yet (a missed one's,
-        still to be queued), and those it placed there (held): what a reload away from 'flatten' leaves in force."""
-        held = sum(1 for o in self.book.held.values() if o.agent == agent and is_gateway_exit(o))
-        return held + (1 if agent in self._missed_flatten and not held else 0)
+    def flatten_sells_held(self, agent: str) -> int:
+        """The sells a flatten of the agent's placed for the next session (held; not its protective exits): what a
+        reload away from 'flatten' leaves in force (cancel_all pulls them)."""
+        return sum(
+            1
+            for o in self.book.held.values()
+            if o.agent == agent and is_gateway_exit(o) and not self.desk.placed_again(o.client_order_id)
+        )
+
+    def drop_missed_flatten(self, agent: str) -> bool:
+        """A reload away from 'flatten': the sells its missed flatten promised for the next session, not queued yet,
+        are not (True: there was such a promise)."""
+        if agent not in self._missed_flatten:
+            return False
+        with self.book.store.transaction():
+            del self._missed_flatten[agent]
+            self._save_missed_flatten()
+        return True
 
     def _sells_card(self, agent: str, registered: dict[str, AgentCard]) -> AgentCard | None:
         """The card a missed flatten's sells are sized by: the registered agent's, else its approved card (the

@@ -69,7 +69,12 @@ class Desk:
             broker_name="fake",
             started_ns=0,
             counters=Counter(),
-            day=SimpleNamespace(close_errors=0, reports_written=0, flatten_sells_pending=lambda agent: 0),
+            day=SimpleNamespace(
+                close_errors=0,
+                reports_written=0,
+                flatten_sells_held=lambda agent: 0,
+                drop_missed_flatten=lambda agent: False,
+            ),
             account=h.account,
             pub=None,
             sanity=SimpleNamespace(counters=lambda: {}),

@@ -164,7 +164,7 @@ async def test_agents_registering_just_after_a_restart_after_the_close_get_their
 
 
 def test_the_day_cycle_sees_the_running_agents_only() -> None:
-    """The gateway hands the day cycle the cards of running agents (online, or silent within their lease): one the
+    """The gateway hands the day cycle the cards of running agents (online; one silent past its lease is not): one the
     user stopped at 15:00 was flattened at its 15:20 end (its resting sell cancelled, its shares sold at market, no
     alert), while one stopped across a gateway restart was told and nothing sold (a hunt): now both are the latter."""
     from types import SimpleNamespace
@@ -177,5 +177,5 @@ def test_the_day_cycle_sees_the_running_agents_only() -> None:
         for a, s in (("up", AgentState.ONLINE), ("silent", AgentState.STALE), ("stopped", AgentState.OFFLINE))
     }
     gw = SimpleNamespace(registry=SimpleNamespace(agents=recs))
-    assert [c.id for c in Gateway._running_cards(gw)] == ["up", "silent"]  # type: ignore[arg-type]
+    assert [c.id for c in Gateway._running_cards(gw)] == ["up"]  # type: ignore[arg-type]
     assert [c.id for c in Gateway._cards(gw)] == ["up", "silent", "stopped"]  # type: ignore[arg-type]

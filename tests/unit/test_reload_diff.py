@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from common.config import AgentCard, EndOfDay, RiskLimits
-from common.enums import AlertKind, Side
+from common.enums import AgentState, AlertKind, Side
 from common.schema import NewOrder, Notice
 from tests.fakes.core import trading_clock
 from tests.fakes.harness import Harness
@@ -119,6 +119,9 @@ async def test_a_reload_says_what_its_schedule_does_at_once(tmp_path: Path) -> N
         )
         text = d.ack("reload", "alpha", card=early, value="preview")
         assert "its new end 09:30 has passed: its end of day (flatten) runs now: sells 5 005930 at market" in text, text
+        d.gw.registry.agents["alpha"].state = AgentState.OFFLINE  # stopped: the day cycle does not run it (a review)
+        text = d.ack("reload", "alpha", card=early, value="preview")
+        assert "it is not running: its end of day runs when it comes back" in text, text
         h.risk.end_of_day = {"alpha"}  # (today's already ran)
         text = d.ack("reload", "alpha", card=early, value="preview")
         assert "today's end of day already ran: it sells only until tomorrow" in text, text
