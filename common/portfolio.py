@@ -347,27 +347,29 @@ class Portfolio:
         booked as 'external', too) of the side opposite `side`, in the session of `day` (YYYYMMDD; a HELD order is in
         its valid day's, every other in `today`'s): what an order of `agent` would trade with on this account
         (risk_rules self_trade). A few dictionary reads per open order of the code."""
-        got = self._resting[Side.SELL if side is Side.BUY else Side.BUY].get(code)
-        if not got:
-            return ()
         return tuple(
             RestingOrder(o.client_order_id, o.agent, o.side, self._crossing_price(o))
-            for o in got.values()
-            if o.agent != agent
-            and o.agent not in self.virtual
-            and (o.valid_day if o.state is OrderState.HELD else today) == day
+            for o in self._others(agent, code, Side.SELL if side is Side.BUY else Side.BUY, day, today)
         )
 
     def first_crossing_buy(self, agent: str, code: str, price: int, day: str, today: str) -> RestingOrder | None:
         """Another agent's open buy on `code` (as `opposite`) that a limit sell at `price` would trade with, the first
         found (None: none): a scan of the code's resting buys that builds nothing for those it passes."""
-        for o in self._resting[Side.BUY].get(code, {}).values():
-            if o.agent == agent or o.agent in self.virtual:
-                continue
+        for o in self._others(agent, code, Side.BUY, day, today):
             at = self._crossing_price(o)
-            if (not at or at >= price) and (o.valid_day if o.state is OrderState.HELD else today) == day:
+            if not at or at >= price:
                 return RestingOrder(o.client_order_id, o.agent, o.side, at)
         return None
+
+    def _others(self, agent: str, code: str, side: Side, day: str, today: str) -> Iterator[Order]:
+        """Other agents' (not shadow) open `side` orders on `code` in the session of `day` (see `opposite`)."""
+        for o in self._resting[side].get(code, {}).values():
+            if (
+                o.agent != agent
+                and o.agent not in self.virtual
+                and (o.valid_day if o.state is OrderState.HELD else today) == day
+            ):
+                yield o
 
     @staticmethod
     def _crossing_price(o: Order) -> int:

@@ -113,17 +113,11 @@ class DayCycle:
             # registering after midnight, its day's missed policy would be nobody's business any more
             out.missed = [card for card in (*cards, *absent()) if card.id not in self.cleaned]
             return out
-        # the card's end is a time of a normal day: a session that closes late moves it as much (CSAT day)
-        shift = close_delay(now.date()) if timed else dt.timedelta()
         for card in cards:
             if card.id in self.cleaned:
                 continue
-            if timed:
-                end = dt.datetime.combine(now.date(), dt.time.fromisoformat(card.schedule.end), now.tzinfo) + shift
-                due = rank >= RANK[Phase.CONTINUOUS] and now >= end
-            else:  # the time of day means nothing: the closing call is the signal
-                due = rank == RANK[Phase.CLOSING_AUCTION]
-            if due:
+            # (untimed: the time of day means nothing, the closing call is the signal)
+            if end_due(card, now, phase) if timed else rank == RANK[Phase.CLOSING_AUCTION]:
                 out.cleanup.append(card)
         return out
 
@@ -173,6 +167,15 @@ class DayCycle:
         if day == self.day:
             self.closed = True
         self.store.set_meta(f"closed:{day}", "1")
+
+
+def end_due(card: AgentCard, now: dt.datetime, phase: Phase) -> bool:
+    """(a timed clock, in the day's session) Whether `card`'s end of day is due at `now`: from the continuous session
+    on, at or past its `schedule.end`, a time of a normal day that a session closing late moves as much (CSAT day)."""
+    end = dt.datetime.combine(now.date(), dt.time.fromisoformat(card.schedule.end), now.tzinfo) + close_delay(
+        now.date()
+    )
+    return RANK[phase] >= RANK[Phase.CONTINUOUS] and now >= end
 
 
 def policy_time(card: AgentCard, day: dt.date, timed: bool) -> dt.datetime:

@@ -204,7 +204,7 @@ class AccountReader:
         kept = self.portfolio.cash_kept()
         if self.store is not None and kept is not None and kept != self._kept:
             with self.store.transaction():
-                self.store.set_meta(_CASH_META, msgspec.json.encode(kept).decode())
+                save_cash_kept(self.store, self.portfolio)
             self._kept = kept
         return True
 

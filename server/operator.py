@@ -60,7 +60,7 @@ from typing import Protocol
 import msgspec
 
 from common import approvals
-from common.calendar import close_delay, is_trading_day
+from common.calendar import is_trading_day
 from common.clock import KST, date_of, kst_from_ns
 from common.config import AgentCard, EndOfDay, GatewayConfig
 from common.enums import (
@@ -106,6 +106,7 @@ from server.agent_services import AgentServices
 from server.alert_watch import AlertWatch, Facts
 from server.alerts import Alerts
 from server.core import OrderCore
+from server.daycycle import RANK, end_due
 from server.equity import ACCOUNT, AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
@@ -919,9 +920,8 @@ class Operator:
             if agent in self.gw.risk.end_of_day:
                 out.append("today's end of day already ran: it sells only until tomorrow, whatever the new schedule")
             elif now_policy is not EndOfDay.HOLD and clock.timed and is_trading_day(clock.now().date()):
-                now = clock.now()
-                end = dt.datetime.combine(now.date(), dt.time.fromisoformat(new.schedule.end), now.tzinfo)
-                if now >= end + close_delay(now.date()) and clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION):
+                phase = clock.phase()
+                if RANK[phase] <= RANK[Phase.CLOSING_AUCTION] and end_due(new, clock.now(), phase):  # (as DayCycle.due)
                     held = self.gw.portfolio.holding(agent)
                     if rec is None or rec.state is not AgentState.ONLINE:
                         runs = "it is not running: its end of day runs when it comes back (told at the close)"

@@ -389,9 +389,12 @@ class RiskGate:
     def _opposite(self, agent: str, code: str, side: Side, tif: TimeInForce) -> tuple[RestingOrder, ...]:
         """Other agents' open orders an order of `agent` would meet in its session (today's; a held
         order's, the session it is held for): the self-trade check (common/risk_rules.py self_trade)."""
+        return self.portfolio.opposite(agent, code, side, *self._session_day(tif))
+
+    def _session_day(self, tif: TimeInForce) -> tuple[str, str]:
+        """(the session an order placed now with `tif` trades in, today), YYYYMMDD: a held order's, the next session."""
         today = market_day(self.clock)
-        day = yyyymmdd(next_session_day(self.clock.now(), self.clock.phase())) if tif in HELD_TIFS else today
-        return self.portfolio.opposite(agent, code, side, day, today)
+        return (yyyymmdd(next_session_day(self.clock.now(), self.clock.phase())) if tif in HELD_TIFS else today), today
 
     def _market(self, code: str, session: SessionView, tif: TimeInForce = TimeInForce.DAY) -> MarketView:
         """The market an order placed now lives in: today's, or for a held order (HELD_TIFS) placed for a
@@ -515,8 +518,7 @@ class RiskGate:
         outside ktrader): a self-trade the gate does not refuse (a sell may be an exit), told once a day per agent and
         code (a wash print passed without a word, a hunt). Only limit sells: their check reads the code's resting
         buys (10,000 resting buys made each sell's check 9-12 ms when every sell read them, a review)."""
-        today = market_day(self.clock)
-        day = yyyymmdd(next_session_day(self.clock.now(), self.clock.phase())) if tif in HELD_TIFS else today
+        day, today = self._session_day(tif)
         other = self.portfolio.first_crossing_buy(agent, code, price, day, today)
         if other is None:
             return
