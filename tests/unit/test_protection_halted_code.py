@@ -61,16 +61,18 @@ class Halting(FakeBroker):
         )  # fmt: skip
 
 
-async def armed(h: Harness, **spec: object) -> None:
+async def armed(tmp_path: Path, clock: ManualClock | None = None, **spec: object) -> tuple[Harness, Halting]:
+    """A harness on a Halting broker whose agent bought 10 with a stop at 69,000, armed."""
+    broker = Halting()
+    h = Harness(tmp_path / "db", broker=broker, clock=clock)
     await h.start()
     assert h.protection.submit(CARD, buy(1, stop=69_000, **spec)).accepted
     await h.settle(lambda: h.protection.active[PID].state is PS.ARMED)
+    return h, broker
 
 
 async def test_a_stop_on_a_halted_code_waits_for_it_to_trade_then_sells(tmp_path: Path) -> None:
-    broker = Halting()
-    h = Harness(tmp_path / "db", broker=broker)
-    await armed(h)
+    h, broker = await armed(tmp_path)
     try:
         broker.halted.add("005930")
         h.print("005930", 68_000)  # the last print before the halt meets the stop; its exit is refused
@@ -99,9 +101,7 @@ async def test_a_stop_on_a_halted_code_waits_for_it_to_trade_then_sells(tmp_path
 
 
 async def test_a_limit_exit_expired_on_a_halted_day_waits_without_failing(tmp_path: Path) -> None:
-    broker = Halting()
-    h = Harness(tmp_path / "db", broker=broker)
-    await armed(h, exit=ExitType.LIMIT)
+    h, broker = await armed(tmp_path, exit=ExitType.LIMIT)
     try:
         broker.rest_sells = True
         h.print("005930", 68_500)
@@ -131,10 +131,8 @@ async def test_a_limit_exit_expired_on_a_halted_day_waits_without_failing(tmp_pa
 
 
 async def test_a_refusal_of_a_code_that_trades_still_counts(tmp_path: Path) -> None:
-    broker = Halting()
+    h, broker = await armed(tmp_path)
     broker.refuse_sells = True
-    h = Harness(tmp_path / "db", broker=broker)
-    await armed(h)
     try:
         h.print("005930", 68_000)
         await h.settle(lambda: h.protection.tick() or PID in h.protection.ended, timeout=10)
@@ -148,10 +146,8 @@ async def test_a_refusal_of_a_code_that_trades_still_counts(tmp_path: Path) -> N
 async def test_a_clock_stepped_back_while_asking_does_not_ask_again_and_again(tmp_path: Path) -> None:
     """The answer is dated no earlier than the exit's end it was asked for: with the clock stepped back 5 s (NTP, a
     replay) each answer read as older than the refusal and was asked again at once (96 quotes a second, a review)."""
-    broker = Halting()
     clock = ManualClock(dt.datetime(TODAY.year, TODAY.month, TODAY.day, 10, 0, 10, tzinfo=KST))
-    h = Harness(tmp_path / "db", broker=broker, clock=clock)
-    await armed(h)
+    h, broker = await armed(tmp_path, clock)
     try:
         broker.halted.add("005930")
         quote = broker.quote
@@ -176,9 +172,7 @@ async def test_a_clock_stepped_back_while_asking_does_not_ask_again_and_again(tm
 
 
 async def test_an_answer_whose_handling_failed_is_judged_again_at_the_next_tick(tmp_path: Path) -> None:
-    broker = Halting()
-    h = Harness(tmp_path / "db", broker=broker)
-    await armed(h)
+    h, broker = await armed(tmp_path)
     try:
         broker.halted.add("005930")
         sync, failed = h.protection._sync, []

@@ -26,6 +26,7 @@ from common.orders import Accept, Order, OrderState, apply
 from kis.port import BrokerAccount, BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
 from server.reconcile import reconcile
 from tests.fakes.harness import Harness as CoreHarness
+from tests.unit.test_account_cash_race import snapshot
 from tests.unit.test_oms import CARD, Harness, coid, order
 from tests.unit.test_reconcile import LossyBroker
 
@@ -436,16 +437,7 @@ class TotalsBroker(DayBroker):
     async def account(self) -> BrokerAccount:
         bought = sum(o["value"] for o in self.orders.values() if o["side"] is Side.BUY)
         sold = sum(o["value"] for o in self.orders.values() if o["side"] is not Side.BUY)
-        cash = self.cash - bought + sold
-        return BrokerAccount(
-            cash=cash,
-            orderable_cash=cash,
-            settlement_cash=cash,
-            total_eval=cash,
-            positions_eval=0,
-            today_bought=bought,
-            today_sold=sold,
-        )
+        return snapshot(self.cash - bought + sold, bought, sold)
 
 
 async def test_shares_given_to_external_then_taken_back_move_no_money(tmp_path: Path) -> None:
