@@ -22,6 +22,7 @@ File: run/keys/approved.json (0600, written atomically under a lock):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -256,12 +257,34 @@ def withdraw(run_dir: str | Path, agent: str) -> bool:
 
 
 def differences(approved: AgentCard, declared: AgentCard) -> list[str]:
-    """The card fields that differ, with both values for the limits a person must look at."""
-    a, b = msgspec.to_builtins(approved), msgspec.to_builtins(declared)
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            out.append(f"{k} {a.get(k)!r} → {b.get(k)!r}" if k in ("budget", "risk", "mode", "codes") else k)
+    """The card fields that differ, each old → new, a table's entries one by one (card_diff)."""
+    return card_diff(msgspec.to_builtins(approved), msgspec.to_builtins(declared))
+
+
+def _shown(v: object) -> str:
+    """A card value as a person reads it: integers (money, counts) with thousands separators."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v, ensure_ascii=False)
+
+
+def card_diff(old: dict[str, object], new: dict[str, object], prefix: str = "") -> list[str]:
+    """Each changed field of a card (as builtins) as "field old → new", nested tables as dotted names
+    ("risk.max_order_value 1,000,000 → 2,000,000", "params.qty 1 → 3"); a field one side lacks is "none"."""
+    out: list[str] = []
+    for k in sorted(old.keys() | new.keys()):
+        x, y = old.get(k), new.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += card_diff(x, y, f"{prefix}{k}.")
+        else:
+            was = "none" if k not in old else _shown(x)
+            out.append(f"{prefix}{k} {was} → {'none' if k not in new else _shown(y)}")
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -842,6 +842,36 @@ def _limits(
                     ErrorCode.DENIED_RATE if hit else None,
                     f"{scope} limit of {lim.max_orders_per_minute} orders per minute",
                 )
+
+
+def already_beyond(budget: int, lim: RiskLimits, held: Mapping[str, Exposure], agent: Exposure) -> list[str]:
+    """What an agent holds or has open beyond a card's limits as they now stand (a reload that lowers them):
+    the gate then denies the buys (or orders) those limits govern and sells nothing, which a person must be
+    told, or a strategy that keeps asking reads as broken. `held`: the exposure of each code it holds;
+    `agent`: any one of its exposures (the agent-wide figures)."""
+    out: list[str] = []
+    used = agent.spent_cash + agent.reserved_cash
+    if budget and used >= budget:
+        out.append(f"it has used {used:,} of its budget {budget:,}: buys are denied until it sells (nothing is sold)")
+    if lim.max_position_value:
+        for code, e in sorted(held.items()):
+            cost = e.position_cost + e.open_buy_value
+            if cost >= lim.max_position_value:
+                out.append(
+                    f"{code} costs {cost:,} with its open buys, at or over max_position_value "
+                    f"{lim.max_position_value:,}: no more buys of it (nothing is sold)"
+                )
+    if lim.max_positions and agent.positions > lim.max_positions:
+        out.append(
+            f"it holds or is buying {agent.positions} codes, over max_positions {lim.max_positions}: "
+            "no buy of another code (nothing is sold)"
+        )
+    if lim.max_open_orders and agent.open_orders >= lim.max_open_orders:
+        out.append(
+            f"it has {agent.open_orders} open orders, at or over max_open_orders {lim.max_open_orders}: "
+            "no new order until some close"
+        )
+    return out
 
 
 def scale_krw(value: int, factor: float) -> int:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -875,7 +874,7 @@ class Operator:
             )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
-        diff = "; ".join(card_diff(a, b))
+        diff = "; ".join(approvals.card_diff(a, b))
         effects = self._reload_effects(msg.agent, old, new, apply=not _is_preview(msg))
         if effects:
             diff += "; " + "; ".join(effects)
@@ -908,11 +907,12 @@ class Operator:
         return ack(f"{msg.agent}: reloaded {diff}")
 
     def _reload_effects(self, agent: str, old: AgentCard, new: AgentCard, apply: bool) -> list[str]:
-        """What a changed schedule does at once, said with the reload (a hunt: an end moved to 09:30 at 10:00 sold
+        """What a changed card does at once, said with the reload: limits lowered below what the agent already holds
+        (its buys denied from now on, nothing sold); a changed schedule (a hunt: an end moved to 09:30 at 10:00 sold
         everything 0.1 s after a reply that said only the fields; a flatten switched to hold left its queued sells to
         go out at the next open; a policy already run left the agent sells-only, untold). `apply`: the reload is
         applied (not a preview): a missed flatten's promise of sells, not queued yet, is dropped with it."""
-        out: list[str] = []
+        out: list[str] = self.gw.risk.beyond(new, old) if (new.risk, new.budget) != (old.risk, old.budget) else []
         was, now_policy = old.schedule.end_of_day, new.schedule.end_of_day
         if new.schedule != old.schedule:
             clock = self.gw.clock
@@ -1221,30 +1221,3 @@ def _split_line(old: PositionView, new: PositionView) -> str:
 
 def _is_preview(msg: Control) -> bool:
     return msg.action == ControlAction.RELOAD.value and msg.value == RELOAD_PREVIEW
-
-
-def _shown(v: object) -> str:
-    """A card value as a person reads it: integers (money, counts) with thousands separators."""
-    if isinstance(v, bool) or v is None:
-        return json.dumps(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return json.dumps(v, ensure_ascii=False)
-
-
-def card_diff(old: dict[str, object], new: dict[str, object], prefix: str = "") -> list[str]:
-    """Each changed field of a card (as builtins) as "field old → new", nested tables as dotted names
-    ("risk.max_order_value 1,000,000 → 2,000,000", "params.qty 1 → 3"); a field one side lacks is "none"."""
-    out: list[str] = []
-    for k in sorted(old.keys() | new.keys()):
-        x, y = old.get(k), new.get(k)
-        if x == y:
-            continue
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += card_diff(x, y, f"{prefix}{k}.")
-        else:
-            was = "none" if k not in old else _shown(x)
-            out.append(f"{prefix}{k} {was} → {'none' if k not in new else _shown(y)}")
-    return out

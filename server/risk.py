@@ -63,6 +63,7 @@ from common.risk_rules import (
     MarketView,
     RateWindow,
     RestingOrder,
+    already_beyond,
     check_order,
     drawdown_bp,
     fitting_qty,
@@ -359,6 +360,22 @@ class RiskGate:
         gateway's own sells (protective exits, flattens) are sized by, in as many orders as it takes
         (common/risk_rules.py fitting_qty: the backtest's flatten sizes by it too)."""
         return fitting_qty(qty, unit, scaled(card.risk, self.multiplier), self.limits)
+
+    def beyond(self, card: AgentCard, old: AgentCard) -> list[str]:
+        """What the agent already holds or has open beyond those of its card's limits that moved from `old`'s
+        (a reload lowering them), as the gate sees them (scaled by the multiplier): the buys they now deny,
+        which nothing else would tell (common/risk_rules.py already_beyond)."""
+        m = self._mandate(card, TradingState.ACTIVE)
+        lim, was = m.agent_limits, old.risk
+        moved = RiskLimits(
+            max_position_value=lim.max_position_value if card.risk.max_position_value != was.max_position_value else 0,
+            max_positions=lim.max_positions if card.risk.max_positions != was.max_positions else 0,
+            max_open_orders=lim.max_open_orders if card.risk.max_open_orders != was.max_open_orders else 0,
+        )
+        p = self.portfolio
+        held = {code: p.exposure(card.id, code) for code in p.holding(card.id)}
+        agent = next(iter(held.values()), None) or p.exposure(card.id, "")
+        return already_beyond(m.budget if card.budget != old.budget else 0, moved, held, agent)
 
     def _rebudget(self, card: AgentCard, equity: int) -> None:
         """The agent's peaks in step with its card's budget (equity is budget + P&L): a reload's, or a card edited

@@ -133,3 +133,35 @@ def test_a_fresh_folder_of_a_real_config_is_asked_too(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "add --yes" in out.stderr, (out.stdout, out.stderr)
     assert "to trade LIVE on the REAL account (account not recorded)" in out.stdout
+
+
+def test_a_changed_card_shows_each_limit_that_moves_before_the_question(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An approval replacing an earlier one lists what moves, old → new, before a real account's question
+    (the operator approves the change, not a file); an unchanged card is said to be unchanged."""
+    from tools.ops.approve import main
+
+    run = folder_of(tmp_path, REAL)
+    path = card(tmp_path, "alpha", extra="[risk]\nmax_order_value = 1_000_000\n")
+    assert main([path], run, yes=True) == 0
+    capsys.readouterr()
+    card(tmp_path, "alpha", 5_000_000, extra="[risk]\nmax_order_value = 2_500_000\n")
+    asked: list[str] = []
+    out: list[str] = []
+
+    def answer(question: str) -> str:
+        out.append(capsys.readouterr().out)  # what was on screen when the question came
+        asked.append(question)
+        return "n"
+
+    assert main([path], run, ask=answer) == 1
+    assert asked, "a real account's change is asked about"
+    shown = out[0]
+    assert "alpha: changes from the approved card:" in shown, shown
+    assert "budget 1,000,000 → 5,000,000" in shown and "risk.max_order_value 1,000,000 → 2,500,000" in shown, shown
+    assert approvals.load(run).cards["alpha"].card.budget == 1_000_000  # refused: the old one stands
+    assert main([path], run, yes=True) == 0
+    capsys.readouterr()
+    assert main([path], run, yes=True) == 0
+    assert "alpha: the card is the one approved already (nothing changes)" in capsys.readouterr().out

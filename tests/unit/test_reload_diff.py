@@ -127,3 +127,36 @@ async def test_a_reload_says_what_its_schedule_does_at_once(tmp_path: Path) -> N
         assert "today's end of day already ran: it sells only until tomorrow" in text, text
     finally:
         await h.close()
+
+
+async def test_a_reload_says_which_lowered_limits_what_is_held_already_exceeds(tmp_path: Path) -> None:
+    """A budget or a position limit reloaded below what the agent holds denied every buy from then on, nothing
+    sold and nothing said (the reply listed the numbers only): the preview and the reply say what is beyond
+    which limit and what that stops; limits the reload leaves alone are not repeated."""
+    h, d = await _desk(tmp_path)
+    try:
+        assert h.desk.submit(ALPHA, NewOrder(client_order_id="alpha-20261120-1", code="005930", side=Side.BUY,
+                                             qty=5, price=70_000)).accepted  # fmt: skip
+        await h.settle(lambda: (p := h.portfolio.position("alpha", "005930")) is not None and p.qty == 5)
+        assert h.desk.submit(
+            ALPHA, NewOrder(client_order_id="alpha-20261120-2", code="005930", side=Side.BUY, qty=1, price=50_000)
+        ).accepted  # fmt: skip  (rests, far below)
+        lowered = msgspec.structs.replace(
+            ALPHA,
+            budget=300_000,
+            risk=msgspec.structs.replace(ALPHA.risk, max_position_value=200_000, max_open_orders=1),
+        )
+        text = d.ack("reload", "alpha", card=lowered, value="preview")
+        assert "it has used 400,0" in text and "of its budget 300,000: buys are denied until it sells" in text, text
+        assert "005930 costs 400,000 with its open buys, at or over max_position_value 200,000" in text, text
+        assert "it has 1 open orders, at or over max_open_orders 1: no new order until some close" in text, text
+        text = d.ack("reload", "alpha", card=lowered)
+        assert text.startswith("alpha: reloaded budget 1,000,000 → 300,000") and "buys are denied" in text, text
+        denied = h.desk.submit(lowered, NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY,
+                                                 qty=1, price=50_000))  # fmt: skip
+        assert not denied.accepted  # what the reply said
+        # only the limits a reload moves are said: a params change alone says nothing of them
+        text = d.ack("reload", "alpha", card=msgspec.structs.replace(lowered, params={"qty": 2}))
+        assert text == "alpha: reloaded params.qty 1 → 2", text
+    finally:
+        await h.close()

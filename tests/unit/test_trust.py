@@ -116,7 +116,7 @@ def test_approved_cards_registry_and_checksum(tmp_path: Path) -> None:
     assert reloaded.card == card() and reloaded.by == "test"
     raised = card(budget=65_000_000)  # the agent edits its own card
     assert approvals.checksum(raised) != a.sha256
-    assert approvals.differences(card(), raised) == ["budget 1000000 → 65000000"]
+    assert approvals.differences(card(), raised) == ["budget 1,000,000 → 65,000,000"]
     # the registry file edited by hand (a budget raised without the operator's tools) is refused whole
     path = approvals.registry_path(tmp_path)
     path.write_text(path.read_text().replace('"budget": 1000000', '"budget": 65000000'))

@@ -146,6 +146,23 @@ def confirm_real(
     return 0
 
 
+def _say_changes(run_dir: Path, cards: list[AgentCard]) -> None:
+    """What an approval replaces, before it is made (and before a real account's question): each limit
+    or parameter that moves, old → new; a card approved as it stands, said so."""
+    held = approvals.load(run_dir).cards if approvals.exists(run_dir) else {}
+    for card in cards:
+        before = held.get(card.id)
+        if before is None:
+            continue
+        changes = approvals.differences(before.card, card)
+        if not changes:
+            typer.echo(f"{card.id}: the card is the one approved already (nothing changes)")
+            continue
+        typer.echo(f"{card.id}: changes from the approved card:")
+        for line in changes:
+            typer.echo(f"  {line}")
+
+
 def main(
     paths: list[Path],
     run_dir: Path,
@@ -185,6 +202,7 @@ def main(
             return 2
         if warnings:
             typer.echo(f"note: {warnings} warnings (ktrader cards check CARD shows them)", err=True)
+        _say_changes(run_dir, [c for _, c in cards])
         refused = confirm_real(run_dir, [c for _, c in cards], yes, ask, env)
         if refused:
             return refused
