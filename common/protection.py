@@ -120,6 +120,12 @@ class Protection(msgspec.Struct, frozen=True, kw_only=True):
     # (num, den): shares now per share its buy bought, after the splits applied since (1:10 → (10, 1)); its
     # buy's fills are in the old shares
     split: tuple[int, int] = (1, 1)
+    # (close, base) of the corporate actions whose base price moved its levels before any share change (KRX sets
+    # a bonus or rights issue's base at the close × base/close on its first session; the new shares list weeks
+    # later, or never): a split of the same event applied later moves its shares only. `rebased_on`: the last
+    # such day (YYYYMMDD), so that a second confirmation of that day's base (a restart) moves nothing again.
+    rebased: tuple[int, int] = (1, 1)
+    rebased_on: str = ""
 
     @property
     def is_active(self) -> bool:
@@ -189,32 +195,55 @@ def _ceil_div(a: int, b: int) -> int:
 
 def split(p: Protection, num: int, den: int, round_up: Callable[[int], int]) -> Protection:
     """`p` in the terms of a split's new shares (num new shares per den old; `round_up`: the smallest price
-    on the code's tick grid at or above one). Never less protective than before:
+    on the code's tick grid at or above one). Never less protective than before (`rescaled`); the shares to
+    sell: what is left of them × the ratio (UP for a reverse split's fraction: the exit is capped by what is
+    held); those its exits sold before stay as sold (they are counted from those orders). A protection whose
+    levels the split's base price moved already (`rebase`, the same ratio) moves its shares only."""
+    moved = same_ratio(p.rebased, num, den)
+    q = p if moved else rescaled(p, num, den, round_up)
+    qty = p.sold + _ceil_div((p.qty - p.sold) * num, den) if p.qty else 0
+    n, d = p.split[0] * num, p.split[1] * den
+    g = math.gcd(n, d)
+    return msgspec.structs.replace(q, qty=qty, split=(n // g, d // g), rebased=(1, 1) if moved else p.rebased)
+
+
+def rebase(p: Protection, close: int, base: int, round_up: Callable[[int], int], day: str) -> Protection:
+    """`p` in the prices of a session whose base price KRX set at `base` for a last close of `close` (a bonus or
+    rights issue, or a split whose shares the books do not hold yet): its levels × base/close (`rescaled`), its
+    shares as they are."""
+    q = rescaled(p, close, base, round_up)
+    n, d = p.rebased[0] * close, p.rebased[1] * base
+    g = math.gcd(n, d)
+    return msgspec.structs.replace(q, rebased=(n // g, d // g), rebased_on=day)
+
+
+def same_ratio(rebased: tuple[int, int], num: int, den: int) -> bool:
+    """Whether a base price's move (close, base) is a split's num:den: the close over the base within 3 % of it
+    (KRX puts the base on the tick grid, down)."""
+    close, base = rebased
+    return rebased != (1, 1) and abs(close * den - base * num) * 100 <= 3 * base * num
+
+
+def rescaled(p: Protection, num: int, den: int, round_up: Callable[[int], int]) -> Protection:
+    """`p`'s prices × den/num, never less protective than before:
     - the stop goes UP to the grid: it is met by every print the old level was met by (prints are on the
       grid), and by at most one tick more; the trail's high goes up with it (the trail level follows);
     - the take goes UP to the grid too: exactly the prints at or above the old level's value meet it (the
       smallest grid price at or above the exact level) — never a sale under the person's target, never one
       missed (down, a print worth less than the target would sell);
     - the print that met it (a waiting exit's limit is worked out from it) goes DOWN: a limit exit's limit
-      is never higher than before;
-    - the shares to sell: what is left of them × the ratio (UP for a reverse split's fraction: the exit is
-      capped by what is held); those its exits sold before stay as sold (they are counted from those orders).
+      is never higher than before.
     A bracket whose two levels meet on the grid keeps its take a tick above its stop."""
     s = p.spec
     stop = round_up(_ceil_div(s.stop * den, num)) if s.stop else 0
     take = round_up(_ceil_div(s.take * den, num)) if s.take else 0
     if stop and take and take <= stop:
         take = round_up(stop + 1)
-    qty = p.sold + _ceil_div((p.qty - p.sold) * num, den) if p.qty else 0
-    n, d = p.split[0] * num, p.split[1] * den
-    g = math.gcd(n, d)
     return msgspec.structs.replace(
         p,
         spec=msgspec.structs.replace(s, stop=stop, take=take),
-        qty=qty,
         high=_ceil_div(p.high * den, num),
         trigger_price=p.trigger_price * den // num,
-        split=(n // g, d // g),
     )
 
 

@@ -116,6 +116,13 @@ from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
+
+
+def _day_after(iso: str) -> str:
+    """The day after an ISO date, as YYYYMMDD."""
+    return (dt.date.fromisoformat(iso) + dt.timedelta(days=1)).strftime("%Y%m%d")
+
+
 _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its price scale"
 
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
@@ -1091,6 +1098,7 @@ class Gateway:
         bar = last[0]
         if bar.start == previous_trading_day(today).isoformat():
             if bar.close != base:
+                self.protection.rebase(code, bar.close, base)  # (the stops set before: to today's prices)
                 self._history_changed(
                     code,
                     f"today's base price {base:,} is not the last close {bar.close:,} ({bar.start}): {_RESCALED}",
@@ -1122,6 +1130,8 @@ class Gateway:
             log.info("stored close of %s %s not checked against the broker: %s", code, bar.start, e)
             return
         if got and got[-1].start == bar.start and got[-1].close != bar.close:
+            # the stops set by that day are in its prices: to the adjusted ones (those set since may be in either)
+            self.protection.rebase(code, bar.close, got[-1].close, set_before=_day_after(bar.start))
             self._history_changed(
                 code,
                 f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: {_RESCALED} "

@@ -61,6 +61,8 @@ from common.protection import (
     WhenClosed,
     check_print,
     exit_limit,
+    rebase,
+    same_ratio,
     split,
     stop_level,
     validate,
@@ -246,7 +248,7 @@ class ProtectionDesk:
             err = f"{msg.qty} shares to protect, {held} held"
         if err:
             return ErrorCode.BAD_PROTECTION, err
-        mark = self._books_price(agent, msg.code, self.book.portfolio.marks.get(msg.code, 0))
+        mark = self.book.portfolio.marks.get(msg.code, 0)  # (no split pending for it: refused above)
         p = self._put(
             Protection(
                 id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark, created_ns=self.book.now_ns()
@@ -302,6 +304,53 @@ class ProtectionDesk:
             out.append(f"{p.agent}'s protective order {pid}: {was} → {now}")
         return out
 
+    def rebase(self, code: str, close: int, base: int, set_before: str = "") -> list[str]:
+        """Today's base price of `code` (confirmed) is not its last close: KRX adjusted it for a corporate action (a
+        bonus issue 1:0.3: 70,000 → 53,800; a rights issue; a split whose shares the books do not hold yet). The
+        protections set before today (not those with an exit working) move to today's prices, levels × base/close
+        (common/protection.py `rebase`), their shares as they are: a stop at 65,000 met by the ex-rights day's first
+        print sold the shares at a 'loss' the holder never had (the bonus shares come weeks later); the backtest's
+        adjusted history never sees that gap. Not while a split is pending in the books (its apply moves them), nor
+        once the books are in the new terms (a split applied today: the close before today moved with it).
+        `set_before` (YYYYMMDD, default today): only protections set before that day move (those set since may be in
+        either scale). A line each (old → new)."""
+        pf = self.book.portfolio
+        before = pf.close_before_today(code)
+        if close <= 0 or base <= 0 or close == base or code in pf.splits:
+            return []
+        if before and abs(before - base) < abs(before - close):
+            return []  # (the books are in today's terms already)
+        day = self.book.day()
+        kind, board = pf.kind(code), pf.board(code)
+
+        def round_up(price: int) -> int:
+            return pf.rules.round_up(max(price, 1), kind, board)
+
+        out: list[str] = []
+        for pid in sorted(self.by_code.get(code, ())):
+            p = self.active.get(pid)
+            if (
+                p is None
+                or p.state is PS.FIRED
+                or p.rebased_on == day
+                or yyyymmdd(kst_from_ns(p.created_ns)) >= (set_before or day)
+            ):
+                continue
+            new = rebase(p, close, base, round_up, day)
+            self._put(new, "rebase", close=close, base=base, high=new.high, **_levels(new.spec))
+            on = f" on {p.qty}" if p.qty else " on the position"
+            out.append(f"{p.agent}'s protective order {pid}: {p.spec.levels()} → {new.spec.levels()}{on}")
+        if out:
+            self.alert(
+                f"{code}: today's base price {base:,} is {base / close:.3f}× the close {close:,} before it: KRX "
+                "adjusted it for a corporate action (a bonus or rights issue, a split). The protective orders set "
+                f"before move to today's prices, the shares they cover as they are: {'; '.join(out)}. New shares (or "
+                "rights) show in the balance when they list: until then the books value the shares held at today's "
+                "prices",
+                kind=AlertKind.PROTECTION,
+            )
+        return out
+
     def _id_ok(self, agent: str, coid: str) -> bool:
         """An id the agent may give a buy and its protection (else the desk answers: a bad id, another
         agent's, another day's, a number in the gateway's range)."""
@@ -330,7 +379,7 @@ class ProtectionDesk:
         for pid in list(ids):
             p = self.active.get(pid)
             if p is not None and p.state is PS.ARMED and p.created_ns >= since:
-                self._on_price(p, self._books_price(p.agent, code, price))
+                self._on_price(p, self._books_price(p, price))
 
     def _off_scale(self, code: str, price: int) -> int:
         """0, or (market ns) since when the code prints further from its close before today than a day's price limit
@@ -357,12 +406,15 @@ class ProtectionDesk:
             )
         return seen[1]
 
-    def _books_price(self, agent: str, code: str, price: int) -> int:
-        """A print in the terms of the agent's shares in the books: while a split of the code is pending for it
-        (the balance shows it, the operator has not applied it), the print is of the new shares and its levels
-        of the old ones (a 1:10 split's first print, 7,000, is 70,000 to them; the portfolio values them so)."""
-        sp = self.book.portfolio.splits.get(code)
-        return sp.scaled(price) if sp is not None and agent in sp.holders else price
+    def _books_price(self, p: Protection, price: int) -> int:
+        """A print in the terms of `p`'s levels: while a split of the code is pending for its agent (the balance shows
+        it, the operator has not applied it), the print is of the new shares and its levels of the old ones (a 1:10
+        split's first print, 7,000, is 70,000 to them; the portfolio values them so), unless the split's base price
+        moved its levels already (`rebase`)."""
+        sp = self.book.portfolio.splits.get(p.code)
+        if sp is None or p.agent not in sp.holders or same_ratio(p.rebased, sp.num, sp.den):
+            return price
+        return sp.scaled(price)
 
     def _on_price(self, p: Protection, price: int) -> None:
         if p.spec.when_closed is WhenClosed.WAIT and self.book.clock.phase() not in REGULAR_ORDER_PHASES:

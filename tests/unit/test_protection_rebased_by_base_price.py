@@ -1,0 +1,135 @@
+"""A corporate action KRX prices into the base before any share moves (a bonus issue: 1:0.3 puts the base of a
+70,000 close at 53,800; a rights issue; a split whose shares the balance does not show yet): the protective orders
+set before move to today's prices with it, their shares as they are. Before, a stop at 65,000 was met by the
+ex-rights day's first print (54,000, within a day's limit of the close) and sold the shares at a 23 % 'loss' the
+holder never had (the bonus shares list weeks later); the backtest's adjusted history never sees that gap."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import msgspec
+
+from common.enums import AlertKind, Side
+from common.protection import ProtectionState as PS
+from common.schema import Bar
+from server.barstore import BarStore
+from server.gateway import Gateway
+from tests.fakes.harness import Harness
+from tests.unit.test_protection import exits
+from tests.unit.test_protection_follows_split import PID, started
+from tests.unit.test_split_detection import CODE, balance, check
+
+
+def next_session(h: Harness) -> None:
+    """The next session's morning: its close before today 70,000; the protection set on an earlier day (the fake
+    broker keeps one day's orders: the clock stays, the protection is dated back a day)."""
+    h.portfolio.roll_day(day="20261123")
+    p = h.protection.active[PID]
+    h.protection.active[PID] = msgspec.structs.replace(p, created_ns=p.created_ns - 86_400 * 10**9)
+
+
+async def test_a_bonus_issue_moves_the_stops_to_the_ex_rights_prices(tmp_path: Path) -> None:
+    h, _ = await started(tmp_path, stop=65_000, take=80_000)
+    try:
+        next_session(h)
+        lines = h.protection.rebase(CODE, 70_000, 53_800)
+        p = h.protection.active[PID]
+        # 65,000 × 53,800 / 70,000 = 49,957 → up to the grid (50); 80,000 → 61,486 → 61,500 (100)
+        assert (p.spec.stop, p.spec.take, p.qty, p.rebased) == (50_000, 61_500, 10, (350, 269))
+        assert lines == [f"alpha's protective order {PID}: stop 65,000, take 80,000 → stop 50,000, take 61,500 on 10"]
+        [told] = h.alerted(AlertKind.PROTECTION)
+        assert "today's base price 53,800 is 0.769× the close 70,000 before it" in told and lines[0] in told, told
+        assert h.store.protection(PID).spec.stop == 50_000  # type: ignore[union-attr]  (a restart finds it so)
+        assert h.protection.rebase(CODE, 70_000, 53_800) == []  # the same day's base again (a restart): once
+        h.print(CODE, 54_000)  # the ex-rights open: worth 70,200 of yesterday's shares
+        h.print(CODE, 50_500)
+        assert h.protection.active[PID].state is PS.ARMED and not exits(h)
+        h.broker.ref_price = 49_950
+        h.print(CODE, 49_950)  # a real fall, past the stop in today's prices
+        await h.settle(lambda: PID in h.protection.ended)
+        assert [(x.qty, x.side) for x in exits(h)] == [(10, Side.SELL)]
+    finally:
+        await h.close()
+
+
+async def test_only_protections_set_before_today_and_none_while_a_split_is_pending(tmp_path: Path) -> None:
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        await check(h, balance(50, 14_000, 14_000))  # the balance shows 1:5 first: pending, apply_split moves them
+        assert h.protection.rebase(CODE, 70_000, 14_000) == [] and h.protection.active[PID].spec.stop == 65_000
+    finally:
+        await h.close()
+
+
+async def test_a_split_whose_base_came_first_moves_the_shares_only_when_applied(tmp_path: Path) -> None:
+    """The relisting's base (1:5) confirmed before the balance showed the split: the stop moves to 13,000 then; the
+    split found and applied later moves its shares (10 → 50), not its levels again (13,000 → 2,600 left the 50
+    shares unprotected); meanwhile its prints are judged as they come (its levels are in their terms)."""
+    h, d = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        assert h.protection.rebase(CODE, 70_000, 14_000)
+        assert h.protection.active[PID].spec.stop == 13_000
+        h.print(CODE, 14_100)  # off the close's scale (the split not in the books): held, told
+        assert h.protection.active[PID].state is PS.ARMED and not exits(h)
+        await check(h, balance(50, 14_000, 14_000))  # found: 1:5, pending
+        h.print(CODE, 13_500)  # above 13,000 in its own terms (×5 it would be 67,500: the same answer)
+        assert h.protection.active[PID].state is PS.ARMED
+        text = d.ack("apply_split", value=f"{CODE} 5", sender="ops")
+        assert "stop 13,000 on 10 → stop 13,000 on 50" in text, text
+        p = h.protection.active[PID]
+        assert (p.spec.stop, p.qty, p.split, p.rebased) == (13_000, 50, (5, 1), (1, 1))
+        h.broker.ref_price = 12_900
+        h.print(CODE, 12_900)
+        await h.settle(lambda: PID in h.protection.ended)
+        assert [(x.qty, x.side) for x in exits(h)] == [(50, Side.SELL)]
+    finally:
+        await h.close()
+
+
+async def test_the_gateway_moves_them_when_the_confirmed_base_is_not_the_last_close(tmp_path: Path) -> None:
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        bars = BarStore(tmp_path / "bars.sqlite")
+        bars.add([Bar(code=CODE, interval="1d", start="2026-11-19", open=1, high=1, low=1, close=70_000, volume=1)])
+        dropped: list[str] = []
+        gw = types.SimpleNamespace(
+            md=types.SimpleNamespace(hold_daily=True, store=bars),
+            clock=h.book.clock,
+            protection=h.protection,
+            _history_changed=lambda code, why: dropped.append(code),
+        )
+        Gateway._base_vs_close(gw, CODE, 70_000)  # type: ignore[arg-type]  (no corporate action: nothing moves)
+        assert h.protection.active[PID].spec.stop == 65_000 and not dropped
+        Gateway._base_vs_close(gw, CODE, 53_800)  # type: ignore[arg-type]
+        assert h.protection.active[PID].spec.stop == 50_000 and dropped == [CODE]
+    finally:
+        await h.close()
+
+
+async def test_a_gateway_down_on_the_ex_rights_day_moves_only_the_stops_set_by_its_stored_close(tmp_path: Path) -> None:
+    """Its last stored close is older than the previous session: the broker's adjusted close of that day says the
+    scale changed since; the stops set by that day move, one set after it may be in either scale and stays."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)  # alpha's protection: set on 2026-11-19
+        adjusted = Bar(code=CODE, interval="1d", start="2026-11-18", open=1, high=1, low=1, close=53_800, volume=1)
+
+        async def daily_bars(code: str, n: int, end: object) -> list[Bar]:
+            return [adjusted]
+
+        gw = types.SimpleNamespace(
+            broker=types.SimpleNamespace(daily_bars=daily_bars), protection=h.protection, _history_changed=print
+        )
+        stored = msgspec.structs.replace(adjusted, close=70_000)
+        await Gateway._stored_close_checked(gw, CODE, stored)  # type: ignore[arg-type]
+        assert h.protection.active[PID].spec.stop == 65_000  # set after 2026-11-18: either scale
+        adjusted = msgspec.structs.replace(adjusted, start="2026-11-19")
+        await Gateway._stored_close_checked(gw, CODE, msgspec.structs.replace(stored, start="2026-11-19"))  # type: ignore[arg-type]
+        assert h.protection.active[PID].spec.stop == 50_000
+    finally:
+        await h.close()
