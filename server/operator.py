@@ -504,6 +504,11 @@ class Operator:
             text = f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents")
             if spared:
                 text += f"; {spared} protective exits keep working: cancel_protection stops one"
+            if going := [a for a in targets if gw.desk.is_flattening(a)]:
+                text += (
+                    f"; the flatten of {', '.join(going)} goes on: it sells again once these close (ktrader control "
+                    f"resume --agent {going[0]} stops it)"
+                )
             if n:  # (asking to cancel nothing changed nothing)
                 self._tell(AlertKind.OPERATOR, h.sender, f"cancel_all: {text}", msg.agent)
             return ack(text)
@@ -744,7 +749,7 @@ class Operator:
         """The operator's cancel_all of `agents`' open orders: (cancels sent, protective exits spared). An active
         protection's exit stays, as a halt's cancels leave it: cancelled, its protection would place it again at
         once under a new id (cancel_protection stops one). A flatten's sells already sent go: the operator's way
-        to pull them (a resume stops the flatten itself)."""
+        to pull them (a resume stops the flatten itself: it sells again once they close, as the reply says)."""
         gw = self.gw
         n = sum(gw.desk.cancel_all(a, spare_exits=True) for a in agents)
         spared = 0

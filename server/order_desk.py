@@ -296,6 +296,9 @@ class OrderDesk:
             self._save_flattening()
         return True
 
+    def is_flattening(self, agent: str) -> bool:
+        return agent in self._flattening
+
     @property
     def flattening(self) -> list[str]:
         """The agents being flattened now."""
@@ -720,8 +723,11 @@ class OrderDesk:
             # and the hold, and the operator's resume (stop_flatten) could end what the card's policy started
             why, keep = prior[1], True
         with self.book.store.write():
-            n = self.cancel_all(card.id)
+            # flattening before its cancels: a protective exit they end waits for the flatten's sells (protection
+            # _hold), not placed again beside them; a flatten already running keeps the sells it placed (cancelled
+            # unsent, they ended its run with a false 'the broker refused', the rest never sold: a hunt)
             self._flattening[card.id] = (card, why, keep)
+            n = self.cancel_all(card.id, spare_exits=prior is not None)
             self._save_flattening()
             return n + self._flatten_step(card.id)
 
@@ -820,7 +826,12 @@ class OrderDesk:
             self._cancel_on_accept.discard(coid)
             if new.state in CANCELLABLE:
                 self.cancel(new.agent, coid, exits=True)  # (asked for when it was allowed)
-        if new.agent in self._flattening and new.state is OrderState.REJECTED and is_gateway_exit(new):
+        if (
+            new.agent in self._flattening
+            and new.state is OrderState.REJECTED
+            and is_gateway_exit(new)
+            and new.reason_code != ErrorCode.NOT_SENT.value
+        ):
             # a flatten sell the broker refused (a halted stock, ...): the next step would send the same
             # sell again at once, and again (a tight loop of refusals): stop and tell the operator
             self._flattening.pop(new.agent, None)

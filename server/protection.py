@@ -682,6 +682,10 @@ class ProtectionDesk:
         pause or halt does not (the gate passes the exits the gateway places for it as reducing sells)."""
         if self.risk.global_state is TradingState.HALTED:
             return "the gateway is halted (kill switch): it sells once resumed (ktrader control resume --all)"
+        if self.desk.is_flattening(p.agent):
+            # its sells are the flatten's (it cancelled this exit): a second sell of the shares beside them would
+            # oversell; a flatten that stops leaves the exit to go at the next try
+            return f"{p.agent} is being flattened: its sells sell these shares"
         if (held := self.risk.split_hold(p.agent, p.code)) is not None:
             return held[1]  # (its levels are judged in the old shares' terms meanwhile: _books_price)
         if (known := self._halts.get(p.code)) is not None and known[0]:
