@@ -430,6 +430,7 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     known_from: str = (
         "registry"  # registry | books (not registered since the gateway started: listed for its positions/orders)
     )
+    paused: bool = False  # its HALTED is a pause: new orders refused, its open orders work on
 
 
 class PositionMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -517,6 +518,7 @@ class StatusReply(_Msg, tag="status_reply", frozen=True):
     stock_master: str = ""  # where the codes' listing comes from ("" none: codes not checked)
     # the operator's newest actions from the journal (who, when, what, its outcome), newest last
     operator_actions: list[str] = []
+    paused: bool = False  # the gateway's HALTED is a pause (not the kill switch's): open orders work on
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

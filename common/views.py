@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.enums import TradingState
 from common.orders import Order
 from common.schema import OrderView
 
@@ -25,3 +26,9 @@ def order_view(o: Order) -> OrderView:
         created_ns=o.created_ns,
         updated_ns=o.updated_ns,
     )
+
+
+def trading_word(state: TradingState, paused: bool = False) -> str:
+    """A trading state as every view says it: a HALTED that is a pause (new orders refused, the open ones working
+    on at the broker) reads "paused", never the kill switch's "halted"."""
+    return "paused" if paused and state is TradingState.HALTED else state.value

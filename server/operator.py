@@ -290,6 +290,7 @@ class Operator:
                     # the books decide: a shadow agent's books are virtual (left out of the account)
                     mode=AgentMode.SHADOW if agent in portfolio.virtual else AgentMode.LIVE,
                     trading_state=gw.risk.effective(agent),
+                    paused=gw.risk.paused(agent),
                     pid=rec.pid if rec else 0,
                     host=rec.host if rec else "",
                     session=rec.session if rec else "",
@@ -367,6 +368,7 @@ class Operator:
             session_state=gw.broker.session_state,
             broker=gw.broker_name,
             trading_state=gw.risk.global_state,
+            paused=gw.risk.paused(),
             agents=agents,
             orders_today=total,
             open_orders=open_n,
@@ -539,6 +541,18 @@ class Operator:
             self._tell(AlertKind.HALT, h.sender, text, msg.agent)
         else:
             gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
+        if action is ControlAction.PAUSE:
+            # not the kill switch: said so, with what goes on working (a pause --all read "gateway is halted" while
+            # its resting buys filled, a hunt)
+            working = sum(
+                1
+                for o in gw.book.orders.values()
+                if o.is_open and o.agent != EXTERNAL_AGENT and (not msg.agent or o.agent == msg.agent)
+            )
+            text = (
+                f"{who} is paused: new orders refused; {working} open orders keep working at the broker (ktrader "
+                f"control halt{f' --agent {msg.agent}' if msg.agent else ''} cancels them)"
+            )
         text += "".join(f"; {a}" for a in accepted)
         glob = gw.risk.global_state
         if msg.agent and state is not TradingState.HALTED and glob is not TradingState.ACTIVE:

@@ -312,6 +312,15 @@ class RiskGate:
             and self.halt_kinds.get(key) == HALT_CANCELS
         )
 
+    def paused(self, agent: str = "") -> bool:
+        """The state in force for `agent` ("" the gateway's) is HALTED by a pause: new orders refused, the open ones
+        working on at the broker (no halt with cancels over it): shown as "paused", never as the kill switch's
+        "halted" (a hunt: pause --all read "halted" everywhere while 4 resting buys filled)."""
+        scopes = (GLOBAL,) if not agent else (agent, GLOBAL)
+        return (self.effective(agent) if agent else self.global_state) is TradingState.HALTED and not any(
+            self.hard_halted(k) for k in scopes
+        )
+
     def cancel_halted(self) -> int:
         """After the first reconciliation at a start: the open orders of every scope halted with cancels
         (the gateway's: every agent's; an agent's: its own) are cancelled, through the same rule as the

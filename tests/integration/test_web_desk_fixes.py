@@ -60,6 +60,7 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
         [
             agent_status("live_bot", position_value=700_000, open_orders=1),
             agent_status("shadow_bot", mode=AgentMode.SHADOW, position_value=42_000_000, open_orders=2),
+            agent_status("paused_bot", trading_state=TradingState.HALTED, paused=True),
         ],
         trading_state=TradingState.HALTED,
         account=[PositionMark(code="005930", qty=10, cost=700_000, avg_price=70_000, mark=70_000)],
@@ -104,11 +105,13 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
             assert page.inner_text("#agents tr[data-agent=shadow_bot] td[data-col=mode]") == "shadow"
             assert page.inner_text("#agents tr[data-agent=live_bot] td[data-col=mode]") == "live"
             foot = page.inner_text("#agents tfoot")
-            assert "TOTAL (1 live)" in foot and "700,000" in foot and "42,700,000" not in foot, foot
+            assert "TOTAL (2 live)" in foot and "700,000" in foot and "42,700,000" not in foot, foot
             # the account table: what the broker holds
             assert page.inner_text("#account tbody tr td:nth-child(3)") == "10"
             # resumed agent, halted gateway
             assert page.inner_text("#agents tr[data-agent=live_bot] td[data-col=trading]") == "active, gateway halted"
+            # a pause is not the kill switch: its open orders work on (a hunt: it read "halted" everywhere)
+            assert page.inner_text("#agents tr[data-agent=paused_bot] td[data-col=trading]") == "paused"
             # the kill switch says what it does (dismissed: nothing sent)
             questions: list[str] = []
 

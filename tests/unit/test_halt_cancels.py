@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.views import trading_word
+from tools.ops.status import health_lines
+from tools.top import grid
+
 from common.config import AgentCard
 from common.enums import AlertKind, Side, TimeInForce, TradingState
 from common.orders import OrderState
@@ -90,8 +94,20 @@ async def test_a_halt_of_one_agent_cancels_its_orders_only_and_pause_cancels_non
             assert h.desk.submit(card, new(card.id, 1, 5, 60_000)).accepted
             await h.settle(lambda c=coid: h.book.orders[c].state is OrderState.ACCEPTED)  # type: ignore[misc]
         # pause: the soft stop; its working order stays
-        assert d.ack("pause", "bravo") == "bravo is halted"
+        assert d.ack("pause", "bravo") == (
+            "bravo is paused: new orders refused; 1 open orders keep working at the broker (ktrader control halt "
+            "--agent bravo cancels them)"
+        )
         assert at_broker(h, "bravo-20261120-1") and h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED
+        # every view says paused, not the kill switch's halted (a hunt: pause --all read "halted" everywhere)
+        st = d.op.status(0)
+        [bravo] = [a for a in st.agents if a.id == "bravo"]
+        assert bravo.paused and trading_word(bravo.trading_state, bravo.paused) == "paused"
+        assert not st.paused and grid.trading_label(bravo, st) == "paused"
+        assert d.ack("pause", all=True).startswith("gateway is paused: new orders refused; 2 open orders keep working")
+        st = d.op.status(0)
+        assert st.paused and "trading paused" in health_lines(st)[0], health_lines(st)[0]
+        d.ack("resume", all=True)
 
         text = d.ack("halt", "alpha")
 

@@ -34,6 +34,7 @@ from common.schema import (
     StatusQuery,
     StatusReply,
 )
+from common.views import trading_word
 from tools.ops.procs import process_exists, run_lock_held
 
 
@@ -187,7 +188,7 @@ def health_lines(st: StatusReply, now_ns: int | None = None) -> list[str]:
     tok = f"{fmt_age((h.token_expires_ns - now_ns) / 1e9)} left" if h.token_expires_ns else "unknown"
     regs = len(h.registrations)
     return [
-        f"session {st.session_state}  trading {st.trading_state}  broker {st.broker}",
+        f"session {st.session_state}  trading {trading_word(st.trading_state, st.paused)}  broker {st.broker}",
         *([f"session not ready: {h.session_detail}"] if h.session_detail else []),  # why orders wait
         f"token expiry {tok}",
         f"REST budget {h.rest_limit_per_s:g}/s  calls {h.rest_calls}  queued {h.rest_waiting}  penalties "
@@ -370,7 +371,8 @@ def render_status(st: StatusReply, console: Console | None = None, started_wall_
     console.print(
         f"[bold]gateway[/] pid {st.gateway_pid}  up {up}  broker {st.broker}  session "
         f"[bold]{st.session_state}[/]  "
-        f"trading {st.trading_state}  market {st.market_phase}  {st.market_time.replace('T', ' ')} KST  "
+        f"trading {trading_word(st.trading_state, st.paused)}  market {st.market_phase}  "
+        f"{st.market_time.replace('T', ' ')} KST  "
         f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
     )
     for line in [*health_lines(st)[1:], risk_line(st), *notifier_lines(st)]:

@@ -33,6 +33,7 @@ from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
 from common.logs import file_handler
 from common.schema import AgentStatus, StatusReply
+from common.views import trading_word
 from tools.ops.status import (
     fmt_age,
     health_lines,
@@ -355,7 +356,7 @@ class TopApp(App[None]):
             (st.session_state.value, "dim" if stale else "bold green" if ok else "bold red"),
             "  trading ",
             (
-                st.trading_state.value,
+                trading_word(st.trading_state, st.paused),
                 "dim" if stale else "bold green" if st.trading_state.value == "active" else "bold red",
             ),
             "  ",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from common.clock import kst_from_ns
 from common.enums import AgentMode, TradingState
 from common.schema import AgentStatus, StatusReply
+from common.views import trading_word
 
 CELL_PAD = 2  # a DataTable/rich column pads one space each side
 
@@ -57,14 +58,15 @@ class Column:
     status_text: Callable[[AgentStatus, StatusReply], str] | None = None
 
 
-def trading_label(own: TradingState, gateway: TradingState) -> str:
+def trading_label(a: AgentStatus, st: StatusReply) -> str:
     """An agent's trading state as the grid shows it: its own (what the operator set for it, or a
     limit did), unless the gateway's stops it more: an agent resumed while the gateway is halted is
     not trading, and reads "gw:halted" (the risk gate checks both; the web page's desk.js
-    tradingLabel is the same rule, spelled out)."""
+    tradingLabel is the same rule, spelled out). A pause reads "paused" (common/views.py trading_word)."""
+    own, gateway = a.trading_state, st.trading_state
     if gateway is TradingState.ACTIVE or gateway is own or own is TradingState.HALTED:
-        return own.value
-    return f"gw:{gateway.value}"
+        return trading_word(own, a.paused)
+    return f"gw:{trading_word(gateway, st.paused)}"
 
 
 def _sum(fn: Callable[[AgentStatus], int], money: bool = True) -> Callable[[Sequence[AgentStatus]], str]:
@@ -128,10 +130,10 @@ COLUMNS: tuple[Column, ...] = (
         "trading",
         11,  # "gw:reducing"
         2,
-        lambda a, n: a.trading_state.value,
-        lambda a: a.trading_state.value,
+        lambda a, n: trading_word(a.trading_state, a.paused),
+        lambda a: trading_word(a.trading_state, a.paused),
         style=lambda a: "" if a.trading_state.value == "active" else "bold yellow",
-        status_text=lambda a, st: trading_label(a.trading_state, st.trading_state),
+        status_text=trading_label,
     ),
     Column(
         "realised",

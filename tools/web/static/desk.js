@@ -83,8 +83,13 @@ async function act(action, agent, all) {
 
 // An agent's own trading state, and the gateway's when that stops it more: an agent resumed while
 // the gateway is halted trades nothing (as tools/top/grid.py trading_label).
-function tradingLabel(own, gw) {
-  return gw === "active" || gw === own || own === "halted" ? own : `${own}, gateway ${gw}`;
+// common/views.py trading_word: a HALTED that is a pause (open orders work on) reads "paused"
+function tradingWord(state, paused) { return paused && state === "halted" ? "paused" : state; }
+
+function tradingLabel(a, st) {
+  const own = tradingWord(a.trading_state, a.paused), gw = tradingWord(st.trading_state, st.paused);
+  return st.trading_state === "active" || st.trading_state === a.trading_state || a.trading_state === "halted"
+    ? own : `${own}, gateway ${gw}`;
 }
 
 function netPnl(a) { return a.realized_pnl - a.fees + a.unrealized_pnl; }
@@ -137,7 +142,7 @@ function renderStatus(st) {
   $("phase").textContent = (st.market_phase || "?").replaceAll("_", " ");
   $("session").textContent = st.session_state;
   $("session").className = st.session_state === "ready" ? "online" : "up";
-  $("trading").textContent = st.trading_state;
+  $("trading").textContent = tradingWord(st.trading_state, st.paused);
   $("alerts").textContent = "alerts " + st.alerts_today;
   $("alerts").className = "badge" + (st.alerts_today ? " hot" : "");
   // totals of the live agents: a shadow agent's books are virtual, not the account's
@@ -148,10 +153,10 @@ function renderStatus(st) {
     if (!shadow) {
       tot.n += 1; tot.pnl += net; tot.r += a.realized_pnl; tot.u += a.unrealized_pnl; tot.v += a.position_value; tot.o += a.open_orders;
     }
-    const trading = tradingLabel(a.trading_state, st.trading_state);
+    const trading = tradingLabel(a, st);
     if (shadow) tr.className = "shadow";  // virtual books: dimmed, and left out of the totals
     cell(tr, a.id); cell(tr, a.state, a.state);
-    cell(tr, trading, trading === a.trading_state ? "" : "up").dataset.col = "trading";
+    cell(tr, trading, trading === tradingWord(a.trading_state, a.paused) ? "" : "up").dataset.col = "trading";
     cell(tr, fmt(net), "n " + cls(net)); cell(tr, fmt(a.realized_pnl), "n " + cls(a.realized_pnl));
     cell(tr, fmt(a.unrealized_pnl), "n " + cls(a.unrealized_pnl)); cell(tr, fmt(a.position_value), "n");
     cell(tr, a.open_orders, "n");
