@@ -524,6 +524,7 @@ class Portfolio:
         market_code = self._market_buys(bk, code, held=held)
         market_all = self._market_buys(bk, held=held)
         cash = self.cash()
+        estimated = cash is None and (cash := self.cash_before_read()) is not None
         return AccountExposure(
             open_orders=bk.open,
             position_cost=bk.cost.get(code, 0),
@@ -539,6 +540,7 @@ class Portfolio:
             equity=self.equity() or 0,
             equity_doubt=self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
+            cash_estimated=estimated,
             sellable_qty=self.account_sellable(code),
         )
 
@@ -965,6 +967,16 @@ class Portfolio:
         if self.cash_base is None:
             return None
         return self.cash_base - (self._account.spent - self._spent_at_base)
+
+    def cash_before_read(self) -> int | None:
+        """Before this process's first account read (a restart; reads failing): the last process's read as the
+        books moved it since (its cash less what they spent after it), else None. What buys are judged on until
+        a read answers: without it they went out unchecked, a 57 M buy on 56.9 M while the reads failed (a hunt;
+        KIS would take the excess on credit, 미수). Money moved while no gateway ran is not in it."""
+        if self._kept is None:
+            return None
+        kept_cash, kept_spent, _ = self._kept
+        return kept_cash - (self._account.spent - kept_spent)
 
     def cash(self) -> int | None:
         """The account's cash now (None before the broker's account was read): never what the broker

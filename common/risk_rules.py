@@ -157,6 +157,7 @@ class AccountExposure(msgspec.Struct, kw_only=True):
     equity_doubt: int = 0
     peak: int = 0  # the highest equity of the period the gateway's drawdown_peak names
     free_cash: int | None = None  # cash not held by open buys, their commission included (None: not known yet)
+    cash_estimated: bool = False  # free_cash is from the last process's read (none of this one's yet)
     virtual: bool = False  # a shadow agent's order: the account's totals and cash are not its own
     # other agents' open orders of the opposite side on the order's code in its session (the self-trade
     # check; empty: none, a shadow order, an exit the gateway places, a backtest's single agent)
@@ -789,10 +790,11 @@ def _limits(
             )
     # the account's cash, whenever it is known: agents' budgets may add up to more than the account holds,
     # and KIS would take the excess on credit (미수, sold by force when unpaid). A shadow order (virtual)
-    # spends no account cash. Before the first account read (free_cash None) buys wait only when the
-    # operator set a reserve: without one the gateway trades as it always has until the read answers (a
-    # gateway whose account query is slow or failing would otherwise refuse every buy), and KIS still
-    # checks its own orderable cash.
+    # spends no account cash. Before this process's first account read the last process's read stands in
+    # (Portfolio.cash_before_read: as the books moved it since); with none at all (free_cash None) buys wait only
+    # when the operator set a reserve: without one the gateway trades as it always has until the read answers
+    # (a first start whose account query is slow or failing would otherwise refuse every buy; server/risk.py
+    # tells a person), and KIS still checks its own orderable cash.
     reserve = acct_lim.cash_reserve
     if buy and not account.virtual and (reserve or account.free_cash is not None):
         if account.free_cash is None:
@@ -811,6 +813,7 @@ def _limits(
             hit = cash - need < reserve
             if hit or explaining:
                 kept = f" after the reserve {reserve:,}" if reserve else ""
+                est = " (the last read before this start: none since)" if account.cash_estimated else ""
                 yield Check(
                     "account cash",
                     "account",
@@ -819,7 +822,7 @@ def _limits(
                     reserve,
                     Unit.KRW,
                     ErrorCode.DENIED_CASH_RESERVE if hit else None,
-                    f"account cash {cash - reserve:,}{kept} < order {need:,} (with its commission)",
+                    f"account cash {cash - reserve:,}{kept}{est} < order {need:,} (with its commission)",
                 )
     # rate last: a denied order does not use up the rate
     for scope, lim, n in (

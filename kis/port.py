@@ -47,6 +47,16 @@ class BrokerRejected(BrokerError):
     pass
 
 
+# KIS's refusal of a buy beyond the account's orderable cash: APBK0952 "주문가능금액을 초과 했습니다" (the twin's;
+# APBK0919 is recorded with the same text too: API.md, UNCONFIRMED which code is canonical): the text decides
+CASH_REFUSAL_TEXT = "주문가능금액"
+
+
+def cash_refusal(e: BrokerError) -> bool:
+    """A refusal of an order for want of orderable cash (the account had less than the gateway believed)."""
+    return isinstance(e, BrokerRejected) and (CASH_REFUSAL_TEXT in e.message or e.code == "APBK0952")
+
+
 class BrokerUnknownOutcome(BrokerError):
     def __init__(self, message: str, *, code: str = "", http_status: int | None = None) -> None:
         super().__init__(message, code=code, http_status=http_status)

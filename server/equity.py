@@ -180,6 +180,7 @@ class AccountReader:
         self.failures = 0
         self.last: BrokerAccount | None = None
         self.unsupported = False  # the broker has no account at all (a replay)
+        self._soon = asyncio.Event()  # a read asked for before the next period's (read_soon)
 
     async def read_once(self) -> bool:
         # the books as the read leaves: what they book while it is on its way may or may not be in the
@@ -208,9 +209,18 @@ class AccountReader:
             self._kept = kept
         return True
 
+    def read_soon(self) -> None:
+        """Read the account now, not at the next period (the broker refused a buy for want of cash: money left
+        the account since the last read, and every buy until the next would be judged on cash that is gone)."""
+        self._soon.set()
+
     async def run(self) -> None:
         while True:
+            self._soon.clear()
             ok = await self.read_once()
             if self.unsupported:
                 return
-            await asyncio.sleep(self.every_s if ok else min(self.every_s, 5.0))
+            try:
+                await asyncio.wait_for(self._soon.wait(), self.every_s if ok else min(self.every_s, 5.0))
+            except TimeoutError:
+                pass

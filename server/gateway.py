@@ -38,7 +38,7 @@ from common.freshness import Freshness
 from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
 from common.market_clock import MarketClock, WallClock, market_ns
-from common.orders import OPEN, OrderState
+from common.orders import OPEN, Order, OrderState
 from server.run_folder import RunFolderWatch, RunLock
 from common.protection import Protection
 from common.schema import (
@@ -213,6 +213,7 @@ class Gateway:
         self.account = AccountReader(
             self.portfolio, broker.account, cfg.account_every_s, self.risk.cash_moved, store=self.book.store
         )
+        core.live_queue.on_cash_refused = self._cash_refused
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(
             self.clock,
@@ -1075,6 +1076,25 @@ class Gateway:
         n = self._protected_retry.get(notice.code, (0.0, 0))[1] + 1
         self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
         self._protected_refused(notice.code, notice.text)
+
+    def _cash_refused(self, o: Order, why: str) -> None:
+        """KIS refused a buy for want of cash: the account holds less than the gateway's last read said (money
+        withdrawn since, a settlement the read did not show). Read again now: every buy until then is judged on
+        cash that is gone (a hunt: 15 M withdrawn at 10:20, the next buys refused for up to a read's period, each
+        counted toward the agent's kill switch). A person is told: it may be the owner's withdrawal."""
+        believed = self.portfolio.cash()
+        self.account.read_soon()
+        self.alerts(
+            f"{o.agent}: its buy {o.client_order_id} ({o.qty} {o.code}) was refused by KIS for want of cash ({why}): "
+            f"the account holds less than the {believed:,} KRW the gateway's last read left it (money withdrawn "
+            "since?): reading the account now; buys are judged on that read"
+            if believed is not None
+            else f"{o.agent}: its buy {o.client_order_id} ({o.qty} {o.code}) was refused by KIS for want of cash "
+            f"({why}): reading the account now",
+            AlertKind.RECONCILE_DIFF,
+            o.agent,
+            subject=f"buy refused for cash {o.agent}",
+        )
 
     def _history_changed(self, code: str, why: str) -> None:
         """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the

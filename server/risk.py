@@ -138,6 +138,7 @@ class RiskGate:
         self.halt_kinds: dict[str, str] = {}  # agent (or GLOBAL) → HALT_CANCELS / HALT_SOFT of its HALTED (stored)
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
+        self._unchecked_told = False  # a buy went out with the account's cash unknown (told once a process)
         self._rates: dict[str, RateWindow] = {}
         self._crossing_told: dict[tuple[str, str], str] = {}  # (agent, code) -> the day its self-trading sell was told
         self.broker_errors: list[int] = []  # market ns of recent session-level broker errors (kill switch)
@@ -535,6 +536,16 @@ class RiskGate:
                 account_win.stamps.append(now)
                 if not by_gateway and order.side is Side.SELL and order.order_type is OrderType.LIMIT:
                     self._sell_crossing(card.id, order.code, order.price, order.tif)
+                if order.side is Side.BUY and account.free_cash is None and not self._unchecked_told:
+                    # (no read of this process nor of one before: KIS's own check alone stands; told once)
+                    self._unchecked_told = True
+                    self.alert(
+                        f"{card.id}'s buy {order.client_order_id} went out with the account's cash unknown: no account "
+                        "read has answered since the start, and none was kept from before; buys are not weighed "
+                        "against the account's cash until one does (KIS's own check alone; a real account allowing "
+                        "credit takes the excess on credit, 미수). [risk] cash_reserve makes buys wait for the read",
+                        kind=AlertKind.CASH_RESERVE,
+                    )
         elif denial[0] in LIMIT_ALERTS:
             self._limit_alert(card.id, denial)
         return denial
