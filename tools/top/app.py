@@ -79,7 +79,8 @@ ACTIONS: dict[str, tuple[str, bool, str]] = {
         "halt",
         False,
         "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the "
-        "broker (orders held for the next session too)?",
+        "broker (orders held for the next session too; the gateway's own exit sells, stops and flattens, keep "
+        "working)?",
     ),
     "global_resume": (
         "resume_all",

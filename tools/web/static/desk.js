@@ -48,7 +48,7 @@ const QUESTIONS = {
   cancel_all: "Cancel every open order of {a}?",
   flatten: "Flatten {a}: cancel its orders and SELL all its positions{b}?",
   reload: "Reload {a}'s card from the cards folder?\n\n{c}\n\nApply these changes now?",
-  halt: "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the broker (orders held for the next session too)?",
+  halt: "KILL SWITCH: halt trading for the whole gateway and CANCEL every open order of every agent at the broker (orders held for the next session too; the gateway's own exit sells, stops and flattens, keep working)?",
   resume_all: "Resume trading for the whole gateway? This accepts the account's loss today and its drawdown as they stand (the peak restarts at the equity now) and clears the kill-switch count.",
 };
 
