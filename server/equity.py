@@ -161,11 +161,16 @@ class AccountReader:
         every_s: float,
         on_cash_flow: Callable[[int], None] | None = None,
         store: Store | None = None,
+        traded_today: Callable[[], bool] | None = None,
     ) -> None:
         self.portfolio = portfolio
         self.read = read
         self.every_s = every_s
         self.on_cash_flow = on_cash_flow  # money moved in or out of the account, seen over two reads
+        # whether today's session may have traded yet (the opening auction matched): before, the broker's "today"
+        # totals are none or another day's (KIS answers the day before's until it rolls its day, UNCONFIRMED when),
+        # never lined up with the books' (a pre-open order worth more than them let yesterday's read as today's)
+        self.traded_today = traded_today
         # the last read kept for the next process (money moved while no gateway ran is told at its first reads)
         self.store = store
         self._kept: tuple[int, int, tuple[int, int]] | None = None
@@ -198,7 +203,9 @@ class AccountReader:
             log.warning("account read failed: %s", e)
             return False
         self.last = acct
-        self.portfolio.set_account_cash(acct.settlement_cash, mark, acct.today_bought, acct.today_sold)
+        today = self.traded_today is None or self.traded_today()
+        bought, sold = (acct.today_bought, acct.today_sold) if today else (-1, -1)
+        self.portfolio.set_account_cash(acct.settlement_cash, mark, bought, sold)
         self.reads += 1
         if (flow := self.portfolio.take_cash_flows()) and self.on_cash_flow is not None:
             self.on_cash_flow(flow)

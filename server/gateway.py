@@ -37,6 +37,7 @@ from common.connection import ConnectionFileError, GatewayInfo, read_info, remov
 from common.freshness import Freshness
 from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind
 from common.framing import Codec
+from common.krx import Phase
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.orders import OPEN, Order, OrderState
 from server.run_folder import RunFolderWatch, RunLock
@@ -116,6 +117,10 @@ from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
+
+
+# phases in which none of today's orders can have traded yet (the opening auction matches at 09:00; a holiday)
+_UNTRADED = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION, Phase.CLOSED})
 
 
 def _day_after(iso: str) -> str:
@@ -211,7 +216,12 @@ class Gateway:
         self.notices, self.shadow_venue, self.recon, self.desk = core.notices, core.shadow_venue, core.recon, core.desk
         self.protection = core.protection
         self.account = AccountReader(
-            self.portfolio, broker.account, cfg.account_every_s, self.risk.cash_moved, store=self.book.store
+            self.portfolio,
+            broker.account,
+            cfg.account_every_s,
+            self.risk.cash_moved,
+            store=self.book.store,
+            traded_today=lambda: not self.clock.timed or self.clock.phase() not in _UNTRADED,
         )
         core.live_queue.on_cash_refused = self._cash_refused
         self.base_prices = BasePrices(self.book, broker.base_price)
