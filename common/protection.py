@@ -120,10 +120,12 @@ class Protection(msgspec.Struct, frozen=True, kw_only=True):
     # (num, den): shares now per share its buy bought, after the splits applied since (1:10 → (10, 1)); its
     # buy's fills are in the old shares
     split: tuple[int, int] = (1, 1)
-    # (close, base) of the corporate actions whose base price moved its levels before any share change (KRX sets
-    # a bonus or rights issue's base at the close × base/close on its first session; the new shares list weeks
-    # later, or never): a split of the same event applied later moves its shares only. `rebased_on`: the last
-    # such day (YYYYMMDD), so that a second confirmation of that day's base (a restart) moves nothing again.
+    # (close, base) of the last corporate action whose base price moved its levels before any share change (KRX
+    # sets a bonus or rights issue's base at the close × base/close on its first session; the new shares list weeks
+    # later, or never): a split of that event applied later moves its shares only (any split resets it). Only the
+    # last: a product of two (a rights issue, then a split's base) matched no split and moved the levels twice.
+    # `rebased_on`: that day (YYYYMMDD): a second confirmation of its base (a restart) moves nothing again, and its
+    # levels are in that day's prices (judged however far its prints are from the close before).
     rebased: tuple[int, int] = (1, 1)
     rebased_on: str = ""
 
@@ -204,7 +206,7 @@ def split(p: Protection, num: int, den: int, round_up: Callable[[int], int]) -> 
     qty = p.sold + _ceil_div((p.qty - p.sold) * num, den) if p.qty else 0
     n, d = p.split[0] * num, p.split[1] * den
     g = math.gcd(n, d)
-    return msgspec.structs.replace(q, qty=qty, split=(n // g, d // g), rebased=(1, 1) if moved else p.rebased)
+    return msgspec.structs.replace(q, qty=qty, split=(n // g, d // g), rebased=(1, 1))
 
 
 def rebase(p: Protection, close: int, base: int, round_up: Callable[[int], int], day: str) -> Protection:
@@ -212,9 +214,8 @@ def rebase(p: Protection, close: int, base: int, round_up: Callable[[int], int],
     rights issue, or a split whose shares the books do not hold yet): its levels × base/close (`rescaled`), its
     shares as they are."""
     q = rescaled(p, close, base, round_up)
-    n, d = p.rebased[0] * close, p.rebased[1] * base
-    g = math.gcd(n, d)
-    return msgspec.structs.replace(q, rebased=(n // g, d // g), rebased_on=day)
+    g = math.gcd(close, base)
+    return msgspec.structs.replace(q, rebased=(close // g, base // g), rebased_on=day)
 
 
 def same_ratio(rebased: tuple[int, int], num: int, den: int) -> bool:

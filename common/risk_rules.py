@@ -864,9 +864,9 @@ def already_beyond(budget: int, lim: RiskLimits, held: Mapping[str, Exposure], a
                     f"{code} costs {cost:,} with its open buys, at or over max_position_value "
                     f"{lim.max_position_value:,}: no more buys of it (nothing is sold)"
                 )
-    if lim.max_positions and agent.positions > lim.max_positions:
+    if lim.max_positions and agent.positions >= lim.max_positions:
         out.append(
-            f"it holds or is buying {agent.positions} codes, over max_positions {lim.max_positions}: "
+            f"it holds or is buying {agent.positions} codes, at or over max_positions {lim.max_positions}: "
             "no buy of another code (nothing is sold)"
         )
     if lim.max_open_orders and agent.open_orders >= lim.max_open_orders:

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import math
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -224,6 +225,7 @@ class Gateway:
             traded_today=lambda: not self.clock.timed or self.clock.phase() not in _UNTRADED,
         )
         core.live_queue.on_cash_refused = self._cash_refused
+        self._cash_excused_at = -math.inf  # (monotonic) the last buy refused for cash excused (_cash_refused)
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(
             self.clock,
@@ -1087,11 +1089,17 @@ class Gateway:
         self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
         self._protected_refused(notice.code, notice.text)
 
-    def _cash_refused(self, o: Order, why: str) -> None:
+    def _cash_refused(self, o: Order, why: str) -> bool:
         """KIS refused a buy for want of cash: the account holds less than the gateway's last read said (money
         withdrawn since, a settlement the read did not show). Read again now: every buy until then is judged on
         cash that is gone (a hunt: 15 M withdrawn at 10:20, the next buys refused for up to a read's period, each
-        counted toward the agent's kill switch). A person is told: it may be the owner's withdrawal."""
+        counted toward the agent's kill switch). A person is told: it may be the owner's withdrawal. Excused from the
+        agent's kill switch once a read period: refusals the read does not explain (KIS's orderable cash below the
+        settlement cash the gate weighs, a strategy retrying) count as any refusal, and ask no further read."""
+        now = time.monotonic()
+        if now - self._cash_excused_at < self.account.every_s:
+            return False
+        self._cash_excused_at = now
         believed = self.portfolio.cash()
         self.account.read_soon()
         self.alerts(
@@ -1105,6 +1113,7 @@ class Gateway:
             o.agent,
             subject=f"buy refused for cash {o.agent}",
         )
+        return True
 
     def _history_changed(self, code: str, why: str) -> None:
         """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the

@@ -79,6 +79,7 @@ from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
 from common.portfolio import Portfolio, shares_text
 from common.risk_rules import MarketView, market_refusal
+from common.views import trading_word
 from common.schema import (
     RELOAD_PREVIEW,
     Ack,
@@ -541,7 +542,9 @@ class Operator:
             self._tell(AlertKind.HALT, h.sender, text, msg.agent)
         else:
             gw.risk.set_state(msg.agent, state, why=f"{action.value} by {h.sender}")
-        if action is ControlAction.PAUSE:
+        if action is ControlAction.PAUSE and gw.risk.hard_halted(msg.agent or GLOBAL):
+            text = f"{who} is halted (its halt stands: a pause changes nothing, its orders were cancelled)"
+        elif action is ControlAction.PAUSE:
             # not the kill switch: said so, with what goes on working (a pause --all read "gateway is halted" while
             # its resting buys filled, a hunt)
             working = sum(
@@ -559,7 +562,8 @@ class Operator:
             # the agent's own state changed, the gateway's did not: the gate checks both (server/risk.py)
             text = (
                 f"{msg.agent} is {'resumed (active)' if state is TradingState.ACTIVE else state}, but the gateway "
-                f"is {glob}: {'nothing trades' if glob is TradingState.HALTED else 'only sells go out'} until the "
+                f"is {trading_word(glob, gw.risk.paused())}: "
+                f"{_held_back(glob, gw.risk.paused())} until the "
                 "gateway is resumed (resume --all)" + "".join(f"; {a}" for a in accepted)
             )
         if not msg.agent and state is TradingState.ACTIVE:  # agents paused one by one stay so: say which
@@ -1204,6 +1208,13 @@ class Operator:
     def tasks(self) -> list:
         """Coroutines the gateway runs for the operator (the notifier's sender)."""
         return [self.notifier.run()]
+
+
+def _held_back(state: TradingState, paused: bool) -> str:
+    """What the gateway's state keeps from trading, as a resumed agent's reply says it."""
+    if state is TradingState.HALTED:
+        return "no new order goes out (its open orders keep working)" if paused else "nothing trades"
+    return "only sells go out"
 
 
 def parse_split(value: str) -> tuple[str, int, int]:

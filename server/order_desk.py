@@ -686,15 +686,20 @@ class OrderDesk:
         self.queue_for(card.id).put(Job(Call.MODIFY, coid, price, o.qty))
         return None, "revise sent"
 
-    def cancel_all(self, agent: str, code: str = "", *, spare_exits: bool = False) -> int:
+    def cancel_all(
+        self, agent: str, code: str = "", *, spare_exits: bool = False, spare_market_exits: bool = False
+    ) -> int:
         """Cancel the agent's open orders (of `code`); `spare_exits`: not the sells the gateway placed
-        for it (protective exits, flatten sells: they only reduce what it holds)."""
+        for it (protective exits, flatten sells: they only reduce what it holds); `spare_market_exits`: not
+        those of them at market (a flatten's: they sell at once; cancelled, a sell resting at the lower limit
+        lost its place in the queue and was placed again behind it)."""
         n = 0
         for o in list(self.book.orders.values()):
             if (
                 o.agent == agent
                 and (not code or o.code == code)
                 and not (spare_exits and is_gateway_exit(o))
+                and not (spare_market_exits and is_gateway_exit(o) and o.order_type is OrderType.MARKET)
                 and (
                     o.state in CANCELLABLE
                     or o.state in AWAITING_ACK
@@ -723,11 +728,11 @@ class OrderDesk:
             # and the hold, and the operator's resume (stop_flatten) could end what the card's policy started
             why, keep = prior[1], True
         with self.book.store.write():
-            # flattening before its cancels: a protective exit they end waits for the flatten's sells (protection
-            # _hold), not placed again beside them; a flatten already running keeps the sells it placed (cancelled
-            # unsent, they ended its run with a false 'the broker refused', the rest never sold: a hunt)
+            # the gateway's market sells go on (a flatten's before it, a protective exit's): it sells what they leave
+            # once they are done. Cancelled, a second click's ended the first one's unsent (a false 'the broker
+            # refused' that stopped it, the rest never sold), or pulled them from the queue at the lower limit (a hunt)
             self._flattening[card.id] = (card, why, keep)
-            n = self.cancel_all(card.id, spare_exits=prior is not None)
+            n = self.cancel_all(card.id, spare_market_exits=True)
             self._save_flattening()
             return n + self._flatten_step(card.id)
 

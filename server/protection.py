@@ -82,6 +82,10 @@ MAX_ACTIVE = 100  # active protections per agent
 HOLDER = "protection"  # who holds the trade registrations of protected codes (server/subscriptions.py)
 _RETRY_NS = 1_000_000_000
 # an exit refused by the gateway itself before it was sent: not an attempt the market refused
+_HALF_DAY_NS = 12 * 3600 * 10**9
+# a base price this close to the stored close (%) is our close off the official one (its closing auction missed, the
+# chart not read), not a corporate action: the protections stay (a rights issue's base is rarely so close)
+REBASE_MIN_PCT = 2
 _OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})
 _DENIED_RETRY_NS = 5_000_000_000
 _SAVE_HIGHS_NS = 1_000_000_000
@@ -143,6 +147,8 @@ class ProtectionDesk:
         self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
         # code -> (day, market ns) its prints went off the scale of its close before today (told then)
         self._off_since: dict[str, tuple[str, int]] = {}
+        # code -> market ns of its first print of the day (a session's prints span less than half a day)
+        self._first_print: dict[str, int] = {}
         book.listeners.append(self._after_commit)
 
     # ---- start-up -----------------------------------------------------------------------------------
@@ -307,20 +313,26 @@ class ProtectionDesk:
     def rebase(self, code: str, close: int, base: int, set_before: str = "") -> list[str]:
         """Today's base price of `code` (confirmed) is not its last close: KRX adjusted it for a corporate action (a
         bonus issue 1:0.3: 70,000 → 53,800; a rights issue; a split whose shares the books do not hold yet). The
-        protections set before today (not those with an exit working) move to today's prices, levels × base/close
+        protections set before the code's first print today (the pre-open's too; not those with an exit working)
+        move to today's prices, levels × base/close
         (common/protection.py `rebase`), their shares as they are: a stop at 65,000 met by the ex-rights day's first
         print sold the shares at a 'loss' the holder never had (the bonus shares come weeks later); the backtest's
         adjusted history never sees that gap. Not while a split is pending in the books (its apply moves them), nor
         once the books are in the new terms (a split applied today: the close before today moved with it).
-        `set_before` (YYYYMMDD, default today): only protections set before that day move (those set since may be in
-        either scale). A line each (old → new)."""
+        `set_before` (YYYYMMDD): only protections set before that day move (those set since may be in either scale).
+        A base within REBASE_MIN_PCT of the close moves nothing (our close, not the official one). Once moved, their
+        prints are judged however far from the close before today (`on_trade`). A line each (old → new)."""
         pf = self.book.portfolio
         before = pf.close_before_today(code)
-        if close <= 0 or base <= 0 or close == base or code in pf.splits:
-            return []
+        if close <= 0 or base <= 0 or abs(close - base) * 100 < REBASE_MIN_PCT * close or code in pf.splits:
+            return []  # (a close of ours a little off the official one -- its closing auction missed -- is no action)
         if before and abs(before - base) < abs(before - close):
             return []  # (the books are in today's terms already)
         day = self.book.day()
+        # set before the code's first print today (before the morning's confirmation, in the pre-open too: its levels
+        # and a trail's high are yesterday's prices); one set since is in today's
+        first = self._first_print.get(code, 0)
+        first = first if first and yyyymmdd(kst_from_ns(first)) == day else 0
         kind, board = pf.kind(code), pf.board(code)
 
         def round_up(price: int) -> int:
@@ -333,7 +345,8 @@ class ProtectionDesk:
                 p is None
                 or p.state is PS.FIRED
                 or p.rebased_on == day
-                or yyyymmdd(kst_from_ns(p.created_ns)) >= (set_before or day)
+                or (set_before and yyyymmdd(kst_from_ns(p.created_ns)) >= set_before)
+                or (first and p.created_ns >= first)
             ):
                 continue
             new = rebase(p, close, base, round_up, day)
@@ -374,11 +387,15 @@ class ProtectionDesk:
         ids = self.by_code.get(code)
         if not ids:
             return
+        now = self.book.now_ns()
+        if now - self._first_print.get(code, 0) >= _HALF_DAY_NS:  # (a protected code's first print of a day: rebase)
+            self._first_print[code] = now
         # (off the close's scale: only a protection set since, in today's prices, is judged)
         since = self._off_scale(code, price)
+        day = self.book.day() if since else ""
         for pid in list(ids):
             p = self.active.get(pid)
-            if p is not None and p.state is PS.ARMED and p.created_ns >= since:
+            if p is not None and p.state is PS.ARMED and (p.created_ns >= since or p.rebased_on == day):
                 self._on_price(p, self._books_price(p, price))
 
     def _off_scale(self, code: str, price: int) -> int:
@@ -682,10 +699,6 @@ class ProtectionDesk:
         pause or halt does not (the gate passes the exits the gateway places for it as reducing sells)."""
         if self.risk.global_state is TradingState.HALTED:
             return "the gateway is halted (kill switch): it sells once resumed (ktrader control resume --all)"
-        if self.desk.is_flattening(p.agent):
-            # its sells are the flatten's (it cancelled this exit): a second sell of the shares beside them would
-            # oversell; a flatten that stops leaves the exit to go at the next try
-            return f"{p.agent} is being flattened: its sells sell these shares"
         if (held := self.risk.split_hold(p.agent, p.code)) is not None:
             return held[1]  # (its levels are judged in the old shares' terms meanwhile: _books_price)
         if (known := self._halts.get(p.code)) is not None and known[0]:

@@ -385,7 +385,10 @@ class RiskGate:
         p = self.portfolio
         held = {code: p.exposure(card.id, code) for code in p.holding(card.id)}
         agent = next(iter(held.values()), None) or p.exposure(card.id, "")
-        return already_beyond(m.budget if card.budget != old.budget else 0, moved, held, agent)
+        out = already_beyond(m.budget if card.budget != old.budget else 0, moved, held, agent)
+        if out and self.multiplier != 1.0:
+            out.append(f"(limits as the risk multiplier {self.multiplier:g} scales them)")
+        return out
 
     def _rebudget(self, card: AgentCard, equity: int) -> None:
         """The agent's peaks in step with its card's budget (equity is budget + P&L): a reload's, or a card edited

@@ -174,8 +174,9 @@ class SendQueue:
         self.on_unknown = on_unknown  # a submit whose outcome is unknown: look for it at the broker soon
         # tells a person (the gateway's alerts); None: logged at ERROR only (and counted)
         self.alert = alert
-        # a buy the broker refused for want of cash (the gateway wires an account read and a word to a person)
-        self.on_cash_refused: Callable[[Order, str], None] | None = None
+        # a buy the broker refused for want of cash (the gateway wires an account read and a word to a person);
+        # True: excused from the agent's kill switch (the gateway's view was behind), False: counted as any refusal
+        self.on_cash_refused: Callable[[Order, str], bool] | None = None
         self.owner_conflicts = 0  # acknowledged order numbers another order of ours already held
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers or venue.max_in_flight)  # 0: as many as the venue takes
@@ -492,12 +493,13 @@ class SendQueue:
         # exit is not the agent's decision (its protection counts its attempts, and a halted code refuses every one)
         refused = isinstance(e, BrokerRejected)
         # a buy refused for want of cash: the gateway's view of the account was behind it (money withdrawn since the
-        # last read), not the agent's decision: not counted, and the account is read again at once (on_cash_refused)
-        short = refused and o.side is Side.BUY and cash_refusal(e)
-        if not (refused and is_gateway_exit(o)) and not short:
+        # last read), not the agent's decision: excused (on_cash_refused: once a read period), the account read again
+        excused = (
+            refused and o.side is Side.BUY and cash_refusal(e) and self.on_cash_refused is not None
+            and self.on_cash_refused(o, e.message)
+        )  # fmt: skip
+        if not (refused and is_gateway_exit(o)) and not excused:
             self.on_broker_error(ts, o.agent, refused)
-        if short and self.on_cash_refused is not None:
-            self.on_cash_refused(o, e.message)
         if isinstance(e, BrokerUnknownOutcome):
             # maybe placed: never resend; reconciliation (soon, not only the periodic pass) and the
             # notice stream will tell

@@ -141,3 +141,74 @@ async def test_cancel_all_during_a_flatten_says_it_goes_on(tmp_path: Path) -> No
         assert sorted(broker.sells) == [("000660", 10), ("005930", 10)] and not refused_alerts(h)
     finally:
         await h.close()
+
+
+class SlowCancel(FakeBroker):
+    """Every call goes at once, but a cancel hangs until `release` (a slow exchange, a cancel in doubt)."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.release = asyncio.Event()
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        await self.release.wait()
+        return await super().cancel(req)
+
+
+async def test_a_stop_met_while_a_flatten_waits_for_a_cancel_sells_at_once(tmp_path: Path) -> None:
+    """A review: holding every protective exit while the agent was flattened kept a met stop from selling for as
+    long as the flatten waited on an unrelated buy's cancel."""
+    broker = SlowCancel()
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", broker=broker, clock=clock, cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        for n, code in enumerate(CODES, 1):
+            order = buy(n, code, ProtectionSpec(stop=65_000) if code == "000660" else None)
+            assert (h.protection.submit(ALPHA, order) if order.protect else h.desk.submit(ALPHA, order)).accepted
+        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
+        for code in CODES:
+            h.print(code, 70_000)
+        clock.set(clock.now() + dt.timedelta(minutes=5))
+        d = Desk(h, tmp_path / "run", [ALPHA])
+        resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(ALPHA, resting).accepted
+        await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
+        d.ack("flatten", "alpha")
+        assert h.desk.is_flattening("alpha")  # waiting for the buy's cancel
+        broker.ref_price = 60_000
+        h.print("000660", 60_000)  # the stop 65,000 is met meanwhile
+        await h.settle(lambda: h.portfolio.position("alpha", "000660").qty == 0)  # type: ignore[union-attr]
+        broker.release.set()
+        await h.settle(lambda: flat(h))
+    finally:
+        broker.release.set()
+        await h.close()
+
+
+async def test_a_second_flatten_leaves_the_first_ones_sells_resting_at_the_lower_limit(tmp_path: Path) -> None:
+    """A review: once the first flatten's sells were out (resting: the stock locked at its lower limit), a second
+    click cancelled them, losing their place in the queue, and placed them again behind it."""
+    from tests.unit.test_protection_follows_split import Locked
+
+    broker = Locked(ref_price=70_000)
+    h = Harness(tmp_path / "db", broker=broker, clock=trading_clock(), cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        for n, code in enumerate(CODES, 1):
+            assert h.desk.submit(ALPHA, buy(n, code)).accepted
+        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
+        d = Desk(h, tmp_path / "run", [ALPHA])
+        d.ack("flatten", "alpha")
+
+        def sells() -> list[str]:
+            return sorted(c for c, o in h.book.orders.items() if placed_by_gateway(c) and o.side is Side.SELL)
+
+        await h.settle(
+            lambda: len(sells()) == 2 and all(h.book.orders[c].state is OrderState.ACCEPTED for c in sells())
+        )
+        first = sells()
+        d.ack("flatten", "alpha")  # the second click
+        assert sells() == first and all(h.book.orders[c].state is OrderState.ACCEPTED for c in first)
+    finally:
+        await h.close()

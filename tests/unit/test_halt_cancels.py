@@ -150,3 +150,23 @@ async def test_a_halt_leaves_a_working_stop_exit_alone(tmp_path: Path) -> None:
         assert h.book.orders[exit_.client_order_id].state is OrderState.ACCEPTED
     finally:
         await h.close()
+
+
+async def test_a_pause_over_the_kill_switch_says_the_halt_stands_and_a_resume_under_a_pause_says_paused(
+    tmp_path: Path,
+) -> None:
+    """A review: pause --all after the kill switch answered 'gateway is paused ... halt cancels them' while nothing
+    changed (its halt stands); resume --agent under a paused gateway said 'the gateway is halted: nothing trades'."""
+    h, d = await _desk(tmp_path)
+    try:
+        d.ack("halt", all=True)
+        assert d.ack("pause", all=True).startswith("gateway is halted (its halt stands: a pause changes nothing")
+        st = d.op.status(0)
+        assert not st.paused and trading_word(st.trading_state, st.paused) == "halted"
+        d.ack("resume", all=True)
+        d.ack("pause", all=True)
+        d.ack("pause", "alpha")
+        text = d.ack("resume", "alpha")
+        assert "but the gateway is paused: no new order goes out (its open orders keep working)" in text, text
+    finally:
+        await h.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from common.enums import AlertKind, Side
-from common.protection import ProtectionState as PS
+from common.protection import ProtectionSpec, ProtectionState as PS
 from common.schema import Bar
 from server.barstore import BarStore
 from server.gateway import Gateway
@@ -28,6 +28,7 @@ def next_session(h: Harness) -> None:
     h.portfolio.roll_day(day="20261123")
     p = h.protection.active[PID]
     h.protection.active[PID] = msgspec.structs.replace(p, created_ns=p.created_ns - 86_400 * 10**9)
+    h.protection._first_print.clear()  # (no print of the code yet this morning)
 
 
 async def test_a_bonus_issue_moves_the_stops_to_the_ex_rights_prices(tmp_path: Path) -> None:
@@ -131,5 +132,93 @@ async def test_a_gateway_down_on_the_ex_rights_day_moves_only_the_stops_set_by_i
         adjusted = msgspec.structs.replace(adjusted, start="2026-11-19")
         await Gateway._stored_close_checked(gw, CODE, msgspec.structs.replace(stored, start="2026-11-19"))  # type: ignore[arg-type]
         assert h.protection.active[PID].spec.stop == 50_000
+    finally:
+        await h.close()
+
+
+async def test_a_big_gap_s_rebased_stop_is_judged_all_day(tmp_path: Path) -> None:
+    """A review: a 1:1 bonus issue (base 35,000 on a 70,000 close) moved the stop to 32,500, but its prints, off the
+    close's scale, were not judged: a fall to 30,000 sold nothing all day."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        assert h.protection.rebase(CODE, 70_000, 35_000)
+        assert h.protection.active[PID].spec.stop == 32_500
+        h.print(CODE, 35_500)
+        assert h.protection.active[PID].state is PS.ARMED and not exits(h)
+        h.broker.ref_price = 30_000
+        h.print(CODE, 30_000)
+        await h.settle(lambda: PID in h.protection.ended)
+        assert [(x.qty, x.side) for x in exits(h)] == [(10, Side.SELL)]
+    finally:
+        await h.close()
+
+
+async def test_a_second_event_moves_the_levels_by_its_own_ratio_only(tmp_path: Path) -> None:
+    """A review: the ratios compounded (a rights issue's 10:9 times a split's 10:1 matched no split), so the split's
+    apply moved the levels again: 54,000 → 5,400 → 540."""
+    h, d = await started(tmp_path, stop=60_000)
+    try:
+        next_session(h)
+        h.protection.rebase(CODE, 70_000, 63_000)  # a rights issue: 60,000 → 54,000
+        assert h.protection.active[PID].spec.stop == 54_000
+        h.protection.active[PID] = msgspec.structs.replace(h.protection.active[PID], rebased_on="20261119")
+        h.protection.rebase(CODE, 63_000, 6_300)  # a 1:10 split's base, the balance not showing it yet
+        assert h.protection.active[PID].spec.stop == 5_400
+        await check(h, balance(100, 7_000, 6_300))  # found: 1:10
+        d.ack("apply_split", value=f"{CODE} 10", sender="ops")
+        p = h.protection.active[PID]
+        assert (p.spec.stop, p.qty, p.rebased) == (5_400, 100, (1, 1))
+    finally:
+        await h.close()
+
+
+async def test_our_close_a_little_off_the_official_one_moves_nothing(tmp_path: Path) -> None:
+    """A review: a stored close of ours (70,300: the closing auction missed) against an official base of 70,000
+    moved the stop and said KRX adjusted it for a corporate action."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        assert h.protection.rebase(CODE, 70_300, 70_000) == []
+        assert h.protection.active[PID].spec.stop == 65_000 and not h.alerted(AlertKind.PROTECTION)
+    finally:
+        await h.close()
+
+
+async def test_set_in_the_pre_open_moves_set_after_the_first_print_does_not(tmp_path: Path) -> None:
+    """A review: a trailing stop set in the morning before any print (its high yesterday's close, 70,000) was not
+    moved and fired at the ex-rights open. One set after the code printed today is in today's prices."""
+    from common.schema import Protect
+    from tests.unit.test_protection import CARD, H
+
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        h.portfolio.set_mark(CODE, 70_000)  # (yesterday's close: the morning's mark)
+        spec = ProtectionSpec(trail_bp=1000)
+        assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-7", code=CODE, spec=spec))[0] is None
+        assert h.protection.active["alpha-20261120-7"].high == 70_000
+        lines = h.protection.rebase(CODE, 70_000, 53_800)
+        assert len(lines) == 2 and h.protection.active["alpha-20261120-7"].high == 53_800
+        h.print(CODE, 54_000)  # the ex-rights open: no fall from the trail's high in today's prices
+        assert h.protection.active["alpha-20261120-7"].state is PS.ARMED
+    finally:
+        await h.close()
+
+
+async def test_one_set_after_the_code_printed_today_is_in_today_s_prices(tmp_path: Path) -> None:
+    from common.schema import Protect
+    from tests.unit.test_protection import CARD, H
+
+    h, _ = await started(tmp_path, stop=40_000)
+    try:
+        next_session(h)
+        h.print(CODE, 54_000)  # printed before the base was confirmed (a gateway started after the open)
+        spec = ProtectionSpec(stop=50_000)
+        assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-7", code=CODE, spec=spec))[0] is None
+        assert [line.split(":")[0] for line in h.protection.rebase(CODE, 70_000, 53_800)] == [
+            f"alpha's protective order {PID}"
+        ]
+        assert h.protection.active["alpha-20261120-7"].spec.stop == 50_000
     finally:
         await h.close()

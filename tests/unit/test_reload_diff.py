@@ -160,3 +160,13 @@ async def test_a_reload_says_which_lowered_limits_what_is_held_already_exceeds(t
         assert text == "alpha: reloaded params.qty 1 → 2", text
     finally:
         await h.close()
+
+
+def test_max_positions_reached_is_said_as_it_denies_another_code() -> None:
+    """A review: lowered to what is held (3 codes, max 3) it was not said, yet every buy of a new code is denied."""
+    from common.risk_rules import Exposure, already_beyond
+
+    agent = Exposure(positions=3)
+    [line] = already_beyond(0, RiskLimits(max_positions=3), {}, agent)
+    assert "3 codes, at or over max_positions 3: no buy of another code" in line
+    assert already_beyond(0, RiskLimits(max_positions=4), {}, agent) == []
