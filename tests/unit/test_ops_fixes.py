@@ -62,6 +62,7 @@ async def test_reconcile_page_quotes_the_pass_not_the_newest_alerts(tmp_path: Pa
         ).accepted
         await h.settle(lambda: h.book.orders[coid].state is OrderState.FILLED)
         h.broker.orders.clear()  # the broker forgets it: its balance shows nothing
+        clock.set(clock.now() + dt.timedelta(minutes=5))  # (past the fill's grace: a fill just booked only waits)
         await recon.run("periodic")
         n = recon.last[2] if recon.last else 0
         assert n >= 1 and len(recon.last_texts) == n and all("reconcile (periodic)" in t for t in recon.last_texts)
