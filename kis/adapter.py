@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
@@ -155,6 +155,7 @@ class KisBroker(BrokerPort):
         self._start_retry = start_retry or StartRetry(retries=0, backoff_s=0.0)
         self.budget = RestBudget(env.rate_per_s)
         self._why_not: Callable[[str], str] = lambda coid: ""  # (withdraw_with)
+        self._leaving: Callable[[str], Awaitable[None]] | None = None  # (leave_with)
         self.rest = KisRest(env, creds, self.budget, timeout_s=timeout_s, retry=retry, tls=tls)
         self.tokens = TokenManager(
             issue=self.rest.issue_token,
@@ -340,6 +341,10 @@ class KisBroker(BrokerPort):
     def withdraw_with(self, why_not: Callable[[str], str]) -> None:
         self._why_not = why_not
 
+    def leave_with(self, leaving: Callable[[str], Awaitable[None]]) -> bool:
+        self._leaving = leaving
+        return True
+
     async def _order_call(
         self,
         path: Path,
@@ -350,6 +355,7 @@ class KisBroker(BrokerPort):
         caller: str,
         call: str,
         withdrawn: Callable[[], str] | None = None,
+        leaving: Callable[[], Awaitable[None]] | None = None,
     ) -> BrokerAck:
         """One order-path POST (a new order, a revise, a cancel) and its reply read as an acknowledgement."""
         page = await self.rest.request(
@@ -362,6 +368,7 @@ class KisBroker(BrokerPort):
             lane=lane,
             caller=caller,
             withdrawn=withdrawn,
+            leaving=leaving,
         )
         self._kis_answered()
         return self._ack(page, call)
@@ -430,8 +437,17 @@ class KisBroker(BrokerPort):
         # account an exit that had its send slot waited ~2.2 s there behind agents' new orders (a hunt)
         lane = Lane.EXIT if placed_by_gateway(order.client_order_id) else Lane.ORDER
         coid = order.client_order_id
+        mark = self._leaving
         return await self._order_call(
-            Path.ORDER_CASH, tr, req, Kind.WRITE, lane, caller, "order", lambda: self._why_not(coid)
+            Path.ORDER_CASH,
+            tr,
+            req,
+            Kind.WRITE,
+            lane,
+            caller,
+            "order",
+            lambda: self._why_not(coid),
+            (lambda: mark(coid)) if mark is not None else None,
         )
 
     async def modify(self, req: BrokerModify, *, caller: str = DEFAULT_CALLER) -> BrokerAck:

@@ -17,7 +17,7 @@ Error contract (raise, never return error values):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -370,6 +370,14 @@ class BrokerPort(Protocol):
         broker that waits before it writes (KIS's REST budget) asks it just before the request leaves, and
         then refuses the order as not sent; one that sends at once has nothing to ask."""
         return None
+
+    def leave_with(self, leaving: Callable[[str], Awaitable[None]]) -> bool:
+        """`await leaving(client_order_id)` just before a submit's request leaves (its token and REST slot had,
+        its withdrawal asked): the caller makes its "leaving" mark durable there. A crash while the order waited
+        for its slot then leaves no such mark: it was never sent (requeued after the restart, not 10 minutes in
+        doubt and then refused: a hunt at the open). True: this broker calls it (one that writes at once: False,
+        and the caller's send mark before the call is the one)."""
+        return False
 
     # ---- the account ----------------------------------------------------------------------------
 

@@ -373,10 +373,12 @@ class KisRest:
         caller: str = "",
         tr_cont: str = "",
         withdrawn: Callable[[], str] | None = None,
+        leaving: Callable[[], Awaitable[None]] | None = None,
     ) -> Page:
         """One logical call with the retry rules of `kind`. Returns the decoded envelope and tr_cont.
         `withdrawn` (an order's): why it may no longer leave ("": it may), asked once its token and rate
-        slot came, just before each attempt that no earlier attempt may have preceded at KIS."""
+        slot came, just before each attempt that no earlier attempt may have preceded at KIS. `leaving`: awaited
+        once, after that, just before the first attempt leaves (the caller's durable mark: BrokerPort.leave_with)."""
         if self.tokens is None:
             raise RuntimeError("KisRest.attach_tokens() was not called")
         content = msgspec.json.encode(body) if body is not None else None
@@ -419,6 +421,9 @@ class KisRest:
                     # a cancel asked (or a halt) while it waited for the budget: nothing has left, so
                     # it never does (on a paper account's 2 calls/s it was sent, then cancelled)
                     raise BrokerTemporary(f"not sent: {why}", code=NOT_SENT)
+                if leaving is not None:  # (once: the caller's durable "leaving" mark, just before the first write)
+                    await leaving()
+                    leaving = None
                 connect_s: float | None = None
                 if deadline is not None:  # connects within what is left, or is not sent
                     if (late := overdue("a KIS token and a rate slot")) is not None:

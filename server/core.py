@@ -144,6 +144,9 @@ def build_order_core(
     )
     # a submit the REST budget still holds is not sent when its cancel is asked (or a halt comes) meanwhile
     broker.withdraw_with(live_queue.why_not)
+    # ... and its "leaving" mark, durable just before the request leaves (one waiting for its REST slot at a crash
+    # was never sent: sent again after the restart, not held in doubt)
+    live_queue.marks_leaving = broker.leave_with(live_queue.leaving)
     shadow_queue = SendQueue(book, notices, shadow_venue, risk.broker_error, max_send_wait_ns=0, name="shadow")
     recon = Reconciler(
         book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9)

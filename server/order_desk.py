@@ -368,6 +368,16 @@ class OrderDesk:
                     ),
                 )
 
+    def _may_have_left(self, coid: str) -> bool:
+        """Whether a submit's request may have reached the broker: its send mark is on disk (broker.request), and,
+        where the venue marks the moment it leaves (BrokerPort.leave_with: the request says so), that mark too. A
+        request marked but not leaving waited for its REST slot when the process died: never sent."""
+        steps = self.book.store.trace(coid)
+        requests = [b for _, kind, b in steps if kind == "broker.request" and b.get("call") == Call.SUBMIT.value]
+        if not requests:
+            return False
+        return not requests[-1].get("leaving") or any(kind == "broker.leaving" for _, kind, _ in steps)
+
     def _recover_in_flight(self) -> None:
         """Broker calls that were queued or in flight when the previous process died are gone.
         A submit proven never sent (no send mark on disk) is sent by this process if it is still
@@ -388,7 +398,7 @@ class OrderDesk:
         for coid, o in list(book.orders.items()):
             if o.state is OrderState.PENDING_SUBMIT:
                 # (a shadow submit was never placed, marked or not: _recover_shadow_calls)
-                never_sent = o.created_ns >= marks_since and not book.store.has_trace(coid, "broker.request")
+                never_sent = o.created_ns >= marks_since and not self._may_have_left(coid)
                 if o.agent in virtual or never_sent:
                     queue = self.queue_for(o.agent)
                     # fresh as a live order would be (the shadow queue itself never refuses a late one);

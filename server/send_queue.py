@@ -177,6 +177,10 @@ class SendQueue:
         # a buy the broker refused for want of cash (the gateway wires an account read and a word to a person);
         # True: excused from the agent's kill switch (the gateway's view was behind), False: counted as any refusal
         self.on_cash_refused: Callable[[Order, str], bool] | None = None
+        # the venue calls `leaving` just before a submit's request leaves (BrokerPort.leave_with): its mark is the
+        # send mark then (a crash while the order waited for a REST slot left it marked "sent": 10 minutes in doubt)
+        # (server/core.py wires it: broker.leave_with(queue.leaving))
+        self.marks_leaving = False
         self.owner_conflicts = 0  # acknowledged order numbers another order of ours already held
         self.max_send_wait_ns = max_send_wait_ns  # real time in the queue; 0: send however late
         self.workers = max(1, workers or venue.max_in_flight)  # 0: as many as the venue takes
@@ -411,6 +415,7 @@ class SendQueue:
             coid,
             "broker.request",
             durable=True,
+            leaving=self.marks_leaving,  # (the mark that says it may have left is broker.leaving: _recover_in_flight)
             call=Call.SUBMIT.value,
             code=o.code,
             side=o.side.value,
@@ -421,10 +426,18 @@ class SendQueue:
         )
         return lambda: self._send_submit(o, job, req)
 
+    async def leaving(self, coid: str) -> None:
+        """The venue is about to write `coid`'s submit (its REST slot had): the mark that it may have left, on disk
+        before it does. Before it, after a crash, the order never left (BrokerPort.leave_with)."""
+        self.book.trace(coid, "broker.leaving", durable=True)
+        await self.book.durable()
+        self.book.trace(coid, "broker.sent")  # the mark was on disk: the request leaves now (the story's timing)
+
     async def _send_submit(self, o: Order, job: Job, req: BrokerOrder) -> None:
         book, coid = self.book, o.client_order_id
-        await book.durable()  # the send mark: after a crash, "no request" means never sent
-        book.trace(coid, "broker.sent")  # the mark was on disk: the call leaves now (the story's timing)
+        if not self.marks_leaving:
+            await book.durable()  # the send mark: after a crash, "no request" means never sent
+            book.trace(coid, "broker.sent")  # the mark was on disk: the call leaves now (the story's timing)
         try:
             ack = await self.venue.submit(req)
         except BrokerError as e:

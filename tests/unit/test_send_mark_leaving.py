@@ -1,0 +1,123 @@
+"""A submit's send mark where the broker waits before it writes (KIS's REST budget, a paper account's 2 calls/s):
+the mark that it may have left is made durable just before its request leaves (BrokerPort.leave_with), not before
+it waits for its slot. A hunt at the open: the gateway killed 1 s into the 08:30 release left 4 held buys and a
+stop's exit marked 'sent' that had only waited for their slots; after the restart they were UNKNOWN ("sent, outcome
+unknown; never resent") for the 600 s grace, then refused NOT_AT_BROKER: the buys lost for the session, the stop's
+shares unprotected for 10 minutes. Marked but not leaving, such an order was never sent: it is sent after the
+restart; one that was leaving stays in doubt as before."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.config import BrokerConfig, BrokerEnv
+from common.enums import Side
+from common.orders import OrderState
+from kis.adapter import KisBroker
+from kis.env import environment_for
+from kis.port import BrokerAck, BrokerOrder
+from kis.rest import RetryPolicy
+from tests.fakes.broker import FakeBroker
+from tests.fakes.kis_http import LoopbackKis, close_all
+from tests.unit.test_kis_ambiguous_calls import CREDS, PLACED, TOKEN
+from tests.unit.test_oms import CARD, Harness, coid, order
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "gw.sqlite"
+
+
+@pytest.fixture(autouse=True)
+def _servers() -> Iterator[None]:
+    yield
+    close_all()
+
+
+async def test_the_adapter_marks_leaving_after_its_slot_and_before_the_request(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            return httpx.Response(200, json=TOKEN)
+        seen.append("request")
+        return httpx.Response(200, json=PLACED)
+
+    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=2)
+    b = KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+
+    async def leaving(client_order_id: str) -> None:
+        seen.append(f"leaving {client_order_id}")
+
+    assert b.leave_with(leaving)
+    first = BrokerOrder(client_order_id="a-20260601-1", code="005930", side=Side.BUY, qty=10, price=70_000)
+    second = BrokerOrder(client_order_id="a-20260601-2", code="005930", side=Side.BUY, qty=10, price=70_000)
+    try:
+        await b.submit(first)
+        pending = asyncio.ensure_future(b.submit(second))  # waits ~0.5 s for its slot: not leaving yet
+        await asyncio.sleep(0.05)
+        assert not pending.done() and seen == ["leaving a-20260601-1", "request"]
+        await pending
+    finally:
+        await b.close()
+    assert seen == ["leaving a-20260601-1", "request", "leaving a-20260601-2", "request"]
+
+
+class SlotWait(FakeBroker):
+    """Waits for a REST slot (until `slot` is set) before it marks leaving and writes, as the KIS adapter does."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.slot = asyncio.Event()
+        self.hang = False  # the write, once leaving, never answers
+        self._mark: Callable[[str], Awaitable[None]] | None = None
+
+    def leave_with(self, leaving: Callable[[str], Awaitable[None]]) -> bool:
+        self._mark = leaving
+        return True
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        await self.slot.wait()
+        assert self._mark is not None
+        await self._mark(order.client_order_id)
+        if self.hang:
+            await asyncio.Event().wait()
+        return await super().submit(order)
+
+
+async def _killed_while_waiting_for_its_slot(db: Path, leaving: bool) -> None:
+    broker = SlotWait()
+    h = Harness(db, broker)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
+    await h.settle(lambda: h.store.has_trace(coid(1), "broker.request"))
+    if leaving:  # the slot came and the mark is on disk; the write then never answered
+        broker.hang = True
+        broker.slot.set()
+        await h.settle(lambda: h.store.has_trace(coid(1), "broker.leaving"), timeout=2)
+    await h.store.durable()
+    h.store.abandon()  # kill -9
+    assert h._pump is not None
+    h._pump.cancel()
+
+
+async def test_an_order_killed_while_waiting_for_its_slot_is_sent_after_the_restart(db: Path) -> None:
+    await _killed_while_waiting_for_its_slot(db, leaving=False)
+    h2 = Harness(db)
+    assert h2.book.orders[coid(1)].state is OrderState.PENDING_SUBMIT  # never sent: not UNKNOWN
+    await h2.start()
+    await h2.settle(lambda: h2.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    assert h2.broker.submits == 1
+    await h2.close()
+
+
+async def test_one_killed_once_it_was_leaving_stays_in_doubt(db: Path) -> None:
+    await _killed_while_waiting_for_its_slot(db, leaving=True)
+    h2 = Harness(db)
+    assert h2.book.orders[coid(1)].state is OrderState.UNKNOWN  # it may have reached KIS: never resent
+    h2.store.close()
