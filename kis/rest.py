@@ -424,6 +424,8 @@ class KisRest:
                 if leaving is not None:  # (once: the caller's durable "leaving" mark, just before the first write)
                     await leaving()
                     leaving = None
+                    if withdrawn is not None and (why := withdrawn()):  # (a cancel or a halt during its fsync)
+                        raise BrokerTemporary(f"not sent: {why}", code=NOT_SENT)
                 connect_s: float | None = None
                 if deadline is not None:  # connects within what is left, or is not sent
                     if (late := overdue("a KIS token and a rate slot")) is not None:

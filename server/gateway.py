@@ -225,7 +225,7 @@ class Gateway:
             traded_today=lambda: not self.clock.timed or self.clock.phase() not in _UNTRADED,
         )
         core.live_queue.on_cash_refused = self._cash_refused
-        self._cash_excused_at = -math.inf  # (monotonic) the last buy refused for cash excused (_cash_refused)
+        self._cash_excused_at: dict[str, float] = {}  # agent -> (monotonic) its last buy refused for cash, excused
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(
             self.clock,
@@ -1097,9 +1097,9 @@ class Gateway:
         agent's kill switch once a read period: refusals the read does not explain (KIS's orderable cash below the
         settlement cash the gate weighs, a strategy retrying) count as any refusal, and ask no further read."""
         now = time.monotonic()
-        if now - self._cash_excused_at < self.account.every_s:
+        if now - self._cash_excused_at.get(o.agent, -math.inf) < self.account.every_s:
             return False
-        self._cash_excused_at = now
+        self._cash_excused_at[o.agent] = now
         believed = self.portfolio.cash()
         self.account.read_soon()
         self.alerts(

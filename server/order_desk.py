@@ -373,10 +373,18 @@ class OrderDesk:
         where the venue marks the moment it leaves (BrokerPort.leave_with: the request says so), that mark too. A
         request marked but not leaving waited for its REST slot when the process died: never sent."""
         steps = self.book.store.trace(coid)
-        requests = [b for _, kind, b in steps if kind == "broker.request" and b.get("call") == Call.SUBMIT.value]
-        if not requests:
+        last = max(
+            (
+                i
+                for i, (_, kind, b) in enumerate(steps)
+                if kind == "broker.request" and b.get("call") == Call.SUBMIT.value
+            ),
+            default=-1,
+        )
+        if last < 0:
             return False
-        return not requests[-1].get("leaving") or any(kind == "broker.leaving" for _, kind, _ in steps)
+        # (only the last request's: an exit whose first try was proven unsent and queued again is judged by its own)
+        return not steps[last][2].get("leaving") or any(kind == "broker.leaving" for _, kind, _ in steps[last:])
 
     def _recover_in_flight(self) -> None:
         """Broker calls that were queued or in flight when the previous process died are gone.

@@ -147,7 +147,8 @@ class ProtectionDesk:
         self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
         # code -> (day, market ns) its prints went off the scale of its close before today (told then)
         self._off_since: dict[str, tuple[str, int]] = {}
-        # code -> market ns of its first print of the day (a session's prints span less than half a day)
+        # code -> market ns of its first print of the day (a session's prints span less than half a day): a protection
+        # set since is in the day's prices (_todays_prices)
         self._first_print: dict[str, int] = {}
         book.listeners.append(self._after_commit)
 
@@ -201,7 +202,16 @@ class ProtectionDesk:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)
         ts = self.book.now_ns()
         self._put(
-            Protection(id=coid, agent=card.id, code=new.code, spec=spec, entry=coid, state=PS.PENDING, created_ns=ts),
+            Protection(
+                id=coid,
+                agent=card.id,
+                code=new.code,
+                spec=spec,
+                entry=coid,
+                state=PS.PENDING,
+                created_ns=ts,
+                rebased_on=self._todays_prices(new.code),
+            ),
             "attached",
             entry=coid,
             **_levels(spec),
@@ -257,7 +267,14 @@ class ProtectionDesk:
         mark = self.book.portfolio.marks.get(msg.code, 0)  # (no split pending for it: refused above)
         p = self._put(
             Protection(
-                id=pid, agent=agent, code=msg.code, spec=msg.spec, qty=msg.qty, high=mark, created_ns=self.book.now_ns()
+                id=pid,
+                agent=agent,
+                code=msg.code,
+                spec=msg.spec,
+                qty=msg.qty,
+                high=mark,
+                created_ns=self.book.now_ns(),
+                rebased_on=self._todays_prices(msg.code),
             ),
             "armed",
             qty=msg.qty or held,
@@ -309,6 +326,16 @@ class ProtectionDesk:
             now = new.spec.levels() + (f" on {new.qty}" if new.qty else "")
             out.append(f"{p.agent}'s protective order {pid}: {was} → {now}")
         return out
+
+    def _todays_prices(self, code: str) -> str:
+        """The day (YYYYMMDD) a protection set now is in the prices of, as `rebased_on` says it (a rebase of that day
+        passes it by): today once the code's base is confirmed as today's or it printed today ("" before: set in the
+        morning on yesterday's prices, the day's rebase moves it). Stored: a restart's rebase moved stops set that
+        morning in today's prices again (50,000 → 38,450, a review)."""
+        day = self.book.day()
+        first = self._first_print.get(code, 0)
+        printed = first and yyyymmdd(kst_from_ns(first)) == day
+        return day if printed or self.book.portfolio.base_is_today(code) else ""
 
     def rebase(self, code: str, close: int, base: int, set_before: str = "") -> list[str]:
         """Today's base price of `code` (confirmed) is not its last close: KRX adjusted it for a corporate action (a
@@ -384,12 +411,12 @@ class ProtectionDesk:
     def on_trade(self, code: str, price: int) -> None:
         if self._halts and code in self._halts:
             self._trades_again(code)
+        now = self.book.now_ns()
+        if now - self._first_print.get(code, 0) >= _HALF_DAY_NS:  # (the code's first print of a day: rebase)
+            self._first_print[code] = now
         ids = self.by_code.get(code)
         if not ids:
             return
-        now = self.book.now_ns()
-        if now - self._first_print.get(code, 0) >= _HALF_DAY_NS:  # (a protected code's first print of a day: rebase)
-            self._first_print[code] = now
         # (off the close's scale: only a protection set since, in today's prices, is judged)
         since = self._off_scale(code, price)
         day = self.book.day() if since else ""
@@ -562,7 +589,11 @@ class ProtectionDesk:
         pf = book.portfolio
         kind, board = pf.kind(code), pf.board(code)
         lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
-        price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board)
+        # while the agent is flattened its exit sells at market whatever its spec (the flatten's own sells are at
+        # market and wait for every order of the agent to close: a limit exit resting above the market, cancelled by
+        # the flatten and placed again, kept it waiting for good, a review)
+        at_market = p.spec.exit is ExitType.MARKET or self.desk.is_flattening(agent)
+        price = exit_limit(p.spec, p.trigger_price, lower, kind, pf.rules, board) if not at_market else 0
         card = self._acting_card(agent, code)
         # one exit at most worth the order-value limit: the rest goes in the next exits, each placed once
         # the one before it has filled (a stop denied for its size would never sell)
@@ -581,7 +612,7 @@ class ProtectionDesk:
             side=Side.SELL,
             qty=want,
             price=price,
-            order_type=OrderType.MARKET if p.spec.exit is ExitType.MARKET else OrderType.LIMIT,
+            order_type=OrderType.MARKET if at_market else OrderType.LIMIT,
             tif=TimeInForce.NEXT_SESSION if closed else TimeInForce.DAY,
             reason=f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})",
             context={"protection": p.id, "leg": p.leg.value if p.leg else "", "level": level},

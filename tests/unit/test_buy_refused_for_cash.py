@@ -6,7 +6,6 @@ refusal is not the agent's, the account is read again at once, and a person is t
 from __future__ import annotations
 
 import asyncio
-import math
 import types
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def test_the_gateway_reads_again_and_tells_a_person() -> None:
         portfolio=types.SimpleNamespace(cash=lambda: 71_895_123),
         account=types.SimpleNamespace(read_soon=lambda: read.append(True), every_s=30.0),
         alerts=lambda text, kind=None, agent="", subject="": told.append((text, kind, agent)),
-        _cash_excused_at=-math.inf,
+        _cash_excused_at={},
     )
     o = types.SimpleNamespace(agent="alpha", client_order_id="alpha-20261120-1", qty=200, code="005930")
     assert Gateway._cash_refused(gw, o, "주문가능금액을 초과 했습니다")  # type: ignore[arg-type]  (excused)

@@ -212,3 +212,60 @@ async def test_a_second_flatten_leaves_the_first_ones_sells_resting_at_the_lower
         assert sells() == first and all(h.book.orders[c].state is OrderState.ACCEPTED for c in first)
     finally:
         await h.close()
+
+
+class SlowBuyCancel(FakeBroker):
+    """The cancel of an order in `slow` hangs until `release`."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.release = asyncio.Event()
+        self.slow: set[str] = set()
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        if req.broker_order_id in self.slow:
+            await self.release.wait()
+        return await super().cancel(req)
+
+
+async def test_a_limit_exit_resting_above_the_market_does_not_hold_the_flatten_for_good(tmp_path: Path) -> None:
+    """A review: the flatten cancelled a protective limit exit resting above the market; its protection placed it
+    again at once, and the flatten, which sells once the agent has no open order, waited on it for good. While the
+    agent is flattened its exits go at market."""
+    from common.protection import ExitType
+
+    broker = SlowBuyCancel()
+    clock = trading_clock()
+    h = Harness(tmp_path / "db", broker=broker, clock=clock, cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        for n, code in enumerate(CODES, 1):
+            order = buy(n, code, ProtectionSpec(stop=65_000, exit=ExitType.LIMIT) if code == "000660" else None)
+            assert (h.protection.submit(ALPHA, order) if order.protect else h.desk.submit(ALPHA, order)).accepted
+        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
+        for code in CODES:
+            h.print(code, 70_000)
+        clock.set(clock.now() + dt.timedelta(minutes=5))
+        resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(ALPHA, resting).accepted
+        await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
+        broker.slow.add(h.book.orders[resting.client_order_id].broker_order_id)
+        broker.ref_price = 60_000
+        h.print("000660", 64_000)  # the stop is met: its limit exit (63,360) rests, the market being lower
+
+        def rests() -> bool:
+            return any(
+                placed_by_gateway(c) and o.side is Side.SELL and o.state is OrderState.ACCEPTED
+                for c, o in h.book.orders.items()
+            )
+
+        await h.settle(rests)
+        Desk(h, tmp_path / "run", [ALPHA]).ack("flatten", "alpha")
+        # the exit's cancel ends first (the buy's hangs): its protection places it again
+        await h.settle(lambda: sum(placed_by_gateway(c) and o.side is Side.SELL for c, o in h.book.orders.items()) >= 2)
+        broker.release.set()  # the buy's cancel ends
+        await h.settle(lambda: flat(h))
+        assert not h.desk.is_flattening("alpha")
+    finally:
+        broker.release.set()
+        await h.close()

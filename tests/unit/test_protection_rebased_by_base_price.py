@@ -222,3 +222,25 @@ async def test_one_set_after_the_code_printed_today_is_in_today_s_prices(tmp_pat
         assert h.protection.active["alpha-20261120-7"].spec.stop == 50_000
     finally:
         await h.close()
+
+
+async def test_a_stop_set_after_the_base_was_confirmed_is_not_moved_by_a_restart_s_rebase(tmp_path: Path) -> None:
+    """A review: after a restart on the ex-rights day the base's confirmation ran the rebase again; the new process
+    had seen no print, so a stop set that morning in today's prices moved again (50,000 → 38,450). A protection set
+    once the code's base is confirmed as today's (or it printed today) is stored as in today's prices."""
+    from common.schema import Protect
+    from tests.unit.test_protection import CARD, H
+
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)
+        assert h.protection.rebase(CODE, 70_000, 53_800)  # the morning's confirmation: the old stop moves
+        h.portfolio.base_is_today = lambda code: True  # (confirmed as today's)
+        spec = ProtectionSpec(stop=50_000)
+        assert h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-7", code=CODE, spec=spec))[0] is None
+        assert h.store.protection("alpha-20261120-7").rebased_on == "20261120"  # type: ignore[union-attr]
+        h.protection._first_print.clear()  # a restart: no print seen by the new process
+        assert h.protection.rebase(CODE, 70_000, 53_800) == []
+        assert h.protection.active["alpha-20261120-7"].spec.stop == 50_000
+    finally:
+        await h.close()

@@ -20,7 +20,7 @@ from common.enums import Side
 from common.orders import OrderState
 from kis.adapter import KisBroker
 from kis.env import environment_for
-from kis.port import BrokerAck, BrokerOrder
+from kis.port import BrokerAck, BrokerOrder, BrokerTemporary
 from kis.rest import RetryPolicy
 from tests.fakes.broker import FakeBroker
 from tests.fakes.kis_http import LoopbackKis, close_all
@@ -121,3 +121,50 @@ async def test_one_killed_once_it_was_leaving_stays_in_doubt(db: Path) -> None:
     h2 = Harness(db)
     assert h2.book.orders[coid(1)].state is OrderState.UNKNOWN  # it may have reached KIS: never resent
     h2.store.close()
+
+
+async def test_a_cancel_asked_while_the_leaving_mark_is_made_durable_still_withdraws_it(tmp_path: Path) -> None:
+    """A review: the withdrawal was asked before the leaving mark's fsync, and not after: a cancel (or a halt) asked
+    during it let the order go, then cancelled it."""
+    requests: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("tokenP"):
+            return httpx.Response(200, json=TOKEN)
+        requests.append(req.url.path)
+        return httpx.Response(200, json=PLACED)
+
+    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=2)
+    b = KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    cancelled: set[str] = set()
+    b.withdraw_with(lambda c: "its cancel was asked for before it was sent" if c in cancelled else "")
+
+    async def leaving(client_order_id: str) -> None:
+        cancelled.add(client_order_id)  # the cancel comes while the mark's fsync runs
+
+    b.leave_with(leaving)
+    order_ = BrokerOrder(client_order_id="a-20260601-1", code="005930", side=Side.BUY, qty=10, price=70_000)
+    try:
+        with pytest.raises(BrokerTemporary) as err:
+            await b.submit(order_)
+    finally:
+        await b.close()
+    assert err.value.not_sent and requests == []
+
+
+async def test_only_the_last_request_s_leaving_mark_counts(db: Path) -> None:
+    """A review: an exit whose first try was proven unsent after its leaving mark (past its write deadline) and that
+    waited to be sent again was held in doubt after a crash: the earlier try's mark counted."""
+    h = Harness(db)
+    try:
+        c = coid(1)
+        h.store.add_trace(c, 1, "broker.request", {"call": "submit", "leaving": True})
+        assert not h.desk._may_have_left(c)  # waited for its slot: never left
+        h.store.add_trace(c, 2, "broker.leaving", {})
+        assert h.desk._may_have_left(c)
+        h.store.add_trace(c, 3, "broker.request", {"call": "submit", "leaving": True})  # tried again
+        assert not h.desk._may_have_left(c)
+        h.store.add_trace(coid(2), 1, "broker.request", {"call": "submit"})  # a version that marked no leaving
+        assert h.desk._may_have_left(coid(2))
+    finally:
+        h.store.close()
