@@ -148,7 +148,7 @@ async def test_grid_figures_and_guarded_actions(desk) -> None:  # type: ignore[n
         select(app, "alpha")
         await pilot.press("p")
         await until(pilot, blocking(lambda: agent(run, "alpha").trading_state == "halted"), what="alpha paused")
-        await until(pilot, lambda: row(app, "alpha")["trading"] == "halted", what="grid shows paused")
+        await until(pilot, lambda: row(app, "alpha")["trading"] == "paused", what="grid shows paused")
         await pilot.press("r")  # asks first: resuming accepts the day's loss and clears the kill-switch count
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("y")

@@ -193,7 +193,9 @@ def test_an_edited_card_cannot_raise_its_own_limits(gateway, tmp_path: Path) -> 
     try:
         raised = card("frugal", budget=100_000_000)  # the agent's own edit: budget and limits
         r = register(c, raised)
-        assert isinstance(r, Error) and r.code is ErrorCode.BAD_CARD and "budget 1000000 → 100000000" in r.message, r
+        assert (
+            isinstance(r, Error) and r.code is ErrorCode.BAD_CARD and "budget 1,000,000 → 100,000,000" in r.message
+        ), r
         assert isinstance(register(c, approved), Registered)
         day = today_kst()
         big = NewOrder(
