@@ -98,6 +98,7 @@ class AdminApi:
         r.add_get("/admin/accounts/{account}", self.account)
         r.add_get("/admin/accounts/{account}/orders", self.orders)
         r.add_post("/admin/accounts/{account}/money", self.money)
+        r.add_post("/admin/accounts/{account}/shares", self.shares)
         r.add_post("/admin/orders", self.external_order)
         # history mode (kis/sim/history_admin.py) has its own clock moves; the others use these
         HistoryAdmin(self.server, self.followers).add_routes(
@@ -320,13 +321,26 @@ class AdminApi:
         return _json({"code": st.code, "halted": st.code in ex.halted})
 
     async def split(self, request: web.Request) -> web.Response:
-        """{"code": "005930", "num": 50, "den": 1} — a split (num new shares for den old) at the next session."""
+        """{"code": "005930", "num": 50, "den": 1} — a split (num new shares for den old) at the next session;
+        "shares": false — a bonus or rights issue's ex-rights day (13:10 for a 1:0.3 bonus): the prices only, the
+        shares credited when they list (POST /admin/accounts/{account}/shares)."""
         b = await self._body(request)
         try:
-            st = self.twin.exchange.split(str(b.get("code", "")), int(b.get("num", 0)), int(b.get("den", 1)))
+            st = self.twin.exchange.split(
+                str(b.get("code", "")), int(b.get("num", 0)), int(b.get("den", 1)), shares=bool(b.get("shares", True))
+            )
         except (TypeError, ValueError) as e:
             raise web.HTTPConflict(text=str(e)) from None
         return _json({"code": st.code, "last": st.last, "history": len(st.history)})
+
+    async def shares(self, request: web.Request) -> web.Response:
+        """{"code": "005930", "qty": 30} — new shares credited to the account at no cost (a bonus issue's listing)."""
+        b = await self._body(request)
+        try:
+            h = self.twin.exchange.credit_shares(request.match_info["account"], str(b.get("code", "")), int(b["qty"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise web.HTTPConflict(text=str(e)) from None
+        return _json({"qty": h.qty, "cost": h.cost})
 
     async def step(self, request: web.Request) -> web.Response:
         """{"n": 100, "codes": ["005930"]} — run the price process n times now."""

@@ -24,7 +24,7 @@ from common.krx_rules import KrxRules, Market, rules_for
 from kis.sim import history, universe
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.engine import BookSide, Fill, OrderBook, PriceRejected, Tif
-from kis.sim.ledger import Account, FeeSchedule
+from kis.sim.ledger import Account, FeeSchedule, Holding
 from kis.sim.pricing import PriceProcess, volume_profile
 from kis.sim.universe import StockInfo
 from kis.sim.wire import KisError, reject
@@ -228,7 +228,8 @@ class Exchange:
         # codes whose trading is suspended (거래정지, POST /admin/halt): orders refused, nothing prints, the
         # quote says so (temp_stop_yn Y, iscd_stat_cls_code 58)
         self.halted: set[str] = set()
-        self._splits: dict[str, tuple[int, int]] = {}  # code -> (num, den) of a split due at the next session
+        # code -> (num, den, shares) of a split (shares False: a bonus or rights issue's prices) due at the next session
+        self._splits: dict[str, tuple[int, int, bool]] = {}
         # Conservation bookkeeping for the synthetic counterparty.
         self.synthetic_cash_in = 0  # cash our accounts paid to the market (buys − sells)
         self.synthetic_shares_out: dict[str, int] = {}  # shares the market delivered to us
@@ -350,14 +351,16 @@ class Exchange:
             return self._refused_after_ack(acct, rec, rctf="0")
         return self._enter(acct, st, rec, limit, rctf="0")
 
-    def split(self, code: str, num: int, den: int) -> StockState:
+    def split(self, code: str, num: int, den: int, shares: bool = True) -> StockState:
         """A stock split (`num` new shares for `den` old: 50:1; 1:10 a reverse split) taking effect at the next
         session, as KRX's base price and KIS's balance show it on the split's first day (asked after a close: at the
         next day's roll; before a session: at once): every account's shares x num/den at the same purchase amount,
         the code's prices (the close the roll takes for the base, and its daily history, served adjusted as KIS's
         chart with FID_ORG_ADJ_PRC 0) x den/num. Only between sessions, with none of the code's orders open (KRX
         suspends trading in the code around a split), and only where every holding comes out whole (no fractional
-        shares: KRX pays those in cash). ValueError says why not."""
+        shares: KRX pays those in cash). `shares` False: a bonus or rights issue's ex-rights day (권리락): the prices
+        only, the accounts' shares as they are (the new shares list weeks later: `credit_shares`). ValueError says
+        why not."""
         st = self.stock(code)
         if st is None:
             raise ValueError(f"unknown code {code!r}")
@@ -369,27 +372,27 @@ class Exchange:
             raise ValueError(f"orders of {st.code} are open: cancel them first (KRX suspends it around a split)")
         if st.code in self._splits:
             raise ValueError(f"a split of {st.code} is already due at the next session")
-        holdings = [a.holdings[st.code] for a in self.accounts.values() if st.code in a.holdings]
+        holdings = [a.holdings[st.code] for a in self.accounts.values() if st.code in a.holdings] if shares else []
         if any(h.qty * num % den for h in holdings):
             raise ValueError(f"a {num}:{den} split leaves fractional shares in an account: not modelled")
         if self._closed_day == self.day:
-            self._splits[st.code] = (num, den)  # after today's close: at the next day's roll
+            self._splits[st.code] = (num, den, shares)  # after today's close: at the next day's roll
             return st
         # before today's session (the morning): today's is the split's first session
-        self._split_now(st, num, den)
+        self._split_now(st, num, den, shares)
         st.book.reset_day(st.last, self.rules)
         st.reset_day(st.last)
         self.process.reanchor(st.code, st.last)
         self._refresh_synthetic(st, st.last, match=False)
         return st
 
-    def _split_now(self, st: StockState, num: int, den: int) -> None:
+    def _split_now(self, st: StockState, num: int, den: int, shares: bool = True) -> None:
         """(at the roll, before the day's bar joins the history) the split of `st` due at this session."""
 
         def price(p: int) -> int:
             return max(1, (p * den + num // 2) // num)
 
-        for acct in self.accounts.values():
+        for acct in self.accounts.values() if shares else ():
             h = acct.holdings.get(st.code)
             if h is not None:
                 h.qty, h.bfdy_qty = h.qty * num // den, h.bfdy_qty * num // den
@@ -404,6 +407,20 @@ class Exchange:
         if st.acml_vol:
             st.open, st.high, st.low = price(st.open), price(st.high), price(st.low)
             st.acml_vol = st.acml_vol * num // den
+
+    def credit_shares(self, account: str, code: str, qty: int) -> Holding:
+        """`qty` new shares of `code` into `account` at no cost (a bonus issue's listing: KIS's balance shows them that
+        day, the purchase amount as it was, the average price lowered)."""
+        st = self.stock(code)
+        acct = self.accounts.get(account)
+        if st is None or acct is None:
+            raise ValueError(f"unknown {'code ' + repr(code) if st is None else 'account ' + repr(account)}")
+        if qty <= 0:
+            raise ValueError(f"shares credited must be positive (got {qty})")
+        h = acct.holdings.setdefault(st.code, Holding())
+        h.qty += qty
+        h.bfdy_qty += qty
+        return h
 
     def suspended(self, code: str) -> bool:
         """Whether trading in `code` is suspended today (what inquire-price says)."""
@@ -969,8 +986,8 @@ class Exchange:
 
     def _roll_day(self, day: dt.date) -> None:
         self.rules = rules_for(day)
-        for code, (num, den) in self._splits.items():
-            self._split_now(self.stocks[code], num, den)
+        for code, (num, den, shares) in self._splits.items():
+            self._split_now(self.stocks[code], num, den, shares)
         self._splits.clear()
         for st in self.stocks.values():
             if st.acml_vol:

@@ -228,10 +228,10 @@ class HistoryExchange(Exchange):
         super()._roll_day(day)
         self._start_day(day)
 
-    def split(self, code: str, num: int, den: int) -> StockState:
+    def split(self, code: str, num: int, den: int, shares: bool = True) -> StockState:
         if universe.normalise_code(code) in self.driven:
             raise ValueError(f"{code} replays history (its data is split-adjusted already): no split of it here")
-        return super().split(code, num, den)
+        return super().split(code, num, den, shares)
 
     def suspended(self, code: str) -> bool:
         # a driven code with no prints on a trading day is halted (the data's V == 0 or missing row); its

@@ -62,3 +62,27 @@ def test_a_split_between_sessions_scales_shares_prices_and_history() -> None:
         rows = kis.balance().json()["output1"]
         row = next(x for x in rows if x["pdno"] == CODE)
         assert (row["hldg_qty"], int(row["pchs_amt"])) == ("50", held["cost"])
+
+
+def test_a_bonus_issue_moves_the_prices_at_its_ex_rights_day_and_the_shares_when_they_list() -> None:
+    """{"shares": false}: a bonus issue's ex-rights day (1:0.3 → 13:10): the base and the chart adjusted, the
+    account's shares as they were; weeks later the new shares are credited at no cost (POST .../shares)."""
+    with TwinThread(TwinConfig(seed=11, tick_interval=0, rate_real=10_000)) as twin:
+        admin = httpx.Client(base_url=twin.admin_url, timeout=10)
+        kis = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account)
+        assert kis.issue().status_code == 200
+        ask = admin.get(f"/admin/book/{CODE}").json()["asks"][0][0]
+        assert kis.order("TTTC0012U", CODE, 10, ask).json()["rt_cd"] == "0"
+        held = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+        admin.post("/admin/clock/close").raise_for_status()
+        last = int(kis.price(CODE).json()["output"]["stck_prpr"])
+        r = admin.post("/admin/split", json={"code": CODE, "num": 13, "den": 10, "shares": False})
+        assert r.status_code == 200, r.text
+        admin.post("/admin/clock/next-day").raise_for_status()
+        after = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+        assert (after["qty"], after["cost"]) == (10, held["cost"])  # the shares list later
+        base = int(kis.price(CODE).json()["output"]["stck_sdpr"])
+        assert abs(base * 13 - last * 10) < 13 * 100, (base, last)  # the ex-rights base, on the grid
+        credited = admin.post(f"/admin/accounts/{twin.account}/shares", json={"code": CODE, "qty": 3})
+        assert credited.status_code == 200 and credited.json() == {"qty": 13, "cost": held["cost"]}
+        assert admin.post(f"/admin/accounts/{twin.account}/shares", json={"code": CODE, "qty": 0}).status_code == 409
