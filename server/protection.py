@@ -341,11 +341,11 @@ class ProtectionDesk:
         """Today's base price of `code` (confirmed) is not its last close: KRX adjusted it for a corporate action (a
         bonus issue 1:0.3: 70,000 → 53,800; a rights issue; a split whose shares the books do not hold yet). The
         protections set before the code's first print today (the pre-open's too; not those with an exit working)
-        move to today's prices, levels × base/close
-        (common/protection.py `rebase`), their shares as they are: a stop at 65,000 met by the ex-rights day's first
-        print sold the shares at a 'loss' the holder never had (the bonus shares come weeks later); the backtest's
-        adjusted history never sees that gap. Not while a split is pending in the books (its apply moves them), nor
-        once the books are in the new terms (a split applied today: the close before today moved with it).
+        move to today's prices, levels × base/close (common/protection.py `rebase`), their shares as they are: a stop
+        at 65,000 met by the ex-rights day's first print sold the shares at a 'loss' the holder never had (the bonus
+        shares come weeks later); the backtest's adjusted history never sees that gap. Not while a split is pending
+        in the books (its apply moves them), nor once the books are in the new terms (a split applied today: the
+        close before today moved with it).
         `set_before` (YYYYMMDD): only protections set before that day move (those set since may be in either scale).
         A base within REBASE_MIN_PCT of the close moves nothing (our close, not the official one). Once moved, their
         prints are judged however far from the close before today (`on_trade`). A line each (old → new)."""
