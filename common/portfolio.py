@@ -83,17 +83,22 @@ class PendingSplit:
     num: int
     den: int
     holders: frozenset[str]
+    # a bonus issue's new shares, listed weeks after its ex-rights day (num new shares for den held: 13:10 for 1:0.3):
+    # the prices moved then (and the protections with them), only the shares move now
+    bonus: bool = False
 
     def scaled(self, qty: int) -> int:
         return qty * self.num // self.den
 
     @property
     def ratio(self) -> str:
-        """As `ktrader control apply_split` takes it: "10" (1 → 10 shares), "1/10" (10 → 1)."""
-        return str(self.num) if self.den == 1 else f"1/{self.den}"
+        """As `ktrader control apply_split` takes it: "10" (1 → 10 shares), "1/10" (10 → 1), "13/10" (10 → 13)."""
+        return str(self.num) if self.den == 1 else f"1/{self.den}" if self.num == 1 else f"{self.num}/{self.den}"
 
     @property
     def text(self) -> str:
+        if self.bonus:
+            return f"bonus issue ({self.num} shares for {self.den} held)"
         return f"1:{self.num} split" if self.den == 1 else f"{self.den}:1 reverse split"
 
 
@@ -704,6 +709,17 @@ class Portfolio:
             self._move_mark(code, old, price)
         return True
 
+    def mark_at_base(self, code: str, base: int) -> bool:
+        """Today's base of `code` carries a corporate action (a bonus or rights issue: below the close): a mark still
+        at the close before today (no print today) moves to it, so that the equity measured before the open is in
+        today's prices (a peak raised on the old ones read the first print as a 35 % drawdown, a hunt). True: moved."""
+        old = self.marks.get(code)
+        if base <= 0 or old is None or old == base or old != self._marks_at_roll.get(code):
+            return False
+        self._seeded.add(code)  # (a reference price: the first print replaces it)
+        self._move_mark(code, old, base)
+        return True
+
     def held_codes(self) -> list[str]:
         """The codes someone in the books holds (or is short of)."""
         return [c for c, holders in self._holders.items() if holders]
@@ -733,11 +749,16 @@ class Portfolio:
         def change() -> None:
             if split is not None:
                 self.splits[code] = split
-                if was is None and code in self.marks and self.marks[code] == self._marks_at_roll.get(code):
+                if (
+                    was is None
+                    and not split.bonus  # (a bonus issue's prices moved weeks ago: every mark is in them)
+                    and code in self.marks
+                    and self.marks[code] == self._marks_at_roll.get(code)
+                ):
                     self.split_stale.add(code)  # (no print today: the mark is the close before the split)
                 return
             self.splits.pop(code, None)
-            if applied and was is not None and code in self._marks_at_roll:  # (the books' terms are the new shares')
+            if applied and was is not None and not was.bonus and code in self._marks_at_roll:  # (the new shares' terms)
                 before = self._marks_at_roll[code]
                 scaled = max(1, before * was.den // was.num)
                 # (one the stored bars gave may be adjusted already, refilled after the split was found: today's base

@@ -110,6 +110,14 @@ class Peaks:
                 peaks[key] = max(1, peaks[key] * after // before)
         self.save(force=True)
 
+    def shift(self, key: str, amount: int) -> None:
+        """`key`'s peaks less `amount` (value a corporate action took off its shares at today's prices: the new
+        shares or rights come later), never below 1: its drawdown measures trading, not the adjustment."""
+        for peaks in (self.day_peaks, self.all_time):
+            if key in peaks:
+                peaks[key] = max(1, peaks[key] - amount)
+        self.save(force=True)
+
     def rebudget(self, agent: str, budget: int, equity: int) -> int:
         """The agent's card budget is `budget` now, its equity (budget + P&L) `equity`: the budget its peaks were taken
         with, if another (a reload, a card edited and approved, then 0: none known), after its peaks moved with the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import json
 import logging
 import os
 import secrets
@@ -105,7 +106,7 @@ from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
-from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait, retry_after
+from server.reconciler import OPEN_CHECK, SCALE_CHANGED, START, START_WHOLE, periodic_wait, retry_after
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
@@ -124,9 +125,14 @@ log = logging.getLogger("ktrader.gateway")
 _UNTRADED = frozenset({Phase.PRE_OPEN, Phase.OPENING_AUCTION, Phase.CLOSED})
 
 
-def _day_after(iso: str) -> str:
-    """The day after an ISO date, as YYYYMMDD."""
-    return (dt.date.fromisoformat(iso) + dt.timedelta(days=1)).strftime("%Y%m%d")
+def _day_after(day: str) -> str:
+    """The day after `day` (ISO or YYYYMMDD), as YYYYMMDD."""
+    d = dt.date.fromisoformat(day) if "-" in day else dt.datetime.strptime(day, "%Y%m%d").date()
+    return (d + dt.timedelta(days=1)).strftime("%Y%m%d")
+
+
+# meta key (+ code): the last day (YYYYMMDD) the code's confirmed base was found on the scale of its stored close
+_SCALE_CHECKED = "scale_checked:"
 
 
 _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its price scale"
@@ -1137,17 +1143,38 @@ class Gateway:
         bar = last[0]
         if bar.start == previous_trading_day(today).isoformat():
             if bar.close != base:
-                self.protection.rebase(code, bar.close, base)  # (the stops set before: to today's prices)
+                self._rescaled(code, bar.close, base)
                 self._history_changed(
                     code,
                     f"today's base price {base:,} is not the last close {bar.close:,} ({bar.start}): {_RESCALED}",
                 )
+            else:
+                self._scale_checked(code)
             return
         # an older stored close (the stock halted for its split, a code back in the universe after weeks, a close
         # the gateway missed) differs from today's base by the market's own moves too: the broker's adjusted close
         # of that same day says whether the history changed scale since
         if Capability.CHARTS in self.broker.capabilities:
             self._spawn(self._stored_close_checked(code, bar))
+
+    def _scale_checked(self, code: str) -> None:
+        """Today's base of `code` is on the scale of its last close: stored (a later check that finds the scale
+        changed since an older close knows the change came after today)."""
+        today = self.book.day()
+        if self.store.get_meta(_SCALE_CHECKED + code) != today:
+            with self.store.transaction():
+                self.store.set_meta(_SCALE_CHECKED + code, today)
+
+    def _rescaled(self, code: str, close: int, base: int, set_before: str = "") -> None:
+        """A corporate action priced into today's base (close → base): the protective orders set before move to
+        today's prices (ProtectionDesk.rebase) and the holders' equity peaks move by what it took off their shares'
+        value at the new prices (RiskGate.corporate_action), unless a split is pending in the books (its valuation
+        keeps the value)."""
+        self.protection.rebase(code, close, base, set_before=set_before.replace("-", ""))
+        self.risk.corporate_action(code, close, base)
+        with self.store.transaction():  # (a bonus issue's new shares, when they list, are told apart by its ratio)
+            seen = {"day": self.book.day(), "close": close, "base": base}
+            self.store.set_meta(SCALE_CHANGED + code, json.dumps(seen))
 
     def _closes_before(self, day: str) -> dict[str, int]:
         """The stored daily close of the trading day before `day` (YYYYMMDD) of each code the books hold: a few reads
@@ -1169,13 +1196,20 @@ class Gateway:
             log.info("stored close of %s %s not checked against the broker: %s", code, bar.start, e)
             return
         if got and got[-1].start == bar.start and got[-1].close != bar.close:
-            # the stops set by that day are in its prices: to the adjusted ones (those set since may be in either)
-            self.protection.rebase(code, bar.close, got[-1].close, set_before=_day_after(bar.start))
+            # the stops set by that day are in its prices: to the adjusted ones; those set since too up to the last day
+            # this code's base was checked and found on the scale of its close (the change came after: a close missed,
+            # its bar stored late and adjusted already; stops set on that day stayed at 65,000 and fired at the
+            # ex-rights open, a hunt); those set after it may be in either
+            checked = self.store.get_meta(_SCALE_CHECKED + code) or ""
+            before = max(_day_after(bar.start), _day_after(checked) if checked else "")
+            self._rescaled(code, bar.close, got[-1].close, set_before=before if before < self.book.day() else "")
             self._history_changed(
                 code,
                 f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: {_RESCALED} "
                 "since",
             )
+        elif got and got[-1].start == bar.start:
+            self._scale_checked(code)
 
     def _protected_refused(self, code: str, why: str) -> None:
         """A protected code's trade registration refused: its protections see no prints and cannot fire

@@ -251,7 +251,8 @@ class ProtectionDesk:
         if not mine and held <= 0:  # shares held outside its codes it may protect, as it may sell them
             return ErrorCode.DENIED_UNKNOWN_CODE, f"{msg.code} is not among this agent's codes"
         err = self._refusal(agent, msg.spec)
-        if not err and (sp := self.book.portfolio.splits.get(msg.code)) is not None and agent in sp.holders:
+        sp = self.book.portfolio.splits.get(msg.code)
+        if not err and sp is not None and agent in sp.holders and not sp.bonus:
             # (its prices now are the new shares', its levels would be applied the ratio again: a stop at 13,000
             # became 2,600 at apply_split, the position unprotected meanwhile, a hunt)
             err = (
@@ -297,7 +298,9 @@ class ProtectionDesk:
             self.desk.cancel(agent, working, exits=True)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
-    def apply_split(self, code: str, num: int, den: int, agents: Collection[str]) -> list[str]:
+    def apply_split(
+        self, code: str, num: int, den: int, agents: Collection[str], *, shares_only: bool = False
+    ) -> list[str]:
         """A split of `code` the operator applied to the books (server/operator.py, in the same transaction):
         each active protection of `agents` on it in the new shares' terms (common/protection.py `split`: levels
         ÷ the ratio on the tick grid, shares × the ratio), journaled and told to its agent. Returns a line each
@@ -313,7 +316,7 @@ class ProtectionDesk:
             p = self.active.get(pid)
             if p is None or p.agent not in agents:
                 continue
-            new = split(p, num, den, round_up)
+            new = split(p, num, den, round_up, shares_only=shares_only)
             self._put(
                 new,
                 "split",
@@ -441,6 +444,8 @@ class ProtectionDesk:
         seen = self._off_since.get(code)
         if seen is None or seen[0] != day:
             seen = self._off_since[code] = (day, max(1, self.book.now_ns()))
+            if self._rebased_today(code, day):
+                return seen[1]  # (moved to today's prices by the day's base and judged: that alert said it)
             self.alert(
                 f"{code} printed {price:,}, {before:,} before today: more than a day's price limit allows (a split, a "
                 "bonus issue, a spin-off?): the stops set before are not judged on its prints today unless the books "
@@ -450,14 +455,21 @@ class ProtectionDesk:
             )
         return seen[1]
 
+    def _rebased_today(self, code: str, day: str) -> bool:
+        """Protections of `code` were moved to `day`'s prices by its base (a corporate action), not only set in them."""
+        return any(
+            (p := self.active.get(pid)) is not None and p.rebased_on == day and p.rebased != (1, 1)
+            for pid in self.by_code.get(code, ())
+        )
+
     def _books_price(self, p: Protection, price: int) -> int:
         """A print in the terms of `p`'s levels: while a split of the code is pending for its agent (the balance shows
         it, the operator has not applied it), the print is of the new shares and its levels of the old ones (a 1:10
         split's first print, 7,000, is 70,000 to them; the portfolio values them so), unless the split's base price
         moved its levels already (`rebase`)."""
         sp = self.book.portfolio.splits.get(p.code)
-        if sp is None or p.agent not in sp.holders or same_ratio(p.rebased, sp.num, sp.den):
-            return price
+        if sp is None or p.agent not in sp.holders or sp.bonus or same_ratio(p.rebased, sp.num, sp.den):
+            return price  # (a bonus issue's new shares: its prints and every level are in today's prices already)
         return sp.scaled(price)
 
     def _on_price(self, p: Protection, price: int) -> None:

@@ -572,9 +572,10 @@ class RiskGate:
 
     def split_hold(self, agent: str, code: str) -> Denial | None:
         """Orders of an agent holding `code` while a split the broker shows is not in the books yet: its
-        shares and their price are off by the ratio until the operator applies it."""
+        shares and their price are off by the ratio until the operator applies it. Not a bonus issue's new shares:
+        the prices moved weeks ago and the shares in the books are the holder's (only the new ones wait for it)."""
         sp = self.portfolio.splits.get(code)
-        if sp is None or agent not in sp.holders:
+        if sp is None or agent not in sp.holders or sp.bonus:
             return None
         return (
             ErrorCode.DENIED_HALTED,
@@ -731,6 +732,26 @@ class RiskGate:
                     why=f"kill switch: {n} of {agent}'s orders refused by the broker in "
                     f"{self.kill_window_ns / 1e9:.0f}s: {agent} halted (cancels only); the gateway trades on",
                 )
+
+    def corporate_action(self, code: str, close: int, base: int) -> None:
+        """Today's base of `code` carries a corporate action (close → base) the books' shares do not show yet (a bonus
+        issue's new shares list weeks later; a rights issue's value goes to its rights): each holder's equity peaks
+        (and the account's) move down by what it takes off their shares at the new price, and a mark still at the
+        close moves to the base, so that the drawdown limits measure trading (a 1:1 bonus read as a 35 % drawdown at
+        the first print and left the agent REDUCING for days, a hunt). Not while a split is pending in the books
+        (valued at its ratio, nothing is taken off), nor for a base within 2 % of the close (our close, not the
+        official one)."""
+        p = self.portfolio
+        if code in p.splits or close <= 0 or base <= 0 or abs(close - base) * 50 < close:
+            return
+        took = {a: pos[code].qty * (close - base) for a, pos in p.positions.items() if code in pos and pos[code].qty}
+        if not took:
+            return
+        for agent, amount in took.items():
+            self.peaks.shift(agent, amount)
+        self.peaks.shift(ACCOUNT, sum(v for a, v in took.items() if a not in p.virtual))
+        p.mark_at_base(code, base)
+        log.warning("%s: base %d on a close of %d: equity peaks moved down by %s", code, base, close, took)
 
     def cash_moved(self, flow: int) -> None:
         """Money moved in (+) or out (-) of the account, seen over two account reads (Portfolio.set_account_cash):

@@ -71,7 +71,10 @@ def gateway_of(
         publish=lambda kind, agent, text: published.append((kind, agent, text)),
         broker=ChartBroker(scale),
         tasks=tasks,
-        protection=SimpleNamespace(rebase=lambda code, close, base, set_before="": []),  # (no protections here)
+        _rescaled=lambda code, close, base, set_before="": None,  # (no protections nor positions here)
+        _scale_checked=lambda code: None,
+        store=SimpleNamespace(get_meta=lambda key: None),
+        book=SimpleNamespace(day=lambda: today.strftime("%Y%m%d")),
     )
     gw._history_changed = lambda code, why: Gateway._history_changed(gw, code, why)  # type: ignore[arg-type]
     gw._stored_close_checked = lambda code, bar: Gateway._stored_close_checked(gw, code, bar)  # type: ignore[arg-type]

@@ -102,8 +102,13 @@ async def test_the_gateway_moves_them_when_the_confirmed_base_is_not_the_last_cl
             md=types.SimpleNamespace(hold_daily=True, store=bars),
             clock=h.book.clock,
             protection=h.protection,
+            risk=h.risk,
+            store=h.store,
+            book=h.book,
             _history_changed=lambda code, why: dropped.append(code),
         )
+        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
+        gw._scale_checked = lambda code: Gateway._scale_checked(gw, code)  # type: ignore[arg-type]
         Gateway._base_vs_close(gw, CODE, 70_000)  # type: ignore[arg-type]  (no corporate action: nothing moves)
         assert h.protection.active[PID].spec.stop == 65_000 and not dropped
         Gateway._base_vs_close(gw, CODE, 53_800)  # type: ignore[arg-type]
@@ -124,13 +129,50 @@ async def test_a_gateway_down_on_the_ex_rights_day_moves_only_the_stops_set_by_i
             return [adjusted]
 
         gw = types.SimpleNamespace(
-            broker=types.SimpleNamespace(daily_bars=daily_bars), protection=h.protection, _history_changed=print
+            broker=types.SimpleNamespace(daily_bars=daily_bars),
+            protection=h.protection,
+            risk=h.risk,
+            store=h.store,
+            book=h.book,
+            _history_changed=lambda code, why: None,
         )
+        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
+        gw._scale_checked = lambda code: Gateway._scale_checked(gw, code)  # type: ignore[arg-type]
         stored = msgspec.structs.replace(adjusted, close=70_000)
         await Gateway._stored_close_checked(gw, CODE, stored)  # type: ignore[arg-type]
         assert h.protection.active[PID].spec.stop == 65_000  # set after 2026-11-18: either scale
         adjusted = msgspec.structs.replace(adjusted, start="2026-11-19")
         await Gateway._stored_close_checked(gw, CODE, msgspec.structs.replace(stored, start="2026-11-19"))  # type: ignore[arg-type]
+        assert h.protection.active[PID].spec.stop == 50_000
+    finally:
+        await h.close()
+
+
+async def test_a_close_missed_with_the_base_checked_that_morning_moves_that_day_s_stops(tmp_path: Path) -> None:
+    """A hunt: the day's close never ran (the gateway killed at 15:30:03, or late); next morning the base was checked
+    against an older stored close, and the stops set on the missed day, in its old prices, stayed at 65,000 and fired
+    at the ex-rights open. The day the code's base was last found on its close's scale says the change came after."""
+    h, _ = await started(tmp_path, stop=65_000)
+    try:
+        next_session(h)  # alpha's protection: set on 2026-11-19
+        adjusted = Bar(code=CODE, interval="1d", start="2026-11-18", open=1, high=1, low=1, close=53_800, volume=1)
+
+        async def daily_bars(code: str, n: int, end: object) -> list[Bar]:
+            return [adjusted]
+
+        gw = types.SimpleNamespace(
+            broker=types.SimpleNamespace(daily_bars=daily_bars),
+            protection=h.protection,
+            risk=h.risk,
+            store=h.store,
+            book=h.book,
+            _history_changed=lambda code, why: None,
+        )
+        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
+        gw._scale_checked = lambda code: None
+        with h.store.transaction():
+            h.store.set_meta("scale_checked:" + CODE, "20261119")  # its base was on the scale of its close then
+        await Gateway._stored_close_checked(gw, CODE, msgspec.structs.replace(adjusted, close=70_000))  # type: ignore[arg-type]
         assert h.protection.active[PID].spec.stop == 50_000
     finally:
         await h.close()
@@ -146,6 +188,8 @@ async def test_a_big_gap_s_rebased_stop_is_judged_all_day(tmp_path: Path) -> Non
         assert h.protection.active[PID].spec.stop == 32_500
         h.print(CODE, 35_500)
         assert h.protection.active[PID].state is PS.ARMED and not exits(h)
+        # (a hunt: 'the stops set before are not judged on its prints today' followed, false: they are)
+        assert not [t for t in h.alerted(AlertKind.PROTECTION) if "more than a day's price limit" in t]
         h.broker.ref_price = 30_000
         h.print(CODE, 30_000)
         await h.settle(lambda: PID in h.protection.ended)
