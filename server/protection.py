@@ -283,7 +283,14 @@ class ProtectionDesk:
         )
         if mark:
             self._on_price(p, mark)  # a level already met fires at once
-        return None, f"protective order {pid} armed on {msg.qty or held} {msg.code}"
+        text = f"protective order {pid} armed on {msg.qty or held} {msg.code}"
+        pf, stop = self.book.portfolio, msg.spec.stop
+        base = pf.base_prices.get(msg.code, 0) if pf.base_is_today(msg.code) else 0
+        if stop and base and stop >= base and (now := self.active.get(pid)) is not None and now.state is PS.ARMED:
+            # (before the code's first print: a stop taken from yesterday's prices on an ex-rights day sold everything
+            # at the open, a hunt)
+            text += f"; its stop {stop:,} is at or above today's base price {base:,}: the first print meets it"
+        return None, text
 
     def cancel(self, agent: str, pid: str, why: str) -> Reply:
         p = self.active.get(pid)

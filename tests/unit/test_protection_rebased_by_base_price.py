@@ -288,3 +288,23 @@ async def test_a_stop_set_after_the_base_was_confirmed_is_not_moved_by_a_restart
         assert h.protection.active["alpha-20261120-7"].spec.stop == 50_000
     finally:
         await h.close()
+
+
+async def test_a_stop_set_above_today_s_base_before_the_first_print_is_said_to_meet_it(tmp_path: Path) -> None:
+    """A hunt: in the ex-rights day's pre-open a stop at 66,000 (yesterday's terms) on a base of 54,200 was taken
+    without a word and sold everything at the open."""
+    from common.schema import Protect
+    from tests.unit.test_protection import CARD, H
+
+    h, _ = await started(tmp_path, stop=40_000)
+    try:
+        next_session(h)
+        h.portfolio.base_prices[CODE] = 53_800
+        h.portfolio.base_is_today = lambda code: True
+        spec = ProtectionSpec(stop=66_000)
+        err, text = h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-7", code=CODE, spec=spec))
+        assert (
+            err is None and "its stop 66,000 is at or above today's base price 53,800: the first print meets it" in text
+        )
+    finally:
+        await h.close()
