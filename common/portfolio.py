@@ -83,22 +83,17 @@ class PendingSplit:
     num: int
     den: int
     holders: frozenset[str]
-    # a bonus issue's new shares, listed weeks after its ex-rights day (num new shares for den held: 13:10 for 1:0.3):
-    # the prices moved then (and the protections with them), only the shares move now
-    bonus: bool = False
 
     def scaled(self, qty: int) -> int:
         return qty * self.num // self.den
 
     @property
     def ratio(self) -> str:
-        """As `ktrader control apply_split` takes it: "10" (1 → 10 shares), "1/10" (10 → 1), "13/10" (10 → 13)."""
-        return str(self.num) if self.den == 1 else f"1/{self.den}" if self.num == 1 else f"{self.num}/{self.den}"
+        """As `ktrader control apply_split` takes it: "10" (1 → 10 shares), "1/10" (10 → 1)."""
+        return str(self.num) if self.den == 1 else f"1/{self.den}"
 
     @property
     def text(self) -> str:
-        if self.bonus:
-            return f"bonus issue ({self.num} shares for {self.den} held)"
         return f"1:{self.num} split" if self.den == 1 else f"{self.den}:1 reverse split"
 
 
@@ -749,16 +744,11 @@ class Portfolio:
         def change() -> None:
             if split is not None:
                 self.splits[code] = split
-                if (
-                    was is None
-                    and not split.bonus  # (a bonus issue's prices moved weeks ago: every mark is in them)
-                    and code in self.marks
-                    and self.marks[code] == self._marks_at_roll.get(code)
-                ):
+                if was is None and code in self.marks and self.marks[code] == self._marks_at_roll.get(code):
                     self.split_stale.add(code)  # (no print today: the mark is the close before the split)
                 return
             self.splits.pop(code, None)
-            if applied and was is not None and not was.bonus and code in self._marks_at_roll:  # (the new shares' terms)
+            if applied and was is not None and code in self._marks_at_roll:  # (the books' terms are the new shares')
                 before = self._marks_at_roll[code]
                 scaled = max(1, before * was.den // was.num)
                 # (one the stored bars gave may be adjusted already, refilled after the split was found: today's base

@@ -195,16 +195,13 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def split(
-    p: Protection, num: int, den: int, round_up: Callable[[int], int], *, shares_only: bool = False
-) -> Protection:
+def split(p: Protection, num: int, den: int, round_up: Callable[[int], int]) -> Protection:
     """`p` in the terms of a split's new shares (num new shares per den old; `round_up`: the smallest price
     on the code's tick grid at or above one). Never less protective than before (`rescaled`); the shares to
     sell: what is left of them × the ratio (UP for a reverse split's fraction: the exit is capped by what is
     held); those its exits sold before stay as sold (they are counted from those orders). A protection whose
-    levels the split's base price moved already (`rebase`, the same ratio), or any (`shares_only`: a bonus issue's
-    new shares, listed weeks after its prices moved), moves its shares only."""
-    moved = shares_only or same_ratio(p.rebased, num, den)
+    levels the split's base price moved already (`rebase`, the same ratio) moves its shares only."""
+    moved = same_ratio(p.rebased, num, den)
     q = p if moved else rescaled(p, num, den, round_up)
     qty = p.sold + _ceil_div((p.qty - p.sold) * num, den) if p.qty else 0
     n, d = p.split[0] * num, p.split[1] * den

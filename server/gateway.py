@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
-import json
 import logging
 import os
 import secrets
@@ -106,7 +105,7 @@ from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
-from server.reconciler import OPEN_CHECK, SCALE_CHANGED, START, START_WHOLE, periodic_wait, retry_after
+from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait, retry_after
 from server.recorder import Recorder, attach_recorder
 from server.registry import AgentRecord, Registry
 from server.router import Router
@@ -1165,16 +1164,13 @@ class Gateway:
             with self.store.transaction():
                 self.store.set_meta(_SCALE_CHECKED + code, today)
 
-    def _rescaled(self, code: str, close: int, base: int, set_before: str = "") -> None:
+    def _rescaled(self, code: str, close: int, base: int, set_before: str = "", split_possible: bool = False) -> None:
         """A corporate action priced into today's base (close → base): the protective orders set before move to
         today's prices (ProtectionDesk.rebase) and the holders' equity peaks move by what it took off their shares'
         value at the new prices (RiskGate.corporate_action), unless a split is pending in the books (its valuation
-        keeps the value)."""
+        keeps the value; `split_possible`: the code did not trade the session before, a split's halt may be why)."""
         self.protection.rebase(code, close, base, set_before=set_before.replace("-", ""))
-        self.risk.corporate_action(code, close, base)
-        with self.store.transaction():  # (a bonus issue's new shares, when they list, are told apart by its ratio)
-            seen = {"day": self.book.day(), "close": close, "base": base}
-            self.store.set_meta(SCALE_CHANGED + code, json.dumps(seen))
+        self.risk.corporate_action(code, close, base, split_possible=split_possible)
 
     def _closes_before(self, day: str) -> dict[str, int]:
         """The stored daily close of the trading day before `day` (YYYYMMDD) of each code the books hold: a few reads
@@ -1202,7 +1198,10 @@ class Gateway:
             # ex-rights open, a hunt); those set after it may be in either
             checked = self.store.get_meta(_SCALE_CHECKED + code) or ""
             before = max(_day_after(bar.start), _day_after(checked) if checked else "")
-            self._rescaled(code, bar.close, got[-1].close, set_before=before if before < self.book.day() else "")
+            day = self.book.day()
+            self._rescaled(
+                code, bar.close, got[-1].close, set_before=before if before < day else "", split_possible=True
+            )
             self._history_changed(
                 code,
                 f"the broker's adjusted close of {bar.start} is {got[-1].close:,}, {bar.close:,} stored: {_RESCALED} "

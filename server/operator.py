@@ -49,7 +49,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
-import math
 import os
 import re
 import time
@@ -792,7 +791,7 @@ class Operator:
         except ValueError as e:
             return err(ErrorCode.BAD_MESSAGE, f"apply_split needs 'CODE RATIO' (10: 1 share → 10; 1/10: 10 → 1): {e}")
         sp = gw.portfolio.splits.get(code)
-        if sp is not None and not sp.bonus:  # (a bonus issue's orders are in today's terms: they stay)
+        if sp is not None:
             # an order placed before the split is in the old shares' terms: the operator decides what to place anew
             working = sorted(
                 c for c, o in gw.book.orders.items() if o.is_open and o.code == code and o.agent in sp.holders
@@ -815,11 +814,7 @@ class Operator:
             # shares' prices would sell at the first print (7,000 after a 1:10 split is under a 63,000 stop)
             with gw.store.transaction():
                 changes = gw.recon.apply_split(code, num, den)
-                # (a bonus issue's prices moved at its ex-rights day, and its protections with them: shares only)
-                shares_only = sp is not None and sp.bonus
-                rescaled = gw.protection.apply_split(
-                    code, num, den, {a for a, _, _ in changes}, shares_only=shares_only
-                )
+                rescaled = gw.protection.apply_split(code, num, den, {a for a, _, _ in changes})
         except ValueError as e:
             return err(ErrorCode.BAD_MESSAGE, str(e))
         what = sp.text if sp is not None else "split"  # (apply_split refuses a code with none pending)
@@ -1224,7 +1219,7 @@ def _held_back(state: TradingState, paused: bool) -> str:
 
 def parse_split(value: str) -> tuple[str, int, int]:
     """(code, num, den) of apply_split's value "CODE RATIO": "005930 10" (or "1:10") is 1 share → 10,
-    "005930 1/10" (or "10:1") is 10 shares → 1, "005930 13/10" is 10 → 13 (a bonus issue's new shares)."""
+    "005930 1/10" (or "10:1") is 10 shares → 1."""
     parts = value.split()
     if len(parts) != 2:
         raise ValueError(f"got {value!r}")
@@ -1237,10 +1232,8 @@ def parse_split(value: str) -> tuple[str, int, int]:
         num, den = int(b), int(a)
     else:
         num, den = int(ratio), 1
-    if num <= 0 or den <= 0 or num == den:
-        raise ValueError(f"{ratio!r}: a split turns 1 share into k, or k into 1 (a bonus issue: N/M, 13/10 for 1:0.3)")
-    g = math.gcd(num, den)
-    num, den = num // g, den // g
+    if min(num, den) != 1 or max(num, den) < 2:
+        raise ValueError(f"{ratio!r}: a split turns 1 share into k, or k into 1, k an integer of at least 2")
     if not code.isalnum():
         raise ValueError(f"{code!r} is not a stock code")
     return code, num, den

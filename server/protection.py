@@ -251,8 +251,7 @@ class ProtectionDesk:
         if not mine and held <= 0:  # shares held outside its codes it may protect, as it may sell them
             return ErrorCode.DENIED_UNKNOWN_CODE, f"{msg.code} is not among this agent's codes"
         err = self._refusal(agent, msg.spec)
-        sp = self.book.portfolio.splits.get(msg.code)
-        if not err and sp is not None and agent in sp.holders and not sp.bonus:
+        if not err and (sp := self.book.portfolio.splits.get(msg.code)) is not None and agent in sp.holders:
             # (its prices now are the new shares', its levels would be applied the ratio again: a stop at 13,000
             # became 2,600 at apply_split, the position unprotected meanwhile, a hunt)
             err = (
@@ -305,9 +304,7 @@ class ProtectionDesk:
             self.desk.cancel(agent, working, exits=True)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
-    def apply_split(
-        self, code: str, num: int, den: int, agents: Collection[str], *, shares_only: bool = False
-    ) -> list[str]:
+    def apply_split(self, code: str, num: int, den: int, agents: Collection[str]) -> list[str]:
         """A split of `code` the operator applied to the books (server/operator.py, in the same transaction):
         each active protection of `agents` on it in the new shares' terms (common/protection.py `split`: levels
         ÷ the ratio on the tick grid, shares × the ratio), journaled and told to its agent. Returns a line each
@@ -323,7 +320,7 @@ class ProtectionDesk:
             p = self.active.get(pid)
             if p is None or p.agent not in agents:
                 continue
-            new = split(p, num, den, round_up, shares_only=shares_only)
+            new = split(p, num, den, round_up)
             self._put(
                 new,
                 "split",
@@ -475,8 +472,8 @@ class ProtectionDesk:
         split's first print, 7,000, is 70,000 to them; the portfolio values them so), unless the split's base price
         moved its levels already (`rebase`)."""
         sp = self.book.portfolio.splits.get(p.code)
-        if sp is None or p.agent not in sp.holders or sp.bonus or same_ratio(p.rebased, sp.num, sp.den):
-            return price  # (a bonus issue's new shares: its prints and every level are in today's prices already)
+        if sp is None or p.agent not in sp.holders or same_ratio(p.rebased, sp.num, sp.den):
+            return price
         return sp.scaled(price)
 
     def _on_price(self, p: Protection, price: int) -> None:

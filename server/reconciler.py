@@ -15,7 +15,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -84,10 +83,6 @@ NEVER_SENT = frozenset({OrderState.NEW, OrderState.DENIED, OrderState.HELD})
 EXTERNAL_ADJUSTED_META = "recon.external_adjusted:"
 # meta key (+ code): a split the balance shows and the books have not taken yet (JSON: num, den, holders)
 SPLIT_META = "recon.split_pending:"
-# meta key (+ code): the last corporate action priced into the code's base before any share moved (JSON: day, close,
-# base; server/gateway.py): a bonus issue's new shares arriving later are recognised by its ratio
-SCALE_CHANGED = "recon.scale_changed:"
-BONUS_DAYS = 120  # how long after its ex-rights day a bonus issue's new shares are looked for
 # how far the account's purchase value may be from the books' cost for a quantity ratio to read as a split
 # (KIS recomputes its average price after one: a won a share of rounding, and 0.5 % besides)
 SPLIT_COST_TOLERANCE_BP = 50
@@ -730,42 +725,12 @@ class Reconciler:
             num, den = theirs // books, 1
         elif books > theirs and books % theirs == 0:
             num, den = 1, books // theirs
-        elif theirs > books and self._bonus_ratio(code, theirs, books):
-            # more shares at the same purchase amount, as a bonus issue priced into the base lately gives (its
-            # fraction of a share paid in cash: the account's shares are floor(books × ratio)): 30 → 39 for 13:10,
-            # else attributed to 'external', the holder's P&L a permanent loss and nothing to move them back (a hunt)
-            g = math.gcd(theirs, books)
-            return PendingSplit(num=theirs // g, den=books // g, holders=frozenset(holders), bonus=True)
         else:
             return None
         return PendingSplit(num=num, den=den, holders=frozenset(holders))
 
-    def _bonus_ratio(self, code: str, theirs: int, books: int) -> bool:
-        """Whether `theirs` for `books` is the ratio (close over base, within the share fraction paid in cash and the
-        base's tick) of a corporate action priced into the code's base in the last BONUS_DAYS (SCALE_CHANGED)."""
-        raw = self.book.store.get_meta(SCALE_CHANGED + code)
-        try:
-            d = json.loads(raw) if raw else None
-            day, close, base = (str(d["day"]), int(d["close"]), int(d["base"])) if d else ("", 0, 0)
-        except (ValueError, KeyError, TypeError):
-            return False
-        if not day or base <= 0 or close <= base:
-            return False
-        age = (dt.datetime.strptime(self.book.day(), "%Y%m%d") - dt.datetime.strptime(day, "%Y%m%d")).days
-        if not 0 <= age <= BONUS_DAYS:
-            return False
-        want = books * close / base  # (the base is on the tick grid, the shares floored: within 3 % and a share)
-        return abs(theirs - want) <= max(1.0, want * 0.03)
-
     def _split_text(self, code: str, sp: PendingSplit, theirs: int, books: int) -> str:
         held = ", ".join(f"{a} {self._held(a, code)}" for a in sorted(sp.holders))
-        if sp.bonus:
-            return (
-                f"{code}: account holds {theirs} at the books' cost, the books {held}: the new shares of a {sp.text} "
-                f"priced in earlier, not in the books yet: valued with their holders meanwhile, their orders go as "
-                f"before; the operator gives them to the holders (ktrader control apply_split --split "
-                f"'{code} {sp.ratio}')"
-            )
         return (
             f"{code}: account holds {theirs} at the books' cost, the books {held}: a {sp.text}, not applied "
             f"to the books: nothing moved to or from external, orders of its holders on it are held until "
@@ -778,9 +743,7 @@ class Reconciler:
                 continue  # (applied, or gone)
             try:
                 d = json.loads(raw)
-                sp = PendingSplit(
-                    num=int(d["num"]), den=int(d["den"]), holders=frozenset(d["holders"]), bonus=bool(d.get("bonus"))
-                )
+                sp = PendingSplit(num=int(d["num"]), den=int(d["den"]), holders=frozenset(d["holders"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("stored pending split of %s unreadable: ignored (the next position check finds it)", code)
                 continue
@@ -788,7 +751,7 @@ class Reconciler:
 
     def _hold_split(self, code: str, sp: PendingSplit) -> None:
         """Persisted before it holds orders: a restart keeps the hold (and the valuation at the ratio)."""
-        raw = json.dumps({"num": sp.num, "den": sp.den, "holders": sorted(sp.holders), "bonus": sp.bonus})
+        raw = json.dumps({"num": sp.num, "den": sp.den, "holders": sorted(sp.holders)})
         with self.book.store.transaction():
             self.book.store.set_meta(SPLIT_META + code, raw)
         self.book.portfolio.set_split(code, sp)

@@ -112,6 +112,12 @@ Publish = Callable[[SystemEventKind, str, str], None]
 SessionView = tuple[SessionState, str]  # the broker session's state for orders, and why it is not READY
 
 
+def _whole_ratio(close: int, base: int) -> bool:
+    """close/base within 3 % of a whole number of at least 2 (a split's: KRX puts the base on the tick grid)."""
+    k = round(close / base)
+    return k >= 2 and abs(close - k * base) * 100 <= 3 * k * base
+
+
 class RiskGate:
     def __init__(
         self,
@@ -572,10 +578,9 @@ class RiskGate:
 
     def split_hold(self, agent: str, code: str) -> Denial | None:
         """Orders of an agent holding `code` while a split the broker shows is not in the books yet: its
-        shares and their price are off by the ratio until the operator applies it. Not a bonus issue's new shares:
-        the prices moved weeks ago and the shares in the books are the holder's (only the new ones wait for it)."""
+        shares and their price are off by the ratio until the operator applies it."""
         sp = self.portfolio.splits.get(code)
-        if sp is None or agent not in sp.holders or sp.bonus:
+        if sp is None or agent not in sp.holders:
             return None
         return (
             ErrorCode.DENIED_HALTED,
@@ -733,16 +738,20 @@ class RiskGate:
                     f"{self.kill_window_ns / 1e9:.0f}s: {agent} halted (cancels only); the gateway trades on",
                 )
 
-    def corporate_action(self, code: str, close: int, base: int) -> None:
+    def corporate_action(self, code: str, close: int, base: int, *, split_possible: bool = False) -> None:
         """Today's base of `code` carries a corporate action (close → base) the books' shares do not show yet (a bonus
         issue's new shares list weeks later; a rights issue's value goes to its rights): each holder's equity peaks
         (and the account's) move down by what it takes off their shares at the new price, and a mark still at the
         close moves to the base, so that the drawdown limits measure trading (a 1:1 bonus read as a 35 % drawdown at
         the first print and left the agent REDUCING for days, a hunt). Not while a split is pending in the books
         (valued at its ratio, nothing is taken off), nor for a base within 2 % of the close (our close, not the
-        official one)."""
+        official one). `split_possible` (the code did not trade the session before: a split's halt?): not for a base
+        above the close nor a whole ratio, a split's (its balance, found later, values the shares at the ratio: peaks
+        moved for it read a reverse split as a 30 % drawdown, a review)."""
         p = self.portfolio
         if code in p.splits or close <= 0 or base <= 0 or abs(close - base) * 50 < close:
+            return
+        if split_possible and (base > close or _whole_ratio(close, base)):
             return
         took = {a: pos[code].qty * (close - base) for a, pos in p.positions.items() if code in pos and pos[code].qty}
         if not took:

@@ -325,9 +325,12 @@ class AdminApi:
         "shares": false — a bonus or rights issue's ex-rights day (13:10 for a 1:0.3 bonus): the prices only, the
         shares credited when they list (POST /admin/accounts/{account}/shares)."""
         b = await self._body(request)
+        shares = b.get("shares", True)
+        if not isinstance(shares, bool):
+            raise web.HTTPConflict(text=f'"shares" is true or false, not {shares!r}')
         try:
             st = self.twin.exchange.split(
-                str(b.get("code", "")), int(b.get("num", 0)), int(b.get("den", 1)), shares=bool(b.get("shares", True))
+                str(b.get("code", "")), int(b.get("num", 0)), int(b.get("den", 1)), shares=shares
             )
         except (TypeError, ValueError) as e:
             raise web.HTTPConflict(text=str(e)) from None

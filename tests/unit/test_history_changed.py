@@ -71,7 +71,7 @@ def gateway_of(
         publish=lambda kind, agent, text: published.append((kind, agent, text)),
         broker=ChartBroker(scale),
         tasks=tasks,
-        _rescaled=lambda code, close, base, set_before="": None,  # (no protections nor positions here)
+        _rescaled=lambda *a, **k: None,  # (no protections nor positions here)
         _scale_checked=lambda code: None,
         store=SimpleNamespace(get_meta=lambda key: None),
         book=SimpleNamespace(day=lambda: today.strftime("%Y%m%d")),
