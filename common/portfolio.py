@@ -892,8 +892,7 @@ class Portfolio:
         if before is None and self._kept is not None:
             # the first read of this process: against the last read of the one before (money moved while the
             # gateway was down: 30 M withdrawn overnight read as a 30 % drawdown at the start, a review)
-            kept_cash, kept_spent, kept_doubt = self._kept
-            before, self.cash_doubt = kept_cash - (spent - kept_spent), kept_doubt
+            before, self.cash_doubt = self.cash_before_read(), self._kept[2]
         self._kept = None
         uncounted = self._uncounted(bought, sold)
         if uncounted is None:

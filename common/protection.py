@@ -218,6 +218,17 @@ def rebase(p: Protection, close: int, base: int, round_up: Callable[[int], int],
     return msgspec.structs.replace(q, rebased=(close // g, base // g), rebased_on=day)
 
 
+# a base price this close to the stored close (%) is our close off the official one (its closing auction missed, the
+# chart not read), not a corporate action (a rights issue's base is rarely so close)
+REBASE_MIN_PCT = 2
+
+
+def priced_action(close: int, base: int) -> bool:
+    """Whether a base of `base` on a close of `close` carries a corporate action (KRX adjusted the base: a bonus or
+    rights issue, a split): both known and apart by REBASE_MIN_PCT or more."""
+    return close > 0 and base > 0 and abs(close - base) * 100 >= REBASE_MIN_PCT * close
+
+
 def same_ratio(rebased: tuple[int, int], num: int, den: int) -> bool:
     """Whether a base price's move (close, base) is a split's num:den: the close over the base within 3 % of it
     (KRX puts the base on the tick grid, down)."""

@@ -61,6 +61,7 @@ from common.protection import (
     WhenClosed,
     check_print,
     exit_limit,
+    priced_action,
     rebase,
     same_ratio,
     split,
@@ -83,9 +84,6 @@ HOLDER = "protection"  # who holds the trade registrations of protected codes (s
 _RETRY_NS = 1_000_000_000
 # an exit refused by the gateway itself before it was sent: not an attempt the market refused
 _HALF_DAY_NS = 12 * 3600 * 10**9
-# a base price this close to the stored close (%) is our close off the official one (its closing auction missed, the
-# chart not read), not a corporate action: the protections stay (a rights issue's base is rarely so close)
-REBASE_MIN_PCT = 2
 _OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})
 _DENIED_RETRY_NS = 5_000_000_000
 _SAVE_HIGHS_NS = 1_000_000_000
@@ -309,12 +307,7 @@ class ProtectionDesk:
         each active protection of `agents` on it in the new shares' terms (common/protection.py `split`: levels
         ÷ the ratio on the tick grid, shares × the ratio), journaled and told to its agent. Returns a line each
         (old → new) for the operator's reply. A working exit of theirs was refused before (open orders)."""
-        pf = self.book.portfolio
-        kind, board = pf.kind(code), pf.board(code)
-
-        def round_up(price: int) -> int:
-            return pf.rules.round_up(max(price, 1), kind, board)
-
+        round_up = self._round_up(code)
         out: list[str] = []
         for pid in sorted(self.by_code.get(code, ())):
             p = self.active.get(pid)
@@ -340,9 +333,19 @@ class ProtectionDesk:
         morning on yesterday's prices, the day's rebase moves it). Stored: a restart's rebase moved stops set that
         morning in today's prices again (50,000 → 38,450, a review)."""
         day = self.book.day()
+        return day if self._first_print_today(code, day) or self.book.portfolio.base_is_today(code) else ""
+
+    def _first_print_today(self, code: str, day: str) -> int:
+        """Market ns of `code`'s first print of `day` (0: none yet)."""
         first = self._first_print.get(code, 0)
-        printed = first and yyyymmdd(kst_from_ns(first)) == day
-        return day if printed or self.book.portfolio.base_is_today(code) else ""
+        return first if first and yyyymmdd(kst_from_ns(first)) == day else 0
+
+    def _round_up(self, code: str) -> Callable[[int], int]:
+        """The smallest price on `code`'s tick grid at or above one (levels moved by a split or a base: never less
+        protective)."""
+        pf = self.book.portfolio
+        kind, board = pf.kind(code), pf.board(code)
+        return lambda price: pf.rules.round_up(max(price, 1), kind, board)
 
     def rebase(self, code: str, close: int, base: int, set_before: str = "") -> list[str]:
         """Today's base price of `code` (confirmed) is not its last close: KRX adjusted it for a corporate action (a
@@ -354,24 +357,20 @@ class ProtectionDesk:
         in the books (its apply moves them), nor once the books are in the new terms (a split applied today: the
         close before today moved with it).
         `set_before` (YYYYMMDD): only protections set before that day move (those set since may be in either scale).
-        A base within REBASE_MIN_PCT of the close moves nothing (our close, not the official one). Once moved, their
-        prints are judged however far from the close before today (`on_trade`). A line each (old → new)."""
+        A base within REBASE_MIN_PCT of the close moves nothing (`priced_action`: our close, not the official one).
+        Once moved, their prints are judged however far from the close before today (`on_trade`). A line each (old →
+        new)."""
         pf = self.book.portfolio
         before = pf.close_before_today(code)
-        if close <= 0 or base <= 0 or abs(close - base) * 100 < REBASE_MIN_PCT * close or code in pf.splits:
+        if not priced_action(close, base) or code in pf.splits:
             return []  # (a close of ours a little off the official one -- its closing auction missed -- is no action)
         if before and abs(before - base) < abs(before - close):
             return []  # (the books are in today's terms already)
         day = self.book.day()
         # set before the code's first print today (before the morning's confirmation, in the pre-open too: its levels
         # and a trail's high are yesterday's prices); one set since is in today's
-        first = self._first_print.get(code, 0)
-        first = first if first and yyyymmdd(kst_from_ns(first)) == day else 0
-        kind, board = pf.kind(code), pf.board(code)
-
-        def round_up(price: int) -> int:
-            return pf.rules.round_up(max(price, 1), kind, board)
-
+        first = self._first_print_today(code, day)
+        round_up = self._round_up(code)
         out: list[str] = []
         for pid in sorted(self.by_code.get(code, ())):
             p = self.active.get(pid)

@@ -53,6 +53,7 @@ from common.krx_rules import KrxRules, rules_for
 from common.market_clock import MarketClock, market_day, market_ns
 from common.orders import Order, OrderState, is_gateway_exit
 from common.portfolio import DayOpen, Portfolio
+from common.protection import priced_action
 from common.risk_rules import (
     HELD_TIFS,
     AccountExposure,
@@ -749,7 +750,7 @@ class RiskGate:
         above the close nor a whole ratio, a split's (its balance, found later, values the shares at the ratio: peaks
         moved for it read a reverse split as a 30 % drawdown, a review)."""
         p = self.portfolio
-        if code in p.splits or close <= 0 or base <= 0 or abs(close - base) * 50 < close:
+        if code in p.splits or not priced_action(close, base):
             return
         if split_possible and (base > close or _whole_ratio(close, base)):
             return
