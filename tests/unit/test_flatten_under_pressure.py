@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from common.config import AgentCard
 from common.enums import Side
@@ -62,9 +63,12 @@ def buy(n: int, code: str, protect: ProtectionSpec | None = None) -> NewOrder:
     )
 
 
-async def holding(tmp_path: Path, protect: ProtectionSpec | None = None) -> tuple[Harness, Desk, Busy]:
-    """alpha holds 10 of each code (000660 with `protect`)."""
-    broker = Busy()
+async def holding(
+    tmp_path: Path, protect: ProtectionSpec | None = None, broker: FakeBroker | None = None
+) -> tuple[Harness, Desk, Any]:
+    """alpha holds 10 of each code (000660 with `protect`), its prints past their grace; `broker`: a Busy one by
+    default (returned as given, to drive)."""
+    broker = broker if broker is not None else Busy()
     clock = trading_clock()
     h = Harness(tmp_path / "db", broker=broker, clock=clock, cards={"alpha": ALPHA})
     await h.start()
@@ -76,6 +80,14 @@ async def holding(tmp_path: Path, protect: ProtectionSpec | None = None) -> tupl
         h.print(code, 70_000)
     clock.set(clock.now() + dt.timedelta(minutes=5))  # (a protection judges prints once its fill's grace is over)
     return h, Desk(h, tmp_path / "run", [ALPHA]), broker
+
+
+async def resting_buy(h: Harness) -> str:
+    """alpha's buy of 1 005930 at 60,000, resting at the broker: its client order id."""
+    resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
+    assert h.desk.submit(ALPHA, resting).accepted
+    await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
+    return resting.client_order_id
 
 
 def flat(h: Harness) -> bool:
@@ -128,9 +140,7 @@ async def test_a_flatten_while_a_stop_fires_sells_everything_once(tmp_path: Path
 async def test_cancel_all_during_a_flatten_says_it_goes_on(tmp_path: Path) -> None:
     h, d, broker = await holding(tmp_path)
     try:
-        resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, resting).accepted
-        await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
+        await resting_buy(h)
         broker.hold = True  # the flatten's cancel of it hangs: the flatten waits for it
         d.ack("flatten", "alpha")
         assert h.desk.is_flattening("alpha")
@@ -144,36 +154,26 @@ async def test_cancel_all_during_a_flatten_says_it_goes_on(tmp_path: Path) -> No
 
 
 class SlowCancel(FakeBroker):
-    """Every call goes at once, but a cancel hangs until `release` (a slow exchange, a cancel in doubt)."""
+    """A cancel hangs until `release` (a slow exchange, a cancel in doubt): every cancel, or (`slow`) those of these
+    broker order numbers."""
 
     def __init__(self) -> None:
         super().__init__(ref_price=70_000)
         self.release = asyncio.Event()
+        self.slow: set[str] | None = None
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
-        await self.release.wait()
+        if self.slow is None or req.broker_order_id in self.slow:
+            await self.release.wait()
         return await super().cancel(req)
 
 
 async def test_a_stop_met_while_a_flatten_waits_for_a_cancel_sells_at_once(tmp_path: Path) -> None:
     """A review: holding every protective exit while the agent was flattened kept a met stop from selling for as
     long as the flatten waited on an unrelated buy's cancel."""
-    broker = SlowCancel()
-    clock = trading_clock()
-    h = Harness(tmp_path / "db", broker=broker, clock=clock, cards={"alpha": ALPHA})
-    await h.start()
+    h, d, broker = await holding(tmp_path, ProtectionSpec(stop=65_000), SlowCancel())
     try:
-        for n, code in enumerate(CODES, 1):
-            order = buy(n, code, ProtectionSpec(stop=65_000) if code == "000660" else None)
-            assert (h.protection.submit(ALPHA, order) if order.protect else h.desk.submit(ALPHA, order)).accepted
-        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
-        for code in CODES:
-            h.print(code, 70_000)
-        clock.set(clock.now() + dt.timedelta(minutes=5))
-        d = Desk(h, tmp_path / "run", [ALPHA])
-        resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, resting).accepted
-        await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
+        await resting_buy(h)
         d.ack("flatten", "alpha")
         assert h.desk.is_flattening("alpha")  # waiting for the buy's cancel
         broker.ref_price = 60_000
@@ -191,14 +191,8 @@ async def test_a_second_flatten_leaves_the_first_ones_sells_resting_at_the_lower
     click cancelled them, losing their place in the queue, and placed them again behind it."""
     from tests.unit.test_protection_follows_split import Locked
 
-    broker = Locked(ref_price=70_000)
-    h = Harness(tmp_path / "db", broker=broker, clock=trading_clock(), cards={"alpha": ALPHA})
-    await h.start()
+    h, d, _ = await holding(tmp_path, broker=Locked(ref_price=70_000))
     try:
-        for n, code in enumerate(CODES, 1):
-            assert h.desk.submit(ALPHA, buy(n, code)).accepted
-        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
-        d = Desk(h, tmp_path / "run", [ALPHA])
         d.ack("flatten", "alpha")
 
         def sells() -> list[str]:
@@ -214,42 +208,15 @@ async def test_a_second_flatten_leaves_the_first_ones_sells_resting_at_the_lower
         await h.close()
 
 
-class SlowBuyCancel(FakeBroker):
-    """The cancel of an order in `slow` hangs until `release`."""
-
-    def __init__(self) -> None:
-        super().__init__(ref_price=70_000)
-        self.release = asyncio.Event()
-        self.slow: set[str] = set()
-
-    async def cancel(self, req: BrokerCancel) -> BrokerAck:
-        if req.broker_order_id in self.slow:
-            await self.release.wait()
-        return await super().cancel(req)
-
-
 async def test_a_limit_exit_resting_above_the_market_does_not_hold_the_flatten_for_good(tmp_path: Path) -> None:
     """A review: the flatten cancelled a protective limit exit resting above the market; its protection placed it
     again at once, and the flatten, which sells once the agent has no open order, waited on it for good. While the
     agent is flattened its exits go at market."""
     from common.protection import ExitType
 
-    broker = SlowBuyCancel()
-    clock = trading_clock()
-    h = Harness(tmp_path / "db", broker=broker, clock=clock, cards={"alpha": ALPHA})
-    await h.start()
+    h, d, broker = await holding(tmp_path, ProtectionSpec(stop=65_000, exit=ExitType.LIMIT), SlowCancel())
     try:
-        for n, code in enumerate(CODES, 1):
-            order = buy(n, code, ProtectionSpec(stop=65_000, exit=ExitType.LIMIT) if code == "000660" else None)
-            assert (h.protection.submit(ALPHA, order) if order.protect else h.desk.submit(ALPHA, order)).accepted
-        await h.settle(lambda: all((p := h.portfolio.position("alpha", c)) is not None and p.qty == 10 for c in CODES))
-        for code in CODES:
-            h.print(code, 70_000)
-        clock.set(clock.now() + dt.timedelta(minutes=5))
-        resting = NewOrder(client_order_id="alpha-20261120-3", code="005930", side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(ALPHA, resting).accepted
-        await h.settle(lambda: h.book.orders[resting.client_order_id].state is OrderState.ACCEPTED)
-        broker.slow.add(h.book.orders[resting.client_order_id].broker_order_id)
+        broker.slow = {h.book.orders[await resting_buy(h)].broker_order_id}
         broker.ref_price = 60_000
         h.print("000660", 64_000)  # the stop is met: its limit exit (63,360) rests, the market being lower
 
@@ -260,7 +227,7 @@ async def test_a_limit_exit_resting_above_the_market_does_not_hold_the_flatten_f
             )
 
         await h.settle(rests)
-        Desk(h, tmp_path / "run", [ALPHA]).ack("flatten", "alpha")
+        d.ack("flatten", "alpha")
         # the exit's cancel ends first (the buy's hangs): its protection places it again
         await h.settle(lambda: sum(placed_by_gateway(c) and o.side is Side.SELL for c, o in h.book.orders.items()) >= 2)
         broker.release.set()  # the buy's cancel ends

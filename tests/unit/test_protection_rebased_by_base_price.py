@@ -31,6 +31,22 @@ def next_session(h: Harness) -> None:
     h.protection._first_print.clear()  # (no print of the code yet this morning)
 
 
+def gateway_of(h: Harness, **parts: object) -> types.SimpleNamespace:
+    """The parts of the gateway its base checks work on (`parts` add or replace some), its own methods bound."""
+    base: dict[str, object] = {
+        "protection": h.protection,
+        "risk": h.risk,
+        "store": h.store,
+        "book": h.book,
+        "clock": h.book.clock,
+        "_history_changed": lambda code, why: None,
+    }
+    gw = types.SimpleNamespace(**{**base, **parts})
+    gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
+    gw._scale_checked = lambda code: Gateway._scale_checked(gw, code)  # type: ignore[arg-type]
+    return gw
+
+
 async def test_a_bonus_issue_moves_the_stops_to_the_ex_rights_prices(tmp_path: Path) -> None:
     h, _ = await started(tmp_path, stop=65_000, take=80_000)
     try:
@@ -98,17 +114,11 @@ async def test_the_gateway_moves_them_when_the_confirmed_base_is_not_the_last_cl
         bars = BarStore(tmp_path / "bars.sqlite")
         bars.add([Bar(code=CODE, interval="1d", start="2026-11-19", open=1, high=1, low=1, close=70_000, volume=1)])
         dropped: list[str] = []
-        gw = types.SimpleNamespace(
+        gw = gateway_of(
+            h,
             md=types.SimpleNamespace(hold_daily=True, store=bars),
-            clock=h.book.clock,
-            protection=h.protection,
-            risk=h.risk,
-            store=h.store,
-            book=h.book,
             _history_changed=lambda code, why: dropped.append(code),
         )
-        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
-        gw._scale_checked = lambda code: Gateway._scale_checked(gw, code)  # type: ignore[arg-type]
         Gateway._base_vs_close(gw, CODE, 70_000)  # type: ignore[arg-type]  (no corporate action: nothing moves)
         assert h.protection.active[PID].spec.stop == 65_000 and not dropped
         Gateway._base_vs_close(gw, CODE, 53_800)  # type: ignore[arg-type]
@@ -128,16 +138,7 @@ async def test_a_gateway_down_on_the_ex_rights_day_moves_only_the_stops_set_by_i
         async def daily_bars(code: str, n: int, end: object) -> list[Bar]:
             return [adjusted]
 
-        gw = types.SimpleNamespace(
-            broker=types.SimpleNamespace(daily_bars=daily_bars),
-            protection=h.protection,
-            risk=h.risk,
-            store=h.store,
-            book=h.book,
-            _history_changed=lambda code, why: None,
-        )
-        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
-        gw._scale_checked = lambda code: Gateway._scale_checked(gw, code)  # type: ignore[arg-type]
+        gw = gateway_of(h, broker=types.SimpleNamespace(daily_bars=daily_bars))
         stored = msgspec.structs.replace(adjusted, close=70_000)
         await Gateway._stored_close_checked(gw, CODE, stored)  # type: ignore[arg-type]
         assert h.protection.active[PID].spec.stop == 65_000  # set after 2026-11-18: either scale
@@ -160,16 +161,7 @@ async def test_a_close_missed_with_the_base_checked_that_morning_moves_that_day_
         async def daily_bars(code: str, n: int, end: object) -> list[Bar]:
             return [adjusted]
 
-        gw = types.SimpleNamespace(
-            broker=types.SimpleNamespace(daily_bars=daily_bars),
-            protection=h.protection,
-            risk=h.risk,
-            store=h.store,
-            book=h.book,
-            _history_changed=lambda code, why: None,
-        )
-        gw._rescaled = lambda *a, **k: Gateway._rescaled(gw, *a, **k)  # type: ignore[arg-type]
-        gw._scale_checked = lambda code: None
+        gw = gateway_of(h, broker=types.SimpleNamespace(daily_bars=daily_bars))
         with h.store.transaction():
             h.store.set_meta("scale_checked:" + CODE, "20261119")  # its base was on the scale of its close then
         await Gateway._stored_close_checked(gw, CODE, msgspec.structs.replace(adjusted, close=70_000))  # type: ignore[arg-type]

@@ -12,19 +12,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from common.config import BrokerConfig, BrokerEnv
 from common.enums import Side
 from common.orders import OrderState
-from kis.adapter import KisBroker
-from kis.env import environment_for
 from kis.port import BrokerAck, BrokerOrder, BrokerTemporary
-from kis.rest import RetryPolicy
 from tests.fakes.broker import FakeBroker
-from tests.fakes.kis_http import LoopbackKis, close_all
-from tests.unit.test_kis_ambiguous_calls import CREDS, PLACED, TOKEN
+from tests.fakes.kis_http import close_all
+from tests.unit.test_submit_withdrawn_in_budget import paced_kis
 from tests.unit.test_oms import CARD, Harness, coid, order
 
 
@@ -41,15 +36,7 @@ def _servers() -> Iterator[None]:
 
 async def test_the_adapter_marks_leaving_after_its_slot_and_before_the_request(tmp_path: Path) -> None:
     seen: list[str] = []
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        if req.url.path.endswith("tokenP"):
-            return httpx.Response(200, json=TOKEN)
-        seen.append("request")
-        return httpx.Response(200, json=PLACED)
-
-    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=2)
-    b = KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    b = paced_kis(tmp_path, lambda req: seen.append("request"))
 
     async def leaving(client_order_id: str) -> None:
         seen.append(f"leaving {client_order_id}")
@@ -127,15 +114,7 @@ async def test_a_cancel_asked_while_the_leaving_mark_is_made_durable_still_withd
     """A review: the withdrawal was asked before the leaving mark's fsync, and not after: a cancel (or a halt) asked
     during it let the order go, then cancelled it."""
     requests: list[str] = []
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        if req.url.path.endswith("tokenP"):
-            return httpx.Response(200, json=TOKEN)
-        requests.append(req.url.path)
-        return httpx.Response(200, json=PLACED)
-
-    cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=2)
-    b = KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    b = paced_kis(tmp_path, lambda req: requests.append(req.url.path))
     cancelled: set[str] = set()
     b.withdraw_with(lambda c: "its cancel was asked for before it was sent" if c in cancelled else "")
 

@@ -39,17 +39,22 @@ def _servers() -> Iterator[None]:
     close_all()
 
 
-async def test_an_order_withdrawn_while_the_budget_holds_it_never_reaches_kis(tmp_path: Path) -> None:
-    orders: list[str] = []
+def paced_kis(tmp_path: Path, placed: Callable[[httpx.Request], object]) -> KisBroker:
+    """The KIS adapter on a loopback KIS at a paper account's 2 calls/s; `placed` sees each order request."""
 
     def handler(req: httpx.Request) -> httpx.Response:
         if req.url.path.endswith("tokenP"):
             return httpx.Response(200, json=TOKEN)
-        orders.append(req.url.path)
+        placed(req)
         return httpx.Response(200, json=PLACED)
 
     cfg = BrokerConfig(env=BrokerEnv.SIM, rest_url=LoopbackKis(handler).url, ws_url="ws://127.0.0.1:1", rate_per_s=2)
-    b = KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+    return KisBroker(environment_for(cfg), CREDS, tmp_path, retry=RetryPolicy(base_s=0.0, max_s=0.0))
+
+
+async def test_an_order_withdrawn_while_the_budget_holds_it_never_reaches_kis(tmp_path: Path) -> None:
+    orders: list[str] = []
+    b = paced_kis(tmp_path, lambda req: orders.append(req.url.path))
     cancelled: set[str] = set()
     asked: list[str] = []
 

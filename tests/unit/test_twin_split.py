@@ -28,14 +28,19 @@ def closes(kis: Kis) -> list[int]:
     return [int(r["stck_clpr"]) for r in kis.get(CHART, "FHKST03010100", params).json()["output2"]]
 
 
+def holding_ten(twin: TwinThread) -> tuple[httpx.Client, Kis, dict]:
+    """The twin's account bought 10 of CODE at the ask: (admin client, KIS client, its holding)."""
+    admin = httpx.Client(base_url=twin.admin_url, timeout=10)
+    kis = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account)
+    assert kis.issue().status_code == 200
+    ask = admin.get(f"/admin/book/{CODE}").json()["asks"][0][0]
+    assert kis.order("TTTC0012U", CODE, 10, ask).json()["rt_cd"] == "0"
+    return admin, kis, admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+
+
 def test_a_split_between_sessions_scales_shares_prices_and_history() -> None:
     with TwinThread(TwinConfig(seed=11, tick_interval=0, rate_real=10_000)) as twin:
-        admin = httpx.Client(base_url=twin.admin_url, timeout=10)
-        kis = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account)
-        assert kis.issue().status_code == 200
-        ask = admin.get(f"/admin/book/{CODE}").json()["asks"][0][0]
-        assert kis.order("TTTC0012U", CODE, 10, ask).json()["rt_cd"] == "0"
-        held = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+        admin, kis, held = holding_ten(twin)
         assert held["qty"] == 10
         assert admin.post("/admin/split", json={"code": CODE, "num": 5, "den": 1}).status_code == 409  # trading
         resting = kis.order("TTTC0012U", CODE, 1, admin.get(f"/admin/book/{CODE}").json()["lower"]).json()
@@ -68,12 +73,7 @@ def test_a_bonus_issue_moves_the_prices_at_its_ex_rights_day_and_the_shares_when
     """{"shares": false}: a bonus issue's ex-rights day (1:0.3 → 13:10): the base and the chart adjusted, the
     account's shares as they were; weeks later the new shares are credited at no cost (POST .../shares)."""
     with TwinThread(TwinConfig(seed=11, tick_interval=0, rate_real=10_000)) as twin:
-        admin = httpx.Client(base_url=twin.admin_url, timeout=10)
-        kis = Kis(twin.rest_url, twin.app_key, twin.app_secret, twin.account)
-        assert kis.issue().status_code == 200
-        ask = admin.get(f"/admin/book/{CODE}").json()["asks"][0][0]
-        assert kis.order("TTTC0012U", CODE, 10, ask).json()["rt_cd"] == "0"
-        held = admin.get(f"/admin/accounts/{twin.account}").json()["holdings"][CODE]
+        admin, kis, held = holding_ten(twin)
         admin.post("/admin/clock/close").raise_for_status()
         last = int(kis.price(CODE).json()["output"]["stck_prpr"])
         # (a string is no answer: "false" read as a real split, a review)
