@@ -331,7 +331,13 @@ class Gateway:
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
-        self.day.on_new_day += [self.md.new_day, self.notices.new_day, self.universe_binder.new_day, self._new_day]
+        self.day.on_new_day += [
+            self.md.new_day,
+            self.notices.new_day,
+            self.universe_binder.new_day,
+            self.protection.new_day,
+            self._new_day,
+        ]
         self.day.closes_before = self._closes_before
         self.operator = Operator(self)  # status, control, offline agents, notifier, equity (server/operator.py)
         self.alerts.sinks.append(self.operator.on_alert)

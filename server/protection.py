@@ -83,7 +83,6 @@ MAX_ACTIVE = 100  # active protections per agent
 HOLDER = "protection"  # who holds the trade registrations of protected codes (server/subscriptions.py)
 _RETRY_NS = 1_000_000_000
 # an exit refused by the gateway itself before it was sent: not an attempt the market refused
-_HALF_DAY_NS = 12 * 3600 * 10**9
 _OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})
 _DENIED_RETRY_NS = 5_000_000_000
 _SAVE_HIGHS_NS = 1_000_000_000
@@ -145,8 +144,8 @@ class ProtectionDesk:
         self._halt_told: set[tuple[str, str]] = set()  # (agent, code) told of its halt (until the code trades again)
         # code -> (day, market ns) its prints went off the scale of its close before today (told then)
         self._off_since: dict[str, tuple[str, int]] = {}
-        # code -> market ns of its first print of the day (a session's prints span less than half a day): a protection
-        # set since is in the day's prices (_todays_prices)
+        # code -> market ns of its first print of the day (cleared by new_day): a protection set since is in the day's
+        # prices (_todays_prices)
         self._first_print: dict[str, int] = {}
         book.listeners.append(self._after_commit)
 
@@ -327,6 +326,10 @@ class ProtectionDesk:
             out.append(f"{p.agent}'s protective order {pid}: {was} → {now}")
         return out
 
+    def new_day(self, day: str) -> None:
+        """The market day rolled (TradingDay.on_new_day): the codes' first prints are the new day's to come."""
+        self._first_print.clear()
+
     def _todays_prices(self, code: str) -> str:
         """The day (YYYYMMDD) a protection set now is in the prices of, as `rebased_on` says it (a rebase of that day
         passes it by): today once the code's base is confirmed as today's or it printed today ("" before: set in the
@@ -417,9 +420,8 @@ class ProtectionDesk:
     def on_trade(self, code: str, price: int) -> None:
         if self._halts and code in self._halts:
             self._trades_again(code)
-        now = self.book.now_ns()
-        if now - self._first_print.get(code, 0) >= _HALF_DAY_NS:  # (the code's first print of a day: rebase)
-            self._first_print[code] = now
+        if code not in self._first_print:  # (the code's first print of the day: one lookup a print; new_day clears)
+            self._first_print[code] = self.book.now_ns()
         ids = self.by_code.get(code)
         if not ids:
             return

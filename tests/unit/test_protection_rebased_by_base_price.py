@@ -28,7 +28,7 @@ def next_session(h: Harness) -> None:
     h.portfolio.roll_day(day="20261123")
     p = h.protection.active[PID]
     h.protection.active[PID] = msgspec.structs.replace(p, created_ns=p.created_ns - 86_400 * 10**9)
-    h.protection._first_print.clear()  # (no print of the code yet this morning)
+    h.protection.new_day("20261123")  # (no print of the code yet this morning)
 
 
 def gateway_of(h: Harness, **parts: object) -> types.SimpleNamespace:
