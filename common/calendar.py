@@ -258,6 +258,18 @@ def calendar_gaps(day: dt.date) -> list[str]:
     return out
 
 
+_ONE_DAY = dt.timedelta(days=1)
+
+
+def next_session(day: str) -> str:
+    """next_trading_day of "YYYY-MM-DD..." as YYYY-MM-DD (a backtest asks it for each day it orders on:
+    no memo, which cost more than the answer)."""
+    d = dt.date.fromisoformat(day[:10]) + _ONE_DAY
+    while not is_trading_day(d):
+        d += _ONE_DAY
+    return d.isoformat()
+
+
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """Trading days in [start, end]."""
     out: list[dt.date] = []

@@ -177,6 +177,7 @@ class SessionTimes:
         return _PHASES_FROM[i - 1] if i else Phase.PRE_OPEN
 
 
+_NORMAL_EDGES_US = _edges_us(calendar.NORMAL_HOURS)
 _KST_US = 9 * 3_600_000_000
 _DAY_US = 86_400_000_000
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -195,7 +196,10 @@ def _phase_in_day(day: int, us: int) -> Phase:
     edges = _DAY_EDGES.get(day, _UNSEEN)
     if edges is _UNSEEN:
         hours = session_hours(dt.date.fromordinal(day + _EPOCH_ORDINAL))
-        edges = _DAY_EDGES[day] = _edges_us(hours) if hours is not None else None
+        # (most days keep the normal hours: their boundaries without hashing the hours)
+        edges = _DAY_EDGES[day] = (
+            None if hours is None else _NORMAL_EDGES_US if hours is calendar.NORMAL_HOURS else _edges_us(hours)
+        )
     if edges is None:
         return Phase.CLOSED
     i = bisect.bisect_right(edges, us)

@@ -89,6 +89,10 @@ ORDER_DIVISIONS: dict[tuple[OrderType, TimeInForce], str] = {
     (OrderType.BEST, TimeInForce.IOC): "15",
     (OrderType.BEST, TimeInForce.FOK): "16",
 }
+# every pair the gate passes: the table's, and a held order whose DAY pair is in it (the gate's first test)
+_SENDABLE = frozenset(ORDER_DIVISIONS) | {
+    (o, held) for o, t in ORDER_DIVISIONS if t is TimeInForce.DAY for held in HELD_TIFS
+}
 _ACTIVE, _HALTED, _REDUCING, _READY = (
     TradingState.ACTIVE,
     TradingState.HALTED,
@@ -481,7 +485,7 @@ def _gates(
     start, price."""
     if qty <= 0:
         return ErrorCode.BAD_ORDER, "quantity must be positive"
-    if (order_type, tif) not in ORDER_DIVISIONS and (why := unsendable(order_type, tif)):
+    if (order_type, tif) not in _SENDABLE and (why := unsendable(order_type, tif)):
         # refused here, not by the adapter after the intent is written (a local refusal there counted as
         # a broker error toward the kill switch)
         return ErrorCode.BAD_ORDER, why

@@ -205,6 +205,10 @@ class SimBroker:
         # same dict as `base` (a day's close is the next day's base); intraday the engine splits them.
         self.last: dict[str, int] = self.base
         self.fills: list[FillRecord] = []
+        # the agent's fills at a price other than their bar's open (inside the bar: maybe after the card's end
+        # of day, which a daily bar cannot tell), counted as they happen for the engine's warning, and the first
+        self.inside = 0
+        self.first_inside: FillRecord | None = None
         self.fees = 0
         self.taxes = 0
         self.traded_value = 0
@@ -749,6 +753,10 @@ class SimBroker:
             at=bar.start,
         )
         self.fills.append(rec)
+        if price != bar.open and not placed_by_gateway(coid):
+            self.inside += 1
+            if self.first_inside is None:
+                self.first_inside = rec
         notes.append(("fill", rec, fid, ts_ns, pos))
 
     def gateway_coid(self, day: str) -> str:

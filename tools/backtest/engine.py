@@ -61,10 +61,9 @@ import msgspec
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import NORMAL_HOURS, close_delay, known_year, late_hours_of, next_trading_day
+from common.calendar import NORMAL_HOURS, close_delay, known_year, late_hours_of, next_session
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
-from common.ids import placed_by_gateway
 from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
@@ -200,16 +199,6 @@ _TIF_NEXT = TimeInForce.NEXT_SESSION
 EOD_BEFORE_BAR, EOD_AFTER_BAR = 1, 2  # Backtest.eod_at: the end of day before the bar's on_bar, or after it
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
-_NEXT_SESSION: dict[str, str] = {}
-
-
-def _next_session(day: str) -> str:
-    """The KRX calendar's next session after `day` (memoised per day: a rarely trading strategy asks for
-    a few hundred days, cheaper than a whole table of sessions per year)."""
-    got = _NEXT_SESSION.get(day)
-    if got is None:
-        got = _NEXT_SESSION[day] = next_trading_day(dt.date.fromisoformat(day)).isoformat()
-    return got
 
 
 @functools.lru_cache(maxsize=65536)
@@ -223,6 +212,13 @@ def _day_ns(day: str) -> int:
 _SESSION_NS: dict[str, tuple[int, int]] = {}
 
 
+def _minute_ns(t: dt.time) -> int:
+    return (t.hour * 60 + t.minute) * 60_000_000_000
+
+
+_NORMAL_NS = (_minute_ns(NORMAL_HOURS[0]), _minute_ns(NORMAL_HOURS[1]))  # the open and close after midnight
+
+
 def _session_ns(day: str) -> tuple[int, int]:
     """The session's open and close on `day` in ns since the epoch, by the KRX calendar: 09:00-15:30,
     an hour later on a late-opening day (the year's first session, the college entrance exam); the
@@ -232,10 +228,10 @@ def _session_ns(day: str) -> tuple[int, int]:
         # a cold run works this out for every bar time it orders in: the calendar's table of late
         # sessions and one date object, not session_hours' walk through the calendar
         year = int(day[:4])
-        hours = late_hours_of(year).get(day, NORMAL_HOURS) if known_year(year) else NORMAL_HOURS
-        o, c = hours[0].hour * 60 + hours[0].minute, hours[1].hour * 60 + hours[1].minute
+        hours = late_hours_of(year).get(day) if known_year(year) else None
+        o, c = _NORMAL_NS if hours is None else (_minute_ns(hours[0]), _minute_ns(hours[1]))
         midnight = ((dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
-        got = _SESSION_NS[day] = (midnight + o * 60_000_000_000, midnight + c * 60_000_000_000)
+        got = _SESSION_NS[day] = (midnight + o, midnight + c)
     return got
 
 
@@ -751,20 +747,12 @@ class Backtest:
                 f"end_of_day = {policy} at {end}: the bars of {len(short):,} of {days:,} days stop before it (by "
                 f"{last // 60:02d}:{last % 60:02d}): {what}"
             ]
-        inside = []
-        for f in self.broker.fills:
-            if placed_by_gateway(f.client_order_id):
-                continue
-            starts = self.starts[f.code]
-            i = bisect.bisect_left(starts, f.at)
-            if i < len(starts) and starts[i] == f.at and f.price != self.bars[f.code][i].open:
-                inside.append(f)
-        if not inside:
+        first, inside = self.broker.first_inside, self.broker.inside
+        if first is None:
             return []
-        first = inside[0]
         return [
             f"end_of_day = {policy} at {end}: a daily bar cannot tell fills "
-            f"after it; live cancels the order then ({len(inside):,} fills inside a bar kept as filled, the first "
+            f"after it; live cancels the order then ({inside:,} fills inside a bar kept as filled, the first "
             f"{first.day} {first.code} {first.side.value} {first.qty:,} at {first.price:,}; "
             '[schedule] end_of_day = "hold" for orders meant to work the whole session)'
         ]
@@ -872,7 +860,7 @@ class Backtest:
             if self.intraday:
                 got = day
             else:
-                got = _next_session(day)
+                got = next_session(day)
                 if step + 1 < len(times):
                     got = min(got, times[step + 1][:10])
             self._entry[step] = got

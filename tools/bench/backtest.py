@@ -135,7 +135,6 @@ def inline_loop(bars: list[Bar], cash: int = CASH) -> list[tuple[str, str, int, 
 def _cold() -> None:
     bt_engine._day_ns.cache_clear()
     bt_engine._time.cache_clear()
-    bt_engine._NEXT_SESSION.clear()
     bt_engine._SESSION_NS.clear()
     # the calendar's tables too (late sessions, a day's phase boundaries): a fresh process builds them
     calendar.late_hours_of.cache_clear()
