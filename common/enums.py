@@ -147,8 +147,8 @@ class AlertKind(StrEnum):
     # listed), an equity peak reset, the risk multiplier set (who did it is in the text)
     OPERATOR = "operator"
     # orders the gateway was told to send did not go out: flatten sells the risk gate denied (the
-    # operator's or an end-of-day flatten: the shares are still held), next-session orders still
-    # waiting for their code's base price into the session
+    # operator's or an end-of-day flatten: the shares are still held) or that expired unsold at the close,
+    # next-session orders still waiting for their code's base price into the session
     NOT_SENT = "not_sent"
     # the gateway's life, told to a person (information, not critical): started (host, pid, run folder,
     # broker environment) and stopping (why); a gateway that dies without a word is the heartbeat's to tell

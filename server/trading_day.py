@@ -760,6 +760,41 @@ class TradingDay:
                 n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
             log.info("end of day %s for %s: flatten missed, %d sells held for the next session", day, agent, n)
 
+    def _hold_unsold_flattens(self, day: str) -> None:
+        """After the close's expiry: an agent whose end-of-day flatten ran today and still holds shares -- its market
+        sells expired unsold (a code locked at its lower limit all afternoon, or halted) -- has them held for the next
+        session's open, as a flatten that came after the close; a person is told (the card promised no position
+        overnight; the sells' expiry alone said nothing). Shares a held sell already covers (a protective exit placed
+        again for the open) are left to it; run again (a close tried twice), it finds them covered."""
+        cleaned = self.cycle.cleaned_on(day)
+        for card in self.cards():
+            agent = card.id
+            if (
+                card.schedule.end_of_day is not EndOfDay.FLATTEN
+                or agent not in cleaned
+                or agent in self._missed_flatten  # (its own sells are queued for the open)
+                or self.desk.is_flattening(agent)  # (the desk holds them itself once its orders are closed)
+                or not (left := self._unsold(agent))
+            ):
+                continue
+            why = "end of day: flatten (unsold at the close)"
+            with self.book.store.transaction():
+                n = self._sell_next_session(card, why)
+            self.alert(
+                f"{agent}: end of day: flatten: its sells did not sell everything by the close ({shares_text(left)} "
+                f"left: a code locked at its lower limit, or halted?): held overnight, {n} market sells held for the "
+                "next session's open",
+                AlertKind.NOT_SENT,
+            )
+
+    def _unsold(self, agent: str) -> dict[str, int]:
+        """code -> shares `agent` holds that none of its held sells (for a next session) covers."""
+        out = self.book.portfolio.holding(agent)
+        for o in self.book.held.values():
+            if o.agent == agent and o.side is Side.SELL and o.code in out:
+                out[o.code] -= o.remaining
+        return {c: q for c, q in out.items() if q > 0}
+
     def _sell_next_session(self, card: AgentCard, why: str) -> int:
         """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
         the desk releases them at the open): the desk's flatten, for a market that is closed. Numbered
@@ -773,11 +808,15 @@ class TradingDay:
         day = book.clock.now().date()
         n = book.last_gateway_number(agent)
         sent = 0
+        unsold = self._unsold(agent)  # (shares its held sells cover are theirs: not sold twice, not 'missing')
         for pos in positions:
-            have = book.portfolio.exit_qty(agent, pos.code, pos.qty)  # what the account still holds (see exit_qty)
-            if have < pos.qty:
+            want = unsold.get(pos.code, 0)
+            if want <= 0:
+                continue
+            have = book.portfolio.exit_qty(agent, pos.code, want)  # what the account still holds (see exit_qty)
+            if have < want:
                 self.alert(
-                    f"{agent}: {why}: {pos.qty - have} of its {pos.qty} {pos.code} are not in the account (sold "
+                    f"{agent}: {why}: {want - have} of its {pos.qty} {pos.code} are not in the account (sold "
                     "outside ktrader: see the 'external is short' alert): sell or buy back by hand",
                     AlertKind.NOT_SENT,
                 )
@@ -831,6 +870,7 @@ class TradingDay:
                 }
                 self.recon.expire_through(day, keep=earlier)
                 self.desk.release_due(wait=())  # held orders for today that never went out expire now
+                self._hold_unsold_flattens(day)
             elif left := [
                 c
                 for c, o in self.book.orders.items()

@@ -71,6 +71,7 @@ class FakeBroker(BrokerPort):
         self.lose_next: set[str] = set()  # "modify" / "cancel": act, then lose the answer (BrokerUnknownOutcome)
         self.lose_before: set[str] = set()  # "modify" / "cancel": lose the request before the broker sees it
         self.mute: set[str] = set()  # "modify": the broker acts but sends no notice of it
+        self.no_buyers: set[str] = set()  # codes locked at their lower limit: a sell rests unfilled, market ones too
         self._stamp_s, self._stamp = 0, ""
 
     @property
@@ -154,6 +155,8 @@ class FakeBroker(BrokerPort):
         marketable = order.order_type is OrderType.MARKET or (
             order.price >= self.ref_price if order.side is Side.BUY else order.price <= self.ref_price
         )
+        if order.side is Side.SELL and order.code in self.no_buyers:
+            marketable = False
         if marketable:
             px = order.price if order.order_type is OrderType.LIMIT else self.ref_price
             o["filled"], o["value"], o["open"] = order.qty, order.qty * px, False

@@ -170,6 +170,55 @@ async def test_an_end_of_day_flatten_whose_cancel_ends_after_the_close_holds_nex
         await rig.close()
 
 
+async def test_an_end_of_day_flatten_whose_sells_expire_unsold_holds_next_session_sells(tmp_path: Path) -> None:
+    """The code locked at its lower limit from 15:00: the flatten's market sell rests unfilled and the close
+    expires it. Its shares are held for the next session's open and a person is told (the sell's expiry alone
+    said nothing: the card's promise of no position overnight broken in silence, again the next day)."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker.no_buyers.add(CODE)
+        await tick(rig, "15:20")
+        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        await tick(rig, "15:31:30")
+        assert rig.day.cycle.is_closed("20261204")
+        assert sells(h) == [(10, OrderState.EXPIRED, TimeInForce.DAY), (10, OrderState.HELD, TimeInForce.NEXT_SESSION)]
+        [held] = [o for o in h.book.held.values() if o.agent == "flat"]
+        assert held.order_type is OrderType.MARKET and held.valid_day == "20261207"  # Monday's open
+        [told] = rig.alerted(AlertKind.NOT_SENT)
+        assert "did not sell everything by the close" in told and "10 005930" in told, told
+        assert "held for the next session" in told, told
+        await tick(rig, "15:40")
+        assert len(sells(h)) == 2  # not again
+    finally:
+        await rig.close()
+
+
+async def test_a_flatten_held_for_the_open_leaves_shares_a_held_sell_covers_to_it(tmp_path: Path) -> None:
+    """The gateway was down at 15:20: the missed flatten holds market sells for the next open. Of the 10 shares,
+    4 are already covered by the agent's own sell for the next session (placed at 15:25, after its end of day):
+    the flatten holds 6 more, not 10 (the broker would refuse the excess), and says nothing of shares 'not in
+    the account' (it said 4 of 10 were sold outside ktrader)."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        rig.at(at("15:25"))
+        evening = NewOrder(
+            client_order_id="flat-20261204-2",
+            code=CODE,
+            side=Side.SELL,
+            qty=4,
+            order_type=OrderType.MARKET,
+            tif=TimeInForce.NEXT_SESSION,
+        )
+        assert h.desk.submit(FLAT, evening).accepted
+        await tick(rig, "15:31:30")
+        assert sorted(o.qty for o in h.book.held.values() if o.agent == "flat") == [4, 6]
+        assert not [t for t, _ in rig.alerts if "not in the account" in t], rig.alerts
+    finally:
+        await rig.close()
+
+
 async def test_an_end_of_day_flatten_waiting_for_the_session_past_the_close_holds_next_session_sells(
     tmp_path: Path,
 ) -> None:
