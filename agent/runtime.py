@@ -404,6 +404,7 @@ class AgentRuntime(AgentServicesMixin):
         # why a strategy error stopped the agent (card on_error = "stop"; "": it did not): it exits EXIT_STRATEGY
         self._strategy_stop = ""
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
+        self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
         self._timer_s = 0.0
         self._next_timer_ns: int | None = None  # on the market's clock (ctx.now()), like a backtest's timer
         self._last_ack = 0.0
@@ -741,12 +742,13 @@ class AgentRuntime(AgentServicesMixin):
             self._loop(wake_r)
             if self._strategy_stop:
                 self._leaving = f"stopped after a strategy error (on_error = stop): {self._strategy_stop}"
+                self._exit_code = EXIT_STRATEGY
                 self.log.error("%s: exit %d", self._leaving, EXIT_STRATEGY)
                 return EXIT_STRATEGY
             return EXIT_OK
         except AgentExit as e:
             self.log.error("%s", e)
-            self._leaving = str(e)[:300]
+            self._leaving, self._exit_code = str(e)[:300], e.code
             return e.code
         finally:
             self._shutdown()
@@ -1438,7 +1440,8 @@ class AgentRuntime(AgentServicesMixin):
             self.strategy = None
         if self.client is not None:
             try:
-                self.client.request(Unregister(h=self.headers(), reason=self._leaving), timeout_s=1.0)
+                bye = Unregister(h=self.headers(), reason=self._leaving, exit_code=self._exit_code)
+                self.client.request(bye, timeout_s=1.0)
             except KtraderError:
                 pass
             self.client.close()

@@ -226,6 +226,9 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
 
 class Unregister(_Msg, tag="unregister", frozen=True):
     reason: str = ""
+    # the code the agent process exits with (agent/runtime.py EXIT_*): 0 a clean stop; else a failure (its on_start
+    # raised, a strategy error stopped it, its card was refused), which the gateway shows and, repeated, tells
+    exit_code: int = 0
 
 
 class SubmitOrders(_Msg, tag="submit", frozen=True):

@@ -60,6 +60,11 @@ MAX_REPLAY = 500  # events sent back with a registration (well under a frame); m
 # meta: {agent: [process session, pause number]} of the self-pauses the gateway took, written with the REDUCING
 # state they set: after a restart the same pause is not taken as a new one (REDUCING again, a person paged)
 PAUSES_KEY = "self_pauses"
+# an agent that leaves with a failure this many times within FAILING_WINDOW_S (a supervisor restarting an agent
+# whose on_start raises, every few seconds, for days): a person is told once, then again after FAILING_RETELL_S
+FAILING_LEAVES = 3
+FAILING_WINDOW_S = 600.0
+FAILING_RETELL_S = 3600.0
 
 Publish = Callable[[SystemEventKind, str, str], None]
 
@@ -108,6 +113,9 @@ class AgentSessions:
         # agent -> (process session, number) of the latest skipped daily decision told (FeedHealth.skipped_n); a
         # restarted gateway tells it again once (a second page beats none)
         self._skips: dict[str, tuple[str, int]] = {}
+        # agent -> when (monotonic) it left with a failure, within FAILING_WINDOW_S; and when that was last told
+        self._failed_leaves: dict[str, list[float]] = {}
+        self._failing_told: dict[str, float] = {}
         store = self._store()
         raw = store.get_meta(PAUSES_KEY) if store is not None else ""
         if store is not None and raw:
@@ -326,9 +334,35 @@ class AgentSessions:
 
     def unregister(self, rec: AgentRecord, route: bytes, msg: Unregister) -> Message:
         self.registry.unregister(rec)
+        if msg.exit_code:
+            self._failed_leave(rec, msg)
         self.offline(rec.id, msg.reason or "unregistered")
         log.info("agent %s unregistered (%s)", rec.id, msg.reason)
         return Ack(h=self.headers(msg.h.mid), message="bye")
+
+    def _failed_leave(self, rec: AgentRecord, msg: Unregister) -> None:
+        """The agent stopped with a failure (its on_start raised, a strategy error, a card refused): the record shows
+        it (status, console: a failure before its first heartbeat left nothing there), and an agent failing again
+        and again -- a supervisor restarting it every few seconds -- is told to a person once (then hourly)."""
+        why = msg.reason or f"exit {msg.exit_code}"
+        log.warning("agent %s stopped with a failure (exit %d): %s", rec.id, msg.exit_code, why)
+        rec.errors += 1
+        rec.last_error = why
+        rec.error_ns = market_ns(self.book.clock)
+        now = self.registry.clock()
+        times = [t for t in self._failed_leaves.get(rec.id, []) if now - t <= FAILING_WINDOW_S] + [now]
+        self._failed_leaves[rec.id] = times
+        told = self._failing_told.get(rec.id)
+        if len(times) < FAILING_LEAVES or (told is not None and now - told < FAILING_RETELL_S):
+            return
+        self._failing_told[rec.id] = now
+        self.risk.alert(
+            f"{rec.id} keeps stopping with a failure: {len(times)} times in {(now - times[0]) / 60:.0f} min "
+            f"(registered {rec.registrations} times since the gateway started); the last: {why}. Something restarts "
+            f"it: fix its card or strategy (its log says more), or stop it",
+            kind=AlertKind.AGENT_OFFLINE,
+            agent=rec.id,
+        )
 
     def get_snapshot(self, rec: AgentRecord, route: bytes, msg: GetSnapshot) -> Message:
         return SnapshotReply(h=self.headers(msg.h.mid), snapshot=self.snapshot(rec))

@@ -265,6 +265,9 @@ def test_on_start_failing_leaves_the_missed_bar_for_the_next_start(
     assert second.returncode == EXIT_STRATEGY, log[-2000:]
     assert "on_start failed: RuntimeError: on_start bug (at " in log and "1 missed daily bars are left" in log
     assert "CATCH-UP" not in log and "EDGE bar" not in log
+    # the failure came before its first heartbeat: the gateway's record has it from the agent's goodbye
+    said = _agent_status(run, "ed").last_error
+    assert "EdgeDaily: on_start failed" in said, said
     third = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="third")  # fixed
     wait_for(lambda: BAR in procs.log(third), 60, what="the missed bar caught up at the next start")
     assert f"CATCH-UP 000660 1d {DAY}" in procs.log(third)
