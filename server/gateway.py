@@ -27,16 +27,18 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import zmq
 
 from common import approvals, credentials
+from common.views import trading_word
 from common.aio import wait_set
 from common.calendar import calendar_gaps, previous_trading_day
 from common.clock import date_of, elapsed_ns, kst_from_ns
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info, remove_info, write_info
 from common.freshness import Freshness
-from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind
+from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind, TradingState
 from common.framing import Codec
 from common.krx import Phase
 from common.market_clock import MarketClock, WallClock, market_ns
@@ -103,6 +105,7 @@ from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
 from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
+from server.notifier import Alert
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
 from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait, retry_after
@@ -132,6 +135,8 @@ def _day_after(day: str) -> str:
 
 # meta key (+ code): the last day (YYYYMMDD) the code's confirmed base was found on the scale of its stored close
 _SCALE_CHECKED = "scale_checked:"
+# the alerts the notifier has not delivered yet (server/notifier.py undelivered): a restart sends them again
+_UNDELIVERED = "notify:undelivered"
 
 
 _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its price scale"
@@ -203,6 +208,7 @@ class Gateway:
         self._store_failure: Exception | None = None
         self.run_lock: RunLock | None = None  # the run folder's lock, when run as a process (server/app.py)
         self._folder: RunFolderWatch | None = None
+        self._undelivered_kept = b"[]"  # what the store holds under _UNDELIVERED (rewritten when it changes)
         self._folder_checked = 0.0
         self._wal_alert_bytes = WAL_ALERT_BYTES
         self.registry = Registry(cfg.lease_s)
@@ -717,6 +723,7 @@ class Gateway:
         )
         if previous is not None:
             self._tell_unclean_stop(previous)
+        self._raise_undelivered()
         self._check_calendar(self.book.day())
         self.router.drain()  # anything that arrived before the reader was armed
         try:
@@ -752,13 +759,41 @@ class Gateway:
         orders = [o for o in self.book.orders.values() if o.state in OPEN]
         doubt = sum(1 for o in orders if o.state is OrderState.UNKNOWN or o.in_doubt)
         started = kst_from_ns(previous.started_ns).strftime("%Y-%m-%d %H:%M:%S")
+        state = self.risk.global_state
+        said = trading_word(state, self.risk.paused())
+        halted = "" if state is TradingState.ACTIVE else f"; trading stays {said}, as it was (resume to trade)"
         text = (
             f"the previous gateway of this folder (pid {previous.pid}, started {started}) ended without its clean "
             f"stop (killed, crashed, out of memory or power lost: its log says which); this start found "
             f"{len(orders)} open orders, {doubt} of them in doubt (checked with the broker at the first "
-            "reconciliation, never sent again)"
+            f"reconciliation, never sent again){halted}"
         )
         self.alerts(text, AlertKind.GATEWAY_RESTARTED, subject=self.headers.sid)  # on the screens too, kept
+
+    def _raise_undelivered(self) -> None:
+        """The alerts the previous gateway of this folder raised and never delivered (a channel down, then a kill -9
+        or a stop with them queued): raised again, each saying when it was raised (at least once: one delivered just
+        before a kill may come twice)."""
+        raw = self.store.get_meta(_UNDELIVERED)
+        self._undelivered_kept = raw.encode()  # (rewritten at the next change: these once delivered, "[]")
+        if not raw:
+            return
+        try:
+            kept = msgspec.json.decode(raw, type=list[Alert])
+        except msgspec.MsgspecError as e:  # (never written so)
+            log.error("the alerts left undelivered before this start are unreadable: %s", e)
+            return
+        if kept:
+            n = self.operator.notifier.raise_again(kept, "before this gateway's start")
+            log.warning("%d alerts the previous gateway never delivered: %d queued again", len(kept), n)
+
+    def _keep_undelivered(self) -> None:
+        """The notifier's undelivered alerts into the store when they changed (the lease loop; the stop)."""
+        raw = msgspec.json.encode(self.operator.notifier.undelivered())
+        if raw != self._undelivered_kept:
+            with self.store.write(atomic=False):
+                self.store.set_meta(_UNDELIVERED, raw.decode())
+            self._undelivered_kept = raw
 
     def _install_master(self, master: StockMaster) -> None:
         """The stock master the gateway judges codes by (at start, and each newer copy downloaded)."""
@@ -873,6 +908,12 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._store_failure is None:
+            try:  # what the notifier's stop could not deliver, for the next start
+                with self.store.transaction():
+                    self._keep_undelivered()
+            except Exception:
+                log.exception("the undelivered alerts not kept")
         await self.md.stop()  # (its retries of daily bars the broker did not give at the close)
         await self.core.stop()
         self.zap.stop()
@@ -900,6 +941,7 @@ class Gateway:
                 # minute is told on the screen only (a kind would queue it on the failing channel)
                 for text in self.operator.notifier.tick():
                     self.alerts(text)
+                self._keep_undelivered()
             except Exception:
                 self.counters["notifier_errors"] += 1
                 log.exception("notifier tick failed")

@@ -42,7 +42,9 @@ import logging
 import math
 import os
 import smtplib
+import socket
 import ssl
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -105,6 +107,9 @@ class Alert:
 
 class Channel(Protocol):
     name: str
+    # (optional) the longest one send may take in all; SEND_DEADLINE_S without it. A receiver that answers a byte at a
+    # time never trips a per-read timeout: the whole send is bounded, or the lane waits for good showing "OK"
+    # deadline_s: float
 
     async def send(self, alert: Alert, text: str) -> None:
         """Deliver `text` (the alert's line plus any rate-limit summary); raise on failure."""
@@ -169,6 +174,7 @@ class WebhookChannel:
         self.gateway = gateway
         self.url = os.environ.get(cfg.url_env, "") if cfg.url_env else cfg.url
         self.name = f"webhook:{cfg.shape.value}"
+        self.deadline_s = cfg.timeout_s * 2  # a connect and an answer, each within the timeout
         self._client: httpx.AsyncClient | None = None
 
     def body(self, alert: Alert, text: str) -> dict[str, object]:
@@ -227,6 +233,7 @@ class SmtpChannel:
         self.cfg = cfg
         self.gateway = gateway
         self.name = f"smtp:{cfg.host}:{cfg.port}"
+        self.deadline_s = cfg.timeout_s * 3  # the greeting, the login and the message, each within the timeout
 
     def message(self, alert: Alert, text: str) -> EmailMessage:
         msg = EmailMessage()
@@ -237,10 +244,10 @@ class SmtpChannel:
         msg.set_content(f"{text}\n\nkind: {alert.kind.value}\nagent: {alert.agent or '-'}\ntime: {when}\n")
         return msg
 
-    def _send_blocking(self, msg: EmailMessage) -> None:
+    def _send_blocking(self, msg: EmailMessage, s: smtplib.SMTP) -> None:
         c = self.cfg
-        smtp_cls = smtplib.SMTP_SSL if c.ssl else smtplib.SMTP
-        with smtp_cls(c.host, c.port, timeout=c.timeout_s) as s:
+        with s:
+            s.connect(c.host, c.port)
             if c.starttls and not c.ssl:
                 s.starttls(context=ssl.create_default_context())
             if c.username:
@@ -248,8 +255,22 @@ class SmtpChannel:
             s.send_message(msg)
 
     async def send(self, alert: Alert, text: str) -> None:
+        # smtplib blocks: off the loop, on a daemon thread of its own (a thread of the default pool cannot be
+        # stopped, and the gateway's exit waits for that pool: a server dripping its greeting a byte a second held
+        # a stopped gateway, and its run folder, for as long). Cancelled (the lane's deadline, the gateway's stop),
+        # the connection is shut down under the thread, which then ends at once.
+        s = smtplib.SMTP_SSL(timeout=self.cfg.timeout_s) if self.cfg.ssl else smtplib.SMTP(timeout=self.cfg.timeout_s)
+        msg = self.message(alert, text)
         try:
-            await asyncio.to_thread(self._send_blocking, self.message(alert, text))  # smtplib blocks: off the loop
+            await in_daemon_thread(lambda: self._send_blocking(msg, s))
+        except asyncio.CancelledError:
+            sock = s.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # (a close alone does not wake a thread blocked reading it)
+                except OSError:
+                    pass
+            raise
         except (OSError, smtplib.SMTPException) as e:
             # refused credentials or addresses do not heal by retrying: a configuration problem
             config = isinstance(
@@ -259,6 +280,31 @@ class SmtpChannel:
 
     async def close(self) -> None:
         pass
+
+
+async def in_daemon_thread(fn: Callable[[], None]) -> None:
+    """Run `fn` on a daemon thread of its own and wait for it: cancelling the wait leaves the thread to end by
+    itself, and a thread still blocked then never holds the process's exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(e: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(e) if e is not None else done.set_result(None)
+
+    def run() -> None:
+        err: BaseException | None = None
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
+            err = e
+        try:
+            loop.call_soon_threadsafe(settle, err)
+        except RuntimeError:  # the loop closed meanwhile (the gateway stopped): nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="notifier-send", daemon=True).start()
+    await done
 
 
 def channels_for(cfg: NotifyConfig, gateway: str = "") -> list[Channel]:
@@ -281,6 +327,8 @@ CRITICAL: frozenset[AlertKind] = frozenset(
     }
 )
 
+# the gateway's own life: told by each process of itself, never sent again by the next (Notifier.undelivered)
+_LIFE = frozenset({AlertKind.GATEWAY_STARTED, AlertKind.GATEWAY_STOPPING, AlertKind.GATEWAY_RESTARTED})
 BACKOFF_FIRST_S = 1.0  # a failed send is tried again after 1, 2, 4 ... s
 BACKOFF_MAX_S = 60.0
 # a non-critical alert not delivered this long after it was raised is stale: given up (one log line), and
@@ -290,6 +338,7 @@ GIVE_UP_S = 900.0
 # a channel (or the heartbeat) failing this long: told on the screen, once per outage, and in the other channels'
 # messages; a critical alert delivered by no channel this long: the heartbeat pings its failure URL
 OUTAGE_ALERT_S = 60.0
+SEND_DEADLINE_S = 30.0  # one send in all, for a channel that names no deadline of its own (Channel.deadline_s)
 HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
 POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
@@ -407,6 +456,7 @@ class _Lane:
         self.ch = ch
         self.name = name or ch.name  # unique among the notifier's channels (the status is keyed by it)
         self.cap = owner.cfg.queue_size
+        self.deadline_s = float(getattr(ch, "deadline_s", SEND_DEADLINE_S))  # one send in all (Channel)
         self.queue: deque[_Item] = deque()
         self.inflight: list[_Item] = []
         # Dedup is per channel and stamped on delivery: a repeat is suppressed only where the alert is
@@ -564,7 +614,10 @@ class _Lane:
             self.queue.remove(it)
         self.inflight = batch
         try:
-            await self.ch.send(batch[0].alert, self._text(batch, why))
+            try:
+                await asyncio.wait_for(self.ch.send(batch[0].alert, self._text(batch, why)), self.deadline_s)
+            except TimeoutError:
+                raise SendError("timed out", f"not delivered within {self.deadline_s:.0f} s") from None
         except asyncio.CancelledError:  # stopping: counted as not delivered
             self.queue.extend(batch)
             raise
@@ -990,6 +1043,26 @@ class Notifier:
         if accepted and kind in CRITICAL and not told:
             self._unreached.setdefault(key, now)
         return accepted
+
+    def undelivered(self) -> list[Alert]:
+        """The alerts some channel has not delivered yet (queued, or being sent), each once, oldest first, but the
+        gateway's own life (started, stopping, restarted): what the gateway keeps in its store for a restart to send
+        again (a kill -9 lost them: the halt raised while the mail server was down never arrived)."""
+        first: dict[_Key, _Item] = {}
+        for lane in self._lanes:
+            for it in (*lane.inflight, *lane.queue):
+                if it.alert.kind not in _LIFE and (it.key not in first or it.seq < first[it.key].seq):
+                    first[it.key] = it
+        return [it.alert for it in sorted(first.values(), key=lambda it: it.seq)]
+
+    def raise_again(self, alerts: Sequence[Alert], when: str) -> int:
+        """Alerts an earlier gateway raised and never delivered (`undelivered`, kept in the store), raised again,
+        each saying when it was raised; returns how many were queued."""
+        n = 0
+        for a in alerts:
+            raised = kst_from_ns(a.ts_ns).strftime("%m-%d %H:%M:%S")
+            n += self.alert(a.kind, f"{a.text} (raised {raised} {when}; not delivered then)", a.agent, a.subject)
+        return n
 
     def reached(self, key: _Key) -> None:
         """A channel delivered the alert of `key`: someone has been told."""
