@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -462,6 +463,21 @@ def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
     return out
 
 
+def url_problem(url: str) -> str:
+    """Why `url` cannot be posted to ("" none): not http(s), no host, a port that is not a number. Never quotes it
+    (it often holds a secret). Retried at each alert, such a URL only ever said 'not delivered'."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        return f"the URL cannot be read ({str(e).split(':')[0]})"
+    if parts.scheme not in ("http", "https"):
+        return "the URL must start with https:// (or http://)"
+    if not parts.hostname:
+        return "the URL has no host"
+    return ""
+
+
 def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str] | None) -> list[tuple[str, str]]:
     """(field, why) for alert channels that could never deliver (they would pass the start, and the
     first alert a person needs would be lost). `environ` is where url_env/password_env are read (None:
@@ -475,8 +491,16 @@ def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str] | None) -> lis
             out.append((f"{where}.url_env", f"the environment variable {w.url_env} is not set (it holds the URL)"))
         elif not w.url and not w.url_env:
             out.append((where, f"a {w.shape.value} webhook needs url_env (the name of a variable holding the URL)"))
+        url = w.url or (environ.get(w.url_env, "") if environ is not None and w.url_env else "")
+        if url and (why := url_problem(url)):
+            out.append((f"{where}.{'url' if w.url else 'url_env'}", why))
         if w.shape is WebhookShape.TELEGRAM and not w.chat_id:
             out.append((f"{where}.chat_id", "a telegram webhook needs chat_id (the chat the bot writes to)"))
+    hb = cfg.heartbeat_url or (
+        environ.get(cfg.heartbeat_url_env, "") if environ is not None and cfg.heartbeat_url_env else ""
+    )
+    if hb and not (cfg.heartbeat_url and cfg.heartbeat_url_env) and (why := url_problem(hb)):
+        out.append((f"notify.{'heartbeat_url' if cfg.heartbeat_url else 'heartbeat_url_env'}", why))
     if cfg.heartbeat_url and cfg.heartbeat_url_env:
         out.append(("notify.heartbeat_url", "give heartbeat_url or heartbeat_url_env, not both"))
     elif cfg.heartbeat_url_env and environ is not None and not environ.get(cfg.heartbeat_url_env):

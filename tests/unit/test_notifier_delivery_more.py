@@ -808,3 +808,21 @@ def test_a_heartbeat_url_that_cannot_be_read_is_refused_at_load() -> None:
     assert notify_problems(NotifyConfig(heartbeat_url_env="KT_HB"), {"KT_HB": "https://hc.example/x"}) == []
     both = notify_problems(NotifyConfig(heartbeat_url="https://hc.example/x", heartbeat_url_env="KT_HB"), {})
     assert both and both[0][0] == "notify.heartbeat_url"
+
+
+def test_a_webhook_url_that_cannot_be_posted_to_is_refused_at_load() -> None:
+    """A URL httpx cannot parse (no scheme, a port that is not a number) was retried at each alert behind a
+    WARNING, never the configuration error it is: refused at load, without quoting it (it holds a token)."""
+    from common.config import NotifyConfig, notify_problems
+
+    secret = "bot123:ABCsecret"
+    for url, why in (
+        (f"api.telegram.org/{secret}/sendMessage", "must start with https://"),
+        (f"https://api.telegram.org:x/{secret}", "cannot be read"),
+        ("https:///path", "no host"),
+    ):
+        [(where, said)] = notify_problems(NotifyConfig(webhooks=[WebhookConfig(url_env="KT_HOOK")]), {"KT_HOOK": url})
+        assert where == "notify.webhooks[0].url_env" and why in said and secret not in said, said
+    assert notify_problems(NotifyConfig(webhooks=[WebhookConfig(url="https://hooks.example/x")]), None) == []
+    [(where, said)] = notify_problems(NotifyConfig(heartbeat_url="hc.example/ping"), None)
+    assert where == "notify.heartbeat_url" and "https://" in said
