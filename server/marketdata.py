@@ -544,7 +544,11 @@ class MarketData:
         """Tell when the median of the latest prints' skews stayed beyond SKEW_ALERT_S for SKEW_PERSIST of
         market time (`at`: the print's exchange time) and SKEW_PRINTS prints; re-armed once it stayed within
         SKEW_REARM_S for SKEW_REARM_AFTER. The median is only worked out when the latest print could change
-        the verdict (a print's hot path): a right clock with no offset pending costs a comparison."""
+        the verdict (a print's hot path): a right clock with no offset pending costs a comparison. Not at all when
+        nobody hears it (`on_skew` unset: the market's clock is not the host's -- a twin's replay clock, whose jumps
+        read as the host being behind, and the log told to fix NTP)."""
+        if self.on_skew is None:
+            return
         self._skews.append(latest)
         if len(self._skews) < SKEW_PRINTS:
             return

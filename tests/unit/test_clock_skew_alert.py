@@ -92,3 +92,15 @@ def test_the_live_gateway_sends_it_to_a_person(tmp_path: Path) -> None:
     finally:
         live._close_stores()
         twin._close_stores()
+
+
+def test_a_clock_that_is_not_the_hosts_is_not_told_to_fix_ntp(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A twin's replay clock jumps (the rehearsal moves it an hour at a time): its prints ran ahead of the clock the
+    gateway read, and each gateway process logged 'the host clock is 1518 s behind ... fix its time sync (NTP)' --
+    advice that teaches a person to ignore the real one. Nobody hears the skew there (on_skew unset): not watched."""
+    md = MarketData(BarStore(tmp_path / "bars.sqlite"), SessionRule.KRX)
+    try:
+        feed(md, dt.datetime.combine(DAY, dt.time(10, 0), KST), [1518.0] * 120)
+        assert "host clock" not in caplog.text and md.counters()["clock_skew_alerts"] == 0
+    finally:
+        md.store.close()
