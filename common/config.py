@@ -171,6 +171,9 @@ class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     username: str = ""
     password_env: str = ""  # the name of the environment variable holding the password (never in the file)
     timeout_s: Timeout = 10.0
+    # a CA bundle (PEM) to trust beyond the system's, for a server whose certificate they do not vouch for (a
+    # company's own mail server); "": the system's. The server's certificate is always checked under ssl/starttls
+    ca_file: str = ""
 
 
 class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

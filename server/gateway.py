@@ -105,7 +105,7 @@ from server.barstore import BarStore
 from server.marketdata import MarketData, session_rule
 from server.md_sanity import Bad, MarketSanity
 from server.marketdata_requests import serve_bars, serve_market
-from server.notifier import Alert
+from server.notifier import Owed
 from server.operator import Operator
 from server.publisher import Publisher, pub_socket
 from server.reconciler import OPEN_CHECK, START, START_WHOLE, periodic_wait, retry_after
@@ -779,12 +779,12 @@ class Gateway:
         if not raw:
             return
         try:
-            kept = msgspec.json.decode(raw, type=list[Alert])
+            kept = msgspec.json.decode(raw, type=list[Owed])
         except msgspec.MsgspecError as e:  # (never written so)
             log.error("the alerts left undelivered before this start are unreadable: %s", e)
             return
         if kept:
-            n = self.operator.notifier.raise_again(kept, "before this gateway's start")
+            n = self.operator.notifier.raise_again(kept)
             log.warning("%d alerts the previous gateway never delivered: %d queued again", len(kept), n)
 
     def _keep_undelivered(self) -> None:

@@ -36,22 +36,22 @@ refuses it, gets no success ping, and pages when its grace runs out).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email.utils
 import logging
 import math
 import os
-import smtplib
 import socket
-import ssl
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import aiosmtplib
 import httpx
 
 from common.aio import wait_set
@@ -59,6 +59,7 @@ from common.clock import kst_from_ns, now_ns
 from common.config import NotifyConfig, SmtpConfig, WebhookConfig, WebhookShape
 from common.enums import AlertKind
 
+T = TypeVar("T")
 log = logging.getLogger("ktrader.notifier")
 
 TITLES: dict[AlertKind, str] = {
@@ -98,11 +99,25 @@ class Alert:
     agent: str = ""
     subject: str = ""  # what it is about (an order id, a code...): repeats of it are suppressed
     ts_ns: int = field(default_factory=now_ns)
+    earlier: bool = False  # raised by an earlier gateway of this folder, which never delivered it (raise_again)
 
     def line(self, gateway: str = "") -> str:
         who = f"{self.agent}: " if self.agent else ""
         where = f" [{gateway}]" if gateway else ""
-        return f"ktrader{where} {TITLES[self.kind]}: {who}{self.text}"
+        before = (
+            f" (raised {kst_from_ns(self.ts_ns):%m-%d %H:%M:%S} before this gateway's start; not delivered then)"
+            if self.earlier
+            else ""
+        )
+        return f"ktrader{where} {TITLES[self.kind]}: {who}{self.text}{before}"
+
+
+@dataclass(frozen=True)
+class Owed:
+    """An alert not delivered yet and the channels that owe it (Notifier.undelivered: kept for a restart)."""
+
+    alert: Alert
+    channels: list[str]
 
 
 class Channel(Protocol):
@@ -233,7 +248,10 @@ class SmtpChannel:
         self.cfg = cfg
         self.gateway = gateway
         self.name = f"smtp:{cfg.host}:{cfg.port}"
-        self.deadline_s = cfg.timeout_s * 3  # the greeting, the login and the message, each within the timeout
+        # the connect, the greeting, TLS, the login and the message, each within the timeout (a slow but healthy
+        # server is not cut: a send past it is a failed try, tried again)
+        self.deadline_s = cfg.timeout_s * 6
+        self._helo: str | None = None
 
     def message(self, alert: Alert, text: str) -> EmailMessage:
         msg = EmailMessage()
@@ -244,37 +262,30 @@ class SmtpChannel:
         msg.set_content(f"{text}\n\nkind: {alert.kind.value}\nagent: {alert.agent or '-'}\ntime: {when}\n")
         return msg
 
-    def _send_blocking(self, msg: EmailMessage, s: smtplib.SMTP) -> None:
-        c = self.cfg
-        with s:
-            s.connect(c.host, c.port)
-            if c.starttls and not c.ssl:
-                s.starttls(context=ssl.create_default_context())
-            if c.username:
-                s.login(c.username, os.environ.get(c.password_env, "") if c.password_env else "")
-            s.send_message(msg)
-
     async def send(self, alert: Alert, text: str) -> None:
-        # smtplib blocks: off the loop, on a daemon thread of its own (a thread of the default pool cannot be
-        # stopped, and the gateway's exit waits for that pool: a server dripping its greeting a byte a second held
-        # a stopped gateway, and its run folder, for as long). Cancelled (the lane's deadline, the gateway's stop),
-        # the connection is shut down under the thread, which then ends at once.
-        s = smtplib.SMTP_SSL(timeout=self.cfg.timeout_s) if self.cfg.ssl else smtplib.SMTP(timeout=self.cfg.timeout_s)
-        msg = self.message(alert, text)
+        # aiosmtplib, not smtplib on a thread: a send cancelled (the lane's deadline, the gateway's stop) closes its
+        # connection at once. smtplib blocked a thread that cannot be stopped: a server dripping its greeting a byte
+        # a second held the channel, and the stopped gateway's exit (the default pool is waited for), for as long.
+        c = self.cfg
+        if self._helo is None:  # (the EHLO name, as smtplib's: a reverse DNS lookup, never on the loop)
+            self._helo = await in_daemon_thread(socket.getfqdn)
         try:
-            await in_daemon_thread(lambda: self._send_blocking(msg, s))
-        except asyncio.CancelledError:
-            sock = s.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # (a close alone does not wake a thread blocked reading it)
-                except OSError:
-                    pass
-            raise
-        except (OSError, smtplib.SMTPException) as e:
+            await aiosmtplib.send(
+                self.message(alert, text),
+                hostname=c.host,
+                port=c.port,
+                username=c.username or None,
+                password=(os.environ.get(c.password_env, "") if c.password_env else "") if c.username else None,
+                use_tls=c.ssl,
+                start_tls=c.starttls and not c.ssl,  # (False: never, also when the server offers it)
+                cert_bundle=c.ca_file or None,
+                timeout=c.timeout_s,
+                local_hostname=self._helo,
+            )
+        except (OSError, aiosmtplib.SMTPException) as e:
             # refused credentials or addresses do not heal by retrying: a configuration problem
             config = isinstance(
-                e, (smtplib.SMTPAuthenticationError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused)
+                e, (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPSenderRefused)
             )
             raise SendError(type(e).__name__, str(e), config=config) from None
 
@@ -282,29 +293,34 @@ class SmtpChannel:
         pass
 
 
-async def in_daemon_thread(fn: Callable[[], None]) -> None:
-    """Run `fn` on a daemon thread of its own and wait for it: cancelling the wait leaves the thread to end by
-    itself, and a thread still blocked then never holds the process's exit."""
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a daemon thread of its own: cancelling the wait leaves the thread to end by itself, and one
+    still blocked then never holds the process's exit (the default pool's threads do: asyncio.run waits for them)."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    done: asyncio.Future[T] = loop.create_future()
 
-    def settle(e: BaseException | None) -> None:
-        if not done.done():
-            done.set_exception(e) if e is not None else done.set_result(None)
+    def settle(value: T | None, e: BaseException | None) -> None:
+        if done.done():
+            return
+        if e is not None:
+            done.set_exception(e)
+        else:
+            done.set_result(value)  # type: ignore[arg-type]
 
     def run() -> None:
+        value: T | None = None
         err: BaseException | None = None
         try:
-            fn()
+            value = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
             err = e
         try:
-            loop.call_soon_threadsafe(settle, err)
+            loop.call_soon_threadsafe(settle, value, err)
         except RuntimeError:  # the loop closed meanwhile (the gateway stopped): nobody waits any more
             pass
 
-    threading.Thread(target=run, name="notifier-send", daemon=True).start()
-    await done
+    threading.Thread(target=run, name="notifier-thread", daemon=True).start()
+    return await done
 
 
 def channels_for(cfg: NotifyConfig, gateway: str = "") -> list[Channel]:
@@ -1025,15 +1041,19 @@ class Notifier:
     def alert(self, kind: AlertKind, text: str, agent: str = "", subject: str = "") -> bool:
         """Queue an alert for every channel that has not got it already (pending, or delivered within
         `dedup_s`); False when filtered, a repeat, no channel is configured or every queue refused it."""
+        return self._enqueue(Alert(kind=kind, text=text, agent=agent, subject=subject))
+
+    def _enqueue(self, a: Alert, only: Collection[str] | None = None) -> bool:
+        """`alert`, of an Alert made (`only`: on these channels only)."""
+        kind = a.kind
         if kind not in self.kinds:
             return False
         now = self.clock()
-        key = (kind.value, agent, subject or text)
-        takers = [lane for lane in self._lanes if lane.wants(key, now)]
+        key = (kind.value, a.agent, a.subject or a.text)
+        takers = [lane for lane in self._lanes if (only is None or lane.name in only) and lane.wants(key, now)]
         if self._lanes and not takers:
             self.counters["suppressed"] += 1
             return False
-        a = Alert(kind=kind, text=text, agent=agent, subject=subject)
         self.recent.append(a)
         self._seq += 1
         accepted = False
@@ -1044,24 +1064,32 @@ class Notifier:
             self._unreached.setdefault(key, now)
         return accepted
 
-    def undelivered(self) -> list[Alert]:
-        """The alerts some channel has not delivered yet (queued, or being sent), each once, oldest first, but the
-        gateway's own life (started, stopping, restarted): what the gateway keeps in its store for a restart to send
-        again (a kill -9 lost them: the halt raised while the mail server was down never arrived)."""
+    def undelivered(self) -> list[Owed]:
+        """The alerts some channel has not delivered yet (queued, or being sent), each once with the channels that owe
+        it, oldest first, but the gateway's own life (started, stopping, restarted): what the gateway keeps in its
+        store for a restart to send again (a kill -9 lost them: the halt raised while the mail server was down never
+        arrived)."""
         first: dict[_Key, _Item] = {}
+        owing: dict[_Key, list[str]] = {}
         for lane in self._lanes:
             for it in (*lane.inflight, *lane.queue):
-                if it.alert.kind not in _LIFE and (it.key not in first or it.seq < first[it.key].seq):
+                if it.alert.kind in _LIFE:
+                    continue
+                if it.key not in first or it.seq < first[it.key].seq:
                     first[it.key] = it
-        return [it.alert for it in sorted(first.values(), key=lambda it: it.seq)]
+                if lane.name not in owing.setdefault(it.key, []):
+                    owing[it.key].append(lane.name)
+        return [Owed(it.alert, owing[it.key]) for it in sorted(first.values(), key=lambda it: it.seq)]
 
-    def raise_again(self, alerts: Sequence[Alert], when: str) -> int:
-        """Alerts an earlier gateway raised and never delivered (`undelivered`, kept in the store), raised again,
-        each saying when it was raised; returns how many were queued."""
+    def raise_again(self, owed: Sequence[Owed]) -> int:
+        """Alerts an earlier gateway raised and never delivered (`undelivered`, kept in the store), raised again on
+        the channels that owed them (every channel when none of those is configured any more), each saying when it
+        was raised; returns how many were queued."""
+        names = {lane.name for lane in self._lanes}
         n = 0
-        for a in alerts:
-            raised = kst_from_ns(a.ts_ns).strftime("%m-%d %H:%M:%S")
-            n += self.alert(a.kind, f"{a.text} (raised {raised} {when}; not delivered then)", a.agent, a.subject)
+        for o in owed:
+            only = names.intersection(o.channels) or names
+            n += self._enqueue(dataclasses.replace(o.alert, earlier=True), only)
         return n
 
     def reached(self, key: _Key) -> None:

@@ -766,12 +766,14 @@ class TradingDay:
         session's open, as a flatten that came after the close; a person is told (the card promised no position
         overnight; the sells' expiry alone said nothing). Shares a held sell already covers (a protective exit placed
         again for the open) are left to it; run again (a close tried twice), it finds them covered."""
-        cleaned = self.cycle.cleaned_on(day)
-        for card in self.cards():
-            agent = card.id
+        registered = {card.id: card for card in self.cards()}
+        for agent in sorted(self.cycle.cleaned_on(day)):
+            # (an agent stopped after its flatten, or not online at the close, too: the flatten the gateway started
+            # for it is finished as a missed one is, by its card: the registered one, else the approved one)
+            card = self._sells_card(agent, registered)
             if (
-                card.schedule.end_of_day is not EndOfDay.FLATTEN
-                or agent not in cleaned
+                card is None
+                or card.schedule.end_of_day is not EndOfDay.FLATTEN
                 or agent in self._missed_flatten  # (its own sells are queued for the open)
                 or self.desk.is_flattening(agent)  # (the desk holds them itself once its orders are closed)
                 or not (left := self._unsold(agent))
@@ -878,6 +880,8 @@ class TradingDay:
             ]:
                 # (not expired unchecked: they may have filled at that day's close while nobody listened)
                 raise RuntimeError(f"{len(left)} orders of {day} still open: that day's order list was not read")
+            else:  # a day closed late (past midnight, at a later start): its flatten's sells were settled by the pass
+                self._hold_unsold_flattens(day)
             if self.close_bars is not None:
                 await self.close_bars(date_of(day))
             # the day's orders from the store: the book may have rolled to the next day meanwhile (a

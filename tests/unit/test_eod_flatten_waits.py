@@ -264,3 +264,47 @@ async def test_an_end_of_day_flatten_denied_for_good_ends_and_reaches_a_person(t
         assert h.portfolio.position("flat", CODE).qty == 10  # type: ignore[union-attr]
     finally:
         await rig.close()
+
+
+async def test_an_unsold_flatten_of_an_agent_stopped_before_the_close_is_held(tmp_path: Path) -> None:
+    """The flatten ran at 15:20 (its sell rests unsold); the agent stopped at 15:25 (or was not online at the close's
+    tick). The flatten the gateway started for it is finished all the same, by its card: held for the open, told."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker.no_buyers.add(CODE)
+        await tick(rig, "15:20")
+        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        rig.cards = []  # stopped after its end of day
+        await tick(rig, "15:31:30")
+        assert rig.day.cycle.is_closed("20261204")
+        assert [o.qty for o in h.book.held.values() if o.agent == "flat"] == [10]
+        assert [t for t in rig.alerted(AlertKind.NOT_SENT) if "did not sell everything" in t]
+    finally:
+        await rig.close()
+
+
+async def test_an_unsold_flatten_of_a_day_closed_late_is_held(tmp_path: Path) -> None:
+    """The gateway went down at 15:25 with the flatten's sell resting unsold and came back Monday at 07:00: the late
+    close settles Friday's sell as expired, and its shares are held for Monday's open."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker.no_buyers.add(CODE)
+        await tick(rig, "15:20")
+        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        [coid] = [c for c, o in h.book.orders.items() if o.agent == "flat" and o.side is Side.SELL]
+        rig.drop_spawned()
+        rig.at(dt.datetime.combine(dt.date(2026, 12, 7), dt.time(7, 0)))  # Monday
+        rig.day = rig.new_day()
+        for _ in range(2):
+            rig.day.tick()
+            await rig.run_spawned()
+        assert rig.day.cycle.is_closed("20261204"), rig.alerts
+        assert h.store.order(coid).state is OrderState.EXPIRED  # type: ignore[union-attr]
+        held = [o for o in h.book.held.values() if o.agent == "flat"]
+        assert [(o.qty, o.order_type, o.side) for o in held] == [(10, OrderType.MARKET, Side.SELL)]
+        assert held[0].valid_day == "20261207"  # Monday's open
+        assert rig.alerted(AlertKind.NOT_SENT), rig.alerts
+    finally:
+        await rig.close()

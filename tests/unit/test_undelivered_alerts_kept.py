@@ -7,10 +7,12 @@ own start/stop messages are not sent again. A restart after an unclean stop says
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from common.config import GatewayConfig, NotifyConfig, WebhookConfig
 from common.enums import AlertKind, TradingState
+from server.notifier import Alert, Notifier, SendError
 from tests.unit.test_notifier_delivery_more import Sink, start_gateway, until
 
 
@@ -67,3 +69,63 @@ async def test_a_restart_after_a_crash_says_trading_stays_halted(tmp_path: Path)
         gw2.stop()
         await asyncio.wait([run2], timeout=30)
         hook.close()
+
+
+class Good:
+    name = "good"
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    async def send(self, alert: Alert, text: str) -> None:
+        self.got.append(text)
+
+    async def close(self) -> None:
+        pass
+
+
+class Broken:
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    async def send(self, alert: Alert, text: str) -> None:
+        self.tried.append(text)
+        raise SendError("SMTPAuthenticationError", "535 bad credentials", config=True)
+
+    async def close(self) -> None:
+        pass
+
+
+async def run_for(n: Notifier, cond: Callable[[], object]) -> None:
+    task = asyncio.create_task(n.run())
+    try:
+        await until(cond, timeout=10)
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
+
+
+async def test_an_alert_goes_again_only_where_it_was_not_delivered_and_keeps_its_words() -> None:
+    """One channel delivered the halt, the other (a wrong mail password) never will: each restart sends it again on
+    that one only -- not to the person who read it already -- with its own text and the time it was first raised."""
+    good, broken = Good(), Broken()
+    first = Notifier(NotifyConfig(), channels=[good, broken])
+    first.alert(AlertKind.HALT, "trading halted by op@desk")
+    await run_for(first, lambda: good.got and broken.tried)
+    kept = first.undelivered()  # what the gateway writes to the store
+    assert [(o.alert.text, o.channels) for o in kept] == [("trading halted by op@desk", ["broken"])]
+    raised = kept[0].alert.ts_ns
+    for _ in range(3):  # three restarts while the mail channel stays misconfigured
+        tries = len(broken.tried)
+        n = Notifier(NotifyConfig(), channels=[good, broken])
+        assert n.raise_again(kept) == 1
+        await run_for(n, lambda tries=tries: len(broken.tried) > tries)  # type: ignore[misc]
+        kept = n.undelivered()
+        assert [(o.alert.text, o.alert.ts_ns, o.channels) for o in kept] == [
+            ("trading halted by op@desk", raised, ["broken"])
+        ]
+    assert len(good.got) == 1  # once, at the first gateway
+    last = broken.tried[-1]
+    assert last.count("not delivered then") == 1 and "before this gateway's start" in last, last

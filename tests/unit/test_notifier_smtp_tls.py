@@ -1,0 +1,176 @@
+"""Alert mail over TLS: implicit TLS (ssl, port 465) and STARTTLS (587) deliver, the server's certificate checked
+against the system's CAs or the channel's `ca_file` (a company's own server); one it does not vouch for is a failed
+try, not a mail sent in the clear or to anyone. (A first cut of the bounded send built smtplib's objects without a
+host: every TLS channel failed before its handshake; the EHLO name's reverse lookup ran on the event loop.)"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from common.config import NotifyConfig, SmtpConfig
+from common.enums import AlertKind
+from server.notifier import Notifier
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for "localhost" signed by itself, and its key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    c, k = tmp / "cert.pem", tmp / "key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return c, k
+
+
+class TlsSmtp:
+    """A minimal SMTP server on loopback: implicit TLS (`implicit`) or STARTTLS; keeps the mails' DATA."""
+
+    def __init__(self, implicit: bool, cert: Path, key: Path) -> None:
+        self.implicit = implicit
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.mails: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.implicit:
+                conn = self.ctx.wrap_socket(conn, server_side=True)
+            f = conn.makefile("rb")
+            conn.sendall(b"220 localhost ESMTP\r\n")
+            while line := f.readline():
+                cmd = line.strip().upper()
+                if cmd.startswith((b"EHLO", b"HELO")):
+                    ext = b"" if self.implicit or isinstance(conn, ssl.SSLSocket) else b"250-STARTTLS\r\n"
+                    conn.sendall(b"250-localhost\r\n" + ext + b"250 8BITMIME\r\n")
+                elif cmd == b"STARTTLS":
+                    conn.sendall(b"220 go ahead\r\n")
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                    f = conn.makefile("rb")
+                elif cmd == b"DATA":
+                    conn.sendall(b"354 end with .\r\n")
+                    data = b""
+                    while (dl := f.readline()) not in (b".\r\n", b""):
+                        data += dl
+                    self.mails.append(data)
+                    conn.sendall(b"250 ok\r\n")
+                elif cmd == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def deliver(cfg: SmtpConfig, sink: TlsSmtp) -> Notifier:
+    n = Notifier(NotifyConfig(smtp=[cfg]))
+    task = asyncio.create_task(n.run())
+    try:
+        assert n.alert(AlertKind.HALT, "halted by op")
+        deadline = time.monotonic() + 10
+        while not sink.mails and n.counters["failed"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return n
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
+
+
+async def test_implicit_tls_and_starttls_deliver_to_a_server_the_ca_file_vouches_for(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    for implicit in (True, False):
+        sink = TlsSmtp(implicit, cert, key)
+        try:
+            cfg = SmtpConfig(
+                host="localhost",
+                port=sink.port,
+                ssl=implicit,
+                starttls=not implicit,
+                sender="k@localhost",
+                to=["d@localhost"],
+                ca_file=str(cert),
+                timeout_s=2.0,
+            )
+            n = await deliver(cfg, sink)
+            assert len(sink.mails) == 1 and b"halted by op" in sink.mails[0], n.status()
+        finally:
+            sink.close()
+
+
+async def test_a_certificate_nobody_vouches_for_is_a_failed_try(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    sink = TlsSmtp(True, cert, key)
+    try:
+        cfg = SmtpConfig(host="localhost", port=sink.port, ssl=True, sender="k@localhost", to=["d@localhost"])
+        n = await deliver(cfg, sink)
+        assert sink.mails == [] and n.counters["failed"] >= 1
+    finally:
+        sink.close()
+
+
+async def test_the_ehlo_names_lookup_never_holds_the_event_loop(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The EHLO name is the host's FQDN, a reverse DNS lookup: seconds on a host whose DNS is broken, off the loop."""
+    from server.notifier import Alert, SmtpChannel
+
+    monkeypatch.setattr(socket, "getfqdn", lambda *a: (time.sleep(1.0), "h.example")[1])
+    ch = SmtpChannel(SmtpConfig(host="127.0.0.1", port=9, sender="k@localhost", to=["d@localhost"], timeout_s=0.5))
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        for _ in range(30):
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    t = asyncio.create_task(ticker())
+    await asyncio.sleep(0.12)
+    try:
+        await ch.send(Alert(kind=AlertKind.HALT, text="x"), "x")
+    except Exception:  # noqa: BLE001 - nothing listens on port 9: a failed try is all it can be
+        pass
+    await t
+    assert max(gaps) < 0.5, max(gaps)
