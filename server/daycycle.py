@@ -77,6 +77,7 @@ class DayCycle:
         self.cleaned: set[str] = set()  # agents whose end-of-day policy ran today
         self.closed = False
         self._past: dict[str, set[str]] = {}  # earlier days' stored sets (a late day's, read every tick)
+        self._flattened: dict[str, set[str]] = {}  # day -> agents whose policy that ran was a flatten (as stored)
 
     def roll(self, day: str) -> bool:
         """Switch to `day` (YYYYMMDD); True if it is a new day for this process."""
@@ -133,6 +134,21 @@ class DayCycle:
             raw = self.store.get_meta(f"eod:{day}")
             self._past[day] = set(msgspec.json.decode(raw)) if raw else set()
         return self._past[day]
+
+    def mark_flattened(self, agent: str) -> None:
+        """The end-of-day policy that ran today for `agent` was a flatten (its sells' outcome is seen to at the close:
+        a card reloaded to 'flatten' after its 'hold' ran has had no flatten)."""
+        done = self.flattened_on(self.day)
+        done.add(agent)
+        self.store.set_meta(f"eodflat:{self.day}", msgspec.json.encode(sorted(done)).decode())
+
+    def flattened_on(self, day: str) -> set[str]:
+        """The agents whose end-of-day flatten of `day` ran, as stored."""
+        got = self._flattened.get(day)
+        if got is None:
+            raw = self.store.get_meta(f"eodflat:{day}")
+            got = self._flattened[day] = set(msgspec.json.decode(raw)) if raw else set()
+        return got
 
     def mark_cleaned_on(self, day: str, agent: str) -> None:
         """`agent`'s policy of `day` is done (an earlier day's, closed late): today's set is not touched

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import email.utils
 import logging
 import math
@@ -49,7 +50,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import aiosmtplib
 import httpx
@@ -59,7 +60,6 @@ from common.clock import kst_from_ns, now_ns
 from common.config import NotifyConfig, SmtpConfig, WebhookConfig, WebhookShape
 from common.enums import AlertKind
 
-T = TypeVar("T")
 log = logging.getLogger("ktrader.notifier")
 
 TITLES: dict[AlertKind, str] = {
@@ -117,7 +117,7 @@ class Owed:
     """An alert not delivered yet and the channels that owe it (Notifier.undelivered: kept for a restart)."""
 
     alert: Alert
-    channels: list[str]
+    channels: list[str]  # their idents (WebhookChannel.ident, SmtpChannel.ident): who they reach
 
 
 class Channel(Protocol):
@@ -189,6 +189,9 @@ class WebhookChannel:
         self.gateway = gateway
         self.url = os.environ.get(cfg.url_env, "") if cfg.url_env else cfg.url
         self.name = f"webhook:{cfg.shape.value}"
+        # who it reaches, stable across restarts and reorderings (an alert kept for a restart names the channels that
+        # owe it): the URL's digest, never the URL (a secret)
+        self.ident = f"{self.name}:{hashlib.sha256(self.url.encode()).hexdigest()[:16]}"
         self.deadline_s = cfg.timeout_s * 2  # a connect and an answer, each within the timeout
         self._client: httpx.AsyncClient | None = None
 
@@ -248,10 +251,23 @@ class SmtpChannel:
         self.cfg = cfg
         self.gateway = gateway
         self.name = f"smtp:{cfg.host}:{cfg.port}"
+        self.ident = f"{self.name}:{','.join(sorted(cfg.to))}"  # (as the webhook's: who it reaches)
         # the connect, the greeting, TLS, the login and the message, each within the timeout (a slow but healthy
         # server is not cut: a send past it is a failed try, tried again)
         self.deadline_s = cfg.timeout_s * 6
-        self._helo: str | None = None
+        # the EHLO name, as smtplib's: this host's FQDN, a reverse DNS lookup that may take seconds (a dead name
+        # server) or fail (a name idna cannot encode): looked up once on a thread of its own, never waited for (a send
+        # before it answers, or when it failed, says the host's own name)
+        self._helo = ""
+        threading.Thread(target=self._look_up_helo, name="notifier-ehlo", daemon=True).start()
+
+    def _look_up_helo(self) -> None:
+        try:
+            name = socket.getfqdn()
+        except Exception:  # noqa: BLE001 - any failure: the plain name stands
+            return
+        if _helo_ok(name):
+            self._helo = name
 
     def message(self, alert: Alert, text: str) -> EmailMessage:
         msg = EmailMessage()
@@ -267,8 +283,6 @@ class SmtpChannel:
         # connection at once. smtplib blocked a thread that cannot be stopped: a server dripping its greeting a byte
         # a second held the channel, and the stopped gateway's exit (the default pool is waited for), for as long.
         c = self.cfg
-        if self._helo is None:  # (the EHLO name, as smtplib's: a reverse DNS lookup, never on the loop)
-            self._helo = await in_daemon_thread(socket.getfqdn)
         try:
             await aiosmtplib.send(
                 self.message(alert, text),
@@ -280,7 +294,7 @@ class SmtpChannel:
                 start_tls=c.starttls and not c.ssl,  # (False: never, also when the server offers it)
                 cert_bundle=c.ca_file or None,
                 timeout=c.timeout_s,
-                local_hostname=self._helo,
+                local_hostname=self._helo or _PLAIN_HELO,
             )
         except (OSError, aiosmtplib.SMTPException) as e:
             # refused credentials or addresses do not heal by retrying: a configuration problem
@@ -293,34 +307,13 @@ class SmtpChannel:
         pass
 
 
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
-    """`fn()` on a daemon thread of its own: cancelling the wait leaves the thread to end by itself, and one
-    still blocked then never holds the process's exit (the default pool's threads do: asyncio.run waits for them)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
+def _helo_ok(name: str) -> bool:
+    """A name EHLO can carry: printable ASCII without spaces, each label 1..63 characters."""
+    return bool(name) and name.isascii() and name.isprintable() and all(0 < len(p) < 64 for p in name.split("."))
 
-    def settle(value: T | None, e: BaseException | None) -> None:
-        if done.done():
-            return
-        if e is not None:
-            done.set_exception(e)
-        else:
-            done.set_result(value)  # type: ignore[arg-type]
 
-    def run() -> None:
-        value: T | None = None
-        err: BaseException | None = None
-        try:
-            value = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
-            err = e
-        try:
-            loop.call_soon_threadsafe(settle, value, err)
-        except RuntimeError:  # the loop closed meanwhile (the gateway stopped): nobody waits any more
-            pass
-
-    threading.Thread(target=run, name="notifier-thread", daemon=True).start()
-    return await done
+# this host's own name when its FQDN is not known (yet), or an address literal (RFC 5321) when that cannot be said
+_PLAIN_HELO = os.uname().nodename if _helo_ok(os.uname().nodename) else "[127.0.0.1]"
 
 
 def channels_for(cfg: NotifyConfig, gateway: str = "") -> list[Channel]:
@@ -472,6 +465,7 @@ class _Lane:
         self.ch = ch
         self.name = name or ch.name  # unique among the notifier's channels (the status is keyed by it)
         self.cap = owner.cfg.queue_size
+        self.ident = str(getattr(ch, "ident", self.name))  # who it reaches (Notifier.undelivered keeps it)
         self.deadline_s = float(getattr(ch, "deadline_s", SEND_DEADLINE_S))  # one send in all (Channel)
         self.queue: deque[_Item] = deque()
         self.inflight: list[_Item] = []
@@ -1050,7 +1044,7 @@ class Notifier:
             return False
         now = self.clock()
         key = (kind.value, a.agent, a.subject or a.text)
-        takers = [lane for lane in self._lanes if (only is None or lane.name in only) and lane.wants(key, now)]
+        takers = [lane for lane in self._lanes if (only is None or lane.ident in only) and lane.wants(key, now)]
         if self._lanes and not takers:
             self.counters["suppressed"] += 1
             return False
@@ -1077,18 +1071,18 @@ class Notifier:
                     continue
                 if it.key not in first or it.seq < first[it.key].seq:
                     first[it.key] = it
-                if lane.name not in owing.setdefault(it.key, []):
-                    owing[it.key].append(lane.name)
+                if lane.ident not in owing.setdefault(it.key, []):
+                    owing[it.key].append(lane.ident)
         return [Owed(it.alert, owing[it.key]) for it in sorted(first.values(), key=lambda it: it.seq)]
 
     def raise_again(self, owed: Sequence[Owed]) -> int:
         """Alerts an earlier gateway raised and never delivered (`undelivered`, kept in the store), raised again on
         the channels that owed them (every channel when none of those is configured any more), each saying when it
         was raised; returns how many were queued."""
-        names = {lane.name for lane in self._lanes}
+        idents = {lane.ident for lane in self._lanes}
         n = 0
         for o in owed:
-            only = names.intersection(o.channels) or names
+            only = idents.intersection(o.channels) or idents
             n += self._enqueue(dataclasses.replace(o.alert, earlier=True), only)
         return n
 

@@ -588,6 +588,7 @@ class TradingDay:
                 # kept until its sells are out (a broker session not ready: they wait) or held for the next session
                 # (the market closed first): the desk keeps it in the store with the policy's mark
                 n = self.desk.flatten(card, "end of day: flatten", keep=True)
+                self.cycle.mark_flattened(card.id)
             else:
                 n = 0
             self.cycle.mark_cleaned(card.id)
@@ -767,7 +768,7 @@ class TradingDay:
         overnight; the sells' expiry alone said nothing). Shares a held sell already covers (a protective exit placed
         again for the open) are left to it; run again (a close tried twice), it finds them covered."""
         registered = {card.id: card for card in self.cards()}
-        for agent in sorted(self.cycle.cleaned_on(day)):
+        for agent in sorted(self.cycle.flattened_on(day)):
             # (an agent stopped after its flatten, or not online at the close, too: the flatten the gateway started
             # for it is finished as a missed one is, by its card: the registered one, else the approved one)
             card = self._sells_card(agent, registered)

@@ -56,7 +56,8 @@ class SmtpSink:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        # (its own name fixed: no reverse lookup of this host, which a test may make slow or fail)
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, server_hostname="localhost")
         self.controller.start()
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import msgspec
+
 from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce
 from common.ids import placed_by_gateway
@@ -306,5 +308,22 @@ async def test_an_unsold_flatten_of_a_day_closed_late_is_held(tmp_path: Path) ->
         assert [(o.qty, o.order_type, o.side) for o in held] == [(10, OrderType.MARKET, Side.SELL)]
         assert held[0].valid_day == "20261207"  # Monday's open
         assert rig.alerted(AlertKind.NOT_SENT), rig.alerts
+    finally:
+        await rig.close()
+
+
+async def test_a_card_switched_to_flatten_after_its_hold_ran_sells_nothing_at_the_open(tmp_path: Path) -> None:
+    """Its 'hold' ran at 15:20, its card was reloaded to 'flatten' at 15:25: no flatten ever ran that day, so nothing
+    is 'unsold' -- no market sells held for the open, no alert (tomorrow's end of day flattens, as the card says)."""
+    hold = msgspec.structs.replace(FLAT, schedule=Schedule(end="15:20", end_of_day=EndOfDay.HOLD))
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [hold])
+    h = await holding(rig)
+    try:
+        await tick(rig, "15:20")
+        assert "flat" in rig.day.cycle.cleaned and sells(h) == []
+        rig.cards = [FLAT]  # reloaded to flatten
+        await tick(rig, "15:31:30")
+        assert rig.day.cycle.is_closed("20261204")
+        assert sells(h) == [] and not rig.alerted(AlertKind.NOT_SENT), rig.alerts
     finally:
         await rig.close()

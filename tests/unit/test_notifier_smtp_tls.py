@@ -18,9 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import pytest
+
 from common.config import NotifyConfig, SmtpConfig
 from common.enums import AlertKind
 from server.notifier import Notifier
+from tests.fakes.sinks import SmtpSink
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -174,3 +177,31 @@ async def test_the_ehlo_names_lookup_never_holds_the_event_loop(monkeypatch) -> 
         pass
     await t
     assert max(gaps) < 0.5, max(gaps)
+
+
+@pytest.mark.parametrize("lookup", ["slow", "failing"])
+async def test_the_mail_goes_whatever_the_ehlo_lookup_does(monkeypatch: pytest.MonkeyPatch, lookup: str) -> None:
+    """The FQDN lookup slower than a send's deadline (a dead name server) or failing (a host name idna cannot
+    encode): the mail goes all the same, saying the host's own name (the lookup is never waited for)."""
+
+    def getfqdn(*a: object) -> str:
+        if lookup == "failing":
+            raise UnicodeError("encoding with 'idna' codec failed")
+        time.sleep(3.0)
+        return "h.example"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    sink = SmtpSink()
+    cfg = SmtpConfig(host="127.0.0.1", port=sink.port, sender="k@localhost", to=["d@localhost"], timeout_s=0.2)
+    n = Notifier(NotifyConfig(smtp=[cfg]))
+    task = asyncio.create_task(n.run())
+    try:
+        assert n.alert(AlertKind.HALT, "halted by op")
+        deadline = time.monotonic() + 5
+        while not sink.mails and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(sink.mails) == 1 and n.counters["failed"] == 0, n.status()
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
+        sink.close()

@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from common.config import GatewayConfig, NotifyConfig, WebhookConfig
+from common.config import GatewayConfig, NotifyConfig, WebhookConfig, WebhookShape
 from common.enums import AlertKind, TradingState
-from server.notifier import Alert, Notifier, SendError
+import msgspec
+
+from server.notifier import Alert, Notifier, Owed, SendError
 from tests.unit.test_notifier_delivery_more import Sink, start_gateway, until
 
 
@@ -129,3 +131,26 @@ async def test_an_alert_goes_again_only_where_it_was_not_delivered_and_keeps_its
     assert len(good.got) == 1  # once, at the first gateway
     last = broken.tried[-1]
     assert last.count("not delivered then") == 1 and "before this gateway's start" in last, last
+
+
+async def test_two_channels_of_one_kind_are_told_apart_across_a_restart_that_reorders_them() -> None:
+    """Two Slack hooks: A was down and owes the halt, B delivered it. The next start lists them the other way round:
+    the halt goes to A, whose reader never had it -- not to B's (the channels are kept by whom they reach, not by
+    their place in the list)."""
+    a, b = Sink(default=500), Sink()
+    try:
+        hook_a, hook_b = (WebhookConfig(url=s.url, shape=WebhookShape.SLACK) for s in (a, b))
+        first = Notifier(NotifyConfig(webhooks=[hook_a, hook_b]))
+        first.alert(AlertKind.HALT, "trading halted by op@desk")
+        await run_for(first, lambda: a.posts() and b.posts())
+        kept = msgspec.json.decode(msgspec.json.encode(first.undelivered()), type=list[Owed])  # as the store has it
+        assert len(kept) == 1 and len(kept[0].channels) == 1
+        a.default = 200  # A fixed
+        tried_a, got_b = len(a.posts()), len(b.posts())
+        n = Notifier(NotifyConfig(webhooks=[hook_b, hook_a]))
+        assert n.raise_again(kept) == 1
+        await run_for(n, lambda: len(a.posts()) > tried_a)
+        assert "trading halted by op@desk" in a.posts()[-1]["text"] and len(b.posts()) == got_b
+    finally:
+        a.close()
+        b.close()
