@@ -135,12 +135,14 @@ class DayCycle:
             self._past[day] = set(msgspec.json.decode(raw)) if raw else set()
         return self._past[day]
 
-    def mark_flattened(self, agent: str) -> None:
-        """The end-of-day policy that ran today for `agent` was a flatten (its sells' outcome is seen to at the close:
-        a card reloaded to 'flatten' after its 'hold' ran has had no flatten)."""
-        done = self.flattened_on(self.day)
+    def mark_flattened(self, agent: str, day: str = "") -> None:
+        """The end-of-day policy that ran for `agent` on `day` (today's by default) was a flatten, at its time or worked
+        out as missed (what it left unsold is seen to at the close: a card reloaded to 'flatten' after its 'hold' ran
+        has had no flatten)."""
+        day = day or self.day
+        done = self.flattened_on(day)
         done.add(agent)
-        self.store.set_meta(f"eodflat:{self.day}", msgspec.json.encode(sorted(done)).decode())
+        self.store.set_meta(f"eodflat:{day}", msgspec.json.encode(sorted(done)).decode())
 
     def flattened_on(self, day: str) -> set[str]:
         """The agents whose end-of-day flatten of `day` ran, as stored."""

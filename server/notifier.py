@@ -190,8 +190,9 @@ class WebhookChannel:
         self.url = os.environ.get(cfg.url_env, "") if cfg.url_env else cfg.url
         self.name = f"webhook:{cfg.shape.value}"
         # who it reaches, stable across restarts and reorderings (an alert kept for a restart names the channels that
-        # owe it): the URL's digest, never the URL (a secret)
-        self.ident = f"{self.name}:{hashlib.sha256(self.url.encode()).hexdigest()[:16]}"
+        # owe it): a digest of the URL and the chat (one bot, several chats), never the URL (a secret)
+        reaches = "\0".join((self.url, cfg.chat_id)).encode()
+        self.ident = f"{self.name}:{hashlib.sha256(reaches).hexdigest()[:16]}"
         self.deadline_s = cfg.timeout_s * 2  # a connect and an answer, each within the timeout
         self._client: httpx.AsyncClient | None = None
 
@@ -309,7 +310,13 @@ class SmtpChannel:
 
 def _helo_ok(name: str) -> bool:
     """A name EHLO can carry: printable ASCII without spaces, each label 1..63 characters."""
-    return bool(name) and name.isascii() and name.isprintable() and all(0 < len(p) < 64 for p in name.split("."))
+    return (
+        bool(name)
+        and name.isascii()
+        and name.isprintable()
+        and not any(c.isspace() for c in name)
+        and all(0 < len(p) < 64 for p in name.split("."))
+    )
 
 
 # this host's own name when its FQDN is not known (yet), or an address literal (RFC 5321) when that cannot be said

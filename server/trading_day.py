@@ -626,6 +626,8 @@ class TradingDay:
             if flatten:
                 self._missed_flatten[card.id] = day
                 self._save_missed_flatten()
+            if policy is EndOfDay.FLATTEN:  # (holding nothing now: a fill read later leaves shares the close holds)
+                self.cycle.mark_flattened(card.id, day)
             self.cycle.mark_cleaned_on(day, card.id)
         if day == self.cycle.day:  # (an earlier day's: today is not the agent's end of day)
             self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)

@@ -327,3 +327,28 @@ async def test_a_card_switched_to_flatten_after_its_hold_ran_sells_nothing_at_th
         assert sells(h) == [] and not rig.alerted(AlertKind.NOT_SENT), rig.alerts
     finally:
         await rig.close()
+
+
+async def test_a_missed_flatten_whose_closing_buy_fill_lands_after_it_holds_sells_for_the_open(tmp_path: Path) -> None:
+    """No gateway at 15:20; the agent's resting buy fills in the closing auction, its notice read just after the
+    missed policy ran (holding nothing then): the shares the flatten card promised not to carry are held for the
+    open, not carried in silence."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    await rig.start()
+    rig.day.tick()
+    h = rig.h
+    try:
+        buy = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=10, price=1_000)
+        assert h.desk.submit(FLAT, buy).accepted
+        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.ACCEPTED)
+        [odno] = [k for k, o in h.broker.orders.items() if o["open"]]
+        h.broker.fill(odno, 10)  # the closing auction fills it; its notice not read yet
+        rig.at(at("15:30:05"))
+        rig.day.tick()  # missed: holds nothing yet
+        await rig.run_spawned()
+        await h.settle(lambda: (p := h.portfolio.position("flat", CODE)) is not None and p.qty == 10)
+        await tick(rig, "15:31:30")
+        assert rig.day.cycle.is_closed("20261204")
+        assert [o.qty for o in h.book.held.values() if o.agent == "flat"] == [10], rig.alerts
+    finally:
+        await rig.close()

@@ -154,3 +154,28 @@ async def test_two_channels_of_one_kind_are_told_apart_across_a_restart_that_reo
     finally:
         a.close()
         b.close()
+
+
+async def test_two_telegram_chats_of_one_bot_kept_alert_goes_only_to_the_one_that_owes_it() -> None:
+    """One bot (one URL), two chats: chat A refused the halt, chat B read it. The restart sends it to A only."""
+    bot = Sink(refuse=lambda body: 500 if body.get("chat_id") == "A" else None)
+    try:
+        url = bot.url + "/botTOKEN/sendMessage"
+        a = WebhookConfig(url=url, shape=WebhookShape.TELEGRAM, chat_id="A")
+        b = WebhookConfig(url=url, shape=WebhookShape.TELEGRAM, chat_id="B")
+        first = Notifier(NotifyConfig(webhooks=[a, b]))
+        first.alert(AlertKind.HALT, "trading halted by op@desk")
+        to = lambda chat: [p for p in bot.posts() if p.get("chat_id") == chat]  # noqa: E731
+        await run_for(first, lambda: to("A") and to("B"))
+        kept = msgspec.json.decode(msgspec.json.encode(first.undelivered()), type=list[Owed])
+        assert len(kept) == 1
+        bot.refuse = None  # chat A fixed
+        got_b = len(to("B"))
+        n = Notifier(NotifyConfig(webhooks=[a, b]))
+        assert n.raise_again(kept) == 1
+        tried_a = len(to("A"))
+        await run_for(n, lambda: len(to("A")) > tried_a)
+        await asyncio.sleep(0.5)
+        assert len(to("B")) == got_b, "chat B, which read the halt, got it again"
+    finally:
+        bot.close()
