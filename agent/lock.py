@@ -51,3 +51,18 @@ class AgentLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def held_agent_locks(lock_dir: str | Path) -> list[tuple[str, int | None]]:
+    """(agent id, pid) of every agent holding its lock in `lock_dir` now (a probe: a free lock is taken and let go)."""
+    folder = Path(lock_dir)
+    out: list[tuple[str, int | None]] = []
+    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+        lock = AgentLock(folder, path.stem)
+        try:
+            lock.acquire()
+        except AgentLockedError as e:
+            out.append((path.stem, e.holder_pid))
+        else:
+            lock._lock.release()  # (not release(): the pid file is the holder's, none here)
+    return out

@@ -28,7 +28,7 @@ import zmq
 from agent.client import GatewayClient, GatewayReplaced
 from agent.denials import DenialStorms, Terms
 from agent.marketfeed import CONFLATABLE, BarGap, MarketFeed
-from agent.lock import AgentLock
+from agent.lock import AgentLock, AgentLockedError
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
 import agent.services as _services_module
@@ -728,9 +728,16 @@ class AgentRuntime(AgentServicesMixin):
     def run(self) -> int:
         try:
             self.lock.acquire()  # before any socket
-        except Exception as e:
+        except AgentLockedError as e:
             self.log.error("%s", e)
             return EXIT_LOCKED
+        except OSError as e:  # not another copy: the folder itself (read-only, a file, full)
+            self.log.error(
+                "cannot take the agent's lock in %s: %s: check the run folder (--run-dir) and its permissions",
+                self.lock.dir,
+                e.strerror or e,
+            )
+            return EXIT_BAD_CARD
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)

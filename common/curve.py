@@ -98,6 +98,14 @@ def check_client_name(name: str) -> str:
     return name
 
 
+def check_agent_name(name: str) -> str:
+    """An agent's id, never the operator's own client (`keys agent/revoke/export ktrader-tools` made, deleted or
+    shipped the key `ktrader status` and `control halt` speak with: the console locked out until a restart)."""
+    if name == TOOLS:
+        raise CurveError(f"{TOOLS} is the operator's own key (ktrader keys init makes it), not an agent's")
+    return check_client_name(name)
+
+
 # ---- writing ----------------------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ import msgspec
 from common import approvals
 from common.calendar import is_trading_day
 from common.clock import KST, date_of, kst_from_ns
-from common.config import AgentCard, EndOfDay, GatewayConfig
+from common.config import BrokerEnv, AgentCard, EndOfDay, GatewayConfig
 from common.enums import (
     AgentMode,
     AgentState,
@@ -460,7 +460,8 @@ class Operator:
         except ValueError:
             return err(
                 ErrorCode.BAD_MESSAGE,
-                f"unknown action {msg.action!r}: one of {', '.join(a.value for a in ControlAction)}",
+                f"unknown action {msg.action!r}: one of "
+                f"{', '.join(a.value for a in ControlAction if a is not ControlAction.FEED_GAP)}",
             )
         if msg.agent and msg.all:
             return err(ErrorCode.AMBIGUOUS_TARGET, "name an agent or set all, not both")
@@ -473,6 +474,8 @@ class Operator:
             gw.request_reconcile("on demand")
             return ack("reconciliation started")
         if action is ControlAction.FEED_GAP:
+            if gw.cfg.broker.env is not BrokerEnv.SIM:  # a fault for tests: never on a paper or real account's data
+                return err(ErrorCode.BAD_MESSAGE, "feed_gap is a test fault: the twin's gateway only")
             return ack(self._feed_gap())
         if action is ControlAction.APPLY_SPLIT:
             return self._apply_split(msg, err, ack)

@@ -518,7 +518,7 @@ def cards_schema() -> None:
 
 @app.command()
 def demo(
-    duration: float = typer.Option(float(os.environ.get("DEMO_SECONDS", "20")), help="seconds to run headless"),
+    duration: float = typer.Option(20.0, envvar="DEMO_SECONDS", help="seconds to run headless"),
     headless: bool = typer.Option(False, "--headless", help="print a summary instead of the console"),
     run_dir: Path = typer.Option(
         Path("run/demo"), "--run-dir", help="the demo's own runtime folder (never another gateway's)"
@@ -598,7 +598,36 @@ def main() -> None:
     from common.private import private_process
 
     private_process()  # run/, logs, recordings, the database: 0700 folders, 0600 files
-    app()
+    if any(not _utf8(a) for a in sys.argv[1:]):
+        typer.echo("error: an argument is not valid UTF-8 text: check the terminal's encoding (LANG)", err=True)
+        sys.exit(2)
+    try:
+        app()
+    except KeyboardInterrupt:  # (Ctrl-C where a command does not handle it itself)
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # the last resort: a failure no command caught is one line, not a traceback
+        if os.environ.get("KTRADER_DEBUG") or "--debug" in sys.argv:
+            raise
+        typer.echo(f"error: {last_resort_text(e)}", err=True)
+        sys.exit(2 if isinstance(e, OSError) else 1)
+
+
+def _utf8(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")  # (bytes that are not UTF-8 reach Python as lone surrogates, which do not encode)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def last_resort_text(e: Exception) -> str:
+    """What a failure no command caught says: a file or folder that cannot be used names itself and what to check;
+    anything else its kind, its message and how to see the traceback."""
+    if isinstance(e, OSError) and (e.filename is not None or e.strerror):
+        where = f" {e.filename}" if e.filename is not None else ""
+        return f"{e.strerror or e}:{where} (check the path, its permissions and the disk)"
+    return f"unexpected {type(e).__name__}: {e} (set KTRADER_DEBUG=1 to see the traceback)"
 
 
 if __name__ == "__main__":

@@ -131,3 +131,46 @@ def test_data_that_begins_after_from_is_warned_about(
     assert "005930: the data begins 2020-01-02, after --from 2019-06-03: its run starts there" in err, err
     assert main([*args, "--from", "2020-01-01", "--no-plot", "--json"]) == 0  # a holiday before its first session
     assert "the data begins" not in capsys.readouterr().err
+
+
+def test_data_that_ends_before_to_is_warned_about(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A code whose file ends early (a delisting, a file cut short): the run said nothing and its fills were simply
+    missing; one line says where it stops trading, and a code with no bar in the window at all says so."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = (shared_data / FDR / "005930.csv").read_text().splitlines()
+    head, rows = src[0], [r for r in src[1:] if r[:10] <= "2021-04-30"]
+    (data / "005930.csv").write_text("\n".join([head, *rows]) + "\n")
+    args = [str(_card(tmp_path)), "--data", str(data), "--out", str(tmp_path / "o"), "--no-plot", "--json"]
+    assert main([*args, "--from", "2021-01-04", "--to", "2021-12-30"]) == 0
+    err = capsys.readouterr().err
+    assert "005930: the data ends 2021-04-30, before --to 2021-12-30: it does not trade after it" in err, err
+    assert main([*args, "--from", "2021-06-01", "--to", "2021-12-30"]) == 2  # (no bar at all: the run refuses)
+    err = capsys.readouterr().err
+    assert "no bars" in err, err
+
+
+def test_a_run_without_plots_leaves_no_earlier_report_beside_its_figures(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same --out folder run again without plots (or interrupted): the earlier run's report.html stayed beside
+    the new summary, a picture of another run read as this one's."""
+    args = [str(_card(tmp_path)), "--data", str(shared_data / FDR), "--to", "2021-03-31", "--out", str(tmp_path / "o")]
+    assert main([*args, "--from", "2021-01-04", "--json"]) == 0
+    assert (tmp_path / "o" / "report.html").exists()
+    assert main([*args, "--from", "2021-02-01", "--no-plot", "--json"]) == 0
+    capsys.readouterr()
+    assert not (tmp_path / "o" / "report.html").exists() and not (tmp_path / "o" / "report.png").exists()
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["from"] == "2021-02-01"
+
+
+def test_a_data_file_that_is_not_utf8_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "005930.csv").write_bytes("Date,Open,High,Low,Close,Volume\n".encode() + b"2021-01-04,\xff\n")
+    args = [str(_card(tmp_path)), "--data", str(data), "--out", str(tmp_path / "o"), "--no-plot", "--json"]
+    assert main([*args, "--from", "2021-01-04", "--to", "2021-01-29"]) == 2
+    err = capsys.readouterr().err
+    assert "005930.csv: not UTF-8 text" in err, err

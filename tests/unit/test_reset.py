@@ -100,3 +100,21 @@ def test_demo_refuses_a_run_dir_with_a_live_gateway(tmp_path: Path) -> None:
     finally:
         lock.release()
     assert (run / "gateway.json").exists()  # the other gateway's file is untouched
+
+
+def test_refused_while_an_agent_still_runs_on_the_folder(tmp_path: Path) -> None:
+    """The gateway stopped, an agent left running: reset archived the folder, the agent re-registered with the next
+    gateway on the 'fresh' folder and traded on (a second copy of it then got past the emptied lock folder)."""
+    from agent.lock import AgentLock
+
+    run = tmp_path / "run"
+    (run / "db").mkdir(parents=True)
+    lock = AgentLock(run / "locks", "ma_cross")
+    lock.acquire()
+    try:
+        with pytest.raises(ResetRefused, match=f"agent ma_cross \\(pid {os.getpid()}\\) still runs"):
+            archive_run_dir(run)
+        assert (run / "db").exists()
+    finally:
+        lock.release()
+    assert archive_run_dir(run) is not None  # stopped: archived

@@ -237,7 +237,7 @@ def _backtest(
     for s in series.values():  # one line per file: what the loader repaired or skipped
         for note in s.notes:
             _warn(console, note)
-    for line in late_starts(series, d_from):
+    for line in coverage_gaps(series, d_from, d_to):
         _warn(console, line)
     if assumed and not opts.universe:
         _warn(
@@ -382,15 +382,31 @@ def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory 
     return None
 
 
-def late_starts(series: dict[str, Series], d_from: dt.date) -> list[str]:
-    """One line per code whose data begins after --from's first session (a listing, a bar store whose history a
-    split dropped, a file that starts late): the run of that code starts there, not at --from."""
+def coverage_gaps(series: dict[str, Series], d_from: dt.date, d_to: dt.date) -> list[str]:
+    """One line per code whose data does not span --from..--to: it begins after --from's first session (a listing,
+    a bar store whose history a split dropped, a file that starts late) -- its run starts there --, or ends before
+    --to's last session (a delisting, a file cut short) -- it does not trade after it; with no bar in the window at
+    all it does not trade (a run said nothing of it: its fills were simply missing)."""
     first = d_from if calendar.is_trading_day(d_from) else calendar.next_trading_day(d_from)
-    out = []
+    last = d_to if calendar.is_trading_day(d_to) else calendar.previous_trading_day(d_to)
+    lo, hi = first.isoformat(), last.isoformat()
+    out, empty = [], []
     for code, s in series.items():
-        if s.bars and (begins := s.bars[0].start[:10]) > first.isoformat():
+        if not s.bars:
+            continue
+        begins, ends = s.bars[0].start[:10], s.bars[-1].start[:10]
+        if begins > hi or ends < lo:
+            empty.append(
+                f"{code}: no bars between --from {d_from} and --to {d_to} (its data runs {begins}..{ends}): it does "
+                f"not trade in this run ({s.source})"
+            )
+            continue
+        if begins > lo:
             out.append(f"{code}: the data begins {begins}, after --from {d_from}: its run starts there ({s.source})")
-    return out
+        if ends < hi:
+            out.append(f"{code}: the data ends {ends}, before --to {d_to}: it does not trade after it ({s.source})")
+    # (no code with a bar in the window: the run refuses on its own, one line)
+    return empty + out if out or len(empty) < sum(1 for s in series.values() if s.bars) else out
 
 
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:

@@ -177,6 +177,8 @@ def read_rows(path: Path) -> tuple[dict[str, int], list[list[str]], int]:
             rows = [r for r in reader if r]
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8 (CSV UTF-8)") from None
     first = 2
     if header and header[0].strip().lower() == "price" and rows and rows[0] and rows[0][0].strip().lower() == "ticker":
         # yfinance MultiIndex: "Price,Open,High,..." / "Ticker,..." / "Date,,,,": the date is column 0

@@ -16,6 +16,21 @@ from tools.backtest.engine import BacktestResult
 from tools.backtest.metrics import Trade, drawdown
 
 
+# every file a run writes in its --out folder (write_outputs)
+OUTPUTS = (
+    "summary.json",
+    "equity.csv",
+    "equity.json",
+    "trades.csv",
+    "trades.json",
+    "fills.csv",
+    "fills.json",
+    "orders.csv",
+    "report.png",
+    "report.html",
+)
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -42,6 +57,10 @@ def write_outputs(
 ) -> dict[str, Path]:
     """`extra`: more summary fields (the data's sources and adjustment, UNCONFIRMED rules, history)."""
     out.mkdir(parents=True, exist_ok=True)
+    # an earlier run's files go first and the summary comes last: a run interrupted (Ctrl-C) or one without plots
+    # never leaves this run's figures next to another run's report (a summary present means the set is whole)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
     paths: dict[str, Path] = {}
     summary = {
         "card": result.card_id,
@@ -56,8 +75,6 @@ def write_outputs(
     }
     if result.warnings:  # what the run could not model as live (the card's end of day on these bars)
         summary["warnings"] = list(result.warnings)
-    _dump(out / "summary.json", summary)
-    paths["summary"] = out / "summary.json"
     _, _, _, dd = drawdown(result.equity, result.initial_cash)
     eq_rows = [[d, e, e - h, h, round(x, 6)] for d, e, h, x in zip(result.dates, result.equity, result.holdings, dd)]
     _write_csv(out / "equity.csv", ["date", "equity", "cash", "holdings", "drawdown"], eq_rows)
@@ -112,6 +129,8 @@ def write_outputs(
         plot_png(out / "report.png", result, dd, benchmark)
         write_html(out / "report.html", summary, trades, out / "report.png")
         paths.update(png=out / "report.png", html=out / "report.html")
+    _dump(out / "summary.json", summary)
+    paths["summary"] = out / "summary.json"
     return paths
 
 

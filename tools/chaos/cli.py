@@ -23,6 +23,9 @@ def chaos_command(
 
     from tools.chaos.campaign import run as run_chaos
 
+    if agents < 1 or faults < 0 or rate <= 0:
+        typer.echo("error: need --agents >= 1, --faults >= 0 and --rate > 0", err=True)
+        raise typer.Exit(2)
     if workdir is not None and (workdir / "run").exists():
         # its books would be audited against a new twin's empty account: every order of the earlier run "lost"
         typer.echo(

@@ -39,6 +39,8 @@ def check_cards(folder: Path, master: dict[str, MasterEntry] | None = None, acco
     problems: list[Problem] = []
     files = card_files(folder)
     if not files:
+        if not folder.exists():
+            return [Problem(str(folder), "-", "not found: give a card file or a folder of cards")]
         return [Problem(str(folder), "-", "no *.toml cards here")]
     cards: list[tuple[Path, AgentCard]] = []
     for f in files:

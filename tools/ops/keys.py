@@ -62,6 +62,7 @@ def agent(
 ) -> None:
     """Make a key pair for one agent; the gateway accepts its public key from now on."""
     try:
+        curve.check_agent_name(agent_id)
         secret = curve.make_client(run_dir, agent_id, force=force)
         cred, made = credentials.issue(run_dir, agent_id)
     except (curve.CurveError, OSError) as e:
@@ -81,6 +82,7 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
     to drop it at once). The approval goes too, or the gateway's next start would issue the agent a
     fresh credential (it issues one to every approved agent)."""
     try:
+        curve.check_agent_name(agent_id)
         gone = curve.revoke_client(run_dir, agent_id)
         if credentials.revoke(run_dir, agent_id):
             gone.append(credentials.credential_path(run_dir, agent_id))
@@ -117,7 +119,7 @@ def list_keys(run_dir: Path = _RUN) -> None:
 def export_bundle(run_dir: Path, agent_id: str, to: Path, router: str, pub: str) -> list[Path]:
     """`to` as an agent host's run folder: gateway.json (the given endpoints, the stable signing key,
     the gateway's public key) and keys/clients/<id>.key_secret."""
-    curve.check_client_name(agent_id)
+    curve.check_agent_name(agent_id)
     for ep in (router, pub):
         if not curve.network(ep):
             raise curve.CurveError(f"{ep} is not a network endpoint: a remote agent dials tcp://HOST:PORT")

@@ -4,7 +4,8 @@ reset folder starts with none, since its next gateway may serve another account 
 approved every card in cards/; those approvals must not trade on a paper or real account).
 
 Refuses while a gateway holds the run lock of run/ or of a folder under it (a demo or a replay
-gateway), or, where no gateway ever took the run lock, while the pid in run/gateway.json is alive;
+gateway), while an agent holds its lock in run/locks, or, where no gateway ever took the run lock,
+while the pid in run/gateway.json is alive;
 moves run/ aside to run.archive/<timestamp>/ (nothing is deleted)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from agent.lock import held_agent_locks
 from common import approvals
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
@@ -35,6 +37,12 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     archive folder; returns it, or None when there was nothing to archive. Says so when approvals went."""
     for folder, pid in held_run_locks(run_dir):
         raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
+    # an agent still running on the folder would re-register with the next gateway on the 'fresh' folder and trade on
+    for agent, holder in held_agent_locks(run_dir / "locks"):
+        who = f"pid {holder}" if holder else "a running process"
+        raise ResetRefused(
+            f"agent {agent} ({who}) still runs on {run_dir}: stop it first (ktrader control stop, or kill)"
+        )
     # The run lock is the authority (its probe above found it free): a crash leaves gateway.json
     # behind, and its pid may now be another process's. Only a folder where no gateway ever took the
     # lock (no lock file) falls back to that pid.

@@ -53,7 +53,11 @@ def rehearse_command(
     paths: list[Path] = []
     for c in cards or [ROOT / "cards"]:
         paths += default_cards(c) if c.is_dir() else [c]
-    start = dt.date.fromisoformat(date_from) if date_from else None
+    try:
+        start = dt.date.fromisoformat(date_from) if date_from else None
+    except ValueError:
+        console.print(f"error: --from {date_from!r} is not a date: give YYYY-MM-DD", markup=False)
+        raise typer.Exit(2) from None
     if days <= 0 or not paths:
         console.print("error: need --days > 0 and at least one card", markup=False)
         raise typer.Exit(2)
