@@ -8,6 +8,9 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 
+PROBE_GRACE_S = 0.5
+
+
 class AgentLockedError(RuntimeError):
     def __init__(self, agent_id: str, holder_pid: int | None, path: Path) -> None:
         who = f"pid {holder_pid}" if holder_pid else "another process"
@@ -21,7 +24,9 @@ class AgentLock:
         self.agent_id = agent_id
         self.path = self.dir / f"{agent_id}.lock"
         self.pid_path = self.dir / f"{agent_id}.pid"
-        self._lock = FileLock(str(self.path), timeout=0)
+        # (a moment's wait: `ktrader reset` probes a lock by taking it for an instant; an agent starting then must not
+        # read it as another copy -- exit 3, which a supervisor never restarts)
+        self._lock = FileLock(str(self.path), timeout=PROBE_GRACE_S)
 
     def acquire(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -59,10 +64,11 @@ def held_agent_locks(lock_dir: str | Path) -> list[tuple[str, int | None]]:
     out: list[tuple[str, int | None]] = []
     for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
         lock = AgentLock(folder, path.stem)
+        probe = FileLock(str(path), timeout=0)  # (the lock alone: no pid file written for the prober)
         try:
-            lock.acquire()
-        except AgentLockedError as e:
-            out.append((path.stem, e.holder_pid))
+            probe.acquire()
+        except Timeout:
+            out.append((path.stem, lock.holder_pid()))
         else:
-            lock._lock.release()  # (not release(): the pid file is the holder's, none here)
+            probe.release()
     return out

@@ -607,7 +607,7 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # the last resort: a failure no command caught is one line, not a traceback
-        if os.environ.get("KTRADER_DEBUG") or "--debug" in sys.argv:
+        if os.environ.get("KTRADER_DEBUG", "").lower() in ("1", "true", "yes") or "--debug" in sys.argv:
             raise
         typer.echo(f"error: {last_resort_text(e)}", err=True)
         sys.exit(2 if isinstance(e, OSError) else 1)

@@ -4,6 +4,7 @@ benchmark whose days do not overlap the run's says both spans instead of passing
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -174,3 +175,18 @@ def test_a_data_file_that_is_not_utf8_is_named(tmp_path: Path, capsys: pytest.Ca
     assert main([*args, "--from", "2021-01-04", "--to", "2021-01-29"]) == 2
     err = capsys.readouterr().err
     assert "005930.csv: not UTF-8 text" in err, err
+
+
+def test_a_universe_whose_data_ends_early_is_not_a_line_per_code(shared_data: Path) -> None:
+    """`--universe` over a folder whose files all end on the same day before --to (data not refreshed yet, --to
+    today): one warning per code (43 for krx_daily_fdr_2020_2026, ~950 for a full KOSPI folder) saying the same
+    thing; codes that share an end (or a start) should be one line."""
+    from tools.backtest.cli import coverage_gaps
+    from tools.backtest.sources import load_series
+
+    data = shared_data / FDR
+    codes = sorted(p.stem for p in data.glob("*.csv"))
+    d_from, d_to = dt.date(2026, 5, 4), dt.date(2026, 6, 30)
+    series = load_series(codes, "1d", d_to, data, None)
+    lines = coverage_gaps(series, d_from, d_to)
+    assert len(lines) <= 3, f"{len(lines)} lines, e.g. {lines[:2]}"

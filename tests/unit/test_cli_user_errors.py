@@ -74,3 +74,18 @@ def test_impossible_options_and_missing_files_are_one_line(tmp_path: Path) -> No
     assert p.returncode == 2 and "not a date" in plain(p)
     p = ktrader("cards", "check", str(tmp_path / "nonexist.toml"))
     assert p.returncode != 0 and "not found" in p.stdout.decode() + p.stderr.decode()
+
+
+def test_ktrader_debug_0_does_not_turn_debugging_on(tmp_path: Path) -> None:
+    """`os.environ.get("KTRADER_DEBUG")` is truthy for "0"/"false": KTRADER_DEBUG=0 shows the traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    p = subprocess.run(
+        [sys.executable, "-m", "tools", "reset", "--run-dir", str(afile), "-y"],
+        cwd=ROOT,
+        env={**os.environ, "KTRADER_DEBUG": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in p.stderr and p.returncode == 2, p.stderr[-300:]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from agent.lock import AgentLock, held_agent_locks
 from common.connection import GatewayInfo, write_info
 from tests.conftest import ROOT
 from tools.ops.reset import ResetRefused, archive_run_dir
@@ -118,3 +120,64 @@ def test_refused_while_an_agent_still_runs_on_the_folder(tmp_path: Path) -> None
     finally:
         lock.release()
     assert archive_run_dir(run) is not None  # stopped: archived
+
+
+def _free_lock(folder: Path, agent: str) -> None:
+    lock = AgentLock(folder, agent)
+    lock.acquire()
+    lock.release()  # a stopped agent: its .lock stays, its .pid goes
+
+
+def test_probe_leaves_no_pid_file_behind(tmp_path: Path) -> None:
+    """held_agent_locks' comment says the probe writes no pid file; AgentLock.acquire() writes one (the prober's pid)
+    and the probe's `_lock.release()` leaves it: locks/<id>.pid now names `ktrader reset`'s (soon dead) pid."""
+    locks = tmp_path / "locks"
+    _free_lock(locks, "ma_cross")
+    assert not (locks / "ma_cross.pid").exists()
+    assert held_agent_locks(locks) == []
+    assert not (locks / "ma_cross.pid").exists(), (locks / "ma_cross.pid").read_text()
+
+
+def test_an_agent_starting_while_reset_probes_is_not_refused_as_already_running(tmp_path: Path) -> None:
+    """The probe takes the agent's lock for a moment. An agent (restarted by `ktrader top`'s supervisor while the
+    gateway is down) starting in that moment exited 3, 'already running', naming the prober's pid -- and a supervisor
+    never restarts on 3. A hold of a moment (here 0.1 s, far longer than a probe's) is waited out."""
+    import threading
+
+    from filelock import FileLock
+
+    locks = tmp_path / "locks"
+    _free_lock(locks, "ma_cross")
+    taken = threading.Event()
+
+    def probe() -> None:  # (a thread of its own: a file lock is let go by the thread that took it)
+        with FileLock(str(locks / "ma_cross.lock"), timeout=0):
+            taken.set()
+            time.sleep(0.1)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    assert taken.wait(10)
+    lock = AgentLock(locks, "ma_cross")
+    lock.acquire()  # (it raised AgentLockedError at once)
+    try:
+        assert (locks / "ma_cross.pid").read_text() == str(os.getpid())
+    finally:
+        lock.release()
+        t.join(10)
+
+
+def test_reset_sees_an_agent_of_a_demo_folder_under_run(tmp_path: Path) -> None:
+    """held_run_locks probes gateways at or under run/ (a demo, a replay); held_agent_locks only run/locks: an agent
+    still running on run/demo (its locks in run/demo/locks) is archived from under it."""
+    from tools.ops.reset import ResetRefused, archive_run_dir
+
+    run = tmp_path / "run"
+    (run / "db").mkdir(parents=True)
+    lock = AgentLock(run / "demo" / "locks", "ma_cross")
+    lock.acquire()
+    try:
+        with pytest.raises(ResetRefused):
+            archive_run_dir(run)
+    finally:
+        lock.release()

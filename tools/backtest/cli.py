@@ -383,30 +383,52 @@ def _default_history(data: Path | None, run_dir: Path | None) -> CompanyHistory 
 
 
 def coverage_gaps(series: dict[str, Series], d_from: dt.date, d_to: dt.date) -> list[str]:
-    """One line per code whose data does not span --from..--to: it begins after --from's first session (a listing,
-    a bar store whose history a split dropped, a file that starts late) -- its run starts there --, or ends before
-    --to's last session (a delisting, a file cut short) -- it does not trade after it; with no bar in the window at
-    all it does not trade (a run said nothing of it: its fills were simply missing)."""
+    """What the data does not span of --from..--to, one line per date for the codes that share it (a universe whose
+    files all end on one day is one line): data that begins after --from's first session (a listing, a bar store whose
+    history a split dropped, a file that starts late) -- the run of those codes starts there --, that ends before
+    --to's last session (a delisting, a file cut short) -- they do not trade after it --, and codes with no bar in the
+    window at all (a run said nothing of them: their fills were simply missing)."""
     first = d_from if calendar.is_trading_day(d_from) else calendar.next_trading_day(d_from)
     last = d_to if calendar.is_trading_day(d_to) else calendar.previous_trading_day(d_to)
     lo, hi = first.isoformat(), last.isoformat()
-    out, empty = [], []
+    begins_at: dict[str, list[str]] = {}
+    ends_at: dict[str, list[str]] = {}
+    empty: list[str] = []
+    held = 0
     for code, s in series.items():
         if not s.bars:
             continue
+        held += 1
         begins, ends = s.bars[0].start[:10], s.bars[-1].start[:10]
         if begins > hi or ends < lo:
-            empty.append(
-                f"{code}: no bars between --from {d_from} and --to {d_to} (its data runs {begins}..{ends}): it does "
-                f"not trade in this run ({s.source})"
-            )
+            empty.append(f"{code} ({begins}..{ends})")
             continue
         if begins > lo:
-            out.append(f"{code}: the data begins {begins}, after --from {d_from}: its run starts there ({s.source})")
+            begins_at.setdefault(begins, []).append(code)
         if ends < hi:
-            out.append(f"{code}: the data ends {ends}, before --to {d_to}: it does not trade after it ({s.source})")
-    # (no code with a bar in the window: the run refuses on its own, one line)
-    return empty + out if out or len(empty) < sum(1 for s in series.values() if s.bars) else out
+            ends_at.setdefault(ends, []).append(code)
+    out = [
+        f"{_codes(codes)}: the data begins {day}, after --from {d_from}: {_their(codes)} run starts there"
+        for day, codes in sorted(begins_at.items())
+    ]
+    out += [
+        f"{_codes(codes)}: the data ends {day}, before --to {d_to}: {'it does' if len(codes) == 1 else 'they do'} "
+        "not trade after it"
+        for day, codes in sorted(ends_at.items())
+    ]
+    if empty and len(empty) < held:  # (none with a bar in the window: the run refuses on its own, one line)
+        out.insert(0, f"{_codes(empty)}: no bars between --from {d_from} and --to {d_to}: not traded in this run")
+    return out
+
+
+def _codes(codes: list[str], shown: int = 5) -> str:
+    """`codes` as a line can hold them: the first few, then how many more."""
+    more = f" +{len(codes) - shown} more" if len(codes) > shown else ""
+    return ", ".join(codes[:shown]) + more
+
+
+def _their(codes: list[str]) -> str:
+    return "its" if len(codes) == 1 else "their"
 
 
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:

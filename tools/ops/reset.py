@@ -38,7 +38,7 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     for folder, pid in held_run_locks(run_dir):
         raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
     # an agent still running on the folder would re-register with the next gateway on the 'fresh' folder and trade on
-    for agent, holder in held_agent_locks(run_dir / "locks"):
+    for agent, holder in (a for locks in sorted(run_dir.rglob("locks")) for a in held_agent_locks(locks)):
         who = f"pid {holder}" if holder else "a running process"
         raise ResetRefused(
             f"agent {agent} ({who}) still runs on {run_dir}: stop it first (ktrader control stop, or kill)"
