@@ -100,7 +100,9 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # not become a connect and two session-state broadcasts every few seconds).
     wake_gap_s: float = 1.0
     wake_gap_max_s: float = 15.0
-    silence_timeout_s: float = 150.0  # KIS sends PINGPONG about every 110 s when idle
+    # no frame at all this long (KIS's PINGPONG, about every 110 s when idle, UNCONFIRMED; the pongs to our
+    # ping_interval_s keepalive): the session is dead, and a new one is made
+    silence_timeout_s: float = 150.0
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
     ping_interval_s: float | None = 30.0  # websocket-level keepalive (detects dead TCP)
@@ -822,6 +824,12 @@ class KisWebSocket:
                     async with asyncio.timeout(self.cfg.silence_timeout_s):  # no task per frame
                         raw = await ws.recv(decode=False)
                 except TimeoutError:
+                    # any frame is life, the pong to our keepalive ping too: KIS's idle PINGPONG interval is
+                    # UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each silence_timeout_s
+                    # (connect/close loops can lock the app key: OPSP8996)
+                    rx = getattr(ws, "rx_at", None)
+                    if rx is not None and asyncio.get_running_loop().time() - rx < self.cfg.silence_timeout_s:
+                        continue
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
                 self._last_rx = now_kst()
                 if self.on_frame is not None:

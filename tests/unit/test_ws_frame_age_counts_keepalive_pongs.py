@@ -36,3 +36,16 @@ async def test_a_dropped_socket_ages_from_its_last_frame() -> None:
         await asyncio.sleep(1.0)
         age = rig.ws.frame_age_s()
         assert age is not None and age >= 1.0  # nothing received since the drop: bars wait
+
+
+@aio
+async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected() -> None:
+    """An evening with only the notice feed: no message for longer than the silence timeout, the socket up and its
+    keepalive pongs coming back. Counting messages only, it reconnected each timeout -- every 150 s on a real account
+    if KIS's idle PINGPONG (UNCONFIRMED, ~110 s) comes later, a connect/close loop that can lock the app key."""
+    kis = FakeKis()
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await asyncio.sleep(2.0)  # over three silence timeouts, no message: only pongs
+        assert rig.ws.sessions == 1 and rig.ws.state is SessionState.READY
