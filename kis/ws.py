@@ -35,6 +35,7 @@ from websockets.protocol import Event
 from common.aio import wait_set, within
 from common.clock import now_kst
 from common.enums import SessionProblem, SessionState
+from common.krx import Phase, phase_at
 from common import redact
 from kis.codes import Verdict, codes_with, lookup
 from kis.netdiag import explain
@@ -588,6 +589,11 @@ class KisWebSocket:
         before = self._rx_before
         return before if now is None else now if before is None else max(now, before)
 
+    def _prints_due(self) -> bool:
+        """Prints should be flowing: the continuous session (the KRX calendar at this host's clock, the market's on a
+        KIS account) with a price registration wanted, not the notices' alone."""
+        return any(k != self.notice_key for k in self._wanted) and phase_at(now_kst()) is Phase.CONTINUOUS
+
     # --- registrations -----------------------------------------------------------------------
 
     @property
@@ -824,11 +830,13 @@ class KisWebSocket:
                     async with asyncio.timeout(self.cfg.silence_timeout_s):  # no task per frame
                         raw = await ws.recv(decode=False)
                 except TimeoutError:
-                    # any frame is life, the pong to our keepalive ping too: KIS's idle PINGPONG interval is
-                    # UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each silence_timeout_s
-                    # (connect/close loops can lock the app key: OPSP8996)
+                    # out of the continuous session any frame is life, the pong to our keepalive ping too: KIS's idle
+                    # PINGPONG interval is UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each
+                    # silence_timeout_s (connect/close loops can lock the app key: OPSP8996). While prints are due, a
+                    # silence is a dead stream whatever its pongs say: a new session, as before
                     rx = getattr(ws, "rx_at", None)
-                    if rx is not None and asyncio.get_running_loop().time() - rx < self.cfg.silence_timeout_s:
+                    quiet = asyncio.get_running_loop().time() - rx if rx is not None else None
+                    if quiet is not None and quiet < self.cfg.silence_timeout_s and not self._prints_due():
                         continue
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
                 self._last_rx = now_kst()
