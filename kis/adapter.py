@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from common.clock import date_of, yyyymmdd
+from common.krx import Phase
 from common.config import BrokerConfig
 from common.enums import OrderType, SessionProblem, SessionState, Side, TimeInForce
 from common.risk_rules import MARKET_LIKE, ORDER_DIVISIONS
@@ -185,6 +186,9 @@ class KisBroker(BrokerPort):
         self._started = False
         self._extra_logged = False
         self._described = False
+
+    def use_phase(self, phase: Callable[[], Phase]) -> None:
+        self.ws.phase = phase  # (whether prints are due: the stream's silence is judged by the market's clock)
 
     def _emit(self, ev: BrokerEvent) -> None:
         """An event for the gateway: a notice of another account under our HTS ID is not ours (applied, its

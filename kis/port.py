@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from common.enums import OrderType, SessionState, Side, TimeInForce
+from common.krx import Phase
 from common.schema import Bar, BrokerHealth, InvestorDay, PriceQuote
 
 
@@ -369,6 +370,11 @@ class BrokerPort(Protocol):
         """`why_not(client_order_id)`: why an order handed to submit() may no longer leave ("": it may). A
         broker that waits before it writes (KIS's REST budget) asks it just before the request leaves, and
         then refuses the order as not sent; one that sends at once has nothing to ask."""
+        return None
+
+    def use_phase(self, phase: Callable[[], Phase]) -> None:
+        """The market's phase now, by the gateway's one market clock (a twin's replay, a paper account's KST): a
+        broker that judges by it (the KIS stream: whether prints are due) asks it rather than this host's clock."""
         return None
 
     def leave_with(self, leaving: Callable[[str], Awaitable[None]]) -> bool:

@@ -196,6 +196,10 @@ class KisWebSocket:
     ) -> None:
         self._url = url
         self._tls = tls
+        # the market's phase now: KST at this host by default; the gateway's market clock once given (use_phase)
+        self.phase: Callable[[], Phase] = lambda: phase_at(now_kst())
+        self._due_since: float | None = None  # loop time prints became due, as the silence checks saw it
+        self._message_at = 0.0  # loop time of the last message (not a keepalive pong)
         self._approval = approval
         self._emit = emit
         self.cfg = config
@@ -590,9 +594,9 @@ class KisWebSocket:
         return before if now is None else now if before is None else max(now, before)
 
     def _prints_due(self) -> bool:
-        """Prints should be flowing: the continuous session (the KRX calendar at this host's clock, the market's on a
-        KIS account) with a price registration wanted, not the notices' alone."""
-        return any(k != self.notice_key for k in self._wanted) and phase_at(now_kst()) is Phase.CONTINUOUS
+        """Prints should be flowing: the continuous session (by `phase`: the gateway's market clock) with a price
+        registration wanted, not the notices' alone."""
+        return any(k != self.notice_key for k in self._wanted) and self.phase() is Phase.CONTINUOUS
 
     # --- registrations -----------------------------------------------------------------------
 
@@ -823,23 +827,36 @@ class KisWebSocket:
 
     # --- reading -----------------------------------------------------------------------------
 
+    def _alive(self, ws: websockets.ClientConnection) -> bool:
+        """A silence_timeout_s without a message: is the session alive all the same? Out of the continuous session a
+        frame of any kind within it says so, the pong to our keepalive ping too: KIS's idle PINGPONG interval is
+        UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each timeout (connect/close loops can lock
+        the app key: OPSP8996). While prints are due it must have had a message within the timeout of the continuous
+        session (a silence since before the open counts from the open): else it is dead whatever its pongs say."""
+        now = asyncio.get_running_loop().time()
+        timeout = self.cfg.silence_timeout_s
+        rx = getattr(ws, "rx_at", None)
+        if rx is None or now - rx >= timeout:
+            return False  # nothing at all: a dead socket
+        if not self._prints_due():
+            self._due_since = None
+            return True
+        if self._due_since is None:
+            self._due_since = now
+        return now - max(self._message_at, self._due_since) < timeout
+
     async def _read(self, ws: websockets.ClientConnection) -> None:
+        self._due_since, self._message_at = None, asyncio.get_running_loop().time()
         try:
             while True:
                 try:
                     async with asyncio.timeout(self.cfg.silence_timeout_s):  # no task per frame
                         raw = await ws.recv(decode=False)
                 except TimeoutError:
-                    # out of the continuous session any frame is life, the pong to our keepalive ping too: KIS's idle
-                    # PINGPONG interval is UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each
-                    # silence_timeout_s (connect/close loops can lock the app key: OPSP8996). While prints are due, a
-                    # silence is a dead stream whatever its pongs say: a new session, as before
-                    rx = getattr(ws, "rx_at", None)
-                    quiet = asyncio.get_running_loop().time() - rx if rx is not None else None
-                    if quiet is not None and quiet < self.cfg.silence_timeout_s and not self._prints_due():
+                    if self._alive(ws):
                         continue
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
-                self._last_rx = now_kst()
+                self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                 if self.on_frame is not None:
                     self.on_frame(raw if isinstance(raw, bytes) else raw.encode())
                 text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw

@@ -181,6 +181,7 @@ class Gateway:
         self.broker = broker
         self.broker_name = broker_name or type(broker).__name__
         self.clock = clock or clock_of(broker)
+        broker.use_phase(self.clock.phase)  # (one market clock: the broker's stream judges its silence by it)
         self.headers = HeaderFactory("gateway")
         self.counters: Counter[str] = Counter()
         self.zap = ZapGuard(self.run_dir, self.counters)  # CURVE on network endpoints (server/zap.py)

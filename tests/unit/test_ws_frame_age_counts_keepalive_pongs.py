@@ -11,8 +11,7 @@ import pytest
 from common.clock import now_kst
 from common.enums import SessionState
 from common.krx import Phase
-from kis import ws as ws_module
-from tests.unit.test_kis_ws import FakeKis, aio, rigged
+from tests.unit.test_kis_ws import FakeKis, Rig, aio, rigged
 
 
 @aio
@@ -42,18 +41,20 @@ async def test_a_dropped_socket_ages_from_its_last_frame() -> None:
         assert age is not None and age >= 1.0  # nothing received since the drop: bars wait
 
 
-def _at(monkeypatch: pytest.MonkeyPatch, phase: Phase) -> None:
-    monkeypatch.setattr(ws_module, "phase_at", lambda when: phase)
+def _at(rig: Rig, phase: Phase | list[Phase]) -> None:
+    """The market's phase as the gateway's clock says it (use_phase): a fixed one, or one per question."""
+    phases = phase if isinstance(phase, list) else None
+    rig.ws.phase = (lambda: phases.pop(0) if len(phases) > 1 else phases[0]) if phases else (lambda: phase)
 
 
 @aio
-async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected() -> None:
     """An evening with only the notice feed: no message for longer than the silence timeout, the socket up and its
     keepalive pongs coming back. Counting messages only, it reconnected each timeout -- every 150 s on a real account
     if KIS's idle PINGPONG (UNCONFIRMED, ~110 s) comes later, a connect/close loop that can lock the app key."""
-    _at(monkeypatch, Phase.POST_CLOSE)
     kis = FakeKis()
     async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+        _at(rig, Phase.POST_CLOSE)
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         await rig.ws.subscribe("H0STCNT0", "005930")
@@ -67,10 +68,38 @@ async def test_a_silent_price_stream_in_the_session_is_renewed_whatever_its_pong
 ) -> None:
     """In the continuous session with prices wanted, a stream that answers pings but sends nothing is dead (a
     session KIS stopped feeding): a new session, as before -- stops and strategies must not sit on old prices."""
-    _at(monkeypatch, Phase.CONTINUOUS)
+    kis = FakeKis()
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+        _at(rig, Phase.CONTINUOUS)
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await rig.ws.subscribe("H0STCNT0", "005930")
+        await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
+
+
+@aio
+async def test_the_notice_feed_alone_is_never_due_prints() -> None:
+    """In the continuous session with only the notice feed (no price wanted): quiet is normal, its pongs keep it."""
+    kis = FakeKis()
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+        _at(rig, Phase.CONTINUOUS)
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await asyncio.sleep(2.0)
+        assert rig.ws.sessions == 1
+
+
+@aio
+async def test_silence_before_the_open_counts_from_the_open() -> None:
+    """The last print at 08:58:40, the timeout fires at 09:01:10: 70 s of the continuous session, not 150 -- the
+    session is not renewed at the open, its busiest moment; once the continuous session itself was silent a whole
+    timeout, it is."""
     kis = FakeKis()
     async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
         rig.ws.start()
         assert await rig.ws.wait_state(SessionState.READY, 5)
         await rig.ws.subscribe("H0STCNT0", "005930")
-        await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
+        _at(rig, [Phase.OPENING_AUCTION, Phase.CONTINUOUS])  # (auction at the first silence, continuous after)
+        await asyncio.sleep(1.5)  # the first timeout in the auction, the second the first of the session
+        assert rig.ws.sessions == 1
+        await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)  # a whole timeout of continuous silence
