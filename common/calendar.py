@@ -170,17 +170,20 @@ def is_trading_day(day: dt.date) -> bool:
     return wd == 5 and day <= LAST_SATURDAY_SESSION and day not in _saturday_holidays(day.year)
 
 
+_ONE_DAY = dt.timedelta(days=1)  # (one object: a timedelta made per step cost half a backtest's session walk)
+
+
 def next_trading_day(day: dt.date) -> dt.date:
-    d = day + dt.timedelta(days=1)
+    d = day + _ONE_DAY
     while not is_trading_day(d):
-        d += dt.timedelta(days=1)
+        d += _ONE_DAY
     return d
 
 
 def previous_trading_day(day: dt.date) -> dt.date:
-    d = day - dt.timedelta(days=1)
+    d = day - _ONE_DAY
     while not is_trading_day(d):
-        d -= dt.timedelta(days=1)
+        d -= _ONE_DAY
     return d
 
 
@@ -258,16 +261,10 @@ def calendar_gaps(day: dt.date) -> list[str]:
     return out
 
 
-_ONE_DAY = dt.timedelta(days=1)
-
-
 def next_session(day: str) -> str:
     """next_trading_day of "YYYY-MM-DD..." as YYYY-MM-DD (a backtest asks it for each day it orders on:
     no memo, which cost more than the answer)."""
-    d = dt.date.fromisoformat(day[:10]) + _ONE_DAY
-    while not is_trading_day(d):
-        d += _ONE_DAY
-    return d.isoformat()
+    return next_trading_day(dt.date.fromisoformat(day[:10])).isoformat()
 
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:

@@ -77,7 +77,8 @@ class DayCycle:
         self.cleaned: set[str] = set()  # agents whose end-of-day policy ran today
         self.closed = False
         self._past: dict[str, set[str]] = {}  # earlier days' stored sets (a late day's, read every tick)
-        self._flattened: dict[str, set[str]] = {}  # day -> agents whose policy that ran was a flatten (as stored)
+        # day -> agents whose policy that ran was a flatten (as stored; read again after a roll)
+        self._flattened: dict[str, set[str]] = {}
 
     def roll(self, day: str) -> bool:
         """Switch to `day` (YYYYMMDD); True if it is a new day for this process."""
@@ -85,8 +86,8 @@ class DayCycle:
             return False
         self.day = day
         self._past.clear()
-        raw = self.store.get_meta(f"eod:{day}")
-        self.cleaned = set(msgspec.json.decode(raw)) if raw else set()
+        self._flattened.clear()
+        self.cleaned = self._read_set(f"eod:{day}")
         self.closed = self.store.get_meta(f"closed:{day}") == "1"
         return True
 
@@ -122,17 +123,24 @@ class DayCycle:
                 out.cleanup.append(card)
         return out
 
+    def _read_set(self, key: str) -> set[str]:
+        raw = self.store.get_meta(key)
+        return set(msgspec.json.decode(raw)) if raw else set()
+
+    def _add(self, key: str, done: set[str], agent: str) -> None:
+        """`agent` into `done`, the set stored under `key`, and the store."""
+        done.add(agent)
+        self.store.set_meta(key, msgspec.json.encode(sorted(done)).decode())
+
     def mark_cleaned(self, agent: str) -> None:
-        self.cleaned.add(agent)
-        self.store.set_meta(f"eod:{self.day}", msgspec.json.encode(sorted(self.cleaned)).decode())
+        self._add(f"eod:{self.day}", self.cleaned, agent)
 
     def cleaned_on(self, day: str) -> set[str]:
         """The agents whose end-of-day policy of `day` ran (or was worked out as missed), as stored."""
         if day == self.day:
             return self.cleaned
         if day not in self._past:
-            raw = self.store.get_meta(f"eod:{day}")
-            self._past[day] = set(msgspec.json.decode(raw)) if raw else set()
+            self._past[day] = self._read_set(f"eod:{day}")
         return self._past[day]
 
     def mark_flattened(self, agent: str, day: str = "") -> None:
@@ -140,17 +148,13 @@ class DayCycle:
         out as missed (what it left unsold is seen to at the close: a card reloaded to 'flatten' after its 'hold' ran
         has had no flatten)."""
         day = day or self.day
-        done = self.flattened_on(day)
-        done.add(agent)
-        self.store.set_meta(f"eodflat:{day}", msgspec.json.encode(sorted(done)).decode())
+        self._add(f"eodflat:{day}", self.flattened_on(day), agent)
 
     def flattened_on(self, day: str) -> set[str]:
         """The agents whose end-of-day flatten of `day` ran, as stored."""
-        got = self._flattened.get(day)
-        if got is None:
-            raw = self.store.get_meta(f"eodflat:{day}")
-            got = self._flattened[day] = set(msgspec.json.decode(raw)) if raw else set()
-        return got
+        if day not in self._flattened:
+            self._flattened[day] = self._read_set(f"eodflat:{day}")
+        return self._flattened[day]
 
     def mark_cleaned_on(self, day: str, agent: str) -> None:
         """`agent`'s policy of `day` is done (an earlier day's, closed late): today's set is not touched
@@ -158,9 +162,7 @@ class DayCycle:
         if day == self.day:
             self.mark_cleaned(agent)
             return
-        done = self.cleaned_on(day)
-        done.add(agent)
-        self.store.set_meta(f"eod:{day}", msgspec.json.encode(sorted(done)).decode())
+        self._add(f"eod:{day}", self.cleaned_on(day), agent)
 
     def is_closed(self, day: str) -> bool:
         return self.closed if day == self.day else self.store.get_meta(f"closed:{day}") == "1"

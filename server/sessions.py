@@ -359,7 +359,7 @@ class AgentSessions:
         self.risk.alert(
             f"{rec.id} keeps stopping with a failure: {len(times)} times in {(now - times[0]) / 60:.0f} min "
             f"(registered {rec.registrations} times since the gateway started); the last: {why}. Something restarts "
-            f"it: fix its card or strategy (its log says more), or stop it",
+            "it: fix its card or strategy (its log says more), or stop it",
             kind=AlertKind.AGENT_OFFLINE,
             agent=rec.id,
         )

@@ -67,6 +67,14 @@ async def holding(rig: Rig, qty: int = 10) -> Harness:
     return h
 
 
+async def flatten_resting(rig: Rig, h: Harness) -> None:
+    """The code locked at its lower limit from 15:00: the end of day's flatten at 15:20 sends its market sell, which
+    rests unfilled (no buyer)."""
+    h.broker.no_buyers.add(CODE)
+    await tick(rig, "15:20")
+    await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+
+
 async def tick(rig: Rig, hhmm: str) -> None:
     rig.at(at(hhmm))
     rig.day.tick()
@@ -179,9 +187,7 @@ async def test_an_end_of_day_flatten_whose_sells_expire_unsold_holds_next_sessio
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
     h = await holding(rig)
     try:
-        h.broker.no_buyers.add(CODE)
-        await tick(rig, "15:20")
-        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        await flatten_resting(rig, h)
         await tick(rig, "15:31:30")
         assert rig.day.cycle.is_closed("20261204")
         assert sells(h) == [(10, OrderState.EXPIRED, TimeInForce.DAY), (10, OrderState.HELD, TimeInForce.NEXT_SESSION)]
@@ -274,9 +280,7 @@ async def test_an_unsold_flatten_of_an_agent_stopped_before_the_close_is_held(tm
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
     h = await holding(rig)
     try:
-        h.broker.no_buyers.add(CODE)
-        await tick(rig, "15:20")
-        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        await flatten_resting(rig, h)
         rig.cards = []  # stopped after its end of day
         await tick(rig, "15:31:30")
         assert rig.day.cycle.is_closed("20261204")
@@ -292,9 +296,7 @@ async def test_an_unsold_flatten_of_a_day_closed_late_is_held(tmp_path: Path) ->
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
     h = await holding(rig)
     try:
-        h.broker.no_buyers.add(CODE)
-        await tick(rig, "15:20")
-        await h.settle(lambda: sells(h) == [(10, OrderState.ACCEPTED, TimeInForce.DAY)])
+        await flatten_resting(rig, h)
         [coid] = [c for c, o in h.book.orders.items() if o.agent == "flat" and o.side is Side.SELL]
         rig.drop_spawned()
         rig.at(dt.datetime.combine(dt.date(2026, 12, 7), dt.time(7, 0)))  # Monday

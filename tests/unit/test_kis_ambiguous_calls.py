@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import os
 import socket
@@ -40,10 +39,6 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from common.clock import KST
 from common.config import BrokerConfig, BrokerEnv
@@ -65,6 +60,7 @@ from kis.rest import Kind, KisRest, RetryPolicy, _transport_error
 from kis.token import IssuedToken, TokenManager, TokenThrottled
 from kis.wire import OrderResponse
 from server import gateway as gateway_mod
+from tests.fakes.certs import self_signed
 from tests.fakes.kis_http import LoopbackKis, close_all, closed_port_url
 
 CREDS = Credentials("A" * 36, "S" * 180, "12345678-01", "hts")
@@ -105,36 +101,12 @@ def _broker(tmp_path: Path, url: str, **kw: Any) -> KisBroker:
 # --- 1. a TLS failure after the order was written ----------------------------------------------------
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem, key_pem = tmp / "kis.pem", tmp / "kis.key"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_pem, key_pem
-
-
 class BrokenTlsKis:
     """A TLS KIS on 127.0.0.1 that issues tokens, and reads every other request whole (KIS has it)
     and then, instead of answering, writes a TLS record that does not decrypt on the raw socket."""
 
     def __init__(self, tmp: Path) -> None:
-        self.cert, key = _self_signed(tmp)
+        self.cert, key = self_signed(tmp, "127.0.0.1", "kis")
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(self.cert, key)
         self.requests: list[str] = []  # request lines read whole, token requests excepted

@@ -6,49 +6,20 @@ host: every TLS channel failed before its handshake; the EHLO name's reverse loo
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 import ssl
 import threading
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import pytest
 
 from common.config import NotifyConfig, SmtpConfig
 from common.enums import AlertKind
 from server.notifier import Notifier
+from tests.fakes.certs import self_signed
 from tests.fakes.sinks import SmtpSink
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for "localhost" signed by itself, and its key (PEM files)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    c, k = tmp / "cert.pem", tmp / "key.pem"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return c, k
 
 
 class TlsSmtp:
@@ -122,7 +93,7 @@ async def deliver(cfg: SmtpConfig, sink: TlsSmtp) -> Notifier:
 
 
 async def test_implicit_tls_and_starttls_deliver_to_a_server_the_ca_file_vouches_for(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "localhost")
     for implicit in (True, False):
         sink = TlsSmtp(implicit, cert, key)
         try:
@@ -143,7 +114,7 @@ async def test_implicit_tls_and_starttls_deliver_to_a_server_the_ca_file_vouches
 
 
 async def test_a_certificate_nobody_vouches_for_is_a_failed_try(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "localhost")
     sink = TlsSmtp(True, cert, key)
     try:
         cfg = SmtpConfig(host="localhost", port=sink.port, ssl=True, sender="k@localhost", to=["d@localhost"])
