@@ -39,11 +39,12 @@ __all__ = ["EquityRow", "OwnerMismatch", "Store", "StoreFailed", "StoreUnusable"
 
 log = logging.getLogger("ktrader.store")
 
-SCHEMA_VERSION = 10  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
+SCHEMA_VERSION = 11  # v2: trace table; v3: positions.fees; v4: agent_state (agents' key-value state);
 # v5: operator_log (the operator's actions, journaled) and equity (daily equity snapshots per agent);
 # v6: protections (protective orders held by the gateway, server/protection.py); v7: trace by kind;
 # v8: an order's totals as columns (an agent's summary sums them in SQL); v9: the kind index holds intents only;
-# v10: alerts (what the console, the web page and the day's report list survives a restart)
+# v10: alerts (what the console, the web page and the day's report list survives a restart);
+# v11: agent events in a table of their own order of writing, found by (agent, seq) through an index
 
 # v8's columns of the orders table (name -> its definition)
 ORDER_TOTAL_COLUMNS = {
@@ -87,6 +88,11 @@ _MIGRATIONS: dict[int, str] = {
     # the web page went blank, and the day's report lost what came before a restart
     # (its table and index are in _DDL, which every open runs first: created there for a v9 store too)
     10: "",
+    # agent events were a WITHOUT ROWID table keyed by (agent, seq): every agent's events, bodies and all,
+    # in a region of their own, so a group commit of N agents' orders rewrote N leaf pages of it (with 20
+    # agents ~3 of the ~15 WAL frames an order cost). Now the rows follow the order of writing (one page
+    # takes a batch's events) and only the small (agent, seq) index entries spread: see _rebuild_agent_events
+    11: "",
 }
 
 _DDL = """
@@ -114,7 +120,7 @@ CREATE TABLE IF NOT EXISTS agent_events (
     ts_ns INTEGER NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (agent, seq)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS positions (
     agent TEXT NOT NULL,
     code TEXT NOT NULL,
@@ -232,6 +238,8 @@ class Store:
                 self.db.execute(_MIGRATIONS[v])
                 if v == 8 and version:  # (a new store has no orders to fill the columns of)
                     self._fill_order_columns()
+                if v == 11 and version:
+                    self._rebuild_agent_events()
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         if prewrite:
             # the last connection's close checkpoints everything (a crash's frames too) and deletes
@@ -417,6 +425,24 @@ class Store:
                 order.filled_value,
                 len(order.fill_ids),
             ),
+        )
+
+    def _rebuild_agent_events(self) -> None:
+        """v11: a v10 store's agent events copied into the table of v11's shape, in the order they were
+        written (once, inside the upgrade's transaction: a failure leaves the store at v10)."""
+        sql = str(self.db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='agent_events'").get)
+        if "WITHOUT ROWID" not in sql.upper():
+            return
+        rows = self.db.execute("SELECT COUNT(*) FROM agent_events").get
+        if rows > 100_000:
+            log.info("upgrading the store: %s agent events copied into their new table (once)", f"{rows:,}")
+        self.db.execute(
+            "CREATE TABLE agent_events_v11 (agent TEXT NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL, "
+            "body BLOB NOT NULL, PRIMARY KEY (agent, seq));"
+            "INSERT INTO agent_events_v11(agent, seq, ts_ns, body) "
+            "SELECT agent, seq, ts_ns, body FROM agent_events ORDER BY ts_ns, agent, seq;"
+            "DROP TABLE agent_events;"
+            "ALTER TABLE agent_events_v11 RENAME TO agent_events"
         )
 
     def _fill_order_columns(self) -> None:

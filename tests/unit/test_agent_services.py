@@ -64,7 +64,7 @@ def test_v3_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
         db.execute(f"ALTER TABLE orders DROP COLUMN {col}")
     db.close()
     s = Store(p)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
     assert s.equity_rows() == {} and s.operator_log() == []  # v5's tables came with the migration
     assert s.load_protections("20261120") == []  # and v6's
     assert s.load_positions()["alpha"]["005930"].fees == 30

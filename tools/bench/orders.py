@@ -297,6 +297,7 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20, agents: int
     from server.store import Store
 
     store = Store(tmp / f"floor-{time.monotonic_ns()}.sqlite", prewrite=True)  # as the gateway's
+    frames = _count_wal_frames(store.db)
     h = HeaderFactory("gateway")
     day = today_kst().strftime("%Y%m%d")
     seq: dict[str, int] = {}
@@ -345,7 +346,31 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20, agents: int
         "orders_per_commit": per_commit,
         "agents": agents,
         "orders_per_s": round(orders / wall, 1),
+        # pages the commits wrote to the WAL per order: what a commit costs is mostly one write per page
+        # (the same figure whatever the machine's noise)
+        "wal_frames_per_order": round(frames[0] / orders, 1),
     }
+
+
+def _count_wal_frames(db: object) -> list[int]:
+    """A counter of the WAL frames the connection's commits write (SQLite's WAL hook: it replaces the
+    auto-checkpoint, so this one checkpoints as SQLite's would, PASSIVE at its default size)."""
+    import apsw
+
+    from server.group_commit import CHECKPOINT_PAGES
+
+    assert isinstance(db, apsw.Connection)
+    frames, last = [0], [0]
+
+    def hook(conn: apsw.Connection, name: str, pages: int) -> int:
+        frames[0] += pages - last[0] if pages >= last[0] else pages  # (a WAL restarted after a checkpoint)
+        last[0] = pages
+        if pages >= CHECKPOINT_PAGES:
+            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        return apsw.SQLITE_OK
+
+    db.set_wal_hook(hook)
+    return frames
 
 
 def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = False, twin: bool = True) -> dict:
@@ -394,7 +419,7 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
     else:
         print(
             f"store group-commit floor ({floor['orders_per_commit']} orders a commit): {floor['orders_per_s']:,.0f} "
-            "orders/s"
+            f"orders/s, {floor['wal_frames_per_order']} WAL pages an order"
             f"{'  (cold: orders 200 ms apart)' if cold else ''}"
         )
         for k, v in result.items():
@@ -411,7 +436,8 @@ def main(n: int = 300, agents: int = 20, json_out: bool = False, cold: bool = Fa
             print(
                 f"  for reference, the store alone in the gateway's shape ({agents} agents' rows interleaved, "
                 f"{shaped_floor['orders_per_commit']} orders a commit as reached): "
-                f"{shaped_floor['orders_per_s']:,.0f} orders/s; "
+                f"{shaped_floor['orders_per_s']:,.0f} orders/s, "
+                f"{shaped_floor['wal_frames_per_order']} WAL pages an order; "
                 f"the gateway reaches {result['gateway_shape_ratio']:.2f}× of it"
             )
         print(

@@ -1,0 +1,89 @@
+"""v11: agent events are kept in the order they were written (a group commit of many agents' orders adds
+to one page of rows, not to one region per agent); a v10 store's events come across whole, in order, and
+every reader still finds them by (agent, seq)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import msgspec
+import pytest
+
+from common.schema import AgentEvent, HeaderFactory, Notice
+from server.store import SCHEMA_VERSION, Store
+
+H = HeaderFactory("gateway")
+
+
+def _event(seq: int, text: str) -> AgentEvent:
+    return AgentEvent(h=H(), seq=seq, body=Notice(level="info", text=text))
+
+
+def _table_sql(s: Store) -> str:
+    return str(s.db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='agent_events'").get)
+
+
+def test_a_v10_store_keeps_every_agent_event_in_order_and_each_agent_finds_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    s = Store(path)
+    s.close()
+    db = apsw.Connection(str(path))  # as a v10 store was: the events keyed and clustered by (agent, seq)
+    db.execute(
+        "DROP TABLE agent_events;"
+        "CREATE TABLE agent_events (agent TEXT NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL, "
+        "body BLOB NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;"
+        "PRAGMA user_version=10"
+    )
+    written: dict[str, list[AgentEvent]] = {"alpha": [], "beta": []}
+    with db:  # what a v10 gateway wrote, interleaved by agent
+        for n in range(1, 301):
+            agent = "alpha" if n % 3 else "beta"
+            ev = _event(len(written[agent]) + 1, f"{agent} {n}")
+            db.execute(
+                "INSERT INTO agent_events(agent, seq, ts_ns, body) VALUES (?, ?, ?, ?)",
+                (agent, ev.seq, ev.h.ts, msgspec.msgpack.encode(ev)),
+            )
+            written[agent].append(ev)
+    db.close()
+    s = Store(path)
+    try:
+        assert s.db.execute("PRAGMA user_version").get == SCHEMA_VERSION == 11
+        assert "WITHOUT ROWID" not in _table_sql(s).upper()
+        for agent, evs in written.items():
+            assert s.agent_events(agent, 0, 1_000) == evs
+            assert s.agent_events(agent, 50, 10) == evs[50:60]
+            assert s.event_ns(agent, 7) == evs[6].h.ts
+        assert s.last_seqs() == {"alpha": 200, "beta": 100}
+        newest = list(s.events_newest_first(["alpha", "beta"], 0, {"beta": 90}))  # (the blotter's read)
+        assert [e.h.ts for e in newest] == sorted((e.h.ts for e in newest), reverse=True)
+        assert {e.seq for e in newest if e.body.text.startswith("beta")} == set(range(91, 101))
+        assert len(newest) == 200 + 10
+        # the copy follows the order of writing: rowids rise with time across agents
+        rows = [r for (r,) in s.db.execute("SELECT ts_ns FROM agent_events ORDER BY rowid")]
+        assert rows == sorted(rows)
+        # a second open does not copy again, and new events go on from where each agent was
+        s.append_agent_event("alpha", _event(201, "alpha after"))
+        with pytest.raises(apsw.ConstraintError):  # (agent, seq) is still unique
+            s.append_agent_event("beta", _event(100, "beta again"))
+    finally:
+        s.close()
+    s = Store(path)
+    try:
+        assert s.agent_events("alpha", 200, 5)[0].body.text == "alpha after"
+    finally:
+        s.close()
+
+
+def test_a_new_store_keeps_events_in_the_order_of_writing(tmp_path: Path) -> None:
+    s = Store(tmp_path / "gw.sqlite")
+    try:
+        assert "WITHOUT ROWID" not in _table_sql(s).upper()
+        for seq in range(1, 4):
+            for agent in ("a", "b", "c"):
+                s.append_agent_event(agent, _event(seq, f"{agent}{seq}"))
+        order = [r for (r,) in s.db.execute("SELECT agent || seq FROM agent_events ORDER BY rowid")]
+        assert order == ["a1", "b1", "c1", "a2", "b2", "c2", "a3", "b3", "c3"]
+        assert [e.body.text for e in s.agent_events("b", 0, 10)] == ["b1", "b2", "b3"]
+    finally:
+        s.close()
