@@ -50,13 +50,13 @@ def test_web_config_run_dir_port_zero_then_a_killed_gateway(tmp_path: Path, proc
     # web: no --run-dir (the config's), port 0 (the one bound is printed)
     web = procs.start("web", "--config", str(cfg), log_name="web", env={"KTRADER_WEB_TOKEN": TOKEN})
     m = wait_for(
-        lambda: re.search(r"http://127\.0\.0\.1:(\d+)/\?token=", procs.log(web)), 20, interval=0.1, what="web URL"
+        lambda: re.search(r"http://127\.0\.0\.1:(\d+)/#token=", procs.log(web)), 20, interval=0.1, what="web URL"
     )
     assert isinstance(m, re.Match)
     port = int(m.group(1))
     assert port > 0, procs.log(web)
     base = f"http://127.0.0.1:{port}"
-    assert httpx.get(base + "/", timeout=5).status_code == 401  # it serves there (token required)
+    assert httpx.get(base + "/api/ping", timeout=5).status_code == 401  # it serves there (token required)
     wait_for(
         lambda: f'"gateway_pid":{gw.pid}' in first_status_event(base + "/api/stream"),
         20,

@@ -1,7 +1,8 @@
 """The web dashboard in a real browser (Playwright driving Debian's chromium): a real gateway (fake
-broker printing trades), a real agent, `ktrader web` as its own process. The page refuses without
-the token, loads with it, shows prices moving and a new fill appear without a reload; the flatten
-button asks first and acts."""
+broker printing trades), a real agent, `ktrader web` as its own process. The page shows nothing
+without the token, loads with it (never as a cookie: another server on this host must not receive
+it), shows prices moving and a new fill appear without a reload; the flatten button asks first and
+acts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -40,6 +43,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _Recorder(ThreadingHTTPServer):
+    """A server on another loopback port that records every request's headers."""
+
+    def __init__(self, seen: list[str]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(str(self.headers))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
 def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
@@ -75,10 +95,13 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
         env={"KTRADER_WEB_TOKEN": token},
     )
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(base + "/", timeout=2).status_code == 401, 20, interval=0.1, what="web up")
+    wait_for(lambda: httpx.get(base + "/api/ping", timeout=2).status_code == 401, 20, interval=0.1, what="web up")
     assert "token required" in httpx.get(base + "/api/stream", timeout=2).text
+    assert httpx.get(base + "/api/ping", headers={"Cookie": f"ktrader_web={token}"}, timeout=2).status_code == 401
     assert httpx.post(base + "/api/control", json={"action": "halt"}, timeout=2).status_code == 401
-    assert token in procs.log(web)  # printed for the operator
+    assert f"/#token={token}" in procs.log(web)  # printed for the operator, in the fragment no server sees
+    old = httpx.get(f"{base}/?token={token}", timeout=2)  # an earlier version's URL: its token moves to the fragment
+    assert old.status_code == 302 and old.headers["location"] == f"/#token={token}" and "set-cookie" not in old.headers
     key = (run / "gateway.json").read_text()
 
     profile = tempfile.mkdtemp(prefix="kt-chromium-")
@@ -86,12 +109,26 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, procs: Procs) -> None:
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
             page = ctx.new_page()
-            resp = page.goto(base + "/")
-            assert resp is not None and resp.status == 401 and "token required" in page.content()
+            page.goto(base + "/")  # the shell alone: no data without the token
+            page.wait_for_function("document.getElementById('live').textContent.includes('token required')")
+            assert page.locator("#agents tbody tr").count() == 0
+            # a cookie an earlier version left is cleared: it went to every server on this host
+            ctx.add_cookies([{"name": "ktrader_web", "value": token, "url": base}])
 
-            page.goto(f"{base}/?token={token}")
-            assert "token" not in page.url  # swapped for a cookie
+            page.goto(f"{base}/#token={token}")  # as printed, into the page already open
+            page.wait_for_url(f"{base}/", timeout=10_000)  # out of the address bar (kept in this tab's storage)
             page.wait_for_selector("#agents tr[data-agent=alpha]", timeout=20_000)
+            assert ctx.cookies() == []
+            # another server on this host (another port: another user's, say) learns nothing of it
+            seen: list[str] = []
+            other = _Recorder(seen)
+            try:
+                other_page = ctx.new_page()
+                other_page.goto(f"http://127.0.0.1:{other.server_port}/")
+                other_page.close()
+            finally:
+                other.shutdown()
+            assert seen and not any(token in h for h in seen), seen
             assert page.inner_text("#live") == "live"
             row = page.inner_text("#agents tr[data-agent=alpha]")
             assert "online" in row and "B10@70,000" in row  # its last fill

@@ -81,8 +81,10 @@ const el = (id) => (els[id] ??= { id, textContent: "", className: "", style: {},
 const ctx = vm.createContext({
   document: { getElementById: el, createElement: () => el("x"), querySelectorAll: () => [],
               body: { classList: { toggle() {} } } },
-  EventSource: class { addEventListener() {} },
-  setInterval() {}, setTimeout() { return 0; }, clearTimeout() {},
+  location: { hash: "#token=page-token", pathname: "/" }, history: { replaceState() {} },
+  sessionStorage: { v: {}, setItem(k, x) { this.v[k] = x; }, getItem(k) { return this.v[k] ?? null; } },
+  fetch: () => new Promise(() => {}),  // the stream never answers here: the checks below call the renderers
+  setInterval() {}, setTimeout() { return 0; }, clearTimeout() {}, AbortController, URLSearchParams,
   window: { confirm: () => false }, console, Date, Intl, JSON, Math,
 });
 vm.runInContext(fs.readFileSync(process.argv[2], "utf8"), ctx);

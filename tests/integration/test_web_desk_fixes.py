@@ -99,7 +99,7 @@ def test_desk_grid_account_and_confirmations(tmp_path: Path) -> None:
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
             page = ctx.new_page()
-            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
             page.wait_for_selector("#agents tr[data-agent=shadow_bot]", timeout=20_000)
             # mode column; totals of the live agents only
             assert page.inner_text("#agents tr[data-agent=shadow_bot] td[data-col=mode]") == "shadow"

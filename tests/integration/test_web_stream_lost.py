@@ -45,7 +45,7 @@ def web_up(port: int) -> None:
 
 def _status(base: str) -> int:
     try:
-        return httpx.get(base + "/", timeout=2).status_code
+        return httpx.get(base + "/api/ping", timeout=2).status_code
     except httpx.HTTPError:
         return 0
 
@@ -93,7 +93,7 @@ def test_a_lost_stream_dims_the_page_and_a_new_key_is_told(tmp_path: Path, procs
             page = ctx.new_page()
             wait_for(lambda: (run / "gateway.json").exists(), 15, what="gateway.json")
             web_up(port)
-            page.goto(f"{base}/?token={token}")
+            page.goto(f"{base}/#token={token}")
             wait_live(page)
 
             # ktrader web stops: the page's figures are old, dimmed, their age counting
@@ -118,7 +118,7 @@ def test_a_lost_stream_dims_the_page_and_a_new_key_is_told(tmp_path: Path, procs
                 timeout=10_000,
             )
             # the URL it printed, with the new key, brings it back
-            page.goto(f"{base}/?token={new}")
+            page.goto(f"{base}/#token={new}")
             wait_live(page)
             ctx.close()
     finally:

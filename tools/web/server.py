@@ -4,8 +4,12 @@ socket for prices and system events), and serves one page that refreshes itself 
 events: agents, orders, fills, positions, account, health and alerts, per-agent equity curves and
 intraday price charts (uPlot, MIT, served from the package: no CDN).
 
-Bound to 127.0.0.1 by default. A token is required: the URL printed at start carries it once,
-the page then keeps it in an HttpOnly, SameSite=Strict cookie (or send `Authorization: Bearer`).
+Bound to 127.0.0.1 by default. A token is required for everything but the page's shell (its HTML,
+script and styles, which hold no data): the URL printed at start carries it in its fragment (`#token=`,
+which a browser never sends to any server), the page keeps it in its own tab's sessionStorage (one
+origin: scheme, host and port) and sends it as `Authorization: Bearer` with every request, the stream
+too (read with fetch: EventSource cannot send a header). Never a cookie: a browser sends cookies to
+every port of the host, so any local server on 127.0.0.1 the operator visited would collect it.
 Operator actions are POSTs that need JSON and the `X-Ktrader` header (a cross-site form can send
 neither) and are confirmed in the page; they go to the gateway as Control, journaled there as
 `ktrader-web`. A reload is confirmed on what it changes: the page first asks for the preview (each
@@ -24,6 +28,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
@@ -37,7 +42,9 @@ from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown, is_timeou
 log = logging.getLogger("ktrader.web")
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "ktrader_web"
+# the cookie earlier versions kept the token in: cleared by the page's shell (it would go on leaking the
+# token to every other server on this host the browser visits)
+OLD_COOKIE = "ktrader_web"
 ACTIONS = frozenset({"pause", "resume", "reduce", "halt", "cancel_all", "flatten", "reconcile", "reload"})
 CONTROL_TIMEOUT_S = 5.0  # how long an action waits for the gateway's answer
 MAX_CLIENTS = 32
@@ -148,35 +155,39 @@ class Dashboard:
     # ---- HTTP --------------------------------------------------------------------------------------
 
     def authorised(self, request: web.Request) -> bool:
-        given = request.query.get("token") or request.cookies.get(COOKIE, "")
         auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[7:]
+        given = auth[7:] if auth.startswith("Bearer ") else ""
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     @web.middleware
     async def guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not self.authorised(request):
+        # the shell (HTML, script, styles) holds no data: served to anyone, as the files in the package are
+        if request.path != "/" and not request.path.startswith("/static/") and not self.authorised(request):
             return web.Response(
                 status=401,
-                text="ktrader web: token required. Open the URL that `ktrader web` printed (it carries ?token=...).\n",
+                text="ktrader web: token required. Open the URL that `ktrader web` printed (it carries #token=...).\n",
                 content_type="text/plain",
             )
         resp = await handler(request)
-        if "token" in request.query:  # the URL's token becomes a cookie the page's requests carry
-            resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["X-Frame-Options"] = "DENY"
         return resp
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        if "token" in request.query:  # keep the token out of the address bar and history
-            resp = web.HTTPFound("/")
-            resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
-            raise resp
-        return web.FileResponse(STATIC / "index.html")
+        if "token" in request.query:
+            # a URL of an earlier version (?token=): the token goes to the fragment, out of the address bar,
+            # the history and any log of requests from here on
+            raise web.HTTPFound(f"/#token={quote(request.query['token'], safe='')}")
+        resp = web.FileResponse(STATIC / "index.html")
+        if OLD_COOKIE in request.cookies:
+            resp.del_cookie(OLD_COOKIE)
+        return resp
+
+    async def ping(self, request: web.Request) -> web.Response:
+        """Whether the page's token is still good (a 401 from the guard if not): asked when the stream fails."""
+        return web.Response(status=204)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         if len(self.clients) >= MAX_CLIENTS:
@@ -254,6 +265,7 @@ class Dashboard:
         app = web.Application(middlewares=[self.guard])
         app.router.add_get("/", self.index)
         app.router.add_get("/api/stream", self.stream)
+        app.router.add_get("/api/ping", self.ping)
         app.router.add_post("/api/control", self.control)
         app.router.add_static("/static/", STATIC)
         app.on_startup.append(self.start)
@@ -306,7 +318,7 @@ def run_web(
             site = web.TCPSite(runner, host, port)
             await site.start()
             bound = next((a[1] for a in runner.addresses if isinstance(a, tuple)), port)
-            print_fn(f"ktrader web: http://{_url_host(host)}:{bound}/?token={token}")
+            print_fn(f"ktrader web: http://{_url_host(host)}:{bound}/#token={token}")
             print_fn("  (open it in a browser on this machine; the token is required; Ctrl-C stops)")
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:

@@ -2,6 +2,21 @@
 // after a confirmation. Texts from the gateway are set with textContent, never as HTML.
 "use strict";
 const $ = (id) => document.getElementById(id);
+// The token: from the URL's fragment (#token=, never sent to a server) into this tab's sessionStorage
+// (this origin's alone: no other port of the host sees it, as it would see a cookie), then out of the
+// address bar. Every request carries it as a header (server.py: the guard).
+function tokenFromAddress() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) {
+    sessionStorage.setItem("ktrader-web-token", given);
+    history.replaceState(null, "", location.pathname);
+  }
+  return given;
+}
+const TOKEN = (tokenFromAddress(), sessionStorage.getItem("ktrader-web-token") || "");
+// the URL pasted into a page already open (only its fragment changes: no new load): start again with it
+window.addEventListener?.("hashchange", () => { if (tokenFromAddress()) location.reload(); });
+const authorised = (headers = {}) => ({ ...headers, Authorization: `Bearer ${TOKEN}` });
 const fmt = (n) => (n ?? 0).toLocaleString("en-US");
 const cls = (n) => (n > 0 ? "up" : n < 0 ? "down" : "");  // Korean colours: red up, blue down
 const kstDay = (d) => d.toLocaleDateString("en-CA", { timeZone: "Asia/Seoul" });  // YYYY-MM-DD in KST
@@ -53,8 +68,8 @@ const QUESTIONS = {
 };
 
 async function post(body) {
-  const r = await fetch("/api/control", { method: "POST", credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-Ktrader": "1" }, body: JSON.stringify(body) });
+  const r = await fetch("/api/control", { method: "POST", cache: "no-store",
+    headers: authorised({ "Content-Type": "application/json", "X-Ktrader": "1" }), body: JSON.stringify(body) });
   if (r.status === 401) throw new Error(KEY_GONE);  // not sent: ktrader web was restarted with a new key
   return r.json();
 }
@@ -284,7 +299,7 @@ function renderEvents(lines) {
 // old as the stream's last message. All of it is dimmed and that age shown, counting each second, until a
 // status comes again (renderStatus then says what it is). lost: the reason shown, null while the stream is up.
 const KEY_GONE = "this page's key is no longer valid: open the URL ktrader web printed";
-const RETRY_MS = 5000;  // the browser gave up on the stream for another reason (e.g. too many pages): try again
+const NO_KEY = "token required: open the URL ktrader web printed (it carries #token=…)";
 let lastMessageAt = null, lost = null, lostTimer = null, checkingKey = false;
 
 function showLost() {
@@ -305,41 +320,76 @@ function streamBack() {
   lostTimer = lost = null;
 }
 
-// false: ktrader web answers 401 (it was restarted with a new key: EventSource never says why it failed);
-// null: it does not answer at all; true: the key is still good.
+// false: ktrader web answers 401 (it was restarted with a new key); null: it does not answer at all;
+// true: the key is still good.
 async function keyValid() {
   try {
-    const r = await fetch("/", { method: "HEAD", credentials: "same-origin", cache: "no-store" });
+    const r = await fetch("/api/ping", { headers: authorised(), cache: "no-store" });
     return r.status !== 401;
   } catch (e) { return null; }
 }
 
-async function onStreamError(es) {
+const STREAM_RETRY_MS = 1000;  // as soon as a lost stream is tried again (server.py STREAM_RETRY_MS)
+const STREAM_SILENT_MS = 40000;  // the server sends a keep-alive every 15 s: this long without one, it is lost
+
+async function onStreamError(retryMs = STREAM_RETRY_MS) {
   streamLost("the stream from ktrader web is lost: reconnecting…");
   if (checkingKey) return;
   checkingKey = true;
   const valid = await keyValid();
   checkingKey = false;
-  if (!lost) return;  // a status came meanwhile: the stream is back
-  if (valid === false) { es.close(); streamLost(KEY_GONE); return; }  // retrying cannot help
-  if (valid === null) streamLost("ktrader web does not answer: reconnecting…");  // the browser keeps trying
-  if (es.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_MS);
+  if (valid === false) { streamLost(KEY_GONE); return; }  // retrying cannot help
+  if (valid === null) streamLost("ktrader web does not answer: reconnecting…");
+  setTimeout(connect, retryMs);
 }
 
-function connect() {
-  const es = new EventSource("/api/stream");
-  const on = (event, render) => es.addEventListener(event, (e) => {
-    lastMessageAt = Date.now();
-    if (event === "status") streamBack();
-    render(JSON.parse(e.data));
-  });
-  // "live" only once a fresh status arrives (renderStatus): an open stream may carry stale figures
-  es.onopen = () => { if (!lost) setLive("connected…", "dim"); };
-  es.onerror = () => onStreamError(es);
-  on("status", renderStatus);
-  on("orders", renderOrders);
-  on("market", renderMarket);
-  on("events", renderEvents);
+// One server-sent event ("event: name", "data: line"s; comments and retry ignored) to its renderer.
+function dispatch(frame, renderers) {
+  let event = "message";
+  const data = [];
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  }
+  const render = renderers[event];
+  if (!render || !data.length) return;
+  lastMessageAt = Date.now();
+  if (event === "status") streamBack();
+  try { render(JSON.parse(data.join("\n"))); }
+  catch (e) { console.error(`ktrader desk: ${event}`, e); }  // one bad message does not cost the stream
+}
+
+// The stream read with fetch, not EventSource: EventSource cannot send the token's header.
+async function connect() {
+  if (!TOKEN) { streamLost(NO_KEY); return; }
+  const renderers = { status: renderStatus, orders: renderOrders, market: renderMarket, events: renderEvents };
+  const abort = new AbortController();
+  let silent = setTimeout(() => abort.abort(), STREAM_SILENT_MS), retryMs = STREAM_RETRY_MS;
+  try {
+    const r = await fetch("/api/stream", { headers: authorised(), cache: "no-store", signal: abort.signal });
+    if (r.status === 401) { clearTimeout(silent); streamLost(KEY_GONE); return; }
+    if (r.status === 503) retryMs = 5000;  // too many pages open: not at once again
+    if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+    // "live" only once a fresh status arrives (renderStatus): an open stream may carry stale figures
+    if (!lost) setLive("connected…", "dim");
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      clearTimeout(silent);
+      silent = setTimeout(() => abort.abort(), STREAM_SILENT_MS);
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        dispatch(frame, renderers);
+      }
+    }
+  } catch (e) { /* lost: below */ }
+  clearTimeout(silent);
+  onStreamError(retryMs);
 }
 
 $("halt").onclick = () => act("halt", "", false);
