@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
-from common.private import write_atomic
+import os
+import stat
+
+from common.private import others_can_replace, write_atomic
 
 
 class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,12 +52,29 @@ def write_info(run_dir: str | Path, info: GatewayInfo) -> Path:
 
 
 def read_info(run_dir: str | Path) -> GatewayInfo:
+    """The gateway's file, trusted only if no other user could have written it: its endpoints and key decide
+    where orders and the operator's commands go, and whose answers are believed."""
     path = connection_path(run_dir)
     try:
-        return msgspec.json.decode(path.read_bytes(), type=GatewayInfo)
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
     except FileNotFoundError:
         raise ConnectionFileError(f"{path} not found: is the gateway running? (ktrader gateway)") from None
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+    except OSError as e:
+        raise ConnectionFileError(f"{path}: unreadable ({e})") from None
+    whose = (
+        f"{path} belongs to another user (uid {st.st_uid})"
+        if st.st_uid != os.getuid()
+        else f"{path} is writable by every user"
+        if st.st_mode & stat.S_IWOTH
+        else others_can_replace(path.parent)
+    )
+    if whose:
+        raise ConnectionFileError(f"{whose}: not trusted (run as the user who runs the gateway, in a folder of yours)")
+    try:
+        return msgspec.json.decode(data, type=GatewayInfo)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ConnectionFileError(f"{path}: unreadable ({e})") from None
 
 

@@ -65,6 +65,26 @@ def _chmod(p: Path, mode: int) -> None:
             pass
 
 
+def others_can_replace(path: str | os.PathLike[str]) -> str:
+    """Why a user other than this one (and root) could replace what `path` holds, in words ("" when none
+    can): `path` or a folder above it belongs to another user, or is writable by everyone without the
+    sticky bit (as /tmp has). Whoever can, could put their own gateway.json (endpoints, signing key) in
+    front of this user's tools and agents, or rename the store away. Group-writable folders pass: with
+    a private group per user (umask 002 distributions) the group is this user."""
+    me = os.getuid()
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        try:
+            st = folder.stat()
+        except OSError:
+            continue  # (not there yet: created by us, then ours)
+        if st.st_uid not in (me, 0) or (folder == p and st.st_uid != me):
+            return f"{folder} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            return f"{folder} is writable by every user"
+    return ""
+
+
 def tighten(run_dir: str | os.PathLike[str]) -> Path:
     """The run directory 0700, its first-level folders 0700 and files (sockets too) at most 0600."""
     root = private_dir(run_dir)

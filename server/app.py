@@ -18,7 +18,7 @@ from common.config import BrokerEnv, ConfigError, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
 from server.run_folder import RunLock, lock_app_key, lock_run_dir
-from common.private import private_dir, private_process, tighten  # issue-18a
+from common.private import others_can_replace, private_dir, private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
 
@@ -99,8 +99,12 @@ def _blocked_because(path: Path, e: OSError) -> str:
 
 
 def check_run_dir(run_dir: str | os.PathLike[str]) -> None:
-    """ConfigError (exit 2, one line) when the run folder cannot be created or written."""
+    """ConfigError (exit 2, one line) when the run folder cannot be created or written, or when another user
+    could replace what it holds (a folder they made first, or one they may rename: their gateway.json would
+    take this user's agents and tools, their orders and the operator's kill switch)."""
     problem = run_dir_problem(run_dir)
+    if not problem and (whose := others_can_replace(Path(run_dir).expanduser())):
+        problem = f"run_dir {Path(run_dir).expanduser()}: {whose}: use a folder of your own"
     if problem:
         raise ConfigError(problem)
 
