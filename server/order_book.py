@@ -206,12 +206,13 @@ class OrderBook:
         new = apply(order, event)
         old = self.orders.get(order.client_order_id)
         positions = [b.position for b in extra or [] if isinstance(b, (FillUpdate, PositionUpdate))]
-        day = day or self.order_day.get(order.client_order_id) or self.day()
+        known_day = self.order_day.get(order.client_order_id)
+        day = day or known_day or self.day()
         bodies: list[EventBody] = [OrderUpdate(order=order_view(new)), *(extra or [])]
         events: list[AgentEvent] = []
         seq = self.seq.get(new.agent, 0)
         with self.store.write():
-            self.store.record_order(new, event, day)
+            self.store.record_order(new, event, day, same_day=day == known_day)
             self._write_traces()
             for kind, detail in trace or []:
                 self.store.add_trace(new.client_order_id, event.ts_ns or self.now_ns(), kind, detail)

@@ -334,7 +334,7 @@ def store_floor(tmp: Path, orders: int = 4000, per_commit: int = 20, agents: int
                 done = apply(new, acc)
                 for kind in ("broker.sent", "broker.ack", "notice"):
                     store.add_trace(new.client_order_id, i, kind, step)
-                store.record_order(done, acc, day)
+                store.record_order(done, acc, day, same_day=True)
                 seq[new.agent] += 1
                 store.append_agent_event(
                     new.agent, AgentEvent(h=h(), seq=seq[new.agent], body=OrderUpdate(order=order_view(done)))

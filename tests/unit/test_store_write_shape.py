@@ -1,6 +1,6 @@
-"""v11: agent events are kept in the order they were written (a group commit of many agents' orders adds
-to one page of rows, not to one region per agent); a v10 store's events come across whole, in order, and
-every reader still finds them by (agent, seq)."""
+"""What the store writes per order is shaped to touch few pages (a group commit of many agents' orders):
+v11 keeps agent events in the order they were written (a v10 store's events come across whole, in order,
+and every reader still finds them by (agent, seq)); an order's day is rewritten only when it moves."""
 
 from __future__ import annotations
 
@@ -85,5 +85,24 @@ def test_a_new_store_keeps_events_in_the_order_of_writing(tmp_path: Path) -> Non
         order = [r for (r,) in s.db.execute("SELECT agent || seq FROM agent_events ORDER BY rowid")]
         assert order == ["a1", "b1", "c1", "a2", "b2", "c2", "a3", "b3", "c3"]
         assert [e.body.text for e in s.agent_events("b", 0, 10)] == ["b1", "b2", "b3"]
+    finally:
+        s.close()
+
+
+def test_an_orders_day_moves_only_when_its_writer_says_so(tmp_path: Path) -> None:
+    """record_order(same_day=True) leaves the row's day alone (no index rewrite); a move is written."""
+    from common.enums import Side
+    from common.orders import Accept, Order, Submit, apply
+
+    s = Store(tmp_path / "gw.sqlite")
+    try:
+        o = Order(client_order_id="a-20261207-1", agent="a", code="005930", side=Side.BUY, qty=1, price=70_000)
+        sent = apply(o, Submit(ts_ns=1))
+        s.record_order(sent, Submit(ts_ns=1), "20261207")
+        acked = apply(sent, Accept(ts_ns=2, broker_order_id="0000000001", org_no="06010"))
+        s.record_order(acked, None, "20261207", same_day=True)
+        assert [(d, x.state) for d, x in s.load_orders(day="20261207")] == [("20261207", acked.state)]
+        s.record_order(acked, None, "20261208")  # released on the next session: its day moves
+        assert s.load_orders(day="20261207") == [] and [d for d, _ in s.load_orders(day="20261208")] == ["20261208"]
     finally:
         s.close()
