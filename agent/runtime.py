@@ -428,6 +428,9 @@ class AgentRuntime(AgentServicesMixin):
         self._day_decided = ""  # the newest closed day whose daily bars were all handed over (heartbeats)
         self._day_closed = ""  # the newest day the gateway said it closed (DAY_CLOSED), YYYY-MM-DD
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
+        # (code, intraday interval) -> the newest bar history gave the first on_start: a bar streamed meanwhile (it
+        # closed while the warm-up ran) is in the warm-up already, and its on_bar would count it twice
+        self._warmed: dict[tuple[str, str], str] = {}
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
         self._kv = _StrategyState()
@@ -720,6 +723,9 @@ class AgentRuntime(AgentServicesMixin):
         self._history_skips, self._history_warned = 0, None
         bars = [b for b in reply.bars if b.start < cut] if cut else list(reply.bars)
         bars = bars[-n:]
+        if bars and not self._started and not cut and interval != BarInterval.D1:  # (daily: _daily_seen's)
+            key = (code, str(interval))
+            self._warmed[key] = max(self._warmed.get(key, ""), bars[-1].start)
         self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(bars), reply.backfilled)
         return bars
 
@@ -1972,6 +1978,14 @@ class AgentRuntime(AgentServicesMixin):
                     return
                 self._hand_bar(body, prev)
                 return
+            warmed = self._warmed.get((body.code, body.interval))
+            if warmed is not None:
+                if body.start <= warmed:  # (as backtests start: on_start's history, then the bars after it)
+                    self.log.info(
+                        "bar %s %s %s is in on_start's history: not again", body.code, body.interval, body.start
+                    )
+                    return
+                del self._warmed[(body.code, body.interval)]  # past the warm-up: nothing older comes again
             self._hand_bar(body)
 
     def _too_late(self, bar: Bar, what: str, when: str) -> bool:
@@ -2246,8 +2260,8 @@ class AgentRuntime(AgentServicesMixin):
                 ev.text in self.card.codes or ev.text in self.universe.codes
             ):
                 self.log.warning(
-                    "the price history of %s changed scale (a split, a rights or bonus issue): the strategy rebuilds "
-                    "what it built from it (on_history_changed)",
+                    "the price history of %s changed (a split, a rights or bonus issue; or bars the gateway did not "
+                    "hear, filled from the broker): the strategy rebuilds what it built from it (on_history_changed)",
                     ev.text,
                 )
                 self._history_changed(ev.text)

@@ -301,7 +301,9 @@ class Strategy:
         the operator applied one): the history `ctx.history` gives is adjusted to today's prices (as a
         backtest's data is), windows built from yesterday's prices are not and read a 1:5 split as an 80 %
         crash; or a day's bar went into history without its on_bar (it came after its next session opened: too
-        late to decide on), and windows built bar by bar lack that day.
+        late to decide on), and windows built bar by bar lack that day; or intraday bars were never published
+        (prints the gateway did not hear: its restart, a websocket outage), which history fills from the
+        broker's minute chart.
 
         Default: the strategy starts afresh (`on_start` runs again, as `on_reload` does for new params), so its
         windows are rebuilt from history on their next bar (once for every code changed meanwhile). Override to

@@ -324,6 +324,7 @@ class Gateway:
             self.md.on_skew = lambda text: self.alerts(text, AlertKind.GATEWAY_FAULT)
             self.md.wall_steps = True  # and a step of it (NTP) is not the exchange's time passing
         self.md.on_alert = lambda text, kind: self.alerts(text, kind)  # (a day's bar the broker never gave: lost)
+        self.md.on_bars_lost = self._bars_lost
         self.risk.day_close = self.md.day_close  # the base of a next-session order's band
         # bars built from prints that stopped (a released registration) are partial; a suspected split drops the
         # stored daily bars of its code (the old shares' prices; server/marketdata.py forget_history)
@@ -1168,6 +1169,14 @@ class Gateway:
             subject=f"buy refused for cash {o.agent}",
         )
         return True
+
+    def _bars_lost(self, codes: list[str]) -> None:
+        """Intraday bars of `codes` were not published (prints of their buckets not heard: a restart, a websocket
+        outage): the agents are told, as for a history that changed, so that windows built bar by bar are built
+        again from history, where the broker's minute chart fills the stretch (MarketData.history). Without it a
+        strategy's 5-minute window silently spanned the outage and a copy started later decided otherwise."""
+        for code in codes:
+            self.publish(SystemEventKind.HISTORY_CHANGED, "", code)
 
     def _history_changed(self, code: str, why: str) -> None:
         """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the

@@ -213,6 +213,14 @@ class MarketData:
         # code -> how many daily bars a split dropped (_drop_daily): the next daily window asked fetches that many
         # back, adjusted, not only its own n (the store kept 34 of 315 bars, and a backtest of it ran 34 days)
         self._refill: dict[str, int] = {}
+        # (code, interval) -> (the code's heard_since, the earliest bucket start the broker's minute chart was
+        # asked back to, "" for the whole day): an intraday window reaching back past the code's heard_since
+        # (a restart, a websocket outage) may hold holes where nothing was heard; asked once per stretch
+        self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str]] = {}
+        # told the codes whose intraday bars were lost (buckets dropped as partial: prints of them not heard),
+        # so that agents rebuild windows built bar by bar from history, which the broker fills (`history`)
+        self.on_bars_lost: Callable[[list[str]], None] | None = None
+        self.closed_day = dt.date.min  # the newest day the day cycle closed (close_daily): its bar is history
 
     def day_close(self, code: str, day: dt.date) -> int:
         """The official close of `code` on `day` (0: not known): its daily bar's, which goes out only
@@ -232,6 +240,7 @@ class MarketData:
         self.trades.clear()
         self.books.clear()
         self._hole_asked.clear()
+        self._unheard_asked.clear()
         self._cum.clear()  # the day's cumulative volumes start again from zero
 
     def counters(self) -> dict[str, int]:
@@ -665,6 +674,7 @@ class MarketData:
         (`codes`: also those we have no prints of, e.g. after a restart past the last print). The
         built bar misses whatever we did not hear: prints before a gateway restart, a websocket gap.
         Without an answer the built bar goes out, counted (`daily_bars_unconfirmed`)."""
+        self.closed_day = max(self.closed_day, day)
         built = self.builder.close_daily(day)
         if self.hold_daily and broker is not None and Capability.CHARTS in broker.capabilities:  # KRX sessions
             built = await self._official(day, built, broker, set(codes))
@@ -836,6 +846,8 @@ class MarketData:
             bars = [b for b in bars if b not in partial]
         for b in partial:
             self._gapped.discard((b.code, b.interval, b.start))  # judged: the mark is not needed any more
+        if partial and self.on_bars_lost is not None:
+            self.on_bars_lost(sorted({b.code for b in partial}))
         if not bars:
             return
         for b in bars:
@@ -878,16 +890,25 @@ class MarketData:
             raise BarError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
         now = self.exchange_now()
         before = self.builder.open_start(code, interval) or _bucket_label(now, interval)
+        if (
+            interval == DAILY
+            and self.hold_daily
+            and (self.closed_day >= now.date() or self.day_close(code, now.date()))
+        ):
+            # the day cycle closed today: its bar is history now, stored or asked of the broker as a hole (a
+            # warm-up at 16:00 ended a day behind until the next close)
+            before = (now.date() + dt.timedelta(days=1)).isoformat()
         have = self.store.last(code, interval, n, before)
         if Capability.CHARTS not in broker.capabilities:
             return have, 0
         hole = self._daily_hole(code, interval, n, before, have, now.date()) if len(have) >= n else None
+        unheard = self._unheard(code, interval, have, now) if len(have) >= n else None
         refill = self._refill.get(code, 0) if interval == DAILY else 0
-        if len(have) >= n and hole is None and refill <= n:
+        if len(have) >= n and hole is None and unheard is None and refill <= n:
             return have, 0
         if interval == DAILY:
-            # today's bar is the builder's, complete only after the close
-            fetched = await broker.daily_bars(code, max(n, refill), now.date(), caller=caller)
+            # today's bar is the builder's, complete only after the close (then `before` is the next day)
+            fetched = await broker.daily_bars(code, max(n, refill), dt.date.fromisoformat(before), caller=caller)
             self._refill.pop(code, None)  # (answered: an error propagated above leaves it to ask again)
         else:
             need = n * MINUTES[interval] + MINUTES[interval]
@@ -897,12 +918,40 @@ class MarketData:
             fetched = aggregate(ones, interval)
             if fetched and interval != "1m" and not reached_start:
                 fetched = fetched[1:]  # the oldest bucket may miss minutes cut off by the page limit
+            if unheard is not None:  # answered: the stretch is the broker's now, back to where it reached
+                reached = "" if reached_start or not fetched else fetched[0].start
+                self._unheard_asked[(code, interval)] = (unheard, reached)
         fetched = [b for b in fetched if b.start < before]
         if fetched:
             self.store.add(fetched)
         if hole is not None:  # answered (an error propagated above and leaves the hole to ask again)
             self._hole_asked[hole] = now.date()
         return self.store.last(code, interval, n, before), len(fetched)
+
+    def _unheard(self, code: str, interval: str, have: list[Bar], now: dt.datetime) -> dt.datetime | None:
+        """The code's heard_since when a full intraday window reaches back past it today (prints before it were
+        not heard: a gateway restart, a websocket outage, a registration taken mid-day) and the broker's minute
+        chart was not yet asked back that far for it; else None. The store then has holes there (buckets never
+        opened, partial ones dropped): served as is, a 12-bar window spans more than 12 bars' time, and a copy of
+        the strategy started later (whose window the broker filled) decides otherwise."""
+        if interval == DAILY or not have:
+            return None
+        since = self.heard_since.get(code)
+        if since is None or since.date() != now.date() or _at_or_before_open(since):
+            return None  # nothing of today's session went unheard
+        if dt.datetime.fromisoformat(have[0].start) >= since:
+            return None  # the window is all heard
+        first = max(have[0].start, now.date().isoformat())  # (the minute chart holds today only)
+        asked = self._unheard_asked.get((code, interval))
+        if asked is not None and asked[0] == since and first >= asked[1]:
+            return None
+        log.info(
+            "%s %s history reaches back past %s (prints not heard before): filled from the broker",
+            code,
+            interval,
+            f"{since:%H:%M:%S}",
+        )
+        return since
 
     def _daily_hole(
         self, code: str, interval: str, n: int, before: str, have: list[Bar], today: dt.date

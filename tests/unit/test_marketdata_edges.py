@@ -95,6 +95,8 @@ class Charts:
 DAYS = trading_days(dt.date(2024, 2, 1), dt.date(2024, 3, 29))
 EXCHANGE = [_day_bar(d, 10_000 + i * 100) for i, d in enumerate(DAYS)]
 WANT_21 = [x.start for x in EXCHANGE if x.start < "2024-03-29"][-21:]
+# at 16:00 the store holds the day's bar (the day cycle closed the day): history holds it, today included
+CLOSED_21 = [x.start for x in EXCHANGE][-21:]
 
 
 def _md(tmp_path: Path, hole: set[str], wall: dt.datetime) -> MarketData:
@@ -110,7 +112,7 @@ def test_daily_history_with_missing_trading_days_is_back_filled(tmp_path: Path) 
     md = _md(tmp_path, hole, at(16, 0, 0, dt.date(2024, 3, 29)))
     broker = Charts(EXCHANGE)
     got, filled = asyncio.run(md.history(broker, C, "1d", 21, "agent"))  # type: ignore[arg-type]
-    assert [x.start for x in got] == WANT_21 and broker.calls == 1 and filled >= len(hole)
+    assert [x.start for x in got] == CLOSED_21 and broker.calls == 1 and filled >= len(hole)
 
 
 def test_a_missing_day_the_broker_has_not_got_is_asked_once_a_day(tmp_path: Path) -> None:
@@ -145,7 +147,33 @@ def test_a_failed_back_fill_is_asked_again(tmp_path: Path) -> None:
         pass
     up = Charts(EXCHANGE)
     got, _n = asyncio.run(md.history(up, C, "1d", 21, "agent"))  # type: ignore[arg-type]
-    assert up.calls == 1 and [x.start for x in got] == WANT_21
+    assert up.calls == 1 and [x.start for x in got] == CLOSED_21
+
+
+def test_after_the_close_the_days_bar_is_history(tmp_path: Path) -> None:
+    """A warm-up at 16:00 (or a screen on an evening timer) decides on today's official bar, not yesterday's
+    as the last: once the day cycle stored it, it is complete. During the session it is not in history."""
+    today = dt.date(2024, 3, 29)
+    md = _md(tmp_path, {today.isoformat()}, at(14, 0, 0, today))  # the session: today's bar is not stored yet
+    got, _n = asyncio.run(md.history(Charts(EXCHANGE), C, "1d", 5, "agent"))  # type: ignore[arg-type]
+    assert got[-1].start == "2024-03-28"
+    md.store.add([EXCHANGE[-1]])  # the close: the day cycle stores the day's bar (close_daily)
+    md.wall = lambda: at(16, 0, 0, today)
+    broker = Charts(EXCHANGE)
+    got, _n = asyncio.run(md.history(broker, C, "1d", 5, "agent"))  # type: ignore[arg-type]
+    assert [x.start for x in got] == [x.start for x in EXCHANGE][-5:] and got[-1].close == EXCHANGE[-1].close
+    assert broker.calls == 0  # a whole window: nothing asked
+
+
+def test_after_the_close_a_day_nobody_heard_is_asked_of_the_broker(tmp_path: Path) -> None:
+    """No agent had the code during the session (a first start at 16:00): no bar was built or stored, yet the
+    day is closed: its official bar is asked of the broker, not left out of a window ending yesterday."""
+    today = dt.date(2024, 3, 29)
+    md = _md(tmp_path, {today.isoformat()}, at(16, 0, 0, today))
+    asyncio.run(md.close_daily(today))  # the day cycle's close: nothing built of this code
+    broker = Charts(EXCHANGE)
+    got, filled = asyncio.run(md.history(broker, C, "1d", 5, "agent"))  # type: ignore[arg-type]
+    assert [x.start for x in got] == [x.start for x in EXCHANGE][-5:] and broker.calls == 1 and filled >= 1
 
 
 # ---- 3. a registration refused after "subscribed" -------------------------------------------------
