@@ -12,9 +12,8 @@ from pathlib import Path
 
 import msgspec
 import os
-import stat
 
-from common.private import others_can_replace, write_atomic
+from common.private import others_can_replace, writable_by_others, write_atomic
 
 
 class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,9 +50,10 @@ def write_info(run_dir: str | Path, info: GatewayInfo) -> Path:
     return write_atomic(path, msgspec.json.encode(info))
 
 
-def read_info(run_dir: str | Path) -> GatewayInfo:
-    """The gateway's file, trusted only if no other user could have written it: its endpoints and key decide
-    where orders and the operator's commands go, and whose answers are believed."""
+def read_info(run_dir: str | Path, trusted_only: bool = True) -> GatewayInfo:
+    """The gateway's file, trusted only if no other user could have written it (`trusted_only`: the gateway
+    reading its own file back, whose folder it checked at its start, asks only whether it is still its own):
+    its endpoints and key decide where orders and the operator's commands go, and whose answers are believed."""
     path = connection_path(run_dir)
     try:
         with open(path, "rb") as f:
@@ -63,15 +63,18 @@ def read_info(run_dir: str | Path) -> GatewayInfo:
         raise ConnectionFileError(f"{path} not found: is the gateway running? (ktrader gateway)") from None
     except OSError as e:
         raise ConnectionFileError(f"{path}: unreadable ({e})") from None
-    whose = (
-        f"{path} belongs to another user (uid {st.st_uid})"
-        if st.st_uid != os.getuid()
-        else f"{path} is writable by every user"
-        if st.st_mode & stat.S_IWOTH
-        else others_can_replace(path.parent)
-    )
-    if whose:
-        raise ConnectionFileError(f"{whose}: not trusted (run as the user who runs the gateway, in a folder of yours)")
+    if trusted_only:
+        whose = (
+            f"{path} belongs to another user (uid {st.st_uid})"
+            if st.st_uid != os.getuid() and os.getuid() != 0
+            else f"{path} is {why}"
+            if (why := writable_by_others(st))
+            else others_can_replace(path.parent)
+        )
+        if whose:
+            raise ConnectionFileError(
+                f"{whose}: not trusted (run as the user who runs the gateway, in a folder of yours)"
+            )
     try:
         return msgspec.json.decode(data, type=GatewayInfo)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -81,7 +84,7 @@ def read_info(run_dir: str | Path) -> GatewayInfo:
 def remove_info(run_dir: str | Path, session: str) -> None:
     """Remove the file only if it is still ours (a newer gateway may have replaced it)."""
     try:
-        if read_info(run_dir).session == session:
+        if read_info(run_dir, trusted_only=False).session == session:
             connection_path(run_dir).unlink(missing_ok=True)
     except ConnectionFileError:
         pass

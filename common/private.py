@@ -10,7 +10,9 @@ deeper is then unreachable for others anyway).
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 import tempfile
 from pathlib import Path
@@ -67,22 +69,64 @@ def _chmod(p: Path, mode: int) -> None:
 
 def others_can_replace(path: str | os.PathLike[str]) -> str:
     """Why a user other than this one (and root) could replace what `path` holds, in words ("" when none
-    can): `path` or a folder above it belongs to another user, or is writable by everyone without the
-    sticky bit (as /tmp has). Whoever can, could put their own gateway.json (endpoints, signing key) in
-    front of this user's tools and agents, or rename the store away. Group-writable folders pass: with
-    a private group per user (umask 002 distributions) the group is this user."""
+    can): `path` or a folder above it belongs to another user, a link on the way is another user's (they
+    may point it elsewhere), or a folder is writable by everyone, or by a group other users share, without
+    the sticky bit (as /tmp has). Whoever can, could put their own gateway.json (endpoints, signing key) in
+    front of this user's tools and agents, or rename the store away. Root trusts every user's folders (a
+    container's bind mount of a user's folder): each of them is root's to take anyway."""
     me = os.getuid()
-    p = Path(path).resolve()
+    given = Path(path).absolute()
+    for part in (given, *given.parents):  # as written: a link's owner may change where it points at any time
+        try:
+            st = part.lstat()
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and not _trusted_owner(st.st_uid, me, own=False):
+            return f"{part} is a link of another user (uid {st.st_uid})"
+    p = given.resolve()
     for folder in (p, *p.parents):
         try:
             st = folder.stat()
         except OSError:
             continue  # (not there yet: created by us, then ours)
-        if st.st_uid not in (me, 0) or (folder == p and st.st_uid != me):
+        if not _trusted_owner(st.st_uid, me, own=folder == p):
             return f"{folder} belongs to another user (uid {st.st_uid})"
-        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-            return f"{folder} is writable by every user"
+        if st.st_mode & stat.S_ISVTX:
+            continue  # only an entry's owner may rename or remove it
+        if why := writable_by_others(st):
+            return f"{folder} is {why}"
     return ""
+
+
+def writable_by_others(st: os.stat_result) -> str:
+    """Why another user may write ("" none) a file or folder of this mode: everyone may, or a group that is not
+    this user's own (a private group per user, umask 002 distributions: its name is the user's, no members)."""
+    if st.st_mode & stat.S_IWOTH:
+        return "writable by every user"
+    if st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid):
+        return f"writable by group {_group_name(st.st_gid)}, which other users may share"
+    return ""
+
+
+def _trusted_owner(uid: int, me: int, own: bool) -> bool:
+    """`own`: the folder or file itself (ours); else a folder above it (ours or root's)."""
+    return me == 0 or uid == me or (uid == 0 and not own)
+
+
+def _private_group(gid: int) -> bool:
+    try:
+        group = grp.getgrgid(gid)
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False  # a group or user the system cannot name: cannot tell it is private
+    return gid == os.getgid() and group.gr_name == user and set(group.gr_mem) <= {user}
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def tighten(run_dir: str | os.PathLike[str]) -> Path:

@@ -76,7 +76,8 @@ async def run_gateway(
 
 
 def run_dir_problem(run_dir: str | os.PathLike[str]) -> str:
-    """Why the run folder cannot be created or written ("" when it can), in one line that says what to fix.
+    """Why the run folder cannot be created or written, or could be filled by another user ("" when neither),
+    in one line that says what to fix.
     Creates it (as the gateway's start would) and a temporary file in it: a file in its place, a parent
     that cannot hold it or a folder this user may not write are told here, not as an unexpected error."""
     path = Path(run_dir).expanduser()
@@ -85,6 +86,9 @@ def run_dir_problem(run_dir: str | os.PathLike[str]) -> str:
             pass
     except OSError as e:
         return f"run_dir {path}: {_blocked_because(path, e)}: set run_dir (or --run-dir) to a folder you can write"
+    if whose := others_can_replace(path):
+        # their gateway.json would take this user's agents and tools: their orders and the operator's kill switch
+        return f"run_dir {path}: {whose}: use a folder of your own that only you can write"
     return ""
 
 
@@ -100,11 +104,8 @@ def _blocked_because(path: Path, e: OSError) -> str:
 
 def check_run_dir(run_dir: str | os.PathLike[str]) -> None:
     """ConfigError (exit 2, one line) when the run folder cannot be created or written, or when another user
-    could replace what it holds (a folder they made first, or one they may rename: their gateway.json would
-    take this user's agents and tools, their orders and the operator's kill switch)."""
+    could replace what it holds (run_dir_problem)."""
     problem = run_dir_problem(run_dir)
-    if not problem and (whose := others_can_replace(Path(run_dir).expanduser())):
-        problem = f"run_dir {Path(run_dir).expanduser()}: {whose}: use a folder of your own"
     if problem:
         raise ConfigError(problem)
 

@@ -750,7 +750,7 @@ class Gateway:
         """The connection file of the previous gateway of this folder, when it is still there: a clean stop
         removes it (_shutdown), so one found at start is that of a gateway that ended without its stop."""
         try:
-            info = read_info(self.run_dir)
+            info = read_info(self.run_dir, trusted_only=False)  # (its own folder, checked at the start)
         except ConnectionFileError:  # none (a clean stop, a first start); an unreadable one tells nothing
             return None
         return info if info.session != self.headers.sid else None

@@ -125,7 +125,7 @@ def _holder(run_dir: Path) -> str:
     except OSError:
         pass
     try:
-        return str(read_info(run_dir).pid)
+        return str(read_info(run_dir, trusted_only=False).pid)  # (a pid to name, nothing connected to)
     except ConnectionFileError:
         return _flock_holder(run_dir) or "?"
 
@@ -236,7 +236,7 @@ class RunFolderWatch:
         if self.replaced():  # nothing of ours is written there (the gateway stops: server/gateway.py)
             return found
         try:
-            mine = read_info(self.run_dir).session == self.info.session
+            mine = read_info(self.run_dir, trusted_only=False).session == self.info.session
         except ConnectionFileError:
             mine = False
         if not mine:  # (another gateway's cannot be: the folder's lock is ours, and the folder is the one locked)

@@ -360,7 +360,7 @@ def web(
 ) -> None:
     """The web dashboard: agents, orders, positions, charts, alerts, live; actions behind a confirmation."""
     from common.config import ConfigError, load_gateway_config
-    from tools.web.server import new_token, run_web
+    from tools.web.server import new_token, run_web, token_problem
 
     try:
         gw_cfg = load_gateway_config(config)
@@ -381,6 +381,9 @@ def web(
             err=True,
         )
     token = os.environ.get("KTRADER_WEB_TOKEN") or cfg.token or new_token()
+    if bad := token_problem(token):
+        typer.echo(f"error: the web token (KTRADER_WEB_TOKEN or [web] token) {bad}", err=True)
+        raise typer.Exit(2)
     port = port if port >= 0 else cfg.port
     _logging("warning")
     try:

@@ -157,7 +157,8 @@ class Dashboard:
     def authorised(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
         given = auth[7:] if auth.startswith("Bearer ") else ""
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        # (bytes as they came: a header that is not UTF-8 is a wrong key, not a server error)
+        return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode())
 
     @web.middleware
     async def guard(
@@ -177,8 +178,8 @@ class Dashboard:
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         if "token" in request.query:
-            # a URL of an earlier version (?token=): the token goes to the fragment, out of the address bar,
-            # the history and any log of requests from here on
+            # a URL of an earlier version (?token=): the token goes to the fragment, out of the address bar and
+            # any log of requests from here on (the browser's history keeps the URL opened, as it kept this one)
             raise web.HTTPFound(f"/#token={quote(request.query['token'], safe='')}")
         resp = web.FileResponse(STATIC / "index.html")
         if OLD_COOKIE in request.cookies:
@@ -299,6 +300,20 @@ def _stale(data: object, error: str, fetched_at: float) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def token_problem(token: str) -> str:
+    """Why `token` cannot be the page's key ("" it can): it rides a URL's fragment and a header as it is, so
+    only the characters a URL carries unchanged (a '+' arrived as a space, an '&' cut it, a Korean letter made
+    every request of the page fail before it was sent)."""
+    if not token:
+        return "is empty"
+    if not set(token) <= _TOKEN_CHARS:
+        return "may hold only letters, digits and - . _ ~ (a URL carries them unchanged)"
+    return ""
 
 
 def run_web(

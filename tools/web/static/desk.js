@@ -318,19 +318,22 @@ function streamLost(why) {
 function streamBack() {
   clearInterval(lostTimer);
   lostTimer = lost = null;
+  failures = 0;
 }
 
 // false: ktrader web answers 401 (it was restarted with a new key); null: it does not answer at all;
 // true: the key is still good.
 async function keyValid() {
   try {
-    const r = await fetch("/api/ping", { headers: authorised(), cache: "no-store" });
+    const r = await fetch("/api/ping", { headers: authorised(), cache: "no-store", signal: AbortSignal.timeout(5000) });
     return r.status !== 401;
   } catch (e) { return null; }
 }
 
 const STREAM_RETRY_MS = 1000;  // as soon as a lost stream is tried again (server.py STREAM_RETRY_MS)
+const STREAM_RETRY_MAX_MS = 15000;  // failing again and again: tried less often, up to this
 const STREAM_SILENT_MS = 40000;  // the server sends a keep-alive every 15 s: this long without one, it is lost
+let failures = 0;  // stream attempts failed in a row (a status coming through resets it: streamBack)
 
 async function onStreamError(retryMs = STREAM_RETRY_MS) {
   streamLost("the stream from ktrader web is lost: reconnecting…");
@@ -340,7 +343,8 @@ async function onStreamError(retryMs = STREAM_RETRY_MS) {
   checkingKey = false;
   if (valid === false) { streamLost(KEY_GONE); return; }  // retrying cannot help
   if (valid === null) streamLost("ktrader web does not answer: reconnecting…");
-  setTimeout(connect, retryMs);
+  failures += 1;
+  setTimeout(connect, Math.min(STREAM_RETRY_MAX_MS, Math.max(retryMs, STREAM_RETRY_MS * 2 ** (failures - 1))));
 }
 
 // One server-sent event ("event: name", "data: line"s; comments and retry ignored) to its renderer.
@@ -361,7 +365,8 @@ function dispatch(frame, renderers) {
 
 // The stream read with fetch, not EventSource: EventSource cannot send the token's header.
 async function connect() {
-  if (!TOKEN) { streamLost(NO_KEY); return; }
+  // (a key a header cannot carry, e.g. one mistyped into the address bar: every request would fail unsent)
+  if (!/^[\x21-\x7e]+$/.test(TOKEN)) { streamLost(NO_KEY); return; }
   const renderers = { status: renderStatus, orders: renderOrders, market: renderMarket, events: renderEvents };
   const abort = new AbortController();
   let silent = setTimeout(() => abort.abort(), STREAM_SILENT_MS), retryMs = STREAM_RETRY_MS;
@@ -379,13 +384,17 @@ async function connect() {
       if (done) break;
       clearTimeout(silent);
       silent = setTimeout(() => abort.abort(), STREAM_SILENT_MS);
-      buffer += value.replace(/\r\n?/g, "\n");
+      buffer += value;
+      // line ends as LF (a CR, or a CR LF, ends a line too; a CR at a chunk's end waits: its LF may follow)
+      const held = buffer.endsWith("\r") ? "\r" : "";
+      buffer = buffer.slice(0, buffer.length - held.length).replace(/\r\n?/g, "\n");
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const frame = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
         dispatch(frame, renderers);
       }
+      buffer += held;
     }
   } catch (e) { /* lost: below */ }
   clearTimeout(silent);
