@@ -1,6 +1,7 @@
 """Daily catch-up as real processes: a gateway on the KIS twin replaying a real KRX day (its clock moved by
 the admin API), an agent on daily bars killed before the close. The day's bar goes out while it is down;
-restarted, it gets that bar once (after a warm-up that stops before it); restarted again, nothing."""
+restarted, it gets that bar once (after a warm-up that stops before it); restarted again, nothing (its
+warm-up holds the closed day: history, not a bar to decide on)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.integration
 DAY = "2021-03-02"
 WARM_UP = "PROBE history 000660 1d 5 2021-02-24,2021-02-25,2021-02-26\n"  # the data days before DAY
 BAR = f"PROBE bar 000660 1d {DAY} "
+# a start after the day's bar was handed over: the closed day is history (the last 3 of the 5 bars logged)
+WARM_UP_CLOSED = f"PROBE history 000660 1d 5 2021-02-25,2021-02-26,{DAY}\n"
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ def test_a_day_bar_published_while_the_agent_is_down_is_delivered_once_after_res
     assert second.wait(20) == 0
 
     third = agent("third")  # a second restart: nothing again
-    wait_for(lambda: WARM_UP in procs.log(third), 60, what="the third start's warm-up")
+    wait_for(lambda: WARM_UP_CLOSED in procs.log(third), 60, what="the third start's warm-up, the day in it")
     wait_for(lambda: "MARKET 000660" in procs.log(third), 30, what="the third start's market snapshot")
     assert BAR not in procs.log(third) and "CATCH-UP" not in procs.log(third)
     assert gateway.poll() is None
