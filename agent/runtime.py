@@ -95,7 +95,7 @@ from common.schema import (
     SystemEvent,
 )
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
-from common.schema import ERROR_TEXT_MAX_CHARS, UniverseUpdate
+from common.schema import ERROR_TEXT_MAX_CHARS, INTRADAY_SCOPE, UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import (
     STATE_RESERVED_MAX_BYTES,
@@ -187,6 +187,10 @@ DAILY_RETRY_MAX_S = 60.0
 _CARD_REFUSALS = frozenset({ErrorCode.BAD_CARD, ErrorCode.NOT_APPROVED})
 # Requests to the gateway that are tracked until answered, like orders, and sent again after a re-registration
 Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
+
+
+# the callbacks that rebuild a strategy's windows from history (the first start, a history changed, new params)
+REBUILDS = frozenset({"on_start", "on_history_changed", "on_reload"})
 
 
 class _Pending(NamedTuple):
@@ -428,9 +432,11 @@ class AgentRuntime(AgentServicesMixin):
         self._day_decided = ""  # the newest closed day whose daily bars were all handed over (heartbeats)
         self._day_closed = ""  # the newest day the gateway said it closed (DAY_CLOSED), YYYY-MM-DD
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
-        # (code, intraday interval) -> the newest bar history gave the first on_start: a bar streamed meanwhile (it
-        # closed while the warm-up ran) is in the warm-up already, and its on_bar would count it twice
+        # (code, intraday interval) -> the newest bar history gave a warm-up (the first on_start, or a rebuild:
+        # REBUILDS): a bar streamed meanwhile (closed while it ran) is in it already, and its on_bar would count
+        # it twice
         self._warmed: dict[tuple[str, str], str] = {}
+        self._rebuilding = 0  # a REBUILDS callback is running (its history calls set _warmed)
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
         self._kv = _StrategyState()
@@ -723,7 +729,7 @@ class AgentRuntime(AgentServicesMixin):
         self._history_skips, self._history_warned = 0, None
         bars = [b for b in reply.bars if b.start < cut] if cut else list(reply.bars)
         bars = bars[-n:]
-        if bars and not self._started and not cut and interval != BarInterval.D1:  # (daily: _daily_seen's)
+        if bars and (not self._started or self._rebuilding) and interval != BarInterval.D1:  # (daily: _daily_seen)
             key = (code, str(interval))
             self._warmed[key] = max(self._warmed.get(key, ""), bars[-1].start)
         self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(bars), reply.backfilled)
@@ -2256,15 +2262,25 @@ class AgentRuntime(AgentServicesMixin):
                 # after the day's daily bars on the same socket: each of them was handed over (or waits)
                 self._day_closed = max(self._day_closed, f"{ev.text[:4]}-{ev.text[4:6]}-{ev.text[6:]}")
                 self._note_decided()
-            elif ev.kind is SystemEventKind.HISTORY_CHANGED and (
-                ev.text in self.card.codes or ev.text in self.universe.codes
-            ):
-                self.log.warning(
-                    "the price history of %s changed (a split, a rights or bonus issue; or bars the gateway did not "
-                    "hear, filled from the broker): the strategy rebuilds what it built from it (on_history_changed)",
-                    ev.text,
-                )
-                self._history_changed(ev.text)
+            elif ev.kind is SystemEventKind.HISTORY_CHANGED:
+                code, _, scope = ev.text.partition(" ")
+                if code not in self.card.codes and code not in self.universe.codes:
+                    return
+                if scope == INTRADAY_SCOPE:
+                    if not any(iv != BarInterval.D1 for iv in self.card.subscriptions.bars):
+                        return  # (windows of daily bars or quotes lost nothing)
+                    self.log.warning(
+                        "intraday bars of %s were lost (prints the gateway did not hear; history has them from the "
+                        "broker): the strategy rebuilds what it built from them (on_history_changed)",
+                        code,
+                    )
+                else:
+                    self.log.warning(
+                        "the price history of %s changed scale (a split, a rights or bonus issue): the strategy "
+                        "rebuilds what it built from it (on_history_changed)",
+                        code,
+                    )
+                self._history_changed(code)
             elif ev.kind is SystemEventKind.AGENT_OFFLINE and ev.agent == self.agent_id and not self._stopping:
                 # the gateway let our lease go (this process stalled): heartbeat now; answered NOT_REGISTERED,
                 # it registers again, which brings back its market data and what it missed
@@ -2308,6 +2324,8 @@ class AgentRuntime(AgentServicesMixin):
         self._callbacks += 1
         failed: Exception | None = None
         started = time.monotonic()
+        rebuild = name in REBUILDS
+        self._rebuilding += rebuild
         try:
             getattr(self.strategy, name)(*args)
         except Exception as e:
@@ -2337,6 +2355,7 @@ class AgentRuntime(AgentServicesMixin):
                     self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
         finally:
             self._callbacks -= 1
+            self._rebuilding -= rebuild
             self._timed(name, time.monotonic() - started)
         if not self._callbacks:
             self._flush()

@@ -638,6 +638,11 @@ class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True, array
     text: str = ""
 
 
+# SystemEventKind.HISTORY_CHANGED's text: "<code>", the code's whole history changed scale (a split, a rights or
+# bonus issue); "<code> intraday", intraday bars of it were lost (prints not heard) and history has them again
+INTRADAY_SCOPE = "intraday"
+
+
 class BookTick(msgspec.Struct, frozen=True, tag="book", kw_only=True, array_like=True):
     """A 10-level order book (H0STASP0): (price, qty) pairs, best first; prices integer KRW."""
 

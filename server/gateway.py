@@ -46,6 +46,7 @@ from common.orders import OPEN, Order, OrderState
 from server.run_folder import RunFolderWatch, RunLock
 from common.protection import Protection
 from common.schema import (
+    INTRADAY_SCOPE,
     AgentEvent,
     Bar,
     CancelAll,
@@ -1176,7 +1177,9 @@ class Gateway:
         again from history, where the broker's minute chart fills the stretch (MarketData.history). Without it a
         strategy's 5-minute window silently spanned the outage and a copy started later decided otherwise."""
         for code in codes:
-            self.publish(SystemEventKind.HISTORY_CHANGED, "", code)
+            # "<code> intraday": only agents on intraday bars of it rebuild (a daily or quote-driven strategy's
+            # warm-up would cost REST quota for nothing); an agent of an older version takes it for no code of its
+            self.publish(SystemEventKind.HISTORY_CHANGED, "", f"{code} {INTRADAY_SCOPE}")
 
     def _history_changed(self, code: str, why: str) -> None:
         """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the

@@ -220,6 +220,8 @@ class MarketData:
         # told the codes whose intraday bars were lost (buckets dropped as partial: prints of them not heard),
         # so that agents rebuild windows built bar by bar from history, which the broker fills (`history`)
         self.on_bars_lost: Callable[[list[str]], None] | None = None
+        self._lost_told: dict[str, dt.datetime] = {}  # code -> the heard_since its lost bars were told for
+        self._born = self.exchange_now().replace(tzinfo=None)  # nothing was heard by this process before
         self.closed_day = dt.date.min  # the newest day the day cycle closed (close_daily): its bar is history
 
     def day_close(self, code: str, day: dt.date) -> int:
@@ -440,6 +442,9 @@ class MarketData:
             if b.code not in self._print_at or self._print_at[b.code] <= heard
         ]
         self._gapped.update((b.code, b.interval, b.start) for b in gone)
+        back = self.exchange_now(until).replace(tzinfo=None)
+        for code in {b.code for b in gone}:  # not heard whole before the reconnect: history fills it (_unheard)
+            self.heard_since[code] = max(back, self.heard_since.get(code, dt.datetime.min))
         if gone:
             log.info(
                 "websocket outage %s-%s: %d bars open across it are partial (not published): %s",
@@ -674,11 +679,13 @@ class MarketData:
         (`codes`: also those we have no prints of, e.g. after a restart past the last print). The
         built bar misses whatever we did not hear: prints before a gateway restart, a websocket gap.
         Without an answer the built bar goes out, counted (`daily_bars_unconfirmed`)."""
-        self.closed_day = max(self.closed_day, day)
         built = self.builder.close_daily(day)
         if self.hold_daily and broker is not None and Capability.CHARTS in broker.capabilities:  # KRX sessions
             built = await self._official(day, built, broker, set(codes))
         self._emit(built)
+        # only now history holds the day: while the broker was asked, a warm-up holding it would have had its
+        # on_bar as well
+        self.closed_day = max(self.closed_day, day)
         return built
 
     async def _official(self, day: dt.date, built: list[Bar], broker: BrokerPort, codes: set[str]) -> list[Bar]:
@@ -846,22 +853,36 @@ class MarketData:
             bars = [b for b in bars if b not in partial]
         for b in partial:
             self._gapped.discard((b.code, b.interval, b.start))  # judged: the mark is not needed any more
-        if partial and self.on_bars_lost is not None:
-            self.on_bars_lost(sorted({b.code for b in partial}))
-        if not bars:
-            return
-        for b in bars:
-            self.closed[(b.code, b.interval)] = b
-            self._pub(bar_topic(b.code, b.interval), b)
-        self.bars_closed += len(bars)
-        try:
-            self.store.add(bars)
-            self.bar_store_failing = False
-        except Exception as e:  # a full disk must not stop the feed; the bars were published
-            self.bar_store_failing = True
-            self.bar_store_failures += 1
-            self.bar_store_error = f"{type(e).__name__}: {e}"
-            log.error("bar store write failed: %s", e)
+        if bars:
+            for b in bars:
+                self.closed[(b.code, b.interval)] = b
+                self._pub(bar_topic(b.code, b.interval), b)
+            self.bars_closed += len(bars)
+            try:
+                self.store.add(bars)
+                self.bar_store_failing = False
+            except Exception as e:  # a full disk must not stop the feed; the bars were published
+                self.bar_store_failing = True
+                self.bar_store_failures += 1
+                self.bar_store_error = f"{type(e).__name__}: {e}"
+                log.error("bar store write failed: %s", e)
+        # told after the whole bars of the same flush went out: an agent rebuilding its windows on it has them
+        # (told first, its 1m history held the flush's 1m bar, then handed over as on_bar too)
+        lost = self._newly_lost(partial)
+        if lost and self.on_bars_lost is not None:
+            self.on_bars_lost(lost)
+
+    def _newly_lost(self, partial: list[Bar]) -> list[str]:
+        """The codes of `partial` (dropped buckets) not told yet for their stretch: one stretch (a restart, an
+        outage, a registration taken mid-day) drops a bucket per interval as each closes, and each told made
+        every agent holding the code rebuild its windows (four warm-ups for one outage)."""
+        out = []
+        for code in sorted({b.code for b in partial}):
+            stretch = self.heard_since.get(code, dt.datetime.min)
+            if self._lost_told.get(code) != stretch:
+                self._lost_told[code] = stretch
+                out.append(code)
+        return out
 
     # ---- snapshot ------------------------------------------------------------------------------
 
@@ -893,10 +914,12 @@ class MarketData:
         if (
             interval == DAILY
             and self.hold_daily
+            and code not in self._missing.get(now.date(), ())
             and (self.closed_day >= now.date() or self.day_close(code, now.date()))
         ):
             # the day cycle closed today: its bar is history now, stored or asked of the broker as a hole (a
-            # warm-up at 16:00 ended a day behind until the next close)
+            # warm-up at 16:00 ended a day behind until the next close). Not a bar still owed (_missing): the
+            # retry publishes it (history storing it first, the retry took it as sent: it never went out)
             before = (now.date() + dt.timedelta(days=1)).isoformat()
         have = self.store.last(code, interval, n, before)
         if Capability.CHARTS not in broker.capabilities:
@@ -906,39 +929,51 @@ class MarketData:
         refill = self._refill.get(code, 0) if interval == DAILY else 0
         if len(have) >= n and hole is None and unheard is None and refill <= n:
             return have, 0
+        reached_start = False
         if interval == DAILY:
             # today's bar is the builder's, complete only after the close (then `before` is the next day)
             fetched = await broker.daily_bars(code, max(n, refill), dt.date.fromisoformat(before), caller=caller)
             self._refill.pop(code, None)  # (answered: an error propagated above leaves it to ask again)
         else:
-            need = n * MINUTES[interval] + MINUTES[interval]
+            # (a bucket more than the window: the chart may hold the minute in progress, and the oldest bucket
+            # may be cut by the page limit)
+            need = n * MINUTES[interval] + 2 * MINUTES[interval]
             ones, reached_start = await broker.minute_bars(
                 code, need, now.date(), now.strftime("%H%M%S"), caller=caller
             )
             fetched = aggregate(ones, interval)
             if fetched and interval != "1m" and not reached_start:
                 fetched = fetched[1:]  # the oldest bucket may miss minutes cut off by the page limit
-            if unheard is not None:  # answered: the stretch is the broker's now, back to where it reached
-                reached = "" if reached_start or not fetched else fetched[0].start
-                self._unheard_asked[(code, interval)] = (unheard, reached)
         fetched = [b for b in fetched if b.start < before]
         if fetched:
             self.store.add(fetched)
         if hole is not None:  # answered (an error propagated above and leaves the hole to ask again)
             self._hole_asked[hole] = now.date()
-        return self.store.last(code, interval, n, before), len(fetched)
+        out = self.store.last(code, interval, n, before)
+        if unheard is not None:  # answered: the stretch is the broker's now, back to the window's oldest bar
+            self._unheard_asked[(code, interval)] = (unheard, "" if reached_start or not out else out[0].start)
+        return out, len(fetched)
 
     def _unheard(self, code: str, interval: str, have: list[Bar], now: dt.datetime) -> dt.datetime | None:
-        """The code's heard_since when a full intraday window reaches back past it today (prints before it were
-        not heard: a gateway restart, a websocket outage, a registration taken mid-day) and the broker's minute
-        chart was not yet asked back that far for it; else None. The store then has holes there (buckets never
-        opened, partial ones dropped): served as is, a 12-bar window spans more than 12 bars' time, and a copy of
-        the strategy started later (whose window the broker filled) decides otherwise."""
-        if interval == DAILY or not have:
+        """Since when `code` was not heard whole today when a full intraday window reaches back past it (a gateway
+        restart, a websocket outage, a registration taken mid-day; a code this gateway has not heard today: since
+        the open, or since its own start) and the broker's minute chart was not yet asked back that far; else
+        None. The store then has holes there (buckets never opened, partial ones dropped) or yesterday's bars in
+        place of today's: served as is, a 12-bar window spans more than 12 bars' time, and a copy of the strategy
+        started later (whose window the broker filled) decides otherwise. KRX sessions only."""
+        if interval == DAILY or not have or not self.hold_daily:
             return None
+        hours = session_hours(now.date())
+        if hours is None or now.time() <= hours[0]:
+            return None  # no session today, or not opened yet: nothing of it to miss
         since = self.heard_since.get(code)
-        if since is None or since.date() != now.date() or _at_or_before_open(since):
-            return None  # nothing of today's session went unheard
+        if since is not None and since.date() == now.date():
+            if _at_or_before_open(since):
+                return None  # heard whole from the open
+        elif (known := self._cum.get(code)) is not None and known[0] == now.date():
+            return None  # heard today from its first print, nothing missed since
+        else:  # not heard today by this process: all of today before its start, or since the open
+            since = max(dt.datetime.combine(now.date(), hours[0]), self._born)
         if dt.datetime.fromisoformat(have[0].start) >= since:
             return None  # the window is all heard
         first = max(have[0].start, now.date().isoformat())  # (the minute chart holds today only)

@@ -52,3 +52,47 @@ def test_bars_in_on_starts_history_are_not_handed_over_again(tmp_path: Path) -> 
     rt.history("005930", "5m", 3)
     rt._deliver(bar("10:25"))
     assert s.bars[-1] == "5m@10:25"
+
+
+class _Warm(_Seen):
+    def on_start(self) -> None:
+        super().on_start()
+        self.window = [b.start[11:] for b in self.ctx.history("005930", "1m", 3)]
+
+
+def test_a_rebuild_after_the_start_does_not_count_a_queued_bar_twice(tmp_path: Path) -> None:
+    """on_history_changed (default: on_start again) rebuilds windows from history; bars published meanwhile and
+    still queued are in that history: their on_bar is not handed over as well."""
+    rt, _wire, _ = _runtime(tmp_path)
+    stored = [bar("10:17", "1m"), bar("10:18", "1m"), bar("10:19", "1m")]
+
+    def answer(msg: Any, timeout_s: float) -> BarsReply:
+        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
+
+    rt.call_gateway = answer  # type: ignore[method-assign]
+    s = _Warm(rt, None)
+    rt.strategy = s
+    rt._started = True
+    rt._call("on_history_changed", ["005930"])
+    assert s.window == ["10:17", "10:18", "10:19"]
+    rt._deliver(bar("10:19", "1m"))  # queued before the rebuild read it
+    rt._deliver(bar("10:20", "1m"))
+    assert s.bars == ["1m@10:20"]
+
+
+def test_lost_intraday_bars_rebuild_only_agents_on_intraday_bars(tmp_path: Path) -> None:
+    from common.config import AgentCard, Subscriptions
+    from common.enums import BarInterval, SystemEventKind
+    from common.schema import INTRADAY_SCOPE, SystemEvent
+
+    for bars, told in (([BarInterval.D1], []), ([BarInterval.M1, BarInterval.D1], ["005930"])):
+        rt, _wire, _ = _runtime(tmp_path)
+        rt.card = AgentCard(
+            id="alpha", name="A", strategy="x:Y", codes=["005930"], subscriptions=Subscriptions(bars=bars)
+        )
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"005930 {INTRADAY_SCOPE}"))
+        assert rt._history_pending == told, bars
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text="005930"))  # a split: every agent
+        assert rt._history_pending == ["005930"]
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"000660 {INTRADAY_SCOPE}"))
+        assert rt._history_pending == ["005930"]  # not its code

@@ -356,3 +356,52 @@ def test_a_registration_without_an_ack_tells_every_holder_and_leaks_nothing() ->
             assert rig.ws.registrations[key] == 1 and kis.registered[0].count(key) == 1
 
     asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def test_a_warm_up_while_the_close_asks_the_broker_ends_before_the_day(tmp_path: Path) -> None:
+    """The day's bar is history only once it went out: a warm-up while the close still waits on the broker (a
+    timer at 15:41) holding it would have its on_bar as well, counted twice."""
+    today = dt.date(2024, 3, 29)
+
+    class Slow(Charts):
+        def __init__(self, bars: list[Bar], gate: asyncio.Event) -> None:
+            super().__init__(bars)
+            self.gate = gate
+
+        async def daily_bars(self, code: str, n: int, before: dt.date, *, caller: str = "gateway") -> list[Bar]:
+            await self.gate.wait()
+            return await super().daily_bars(code, n, before, caller=caller)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        md = _md(tmp_path, {today.isoformat()}, at(15, 41, 0, today))
+        gate = asyncio.Event()
+        closing = asyncio.create_task(md.close_daily(today, Slow(EXCHANGE, gate), [C]))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)  # the close waits on the broker
+        during, _n = await md.history(Charts(EXCHANGE), C, "1d", 3, "agent")  # type: ignore[arg-type]
+        gate.set()
+        await closing
+        after, _n = await md.history(Charts(EXCHANGE), C, "1d", 3, "agent")  # type: ignore[arg-type]
+        return [x.start for x in during], [x.start for x in after]
+
+    during, after = asyncio.run(scenario())
+    assert during[-1] == "2024-03-28" and after[-1] == "2024-03-29"
+
+
+def test_a_days_bar_still_owed_is_published_not_taken_into_history_first(tmp_path: Path) -> None:
+    """The broker gave no bar at the close and none was built (no prints): the bar is asked again and published
+    then. A warm-up meanwhile must not store it as history (the retry took a stored bar as sent: it never went
+    out, and no agent decided on the day)."""
+    today = dt.date(2024, 3, 29)
+    sent: list[str] = []
+
+    async def scenario() -> list[str]:
+        md = _md(tmp_path, {today.isoformat()}, at(15, 45, 0, today))
+        md._pub = lambda topic, body: sent.append(body.start)  # type: ignore[method-assign,assignment,attr-defined]
+        await md.close_daily(today, Charts(EXCHANGE, fail=True), [C])  # type: ignore[arg-type]
+        got, _n = await md.history(Charts(EXCHANGE), C, "1d", 3, "agent")  # type: ignore[arg-type]
+        await md._ask_again(today, Charts(EXCHANGE))  # type: ignore[arg-type]
+        await md.stop()
+        return [x.start for x in got]
+
+    window = asyncio.run(scenario())
+    assert window[-1] == "2024-03-28" and sent == ["2024-03-29"]
