@@ -95,7 +95,7 @@ from common.schema import (
     SystemEvent,
 )
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
-from common.schema import ERROR_TEXT_MAX_CHARS, INTRADAY_SCOPE, UniverseUpdate
+from common.schema import ERROR_TEXT_MAX_CHARS, HISTORY_WAIT_S, INTRADAY_SCOPE, UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import (
     STATE_RESERVED_MAX_BYTES,
@@ -191,6 +191,7 @@ Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
 
 # the callbacks that rebuild a strategy's windows from history (the first start, a history changed, new params)
 REBUILDS = frozenset({"on_start", "on_history_changed", "on_reload"})
+HISTORY_SETTLE_S = 0.5  # codes whose history changed are told together once none came for this long
 
 
 class _Pending(NamedTuple):
@@ -438,6 +439,7 @@ class AgentRuntime(AgentServicesMixin):
         self._warmed: dict[tuple[str, str], str] = {}
         self._rebuilding = 0  # a REBUILDS callback is running (its history calls set _warmed)
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
+        self._history_pending_at = 0.0  # (monotonic) when the last of them came
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
         self._kv = _StrategyState()
         # per code, the newest daily bar handed to on_bar: written (durably, before the bar's on_bar) to
@@ -714,7 +716,9 @@ class AgentRuntime(AgentServicesMixin):
         # the delivered bar (and the code's missed ones) may be among the newest: ask more, so n remain
         ask = min(5000, n + len(waiting) + 1) if cut else n
         try:
-            reply = self.call_gateway(GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=15.0)
+            reply = self.call_gateway(
+                GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=HISTORY_WAIT_S
+            )
         except KtraderError as e:
             self.log.debug("history %s %s x%d failed: %s", code, interval, n, e)
             raise HistoryUnavailable(e.code, f"history {code} {interval} x{n}: {e.message or e}") from None
@@ -1479,7 +1483,8 @@ class AgentRuntime(AgentServicesMixin):
             now = time.monotonic()
             next_hb = self._hb_sent_at + self.heartbeat_s
             retry = self._daily_retry_at - now if self._daily_retry else float("inf")
-            timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now, retry))
+            told = self._history_pending_at + HISTORY_SETTLE_S - now if self._history_pending else float("inf")
+            timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now, retry, told))
             if self._local_refusals:
                 timeout = min(timeout, LOCAL_REFUSAL_S)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
@@ -1488,11 +1493,15 @@ class AgentRuntime(AgentServicesMixin):
                     wake.recv(64)
                 except BlockingIOError:
                     pass
+            # (a heartbeat that fell due between two messages goes out: each may run a callback, e.g. a polled
+            # quote's on_trade or a burst of fills' on_fill, and a slow one took the drain past the lease)
             if self.client.dealer in ready:
                 while (msg := self.client.recv_nowait()) is not None:
                     self._on_message(msg)
+                    self._keep_lease()
             while self.client.inbox:
                 self._on_message(self.client.inbox.popleft())
+                self._keep_lease()
             if self.client.sub in ready:
                 batch = self._queued_pubs()
                 # order events the gateway sent before this market data (e.g. the day's expiries, sent
@@ -1500,12 +1509,14 @@ class AgentRuntime(AgentServicesMixin):
                 # backtest would
                 while (msg := self.client.recv_nowait()) is not None:
                     self._on_message(msg)
+                    self._keep_lease()
                 self._on_sub(batch)
             now = time.monotonic()
             if self._next_timer_ns is not None:
                 market, interval_ns = self._market_ns(), int(self._timer_s * 1e9)
                 if market >= self._next_timer_ns:
                     self._next_timer_ns = market + interval_ns
+                    self._history_told()  # (a decision on rebuilt windows)
                     self._call("on_timer")
                 elif self._next_timer_ns - market > interval_ns:  # the clock moved back (another gateway)
                     self._next_timer_ns = market + interval_ns
@@ -1515,7 +1526,7 @@ class AgentRuntime(AgentServicesMixin):
                 self._heartbeat(now)
             if now >= self.quotes.next_due():
                 self.quotes.run_due()
-            self._history_told()
+            self._history_told(HISTORY_SETTLE_S)
             if self._local_refusals:
                 self._tell_local_refusals()
             self._flush()
@@ -2020,9 +2031,13 @@ class AgentRuntime(AgentServicesMixin):
         close of N codes re-ran on_start N times, each warming up every code (N^2 history requests)."""
         if code not in self._history_pending:
             self._history_pending.append(code)
+            self._history_pending_at = time.monotonic()  # (the last to come: told once none came for a while)
 
-    def _history_told(self) -> None:
-        if self._history_pending:
+    def _history_told(self, settle_s: float = 0.0) -> None:
+        """`settle_s`: only once no code came for that long (the loop's turn: the gateway tells the codes of
+        one stretch as each one's bucket closes, at its next print, milliseconds apart; told at each, a wide agent
+        warmed up its whole universe three times). Before a bar or a timer: at once."""
+        if self._history_pending and time.monotonic() - self._history_pending_at >= settle_s:
             codes, self._history_pending = self._history_pending, []
             self._call("on_history_changed", codes)
 
@@ -2224,7 +2239,7 @@ class AgentRuntime(AgentServicesMixin):
             n = min(MAX_GET_BARS, gap.missed + 1 + extra)
             try:
                 reply = self.call_gateway(
-                    GetBars(h=self.headers(), code=gap.code, interval=gap.interval, n=n), timeout_s=15.0
+                    GetBars(h=self.headers(), code=gap.code, interval=gap.interval, n=n), timeout_s=HISTORY_WAIT_S
                 )
             except KtraderError as e:
                 return f"the gateway did not give them: {e.message or e}"

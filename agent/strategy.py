@@ -256,7 +256,9 @@ class Strategy:
 
     def on_bar(self, bar: Bar) -> None:
         """A closed bar of an interval the card lists in `subscriptions.bars` (live), or of the
-        backtest's data. Bars never arrive twice; after a feed gap the last missed bar is delivered."""
+        backtest's data. Bars never arrive twice; after a feed gap the last missed bar is delivered. A bar that
+        `ctx.history` already gave a warm-up (on_start, on_history_changed, on_reload: it closed while that ran)
+        does not come here as well: windows built from that history and then bar by bar hold it once."""
 
     def on_book(self, book: BookTick) -> None:
         """A 10-level order book when the card sets `subscriptions.book = true`. With

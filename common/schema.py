@@ -691,6 +691,12 @@ class MarketSnapshot(_Msg, tag="market", frozen=True):
     markets: list[MarketState]
 
 
+# how long an agent waits for a GetBars reply; the gateway gives its back-fill a little less and then stops it (a
+# back-fill left running after its agent gave up spent the agent's REST quota on an answer nobody read, and each
+# next request queued behind it: none of 23 warm-ups at 0.2 calls/s got through)
+HISTORY_WAIT_S = 15.0
+
+
 class GetBars(_Msg, tag="get_bars", frozen=True):
     """Completed bars for warm-up: the newest `n` before the bar in progress, oldest first."""
 

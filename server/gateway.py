@@ -291,6 +291,7 @@ class Gateway:
             self.counters,
             lease_s=cfg.lease_s,
             heartbeat_s=cfg.heartbeat_s,
+            hold_s=cfg.offline_after_s,
             protection=self.protection,
             approved=self.approved.get,
             approval_refusal=self.approved.refusal,

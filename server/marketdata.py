@@ -216,12 +216,17 @@ class MarketData:
         # (code, interval) -> (the code's heard_since, the earliest bucket start the broker's minute chart was
         # asked back to, "" for the whole day): an intraday window reaching back past the code's heard_since
         # (a restart, a websocket outage) may hold holes where nothing was heard; asked once per stretch
-        self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str]] = {}
+        self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str, str]] = {}
+        # code -> the latest websocket outage's end that left buckets of it partial without a print telling so
+        # (`feed_gap`): for `_unheard` only (heard_since is the prints' own account: moved, it dropped the bucket
+        # of the reconnect even when the next print's count showed nothing missed)
+        self._outage_until: dict[str, dt.datetime] = {}
         # told the codes whose intraday bars were lost (buckets dropped as partial: prints of them not heard),
         # so that agents rebuild windows built bar by bar from history, which the broker fills (`history`)
         self.on_bars_lost: Callable[[list[str]], None] | None = None
-        self._lost_told: dict[str, dt.datetime] = {}  # code -> the heard_since its lost bars were told for
-        self._born = self.exchange_now().replace(tzinfo=None)  # nothing was heard by this process before
+        # nothing was heard by this process before (exchange time): set at the first flush (the gateway's clock is
+        # wired after construction: a twin's or a replay's time is not the host's)
+        self._born: dt.datetime | None = None
         self.closed_day = dt.date.min  # the newest day the day cycle closed (close_daily): its bar is history
 
     def day_close(self, code: str, day: dt.date) -> int:
@@ -243,6 +248,7 @@ class MarketData:
         self.books.clear()
         self._hole_asked.clear()
         self._unheard_asked.clear()
+        self._outage_until.clear()
         self._cum.clear()  # the day's cumulative volumes start again from zero
 
     def counters(self) -> dict[str, int]:
@@ -444,7 +450,7 @@ class MarketData:
         self._gapped.update((b.code, b.interval, b.start) for b in gone)
         back = self.exchange_now(until).replace(tzinfo=None)
         for code in {b.code for b in gone}:  # not heard whole before the reconnect: history fills it (_unheard)
-            self.heard_since[code] = max(back, self.heard_since.get(code, dt.datetime.min))
+            self._outage_until[code] = max(back, self._outage_until.get(code, dt.datetime.min))
         if gone:
             log.info(
                 "websocket outage %s-%s: %d bars open across it are partial (not published): %s",
@@ -626,6 +632,8 @@ class MarketData:
         real = wall is None and self.wall_steps
         wall = wall or self.wall()
         exchange = self.exchange_now(wall)
+        if self._born is None:
+            self._born = exchange.replace(tzinfo=None)
         if stream is not None:
             through = self._live_through(wall, stream, frame_age_s)
             if through is None:
@@ -868,21 +876,12 @@ class MarketData:
                 log.error("bar store write failed: %s", e)
         # told after the whole bars of the same flush went out: an agent rebuilding its windows on it has them
         # (told first, its 1m history held the flush's 1m bar, then handed over as on_bar too)
-        lost = self._newly_lost(partial)
-        if lost and self.on_bars_lost is not None:
-            self.on_bars_lost(lost)
-
-    def _newly_lost(self, partial: list[Bar]) -> list[str]:
-        """The codes of `partial` (dropped buckets) not told yet for their stretch: one stretch (a restart, an
-        outage, a registration taken mid-day) drops a bucket per interval as each closes, and each told made
-        every agent holding the code rebuild its windows (four warm-ups for one outage)."""
-        out = []
-        for code in sorted({b.code for b in partial}):
-            stretch = self.heard_since.get(code, dt.datetime.min)
-            if self._lost_told.get(code) != stretch:
-                self._lost_told[code] = stretch
-                out.append(code)
-        return out
+        # each dropped bucket is a hole in its interval's windows, told as it drops (once per flush and code): a
+        # stretch drops one per interval as each closes, the 1m first; told once for the stretch, a window of 5m
+        # rebuilt then ended before the 5m bucket still open, and that bucket never came (only agents on intraday
+        # bars rebuild: see the gateway's _bars_lost)
+        if partial and self.on_bars_lost is not None:
+            self.on_bars_lost(sorted({b.code for b in partial}))
 
     # ---- snapshot ------------------------------------------------------------------------------
 
@@ -911,21 +910,25 @@ class MarketData:
             raise BarError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
         now = self.exchange_now()
         before = self.builder.open_start(code, interval) or _bucket_label(now, interval)
-        if (
+        owed = min((d for d, codes in self._missing.items() if code in codes), default=None)
+        if owed is not None and interval == DAILY:
+            # a day's bar still owed (asked again until its next session opens, over a night or a weekend) is not
+            # history yet: the retry publishes it (history storing it first, the retry took it as sent: it never
+            # went out)
+            before = min(before, owed.isoformat())
+        elif (
             interval == DAILY
             and self.hold_daily
-            and code not in self._missing.get(now.date(), ())
             and (self.closed_day >= now.date() or self.day_close(code, now.date()))
         ):
             # the day cycle closed today: its bar is history now, stored or asked of the broker as a hole (a
-            # warm-up at 16:00 ended a day behind until the next close). Not a bar still owed (_missing): the
-            # retry publishes it (history storing it first, the retry took it as sent: it never went out)
+            # warm-up at 16:00 ended a day behind until the next close)
             before = (now.date() + dt.timedelta(days=1)).isoformat()
         have = self.store.last(code, interval, n, before)
         if Capability.CHARTS not in broker.capabilities:
             return have, 0
         hole = self._daily_hole(code, interval, n, before, have, now.date()) if len(have) >= n else None
-        unheard = self._unheard(code, interval, have, now) if len(have) >= n else None
+        unheard = self._unheard(code, interval, have, now, before) if len(have) >= n else None
         refill = self._refill.get(code, 0) if interval == DAILY else 0
         if len(have) >= n and hole is None and unheard is None and refill <= n:
             return have, 0
@@ -951,16 +954,18 @@ class MarketData:
             self._hole_asked[hole] = now.date()
         out = self.store.last(code, interval, n, before)
         if unheard is not None:  # answered: the stretch is the broker's now, back to the window's oldest bar
-            self._unheard_asked[(code, interval)] = (unheard, "" if reached_start or not out else out[0].start)
+            # (and how far it reached: the bucket in progress then, which a later window may hold, is asked again)
+            self._unheard_asked[(code, interval)] = (unheard, "" if reached_start or not out else out[0].start, before)
         return out, len(fetched)
 
-    def _unheard(self, code: str, interval: str, have: list[Bar], now: dt.datetime) -> dt.datetime | None:
+    def _unheard(self, code: str, interval: str, have: list[Bar], now: dt.datetime, before: str) -> dt.datetime | None:
         """Since when `code` was not heard whole today when a full intraday window reaches back past it (a gateway
         restart, a websocket outage, a registration taken mid-day; a code this gateway has not heard today: since
-        the open, or since its own start) and the broker's minute chart was not yet asked back that far; else
-        None. The store then has holes there (buckets never opened, partial ones dropped) or yesterday's bars in
-        place of today's: served as is, a 12-bar window spans more than 12 bars' time, and a copy of the strategy
-        started later (whose window the broker filled) decides otherwise. KRX sessions only."""
+        the open, or since its own start) and the broker's minute chart was not yet asked back that far, with the
+        bucket that straddles it closed; else None. The store then has holes there (buckets never opened, partial
+        ones dropped) or yesterday's bars in place of today's: served as is, a 12-bar window spans more than 12
+        bars' time, and a copy of the strategy started later (whose window the broker filled) decides otherwise.
+        KRX sessions only."""
         if interval == DAILY or not have or not self.hold_daily:
             return None
         hours = session_hours(now.date())
@@ -969,16 +974,21 @@ class MarketData:
         since = self.heard_since.get(code)
         if since is not None and since.date() == now.date():
             if _at_or_before_open(since):
-                return None  # heard whole from the open
+                since = None  # heard whole from the open
         elif (known := self._cum.get(code)) is not None and known[0] == now.date():
-            return None  # heard today from its first print, nothing missed since
+            since = None  # heard today from its first print, nothing missed since
         else:  # not heard today by this process: all of today before its start, or since the open
-            since = max(dt.datetime.combine(now.date(), hours[0]), self._born)
-        if dt.datetime.fromisoformat(have[0].start) >= since:
+            born = self._born or now.replace(tzinfo=None)
+            since = max(dt.datetime.combine(now.date(), hours[0]), born)
+        outage = self._outage_until.get(code)
+        if outage is not None and outage.date() == now.date():
+            since = outage if since is None else max(since, outage)
+        if since is None or dt.datetime.fromisoformat(have[0].start) >= since:
             return None  # the window is all heard
         first = max(have[0].start, now.date().isoformat())  # (the minute chart holds today only)
         asked = self._unheard_asked.get((code, interval))
-        if asked is not None and asked[0] == since and first >= asked[1]:
+        straddle = _bucket_label(since, interval)  # dropped as partial when it closes: filled only after that
+        if asked is not None and asked[0] == since and first >= asked[1] and straddle < asked[2]:
             return None
         log.info(
             "%s %s history reaches back past %s (prints not heard before): filled from the broker",

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from common.errors import ErrorCode
-from common.schema import BarsReply, Error, GetBars, GetMarket, MarketSnapshot
+from common.schema import HISTORY_WAIT_S, BarsReply, Error, GetBars, GetMarket, MarketSnapshot
 from kis.port import BrokerError
 from server.bars import BarError
 
@@ -22,10 +23,36 @@ def serve_market(gw: "Gateway", msg: GetMarket) -> MarketSnapshot:
     return MarketSnapshot(h=gw.headers(msg.h.mid), markets=gw.md.snapshot(list(dict.fromkeys(msg.codes))))
 
 
+# the back-fill stops this long before the agent stops waiting (HISTORY_WAIT_S): its answer still reaches it
+BACKFILL_MARGIN_S = 1.0
+
+
 async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> None:
     h = gw.headers
     try:
-        bars, filled = await gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent)
+        bars, filled = await asyncio.wait_for(
+            gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent), HISTORY_WAIT_S - BACKFILL_MARGIN_S
+        )
+    except asyncio.TimeoutError:
+        gw.counters["history_timeouts"] += 1
+        log.warning(
+            "history of %s %s x%d for %s: the back-fill did not finish in time: stopped",
+            msg.code,
+            msg.interval,
+            msg.n,
+            agent,
+        )
+        gw._reply(
+            route,
+            Error(
+                h=h(msg.h.mid),
+                code=ErrorCode.TIMEOUT,
+                message=f"history {msg.code} {msg.interval} x{msg.n}: the broker's charts could not be read within "
+                f"{HISTORY_WAIT_S - BACKFILL_MARGIN_S:g} s at this agent's REST quota (the card's rate_quota_per_s): "
+                "ask fewer bars, or raise the quota",
+            ),
+        )
+        return
     except BarError as e:
         gw._reply(route, Error(h=h(msg.h.mid), code=ErrorCode.BAD_MESSAGE, message=str(e)))
         return

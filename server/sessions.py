@@ -83,6 +83,7 @@ class AgentSessions:
         *,
         lease_s: float,
         heartbeat_s: float,
+        hold_s: float = 0.0,
         listed: Callable[[str], bool] | None = None,
         listed_source: str = "",
         protection: ProtectionDesk | None = None,
@@ -98,6 +99,7 @@ class AgentSessions:
         self.publish = publish
         self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s
+        self.hold_s = hold_s  # an expired lease's market data kept this long (the gateway: offline_after_s)
         self.listed = listed  # the stock master (None: every code is taken)
         self.listed_source = listed_source
         self.protection = protection  # protective orders: in the snapshot, and their ids in the numbering
@@ -418,9 +420,10 @@ class AgentSessions:
 
     # ---- leaving ------------------------------------------------------------------------------------
 
-    def offline(self, agent: str, why: str) -> None:
-        """The agent left or its lease expired: its registrations go (debounced), everyone is told."""
-        self.subs.leave(agent)
+    def offline(self, agent: str, why: str, hold_s: float = 0.0) -> None:
+        """The agent left or its lease expired: its registrations go (debounced; `hold_s`, see
+        SubscriptionManager.leave), everyone is told."""
+        self.subs.leave(agent, hold_s)
         for fn in self.on_offline:
             fn(agent, why)
         self.publish(SystemEventKind.AGENT_OFFLINE, agent, why)
@@ -428,4 +431,7 @@ class AgentSessions:
     def expire_leases(self) -> None:
         for rec in self.registry.expire():
             log.warning("agent %s lease expired (silent %.1fs)", rec.id, self.registry.age(rec))
-            self.offline(rec.id, "lease expired")
+            # a strategy computing for seconds (a model, pandas) lets its lease go: its market data is kept as
+            # long as a silent agent is not yet called offline, so that it comes back to whole bars (released at
+            # 2 s, its buckets went partial, its history 'changed', and its on_start ran again: slow again)
+            self.offline(rec.id, "lease expired", hold_s=self.hold_s)

@@ -100,14 +100,16 @@ class SubscriptionManager:
                 return True
         return False
 
-    def leave(self, agent: str) -> None:
-        """The agent left or died: release what only it held, after the debounce."""
+    def leave(self, agent: str, hold_s: float = 0.0) -> None:
+        """The agent left or died: release what only it held, after the debounce (`hold_s`, when longer: a
+        lease that expired may be a process busy in a long callback, not a dead one; its prints kept, its bars
+        stay whole when it comes back, as they would not be released and taken again)."""
         for key, who in self.holders.items():
             if agent in who:
                 who.discard(agent)
                 if not who and key in self.active and key not in self._release:
                     loop = asyncio.get_running_loop()
-                    self._release[key] = loop.call_later(self.debounce_s, self._release_now, key)
+                    self._release[key] = loop.call_later(max(self.debounce_s, hold_s), self._release_now, key)
 
     def release(self, agent: str, kind: MarketKind, code: str) -> Key | None:
         """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave. Returns the

@@ -81,3 +81,36 @@ def test_an_agent_that_stalled_past_its_lease_gets_its_market_data_back(tmp_path
         assert agent.poll() is None
     finally:
         admin.close()
+
+
+def test_a_stall_of_seconds_keeps_the_agents_market_data(tmp_path: Path, procs: Procs) -> None:
+    """A callback computing for a few seconds (a model, pandas) lets the lease go, but the agent is not gone: its
+    registration at the broker is kept while it is not yet called offline (offline_after_s), so its prints and
+    bars stay whole. Released at the 2 s debounce, its buckets went partial, its history was 'changed', and its
+    on_start ran again: slow again, once a minute, for good (a hunt)."""
+    info = start_twin(procs, tmp_path, "--tick-interval", "0.2")
+    admin = httpx.Client(base_url=info["admin_url"], timeout=5)
+    run, gateway = start_gateway_on_twin(procs, tmp_path, info)
+    card = tmp_path / "stall.toml"
+    card.write_text(CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), log_name="stall")
+
+    def registered_at_twin() -> bool:
+        doc = admin.get("/admin/ws/registrations").json()
+        return any(TRADES in {tuple(r) for r in s["registrations"]} for s in doc["sessions"])
+
+    try:
+        wait_for(registered_at_twin, 30, what="the agent's trade registration at the twin")
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: "agent stall lease expired" in procs.log(gateway), 10, what="the gateway expires the lease"
+            )
+            holds_for(registered_at_twin, DEBOUNCE_S + 1.5, interval=0.1, what="the registration while it stalls")
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        wait_for(lambda: "registered (same" in procs.log(gateway), 10, what="the agent registers again")
+        assert registered_at_twin() and f"released trades {CODE}" not in procs.log(gateway)
+    finally:
+        admin.close()

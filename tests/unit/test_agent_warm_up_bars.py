@@ -96,3 +96,39 @@ def test_lost_intraday_bars_rebuild_only_agents_on_intraday_bars(tmp_path: Path)
         assert rt._history_pending == ["005930"]
         rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"000660 {INTRADAY_SCOPE}"))
         assert rt._history_pending == ["005930"]  # not its code
+
+
+def test_codes_told_milliseconds_apart_rebuild_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """The gateway tells each code as its bucket closes, at that code's next print (ms apart): the loop tells the
+    strategy once no code came for HISTORY_SETTLE_S (a wide agent warmed up its universe three times); a bar or a
+    timer first tells at once."""
+    import agent.runtime as runtime
+    from common.config import AgentCard, Subscriptions
+    from common.enums import BarInterval, SystemEventKind
+    from common.schema import INTRADAY_SCOPE, SystemEvent
+
+    clock = [100.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    rt, _wire, _ = _runtime(tmp_path)
+    rt.card = AgentCard(
+        id="alpha",
+        name="A",
+        strategy="x:Y",
+        codes=["005930", "000660"],
+        subscriptions=Subscriptions(bars=[BarInterval.M1]),
+    )
+    told: list[list[str]] = []
+
+    class _Told(Strategy):
+        def on_history_changed(self, codes: list[str]) -> None:
+            told.append(list(codes))
+
+    rt.strategy = _Told(rt, None)
+    for code in ("005930", "000660"):
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"{code} {INTRADAY_SCOPE}"))
+        clock[0] += 0.01
+        rt._history_told(runtime.HISTORY_SETTLE_S)  # the loop's turn: not yet
+    assert told == []
+    clock[0] += runtime.HISTORY_SETTLE_S
+    rt._history_told(runtime.HISTORY_SETTLE_S)
+    assert told == [["005930", "000660"]]

@@ -64,7 +64,9 @@ def test_bars_lost_in_an_outage_are_told_and_history_fills_them_from_the_broker(
         w = at(9, 0, 1) + dt.timedelta(minutes=m)
         md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * m, 2, cum, date="20240304"), w)
     md.flush_at(at(11, 11, 0))
-    assert lost == [[C]]  # the partial 10:40 buckets (1m, 5m) were dropped: the agents are told, once
+    # the buckets open across the outage (10:05 1m and 5m, closed by the 10:40 print: one flush) and those the
+    # 10:40 print began inside (1m at 10:41, 5m at 10:45) were dropped: each told as it dropped
+    assert lost == [[C], [C], [C]]
     stored = {b.start for b in md.store.bars(C, "5m")}
     assert "2024-03-04T10:10" not in stored and "2024-03-04T10:40" not in stored  # the hole
 
@@ -96,9 +98,11 @@ def test_a_window_heard_whole_costs_no_broker_call(tmp_path: Path) -> None:
     assert len(got) == 12 and broker.calls == 0 and filled == 0
 
 
-def test_one_stretch_is_told_once_after_the_flushs_whole_bars_went_out(tmp_path: Path) -> None:
-    """A registration taken mid-day drops a bucket per interval as each closes: told once (each told made every
-    agent holding the code warm up again), and after the same flush's whole bars were published."""
+def test_each_dropped_bucket_is_told_after_its_flushs_whole_bars_went_out(tmp_path: Path) -> None:
+    """A registration taken mid-day drops a bucket per interval as each closes (1m first, 5m, 15m later): each is
+    a hole in its own windows, told as it drops (told once for the stretch, a 5m window rebuilt on the 1m's news
+    ended before the 5m bucket still open, and that bucket never came), and after the same flush's whole bars
+    (told first, a rebuilt window held the flush's bar, then handed over again)."""
     md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m", "5m", "15m"))
     order: list[str] = []
     md._pub = lambda topic, body: order.append(f"bar {topic}")  # type: ignore[method-assign,assignment]
@@ -109,10 +113,37 @@ def test_one_stretch_is_told_once_after_the_flushs_whole_bars_went_out(tmp_path:
         w = at(10, 7, 23) + dt.timedelta(minutes=m)
         md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000, 2, cum, date="20240304"), w)
     md.flush_at(at(10, 40, 0))
-    told = [x for x in order if x.startswith("lost")]
-    assert told == [f"lost {[C]}"], order  # the 1m 10:07, 5m 10:05 and 15m 10:00 buckets: one stretch
-    first_lost = order.index(told[0])
-    assert any(x.startswith("bar") for x in order[:first_lost])  # the flush's whole 1m bars went out first
+    told = [i for i, x in enumerate(order) if x.startswith("lost")]
+    assert len(told) == 3, order  # the 1m 10:07, 5m 10:05 and 15m 10:00 buckets, each as it closed
+    assert order[told[0] - 1].startswith("bar")  # the flush's whole bars (other codes, intervals) went out first
+
+
+def test_a_5m_window_rebuilt_on_the_1m_news_gets_the_5m_bucket_once_it_closed(tmp_path: Path) -> None:
+    md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m", "5m"))
+    broker = MinuteCharts()
+    cum = 0
+    for m in range(0, 64):  # heard 09:00..10:03
+        cum += 2
+        w = at(9, 0, 1) + dt.timedelta(minutes=m)
+        md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * m, 2, cum, date="20240304"), w)
+    cum += 2 * 3  # 10:04..10:06 not heard (a restart)
+    w = at(10, 7, 1)
+    md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * 67, 2, cum + 2, date="20240304"), w)
+    cum += 2
+    w = at(10, 8, 1)  # closes the 1m 10:07 (partial): the 1m news; the 5m 10:05 bucket is still open
+    md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * 68, 2, cum + 2, date="20240304"), w)
+    cum += 2
+    md.wall = lambda: at(10, 8, 2)
+    early, _n = asyncio.run(md.history(broker, C, "5m", 6, "agent"))  # type: ignore[arg-type]
+    assert early[-1].start.endswith("10:00")  # (the 10:05 bucket is in progress)
+    for m in range(69, 72):  # 10:09..10:11: the 5m 10:05 bucket closes, partial, dropped
+        cum += 2
+        w = at(9, 0, 1) + dt.timedelta(minutes=m)
+        md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * m, 2, cum, date="20240304"), w)
+    assert "2024-03-04T10:05" not in {b.start for b in md.store.bars(C, "5m")}
+    md.wall = lambda: at(10, 11, 2)
+    later, _n = asyncio.run(md.history(broker, C, "5m", 6, "agent"))  # type: ignore[arg-type]
+    assert later[-1].start.endswith("10:05") and later[-1].volume == 10  # filled, not a silent hole
 
 
 def test_a_quiet_outage_is_filled_too(tmp_path: Path) -> None:
@@ -124,13 +155,17 @@ def test_a_quiet_outage_is_filled_too(tmp_path: Path) -> None:
         cum += 2
         w = at(9, 0, 1) + dt.timedelta(minutes=m)
         md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * m, 2, cum, date="20240304"), w)
-    md.feed_gap(since=at(10, 5, 30), until=at(10, 9, 0))  # down 10:05:30..10:09: the 10:05 buckets are partial
-    for m in range(70, 90):  # 10:10..10:29, nothing missed by the count
+    md.feed_gap(since=at(10, 5, 30), until=at(10, 9, 30))  # down 10:05:30..10:09:30: the 10:05 buckets partial
+    w = at(10, 9, 40)  # the first print after: its count shows nothing missed
+    cum += 2
+    md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * 69, 2, cum, date="20240304"), w)
+    for m in range(70, 90):  # 10:10..10:29
         cum += 2
         w = at(9, 0, 1) + dt.timedelta(minutes=m)
         md.on_trade(trade(C, w.strftime("%H%M%S"), 70_000 + 10 * m, 2, cum, date="20240304"), w)
     md.flush_at(at(10, 30, 5))
     assert "2024-03-04T10:05" not in {b.start for b in md.store.bars(C, "5m")}
+    assert "2024-03-04T10:09" in {b.start for b in md.store.bars(C, "1m")}  # heard whole: not dropped
     md.wall = lambda: at(10, 30, 5)
     broker = MinuteCharts()
     got, _n = asyncio.run(md.history(broker, C, "5m", 6, "agent"))  # type: ignore[arg-type]

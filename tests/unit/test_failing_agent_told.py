@@ -29,7 +29,7 @@ async def test_a_failing_agent_shows_its_failure_and_a_restart_loop_is_told_once
         h.book,
         h.desk,
         h.risk,
-        SimpleNamespace(leave=lambda agent: None),  # type: ignore[arg-type]
+        SimpleNamespace(leave=lambda agent, hold_s=0.0: None),  # type: ignore[arg-type]
         HeaderFactory("gateway"),
         lambda *a: None,
         Counter(),

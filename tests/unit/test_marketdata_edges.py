@@ -394,14 +394,17 @@ def test_a_days_bar_still_owed_is_published_not_taken_into_history_first(tmp_pat
     today = dt.date(2024, 3, 29)
     sent: list[str] = []
 
-    async def scenario() -> list[str]:
-        md = _md(tmp_path, {today.isoformat()}, at(15, 45, 0, today))
+    async def scenario(warm_up_at: dt.datetime) -> list[str]:
+        md = _md(tmp_path / warm_up_at.strftime("%a"), {today.isoformat()}, at(15, 45, 0, today))
         md._pub = lambda topic, body: sent.append(body.start)  # type: ignore[method-assign,assignment,attr-defined]
         await md.close_daily(today, Charts(EXCHANGE, fail=True), [C])  # type: ignore[arg-type]
+        md.wall = lambda: warm_up_at
         got, _n = await md.history(Charts(EXCHANGE), C, "1d", 3, "agent")  # type: ignore[arg-type]
         await md._ask_again(today, Charts(EXCHANGE))  # type: ignore[arg-type]
         await md.stop()
         return [x.start for x in got]
 
-    window = asyncio.run(scenario())
-    assert window[-1] == "2024-03-28" and sent == ["2024-03-29"]
+    for when in (at(16, 0, 0, today), at(10, 0, 0, dt.date(2024, 3, 30))):  # that evening; the Saturday after
+        sent.clear()
+        window = asyncio.run(scenario(when))
+        assert window[-1] == "2024-03-28" and sent == ["2024-03-29"], when
