@@ -47,9 +47,8 @@ async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> N
             Error(
                 h=h(msg.h.mid),
                 code=ErrorCode.TIMEOUT,
-                message=f"history {msg.code} {msg.interval} x{msg.n}: the broker's charts could not be read within "
-                f"{HISTORY_WAIT_S - BACKFILL_MARGIN_S:g} s at this agent's REST quota (the card's rate_quota_per_s): "
-                "ask fewer bars, or raise the quota",
+                message=f"the broker's charts could not be read within {HISTORY_WAIT_S - BACKFILL_MARGIN_S:g} s at "
+                "this agent's REST quota (the card's rate_quota_per_s): ask fewer bars, or raise the quota",
             ),
         )
         return
