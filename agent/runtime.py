@@ -2278,12 +2278,13 @@ class AgentRuntime(AgentServicesMixin):
                 self._day_closed = max(self._day_closed, f"{ev.text[:4]}-{ev.text[4:6]}-{ev.text[6:]}")
                 self._note_decided()
             elif ev.kind is SystemEventKind.HISTORY_CHANGED:
-                code, _, scope = ev.text.partition(" ")
+                code, scope, interval = (ev.text.split(" ") + ["", ""])[:3]
                 if code not in self.card.codes and code not in self.universe.codes:
                     return
                 if scope == INTRADAY_SCOPE:
-                    if not any(iv != BarInterval.D1 for iv in self.card.subscriptions.bars):
-                        return  # (windows of daily bars or quotes lost nothing)
+                    bars = self.card.subscriptions.bars
+                    if interval not in bars if interval else not any(iv != BarInterval.D1 for iv in bars):
+                        return  # (windows of other intervals, of daily bars or quotes lost nothing)
                     self.log.warning(
                         "intraday bars of %s were lost (prints the gateway did not hear; history has them from the "
                         "broker): the strategy rebuilds what it built from them (on_history_changed)",

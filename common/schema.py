@@ -639,7 +639,8 @@ class SystemEvent(msgspec.Struct, frozen=True, tag="system", kw_only=True, array
 
 
 # SystemEventKind.HISTORY_CHANGED's text: "<code>", the code's whole history changed scale (a split, a rights or
-# bonus issue); "<code> intraday", intraday bars of it were lost (prints not heard) and history has them again
+# bonus issue); "<code> intraday <interval>", bars of that interval were lost (prints not heard) and history has
+# them again
 INTRADAY_SCOPE = "intraday"
 
 

@@ -1172,15 +1172,17 @@ class Gateway:
         )
         return True
 
-    def _bars_lost(self, codes: list[str]) -> None:
-        """Intraday bars of `codes` were not published (prints of their buckets not heard: a restart, a websocket
-        outage): the agents are told, as for a history that changed, so that windows built bar by bar are built
-        again from history, where the broker's minute chart fills the stretch (MarketData.history). Without it a
-        strategy's 5-minute window silently spanned the outage and a copy started later decided otherwise."""
-        for code in codes:
-            # "<code> intraday": only agents on intraday bars of it rebuild (a daily or quote-driven strategy's
-            # warm-up would cost REST quota for nothing); an agent of an older version takes it for no code of its
-            self.publish(SystemEventKind.HISTORY_CHANGED, "", f"{code} {INTRADAY_SCOPE}")
+    def _bars_lost(self, lost: list[tuple[str, str]]) -> None:
+        """Intraday bars of (code, interval) were not published (prints of their buckets not heard: a restart, a
+        websocket outage): the agents on that interval are told, as for a history that changed, so that windows
+        built bar by bar are built again from history, where the broker's minute chart fills the stretch
+        (MarketData.history). Without it a strategy's 5-minute window silently spanned the outage and a copy
+        started later decided otherwise."""
+        for code, interval in lost:
+            # "<code> intraday <interval>": only agents on that interval's bars of it rebuild (a daily or
+            # quote-driven strategy's warm-up, or a 1m strategy's on the 60m bucket's news an hour later, cost REST
+            # quota for nothing); an agent of an older version takes it for no code of its
+            self.publish(SystemEventKind.HISTORY_CHANGED, "", f"{code} {INTRADAY_SCOPE} {interval}")
 
     def _history_changed(self, code: str, why: str) -> None:
         """`code`'s stored daily history is on another price scale than today's prints (a split suspected from the

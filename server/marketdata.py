@@ -217,13 +217,15 @@ class MarketData:
         # asked back to, "" for the whole day): an intraday window reaching back past the code's heard_since
         # (a restart, a websocket outage) may hold holes where nothing was heard; asked once per stretch
         self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str, str]] = {}
+        # (code, interval, n) -> its back-fill running now (server/marketdata_requests.py: one at a time)
+        self.backfills: dict[tuple[str, str, int], asyncio.Task[tuple[list[Bar], int]]] = {}
         # code -> the latest websocket outage's end that left buckets of it partial without a print telling so
         # (`feed_gap`): for `_unheard` only (heard_since is the prints' own account: moved, it dropped the bucket
         # of the reconnect even when the next print's count showed nothing missed)
         self._outage_until: dict[str, dt.datetime] = {}
         # told the codes whose intraday bars were lost (buckets dropped as partial: prints of them not heard),
         # so that agents rebuild windows built bar by bar from history, which the broker fills (`history`)
-        self.on_bars_lost: Callable[[list[str]], None] | None = None
+        self.on_bars_lost: Callable[[list[tuple[str, str]]], None] | None = None
         # nothing was heard by this process before (exchange time): set at the first flush (the gateway's clock is
         # wired after construction: a twin's or a replay's time is not the host's)
         self._born: dt.datetime | None = None
@@ -881,7 +883,7 @@ class MarketData:
         # rebuilt then ended before the 5m bucket still open, and that bucket never came (only agents on intraday
         # bars rebuild: see the gateway's _bars_lost)
         if partial and self.on_bars_lost is not None:
-            self.on_bars_lost(sorted({b.code for b in partial}))
+            self.on_bars_lost(sorted({(b.code, b.interval) for b in partial}))
 
     # ---- snapshot ------------------------------------------------------------------------------
 
@@ -988,8 +990,13 @@ class MarketData:
         first = max(have[0].start, now.date().isoformat())  # (the minute chart holds today only)
         asked = self._unheard_asked.get((code, interval))
         straddle = _bucket_label(since, interval)  # dropped as partial when it closes: filled only after that
-        if asked is not None and asked[0] == since and first >= asked[1] and straddle < asked[2]:
-            return None
+        if (
+            asked is not None
+            and asked[0] == since
+            and first >= asked[1]
+            and (straddle < asked[2] or straddle >= before)
+        ):
+            return None  # filled, and the straddling bucket with it, or still open (in no window yet)
         log.info(
             "%s %s history reaches back past %s (prints not heard before): filled from the broker",
             code,

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from common.errors import ErrorCode
-from common.schema import HISTORY_WAIT_S, BarsReply, Error, GetBars, GetMarket, MarketSnapshot
+from common.schema import HISTORY_WAIT_S, Bar, BarsReply, Error, GetBars, GetMarket, MarketSnapshot
 from kis.port import BrokerError
 from server.bars import BarError
 
@@ -23,20 +23,43 @@ def serve_market(gw: "Gateway", msg: GetMarket) -> MarketSnapshot:
     return MarketSnapshot(h=gw.headers(msg.h.mid), markets=gw.md.snapshot(list(dict.fromkeys(msg.codes))))
 
 
-# the back-fill stops this long before the agent stops waiting (HISTORY_WAIT_S): its answer still reaches it
+# the agent is answered this long before it stops waiting (HISTORY_WAIT_S), whether the back-fill is done or not
 BACKFILL_MARGIN_S = 1.0
+
+
+def _history(gw: "Gateway", msg: GetBars, agent: str) -> "asyncio.Future[tuple[list[Bar], int]]":
+    """One back-fill per (code, interval, n) at a time: a request while one runs waits for it. A back-fill outlives
+    the request that started it (the agent is answered at its deadline): cancelled, its pages were thrown away and
+    the next request started from nothing, so a window of more pages than the deadline allows never came; left to
+    run beside a fresh one for the same window, it spent the agent's REST quota twice."""
+    key = (msg.code, msg.interval, msg.n)
+    task = gw.md.backfills.get(key)
+    if task is None or task.done():
+        task = asyncio.get_running_loop().create_task(
+            gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent), name=f"history-{msg.code}"
+        )
+        gw.md.backfills[key] = task
+        task.add_done_callback(lambda t: _settled(gw, key, t))
+    return task
+
+
+def _settled(gw: "Gateway", key: tuple[str, str, int], task: "asyncio.Task[tuple[list[Bar], int]]") -> None:
+    if gw.md.backfills.get(key) is task:
+        del gw.md.backfills[key]
+    if not task.cancelled() and task.exception() is not None:  # (told to its waiters; read here for the rest)
+        log.debug("history back-fill %s ended: %r", key, task.exception())
 
 
 async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> None:
     h = gw.headers
     try:
         bars, filled = await asyncio.wait_for(
-            gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent), HISTORY_WAIT_S - BACKFILL_MARGIN_S
+            asyncio.shield(_history(gw, msg, agent)), HISTORY_WAIT_S - BACKFILL_MARGIN_S
         )
     except asyncio.TimeoutError:
         gw.counters["history_timeouts"] += 1
         log.warning(
-            "history of %s %s x%d for %s: the back-fill did not finish in time: stopped",
+            "history of %s %s x%d for %s: the back-fill goes on after the agent's wait",
             msg.code,
             msg.interval,
             msg.n,
@@ -47,8 +70,9 @@ async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> N
             Error(
                 h=h(msg.h.mid),
                 code=ErrorCode.TIMEOUT,
-                message=f"the broker's charts could not be read within {HISTORY_WAIT_S - BACKFILL_MARGIN_S:g} s at "
-                "this agent's REST quota (the card's rate_quota_per_s): ask fewer bars, or raise the quota",
+                message=f"the broker's charts take longer than {HISTORY_WAIT_S - BACKFILL_MARGIN_S:g} s at this "
+                "agent's REST quota (the card's rate_quota_per_s): the gateway keeps reading them, so the same "
+                "request soon gets them; or ask fewer bars, or raise the quota",
             ),
         )
         return

@@ -85,13 +85,20 @@ def test_lost_intraday_bars_rebuild_only_agents_on_intraday_bars(tmp_path: Path)
     from common.enums import BarInterval, SystemEventKind
     from common.schema import INTRADAY_SCOPE, SystemEvent
 
-    for bars, told in (([BarInterval.D1], []), ([BarInterval.M1, BarInterval.D1], ["005930"])):
+    cases = (
+        ([BarInterval.D1], "1m", []),
+        ([BarInterval.M1, BarInterval.D1], "1m", ["005930"]),
+        ([BarInterval.M1], "60m", []),  # the 60m bucket's news, an hour later: a 1m strategy lost nothing
+        ([BarInterval.M1], "", ["005930"]),  # (no interval said: any intraday)
+    )
+    for bars, interval, told in cases:
         rt, _wire, _ = _runtime(tmp_path)
         rt.card = AgentCard(
             id="alpha", name="A", strategy="x:Y", codes=["005930"], subscriptions=Subscriptions(bars=bars)
         )
-        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"005930 {INTRADAY_SCOPE}"))
-        assert rt._history_pending == told, bars
+        text = f"005930 {INTRADAY_SCOPE} {interval}".strip()
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=text))
+        assert rt._history_pending == told, (bars, interval)
         rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text="005930"))  # a split: every agent
         assert rt._history_pending == ["005930"]
         rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"000660 {INTRADAY_SCOPE}"))
@@ -125,7 +132,7 @@ def test_codes_told_milliseconds_apart_rebuild_once(tmp_path: Path, monkeypatch:
 
     rt.strategy = _Told(rt, None)
     for code in ("005930", "000660"):
-        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"{code} {INTRADAY_SCOPE}"))
+        rt._on_system(SystemEvent(kind=SystemEventKind.HISTORY_CHANGED, text=f"{code} {INTRADAY_SCOPE} 1m"))
         clock[0] += 0.01
         rt._history_told(runtime.HISTORY_SETTLE_S)  # the loop's turn: not yet
     assert told == []

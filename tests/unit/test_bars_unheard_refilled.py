@@ -50,7 +50,7 @@ class MinuteCharts:
 
 def test_bars_lost_in_an_outage_are_told_and_history_fills_them_from_the_broker(tmp_path: Path) -> None:
     md = MarketData(BarStore(tmp_path / "b.sqlite"), SessionRule.KRX, ("1m", "5m"))
-    lost: list[list[str]] = []
+    lost: list[list[tuple[str, str]]] = []
     md.on_bars_lost = lost.append
     cum = 0
     for m in range(0, 66):  # heard 09:00..10:05, two shares a minute (the exchange's bars)
@@ -66,7 +66,7 @@ def test_bars_lost_in_an_outage_are_told_and_history_fills_them_from_the_broker(
     md.flush_at(at(11, 11, 0))
     # the buckets open across the outage (10:05 1m and 5m, closed by the 10:40 print: one flush) and those the
     # 10:40 print began inside (1m at 10:41, 5m at 10:45) were dropped: each told as it dropped
-    assert lost == [[C], [C], [C]]
+    assert lost == [[(C, "1m"), (C, "5m")], [(C, "1m")], [(C, "5m")]]
     stored = {b.start for b in md.store.bars(C, "5m")}
     assert "2024-03-04T10:10" not in stored and "2024-03-04T10:40" not in stored  # the hole
 
@@ -135,7 +135,10 @@ def test_a_5m_window_rebuilt_on_the_1m_news_gets_the_5m_bucket_once_it_closed(tm
     cum += 2
     md.wall = lambda: at(10, 8, 2)
     early, _n = asyncio.run(md.history(broker, C, "5m", 6, "agent"))  # type: ignore[arg-type]
-    assert early[-1].start.endswith("10:00")  # (the 10:05 bucket is in progress)
+    assert early[-1].start.endswith("10:00") and broker.calls == 1  # (the 10:05 bucket is in progress)
+    md.wall = lambda: at(10, 8, 40)
+    asyncio.run(md.history(broker, C, "5m", 6, "agent"))  # type: ignore[arg-type]
+    assert broker.calls == 1  # not asked again while the straddling bucket is open (in no window yet)
     for m in range(69, 72):  # 10:09..10:11: the 5m 10:05 bucket closes, partial, dropped
         cum += 2
         w = at(9, 0, 1) + dt.timedelta(minutes=m)

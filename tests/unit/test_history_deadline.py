@@ -1,6 +1,8 @@
-"""A history back-fill stops when its agent stops waiting (HISTORY_WAIT_S, less a margin for the answer): left
-running, it spent the agent's REST quota on an answer nobody read and each next request queued behind it (a
-hunt: at 0.2 calls/s, 1 of 24 warm-ups got through in 100 s). The agent is told why, in words it can act on."""
+"""A history back-fill longer than the agent's wait (HISTORY_WAIT_S): the agent is answered at its deadline, in
+words it can act on, and the back-fill goes on and stores what it read, so the same request soon gets it. One
+back-fill per window at a time: a request while one runs waits for it. (A hunt: abandoned back-fills spent the
+agent's quota and 1 of 24 warm-ups got through; a review: cancelled at the deadline, a window of more pages than
+the deadline allows never came, each request starting from nothing.)"""
 
 from __future__ import annotations
 
@@ -11,34 +13,40 @@ from types import SimpleNamespace
 import pytest
 
 from common.errors import ErrorCode
-from common.schema import Error, GetBars, HeaderFactory
+from common.schema import Bar, BarsReply, Error, GetBars, HeaderFactory
 from server import marketdata_requests
 
+BAR = Bar(code="005930", interval="1d", start="2026-12-04", open=1, high=1, low=1, close=1, volume=1)
 
-async def test_a_back_fill_past_the_agents_wait_is_stopped_and_told(monkeypatch: pytest.MonkeyPatch) -> None:
+
+async def test_a_back_fill_past_the_agents_wait_goes_on_and_the_next_request_gets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(marketdata_requests, "HISTORY_WAIT_S", marketdata_requests.BACKFILL_MARGIN_S + 0.3)
-    stopped = asyncio.Event()
+    calls = []
 
-    async def history(*args: object, **kw: object) -> object:
-        try:
-            await asyncio.sleep(3600)  # pages of charts at a small quota
-        except asyncio.CancelledError:
-            stopped.set()
-            raise
-        raise AssertionError("not reached")
+    async def history(*args: object, **kw: object) -> tuple[list[Bar], int]:
+        calls.append(args)
+        await asyncio.sleep(0.45)  # pages of charts at a small quota: more than one wait, less than two
+        return [BAR], 1
 
     replies: list[object] = []
     gw = SimpleNamespace(
-        md=SimpleNamespace(history=history),
+        md=SimpleNamespace(history=history, backfills={}),
         broker=object(),
         headers=HeaderFactory("gateway"),
         counters=Counter(),
         _reply=lambda route, msg: replies.append(msg),
     )
-    ask = GetBars(h=HeaderFactory("alpha")(), code="005930", interval="1d", n=600)
-    await asyncio.wait_for(marketdata_requests.serve_bars(gw, b"r", "alpha", ask), 5)  # type: ignore[arg-type]
-    assert stopped.is_set()  # the broker calls went with it
-    (reply,) = replies
-    assert isinstance(reply, Error) and reply.code is ErrorCode.TIMEOUT and reply.h.re == ask.h.mid
-    assert "rate_quota_per_s" in reply.message and "ask fewer bars" in reply.message
+    agent = HeaderFactory("alpha")
+    first = GetBars(h=agent(), code="005930", interval="1d", n=600)
+    await marketdata_requests.serve_bars(gw, b"r", "alpha", first)  # type: ignore[arg-type]
+    (told,) = replies
+    assert isinstance(told, Error) and told.code is ErrorCode.TIMEOUT and told.h.re == first.h.mid
+    assert "rate_quota_per_s" in told.message and "keeps reading" in told.message
+    again = GetBars(h=agent(), code="005930", interval="1d", n=600)  # the agent asks again: it joins the back-fill
+    await marketdata_requests.serve_bars(gw, b"r", "alpha", again)  # type: ignore[arg-type]
+    got = replies[-1]
+    assert isinstance(got, BarsReply) and got.bars == [BAR] and got.h.re == again.h.mid
+    assert len(calls) == 1 and gw.md.backfills == {}  # one back-fill, done and let go
     assert gw.counters["history_timeouts"] == 1
