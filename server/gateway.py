@@ -304,16 +304,19 @@ class Gateway:
             MasterKeeper(cfg, self.clock.now, self._install_master, self.alerts) if downloads(cfg) else None
         )
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
+        self.universe.alert = lambda text: self.alerts(text, AlertKind.STALE_MARKET_DATA)
         self.universe_binder = UniverseBinder(
             self.universe,
             self.registry,
             self.subs,
             self.risk,
             self.book.notify,
-            lambda codes: self._spawn(self.base_prices.ensure(codes)),
+            lambda codes: self._task(self.base_prices.ensure(codes)),
             held=lambda agent: held_codes(self.book, agent),  # a held code stays watched after it leaves the top
             # a card's universe_top on a broker without the ranking (KIS paper): on screen and in status, once
             alert=lambda text, agent: self.alerts(text, None, agent),
+            store=self.store,
+            day=self.book.day,
         )
         self.recorder: Recorder | None = None
         # kv state, market queries on per-agent quotas, order-book summaries (server/agent_services.py)
@@ -496,9 +499,14 @@ class Gateway:
         self._reconcile_wanted.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._task(coro)
+
+    def _task(self, coro: Coroutine[Any, Any, Any]) -> "asyncio.Task[Any]":
+        """_spawn's task, for a caller that waits on it (kept until done, as every background task)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+        return task
 
     # ---- life cycle ------------------------------------------------------------------------------------
 

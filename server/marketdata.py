@@ -217,8 +217,8 @@ class MarketData:
         # asked back to, "" for the whole day): an intraday window reaching back past the code's heard_since
         # (a restart, a websocket outage) may hold holes where nothing was heard; asked once per stretch
         self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str, str]] = {}
-        # (code, interval, n) -> its back-fill running now (server/marketdata_requests.py: one at a time)
-        self.backfills: dict[tuple[str, str, int], asyncio.Task[tuple[list[Bar], int]]] = {}
+        # (code, interval, agent) -> its back-fill running now (server/marketdata_requests.py: one at a time)
+        self.backfills: dict[tuple[str, str, str], asyncio.Task[tuple[list[Bar], int]]] = {}
         # code -> the latest websocket outage's end that left buckets of it partial without a print telling so
         # (`feed_gap`): for `_unheard` only (heard_since is the prints' own account: moved, it dropped the bucket
         # of the reconnect even when the next print's count showed nothing missed)
@@ -837,8 +837,8 @@ class MarketData:
             self.on_alert(text, AlertKind.STALE_MARKET_DATA)
 
     async def stop(self) -> None:
-        """Cancel the daily bars still asked again (a stopping gateway)."""
-        tasks = list(self._retries.values())
+        """Cancel the daily bars still asked again and the history back-fills running (a stopping gateway)."""
+        tasks = [*self._retries.values(), *self.backfills.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -27,35 +27,48 @@ def serve_market(gw: "Gateway", msg: GetMarket) -> MarketSnapshot:
 BACKFILL_MARGIN_S = 1.0
 
 
-def _history(gw: "Gateway", msg: GetBars, agent: str) -> "asyncio.Future[tuple[list[Bar], int]]":
-    """One back-fill per (code, interval, n) at a time: a request while one runs waits for it. A back-fill outlives
-    the request that started it (the agent is answered at its deadline): cancelled, its pages were thrown away and
-    the next request started from nothing, so a window of more pages than the deadline allows never came; left to
-    run beside a fresh one for the same window, it spent the agent's REST quota twice."""
-    key = (msg.code, msg.interval, msg.n)
+def _history(gw: "Gateway", msg: GetBars, agent: str) -> "tuple[asyncio.Future[tuple[list[Bar], int]], bool]":
+    """The agent's back-fill of (code, interval) running now, or a new one for this request (True: its own). One
+    at a time per agent and window, beside its waits: cancelled at a deadline, its pages were thrown away and the
+    next request started from nothing (a window of more pages than the deadline allows never came); left to run
+    beside a fresh one, it spent the agent's REST quota twice. Per agent: each reads under its own quota."""
+    key = (msg.code, msg.interval, agent)
     task = gw.md.backfills.get(key)
-    if task is None or task.done():
-        task = asyncio.get_running_loop().create_task(
-            gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent), name=f"history-{msg.code}"
-        )
-        gw.md.backfills[key] = task
-        task.add_done_callback(lambda t: _settled(gw, key, t))
-    return task
+    if task is not None and not task.done():
+        return task, False
+    task = asyncio.get_running_loop().create_task(
+        gw.md.history(gw.broker, msg.code, msg.interval, msg.n, caller=agent), name=f"history-{msg.code}"
+    )
+    gw.md.backfills[key] = task
+    task.add_done_callback(lambda t: _settled(gw, key, t))
+    return task, True
 
 
-def _settled(gw: "Gateway", key: tuple[str, str, int], task: "asyncio.Task[tuple[list[Bar], int]]") -> None:
+def _settled(gw: "Gateway", key: tuple[str, str, str], task: "asyncio.Task[tuple[list[Bar], int]]") -> None:
     if gw.md.backfills.get(key) is task:
         del gw.md.backfills[key]
     if not task.cancelled() and task.exception() is not None:  # (told to its waiters; read here for the rest)
         log.debug("history back-fill %s ended: %r", key, task.exception())
 
 
+async def _window(gw: "Gateway", msg: GetBars, agent: str) -> tuple[list[Bar], int]:
+    """This request's window: its own back-fill's, or, after waiting for one an earlier request of the agent started
+    (its window is of then, its n maybe not this one's), asked again: from the store it filled, or a back-fill of
+    what it lacks."""
+    filled = 0
+    for _ in range(3):
+        task, own = _history(gw, msg, agent)
+        bars, n = await asyncio.shield(task)
+        filled += n
+        if own:
+            return bars, filled
+    return bars, filled  # (joined others three times over: theirs is as good a window as there is)
+
+
 async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> None:
     h = gw.headers
     try:
-        bars, filled = await asyncio.wait_for(
-            asyncio.shield(_history(gw, msg, agent)), HISTORY_WAIT_S - BACKFILL_MARGIN_S
-        )
+        bars, filled = await asyncio.wait_for(_window(gw, msg, agent), HISTORY_WAIT_S - BACKFILL_MARGIN_S)
     except asyncio.TimeoutError:
         gw.counters["history_timeouts"] += 1
         log.warning(

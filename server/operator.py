@@ -111,6 +111,7 @@ from server.equity import ACCOUNT, AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
+from server.universe import Universe
 from server.notifier import Notifier
 from server.order_book import OrderBook
 from common.orders import is_gateway_exit
@@ -170,6 +171,7 @@ class GatewayParts(Protocol):
     pub: Publisher | None
     md: MarketData
     sanity: MarketSanity
+    universe: Universe
     subs: SubscriptionManager
     master: StockMaster | None
     master_keeper: MasterKeeper | None
@@ -338,6 +340,7 @@ class Operator:
             counters["pub_dropped"] = gw.pub.dropped
             counters.update(gw.md.counters())
         counters.update(gw.sanity.counters())
+        counters.update(gw.universe.counters())
         counters["ws_dropped"] = gw.broker.health().ws_dropped
         if gw.recorder is not None:
             counters["recorder_errors"] = gw.recorder.errors

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from common.aio import wait_set
 from kis.port import BrokerPort, Capability, MarketKind
 
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
     from server.order_book import OrderBook
 
 log = logging.getLogger("ktrader.universe")
+
+GIVEN_KEY = "universe:given"  # store meta: the codes each agent was given today (_Given)
+FAILING_ALERT = 10  # failed ranking refreshes in a row before a person is told (10 min at the default 60 s)
+
+
+class _Given(msgspec.Struct, frozen=True):
+    day: str  # YYYYMMDD
+    given: dict[str, list[str]]  # agent -> codes
+
 
 # how long the last good ranking stands in for a failing volume-rank call: the 09:00-15:30 session
 # with room to spare, shorter than overnight (yesterday's ranking is not today's)
@@ -100,6 +111,8 @@ class Universe:
         self.source = ""  # "volume_rank" | "fallback"
         self.refreshes = 0
         self.failures = 0  # failed volume-rank calls (whether the last ranking or the fallback stood in)
+        self._failing = 0  # ... in a row (a person is told at FAILING_ALERT, and when it answers again)
+        self.alert: Callable[[str], None] | None = None
         self.run_errors = 0  # refreshes that raised out of refresh() (on_change/apply), survived by run()
         self.last_error = ""
         self._ranked: list[str] = []  # the last good ranking, whole (a later, larger `size` is served from it)
@@ -151,9 +164,19 @@ class Universe:
                 raise RuntimeError("volume-rank returned no rows")
             self._ranked, self._ranked_at = ranked, self.clock()
             codes, source = ranked[: self.size], "volume_rank"
+            if self._failing >= FAILING_ALERT and self.alert is not None:
+                self.alert(f"the universe's ranking answers again after {self._failing} failed refreshes")
+            self._failing = 0
         except Exception as e:  # any failure: the list must still exist
             self.failures += 1
+            self._failing += 1
             self.last_error = f"{type(e).__name__}: {e}"
+            if self._failing == FAILING_ALERT and self.alert is not None:
+                self.alert(
+                    f"the universe's ranking (volume rank) failed {FAILING_ALERT} refreshes in a row "
+                    f"({self.last_error}): universe agents trade the last ranking while it is under "
+                    f"{self.stale_s / 3600:g} h old, then the fallback list (ktrader status: universe_*)"
+                )
             age = None if self._ranked_at is None else self.clock() - self._ranked_at
             if age is not None and age <= self.stale_s:
                 # keep the last good ranking: replacing it (with [] by default) would release every
@@ -165,6 +188,20 @@ class Universe:
                 log.warning("universe refresh failed (%s); %s, using the fallback list", e, why)
                 codes, source = self.fallback[: self.size], "fallback"
         return codes, source
+
+    def counters(self) -> dict[str, int]:
+        """For the status (an operator saw nothing of a ranking failing for an hour): only while an agent wants
+        a universe."""
+        if self.size <= 0:
+            return {}
+        age = -1 if self._ranked_at is None else round(self.clock() - self._ranked_at)
+        return {
+            "universe_refreshes": self.refreshes,
+            "universe_failures": self.failures,
+            "universe_failing_in_a_row": self._failing,
+            "universe_ranking_age_s": age,  # (-1: no ranking yet)
+            "universe_on_fallback": int(self.source == "fallback"),
+        }
 
     async def refresh(self) -> list[str]:
         if self.ranks:
@@ -220,11 +257,17 @@ class UniverseBinder:
         subs: object,
         risk: object,
         notify: Callable[[str, EventBody], None],
-        new_codes: Callable[[list[str]], None] | None = None,
+        new_codes: Callable[[list[str]], "asyncio.Future[object] | None"] | None = None,
         held: Callable[[str], set[str]] | None = None,
         alert: Callable[[str, str], None] | None = None,
+        store: object | None = None,
+        day: Callable[[], str] | None = None,
     ) -> None:
-        self.new_codes = new_codes  # e.g. fetch base prices for the price-band check
+        # e.g. fetch base prices for the price-band check; when it returns a future, an agent is told its list once
+        # that is done (told first, a market buy placed on a joining code was refused: no base price yet)
+        self.new_codes = new_codes
+        self.store = store  # the gateway's: the codes each agent was given today, kept over a restart
+        self.day = day
         self.held = held  # agent -> the codes it holds or has open orders in (held_codes)
         self.universe = universe
         self.registry = registry
@@ -237,6 +280,40 @@ class UniverseBinder:
         self._told_unranked: set[str] = set()  # agents told their universe_top has no ranking (once a run)
         universe.on_change = self.on_change
         universe.on_refresh = self.reconsider
+        self._recall()
+
+    # ---- the codes given today, over a restart ----------------------------------------------------------
+    # The gate accepts every code an agent was given today; held in memory only, a gateway restarted mid-day
+    # refused an order on a code given that morning (its shares held over, even: not among its codes)
+
+    def _recall(self) -> None:
+        if self.store is None or self.day is None:
+            return
+        raw = self.store.get_meta(GIVEN_KEY)  # type: ignore[attr-defined]
+        try:
+            kept = msgspec.json.decode(raw, type=_Given) if raw else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("the codes given to agents today could not be read back (%s): only the current lists", raw[:80])
+            return
+        if kept is None or kept.day != self.day():
+            return
+        extra = self.risk.extra_codes  # type: ignore[attr-defined]
+        for agent, codes in kept.given.items():
+            extra[agent] = extra.get(agent, frozenset()) | frozenset(codes)
+
+    def _remember(self) -> None:
+        if self.store is None or self.day is None:
+            return
+        extra = self.risk.extra_codes  # type: ignore[attr-defined]
+        given = _Given(day=self.day(), given={a: sorted(c) for a, c in extra.items()})
+        with self.store.transaction():  # type: ignore[attr-defined]
+            self.store.set_meta(GIVEN_KEY, msgspec.json.encode(given).decode())  # type: ignore[attr-defined]
+
+    def _tell(self, agent: str, codes: list[str], update: EventBody) -> None:
+        """The list once its joining codes' base prices came: unless a newer list took its place meanwhile (told
+        itself, or to be told when its own came)."""
+        if self.current.get(agent) == codes:
+            self.notify(agent, update)
 
     def new_day(self, day: str = "") -> None:
         """Each agent's mandate from its universe starts again from its current list."""
@@ -246,6 +323,7 @@ class UniverseBinder:
                 extra[agent] = frozenset(self.ranked[agent])
             else:
                 del extra[agent]
+        self._remember()
 
     def on_register(self, rec) -> None:
         n = rec.card.universe_top
@@ -318,9 +396,15 @@ class UniverseBinder:
                     if err is not None:
                         self.notify(rec.id, refusal_notice(err, text, kind, code))
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
-        extra[rec.id] = extra.get(rec.id, frozenset()) | frozenset(top)
+        before = extra.get(rec.id, frozenset())
+        extra[rec.id] = before | frozenset(top)
+        if extra[rec.id] != before:
+            self._remember()
         rec.codes = list(card.codes) + [c for c in codes if c not in own]
         self.current[rec.id], self.ranked[rec.id] = codes, top
-        if self.new_codes is not None:
-            self.new_codes([c for c in codes if c not in own])
-        self.notify(rec.id, UniverseUpdate(codes=codes, held=kept, source=self.universe.source))
+        update = UniverseUpdate(codes=codes, held=kept, source=self.universe.source)
+        ready = self.new_codes([c for c in codes if c not in own]) if self.new_codes is not None else None
+        if ready is not None and not ready.done():
+            ready.add_done_callback(lambda _done: self._tell(rec.id, codes, update))
+        else:
+            self.notify(rec.id, update)

@@ -78,6 +78,7 @@ class Desk:
             account=h.account,
             pub=None,
             sanity=SimpleNamespace(counters=lambda: {}),
+            universe=SimpleNamespace(counters=lambda: {}),
             master=None,
             master_keeper=None,
             **no_writers(),

@@ -27,8 +27,9 @@ async def test_a_back_fill_past_the_agents_wait_goes_on_and_the_next_request_get
 
     async def history(*args: object, **kw: object) -> tuple[list[Bar], int]:
         calls.append(args)
-        await asyncio.sleep(0.45)  # pages of charts at a small quota: more than one wait, less than two
-        return [BAR], 1
+        if len(calls) == 1:  # pages of charts at a small quota: more than one wait, less than two
+            await asyncio.sleep(0.45)
+        return [BAR], 1  # (then from the store it filled: at once)
 
     replies: list[object] = []
     gw = SimpleNamespace(
@@ -48,5 +49,29 @@ async def test_a_back_fill_past_the_agents_wait_goes_on_and_the_next_request_get
     await marketdata_requests.serve_bars(gw, b"r", "alpha", again)  # type: ignore[arg-type]
     got = replies[-1]
     assert isinstance(got, BarsReply) and got.bars == [BAR] and got.h.re == again.h.mid
-    assert len(calls) == 1 and gw.md.backfills == {}  # one back-fill, done and let go
+    # one back-fill; the joiner's own window then read again from what it stored (the joiner's window is of now,
+    # not of when the first request came); done and let go
+    assert len(calls) == 2 and gw.md.backfills == {}
     assert gw.counters["history_timeouts"] == 1
+
+
+async def test_each_agent_reads_under_its_own_quota() -> None:
+    """Back-fills are shared within an agent only: another agent's window runs its own, at its own rate."""
+    callers: list[object] = []
+
+    async def history(*args: object, **kw: object) -> tuple[list[Bar], int]:
+        callers.append(kw.get("caller"))
+        await asyncio.sleep(0.05)
+        return [BAR], 1
+
+    replies: list[object] = []
+    gw = SimpleNamespace(
+        md=SimpleNamespace(history=history, backfills={}),
+        broker=object(),
+        headers=HeaderFactory("gateway"),
+        counters=Counter(),
+        _reply=lambda route, msg: replies.append(msg),
+    )
+    asks = [(a, GetBars(h=HeaderFactory(a)(), code="005930", interval="5m", n=12)) for a in ("alpha", "beta")]
+    await asyncio.gather(*(marketdata_requests.serve_bars(gw, b"r", a, m) for a, m in asks))  # type: ignore[arg-type]
+    assert sorted(callers) == ["alpha", "beta"] and all(isinstance(r, BarsReply) for r in replies)
