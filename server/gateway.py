@@ -304,7 +304,9 @@ class Gateway:
             MasterKeeper(cfg, self.clock.now, self._install_master, self.alerts) if downloads(cfg) else None
         )
         self.universe = Universe(broker, refresh_s=cfg.universe_refresh_s, fallback=list(cfg.universe_fallback))
-        self.universe.alert = lambda text: self.alerts(text, AlertKind.STALE_MARKET_DATA)
+        self.universe.alert = lambda text, back: self.alerts(
+            text, AlertKind.RECOVERED if back else AlertKind.STALE_MARKET_DATA
+        )
         self.universe_binder = UniverseBinder(
             self.universe,
             self.registry,

@@ -54,15 +54,12 @@ def _settled(gw: "Gateway", key: tuple[str, str, str], task: "asyncio.Task[tuple
 async def _window(gw: "Gateway", msg: GetBars, agent: str) -> tuple[list[Bar], int]:
     """This request's window: its own back-fill's, or, after waiting for one an earlier request of the agent started
     (its window is of then, its n maybe not this one's), asked again: from the store it filled, or a back-fill of
-    what it lacks."""
-    filled = 0
-    for _ in range(3):
+    what it lacks (until its own answers: the caller's deadline bounds the wait)."""
+    while True:
         task, own = _history(gw, msg, agent)
-        bars, n = await asyncio.shield(task)
-        filled += n
+        bars, filled = await asyncio.shield(task)
         if own:
-            return bars, filled
-    return bars, filled  # (joined others three times over: theirs is as good a window as there is)
+            return bars, filled  # (the bars this request's back-fill read: a joined one's are counted by its own)
 
 
 async def serve_bars(gw: "Gateway", route: bytes, agent: str, msg: GetBars) -> None:

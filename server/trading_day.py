@@ -98,6 +98,9 @@ class BasePrices:
         self.fetch = fetch
         self._day = ""
         self._asking: set[str] = set()  # codes with a fetch in flight
+        # ... each with what an `ensure` of it waits on: a fetch another caller started counts as its own (the
+        # second universe agent told of a joining code was told before its base price came: market buys refused)
+        self._done: dict[str, asyncio.Event] = {}
         # codes whose value was fetched from MORNING_REFRESH of the day on: the broker has rolled its day by
         # then (a fetch at midnight may still get yesterday's base: when KIS rolls is UNCONFIRMED)
         self._confirmed: set[str] = set()
@@ -168,11 +171,11 @@ class BasePrices:
         failed: list[str] = []
         for code in codes:
             settled = self._settled()
-            self._asking.add(code)
+            self._start(code)
             try:
                 price = await self._today(code)
             finally:
-                self._asking.discard(code)
+                self._end(code)
             if price:
                 old = prices.get(code)
                 if old is not None and old != price:
@@ -186,21 +189,40 @@ class BasePrices:
                 failed.append(code)
         return failed
 
+    def _start(self, code: str) -> None:
+        self._asking.add(code)
+        self._done.setdefault(code, asyncio.Event())
+
+    def _end(self, code: str) -> None:
+        self._asking.discard(code)
+        done = self._done.pop(code, None)
+        if done is not None:
+            done.set()
+
     async def ensure(self, codes: list[str]) -> None:
+        """Fetch the codes' base prices not known yet; returns once every one of them is known or was asked (by
+        this call or by one already running for it)."""
         prices = self.book.portfolio.base_prices
+        running = [e for c in codes if c in self._asking and (e := self._done.get(c)) is not None]
         todo = self.missing(codes)
-        self._asking.update(todo)  # all of them at once: the morning's fetch does not ask again what waits here
+        for code in todo:  # all of them at once: the morning's fetch does not ask again what waits here
+            self._start(code)
         try:
             for code in todo:
                 settled = self._settled()
-                price = await self._today(code)
-                self._asking.discard(code)
+                try:
+                    price = await self._today(code)
+                finally:
+                    self._end(code)
                 if price:
                     prices[code] = price
                     if settled:
                         self._confirm(code)
         finally:
-            self._asking.difference_update(todo)
+            for code in todo:
+                self._end(code)
+        for e in running:
+            await e.wait()
 
 
 class TradingDay:

@@ -112,7 +112,7 @@ class Universe:
         self.refreshes = 0
         self.failures = 0  # failed volume-rank calls (whether the last ranking or the fallback stood in)
         self._failing = 0  # ... in a row (a person is told at FAILING_ALERT, and when it answers again)
-        self.alert: Callable[[str], None] | None = None
+        self.alert: Callable[[str, bool], None] | None = None  # (text, it answers again)
         self.run_errors = 0  # refreshes that raised out of refresh() (on_change/apply), survived by run()
         self.last_error = ""
         self._ranked: list[str] = []  # the last good ranking, whole (a later, larger `size` is served from it)
@@ -165,7 +165,7 @@ class Universe:
             self._ranked, self._ranked_at = ranked, self.clock()
             codes, source = ranked[: self.size], "volume_rank"
             if self._failing >= FAILING_ALERT and self.alert is not None:
-                self.alert(f"the universe's ranking answers again after {self._failing} failed refreshes")
+                self.alert(f"the universe's ranking answers again after {self._failing} failed refreshes", True)
             self._failing = 0
         except Exception as e:  # any failure: the list must still exist
             self.failures += 1
@@ -175,7 +175,8 @@ class Universe:
                 self.alert(
                     f"the universe's ranking (volume rank) failed {FAILING_ALERT} refreshes in a row "
                     f"({self.last_error}): universe agents trade the last ranking while it is under "
-                    f"{self.stale_s / 3600:g} h old, then the fallback list (ktrader status: universe_*)"
+                    f"{self.stale_s / 3600:g} h old, then the fallback list (ktrader status: universe_*)",
+                    False,
                 )
             age = None if self._ranked_at is None else self.clock() - self._ranked_at
             if age is not None and age <= self.stale_s:
@@ -306,7 +307,8 @@ class UniverseBinder:
             return
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
         given = _Given(day=self.day(), given={a: sorted(c) for a, c in extra.items()})
-        with self.store.transaction():  # type: ignore[attr-defined]
+        # (with the loop turn's group commit: no fsync of its own on the loop at each refresh that brings a code)
+        with self.store.write(atomic=False):  # type: ignore[attr-defined]
             self.store.set_meta(GIVEN_KEY, msgspec.json.encode(given).decode())  # type: ignore[attr-defined]
 
     def _tell(self, agent: str, codes: list[str], update: EventBody) -> None:

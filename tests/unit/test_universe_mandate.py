@@ -115,3 +115,11 @@ async def test_a_joining_codes_list_is_told_once_its_base_price_came() -> None:
     gate.set()
     await asyncio.sleep(0.01)
     assert told == [["000660", "035420"]]
+    gate.clear()
+    universe.codes = ["035420", "005380"]  # re-ranked, then again before the first list's prices came
+    binder.on_change(universe.codes)
+    universe.codes = ["005380", "000270"]
+    binder.on_change(universe.codes)
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert told[1:] == [["005380", "000270"]]  # the newer list took the older's place: told once, the newest

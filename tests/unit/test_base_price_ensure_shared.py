@@ -1,0 +1,43 @@
+"""`BasePrices.ensure` returns once every code it was given is known or was asked, by it or by a fetch another
+caller started: a universe's second agent told of a joining code while the first agent's ensure fetched its base
+price was told before the price came (its market buys on the code refused: 4 of 4 in a review)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from common.clock import KST
+from common.market_clock import ManualClock, market_day
+from common.portfolio import Portfolio
+from server.trading_day import BasePrices
+
+
+class _Book:
+    def __init__(self) -> None:
+        self.portfolio = Portfolio()
+        self.clock = ManualClock(dt.datetime(2024, 3, 5, 10, 5, tzinfo=KST))
+
+    def day(self) -> str:
+        return market_day(self.clock)
+
+
+async def test_an_ensure_waits_for_the_fetch_another_started() -> None:
+    gate = asyncio.Event()
+    fetched: list[str] = []
+
+    async def fetch(code: str) -> int:
+        fetched.append(code)
+        await gate.wait()
+        return 70_000
+
+    book = _Book()
+    bases = BasePrices(book, fetch)  # type: ignore[arg-type]
+    first = asyncio.create_task(bases.ensure(["000660"]))  # the first agent's list
+    await asyncio.sleep(0)
+    second = asyncio.create_task(bases.ensure(["000660"]))  # the second agent's, the same joining code
+    await asyncio.sleep(0.01)
+    assert not second.done()  # its code's price is on its way: not yet
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert fetched == ["000660"] and book.portfolio.base_prices["000660"] == 70_000  # asked once, known to both
