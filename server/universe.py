@@ -113,6 +113,9 @@ class Universe:
         self.failures = 0  # failed volume-rank calls (whether the last ranking or the fallback stood in)
         self._failing = 0  # ... in a row (a person is told at FAILING_ALERT, and when it answers again)
         self.alert: Callable[[str, bool], None] | None = None  # (text, it answers again)
+        # whether failures now count towards telling a person (the gateway: during the regular session; a
+        # ranking the broker does not serve at night, or its maintenance window, paged someone every night)
+        self.matters: Callable[[], bool] = lambda: True
         self.run_errors = 0  # refreshes that raised out of refresh() (on_change/apply), survived by run()
         self.last_error = ""
         self._ranked: list[str] = []  # the last good ranking, whole (a later, larger `size` is served from it)
@@ -169,7 +172,7 @@ class Universe:
             self._failing = 0
         except Exception as e:  # any failure: the list must still exist
             self.failures += 1
-            self._failing += 1
+            self._failing += int(self.matters())
             self.last_error = f"{type(e).__name__}: {e}"
             if self._failing == FAILING_ALERT and self.alert is not None:
                 self.alert(

@@ -376,3 +376,35 @@ def test_a_real_config_replay_starts_offline(tmp_path: Path, monkeypatch: pytest
         await asyncio.wait_for(task, 30)
 
     asyncio.run(go())
+
+
+def test_a_ranking_failing_in_the_session_is_told_once_and_its_return_too() -> None:
+    """An hour of failed refreshes showed nowhere: the status has universe_* counters, and a person is told after
+    FAILING_ALERT failures in a row during the session (not at night: a ranking not served then paged someone
+    every night), and once when it answers again."""
+    from server.universe import FAILING_ALERT
+
+    broker = _Broker()
+    universe = Universe(broker, refresh_s=60, fallback=["005930"])  # type: ignore[arg-type]
+    universe.want(2)
+    told: list[tuple[str, bool]] = []
+    universe.alert = lambda text, back: told.append((text, back))
+    session = [False]
+    universe.matters = lambda: session[0]
+
+    async def go() -> None:
+        await universe.refresh()
+        broker.fail = True
+        for _ in range(FAILING_ALERT + 5):  # the night
+            await universe.refresh()
+        assert told == [] and universe.counters()["universe_failures"] == FAILING_ALERT + 5
+        session[0] = True
+        for _ in range(FAILING_ALERT + 5):  # the session
+            await universe.refresh()
+        broker.fail = False
+        await universe.refresh()
+
+    asyncio.run(go())
+    assert [back for _, back in told] == [False, True] and "failed 10 refreshes in a row" in told[0][0]
+    c = universe.counters()
+    assert c["universe_failing_in_a_row"] == 0 and c["universe_ranking_age_s"] >= 0 and c["universe_on_fallback"] == 0
