@@ -38,7 +38,6 @@ from common.clock import date_of, elapsed_ns, kst_from_ns
 from common.config import AgentCard, BrokerEnv, ConfigError, GatewayConfig, load_card
 from common.connection import ConnectionFileError, GatewayInfo, read_info, remove_info, write_info
 from common.freshness import Freshness
-from common.krx import REGULAR_ORDER_PHASES
 from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind, TradingState
 from common.framing import Codec
 from common.krx import Phase
@@ -308,7 +307,7 @@ class Gateway:
         self.universe.alert = lambda text, back: self.alerts(
             text, AlertKind.RECOVERED if back else AlertKind.STALE_MARKET_DATA
         )
-        self.universe.matters = lambda: self.clock.phase() in REGULAR_ORDER_PHASES
+        self.universe.matters = lambda: self.clock.phase() is Phase.CONTINUOUS  # (no ranking before the open)
         self.universe_binder = UniverseBinder(
             self.universe,
             self.registry,

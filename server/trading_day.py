@@ -171,11 +171,11 @@ class BasePrices:
         failed: list[str] = []
         for code in codes:
             settled = self._settled()
-            self._start(code)
+            mine = self._start(code)
             try:
                 price = await self._today(code)
             finally:
-                self._end(code)
+                self._end(code, mine)
             if price:
                 old = prices.get(code)
                 if old is not None and old != price:
@@ -189,38 +189,44 @@ class BasePrices:
                 failed.append(code)
         return failed
 
-    def _start(self, code: str) -> None:
+    def _start(self, code: str) -> asyncio.Event | None:
+        """A fetch of `code` begins: the event its waiters wait on, when this fetch is the one they wait for (None:
+        another fetch of it runs, and its end releases them)."""
+        if code in self._done:
+            return None
         self._asking.add(code)
-        self._done.setdefault(code, asyncio.Event())
+        done = self._done[code] = asyncio.Event()
+        return done
 
-    def _end(self, code: str) -> None:
-        self._asking.discard(code)
-        done = self._done.pop(code, None)
-        if done is not None:
-            done.set()
+    def _end(self, code: str, mine: asyncio.Event | None) -> None:
+        """The fetch that `_start` gave `mine` ended: its waiters go on (a fetch that joined another, or ended
+        already, releases nobody: a later fetch of the code has waiters of its own)."""
+        if mine is not None and self._done.get(code) is mine:
+            del self._done[code]
+            self._asking.discard(code)
+            mine.set()
 
     async def ensure(self, codes: list[str]) -> None:
         """Fetch the codes' base prices not known yet; returns once every one of them is known or was asked (by
         this call or by one already running for it)."""
         prices = self.book.portfolio.base_prices
         running = [e for c in codes if c in self._asking and (e := self._done.get(c)) is not None]
-        todo = self.missing(codes)
-        for code in todo:  # all of them at once: the morning's fetch does not ask again what waits here
-            self._start(code)
+        # all of them at once: the morning's fetch does not ask again what waits here
+        todo = {code: self._start(code) for code in self.missing(codes)}
         try:
-            for code in todo:
+            for code, mine in todo.items():
                 settled = self._settled()
                 try:
                     price = await self._today(code)
                 finally:
-                    self._end(code)
+                    self._end(code, mine)
                 if price:
                     prices[code] = price
                     if settled:
                         self._confirm(code)
         finally:
-            for code in todo:
-                self._end(code)
+            for code, mine in todo.items():
+                self._end(code, mine)  # (those not reached: a cancelled ensure releases its waiters)
         for e in running:
             await e.wait()
 

@@ -172,9 +172,10 @@ class Universe:
             self._failing = 0
         except Exception as e:  # any failure: the list must still exist
             self.failures += 1
-            self._failing += int(self.matters())
+            counted = self.matters()
+            self._failing += int(counted)
             self.last_error = f"{type(e).__name__}: {e}"
-            if self._failing == FAILING_ALERT and self.alert is not None:
+            if counted and self._failing == FAILING_ALERT and self.alert is not None:  # (once: as it reaches it)
                 self.alert(
                     f"the universe's ranking (volume rank) failed {FAILING_ALERT} refreshes in a row "
                     f"({self.last_error}): universe agents trade the last ranking while it is under "

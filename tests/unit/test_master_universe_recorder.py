@@ -399,8 +399,13 @@ def test_a_ranking_failing_in_the_session_is_told_once_and_its_return_too() -> N
             await universe.refresh()
         assert told == [] and universe.counters()["universe_failures"] == FAILING_ALERT + 5
         session[0] = True
-        for _ in range(FAILING_ALERT + 5):  # the session
+        for _ in range(FAILING_ALERT):  # the session: told as the count reaches FAILING_ALERT
             await universe.refresh()
+        assert len(told) == 1
+        session[0] = False  # the session ended with the streak at its count: the night pages nobody again
+        for _ in range(5):
+            await universe.refresh()
+        assert len(told) == 1
         broker.fail = False
         await universe.refresh()
 
