@@ -13,6 +13,7 @@ and the agents' logs:
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import signal
@@ -26,7 +27,7 @@ import pytest
 
 from kis.sim.universe import codes as twin_codes
 from common.config import GatewayConfig
-from server.subscriptions import MARKET_DATA_SLOTS
+from server.subscriptions import MARKET_DATA_SLOTS, SubscriptionManager
 from tests.conftest import ROOT, Procs, approve, holds_for, start_gateway_on_twin, wait_for
 from tools.ops.procs import child_env, ktrader_cmd, signal_group, twin_args
 from tools.ops.status import fetch_status
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.integration
 
 TR = {"trades": "H0STCNT0", "book": "H0STASP0"}
 SHARED = "005930"
+# the gateway builds SubscriptionManager(broker): the default debounce (a clean leave) is the one in use
+DEBOUNCE_S = inspect.signature(SubscriptionManager).parameters["debounce_s"].default
 # an agent whose lease expired keeps its registrations this long (the gateway's default offline_after_s)
 OFFLINE_AFTER_S = GatewayConfig().offline_after_s
 
