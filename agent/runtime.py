@@ -192,6 +192,7 @@ Command = CancelOrder | ModifyOrder | CancelAll | Protect | CancelProtection
 # the callbacks that rebuild a strategy's windows from history (the first start, a history changed, new params)
 REBUILDS = frozenset({"on_start", "on_history_changed", "on_reload"})
 HISTORY_SETTLE_S = 0.5  # codes whose history changed are told together once none came for this long
+UPTO_SLACK = 20  # bars published after the last handed over that a rebuild's history may hold (asked beyond n)
 
 
 class _Pending(NamedTuple):
@@ -438,6 +439,8 @@ class AgentRuntime(AgentServicesMixin):
         # it twice
         self._warmed: dict[tuple[str, str], str] = {}
         self._rebuilding = 0  # a REBUILDS callback is running (its history calls set _warmed)
+        # (code, intraday interval) -> the newest bar handed to on_bar: a rebuild's history ends there
+        self._handed: dict[tuple[str, str], str] = {}
         self._history_pending: list[str] = []  # codes whose history changed, not told yet (_history_changed)
         self._history_pending_at = 0.0  # (monotonic) when the last of them came
         self._phase = Phase.CLOSED  # the market's phase by the gateway's clock
@@ -713,8 +716,18 @@ class AgentRuntime(AgentServicesMixin):
         )
         if not cut and waiting:
             cut = min(b.start for b in waiting)
-        # the delivered bar (and the code's missed ones) may be among the newest: ask more, so n remain
-        ask = min(5000, n + len(waiting) + 1) if cut else n
+        # a running strategy rebuilding its windows (REBUILDS after the start): each interval's history ends at the
+        # newest bar of it handed over already; those published since come through on_bar, as they would have (a
+        # bar of another interval closed in the same flush, read here and then skipped as 'in the warm-up', lost
+        # its decision). A code none of whose bars of this interval was handed over yet: as a first start (below)
+        upto = (
+            self._handed.get((code, str(interval)), "")
+            if self._started and self._rebuilding and not cut and interval != BarInterval.D1
+            else ""
+        )
+        # the delivered bar (and the code's missed ones, or those after the last handed over) may be among the
+        # newest: ask more, so n remain
+        ask = min(5000, n + len(waiting) + 1) if cut else min(5000, n + UPTO_SLACK) if upto else n
         try:
             reply = self.call_gateway(
                 GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=HISTORY_WAIT_S
@@ -732,8 +745,11 @@ class AgentRuntime(AgentServicesMixin):
             self.log.info("history answers again: %d callback(s) were skipped while it failed", self._history_skips)
         self._history_skips, self._history_warned = 0, None
         bars = [b for b in reply.bars if b.start < cut] if cut else list(reply.bars)
+        if upto:
+            bars = [b for b in bars if b.start <= upto]
         bars = bars[-n:]
-        if bars and (not self._started or self._rebuilding) and interval != BarInterval.D1:  # (daily: _daily_seen)
+        if bars and (not self._started or self._rebuilding) and not upto and interval != BarInterval.D1:
+            # (daily: _daily_seen)
             key = (code, str(interval))
             self._warmed[key] = max(self._warmed.get(key, ""), bars[-1].start)
         self.log.info("HISTORY %s %s %d bars (%d back-filled)", code, interval, len(bars), reply.backfilled)
@@ -2046,6 +2062,8 @@ class AgentRuntime(AgentServicesMixin):
         history stopping before it. False: a daily bar whose on_bar HistoryUnavailable ended, kept to hand over
         again (_keep_daily)."""
         self._delivering = body
+        if body.interval != BarInterval.D1:
+            self._handed[(body.code, str(body.interval))] = body.start
         try:
             self._history_told()  # (history stops before this bar, as inside its on_bar)
             failed = self._call("on_bar", body)

@@ -139,3 +139,34 @@ def test_codes_told_milliseconds_apart_rebuild_once(tmp_path: Path, monkeypatch:
     clock[0] += runtime.HISTORY_SETTLE_S
     rt._history_told(runtime.HISTORY_SETTLE_S)
     assert told == [["005930", "000660"]]
+
+
+class _Warm5(_Seen):
+    def on_start(self) -> None:
+        super().on_start()
+        self.window = [b.start[11:] for b in self.ctx.history("005930", "5m", 3)]
+
+
+def test_a_rebuild_of_a_running_strategy_ends_at_what_was_handed_over(tmp_path: Path) -> None:
+    """A running strategy rebuilding (on_history_changed) gets each interval's history up to the newest bar handed
+    to it; a bar published since comes through on_bar, its decision with it (read in the rebuild and then skipped
+    as 'in the warm-up', a 5m bar closed in a 1m bar's flush lost its decision)."""
+    rt, _wire, _ = _runtime(tmp_path)
+    stored = [bar("09:50"), bar("09:55"), bar("10:00")]
+
+    def answer(msg: Any, timeout_s: float) -> BarsReply:
+        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
+
+    rt.call_gateway = answer  # type: ignore[method-assign]
+    s = _Warm5(rt, None)
+    s.bars = []
+    rt.strategy = s
+    rt._started = True
+    rt._deliver(bar("10:00"))  # handed over
+    assert s.bars == ["5m@10:00"]
+    s.bars.clear()
+    stored.append(bar("10:05"))  # published, still queued at the agent
+    rt._call("on_history_changed", ["005930"])
+    assert s.window == ["09:50", "09:55", "10:00"]  # up to what was handed over
+    rt._deliver(bar("10:05"))
+    assert s.bars == ["5m@10:05"]  # its on_bar, not skipped
