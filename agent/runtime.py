@@ -434,9 +434,9 @@ class AgentRuntime(AgentServicesMixin):
         self._day_decided = ""  # the newest closed day whose daily bars were all handed over (heartbeats)
         self._day_closed = ""  # the newest day the gateway said it closed (DAY_CLOSED), YYYY-MM-DD
         self._delivering: Bar | None = None  # the bar whose on_bar is running (history stops before it)
-        # (code, intraday interval) -> the newest bar history gave a warm-up (the first on_start, or a rebuild:
-        # REBUILDS): a bar streamed meanwhile (closed while it ran) is in it already, and its on_bar would count
-        # it twice
+        # (code, intraday interval) -> the newest bar history gave a warm-up (the first on_start, or a rebuild
+        # before any bar of it was handed over: REBUILDS): a bar streamed meanwhile (closed while it ran) is in it
+        # already, and its on_bar would count it twice
         self._warmed: dict[tuple[str, str], str] = {}
         self._rebuilding = 0  # a REBUILDS callback is running (its history calls set _warmed)
         # (code, intraday interval) -> the newest bar handed to on_bar: a rebuild's history ends there
@@ -2015,7 +2015,7 @@ class AgentRuntime(AgentServicesMixin):
             if warmed is not None:
                 if body.start <= warmed:  # (as backtests start: on_start's history, then the bars after it)
                     self.log.info(
-                        "bar %s %s %s is in on_start's history: not again", body.code, body.interval, body.start
+                        "bar %s %s %s is in a warm-up's history: not again", body.code, body.interval, body.start
                     )
                     return
                 del self._warmed[(body.code, body.interval)]  # past the warm-up: nothing older comes again

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import os
 
-from common.private import others_can_replace, writable_by_others, write_atomic
+from common.private import others_could_write, write_atomic
 
 
 class GatewayInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,18 +63,8 @@ def read_info(run_dir: str | Path, trusted_only: bool = True) -> GatewayInfo:
         raise ConnectionFileError(f"{path} not found: is the gateway running? (ktrader gateway)") from None
     except OSError as e:
         raise ConnectionFileError(f"{path}: unreadable ({e})") from None
-    if trusted_only:
-        whose = (
-            f"{path} belongs to another user (uid {st.st_uid})"
-            if st.st_uid != os.getuid() and os.getuid() != 0
-            else f"{path} is {why}"
-            if (why := writable_by_others(st))
-            else others_can_replace(path.parent)
-        )
-        if whose:
-            raise ConnectionFileError(
-                f"{whose}: not trusted (run as the user who runs the gateway, in a folder of yours)"
-            )
+    if trusted_only and (whose := others_could_write(path, st)):
+        raise ConnectionFileError(f"{whose}: not trusted (run as the user who runs the gateway, in a folder of yours)")
     try:
         return msgspec.json.decode(data, type=GatewayInfo)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:

@@ -89,16 +89,30 @@ def others_can_replace(path: str | os.PathLike[str]) -> str:
             st = folder.stat()
         except OSError:
             continue  # (not there yet: created by us, then ours)
-        if not _trusted_owner(st.st_uid, me, own=folder == p):
-            return f"{folder} belongs to another user (uid {st.st_uid})"
-        if st.st_mode & stat.S_ISVTX:
-            continue  # only an entry's owner may rename or remove it
-        if why := writable_by_others(st):
-            return f"{folder} is {why}"
+        if why := _untrusted(folder, st, own=folder == p):
+            return why
     return ""
 
 
-def writable_by_others(st: os.stat_result) -> str:
+def others_could_write(path: Path, st: os.stat_result) -> str:
+    """Why a user other than this one (and root) could have written the file at `path` (its `st`), in words
+    ("" when none could): it is theirs, writable by them, or in a folder they could fill (others_can_replace)."""
+    return _untrusted(path, st, own=True) or others_can_replace(path.parent)
+
+
+def _untrusted(path: Path, st: os.stat_result, own: bool) -> str:
+    """Why another user may change what `path` (its `st`) is or holds ("" none); `own`: it must be this user's
+    (a folder above it may be root's too)."""
+    if not _trusted_owner(st.st_uid, os.getuid(), own):
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return ""  # only an entry's owner may rename or remove it
+    if why := _writable_by_others(st):
+        return f"{path} is {why}"
+    return ""
+
+
+def _writable_by_others(st: os.stat_result) -> str:
     """Why another user may write ("" none) a file or folder of this mode: everyone may, or a group that is not
     this user's own (a private group per user, umask 002 distributions: its name is the user's, no members)."""
     if st.st_mode & stat.S_IWOTH:

@@ -213,9 +213,10 @@ class MarketData:
         # code -> how many daily bars a split dropped (_drop_daily): the next daily window asked fetches that many
         # back, adjusted, not only its own n (the store kept 34 of 315 bars, and a backtest of it ran 34 days)
         self._refill: dict[str, int] = {}
-        # (code, interval) -> (the code's heard_since, the earliest bucket start the broker's minute chart was
-        # asked back to, "" for the whole day): an intraday window reaching back past the code's heard_since
-        # (a restart, a websocket outage) may hold holes where nothing was heard; asked once per stretch
+        # (code, interval) -> (since when it was not heard, the earliest bucket start the broker's minute chart was
+        # asked back to ("" the whole day), the bucket in progress then): an intraday window reaching back past an
+        # unheard stretch (a restart, an outage) may hold holes; asked once per stretch, and once more after the
+        # bucket straddling it closed (`_unheard`)
         self._unheard_asked: dict[tuple[str, str], tuple[dt.datetime, str, str]] = {}
         # (code, interval, agent) -> its back-fill running now (server/marketdata_requests.py: one at a time)
         self.backfills: dict[tuple[str, str, str], asyncio.Task[tuple[list[Bar], int]]] = {}
@@ -876,12 +877,10 @@ class MarketData:
                 self.bar_store_failures += 1
                 self.bar_store_error = f"{type(e).__name__}: {e}"
                 log.error("bar store write failed: %s", e)
-        # told after the whole bars of the same flush went out: an agent rebuilding its windows on it has them
-        # (told first, its 1m history held the flush's 1m bar, then handed over as on_bar too)
-        # each dropped bucket is a hole in its interval's windows, told as it drops (once per flush and code): a
-        # stretch drops one per interval as each closes, the 1m first; told once for the stretch, a window of 5m
-        # rebuilt then ended before the 5m bucket still open, and that bucket never came (only agents on intraday
-        # bars rebuild: see the gateway's _bars_lost)
+        # each dropped bucket is a hole in its interval's windows, told as it drops, once per flush (a stretch drops
+        # one per interval as each closes: told once for it, a 5m window rebuilt on the 1m's news never got the 5m
+        # bucket), and after the flush's whole bars went out (an agent rebuilding on it has them; only agents on
+        # that interval rebuild: the gateway's _bars_lost)
         if partial and self.on_bars_lost is not None:
             self.on_bars_lost(sorted({(b.code, b.interval) for b in partial}))
 
@@ -912,20 +911,17 @@ class MarketData:
             raise BarError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
         now = self.exchange_now()
         before = self.builder.open_start(code, interval) or _bucket_label(now, interval)
-        owed = min((d for d, codes in self._missing.items() if code in codes), default=None)
-        if owed is not None and interval == DAILY:
-            # a day's bar still owed (asked again until its next session opens, over a night or a weekend) is not
-            # history yet: the retry publishes it (history storing it first, the retry took it as sent: it never
-            # went out)
-            before = min(before, owed.isoformat())
-        elif (
-            interval == DAILY
-            and self.hold_daily
-            and (self.closed_day >= now.date() or self.day_close(code, now.date()))
-        ):
-            # the day cycle closed today: its bar is history now, stored or asked of the broker as a hole (a
-            # warm-up at 16:00 ended a day behind until the next close)
-            before = (now.date() + dt.timedelta(days=1)).isoformat()
+        if interval == DAILY:
+            owed = min((d for d, codes in self._missing.items() if code in codes), default=None)
+            if owed is not None:
+                # a day's bar still owed (asked again until its next session opens, over a night or a weekend) is
+                # not history yet: the retry publishes it (history storing it first, the retry took it as sent: it
+                # never went out)
+                before = min(before, owed.isoformat())
+            elif self.hold_daily and (self.closed_day >= now.date() or self.day_close(code, now.date())):
+                # the day cycle closed today: its bar is history now, stored or asked of the broker as a hole (a
+                # warm-up at 16:00 ended a day behind until the next close)
+                before = (now.date() + dt.timedelta(days=1)).isoformat()
         have = self.store.last(code, interval, n, before)
         if Capability.CHARTS not in broker.capabilities:
             return have, 0

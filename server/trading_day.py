@@ -97,10 +97,10 @@ class BasePrices:
         self.book = book
         self.fetch = fetch
         self._day = ""
-        self._asking: set[str] = set()  # codes with a fetch in flight
-        # ... each with what an `ensure` of it waits on: a fetch another caller started counts as its own (the
-        # second universe agent told of a joining code was told before its base price came: market buys refused)
-        self._done: dict[str, asyncio.Event] = {}
+        # codes with a fetch in flight, each with what an `ensure` of it waits on: a fetch another caller started
+        # counts as its own (the second universe agent told of a joining code was told before its base price came:
+        # market buys refused)
+        self._asking: dict[str, asyncio.Event] = {}
         # codes whose value was fetched from MORNING_REFRESH of the day on: the broker has rolled its day by
         # then (a fetch at midnight may still get yesterday's base: when KIS rolls is UNCONFIRMED)
         self._confirmed: set[str] = set()
@@ -192,25 +192,23 @@ class BasePrices:
     def _start(self, code: str) -> asyncio.Event | None:
         """A fetch of `code` begins: the event its waiters wait on, when this fetch is the one they wait for (None:
         another fetch of it runs, and its end releases them)."""
-        if code in self._done:
+        if code in self._asking:
             return None
-        self._asking.add(code)
-        done = self._done[code] = asyncio.Event()
+        done = self._asking[code] = asyncio.Event()
         return done
 
     def _end(self, code: str, mine: asyncio.Event | None) -> None:
         """The fetch that `_start` gave `mine` ended: its waiters go on (a fetch that joined another, or ended
         already, releases nobody: a later fetch of the code has waiters of its own)."""
-        if mine is not None and self._done.get(code) is mine:
-            del self._done[code]
-            self._asking.discard(code)
+        if mine is not None and self._asking.get(code) is mine:
+            del self._asking[code]
             mine.set()
 
     async def ensure(self, codes: list[str]) -> None:
         """Fetch the codes' base prices not known yet; returns once every one of them is known or was asked (by
         this call or by one already running for it)."""
         prices = self.book.portfolio.base_prices
-        running = [e for c in codes if c in self._asking and (e := self._done.get(c)) is not None]
+        running = [e for c in codes if (e := self._asking.get(c)) is not None]
         # all of them at once: the morning's fetch does not ask again what waits here
         todo = {code: self._start(code) for code in self.missing(codes)}
         try:

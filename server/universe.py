@@ -28,6 +28,7 @@ from kis.port import BrokerPort, Capability, MarketKind
 
 if TYPE_CHECKING:
     from common.config import Subscriptions
+    from server.store import Store
     from common.schema import EventBody
     from server.order_book import OrderBook
 
@@ -113,7 +114,7 @@ class Universe:
         self.failures = 0  # failed volume-rank calls (whether the last ranking or the fallback stood in)
         self._failing = 0  # ... in a row (a person is told at FAILING_ALERT, and when it answers again)
         self.alert: Callable[[str, bool], None] | None = None  # (text, it answers again)
-        # whether failures now count towards telling a person (the gateway: during the regular session; a
+        # whether failures now count towards telling a person (the gateway: in the continuous session; a
         # ranking the broker does not serve at night, or its maintenance window, paged someone every night)
         self.matters: Callable[[], bool] = lambda: True
         self.run_errors = 0  # refreshes that raised out of refresh() (on_change/apply), survived by run()
@@ -265,7 +266,7 @@ class UniverseBinder:
         new_codes: Callable[[list[str]], "asyncio.Future[object] | None"] | None = None,
         held: Callable[[str], set[str]] | None = None,
         alert: Callable[[str, str], None] | None = None,
-        store: object | None = None,
+        store: Store | None = None,
         day: Callable[[], str] | None = None,
     ) -> None:
         # e.g. fetch base prices for the price-band check; when it returns a future, an agent is told its list once
@@ -294,7 +295,7 @@ class UniverseBinder:
     def _recall(self) -> None:
         if self.store is None or self.day is None:
             return
-        raw = self.store.get_meta(GIVEN_KEY)  # type: ignore[attr-defined]
+        raw = self.store.get_meta(GIVEN_KEY)
         try:
             kept = msgspec.json.decode(raw, type=_Given) if raw else None
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -312,8 +313,8 @@ class UniverseBinder:
         extra = self.risk.extra_codes  # type: ignore[attr-defined]
         given = _Given(day=self.day(), given={a: sorted(c) for a, c in extra.items()})
         # (with the loop turn's group commit: no fsync of its own on the loop at each refresh that brings a code)
-        with self.store.write(atomic=False):  # type: ignore[attr-defined]
-            self.store.set_meta(GIVEN_KEY, msgspec.json.encode(given).decode())  # type: ignore[attr-defined]
+        with self.store.write(atomic=False):
+            self.store.set_meta(GIVEN_KEY, msgspec.json.encode(given).decode())
 
     def _tell(self, agent: str, codes: list[str], update: EventBody) -> None:
         """The list once its joining codes' base prices came: unless a newer list took its place meanwhile (told

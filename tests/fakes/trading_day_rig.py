@@ -13,7 +13,8 @@ from typing import Any
 from common.clock import KST
 from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
 from common.enums import AlertKind
-from common.market_clock import ManualClock
+from common.market_clock import ManualClock, market_day
+from common.portfolio import Portfolio
 from server.trading_day import BasePrices, TradingDay
 from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
@@ -30,6 +31,17 @@ def policy_card(agent: str, policy: EndOfDay, code: str = "005930") -> AgentCard
         risk=RiskLimits(max_order_value=5_000_000),
         schedule=Schedule(end="15:20", end_of_day=policy),
     )
+
+
+class ClockedBook:
+    """What BasePrices reads of an order book: its portfolio, and the market day of a clock the test moves."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.portfolio = Portfolio()
+        self.clock = ManualClock(now)
+
+    def day(self) -> str:
+        return market_day(self.clock)
 
 
 def on(day: dt.date, hhmm: str) -> dt.datetime:

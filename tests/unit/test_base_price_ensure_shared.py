@@ -8,18 +8,12 @@ import asyncio
 import datetime as dt
 
 from common.clock import KST
-from common.market_clock import ManualClock, market_day
-from common.portfolio import Portfolio
 from server.trading_day import BasePrices
+from tests.fakes.trading_day_rig import ClockedBook
 
 
-class _Book:
-    def __init__(self) -> None:
-        self.portfolio = Portfolio()
-        self.clock = ManualClock(dt.datetime(2024, 3, 5, 10, 5, tzinfo=KST))
-
-    def day(self) -> str:
-        return market_day(self.clock)
+def _book() -> ClockedBook:
+    return ClockedBook(dt.datetime(2024, 3, 5, 10, 5, tzinfo=KST))
 
 
 async def test_an_ensure_waits_for_the_fetch_another_started() -> None:
@@ -31,7 +25,7 @@ async def test_an_ensure_waits_for_the_fetch_another_started() -> None:
         await gate.wait()
         return 70_000
 
-    book = _Book()
+    book = _book()
     bases = BasePrices(book, fetch)  # type: ignore[arg-type]
     first = asyncio.create_task(bases.ensure(["000660"]))  # the first agent's list
     await asyncio.sleep(0)
@@ -56,7 +50,7 @@ async def test_an_earlier_fetch_ending_does_not_release_the_waiters_of_a_later_o
         await (gate_y if code == "Y" else gate_x).wait()
         return 50_000
 
-    book = _Book()
+    book = _book()
     bases = BasePrices(book, fetch)  # type: ignore[arg-type]
     first = asyncio.create_task(bases.ensure(["X", "Y"]))
     await asyncio.sleep(0.01)  # X failed, Y on its way

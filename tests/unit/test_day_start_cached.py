@@ -13,10 +13,10 @@ import datetime as dt
 
 from common.clock import KST
 from common.enums import Side
-from common.market_clock import ManualClock, market_day
 from common.portfolio import PendingSplit, Portfolio
 from common.schema import PositionView
 from server.trading_day import BasePrices
+from tests.fakes.trading_day_rig import ClockedBook
 
 AGENTS, PER = 20, 10
 CLOSE = 60_000
@@ -93,15 +93,7 @@ def test_base_prices_confirmation_reaches_the_day_pnl_and_the_day_roll_forgets_i
     """Live wiring: the morning's fetch confirms the ex-rights base (a set lookup from then on); the next
     market day's roll empties the set, and the P&L's start with it."""
 
-    class Book:
-        def __init__(self) -> None:
-            self.portfolio = Portfolio()
-            self.clock = ManualClock(dt.datetime(2024, 3, 5, 8, 5, tzinfo=KST))
-
-        def day(self) -> str:
-            return market_day(self.clock)
-
-    book = Book()
+    book = ClockedBook(dt.datetime(2024, 3, 5, 8, 5, tzinfo=KST))
     p = book.portfolio
 
     async def fetch(code: str) -> int:

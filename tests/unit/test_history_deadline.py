@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,17 @@ from common.schema import Bar, BarsReply, Error, GetBars, HeaderFactory
 from server import marketdata_requests
 
 BAR = Bar(code="005930", interval="1d", start="2026-12-04", open=1, high=1, low=1, close=1, volume=1)
+
+
+def _gateway(history: Callable[..., Awaitable[tuple[list[Bar], int]]], replies: list[object]) -> SimpleNamespace:
+    """What serve_bars uses of the gateway: its market data's history (`history`), and its replies (`replies`)."""
+    return SimpleNamespace(
+        md=SimpleNamespace(history=history, backfills={}),
+        broker=object(),
+        headers=HeaderFactory("gateway"),
+        counters=Counter(),
+        _reply=lambda route, msg: replies.append(msg),
+    )
 
 
 async def test_a_back_fill_past_the_agents_wait_goes_on_and_the_next_request_gets_it(
@@ -32,13 +44,7 @@ async def test_a_back_fill_past_the_agents_wait_goes_on_and_the_next_request_get
         return [BAR], 1  # (then from the store it filled: at once)
 
     replies: list[object] = []
-    gw = SimpleNamespace(
-        md=SimpleNamespace(history=history, backfills={}),
-        broker=object(),
-        headers=HeaderFactory("gateway"),
-        counters=Counter(),
-        _reply=lambda route, msg: replies.append(msg),
-    )
+    gw = _gateway(history, replies)
     agent = HeaderFactory("alpha")
     first = GetBars(h=agent(), code="005930", interval="1d", n=600)
     await marketdata_requests.serve_bars(gw, b"r", "alpha", first)  # type: ignore[arg-type]
@@ -65,13 +71,7 @@ async def test_each_agent_reads_under_its_own_quota() -> None:
         return [BAR], 1
 
     replies: list[object] = []
-    gw = SimpleNamespace(
-        md=SimpleNamespace(history=history, backfills={}),
-        broker=object(),
-        headers=HeaderFactory("gateway"),
-        counters=Counter(),
-        _reply=lambda route, msg: replies.append(msg),
-    )
+    gw = _gateway(history, replies)
     asks = [(a, GetBars(h=HeaderFactory(a)(), code="005930", interval="5m", n=12)) for a in ("alpha", "beta")]
     await asyncio.gather(*(marketdata_requests.serve_bars(gw, b"r", a, m) for a, m in asks))  # type: ignore[arg-type]
     assert sorted(callers) == ["alpha", "beta"] and all(isinstance(r, BarsReply) for r in replies)

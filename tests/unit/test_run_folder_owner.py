@@ -31,6 +31,16 @@ def user(monkeypatch: pytest.MonkeyPatch) -> int:
     return ME
 
 
+def _folder(parent: Path, name: str, uid: int, gid: int, mode: int = 0o700) -> Path:
+    """A folder in `parent` (made the user's) owned by uid:gid with `mode`."""
+    os.chown(parent, ME, ME)
+    folder = parent / name
+    folder.mkdir()
+    os.chown(folder, uid, gid)
+    folder.chmod(mode)
+    return folder
+
+
 def test_a_folder_in_a_world_writable_parent_is_refused_and_a_sticky_one_passes(tmp_path: Path) -> None:
     open_parent = tmp_path / "shared"
     open_parent.mkdir()
@@ -69,11 +79,7 @@ def test_a_gateway_file_others_may_write_is_not_trusted(tmp_path: Path) -> None:
 
 @as_root
 def test_a_run_folder_another_user_made_is_refused(tmp_path: Path, user: int) -> None:
-    tmp_path.chmod(0o755)
-    os.chown(tmp_path, user, user)
-    run = tmp_path / "run"
-    run.mkdir(mode=0o777)
-    os.chown(run, OTHER, OTHER)  # made first by another user (nobody)
+    run = _folder(tmp_path, "run", OTHER, OTHER, 0o777)  # made first by another user (nobody)
     with pytest.raises(ConfigError, match="belongs to another user"):
         check_run_dir(run)
     os.chown(run, user, user)
@@ -84,10 +90,7 @@ def test_a_run_folder_another_user_made_is_refused(tmp_path: Path, user: int) ->
 @as_root
 def test_a_link_of_another_user_on_the_way_is_refused(tmp_path: Path, user: int) -> None:
     """They may point it elsewhere at any time: at their own folder, with their gateway.json in it."""
-    os.chown(tmp_path, user, user)
-    mine = tmp_path / "mine"
-    mine.mkdir(mode=0o700)
-    os.chown(mine, user, user)
+    mine = _folder(tmp_path, "mine", user, user)
     link = tmp_path / "run"
     link.symlink_to(mine)
     os.lchown(link, OTHER, OTHER)
@@ -98,12 +101,8 @@ def test_a_link_of_another_user_on_the_way_is_refused(tmp_path: Path, user: int)
 
 @as_root
 def test_a_folder_writable_by_a_shared_group_is_refused(tmp_path: Path, user: int) -> None:
-    os.chown(tmp_path, user, user)
-    run = tmp_path / "run"
-    run.mkdir()
     shared = grp.getgrnam("users").gr_gid if "users" in {g.gr_name for g in grp.getgrall()} else 100
-    os.chown(run, user, shared)
-    run.chmod(0o2775)
+    run = _folder(tmp_path, "run", user, shared, 0o2775)
     assert "writable by group" in others_can_replace(run)
     run.chmod(0o2755)
     assert others_can_replace(run) == ""
@@ -111,10 +110,7 @@ def test_a_folder_writable_by_a_shared_group_is_refused(tmp_path: Path, user: in
 
 @as_root
 def test_a_gateway_file_of_another_user_is_not_trusted(tmp_path: Path, user: int) -> None:
-    os.chown(tmp_path, user, user)
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
-    os.chown(run, user, user)
+    run = _folder(tmp_path, "run", user, user)
     path = write_info(run, INFO)
     os.chown(path, OTHER, OTHER)
     with pytest.raises(ConnectionFileError, match="belongs to another user"):

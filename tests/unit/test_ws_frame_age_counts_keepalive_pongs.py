@@ -47,6 +47,15 @@ def _at(rig: Rig, phase: Phase | list[Phase]) -> None:
     rig.ws.phase = (lambda: phases.pop(0) if len(phases) > 1 else phases[0]) if phases else (lambda: phase)
 
 
+async def _up(rig: Rig, phase: Phase, *, prices: bool) -> None:
+    """The session ready at `phase`, with 005930's prints wanted (`prices`) or the notice feed alone."""
+    _at(rig, phase)
+    rig.ws.start()
+    assert await rig.ws.wait_state(SessionState.READY, 5)
+    if prices:
+        await rig.ws.subscribe("H0STCNT0", "005930")
+
+
 @aio
 async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected() -> None:
     """An evening with only the notice feed: no message for longer than the silence timeout, the socket up and its
@@ -54,10 +63,7 @@ async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected() -> None
     if KIS's idle PINGPONG (UNCONFIRMED, ~110 s) comes later, a connect/close loop that can lock the app key."""
     kis = FakeKis()
     async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
-        _at(rig, Phase.POST_CLOSE)
-        rig.ws.start()
-        assert await rig.ws.wait_state(SessionState.READY, 5)
-        await rig.ws.subscribe("H0STCNT0", "005930")
+        await _up(rig, Phase.POST_CLOSE, prices=True)
         await asyncio.sleep(2.0)  # over three silence timeouts, no message: only pongs
         assert rig.ws.sessions == 1 and rig.ws.state is SessionState.READY
 
@@ -70,10 +76,7 @@ async def test_a_silent_price_stream_in_the_session_is_renewed_whatever_its_pong
     session KIS stopped feeding): a new session, as before -- stops and strategies must not sit on old prices."""
     kis = FakeKis()
     async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
-        _at(rig, Phase.CONTINUOUS)
-        rig.ws.start()
-        assert await rig.ws.wait_state(SessionState.READY, 5)
-        await rig.ws.subscribe("H0STCNT0", "005930")
+        await _up(rig, Phase.CONTINUOUS, prices=True)
         await rig.until(lambda: rig.ws.sessions >= 2, timeout=5)
 
 
@@ -82,9 +85,7 @@ async def test_the_notice_feed_alone_is_never_due_prints() -> None:
     """In the continuous session with only the notice feed (no price wanted): quiet is normal, its pongs keep it."""
     kis = FakeKis()
     async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
-        _at(rig, Phase.CONTINUOUS)
-        rig.ws.start()
-        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await _up(rig, Phase.CONTINUOUS, prices=False)
         await asyncio.sleep(2.0)
         assert rig.ws.sessions == 1
 
