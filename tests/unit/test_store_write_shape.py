@@ -103,3 +103,43 @@ def test_an_orders_day_moves_only_when_its_writer_says_so(tmp_path: Path) -> Non
         assert s.load_orders(day="20261207") == [] and [d for d, _ in s.load_orders(day="20261208")] == ["20261208"]
     finally:
         s.close()
+
+
+def _stamped(seq: int, ts: int, text: str) -> AgentEvent:
+    return AgentEvent(h=msgspec.structs.replace(H(), ts=ts), seq=seq, body=Notice(level="info", text=text))
+
+
+def test_a_read_by_time_stops_at_the_first_event_an_hour_older_and_keeps_a_clock_step_back(tmp_path: Path) -> None:
+    s = Store(tmp_path / "gw.sqlite")
+    try:
+        second, t0 = 1_000_000_000, 1_700_000_000_000_000_000
+        with s.db:
+            for seq in range(1, 20_001):  # a busy agent's log, one event a second
+                s.append_agent_event("alpha", _stamped(seq, t0 + seq * second, f"e{seq}"))
+            # the wall clock stepped back 10 minutes: written later, stamped earlier than what came before
+            s.append_agent_event("alpha", _stamped(20_001, t0 + 19_400 * second, "after the step"))
+        since = t0 + 19_990 * second
+        got = [e.body.text for e in s.events_newest_first(["alpha"], since)]
+        assert got == [f"e{n}" for n in range(20_000, 19_989, -1)]  # newest first, nothing older than `since`
+        back = [e.body.text for e in s.events_newest_first(["alpha"], t0 + 19_300 * second)]
+        assert "after the step" in back and back[-1] == "e19300"
+
+        steps = [0]
+
+        def count() -> bool:
+            steps[0] += 1
+            return False  # (True would interrupt the query)
+
+        def work(since_ns: int) -> int:
+            steps[0] = 0
+            s.db.set_progress_handler(count, 100)
+            try:
+                list(s.events_newest_first(["alpha"], since_ns))
+            finally:
+                s.db.set_progress_handler(None)
+            return steps[0]
+
+        # a read of the last minutes walks about an hour of the log, not its 20,000 events
+        assert work(since) * 3 < work(t0)
+    finally:
+        s.close()
