@@ -103,7 +103,7 @@ def test_a_benchmark_that_does_not_overlap_the_run_is_refused(
     line = _one_line(capsys.readouterr().err)
     assert line == (
         "backtest: the benchmark does not overlap the run "
-        "(its days 2019-01-02..2019-01-07, the run's 2021-01-04..2021-03-31)"
+        "(its days 2019-01-02..2019-01-07, the run's 2021-01-04..2021-03-31; its statistics need 3)"
     )
     assert not (tmp_path / "o").exists()
 

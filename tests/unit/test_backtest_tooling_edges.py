@@ -97,9 +97,11 @@ def test_one_file_is_refused_for_a_two_code_card(
     assert "one file" in line and "000270" in line
     with pytest.raises(DataError, match="000270"):
         load_codes(f, ["005930", "000270"])
-    # one code: the file is that code's, whatever its name
-    assert main([str(_card(tmp_path, ["000270"])), *args]) == 0
+    # one code: the file named for it is its own; one named for another code is that code's prices, refused
+    assert main([str(_card(tmp_path, ["005930"])), *args]) == 0
     assert load_codes(f, ["005930"])["005930"].source == str(f)
+    assert main([str(_card(tmp_path, ["000270"])), *args]) == 2
+    assert "holds 005930's prices but the card trades 000270" in _one_line(capsys.readouterr().err)
 
 
 # ---- 3. sweep cells carry every Series field (the sector decides max_sector_pct) -----------------------------

@@ -55,6 +55,7 @@ from tools.backtest.sweep import (
     parse_sweep,
     parse_walk_forward,
     sweep as run_sweep,
+    universe_refusal,
 )
 
 
@@ -108,6 +109,10 @@ def _benchmark(
     return spec, [(parse_date(b.start), float(b.close)) for b in s.bars]
 
 
+# What every figure is: no dividend is credited (the data has no dividends), so on prices not adjusted for them
+# each ex-date's drop counts against a holding with nothing to offset it
+PRICE_RETURN = "price only: dividends are not credited (on unadjusted prices each ex-date's drop counts as a loss)"
+
 # fewer common days than this give no benchmark statistics (returns, beta): the benchmark is refused
 MIN_BENCHMARK_DAYS = 3
 
@@ -123,10 +128,15 @@ def _check_overlap(bench: tuple[str, list[tuple[dt.date, float]]], days: list[st
     if not days:  # no bars in the dates: the run says so itself
         return
     theirs = {d.isoformat() for d, _ in bench[1]}
-    if sum(1 for d in days if d in theirs) >= MIN_BENCHMARK_DAYS:
+    common = sum(1 for d in days if d in theirs)
+    if common >= MIN_BENCHMARK_DAYS:
         return
     span = f"{bench[1][0][0]}..{bench[1][-1][0]}" if bench[1] else "none"
-    raise DataError(f"the benchmark does not overlap the run (its days {span}, the run's {days[0]}..{days[-1]})")
+    shared = f"shares only {common} day(s) with" if common else "does not overlap"
+    raise DataError(
+        f"the benchmark {shared} the run (its days {span}, the run's {days[0]}..{days[-1]}; "
+        f"its statistics need {MIN_BENCHMARK_DAYS})"
+    )
 
 
 def _error(console: Console, message: str) -> None:
@@ -204,6 +214,8 @@ def _backtest(
         if opts.universe:
             if data is None or not data.is_dir():
                 raise ValueError("--universe needs --data FOLDER (every code in it is run)")
+            if why := universe_refusal(c):
+                raise ValueError(why)
             codes = universe_of(data)
         listings, assumed = _listings(opts.master, codes)
         hist = load_history(opts.history) if opts.history else _default_history(data, run_dir)
@@ -312,6 +324,7 @@ def _backtest(
         "unanswered": result.unanswered,
         "history": hist.source if hist else None,
         "protections": protection_summary(result.protections),
+        "returns": PRICE_RETURN,
     }
     last = {code: v[1][-1] for code, v in result.closes.items() if v[1]}
     trades = round_trips(result.fills, last, result.dates)
@@ -343,6 +356,7 @@ def _backtest(
             t.add_row(k, _fmt(v))
         for code, info in data_info.items():
             t.add_row(f"data {code}", f"{info['adjustment']}")
+        t.add_row("returns", PRICE_RETURN)
         if result.protections:
             t.add_row("protective orders", ", ".join(f"{k} {v}" for k, v in extra["protections"].items()))
         Console().print(t)
@@ -418,7 +432,43 @@ def coverage_gaps(series: dict[str, Series], d_from: dt.date, d_to: dt.date) -> 
     ]
     if empty and len(empty) < held:  # (none with a bar in the window: the run refuses on its own, one line)
         out.insert(0, f"{_codes(empty)}: no bars between --from {d_from} and --to {d_to}: not traded in this run")
+    out += _missing_sessions(series, lo, hi)
     return out
+
+
+def _missing_sessions(series: dict[str, Series], lo: str, hi: str) -> list[str]:
+    """KRX sessions inside a code's own span of the run without a bar of it: a halt the file leaves out, or a
+    download with holes. Either way its orders expire there unfilled and it is marked at its last close; a
+    patchy file read as a halted stock changed fills and metrics without a word. Only years the calendar
+    knows are counted (an older year's closures are not all in it)."""
+    sessions: list[str] | None = None
+    gaps: dict[str, tuple[int, str]] = {}
+    for code, s in series.items():
+        if not s.bars:
+            continue
+        begins, ends = max(s.bars[0].start[:10], lo), min(s.bars[-1].start[:10], hi)
+        if begins > ends:
+            continue
+        if sessions is None:  # (once: the run's sessions by the calendar)
+            sessions = [
+                d.isoformat()
+                for d in calendar.trading_days(dt.date.fromisoformat(lo), dt.date.fromisoformat(hi))
+                if calendar.known_year(d.year)
+            ]
+        starts = s.starts if s.starts is not None else [b.start for b in s.bars]
+        have = {t[:10] for t in starts}
+        missing = [d for d in sessions if begins <= d <= ends and d not in have]
+        if missing:
+            gaps[code] = (len(missing), missing[0])
+    if not gaps:
+        return []
+    shown = sorted(gaps)[:5]
+    what = "; ".join(f"{c} {gaps[c][0]:,} (first {gaps[c][1]})" for c in shown)
+    more = f" and {len(gaps) - len(shown)} more codes" if len(gaps) > len(shown) else ""
+    return [
+        f"KRX sessions without a bar inside the data's span: {what}{more}: halted, or missing from the file; "
+        "orders expire on them unfilled and positions keep their last close"
+    ]
 
 
 def _codes(codes: list[str], shown: int = 5) -> str:

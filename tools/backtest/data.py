@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from common.calendar import is_trading_day, known_year
+from common.calendar import is_trading_day, known_year, next_trading_day
 from common.krx_rules import Market, SecurityKind, rules_for
 from common.schema import Bar
 
@@ -119,6 +119,7 @@ class Series:
     notes: tuple[str, ...] = ()  # what the loader repaired or skipped, one line per kind of problem
     has_volume: bool = True  # False: the file has no volume (fills are not capped; halts not seen)
     starts: list[str] | None = None  # bars[i].start, when the loader has the column already
+    through: str = ""  # the file's last bar start (the bars may stop earlier: read up to a date)
 
 
 @dataclass(slots=True)
@@ -137,8 +138,10 @@ class _Columns:
     fractional: bool
     problems: Counter[str] = field(default_factory=Counter)
     first: dict[str, str] = field(default_factory=dict)  # problem -> its first example
+    halted: set[str] = field(default_factory=set)  # days the file marks halted (no trades: the price stood)
     bars: dict[str, list[Bar]] = field(default_factory=dict)  # code -> Bars (built once)
     adjustment: dict[tuple[SecurityKind, Market], str] = field(default_factory=dict)
+    jumps: dict[Market, str] = field(default_factory=dict)  # market -> the band check's note ("" none)
 
 
 _FILES: dict[tuple[str, int, int, bool, str], _Columns] = {}
@@ -257,6 +260,7 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
         first.setdefault(kind, f"line {n}: {what}")
 
     by_time: dict[str, tuple[int, int, int, int, int]] = {}
+    halted: set[str] = set()
     intraday = None
     fractional = False
     checked_days: dict[str, bool] = {}
@@ -287,6 +291,7 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             if c > 0 and o == h == lo == 0 and vol == 0:  # FDR's halted days: the close repeated, nothing else
                 problems["halted (no trades, no bar)"] += 1
                 first.setdefault("halted (no trades, no bar)", f"line {n}: {start}")
+                halted.add(start[:10])
             else:
                 problem("skipped", n, f"no positive price {o}/{h}/{lo}/{c} (volume {vol})")
             continue
@@ -305,8 +310,9 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
         if not (lo <= min(o, c) and max(o, c) <= h):
             problem("repaired", n, f"inconsistent OHLC {o}/{h}/{lo}/{c}")
             h, lo = max(o, h, lo, c), min(o, h, lo, c)
-        if start in by_time:
+        if start in by_time:  # the first row stands, as the warning says
             problem("duplicates dropped", n, f"a second row for {start}")
+            continue
         by_time[start] = (o, h, lo, c, vol)
     starts = sorted(by_time)
     interval = _interval_of(starts, path) if intraday and starts else "1d"
@@ -324,6 +330,7 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
         fractional=fractional,
         problems=problems,
         first=first,
+        halted=halted,
     )
 
 
@@ -459,8 +466,68 @@ def _grid_check(cols: _Columns, listing: Listing) -> str:
     return f"{RAW} (every close on its day's tick grid)" if cols.c else RAW
 
 
-def _notes(path: Path, cols: _Columns) -> tuple[str, ...]:
+# A close further from the close before than the band allows (plus this, in percentage points: a base price
+# the exchange lowered for a dividend or a rights issue, adjusted history's rounding) is a corporate action
+JUMP_SLACK_PCT = 2
+
+
+def _jumps(path: Path, cols: _Columns, market: Market) -> str:
+    """A note when closes moved from the day before's last close further than that day's band lets a price
+    move: a split, a consolidation or a rights issue in as-traded data, which a backtest books as a gain or a
+    loss nobody made (Kakao's 5:1 split of 2021-04-15 read as -78.5 %). "" when none did."""
+    got = cols.jumps.get(market)
+    if got is not None:
+        return got
+    n, first, prev, prev_day, base, base_day = 0, "", 0, "", 0, ""
+    for t, c in zip(cols.starts, cols.c):
+        day = t[:10]
+        if day != prev_day:  # intraday: every bar of a day against the last close before the day
+            base, base_day, prev_day = prev, prev_day, day
+        if base:
+            pct = rules_for(day).band_pct(market)
+            if (
+                pct is not None
+                and abs(c - base) * 100 > (pct + JUMP_SLACK_PCT) * base
+                and _beyond(base, c, pct + JUMP_SLACK_PCT, _sessions_moved(base_day, day, cols.halted))
+            ):
+                n += 1
+                if not first:
+                    move = (c - base) * 100 / base
+                    first = f"{day} {base:,} -> {c:,} ({move:+.1f} %, band ±{pct} %)"
+        prev = c
+    got = cols.jumps[market] = (
+        f"{path.name}: {n:,} close(s) beyond the day's price band from the close before (first {first}): a split "
+        "or another corporate action these prices are not adjusted for; the backtest books the jump as a gain or "
+        "a loss (use split-adjusted data for a run across it)"
+        if n
+        else ""
+    )
+    return got
+
+
+def _sessions_moved(before: str, day: str, halted: set[str]) -> int:
+    """The sessions a price could move in from `before`'s close to `day`'s: `day` and every session between the
+    two that the file leaves out, but those it marks halted (no trades: the price stood)."""
+    d, end, k = dt.date.fromisoformat(before), dt.date.fromisoformat(day), 1
+    while True:
+        d = next_trading_day(d)
+        if d >= end:
+            return k
+        if d.isoformat() not in halted:
+            k += 1
+
+
+def _beyond(base: int, close: int, pct: int, sessions: int) -> bool:
+    """Is `close` out of reach of `base` in `sessions` sessions of a ±pct % band (compounded)?"""
+    up, down = (100 + pct) ** sessions, (100 - pct) ** sessions
+    scale = 100**sessions
+    return close * scale > base * up or close * scale < base * down
+
+
+def _notes(path: Path, cols: _Columns, market: Market = Market.KOSPI) -> tuple[str, ...]:
     out = []
+    if jumps := _jumps(path, cols, market):
+        out.append(jumps)
     if cols.problems:
         parts = [f"{n:,} {kind}" for kind, n in sorted(cols.problems.items())]
         examples = "; ".join(f"{kind}: {cols.first[kind]}" for kind in sorted(cols.problems))
@@ -497,9 +564,10 @@ def load_bars(
         market=listing.market,
         sector=listing.sector,
         adjustment=_adjustment(cols, listing),
-        notes=_notes(path, cols),
+        notes=_notes(path, cols, listing.market),
         has_volume=cols.has_volume,
         starts=starts,
+        through=cols.starts[-1] if cols.starts else "",
     )
 
 
@@ -532,9 +600,8 @@ def universe(data: Path) -> list[str]:
     for p in data.iterdir():
         if p.suffix not in (".csv", ".parquet") or not p.is_file():
             continue
-        stem = code_of_file(p)
-        if len(stem) == 6 and stem.isalnum() and stem[0].isdigit():
-            codes.add(stem)
+        if _names_a_code(p):
+            codes.add(code_of_file(p))
     if not codes:
         raise DataError(f"{data}: no <code>.csv / <code>_D.csv / <code>.parquet files")
     return sorted(codes)
@@ -551,6 +618,12 @@ def load_codes(
 ) -> dict[str, Series]:
     listings = listings or {}
     codes = list(codes)
+    if data.is_file() and len(codes) == 1 and _names_a_code(data) and not file_is_for(data, codes[0]):
+        # a file named for another code would trade the card's code at that stock's prices, labelled as the card's
+        raise DataError(
+            f"--data {data} holds {code_of_file(data)}'s prices but the card trades {codes[0]}: give {codes[0]}'s "
+            "file, or the folder with a file per code"
+        )
     if data.is_file() and len(codes) > 1:
         # one file holds one series: fed to every code it would trade each of them at that file's prices
         other = [c for c in codes if not file_is_for(data, c)]
@@ -573,6 +646,12 @@ def code_of_file(path: Path) -> str:
     name); a name of no code comes back as it is."""
     stem = path.name.split(".")[0].removesuffix("_D")
     return _CODE_OF_NAME.get(stem, stem)
+
+
+def _names_a_code(path: Path) -> bool:
+    """Does the file's name say which code it holds (`005930.csv`, not `prices.csv`)?"""
+    stem = code_of_file(path)
+    return len(stem) == 6 and stem.isalnum() and stem[0].isdigit()
 
 
 def file_is_for(path: Path, code: str) -> bool:

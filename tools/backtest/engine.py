@@ -94,9 +94,11 @@ class BacktestInputError(BacktestError):
 
 def no_bars(codes: list[str], series: dict[str, Series], lo: dt.date, hi: dt.date) -> BacktestInputError:
     """The error for dates outside the data: it says where the data is."""
-    held = [series[c].bars for c in codes if c in series and series[c].bars]
+    held = [series[c] for c in codes if c in series and series[c].bars]
+    # (the series were read up to --to: where its file ends, not where the read stopped)
     span = (
-        f"the data runs {min(b[0].start[:10] for b in held)}..{max(b[-1].start[:10] for b in held)}"
+        f"the data runs {min(s.bars[0].start[:10] for s in held)}.."
+        f"{max((s.through or s.bars[-1].start)[:10] for s in held)}"
         if held
         else f"the data has none up to {hi}"
     )

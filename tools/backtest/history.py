@@ -189,6 +189,8 @@ def _read_quotes(path: Path) -> tuple[list[str], list[CompanyDay]]:
                 pbr=_num(r.get("pbr", "")),
                 **{k: int(_num(r.get(k, ""))) for k in QUOTE_FIELDS[2:]},
             )
+        except DataError:
+            raise  # (it names the file and the line already)
         except ValueError as e:
             raise DataError(f"{path}:{n}: {e}") from None
     days = sorted(out)
@@ -204,6 +206,8 @@ def _read_flows(path: Path) -> tuple[list[str], list[InvestorDay]]:
         try:
             day = _day(r["date"], path, n)
             out[day] = InvestorDay(day=day.replace("-", ""), **{k: int(_num(r[k])) for k in INVESTOR_FIELDS})
+        except DataError:
+            raise  # (it names the file and the line already)
         except ValueError as e:
             raise DataError(f"{path}:{n}: {e}") from None
     days = sorted(out)

@@ -179,6 +179,7 @@ class _SeriesData(msgspec.Struct, array_like=True):
     source: str = ""
     adjustment: str = ""
     notes: list[str] = []
+    through: str = ""
 
 
 class _HistoryData(msgspec.Struct, array_like=True):
@@ -228,6 +229,7 @@ def encode_payload(series: dict[str, Series], history: CompanyHistory | None) ->
             source=s.source,
             adjustment=s.adjustment,
             notes=list(s.notes),
+            through=s.through,
         )
         for s in series.values()
     ]
@@ -272,6 +274,7 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
                 source=s.source,
                 adjustment=s.adjustment,
                 notes=tuple(s.notes),
+                through=s.through,
             )
         history = None
         if p.history is not None:
@@ -485,6 +488,24 @@ def _best(rows: list[dict[str, Any]]) -> int | None:
 
 def _offset(i: int | None, k: int) -> int | None:
     return None if i is None else i + k
+
+
+def universe_refusal(card: AgentCard) -> str:
+    """Why --universe cannot run this card one code at a time, or "": a strategy that names its codes in params
+    other than `codes` (a pair's two legs) would get one code per cell and still look for the others, and each
+    cell trade nothing: a table of zeros presented as results."""
+    mine = set(card.codes)
+    named = sorted(
+        k
+        for k, v in card.params.items()
+        if k != "codes" and (v in mine if isinstance(v, str) else isinstance(v, list) and bool(mine.intersection(v)))
+    )
+    if not named:
+        return ""
+    return (
+        f"--universe runs the card on one code at a time, but {card.strategy} names its codes in the params "
+        f"{', '.join(named)}: each run would lack the others; run the card without --universe"
+    )
 
 
 def _cards(card: AgentCard, universe: list[str] | None) -> list[tuple[str, AgentCard]]:
