@@ -17,6 +17,7 @@ heartbeat replies carry: followed at once (`ctx.now()`, `ctx.market_phase()` dur
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -56,6 +57,8 @@ STOPPING_REPLY_S = 2.0
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
+_MUTABLE = (list, dict, bytearray)  # what msgpack decodes that a strategy can change in place
+_log = logging.getLogger("ktrader.agent.state")
 
 
 class StateMap(MutableMapping[str, Any]):
@@ -66,9 +69,54 @@ class StateMap(MutableMapping[str, Any]):
         self._data: dict[str, Any] = {k: _dec.decode(v) for k, v in self._raw.items()}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
+        self._lent: set[str] = set()  # keys whose mutable values the strategy was handed
 
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        value = self._data[key]
+        if isinstance(value, _MUTABLE):  # the strategy may change it in place: looked at again when state is sent
+            self._lent.add(key)
+        return value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The stored value (the one a change in place is saved from), not the default passed in."""
+        if key not in self._data:
+            self[key] = default
+        return self[key]
+
+    def _sweep(self) -> None:
+        """Values handed out that were changed in place (`state["seen"].append(code)`) are saved as if set again:
+        a restart brought the old ones back, and a strategy that recorded what it did repeated it."""
+        for key in list(self._lent):
+            value = self._data.get(key)
+            try:
+                raw = _enc.encode(value)
+            except (TypeError, ValueError, OverflowError) as e:
+                _log.error("state[%r] was changed in place to what cannot be stored (%s): not saved", key, e)
+                raw = b""
+            if raw == self._raw.get(key):
+                continue
+            try:
+                self._check(key, raw)
+            except KtraderError as e:
+                _log.error("state[%r] was changed in place beyond the limits (%s): not saved", key, e)
+                raw = b""
+            if not raw:  # the running strategy sees what a restart would: the last value saved
+                self._data[key] = _dec.decode(self._raw[key])
+                self._lent.discard(key)
+                continue
+            self._raw[key] = raw
+            self._dirty.add(key)
+
+    def _check(self, key: str, raw: bytes) -> None:
+        if len(raw) > STATE_MAX_VALUE_BYTES:
+            raise KtraderError(
+                ErrorCode.STATE_LIMIT, f"state[{key!r}]: {len(raw):,} bytes is over {STATE_MAX_VALUE_BYTES:,}"
+            )
+        if key not in self._raw and len(self._raw) >= STATE_MAX_KEYS:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
+        total = self.size_bytes() - (len(key.encode()) + len(self._raw[key]) if key in self._raw else 0)
+        if total + len(key.encode()) + len(raw) > STATE_MAX_TOTAL_BYTES:
+            raise KtraderError(ErrorCode.STATE_LIMIT, f"state would be over {STATE_MAX_TOTAL_BYTES:,} bytes")
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not 0 < len(key) <= STATE_MAX_KEY_CHARS:
@@ -79,17 +127,10 @@ class StateMap(MutableMapping[str, Any]):
             raise KtraderError(
                 ErrorCode.BAD_MESSAGE, f"state[{key!r}]: cannot store {type(value).__name__}: {e}"
             ) from None
-        if len(raw) > STATE_MAX_VALUE_BYTES:
-            raise KtraderError(
-                ErrorCode.STATE_LIMIT, f"state[{key!r}]: {len(raw):,} bytes is over {STATE_MAX_VALUE_BYTES:,}"
-            )
-        if key not in self._raw and len(self._raw) >= STATE_MAX_KEYS:
-            raise KtraderError(ErrorCode.STATE_LIMIT, f"state already holds {STATE_MAX_KEYS} keys")
-        total = self.size_bytes() - (len(key.encode()) + len(self._raw[key]) if key in self._raw else 0)
-        if total + len(key.encode()) + len(raw) > STATE_MAX_TOTAL_BYTES:
-            raise KtraderError(ErrorCode.STATE_LIMIT, f"state would be over {STATE_MAX_TOTAL_BYTES:,} bytes")
+        self._check(key, raw)
         self._raw[key] = raw
         self._data[key] = _dec.decode(raw)  # what a restarted agent will see, not the caller's object
+        self._lent.discard(key)
         self._dirty.add(key)
         self._deleted.discard(key)
 
@@ -97,6 +138,7 @@ class StateMap(MutableMapping[str, Any]):
         del self._data[key]
         del self._raw[key]
         self._dirty.discard(key)
+        self._lent.discard(key)
         self._deleted.add(key)
 
     def __iter__(self) -> Iterator[str]:
@@ -113,9 +155,13 @@ class StateMap(MutableMapping[str, Any]):
 
     @property
     def dirty(self) -> bool:
+        if self._lent:
+            self._sweep()
         return bool(self._dirty or self._deleted)
 
     def take_changes(self) -> tuple[dict[str, bytes], list[str]]:
+        if self._lent:
+            self._sweep()
         items = {k: self._raw[k] for k in self._dirty}
         deleted = sorted(self._deleted)
         self._dirty.clear()

@@ -4,6 +4,8 @@ budget), the order-book summary from a real OMS + store, and the backtester's ch
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import datetime as dt
 import time
@@ -312,6 +314,30 @@ def test_query_on_a_broker_without_quotes_is_unsupported(tmp_path: Path) -> None
     svc.on_register(Rec("alpha", 1.0))  # FakeBroker has no quota: ignored, no crash
     svc.handle(Rec("alpha", 1.0), b"a", Query(h=H(), kind="investor", code="005930"))
     assert isinstance(replies[0], Error) and replies[0].code is ErrorCode.UNSUPPORTED
+
+
+def test_state_changed_in_place_is_saved_as_if_set_again(caplog: pytest.LogCaptureFixture) -> None:
+    m = StateMap()
+    m["log"] = [1, 2]
+    m["by_code"] = {}
+    m["n"] = 1
+    m.take_changes()
+    m["log"].append(3)  # the ordinary Python way: these were never sent, and a restart brought the old values back
+    m["by_code"]["005930"] = 6
+    m.setdefault("trades", []).append("t1")  # the stored list, not the default passed in
+    assert m["trades"] == ["t1"]
+    assert m.dirty
+    items, _ = m.take_changes()
+    assert set(items) == {"log", "by_code", "trades"}  # "n" untouched: not sent again
+    restarted = StateMap(m.raw())
+    assert dict(restarted) == {"log": [1, 2, 3], "by_code": {"005930": 6}, "n": 1, "trades": ["t1"]}
+    assert not m.dirty  # nothing changed since
+    # a change in place beyond the limits is not saved, said in the log, and the strategy sees the saved value
+    m["log"].extend([0] * STATE_MAX_VALUE_BYTES)
+    with caplog.at_level(logging.ERROR, logger="ktrader.agent.state"):
+        assert not m.dirty
+    assert "state['log'] was changed in place beyond the limits" in caplog.text
+    assert m["log"] == [1, 2, 3]
 
 
 def test_state_requests_through_the_service(tmp_path: Path) -> None:
