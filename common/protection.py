@@ -161,6 +161,27 @@ def validate(spec: ProtectionSpec) -> str | None:
     return None
 
 
+def met_on_entry(spec: ProtectionSpec, price: int, mark: int) -> str | None:
+    """Why a buy's protection would sell the moment the buy fills, or None: a stop at or above what the buy
+    pays (its limit `price`, or the market `mark` when lower or when it has no price) or a take-profit at or
+    below it (its limit, or the mark for a market buy). Each fill would be sold at once, and a strategy that
+    buys again bought and sold in a loop paying fees and tax each turn (a stop typed 78,000 for 68,000).
+    `mark` 0: not known, or not the price the buy meets (one held for the next session: only its limit is judged)."""
+    paid = min(p for p in (price, mark) if p) if price or mark else 0
+    if spec.stop and paid and spec.stop >= paid:
+        return (
+            f"the stop {spec.stop:,} is at or above the {paid:,} the buy would pay: it would sell each fill the "
+            "moment it came (a stop sits below the price)"
+        )
+    top = price or mark
+    if spec.take and top and spec.take <= top:
+        return (
+            f"the take-profit {spec.take:,} is at or below the {top:,} the buy would pay: it would sell each fill "
+            "the moment it came (a take-profit sits above the price)"
+        )
+    return None
+
+
 def trail_level(high: int, trail_bp: int) -> int:
     return high * (BP - trail_bp) // BP if trail_bp and high else 0
 

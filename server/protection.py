@@ -45,6 +45,7 @@ import msgspec
 from common.clock import kst_from_ns, yyyymmdd
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
+from common.risk_rules import HELD_TIFS
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES
@@ -61,6 +62,7 @@ from common.protection import (
     WhenClosed,
     check_print,
     exit_limit,
+    met_on_entry,
     priced_action,
     rebase,
     same_ratio,
@@ -194,6 +196,7 @@ class ProtectionDesk:
             "a protective order rides on a buy (protect a held position with ctx.protect)"
             if new.side is not Side.BUY
             else self._refusal(card.id, spec)
+            or met_on_entry(spec, new.price, 0 if new.tif in HELD_TIFS else self.book.portfolio.marks.get(new.code, 0))
         )
         if err:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)

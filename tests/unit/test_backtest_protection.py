@@ -176,3 +176,28 @@ def test_protecting_a_held_position_and_the_ends_without_a_sale() -> None:
     assert whole.state is PS.DONE and whole.qty == 20 and exits(r) == [(D4, 20, 60_000)]  # gap below 69,000
     (bad,) = [o for o in r.orders if o.client_order_id == "probe-20240104-1"]
     assert bad.state is OrderState.DENIED and bad.reason_code == ErrorCode.BAD_PROTECTION
+
+
+class LimitBuyStopAbove(Strategy):
+    def on_bar(self, bar: Bar) -> None:
+        if bar.start == D1:  # a stop typed 78,000 for 68,000: live refuses it, and so does the backtest
+            self.ctx.buy(bar.code, 10, 70_000, tif=session_tif(self.ctx), stop=78_000)
+
+
+def test_a_buys_stop_its_own_fill_would_meet_refuses_the_buy_as_live() -> None:
+    bars = [(D1, 70_000, 71_000, 69_500, 70_500), (D2, 69_800, 70_000, 69_000, 69_500)]
+    series = {
+        CODE: Series(
+            CODE,
+            [
+                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
+                for d, o, h, lo, c in bars
+            ],
+        )
+    }
+    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:LimitBuyStopAbove", codes=[CODE])
+    r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 31)))
+    (o,) = r.orders
+    assert o.state is OrderState.DENIED and o.reason_code == ErrorCode.BAD_PROTECTION
+    assert "at or above the 70,000 the buy would pay" in o.reason
+    assert not r.fills and not r.protections

@@ -523,3 +523,24 @@ async def test_a_limit_exit_waits_for_the_agents_own_sell_to_be_cancelled_and_se
     (said,) = [t for t in h.alerted(AlertKind.PROTECTION) if "met at" in t]
     assert "selling 10" in said, said
     await h.close()
+
+
+async def test_a_buys_level_its_own_fill_would_meet_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    await h.start()
+    # a stop typed 78,000 for 68,000 on a limit buy at 70,000: each fill sold at once, bought again, sold again
+    r = h.protection.submit(CARD, buy(1, stop=78_000))
+    assert r.code is ErrorCode.BAD_PROTECTION and "at or above the 70,000 the buy would pay" in r.message
+    r = h.protection.submit(CARD, buy(2, take=69_000))
+    assert r.code is ErrorCode.BAD_PROTECTION and "take-profit 69,000 is at or below the 70,000" in r.message
+    assert not h.book.orders and not h.protection.active  # neither the buy nor its protection was taken
+    # a market buy in the session is judged against the market's last print
+    h.book.portfolio.marks["005930"] = 70_500
+    mkt = msgspec.structs.replace(buy(3, price=0, stop=71_000), order_type=OrderType.MARKET)
+    r = h.protection.submit(CARD, mkt)
+    assert r.code is ErrorCode.BAD_PROTECTION and "at or above the 70,500" in r.message
+    # one held for the next session meets another session's price: only a limit is judged
+    nxt = msgspec.structs.replace(mkt, client_order_id="alpha-20261120-4", tif=TimeInForce.NEXT_SESSION)
+    assert h.protection.submit(CARD, nxt).code is not ErrorCode.BAD_PROTECTION
+    assert h.protection.submit(CARD, buy(5, stop=65_000, take=75_000)).accepted  # levels on the right sides
+    await h.close()

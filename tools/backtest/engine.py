@@ -67,9 +67,18 @@ from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
+from common.risk_rules import HELD_TIFS
 from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, is_gateway_exit, revise_refusal
-from common.protection import ExitType, Protection, ProtectionSpec, WhenClosed, protection_spec, validate
+from common.protection import (
+    ExitType,
+    Protection,
+    ProtectionSpec,
+    WhenClosed,
+    met_on_entry,
+    protection_spec,
+    validate,
+)
 from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
@@ -347,7 +356,8 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         spec = protection_spec(stop, take, trail_pct, protect)
         if spec is None:
             return e.order(_BUY, code, qty, price, order_type, tif, reason)
-        err = validate(spec)  # as live: a bad protective order refuses its buy
+        # as live: a bad protective order refuses its buy, as does one its fill would meet at once
+        err = validate(spec) or met_on_entry(spec, price, 0 if tif in HELD_TIFS else e.broker.last.get(code, 0))
         coid = e.order(
             _BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
         )
