@@ -140,3 +140,32 @@ def test_a_bad_history_row_is_named_once(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         load_history(tmp_path)
     assert str(e.value) == f"{path}:2: not a date: '2024-13-02'"
+
+
+def test_a_run_clears_the_files_an_earlier_run_of_another_kind_left(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(shared_data / "krx_daily_fdr_2020_2026")
+    args = [str(_card(tmp_path)), "--data", data, "--from", "2023-01-02", "--to", "2024-12-30"]
+    out = tmp_path / "out"
+    assert _run(args, tmp_path) == 0 and (out / "summary.json").is_file()
+    assert _run([*args, "--sweep", "short=3,5"], tmp_path) == 0
+    assert (out / "sweep.csv").is_file() and not (out / "summary.json").exists()  # not read as one result set
+    assert _run([*args, "--sweep", "short=8", "--rolling", "250,120"], tmp_path) == 0
+    assert (out / "walk_forward.csv").is_file() and not (out / "sweep.csv").exists()
+    assert _run(args, tmp_path) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("sweep", "walk"))) == []
+
+
+def test_a_universe_says_which_markets_it_assumed_and_a_stray_off_grid_row_is_named(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "unk"
+    folder.mkdir()  # 005389 is in no master the backtest knows without --master
+    (folder / "005389.csv").write_bytes((shared_data / "krx_daily_fdr_2020_2026" / "005389.csv").read_bytes())
+    args = ["--data", str(folder), "--from", "2023-01-02", "--to", "2023-12-28", "--universe", "--sweep", "short=5"]
+    assert _run([str(_card(tmp_path)), *args], tmp_path) == 0
+    assert "market unknown for 005389: KOSPI assumed" in capsys.readouterr().err
+    # the pykrx set's last row is a mid-session snapshot (shared/data/README.md): one stray close, not adjustment
+    s = load_bars(shared_data / "krx_daily_pykrx_2023_2025" / "005930.csv", "005930")
+    assert s.adjustment == "raw (but 1 of 370 closes off their day's tick grid: 2025-06-17 58,450)"

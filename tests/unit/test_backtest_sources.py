@@ -66,6 +66,9 @@ def test_twin_replay_matches_the_same_bars_from_files(shared_data: Path, tmp_pat
     files = json.loads((tmp_path / "files" / "summary.json").read_text())
     assert twin["metrics"]["fills"] > 0 and twin["metrics"] == files["metrics"]
     assert (tmp_path / "twin" / "fills.csv").read_text() == (tmp_path / "files" / "fills.csv").read_text()
+    for code in codes:  # as traded or adjusted is said of recorded bars as of a file's (it was left empty)
+        said = twin["data"][code]["adjustment"]
+        assert said and said.split()[0] == files["data"][code]["adjustment"].split()[0]
 
 
 def test_twin_replay_rolls_recorded_minutes_up(tmp_path: Path) -> None:

@@ -120,3 +120,24 @@ def test_a_failed_cell_is_warned_of_once_with_its_segments(
     res = json.loads((tmp_path / "o" / "sweep.json").read_text())
     assert [(f["cell"], f["segments"]) for f in res["failed"]] == [(1, ["train", "validate", "test"])]
     assert res["best"] == 0
+
+
+def test_a_code_whose_train_days_failed_in_every_cell_has_no_choice(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "uni"
+    folder.mkdir()
+    for code in ("005930", "373220"):  # 373220 listed 2022-01-27: after the train days of a 2020- split
+        (folder / f"{code}.csv").write_bytes((shared_data / "krx_daily_fdr_2020_2026" / f"{code}.csv").read_bytes())
+    card = Path(__file__).parents[2] / "cards" / "sma_cross_daily.toml"
+    rc = main(
+        [str(card), "--data", str(folder), "--from", "2020-01-02", "--to", "2026-05-29", "--universe"]
+        + ["--sweep", "short=3,5", "--walk-forward", "0.2,0.2,0.6", "--json", "--no-plot"]
+        + ["--out", str(tmp_path / "o")]
+    )
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r[0]["code"] for r in res["rows"]] == ["005930", "005930", "373220", "373220"]
+    assert all(r[0].get("error") for r in res["rows"][2:])  # no bars on the train days
+    assert res["best_per_code"]["373220"] is None  # chosen on its validate figures alone, it was
+    assert res["best_per_code"]["005930"] in (0, 1)

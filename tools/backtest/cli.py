@@ -45,7 +45,7 @@ from tools.backtest.command import backtest_command
 from tools.backtest.history import CompanyHistory, load_history
 from tools.backtest.logs import summarise_repeats
 from tools.backtest.metrics import compute, round_trips
-from tools.backtest.report import write_outputs
+from tools.backtest.report import clear_outputs, write_outputs
 from tools.backtest.sources import check_interval, load_series, load_store
 from tools.backtest.sweep import (
     KEYS,
@@ -251,10 +251,10 @@ def _backtest(
             _warn(console, note)
     for line in coverage_gaps(series, d_from, d_to):
         _warn(console, line)
-    if assumed and not opts.universe:
+    if assumed:  # (a universe's too: its cells follow KOSPI's tables as a single run does)
         _warn(
             console,
-            f"market unknown for {', '.join(assumed)}: KOSPI assumed for their tick grid and tax "
+            f"market unknown for {_codes(assumed)}: KOSPI assumed for their tick grid and tax "
             "(give --master with the KIS master files)",
         )
     folder = Path(str(out).replace("{card}", c.id))
@@ -486,6 +486,7 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
         _error(console, f"backtest: {res['input_error']}")
         return 2
     folder.mkdir(parents=True, exist_ok=True)
+    clear_outputs(folder)
     (folder / "sweep.json").write_text(
         json.dumps(res, indent=1, default=str, ensure_ascii=False) + "\n", encoding="utf-8"
     )

@@ -449,21 +449,28 @@ def _adjustment(cols: _Columns, listing: Listing) -> str:
     """RAW when every close lies on its day's tick grid, else ADJUSTED, with the count."""
     got = cols.adjustment.get((listing.kind, listing.market))
     if got is None:
-        got = cols.adjustment[(listing.kind, listing.market)] = _grid_check(cols, listing)
+        got = cols.adjustment[(listing.kind, listing.market)] = (
+            f"{ADJUSTED} (fractional prices, rounded to the won)"
+            if cols.fractional
+            else grid_label(cols.starts, cols.c, listing.kind, listing.market)
+        )
     return got
 
 
-def _grid_check(cols: _Columns, listing: Listing) -> str:
-    if cols.fractional:
-        return f"{ADJUSTED} (fractional prices, rounded to the won)"
-    off = 0
-    kind, market = listing.kind, listing.market
-    for t, c in zip(cols.starts, cols.c):
+STRAY_OFF_GRID = 2  # so many closes off the grid or fewer are stray rows of an as-traded series, not adjustment
+
+
+def grid_label(starts: Sequence[str], closes: Sequence[int], kind: SecurityKind, market: Market) -> str:
+    """RAW when the closes lie on their day's tick grid (but for a stray row or two, named), else ADJUSTED."""
+    off: list[str] = []
+    for t, c in zip(starts, closes):
         if not rules_for(t).on_grid(c, kind, market):
-            off += 1
-    if off:
-        return f"{ADJUSTED} ({off:,} of {len(cols.c):,} closes off their day's tick grid: back-adjusted history)"
-    return f"{RAW} (every close on its day's tick grid)" if cols.c else RAW
+            off.append(f"{t[:10]} {c:,}")
+    if len(off) > STRAY_OFF_GRID:
+        return f"{ADJUSTED} ({len(off):,} of {len(closes):,} closes off their day's tick grid: back-adjusted history)"
+    if off:  # a stray row (a snapshot taken mid-session, a typo) says nothing of the rest
+        return f"{RAW} (but {len(off)} of {len(closes):,} closes off their day's tick grid: {', '.join(off)})"
+    return f"{RAW} (every close on its day's tick grid)" if closes else RAW
 
 
 # A close further from the close before than the band allows (plus this, in percentage points: a base price

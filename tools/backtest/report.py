@@ -29,6 +29,14 @@ OUTPUTS = (
     "report.png",
     "report.html",
 )
+SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "walk_forward.csv")  # what a sweep or a walk-forward writes there
+
+
+def clear_outputs(out: Path) -> None:
+    """An earlier run's files go before a run writes its own, whatever kind of run wrote them: a sweep's table next
+    to a single run's summary, or a walk-forward's next to a plain sweep's, read as one result set."""
+    for name in (*OUTPUTS, *SWEEP_OUTPUTS):
+        (out / name).unlink(missing_ok=True)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -59,8 +67,7 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     # an earlier run's files go first and the summary comes last: a run interrupted (Ctrl-C) or one without plots
     # never leaves this run's figures next to another run's report (a summary present means the set is whole)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
+    clear_outputs(out)
     paths: dict[str, Path] = {}
     summary = {
         "card": result.card_id,

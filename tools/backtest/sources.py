@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import replace
 from pathlib import Path
 
-from tools.backtest.data import DataError, Listing, Series, load_codes
+from tools.backtest.data import DataError, Listing, Series, grid_label, load_codes
 
 BARS = ("1d", "1m", "5m", "15m", "60m")  # common.schema.Bar intervals
 STORE = Path("data") / "bars.sqlite"  # inside a run directory
@@ -86,12 +86,13 @@ def load_series(
     if run_dir is not None:
         got = load_store(run_dir, codes, bars, date_to)
         listings = listings or {}
-        return {
-            c: replace(s, market=listings[c].market, kind=listings[c].kind, sector=listings[c].sector)
-            if c in listings
-            else s
-            for c, s in got.items()
-        }
+        out = {}
+        for c, s in got.items():
+            lst = listings.get(c, Listing())
+            # as a file's: as traded, or adjusted (a split's earlier bars the gateway rescaled, server/barstore.py)
+            label = grid_label([b.start for b in s.bars], [b.close for b in s.bars], lst.kind, lst.market)
+            out[c] = replace(s, market=lst.market, kind=lst.kind, sector=lst.sector, adjustment=label)
+        return out
     if data is None:
         raise DataError("give --data PATH or --twin-replay")
     return _as_interval(

@@ -583,12 +583,14 @@ def sweep(
 
 
 def _best_validated(triples: list[list[dict[str, Any]]]) -> int | None:
-    """The cell with the best validate Sharpe (ties: train Sharpe, then grid order); the test days stay out of
-    the choice. None when every cell failed on the validate days."""
-    val = [r[1] for r in triples]
-    if all(v.get("error") for v in val):
+    """The cell with the best validate Sharpe (ties: train Sharpe, then grid order) of those that ran on both the
+    train and the validate days; the test days stay out of the choice. None when no cell did: a cell that failed
+    on the train days (a code listed after them) was chosen on its validate figures alone, a choice no training
+    made, its test figures shown as out of sample."""
+    ran = [i for i, r in enumerate(triples) if not r[0].get("error") and not r[1].get("error")]
+    if not ran:
         return None
-    return max(range(len(triples)), key=lambda i: (_score(val[i]), _score(triples[i][0]), -i))
+    return max(ran, key=lambda i: (_score(triples[i][1]), _score(triples[i][0]), -i))
 
 
 def _failed_cell(i: int, segs: list[dict[str, Any]]) -> dict[str, Any] | None:
