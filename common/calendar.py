@@ -88,6 +88,13 @@ _SATURDAY_HOLIDAYS_MMDD: dict[int, str] = {
 NORMAL_HOURS = (dt.time(9, 0), dt.time(15, 30))
 NEW_YEAR_HOURS = (dt.time(10, 0), dt.time(15, 30))
 CSAT_HOURS = (dt.time(10, 0), dt.time(16, 30))
+# KRX closed at 15:00 until its session was lengthened by 30 minutes on 2016-08-01 (shared/data/krx_calendar's xkrx.csv:
+# closes at 06:00 UTC from 2001 through 2016-07-29, 06:30 UTC after; the 15:00 close before 2001 is UNCONFIRMED, as are
+# that era's CSAT days, not listed: their sessions keep these hours). A backtest of intraday bars from then is driven
+# by the close of its day: a 15:10 bar of 2015 is after the close, not in the continuous session
+LONGER_SESSION_FROM = dt.date(2016, 8, 1)
+EARLIER_HOURS = (dt.time(9, 0), dt.time(15, 0))
+EARLIER_NEW_YEAR_HOURS = (dt.time(10, 0), dt.time(15, 0))
 CSAT_DAYS = frozenset(
     dt.date.fromisoformat(d)
     for d in (
@@ -203,6 +210,8 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
     """(regular open, regular close) in KST, or None when the exchange is closed that day."""
     if not is_trading_day(day):
         return None
+    if day < LONGER_SESSION_FROM:
+        return EARLIER_NEW_YEAR_HOURS if day == first_trading_day_of_year(day.year) else EARLIER_HOURS
     if day in CSAT_DAYS:
         return CSAT_HOURS
     if day == first_trading_day_of_year(day.year):
@@ -222,7 +231,8 @@ def close_ns(day: dt.date, closed: dt.time | None = None) -> int | None:
 
 def close_delay(day: dt.date) -> dt.timedelta:
     """How much later than on a normal day `day`'s regular session closes (an hour on the CSAT day, nothing
-    on the year's first day, which only opens late; nothing on a closed day). Wall-clock times that mean
+    on the year's first day, which only opens late; nothing on a closed day; half an hour less before
+    LONGER_SESSION_FROM). Wall-clock times that mean
     "before the close" (a card's `[schedule] end`) move by it, as the exchange's own schedule does."""
     hours = session_hours(day)
     if hours is None or hours[1] == NORMAL_HOURS[1]:
@@ -234,7 +244,12 @@ def close_delay(day: dt.date) -> dt.timedelta:
 def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
     """The year's sessions whose hours are not NORMAL_HOURS, by YYYY-MM-DD (session_hours as a table:
     a backtest asks per bar time it trades in). Days not in it keep NORMAL_HOURS."""
-    out = {first_trading_day_of_year(year).isoformat(): NEW_YEAR_HOURS}
+    first = first_trading_day_of_year(year)
+    out: dict[str, tuple[dt.time, dt.time]] = {}
+    if year <= LONGER_SESSION_FROM.year:  # every session before the longer one closed at 15:00
+        last = min(dt.date(year, 12, 31), LONGER_SESSION_FROM - _ONE_DAY)
+        out.update({d.isoformat(): EARLIER_HOURS for d in trading_days(dt.date(year, 1, 1), last)})
+    out[first.isoformat()] = session_hours(first) or NEW_YEAR_HOURS
     out.update({d.isoformat(): CSAT_HOURS for d in CSAT_DAYS if d.year == year and is_trading_day(d)})
     return MappingProxyType(out)  # cached: read-only for every caller
 

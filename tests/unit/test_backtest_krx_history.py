@@ -175,7 +175,8 @@ def test_a_session_missing_from_the_data_expires_orders(shared_data: Path) -> No
     assert days[:4] == ["1997-04-28", "1997-04-29", "1997-04-30", "1997-05-19"]
     r = run(series, ["005930"], "1997-04-01", "1997-05-31", {("1997-04-30", "005930"): [("buy", 10, 0)]})
     assert r.fills == [] and r.orders[0].state is OrderState.EXPIRED
-    assert r.orders[0].updated_ns == int(dt.datetime(1997, 5, 2, 15, 30, tzinfo=KST).timestamp() * 1e9)
+    # at that session's close: 15:00 until KRX lengthened its session on 2016-08-01
+    assert r.orders[0].updated_ns == int(dt.datetime(1997, 5, 2, 15, 0, tzinfo=KST).timestamp() * 1e9)
 
 
 def test_fills_follow_submission_order_across_codes(shared_data: Path) -> None:
@@ -209,3 +210,17 @@ class Sequencer(Strategy):
 
     def ctx_codes(self) -> list[str]:
         return list(self.ctx._e.card.codes)  # type: ignore[attr-defined]
+
+
+def test_the_session_closed_at_1500_until_2016_08_01() -> None:
+    # xkrx.csv (shared/data/krx_calendar): closes at 06:00 UTC through 2016-07-29, 06:30 UTC from 2016-08-01
+    from common.calendar import session_hours
+    from common.krx import Phase, phase_at
+
+    assert session_hours(dt.date(2016, 7, 29)) == (dt.time(9, 0), dt.time(15, 0))
+    assert session_hours(dt.date(2016, 8, 1)) == (dt.time(9, 0), dt.time(15, 30))
+    assert session_hours(dt.date(2015, 1, 2)) == (dt.time(10, 0), dt.time(15, 0))  # the year's first, an hour late
+    # a 15:10 order of 2015 came after the close (it was taken as one in the continuous session); 14:55 was the call
+    assert phase_at(dt.datetime(2015, 6, 1, 15, 10, tzinfo=KST)) is not Phase.CONTINUOUS
+    assert phase_at(dt.datetime(2015, 6, 1, 14, 55, tzinfo=KST)) is Phase.CLOSING_AUCTION
+    assert phase_at(dt.datetime(2016, 8, 1, 15, 10, tzinfo=KST)) is Phase.CONTINUOUS
