@@ -899,7 +899,8 @@ class Operator:
         if fixed:
             return err(
                 ErrorCode.BAD_CARD,
-                f"{', '.join(fixed)} changed: that needs a restart of {msg.agent} (the old card stays in force)",
+                f"{', '.join(fixed)} changed: that is no reload; approve the card (ktrader cards approve CARD), then "
+                f"restart {msg.agent} with it (the old card stays in force until then)",
             )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")

@@ -352,10 +352,10 @@ def web(
         None, "--run-dir", help="the gateway's run folder (default: the config's, run/)"
     ),
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="gateway TOML: its run_dir and [web] section (host, port, token)"
+        None, "--config", "-c", help="gateway TOML: its run_dir and \\[web] section (host, port, token)"
     ),
-    host: str = typer.Option("", help="address to bind (default 127.0.0.1, from [web])"),
-    port: int = typer.Option(-1, help="port, 0: any free one (default 8765, from [web])"),
+    host: str = typer.Option("", help="address to bind (default 127.0.0.1, from \\[web])"),
+    port: int = typer.Option(-1, help="port, 0: any free one (default 8765, from \\[web])"),
     cards: Path = typer.Option(Path("cards"), "--cards", help="where the reload action finds cards"),
 ) -> None:
     """The web dashboard: agents, orders, positions, charts, alerts, live; actions behind a confirmation."""

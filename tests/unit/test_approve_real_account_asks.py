@@ -165,3 +165,18 @@ def test_a_changed_card_shows_each_limit_that_moves_before_the_question(
     capsys.readouterr()
     assert main([path], run, yes=True) == 0
     assert "alpha: the card is the one approved already (nothing changes)" in capsys.readouterr().out
+
+
+def test_a_mode_switch_says_when_the_gateway_takes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Approving shadow -> live says the switch waits for the agent's next start and is refused while it holds shares
+    or traded today (the author approved, then the start was refused, and the approval stood)."""
+    from tools.ops.approve import main
+
+    run = folder_of(tmp_path, REAL)
+    path = card(tmp_path, "alpha", extra='mode = "shadow"\n')
+    assert main([path], run, yes=True) == 0
+    capsys.readouterr()
+    card(tmp_path, "alpha", extra='mode = "live"\n')
+    assert main([path], run, yes=True) == 0
+    shown = capsys.readouterr().out
+    assert 'mode "shadow" → "live"' in shown and "refuses it while the agent holds shares" in shown, shown

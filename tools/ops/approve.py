@@ -161,6 +161,11 @@ def _say_changes(run_dir: Path, cards: list[AgentCard]) -> None:
         typer.echo(f"{card.id}: changes from the approved card:")
         for line in changes:
             typer.echo(f"  {line}")
+        if before.card.mode != card.mode:  # (the gateway's rule: server/order_desk.py set_mode)
+            typer.echo(
+                f"  the mode switch applies at {card.id}'s next start, and the gateway refuses it while the agent "
+                "holds shares, has open orders or traded today: flatten it first, or start it the next trading day"
+            )
 
 
 def main(
