@@ -100,6 +100,7 @@ from common.errors import ErrorCode
 from server.core import build_order_core, run_owner
 from server.equity import AccountReader
 from server import protection as protection_room
+from server.shadow import HOLDER as SHADOW_HOLDER
 from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
@@ -279,7 +280,8 @@ class Gateway:
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once a day
         # code -> (monotonic time of the next ask, refusals in a row): the broker refused the registration;
         # asked again with back-off, never at every lease tick (KIS blocks subscribe storms)
-        self._protected_retry: dict[str, tuple[float, int]] = {}
+        self._protected_retry: dict[tuple[str, str], tuple[float, int]] = {}  # (holder, code) -> (next try, tries)
+        self._shadowed: set[str] = set()  # codes whose trade registration the shadow venue holds
         self.sessions = AgentSessions(
             self.registry,
             self.book,
@@ -1131,31 +1133,38 @@ class Gateway:
             self._reconcile_wanted.clear()
 
     def _watch_protected(self) -> None:
-        """Hold the trade registrations of protected codes (and only those) in the protections' name."""
-        want = self.protection.codes()
+        """Hold the trade registrations of protected codes in the protections' name, and of the codes shadow
+        orders rest in in the shadow venue's: each sees its prints whether or not an agent is online."""
+        self._watch(protection_room.HOLDER, self.protection.codes(), self._protected)
+        self._watch(SHADOW_HOLDER, self.shadow_venue.codes(), self._shadowed)
+
+    def _watch(self, holder: str, want: set[str], held: set[str]) -> None:
         now = time.monotonic()
-        for code in sorted(want - self._protected):
-            if self._protected_retry.get(code, (0.0, 0))[0] > now:
+        for code in sorted(want - held):
+            if self._protected_retry.get((holder, code), (0.0, 0))[0] > now:
                 continue  # the broker refused it lately: asked again after the back-off
-            err, text = self.subs.want(protection_room.HOLDER, MarketKind.TRADES, code)
+            err, text = self.subs.want(holder, MarketKind.TRADES, code)
             if err is None:
-                self._protected.add(code)
-            else:
+                held.add(code)
+            elif holder == protection_room.HOLDER:
                 self._protected_refused(code, text)
-        for code in sorted(self._protected - want):
-            self.subs.release(protection_room.HOLDER, MarketKind.TRADES, code)
-            self._protected.discard(code)
+        for code in sorted(held - want):
+            self.subs.release(holder, MarketKind.TRADES, code)
+            held.discard(code)
 
     def _subscription_refused(self, agent: str, notice: Notice) -> None:
         """The broker refused a registration want() had granted: an agent is told (its runtime polls
-        quotes and asks again); the protections' watch asks again at its next look, alerted once."""
-        if agent != protection_room.HOLDER:
+        quotes and asks again); the gateway's own watches ask again at their next look after a back-off, the
+        protections' alerted once (a shadow order's virtual fill waits: nothing real is at stake)."""
+        if agent not in (protection_room.HOLDER, SHADOW_HOLDER):
             self.book.notify(agent, notice)
             return
-        self._protected.discard(notice.code)
-        n = self._protected_retry.get(notice.code, (0.0, 0))[1] + 1
-        self._protected_retry[notice.code] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
-        self._protected_refused(notice.code, notice.text)
+        (self._protected if agent == protection_room.HOLDER else self._shadowed).discard(notice.code)
+        key = (agent, notice.code)
+        n = self._protected_retry.get(key, (0.0, 0))[1] + 1
+        self._protected_retry[key] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)
+        if agent == protection_room.HOLDER:
+            self._protected_refused(notice.code, notice.text)
 
     def _cash_refused(self, o: Order, why: str) -> bool:
         """KIS refused a buy for want of cash: the account holds less than the gateway's last read said (money

@@ -44,6 +44,7 @@ from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, Broker
 from server.md_sanity import KINDS, MARKETS
 
 SHADOW_PREFIX = "shadow-"
+HOLDER = "shadow"  # who holds the trade registrations of the codes shadow orders rest in (server/subscriptions.py)
 _AT_ARRIVAL_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})  # they never rest
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
 # the closing call matches nothing until its single-price uncross at the close: its print comes then
@@ -204,6 +205,11 @@ class ShadowExecution:
             line.code, line.side, line.remaining, req.price, order_type=line.order_type, tif=line.tif
         )
         return self._ack(odno)
+
+    def codes(self) -> set[str]:
+        """The codes shadow orders rest in: their prints must reach this venue whether or not the agent that sent
+        them is online to hold the registration (a flatten of a stopped shadow agent rested unfilled all day)."""
+        return {line.code for line in self.resting.values()}
 
     def on_trade(
         self, code: str, price: int, qty: int, *, bid1: int = 0, ask1: int = 0, change: int = 0, time: str = ""

@@ -37,19 +37,52 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
             _protected=set(),
             _refused_protected=set(),
             _protected_retry={},
+            _shadowed=set(),
+            shadow_venue=SimpleNamespace(codes=set),
             alerts=lambda text, *kind_agent, **subject: alerts.append(text),
         )
         gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
+        gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
         for _ in range(25):  # 5 s of the lease loop (a tick every lease_s / 5 = 0.2 s)
             Gateway._watch_protected(gw)  # type: ignore[arg-type]
             await asyncio.sleep(0.01)
         assert broker.calls == 1 and len(alerts) == 1 and "will not fire" in alerts[0]
         # the back-off passes: asked again (granted now), no second alert the same day
-        gw._protected_retry["005930"] = (time.monotonic() - 1, 1)
+        gw._protected_retry[("protection", "005930")] = (time.monotonic() - 1, 1)
         broker.refuse = False
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         assert broker.calls == 2 and gw._protected == {"005930"} and len(alerts) == 1
+
+    asyncio.run(main())
+
+
+def test_a_resting_shadow_orders_code_is_watched_while_its_agent_is_away_and_released_after() -> None:
+    """A shadow order fills against the prints of its code; with its agent stopped nobody held the code's trade
+    registration and the order (a flatten's sell of a stopped shadow agent) rested unfilled all day."""
+
+    async def main() -> None:
+        broker = RefusingBroker()
+        broker.refuse = False
+        resting = {"000660"}
+        gw = SimpleNamespace(
+            protection=SimpleNamespace(codes=set, of=lambda: []),
+            shadow_venue=SimpleNamespace(codes=lambda: set(resting)),
+            _protected=set(),
+            _shadowed=set(),
+            _refused_protected=set(),
+            _protected_retry={},
+            alerts=lambda *a, **k: None,
+        )
+        gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
+        gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert broker.calls == 1 and gw._shadowed == {"000660"}
+        assert gw.subs.table() == {"trades:000660": ["shadow"]}
+        resting.clear()  # filled: the registration goes
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        assert gw._shadowed == set() and not gw.subs.table().get("trades:000660")  # (dropped after its debounce)
 
     asyncio.run(main())

@@ -50,8 +50,11 @@ def watching_gateway(h: Harness, broker: Broker, slots: int) -> SimpleNamespace:
         _protected=set(),
         _refused_protected=set(),
         _protected_retry={},
+        _shadowed=set(),
+        shadow_venue=SimpleNamespace(codes=set),
     )
     gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
+    gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
     gw.subs = SubscriptionManager(
         broker,  # type: ignore[arg-type]
         slots=slots,
