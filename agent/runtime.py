@@ -409,6 +409,7 @@ class AgentRuntime(AgentServicesMixin):
         self._stopping = False
         # why a strategy error stopped the agent (card on_error = "stop"; "": it did not): it exits EXIT_STRATEGY
         self._strategy_stop = ""
+        self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
         self._timer_s = 0.0
@@ -779,6 +780,11 @@ class AgentRuntime(AgentServicesMixin):
             self._first_registration()
             self._start_strategy()
             self._loop(wake_r)
+            if self._strategy_exited:
+                self._leaving = f"stopped: the strategy ended itself ({self._strategy_exited})"
+                self._exit_code = EXIT_STRATEGY
+                self.log.error("%s: exit %d", self._leaving, EXIT_STRATEGY)
+                return EXIT_STRATEGY
             if self._strategy_stop:
                 self._leaving = f"stopped after a strategy error (on_error = stop): {self._strategy_stop}"
                 self._exit_code = EXIT_STRATEGY
@@ -2387,6 +2393,17 @@ class AgentRuntime(AgentServicesMixin):
                 elif self.card.on_error is OnError.STOP:
                     self._stopping = True
                     self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
+        except (SystemExit, KeyboardInterrupt) as e:
+            # the strategy's own sys.exit() (or a KeyboardInterrupt it raised: a real Ctrl-C is a signal the runtime
+            # handles): a strategy error that stops the agent. Its callback's orders went out and the agent left
+            # with exit 0, a deliberate stop the supervisor never restarts
+            what = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else type(e).__name__
+            self._drop_outbox(mark, name)
+            self.errors += 1
+            failed = RuntimeError(f"{what} in {name}")
+            self._stopping = True
+            self._strategy_exited = self._strategy_exited or f"{what} in {name}"
+            self.log.error("%s ended with %s: the agent stops (exit %d)", name, what, EXIT_STRATEGY)
         finally:
             self._callbacks -= 1
             self._rebuilding -= rebuild

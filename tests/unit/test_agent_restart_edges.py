@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -167,6 +168,9 @@ class Probe(Strategy):
         self.ctx.buy(bar.code, 1, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION)
 
     def on_timer(self) -> None:
+        if "exits" in FLAGS:  # half a decision, then the strategy's own exit
+            self.ctx.buy(A, 1, 0, order_type=OrderType.MARKET, tif=TimeInForce.NEXT_SESSION)
+            sys.exit(0)
         raise RuntimeError("timer bug")
 
 
@@ -451,6 +455,29 @@ def test_a_stop_after_a_strategy_error_exits_exit_strategy_and_says_why(
     bye = [m for m in wire.sent if isinstance(m, Unregister)]
     assert len(bye) == 1 and "stopped after a strategy error (on_error = stop)" in bye[0].reason
     assert "RuntimeError in on_timer: timer bug" in bye[0].reason
+
+
+def test_a_strategys_sys_exit_sends_nothing_of_its_callback_and_exits_exit_strategy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.exit() in a callback: its orders went out and the agent left with exit 0, a deliberate stop."""
+    FLAGS.add("exits")
+    wire = _wire_after_a_missed_close()
+    rt = AgentRuntime(_card(), tmp_path / "agent", lock_dir=tmp_path / "locks")
+
+    def register() -> None:
+        rt.client = wire  # type: ignore[assignment]
+        rt.snapshot = _snapshot(wire)
+        rt._follow_clock(rt.snapshot.clock_ns, rt.snapshot.phase)
+        rt._state_after_register(True)
+
+    monkeypatch.setattr(rt, "_first_registration", register)
+    monkeypatch.setattr(rt, "_loop", lambda wake: rt._call("on_timer"))
+    assert rt.run() == EXIT_STRATEGY
+    assert not [m for m in wire.sent if isinstance(m, SubmitOrders)]  # the buy never left (without the exit it does)
+    (bye,) = [m for m in wire.sent if isinstance(m, Unregister)]
+    assert bye.reason == "stopped: the strategy ended itself (sys.exit(0) in on_timer)"
+    assert bye.exit_code == EXIT_STRATEGY
 
 
 # ---- 5. the universe's codes are caught up -----------------------------------------------------------------

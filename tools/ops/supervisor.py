@@ -60,7 +60,7 @@ NO_RESTART_CODES: dict[int, str] = {
     EXIT_DUPLICATE: "the gateway says another live copy holds this id",
     EXIT_LOCKED: "another local copy holds the agent lock",
     # a restart would run the same failing code (its on_start failed, or card on_error = "stop" asked to stop)
-    EXIT_STRATEGY: "stopped after a strategy error (on_error = stop) or a failed on_start",
+    EXIT_STRATEGY: "stopped after a strategy error (on_error = stop), a failed on_start or the strategy's sys.exit()",
 }
 # Restarted, and why (said in the status while it backs off)
 RESTART_REASONS: dict[int, str] = {
