@@ -38,6 +38,8 @@ from typing import Annotated
 
 import msgspec
 
+from common.enums import TimeInForce
+from common.krx import Phase
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 
 BP = 10_000
@@ -161,22 +163,30 @@ def validate(spec: ProtectionSpec) -> str | None:
     return None
 
 
+def entry_mark(tif: TimeInForce, phase: Phase, mark: int) -> int:
+    """The market price a buy placed (or revised) now meets: the last print in the continuous session; 0 for one
+    held for the next session or placed in an auction, which meets a price not printed yet (the open's, the close's:
+    a gap up from yesterday's close is no reason to refuse a sound stop)."""
+    return mark if phase is Phase.CONTINUOUS and tif is not TimeInForce.NEXT_SESSION else 0
+
+
 def met_on_entry(spec: ProtectionSpec, price: int, mark: int) -> str | None:
     """Why a buy's protection would sell the moment the buy fills, or None: a stop at or above what the buy
-    pays (its limit `price`, or the market `mark` when lower or when it has no price) or a take-profit at or
-    below it (its limit, or the mark for a market buy). Each fill would be sold at once, and a strategy that
-    buys again bought and sold in a loop paying fees and tax each turn (a stop typed 78,000 for 68,000).
-    `mark` 0: not known, or not the price the buy meets (one held for the next session: only its limit is judged)."""
+    pays, or a take-profit at or below it. What it pays: its limit `price`, or the market `mark` (entry_mark)
+    when lower (a marketable limit fills near the market) or when it has no price. Each fill would be sold at
+    once, and a strategy that buys again bought and sold in a loop paying fees and tax each turn (a stop typed
+    78,000 for 68,000). Judged when the buy is placed and when it is revised."""
     paid = min(p for p in (price, mark) if p) if price or mark else 0
-    if spec.stop and paid and spec.stop >= paid:
+    if not paid:
+        return None
+    if spec.stop and spec.stop >= paid:
         return (
             f"the stop {spec.stop:,} is at or above the {paid:,} the buy would pay: it would sell each fill the "
             "moment it came (a stop sits below the price)"
         )
-    top = price or mark
-    if spec.take and top and spec.take <= top:
+    if spec.take and spec.take <= paid:
         return (
-            f"the take-profit {spec.take:,} is at or below the {top:,} the buy would pay: it would sell each fill "
+            f"the take-profit {spec.take:,} is at or below the {paid:,} the buy would pay: it would sell each fill "
             "the moment it came (a take-profit sits above the price)"
         )
     return None

@@ -420,6 +420,13 @@ class Gateway:
         return self._answer(msg.h.mid, self.desk.cancel(rec.id, msg.client_order_id))
 
     def _modify(self, rec: AgentRecord, route: bytes, msg: ModifyOrder) -> Message:
+        o = self.book.orders.get(msg.client_order_id)
+        if (
+            o is not None
+            and o.agent == rec.id
+            and (why := self.protection.revise_refusal(o.client_order_id, msg.price))
+        ):
+            return self._answer(msg.h.mid, (ErrorCode.BAD_PROTECTION, why))
         return self._answer(msg.h.mid, self.desk.modify(rec.card, msg.client_order_id, msg.price, msg.qty))
 
     def _get_orders(self, route: bytes, msg: GetOrders) -> Message:

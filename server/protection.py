@@ -45,7 +45,6 @@ import msgspec
 from common.clock import kst_from_ns, yyyymmdd
 from common.config import AgentCard
 from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce, TradingState
-from common.risk_rules import HELD_TIFS
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE, IdError, make_client_order_id, parse_client_order_id, placed_by_gateway
 from common.krx import REGULAR_ORDER_PHASES
@@ -62,6 +61,7 @@ from common.protection import (
     WhenClosed,
     check_print,
     exit_limit,
+    entry_mark,
     met_on_entry,
     priced_action,
     rebase,
@@ -195,8 +195,7 @@ class ProtectionDesk:
         err = (
             "a protective order rides on a buy (protect a held position with ctx.protect)"
             if new.side is not Side.BUY
-            else self._refusal(card.id, spec)
-            or met_on_entry(spec, new.price, 0 if new.tif in HELD_TIFS else self.book.portfolio.marks.get(new.code, 0))
+            else self._refusal(card.id, spec) or met_on_entry(spec, new.price, self._entry_mark(new.code, new.tif))
         )
         if err:
             return OrderResult(client_order_id=coid, accepted=False, code=ErrorCode.BAD_PROTECTION, message=err)
@@ -223,6 +222,19 @@ class ProtectionDesk:
             else:
                 self._sync(self.active[coid])
         return res
+
+    def _entry_mark(self, code: str, tif: TimeInForce) -> int:
+        return entry_mark(tif, self.book.clock.phase(), self.book.portfolio.marks.get(code, 0))
+
+    def revise_refusal(self, coid: str, price: int) -> str | None:
+        """Why a revise of a protected buy to `price` is refused, or None: its protection would sell each fill the
+        moment it came at that price (met_on_entry: a dip buy chased up to its own take-profit bought and sold at
+        once), as a buy placed there is refused."""
+        p = self.active.get(coid)
+        o = self.book.orders.get(coid)
+        if p is None or o is None or p.entry != coid or o.side is not Side.BUY or not o.is_open:
+            return None
+        return met_on_entry(p.spec, price, self._entry_mark(o.code, o.tif))
 
     def protect(self, card: AgentCard, msg: Protect) -> Reply:
         pid, agent = msg.id, card.id

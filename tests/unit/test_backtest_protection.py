@@ -16,7 +16,7 @@ from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE
 from common.orders import OrderState
 from common.protection import Leg, Protection, ProtectionState as PS
-from common.schema import Bar
+from common.schema import Bar, OrderView
 from tools.backtest.data import Series
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 
@@ -201,3 +201,35 @@ def test_a_buys_stop_its_own_fill_would_meet_refuses_the_buy_as_live() -> None:
     assert o.state is OrderState.DENIED and o.reason_code == ErrorCode.BAD_PROTECTION
     assert "at or above the 70,000 the buy would pay" in o.reason
     assert not r.fills and not r.protections
+
+
+class DipBuyChased(Strategy):
+    def on_bar(self, bar: Bar) -> None:
+        if bar.start == D1:  # a dip buy with a take-profit above it: sound
+            oid = self.ctx.buy(bar.code, 10, 64_200, tif=session_tif(self.ctx), take=67_900)
+            self.ctx.modify(oid, 70_300)  # chased up past its own take-profit: live refuses it, so does the backtest
+
+    def on_order(self, o: OrderView) -> None:
+        SEEN.append((o.client_order_id, o.reason_code or str(o.state)))
+
+
+def test_a_protected_buy_revised_to_meet_its_take_profit_is_refused_as_live() -> None:
+    SEEN.clear()
+    bars = [
+        (D1, 70_000, 71_000, 69_500, 70_500),
+        (D2, 70_800, 71_000, 69_800, 70_400),
+        (D3, 70_400, 71_200, 70_000, 71_000),
+    ]
+    series = {
+        CODE: Series(
+            CODE,
+            [
+                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
+                for d, o, h, lo, c in bars
+            ],
+        )
+    }
+    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:DipBuyChased", codes=[CODE])
+    r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 31)))
+    assert ("probe-20240102-1", ErrorCode.BAD_PROTECTION.value) in SEEN
+    assert not r.fills  # the buy rested at 64,200 and expired: nothing bought, nothing sold at once

@@ -544,3 +544,43 @@ async def test_a_buys_level_its_own_fill_would_meet_is_refused_before_anything_i
     assert h.protection.submit(CARD, nxt).code is not ErrorCode.BAD_PROTECTION
     assert h.protection.submit(CARD, buy(5, stop=65_000, take=75_000)).accepted  # levels on the right sides
     await h.close()
+
+
+async def test_a_protected_buy_revised_to_meet_its_levels_is_refused_and_a_marketable_one_is_judged_at_the_market(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from common.schema import ModifyOrder
+    from server.gateway import Gateway
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    h.broker.ref_price = 71_400  # the market: the dip buy at 64,200 rests
+    h.book.portfolio.marks["005930"] = 71_400
+    assert h.protection.submit(CARD, buy(1, price=64_200, take=67_900)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.ACCEPTED)
+    # chased up to 70,300 it would fill and its take-profit sell at once: refused at the gateway's door, as a buy there
+    gw = SimpleNamespace(book=h.book, protection=h.protection, desk=h.desk, headers=HeaderFactory("gateway"))
+    gw._answer = lambda mid, outcome: Gateway._answer(gw, mid, outcome)  # type: ignore[arg-type]
+    rec = SimpleNamespace(id="alpha", card=CARD)
+    reply = Gateway._modify(gw, rec, b"", ModifyOrder(h=H(), client_order_id="alpha-20261120-1", price=70_300))  # type: ignore[arg-type]
+    assert reply.code is ErrorCode.BAD_PROTECTION
+    assert "take-profit 67,900 is at or below the 70,300 the buy would pay" in reply.message
+    assert h.book.orders["alpha-20261120-1"].price == 64_200  # the order as it was
+    reply = Gateway._modify(gw, rec, b"", ModifyOrder(h=H(), client_order_id="alpha-20261120-1", price=65_000))  # type: ignore[arg-type]
+    assert not getattr(reply, "code", None)  # below its take: a revise like any
+    # a marketable limit pays about the market, not its limit: a take between the two is sound
+    assert h.protection.submit(CARD, buy(2, price=72_200, take=71_800)).accepted
+    await h.close()
+
+
+async def test_in_the_opening_call_a_buys_stop_is_not_judged_against_yesterdays_print(tmp_path: Path) -> None:
+    clock = trading_clock(hour=8)
+    clock.set(dt.datetime(2026, 11, 20, 8, 45))  # the opening call: a DAY buy meets the open, not yesterday's close
+    h = Harness(tmp_path / "db", clock=clock)
+    await h.start()
+    h.book.portfolio.marks["005930"] = 70_000
+    assert h.protection.submit(CARD, buy(1, price=75_500, stop=73_000)).code is not ErrorCode.BAD_PROTECTION
+    assert h.protection.submit(CARD, buy(2, price=72_000, stop=73_000)).code is ErrorCode.BAD_PROTECTION  # its limit
+    await h.close()

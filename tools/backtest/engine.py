@@ -67,7 +67,6 @@ from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
-from common.risk_rules import HELD_TIFS
 from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, is_gateway_exit, revise_refusal
 from common.protection import (
@@ -75,6 +74,7 @@ from common.protection import (
     Protection,
     ProtectionSpec,
     WhenClosed,
+    entry_mark,
     met_on_entry,
     protection_spec,
     validate,
@@ -357,7 +357,9 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         if spec is None:
             return e.order(_BUY, code, qty, price, order_type, tif, reason)
         # as live: a bad protective order refuses its buy, as does one its fill would meet at once
-        err = validate(spec) or met_on_entry(spec, price, 0 if tif in HELD_TIFS else e.broker.last.get(code, 0))
+        err = validate(spec) or met_on_entry(
+            spec, price, entry_mark(tif, self.market_phase(), e.broker.last.get(code, 0))
+        )
         coid = e.order(
             _BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
         )
@@ -449,6 +451,8 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             )
         elif why := revise_refusal(o, 0):
             self._refused(o, "modify", what, ErrorCode.BAD_ORDER, why)  # as the gateway refuses it
+        elif met := self._met_on_revise(o, price):  # as the gateway: a protected buy revised to meet its levels
+            self._refused(o, "modify", what, ErrorCode.BAD_PROTECTION, met)
         else:
             told = len(e.pending)
             if b.modify(client_order_id, price, e.pending, today=e.times[e.step][:10] if e._running else ""):
@@ -456,6 +460,12 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             if len(e.pending) == told:  # (else the gate refused it: its ReplaceRefused note tells on_order)
                 why = f"{client_order_id} is held for a later session: cannot revise now"  # live: HELD
                 self._refused(b.orders[client_order_id], "modify", what, ErrorCode.ORDER_NOT_OPEN, why)
+
+    def _met_on_revise(self, o: Order, price: int) -> str | None:
+        p = self._e.protections.active.get(o.client_order_id)
+        if p is None or p.entry != o.client_order_id or o.side is not _BUY:
+            return None
+        return met_on_entry(p.spec, price, entry_mark(o.tif, self.market_phase(), self._e.broker.last.get(o.code, 0)))
 
     def cancel_all(self, code: str = "") -> None:
         """The agent's own open orders (of `code`): the sells the gateway placed for it stay, as live's
