@@ -100,7 +100,7 @@ from common.errors import ErrorCode
 from server.core import build_order_core, run_owner
 from server.equity import AccountReader
 from server import protection as protection_room
-from server.shadow import HOLDER as SHADOW_HOLDER
+from server.shadow import HOLDER as SHADOW_HOLDER, RESERVE_SLOTS as SHADOW_RESERVE_SLOTS
 from server.agent_services import AgentServices, GetSummary
 from server.zap import ZapGuard
 from server.barstore import BarStore
@@ -1143,14 +1143,20 @@ class Gateway:
         """Hold the trade registrations of protected codes in the protections' name, and of the codes shadow
         orders rest in in the shadow venue's: each sees its prints whether or not an agent is online."""
         self._watch(protection_room.HOLDER, self.protection.codes(), self._protected)
-        self._watch(SHADOW_HOLDER, self.shadow_venue.codes(), self._shadowed)
+        self._watch(SHADOW_HOLDER, self.shadow_venue.codes(), self._shadowed, SHADOW_RESERVE_SLOTS)
 
-    def _watch(self, holder: str, want: set[str], held: set[str]) -> None:
+    def _watch(self, holder: str, want: set[str], held: set[str], reserve: int = 0) -> None:
         now = time.monotonic()
         for code in sorted(want - held):
             if self._protected_retry.get((holder, code), (0.0, 0))[0] > now:
                 continue  # the broker refused it lately: asked again after the back-off
-            err, text = self.subs.want(holder, MarketKind.TRADES, code)
+            err, text = self.subs.want(holder, MarketKind.TRADES, code, reserve=reserve)
+            if err is ErrorCode.SUBSCRIPTION_LIMIT and holder == protection_room.HOLDER and self._shadowed:
+                # real shares before virtual orders: the shadow venue's own registrations give their slots up
+                # (one of them now; the others once their release's debounce ran: asked again at the next look)
+                freed = [k for k in self.subs.only_theirs(SHADOW_HOLDER) if self.subs.release(SHADOW_HOLDER, *k)]
+                self._shadowed.difference_update(c for _, c in freed)
+                err, text = self.subs.want(holder, MarketKind.TRADES, code, swapping=freed)
             if err is None:
                 held.add(code)
             elif holder == protection_room.HOLDER:

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ktrader.protection")
 
 MAX_ACTIVE = 100  # active protections per agent
-HOLDER = "protection"  # who holds the trade registrations of protected codes (server/subscriptions.py)
+HOLDER = "gateway:protections"  # who holds the protected codes' trade registrations (no agent id has a ':')
 _RETRY_NS = 1_000_000_000
 # an exit refused by the gateway itself before it was sent: not an attempt the market refused
 _OURS_NOT_SENT = frozenset({ErrorCode.NOT_SENT.value, ErrorCode.BROKER_BUSY.value})

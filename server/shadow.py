@@ -44,7 +44,11 @@ from kis.port import BrokerAck, BrokerCancel, BrokerModify, BrokerNotice, Broker
 from server.md_sanity import KINDS, MARKETS
 
 SHADOW_PREFIX = "shadow-"
-HOLDER = "shadow"  # who holds the trade registrations of the codes shadow orders rest in (server/subscriptions.py)
+# who holds the trade registrations of the codes shadow orders rest in (server/subscriptions.py): a name no agent id can
+# be (common/ids.py AGENT_ID_PATTERN), or an agent of that id would lose its own registrations with the venue's
+HOLDER = "gateway:shadow-orders"
+# registrations the venue leaves free: virtual orders never take the slot a live protection or an agent needs
+RESERVE_SLOTS = 4
 _AT_ARRIVAL_ONLY = frozenset({TimeInForce.IOC, TimeInForce.FOK})  # they never rest
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
 # the closing call matches nothing until its single-price uncross at the close: its print comes then

@@ -66,13 +66,16 @@ class SubscriptionManager:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def want(
-        self, agent: str, kind: MarketKind, code: str, swapping: Collection[Key] = ()
+        self, agent: str, kind: MarketKind, code: str, swapping: Collection[Key] = (), reserve: int = 0
     ) -> tuple[ErrorCode | None, str]:
         """`swapping`: the keys the caller let go of in the same swap (what `release()` returned); at full slots
-        one of them still pending release gives its slot up now. Any other pending slot keeps its debounce."""
+        one of them still pending release gives its slot up now. Any other pending slot keeps its debounce.
+        `reserve`: slots a new registration must leave free (a holder that yields to agents and protections)."""
         key = (kind, code)
         if agent in self.holders[key] and key in self.active:
             return None, "already subscribed"
+        if key not in self.active and reserve and len(self.active) >= self.slots - reserve:
+            return ErrorCode.SUBSCRIPTION_LIMIT, f"{kind.value} {code}: the last {reserve} registrations are kept"
         if key not in self.active and len(self.active) >= self.slots and not self._free_pending(swapping):
             who = sorted({a for k in self.active for a in self.holders[k]})
             return ErrorCode.SUBSCRIPTION_LIMIT, (
@@ -110,6 +113,10 @@ class SubscriptionManager:
                 if not who and key in self.active and key not in self._release:
                     loop = asyncio.get_running_loop()
                     self._release[key] = loop.call_later(max(self.debounce_s, hold_s), self._release_now, key)
+
+    def only_theirs(self, agent: str) -> list[Key]:
+        """The registrations `agent` alone holds."""
+        return [k for k in self.active if self.holders.get(k) == {agent}]
 
     def release(self, agent: str, kind: MarketKind, code: str) -> Key | None:
         """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave. Returns the

@@ -110,7 +110,7 @@ def test_a_stop_fires_with_agent_and_gateway_killed_and_the_agent_finds_it(tmp_p
         lambda: (s := fetch_status(run)) and s.gateway_pid == gw2.pid and s.synced and s, 20, what="new gateway"
     )
     assert [(x.id, x.state) for x in st.protections] == [(p.id, "armed")]
-    assert "trades:005930" in st.subscriptions and "protection" in st.subscriptions["trades:005930"]
+    assert "trades:005930" in st.subscriptions and "gateway:protections" in st.subscriptions["trades:005930"]
     # the price falls through the stop with no agent running: the gateway sells
     move(twin, stop - 300)
     done = wait_for(lambda: (x := protection(run)) and x.state == "done" and x, 20, what="stop fired and sold")

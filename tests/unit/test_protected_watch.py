@@ -5,6 +5,7 @@ subscribe storm KIS blocks app keys for, API.md). Drives the gateway's own two m
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from types import SimpleNamespace
 
@@ -42,14 +43,14 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
             alerts=lambda text, *kind_agent, **subject: alerts.append(text),
         )
         gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
-        gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
+        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
         for _ in range(25):  # 5 s of the lease loop (a tick every lease_s / 5 = 0.2 s)
             Gateway._watch_protected(gw)  # type: ignore[arg-type]
             await asyncio.sleep(0.01)
         assert broker.calls == 1 and len(alerts) == 1 and "will not fire" in alerts[0]
         # the back-off passes: asked again (granted now), no second alert the same day
-        gw._protected_retry[("protection", "005930")] = (time.monotonic() - 1, 1)
+        gw._protected_retry[("gateway:protections", "005930")] = (time.monotonic() - 1, 1)
         broker.refuse = False
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
@@ -75,14 +76,54 @@ def test_a_resting_shadow_orders_code_is_watched_while_its_agent_is_away_and_rel
             _protected_retry={},
             alerts=lambda *a, **k: None,
         )
-        gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
+        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         assert broker.calls == 1 and gw._shadowed == {"000660"}
-        assert gw.subs.table() == {"trades:000660": ["shadow"]}
+        assert gw.subs.table() == {"trades:000660": ["gateway:shadow-orders"]}
         resting.clear()  # filled: the registration goes
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         assert gw._shadowed == set() and not gw.subs.table().get("trades:000660")  # (dropped after its debounce)
+
+    asyncio.run(main())
+
+
+def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_slots_to_protections() -> None:
+    """An agent named "shadow" lost its own registration when the venue's order ended (one holder name for both);
+    and the venue's registrations took the slot a live protection needed (BLIND, 'held by shadow')."""
+    from common.ids import AGENT_ID_PATTERN
+    from server.protection import HOLDER as PROTECTIONS
+    from server.shadow import HOLDER as SHADOW
+
+    assert not re.match(AGENT_ID_PATTERN, PROTECTIONS) and not re.match(AGENT_ID_PATTERN, SHADOW)
+
+    async def main() -> None:
+        broker = RefusingBroker()
+        broker.refuse = False
+        protected: set[str] = set()
+        alerts: list[str] = []
+        gw = SimpleNamespace(
+            protection=SimpleNamespace(codes=lambda: set(protected), of=lambda: []),
+            shadow_venue=SimpleNamespace(codes=lambda: {"000660", "035720", "005380", "000270"}),
+            _protected=set(),
+            _shadowed=set(),
+            _refused_protected=set(),
+            _protected_retry={},
+            alerts=lambda text, *a, **k: alerts.append(text),
+        )
+        gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
+        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
+        gw.subs = SubscriptionManager(broker, slots=6, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        assert gw.subs.want("alpha", MarketKind.TRADES, "005935")[0] is None  # an agent's
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        assert len(gw._shadowed) == 1  # 6 slots, the last 4 kept: the venue takes one of the free five
+        for code in ("068270", "105560", "055550", "012330"):  # agents take the rest
+            assert gw.subs.want("beta", MarketKind.TRADES, code)[0] is None
+        protected.add("005930")  # a live protection, every slot in use: the venue's registration gives its slot up
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert gw._protected == {"005930"} and not gw._shadowed and not alerts
+        assert SHADOW not in str(gw.subs.table())
 
     asyncio.run(main())

@@ -54,7 +54,7 @@ def watching_gateway(h: Harness, broker: Broker, slots: int) -> SimpleNamespace:
         shadow_venue=SimpleNamespace(codes=set),
     )
     gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
-    gw._watch = lambda holder, want, held: Gateway._watch(gw, holder, want, held)  # type: ignore[arg-type]
+    gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
     gw.subs = SubscriptionManager(
         broker,  # type: ignore[arg-type]
         slots=slots,
