@@ -2368,6 +2368,8 @@ class AgentRuntime(AgentServicesMixin):
         self._rebuilding += rebuild
         try:
             getattr(self.strategy, name)(*args)
+            if self._kv is not None and self._kv._lent:  # (state changed in place: saved, or refused here)
+                self._kv.settle()
         except Exception as e:
             failed = e
             halted = (

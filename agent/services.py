@@ -83,29 +83,43 @@ class StateMap(MutableMapping[str, Any]):
             self[key] = default
         return self[key]
 
-    def _sweep(self) -> None:
-        """Values handed out that were changed in place (`state["seen"].append(code)`) are saved as if set again:
-        a restart brought the old ones back, and a strategy that recorded what it did repeated it."""
+    def settle(self) -> None:
+        """Values handed out that were changed in place (`state["seen"].append(code)`) are saved as if set again
+        (a restart brought the old ones back, and a strategy that recorded what it did repeated it). One changed
+        beyond what state may hold (or into what it cannot store) is refused as `state[k] = v` is, with the same
+        error, raised where the callback that changed it ends (the runtime's and the backtest's alike), and the
+        strategy sees the value last saved, what a restart would."""
+        refused: list[str] = []
         for key in list(self._lent):
             value = self._data.get(key)
             try:
                 raw = _enc.encode(value)
             except (TypeError, ValueError, OverflowError) as e:
-                _log.error("state[%r] was changed in place to what cannot be stored (%s): not saved", key, e)
+                refused.append(f"state[{key!r}] was changed in place to what cannot be stored ({e}): not saved")
                 raw = b""
             if raw == self._raw.get(key):
                 continue
-            try:
-                self._check(key, raw)
-            except KtraderError as e:
-                _log.error("state[%r] was changed in place beyond the limits (%s): not saved", key, e)
-                raw = b""
-            if not raw:  # the running strategy sees what a restart would: the last value saved
+            if raw:
+                try:
+                    self._check(key, raw)
+                except KtraderError as e:
+                    refused.append(f"state[{key!r}] was changed in place beyond the limits ({e.message}): not saved")
+                    raw = b""
+            if not raw:
                 self._data[key] = _dec.decode(self._raw[key])
                 self._lent.discard(key)
                 continue
             self._raw[key] = raw
             self._dirty.add(key)
+        if refused:
+            raise KtraderError(ErrorCode.STATE_LIMIT, "; ".join(refused))
+
+    def _sweep(self) -> None:
+        """settle() where no callback can be told (sending state): a refusal is logged."""
+        try:
+            self.settle()
+        except KtraderError as e:
+            _log.error("%s", e.message)
 
     def _check(self, key: str, raw: bytes) -> None:
         if len(raw) > STATE_MAX_VALUE_BYTES:
@@ -129,8 +143,15 @@ class StateMap(MutableMapping[str, Any]):
             ) from None
         self._check(key, raw)
         self._raw[key] = raw
-        self._data[key] = _dec.decode(raw)  # what a restarted agent will see, not the caller's object
-        self._lent.discard(key)
+        back = _dec.decode(raw)
+        if isinstance(value, _MUTABLE) and type(back) is type(value) and back == value:
+            # the caller's own list or dict (it comes back the same): the reference it keeps is the one saved from
+            # (a decoded copy detached it, and its later appends were never saved)
+            self._data[key] = value
+            self._lent.add(key)
+        else:
+            self._data[key] = back  # what a restarted agent will see (a tuple comes back a list)
+            self._lent.discard(key)
         self._dirty.add(key)
         self._deleted.discard(key)
 

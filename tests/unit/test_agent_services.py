@@ -16,6 +16,8 @@ import msgspec
 import pytest
 
 from agent.services import StateMap
+from agent.strategy import Strategy
+from common.calendar import trading_days
 from common.config import AgentCard
 from common.market_clock import ManualClock
 from common.enums import Side
@@ -25,6 +27,7 @@ from common.schema import (
     STATE_MAX_KEYS,
     STATE_MAX_VALUE_BYTES,
     Ack,
+    Bar,
     Error,
     GetState,
     HeaderFactory,
@@ -340,6 +343,27 @@ def test_state_changed_in_place_is_saved_as_if_set_again(caplog: pytest.LogCaptu
     assert m["log"] == [1, 2, 3]
 
 
+def test_state_keeps_the_callers_list_it_was_set_to_and_refuses_an_overgrown_one_where_the_callback_ends() -> None:
+    m = StateMap()
+    seen = ["005930"]
+    m["seen"] = seen  # assigned back "to be safe", as the old behaviour taught: the reference is the one saved from
+    m.take_changes()
+    seen.append("000660")
+    items, _ = m.take_changes()
+    assert StateMap(items)["seen"] == ["005930", "000660"]
+    m["pair"] = (1, 2)  # what does not come back the same is stored as a restart will see it
+    assert m["pair"] == [1, 2]
+    m.take_changes()
+    # grown past the limits in place: refused as `state[k] = v` is, with its error, at the callback's end
+    m["seen"].extend(["x" * 1000] * 70)
+    with pytest.raises(KtraderError) as e:
+        m.settle()
+    assert e.value.code is ErrorCode.STATE_LIMIT and "state['seen'] was changed in place beyond the limits" in str(
+        e.value
+    )
+    assert m["seen"] == ["005930", "000660"] and not m.dirty  # the value last saved, as after a restart
+
+
 def test_state_requests_through_the_service(tmp_path: Path) -> None:
     replies: list = []
     svc = AgentServices(
@@ -485,3 +509,25 @@ def test_answered_queries_are_recorded_by_day(tmp_path: Path) -> None:
     (q,) = h.quotes("005930")
     assert q[:4] == ("2026-11-20", 20.58, 0.0, 3450)  # day from the broker's clock; per, pbr, eps
     assert h.investor("005930") == [("2026-11-19", 69000, 1500, -700, -800, 124_000_000, -58_000_000, -66_000_000)]
+
+
+class _Recorder(Strategy):
+    """Records every bar's close in ctx.state in place (~70 bytes a day): past the 64 KiB a value may hold, live
+    refuses the change at the callback's end; so does a backtest (it grew there for ever, and the run said nothing)."""
+
+    def on_bar(self, bar: Bar) -> None:
+        self.ctx.state.setdefault("closes", []).append(f"{bar.start} {bar.close} " + "." * 40)
+
+
+def test_a_backtests_state_grown_in_place_past_its_limit_fails_the_run_as_live_refuses_it() -> None:
+    from tools.backtest.data import Series
+    from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
+
+    bars = [
+        Bar(code="005930", interval="1d", start=d.isoformat(), open=100, high=100, low=100, close=100, volume=1)
+        for d in trading_days(dt.date(2020, 1, 2), dt.date(2024, 12, 30))
+    ]
+    card = AgentCard(id="rec", name="rec", strategy=f"{__name__}:_Recorder", codes=["005930"])
+    cfg = BacktestConfig(date_from=dt.date(2020, 1, 2), date_to=dt.date(2024, 12, 30))
+    with pytest.raises(BacktestError, match="state\\['closes'\\] was changed in place beyond the limits"):
+        run_backtest(card, {"005930": Series("005930", bars)}, cfg)

@@ -954,6 +954,8 @@ class Backtest:
     def _call(self, hook: str, *args: Any) -> None:
         try:
             getattr(self.strategy, hook)(*args)
+            if self.ctx._kv is not None and self.ctx._kv._lent:
+                self.ctx._kv.settle()
         except Exception as e:
             self._check_missing()  # (the strategy may have let the UNSUPPORTED error through)
             raise BacktestError(
@@ -1017,6 +1019,7 @@ class Backtest:
         # marking only while shares are held.
         broker, pending, times, at = self.broker, self.pending, self.times, self.at
         on_bar = self.strategy.on_bar
+        ctx = self.ctx
         base, last, held = broker.base, broker.last, broker.held
         intraday, minutes, day_end = self.intraday, self.minutes, self.day_end
         dates: list[str] = []
@@ -1101,6 +1104,8 @@ class Backtest:
                 last[bar.code] = bar.close
                 try:
                     on_bar(bar)
+                    if ctx._kv is not None and ctx._kv._lent:  # state changed in place: saved or refused, as live
+                        ctx._kv.settle()
                 except Exception as e:
                     self._check_missing()
                     raise BacktestError(
@@ -1120,6 +1125,8 @@ class Backtest:
                 for bar in bars.values():
                     try:
                         on_bar(bar)
+                        if ctx._kv is not None and ctx._kv._lent:
+                            ctx._kv.settle()
                     except Exception as e:
                         self._check_missing()
                         raise BacktestError(
