@@ -90,11 +90,33 @@ NEW_YEAR_HOURS = (dt.time(10, 0), dt.time(15, 30))
 CSAT_HOURS = (dt.time(10, 0), dt.time(16, 30))
 # KRX closed at 15:00 until its session was lengthened by 30 minutes on 2016-08-01 (shared/data/krx_calendar's xkrx.csv:
 # closes at 06:00 UTC from 2001 through 2016-07-29, 06:30 UTC after; the 15:00 close before 2001 is UNCONFIRMED, as are
-# that era's CSAT days, not listed: their sessions keep these hours). A backtest of intraday bars from then is driven
+# that era's CSAT days, 10:00-16:00, listed from 2001). A backtest of intraday bars from then is driven
 # by the close of its day: a 15:10 bar of 2015 is after the close, not in the continuous session
 LONGER_SESSION_FROM = dt.date(2016, 8, 1)
+CLOSING_CALL = dt.timedelta(minutes=10)  # the single-price call before every close (common/krx.py _edges)
 EARLIER_HOURS = (dt.time(9, 0), dt.time(15, 0))
 EARLIER_NEW_YEAR_HOURS = (dt.time(10, 0), dt.time(15, 0))
+EARLIER_CSAT_HOURS = (dt.time(10, 0), dt.time(16, 0))
+EARLIER_CSAT_DAYS = frozenset(  # xkrx.csv: opens 01:00 UTC, closes 07:00 UTC
+    dt.date.fromisoformat(d)
+    for d in (
+        "2001-11-07",
+        "2002-11-06",
+        "2003-11-05",
+        "2004-11-17",
+        "2005-11-23",
+        "2006-11-16",
+        "2007-11-15",
+        "2008-11-13",
+        "2009-11-12",
+        "2010-11-18",
+        "2011-11-10",
+        "2012-11-08",
+        "2013-11-07",
+        "2014-11-13",
+        "2015-11-12",
+    )
+)
 CSAT_DAYS = frozenset(
     dt.date.fromisoformat(d)
     for d in (
@@ -211,6 +233,8 @@ def session_hours(day: dt.date) -> tuple[dt.time, dt.time] | None:
     if not is_trading_day(day):
         return None
     if day < LONGER_SESSION_FROM:
+        if day in EARLIER_CSAT_DAYS:
+            return EARLIER_CSAT_HOURS
         return EARLIER_NEW_YEAR_HOURS if day == first_trading_day_of_year(day.year) else EARLIER_HOURS
     if day in CSAT_DAYS:
         return CSAT_HOURS
@@ -229,15 +253,21 @@ def close_ns(day: dt.date, closed: dt.time | None = None) -> int | None:
     return int(dt.datetime.combine(day, at, KST).timestamp()) * 1_000_000_000
 
 
-def close_delay(day: dt.date) -> dt.timedelta:
-    """How much later than on a normal day `day`'s regular session closes (an hour on the CSAT day, nothing
-    on the year's first day, which only opens late; nothing on a closed day; half an hour less before
-    LONGER_SESSION_FROM). Wall-clock times that mean
-    "before the close" (a card's `[schedule] end`) move by it, as the exchange's own schedule does."""
+def schedule_end(day: dt.date, end: dt.time) -> dt.time:
+    """A card's `[schedule] end` (a time of a normal day, meaning "this long before the close") on `day`: moved as
+    the session's close moves where it closes later (the CSAT day: the whole session shifts an hour; the year's
+    first session only opens late); where it closed earlier (before LONGER_SESSION_FROM: 15:00) an end in the
+    session's last stretch keeps its distance to the close but never falls inside the closing call's ten minutes
+    (15:20 -> 14:50), and an earlier end stands (a morning window's 10:00 is 10:00: only the close moved)."""
     hours = session_hours(day)
     if hours is None or hours[1] == NORMAL_HOURS[1]:
-        return dt.timedelta()
-    return dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, NORMAL_HOURS[1])
+        return end
+    at = dt.datetime.combine(day, end)
+    delta = dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, NORMAL_HOURS[1])
+    if delta > dt.timedelta():
+        return (at + delta).time()
+    call = dt.datetime.combine(day, hours[1]) - CLOSING_CALL
+    return max(at + delta, min(at, call)).time()
 
 
 @lru_cache(maxsize=None)
@@ -248,7 +278,7 @@ def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
     out: dict[str, tuple[dt.time, dt.time]] = {}
     if year <= LONGER_SESSION_FROM.year:  # every session before the longer one closed at 15:00
         last = min(dt.date(year, 12, 31), LONGER_SESSION_FROM - _ONE_DAY)
-        out.update({d.isoformat(): EARLIER_HOURS for d in trading_days(dt.date(year, 1, 1), last)})
+        out.update({d.isoformat(): session_hours(d) or EARLIER_HOURS for d in trading_days(dt.date(year, 1, 1), last)})
     out[first.isoformat()] = session_hours(first) or NEW_YEAR_HOURS
     out.update({d.isoformat(): CSAT_HOURS for d in CSAT_DAYS if d.year == year and is_trading_day(d)})
     return MappingProxyType(out)  # cached: read-only for every caller

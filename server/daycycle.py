@@ -33,7 +33,7 @@ from typing import Protocol
 
 import msgspec
 
-from common.calendar import close_delay, previous_trading_day
+from common.calendar import previous_trading_day, schedule_end
 from common.clock import KST, date_of, yyyymmdd
 from common.config import AgentCard
 from common.krx import Phase, SessionTimes
@@ -192,8 +192,8 @@ class DayCycle:
 def end_due(card: AgentCard, now: dt.datetime, phase: Phase) -> bool:
     """(a timed clock, in the day's session) Whether `card`'s end of day is due at `now`: from the continuous session
     on, at or past its `schedule.end`, a time of a normal day that a session closing late moves as much (CSAT day)."""
-    end = dt.datetime.combine(now.date(), dt.time.fromisoformat(card.schedule.end), now.tzinfo) + close_delay(
-        now.date()
+    end = dt.datetime.combine(
+        now.date(), schedule_end(now.date(), dt.time.fromisoformat(card.schedule.end)), now.tzinfo
     )
     return RANK[phase] >= RANK[Phase.CONTINUOUS] and now >= end
 
@@ -209,7 +209,7 @@ def policy_time(card: AgentCard, day: dt.date, timed: bool) -> dt.datetime:
         return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
     if not timed:
         return times.closing_call
-    end = dt.datetime.combine(day, dt.time.fromisoformat(card.schedule.end), KST) + close_delay(day)
+    end = dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
     return min(end, times.close)
 
 

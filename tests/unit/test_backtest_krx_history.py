@@ -224,3 +224,12 @@ def test_the_session_closed_at_1500_until_2016_08_01() -> None:
     assert phase_at(dt.datetime(2015, 6, 1, 15, 10, tzinfo=KST)) is not Phase.CONTINUOUS
     assert phase_at(dt.datetime(2015, 6, 1, 14, 55, tzinfo=KST)) is Phase.CLOSING_AUCTION
     assert phase_at(dt.datetime(2016, 8, 1, 15, 10, tzinfo=KST)) is Phase.CONTINUOUS
+
+
+def test_that_eras_csat_days_opened_at_1000_and_closed_at_1600() -> None:
+    # xkrx.csv: 2001..2015's CSAT days open 01:00 UTC and close 07:00 UTC
+    from common.calendar import session_hours
+
+    assert session_hours(dt.date(2015, 11, 12)) == (dt.time(10, 0), dt.time(16, 0))
+    assert session_hours(dt.date(2001, 11, 7)) == (dt.time(10, 0), dt.time(16, 0))
+    assert session_hours(dt.date(2015, 11, 13)) == (dt.time(9, 0), dt.time(15, 0))

@@ -47,9 +47,15 @@ def test_the_end_moves_with_a_late_close(tmp_path: Path) -> None:
         store.close()
 
 
-def test_close_delay_is_the_late_close_only() -> None:
-    close_delay = calendar.close_delay
-    assert close_delay(CSAT) == dt.timedelta(hours=1)
-    assert close_delay(NORMAL) == dt.timedelta()
-    assert close_delay(first_trading_day_of_year(2027)) == dt.timedelta()  # opens late, closes as usual
-    assert close_delay(dt.date(2026, 11, 21)) == dt.timedelta()  # a Saturday
+def test_the_end_moves_with_the_late_close_only_and_an_early_close_moves_the_last_stretch_only() -> None:
+    end = calendar.schedule_end
+    t = dt.time.fromisoformat
+    assert end(CSAT, t("15:20")) == t("16:20") and end(CSAT, t("10:00")) == t("11:00")  # the session shifts
+    assert end(NORMAL, t("15:20")) == t("15:20")
+    assert end(first_trading_day_of_year(2027), t("15:20")) == t("15:20")  # opens late, closes as usual
+    assert end(dt.date(2026, 11, 21), t("15:20")) == t("15:20")  # a Saturday
+    # until 2016-07-29 the close was 15:00 and the open 09:00: the default end is ten minutes before the call
+    old = dt.date(2015, 6, 15)
+    assert end(old, t("15:20")) == t("14:50") and end(old, t("15:25")) == t("14:55")
+    assert end(old, t("15:00")) == t("14:50") and end(old, t("10:00")) == t("10:00")  # a morning window stands
+    assert end(dt.date(2015, 11, 12), t("15:20")) == t("15:50")  # that era's CSAT day: 10:00-16:00

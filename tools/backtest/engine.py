@@ -61,7 +61,7 @@ import msgspec
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import NORMAL_HOURS, close_delay, known_year, late_hours_of, next_session
+from common.calendar import NORMAL_HOURS, known_year, late_hours_of, next_session, schedule_end
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -664,8 +664,10 @@ class Backtest:
 
     def _end_minute_of(self, day: str) -> int:
         """The card's `end` on `day` in minutes after midnight, moved as the session's close (the CSAT day)."""
-        shift = close_delay(dt.date.fromisoformat(day)) if known_year(int(day[:4])) else dt.timedelta()
-        return self._end_minute + int(shift.total_seconds()) // 60
+        if not known_year(int(day[:4])):
+            return self._end_minute
+        end = schedule_end(dt.date.fromisoformat(day), dt.time(*divmod(self._end_minute, 60)))
+        return end.hour * 60 + end.minute
 
     def _eod_steps(self) -> list[int]:
         """Intraday: per bar time, EOD_BEFORE_BAR at each day's first bar whose end reaches the card's
