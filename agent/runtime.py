@@ -245,6 +245,11 @@ def _describe(item: NewOrder | Command) -> str:
     return f"{type(item).__name__} {what}"
 
 
+def _ended(e: BaseException) -> str:
+    """How a strategy ended itself: `sys.exit(0)`, `KeyboardInterrupt`."""
+    return f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else type(e).__name__
+
+
 def _where(e: BaseException) -> str:
     """Where an error in a strategy callback was raised (its innermost frame outside the runtime's own files)."""
     own = {os.path.abspath(__file__), os.path.abspath(_services_module.__file__)}
@@ -1185,6 +1190,10 @@ class AgentRuntime(AgentServicesMixin):
             params = cls.parse_params(self.card.params)
         except Exception as e:
             raise AgentExit(EXIT_BAD_CARD, f"strategy {self.card.strategy}: {e}") from None
+        except (SystemExit, KeyboardInterrupt) as e:  # its module ended the process while imported
+            raise AgentExit(
+                EXIT_STRATEGY, f"strategy {self.card.strategy}: ended itself ({_ended(e)}) while loaded"
+            ) from None
         missing = unsubscribed_bars(cls, self.card.subscriptions.bars)
         if missing:
             raise AgentExit(
@@ -1197,6 +1206,10 @@ class AgentRuntime(AgentServicesMixin):
         except Exception as e:  # its constructor: the strategy's own bug, one line (a traceback restarted it)
             raise AgentExit(
                 EXIT_STRATEGY, f"strategy {self.card.strategy}: could not be built: {type(e).__name__}: {e}{_where(e)}"
+            ) from None
+        except (SystemExit, KeyboardInterrupt) as e:  # (exit 0 and no word: read as a deliberate stop)
+            raise AgentExit(
+                EXIT_STRATEGY, f"strategy {self.card.strategy}: ended itself ({_ended(e)}) while built"
             ) from None
         missed = self._plan_catch_up()  # before on_start: its warm-up history stops before them
         failed = self._call("on_start")
@@ -2399,13 +2412,16 @@ class AgentRuntime(AgentServicesMixin):
             # the strategy's own sys.exit() (or a KeyboardInterrupt it raised: a real Ctrl-C is a signal the runtime
             # handles): a strategy error that stops the agent. Its callback's orders went out and the agent left
             # with exit 0, a deliberate stop the supervisor never restarts
-            what = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else type(e).__name__
+            what = _ended(e)
             self._drop_outbox(mark, name)
             self.errors += 1
             failed = RuntimeError(f"{what} in {name}")
-            self._stopping = True
-            self._strategy_exited = self._strategy_exited or f"{what} in {name}"
-            self.log.error("%s ended with %s: the agent stops (exit %d)", name, what, EXIT_STRATEGY)
+            if name == "on_stop":  # (the agent is stopping already, its exit decided: nothing more to stop)
+                self.log.error("on_stop ended with %s: its orders were not sent", what)
+            else:
+                self._stopping = True
+                self._strategy_exited = self._strategy_exited or f"{what} in {name}"
+                self.log.error("%s ended with %s: the agent stops (exit %d)", name, what, EXIT_STRATEGY)
         finally:
             self._callbacks -= 1
             self._rebuilding -= rebuild

@@ -377,6 +377,29 @@ def test_a_strategy_whose_constructor_raises_exits_in_one_line(tmp_path: Path, m
     assert "could not be built: KeyError: 'lookback'" in str(e.value) and "in broken" in str(e.value)
 
 
+def test_a_strategy_that_exits_while_built_or_in_on_stop_is_told_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sys.exit() in its constructor ended the process with exit 0 and no word; in on_stop the log said 'exit 6'
+    while the agent, already stopping, left as it was going to."""
+    wire = _wire_after_a_missed_close()
+    rt = _registered(tmp_path, wire, _card())
+
+    def exits(self: Any, ctx: Any, params: Any) -> None:
+        sys.exit("bad config")
+
+    monkeypatch.setattr(Probe, "__init__", exits)
+    with pytest.raises(AgentExit) as e:
+        rt._start_strategy()
+    assert e.value.code == EXIT_STRATEGY and "ended itself (sys.exit('bad config')) while built" in str(e.value)
+    monkeypatch.undo()
+    monkeypatch.setattr(Probe, "on_stop", lambda self: sys.exit(0), raising=False)
+    rt = _start(tmp_path / "again", _wire_after_a_missed_close())
+    with caplog.at_level(logging.ERROR):
+        assert rt._call("on_stop") is not None
+    assert "on_stop ended with sys.exit(0): its orders were not sent" in caplog.text and not rt._strategy_exited
+
+
 # ---- 3. a catch-up decided after the next session opened ---------------------------------------------------
 
 
