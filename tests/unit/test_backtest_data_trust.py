@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tools.backtest.cli import main
-from tools.backtest.data import load_bars
+from tools.backtest.data import jumps_note, load_bars
 
 
 def _as_traded_kakao(shared_data: Path, folder: Path) -> Path:
@@ -33,11 +33,12 @@ def _as_traded_kakao(shared_data: Path, folder: Path) -> Path:
 
 def test_a_split_in_as_traded_prices_is_counted_and_adjusted_prices_pass(shared_data: Path, tmp_path: Path) -> None:
     traded = load_bars(_as_traded_kakao(shared_data, tmp_path / "traded"), "035720")
-    (jump,) = [n for n in traded.notes if "beyond the day's price band" in n]
-    assert "1 close(s)" in jump and "first 2021-04-15 560,000 -> 120,500 (-78.5 %, band ±30 %)" in jump
+    jump = jumps_note(traded, "2021-03-02", "2021-04-30")
+    assert "1 close(s) in the run" in jump and "first 2021-04-15 560,000 -> 120,500 (-78.5 %, band ±30 %)" in jump
+    assert not jumps_note(traded, "2023-01-02", "2023-12-28")  # a run years after the jump is not told of it
     # the file the split came from, adjusted: every close within the band of the one before (halts between)
     adjusted = load_bars(shared_data / "krx_daily_fdr_2020_2026" / "035720.csv", "035720")
-    assert not [n for n in adjusted.notes if "beyond" in n]
+    assert not adjusted.jumps
 
 
 def test_a_move_across_sessions_the_file_leaves_out_compounds_but_not_across_halted_rows(tmp_path: Path) -> None:
@@ -45,11 +46,11 @@ def test_a_move_across_sessions_the_file_leaves_out_compounds_but_not_across_hal
     # +60 % in two sessions (01-03 missing): within ±32 % compounded twice (+74 %)
     missing = tmp_path / "000001.csv"
     missing.write_text(head + "2024-01-04,1600,1600,1600,1600,10\n")
-    assert not [n for n in load_bars(missing, "000001").notes if "beyond" in n]
+    assert not load_bars(missing, "000001").jumps
     # the same with 01-03 marked halted: the price stood there, so it is one session's move
     halted = tmp_path / "000002.csv"
     halted.write_text(head + "2024-01-03,0,0,0,1000,0\n2024-01-04,1600,1600,1600,1600,10\n")
-    assert [n for n in load_bars(halted, "000002").notes if "beyond" in n]
+    assert [d for d, _ in load_bars(halted, "000002").jumps] == ["2024-01-04"]
 
 
 def test_of_two_rows_for_one_date_the_first_stands_as_the_warning_says(tmp_path: Path) -> None:
@@ -169,3 +170,12 @@ def test_a_universe_says_which_markets_it_assumed_and_a_stray_off_grid_row_is_na
     # the pykrx set's last row is a mid-session snapshot (shared/data/README.md): one stray close, not adjustment
     s = load_bars(shared_data / "krx_daily_pykrx_2023_2025" / "005930.csv", "005930")
     assert s.adjustment == "raw (but 1 of 370 closes off their day's tick grid: 2025-06-17 58,450)"
+
+
+def test_halted_rows_are_not_told_again_as_missing_sessions(shared_data: Path) -> None:
+    from tools.backtest.cli import _missing_sessions
+    from tools.backtest.data import load_codes
+
+    lg = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["003550"])  # 18 rows FDR marks halted in 2021
+    assert any("18 halted" in n for n in lg["003550"].notes)  # said once, by the loader's note
+    assert _missing_sessions(lg, "2021-01-04", "2021-12-30") == []

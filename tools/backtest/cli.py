@@ -27,6 +27,7 @@ from tools.backtest.data import (
     DataError,
     Listing,
     Series,
+    jumps_note,
     load_benchmark,
     looks_like_path,
     parse_date,
@@ -246,9 +247,12 @@ def _backtest(
     except BacktestError as e:  # the strategy's module fails to import
         _error(console, f"backtest failed: {e}")
         return 1
+    span = (d_from.isoformat(), d_to.isoformat())
     for s in series.values():  # one line per file: what the loader repaired or skipped
         for note in s.notes:
             _warn(console, note)
+        if jumped := jumps_note(s, *span):
+            _warn(console, jumped)
     for line in coverage_gaps(series, d_from, d_to):
         _warn(console, line)
     if assumed:  # (a universe's too: its cells follow KOSPI's tables as a single run does)
@@ -314,7 +318,7 @@ def _backtest(
             "adjustment": s.adjustment,
             "market": str(s.market),
             "kind": str(s.kind),
-            "notes": list(s.notes),
+            "notes": [*s.notes, *filter(None, [jumps_note(s, *span)])],
         }
         for code, s in series.items()
     }
@@ -456,7 +460,7 @@ def _missing_sessions(series: dict[str, Series], lo: str, hi: str) -> list[str]:
                 if calendar.known_year(d.year)
             ]
         starts = s.starts if s.starts is not None else [b.start for b in s.bars]
-        have = {t[:10] for t in starts}
+        have = {t[:10] for t in starts} | s.halted  # (halted rows: the loader's own note counts them)
         missing = [d for d in sessions if begins <= d <= ends and d not in have]
         if missing:
             gaps[code] = (len(missing), missing[0])

@@ -120,6 +120,8 @@ class Series:
     has_volume: bool = True  # False: the file has no volume (fills are not capped; halts not seen)
     starts: list[str] | None = None  # bars[i].start, when the loader has the column already
     through: str = ""  # the file's last bar start (the bars may stop earlier: read up to a date)
+    jumps: tuple[tuple[str, str], ...] = ()  # (day, what): closes beyond the band from the close before (jumps_note)
+    halted: frozenset[str] = frozenset()  # days the file marks halted (no bar: not missing from it)
 
 
 @dataclass(slots=True)
@@ -141,7 +143,7 @@ class _Columns:
     halted: set[str] = field(default_factory=set)  # days the file marks halted (no trades: the price stood)
     bars: dict[str, list[Bar]] = field(default_factory=dict)  # code -> Bars (built once)
     adjustment: dict[tuple[SecurityKind, Market], str] = field(default_factory=dict)
-    jumps: dict[Market, str] = field(default_factory=dict)  # market -> the band check's note ("" none)
+    jumps: dict[Market, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # market -> _jumps
 
 
 _FILES: dict[tuple[str, int, int, bool, str], _Columns] = {}
@@ -478,14 +480,15 @@ def grid_label(starts: Sequence[str], closes: Sequence[int], kind: SecurityKind,
 JUMP_SLACK_PCT = 2
 
 
-def _jumps(path: Path, cols: _Columns, market: Market) -> str:
-    """A note when closes moved from the day before's last close further than that day's band lets a price
-    move: a split, a consolidation or a rights issue in as-traded data, which a backtest books as a gain or a
-    loss nobody made (Kakao's 5:1 split of 2021-04-15 read as -78.5 %). "" when none did."""
+def _jumps(cols: _Columns, market: Market) -> tuple[tuple[str, str], ...]:
+    """(day, what) of each close that moved from the day before's last close further than that day's band lets a
+    price move: a split, a consolidation or a rights issue in as-traded data, which a backtest books as a gain or
+    a loss nobody made (Kakao's 5:1 split of 2021-04-15 read as -78.5 %). The run warns of those in its span."""
     got = cols.jumps.get(market)
     if got is not None:
         return got
-    n, first, prev, prev_day, base, base_day = 0, "", 0, "", 0, ""
+    out: list[tuple[str, str]] = []
+    prev, prev_day, base, base_day = 0, "", 0, ""
     for t, c in zip(cols.starts, cols.c):
         day = t[:10]
         if day != prev_day:  # intraday: every bar of a day against the last close before the day
@@ -497,18 +500,9 @@ def _jumps(path: Path, cols: _Columns, market: Market) -> str:
                 and abs(c - base) * 100 > (pct + JUMP_SLACK_PCT) * base
                 and _beyond(base, c, pct + JUMP_SLACK_PCT, _sessions_moved(base_day, day, cols.halted))
             ):
-                n += 1
-                if not first:
-                    move = (c - base) * 100 / base
-                    first = f"{day} {base:,} -> {c:,} ({move:+.1f} %, band ±{pct} %)"
+                out.append((day, f"{day} {base:,} -> {c:,} ({(c - base) * 100 / base:+.1f} %, band ±{pct} %)"))
         prev = c
-    got = cols.jumps[market] = (
-        f"{path.name}: {n:,} close(s) beyond the day's price band from the close before (first {first}): a split "
-        "or another corporate action these prices are not adjusted for; the backtest books the jump as a gain or "
-        "a loss (use split-adjusted data for a run across it)"
-        if n
-        else ""
-    )
+    got = cols.jumps[market] = tuple(out)
     return got
 
 
@@ -531,10 +525,22 @@ def _beyond(base: int, close: int, pct: int, sessions: int) -> bool:
     return close * scale > base * up or close * scale < base * down
 
 
-def _notes(path: Path, cols: _Columns, market: Market = Market.KOSPI) -> tuple[str, ...]:
+def jumps_note(s: Series, lo: str, hi: str) -> str:
+    """The warning for `s`'s closes beyond the band (Series.jumps) from `lo` to `hi` (days), "" when none: a
+    jump years before a run is no news to it (and the file may well be adjusted since)."""
+    inside = [what for day, what in s.jumps if lo <= day <= hi]
+    if not inside:
+        return ""
+    name = Path(s.source).name if s.source else s.code
+    return (
+        f"{name}: {len(inside):,} close(s) in the run beyond the day's price band from the close before (first "
+        f"{inside[0]}): a split or another corporate action the prices do not account for; the run books the jump "
+        "as a gain or a loss (use split-adjusted data across it)"
+    )
+
+
+def _notes(path: Path, cols: _Columns) -> tuple[str, ...]:
     out = []
-    if jumps := _jumps(path, cols, market):
-        out.append(jumps)
     if cols.problems:
         parts = [f"{n:,} {kind}" for kind, n in sorted(cols.problems.items())]
         examples = "; ".join(f"{kind}: {cols.first[kind]}" for kind in sorted(cols.problems))
@@ -571,7 +577,9 @@ def load_bars(
         market=listing.market,
         sector=listing.sector,
         adjustment=_adjustment(cols, listing),
-        notes=_notes(path, cols, listing.market),
+        notes=_notes(path, cols),
+        jumps=_jumps(cols, listing.market),
+        halted=frozenset(cols.halted),
         has_volume=cols.has_volume,
         starts=starts,
         through=cols.starts[-1] if cols.starts else "",

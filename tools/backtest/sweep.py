@@ -180,6 +180,8 @@ class _SeriesData(msgspec.Struct, array_like=True):
     adjustment: str = ""
     notes: list[str] = []
     through: str = ""
+    jumps: list[list[str]] = []
+    halted: list[str] = []
 
 
 class _HistoryData(msgspec.Struct, array_like=True):
@@ -230,6 +232,8 @@ def encode_payload(series: dict[str, Series], history: CompanyHistory | None) ->
             adjustment=s.adjustment,
             notes=list(s.notes),
             through=s.through,
+            jumps=[list(j) for j in s.jumps],
+            halted=sorted(s.halted),
         )
         for s in series.values()
     ]
@@ -275,6 +279,8 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
                 adjustment=s.adjustment,
                 notes=tuple(s.notes),
                 through=s.through,
+                jumps=tuple((d, w) for d, w in s.jumps),
+                halted=frozenset(s.halted),
             )
         history = None
         if p.history is not None:
