@@ -415,6 +415,7 @@ class AgentRuntime(AgentServicesMixin):
         # why a strategy error stopped the agent (card on_error = "stop"; "": it did not): it exits EXIT_STRATEGY
         self._strategy_stop = ""
         self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
+        self._awaiting: OrderView | None = None  # an order update heard once its fill's event has come (_on_event)
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
         self._timer_s = 0.0
@@ -940,6 +941,7 @@ class AgentRuntime(AgentServicesMixin):
         with self._held():  # nothing leaves before the snapshot is applied and the state is back
             for ev in reply.events:
                 self._on_event(ev, replay=True, notify=not fresh)
+            self._flush_awaiting()
             seen = self.last_seq
             self._apply_snapshot(reply.snapshot)
             if not fresh and seen < reply.snapshot.last_seq:
@@ -1539,6 +1541,7 @@ class AgentRuntime(AgentServicesMixin):
             while self.client.inbox:
                 self._on_message(self.client.inbox.popleft())
                 self._keep_lease()
+            self._flush_awaiting()
             if self.client.sub in ready:
                 batch = self._queued_pubs()
                 # order events the gateway sent before this market data (e.g. the day's expiries, sent
@@ -1547,6 +1550,7 @@ class AgentRuntime(AgentServicesMixin):
                 while (msg := self.client.recv_nowait()) is not None:
                     self._on_message(msg)
                     self._keep_lease()
+                self._flush_awaiting()
                 self._on_sub(batch)
             now = time.monotonic()
             if self._next_timer_ns is not None:
@@ -1769,6 +1773,7 @@ class AgentRuntime(AgentServicesMixin):
             before = self.last_seq
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
+            self._flush_awaiting()
             self._events_asked = None  # (answered)
             if before < self.last_seq < msg.last_seq:
                 # a batch stops at its limit: ask on until the gateway's last (no progress: nothing to ask)
@@ -1892,6 +1897,12 @@ class AgentRuntime(AgentServicesMixin):
             self.orders[r.client_order_id] = denied
             self._call("on_order", denied)
 
+    def _flush_awaiting(self) -> None:
+        """The strategy hears the order update that waited for its fill's event (see _on_event)."""
+        waiting, self._awaiting = self._awaiting, None
+        if waiting is not None:
+            self._call("on_order", waiting)
+
     def _ask_events(self) -> None:
         """Ask the gateway for this agent's events after the last one read, once per point: every live event
         arriving after a gap asked again while the first answer was on its way (a burst of fills after a gap:
@@ -1918,11 +1929,17 @@ class AgentRuntime(AgentServicesMixin):
             return
         self.last_seq = ev.seq
         body = ev.body
+        waiting = self._awaiting
+        if waiting is not None and not (
+            isinstance(body, FillUpdate) and body.fill.client_order_id == waiting.client_order_id
+        ):
+            self._flush_awaiting()  # (its fill did not come next: heard as it is)
         # an event the registration snapshot already covers (a capped replay fetched after it): the strategy
         # hears it, but it never takes the view back behind the snapshot's
         older = ev.seq <= self._snap_seq
         if isinstance(body, OrderUpdate):
             self._answered(body.order.client_order_id)  # the gateway has it
+            before = self.orders.get(body.order.client_order_id)
             if not (older and body.order.client_order_id in self._snap_ids):
                 self.orders[body.order.client_order_id] = body.order
             self.log.info(
@@ -1932,7 +1949,12 @@ class AgentRuntime(AgentServicesMixin):
                 body.order.filled_qty,
                 body.order.qty,
             )
-            if notify:
+            if notify and body.order.filled_qty > (before.filled_qty if before is not None else 0):
+                # a fill's order update comes just before the fill's own event: on_order waits for it, so that the
+                # strategy hearing FILLED sees the fill in ctx.position, as a backtest's does (a strategy topping up
+                # to a target from its position in on_order bought twice live)
+                self._awaiting = body.order
+            elif notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):
             if not older:
@@ -1945,6 +1967,7 @@ class AgentRuntime(AgentServicesMixin):
                 body.fill.price,
                 body.position.qty,
             )
+            self._flush_awaiting()
             if notify:
                 self._call("on_fill", body.fill, body.position)
         elif isinstance(body, PositionUpdate):

@@ -245,3 +245,42 @@ def test_a_closure_the_gateway_learned_reaches_the_agents_calendar(tmp_path: Pat
         assert not _decided_too_late("2023-03-02", now_session)  # decided, for 03-06
     finally:
         calendar._reopen_all()
+
+
+class _Sizer(Strategy):
+    """Hears its orders and reads its position there (a target-position strategy tops up from it)."""
+
+    def on_start(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.calls: list[str] = []
+
+    def on_order(self, order: OrderView) -> None:
+        self.seen.append((order.state.value, self.ctx.position(order.code)))
+        self.calls.append("order")
+
+    def on_fill(self, fill: FillView, position: PositionView) -> None:
+        self.calls.append("fill")
+
+
+def test_an_order_heard_filled_sees_its_fill_in_the_position(tmp_path: Path, gateway: type[_Gateway]) -> None:
+    """Live, on_order of a FILLED order ran before the fill reached ctx.position (the gateway sends the order's
+    update, then the fill's): a strategy topping up to 2 shares from its position in on_order ended with 4, where
+    the backtest (which moves the position first) ended with 2."""
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Sizer(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt.last_seq = 10
+    gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
+    rt._connect_and_register()
+    rt._on_message(_event(11, _order(rt, 1, OrderState.ACCEPTED, 0)))
+    rt._on_message(_event(12, _order(rt, 1, OrderState.PARTIALLY_FILLED, 5)))
+    rt._on_message(_fill(rt, 13, 5, 5))
+    rt._on_message(_event(14, _order(rt, 1, OrderState.FILLED, 10)))
+    rt._on_message(_fill(rt, 15, 5, 10))
+    assert s.seen == [("accepted", 0), ("partially_filled", 5), ("filled", 10)]
+    assert s.calls == ["order", "order", "fill", "order", "fill"]  # on_order, then on_fill, as the backtest
+    # an order update whose fill does not come next (a gap, another event first) is heard all the same
+    rt._on_message(_event(16, _order(rt, 2, OrderState.PARTIALLY_FILLED, 3)))
+    rt._on_message(_event(17, _order(rt, 3, OrderState.ACCEPTED, 0)))
+    assert s.seen[-2:] == [("partially_filled", 10), ("accepted", 10)]
