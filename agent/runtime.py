@@ -2008,8 +2008,16 @@ class AgentRuntime(AgentServicesMixin):
         try:
             params = load_strategy_class(upd.card.strategy).parse_params(upd.card.params)
         except Exception as e:
+            # the operator was answered "reloaded" (the tool checked the params against the strategy file as it is
+            # now on disk, not the code this process runs): the refusal goes to status with the way out
             self.errors += 1
-            self.log.error("RELOAD refused: params invalid for %s: %s; keeping the old ones", upd.card.strategy, e)
+            text = (
+                f"reload refused, old params kept (changed strategy code needs a restart): the {upd.card.strategy} "
+                f"this agent runs: {e}"
+            )
+            self._last_error, self._last_error_at = text[:ERROR_TEXT_MAX_CHARS], time.monotonic()
+            self.log.error("RELOAD refused: %s", text)
+            self._hb_sent_at = 0.0  # told at once (the heartbeat carries it to the operator's status)
             return
         self.card = upd.card
         self.log.info("RELOAD %s", ", ".join(upd.changed))

@@ -88,6 +88,12 @@ def test_reload_changes_params_of_the_running_strategy_and_keeps_them_if_invalid
         pass  # refused by the gateway
     else:
         wait_for(lambda: "RELOAD refused" in procs.log(probe)[mark:], 10, what="the agent refusing the params")
+        # the operator was answered 'reloaded': the status says the agent refused (it said nothing)
+        wait_for(
+            lambda: "reload refused, old params kept" in (agent(run, "probe").last_error or ""),
+            10,
+            what="the refusal in the status",
+        )
     mark = len(procs.log(probe))
     wait_for(lambda: len(timer_qtys(procs.log(probe), mark)) >= 3, 10, what="three timers after the refusal")
     assert set(timer_qtys(procs.log(probe), mark)) == {"3"}
