@@ -21,6 +21,10 @@ trading are what a user judges a strategy by before real money).
 - IOC / FOK see their first print only: IOC takes what that print allows (the taking rules above) and its
   rest is cancelled with the notice a live IOC's remainder gets; FOK takes all of it against that print or
   nothing.
+- The opening call (08:30-09:00) collects orders until its single-price uncross at the open: an order resting
+  in it (placed, revised or restored then; a next-session order released into it) fills on its first print, the
+  uncross, at that print's price when it can execute there (a market order, a limit at or through it), as live
+  and the backtest fill it; then the rules above.
 - CONDITIONAL (조건부지정가): a limit order until the closing call, whose print fills its rest at the
   call's price (it turns into a market order there): the backtester's rule (tools/backtest/broker.py:
   the limit rule, else the close). The card's end of day cancels it before the call as live.
@@ -65,6 +69,7 @@ class _Resting:
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.DAY
     arriving: bool = True  # no print of its code seen since it was placed (or revised)
+    auction: bool = False  # resting in the opening call: its first print is the call's single price
 
     @property
     def remaining(self) -> int:
@@ -115,6 +120,10 @@ class _Print:
 def _fill_price(line: _Resting, p: _Print, arriving: bool) -> int:
     """The price `line` fills at on print `p`, or 0 (the model in the module's docstring)."""
     buy = line.side is Side.BUY
+    if line.auction:  # the opening call's uncross: every order it can execute trades at its single price
+        if not p.taking_price(line.side):
+            return 0  # (locked at the limit: that side gets nothing)
+        return p.price if line.market or (p.price <= line.price if buy else p.price >= line.price) else 0
     if line.order_type is OrderType.CONDITIONAL and p.closing_call:
         return p.price if p.taking_price(line.side) else 0  # a market order in the call: its single price
     if line.market:
@@ -169,7 +178,9 @@ class ShadowExecution:
         IOC/FOK still open (the restart came before its first print) is settled by the next print, as it would
         have been."""
         arriving = tif in _AT_ARRIVAL_ONLY
-        self.resting[odno] = _Resting(code, side, qty, price, filled, order_type, tif, arriving=arriving)
+        self.resting[odno] = _Resting(
+            code, side, qty, price, filled, order_type, tif, arriving=arriving, auction=self._in_call()
+        )
 
     def _time(self) -> str:
         return self.clock.now().strftime("%H%M%S")
@@ -186,9 +197,19 @@ class ShadowExecution:
             )
         odno = f"{SHADOW_PREFIX}{order.client_order_id}"
         self.resting[odno] = _Resting(
-            order.code, order.side, order.qty, order.price, order_type=order.order_type, tif=order.tif
+            order.code,
+            order.side,
+            order.qty,
+            order.price,
+            order_type=order.order_type,
+            tif=order.tif,
+            auction=self._in_call(),
         )
         return self._ack(odno)
+
+    def _in_call(self) -> bool:
+        """The opening call collects orders until its single-price uncross at the open (its first print)."""
+        return phase_at(self.clock.now()) is Phase.OPENING_AUCTION
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
         line = self.resting.pop(req.broker_order_id, None)
@@ -206,7 +227,13 @@ class ShadowExecution:
         # the revise moves the remainder to the new line at the new price: a new arrival (its place in the
         # queue is lost, as at the exchange)
         self.resting[odno] = _Resting(
-            line.code, line.side, line.remaining, req.price, order_type=line.order_type, tif=line.tif
+            line.code,
+            line.side,
+            line.remaining,
+            req.price,
+            order_type=line.order_type,
+            tif=line.tif,
+            auction=self._in_call(),
         )
         return self._ack(odno)
 
@@ -230,6 +257,7 @@ class ShadowExecution:
             arriving, line.arriving = line.arriving, False
             take = min(line.remaining, qty)
             at = _fill_price(line, p, arriving) if take > 0 else 0
+            line.auction = False  # (its call's print has come: from now on the continuous session's rules)
             if line.tif is TimeInForce.FOK and take < line.remaining:
                 at = 0  # all or nothing
             if at:

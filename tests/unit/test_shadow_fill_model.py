@@ -7,6 +7,7 @@ it only the prints its market-data checks confirm, and the daily report says whi
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 
 import msgspec
@@ -258,5 +259,34 @@ async def test_a_restart_keeps_a_shadow_order_s_type(tmp_path: Path) -> None:
     try:
         h.core.shadow_venue.on_trade("005930", 69_500, 1_000, bid1=69_500, ask1=69_600, time="153000")
         assert _state(h, 1) == (OrderState.FILLED, 10, 10 * 69_500)
+    finally:
+        await h.close()
+
+
+async def test_a_shadow_order_in_the_opening_call_fills_at_its_single_price(tmp_path: Path) -> None:
+    """Live, the opening call's uncross fills every order it executes at one price; the shadow market bought a
+    market order one tick above it (at the ask of that print), so a shadow card's rehearsal failed its audit against
+    the backtest (300,500 against 300,000, UNEXPLAINED)."""
+    from tests.fakes.core import trading_clock
+
+    clock = trading_clock()
+    clock.set(dt.datetime(2026, 11, 20, 8, 45))  # the opening call
+    h = Harness(tmp_path / "gw.sqlite", clock=clock)
+    await h.start()
+    try:
+        await h.base_prices.ensure(["005930"])
+        h.desk.set_mode("alpha", True)
+        await _placed(h, new(1, 10, 0, kind=OrderType.MARKET))
+        await _placed(h, new(2, 10, 70_500))  # a limit through the uncross: the single price, no better
+        await _placed(h, new(3, 10, 69_000))  # below it: rests
+        clock.set(dt.datetime(2026, 11, 20, 9, 0))
+        h.core.shadow_venue.on_trade("005930", 70_000, 5_000, bid1=69_900, ask1=70_100, time="090000")  # the uncross
+        assert _state(h, 1) == (OrderState.FILLED, 10, 10 * 70_000)
+        assert _state(h, 2) == (OrderState.FILLED, 10, 10 * 70_000)
+        assert _state(h, 3) == (OrderState.ACCEPTED, 0, 0)
+        # the continuous session's rules from the next print on: a market order takes at the ask
+        await _placed(h, new(4, 10, 0, kind=OrderType.MARKET))
+        h.core.shadow_venue.on_trade("005930", 70_000, 100, bid1=69_900, ask1=70_100, time="090001")
+        assert _state(h, 4) == (OrderState.FILLED, 10, 10 * 70_100)
     finally:
         await h.close()
