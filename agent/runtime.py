@@ -95,7 +95,7 @@ from common.schema import (
     SystemEvent,
 )
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
-from common.schema import ERROR_TEXT_MAX_CHARS, HISTORY_WAIT_S, INTRADAY_SCOPE, UniverseUpdate
+from common.schema import ERROR_TEXT_MAX_CHARS, HISTORY_MAX_BARS, HISTORY_WAIT_S, INTRADAY_SCOPE, UniverseUpdate
 from agent.universe import UniverseFollower
 from common.schema import (
     STATE_RESERVED_MAX_BYTES,
@@ -164,6 +164,7 @@ BAR_GAP_EXTRA, MAX_GET_BARS = 8, 5000
 _NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
 # KtraderErrors from the runtime's own services (a gateway query timing out, no connection, the agent's own
 # pause): a callback they end is not a strategy bug, so it neither counts as an error nor pauses the agent.
+_INTERVALS = tuple(i.value for i in BarInterval)  # what ctx.history serves ("1D", "1w": the strategy's typo)
 _SERVICE_ERRORS = frozenset(
     {
         ErrorCode.TIMEOUT,
@@ -714,6 +715,12 @@ class AgentRuntime(AgentServicesMixin):
         # fallback (value_vol's volatility filter on today's range alone). _call skips the callback it ends.
         if n <= 0:
             return []
+        # the strategy's own mistakes are strategy errors (on_error applies, status shows them), not an outage of
+        # the history: '1D' or n=100000 was skipped as 'history unavailable' for ever, the agent shown healthy
+        if interval not in _INTERVALS:
+            raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
+        if n > HISTORY_MAX_BARS:
+            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
@@ -734,7 +741,9 @@ class AgentRuntime(AgentServicesMixin):
         )
         # the delivered bar (and the code's missed ones, or those after the last handed over) may be among the
         # newest: ask more, so n remain
-        ask = min(5000, n + len(waiting) + 1) if cut else min(5000, n + UPTO_SLACK) if upto else n
+        ask = (
+            min(HISTORY_MAX_BARS, n + len(waiting) + 1) if cut else min(HISTORY_MAX_BARS, n + UPTO_SLACK) if upto else n
+        )
         try:
             reply = self.call_gateway(
                 GetBars(h=self.headers(), code=code, interval=interval, n=ask), timeout_s=HISTORY_WAIT_S

@@ -699,6 +699,7 @@ class MarketSnapshot(_Msg, tag="market", frozen=True):
 # back-fill left running after its agent gave up spent the agent's REST quota on an answer nobody read, and each
 # next request queued behind it: none of 23 warm-ups at 0.2 calls/s got through)
 HISTORY_WAIT_S = 15.0
+HISTORY_MAX_BARS = 5000  # bars one history request returns at most
 
 
 class GetBars(_Msg, tag="get_bars", frozen=True):
@@ -706,7 +707,7 @@ class GetBars(_Msg, tag="get_bars", frozen=True):
 
     code: str
     interval: str  # 1m | 5m | 15m | 60m | 1d
-    n: Annotated[int, msgspec.Meta(gt=0, le=5000)] = 100
+    n: Annotated[int, msgspec.Meta(gt=0, le=HISTORY_MAX_BARS)] = 100
 
 
 class BarsReply(_Msg, tag="bars", frozen=True):

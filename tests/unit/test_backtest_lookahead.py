@@ -27,19 +27,19 @@ class Peeker(Strategy):
             (
                 "*",
                 "start",
-                [b.start for b in self.ctx.history("005930", "1d", 10**6)],
+                [b.start for b in self.ctx.history("005930", "1d", 5000)],
                 self.ctx.now().date().isoformat(),
             )
         )
 
     def on_bar(self, bar: Bar) -> None:
-        hist = self.ctx.history(bar.code, "1d", 10**6)
+        hist = self.ctx.history(bar.code, "1d", 5000)
         other = "005935" if bar.code == "005930" else "005930"
         SEEN.append(
             (
                 bar.code,
                 bar.start,
-                [b.start for b in hist + self.ctx.history(other, "1d", 10**6)],
+                [b.start for b in hist + self.ctx.history(other, "1d", 5000)],
                 self.ctx.now().date().isoformat(),
             )
         )

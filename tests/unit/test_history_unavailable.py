@@ -94,6 +94,27 @@ def test_a_failure_raises_with_why_and_an_empty_answer_stays_empty(tmp_path: Pat
     assert e.value.code is ErrorCode.NOT_REGISTERED
 
 
+class TypoHistory(Strategy):
+    def on_timer(self) -> None:
+        self.ctx.buy(CODE, 1, 82_000)
+        self.ctx.history(CODE, "1D", 20)  # a typo, not an outage
+
+
+def test_a_typo_in_the_interval_or_a_count_past_the_limit_is_a_strategy_error_not_an_outage(tmp_path: Path) -> None:
+    """'1D', '1w' or n=100000 went to the gateway, came back BAD_MESSAGE and were skipped as 'history unavailable'
+    for ever: never counted, on_error never applied, the agent shown healthy while it never decided."""
+    rt, wire, gw = runtime(tmp_path, on_error=OnError.STOP)
+    with pytest.raises(ValueError, match="unknown interval '1D'; known: 1m, 5m, 15m, 60m, 1d"):
+        rt.history(CODE, "1D", 20)
+    with pytest.raises(ValueError, match="n=100000 is over the 5000 bars"):
+        rt.history(CODE, "1d", 100_000)
+    assert gw.asked == []  # nothing asked of the gateway
+    rt.strategy = TypoHistory(rt, None)
+    assert isinstance(rt._call("on_timer"), ValueError)
+    assert rt.errors == 1 and rt._stopping and "ValueError in on_timer" in rt._strategy_stop  # on_error = stop
+    assert wire.orders() == []
+
+
 class LegThenHistory(Strategy):
     """Decides an order, then needs history for the rest of the decision."""
 

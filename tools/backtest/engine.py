@@ -66,7 +66,7 @@ from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
-from common.enums import OrderType, Side, TimeInForce
+from common.enums import BarInterval, OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, is_gateway_exit, revise_refusal
 from common.protection import (
@@ -79,7 +79,7 @@ from common.protection import (
     protection_spec,
     validate,
 )
-from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
+from common.schema import HISTORY_MAX_BARS, Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
@@ -207,6 +207,7 @@ _KST_OFFSET_S = 9 * 3600
 
 
 _TIF_NEXT = TimeInForce.NEXT_SESSION
+_INTERVALS = tuple(i.value for i in BarInterval)
 EOD_BEFORE_BAR, EOD_AFTER_BAR = 1, 2  # Backtest.eod_at: the end of day before the bar's on_bar, or after it
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
@@ -504,7 +505,13 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         """The bars before the current bar time (agent.strategy.Context.history). It never fails (never
         raises HistoryUnavailable, as live may): no data, or an interval the data cannot give, is []."""
         e = self._e
-        if n <= 0 or code not in e.bars:
+        if n <= 0:
+            return []
+        if interval not in _INTERVALS:  # a typo is the strategy's error, as live (agent/runtime.py history)
+            raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
+        if n > HISTORY_MAX_BARS:
+            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
+        if code not in e.bars:
             return []
         t = e.times[e.step]
         if interval == e.interval:
