@@ -322,6 +322,10 @@ class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     end: HHMM = "15:20"
     end_of_day: EndOfDay = EndOfDay.CANCEL
 
+    def __post_init__(self) -> None:
+        if self.end <= self.start:  # (HH:MM compare as times) it could never place a buy of its own
+            raise ValueError(f"schedule end {self.end} is not after its start {self.start}")
+
 
 class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     trades: bool = True  # H0STCNT0 for every code of the card
@@ -347,7 +351,9 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     budget: Krw = 0
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
     subscriptions: Subscriptions = msgspec.field(default_factory=Subscriptions)
-    rate_quota_per_s: float = 1.0  # this agent's share of the REST budget (queries it causes)
+    # this agent's share of the REST budget (queries it causes): positive (0 or less removed the cap, and NaN passed the
+    # card check, was approved and then refused at registration)
+    rate_quota_per_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     schedule: Schedule = msgspec.field(default_factory=Schedule)
     mode: AgentMode = AgentMode.LIVE
     on_error: OnError = OnError.CONTINUE
