@@ -988,6 +988,16 @@ class AgentRuntime(AgentServicesMixin):
         gateway's snapshot and events show it never got it; until its events are read it stays as it is."""
         self.snapshot = snap
         self._follow_closures(snap)
+        if snap.own_state is not TradingState.ACTIVE and not self.paused and self.strategy is None:
+            # a new process the gateway holds as it left the last one (a pause after a strategy error lasts until the
+            # operator resumes it, a restart with the bug fixed included): every buy was refused 'reducing', no why
+            self.log.warning(
+                "the gateway holds this agent %s since before this start (an earlier pause after a strategy error, or "
+                "the operator): %s until the operator resumes it (ktrader control resume --agent %s)",
+                snap.own_state,
+                "nothing new goes" if snap.own_state is TradingState.HALTED else "only sells of held shares go",
+                self.agent_id,
+            )
         # every event up to the snapshot's was read here (the registration's replay was not cut short): an
         # order sent that has no event and is not open there never reached the gateway
         complete = self.last_seq >= snap.last_seq

@@ -143,7 +143,7 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     agent: str
-    trading_state: TradingState
+    trading_state: TradingState  # what it may do now (its own state, reducing after its end of day)
     open_orders: list[OrderView]
     positions: list[PositionView]
     budget: int
@@ -165,6 +165,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     # sessions of the calendar table the exchange closed (the broker's holiday calendar: server/session_days.py),
     # YYYYMMDD: the agent closes them in its own calendar, which decides its daily catch-up and next sessions
     closed_days: list[str] = []
+    # its own state (a pause, the operator's halt or reduce), kept across its restarts: a new process is told why it
+    # is held (ACTIVE: none; trading_state may still be reducing after its end of day)
+    own_state: TradingState = TradingState.ACTIVE
 
 
 # ---- agent / tool → gateway -----------------------------------------------------------------

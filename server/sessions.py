@@ -141,6 +141,7 @@ class AgentSessions:
         return Snapshot(
             agent=agent,
             trading_state=self.risk.effective(agent),
+            own_state=self.risk.agent_state(agent),
             open_orders=[order_view(o) for o in book.orders.values() if o.agent == agent and o.is_open],
             positions=[x for x in p.positions.get(agent, {}).values() if x.qty or x.realized_pnl or x.fees],
             budget=rec.card.budget,

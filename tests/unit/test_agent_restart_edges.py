@@ -400,6 +400,25 @@ def test_a_strategy_that_exits_while_built_or_in_on_stop_is_told_as_such(
     assert "on_stop ended with sys.exit(0): its orders were not sent" in caplog.text and not rt._strategy_exited
 
 
+def test_a_new_process_the_gateway_still_holds_paused_is_told_why_and_how_to_end_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarted with its bug fixed, an agent paused after a strategy error was refused every buy 'reducing' and
+    said nothing of the pause or of the resume command; after its end of day (reducing, its own state active) it is
+    not told so."""
+    wire = _wire_after_a_missed_close()
+    rt = AgentRuntime(_card(), tmp_path / "agent")
+    with caplog.at_level(logging.WARNING):
+        rt._apply_snapshot(_snapshot(wire, trading_state="reducing", own_state="reducing"))
+    assert "holds this agent reducing since before this start" in caplog.text
+    assert "ktrader control resume --agent edge" in caplog.text
+    caplog.clear()
+    rt = AgentRuntime(_card(), tmp_path / "again")
+    with caplog.at_level(logging.WARNING):
+        rt._apply_snapshot(_snapshot(wire, trading_state="reducing"))  # its end of day only
+    assert "since before this start" not in caplog.text
+
+
 # ---- 3. a catch-up decided after the next session opened ---------------------------------------------------
 
 
