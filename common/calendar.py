@@ -272,15 +272,13 @@ def schedule_end(day: dt.date, end: dt.time) -> dt.time:
 
 @lru_cache(maxsize=None)
 def late_hours_of(year: int) -> Mapping[str, tuple[dt.time, dt.time]]:
-    """The year's sessions whose hours are not NORMAL_HOURS, by YYYY-MM-DD (session_hours as a table:
-    a backtest asks per bar time it trades in). Days not in it keep NORMAL_HOURS."""
+    """The year's sessions whose hours are not their era's usual ones (NORMAL_HOURS; EARLIER_HOURS before
+    LONGER_SESSION_FROM), by YYYY-MM-DD (session_hours as a table: a backtest asks per bar time it trades in): the
+    year's first session, the CSAT day."""
     first = first_trading_day_of_year(year)
-    out: dict[str, tuple[dt.time, dt.time]] = {}
-    if year <= LONGER_SESSION_FROM.year:  # every session before the longer one closed at 15:00
-        last = min(dt.date(year, 12, 31), LONGER_SESSION_FROM - _ONE_DAY)
-        out.update({d.isoformat(): session_hours(d) or EARLIER_HOURS for d in trading_days(dt.date(year, 1, 1), last)})
-    out[first.isoformat()] = session_hours(first) or NEW_YEAR_HOURS
+    out = {first.isoformat(): session_hours(first) or NEW_YEAR_HOURS}
     out.update({d.isoformat(): CSAT_HOURS for d in CSAT_DAYS if d.year == year and is_trading_day(d)})
+    out.update({d.isoformat(): EARLIER_CSAT_HOURS for d in EARLIER_CSAT_DAYS if d.year == year and is_trading_day(d)})
     return MappingProxyType(out)  # cached: read-only for every caller
 
 

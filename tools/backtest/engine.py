@@ -61,7 +61,15 @@ import msgspec
 
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
-from common.calendar import NORMAL_HOURS, known_year, late_hours_of, next_session, schedule_end
+from common.calendar import (
+    EARLIER_HOURS,
+    LONGER_SESSION_FROM,
+    NORMAL_HOURS,
+    known_year,
+    late_hours_of,
+    next_session,
+    schedule_end,
+)
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
@@ -229,6 +237,8 @@ def _minute_ns(t: dt.time) -> int:
 
 
 _NORMAL_NS = (_minute_ns(NORMAL_HOURS[0]), _minute_ns(NORMAL_HOURS[1]))  # the open and close after midnight
+_EARLIER_NS = (_minute_ns(EARLIER_HOURS[0]), _minute_ns(EARLIER_HOURS[1]))  # (before LONGER_SESSION_FROM)
+_LONGER_FROM = LONGER_SESSION_FROM.isoformat()
 
 
 def _session_ns(day: str) -> tuple[int, int]:
@@ -241,7 +251,10 @@ def _session_ns(day: str) -> tuple[int, int]:
         # sessions and one date object, not session_hours' walk through the calendar
         year = int(day[:4])
         hours = late_hours_of(year).get(day) if known_year(year) else None
-        o, c = _NORMAL_NS if hours is None else (_minute_ns(hours[0]), _minute_ns(hours[1]))
+        if hours is None:
+            o, c = _NORMAL_NS if day >= _LONGER_FROM else _EARLIER_NS  # (the era's usual hours: era_hours)
+        else:
+            o, c = _minute_ns(hours[0]), _minute_ns(hours[1])
         midnight = ((dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400 - _KST_OFFSET_S) * 1_000_000_000
         got = _SESSION_NS[day] = (midnight + o, midnight + c)
     return got
