@@ -8,6 +8,8 @@ import datetime as dt
 from common.calendar import (
     CSAT_HOURS,
     NEW_YEAR_HOURS,
+    EARLIER_HOURS,
+    LONGER_SESSION_FROM,
     NORMAL_HOURS,
     add_trading_days,
     first_trading_day_of_year,
@@ -62,12 +64,12 @@ def test_settlement_is_two_trading_days_later() -> None:
 
 
 def test_late_hours_table_answers_as_session_hours_for_every_day_1986_2027() -> None:
-    # the backtest's table of late sessions answers as session_hours does, on weekends, holidays,
-    # Saturday sessions, first sessions and CSAT days
+    # the backtest's table of late sessions, over the era's usual hours (09:00-15:00 before 2016-08-01), answers as
+    # session_hours does, on weekends, holidays, Saturday sessions, first sessions and CSAT days of both eras
     d = dt.date(1986, 1, 1)
     while d <= dt.date(2027, 1, 5):
-        hours = session_hours(d)
-        assert late_hours_of(d.year).get(d.isoformat(), NORMAL_HOURS) == (hours or NORMAL_HOURS), d
+        usual = NORMAL_HOURS if d >= LONGER_SESSION_FROM else EARLIER_HOURS
+        assert late_hours_of(d.year).get(d.isoformat(), usual) == (session_hours(d) or usual), d
         d += dt.timedelta(days=1)
 
 
