@@ -1066,8 +1066,6 @@ class AgentRuntime(AgentServicesMixin):
         for tick, at, item in plan:
             if not isinstance(item, NewOrder):
                 fresh = msgspec.structs.replace(item, h=self.headers())  # a fresh timestamp: it waited
-                if isinstance(fresh, Protect):  # (a level met meanwhile fires at once, as decided)
-                    fresh = msgspec.structs.replace(fresh, resent=True)
                 self._commands[fresh.h.mid] = _Pending(tick, at, fresh)
                 if isinstance(fresh, Protect):
                     self._protect_mids[fresh.h.mid] = protect_mids.get(item.h.mid, fresh.id)

@@ -192,22 +192,6 @@ def met_on_entry(spec: ProtectionSpec, price: int, mark: int) -> str | None:
     return None
 
 
-def met_now(spec: ProtectionSpec, mark: int) -> str | None:
-    """Why protecting held shares with `spec` would sell them the moment it is placed, or None: a stop at or
-    above the last print `mark`, or a take-profit at or below it (0: not known). A level typed wrong (78,600 for
-    68,600) sold the whole position at the market with no word; to sell now, sell."""
-    if not mark:
-        return None
-    if spec.stop and spec.stop >= mark:
-        return f"the stop {spec.stop:,} is at or above the last print {mark:,}: it would sell now (to sell now, sell)"
-    if spec.take and spec.take <= mark:
-        return (
-            f"the take-profit {spec.take:,} is at or below the last print {mark:,}: it would sell now "
-            "(to sell now, sell)"
-        )
-    return None
-
-
 def trail_level(high: int, trail_bp: int) -> int:
     return high * (BP - trail_bp) // BP if trail_bp and high else 0
 

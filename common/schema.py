@@ -264,9 +264,6 @@ class Protect(_Msg, tag="protect", frozen=True):
     code: StockCode
     spec: ProtectionSpec
     qty: NonNegInt = 0
-    # sent again after the gateway was lost (agent/runtime.py): its level may have been met meanwhile, and it fires
-    # at once then; a fresh one whose level the last print already meets is refused (a typo sold everything)
-    resent: bool = False
 
 
 class CancelProtection(_Msg, tag="cancel_protection", frozen=True):

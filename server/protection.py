@@ -63,7 +63,6 @@ from common.protection import (
     exit_limit,
     entry_mark,
     met_on_entry,
-    met_now,
     priced_action,
     rebase,
     same_ratio,
@@ -275,11 +274,9 @@ class ProtectionDesk:
             err = f"no shares of {msg.code} to protect (attach it to the buy: ctx.buy(..., stop=...))"
         if not err and msg.qty > held:
             err = f"{msg.qty} shares to protect, {held} held"
-        mark = self.book.portfolio.marks.get(msg.code, 0)  # (no split pending for it: refused above)
-        if not err and not msg.resent:  # (one sent again after a gateway loss was decided before: it fires)
-            err = met_now(msg.spec, mark)
         if err:
             return ErrorCode.BAD_PROTECTION, err
+        mark = self.book.portfolio.marks.get(msg.code, 0)  # (no split pending for it: refused above)
         p = self._put(
             Protection(
                 id=pid,

@@ -134,14 +134,11 @@ def test_a_protection_placed_in_on_fill_for_an_open_fill_is_checked_against_that
     assert not r.positions
 
 
-def test_a_level_the_open_already_met_is_refused_as_live_refuses_it() -> None:
-    """Placed in on_fill with a stop above the fill (the open gapped below it): live refuses a fresh protection
-    whose level the last print already meets (a typo sold the whole position at the market); here the last
-    print is the open's, the fill's own. Nothing is sold; the strategy hears the refusal."""
+def test_a_level_the_open_already_met_fires_at_the_open() -> None:
+    """Placed in on_fill with a stop above the fill (the open gapped below it): live, a level already met
+    by the last print fires at once; here at the open, the fill's own print."""
     r = run([DECIDED, THROUGH, CALM], {D1: [("buy", 10, 0)]}, on_fill={"protect": {"stop": 71_000}})
-    assert sells(r) == []
-    (p,) = r.protections
-    assert p.state is PS.CANCELLED and "the stop 71,000 is at or above the last print 70,800" in p.reason
+    assert sells(r) == [(D2, 10, 70_800, True)]
 
 
 def test_a_protection_placed_at_the_open_comes_before_the_rest_of_the_bars_orders() -> None:

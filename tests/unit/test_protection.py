@@ -584,23 +584,3 @@ async def test_in_the_opening_call_a_buys_stop_is_not_judged_against_yesterdays_
     assert h.protection.submit(CARD, buy(1, price=75_500, stop=73_000)).code is not ErrorCode.BAD_PROTECTION
     assert h.protection.submit(CARD, buy(2, price=72_000, stop=73_000)).code is ErrorCode.BAD_PROTECTION  # its limit
     await h.close()
-
-
-async def test_a_fresh_protection_the_last_print_already_meets_is_refused_and_a_resent_one_fires(
-    tmp_path: Path,
-) -> None:
-    h = Harness(tmp_path / "db")
-    await h.start()
-    assert h.protection.submit(CARD, buy(1)).accepted  # 10 shares bought at 70,000
-    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
-    h.print("005930", 70_800)
-    typo = Protect(h=H(), id="alpha-20261120-2", code="005930", spec=ProtectionSpec(stop=78_600))  # for 68,600
-    code, why = h.protection.protect(CARD, typo)
-    assert code is ErrorCode.BAD_PROTECTION and "the stop 78,600 is at or above the last print 70,800" in why
-    assert not exits(h)  # the whole position is not sold at the market
-    # sent again after the gateway was lost: decided before, its level met meanwhile: it fires as decided
-    again = msgspec.structs.replace(typo, id="alpha-20261120-3", spec=ProtectionSpec(stop=71_000), resent=True)
-    assert h.protection.protect(CARD, again)[0] is None
-    (x,) = exits(h)
-    assert x.side is Side.SELL and x.qty == 10
-    await h.close()

@@ -70,7 +70,6 @@ from common.protection import (
     ProtectionState as PS,
     check,
     exit_limit,
-    met_now,
     stop_level,
     validate,
 )
@@ -129,22 +128,17 @@ class BacktestProtections:
 
     def protect(self, pid: str, code: str, qty: int, spec: ProtectionSpec, ts: int, notes: list[Note]) -> None:
         held = self.broker.position(code)
+        err = validate(spec) or (
+            f"no shares of {code} to protect"
+            if held <= 0
+            else f"{qty} shares to protect, {held} held"
+            if qty > held
+            else None
+        )
         opening = self.opening
         bar = None if opening is None else opening.get(code) if isinstance(opening, dict) else opening
         if bar is not None and bar.code != code:
             bar = None
-        err = (
-            validate(spec)
-            or (
-                f"no shares of {code} to protect"
-                if held <= 0
-                else f"{qty} shares to protect, {held} held"
-                if qty > held
-                else None
-            )
-            # as live: a level the last print (the open's, placed at the open) already meets is refused
-            or met_now(spec, self.broker.last.get(code, 0) if bar is None else bar.open)
-        )
         p = Protection(
             id=pid,
             agent=self.agent,
