@@ -164,6 +164,7 @@ BAR_GAP_EXTRA, MAX_GET_BARS = 8, 5000
 _NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
 # KtraderErrors from the runtime's own services (a gateway query timing out, no connection, the agent's own
 # pause): a callback they end is not a strategy bug, so it neither counts as an error nor pauses the agent.
+AWAIT_FILL_S = 0.2  # how long an order update that shows a new fill waits for the fill's own event (_on_event)
 _INTERVALS = tuple(i.value for i in BarInterval)  # what ctx.history serves ("1D", "1w": the strategy's typo)
 _SERVICE_ERRORS = frozenset(
     {
@@ -417,6 +418,7 @@ class AgentRuntime(AgentServicesMixin):
         self._strategy_stop = ""
         self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
         self._awaiting: OrderView | None = None  # an order update heard once its fill's event has come (_on_event)
+        self._awaiting_until = 0.0
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
         self._timer_s = 0.0
@@ -1515,6 +1517,7 @@ class AgentRuntime(AgentServicesMixin):
                 ", ".join(f"{b.code} {b.start}" for bars in self._daily_retry.values() for b in bars),
             )
         if self.strategy is not None:
+            self._flush_awaiting()  # (an order update still waiting for its fill's event: heard before on_stop)
             self._call("on_stop")
             self.strategy = None
         if self.client is not None:
@@ -1543,6 +1546,9 @@ class AgentRuntime(AgentServicesMixin):
             timeout = max(0.0, min(next_hb - now, self._timer_wait_s(), self.quotes.next_due() - now, retry, told))
             if self._local_refusals:
                 timeout = min(timeout, LOCAL_REFUSAL_S)
+            if self._awaiting is not None:
+                timeout = max(0.0, min(timeout, self._awaiting_until - now))
+                self._flush_awaiting(force=False)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wake.fileno() in ready or wake in ready:
                 try:
@@ -1558,7 +1564,7 @@ class AgentRuntime(AgentServicesMixin):
             while self.client.inbox:
                 self._on_message(self.client.inbox.popleft())
                 self._keep_lease()
-            self._flush_awaiting()
+            self._flush_awaiting(force=False)
             if self.client.sub in ready:
                 batch = self._queued_pubs()
                 # order events the gateway sent before this market data (e.g. the day's expiries, sent
@@ -1567,7 +1573,7 @@ class AgentRuntime(AgentServicesMixin):
                 while (msg := self.client.recv_nowait()) is not None:
                     self._on_message(msg)
                     self._keep_lease()
-                self._flush_awaiting()
+                self._flush_awaiting(force=False)
                 self._on_sub(batch)
             now = time.monotonic()
             if self._next_timer_ns is not None:
@@ -1914,11 +1920,13 @@ class AgentRuntime(AgentServicesMixin):
             self.orders[r.client_order_id] = denied
             self._call("on_order", denied)
 
-    def _flush_awaiting(self) -> None:
-        """The strategy hears the order update that waited for its fill's event (see _on_event)."""
+    def _flush_awaiting(self, force: bool = True) -> None:
+        """The strategy hears the order update that waited for its fill's event (see _on_event); not forced, only
+        once AWAIT_FILL_S passed without it (the two come as two messages: a drain may end between them)."""
+        if self._awaiting is None or (not force and time.monotonic() < self._awaiting_until):
+            return
         waiting, self._awaiting = self._awaiting, None
-        if waiting is not None:
-            self._call("on_order", waiting)
+        self._call("on_order", waiting)
 
     def _ask_events(self) -> None:
         """Ask the gateway for this agent's events after the last one read, once per point: every live event
@@ -1970,7 +1978,7 @@ class AgentRuntime(AgentServicesMixin):
                 # a fill's order update comes just before the fill's own event: on_order waits for it, so that the
                 # strategy hearing FILLED sees the fill in ctx.position, as a backtest's does (a strategy topping up
                 # to a target from its position in on_order bought twice live)
-                self._awaiting = body.order
+                self._awaiting, self._awaiting_until = body.order, time.monotonic() + AWAIT_FILL_S
             elif notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):

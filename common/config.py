@@ -311,6 +311,9 @@ class OnError(StrEnum):
     STOP = "stop"  # report and exit the agent
 
 
+RATE_QUOTA_MAX = 1_000.0  # queries a second: far beyond any KIS budget (20/s real), and finite
+
+
 class Schedule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     # from when the agent's own orders for the day's session are taken (a time of a normal day, open 09:00;
     # moved as the session opens late): before it the risk gate refuses them (DENIED_SCHEDULE), live and in
@@ -351,9 +354,10 @@ class AgentCard(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     budget: Krw = 0
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
     subscriptions: Subscriptions = msgspec.field(default_factory=Subscriptions)
-    # this agent's share of the REST budget (queries it causes): positive (0 or less removed the cap, and NaN passed the
-    # card check, was approved and then refused at registration)
-    rate_quota_per_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # this agent's share of the REST budget (queries it causes) per second; 0: no share of its own (only the gateway's
+    # budget holds it back). Negative, NaN or infinite are refused (they passed the card check, NaN and inf were
+    # reported approved and then refused at registration, a negative one removed the cap unsaid)
+    rate_quota_per_s: Annotated[float, msgspec.Meta(ge=0, le=RATE_QUOTA_MAX)] = 1.0
     schedule: Schedule = msgspec.field(default_factory=Schedule)
     mode: AgentMode = AgentMode.LIVE
     on_error: OnError = OnError.CONTINUE

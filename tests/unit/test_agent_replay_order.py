@@ -111,8 +111,8 @@ def _event(seq: int, order: OrderView) -> AgentEvent:
     return AgentEvent(h=GATEWAY(), seq=seq, body=OrderUpdate(order=order))
 
 
-def _fill(rt: AgentRuntime, seq: int, qty: int, held: int) -> AgentEvent:
-    coid = f"alpha-{rt.day:%Y%m%d}-1"
+def _fill(rt: AgentRuntime, seq: int, qty: int, held: int, n: int = 1) -> AgentEvent:
+    coid = f"alpha-{rt.day:%Y%m%d}-{n}"
     fill = FillView(
         client_order_id=coid, fill_id=f"f{seq}", code="005930", side=Side.BUY, qty=qty, price=60_000, ts_ns=0
     )
@@ -280,7 +280,18 @@ def test_an_order_heard_filled_sees_its_fill_in_the_position(tmp_path: Path, gat
     rt._on_message(_fill(rt, 15, 5, 10))
     assert s.seen == [("accepted", 0), ("partially_filled", 5), ("filled", 10)]
     assert s.calls == ["order", "order", "fill", "order", "fill"]  # on_order, then on_fill, as the backtest
+    # the fill's event in a later read (two messages: a drain may end between them): the update still waits for it
+    rt._on_message(_event(16, _order(rt, 5, OrderState.FILLED, 10)))
+    rt._flush_awaiting(force=False)  # (the loop's end of a drain)
+    assert s.seen[-1] == ("filled", 10)  # not heard yet
+    rt._on_message(_fill(rt, 17, 10, 20, n=5))
+    assert s.seen[-1] == ("filled", 20)
+    # a fill's event that never comes: heard once AWAIT_FILL_S passed
+    rt._on_message(_event(18, _order(rt, 6, OrderState.FILLED, 10)))
+    rt._awaiting_until -= runtime.AWAIT_FILL_S
+    rt._flush_awaiting(force=False)
+    assert s.seen[-1] == ("filled", 20) and len(s.seen) == 5
     # an order update whose fill does not come next (a gap, another event first) is heard all the same
-    rt._on_message(_event(16, _order(rt, 2, OrderState.PARTIALLY_FILLED, 3)))
-    rt._on_message(_event(17, _order(rt, 3, OrderState.ACCEPTED, 0)))
-    assert s.seen[-2:] == [("partially_filled", 10), ("accepted", 10)]
+    rt._on_message(_event(19, _order(rt, 2, OrderState.PARTIALLY_FILLED, 3)))
+    rt._on_message(_event(20, _order(rt, 3, OrderState.ACCEPTED, 0)))
+    assert s.seen[-2:] == [("partially_filled", 20), ("accepted", 20)]

@@ -49,10 +49,11 @@ def test_sample_cards_load() -> None:
         (GOOD + "mode = 'yolo'\n", "$.mode"),
         (GOOD + "[risk]\nmax_order_value = 1.5\n", "$.risk.max_order_value"),
         (GOOD + "[schedule]\nstart = '25:00'\n", "$.schedule.start"),
-        # nonsense that passed: a quota of 0 or less removed the agent's cap, NaN was approved then refused; an end
+        # nonsense that passed: a negative quota removed the agent's cap, NaN and inf were approved then refused; an end
         # before the start left an agent that could never buy
         (GOOD + "rate_quota_per_s = -1.0\n", "$.rate_quota_per_s"),
         (GOOD + "rate_quota_per_s = nan\n", "$.rate_quota_per_s"),
+        (GOOD + "rate_quota_per_s = inf\n", "$.rate_quota_per_s"),
         (GOOD + "[schedule]\nstart = '15:00'\nend = '09:30'\n", "schedule end 09:30 is not after its start 15:00"),
         ("id = ", "not valid TOML"),
     ],
