@@ -721,8 +721,10 @@ class AgentRuntime(AgentServicesMixin):
         # the history: '1D' or n=100000 was skipped as 'history unavailable' for ever, the agent shown healthy
         if interval not in _INTERVALS:
             raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        if n > HISTORY_MAX_BARS:
-            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
+        if not isinstance(n, int) or n > HISTORY_MAX_BARS:  # (a float n, window / 2, was an outage for ever too)
+            raise ValueError(
+                f"history {code} {interval}: n={n!r} is not a whole number of bars up to {HISTORY_MAX_BARS}"
+            )
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
@@ -994,8 +996,9 @@ class AgentRuntime(AgentServicesMixin):
             # a new process the gateway holds as it left the last one (a pause after a strategy error lasts until the
             # operator resumes it, a restart with the bug fixed included): every buy was refused 'reducing', no why
             self.log.warning(
-                "the gateway holds this agent %s since before this start (an earlier pause after a strategy error, or "
-                "the operator): %s until the operator resumes it (ktrader control resume --agent %s)",
+                "the gateway holds this agent %s since before this start (a pause after a strategy error, a limit of "
+                "its card such as its daily loss or drawdown, or the operator: ktrader status says which): %s until "
+                "that ends (a pause or the operator's state: ktrader control resume --agent %s)",
                 snap.own_state,
                 "nothing new goes" if snap.own_state is TradingState.HALTED else "only sells of held shares go",
                 self.agent_id,

@@ -17,7 +17,6 @@ heartbeat replies carry: followed at once (`ctx.now()`, `ctx.market_phase()` dur
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,7 +57,6 @@ STOPPING_REPLY_S = 2.0
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _MUTABLE = (list, dict, bytearray)  # what msgpack decodes that a strategy can change in place
-_log = logging.getLogger("ktrader.agent.state")
 
 
 class StateMap(MutableMapping[str, Any]):
@@ -87,8 +85,8 @@ class StateMap(MutableMapping[str, Any]):
         """Values handed out that were changed in place (`state["seen"].append(code)`) are saved as if set again
         (a restart brought the old ones back, and a strategy that recorded what it did repeated it). One changed
         beyond what state may hold (or into what it cannot store) is refused as `state[k] = v` is, with the same
-        error, raised where the callback that changed it ends (the runtime's and the backtest's alike), and the
-        strategy sees the value last saved, what a restart would."""
+        error, raised where each callback ends while it stays so (the runtime's and the backtest's alike): a restart
+        sees the value last saved."""
         refused: list[str] = []
         for key in list(self._lent):
             value = self._data.get(key)
@@ -106,8 +104,8 @@ class StateMap(MutableMapping[str, Any]):
                     refused.append(f"state[{key!r}] was changed in place beyond the limits ({e.message}): not saved")
                     raw = b""
             if not raw:
-                self._data[key] = _dec.decode(self._raw[key])
-                self._lent.discard(key)
+                # refused at every callback's end while it stays so (the strategy may hold the object: reverted, its
+                # later records were dropped without a word while its orders went on)
                 continue
             self._raw[key] = raw
             self._dirty.add(key)
@@ -115,11 +113,12 @@ class StateMap(MutableMapping[str, Any]):
             raise KtraderError(ErrorCode.STATE_LIMIT, "; ".join(refused))
 
     def _sweep(self) -> None:
-        """settle() where no callback can be told (sending state): a refusal is logged."""
+        """settle() where no callback can be told (sending state): what is refused was raised where the callback that
+        changed it ended (the runtime settles there first); what was saved goes out."""
         try:
             self.settle()
-        except KtraderError as e:
-            _log.error("%s", e.message)
+        except KtraderError:
+            pass
 
     def _check(self, key: str, raw: bytes) -> None:
         if len(raw) > STATE_MAX_VALUE_BYTES:
@@ -144,7 +143,7 @@ class StateMap(MutableMapping[str, Any]):
         self._check(key, raw)
         self._raw[key] = raw
         back = _dec.decode(raw)
-        if isinstance(value, _MUTABLE) and type(back) is type(value) and back == value:
+        if isinstance(value, _MUTABLE) and back == value:  # (a Counter or a defaultdict compares as its dict)
             # the caller's own list or dict (it comes back the same): the reference it keeps is the one saved from
             # (a decoded copy detached it, and its later appends were never saved)
             self._data[key] = value

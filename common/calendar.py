@@ -254,20 +254,22 @@ def close_ns(day: dt.date, closed: dt.time | None = None) -> int | None:
 
 
 def schedule_end(day: dt.date, end: dt.time) -> dt.time:
-    """A card's `[schedule] end` (a time of a normal day, meaning "this long before the close") on `day`: moved as
-    the session's close moves where it closes later (the CSAT day: the whole session shifts an hour; the year's
-    first session only opens late); where it closed earlier (before LONGER_SESSION_FROM: 15:00) an end in the
+    """A card's `[schedule] end` (a time of a normal day, meaning "this long before the close") on `day`. First in its
+    era's hours: before LONGER_SESSION_FROM the usual session closed at 15:00 with the same open, so an end in the
     session's last stretch keeps its distance to the close but never falls inside the closing call's ten minutes
-    (15:20 -> 14:50), and an earlier end stands (a morning window's 10:00 is 10:00: only the close moved)."""
+    (15:20 -> 14:50) and an earlier end stands (a morning window's 10:00 is 10:00). Then moved as far as that day's
+    close moves from its era's usual one where the whole session shifts (a CSAT day: an hour, in either era)."""
     hours = session_hours(day)
-    if hours is None or hours[1] == NORMAL_HOURS[1]:
+    if hours is None:
         return end
     at = dt.datetime.combine(day, end)
-    delta = dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, NORMAL_HOURS[1])
-    if delta > dt.timedelta():
-        return (at + delta).time()
-    call = dt.datetime.combine(day, hours[1]) - CLOSING_CALL
-    return max(at + delta, min(at, call)).time()
+    usual = NORMAL_HOURS if day >= LONGER_SESSION_FROM else EARLIER_HOURS
+    if usual is EARLIER_HOURS:
+        delta = dt.datetime.combine(day, usual[1]) - dt.datetime.combine(day, NORMAL_HOURS[1])
+        call = dt.datetime.combine(day, usual[1]) - CLOSING_CALL
+        at = max(at + delta, min(at, call))
+    shift = dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, usual[1])
+    return (at + shift).time() if shift > dt.timedelta() else at.time()
 
 
 @lru_cache(maxsize=None)

@@ -59,3 +59,4 @@ def test_the_end_moves_with_the_late_close_only_and_an_early_close_moves_the_las
     assert end(old, t("15:20")) == t("14:50") and end(old, t("15:25")) == t("14:55")
     assert end(old, t("15:00")) == t("14:50") and end(old, t("10:00")) == t("10:00")  # a morning window stands
     assert end(dt.date(2015, 11, 12), t("15:20")) == t("15:50")  # that era's CSAT day: 10:00-16:00
+    assert end(dt.date(2015, 11, 12), t("09:20")) == t("10:20")  # the whole session an hour later, not 30 min

@@ -106,8 +106,10 @@ def test_a_typo_in_the_interval_or_a_count_past_the_limit_is_a_strategy_error_no
     rt, wire, gw = runtime(tmp_path, on_error=OnError.STOP)
     with pytest.raises(ValueError, match="unknown interval '1D'; known: 1m, 5m, 15m, 60m, 1d"):
         rt.history(CODE, "1D", 20)
-    with pytest.raises(ValueError, match="n=100000 is over the 5000 bars"):
+    with pytest.raises(ValueError, match="n=100000 is not a whole number of bars up to 5000"):
         rt.history(CODE, "1d", 100_000)
+    with pytest.raises(ValueError, match="n=10.0 is not"):
+        rt.history(CODE, "1d", 10.0)  # type: ignore[arg-type]
     assert gw.asked == []  # nothing asked of the gateway
     rt.strategy = TypoHistory(rt, None)
     assert isinstance(rt._call("on_timer"), ValueError)

@@ -522,8 +522,10 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             return []
         if interval not in _INTERVALS:  # a typo is the strategy's error, as live (agent/runtime.py history)
             raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        if n > HISTORY_MAX_BARS:
-            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
+        if not isinstance(n, int) or n > HISTORY_MAX_BARS:  # (as live)
+            raise ValueError(
+                f"history {code} {interval}: n={n!r} is not a whole number of bars up to {HISTORY_MAX_BARS}"
+            )
         if code not in e.bars:
             return []
         t = e.times[e.step]
