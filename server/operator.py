@@ -934,7 +934,10 @@ class Operator:
         self.publish(SystemEventKind.CARD_RELOADED, msg.agent, ",".join(changed))
         log.warning("card of %s reloaded by %s: %s", msg.agent, msg.h.sender, diff)
         self._tell(AlertKind.OPERATOR, msg.h.sender, f"card of {msg.agent} reloaded: {diff}", msg.agent)
-        return ack(f"{msg.agent}: reloaded {diff}")
+        # (the limits are the gateway's at once; the params reach the strategy if the code it runs accepts them: a
+        # Params class changed on disk since it started refuses them, said in its status' last error)
+        tail = "; the agent applies the params if its running strategy accepts them" if "params" in changed else ""
+        return ack(f"{msg.agent}: reloaded {diff}{tail}")
 
     def _reload_effects(self, agent: str, old: AgentCard, new: AgentCard, apply: bool) -> list[str]:
         """What a changed card does at once, said with the reload: limits lowered below what the agent already holds

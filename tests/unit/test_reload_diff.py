@@ -157,7 +157,7 @@ async def test_a_reload_says_which_lowered_limits_what_is_held_already_exceeds(t
         assert not denied.accepted  # what the reply said
         # only the limits a reload moves are said: a params change alone says nothing of them
         text = d.ack("reload", "alpha", card=msgspec.structs.replace(lowered, params={"qty": 2}))
-        assert text == "alpha: reloaded params.qty 1 → 2", text
+        assert text == "alpha: reloaded params.qty 1 → 2; the agent applies the params if its running strategy accepts them", text
     finally:
         await h.close()
 
