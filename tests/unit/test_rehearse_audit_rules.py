@@ -170,3 +170,21 @@ def test_the_parity_backtest_trades_each_day_at_the_prices_the_twin_prints(tmp_p
     )
     bar = load_series(tmp_path, ["017670"])["017670"].bars[0]
     assert (bar.open, bar.high, bar.low, bar.close) == (41_150, 41_600, 40_700, 41_450)
+
+
+def test_a_shadow_agents_virtual_shares_are_not_compared_with_the_account(tmp_path: Path) -> None:
+    """A shadow card holding overnight failed every rehearsal ('1 position mismatches', no code): its virtual shares
+    were added to the live agents' books and compared with the account, which never holds them."""
+    from server.order_desk import SHADOW_KEY
+    from server.store import Store
+    from tools.rehearse.audit import _positions
+
+    store = Store(tmp_path / "run" / "db" / "gateway.sqlite")
+    try:
+        with store.transaction():
+            store.save_position("live", PositionView(code="005930", qty=2, cost=600_000, realized_pnl=0))
+            store.save_position("shady", PositionView(code="005930", qty=2, cost=600_000, realized_pnl=0))
+            store.set_meta(SHADOW_KEY, '["shady"]')
+    finally:
+        store.close()
+    assert _positions(tmp_path / "run") == {"live": {"005930": 2}}

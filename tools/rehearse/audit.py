@@ -35,6 +35,7 @@ from common.orders import Order, OrderState
 from common.schema import FillUpdate, PositionUpdate
 from server.daily_report import DailyReport
 from server.store import Store
+from server.order_desk import SHADOW_KEY
 from server.reconciler import START
 from tools.backtest.broker import FillRecord
 
@@ -157,9 +158,11 @@ def _orders(run: Path) -> list[tuple[str, Order]]:
 
 
 def _positions(run: Path) -> dict[str, dict[str, int]]:
+    """The live agents' positions (a shadow agent's shares are virtual: the account never holds them)."""
     store = Store(run / "db" / "gateway.sqlite", readonly=True)
     try:
-        return {a: {c: p.qty for c, p in book.items()} for a, book in store.load_positions().items()}
+        shadow = set(msgspec.json.decode(store.get_meta(SHADOW_KEY, "[]"), type=list[str]))
+        return {a: {c: p.qty for c, p in book.items()} for a, book in store.load_positions().items() if a not in shadow}
     finally:
         store.close()
 
@@ -537,7 +540,7 @@ def audit_run(
     for what, items in (("lost", a.lost), ("duplicated", a.duplicated), ("unresolved", a.unresolved)):
         if items:
             a.failures.append(f"{len(items)} {what} orders")
-    # ---- positions: the agents' books together against the account
+    # ---- positions: the live agents' books together against the account (each difference named with its code)
     books: dict[str, int] = defaultdict(int)
     for pos in _positions(run).values():
         for code, qty in pos.items():
@@ -546,5 +549,5 @@ def audit_run(
         if books.get(code, 0) != twin_holdings.get(code, 0):
             a.position_mismatches.append(f"{code}: books {books.get(code, 0)}, account {twin_holdings.get(code, 0)}")
     if a.position_mismatches:
-        a.failures.append(f"{len(a.position_mismatches)} position mismatches")
+        a.failures.append(f"{len(a.position_mismatches)} position mismatches ({'; '.join(a.position_mismatches[:5])})")
     return a
