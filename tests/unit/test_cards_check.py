@@ -150,3 +150,12 @@ def test_a_strategy_module_that_exits_at_import_is_one_cards_problem(
     problems = check_cards(cards, master, account_budget=0)
     assert any(p.field == "strategy" and "exited while being imported" in p.reason for p in problems), problems
     assert any(p.file.endswith("z_bad.toml") for p in problems)  # the cards after it are checked too
+
+
+def test_a_card_without_its_own_order_limits_is_warned_of(tmp_path: Path, master: dict) -> None:
+    """One agent with no order limits of its own used up the account's 500 open orders (or 600 a minute) and every
+    other agent's buys were denied; nothing said so before it ran."""
+    (tmp_path / "open.toml").write_text(card("open"))
+    problems = [p for p in check_cards(tmp_path, master, account_budget=0) if p.field.startswith("risk.max_")]
+    assert problems and all(p.warning for p in problems)
+    assert "lock the others out of new orders" in problems[0].reason

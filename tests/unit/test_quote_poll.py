@@ -363,7 +363,7 @@ def test_cards_check_accepts_polling_and_warns_when_the_quota_cannot_carry_it(tm
     codes = twin_codes()[:4]
     base = (
         'id = "{id}"\nname = "x"\nstrategy = "tests.strategies.subprobe:SubProbe"\ncodes = {codes}\n'
-        "rate_quota_per_s = {q}\n"
+        "rate_quota_per_s = {q}\n[risk]\nmax_open_orders = 10\nmax_orders_per_minute = 20\n"
     )
     (tmp_path / "ok.toml").write_text(
         base.format(id="ok", codes=f'["{codes[0]}"]', q=2.0)

@@ -115,6 +115,17 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
             )
     for field, why in limit_problems(card.risk, card.budget):
         problems.append(Problem(str(f), field, why))
+    unset = [k for k in ("max_open_orders", "max_orders_per_minute") if not getattr(card.risk, k)]
+    if unset:  # (the account's limits are shared: one agent's flood denied every other agent's buys)
+        problems.append(
+            Problem(
+                str(f),
+                "risk." + unset[0],
+                f"no {' nor '.join(unset)} of its own: this agent alone can use up the account's "
+                "(shared by every agent) and lock the others out of new orders",
+                warning=True,
+            )
+        )
     poll = card.subscriptions.poll_quotes_s
     if poll > 0:
         need = len(card.codes) / poll  # if every trade registration of the card were refused
