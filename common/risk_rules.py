@@ -503,6 +503,11 @@ def _gates(
         # released order was judged against the codes it had when it was placed (a re-ranking since, or a new
         # day's list, must not drop the order its strategy was promised)
         return ErrorCode.DENIED_UNKNOWN_CODE, f"{code} is not among this agent's codes"
+    # the market taking no order of this tif now comes before the states: a day order after the close is refused as
+    # such (it said 'agent is reducing' after the card's end, and a strategy answering DENIED_MARKET_CLOSED with a
+    # next-session order never heard it); a next-session order is weighed by the states as before
+    if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES and market.session is _READY:
+        return market_refusal(market, tif)
     # trading state: the gateway's, then the agent's
     if mandate.gateway_state is not _ACTIVE or mandate.agent_state is not _ACTIVE:
         reducing = is_reducing(side, qty, exp)

@@ -201,3 +201,33 @@ async def test_a_conditional_buy_waits_for_the_base_price_as_a_market_buy_does(t
         assert not r.accepted and r.code is ErrorCode.BAD_ORDER and "base price" in r.message, r
     finally:
         await h.close()
+
+
+def test_a_day_order_after_the_close_is_refused_as_market_closed_whatever_the_agents_state() -> None:
+    """After its end of day (reducing) a day buy at 15:30 was refused 'agent is reducing': a strategy that answers
+    DENIED_MARKET_CLOSED with a next-session order never heard it. A next-session order is weighed by the states."""
+    from common.enums import TradingState
+    from common.krx import Phase
+
+    reducing = Mandate(
+        agent_limits=RiskLimits(), account_limits=RiskLimits(), codes={CODE}, agent_state=TradingState.REDUCING
+    )
+
+    def denial(tif: TimeInForce) -> Denial | None:
+        return check_order(
+            code=CODE,
+            side=Side.BUY,
+            qty=1,
+            price=50_000,
+            order_type=OrderType.LIMIT,
+            tif=tif,
+            mandate=reducing,
+            market=MarketView(base_price=BASE, phase=Phase.POST_CLOSE),
+            exp=Exposure(),
+            account=AccountExposure(free_cash=1_000_000),
+        )
+
+    day = denial(TimeInForce.DAY)
+    assert day is not None and day[0] is ErrorCode.DENIED_MARKET_CLOSED and "next_session" in day[1]
+    nxt = denial(TimeInForce.NEXT_SESSION)
+    assert nxt is not None and nxt[0] is ErrorCode.DENIED_REDUCING
