@@ -95,7 +95,14 @@ from common.schema import (
     SystemEvent,
 )
 from common.protection import ExitType, Protection, ProtectionSpec, ProtectionState, WhenClosed, protection_spec
-from common.schema import ERROR_TEXT_MAX_CHARS, HISTORY_MAX_BARS, HISTORY_WAIT_S, INTRADAY_SCOPE, UniverseUpdate
+from common.schema import (
+    ERROR_TEXT_MAX_CHARS,
+    HISTORY_MAX_BARS,
+    HISTORY_WAIT_S,
+    INTRADAY_SCOPE,
+    UniverseUpdate,
+    whole_bars,
+)
 from agent.universe import UniverseFollower
 from common.schema import (
     STATE_RESERVED_MAX_BYTES,
@@ -419,6 +426,8 @@ class AgentRuntime(AgentServicesMixin):
         self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
         self._awaiting: OrderView | None = None  # an order update heard once its fill's event has come (_on_event)
         self._awaiting_until = 0.0
+        self._awaiting_older = False  # it is older than the registration snapshot (_on_event's `older`)
+        self._fills_heard: dict[str, int] = {}  # client order id -> shares its fill events brought (this process)
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
         self._timer_s = 0.0
@@ -721,10 +730,9 @@ class AgentRuntime(AgentServicesMixin):
         # the history: '1D' or n=100000 was skipped as 'history unavailable' for ever, the agent shown healthy
         if interval not in _INTERVALS:
             raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        if not isinstance(n, int) or n > HISTORY_MAX_BARS:  # (a float n, window / 2, was an outage for ever too)
-            raise ValueError(
-                f"history {code} {interval}: n={n!r} is not a whole number of bars up to {HISTORY_MAX_BARS}"
-            )
+        n = whole_bars(n)  # (a float n, window / 2, was an outage for ever too)
+        if n > HISTORY_MAX_BARS:
+            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
@@ -954,9 +962,9 @@ class AgentRuntime(AgentServicesMixin):
         with self._held():  # nothing leaves before the snapshot is applied and the state is back
             for ev in reply.events:
                 self._on_event(ev, replay=True, notify=not fresh)
-            self._flush_awaiting()
             seen = self.last_seq
             self._apply_snapshot(reply.snapshot)
+            self._flush_awaiting()  # (a replay cut between an update and its fill: heard with the snapshot's books)
             if not fresh and seen < reply.snapshot.last_seq:
                 # the replay was capped: fetch the rest (delivered to the strategy, but older than the
                 # snapshot: they never overwrite its orders and positions; see _on_event)
@@ -1799,7 +1807,7 @@ class AgentRuntime(AgentServicesMixin):
             before = self.last_seq
             for ev in msg.events:
                 self._on_event(ev, replay=True)  # contiguous from the gateway's log
-            self._flush_awaiting()
+            self._flush_awaiting(force=False)  # (a batch cut at its limit: the next one may bring the fill)
             self._events_asked = None  # (answered)
             if before < self.last_seq < msg.last_seq:
                 # a batch stops at its limit: ask on until the gateway's last (no progress: nothing to ask)
@@ -1929,6 +1937,8 @@ class AgentRuntime(AgentServicesMixin):
         if self._awaiting is None or (not force and time.monotonic() < self._awaiting_until):
             return
         waiting, self._awaiting = self._awaiting, None
+        if not (self._awaiting_older and waiting.client_order_id in self._snap_ids):
+            self.orders[waiting.client_order_id] = waiting
         self._call("on_order", waiting)
 
     def _ask_events(self) -> None:
@@ -1968,7 +1978,13 @@ class AgentRuntime(AgentServicesMixin):
         if isinstance(body, OrderUpdate):
             self._answered(body.order.client_order_id)  # the gateway has it
             before = self.orders.get(body.order.client_order_id)
-            if not (older and body.order.client_order_id in self._snap_ids):
+            coid = body.order.client_order_id
+            new_fill = (
+                notify
+                and body.order.filled_qty > (before.filled_qty if before is not None else 0)
+                and body.order.filled_qty > self._fills_heard.get(coid, 0)  # (its fill's event not heard yet)
+            )
+            if not new_fill and not (older and body.order.client_order_id in self._snap_ids):
                 self.orders[body.order.client_order_id] = body.order
             self.log.info(
                 "EVENT order %s %s filled %d/%d",
@@ -1977,14 +1993,19 @@ class AgentRuntime(AgentServicesMixin):
                 body.order.filled_qty,
                 body.order.qty,
             )
-            if notify and body.order.filled_qty > (before.filled_qty if before is not None else 0):
+            if new_fill:
                 # a fill's order update comes just before the fill's own event: on_order waits for it, so that the
                 # strategy hearing FILLED sees the fill in ctx.position, as a backtest's does (a strategy topping up
                 # to a target from its position in on_order bought twice live)
+                # (the whole update waits: the order's view too, so no callback meanwhile sees it done and the
+                # position without its fill)
                 self._awaiting, self._awaiting_until = body.order, time.monotonic() + AWAIT_FILL_S
+                self._awaiting_older = older
             elif notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):
+            heard = self._fills_heard
+            heard[body.fill.client_order_id] = heard.get(body.fill.client_order_id, 0) + body.fill.qty
             if not older:
                 self._positions[body.position.code] = body.position
             self.log.info(
@@ -2442,8 +2463,6 @@ class AgentRuntime(AgentServicesMixin):
         self._rebuilding += rebuild
         try:
             getattr(self.strategy, name)(*args)
-            if self._kv is not None and self._kv._lent:  # (state changed in place: saved, or refused here)
-                self._kv.settle()
         except Exception as e:
             failed = e
             halted = (
@@ -2462,13 +2481,7 @@ class AgentRuntime(AgentServicesMixin):
                 level = logging.DEBUG if halted else logging.WARNING
                 self.log.log(level, "%s ended by %s: %s (not counted as a strategy error)", name, e.code, e)
             else:
-                self.errors += 1
-                self._said_error(name, e)
-                if self.card.on_error is OnError.PAUSE:
-                    self._pause(f"{type(e).__name__} in {name}: {e}")
-                elif self.card.on_error is OnError.STOP:
-                    self._stopping = True
-                    self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
+                self._strategy_error(name, e)
         except (SystemExit, KeyboardInterrupt) as e:
             # the strategy's own sys.exit() (or a KeyboardInterrupt it raised: a real Ctrl-C is a signal the runtime
             # handles): a strategy error that stops the agent. Its callback's orders went out and the agent left
@@ -2487,9 +2500,28 @@ class AgentRuntime(AgentServicesMixin):
             self._callbacks -= 1
             self._rebuilding -= rebuild
             self._timed(name, time.monotonic() - started)
+        if self._kv is not None and self._kv._lent:
+            # state changed in place: saved, or refused as a strategy error of this callback, counted (on_error
+            # applies) but without dropping its orders: a journal grown past the limit must not cost a stop its sell,
+            # and a callback that did not change it is not blamed (refused once per change: StateMap.settle)
+            try:
+                self._kv.settle()
+            except KtraderError as e:
+                self._strategy_error(name, e)
+                failed = failed or e
         if not self._callbacks:
             self._flush()
         return failed
+
+    def _strategy_error(self, name: str, e: Exception) -> None:
+        """A strategy error: counted, said, and the card's on_error applied."""
+        self.errors += 1
+        self._said_error(name, e)
+        if self.card.on_error is OnError.PAUSE:
+            self._pause(f"{type(e).__name__} in {name}: {e}")
+        elif self.card.on_error is OnError.STOP:
+            self._stopping = True
+            self._strategy_stop = self._strategy_stop or f"{type(e).__name__} in {name}: {e}"[:200]
 
     def _said_error(self, name: str, e: Exception) -> None:
         """A strategy error: its traceback the first time, then (the same error again, as a callback raising on

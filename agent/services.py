@@ -56,7 +56,7 @@ STOPPING_REPLY_S = 2.0
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
-_MUTABLE = (list, dict, bytearray)  # what msgpack decodes that a strategy can change in place
+_MUTABLE = (list, dict, bytearray, set)  # what a strategy can change in place (a set is stored as a list)
 
 
 class StateMap(MutableMapping[str, Any]):
@@ -68,6 +68,7 @@ class StateMap(MutableMapping[str, Any]):
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._lent: set[str] = set()  # keys whose mutable values the strategy was handed
+        self._refused: dict[str, int] = {}  # key -> the hash of the over-limit value last refused (settle)
 
     def __getitem__(self, key: str) -> Any:
         value = self._data[key]
@@ -85,8 +86,9 @@ class StateMap(MutableMapping[str, Any]):
         """Values handed out that were changed in place (`state["seen"].append(code)`) are saved as if set again
         (a restart brought the old ones back, and a strategy that recorded what it did repeated it). One changed
         beyond what state may hold (or into what it cannot store) is refused as `state[k] = v` is, with the same
-        error, raised where each callback ends while it stays so (the runtime's and the backtest's alike): a restart
-        sees the value last saved."""
+        error, raised at the end of the callback that changed it (once per change: a callback that did not touch
+        it is not blamed), the runtime's and the backtest's alike; the strategy keeps its object, a restart sees
+        the value last saved."""
         refused: list[str] = []
         for key in list(self._lent):
             value = self._data.get(key)
@@ -101,12 +103,15 @@ class StateMap(MutableMapping[str, Any]):
                 try:
                     self._check(key, raw)
                 except KtraderError as e:
-                    refused.append(f"state[{key!r}] was changed in place beyond the limits ({e.message}): not saved")
-                    raw = b""
+                    if self._refused.get(key) != (mark := hash(raw)):  # (once per change: not every callback's)
+                        self._refused[key] = mark
+                        refused.append(
+                            f"state[{key!r}] was changed in place beyond the limits ({e.message}): not saved"
+                        )
+                    continue
             if not raw:
-                # refused at every callback's end while it stays so (the strategy may hold the object: reverted, its
-                # later records were dropped without a word while its orders went on)
-                continue
+                continue  # (the strategy may hold the object: it stays; a restart sees the value last saved)
+            self._refused.pop(key, None)
             self._raw[key] = raw
             self._dirty.add(key)
         if refused:
@@ -143,7 +148,8 @@ class StateMap(MutableMapping[str, Any]):
         self._check(key, raw)
         self._raw[key] = raw
         back = _dec.decode(raw)
-        if isinstance(value, _MUTABLE) and back == value:  # (a Counter or a defaultdict compares as its dict)
+        if isinstance(value, _MUTABLE) and (back == value or (isinstance(value, set) and set(back) == value)):
+            # (a Counter or a defaultdict compares as its dict; a set comes back a list, its members the same)
             # the caller's own list or dict (it comes back the same): the reference it keeps is the one saved from
             # (a decoded copy detached it, and its later appends were never saved)
             self._data[key] = value

@@ -11,6 +11,8 @@ Channels (DESIGN.md §3):
 
 from __future__ import annotations
 
+import operator
+
 import itertools
 import uuid
 from typing import Annotated, ClassVar, Literal, Union
@@ -700,6 +702,14 @@ class MarketSnapshot(_Msg, tag="market", frozen=True):
 # next request queued behind it: none of 23 warm-ups at 0.2 calls/s got through)
 HISTORY_WAIT_S = 15.0
 HISTORY_MAX_BARS = 5000  # bars one history request returns at most
+
+
+def whole_bars(n: object) -> int:
+    """ctx.history's count as an int (a numpy integer is one), or ValueError (a float such as window / 2)."""
+    try:
+        return operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"history: n={n!r} is not a whole number of bars") from None
 
 
 class GetBars(_Msg, tag="get_bars", frozen=True):

@@ -284,6 +284,8 @@ def test_an_order_heard_filled_sees_its_fill_in_the_position(tmp_path: Path, gat
     rt._on_message(_event(16, _order(rt, 5, OrderState.FILLED, 10)))
     rt._flush_awaiting(force=False)  # (the loop's end of a drain)
     assert s.seen[-1] == ("filled", 10)  # not heard yet
+    # nor seen done by any callback meanwhile (on_timer, on_trade): the order's view waits with it
+    assert f"alpha-{rt.day:%Y%m%d}-5" not in rt.orders
     rt._on_message(_fill(rt, 17, 10, 20, n=5))
     assert s.seen[-1] == ("filled", 20)
     # a fill's event that never comes: heard once AWAIT_FILL_S passed

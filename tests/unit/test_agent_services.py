@@ -358,13 +358,18 @@ def test_state_keeps_the_callers_list_it_was_set_to_and_refuses_an_overgrown_one
         e.value
     )
     assert not m.dirty and StateMap(m.raw())["seen"] == ["005930", "000660"]  # a restart sees the last saved
-    # the strategy keeps its object (it may hold it): refused again at every callback's end while it stays over,
-    # not once and then its records silently dropped while its orders went on
+    # the strategy keeps its object (it may hold it): a callback that does not change it is not blamed (its orders,
+    # a stop's sell, must not be dropped for a journal that outgrew state), one that changes it again is
+    m.settle()
+    m["seen"].append("x")
     with pytest.raises(KtraderError):
         m.settle()
     m["seen"][2:] = []  # back within the limits: saved again
+    m["tags"] = {"a"}  # a set: stored as a list, the caller's set the object saved from
+    m["tags"].add("b")
     m.settle()
     assert StateMap(m.raw())["seen"] == ["005930", "000660"]
+    assert sorted(StateMap(m.raw())["tags"]) == ["a", "b"]
     from collections import Counter
 
     counts = Counter({"005930": 1})

@@ -106,7 +106,7 @@ def test_a_typo_in_the_interval_or_a_count_past_the_limit_is_a_strategy_error_no
     rt, wire, gw = runtime(tmp_path, on_error=OnError.STOP)
     with pytest.raises(ValueError, match="unknown interval '1D'; known: 1m, 5m, 15m, 60m, 1d"):
         rt.history(CODE, "1D", 20)
-    with pytest.raises(ValueError, match="n=100000 is not a whole number of bars up to 5000"):
+    with pytest.raises(ValueError, match="n=100000 is over the 5000 bars"):
         rt.history(CODE, "1d", 100_000)
     with pytest.raises(ValueError, match="n=10.0 is not"):
         rt.history(CODE, "1d", 10.0)  # type: ignore[arg-type]
@@ -193,3 +193,28 @@ def test_an_on_start_ended_by_it_exits_to_be_started_again(tmp_path: Path) -> No
         rt._start_strategy()
     assert e.value.code == EXIT_NO_GATEWAY and "on_start ended by TIMEOUT" in str(e.value)
     assert rt.errors == 0
+
+
+class Journal(Strategy):
+    """Keeps a journal in ctx.state that outgrows its limit, and sells on every timer."""
+
+    def on_start(self) -> None:
+        self.journal = self.ctx.state.setdefault("journal", [])
+
+    def on_timer(self) -> None:
+        self.ctx.sell(CODE, 1, 82_000)
+        if len(self.journal) < 2:
+            self.journal.append("x" * 40_000)  # the second one takes it past 64 KiB
+
+
+def test_state_outgrown_in_place_is_a_counted_error_that_drops_no_order(tmp_path: Path) -> None:
+    """Once a kept journal passed the limit, every callback raised STATE_LIMIT and the runtime dropped its orders,
+    a stop's sell included: the agent ran on unable to leave a position."""
+    rt, wire, _ = runtime(tmp_path, on_error=OnError.CONTINUE)
+    rt.strategy = Journal(rt, None)
+    rt._call("on_start")
+    assert rt._call("on_timer") is None  # 40 KB: saved
+    assert isinstance(rt._call("on_timer"), KtraderError)  # 80 KB: refused where it changed, counted
+    assert rt.errors == 1 and "beyond the limits" in rt._last_error
+    assert rt._call("on_timer") is None  # not changed since: not blamed
+    assert len(wire.orders()) == 3  # every sell went out

@@ -87,7 +87,7 @@ from common.protection import (
     protection_spec,
     validate,
 )
-from common.schema import HISTORY_MAX_BARS, Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote
+from common.schema import HISTORY_MAX_BARS, Bar, whole_bars, FillView, InvestorDay, OrderView, PositionView, PriceQuote
 from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
@@ -522,10 +522,9 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
             return []
         if interval not in _INTERVALS:  # a typo is the strategy's error, as live (agent/runtime.py history)
             raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        if not isinstance(n, int) or n > HISTORY_MAX_BARS:  # (as live)
-            raise ValueError(
-                f"history {code} {interval}: n={n!r} is not a whole number of bars up to {HISTORY_MAX_BARS}"
-            )
+        n = whole_bars(n)  # (as live)
+        if n > HISTORY_MAX_BARS:
+            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
         if code not in e.bars:
             return []
         t = e.times[e.step]
