@@ -426,7 +426,7 @@ class AgentRuntime(AgentServicesMixin):
         self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
         self._awaiting: OrderView | None = None  # an order update heard once its fill's event has come (_on_event)
         self._awaiting_until = 0.0
-        self._awaiting_older = False  # it is older than the registration snapshot (_on_event's `older`)
+        self._awaiting_seq = 0  # its event's number (older than the registration snapshot: _on_event's `older`)
         self._fills_heard: dict[str, int] = {}  # client order id -> shares its fill events brought (this process)
         self._leaving = "stopped"  # the Unregister reason the gateway logs and shows
         self._exit_code = EXIT_OK  # and the code this process exits with (a failure's: shown, told when repeated)
@@ -1937,7 +1937,7 @@ class AgentRuntime(AgentServicesMixin):
         if self._awaiting is None or (not force and time.monotonic() < self._awaiting_until):
             return
         waiting, self._awaiting = self._awaiting, None
-        if not (self._awaiting_older and waiting.client_order_id in self._snap_ids):
+        if not (self._awaiting_seq <= self._snap_seq and waiting.client_order_id in self._snap_ids):
             self.orders[waiting.client_order_id] = waiting
         self._call("on_order", waiting)
 
@@ -1979,6 +1979,8 @@ class AgentRuntime(AgentServicesMixin):
             self._answered(body.order.client_order_id)  # the gateway has it
             before = self.orders.get(body.order.client_order_id)
             coid = body.order.client_order_id
+            if self._fills_heard.get(coid, 0) > body.order.filled_qty:  # (reconciliation took a fill back)
+                self._fills_heard[coid] = body.order.filled_qty
             new_fill = (
                 notify
                 and body.order.filled_qty > (before.filled_qty if before is not None else 0)
@@ -2000,7 +2002,7 @@ class AgentRuntime(AgentServicesMixin):
                 # (the whole update waits: the order's view too, so no callback meanwhile sees it done and the
                 # position without its fill)
                 self._awaiting, self._awaiting_until = body.order, time.monotonic() + AWAIT_FILL_S
-                self._awaiting_older = older
+                self._awaiting_seq = ev.seq  # (older than a snapshot applied meanwhile? judged when it is heard)
             elif notify:
                 self._call("on_order", body.order)
         elif isinstance(body, FillUpdate):
@@ -2506,9 +2508,8 @@ class AgentRuntime(AgentServicesMixin):
             # and a callback that did not change it is not blamed (refused once per change: StateMap.settle)
             try:
                 self._kv.settle()
-            except KtraderError as e:
+            except Exception as e:  # (reported apart: the callback itself did not fail, its orders went)
                 self._strategy_error(name, e)
-                failed = failed or e
         if not self._callbacks:
             self._flush()
         return failed

@@ -94,7 +94,7 @@ class StateMap(MutableMapping[str, Any]):
             value = self._data.get(key)
             try:
                 raw = _enc.encode(value)
-            except (TypeError, ValueError, OverflowError) as e:
+            except (TypeError, ValueError, OverflowError, RecursionError) as e:  # (a list holding itself)
                 refused.append(f"state[{key!r}] was changed in place to what cannot be stored ({e}): not saved")
                 raw = b""
             if raw == self._raw.get(key):
@@ -141,11 +141,12 @@ class StateMap(MutableMapping[str, Any]):
             raise KtraderError(ErrorCode.STATE_LIMIT, f"state keys are strings of 1..{STATE_MAX_KEY_CHARS} characters")
         try:
             raw = _enc.encode(value)
-        except (TypeError, ValueError, OverflowError) as e:
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
             raise KtraderError(
                 ErrorCode.BAD_MESSAGE, f"state[{key!r}]: cannot store {type(value).__name__}: {e}"
             ) from None
         self._check(key, raw)
+        self._refused.pop(key, None)
         self._raw[key] = raw
         back = _dec.decode(raw)
         if isinstance(value, _MUTABLE) and (back == value or (isinstance(value, set) and set(back) == value)):
@@ -165,6 +166,7 @@ class StateMap(MutableMapping[str, Any]):
         del self._raw[key]
         self._dirty.discard(key)
         self._lent.discard(key)
+        self._refused.pop(key, None)
         self._deleted.add(key)
 
     def __iter__(self) -> Iterator[str]:

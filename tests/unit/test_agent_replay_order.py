@@ -29,6 +29,7 @@ from common.schema import (
     HeaderFactory,
     OrderUpdate,
     OrderView,
+    PositionUpdate,
     PositionView,
     Registered,
     Snapshot,
@@ -297,3 +298,45 @@ def test_an_order_heard_filled_sees_its_fill_in_the_position(tmp_path: Path, gat
     rt._on_message(_event(19, _order(rt, 2, OrderState.PARTIALLY_FILLED, 3)))
     rt._on_message(_event(20, _order(rt, 3, OrderState.ACCEPTED, 0)))
     assert s.seen[-2:] == [("partially_filled", 20), ("accepted", 20)]
+
+
+def test_a_replay_cut_after_an_order_update_keeps_the_snapshots_newer_view(
+    tmp_path: Path, gateway: type[_Gateway]
+) -> None:
+    """The registration's replay cut right after an order's fill update: the held update, heard once the snapshot was
+    applied, wrote its older view over the snapshot's (5 filled where the gateway had 8), and the later events, older
+    than the snapshot, never corrected it."""
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Told(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt.last_seq = 10
+    u5 = _event(11, _order(rt, 1, OrderState.PARTIALLY_FILLED, 5))
+    now = _order(rt, 1, OrderState.PARTIALLY_FILLED, 8)
+    gateway.registered = _registered(_snapshot(rt, [now], held=8, last_seq=14), [u5])
+    rt._connect_and_register()
+    (ask,) = [m for m in gateway.sent if isinstance(m, GetEvents)]
+    rest = [_fill(rt, 12, 5, 5), _event(13, now), _fill(rt, 14, 3, 8)]
+    rt._on_message(EventBatch(h=GATEWAY(ask.h.mid), events=rest, last_seq=14))
+    assert rt.open_orders[now.client_order_id].filled_qty == 8 and rt.positions["005930"].qty == 8
+
+
+def test_a_fill_taken_back_and_then_filled_for_real_is_held_for_its_fill_again(
+    tmp_path: Path, gateway: type[_Gateway]
+) -> None:
+    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
+    s = _Sizer(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt.last_seq = 10
+    gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
+    rt._connect_and_register()
+    rt._on_message(_event(11, _order(rt, 1, OrderState.FILLED, 10)))
+    rt._on_message(_fill(rt, 12, 10, 10))
+    # reconciliation: the broker has no such fill (taken back), then the broker's real fill comes
+    back = PositionUpdate(position=PositionView(code="005930", qty=0, cost=0, realized_pnl=0), reason="taken back")
+    rt._on_message(AgentEvent(h=GATEWAY(), seq=13, body=back))
+    rt._on_message(_event(14, _order(rt, 1, OrderState.ACCEPTED, 0)))
+    rt._on_message(_event(15, _order(rt, 1, OrderState.FILLED, 10)))
+    rt._on_message(_fill(rt, 16, 10, 10))
+    assert s.seen[-1] == ("filled", 10)  # heard with its fill, not before it (position 0 then)

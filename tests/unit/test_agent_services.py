@@ -546,3 +546,15 @@ def test_a_backtests_state_grown_in_place_past_its_limit_fails_the_run_as_live_r
     cfg = BacktestConfig(date_from=dt.date(2020, 1, 2), date_to=dt.date(2024, 12, 30))
     with pytest.raises(BacktestError, match="state\\['closes'\\] was changed in place beyond the limits"):
         run_backtest(card, {"005930": Series("005930", bars)}, cfg)
+
+
+def test_a_value_that_holds_itself_is_refused_not_a_crash() -> None:
+    m = StateMap()
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(KtraderError):
+        m["loop"] = loop  # (RecursionError escaped, and the agent's callback and its stop with it)
+    m["log"] = []
+    m["log"].append(m["log"])
+    with pytest.raises(KtraderError, match="cannot be stored"):
+        m.settle()

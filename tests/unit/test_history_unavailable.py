@@ -214,7 +214,21 @@ def test_state_outgrown_in_place_is_a_counted_error_that_drops_no_order(tmp_path
     rt.strategy = Journal(rt, None)
     rt._call("on_start")
     assert rt._call("on_timer") is None  # 40 KB: saved
-    assert isinstance(rt._call("on_timer"), KtraderError)  # 80 KB: refused where it changed, counted
+    assert rt._call("on_timer") is None  # 80 KB: refused where it changed, counted apart (the callback did not fail)
     assert rt.errors == 1 and "beyond the limits" in rt._last_error
     assert rt._call("on_timer") is None  # not changed since: not blamed
     assert len(wire.orders()) == 3  # every sell went out
+
+
+class BigStart(Strategy):
+    def on_start(self) -> None:
+        self.ctx.buy(CODE, 1, 82_000)
+        self.ctx.state.setdefault("seen", []).append("x" * 70_000)
+
+
+def test_on_start_whose_state_outgrew_the_limit_started_its_orders_are_not_orphaned(tmp_path: Path) -> None:
+    """The refusal was returned as on_start's failure: the agent exited 'not started' while its buy went out."""
+    rt, wire, _ = runtime(tmp_path, on_error=OnError.CONTINUE)
+    rt.strategy = BigStart(rt, None)
+    assert rt._call("on_start") is None and rt.errors == 1  # started, the refusal counted apart
+    assert len(wire.orders()) == 1
