@@ -101,7 +101,7 @@ from common.schema import (
     HISTORY_WAIT_S,
     INTRADAY_SCOPE,
     UniverseUpdate,
-    whole_bars,
+    history_count,
 )
 from agent.universe import UniverseFollower
 from common.schema import (
@@ -172,7 +172,6 @@ _NOT_ACTED_ON = frozenset({ErrorCode.NOT_REGISTERED, ErrorCode.STALE_MESSAGE})
 # KtraderErrors from the runtime's own services (a gateway query timing out, no connection, the agent's own
 # pause): a callback they end is not a strategy bug, so it neither counts as an error nor pauses the agent.
 AWAIT_FILL_S = 0.2  # how long an order update that shows a new fill waits for the fill's own event (_on_event)
-_INTERVALS = tuple(i.value for i in BarInterval)  # what ctx.history serves ("1D", "1w": the strategy's typo)
 _SERVICE_ERRORS = frozenset(
     {
         ErrorCode.TIMEOUT,
@@ -726,13 +725,7 @@ class AgentRuntime(AgentServicesMixin):
         # fallback (value_vol's volatility filter on today's range alone). _call skips the callback it ends.
         if n <= 0:
             return []
-        # the strategy's own mistakes are strategy errors (on_error applies, status shows them), not an outage of
-        # the history: '1D' or n=100000 was skipped as 'history unavailable' for ever, the agent shown healthy
-        if interval not in _INTERVALS:
-            raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        n = whole_bars(n)  # (a float n, window / 2, was an outage for ever too)
-        if n > HISTORY_MAX_BARS:
-            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
+        n = history_count(code, interval, n)  # (the strategy's own mistakes: strategy errors, not an outage)
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
         cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""

@@ -437,6 +437,11 @@ def market_refusal(market: MarketView, tif: TimeInForce) -> Denial | None:
     if market.session is not _READY:
         why = f": {market.session_detail}" if market.session_detail else ""
         return ErrorCode.SESSION_NOT_READY, f"broker session is {market.session}{why}"
+    return closed_refusal(market, tif)
+
+
+def closed_refusal(market: MarketView, tif: TimeInForce) -> Denial | None:
+    """The market taking no order of `tif` now (a day order outside the sessions), or None."""
     if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES:
         return ErrorCode.DENIED_MARKET_CLOSED, (
             f"the market is {market.phase.value.replace('_', ' ')}: send it with tif=next_session to trade at the "
@@ -506,8 +511,8 @@ def _gates(
     # the market taking no order of this tif now comes before the states: a day order after the close is refused as
     # such (it said 'agent is reducing' after the card's end, and a strategy answering DENIED_MARKET_CLOSED with a
     # next-session order never heard it); a next-session order is weighed by the states as before
-    if tif not in HELD_TIFS and market.phase not in REGULAR_ORDER_PHASES and market.session is _READY:
-        return market_refusal(market, tif)
+    if market.session is _READY and (closed := closed_refusal(market, tif)):
+        return closed
     # trading state: the gateway's, then the agent's
     if mandate.gateway_state is not _ACTIVE or mandate.agent_state is not _ACTIVE:
         reducing = is_reducing(side, qty, exp)

@@ -24,6 +24,7 @@ from common.config import AgentCard
 from common.enums import (
     AgentMode,
     AgentState,
+    BarInterval,
     OrderType,
     SessionState,
     Side,
@@ -704,12 +705,23 @@ HISTORY_WAIT_S = 15.0
 HISTORY_MAX_BARS = 5000  # bars one history request returns at most
 
 
-def whole_bars(n: object) -> int:
-    """ctx.history's count as an int (a numpy integer is one), or ValueError (a float such as window / 2)."""
+_INTERVALS = tuple(i.value for i in BarInterval)
+
+
+def history_count(code: str, interval: str, n: object) -> int:
+    """ctx.history's count as an int (a numpy integer is one), or ValueError for the strategy's own mistakes, live
+    and in a backtest alike: an unknown interval ('1D', '1w'), a count that is no whole number (window / 2) or over
+    what one call returns. Sent to the gateway they came back BAD_MESSAGE and were skipped as 'history unavailable'
+    for ever, never counted as the strategy's error."""
+    if interval not in _INTERVALS:
+        raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
     try:
-        return operator.index(n)  # type: ignore[arg-type]
+        count = operator.index(n)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"history: n={n!r} is not a whole number of bars") from None
+    if count > HISTORY_MAX_BARS:
+        raise ValueError(f"history {code} {interval}: n={count} is over the {HISTORY_MAX_BARS} bars one call returns")
+    return count
 
 
 class GetBars(_Msg, tag="get_bars", frozen=True):

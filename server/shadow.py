@@ -177,10 +177,7 @@ class ShadowExecution:
         """An open shadow order from before a restart keeps resting (arrived long ago: it takes no more); an
         IOC/FOK still open (the restart came before its first print) is settled by the next print, as it would
         have been."""
-        arriving = tif in _AT_ARRIVAL_ONLY
-        self.resting[odno] = _Resting(
-            code, side, qty, price, filled, order_type, tif, arriving=arriving, auction=self._in_call()
-        )
+        self._rest(odno, _Resting(code, side, qty, price, filled, order_type, tif, arriving=tif in _AT_ARRIVAL_ONLY))
 
     def _time(self) -> str:
         return self.clock.now().strftime("%H%M%S")
@@ -196,20 +193,16 @@ class ShadowExecution:
                 code="SHADOW",
             )
         odno = f"{SHADOW_PREFIX}{order.client_order_id}"
-        self.resting[odno] = _Resting(
-            order.code,
-            order.side,
-            order.qty,
-            order.price,
-            order_type=order.order_type,
-            tif=order.tif,
-            auction=self._in_call(),
+        self._rest(
+            odno, _Resting(order.code, order.side, order.qty, order.price, order_type=order.order_type, tif=order.tif)
         )
         return self._ack(odno)
 
-    def _in_call(self) -> bool:
-        """The opening call collects orders until its single-price uncross at the open (its first print)."""
-        return phase_at(self.clock.now()) is Phase.OPENING_AUCTION
+    def _rest(self, odno: str, line: _Resting) -> None:
+        """`line` rests from now (placed, revised or restored): in the opening call it waits for the call's
+        single-price uncross at the open, its first print."""
+        line.auction = phase_at(self.clock.now()) is Phase.OPENING_AUCTION
+        self.resting[odno] = line
 
     async def cancel(self, req: BrokerCancel) -> BrokerAck:
         line = self.resting.pop(req.broker_order_id, None)
@@ -226,14 +219,8 @@ class ShadowExecution:
         odno = f"{req.broker_order_id}-r{next(self._ids)}"
         # the revise moves the remainder to the new line at the new price: a new arrival (its place in the
         # queue is lost, as at the exchange)
-        self.resting[odno] = _Resting(
-            line.code,
-            line.side,
-            line.remaining,
-            req.price,
-            order_type=line.order_type,
-            tif=line.tif,
-            auction=self._in_call(),
+        self._rest(
+            odno, _Resting(line.code, line.side, line.remaining, req.price, order_type=line.order_type, tif=line.tif)
         )
         return self._ack(odno)
 

@@ -10,6 +10,7 @@ import datetime as dt
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -137,12 +138,22 @@ def _snapshot(rt: AgentRuntime, orders: list[OrderView], held: int, last_seq: in
     )
 
 
-def test_events_older_than_the_snapshot_never_take_the_view_back(tmp_path: Path, gateway: type[_Gateway]) -> None:
+S = TypeVar("S", bound=Strategy)
+
+
+def _running(tmp_path: Path, kind: type[S], last_seq: int | None = 10) -> tuple[AgentRuntime, S]:
+    """A running agent (missed events reach its strategy) that has read its events up to `last_seq`."""
     rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Told(rt, None)
+    s = kind(rt, None)
     s.on_start()
-    rt.strategy = s  # a running agent: missed events reach the strategy
-    rt.last_seq = 10
+    rt.strategy = s
+    if last_seq is not None:
+        rt.last_seq = last_seq
+    return rt, s
+
+
+def test_events_older_than_the_snapshot_never_take_the_view_back(tmp_path: Path, gateway: type[_Gateway]) -> None:
+    rt, s = _running(tmp_path, _Told)
     # while it was away: its order filled in two parts (seq 11..700); the registration carries 11..510
     capped = [_event(n, _order(rt, 1, OrderState.ACCEPTED, 0)) for n in range(11, 511)]
     done = _order(rt, 1, OrderState.FILLED, 10)
@@ -175,11 +186,7 @@ def test_events_older_than_the_snapshot_never_take_the_view_back(tmp_path: Path,
 def test_a_partial_fill_older_than_the_snapshot_does_not_shrink_the_position(
     tmp_path: Path, gateway: type[_Gateway]
 ) -> None:
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Told(rt, None)
-    s.on_start()
-    rt.strategy = s
-    rt.last_seq = 10
+    rt, s = _running(tmp_path, _Told)
     gateway.registered = _registered(
         _snapshot(rt, [], held=10, last_seq=520),
         [_fill(rt, n, 1, n - 10) for n in range(11, 16)],  # capped after 15
@@ -194,11 +201,7 @@ def test_live_events_after_a_gap_ask_for_the_missed_ones_once(tmp_path: Path, ga
     """Every live event arriving after a gap sent another GetEvents while the first was on its way: a burst of
     fills after a lost event asked hundreds of times, each answered with up to a thousand events (the gateway's
     load multiplied by the burst). One ask per point; asked again only when it went unanswered."""
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Told(rt, None)
-    s.on_start()
-    rt.strategy = s
-    rt.last_seq = 10
+    rt, s = _running(tmp_path, _Told)
     gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
     rt._connect_and_register()
     gateway.sent.clear()
@@ -231,10 +234,7 @@ def test_a_closure_the_gateway_learned_reaches_the_agents_calendar(tmp_path: Pat
     from common import calendar
 
     closed = dt.date(2023, 3, 3)
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Told(rt, None)
-    s.on_start()
-    rt.strategy = s  # (a running agent re-registering: the registration path is the same)
+    rt, s = _running(tmp_path, _Told, last_seq=None)  # (a running agent re-registering: the path is the same)
     snap = msgspec.structs.replace(_snapshot(rt, [], held=0, last_seq=0), closed_days=["20230303"])
     gateway.registered = _registered(snap, [])
     try:
@@ -267,11 +267,7 @@ def test_an_order_heard_filled_sees_its_fill_in_the_position(tmp_path: Path, gat
     """Live, on_order of a FILLED order ran before the fill reached ctx.position (the gateway sends the order's
     update, then the fill's): a strategy topping up to 2 shares from its position in on_order ended with 4, where
     the backtest (which moves the position first) ended with 2."""
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Sizer(rt, None)
-    s.on_start()
-    rt.strategy = s
-    rt.last_seq = 10
+    rt, s = _running(tmp_path, _Sizer)
     gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
     rt._connect_and_register()
     rt._on_message(_event(11, _order(rt, 1, OrderState.ACCEPTED, 0)))
@@ -306,11 +302,7 @@ def test_a_replay_cut_after_an_order_update_keeps_the_snapshots_newer_view(
     """The registration's replay cut right after an order's fill update: the held update, heard once the snapshot was
     applied, wrote its older view over the snapshot's (5 filled where the gateway had 8), and the later events, older
     than the snapshot, never corrected it."""
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Told(rt, None)
-    s.on_start()
-    rt.strategy = s
-    rt.last_seq = 10
+    rt, s = _running(tmp_path, _Told)
     u5 = _event(11, _order(rt, 1, OrderState.PARTIALLY_FILLED, 5))
     now = _order(rt, 1, OrderState.PARTIALLY_FILLED, 8)
     gateway.registered = _registered(_snapshot(rt, [now], held=8, last_seq=14), [u5])
@@ -324,11 +316,7 @@ def test_a_replay_cut_after_an_order_update_keeps_the_snapshots_newer_view(
 def test_a_fill_taken_back_and_then_filled_for_real_is_held_for_its_fill_again(
     tmp_path: Path, gateway: type[_Gateway]
 ) -> None:
-    rt = AgentRuntime(AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"]), tmp_path)
-    s = _Sizer(rt, None)
-    s.on_start()
-    rt.strategy = s
-    rt.last_seq = 10
+    rt, s = _running(tmp_path, _Sizer)
     gateway.registered = _registered(_snapshot(rt, [], held=0, last_seq=10), [])
     rt._connect_and_register()
     rt._on_message(_event(11, _order(rt, 1, OrderState.FILLED, 10)))

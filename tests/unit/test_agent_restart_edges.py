@@ -479,11 +479,9 @@ def test_a_warm_up_that_ends_before_the_open_still_delivers(tmp_path: Path) -> N
 # ---- 4. on_error = "stop" ----------------------------------------------------------------------------------
 
 
-def test_a_stop_after_a_strategy_error_exits_exit_strategy_and_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    wire = _wire_after_a_missed_close()
-    rt = AgentRuntime(_card(on_error="stop"), tmp_path / "agent", lock_dir=tmp_path / "locks")
+def _run_one_timer(tmp_path: Path, wire: _Wire, card: AgentCard, monkeypatch: pytest.MonkeyPatch) -> int:
+    """A whole run() of the agent on `wire` whose loop is one on_timer: the exit code."""
+    rt = AgentRuntime(card, tmp_path / "agent", lock_dir=tmp_path / "locks")
 
     def register() -> None:
         rt.client = wire  # type: ignore[assignment]
@@ -492,8 +490,15 @@ def test_a_stop_after_a_strategy_error_exits_exit_strategy_and_says_why(
         rt._state_after_register(True)
 
     monkeypatch.setattr(rt, "_first_registration", register)
-    monkeypatch.setattr(rt, "_loop", lambda wake: rt._call("on_timer"))  # its timer raises
-    assert rt.run() == EXIT_STRATEGY
+    monkeypatch.setattr(rt, "_loop", lambda wake: rt._call("on_timer"))
+    return rt.run()
+
+
+def test_a_stop_after_a_strategy_error_exits_exit_strategy_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = _wire_after_a_missed_close()
+    assert _run_one_timer(tmp_path, wire, _card(on_error="stop"), monkeypatch) == EXIT_STRATEGY  # its timer raises
     bye = [m for m in wire.sent if isinstance(m, Unregister)]
     assert len(bye) == 1 and "stopped after a strategy error (on_error = stop)" in bye[0].reason
     assert "RuntimeError in on_timer: timer bug" in bye[0].reason
@@ -505,17 +510,7 @@ def test_a_strategys_sys_exit_sends_nothing_of_its_callback_and_exits_exit_strat
     """sys.exit() in a callback: its orders went out and the agent left with exit 0, a deliberate stop."""
     FLAGS.add("exits")
     wire = _wire_after_a_missed_close()
-    rt = AgentRuntime(_card(), tmp_path / "agent", lock_dir=tmp_path / "locks")
-
-    def register() -> None:
-        rt.client = wire  # type: ignore[assignment]
-        rt.snapshot = _snapshot(wire)
-        rt._follow_clock(rt.snapshot.clock_ns, rt.snapshot.phase)
-        rt._state_after_register(True)
-
-    monkeypatch.setattr(rt, "_first_registration", register)
-    monkeypatch.setattr(rt, "_loop", lambda wake: rt._call("on_timer"))
-    assert rt.run() == EXIT_STRATEGY
+    assert _run_one_timer(tmp_path, wire, _card(), monkeypatch) == EXIT_STRATEGY
     assert not [m for m in wire.sent if isinstance(m, SubmitOrders)]  # the buy never left (without the exit it does)
     (bye,) = [m for m in wire.sent if isinstance(m, Unregister)]
     assert bye.reason == "stopped: the strategy ended itself (sys.exit(0) in on_timer)"

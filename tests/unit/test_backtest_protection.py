@@ -47,7 +47,9 @@ class Probe(Strategy):
         SEEN.append((p.id, p.state.value))
 
 
-def run(rows: list[tuple[str, int, int, int, int]], plan: dict[str, list[tuple[Any, ...]]]) -> BacktestResult:
+def run(
+    rows: list[tuple[str, int, int, int, int]], plan: dict[str, list[tuple[Any, ...]]], strategy: str = "Probe"
+) -> BacktestResult:
     PLAN.clear()
     PLAN.update(plan)
     SEEN.clear()
@@ -60,7 +62,7 @@ def run(rows: list[tuple[str, int, int, int, int]], plan: dict[str, list[tuple[A
             ],
         )
     }
-    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:Probe", codes=[CODE])
+    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:{strategy}", codes=[CODE])
     cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000)
     return run_backtest(card, series, cfg)
 
@@ -185,18 +187,7 @@ class LimitBuyStopAbove(Strategy):
 
 
 def test_a_buys_stop_its_own_fill_would_meet_refuses_the_buy_as_live() -> None:
-    bars = [(D1, 70_000, 71_000, 69_500, 70_500), (D2, 69_800, 70_000, 69_000, 69_500)]
-    series = {
-        CODE: Series(
-            CODE,
-            [
-                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
-                for d, o, h, lo, c in bars
-            ],
-        )
-    }
-    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:LimitBuyStopAbove", codes=[CODE])
-    r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 31)))
+    r = run([(D1, 70_000, 71_000, 69_500, 70_500), (D2, 69_800, 70_000, 69_000, 69_500)], {}, "LimitBuyStopAbove")
     (o,) = r.orders
     assert o.state is OrderState.DENIED and o.reason_code == ErrorCode.BAD_PROTECTION
     assert "at or above the 70,000 the buy would pay" in o.reason
@@ -214,22 +205,11 @@ class DipBuyChased(Strategy):
 
 
 def test_a_protected_buy_revised_to_meet_its_take_profit_is_refused_as_live() -> None:
-    SEEN.clear()
     bars = [
         (D1, 70_000, 71_000, 69_500, 70_500),
         (D2, 70_800, 71_000, 69_800, 70_400),
         (D3, 70_400, 71_200, 70_000, 71_000),
     ]
-    series = {
-        CODE: Series(
-            CODE,
-            [
-                Bar(code=CODE, interval="1d", start=d, open=o, high=h, low=lo, close=c, volume=10_000)
-                for d, o, h, lo, c in bars
-            ],
-        )
-    }
-    card = AgentCard(id="probe", name="probe", strategy=f"{__name__}:DipBuyChased", codes=[CODE])
-    r = run_backtest(card, series, BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 31)))
+    r = run(bars, {}, "DipBuyChased")
     assert ("probe-20240102-1", ErrorCode.BAD_PROTECTION.value) in SEEN
     assert not r.fills  # the buy rested at 64,200 and expired: nothing bought, nothing sold at once

@@ -74,7 +74,7 @@ from common.clock import KST
 from common.errors import ErrorCode, KtraderError
 from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
-from common.enums import BarInterval, OrderType, Side, TimeInForce
+from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
 from common.orders import Order, is_gateway_exit, revise_refusal
 from common.protection import (
@@ -87,7 +87,7 @@ from common.protection import (
     protection_spec,
     validate,
 )
-from common.schema import HISTORY_MAX_BARS, Bar, whole_bars, FillView, InvestorDay, OrderView, PositionView, PriceQuote
+from common.schema import Bar, FillView, InvestorDay, OrderView, PositionView, PriceQuote, history_count
 from tools.backtest.broker import _DAY_NS, AT_OPEN, BOTH, REST, FillRecord, Note, SimBroker
 from tools.backtest.protection import BacktestProtections
 from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
@@ -215,7 +215,6 @@ _KST_OFFSET_S = 9 * 3600
 
 
 _TIF_NEXT = TimeInForce.NEXT_SESSION
-_INTERVALS = tuple(i.value for i in BarInterval)
 EOD_BEFORE_BAR, EOD_AFTER_BAR = 1, 2  # Backtest.eod_at: the end of day before the bar's on_bar, or after it
 _BUY, _SELL = Side.BUY, Side.SELL  # module globals: a class attribute of an enum is slow on Python 3.11
 _NO_COMPANY = CompanyDay(day="", per=0.0, pbr=0.0, eps=0, bps=0)  # prices only: KIS's answer without company data
@@ -371,9 +370,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         if spec is None:
             return e.order(_BUY, code, qty, price, order_type, tif, reason)
         # as live: a bad protective order refuses its buy, as does one its fill would meet at once
-        err = validate(spec) or met_on_entry(
-            spec, price, entry_mark(tif, self.market_phase(), e.broker.last.get(code, 0))
-        )
+        err = validate(spec) or met_on_entry(spec, price, self._entry_mark(code, tif))
         coid = e.order(
             _BUY, code, qty, price, order_type, tif, reason, refuse=(ErrorCode.BAD_PROTECTION, err) if err else None
         )
@@ -479,7 +476,10 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         p = self._e.protections.active.get(o.client_order_id)
         if p is None or p.entry != o.client_order_id or o.side is not _BUY:
             return None
-        return met_on_entry(p.spec, price, entry_mark(o.tif, self.market_phase(), self._e.broker.last.get(o.code, 0)))
+        return met_on_entry(p.spec, price, self._entry_mark(o.code, o.tif))
+
+    def _entry_mark(self, code: str, tif: TimeInForce) -> int:
+        return entry_mark(tif, self.market_phase(), self._e.broker.last.get(code, 0))  # (as the gateway's)
 
     def cancel_all(self, code: str = "") -> None:
         """The agent's own open orders (of `code`): the sells the gateway placed for it stay, as live's
@@ -520,11 +520,7 @@ class BacktestContext(BacktestServices):  # state in memory; quote/investor from
         e = self._e
         if n <= 0:
             return []
-        if interval not in _INTERVALS:  # a typo is the strategy's error, as live (agent/runtime.py history)
-            raise ValueError(f"history {code}: unknown interval {interval!r}; known: {', '.join(_INTERVALS)}")
-        n = whole_bars(n)  # (as live)
-        if n > HISTORY_MAX_BARS:
-            raise ValueError(f"history {code} {interval}: n={n} is over the {HISTORY_MAX_BARS} bars one call returns")
+        n = history_count(code, interval, n)  # (a typo is the strategy's error, as live)
         if code not in e.bars:
             return []
         t = e.times[e.step]
