@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +66,12 @@ def build(
     protections: list[Protection] | None = None,
     day_span: DaySpan | None = None,
     timed: bool = True,
+    closes: Mapping[str, int] | None = None,
 ) -> DailyReport:
     """`day_span`: each agent's (realised, fees) totals at the day's start and end, for a day the
     portfolio has rolled past (its day totals are the next day's then). `timed`: the clock keeps KRX hours
-    (decided_after_close)."""
+    (decided_after_close). `closes`: the day's official closes (code -> price; 0 or absent: the mark), for a
+    day closed late: what is held is valued at them, not at the prices of the session it was closed in."""
     rows: dict[str, AgentDay] = {}
     expired = 0
     after = decided_after_close(day, timed)
@@ -98,7 +100,7 @@ def build(
         else:
             r.realized_pnl, r.fees = portfolio.day_totals(agent)
         r.net_pnl = r.realized_pnl - r.fees
-        r.unrealized_pnl = portfolio.unrealized(agent)
+        r.unrealized_pnl = portfolio.unrealized(agent, closes)
         r.positions = sorted((p for p in portfolio.positions.get(agent, {}).values() if p.qty), key=lambda p: p.code)
         if perf and agent in perf:
             r.performance = msgspec.structs.replace(perf[agent], curve=[])  # the curve is in the store

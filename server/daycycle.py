@@ -5,8 +5,10 @@
   open orders, flatten (cancel, then sell at market) or hold. From then on the agent may only
   reduce risk for the rest of the day. `schedule.end` is a time of a normal day: on a day whose
   session closes late (the CSAT day closes at 16:30) it moves by as much, so the policy still runs
-  the same time before the close. A card whose end passed while no gateway ran (restarted after the
-  close), or while its agent was not registered, is reported as `missed` once the session is over (the
+  the same time before the close; an end at or after the close is the close's (`policy_due`: a flatten
+  as the closing call starts, a cancel or hold nothing before it). A card whose end passed while no
+  gateway ran (restarted after the close), or while its agent was not registered, is reported as
+  `missed` once the session is over (the
   approved cards of agents not registered that hold positions or orders too, at the close: the caller
   tells a person of those, acting for nobody not running): the caller alerts it and does what can still
   be done.
@@ -35,7 +37,7 @@ import msgspec
 
 from common.calendar import previous_trading_day, schedule_end
 from common.clock import KST, date_of, yyyymmdd
-from common.config import AgentCard
+from common.config import AgentCard, EndOfDay
 from common.krx import Phase, SessionTimes
 
 CLOSE_SETTLE = dt.timedelta(minutes=1)  # past the closing auction's random end (<= 30 s)
@@ -189,28 +191,50 @@ class DayCycle:
         self.store.set_meta(f"closed:{day}", "1")
 
 
+def policy_due(card: AgentCard, day: dt.date, times: SessionTimes) -> dt.datetime | None:
+    """(a timed clock) When `card`'s end-of-day policy runs on `day` (KST): its `schedule.end`, a time of a normal
+    day that a session closing late moves as much (CSAT day). An end at or after the close is the close's own: a
+    flatten runs as the closing call starts, so its market sells meet the closing price (a backtest sells at the
+    close); a cancel or hold has nothing to run before it (None): the close ends the day's orders, and a cancel
+    sent in the closing call would pull what the agent placed for it (a hunt: such a card was reported missed,
+    its flatten sold at the next open, its cancels raced the uncross)."""
+    end = dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
+    if end < times.close:
+        return end
+    return times.closing_call if card.schedule.end_of_day is EndOfDay.FLATTEN else None
+
+
+def ends_at_close(card: AgentCard, day: dt.date) -> bool:
+    """(a timed clock) Whether `card`'s policy of `day` is the close's expiry alone (`policy_due` None)."""
+    try:
+        return policy_due(card, day, SessionTimes(day)) is None
+    except ValueError:  # not a trading day by the calendar
+        return False
+
+
 def end_due(card: AgentCard, now: dt.datetime, phase: Phase) -> bool:
     """(a timed clock, in the day's session) Whether `card`'s end of day is due at `now`: from the continuous session
-    on, at or past its `schedule.end`, a time of a normal day that a session closing late moves as much (CSAT day)."""
-    end = dt.datetime.combine(
-        now.date(), schedule_end(now.date(), dt.time.fromisoformat(card.schedule.end)), now.tzinfo
-    )
-    return RANK[phase] >= RANK[Phase.CONTINUOUS] and now >= end
+    on, at or past `policy_due`."""
+    if RANK[phase] < RANK[Phase.CONTINUOUS]:
+        return False
+    try:
+        due = policy_due(card, now.date(), SessionTimes(now.date()))
+    except ValueError:  # not a trading day by the calendar
+        return False
+    return due is not None and now >= due
 
 
 def policy_time(card: AgentCard, day: dt.date, timed: bool) -> dt.datetime:
-    """When `card`'s end-of-day policy was due on `day` (KST): its `schedule.end`, moved as the close is
-    (see `DayCycle.due`), never after the close; on a clock without a meaningful time of day, the closing
-    call. What an agent decided after it (a next-session order placed in the evening) is not the day's
-    business: a missed policy leaves it alone."""
+    """When `card`'s end-of-day policy was due on `day` (KST): `policy_due`, the close for one the close's expiry
+    is; on a clock without a meaningful time of day, the closing call. What an agent decided after it (a
+    next-session order placed in the evening) is not the day's business: a missed policy leaves it alone."""
     try:
         times = SessionTimes(day)
     except ValueError:  # not a trading day by the calendar: nothing of it was due before its end
         return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), KST)
     if not timed:
         return times.closing_call
-    end = dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
-    return min(end, times.close)
+    return policy_due(card, day, times) or times.close
 
 
 def _settled(now: dt.datetime) -> bool:

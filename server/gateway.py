@@ -255,12 +255,13 @@ class Gateway:
             self.run_dir,
             self.alerts.of_day,
             lambda day, traded, end: self.operator.performance(day, traded, end),
-            lambda day: self.md.close_daily(day, self.broker, self._daily_codes()),
+            lambda day: self.md.close_daily(day, self.broker, self._close_codes()),
             self.protection.of,
             self.broker.account if cfg.daily_cash_check else None,
             self.alerts,
             counters=self.counters,
             approved=self.approved,  # the gateway's, bound to its owner at the start (_trust)
+            day_close=lambda code, d: self.md.day_close(code, d),  # (md is made after the day)
         )
         # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
         # "not a business day" close the day (server/session_days.py)
@@ -482,6 +483,13 @@ class Gateway:
                 out.update(rec.card.codes)
                 out.update(self.universe_binder.current.get(rec.id, ()))
         return out
+
+    def _close_codes(self) -> set[str]:
+        """The codes whose official daily bar the close asks for: those agents decide on (`_daily_codes`) and every
+        code held, by any agent: a late close values what was held at that day's close (server/operator.py
+        _late_day_row, the daily report); without the bar, at the prices of the session it was closed in (a hunt:
+        -53,500 reported for a day that made +500, kept in the performance history)."""
+        return self._daily_codes() | set(self.portfolio.held_codes())
 
     def _forget_feed(self, agent: str, why: str) -> None:
         from common.schema import FeedHealth

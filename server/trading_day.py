@@ -46,7 +46,7 @@ from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
 from server import cash_check, daily_report, protection
 from server.cash_check import CashCheck
-from server.daycycle import RANK, DayCycle, policy_time
+from server.daycycle import RANK, DayCycle, ends_at_close, policy_time
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
 from server.reconcile import ReconcileResult
@@ -255,6 +255,7 @@ class TradingDay:
         alert: Callable[[str, AlertKind | None], None] = lambda text, kind: None,
         counters: MutableMapping[str, int] | None = None,
         approved: approvals.ApprovedCards | None = None,
+        day_close: Callable[[str, dt.date], int] = lambda code, day: 0,  # a code's official close of a day (0: none)
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -280,6 +281,7 @@ class TradingDay:
         self.alerts_of_day = alerts_of_day
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
+        self.day_close = day_close
         self.protections = protections
         self.cycle = DayCycle(book.store)
         self._closing = False
@@ -565,7 +567,9 @@ class TradingDay:
                 continue
             if not approvals.same_owner(approval.owner, self._approved.owner):
                 continue  # approved for another account
-            if approval.card.schedule.end_of_day is not EndOfDay.HOLD:
+            if approval.card.schedule.end_of_day is not EndOfDay.HOLD and not (
+                self.clock.timed and ends_at_close(approval.card, now.date())
+            ):
                 cards.append(approval.card)
         if not cards:
             return []
@@ -574,6 +578,22 @@ class TradingDay:
         if len(busy) < len(cards):
             busy.update(o.agent for o in self.book.held.values())
         return [card for card in cards if card.id in busy]
+
+    def _late_closes(self, day: str) -> dict[str, int] | None:
+        """A day closed late (the book rolled past it): what is held valued at that day's official closes (the bars
+        the close just sealed), not at the prices of the session it is closed in; a code without one is valued at
+        its mark, said. None: today's close, at the marks (the closing prints)."""
+        if day == self.book.day():
+            return None
+        closes = {c: self.day_close(c, date_of(day)) for c in self.book.portfolio.held_codes()}
+        if unknown := sorted(c for c, v in closes.items() if not v):
+            log.warning(
+                "day %s closed late: no official close of %s (the broker's daily bar did not come): valued at the "
+                "last price heard in its report",
+                day,
+                ", ".join(unknown[:5]) + ("..." if len(unknown) > 5 else ""),
+            )
+        return closes
 
     def _start_close(self, day: str) -> None:
         """Close `day` now unless a close is in flight or its last failure's back-off has not passed."""
@@ -633,16 +653,29 @@ class TradingDay:
 
     def missed_end_of_day(self, card: AgentCard, day: str = "") -> None:
         """The session of `day` (today's by default; an earlier day's closed late) ended and `card`'s
-        end-of-day policy never ran (no gateway at its `schedule.end`): a cancel still cancels the day's
-        own orders (cancels are taken after hours) and the next-session orders placed before its time, a
-        flatten cancels so and holds market sells of the agent's positions for the next session's open; a
-        person is told when it mattered (open orders or positions). Today's: the agent reduces only until
+        end-of-day policy never ran (no gateway at its `schedule.end`): the day's own orders are left to
+        the close, which ends them (a cancel sent after its start raced the closing auction's match, or
+        KIS refused it: the orders were already over); a cancel cancels the next-session orders placed
+        before its time, a flatten so and holds market sells of the agent's positions for the next
+        session's open (sized once the day's orders have ended); a person is told when it mattered (orders
+        open through the close, or positions). A cancel or hold whose end is at or after the close missed
+        nothing (its policy is the close's expiry: `policy_due`). Today's: the agent reduces only until
         tomorrow, as after its policy."""
         policy = card.schedule.end_of_day
         day = day or self.cycle.day
         if card.id not in {c.id for c in self.cards()}:
             self._tell_absent(card, day)
             return
+        if self.clock.timed and ends_at_close(card, date_of(day)):
+            with self.book.store.transaction():
+                self.cycle.mark_cleaned_on(day, card.id)
+            if day == self.cycle.day:
+                self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
+            log.info(
+                "end of day %s for %s: %s at the close (schedule.end %s)", day, card.id, policy.value, card.schedule.end
+            )
+            return
+        through = self._open_through_close(card.id, day) if policy is not EndOfDay.HOLD else 0
         cancels = self._missed_cancels(card, day) if policy is not EndOfDay.HOLD else 0
         held = self.book.portfolio.holding(card.id)
         flatten = policy is EndOfDay.FLATTEN and bool(held)
@@ -657,12 +690,19 @@ class TradingDay:
             self.cycle.mark_cleaned_on(day, card.id)
         if day == self.cycle.day:  # (an earlier day's: today is not the agent's end of day)
             self.publish(SystemEventKind.END_OF_DAY, card.id, policy.value)
-        if not cancels and not flatten:
+        if not cancels and not flatten and not through:
             log.info("end of day %s for %s: %s missed, nothing to do", day, card.id, policy.value)
             return
         self.missed_policies += 1
         self.counters["end_of_day_missed"] = self.missed_policies
-        what = [f"{cancels} open orders cancelled now"] if cancels else []
+        what = []
+        if through:
+            what.append(
+                f"{through} orders of the day were open through the close, not cancelled before it (what filled in the "
+                "closing auction is kept; the close ended the rest)"
+            )
+        if cancels:
+            what.append(f"{cancels} next-session orders placed before its end cancelled")
         if flatten:
             shares = shares_text(held)
             what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
@@ -698,24 +738,28 @@ class TradingDay:
         )
 
     def _missed_cancels(self, card: AgentCard, day: str) -> int:
-        """A missed policy's cancels: the agent's working orders of `day` and its held orders placed
-        before the policy's time (what `cancel_all` at its end would have cancelled). A held order placed
-        after it (an agent registering in the evening places tomorrow's buy) is a decision for the next
-        session, and another day's working order (today's, at a late close) is not that day's business."""
-        book = self.book
+        """A missed policy's cancels: the agent's held orders placed before the policy's time (what `cancel_all` at its
+        end would have cancelled). A held order placed after it (an agent registering in the evening places tomorrow's
+        buy) is a decision for the next session; the day's working orders are the close's (`_open_through_close`)."""
         cutoff_ns = int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000  # (whole s)
         n = 0
-        for c, o in list(book.orders.items()):
-            if o.agent != card.id or o.state not in _CANCELS:
-                continue
-            if o.state is OrderState.HELD:
-                if o.created_ns >= cutoff_ns:
-                    continue
-            elif book.order_day.get(c) != day:
-                continue
-            if self.desk.cancel(card.id, c, exits=True)[0] is None:
+        for c, o in list(self.book.held.items()):
+            if o.agent == card.id and o.created_ns < cutoff_ns and self.desk.cancel(card.id, c, exits=True)[0] is None:
                 n += 1
         return n
+
+    def _open_through_close(self, agent: str, day: str) -> int:
+        """The agent's orders of `day` still open in the books when its missed policy is worked out: past the session,
+        the close ends them (its expiry), whatever filled in the closing auction first."""
+        book = self.book
+        return sum(
+            1
+            for c, o in book.orders.items()
+            if o.agent == agent
+            and o.state in _CANCELS
+            and o.state is not OrderState.HELD
+            and book.order_day.get(c) == day
+        )
 
     def _save_missed_flatten(self) -> None:
         self.book.store.set_meta(MISSED_FLATTEN_KEY, msgspec.json.encode(self._missed_flatten).decode())
@@ -928,6 +972,7 @@ class TradingDay:
                 self.protections() if day == self.book.day() else protection.of_day(self.book.store, day),
                 day_span=span,
                 timed=timed,
+                closes=self._late_closes(day),
             )
             report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)

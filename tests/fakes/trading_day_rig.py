@@ -20,8 +20,8 @@ from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
 
 
-def policy_card(agent: str, policy: EndOfDay, code: str = "005930") -> AgentCard:
-    """A card trading `code` whose day ends at 15:20 with `policy` (orders up to 5,000,000 KRW)."""
+def policy_card(agent: str, policy: EndOfDay, code: str = "005930", end: str = "15:20") -> AgentCard:
+    """A card trading `code` whose day ends at `end` with `policy` (orders up to 5,000,000 KRW)."""
     return AgentCard(
         id=agent,
         name=agent,
@@ -29,7 +29,7 @@ def policy_card(agent: str, policy: EndOfDay, code: str = "005930") -> AgentCard
         codes=[code],
         budget=10_000_000,
         risk=RiskLimits(max_order_value=5_000_000),
-        schedule=Schedule(end="15:20", end_of_day=policy),
+        schedule=Schedule(end=end, end_of_day=policy),
     )
 
 
@@ -58,12 +58,14 @@ class Rig:
         *,
         broker: FakeBroker | None = None,
         close_bars: Callable[[dt.date], Awaitable[object]] | None = None,
+        day_close: Callable[[str, dt.date], int] = lambda code, day: 0,
     ) -> None:
         self.clock = ManualClock(start.replace(tzinfo=KST) if start.tzinfo is None else start)
         self.h = Harness(db, broker=broker, clock=self.clock, cards={c.id: c for c in cards})
         self.cards = cards
         self.db = db
         self.close_bars = close_bars
+        self.day_close = day_close
         self.alerts: list[tuple[str, AlertKind | None]] = []
         self.spawned: list[Coroutine[Any, Any, None]] = []
         self.mono = [1000.0]  # the back-off clock (real time in the gateway)
@@ -86,6 +88,7 @@ class Rig:
             self.db.parent,
             close_bars=self.close_bars,
             alert=lambda text, kind: self.alerts.append((text, kind)),
+            day_close=self.day_close,
         )
         day.monotonic = lambda: self.mono[0]
         return day

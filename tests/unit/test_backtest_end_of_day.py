@@ -49,6 +49,7 @@ def run(
     interval: str = "5m",
     max_order_value: int = 0,
     volumes: dict[str, int] | None = None,
+    end: str = "15:20",
 ) -> BacktestResult:
     PLAN.clear()
     PLAN.update(plan)
@@ -72,7 +73,7 @@ def run(
         name="probe",
         strategy=f"{__name__}:Probe",
         codes=[CODE],
-        schedule=Schedule(end_of_day=policy),
+        schedule=Schedule(end=end, end_of_day=policy),
         risk=RiskLimits(max_order_value=max_order_value),
     )
     cfg = BacktestConfig(
@@ -336,3 +337,20 @@ def test_a_stop_met_after_the_end_leaves_the_flatten_sell_working() -> None:
     assert sells == [("2024-01-03T15:25", 10, 69_400)]  # the flatten's, at the closing call's price
     first = r.protections[0]
     assert first.sold == 0 and first.state.value == "cancelled"  # it had nothing left to sell
+
+
+def test_an_end_at_the_close_is_the_closes_and_no_day_stops_before_it() -> None:
+    """An end at or after the close (server/daycycle.py policy_due): flatten sells at the day's last close (live: in
+    the closing call), cancel leaves the orders to the close's expiry; no day counts as stopping before it."""
+    r = run(DAY, {"2024-01-03T09:00": [("buy", 10, 0, M)]}, EndOfDay.FLATTEN, end="15:30")
+    assert [f[1:] for f in fills(r) if f[0] < "2024-01-04"] == [("buy", 10, 70_200), ("sell", 10, 69_400)]
+    assert r.warnings == []
+    r = run(DAY, {"2024-01-03T09:00": [("buy", 10, 69_000, L), ("buy", 3, 0, M, NEXT)]}, end="16:00")
+    limit, nxt = PLACED["2024-01-03T09:00"]
+    assert state(r, limit) is OrderState.FILLED  # the closing call's low fills it: nothing cancelled it
+    assert state(r, nxt) is OrderState.FILLED and r.warnings == []
+    # daily bars: sold at the close (at the close itself the sells were refused, market closed, and the shares kept)
+    days = [("2024-01-03", 70_000, 70_500, 69_800, 70_200), ("2024-01-04", 71_000, 71_500, 70_900, 71_200)]
+    for end in ("15:30", "16:00"):
+        r = run(days, {"2024-01-03": [("buy", 10, 0, M, NEXT)]}, EndOfDay.FLATTEN, interval="1d", end=end)
+        assert fills(r) == [("2024-01-04", "buy", 10, 71_000), ("2024-01-04", "sell", 10, 71_200)], end

@@ -37,8 +37,8 @@ async def crash(h: Harness) -> None:
 
 
 async def friday_then_crash(db: Path) -> Rig:
-    """Friday: the flatten missed at 15:30:10 (promise stored, its cancel in flight), then kill -9; the gateway
-    comes back at 15:30:20 with no agent registered (FLAT is not started again before Monday)."""
+    """Friday: the flatten missed at 15:30:10 (promise stored, the day's buy left to the close), then kill -9; the
+    gateway comes back at 15:30:20 with no agent registered (FLAT is not started again before Monday)."""
     rig = Rig(db, at("10:00"), [FLAT])
     await rig.start()
     await friday(rig)

@@ -77,7 +77,7 @@ async def test_a_cancel_missed_before_the_down_time_cancels_what_its_end_would_h
         assert rig.h.store.get_meta("closed:20261204") == "1"
         assert rig.h.book.orders["canc-20261204-1"].state is OrderState.CANCELLED  # never sent at Monday's open
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
-        assert "canc" in text and "cancel" in text and "1 open orders cancelled" in text
+        assert "canc" in text and "cancel" in text and "1 next-session orders placed before its end cancelled" in text
     finally:
         await rig.close()
 

@@ -1,5 +1,6 @@
-"""A "missed" cancel policy cancels the day's own orders and what its end would have cancelled, never a
-next-session order placed after the day's end: an agent registering Friday 19:00 (its policy missed)
+"""A "missed" cancel policy cancels what its end would have cancelled of the next-session orders, never one
+placed after the day's end, and leaves the day's own orders to the close (past the session a cancel raced the
+closing auction, or KIS refused it: the close had ended them): an agent registering Friday 19:00 (its policy missed)
 places Monday's buy at once, and the next day tick leaves it held."""
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def test_an_evening_registration_keeps_its_fresh_next_session_order(tmp_pa
         await rig.close()
 
 
-async def test_a_missed_cancel_cancels_the_days_orders_and_spares_the_evenings(tmp_path: Path) -> None:
+async def test_a_missed_cancel_leaves_the_days_orders_to_the_close_and_spares_the_evenings(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [CARD])
     await rig.start()
     try:
@@ -71,10 +72,13 @@ async def test_a_missed_cancel_cancels_the_days_orders_and_spares_the_evenings(t
         rig.day = rig.new_day()
         assert d.submit(CARD, buy(3, 68_000, TimeInForce.NEXT_SESSION)).accepted
         rig.day.tick()
-        await rig.h.settle(lambda: rig.h.book.orders["eve-20261204-1"].state is OrderState.CANCELLED)
+        assert rig.h.book.orders["eve-20261204-1"].state is OrderState.ACCEPTED  # no cancel sent past the session
         assert rig.h.book.orders["eve-20261204-2"].state is OrderState.CANCELLED  # its end would have
         assert rig.h.book.orders["eve-20261204-3"].state is OrderState.HELD  # placed after it: spared
+        await rig.run_spawned()  # the close
+        assert rig.h.book.orders["eve-20261204-1"].state is OrderState.EXPIRED
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
-        assert "2 open orders cancelled" in text
+        assert "1 orders of the day were open through the close" in text
+        assert "1 next-session orders placed before its end cancelled" in text
     finally:
         await rig.close()

@@ -1,6 +1,6 @@
 """A card's end-of-day policy whose time passed while no gateway ran (restarted at 15:32): it is not
-silently skipped. A missed flatten holds market sells for the next session's open, a missed cancel still
-cancels what is open, and a person is told."""
+silently skipped. A missed flatten holds market sells for the next session's open, a missed cancel leaves the
+day's orders to the close (nothing is cancelled past the session), and a person is told."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ async def test_a_flatten_missed_over_a_restart_holds_next_session_sells_and_is_a
         await rig.close()
 
 
-async def test_a_missed_cancel_still_cancels_what_is_open_and_is_alerted(tmp_path: Path) -> None:
+async def test_a_missed_cancel_leaves_the_days_orders_to_the_close_and_is_alerted(tmp_path: Path) -> None:
     canc = policy_card("canc", EndOfDay.CANCEL)
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [canc])
     await rig.start()
@@ -84,9 +84,12 @@ async def test_a_missed_cancel_still_cancels_what_is_open_and_is_alerted(tmp_pat
         rig.at(at("15:32"))
         rig.day = rig.new_day()
         rig.day.tick()
-        await rig.h.settle(lambda: rig.h.book.orders["canc-20261204-1"].state is OrderState.CANCELLED)
+        assert rig.h.book.orders["canc-20261204-1"].state is OrderState.ACCEPTED  # no cancel past the session
+        await rig.run_spawned()  # the close ends it
+        assert rig.h.book.orders["canc-20261204-1"].state is OrderState.EXPIRED
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
-        assert "canc" in text and "cancel" in text and "1 open orders cancelled" in text
+        assert "canc" in text and "cancel" in text and "did not run" in text
+        assert "1 orders of the day were open through the close" in text
     finally:
         await rig.close()
 

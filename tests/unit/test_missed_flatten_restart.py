@@ -1,6 +1,6 @@
-"""A missed flatten's next-session sells wait for its cancels; the promise is stored with the policy's
-mark, so a gateway restarted while the cancels are in flight still queues them (the mark alone said the
-policy was done, and the sells promised in the alert were lost)."""
+"""A missed flatten's next-session sells wait for the day's orders to end (the close's expiry: past the session
+nothing is cancelled); the promise is stored with the policy's mark, so a gateway restarted before they end still
+queues them (the mark alone said the policy was done, and the sells promised in the alert were lost)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def at(hhmm: str) -> dt.datetime:
 
 async def friday(rig: Rig) -> None:
     """30 shares bought, a buy resting; the gateway is down over 15:20 and back at 15:30:10, where the
-    missed flatten sends its cancel (the sells wait for it)."""
+    missed flatten leaves the buy to the close (the sells wait for it to end)."""
     rig.day.tick()
     d = rig.h.desk
     for n, (qty, price) in enumerate(((30, 70_000), (10, 60_000)), start=1):
@@ -49,7 +49,7 @@ async def friday(rig: Rig) -> None:
     rig.at(at("15:30:10"))
     rig.day = rig.new_day()
     rig.day.tick()
-    assert rig.h.book.orders["flat-20261204-2"].state is OrderState.PENDING_CANCEL and not rig.h.book.held
+    assert rig.h.book.orders["flat-20261204-2"].state is OrderState.ACCEPTED and not rig.h.book.held
     assert rig.h.store.get_meta(MISSED_FLATTEN_KEY) == '{"flat":"20261204"}'
 
 
@@ -67,12 +67,12 @@ async def test_a_restart_before_the_cancels_end_still_queues_the_sells(tmp_path:
     try:
         await friday(rig)
         rig.day = rig.new_day()  # the gateway's day restarts now, on the same store
-        await rig.h.settle(lambda: not rig.h.book.orders["flat-20261204-2"].is_open)
         for t in ("15:30:20", "15:31:30", "16:00", "19:00"):
             rig.at(at(t))
             rig.day.tick()
             await rig.run_spawned()
         assert sells(rig) == 30
+        assert rig.h.book.orders["flat-20261204-2"].state is OrderState.EXPIRED  # the close's, never cancelled
         assert rig.h.store.get_meta(MISSED_FLATTEN_KEY) == "{}"  # queued: no longer promised
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)  # told once, before the restart
         assert "sold at market at the next session" in text
@@ -91,7 +91,7 @@ async def test_a_whole_gateway_restart_still_queues_the_sells(tmp_path: Path) ->
     try:
         await friday(rig)
     finally:
-        await rig.close()  # the process ends with the cancel in flight
+        await rig.close()  # the process ends before the close ended the buy
     again = Rig(db, at("15:30:20"), [FLAT], broker=broker)  # a new gateway on the same store and account
     await again.start()
     try:
@@ -99,7 +99,6 @@ async def test_a_whole_gateway_restart_still_queues_the_sells(tmp_path: Path) ->
             again.at(at(t))
             again.day.tick()
             await again.run_spawned()
-            await again.h.settle(lambda: not again.h.book.orders["flat-20261204-2"].is_open)
         again.day.tick()
         assert sells(again) == 30
         assert again.alerted(AlertKind.GATEWAY_FAULT) == []  # (told before the restart)

@@ -62,6 +62,7 @@ import msgspec
 from agent.runtime import load_strategy_class
 from agent.strategy import DataNeed, Strategy
 from common.calendar import (
+    CLOSING_CALL,
     EARLIER_HOURS,
     LONGER_SESSION_FROM,
     NORMAL_HOURS,
@@ -238,6 +239,7 @@ def _minute_ns(t: dt.time) -> int:
 _NORMAL_NS = (_minute_ns(NORMAL_HOURS[0]), _minute_ns(NORMAL_HOURS[1]))  # the open and close after midnight
 _EARLIER_NS = (_minute_ns(EARLIER_HOURS[0]), _minute_ns(EARLIER_HOURS[1]))  # (before LONGER_SESSION_FROM)
 _LONGER_FROM = LONGER_SESSION_FROM.isoformat()
+_CLOSING_CALL_NS = CLOSING_CALL // dt.timedelta(microseconds=1) * 1000
 
 
 def _session_ns(day: str) -> tuple[int, int]:
@@ -691,17 +693,24 @@ class Backtest:
         `end` (after its matching, before its on_bar), else 0. A day whose bars stop before `end` (data
         without the session's last minutes) is counted in `_short_days`; under `flatten` its end of day
         comes after its last bar (EOD_AFTER_BAR: sold at that bar's close, the data's stand-in for the
-        closing call), under `cancel` not at all (its orders expire at the close)."""
+        closing call), under `cancel` not at all (its orders expire at the close). An end at or after the
+        close is not a short day: live, a flatten sells in the closing call and a cancel leaves the close to end
+        the orders (server/daycycle.py policy_due)."""
         out = [0] * len(self.times)
-        day, end, done = "", 0, False
+        day, end, done, at_close = "", 0, False, False
         flatten = self.end_of_day is EndOfDay.FLATTEN
         for i, t in enumerate(self.times):
             if t[:10] != day:
                 day, done = t[:10], False
                 end = self._end_minute_of(day)
+                # an end at or after the close is the close's (server/daycycle.py policy_due): no bar reaches it
+                at_close = end >= (_session_ns(day)[1] - _day_ns(day)) // 60_000_000_000
             if done:
                 continue
-            if int(t[11:13]) * 60 + int(t[14:16]) + self.minutes >= end:
+            if at_close:  # a flatten sells at the day's last close (live: in the closing call); else nothing runs
+                if flatten and self.day_end[i]:
+                    out[i] = EOD_AFTER_BAR
+            elif int(t[11:13]) * 60 + int(t[14:16]) + self.minutes >= end:
                 out[i], done = EOD_BEFORE_BAR, True
             elif self.day_end[i]:
                 self._short_days.append(t)
@@ -717,7 +726,10 @@ class Backtest:
         broker, pending = self.broker, self.pending
         day = self.times[step][:10]
         broker.step = step
-        broker.ts_ns = _day_ns(day) + self._end_minute_of(day) * 60_000_000_000
+        end_ns, close_ns = _day_ns(day) + self._end_minute_of(day) * 60_000_000_000, _session_ns(day)[1]
+        # an end at or after the close runs as the closing call starts (server/daycycle.py policy_due): at the close
+        # itself the flatten's sells were refused (market closed) and the position carried, unsaid
+        broker.ts_ns = end_ns if end_ns < close_ns else close_ns - _CLOSING_CALL_NS
         if self.end_of_day is not EndOfDay.HOLD:
             broker.cancel_all(pending)
         if self.end_of_day is EndOfDay.FLATTEN:
@@ -789,8 +801,10 @@ class Backtest:
                 f"{last // 60:02d}:{last % 60:02d}): {what}"
             ]
         first, inside = self.broker.first_inside, self.broker.inside
-        if first is None:
-            return []
+        if first is None or (
+            self.end_of_day is EndOfDay.CANCEL and dt.time.fromisoformat(self.card.schedule.end) >= NORMAL_HOURS[1]
+        ):
+            return []  # (an end at the close cancels nothing live: the close ends the day's orders)
         return [
             f"end_of_day = {policy} at {end}: a daily bar cannot tell fills "
             f"after it; live cancels the order then ({inside:,} fills inside a bar kept as filled, the first "
