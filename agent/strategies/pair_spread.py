@@ -7,7 +7,8 @@ KRX retail cannot short, so the pair trade is long-only and holds at most one le
 - |z| <= exit_z: the spread is back to normal: hold nothing.
 Switching sells the held leg and buys the other at the next open with market orders, sized as
 `notional` // close. Decisions wait until both codes' bars of the same day have arrived.
-Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+Live, it decides on the day bar the gateway publishes after the close (the exchange's, once the day's
+orders have ended); its orders go to the next session's opening auction.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Then a DAY limit buy at `limit_pct` % under the close (on the tick grid) for the
 it fills only if the next day trades down to it, at min(open, limit).
 Exit at the next open (market): the close regains the recent high (take profit), falls `stop_pct`
 % under the entry, or the position is `max_hold` days old.
-Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+Live, it decides on the day bar the gateway publishes after the close (the exchange's, once the day's
+orders have ended); its orders go to the next session's opening auction.
 
 Restart-safe: the entry price is the held position's average cost (the gateway's snapshot), and the
 first day of the hold is kept in `ctx.state["since:<code>"]` (written when the buy is decided, since a

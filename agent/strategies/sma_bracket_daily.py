@@ -63,6 +63,8 @@ class SmaBracketDaily(SmaCrossDaily):
         w = self.windows.get(bar.code) or self._warm_up(bar.code)
         cross = w.cross(bar.close)
         if not cross:
+            if w.sign < 0:
+                self._exit_unsold(bar.code)  # (a level met first sold everything: nothing is held)
             return
         p = self.params
         held = self.ctx.position(bar.code)

@@ -5,7 +5,12 @@ close (a basket of codes priced 30,000 and 2,000,000 KRW then gets about the sam
 
 A cross is a change of sign of (short average - long average); a day where the two are equal keeps
 the previous sign (no cross). Averages are compared as integer sums scaled to a common window.
-Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+A sell that did not fill (the code halted or locked at its lower limit at that open, or refused) is
+placed again at each close while the short average stays below and shares are held: the cross decided
+the exit, the position must not outlive it (a halt left LG Corp held a month, through a -9 % day). A
+buy that did not fill is not: the next up-cross decides anew.
+Live, it decides on the day bar the gateway publishes after the close (the exchange's, once the day's
+orders have ended); its orders go to the next session's opening auction.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections import deque
 import msgspec
 
 from agent.strategy import Strategy
-from common.enums import BarInterval, OrderType, TimeInForce
+from common.enums import BarInterval, OrderType, Side, TimeInForce
 from common.schema import Bar
 
 
@@ -87,12 +92,28 @@ class SmaCrossDaily(Strategy):
         self.windows[code] = w
         return w
 
+    def _exit_unsold(self, code: str) -> None:
+        """Below the long average with shares held and no sell of them open: the exit the down-cross decided
+        did not fill (see the module docstring); it goes again for the next session."""
+        held = self.ctx.position(code)
+        if held > 0 and not any(o.code == code and o.side is Side.SELL for o in self.ctx.open_orders.values()):
+            self.ctx.sell(
+                code,
+                held,
+                0,
+                order_type=OrderType.MARKET,
+                tif=TimeInForce.NEXT_SESSION,
+                reason="short SMA below long: the exit did not fill",
+            )
+
     def on_bar(self, bar: Bar) -> None:
         if bar.interval != "1d":
             return
         w = self.windows.get(bar.code) or self._warm_up(bar.code)
         cross = w.cross(bar.close)
         if not cross:
+            if w.sign < 0:
+                self._exit_unsold(bar.code)
             return
         held = self.ctx.position(bar.code)
         qty = self.params.shares(bar.close)

@@ -5,7 +5,8 @@ days) on volume of at least `vol_mult` times their average volume: buy `notional
 next open. Exit (at the next open): the close falls below the lowest low of the last `exit_lookback`
 days, or `stop_pct` below the entry fill. Integer KRW; the volume test is done in integers
 (volume * lookback * 100 >= sum * vol_mult_pct).
-Live, it acts only on daily bars (none are streamed yet), so it idles on trade prints.
+Live, it decides on the day bar the gateway publishes after the close (the exchange's, once the day's
+orders have ended); its orders go to the next session's opening auction.
 The entry is the held position's average cost, read from the gateway's books at each decision (not
 remembered from `on_fill`, which a restarted agent never hears for fills made while it was down).
 """

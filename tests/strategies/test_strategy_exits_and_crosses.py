@@ -374,3 +374,45 @@ def test_ma_cross_cancels_its_resting_sell_on_an_up_cross_and_keeps_the_shares()
     ctx._open.clear()  # cancelled unfilled: still holding, and the signal says hold
     s.on_trade(tick(70_100, 6))
     assert len(ctx.orders) == 1 and ctx.position("005930") == 3
+
+
+# sma_cross_daily / sma_bracket (short 2, long 3): an up-cross at [5] buys at [6]'s open, a down-cross at [7]
+# sells at [8]'s open, where the code is locked at its lower limit all day (no buyer): the sell expires unfilled
+LOCKED = [
+    (100_000, 100_000, 100_000, 100_000),
+    (101_000, 101_000, 101_000, 101_000),
+    (102_000, 102_000, 102_000, 102_000),
+    (99_000, 99_000, 99_000, 99_000),
+    (104_000, 104_000, 104_000, 104_000),
+    (108_000, 108_000, 108_000, 108_000),
+    (108_000, 109_000, 108_000, 109_000),
+    (100_000, 100_000, 100_000, 100_000),
+    (70_000, 70_000, 70_000, 70_000),  # -30 %: locked at the lower limit
+    (72_000, 73_000, 71_000, 72_000),
+    (72_000, 73_000, 71_000, 72_000),
+]
+
+
+def test_a_daily_sma_exit_that_did_not_fill_goes_again_while_below() -> None:
+    """A down-cross's sell that expired unfilled (a halt, a lower-limit lock) is placed again at the next close
+    while the short average stays below: the position no longer waits for another up- and down-cross (a halt
+    left LG Corp held a month past its exit, through a -9 % day)."""
+    for strategy in (
+        "agent.strategies.sma_cross_daily:SmaCrossDaily",
+        "agent.strategies.sma_bracket_daily:SmaBracketDaily",
+    ):
+        params = {"short": 2, "long": 3, "qty": 10} | (
+            {"stop_pct": 50.0, "take_pct": 90.0} if "bracket" in strategy else {}
+        )
+        r = run_backtest(
+            card(strategy, "000660", params),
+            {"000660": bars("000660", LOCKED)},
+            BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 12, 30)),
+        )
+        assert [(f.day, f.side, f.qty, f.price) for f in r.fills] == [
+            (SESSIONS[6], Side.BUY, 10, 108_000),
+            (SESSIONS[9], Side.SELL, 10, 72_000),  # placed again at [8]'s close, sold at the next open
+        ], strategy
+        sells = [o for o in r.orders if o.side is Side.SELL]
+        assert [o.state for o in sells] == [OrderState.EXPIRED, OrderState.FILLED], strategy
+        assert r.positions.get("000660") is None or r.positions["000660"].qty == 0
