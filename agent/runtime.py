@@ -32,7 +32,7 @@ from agent.lock import AgentLock, AgentLockedError
 from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
 import agent.services as _services_module
-from agent.strategy import HistoryUnavailable, Strategy, unsubscribed_bars
+from agent.strategy import HistoryUnavailable, Strategy, params_codes_problems, unsubscribed_bars
 from common.clock import date_of, kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
@@ -1221,6 +1221,11 @@ class AgentRuntime(AgentServicesMixin):
             raise AgentExit(
                 EXIT_STRATEGY, f"strategy {self.card.strategy}: ended itself ({_ended(e)}) while loaded"
             ) from None
+        outside, unused = params_codes_problems(cls, params, self.card.codes)
+        if outside:
+            raise AgentExit(EXIT_BAD_CARD, f"{self.card.id}: {outside}")
+        if unused:
+            self.log.warning("%s: %s", self.card.id, unused)
         missing = unsubscribed_bars(cls, self.card.subscriptions.bars)
         if missing:
             raise AgentExit(

@@ -7,7 +7,7 @@ backtester provides. Callbacks run one at a time on the agent's thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
@@ -210,6 +210,34 @@ def unsubscribed_bars(cls: type["Strategy"], subscribed: list[BarInterval]) -> l
     return [b for b in cls.needs_bars if b not in subscribed]
 
 
+def params_codes_problems(cls: type["Strategy"], params: Any, codes: Sequence[str]) -> tuple[str, str]:
+    """(error, warning) about the codes `cls`'s parsed `params` name (its `code_params`) against its card's `codes`
+    ("": none). An error: a code the card does not list (a pair waited for its bars for ever; a list of codes
+    quoted one not approved). A warning: a card code no code param names (the strategy never acts on it)."""
+    if not cls.code_params:
+        return "", ""
+    named: list[tuple[str, str]] = []
+    for name in cls.code_params:
+        value = getattr(params, name, None)
+        named.extend((name, c) for c in ([value] if isinstance(value, str) else list(value or ())))
+    listed = set(codes)
+    outside = [f"{name} {code}" for name, code in named if code not in listed]
+    unused = sorted(listed - {code for _, code in named})
+    error = (
+        f"params name codes the card does not list ({', '.join(outside)}): the card's codes are the ones approved "
+        "and registered; list them in `codes`, or correct the params"
+        if outside
+        else ""
+    )
+    warning = (
+        f"{', '.join(unused)}: in the card's codes, but in none of the params {', '.join(cls.code_params)}: "
+        f"{cls.__name__} never acts on it"
+        if unused
+        else ""
+    )
+    return error, warning
+
+
 class DataNeed(StrEnum):
     """Data beyond prices a strategy cannot work without, declared so a backtest can refuse to run
     without it (tools/backtest/history.py) instead of quietly trading on zeros."""
@@ -230,6 +258,9 @@ class Strategy:
     # the card checker and the runtime refuse a card that does not.
     needs_bars: ClassVar[tuple[BarInterval, ...]] = ()
     needs: ClassVar[frozenset[DataNeed]] = frozenset()
+    # Params that name codes the strategy trades or reads (a pair's legs, a list of codes): each must be one of its
+    # card's `codes`, the ones the operator approves and the gateway registers (`params_codes_problems`)
+    code_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: Context, params: Any) -> None:
         self.ctx = ctx

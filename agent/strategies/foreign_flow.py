@@ -67,6 +67,7 @@ def streak(days: list[InvestorDay], buying: bool, min_value: int = 0) -> int:
 
 class ForeignFlow(Strategy):
     Params = Params
+    code_params = ("codes",)  # each one of the card's codes (agent/strategy.py params_codes_problems)
     needs = frozenset({DataNeed.FLOWS})
 
     def __init__(self, ctx: Context, params: Any) -> None:

@@ -43,6 +43,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 class PairSpread(Strategy):
     needs_bars = (BarInterval.D1,)  # it decides on daily bars, after the close, for the next session
     Params = Params
+    code_params = ("common", "pref")  # each one of the card's codes (agent/strategy.py params_codes_problems)
 
     def on_start(self) -> None:
         p: Params = self.params

@@ -87,6 +87,7 @@ def volatility_pct(closes: list[int]) -> float:
 
 class ValueVol(Strategy):
     Params = Params
+    code_params = ("codes",)  # each one of the card's codes (agent/strategy.py params_codes_problems)
     needs = frozenset({DataNeed.COMPANY})
 
     def __init__(self, ctx: Context, params: Any) -> None:

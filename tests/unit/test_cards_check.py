@@ -159,3 +159,43 @@ def test_a_card_without_its_own_order_limits_is_warned_of(tmp_path: Path, master
     problems = [p for p in check_cards(tmp_path, master, account_budget=0) if p.field.startswith("risk.max_")]
     assert problems and all(p.warning for p in problems)
     assert "lock the others out of new orders" in problems[0].reason
+
+
+def test_params_naming_codes_the_card_does_not_list_are_refused(tmp_path: Path, master: dict) -> None:
+    """A card copied for another pair with `pref` left as it was traded nothing for ever, silently; a list of codes
+    in params that differs from the card's quoted a code nobody approved and never looked at an approved one. The
+    check, the agent's start and a backtest refuse the first; a card code no param names is warned of."""
+    pair = GOOD.replace("agent.strategies.ma_cross:MaCross", "agent.strategies.pair_spread:PairSpread")
+    pair = pair.format(id="pair", codes='["005380", "005385"]', budget=1_000_000)
+    (tmp_path / "pair.toml").write_text(pair + '[params]\ncommon = "005380"\npref = "005935"\n')
+    vv = GOOD.replace("agent.strategies.ma_cross:MaCross", "agent.strategies.value_vol:ValueVol")
+    vv = vv.format(id="vv", codes='["105560", "055550"]', budget=1_000_000)
+    (tmp_path / "vv.toml").write_text(vv + '[params]\ncodes = ["105560"]\n')
+    problems = check_cards(tmp_path, master, account_budget=0)
+    (err,) = [p for p in problems if p.field == "params"]
+    assert err.file.endswith("pair.toml") and not err.warning and "pref 005935" in err.reason
+    (warn,) = [p for p in problems if p.field == "codes" and p.file.endswith("vv.toml")]
+    assert warn.warning and "055550: in the card's codes, but in none of the params codes" in warn.reason
+
+
+def test_a_backtest_refuses_params_naming_codes_the_card_does_not_list() -> None:
+    import datetime as dt
+
+    from common.config import AgentCard
+    from common.schema import Bar
+    from tools.backtest.data import Series
+    from tools.backtest.engine import BacktestConfig, BacktestInputError, run_backtest
+
+    card = AgentCard(
+        id="pair",
+        name="pair",
+        strategy="agent.strategies.pair_spread:PairSpread",
+        codes=["005380", "005385"],
+        params={"common": "005380", "pref": "005935"},
+    )
+    bars = {
+        c: Series(c, [Bar(code=c, interval="1d", start="2024-01-02", open=1, high=1, low=1, close=1, volume=1)])
+        for c in card.codes
+    }
+    with pytest.raises(BacktestInputError, match="pref 005935"):
+        run_backtest(card, bars, BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 1, 31)))

@@ -60,7 +60,7 @@ from typing import Any
 import msgspec
 
 from agent.runtime import load_strategy_class
-from agent.strategy import DataNeed, Strategy
+from agent.strategy import DataNeed, Strategy, params_codes_problems
 from common.calendar import (
     CLOSING_CALL,
     EARLIER_HOURS,
@@ -651,6 +651,8 @@ class Backtest:
         self.ctx = BacktestContext(self)
         try:  # params the strategy refuses (its Params' types and checks, or a ValueError when it starts)
             params = cls.parse_params(raw)
+            if outside := params_codes_problems(cls, params, card.codes)[0]:
+                raise ValueError(outside)
             self.strategy: Strategy = cls(self.ctx, params)
         except (ValueError, TypeError) as e:
             raise BacktestInputError(f"{card.strategy}: bad params {raw}: {e}") from e

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.runtime import load_strategy_class
-from agent.strategy import unsubscribed_bars
+from agent.strategy import params_codes_problems, unsubscribed_bars
 from common.config import AgentCard, ConfigError, limit_problems, load_card
 from common.ids import EXTERNAL_AGENT
 from kis.master import MasterEntry, StockMaster, load_stock_master
@@ -160,9 +160,15 @@ def card_problems(f: Path, card: AgentCard, sm: StockMaster) -> list[Problem]:
         problems.append(Problem(str(f), "strategy", f"{card.strategy} cannot be loaded: {why}"))
         return problems
     try:
-        cls.parse_params(card.params)
+        params = cls.parse_params(card.params)
     except Exception as e:
         problems.append(Problem(str(f), "params", f"invalid for {cls.__name__}: {e}"))
+    else:
+        outside, unused = params_codes_problems(cls, params, card.codes)
+        if outside:
+            problems.append(Problem(str(f), "params", outside))
+        if unused:
+            problems.append(Problem(str(f), "codes", unused, warning=True))
     missing = unsubscribed_bars(cls, card.subscriptions.bars)
     if missing:
         problems.append(
