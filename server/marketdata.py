@@ -168,6 +168,9 @@ class MarketData:
         self.wall_steps = False
         self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9
         self._skew_taken: tuple[dt.datetime, float] | None = None  # (exchange time, elapsed) at the latest print
+        # (exchange time, elapsed) of the latest print whatever the clock: the day cycle holds a close while the
+        # exchange still prints the session (a machine clock ahead of it)
+        self.last_print: tuple[dt.datetime, float] | None = None
         self._step_told = False  # the step since the latest print was logged
         # KRX sessions: daily bars close when the day cycle has closed the day (close_daily), not by time
         self.hold_daily = rule is SessionRule.KRX
@@ -357,6 +360,7 @@ class MarketData:
             log.warning("print %s not used for bars: %s", ev, e)
             return
         self.skew = when - wall
+        self.last_print = (when, self.elapsed())
         if self.wall_steps:
             self._skew_taken, self._step_told = (when, self.elapsed()), False
         self._watch_skew(self.skew.total_seconds(), when)

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from common import approvals
-from common.clock import date_of, yyyymmdd
+from common.clock import date_of, elapsed_ns, yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForce
 from common.ids import make_client_order_id
@@ -70,6 +70,9 @@ CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 # trades has its confirmed value (or the day's trading is over): a night's value kept all day bands today's
 # prints and orders around yesterday's base (after a limit-up day every print above yesterday's close dropped)
 MORNING_REFRESH = dt.time(8, 0)
+# a print of the session heard this recently holds the day's close (`_exchange_in_session`): after the real close the
+# closing auction's print comes (its time at or past the close), then none
+SESSION_PRINT_RECENT_S = 60.0
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 # a code whose prints (or books) land outside its band (server/md_sanity.py drops them as outside_band) has its
 # base price fetched again, at most this often: its base may be stale; a feed sending bad prices all day must not
@@ -256,6 +259,7 @@ class TradingDay:
         counters: MutableMapping[str, int] | None = None,
         approved: approvals.ApprovedCards | None = None,
         day_close: Callable[[str, dt.date], int] = lambda code, day: 0,  # a code's official close of a day (0: none)
+        last_print: Callable[[], tuple[dt.datetime, float] | None] = lambda: None,
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -281,6 +285,9 @@ class TradingDay:
         self.alerts_of_day = alerts_of_day
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
+        self.last_print = last_print  # (exchange time, elapsed s) of the latest print heard, None: none
+        self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9  # (last_print's clock: MarketData.elapsed)
+        self._close_held_told = ""  # the day a close held for the exchange's prints was told
         self.day_close = day_close
         self.protections = protections
         self.cycle = DayCycle(book.store)
@@ -431,8 +438,35 @@ class TradingDay:
             self._missed_sells_due(now)
         for card in due.cleanup:
             self.end_of_day(card)
-        if due.close_day:
+        if due.close_day and not self._exchange_in_session(day):
             self._start_close(day)
+
+    def _exchange_in_session(self, day: str) -> bool:
+        """The machine's clock says `day`'s session is over, but the exchange printed a time of it within
+        SESSION_PRINT_RECENT_S: the clock is ahead of KRX, and closing now would expire orders still working at KIS
+        (out of reach of cancels and the kill switch, as the books say them ended) and publish mid-session bars as
+        the day's (a hunt: a clock 32 min fast closed the day at 15:00). The close waits for the prints to stop;
+        a person is told once a day."""
+        got = self.last_print() if self.clock.timed else None
+        if got is None:
+            return False
+        at, heard = got
+        if self.elapsed() - heard > SESSION_PRINT_RECENT_S or yyyymmdd(at.date()) != day:
+            return False
+        try:
+            if at >= SessionTimes(at.date()).close:
+                return False
+        except ValueError:
+            return False
+        if self._close_held_told != day:
+            self._close_held_told = day
+            self.alert(
+                f"the machine's clock says the session of {day} is over ({self.clock.now():%H:%M:%S} KST), but the "
+                f"exchange's prints are still of {at:%H:%M:%S}: the day is closed once they stop (its orders stay "
+                "open meanwhile); set the machine's time right (NTP): orders are judged by its clock",
+                AlertKind.GATEWAY_FAULT,
+            )
+        return True
 
     def _clock_went_back(self, day: str) -> bool:
         """The machine's clock stepped back to an earlier day (NTP over midnight): the trading day never goes

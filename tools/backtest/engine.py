@@ -648,6 +648,13 @@ class Backtest:
                 f"{card.strategy} decides on live prints only ({hooks}), which {self.interval} bars cannot "
                 "replay: a backtest of it would trade nothing (it needs on_bar or on_timer to be backtested)"
             )
+        if cls.needs_bars and self.interval not in cls.needs_bars:
+            # (live, the gateway streams every interval its card subscribes to; a run gets its data's only)
+            needs = ", ".join(b.value for b in cls.needs_bars)
+            raise BacktestInputError(
+                f"{card.strategy} decides on {needs} bars, the data is {self.interval} bars: a backtest of it would "
+                f"trade nothing (run it on {cls.needs_bars[0].value} data)"
+            )
         self.ctx = BacktestContext(self)
         try:  # params the strategy refuses (its Params' types and checks, or a ValueError when it starts)
             params = cls.parse_params(raw)

@@ -1,0 +1,67 @@
+"""The machine's clock ahead of KRX across the close: the day is not closed while the exchange still prints its
+session (a hunt: a clock 32 min fast closed the day at 15:00 by KRX, expired two sells still working at KIS, which
+then filled out of reach of cancel_all and the kill switch, and published the 15:00 bars as the day's). The close
+waits for the prints to stop; a person is told once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from common.clock import KST
+from common.config import EndOfDay
+from common.enums import AlertKind, Side
+from common.orders import OrderState
+from common.schema import NewOrder
+from tests.fakes.trading_day_rig import Rig, on, policy_card
+
+FRIDAY = dt.date(2026, 12, 4)
+CODE = "005930"
+
+
+async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_path: Path) -> None:
+    hold = policy_card("hold", EndOfDay.HOLD)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [hold])
+    await rig.start()
+    h = rig.h
+    elapsed = [5_000.0]
+    heard: list[tuple[dt.datetime, float] | None] = [None]
+    try:
+        rig.day.last_print, rig.day.elapsed = lambda: heard[0], lambda: elapsed[0]
+        rig.day.tick()
+        sell = NewOrder(client_order_id="hold-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(hold, sell).accepted  # rests below the market
+        await h.settle(lambda: h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED)
+        # the machine's clock jumps to 15:32 while KRX is at 15:00 and still printing
+        rig.at(on(FRIDAY, "15:32"))
+        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 0, 5), KST), elapsed[0] - 1.0)
+        for _ in range(2):
+            rig.day.tick()
+            await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") != "1"
+        assert h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED  # still working at the broker
+        [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "still of 15:00:05" in text and "NTP" in text
+        # the closing auction's print (at the close) or silence past SESSION_PRINT_RECENT_S: the day closes
+        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 30, 12), KST), elapsed[0])
+        rig.day.tick()
+        await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") == "1"
+        assert h.book.orders["hold-20261204-1"].state is OrderState.EXPIRED
+        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+    finally:
+        await rig.close()
+
+
+async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
+    """The last print of the session heard long ago (a quiet code, the feed down): the clock decides, as before."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:30"), [policy_card("hold", EndOfDay.HOLD)])
+    await rig.start()
+    try:
+        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
+        rig.day.elapsed = lambda: 100.0 + 61.0
+        rig.day.tick()
+        await rig.run_spawned()
+        assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
+    finally:
+        await rig.close()
