@@ -24,8 +24,10 @@ may start without history).
 
 Restart-safe: decisions come from the gateway's snapshot (positions, open orders) plus `ctx.state`
 ("entry:<code>": entry average, target and stop prices; "cooldown:<code>"), so a restarted copy neither
-re-buys nor places a second target. Backtest: it needs company data (`--history`: PER/PBR/EPS/BPS by day);
-it decides at each daily close, for the next session.
+re-buys nor places a second target. The levels follow the position's average: a split the operator
+applies (the shares times N, the cost kept) sets them again on the new shares' prices, and a stop
+decided meanwhile on the new price against the old levels is judged again. Backtest: it needs company
+data (`--history`: PER/PBR/EPS/BPS by day); it decides at each daily close, for the next session.
 """
 
 from __future__ import annotations
@@ -148,8 +150,16 @@ class ValueVol(Strategy):
             return
         entry = self.ctx.state.get(f"entry:{code}")
         pos = self.ctx.positions[code]
+        avg = pos.cost // pos.qty
+        if entry is not None and entry["avg"] != avg:
+            # the average moved under the levels: a split the operator applied (cost kept, shares times N) or a
+            # later fill of the entry. Levels from the old average read a 1:5 split as an 80 % fall: a stop decided
+            # on the new shares' price (its sell denied until the split was applied) sold everything at market
+            self.ctx.log.info("%s: average %s -> %s: exits set again", code, f"{entry['avg']:,}", f"{avg:,}")
+            if entry["stopping"]:
+                self.ctx.state.pop(f"cooldown:{code}", None)  # (the stop is judged again on the new levels)
+            entry = None
         if entry is None:  # first time we see this position (or state from before it): set the exits
-            avg = pos.cost // pos.qty
             rules = rules_for(self.ctx.now().date())  # the day's tick grid (live: today's)
             entry = {
                 "avg": avg,

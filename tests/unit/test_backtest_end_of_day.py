@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from agent.strategy import Strategy, session_tif
-from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
+from common.config import AgentCard, EndOfDay, RiskLimits, Schedule, Subscriptions
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE
 from common.orders import OrderState
 from common.schema import Bar, OrderView
 from tools.backtest.data import Series
-from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
+from tools.backtest.engine import BacktestConfig, BacktestInputError, BacktestResult, run_backtest
 
 CODE = "005930"
 M, L, C = OrderType.MARKET, OrderType.LIMIT, OrderType.CONDITIONAL
@@ -354,3 +354,18 @@ def test_an_end_at_the_close_is_the_closes_and_no_day_stops_before_it() -> None:
     for end in ("15:30", "16:00"):
         r = run(days, {"2024-01-03": [("buy", 10, 0, M, NEXT)]}, EndOfDay.FLATTEN, interval="1d", end=end)
         assert fills(r) == [("2024-01-04", "buy", 10, 71_000), ("2024-01-04", "sell", 10, 71_200)], end
+
+
+def test_a_strategy_deciding_on_daily_bars_is_refused_on_intraday_data() -> None:
+    """(a hunt) The shipped daily SMA on 5-minute data ran and reported 0 trades: it never got a 1d bar."""
+    card = AgentCard(
+        id="sma",
+        name="sma",
+        strategy="agent.strategies.sma_cross_daily:SmaCrossDaily",
+        codes=[CODE],
+        subscriptions=Subscriptions(bars=["1d"]),
+    )
+    bars = [Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=1) for s, o, h, lo, c in DAY]
+    cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31))
+    with pytest.raises(BacktestInputError, match="decides on 1d bars, the data is 5m bars"):
+        run_backtest(card, {CODE: Series(CODE, bars)}, cfg)

@@ -347,3 +347,28 @@ def test_foreign_flow_sends_again_an_order_lost_at_the_day_change_only() -> None
 def test_foreign_flow_params_are_validated(bad: dict) -> None:
     with pytest.raises(msgspec.ValidationError):
         ForeignFlow.parse_params(bad)
+
+
+def test_value_levels_follow_a_split_applied_and_a_stop_decided_before_it_is_judged_again() -> None:
+    """1:5 split of a held code (a hunt): the first poll of the split's session saw the new shares' price
+    (16,510) against levels of the old ones (stop 80,400) and decided a stop, its sell denied until the operator
+    applied the split; then it sold all 60 new shares at market and stopped buying for 20 days, the price having
+    not moved against it. Applied (the shares times 5, the cost kept), the levels are set again from the new
+    average and the stop is judged again."""
+    ctx = ScriptedContext()
+    ctx.hold("105560", 12, 12 * 82_900)
+    ctx.state["entry:105560"] = {"avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
+    ctx.quotes["105560"] = quote(last=16_510)
+    s = value(ctx)  # before the apply: a stop on the wrong scale (its sell is denied by the gateway)
+    assert ctx.state["entry:105560"]["stopping"] and "cooldown:105560" in ctx.state
+    ctx.orders.clear()
+    s.inflight.clear()  # (its market sell was denied, DENIED_HALTED: on_order let it go)
+    ctx.hold("105560", 60, 12 * 82_900)  # the operator applied it: 60 shares, the same cost
+    s.on_timer()
+    entry = ctx.state["entry:105560"]
+    assert (entry["avg"], entry["stopping"]) == (16_580, False)
+    assert entry["stop"] < 16_510 < entry["target"]
+    assert "cooldown:105560" not in ctx.state
+    assert [(o["side"], o["type"], o["qty"], o["price"]) for o in ctx.orders] == [
+        (Side.SELL, OrderType.LIMIT, 60, entry["target"])  # the target, not a market sell
+    ]
