@@ -2458,7 +2458,7 @@ class AgentRuntime(AgentServicesMixin):
         mark = len(self._outbox)
         self._callbacks += 1
         failed: Exception | None = None
-        started = time.monotonic()
+        started, waited = time.monotonic(), self.waited_s
         rebuild = name in REBUILDS
         self._rebuilding += rebuild
         try:
@@ -2499,7 +2499,7 @@ class AgentRuntime(AgentServicesMixin):
         finally:
             self._callbacks -= 1
             self._rebuilding -= rebuild
-            self._timed(name, time.monotonic() - started)
+            self._timed(name, time.monotonic() - started - (self.waited_s - waited))  # (gateway waits heartbeat)
         if self._kv is not None and self._kv._lent:
             # state changed in place: saved, or refused as a strategy error of this callback, counted (on_error
             # applies) but without dropping its orders: a journal grown past the limit must not cost a stop its sell,

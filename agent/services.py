@@ -210,6 +210,9 @@ class AgentServicesMixin:
     _hb_sent_at: float
     _max_ack_gap: float
     _stopping: bool = False  # set by the runtime's signal handler
+    # seconds spent waiting in gateway calls (they heartbeat: a callback's wait there keeps the lease), so the
+    # runtime's slow-callback warning counts only the strategy's own time
+    waited_s: float = 0.0
     _gateway_sid: str = ""  # the gateway process registered with (its replies' header sid; "" not yet)
     _kv: StateMap | None = None
     _state_type: ClassVar[type[StateMap]] = (
@@ -302,8 +305,13 @@ class AgentServicesMixin:
             self._hb_sent_at = now
             client.send(self._heartbeat_msg())
         mid = client.send(msg)
-        deadline = now + timeout_s
-        within = f"within {timeout_s}s"
+        began = now
+        try:
+            return self._await_reply(client, msg, mid, now + timeout_s, f"within {timeout_s}s")
+        finally:
+            self.waited_s += time.monotonic() - began
+
+    def _await_reply(self, client: GatewayClient, msg: Any, mid: int, deadline: float, within: str) -> Any:
         while True:
             now = time.monotonic()
             if self._stopping and deadline > now + STOPPING_REPLY_S:
