@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 import msgspec
 from rich.console import Console
 
@@ -188,3 +190,19 @@ def test_a_shadow_agents_virtual_shares_are_not_compared_with_the_account(tmp_pa
     finally:
         store.close()
     assert _positions(tmp_path / "run") == {"live": {"005930": 2}}
+
+
+def test_a_card_on_a_code_the_twin_does_not_list_is_refused_before_any_day(tmp_path: Path) -> None:
+    """(a hunt) 000100 is in the data but not the twin's list: every day ran (99 s), its orders refused as unknown
+    codes, and the audit failed as "unexplained"."""
+    from tools.rehearse.desk import RehearsalError
+    from tools.rehearse.run import rehearse
+
+    card = tmp_path / "c.toml"
+    card.write_text(
+        'id = "cc"\nname = "cc"\nstrategy = "agent.strategies.sma_cross_daily:SmaCrossDaily"\ncodes = ["000100"]\n'
+        '[subscriptions]\nbars = ["1d"]\n'
+    )
+    with pytest.raises(RehearsalError, match="000100 not in the twin's stock list"):
+        rehearse([card], tmp_path, 3, workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # nothing started

@@ -30,6 +30,8 @@ from common.orders import Order
 from kis.sim.history import DailyBar
 from kis.sim.history_market import on_day_grid
 from kis.sim.history_plan import tradable
+from kis.sim.universe import codes as twin_codes
+from kis.sim.universe import get as twin_stock
 from tools.backtest.cli import _listings
 from tools.backtest.data import Series, load_codes
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
@@ -117,6 +119,12 @@ def rehearse(
     t0 = time.monotonic()
     cards = [(p, load_card(p)) for p in card_paths]
     codes = sorted({c for _, card in cards for c in card.codes})
+    if unlisted := [c for c in codes if twin_stock(c) is None]:
+        # (its agent would be refused every order, DENIED_UNKNOWN_CODE, and the audit fail as "unexplained")
+        raise RehearsalError(
+            f"{', '.join(unlisted)} not in the twin's stock list (kis/sim/universe.py), which the rehearsal trades: "
+            f"rehearse cards on its codes ({', '.join(twin_codes()[:6])}...)"
+        )
     series = load_series(data, codes)
     days = pick_days(series, n_days, start)
     if len(days) < n_days:
