@@ -891,10 +891,25 @@ class TradingDay:
                 n = self._sell_next_session(card, why)
             self.alert(
                 f"{agent}: end of day: flatten: its sells did not sell everything by the close ({shares_text(left)} "
-                f"left: a code locked at its lower limit, or halted?): held overnight, {n} market sells held for the "
-                "next session's open",
+                f"left: {self._flatten_ended(agent, day)}): held overnight, {n} market sells held for the next "
+                "session's open",
                 AlertKind.NOT_SENT,
             )
+
+    def _flatten_ended(self, agent: str, day: str) -> str:
+        """How the gateway's sells of `agent` on `day` ended short, for a person: refused (the broker's word: one sent
+        after the close is refused as outside trading hours) or unfilled at the close (a lock, a halt)."""
+        book = self.book
+        sells = [
+            o
+            for c, o in book.orders.items()
+            if o.agent == agent and o.side is Side.SELL and is_gateway_exit(o) and book.order_day.get(c) == day
+        ]
+        refused = [o for o in sells if o.state in (OrderState.REJECTED, OrderState.DENIED)]
+        if refused:
+            o = refused[-1]
+            return f"{len(refused)} of its sells refused, the last {o.reason_code or o.state.value}: {o.reason[:120]}"
+        return "unfilled at the close: a code locked at its lower limit, or halted?"
 
     def _unsold(self, agent: str) -> dict[str, int]:
         """code -> shares `agent` holds that none of its held sells (for a next session) covers."""

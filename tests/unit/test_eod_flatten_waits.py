@@ -195,7 +195,7 @@ async def test_an_end_of_day_flatten_whose_sells_expire_unsold_holds_next_sessio
         assert held.order_type is OrderType.MARKET and held.valid_day == "20261207"  # Monday's open
         [told] = rig.alerted(AlertKind.NOT_SENT)
         assert "did not sell everything by the close" in told and "10 005930" in told, told
-        assert "held for the next session" in told, told
+        assert "unfilled at the close" in told and "held for the next session" in told, told
         await tick(rig, "15:40")
         assert len(sells(h)) == 2  # not again
     finally:
@@ -352,5 +352,21 @@ async def test_a_missed_flatten_whose_closing_buy_fill_lands_after_it_holds_sell
         await tick(rig, "15:31:30")
         assert rig.day.cycle.is_closed("20261204")
         assert [o.qty for o in h.book.held.values() if o.agent == "flat"] == [10], rig.alerts
+    finally:
+        await rig.close()
+
+
+async def test_an_end_of_day_flatten_whose_sell_the_broker_refused_says_so(tmp_path: Path) -> None:
+    """(a hunt) The flatten's sell reached KIS after 15:30 and was refused as outside trading hours: the alert guessed
+    "a code locked at its lower limit, or halted?" and sent the operator looking for a lock."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        h.broker.refuse_sells = ("APBK0919", "장운영시간이 아닙니다.")
+        await tick(rig, "15:20")
+        await h.settle(lambda: [s[1] for s in sells(h)] == [OrderState.REJECTED])
+        await tick(rig, "15:31:30")
+        [told] = rig.alerted(AlertKind.NOT_SENT)
+        assert "1 of its sells refused" in told and "APBK0919" in told and "locked" not in told, told
     finally:
         await rig.close()
