@@ -17,6 +17,7 @@ from typing import Protocol
 from common.calendar import close_ns, previous_trading_day
 from common.clock import date_of, yyyymmdd
 from common.enums import AgentMode, Side
+from common.ids import placed_by_gateway
 from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.protection import Protection
@@ -45,6 +46,19 @@ class AgentDay(msgspec.Struct, kw_only=True):
     performance: AgentPerformance | None = None  # since the agent's first snapshot (server/performance.py)
 
 
+class Waiting(msgspec.Struct, kw_only=True):
+    """An order held for a later session when the report was written (sent at that session's opening call)."""
+
+    agent: str
+    client_order_id: str
+    code: str
+    side: Side
+    qty: int
+    price: int  # 0: at market
+    valid_day: str
+    by_gateway: bool  # the gateway's sell for the agent (a flatten's, a protective exit), not the agent's own
+
+
 class DailyReport(msgspec.Struct, kw_only=True):
     day: str
     agents: list[AgentDay]
@@ -52,6 +66,9 @@ class DailyReport(msgspec.Struct, kw_only=True):
     alerts: list[str] = []  # the day's alerts (reconciliation differences, external orders, halts ...)
     protections: list[Protection] = []  # protective orders active at the close, or that ended this day
     cash: CashCheck | None = None  # the day's traded value and costs, books against the broker (None: not checked)
+    # what waits for the next session's opening call as the report is written (a missed flatten's market sells too:
+    # the evening's one document said only "carried", not that the whole position sells at the open)
+    waiting: list[Waiting] = []
 
 
 DaySpan = tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]
@@ -67,11 +84,13 @@ def build(
     day_span: DaySpan | None = None,
     timed: bool = True,
     closes: Mapping[str, int] | None = None,
+    held: list[Order] | None = None,
 ) -> DailyReport:
     """`day_span`: each agent's (realised, fees) totals at the day's start and end, for a day the
     portfolio has rolled past (its day totals are the next day's then). `timed`: the clock keeps KRX hours
     (decided_after_close). `closes`: the day's official closes (code -> price; 0 or absent: the mark), for a
-    day closed late: what is held is valued at them, not at the prices of the session it was closed in."""
+    day closed late: what is held is valued at them, not at the prices of the session it was closed in. `held`:
+    the orders waiting for a later session now (listed under `waiting`)."""
     rows: dict[str, AgentDay] = {}
     expired = 0
     after = decided_after_close(day, timed)
@@ -110,6 +129,19 @@ def build(
         expired_at_close=expired,
         alerts=list(alerts or []),
         protections=list(protections or []),
+        waiting=[
+            Waiting(
+                agent=o.agent,
+                client_order_id=o.client_order_id,
+                code=o.code,
+                side=o.side,
+                qty=o.remaining,
+                price=o.price,
+                valid_day=o.valid_day,
+                by_gateway=placed_by_gateway(o.client_order_id),
+            )
+            for o in sorted(held or [], key=lambda o: (o.agent, o.valid_day, o.client_order_id))
+        ],
     )
 
 
@@ -136,6 +168,12 @@ def render(rep: DailyReport) -> str:
             "(shadow) rows are virtual, not the account's: their orders were never sent, their fills are the "
             "shadow market's conservative estimate"
         )
+    if rep.waiting:
+        lines += ["", "waiting for the next session (sent at its opening call)"]
+        for w in rep.waiting:
+            at = "at market" if not w.price else f"at {w.price:,}"
+            who = "the gateway's, for it" if w.by_gateway else "its own"
+            lines.append(f"{'':<4}{w.agent} {w.side.value} {w.qty} {w.code} {at} on {w.valid_day} ({who})")
     if rep.protections:
         lines += ["", "protective orders"]
         for pr in rep.protections:

@@ -1022,6 +1022,7 @@ class TradingDay:
                 day_span=span,
                 timed=timed,
                 closes=self._late_closes(day),
+                held=list(self.book.held.values()),
             )
             report.cash = await self._cash_check(day, stored, close)
             path = daily_report.write(report, self.run_dir)

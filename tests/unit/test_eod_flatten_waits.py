@@ -196,6 +196,9 @@ async def test_an_end_of_day_flatten_whose_sells_expire_unsold_holds_next_sessio
         [told] = rig.alerted(AlertKind.NOT_SENT)
         assert "did not sell everything by the close" in told and "10 005930" in told, told
         assert "unfilled at the close" in told and "held for the next session" in told, told
+        # the evening's report says what goes out at the open, not only what is carried
+        text = (tmp_path / "db" / "reports" / "daily-20261204.txt").read_text()
+        assert "flat sell 10 005930 at market on 20261207 (the gateway's, for it)" in text, text
         await tick(rig, "15:40")
         assert len(sells(h)) == 2  # not again
     finally:
