@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import logging.handlers
 import os
@@ -10,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from common.clock import KST
 from common.redact import RedactSecrets
 
 
@@ -100,6 +102,19 @@ class LogKeeper:
             self.check()
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class KstFormatter(logging.Formatter):
+    """Log lines stamped in KST, marked so, whatever the host's zone: everything ktrader prints itself is KST, and a
+    host in UTC or New York stamped its logs 9-14 h apart from the alerts and reports that point to them (and
+    repeated an hour at a DST change). The stamp is real time (a twin's market clock may run elsewhere)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        t = dt.datetime.fromtimestamp(record.created, KST)
+        return f"{t:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d} KST"
+
+
 def setup_logging(level: str, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
@@ -107,11 +122,8 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
         handlers.append(file_handler(log_file))
     for h in handlers:
         h.addFilter(RedactSecrets())  # secrets the KIS client registered never reach a log line
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        handlers=handlers,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+        h.setFormatter(KstFormatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers)
     # one line per HTTP request is noise at INFO (and URLs could one day carry query secrets); the
     # websocket library logs whole frames at DEBUG, subscribe requests (approval key) included
     for name in ("httpx", "httpcore", "websockets", "hpack"):

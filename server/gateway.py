@@ -792,7 +792,10 @@ class Gateway:
         previous gateway died, must find out why from its log, and what this start found in flight."""
         orders = [o for o in self.book.orders.values() if o.state in OPEN]
         doubt = sum(1 for o in orders if o.state is OrderState.UNKNOWN or o.in_doubt)
-        started = kst_from_ns(previous.started_ns).strftime("%Y-%m-%d %H:%M:%S")
+        # (its market clock's time: the host's in KST against KIS, the twin's own on the twin; log lines are real KST)
+        started = f"{kst_from_ns(previous.started_ns):%Y-%m-%d %H:%M:%S} KST" + (
+            "" if isinstance(self.clock, WallClock) else " by the twin's clock"
+        )
         state = self.risk.global_state
         said = trading_word(state, self.risk.paused())
         halted = "" if state is TradingState.ACTIVE else f"; trading stays {said}, as it was (resume to trade)"

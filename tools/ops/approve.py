@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from common import approvals, credentials
+from common.clock import KST
 from common.config import AgentCard, BrokerEnv, ConfigError, load_card
 from common.enums import AgentMode
 from common.curve import gateway_secret_path
@@ -234,7 +235,7 @@ def listing(run_dir: Path) -> int:
         typer.echo(f"no approved cards in {approvals.registry_path(run_dir)}: ktrader cards approve CARD")
         return 0
     for agent, a in sorted(reg.cards.items()):
-        when = dt.datetime.fromtimestamp(a.ts_ns / 1e9).strftime("%Y-%m-%d %H:%M") if a.ts_ns else "?"
+        when = f"{dt.datetime.fromtimestamp(a.ts_ns / 1e9, KST):%Y-%m-%d %H:%M} KST" if a.ts_ns else "?"
         has = "credential" if credentials.credential_path(run_dir, agent).exists() else "NO credential"
         typer.echo(f"{agent:<20} {_limits(a.card)}  approved {when} by {a.by}  {has}  sha256 {a.sha256[:12]}")
     return 0

@@ -31,7 +31,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Log, Static, Tabbed
 
 from common.clock import kst_from_ns, now_kst
 from common.enums import AgentMode, AgentState, TradingState
-from common.logs import file_handler
+from common.logs import LOG_FORMAT, KstFormatter, file_handler
 from common.schema import AgentStatus, StatusReply
 from common.views import trading_word
 from tools.ops.status import (
@@ -801,7 +801,7 @@ def log_to_file(run_dir: Path) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = file_handler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(KstFormatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
 
