@@ -65,6 +65,7 @@ class DueActions:
     # the session is over and their policy never ran today (no gateway at their end): alert, do what still can be
     missed: list[AgentCard] = field(default_factory=list)
     close_day: bool = False
+    reopened: bool = False  # the day was closed, and a timed clock is back in its session: closed again at its close
 
 
 class MetaStore(Protocol):  # the slice of server.store.Store used here
@@ -108,6 +109,11 @@ class DayCycle:
         if phase is Phase.CLOSED:
             return out
         rank = RANK[phase]
+        if self.closed and timed and rank <= RANK[Phase.CLOSING_AUCTION] and yyyymmdd(now.date()) == self.day:
+            # closed early by a clock that was ahead (a hunt: then set back, the day's business went on and its real
+            # close never ran: no expiry, no bars, the morning's empty report kept): it closes again at its close
+            self.closed, out.reopened = False, True
+            self.store.set_meta(f"closed:{self.day}", "")
         if not self.closed and rank >= RANK[Phase.POST_CLOSE] and (not timed or _settled(now)):
             out.close_day = True
         if rank > RANK[Phase.CLOSING_AUCTION]:

@@ -431,6 +431,13 @@ class TradingDay:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned))
+        if due.reopened:
+            self.alert(
+                f"the machine's clock went back into the session of {day} ({now:%H:%M:%S} KST) after the day was "
+                "closed: closed again at its close (orders the early close expired may still work at KIS: check them "
+                "with the broker); set the machine's time right (NTP)",
+                AlertKind.GATEWAY_FAULT,
+            )
         for card in due.missed:
             self.missed_end_of_day(card)
         if self._missed_flatten:

@@ -72,7 +72,7 @@ class FakeBroker(BrokerPort):
         self.lose_before: set[str] = set()  # "modify" / "cancel": lose the request before the broker sees it
         self.mute: set[str] = set()  # "modify": the broker acts but sends no notice of it
         self.no_buyers: set[str] = set()  # codes locked at their lower limit: a sell rests unfilled, market ones too
-        self.refuse_sells: tuple[str, str] | None = None  # (code, message): every sell refused so (BrokerRejected)
+        self.reject_sells_with: tuple[str, str] | None = None  # (code, message): every sell refused so (BrokerRejected)
         self._stamp_s, self._stamp = 0, ""
 
     @property
@@ -139,8 +139,8 @@ class FakeBroker(BrokerPort):
         self.submits += 1
         if order.qty <= 0:
             raise BrokerRejected("quantity must be positive", code="APBK0000")
-        if self.refuse_sells is not None and order.side is Side.SELL:
-            raise BrokerRejected(self.refuse_sells[1], code=self.refuse_sells[0])
+        if self.reject_sells_with is not None and order.side is Side.SELL:
+            raise BrokerRejected(self.reject_sells_with[1], code=self.reject_sells_with[0])
         odno = f"{next(self._odno):010d}"
         o = {
             "code": order.code,

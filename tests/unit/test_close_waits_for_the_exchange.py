@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 from common.clock import KST
-from common.config import EndOfDay
+from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, Side
 from common.orders import OrderState
 from common.schema import NewOrder
@@ -63,5 +63,39 @@ async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
+    finally:
+        await rig.close()
+
+
+async def test_a_day_closed_early_by_a_clock_ahead_closes_again_once_the_clock_is_back(tmp_path: Path) -> None:
+    """(a hunt) The clock ahead at the start closed the day at once; set back into the session, the day's business went
+    on and its real close never ran (no expiry, no bars, the morning's empty report kept)."""
+    hold = policy_card("hold", EndOfDay.HOLD)
+    cards: list[AgentCard] = []  # (its agent registers once the clock is right)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "17:58"), cards)  # the clock 8 h ahead at the start
+    await rig.start()
+    h = rig.h
+    try:
+        rig.day.tick()
+        await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") == "1"
+        rig.at(on(FRIDAY, "10:00"))  # NTP sets it right
+        rig.day.tick()
+        [told] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "went back into the session of 20261204" in told
+        assert h.store.get_meta("closed:20261204") != "1"
+        cards.append(hold)
+        buy = NewOrder(client_order_id="hold-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(hold, buy).accepted  # rests
+        await h.settle(lambda: h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED)
+        rig.at(on(FRIDAY, "15:31:30"))
+        rig.day.tick()
+        await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") == "1"
+        assert h.book.orders["hold-20261204-1"].state is OrderState.EXPIRED  # the real close ended it
+        report = (tmp_path / "db" / "reports" / "daily-20261204.txt").read_text()
+        assert report.startswith("ktrader daily report 20261204 (1 orders expired at the close)"), report
+        assert report.splitlines()[3].split()[:2] == ["hold", "1"], report  # the morning's report had no order
+        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
     finally:
         await rig.close()

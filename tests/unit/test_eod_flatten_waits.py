@@ -365,7 +365,7 @@ async def test_an_end_of_day_flatten_whose_sell_the_broker_refused_says_so(tmp_p
     rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
     h = await holding(rig)
     try:
-        h.broker.refuse_sells = ("APBK0919", "장운영시간이 아닙니다.")
+        h.broker.reject_sells_with = ("APBK0919", "장운영시간이 아닙니다.")
         await tick(rig, "15:20")
         await h.settle(lambda: [s[1] for s in sells(h)] == [OrderState.REJECTED])
         await tick(rig, "15:31:30")
