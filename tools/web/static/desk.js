@@ -233,7 +233,9 @@ function chart(el, plot, data, label) {
   const width = Math.max(300, el.clientWidth || 500);
   if (!plot || plot.width !== width) {
     plot?.destroy();
+    // times read in KST, as the rest of the page, whatever the browser's zone
     return new uPlot({ width, height: 200, series: [{}, { label, stroke: "#e8a33d", width: 1.5 }],
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Asia/Seoul"),
       axes: [{ stroke: "#99a" }, { stroke: "#99a" }], legend: { show: false } }, data, el);
   }
   plot.setData(data);
@@ -245,7 +247,8 @@ function drawEquity() {
   const a = (status?.agents || []).find((x) => x.id === id);
   if (!a) return;
   // days from the store, then this page's intraday samples of today
-  const days = a.performance.curve.slice(0, -1).map(([d, v]) => [Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8)) / 1000, v]);
+  // each day at 00:00 KST (a day at 00:00 UTC was drawn on the evening before in a browser west of it)
+  const days = a.performance.curve.slice(0, -1).map(([d, v]) => [Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8)) / 1000 - 9 * 3600, v]);
   const pts = days.concat(intraday[id] || []);
   equityPlot = chart($("equity-chart"), equityPlot, [pts.map((p) => p[0]), pts.map((p) => p[1])], id);
 }
