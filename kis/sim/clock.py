@@ -95,8 +95,8 @@ class TwinClock:
 
     def move_to(self, when: dt.datetime) -> None:
         """Jump to a KST time (kst/replay modes; open mode takes the date and starts it at its opening)."""
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=KST)
+        # naive: KST; another offset is the same instant in KST (kept, its date was another market day's)
+        when = when.replace(tzinfo=KST) if when.tzinfo is None else when.astimezone(KST)
         if self.mode is ClockMode.OPEN:
             self._open_day(when.date())
         else:

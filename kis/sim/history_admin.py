@@ -47,11 +47,13 @@ def _json(doc: object, status: int = 200) -> web.Response:
 
 
 def parse_to(raw: str, today: dt.date) -> dt.datetime:
-    """ "HH:MM[:SS]" on `today`, or an ISO date-time; naive times are KST (the caller makes them aware)."""
+    """ "HH:MM[:SS]" on `today`, or an ISO date-time; naive times are KST (the caller makes them aware), one with
+    another offset the same instant in KST (its date may be another market day's)."""
     raw = raw.strip()
     try:
         if "T" in raw or "-" in raw:
-            return dt.datetime.fromisoformat(raw)
+            when = dt.datetime.fromisoformat(raw)
+            return when if when.tzinfo is None else when.astimezone(KST).replace(tzinfo=None)
         return dt.datetime.combine(today, dt.time.fromisoformat(raw))
     except ValueError:
         raise HistoryError(f"bad time {raw!r}: give HH:MM[:SS] (today) or YYYY-MM-DDTHH:MM:SS") from None

@@ -277,3 +277,15 @@ def test_a_twin_restored_from_its_state_never_gives_a_number_again(tmp_path: Pat
     acct = next(iter(again.exchange.accounts.values()))
     new = again.exchange.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000).odno
     assert new not in lost and int(new) > int(max(lost)) > int(saved)
+
+
+def test_a_clock_moved_to_a_time_with_another_offset_is_that_instant_in_kst() -> None:
+    """(a hunt) {"to": "2026-12-09T23:40:00+00:00"} is 12-10 08:40 KST: the twin and the gateway stayed on market day
+    12-09 during 12-10's opening auction."""
+    from kis.sim.history_admin import parse_to
+
+    clock = TwinClock(ClockMode.KST)
+    clock.move_to(dt.datetime(2026, 12, 9, 23, 40, tzinfo=dt.timezone.utc))
+    assert clock.today() == dt.date(2026, 12, 10) and clock.phase() is Phase.OPENING_AUCTION
+    assert parse_to("2026-12-09T23:40:00+00:00", dt.date(2026, 12, 9)) == dt.datetime(2026, 12, 10, 8, 40)
+    assert parse_to("2026-12-10T08:40", dt.date(2026, 12, 9)) == dt.datetime(2026, 12, 10, 8, 40)  # naive: KST
