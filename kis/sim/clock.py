@@ -17,11 +17,10 @@ on market time in a gateway left running (order rates, kill-switch and grace win
 from __future__ import annotations
 
 import datetime as dt
-import time
 from enum import StrEnum
 
 from common.calendar import is_trading_day, next_trading_day, session_hours
-from common.clock import KST, now_kst
+from common.clock import KST, elapsed_ns, now_kst
 from common.krx import Phase, SessionTimes, phase_at
 
 OPEN_MODE_START = dt.time(9, 0)
@@ -52,7 +51,9 @@ class TwinClock:
 
     def _anchor(self, virtual: dt.datetime) -> None:
         self._virtual0 = virtual
-        self._real0 = time.monotonic()
+        # a clock that counts a machine's sleep (a laptop's suspend): time.monotonic left a `kst` twin 9 h behind
+        # KST after a night's sleep (a hunt)
+        self._real0 = elapsed_ns() / 1e9
 
     def _open_day(self, day: dt.date) -> None:
         """Open mode: `day` from its opening time (09:00 on days KRX does not trade)."""
@@ -62,7 +63,7 @@ class TwinClock:
         self._anchor(dt.datetime.combine(day, hours[0] if hours else OPEN_MODE_START, tzinfo=KST))
 
     def now(self) -> dt.datetime:
-        t = self._virtual0 + dt.timedelta(seconds=(time.monotonic() - self._real0) * self.speed)
+        t = self._virtual0 + dt.timedelta(seconds=(elapsed_ns() / 1e9 - self._real0) * self.speed)
         if self.mode is ClockMode.OPEN and t > dt.datetime.combine(self._day, OPEN_MODE_LAST, tzinfo=KST):
             self._open_day(next_trading_day(self._day))  # the synthetic day is over: the next one opens
             return self._virtual0

@@ -289,3 +289,14 @@ def test_a_clock_moved_to_a_time_with_another_offset_is_that_instant_in_kst() ->
     assert clock.today() == dt.date(2026, 12, 10) and clock.phase() is Phase.OPENING_AUCTION
     assert parse_to("2026-12-09T23:40:00+00:00", dt.date(2026, 12, 9)) == dt.datetime(2026, 12, 10, 8, 40)
     assert parse_to("2026-12-10T08:40", dt.date(2026, 12, 9)) == dt.datetime(2026, 12, 10, 8, 40)  # naive: KST
+
+
+def test_a_kst_twin_counts_a_machines_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(a hunt) time.monotonic stops while a laptop sleeps: after a 9 h sleep a `kst` twin was 9 h behind KST. The
+    twin runs on the clock that counts it (common/clock.py elapsed_ns: CLOCK_BOOTTIME)."""
+    now = [1_000 * 10**9]
+    monkeypatch.setattr("kis.sim.clock.elapsed_ns", lambda: now[0])
+    clock = TwinClock(ClockMode.KST)
+    before = clock.now()
+    now[0] += 9 * 3600 * 10**9  # the night's sleep: time.monotonic would not have moved
+    assert clock.now() - before == dt.timedelta(hours=9)
