@@ -17,7 +17,6 @@ import ctypes
 import heapq
 import logging
 import os
-import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 import contextlib
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from pathlib import Path
 import apsw
 import msgspec
 
+from common.clock import now_kst
 from common.approvals import owner_key_changed, same_owner
 from common.config import ConfigError
 from common.orders import OPEN, Order, OrderEvent
@@ -304,7 +304,7 @@ class Store:
     def _write_back(self) -> Path | None:
         """Everything the open connection sees (WAL included) into a copy: beside the store (its folder made again
         if a cleanup removed it), else in ~/ktrader-rescued. `rescued` says where, or that it failed."""
-        name = f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{self.path.name}.rescued-{now_kst():%Y%m%d-%H%M%S}"  # (KST: any host zone, no DST repeat)
         tried = []
         for folder in (lambda: self.path.parent, lambda: Path.home() / "ktrader-rescued"):
             try:

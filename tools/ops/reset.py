@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from agent.lock import held_agent_locks
+from common.clock import now_kst
 from common import approvals
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
@@ -63,7 +64,7 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     approved = approvals.registry_path(run_dir)
     if not items and not approved.exists():
         return None
-    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    stamp = (now or now_kst()).strftime("%Y%m%d-%H%M%S")  # (KST, as every time ktrader names: any host zone)
     dest = run_dir.parent / f"{run_dir.name}.archive" / stamp
     dest.mkdir(parents=True, exist_ok=False)
     for p in items:
