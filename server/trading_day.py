@@ -46,7 +46,7 @@ from common.schema import AgentPerformance, NewOrder, Notice
 from kis.port import BrokerAccount
 from server import cash_check, daily_report, protection
 from server.cash_check import CashCheck
-from server.daycycle import RANK, DayCycle, ends_at_close, policy_time
+from server.daycycle import CLOSE_SETTLE, RANK, DayCycle, ends_at_close, policy_time
 from server.order_book import OrderBook
 from server.order_desk import OrderDesk
 from server.reconcile import ReconcileResult
@@ -70,9 +70,6 @@ CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 # trades has its confirmed value (or the day's trading is over): a night's value kept all day bands today's
 # prints and orders around yesterday's base (after a limit-up day every print above yesterday's close dropped)
 MORNING_REFRESH = dt.time(8, 0)
-# a print of the session heard this recently holds the day's close (`_exchange_in_session`): after the real close the
-# closing auction's print comes (its time at or past the close), then none
-SESSION_PRINT_RECENT_S = 60.0
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 # a code whose prints (or books) land outside its band (server/md_sanity.py drops them as outside_band) has its
 # base price fetched again, at most this often: its base may be stale; a feed sending bad prices all day must not
@@ -431,6 +428,10 @@ class TradingDay:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
         due = self.cycle.due(now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned))
+        # the exchange still in the session by its prints (a clock ahead): neither a close nor missed policies yet
+        early = bool(due.close_day or due.missed) and self._exchange_in_session(day)
+        if early:
+            due.missed, due.close_day = [], False
         if due.reopened:
             self.alert(
                 f"the machine's clock went back into the session of {day} ({now:%H:%M:%S} KST) after the day was "
@@ -445,32 +446,37 @@ class TradingDay:
             self._missed_sells_due(now)
         for card in due.cleanup:
             self.end_of_day(card)
-        if due.close_day and not self._exchange_in_session(day):
+        if due.close_day:
             self._start_close(day)
 
     def _exchange_in_session(self, day: str) -> bool:
-        """The machine's clock says `day`'s session is over, but the exchange printed a time of it within
-        SESSION_PRINT_RECENT_S: the clock is ahead of KRX, and closing now would expire orders still working at KIS
-        (out of reach of cancels and the kill switch, as the books say them ended) and publish mid-session bars as
-        the day's (a hunt: a clock 32 min fast closed the day at 15:00). The close waits for the prints to stop;
-        a person is told once a day."""
+        """The machine's clock says `day`'s session is over, but the exchange's time -- its latest print's, plus the
+        time that passed since it was heard -- is not yet past the close and its settle: the clock is ahead of KRX,
+        and closing now would expire orders still working at KIS (out of reach of cancels and the kill switch, as
+        the books say them ended) and publish mid-session bars as the day's (a hunt: a clock 32 min fast closed the
+        day at 15:00 by KRX). Counted from the print, not only while prints come: the closing call prints nothing
+        for ten minutes. Without a print the clock decides; a clock that is right gives the same time. A person is
+        told once a day."""
         got = self.last_print() if self.clock.timed else None
         if got is None:
             return False
         at, heard = got
-        if self.elapsed() - heard > SESSION_PRINT_RECENT_S or yyyymmdd(at.date()) != day:
+        if yyyymmdd(at.date()) != day:
             return False
         try:
-            if at >= SessionTimes(at.date()).close:
-                return False
+            settled = SessionTimes(at.date()).close + CLOSE_SETTLE
         except ValueError:
+            return False
+        exchange = at + dt.timedelta(seconds=max(self.elapsed() - heard, 0.0))
+        if exchange >= settled:
             return False
         if self._close_held_told != day:
             self._close_held_told = day
             self.alert(
                 f"the machine's clock says the session of {day} is over ({self.clock.now():%H:%M:%S} KST), but the "
-                f"exchange's prints are still of {at:%H:%M:%S}: the day is closed once they stop (its orders stay "
-                "open meanwhile); set the machine's time right (NTP): orders are judged by its clock",
+                f"exchange's prints put it at {exchange:%H:%M:%S}: the day is closed (and end-of-day policies not "
+                "seen to are worked out) once its close has passed there; set the machine's time right (NTP): "
+                "orders are judged by its clock",
                 AlertKind.GATEWAY_FAULT,
             )
         return True

@@ -5,10 +5,11 @@ close (a basket of codes priced 30,000 and 2,000,000 KRW then gets about the sam
 
 A cross is a change of sign of (short average - long average); a day where the two are equal keeps
 the previous sign (no cross). Averages are compared as integer sums scaled to a common window.
-A sell that did not fill (the code halted or locked at its lower limit at that open, or refused) is
-placed again at each close while the short average stays below and shares are held: the cross decided
-the exit, the position must not outlive it (a halt left LG Corp held a month, through a -9 % day). A
-buy that did not fill is not: the next up-cross decides anew.
+A sell that did not fill (the code locked at its lower limit at that open, or refused) is placed again
+at each close while the short average stays below and shares are held: the cross decided the exit, the
+position must not outlive it (it was held until another up- and down-cross). After a halt the first
+bar decides as any other (an up-cross there keeps the shares). A buy that did not fill is not placed
+again: the next up-cross decides anew.
 Live, it decides on the day bar the gateway publishes after the close (the exchange's, once the day's
 orders have ended); its orders go to the next session's opening auction.
 """

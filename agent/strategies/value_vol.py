@@ -87,6 +87,13 @@ def volatility_pct(closes: list[int]) -> float:
     return math.sqrt(sum((r - mean) ** 2 for r in rets) / len(rets))
 
 
+def _more_shares(entry: dict[str, Any], qty: int, avg: int) -> bool:
+    """More shares held than when `entry`'s levels were set; an entry saved without its count (before it was kept):
+    the average moved by more than 1 % (a split's factor, not a sell's rounding of a won)."""
+    known = entry.get("qty")
+    return qty > known if known is not None else abs(avg - entry["avg"]) * 100 > entry["avg"]
+
+
 class ValueVol(Strategy):
     Params = Params
     code_params = ("codes",)  # each one of the card's codes (agent/strategy.py params_codes_problems)
@@ -151,17 +158,19 @@ class ValueVol(Strategy):
         entry = self.ctx.state.get(f"entry:{code}")
         pos = self.ctx.positions[code]
         avg = pos.cost // pos.qty
-        if entry is not None and entry["avg"] != avg:
-            # the average moved under the levels: a split the operator applied (cost kept, shares times N) or a
-            # later fill of the entry. Levels from the old average read a 1:5 split as an 80 % fall: a stop decided
-            # on the new shares' price (its sell denied until the split was applied) sold everything at market
-            self.ctx.log.info("%s: average %s -> %s: exits set again", code, f"{entry['avg']:,}", f"{avg:,}")
+        if entry is not None and _more_shares(entry, pos.qty, avg):
+            # more shares under the levels: a split the operator applied (cost kept, shares times N) or a later fill
+            # of the entry. Levels from the old average read a 1:5 split as an 80 % fall: a stop decided on the new
+            # shares' price (its sell denied until the split was applied) sold everything at market. (A sell never
+            # resets them: its rounding moves the average by a won, and a stop's part-filled sell must stay.)
+            self.ctx.log.info("%s: %d shares at %s: exits set again", code, pos.qty, f"{avg:,}")
             if entry["stopping"]:
                 self.ctx.state.pop(f"cooldown:{code}", None)  # (the stop is judged again on the new levels)
             entry = None
         if entry is None:  # first time we see this position (or state from before it): set the exits
             rules = rules_for(self.ctx.now().date())  # the day's tick grid (live: today's)
             entry = {
+                "qty": pos.qty,
                 "avg": avg,
                 "target": rules.round_up(math.ceil(avg * (100 + p.target_pct) / 100)),
                 "stop": rules.round_down(int(avg * (100 - p.stop_pct) / 100)),

@@ -394,9 +394,8 @@ LOCKED = [
 
 
 def test_a_daily_sma_exit_that_did_not_fill_goes_again_while_below() -> None:
-    """A down-cross's sell that expired unfilled (a halt, a lower-limit lock) is placed again at the next close
-    while the short average stays below: the position no longer waits for another up- and down-cross (a halt
-    left LG Corp held a month past its exit, through a -9 % day)."""
+    """A down-cross's sell that expired unfilled (a lower-limit lock) is placed again at the next close while the
+    short average stays below: the position no longer waits for another up- and down-cross."""
     for strategy in (
         "agent.strategies.sma_cross_daily:SmaCrossDaily",
         "agent.strategies.sma_bracket_daily:SmaBracketDaily",

@@ -116,6 +116,15 @@ def test_a_universe_refuses_a_card_whose_params_name_its_codes(
     rc = _run([str(card), "--data", data, "--from", "2024-01-02", "--to", "2024-03-29", "--universe"], tmp_path)
     assert rc == 2
     assert "names its codes in the params common, pref" in capsys.readouterr().err
+    # (review) a pair card leaving its legs at their defaults is refused the same way, not as "codes not listed"
+    bare = tmp_path / "pair.toml"
+    bare.write_text(
+        'id = "pair"\nname = "pair"\nstrategy = "agent.strategies.pair_spread:PairSpread"\n'
+        'codes = ["005930", "005935"]\n[subscriptions]\nbars = ["1d"]\n'
+    )
+    rc = _run([str(bare), "--data", data, "--from", "2024-01-02", "--to", "2024-03-29", "--universe"], tmp_path)
+    assert rc == 2
+    assert "names its codes in the params common, pref" in capsys.readouterr().err
 
 
 def test_the_summary_says_returns_are_price_returns_and_no_bars_names_the_files_end(

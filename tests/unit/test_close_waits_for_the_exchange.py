@@ -41,9 +41,17 @@ async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_p
         assert h.store.get_meta("closed:20261204") != "1"
         assert h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED  # still working at the broker
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
-        assert "still of 15:00:05" in text and "NTP" in text
-        # the closing auction's print (at the close) or silence past SESSION_PRINT_RECENT_S: the day closes
+        assert "prints put it at 15:00:06" in text and "NTP" in text
+        # KRX's closing call (15:20-15:30) prints nothing: its silence does not let the close run early
+        elapsed[0] += 24 * 60.0
+        rig.at(on(FRIDAY, "15:56"))
+        rig.day.tick()
+        await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") != "1"
+        # the closing auction's print at 15:30:12, then the close's settle passes by the exchange's time
         heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 30, 12), KST), elapsed[0])
+        elapsed[0] += 50.0
+        rig.at(on(FRIDAY, "15:57"))
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") == "1"
@@ -54,12 +62,14 @@ async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_p
 
 
 async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
-    """The last print of the session heard long ago (a quiet code, the feed down): the clock decides, as before."""
+    """The last print of the session heard long ago (a quiet code, the feed down), by a clock that is right: the
+    exchange's time from it is the clock's, and the day closes as before."""
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:30"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
     try:
+        # heard at 15:19:58 by a clock that is right: 692 s ago at 15:31:30
         rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
-        rig.day.elapsed = lambda: 100.0 + 61.0
+        rig.day.elapsed = lambda: 100.0 + 692.0
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
@@ -97,5 +107,38 @@ async def test_a_day_closed_early_by_a_clock_ahead_closes_again_once_the_clock_i
         assert report.startswith("ktrader daily report 20261204 (1 orders expired at the close)"), report
         assert report.splitlines()[3].split()[:2] == ["hold", "1"], report  # the morning's report had no order
         assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+    finally:
+        await rig.close()
+
+
+async def test_a_policy_is_not_worked_out_as_missed_while_the_exchange_is_in_its_session(tmp_path: Path) -> None:
+    """(review) The clock jumps past the card's end and the close while KRX is at 15:00: its policy is not worked out
+    as missed then (that said the close had ended orders still working); once the exchange's close has passed, it
+    is, naming the order open through the close."""
+    card = policy_card("cx", EndOfDay.CANCEL)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [card])
+    await rig.start()
+    h = rig.h
+    elapsed = [5_000.0]
+    heard: list[tuple[dt.datetime, float] | None] = [None]
+    try:
+        rig.day.last_print, rig.day.elapsed = lambda: heard[0], lambda: elapsed[0]
+        rig.day.tick()
+        o = NewOrder(client_order_id="cx-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(card, o).accepted
+        await h.settle(lambda: h.book.orders["cx-20261204-1"].state is OrderState.ACCEPTED)
+        rig.at(on(FRIDAY, "15:32"))
+        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 0, 5), KST), elapsed[0] - 1.0)
+        rig.day.tick()
+        await rig.run_spawned()
+        assert "cx" not in rig.day.cycle.cleaned
+        assert [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "did not run" in t] == []
+        elapsed[0] += 32 * 60.0  # the exchange's close and settle pass
+        rig.at(on(FRIDAY, "16:04"))
+        rig.day.tick()
+        await rig.run_spawned()
+        [missed] = [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "did not run" in t]
+        assert "1 orders of the day were open through the close" in missed
+        assert h.store.get_meta("closed:20261204") == "1"
     finally:
         await rig.close()

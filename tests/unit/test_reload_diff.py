@@ -5,6 +5,7 @@ naming who did it and what changed."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import msgspec
@@ -124,6 +125,13 @@ async def test_a_reload_says_what_its_schedule_does_at_once(tmp_path: Path) -> N
         d.gw.registry.agents["alpha"].state = AgentState.OFFLINE  # stopped: the day cycle does not run it (a review)
         text = d.ack("reload", "alpha", card=early, value="preview")
         assert "it is not running: its end of day runs when it comes back" in text, text
+        d.gw.registry.agents["alpha"].state = AgentState.ONLINE
+        # (review) an end at the close reloaded in the closing call: it runs because the call started, not "passed"
+        d.gw.clock.set(dt.datetime(2026, 11, 20, 15, 25))  # type: ignore[attr-defined]
+        at_close = msgspec.structs.replace(early, schedule=msgspec.structs.replace(early.schedule, end="15:30"))
+        text = d.ack("reload", "alpha", card=at_close, value="preview")
+        assert "its new end 15:30 is at or after the close: its flatten runs as the closing call starts (15:20)" in text
+        assert "has passed" not in text, text
         h.risk.end_of_day = {"alpha"}  # (today's already ran)
         text = d.ack("reload", "alpha", card=early, value="preview")
         assert "today's end of day already ran: it sells only until tomorrow" in text, text

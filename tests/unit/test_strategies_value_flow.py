@@ -13,6 +13,7 @@ import pytest
 from agent.services import StateMap
 from agent.strategies.foreign_flow import ForeignFlow, streak
 from agent.strategies.value_vol import ValueVol, volatility_pct
+from common.books import apply_fill
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode, KtraderError
 from common.krx import Phase
@@ -188,7 +189,7 @@ def test_value_buys_cheap_and_calm_then_places_the_target_and_a_restart_repeats_
     )
     target = ctx.orders[-1]
     assert (target["side"], target["qty"], target["price"]) == (Side.SELL, 12, 87_100)  # 82,900 × 1.05 → 87,045 ↑ grid
-    assert ctx.state["entry:105560"] == {"avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
+    assert ctx.state["entry:105560"] == {"qty": 12, "avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
     # kill -9 and restart: the snapshot has the position and the open target, the state came back
     ctx.rest(target)
     n = len(ctx.orders)
@@ -349,7 +350,8 @@ def test_foreign_flow_params_are_validated(bad: dict) -> None:
         ForeignFlow.parse_params(bad)
 
 
-def test_value_levels_follow_a_split_applied_and_a_stop_decided_before_it_is_judged_again() -> None:
+@pytest.mark.parametrize("saved", [{"qty": 12}, {}])  # ({}: an entry saved before its share count was kept)
+def test_value_levels_follow_a_split_applied_and_a_stop_decided_before_it_is_judged_again(saved: dict) -> None:
     """1:5 split of a held code (a hunt): the first poll of the split's session saw the new shares' price
     (16,510) against levels of the old ones (stop 80,400) and decided a stop, its sell denied until the operator
     applied the split; then it sold all 60 new shares at market and stopped buying for 20 days, the price having
@@ -357,7 +359,7 @@ def test_value_levels_follow_a_split_applied_and_a_stop_decided_before_it_is_jud
     average and the stop is judged again."""
     ctx = ScriptedContext()
     ctx.hold("105560", 12, 12 * 82_900)
-    ctx.state["entry:105560"] = {"avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
+    ctx.state["entry:105560"] = {**saved, "avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
     ctx.quotes["105560"] = quote(last=16_510)
     s = value(ctx)  # before the apply: a stop on the wrong scale (its sell is denied by the gateway)
     assert ctx.state["entry:105560"]["stopping"] and "cooldown:105560" in ctx.state
@@ -372,3 +374,25 @@ def test_value_levels_follow_a_split_applied_and_a_stop_decided_before_it_is_jud
     assert [(o["side"], o["type"], o["qty"], o["price"]) for o in ctx.orders] == [
         (Side.SELL, OrderType.LIMIT, 60, entry["target"])  # the target, not a market sell
     ]
+
+
+def test_value_a_stop_sell_filled_in_parts_keeps_its_levels_and_its_cooldown() -> None:
+    """(review) A sell's rounding moves the floor average by a won (2,986,000 / 36 = 82,944; 35 sold, 82,945 left):
+    the levels stay, the stop's resting sell is not cancelled and its cooldown not dropped."""
+    ctx = ScriptedContext()
+    pos = apply_fill(None, "105560", Side.BUY, 20, 82_900)  # an entry filled at two prices
+    pos = apply_fill(pos, "105560", Side.BUY, 16, 83_000)
+    ctx._positions["105560"] = pos
+    ctx.quotes["105560"] = quote(last=79_000)  # under the stop: a market sell of 36
+    s = value(ctx)
+    assert ctx.state["entry:105560"]["stopping"] and "cooldown:105560" in ctx.state
+    s.inflight.clear()
+    ctx.rest(ctx.orders[-1])  # the stop's sell rests (locked at the lower limit)
+    ctx._positions["105560"] = apply_fill(pos, "105560", Side.SELL, 35, 79_000)
+    ctx.quotes["105560"] = quote(last=81_000)  # a bounce while its last share is still for sale
+    s.on_timer()
+    assert ctx.cancels == [] and ctx.state["entry:105560"]["stopping"] and "cooldown:105560" in ctx.state
+    ctx._open.clear()
+    del ctx._positions["105560"]  # the last share sold: flat
+    s.on_timer()
+    assert len(ctx.orders) == 1  # not bought straight back: the cooldown holds

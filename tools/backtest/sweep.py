@@ -57,7 +57,7 @@ from common.krx_rules import Market, SecurityKind
 from common.schema import Bar, InvestorDay
 from tools.backtest.costs import MAX_PARTICIPATION_BP, CostModel
 from tools.backtest.data import Series
-from tools.backtest.engine import BacktestConfig, BacktestError, BacktestInputError, run_backtest
+from tools.backtest.engine import BacktestConfig, BacktestError, BacktestInputError, run_backtest, strategy_class
 from tools.backtest.history import CompanyDay, CompanyHistory
 from tools.backtest.logs import RepeatSummary, merge_taken, summarise_repeats
 from tools.backtest.metrics import compute
@@ -499,12 +499,19 @@ def _offset(i: int | None, k: int) -> int | None:
 def universe_refusal(card: AgentCard) -> str:
     """Why --universe cannot run this card one code at a time, or "": a strategy that names its codes in params
     other than `codes` (a pair's two legs) would get one code per cell and still look for the others, and each
-    cell trade nothing: a table of zeros presented as results."""
+    cell trade nothing: a table of zeros presented as results. Its declared code params (Strategy.code_params) other
+    than `codes` count whether the card sets them or leaves their defaults (a pair's default legs were refused as
+    "codes the card does not list")."""
     mine = set(card.codes)
+    declared = {k for k in strategy_class(card).code_params if k != "codes"}
     named = sorted(
-        k
-        for k, v in card.params.items()
-        if k != "codes" and (v in mine if isinstance(v, str) else isinstance(v, list) and bool(mine.intersection(v)))
+        declared
+        | {
+            k
+            for k, v in card.params.items()
+            if k != "codes"
+            and (v in mine if isinstance(v, str) else isinstance(v, list) and bool(mine.intersection(v)))
+        }
     )
     if not named:
         return ""
