@@ -57,6 +57,7 @@ class Waiting(msgspec.Struct, kw_only=True):
     price: int  # 0: at market
     valid_day: str
     by_gateway: bool  # the gateway's sell for the agent (a flatten's, a protective exit), not the agent's own
+    shadow: bool = False  # a shadow agent's: to the shadow market, never sent
 
 
 class DailyReport(msgspec.Struct, kw_only=True):
@@ -139,6 +140,7 @@ def build(
                 price=o.price,
                 valid_day=o.valid_day,
                 by_gateway=placed_by_gateway(o.client_order_id),
+                shadow=o.agent in portfolio.virtual,
             )
             for o in sorted(held or [], key=lambda o: (o.agent, o.valid_day, o.client_order_id))
         ],
@@ -173,7 +175,8 @@ def render(rep: DailyReport) -> str:
         for w in rep.waiting:
             at = "at market" if not w.price else f"at {w.price:,}"
             who = "the gateway's, for it" if w.by_gateway else "its own"
-            lines.append(f"{'':<4}{w.agent} {w.side.value} {w.qty} {w.code} {at} on {w.valid_day} ({who})")
+            shadow = "; shadow: to the shadow market, never sent" if w.shadow else ""
+            lines.append(f"{'':<4}{w.agent} {w.side.value} {w.qty} {w.code} {at} on {w.valid_day} ({who}{shadow})")
     if rep.protections:
         lines += ["", "protective orders"]
         for pr in rep.protections:

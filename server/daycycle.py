@@ -101,19 +101,26 @@ class DayCycle:
         timed: bool,
         cards: list[AgentCard],
         absent: Callable[[], list[AgentCard]] = list,
+        reopen: bool = False,
     ) -> DueActions:
         """`cards`: the registered agents'. `absent`: the approved cards of agents not registered whose policy
         has something to do (asked only once the session is over: their policy runs only as missed, the card
-        promised it whether the agent runs or not)."""
+        promised it whether the agent runs or not). `reopen`: a closed day whose session the clock is back in is
+        reopened (the host's clock, which can be wrong; a twin's is moved on purpose)."""
         out = DueActions()
         if phase is Phase.CLOSED:
             return out
         rank = RANK[phase]
-        if self.closed and timed and rank <= RANK[Phase.CLOSING_AUCTION] and yyyymmdd(now.date()) == self.day:
+        if reopen and self.closed and rank <= RANK[Phase.CLOSING_AUCTION] and yyyymmdd(now.date()) == self.day:
             # closed early by a clock that was ahead (a hunt: then set back, the day's business went on and its real
-            # close never ran: no expiry, no bars, the morning's empty report kept): it closes again at its close
+            # close never ran: no expiry, no bars, the morning's empty report kept): what the early close decided by
+            # the clock is undone (the caller) and the day closes again at its close
             self.closed, out.reopened = False, True
             self.store.set_meta(f"closed:{self.day}", "")
+            self.cleaned.clear()  # (the gate's set too: server/risk.py end_of_day)
+            self.store.set_meta(f"eod:{self.day}", "[]")
+            self.flattened_on(self.day).clear()
+            self.store.set_meta(f"eodflat:{self.day}", "[]")
         if not self.closed and rank >= RANK[Phase.POST_CLOSE] and (not timed or _settled(now)):
             out.close_day = True
         if rank > RANK[Phase.CLOSING_AUCTION]:

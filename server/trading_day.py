@@ -38,7 +38,7 @@ from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForc
 from common.ids import make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
-from common.market_clock import MarketClock
+from common.market_clock import MarketClock, WallClock
 from common.orders import AWAITING_ACK, CANCELLABLE, OrderState, is_gateway_exit
 from common.portfolio import shares_text
 from common.protection import Protection
@@ -70,6 +70,9 @@ CLOSE_RETRY_FIRST_S, CLOSE_RETRY_MAX_S = 5.0, 300.0
 # trades has its confirmed value (or the day's trading is over): a night's value kept all day bands today's
 # prints and orders around yesterday's base (after a limit-up day every print above yesterday's close dropped)
 MORNING_REFRESH = dt.time(8, 0)
+# a clock this far ahead of the exchange's (its prints' whole seconds, their delivery's delay) does not hold the
+# close: the close then runs at least CLOSE_SETTLE - this after KRX's close, past its closing auction's random end
+CLOCK_AHEAD_TOLERANCE = dt.timedelta(seconds=30)
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 # a code whose prints (or books) land outside its band (server/md_sanity.py drops them as outside_band) has its
 # base price fetched again, at most this often: its base may be stale; a feed sending bad prices all day must not
@@ -257,6 +260,7 @@ class TradingDay:
         approved: approvals.ApprovedCards | None = None,
         day_close: Callable[[str, dt.date], int] = lambda code, day: 0,  # a code's official close of a day (0: none)
         last_print: Callable[[], tuple[dt.datetime, float] | None] = lambda: None,
+        forget_bars: Callable[[dt.date], int] = lambda day: 0,
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -283,6 +287,8 @@ class TradingDay:
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
         self.last_print = last_print  # (exchange time, elapsed s) of the latest print heard, None: none
+        self.forget_bars = forget_bars  # a day's daily bars taken by an early close dropped (returns how many)
+        self.reopens = isinstance(clock, WallClock)  # a closed day is reopened on the host's clock only
         self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9  # (last_print's clock: MarketData.elapsed)
         self._close_held_told = ""  # the day a close held for the exchange's prints was told
         self.day_close = day_close
@@ -427,18 +433,15 @@ class TradingDay:
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
-        due = self.cycle.due(now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned))
+        due = self.cycle.due(
+            now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned), self.reopens
+        )
+        if due.reopened:
+            self._reopened(day, now)
         # the exchange still in the session by its prints (a clock ahead): neither a close nor missed policies yet
         early = bool(due.close_day or due.missed) and self._exchange_in_session(day)
         if early:
             due.missed, due.close_day = [], False
-        if due.reopened:
-            self.alert(
-                f"the machine's clock went back into the session of {day} ({now:%H:%M:%S} KST) after the day was "
-                "closed: closed again at its close (orders the early close expired may still work at KIS: check them "
-                "with the broker); set the machine's time right (NTP)",
-                AlertKind.GATEWAY_FAULT,
-            )
         for card in due.missed:
             self.missed_end_of_day(card)
         if self._missed_flatten:
@@ -448,6 +451,31 @@ class TradingDay:
             self.end_of_day(card)
         if due.close_day:
             self._start_close(day)
+
+    def _reopened(self, day: str, now: dt.datetime) -> None:
+        """The host's clock went back into `day`'s session after the day was closed (closed early by a clock ahead):
+        what that close decided by the clock is undone -- the end-of-day marks (agents reduce-only), missed
+        flattens' promised and held next-session sells, the daily bars it took, its cash check -- so the policies
+        run at their times and the day closes again at its close. Orders it expired may still work at KIS."""
+        d = date_of(day)
+        cancelled = 0
+        with self.book.store.transaction():
+            if any(v == day for v in self._missed_flatten.values()):
+                self._missed_flatten = {a: v for a, v in self._missed_flatten.items() if v != day}
+                self._save_missed_flatten()
+            for c, o in list(self.book.held.items()):
+                # the sells the early close's flattens held for the next session (not protective exits placed again)
+                if is_gateway_exit(o) and not self.desk.placed_again(c) and self.book.order_day.get(c) == day:
+                    cancelled += self.desk.cancel(o.agent, c, exits=True)[0] is None
+        self._cash_checked.pop(day, None)
+        bars = self.forget_bars(d)
+        self.alert(
+            f"the machine's clock went back into the session of {day} ({now:%H:%M:%S} KST) after the day was closed "
+            f"early: closed again at its close; undone: its end-of-day policies (they run at their times), "
+            f"{cancelled} next-session sells its flattens held, {bars} daily bars it took. Orders it expired may still "
+            "work at KIS: check them with the broker. Set the machine's time right (NTP)",
+            AlertKind.GATEWAY_FAULT,
+        )
 
     def _exchange_in_session(self, day: str) -> bool:
         """The machine's clock says `day`'s session is over, but the exchange's time -- its latest print's, plus the
@@ -468,7 +496,7 @@ class TradingDay:
         except ValueError:
             return False
         exchange = at + dt.timedelta(seconds=max(self.elapsed() - heard, 0.0))
-        if exchange >= settled:
+        if exchange + CLOCK_AHEAD_TOLERANCE >= settled:
             return False
         if self._close_held_told != day:
             self._close_held_told = day
@@ -904,25 +932,38 @@ class TradingDay:
                 n = self._sell_next_session(card, why)
             self.alert(
                 f"{agent}: end of day: flatten: its sells did not sell everything by the close ({shares_text(left)} "
-                f"left: {self._flatten_ended(agent, day)}): held overnight, {n} market sells held for the next "
+                f"left: {self._flatten_ended(card, day)}): held overnight, {n} market sells held for the next "
                 "session's open",
                 AlertKind.NOT_SENT,
             )
 
-    def _flatten_ended(self, agent: str, day: str) -> str:
-        """How the gateway's sells of `agent` on `day` ended short, for a person: refused (the broker's word: one sent
-        after the close is refused as outside trading hours) or unfilled at the close (a lock, a halt)."""
-        book = self.book
+    def _flatten_ended(self, card: AgentCard, day: str) -> str:
+        """How the end-of-day flatten's sells of `card`'s agent on `day` (the gateway's, placed from its policy's time
+        on) ended short, for a person: refused (the broker's word: one sent after the close is refused as outside
+        trading hours) and/or unfilled at the close (a lock, a halt)."""
+        book, agent = self.book, card.id
+        since = int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000
         sells = [
             o
             for c, o in book.orders.items()
-            if o.agent == agent and o.side is Side.SELL and is_gateway_exit(o) and book.order_day.get(c) == day
+            if o.agent == agent
+            and is_gateway_exit(o)
+            and book.order_day.get(c) == day
+            and o.created_ns >= since
+            and o.state is not OrderState.HELD
         ]
         refused = [o for o in sells if o.state in (OrderState.REJECTED, OrderState.DENIED)]
+        said = []
         if refused:
             o = refused[-1]
-            return f"{len(refused)} of its sells refused, the last {o.reason_code or o.state.value}: {o.reason[:120]}"
-        return "unfilled at the close: a code locked at its lower limit, or halted?"
+            said.append(
+                f"{len(refused)} of its sells refused, the last {o.reason_code or o.state.value}: {o.reason[:120]}"
+            )
+        if not refused or any(
+            o.state not in (OrderState.REJECTED, OrderState.DENIED, OrderState.FILLED) for o in sells
+        ):
+            said.append("unfilled at the close: a code locked at its lower limit, or halted?")
+        return "; ".join(said)
 
     def _unsold(self, agent: str) -> dict[str, int]:
         """code -> shares `agent` holds that none of its held sells (for a next session) covers."""

@@ -167,6 +167,10 @@ class ValueVol(Strategy):
             if entry["stopping"]:
                 self.ctx.state.pop(f"cooldown:{code}", None)  # (the stop is judged again on the new levels)
             entry = None
+        elif entry is not None and pos.qty < entry.get("qty", 0):
+            # sold some (a target or stop filled in part): the count follows, so a split after it is still seen
+            entry = {**entry, "qty": pos.qty}
+            self.ctx.state[f"entry:{code}"] = entry
         if entry is None:  # first time we see this position (or state from before it): set the exits
             rules = rules_for(self.ctx.now().date())  # the day's tick grid (live: today's)
             entry = {

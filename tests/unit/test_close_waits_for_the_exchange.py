@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 from common.clock import KST
-from common.config import AgentCard, EndOfDay
+from common.config import EndOfDay
 from common.enums import AlertKind, Side
 from common.orders import OrderState
 from common.schema import NewOrder
@@ -79,34 +79,64 @@ async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
 
 async def test_a_day_closed_early_by_a_clock_ahead_closes_again_once_the_clock_is_back(tmp_path: Path) -> None:
     """(a hunt) The clock ahead at the start closed the day at once; set back into the session, the day's business went
-    on and its real close never ran (no expiry, no bars, the morning's empty report kept)."""
-    hold = policy_card("hold", EndOfDay.HOLD)
-    cards: list[AgentCard] = []  # (its agent registers once the clock is right)
-    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "17:58"), cards)  # the clock 8 h ahead at the start
+    on and its real close never ran (no expiry, no bars, the morning's empty report kept). Reopened, what the early
+    close decided by the clock is undone (a review): the agent no longer reduce-only, its missed flatten's sells for
+    the next open cancelled, the daily bars it took dropped; its policy runs at its time and the day closes again."""
+    flat = policy_card("flat", EndOfDay.FLATTEN)
+    forgot: list[dt.date] = []
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [flat])
     await rig.start()
     h = rig.h
     try:
+        rig.day.reopens = True  # (the host's clock: WallClock)
+        rig.day.forget_bars = lambda d: forgot.append(d) or 3
+        rig.day.tick()
+        buy = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=10, price=70_000)
+        assert h.desk.submit(flat, buy).accepted  # marketable: fills
+        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+        rig.drop_spawned()
+        rig.at(on(FRIDAY, "17:58"))  # a restart with the clock 8 h ahead: closed at once, the flatten missed
+        rig.day = rig.new_day()
+        rig.day.reopens, rig.day.forget_bars = True, lambda d: forgot.append(d) or 3
         rig.day.tick()
         await rig.run_spawned()
-        assert h.store.get_meta("closed:20261204") == "1"
-        rig.at(on(FRIDAY, "10:00"))  # NTP sets it right
         rig.day.tick()
-        [told] = rig.alerted(AlertKind.GATEWAY_FAULT)
-        assert "went back into the session of 20261204" in told
-        assert h.store.get_meta("closed:20261204") != "1"
-        cards.append(hold)
-        buy = NewOrder(client_order_id="hold-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(hold, buy).accepted  # rests
-        await h.settle(lambda: h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED)
+        assert h.store.get_meta("closed:20261204") == "1" and "flat" in rig.day.cycle.cleaned
+        assert [o.qty for o in h.book.held.values()] == [10]  # the missed flatten's sell for Monday's open
+        rig.at(on(FRIDAY, "10:30"))  # NTP sets it right
+        rig.day.tick()
+        [told] = [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "went back into the session" in t]
+        assert "1 next-session sells its flattens held, 3 daily bars it took" in told, told
+        assert forgot == [FRIDAY] and h.store.get_meta("closed:20261204") != "1"
+        assert not h.book.held and "flat" not in rig.day.cycle.cleaned and not h.risk.end_of_day
+        more = NewOrder(client_order_id="flat-20261204-2", code=CODE, side=Side.BUY, qty=1, price=60_000)
+        assert h.desk.submit(flat, more).accepted  # not reduce-only: it rests
+        await h.settle(lambda: h.book.orders["flat-20261204-2"].state is OrderState.ACCEPTED)
+        rig.at(on(FRIDAY, "15:20"))
+        rig.day.tick()  # its flatten at its time
+        await h.settle(lambda: (p := h.portfolio.position("flat", CODE)) is None or p.qty == 0)
         rig.at(on(FRIDAY, "15:31:30"))
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") == "1"
-        assert h.book.orders["hold-20261204-1"].state is OrderState.EXPIRED  # the real close ended it
-        report = (tmp_path / "db" / "reports" / "daily-20261204.txt").read_text()
-        assert report.startswith("ktrader daily report 20261204 (1 orders expired at the close)"), report
-        assert report.splitlines()[3].split()[:2] == ["hold", "1"], report  # the morning's report had no order
-        assert len(rig.alerted(AlertKind.GATEWAY_FAULT)) == 1
+        assert h.book.orders["flat-20261204-2"].state is OrderState.CANCELLED  # the flatten's cancel
+        assert not h.book.held  # flat at the close: nothing for Monday
+    finally:
+        await rig.close()
+
+
+async def test_a_clock_right_within_its_prints_seconds_is_not_held(tmp_path: Path) -> None:
+    """(a review) Prints carry whole seconds and arrive a little late: a clock that is right saw the exchange's time
+    from the closing print a second behind at 15:31:00 and paged "set the machine's time right" on half of all
+    days. Within CLOCK_AHEAD_TOLERANCE the close runs as the clock says."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:00.2"), [policy_card("hold", EndOfDay.HOLD)])
+    await rig.start()
+    try:
+        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 30, 0), KST), 100.0)
+        rig.day.elapsed = lambda: 100.0 + 59.0  # the closing print, stamped 15:30:00, heard at 15:30:01.2
+        rig.day.tick()
+        await rig.run_spawned()
+        assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
     finally:
         await rig.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from common.config import AgentCard, EndOfDay, RiskLimits, Schedule
-from common.enums import AlertKind, OrderType, SessionState, Side, TimeInForce
+from common.enums import AgentMode, AlertKind, OrderType, SessionState, Side, TimeInForce
 from common.ids import placed_by_gateway
 from common.orders import OrderState
 from common.schema import NewOrder, Notice
@@ -371,5 +371,48 @@ async def test_an_end_of_day_flatten_whose_sell_the_broker_refused_says_so(tmp_p
         await tick(rig, "15:31:30")
         [told] = rig.alerted(AlertKind.NOT_SENT)
         assert "1 of its sells refused" in told and "APBK0919" in told and "locked" not in told, told
+    finally:
+        await rig.close()
+
+
+async def test_the_unsold_alert_names_the_end_of_days_own_sells_not_an_earlier_refusal(tmp_path: Path) -> None:
+    """(a review) An operator's flatten refused at 11:00, then the end of day's sell unfilled at a lower-limit lock:
+    the alert named the 11:00 refusal and sent the operator looking for a broker problem."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("10:00"), [FLAT])
+    h = await holding(rig)
+    try:
+        await tick(rig, "11:00")
+        h.broker.reject_sells_with = ("APBK1234", "some transient refusal")
+        h.desk.flatten(FLAT, "operator flatten")
+        await h.settle(lambda: any(s[1] is OrderState.REJECTED for s in sells(h)))
+        h.broker.reject_sells_with = None
+        h.broker.no_buyers.add(CODE)  # locked at its lower limit from 15:00
+        await tick(rig, "15:20")
+        await h.settle(lambda: any(s[1] is OrderState.ACCEPTED for s in sells(h)))
+        await tick(rig, "15:31:30")
+        [told] = rig.alerted(AlertKind.NOT_SENT)
+        assert "unfilled at the close" in told and "refused" not in told, told
+    finally:
+        await rig.close()
+
+
+async def test_the_daily_report_marks_a_shadow_agents_waiting_order(tmp_path: Path) -> None:
+    """(a review) A shadow agent's next-session order was listed as sent at the opening call, as a live one."""
+    hold = msgspec.structs.replace(FLAT.schedule, end_of_day=EndOfDay.HOLD)
+    shadow = msgspec.structs.replace(FLAT, id="sh", name="sh", mode=AgentMode.SHADOW, schedule=hold)
+    rig = Rig(tmp_path / "db" / "g.sqlite", at("15:00"), [shadow])
+    await rig.start()
+    h = rig.h
+    try:
+        rig.day.tick()
+        h.desk.set_mode("sh", True)
+        nxt = NewOrder(
+            client_order_id="sh-20261204-1", code=CODE, side=Side.BUY, qty=3, price=60_000, tif=TimeInForce.NEXT_SESSION
+        )
+        assert h.desk.submit(shadow, nxt).accepted
+        await tick(rig, "15:31:30")
+        await rig.run_spawned()
+        text = (tmp_path / "db" / "reports" / "daily-20261204.txt").read_text()
+        assert "sh buy 3 005930 at 60,000 on 20261207 (its own; shadow: to the shadow market, never sent)" in text, text
     finally:
         await rig.close()

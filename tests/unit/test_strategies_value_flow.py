@@ -396,3 +396,26 @@ def test_value_a_stop_sell_filled_in_parts_keeps_its_levels_and_its_cooldown() -
     del ctx._positions["105560"]  # the last share sold: flat
     s.on_timer()
     assert len(ctx.orders) == 1  # not bought straight back: the cooldown holds
+
+
+def test_value_sees_a_split_after_part_of_the_position_was_sold() -> None:
+    """(a review) The count kept with the levels follows a sell: a 1:2 split applied after half the position sold is
+    still seen (against the count at entry it was not, and the stop read the split as a 50 % fall)."""
+    ctx = ScriptedContext()
+    ctx.hold("105560", 12, 12 * 82_900)
+    ctx.state["entry:105560"] = {"qty": 12, "avg": 82_900, "target": 87_100, "stop": 80_400, "stopping": False}
+    ctx.quotes["105560"] = quote(last=85_000)
+    s = value(ctx)
+    ctx.orders.clear()
+    s.inflight.clear()
+    ctx.hold("105560", 6, 6 * 82_900)  # half the target sold
+    s.on_timer()
+    assert ctx.state["entry:105560"]["qty"] == 6 and not ctx.state["entry:105560"]["stopping"]
+    ctx._open.clear()
+    s.inflight.clear()
+    ctx.hold("105560", 12, 6 * 82_900)  # a 1:2 split applied: 12 shares, the same cost
+    ctx.quotes["105560"] = quote(last=42_000)
+    s.on_timer()
+    entry = ctx.state["entry:105560"]
+    assert (entry["qty"], entry["avg"], entry["stopping"]) == (12, 41_450, False)
+    assert "cooldown:105560" not in ctx.state
