@@ -99,14 +99,6 @@ class BarStore:
             gone = int(self.db.changes())
         return gone
 
-    def delete_day(self, interval: str, start: str) -> int:
-        """Remove every code's bar of `interval` that starts at `start` (a day's daily bars taken too early);
-        returns how many went."""
-        with self.db:
-            self.db.execute("DELETE FROM bars WHERE interval=? AND start=?", (interval, start))
-            gone = int(self.db.changes())
-        return gone
-
     def split(self, code: str, num: int, den: int, before: str, drop: str, rescale: Iterable[str]) -> tuple[int, int]:
         """A split of `code` (1 old share → num/den new ones), in one transaction: its bars of interval
         `drop` are removed (the daily bars: the broker back-fills them split-adjusted), and its bars of

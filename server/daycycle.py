@@ -65,7 +65,6 @@ class DueActions:
     # the session is over and their policy never ran today (no gateway at their end): alert, do what still can be
     missed: list[AgentCard] = field(default_factory=list)
     close_day: bool = False
-    reopened: bool = False  # the day was closed, and a timed clock is back in its session: closed again at its close
 
 
 class MetaStore(Protocol):  # the slice of server.store.Store used here
@@ -101,26 +100,14 @@ class DayCycle:
         timed: bool,
         cards: list[AgentCard],
         absent: Callable[[], list[AgentCard]] = list,
-        reopen: bool = False,
     ) -> DueActions:
         """`cards`: the registered agents'. `absent`: the approved cards of agents not registered whose policy
         has something to do (asked only once the session is over: their policy runs only as missed, the card
-        promised it whether the agent runs or not). `reopen`: a closed day whose session the clock is back in is
-        reopened (the host's clock, which can be wrong; a twin's is moved on purpose)."""
+        promised it whether the agent runs or not)."""
         out = DueActions()
         if phase is Phase.CLOSED:
             return out
         rank = RANK[phase]
-        if reopen and self.closed and rank <= RANK[Phase.CLOSING_AUCTION] and yyyymmdd(now.date()) == self.day:
-            # closed early by a clock that was ahead (a hunt: then set back, the day's business went on and its real
-            # close never ran: no expiry, no bars, the morning's empty report kept): what the early close decided by
-            # the clock is undone (the caller) and the day closes again at its close
-            self.closed, out.reopened = False, True
-            self.store.set_meta(f"closed:{self.day}", "")
-            self.cleaned.clear()  # (the gate's set too: server/risk.py end_of_day)
-            self.store.set_meta(f"eod:{self.day}", "[]")
-            self.flattened_on(self.day).clear()
-            self.store.set_meta(f"eodflat:{self.day}", "[]")
         if not self.closed and rank >= RANK[Phase.POST_CLOSE] and (not timed or _settled(now)):
             out.close_day = True
         if rank > RANK[Phase.CLOSING_AUCTION]:

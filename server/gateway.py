@@ -264,7 +264,6 @@ class Gateway:
             day_close=lambda code, d: self.md.day_close(code, d),  # (md is made after the day)
             # (the wall clock only, as KIS's: a twin's or a replay's market clock is the exchange's own)
             last_print=lambda: self.md.last_print if isinstance(self.clock, WallClock) else None,
-            forget_bars=lambda d: self.md.forget_daily(d),
         )
         # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
         # "not a business day" close the day (server/session_days.py)

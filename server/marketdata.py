@@ -684,14 +684,6 @@ class MarketData:
         self._emit(closed)
         return closed
 
-    def forget_daily(self, day: dt.date) -> int:
-        """`day`'s daily bars were taken by a close that came too early (a machine clock ahead of KRX, then set
-        back into the session): they go, so the day's real close takes them again (its `_official` skips a code
-        whose bar of the day is stored); returns how many went."""
-        if self.closed_day >= day:
-            self.closed_day = dt.date.min  # (history holds the day again only once it is closed)
-        return self.store.delete_day(DAILY, day.isoformat())
-
     async def close_daily(self, day: dt.date, broker: BrokerPort | None = None, codes: Iterable[str] = ()) -> list[Bar]:
         """The day cycle closed the day (the broker's last word taken, its orders expired): its daily
         bars go out now, so a strategy deciding on them sees the day's orders already ended, as in a

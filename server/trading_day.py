@@ -73,6 +73,7 @@ MORNING_REFRESH = dt.time(8, 0)
 # a clock this far ahead of the exchange's (its prints' whole seconds, their delivery's delay) does not hold the
 # close: the close then runs at least CLOSE_SETTLE - this after KRX's close, past its closing auction's random end
 CLOCK_AHEAD_TOLERANCE = dt.timedelta(seconds=30)
+FEED_WAIT_S = 120.0  # a start that finds the day over by its clock waits this long for the feed's first print
 MORNING_RETRY_FIRST_S, MORNING_RETRY_MAX_S = 15.0, 120.0
 # a code whose prints (or books) land outside its band (server/md_sanity.py drops them as outside_band) has its
 # base price fetched again, at most this often: its base may be stale; a feed sending bad prices all day must not
@@ -260,7 +261,6 @@ class TradingDay:
         approved: approvals.ApprovedCards | None = None,
         day_close: Callable[[str, dt.date], int] = lambda code, day: 0,  # a code's official close of a day (0: none)
         last_print: Callable[[], tuple[dt.datetime, float] | None] = lambda: None,
-        forget_bars: Callable[[dt.date], int] = lambda day: 0,
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -287,8 +287,9 @@ class TradingDay:
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
         self.last_print = last_print  # (exchange time, elapsed s) of the latest print heard, None: none
-        self.forget_bars = forget_bars  # a day's daily bars taken by an early close dropped (returns how many)
-        self.reopens = isinstance(clock, WallClock)  # a closed day is reopened on the host's clock only
+        # the host's clock (KIS's), which can be wrong: a close waits for the exchange's word (`_exchange_in_session`)
+        self.wall = isinstance(clock, WallClock)
+        self._started_at = elapsed_ns() / 1e9  # (the feed's first prints come some seconds after a start)
         self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9  # (last_print's clock: MarketData.elapsed)
         self._close_held_told = ""  # the day a close held for the exchange's prints was told
         self.day_close = day_close
@@ -433,11 +434,7 @@ class TradingDay:
         if released or expired:
             log.info("next-session orders: %d released, %d expired unsent", released, expired)
         self.desk.step_flattens()  # end-of-day flattens whose sells waited for the broker session (or the close)
-        due = self.cycle.due(
-            now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned), self.reopens
-        )
-        if due.reopened:
-            self._reopened(day, now)
+        due = self.cycle.due(now, phase, self.clock.timed, self.cards(), lambda: self._absent_cards(self.cycle.cleaned))
         # the exchange still in the session by its prints (a clock ahead): neither a close nor missed policies yet
         early = bool(due.close_day or due.missed) and self._exchange_in_session(day)
         if early:
@@ -452,51 +449,30 @@ class TradingDay:
         if due.close_day:
             self._start_close(day)
 
-    def _reopened(self, day: str, now: dt.datetime) -> None:
-        """The host's clock went back into `day`'s session after the day was closed (closed early by a clock ahead):
-        what that close decided by the clock is undone -- the end-of-day marks (agents reduce-only), missed
-        flattens' promised and held next-session sells, the daily bars it took, its cash check -- so the policies
-        run at their times and the day closes again at its close. Orders it expired may still work at KIS."""
-        d = date_of(day)
-        cancelled = 0
-        with self.book.store.transaction():
-            if any(v == day for v in self._missed_flatten.values()):
-                self._missed_flatten = {a: v for a, v in self._missed_flatten.items() if v != day}
-                self._save_missed_flatten()
-            for c, o in list(self.book.held.items()):
-                # the sells the early close's flattens held for the next session (not protective exits placed again)
-                if is_gateway_exit(o) and not self.desk.placed_again(c) and self.book.order_day.get(c) == day:
-                    cancelled += self.desk.cancel(o.agent, c, exits=True)[0] is None
-        self._cash_checked.pop(day, None)
-        bars = self.forget_bars(d)
-        self.alert(
-            f"the machine's clock went back into the session of {day} ({now:%H:%M:%S} KST) after the day was closed "
-            f"early: closed again at its close; undone: its end-of-day policies (they run at their times), "
-            f"{cancelled} next-session sells its flattens held, {bars} daily bars it took. Orders it expired may still "
-            "work at KIS: check them with the broker. Set the machine's time right (NTP)",
-            AlertKind.GATEWAY_FAULT,
-        )
-
     def _exchange_in_session(self, day: str) -> bool:
-        """The machine's clock says `day`'s session is over, but the exchange's time -- its latest print's, plus the
-        time that passed since it was heard -- is not yet past the close and its settle: the clock is ahead of KRX,
-        and closing now would expire orders still working at KIS (out of reach of cancels and the kill switch, as
-        the books say them ended) and publish mid-session bars as the day's (a hunt: a clock 32 min fast closed the
-        day at 15:00 by KRX). Counted from the print, not only while prints come: the closing call prints nothing
-        for ten minutes. Without a print the clock decides; a clock that is right gives the same time. A person is
-        told once a day."""
-        got = self.last_print() if self.clock.timed else None
-        if got is None:
+        """(the host's clock: KIS's) The machine's clock says `day`'s session is over, but the exchange's time -- its
+        latest print's, plus the time that passed since it was heard -- is more than CLOCK_AHEAD_TOLERANCE behind
+        it and not yet past the close and its settle: the clock is ahead of KRX, and closing now would expire orders
+        still working at KIS (out of reach of cancels and the kill switch, as the books say them ended) and publish
+        mid-session bars as the day's (a hunt: a clock 32 min fast closed the day at 15:00 by KRX). Counted from the
+        print, not only while prints come: the closing call prints nothing for ten minutes. With no print heard yet,
+        a start waits FEED_WAIT_S for the feed's first (a clock hours ahead at a start closed the day at once, and a
+        day is closed once: its real close never ran). A person is told once a day."""
+        if not self.wall:
             return False
+        got = self.last_print()
+        if got is None:
+            return self.elapsed() - self._started_at < FEED_WAIT_S
         at, heard = got
         if yyyymmdd(at.date()) != day:
             return False
-        try:
-            settled = SessionTimes(at.date()).close + CLOSE_SETTLE
-        except ValueError:
-            return False
         exchange = at + dt.timedelta(seconds=max(self.elapsed() - heard, 0.0))
-        if exchange + CLOCK_AHEAD_TOLERANCE >= settled:
+        if self.clock.now() - exchange <= CLOCK_AHEAD_TOLERANCE:  # (whole-second prints, their delivery's delay)
+            return False
+        try:
+            if exchange >= SessionTimes(at.date()).close + CLOSE_SETTLE:
+                return False
+        except ValueError:
             return False
         if self._close_held_told != day:
             self._close_held_told = day

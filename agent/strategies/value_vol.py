@@ -87,11 +87,12 @@ def volatility_pct(closes: list[int]) -> float:
     return math.sqrt(sum((r - mean) ** 2 for r in rets) / len(rets))
 
 
-def _more_shares(entry: dict[str, Any], qty: int, avg: int) -> bool:
-    """More shares held than when `entry`'s levels were set; an entry saved without its count (before it was kept):
-    the average moved by more than 1 % (a split's factor, not a sell's rounding of a won)."""
+def _rebased(entry: dict[str, Any], qty: int, avg: int) -> bool:
+    """The position changed scale under `entry`'s levels: more shares than when they were set (a split, a later fill
+    of the entry), or an average moved by more than 1 % (a split, a reverse split's fewer shares at a higher average;
+    an entry saved before its count was kept). A sell moves the average by a won at most (its rounding)."""
     known = entry.get("qty")
-    return qty > known if known is not None else abs(avg - entry["avg"]) * 100 > entry["avg"]
+    return (known is not None and qty > known) or abs(avg - entry["avg"]) * 100 > entry["avg"]
 
 
 class ValueVol(Strategy):
@@ -158,11 +159,12 @@ class ValueVol(Strategy):
         entry = self.ctx.state.get(f"entry:{code}")
         pos = self.ctx.positions[code]
         avg = pos.cost // pos.qty
-        if entry is not None and _more_shares(entry, pos.qty, avg):
-            # more shares under the levels: a split the operator applied (cost kept, shares times N) or a later fill
-            # of the entry. Levels from the old average read a 1:5 split as an 80 % fall: a stop decided on the new
-            # shares' price (its sell denied until the split was applied) sold everything at market. (A sell never
-            # resets them: its rounding moves the average by a won, and a stop's part-filled sell must stay.)
+        if entry is not None and _rebased(entry, pos.qty, avg):
+            # the position changed scale under the levels: a split the operator applied (cost kept, shares times N),
+            # a reverse split, or a later fill of the entry. Levels from the old average read a 1:5 split as an 80 %
+            # fall: a stop decided on the new shares' price (its sell denied until the split was applied) sold
+            # everything at market. (A sell never resets them: its rounding moves the average by a won, and a stop's
+            # part-filled sell must stay.)
             self.ctx.log.info("%s: %d shares at %s: exits set again", code, pos.qty, f"{avg:,}")
             if entry["stopping"]:
                 self.ctx.state.pop(f"cooldown:{code}", None)  # (the stop is judged again on the new levels)

@@ -27,7 +27,7 @@ async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_p
     elapsed = [5_000.0]
     heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.last_print, rig.day.elapsed = lambda: heard[0], lambda: elapsed[0]
+        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
         rig.day.tick()
         sell = NewOrder(client_order_id="hold-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
         assert h.desk.submit(hold, sell).accepted  # rests below the market
@@ -68,6 +68,7 @@ async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
     await rig.start()
     try:
         # heard at 15:19:58 by a clock that is right: 692 s ago at 15:31:30
+        rig.day.wall = True
         rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
         rig.day.elapsed = lambda: 100.0 + 692.0
         rig.day.tick()
@@ -77,50 +78,52 @@ async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
         await rig.close()
 
 
-async def test_a_day_closed_early_by_a_clock_ahead_closes_again_once_the_clock_is_back(tmp_path: Path) -> None:
-    """(a hunt) The clock ahead at the start closed the day at once; set back into the session, the day's business went
-    on and its real close never ran (no expiry, no bars, the morning's empty report kept). Reopened, what the early
-    close decided by the clock is undone (a review): the agent no longer reduce-only, its missed flatten's sells for
-    the next open cancelled, the daily bars it took dropped; its policy runs at its time and the day closes again."""
-    flat = policy_card("flat", EndOfDay.FLATTEN)
-    forgot: list[dt.date] = []
-    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [flat])
+async def test_a_start_with_the_clock_ahead_waits_for_the_feed_before_closing_the_day(tmp_path: Path) -> None:
+    """(a hunt) A start with the clock hours ahead closed the day at once, before any print could say otherwise, and
+    a day is closed once: its real close never ran (no expiry, no bars, an empty report). A start waits FEED_WAIT_S
+    for the feed's first print; a print of the session then holds the close until the exchange's close."""
+    hold = policy_card("hold", EndOfDay.HOLD)
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "17:58"), [hold])  # the clock 8 h ahead: KRX is at 09:58
     await rig.start()
     h = rig.h
+    elapsed = [5_000.0]
+    heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.reopens = True  # (the host's clock: WallClock)
-        rig.day.forget_bars = lambda d: forgot.append(d) or 3
-        rig.day.tick()
-        buy = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=10, price=70_000)
-        assert h.desk.submit(flat, buy).accepted  # marketable: fills
-        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
-        rig.drop_spawned()
-        rig.at(on(FRIDAY, "17:58"))  # a restart with the clock 8 h ahead: closed at once, the flatten missed
-        rig.day = rig.new_day()
-        rig.day.reopens, rig.day.forget_bars = True, lambda d: forgot.append(d) or 3
+        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
+        rig.day._started_at = elapsed[0]
         rig.day.tick()
         await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") != "1" and rig.alerts == []  # the feed's first seconds
+        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(9, 58, 3), KST), elapsed[0] + 4.0)
+        elapsed[0] += 5.0
         rig.day.tick()
-        assert h.store.get_meta("closed:20261204") == "1" and "flat" in rig.day.cycle.cleaned
-        assert [o.qty for o in h.book.held.values()] == [10]  # the missed flatten's sell for Monday's open
-        rig.at(on(FRIDAY, "10:30"))  # NTP sets it right
-        rig.day.tick()
-        [told] = [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "went back into the session" in t]
-        assert "1 next-session sells its flattens held, 3 daily bars it took" in told, told
-        assert forgot == [FRIDAY] and h.store.get_meta("closed:20261204") != "1"
-        assert not h.book.held and "flat" not in rig.day.cycle.cleaned and not h.risk.end_of_day
-        more = NewOrder(client_order_id="flat-20261204-2", code=CODE, side=Side.BUY, qty=1, price=60_000)
-        assert h.desk.submit(flat, more).accepted  # not reduce-only: it rests
-        await h.settle(lambda: h.book.orders["flat-20261204-2"].state is OrderState.ACCEPTED)
-        rig.at(on(FRIDAY, "15:20"))
-        rig.day.tick()  # its flatten at its time
-        await h.settle(lambda: (p := h.portfolio.position("flat", CODE)) is None or p.qty == 0)
-        rig.at(on(FRIDAY, "15:31:30"))
+        await rig.run_spawned()
+        assert h.store.get_meta("closed:20261204") != "1"
+        [told] = rig.alerted(AlertKind.GATEWAY_FAULT)
+        assert "prints put it at 09:58:04" in told, told
+        elapsed[0] += 5 * 3600 + 33 * 60 + 10  # the exchange's close and settle pass (no print since)
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") == "1"
-        assert h.book.orders["flat-20261204-2"].state is OrderState.CANCELLED  # the flatten's cancel
-        assert not h.book.held  # flat at the close: nothing for Monday
+    finally:
+        await rig.close()
+
+
+async def test_a_start_after_the_close_with_a_quiet_feed_closes_after_the_wait(tmp_path: Path) -> None:
+    """A start after the close with the clock right and no print (the market is over): closed once the wait is up."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "16:00"), [policy_card("hold", EndOfDay.HOLD)])
+    await rig.start()
+    elapsed = [100.0]
+    try:
+        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: None, lambda: elapsed[0]
+        rig.day._started_at = elapsed[0]
+        rig.day.tick()
+        await rig.run_spawned()
+        assert rig.h.store.get_meta("closed:20261204") != "1"
+        elapsed[0] += 121.0
+        rig.day.tick()
+        await rig.run_spawned()
+        assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
     finally:
         await rig.close()
 
@@ -132,6 +135,7 @@ async def test_a_clock_right_within_its_prints_seconds_is_not_held(tmp_path: Pat
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:00.2"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
     try:
+        rig.day.wall = True
         rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 30, 0), KST), 100.0)
         rig.day.elapsed = lambda: 100.0 + 59.0  # the closing print, stamped 15:30:00, heard at 15:30:01.2
         rig.day.tick()
@@ -152,7 +156,7 @@ async def test_a_policy_is_not_worked_out_as_missed_while_the_exchange_is_in_its
     elapsed = [5_000.0]
     heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.last_print, rig.day.elapsed = lambda: heard[0], lambda: elapsed[0]
+        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
         rig.day.tick()
         o = NewOrder(client_order_id="cx-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
         assert h.desk.submit(card, o).accepted
@@ -170,5 +174,21 @@ async def test_a_policy_is_not_worked_out_as_missed_while_the_exchange_is_in_its
         [missed] = [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "did not run" in t]
         assert "1 orders of the day were open through the close" in missed
         assert h.store.get_meta("closed:20261204") == "1"
+    finally:
+        await rig.close()
+
+
+async def test_a_right_clock_with_an_end_at_the_close_is_not_held(tmp_path: Path) -> None:
+    """(a review) With a right clock, a cancel card whose end is 15:30 is the close's at 15:30:00.1: the closing call
+    printed nothing since 15:19:58, and the exchange's time from that print is the clock's: no hold, no page."""
+    canc = policy_card("canc", EndOfDay.CANCEL, end="15:30")
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:30:00.1"), [canc])
+    await rig.start()
+    try:
+        rig.day.wall = True
+        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
+        rig.day.elapsed = lambda: 100.0 + 602.1
+        rig.day.tick()
+        assert "canc" in rig.day.cycle.cleaned and rig.alerts == []
     finally:
         await rig.close()

@@ -419,3 +419,22 @@ def test_value_sees_a_split_after_part_of_the_position_was_sold() -> None:
     entry = ctx.state["entry:105560"]
     assert (entry["qty"], entry["avg"], entry["stopping"]) == (12, 41_450, False)
     assert "cooldown:105560" not in ctx.state
+
+
+def test_value_levels_follow_a_reverse_split() -> None:
+    """(a review) A 5:1 reverse split (fewer shares, the same cost) read as a sale kept the old levels: a target sell
+    at 87,100 with the price at 425,000."""
+    ctx = ScriptedContext()
+    ctx.hold("105560", 60, 60 * 16_580)
+    ctx.state["entry:105560"] = {"qty": 60, "avg": 16_580, "target": 17_410, "stop": 16_080, "stopping": False}
+    ctx.quotes["105560"] = quote(last=16_700)
+    s = value(ctx)
+    ctx.orders.clear()
+    ctx._open.clear()
+    s.inflight.clear()
+    ctx.hold("105560", 12, 60 * 16_580)  # 5:1 reverse split applied: 12 shares, the same cost
+    ctx.quotes["105560"] = quote(last=83_500)
+    s.on_timer()
+    entry = ctx.state["entry:105560"]
+    assert (entry["qty"], entry["avg"], entry["stopping"]) == (12, 82_900, False)
+    assert [(o["side"], o["price"]) for o in ctx.orders] == [(Side.SELL, entry["target"])] and entry["target"] > 83_500
