@@ -289,7 +289,9 @@ class TradingDay:
         self.last_print = last_print  # (exchange time, elapsed s) of the latest print heard, None: none
         # the host's clock (KIS's), which can be wrong: a close waits for the exchange's word (`_exchange_in_session`)
         self.wall = isinstance(clock, WallClock)
-        self._started_at = elapsed_ns() / 1e9  # (the feed's first prints come some seconds after a start)
+        # when this start first decided on the day (its books agreeing with the broker): the feed's prints can come
+        # from then on, not from the process's start (a KIS start's retries took minutes before any print could)
+        self._started_at: float | None = None
         self.elapsed: Callable[[], float] = lambda: elapsed_ns() / 1e9  # (last_print's clock: MarketData.elapsed)
         self._close_held_told = ""  # the day a close held for the exchange's prints was told
         self.day_close = day_close
@@ -462,6 +464,8 @@ class TradingDay:
             return False
         got = self.last_print()
         if got is None:
+            if self._started_at is None:
+                self._started_at = self.elapsed()
             return self.elapsed() - self._started_at < FEED_WAIT_S
         at, heard = got
         if yyyymmdd(at.date()) != day:

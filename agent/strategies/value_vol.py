@@ -91,8 +91,8 @@ def _rebased(entry: dict[str, Any], qty: int, avg: int) -> bool:
     """The position changed scale under `entry`'s levels: more shares than when they were set (a split, a later fill
     of the entry), or an average moved by more than 1 % (a split, a reverse split's fewer shares at a higher average;
     an entry saved before its count was kept). A sell moves the average by a won at most (its rounding)."""
-    known = entry.get("qty")
-    return (known is not None and qty > known) or abs(avg - entry["avg"]) * 100 > entry["avg"]
+    known, was = entry.get("qty"), entry["avg"]
+    return (known is not None and qty > known) or abs(avg - was) > max(1, was // 100)  # (a won is over 1 % under 100)
 
 
 class ValueVol(Strategy):

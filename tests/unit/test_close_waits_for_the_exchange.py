@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from common.clock import KST
+from common.clock import KST, elapsed_ns
 from common.config import EndOfDay
 from common.enums import AlertKind, Side
 from common.orders import OrderState
@@ -90,7 +90,6 @@ async def test_a_start_with_the_clock_ahead_waits_for_the_feed_before_closing_th
     heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
         rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
-        rig.day._started_at = elapsed[0]
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") != "1" and rig.alerts == []  # the feed's first seconds
@@ -110,13 +109,14 @@ async def test_a_start_with_the_clock_ahead_waits_for_the_feed_before_closing_th
 
 
 async def test_a_start_after_the_close_with_a_quiet_feed_closes_after_the_wait(tmp_path: Path) -> None:
-    """A start after the close with the clock right and no print (the market is over): closed once the wait is up."""
+    """A start after the close with the clock right and no print (the market is over): closed once the wait is up,
+    counted from the start's first decision on the day, not the process's start (a review: a KIS start retrying for
+    minutes used the wait up before any print could come)."""
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "16:00"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
-    elapsed = [100.0]
+    elapsed = [elapsed_ns() / 1e9 + 200.0]  # the books agreed with the broker 200 s after the process started
     try:
         rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: None, lambda: elapsed[0]
-        rig.day._started_at = elapsed[0]
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") != "1"

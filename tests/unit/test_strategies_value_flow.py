@@ -438,3 +438,23 @@ def test_value_levels_follow_a_reverse_split() -> None:
     entry = ctx.state["entry:105560"]
     assert (entry["qty"], entry["avg"], entry["stopping"]) == (12, 82_900, False)
     assert [(o["side"], o["price"]) for o in ctx.orders] == [(Side.SELL, entry["target"])] and entry["target"] > 83_500
+
+
+def test_value_a_stop_sold_in_parts_under_100_won_keeps_its_levels() -> None:
+    """(a review) Under 100 won a sell's rounding of one won is over 1 %: it was read as a change of scale and the
+    stop's mark and cooldown dropped."""
+    ctx = ScriptedContext()
+    pos = apply_fill(None, "105560", Side.BUY, 1, 90)
+    pos = apply_fill(pos, "105560", Side.BUY, 9, 81)  # cost 819: average 81
+    ctx._positions["105560"] = pos
+    ctx.state["entry:105560"] = {"qty": 10, "avg": 81, "target": 86, "stop": 78, "stopping": True}
+    ctx.state["cooldown:105560"] = "2026-12-18"
+    ctx.quotes["105560"] = quote(last=77)
+    s = value(ctx)
+    s.inflight.clear()
+    ctx.rest(ctx.orders[-1])  # its stop's market sell rests
+    ctx._positions["105560"] = apply_fill(pos, "105560", Side.SELL, 7, 77)  # 3 left at cost 246: 82 a share
+    s.on_timer()
+    entry = ctx.state["entry:105560"]
+    assert entry["stopping"] and entry["qty"] == 3 and entry["avg"] == 81 and "cooldown:105560" in ctx.state
+    assert ctx.cancels == []
