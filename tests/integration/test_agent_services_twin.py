@@ -196,7 +196,7 @@ def test_value_agent_trades_and_survives_kill_9_without_a_duplicate(tmp_path: Pa
         what="restarted agent's START line",
     )
     assert line.group(1) == f"{{'105560': {held}}}" and line.group(2) == "1"
-    assert "'entry:105560': {'avg': " in line.group(3) and f"'target': {target.price}" in line.group(3)
+    assert f"'entry:105560': {{'qty': {held}, 'avg': " in line.group(3) and f"'target': {target.price}" in line.group(3)
     wait_for(
         lambda: (x := agent_status(run, "value")) and x.pid == a2.pid and x.state == "online", 10, what="online again"
     )
