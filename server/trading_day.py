@@ -760,7 +760,12 @@ class TradingDay:
             what.append(f"{cancels} next-session orders placed before its end cancelled")
         if flatten:
             shares = shares_text(held)
-            what.append(f"its positions ({shares}) are held overnight and sold at market at the next session's open")
+            if day != self.cycle.day and self.clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION):
+                what.append(f"its positions ({shares}) are sold at market now (today's session is open)")
+            else:
+                what.append(
+                    f"its positions ({shares}) are held overnight and sold at market at the next session's open"
+                )
         of = "" if day == self.cycle.day else f" of {day}"
         text = (
             f"{card.id}: end-of-day policy '{policy.value}'{of} (schedule.end {card.schedule.end}) did not run at "
@@ -882,11 +887,25 @@ class TradingDay:
                 continue  # (no card anywhere: told before the next session's open, _missed_sells_due)
             if agent in self._open_of(day):
                 continue  # its cancels first (a cancel can lose the race to a fill): the sells are sized after
+            # an earlier day's, worked out with today's session already open (a gateway back mid-session): its "next
+            # session" is today's, so it sells now; held, its sells waited for the session after, and today's own
+            # flatten waited on them and sold nothing (a review: carried through Friday and the weekend, untold)
+            now_open = self.clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION)
             with self.book.store.transaction():  # queued and no longer promised, durable together
                 del self._missed_flatten[agent]
                 self._save_missed_flatten()
-                n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
-            log.info("end of day %s for %s: flatten missed, %d sells held for the next session", day, agent, n)
+                if now_open:
+                    n = self._sell_next_session(card, "end of day (missed): flatten now", TimeInForce.DAY)
+                    self.cycle.mark_flattened(agent)  # (what is unsold at today's close is held and told then)
+                else:
+                    n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
+            log.info(
+                "end of day %s for %s: flatten missed, %d sells %s",
+                day,
+                agent,
+                n,
+                "sent now (the session is open)" if now_open else "held for the next session",
+            )
 
     def _hold_unsold_flattens(self, day: str) -> None:
         """After the close's expiry: an agent whose end-of-day flatten ran today and still holds shares -- its market
@@ -946,17 +965,28 @@ class TradingDay:
         return "; ".join(said)
 
     def _unsold(self, agent: str) -> dict[str, int]:
-        """code -> shares `agent` holds that none of its held sells (for a next session) covers."""
+        """code -> shares `agent` holds that none of its held sells (for a next session) covers, nor a sell the
+        gateway has working for it (a missed flatten selling in today's session, when an earlier day closes late)."""
         out = self.book.portfolio.holding(agent)
         for o in self.book.held.values():
             if o.agent == agent and o.side is Side.SELL and o.code in out:
                 out[o.code] -= o.remaining
+        for o in self.book.orders.values():
+            if (
+                o.agent == agent
+                and o.is_open
+                and o.state is not OrderState.HELD
+                and is_gateway_exit(o)
+                and o.code in out
+            ):
+                out[o.code] -= o.remaining
         return {c: q for c, q in out.items() if q > 0}
 
-    def _sell_next_session(self, card: AgentCard, why: str) -> int:
+    def _sell_next_session(self, card: AgentCard, why: str, tif: TimeInForce = TimeInForce.NEXT_SESSION) -> int:
         """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
-        the desk releases them at the open): the desk's flatten, for a market that is closed. Numbered
-        as the gateway's own orders (sent first at the release), each at most the order-value limit."""
+        the desk releases them at the open): the desk's flatten, for a market that is closed (`tif` DAY: a
+        missed flatten worked out while the session is open sells in it). Numbered as the gateway's own orders
+        (sent first at the release), each at most the order-value limit."""
         book, agent = self.book, card.id
         positions = sorted(
             (p for p in book.portfolio.positions.get(agent, {}).values() if p.qty > 0), key=lambda p: p.code
@@ -998,7 +1028,7 @@ class TradingDay:
                     side=Side.SELL,
                     qty=qty,
                     order_type=OrderType.MARKET,
-                    tif=TimeInForce.NEXT_SESSION,
+                    tif=tif,
                     reason=why,
                     decision_price=book.portfolio.marks.get(pos.code, 0),
                 )
