@@ -895,7 +895,9 @@ class TradingDay:
                 del self._missed_flatten[agent]
                 self._save_missed_flatten()
                 if now_open:
-                    n = self._sell_next_session(card, "end of day (missed): flatten now", TimeInForce.DAY)
+                    # the desk's kept flatten, as an end of day's: the agent's orders cancelled first, its sells wait
+                    # for a broker session still connecting (a gateway just started), unsold ones held at the close
+                    n = self.desk.flatten(card, "end of day (missed): flatten now", keep=True)
                     self.cycle.mark_flattened(agent)  # (what is unsold at today's close is held and told then)
                 else:
                     n = self._sell_next_session(card, "end of day (missed): flatten at the next session")
@@ -904,7 +906,7 @@ class TradingDay:
                 day,
                 agent,
                 n,
-                "sent now (the session is open)" if now_open else "held for the next session",
+                "of a flatten started now (the session is open)" if now_open else "held for the next session",
             )
 
     def _hold_unsold_flattens(self, day: str) -> None:
@@ -965,8 +967,9 @@ class TradingDay:
         return "; ".join(said)
 
     def _unsold(self, agent: str) -> dict[str, int]:
-        """code -> shares `agent` holds that none of its held sells (for a next session) covers, nor a sell the
-        gateway has working for it (a missed flatten selling in today's session, when an earlier day closes late)."""
+        """code -> shares `agent` holds that none of its held sells (for a next session) covers, nor a market sell the
+        gateway has working for it (a missed flatten selling in today's session, when an earlier day closes late; a
+        protective limit exit resting below the market covers nothing: it may never fill)."""
         out = self.book.portfolio.holding(agent)
         for o in self.book.held.values():
             if o.agent == agent and o.side is Side.SELL and o.code in out:
@@ -976,17 +979,17 @@ class TradingDay:
                 o.agent == agent
                 and o.is_open
                 and o.state is not OrderState.HELD
+                and o.order_type is OrderType.MARKET
                 and is_gateway_exit(o)
                 and o.code in out
             ):
                 out[o.code] -= o.remaining
         return {c: q for c, q in out.items() if q > 0}
 
-    def _sell_next_session(self, card: AgentCard, why: str, tif: TimeInForce = TimeInForce.NEXT_SESSION) -> int:
+    def _sell_next_session(self, card: AgentCard, why: str) -> int:
         """Market sells of all `card`'s agent holds, held for the next session (TimeInForce.NEXT_SESSION:
-        the desk releases them at the open): the desk's flatten, for a market that is closed (`tif` DAY: a
-        missed flatten worked out while the session is open sells in it). Numbered as the gateway's own orders
-        (sent first at the release), each at most the order-value limit."""
+        the desk releases them at the open): the desk's flatten, for a market that is closed. Numbered
+        as the gateway's own orders (sent first at the release), each at most the order-value limit."""
         book, agent = self.book, card.id
         positions = sorted(
             (p for p in book.portfolio.positions.get(agent, {}).values() if p.qty > 0), key=lambda p: p.code
@@ -1028,7 +1031,7 @@ class TradingDay:
                     side=Side.SELL,
                     qty=qty,
                     order_type=OrderType.MARKET,
-                    tif=tif,
+                    tif=TimeInForce.NEXT_SESSION,
                     reason=why,
                     decision_price=book.portfolio.marks.get(pos.code, 0),
                 )
