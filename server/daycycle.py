@@ -191,6 +191,11 @@ class DayCycle:
         self.store.set_meta(f"closed:{day}", "1")
 
 
+def card_end(card: AgentCard, day: dt.date) -> dt.datetime:
+    """`card`'s `schedule.end` on `day` (KST), a time of a normal day moved as the day's close is (CSAT day)."""
+    return dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
+
+
 def policy_due(card: AgentCard, day: dt.date, times: SessionTimes) -> dt.datetime | None:
     """(a timed clock) When `card`'s end-of-day policy runs on `day` (KST): its `schedule.end`, a time of a normal
     day that a session closing late moves as much (CSAT day). An end at or after the close is the close's own: a
@@ -198,7 +203,7 @@ def policy_due(card: AgentCard, day: dt.date, times: SessionTimes) -> dt.datetim
     close); a cancel or hold has nothing to run before it (None): the close ends the day's orders, and a cancel
     sent in the closing call would pull what the agent placed for it (a hunt: such a card was reported missed,
     its flatten sold at the next open, its cancels raced the uncross)."""
-    end = dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
+    end = card_end(card, day)
     if end < times.close:
         return end
     return times.closing_call if card.schedule.end_of_day is EndOfDay.FLATTEN else None

@@ -262,8 +262,7 @@ class Gateway:
             counters=self.counters,
             approved=self.approved,  # the gateway's, bound to its owner at the start (_trust)
             day_close=lambda code, d: self.md.day_close(code, d),  # (md is made after the day)
-            # (the wall clock only, as KIS's: a twin's or a replay's market clock is the exchange's own)
-            last_print=lambda: self.md.last_print if isinstance(self.clock, WallClock) else None,
+            last_print=lambda: self.md.last_print,  # (read on the host's clock only: TradingDay.wall)
         )
         # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
         # "not a business day" close the day (server/session_days.py)

@@ -59,7 +59,7 @@ from typing import Protocol
 import msgspec
 
 from common import approvals
-from common.calendar import is_trading_day, schedule_end
+from common.calendar import is_trading_day
 from common.clock import KST, date_of, kst_from_ns
 from common.config import BrokerEnv, AgentCard, EndOfDay, GatewayConfig
 from common.enums import (
@@ -106,7 +106,7 @@ from server.agent_services import AgentServices
 from server.alert_watch import AlertWatch, Facts
 from server.alerts import Alerts
 from server.core import OrderCore
-from server.daycycle import RANK, end_due, policy_time
+from server.daycycle import RANK, card_end, end_due, policy_time
 from server.equity import ACCOUNT, AccountReader
 from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
@@ -965,13 +965,10 @@ class Operator:
                         runs = f"its end of day ({now_policy.value}) runs now{sells}"
                     today = clock.now().date()
                     ends = policy_time(new, today, True)
-                    card_end = dt.datetime.combine(
-                        today, schedule_end(today, dt.time.fromisoformat(new.schedule.end)), KST
-                    )
                     said = (
                         f"its new end {new.schedule.end} is at or after the close: its flatten runs as the closing "
                         f"call starts ({ends:%H:%M})"
-                        if ends < card_end
+                        if ends < card_end(new, today)
                         else f"its new end {new.schedule.end} has passed"
                     )
                     out.append(f"{said}: {runs}")

@@ -760,7 +760,7 @@ class TradingDay:
             what.append(f"{cancels} next-session orders placed before its end cancelled")
         if flatten:
             shares = shares_text(held)
-            if day != self.cycle.day and self.clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION):
+            if day != self.cycle.day and self._session_open():
                 what.append(f"its positions ({shares}) are sold at market now (today's session is open)")
             else:
                 what.append(
@@ -801,12 +801,20 @@ class TradingDay:
         """A missed policy's cancels: the agent's held orders placed before the policy's time (what `cancel_all` at its
         end would have cancelled). A held order placed after it (an agent registering in the evening places tomorrow's
         buy) is a decision for the next session; the day's working orders are the close's (`_open_through_close`)."""
-        cutoff_ns = int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000  # (whole s)
+        cutoff_ns = self._policy_ns(card, day)
         n = 0
         for c, o in list(self.book.held.items()):
             if o.agent == card.id and o.created_ns < cutoff_ns and self.desk.cancel(card.id, c, exits=True)[0] is None:
                 n += 1
         return n
+
+    def _policy_ns(self, card: AgentCard, day: str) -> int:
+        """When `card`'s policy of `day` was due (`policy_time`), whole seconds as ns: orders are told apart by it."""
+        return int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000
+
+    def _session_open(self) -> bool:
+        """Today's session takes orders now, past its opening call: a missed flatten of an earlier day sells in it."""
+        return self.clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION)
 
     def _open_through_close(self, agent: str, day: str) -> int:
         """The agent's orders of `day` still open in the books when its missed policy is worked out: past the session,
@@ -890,7 +898,7 @@ class TradingDay:
             # an earlier day's, worked out with today's session already open (a gateway back mid-session): its "next
             # session" is today's, so it sells now; held, its sells waited for the session after, and today's own
             # flatten waited on them and sold nothing (a review: carried through Friday and the weekend, untold)
-            now_open = self.clock.phase() in (Phase.CONTINUOUS, Phase.CLOSING_AUCTION)
+            now_open = self._session_open()
             with self.book.store.transaction():  # queued and no longer promised, durable together
                 del self._missed_flatten[agent]
                 self._save_missed_flatten()
@@ -943,7 +951,7 @@ class TradingDay:
         on) ended short, for a person: refused (the broker's word: one sent after the close is refused as outside
         trading hours) and/or unfilled at the close (a lock, a halt)."""
         book, agent = self.book, card.id
-        since = int(policy_time(card, date_of(day), self.clock.timed).timestamp()) * 1_000_000_000
+        since = self._policy_ns(card, day)
         sells = [
             o
             for c, o in book.orders.items()

@@ -19,22 +19,34 @@ FRIDAY = dt.date(2026, 12, 4)
 CODE = "005930"
 
 
+class Feed:
+    """The day cycle on the host's clock (TradingDay.wall) with the exchange's prints as it reads them
+    (MarketData.last_print: a print's time and when it was heard) and the elapsed clock the test moves."""
+
+    def __init__(self, rig: Rig, now: float = 5_000.0) -> None:
+        self.now = now
+        self.heard: tuple[dt.datetime, float] | None = None
+        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: self.heard, lambda: self.now
+
+    def hear(self, hhmmss: str, ago: float = 0.0) -> None:
+        """A print of FRIDAY stamped `hhmmss`, heard `ago` seconds before now."""
+        self.heard = (dt.datetime.combine(FRIDAY, dt.time.fromisoformat(hhmmss), KST), self.now - ago)
+
+
 async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_path: Path) -> None:
     hold = policy_card("hold", EndOfDay.HOLD)
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [hold])
     await rig.start()
     h = rig.h
-    elapsed = [5_000.0]
-    heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
+        feed = Feed(rig)
         rig.day.tick()
         sell = NewOrder(client_order_id="hold-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
         assert h.desk.submit(hold, sell).accepted  # rests below the market
         await h.settle(lambda: h.book.orders["hold-20261204-1"].state is OrderState.ACCEPTED)
         # the machine's clock jumps to 15:32 while KRX is at 15:00 and still printing
         rig.at(on(FRIDAY, "15:32"))
-        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 0, 5), KST), elapsed[0] - 1.0)
+        feed.hear("15:00:05", ago=1.0)
         for _ in range(2):
             rig.day.tick()
             await rig.run_spawned()
@@ -43,14 +55,14 @@ async def test_the_close_waits_while_the_exchange_still_prints_the_session(tmp_p
         [text] = rig.alerted(AlertKind.GATEWAY_FAULT)
         assert "prints put it at 15:00:06" in text and "NTP" in text
         # KRX's closing call (15:20-15:30) prints nothing: its silence does not let the close run early
-        elapsed[0] += 24 * 60.0
+        feed.now += 24 * 60.0
         rig.at(on(FRIDAY, "15:56"))
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") != "1"
         # the closing auction's print at 15:30:12, then the close's settle passes by the exchange's time
-        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 30, 12), KST), elapsed[0])
-        elapsed[0] += 50.0
+        feed.hear("15:30:12")
+        feed.now += 50.0
         rig.at(on(FRIDAY, "15:57"))
         rig.day.tick()
         await rig.run_spawned()
@@ -67,10 +79,7 @@ async def test_a_quiet_feed_does_not_hold_the_close(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:30"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
     try:
-        # heard at 15:19:58 by a clock that is right: 692 s ago at 15:31:30
-        rig.day.wall = True
-        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
-        rig.day.elapsed = lambda: 100.0 + 692.0
+        Feed(rig).hear("15:19:58", ago=692.0)  # heard by a clock that is right: 692 s ago at 15:31:30
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
@@ -86,21 +95,19 @@ async def test_a_start_with_the_clock_ahead_waits_for_the_feed_before_closing_th
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "17:58"), [hold])  # the clock 8 h ahead: KRX is at 09:58
     await rig.start()
     h = rig.h
-    elapsed = [5_000.0]
-    heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
+        feed = Feed(rig)
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") != "1" and rig.alerts == []  # the feed's first seconds
-        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(9, 58, 3), KST), elapsed[0] + 4.0)
-        elapsed[0] += 5.0
+        feed.now += 5.0
+        feed.hear("09:58:03", ago=1.0)
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") != "1"
         [told] = rig.alerted(AlertKind.GATEWAY_FAULT)
         assert "prints put it at 09:58:04" in told, told
-        elapsed[0] += 5 * 3600 + 33 * 60 + 10  # the exchange's close and settle pass (no print since)
+        feed.now += 5 * 3600 + 33 * 60 + 10  # the exchange's close and settle pass (no print since)
         rig.day.tick()
         await rig.run_spawned()
         assert h.store.get_meta("closed:20261204") == "1"
@@ -114,13 +121,12 @@ async def test_a_start_after_the_close_with_a_quiet_feed_closes_after_the_wait(t
     minutes used the wait up before any print could come)."""
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "16:00"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
-    elapsed = [elapsed_ns() / 1e9 + 200.0]  # the books agreed with the broker 200 s after the process started
     try:
-        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: None, lambda: elapsed[0]
+        feed = Feed(rig, elapsed_ns() / 1e9 + 200.0)  # the books agreed with the broker 200 s after the start
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") != "1"
-        elapsed[0] += 121.0
+        feed.now += 121.0
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
@@ -135,9 +141,7 @@ async def test_a_clock_right_within_its_prints_seconds_is_not_held(tmp_path: Pat
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:31:00.2"), [policy_card("hold", EndOfDay.HOLD)])
     await rig.start()
     try:
-        rig.day.wall = True
-        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 30, 0), KST), 100.0)
-        rig.day.elapsed = lambda: 100.0 + 59.0  # the closing print, stamped 15:30:00, heard at 15:30:01.2
+        Feed(rig).hear("15:30:00", ago=59.0)  # the closing print, stamped 15:30:00, heard at 15:30:01.2
         rig.day.tick()
         await rig.run_spawned()
         assert rig.h.store.get_meta("closed:20261204") == "1" and rig.alerts == []
@@ -153,21 +157,19 @@ async def test_a_policy_is_not_worked_out_as_missed_while_the_exchange_is_in_its
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [card])
     await rig.start()
     h = rig.h
-    elapsed = [5_000.0]
-    heard: list[tuple[dt.datetime, float] | None] = [None]
     try:
-        rig.day.wall, rig.day.last_print, rig.day.elapsed = True, lambda: heard[0], lambda: elapsed[0]
+        feed = Feed(rig)
         rig.day.tick()
         o = NewOrder(client_order_id="cx-20261204-1", code=CODE, side=Side.BUY, qty=1, price=60_000)
         assert h.desk.submit(card, o).accepted
         await h.settle(lambda: h.book.orders["cx-20261204-1"].state is OrderState.ACCEPTED)
         rig.at(on(FRIDAY, "15:32"))
-        heard[0] = (dt.datetime.combine(FRIDAY, dt.time(15, 0, 5), KST), elapsed[0] - 1.0)
+        feed.hear("15:00:05", ago=1.0)
         rig.day.tick()
         await rig.run_spawned()
         assert "cx" not in rig.day.cycle.cleaned
         assert [t for t in rig.alerted(AlertKind.GATEWAY_FAULT) if "did not run" in t] == []
-        elapsed[0] += 32 * 60.0  # the exchange's close and settle pass
+        feed.now += 32 * 60.0  # the exchange's close and settle pass
         rig.at(on(FRIDAY, "16:04"))
         rig.day.tick()
         await rig.run_spawned()
@@ -185,9 +187,7 @@ async def test_a_right_clock_with_an_end_at_the_close_is_not_held(tmp_path: Path
     rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "15:30:00.1"), [canc])
     await rig.start()
     try:
-        rig.day.wall = True
-        rig.day.last_print = lambda: (dt.datetime.combine(FRIDAY, dt.time(15, 19, 58), KST), 100.0)
-        rig.day.elapsed = lambda: 100.0 + 602.1
+        Feed(rig).hear("15:19:58", ago=602.1)
         rig.day.tick()
         assert "canc" in rig.day.cycle.cleaned and rig.alerts == []
     finally:
