@@ -266,6 +266,25 @@ class Strategy:
         self.ctx = ctx
         self.params = params
 
+    def buyable(self, code: str, value: int, price: int, param: str = "notional") -> int:
+        """The shares `value` KRW (the card's `params.<param>`) buys of `code` at `price`: `value // price`.
+        0 (not one share) is said in the log once per code and day, with what to change: a notional below the
+        price bought nothing, silently (1,000,000 KRW on a stock at 1,200,000 never traded, never said why)."""
+        qty = value // price if price > 0 else 0
+        if qty == 0 and value > 0 and price > 0:
+            told: dict[str, dt.date] = self.__dict__.setdefault("_told_unbuyable", {})  # (an __init__ without super)
+            day = self.ctx.now().date()
+            if told.get(code) != day:
+                told[code] = day
+                self.ctx.log.warning(
+                    "%s: %s KRW does not buy one share at %s KRW: no buy; raise the card's params.%s to buy it",
+                    code,
+                    f"{value:,}",
+                    f"{price:,}",
+                    param,
+                )
+        return qty
+
     @classmethod
     def parse_params(cls, raw: dict[str, Any]) -> Any:
         if cls.Params is None:

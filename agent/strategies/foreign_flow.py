@@ -152,7 +152,7 @@ class ForeignFlow(Strategy):
         self.ctx.log.info("%s %s foreign buy streak %d sell streak %d held %d", code, newest, buys, sells, held)
         if not held and buys >= p.buy_days:
             q = self.ctx.quote(code)
-            qty = p.notional // q.last if q.last else 0
+            qty = self.buyable(code, p.notional, q.last)
             if qty:
                 self.ctx.state[f"acted:{code}"] = newest  # goes to the gateway ahead of the order
                 self.inflight[code] = self.ctx.buy(

@@ -98,7 +98,7 @@ class PairSpread(Strategy):
                 )
         if target and not held[target]:
             price = self.last[target].close
-            qty = p.notional // price
+            qty = self.buyable(target, p.notional, price)
             if qty > 0:
                 self.ctx.buy(
                     target,

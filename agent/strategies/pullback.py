@@ -113,7 +113,7 @@ class Pullback(Strategy):
             limit = rules_for(self.ctx.now().date()).round_down(
                 bar.close * (100 - p.limit_pct) // 100
             )  # the day's grid
-            qty = p.notional // limit
+            qty = self.buyable(bar.code, p.notional, limit)
             if qty:
                 # the hold begins with the next session (the order's only one): kept before the order is
                 # sent, so a fill that arrives while the agent is down still has its day

@@ -68,8 +68,7 @@ class SmaBracketDaily(SmaCrossDaily):
             return
         p = self.params
         held = self.ctx.position(bar.code)
-        qty = p.shares(bar.close)
-        if cross > 0 and held == 0 and qty:
+        if cross > 0 and held == 0 and (qty := self._shares(bar.code, bar.close)):
             stop, take = p.bracket(bar.close)  # for the log: the bracket is set from the fill (on_fill)
             self.ctx.buy(
                 bar.code,

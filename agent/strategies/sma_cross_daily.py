@@ -37,10 +37,6 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
         if self.qty <= 0 or self.value < 0:
             raise ValueError("qty must be positive and value not negative")
 
-    def shares(self, close: int) -> int:
-        """The shares of one buy decided at `close` (0: `value` does not buy one share)."""
-        return self.value // close if self.value else self.qty
-
 
 class _Window:
     """The last `long` closes with running sums of the last `short` and `long` of them."""
@@ -107,6 +103,11 @@ class SmaCrossDaily(Strategy):
                 reason="short SMA below long: the exit did not fill",
             )
 
+    def _shares(self, code: str, close: int) -> int:
+        """The shares of one buy decided at `close` (0: `value` does not buy one share: said in the log)."""
+        p = self.params
+        return self.buyable(code, p.value, close, "value") if p.value else p.qty
+
     def on_bar(self, bar: Bar) -> None:
         if bar.interval != "1d":
             return
@@ -117,8 +118,7 @@ class SmaCrossDaily(Strategy):
                 self._exit_unsold(bar.code)
             return
         held = self.ctx.position(bar.code)
-        qty = self.params.shares(bar.close)
-        if cross > 0 and held == 0 and qty:
+        if cross > 0 and held == 0 and (qty := self._shares(bar.code, bar.close)):
             self.ctx.buy(
                 bar.code,
                 qty,

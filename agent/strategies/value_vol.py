@@ -151,7 +151,7 @@ class ValueVol(Strategy):
             ok, why = self.signal(q)
             self.ctx.log.info("%s per %.2f pbr %.2f eps %d last %d: %s", code, q.per, q.pbr, q.eps, q.last, why)
             if ok:
-                qty = p.notional // q.last
+                qty = self.buyable(code, p.notional, q.last)
                 limit = rules_for(self.ctx.now().date()).ticks_away(q.last, p.limit_ticks, q.upper_limit)
                 if qty > 0:
                     self._buy(code, qty, limit, reason="value+calm", context={"per": q.per, "pbr": q.pbr, "why": why})

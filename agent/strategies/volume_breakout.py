@@ -72,7 +72,7 @@ class VolumeBreakout(Strategy):
         window = prev[-p.lookback :]
         vol_sum = sum(b.volume for b in window)
         if bar.close > max(b.close for b in window) and bar.volume * p.lookback * 100 >= vol_sum * p.vol_mult_pct:
-            qty = p.notional // bar.close
+            qty = self.buyable(bar.code, p.notional, bar.close)
             if qty:
                 self.ctx.buy(
                     bar.code,

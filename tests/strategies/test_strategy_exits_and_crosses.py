@@ -14,10 +14,12 @@ made-up bars (the same strategy code and Context API as live).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
+import pytest
 
 from agent.strategies.foreign_flow import ForeignFlow
 from agent.strategies.ma_cross import MaCross
@@ -266,6 +268,22 @@ def run_bracket(rows: list[tuple[int, int, int, int]]) -> BacktestResult:
         {"short": 5, "long": 20, "value": 3_000_000, "stop_pct": 3.0, "take_pct": 6.0},
     )
     return run_backtest(c, {"000660": bars("000660", rows)}, BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 12, 30)))
+
+
+def test_a_backtest_whose_value_buys_no_share_says_so_at_the_up_cross(caplog: pytest.LogCaptureFixture) -> None:
+    """sma_bracket's `value` below the price: the up-cross bought nothing and the backtest's 0 trades had no
+    reason in its output; the warning names the code, the price and the param (the same line as live)."""
+    c = card(
+        "agent.strategies.sma_bracket_daily:SmaBracketDaily",
+        "000660",
+        {"short": 5, "long": 20, "value": 100_000, "stop_pct": 3.0, "take_pct": 6.0},
+    )
+    with caplog.at_level(logging.WARNING):
+        r = run_backtest(c, {"000660": bars("000660", GAP)}, BacktestConfig(dt.date(2024, 1, 2), dt.date(2024, 12, 30)))
+    assert r.orders == []
+    assert [m.getMessage() for m in caplog.records if "one share" in m.getMessage()] == [
+        "000660: 100,000 KRW does not buy one share at 110,000 KRW: no buy; raise the card's params.value to buy it"
+    ]
 
 
 def test_sma_bracket_levels_come_from_the_fill_price_not_the_decision_close() -> None:

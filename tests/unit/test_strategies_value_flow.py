@@ -201,6 +201,31 @@ def test_value_buys_cheap_and_calm_then_places_the_target_and_a_restart_repeats_
     assert restarted.orders == [] and len(ctx.orders) == n
 
 
+def test_a_notional_below_one_share_buys_nothing_and_says_so_once_a_day(caplog: pytest.LogCaptureFixture) -> None:
+    """A notional smaller than the price bought nothing without a word (a 50,000 KRW entry on a stock at
+    82,700 never traded): the log says which code, at what price, and what to raise; once per code and day,
+    not at every poll."""
+    ctx = ScriptedContext()
+    ctx.quotes["105560"] = quote()
+    with caplog.at_level(logging.WARNING, logger="test"):
+        s = value(ctx, notional=50_000)
+        s.on_timer()
+    assert ctx.orders == []
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == [
+        "105560: 50,000 KRW does not buy one share at 82,700 KRW: no buy; raise the card's params.notional to buy it"
+    ]
+    caplog.clear()
+    ctx.now = lambda: dt.datetime(2026, 11, 23, 10, 0)  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="test"):
+        s.on_timer()  # the next trading day: said again
+    assert len([r for r in caplog.records if "does not buy one share" in r.getMessage()]) == 1
+    ctx.quotes["105560"] = quote(last=41_000)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        s.on_timer()  # the price halved: one share now fits
+    assert [(o["side"], o["qty"]) for o in ctx.orders] == [(Side.BUY, 1)]
+
+
 def test_value_skips_expensive_or_volatile_and_survives_a_refused_query() -> None:
     ctx = ScriptedContext()
     ctx.quotes["105560"] = quote(per=20.6)
