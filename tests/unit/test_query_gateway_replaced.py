@@ -113,7 +113,7 @@ def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_ans
     answered: list[int] = []
 
     def new_gateway() -> None:  # drops the query (it never saw it), answers each heartbeat NOT_REGISTERED
-        while router.poll(5000):
+        while router.poll(30_000):
             peer, *frames = router.recv_multipart()
             msg = gateway.decode(frames)
             if isinstance(msg, Heartbeat):
@@ -128,13 +128,14 @@ def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_ans
     try:
         t0 = time.monotonic()
         with pytest.raises(KtraderError) as e:
-            s.quote("005930", timeout_s=10.0)
+            s.quote("005930", timeout_s=60.0)
         assert e.value.code is ErrorCode.NOT_REGISTERED and "no longer knows this agent" in e.value.message
-        assert time.monotonic() - t0 < 5.0 and answered  # at its heartbeat's answer, not the 10 s timeout
+        # at its heartbeat's answer, not the 60 s timeout (wide: two busy cores once took over 5 s to get there)
+        assert time.monotonic() - t0 < 30.0 and answered
         [err] = list(s.client.inbox)  # type: ignore[union-attr]
         assert isinstance(err, Error) and err.code is ErrorCode.NOT_REGISTERED  # for the runtime to act on
     finally:
-        t.join(6)
+        t.join(35)
         s.client.close()  # type: ignore[union-attr]
 
 
