@@ -553,16 +553,22 @@ class Operator:
         elif action is ControlAction.PAUSE:
             # not the kill switch: said so, with what goes on working (a pause --all read "gateway is halted" while
             # its resting buys filled, a hunt)
-            working = sum(
-                1
+            mine = [
+                o
                 for o in gw.book.orders.values()
                 if o.is_open and o.agent != EXTERNAL_AGENT and (not msg.agent or o.agent == msg.agent)
-            )
+            ]
+            # (held ones wait: released once resumed, if their session still takes them: order_desk._release)
+            held_n = sum(1 for o in mine if o.state is OrderState.HELD)
             text = (
-                f"{who} is paused: new orders refused; {working} open orders keep working at the broker (ktrader "
-                f"control halt{f' --agent {msg.agent}' if msg.agent else ''} cancels them)"
+                f"{who} is paused: new orders refused; {len(mine) - held_n} open orders keep working at the broker"
+                + (f", {held_n} held for the next session wait for the resume" if held_n else "")
+                + f" (ktrader control halt{f' --agent {msg.agent}' if msg.agent else ''} cancels them)"
             )
         text += "".join(f"; {a}" for a in accepted)
+        if msg.agent and state is TradingState.ACTIVE and gw.risk.effective(msg.agent) is not TradingState.ACTIVE:
+            # its own state is active, what it may do is not (a hunt: "X is active" while its buys were denied)
+            text += "; today's end of day already ran: it sells only until tomorrow"
         glob = gw.risk.global_state
         if msg.agent and state is not TradingState.HALTED and glob is not TradingState.ACTIVE:
             # the agent's own state changed, the gateway's did not: the gate checks both (server/risk.py)
@@ -592,8 +598,12 @@ class Operator:
         open_orders = [o for o in book.orders.values() if o.is_open and (not agent or o.agent == agent)]
         outside = sum(1 for o in open_orders if o.agent == EXTERNAL_AGENT)
         targets = [agent] if agent else book.open_agents()
-        held = sum(1 for o in open_orders if o.state is OrderState.HELD and o.agent != EXTERNAL_AGENT)
-        exits = sum(1 for o in open_orders if o.agent != EXTERNAL_AGENT and is_gateway_exit(o))
+        ours = [o for o in open_orders if o.agent != EXTERNAL_AGENT]
+        # held orders are cancelled (never sent), but the gateway's exits held for the next session: spared, they
+        # go at its open (under the kill switch once it is resumed: order_desk._exit_waits_for_resume)
+        held = sum(1 for o in ours if o.state is OrderState.HELD and not is_gateway_exit(o))
+        exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is not OrderState.HELD)
+        held_exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.HELD)
         # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a
         # crash between the two left the scope halted with its resting orders working
         n = self.gw.risk.set_state(agent, TradingState.HALTED, why=why, cancel=True)
@@ -601,10 +611,15 @@ class Operator:
             text = f"{n} cancels sent" + ("" if agent else f" for {len(targets)} agents") + " (every open order)"
         else:
             text = "no open orders to cancel"
+        if held:
+            text += f"; {held} orders held for the next session cancelled (never sent)"
         if exits:
             text += f"; {exits} exit sells the gateway placed (stops, flatten) keep working"
-        if held:
-            text += f", {held} of them orders held for the next session (cancelled here, never sent)"
+        if held_exits:
+            once = "" if agent else " once resumed"
+            text += f"; {held_exits} exit sells the gateway placed held for the next session go at its open{once}"
+        if not agent and (waiting := self.gw.desk.flattening):
+            text += f"; the flattens of {', '.join(waiting)} go on once resumed (their sells wait)"
         if outside:
             text += f"; {outside} orders placed outside ktrader left alone"
         if self.gw.protection.active:
@@ -639,6 +654,22 @@ class Operator:
         was = gw.risk.agent_state(agent)
         hard = gw.risk.hard_halted(agent)  # (a kill switch's halt, not a pause: restored as it was)
         shut = self._market_refusal()  # the session or the market takes no sell now, whatever the agent's state
+        holding = gw.portfolio.holding(agent)
+        flattening = agent in gw.desk.flattening  # (the end of day's, say: not the operator's to end)
+        if shut is not None and holding and not flattening:
+            # nothing can be sold: refused before its state or its sells are touched. Its buys are cancelled (what a
+            # flatten asks), its sells stand: a flatten's cancels pulled the agent's own next-session sell of these
+            # shares, the one order that would have sold them at the open (a hunt: "nothing sold (1 cancels sent)",
+            # and nothing sold at the open either)
+            n = gw.desk.cancel_all(agent, side=Side.BUY)
+            stays = "paused" if was is TradingState.HALTED else was
+            sells = sum(1 for o in gw.book.orders.values() if o.agent == agent and o.is_open and o.side is Side.SELL)
+            return err(
+                shut[0],
+                f"{agent}: nothing sold{f' ({n} cancels sent: its buys)' if n else ''}: "
+                f"{FLATTEN_ADVICE.get(shut[0], shut[1])}; still held: {shares_text(holding)}"
+                f"{f'; its {sells} open sells stand' if sells else ''}; {agent} stays {stays}",
+            )
         reducing = f"flatten by {h.sender}: sells only until resume"
         accepted: list[str] = []
         if was is TradingState.HALTED:
@@ -649,9 +680,7 @@ class Operator:
             if shut is None:
                 accepted = gw.risk.accept(agent, self.card_of(agent))
             gw.risk.set_state(agent, TradingState.REDUCING, why=reducing)
-        holding = gw.portfolio.holding(agent)
         before = set(gw.book.orders)
-        flattening = agent in gw.desk.flattening  # (the end of day's, say: not the operator's to end)
         n = gw.desk.flatten(
             self._acting_card(agent), f"{OPERATOR_FLATTEN}{h.sender}" + (" (agent offline)" if on_behalf else "")
         )

@@ -158,6 +158,11 @@ class OrderDesk:
         # agent -> (card, why, keep: see Flattening): its sells wait for its cancels
         self._flattening: dict[str, tuple[AgentCard, str, bool]] = {}
         self._flatten_waits: set[str] = set()  # kept flattens whose sells wait for the broker session (logged once)
+        # the operator's flatten sells sent and not yet ended: coid -> the flatten's why (a refusal of its last sell
+        # came after the flatten was over and was told to nobody: `_flatten_sell_ended`)
+        self._flatten_out: dict[str, tuple[str, bool]] = {}  # (why, keep)
+        # flattens whose sells wait for the kill switch's resume (stepped at each day tick; logged once)
+        self._resume_waits: set[str] = set()
         # the end of day's flatten whose sells come after the close: held for the next session (server/trading_day.py
         # _sell_next_session, the missed flatten's), their number returned; None (no trading day): sold as any flatten
         self.sell_next_session: Callable[[AgentCard, str], int] | None = None
@@ -221,9 +226,24 @@ class OrderDesk:
         return ""
 
     def _halted(self, o: Order) -> bool:
-        """As the gate: the gateway's halt, or the agent's (not over the exits the gateway places: order_state)."""
-        state = self.risk.order_state(o.agent, is_gateway_exit(o), held=True)
-        return self.risk.global_state is TradingState.HALTED or state is TradingState.HALTED
+        """A halt with cancels since `o` passed the gate stops it as its cancels would have: the gateway's (the kill
+        switch: the gateway's exits too, which wait for its resume), or the agent's (not the exits the gateway
+        places: order_state). A pause refuses new orders only: one it took before goes, open and "working on" as
+        the pause's reply says (a hunt: 4 of 8 queued submits were refused "trading is halted" under a pause)."""
+        if self.risk.hard_halted(GLOBAL):
+            return True
+        return self.risk.hard_halted(o.agent) and not is_gateway_exit(o)
+
+    def _waits_for_resume(self, o: Order, code: ErrorCode) -> bool:
+        """A held order denied at its release by a halt waits for the resume (still held; it expires unsent if
+        its session passes first): under a pause (its agent's or the gateway's: nothing new goes, and nothing
+        taken before is lost), and a sell the gateway placed (a flatten's, a protective exit's) under the kill
+        switch, whose exits "keep working" (a hunt: held orders were denied for good at the open under a pause, and
+        an end-of-day flatten's sell under an overnight halt: the resumes brought nothing back). A halt with cancels
+        cancelled the agent's own held orders."""
+        if code is not ErrorCode.DENIED_HALTED:
+            return False
+        return is_gateway_exit(o) or not (self.risk.hard_halted(GLOBAL) or self.risk.hard_halted(o.agent))
 
     # ---- start-up -----------------------------------------------------------------------------------
 
@@ -293,6 +313,7 @@ class OrderDesk:
         with self.book.store.write():
             del self._flattening[agent]
             self._flatten_resumes.discard(agent)
+            self._resume_waits.discard(agent)
             self._save_flattening()
         return True
 
@@ -705,9 +726,15 @@ class OrderDesk:
         return None, "revise sent"
 
     def cancel_all(
-        self, agent: str, code: str = "", *, spare_exits: bool = False, spare_market_exits: bool = False
+        self,
+        agent: str,
+        code: str = "",
+        *,
+        spare_exits: bool = False,
+        spare_market_exits: bool = False,
+        side: Side | None = None,
     ) -> int:
-        """Cancel the agent's open orders (of `code`); `spare_exits`: not the sells the gateway placed
+        """Cancel the agent's open orders (of `code`, of `side`); `spare_exits`: not the sells the gateway placed
         for it (protective exits, flatten sells: they only reduce what it holds); `spare_market_exits`: not
         those of them at market (a flatten's: they sell at once; cancelled, a sell resting at the lower limit
         lost its place in the queue and was placed again behind it)."""
@@ -716,6 +743,7 @@ class OrderDesk:
             if (
                 o.agent == agent
                 and (not code or o.code == code)
+                and (side is None or o.side is side)
                 and not (spare_exits and is_gateway_exit(o))
                 and not (spare_market_exits and is_gateway_exit(o) and o.order_type is OrderType.MARKET)
                 and (
@@ -723,6 +751,9 @@ class OrderDesk:
                     or o.state in AWAITING_ACK
                     or o.state in (OrderState.HELD, OrderState.PENDING_REPLACE)
                 )
+                # (its cancel already queued for the broker's answer: not a cancel sent again, a halt right after
+                # a flatten said "2 cancels sent" for the flatten's two)
+                and o.client_order_id not in self._cancel_on_accept
             ):
                 if self.cancel(agent, o.client_order_id, exits=True)[0] is None:
                     n += 1
@@ -754,10 +785,35 @@ class OrderDesk:
             self._save_flattening()
             return n + self._flatten_step(card.id)
 
+    def _flatten_sell_ended(self, o: Order, why: str, keep: bool) -> None:
+        """A flatten's sell ended. Refused unsent by the kill switch (queued when it came), the flatten goes on
+        once it is resumed. The operator's, refused by the broker (a suspended stock) or expired unfilled (nothing
+        to buy it in a closing call) after the flatten's last step, was told to nobody: the reply had said "market
+        sells sent", the shares stayed (a hunt). One refused while the flatten still goes on is told (and the
+        flatten stopped) by `_after_commit`; a sell the operator cancelled needs no word; the end of day's unsold
+        shares are told at the close (TradingDay's unsold check)."""
+        if o.filled_qty >= o.qty or o.state is OrderState.CANCELLED or o.agent in self._flattening:
+            return
+        if o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value:
+            if self.risk.hard_halted(GLOBAL) and (card := self.card_of(o.agent)) is not None:
+                with self.book.store.transaction():  # (a restart goes on with it)
+                    self._flattening[o.agent] = (card, why, keep)
+                    self._save_flattening()
+                self._flatten_step(o.agent)  # (waits for the resume)
+            return  # (else told where it was refused unsent: `_send_refusal`)
+        if keep:
+            return
+        how = f"the broker refused it ({o.reason})" if o.state is OrderState.REJECTED else f"it {o.state.value}"
+        self.alert(
+            f"{o.agent}: {why}: the sell {o.client_order_id} of {o.qty - o.filled_qty} {o.code} did not sell: {how}; "
+            "the shares are still held: flatten again once it can sell, or sell by hand"
+        )
+
     def step_flattens(self) -> None:
         """Each day tick: the kept flattens (the end of day's) go on: their sells waited for the broker session
-        (a reconnect, a gateway started just before the policy's time), or for the close to hold them."""
-        for agent in sorted(a for a, (_, _, keep) in self._flattening.items() if keep):
+        (a reconnect, a gateway started just before the policy's time), or for the close to hold them; and every
+        flatten whose sells waited for the kill switch's resume."""
+        for agent in sorted(a for a, (_, _, keep) in self._flattening.items() if keep or a in self._resume_waits):
             self._flatten_step(agent)
 
     def _flatten_step(self, agent: str) -> int:
@@ -768,7 +824,17 @@ class OrderDesk:
             or any(o.agent == agent and o.is_open for o in book.orders.values())
         ):
             return 0
-        if self._flattening[agent][2] and book.clock.phase() in REGULAR_ORDER_PHASES:
+        keep = self._flattening[agent][2]
+        if self.risk.hard_halted(GLOBAL) and (not keep or book.clock.phase() in REGULAR_ORDER_PHASES):
+            # the kill switch: its sells wait for the resume, as the halt says the gateway's exits do (denied, the
+            # flatten ended for good, the resume sold nothing: a hunt). After the close the end of day's are held
+            # for the next session (their release waits for the resume too)
+            if agent not in self._resume_waits:
+                self._resume_waits.add(agent)
+                log.warning("flatten of %s: the gateway is halted: its sells wait for the resume", agent)
+            return 0
+        self._resume_waits.discard(agent)
+        if keep and book.clock.phase() in REGULAR_ORDER_PHASES:
             state = self.session()[0]
             if state is not SessionState.READY:
                 # its sells would be denied SESSION_NOT_READY (a reconnect, a gateway started just before its
@@ -801,39 +867,50 @@ class OrderDesk:
         day = book.clock.now().date()
         n = book.last_gateway_number(agent)
         sent, more, wait = 0, False, False
+        # in a call auction every part goes at once: they all meet its one match (a flatten at 15:25 sold a part
+        # and promised the rest "once these have filled", which was after the close: held overnight, a hunt)
+        auction = book.clock.phase() in (Phase.OPENING_AUCTION, Phase.CLOSING_AUCTION)
         for pos in sorted(book.portfolio.positions.get(agent, {}).values(), key=lambda p: p.code):
             if pos.qty <= 0:
                 continue
             # at most the order-value limit per sell: the rest once these have closed (a step again); a
             # market sell is judged at the day's lower limit (one share over the limit: denied, told)
             fit = self.risk.fitting_qty(card, pos.qty, book.portfolio.notional_price(Side.SELL, 0, pos.code))
-            qty = fit if 0 < fit < pos.qty else pos.qty
-            qty = book.portfolio.exit_qty(agent, pos.code, qty)  # (what the account still holds: see exit_qty)
-            if qty <= 0:
-                self.alert(
-                    f"{agent}: {why}: its {pos.qty} {pos.code} are not in the account (sold outside ktrader: see the "
-                    "'external is short' alert): sell or buy back by hand"
+            left = pos.qty
+            while left > 0:
+                qty = fit if 0 < fit < left else left
+                qty = book.portfolio.exit_qty(agent, pos.code, qty)  # (what the account still holds: see exit_qty)
+                if qty <= 0:
+                    if left == pos.qty:
+                        self.alert(
+                            f"{agent}: {why}: its {pos.qty} {pos.code} are not in the account (sold outside ktrader: "
+                            "see the 'external is short' alert): sell or buy back by hand"
+                        )
+                    break
+                n += 1
+                new = NewOrder(
+                    client_order_id=make_client_order_id(agent, day, n),
+                    code=pos.code,
+                    side=Side.SELL,
+                    qty=qty,
+                    order_type=OrderType.MARKET,
+                    tif=TimeInForce.DAY,
+                    reason=why,
+                    decision_price=book.portfolio.marks.get(pos.code, 0),
                 )
-                continue
-            more = more or qty < pos.qty
-            n += 1
-            new = NewOrder(
-                client_order_id=make_client_order_id(agent, day, n),
-                code=pos.code,
-                side=Side.SELL,
-                qty=qty,
-                order_type=OrderType.MARKET,
-                tif=TimeInForce.DAY,
-                reason=why,
-                decision_price=book.portfolio.marks.get(pos.code, 0),
-            )
-            res = self.submit(card, new, priority=Priority.PROTECT)
-            if res.accepted:
-                sent += 1
-            elif keep and res.code in RELEASE_WAITS:
-                wait = True  # passes by itself: tried again at a day tick (step_flattens)
-            else:
-                self.alert(f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}")
+                res = self.submit(card, new, priority=Priority.PROTECT)
+                if res.accepted:
+                    sent += 1
+                    self._flatten_out[new.client_order_id] = (why, keep)
+                    left -= qty
+                    more = more or (left > 0 and not auction)
+                    if auction:
+                        continue
+                elif keep and res.code in RELEASE_WAITS:
+                    wait = True  # passes by itself: tried again at a day tick (step_flattens)
+                else:
+                    self.alert(f"{agent}: {why}: sell of {qty} {pos.code} denied: {res.code} {res.message}")
+                break
         if (more and sent) or wait:
             self._flattening[agent] = (card, why, keep)  # the rest once these sells have closed, or the wait ends
         self._save_flattening()
@@ -841,6 +918,8 @@ class OrderDesk:
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
         coid = new.client_order_id
+        if coid in self._flatten_out and not new.is_open:
+            self._flatten_sell_ended(new, *self._flatten_out.pop(coid))
         if (
             coid in self._cancel_on_accept
             and new.state not in AWAITING_ACK
@@ -1041,7 +1120,7 @@ class OrderDesk:
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
-            if denial is not None and denial[0] in RELEASE_WAITS:
+            if denial is not None and (denial[0] in RELEASE_WAITS or self._waits_for_resume(o, denial[0])):
                 if coid not in self._release_waits:
                     self._release_waits.add(coid)
                     book.trace(coid, "held.waiting", code=denial[0].value, reason=denial[1])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.enums import OrderType, Side, TradingState
+from common.enums import AlertKind, OrderType, Side, TradingState
 from common.errors import ErrorCode
 from common.orders import OrderState
 from common.schema import NewOrder, OrderUpdate
@@ -103,11 +103,26 @@ async def test_a_submit_queued_before_a_halt_is_not_sent(tmp_path: Path, who: st
     assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
     await h.settle(lambda: broker.sent == [coid(1)])
     assert h.desk.submit(CARD, market_buy(2)).accepted  # passed the gate while trading was active
-    h.core.risk.set_state(who, TradingState.HALTED, "kill switch (test)")
+    h.core.risk.set_state(who, TradingState.HALTED, "kill switch (test)", automatic=AlertKind.HALT)
     broker.gate.set()
     await h.settle(lambda: h.book.orders[coid(2)].is_terminal and h.core.live_queue.depth == 0)
     o = h.book.orders[coid(2)]
     assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
-    assert "halted" in o.reason
     assert broker.sent == [coid(1)]  # the halt stopped it before the broker
+    await h.close()
+
+
+@pytest.mark.parametrize("who", ["alpha", ""])  # the agent paused, the gateway paused
+async def test_a_submit_queued_before_a_pause_is_sent(tmp_path: Path, who: str) -> None:
+    """(a hunt) A pause refuses new orders; one it took before goes, as its reply counts it among the orders that
+    keep working (4 of 8 queued were refused "not sent: trading is halted" under a pause)."""
+    h, broker = await started(tmp_path)
+    assert h.desk.submit(CARD, order(1, qty=1, price=60_000)).accepted
+    await h.settle(lambda: broker.sent == [coid(1)])
+    assert h.desk.submit(CARD, market_buy(2)).accepted  # passed the gate while trading was active
+    h.core.risk.set_state(who, TradingState.HALTED, "the operator's pause")
+    assert not h.core.risk.hard_halted(who or "*")
+    broker.gate.set()
+    await h.settle(lambda: h.book.orders[coid(2)].state is OrderState.FILLED)
+    assert broker.sent == [coid(1), coid(2)]
     await h.close()

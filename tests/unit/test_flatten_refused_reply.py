@@ -44,10 +44,10 @@ async def test_flatten_after_hours_is_refused_with_the_reason_and_reaches_a_pers
         assert "nothing sold" in e.message and "will not sell until the session opens" in e.message, e.message
         assert "use flatten again then" in e.message and "still held: 10 005930" in e.message, e.message
         assert h.portfolio.position("alpha", "005930").qty == 10  # type: ignore[union-attr]
-        # the denied sell's alert reaches a person, with its kind
-        assert any("sell of 10 005930 denied" in t for t in h.alerted(AlertKind.NOT_SENT))
-        (line,) = d.to_person(AlertKind.NOT_SENT)
-        assert "ORDERS NOT SENT" in line and "DENIED_MARKET_CLOSED" in line, line
+        # refused before a sell is tried (nothing to deny): the refusal reaches a person as the operator's action
+        assert not h.alerted(AlertKind.NOT_SENT)
+        (line,) = d.to_person(AlertKind.OPERATOR)
+        assert "flatten: refused" in line and "the market is closed" in line, line
         # journaled as refused
         (_, who, action, agent, ok, detail) = h.store.operator_log(limit=1)[0]
         assert (who, action, agent, ok, detail["code"]) == (

@@ -88,7 +88,7 @@ async def test_a_refused_flatten_waiting_for_its_cancels_leaves_no_sell_behind(t
         e = d.error("flatten", "alpha")
 
         assert e.code is ErrorCode.DENIED_MARKET_CLOSED, e
-        assert "nothing sold (1 cancels sent)" in e.message and "alpha stays paused" in e.message, e.message
+        assert "nothing sold (1 cancels sent: its buys)" in e.message and "alpha stays paused" in e.message, e.message
         assert h.risk.agent_state("alpha") is TradingState.HALTED and "alpha" not in h.risk.accepted_loss
         await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED)
         assert h.desk.flattening == [] and _gateway_sells(h) == []

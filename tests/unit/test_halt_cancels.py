@@ -66,7 +66,7 @@ async def test_the_kill_switch_cancels_every_agents_orders_at_the_broker(tmp_pat
 
         assert h.risk.global_state is TradingState.HALTED
         assert "3 cancels sent for 2 agents" in text, text
-        assert "1 of them orders held for the next session (cancelled here, never sent)" in text, text
+        assert "1 orders held for the next session cancelled (never sent)" in text, text
         assert "protective orders stay armed" in text
         # the cancels reach the broker: the resting lines are closed there, so nothing can fill them
         await h.settle(

@@ -112,17 +112,16 @@ async def test_a_held_order_denied_at_release_reaches_a_person_once_per_agent(tm
     try:
         first, second = _place(rig, "alpha", 1), _place(rig, "alpha", 2, STAYS)
         other = _place(rig, "beta", 1)
-        for agent in ("alpha", "beta"):  # the operator's pause: the held orders are kept, none may go
-            h.risk.set_state(agent, TradingState.HALTED, "operator pause")
+        h.risk.set_multiplier(0.001, "the operator over the weekend")  # budgets of 10,000 KRW: no buy fits
         await _to_monday_open(rig, binder)
         for coid in (first, second, other):
             o = h.book.orders[coid]
-            assert o.state is OrderState.DENIED and o.reason_code == ErrorCode.DENIED_HALTED.value, coid
+            assert o.state is OrderState.DENIED and o.reason_code == ErrorCode.DENIED_BUDGET.value, coid
         assert not h.broker.orders
         told = [t for _, t, _ in h.alerts if "denied at its release" in t]
         assert len(told) == 2, told  # one per agent, not one per order
         alpha = next(t for t in told if t.startswith("alpha:"))
-        assert first in alpha and LEAVES in alpha and "agent is halted" in alpha
+        assert first in alpha and LEAVES in alpha and "DENIED_BUDGET" in alpha
         assert any(t.startswith("beta:") and other in t for t in told)
         # later ticks of the same morning tell nothing more
         rig.at(dt.datetime.combine(MON, dt.time(9, 5)))
@@ -161,3 +160,26 @@ def test_a_released_order_skips_only_the_agents_codes() -> None:
         agent_limits=RiskLimits(), account_limits=RiskLimits(), codes={OWN}, agent_state=TradingState.HALTED
     )
     assert check(LEAVES, halted) is ErrorCode.DENIED_HALTED
+
+
+async def test_held_orders_of_a_paused_agent_wait_for_the_resume(tmp_path: Path) -> None:
+    """(a hunt) A pause before the open had every held order denied for good at its release ("agent is halted:
+    cancels only"), though the pause's reply counted them among the orders that "keep working", and the resume
+    brought none back. They wait, held, while the pause lasts (nothing new goes), and go once resumed within their
+    session; the reply says so."""
+    rig, binder, _ = await _friday(tmp_path, ["alpha", "beta"])
+    h = rig.h
+    try:
+        mine, other = _place(rig, "alpha", 1, STAYS), _place(rig, "beta", 1, STAYS)
+        h.risk.set_state("alpha", TradingState.HALTED, "operator pause")  # a pause: no cancels
+        await _to_monday_open(rig, binder)
+        assert h.book.orders[mine].state is OrderState.HELD  # waits: neither sent nor denied
+        await h.settle(lambda: h.book.orders[other].state is OrderState.ACCEPTED)  # beta's goes
+        assert not [t for _, t, _ in h.alerts if "denied at its release" in t]
+        h.risk.set_state("alpha", TradingState.ACTIVE, "operator resume")
+        rig.at(dt.datetime.combine(MON, dt.time(9, 5)))
+        rig.day.tick()
+        await rig.run_spawned()
+        await h.settle(lambda: h.book.orders[mine].state is OrderState.ACCEPTED)
+    finally:
+        await rig.close()

@@ -529,7 +529,7 @@ def test_a_released_order_still_queued_is_not_sent_into_a_halt_or_after_its_sess
             assert d.core.desk.release_due() == (6, 0)
             await asyncio.sleep(0.05)
             if then == "halted":
-                d.core.risk.set_state("", TradingState.HALTED, "the operator")
+                d.core.risk.set_state("", TradingState.HALTED, "the operator's kill switch", cancel=True)
             else:
                 d.clock.set(dt.datetime.combine(dt.date(2026, 11, 23), dt.time(16, 30), KST))
             broker.hang = False
