@@ -81,7 +81,9 @@ from common.portfolio import Portfolio, shares_text
 from common.risk_rules import MarketView, market_refusal
 from common.views import trading_word
 from common.schema import (
+    RELOAD_EXPECT,
     RELOAD_PREVIEW,
+    reload_expect,
     Ack,
     AgentPerformance,
     AgentStatus,
@@ -933,12 +935,21 @@ class Operator:
             )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
-        diff = "; ".join(approvals.card_diff(a, b))
-        effects = self._reload_effects(msg.agent, old, new, apply=not _is_preview(msg))
-        if effects:
-            diff += "; " + "; ".join(effects)
-        if _is_preview(msg):
-            return ack(f"{msg.agent}: a reload would change {diff}")
+        fields = "; ".join(approvals.card_diff(a, b))
+        if _is_preview(msg) or msg.value.startswith(RELOAD_EXPECT):
+            would = _joined(fields, self._reload_effects(msg.agent, old, new, apply=False))
+            preview = f"{msg.agent}: a reload would change {would}"
+            if _is_preview(msg):
+                return ack(preview)
+            if reload_expect(preview) != msg.value:
+                # another operator's reload since the preview: applying this one would undo it unseen (a hunt: a
+                # confirmation of an order-value cut raised back a budget and a loss limit tightened meanwhile)
+                return err(
+                    ErrorCode.BAD_CARD,
+                    f"{msg.agent}: what a reload changes is no longer what your preview showed (the card in force "
+                    f"changed since: it would change {would}): nothing applied; preview it again",
+                )
+        diff = _joined(fields, self._reload_effects(msg.agent, old, new, apply=True))
         # the operator's reload is an approval: the agent registers with this card from now on
         approvals.approve(self.gw.cfg.run_dir, [new], by=f"reload by {msg.h.sender}")
         rec = self.gw.registry.agents.get(msg.agent)
@@ -1294,6 +1305,10 @@ def _split_line(old: PositionView, new: PositionView) -> str:
     return f"{old.qty:,} → {new.qty:,} shares, cost {new.cost:,} unchanged, average {was:,} → {avg:,}" + (
         f" (and {rem:,} KRW of the cost beyond {avg:,} a share, kept in the cost)" if rem else ""
     )
+
+
+def _joined(fields: str, effects: list[str]) -> str:
+    return "; ".join([fields, *effects])
 
 
 def _is_preview(msg: Control) -> bool:

@@ -12,7 +12,7 @@ import msgspec
 
 from common.config import AgentCard, EndOfDay, RiskLimits
 from common.enums import AgentState, AlertKind, Side
-from common.schema import NewOrder, Notice
+from common.schema import NewOrder, Notice, reload_expect
 from tests.fakes.core import trading_clock
 from tests.fakes.harness import Harness
 from server import operator
@@ -180,3 +180,26 @@ def test_max_positions_reached_is_said_as_it_denies_another_code() -> None:
     [line] = already_beyond(0, RiskLimits(max_positions=3), {}, agent)
     assert "3 codes, at or over max_positions 3: no buy of another code" in line
     assert already_beyond(0, RiskLimits(max_positions=4), {}, agent) == []
+
+
+async def test_a_confirmation_is_refused_when_the_card_in_force_changed_since_its_preview(tmp_path: Path) -> None:
+    """(a hunt) Two operators: A previews a cut of the order-value limit; B reloads a tighter budget; A confirms what
+    he was shown. The confirmation applied the whole card file over B's card: B's budget was raised back unseen.
+    A confirmation carries its preview (common/schema.py reload_expect): refused when a preview now reads
+    otherwise; confirmed on a fresh preview, it applies."""
+    h, d = await _desk(tmp_path)
+    try:
+        cut = msgspec.structs.replace(ALPHA, risk=RiskLimits(max_order_value=200_000))
+        shown = d.ack("reload", "alpha", card=cut, value="preview")
+        assert shown == "alpha: a reload would change risk.max_order_value 500,000 → 200,000", shown
+        tighter = msgspec.structs.replace(ALPHA, budget=500_000)
+        d.ack("reload", "alpha", card=tighter, sender="ktrader-control")  # the other operator
+        e = d.error("reload", "alpha", card=cut, value=reload_expect(shown))
+        assert "no longer what your preview showed" in e.message and "budget 500,000 → 1,000,000" in e.message, e
+        assert d.op.card_of("alpha") == tighter  # nothing applied
+        again = d.ack("reload", "alpha", card=cut, value="preview")
+        text = d.ack("reload", "alpha", card=cut, value=reload_expect(again))
+        assert text.startswith("alpha: reloaded budget 500,000 → 1,000,000"), text
+        assert d.op.card_of("alpha") == cut
+    finally:
+        await h.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.approvals import checksum
 from common.config import AgentCard, ConfigError, load_card
+from common.schema import reload_expect
 from kis.master import load_stock_master
 from tools.ops.cards_check import card_problems
 from tools.ops.status import send_control
@@ -50,13 +51,16 @@ def reload_card(
     sender: str = "ktrader-control",
     *,
     expect_sha: str | None = None,
+    expect_preview: str | None = None,
 ) -> str:
     """`expect_sha`: the checksum of the card a preview showed (common/approvals.checksum): a card file
-    changed since is refused, not applied unseen."""
+    changed since is refused, not applied unseen. `expect_preview`: that preview's text: the gateway refuses the
+    reload if a preview now reads otherwise (the card in force changed since: another operator's reload)."""
     path = card_path or find_card(cards_dir, agent)
     if path is None:
         raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")
     card = checked_card(path, agent)
     if expect_sha is not None and checksum(card) != expect_sha:
         raise ReloadError(f"{path} changed since the preview you confirmed: nothing applied; preview it again")
-    return send_control(run_dir, "reload", agent, card=card, sender=sender)
+    value = reload_expect(expect_preview) if expect_preview is not None else ""
+    return send_control(run_dir, "reload", agent, card=card, sender=sender, value=value)

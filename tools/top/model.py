@@ -304,9 +304,12 @@ class ConsoleModel:
                 raise ActionError("that is not the preview shown last for this agent: nothing applied; ask again")
         card = self.card_for(agent)
         try:
-            # the card sent is checked against the one previewed (its checksum: every field, every digit)
+            # the card sent is checked against the one previewed (its checksum: every field, every digit), and the
+            # gateway checks its preview still reads so (the card in force may have changed: another operator)
             text = await asyncio.to_thread(
-                reload_card, self.run_dir, agent, card, self.cards_dir, self.sender, expect_sha=sha
+                lambda: reload_card(
+                    self.run_dir, agent, card, self.cards_dir, self.sender, expect_sha=sha, expect_preview=expect
+                )
             )
         except (ConnectionFileError, KtraderError, ReloadError) as e:
             if is_timeout(e):  # (reload_card waits send_control's default, CONTROL_TIMEOUT_S)

@@ -14,8 +14,9 @@ Operator actions are POSTs that need JSON and the `X-Ktrader` header (a cross-si
 neither) and are confirmed in the page; they go to the gateway as Control, journaled there as
 `ktrader-web`. A reload is confirmed on what it changes: the page first asks for the preview (each
 changed field, old → new, as the gateway compares the card file with the card in force), shows it in
-the confirmation, and sends it back with the reload; if the card file says something else by then,
-nothing is applied. The signing key in run/gateway.json never leaves this process."""
+the confirmation, and sends it back with the reload; if the card file says something else by then, or the
+card in force changed (another operator's reload: the gateway's preview would now read otherwise), nothing is
+applied. The signing key in run/gateway.json never leaves this process."""
 
 from __future__ import annotations
 
