@@ -274,7 +274,8 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     kill_window_s: Timeout = 60.0  # ... within this window halt all trading (0 errors = off)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     risk: AccountLimits = msgspec.field(default_factory=AccountLimits)  # across the account
-    account_budget: Krw = 0  # 0: whatever the account holds
+    # (no `account_budget`: it was read by nothing while it looked like a cap; a config naming it is refused as an
+    # unknown field: `ktrader cards check --account-budget` checks the cards' budgets against the account's money)
     record_market_data: bool = True  # every KIS websocket frame to run_dir/data/<YYYYMMDD>/ (server/recorder.py)
     # recorded days older than this are deleted (0: keep all)
     data_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 30

@@ -136,3 +136,45 @@ def environment_for(cfg: BrokerConfig, *, sim_paper: bool = False) -> KisEnviron
         daily_ccld_page_size=15 if paper else 100,
         notice_tr="H0STCNI9" if paper else "H0STCNI0",
     )
+
+
+def kis_host_env(url: str) -> BrokerEnv | None:
+    """The KIS environment whose own host `url` names (REAL, PAPER; SIM: a KIS host of neither, or of both: the
+    websocket host serves both, told apart by port), None: not a KIS host (a twin, a proxy)."""
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:  # (a port out of range: not ours to judge here)
+        return None
+    if not (host == "koreainvestment.com" or host.endswith(".koreainvestment.com")):
+        return None
+    for env, rest, ws in (
+        (BrokerEnv.REAL, REAL_REST_URL, REAL_WS_URL),
+        (BrokerEnv.PAPER, PAPER_REST_URL, PAPER_WS_URL),
+    ):
+        if (host, port) in {(urlsplit(u).hostname, urlsplit(u).port) for u in (rest, ws)}:
+            return env
+        if host == urlsplit(rest).hostname:
+            return env  # (its REST host on another port: still that environment's)
+    return BrokerEnv.SIM
+
+
+def url_problems(b: BrokerConfig) -> list[tuple[str, str]]:
+    """(field, why) of a `rest_url`/`ws_url` that names another environment's KIS host than `b.env`. KIS itself
+    under env "sim" (the twin's setting, with the user's credentials: a hunt found it trading the real account
+    with the twin's rules: its first start approving every sample card, no rate check, no stock master, `doctor`
+    saying "env sim"); the real host under "paper", or paper's under "real" (their TR ids differ)."""
+    out = []
+    for field, url in (("broker.rest_url", b.rest_url), ("broker.ws_url", b.ws_url)):
+        host = kis_host_env(url) if url else None
+        if host is None or host is b.env:
+            continue
+        if b.env is BrokerEnv.SIM:
+            to = f'"{host.value}"' if host is not BrokerEnv.SIM else '"real" or "paper"'
+            why = f'{url} is KIS itself, and env "sim" is the twin\'s: set [broker] env = {to} to trade a KIS account'
+        elif host is BrokerEnv.SIM:
+            continue  # (another KIS host: a new one KIS announced, say; the env decides its TR ids)
+        else:
+            why = f'{url} is KIS\'s {host.value} host, and env is "{b.env.value}": set env = "{host.value}", or the URL'
+        out.append((field, why))
+    return out

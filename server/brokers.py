@@ -33,7 +33,7 @@ from kis.credentials import (
     CredentialsError,
     load_credentials,
 )
-from kis.env import environment_for
+from kis.env import environment_for, url_problems
 from kis.startup import StartExit, StartupError
 from kis.tls import TlsConfigError
 from kis.port import Capability
@@ -286,6 +286,13 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
     """The broker for `cfg`; its first log lines say which KIS, hosts, account (masked), HTS id. A
     set-up that cannot work raises StartupError (missing credentials, an unusable CA bundle)."""
     b = cfg.broker
+    if problems := url_problems(b):  # (before any credential is read or any card approved as the twin's)
+        raise StartupError(
+            "configuration",
+            "; ".join(f"{field}: {why}" for field, why in problems),
+            "make [broker] env and the URLs name the same KIS environment (or leave the URLs out)",
+            StartExit.CONFIG,
+        )
     broker: EmbeddedTwinBroker | KisBroker
     if b.env is BrokerEnv.SIM and not b.rest_url:
         ignored = sim_ignores(b)

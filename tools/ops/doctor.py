@@ -188,6 +188,18 @@ class Doctor:
             )
         self._embedded_dir = ""
         self.add(self._config_check(f"env {b.env.value}, run dir {self.cfg.run_dir}"))
+        from kis.env import url_problems
+
+        for field, why in url_problems(b):  # (the gateway refuses to start on it: server/brokers.py)
+            self.add(
+                Check(
+                    name="config",
+                    status=Status.FAIL,
+                    detail=f"{field}: {why}",
+                    hint="make [broker] env and the URLs name the same KIS environment (or leave the URLs out)",
+                    code="CONFIG",
+                )
+            )
         return self.cfg
 
     def _config_check(self, detail: str) -> Check:

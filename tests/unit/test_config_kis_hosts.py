@@ -1,0 +1,50 @@
+"""A configuration that names one KIS environment and means another is refused before anything is read or
+approved (a hunt: KIS's real hosts in [broker] with `env` left at its default "sim" would have traded the real
+account with the twin's rules: its first start approved every sample card, no rate check, no stock master,
+`doctor` said "env sim"). And a setting nothing reads is no setting: `account_budget` is refused as unknown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import BrokerConfig, BrokerEnv, ConfigError, GatewayConfig, load_gateway_config
+from kis.env import PAPER_REST_URL, PAPER_WS_URL, REAL_REST_URL, REAL_WS_URL, url_problems
+from kis.startup import StartExit, StartupError
+
+
+@pytest.mark.parametrize(
+    "env, rest, ws, fields",
+    [
+        (BrokerEnv.SIM, REAL_REST_URL, REAL_WS_URL, ["broker.rest_url", "broker.ws_url"]),
+        (BrokerEnv.SIM, PAPER_REST_URL, "", ["broker.rest_url"]),
+        (BrokerEnv.PAPER, REAL_REST_URL, PAPER_WS_URL, ["broker.rest_url"]),
+        (BrokerEnv.REAL, REAL_REST_URL, PAPER_WS_URL, ["broker.ws_url"]),
+        (BrokerEnv.REAL, REAL_REST_URL, REAL_WS_URL, []),
+        (BrokerEnv.PAPER, PAPER_REST_URL, PAPER_WS_URL, []),
+        (BrokerEnv.SIM, "http://127.0.0.1:18080", "ws://127.0.0.1:18081", []),  # `ktrader sim`
+    ],
+)
+def test_urls_of_another_kis_environment_are_named(env: BrokerEnv, rest: str, ws: str, fields: list[str]) -> None:
+    problems = url_problems(BrokerConfig(env=env, rest_url=rest, ws_url=ws))
+    assert [f for f, _ in problems] == fields, problems
+
+
+def test_the_gateway_refuses_kis_hosts_under_env_sim_before_reading_credentials(tmp_path: Path) -> None:
+    from server.brokers import make_gateway_broker
+
+    cfg = GatewayConfig(run_dir=str(tmp_path / "run"), broker=BrokerConfig(rest_url=REAL_REST_URL, ws_url=REAL_WS_URL))
+    with pytest.raises(StartupError) as e:
+        make_gateway_broker(cfg)  # (no credentials are set: it is refused for the URLs, exit 2, not 4)
+    assert e.value.exit_code is StartExit.CONFIG
+    [line, hint] = e.value.lines()
+    assert 'env "sim" is the twin\'s: set [broker] env = "real"' in line and "openapi.koreainvestment" in line, line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_account_budget_is_refused_as_an_unknown_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("account_budget = 100_000\n")
+    with pytest.raises(ConfigError, match="account_budget"):
+        load_gateway_config(cfg)
