@@ -75,11 +75,11 @@ def same_owner(held: Mapping[str, str] | None, owner: Mapping[str, str] | None) 
     """Whether what was kept for `held` (a run folder's books: server/store.py Store.check_owner; an
     approval: ApprovedCards) belongs to `owner` (server/core.py run_owner), the one rule for both: the
     same environment, and where both name an account by its keyed fingerprint, the same account; a
-    fingerprint made under another owner key (owner_key_changed) is compared by its masked form, and
-    where `held` has none, nothing more can be compared. A new app key on the same account is the same
-    owner. What names no owner (a folder before its first proven start, an approval from an older
-    ktrader, a view that was given none) or no account (a broker port without KIS credentials) is not
-    refused: there is nothing to compare."""
+    fingerprint made under another owner key (owner_key_changed) is compared by its masked form and its app
+    key's fingerprint, and where `held` has none, nothing more can be compared. A new app key on the same
+    account is the same owner (while the owner key is kept). What names no owner (a folder before its first
+    proven start, an approval from an older ktrader, a view that was given none) or no account (a broker port
+    without KIS credentials) is not refused: there is nothing to compare."""
     if not held or owner is None:
         return True
     if held.get("env") != owner.get("env"):
@@ -88,8 +88,13 @@ def same_owner(held: Mapping[str, str] | None, owner: Mapping[str, str] | None) 
         return True
     if not owner_key_changed(held, owner):
         return held["account_id"] == owner["account_id"]
-    held_masked = held.get("account")
-    return held_masked is None or held_masked == owner.get("account")
+    # the masked form alone names a million accounts (two of one person's often share it): the app key must be
+    # the same too (KIS issues a key to one account; a hunt: another account with the same masked form took a
+    # folder's books, held orders and approvals once its owner key was gone)
+    held_masked, held_key = held.get("account"), held.get("app_key")
+    return (held_masked is None or held_masked == owner.get("account")) and (
+        not held_key or not owner.get("app_key") or held_key == owner["app_key"]
+    )
 
 
 def describe(owner: Mapping[str, str] | None) -> str:

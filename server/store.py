@@ -787,9 +787,18 @@ class Store:
             # not comparable by fingerprint: the masked form is, and the fingerprint is kept anew
             log.warning("run folder %s: its owner key was missing: the account is checked by its masked form", run_dir)
         if not same_owner(held, owner):  # the rule approvals are held to as well (common/approvals.py)
+            lost = (
+                f" (its owner key {run_dir}/keys/owner.key is gone: the account can be told only by its masked form "
+                "and its app key, and the app keys differ; put the owner key back from a backup if this is the same "
+                "account)"
+                if owner_key_changed(held, owner)
+                else " (another account with the same masked form)"
+                if held.get("account") == owner.get("account") and held.get("env") == owner.get("env")
+                else ""
+            )
             raise OwnerMismatch(
                 f"{run_dir} holds the books of {describe_owner(held)}, and this start is for "
-                f"{describe_owner(owner)}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
+                f"{describe_owner(owner)}{lost}: use `ktrader reset --run-dir {run_dir}` (archives them) or another "
                 "--run-dir"
             )
         # (an owner with no app key, a broker port without KIS credentials: nothing replaced)
