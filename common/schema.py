@@ -11,8 +11,6 @@ Channels (DESIGN.md §3):
 
 from __future__ import annotations
 
-import hashlib
-
 import operator
 
 import itertools
@@ -311,15 +309,16 @@ class Control(_Msg, tag="control", frozen=True):
 
 
 RELOAD_PREVIEW = "preview"  # Control.value of a reload that only asks what would change (nothing applied)
-# Control.value of a reload confirmed on a preview: this prefix and `reload_expect`'s digest of the preview's text.
-# The gateway applies it only if a preview now would read the same: the card in force changed since (a second
-# operator's reload) is refused, not undone unseen
+# Control.value of a reload confirmed on a preview: this prefix and the preview's text. The gateway applies it only
+# if the fields it changes, old → new, are still the ones shown: the card in force changed since (a second operator's
+# reload) is refused, not undone unseen. (What the preview said of the agent's orders and holdings may have moved
+# with its trading: not compared)
 RELOAD_EXPECT = "expect:"
 
 
 def reload_expect(preview: str) -> str:
     """The Control.value of a reload confirmed on the gateway's `preview` reply."""
-    return RELOAD_EXPECT + hashlib.sha256(preview.encode()).hexdigest()
+    return RELOAD_EXPECT + preview
 
 
 class Subscribe(_Msg, tag="subscribe", frozen=True):

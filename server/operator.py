@@ -83,7 +83,6 @@ from common.views import trading_word
 from common.schema import (
     RELOAD_EXPECT,
     RELOAD_PREVIEW,
-    reload_expect,
     Ack,
     AgentPerformance,
     AgentStatus,
@@ -604,7 +603,9 @@ class Operator:
         # held orders are cancelled (never sent), but the gateway's exits held for the next session: spared, they
         # go at its open (under the kill switch once it is resumed: order_desk._exit_waits_for_resume)
         held = sum(1 for o in ours if o.state is OrderState.HELD and not is_gateway_exit(o))
-        exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is not OrderState.HELD)
+        # (the kill switch refuses the gateway's exits not sent yet: they wait for the resume; an agent's halt not)
+        queued = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.PENDING_SUBMIT) if not agent else 0
+        exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is not OrderState.HELD) - queued
         held_exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.HELD)
         # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a
         # crash between the two left the scope halted with its resting orders working
@@ -617,6 +618,8 @@ class Operator:
             text += f"; {held} orders held for the next session cancelled (never sent)"
         if exits:
             text += f"; {exits} exit sells the gateway placed (stops, flatten) keep working"
+        if queued:
+            text += f"; {queued} exit sells the gateway placed and not sent yet wait for the resume"
         if held_exits:
             once = "" if agent else " once resumed"
             text += f"; {held_exits} exit sells the gateway placed held for the next session go at its open{once}"
@@ -738,7 +741,7 @@ class Operator:
         parts = [f"{cancels} cancels sent"] if cancels else []
         if sent:
             parts.append(f"{len(sent)} market sells sent ({', '.join(f'{o.qty} {o.code}' for o in sent)})")
-            if rest > 0:
+            if rest > 0 and agent in gw.desk.flattening:  # (else its account holds fewer: alerted by the desk)
                 parts.append(f"{rest} more shares once these have filled (the order-value limit)")
         if waiting:
             parts.append(
@@ -941,7 +944,10 @@ class Operator:
             preview = f"{msg.agent}: a reload would change {would}"
             if _is_preview(msg):
                 return ack(preview)
-            if reload_expect(preview) != msg.value:
+            shown = msg.value.removeprefix(RELOAD_EXPECT)
+            if shown != (fields_text := f"{msg.agent}: a reload would change {fields}") and not shown.startswith(
+                fields_text + "; "
+            ):
                 # another operator's reload since the preview: applying this one would undo it unseen (a hunt: a
                 # confirmation of an order-value cut raised back a budget and a loss limit tightened meanwhile)
                 return err(

@@ -68,6 +68,9 @@ SHADOW_KEY = "shadow_agents"
 # and the sells that end it: a restart goes on with them (a flatten kept in memory alone was marked done by
 # the end of day and never sold after a crash)
 FLATTEN_KEY = "flattening"
+# meta: the flattens' sells not ended yet ({coid: Flattening}): what each one's end tells, or revives (under the kill
+# switch), is known after a restart too (kept in memory alone, a sell refused at the restart sold nothing, untold)
+FLATTEN_SELLS_KEY = "flatten_sells"
 # denials at a held order's release that pass by themselves: it stays held and is tried at the next day
 # tick (a broker session still connecting at 08:30, e.g. a gateway restarted just before the open while
 # KIS holds the old socket's slot), until its session has passed and it expires. (The orders-per-minute
@@ -160,9 +163,11 @@ class OrderDesk:
         self._flatten_waits: set[str] = set()  # kept flattens whose sells wait for the broker session (logged once)
         # the operator's flatten sells sent and not yet ended: coid -> the flatten's why (a refusal of its last sell
         # came after the flatten was over and was told to nobody: `_flatten_sell_ended`)
-        self._flatten_out: dict[str, tuple[str, bool]] = {}  # (why, keep)
+        self._flatten_out: dict[str, tuple[AgentCard, str, bool]] = {}  # (card, why, keep)
         # flattens whose sells wait for the kill switch's resume (stepped at each day tick; logged once)
         self._resume_waits: set[str] = set()
+        self._resume_held: set[str] = set()  # held orders whose release waited for a pause's or halt's resume
+        self._flatten_told: dict[tuple[str, str], int] = {}  # (agent, code) -> when a flatten sell's end was told
         # the end of day's flatten whose sells come after the close: held for the next session (server/trading_day.py
         # _sell_next_session, the missed flatten's), their number returned; None (no trading day): sold as any flatten
         self.sell_next_session: Callable[[AgentCard, str], int] | None = None
@@ -241,9 +246,13 @@ class OrderDesk:
         switch, whose exits "keep working" (a hunt: held orders were denied for good at the open under a pause, and
         an end-of-day flatten's sell under an overnight halt: the resumes brought nothing back). A halt with cancels
         cancelled the agent's own held orders."""
-        if code is not ErrorCode.DENIED_HALTED:
-            return False
-        return is_gateway_exit(o) or not (self.risk.hard_halted(GLOBAL) or self.risk.hard_halted(o.agent))
+        if code is not ErrorCode.DENIED_HALTED or self.risk.split_hold(o.agent, o.code) is not None:
+            return False  # (a split not applied yet denies so too: refused and told, as before)
+        if is_gateway_exit(o):
+            return self.risk.global_state is TradingState.HALTED
+        own = self.risk.agent_state(o.agent)
+        halted = self.risk.global_state is TradingState.HALTED or own is TradingState.HALTED
+        return halted and not (self.risk.hard_halted(GLOBAL) or self.risk.hard_halted(o.agent))
 
     # ---- start-up -----------------------------------------------------------------------------------
 
@@ -267,8 +276,21 @@ class OrderDesk:
                 self.shadow_venue.restore(
                     o.broker_order_id, o.code, o.side, o.remaining + filled, o.price, filled, o.order_type, tif
                 )
+        self._restore_flatten_sells()  # (before the in-flight recovery: a sell it refuses is told, or revived)
         self._recover_in_flight()
         self._restore_flattens()
+
+    def _restore_flatten_sells(self) -> None:
+        raw = self.book.store.get_meta(FLATTEN_SELLS_KEY)
+        try:
+            sells = msgspec.json.decode(raw, type=dict[str, Flattening]) if raw else {}
+        except msgspec.MsgspecError as e:  # (never written so; a card an upgrade's rules refuse): said, not fatal
+            log.warning("the flatten sells kept before the restart are unreadable (%s): their ends are not told", e)
+            return
+        for coid, f in sells.items():
+            o = self.book.orders.get(coid)
+            if o is not None and o.is_open:
+                self._flatten_out[coid] = (f.card, f.why, f.keep)
 
     def _restore_flattens(self) -> None:
         """The flattens the last process left in progress: the agent's new orders are refused again at once,
@@ -337,6 +359,10 @@ class OrderDesk:
             for agent, (card, why, keep) in self._flattening.items()
         }
         self.book.store.set_meta(FLATTEN_KEY, msgspec.json.encode(kept).decode())
+        sells = {
+            coid: Flattening(card=card, why=why, keep=keep) for coid, (card, why, keep) in self._flatten_out.items()
+        }
+        self.book.store.set_meta(FLATTEN_SELLS_KEY, msgspec.json.encode(sells).decode())
 
     def _cancel_queued(self, coid: str) -> bool:
         """A cancel asked for before the order had its line (its cancel.queued step is durable with
@@ -785,7 +811,7 @@ class OrderDesk:
             self._save_flattening()
             return n + self._flatten_step(card.id)
 
-    def _flatten_sell_ended(self, o: Order, why: str, keep: bool) -> None:
+    def _flatten_sell_ended(self, o: Order, card: AgentCard, why: str, keep: bool) -> None:
         """A flatten's sell ended. Refused unsent by the kill switch (queued when it came), the flatten goes on
         once it is resumed. The operator's, refused by the broker (a suspended stock) or expired unfilled (nothing
         to buy it in a closing call) after the flatten's last step, was told to nobody: the reply had said "market
@@ -795,7 +821,7 @@ class OrderDesk:
         if o.filled_qty >= o.qty or o.state is OrderState.CANCELLED or o.agent in self._flattening:
             return
         if o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value:
-            if self.risk.hard_halted(GLOBAL) and (card := self.card_of(o.agent)) is not None:
+            if self.risk.hard_halted(GLOBAL):
                 with self.book.store.transaction():  # (a restart goes on with it)
                     self._flattening[o.agent] = (card, why, keep)
                     self._save_flattening()
@@ -803,6 +829,12 @@ class OrderDesk:
             return  # (else told where it was refused unsent: `_send_refusal`)
         if keep:
             return
+        # once per agent and code a minute: a call auction's flatten places every part at once, and a suspended stock
+        # refuses them all (one page per part, with the same advice: a review)
+        now, key = self.book.now_ns(), (o.agent, o.code)
+        if now - self._flatten_told.get(key, -(10**18)) < 60_000_000_000:
+            return
+        self._flatten_told[key] = now
         how = f"the broker refused it ({o.reason})" if o.state is OrderState.REJECTED else f"it {o.state.value}"
         self.alert(
             f"{o.agent}: {why}: the sell {o.client_order_id} of {o.qty - o.filled_qty} {o.code} did not sell: {how}; "
@@ -881,11 +913,11 @@ class OrderDesk:
                 qty = fit if 0 < fit < left else left
                 qty = book.portfolio.exit_qty(agent, pos.code, qty)  # (what the account still holds: see exit_qty)
                 if qty <= 0:
-                    if left == pos.qty:
-                        self.alert(
-                            f"{agent}: {why}: its {pos.qty} {pos.code} are not in the account (sold outside ktrader: "
-                            "see the 'external is short' alert): sell or buy back by hand"
-                        )
+                    self.alert(
+                        f"{agent}: {why}: {f'its {left}' if left == pos.qty else f'{left} of its {pos.qty}'} "
+                        f"{pos.code} are not in the account (sold outside ktrader: see the 'external is short' "
+                        "alert): sell or buy back by hand"
+                    )
                     break
                 n += 1
                 new = NewOrder(
@@ -901,7 +933,7 @@ class OrderDesk:
                 res = self.submit(card, new, priority=Priority.PROTECT)
                 if res.accepted:
                     sent += 1
-                    self._flatten_out[new.client_order_id] = (why, keep)
+                    self._flatten_out[new.client_order_id] = (card, why, keep)  # (saved with the flattening)
                     left -= qty
                     more = more or (left > 0 and not auction)
                     if auction:
@@ -919,7 +951,10 @@ class OrderDesk:
     def _after_commit(self, old: Order | None, new: Order) -> None:
         coid = new.client_order_id
         if coid in self._flatten_out and not new.is_open:
-            self._flatten_sell_ended(new, *self._flatten_out.pop(coid))
+            ended = self._flatten_out.pop(coid)
+            with self.book.store.write():
+                self._save_flattening()
+            self._flatten_sell_ended(new, *ended)
         if (
             coid in self._cancel_on_accept
             and new.state not in AWAITING_ACK
@@ -1042,6 +1077,7 @@ class OrderDesk:
         today = book.day()
         released = expired = 0
         early: bool | None = None  # within the release margin of the opening call (worked out once, if needed)
+        unresumed: dict[str, list[Order]] = {}  # agent -> its held orders that waited for a resume and expired
         for coid, o in list(book.held.items()):  # (not every order: this runs every day tick)
             if o.agent in wait:
                 continue
@@ -1060,12 +1096,28 @@ class OrderDesk:
                 book.try_apply(coid, Expire(ts_ns=book.now_ns()))
                 book.trace(coid, "held.expired", valid_day=o.valid_day)
                 self._release_waits.discard(coid)
+                if coid in self._resume_held:
+                    self._resume_held.discard(coid)
+                    unresumed.setdefault(o.agent, []).append(o)
                 expired += 1
             elif o.valid_day == today and phase in REGULAR_ORDER_PHASES and self.complete():
                 if early is None:
                     early = self._before_release(phase)
                 if not early:
                     released += self._release(o, self.card_of(o.agent))
+        for agent, orders in sorted(unresumed.items()):
+            # (they waited untold: a whole session paused or halted, its orders end unsent; a gateway's exit among
+            # them leaves the shares it was to sell held)
+            what = ", ".join(f"{o.side.value} {o.qty} {o.code}" for o in orders)
+            self.alert(
+                f"{agent}: {len(orders)} orders held for the session of {orders[0].valid_day} ({what}) waited for the "
+                "resume all session and expired unsent; place them again if still wanted"
+                + (
+                    "; the gateway's exit sells among them leave those shares held"
+                    if any(map(is_gateway_exit, orders))
+                    else ""
+                )
+            )
         return released, expired
 
     def _tell_release_denied(self, o: Order, why: str) -> None:
@@ -1120,7 +1172,10 @@ class OrderDesk:
         ts = book.now_ns()
         if card is not None:
             denial = self.risk.check_revise(card, o, o.price, self.session())
-            if denial is not None and (denial[0] in RELEASE_WAITS or self._waits_for_resume(o, denial[0])):
+            resume = denial is not None and self._waits_for_resume(o, denial[0])
+            if resume:
+                self._resume_held.add(coid)  # (told if its session passes first: release_due)
+            if denial is not None and (denial[0] in RELEASE_WAITS or resume):
                 if coid not in self._release_waits:
                     self._release_waits.add(coid)
                     book.trace(coid, "held.waiting", code=denial[0].value, reason=denial[1])
@@ -1143,6 +1198,7 @@ class OrderDesk:
             )
             self._tell_release_denied(o, f"{ErrorCode.DENIED_HALTED.value}: the gateway is not active")
             return 0
+        self._resume_held.discard(coid)
         book.commit(o, Submit(ts_ns=ts), trace=[("released", {"day": book.day()})], day=book.day())
         gateways = placed_by_gateway(coid)  # a protective exit held overnight
         prio = Priority.PROTECT if gateways else Priority.RELEASED

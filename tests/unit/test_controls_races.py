@@ -15,12 +15,14 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import msgspec
+
 from common.config import AgentCard, EndOfDay, RiskLimits
 from common.enums import OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.ids import placed_by_gateway
 from common.orders import OrderState
-from common.schema import NewOrder
+from common.schema import NewOrder, reload_expect
 from kis.port import BrokerAck, BrokerOrder
 from tests.fakes.broker import FakeBroker
 from tests.fakes.core import trading_clock
@@ -208,5 +210,126 @@ async def test_a_cancel_waiting_for_its_orders_acknowledgement_is_counted_once(t
         assert "1 cancels" not in again, again  # its cancel already waits for the acknowledgement
         broker.gate.set()
         await h.settle(lambda: h.book.orders["alpha-20261120-2"].state is OrderState.CANCELLED)
+    finally:
+        await h.close()
+
+
+# ---- the review of the fixes above ---------------------------------------------------------------------------
+
+
+async def test_a_kill_switch_over_the_close_holds_the_end_of_days_sells_for_the_resume(tmp_path: Path) -> None:
+    """The halt from 14:50 past the close: the 15:00 flatten waits, and at the close its sells are held for the next
+    session (they were denied: the flatten ended, the resume on Monday sold nothing); they go once resumed."""
+    friday, monday = dt.date(2026, 12, 4), dt.date(2026, 12, 7)
+    flat = policy_card("flat", EndOfDay.FLATTEN, CODE, end="15:00")
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(friday, "10:00"), [flat])
+    await rig.start()
+    h = rig.h
+    d = Desk(h, tmp_path / "run", [flat])
+    try:
+        rig.day.tick()
+        new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
+        assert h.desk.submit(flat, new).accepted
+        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+        rig.at(on(friday, "14:50"))
+        rig.day.tick()
+        d.ack("halt")
+        for t in ("15:00", "15:10", "15:31:10", "16:30"):
+            rig.at(on(friday, t))
+            rig.day.tick()
+            await rig.run_spawned()
+        held = [o for o in h.book.held.values() if o.agent == "flat"]
+        assert [(o.side, o.qty, o.state) for o in held] == [(Side.SELL, 30, OrderState.HELD)]
+        assert not [o for o in h.book.orders.values() if o.state is OrderState.DENIED]
+        for t in ("08:30:05", "09:05"):  # still halted: they wait
+            rig.at(on(monday, t))
+            rig.day.tick()
+            await rig.run_spawned()
+        assert h.book.orders[held[0].client_order_id].state is OrderState.HELD
+        d.ack("resume", all=True)
+        rig.at(on(monday, "09:06"))
+        rig.day.tick()
+        await rig.run_spawned()
+        await h.settle(lambda: h.book.orders[held[0].client_order_id].state is OrderState.FILLED)
+    finally:
+        await rig.close()
+
+
+async def test_a_flatten_sell_queued_at_a_restart_under_the_kill_switch_goes_on_after_the_resume(
+    tmp_path: Path,
+) -> None:
+    """The flatten's last sell still queued when the gateway stops under the kill switch: refused at the restart
+    (never sent), the flatten is taken up again from the store, and sells once resumed (it was lost untold)."""
+    broker = Hanging()
+    beta = AgentCard(id="beta", name="B", strategy="x:Y", codes=[CODE], budget=50_000_000)
+    cards = {"alpha": ALPHA, "beta": beta}
+    h = Harness(tmp_path / "db", broker=broker, clock=trading_clock(), cards=cards)
+    await h.start()
+    d = Desk(h, tmp_path / "run", [ALPHA, beta])
+    assert h.desk.submit(ALPHA, buy(1, qty=2)).accepted
+    await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+    # beta's buy numbered -2 hangs at the broker: the flatten's sell queues behind it (one call at a time)
+    b = NewOrder(client_order_id="beta-20261120-2", code=CODE, side=Side.BUY, qty=1, price=60_000)
+    assert h.desk.submit(beta, b).accepted
+    assert "1 market sells sent (2 005930)" in d.ack("flatten", "alpha")
+    assert "not sent yet wait for the resume" in d.ack("halt")
+    await h.close()  # the gateway stops with the flatten's sell still queued
+    broker.gate.set()
+    h2 = Harness(tmp_path / "db", broker=broker, clock=trading_clock(), cards=cards)
+    await h2.start()
+    d2 = Desk(h2, tmp_path / "run2", [ALPHA, beta])
+    try:
+        assert h2.desk.flattening == ["alpha"]  # taken up again: it waits for the resume
+        d2.ack("resume", all=True)
+        h2.desk.step_flattens()
+        await h2.settle(lambda: (2, OrderState.FILLED) in gateway_sells(h2))
+    finally:
+        await h2.close()
+
+
+async def test_a_confirmed_reload_is_not_refused_for_the_agents_own_trading_since_its_preview(
+    tmp_path: Path,
+) -> None:
+    h, d = await holding(tmp_path)
+    try:
+        assert h.desk.submit(ALPHA, buy(20, qty=1, price=60_000)).accepted  # rests
+        cut = msgspec.structs.replace(ALPHA, risk=RiskLimits(max_open_orders=1))
+        shown = d.ack("reload", "alpha", card=cut, value="preview")
+        assert "it has 1 open orders" in shown, shown  # what the preview says of the agent's orders now
+        assert h.desk.submit(ALPHA, buy(21, qty=1, price=60_000)).accepted  # its strategy trades meanwhile
+        text = d.ack("reload", "alpha", card=cut, value=reload_expect(shown))
+        assert text.startswith("alpha: reloaded risk.max_open_orders"), text
+    finally:
+        await h.close()
+
+
+async def test_an_auction_flatten_whose_parts_the_broker_refuses_pages_once(tmp_path: Path) -> None:
+    small = AgentCard(
+        id="alpha", name="A", strategy="x:Y", codes=[CODE], budget=50_000_000, risk=RiskLimits(max_order_value=200_000)
+    )
+    h, d = await holding(tmp_path, small, FakeBroker(ref_price=70_000))
+    try:
+        h.portfolio.base_prices[CODE] = 70_000
+        h.broker.reject_sells_with = ("APBK0659", "매매거래정지 종목입니다.")
+        h.core.book.clock.set(dt.datetime(2026, 11, 20, 15, 25))  # type: ignore[attr-defined]
+        d.ack("flatten", "alpha")
+        await h.settle(lambda: [s for _, s in gateway_sells(h)] == [OrderState.REJECTED] * 3)
+        assert len([t for _, t, _ in h.alerts if "did not sell" in t]) == 1
+    finally:
+        await h.close()
+
+
+async def test_an_auction_flatten_short_of_shares_in_the_account_says_so(tmp_path: Path) -> None:
+    small = AgentCard(
+        id="alpha", name="A", strategy="x:Y", codes=[CODE], budget=50_000_000, risk=RiskLimits(max_order_value=200_000)
+    )
+    h, d = await holding(tmp_path, small, FakeBroker(ref_price=70_000))
+    try:
+        h.portfolio.base_prices[CODE] = 70_000
+        h.portfolio._account.qty[CODE] = 6  # 4 of alpha's 10 sold outside ktrader
+        h.core.book.clock.set(dt.datetime(2026, 11, 20, 15, 25))  # type: ignore[attr-defined]
+        text = d.ack("flatten", "alpha")
+        assert "2 market sells sent (4 005930, 2 005930)" in text and "more shares" not in text, text
+        assert any("4 of its 10 005930 are not in the account" in t for _, t, _ in h.alerts), h.alerts
     finally:
         await h.close()

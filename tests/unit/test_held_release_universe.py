@@ -14,6 +14,7 @@ from common.config import AgentCard, RiskLimits
 from common.enums import AgentState, OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
 from common.orders import OrderState
+from common.portfolio import PendingSplit
 from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, check_order
 from common.schema import NewOrder
 from server.universe import Universe, UniverseBinder, held_codes
@@ -181,5 +182,38 @@ async def test_held_orders_of_a_paused_agent_wait_for_the_resume(tmp_path: Path)
         rig.day.tick()
         await rig.run_spawned()
         await h.settle(lambda: h.book.orders[mine].state is OrderState.ACCEPTED)
+    finally:
+        await rig.close()
+
+
+async def test_held_orders_on_a_split_not_applied_are_denied_and_told_not_kept_waiting(tmp_path: Path) -> None:
+    """(a review) A split the books have not taken denies as a halt does (DENIED_HALTED): it is no pause to wait
+    out; the order is denied at its release and a person told, as before the pause's wait came."""
+    rig, binder, _ = await _friday(tmp_path, ["alpha"])
+    h = rig.h
+    try:
+        mine = _place(rig, "alpha", 1, STAYS)
+        h.portfolio.splits[STAYS] = PendingSplit(2, 1, frozenset({"alpha"}))
+        await _to_monday_open(rig, binder)
+        assert h.book.orders[mine].state is OrderState.DENIED
+        assert [t for _, t, _ in h.alerts if "denied at its release" in t]
+    finally:
+        await rig.close()
+
+
+async def test_held_orders_that_wait_a_whole_session_for_the_resume_are_told_when_they_expire(tmp_path: Path) -> None:
+    rig, binder, _ = await _friday(tmp_path, ["alpha"])
+    h = rig.h
+    try:
+        mine = _place(rig, "alpha", 1, STAYS)
+        h.risk.set_state("alpha", TradingState.HALTED, "operator pause")
+        await _to_monday_open(rig, binder)
+        for t in (dt.time(12, 0), dt.time(15, 45), dt.time(16, 0)):
+            rig.at(dt.datetime.combine(MON, t))
+            rig.day.tick()
+            await rig.run_spawned()
+        assert h.book.orders[mine].state is OrderState.EXPIRED
+        [told] = [t for _, t, _ in h.alerts if "waited for the resume all session" in t]
+        assert told.startswith("alpha: 1 orders held") and f"buy 1 {STAYS}" in told, told
     finally:
         await rig.close()
