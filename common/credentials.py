@@ -21,7 +21,10 @@ on another host (`ktrader keys export` ships only that agent's credential).
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,8 @@ from pathlib import Path
 from common.config import ConfigError
 from common.curve import TOOLS, check_client_name, keys_dir
 from common.private import write_atomic
+
+log = logging.getLogger("ktrader.credentials")
 
 OPERATOR = TOOLS  # "ktrader-tools": never an agent id (ids have no '-')
 GATEWAY = "gateway"  # the gateway's own replies (signed with the key in run/gateway.json)
@@ -125,7 +130,8 @@ def revoke(run_dir: str | Path, name: str) -> bool:
 
 
 def all_credentials(run_dir: str | Path) -> dict[str, bytes]:
-    """name → key of every readable credential file (a bad one is skipped: it authenticates nobody)."""
+    """name → key of every readable credential file (a bad one is skipped, said in the log: it authenticates
+    nobody, and its client's every request times out as 'busy or stuck?' with nothing else to tell why)."""
     folder = credentials_dir(run_dir)
     out: dict[str, bytes] = {}
     for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
@@ -133,9 +139,37 @@ def all_credentials(run_dir: str | Path) -> dict[str, bytes]:
         try:
             check_client_name(name)
             out[name] = _read(path, name, "")
-        except ConfigError:
+        except ConfigError as e:
+            log.warning("credential of %s not used: %s", name, e)
             continue
     return out
+
+
+def tighten_credentials(run_dir: str | Path) -> list[Path]:
+    """The credential files readable by others made private (0600): the gateway's own, at its start (a folder
+    restored from a backup, `chmod -R a+r`: the gateway skipped them untold and every tool and agent timed out).
+    Returns those changed."""
+    folder = credentials_dir(run_dir)
+    changed = []
+    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o600)
+            changed.append(path)
+    return changed
+
+
+def _folder_stamp(folder: Path) -> tuple[int, ...] | None:
+    """What changes when a credential does: the folder's mtime (a file added, removed, replaced) and each file's
+    mode (a `chmod 600` of a skipped one changes no folder mtime: its key was never taken up, a review)."""
+    try:
+        modes = [p.stat().st_mode for p in sorted(folder.glob(f"*{SUFFIX}"))]
+        return (folder.stat().st_mtime_ns, *modes)
+    except OSError:
+        return None
 
 
 class Keyring:
@@ -148,7 +182,7 @@ class Keyring:
         self.run_dir = Path(run_dir)
         self.every_s = every_s
         self.keys: dict[str, bytes] = {}
-        self._stamp: int | None = -1
+        self._stamp: tuple[int, ...] | None = (-1,)
         self._checked = 0.0
         self.refresh(force=True)
 
@@ -157,10 +191,7 @@ class Keyring:
         if not force and not now and t - self._checked < self.every_s:
             return
         self._checked = t
-        try:
-            stamp: int | None = credentials_dir(self.run_dir).stat().st_mtime_ns
-        except OSError:
-            stamp = None
+        stamp = _folder_stamp(credentials_dir(self.run_dir))
         if stamp != self._stamp or force:
             self._stamp = stamp
             self.keys = all_credentials(self.run_dir)

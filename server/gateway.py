@@ -583,6 +583,8 @@ class Gateway:
         sample cards are live, and their budgets add up to tens of millions of KRW. An approval made for
         another environment or account (the twin's first start, before `ktrader reset` and a real
         account) is not honoured: its agent is refused at registration (common/approvals.py)."""
+        for path in credentials.tighten_credentials(self.run_dir):
+            log.warning("%s was readable by others: made private (0600)", path)
         credentials.issue(self.run_dir, credentials.OPERATOR)
         # the one run() checked the store's against (run() hands it over: the owner key file read once)
         owner = owner or run_owner(self.cfg, self.broker, self.run_dir)

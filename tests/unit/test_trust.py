@@ -6,6 +6,7 @@ checksum."""
 from __future__ import annotations
 
 import time
+import logging
 from pathlib import Path
 
 import msgspec
@@ -145,3 +146,26 @@ def test_an_approval_from_an_older_version_survives_a_new_card_field(tmp_path: P
     path.write_text(path.read_text().replace('"budget":1000000', '"budget":65000000'))
     with pytest.raises(ConfigError, match="checksum"):
         approvals.load(tmp_path)
+
+
+def test_a_credential_readable_by_others_is_said_made_private_at_start_and_taken_up_once_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(a hunt) A folder restored with its credential files 0644: the gateway skipped them untold, and after the
+    operator's `chmod 600` still did not take them up (a chmod changes no folder mtime): every tool and agent timed
+    out as 'busy or stuck?'. The skip is said; a mode change is seen; the gateway's start makes them private."""
+    path, _ = credentials.issue(tmp_path, "alpha")
+    key = credentials.load(tmp_path, "alpha").key
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="ktrader.credentials"):
+        ring = credentials.Keyring(tmp_path, every_s=0.0)
+    assert ring("alpha") is None
+    assert any(
+        "credential of alpha not used" in r.getMessage() and "chmod 600" in r.getMessage() for r in caplog.records
+    )
+    path.chmod(0o600)  # the operator's fix
+    ring.refresh()
+    assert ring("alpha") == key
+    path.chmod(0o644)
+    assert credentials.tighten_credentials(tmp_path) == [path]
+    assert path.stat().st_mode & 0o777 == 0o600
