@@ -43,7 +43,7 @@ from common.framing import Codec
 from common.krx import Phase
 from common.market_clock import MarketClock, WallClock, market_ns
 from common.orders import OPEN, Order, OrderState
-from server.run_folder import RunFolderWatch, RunLock
+from server.run_folder import RunFolderWatch, RunLock, ipc_in_use
 from common.protection import Protection
 from common.schema import (
     INTRADAY_SCOPE,
@@ -531,11 +531,15 @@ class Gateway:
 
     # ---- life cycle ------------------------------------------------------------------------------------
 
-    def _bind(self) -> None:
+    def _endpoints(self) -> tuple[str, str]:
         r_ep, p_ep = self.cfg.router_endpoint, self.cfg.pub_endpoint
         if not r_ep or not p_ep:
             d_r, d_p = default_endpoints(self.run_dir)
             r_ep, p_ep = r_ep or d_r, p_ep or d_p
+        return r_ep, p_ep
+
+    def _bind(self) -> None:
+        r_ep, p_ep = self._endpoints()
         self.router.bind(self.ctx, r_ep, self.cfg.max_frame_bytes, secure=self.zap.secure)
         xpub = pub_socket(self.ctx)
         self.zap.secure(xpub, p_ep)
@@ -548,6 +552,14 @@ class Gateway:
 
     def _bind_at_start(self) -> None:
         """`_bind`, a failure told in the operator's words (exit 2) with everything opened so far closed."""
+        if busy := [ep for ep in self._endpoints() if ipc_in_use(ep)]:
+            self._close_stores()  # (nothing bound yet)
+            raise StartupError(
+                "gateway endpoints",
+                f"{', '.join(busy)}: in use by another process (another gateway?)",
+                "stop it, or use another --router/--pub (router_endpoint/pub_endpoint)",
+                StartExit.CONFIG,
+            )
         try:
             self._bind()
         except zmq.ZMQError as e:
@@ -746,7 +758,7 @@ class Gateway:
             lease_s=self.cfg.lease_s,  # a restarted agent waits out its crashed copy's lease (agent/runtime.py)
         )
         write_info(self.run_dir, info)
-        self._folder = RunFolderWatch(self.run_dir, info, self.run_lock)
+        self._folder = RunFolderWatch(self.run_dir, info, self.run_lock, (self.router_endpoint, self.pub_endpoint))
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         # told to a person (not on the screen: a start is no alert); the heartbeat pings from the lease loop
         self._started_mono = time.monotonic()

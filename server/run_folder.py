@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -203,16 +204,48 @@ def _identity(path: Path | int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an `ipc://` endpoint (None: not ipc)."""
+    return Path(endpoint.removeprefix("ipc://")) if endpoint.startswith("ipc://") else None
+
+
+def ipc_in_use(endpoint: str) -> bool:
+    """Whether a process listens on the `ipc://` endpoint now. ZMQ's bind of an ipc path in use does not fail: it
+    takes the path from its listener (a hunt: a second gateway started with the first's endpoints took them, and
+    the operator could no longer reach the first, not even to halt it). A socket file nobody listens on (a
+    gateway that died) is stale: free."""
+    path = ipc_path(endpoint)
+    if path is None or not path.is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class RunFolderWatch:
     """The run folder's files, looked at from the lease loop: each problem is returned (to alert) once, until
-    it clears."""
+    it clears. `endpoints`: the gateway's bound endpoints; an ipc socket file replaced (another process bound the
+    path: tools and new agents reach it, not this gateway) or removed is said."""
 
-    def __init__(self, run_dir: Path, info: GatewayInfo, lock: RunLock | None) -> None:
+    def __init__(self, run_dir: Path, info: GatewayInfo, lock: RunLock | None, endpoints: tuple[str, ...] = ()) -> None:
         self.run_dir = run_dir
         self.info = info
         self.lock = lock
         self.folder = _identity(lock.folder_fd) if lock is not None else _identity(run_dir)
         self._said: set[str] = set()
+        self.sockets: dict[Path, tuple[int, int]] = {}
+        for ep in endpoints:
+            if (path := ipc_path(ep)) is not None:
+                try:
+                    self.sockets[path] = _identity(path)
+                except OSError:
+                    continue
 
     def replaced(self) -> str:
         """The run folder itself removed (or removed and made again: `rm -rf run/`), in words ("" not): its files
@@ -252,4 +285,19 @@ class RunFolderWatch:
             text = self.lock.repair()
             if text:
                 found.append(text)
+        for path, ident in self.sockets.items():
+            try:
+                ours = _identity(path) == ident
+            except OSError:
+                found.append(
+                    f"the socket {path} was removed while the gateway ran: the operator's tools and new agents cannot "
+                    "reach it; restart the gateway"
+                )
+                continue
+            if not ours:
+                found.append(
+                    f"the socket {path} was taken by another process (another gateway started with the same "
+                    "endpoints?): the operator's tools and new agents reach that one, not this gateway; stop it, "
+                    "then restart this gateway"
+                )
         return found

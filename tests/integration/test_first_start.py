@@ -170,3 +170,26 @@ def test_a_tcp_port_in_use_is_told_before_the_broker_starts(tmp_path: Path) -> N
         )
     refused(out, "port is in use", "--router/--pub")
     assert "embedded KIS twin" not in out.stderr
+
+
+def test_an_ipc_path_another_process_listens_on_is_told_before_the_broker_starts(tmp_path: Path) -> None:
+    """(a hunt) ZMQ's bind of an ipc path in use does not fail: it takes it from its listener. A second gateway
+    (another run folder, the same endpoints) started cleanly and took the first one's sockets: the operator could
+    no longer reach the first, not even to halt it. Refused now; a stale socket file (its gateway died) is free."""
+    run = tmp_path / "run"
+    keys = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "keys", "init", "--run-dir", str(run)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keys.returncode == 0, keys.stderr
+    path = tmp_path / "r.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:  # the running gateway's router, say
+        other.bind(str(path))
+        other.listen()
+        out = run_gateway(tmp_path, run, None, {}, "--router", f"ipc://{path}", "--pub", f"ipc://{tmp_path / 'p.sock'}")
+    refused(out, f"ipc://{path}", "in use by another process", "--router/--pub")
+    assert path.exists()  # not taken from it

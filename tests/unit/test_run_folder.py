@@ -262,3 +262,27 @@ def test_a_standby_whose_folder_is_removed_does_not_take_over_an_emptied_folder(
     assert not waiter.is_alive()
     [e] = errors
     assert isinstance(e, ConfigError) and "was removed while this gateway waited for it: not taken over" in str(e)
+
+
+def test_a_socket_taken_by_another_process_is_said(tmp_path: Path) -> None:
+    """(a hunt) Another gateway started with this one's ipc endpoints takes the socket file: the operator's tools
+    and new agents reach it, not this gateway. Said once; a removed socket too."""
+    import socket
+
+    path = tmp_path / "r.sock"
+    mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine.bind(str(path))
+    watch = RunFolderWatch(tmp_path, info("mine"), None, (f"ipc://{path}", "tcp://127.0.0.1:5555"))
+    write_info(tmp_path, info("mine"))
+    assert watch.check() == []
+    path.unlink()  # another process binds the same path: a new file
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(path))
+    [said] = watch.check()
+    assert f"the socket {path} was taken by another process" in said and "stop it" in said, said
+    assert watch.check() == []
+    other.close()
+    path.unlink()
+    [said] = watch.check()
+    assert "was removed while the gateway ran" in said
+    mine.close()

@@ -169,3 +169,18 @@ def test_a_credential_readable_by_others_is_said_made_private_at_start_and_taken
     path.chmod(0o644)
     assert credentials.tighten_credentials(tmp_path) == [path]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_ipc_socket_in_use_is_seen_and_a_stale_one_is_free(tmp_path: Path) -> None:
+    import socket
+
+    from server.run_folder import ipc_in_use
+
+    path = tmp_path / "r.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    assert ipc_in_use(f"ipc://{path}")
+    listener.close()  # its process died: the file stays, nobody listens
+    assert path.exists() and not ipc_in_use(f"ipc://{path}")
+    assert not ipc_in_use(f"ipc://{tmp_path / 'none.sock'}") and not ipc_in_use("tcp://127.0.0.1:1")
