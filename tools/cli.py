@@ -161,6 +161,9 @@ def gateway(
         except Exception as e:
             if debug:
                 raise
+            if stale := stale_install_text(e):
+                typer.echo(f"error: {stale}", err=True)
+                raise typer.Exit(StartExit.CONFIG) from None
             typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
             raise typer.Exit(StartExit.UNEXPECTED) from None
 
@@ -612,8 +615,9 @@ def main() -> None:
     except Exception as e:  # the last resort: a failure no command caught is one line, not a traceback
         if os.environ.get("KTRADER_DEBUG", "").lower() in ("1", "true", "yes") or "--debug" in sys.argv:
             raise
-        typer.echo(f"error: {last_resort_text(e)}", err=True)
-        sys.exit(2 if isinstance(e, OSError) else 1)
+        stale = stale_install_text(e)
+        typer.echo(f"error: {stale or last_resort_text(e)}", err=True)
+        sys.exit(2 if isinstance(e, OSError) or stale else 1)
 
 
 def _utf8(arg: str) -> bool:
@@ -622,6 +626,45 @@ def _utf8(arg: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def stale_install_text(e: Exception) -> str:
+    """For a module not found that this checkout's pyproject.toml declares and the environment lacks: the install is
+    older than the checkout (a `git pull` adding a dependency: the gateway died at its start on "unexpected
+    ModuleNotFoundError", a hunt), in words with what to run; "" for anything else."""
+    if not isinstance(e, ModuleNotFoundError):
+        return ""
+    missing = missing_dependencies()
+    if not missing:
+        return ""
+    return (
+        f"this checkout needs packages its environment lacks ({', '.join(missing)}): the install is older than the "
+        "checkout (a git pull?); run `make install`, then start again"
+    )
+
+
+def missing_dependencies() -> list[str]:
+    """The distributions pyproject.toml (of the checkout this runs from) declares that are not installed."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from tools.paths import ROOT
+
+    try:
+        declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    except (OSError, KeyError, ValueError):  # (not run from a checkout: a wheel's metadata is its own)
+        return []
+    out = []
+    for req in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", req)
+        if name is None:
+            continue
+        try:
+            importlib.metadata.version(name.group(0))
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name.group(0))
+    return out
 
 
 def last_resort_text(e: Exception) -> str:

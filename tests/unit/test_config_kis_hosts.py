@@ -48,3 +48,21 @@ def test_account_budget_is_refused_as_an_unknown_field(tmp_path: Path) -> None:
     cfg.write_text("account_budget = 100_000\n")
     with pytest.raises(ConfigError, match="account_budget"):
         load_gateway_config(cfg)
+
+
+def test_a_module_missing_after_a_checkout_update_says_to_run_make_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a hunt) A `git pull` adding a dependency: the gateway died at its start on "unexpected ModuleNotFoundError"
+    (exit 1), with nothing to say `make install`."""
+    from tools import cli, paths
+
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "ktrader"\ndependencies = ["msgspec>=0.18", "no-such-dist-ktrader>=3"]\n'
+    )
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    text = cli.stale_install_text(ModuleNotFoundError("No module named 'no_such_dist_ktrader'"))
+    assert "no-such-dist-ktrader" in text and "make install" in text and "msgspec" not in text, text
+    assert cli.stale_install_text(ValueError("x")) == ""
+    monkeypatch.setattr(paths, "ROOT", tmp_path / "elsewhere")  # not run from a checkout: nothing to compare
+    assert cli.stale_install_text(ModuleNotFoundError("x")) == ""
