@@ -236,14 +236,19 @@ def approve(
 
 def bind_owner(run_dir: str | Path, owner: Mapping[str, str]) -> Registry:
     """A gateway's start: record `owner` as the folder's (what later approvals are made for) and bind the
-    approvals that name no owner to it (approved before this folder's first start, e.g. by `ktrader
-    demo`, or by an older ktrader: honoured, now for this owner only). Returns the registry."""
+    approvals that name no owner to it (approved before this folder's first start, e.g. by `ktrader demo`, or by
+    an older ktrader: honoured, now for this owner only), and those of this owner made under an owner key since
+    lost. Returns the registry."""
     with _lock(run_dir):
         reg = load(run_dir)
         changed = reg.owner != owner
         reg.owner = dict(owner)
         for agent, a in reg.cards.items():
-            if a.owner is None:
+            # (and those made under an owner key since lost, proven the same owner now: kept under the new key, or
+            # the app key's next yearly reissue would refuse them all: their owner is told apart by it alone)
+            if a.owner is None or (
+                a.owner != owner and owner_key_changed(a.owner, owner) and same_owner(a.owner, owner)
+            ):
                 reg.cards[agent] = msgspec.structs.replace(a, owner=dict(owner))
                 changed = True
         if changed:

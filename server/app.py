@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from collections.abc import Callable
 
+import zmq
 from filelock import FileLock, Timeout
 
 from common.config import BrokerEnv, ConfigError, GatewayConfig
@@ -156,4 +157,7 @@ def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> No
     try:
         asyncio.run(run_gateway(cfg, factory, lock))
     finally:
+        # its sockets closed before the lock is let go: a stop that failed before closing them left the ipc listener
+        # open while a standby, woken by the lock, found its endpoint in use and exited (a review)
+        zmq.Context.instance().destroy(linger=0)
         lock.release()

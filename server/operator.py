@@ -603,8 +603,19 @@ class Operator:
         # held orders are cancelled (never sent), but the gateway's exits held for the next session: spared, they
         # go at its open (under the kill switch once it is resumed: order_desk._exit_waits_for_resume)
         held = sum(1 for o in ours if o.state is OrderState.HELD and not is_gateway_exit(o))
-        # (the kill switch refuses the gateway's exits not sent yet: they wait for the resume; an agent's halt not)
-        queued = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.PENDING_SUBMIT) if not agent else 0
+        # (the kill switch refuses the gateway's exits still queued: they wait for the resume; one whose request has
+        # begun is at the broker and goes through; an agent's halt stops none)
+        queued = (
+            sum(
+                1
+                for o in ours
+                if is_gateway_exit(o)
+                and o.state is OrderState.PENDING_SUBMIT
+                and not self.gw.store.has_trace(o.client_order_id, "broker.request")
+            )
+            if not agent
+            else 0
+        )
         exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is not OrderState.HELD) - queued
         held_exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.HELD)
         # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a

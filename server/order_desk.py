@@ -112,6 +112,14 @@ class Flattening(msgspec.Struct, frozen=True, kw_only=True):
     keep: bool = False
 
 
+class FlattenSells(msgspec.Struct, frozen=True, kw_only=True):
+    """The flattens' sells not ended yet as the store keeps them (FLATTEN_SELLS_KEY): each sell's agent, why and
+    keep, and each agent's card once (a closing call's flatten of 150 parts rewrote 150 cards at every sell's end)."""
+
+    cards: dict[str, AgentCard] = {}
+    sells: dict[str, tuple[str, str, bool]] = {}  # coid -> (agent, why, keep)
+
+
 def session_day(now: dt.datetime, phase: Phase) -> str:
     """The trading day (YYYYMMDD) whose session an order placed now for "the next session" is for
     (common/krx.py next_session_day: the backtester's rule too)."""
@@ -283,14 +291,14 @@ class OrderDesk:
     def _restore_flatten_sells(self) -> None:
         raw = self.book.store.get_meta(FLATTEN_SELLS_KEY)
         try:
-            sells = msgspec.json.decode(raw, type=dict[str, Flattening]) if raw else {}
+            kept = msgspec.json.decode(raw, type=FlattenSells) if raw else FlattenSells()
         except msgspec.MsgspecError as e:  # (never written so; a card an upgrade's rules refuse): said, not fatal
             log.warning("the flatten sells kept before the restart are unreadable (%s): their ends are not told", e)
             return
-        for coid, f in sells.items():
+        for coid, (agent, why, keep) in kept.sells.items():
             o = self.book.orders.get(coid)
-            if o is not None and o.is_open:
-                self._flatten_out[coid] = (f.card, f.why, f.keep)
+            if o is not None and o.is_open and agent in kept.cards:
+                self._flatten_out[coid] = (kept.cards[agent], why, keep)
 
     def _restore_flattens(self) -> None:
         """The flattens the last process left in progress: the agent's new orders are refused again at once,
@@ -359,9 +367,10 @@ class OrderDesk:
             for agent, (card, why, keep) in self._flattening.items()
         }
         self.book.store.set_meta(FLATTEN_KEY, msgspec.json.encode(kept).decode())
-        sells = {
-            coid: Flattening(card=card, why=why, keep=keep) for coid, (card, why, keep) in self._flatten_out.items()
-        }
+        sells = FlattenSells(
+            cards={card.id: card for card, _, _ in self._flatten_out.values()},
+            sells={coid: (card.id, why, keep) for coid, (card, why, keep) in self._flatten_out.items()},
+        )
         self.book.store.set_meta(FLATTEN_SELLS_KEY, msgspec.json.encode(sells).decode())
 
     def _cancel_queued(self, coid: str) -> bool:
@@ -703,6 +712,7 @@ class OrderDesk:
         if o.state is OrderState.HELD:
             book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))  # never sent: nothing to tell the broker
             self._release_waits.discard(coid)
+            self._resume_held.discard(coid)
             return None, "held order cancelled"
         if day := book.of_an_earlier_day(coid):
             return ErrorCode.ORDER_NOT_OPEN, _EARLIER_DAY.format(coid=coid, day=day, what="cancel")
@@ -796,6 +806,8 @@ class OrderDesk:
         Returns the number of cancels and sells started now."""
         # one write: the flatten is kept in the store with its cancels (and with its sells when they go at once),
         # so a crash cannot keep the cancels (or the end of day's mark) and lose the sells that wait for them
+        # a flatten's sells that end unsold are told once for all its parts (_flatten_sell_ended), a new flatten's again
+        self._flatten_told = {k: t for k, t in self._flatten_told.items() if k[0] != card.id}
         prior = self._flattening.get(card.id)
         if prior is not None and prior[2]:
             # the end of day's flatten is pending (its sells wait for the session, or to be held after the close):
@@ -1175,6 +1187,8 @@ class OrderDesk:
             resume = denial is not None and self._waits_for_resume(o, denial[0])
             if resume:
                 self._resume_held.add(coid)  # (told if its session passes first: release_due)
+            else:
+                self._resume_held.discard(coid)  # (a wait for another reason is not the resume's)
             if denial is not None and (denial[0] in RELEASE_WAITS or resume):
                 if coid not in self._release_waits:
                     self._release_waits.add(coid)

@@ -66,3 +66,25 @@ def test_a_module_missing_after_a_checkout_update_says_to_run_make_install(
     assert cli.stale_install_text(ValueError("x")) == ""
     monkeypatch.setattr(paths, "ROOT", tmp_path / "elsewhere")  # not run from a checkout: nothing to compare
     assert cli.stale_install_text(ModuleNotFoundError("x")) == ""
+
+
+def test_approvals_made_before_an_owner_key_was_lost_survive_the_next_app_key_reissue(tmp_path: Path) -> None:
+    """(a review) The owner key lost, the same account and app key start again: the folder is kept under a new key.
+    Its approvals were left under the old one, told apart from another account by the app key alone, and the next
+    yearly reissue of the app key refused every agent ("approved for the real account 50******-01, not for this
+    gateway's the real account 50******-01"). The start binds them to the owner under its new key."""
+    from common import approvals
+    from common.config import AgentCard
+
+    def owner(key_id: str, account_id: str, app_key: str) -> dict[str, str]:
+        return {"env": "real", "account": "50******-01", "account_id": account_id, "key_id": key_id, "app_key": app_key}
+
+    card = AgentCard(id="alpha", name="A", strategy="x:Y", codes=["005930"], budget=1_000_000)
+    approvals.bind_owner(tmp_path, owner("k1", "acct-k1", "appA"))
+    approvals.approve(tmp_path, [card], by="operator")
+    approvals.bind_owner(tmp_path, owner("k2", "acct-k2", "appA"))  # the start after the key was lost
+    approvals.bind_owner(tmp_path, rotated := owner("k2", "acct-k2", "appB"))  # next year's app key
+    assert approvals.ApprovedCards(tmp_path, rotated).get("alpha") is not None
+    # another account of the same masked form, after the key loss, is still refused
+    approvals.bind_owner(tmp_path, other := owner("k3", "acct-other", "appZ"))
+    assert approvals.ApprovedCards(tmp_path, other).get("alpha") is None

@@ -333,3 +333,49 @@ async def test_an_auction_flatten_short_of_shares_in_the_account_says_so(tmp_pat
         assert any("4 of its 10 005930 are not in the account" in t for _, t, _ in h.alerts), h.alerts
     finally:
         await h.close()
+
+
+async def test_a_second_flatten_refused_within_the_minute_is_told_too(tmp_path: Path) -> None:
+    """(a review) The one page for all parts of a flatten must not swallow the next flatten's refusal."""
+    h, d = await holding(tmp_path)
+    try:
+        h.broker.reject_sells_with = ("APBK0659", "매매거래정지 종목입니다.")
+        d.ack("flatten", "alpha")
+        await h.settle(lambda: gateway_sells(h) == [(10, OrderState.REJECTED)])
+        d.ack("flatten", "alpha")  # the operator tries again at once
+        await h.settle(lambda: gateway_sells(h) == [(10, OrderState.REJECTED)] * 2)
+        assert len([t for _, t, _ in h.alerts if "did not sell" in t]) == 2
+    finally:
+        await h.close()
+
+
+class ExitHangs(FakeBroker):
+    """The gateway's first exit sell hangs in its request until released."""
+
+    def __init__(self) -> None:
+        super().__init__(ref_price=70_000)
+        self.gate = asyncio.Event()
+        self.reached = asyncio.Event()
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        if placed_by_gateway(order.client_order_id):
+            self.reached.set()
+            await self.gate.wait()
+        return await super().submit(order)
+
+
+async def test_the_halt_reply_counts_an_exit_whose_request_has_left_as_working(tmp_path: Path) -> None:
+    """(a review) A flatten sell already in its request to KIS when the kill switch comes goes through (it filled):
+    the reply said it was 'not sent yet' and waited for the resume."""
+    broker = ExitHangs()
+    h, d = await holding(tmp_path, broker=broker)
+    try:
+        d.ack("flatten", "alpha")
+        await asyncio.wait_for(broker.reached.wait(), 5)
+        text = d.ack("halt")
+        assert "1 exit sells the gateway placed (stops, flatten) keep working" in text, text
+        assert "not sent yet" not in text, text
+        broker.gate.set()
+        await h.settle(lambda: gateway_sells(h) == [(10, OrderState.FILLED)])
+    finally:
+        await h.close()
