@@ -24,9 +24,15 @@ from common.ids import AgentId, StockCode
 Krw = Annotated[int, msgspec.Meta(ge=0, description="integer KRW")]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=1000, description="percent (5 = 5 %)")]
-# intervals a loop sleeps: 0 would busy-loop a core (day_tick_s = 0 ran at 100 % CPU)
-Interval = Annotated[float, msgspec.Meta(ge=0.1, description="seconds, at least 0.1")]
-Timeout = Annotated[float, msgspec.Meta(gt=0, description="seconds, more than 0")]
+# Every duration has a finite upper bound: TOML allows `inf` (and `nan`), which passed a lower bound alone and then
+# either crashed the start in int(x * 1e9) (exit 1, the field unnamed) or slept a loop for ever (day_tick_s = inf:
+# no close, no end of day). A day is far beyond any sane wait, grace or window; 0 (where allowed) is "off".
+MAX_SECONDS = 86_400.0
+# intervals a loop sleeps: 0 would busy-loop a core (day_tick_s = 0 ran at 100 % CPU); above an hour the loop is as
+# good as off (the day cycle would miss the close, the lease loop its run-folder watch)
+Interval = Annotated[float, msgspec.Meta(ge=0.1, le=3600, description="seconds, 0.1 to 3600")]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS, description="seconds, more than 0, at most a day")]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS, description="seconds, 0 to a day")]
 HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM KST")]
 
 
@@ -63,7 +69,8 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     ws_url: str = ""
     # 0: environment default (18/s real, 1.8/s paper, 18/s sim); KIS's limit (20/s real, 2/s paper) or more
     # is refused at load: KIS would answer the excess with EGW00201 errors, which count to the kill switch
-    rate_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # (at most a million/s: finite for inf, and far above any throttle a twin bench wants)
+    rate_per_s: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 0.0
     request_timeout_s: Timeout = 5.0
     # A PEM file of extra CA certificates trusted for KIS's TLS (e.g. a company proxy that inspects
     # TLS), added to the default store. "" = the default store only.
@@ -71,10 +78,10 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     # Transient failures at start (DNS, refused, timeout, KIS 5xx) are retried this many times with
     # back-off doubling from start_backoff_s (capped at 30 s); then the gateway exits (code 5).
     start_retries: Annotated[int, msgspec.Meta(ge=0)] = 6
-    start_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    start_backoff_s: Seconds = 2.0
     # How long the gateway's start waits for the real-time session before serving anyway (orders
     # wait for it; the first READY triggers a reconciliation). Short, so a restart is quick.
-    start_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    start_wait_s: Seconds = 0.5
     # env = "sim" with rest_url/ws_url (a twin in another process, `ktrader sim`): its admin API, so the
     # gateway follows the twin's market clock (an `open` twin trades whatever the hour); "" = KST wall time
     admin_url: str = ""
@@ -163,7 +170,7 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
 
 class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str
-    port: int = 25
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
     sender: str
     to: list[str]
     starttls: bool = False  # upgrade with STARTTLS before logging in
@@ -183,20 +190,18 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     webhooks: list[WebhookConfig] = []
     smtp: list[SmtpConfig] = []
     kinds: list[AlertKind] = []  # which kinds are sent ([]: all)
-    dedup_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0  # the same alert (kind, agent, subject) once per this long
+    dedup_s: Seconds = 600.0  # the same alert (kind, agent, subject) once per this long
     max_per_minute: Annotated[int, msgspec.Meta(gt=0)] = (
         6  # per channel; more are counted and summarised in the next one
     )
     queue_size: Annotated[int, msgspec.Meta(gt=0)] = (
         200  # alerts waiting to be sent; beyond it they are dropped and counted
     )
-    session_down_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # broker session not ready this long: an alert
+    session_down_s: Timeout = 60.0  # broker session not ready this long: an alert
     # free space on the run folder's disk under this (MB): an alert, long before a full disk stops the gateway
     # (its store cannot commit); 0: not watched
     min_free_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
-    stale_data_s: Annotated[float, msgspec.Meta(gt=0)] = (
-        60.0  # no real-time message this long in the continuous session
-    )
+    stale_data_s: Timeout = 60.0  # no real-time message this long in the continuous session
     # The dead-man's switch: a healthchecks.io-style URL pinged every heartbeat_s from the gateway's lease
     # loop, so a gateway that died or hangs stops pinging and that service pages someone (set its period to
     # heartbeat_s and a grace of a few periods). "GET" (the default) or "POST" (the body names the gateway and
@@ -204,7 +209,7 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     # (heartbeat_url_env) rather than the URL itself. It is never logged. "": no heartbeat.
     heartbeat_url: str = ""
     heartbeat_url_env: str = ""
-    heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    heartbeat_s: Timeout = 60.0
     heartbeat_method: Annotated[str, msgspec.Meta(pattern="^(GET|POST)$")] = "GET"
 
 
@@ -224,7 +229,7 @@ class TrustConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     cards_dir: str = "cards"
     # A request whose timestamp is further than this from the gateway's clock is refused (STALE_MESSAGE);
     # one whose (sender session, message id) was seen already is refused too (REPLAYED).
-    freshness_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    freshness_s: Timeout = 30.0
 
 
 class AccountLimits(RiskLimits, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -234,8 +239,9 @@ class AccountLimits(RiskLimits, forbid_unknown_fields=True, kw_only=True, frozen
 
     max_order_value: Krw = 50_000_000
     max_position_value: Krw = 300_000_000
-    max_open_orders: int = 500
-    max_orders_per_minute: int = 600
+    # (redeclared with RiskLimits' bounds: a plain int let -1, "unlimited", deny every order)
+    max_open_orders: Annotated[int, msgspec.Meta(ge=0)] = 500
+    max_orders_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
     max_daily_loss: Krw = 30_000_000
 
 
@@ -252,22 +258,22 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # whole passes take at most a tenth of the time (server/reconciler.py periodic_wait), and then the
     # unfilled list alone is read this often between them (a lost fill notice shows at once)
     # (at least 1 s: 0 ran 151 whole passes in 10 s, each several KIS calls)
-    reconcile_s: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    reconcile_s: Annotated[float, msgspec.Meta(ge=1, le=MAX_SECONDS)] = 30.0
     # After the close, the day's bought/sold/costs are compared with KIS's own figures (inquire-balance
     # thdt_*, server/cash_check.py; their meaning on a real account is UNCONFIRMED): false turns it off
     daily_cash_check: bool = True
     # An order whose submit outcome is unknown and that the broker's order list does not show is
     # declared never placed only after this long (KIS's list can lag, API.md §8.15).
-    unknown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    unknown_grace_s: Seconds = 600.0
     # A revise or cancel whose answer was lost is looked up in the broker's order list at once; one the
     # list still does not show after this long never reached the broker (the order keeps its terms).
-    amend_grace_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    amend_grace_s: Timeout = 10.0
     # A fill booked from a notice that the broker's order list does not show is held as unconfirmed
     # this long (the list can lag behind notices), then taken back with an alert.
-    fill_confirm_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    fill_confirm_grace_s: Seconds = 60.0
     # An order still queued for the broker after this long is refused, never sent (BROKER_BUSY): a
     # decision made on prices this old is not the one the agent made (0 = send however late).
-    max_send_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    max_send_wait_s: Seconds = 5.0
     day_tick_s: Interval = 1.0  # how often the day cycle looks at the market clock (end of day, close, new day)
     # automatic kill switch: this many broker errors/rejections ...
     kill_errors: Annotated[int, msgspec.Meta(ge=0)] = 10
@@ -290,11 +296,11 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     costs: Costs = msgspec.field(default_factory=Costs)
     # an agent silent this long after its lease ran out is offline (listed as such while it holds
     # positions or orders; the gateway acts for it on the operator's request)
-    offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    equity_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # per-agent equity snapshot to the store
+    offline_after_s: Timeout = 10.0
+    equity_every_s: Timeout = 60.0  # per-agent equity snapshot to the store
     # the broker's account (cash) is read this often for the account's equity, drawdown and cash
     # reserve (server/equity.py); between reads the fills the books record move the cash
-    account_every_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    account_every_s: Timeout = 30.0
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     trust: TrustConfig = msgspec.field(default_factory=TrustConfig)
@@ -337,10 +343,10 @@ class Subscriptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # > 0: while the gateway refuses a code's trade registration (all websocket slots in use,
     # SUBSCRIPTION_LIMIT), REST-poll its quote at this interval on the card's rate_quota_per_s and
     # deliver changes as on_trade (PolledTrade, tick.polled); an opt-in fallback, see agent/quotepoll.py
-    poll_quotes_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    poll_quotes_s: Seconds = 0.0
     # while a registration is refused, ask the gateway for it again this often (0: never; the agent
     # then waits for a restart). Granted: polling stops and the stream takes over.
-    resubscribe_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    resubscribe_s: Seconds = 30.0
     # closed bars to receive (on_bar) for every code; built by the gateway from the trade stream
     bars: list[BarInterval] = []
     conflate: bool = False  # deliver only the newest trade/book per topic of each socket drain
@@ -477,11 +483,18 @@ def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
     return out
 
 
+def channel_url(url: str, url_env: str, environ: Mapping[str, str] | None = None) -> str:
+    """The URL an alert channel posts to, as checked at load and as sent: `url_env`'s value (in `environ`, default
+    os.environ) or `url`, without surrounding whitespace (a CRLF env file leaves a '\r' that the load check passed and
+    every send then failed on)."""
+    return ((os.environ if environ is None else environ).get(url_env, "") if url_env else url).strip()
+
+
 def url_problem(url: str) -> str:
     """Why `url` cannot be posted to ("" none): not http(s), no host, a port that is not a number. Never quotes it
     (it often holds a secret). Retried at each alert, such a URL only ever said 'not delivered'."""
     try:
-        parts = urllib.parse.urlsplit(url.strip())
+        parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError as e:
         return f"the URL cannot be read ({str(e).split(':')[0]})"
@@ -501,23 +514,25 @@ def notify_problems(cfg: NotifyConfig, environ: Mapping[str, str] | None) -> lis
         where = f"notify.webhooks[{i}]"
         if w.url and w.url_env:
             out.append((where, "give url or url_env, not both"))
-        elif w.url_env and environ is not None and not environ.get(w.url_env):
+        elif w.url_env and environ is not None and not channel_url("", w.url_env, environ):
             out.append((f"{where}.url_env", f"the environment variable {w.url_env} is not set (it holds the URL)"))
         elif not w.url and not w.url_env:
             out.append((where, f"a {w.shape.value} webhook needs url_env (the name of a variable holding the URL)"))
-        url = w.url or (environ.get(w.url_env, "") if environ is not None and w.url_env else "")
+        url = channel_url(w.url, w.url_env, environ) if w.url or environ is not None else ""
         if url and (why := url_problem(url)):
             out.append((f"{where}.{'url' if w.url else 'url_env'}", why))
         if w.shape is WebhookShape.TELEGRAM and not w.chat_id:
             out.append((f"{where}.chat_id", "a telegram webhook needs chat_id (the chat the bot writes to)"))
-    hb = cfg.heartbeat_url or (
-        environ.get(cfg.heartbeat_url_env, "") if environ is not None and cfg.heartbeat_url_env else ""
+    hb = (
+        channel_url(cfg.heartbeat_url, cfg.heartbeat_url_env, environ)
+        if cfg.heartbeat_url or environ is not None
+        else ""
     )
     if hb and not (cfg.heartbeat_url and cfg.heartbeat_url_env) and (why := url_problem(hb)):
         out.append((f"notify.{'heartbeat_url' if cfg.heartbeat_url else 'heartbeat_url_env'}", why))
     if cfg.heartbeat_url and cfg.heartbeat_url_env:
         out.append(("notify.heartbeat_url", "give heartbeat_url or heartbeat_url_env, not both"))
-    elif cfg.heartbeat_url_env and environ is not None and not environ.get(cfg.heartbeat_url_env):
+    elif cfg.heartbeat_url_env and environ is not None and not channel_url("", cfg.heartbeat_url_env, environ):
         out.append(
             (
                 "notify.heartbeat_url_env",

@@ -57,7 +57,7 @@ import httpx
 
 from common.aio import wait_set
 from common.clock import kst_from_ns, now_ns
-from common.config import NotifyConfig, SmtpConfig, WebhookConfig, WebhookShape
+from common.config import NotifyConfig, SmtpConfig, WebhookConfig, WebhookShape, channel_url
 from common.enums import AlertKind
 
 log = logging.getLogger("ktrader.notifier")
@@ -187,7 +187,7 @@ class WebhookChannel:
     def __init__(self, cfg: WebhookConfig, gateway: str = "") -> None:
         self.cfg = cfg
         self.gateway = gateway
-        self.url = os.environ.get(cfg.url_env, "") if cfg.url_env else cfg.url
+        self.url = channel_url(cfg.url, cfg.url_env)
         self.name = f"webhook:{cfg.shape.value}"
         # who it reaches, stable across restarts and reorderings (an alert kept for a restart names the channels that
         # owe it): a digest of the URL and the chat (one bot, several chats), never the URL (a secret)
@@ -859,7 +859,7 @@ class Heartbeat:
 
     def __init__(self, cfg: NotifyConfig, clock: Callable[[], float], gateway: str = "") -> None:
         self.configured = bool(cfg.heartbeat_url or cfg.heartbeat_url_env)
-        self.url = os.environ.get(cfg.heartbeat_url_env, "") if cfg.heartbeat_url_env else cfg.heartbeat_url
+        self.url = channel_url(cfg.heartbeat_url, cfg.heartbeat_url_env)
         self.url_env = cfg.heartbeat_url_env
         self.method = cfg.heartbeat_method.upper()
         self.every_s = cfg.heartbeat_s
