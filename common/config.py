@@ -455,9 +455,24 @@ def expand_paths(cfg: GatewayConfig) -> GatewayConfig:
     )
 
 
+def endpoint_problem(endpoint: str) -> str:
+    """Why a gateway endpoint cannot be bound as written ("" none): a tcp:// port outside 1..65535, which libzmq
+    takes modulo 65536 (tcp://127.0.0.1:99999 listened on 34463 without a word). ZMQ's `*` (any port) passes."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    port = endpoint.rpartition(":")[2]
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        return f"{endpoint}: the port {port} is not one of 1..65535"
+    return ""
+
+
 def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
     """(field, why) for settings that pass their own bounds but cannot work together."""
-    out = []
+    out = [
+        (field, why)
+        for field, endpoint in (("router_endpoint", cfg.router_endpoint), ("pub_endpoint", cfg.pub_endpoint))
+        if (why := endpoint_problem(endpoint))
+    ]
     if cfg.heartbeat_s >= cfg.lease_s:
         out.append(
             (

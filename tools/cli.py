@@ -108,7 +108,7 @@ def gateway(
     credentials, the environment (paper/real key) or the account · 130 interrupted during the start."""
     import msgspec
 
-    from common.config import ConfigError, load_gateway_config
+    from common.config import ConfigError, endpoint_problem, load_gateway_config
     from kis.startup import StartExit, StartupError
     from server.app import main as gateway_main
     from tools.bench.profiling import profiled
@@ -127,6 +127,10 @@ def gateway(
     }
     if changes:
         cfg = msgspec.structs.replace(cfg, **changes)
+    for option, endpoint in (("--router", router), ("--pub", pub)):
+        if why := endpoint_problem(endpoint):  # (the config's own are checked at load)
+            typer.echo(f"error: {option} {why}", err=True)
+            raise typer.Exit(2)
     try:  # tcp endpoints are served with CURVE: their keys must be in place (ktrader keys init)
         from common.curve import check_gateway_keys
 

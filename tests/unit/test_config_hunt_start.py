@@ -1,0 +1,38 @@
+"""Gateway starts that went wrong quietly or as an 'unexpected' error (the `config` hunt): a tcp port above 65535
+that libzmq wrapped, ... Each now stops at once with a plain line and the documented exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def ktrader(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def plain(p: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in p.stderr and "unexpected" not in p.stderr, p.stderr
+    return p.stderr
+
+
+def test_a_tcp_port_outside_1_65535_is_refused(tmp_path: Path) -> None:
+    """libzmq takes a port modulo 65536: 99999 listened on 34463, and gateway.json said so to no one."""
+    run = str(tmp_path / "run")
+    p = ktrader("gateway", "--run-dir", run, "--router", "tcp://127.0.0.1:99999")
+    assert p.returncode == 2 and "--router tcp://127.0.0.1:99999: the port 99999 is not one of 1..65535" in plain(p)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'run_dir = "{run}"\npub_endpoint = "tcp://127.0.0.1:0"\n')
+    p = ktrader("gateway", "--config", str(cfg))
+    assert p.returncode == 2 and "`pub_endpoint`: tcp://127.0.0.1:0: the port 0 is not one of 1..65535" in plain(p)
