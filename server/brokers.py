@@ -268,7 +268,7 @@ def sim_ignores(b: BrokerConfig) -> str:
     """The user's KIS credentials that the embedded twin (broker.env sim, no URLs) ignores: it has its own
     demo account. "" when none is set, or this is not the embedded twin. Said by the gateway's start and
     `ktrader doctor`: a user who meant paper/real must not think it trades, or was checked."""
-    if b.env is not BrokerEnv.SIM or b.rest_url:
+    if not embedded_twin(b):
         return ""
     names = (ENV_APP_KEY, ENV_APP_SECRET, ENV_ACCOUNT, ENV_HTS_ID)
     return ", ".join([*(["broker.credentials_file"] if b.credentials_file else []), *filter(os.environ.get, names)])
@@ -280,6 +280,21 @@ def sim_ignores_text(ignored: str) -> str:
 
 
 WRITE_DEADLINE_UNBOUNDED_S = 60.0
+
+
+def embedded_twin(b: BrokerConfig) -> bool:
+    """env sim without URLs: the KIS twin in this process, with its own demo account (no credentials)."""
+    return b.env is BrokerEnv.SIM and not b.rest_url
+
+
+def gateway_credentials(b: BrokerConfig) -> Credentials:
+    """The KIS credentials a paper/real (or external twin) gateway uses; missing or malformed: StartupError, exit 4."""
+    try:
+        return load_credentials(b.credentials_file or None)
+    except CredentialsError as e:
+        raise StartupError(
+            f"KIS credentials ({b.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS
+        ) from None
 
 
 def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
@@ -294,22 +309,13 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
             StartExit.CONFIG,
         )
     broker: EmbeddedTwinBroker | KisBroker
-    if b.env is BrokerEnv.SIM and not b.rest_url:
-        ignored = sim_ignores(b)
-        if ignored:
-            log.warning('%s; set [broker] env = "paper" or "real" to trade on KIS', sim_ignores_text(ignored))
-        broker = EmbeddedTwinBroker(cfg)
-    else:
-        try:
-            creds = load_credentials(b.credentials_file or None)
-        except CredentialsError as e:
-            raise StartupError(
-                f"KIS credentials ({b.env.value})", str(e), CREDENTIALS_HINT, StartExit.CREDENTIALS
-            ) from None
-        try:
-            broker = make_broker(b, Path(cfg.run_dir) / "kis", creds)
-        except TlsConfigError as e:
-            raise StartupError("configuration", str(e), "fix or remove broker.ca_bundle", StartExit.CONFIG) from None
+    creds = None if embedded_twin(b) else gateway_credentials(b)
+    if creds is None and (ignored := sim_ignores(b)):
+        log.warning('%s; set [broker] env = "paper" or "real" to trade on KIS', sim_ignores_text(ignored))
+    try:  # (the embedded twin's adapter takes ca_bundle too: the same exit 2 as paper/real, not 'unexpected')
+        broker = EmbeddedTwinBroker(cfg) if creds is None else make_broker(b, Path(cfg.run_dir) / "kis", creds)
+    except TlsConfigError as e:
+        raise StartupError("configuration", str(e), "fix or remove broker.ca_bundle", StartExit.CONFIG) from None
     # an order's retries stop where the send queue stops waiting for it: a decision older than that is not
     # sent (max_send_wait_s 0, "however late": a minute, the retries' own bound)
     broker.rest.write_deadline_s = cfg.max_send_wait_s or WRITE_DEADLINE_UNBOUNDED_S

@@ -36,3 +36,13 @@ def test_a_tcp_port_outside_1_65535_is_refused(tmp_path: Path) -> None:
     cfg.write_text(f'run_dir = "{run}"\npub_endpoint = "tcp://127.0.0.1:0"\n')
     p = ktrader("gateway", "--config", str(cfg))
     assert p.returncode == 2 and "`pub_endpoint`: tcp://127.0.0.1:0: the port 0 is not one of 1..65535" in plain(p)
+
+
+def test_the_embedded_twin_with_a_bad_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
+    """Its adapter takes ca_bundle as paper/real's does: it said 'unexpected TlsConfigError', exit 1."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nca_bundle = "{tmp_path / "none.pem"}"\n')
+    p = ktrader("gateway", "--config", str(cfg))
+    err = plain(p)
+    assert p.returncode == 2 and f"configuration: broker.ca_bundle {tmp_path / 'none.pem'}: no such file" in err, err
+    assert "fix or remove broker.ca_bundle" in err
