@@ -36,6 +36,7 @@ def credentials_env(info: Mapping[str, str]) -> dict[str, str]:
 
 KEYS = ("app_key", "app_secret", "account", "hts_id")
 ENV_OF = {"app_key": ENV_APP_KEY, "app_secret": ENV_APP_SECRET, "account": ENV_ACCOUNT, "hts_id": ENV_HTS_ID}
+APP_KEY_LENGTH, APP_SECRET_LENGTH = 36, 180  # what KIS issues (API.md §2.1)
 
 
 class CredentialsError(ValueError):
@@ -55,7 +56,8 @@ class Credentials:
     def __init__(self, app_key: str, app_secret: str, account: str, hts_id: str) -> None:
         if not app_key or not app_secret:
             raise CredentialsError("app_key and app_secret are required")
-        cano, sep, prdt = account.strip().partition("-")
+        account = account.strip()  # (a '\r' from a CRLF env file: the account alone is read, never sent as typed)
+        cano, sep, prdt = account.partition("-")
         if not sep:  # also accept the 10-digit form CANO+ACNT_PRDT_CD
             cano, prdt = account[:8], account[8:]
         if not (cano.isdigit() and len(cano) == 8 and prdt.isdigit() and len(prdt) == 2):
@@ -129,10 +131,36 @@ def load_credentials(credentials_file: str | os.PathLike[str] | None = None) -> 
         raise CredentialsError(
             f"missing {', '.join(missing)} (not set{where} in {', '.join(ENV_OF[k] for k in missing)})"
         )
+    for key in ("app_key", "app_secret", "hts_id"):  # (the account is read, stripped, in Credentials)
+        if why := value_problem(values[key]):
+            source = sources[key]
+            raise CredentialsError(f"{source[1:] if source.startswith('$') else f'{key} in {source}'} {why}")
     creds = Credentials(values["app_key"], values["app_secret"], values["account"], values["hts_id"])
     creds.sources = sources
     _log_sources(sources, from_file, values, path)
     return creds
+
+
+def value_problem(value: str) -> str:
+    """Why a credential cannot be sent to KIS as it is ("" none): a control character (a '\\r' left by a CRLF env
+    file: an app key so ended failed the start in httpx, 'unexpected ValueError', exit 1) or surrounding spaces (an
+    HTS id so padded started, and never got the order/fill notice feed). Never quotes the value."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "has a control character (a '\\r' from a CRLF file?)"
+    if value != value.strip():
+        return "has surrounding spaces"
+    return ""
+
+
+def length_problems(creds: Credentials) -> list[str]:
+    """App key and secret lengths other than KIS issues: a value cut or pasted twice (`ktrader doctor` says so; KIS
+    could one day issue others, so the gateway's start leaves the verdict to KIS)."""
+    problems = []
+    if len(creds.app_key) != APP_KEY_LENGTH:
+        problems.append(f"app key has {len(creds.app_key)} characters, KIS issues {APP_KEY_LENGTH}")
+    if len(creds.app_secret) != APP_SECRET_LENGTH:
+        problems.append(f"app secret has {len(creds.app_secret)} characters, KIS issues {APP_SECRET_LENGTH}")
+    return problems
 
 
 def _read_file(path: Path) -> dict[str, str]:

@@ -38,7 +38,7 @@ from common.config import BrokerConfig, BrokerEnv, GatewayConfig
 from common.krx import phase_at
 from kis.adapter import KisBroker, make_broker
 from kis.codes import Verdict, lookup
-from kis.credentials import Credentials, CredentialsError, load_credentials
+from kis.credentials import Credentials, CredentialsError, length_problems, load_credentials
 from kis.env import environment_for
 from kis.netdiag import BrokerUnreachable, explain, target_of
 from kis.port import BrokerError, BrokerRateLimited, BrokerTemporary
@@ -47,7 +47,6 @@ from kis.startup import wrong_domain_hint
 from kis.tls import TlsConfigError, tls_context
 from kis.token import TokenManager
 
-APP_KEY_LENGTH, APP_SECRET_LENGTH = 36, 180  # API.md §2.1
 THROTTLED = "EGW00133"  # the code of a check not run for KIS's one-token-a-minute (a later run does it)
 SIM_IGNORES = "your credentials"  # the check that says env sim ignored them (Doctor._sim_ignores)
 
@@ -254,13 +253,7 @@ class Doctor:
                 )
             )
             return None
-        problems = []
-        if len(creds.app_key) != APP_KEY_LENGTH:
-            problems.append(f"app key has {len(creds.app_key)} characters, KIS issues {APP_KEY_LENGTH}")
-        if len(creds.app_secret) != APP_SECRET_LENGTH:
-            problems.append(f"app secret has {len(creds.app_secret)} characters, KIS issues {APP_SECRET_LENGTH}")
-        if creds.hts_id != creds.hts_id.strip():
-            problems.append("HTS id has surrounding spaces")
+        problems = length_problems(creds)  # (control characters and spaces: refused by load_credentials)
         detail = f"app key #{creds.key_fingerprint}, account {creds.masked_account}, HTS id {creds.masked_hts_id}"
         overriding = sorted({src for src in creds.sources.values() if src.startswith("$")})
         if cfg.broker.credentials_file and overriding and self._demo is None:
