@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from common.config import ConfigError
 from common.connection import ConnectionFileError, GatewayInfo, read_info, write_info
+from kis.startup import StartExit, StartupError
 
 LOCK_PROBE_GRACE_S = 0.25
 
@@ -31,9 +32,13 @@ class RunDirLocked(RuntimeError):
     pass
 
 
+KEY_LOCKS_ENV = "KTRADER_KEY_LOCKS"
+
+
 def key_locks_dir() -> Path:
-    """Where the gateways of this user on this host lock their app keys ($KTRADER_KEY_LOCKS: tests keep theirs)."""
-    return Path(os.environ.get("KTRADER_KEY_LOCKS") or Path.home() / ".ktrader" / "keys")
+    """Where the gateways of this user on this host lock their app keys ($KTRADER_KEY_LOCKS: a read-only HOME, and
+    tests keep theirs)."""
+    return Path(os.environ.get(KEY_LOCKS_ENV) or Path.home() / ".ktrader" / "keys")
 
 
 def lock_app_key(app_key: str, run_dir: Path) -> FileLock:
@@ -43,11 +48,11 @@ def lock_app_key(app_key: str, run_dir: Path) -> FileLock:
     run folder's lock cannot see it; this lock, named by a hash of the key (never the key), can. Released by the OS
     when the process ends."""
     folder = key_locks_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(app_key.encode()).hexdigest()[:16]
     lock = FileLock(str(folder / f"{name}.lock"))
     owner = folder / f"{name}.owner"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=LOCK_PROBE_GRACE_S, poll_interval=0.01)
     except Timeout:
         try:
@@ -57,6 +62,14 @@ def lock_app_key(app_key: str, run_dir: Path) -> FileLock:
         raise RunDirLocked(
             f"another gateway on this machine uses this KIS app key ({holder}): KIS gives a key one websocket, the "
             "two would take it from each other; stop that gateway, or give this one its own key"
+        ) from None
+    except OSError as e:  # (after Timeout, itself an OSError) a read-only HOME: it was 'unexpected OSError', exit 1
+        raise StartupError(
+            "app key lock",
+            f"cannot create {folder / f'{name}.lock'}: {e.strerror or e}",
+            f"set {KEY_LOCKS_ENV} to a writable folder (the same for every gateway of this user on this host), or "
+            "give the user a writable HOME",
+            StartExit.CONFIG,
         ) from None
     try:
         owner.write_text(f"pid {os.getpid()}, run folder {Path(run_dir).resolve()}\n")

@@ -46,3 +46,26 @@ def test_the_embedded_twin_with_a_bad_ca_bundle_is_a_configuration_error(tmp_pat
     err = plain(p)
     assert p.returncode == 2 and f"configuration: broker.ca_bundle {tmp_path / 'none.pem'}: no such file" in err, err
     assert "fix or remove broker.ca_bundle" in err
+
+
+def test_an_unwritable_home_is_a_plain_start_up_failure(tmp_path: Path) -> None:
+    """A paper/real gateway locks its app key under ~/.ktrader/keys: a read-only HOME (systemd ProtectHome, a
+    container) said 'unexpected OSError', exit 1, with no hint (here HOME is a file: the same mkdir fails)."""
+    home = tmp_path / "home"
+    home.write_text("")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nenv = "paper"\nstart_retries = 0\n')
+    env = {k: v for k, v in os.environ.items() if k != "KTRADER_KEY_LOCKS"}
+    kis = {"APP_KEY": "PS" + "k" * 34, "APP_SECRET": "s" * 180, "ACCOUNT": "50123456-01", "HTS_ID": "someone"}
+    env.update({f"KTRADER_KIS_{k}": v for k, v in kis.items()}, HOME=str(home))
+    p = subprocess.run(
+        [sys.executable, "-m", "tools", "gateway", "--config", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    err = plain(p)
+    assert p.returncode == 2 and f"error: app key lock: cannot create {home}/.ktrader/keys/" in err, err
+    assert "check: set KTRADER_KEY_LOCKS to a writable folder" in err
