@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from common.config import BrokerConfig, BrokerEnv, GatewayConfig
+from common.config import BrokerConfig, BrokerEnv, ConfigError, GatewayConfig
 from kis.adapter import KisBroker, broker_options, make_broker
 from kis.credentials import (
     ENV_ACCOUNT,
@@ -45,6 +45,7 @@ from common.krx import Phase, phase_at
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.history_admin import FOLLOWER_HEADER
 from kis.sim.server import TwinServer
+from kis.sim.state import SeedMismatch
 from kis.sim.twin import TwinConfig
 
 log = logging.getLogger("ktrader.broker")
@@ -188,13 +189,19 @@ class EmbeddedTwinBroker(KisBroker):
         self.cfg = cfg
         run = Path(cfg.run_dir)
         self.token_dir = run / "twin-session"
-        self.twin = TwinServer(
-            TwinConfig(
-                seed=cfg.broker.sim_seed,
-                clock=ClockMode(cfg.broker.sim_clock.value).value,  # the config's mirror of the twin's enum
-                state_file=run / "db" / "twin-state.json",
+        try:
+            self.twin = TwinServer(
+                TwinConfig(
+                    seed=cfg.broker.sim_seed,
+                    clock=ClockMode(cfg.broker.sim_clock.value).value,  # the config's mirror of the twin's enum
+                    state_file=run / "db" / "twin-state.json",
+                )
             )
-        )
+        except SeedMismatch as e:
+            raise ConfigError(
+                f"{e.path}: this run folder's twin was made with [broker] sim_seed = {e.saved}, and this start says "
+                f"{e.seed}: use sim_seed = {e.saved}, or `ktrader reset --run-dir {run}` for a new twin"
+            ) from None
         demo = self.twin.demo
         # the twin's ports are known once it listens (start); until then these say so
         placeholder = msgspec.structs.replace(cfg.broker, rest_url="http://127.0.0.1:0", ws_url="ws://127.0.0.1:0")

@@ -26,10 +26,21 @@ VERSION = 1
 ODNO_GAP_AFTER_RESTORE = 100_000  # order numbers skipped at a restore (more than a twin takes between two saves)
 
 
+class SeedMismatch(ValueError):
+    """The state file was saved by a twin of another seed: its accounts are that seed's demo accounts, so a twin of
+    this seed would hand out credentials the restored accounts do not know (KIS's OPSQ2000 at the gateway's start,
+    blamed on a KTRADER_KIS_ACCOUNT nobody set)."""
+
+    def __init__(self, path: Path, saved: int, seed: int) -> None:
+        super().__init__(f"{path} holds the state of a twin of seed {saved}, not {seed}")
+        self.path, self.saved, self.seed = path, saved, seed
+
+
 def save(twin: Twin, path: Path) -> None:
     ex = twin.exchange
     doc: dict[str, Any] = {
         "version": VERSION,
+        "seed": twin.config.seed,
         "day": ex.day.isoformat(),
         "odno_seq": ex._odno_seq,
         "keys": [dataclasses.asdict(k) for k in twin.auth.keys.values()],
@@ -61,6 +72,8 @@ def restore(twin: Twin, path: Path) -> None:
     doc = json.loads(path.read_text(encoding="utf-8"))
     if doc.get("version") != VERSION:
         return
+    if doc.get("seed", twin.config.seed) != twin.config.seed:  # (a file saved before the seed was kept: as before)
+        raise SeedMismatch(path, doc["seed"], twin.config.seed)
     ex = twin.exchange
     ahead = dt.date.fromisoformat(doc["day"])
     if getattr(twin.clock, "mode", None) is ClockMode.OPEN and ahead > ex.day:

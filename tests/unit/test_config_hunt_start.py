@@ -69,3 +69,28 @@ def test_an_unwritable_home_is_a_plain_start_up_failure(tmp_path: Path) -> None:
     err = plain(p)
     assert p.returncode == 2 and f"error: app key lock: cannot create {home}/.ktrader/keys/" in err, err
     assert "check: set KTRADER_KEY_LOCKS to a writable folder" in err
+
+
+def test_a_twin_folder_of_another_sim_seed_says_so(tmp_path: Path) -> None:
+    """The twin restores its saved accounts (the old seed's) while the new seed makes other demo credentials: it
+    failed with exit 6, 'KIS refused: OPSQ2000 ... check KTRADER_KIS_ACCOUNT', a variable nobody had set."""
+    import json
+
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "run" / "db" / "twin-state.json"
+    state.parent.mkdir(parents=True)
+    save(Twin(TwinConfig(seed=7)), state)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nsim_seed = 8\n')
+    p = ktrader("gateway", "--config", str(cfg))
+    err = plain(p)
+    assert p.returncode == 2 and f"{state}: this run folder's twin was made with [broker] sim_seed = 7" in err, err
+    assert "use sim_seed = 7, or `ktrader reset --run-dir" in err
+    p = ktrader("sim", "--seed", "8", "--state-file", str(state))  # the standalone twin: the same
+    assert p.returncode == 2 and "start it with --seed 7" in plain(p)
+    doc = json.loads(state.read_text())
+    del doc["seed"]  # a folder saved before the seed was kept: used as before
+    state.write_text(json.dumps(doc))
+    assert Twin(TwinConfig(seed=8, state_file=state)).config.seed == 8
