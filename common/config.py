@@ -473,6 +473,8 @@ def gateway_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
         for field, endpoint in (("router_endpoint", cfg.router_endpoint), ("pub_endpoint", cfg.pub_endpoint))
         if (why := endpoint_problem(endpoint))
     ]
+    if not cfg.run_dir.strip():  # "" is the working directory: the gateway took it over (chmod of all it holds)
+        out.append(("run_dir", 'is empty: give the run folder (e.g. "run")'))
     if cfg.heartbeat_s >= cfg.lease_s:
         out.append(
             (

@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 from common.config import BrokerEnv, ConfigError, GatewayConfig
 from kis.port import BrokerPort
 from server.gateway import Gateway
-from server.run_folder import RunLock, lock_app_key, lock_run_dir
+from server.run_folder import RunLock, foreign_folder, lock_app_key, lock_run_dir
 from common.private import others_can_replace, private_dir, private_process, tighten  # issue-18a
 
 log = logging.getLogger("ktrader.gateway")
@@ -82,6 +82,10 @@ def run_dir_problem(run_dir: str | os.PathLike[str]) -> str:
     Creates it (as the gateway's start would) and a temporary file in it: a file in its place, a parent
     that cannot hold it or a folder this user may not write are told here, not as an unexpected error."""
     path = Path(run_dir).expanduser()
+    if not str(run_dir).strip():
+        return 'run_dir is empty (the working directory): give the run folder (e.g. "run")'
+    if foreign := foreign_folder(path):  # before private_dir: it would chmod the folder 0700
+        return f"{foreign}: set run_dir (or --run-dir) to a new or empty folder, or a run folder"
     try:
         with tempfile.TemporaryFile(dir=private_dir(path)):
             pass

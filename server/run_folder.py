@@ -26,6 +26,26 @@ from common.connection import ConnectionFileError, GatewayInfo, read_info, write
 from kis.startup import StartExit, StartupError
 
 LOCK_PROBE_GRACE_S = 0.25
+# What ktrader itself keeps in a run folder (a folder holding one of them is a run folder; `demo` is `ktrader demo`'s
+# own under run/). The repo's run/ holds README.md alone until its first start: not a marker, any folder may have one
+RUN_ENTRIES = frozenset(
+    {"db", "keys", "ipc", "data", "locks", "logs", "kis", "master", "reports", "twin-session", "twin.json", "demo"}
+    | {"gateway.lock", "gateway.json", "gateway.pid"}
+)
+
+
+def foreign_folder(run_dir: str | os.PathLike[str]) -> str:
+    """Why `run_dir` is a folder ktrader must not take over as a run folder ("" it may): it exists and holds entries,
+    none of them ktrader's (a project folder or HOME: `run_dir = "."` made the working directory the run folder, the
+    gateway chmodded all it held, `ktrader reset` moved the user's files into an archive)."""
+    try:
+        names = {p.name for p in Path(run_dir).expanduser().iterdir()}
+    except OSError:
+        return ""  # missing (made at the start) or not a folder (told by the other checks)
+    if not names or names & RUN_ENTRIES or names == {"README.md"}:
+        return ""
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    return f"run_dir {run_dir} holds files that are not ktrader's ({shown}) and none that are: not a run folder"
 
 
 class RunDirLocked(RuntimeError):

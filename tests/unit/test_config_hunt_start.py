@@ -11,14 +11,14 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def ktrader(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ktrader(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=60,
     )
 
 
@@ -94,3 +94,49 @@ def test_a_twin_folder_of_another_sim_seed_says_so(tmp_path: Path) -> None:
     del doc["seed"]  # a folder saved before the seed was kept: used as before
     state.write_text(json.dumps(doc))
     assert Twin(TwinConfig(seed=8, state_file=state)).config.seed == 8
+
+
+def test_an_empty_run_dir_is_refused(tmp_path: Path) -> None:
+    """`--run-dir "$RUN_DIR"` with the variable unset, or run_dir = "": the working directory became the run folder
+    (everything in it chmodded 0700/0600), and `ktrader reset` moved the user's files into an archive."""
+    scratch = tmp_path / "cwd"  # (the working directory such a command takes over: never the repo's)
+    scratch.mkdir()
+    for args in (("gateway", "--run-dir", ""), ("reset", "--run-dir=", "-y"), ("status", "--run-dir", " ")):
+        p = ktrader(*args, cwd=scratch)
+        assert p.returncode == 2 and "error: --run-dir is empty" in plain(p), (args, p.stderr)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('run_dir = ""\n')
+    p = ktrader("gateway", "--config", str(cfg), cwd=scratch)
+    assert p.returncode == 2 and "`run_dir`: is empty: give the run folder" in plain(p)
+
+
+def test_a_folder_of_the_users_own_files_is_not_taken_over(tmp_path: Path) -> None:
+    """`--run-dir .` in a project folder (or HOME): refused before anything there is chmodded or moved."""
+    own = tmp_path / "project"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    script = own / "deploy.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    p = ktrader("gateway", "--run-dir", ".", cwd=own)
+    assert p.returncode == 2, p.stderr
+    assert "error: run_dir . holds files that are not ktrader's (deploy.sh) and none that are" in plain(p)
+    p = ktrader("reset", "--run-dir", str(own), "-y")
+    assert p.returncode == 1 and "not a run folder: nothing there is reset" in plain(p)
+    assert sorted(x.name for x in own.iterdir()) == ["deploy.sh"] and not (tmp_path / "project.archive").exists()
+    assert (own.stat().st_mode & 0o777, script.stat().st_mode & 0o777) == (0o755, 0o755)
+
+
+def test_run_folders_stay_usable(tmp_path: Path) -> None:
+    from server.app import run_dir_problem
+    from server.run_folder import foreign_folder
+
+    assert foreign_folder(ROOT / "run") == ""  # the repo's: its README.md (and run/demo once the demo ran)
+    readme_only = tmp_path / "fresh"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("# run/\n")
+    assert run_dir_problem(readme_only) == ""
+    used = tmp_path / "used"
+    (used / "db").mkdir(parents=True)
+    (used / "notes.txt").write_text("mine")  # a run folder with a file of the user's: still a run folder
+    assert run_dir_problem(used) == "" and run_dir_problem(tmp_path / "new") == ""

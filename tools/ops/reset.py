@@ -21,6 +21,7 @@ from common.clock import now_kst
 from common import approvals
 from common.connection import ConnectionFileError, connection_path, read_info
 from server.app import held_run_locks
+from server.run_folder import foreign_folder
 from tools.ops.procs import process_exists
 
 
@@ -36,6 +37,8 @@ def _alive(pid: int) -> bool:
 def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | None:
     """Move the contents of run_dir (except its README and keys/, but with keys/approved.json) into an
     archive folder; returns it, or None when there was nothing to archive. Says so when approvals went."""
+    if foreign := foreign_folder(run_dir):  # the user's own files are not ktrader's to move
+        raise ResetRefused(f"{foreign}: nothing there is reset")
     for folder, pid in held_run_locks(run_dir):
         raise ResetRefused(f"a gateway (pid {pid}) holds the run lock of {folder}: stop it first")
     # an agent still running on the folder would re-register with the next gateway on the 'fresh' folder and trade on
