@@ -131,6 +131,31 @@ def held_run_locks(root: Path) -> list[tuple[Path, str]]:
     return held
 
 
+def check_standby(cfg: GatewayConfig) -> None:
+    """What the takeover would refuse, checked before a standby waits: its credentials (StartupError, exit 4) and
+    that the folder holds the books of this start's environment and account (OwnerMismatch, exit 2; the store read
+    only, beside the running gateway). Such a standby waited quietly and failed only when the gateway it was to
+    replace died, leaving none. The broker is built again at the takeover (credentials and twin state read then)."""
+    import apsw
+
+    from server.brokers import make_gateway_broker
+    from server.core import run_owner
+    from server.store import Store
+
+    owner = run_owner(cfg, make_gateway_broker(cfg), cfg.run_dir)
+    db = Path(cfg.run_dir) / "db" / "gateway.sqlite"
+    if not db.exists():
+        return
+    try:
+        store = Store(db, readonly=True)
+    except apsw.Error:
+        return  # an unreadable store: the takeover's own open says what it is
+    try:
+        store.check_owner(owner, cfg.run_dir)
+    finally:
+        store.close()
+
+
 def raise_fd_limit() -> None:
     """The soft limit of open files up to the hard one: each agent costs the gateway a few descriptors, and
     libzmq aborts the whole process (no alert, no clean stop) on EMFILE; 1,024 soft is common."""
@@ -155,6 +180,8 @@ def main(cfg: GatewayConfig, broker_spec: str = "", standby: bool = False) -> No
     if factory is None and cfg.broker.env is not BrokerEnv.SIM:
         log.info("broker environment: %s", cfg.broker.env.value)
     if standby:
+        if factory is None:  # (a --broker factory's port is built at the takeover only, as before)
+            check_standby(cfg)
         log.info("standby: waiting for the gateway on %s to exit", cfg.run_dir)
     raise_fd_limit()
     lock = lock_run_dir(Path(cfg.run_dir), standby)

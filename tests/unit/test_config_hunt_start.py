@@ -140,3 +140,45 @@ def test_run_folders_stay_usable(tmp_path: Path) -> None:
     (used / "db").mkdir(parents=True)
     (used / "notes.txt").write_text("mine")  # a run folder with a file of the user's: still a run folder
     assert run_dir_problem(used) == "" and run_dir_problem(tmp_path / "new") == ""
+
+
+def test_a_standby_that_could_never_take_over_says_so_at_once(tmp_path: Path) -> None:
+    """It waited quietly, 'healthy', and failed (exit 4, or 2) only when the gateway it was to replace died, leaving
+    none. Its credentials and the folder's owner are checked before it waits; the running gateway is untouched."""
+    from server.run_folder import lock_run_dir
+    from server.store import Store
+
+    run = tmp_path / "run"
+    store = Store(run / "db" / "gateway.sqlite")
+    store.claim_owner({"env": "sim"}, run)  # the books of the twin
+    store.close()
+    primary = lock_run_dir(run, standby=False)  # this process plays the running gateway
+    try:
+        cfg = tmp_path / "paper.toml"
+        cfg.write_text(f'run_dir = "{run}"\n[broker]\nenv = "paper"\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KTRADER_KIS_")}
+        p = subprocess.run(
+            [sys.executable, "-m", "tools", "gateway", "--standby", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 4 and "error: KIS credentials (paper): missing app_key" in plain(p), p.stderr
+        kis = {"APP_KEY": "PS" + "k" * 34, "APP_SECRET": "s" * 180, "ACCOUNT": "50123456-01", "HTS_ID": "someone"}
+        env.update({f"KTRADER_KIS_{k}": v for k, v in kis.items()})
+        p = subprocess.run(
+            [sys.executable, "-m", "tools", "gateway", "--standby", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        err = plain(p)
+        assert p.returncode == 2, err
+        assert f"error: {run} holds the books of the KIS twin (env sim), and this start is for the paper account" in err
+        assert primary.is_locked and (run / "gateway.pid").read_text().strip() == str(os.getpid())
+    finally:
+        primary.release()
