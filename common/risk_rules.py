@@ -421,7 +421,7 @@ def check_order(
             ErrorCode.BAD_ORDER,
             f"a {order_type.value} buy needs today's base price, which is not known yet: send a limit order",
         )
-    for chk in _limits(code, side, qty, qty * unit, mandate, exp, account, rates, explain is not None):
+    for chk in _limits(code, side, qty, qty * unit, mandate, exp, account, rates, explain is not None, by_gateway):
         if explain is not None:
             explain.append(chk)
         if chk.denial is not None:
@@ -583,10 +583,17 @@ def _limits(
     account: AccountExposure,
     rates: tuple[int, int],
     explaining: bool,
+    by_gateway: bool = False,
 ) -> Iterator[Check]:
-    """Every configured limit, in the order they are checked (the caller stops at the first denial)."""
+    """Every configured limit, in the order they are checked (the caller stops at the first denial). A sell the
+    gateway places for the agent (`by_gateway`: a protective exit, a flatten's) of shares held passes the limits
+    that throttle the strategy -- its drawdown halt, its open orders, its order rate -- as the states let it pass an
+    agent's halt: a stop met in a fall past `halt_drawdown_pct`, or while the agent's other orders filled its
+    `max_open_orders`, was denied every 5 s and never sold (a hunt; the README promised a drawdown halt never holds
+    an exit)."""
     agent_lim, acct_lim = mandate.agent_limits, mandate.account_limits
     reducing = is_reducing(side, qty, exp)
+    exit_sell = by_gateway and reducing
     buy = side is _BUY
     # Each group is walked only when one of the two scopes sets one of its limits: most cards set a
     # few, and a backtest asks this for every order.
@@ -622,7 +629,7 @@ def _limits(
             continue
         dd = drawdown_bp(equity, peak)
         halt, reduce = pct_bp(lim.halt_drawdown_pct), pct_bp(lim.max_drawdown_pct)
-        hit = bool(halt and dd >= halt) or bool(reduce and dd >= reduce and not reducing)
+        hit = bool(halt and dd >= halt and not exit_sell) or bool(reduce and dd >= reduce and not reducing)
         level = halt if halt and (dd >= halt or not reduce) else reduce
         if hit or explaining:
             what = "nothing passes" if halt and dd >= halt else "only risk-reducing orders pass"
@@ -690,7 +697,7 @@ def _limits(
                     f"order value {notional:,} > {scope} limit {lim.max_order_value:,}",
                 )
         if lim.max_open_orders:
-            hit = open_n + 1 > lim.max_open_orders
+            hit = open_n + 1 > lim.max_open_orders and not exit_sell
             if hit or explaining:
                 yield Check(
                     "open orders",
@@ -852,7 +859,7 @@ def _limits(
         if lim.max_orders_per_minute:
             # the account's window never refuses a sell of held shares: one agent's burst (its orders,
             # its revises) must not keep another's stop-loss from going out (its own window still does)
-            hit = n >= lim.max_orders_per_minute and not (scope == "account" and is_reducing(side, qty, exp))
+            hit = n >= lim.max_orders_per_minute and not exit_sell and not (scope == "account" and reducing)
             if hit or explaining:
                 yield Check(
                     "orders per minute",

@@ -684,7 +684,9 @@ class TradingDay:
         # flatten AND ran the policy as missed, holding two sets of next-session sells
         with self.book.store.transaction():
             if policy is EndOfDay.CANCEL:
-                n = self.desk.cancel_all(card.id)
+                # its protective exits go on, as the operator's cancel_all leaves them (cancelled, the protection placed
+                # them again at the back of a lower-limit queue: a hunt)
+                n = self.desk.cancel_all(card.id, spare_exits=True)
             elif policy is EndOfDay.FLATTEN:
                 # kept until its sells are out (a broker session not ready: they wait) or held for the next session
                 # (the market closed first): the desk keeps it in the store with the policy's mark
