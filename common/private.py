@@ -144,12 +144,10 @@ def _group_name(gid: int) -> str:
 
 
 def tighten(run_dir: str | os.PathLike[str]) -> Path:
-    """The run directory 0700, its first-level folders 0700 and files (sockets too) at most 0600."""
+    """The run directory and its first-level entries (folders, files, sockets) private: the group's and others'
+    permissions taken away, the owner's left as they are (0600 stripped an operator's script there of its execute
+    bit: a hunt)."""
     root = private_dir(run_dir)
     for child in root.iterdir():
-        try:
-            is_dir = child.is_dir() and not child.is_symlink()
-        except OSError:
-            continue
-        _chmod(child, DIR_MODE if is_dir else FILE_MODE)
+        _chmod(child, DIR_MODE)  # (0700: nothing but the owner's bits)
     return root

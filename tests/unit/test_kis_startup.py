@@ -170,8 +170,11 @@ def test_private_dirs_and_tighten(tmp_path: Path) -> None:
     os.chmod(run / "ipc", 0o775)
     (run / "gateway.pid").write_text("1")
     os.chmod(run / "gateway.pid", 0o644)
+    (run / "start.sh").write_text("#!/bin/sh\n")  # the operator's own script kept there
+    os.chmod(run / "start.sh", 0o755)
     tighten(run)
     assert _mode(run) == 0o700 and _mode(run / "logs") == 0o700 and _mode(run / "ipc") == 0o700
     assert _mode(run / "gateway.pid") == 0o600
+    assert _mode(run / "start.sh") == 0o700  # private, and still the owner's to run (a hunt: 0600 took that away)
     d = private_dir(tmp_path / "a" / "b")
     assert _mode(d) == 0o700
