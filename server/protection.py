@@ -129,6 +129,9 @@ class ProtectionDesk:
         self.ended: dict[str, Protection] = {}  # ended today (snapshots, status, the daily report)
         self.by_code: dict[str, set[str]] = defaultdict(set)  # code → active protection ids
         self.by_order: dict[str, str] = {}  # a buy or exit order → its protection
+        # the working exit of a protection cancelled (cancel_protection) → that protection: fills that cross the
+        # cancel are still its own (its `sold` stayed at the figure of the cancel's moment: a hunt)
+        self._cancelled_exits: dict[str, str] = {}
         self.fired = 0
         self._day = ""
         self._dirty: set[str] = set()  # trailing highs not written yet
@@ -313,6 +316,7 @@ class ProtectionDesk:
         working = p.exits[-1] if p.state is PS.FIRED and p.exits else ""
         self._end(p, PS.CANCELLED, why)  # first: the exit's end must not look like a reason to place it again
         if working:
+            self._cancelled_exits[working] = pid
             self.desk.cancel(agent, working, exits=True)  # its exit is working: it goes too
         return None, f"protective order {pid} cancelled"
 
@@ -521,12 +525,28 @@ class ProtectionDesk:
         freed = sum(o.remaining for o in own if o.state is not OrderState.UNKNOWN)
         doubt = sum(o.remaining for o in own if o.state is OrderState.UNKNOWN)
         selling = self.book.portfolio.exit_qty(p.agent, p.code, min(qty, held), freed=freed)
+        # the gateway's own sells of them working (another protection's exit, a flatten's): they sell those shares,
+        # nobody outside ktrader did (an alert said "sold outside ktrader: sell or buy back by hand" of shares the
+        # first stop's exit was selling: a hunt)
+        ours = sum(
+            o.remaining
+            for o in self.book.orders.values()
+            if o.agent == p.agent
+            and o.code == p.code
+            and o.side is Side.SELL
+            and o.is_open
+            and placed_by_gateway(o.client_order_id)
+        )
         gone = ""
         if not wait and selling < min(qty, held):
             short = min(qty, held) - selling
-            waiting, outside = min(short, doubt), max(short - doubt, 0)
+            waiting = min(short, doubt)
+            sold_by_us = min(short - waiting, ours)
+            outside = short - waiting - sold_by_us
             if waiting:
                 gone = f"; {waiting} more once its sells in doubt are settled (they may have sold them)"
+            if sold_by_us:
+                gone += f"; {sold_by_us} are in the gateway's own sells working (another protective exit, a flatten)"
             if outside:
                 gone += (
                     f"; {outside} of its shares are not in the account (sold outside ktrader: sell or buy back by hand)"
@@ -535,6 +555,9 @@ class ProtectionDesk:
                 wait = (
                     f"the account holds none of its {outside} {p.code} (sold outside ktrader)"
                     if outside
+                    else f"its {sold_by_us} {p.code} are in the gateway's own sells working (another protective exit, "
+                    "a flatten): sold by them"
+                    if sold_by_us
                     else f"its {waiting} {p.code} are in its sells in doubt: sold by them, or by this stop once settled"
                 )
         what = (
@@ -784,6 +807,8 @@ class ProtectionDesk:
 
     def _after_commit(self, old: Order | None, new: Order) -> None:
         coid = new.client_order_id
+        if coid in self._cancelled_exits:
+            self._sold_after_cancel(coid, new)
         pid = self.by_order.get(coid)
         if pid is not None and (p := self.active.get(pid)) is not None:
             self._sync(p)
@@ -801,6 +826,22 @@ class ProtectionDesk:
                 self._sync(p)  # the agent sold: maybe nothing is left to protect
             elif p.state is PS.TRIGGERED and freed:
                 self._fire(p)  # the shares its exit waited for are free
+
+    def _sold_after_cancel(self, coid: str, exit_order: Order) -> None:
+        """A cancelled protection's exit filled more before its cancel reached the broker: its sold figures follow
+        (never fired again), until the exit is over."""
+        pid = self._cancelled_exits[coid]
+        if not exit_order.is_open:
+            del self._cancelled_exits[coid]
+        p = self.ended.get(pid) or self.book.store.protection(pid)
+        if p is None or p.is_active:
+            return
+        sold = value = 0
+        for x in p.exits:
+            if (o := self._order(x)) is not None:
+                sold, value = sold + o.filled_qty, value + o.filled_value
+        if (sold, value) != (p.sold, p.sold_value):
+            self._put(msgspec.structs.replace(p, sold=sold, sold_value=value), "sold", sold=sold, value=value)
 
     def _own_sells(self, agent: str, code: str) -> list[Order]:
         """The agent's own open sells of `code` (not the gateway's exits for it): a stop cancels them to sell."""

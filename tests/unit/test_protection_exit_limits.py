@@ -108,3 +108,56 @@ async def test_the_end_of_days_cancel_leaves_a_working_exit_in_its_place(tmp_pat
         assert [(o.client_order_id, o.state) for o in exits(h)] == [(x.client_order_id, OrderState.ACCEPTED)]
     finally:
         await rig.close()
+
+
+async def test_a_second_stop_on_shares_the_firsts_exit_sells_does_not_say_sold_outside_ktrader(tmp_path: Path) -> None:
+    """(a hunt) Two whole-position stops met by one print: the second found the shares held by the first's exit and
+    told a person they were "sold outside ktrader: sell or buy back by hand"."""
+    from common.enums import AlertKind
+    from tests.unit.test_protection import CARD, H
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        assert h.desk.submit(CARD, buy(1, qty=10)).accepted
+        await h.settle(lambda: (p := h.portfolio.position("alpha", "005930")) is not None and p.qty == 10)
+        for n, stop in ((2, 65_000), (3, 66_000)):
+            spec = ProtectionSpec(stop=stop)
+            code, _ = h.protection.protect(CARD, Protect(h=H(), id=f"alpha-20261120-{n}", code="005930", spec=spec))
+            assert code is None
+        h.broker.no_buyers.add("005930")  # the first exit rests a moment
+        h.print("005930", 64_000)
+        told = h.alerted(AlertKind.PROTECTION)
+        assert not [t for t in told if "outside ktrader" in t], told
+        assert any("in the gateway's own sells working" in t for t in told), told
+        assert [o.qty for o in exits(h)] == [10]  # sold once
+    finally:
+        await h.close()
+
+
+async def test_a_cancelled_protections_exit_that_fills_on_counts_its_fills(tmp_path: Path) -> None:
+    """(a hunt) cancel_protection with its exit part filled (4 of 10), and 3 more filling before the cancel reached
+    the broker: the protection ended 'sold 4' in the journal, the daily report and on_protection; it sold 7."""
+    from tests.unit.test_protection import CARD
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        assert h.protection.submit(CARD, buy(1, qty=10, stop=69_000)).accepted
+        await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is PS.ARMED)
+        h.broker.no_buyers.add("005930")  # the exit rests
+        h.print("005930", 68_900)
+        (x,) = exits(h)
+        await h.settle(lambda: h.book.orders[x.client_order_id].broker_order_id)
+        odno = h.book.orders[x.client_order_id].broker_order_id
+        h.broker.orders[odno]["price"] = 68_900  # (the fake fills a resting order at its price)
+        h.broker.fill(odno, 4)
+        await h.settle(lambda: h.book.orders[x.client_order_id].filled_qty == 4)
+        assert h.protection.cancel("alpha", "alpha-20261120-1", "cancelled by the agent")[0] is None
+        h.broker.fill(odno, 3)  # crosses the cancel on the wire
+        await h.settle(lambda: not h.book.orders[x.client_order_id].is_open)
+        end = h.protection.ended["alpha-20261120-1"]
+        assert (end.state, end.sold, end.sold_value) == (PS.CANCELLED, 7, 7 * 68_900)
+        assert h.book.store.protection("alpha-20261120-1").sold == 7  # type: ignore[union-attr]
+    finally:
+        await h.close()
