@@ -213,3 +213,36 @@ def test_a_protected_buy_revised_to_meet_its_take_profit_is_refused_as_live() ->
     r = run(bars, {}, "DipBuyChased")
     assert ("probe-20240102-1", ErrorCode.BAD_PROTECTION.value) in SEEN
     assert not r.fills  # the buy rested at 64,200 and expired: nothing bought, nothing sold at once
+
+
+def test_a_partial_stop_keeps_the_agents_own_sell_of_the_other_shares_as_live() -> None:
+    # live cancels the agent's own sells only when the exit needs their shares (server/protection.py `_fire_now`):
+    # 10 held, a sell of 5 at 75,000 resting, a stop on the other 5: the take-profit stays and fills
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 66_000, 75_500, 64_000, 75_000),  # the stop 65,000 met inside the bar, then 75,000 reached
+            (D4, 75_000, 76_000, 74_000, 75_500),
+        ],
+        {D1: [("buy", 10, {})], D2: [("sell", 5, 75_000), ("protect", 5, {"stop": 65_000})]},
+    )
+    assert sorted(exits(r)) == [(D3, 5, 64_900), (D3, 5, 75_000)]
+    (p,) = r.protections
+    assert (p.state, p.sold) == (PS.DONE, 5)
+    (own,) = [o for o in r.orders if o.side.value == "sell" and o.price == 75_000]
+    assert (own.state, own.filled_qty) == (OrderState.FILLED, 5)
+
+
+def test_a_stop_needing_the_shares_of_the_agents_own_sell_cancels_it() -> None:
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 66_000, 75_500, 64_000, 75_000),
+        ],
+        {D1: [("buy", 10, {})], D2: [("sell", 5, 75_000), ("protect", 10, {"stop": 65_000})]},
+    )
+    assert exits(r) == [(D3, 10, 64_900)]
+    (own,) = [o for o in r.orders if o.side.value == "sell" and o.price == 75_000]
+    assert (own.state, own.filled_qty) == (OrderState.CANCELLED, 0)

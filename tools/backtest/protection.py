@@ -36,8 +36,9 @@ same trigger rules applied to bars.
     rule, server/shadow.py: never better than live). An `exit = limit` stop sells no lower than its
     limit (common.protection.exit_limit of that print): live's limit sell takes no bid under it.
   The rest of its buy (if open) is cancelled; the agent's own open sells of the code are cancelled
-  first so the shares are free (as live). A protection that finds the position sold at the open ends
-  CANCELLED (the position was closed), as live's finds nothing held.
+  first when the exit needs their shares (fewer shares are free of open sells than it sells: as live,
+  server/protection.py `_fire_now`; a take-profit sell of the other half stays). A protection that finds
+  the position sold at the open ends CANCELLED (the position was closed), as live's finds nothing held.
 - A bar locked at the day's lower limit (no range) sells nothing: the exit waits and sells at the next
   bar's open. So does a halted bar (volume 0 and no range, the last price repeated: no trades to sell
   into; broker.py `halted`, the rule every fill follows), as the broker fills nothing in one; the exit
@@ -245,24 +246,34 @@ class BacktestProtections:
 
     def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note]) -> None:
         b = self.broker
-        held = 0  # shares the gateway's own sells hold (a flatten's): they stay, as live (server/protection.py)
-        for coid in list(b.open_ids):  # the agent's own sells of the code free their shares first
-            o = b.orders[coid]
-            if o.code == p.code and o.side is Side.SELL:
-                if placed_by_gateway(coid):
-                    held += o.qty - o.filled_qty
-                else:
-                    b.cancel(coid, notes)
-        want = min(p.qty - p.sold, b.position(p.code) - held)
-        if want <= 0 and held:
-            if p.reason != _GATEWAY_SELLS:
-                self._put(msgspec.structs.replace(p, reason=_GATEWAY_SELLS), notes)
-            return
+        held = b.position(p.code)
+        want = min(p.qty - p.sold, held)
         if want <= 0:
             self._put(
                 msgspec.structs.replace(p, state=PS.DONE if p.sold else PS.CANCELLED, reason="nothing left to sell"),
                 notes,
             )
+            return
+        gateway = 0  # shares the gateway's own sells hold (a flatten's): they stay, as live (server/protection.py)
+        own: list[str] = []
+        mine = 0
+        for coid in b.open_ids:
+            o = b.orders[coid]
+            if o.code == p.code and o.side is Side.SELL:
+                if placed_by_gateway(coid):
+                    gateway += o.qty - o.filled_qty
+                else:
+                    own.append(coid)
+                    mine += o.qty - o.filled_qty
+        free = held - gateway - mine
+        if free < want and own:  # as live (`_fire_now`): the agent's own sells go only when the exit needs their
+            for coid in own:  # shares; a take-profit on the other half stays working
+                b.cancel(coid, notes)
+            free = held - gateway - sum(o.qty - o.filled_qty for c in own if (o := b.orders[c]).is_open)
+        want = min(want, free)
+        if want <= 0:
+            if p.reason != _GATEWAY_SELLS:
+                self._put(msgspec.structs.replace(p, reason=_GATEWAY_SELLS), notes)
             return
         if b.locked(bar, rules_for(day), _SELL):
             self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
