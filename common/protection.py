@@ -43,8 +43,7 @@ from common.krx import Phase
 from common.krx_rules import CURRENT, KrxRules, Market, SecurityKind
 
 BP = 10_000
-MAX_ATTEMPTS = 3  # exit orders refused (by the gate or the broker) before a protection fails; one that expires
-# unsold (the stock locked at its lower limit all session) is no failure: it is placed again for the next session
+MAX_ATTEMPTS = 3  # exits that failed (`exit_failed`) before a protection fails: live's and the backtest's count
 
 
 class ProtectionState(StrEnum):
@@ -288,6 +287,14 @@ def rescaled(p: Protection, num: int, den: int, round_up: Callable[[int], int]) 
         high=_ceil_div(p.high * den, num),
         trigger_price=p.trigger_price * den // num,
     )
+
+
+def exit_failed(*, refused: bool, expired: bool, market: bool, halted: bool) -> bool:
+    """Whether an exit that ended with shares unsold counts against MAX_ATTEMPTS (the gateway's and the backtest's
+    rule): refused by the market, or a LIMIT exit that expired (the price ran away from its limit: placed again at
+    the same limit for ever it might never sell). Not a MARKET exit that expired (locked at the lower limit all
+    session: placed again for the next session), nor anything while the code is halted (trading suspended)."""
+    return not halted and (refused or (expired and not market))
 
 
 def exit_limit(

@@ -60,6 +60,7 @@ from common.protection import (
     ProtectionState as PS,
     WhenClosed,
     check_print,
+    exit_failed,
     exit_limit,
     entry_mark,
     met_on_entry,
@@ -914,8 +915,11 @@ class ProtectionDesk:
                     if (answer := self._halt_since(p.code, last.updated_ns)) is None:
                         return  # judged when the broker answers
                     halted = answer
-                failed = not halted and (
-                    (refused and unsold > 0) or (expired and last.order_type is not OrderType.MARKET)
+                failed = exit_failed(
+                    refused=refused and unsold > 0,
+                    expired=expired,
+                    market=last.order_type is OrderType.MARKET,
+                    halted=halted,
                 )
                 attempts = p.attempts + failed
                 if halted:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
+
 from agent.strategy import Strategy, session_tif
 from common.config import AgentCard
 from common.enums import OrderType
 from common.errors import ErrorCode
 from common.ids import GATEWAY_ORDER_BASE
 from common.orders import OrderState
-from common.protection import Leg, Protection, ProtectionState as PS
+from common.protection import ExitType, Leg, Protection, ProtectionSpec, ProtectionState as PS, WhenClosed
 from common.schema import Bar, OrderView
 from tools.backtest.data import Series
 from tools.backtest.engine import BacktestConfig, BacktestResult, run_backtest
@@ -215,6 +217,47 @@ def test_a_protected_buy_revised_to_meet_its_take_profit_is_refused_as_live() ->
     assert not r.fills  # the buy rested at 64,200 and expired: nothing bought, nothing sold at once
 
 
+D5 = "2024-01-08"
+
+
+def test_a_limit_exit_after_a_locked_bar_never_sells_under_its_limit_and_fails_as_live() -> None:
+    # live: the trigger print is the locked 49,000: its sell LIMIT is exit_limit(49,000, lower 49,000) = 49,000; it
+    # expires unsold each session (an attempt for a limit exit) and the protection FAILS after MAX_ATTEMPTS. The
+    # backtest sold it at the next open, 35,000
+    spec = ProtectionSpec(stop=68_000, exit=ExitType.LIMIT, slip_bp=100)
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 49_000, 49_000, 49_000, 49_000),  # -30 %: locked, nobody buys (expiry 1)
+            (D4, 35_000, 36_000, 34_300, 35_000),  # another -30 % gap (expiry 2)
+            (D5, 36_000, 38_000, 35_000, 37_000),  # (expiry 3)
+        ],
+        {D1: [("buy", 10, {"protect": spec})]},
+    )
+    assert exits(r) == []
+    (p,) = r.protections
+    assert (p.state, p.trigger_price, p.attempts, p.sold) == (PS.FAILED, 49_000, 3, 0)
+    assert p.reason == "its limit sell of 10 at 49,000 expired unsold; 3 exits failed: sell by hand"
+    assert [s for _, s in SEEN][-3:] == ["triggered", "triggered", "failed"]
+
+
+def test_a_limit_exit_after_a_locked_bar_sells_at_its_limit_when_the_price_comes_back() -> None:
+    spec = ProtectionSpec(stop=68_000, exit=ExitType.LIMIT, slip_bp=100)
+    r = run(
+        [
+            (D1, 70_000, 71_000, 69_500, 70_500),
+            (D2, 70_800, 71_000, 70_000, 70_000),
+            (D3, 49_000, 49_000, 49_000, 49_000),  # locked (expiry 1)
+            (D4, 47_000, 49_500, 46_000, 48_000),  # opens under the limit 49,000, reaches it inside the bar
+        ],
+        {D1: [("buy", 10, {"protect": spec})]},
+    )
+    assert exits(r) == [(D4, 10, 49_000)]
+    (p,) = r.protections
+    assert (p.state, p.attempts, p.sold) == (PS.DONE, 1, 10)
+
+
 def test_a_partial_stop_keeps_the_agents_own_sell_of_the_other_shares_as_live() -> None:
     # live cancels the agent's own sells only when the exit needs their shares (server/protection.py `_fire_now`):
     # 10 held, a sell of 5 at 75,000 resting, a stop on the other 5: the take-profit stays and fills
@@ -246,3 +289,46 @@ def test_a_stop_needing_the_shares_of_the_agents_own_sell_cancels_it() -> None:
     assert exits(r) == [(D3, 10, 64_900)]
     (own,) = [o for o in r.orders if o.side.value == "sell" and o.price == 75_000]
     assert (own.state, own.filled_qty) == (OrderState.CANCELLED, 0)
+
+
+def test_intraday_a_limit_exit_counts_one_expiry_a_session_and_sells_at_its_limit_the_next_day() -> None:
+    # (5-minute bars, tests/unit/test_backtest_protection_same_bar.py's driver) locked for the rest of the first day:
+    # live's limit sell at 49,000 expires once, at the close; the next day it is placed again and sells when the price
+    # comes back to it, not at the 35,000 open
+    from tests.unit.test_backtest_protection_same_bar import run as run_5m, sells
+
+    day1, day2 = "2024-01-03T", "2024-01-04T"
+    spec = ProtectionSpec(stop=68_000, exit=ExitType.LIMIT, slip_bp=100)
+    r = run_5m(
+        [
+            (day1 + "09:00", 70_000, 70_500, 69_800, 70_200),
+            (day1 + "09:05", 70_200, 70_600, 69_500, 69_600),  # the buy fills at the open, 70,200
+            (day1 + "09:10", 49_000, 49_000, 49_000, 49_000),  # locked at the lower limit: met at 49,000
+            (day1 + "09:15", 49_000, 49_000, 49_000, 49_000),  # still locked (the same session: one expiry)
+            (day2 + "09:00", 35_000, 36_000, 34_300, 35_500),  # under the limit
+            (day2 + "09:05", 48_000, 49_200, 47_900, 49_000),  # reaches it
+        ],
+        {day1 + "09:00": [("buy", 10, 0, CODE, {"protect": spec})]},
+    )
+    assert sells(r) == [(day2 + "09:05", 10, 49_000, True)]
+    (p,) = r.protections
+    assert (p.state, p.attempts, p.sold) == (PS.DONE, 1, 10)
+
+
+def test_a_limit_exit_placed_again_keeps_its_limit_for_next_open_and_takes_the_new_lower_limit_for_wait() -> None:
+    # live places the expired exit again at once after the close (next_open: today's lower limit 49,000 still holds
+    # it at 49,000), or at the next session's start (wait: that session's lower limit, 34,300, no longer does: 48,500)
+    rows = [
+        (D1, 70_000, 71_000, 69_500, 70_500),
+        (D2, 70_800, 71_000, 70_000, 70_000),
+        (D3, 49_000, 49_000, 49_000, 49_000),  # locked: met at 49,000, its limit 49,000 (expiry 1)
+        (D4, 47_000, 48_800, 46_000, 48_000),
+    ]
+    spec = ProtectionSpec(stop=68_000, exit=ExitType.LIMIT, slip_bp=100)
+    r = run(rows, {D1: [("buy", 10, {"protect": spec})]})
+    assert exits(r) == []
+    assert (r.protections[0].state, r.protections[0].attempts) == (PS.TRIGGERED, 2)
+    wait = msgspec.structs.replace(spec, when_closed=WhenClosed.WAIT)
+    r = run(rows, {D1: [("buy", 10, {"protect": wait})]})
+    assert exits(r) == [(D4, 10, 48_500)]
+    assert (r.protections[0].state, r.protections[0].attempts) == (PS.DONE, 1)

@@ -1128,6 +1128,9 @@ class Backtest:
                 if open_ids and not intraday:
                     broker.ts_ns = _session_ns(day)[1]
                     broker.expire_sessions(day, pending)  # daily bars: the session is one bar time
+                if prot.working and not intraday:  # a limit exit unsold expired with it (an attempt, as live)
+                    broker.ts_ns = _session_ns(day)[1]
+                    prot.close_session(day, pending)
                 if protected:
                     prot.settle(pending)  # buys filled in the bar arm theirs (see protection.py), unfilled ones end
                 if pending:
@@ -1197,6 +1200,11 @@ class Backtest:
                     broker.step = step
                     broker.ts_ns = _time_ns(t[:10], 0, True)
                     broker.expire_sessions(t[:10], pending)
+                    self._deliver()
+                if prot.working:  # a limit exit unsold expired with the day (an attempt, as live)
+                    broker.step = step
+                    broker.ts_ns = _time_ns(t[:10], 0, True)
+                    prot.close_session(t[:10], pending)
                     self._deliver()
                 base.update(last)  # the day's last closes: tomorrow's band base
                 d_append(t[:10])

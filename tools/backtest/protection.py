@@ -45,6 +45,13 @@ same trigger rules applied to bars.
   sells at the open of the code's next bar with trades. A bar with a range and volume 0 traded (its
   volume was not recorded: krx_intraday_5min_2020's 09:00 bars): the exit sells in it. (Data without
   volume cannot show a halt: its bars sell as they come.)
+- An `exit = limit` exit that waits (locked) is live's sell LIMIT at exit_limit of the trigger print, not
+  under the lower limit of the day it is placed on: a later bar sells it at its open if that is at or
+  above the limit, else at the limit if the bar's high reaches it, never lower. Each session it worked in
+  unsold (the locked one too; not a halted one) it expired, which counts against MAX_ATTEMPTS as live
+  (`close_session`, common.protection.exit_failed): the protection FAILS at the third ("sell by hand").
+  Placed again after the close with when_closed = next_open, it keeps its limit; with wait, it is placed
+  at the next session's start, against that session's lower limit.
 - `when_closed` is not modelled. Live, a level met while the exchange takes no regular orders fires per
   `when_closed` (server/protection.py `_fire_now`): NEXT_OPEN places a next-session exit that sells at
   the next open, WAIT ignores the prints until the next session. The closing print (the closing call's
@@ -65,11 +72,15 @@ from common.errors import ErrorCode, KtraderError
 from common.ids import placed_by_gateway
 from common.krx_rules import KrxRules, Market, SecurityKind, rules_for
 from common.protection import (
+    MAX_ATTEMPTS,
+    ExitType,
     Leg,
     Protection,
     ProtectionSpec,
     ProtectionState as PS,
+    WhenClosed,
     check,
+    exit_failed,
     exit_limit,
     stop_level,
     validate,
@@ -111,6 +122,11 @@ class BacktestProtections:
         # a protection placed then is placed at the open and checked against that bar
         self.opening: dict[str, Bar] | Bar | None = None
         self._pending_notes: list[Note] = []  # arming seen inside a fill, delivered at the next settle
+        # a limit exit that waits (locked, or its limit not reached): protection -> its limit (live's sell LIMIT at
+        # exit_limit of the trigger print, worked out when placed), and -> the session it worked in unsold
+        # (`close_session` counts its expiry, as live's)
+        self._limits: dict[str, int] = {}
+        self.working: dict[str, str] = {}
         broker.on_fill = self._on_fill
 
     # ---- the strategy's calls --------------------------------------------------------------------
@@ -218,8 +234,8 @@ class BacktestProtections:
             bar = bars if isinstance(bars, Bar) else bars.get(p.code)
             if bar is None or (isinstance(bars, Bar) and bar.code != p.code):
                 continue
-            if p.state is PS.TRIGGERED:  # met on a locked bar: out at this bar's open
-                self._fire(p, bar, day, bar.open, notes)
+            if p.state is PS.TRIGGERED:  # met on a locked bar: out at this bar's open (a limit exit: at its limit)
+                self._fire(p, bar, day, bar.open, notes, later=True)
                 continue
             leg, at, high = check(p, bar.open, bar.high, bar.low)
             if leg is None:
@@ -244,7 +260,9 @@ class BacktestProtections:
             self._fire(p, bar, day, fill, notes)
         self.settle(notes)
 
-    def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note]) -> None:
+    def _fire(self, p: Protection, bar: Bar, day: str, price: int, notes: list[Note], later: bool = False) -> None:
+        """Sell what `p` protects at `price` in `bar`; `later`: met on an earlier bar (it waited), so a limit exit
+        sells only where the bar reaches its limit."""
         b = self.broker
         held = b.position(p.code)
         want = min(p.qty - p.sold, held)
@@ -275,17 +293,35 @@ class BacktestProtections:
             if p.reason != _GATEWAY_SELLS:
                 self._put(msgspec.structs.replace(p, reason=_GATEWAY_SELLS), notes)
             return
-        if b.locked(bar, rules_for(day), _SELL):
-            self._put(msgspec.structs.replace(p, reason="locked at the lower limit: sells at the next open"), notes)
-            return
-        if b.halted(bar):  # no trades, nothing fills (the broker's one rule: broker.py `halted`)
-            if p.reason != _HALTED:
+        locked, halted = b.locked(bar, rules_for(day), _SELL), b.halted(bar)
+        if halted and not locked:
+            if p.reason != _HALTED:  # no trades, nothing fills (the broker's one rule: broker.py `halted`)
                 self._put(msgspec.structs.replace(p, reason=_HALTED), notes)
             return
+        # a limit exit's limit: live's sell LIMIT at exit_limit of the trigger print (server/protection.py `_fire_now`)
+        limit = self._limit(p, day) if p.spec.exit is ExitType.LIMIT else 0
+        if locked:
+            if limit and not halted:
+                self.working[p.id] = day  # placed, unsold in the lock: it expires at the close (an attempt)
+                why = f"locked at the lower limit: its limit sell at {limit:,} waits"
+            else:
+                why = "locked at the lower limit: sells at the next open"
+            self._put(msgspec.structs.replace(p, reason=why), notes)
+            return
+        if later and limit:  # the broker's LIMIT sell rule (broker.py `_price_for`): never under its limit
+            price = bar.open if bar.open >= limit else limit if bar.high >= limit else 0
+            if not price:
+                self.working[p.id] = day
+                why = f"its limit sell at {limit:,} is not reached: it waits"
+                if p.reason != why:
+                    self._put(msgspec.structs.replace(p, reason=why), notes)
+                return
         coid = b.gateway_coid(day)  # the gateway's numbers of the agent's orders (shared with flatten sells)
         level = p.spec.take if p.leg is Leg.TAKE else stop_level(p)
         reason = f"protective {p.leg.value if p.leg else ''} {level:,} met at {p.trigger_price:,} ({p.id})"
         o = b.exit(coid, p.code, want, price, bar, day, reason, notes)
+        self.working.pop(p.id, None)
+        self._limits.pop(p.id, None)
         sold, value = p.sold + o.filled_qty, p.sold_value + o.filled_value
         done = sold >= p.qty or b.position(p.code) <= 0
         self._put(
@@ -300,6 +336,46 @@ class BacktestProtections:
             notes,
         )
 
+    def _limit(self, p: Protection, day: str) -> int:
+        """The limit of `p`'s exit, worked out when it is placed (kept while it is placed again): exit_limit of the
+        trigger print, not under the lower limit of `day` (the band base is the close before it)."""
+        limit = self._limits.get(p.id)
+        if limit is None:
+            kind, board = self.broker.listing(p.code)
+            rules = rules_for(day)
+            base = self.broker.base.get(p.code, 0)
+            lower = rules.price_limits(base, kind, board)[0] if base else 0
+            limit = self._limits[p.id] = exit_limit(p.spec, p.trigger_price, lower, kind, rules, board)
+        return limit
+
+    def close_session(self, day: str, notes: list[Note]) -> None:
+        """The close of `day`'s session: a limit exit that worked in it unsold expired. As live (server/protection.py
+        `_sync`), that counts against MAX_ATTEMPTS (common.protection.exit_failed; a market exit's expiry does not: it
+        waits for the next open), the protection FAILS at the last, else its exit is placed again: at once for the
+        next session (when_closed = next_open: at the same limit, this day's lower limit kept) or at the next
+        session's start (wait: the limit against that session's lower limit)."""
+        for pid, worked in list(self.working.items()):
+            if worked > day:
+                continue
+            del self.working[pid]
+            p = self.active.get(pid)
+            if p is None or p.state is not PS.TRIGGERED:
+                continue
+            limit = self._limits.get(pid, 0)
+            failed = exit_failed(refused=False, expired=True, market=False, halted=False)
+            attempts = p.attempts + failed
+            unsold = min(p.qty - p.sold, self.broker.position(p.code))
+            why = f"its limit sell of {unsold} at {limit:,} expired unsold"
+            if attempts >= MAX_ATTEMPTS:
+                p = msgspec.structs.replace(
+                    p, state=PS.FAILED, attempts=attempts, reason=f"{why}; {attempts} exits failed: sell by hand"
+                )
+            else:
+                p = msgspec.structs.replace(p, attempts=attempts, reason=f"{why}: placing it again")
+                if p.spec.when_closed is WhenClosed.WAIT:
+                    self._limits.pop(pid, None)
+            self._put(p, notes)
+
     def _put(self, p: Protection, notes: list[Note]) -> None:
         p = msgspec.structs.replace(p, updated_ns=self.broker.ts_ns or p.updated_ns)
         self.all[p.id] = p
@@ -308,4 +384,6 @@ class BacktestProtections:
         else:
             self.active.pop(p.id, None)
             self.by_entry.pop(p.entry, None)
+            self.working.pop(p.id, None)
+            self._limits.pop(p.id, None)
         notes.append(("protection", p))
