@@ -291,7 +291,10 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # in run_dir/master, downloaded at its first start and again each day; "" = never (no stock master:
     # every code counts as a KOSPI stock). The twin (env sim) uses its own stock list.
     master_url: str = "https://new.real.download.dws.co.kr/common/master"
-    universe_refresh_s: Interval = 60.0  # top-by-trading-value universe (cards with universe_top > 0)
+    # top-by-trading-value universe (cards with universe_top > 0): re-ranked hourly or twice a day is a real choice
+    universe_refresh_s: Annotated[float, msgspec.Meta(ge=0.1, le=MAX_SECONDS, description="seconds, 0.1 to a day")] = (
+        60.0
+    )
     universe_fallback: list[StockCode] = []  # while volume-rank fails, or where none is offered (paper)
     costs: Costs = msgspec.field(default_factory=Costs)
     # an agent silent this long after its lease ran out is offline (listed as such while it holds
@@ -457,12 +460,12 @@ def expand_paths(cfg: GatewayConfig) -> GatewayConfig:
 
 def endpoint_problem(endpoint: str) -> str:
     """Why a gateway endpoint cannot be bound as written ("" none): a tcp:// port outside 1..65535, which libzmq
-    takes modulo 65536 (tcp://127.0.0.1:99999 listened on 34463 without a word). ZMQ's `*` (any port) passes."""
+    takes modulo 65536 (tcp://127.0.0.1:99999 listened on 34463 without a word). ZMQ's `*` and 0 (any port) pass."""
     if not endpoint.startswith("tcp://"):
         return ""
     port = endpoint.rpartition(":")[2]
-    if port.isdigit() and not 1 <= int(port) <= 65535:
-        return f"{endpoint}: the port {port} is not one of 1..65535"
+    if port.isdigit() and int(port) > 65535:  # (0, as `*`, lets the system pick a free port: written to gateway.json)
+        return f"{endpoint}: the port {port} is not one of 1..65535 (or 0: any free one)"
     return ""
 
 

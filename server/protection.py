@@ -542,7 +542,9 @@ class ProtectionDesk:
         if not wait and selling < min(qty, held):
             short = min(qty, held) - selling
             waiting = min(short, doubt)
-            sold_by_us = min(short - waiting, ours)
+            # (only what the books hold beyond the gateway's own sells falls short of this one's want: shares sold by
+            # hand beside another stop's exit are still told as sold outside ktrader)
+            sold_by_us = min(short - waiting, max(0, min(qty, held) - max(held - ours, 0)))
             outside = short - waiting - sold_by_us
             if waiting:
                 gone = f"; {waiting} more once its sells in doubt are settled (they may have sold them)"

@@ -26,23 +26,44 @@ from common.connection import ConnectionFileError, GatewayInfo, read_info, write
 from kis.startup import StartExit, StartupError
 
 LOCK_PROBE_GRACE_S = 0.25
-# What ktrader itself keeps in a run folder (a folder holding one of them is a run folder; `demo` is `ktrader demo`'s
-# own under run/). The repo's run/ holds README.md alone until its first start: not a marker, any folder may have one
-RUN_ENTRIES = frozenset(
-    {"db", "keys", "ipc", "data", "locks", "logs", "kis", "master", "reports", "twin-session", "twin.json", "demo"}
-    | {"gateway.lock", "gateway.json", "gateway.pid"}
-)
+# entries any folder may hold that say nothing of whose it is (a new volume's lost+found, a README, hidden files)
+_NEUTRAL = frozenset({"lost+found", "README.md"})
+
+
+def ktrader_marks(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Files only ktrader writes into a run folder: a gateway's connection file, store and run lock, the operator's
+    credential, the keys of `ktrader keys init`, the approvals of `ktrader cards approve`. (A folder name such as
+    data/ or keys/ is no mark: a project or a HOME has one.)"""
+    from common import credentials
+    from common.curve import gateway_secret_path
+
+    root = Path(run_dir).expanduser()
+    return [
+        root / "gateway.json",
+        root / "gateway.lock",
+        root / "db" / "gateway.sqlite",
+        root / "db" / "twin-state.json",  # (the embedded twin's)
+        credentials.credential_path(root, credentials.OPERATOR),
+        gateway_secret_path(root),
+        root / "keys" / "approved.json",
+    ]
+
+
+def is_run_folder(run_dir: str | os.PathLike[str]) -> bool:
+    return any(p.exists() for p in ktrader_marks(run_dir))
 
 
 def foreign_folder(run_dir: str | os.PathLike[str]) -> str:
-    """Why `run_dir` is a folder ktrader must not take over as a run folder ("" it may): it exists and holds entries,
-    none of them ktrader's (a project folder or HOME: `run_dir = "."` made the working directory the run folder, the
-    gateway chmodded all it held, `ktrader reset` moved the user's files into an archive)."""
+    """Why `run_dir` is a folder ktrader must not take over as a run folder ("" it may): it exists and holds entries
+    (hidden ones, lost+found and a README aside), but no file only ktrader writes (`ktrader_marks`): a project folder
+    or HOME (`run_dir = "."` made the working directory the run folder, the gateway chmodded all it held, `ktrader
+    reset` moved the user's files into an archive). The repo's run/ holding `ktrader demo`'s run/demo is one."""
+    root = Path(run_dir).expanduser()
     try:
-        names = {p.name for p in Path(run_dir).expanduser().iterdir()}
+        names = {p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in _NEUTRAL}
     except OSError:
         return ""  # missing (made at the start) or not a folder (told by the other checks)
-    if not names or names & RUN_ENTRIES or names == {"README.md"}:
+    if not names or is_run_folder(root) or (names == {"demo"} and is_run_folder(root / "demo")):
         return ""
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
     return f"run_dir {run_dir} holds files that are not ktrader's ({shown}) and none that are: not a run folder"

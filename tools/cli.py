@@ -536,8 +536,12 @@ def demo(
     cards: Path = typer.Option(Path("cards"), "--cards", help="folder of sample cards"),
 ) -> None:
     """The gateway on the built-in twin, every sample agent, and a summary."""
+    from server.run_folder import foreign_folder
     from tools.ops.demo import run_demo, wants_console
 
+    if foreign := foreign_folder(run_dir):  # (the demo's keys/ and store would make it pass for a run folder)
+        typer.echo(f"error: {foreign}: give the demo a new or empty folder (--run-dir)", err=True)
+        raise typer.Exit(2)
     console = wants_console(headless, sys.stdin.isatty(), sys.stdout.isatty())
     raise typer.Exit(run_demo(run_dir=run_dir, cards_dir=cards, duration=duration, headless=not console))
 

@@ -33,9 +33,12 @@ def test_a_tcp_port_outside_1_65535_is_refused(tmp_path: Path) -> None:
     p = ktrader("gateway", "--run-dir", run, "--router", "tcp://127.0.0.1:99999")
     assert p.returncode == 2 and "--router tcp://127.0.0.1:99999: the port 99999 is not one of 1..65535" in plain(p)
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(f'run_dir = "{run}"\npub_endpoint = "tcp://127.0.0.1:0"\n')
+    cfg.write_text(f'run_dir = "{run}"\npub_endpoint = "tcp://127.0.0.1:70000"\n')
     p = ktrader("gateway", "--config", str(cfg))
-    assert p.returncode == 2 and "`pub_endpoint`: tcp://127.0.0.1:0: the port 0 is not one of 1..65535" in plain(p)
+    assert p.returncode == 2 and "`pub_endpoint`: tcp://127.0.0.1:70000: the port 70000 is not one of" in plain(p)
+    from common.config import endpoint_problem
+
+    assert endpoint_problem("tcp://127.0.0.1:0") == ""  # (a review) any free port, as `*`: it worked before
 
 
 def test_the_embedded_twin_with_a_bad_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
@@ -138,8 +141,40 @@ def test_run_folders_stay_usable(tmp_path: Path) -> None:
     assert run_dir_problem(readme_only) == ""
     used = tmp_path / "used"
     (used / "db").mkdir(parents=True)
+    (used / "db" / "gateway.sqlite").write_bytes(b"")
     (used / "notes.txt").write_text("mine")  # a run folder with a file of the user's: still a run folder
     assert run_dir_problem(used) == "" and run_dir_problem(tmp_path / "new") == ""
+    # (a review) a new volume's lost+found, hidden files: a new folder; the run/ of a demo that ran: a run folder
+    mount = tmp_path / "mnt"
+    (mount / "lost+found").mkdir(parents=True)
+    (mount / ".gitkeep").write_text("")
+    assert foreign_folder(mount) == ""
+    repo_run = tmp_path / "run"
+    (repo_run / "demo" / "keys").mkdir(parents=True)
+    (repo_run / "demo" / "gateway.lock").write_text("")
+    (repo_run / "README.md").write_text("# run/\n")
+    assert foreign_folder(repo_run) == ""
+    # (a review) a folder named like ktrader's own is no mark: a checkout (kis/), a HOME with data/
+    checkout = tmp_path / "checkout"
+    for name in ("kis", "data", "logs"):
+        (checkout / name).mkdir(parents=True)
+    assert "not a run folder" in foreign_folder(checkout)
+
+
+def test_the_tools_that_make_a_run_folders_keys_refuse_a_folder_of_the_users_own(tmp_path: Path) -> None:
+    """(a review) `ktrader keys init`, `cards approve --fresh` and the demo made keys/ in any folder, which then
+    passed for a run folder: the gateway took it over, and `reset` moved everything there (.git, .venv) away."""
+    own = tmp_path / "project"
+    own.mkdir()
+    (own / "deploy.sh").write_text("#!/bin/sh\n")
+    for args in (
+        ("keys", "init", "--run-dir", str(own)),
+        ("cards", "approve", str(ROOT / "cards" / "ma_cross.toml"), "--run-dir", str(own), "--fresh"),
+        ("demo", "--headless", "--run-dir", str(own)),
+    ):
+        p = ktrader(*args)
+        assert p.returncode == 2 and "not a run folder" in plain(p), (args, p.stderr)
+    assert sorted(x.name for x in own.iterdir()) == ["deploy.sh"]
 
 
 def test_a_standby_that_could_never_take_over_says_so_at_once(tmp_path: Path) -> None:

@@ -88,3 +88,13 @@ def test_approvals_made_before_an_owner_key_was_lost_survive_the_next_app_key_re
     # another account of the same masked form, after the key loss, is still refused
     approvals.bind_owner(tmp_path, other := owner("k3", "acct-other", "appZ"))
     assert approvals.ApprovedCards(tmp_path, other).get("alpha") is None
+
+
+def test_a_universe_reranked_twice_a_day_loads(tmp_path: Path) -> None:
+    """(a review) The bound of the loop intervals (an hour) fit the universe's re-ranking too: 2 h failed the start."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("universe_refresh_s = 43_200\n")
+    assert load_gateway_config(cfg).universe_refresh_s == 43_200
+    cfg.write_text("universe_refresh_s = inf\n")
+    with pytest.raises(ConfigError, match="universe_refresh_s"):
+        load_gateway_config(cfg)

@@ -161,3 +161,32 @@ async def test_a_cancelled_protections_exit_that_fills_on_counts_its_fills(tmp_p
         assert h.book.store.protection("alpha-20261120-1").sold == 7  # type: ignore[union-attr]
     finally:
         await h.close()
+
+
+async def test_shares_sold_by_hand_beside_another_stops_exit_are_still_told_as_sold_outside(tmp_path: Path) -> None:
+    """(a review) 20 held, 5 sold by hand, stops on 8 and 12: the second's alert blamed the first's exit (which sells
+    its own 8) for the 5 missing; they are not in the account."""
+    from common.books import apply_fill_value
+    from common.enums import AlertKind
+    from common.ids import EXTERNAL_AGENT
+    from tests.unit.test_protection import CARD, H
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        assert h.desk.submit(CARD, buy(1, qty=20)).accepted
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+        h.book.portfolio.set_position(
+            EXTERNAL_AGENT, apply_fill_value(None, "005930", Side.SELL, 5, 5 * 70_000, allow_short=True)
+        )
+        for n, qty, stop in ((2, 8, 66_000), (3, 12, 65_000)):
+            spec = ProtectionSpec(stop=stop)
+            protect = Protect(h=H(), id=f"alpha-20261120-{n}", code="005930", qty=qty, spec=spec)
+            assert h.protection.protect(CARD, protect)[0] is None
+        h.broker.no_buyers.add("005930")  # the first exit rests
+        h.print("005930", 64_000)
+        told = h.alerted(AlertKind.PROTECTION)
+        assert any("5 of its shares are not in the account (sold outside ktrader" in t for t in told), told
+        assert not [t for t in told if "gateway's own sells" in t], told
+    finally:
+        await h.close()

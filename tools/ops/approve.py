@@ -16,7 +16,7 @@ from common import approvals, credentials
 from common.clock import KST
 from common.config import AgentCard, BrokerEnv, ConfigError, load_card
 from common.enums import AgentMode
-from common.curve import gateway_secret_path
+from server.run_folder import foreign_folder, ktrader_marks
 
 if TYPE_CHECKING:
     from agent.client import GatewayClient
@@ -35,16 +35,7 @@ def gateway_was_here(run_dir: Path) -> bool:
     run lock or operator credential, or the keys of `ktrader keys init`. Approving into a folder
     with none of these is most likely the wrong folder (the gateway runs with another --run-dir or
     config), and the approval file it creates stops a first start there from approving cards_dir."""
-    return any(
-        p.exists()
-        for p in (
-            run_dir / "gateway.json",
-            run_dir / "db" / "gateway.sqlite",
-            run_dir / "gateway.lock",
-            credentials.credential_path(run_dir, credentials.OPERATOR),
-            gateway_secret_path(run_dir),
-        )
-    )
+    return any(p.exists() for p in ktrader_marks(run_dir) if p.name != "approved.json")
 
 
 def _card_errors(cards: list[tuple[Path, AgentCard]]) -> tuple[list[str], int]:
@@ -179,6 +170,9 @@ def main(
 ) -> int:
     """`fresh`: approve into a run folder no gateway has used yet (refused otherwise). `yes`: no question for
     a folder of a REAL account (confirm_real); `ask` puts that question (None: no terminal to ask at)."""
+    if foreign := foreign_folder(run_dir):  # (its keys/ would make any folder pass for a run folder)
+        typer.echo(f"error: {foreign}: give the gateway's run folder (--run-dir or --config)", err=True)
+        return 2
     if not fresh and not gateway_was_here(run_dir):
         typer.echo(
             f"error: no gateway has run on {run_dir}/ (no gateway.json, no store): pass the gateway's "

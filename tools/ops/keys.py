@@ -40,6 +40,10 @@ def init(
     ),
 ) -> None:
     """Make the gateway's key pair, the frame-signing key and the operator tools' pair."""
+    from server.run_folder import foreign_folder
+
+    if foreign := foreign_folder(run_dir):  # (its keys/ would make any folder pass for a run folder)
+        _fail(ValueError(f"{foreign}: give a new or empty folder, or a run folder (--run-dir)"))
     try:
         made = curve.init_gateway(run_dir, force=force)
     except (curve.CurveError, OSError) as e:
