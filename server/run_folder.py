@@ -46,6 +46,7 @@ def ktrader_marks(run_dir: str | os.PathLike[str]) -> list[Path]:
         credentials.credential_path(root, credentials.OPERATOR),
         gateway_secret_path(root),
         root / "keys" / "approved.json",
+        root / "keys" / "credentials",  # (the agents': what a reset leaves with the keys)
     ]
 
 

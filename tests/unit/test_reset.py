@@ -37,6 +37,7 @@ def test_archive_and_refusal(tmp_path: Path) -> None:
 def test_cli_asks_for_confirmation(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)
+    (run / "gateway.lock").write_text("")  # (a gateway ran here: a run folder)
     no = subprocess.run(
         [sys.executable, "-m", "tools", "reset", "--run-dir", str(run)],
         cwd=ROOT,
@@ -111,6 +112,7 @@ def test_refused_while_an_agent_still_runs_on_the_folder(tmp_path: Path) -> None
 
     run = tmp_path / "run"
     (run / "db").mkdir(parents=True)
+    (run / "db" / "gateway.sqlite").write_bytes(b"")  # (a gateway ran here: a run folder)
     lock = AgentLock(run / "locks", "ma_cross")
     lock.acquire()
     try:
