@@ -28,6 +28,12 @@ from kis.startup import StartExit, StartupError
 LOCK_PROBE_GRACE_S = 0.25
 # entries any folder may hold that say nothing of whose it is (a new volume's lost+found, a README, hidden files)
 _NEUTRAL = frozenset({"lost+found", "README.md"})
+# the names ktrader's processes put at the top of a run folder: a folder holding nothing else is ktrader's, used or
+# not (the token cache a chaos run makes before its gateway starts, an agent's locks, the console's log)
+RUN_ENTRIES = frozenset(
+    {"db", "keys", "ipc", "data", "locks", "logs", "kis", "master", "reports", "twin-session", "twin.json", "demo"}
+    | {"gateway.lock", "gateway.json", "gateway.pid"}
+)
 
 
 def ktrader_marks(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -55,16 +61,17 @@ def is_run_folder(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def foreign_folder(run_dir: str | os.PathLike[str]) -> str:
-    """Why `run_dir` is a folder ktrader must not take over as a run folder ("" it may): it exists and holds entries
-    (hidden ones, lost+found and a README aside), but no file only ktrader writes (`ktrader_marks`): a project folder
-    or HOME (`run_dir = "."` made the working directory the run folder, the gateway chmodded all it held, `ktrader
-    reset` moved the user's files into an archive). The repo's run/ holding `ktrader demo`'s run/demo is one."""
+    """Why `run_dir` is a folder ktrader must not take over as a run folder ("" it may): it holds entries that are not
+    ktrader's (hidden ones, lost+found and a README aside) and no file only ktrader writes (`ktrader_marks`): a
+    project folder or HOME (`run_dir = "."` made the working directory the run folder, the gateway chmodded all it
+    held, `ktrader reset` moved the user's files into an archive). A folder of ktrader's own entries alone is one,
+    used or not; so is a used run folder the user keeps a file of his own in."""
     root = Path(run_dir).expanduser()
     try:
         names = {p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in _NEUTRAL}
     except OSError:
         return ""  # missing (made at the start) or not a folder (told by the other checks)
-    if not names or is_run_folder(root) or (names == {"demo"} and is_run_folder(root / "demo")):
+    if names <= RUN_ENTRIES or is_run_folder(root):
         return ""
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
     return f"run_dir {run_dir} holds files that are not ktrader's ({shown}) and none that are: not a run folder"

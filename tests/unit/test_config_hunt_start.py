@@ -156,9 +156,11 @@ def test_run_folders_stay_usable(tmp_path: Path) -> None:
     assert foreign_folder(repo_run) == ""
     # (a review) a folder named like ktrader's own is no mark: a checkout (kis/), a HOME with data/
     checkout = tmp_path / "checkout"
-    for name in ("kis", "data", "logs"):
+    for name in ("kis", "data", "logs", "agent"):
         (checkout / name).mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
     assert "not a run folder" in foreign_folder(checkout)
+    assert "not a run folder" in foreign_folder(ROOT)  # the checkout itself
 
 
 def test_the_tools_that_make_a_run_folders_keys_refuse_a_folder_of_the_users_own(tmp_path: Path) -> None:
@@ -217,3 +219,30 @@ def test_a_standby_that_could_never_take_over_says_so_at_once(tmp_path: Path) ->
         assert primary.is_locked and (run / "gateway.pid").read_text().strip() == str(os.getpid())
     finally:
         primary.release()
+
+
+def test_a_run_folder_an_agent_the_console_or_a_chaos_run_used_first_is_still_one(tmp_path: Path) -> None:
+    """(a review) ktrader's own entries made before any gateway started -- an agent's locks/, the console's logs/,
+    the token cache chaos makes under kis/ -- made the folder 'not a run folder': the gateway and reset refused it."""
+    from server.app import run_dir_problem
+
+    for entries in (["locks"], ["logs"], ["kis"], ["locks", "logs", "kis"]):
+        run = tmp_path / "-".join(entries) / "run"
+        run.mkdir(parents=True)
+        (run / "README.md").write_text("the repo's run folder")
+        for name in entries:
+            (run / name).mkdir()
+        assert run_dir_problem(run) == "", entries
+
+
+def test_keys_agent_and_export_refuse_a_folder_of_the_users_own(tmp_path: Path) -> None:
+    """(a review) `ktrader keys agent` wrote keys/credentials/ into a project folder, which then passed for a run
+    folder (`reset` moved the user's notes into an archive); `keys export --to` wrote its gateway.json there."""
+    own = tmp_path / "proj"
+    (own / "src").mkdir(parents=True)
+    (own / "notes.txt").write_text("mine")
+    p = ktrader("keys", "agent", "bot", "--run-dir", str(own))
+    assert p.returncode == 2 and "not a run folder" in plain(p), p.stderr
+    p = ktrader("keys", "export", "bot", "--to", str(own), "--run-dir", str(tmp_path / "run"))
+    assert p.returncode == 2 and "not a run folder" in plain(p), p.stderr
+    assert sorted(x.name for x in own.iterdir()) == ["notes.txt", "src"]

@@ -32,6 +32,15 @@ def _fail(e: Exception) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _refuse_foreign(folder: Path) -> None:
+    """A folder of the user's own files is no run folder to write keys into: they would make it pass for one (the
+    gateway then took it over, and `ktrader reset` moved the user's files into an archive: a review)."""
+    from server.run_folder import foreign_folder
+
+    if foreign := foreign_folder(folder):
+        _fail(ValueError(f"{foreign}: give a new or empty folder, or a run folder (--run-dir / --to)"))
+
+
 @keys_app.command("init")
 def init(
     run_dir: Path = _RUN,
@@ -40,10 +49,7 @@ def init(
     ),
 ) -> None:
     """Make the gateway's key pair, the frame-signing key and the operator tools' pair."""
-    from server.run_folder import foreign_folder
-
-    if foreign := foreign_folder(run_dir):  # (its keys/ would make any folder pass for a run folder)
-        _fail(ValueError(f"{foreign}: give a new or empty folder, or a run folder (--run-dir)"))
+    _refuse_foreign(run_dir)
     try:
         made = curve.init_gateway(run_dir, force=force)
     except (curve.CurveError, OSError) as e:
@@ -65,6 +71,7 @@ def agent(
     force: bool = typer.Option(False, "--force", help="replace an existing pair"),
 ) -> None:
     """Make a key pair for one agent; the gateway accepts its public key from now on."""
+    _refuse_foreign(run_dir)
     try:
         curve.check_agent_name(agent_id)
         secret = curve.make_client(run_dir, agent_id, force=force)
@@ -174,6 +181,7 @@ def export(
 ) -> None:
     """Write what an agent on another host needs: copy the folder there as its run/ (scp -r), then
     run `ktrader agent run CARD --run-dir run` on that host."""
+    _refuse_foreign(to)
     try:
         if not router or not pub:
             router, pub = _endpoints(run_dir, host)
