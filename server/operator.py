@@ -601,7 +601,7 @@ class Operator:
         targets = [agent] if agent else book.open_agents()
         ours = [o for o in open_orders if o.agent != EXTERNAL_AGENT]
         # held orders are cancelled (never sent), but the gateway's exits held for the next session: spared, they
-        # go at its open (under the kill switch once it is resumed: order_desk._exit_waits_for_resume)
+        # go at its open (under the kill switch once it is resumed: order_desk._waits_for_resume)
         held = sum(1 for o in ours if o.state is OrderState.HELD and not is_gateway_exit(o))
         # (the kill switch refuses the gateway's exits still queued: they wait for the resume; one whose request has
         # begun is at the broker and goes through; an agent's halt stops none)

@@ -68,7 +68,7 @@ SHADOW_KEY = "shadow_agents"
 # and the sells that end it: a restart goes on with them (a flatten kept in memory alone was marked done by
 # the end of day and never sold after a crash)
 FLATTEN_KEY = "flattening"
-# meta: the flattens' sells not ended yet ({coid: Flattening}): what each one's end tells, or revives (under the kill
+# meta: the flattens' sells not ended yet (FlattenSells): what each one's end tells, or revives (under the kill
 # switch), is known after a restart too (kept in memory alone, a sell refused at the restart sold nothing, untold)
 FLATTEN_SELLS_KEY = "flatten_sells"
 # denials at a held order's release that pass by themselves: it stays held and is tried at the next day
@@ -169,9 +169,9 @@ class OrderDesk:
         # agent -> (card, why, keep: see Flattening): its sells wait for its cancels
         self._flattening: dict[str, tuple[AgentCard, str, bool]] = {}
         self._flatten_waits: set[str] = set()  # kept flattens whose sells wait for the broker session (logged once)
-        # the operator's flatten sells sent and not yet ended: coid -> the flatten's why (a refusal of its last sell
-        # came after the flatten was over and was told to nobody: `_flatten_sell_ended`)
-        self._flatten_out: dict[str, tuple[AgentCard, str, bool]] = {}  # (card, why, keep)
+        # the flattens' sells sent and not yet ended: coid -> (card, why, keep) of their flatten (a refusal of its last
+        # sell came after the flatten was over and was told to nobody: `_flatten_sell_ended`)
+        self._flatten_out: dict[str, tuple[AgentCard, str, bool]] = {}
         # flattens whose sells wait for the kill switch's resume (stepped at each day tick; logged once)
         self._resume_waits: set[str] = set()
         self._resume_held: set[str] = set()  # held orders whose release waited for a pause's or halt's resume
