@@ -124,6 +124,9 @@ class Exposure(msgspec.Struct, kw_only=True):
     reserved_cash: int = 0  # every open buy's remaining notional and its buy commission
     spent_cash: int = 0  # net cash used by fills, fees included
     day_pnl: int = 0  # realised today net of fees + unrealised made today (carried positions from the last close)
+    # the day P&L the operator accepted today (a resume after a daily-loss breach; <= 0, 0: none): buys pass again
+    # until a further max_daily_loss from it (it said "accepted" while every buy stayed denied all day: a hunt)
+    loss_accepted: int = 0
     gross_value: int = 0  # positions at the last price (cost without one) + open buys
     positions: int = 0  # codes held or being bought
     has_code: bool = False  # the order's code is one of them
@@ -150,6 +153,7 @@ class AccountExposure(msgspec.Struct, kw_only=True):
     position_cost: int = 0  # of the order's code
     open_buy_value: int = 0  # of the order's code
     day_pnl: int = 0
+    loss_accepted: int = 0  # as Exposure's
     gross_value: int = 0
     positions: int = 0
     has_code: bool = False
@@ -598,23 +602,27 @@ def _limits(
     # Each group is walked only when one of the two scopes sets one of its limits: most cards set a
     # few, and a backtest asks this for every order.
     # daily loss: once breached only risk-reducing orders pass
-    for scope, lim, pnl in (
-        (("agent", agent_lim, exp.day_pnl), ("account", acct_lim, account.day_pnl))
+    for scope, lim, pnl, accepted in (
+        (
+            ("agent", agent_lim, exp.day_pnl, exp.loss_accepted),
+            ("account", acct_lim, account.day_pnl, account.loss_accepted),
+        )
         if agent_lim.max_daily_loss or acct_lim.max_daily_loss
         else ()
     ):
         if lim.max_daily_loss:
-            hit = not reducing and -pnl >= lim.max_daily_loss
+            hit = not reducing and accepted - pnl >= lim.max_daily_loss
             if hit or explaining:
+                beyond = f" beyond the {-accepted:,} accepted today" if accepted else ""
                 yield Check(
                     "daily loss",
                     scope,
-                    -pnl,
-                    -pnl,
+                    accepted - pnl,
+                    accepted - pnl,
                     lim.max_daily_loss,
                     Unit.KRW,
                     ErrorCode.DENIED_DAILY_LOSS if hit else None,
-                    f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}",
+                    f"{scope} day P&L {pnl:,} breaches the loss limit {lim.max_daily_loss:,}{beyond}",
                 )
     # drawdown from the equity peak: reducing only past the first level, nothing past the second
     for scope, lim, equity, peak in (
@@ -906,17 +914,19 @@ def already_beyond(budget: int, lim: RiskLimits, held: Mapping[str, Exposure], a
 def scale_krw(value: int, factor: float) -> int:
     """A size in KRW times the risk multiplier; a limit stays a limit (0 = none stays 0, a set one
     never rounds down to 0)."""
-    return max(1, int(value * factor)) if value else 0
+    return max(1, round(value * factor)) if value else 0  # (round: 10,000,000 × 0.57 is 5,699,999.99… in floats)
 
 
 def scaled(lim: RiskLimits, factor: float) -> RiskLimits:
     """An agent's size limits times the operator's risk multiplier (0 < factor <= 1): order value,
-    position value and the percent exposure limits. Loss, drawdown, count and rate limits are not
-    sizes and stay."""
+    position value, the percent exposure limits, and the cash reserve, a part of the budget that is scaled
+    too (kept whole, a quarter of a budget at its reserve denied every buy, unsaid: a hunt). Loss, drawdown,
+    count and rate limits are not sizes and stay."""
     if factor == 1.0:
         return lim
     return msgspec.structs.replace(
         lim,
+        cash_reserve=scale_krw(lim.cash_reserve, factor),
         max_order_value=scale_krw(lim.max_order_value, factor),
         max_position_value=scale_krw(lim.max_position_value, factor),
         max_gross_exposure_pct=lim.max_gross_exposure_pct * factor,

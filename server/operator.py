@@ -73,7 +73,7 @@ from common.enums import (
     TradingState,
 )
 from common.errors import ErrorCode
-from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, parse_client_order_id
+from common.ids import CLIENT_ORDER_ID_PATTERN, EXTERNAL_AGENT, make_client_order_id, parse_client_order_id
 from common.krx import Phase
 from common.market_clock import MarketClock, market_ns
 from common.orders import OrderState
@@ -94,6 +94,7 @@ from common.schema import (
     GetOrders,
     HeaderFactory,
     Message,
+    NewOrder,
     Notice,
     OrdersList,
     PositionUpdate,
@@ -124,7 +125,7 @@ from server.reconciler import Reconciler
 from server.recorder import Recorder
 from server.registry import AgentRecord, Registry
 from server.risk import GLOBAL, RiskGate
-from server.risk_views import explain_text, parse_order, risk_status
+from server.risk_views import EXPLAIN_N, explain_text, parse_order, risk_status
 from server.store import EquityRow, Store
 from server.subscriptions import SubscriptionManager
 from server.trading_day import TradingDay
@@ -785,7 +786,7 @@ class Operator:
                 return err(ErrorCode.BAD_MESSAGE, f"risk_scale needs a multiplier in (0, 1] ({e})")
             text = (
                 f"risk multiplier {factor:g} (was {was:g}): every agent's order and position values, exposure "
-                f"limits and budget are scaled by it"
+                f"limits, budget and cash reserve are scaled by it"
                 if factor != 1
                 else f"risk multiplier 1 (was {was:g}): the cards' own limits"
             )
@@ -900,21 +901,37 @@ class Operator:
         """What-if: every limit the order (a spec, or a known order's terms) would meet now."""
         gw, value = self.gw, msg.value.strip()
         agent = msg.agent
+        o = None
         if re.match(CLIENT_ORDER_ID_PATTERN, value):
             o = gw.book.orders.get(value) or gw.store.order(value)
             if o is None:
                 return err(ErrorCode.UNKNOWN_ORDER, f"no order {value!r}")
             agent = parse_client_order_id(value)[0]
-            spec = f"{o.side.value} {o.remaining or o.qty} {o.code}" + (f" @ {o.price}" if o.price else "")
-        else:
-            spec = value
         if not agent:
             return err(ErrorCode.AMBIGUOUS_TARGET, "risk_explain needs --agent ID (whose limits), or an order id")
         card = self.card_of(agent)
         if card is None:
             return err(ErrorCode.UNKNOWN_AGENT, f"no card known for {agent!r}")
+        if o is not None:
+            # the order's own terms (its type and time in force too: a conditional buy read as a limit, a next-session
+            # one as a day order: a hunt); an open one as it stands, beside nothing but the others
+            new = NewOrder(
+                client_order_id=make_client_order_id(agent, gw.clock.now().date(), EXPLAIN_N),
+                code=o.code,
+                side=o.side,
+                qty=o.remaining or o.qty,
+                price=o.price,
+                order_type=o.order_type,
+                tif=o.tif,
+                reason="what-if",
+            )
+            if o.is_open and not is_gateway_exit(o):  # (a held one as at its release now)
+                denial, rows = gw.risk.explain_open(card, o, gw.desk.session())
+            else:
+                denial, rows = gw.risk.explain(card, new, gw.desk.session())
+            return ack(explain_text(agent, new, denial, rows, gw.risk.multiplier))
         try:
-            new = parse_order(spec, agent, gw.clock.now().date())
+            new = parse_order(value, agent, gw.clock.now().date())
         except ValueError as e:
             return err(ErrorCode.BAD_ORDER, str(e))
         denial, rows = gw.risk.explain(card, new, gw.desk.session())

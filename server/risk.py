@@ -243,6 +243,11 @@ class RiskGate:
             notes.append(f"drawdown accepted: the peak starts again at {equity:,}")
         return notes
 
+    def _accepted_today(self, key: str) -> int:
+        """The day P&L the operator accepted today for `key` (an agent, GLOBAL) at a resume: 0 if none."""
+        got = self.accepted_loss.get(key)
+        return min(got[1], 0) if got is not None and got[0] == market_day(self.clock) else 0
+
     def _loss_breached(self, key: str, pnl: int, limit: int) -> bool:
         """`pnl` breaches the daily `limit`, beyond what an operator accepted today."""
         if not limit or -pnl < limit:
@@ -416,6 +421,7 @@ class RiskGate:
         exp.peak = self.peaks.peak(card.id, card.risk.drawdown_peak)
         account = p.account_exposure(code)
         account.peak = self.peaks.peak(ACCOUNT, self.limits.drawdown_peak)
+        exp.loss_accepted, account.loss_accepted = self._accepted_today(card.id), self._accepted_today(GLOBAL)
         if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
             account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
             account.gross_value = account.positions = account.code_value = account.sector_value = 0
@@ -599,7 +605,9 @@ class RiskGate:
                 f"{agent}: order denied: {denial[0].value}: {denial[1]}", kind=LIMIT_ALERTS[denial[0]], agent=agent
             )
 
-    def check_revise(self, card: AgentCard, o: Order, price: int, session: SessionView) -> Denial | None:
+    def check_revise(
+        self, card: AgentCard, o: Order, price: int, session: SessionView, explain: list[Check] | None = None
+    ) -> Denial | None:
         """A revise must pass as if new, with the order's own reservation released; it counts in the
         order rate as a new order does (KIS counts each revise as an order request). Also a held order's
         check at its release (order_desk._release): it lives in today's session then, so it meets
@@ -653,8 +661,9 @@ class RiskGate:
             # (one for a later day is not held back at that day's open, nor dropped because the agent's universe
             # moved overnight); a revise is a new decision: judged against today's codes (a cancel never is)
             released=not revise,
+            explain=explain,
         )
-        if denial is None and revise:
+        if denial is None and revise and explain is None:
             agent_win.stamps.append(now)
             if not shadow:
                 account_win.stamps.append(now)
@@ -870,3 +879,10 @@ class RiskGate:
         rows: list[Check] = []
         denial = self.check(card, order, session, shadow=card.id in self.portfolio.virtual, explain=rows)
         return denial, rows
+
+    def explain_open(self, card: AgentCard, o: Order, session: SessionView) -> tuple[Denial | None, list[Check]]:
+        """What-if of an open order as it stands: judged with its own reservation released (as a revise to its own
+        price is), not as a second order beside itself (it read DENIED_OPEN_ORDERS and DENIED_BUDGET of an order the
+        gate had taken: a hunt). Counts nothing."""
+        rows: list[Check] = []
+        return self.check_revise(card, o, o.price, session, explain=rows), rows

@@ -7,7 +7,7 @@ import datetime as dt
 import re
 
 from common.enums import OrderType, Side, TimeInForce
-from common.ids import make_client_order_id
+from common.ids import GATEWAY_ORDER_BASE, make_client_order_id
 from common.risk_rules import BP, Check, Denial, Unit, drawdown_bp
 from common.schema import NewOrder, RiskStatus
 from server.equity import ACCOUNT
@@ -16,7 +16,9 @@ from server.risk import RiskGate
 _SPEC = re.compile(
     r"^(buy|sell)\s+(\d+)\s+([0-9][0-9A-Z]{5})(?:\s*@\s*(\d[\d,_]*))?(?:\s+(next_session|day|ioc|fok))?$", re.I
 )
-EXPLAIN_N = 999_999_999  # the order number of a what-if (never placed)
+# the order number of a what-if (never placed): the agent's range, below GATEWAY_ORDER_BASE (999,999,999 made every
+# what-if sell the gateway's own exit, which passes limits the agent's sells meet: "would pass" for a denied sell)
+EXPLAIN_N = GATEWAY_ORDER_BASE - 1
 
 
 def parse_order(text: str, agent: str, day: dt.date) -> NewOrder:
@@ -50,7 +52,9 @@ def _cell(v: int, unit: Unit) -> str:
 def explain_text(agent: str, new: NewOrder, denial: Denial | None, rows: list[Check], multiplier: float) -> str:
     what = f"{new.side.value} {new.qty} {new.code} " + (f"@ {new.price:,}" if new.price else "at market")
     verdict = f"DENIED {denial[0].value}: {denial[1]}" if denial else "would pass"
-    lines = [f"{agent}: {what} ({new.tif.value}): {verdict}"]
+    # (a type other than a limit or a market order is said: a conditional buy is valued at the upper limit)
+    kind = "" if new.order_type in (OrderType.LIMIT, OrderType.MARKET) else f"{new.order_type.value}, "
+    lines = [f"{agent}: {what} ({kind}{new.tif.value}): {verdict}"]
     if rows:
         lines.append(f"{'limit':<18}{'scope':<9}{'now':>16}{'with the order':>16}{'limit':>16}  result")
         for c in rows:

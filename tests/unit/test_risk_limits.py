@@ -169,8 +169,10 @@ def test_a_resume_accepts_what_tripped_and_holds_until_it_worsens(tmp_path: Path
             risk.set_state("", TradingState.ACTIVE, why="resume")
             risk.sweep([c])
             assert (risk.agent_state("alpha"), risk.global_state) == (TradingState.ACTIVE, TradingState.ACTIVE)
-            assert d.submit(c, order("alpha", 2, qty=1, price=55_000)) is ErrorCode.DENIED_DAILY_LOSS  # the gate still
+            # the gate honours the accepted loss (the resume said "accepted" while every buy stayed denied: a hunt)
+            assert d.submit(c, order("alpha", 2, qty=1, price=50_000)) is None
             d.core.portfolio.marks["005930"] = 44_000  # a further -110,000: past the accepted loss by the limit
+            assert d.submit(c, order("alpha", 3, qty=1, price=40_000)) is ErrorCode.DENIED_DAILY_LOSS
             risk.sweep([c])
             assert risk.agent_state("alpha") is TradingState.REDUCING
         # the acceptance is persisted: a restarted gateway does not trip on the accepted loss either
