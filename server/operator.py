@@ -916,7 +916,10 @@ class Operator:
             # the order's own terms (its type and time in force too: a conditional buy read as a limit, a next-session
             # one as a day order: a hunt); an open one as it stands, beside nothing but the others
             new = NewOrder(
-                client_order_id=make_client_order_id(agent, gw.clock.now().date(), EXPLAIN_N),
+                # (a gateway exit keeps its own number: judged as the exit it is)
+                client_order_id=o.client_order_id
+                if is_gateway_exit(o)
+                else make_client_order_id(agent, gw.clock.now().date(), EXPLAIN_N),
                 code=o.code,
                 side=o.side,
                 qty=o.remaining or o.qty,
@@ -925,7 +928,7 @@ class Operator:
                 tif=o.tif,
                 reason="what-if",
             )
-            if o.is_open and not is_gateway_exit(o):  # (a held one as at its release now)
+            if o.is_open:  # (a held one as at its release now)
                 denial, rows = gw.risk.explain_open(card, o, gw.desk.session())
             else:
                 denial, rows = gw.risk.explain(card, new, gw.desk.session())

@@ -643,7 +643,9 @@ class RiskGate:
         account_win = self._rates.setdefault(GLOBAL, RateWindow())
         # (cancels never come here and weigh no rate: they only reduce risk, and no limit may keep an agent
         # from pulling its orders)
-        rates = (agent_win.count(now), 0 if shadow else account_win.count(now)) if revise else (0, 0)
+        # (an order explained as it stands is no new request: its rate was counted when it was placed)
+        counted = revise and explain is None
+        rates = (agent_win.count(now), 0 if shadow else account_win.count(now)) if counted else (0, 0)
         denial = check_order(
             code=o.code,
             side=o.side,
@@ -651,7 +653,8 @@ class RiskGate:
             price=price,
             order_type=o.order_type,
             tif=o.tif,
-            mandate=self._mandate(card, self.order_state(card.id, is_gateway_exit(o))),
+            # (a held order is for its session: the end-of-day clean-up restricts today's only, as at its placing)
+            mandate=self._mandate(card, self.order_state(card.id, is_gateway_exit(o), held=not revise)),
             market=self._market(o.code, session),
             exp=exp,
             account=account,

@@ -89,3 +89,59 @@ async def test_the_risk_multiplier_scales_the_cash_reserve_with_the_budget(tmp_p
     finally:
         await h.close()
     assert scale_krw(10_000_000, 0.57) == 5_700_000  # (it was 5,699,999: the float product truncated)
+
+
+async def test_an_open_exit_a_held_order_and_a_resting_one_explained_by_id_read_as_the_gate_judges_them(
+    tmp_path: Path,
+) -> None:
+    """(a review) A flatten's resting sell read DENIED_REDUCING / DENIED_NO_SHARES (judged as the agent's sell beside a
+    copy of itself), DENIED_HALTED once the agent was paused; a resting order DENIED_RATE (counted again); a held one
+    DENIED_REDUCING after the card's end of day (which restricts today's session only)."""
+    import datetime as dt
+
+    from common.clock import KST
+    from common.market_clock import ManualClock
+    from tests.fakes.core import TODAY
+    from tests.unit.test_agent_gateway_exits import RestingSells, _holding, exit_resting, open_exit
+
+    h, d = await _holding(tmp_path / "exit", RestingSells())
+    try:
+        d.ack("flatten", "alpha")
+        await h.settle(lambda: exit_resting(h))
+        x = open_exit(h)
+        assert "would pass" in d.ack("risk_explain", value=x)
+        d.ack("pause", agent="alpha")
+        assert "would pass" in d.ack("risk_explain", value=x)
+    finally:
+        await h.close()
+
+    a = card(max_orders_per_minute=1)
+    h = Harness(tmp_path / "rate" / "db", clock=trading_clock(), cards={"alpha": a})
+    await h.start()
+    d = Desk(h, tmp_path / "rate" / "run", [a])
+    try:
+        assert h.desk.submit(a, new(1, Side.BUY, 10, 60_000)).accepted
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.ACCEPTED)
+        assert "would pass" in d.ack("risk_explain", value="alpha-20261120-1")
+    finally:
+        await h.close()
+
+    b = card()
+    clock = ManualClock(dt.datetime.combine(TODAY, dt.time(16, 0), KST))
+    h = Harness(tmp_path / "held" / "db", clock=clock, cards={"alpha": b})
+    await h.start()
+    d = Desk(h, tmp_path / "held" / "run", [b])
+    try:
+        h.risk.end_of_day = {"alpha"}  # its card's end of day ran today
+        held = NewOrder(
+            client_order_id=f"alpha-{TODAY:%Y%m%d}-1",
+            code=CODE,
+            side=Side.BUY,
+            qty=2,
+            price=60_000,
+            tif=TimeInForce.NEXT_SESSION,
+        )
+        assert h.desk.submit(b, held).accepted
+        assert "would pass" in d.ack("risk_explain", value=held.client_order_id)
+    finally:
+        await h.close()
