@@ -136,6 +136,16 @@ def limit_problems(lim: RiskLimits, budget: int | None = None) -> list[tuple[str
         out.append(
             ("risk.max_drawdown_pct", "an agent's drawdown is of its own equity (budget + net P&L): give it a budget")
         )
+    if budget is not None and not budget and lim.cash_reserve:
+        # (the gate measures it on the budget: without one it was ignored live, unsaid, and applied by a backtest,
+        # whose budget is its cash: a hunt)
+        out.append(
+            (
+                "risk.cash_reserve",
+                "an agent's cash reserve is of its budget: give it a budget (or set the account's in the gateway's "
+                "[risk])",
+            )
+        )
     if budget is not None and budget and lim.cash_reserve >= budget:
         out.append(("risk.cash_reserve", f"{lim.cash_reserve:,} is the whole budget {budget:,}: no buy could pass"))
     return out

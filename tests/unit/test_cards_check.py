@@ -50,6 +50,12 @@ BROKEN = {
         "risk.halt_drawdown_pct",
         "at least as deep",
     ),
+    # a reserve without a budget was ignored live, unsaid (a backtest applied it to its cash)
+    "reserve_no_budget": (
+        card("reserve_no_budget", budget=0, extra="[risk]\ncash_reserve = 100_000\n"),
+        "risk.cash_reserve",
+        "give it a budget",
+    ),
     "reserve_all": (
         card("reserve_all", extra="[risk]\ncash_reserve = 1_000_000\n"),
         "risk.cash_reserve",
