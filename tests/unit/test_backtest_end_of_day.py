@@ -369,3 +369,39 @@ def test_a_strategy_deciding_on_daily_bars_is_refused_on_intraday_data() -> None
     cfg = BacktestConfig(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 12, 31))
     with pytest.raises(BacktestInputError, match="decides on 1d bars, the data is 5m bars"):
         run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+
+
+def test_a_loss_limit_breached_at_a_close_is_said_with_what_live_would_do() -> None:
+    """(a hunt) Live, a breach of max_daily_loss keeps the agent reducing until a person resumes it, across days; the
+    backtest's gate judges each order by the day's figures and bought again the next morning, unsaid."""
+    import msgspec
+
+    from tests.unit import test_backtest_end_of_day as t
+
+    rows = [
+        (D1, 70_000, 71_000, 69_500, 70_500),
+        (D2, 70_800, 70_800, 50_000, 50_000),  # -20,800 a share on 100: -2,080,000 the day
+        (D3, 50_000, 50_500, 49_000, 49_800),
+    ]
+    t.PLAN.clear()
+    t.PLAN.update({D1: [("buy", 100, 0, OrderType.MARKET)]})
+    bars = [
+        Bar(code=CODE, interval="1d", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
+        for s, o, h, lo, c in rows
+    ]
+    card = AgentCard(
+        id="probe",
+        name="probe",
+        strategy=f"{t.__name__}:Probe",
+        codes=[CODE],
+        schedule=Schedule(end="15:20", end_of_day=EndOfDay.HOLD),
+        risk=RiskLimits(max_daily_loss=1_000_000),
+    )
+    cfg = BacktestConfig(
+        date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
+    )
+    r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+    [said] = [w for w in r.warnings if "max_daily_loss" in w]
+    assert f"breached at the close of 1 day (the first: {D2})" in said and "until a person resumes it" in said, said
+    quiet = run_backtest(msgspec.structs.replace(card, risk=RiskLimits()), {CODE: Series(CODE, bars)}, cfg)
+    assert not [w for w in quiet.warnings if "breached" in w]

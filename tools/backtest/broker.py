@@ -61,6 +61,7 @@ import msgspec
 
 from common import calendar
 from common.books import apply_fill
+from common.clock import KST
 from common.config import AgentCard, DrawdownPeak, RiskLimits
 from common.enums import OrderType, Side, TimeInForce, TradingState
 from common.errors import ErrorCode
@@ -98,8 +99,10 @@ from common.risk_rules import (
     MarketView,
     RateWindow,
     check_order,
+    drawdown_bp,
     fitting_qty,
     notional_price,
+    pct_bp,
 )
 from common.schema import Bar, PositionView
 from common.views import order_view
@@ -257,6 +260,11 @@ class SimBroker:
         self._close_equity = self.initial_cash  # the last close's equity: where a new day's peak starts
         self._pnl_start = (0, 0)
         self._unreal_start = 0  # the positions' unrealised P&L at the day's start (the close before it)
+        # the days a loss limit of the card was breached at a close (its rule -> the first day, and how many days):
+        # live, the agent then reduces (halts) until a person resumes it, across days; a backtest goes on buying the
+        # next morning, which the summary says (a hunt: the two parted silently)
+        self.limit_trips: dict[str, tuple[str, int]] = {}
+        self._trip_day = -1
 
     # ---- views -----------------------------------------------------------------------------------
 
@@ -466,8 +474,28 @@ class SimBroker:
         """The engine's equity at a bar time's close (`ts_ns`): peaks move with it, as live's sweep
         moves them, and the next day's peak starts from it."""
         self.ts_ns = ts_ns
-        self._peak(equity)
+        peak = self._peak(equity)
         self._close_equity = equity
+        if self._daily and ts_ns // _DAY_NS != self._trip_day:
+            self._note_trip(equity, peak)
+
+    def _note_trip(self, equity: int, peak: int) -> None:
+        """A loss limit of the card breached at this close (once a day): what live's sweep would trip."""
+        lim = self.card.risk
+        rule = ""
+        if lim.max_daily_loss and -self._day_pnl() >= lim.max_daily_loss:
+            rule = "max_daily_loss"
+        elif self._drawdown and equity > 0 and peak > 0:
+            dd = drawdown_bp(equity, peak)
+            if lim.halt_drawdown_pct and dd >= pct_bp(lim.halt_drawdown_pct):
+                rule = "halt_drawdown_pct"
+            elif lim.max_drawdown_pct and dd >= pct_bp(lim.max_drawdown_pct):
+                rule = "max_drawdown_pct"
+        if rule:
+            self._trip_day = self.ts_ns // _DAY_NS
+            day = dt.datetime.fromtimestamp(self.ts_ns / 1e9, KST).date().isoformat()
+            first, n = self.limit_trips.get(rule, (day, 0))
+            self.limit_trips[rule] = (first, n + 1)
 
     def _shape(self, exp: Exposure, code: str, rules: KrxRules, exclude: str) -> None:
         """The account-shape figures of live's portfolio (common/portfolio.py), summed over this book."""

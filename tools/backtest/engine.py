@@ -773,6 +773,20 @@ class Backtest:
         if self.pending:
             self._deliver()
 
+    def _trip_warnings(self) -> list[str]:
+        """A loss limit breached at a close: live then keeps the agent reducing (halted past halt_drawdown_pct)
+        until a person resumes it, across days; the backtest's gate only judges each order by the day's figures, so
+        it went on buying the next morning. Said, with what live would have done."""
+        out = []
+        for rule, (first, days) in self.broker.limit_trips.items():
+            stop = "halts it (cancels only)" if rule == "halt_drawdown_pct" else "keeps it reducing (sells only)"
+            out.append(
+                f"risk.{rule} was breached at the close of {days} day{'' if days == 1 else 's'} (the first: {first}): "
+                f"live, the gateway then {stop} until a person resumes it, across days; this backtest went on "
+                "buying from the next morning as if someone had"
+            )
+        return out
+
     def _cap_warnings(self) -> list[str]:
         """Orders the volume cap held back: a fill cut short is a modelling choice the user should see."""
         capped, cap = self.broker.capped, self.broker.max_participation_bp
@@ -1068,7 +1082,8 @@ class Backtest:
         equity: list[int] = []
         holdings: list[int] = []
         d_append, eq_append, h_append = dates.append, equity.append, holdings.append
-        mark_equity = broker.mark_equity if broker._drawdown else None  # drawdown peaks follow the equity
+        # drawdown peaks follow the equity; a loss limit breached at a close is noted (_trip_warnings)
+        mark_equity = broker.mark_equity if broker._daily else None
         total = len(times)
         single = self.single
         listening = self._wants_orders or self._wants_fills or self._wants_protections
@@ -1276,7 +1291,7 @@ class Backtest:
             interval=self.interval,
             unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
-            warnings=self._eod_warnings() + self._cap_warnings(),
+            warnings=self._eod_warnings() + self._cap_warnings() + self._trip_warnings(),
         )
 
 
