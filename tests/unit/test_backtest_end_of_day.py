@@ -402,6 +402,57 @@ def test_a_loss_limit_breached_at_a_close_is_said_with_what_live_would_do() -> N
     )
     r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
     [said] = [w for w in r.warnings if "max_daily_loss" in w]
-    assert f"breached at the close of 1 day (the first: {D2})" in said and "until a person resumes it" in said, said
+    assert f"breached on 1 day (the first: {D2})" in said and "until a person resumes it" in said, said
     quiet = run_backtest(msgspec.structs.replace(card, risk=RiskLimits()), {CODE: Series(CODE, bars)}, cfg)
     assert not [w for w in quiet.warnings if "breached" in w]
+
+
+def test_each_loss_limit_breached_is_said_and_an_intraday_breach_recovered_by_the_close_too() -> None:
+    """(a review) A day past both max_daily_loss and halt_drawdown_pct said only the first (and 'reducing', where live
+    halts); on 5-minute bars a breach the day recovered from by its close was unsaid though the gate had denied a
+    buy for it."""
+    from tests.unit import test_backtest_end_of_day as t
+
+    cfg = BacktestConfig(
+        date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
+    )
+
+    def probe(risk: RiskLimits) -> AgentCard:
+        return AgentCard(
+            id="probe",
+            name="probe",
+            strategy=f"{t.__name__}:Probe",
+            codes=[CODE],
+            schedule=Schedule(end="15:20", end_of_day=EndOfDay.HOLD),
+            risk=risk,
+        )
+
+    rows = [(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 70_800, 50_000, 50_000)]
+    bars = [
+        Bar(code=CODE, interval="1d", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
+        for s, o, h, lo, c in rows
+    ]
+    t.PLAN.clear()
+    t.PLAN.update({D1: [("buy", 100, 0, OrderType.MARKET)]})
+    r = run_backtest(probe(RiskLimits(max_daily_loss=1_000_000, halt_drawdown_pct=10)), {CODE: Series(CODE, bars)}, cfg)
+    said = " ".join(w for w in r.warnings if "breached" in w)
+    assert "risk.max_daily_loss" in said and "risk.halt_drawdown_pct" in said and "halts it" in said, said
+
+    day = [
+        (f"{D1}T09:00", 70_000, 70_000, 70_000, 70_000),
+        (f"{D1}T15:20", 70_000, 70_000, 70_000, 70_000),
+        (f"{D2}T09:00", 70_000, 70_000, 50_000, 50_000),
+        (f"{D2}T09:05", 50_000, 50_000, 50_000, 50_000),  # a buy here: denied, the day's loss past the limit
+        (f"{D2}T14:00", 50_000, 70_500, 50_000, 70_500),  # recovered by the close
+        (f"{D2}T15:20", 70_500, 70_500, 70_500, 70_500),
+    ]
+    bars = [
+        Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
+        for s, o, h, lo, c in day
+    ]
+    t.PLAN.clear()
+    t.PLAN.update(
+        {f"{D1}T09:00": [("buy", 100, 0, OrderType.MARKET)], f"{D2}T09:05": [("buy", 1, 0, OrderType.MARKET)]}
+    )
+    r = run_backtest(probe(RiskLimits(max_daily_loss=1_000_000)), {CODE: Series(CODE, bars)}, cfg)
+    assert [w for w in r.warnings if f"risk.max_daily_loss was breached on 1 day (the first: {D2})" in w]

@@ -121,6 +121,8 @@ assert all(TRANSITIONS[(st, "fill")] == "resting" for st in RESTING)
 assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
 _DAY_NS = 86_400_000_000_000
+# a gate's denial for a loss limit -> the card's rule it breached (a drawdown past its halt level: halt_drawdown_pct)
+_LOSS_DENIALS = {ErrorCode.DENIED_DAILY_LOSS: "max_daily_loss", ErrorCode.DENIED_DRAWDOWN: "max_drawdown_pct"}
 # enum members the per-order paths compare with (module globals: see common/risk_rules.py's _BUY)
 _BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET, OrderType.CONDITIONAL, TimeInForce.FOK
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
@@ -264,7 +266,7 @@ class SimBroker:
         # live, the agent then reduces (halts) until a person resumes it, across days; a backtest goes on buying the
         # next morning, which the summary says (a hunt: the two parted silently)
         self.limit_trips: dict[str, tuple[str, int]] = {}
-        self._trip_day = -1
+        self._trip_days: dict[str, int] = {}  # rule -> the last day it was counted on
 
     # ---- views -----------------------------------------------------------------------------------
 
@@ -396,6 +398,14 @@ class SimBroker:
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
             by_gateway=by_gateway,
         )
+        if denial is not None and denial[0] in _LOSS_DENIALS:
+            halt = (
+                denial[0] is ErrorCode.DENIED_DRAWDOWN
+                and bool(lim.halt_drawdown_pct)
+                and exp.equity > 0
+                and drawdown_bp(exp.equity, exp.peak) >= pct_bp(lim.halt_drawdown_pct)
+            )
+            self._trip("halt_drawdown_pct" if halt else _LOSS_DENIALS[denial[0]])
         # a revise (`exclude`) counts as live's does: KIS takes each as an order request
         if denial is None and lim.max_orders_per_minute:
             self._rate.stamps.append(now_s)
@@ -476,26 +486,31 @@ class SimBroker:
         self.ts_ns = ts_ns
         peak = self._peak(equity)
         self._close_equity = equity
-        if self._daily and ts_ns // _DAY_NS != self._trip_day:
-            self._note_trip(equity, peak)
+        if self._daily:
+            self._note_trips(equity, peak)
 
-    def _note_trip(self, equity: int, peak: int) -> None:
-        """A loss limit of the card breached at this close (once a day): what live's sweep would trip."""
+    def _note_trips(self, equity: int, peak: int) -> None:
+        """The card's loss limits breached at this close: what live's sweep would trip (each rule it checks)."""
         lim = self.card.risk
-        rule = ""
         if lim.max_daily_loss and -self._day_pnl() >= lim.max_daily_loss:
-            rule = "max_daily_loss"
-        elif self._drawdown and equity > 0 and peak > 0:
+            self._trip("max_daily_loss")
+        if self._drawdown and equity > 0 and peak > 0:
             dd = drawdown_bp(equity, peak)
             if lim.halt_drawdown_pct and dd >= pct_bp(lim.halt_drawdown_pct):
-                rule = "halt_drawdown_pct"
+                self._trip("halt_drawdown_pct")
             elif lim.max_drawdown_pct and dd >= pct_bp(lim.max_drawdown_pct):
-                rule = "max_drawdown_pct"
-        if rule:
-            self._trip_day = self.ts_ns // _DAY_NS
-            day = dt.datetime.fromtimestamp(self.ts_ns / 1e9, KST).date().isoformat()
-            first, n = self.limit_trips.get(rule, (day, 0))
-            self.limit_trips[rule] = (first, n + 1)
+                self._trip("max_drawdown_pct")
+
+    def _trip(self, rule: str) -> None:
+        """`rule` breached now: counted once a day (a breach an intraday day recovered from by its close too: its
+        gate denied a buy for it, live's sweep would have tripped)."""
+        today = self.ts_ns // _DAY_NS
+        if self._trip_days.get(rule) == today:
+            return
+        self._trip_days[rule] = today
+        day = dt.datetime.fromtimestamp(self.ts_ns / 1e9, KST).date().isoformat()
+        first, n = self.limit_trips.get(rule, (day, 0))
+        self.limit_trips[rule] = (first, n + 1)
 
     def _shape(self, exp: Exposure, code: str, rules: KrxRules, exclude: str) -> None:
         """The account-shape figures of live's portfolio (common/portfolio.py), summed over this book."""

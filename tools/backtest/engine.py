@@ -774,14 +774,14 @@ class Backtest:
             self._deliver()
 
     def _trip_warnings(self) -> list[str]:
-        """A loss limit breached at a close: live then keeps the agent reducing (halted past halt_drawdown_pct)
-        until a person resumes it, across days; the backtest's gate only judges each order by the day's figures, so
-        it went on buying the next morning. Said, with what live would have done."""
+        """A loss limit breached (at a close, or by an order's denial): live then keeps the agent reducing (halted
+        past halt_drawdown_pct) until a person resumes it, across days; the backtest's gate only judges each order
+        by the day's figures, so it went on buying the next morning. Said, with what live would have done."""
         out = []
         for rule, (first, days) in self.broker.limit_trips.items():
             stop = "halts it (cancels only)" if rule == "halt_drawdown_pct" else "keeps it reducing (sells only)"
             out.append(
-                f"risk.{rule} was breached at the close of {days} day{'' if days == 1 else 's'} (the first: {first}): "
+                f"risk.{rule} was breached on {days} day{'' if days == 1 else 's'} (the first: {first}): "
                 f"live, the gateway then {stop} until a person resumes it, across days; this backtest went on "
                 "buying from the next morning as if someone had"
             )
