@@ -22,16 +22,14 @@ on another host (`ktrader keys export` ships only that agent's credential).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError
 from common.curve import TOOLS, check_client_name, keys_dir
-from common.private import write_atomic
+from common.private import make_private, write_atomic
 
 log = logging.getLogger("ktrader.credentials")
 
@@ -150,16 +148,7 @@ def tighten_credentials(run_dir: str | Path) -> list[Path]:
     restored from a backup, `chmod -R a+r`: the gateway skipped them untold and every tool and agent timed out).
     Returns those changed."""
     folder = credentials_dir(run_dir)
-    changed = []
-    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
-        try:
-            st = path.lstat()
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
-            path.chmod(0o600)
-            changed.append(path)
-    return changed
+    return [path for path in sorted(folder.glob(f"*{SUFFIX}")) if path.is_file() and make_private(path)]
 
 
 def _folder_stamp(folder: Path) -> tuple[int, ...] | None:

@@ -53,18 +53,26 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MOD
     return p
 
 
-def _chmod(p: Path, mode: int) -> None:
+def _chmod(p: Path, mode: int) -> bool:
+    """At most `mode` for `p` (bits taken away, none given); whether it changed. Not a link, nor another user's."""
     try:
         st = p.lstat()
     except OSError:
-        return
+        return False
     if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
-        return  # not ours to change (or a link to something else)
+        return False  # not ours to change (or a link to something else)
     if stat.S_IMODE(st.st_mode) & ~mode:
         try:
             os.chmod(p, stat.S_IMODE(st.st_mode) & mode)
+            return True
         except OSError:
             pass
+    return False
+
+
+def make_private(p: Path) -> bool:
+    """A file of ours readable or writable by others made 0600 at most; whether it changed."""
+    return _chmod(p, FILE_MODE)
 
 
 def others_can_replace(path: str | os.PathLike[str]) -> str:

@@ -159,6 +159,9 @@ def kis_host_env(url: str) -> BrokerEnv | None:
     return BrokerEnv.SIM
 
 
+URL_HINT = "make [broker] env and the URLs name the same KIS environment (or leave the URLs out)"  # (url_problems)
+
+
 def url_problems(b: BrokerConfig) -> list[tuple[str, str]]:
     """(field, why) of a `rest_url`/`ws_url` that names another environment's KIS host than `b.env`. KIS itself
     under env "sim" (the twin's setting, with the user's credentials: a hunt found it trading the real account

@@ -33,7 +33,7 @@ from kis.credentials import (
     CredentialsError,
     load_credentials,
 )
-from kis.env import environment_for, url_problems
+from kis.env import URL_HINT, environment_for, url_problems
 from kis.startup import StartExit, StartupError
 from kis.tls import TlsConfigError
 from kis.port import Capability
@@ -312,7 +312,7 @@ def make_gateway_broker(cfg: GatewayConfig) -> BrokerPort:
         raise StartupError(
             "configuration",
             "; ".join(f"{field}: {why}" for field, why in problems),
-            "make [broker] env and the URLs name the same KIS environment (or leave the URLs out)",
+            URL_HINT,
             StartExit.CONFIG,
         )
     broker: EmbeddedTwinBroker | KisBroker

@@ -120,6 +120,24 @@ class FlattenSells(msgspec.Struct, frozen=True, kw_only=True):
     sells: dict[str, tuple[str, str, bool]] = {}  # coid -> (agent, why, keep)
 
 
+def gateway_sell(
+    agent: str, day: dt.date, n: int, code: str, qty: int, tif: TimeInForce, why: str, mark: int
+) -> NewOrder:
+    """A market sell the gateway places for `agent`, number `n` of its own range on `day`: a flatten's (DAY), or one
+    held for the next session (NEXT_SESSION: a flatten the close came before, server/trading_day.py); `mark`: the
+    price the decision saw."""
+    return NewOrder(
+        client_order_id=make_client_order_id(agent, day, n),
+        code=code,
+        side=Side.SELL,
+        qty=qty,
+        order_type=OrderType.MARKET,
+        tif=tif,
+        reason=why,
+        decision_price=mark,
+    )
+
+
 def session_day(now: dt.datetime, phase: Phase) -> str:
     """The trading day (YYYYMMDD) whose session an order placed now for "the next session" is for
     (common/krx.py next_session_day: the backtester's rule too)."""
@@ -932,16 +950,8 @@ class OrderDesk:
                     )
                     break
                 n += 1
-                new = NewOrder(
-                    client_order_id=make_client_order_id(agent, day, n),
-                    code=pos.code,
-                    side=Side.SELL,
-                    qty=qty,
-                    order_type=OrderType.MARKET,
-                    tif=TimeInForce.DAY,
-                    reason=why,
-                    decision_price=book.portfolio.marks.get(pos.code, 0),
-                )
+                mark = book.portfolio.marks.get(pos.code, 0)
+                new = gateway_sell(agent, day, n, pos.code, qty, TimeInForce.DAY, why, mark)
                 res = self.submit(card, new, priority=Priority.PROTECT)
                 if res.accepted:
                     sent += 1

@@ -35,20 +35,19 @@ from common import approvals
 from common.clock import date_of, elapsed_ns, yyyymmdd
 from common.config import AgentCard, EndOfDay
 from common.enums import AlertKind, OrderType, Side, SystemEventKind, TimeInForce
-from common.ids import make_client_order_id
 from common.krx import Phase, SessionTimes
 from common.krx_rules import rules_for
 from common.market_clock import MarketClock, WallClock
 from common.orders import AWAITING_ACK, CANCELLABLE, OrderState, is_gateway_exit
 from common.portfolio import shares_text
 from common.protection import Protection
-from common.schema import AgentPerformance, NewOrder, Notice
+from common.schema import AgentPerformance, Notice
 from kis.port import BrokerAccount
 from server import cash_check, daily_report, protection
 from server.cash_check import CashCheck
 from server.daycycle import CLOSE_SETTLE, RANK, DayCycle, ends_at_close, policy_time
 from server.order_book import OrderBook
-from server.order_desk import OrderDesk
+from server.order_desk import OrderDesk, gateway_sell
 from server.reconcile import ReconcileResult
 from server.reconciler import Reconciler
 from server.risk import RiskGate
@@ -1035,16 +1034,8 @@ class TradingDay:
             while left > 0:
                 n += 1
                 qty = min(fit, left)
-                new = NewOrder(
-                    client_order_id=make_client_order_id(agent, day, n),
-                    code=pos.code,
-                    side=Side.SELL,
-                    qty=qty,
-                    order_type=OrderType.MARKET,
-                    tif=TimeInForce.NEXT_SESSION,
-                    reason=why,
-                    decision_price=book.portfolio.marks.get(pos.code, 0),
-                )
+                mark = book.portfolio.marks.get(pos.code, 0)
+                new = gateway_sell(agent, day, n, pos.code, qty, TimeInForce.NEXT_SESSION, why, mark)
                 res = self.desk.submit(acting, new, priority=Priority.PROTECT)
                 if not res.accepted:
                     self.alert(

@@ -68,6 +68,19 @@ def run_gateway(
     return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=90)
 
 
+def keys_init(run: Path) -> None:
+    """`ktrader keys init` on `run`: a folder set up for a gateway with endpoints of its own choosing."""
+    keys = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "keys", "init", "--run-dir", str(run)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keys.returncode == 0, keys.stderr
+
+
 def refused(out: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Exit 2, no traceback, the operator's lines at the end: one `error:` line (and maybe its hint)."""
     assert out.returncode == StartExit.CONFIG, (out.returncode, out.stderr)
@@ -143,15 +156,7 @@ def test_an_ipc_path_too_long_is_told_before_the_broker_starts(tmp_path: Path) -
 
 def test_a_tcp_port_in_use_is_told_before_the_broker_starts(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    keys = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "keys", "init", "--run-dir", str(run)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert keys.returncode == 0, keys.stderr
+    keys_init(run)
     with socket.socket() as busy, socket.socket() as free:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -177,15 +182,7 @@ def test_an_ipc_path_another_process_listens_on_is_told_before_the_broker_starts
     (another run folder, the same endpoints) started cleanly and took the first one's sockets: the operator could
     no longer reach the first, not even to halt it. Refused now; a stale socket file (its gateway died) is free."""
     run = tmp_path / "run"
-    keys = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "keys", "init", "--run-dir", str(run)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert keys.returncode == 0, keys.stderr
+    keys_init(run)
     path = tmp_path / "r.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:  # the running gateway's router, say
         other.bind(str(path))

@@ -50,7 +50,9 @@ def run(
     max_order_value: int = 0,
     volumes: dict[str, int] | None = None,
     end: str = "15:20",
+    risk: RiskLimits | None = None,
 ) -> BacktestResult:
+    """The Probe's `plan` run over `rows` of CODE; `risk`: the card's limits (else `max_order_value` alone)."""
     PLAN.clear()
     PLAN.update(plan)
     PLACED.clear()
@@ -74,7 +76,7 @@ def run(
         strategy=f"{__name__}:Probe",
         codes=[CODE],
         schedule=Schedule(end=end, end_of_day=policy),
-        risk=RiskLimits(max_order_value=max_order_value),
+        risk=risk or RiskLimits(max_order_value=max_order_value),
     )
     cfg = BacktestConfig(
         date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
@@ -374,36 +376,16 @@ def test_a_strategy_deciding_on_daily_bars_is_refused_on_intraday_data() -> None
 def test_a_loss_limit_breached_at_a_close_is_said_with_what_live_would_do() -> None:
     """(a hunt) Live, a breach of max_daily_loss keeps the agent reducing until a person resumes it, across days; the
     backtest's gate judges each order by the day's figures and bought again the next morning, unsaid."""
-    import msgspec
-
-    from tests.unit import test_backtest_end_of_day as t
-
     rows = [
         (D1, 70_000, 71_000, 69_500, 70_500),
         (D2, 70_800, 70_800, 50_000, 50_000),  # -20,800 a share on 100: -2,080,000 the day
         (D3, 50_000, 50_500, 49_000, 49_800),
     ]
-    t.PLAN.clear()
-    t.PLAN.update({D1: [("buy", 100, 0, OrderType.MARKET)]})
-    bars = [
-        Bar(code=CODE, interval="1d", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
-        for s, o, h, lo, c in rows
-    ]
-    card = AgentCard(
-        id="probe",
-        name="probe",
-        strategy=f"{t.__name__}:Probe",
-        codes=[CODE],
-        schedule=Schedule(end="15:20", end_of_day=EndOfDay.HOLD),
-        risk=RiskLimits(max_daily_loss=1_000_000),
-    )
-    cfg = BacktestConfig(
-        date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
-    )
-    r = run_backtest(card, {CODE: Series(CODE, bars)}, cfg)
+    plan = {D1: [("buy", 100, 0, M)]}
+    r = run(rows, plan, EndOfDay.HOLD, "1d", risk=RiskLimits(max_daily_loss=1_000_000))
     [said] = [w for w in r.warnings if "max_daily_loss" in w]
     assert f"breached on 1 day (the first: {D2})" in said and "until a person resumes it" in said, said
-    quiet = run_backtest(msgspec.structs.replace(card, risk=RiskLimits()), {CODE: Series(CODE, bars)}, cfg)
+    quiet = run(rows, plan, EndOfDay.HOLD, "1d", risk=RiskLimits())
     assert not [w for w in quiet.warnings if "breached" in w]
 
 
@@ -411,30 +393,9 @@ def test_each_loss_limit_breached_is_said_and_an_intraday_breach_recovered_by_th
     """(a review) A day past both max_daily_loss and halt_drawdown_pct said only the first (and 'reducing', where live
     halts); on 5-minute bars a breach the day recovered from by its close was unsaid though the gate had denied a
     buy for it."""
-    from tests.unit import test_backtest_end_of_day as t
-
-    cfg = BacktestConfig(
-        date_from=dt.date(2023, 1, 1), date_to=dt.date(2024, 12, 31), cash=10_000_000, max_participation_bp=10_000
-    )
-
-    def probe(risk: RiskLimits) -> AgentCard:
-        return AgentCard(
-            id="probe",
-            name="probe",
-            strategy=f"{t.__name__}:Probe",
-            codes=[CODE],
-            schedule=Schedule(end="15:20", end_of_day=EndOfDay.HOLD),
-            risk=risk,
-        )
-
     rows = [(D1, 70_000, 71_000, 69_500, 70_500), (D2, 70_800, 70_800, 50_000, 50_000)]
-    bars = [
-        Bar(code=CODE, interval="1d", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
-        for s, o, h, lo, c in rows
-    ]
-    t.PLAN.clear()
-    t.PLAN.update({D1: [("buy", 100, 0, OrderType.MARKET)]})
-    r = run_backtest(probe(RiskLimits(max_daily_loss=1_000_000, halt_drawdown_pct=10)), {CODE: Series(CODE, bars)}, cfg)
+    both = RiskLimits(max_daily_loss=1_000_000, halt_drawdown_pct=10)
+    r = run(rows, {D1: [("buy", 100, 0, M)]}, EndOfDay.HOLD, "1d", risk=both)
     said = " ".join(w for w in r.warnings if "breached" in w)
     assert "risk.max_daily_loss" in said and "risk.halt_drawdown_pct" in said and "halts it" in said, said
 
@@ -446,13 +407,6 @@ def test_each_loss_limit_breached_is_said_and_an_intraday_breach_recovered_by_th
         (f"{D2}T14:00", 50_000, 70_500, 50_000, 70_500),  # recovered by the close
         (f"{D2}T15:20", 70_500, 70_500, 70_500, 70_500),
     ]
-    bars = [
-        Bar(code=CODE, interval="5m", start=s, open=o, high=h, low=lo, close=c, volume=100_000)
-        for s, o, h, lo, c in day
-    ]
-    t.PLAN.clear()
-    t.PLAN.update(
-        {f"{D1}T09:00": [("buy", 100, 0, OrderType.MARKET)], f"{D2}T09:05": [("buy", 1, 0, OrderType.MARKET)]}
-    )
-    r = run_backtest(probe(RiskLimits(max_daily_loss=1_000_000)), {CODE: Series(CODE, bars)}, cfg)
+    plan = {f"{D1}T09:00": [("buy", 100, 0, M)], f"{D2}T09:05": [("buy", 1, 0, M)]}
+    r = run(day, plan, EndOfDay.HOLD, risk=RiskLimits(max_daily_loss=1_000_000))
     assert [w for w in r.warnings if f"risk.max_daily_loss was breached on 1 day (the first: {D2})" in w]

@@ -11,14 +11,31 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def ktrader(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+# a paper account's credentials as the environment gives them (never sent: each test stops before KIS is called)
+KIS_ENV = {
+    "KTRADER_KIS_APP_KEY": "PS" + "k" * 34,
+    "KTRADER_KIS_APP_SECRET": "s" * 180,
+    "KTRADER_KIS_ACCOUNT": "50123456-01",
+    "KTRADER_KIS_HTS_ID": "someone",
+}
+
+
+def ktrader(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    drop: tuple[str, ...] = (),
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`ktrader ARGS` in a process of its own; `drop`: the variables (or prefixes) of this one's it does not get."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return subprocess.run(
         [sys.executable, "-m", "tools", *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**kept, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -58,17 +75,7 @@ def test_an_unwritable_home_is_a_plain_start_up_failure(tmp_path: Path) -> None:
     home.write_text("")
     cfg = tmp_path / "gw.toml"
     cfg.write_text(f'run_dir = "{tmp_path / "run"}"\n[broker]\nenv = "paper"\nstart_retries = 0\n')
-    env = {k: v for k, v in os.environ.items() if k != "KTRADER_KEY_LOCKS"}
-    kis = {"APP_KEY": "PS" + "k" * 34, "APP_SECRET": "s" * 180, "ACCOUNT": "50123456-01", "HTS_ID": "someone"}
-    env.update({f"KTRADER_KIS_{k}": v for k, v in kis.items()}, HOME=str(home))
-    p = subprocess.run(
-        [sys.executable, "-m", "tools", "gateway", "--config", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = ktrader("gateway", "--config", str(cfg), env={**KIS_ENV, "HOME": str(home)}, drop=("KTRADER_KEY_LOCKS",))
     err = plain(p)
     assert p.returncode == 2 and f"error: app key lock: cannot create {home}/.ktrader/keys/" in err, err
     assert "check: set KTRADER_KEY_LOCKS to a writable folder" in err
@@ -193,26 +200,10 @@ def test_a_standby_that_could_never_take_over_says_so_at_once(tmp_path: Path) ->
     try:
         cfg = tmp_path / "paper.toml"
         cfg.write_text(f'run_dir = "{run}"\n[broker]\nenv = "paper"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KTRADER_KIS_")}
-        p = subprocess.run(
-            [sys.executable, "-m", "tools", "gateway", "--standby", "--config", str(cfg)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        standby = ("gateway", "--standby", "--config", str(cfg))
+        p = ktrader(*standby, drop=("KTRADER_KIS_",), timeout=30)
         assert p.returncode == 4 and "error: KIS credentials (paper): missing app_key" in plain(p), p.stderr
-        kis = {"APP_KEY": "PS" + "k" * 34, "APP_SECRET": "s" * 180, "ACCOUNT": "50123456-01", "HTS_ID": "someone"}
-        env.update({f"KTRADER_KIS_{k}": v for k, v in kis.items()})
-        p = subprocess.run(
-            [sys.executable, "-m", "tools", "gateway", "--standby", "--config", str(cfg)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        p = ktrader(*standby, env=KIS_ENV, drop=("KTRADER_KIS_",), timeout=30)
         err = plain(p)
         assert p.returncode == 2, err
         assert f"error: {run} holds the books of the KIS twin (env sim), and this start is for the paper account" in err

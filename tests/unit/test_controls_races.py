@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -48,6 +49,52 @@ async def holding(tmp_path: Path, card: AgentCard = ALPHA, broker: FakeBroker | 
         assert h.desk.submit(card, buy(n, qty)).accepted  # marketable: filled
         await h.settle(lambda c=f"alpha-20261120-{n}": h.book.orders[c].state is OrderState.FILLED)  # type: ignore[misc]
     return h, Desk(h, tmp_path / "run", [card])
+
+
+FRIDAY, MONDAY = dt.date(2026, 12, 4), dt.date(2026, 12, 7)
+# orders up to 200,000 KRW: a market sell is judged at the day's lower limit, 49,000 on a base of 70,000: 4 a part
+SMALL = AgentCard(
+    id="alpha", name="A", strategy="x:Y", codes=[CODE], budget=50_000_000, risk=RiskLimits(max_order_value=200_000)
+)
+
+
+async def flat_friday(tmp_path: Path) -> tuple[Rig, Desk]:
+    """The day cycle on Friday 2026-12-04: a card whose end of day (15:00) flattens holds 30 005930 from 10:00."""
+    flat = policy_card("flat", EndOfDay.FLATTEN, CODE, end="15:00")
+    rig = Rig(tmp_path / "db" / "g.sqlite", on(FRIDAY, "10:00"), [flat])
+    await rig.start()
+    h = rig.h
+    rig.day.tick()
+    new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
+    assert h.desk.submit(flat, new).accepted
+    await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
+    return rig, Desk(h, tmp_path / "run", [flat])
+
+
+async def ticks(rig: Rig, day: dt.date, *times: str) -> None:
+    """The day cycle's ticks at `times` of `day`, each with what it spawned run."""
+    for t in times:
+        rig.at(on(day, t))
+        rig.day.tick()
+        await rig.run_spawned()
+
+
+class Hangs(FakeBroker):
+    """Submits whose client order id `hangs` picks wait in their request until `gate` is set (`reached`: one does)."""
+
+    def __init__(self, hangs: Callable[[str], bool], max_in_flight: int = 0) -> None:
+        super().__init__(ref_price=70_000)
+        self.hangs = hangs
+        self.gate = asyncio.Event()
+        self.reached = asyncio.Event()
+        if max_in_flight:
+            self.max_in_flight = max_in_flight  # (one call at a time: the orders after a hanging one queue)
+
+    async def submit(self, order: BrokerOrder) -> BrokerAck:
+        if self.hangs(order.client_order_id):
+            self.reached.set()
+            await self.gate.wait()
+        return await super().submit(order)
 
 
 def gateway_sells(h: Harness) -> list[tuple[int, OrderState]]:
@@ -119,50 +166,26 @@ async def test_the_kill_switch_over_a_flatten_waiting_for_its_cancels_holds_its_
 async def test_the_end_of_days_sell_held_for_the_open_waits_for_the_resume_of_an_overnight_halt(
     tmp_path: Path,
 ) -> None:
-    friday, monday = dt.date(2026, 12, 4), dt.date(2026, 12, 7)
-    flat = policy_card("flat", EndOfDay.FLATTEN, CODE, end="15:00")
-    rig = Rig(tmp_path / "db" / "g.sqlite", on(friday, "10:00"), [flat])
-    await rig.start()
+    rig, d = await flat_friday(tmp_path)
     h = rig.h
-    d = Desk(h, tmp_path / "run", [flat])
     try:
-        rig.day.tick()
-        new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
-        assert h.desk.submit(flat, new).accepted
-        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
-        for t in ("16:30", "16:31"):  # the policy's time passed unseen: its sells are held for Monday's open
-            rig.at(on(friday, t))
-            rig.day.tick()
-            await rig.run_spawned()
+        await ticks(rig, FRIDAY, "16:30", "16:31")  # the policy's time passed unseen: its sells are held for Monday
         [held] = [o for o in h.book.held.values() if o.agent == "flat"]
         text = d.ack("halt")
         assert "1 exit sells the gateway placed held for the next session go at its open once resumed" in text, text
         assert "cancelled (never sent)" not in text
-        for t in ("08:00", "08:30:05", "09:05"):
-            rig.at(on(monday, t))
-            rig.day.tick()
-            await rig.run_spawned()
+        await ticks(rig, MONDAY, "08:00", "08:30:05", "09:05")
         assert h.book.orders[held.client_order_id].state is OrderState.HELD  # waits, not denied for good
         assert not [t for _, t, _ in h.alerts if "denied at its release" in t]
         d.ack("resume", all=True)
-        rig.at(on(monday, "09:06"))
-        rig.day.tick()
-        await rig.run_spawned()
+        await ticks(rig, MONDAY, "09:06")
         await h.settle(lambda: h.book.orders[held.client_order_id].state is OrderState.FILLED)
     finally:
         await rig.close()
 
 
 async def test_a_flatten_in_the_closing_call_places_every_part_at_once(tmp_path: Path) -> None:
-    small = AgentCard(
-        id="alpha",
-        name="A",
-        strategy="x:Y",
-        codes=[CODE],
-        budget=50_000_000,
-        risk=RiskLimits(max_order_value=200_000),  # a market sell is judged at the lower limit, 49,000: 4 a part
-    )
-    h, d = await holding(tmp_path, small, FakeBroker(ref_price=70_000))
+    h, d = await holding(tmp_path, SMALL, FakeBroker(ref_price=70_000))
     try:
         h.portfolio.base_prices[CODE] = 70_000  # the day's base: its lower limit judges a market sell
         h.core.book.clock.set(dt.datetime(2026, 11, 20, 15, 25))  # type: ignore[attr-defined]
@@ -185,23 +208,8 @@ async def test_a_resume_after_the_agents_end_of_day_says_it_still_sells_only(tmp
         await h.close()
 
 
-class Hanging(FakeBroker):
-    """Its first submit hangs until released: the orders after it wait for their acknowledgement."""
-
-    max_in_flight = 1
-
-    def __init__(self) -> None:
-        super().__init__(ref_price=70_000)
-        self.gate = asyncio.Event()
-
-    async def submit(self, order: BrokerOrder) -> BrokerAck:
-        if order.client_order_id.endswith("-2"):
-            await self.gate.wait()
-        return await super().submit(order)
-
-
 async def test_a_cancel_waiting_for_its_orders_acknowledgement_is_counted_once(tmp_path: Path) -> None:
-    broker = Hanging()
+    broker = Hangs(lambda coid: coid.endswith("-2"), max_in_flight=1)  # its order number 2: after it, a queue
     h, d = await holding(tmp_path, broker=broker)
     try:
         assert h.desk.submit(ALPHA, buy(2, qty=1, price=60_000)).accepted  # hangs at the broker
@@ -220,36 +228,19 @@ async def test_a_cancel_waiting_for_its_orders_acknowledgement_is_counted_once(t
 async def test_a_kill_switch_over_the_close_holds_the_end_of_days_sells_for_the_resume(tmp_path: Path) -> None:
     """The halt from 14:50 past the close: the 15:00 flatten waits, and at the close its sells are held for the next
     session (they were denied: the flatten ended, the resume on Monday sold nothing); they go once resumed."""
-    friday, monday = dt.date(2026, 12, 4), dt.date(2026, 12, 7)
-    flat = policy_card("flat", EndOfDay.FLATTEN, CODE, end="15:00")
-    rig = Rig(tmp_path / "db" / "g.sqlite", on(friday, "10:00"), [flat])
-    await rig.start()
+    rig, d = await flat_friday(tmp_path)
     h = rig.h
-    d = Desk(h, tmp_path / "run", [flat])
     try:
-        rig.day.tick()
-        new = NewOrder(client_order_id="flat-20261204-1", code=CODE, side=Side.BUY, qty=30, price=70_000)
-        assert h.desk.submit(flat, new).accepted
-        await h.settle(lambda: h.book.orders["flat-20261204-1"].state is OrderState.FILLED)
-        rig.at(on(friday, "14:50"))
-        rig.day.tick()
+        await ticks(rig, FRIDAY, "14:50")
         d.ack("halt")
-        for t in ("15:00", "15:10", "15:31:10", "16:30"):
-            rig.at(on(friday, t))
-            rig.day.tick()
-            await rig.run_spawned()
+        await ticks(rig, FRIDAY, "15:00", "15:10", "15:31:10", "16:30")
         held = [o for o in h.book.held.values() if o.agent == "flat"]
         assert [(o.side, o.qty, o.state) for o in held] == [(Side.SELL, 30, OrderState.HELD)]
         assert not [o for o in h.book.orders.values() if o.state is OrderState.DENIED]
-        for t in ("08:30:05", "09:05"):  # still halted: they wait
-            rig.at(on(monday, t))
-            rig.day.tick()
-            await rig.run_spawned()
+        await ticks(rig, MONDAY, "08:30:05", "09:05")  # still halted: they wait
         assert h.book.orders[held[0].client_order_id].state is OrderState.HELD
         d.ack("resume", all=True)
-        rig.at(on(monday, "09:06"))
-        rig.day.tick()
-        await rig.run_spawned()
+        await ticks(rig, MONDAY, "09:06")
         await h.settle(lambda: h.book.orders[held[0].client_order_id].state is OrderState.FILLED)
     finally:
         await rig.close()
@@ -260,7 +251,7 @@ async def test_a_flatten_sell_queued_at_a_restart_under_the_kill_switch_goes_on_
 ) -> None:
     """The flatten's last sell still queued when the gateway stops under the kill switch: refused at the restart
     (never sent), the flatten is taken up again from the store, and sells once resumed (it was lost untold)."""
-    broker = Hanging()
+    broker = Hangs(lambda coid: coid.endswith("-2"), max_in_flight=1)
     beta = AgentCard(id="beta", name="B", strategy="x:Y", codes=[CODE], budget=50_000_000)
     cards = {"alpha": ALPHA, "beta": beta}
     h = Harness(tmp_path / "db", broker=broker, clock=trading_clock(), cards=cards)
@@ -304,10 +295,7 @@ async def test_a_confirmed_reload_is_not_refused_for_the_agents_own_trading_sinc
 
 
 async def test_an_auction_flatten_whose_parts_the_broker_refuses_pages_once(tmp_path: Path) -> None:
-    small = AgentCard(
-        id="alpha", name="A", strategy="x:Y", codes=[CODE], budget=50_000_000, risk=RiskLimits(max_order_value=200_000)
-    )
-    h, d = await holding(tmp_path, small, FakeBroker(ref_price=70_000))
+    h, d = await holding(tmp_path, SMALL, FakeBroker(ref_price=70_000))
     try:
         h.portfolio.base_prices[CODE] = 70_000
         h.broker.reject_sells_with = ("APBK0659", "매매거래정지 종목입니다.")
@@ -320,10 +308,7 @@ async def test_an_auction_flatten_whose_parts_the_broker_refuses_pages_once(tmp_
 
 
 async def test_an_auction_flatten_short_of_shares_in_the_account_says_so(tmp_path: Path) -> None:
-    small = AgentCard(
-        id="alpha", name="A", strategy="x:Y", codes=[CODE], budget=50_000_000, risk=RiskLimits(max_order_value=200_000)
-    )
-    h, d = await holding(tmp_path, small, FakeBroker(ref_price=70_000))
+    h, d = await holding(tmp_path, SMALL, FakeBroker(ref_price=70_000))
     try:
         h.portfolio.base_prices[CODE] = 70_000
         h.portfolio._account.qty[CODE] = 6  # 4 of alpha's 10 sold outside ktrader
@@ -349,25 +334,10 @@ async def test_a_second_flatten_refused_within_the_minute_is_told_too(tmp_path: 
         await h.close()
 
 
-class ExitHangs(FakeBroker):
-    """The gateway's first exit sell hangs in its request until released."""
-
-    def __init__(self) -> None:
-        super().__init__(ref_price=70_000)
-        self.gate = asyncio.Event()
-        self.reached = asyncio.Event()
-
-    async def submit(self, order: BrokerOrder) -> BrokerAck:
-        if placed_by_gateway(order.client_order_id):
-            self.reached.set()
-            await self.gate.wait()
-        return await super().submit(order)
-
-
 async def test_the_halt_reply_counts_an_exit_whose_request_has_left_as_working(tmp_path: Path) -> None:
     """(a review) A flatten sell already in its request to KIS when the kill switch comes goes through (it filled):
     the reply said it was 'not sent yet' and waited for the resume."""
-    broker = ExitHangs()
+    broker = Hangs(placed_by_gateway)  # the gateway's exit
     h, d = await holding(tmp_path, broker=broker)
     try:
         d.ack("flatten", "alpha")

@@ -121,8 +121,6 @@ assert all(TRANSITIONS[(st, "fill")] == "resting" for st in RESTING)
 assert TRANSITIONS[(OrderState.NEW, "submit")] == OrderState.PENDING_SUBMIT
 assert TRANSITIONS[(OrderState.PENDING_SUBMIT, "accept")] == "resting"
 _DAY_NS = 86_400_000_000_000
-# a gate's denial for a loss limit -> the card's rule it breached (a drawdown past its halt level: halt_drawdown_pct)
-_LOSS_DENIALS = {ErrorCode.DENIED_DAILY_LOSS: "max_daily_loss", ErrorCode.DENIED_DRAWDOWN: "max_drawdown_pct"}
 # enum members the per-order paths compare with (module globals: see common/risk_rules.py's _BUY)
 _BUY, _SELL, _MARKET, _CONDITIONAL, _FOK = Side.BUY, Side.SELL, OrderType.MARKET, OrderType.CONDITIONAL, TimeInForce.FOK
 _QUOTE_PEGGED = frozenset({OrderType.BEST, OrderType.PRIORITY})
@@ -398,14 +396,10 @@ class SimBroker:
             rates=(self._rate.count(now_s) if lim.max_orders_per_minute else 0, 0),
             by_gateway=by_gateway,
         )
-        if denial is not None and denial[0] in _LOSS_DENIALS:
-            halt = (
-                denial[0] is ErrorCode.DENIED_DRAWDOWN
-                and bool(lim.halt_drawdown_pct)
-                and exp.equity > 0
-                and drawdown_bp(exp.equity, exp.peak) >= pct_bp(lim.halt_drawdown_pct)
-            )
-            self._trip("halt_drawdown_pct" if halt else _LOSS_DENIALS[denial[0]])
+        if denial is not None and denial[0] is ErrorCode.DENIED_DAILY_LOSS:
+            self._trip("max_daily_loss")
+        elif denial is not None and denial[0] is ErrorCode.DENIED_DRAWDOWN:
+            self._trip(self._drawdown_rule(exp.equity, exp.peak) or "max_drawdown_pct")
         # a revise (`exclude`) counts as live's does: KIS takes each as an order request
         if denial is None and lim.max_orders_per_minute:
             self._rate.stamps.append(now_s)
@@ -494,12 +488,20 @@ class SimBroker:
         lim = self.card.risk
         if lim.max_daily_loss and -self._day_pnl() >= lim.max_daily_loss:
             self._trip("max_daily_loss")
-        if self._drawdown and equity > 0 and peak > 0:
-            dd = drawdown_bp(equity, peak)
-            if lim.halt_drawdown_pct and dd >= pct_bp(lim.halt_drawdown_pct):
-                self._trip("halt_drawdown_pct")
-            elif lim.max_drawdown_pct and dd >= pct_bp(lim.max_drawdown_pct):
-                self._trip("max_drawdown_pct")
+        if self._drawdown and (rule := self._drawdown_rule(equity, peak)):
+            self._trip(rule)
+
+    def _drawdown_rule(self, equity: int, peak: int) -> str:
+        """The card's drawdown limit `equity` is past from `peak`: its halt level first ("" none)."""
+        lim = self.card.risk
+        if equity <= 0 or peak <= 0:
+            return ""
+        dd = drawdown_bp(equity, peak)
+        if lim.halt_drawdown_pct and dd >= pct_bp(lim.halt_drawdown_pct):
+            return "halt_drawdown_pct"
+        if lim.max_drawdown_pct and dd >= pct_bp(lim.max_drawdown_pct):
+            return "max_drawdown_pct"
+        return ""
 
     def _trip(self, rule: str) -> None:
         """`rule` breached now: counted once a day (a breach an intraday day recovered from by its close too: its

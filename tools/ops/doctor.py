@@ -187,7 +187,7 @@ class Doctor:
             )
         self._embedded_dir = ""
         self.add(self._config_check(f"env {b.env.value}, run dir {self.cfg.run_dir}"))
-        from kis.env import url_problems
+        from kis.env import URL_HINT, url_problems
 
         for field, why in url_problems(b):  # (the gateway refuses to start on it: server/brokers.py)
             self.add(
@@ -195,7 +195,7 @@ class Doctor:
                     name="config",
                     status=Status.FAIL,
                     detail=f"{field}: {why}",
-                    hint="make [broker] env and the URLs name the same KIS environment (or leave the URLs out)",
+                    hint=URL_HINT,
                     code="CONFIG",
                 )
             )
