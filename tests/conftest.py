@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +26,11 @@ from tools.ops.procs import child_env, ktrader_cmd, stop_groups, twin_args, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 # the gateways' per-app-key locks (server/run_folder.py lock_app_key) of this test process, not the user's nor another
-# worker's (pytest-xdist: each worker's gateways with the tests' one fake key), inherited by the processes it starts
-os.environ["KTRADER_KEY_LOCKS"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"ktrader-key-locks-{os.getpid()}")
+# worker's (pytest-xdist: each worker's gateways with the tests' one fake key), inherited by the processes it starts;
+# removed when the test process ends (every gateway it started is stopped by then)
+_KEY_LOCKS = tempfile.mkdtemp(prefix="ktrader-key-locks-")
+os.environ["KTRADER_KEY_LOCKS"] = _KEY_LOCKS
+atexit.register(shutil.rmtree, _KEY_LOCKS, ignore_errors=True)
 SHARED = ROOT.parent / "shared"
 if not SHARED.exists():  # CI clones main next to shared/
     SHARED = Path(os.environ.get("KTRADER_SHARED", "/work/shared"))
