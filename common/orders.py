@@ -325,6 +325,7 @@ TRANSITIONS: dict[tuple[OrderState, str], str] = {
     (S.PENDING_SUBMIT, "reject"): S.REJECTED,
     (S.PENDING_SUBMIT, "unknown"): S.UNKNOWN,
     (S.PENDING_SUBMIT, "fill"): _RESTING,  # a notice may beat the REST reply
+    (S.PENDING_SUBMIT, "cancelled"): S.CANCELLED,  # its cancel came first and stopped it unsent (send_queue)
     (S.UNKNOWN, "accept"): _RESTING,
     (S.UNKNOWN, "reject"): S.REJECTED,
     (S.UNKNOWN, "fill"): _RESTING,

@@ -219,6 +219,7 @@ class OrderDesk:
         book.listeners.append(self._after_commit)
         live.released_refusal = shadow.released_refusal = self._released_refusal
         live.send_refusal = shadow.send_refusal = self._send_refusal
+        live.cancel_asked = shadow.cancel_asked = lambda coid: coid in self._cancel_on_accept
 
     def _released_refusal(self, o: Order) -> str:
         """Why an order held for a session and released may no longer be sent ("": it may): its session
@@ -514,12 +515,14 @@ class OrderDesk:
                             decided_now=not released,
                         )
                         self._requeued.append((queue, job))
+                    elif cancelled:  # it never left, and its own cancel was asked: cancelled, as asked
+                        self._cancel_on_accept.discard(coid)
+                        book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why="its cancel was asked for first")
+                        book.try_apply(coid, Cancelled(ts_ns=ts))
                     else:
                         self._cancel_on_accept.discard(coid)
                         why = (
-                            "its cancel was asked for first"
-                            if cancelled
-                            else "trading is halted"
+                            "trading is halted"
                             if halted
                             else refusal
                             if refusal

@@ -47,6 +47,7 @@ from common.errors import ErrorCode
 from common.orders import (
     AMEND_UNKNOWN,
     Accept,
+    Cancelled,
     CancelRefused,
     MarkUnknown,
     Order,
@@ -203,6 +204,9 @@ class SendQueue:
         # why any submit may no longer be sent when a slot takes it ("": it may): its cancel was asked
         # for while it waited, trading was halted meanwhile; set by the order desk, which knows both
         self.send_refusal: Callable[[Order], str] = lambda o: ""
+        # whether the order's own cancel was asked for (then the submit that never left ends CANCELLED, as the agent
+        # asked and as a backtest ends it, not REJECTED NOT_SENT); set by the order desk, which holds those cancels
+        self.cancel_asked: Callable[[str], bool] = lambda coid: False
 
     def why_not(self, coid: str) -> str:
         """Why a submit handed to the venue may no longer leave ("": it may): asked by a venue that waits
@@ -394,7 +398,7 @@ class SendQueue:
         why = self.send_refusal(o) or ("" if job.decided_now else self.released_refusal(o))
         if why:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=why)
-            book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=f"not sent: {why}"))
+            self._unsent(coid, f"not sent: {why}")
             return None
         if job.decided_now and self.max_send_wait_ns and waited > self.max_send_wait_ns and not is_gateway_exit(o):
             # never sent, so safe to refuse; a late order would trade on a stale decision. Never the gateway's exit
@@ -444,7 +448,7 @@ class SendQueue:
             withdrawn = self._withdrawn.pop(coid, "")
             if withdrawn and not_sent(e):  # (told once: never queued again to be refused at its slot)
                 book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=withdrawn)
-                book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=e.message))
+                self._unsent(coid, e.message)
                 return
             book.trace(
                 coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
@@ -494,12 +498,20 @@ class SendQueue:
         if self.alert is not None:
             self.alert(text)
 
+    def _unsent(self, coid: str, reason: str) -> None:
+        """A submit proven never sent ends here: CANCELLED if its own cancel stopped it, else REJECTED NOT_SENT."""
+        book = self.book
+        if self.cancel_asked(coid):
+            book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))
+        else:
+            book.try_apply(coid, Reject(ts_ns=book.now_ns(), code=ErrorCode.NOT_SENT.value, reason=reason))
+
     def _submit_failed(self, o: Order, e: BrokerError) -> None:
         book, ts = self.book, self.book.now_ns()
         if not_sent(e):
             # nothing reached the broker, and a token or a rate slot that came late proves nothing about
             # it (as BROKER_BUSY): no count toward the kill switch; the agent decides again
-            book.try_apply(o.client_order_id, Reject(ts_ns=ts, code=ErrorCode.NOT_SENT.value, reason=e.message))
+            self._unsent(o.client_order_id, e.message)
             return
         # the kill switch: a refusal of this order is its agent's (a halted stock halts no one else);
         # a failed call (server error, unknown outcome, auth) is the session's. A refusal of the gateway's own

@@ -1,8 +1,8 @@
 """A submit still queued for a send slot is decided again when its turn comes: a cancel asked for
 while it waited, or a halt (the agent's or the gateway's) since it passed the gate, means it is never
-sent. The order ends REJECTED with NOT_SENT (nothing was placed), KIS hears neither the submit nor a
-cancel, and nothing fills. A submit already handed to the broker is still cancelled after its
-acknowledgement."""
+sent. The order ends CANCELLED (as the agent, or the kill switch's cancel, asked, and as a backtest ends
+it: not REJECTED, nothing was refused); KIS hears neither the submit nor a cancel, and nothing fills. A
+submit already handed to the broker is still cancelled after its acknowledgement."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from common.enums import AlertKind, OrderType, Side, TradingState
-from common.errors import ErrorCode
 from common.orders import OrderState
 from common.schema import NewOrder, OrderUpdate
 from kis.port import BrokerAck, BrokerCancel, BrokerOrder
@@ -73,14 +72,13 @@ async def test_a_queued_market_buy_cancelled_while_it_waits_is_never_sent(tmp_pa
     await h.settle(lambda: h.book.orders[coid(2)].is_terminal and h.core.live_queue.depth == 0)
     await h.store.durable()
     o = h.book.orders[coid(2)]
-    assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
-    assert "cancel" in o.reason and o.filled_qty == 0
+    assert o.state is OrderState.CANCELLED and o.filled_qty == 0, o
     assert broker.sent == [coid(1)]  # KIS never saw the market buy
     assert coid(2) not in broker.cancelled  # nor a cancel for an order it never had
     pos = h.portfolio.position("alpha", "005930")
     assert pos is None or pos.qty == 0  # nothing bought
-    # what the agent sees: its order ended, not sent (nothing placed, nothing to repair)
-    assert updates(h, coid(2))[-1] is OrderState.REJECTED
+    # what the agent sees: its order cancelled as it asked (not a refusal: nothing placed, nothing to repair)
+    assert updates(h, coid(2))[-1] is OrderState.CANCELLED
     assert not h.store.has_trace(coid(2), "broker.request")  # no send mark: provably never sent
     assert coid(2) not in h.desk._cancel_on_accept
     await h.close()
@@ -107,7 +105,7 @@ async def test_a_submit_queued_before_a_halt_is_not_sent(tmp_path: Path, who: st
     broker.gate.set()
     await h.settle(lambda: h.book.orders[coid(2)].is_terminal and h.core.live_queue.depth == 0)
     o = h.book.orders[coid(2)]
-    assert o.state is OrderState.REJECTED and o.reason_code == ErrorCode.NOT_SENT.value, o
+    assert o.state is OrderState.CANCELLED, o  # the kill switch cancels it, as it does the resting ones
     assert broker.sent == [coid(1)]  # the halt stopped it before the broker
     await h.close()
 

@@ -515,8 +515,9 @@ def test_a_released_order_not_yet_sent_when_the_gateway_died_goes_out_after_the_
 @pytest.mark.parametrize("then", ["halted", "closed"])
 def test_a_released_order_still_queued_is_not_sent_into_a_halt_or_after_its_session(tmp_path: Path, then: str) -> None:
     """Released at 08:45 behind four calls that hang: when a slot frees, the gateway is halted, or
-    the session is over; the queued ones are refused NOT_SENT, never sent (KIS would refuse one after
-    the close, and its refusals count towards the kill switch)."""
+    the session is over; the queued ones are never sent (KIS would refuse one after the close, and its refusals
+    count towards the kill switch): cancelled by the kill switch as the resting ones are, refused NOT_SENT after
+    the session."""
 
     async def main() -> None:
         broker = PacedBroker(call_s=0.0)
@@ -540,9 +541,12 @@ def test_a_released_order_still_queued_is_not_sent_into_a_halt_or_after_its_sess
                 _until(lambda: all(not d.core.book.orders[x].state.value.startswith("pending") for x in ids)), 5
             )
             late = [d.core.book.orders[x] for x in ids[4:]]
-            assert [o.state.value for o in late] == ["rejected", "rejected"] and all(
-                o.reason_code == ErrorCode.NOT_SENT.value for o in late
-            ), late
+            if then == "halted":  # the kill switch cancelled them (as it did the resting ones)
+                assert [o.state.value for o in late] == ["cancelled", "cancelled"], late
+            else:
+                assert [o.state.value for o in late] == ["rejected", "rejected"] and all(
+                    o.reason_code == ErrorCode.NOT_SENT.value for o in late
+                ), late
             assert broker.submits == 4  # only the four already at the broker
 
     asyncio.run(main())
