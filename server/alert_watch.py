@@ -189,10 +189,13 @@ class AlertWatch:
         _, reason, n = f.reconcile
         if n:
             shown = "; ".join(f.reconcile_texts[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
+            # the same differences found by another kind of pass ("periodic", "on demand", an order's look) are
+            # the same page: de-duplicated on the differences alone, not on the pass's name (a hunt)
+            same = "; ".join(sorted(t.partition("): ")[2] for t in f.reconcile_texts))
             yield Raised(
                 AlertKind.RECONCILE_DIFF,
                 f"{n} differences with the broker ({reason}): {shown}",
-                subject=shown,
+                subject=same,
                 on_screen=True,
             )
 

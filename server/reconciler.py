@@ -186,7 +186,8 @@ class Reconciler:
         # acted on only once it stayed the same for fill_grace_ns (the day's list can lag the balance)
         self._unexplained: dict[str, tuple[int, int]] = {}
         self._external_adjusted: dict[str, int] | None = None  # code -> shares (EXTERNAL_ADJUSTED_META), lazily
-        self._short_alerted: set[tuple[str, str]] = set()  # (day, code): 'external' short under an agent's shares
+        # (day, code) -> the largest 'external' short under an agent's shares told that day (a larger one is told again)
+        self._short_alerted: dict[tuple[str, str], int] = {}
         self._earlier_failed: set[str] = set()  # earlier days whose list could not be read (alerted once)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
@@ -608,9 +609,13 @@ class Reconciler:
                 self._unexplained[code] = (diff, since)
                 settled = prev is not None and prev[0] == diff and self.age(now, since) >= self.fill_grace_ns
             if diff < 0:
-                # the books hold more than the account: an error somewhere, never papered over, except
-                # when 'external' holds shares an earlier attribution gave it (the list lagged, then
-                # showed the orders those shares were from): those are taken back
+                # the books hold more than the account. 'external' holds shares an earlier attribution gave it
+                # (the list lagged, then showed the orders those shares were from): those are taken back. At the
+                # start's first whole pass, with no order of ours that could have taken them, they left the account
+                # while no gateway ran (sold in the KIS app, moved out): 'external' short, as a sale in the app
+                # today is, so the holders are told (the short's alert) and their sells denied, not sent to be
+                # refused (alerted at every pass with nothing to clear it, a flatten refused: a hunt). Later, an
+                # error somewhere (or a balance read behind): never papered over, alerted with what to check
                 ahead = f"{code}: account holds {theirs}, books have {books}: books are ahead of the account"
                 take = min(-diff, self._external_adjusted_held(code))
                 if take and settled:
@@ -630,8 +635,20 @@ class Reconciler:
                     # spans seconds at 2 calls/s): shown, and alerted once the code is quiet if it persists (a hunt:
                     # 'books are ahead' at once, never cleared, the next pass agreeing)
                     notes.append(Note(code, f"{ahead}: an order on it is in flight or just filled: waiting"))
+                elif start and code not in explainable:
+                    # (their cash, if they were sold, is in the account's first read: none moved since)
+                    self._adjust_external(code, diff, broker.get(code), traded=False)
+                    self._unexplained.pop(code, None)
+                    alerts.append(
+                        f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external (sold "
+                        "or moved out of the account outside ktrader while no gateway ran: no order of ours could "
+                        "have taken them)"
+                    )
                 else:
-                    alerts.append(ahead)
+                    alerts.append(
+                        f"{ahead} (no order of ours explains it: shares sold or moved out outside ktrader that the "
+                        "day's order list does not show? check the account in the KIS app)"
+                    )
             elif code in busy:
                 notes.append(
                     Note(
@@ -851,13 +868,15 @@ class Reconciler:
     ) -> list[str]:
         """'external' short on a code an agent holds: shares sold outside ktrader (the KIS app) that
         were most likely the agent's; the books' total nets to the account, so the comparison above
-        sees nothing. Told once per code and day; nothing is moved between owners (who sold whose
-        shares is not known here). A short that an account surplus on the code covers (shares held
-        before ktrader, sold outside it: attributed to 'external' once it persists) is not told."""
+        sees nothing. Told once per code and day, and again if it grows (sold again); nothing is moved
+        between owners (who sold whose shares is not known here). A short that an account surplus on the
+        code covers (shares held before ktrader, sold outside it: attributed to 'external' once it
+        persists) is not told."""
         portfolio = self.book.portfolio
         out = []
+        self._short_alerted = {k: n for k, n in self._short_alerted.items() if k[0] == day}  # (earlier days': gone)
         for code, ext in sorted(portfolio.positions.get(EXTERNAL_AGENT, {}).items()):
-            if ext.qty >= 0 or (day, code) in self._short_alerted:
+            if ext.qty >= 0 or -ext.qty <= self._short_alerted.get((day, code), 0):
                 continue
             theirs = broker[code].qty if code in broker else 0
             surplus = 0 if unconfirmed.get(code) else max(0, theirs - ours.get(code, 0))
@@ -870,10 +889,12 @@ class Reconciler:
             }
             if not holders:
                 continue
-            self._short_alerted.add((day, code))
+            before = self._short_alerted.get((day, code), 0)
+            self._short_alerted[(day, code)] = -ext.qty
             names = ", ".join(f"{a} ({q})" for a, q in sorted(holders.items()))
+            grown = f" (was {before} when told earlier today: sold again)" if before else ""
             out.append(
-                f"{code}: external is short {-ext.qty} (sold outside ktrader) while {names} hold(s) it: the "
+                f"{code}: external is short {-ext.qty}{grown} (sold outside ktrader) while {names} hold(s) it: the "
                 f"account holds {theirs}; the agents' shares may have been sold in the KIS app: check "
                 "(nothing moved between owners)"
             )
@@ -906,9 +927,10 @@ class Reconciler:
                     self._save_adjusted(code, held)
 
     def _adjust_external(self, code: str, diff: int, bp: BrokerPosition | None, traded: bool = True) -> None:
-        """`diff` shares to (from) 'external' at the broker's average price. `traded` False: held before ktrader
-        (a start's pass): no cash moved for them (the cash estimate's baseline moves with them); else shares traded
-        outside ktrader, or ours whose notice and list line never came: their cash moved at the broker."""
+        """`diff` shares to (from) 'external' at the broker's average price. `traded` False: held before ktrader, or
+        gone before this gateway's first look (a start's pass): no cash moved for them since the account's first
+        read (the cash estimate's baseline moves with them); else shares traded outside ktrader, or ours whose
+        notice and list line never came: their cash moved at the broker."""
         portfolio = self.book.portfolio
         cur = portfolio.position(EXTERNAL_AGENT, code) or PositionView(code=code, qty=0, cost=0, realized_pnl=0)
         avg = int(Decimal(bp.avg_price)) if bp is not None and bp.avg_price else 0

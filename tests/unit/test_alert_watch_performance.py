@@ -64,6 +64,21 @@ def test_reconcile_differences_and_unknown_orders() -> None:
     assert kinds(w.check(facts(5, unknown={"a-20261120-1": "a", "b-20261120-2": "b"}))) == [AlertKind.UNKNOWN_ORDER]
 
 
+def test_the_same_differences_found_by_passes_of_other_kinds_are_one_page() -> None:
+    """(a hunt) The page's subject (what the notifier de-duplicates on) held the pass's name: the same difference
+    found by a periodic pass, then an on-demand one, then an order's look, was paged each time."""
+    w = AlertWatch(NotifyConfig())
+    diff = "005930: account holds 0, books have 10: books are ahead of the account"
+    subjects = set()
+    for i, reason in enumerate(["periodic", "on demand", "unknown outcome of a-20261120-1", "periodic"]):
+        r = w.check(facts(i, reconcile=(i + 1, reason, 1), reconcile_texts=[f"reconcile ({reason}): {diff}"]))
+        assert kinds(r) == [AlertKind.RECONCILE_DIFF] and reason in r[0].text  # (the text says which pass)
+        subjects.add(r[0].subject)
+    assert len(subjects) == 1
+    other = w.check(facts(9, reconcile=(9, "periodic", 1), reconcile_texts=["reconcile (periodic): 000660: x"]))
+    assert other[0].subject not in subjects  # another difference is another page
+
+
 def test_drawdown_sharpe_and_performance() -> None:
     assert max_drawdown([100, 50, 120, 90]) == (50, 30)
     assert max_drawdown([-10, -30]) == (30, 30)  # from the starting 0

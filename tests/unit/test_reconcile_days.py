@@ -20,9 +20,11 @@ import msgspec
 
 from common.clock import KST
 from common.config import GatewayConfig, RiskLimits
-from common.enums import Side, TradingState
+from common.enums import OrderType, Side, TradingState
+from common.errors import ErrorCode
 from common.market_clock import ManualClock
 from common.orders import Accept, Order, OrderState, apply
+from common.schema import NewOrder
 from kis.port import BrokerAccount, BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
 from server.reconcile import reconcile
 from tests.fakes.harness import Harness as CoreHarness
@@ -428,6 +430,85 @@ async def test_app_sell_of_an_agents_shares_is_told_once(tmp_path: Path) -> None
     short = [a for a in alerts if "external is short 10" in a]
     assert len(short) == 1 and "alpha (10)" in short[0] and CODE in short[0] and "account holds 0" in short[0]
     assert qty(h, "alpha") == 10 and qty(h, "external") == -10  # nothing moved between owners
+    await h.close()
+
+
+async def test_a_second_app_sell_on_the_same_day_is_told_again(tmp_path: Path) -> None:
+    """(a hunt) The short's alert was once per code and day: a second sale in the KIS app paged nobody, the
+    person's last word still 'short 5, the account holds 15'."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=20, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    alerts: list[str] = []
+    for _ in range(2):  # sold 5 in the app, then 5 more
+        await b.submit(BrokerOrder(client_order_id="-", code=CODE, side=Side.SELL, qty=5, price=70_000))
+        for _ in range(3):
+            clock.advance(61)
+            alerts += (await h.recon.run("periodic")).alerts
+    short = [a for a in alerts if "external is short" in a]
+    assert len(short) == 2, short
+    assert "short 5 " in short[0] and "account holds 15" in short[0]
+    assert "short 10 (was 5 when told earlier today: sold again)" in short[1] and "account holds 10" in short[1]
+    await h.close()
+
+
+async def test_shares_sold_in_the_app_while_no_gateway_ran_go_to_external_at_the_start(tmp_path: Path) -> None:
+    """(a hunt) alpha's 10 were sold in the KIS app on Friday after the gateway stopped; Monday's start saw 'books
+    are ahead of the account' at every pass (paged every dedup_s, nothing could clear it) and alpha's sells and a
+    flatten were sent and refused by KIS. Now the start's pass gives 'external' the short at once, the holder is
+    told, alpha's sell is denied at the gate, and nothing is said again."""
+    clock = ManualClock(kst(FRI, 10))
+    db = tmp_path / "db.sqlite"
+    b = DayBroker(clock)
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+    await h.close()
+    clock.set(kst(FRI, 14, 5))
+    await b.submit(BrokerOrder(client_order_id="-", code=CODE, side=Side.SELL, qty=10, price=70_000))  # the app
+    clock.set(kst(MON, 9, 30))
+    h = Harness(db, b, clock=clock)
+    await h.start()
+    texts = list(h.recon.last_texts)
+    assert any("account holds 0, books had 10: -10 attributed to external (sold or moved out" in t for t in texts)
+    assert any("external is short 10" in t and "alpha (10)" in t for t in texts), texts
+    assert qty(h, "alpha") == 10 and qty(h, "external") == -10  # nothing moved between owners
+    sell = NewOrder(
+        client_order_id="alpha-20261123-1", code=CODE, side=Side.SELL, qty=10, price=0, order_type=OrderType.MARKET
+    )
+    ack = h.desk.submit(CARD, sell)
+    assert not ack.accepted and ack.code == ErrorCode.DENIED_NO_SHARES.value, ack
+    for _ in range(3):
+        clock.advance(61)
+        res = await h.recon.run("periodic")
+        assert not [a for a in res.alerts if CODE in a], res.alerts  # said once
+    await h.close()
+
+
+async def test_books_ahead_later_in_the_day_is_alerted_with_what_to_check(tmp_path: Path) -> None:
+    """Mid-run, shares gone from the balance that no list line explains are never papered over (a balance read
+    behind, an error): alerted, with what to check."""
+    clock = ManualClock(kst(FRI, 10))
+    b = DayBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=70_000)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
+
+    async def gone() -> list[BrokerPosition]:
+        return []
+
+    b.positions = gone  # type: ignore[method-assign]
+    alerts: list[str] = []
+    for _ in range(3):
+        clock.advance(61)
+        alerts += (await h.recon.run("periodic")).alerts
+    assert any("books are ahead of the account (no order of ours explains it" in a and "KIS app" in a for a in alerts)
+    assert qty(h, "alpha") == 10 and qty(h, "external") == 0
     await h.close()
 
 
