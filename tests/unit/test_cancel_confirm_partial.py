@@ -245,3 +245,41 @@ def test_a_partial_confirmation_applies_only_to_a_cancel_pending() -> None:
     o = apply(apply(o, Submit()), Accept(broker_order_id="1"))
     o = apply(o, Cancelled(broker_order_id="2", qty=6))  # (a cancel from the KIS app, an IOC remainder)
     assert (o.state, o.cancelled_qty) == (OrderState.CANCELLED, 0)
+
+
+# ---- a cancel from the KIS app (not ours) of part of a resting order --------------------------------------------
+
+
+async def test_an_app_cancel_of_part_of_a_resting_order_keeps_the_rest_open_and_reserved(tmp_path: Path) -> None:
+    """(a hunt) 8 of a resting buy of 10 cancelled in the KIS app (QTY_ALL_ORD_YN N): the confirmation (8) ended the
+    whole order here, freeing what the 2 still live at KIS reserve; they later filled for an agent told its order
+    had ended. Now the order is 2 in all and stays open (reserved); its fills end it FILLED; a duplicated notice
+    changes nothing."""
+    h = Harness(tmp_path / "gw.sqlite", QuietCancelBroker(ref_price=70_000))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=PRICE)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    line = h.book.orders[coid(1)].broker_order_id
+    for _ in range(2):  # (the second: a duplicate)
+        h.notices.on_notice(confirmation("0000009001", line, 8))
+        o = h.book.orders[coid(1)]
+        assert o.state is OrderState.ACCEPTED and o.qty == 2 and o.remaining == 2, o
+        assert o.broker_order_id == line  # still on its own line
+    assert h.portfolio.exposure("alpha", "005930").open_orders == 1  # still reserved
+    # 15 more shares at 60,000 (900,000) no longer fit beside the 2 still live (120,000) in 1,000,000
+    assert not h.desk.submit(CARD, order(2, qty=15, price=PRICE)).accepted
+    h.notices.on_notice(fill_notice(line, 2))
+    o = h.book.orders[coid(1)]
+    assert o.state is OrderState.FILLED and o.filled_qty == 2 and held(h) == 2
+    await h.close()
+
+
+async def test_an_app_cancel_of_the_whole_rest_still_ends_the_order(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "gw.sqlite", QuietCancelBroker(ref_price=70_000))
+    await h.start()
+    assert h.desk.submit(CARD, order(1, qty=10, price=PRICE)).accepted
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    line = h.book.orders[coid(1)].broker_order_id
+    h.notices.on_notice(confirmation("0000009001", line, 10))
+    assert h.book.orders[coid(1)].state is OrderState.CANCELLED
+    await h.close()
