@@ -188,6 +188,9 @@ class Reconciler:
         self._external_adjusted: dict[str, int] | None = None  # code -> shares (EXTERNAL_ADJUSTED_META), lazily
         # (day, code) -> the largest 'external' short under an agent's shares told that day (a larger one is told again)
         self._short_alerted: dict[tuple[str, str], int] = {}
+        # codes the start's first pass found the books ahead on with no order of ours to explain it (shares gone
+        # while no gateway ran): attributed to 'external' once a later pass past the grace agrees
+        self._gone_before: set[str] = set()
         self._earlier_failed: set[str] = set()  # earlier days whose list could not be read (alerted once)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
@@ -601,6 +604,7 @@ class Reconciler:
                 )
                 continue
             if not diff:
+                self._gone_before.discard(code)
                 continue
             settled = False
             if code not in busy:  # (while an order on it is in flight, the difference's age starts over)
@@ -635,15 +639,26 @@ class Reconciler:
                     # spans seconds at 2 calls/s): shown, and alerted once the code is quiet if it persists (a hunt:
                     # 'books are ahead' at once, never cleared, the next pass agreeing)
                     notes.append(Note(code, f"{ahead}: an order on it is in flight or just filled: waiting"))
-                elif start and code not in explainable:
-                    # (their cash, if they were sold, is in the account's first read: none moved since)
-                    self._adjust_external(code, diff, broker.get(code), traded=False)
-                    self._unexplained.pop(code, None)
-                    alerts.append(
-                        f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external (sold "
-                        "or moved out of the account outside ktrader while no gateway ran: no order of ours could "
-                        "have taken them)"
-                    )
+                elif (start and code not in explainable) or code in self._gone_before:
+                    # (once a second balance read past the grace agrees: one read is not trusted to deny the
+                    # holders' sells; their cash, if they were sold, is in the account's first read: none moved)
+                    if code in self._gone_before and settled:
+                        self._gone_before.discard(code)
+                        self._adjust_external(code, diff, broker.get(code), traded=False)
+                        self._unexplained.pop(code, None)
+                        alerts.append(
+                            f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external "
+                            "(sold or moved out of the account outside ktrader while no gateway ran: no order of "
+                            "ours could have taken them)"
+                        )
+                    else:
+                        self._gone_before.add(code)
+                        notes.append(
+                            Note(
+                                code,
+                                f"{ahead}: gone before this gateway started? attributed to external if it persists",
+                            )
+                        )
                 else:
                     alerts.append(
                         f"{ahead} (no order of ours explains it: shares sold or moved out outside ktrader that the "

@@ -449,9 +449,7 @@ def test_summary_covers_every_day_with_books_and_marks(tmp_path: Path) -> None:
         await core.stop()
 
     # the books know yesterday's 10 shares (as the OMS would have booked them)
-    core.portfolio.positions["alpha"] = {
-        "005930": PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0)
-    }
+    core.portfolio.set_position("alpha", PositionView(code="005930", qty=10, cost=690_000, realized_pnl=0, fees=0))
     asyncio.run(today())
     core.portfolio.set_mark("005930", 71_000)
     s = summarize("alpha", store, core.portfolio, limit=2)

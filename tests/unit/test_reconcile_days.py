@@ -458,8 +458,9 @@ async def test_a_second_app_sell_on_the_same_day_is_told_again(tmp_path: Path) -
 async def test_shares_sold_in_the_app_while_no_gateway_ran_go_to_external_at_the_start(tmp_path: Path) -> None:
     """(a hunt) alpha's 10 were sold in the KIS app on Friday after the gateway stopped; Monday's start saw 'books
     are ahead of the account' at every pass (paged every dedup_s, nothing could clear it) and alpha's sells and a
-    flatten were sent and refused by KIS. Now the start's pass gives 'external' the short at once, the holder is
-    told, alpha's sell is denied at the gate, and nothing is said again."""
+    flatten were sent and refused by KIS. Now the start's pass notes it, and once a later pass past the grace
+    agrees (one balance read is not trusted to deny sells) 'external' is given the short, the holder is told,
+    alpha's sell is denied at the gate, and nothing is said again."""
     clock = ManualClock(kst(FRI, 10))
     db = tmp_path / "db.sqlite"
     b = DayBroker(clock)
@@ -473,6 +474,10 @@ async def test_shares_sold_in_the_app_while_no_gateway_ran_go_to_external_at_the
     clock.set(kst(MON, 9, 30))
     h = Harness(db, b, clock=clock)
     await h.start()
+    assert not h.recon.last_texts and qty(h, "external") == 0
+    assert any("books are ahead" in t and "if it persists" in t for t in h.recon.last_notes), h.recon.last_notes
+    clock.advance(61)
+    await h.recon.run("periodic")
     texts = list(h.recon.last_texts)
     assert any("account holds 0, books had 10: -10 attributed to external (sold or moved out" in t for t in texts)
     assert any("external is short 10" in t and "alpha (10)" in t for t in texts), texts
