@@ -145,6 +145,10 @@ _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its p
 
 # a start whose first pass read only the open orders alerts a person when the whole list stays unread
 PARTIAL_ALERT_NS = 120_000_000_000
+# who holds the trade registrations of held codes for their marks (no agent id has a ':'), and the slots it leaves
+# free (agents and protections take its registrations anyway at full slots: it yields)
+MARKS_HOLDER = "gateway:marks"
+MARKS_RESERVE_SLOTS = 4
 WAL_ALERT_BYTES = 256 << 20  # a store WAL this big: a reader keeps its checkpoints from completing (told)
 FOLDER_CHECK_S = 1.0  # how often the run folder's files are looked at (server/run_folder.py): a few stats
 
@@ -277,6 +281,9 @@ class Gateway:
         self.day.on_tick.append(self.session_days.watch)
         self.book.listeners.append(self.session_days.on_order)
         self.subs = SubscriptionManager(broker, on_refused=self._subscription_refused)
+        # the gateway's own watches that yield their slots to agents' and protections' (virtual orders' first)
+        self.subs.yielding = (SHADOW_HOLDER, MARKS_HOLDER)
+        self.subs.on_yielded = self._yielded
         self.master: StockMaster | None = None  # installed below, once the sessions exist
         self._protected: set[str] = set()  # codes whose trade registration the protections hold
         self._refused_protected: set[str] = set()  # ... refused (all slots in use): alerted once a day
@@ -284,6 +291,7 @@ class Gateway:
         # asked again with back-off, never at every lease tick (KIS blocks subscribe storms)
         self._protected_retry: dict[tuple[str, str], tuple[float, int]] = {}  # (holder, code) -> (next try, tries)
         self._shadowed: set[str] = set()  # codes whose trade registration the shadow venue holds
+        self._marked: set[str] = set()  # held codes whose trade registration the gateway holds for their marks
         self.sessions = AgentSessions(
             self.registry,
             self.book,
@@ -1166,23 +1174,27 @@ class Gateway:
             self._reconcile_wanted.clear()
 
     def _watch_protected(self) -> None:
-        """Hold the trade registrations of protected codes in the protections' name, and of the codes shadow
-        orders rest in in the shadow venue's: each sees its prints whether or not an agent is online."""
+        """Hold the trade registrations of protected codes in the protections' name, of the codes shadow
+        orders rest in in the shadow venue's, and of every held code in the marks' (a code no online agent
+        watched kept its mark all session -- an offline agent's, 'external''s -- and the equity the account's
+        limits read, the P&L shown, never saw the stock move: a hunt): each sees its prints whether or not an
+        agent is online. Registrations an agent holds already cost no slot; the marks' and the shadow's yield."""
         self._watch(protection_room.HOLDER, self.protection.codes(), self._protected)
         self._watch(SHADOW_HOLDER, self.shadow_venue.codes(), self._shadowed, SHADOW_RESERVE_SLOTS)
+        self._watch(MARKS_HOLDER, set(self.portfolio.held_codes()), self._marked, MARKS_RESERVE_SLOTS)
+
+    def _yielded(self, holder: str, key: tuple[MarketKind, str]) -> None:
+        """One of the gateway's yielding watches gave a registration up to an agent or the protections: asked
+        again at a later look (if a slot is free by then, within its reserve)."""
+        {SHADOW_HOLDER: self._shadowed, MARKS_HOLDER: self._marked}.get(holder, set()).discard(key[1])
 
     def _watch(self, holder: str, want: set[str], held: set[str], reserve: int = 0) -> None:
         now = time.monotonic()
         for code in sorted(want - held):
             if self._protected_retry.get((holder, code), (0.0, 0))[0] > now:
                 continue  # the broker refused it lately: asked again after the back-off
+            # (real shares before virtual orders and marks: at full slots the protections take a yielding watch's)
             err, text = self.subs.want(holder, MarketKind.TRADES, code, reserve=reserve)
-            if err is ErrorCode.SUBSCRIPTION_LIMIT and holder == protection_room.HOLDER and self._shadowed:
-                # real shares before virtual orders: the shadow venue's own registrations give their slots up
-                # (one of them now; the others once their release's debounce ran: asked again at the next look)
-                freed = [k for k in self.subs.only_theirs(SHADOW_HOLDER) if self.subs.release(SHADOW_HOLDER, *k)]
-                self._shadowed.difference_update(c for _, c in freed)
-                err, text = self.subs.want(holder, MarketKind.TRADES, code, swapping=freed)
             if err is None:
                 held.add(code)
             elif holder == protection_room.HOLDER:
@@ -1195,10 +1207,12 @@ class Gateway:
         """The broker refused a registration want() had granted: an agent is told (its runtime polls
         quotes and asks again); the gateway's own watches ask again at their next look after a back-off, the
         protections' alerted once (a shadow order's virtual fill waits: nothing real is at stake)."""
-        if agent not in (protection_room.HOLDER, SHADOW_HOLDER):
+        if agent not in (protection_room.HOLDER, SHADOW_HOLDER, MARKS_HOLDER):
             self.book.notify(agent, notice)
             return
-        (self._protected if agent == protection_room.HOLDER else self._shadowed).discard(notice.code)
+        {protection_room.HOLDER: self._protected, SHADOW_HOLDER: self._shadowed, MARKS_HOLDER: self._marked}[
+            agent
+        ].discard(notice.code)
         key = (agent, notice.code)
         n = self._protected_retry.get(key, (0.0, 0))[1] + 1
         self._protected_retry[key] = (time.monotonic() + min(30.0 * 2 ** (n - 1), 600.0), n)

@@ -5,7 +5,9 @@ comes first, so agents share at most 40. Two agents on 005930 cost one registrat
 agent leaving releases it after a debounce, so a restarting agent does not cause an
 unsubscribe/subscribe storm; its slot stays its own meanwhile (a waiting request is refused). Only a
 universe swap reuses a slot at once: the codes it let go in the same apply (`release()` returns their
-keys) are passed to `want(swapping=...)`, which may free one of them for the joining code.
+keys) are passed to `want(swapping=...)`, which may free one of them for the joining code. The gateway's own
+watches that only improve what it sees (the shadow orders' prints, the marks of held codes nobody else watches)
+are `yielding`: at full slots anyone else's registration takes one of theirs at once (`on_yielded` tells them).
 
 `want()` answers before the broker does; when the broker then refuses (KIS MAX SUBSCRIBE OVER, the
 ws ledger's LIMIT, no ack in time (NO_ACK: the KIS session released it), an error), each holder is
@@ -61,6 +63,10 @@ class SubscriptionManager:
         # (kind, code) whose registration the broker acknowledged: its prints are heard from now on (the
         # gateway wires server/marketdata.py MarketData.listening: opening bars whole when live before the open)
         self.on_registered: Callable[[MarketKind, str], None] | None = None
+        # holders whose registrations anyone else's takes at full slots, the first listed given up first; each told
+        # by on_yielded(holder, key) (the gateway's watches: it asks again later, within their reserve)
+        self.yielding: tuple[str, ...] = ()
+        self.on_yielded: Callable[[str, Key], None] | None = None
         self._attempt: dict[Key, int] = {}  # key -> the number of its latest registration attempt
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -76,7 +82,12 @@ class SubscriptionManager:
             return None, "already subscribed"
         if key not in self.active and reserve and len(self.active) >= self.slots - reserve:
             return ErrorCode.SUBSCRIPTION_LIMIT, f"{kind.value} {code}: the last {reserve} registrations are kept"
-        if key not in self.active and len(self.active) >= self.slots and not self._free_pending(swapping):
+        if (
+            key not in self.active
+            and len(self.active) >= self.slots
+            and not self._free_pending(swapping)
+            and not self._take_yielded(agent)
+        ):
             who = sorted({a for k in self.active for a in self.holders[k]})
             return ErrorCode.SUBSCRIPTION_LIMIT, (
                 f"all {self.slots} market-data registrations are in use (held by {', '.join(who)}); "
@@ -101,6 +112,30 @@ class SubscriptionManager:
                 self._release.pop(key).cancel()
                 self._release_now(key)  # (its release goes to the broker before the new registration)
                 return True
+        return False
+
+    def _take_yielded(self, agent: str) -> bool:
+        """At full slots, a registration only yielding holders hold gives its slot up now to `agent` (not one of
+        them): the first listed holder's first. False: none."""
+        if agent in self.yielding:
+            return False
+        for holder in self.yielding:
+            for key in sorted(self.active):
+                who = self.holders.get(key)
+                if who and who <= set(self.yielding) and holder in who:
+                    for h in sorted(who):
+                        who.discard(h)
+                        if self.on_yielded is not None:
+                            try:
+                                self.on_yielded(h, key)
+                            except Exception:  # its bookkeeping must not keep the slot
+                                log.exception("yield of %s %s not told to %s", key[0].value, key[1], h)
+                    timer = self._release.pop(key, None)
+                    if timer is not None:
+                        timer.cancel()
+                    self._release_now(key)  # (its release goes to the broker before the new registration)
+                    log.info("%s %s given up by %s for %s", key[0].value, key[1], holder, agent)
+                    return True
         return False
 
     def leave(self, agent: str, hold_s: float = 0.0) -> None:

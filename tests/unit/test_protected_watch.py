@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 from kis.port import MarketKind, SubscriptionResult
-from server.gateway import Gateway
+from server.gateway import MARKS_HOLDER, Gateway
 from server.subscriptions import SubscriptionManager
 
 
@@ -39,6 +39,8 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
             _refused_protected=set(),
             _protected_retry={},
             _shadowed=set(),
+            _marked=set(),
+            portfolio=SimpleNamespace(held_codes=list),
             shadow_venue=SimpleNamespace(codes=set),
             alerts=lambda text, *kind_agent, **subject: alerts.append(text),
         )
@@ -72,6 +74,8 @@ def test_a_resting_shadow_orders_code_is_watched_while_its_agent_is_away_and_rel
             shadow_venue=SimpleNamespace(codes=lambda: set(resting)),
             _protected=set(),
             _shadowed=set(),
+            _marked=set(),
+            portfolio=SimpleNamespace(held_codes=list),
             _refused_protected=set(),
             _protected_retry={},
             alerts=lambda *a, **k: None,
@@ -108,6 +112,8 @@ def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_sl
             shadow_venue=SimpleNamespace(codes=lambda: {"000660", "035720", "005380", "000270"}),
             _protected=set(),
             _shadowed=set(),
+            _marked=set(),
+            portfolio=SimpleNamespace(held_codes=list),
             _refused_protected=set(),
             _protected_retry={},
             alerts=lambda text, *a, **k: alerts.append(text),
@@ -115,6 +121,8 @@ def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_sl
         gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
         gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
         gw.subs = SubscriptionManager(broker, slots=6, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        gw.subs.yielding = (SHADOW, MARKS_HOLDER)  # (as the gateway wires it)
+        gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
         assert gw.subs.want("alpha", MarketKind.TRADES, "005935")[0] is None  # an agent's
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         assert len(gw._shadowed) == 1  # 6 slots, the last 4 kept: the venue takes one of the free five
@@ -125,5 +133,48 @@ def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_sl
         await asyncio.sleep(0.05)
         assert gw._protected == {"005930"} and not gw._shadowed and not alerts
         assert SHADOW not in str(gw.subs.table())
+
+    asyncio.run(main())
+
+
+def test_held_codes_are_watched_for_their_marks_and_yield_their_slots_to_agents() -> None:
+    """(a hunt) A code held by an agent that was not running (crashed, stopped) or by 'external' had no
+    registration: its mark froze all session (the P&L shown, the equity the account's limits read, never saw the
+    stock move). The gateway watches every held code in its own name; a code an agent watches costs no slot; at
+    full slots an agent's registration takes the marks' one at once, asked again later within its reserve."""
+
+    async def main() -> None:
+        broker = RefusingBroker()
+        broker.refuse = False
+        held = ["005930", "000660"]
+        gw = SimpleNamespace(
+            protection=SimpleNamespace(codes=set, of=lambda: []),
+            shadow_venue=SimpleNamespace(codes=set),
+            portfolio=SimpleNamespace(held_codes=lambda: list(held)),
+            _protected=set(),
+            _shadowed=set(),
+            _marked=set(),
+            _refused_protected=set(),
+            _protected_retry={},
+            alerts=lambda text, *a, **k: None,
+        )
+        gw._protected_refused = lambda code, why: None
+        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
+        gw.subs = SubscriptionManager(broker, slots=7, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        gw.subs.yielding = ("gateway:shadow-orders", MARKS_HOLDER)
+        gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
+        assert gw.subs.want("alpha", MarketKind.TRADES, "005930")[0] is None  # an online agent watches one
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        assert gw._marked == {"005930", "000660"} and len(gw.subs.active) == 2  # 005930's costs no slot
+        for code in ("068270", "105560", "055550", "012330", "005380", "035720"):  # agents fill every slot
+            assert gw.subs.want("beta", MarketKind.TRADES, code)[0] is None, code
+        assert gw._marked == {"005930"}  # 000660's gave its slot up at once
+        assert gw.subs.holders[(MarketKind.TRADES, "000660")] == set()
+        Gateway._watch_protected(gw)  # asked again: kept out while the last slots are in use
+        assert gw._marked == {"005930"}
+        held.remove("005930")  # sold: no longer watched for its mark (alpha's stays)
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        assert gw._marked == set() and gw.subs.holders[(MarketKind.TRADES, "005930")] == {"alpha"}
 
     asyncio.run(main())

@@ -51,6 +51,8 @@ def watching_gateway(h: Harness, broker: Broker, slots: int) -> SimpleNamespace:
         _refused_protected=set(),
         _protected_retry={},
         _shadowed=set(),
+        _marked=set(),
+        portfolio=SimpleNamespace(held_codes=list),
         shadow_venue=SimpleNamespace(codes=set),
     )
     gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
