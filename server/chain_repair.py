@@ -73,6 +73,7 @@ class ChainRepair:
         self._since: dict[str, int] = {}  # order in doubt -> market ns its repair began
         self._rounds: dict[str, int] = {}  # order -> rounds it has been through
         self._tries: dict[str, int] = {}  # cancels sent again per order
+        self._split: dict[str, str] = {}  # order -> the open line its cancel was sent on to (once: the list may lag)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -112,6 +113,7 @@ class ChainRepair:
         coid = new.client_order_id
         if new.state is not OrderState.PENDING_CANCEL:
             self._tries.pop(coid, None)
+            self._split.pop(coid, None)
         if new.in_doubt and (old is None or not old.in_doubt):
             self.check(coid)
 
@@ -183,6 +185,8 @@ class ChainRepair:
                     book.trace(coid, "repair.resolved", state=o.state.value, odno=o.broker_order_id)
                 self._since.pop(coid, None)
                 self._rounds.pop(coid, None)
+                if o.state is OrderState.PENDING_CANCEL and reports is not None:
+                    self._cancel_the_open_line(o, reports)
                 continue
             now = book.now_ns()
             aged = self.age(now, self._since.get(coid, now)) >= self.grace_ns
@@ -233,6 +237,51 @@ class ChainRepair:
             )
             return True
         return False
+
+    def _cancel_the_open_line(self, o: Order, reports: list[BrokerOrderReport]) -> None:
+        """A cancel that took the line it went to while another line of the order's chain still holds shares: a
+        partial revise in the KIS app (QTY_ALL_ORD_YN N) split the order over two lines, the revise line became the
+        live one here, and the cancel took only its part; the order sat PENDING_CANCEL untold and the first line's
+        shares filled later for an agent that had cancelled (a hunt). The order moves to the open line (if the
+        reconciliation has not) and the cancel goes to it. Only when the list shows a cancel of a line of the chain
+        that it closed and none of the open one: a cancel the list does not show yet is never sent twice."""
+        by = {r.broker_order_id: r for r in reports}
+        chain = [by[x] for x in o.broker_chain if x in by and not by[x].is_cancel]
+        cancelled = {r.orig_broker_order_id for r in reports if r.is_cancel}
+        took = [r for r in chain if r.broker_order_id in cancelled and r.remaining_qty <= 0]
+        live = by.get(o.broker_order_id)
+        other = live if live is not None and live.remaining_qty > 0 else None
+        if other is None:
+            other = next((r for r in reversed(chain) if r.remaining_qty > 0), None)
+        book, coid = self.book, o.client_order_id
+        if (
+            not took
+            or other is None
+            or other.broker_order_id in cancelled
+            or self._split.get(coid) == other.broker_order_id
+        ):
+            return
+        self._split[coid] = other.broker_order_id
+        if other.broker_order_id != o.broker_order_id:
+            book.trace(coid, "repair.relinked", odno=other.broker_order_id, was=o.broker_order_id)
+            book.try_apply(
+                coid,
+                Replaced(
+                    ts_ns=book.now_ns(),
+                    broker_order_id=other.broker_order_id,
+                    price=other.price,
+                    qty=o.filled_qty + other.remaining_qty,
+                ),
+            )
+        self.alert(
+            f"{coid}: its cancel took line {took[-1].broker_order_id}, but {other.remaining_qty} still rest on line "
+            f"{other.broker_order_id} (the order was split over two lines, a partial revise in the KIS app?): "
+            "cancelling that line too"
+        )
+        self.resent += 1
+        book.trace(coid, "repair.cancel_again", odno=other.broker_order_id, split=True)
+        book.try_apply(coid, ResendCancel(ts_ns=book.now_ns(), broker_order_id=other.broker_order_id))  # (no doubt)
+        self.resend_cancel(coid)
 
     def _cancel(self, o: Order, live: BrokerOrderReport | None, reports: list[BrokerOrderReport], aged: bool) -> bool:
         book, coid = self.book, o.client_order_id

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -25,7 +26,16 @@ from common.errors import ErrorCode
 from common.market_clock import ManualClock
 from common.orders import Accept, Order, OrderState, apply
 from common.schema import NewOrder
-from kis.port import BrokerAccount, BrokerAck, BrokerOrder, BrokerOrderReport, BrokerPosition
+from kis.port import (
+    BrokerAccount,
+    BrokerAck,
+    BrokerCancel,
+    BrokerNotice,
+    BrokerOrder,
+    BrokerOrderReport,
+    BrokerPosition,
+    NoticeKind,
+)
 from server.reconcile import reconcile
 from tests.fakes.harness import Harness as CoreHarness
 from tests.unit.test_account_cash_race import snapshot
@@ -567,4 +577,73 @@ async def test_shares_given_to_external_then_taken_back_move_no_money(tmp_path: 
     assert qty(h, "alpha") == 40 and qty(h, "external") == 0
     assert all(abs(f) < 1_000 for f in flows) and h.risk.global_state is TradingState.ACTIVE  # (fees' rounding)
     assert abs(h.portfolio.cash() - (await b.account()).settlement_cash) < 1_000  # (fees)
+    await h.close()
+
+
+class SplitBroker(DayBroker):
+    """The order's lines as the test says (`lines`), and the cancels asked (their lines)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.lines: list[BrokerOrderReport] | None = None
+        self.cancels: list[str] = []
+
+    async def order_reports(self, day: dt.date, *, open_only: bool = False) -> list[BrokerOrderReport]:
+        if self.lines is None:
+            return await super().order_reports(day, open_only=open_only)
+        return [r for r in self.lines if r.remaining_qty or not open_only]
+
+    async def cancel(self, req: BrokerCancel) -> BrokerAck:
+        self.cancels.append(req.broker_order_id)
+        return BrokerAck(broker_order_id=f"{9000 + len(self.cancels):010d}", org_no="06010", time="100005")
+
+
+async def test_a_cancel_after_a_partial_revise_in_the_app_reaches_the_line_still_open(tmp_path: Path) -> None:
+    """(a hunt) 3 of a resting buy of 10 revised in the KIS app (QTY_ALL_ORD_YN N) split it over two lines, and the
+    revise line became the live one here: the agent's cancel took those 3 only, the order sat PENDING_CANCEL untold,
+    and the 7 resting on the first line filled later for an agent that had cancelled. The chain repair's look at
+    the unconfirmed cancel moves the order to the open line and cancels it there, and a person is told."""
+    clock = ManualClock(kst(FRI, 10))
+    b = SplitBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    alerts: list[str] = []
+    h.core.repair.alert = alerts.append
+    await h.start()
+    c = coid(1)
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[c].state is OrderState.ACCEPTED)
+    first = h.book.orders[c].broker_order_id
+    revise = "0000000902"
+    h.notices.on_notice(  # the app's revise of 3 to 61,000: taken here as the order's new line
+        BrokerNotice(
+            kind=NoticeKind.ACCEPTED,
+            broker_order_id=revise,
+            orig_broker_order_id=first,
+            code=CODE,
+            side=Side.BUY,
+            order_qty=3,
+            order_price=61_000,
+            fill_qty=0,
+            fill_price=0,
+            time="100001",
+            is_modify=True,
+        )
+    )
+    assert h.book.orders[c].broker_order_id == revise
+    assert h.desk.cancel("alpha", c)[0] is None
+    await h.settle(lambda: b.cancels == [revise])
+    b.lines = [
+        line(first, 10, 60_000, 0, 7),
+        msgspec.structs.replace(line(revise, 3, 61_000, 0, 0, first), cancelled_qty=3),
+        msgspec.structs.replace(line("0000009001", 3, 0, 0, 0, revise), is_cancel=True, is_modify=False),
+    ]
+    h.core.repair.learn(c)  # (the unconfirmed cancel's look)
+    await h.settle(lambda: b.cancels == [revise, first])
+    o = h.book.orders[c]
+    assert o.state is OrderState.PENDING_CANCEL and o.broker_order_id == first and o.remaining == 7, o
+    assert any(f"7 still rest on line {first}" in a and "cancelling that line too" in a for a in alerts), alerts
+    h.core.repair.learn(c)  # another look before the list shows that cancel: not sent twice
+    await h.settle(lambda: not h.core.repair._due)
+    await asyncio.sleep(0.05)
+    assert b.cancels == [revise, first] and len([a for a in alerts if "cancelling that line too" in a]) == 1
     await h.close()
