@@ -44,9 +44,8 @@ def archive_run_dir(run_dir: Path, now: dt.datetime | None = None) -> Path | Non
     # an agent still running on the folder would re-register with the next gateway on the 'fresh' folder and trade on
     for agent, holder in (a for locks in sorted(run_dir.rglob("locks")) for a in held_agent_locks(locks)):
         who = f"pid {holder}" if holder else "a running process"
-        raise ResetRefused(
-            f"agent {agent} ({who}) still runs on {run_dir}: stop it first (ktrader control stop, or kill)"
-        )
+        how = f"kill -TERM {holder}" if holder else "stop its process"
+        raise ResetRefused(f"agent {agent} ({who}) still runs on {run_dir}: stop it first (x in ktrader top, or {how})")
     # The run lock is the authority (its probe above found it free): a crash leaves gateway.json
     # behind, and its pid may now be another process's. Only a folder where no gateway ever took the
     # lock (no lock file) falls back to that pid.

@@ -21,6 +21,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from agent.lock import held_agent_locks
 from common.approvals import ApprovedCards, checksum, differences
 from common.approvals import exists as approvals_exist
 from common.approvals import load as load_approvals
@@ -369,16 +370,29 @@ class ConsoleModel:
             return f"{agent} stopped"
         a = self.agent_status(agent)
         if a is None or a.state.value == "offline":
-            raise ActionError(f"{agent} is not running")
+            # offline is the gateway's view of its lease, not proof the process is gone: one busy in a long callback
+            # still holds its lock here ("is not running" about a live process, a hunt)
+            if (pid := self._lock_holder(agent)) is None:
+                raise ActionError(f"{agent} is not running")
+            return self._sigterm(agent, pid, " (offline at the gateway: busy in a callback?)")
         if a.host != socket.gethostname():
             raise ActionError(f"{agent} runs on {a.host}: stop it there (or pause it here)")
+        return self._sigterm(agent, a.pid)
+
+    def _sigterm(self, agent: str, pid: int, why: str = "") -> str:
+        if pid <= 0:  # (never kill(0): the console's own process group)
+            raise ActionError(f"{agent}: a process holds its lock, its pid unknown: stop it by hand")
         try:
-            os.kill(a.pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            raise ActionError(f"{agent}: pid {a.pid} is gone") from None
+            raise ActionError(f"{agent}: pid {pid} is gone") from None
         except PermissionError:
-            raise ActionError(f"{agent}: not allowed to signal pid {a.pid}") from None
-        return f"{agent}: SIGTERM sent to pid {a.pid}"
+            raise ActionError(f"{agent}: not allowed to signal pid {pid}") from None
+        return f"{agent}: SIGTERM sent to pid {pid}{why}"
+
+    def _lock_holder(self, agent: str) -> int | None:
+        """The pid of the process on this host holding `agent`'s lock in the run folder (agent/lock.py), if any."""
+        return next((pid or 0 for a, pid in held_agent_locks(self.run_dir / "locks") if a == agent), None)
 
     def restart_agent(self, agent: str) -> str:
         """Supervised: restarted at once. Started by hand: stopped, then started from its card under
@@ -409,10 +423,21 @@ class ConsoleModel:
             return self.note(agent, f"{agent} restarting")
         a = self.agent_status(agent)
         stopped = ""
-        if a is not None and a.state.value != "offline":
+        if (a is not None and a.state.value != "offline") or self._lock_holder(agent) is not None:
             stopped = self._stop(agent)
-            if a.host == socket.gethostname():
-                _wait_gone(a.pid, 10.0)
+            online = a is not None and a.state.value != "offline"
+            local = a is None or a.host == socket.gethostname()
+            pid = (self._lock_holder(agent) or (a.pid if a is not None and online else 0)) if local else 0
+            if pid > 0 and not _wait_gone(pid, 10.0):
+                # still stopping (a callback that blocks finishes first): a copy started now exits at once (the
+                # lock is held) while this said "restarted", and nothing ran once the old one left (a hunt)
+                raise ActionError(
+                    self.note(
+                        agent,
+                        f"{stopped}; it has not exited after 10s (busy in a callback?): not restarted: restart it "
+                        "again once it is gone",
+                    )
+                )
         try:
             sup = self.supervisor.start(card)
         except (SupervisorError, OSError) as e:
@@ -448,11 +473,13 @@ class ConsoleModel:
         return f"--run-dir {self.run_dir} {card if card is not None else 'CARD'}"
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Whether `pid` is gone within `timeout` (a pid not known, <= 0: not known to be)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while pid > 0 and time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.05)  # an operator action, not a hot path
+    return False
