@@ -47,6 +47,7 @@ from agent.runtime import (
     EXIT_STRATEGY,
 )
 from common.config import ConfigError, load_card
+from common.enums import ControlAction
 from common.connection import connection_path
 from common.logs import LogKeeper, rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
@@ -160,6 +161,18 @@ class Supervisor:
         self.logs = LogKeeper()  # an agent appends to its log for as long as it runs: kept bounded meanwhile
 
     # ---- operator requests ------------------------------------------------------------------
+
+    def _journal_gave_up(self, sup: Supervised) -> None:
+        """A crash loop given up is written to the gateway's operator journal (`ktrader status` shows it; the
+        gateway saw only an agent gone silent, as one stopped on purpose: a hunt). Best effort: a gateway that is
+        down leaves it in this process's log and screen."""
+        from tools.ops.status import send_control  # (the supervisor's one call to the gateway)
+
+        text = f"{sup.id}: crash loop given up by the supervisor ({sup.reason}): see its log agent-{sup.id}.log"
+        try:
+            send_control(self.run_dir, ControlAction.NOTE.value, sup.id, 3.0, sender="ktrader-supervisor", value=text)
+        except Exception as e:
+            log.info("%s: not journaled at the gateway (%s)", text, e)
 
     def start(self, card: Path | str) -> Supervised:
         card = Path(card)
@@ -314,6 +327,7 @@ class Supervisor:
                 sup.state = ProcState.GAVE_UP
                 sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
                 log.error("agent %s %s", sup.id, sup.reason)
+                self._journal_gave_up(sup)
                 break
             if not waiting and unstable >= self.policy.max_restarts:
                 sup.state = ProcState.GAVE_UP
@@ -321,6 +335,7 @@ class Supervisor:
                     f"exit {rc}; {unstable} restarts in a row, none of them up for {self.policy.stable_s:.0f}s: gave up"
                 )
                 log.error("agent %s %s", sup.id, sup.reason)
+                self._journal_gave_up(sup)
                 break
             delay = self.policy.delay(attempt)
             attempt += 1
