@@ -2067,6 +2067,9 @@ class AgentRuntime(AgentServicesMixin):
             self._last_error, self._last_error_at = text[:ERROR_TEXT_MAX_CHARS], time.monotonic()
             self.log.error("RELOAD refused: %s", text)
             self._hb_sent_at = 0.0  # told at once (the heartbeat carries it to the operator's status)
+            # the card is the approved one now (the gateway applies its limits): registered again with the old one
+            # (a lease lapse, a gateway restart) the agent was refused and exited (a hunt); only the params wait
+            self.card = upd.card
             return
         self.card = upd.card
         self.log.info("RELOAD %s", ", ".join(upd.changed))

@@ -6,6 +6,8 @@ journaled; an invalid one, refused by the card checker or by the agent, leaves t
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,20 @@ def test_reload_changes_params_of_the_running_strategy_and_keeps_them_if_invalid
             10,
             what="the refusal in the status",
         )
+        # (a hunt) the card the gateway applied is the approved one now: the agent registers again with it after a
+        # lease lapse (it registered with its old card, was refused BAD_CARD and exited 7)
+        gw_log = procs.log(procs.procs[0])
+        os.kill(probe.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: "agent probe lease expired" in procs.log(procs.procs[0])[len(gw_log) :], 10, what="lapse")
+        finally:
+            os.kill(probe.pid, signal.SIGCONT)
+        wait_for(
+            lambda: "agent probe registered (same" in procs.log(procs.procs[0])[len(gw_log) :],
+            15,
+            what="the agent registered again",
+        )
+        assert probe.poll() is None and agent(run, "probe").state == "online"
     mark = len(procs.log(probe))
     wait_for(lambda: len(timer_qtys(procs.log(probe), mark)) >= 3, 10, what="three timers after the refusal")
     assert set(timer_qtys(procs.log(probe), mark)) == {"3"}
