@@ -420,6 +420,7 @@ class AgentRuntime(AgentServicesMixin):
         self._snap_seq = 0
         self._snap_ids: frozenset[str] = frozenset()
         self._stopping = False
+        self._signal = 0  # the SIGTERM/SIGINT that asked this process to stop (0: none)
         # why a strategy error stopped the agent (card on_error = "stop"; "": it did not): it exits EXIT_STRATEGY
         self._strategy_stop = ""
         self._strategy_exited = ""  # the callback in which the strategy called sys.exit(): it exits EXIT_STRATEGY
@@ -810,8 +811,16 @@ class AgentRuntime(AgentServicesMixin):
                 self._exit_code = EXIT_STRATEGY
                 self.log.error("%s: exit %d", self._leaving, EXIT_STRATEGY)
                 return EXIT_STRATEGY
+            if self._signal:
+                self.log.info("stopped (%s): unregistered", signal.Signals(self._signal).name)
             return EXIT_OK
         except AgentExit as e:
+            if self._signal and e.code == EXIT_GATEWAY_ABSENT:
+                # interrupted while waiting for a gateway: a stop asked for, not a gateway missing (exit 8, which a
+                # supervisor restarts, and "gateway.json not found" said of a Ctrl-C: a hunt)
+                self.log.info("stopped (%s) while waiting for the gateway", signal.Signals(self._signal).name)
+                self._leaving = "stopped"
+                return EXIT_OK
             self.log.error("%s", e)
             self._leaving, self._exit_code = str(e)[:300], e.code
             return e.code
@@ -840,6 +849,7 @@ class AgentRuntime(AgentServicesMixin):
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
+        self._signal = signum  # (said when the process stops: no logging inside a signal handler)
 
     def _read_info(self) -> GatewayInfo:
         deadline = time.monotonic() + self.gateway_wait_s
@@ -869,6 +879,8 @@ class AgentRuntime(AgentServicesMixin):
         self._stamp = self._info_stamp()
         previous = self.info.session if self.info is not None else None
         self.info = self._read_info()
+        if self._stamp is None:  # (no file until _read_info waited for one: that file is the one read, not a new one)
+            self._stamp = self._info_stamp()
         if previous is not None and self.info.session != previous:
             self.feed.reset()  # a new gateway numbers its topics from 1 again
         if self.client is not None:

@@ -68,7 +68,8 @@ def check(fills: int, bought: int, sold: int, costs: int, account: BrokerAccount
         if broker >= 0 and broker != books:
             findings.append(
                 f"{what} today: KIS {broker:,} KRW, the books {books:,} ({books - broker:+,}): a fill the books "
-                "have at another value or not at all; check the day's reconciliation alerts and `ktrader orders`"
+                "have at another value or not at all; check the day's reconciliation alerts and its fills (the "
+                "console's blotter, the web page's orders, `ktrader trace ORDER_ID`)"
             )
     tolerance = max(COSTS_TOLERANCE_MIN, COSTS_TOLERANCE_PER_FILL * fills)
     if account.today_costs >= 0 and abs(costs - account.today_costs) > tolerance:

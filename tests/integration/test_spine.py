@@ -154,6 +154,7 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     # clean shutdown of an agent unregisters it, and --profile wrote its profile
     os.kill(b.pid, signal.SIGTERM)
     assert b.wait(10) == 0
+    assert "stopped (SIGTERM): unregistered" in procs.log(b)  # (a person at its terminal is told: it said nothing)
     wait_for(lambda: agent_status(run, "bravo").state == "offline", 5, what="bravo offline")
     assert (tmp_path / "bravo.prof").stat().st_size > 0
     assert gw.poll() is None

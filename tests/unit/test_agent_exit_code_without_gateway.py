@@ -65,3 +65,26 @@ def test_missing_curve_key_exits_bad_card_and_is_not_restarted(
     assert time.monotonic() - started < 5.0  # no wait: a gateway coming up cannot fix it
     assert "alone.key_secret not found" in caplog.text and "ktrader keys agent alone" in caplog.text
     assert NO_RESTART_CODES[EXIT_BAD_CARD] == "bad card or strategy"  # the supervisor leaves it down
+
+
+def test_a_stop_asked_while_waiting_for_the_gateway_is_a_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """(a hunt) Ctrl-C while the agent waited for a gateway exited 8 (a supervisor restarts it) saying "gateway.json
+    not found": a stop asked for is a stop, said as such."""
+    import signal
+    import threading
+
+    rt = _runtime(tmp_path, None)
+    rt.gateway_wait_s = 30.0
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 10
+        while signal.getsignal(signal.SIGINT) != rt._on_signal and time.monotonic() < deadline:
+            time.sleep(0.01)  # (until the runtime's handler is in place)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with caplog.at_level(logging.INFO):
+        t0 = time.monotonic()
+        assert rt.run() == 0
+    assert time.monotonic() - t0 < 10  # not the whole wait
+    assert "stopped (SIGINT) while waiting for the gateway" in caplog.text and "not found" not in caplog.text
