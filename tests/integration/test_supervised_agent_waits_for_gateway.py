@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import EXIT_GATEWAY_ABSENT
-from tests.conftest import Procs, approve, wait_for
+from tests.conftest import Procs, approve, holds_for, wait_for
 from tools.ops.procs import child_env, ktrader_cmd
 from tools.ops.status import fetch_status
 from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
@@ -55,3 +55,25 @@ def test_a_supervised_agent_started_before_its_gateway_joins_it_when_it_is_up(tm
         assert s.state is ProcState.RUNNING, (s.state, s.reason)
     finally:
         sup.stop_all()
+
+
+def test_an_agent_waiting_for_its_gateway_registers_once(tmp_path: Path, procs: Procs) -> None:
+    """(a hunt) Started before its gateway, the agent took the gateway's first connection file for 'a new gateway'
+    and registered a second time with it."""
+    run = tmp_path / "run"
+    card = tmp_path / "early.toml"
+    card.write_text(CARD)
+    approve(run, card)
+    agent = procs.start("agent", "run", str(card), "--run-dir", str(run), "--gateway-wait", "30", log_name="early")
+    wait_for(lambda: (run / "locks" / "early.pid").exists(), 15, what="the agent waiting for a gateway")
+    gateway = procs.start("gateway", "--run-dir", str(run), "--broker", "tests.fakes.broker:make", log_name="gateway")
+    wait_for(lambda: _online(run, "early"), 30, interval=0.1, what="the agent registered with the gateway")
+    wait_for(lambda: "registered" in procs.log(gateway), 5, what="the gateway's registration line")
+    holds_for(
+        lambda: (
+            procs.log(gateway).count("agent early registered") == 1
+            and "a new gateway wrote its connection file" not in procs.log(agent)
+        ),
+        3.0,
+        what="one registration (a heartbeat or more later)",
+    )
