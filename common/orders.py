@@ -288,6 +288,12 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     cancelled_qty: int = 0
 
     @property
+    def fill_count(self) -> int:
+        """Fills that stand: each booked fill not wholly taken back by reconciliation (a fill the broker never had
+        counted as a fill in status and the daily report). Orders stored before v21 keep no records: their ids."""
+        return sum(1 for r in self.fills if r.live_qty > 0) if self.fills else len(self.fill_ids)
+
+    @property
     def remaining(self) -> int:
         """What may still fill: the quantity neither filled nor confirmed cancelled."""
         return self.qty - self.filled_qty - self.cancelled_qty

@@ -102,7 +102,7 @@ def build(
         r = rows.setdefault(o.agent, AgentDay(agent=o.agent, by_state={}))
         r.orders += 1
         r.by_state[o.state.value] = r.by_state.get(o.state.value, 0) + 1
-        r.fills += len(o.fill_ids)
+        r.fills += o.fill_count
         if o.side is Side.BUY:
             r.bought_qty += o.filled_qty
             r.bought_value += o.filled_value
@@ -219,7 +219,7 @@ def money(book: BookView, day: str, fee: Callable[[Order], int]) -> tuple[int, i
     for coid, o in book.orders.items():
         if book.order_day.get(coid) != day or not o.filled_qty or o.broker_order_id.startswith(SHADOW_PREFIX):
             continue
-        fills += len(o.fill_ids)
+        fills += o.fill_count
         if o.side is Side.BUY:
             bought += o.filled_value
         else:

@@ -117,8 +117,8 @@ class OrderBook:
         self.fills_by_agent.clear()
         for c, o in self.orders.items():
             if o.fill_ids and self.order_day.get(c) == today:
-                self.fills_today += len(o.fill_ids)
-                self.fills_by_agent[o.agent] += len(o.fill_ids)
+                self.fills_today += o.fill_count
+                self.fills_by_agent[o.agent] += o.fill_count
 
     def forget_before(self, day: str) -> int:
         """Let go of the finished orders of days before `day` (they stay in the store): a gateway that
@@ -339,7 +339,11 @@ class OrderBook:
             why = f"fill {ev.fill_id} of {coid} taken back: {dq} {o.code} the broker does not have"
             return [PositionUpdate(position=pos, client_order_id=coid, reason=why), Notice(level="warning", text=why)]
 
-        return self.try_apply(coid, ev, extra)
+        new = self.try_apply(coid, ev, extra)
+        if new is not None and new.fill_count < o.fill_count and self.order_day.get(coid, self.day()) >= self.day():
+            self.fills_today -= o.fill_count - new.fill_count  # (a fill wholly taken back was no fill: as counted)
+            self.fills_by_agent[new.agent] -= o.fill_count - new.fill_count
+        return new
 
     def reprice(self, coid: str, ev: Reprice) -> Order | None:
         """Bring an order's filled value to the broker's (same quantity, another value): the agent's

@@ -433,7 +433,7 @@ class Store:
                 order.created_ns,
                 order.filled_qty,
                 order.filled_value,
-                len(order.fill_ids),
+                order.fill_count,
             ),
         )
 

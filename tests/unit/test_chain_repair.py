@@ -248,3 +248,24 @@ async def test_a_held_fill_is_never_given_to_external(tmp_path: Path) -> None:
     await h.recon.run("test")
     assert h.portfolio.position("alpha", "005930").qty == 10 and h.portfolio.position("external", "005930") is None
     await h.close()
+
+
+async def test_a_fill_taken_back_is_no_fill_in_the_counts_status_and_the_report_show(tmp_path: Path) -> None:
+    """(a hunt) A fill reconciliation took back (the broker never had it) stayed counted: status's fills and fills
+    today, the daily report's fills column ('fills 1, bought 0'), also after a restart's recount."""
+    from server.daily_report import money
+
+    db = tmp_path / "gw.sqlite"
+    h = Harness(db, cfg=FAST)
+    await h.start()
+    odno = await resting(h, 1, qty=5)
+    h.notices.on_notice(forged_fill(odno, 5, 60_000))
+    assert h.book.fills_today == 1 and h.book.fills_by_agent["alpha"] == 1
+    await h.recon.run("test")
+    assert h.book.orders[coid(1)].filled_qty == 0
+    assert h.book.fills_today == 0 and h.book.fills_by_agent["alpha"] == 0
+    assert money(h.book, h.book.day(), lambda o: 0)[0] == 0
+    await h.close()
+    h2 = Harness(db, cfg=FAST)  # a restart recounts from the stored orders
+    assert h2.book.fills_today == 0 and h2.book.fills_by_agent.get("alpha", 0) == 0
+    h2.store.close()
