@@ -26,6 +26,13 @@ def kst_from_ns(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, KST)
 
 
+def when_text(ns: int, now: int) -> str:
+    """A time for people beside what happened then: the time of day if it is today's (KST), else the date too (an
+    action or alert of two days ago read as this morning's)."""
+    at = kst_from_ns(ns)
+    return f"{at:%H:%M:%S}" if at.date() == kst_from_ns(now).date() else f"{at:%m-%d %H:%M:%S}"
+
+
 @functools.lru_cache(maxsize=64)  # strftime on every order and event is a measurable cost
 def yyyymmdd(day: dt.date) -> str:
     return day.strftime("%Y%m%d")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from common.clock import KST, date_of
+from common.clock import KST, date_of, when_text
 from common.enums import AlertKind, SystemEventKind
 
 log = logging.getLogger("ktrader.alerts")
@@ -79,6 +79,12 @@ class Alerts:
 
     def texts(self, n: int = 20) -> list[str]:
         return [text for _, text in self.recent[-n:]]
+
+    def stamped(self, n: int = 20) -> list[str]:
+        """The newest `n` alerts with their times, for people (status, the console, the web page): an alert of
+        another day carries its date (a restart alert of two days ago was listed under 'alerts today 0')."""
+        now = self.now_ns()
+        return [f"{when_text(ts, now)} {text}" for ts, text in self.recent[-n:]]
 
     def of_day(self, day: str) -> list[str]:
         """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first: all of them (the store's;

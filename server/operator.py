@@ -60,7 +60,7 @@ import msgspec
 
 from common import approvals
 from common.calendar import is_trading_day
-from common.clock import KST, date_of, kst_from_ns
+from common.clock import KST, date_of, when_text
 from common.config import BrokerEnv, AgentCard, EndOfDay, GatewayConfig
 from common.enums import (
     AgentMode,
@@ -384,7 +384,7 @@ class Operator:
             synced=gw.recon.synced,
             reconciled_whole=gw.recon.complete,
             last_reconcile_age_s=round((book.now_ns() - last[0]) / 1e9, 1) if last else -1.0,
-            alerts=gw.alerts.texts(20),
+            alerts=gw.alerts.stamped(20),
             operator_actions=self._journal(OPERATOR_ACTIONS_SHOWN),
             names={c: master.name(c) for c in codes if master is not None and c in master},
             health=msgspec.structs.replace(
@@ -431,8 +431,9 @@ class Operator:
             rows = self.gw.store.operator_log(limit=n)
         except Exception:  # a failed store: the status still answers
             return []
+        now = self.gw.book.now_ns()
         return [
-            f"{kst_from_ns(ts):%H:%M:%S} {actor} {action}"
+            f"{when_text(ts, now)} {actor} {action}"
             + (f" {agent}" if agent else "")
             + (": " if ok else " REFUSED: ")
             + str(detail.get("result", ""))[:100]
