@@ -278,6 +278,9 @@ class Operator:
                         ts_ns=o.updated_ns,
                     )
         agents = []
+        # no market, no day: a weekend's or a holiday's live row was a flat day in the days, the Sharpe and the curve
+        # (Friday's report said days 5, the Saturday's status 6: a hunt), as snapshot_equity keeps none
+        market_day = is_trading_day(gw.clock.now().date())
         for agent in self.known_agents():
             rec = gw.registry.agents.get(agent)
             card = self.card_of(agent)
@@ -285,7 +288,7 @@ class Operator:
             held = list(portfolio.positions.get(agent, {}).values())
             marked = console_views.agent_positions(portfolio, agent)  # (a pending split's holders: at its ratio)
             budget = card.budget if card is not None else 0
-            live = self._live_row(agent, day, traded.get(agent, 0), budget)
+            live = self._live_row(agent, day, traded.get(agent, 0), budget) if market_day else None
             agents.append(
                 AgentStatus(
                     id=agent,

@@ -66,3 +66,24 @@ async def test_a_gain_above_its_costs_is_still_a_win(tmp_path: Path) -> None:
         assert performance.closing_net(h.book.orders[sell], h.book) == 5_000 - 150 - 150 - 2_010
     finally:
         await h.close()
+
+
+async def test_a_weekend_adds_no_flat_day_to_the_performance_status_shows(tmp_path: Path) -> None:
+    """(a hunt) On a Saturday status, the console and the web added a live flat day for it to every agent's
+    performance (days +1, the Sharpe lower, a Saturday point on the curve), unlike Friday's daily report."""
+    import datetime as dt
+
+    clock = trading_clock()  # Friday 2026-11-20, 10:00
+    h = Harness(tmp_path / "db", clock=clock, cards={"alpha": ALPHA})
+    await h.start()
+    try:
+        d = Desk(h, tmp_path / "run", [ALPHA])
+        await trade(h, 1, Side.BUY, 100_000)
+        d.op.tick()  # Friday's row
+        friday = next(a.performance for a in d.op.status().agents if a.id == "alpha")
+        assert friday.days == 1
+        clock.set(dt.datetime(2026, 11, 21, 12, 0))  # Saturday
+        saturday = next(a.performance for a in d.op.status().agents if a.id == "alpha")
+        assert saturday.days == friday.days and saturday.net_pnl == friday.net_pnl
+    finally:
+        await h.close()
