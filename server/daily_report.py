@@ -147,9 +147,16 @@ def build(
     )
 
 
+def _name(r: AgentDay) -> str:
+    return f"{r.agent} (shadow)" if r.mode is AgentMode.SHADOW else r.agent
+
+
 def render(rep: DailyReport) -> str:
+    # the name column fits the longest name (a shadow row's "id (shadow)" overflowed 16 and shifted its figures
+    # under the wrong headers: a hunt)
+    w = max([16, *(len(_name(r)) + 1 for r in rep.agents)])
     head = (
-        f"{'agent':<16}{'orders':>7}{'fills':>6}{'bought':>15}{'sold':>15}{'realised':>12}{'fees':>9}{'net':>12}"
+        f"{'agent':<{w}}{'orders':>7}{'fills':>6}{'bought':>15}{'sold':>15}{'realised':>12}{'fees':>9}{'net':>12}"
         f"{'unreal.':>12}"
     )
     lines = [
@@ -158,9 +165,8 @@ def render(rep: DailyReport) -> str:
         "-" * len(head),
     ]
     for r in rep.agents:
-        name = f"{r.agent} (shadow)" if r.mode is AgentMode.SHADOW else r.agent
         lines.append(
-            f"{name:<16}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
+            f"{_name(r):<{w}}{r.orders:>7}{r.fills:>6}{r.bought_value:>15,}{r.sold_value:>15,}"
             f"{r.realized_pnl:>12,}{r.fees:>9,}{r.net_pnl:>12,}{r.unrealized_pnl:>12,}"
         )
         for p in r.positions:
@@ -172,11 +178,11 @@ def render(rep: DailyReport) -> str:
         )
     if rep.waiting:
         lines += ["", "waiting for the next session (sent at its opening call)"]
-        for w in rep.waiting:
-            at = "at market" if not w.price else f"at {w.price:,}"
-            who = "the gateway's, for it" if w.by_gateway else "its own"
-            shadow = "; shadow: to the shadow market, never sent" if w.shadow else ""
-            lines.append(f"{'':<4}{w.agent} {w.side.value} {w.qty} {w.code} {at} on {w.valid_day} ({who}{shadow})")
+        for wt in rep.waiting:
+            at = "at market" if not wt.price else f"at {wt.price:,}"
+            who = "the gateway's, for it" if wt.by_gateway else "its own"
+            shadow = "; shadow: to the shadow market, never sent" if wt.shadow else ""
+            lines.append(f"{'':<4}{wt.agent} {wt.side.value} {wt.qty} {wt.code} {at} on {wt.valid_day} ({who}{shadow})")
     if rep.protections:
         lines += ["", "protective orders"]
         for pr in rep.protections:
@@ -198,12 +204,17 @@ def render(rep: DailyReport) -> str:
         ]
     perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
     if perf:
-        head = f"{'performance':<16}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"
+        head = (
+            f"{'performance':<{w}}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"
+        )
         lines += ["", head, "-" * len(head)]
         for agent, pf in perf:
+            # "-" where a figure is not defined (the console's and the web's way; a backtest's too): a Sharpe of
+            # one day, a win rate without a closing trade ("0%" read as every trade lost)
+            sharpe = f"{pf.sharpe:>8.2f}" if pf.days >= 2 else f"{'-':>8}"
+            rate = f"{pf.win_rate:>9.0%}" if pf.wins + pf.losses else f"{'-':>9}"
             lines.append(
-                f"{agent:<16}{pf.days:>5}{pf.net_pnl:>14,}{pf.max_drawdown:>12,}{pf.sharpe:>8.2f}"
-                f"{pf.win_rate:>9.0%}{pf.turnover:>9.2f}"
+                f"{agent:<{w}}{pf.days:>5}{pf.net_pnl:>14,}{pf.max_drawdown:>12,}{sharpe}{rate}{pf.turnover:>9.2f}"
             )
     return "\n".join(lines) + "\n"
 
