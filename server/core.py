@@ -151,6 +151,7 @@ def build_order_core(
     recon = Reconciler(
         book, notices, broker, alerts, int(cfg.unknown_grace_s * 1e9), int(cfg.fill_confirm_grace_s * 1e9)
     )
+    recon.on_value_moved = risk.shares_moved
     desk = OrderDesk(
         book,
         risk,

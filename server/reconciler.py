@@ -162,6 +162,10 @@ class Reconciler:
         # stored daily bars are in the old shares' prices: dropped, back-filled adjusted; intraday bars are
         # rescaled only when the operator applies the split)
         self.on_split_found: Callable[[str, str], object] | None = None
+        # the account's equity moved by shares given to (taken from) 'external' with no cash of their own seen (held
+        # before ktrader, gone while no gateway ran): its drawdown peaks move with it (server/risk.py shares_moved),
+        # as with money moved, or a write-off reads as a drawdown (the sale's cash already raised them: a review)
+        self.on_value_moved: Callable[[int], object] | None = None
         # A fill booked from a notice that the list does not show is held as unconfirmed this long,
         # then taken back (a forged or misreported notice must not stay in the books).
         self.fill_grace_ns = fill_grace_ns
@@ -188,9 +192,9 @@ class Reconciler:
         self._external_adjusted: dict[str, int] | None = None  # code -> shares (EXTERNAL_ADJUSTED_META), lazily
         # (day, code) -> the largest 'external' short under an agent's shares told that day (a larger one is told again)
         self._short_alerted: dict[tuple[str, str], int] = {}
-        # codes the start's first pass found the books ahead on with no order of ours to explain it (shares gone
-        # while no gateway ran): attributed to 'external' once a later pass past the grace agrees
-        self._gone_before: set[str] = set()
+        # code -> the difference the start's first pass found the books ahead by, no order of ours to explain it
+        # (shares gone while no gateway ran): attributed to 'external' once a later pass past the grace agrees on it
+        self._gone_before: dict[str, int] = {}
         self._earlier_failed: set[str] = set()  # earlier days whose list could not be read (alerted once)
         self._lock = asyncio.Lock()  # the periodic pass and the day's close never interleave
         self.repriced = 0  # orders whose filled value was brought to the broker's (same shares, other value)
@@ -604,7 +608,7 @@ class Reconciler:
                 )
                 continue
             if not diff:
-                self._gone_before.discard(code)
+                self._gone_before.pop(code, None)
                 continue
             settled = False
             if code not in busy:  # (while an order on it is in flight, the difference's age starts over)
@@ -639,20 +643,20 @@ class Reconciler:
                     # spans seconds at 2 calls/s): shown, and alerted once the code is quiet if it persists (a hunt:
                     # 'books are ahead' at once, never cleared, the next pass agreeing)
                     notes.append(Note(code, f"{ahead}: an order on it is in flight or just filled: waiting"))
-                elif (start and code not in explainable) or code in self._gone_before:
-                    # (once a second balance read past the grace agrees: one read is not trusted to deny the
-                    # holders' sells; their cash, if they were sold, is in the account's first read: none moved)
-                    if code in self._gone_before and settled:
-                        self._gone_before.discard(code)
+                elif (start and code not in explainable) or self._gone_before.get(code) == diff:
+                    # (once a second balance read past the grace agrees on the same difference: one read is not
+                    # trusted to deny the holders' sells; their cash, if they were sold, is in the account's reads)
+                    if self._gone_before.get(code) == diff and settled:
+                        del self._gone_before[code]
                         self._adjust_external(code, diff, broker.get(code), traded=False)
                         self._unexplained.pop(code, None)
                         alerts.append(
                             f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external "
                             "(sold or moved out of the account outside ktrader while no gateway ran: no order of "
-                            "ours could have taken them)"
+                            "ours could have taken them; a sale's cash was told as money moved into the account)"
                         )
                     else:
-                        self._gone_before.add(code)
+                        self._gone_before[code] = diff
                         notes.append(
                             Note(
                                 code,
@@ -660,6 +664,7 @@ class Reconciler:
                             )
                         )
                 else:
+                    self._gone_before.pop(code, None)  # (another difference than the start's: told, never written off)
                     alerts.append(
                         f"{ahead} (no order of ours explains it: shares sold or moved out outside ktrader that the "
                         "day's order list does not show? check the account in the KIS app)"
@@ -963,7 +968,11 @@ class Reconciler:
         # the shares this gives 'external' (of a short, only what lifts it above zero) may be taken back
         # later, should the books turn out ahead of the account on this code
         given = max(0, qty) - max(0, cur.qty)
+        before = portfolio.equity()
         portfolio.set_position(EXTERNAL_AGENT, pos, traded=traded)  # (first: the baseline it moves is saved with it)
+        after = portfolio.equity()
+        if not traded and before is not None and after is not None and after != before and self.on_value_moved:
+            self.on_value_moved(after - before)
         with self.book.store.transaction():
             self.book.store.save_position(EXTERNAL_AGENT, pos)
             if given > 0:

@@ -791,6 +791,15 @@ class RiskGate:
             "withdrawal, a dividend): the account's equity peaks moved in step, its drawdown limits measure trades"
         )
 
+    def shares_moved(self, value: int) -> None:
+        """The account's equity moved by `value` KRW of shares that came or went with no trade of the books (given to
+        'external' or taken from it: held before ktrader, gone while no gateway ran): its peaks move in step, as with
+        money moved (`cash_moved`), so its drawdown limits measure trading (a write-off read as a drawdown: a
+        review). Agents' equity is their own books': untouched."""
+        if (equity := self.portfolio.equity()) is not None:
+            self.peaks.scale(ACCOUNT, equity, equity - value)
+        log.warning("shares valued %+d KRW moved with no trade: the account's equity peaks moved in step", value)
+
     def _drawdowns(self, cards: list[AgentCard]) -> None:
         """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the
         agent (the gateway) in REDUCING, past the second in HALTED."""
