@@ -30,6 +30,7 @@ from common.orders import CancelRefused, Order, OrderState, Replaced, ReplaceRef
 from kis.port import BrokerOrderReport
 from server.notices import NoticeRouter
 from server.order_book import OrderBook
+from server.send_queue import Call
 
 log = logging.getLogger("ktrader.repair")
 
@@ -248,7 +249,13 @@ class ChainRepair:
         by = {r.broker_order_id: r for r in reports}
         chain = [by[x] for x in o.broker_chain if x in by and not by[x].is_cancel]
         cancelled = {r.orig_broker_order_id for r in reports if r.is_cancel}
-        took = [r for r in chain if r.broker_order_id in cancelled and r.remaining_qty <= 0]
+        # only the line our own cancel went to, shown closed by a cancel: the KIS app's cancel of another line of the
+        # chain while ours is not in the list yet is no sign (a second cancel went to the line being cancelled, and
+        # a refusal of it showed the order open again: a review)
+        ours = self._cancel_line(o.client_order_id)
+        took = [
+            r for r in chain if r.broker_order_id == ours and r.broker_order_id in cancelled and r.remaining_qty <= 0
+        ]
         live = by.get(o.broker_order_id)
         other = live if live is not None and live.remaining_qty > 0 else None
         if other is None:
@@ -282,6 +289,16 @@ class ChainRepair:
         book.trace(coid, "repair.cancel_again", odno=other.broker_order_id, split=True)
         book.try_apply(coid, ResendCancel(ts_ns=book.now_ns(), broker_order_id=other.broker_order_id))  # (no doubt)
         self.resend_cancel(coid)
+
+    def _cancel_line(self, coid: str) -> str:
+        """The line the order's last cancel request went to (its trace), "" if none."""
+        self.book.flush_traces()
+        lines = [
+            str(body.get("odno", ""))
+            for _, kind, body in self.book.store.trace(coid)
+            if kind == "broker.request" and body.get("call") == Call.CANCEL.value
+        ]
+        return lines[-1] if lines else ""
 
     def _cancel(self, o: Order, live: BrokerOrderReport | None, reports: list[BrokerOrderReport], aged: bool) -> bool:
         book, coid = self.book, o.client_order_id

@@ -647,3 +647,49 @@ async def test_a_cancel_after_a_partial_revise_in_the_app_reaches_the_line_still
     await asyncio.sleep(0.05)
     assert b.cancels == [revise, first] and len([a for a in alerts if "cancelling that line too" in a]) == 1
     await h.close()
+
+
+def _notice(kind: NoticeKind, odno: str, orig: str, qty: int, price: int, **kw: bool) -> BrokerNotice:
+    return BrokerNotice(
+        kind=kind,
+        broker_order_id=odno,
+        orig_broker_order_id=orig,
+        code=CODE,
+        side=Side.BUY,
+        order_qty=qty,
+        order_price=price,
+        fill_qty=0,
+        fill_price=0,
+        time="100001",
+        **kw,
+    )
+
+
+async def test_no_second_cancel_to_the_live_line_while_its_cancel_is_unlisted(tmp_path: Path) -> None:
+    """(a review) The KIS app cancelled another line of the chain while our cancel is not in the list yet: no sign
+    our cancel missed a line (a second cancel went to the line being cancelled)."""
+    clock = ManualClock(kst(FRI, 10))
+    b = SplitBroker(clock)
+    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
+    alerts: list[str] = []
+    h.core.repair.alert = alerts.append
+    await h.start()
+    c = coid(1)
+    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
+    await h.settle(lambda: h.book.orders[c].state is OrderState.ACCEPTED)
+    first, revise, app_cancel = h.book.orders[c].broker_order_id, "0000000902", "0000000903"
+    # the KIS app: 3 revised to 61,000 (a new line), then the first line's 7 cancelled
+    h.notices.on_notice(_notice(NoticeKind.ACCEPTED, revise, first, 3, 61_000, is_modify=True))
+    h.notices.on_notice(_notice(NoticeKind.CANCELLED, app_cancel, first, 7, 0, is_cancel=True))
+    assert h.desk.cancel("alpha", c)[0] is None  # the agent's cancel: to the revise line, the live one
+    await h.settle(lambda: b.cancels == [revise])
+    b.lines = [  # the list: the app's cancel is there, the agent's not yet (the list lags)
+        msgspec.structs.replace(line(first, 10, 60_000, 0, 0), cancelled_qty=7),
+        line(revise, 3, 61_000, 0, 3, first),
+        msgspec.structs.replace(line(app_cancel, 7, 0, 0, 0, first), is_cancel=True, is_modify=False),
+    ]
+    h.core.repair.learn(c)  # the unconfirmed cancel's look
+    await h.settle(lambda: not h.core.repair._due)
+    await asyncio.sleep(0.1)
+    assert b.cancels == [revise], f"a second cancel went to the line already being cancelled: {b.cancels}; {alerts}"
+    await h.close()
