@@ -67,6 +67,9 @@ class SubscriptionManager:
         # by on_yielded(holder, key) (the gateway's watches: it asks again later, within their reserve)
         self.yielding: tuple[str, ...] = ()
         self.on_yielded: Callable[[str, Key], None] | None = None
+        # key -> loop time until which a yielding watch's registration is kept for the agent that left it (its hold,
+        # as a slot no one else holds is: a restarting agent came back to find it taken, refused: a review)
+        self._kept_for: dict[Key, float] = {}
         self._attempt: dict[Key, int] = {}  # key -> the number of its latest registration attempt
         self._release: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,6 +97,8 @@ class SubscriptionManager:
                 f"{kind.value} {code} refused"
             )
         self.holders[key].add(agent)
+        if agent not in self.yielding:
+            self._kept_for.pop(key, None)
         timer = self._release.pop(key, None)
         if timer is not None:
             timer.cancel()  # someone came back before the debounced release
@@ -119,10 +124,12 @@ class SubscriptionManager:
         them): the first listed holder's first. False: none."""
         if agent in self.yielding:
             return False
+        now = asyncio.get_running_loop().time()
+        self._kept_for = {k: t for k, t in self._kept_for.items() if t > now}
         for holder in self.yielding:
             for key in sorted(self.active):
                 who = self.holders.get(key)
-                if who and who <= set(self.yielding) and holder in who:
+                if who and who <= set(self.yielding) and holder in who and key not in self._kept_for:
                     for h in sorted(who):
                         who.discard(h)
                         if self.on_yielded is not None:
@@ -148,6 +155,8 @@ class SubscriptionManager:
                 if not who and key in self.active and key not in self._release:
                     loop = asyncio.get_running_loop()
                     self._release[key] = loop.call_later(max(self.debounce_s, hold_s), self._release_now, key)
+                elif who and who <= set(self.yielding) and key in self.active:
+                    self._kept_for[key] = asyncio.get_running_loop().time() + max(self.debounce_s, hold_s)
 
     def only_theirs(self, agent: str) -> list[Key]:
         """The registrations `agent` alone holds."""

@@ -372,8 +372,10 @@ class ConsoleModel:
         if a is None or a.state.value == "offline":
             # offline is the gateway's view of its lease, not proof the process is gone: one busy in a long callback
             # still holds its lock here ("is not running" about a live process, a hunt)
-            if (pid := self._lock_holder(agent)) is None:
-                raise ActionError(f"{agent} is not running")
+            if (a is not None and a.host and a.host != socket.gethostname()) or (
+                pid := self._lock_holder(agent)
+            ) is None:
+                raise ActionError(f"{agent} is not running")  # (here: a pid file of another host's is no pid here)
             return self._sigterm(agent, pid, " (offline at the gateway: busy in a callback?)")
         if a.host != socket.gethostname():
             raise ActionError(f"{agent} runs on {a.host}: stop it there (or pause it here)")
