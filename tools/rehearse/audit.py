@@ -29,6 +29,7 @@ import msgspec
 
 from agent.runtime import load_strategy_class
 from common.config import AgentCard
+from common.enums import AgentMode
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
 from common.orders import Order, OrderState
@@ -127,6 +128,7 @@ class DayRow(msgspec.Struct):
     orders: dict[str, int] = {}  # agent -> orders decided that day
     fills: dict[str, int] = {}
     net_pnl: dict[str, int] = {}
+    shadow: list[str] = []  # the day's shadow agents: their fills and P&L are virtual, not the account's
     reconcile_differences: list[str] = []
     recovery_repairs: list[str] = []  # reconciliation after a restart found and repaired these
     alerts: list[str] = []
@@ -480,6 +482,7 @@ def audit_run(
             row.report = True
             row.fills = {r.agent: r.fills for r in rep.agents}
             row.net_pnl = {r.agent: r.net_pnl for r in rep.agents}
+            row.shadow = sorted(r.agent for r in rep.agents if r.mode is AgentMode.SHADOW)
             row.alerts = list(rep.alerts)
             # the day's money, books against the twin's account (server/cash_check.py)
             if rep.cash is None or not rep.cash.compared:

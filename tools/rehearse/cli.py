@@ -96,14 +96,28 @@ def _print(summary: object, console: Console) -> None:
     s = summary  # tools.rehearse.run.Summary
     a = s.audit  # type: ignore[attr-defined]
     t = Table(title=f"rehearsal {s.days[0]} .. {s.days[-1]} ({len(s.days)} days, {s.seconds:.0f}s)")  # type: ignore[attr-defined]
-    for col in ("day", "orders", "fills", "net P&L", "reconcile", "alerts", "report"):
+    shadow = any(d.shadow for d in a.days)
+    for col in (
+        "day",
+        "orders",
+        "fills",
+        "net P&L",
+        *(["shadow P&L"] if shadow else []),
+        "reconcile",
+        "alerts",
+        "report",
+    ):
         t.add_column(col)
     for d in a.days:
+        # the account's figures: a shadow agent's fills and P&L are virtual (a live and a shadow copy of one card
+        # showed twice the day's P&L: a hunt), shown apart
+        live = [x for x in {*d.orders, *d.fills, *d.net_pnl} if x not in d.shadow]
         t.add_row(
             d.day,
-            str(sum(d.orders.values())),
-            str(sum(d.fills.values())),
-            f"{sum(d.net_pnl.values()):,}",
+            str(sum(d.orders.get(x, 0) for x in live)),
+            str(sum(d.fills.get(x, 0) for x in live)),
+            f"{sum(d.net_pnl.get(x, 0) for x in live):,}",
+            *([f"{sum(d.net_pnl.get(x, 0) for x in d.shadow):,}"] if shadow else []),
             str(len(d.reconcile_differences)),
             str(len(d.alerts)),
             "yes" if d.report else "MISSING",
