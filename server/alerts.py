@@ -18,6 +18,7 @@ from common.enums import AlertKind, SystemEventKind
 log = logging.getLogger("ktrader.alerts")
 
 KEEP = 200
+REPORTED_META = "alerts_reported_until_ns"  # when the last daily report's alerts were taken (Alerts.reported)
 DAY_NS = 86_400 * 1_000_000_000
 
 
@@ -37,6 +38,10 @@ class Journal(Protocol):
     def alerts_between(self, start_ns: int, end_ns: int) -> list[str]: ...
 
     def count_alerts_between(self, start_ns: int, end_ns: int) -> int: ...
+
+    def get_meta(self, key: str, default: str = "") -> str: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
 
 
 class Alerts:
@@ -87,16 +92,30 @@ class Alerts:
         return [f"{when_text(ts, now)} {text}" for ts, text in self.recent[-n:]]
 
     def of_day(self, day: str) -> list[str]:
-        """The alerts raised on trading day `day` (YYYYMMDD, market time), oldest first: all of them (the store's;
-        the newest KEEP in memory cut a busy day's report)."""
+        """The alerts a report of trading day `day` (YYYYMMDD, market time) lists, oldest first: all of them (the
+        store's; the newest KEEP in memory cut a busy day's report), from its start, or from when the previous
+        report's were taken (`reported`) if that was earlier (an evening's, raised after its day's report was written,
+        were in no report at all: a hunt), to the day's end or now if later (a day closed in the next session)."""
         start_ns = int(dt.datetime.combine(date_of(day), dt.time(), KST).timestamp()) * 1_000_000_000
-        end_ns = start_ns + DAY_NS
+        end_ns = max(start_ns + DAY_NS, self.now_ns() + 1)
+        if self.journal is not None:
+            try:
+                mark = int(self.journal.get_meta(REPORTED_META) or 0)
+            except (Exception, ValueError):  # (a failed store: the day's own)
+                mark = 0
+            if 0 < mark < start_ns:
+                start_ns = mark
         if self.journal is not None:
             try:
                 return self.journal.alerts_between(start_ns, end_ns)
             except Exception:  # a failed store: what memory holds
                 log.exception("the day's alerts not read from the store")
         return [text for ts, text in self.recent if start_ns <= ts < end_ns]
+
+    def reported(self, day: str) -> None:
+        """`day`'s report was written with its alerts: the next report's start from here (see of_day)."""
+        if self.journal is not None:
+            self.journal.set_meta(REPORTED_META, str(self.now_ns()))
 
     def count_day(self, start_ns: int) -> int:
         """How many alerts were raised in the day starting at `start_ns` (all, not only the newest KEEP; not a

@@ -267,6 +267,7 @@ class Gateway:
             approved=self.approved,  # the gateway's, bound to its owner at the start (_trust)
             day_close=lambda code, d: self.md.day_close(code, d),  # (md is made after the day)
             last_print=lambda: self.md.last_print,  # (read on the host's clock only: TradingDay.wall)
+            alerts_reported=self.alerts.reported,
         )
         # the broker's holiday calendar: asked until it answers, watched at 08:00, and orders refused as
         # "not a business day" close the day (server/session_days.py)

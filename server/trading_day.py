@@ -260,6 +260,7 @@ class TradingDay:
         approved: approvals.ApprovedCards | None = None,
         day_close: Callable[[str, dt.date], int] = lambda code, day: 0,  # a code's official close of a day (0: none)
         last_print: Callable[[], tuple[dt.datetime, float] | None] = lambda: None,
+        alerts_reported: Callable[[str], None] = lambda day: None,
     ) -> None:
         # status counters (ktrader status): end_of_day_missed, days_closed_late
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -283,6 +284,7 @@ class TradingDay:
         self.spawn = spawn
         self.run_dir = run_dir
         self.alerts_of_day = alerts_of_day
+        self.alerts_reported = alerts_reported  # (its report written: the next one's alerts start from then)
         self.performance = performance
         self.close_bars = close_bars  # the day's daily bars, once its orders are over
         self.last_print = last_print  # (exchange time, elapsed s) of the latest print heard, None: none
@@ -1096,6 +1098,7 @@ class TradingDay:
             path = daily_report.write(report, self.run_dir)
             with self.book.store.transaction():
                 self.cycle.mark_closed(day)
+                self.alerts_reported(day)
                 # the new day counts from the old one's end (its late fills are not its), and its carried
                 # positions from what they are now (the late fills changed them): taken afresh, kept
                 if span is not None and reroll:
