@@ -330,8 +330,11 @@ class ApprovedCards:
 
     def refusal(self, agent: str) -> str:
         """Why `agent`'s approval is not honoured here ("" when it is, or when there is none): approved for
-        another environment or account (what the agent is told at its refused registration)."""
+        another environment or account, or the approvals file itself refused (a damaged or hand-edited entry: every
+        agent was told "no approved card", the cause only in the gateway's log: a hunt)."""
         self.refresh()
+        if self.error:
+            return f"the approvals are refused: {self.error}"
         a = self.cards.get(agent)
         if a is None or same_owner(a.owner, self.owner):
             return ""

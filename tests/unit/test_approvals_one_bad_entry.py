@@ -29,3 +29,15 @@ def test_an_approval_no_longer_valid_leaves_the_others_approved(
     assert any("'old'" in r.getMessage() and "approve it again" in r.getMessage() for r in caplog.records)
     approvals.approve(tmp_path, [card("new")], by="test")  # approving another card still works
     assert approvals.ApprovedCards(tmp_path).get("new") is not None
+
+
+def test_an_entry_edited_by_hand_is_what_every_refused_agent_is_told(tmp_path: Path) -> None:
+    """(a hunt) A hand-edited entry makes the approvals file refused as a whole: every agent was told "no approved
+    card", the cause (which entry, and what to do) only in the gateway's log."""
+    approvals.approve(tmp_path, [card("good"), card("other")], by="test")
+    path = approvals.registry_path(tmp_path)
+    path.write_text(path.read_text().replace('"budget": 1000000', '"budget": 50000000', 1))
+    cards = approvals.ApprovedCards(tmp_path)
+    assert cards.get("good") is None
+    why = cards.refusal("good")
+    assert "does not match its checksum" in why and "approve" in why, why

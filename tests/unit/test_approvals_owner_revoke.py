@@ -203,5 +203,6 @@ def test_keys_revoke_withdraws_the_approval(gateways: Gateways) -> None:
     assert isinstance(err := register(gw, card()), Error) and err.code is ErrorCode.NOT_APPROVED
     assert "alpha" not in approvals.load(gateways.run).cards
     assert "withdrew the approval of alpha" in out.output and "approved again" in out.output
+    assert "open orders keep working" in out.output and "cancel_all --agent alpha" in out.output
     again = CliRunner().invoke(keys_app, ["revoke", "alpha", "--run-dir", str(gateways.run)])
     assert again.exit_code == 0 and "no key, credential or approval for alpha" in again.output

@@ -107,6 +107,12 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
             f"withdrew the approval of {agent_id} ({approvals.registry_path(run_dir)}): its card must be approved "
             f"again before it may trade: ktrader cards approve --run-dir {run_dir} CARD"
         )
+        # (its orders are the gateway's to end, not this file operation's: they keep working at KIS, and its orders
+        # held for the next session go out at the open: a hunt)
+        typer.echo(
+            f"its open orders keep working (those held for the next session go at its open): "
+            f"ktrader control cancel_all --agent {agent_id} --run-dir {run_dir} ends them; its positions stay"
+        )
     if not gone and not withdrawn:
         typer.echo(f"no key, credential or approval for {agent_id} in {curve.keys_dir(run_dir)}")
 
