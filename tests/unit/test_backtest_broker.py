@@ -104,7 +104,7 @@ def test_round_trip_by_hand() -> None:
     assert r.equity == [10_000_000, 9_291_894 + 715_000, 10_001_509, 10_001_509]
     assert (r.fees, r.taxes) == (212, 1_279)
     (trade,) = round_trips(r.fills, {CODE: 70_200}, r.dates)
-    assert (trade.entry_day, trade.exit_day, trade.pnl, trade.bars) == ("2024-01-03", "2024-01-04", 1_509, 1)
+    assert (trade.entry_day, trade.exit_day, trade.pnl, trade.days) == ("2024-01-03", "2024-01-04", 1_509, 1)
     assert states("20240102-1") == ["pending_submit", "accepted", "filled"]
     assert r.order_states == {"filled": 2}
 

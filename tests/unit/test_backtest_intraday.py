@@ -136,6 +136,8 @@ def test_intraday_metrics_are_annualised_on_daily_equity() -> None:
     r = run({"2024-01-02T09:00": [("buy", 10, 0, M)]})
     m = compute(r)
     assert (m["days"], m["bars"]) == (2, 5)
+    # durations are in days, and named so (a hunt: max_drawdown_bars 2 of an intraday run read as two 5-minute bars)
+    assert "max_drawdown_days" in m and "longest_drawdown_days" in m and not [k for k in m if k.endswith("_bars")]
     # two daily returns against the initial cash, not five bar returns
     r1 = r.equity[0] / 10_000_000 - 1
     r2 = r.equity[1] / r.equity[0] - 1

@@ -85,7 +85,7 @@ def test_round_trips_win_rate_and_profit_factor() -> None:
         fill(DAYS[4], Side.SELL, 1, 14),
     ]
     trades = round_trips(fills, {"005930": 14}, DAYS)
-    assert [(t.entry_day, t.exit_day, t.qty, t.pnl, t.bars) for t in trades] == [
+    assert [(t.entry_day, t.exit_day, t.qty, t.pnl, t.days) for t in trades] == [
         (DAYS[0], DAYS[2], 2, 31 - 20 - 4, 2),
         (DAYS[3], DAYS[4], 1, -6, 1),
     ]

@@ -11,8 +11,9 @@ Conventions (calendar time, so that years with Saturday sessions or with halts r
   sqrt(equity points / years), not sqrt(252): more in the 1990s' Saturday sessions, fewer for a code
   with halts; Sortino's downside deviation is sqrt(mean(min(r, 0)^2)) over all days;
 - max drawdown is the largest peak-to-trough fall of equity as a fraction of the peak; its duration
-  counts the bars under water after that peak (until equity is back at the peak, or to the end of the
-  data); the longest drawdown counts the same for the longest such stretch, so it is never shorter;
+  counts the days under water after that peak (until equity is back at the peak, or to the end of the
+  data); the longest drawdown counts the same for the longest such stretch, so it is never shorter. Equity is
+  one point a trading day, intraday runs too: durations are in days (`bars` counts the bars replayed);
 - a trade is a round trip in one code, from flat to flat; its P&L includes fees and taxes;
 - turnover = traded value / average equity (and per year); exposure = share of days with a position,
   avg_exposure = mean of holdings / equity;
@@ -59,7 +60,7 @@ class Trade:
     sold_value: int
     fees: int  # commission + tax
     pnl: int  # sold - bought - fees (closed trades); marked at the last close for open ones
-    bars: int  # trading days from entry to exit
+    days: int  # trading days from entry to exit (in days whatever the bars: an intraday run's were read as bars)
     open: bool = False
 
     def as_dict(self) -> dict[str, object]:
@@ -144,8 +145,8 @@ def returns_of(values: list[float], start: float | None = None) -> list[float]:
 
 
 def drawdown(equity: list[int], start: int) -> tuple[float, int, int, list[float]]:
-    """(max drawdown fraction, its duration in bars, longest drawdown in bars, drawdown series). Both
-    durations count the bars under water after the peak: neither the peak's bar nor the one back at it."""
+    """(max drawdown fraction, its duration in equity points, the longest drawdown in them, drawdown series). Both
+    durations count the points under water after the peak: neither the peak's point nor the one back at it."""
     peak, peak_i = start, -1
     worst, worst_peak_i = 0.0, -1
     series: list[float] = []
@@ -197,8 +198,8 @@ def compute(
         "sharpe": _ratio(_mean(rets) * root, sd),
         "sortino": _ratio(_mean(rets) * root, downside),
         "max_drawdown": mdd,
-        "max_drawdown_bars": mdd_bars,
-        "longest_drawdown_bars": longest,
+        "max_drawdown_days": mdd_bars,
+        "longest_drawdown_days": longest,
         "trades": len(closed),
         "open_trades": len(trades) - len(closed),
         "win_rate": _ratio(len(wins), len(closed)),
