@@ -244,8 +244,8 @@ class ChainRepair:
         partial revise in the KIS app (QTY_ALL_ORD_YN N) split the order over two lines, the revise line became the
         live one here, and the cancel took only its part; the order sat PENDING_CANCEL untold and the first line's
         shares filled later for an agent that had cancelled (a hunt). The order moves to the open line (if the
-        reconciliation has not) and the cancel goes to it. Only when the list shows a cancel of a line of the chain
-        that it closed and none of the open one: a cancel the list does not show yet is never sent twice."""
+        reconciliation has not) and the cancel goes to it: only when the list shows the line our own cancel went to
+        closed by a cancel and none of the open one, once per line (a list that lags gets no second cancel)."""
         by = {r.broker_order_id: r for r in reports}
         chain = [by[x] for x in o.broker_chain if x in by and not by[x].is_cancel]
         cancelled = {r.orig_broker_order_id for r in reports if r.is_cancel}

@@ -618,12 +618,12 @@ class Reconciler:
                 settled = prev is not None and prev[0] == diff and self.age(now, since) >= self.fill_grace_ns
             if diff < 0:
                 # the books hold more than the account. 'external' holds shares an earlier attribution gave it
-                # (the list lagged, then showed the orders those shares were from): those are taken back. At the
+                # (the list lagged, then showed the orders those shares were from): those are taken back. Found at the
                 # start's first whole pass, with no order of ours that could have taken them, they left the account
-                # while no gateway ran (sold in the KIS app, moved out): 'external' short, as a sale in the app
-                # today is, so the holders are told (the short's alert) and their sells denied, not sent to be
-                # refused (alerted at every pass with nothing to clear it, a flatten refused: a hunt). Later, an
-                # error somewhere (or a balance read behind): never papered over, alerted with what to check
+                # while no gateway ran (sold in the KIS app, moved out): once a later pass agrees, 'external' short,
+                # as a sale in the app today is, so the holders are told (the short's alert) and their sells denied,
+                # not sent to be refused (alerted at every pass with nothing to clear it, a flatten refused: a hunt).
+                # Found later: an error somewhere (or a balance read behind): never papered over, alerted
                 ahead = f"{code}: account holds {theirs}, books have {books}: books are ahead of the account"
                 take = min(-diff, self._external_adjusted_held(code))
                 if take and settled:
@@ -653,7 +653,7 @@ class Reconciler:
                         alerts.append(
                             f"{code}: account holds {theirs}, books had {books}: {diff:+d} attributed to external "
                             "(sold or moved out of the account outside ktrader while no gateway ran: no order of "
-                            "ours could have taken them; a sale's cash was told as money moved into the account)"
+                            "ours could have taken them; a sale's cash may have been told as money moved in)"
                         )
                     else:
                         self._gone_before[code] = diff

@@ -158,10 +158,6 @@ class SubscriptionManager:
                 elif who and who <= set(self.yielding) and key in self.active:
                     self._kept_for[key] = asyncio.get_running_loop().time() + max(self.debounce_s, hold_s)
 
-    def only_theirs(self, agent: str) -> list[Key]:
-        """The registrations `agent` alone holds."""
-        return [k for k in self.active if self.holders.get(k) == {agent}]
-
     def release(self, agent: str, kind: MarketKind, code: str) -> Key | None:
         """One agent no longer wants (kind, code) (e.g. it left the universe); debounced like leave. Returns the
         key when nobody holds it now (its release pending): a swap passes it to `want(swapping=...)`."""
