@@ -97,14 +97,15 @@ class Alerts:
         report's were taken (`reported`) if that was earlier (an evening's, raised after its day's report was written,
         were in no report at all: a hunt), to the day's end or now if later (a day closed in the next session)."""
         start_ns = int(dt.datetime.combine(date_of(day), dt.time(), KST).timestamp()) * 1_000_000_000
-        end_ns = max(start_ns + DAY_NS, self.now_ns() + 1)
+        self._read_at = self.now_ns()  # (what `reported` marks: an alert raised after this read is the next report's)
+        end_ns = max(start_ns + DAY_NS, self._read_at + 1)
         if self.journal is not None:
             try:
                 mark = int(self.journal.get_meta(REPORTED_META) or 0)
             except (Exception, ValueError):  # (a failed store: the day's own)
                 mark = 0
-            if 0 < mark < start_ns:
-                start_ns = mark
+            if mark > 0 and (mark < start_ns or mark < end_ns):
+                start_ns = mark  # (later too: a late close's report took the next morning's already)
         if self.journal is not None:
             try:
                 return self.journal.alerts_between(start_ns, end_ns)
@@ -115,7 +116,7 @@ class Alerts:
     def reported(self, day: str) -> None:
         """`day`'s report was written with its alerts: the next report's start from here (see of_day)."""
         if self.journal is not None:
-            self.journal.set_meta(REPORTED_META, str(self.now_ns()))
+            self.journal.set_meta(REPORTED_META, str(getattr(self, "_read_at", 0) or self.now_ns()))
 
     def count_day(self, start_ns: int) -> int:
         """How many alerts were raised in the day starting at `start_ns` (all, not only the newest KEEP; not a

@@ -797,7 +797,9 @@ class RiskGate:
         money moved (`cash_moved`), so its drawdown limits measure trading (a write-off read as a drawdown: a
         review). Agents' equity is their own books': untouched."""
         if (equity := self.portfolio.equity()) is not None:
-            self.peaks.scale(ACCOUNT, equity, equity - value)
+            up, down = self.portfolio.cash_doubt  # (a cash jump not told as money moved yet: scaled when it is)
+            base = equity - (up - down)
+            self.peaks.scale(ACCOUNT, base, base - value)
         log.warning("shares valued %+d KRW moved with no trade: the account's equity peaks moved in step", value)
 
     def _drawdowns(self, cards: list[AgentCard]) -> None:

@@ -168,7 +168,8 @@ class Supervisor:
         down leaves it in this process's log and screen."""
         from tools.ops.status import send_control  # (the supervisor's one call to the gateway)
 
-        text = f"{sup.id}: crash loop given up by the supervisor ({sup.reason}): see its log agent-{sup.id}.log"
+        # (short: the journal line names the agent, status shows 100 characters of the text)
+        text = f"crash loop given up by the supervisor: {sup.reason.removesuffix(': gave up')}"
         try:
             send_control(self.run_dir, ControlAction.NOTE.value, sup.id, 3.0, sender="ktrader-supervisor", value=text)
         except Exception as e:
