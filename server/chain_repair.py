@@ -209,16 +209,7 @@ class ChainRepair:
             # our live number is not open at the broker: is another line of the chain?
             other = next((by[x] for x in reversed(o.broker_chain) if x in by and by[x].remaining_qty > 0), None)
             if other is not None and other.broker_order_id != o.broker_order_id:
-                book.trace(coid, "repair.relinked", odno=other.broker_order_id, was=o.broker_order_id)
-                moved = book.try_apply(
-                    coid,
-                    Replaced(
-                        ts_ns=book.now_ns(),
-                        broker_order_id=other.broker_order_id,
-                        price=other.price,
-                        qty=o.filled_qty + other.remaining_qty,
-                    ),
-                )
+                moved = self._relink(o, other)
                 self.alert(f"{coid}: live at the broker as {other.broker_order_id}, not {o.broker_order_id}: corrected")
                 o, live = moved or o, other
         if o.state is OrderState.PENDING_CANCEL:
@@ -270,16 +261,7 @@ class ChainRepair:
             return
         self._split[coid] = other.broker_order_id
         if other.broker_order_id != o.broker_order_id:
-            book.trace(coid, "repair.relinked", odno=other.broker_order_id, was=o.broker_order_id)
-            book.try_apply(
-                coid,
-                Replaced(
-                    ts_ns=book.now_ns(),
-                    broker_order_id=other.broker_order_id,
-                    price=other.price,
-                    qty=o.filled_qty + other.remaining_qty,
-                ),
-            )
+            self._relink(o, other)
         self.alert(
             f"{coid}: its cancel took line {took[-1].broker_order_id}, but {other.remaining_qty} still rest on line "
             f"{other.broker_order_id} (the order was split over two lines, a partial revise in the KIS app?): "
@@ -289,6 +271,20 @@ class ChainRepair:
         book.trace(coid, "repair.cancel_again", odno=other.broker_order_id, split=True)
         book.try_apply(coid, ResendCancel(ts_ns=book.now_ns(), broker_order_id=other.broker_order_id))  # (no doubt)
         self.resend_cancel(coid)
+
+    def _relink(self, o: Order, line: BrokerOrderReport) -> Order | None:
+        """The order moves to `line` of its chain (open at the broker), its total what filled plus what rests there."""
+        book = self.book
+        book.trace(o.client_order_id, "repair.relinked", odno=line.broker_order_id, was=o.broker_order_id)
+        return book.try_apply(
+            o.client_order_id,
+            Replaced(
+                ts_ns=book.now_ns(),
+                broker_order_id=line.broker_order_id,
+                price=line.price,
+                qty=o.filled_qty + line.remaining_qty,
+            ),
+        )
 
     def _cancel_line(self, coid: str) -> str:
         """The line the order's last cancel request went to (its trace), "" if none."""

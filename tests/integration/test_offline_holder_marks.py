@@ -10,9 +10,7 @@ Real processes: a KIS twin, the gateway, one agent (SIGKILLed)."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -20,8 +18,8 @@ import pytest
 
 from common.schema import AgentStatus
 from server.gateway import MARKS_HOLDER
-from tests.conftest import ROOT, Procs, approve, start_gateway_on_twin, wait_for
-from tools.ops.procs import child_env, ktrader_cmd, signal_group, twin_args
+from tests.conftest import Procs, approve, start_gateway_on_twin, start_twin, wait_for
+from tools.ops.procs import signal_group
 from tools.ops.status import fetch_status
 
 pytestmark = pytest.mark.integration
@@ -39,17 +37,7 @@ orders = [{{{{ code = "{CODE}", side = "buy", qty = 10, price = {{upper}} }}}}]
 
 
 def test_a_crashed_agents_position_is_marked_at_the_markets_prints(tmp_path: Path, procs: Procs) -> None:
-    err = open(tmp_path / "twin.err", "wb")
-    twin = subprocess.Popen(  # a step every 0.2 s: the price moves while the agent is gone
-        ktrader_cmd(*twin_args(3, "--tick-interval", "0.2")),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=err,
-        env=child_env(),
-        start_new_session=True,
-    )
-    procs.procs.append(twin)
-    info = json.loads(twin.stdout.readline())  # type: ignore[union-attr]
+    info = start_twin(procs, tmp_path, "--tick-interval", "0.2")  # a step every 0.2 s: the price moves meanwhile
     run, _ = start_gateway_on_twin(procs, tmp_path, info)
     with httpx.Client(base_url=info["admin_url"], timeout=5) as admin:
         card = tmp_path / "holder.toml"

@@ -598,37 +598,29 @@ class SplitBroker(DayBroker):
         return BrokerAck(broker_order_id=f"{9000 + len(self.cancels):010d}", org_no="06010", time="100005")
 
 
-async def test_a_cancel_after_a_partial_revise_in_the_app_reaches_the_line_still_open(tmp_path: Path) -> None:
-    """(a hunt) 3 of a resting buy of 10 revised in the KIS app (QTY_ALL_ORD_YN N) split it over two lines, and the
-    revise line became the live one here: the agent's cancel took those 3 only, the order sat PENDING_CANCEL untold,
-    and the 7 resting on the first line filled later for an agent that had cancelled. The chain repair's look at
-    the unconfirmed cancel moves the order to the open line and cancels it there, and a person is told."""
+async def _resting_buy_of_10(tmp_path: Path) -> tuple[Harness, SplitBroker, list[str]]:
+    """alpha's buy of 10 at 60,000 resting (coid 1) on a SplitBroker; the chain repair's alerts collected."""
     clock = ManualClock(kst(FRI, 10))
     b = SplitBroker(clock)
     h = Harness(tmp_path / "db.sqlite", b, clock=clock)
     alerts: list[str] = []
     h.core.repair.alert = alerts.append
     await h.start()
-    c = coid(1)
     assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
-    await h.settle(lambda: h.book.orders[c].state is OrderState.ACCEPTED)
-    first = h.book.orders[c].broker_order_id
+    await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
+    return h, b, alerts
+
+
+async def test_a_cancel_after_a_partial_revise_in_the_app_reaches_the_line_still_open(tmp_path: Path) -> None:
+    """(a hunt) 3 of a resting buy of 10 revised in the KIS app (QTY_ALL_ORD_YN N) split it over two lines, and the
+    revise line became the live one here: the agent's cancel took those 3 only, the order sat PENDING_CANCEL untold,
+    and the 7 resting on the first line filled later for an agent that had cancelled. The chain repair's look at
+    the unconfirmed cancel moves the order to the open line and cancels it there, and a person is told."""
+    h, b, alerts = await _resting_buy_of_10(tmp_path)
+    c, first = coid(1), h.book.orders[coid(1)].broker_order_id
     revise = "0000000902"
-    h.notices.on_notice(  # the app's revise of 3 to 61,000: taken here as the order's new line
-        BrokerNotice(
-            kind=NoticeKind.ACCEPTED,
-            broker_order_id=revise,
-            orig_broker_order_id=first,
-            code=CODE,
-            side=Side.BUY,
-            order_qty=3,
-            order_price=61_000,
-            fill_qty=0,
-            fill_price=0,
-            time="100001",
-            is_modify=True,
-        )
-    )
+    # the app's revise of 3 to 61,000: taken here as the order's new line
+    h.notices.on_notice(_notice(NoticeKind.ACCEPTED, revise, first, 3, 61_000, is_modify=True))
     assert h.book.orders[c].broker_order_id == revise
     assert h.desk.cancel("alpha", c)[0] is None
     await h.settle(lambda: b.cancels == [revise])
@@ -668,16 +660,8 @@ def _notice(kind: NoticeKind, odno: str, orig: str, qty: int, price: int, **kw: 
 async def test_no_second_cancel_to_the_live_line_while_its_cancel_is_unlisted(tmp_path: Path) -> None:
     """(a review) The KIS app cancelled another line of the chain while our cancel is not in the list yet: no sign
     our cancel missed a line (a second cancel went to the line being cancelled)."""
-    clock = ManualClock(kst(FRI, 10))
-    b = SplitBroker(clock)
-    h = Harness(tmp_path / "db.sqlite", b, clock=clock)
-    alerts: list[str] = []
-    h.core.repair.alert = alerts.append
-    await h.start()
-    c = coid(1)
-    assert h.desk.submit(CARD, order(1, qty=10, price=60_000)).accepted
-    await h.settle(lambda: h.book.orders[c].state is OrderState.ACCEPTED)
-    first, revise, app_cancel = h.book.orders[c].broker_order_id, "0000000902", "0000000903"
+    h, b, alerts = await _resting_buy_of_10(tmp_path)
+    c, first, revise, app_cancel = coid(1), h.book.orders[coid(1)].broker_order_id, "0000000902", "0000000903"
     # the KIS app: 3 revised to 61,000 (a new line), then the first line's 7 cancelled
     h.notices.on_notice(_notice(NoticeKind.ACCEPTED, revise, first, 3, 61_000, is_modify=True))
     h.notices.on_notice(_notice(NoticeKind.CANCELLED, app_cancel, first, 7, 0, is_cancel=True))
