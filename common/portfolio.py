@@ -212,6 +212,11 @@ class Portfolio:
         self.positions: dict[str, dict[str, PositionView]] = {}
         self.marks: dict[str, int] = {}  # code → last trade price (read freely; written by set_mark)
         self._seeded: set[str] = set()  # codes whose mark is a reference price (seed_mark), not a print
+        # codes marked by a reference from before this process's live data (today's base, a last close, cost): until
+        # a print or the broker balance's price, an equity measured on them is no drawdown (a restart in the session
+        # valued the day's gain at yesterday's close against the day's stored peak and HALTED: a hunt)
+        self.stale: set[str] = set()
+        self.balance_seen = False  # this process has read the broker's balance (its prices) once
         self.splits: dict[str, PendingSplit] = {}  # code → a split not in the books yet (set_split)
         # agent → the day's start value of its carried positions less their cost (day_unrealized), worked
         # out once and kept until something it depends on moves: the day's start (roll_day, a split's
@@ -665,6 +670,7 @@ class Portfolio:
         if price <= 0:
             return
         self._seeded.discard(code)  # a print: no reference price replaces it any more
+        self.stale.discard(code)
         old = self.marks.get(code)
         if self.split_stale and code in self.split_stale:
             # the first print of a split's new shares: its holders' shares are worth the ratio from now
@@ -692,13 +698,18 @@ class Portfolio:
                 _bump(bk.sector_value, sector, dv)
                 bk.total += dv
 
-    def seed_mark(self, code: str, price: int, replace: bool = True) -> bool:
+    def seed_mark(self, code: str, price: int, replace: bool = True, live: bool = True) -> bool:
         """A reference price (the broker balance's last price, today's base price, a close) for a code
         with no print seen, or whose mark is itself a reference price (a newer one replaces it; not with
-        `replace` False): never over a print, which is fresher. True when it became the mark."""
+        `replace` False): never over a print, which is fresher. `live` False: one from before this process's
+        live data (`stale`). True when it became the mark."""
         if price <= 0 or (code in self.marks and (not replace or code not in self._seeded)):
             return False
         self._seeded.add(code)
+        if live or self.balance_seen:  # (after the first balance read, a reference it did not give is the price)
+            self.stale.discard(code)
+        else:
+            self.stale.add(code)
         old = self.marks.get(code)
         if old != price:
             self._move_mark(code, old, price)
@@ -779,6 +790,19 @@ class Portfolio:
                 _bump(bk.value, code, dv)
                 _bump(bk.sector_value, sector, dv)
                 bk.total += dv
+
+    def stale_marked(self, agent: str | None = None) -> list[str]:
+        """Codes the agent (None: the account) holds that are marked by a reference from before this process's
+        live data (`stale`), or not at all before the first balance read: its equity is not yet today's to judge a
+        drawdown on."""
+        if not self.stale and self.balance_seen:
+            return []
+        bk = self._account if agent is None else self._books.get(agent)
+        if bk is None:
+            return []
+        return sorted(
+            c for c, q in bk.qty.items() if q and (c in self.stale or (not self.balance_seen and c not in self.marks))
+        )
 
     def unpriced(self, agent: str | None = None) -> list[str]:
         """Codes the agent (None: the account, shadow books left out) holds with no price at all: valued

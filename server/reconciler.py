@@ -559,6 +559,10 @@ class Reconciler:
         broker = {p.code: p for p in balance}
         for bp in balance:  # the balance's prices, where no print was seen (never over a print)
             portfolio.seed_mark(bp.code, bp.last_price)
+        # the balance spoke: a code it did not price keeps its reference, judged from now on (a halted stock's close
+        # is its price; never judging the scope holding it would blind its drawdown limits)
+        portfolio.stale.clear()
+        portfolio.balance_seen = True
         ours: dict[str, int] = defaultdict(int)
         for agent, agent_pos in portfolio.positions.items():
             if agent in portfolio.virtual:

@@ -821,6 +821,10 @@ class RiskGate:
             # fill counted twice or not at all): no peak on its high side, no drawdown on its low side
             scopes.append((ACCOUNT, "", self.limits, *bounds))
         for key, agent, lim, low, eq in scopes:
+            if p.stale_marked(agent or None):
+                # a code valued at a reference from before this process's live data (a restart: today's base, a
+                # last close) until its print or the balance's price: no peak on it, no drawdown judged on it
+                continue
             if not p.unpriced(agent or None):  # valued at cost, it is no peak (see the module's docstring)
                 peaks.observe(key, low)
             if not (lim.max_drawdown_pct or lim.halt_drawdown_pct):
@@ -870,7 +874,7 @@ class RiskGate:
                 price = next((c for d in days if (c := self.day_close(code, d)) > 0), 0)
                 if not price:
                     tried.add(code)  # (one store look per code and day)
-            if price and p.seed_mark(code, price):
+            if price and p.seed_mark(code, price, live=False):
                 n += 1
         return n
 
@@ -885,6 +889,10 @@ class RiskGate:
             eq = self.portfolio.equity() or 0
             if not eq:
                 raise ValueError("the account's equity is not known yet (no account read has answered)")
+            # less a cash jump not told as money moved yet (a deposit seen by one read): told, it scales the peaks,
+            # and one reset with it in them read 15 % above the equity and HALTED the gateway again (a hunt)
+            up, down = self.portfolio.cash_doubt
+            eq -= up - down
         self.peaks.reset(agent or ACCOUNT, eq)
         return eq
 

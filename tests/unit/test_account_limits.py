@@ -184,7 +184,8 @@ async def test_drawdown_reduces_then_halts_and_survives_a_restart(tmp_path: Path
     await h2.start()
     # the operator accepts the drawdown: the peak starts again, trading resumes
     eq = h2.risk.reset_peak("", None)
-    assert h2.risk.peaks.day_peaks["*"] == eq == h2.portfolio.equity()
+    up, down = h2.portfolio.cash_doubt  # (a cash jump at the restart's first read, not told as money moved yet)
+    assert h2.risk.peaks.day_peaks["*"] == eq == (h2.portfolio.equity() or 0) - (up - down)
     h2.risk.set_state("", TradingState.ACTIVE, "resume by test")
     assert h2.desk.submit(a, order("alpha", 5, 1, 60_000)).accepted
     await h2.close()
