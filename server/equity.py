@@ -32,8 +32,9 @@ An agent's equity is its budget plus its net P&L (realised − fees + unrealised
 Peaks (per agent, and `*` for the account): the day's (from the day's first look) and the all-time
 one, raised by the risk gate's sweep, persisted at most once a second (a restart keeps them), reset by
 the operator (`ktrader control reset_peak`). A scope holding a code with no price at all is valued at
-cost: its peaks are not raised (nor its drawdown judged) until every code has a price — a carried loss
-at cost would be recorded as the day's peak and read as a drawdown at the first print.
+cost: its peaks are not raised until every code has a price — a carried loss at cost would be recorded
+as the day's peak and read as a drawdown at the first print — nor, until the process's first balance read
+or a print, its drawdown judged (server/risk.py).
 """
 
 from __future__ import annotations

@@ -16,11 +16,13 @@ A denial by an account limit is alerted once a minute per agent and limit.
 A held code with no print yet is given a reference price by the sweep (today's base price, else the
 last close; the reconciler gives the broker balance's); while one is still unpriced (valued at cost),
 the scope's peaks are not raised: a restart must not record a carried loss at cost as the day's peak,
-to read as a drawdown at the first print (the drawdown itself is still judged against the peaks
-there are). A split the reconciler found on a code (server/reconciler.py) holds every new order of
-the agents holding it until the operator applies it (`ktrader control apply_split`). The account's
-peaks are raised on its equity less, and its drawdown judged on its equity plus, the doubt the last
-account read left on its cash base (server/equity.py).
+to read as a drawdown at the first print. Until this process's first balance read or a print, a scope
+holding a code valued at such a reference (or at cost) has no drawdown judged either (a restart in
+the session read the day's gain at yesterday's close as a drawdown against the stored peak); after
+it, the drawdown is judged against the peaks there are. A split the reconciler found on a code
+(server/reconciler.py) holds every new order of the agents holding it until the operator applies it
+(`ktrader control apply_split`). The account's peaks are raised on its equity less, and its drawdown
+judged on its equity plus, the doubt the last account read left on its cash base (server/equity.py).
 
 Agents share one account: a buy (new, revised, or a held one released) that would trade with another
 agent's open sell on the same code and session is denied (DENIED_SELF_TRADE, common/risk_rules.py
