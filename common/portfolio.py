@@ -50,7 +50,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from common.books import apply_fill_value
 from common.costs import CostModel
@@ -64,6 +64,16 @@ from common.schema import PositionView
 
 # (shares, cost, value at the day's start; 0: no price then) of a position carried into the day
 DayOpen = tuple[int, int, int]
+
+
+class PricedHolding(Protocol):
+    """A line of the broker's balance as far as prices go (kis.port.BrokerPosition)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def last_price(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -790,6 +800,15 @@ class Portfolio:
                 _bump(bk.value, code, dv)
                 _bump(bk.sector_value, sector, dv)
                 bk.total += dv
+
+    def seed_balance_prices(self, balance: Iterable[PricedHolding]) -> None:
+        """The broker balance's prices, where no print was seen (never over a print). The balance spoke: a code it
+        did not price keeps its reference, judged from now on (a halted stock's close is its price; never judging
+        the scope holding it would blind its drawdown limits)."""
+        for bp in balance:
+            self.seed_mark(bp.code, bp.last_price)
+        self.stale.clear()
+        self.balance_seen = True
 
     def stale_marked(self, agent: str | None = None) -> list[str]:
         """Codes the agent (None: the account) holds that are marked by a reference from before this process's

@@ -250,6 +250,10 @@ class Reconciler:
                 balance = await self.broker.positions()
             except Exception as e:
                 balance = e
+            else:
+                # its prices are the account's now, whatever the order list's read does (a pass that fails after it
+                # threw them away and left a scope's drawdown unjudged: a review)
+                self.book.portfolio.seed_balance_prices(balance)
         reports = await self.broker.order_reports(today, open_only=open_only)
         if book.day() != day:
             # The market day turned while the pass awaited the broker (a pass begun at 23:59:59). The day's
@@ -557,12 +561,7 @@ class Reconciler:
         portfolio = book.portfolio
         now = book.now_ns()
         broker = {p.code: p for p in balance}
-        for bp in balance:  # the balance's prices, where no print was seen (never over a print)
-            portfolio.seed_mark(bp.code, bp.last_price)
-        # the balance spoke: a code it did not price keeps its reference, judged from now on (a halted stock's close
-        # is its price; never judging the scope holding it would blind its drawdown limits)
-        portfolio.stale.clear()
-        portfolio.balance_seen = True
+        portfolio.seed_balance_prices(balance)
         ours: dict[str, int] = defaultdict(int)
         for agent, agent_pos in portfolio.positions.items():
             if agent in portfolio.virtual:

@@ -121,6 +121,12 @@ def _whole_ratio(close: int, base: int) -> bool:
     return k >= 2 and abs(close - k * base) * 100 <= 3 * k * base
 
 
+# how long after a start a scope holding a code valued at a reference from before it (today's base, a last close)
+# goes without a drawdown judged while no print nor balance read prices it: a balance that keeps failing must not
+# blind the drawdown limits all day (a review); judged on the reference after it
+STALE_GRACE_S = 120.0
+
+
 class RiskGate:
     def __init__(
         self,
@@ -148,6 +154,7 @@ class RiskGate:
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._unchecked_told = False  # a buy went out with the account's cash unknown (told once a process)
+        self._born = market_ns(clock)  # (the reference prices of a start are judged after STALE_GRACE_S at most)
         self._rates: dict[str, RateWindow] = {}
         self._crossing_told: dict[tuple[str, str], str] = {}  # (agent, code) -> the day its self-trading sell was told
         self.broker_errors: list[int] = []  # market ns of recent session-level broker errors (kill switch)
@@ -230,6 +237,9 @@ class RiskGate:
                 notes.append(f"{len(refused)} recent broker refusals of {agent}'s orders forgiven (kill switch)")
         else:
             lim, key, peak_key, pnl, equity = self.limits, GLOBAL, ACCOUNT, p.account_day_pnl(), p.equity() or 0
+            if equity:  # (less a cash jump not told as money moved yet, as reset_peak: told, it scales the peaks)
+                up, down = p.cash_doubt
+                equity -= up - down
             if self.broker_errors:
                 notes.append(f"{len(self.broker_errors)} recent broker errors forgiven (kill switch)")
                 self.broker_errors.clear()
@@ -822,8 +832,9 @@ class RiskGate:
             # the account's cash base may be held in doubt (an unexplained jump at the last account read: a
             # fill counted twice or not at all): no peak on its high side, no drawdown on its low side
             scopes.append((ACCOUNT, "", self.limits, *bounds))
+        early = market_ns(self.clock) - self._born < STALE_GRACE_S * 1e9
         for key, agent, lim, low, eq in scopes:
-            if p.stale_marked(agent or None):
+            if early and p.stale_marked(agent or None):
                 # a code valued at a reference from before this process's live data (a restart: today's base, a
                 # last close) until its print or the balance's price: no peak on it, no drawdown judged on it
                 continue
