@@ -38,7 +38,7 @@ orders = [{{{{ code = "{CODE}", side = "buy", qty = 10, price = {{upper}} }}}}]
 
 def test_a_crashed_agents_position_is_marked_at_the_markets_prints(tmp_path: Path, procs: Procs) -> None:
     info = start_twin(procs, tmp_path, "--tick-interval", "0.2")  # a step every 0.2 s: the price moves meanwhile
-    run, _ = start_gateway_on_twin(procs, tmp_path, info)
+    run, _ = start_gateway_on_twin(procs, tmp_path, info, gateway_toml="offline_after_s = 2.0\n")  # (quicker)
     with httpx.Client(base_url=info["admin_url"], timeout=5) as admin:
         card = tmp_path / "holder.toml"
         card.write_text(CARD.format(upper=admin.get(f"/admin/book/{CODE}").json()["upper"]))

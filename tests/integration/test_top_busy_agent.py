@@ -19,6 +19,7 @@ from tests.conftest import Procs, approve, start_gateway_on_twin, start_twin, wa
 from tools.ops.procs import signal_group
 from tools.ops.status import fetch_status
 from tools.ops.supervisor import Supervisor
+from tools.top import model as model_module
 from tools.top.model import ActionError, ConsoleModel
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,12 @@ slow_s = 30.0
 """
 
 
-def test_stop_and_restart_of_a_hand_started_agent_busy_in_a_callback(tmp_path: Path, procs: Procs) -> None:
+def test_stop_and_restart_of_a_hand_started_agent_busy_in_a_callback(
+    tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_module, "STOP_WAIT_S", 2.0)  # (the console's wait, shortened: the callback takes 30 s)
     info = start_twin(procs, tmp_path, "--tick-interval", "0.2")
-    run, _ = start_gateway_on_twin(procs, tmp_path, info)
+    run, _ = start_gateway_on_twin(procs, tmp_path, info, gateway_toml="offline_after_s = 2.0\n")  # (quicker)
     cards = tmp_path / "cards"
     cards.mkdir()
     card = cards / "slow.toml"
@@ -54,7 +58,7 @@ def test_stop_and_restart_of_a_hand_started_agent_busy_in_a_callback(tmp_path: P
     sup = Supervisor(run)
     try:
         model = ConsoleModel(run, supervisor=sup, cards_dir=cards)
-        with pytest.raises(ActionError, match="has not exited after 10s.*not restarted") as err:
+        with pytest.raises(ActionError, match="has not exited after 2s.*not restarted") as err:
             model.restart_agent("slow")
         assert f"SIGTERM sent to pid {agent.pid}" in str(err.value)
         assert "slow" not in sup.agents  # no copy started to exit on the held lock

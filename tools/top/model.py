@@ -430,14 +430,14 @@ class ConsoleModel:
             online = a is not None and a.state.value != "offline"
             local = a is None or a.host == socket.gethostname()
             pid = (self._lock_holder(agent) or (a.pid if a is not None and online else 0)) if local else 0
-            if pid > 0 and not _wait_gone(pid, 10.0):
+            if pid > 0 and not _wait_gone(pid, STOP_WAIT_S):
                 # still stopping (a callback that blocks finishes first): a copy started now exits at once (the
                 # lock is held) while this said "restarted", and nothing ran once the old one left (a hunt)
                 raise ActionError(
                     self.note(
                         agent,
-                        f"{stopped}; it has not exited after 10s (busy in a callback?): not restarted: restart it "
-                        "again once it is gone",
+                        f"{stopped}; it has not exited after {STOP_WAIT_S:g}s (busy in a callback?): not restarted: "
+                        "restart it again once it is gone",
                     )
                 )
         try:
@@ -473,6 +473,9 @@ class ConsoleModel:
     def _card_arg(self, agent: str) -> str:
         card = self.card_for(agent)
         return f"--run-dir {self.run_dir} {card if card is not None else 'CARD'}"
+
+
+STOP_WAIT_S = 10.0  # how long a restart waits for the old process to leave after its SIGTERM
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
