@@ -1052,6 +1052,13 @@ class Portfolio:
         up, down = self.cash_doubt
         return eq - up, eq + down
 
+    def without_doubt(self, equity: int) -> int:
+        """The account's `equity` less the cash jump its last read holds in doubt (cash_doubt), not told as money
+        moved yet: told, it scales the peaks, so a peak set on it (a reset, an accepted drawdown, shares moved with no
+        trade) must not hold it already (a deposit seen by one read was scaled into a reset peak twice: a hunt)."""
+        up, down = self.cash_doubt
+        return equity - (up - down)
+
     def agent_equity(self, agent: str, budget: int) -> int:
         """An agent's equity: its budget plus its net P&L (realised − fees + unrealised), 0 without a budget."""
         return budget - self.spent(agent) + self.position_value(agent) if budget else 0

@@ -56,6 +56,7 @@ class Alerts:
         self.publish = publish
         self.now_ns = now_ns
         self.journal = journal
+        self._read_at = 0  # when of_day last read a report's alerts (what `reported` marks)
         self.recent: list[tuple[int, str]] = journal.recent_alerts(KEEP) if journal is not None else []
         # extra sinks, e.g. the notifier (Sink); a kind marks an alert that must reach a person
         # (common.enums.AlertKind), the rest are for the screen
@@ -93,20 +94,19 @@ class Alerts:
 
     def of_day(self, day: str) -> list[str]:
         """The alerts a report of trading day `day` (YYYYMMDD, market time) lists, oldest first: all of them (the
-        store's; the newest KEEP in memory cut a busy day's report), from its start, or from when the previous
-        report's were taken (`reported`) if that was earlier (an evening's, raised after its day's report was written,
-        were in no report at all: a hunt), to the day's end or now if later (a day closed in the next session)."""
+        store's; the newest KEEP in memory cut a busy day's report), from when the previous report's were taken
+        (`reported`; an evening's, raised after its day's report was written, were in no report at all: a hunt), else
+        from its start, to the day's end or now if later (a day closed in the next session)."""
         start_ns = int(dt.datetime.combine(date_of(day), dt.time(), KST).timestamp()) * 1_000_000_000
         self._read_at = self.now_ns()  # (what `reported` marks: an alert raised after this read is the next report's)
         end_ns = max(start_ns + DAY_NS, self._read_at + 1)
         if self.journal is not None:
             try:
                 mark = int(self.journal.get_meta(REPORTED_META) or 0)
-            except (Exception, ValueError):  # (a failed store: the day's own)
+            except Exception:  # (a failed store, a mark unread: the day's own)
                 mark = 0
-            if mark > 0 and (mark < start_ns or mark < end_ns):
-                start_ns = mark  # (later too: a late close's report took the next morning's already)
-        if self.journal is not None:
+            if 0 < mark < end_ns:
+                start_ns = mark  # (later than the day's start too: a late close's report took the next morning's)
             try:
                 return self.journal.alerts_between(start_ns, end_ns)
             except Exception:  # a failed store: what memory holds
@@ -116,7 +116,7 @@ class Alerts:
     def reported(self, day: str) -> None:
         """`day`'s report was written with its alerts: the next report's start from here (see of_day)."""
         if self.journal is not None:
-            self.journal.set_meta(REPORTED_META, str(getattr(self, "_read_at", 0) or self.now_ns()))
+            self.journal.set_meta(REPORTED_META, str(self._read_at or self.now_ns()))
 
     def count_day(self, start_ns: int) -> int:
         """How many alerts were raised in the day starting at `start_ns` (all, not only the newest KEEP; not a

@@ -240,30 +240,24 @@ class ChainRepair:
         by = {r.broker_order_id: r for r in reports}
         chain = [by[x] for x in o.broker_chain if x in by and not by[x].is_cancel]
         cancelled = {r.orig_broker_order_id for r in reports if r.is_cancel}
-        # only the line our own cancel went to, shown closed by a cancel: the KIS app's cancel of another line of the
-        # chain while ours is not in the list yet is no sign (a second cancel went to the line being cancelled, and
-        # a refusal of it showed the order open again: a review)
-        ours = self._cancel_line(o.client_order_id)
-        took = [
-            r for r in chain if r.broker_order_id == ours and r.broker_order_id in cancelled and r.remaining_qty <= 0
-        ]
         live = by.get(o.broker_order_id)
         other = live if live is not None and live.remaining_qty > 0 else None
         if other is None:
             other = next((r for r in reversed(chain) if r.remaining_qty > 0), None)
         book, coid = self.book, o.client_order_id
-        if (
-            not took
-            or other is None
-            or other.broker_order_id in cancelled
-            or self._split.get(coid) == other.broker_order_id
-        ):
+        if other is None or other.broker_order_id in cancelled or self._split.get(coid) == other.broker_order_id:
+            return
+        # only the line our own cancel went to (its trace: read once the cheap checks pass), shown closed by a cancel:
+        # the KIS app's cancel of another line of the chain while ours is not in the list yet is no sign (a second
+        # cancel went to the line being cancelled, and a refusal of it showed the order open again: a review)
+        took = by.get(self._cancel_line(coid))
+        if took is None or took not in chain or took.broker_order_id not in cancelled or took.remaining_qty > 0:
             return
         self._split[coid] = other.broker_order_id
         if other.broker_order_id != o.broker_order_id:
             self._relink(o, other)
         self.alert(
-            f"{coid}: its cancel took line {took[-1].broker_order_id}, but {other.remaining_qty} still rest on line "
+            f"{coid}: its cancel took line {took.broker_order_id}, but {other.remaining_qty} still rest on line "
             f"{other.broker_order_id} (the order was split over two lines, a partial revise in the KIS app?): "
             "cancelling that line too"
         )

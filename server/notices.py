@@ -221,27 +221,30 @@ class NoticeRouter:
             self.refused.add(n.broker_order_id)
             self.on_broker_error(ts, book.orders[coid].agent, True)  # the exchange refused one order: its agent's
             self._rejected(coid, n, ts)
-        elif n.kind is NoticeKind.CANCELLED and (o := book.orders[coid]).state in RESTING and 0 < n.order_qty:
+        elif n.kind is NoticeKind.CANCELLED and n.broker_order_id in self.shrunk:
+            pass  # a repeat of a cancel that shrank the order (below): applied once
+        elif (
+            n.kind is NoticeKind.CANCELLED
+            and (o := book.orders[coid]).state in RESTING
+            and 0 < n.order_qty < o.remaining
+        ):
             # a cancel we did not ask for (the KIS app's) confirmed for part of what is open here: a partial cancel
             # (QTY_ALL_ORD_YN N: the rest stays live on its line), or a whole one that fills beat (their notices on
             # their way): either way the order shrinks by what it took and stays open (ended, the rest live at KIS
             # was freed here and filled for an agent told its order had ended: a hunt); the list settles the rest
-            if n.broker_order_id not in self.shrunk and n.order_qty < o.remaining:
-                self.shrunk.add(n.broker_order_id)
-                total = o.qty - n.order_qty
-                book.try_apply(coid, RequestReplace(ts_ns=ts, price=o.price, qty=total))
-                book.try_apply(coid, Replaced(ts_ns=ts, broker_order_id=o.broker_order_id, price=o.price, qty=total))
-                log.warning(
-                    "%s: %d of it cancelled outside ktrader (line %s): %d in all now, %d still open",
-                    coid,
-                    n.order_qty,
-                    n.broker_order_id,
-                    total,
-                    total - o.filled_qty,
-                )
-                self.learn(coid)  # (the broker's list for it now: a whole cancel that fills beat ends it there)
-            elif n.broker_order_id not in self.shrunk:
-                book.try_apply(coid, Cancelled(ts_ns=ts, broker_order_id=n.broker_order_id, qty=n.order_qty))
+            self.shrunk.add(n.broker_order_id)
+            total = o.qty - n.order_qty
+            book.try_apply(coid, RequestReplace(ts_ns=ts, price=o.price, qty=total))
+            book.try_apply(coid, Replaced(ts_ns=ts, broker_order_id=o.broker_order_id, price=o.price, qty=total))
+            log.warning(
+                "%s: %d of it cancelled outside ktrader (line %s): %d in all now, %d still open",
+                coid,
+                n.order_qty,
+                n.broker_order_id,
+                total,
+                total - o.filled_qty,
+            )
+            self.learn(coid)  # (the broker's list for it now: a whole cancel that fills beat ends it there)
         elif n.kind is NoticeKind.CANCELLED:
             # 확인 (confirmed) or an IOC/FOK remainder: final. A cancel's 접수 (accepted) is not: a
             # fill can still come first, so the order stays PENDING_CANCEL until confirmation, or until

@@ -515,12 +515,11 @@ class OrderDesk:
                             decided_now=not released,
                         )
                         self._requeued.append((queue, job))
-                    elif cancelled:  # it never left, and its own cancel was asked: cancelled, as asked
-                        self._cancel_on_accept.discard(coid)
-                        book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why="its cancel was asked for first")
-                        book.try_apply(coid, Cancelled(ts_ns=ts))
                     else:
-                        self._cancel_on_accept.discard(coid)
+                        if cancelled:  # it never left, and its own cancel was asked: cancelled, as asked
+                            book.trace(
+                                coid, "broker.skipped", call=Call.SUBMIT.value, why="its cancel was asked for first"
+                            )
                         why = (
                             "trading is halted"
                             if halted
@@ -528,14 +527,8 @@ class OrderDesk:
                             if refusal
                             else f"queued {age / 1e9:.1f}s ago, too late to send"
                         )
-                        book.try_apply(
-                            coid,
-                            Reject(
-                                ts_ns=ts,
-                                code=ErrorCode.NOT_SENT.value,
-                                reason=f"gateway restarted before the order was sent ({why})",
-                            ),
-                        )
+                        queue.end_unsent(coid, f"gateway restarted before the order was sent ({why})")
+                        self._cancel_on_accept.discard(coid)
                 else:
                     book.try_apply(
                         coid,

@@ -560,8 +560,7 @@ class Reconciler:
         day = day or book.day()
         portfolio = book.portfolio
         now = book.now_ns()
-        broker = {p.code: p for p in balance}
-        portfolio.seed_balance_prices(balance)
+        broker = {p.code: p for p in balance}  # (its prices were seeded when its read answered: _run)
         ours: dict[str, int] = defaultdict(int)
         for agent, agent_pos in portfolio.positions.items():
             if agent in portfolio.virtual:

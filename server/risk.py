@@ -237,9 +237,8 @@ class RiskGate:
                 notes.append(f"{len(refused)} recent broker refusals of {agent}'s orders forgiven (kill switch)")
         else:
             lim, key, peak_key, pnl, equity = self.limits, GLOBAL, ACCOUNT, p.account_day_pnl(), p.equity() or 0
-            if equity:  # (less a cash jump not told as money moved yet, as reset_peak: told, it scales the peaks)
-                up, down = p.cash_doubt
-                equity -= up - down
+            if equity:
+                equity = p.without_doubt(equity)
             if self.broker_errors:
                 notes.append(f"{len(self.broker_errors)} recent broker errors forgiven (kill switch)")
                 self.broker_errors.clear()
@@ -809,8 +808,7 @@ class RiskGate:
         money moved (`cash_moved`), so its drawdown limits measure trading (a write-off read as a drawdown: a
         review). Agents' equity is their own books': untouched."""
         if (equity := self.portfolio.equity()) is not None:
-            up, down = self.portfolio.cash_doubt  # (a cash jump not told as money moved yet: scaled when it is)
-            base = equity - (up - down)
+            base = self.portfolio.without_doubt(equity)
             self.peaks.scale(ACCOUNT, base, base - value)
         log.warning("shares valued %+d KRW moved with no trade: the account's equity peaks moved in step", value)
 
@@ -902,10 +900,7 @@ class RiskGate:
             eq = self.portfolio.equity() or 0
             if not eq:
                 raise ValueError("the account's equity is not known yet (no account read has answered)")
-            # less a cash jump not told as money moved yet (a deposit seen by one read): told, it scales the peaks,
-            # and one reset with it in them read 15 % above the equity and HALTED the gateway again (a hunt)
-            up, down = self.portfolio.cash_doubt
-            eq -= up - down
+            eq = self.portfolio.without_doubt(eq)
         self.peaks.reset(agent or ACCOUNT, eq)
         return eq
 

@@ -398,7 +398,7 @@ class SendQueue:
         why = self.send_refusal(o) or ("" if job.decided_now else self.released_refusal(o))
         if why:
             book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=why)
-            self._unsent(coid, f"not sent: {why}")
+            self.end_unsent(coid, f"not sent: {why}")
             return None
         if job.decided_now and self.max_send_wait_ns and waited > self.max_send_wait_ns and not is_gateway_exit(o):
             # never sent, so safe to refuse; a late order would trade on a stale decision. Never the gateway's exit
@@ -448,7 +448,7 @@ class SendQueue:
             withdrawn = self._withdrawn.pop(coid, "")
             if withdrawn and not_sent(e):  # (told once: never queued again to be refused at its slot)
                 book.trace(coid, "broker.skipped", call=Call.SUBMIT.value, why=withdrawn)
-                self._unsent(coid, e.message)
+                self.end_unsent(coid, e.message)
                 return
             book.trace(
                 coid, "broker.error", call=Call.SUBMIT.value, kind=type(e).__name__, code=e.code, message=e.message
@@ -498,8 +498,9 @@ class SendQueue:
         if self.alert is not None:
             self.alert(text)
 
-    def _unsent(self, coid: str, reason: str) -> None:
-        """A submit proven never sent ends here: CANCELLED if its own cancel stopped it, else REJECTED NOT_SENT."""
+    def end_unsent(self, coid: str, reason: str) -> None:
+        """A submit proven never sent ends here (also one a restart found unsent, server/order_desk.py): CANCELLED if
+        its own cancel was asked, else REJECTED NOT_SENT with `reason`."""
         book = self.book
         if self.cancel_asked(coid):
             book.try_apply(coid, Cancelled(ts_ns=book.now_ns()))
@@ -511,7 +512,7 @@ class SendQueue:
         if not_sent(e):
             # nothing reached the broker, and a token or a rate slot that came late proves nothing about
             # it (as BROKER_BUSY): no count toward the kill switch; the agent decides again
-            self._unsent(o.client_order_id, e.message)
+            self.end_unsent(o.client_order_id, e.message)
             return
         # the kill switch: a refusal of this order is its agent's (a halted stock halts no one else);
         # a failed call (server error, unknown outcome, auth) is the session's. A refusal of the gateway's own

@@ -51,6 +51,7 @@ from common.enums import ControlAction
 from common.connection import connection_path
 from common.logs import LogKeeper, rotate_if_large
 from tools.ops.procs import ktrader_cmd, signal_group
+from tools.ops.status import send_control
 
 log = logging.getLogger("ktrader.supervisor")
 
@@ -166,8 +167,6 @@ class Supervisor:
         """A crash loop given up is written to the gateway's operator journal (`ktrader status` shows it; the
         gateway saw only an agent gone silent, as one stopped on purpose: a hunt). Best effort: a gateway that is
         down leaves it in this process's log and screen."""
-        from tools.ops.status import send_control  # (the supervisor's one call to the gateway)
-
         # (short: the journal line names the agent, status shows 100 characters of the text)
         text = f"crash loop given up by the supervisor: {sup.reason.removesuffix(': gave up')}"
         try:

@@ -425,11 +425,12 @@ class ConsoleModel:
             return self.note(agent, f"{agent} restarting")
         a = self.agent_status(agent)
         stopped = ""
-        if (a is not None and a.state.value != "offline") or self._lock_holder(agent) is not None:
+        online = a is not None and a.state.value != "offline"
+        holder = self._lock_holder(agent)  # (looked at once: the process it names is the one the stop signals)
+        if online or holder is not None:
             stopped = self._stop(agent)
-            online = a is not None and a.state.value != "offline"
             local = a is None or a.host == socket.gethostname()
-            pid = (self._lock_holder(agent) or (a.pid if a is not None and online else 0)) if local else 0
+            pid = (holder or (a.pid if a is not None and online else 0)) if local else 0
             if pid > 0 and not _wait_gone(pid, STOP_WAIT_S):
                 # still stopping (a callback that blocks finishes first): a copy started now exits at once (the
                 # lock is held) while this said "restarted", and nothing ran once the old one left (a hunt)
